@@ -1,0 +1,137 @@
+// swift-tools-version:6.0
+//===----------------------------------------------------------------------===//
+// ExecGate — a code verifier that runs in its own service VM beside a hypervisor.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+//
+// Layering (bottom to top; a target only depends on targets above it in this list):
+//
+//   C shims      COpenSSLShim (libssl/libcrypto), CDecompress (zlib/xz/zstd/bzip2/lz4),
+//                CExecGateSys (raw syscalls PID 1 needs)
+//   pure core    ExecGateWire (frames + messages, NIOCore only), ExecGateELF (stdlib only),
+//                ExecGateSignature (module trailers + PKCS#7 via the OpenSSL shim),
+//                ExecGateExplain (relocations, patch sites: end-state explanation),
+//                ExecGatePolicy, ExecGateVerifier (request + policy + guest state -> verdict)
+//   edges        ExecGateKernelImage (bzImage/vmlinux, key extraction), ExecGateService (NIOPosix server),
+//                ExecGateClient (the VMM side)
+//   executable   execgate (argument parsing and PID-1 wiring only)
+
+import PackageDescription
+
+let swiftNIO = Package.Dependency.package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2")
+let swiftLog = Package.Dependency.package(url: "https://github.com/apple/swift-log.git", from: "1.16.2")
+let swiftArgumentParser = Package.Dependency.package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2")
+
+let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
+let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
+let nioEmbedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
+let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
+
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v5),
+]
+
+let package = Package(
+    name: "ExecGate",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "execgate", targets: ["execgate"]),
+        .library(name: "ExecGateClient", targets: ["ExecGateClient"]),
+    ],
+    dependencies: [swiftNIO, swiftLog, swiftArgumentParser],
+    targets: [
+        // MARK: - C shims
+        .target(
+            name: "COpenSSLShim",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
+        .target(
+            name: "CDecompress",
+            linkerSettings: [
+                .linkedLibrary("z"), .linkedLibrary("lzma"), .linkedLibrary("zstd"),
+                .linkedLibrary("bz2"), .linkedLibrary("lz4"),
+            ]
+        ),
+        .target(name: "CExecGateSys"),
+
+        // MARK: - Pure core
+        .target(name: "ExecGateWire", dependencies: [nioCore], swiftSettings: swiftSettings),
+        .target(name: "ExecGateELF", swiftSettings: swiftSettings),
+        .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
+        .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
+        .target(
+            name: "ExecGateVerifier",
+            dependencies: ["ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateExplain", "ExecGatePolicy"],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: - Edges
+        .target(
+            name: "ExecGateKernelImage",
+            dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ExecGateService",
+            dependencies: ["ExecGateWire", "ExecGateVerifier", nioCore, nioPosix, logging],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ExecGateClient",
+            dependencies: ["ExecGateWire", nioCore, nioPosix],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: - Executable
+        .executableTarget(
+            name: "execgate",
+            dependencies: [
+                "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain",
+                "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys",
+                argumentParser, logging, nioCore, nioPosix,
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: - Tests
+        .target(
+            name: "ExecGateTestSupport",
+            dependencies: ["ExecGateSignature", "ExecGateELF"],
+            path: "Tests/ExecGateTestSupport",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGateWireTests",
+            dependencies: ["ExecGateWire", nioCore, nioEmbedded],
+            resources: [.copy("Vectors")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGateELFTests",
+            dependencies: ["ExecGateELF", "ExecGateTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGateSignatureTests",
+            dependencies: ["ExecGateSignature", "ExecGateKernelImage", "ExecGateTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGateExplainTests",
+            dependencies: ["ExecGateExplain", "ExecGateELF", "ExecGateTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGateVerifierTests",
+            dependencies: ["ExecGateVerifier", "ExecGateTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGateServiceTests",
+            dependencies: ["ExecGateService", "ExecGateClient", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Locates the real test inputs that `make test-data` (scripts/fetch-test-data.sh) prepares:
+// a Debian `linux-image-6.1.0-*-amd64` package unpacked under `.cache/kernel/current/`.
+// Tests run on these real, really signed modules; nothing here is synthesised.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public enum Fixtures {
+    public struct Missing: Error, CustomStringConvertible {
+        public let what: String
+        public var description: String {
+            "test fixture missing: \(what) — run `make test-data` (or `make test`, which runs it) first"
+        }
+    }
+
+    /// The package root, found from this source file's path (Tests/ExecGateTestSupport/Fixtures.swift).
+    public static var packageRoot: String {
+        if let env = getenv("EXECGATE_ROOT") { return String(cString: env) }
+        var parts = String(#filePath).split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        return parts.joined(separator: "/")
+    }
+
+    /// The unpacked Debian kernel package (`.cache/kernel/current`, or `$EXECGATE_TEST_KERNEL`).
+    public static func kernelDir() throws -> String {
+        let dir: String
+        if let env = getenv("EXECGATE_TEST_KERNEL") { dir = String(cString: env) } else { dir = packageRoot + "/.cache/kernel/current" }
+        guard isDirectory(dir) else { throw Missing(what: "unpacked Debian kernel at \(dir)") }
+        return dir
+    }
+
+    /// `vmlinuz-*` of the unpacked package.
+    public static func vmlinuz() throws -> String {
+        let boot = try kernelDir() + "/boot"
+        guard let name = try listDirectory(boot).first(where: { $0.hasPrefix("vmlinuz-") }) else {
+            throw Missing(what: "vmlinuz in \(boot)")
+        }
+        return boot + "/" + name
+    }
+
+    /// Every `.ko` of the package, sorted by path (deterministic sampling).
+    public static func allModules() throws -> [String] {
+        let lib = try kernelDir() + "/lib/modules"
+        guard let release = try listDirectory(lib).first else { throw Missing(what: "lib/modules/<release>") }
+        var out: [String] = []
+        walk(lib + "/" + release + "/kernel") { path in if path.hasSuffix(".ko") { out.append(path) } }
+        guard !out.isEmpty else { throw Missing(what: "modules under \(lib)/\(release)/kernel") }
+        return out.sorted()
+    }
+
+    /// A deterministic sample of `count` modules spread over the whole package (every k-th by path).
+    public static func sampleModules(_ count: Int) throws -> [String] {
+        let all = try allModules()
+        if all.count <= count { return all }
+        let stride = Double(all.count) / Double(count)
+        return (0..<count).map { all[Int(Double($0) * stride)] }
+    }
+
+    /// The path of one module by file name, e.g. `vsock.ko`.
+    public static func module(named name: String) throws -> String {
+        guard let path = try allModules().first(where: { $0.hasSuffix("/" + name) }) else {
+            throw Missing(what: "module \(name)")
+        }
+        return path
+    }
+
+    // MARK: - Small file helpers (tests only)
+
+    public static func readFile(_ path: String) throws -> [UInt8] {
+        guard let f = fopen(path, "rb") else { throw Missing(what: path) }
+        defer { fclose(f) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = fread(&buf, 1, buf.count, f)
+            if n > 0 { out.append(contentsOf: buf[0..<n]) }
+            if n < buf.count { break }
+        }
+        return out
+    }
+
+    public static func writeFile(_ path: String, _ bytes: [UInt8]) throws {
+        guard let f = fopen(path, "wb") else { throw Missing(what: "writable \(path)") }
+        defer { fclose(f) }
+        _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, f) }
+    }
+
+    /// A fresh temporary directory.
+    public static func temporaryDirectory() -> String {
+        var template = Array("/tmp/execgate-test-XXXXXX".utf8CString)
+        let p = mkdtemp(&template)!  // mkdtemp only fails when /tmp is unusable: the test cannot run at all.
+        return String(cString: p)
+    }
+
+    static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    static func listDirectory(_ path: String) throws -> [String] {
+        guard let d = opendir(path) else { throw Missing(what: path) }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafePointer(to: e.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    static func walk(_ path: String, _ visit: (String) -> Void) {
+        guard let names = try? listDirectory(path) else { return }
+        for n in names {
+            let p = path + "/" + n
+            if isDirectory(p) { walk(p, visit) } else { visit(p) }
+        }
+    }
+}
