@@ -25,6 +25,7 @@ let swiftArgumentParser = Package.Dependency.package(url: "https://github.com/ap
 let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
 let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
 let nioEmbedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
+let nioConcurrency: Target.Dependency = .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
 let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
 
@@ -75,12 +76,12 @@ let package = Package(
         ),
         .target(
             name: "ExecGateService",
-            dependencies: ["ExecGateWire", "ExecGateVerifier", nioCore, nioPosix, logging],
+            dependencies: ["ExecGateWire", "ExecGateVerifier", nioCore, nioPosix, nioConcurrency, logging],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "ExecGateClient",
-            dependencies: ["ExecGateWire", nioCore, nioPosix],
+            dependencies: ["ExecGateWire", nioCore, nioPosix, nioConcurrency],
             swiftSettings: swiftSettings
         ),
 
