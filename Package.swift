@@ -106,7 +106,7 @@ let package = Package(
         .testTarget(
             name: "ExecGateWireTests",
             dependencies: ["ExecGateWire", nioCore, nioEmbedded],
-            resources: [.copy("Vectors")],
+            exclude: ["Vectors"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -49,6 +49,7 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
 public struct EndpointError: Error, CustomStringConvertible {
     public var text: String
     public var why: String
+    public init(text: String, why: String) { self.text = text; self.why = why }
     public var description: String { "invalid address '\(text)': \(why)" }
 }
 
