@@ -55,6 +55,7 @@ let package = Package(
             ]
         ),
         .target(name: "CExecGateSys"),
+        .target(name: "_ExecGateInternals", swiftSettings: swiftSettings),
 
         // MARK: - Pure core
         .target(name: "ExecGateWire", dependencies: [nioCore], swiftSettings: swiftSettings),
@@ -64,7 +65,7 @@ let package = Package(
         .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
-            dependencies: ["ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateExplain", "ExecGatePolicy"],
+            dependencies: ["ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateExplain", "ExecGatePolicy", nioCore, nioConcurrency],
             swiftSettings: swiftSettings
         ),
 
@@ -76,7 +77,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateService",
-            dependencies: ["ExecGateWire", "ExecGateVerifier", nioCore, nioPosix, nioConcurrency, logging],
+            dependencies: ["ExecGateWire", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -90,7 +91,7 @@ let package = Package(
             name: "execgate",
             dependencies: [
                 "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain",
-                "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys",
+                "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
                 argumentParser, logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings

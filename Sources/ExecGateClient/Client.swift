@@ -34,17 +34,18 @@ public enum ClientError: Error, CustomStringConvertible, Equatable {
 public final class ExecGateClient: @unchecked Sendable {
     // @unchecked: `nextID` is guarded by `lock`; the channel and its handler are event-loop bound.
     private let channel: Channel
-    private let handler: NIOLoopBound<ReplyHandler>
+    private let handler: EventLoopBoundHandler
     private let ownedGroup: MultiThreadedEventLoopGroup?
     private let lock = NIOLock()
     private var nextID: UInt64 = 1
+    private var closed = false
     public let endpoint: Endpoint
     /// Per-request timeout in seconds (nil = wait forever).
     public var timeout: Double?
 
     private init(channel: Channel, handler: ReplyHandler, endpoint: Endpoint, ownedGroup: MultiThreadedEventLoopGroup?, timeout: Double?) {
         self.channel = channel
-        self.handler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
+        self.handler = EventLoopBoundHandler(value: handler)
         self.endpoint = endpoint
         self.ownedGroup = ownedGroup
         self.timeout = timeout
@@ -143,10 +144,19 @@ public final class ExecGateClient: @unchecked Sendable {
         }
     }
 
+    /// Close the connection (idempotent). Pending requests fail with `.connectionClosed`.
     public func close() async {
+        let first = lock.withLock { () -> Bool in defer { closed = true }; return !closed }
+        guard first else { return }
         try? await channel.close()
         try? await ownedGroup?.shutdownGracefully()
     }
+}
+
+/// Carries the reply handler across threads; it is only ever *used* inside `eventLoop.execute`
+/// or scheduled tasks of the channel's own loop, which is what makes the unchecked conformance sound.
+struct EventLoopBoundHandler: @unchecked Sendable {
+    let value: ReplyHandler
 }
 
 /// Matches replies to pending requests by id. Event-loop bound.

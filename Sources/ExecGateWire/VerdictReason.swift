@@ -35,6 +35,8 @@ public struct VerdictReason: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let kindDenied = VerdictReason(rawValue: 20)
     public static let endStateUnavailable = VerdictReason(rawValue: 21)
     public static let unsupportedCryptography = VerdictReason(rawValue: 22)
+    /// The signature opens under the signer's key but covers other content: the module was modified.
+    public static let digestMismatch = VerdictReason(rawValue: 23)
 
     public var name: String {
         switch self {
@@ -61,6 +63,7 @@ public struct VerdictReason: RawRepresentable, Hashable, Sendable, CustomStringC
         case .kindDenied: return "policy.kind-denied"
         case .endStateUnavailable: return "policy.end-state-unavailable"
         case .unsupportedCryptography: return "sig.unsupported-cryptography"
+        case .digestMismatch: return "sig.digest-mismatch"
         default: return "reason-\(rawValue)"
         }
     }

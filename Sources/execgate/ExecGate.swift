@@ -15,6 +15,9 @@ struct ExecGate: AsyncParsableCommand {
 
     /// Every subcommand, one file each under Commands/. Register new ones here.
     static let allSubcommands: [ParsableCommand.Type] = [
+        ServeCommand.self,
+        RequestCommand.self,
+        VerifyCommand.self,
         VersionCommand.self,
     ]
 }
