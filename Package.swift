@@ -100,7 +100,7 @@ let package = Package(
         // MARK: - Tests
         .target(
             name: "ExecGateTestSupport",
-            dependencies: ["ExecGateSignature", "ExecGateELF"],
+            dependencies: ["ExecGateSignature", "ExecGateELF", "ExecGateKernelImage", nioConcurrency],
             path: "Tests/ExecGateTestSupport",
             swiftSettings: swiftSettings
         ),
