@@ -70,7 +70,7 @@ public final class ExecGateClient: @unchecked Sendable {
             let handler = ReplyHandler()
             try await channel.eventLoop.submit {
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumBodySize: maximumBodySize)))
-                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()), name: "frame-encoder")
                 try channel.pipeline.syncOperations.addHandler(handler)
             }.get()
             return ExecGateClient(channel: channel, handler: handler, endpoint: endpoint, ownedGroup: owned, timeout: timeout)
@@ -103,9 +103,18 @@ public final class ExecGateClient: @unchecked Sendable {
         return try await promise.futureResult.get()
     }
 
-    /// Write raw bytes (tests: garbage, partial frames).
+    /// Write raw bytes below the frame encoder (tests: garbage, partial frames).
     public func writeRaw(_ bytes: [UInt8]) async throws {
-        try await channel.writeAndFlush(channel.allocator.buffer(bytes: bytes)).get()
+        let channel = self.channel
+        let buffer = channel.allocator.buffer(bytes: bytes)
+        try await channel.eventLoop.flatSubmit {
+            do {
+                let ctx = try channel.pipeline.syncOperations.context(name: "frame-encoder")
+                return ctx.writeAndFlush(NIOAny(buffer))
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }.get()
     }
 
     public func allocateID() -> UInt64 { lock.withLock { defer { nextID &+= 1 }; return nextID } }
