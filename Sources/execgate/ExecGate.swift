@@ -18,6 +18,7 @@ struct ExecGate: AsyncParsableCommand {
         ServeCommand.self,
         RequestCommand.self,
         VerifyCommand.self,
+        BenchCommand.self,
         VersionCommand.self,
     ]
 }
