@@ -15,6 +15,8 @@ struct ExecGate: AsyncParsableCommand {
 
     /// Every subcommand, one file each under Commands/. Register new ones here.
     static let allSubcommands: [ParsableCommand.Type] = [
+        SignCommand.self,
+        KeysCommand.self,
         VersionCommand.self,
     ]
 }
