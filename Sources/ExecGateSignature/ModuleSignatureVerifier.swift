@@ -122,8 +122,7 @@ public enum ModuleSignatureVerifier {
 
         // 4. Signer.
         let matching = trust.anchors.filter { egs_si_matches_cert(si, $0.handle) != 0 }
-        let identifier = signerIdentifier(si)
-        guard !matching.isEmpty else { throw .unknownSigner(identifier) }
+        guard !matching.isEmpty else { throw .unknownSigner(signerIdentifier(si)) }
         // Conservative: if any anchor the identifier designates is deny-listed, refuse.
         if let denied = matching.first(where: { denyList.certificateTBSHashes.contains($0.tbsHash) }) {
             throw .signerCertificateDenied(tbsHash: denied.tbsHash)
@@ -143,6 +142,14 @@ public enum ModuleSignatureVerifier {
             }
             switch r {
             case Int32(EGS_VERIFY_OK):
+                // The identifier matched this anchor, so it *is* the anchor's issuer+serial or
+                // SKID: take the strings precomputed in Certificate instead of re-rendering them.
+                let identifier: SignerIdentifier
+                if egs_si_signer_id_kind(si) == 1, let skid = anchor.subjectKeyIdentifierHex {
+                    identifier = .subjectKeyIdentifier(skid)
+                } else {
+                    identifier = .issuerAndSerial(issuer: anchor.issuer, serialHex: anchor.serialHex)
+                }
                 return .success(VerifiedSignature(
                     signer: anchor, signerIdentifier: identifier, digestAlgorithm: digestAlgorithm,
                     contentHash: contentHash, trailer: trailer))

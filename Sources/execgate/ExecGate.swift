@@ -19,6 +19,8 @@ struct ExecGate: AsyncParsableCommand {
         RequestCommand.self,
         VerifyCommand.self,
         BenchCommand.self,
+        SignCommand.self,
+        KeysCommand.self,
         VersionCommand.self,
     ]
 }
