@@ -60,6 +60,7 @@ let package = Package(
         .target(name: "ExecGateELF", swiftSettings: swiftSettings),
         .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim"], swiftSettings: swiftSettings),
         .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateCapture", dependencies: ["ExecGateELF", "ExecGateExplain"], swiftSettings: swiftSettings),
         .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
@@ -88,7 +89,7 @@ let package = Package(
         .executableTarget(
             name: "execgate",
             dependencies: [
-                "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain",
+                "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys",
                 argumentParser, logging, nioCore, nioPosix,
             ],
@@ -120,7 +121,8 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateExplainTests",
-            dependencies: ["ExecGateExplain", "ExecGateELF", "ExecGateTestSupport"],
+            dependencies: ["ExecGateExplain", "ExecGateELF", "ExecGateCapture", "ExecGateTestSupport"],
+            resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

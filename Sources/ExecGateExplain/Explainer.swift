@@ -126,6 +126,12 @@ final class Session {
     var relocCount = 0
     var functionEntries: Set<UInt64> = []
     let base: UInt64
+    // Site records (for the mutation tester and diagnostics).
+    var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
+    var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
+    var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
+    var staticSites: [(off: Int, addr: UInt64, tail: Bool)] = []
+    var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
 
     init(elf: ELFFile, claim: ModuleClaim, facts: GuestFacts, resolver: SymbolResolver) {
         self.elf = elf
@@ -346,6 +352,7 @@ final class Session {
                         throw deny("relocation", "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
                     }
                     write(o, bytes, .relocation)
+                    relocFields.append((o, size, r.type, r.symbolIndex, r.addend, loc))
                 } else if var d = data[t] {
                     guard d[fo..<fo + size].allSatisfy({ $0 == 0 }) else {
                         throw deny("relocation", "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
@@ -522,6 +529,7 @@ final class Session {
             guard let d = dest, let rtx = resolver.lookup("__x86_return_thunk"), d == rtx else { continue }  // WARN_ONCE: left alone
             guard let bytes = retForm(at: a, length: insn.length), bytes.count == insn.length, execOffset(a, insn.length) != nil else { continue }
             write(off, bytes, .returnThunk)
+            returnSites.append((off, a, insn.length))
             siteCounts[.returnThunk, default: 0] += 1
         }
     }
@@ -586,6 +594,7 @@ final class Session {
             let size = max(instrlen, repllen)
             guard let off = execOffset(instr, max(size, 1)) else { continue }  // init text: freed
             let inv = cpuid & 0x8000 != 0
+            altSites.append((off, instrlen, feature, inv, hasFeature(feature) != inv))
             if hasFeature(feature) != inv {
                 guard var buf = read(repl, repllen) else {
                     throw deny("alternative", "replacement at 0x\(String(repl, radix: 16)) is outside the module", address: instr)
@@ -715,6 +724,7 @@ final class Session {
             let nop = x86Nops[size]
             let jmp = genInsn(size == 2 ? 0xeb : 0xe9, at: code, to: target)
             siteCounts[.jumpLabel, default: 0] += 1
+            jumpSites.append((off, size, code, target))
             // State = key enabled (1) or not (0): JMP when enabled != branch default... the encoded
             // jump is taken iff (enabled XOR branch) — jump_label_type().
             variable.append(VariableSite(offset: off, length: size, cls: .jumpLabel, group: key, what: "jump label (key 0x\(String(key, radix: 16)))",
@@ -756,6 +766,7 @@ final class Session {
                            offset: sectionOf(regionOffset: off).1, address: site, found: Array(image[off..<off + 5]))
             }
             siteCounts[.staticCall, default: 0] += 1
+            staticSites.append((off, site, tail))
             func rel32(_ b: [UInt8], _ at: Int) -> Int64 {
                 Int64(Int32(bitPattern: UInt32(b[at]) | UInt32(b[at + 1]) << 8 | UInt32(b[at + 2]) << 16 | UInt32(b[at + 3]) << 24))
             }

@@ -42,6 +42,11 @@ public struct Denial: Sendable, CustomStringConvertible {
     public var rule: String
     public var reason: String
 
+    public init(module: String, section: String, offset: Int, address: UInt64, expected: [UInt8], found: [UInt8], rule: String, reason: String) {
+        self.module = module; self.section = section; self.offset = offset; self.address = address
+        self.expected = expected; self.found = found; self.rule = rule; self.reason = reason
+    }
+
     public var description: String {
         let e = expected.map { hexByte($0) }.joined(separator: " ")
         let f = found.map { hexByte($0) }.joined(separator: " ")
@@ -59,6 +64,7 @@ public struct ExplainResult: Sendable {
     public var verdict: Verdict
     /// Exports to add to the resolver if (and only if) the verdict is allowed.
     public var exports: ModuleExports?
+    public init(verdict: Verdict, exports: ModuleExports?) { self.verdict = verdict; self.exports = exports }
 }
 
 func hexByte(_ b: UInt8) -> String {
