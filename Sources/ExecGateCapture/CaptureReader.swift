@@ -96,7 +96,7 @@ public struct CaptureBoot {
             while e < ks.count && ks[e] != 0x0a { e += 1 }
             let line = String(decoding: ks[lineStart..<e], as: UTF8.self)
             lineStart = e + 1
-            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             guard f.count >= 3, let a = UInt64(f[0], radix: 16) else { continue }
             let type = f[1], name = String(f[2])
             if f.count >= 4 {

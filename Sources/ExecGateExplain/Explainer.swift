@@ -165,6 +165,7 @@ final class Session {
         try applyFtrace()
         try addJumpLabels()
         try addStaticCalls()
+        addModuleTrampolines()
         try compare()
     }
 
@@ -534,15 +535,42 @@ final class Session {
         }
     }
 
+    /// A module's own static-call trampolines (`__SCT__<name>` in `.static_call.text`, followed by
+    /// `ud1 %esp, %ecx` = 0f b9 cc): `static_call_update()` on the module's key rewrites them to
+    /// `jmp func` or the RET form at any time, so both are legal; the state must agree with the
+    /// key's inline sites (`__SCK__<name>`).
+    func addModuleTrampolines() {
+        var seen = Set(variable.map { $0.offset })
+        for sym in symbols where sym.name.hasPrefix("__SCT__") && !sym.isUndefined {
+            let si = Int(sym.sectionIndex)
+            guard si < elf.sections.count, let a = addr[si].map({ $0 &+ sym.value }), let off = execOffset(a, 8),
+                  image[off + 5] == 0x0f, image[off + 6] == 0xb9, image[off + 7] == 0xcc, !seen.contains(off) else { continue }
+            seen.insert(off)
+            addTrampolineSite(a, off)
+        }
+    }
+
+    func trampolineKey(_ a: UInt64) -> UInt64? {
+        for sym in symbols where sym.name.hasPrefix("__SCT__") && !sym.isUndefined {
+            let si = Int(sym.sectionIndex)
+            guard si < elf.sections.count, let sa = addr[si], sa &+ sym.value == a else { continue }
+            let keyName = "__SCK__" + sym.name.dropFirst(7)
+            if let k = symbols.firstIndex(where: { $0.name == keyName && !$0.isUndefined }), let v = try? symbolValue(k) { return v }
+            return nil
+        }
+        return nil
+    }
+
     func addTrampolineSite(_ a: UInt64, _ off: Int) {
         let funcs = functionEntries
+        let r0 = facts.staticCallReturn0
         let ret = retForm(at: a, length: 5) ?? []
-        variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: nil, what: "static-call trampoline",
+        variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: trampolineKey(a), what: "static-call trampoline",
             check: { b in
                 if b == ret { return 0 }
                 if b[0] == 0xe9 {
                     let t = a &+ 5 &+ UInt64(bitPattern: Int64(Int32(bitPattern: UInt32(b[1]) | UInt32(b[2]) << 8 | UInt32(b[3]) << 16 | UInt32(b[4]) << 24)))
-                    if funcs.contains(t) { return t }
+                    if funcs.contains(t) || t == r0 { return t }
                 }
                 return nil
             },
