@@ -62,6 +62,7 @@ let package = Package(
         .target(name: "ExecGateELF", swiftSettings: swiftSettings),
         .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim"], swiftSettings: swiftSettings),
         .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateCapture", dependencies: ["ExecGateELF", "ExecGateExplain"], swiftSettings: swiftSettings),
         .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
@@ -90,7 +91,7 @@ let package = Package(
         .executableTarget(
             name: "execgate",
             dependencies: [
-                "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain",
+                "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
                 argumentParser, logging, nioCore, nioPosix,
             ],
@@ -122,7 +123,8 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateExplainTests",
-            dependencies: ["ExecGateExplain", "ExecGateELF", "ExecGateTestSupport"],
+            dependencies: ["ExecGateExplain", "ExecGateELF", "ExecGateCapture", "ExecGateTestSupport"],
+            resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -22,6 +22,7 @@ struct ExecGate: AsyncParsableCommand {
         SignCommand.self,
         KeysCommand.self,
         VersionCommand.self,
+        ExplainCommand.self,
     ]
 }
 
