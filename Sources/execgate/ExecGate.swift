@@ -16,6 +16,7 @@ struct ExecGate: AsyncParsableCommand {
     /// Every subcommand, one file each under Commands/. Register new ones here.
     static let allSubcommands: [ParsableCommand.Type] = [
         VersionCommand.self,
+        ImageCommand.self, VMCommand.self, InitCommand.self,
     ]
 }
 
