@@ -112,12 +112,18 @@ public enum FS {
     public static func tail(_ path: String, lines: Int = 25) -> String {
         guard let bytes = try? read(path, limit: 64 << 20) else { return "" }
         let text = String(decoding: bytes.suffix(64 * 1024), as: UTF8.self)
-        let all = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let all = text.consoleLines(omittingEmpty: false)
         return all.suffix(lines + 1).joined(separator: "\n").trimmingTrailingNewlines()
     }
 }
 
 extension String {
+    /// Lines of a serial console log. The guest writes "\r\n", which Swift treats as one
+    /// Character, so split on both forms; the trailing "\r" never reaches the caller.
+    public func consoleLines(omittingEmpty: Bool = true) -> [Substring] {
+        split(omittingEmptySubsequences: omittingEmpty, whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" })
+    }
+
     func trimmingTrailingNewlines() -> String {
         var s = Substring(self)
         while let last = s.last, last == "\n" || last == "\r" || last == " " { s = s.dropLast() }

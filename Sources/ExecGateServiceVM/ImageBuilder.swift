@@ -57,7 +57,7 @@ public struct ImageBuildResult: Sendable {
 }
 
 public enum ImageBuilder {
-    public static let builderVersion = "execgate-image-1"
+    public static let builderVersion = "execgate-image-2"
 
     /// Modules init loads, in this order (dependencies first). Paths relative to lib/modules/<v>/kernel.
     /// virtio_mmio serves `-M microvm`, virtio_pci serves `-M pc/q35`; both are small and harmless
@@ -161,11 +161,16 @@ public enum ImageBuilder {
 
         // Trust anchors: the certificates built into the kernel.
         var certs: [[UInt8]] = []
-        if let vmlinux, let mapText {
-            do { certs = try GuestKernel.builtinCertificates(vmlinux: vmlinux, systemMap: mapText) }
-            catch { log("image: warning: \(error); no trust anchors in the image") }
+        if let vmlinux {
+            if let mapText, let fromMap = try? GuestKernel.builtinCertificates(vmlinux: vmlinux, systemMap: mapText) {
+                certs = fromMap
+            } else {
+                // Debian ships a stub System.map; find the certificates by their DER shape instead.
+                certs = GuestKernel.scanCertificates(vmlinux: vmlinux)
+            }
+            if certs.isEmpty { log("image: warning: no certificate found in the kernel; no trust anchors in the image") }
         } else {
-            log("image: warning: no vmlinux/System.map; no trust anchors in the image")
+            log("image: warning: no vmlinux to take certificates from; no trust anchors in the image")
         }
 
         var cpio = CpioArchive(mtime: 0)

@@ -113,4 +113,26 @@ public enum GuestKernel {
         guard !certs.isEmpty else { throw .badInput("vmlinux: the builtin certificate list is empty") }
         return certs
     }
+
+    /// Fallback when System.map is Debian's stub (the real one is in the -dbg package): scan the
+    /// vmlinux for DER X.509 v3 certificates (`SEQUENCE { SEQUENCE { [0] { INTEGER 2 } ...`) whose
+    /// nested lengths are consistent. On Debian 6.1 this finds exactly the builtin signing key.
+    /// The certificates are only trust *anchors* the verifier is told about; a wrong hit would be a
+    /// certificate nobody holds the key for, so a false positive cannot make a bad module pass.
+    public static func scanCertificates(vmlinux b: [UInt8]) -> [[UInt8]] {
+        let pattern: [UInt8] = [0xA0, 0x03, 0x02, 0x01, 0x02]
+        var out: [[UInt8]] = []
+        var at = 0
+        while let hit = find(pattern, in: b, from: at) {
+            at = hit + 1
+            let start = hit - 8
+            guard start >= 0, b[start] == 0x30, b[start + 1] == 0x82, b[start + 4] == 0x30, b[start + 5] == 0x82,
+                  let total = derLength(b, start), let tbs = derLength(b, start + 4), 4 + tbs < total, total < 64 * 1024
+            else { continue }
+            let cert = Array(b[start..<start + total])
+            if !out.contains(cert) { out.append(cert) }
+            at = start + total
+        }
+        return out
+    }
 }

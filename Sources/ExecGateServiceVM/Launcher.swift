@@ -172,7 +172,7 @@ public enum Launcher {
         let deadline = Clock.nanos() + UInt64(timeoutSeconds) * 1_000_000_000
         while true {
             if let text = try? FS.readString(c.consoleLog, limit: 64 << 20) {
-                for line in text.split(separator: "\n") {
+                for line in text.consoleLines(omittingEmpty: true) {
                     if line.hasPrefix(ConsoleProtocol.ready) { return String(line) }
                     if line.hasPrefix(ConsoleProtocol.fatal) {
                         throw .guestDied("the guest's init failed: \(line)", consoleTail: FS.tail(c.consoleLog))
@@ -228,7 +228,7 @@ public enum Launcher {
         let info = ImageInfo.parse((try? FS.readString(c.infoFile)) ?? "")
         let pid = runningPid(c)
         let console = (try? FS.readString(c.consoleLog, limit: 64 << 20)) ?? ""
-        let ready = console.split(separator: "\n").contains { $0.hasPrefix(ConsoleProtocol.ready) }
+        let ready = console.consoleLines(omittingEmpty: true).contains { $0.hasPrefix(ConsoleProtocol.ready) }
         let cid = info["cid"] ?? "\(c.cid)", port = info["port"] ?? "\(c.port)"
         return VMStatus(name: c.name, running: pid != nil, pid: pid, ready: pid != nil && ready,
                         address: pid != nil ? "vsock:\(cid):\(port)" : nil,

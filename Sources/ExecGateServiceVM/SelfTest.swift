@@ -38,7 +38,7 @@ public struct SelfTestRun: Sendable {
     public static func parse(console: String) -> SelfTestRun {
         var run = SelfTestRun()
         run.console = console
-        for raw in console.split(separator: "\n") {
+        for raw in console.consoleLines(omittingEmpty: true) {
             let line = String(raw).trimmingTrailingNewlines()
             if line.hasPrefix(ConsoleProtocol.result + " ") {
                 run.rawLines.append(line)

@@ -29,11 +29,23 @@ public enum Subprocess {
         posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&fa, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&fa, 1, 2)
+        // The child starts with an empty signal mask and default dispositions: a parent that blocks
+        // signals (test runners, thread pools) must not hand that to QEMU, whose TCG vCPU thread
+        // is kicked with signals and otherwise never runs the guest.
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t(), all = sigset_t()
+        sigemptyset(&empty)
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
         cargs.append(nil)
         defer { for p in cargs { free(p) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, argv[0], &fa, nil, cargs, environ)
+        let rc = posix_spawn(&pid, argv[0], &fa, &attr, cargs, environ)
         guard rc == 0 else { throw .system("cannot start", path: argv[0], errno: rc) }
         return pid
     }

@@ -77,7 +77,7 @@ final class LauncherTests: XCTestCase {
         XCTAssertEqual(Accelerator.detect(f).accel, .tcg)
         // A file that is not a KVM device: the API-version ioctl fails → TCG.
         let tmp = NSTemporaryDirectory() + "eg-notkvm-\(getpid())"
-        FileManager.default.createFile(atPath: tmp, contents: Data())
+        _ = FileManager.default.createFile(atPath: tmp, contents: Data())
         defer { unlink(tmp) }
         f.kvmDevice = tmp
         XCTAssertEqual(Accelerator.detect(f).accel, .tcg)

@@ -97,8 +97,8 @@ struct VMStartCommand: ParsableCommand {
                 print("ready \(r.address) (pid \(r.pid), \(r.bootMillis) ms to ready; console \(c.consoleLog))")
                 if !note.isEmpty { print("note: \(note)") }
             }
-        } catch let e as ServiceVMError {
-            throw CommandFailure(message: "vm start: \(e)")
+        } catch {
+            throw CommandFailure(message: "vm start: \(error)")
         }
     }
 }
