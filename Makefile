@@ -5,7 +5,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 EXECGATE_RUN_DIR ?= $(CURDIR)/ServiceVM/run
 
-.PHONY: all deps build release test test-data run bench clean
+.PHONY: all deps build release test test-data run bench clean image vm-test
 
 all: build
 
@@ -21,9 +21,9 @@ release: deps
 test-data: deps
 	@bash scripts/fetch-test-data.sh
 
-test: deps test-data
+test: deps test-data image
 	@$(SWIFT) build -q --build-tests
-	@$(SWIFT) test --skip-build --parallel --num-workers 2 2>&1 | tee .cache/test.log | grep -Ev '^\[[0-9]+/[0-9]+\]|Test Case .* (started|passed)' ; exit $${PIPESTATUS[0]}
+	@EXECGATE_VM_TEST=1 $(SWIFT) test --skip-build --parallel --num-workers 2 2>&1 | tee .cache/test.log | grep -Ev '^\[[0-9]+/[0-9]+\]|Test Case .* (started|passed)' ; exit $${PIPESTATUS[0]}
 
 run: release
 	@mkdir -p $(EXECGATE_RUN_DIR)
@@ -32,5 +32,15 @@ run: release
 bench: release test-data
 	@$$($(SWIFT) build -c release --show-bin-path)/execgate bench --kernel .cache/kernel/current
 
+# The service VM: a static execgate as the guest's /init (own scratch path: static flags differ),
+# then kernel + initramfs into Images/out (skipped when inputs are unchanged).
+STATIC_BUILD ?= .build-static
+image: deps test-data
+	@$(SWIFT) build -q -c release --static-swift-stdlib -Xswiftc -static-executable -Xlinker -s --scratch-path $(STATIC_BUILD) --product execgate
+	@$(STATIC_BUILD)/release/execgate image build --init $(STATIC_BUILD)/release/execgate
+
+vm-test: image
+	@$(STATIC_BUILD)/release/execgate vm selftest
+
 clean:
-	rm -rf .build Images/out ServiceVM/run
+	rm -rf .build $(STATIC_BUILD) Images/out ServiceVM/run

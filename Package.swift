@@ -13,6 +13,7 @@
 //                ExecGateExplain (relocations, patch sites: end-state explanation),
 //                ExecGatePolicy, ExecGateVerifier (request + policy + guest state -> verdict)
 //   edges        ExecGateKernelImage (bzImage/vmlinux, key extraction), ExecGateService (NIOPosix server),
+//                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys only),
 //                ExecGateClient (the VMM side)
 //   executable   execgate (argument parsing and PID-1 wiring only)
 
@@ -54,7 +55,10 @@ let package = Package(
                 .linkedLibrary("bz2"), .linkedLibrary("lz4"),
             ]
         ),
-        .target(name: "CExecGateSys"),
+        .target(
+            name: "CExecGateSys",
+            linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lzma")]
+        ),
         .target(name: "_ExecGateInternals", swiftSettings: swiftSettings),
 
         // MARK: - Pure core
@@ -87,13 +91,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        .target(
+            name: "ExecGateServiceVM",
+            dependencies: ["CExecGateSys"],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: - Executable
         .executableTarget(
             name: "execgate",
             dependencies: [
                 "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
-                argumentParser, logging, nioCore, nioPosix,
+                "ExecGateServiceVM", argumentParser, logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings
         ),
@@ -135,6 +145,11 @@ let package = Package(
         .testTarget(
             name: "ExecGateServiceTests",
             dependencies: ["ExecGateService", "ExecGateClient", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGateServiceVMTests",
+            dependencies: ["ExecGateServiceVM", "ExecGateTestSupport"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -23,6 +23,7 @@ struct ExecGate: AsyncParsableCommand {
         KeysCommand.self,
         VersionCommand.self,
         ExplainCommand.self,
+        ImageCommand.self, VMCommand.self, InitCommand.self,
     ]
 }
 

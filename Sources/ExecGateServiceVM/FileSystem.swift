@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Small, Foundation-free file helpers. The service VM binary is the guest's /init and must stay
+// small (no Foundation: ~7 MB instead of ~58 MB), so everything here is plain POSIX.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public enum FS {
+    /// Reads a whole file. `limit` caps what we accept (hostile or wrong inputs must not exhaust memory).
+    public static func read(_ path: String, limit: Int = 1 << 30) throws(ServiceVMError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .sys("cannot open", path) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .sys("cannot stat", path) }
+        var out: [UInt8] = []
+        if st.st_size > 0 {
+            guard Int(st.st_size) <= limit else { throw .badInput("\(path): \(st.st_size) bytes, more than the \(limit) allowed") }
+            out.reserveCapacity(Int(st.st_size))
+        }
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; throw .sys("cannot read", path) }
+            if n == 0 { break }
+            out.append(contentsOf: buf[0..<n])
+            guard out.count <= limit else { throw .badInput("\(path): more than the \(limit) bytes allowed") }
+        }
+        return out
+    }
+
+    public static func readString(_ path: String, limit: Int = 1 << 20) throws(ServiceVMError) -> String {
+        String(decoding: try read(path, limit: limit), as: UTF8.self)
+    }
+
+    /// Writes `bytes` to `path` atomically (temp file in the same directory, fsync-free rename).
+    public static func write(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws(ServiceVMError) {
+        let tmp = path + ".tmp.\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw .sys("cannot create", tmp) }
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
+            if n < 0 { if errno == EINTR { continue }; let e = errno; close(fd); unlink(tmp); throw .system("cannot write", path: tmp, errno: e) }
+            off += n
+        }
+        close(fd)
+        guard rename(tmp, path) == 0 else { let e = errno; unlink(tmp); throw .system("cannot rename to", path: path, errno: e) }
+    }
+
+    public static func write(_ path: String, _ text: String, mode: mode_t = 0o644) throws(ServiceVMError) {
+        try write(path, Array(text.utf8), mode: mode)
+    }
+
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    public static func size(_ path: String) -> Int? {
+        var st = stat()
+        return stat(path, &st) == 0 ? Int(st.st_size) : nil
+    }
+
+    public static func mkdirs(_ path: String, mode: mode_t = 0o755) throws(ServiceVMError) {
+        if isDirectory(path) { return }
+        var prefix = path.hasPrefix("/") ? "" : "."
+        for part in path.split(separator: "/") {
+            prefix += "/" + part
+            if mkdir(prefix, mode) != 0 && errno != EEXIST { throw .sys("cannot create directory", prefix) }
+        }
+    }
+
+    /// Directory entries (no "." / ".."), sorted for determinism.
+    public static func list(_ path: String) throws(ServiceVMError) -> [String] {
+        guard let d = opendir(path) else { throw .sys("cannot list", path) }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafePointer(to: e.pointee.d_name) { p in
+                p.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    public static func remove(_ path: String) { unlink(path) }
+
+    /// The absolute path of the running executable.
+    public static func selfExecutable() -> String? {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        guard n > 0 else { return nil }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    public static func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        var buf = [CChar](repeating: 0, count: 4096)
+        guard getcwd(&buf, buf.count) != nil else { return path }
+        return String(cString: buf) + "/" + path
+    }
+
+    /// Last `lines` lines of a text file ("" when unreadable). Used for console tails.
+    public static func tail(_ path: String, lines: Int = 25) -> String {
+        guard let bytes = try? read(path, limit: 64 << 20) else { return "" }
+        let text = String(decoding: bytes.suffix(64 * 1024), as: UTF8.self)
+        let all = text.consoleLines(omittingEmpty: false)
+        return all.suffix(lines + 1).joined(separator: "\n").trimmingTrailingNewlines()
+    }
+}
+
+extension String {
+    /// Lines of a serial console log. The guest writes "\r\n", which Swift treats as one
+    /// Character, so split on both forms; the trailing "\r" never reaches the caller.
+    public func consoleLines(omittingEmpty: Bool = true) -> [Substring] {
+        split(omittingEmptySubsequences: omittingEmpty, whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" })
+    }
+
+    func trimmingTrailingNewlines() -> String {
+        var s = Substring(self)
+        while let last = s.last, last == "\n" || last == "\r" || last == " " { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+/// Monotonic clock helpers (CLOCK_BOOTTIME inside the guest is "time since the kernel started").
+public enum Clock {
+    public static func nanos(_ id: clockid_t = CLOCK_MONOTONIC) -> UInt64 {
+        var ts = timespec()
+        clock_gettime(id, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+    public static func sinceBootMillis() -> Double { Double(nanos(CLOCK_BOOTTIME)) / 1e6 }
+}
+
+/// Runs `body` on a new detached POSIX thread (for blocking loops that must not sit on Swift's
+/// cooperative pool, which has a single thread in a one-vCPU guest).
+public func startDetachedThread(_ body: @escaping () -> Void) {
+    final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    var tid = pthread_t()
+    let rc = pthread_create(&tid, nil, { arg in
+        let b = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+        b.body()
+        return nil
+    }, box)
+    if rc == 0 { pthread_detach(tid) } else { Unmanaged<Box>.fromOpaque(box).release(); body() }
+}

@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Builds the service VM's boot artefacts into one output directory:
+//
+//   vmlinux                  the kernel, uncompressed PVH ELF (or `vmlinuz` when extraction is impossible)
+//   initramfs.cpio.gz        /init = the static execgate binary, the vsock/virtio modules,
+//                            /etc/execgate/{trust/*.der, policy}
+//   initramfs-test.cpio.gz   the same plus test fixtures (real signed modules and a tampered copy)
+//   image.txt                what was built from what (key=value), and the input fingerprint
+//
+// Security reasoning: the initramfs holds nothing executable but /init: no shell, no busybox,
+// no helper binaries. A compromised request cannot turn the guest into a general-purpose machine.
+// Modules are Debian's signed .ko files, loaded by init in a fixed order; the trust anchors are the
+// certificates built into the very kernel whose modules we verify.
+//
+// Determinism: entries sorted, mtime 0, uid/gid 0, gzip without timestamp. Rebuilding from the same
+// inputs gives identical bytes, and when the input fingerprint matches the last build nothing is written.
+
+public struct ImageBuildOptions: Sendable {
+    /// bzImage (vmlinuz) of the guest kernel.
+    public var kernel: String
+    /// `lib/modules/<version>` of the same kernel.
+    public var modulesDir: String
+    /// System.map of the same kernel (for the builtin certificates); optional.
+    public var systemMap: String?
+    /// The static execgate binary to put at /init.
+    public var initBinary: String
+    public var outDir: String
+    public var policy: String?
+    public var force = false
+    /// Also build the test initramfs.
+    public var withTestImage = true
+
+    public init(kernel: String, modulesDir: String, systemMap: String?, initBinary: String, outDir: String) {
+        self.kernel = kernel; self.modulesDir = modulesDir; self.systemMap = systemMap
+        self.initBinary = initBinary; self.outDir = outDir
+    }
+
+    /// Defaults from an unpacked Debian kernel package (`.cache/kernel/current`).
+    public static func fromKernelPackage(_ root: String, initBinary: String, outDir: String) throws(ServiceVMError) -> ImageBuildOptions {
+        let boot = root + "/boot"
+        guard FS.isDirectory(boot), let vmlinuz = (try? FS.list(boot))?.filter({ $0.hasPrefix("vmlinuz-") }).last else {
+            throw .missing("no kernel under \(boot): run `make test-data` (scripts/fetch-test-data.sh) or pass --kernel")
+        }
+        let version = String(vmlinuz.dropFirst("vmlinuz-".count))
+        let map = boot + "/System.map-" + version
+        return ImageBuildOptions(kernel: boot + "/" + vmlinuz, modulesDir: root + "/lib/modules/" + version,
+                                 systemMap: FS.exists(map) ? map : nil, initBinary: initBinary, outDir: outDir)
+    }
+}
+
+public struct ImageBuildResult: Sendable {
+    public struct Artefact: Sendable { public var path: String; public var bytes: Int; public var note: String }
+    public var artefacts: [Artefact] = []
+    public var upToDate = false
+    public var fingerprint = ""
+}
+
+public enum ImageBuilder {
+    public static let builderVersion = "execgate-image-2"
+
+    /// Modules init loads, in this order (dependencies first). Paths relative to lib/modules/<v>/kernel.
+    /// virtio_mmio serves `-M microvm`, virtio_pci serves `-M pc/q35`; both are small and harmless
+    /// without devices. vsock_loopback gives CID 1 inside the guest (the self-test).
+    public static let guestModules: [String] = [
+        "drivers/virtio/virtio_ring.ko",
+        "drivers/virtio/virtio.ko",
+        "drivers/virtio/virtio_mmio.ko",
+        "drivers/virtio/virtio_pci_legacy_dev.ko",
+        "drivers/virtio/virtio_pci_modern_dev.ko",
+        "drivers/virtio/virtio_pci.ko",
+        "net/vmw_vsock/vsock.ko",
+        "net/vmw_vsock/vmw_vsock_virtio_transport_common.ko",
+        "net/vmw_vsock/vmw_vsock_virtio_transport.ko",
+        "net/vmw_vsock/vsock_loopback.ko",
+    ]
+
+    /// Real signed modules the in-guest test sends to the verifier (small ones; missing ones are skipped).
+    public static let testModules: [String] = [
+        "net/vmw_vsock/vsock_diag.ko",
+        "lib/crc7.ko",
+        "lib/crc-itu-t.ko",
+        "drivers/virtio/virtio_balloon.ko",
+    ]
+
+    /// Where things live inside the guest.
+    public enum GuestPaths {
+        public static let modules = "/lib/modules/execgate"
+        public static let etc = "/etc/execgate"
+        public static let trust = "/etc/execgate/trust"
+        public static let policy = "/etc/execgate/policy"
+        public static let testModules = "/usr/share/execgate/test"
+    }
+
+    public static func build(_ o: ImageBuildOptions, log: (String) -> Void = { print($0) }) throws(ServiceVMError) -> ImageBuildResult {
+        guard FS.exists(o.kernel) else { throw .missing("kernel \(o.kernel) not found: run `make test-data` or pass --kernel PATH") }
+        guard FS.exists(o.initBinary) else { throw .missing("init binary \(o.initBinary) not found: run `make image` (static release build)") }
+        let initBytes = try FS.read(o.initBinary, limit: 512 << 20)
+        switch GuestKernel.elfHasInterpreter(initBytes) {
+        case .some(false): break
+        case .some(true):
+            throw .badInput("\(o.initBinary) is dynamically linked and cannot be /init; build it static: "
+                + "swift build -c release --static-swift-stdlib -Xswiftc -static-executable (`make image` does this)")
+        case .none: throw .badInput("\(o.initBinary) is not a 64-bit ELF executable")
+        }
+        let kernelBytes = try FS.read(o.kernel, limit: 256 << 20)
+        var moduleFiles: [(name: String, bytes: [UInt8])] = []
+        for (i, rel) in guestModules.enumerated() {
+            let path = o.modulesDir + "/kernel/" + rel
+            guard FS.exists(path) else { throw .missing("module \(path) not found (is \(o.modulesDir) the kernel's module tree?)") }
+            let base = String(rel.split(separator: "/").last!)
+            let idx = i < 9 ? "0\(i + 1)" : "\(i + 1)"
+            moduleFiles.append(("\(idx)-\(base)", try FS.read(path, limit: 64 << 20)))
+        }
+        var testFiles: [(name: String, bytes: [UInt8])] = []
+        if o.withTestImage {
+            for rel in testModules {
+                let path = o.modulesDir + "/kernel/" + rel
+                if FS.exists(path) { testFiles.append((String(rel.split(separator: "/").last!), try FS.read(path, limit: 64 << 20))) }
+            }
+        }
+        let policyBytes = try o.policy.map { p throws(ServiceVMError) in try FS.read(p, limit: 1 << 20) }
+        let mapText = try o.systemMap.map { p throws(ServiceVMError) in try FS.readString(p, limit: 64 << 20) }
+
+        var fp = Fingerprint()
+        fp.add(builderVersion)
+        fp.add(initBytes); fp.add(kernelBytes); fp.add(mapText ?? "")
+        for m in moduleFiles { fp.add(m.name); fp.add(m.bytes) }
+        for m in testFiles { fp.add(m.name); fp.add(m.bytes) }
+        fp.add(policyBytes ?? [])
+        fp.add(o.withTestImage ? "test" : "notest")
+
+        try FS.mkdirs(o.outDir)
+        let stampPath = o.outDir + "/image.txt"
+        let vmlinuxPath = o.outDir + "/vmlinux", vmlinuzPath = o.outDir + "/vmlinuz"
+        let initrdPath = o.outDir + "/initramfs.cpio.gz", testInitrdPath = o.outDir + "/initramfs-test.cpio.gz"
+        var result = ImageBuildResult()
+        result.fingerprint = fp.hex
+
+        if !o.force, let old = try? FS.readString(stampPath), ImageInfo.parse(old)["fingerprint"] == fp.hex,
+           FS.exists(initrdPath), FS.exists(vmlinuxPath) || FS.exists(vmlinuzPath), !o.withTestImage || FS.exists(testInitrdPath) {
+            result.upToDate = true
+            for p in [vmlinuxPath, vmlinuzPath, initrdPath, testInitrdPath] {
+                if let s = FS.size(p) { result.artefacts.append(.init(path: p, bytes: s, note: "unchanged")) }
+            }
+            return result
+        }
+
+        // Kernel: prefer the PVH ELF; fall back to the bzImage.
+        let vmlinux = GuestKernel.extractVmlinux(fromBzImage: kernelBytes)
+        if let vmlinux {
+            try FS.write(vmlinuxPath, vmlinux)
+            FS.remove(vmlinuzPath)
+            result.artefacts.append(.init(path: vmlinuxPath, bytes: vmlinux.count, note: "uncompressed PVH ELF from \(basename(o.kernel))"))
+        } else {
+            try FS.write(vmlinuzPath, kernelBytes)
+            FS.remove(vmlinuxPath)
+            result.artefacts.append(.init(path: vmlinuzPath, bytes: kernelBytes.count, note: "bzImage (no xz payload to extract)"))
+            log("image: note: \(o.kernel) has no xz-compressed ELF payload; booting the bzImage (slower under TCG)")
+        }
+
+        // Trust anchors: the certificates built into the kernel.
+        var certs: [[UInt8]] = []
+        if let vmlinux {
+            if let mapText, let fromMap = try? GuestKernel.builtinCertificates(vmlinux: vmlinux, systemMap: mapText) {
+                certs = fromMap
+            } else {
+                // Debian ships a stub System.map; find the certificates by their DER shape instead.
+                certs = GuestKernel.scanCertificates(vmlinux: vmlinux)
+            }
+            if certs.isEmpty { log("image: warning: no certificate found in the kernel; no trust anchors in the image") }
+        } else {
+            log("image: warning: no vmlinux to take certificates from; no trust anchors in the image")
+        }
+
+        var cpio = CpioArchive(mtime: 0)
+        cpio.addFile("init", initBytes, mode: 0o755)
+        for d in ["dev", "proc", "sys", "tmp", "run", "etc/execgate/trust"] { cpio.addDirectory(d) }
+        cpio.add("dev/console", mode: 0o600, .charDevice(major: 5, minor: 1))
+        cpio.add("dev/null", mode: 0o666, .charDevice(major: 1, minor: 3))
+        for m in moduleFiles { cpio.addFile(GuestPaths.modules + "/" + m.name, m.bytes) }
+        for (i, c) in certs.enumerated() { cpio.addFile(GuestPaths.trust + "/kernel-builtin-\(i).der", c) }
+        if let policyBytes { cpio.addFile(GuestPaths.policy, policyBytes) }
+        let kernelVersion = basename(o.kernel).replacingPrefix("vmlinuz-", with: "")
+        cpio.addFile(GuestPaths.etc + "/image.txt", Array("builder=\(builderVersion)\nkernel=\(kernelVersion)\nfingerprint=\(fp.hex)\n".utf8))
+        let raw = cpio.encode()
+        let gz = try Compression.gzip(raw)
+        try FS.write(initrdPath, gz)
+        result.artefacts.append(.init(path: initrdPath, bytes: gz.count,
+                                      note: "\(cpio.entries.count) entries, \(raw.count) bytes uncompressed, \(certs.count) trust anchor(s)"))
+
+        if o.withTestImage {
+            var t = cpio
+            for m in testFiles { t.addFile(GuestPaths.testModules + "/" + m.name, m.bytes) }
+            if let victim = testFiles.first {
+                // Flip one byte in the middle of the signed content: the signature must no longer verify.
+                var bytes = victim.bytes
+                let at = bytes.count / 3
+                bytes[at] ^= 0x01
+                t.addFile(GuestPaths.testModules + "/tampered-" + victim.name, bytes)
+            }
+            let traw = t.encode()
+            let tgz = try Compression.gzip(traw)
+            try FS.write(testInitrdPath, tgz)
+            result.artefacts.append(.init(path: testInitrdPath, bytes: tgz.count,
+                                          note: "test image: +\(testFiles.count) signed module(s) and 1 tampered copy"))
+        } else {
+            FS.remove(testInitrdPath)
+        }
+
+        let info = ImageInfo.render([
+            ("builder", builderVersion), ("fingerprint", fp.hex), ("kernel_source", o.kernel),
+            ("kernel_version", kernelVersion),
+            ("kernel", vmlinux != nil ? vmlinuxPath : vmlinuzPath),
+            ("kernel_format", vmlinux != nil ? "pvh-elf" : "bzimage"),
+            ("initrd", initrdPath), ("initrd_test", o.withTestImage ? testInitrdPath : ""),
+            ("init_binary", o.initBinary), ("trust_anchors", "\(certs.count)"),
+        ])
+        try FS.write(stampPath, info)
+        return result
+    }
+
+    static func basename(_ p: String) -> String { String(p.split(separator: "/").last ?? Substring(p)) }
+}
+
+/// `key=value` lines: the image's build record and the launcher's state files (no JSON parser needed).
+public enum ImageInfo {
+    public static func parse(_ s: String) -> [String: String] {
+        var d: [String: String] = [:]
+        for line in s.split(separator: "\n") {
+            guard let eq = line.firstIndex(of: "=") else { continue }
+            d[String(line[..<eq])] = String(line[line.index(after: eq)...])
+        }
+        return d
+    }
+    public static func render(_ pairs: [(String, String)]) -> String {
+        pairs.map { "\($0.0)=\($0.1.replacingNewlines())" }.joined(separator: "\n") + "\n"
+    }
+}
+
+extension String {
+    func replacingPrefix(_ p: String, with r: String) -> String { hasPrefix(p) ? r + dropFirst(p.count) : self }
+    func replacingNewlines() -> String { String(map { $0 == "\n" ? " " : $0 }) }
+}

@@ -1,0 +1,260 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The host side: starts the service VM under QEMU, waits until the verifier is ready, stops it,
+// reports its status. One VM per name; its state directory holds
+//   qemu.pid      written (and locked) by QEMU itself
+//   vm.txt        what was started (key=value)
+//   console.log   the guest's serial console
+//   qemu.log      QEMU's own stderr
+//
+// Reachability: with the host's /dev/vhost-vsock the guest gets `vhost-vsock-*,guest-cid=N` and the
+// VMM reaches the verifier at vsock:N:PORT. Without it (this build host) the VM boots anyway and we
+// say plainly that the host cannot reach it yet (a vhost-user-vsock backend is a later issue).
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public struct VMConfig: Sendable {
+    public enum Machine: String, Sendable { case microvm, pc }
+
+    public var name = "execgate"
+    public var cid: UInt32 = 3
+    public var memoryMiB = 256
+    public var port: UInt32 = GuestOptions.defaultPort
+    public var mode: GuestOptions.Mode = .serve
+    public var machine: Machine = .microvm
+    public var accel: Accelerator.Decision = .init(accel: .tcg, reason: "default")
+    public var stateDir: String
+    public var kernel: String
+    public var initrd: String
+    public var qemu = "qemu-system-x86_64"
+    public var extraCmdline: [String] = []
+    public var readyTimeoutSeconds = 90
+    public var vhostVsockDevice = "/dev/vhost-vsock"
+
+    public init(stateDir: String, kernel: String, initrd: String) {
+        self.stateDir = stateDir; self.kernel = kernel; self.initrd = initrd
+    }
+
+    public var consoleLog: String { stateDir + "/console.log" }
+    public var qemuLog: String { stateDir + "/qemu.log" }
+    public var pidFile: String { stateDir + "/qemu.pid" }
+    public var infoFile: String { stateDir + "/vm.txt" }
+    /// Marker in QEMU's command line (`-name`): identifies our process, guards against pid reuse.
+    public var processMarker: String { "execgate-vm-\(name)" }
+
+    /// Picks the kernel and initrd from an image directory (`Images/out`).
+    public static func imagePaths(imageDir: String, test: Bool) throws(ServiceVMError) -> (kernel: String, initrd: String) {
+        let kernel = [imageDir + "/vmlinux", imageDir + "/vmlinuz"].first(where: FS.exists)
+        let initrd = imageDir + (test ? "/initramfs-test.cpio.gz" : "/initramfs.cpio.gz")
+        guard let kernel, FS.exists(initrd) else {
+            throw .missing("no service VM image in \(imageDir) (need vmlinux or vmlinuz and \(initrd.split(separator: "/").last!)): run `make image`")
+        }
+        return (kernel, initrd)
+    }
+
+    public var hostHasVhostVsock: Bool { access(vhostVsockDevice, R_OK | W_OK) == 0 }
+
+    /// The kernel command line. `quiet` matters: every console byte is slow under TCG.
+    public var kernelCmdline: String {
+        (["console=ttyS0", "quiet", "panic=-1", "random.trust_cpu=on", "execgate.mode=\(mode.rawValue)",
+          "execgate.port=\(port)"] + extraCmdline).joined(separator: " ")
+    }
+
+    /// QEMU's argv (without daemonize/pidfile, which `start` adds).
+    public func qemuArguments(qemuPath: String, vhost: Bool) -> [String] {
+        var a = [qemuPath, "-name", "\(processMarker),process=\(processMarker)",
+                 "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-no-reboot"]
+        switch machine {
+        case .microvm: a += ["-M", "microvm"]
+        case .pc: a += ["-M", "pc"]
+        }
+        switch accel.accel {
+        case .kvm: a += ["-accel", "kvm", "-cpu", "host"]
+        case .tcg: a += ["-accel", "tcg", "-cpu", "max"]
+        }
+        a += ["-smp", "1", "-m", "\(memoryMiB)M",
+              "-kernel", kernel, "-initrd", initrd, "-append", kernelCmdline,
+              "-serial", "file:\(consoleLog)"]
+        if vhost {
+            a += ["-device", machine == .microvm ? "vhost-vsock-device,guest-cid=\(cid)" : "vhost-vsock-pci,guest-cid=\(cid)"]
+        }
+        return a
+    }
+}
+
+public struct VMStatus: Sendable {
+    public var name: String
+    public var running: Bool
+    public var pid: Int32?
+    public var ready: Bool
+    public var address: String?
+    public var reachableFromHost: Bool
+    public var info: [String: String]
+    public var consoleTail: String
+
+    public var json: String {
+        JSON.object([
+            ("name", JSON.string(name)), ("running", running ? "true" : "false"),
+            ("pid", pid.map { "\($0)" } ?? "null"), ("ready", ready ? "true" : "false"),
+            ("address", address.map(JSON.string) ?? "null"),
+            ("reachable_from_host", reachableFromHost ? "true" : "false"),
+            ("accel", JSON.string(info["accel"] ?? "")), ("memory_mib", info["memory_mib"] ?? "null"),
+            ("console_log", JSON.string(info["console_log"] ?? "")),
+            ("boot_ms", info["boot_ms"] ?? "null"),
+            ("console_tail", JSON.string(consoleTail)),
+        ])
+    }
+}
+
+public struct VMStartResult: Sendable {
+    public var pid: Int32
+    public var address: String
+    public var reachableFromHost: Bool
+    public var bootMillis: Int
+    public var readyLine: String
+}
+
+public enum Launcher {
+    public static func findQEMU(_ name: String) throws(ServiceVMError) -> String {
+        guard let p = Subprocess.which(name) else {
+            throw .missing("\(name) not found: install QEMU (Debian: apt-get install qemu-system-x86; or `make deps`)")
+        }
+        return p
+    }
+
+    static func readPid(_ c: VMConfig) -> Int32? {
+        guard let s = try? FS.readString(c.pidFile, limit: 64) else { return nil }
+        return Int32(s.trimmingTrailingNewlines())
+    }
+
+    public static func runningPid(_ c: VMConfig) -> Int32? {
+        guard let pid = readPid(c), Subprocess.isAlive(pid, marker: c.processMarker) else { return nil }
+        return pid
+    }
+
+    /// Starts the VM in the background and waits for the READY line on its console.
+    public static func start(_ c: VMConfig, log: (String) -> Void = { print($0) }) throws(ServiceVMError) -> VMStartResult {
+        try FS.mkdirs(c.stateDir)
+        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid) }
+        let qemu = try findQEMU(c.qemu)
+        guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
+        for f in [c.pidFile, c.consoleLog, c.qemuLog] { FS.remove(f) }
+        let vhost = c.hostHasVhostVsock
+        let argv = c.qemuArguments(qemuPath: qemu, vhost: vhost) + ["-daemonize", "-pidfile", c.pidFile]
+        try writeInfo(c, vhost: vhost, extra: [("state", "starting")])
+        log("vm: starting '\(c.name)' (\(c.accel.accel.rawValue): \(c.accel.reason); \(c.machine.rawValue), \(c.memoryMiB) MiB, guest CID \(c.cid))")
+        let t0 = Clock.nanos()
+        let parent = try Subprocess.spawn(argv, outputPath: c.qemuLog)
+        // With -daemonize the parent exits once QEMU is initialised (0) or failed (non-zero).
+        let rc = Subprocess.wait(parent, timeoutMillis: 30_000)
+        guard rc == 0, let pid = readPid(c) else {
+            throw .guestDied("QEMU failed to start (exit \(rc.map(String.init) ?? "timeout")); \(c.qemuLog):", consoleTail: FS.tail(c.qemuLog))
+        }
+        do {
+            let line = try waitForReady(c, pid: pid, timeoutSeconds: c.readyTimeoutSeconds)
+            let bootMs = Int((Clock.nanos() - t0) / 1_000_000)
+            let address = "vsock:\(c.cid):\(c.port)"
+            try writeInfo(c, vhost: vhost, extra: [("state", "ready"), ("pid", "\(pid)"), ("boot_ms", "\(bootMs)")])
+            return VMStartResult(pid: pid, address: address, reachableFromHost: vhost, bootMillis: bootMs, readyLine: line)
+        } catch {
+            // Do not leave a half-started guest behind.
+            _ = stopProcess(pid, marker: c.processMarker)
+            throw error
+        }
+    }
+
+    /// Polls the console log for READY (or FATAL / QEMU exit).
+    static func waitForReady(_ c: VMConfig, pid: Int32, timeoutSeconds: Int) throws(ServiceVMError) -> String {
+        let deadline = Clock.nanos() + UInt64(timeoutSeconds) * 1_000_000_000
+        while true {
+            if let text = try? FS.readString(c.consoleLog, limit: 64 << 20) {
+                for line in text.consoleLines(omittingEmpty: true) {
+                    if line.hasPrefix(ConsoleProtocol.ready) { return String(line) }
+                    if line.hasPrefix(ConsoleProtocol.fatal) {
+                        throw .guestDied("the guest's init failed: \(line)", consoleTail: FS.tail(c.consoleLog))
+                    }
+                }
+            }
+            if !Subprocess.isAlive(pid, marker: c.processMarker) {
+                throw .guestDied("the VM stopped before it was ready", consoleTail: FS.tail(c.consoleLog))
+            }
+            if Clock.nanos() >= deadline {
+                throw .timeout("the verifier was not ready after \(timeoutSeconds) s; VM stopped", consoleTail: FS.tail(c.consoleLog))
+            }
+            usleep(50_000)
+        }
+    }
+
+    static func writeInfo(_ c: VMConfig, vhost: Bool, extra: [(String, String)]) throws(ServiceVMError) {
+        try FS.write(c.infoFile, ImageInfo.render([
+            ("name", c.name), ("cid", "\(c.cid)"), ("port", "\(c.port)"), ("memory_mib", "\(c.memoryMiB)"),
+            ("accel", c.accel.accel.rawValue), ("accel_reason", c.accel.reason), ("machine", c.machine.rawValue),
+            ("kernel", c.kernel), ("initrd", c.initrd), ("console_log", c.consoleLog),
+            ("vhost_vsock", vhost ? "yes" : "no"), ("mode", c.mode.rawValue),
+        ] + extra))
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s. The guest keeps no state worth flushing: everything it has
+    /// came from the initramfs, so ending QEMU is a clean stop.
+    static func stopProcess(_ pid: Int32, marker: String) -> Bool {
+        guard Subprocess.isAlive(pid, marker: marker) else { return false }
+        kill(pid, SIGTERM)
+        for _ in 0..<100 {
+            if !Subprocess.isAlive(pid, marker: marker) { return true }
+            usleep(50_000)
+        }
+        kill(pid, SIGKILL)
+        for _ in 0..<40 where Subprocess.isAlive(pid, marker: marker) { usleep(50_000) }
+        return true
+    }
+
+    /// Stops the VM. Returns false when it was not running.
+    public static func stop(_ c: VMConfig) -> Bool {
+        guard let pid = runningPid(c) else { FS.remove(c.pidFile); return false }
+        let stopped = stopProcess(pid, marker: c.processMarker)
+        FS.remove(c.pidFile)
+        if var info = try? FS.readString(c.infoFile) {
+            info = info.split(separator: "\n").filter { !$0.hasPrefix("state=") }.joined(separator: "\n") + "\nstate=stopped\n"
+            try? FS.write(c.infoFile, info)
+        }
+        return stopped
+    }
+
+    public static func status(_ c: VMConfig) -> VMStatus {
+        let info = ImageInfo.parse((try? FS.readString(c.infoFile)) ?? "")
+        let pid = runningPid(c)
+        let console = (try? FS.readString(c.consoleLog, limit: 64 << 20)) ?? ""
+        let ready = console.consoleLines(omittingEmpty: true).contains { $0.hasPrefix(ConsoleProtocol.ready) }
+        let cid = info["cid"] ?? "\(c.cid)", port = info["port"] ?? "\(c.port)"
+        return VMStatus(name: c.name, running: pid != nil, pid: pid, ready: pid != nil && ready,
+                        address: pid != nil ? "vsock:\(cid):\(port)" : nil,
+                        reachableFromHost: pid != nil && info["vhost_vsock"] == "yes", info: info,
+                        consoleTail: pid == nil || !ready ? FS.tail(c.consoleLog) : "")
+    }
+
+    /// Boots the VM in the foreground until it powers off (test mode) and returns its console.
+    public static func runToCompletion(_ c: VMConfig, timeoutSeconds: Int) throws(ServiceVMError) -> (console: String, millis: Int) {
+        try FS.mkdirs(c.stateDir)
+        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid) }
+        let qemu = try findQEMU(c.qemu)
+        guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
+        for f in [c.consoleLog, c.qemuLog] { FS.remove(f) }
+        let t0 = Clock.nanos()
+        let pid = try Subprocess.spawn(c.qemuArguments(qemuPath: qemu, vhost: false), outputPath: c.qemuLog)
+        guard let rc = Subprocess.wait(pid, timeoutMillis: timeoutSeconds * 1000) else {
+            kill(pid, SIGKILL)
+            _ = Subprocess.wait(pid, timeoutMillis: 5000)
+            throw .timeout("the test VM did not power off within \(timeoutSeconds) s", consoleTail: FS.tail(c.consoleLog))
+        }
+        let ms = Int((Clock.nanos() - t0) / 1_000_000)
+        let console = (try? FS.readString(c.consoleLog, limit: 64 << 20)) ?? ""
+        guard rc == 0 else {
+            throw .guestDied("QEMU exited with status \(rc): \(FS.tail(c.qemuLog, lines: 5))", consoleTail: FS.tail(c.consoleLog))
+        }
+        return (console, ms)
+    }
+}

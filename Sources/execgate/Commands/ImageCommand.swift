@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `execgate image build`: the service VM's kernel + initramfs (see ExecGateServiceVM/ImageBuilder).
+
+import ArgumentParser
+import ExecGateServiceVM
+
+struct ImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "image",
+        abstract: "Build the service VM image (kernel + initramfs).",
+        subcommands: [ImageBuildCommand.self]
+    )
+}
+
+struct ImageBuildCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Build Images/out/{vmlinux,initramfs.cpio.gz,initramfs-test.cpio.gz}; skipped when inputs are unchanged."
+    )
+
+    @Option(help: "Unpacked Debian kernel package (boot/, lib/modules/).")
+    var kernelPackage: String = ".cache/kernel/current"
+
+    @Option(help: "The guest kernel bzImage (default: boot/vmlinuz-* of --kernel-package).")
+    var kernel: String?
+
+    @Option(help: "The static execgate binary to use as /init (default: this binary, if static).")
+    var `init`: String?
+
+    @Option(help: "Output directory.")
+    var out: String = "Images/out"
+
+    @Option(help: "Policy file to install as /etc/execgate/policy in the guest.")
+    var policy: String?
+
+    @Flag(help: "Rebuild even when the inputs are unchanged.")
+    var force = false
+
+    @Flag(help: "Do not build the test initramfs.")
+    var noTestImage = false
+
+    func run() throws {
+        do {
+            let initBinary = try `init` ?? FS.selfExecutable() ?? { throw ServiceVMError.missing("cannot find this executable; pass --init") }()
+            var o = try ImageBuildOptions.fromKernelPackage(kernelPackage, initBinary: initBinary, outDir: out)
+            if let kernel {
+                o.kernel = kernel
+                // A kernel given by path: modules and System.map still come from the package.
+            }
+            o.policy = policy
+            o.force = force
+            o.withTestImage = !noTestImage
+            let r = try ImageBuilder.build(o)
+            if r.upToDate { print("image: up to date (inputs unchanged, fingerprint \(r.fingerprint))") }
+            for a in r.artefacts {
+                print("image: \(a.path)  \(humanBytes(a.bytes))  \(a.note)")
+            }
+        } catch let e as ServiceVMError {
+            throw CommandFailure(message: "image: \(e)")
+        }
+    }
+}
+
+func humanBytes(_ n: Int) -> String {
+    if n >= 1 << 20 {
+        let tenths = (n * 10 + (1 << 19)) >> 20
+        return "\(tenths / 10).\(tenths % 10) MiB"
+    }
+    if n >= 1 << 10 { return "\((n + 512) >> 10) KiB" }
+    return "\(n) B"
+}
+
+/// A failure with one clear message and exit status 1 (no stack, no usage text).
+struct CommandFailure: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}

@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `execgate init`: PID 1 of the service VM. The kernel starts the binary as /init with no
+// arguments; `ExecGate.main` below sends a PID-1 process here whatever its argv says, so the guest
+// never lands in argument parsing (an unknown argv word must not make init exit → kernel panic).
+
+import ArgumentParser
+import ExecGateServiceVM
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+struct InitCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "init",
+        abstract: "Run as the service VM's PID 1 (mount, load vsock modules, serve on AF_VSOCK, power off).",
+        discussion: """
+        Options come from the kernel command line: execgate.mode=serve|test, execgate.port=N (default \
+        \(GuestOptions.defaultPort)), execgate.timeout=S (test mode), execgate.debug=1.
+        """
+    )
+
+    func run() async throws {
+        guard GuestInit.isPID1 else {
+            throw ValidationError("`execgate init` only runs as PID 1 inside the service VM (see `execgate vm start`)")
+        }
+        await GuestInit.run(hooks: GuestServiceWiring.hooks)
+    }
+}
+
+/// Connects the guest's init to the verifier. Until the real service is merged this is the stand-in.
+enum GuestServiceWiring {
+    static var hooks: GuestServiceHooks { .stub }
+}
+
+extension ExecGate {
+    /// As PID 1 the binary is always init; otherwise the usual argument parsing.
+    static func main() async {
+        if GuestInit.isPID1 { await GuestInit.run(hooks: GuestServiceWiring.hooks) }
+        do {
+            var command = try parseAsRoot()
+            if var async = command as? AsyncParsableCommand {
+                try await async.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+}

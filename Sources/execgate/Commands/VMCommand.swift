@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `execgate vm start|stop|status|selftest`: run the service VM under QEMU (see ExecGateServiceVM/Launcher).
+
+import ArgumentParser
+import ExecGateServiceVM
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+struct VMCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vm",
+        abstract: "Start, stop, inspect or self-test the service VM.",
+        subcommands: [VMStartCommand.self, VMStopCommand.self, VMStatusCommand.self, VMSelfTestCommand.self]
+    )
+}
+
+struct VMOptions: ParsableArguments {
+    @Option(help: "VM name (one VM per name).")
+    var name: String = "execgate"
+
+    @Option(help: "State directory root; the VM's files go to <state-dir>/<name>/ (default: $EXECGATE_RUN_DIR or ServiceVM/run).")
+    var stateDir: String?
+
+    @Option(help: "Image directory (from `execgate image build`).")
+    var imageDir: String = "Images/out"
+
+    func config(test: Bool) throws -> VMConfig {
+        guard name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }), !name.isEmpty, name.count <= 64 else {
+            throw ValidationError("--name: letters, digits, '-' and '_' only (max 64)")
+        }
+        let root = stateDir ?? getenv("EXECGATE_RUN_DIR").map { String(cString: $0) } ?? "ServiceVM/run"
+        let dir = FS.absolute(root) + "/" + name
+        // Missing image files are reported by the launcher with what to run.
+        let paths = (try? VMConfig.imagePaths(imageDir: imageDir, test: test))
+            ?? (FS.absolute(imageDir) + "/vmlinux", FS.absolute(imageDir) + (test ? "/initramfs-test.cpio.gz" : "/initramfs.cpio.gz"))
+        var c = VMConfig(stateDir: dir, kernel: FS.absolute(paths.0), initrd: FS.absolute(paths.1))
+        c.name = name
+        return c
+    }
+}
+
+struct BootOptions: ParsableArguments {
+    @Option(help: "Guest CID for vhost-vsock (3 or more).")
+    var cid: UInt32 = 3
+
+    @Option(help: "Guest memory in MiB.")
+    var memory: Int = 256
+
+    @Option(help: "AF_VSOCK port the verifier listens on in the guest.")
+    var port: UInt32 = GuestOptions.defaultPort
+
+    @Option(help: "auto (detect), kvm or tcg.")
+    var accel: String = "auto"
+
+    @Option(help: "microvm (default, fastest) or pc.")
+    var machine: String = "microvm"
+
+    @Option(help: "Seconds to wait for the guest.")
+    var timeout: Int = 90
+
+    @Option(help: "QEMU binary.")
+    var qemu: String = "qemu-system-x86_64"
+
+    func apply(_ c: inout VMConfig) throws {
+        guard cid >= 3, cid < UInt32.max else { throw ValidationError("--cid must be at least 3 (0-2 are reserved)") }
+        guard (64...65536).contains(memory) else { throw ValidationError("--memory: 64…65536 MiB") }
+        guard let m = VMConfig.Machine(rawValue: machine) else { throw ValidationError("--machine: microvm or pc") }
+        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        c.cid = cid; c.memoryMiB = memory; c.port = port; c.machine = m; c.readyTimeoutSeconds = timeout; c.qemu = qemu
+        do { c.accel = try Accelerator.choose(accel) } catch { throw ValidationError("\(error)") }
+    }
+}
+
+struct VMStartCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "start", abstract: "Boot the service VM and wait until the verifier is ready.")
+    @OptionGroup var vm: VMOptions
+    @OptionGroup var boot: BootOptions
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func run() throws {
+        var c = try vm.config(test: false)
+        try boot.apply(&c)
+        do {
+            let r = try Launcher.start(c, log: { if !json { print($0) } })
+            let note = r.reachableFromHost ? "" :
+                "host has no /dev/vhost-vsock: the VM runs but the host cannot reach it over vsock yet (vhost-user backend: later issue)"
+            if json {
+                print(JSON.object([("name", JSON.string(c.name)), ("ready", "true"), ("pid", "\(r.pid)"),
+                                   ("address", JSON.string(r.address)), ("reachable_from_host", r.reachableFromHost ? "true" : "false"),
+                                   ("boot_ms", "\(r.bootMillis)"), ("accel", JSON.string(c.accel.accel.rawValue)),
+                                   ("console_log", JSON.string(c.consoleLog)), ("note", JSON.string(note))]))
+            } else {
+                print("ready \(r.address) (pid \(r.pid), \(r.bootMillis) ms to ready; console \(c.consoleLog))")
+                if !note.isEmpty { print("note: \(note)") }
+            }
+        } catch {
+            throw CommandFailure(message: "vm start: \(error)")
+        }
+    }
+}
+
+struct VMStopCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "stop", abstract: "Stop the service VM.")
+    @OptionGroup var vm: VMOptions
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func run() throws {
+        let c = try vm.config(test: false)
+        let stopped = Launcher.stop(c)
+        if json { print(JSON.object([("name", JSON.string(c.name)), ("stopped", stopped ? "true" : "false")])) }
+        else { print(stopped ? "stopped '\(c.name)'" : "'\(c.name)' was not running") }
+    }
+}
+
+struct VMStatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Is the service VM running and ready?")
+    @OptionGroup var vm: VMOptions
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func run() throws {
+        let c = try vm.config(test: false)
+        let s = Launcher.status(c)
+        if json { print(s.json) }
+        else if s.running {
+            print("'\(s.name)' running (pid \(s.pid!)), \(s.ready ? "ready at \(s.address!)" : "not ready yet")"
+                  + (s.reachableFromHost ? "" : "; not reachable from the host (no vhost-vsock)"))
+            if !s.consoleTail.isEmpty { print("--- console tail ---\n\(s.consoleTail)") }
+        } else {
+            print("'\(s.name)' is not running" + (s.info.isEmpty ? " (never started here)" : ""))
+            if !s.consoleTail.isEmpty { print("--- console tail ---\n\(s.consoleTail)") }
+        }
+        if !s.running { throw ExitCode(3) }
+    }
+}
+
+struct VMSelfTestCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "selftest",
+        abstract: "Boot the test image (execgate.mode=test): the guest serves on vsock and queries itself over loopback; print the results."
+    )
+    @OptionGroup var vm: VMOptions
+    @OptionGroup var boot: BootOptions
+    @Flag(help: "Print the raw EXECGATE-* console lines.") var json = false
+
+    func run() throws {
+        var c = try vm.config(test: true)
+        c.name = vm.name + "-selftest"
+        c.stateDir += "-selftest"
+        try boot.apply(&c)
+        c.mode = .test
+        c.extraCmdline = ["execgate.timeout=\(max(10, boot.timeout - 5))"]
+        do {
+            let run = try SelfTest.run(c, timeoutSeconds: boot.timeout)
+            if json {
+                for l in run.rawLines { print(l) }
+            } else {
+                for r in run.results { print("\(r.passed ? "PASS" : "FAIL") \(r.name)  \(r.detail)") }
+                print(run.summaryText)
+            }
+            if !run.passed { throw ExitCode(1) }
+        } catch let e as ServiceVMError {
+            throw CommandFailure(message: "vm selftest: \(e)")
+        }
+    }
+}

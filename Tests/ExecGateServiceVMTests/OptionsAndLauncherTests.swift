@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: Apache-2.0
+import XCTest
+@testable import ExecGateServiceVM
+
+final class GuestOptionsTests: XCTestCase {
+    func testDefaults() throws {
+        let o = try GuestOptions(commandLine: "console=ttyS0 quiet panic=-1\n")
+        XCTAssertEqual(o.mode, .serve)
+        XCTAssertEqual(o.port, 5000)
+    }
+
+    func testParsesExecgateKeys() throws {
+        let o = try GuestOptions(commandLine: "quiet execgate.mode=test execgate.port=6000 execgate.timeout=30 execgate.debug=1 execgate.colour=blue")
+        XCTAssertEqual(o.mode, .test)
+        XCTAssertEqual(o.port, 6000)
+        XCTAssertEqual(o.testTimeoutSeconds, 30)
+        XCTAssertTrue(o.debug)
+        XCTAssertEqual(o.unknownKeys, ["colour"])
+    }
+
+    func testRejectsBadValues() {
+        for bad in ["execgate.mode=shell", "execgate.port=0", "execgate.port=-1", "execgate.port=99999999999",
+                    "execgate.port=4294967295", "execgate.timeout=0", "execgate.timeout=x"] {
+            XCTAssertThrowsError(try GuestOptions(commandLine: "quiet \(bad)"), bad)
+        }
+    }
+
+    func testQuotedWords() {
+        XCTAssertEqual(GuestOptions.words(#"a "b c" d="e f""#), ["a", "b c", "d=e f"])
+    }
+}
+
+final class LauncherTests: XCTestCase {
+    func config() -> VMConfig {
+        var c = VMConfig(stateDir: "/tmp/eg/vm", kernel: "/img/vmlinux", initrd: "/img/initramfs.cpio.gz")
+        c.name = "unit"
+        c.cid = 7
+        c.memoryMiB = 128
+        return c
+    }
+
+    func testQEMUArgumentsTCG() {
+        var c = config()
+        c.accel = .init(accel: .tcg, reason: "test")
+        let a = c.qemuArguments(qemuPath: "/usr/bin/qemu-system-x86_64", vhost: false)
+        XCTAssertEqual(a.first, "/usr/bin/qemu-system-x86_64")
+        XCTAssertTrue(a.containsSequence(["-accel", "tcg", "-cpu", "max"]))
+        XCTAssertTrue(a.containsSequence(["-M", "microvm"]))
+        XCTAssertTrue(a.containsSequence(["-m", "128M"]))
+        XCTAssertTrue(a.containsSequence(["-kernel", "/img/vmlinux", "-initrd", "/img/initramfs.cpio.gz"]))
+        XCTAssertTrue(a.contains("-no-reboot"), "a guest that panics or reboots must end the VM")
+        XCTAssertTrue(a.containsSequence(["-serial", "file:/tmp/eg/vm/console.log"]))
+        XCTAssertFalse(a.joined(separator: " ").contains("vhost"))
+        let append = a[a.firstIndex(of: "-append")! + 1]
+        XCTAssertTrue(append.contains("execgate.mode=serve"))
+        XCTAssertTrue(append.contains("execgate.port=5000"))
+        XCTAssertTrue(append.contains("panic=-1"))
+        XCTAssertTrue(append.contains("random.trust_cpu=on"))
+        XCTAssertTrue(a.joined(separator: " ").contains("execgate-vm-unit"))
+    }
+
+    func testQEMUArgumentsKVMAndVhost() {
+        var c = config()
+        c.accel = .init(accel: .kvm, reason: "test")
+        var a = c.qemuArguments(qemuPath: "q", vhost: true)
+        XCTAssertTrue(a.containsSequence(["-accel", "kvm", "-cpu", "host"]))
+        XCTAssertTrue(a.containsSequence(["-device", "vhost-vsock-device,guest-cid=7"]))
+        c.machine = .pc
+        a = c.qemuArguments(qemuPath: "q", vhost: true)
+        XCTAssertTrue(a.containsSequence(["-device", "vhost-vsock-pci,guest-cid=7"]))
+        XCTAssertTrue(a.containsSequence(["-M", "pc"]))
+    }
+
+    func testAcceleratorDetection() throws {
+        var f = Accelerator.HostFacts()
+        f.kvmDevice = "/nonexistent/kvm"
+        XCTAssertEqual(Accelerator.detect(f).accel, .tcg)
+        // A file that is not a KVM device: the API-version ioctl fails → TCG.
+        let tmp = NSTemporaryDirectory() + "eg-notkvm-\(getpid())"
+        _ = FileManager.default.createFile(atPath: tmp, contents: Data())
+        defer { unlink(tmp) }
+        f.kvmDevice = tmp
+        XCTAssertEqual(Accelerator.detect(f).accel, .tcg)
+        XCTAssertThrowsError(try Accelerator.choose("hvf"))
+        XCTAssertEqual(try Accelerator.choose("tcg").accel, .tcg)
+    }
+
+    func testAcceleratorOnThisHost() {
+        // Informational: on the paravirtual-KVM build host this must say TCG.
+        let d = Accelerator.detect()
+        if FileManager.default.fileExists(atPath: "/sys/module/kvm_pvm") { XCTAssertEqual(d.accel, .tcg, d.reason) }
+        print("accelerator on this host: \(d.accel.rawValue) (\(d.reason))")
+    }
+
+    func testStatusOfNeverStartedVM() {
+        var c = config()
+        c.stateDir = NSTemporaryDirectory() + "eg-status-\(getpid())"
+        let s = Launcher.status(c)
+        XCTAssertFalse(s.running)
+        XCTAssertNotNil(FlatJSON.parseObject(s.json), "status JSON must parse")
+        XCTAssertFalse(Launcher.stop(c))
+    }
+
+    func testMissingQEMUMessage() {
+        XCTAssertThrowsError(try Launcher.findQEMU("qemu-system-none-such")) { e in
+            XCTAssertTrue("\(e)".contains("apt-get install qemu-system-x86"), "\(e)")
+        }
+    }
+
+    func testMissingImageMessage() {
+        XCTAssertThrowsError(try VMConfig.imagePaths(imageDir: "/nonexistent", test: false)) { e in
+            XCTAssertTrue("\(e)".contains("make image"), "\(e)")
+        }
+    }
+}
+
+final class FlatJSONTests: XCTestCase {
+    func testParsesResultLine() {
+        let r = SelfTestResult(name: "a \"b\"", passed: true, detail: "x\ny", micros: 12, extra: [("mean_us", "3")])
+        let run = SelfTestRun.parse(console: "noise\r\n[    1.0] kernel\nEXECGATE-RESULT \(r.json)\r\nEXECGATE-DONE {\"passed\":1,\"failed\":0}\n")
+        XCTAssertEqual(run.results.count, 1)
+        XCTAssertEqual(run.results[0].name, "a \"b\"")
+        XCTAssertEqual(run.results[0].detail, "x\ny")
+        XCTAssertEqual(run.results[0].fields["mean_us"], .number(3))
+        XCTAssertTrue(run.passed)
+    }
+
+    func testMalformedLinesNeverCrash() {
+        for bad in ["{", "{\"a\":", "{\"a\":tru}", "[[[[", String(repeating: "{\"a\":", count: 100), "{\"a\":\"\\u12\"}", "{} x"] {
+            XCTAssertNil(FlatJSON.parseObject(bad), bad)
+        }
+        let run = SelfTestRun.parse(console: "EXECGATE-RESULT {garbage\n")
+        XCTAssertEqual(run.results.count, 1)
+        XCTAssertFalse(run.results[0].passed)
+        XCTAssertFalse(run.passed)
+    }
+}
+
+extension Array where Element: Equatable {
+    func containsSequence(_ s: [Element]) -> Bool {
+        guard s.count <= count else { return false }
+        return (0...(count - s.count)).contains { Array(self[$0..<$0 + s.count]) == s }
+    }
+}

@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Boots the real service VM image under QEMU (TCG here; KVM where it works). Needs `make image`;
+// `make test` builds it and sets EXECGATE_VM_TEST=1, which turns a missing image into a failure.
+
+import ExecGateTestSupport
+import XCTest
+@testable import ExecGateServiceVM
+
+final class ServiceVMBootTests: XCTestCase {
+    var imageDir: String { Fixtures.packageRoot + "/Images/out" }
+    var required: Bool { ProcessInfo.processInfo.environment["EXECGATE_VM_TEST"] == "1" }
+
+    func config(test: Bool, name: String) throws -> VMConfig {
+        let paths: (kernel: String, initrd: String)
+        do { paths = try VMConfig.imagePaths(imageDir: imageDir, test: test) } catch {
+            if required { throw error }
+            throw XCTSkip("\(error)")
+        }
+        if Subprocess.which("qemu-system-x86_64") == nil {
+            if required { XCTFail("qemu-system-x86_64 not installed") }
+            throw XCTSkip("qemu-system-x86_64 not installed")
+        }
+        let state = NSTemporaryDirectory() + "execgate-vmtest-\(getpid())/\(name)"
+        var c = VMConfig(stateDir: state, kernel: paths.kernel, initrd: paths.initrd)
+        c.name = "\(name)-\(getpid())"
+        c.accel = Accelerator.detect()
+        c.memoryMiB = 256
+        c.readyTimeoutSeconds = 90
+        return c
+    }
+
+    /// The in-guest self-test: PID 1 serves on AF_VSOCK and queries itself over vsock loopback (CID 1).
+    func testSelfTestOverVsockLoopbackInGuest() throws {
+        var c = try config(test: true, name: "selftest")
+        c.mode = .test
+        c.extraCmdline = ["execgate.timeout=100"]
+        let run = try SelfTest.run(c, timeoutSeconds: 120)
+        print(run.summaryText)
+        for line in run.rawLines { print(line) }
+        XCTAssertTrue(run.rawLines.contains { $0.hasPrefix(ConsoleProtocol.ready + " vsock:any:5000") }, run.console)
+        XCTAssertFalse(run.results.isEmpty, "no EXECGATE-RESULT lines:\n\(run.console)")
+        for r in run.results { XCTAssertTrue(r.passed, "\(r.name): \(r.detail)") }
+        XCTAssertNotNil(run.summary, "no EXECGATE-DONE line")
+        XCTAssertTrue(run.passed)
+    }
+
+    /// The launcher: start (ready), refuse a second start, status, stop, status of a dead VM.
+    func testLauncherLifecycle() throws {
+        let c = try config(test: false, name: "life")
+        defer { _ = Launcher.stop(c) }
+        let r = try Launcher.start(c, log: { print($0) })
+        print("ready \(r.address) in \(r.bootMillis) ms: \(r.readyLine)")
+        XCTAssertTrue(r.readyLine.hasPrefix(ConsoleProtocol.ready))
+        XCTAssertEqual(r.address, "vsock:3:5000")
+        XCTAssertThrowsError(try Launcher.start(c)) { e in
+            guard case ServiceVMError.alreadyRunning = e else { return XCTFail("\(e)") }
+        }
+        var s = Launcher.status(c)
+        XCTAssertTrue(s.running)
+        XCTAssertTrue(s.ready)
+        XCTAssertTrue(Launcher.stop(c))
+        s = Launcher.status(c)
+        XCTAssertFalse(s.running)
+        XCTAssertTrue(s.consoleTail.contains(ConsoleProtocol.ready), s.consoleTail)
+        XCTAssertFalse(Launcher.stop(c))
+    }
+
+    /// Too little memory: the guest cannot boot; the launcher must fail with the console tail, not hang.
+    func testBootFailureReportsConsoleTail() throws {
+        var c = try config(test: false, name: "tiny")
+        c.memoryMiB = 24
+        c.readyTimeoutSeconds = 45
+        defer { _ = Launcher.stop(c) }
+        XCTAssertThrowsError(try Launcher.start(c)) { e in
+            switch e {
+            case ServiceVMError.guestDied, ServiceVMError.timeout: break
+            default: XCTFail("unexpected \(e)")
+            }
+        }
+        XCTAssertFalse(Launcher.status(c).running)
+    }
+}
