@@ -534,9 +534,11 @@ int egs_sign_detached(const uint8_t *content, size_t len, EVP_PKEY *key, X509 *c
     if (!(flags & EGS_SIGN_ATTRS)) signer_flags |= CMS_NOATTR;
     data = BIO_new_mem_buf(content, (int)len);
     if (data == NULL) goto out;
-    cms = CMS_sign(NULL, NULL, NULL, NULL, nocerts | CMS_PARTIAL | CMS_BINARY | CMS_DETACHED | CMS_STREAM);
+    cms = CMS_sign(NULL, NULL, NULL, NULL,
+                   nocerts | CMS_PARTIAL | CMS_BINARY | ((flags & EGS_SIGN_EMBED) ? 0 : CMS_DETACHED) | CMS_STREAM);
     if (cms == NULL) goto out;
     if (CMS_add1_signer(cms, cert, key, m, signer_flags) == NULL) goto out;
+    if ((flags & EGS_SIGN_TWICE) && CMS_add1_signer(cms, cert, key, egs_md(EGS_MD_SHA512), signer_flags) == NULL) goto out;
     if (CMS_final(cms, data, NULL, nocerts | CMS_BINARY) != 1) goto out;
     n = i2d_CMS_ContentInfo(cms, &der);
     if (n <= 0) goto out;

@@ -74,6 +74,8 @@ public struct ModuleSigner: Sendable {
     /// Test-only knobs that produce messages the kernel rejects, to test rejection paths.
     public var _includeSignedAttributes = false
     public var _includeCertificate = false
+    public var _embedContent = false
+    public var _addSecondSigner = false
 
     /// - Throws: `.keyDoesNotMatchCertificate` when the key is not the certificate's.
     public init(key: PrivateKey, certificate: Certificate, digest: DigestAlgorithm = .sha256,
@@ -93,6 +95,8 @@ public struct ModuleSigner: Sendable {
         if identification == .subjectKeyIdentifier { flags |= Int32(EGS_SIGN_KEYID) }
         if _includeSignedAttributes { flags |= Int32(EGS_SIGN_ATTRS) }
         if _includeCertificate { flags |= Int32(EGS_SIGN_CERTS) }
+        if _embedContent { flags |= Int32(EGS_SIGN_EMBED) }
+        if _addSecondSigner { flags |= Int32(EGS_SIGN_TWICE) }
         var out: UnsafeMutablePointer<UInt8>?
         var outLen = 0
         let r = egs_sign_detached(content.baseAddress?.assumingMemoryBound(to: UInt8.self), content.count,

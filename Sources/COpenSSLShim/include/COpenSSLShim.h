@@ -54,6 +54,8 @@ enum {
     EGS_SIGN_KEYID = 1,        /* identify the signer by subjectKeyIdentifier (sign-file -k) */
     EGS_SIGN_ATTRS = 2,        /* keep signed attributes (tests only: the kernel rejects these) */
     EGS_SIGN_CERTS = 4,        /* embed the signer certificate (tests only) */
+    EGS_SIGN_EMBED = 8,        /* embed the content instead of a detached signature (tests only) */
+    EGS_SIGN_TWICE = 16,       /* add a second SignerInfo with the same key (tests only) */
 };
 
 /* ---- memory ---- */
