@@ -181,6 +181,32 @@ public struct GeneratedSigningKey: Sendable {
         return GeneratedSigningKey(privateKeyPEM: Array(keyBytes), certificatePEM: Array(certBytes))
     }
 
+    /// Elliptic curves the kernel's ECDSA module signatures accept (crypto/ecdsa.c: NIST P-256, P-384).
+    public enum Curve: String, Sendable, CaseIterable {
+        case p256 = "P-256"
+        case p384 = "P-384"
+    }
+
+    /// Generates an ECDSA key on `curve` and a self-signed certificate shaped like `generateRSA`'s.
+    public static func generateECDSA(curve: Curve = .p384, commonName: String = "ExecGate module signing key",
+                                     days: Int = 36500) throws(CertificateError) -> GeneratedSigningKey {
+        guard let d = Int32(exactly: days) else { throw CertificateError(.generationFailed, "days out of range") }
+        var k: UnsafeMutablePointer<CChar>?
+        var kLen = 0
+        var c: UnsafeMutablePointer<CChar>?
+        var cLen = 0
+        guard egs_generate_ec_selfsigned(curve.rawValue, commonName, d, &k, &kLen, &c, &cLen) == 0, let k, let c else {
+            throw CertificateError(.generationFailed, "key generation failed: \(lastOpenSSLError())")
+        }
+        defer {
+            k.initialize(repeating: 0, count: kLen)
+            egs_free(k)
+            egs_free(c)
+        }
+        return GeneratedSigningKey(privateKeyPEM: Array(UnsafeRawBufferPointer(start: k, count: kLen)),
+                                   certificatePEM: Array(UnsafeRawBufferPointer(start: c, count: cLen)))
+    }
+
     /// The parsed certificate and key.
     public func load() throws(CertificateError) -> (PrivateKey, Certificate) {
         let key = try PrivateKey(pem: privateKeyPEM)

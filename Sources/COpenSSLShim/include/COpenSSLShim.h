@@ -134,5 +134,9 @@ int egs_sign_detached(const uint8_t *content, size_t len, struct evp_pkey_st *ke
 int egs_generate_rsa_selfsigned(int bits, const char *common_name, int days,
                                 char **key_pem, size_t *key_len, char **cert_pem, size_t *cert_len);
 
+/* The same with an EC key on `curve` ("P-256", "P-384": the curves the kernel's ECDSA accepts). */
+int egs_generate_ec_selfsigned(const char *curve, const char *common_name, int days,
+                               char **key_pem, size_t *key_len, char **cert_pem, size_t *cert_len);
+
 /* Last OpenSSL error as text (thread-local copy), for messages. Returns strlen. */
 int egs_last_error(char *out, size_t cap);
