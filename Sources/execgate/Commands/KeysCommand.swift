@@ -106,6 +106,7 @@ struct KeysGenerate: ParsableCommand {
     @Option(help: ArgumentHelp("Directory to write key.pem and cert.pem into (created if missing).", valueName: "DIR"))
     var out: String
     @Option(help: "Certificate common name.") var cn: String = "ExecGate module signing key"
+    @Option(help: "Key type: rsa (default), ec-p256 or ec-p384.") var type: String = "rsa"
     @Option(help: "RSA modulus size in bits (2048-16384).") var bits: Int = 4096
     @Option(help: "Validity in days.") var days: Int = 36500
     @Flag(help: "Overwrite existing key.pem / cert.pem.") var force = false
@@ -117,6 +118,7 @@ struct KeysGenerate: ParsableCommand {
             CommandFiles.printError("execgate keys generate: \(why)")
             return ExecGateExit.usage
         }
+        guard ["rsa", "ec-p256", "ec-p384"].contains(type) else { throw usage("--type must be rsa, ec-p256 or ec-p384") }
         guard (2048...16384).contains(bits) else { throw usage("--bits must be between 2048 and 16384") }
         guard days > 0 else { throw usage("--days must be positive") }
         guard !cn.isEmpty, !cn.utf8.contains(0) else { throw usage("--cn must be a non-empty name") }
@@ -130,7 +132,12 @@ struct KeysGenerate: ParsableCommand {
             for p in [keyPath, certPath] where CommandFiles.exists(p) && !force {
                 throw CommandFileError(path: p, why: "exists (use --force to overwrite)")
             }
-            let generated = try GeneratedSigningKey.generateRSA(bits: bits, commonName: cn, days: days)
+            let generated: GeneratedSigningKey
+            switch type {
+            case "ec-p256": generated = try GeneratedSigningKey.generateECDSA(curve: .p256, commonName: cn, days: days)
+            case "ec-p384": generated = try GeneratedSigningKey.generateECDSA(curve: .p384, commonName: cn, days: days)
+            default: generated = try GeneratedSigningKey.generateRSA(bits: bits, commonName: cn, days: days)
+            }
             try CommandFiles.writeAtomically(keyPath, generated.privateKeyPEM, mode: 0o600)
             try CommandFiles.writeAtomically(certPath, generated.certificatePEM)
             let cert = try generated.load().1
