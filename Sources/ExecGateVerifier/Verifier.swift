@@ -16,6 +16,7 @@
 // The verdict lists exactly the checks that ran: it never claims more than was checked.
 
 import ExecGateELF
+import ExecGateExplain
 import ExecGatePolicy
 import ExecGateSignature
 import ExecGateWire
@@ -28,10 +29,10 @@ public final class Verifier: @unchecked Sendable {
     private var _policy: Policy
     public let guests = GuestRegistry()
     public let serverName: String
-    /// Optional end-state judge (the explanation engine). Nil = end-state verification unavailable.
-    public let endState: EndStateJudge?
+    /// The end-state judge (the explanation engine).
+    public let endState: EndStateJudge
 
-    public init(policy: Policy, serverName: String = "execgate", endState: EndStateJudge? = nil) {
+    public init(policy: Policy, serverName: String = "execgate", endState: EndStateJudge = ExplainerJudge()) {
         self._policy = policy
         self.serverName = serverName
         self.endState = endState
@@ -85,7 +86,7 @@ public final class Verifier: @unchecked Sendable {
     }
 
     /// Judge an authorize-module request under the current policy.
-    public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]) -> Verdict {
+    public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]) -> ExecGateWire.Verdict {
         let policy = self.policy  // one snapshot for the whole request
         let session = request.guestID.isEmpty ? nil : guests.session(request.guestID)
         var judgement = request.module.withUnsafeReadableBytes { module in
@@ -105,8 +106,8 @@ public final class Verifier: @unchecked Sendable {
     }
 
     struct Judgement {
-        var verdict: Verdict
-        var exports: [String: UInt64] = [:]
+        var verdict: ExecGateWire.Verdict
+        var exports: ModuleExports? = nil
     }
 
     private func judge(module: UnsafeRawBufferPointer, request: AuthorizeModule, policy: Policy, session: GuestSession?) -> Judgement {
@@ -114,7 +115,7 @@ public final class Verifier: @unchecked Sendable {
         var moduleName = request.moduleName
         var moduleDigest: [UInt8] = []
         func deny(_ reason: VerdictReason, _ message: String) -> Judgement {
-            Judgement(verdict: Verdict(decision: .deny, reason: reason, message: message, checks: checks, policyID: policy.id,
+            Judgement(verdict: ExecGateWire.Verdict(decision: .deny, reason: reason, message: message, checks: checks, policyID: policy.id,
                                        policyVersion: policy.version, requestDigest: [], moduleName: moduleName, moduleDigest: moduleDigest))
         }
 
@@ -167,12 +168,12 @@ public final class Verifier: @unchecked Sendable {
             }
         }
 
-        // 6. End state.
-        var exports: [String: UInt64] = [:]
-        let canJudgeEndState = !claimed.isEmpty && session != nil && endState != nil
-        if canJudgeEndState, let judge = endState, let session {
+        // 6. End state: the whole executable region, byte for byte.
+        var exports: ModuleExports? = nil
+        let canJudgeEndState = request.text != nil && session != nil
+        if canJudgeEndState, let session {
             checks.append("end-state")
-            switch judge.judge(elf: elf, request: request, session: session) {
+            switch endState.judge(elf: elf, moduleName: moduleName, request: request, session: session) {
             case .explained(let e):
                 exports = e.exports
             case .unexplained(let why):
@@ -181,16 +182,15 @@ public final class Verifier: @unchecked Sendable {
                 return deny(.claimSizeMismatch, why)
             }
         } else if policy.endState == .required {
-            let missing = claimed.isEmpty ? "the claim carries no executable bytes"
-                : session == nil ? "no registered guest facts" : "this build has no end-state engine"
+            let missing = request.text == nil ? "the claim carries no executable region (text_base + text)" : "no registered guest facts"
             return deny(.endStateUnavailable, "policy \(policy.id) requires end-state verification, but \(missing)")
         }
 
-        let what = claimed.isEmpty ? "no executable bytes claimed: signature and ELF only"
-            : canJudgeEndState ? "all \(claimed.count) executable section(s) explained byte for byte"
-            : "\(claimed.count) executable section(s) match the ELF in name and size (bytes not judged: no guest facts)"
+        let what = canJudgeEndState ? "all \(request.text?.readableBytes ?? 0) executable bytes explained"
+            : claimed.isEmpty ? "no executable bytes claimed: signature and ELF only"
+            : "\(claimed.count) executable section(s) match the ELF in name and size (bytes not judged: no executable region or no guest facts)"
         let message = "signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); \(what)"
-        return Judgement(verdict: Verdict(decision: .allow, reason: .allowed, message: message, checks: checks, policyID: policy.id,
+        return Judgement(verdict: ExecGateWire.Verdict(decision: .allow, reason: .allowed, message: message, checks: checks, policyID: policy.id,
                                           policyVersion: policy.version, requestDigest: [], moduleName: moduleName,
                                           moduleDigest: moduleDigest), exports: exports)
     }
@@ -222,10 +222,10 @@ public struct PolicyRollbackError: Error, CustomStringConvertible {
 
 // MARK: - End-state hook
 
-/// What the explanation engine answers. Kept as a protocol so the verifier core does not depend
-/// on how the engine is built, and tests can check the verifier's wiring on its own.
+/// What judges the end state. The product uses `ExplainerJudge`; the protocol keeps the verifier's
+/// wiring testable on its own.
 public protocol EndStateJudge: Sendable {
-    func judge(elf: ELFFile, request: AuthorizeModule, session: GuestSession) -> EndStateResult
+    func judge(elf: ELFFile, moduleName: String, request: AuthorizeModule, session: GuestSession) -> EndStateResult
 }
 
 public enum EndStateResult {
@@ -239,6 +239,7 @@ public enum EndStateResult {
 }
 
 public struct ExplainedModule {
-    public var exports: [String: UInt64]
-    public init(exports: [String: UInt64]) { self.exports = exports }
+    public var exports: ModuleExports?
+    public var statistics: ExplainStats
+    public init(exports: ModuleExports?, statistics: ExplainStats) { self.exports = exports; self.statistics = statistics }
 }
