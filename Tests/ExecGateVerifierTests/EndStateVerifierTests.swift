@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// End-state verification through the verifier core, exactly as the service runs it: a captured
+// boot becomes register-guest + authorize-module messages; each module must be allowed with the
+// `end-state` check, its exports must feed the next modules, and any changed byte must be denied
+// naming the byte. Input: the real end states in Tests/ExecGateExplainTests/Fixtures (provenance
+// in its README).
+
+import ExecGateCapture
+import ExecGatePolicy
+import ExecGateTestSupport
+import ExecGateVerifier
+import ExecGateWire
+import NIOCore
+import XCTest
+
+final class EndStateVerifierTests: XCTestCase {
+    static var bootDir: String { Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a" }
+
+    private func session() throws -> (Verifier, CaptureBoot) {
+        let v = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust(), endState: .required))
+        let boot = try CaptureBoot.load(Self.bootDir)
+        guard case .registerGuestReply = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: []) else {
+            throw XCTSkip("registration failed")
+        }
+        return (v, boot)
+    }
+
+    func testEveryFixtureModuleIsExplainedInLoadOrder() throws {
+        let (v, boot) = try session()
+        XCTAssertGreaterThanOrEqual(boot.availableModules.count, 5)
+        for name in boot.availableModules {
+            let verdict = v.authorize(try boot.module(name).request(guestID: "g"), requestDigest: [])
+            XCTAssertEqual(verdict.decision, .allow, "\(name): \(verdict.message)")
+            XCTAssertTrue(verdict.checks.contains("end-state"), name)
+            XCTAssertEqual(verdict.policyVersion, 7)
+        }
+        XCTAssertEqual(v.guests.session("g")?.allowedModules.count, boot.availableModules.count)
+    }
+
+    func testDependentModuleNeedsItsDependencyVerifiedFirst() throws {
+        // stp imports llc's exports: without llc allowed in this guest, its relocations have no
+        // trusted target and the module must be denied.
+        let (v, boot) = try session()
+        guard boot.availableModules.contains("stp"), boot.availableModules.contains("llc") else { throw XCTSkip("fixture lacks stp/llc") }
+        let stpFirst = v.authorize(try boot.module("stp").request(guestID: "g"), requestDigest: [])
+        XCTAssertEqual(stpFirst.decision, .deny, stpFirst.message)
+        XCTAssertEqual(stpFirst.reason, .claimBytesUnexplained)
+        XCTAssertEqual(v.authorize(try boot.module("llc").request(guestID: "g"), requestDigest: []).decision, .allow)
+        XCTAssertEqual(v.authorize(try boot.module("stp").request(guestID: "g"), requestDigest: []).decision, .allow)
+    }
+
+    func testFlippedExecutableByteIsDeniedNamingIt() throws {
+        let (v, boot) = try session()
+        let name = boot.availableModules.first { !(["llc", "stp", "garp", "mrp", "8021q"].contains($0)) } ?? boot.availableModules[0]
+        var request = try boot.module(name).request(guestID: "g")
+        var text = request.text!
+        let offset = min(0x40, text.readableBytes - 1)
+        let old = text.getInteger(at: text.readerIndex + offset, as: UInt8.self)!
+        text.setInteger(old ^ 0x20, at: text.readerIndex + offset)
+        request.text = text
+        let verdict = v.authorize(request, requestDigest: [])
+        XCTAssertEqual(verdict.decision, .deny)
+        XCTAssertEqual(verdict.reason, .claimBytesUnexplained)
+        XCTAssertTrue(verdict.message.contains("expected"), verdict.message)
+        XCTAssertTrue(verdict.message.contains("found"), verdict.message)
+    }
+
+    func testEndStateRequiredDeniesRegionlessClaim() throws {
+        let (v, boot) = try session()
+        var request = try boot.module(boot.availableModules[0]).request(guestID: "g")
+        request.text = nil
+        request.textBase = nil
+        XCTAssertEqual(v.authorize(request, requestDigest: []).reason, .endStateUnavailable)
+    }
+}
