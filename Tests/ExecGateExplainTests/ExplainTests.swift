@@ -185,3 +185,33 @@ final class ExplainTests: XCTestCase {
         XCTAssertNil([0xe8, 0].withUnsafeBufferPointer { InstructionDecoder.decode($0, at: 0) })  // truncated
     }
 }
+
+final class RuntimePatchTests: XCTestCase {
+    func testRuntimePatchesOnlyAtKnownSitesWithLegalEncodings() throws {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        var r = CaptureReplay(boot: boot)
+        var table: RuntimeSiteTable?
+        for name in boot.availableModules {
+            let m = try boot.module(name)
+            let before = r.resolver
+            _ = r.step(m)
+            if name == "test_static_keys" {
+                table = m.ko.withUnsafeBytes { Explainer(facts: boot.facts).runtimeSites(elf: try! ELFFile(bytes: $0), claim: m.claim, resolver: before) }  // parsed in step()
+                let t = try XCTUnwrap(table)
+                XCTAssertGreaterThan(t.count, 0)
+                let a = t.addresses[0]
+                let off = Int(a - m.claim.textBase)
+                let cur = Array(m.claim.text[off..<off + 2])
+                let len = cur == [0x66, 0x90] || cur[0] == 0xeb ? 2 : 5
+                let now = Array(m.claim.text[off..<off + len])
+                guard case .allowed = t.check(address: a, bytes: now) else { return XCTFail("current state refused") }
+                let nop = len == 2 ? [UInt8]([0x66, 0x90]) : [0x0f, 0x1f, 0x44, 0x00, 0x00]
+                guard case .allowed = t.check(address: a, bytes: nop) else { return XCTFail("NOP refused") }
+                XCTAssertEqual(t.check(address: a &+ 1, bytes: nop), .denied(reason: "0x\(String(a &+ 1, radix: 16)) is not the start of a run-time patch site of test_static_keys"))
+                guard case .denied = t.check(address: a, bytes: len == 2 ? [0xeb, 0x7f] : [0xe9, 1, 2, 3, 4]) else { return XCTFail("foreign jump accepted") }
+                guard case .denied = t.check(address: a, bytes: [0x90]) else { return XCTFail("short patch accepted") }
+            }
+        }
+        XCTAssertNotNil(table)
+    }
+}
