@@ -25,9 +25,13 @@ test: deps test-data image
 	@$(SWIFT) build -q --build-tests
 	@EXECGATE_VM_TEST=1 $(SWIFT) test --skip-build --parallel --num-workers 2 2>&1 | tee .cache/test.log | grep -Ev '^\[[0-9]+/[0-9]+\]|Test Case .* (started|passed)' ; exit $${PIPESTATUS[0]}
 
-run: release
-	@mkdir -p $(EXECGATE_RUN_DIR)
-	@$$($(SWIFT) build -c release --show-bin-path)/execgate serve --listen unix:$(EXECGATE_RUN_DIR)/execgate.sock
+# The verifier on a Unix socket, trusting exactly what the Debian guest kernel trusts: its builtin
+# certificates are extracted from its vmlinuz first (execgate keys extract).
+run: release test-data
+	@mkdir -p $(EXECGATE_RUN_DIR)/keys
+	@bin=$$($(SWIFT) build -c release --show-bin-path)/execgate; \
+	  $$bin keys extract --kernel $$(ls .cache/kernel/current/boot/vmlinuz-* | head -1) --out $(EXECGATE_RUN_DIR)/keys >/dev/null && \
+	  exec $$bin serve --listen unix:$(EXECGATE_RUN_DIR)/execgate.sock $$(for c in $(EXECGATE_RUN_DIR)/keys/*.pem; do echo --trust $$c; done)
 
 bench: release test-data
 	@$$($(SWIFT) build -c release --show-bin-path)/execgate bench --kernel .cache/kernel/current

@@ -26,6 +26,7 @@ let swiftArgumentParser = Package.Dependency.package(url: "https://github.com/ap
 let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
 let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
 let nioEmbedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
+let nioConcurrency: Target.Dependency = .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
 let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
 
@@ -58,16 +59,18 @@ let package = Package(
             name: "CExecGateSys",
             linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lzma")]
         ),
+        .target(name: "_ExecGateInternals", swiftSettings: swiftSettings),
 
         // MARK: - Pure core
         .target(name: "ExecGateWire", dependencies: [nioCore], swiftSettings: swiftSettings),
         .target(name: "ExecGateELF", swiftSettings: swiftSettings),
         .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim"], swiftSettings: swiftSettings),
         .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateCapture", dependencies: ["ExecGateELF", "ExecGateExplain"], swiftSettings: swiftSettings),
         .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
-            dependencies: ["ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateExplain", "ExecGatePolicy"],
+            dependencies: ["ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateExplain", "ExecGatePolicy", nioCore, nioConcurrency],
             swiftSettings: swiftSettings
         ),
 
@@ -79,12 +82,12 @@ let package = Package(
         ),
         .target(
             name: "ExecGateService",
-            dependencies: ["ExecGateWire", "ExecGateVerifier", nioCore, nioPosix, logging],
+            dependencies: ["ExecGateWire", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "ExecGateClient",
-            dependencies: ["ExecGateWire", nioCore, nioPosix],
+            dependencies: ["ExecGateWire", nioCore, nioPosix, nioConcurrency],
             swiftSettings: swiftSettings
         ),
 
@@ -98,8 +101,8 @@ let package = Package(
         .executableTarget(
             name: "execgate",
             dependencies: [
-                "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain",
-                "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys",
+                "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
+                "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
                 "ExecGateServiceVM", argumentParser, logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings
@@ -108,14 +111,14 @@ let package = Package(
         // MARK: - Tests
         .target(
             name: "ExecGateTestSupport",
-            dependencies: ["ExecGateSignature", "ExecGateELF"],
+            dependencies: ["ExecGateSignature", "ExecGateELF", "ExecGateKernelImage", nioConcurrency],
             path: "Tests/ExecGateTestSupport",
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "ExecGateWireTests",
             dependencies: ["ExecGateWire", nioCore, nioEmbedded],
-            resources: [.copy("Vectors")],
+            exclude: ["Vectors"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -130,7 +133,8 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateExplainTests",
-            dependencies: ["ExecGateExplain", "ExecGateELF", "ExecGateTestSupport"],
+            dependencies: ["ExecGateExplain", "ExecGateELF", "ExecGateCapture", "ExecGateTestSupport"],
+            resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

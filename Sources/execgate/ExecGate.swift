@@ -15,7 +15,14 @@ struct ExecGate: AsyncParsableCommand {
 
     /// Every subcommand, one file each under Commands/. Register new ones here.
     static let allSubcommands: [ParsableCommand.Type] = [
+        ServeCommand.self,
+        RequestCommand.self,
+        VerifyCommand.self,
+        BenchCommand.self,
+        SignCommand.self,
+        KeysCommand.self,
         VersionCommand.self,
+        ExplainCommand.self,
         ImageCommand.self, VMCommand.self, InitCommand.self,
     ]
 }

@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Replays one boot's modules in load order as one guest session: each allowed module's exports
+// become resolvable for the modules after it (the kernel's resolve_symbol() over loaded modules).
+
+import ExecGateELF
+import ExecGateExplain
+
+public struct ModuleOutcome {
+    public let name: String
+    public let result: ExplainResult
+    public let executableBytes: Int
+    /// Seconds spent in the engine (ELF parse + explain), excluding file I/O.
+    public let seconds: Double
+}
+
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct CaptureReplay {
+    public let boot: CaptureBoot
+    public private(set) var resolver: SymbolResolver
+
+    public init(boot: CaptureBoot) {
+        self.boot = boot
+        self.resolver = SymbolResolver(coreExports: boot.coreExports)
+    }
+
+    /// Explain one captured module with the session's current resolver; on allow, extend it.
+    public mutating func step(_ m: CapturedModule) -> ModuleOutcome {
+        let explainer = Explainer(facts: boot.facts)
+        let t0 = monotonicSeconds()
+        let result: ExplainResult = m.ko.withUnsafeBytes { raw in
+            do {
+                let elf = try ELFFile(bytes: raw)
+                return explainer.explain(elf: elf, claim: m.claim, resolver: resolver)
+            } catch {
+                return ExplainResult(verdict: .denied(Denial(module: m.name, section: "(elf)", offset: 0, address: 0, expected: [], found: [],
+                                                             rule: "elf", reason: "\(error)")), exports: nil)
+            }
+        }
+        let dt = monotonicSeconds() - t0
+        if result.verdict.isAllowed, let ex = result.exports { resolver.add(ex) }
+        return ModuleOutcome(name: m.name, result: result, executableBytes: m.claim.text.count, seconds: dt)
+    }
+}

@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The VMM side of wire protocol v1: connect, send requests (pipelined: many in flight on one
+// connection, each with its own id), receive replies in any order. Used by the CLI, the tests and
+// the in-guest loopback test; a C or Rust VMM implements the same from docs/protocol.md.
+//
+// Failure contract: if the connection drops, every pending request fails at once with
+// `ClientError.connectionClosed`; with a timeout, a request that gets no reply in time fails with
+// `.timedOut` — the caller never hangs.
+
+import ExecGateWire
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+public enum ClientError: Error, CustomStringConvertible, Equatable {
+    case connectionClosed
+    case timedOut(seconds: Double)
+    case hybridHandshakeFailed(String)
+    case unexpectedReply(String)
+    case server(ErrorReply)
+
+    public var description: String {
+        switch self {
+        case .connectionClosed: return "connection closed before the reply arrived"
+        case .timedOut(let s): return "no reply within \(s) s"
+        case .hybridHandshakeFailed(let why): return "hybrid vsock handshake failed: \(why)"
+        case .unexpectedReply(let what): return "unexpected reply: \(what)"
+        case .server(let e): return "server error \(e.code) (\(e.code.rawValue)): \(e.message)"
+        }
+    }
+}
+
+public final class ExecGateClient: @unchecked Sendable {
+    // @unchecked: `nextID` is guarded by `lock`; the channel and its handler are event-loop bound.
+    private let channel: Channel
+    private let handler: EventLoopBoundHandler
+    private let ownedGroup: MultiThreadedEventLoopGroup?
+    private let lock = NIOLock()
+    private var nextID: UInt64 = 1
+    private var closed = false
+    public let endpoint: Endpoint
+    /// Per-request timeout in seconds (nil = wait forever).
+    public var timeout: Double?
+
+    private init(channel: Channel, handler: ReplyHandler, endpoint: Endpoint, ownedGroup: MultiThreadedEventLoopGroup?, timeout: Double?) {
+        self.channel = channel
+        self.handler = EventLoopBoundHandler(value: handler)
+        self.endpoint = endpoint
+        self.ownedGroup = ownedGroup
+        self.timeout = timeout
+    }
+
+    /// Connect to a verifier. With no `group`, the client owns a one-thread event loop group.
+    public static func connect(to endpoint: Endpoint, group: EventLoopGroup? = nil, timeout: Double? = 30,
+                               maximumBodySize: Int = WireLimits.defaultMaximumBodySize) async throws -> ExecGateClient {
+        let owned = group == nil ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
+        let g: EventLoopGroup = group ?? owned!  // Safe: `owned` is non-nil exactly when `group` is nil.
+        do {
+            let bootstrap = ClientBootstrap(group: g).connectTimeout(.seconds(10))
+            let channel: Channel
+            switch endpoint {
+            case .unix(let path): channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
+            case .vsock(let cid, let port):
+                channel = try await bootstrap.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port))).get()
+            case .hybrid(let path, let port):
+                channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
+                try await HybridHandshake.perform(on: channel, port: port)
+            }
+            let handler = ReplyHandler()
+            try await channel.eventLoop.submit {
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumBodySize: maximumBodySize)))
+                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()), name: "frame-encoder")
+                try channel.pipeline.syncOperations.addHandler(handler)
+            }.get()
+            return ExecGateClient(channel: channel, handler: handler, endpoint: endpoint, ownedGroup: owned, timeout: timeout)
+        } catch {
+            try? await owned?.shutdownGracefully()
+            throw error
+        }
+    }
+
+    /// Send one request and wait for its reply (an `error` reply is returned, not thrown).
+    public func send(_ message: Message) async throws -> Message {
+        try await sendFrame(message.frame(requestID: allocateID()))
+    }
+
+    /// Send a raw frame (tests use this to send malformed bodies) and wait for the reply to its id.
+    public func sendFrame(_ frame: Frame) async throws -> Message {
+        let promise = channel.eventLoop.makePromise(of: Message.self)
+        let handler = self.handler
+        let channel = self.channel
+        channel.eventLoop.execute {
+            handler.value.register(id: frame.requestID, promise: promise, channel: channel)
+            channel.writeAndFlush(frame, promise: nil)
+        }
+        if let t = timeout {
+            let scheduled = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(t * 1e9))) {
+                handler.value.fail(id: frame.requestID, ClientError.timedOut(seconds: t))
+            }
+            promise.futureResult.whenComplete { _ in scheduled.cancel() }
+        }
+        return try await promise.futureResult.get()
+    }
+
+    /// Write raw bytes below the frame encoder (tests: garbage, partial frames).
+    public func writeRaw(_ bytes: [UInt8]) async throws {
+        let channel = self.channel
+        let buffer = channel.allocator.buffer(bytes: bytes)
+        try await channel.eventLoop.flatSubmit {
+            do {
+                let ctx = try channel.pipeline.syncOperations.context(name: "frame-encoder")
+                return ctx.writeAndFlush(NIOAny(buffer))
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }.get()
+    }
+
+    public func allocateID() -> UInt64 { lock.withLock { defer { nextID &+= 1 }; return nextID } }
+
+    // Convenience wrappers.
+
+    public func authorize(_ request: AuthorizeModule) async throws -> Verdict {
+        switch try await send(.authorizeModule(request)) {
+        case .verdict(let v): return v
+        case .error(let e): throw ClientError.server(e)
+        case let other: throw ClientError.unexpectedReply("\(other.type)")
+        }
+    }
+
+    public func status() async throws -> StatusReply {
+        switch try await send(.status) {
+        case .statusReply(let s): return s
+        case .error(let e): throw ClientError.server(e)
+        case let other: throw ClientError.unexpectedReply("\(other.type)")
+        }
+    }
+
+    public func register(_ request: RegisterGuest) async throws -> RegisterGuestReply {
+        switch try await send(.registerGuest(request)) {
+        case .registerGuestReply(let r): return r
+        case .error(let e): throw ClientError.server(e)
+        case let other: throw ClientError.unexpectedReply("\(other.type)")
+        }
+    }
+
+    public func hello(clientName: String) async throws -> HelloReply {
+        switch try await send(.hello(Hello(clientName: clientName))) {
+        case .helloReply(let r): return r
+        case .error(let e): throw ClientError.server(e)
+        case let other: throw ClientError.unexpectedReply("\(other.type)")
+        }
+    }
+
+    /// Close the connection (idempotent). Pending requests fail with `.connectionClosed`.
+    public func close() async {
+        let first = lock.withLock { () -> Bool in defer { closed = true }; return !closed }
+        guard first else { return }
+        try? await channel.close()
+        try? await ownedGroup?.shutdownGracefully()
+    }
+}
+
+/// Carries the reply handler across threads; it is only ever *used* inside `eventLoop.execute`
+/// or scheduled tasks of the channel's own loop, which is what makes the unchecked conformance sound.
+struct EventLoopBoundHandler: @unchecked Sendable {
+    let value: ReplyHandler
+}
+
+/// Matches replies to pending requests by id. Event-loop bound.
+final class ReplyHandler: ChannelInboundHandler {
+    typealias InboundIn = InboundFrame
+    private var pending: [UInt64: EventLoopPromise<Message>] = [:]
+    private var closed = false
+
+    func register(id: UInt64, promise: EventLoopPromise<Message>, channel: Channel) {
+        if closed || !channel.isActive { promise.fail(ClientError.connectionClosed); return }
+        pending[id] = promise
+    }
+
+    func fail(id: UInt64, _ error: Error) { pending.removeValue(forKey: id)?.fail(error) }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .frame(let f):
+            guard let p = pending.removeValue(forKey: f.requestID) else { return }  // Late reply after a timeout.
+            do { p.succeed(try Message(type: f.type, body: f.body)) } catch { p.fail(ClientError.unexpectedReply("undecodable \(f.type): \(error)")) }
+        case .refused(let id, _, let code, let message):
+            pending.removeValue(forKey: id)?.fail(ClientError.server(ErrorReply(code: code, message: "reply refused: \(message)")))
+            if code == .badMagic { context.close(promise: nil) }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        closed = true
+        let all = pending
+        pending.removeAll()
+        for (_, p) in all { p.fail(ClientError.connectionClosed) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+@available(*, unavailable)
+extension ReplyHandler: Sendable {}
+
+/// The Firecracker / Cloud Hypervisor hybrid-vsock handshake: `CONNECT <port>\n` → `OK <n>\n`.
+enum HybridHandshake {
+    /// Longest reply line accepted before giving up (a real "OK 1073741824\n" is 14 bytes).
+    static let maximumLine = 64
+
+    static func perform(on channel: Channel, port: UInt32) async throws {
+        let done = channel.eventLoop.makePromise(of: Void.self)
+        try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.addHandler(LineHandler(promise: done), name: "hybrid-handshake")
+        }.get()
+        try await channel.writeAndFlush(channel.allocator.buffer(string: "CONNECT \(port)\n")).get()
+        try await done.futureResult.get()
+    }
+
+    final class LineHandler: ChannelInboundHandler, RemovableChannelHandler {
+        typealias InboundIn = ByteBuffer
+        private var line = ByteBuffer()
+        private let promise: EventLoopPromise<Void>
+        private var finished = false
+        init(promise: EventLoopPromise<Void>) { self.promise = promise }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var bytes = unwrapInboundIn(data)
+            guard !finished else { context.fireChannelRead(data); return }
+            if let nl = bytes.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
+                let n = nl - bytes.readerIndex
+                var head = bytes.readSlice(length: n + 1)!  // Safe: the newline is inside the readable bytes.
+                line.writeBuffer(&head)
+                finished = true
+                let text = String(buffer: line).trimmingSuffix()
+                if text.hasPrefix("OK ") {
+                    promise.succeed(())
+                    // Leftover bytes after the line belong to the protocol stream.
+                    context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+                    if bytes.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(bytes)) }
+                } else {
+                    promise.fail(ClientError.hybridHandshakeFailed("peer answered '\(text)'"))
+                    context.close(promise: nil)
+                }
+            } else {
+                line.writeBuffer(&bytes)
+                if line.readableBytes > HybridHandshake.maximumLine {
+                    finished = true
+                    promise.fail(ClientError.hybridHandshakeFailed("reply line longer than \(HybridHandshake.maximumLine) bytes"))
+                    context.close(promise: nil)
+                }
+            }
+        }
+        typealias InboundOut = ByteBuffer
+
+        func channelInactive(context: ChannelHandlerContext) {
+            if !finished { finished = true; promise.fail(ClientError.hybridHandshakeFailed("connection closed during handshake")) }
+            context.fireChannelInactive()
+        }
+    }
+}
+
+extension String {
+    fileprivate func trimmingSuffix() -> String {
+        var s = Substring(self)
+        while let last = s.last, last == "\n" || last == "\r" { s.removeLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,318 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// ELF64 little-endian x86-64 relocatable objects (Linux kernel modules), parsed over borrowed bytes.
+//
+// Two passes, like the kernel's own `elf_validity_check()` (kernel/module/main.c):
+//   1. header → validated section header table (every section in bounds, names from shstrtab);
+//   2. typed views (symbols, RELA records) decoded on demand from the validated ranges.
+// No byte of the file is copied: section contents are slices of the caller's buffer.
+
+// MARK: - Public types
+
+/// One validated section header.
+///
+/// ```c
+/// typedef struct {            /* Elf64_Shdr, 64 bytes */
+///     Elf64_Word  sh_name;    /* 0  */
+///     Elf64_Word  sh_type;    /* 4  */
+///     Elf64_Xword sh_flags;   /* 8  */
+///     Elf64_Addr  sh_addr;    /* 16 */
+///     Elf64_Off   sh_offset;  /* 24 */
+///     Elf64_Xword sh_size;    /* 32 */
+///     Elf64_Word  sh_link;    /* 40 */
+///     Elf64_Word  sh_info;    /* 44 */
+///     Elf64_Xword sh_addralign; /* 48 */
+///     Elf64_Xword sh_entsize; /* 56 */
+/// } Elf64_Shdr;
+/// ```
+public struct ELFSection: Hashable, Sendable {
+    public let index: Int
+    public let name: String
+    public let type: UInt32
+    public let flags: SectionFlags
+    public let size: Int
+    public let addralign: UInt64
+    public let entsize: UInt64
+    public let link: UInt32
+    public let info: UInt32
+    /// Byte range of the contents in the file (empty for SHT_NOBITS).
+    public let fileRange: Range<Int>
+
+    public var isAlloc: Bool { flags.contains(.alloc) }
+    public var isExec: Bool { flags.contains(.execInstr) }
+    public var isWrite: Bool { flags.contains(.write) }
+    public var isNoBits: Bool { type == SectionType.nobits }
+}
+
+/// One symbol (`Elf64_Sym`, 24 bytes: `st_name u32, st_info u8, st_other u8, st_shndx u16,
+/// st_value u64, st_size u64`).
+public struct ELFSymbol: Hashable, Sendable {
+    public let index: Int
+    public let name: String
+    public let info: UInt8
+    public let other: UInt8
+    public let sectionIndex: UInt16
+    public let value: UInt64
+    public let size: UInt64
+    /// `ELF64_ST_BIND`: 0 LOCAL, 1 GLOBAL, 2 WEAK.
+    public var binding: UInt8 { info >> 4 }
+    /// `ELF64_ST_TYPE`: 0 NOTYPE, 1 OBJECT, 2 FUNC, 3 SECTION, 4 FILE.
+    public var type: UInt8 { info & 0xf }
+    public var isUndefined: Bool { sectionIndex == SectionIndex.undef }
+    public var isWeak: Bool { binding == 2 }
+    public var isFunction: Bool { type == 2 }
+}
+
+/// One RELA record (`Elf64_Rela`, 24 bytes: `r_offset u64, r_info u64 (sym << 32 | type), r_addend s64`).
+public struct ELFRelocation: Hashable, Sendable {
+    /// Offset inside the target section.
+    public let offset: UInt64
+    public let type: RelocationType
+    public let symbolIndex: Int
+    public let addend: Int64
+}
+
+/// A RELA section together with the section it applies to (`sh_info`) and its symbol table (`sh_link`).
+public struct ELFRelocationSection: Sendable {
+    public let section: ELFSection
+    public let targetSectionIndex: Int
+    public let relocations: [ELFRelocation]
+}
+
+// MARK: - File
+
+/// A parsed ELF64 little-endian x86-64 `ET_REL` object over borrowed bytes.
+///
+/// - Warning: the buffer is borrowed, not owned: keep the memory alive (and unchanged) for as long
+///   as this value is used. All contents accessors return slices of it.
+///
+/// ## Errors
+/// ``init(bytes:)`` throws ``ELFError`` with: `truncated`, `badMagic`, `unsupportedClass`,
+/// `unsupportedEncoding`, `unsupportedVersion`, `unsupportedType`, `unsupportedMachine`,
+/// `badHeaderSize`, `badSectionHeaderSize`, `sectionTableOutOfBounds`, `tooManySections`,
+/// `sectionOutOfBounds`, `badStringTableIndex`, `badStringOffset`, `unterminatedString`,
+/// `badAlignment`; ``symbols()`` and ``relocationSections()`` add `badSymbolTable`, `badEntrySize`,
+/// `badSymbolSectionIndex`, `badRelocationSection`, `badRelocationTarget`.
+public struct ELFFile: @unchecked Sendable {
+    // @unchecked: holds only an immutable borrowed buffer pointer plus value-type tables.
+    public let bytes: UnsafeRawBufferPointer
+    public let sections: [ELFSection]
+    public let shstrndx: Int
+    private let nameIndex: [String: Int]
+
+    public init(bytes: UnsafeRawBufferPointer) throws {
+        self.bytes = bytes
+        let n = bytes.count
+        guard n >= ELFLimits.headerSize else {
+            throw ELFError(.truncated, offset: n, "file is \(n) bytes, an Elf64_Ehdr needs 64")
+        }
+        // e_ident: 7f 'E' 'L' 'F', EI_CLASS=2 (ELFCLASS64), EI_DATA=1 (ELFDATA2LSB), EI_VERSION=1.
+        guard bytes[0] == 0x7f, bytes[1] == 0x45, bytes[2] == 0x4c, bytes[3] == 0x46 else {
+            throw ELFError(.badMagic, offset: 0, "not an ELF file (magic \(hex(bytes[0])) \(hex(bytes[1])) \(hex(bytes[2])) \(hex(bytes[3])))")
+        }
+        guard bytes[4] == 2 else { throw ELFError(.unsupportedClass, offset: 4, "EI_CLASS \(bytes[4]), need 2 (ELFCLASS64)") }
+        guard bytes[5] == 1 else { throw ELFError(.unsupportedEncoding, offset: 5, "EI_DATA \(bytes[5]), need 1 (ELFDATA2LSB)") }
+        guard bytes[6] == 1 else { throw ELFError(.unsupportedVersion, offset: 6, "EI_VERSION \(bytes[6]), need 1 (EV_CURRENT)") }
+        // Elf64_Ehdr: e_type u16 @16, e_machine u16 @18, e_version u32 @20, e_entry @24, e_phoff @32,
+        // e_shoff u64 @40, e_flags u32 @48, e_ehsize u16 @52, e_phentsize @54, e_phnum @56,
+        // e_shentsize u16 @58, e_shnum u16 @60, e_shstrndx u16 @62.
+        let eType = bytes.le16(16), eMachine = bytes.le16(18), eVersion = bytes.le32(20)
+        guard eType == 1 else { throw ELFError(.unsupportedType, offset: 16, "e_type \(eType), need 1 (ET_REL)") }
+        guard eMachine == 62 else { throw ELFError(.unsupportedMachine, offset: 18, "e_machine \(eMachine), need 62 (EM_X86_64)") }
+        guard eVersion == 1 else { throw ELFError(.unsupportedVersion, offset: 20, "e_version \(eVersion), need 1") }
+        guard bytes.le16(52) == 64 else { throw ELFError(.badHeaderSize, offset: 52, "e_ehsize \(bytes.le16(52)), need 64") }
+        let shoff64 = bytes.le64(40)
+        let shentsize = Int(bytes.le16(58)), shnum = Int(bytes.le16(60)), shstrndx = Int(bytes.le16(62))
+        guard shentsize == ELFLimits.sectionHeaderSize else {
+            throw ELFError(.badSectionHeaderSize, offset: 58, "e_shentsize \(shentsize), need 64")
+        }
+        // e_shnum == 0 with extended numbering (count in section 0's sh_size) never occurs in modules: refuse.
+        guard shnum > 0, shnum < ELFLimits.maxSections else {
+            throw ELFError(.tooManySections, offset: 60, "e_shnum \(shnum) (0 / extended numbering unsupported)")
+        }
+        guard let shoff = Int(exactly: shoff64) else {
+            throw ELFError(.sectionTableOutOfBounds, offset: 40, "e_shoff \(shoff64) not representable")
+        }
+        let (tableLen, o1) = shnum.multipliedReportingOverflow(by: shentsize)
+        let (tableEnd, o2) = shoff.addingReportingOverflow(tableLen)
+        guard !o1, !o2, shoff >= ELFLimits.headerSize, tableEnd <= n else {
+            throw ELFError(.sectionTableOutOfBounds, offset: 40, "section header table [\(shoff), +\(tableLen)) outside file of \(n) bytes")
+        }
+        guard shstrndx != 0, shstrndx < shnum else {
+            throw ELFError(.badStringTableIndex, offset: 62, "e_shstrndx \(shstrndx) of \(shnum) sections")
+        }
+
+        // Pass 1: raw headers, ranges validated.
+        struct Raw { var name: UInt32; var type: UInt32; var flags: UInt64; var offset: Int; var size: Int
+            var link: UInt32; var info: UInt32; var align: UInt64; var entsize: UInt64; var range: Range<Int> }
+        var raws: [Raw] = []
+        raws.reserveCapacity(shnum)
+        for i in 0..<shnum {
+            let h = shoff + i * shentsize  // cannot overflow: tableEnd was checked.
+            let type = bytes.le32(h + 4)
+            let off64 = bytes.le64(h + 24), size64 = bytes.le64(h + 32)
+            let align = bytes.le64(h + 48)
+            guard let off = Int(exactly: off64), let size = Int(exactly: size64), size >= 0, off >= 0 else {
+                throw ELFError(.sectionOutOfBounds, offset: h + 24, "section \(i): offset/size \(off64)/\(size64) not representable")
+            }
+            // gABI: sh_addralign is 0 or a power of two.
+            guard align == 0 || align & (align &- 1) == 0 else {
+                throw ELFError(.badAlignment, offset: h + 48, "section \(i): sh_addralign \(align) is not a power of two")
+            }
+            var range = 0..<0
+            if type != SectionType.nobits && type != SectionType.null {
+                let (end, o) = off.addingReportingOverflow(size)
+                guard !o, end <= n else {
+                    throw ELFError(.sectionOutOfBounds, offset: h + 24, "section \(i): contents [\(off), +\(size)) outside file of \(n) bytes")
+                }
+                range = off..<end
+            }
+            raws.append(Raw(name: bytes.le32(h), type: type, flags: bytes.le64(h + 8), offset: off, size: size,
+                            link: bytes.le32(h + 40), info: bytes.le32(h + 44), align: align, entsize: bytes.le64(h + 56), range: range))
+        }
+        let strRaw = raws[shstrndx]
+        guard strRaw.type == SectionType.strtab else {
+            throw ELFError(.badStringTableIndex, offset: 62, "e_shstrndx \(shstrndx) is not SHT_STRTAB (type \(strRaw.type))")
+        }
+        var secs: [ELFSection] = []
+        secs.reserveCapacity(shnum)
+        var index: [String: Int] = [:]
+        for (i, r) in raws.enumerated() {
+            let name = try ELFFile.string(in: bytes, table: strRaw.range, at: r.name,
+                                          what: "name of section \(i)", headerOffset: shoff + i * shentsize)
+            let s = ELFSection(index: i, name: name, type: r.type, flags: SectionFlags(rawValue: r.flags),
+                               size: r.size, addralign: r.align, entsize: r.entsize, link: r.link, info: r.info,
+                               fileRange: r.range)
+            secs.append(s)
+            if index[name] == nil { index[name] = i }  // first wins, like the kernel's find_sec().
+        }
+        self.sections = secs
+        self.shstrndx = shstrndx
+        self.nameIndex = index
+    }
+
+    // MARK: Lookup
+
+    /// The first section with this exact name (the kernel's `find_sec()` order).
+    public func section(named name: String) -> ELFSection? {
+        nameIndex[name].map { sections[$0] }
+    }
+
+    /// Contents of a section (empty for SHT_NOBITS). A slice of the borrowed buffer.
+    public func contents(of section: ELFSection) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: bytes[section.fileRange])
+    }
+
+    /// The symbol table (`SHT_SYMTAB`, exactly one in a module — the kernel refuses others).
+    public func symbolTableSection() throws -> ELFSection {
+        let tabs = sections.filter { $0.type == SectionType.symtab }
+        guard tabs.count == 1, let t = tabs.first else {
+            throw ELFError(.badSymbolTable, offset: 0, "\(tabs.count) SHT_SYMTAB sections, need exactly 1")
+        }
+        return t
+    }
+
+    /// Every symbol of the symbol table, index 0 included. Names from the linked string table.
+    public func symbols() throws -> [ELFSymbol] {
+        let t = try symbolTableSection()
+        guard t.entsize == UInt64(ELFLimits.symbolSize), t.size % ELFLimits.symbolSize == 0 else {
+            throw ELFError(.badEntrySize, offset: t.fileRange.lowerBound, "\(t.name): sh_entsize \(t.entsize) / size \(t.size) not a multiple of 24")
+        }
+        let link = Int(t.link)
+        guard link > 0, link < sections.count, sections[link].type == SectionType.strtab else {
+            throw ELFError(.badSymbolTable, offset: t.fileRange.lowerBound, "\(t.name): sh_link \(t.link) is not a string table")
+        }
+        let strRange = sections[link].fileRange
+        let count = t.size / ELFLimits.symbolSize
+        var out: [ELFSymbol] = []
+        out.reserveCapacity(count)
+        for i in 0..<count {
+            let o = t.fileRange.lowerBound + i * ELFLimits.symbolSize
+            let shndx = bytes.le16(o + 6)
+            if shndx != SectionIndex.undef && shndx < SectionIndex.loReserve && Int(shndx) >= sections.count {
+                throw ELFError(.badSymbolSectionIndex, offset: o + 6, "symbol \(i): st_shndx \(shndx) of \(sections.count) sections")
+            }
+            let name = try ELFFile.string(in: bytes, table: strRange, at: bytes.le32(o), what: "name of symbol \(i)", headerOffset: o)
+            out.append(ELFSymbol(index: i, name: name, info: bytes[o + 4], other: bytes[o + 5], sectionIndex: shndx,
+                                 value: bytes.le64(o + 8), size: bytes.le64(o + 16)))
+        }
+        return out
+    }
+
+    /// Every `SHT_RELA` section, decoded. `SHT_REL` is refused (x86-64 modules use RELA only; the
+    /// kernel's `apply_relocate()` for REL on x86-64 fails with -ENOEXEC).
+    public func relocationSections() throws -> [ELFRelocationSection] {
+        let symtab = try symbolTableSection()
+        let symCount = symtab.size / ELFLimits.symbolSize
+        var out: [ELFRelocationSection] = []
+        for s in sections where s.type == SectionType.rela || s.type == SectionType.rel {
+            let at = s.fileRange.lowerBound
+            guard s.type == SectionType.rela else {
+                throw ELFError(.badRelocationSection, offset: at, "\(s.name): SHT_REL is not used on x86-64")
+            }
+            guard s.entsize == UInt64(ELFLimits.relaSize), s.size % ELFLimits.relaSize == 0 else {
+                throw ELFError(.badEntrySize, offset: at, "\(s.name): sh_entsize \(s.entsize) / size \(s.size) not a multiple of 24")
+            }
+            guard Int(s.link) == symtab.index else {
+                throw ELFError(.badRelocationSection, offset: at, "\(s.name): sh_link \(s.link) is not the symbol table \(symtab.index)")
+            }
+            let target = Int(s.info)
+            guard target > 0, target < sections.count else {
+                throw ELFError(.badRelocationTarget, offset: at, "\(s.name): sh_info \(s.info) of \(sections.count) sections")
+            }
+            let tsec = sections[target]
+            var recs: [ELFRelocation] = []
+            recs.reserveCapacity(s.size / ELFLimits.relaSize)
+            for i in 0..<(s.size / ELFLimits.relaSize) {
+                let o = at + i * ELFLimits.relaSize
+                let off = bytes.le64(o), info = bytes.le64(o + 8)
+                let symIdx = Int(info >> 32)
+                let type = RelocationType(rawValue: UInt32(truncatingIfNeeded: info))
+                guard symIdx < symCount else {
+                    throw ELFError(.badSymbolTable, offset: o + 8, "\(s.name)[\(i)]: symbol index \(symIdx) of \(symCount)")
+                }
+                // The field must lie inside the target section (the kernel checks
+                // `rel[i].r_offset + size <= sh_size` only implicitly; we refuse outright).
+                let width = UInt64(type.fieldSize ?? 0)
+                let (end, ov) = off.addingReportingOverflow(width)
+                guard !ov, end <= UInt64(tsec.size) else {
+                    throw ELFError(.badRelocationTarget, offset: o, "\(s.name)[\(i)]: field [\(off), +\(width)) outside \(tsec.name) of \(tsec.size) bytes")
+                }
+                recs.append(ELFRelocation(offset: off, type: type, symbolIndex: symIdx, addend: Int64(bitPattern: bytes.le64(o + 16))))
+            }
+            out.append(ELFRelocationSection(section: s, targetSectionIndex: target, relocations: recs))
+        }
+        return out
+    }
+
+    // MARK: Internals
+
+    static func string(in bytes: UnsafeRawBufferPointer, table: Range<Int>, at offset: UInt32,
+                       what: String, headerOffset: Int) throws -> String {
+        let start = table.lowerBound + Int(offset)  // offset ≤ 2^32, lowerBound ≤ file size: no overflow.
+        guard Int(offset) < table.count else {
+            throw ELFError(.badStringOffset, offset: headerOffset, "\(what): offset \(offset) outside string table of \(table.count) bytes")
+        }
+        var end = start
+        while end < table.upperBound && bytes[end] != 0 { end += 1 }
+        guard end < table.upperBound else {
+            throw ELFError(.unterminatedString, offset: start, "\(what): no NUL before end of string table")
+        }
+        return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
+    }
+}
+
+// MARK: - Little-endian accessors (callers bounds-check first)
+
+extension UnsafeRawBufferPointer {
+    @inline(__always) func le16(_ o: Int) -> UInt16 { UInt16(self[o]) | UInt16(self[o + 1]) << 8 }
+    @inline(__always) func le32(_ o: Int) -> UInt32 {
+        UInt32(self[o]) | UInt32(self[o + 1]) << 8 | UInt32(self[o + 2]) << 16 | UInt32(self[o + 3]) << 24
+    }
+    @inline(__always) func le64(_ o: Int) -> UInt64 { UInt64(le32(o)) | UInt64(le32(o + 4)) << 32 }
+}
+
+@inline(__always) func hex(_ b: UInt8) -> String {
+    let d = Array("0123456789abcdef")
+    return String([d[Int(b >> 4)], d[Int(b & 15)]])
+}

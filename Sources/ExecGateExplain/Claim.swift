@@ -1,0 +1,30 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The guest's claim about one loaded module: where it is and what its executable memory holds.
+// Untrusted: every byte and address is checked against the signed ELF and the trusted facts.
+
+/// The claim for one module.
+///
+/// - `textBase` / `text`: the module's whole executable core region
+///   `[core_layout.base, + core_layout.text_size)` — every byte that becomes executable, section
+///   contents and the zero padding between and after them.
+/// - `sectionAddresses`: the guest's addresses of the module's allocated sections by name (the
+///   `/sys/module/<m>/sections/` view). Core-section addresses must agree with the kernel's
+///   `layout_sections()` applied to the signed ELF; `.init*` addresses are used for relocations
+///   into init code only (init memory is freed and never part of the verified region).
+/// - `percpuBase`: the module's per-cpu area (`mod->percpu`), needed when it has `.data..percpu`.
+public struct ModuleClaim: Sendable {
+    public var name: String
+    public var textBase: UInt64
+    public var text: [UInt8]
+    public var sectionAddresses: [String: UInt64]
+    public var percpuBase: UInt64?
+
+    public init(name: String, textBase: UInt64, text: [UInt8], sectionAddresses: [String: UInt64], percpuBase: UInt64? = nil) {
+        self.name = name
+        self.textBase = textBase
+        self.text = text
+        self.sectionAddresses = sectionAddresses
+        self.percpuBase = percpuBase
+    }
+}

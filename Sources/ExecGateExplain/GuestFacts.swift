@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Trusted facts about the guest: everything the explanation may rely on that is NOT in the signed
+// module. Each field says where a real deployment gets it and why it may be trusted.
+
+/// Bit numbers of the synthetic features the loader's patching consults. They are build-specific
+/// (Debian's 6.1 carries backports that moved some), so they are facts of the kernel build, quoted
+/// from `arch/x86/include/asm/cpufeatures.h` of that exact source.
+public struct FeatureBits: Sendable, Hashable {
+    /// `NCAPINTS + NBUGINTS` words of `x86_capability[]` (22 + 2 in Debian 6.1.0-56).
+    public var capabilityWords: Int
+    public var retpoline: Int         // X86_FEATURE_RETPOLINE        (11*32+12)
+    public var retpolineLfence: Int   // X86_FEATURE_RETPOLINE_LFENCE (11*32+13)
+    public var rethunk: Int           // X86_FEATURE_RETHUNK          (11*32+14)
+    public var indirectThunkITS: Int  // X86_FEATURE_INDIRECT_THUNK_ITS (21*32+5)
+
+    public init(capabilityWords: Int, retpoline: Int, retpolineLfence: Int, rethunk: Int, indirectThunkITS: Int) {
+        self.capabilityWords = capabilityWords
+        self.retpoline = retpoline
+        self.retpolineLfence = retpolineLfence
+        self.rethunk = rethunk
+        self.indirectThunkITS = indirectThunkITS
+    }
+
+    /// Debian `linux-image-6.1.0-56-amd64` (6.1.192-2): cpufeatures.h of linux-source-6.1.
+    public static let debian6_1 = FeatureBits(capabilityWords: 24, retpoline: 11 * 32 + 12, retpolineLfence: 11 * 32 + 13,
+                                              rethunk: 11 * 32 + 14, indirectThunkITS: 21 * 32 + 5)
+}
+
+/// The trusted facts of one guest boot.
+///
+/// Trust model (why each may be relied on):
+/// - `exports`: name → address of every symbol the core kernel exports (`__ksymtab_<name>`). They
+///   come from the measured kernel build plus the KASLR slide (the VMM knows the image it booted,
+///   or reads the read-only ksymtab); the module's own `[module]` kallsyms lines are never used.
+/// - `capabilities`: `boot_cpu_data.x86_capability[]`, read-only after init, read by the VMM from
+///   locked guest memory: the exact bits alternatives are applied from (not `/proc/cpuinfo`).
+/// - `uniprocessorPatched`: the kernel decided at boot (one present CPU, no `noreplace-smp`)
+///   to rewrite `lock` prefixes; `possibleCPUs > 1` means it may switch back later.
+/// - `pvOps`: the `pv_ops` table (read-only after init): paravirt sites call `pv_ops[type]`.
+/// - `functionEntries`: start addresses of core kernel functions (from the build's symbol map +
+///   slide): the only legal static-call targets besides verified modules' functions.
+/// Run-time state (jump-label keys, static-call targets, ftrace enablement) is deliberately NOT a
+/// fact: the explainer accepts exactly the legal set of states for each site.
+public struct GuestFacts: Sendable {
+    public var exports: [String: UInt64]
+    public var capabilities: [UInt32]
+    public var featureBits: FeatureBits
+    public var uniprocessorPatched: Bool
+    public var possibleCPUs: Int
+    public var pvOps: [UInt64]
+    /// `_paravirt_nop` (pv_ops slots equal to it patch to NOPs) and `paravirt_BUG` (NULL slots).
+    public var paravirtNop: UInt64?
+    public var paravirtBUG: UInt64?
+    public var functionEntries: Set<UInt64>
+    /// `__static_call_return0` (a CALL to it is written as `2e 2e 2e 31 c0`).
+    public var staticCallReturn0: UInt64?
+    /// `__static_call_return` (Jcc tail sites with a NULL function jump there when !RETHUNK).
+    public var staticCallReturn: UInt64?
+    /// Value of `x86_return_thunk` when RETHUNK is on; nil means `__x86_return_thunk` (its default).
+    public var returnThunk: UInt64?
+    /// `its_return_thunk` (only compared against `returnThunk`).
+    public var itsReturnThunk: UInt64?
+    /// Legal call targets at an ftrace site while tracing is on (`ftrace_caller`,
+    /// `ftrace_regs_caller`); empty = only the NOP is legal.
+    public var ftraceCallTargets: Set<UInt64>
+    /// CONFIG_X86_KERNEL_IBT: `.ibt_endbr_seal` sites become `66 0f 1f 00` (off in Debian 6.1).
+    public var ibtSeal: Bool
+    public var kaslrSlide: UInt64
+
+    public init(exports: [String: UInt64], capabilities: [UInt32], featureBits: FeatureBits = .debian6_1,
+                uniprocessorPatched: Bool, possibleCPUs: Int, pvOps: [UInt64] = [], paravirtNop: UInt64? = nil,
+                paravirtBUG: UInt64? = nil, functionEntries: Set<UInt64> = [], staticCallReturn0: UInt64? = nil,
+                staticCallReturn: UInt64? = nil, returnThunk: UInt64? = nil, itsReturnThunk: UInt64? = nil,
+                ftraceCallTargets: Set<UInt64> = [], ibtSeal: Bool = false, kaslrSlide: UInt64 = 0) {
+        self.exports = exports
+        self.capabilities = capabilities
+        self.featureBits = featureBits
+        self.uniprocessorPatched = uniprocessorPatched
+        self.possibleCPUs = possibleCPUs
+        self.pvOps = pvOps
+        self.paravirtNop = paravirtNop
+        self.paravirtBUG = paravirtBUG
+        self.functionEntries = functionEntries
+        self.staticCallReturn0 = staticCallReturn0
+        self.staticCallReturn = staticCallReturn
+        self.returnThunk = returnThunk
+        self.itsReturnThunk = itsReturnThunk
+        self.ftraceCallTargets = ftraceCallTargets
+        self.ibtSeal = ibtSeal
+        self.kaslrSlide = kaslrSlide
+    }
+
+    /// `boot_cpu_has(bit)`; bits outside the table are "absent" (the caller refuses them first).
+    public func has(_ bit: Int) -> Bool {
+        let w = bit >> 5
+        guard bit >= 0, w < capabilities.count else { return false }
+        return capabilities[w] & (1 << UInt32(bit & 31)) != 0
+    }
+}
+
+/// Resolves a module's undefined symbols the way the kernel's `resolve_symbol()` does: through
+/// exports only — the core kernel's and those of modules already verified in this guest session.
+public struct SymbolResolver: Sendable {
+    public private(set) var exports: [String: UInt64]
+    /// Function entries of verified modules (legal static-call targets).
+    public private(set) var moduleFunctionEntries: Set<UInt64> = []
+
+    public init(coreExports: [String: UInt64]) { self.exports = coreExports }
+
+    public func lookup(_ name: String) -> UInt64? { exports[name] }
+
+    /// Add an allowed module's exports (``ModuleExports`` from ``ExplainResult``). Call this only
+    /// after the module was allowed: a denied module's symbols must never become resolvable.
+    public mutating func add(_ m: ModuleExports) {
+        for (k, v) in m.symbols { exports[k] = v }
+        moduleFunctionEntries.formUnion(m.functionEntries)
+    }
+}
+
+/// What an allowed module contributes to later modules.
+public struct ModuleExports: Sendable {
+    public var module: String
+    public var symbols: [String: UInt64]
+    public var functionEntries: Set<UInt64>
+}

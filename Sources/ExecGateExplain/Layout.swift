@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The kernel's `layout_sections()` (kernel/module/main.c, 6.1) re-run on the signed ELF, so that
+// every section — zero-size ones included, which sysfs does not list — gets the address the loader
+// gave it, and so that the guest's claimed section addresses can be cross-checked.
+
+import ExecGateELF
+
+struct ModuleLayout {
+    /// Flags after the loader's edits (`.modinfo`, `__versions`, `.data..percpu` lose SHF_ALLOC;
+    /// `.data..ro_after_init` and `__jump_table` gain SHF_RO_AFTER_INIT).
+    var flags: [SectionFlags]
+    /// Offset in the core allocation, nil if the section is not in core.
+    var coreOffset: [Int?]
+    /// Offset in the init allocation, nil if not in init.
+    var initOffset: [Int?]
+    /// `core_layout.text_size`: PAGE_ALIGN of the executable part (STRICT_MODULE_RWX).
+    var textSize: Int
+    var percpuIndex: Int?
+
+    static let pageSize = 4096
+
+    /// ```c
+    /// static unsigned long const masks[][2] = {
+    ///     { SHF_EXECINSTR | SHF_ALLOC, ARCH_SHF_SMALL },
+    ///     { SHF_ALLOC, SHF_WRITE | ARCH_SHF_SMALL },
+    ///     { SHF_RO_AFTER_INIT | SHF_ALLOC, ARCH_SHF_SMALL },
+    ///     { SHF_WRITE | SHF_ALLOC, ARCH_SHF_SMALL },
+    ///     { ARCH_SHF_SMALL | SHF_ALLOC, 0 } };
+    /// module_get_offset(): ret = ALIGN(*size, sh_addralign ?: 1); *size = ret + sh_size;
+    /// ```
+    /// ARCH_SHF_SMALL is 0 on x86; x86 has no separate data_layout (it aliases core_layout).
+    /// Returns nil if a size computation overflows (hostile ELF).
+    static func compute(_ elf: ELFFile) -> ModuleLayout? {
+        let secs = elf.sections
+        var flags = secs.map { $0.flags }
+        var percpu: Int?
+        for s in secs {
+            switch s.name {
+            case ".modinfo", "__versions": flags[s.index].remove(.alloc)
+            case ".data..percpu":
+                if percpu == nil { percpu = s.index }
+                flags[s.index].remove(.alloc)
+            case ".data..ro_after_init", "__jump_table": flags[s.index].insert(.roAfterInit)
+            default: break
+            }
+        }
+        // find_sec() returns the first ALLOC section of that name; percpu is found before the
+        // flag edit, so use the first match.
+        let masks: [(SectionFlags, SectionFlags)] = [
+            ([.execInstr, .alloc], []), ([.alloc], [.write]), ([.roAfterInit, .alloc], []), ([.write, .alloc], []), ([.alloc], []),
+        ]
+        var placed = [Bool](repeating: false, count: secs.count)
+        var core = [Int?](repeating: nil, count: secs.count)
+        var initO = [Int?](repeating: nil, count: secs.count)
+        var textSize = 0
+        func isInit(_ name: String) -> Bool { name.hasPrefix(".init") }
+        func place(_ s: ELFSection, _ size: inout Int) -> Int? {
+            let a = Int(exactly: s.addralign == 0 ? 1 : s.addralign) ?? -1
+            guard a > 0 else { return nil }
+            let (t, o1) = size.addingReportingOverflow(a - 1)
+            guard !o1 else { return nil }
+            let ret = t & ~(a - 1)
+            let (n, o2) = ret.addingReportingOverflow(s.size)
+            guard !o2, n < (1 << 40) else { return nil }
+            size = n
+            return ret
+        }
+        func pageAlign(_ v: Int) -> Int { (v + pageSize - 1) & ~(pageSize - 1) }
+        for pass in 0..<2 {
+            var size = 0
+            for (m, mask) in masks.enumerated() {
+                for s in secs {
+                    let f = flags[s.index]
+                    if !f.isSuperset(of: mask.0) || !f.intersection(mask.1).isEmpty || placed[s.index] || isInit(s.name) != (pass == 1) { continue }
+                    guard let off = place(s, &size) else { return nil }
+                    placed[s.index] = true
+                    if pass == 0 { core[s.index] = off } else { initO[s.index] = off }
+                }
+                switch m {
+                case 0:
+                    size = pageAlign(size)
+                    if pass == 0 { textSize = size }
+                case 1, 4: size = pageAlign(size)
+                case 2: if pass == 0 { size = pageAlign(size) }
+                default: break
+                }
+            }
+        }
+        return ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: textSize, percpuIndex: percpu)
+    }
+}

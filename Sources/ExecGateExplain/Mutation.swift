@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The mutation tester: derive hostile claims from a genuine, allowed one and check that every one
+// is denied. One false accept is a release blocker.
+//
+// Classes:
+//   byte-flip        any byte of the executable region XOR a random non-zero value
+//   reloc-redirect   a relocation to an exported symbol re-pointed at another export
+//   jump-label       a jump-label site's jump sent to another target
+//   alternative      an alternative applied whose CPU feature the guest lacks
+//   return-thunk     a patched return site turned into a jump to another thunk
+//   static-call      a static-call site sent to a non-function address
+//   padding          a zero padding byte made non-zero
+// A byte flip inside a run-time site (jump label, static call, ftrace) can land on another *legal*
+// state (e.g. a different valid function entry): it is counted as `legalAlternative`, not accepted.
+
+import ExecGateELF
+
+public struct MutationClassReport: Sendable {
+    public var name: String
+    public var tried = 0
+    public var denied = 0
+    public var legalAlternative = 0
+    public var falseAccepts: [String] = []
+}
+
+public struct MutationReport: Sendable {
+    public var classes: [MutationClassReport] = []
+    public init() {}
+    public var falseAcceptCount: Int { classes.reduce(0) { $0 + $1.falseAccepts.count } }
+}
+
+/// SplitMix64: deterministic, seedable.
+struct SplitMix64 {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+    mutating func below(_ n: Int) -> Int { n <= 0 ? 0 : Int(next() % UInt64(n)) }
+}
+
+extension Explainer {
+    /// Run up to `perClass` mutations of each class on an allowed claim.
+    public func mutate(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver, perClass: Int, seed: UInt64) -> MutationReport {
+        var report = MutationReport()
+        let s = Session(elf: elf, claim: claim, facts: facts, resolver: resolver)
+        guard (try? s.run()) != nil else { return report }
+        var rng = SplitMix64(state: seed)
+        let variableRanges = s.variable.map { $0.offset..<($0.offset + $0.length) }
+
+        func attempt(_ r: inout MutationClassReport, _ text: [UInt8], _ what: String, legalIfIn range: Range<Int>? = nil) {
+            guard text != claim.text else { return }
+            r.tried += 1
+            var c = claim
+            c.text = text
+            let v = explain(elf: elf, claim: c, resolver: resolver).verdict
+            if !v.isAllowed { r.denied += 1; return }
+            if let rg = range, variableRanges.contains(where: { $0.overlaps(rg) }) { r.legalAlternative += 1; return }
+            r.falseAccepts.append("\(r.name): \(what)")
+        }
+        func put(_ text: inout [UInt8], _ off: Int, _ b: [UInt8]) { for (k, x) in b.enumerated() { text[off + k] = x } }
+
+        // byte-flip: anywhere in the executable region.
+        var flip = MutationClassReport(name: "byte-flip")
+        for _ in 0..<perClass {
+            var t = claim.text
+            let o = rng.below(t.count)
+            let x = UInt8(1 + rng.below(255))
+            t[o] ^= x
+            attempt(&flip, t, "offset 0x\(String(o, radix: 16)) ^= 0x\(String(x, radix: 16))", legalIfIn: o..<o + 1)
+        }
+        report.classes.append(flip)
+
+        // reloc-redirect: PC32/PLT32/32S/64 fields to an undefined (exported) symbol.
+        var rel = MutationClassReport(name: "reloc-redirect")
+        let exportAddrs = Array(Set(resolver.exports.values)).sorted()
+        let relocs = s.relocFields.filter { s.symbols[$0.symbol].isUndefined }
+        if !relocs.isEmpty && exportAddrs.count > 1 {
+            for _ in 0..<perClass {
+                let f = relocs[rng.below(relocs.count)]
+                let cur = (try? s.symbolValue(f.symbol)) ?? 0
+                var other = exportAddrs[rng.below(exportAddrs.count)]
+                if other == cur { other = exportAddrs[(exportAddrs.firstIndex(of: other)! + 1) % exportAddrs.count] }  // count > 1
+                var v = other &+ UInt64(bitPattern: f.addend)
+                if f.type == .pc32 || f.type == .plt32 || f.type == .pc64 { v = v &- f.place }
+                var t = claim.text
+                for k in 0..<f.size { t[f.off + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) }
+                attempt(&rel, t, "\(f.type) of \(s.symbols[f.symbol].name) → 0x\(String(other, radix: 16))")
+            }
+        }
+        report.classes.append(rel)
+
+        // jump-label: jump to another target (another site's target, or target ± 1).
+        var jl = MutationClassReport(name: "jump-label")
+        if !s.jumpSites.isEmpty {
+            for _ in 0..<perClass {
+                let j = s.jumpSites[rng.below(s.jumpSites.count)]
+                let alt = s.jumpSites[rng.below(s.jumpSites.count)].target
+                let tgt = alt != j.target ? alt : j.target &+ UInt64(1 + rng.below(16))
+                guard let b = genInsn(j.size == 2 ? 0xeb : 0xe9, at: j.code, to: tgt), b.count == j.size else { continue }
+                var t = claim.text
+                put(&t, j.off, b)
+                attempt(&jl, t, "site 0x\(String(j.code, radix: 16)) → 0x\(String(tgt, radix: 16))")
+            }
+        }
+        report.classes.append(jl)
+
+        // alternative: apply a replacement whose feature the guest lacks.
+        var al = MutationClassReport(name: "alternative")
+        let notApplied = s.altSites.filter { !$0.applied && $0.len > 0 }
+        if !notApplied.isEmpty {
+            var tries = 0
+            while tries < perClass * 3 && al.tried < perClass {
+                tries += 1
+                let a = notApplied[rng.below(notApplied.count)]
+                var f2 = facts
+                let w = a.feature >> 5
+                guard w < f2.capabilities.count else { continue }
+                f2.capabilities[w] ^= 1 << UInt32(a.feature & 31)
+                let s2 = Session(elf: elf, claim: claim, facts: f2, resolver: resolver)
+                guard (try? s2.setUp()) != nil, (try? s2.relocate()) != nil, (try? s2.applyParavirt()) != nil,
+                      (try? s2.applyRetpolines()) != nil, (try? s2.applyReturns()) != nil, (try? s2.applyAlternatives()) != nil else { continue }
+                var t = claim.text
+                for k in a.off..<a.off + a.len { t[k] = s2.image[k] }
+                attempt(&al, t, "feature \(a.feature / 32)*32+\(a.feature % 32) at offset 0x\(String(a.off, radix: 16))")
+            }
+        }
+        report.classes.append(al)
+
+        // return-thunk: a patched return site jumping to another thunk.
+        var rt = MutationClassReport(name: "return-thunk")
+        let thunks = ["__x86_indirect_thunk_rax", "__x86_indirect_thunk_r11", "__x86_return_thunk", "__fentry__"].compactMap { resolver.lookup($0) }
+        if !s.returnSites.isEmpty && !thunks.isEmpty {
+            for _ in 0..<perClass {
+                let r = s.returnSites[rng.below(s.returnSites.count)]
+                guard r.len >= 5, let b = genInsn(0xe9, at: r.addr, to: thunks[rng.below(thunks.count)]) else { continue }
+                var t = claim.text
+                put(&t, r.off, b)
+                attempt(&rt, t, "return site 0x\(String(r.addr, radix: 16))")
+            }
+        }
+        report.classes.append(rt)
+
+        // static-call: call/jmp to a non-function address (a function entry + small offset).
+        var sc = MutationClassReport(name: "static-call")
+        let funcs = Array(s.functionEntries).sorted()
+        if !s.staticSites.isEmpty && !funcs.isEmpty {
+            for _ in 0..<perClass {
+                let st = s.staticSites[rng.below(s.staticSites.count)]
+                var tgt = funcs[rng.below(funcs.count)] &+ UInt64(1 + rng.below(7))
+                while s.functionEntries.contains(tgt) { tgt &+= 1 }
+                guard let b = genInsn(st.tail ? 0xe9 : 0xe8, at: st.addr, to: tgt) else { continue }
+                var t = claim.text
+                put(&t, st.off, b)
+                attempt(&sc, t, "site 0x\(String(st.addr, radix: 16)) → 0x\(String(tgt, radix: 16))")
+            }
+        }
+        report.classes.append(sc)
+
+        // padding: a zero gap byte made non-zero.
+        var pd = MutationClassReport(name: "padding")
+        let pads = s.cls.indices.filter { s.cls[$0] == UInt8(ExplanationClass.padding.rawValue) }
+        if !pads.isEmpty {
+            for _ in 0..<perClass {
+                let o = pads[rng.below(pads.count)]
+                var t = claim.text
+                t[o] = UInt8(1 + rng.below(255))
+                attempt(&pd, t, "padding offset 0x\(String(o, radix: 16))")
+            }
+        }
+        report.classes.append(pd)
+        return report
+    }
+}

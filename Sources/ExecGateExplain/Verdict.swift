@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: Apache-2.0
+
+/// Why a byte has its value.
+public enum ExplanationClass: Int, CaseIterable, Sendable, CustomStringConvertible {
+    case elf = 0, relocation, paravirt, retpoline, returnThunk, alternative, endbrSeal, smpLock, ftrace,
+         jumpLabel, staticCall, padding
+    public var description: String {
+        switch self {
+        case .elf: return "elf"
+        case .relocation: return "relocation"
+        case .paravirt: return "paravirt"
+        case .retpoline: return "retpoline"
+        case .returnThunk: return "return"
+        case .alternative: return "alternative"
+        case .endbrSeal: return "endbr-seal"
+        case .smpLock: return "smp-lock"
+        case .ftrace: return "ftrace"
+        case .jumpLabel: return "jump-label"
+        case .staticCall: return "static-call"
+        case .padding: return "padding"
+        }
+    }
+}
+
+public struct ExplainStats: Sendable {
+    /// Bytes of the executable region by the last rule that produced them.
+    public var bytesByClass: [ExplanationClass: Int] = [:]
+    public var executableBytes: Int = 0
+    public var relocationsApplied: Int = 0
+    public var sites: [ExplanationClass: Int] = [:]
+}
+
+/// The first byte that could not be explained.
+public struct Denial: Sendable, CustomStringConvertible {
+    public var module: String
+    /// Section containing the byte ("(padding)" between sections, "(claim)" for structural problems).
+    public var section: String
+    public var offset: Int
+    public var address: UInt64
+    public var expected: [UInt8]
+    public var found: [UInt8]
+    public var rule: String
+    public var reason: String
+
+    public init(module: String, section: String, offset: Int, address: UInt64, expected: [UInt8], found: [UInt8], rule: String, reason: String) {
+        self.module = module; self.section = section; self.offset = offset; self.address = address
+        self.expected = expected; self.found = found; self.rule = rule; self.reason = reason
+    }
+
+    public var description: String {
+        let e = expected.map { hexByte($0) }.joined(separator: " ")
+        let f = found.map { hexByte($0) }.joined(separator: " ")
+        return "\(module): \(section)+0x\(String(offset, radix: 16)) (0x\(String(address, radix: 16))): expected [\(e)] found [\(f)]: \(rule): \(reason)"
+    }
+}
+
+public enum Verdict: Sendable {
+    case allowed(ExplainStats)
+    case denied(Denial)
+    public var isAllowed: Bool { if case .allowed = self { return true }; return false }
+}
+
+public struct ExplainResult: Sendable {
+    public var verdict: Verdict
+    /// Exports to add to the resolver if (and only if) the verdict is allowed.
+    public var exports: ModuleExports?
+    public init(verdict: Verdict, exports: ModuleExports?) { self.verdict = verdict; self.exports = exports }
+}
+
+func hexByte(_ b: UInt8) -> String {
+    let d = Array("0123456789abcdef")
+    return String([d[Int(b >> 4)], d[Int(b & 15)]])
+}

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// A policy is data: what ExecGate trusts and refuses, and how strictly it judges. It is pure
+// (no I/O): loading from files and the signed bundle format live at the edges. Every verdict
+// names the policy id and version that decided it.
+
+import ExecGateSignature
+
+public struct Policy: Sendable {
+    /// What happens when a check fails.
+    public enum Mode: String, Sendable {
+        /// Deny.
+        case enforce
+        /// Allow, but mark the verdict `audit_only` and record what enforce would have denied.
+        case audit
+    }
+
+    /// Whether an authorize request must be judged on its bytes (end-state) or may be judged on
+    /// its evidence alone.
+    public enum EndState: String, Sendable {
+        /// Deny a request whose claim carries no executable bytes or whose guest is unknown.
+        case required
+        /// Run end-state verification whenever the claim and guest facts allow it; otherwise judge
+        /// signature and structure only and say so in the verdict's checks.
+        case whenClaimed = "when-claimed"
+    }
+
+    /// How one kind of code (modules, run-time patches, eBPF JIT) is treated.
+    public enum KindRule: Sendable, Equatable {
+        case deny
+        case allow
+        /// Only modules whose content hash is listed (and which pass every other check).
+        case hashPinned(Set<Digest>)
+    }
+
+    public var id: String
+    public var version: UInt64
+    public var mode: Mode
+    public var trust: TrustStore
+    public var denyList: DenyList
+    /// Module names (`.modinfo name=`, `-` and `_` equivalent) refused even when signed.
+    public var deniedModuleNames: Set<String>
+    public var minimumDigest: DigestAlgorithm
+    public var endState: EndState
+    public var modules: KindRule
+    public var textPatches: KindRule
+
+    public init(id: String, version: UInt64, mode: Mode = .enforce, trust: TrustStore, denyList: DenyList = .empty,
+                deniedModuleNames: Set<String> = [], minimumDigest: DigestAlgorithm = .sha256,
+                endState: EndState = .whenClaimed, modules: KindRule = .allow, textPatches: KindRule = .allow) {
+        self.id = id
+        self.version = version
+        self.mode = mode
+        self.trust = trust
+        self.denyList = denyList
+        self.deniedModuleNames = Set(deniedModuleNames.map(Policy.canonicalModuleName))
+        self.minimumDigest = minimumDigest
+        self.endState = endState
+        self.modules = modules
+        self.textPatches = textPatches
+    }
+
+    /// The policy built into the binary: enforce, SHA-256 or stronger, the given anchors, end-state
+    /// whenever claimed. Version 1, so any pushed policy must be version 2 or later.
+    public static func builtIn(trust: TrustStore) -> Policy {
+        Policy(id: "builtin-default", version: 1, trust: trust)
+    }
+
+    /// The kernel treats `-` and `_` in module names as the same character.
+    public static func canonicalModuleName(_ name: String) -> String {
+        String(name.map { $0 == "-" ? "_" : $0 })
+    }
+}

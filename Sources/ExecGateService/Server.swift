@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The verifier service: SwiftNIO server on a Unix socket or AF_VSOCK, one small pipeline per
+// connection:
+//
+//     socket ─▶ ByteToMessageHandler(FrameDecoder) ─▶ RequestHandler ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//
+// Who can reach which port is a deployment decision documented in docs/deployment.md: the VMM
+// port is reachable only by the host (vsock) or by processes allowed to open the Unix socket
+// (file mode 0600 by default). The service trusts nothing a client sends: every frame is
+// bounded before buffering, every body is parsed by the typed decoders, and a bad request gets
+// an `error` reply without affecting other requests or connections.
+
+import ExecGateWire
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Named limits of the service.
+public enum ServiceLimits {
+    /// Requests one connection may have in flight before the server stops reading from it.
+    public static let maximumInFlightPerConnection = 64
+    /// How long graceful shutdown waits for in-flight requests.
+    public static let shutdownGraceSeconds: Int64 = 10
+}
+
+public final class VerifierServer: @unchecked Sendable {
+    // @unchecked: mutable state is confined to `lock`; NIO objects are themselves thread-safe.
+    private let group: MultiThreadedEventLoopGroup
+    private let pool: NIOThreadPool
+    private let responder: RequestResponder
+    private let logger: Logger
+    private let maximumBodySize: Int
+    private var channels: [Channel] = []
+    private let lock = NIOLock()
+    private let stats = ServerStats()
+
+    public init(responder: RequestResponder, logger: Logger, threads: Int = System.coreCount,
+                maximumBodySize: Int = WireLimits.defaultMaximumBodySize) {
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.pool = NIOThreadPool(numberOfThreads: max(1, threads))
+        self.pool.start()
+        self.responder = responder
+        self.logger = logger
+        self.maximumBodySize = maximumBodySize
+    }
+
+    /// Bind and start serving. Returns the bound channel (several endpoints may be bound).
+    @discardableResult
+    public func bind(_ endpoint: Endpoint) async throws -> Channel {
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { [responder, pool, logger, maximumBodySize, stats] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumBodySize: maximumBodySize)))
+                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                    try channel.pipeline.syncOperations.addHandler(
+                        RequestHandler(responder: responder, pool: pool, logger: logger, stats: stats))
+                }
+            }
+        let channel: Channel
+        switch endpoint {
+        case .unix(let path):
+            // A stale socket file from a previous run would make bind fail; only unlink sockets.
+            var st = stat()
+            if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+            channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+            chmod(path, 0o600)
+        case .vsock(_, let port):
+            channel = try await bootstrap.bind(to: VsockAddress(cid: .any, port: .init(rawValue: port))).get()
+        case .hybrid:
+            throw EndpointError(text: endpoint.description, why: "a hybrid socket is a client-side address; the vsock backend listens on it")
+        }
+        lock.withLock { channels.append(channel) }
+        logger.info("listening", metadata: ["address": "\(endpoint)"])
+        return channel
+    }
+
+    /// Stop accepting, let in-flight requests finish (bounded), then close everything.
+    public func shutdown() async {
+        let toClose = lock.withLock { channels }
+        for c in toClose { try? await c.close() }
+        let deadline = NIODeadline.now() + .seconds(ServiceLimits.shutdownGraceSeconds)
+        while stats.inFlight > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(nanoseconds: 10_000_000)
+        }
+        try? await group.shutdownGracefully()
+        try? await pool.shutdownGracefully()
+        logger.info("stopped", metadata: ["served": "\(stats.served)"])
+    }
+
+    public var requestsServed: UInt64 { stats.served }
+}
+
+/// Counters shared by all connections.
+final class ServerStats: @unchecked Sendable {
+    // @unchecked: every field is accessed under `lock`.
+    private let lock = NIOLock()
+    private var _inFlight = 0
+    private var _served: UInt64 = 0
+    let started = NIODeadline.now()
+
+    var inFlight: Int { lock.withLock { _inFlight } }
+    var served: UInt64 { lock.withLock { _served } }
+    func begin() { lock.withLock { _inFlight += 1 } }
+    func end() { lock.withLock { _inFlight -= 1; _served &+= 1 } }
+    var uptimeMilliseconds: UInt64 { UInt64(max(0, (NIODeadline.now() - started).nanoseconds / 1_000_000)) }
+}

@@ -1,0 +1,16 @@
+// SPDX-License-Identifier: Apache-2.0
+import ExecGateELF
+
+/// Reads `.modinfo` (NUL-separated `key=value` strings, include/linux/moduleparam.h MODULE_INFO).
+enum ModuleInfo {
+    /// The `name=` entry, if the section exists and has one.
+    static func name(in elf: ELFFile) -> String? {
+        guard let s = elf.sections.first(where: { $0.name == ".modinfo" }), !s.isNoBits else { return nil }
+        let raw = UnsafeRawBufferPointer(rebasing: elf.bytes[s.fileRange])
+        for entry in raw.split(separator: 0) {
+            let text = String(decoding: entry, as: UTF8.self)
+            if text.hasPrefix("name=") { return String(text.dropFirst(5)) }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The verifier core: request + policy + per-guest state → verdict. No I/O: the service feeds it
+// decoded requests and sends back what it returns; `execgate verify` calls it directly offline.
+// Both paths share this code, so an offline check and a served check cannot disagree.
+//
+// Order of checks for authorize-module (cheap and decisive first, crypto before parsing the ELF
+// so that unsigned garbage never reaches the ELF parser):
+//   1. policy kind rule (are modules allowed at all / hash pinning)
+//   2. signature: trailer, PKCS#7, signer ∈ policy anchors, digest strength, deny lists
+//   3. module name deny list (name from the *signed* .modinfo, not the guest's word)
+//   4. ELF structure of the signed content
+//   5. claim structure: each claimed section exists in the ELF, is executable, sizes match,
+//      claimed ranges do not overlap or wrap
+//   6. end-state: every claimed executable byte explained (when guest facts and bytes are there)
+// The verdict lists exactly the checks that ran: it never claims more than was checked.
+
+import ExecGateELF
+import ExecGatePolicy
+import ExecGateSignature
+import ExecGateWire
+import NIOConcurrencyHelpers
+import NIOCore
+
+public final class Verifier: @unchecked Sendable {
+    // @unchecked: `policy` is guarded by `lock`; everything else is immutable or itself thread-safe.
+    private let lock = NIOLock()
+    private var _policy: Policy
+    public let guests = GuestRegistry()
+    public let serverName: String
+    /// Optional end-state judge (the explanation engine). Nil = end-state verification unavailable.
+    public let endState: EndStateJudge?
+
+    public init(policy: Policy, serverName: String = "execgate", endState: EndStateJudge? = nil) {
+        self._policy = policy
+        self.serverName = serverName
+        self.endState = endState
+    }
+
+    /// The policy in force. A request takes one snapshot at its start and is judged entirely
+    /// under it, so a swap never applies half a policy to a request in flight.
+    public var policy: Policy { lock.withLock { _policy } }
+
+    /// Replace the policy atomically. Refuses a version that is not strictly greater (no rollback).
+    public func replacePolicy(_ new: Policy) throws {
+        try lock.withLock {
+            guard new.version > _policy.version else {
+                throw PolicyRollbackError(current: _policy.version, offered: new.version)
+            }
+            _policy = new
+        }
+    }
+
+    // MARK: - Requests
+
+    /// Answer one decoded request.
+    public func respond(to message: Message, requestDigest: [UInt8]) -> Message {
+        switch message {
+        case .hello(let h):
+            guard h.minimumVersion <= WireLimits.protocolVersion && WireLimits.protocolVersion <= h.maximumVersion else {
+                return .error(ErrorReply(code: .unsupportedVersion,
+                                         message: "client speaks \(h.minimumVersion)...\(h.maximumVersion); server speaks \(WireLimits.protocolVersion)"))
+            }
+            return .helloReply(HelloReply(version: WireLimits.protocolVersion, serverName: serverName,
+                                          maximumBodySize: UInt32(WireLimits.defaultMaximumBodySize)))
+        case .registerGuest(let r):
+            guests.register(r)
+            return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: r.symbols.count)))
+        case .authorizeModule(let a):
+            if !a.guestID.isEmpty && guests.session(a.guestID) == nil {
+                return .error(ErrorReply(code: .unknownGuest, message: "guest '\(a.guestID)' is not registered"))
+            }
+            return .verdict(authorize(a, requestDigest: requestDigest))
+        case .status:
+            return .statusReply(status(uptimeMilliseconds: 0, requestsServed: 0))
+        case .helloReply, .registerGuestReply, .verdict, .statusReply, .error:
+            return .error(ErrorReply(code: .badRequest, message: "\(message.type) is a reply, not a request"))
+        }
+    }
+
+    public func status(uptimeMilliseconds: UInt64, requestsServed: UInt64) -> StatusReply {
+        let p = policy
+        return StatusReply(serverName: serverName, uptimeMilliseconds: uptimeMilliseconds, requestsServed: requestsServed,
+                           guests: UInt32(clamping: guests.count), policyID: p.id, policyVersion: p.version, state: "serving")
+    }
+
+    /// Judge an authorize-module request under the current policy.
+    public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]) -> Verdict {
+        let policy = self.policy  // one snapshot for the whole request
+        let session = request.guestID.isEmpty ? nil : guests.session(request.guestID)
+        var judgement = request.module.withUnsafeReadableBytes { module in
+            judge(module: module, request: request, policy: policy, session: session)
+        }
+        judgement.verdict.requestDigest = requestDigest
+        // Audit mode: what enforce would deny is allowed, flagged, and keeps its reason.
+        if judgement.verdict.decision == .deny && policy.mode == .audit {
+            judgement.verdict.decision = .allow
+            judgement.verdict.auditOnly = true
+            judgement.verdict.message = "AUDIT (enforce would deny): " + judgement.verdict.message
+        }
+        if judgement.verdict.decision == .allow && !judgement.verdict.auditOnly, let s = session {
+            s.recordAllowed(module: judgement.verdict.moduleName, exports: judgement.exports)
+        }
+        return judgement.verdict
+    }
+
+    struct Judgement {
+        var verdict: Verdict
+        var exports: [String: UInt64] = [:]
+    }
+
+    private func judge(module: UnsafeRawBufferPointer, request: AuthorizeModule, policy: Policy, session: GuestSession?) -> Judgement {
+        var checks: [String] = []
+        var moduleName = request.moduleName
+        var moduleDigest: [UInt8] = []
+        func deny(_ reason: VerdictReason, _ message: String) -> Judgement {
+            Judgement(verdict: Verdict(decision: .deny, reason: reason, message: message, checks: checks, policyID: policy.id,
+                                       policyVersion: policy.version, requestDigest: [], moduleName: moduleName, moduleDigest: moduleDigest))
+        }
+
+        // 1. Kind rule.
+        checks.append("policy-kind")
+        if policy.modules == .deny { return deny(.kindDenied, "policy \(policy.id) v\(policy.version) allows no modules") }
+
+        // 2. Signature and deny lists (content hash, signer certificate).
+        checks.append("signature")
+        checks.append("deny-list")
+        let signature: VerifiedSignature
+        switch ModuleSignatureVerifier.verify(module: module, trust: policy.trust, denyList: policy.denyList, minimumDigest: policy.minimumDigest) {
+        case .success(let s):
+            signature = s
+        case .failure(let f):
+            return deny(Self.reason(for: f), f.message + " [\(f.detailedCode)]")
+        }
+        moduleDigest = signature.contentHash.bytes
+        if case .hashPinned(let pins) = policy.modules, !pins.contains(signature.contentHash) {
+            return deny(.kindDenied, "module content \(signature.contentHash) is not pinned by policy \(policy.id)")
+        }
+
+        // 3–4. The signed ELF (never the unsigned tail) and its name.
+        checks.append("elf-structure")
+        let content = UnsafeRawBufferPointer(rebasing: module[signature.trailer.contentRange])
+        let elf: ELFFile
+        do {
+            elf = try ELFFile(bytes: content)
+        } catch {
+            return deny(.malformedELF, "signed content is not a valid x86-64 relocatable ELF: \(error)")
+        }
+        let signedName = ModuleInfo.name(in: elf)
+        if let n = signedName {
+            if !request.moduleName.isEmpty && Policy.canonicalModuleName(request.moduleName) != Policy.canonicalModuleName(n) {
+                return deny(.badSignature, "the request names module '\(request.moduleName)' but the signed .modinfo says '\(n)'")
+            }
+            moduleName = n
+        }
+        checks.append("module-name")
+        if policy.deniedModuleNames.contains(Policy.canonicalModuleName(moduleName)) {
+            return deny(.moduleNameDenied, "module '\(moduleName)' is deny-listed by name")
+        }
+
+        // 5. Claim structure.
+        let claimed = request.sections.filter { $0.bytes != nil }
+        if !request.sections.isEmpty {
+            checks.append("claim-structure")
+            if let failure = ClaimStructure.check(request.sections, against: elf) {
+                return deny(failure.reason, failure.message)
+            }
+        }
+
+        // 6. End state.
+        var exports: [String: UInt64] = [:]
+        let canJudgeEndState = !claimed.isEmpty && session != nil && endState != nil
+        if canJudgeEndState, let judge = endState, let session {
+            checks.append("end-state")
+            switch judge.judge(elf: elf, request: request, session: session) {
+            case .explained(let e):
+                exports = e.exports
+            case .unexplained(let why):
+                return deny(.claimBytesUnexplained, why)
+            case .invalidClaim(let why):
+                return deny(.claimSizeMismatch, why)
+            }
+        } else if policy.endState == .required {
+            let missing = claimed.isEmpty ? "the claim carries no executable bytes"
+                : session == nil ? "no registered guest facts" : "this build has no end-state engine"
+            return deny(.endStateUnavailable, "policy \(policy.id) requires end-state verification, but \(missing)")
+        }
+
+        let what = claimed.isEmpty ? "no executable bytes claimed: signature and ELF only"
+            : canJudgeEndState ? "all \(claimed.count) executable section(s) explained byte for byte"
+            : "\(claimed.count) executable section(s) match the ELF in name and size (bytes not judged: no guest facts)"
+        let message = "signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); \(what)"
+        return Judgement(verdict: Verdict(decision: .allow, reason: .allowed, message: message, checks: checks, policyID: policy.id,
+                                          policyVersion: policy.version, requestDigest: [], moduleName: moduleName,
+                                          moduleDigest: moduleDigest), exports: exports)
+    }
+
+    /// Maps the signature layer's failures onto wire reasons.
+    static func reason(for f: SignatureFailure) -> VerdictReason {
+        switch f {
+        case .unsigned: return .unsigned
+        case .malformedTrailer: return .malformedTrailer
+        case .malformedPKCS7, .contentNotDetached, .signerCount, .embeddedCRLs, .unsignedAttributesPresent: return .malformedPKCS7
+        case .embeddedCertificates: return .embeddedCertificates
+        case .signedAttributesPresent: return .signedAttributes
+        case .unsupportedDigest, .signatureAlgorithmMismatch: return .unsupportedCryptography
+        case .digestTooWeak: return .digestTooWeak
+        case .unknownSigner: return .unknownSigner
+        case .signerCertificateDenied: return .certificateDenied
+        case .moduleHashDenied: return .moduleHashDenied
+        case .digestMismatch: return .digestMismatch
+        case .badSignature: return .badSignature
+        }
+    }
+}
+
+public struct PolicyRollbackError: Error, CustomStringConvertible {
+    public var current: UInt64
+    public var offered: UInt64
+    public var description: String { "policy version \(offered) is not newer than the running version \(current): rollback refused" }
+}
+
+// MARK: - End-state hook
+
+/// What the explanation engine answers. Kept as a protocol so the verifier core does not depend
+/// on how the engine is built, and tests can check the verifier's wiring on its own.
+public protocol EndStateJudge: Sendable {
+    func judge(elf: ELFFile, request: AuthorizeModule, session: GuestSession) -> EndStateResult
+}
+
+public enum EndStateResult {
+    /// Every claimed byte is explained; `exports` are the module's exported symbols at their
+    /// run-time addresses (added to the guest's symbol set once the module is allowed).
+    case explained(ExplainedModule)
+    /// A byte is not explained: one sentence naming section, offset, address, expected, found, why.
+    case unexplained(String)
+    /// The claim cannot be laid over the module (missing addresses, sizes).
+    case invalidClaim(String)
+}
+
+public struct ExplainedModule {
+    public var exports: [String: UInt64]
+    public init(exports: [String: UInt64]) { self.exports = exports }
+}

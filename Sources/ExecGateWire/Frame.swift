@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Wire protocol v1 framing. The normative specification is docs/protocol.md; this file implements
+// its "Frame" section. Every frame is a fixed 20-byte header followed by `length` body bytes:
+//
+//     0        4        6        8                16       20
+//     +--------+--------+--------+----------------+--------+------------------+
+//     | magic  |version |  type  |   request id   | length |   body (TLVs)    |
+//     | "EXGT" |  u16   |  u16   |      u64       |  u32   |  `length` bytes  |
+//     +--------+--------+--------+----------------+--------+------------------+
+//
+// All integers are big-endian (network order). The header is validated before a single byte of
+// the body is buffered: a `length` above the receiver's limit is refused without allocating.
+
+import NIOCore
+
+/// A decoded frame: the header fields and a zero-copy slice of the body.
+public struct Frame: Sendable, Equatable {
+    public var version: UInt16
+    public var type: MessageType
+    public var requestID: UInt64
+    public var body: ByteBuffer
+
+    public init(version: UInt16 = WireLimits.protocolVersion, type: MessageType, requestID: UInt64, body: ByteBuffer) {
+        self.version = version
+        self.type = type
+        self.requestID = requestID
+        self.body = body
+    }
+}
+
+/// Named limits and constants of wire protocol v1 (docs/protocol.md, "Limits").
+public enum WireLimits {
+    /// `"EXGT"` as a big-endian u32.
+    public static let magic: UInt32 = 0x4558_4754
+    /// The only protocol version this implementation speaks.
+    public static let protocolVersion: UInt16 = 1
+    /// Size of the fixed frame header in bytes.
+    public static let headerSize = 20
+    /// Default largest body a receiver accepts: 64 MiB (the largest Debian 6.1 module is ~15 MiB
+    /// and a claim carries its executable bytes beside it).
+    public static let defaultMaximumBodySize = 64 << 20
+    /// Absolute cap on any configured maximum: the length field is u32, but nobody needs > 256 MiB.
+    public static let absoluteMaximumBodySize = 256 << 20
+    /// Deepest nesting of TLV lists a decoder follows.
+    public static let maximumNestingDepth = 4
+    /// Most section claims in one authorize-module request (a module has < 100 sections; 6.1 caps
+    /// e_shnum at 65535, we cap the claim far lower).
+    public static let maximumSectionClaims = 1024
+    /// Longest string field (names, messages) in bytes.
+    public static let maximumStringLength = 64 << 10
+}
+
+extension ByteBuffer {
+    /// Write one complete frame (header + body).
+    public mutating func writeFrame(_ frame: Frame) {
+        self.writeInteger(WireLimits.magic)
+        self.writeInteger(frame.version)
+        self.writeInteger(frame.type.rawValue)
+        self.writeInteger(frame.requestID)
+        // The body of an outgoing frame is built by us; it can never exceed u32 because every
+        // encoder caps its inputs far below that. A violation is a programming error.
+        precondition(frame.body.readableBytes <= Int(UInt32.max), "frame body exceeds u32")
+        self.writeInteger(UInt32(frame.body.readableBytes))
+        var body = frame.body
+        self.writeBuffer(&body)
+    }
+}

@@ -1,0 +1,118 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Frame codec for SwiftNIO pipelines. Framing is kept separate from message decoding
+// (docs/protocol.md): this decoder only cuts the byte stream into frames; `Message(type:body:)`
+// interprets them. Decoder states:
+//
+//     waitingForHeader ──(20 bytes, magic ok, length ≤ limit)──▶ waitingForBody ──▶ emit .frame
+//            │  │                                                        │
+//            │  └──(length > limit)──▶ emit .refused(frameTooLarge) ─▶ discarding(n) ──▶ waitingForHeader
+//            └──(bad magic)──▶ emit .refused(badMagic) ─▶ broken (all further input dropped)
+//
+// An oversized body is never buffered: its bytes are dropped as they arrive, so a peer cannot
+// make the receiver allocate more than `maximumBodySize` for one frame, and the connection stays
+// usable afterwards.
+
+import NIOCore
+
+/// What the decoder hands to the next handler.
+public enum InboundFrame: Sendable, Equatable {
+    /// A complete frame whose length was within the limit.
+    case frame(Frame)
+    /// A frame refused at the header; the handler answers with an `error` frame.
+    case refused(requestID: UInt64, type: MessageType, code: WireErrorCode, message: String)
+}
+
+public struct FrameDecoder: ByteToMessageDecoder {
+    public typealias InboundOut = InboundFrame
+
+    enum State {
+        case waitingForHeader
+        case waitingForBody(version: UInt16, type: MessageType, requestID: UInt64, length: Int)
+        case discarding(remaining: Int)
+        case broken
+    }
+
+    private var state: State = .waitingForHeader
+    public let maximumBodySize: Int
+
+    public init(maximumBodySize: Int = WireLimits.defaultMaximumBodySize) {
+        self.maximumBodySize = min(maximumBodySize, WireLimits.absoluteMaximumBodySize)
+    }
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        switch try decodeOne(&buffer) {
+        case .some(let out):
+            context.fireChannelRead(Self.wrapInboundOut(out))
+            return .continue
+        case .none:
+            return buffer.readableBytes > 0 && isDiscardingOrBroken ? .continue : .needMoreData
+        }
+    }
+
+    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        // Leftover bytes of a partial frame at EOF are dropped: nobody is left to answer.
+        while let out = try decodeOne(&buffer) { context.fireChannelRead(Self.wrapInboundOut(out)) }
+        buffer.moveReaderIndex(to: buffer.writerIndex)
+        return .needMoreData
+    }
+
+    private var isDiscardingOrBroken: Bool {
+        switch state {
+        case .discarding, .broken: return true
+        default: return false
+        }
+    }
+
+    /// The codec's core, usable without a channel (tests, the in-guest raw-socket client).
+    /// Returns nil when more bytes are needed; never moves the reader index past a partial frame.
+    public mutating func decodeOne(_ buffer: inout ByteBuffer) throws -> InboundFrame? {
+        while true {
+            switch state {
+            case .broken:
+                buffer.moveReaderIndex(to: buffer.writerIndex)
+                return nil
+            case .discarding(let remaining):
+                let n = min(remaining, buffer.readableBytes)
+                buffer.moveReaderIndex(forwardBy: n)
+                if n < remaining {
+                    state = .discarding(remaining: remaining - n)
+                    return nil
+                }
+                state = .waitingForHeader
+            case .waitingForHeader:
+                guard buffer.readableBytes >= WireLimits.headerSize else { return nil }
+                // Safe: 20 readable bytes were confirmed just above, so every read succeeds.
+                let magic = buffer.readInteger(as: UInt32.self)!
+                let version = buffer.readInteger(as: UInt16.self)!
+                let type = MessageType(rawValue: buffer.readInteger(as: UInt16.self)!)
+                let requestID = buffer.readInteger(as: UInt64.self)!
+                let length32 = buffer.readInteger(as: UInt32.self)!
+                guard magic == WireLimits.magic else {
+                    state = .broken
+                    return .refused(requestID: 0, type: type, code: .badMagic,
+                                    message: "bad magic 0x\(String(magic, radix: 16)); expected 0x\(String(WireLimits.magic, radix: 16)) (\"EXGT\")")
+                }
+                guard let length = Int(exactly: length32), length <= maximumBodySize else {
+                    state = .discarding(remaining: Int(length32))
+                    return .refused(requestID: requestID, type: type, code: .frameTooLarge,
+                                    message: "body of \(length32) bytes exceeds the limit of \(maximumBodySize)")
+                }
+                state = .waitingForBody(version: version, type: type, requestID: requestID, length: length)
+            case .waitingForBody(let version, let type, let requestID, let length):
+                guard let body = buffer.readSlice(length: length) else { return nil }
+                state = .waitingForHeader
+                return .frame(Frame(version: version, type: type, requestID: requestID, body: body))
+            }
+        }
+    }
+}
+
+public struct FrameEncoder: MessageToByteEncoder {
+    public typealias OutboundIn = Frame
+    public init() {}
+    public func encode(data: Frame, out: inout ByteBuffer) throws {
+        out.reserveCapacity(WireLimits.headerSize + data.body.readableBytes)
+        out.writeFrame(data)
+    }
+}

@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Message bodies are lists of TLV fields (docs/protocol.md, "Body encoding"):
+//
+//     +--------+--------+------------------+
+//     |  tag   | length |      value       |
+//     |  u16   |  u32   |  `length` bytes  |
+//     +--------+--------+------------------+
+//
+// Value kinds: u8/u16/u32/u64 (big-endian, exactly their width), UTF-8 string, raw bytes, and a
+// nested TLV list. Encoders write fields in ascending tag order (repeated fields consecutive), so
+// every message has one canonical encoding (the golden vectors rely on this). Decoders accept any
+// order, reject a second copy of a singular field, and skip unknown tags whose high bit (0x8000,
+// "critical") is clear; an unknown critical tag makes the message malformed.
+
+import NIOCore
+
+/// Why a body did not decode. Equality compares the code and field only, so tests can match.
+public struct WireDecodeError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        case truncatedField = "truncated-field"
+        case fieldLengthExceedsBody = "field-length-exceeds-body"
+        case badIntegerWidth = "bad-integer-width"
+        case invalidUTF8 = "invalid-utf8"
+        case stringTooLong = "string-too-long"
+        case duplicateField = "duplicate-field"
+        case missingField = "missing-field"
+        case unknownCriticalField = "unknown-critical-field"
+        case nestingTooDeep = "nesting-too-deep"
+        case tooManyItems = "too-many-items"
+        case invalidValue = "invalid-value"
+    }
+    public var code: Code
+    public var field: String
+    public var detail: String
+
+    public init(_ code: Code, field: String, _ detail: String = "") {
+        self.code = code
+        self.field = field
+        self.detail = detail
+    }
+
+    public var description: String {
+        "\(code.rawValue) in field \(field)" + (detail.isEmpty ? "" : ": \(detail)")
+    }
+
+    public static func == (a: Self, b: Self) -> Bool { a.code == b.code && a.field == b.field }
+    public func hash(into h: inout Hasher) { h.combine(code); h.combine(field) }
+}
+
+// MARK: - Writing
+
+/// Builds a canonical TLV body. Callers add fields in ascending tag order.
+public struct TLVWriter {
+    public private(set) var buffer: ByteBuffer
+
+    public init(allocator: ByteBufferAllocator = ByteBufferAllocator(), capacity: Int = 256) {
+        buffer = allocator.buffer(capacity: capacity)
+    }
+
+    public mutating func u8(_ tag: UInt16, _ v: UInt8) { header(tag, 1); buffer.writeInteger(v) }
+    public mutating func u16(_ tag: UInt16, _ v: UInt16) { header(tag, 2); buffer.writeInteger(v) }
+    public mutating func u32(_ tag: UInt16, _ v: UInt32) { header(tag, 4); buffer.writeInteger(v) }
+    public mutating func u64(_ tag: UInt16, _ v: UInt64) { header(tag, 8); buffer.writeInteger(v) }
+
+    public mutating func string(_ tag: UInt16, _ s: String) {
+        header(tag, s.utf8.count)
+        buffer.writeString(s)
+    }
+
+    public mutating func bytes(_ tag: UInt16, _ b: ByteBuffer) {
+        var b = b
+        header(tag, b.readableBytes)
+        buffer.writeBuffer(&b)
+    }
+
+    public mutating func bytes(_ tag: UInt16, _ b: [UInt8]) {
+        header(tag, b.count)
+        buffer.writeBytes(b)
+    }
+
+    public mutating func nested(_ tag: UInt16, _ build: (inout TLVWriter) -> Void) {
+        var inner = TLVWriter(capacity: 64)
+        build(&inner)
+        bytes(tag, inner.buffer)
+    }
+
+    private mutating func header(_ tag: UInt16, _ length: Int) {
+        buffer.writeInteger(tag)
+        // Every field we encode is bounded by the message limits (<= 256 MiB): a length that does
+        // not fit u32 is a programming error, not input.
+        buffer.writeInteger(UInt32(length))
+    }
+}
+
+// MARK: - Reading
+
+/// One raw field: its tag and a zero-copy slice of its value.
+public struct TLVField: Sendable {
+    public var tag: UInt16
+    public var value: ByteBuffer
+}
+
+/// Splits a body into fields (pass 1: bounds only), then offers typed accessors (pass 2).
+public struct TLVReader {
+    public private(set) var fields: [TLVField] = []
+    private let message: String
+
+    /// - Parameters:
+    ///   - body: the body slice; not copied.
+    ///   - message: a name for error messages (e.g. "authorize-module").
+    ///   - known: the tags this message defines; unknown critical tags are rejected.
+    /// - Throws: `WireDecodeError` `.truncatedField`, `.fieldLengthExceedsBody`, `.unknownCriticalField`.
+    public init(_ body: ByteBuffer, message: String, known: Set<UInt16>) throws {
+        self.message = message
+        var body = body
+        while body.readableBytes > 0 {
+            guard let tag = body.readInteger(as: UInt16.self), let len = body.readInteger(as: UInt32.self) else {
+                throw WireDecodeError(.truncatedField, field: message, "\(body.readableBytes) stray bytes at end of body")
+            }
+            guard let length = Int(exactly: len), let value = body.readSlice(length: length) else {
+                throw WireDecodeError(.fieldLengthExceedsBody, field: "\(message).\(tag)",
+                                      "length \(len) but only \(body.readableBytes) bytes remain")
+            }
+            if !known.contains(tag) {
+                if tag & 0x8000 != 0 { throw WireDecodeError(.unknownCriticalField, field: "\(message).\(tag)") }
+                continue  // Non-critical field from a newer peer: skipped, by the spec.
+            }
+            fields.append(TLVField(tag: tag, value: value))
+        }
+    }
+
+    public func all(_ tag: UInt16) -> [ByteBuffer] { fields.lazy.filter { $0.tag == tag }.map(\.value) }
+
+    /// The single value of a singular field, or nil when absent. Throws on duplicates.
+    public func optional(_ tag: UInt16, _ name: String) throws -> ByteBuffer? {
+        var found: ByteBuffer?
+        for f in fields where f.tag == tag {
+            if found != nil { throw WireDecodeError(.duplicateField, field: "\(message).\(name)") }
+            found = f.value
+        }
+        return found
+    }
+
+    public func required(_ tag: UInt16, _ name: String) throws -> ByteBuffer {
+        guard let v = try optional(tag, name) else { throw WireDecodeError(.missingField, field: "\(message).\(name)") }
+        return v
+    }
+
+    // Typed accessors.
+
+    public func integer<T: FixedWidthInteger>(_ tag: UInt16, _ name: String, as: T.Type = T.self) throws -> T? {
+        guard var v = try optional(tag, name) else { return nil }
+        guard v.readableBytes == MemoryLayout<T>.size, let x = v.readInteger(as: T.self) else {
+            throw WireDecodeError(.badIntegerWidth, field: "\(message).\(name)",
+                                  "expected \(MemoryLayout<T>.size) bytes, got \(v.readableBytes)")
+        }
+        return x
+    }
+
+    public func requiredInteger<T: FixedWidthInteger>(_ tag: UInt16, _ name: String, as: T.Type = T.self) throws -> T {
+        guard let x: T = try integer(tag, name) else { throw WireDecodeError(.missingField, field: "\(message).\(name)") }
+        return x
+    }
+
+    public func string(_ tag: UInt16, _ name: String) throws -> String? {
+        guard let v = try optional(tag, name) else { return nil }
+        return try Self.decodeString(v, field: "\(message).\(name)")
+    }
+
+    public func requiredString(_ tag: UInt16, _ name: String) throws -> String {
+        guard let s = try string(tag, name) else { throw WireDecodeError(.missingField, field: "\(message).\(name)") }
+        return s
+    }
+
+    public func strings(_ tag: UInt16, _ name: String) throws -> [String] {
+        try all(tag).map { try Self.decodeString($0, field: "\(message).\(name)") }
+    }
+
+    static func decodeString(_ v: ByteBuffer, field: String) throws -> String {
+        guard v.readableBytes <= WireLimits.maximumStringLength else {
+            throw WireDecodeError(.stringTooLong, field: field, "\(v.readableBytes) bytes")
+        }
+        // Validate UTF-8 strictly: String(decoding:) would silently repair hostile input.
+        let ok = v.withUnsafeReadableBytes { raw -> Bool in
+            var it = raw.makeIterator()
+            var decoder = UTF8()
+            while true {
+                switch decoder.decode(&it) {
+                case .scalarValue: continue
+                case .emptyInput: return true
+                case .error: return false
+                }
+            }
+        }
+        guard ok else { throw WireDecodeError(.invalidUTF8, field: field) }
+        return String(buffer: v)
+    }
+}

@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `execgate keys extract` (a kernel's builtin trusted certificates) and `execgate keys generate`
+// (a signing key + self-signed certificate for one's own modules and for tests).
+
+import ArgumentParser
+import ExecGateKernelImage
+import ExecGateSignature
+
+struct KeysCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keys",
+        abstract: "Extract a kernel's trusted certificates or generate a signing key.",
+        subcommands: [KeysExtract.self, KeysGenerate.self]
+    )
+}
+
+/// JSON / text description of one certificate.
+func certificateFacts(_ c: Certificate, files: [String]) -> (json: String, text: String) {
+    let json = CommandJSON.object([
+        ("subject", CommandJSON.string(c.subject)),
+        ("issuer", CommandJSON.string(c.issuer)),
+        ("serial", CommandJSON.string(c.serialHex)),
+        ("skid", CommandJSON.optional(c.subjectKeyIdentifierHex)),
+        ("tbs_sha256", CommandJSON.string(c.tbsHash.hex)),
+        ("sha256_fingerprint", CommandJSON.string(c.fingerprint.hex)),
+        ("key", CommandJSON.string("\(c.publicKeyAlgorithm.rawValue)-\(c.publicKeyBits)")),
+        ("files", CommandJSON.array(files.map(CommandJSON.string))),
+    ])
+    let text = """
+        subject: \(c.subject)
+          issuer:  \(c.issuer)
+          serial:  \(c.serialHex)
+          skid:    \(c.subjectKeyIdentifierHex ?? "-")
+          tbs:     \(c.tbsHash.hex)
+          sha256:  \(c.fingerprint.hex)
+          key:     \(c.publicKeyAlgorithm.rawValue)-\(c.publicKeyBits)
+          files:   \(files.joined(separator: " "))
+        """
+    return (json, text)
+}
+
+struct KeysExtract: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "extract",
+        abstract: "Write the builtin trusted certificates of a kernel image as DER and PEM.",
+        discussion: """
+            Reads a bzImage (gzip, xz, lzma, zstd, bzip2 or lz4 payload), a compressed vmlinux \
+            stream, or an ELF vmlinux, and finds the DER X.509 certificates of the builtin \
+            system_certificate_list. Writes cert-N.der and cert-N.pem into --out.
+            Exit status: 0 success, 2 usage error, unreadable image or no certificate found.
+            """
+    )
+
+    @Option(help: ArgumentHelp("Kernel image (vmlinuz, bzImage, vmlinux).", valueName: "VMLINUZ")) var kernel: String
+    @Option(help: ArgumentHelp("Directory to write the certificates into (created if missing).", valueName: "DIR")) var out: String
+    @Flag(help: "Print the certificates as JSON on stdout.") var json = false
+
+    func run() throws {
+        do {
+            let bytes = try CommandFiles.read(kernel)
+            let certs: [Certificate]
+            let image: KernelImage
+            do {
+                image = try KernelImage.load(bytes)
+                certs = try image.builtinCertificates()
+            } catch {
+                throw CommandFileError(path: kernel, why: "\(error)")
+            }
+            try CommandFiles.ensureDirectory(out)
+            var json: [String] = []
+            for (i, c) in certs.enumerated() {
+                let der = out + "/cert-\(i).der"
+                let pem = out + "/cert-\(i).pem"
+                try CommandFiles.writeAtomically(der, c.der)
+                try CommandFiles.writeAtomically(pem, Array(c.pem.utf8))
+                let facts = certificateFacts(c, files: [der, pem])
+                if self.json { json.append(facts.json) } else { print(facts.text) }
+            }
+            if self.json {
+                print(CommandJSON.object([
+                    ("kernel", CommandJSON.string(kernel)),
+                    ("compression", CommandJSON.optional(image.compression?.rawValue)),
+                    ("certificates", CommandJSON.array(json)),
+                ]))
+            }
+        } catch {
+            CommandFiles.printError("execgate keys extract: \(error)")
+            throw ExecGateExit.usage
+        }
+    }
+}
+
+struct KeysGenerate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Generate an RSA signing key and self-signed certificate (key.pem, cert.pem).",
+        discussion: """
+            The certificate is shaped like the kernel's certs/default_x509.genkey (CA:FALSE, \
+            digitalSignature, subjectKeyIdentifier). key.pem is written with mode 0600. Existing \
+            files are not overwritten unless --force is given.
+            Exit status: 0 success, 2 usage error or write failure.
+            """
+    )
+
+    @Option(help: ArgumentHelp("Directory to write key.pem and cert.pem into (created if missing).", valueName: "DIR"))
+    var out: String
+    @Option(help: "Certificate common name.") var cn: String = "ExecGate module signing key"
+    @Option(help: "RSA modulus size in bits (2048-16384).") var bits: Int = 4096
+    @Option(help: "Validity in days.") var days: Int = 36500
+    @Flag(help: "Overwrite existing key.pem / cert.pem.") var force = false
+    @Flag(help: "Print a JSON summary on stdout.") var json = false
+
+    func validate() throws {
+        // Usage errors exit 2 with one line on stderr (ArgumentParser's ValidationError would exit 64).
+        func usage(_ why: String) -> ExitCode {
+            CommandFiles.printError("execgate keys generate: \(why)")
+            return ExecGateExit.usage
+        }
+        guard (2048...16384).contains(bits) else { throw usage("--bits must be between 2048 and 16384") }
+        guard days > 0 else { throw usage("--days must be positive") }
+        guard !cn.isEmpty, !cn.utf8.contains(0) else { throw usage("--cn must be a non-empty name") }
+    }
+
+    func run() throws {
+        do {
+            try CommandFiles.ensureDirectory(out)
+            let keyPath = out + "/key.pem"
+            let certPath = out + "/cert.pem"
+            for p in [keyPath, certPath] where CommandFiles.exists(p) && !force {
+                throw CommandFileError(path: p, why: "exists (use --force to overwrite)")
+            }
+            let generated = try GeneratedSigningKey.generateRSA(bits: bits, commonName: cn, days: days)
+            try CommandFiles.writeAtomically(keyPath, generated.privateKeyPEM, mode: 0o600)
+            try CommandFiles.writeAtomically(certPath, generated.certificatePEM)
+            let cert = try generated.load().1
+            let facts = certificateFacts(cert, files: [keyPath, certPath])
+            print(json ? facts.json : facts.text)
+        } catch {
+            CommandFiles.printError("execgate keys generate: \(error)")
+            throw ExecGateExit.usage
+        }
+    }
+}

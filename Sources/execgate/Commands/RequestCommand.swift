@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: Apache-2.0
+import _ExecGateInternals
+import ArgumentParser
+import ExecGateClient
+import ExecGateWire
+import NIOCore
+
+/// Plays the VMM: sends requests to a running verifier.
+struct RequestCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "request",
+        abstract: "Send a request to a running verifier (plays the VMM).",
+        subcommands: [RequestModule.self, RequestStatus.self]
+    )
+}
+
+struct ConnectOptions: ParsableArguments {
+    @Option(name: .customLong("connect"), help: ArgumentHelp("unix:PATH, vsock:CID:PORT or hybrid:SOCKET:PORT", valueName: "ADDR"))
+    var connect: String
+
+    @Option(help: "Seconds to wait for a reply.")
+    var timeout: Double = 30
+
+    @Flag(help: "Print JSON instead of text.")
+    var json = false
+
+    func endpoint() throws -> Endpoint { try Endpoint(parsing: connect, listening: false) }
+
+    func validate() throws {
+        _ = try endpoint()
+        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+    }
+
+    func client() async throws -> ExecGateClient {
+        do { return try await ExecGateClient.connect(to: try endpoint(), timeout: timeout) } catch {
+            Console.error("execgate request: cannot connect to \(connect): \(error)")
+            throw ExecGateExit.usage
+        }
+    }
+}
+
+struct RequestModule: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "module",
+        abstract: "Ask whether a module's pages may become executable.",
+        discussion: "Exit status: 0 allow, 1 deny, 2 usage error, unreadable input or no answer."
+    )
+
+    @Argument(help: "The signed module (.ko).") var file: String
+    @OptionGroup var connection: ConnectOptions
+    @Option(help: "Claim: none, elf, or a capture directory of the module (text/<addr>_<section>.bin).")
+    var claim: String = "elf"
+    @Option(help: "Registered guest id the pages belong to (empty: no guest).")
+    var guest: String = ""
+
+    func run() async throws {
+        let module: [UInt8]
+        let sections: [SectionClaim]
+        do {
+            module = try LocalFile.read(file)
+            sections = try ClaimSource.sections(claim, module: module)
+        } catch {
+            Console.error("execgate request module: \(error)")
+            throw ExecGateExit.usage
+        }
+        let client = try await connection.client()
+        let verdict: Verdict
+        do {
+            verdict = try await client.authorize(AuthorizeModule(guestID: guest, module: ByteBuffer(bytes: module), sections: sections))
+        } catch {
+            Console.error("execgate request module: \(error)")
+            await client.close()
+            throw ExecGateExit.usage
+        }
+        await client.close()
+        if connection.json { print(verdict.json.serialized()) } else {
+            print(verdict.humanLine)
+        }
+        if verdict.decision == .deny { throw ExecGateExit.deny }
+    }
+}
+
+struct RequestStatus: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Ask a verifier for its health and counters.")
+    @OptionGroup var connection: ConnectOptions
+
+    func run() async throws {
+        let client = try await connection.client()
+        let s: StatusReply
+        do { s = try await client.status() } catch {
+            Console.error("execgate request status: \(error)")
+            await client.close()
+            throw ExecGateExit.usage
+        }
+        await client.close()
+        if connection.json {
+            print(JSON.object([
+                ("server", .string(s.serverName)), ("state", .string(s.state)), ("uptime_ms", .uint(s.uptimeMilliseconds)),
+                ("requests", .uint(s.requestsServed)), ("guests", .uint(UInt64(s.guests))),
+                ("policy_id", .string(s.policyID)), ("policy_version", .uint(s.policyVersion)),
+            ]).serialized())
+        } else {
+            print("\(s.state): \(s.serverName), policy \(s.policyID) v\(s.policyVersion), \(s.requestsServed) requests, \(s.guests) guest(s), up \(s.uptimeMilliseconds) ms")
+        }
+    }
+}

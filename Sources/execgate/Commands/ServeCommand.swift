@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+import ArgumentParser
+import Dispatch
+import ExecGatePolicy
+import ExecGateService
+import ExecGateVerifier
+import ExecGateWire
+import Logging
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the verifier service.",
+        discussion: """
+        Listens on each --listen address (unix:PATH, vsock:PORT) and answers wire protocol v1 \
+        (docs/protocol.md). Stops gracefully on SIGTERM or SIGINT: no new connections, requests in \
+        flight finish, then exit 0.
+        """
+    )
+
+    @Option(name: .customLong("listen"), help: ArgumentHelp("Address to serve: unix:PATH or vsock:PORT. Repeatable.", valueName: "ADDR"))
+    var listen: [String] = []
+
+    @OptionGroup var trust: TrustOptions
+
+    @Option(help: "Log format: text or json (one JSON object per line).")
+    var logFormat: String = "text"
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    @Option(help: "Worker threads that judge requests (default: one per core).")
+    var threads: Int = System.coreCount
+
+    func validate() throws {
+        guard !listen.isEmpty else { throw ValidationError("give at least one --listen address (unix:PATH or vsock:PORT)") }
+        for l in listen { _ = try Endpoint(parsing: l, listening: true) }
+        guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level '\(logLevel)'") }
+        guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be 1...256") }
+    }
+
+    func run() async throws {
+        let policy: Policy
+        do { policy = try trust.builtInPolicy() } catch {
+            Console.error("execgate serve: \(error)")
+            throw ExecGateExit.usage
+        }
+        let logger = ServiceLogging.makeLogger(format: logFormat, level: Logger.Level(rawValue: logLevel) ?? .info)
+        if policy.trust.anchors.isEmpty {
+            logger.warning("no trust anchors: every module will be denied (give --trust CERT)")
+        }
+        let verifier = Verifier(policy: policy, serverName: ExecGateVersion.string)
+        let server = VerifierServer(responder: verifier, logger: logger, threads: threads)
+        for l in listen {
+            let endpoint = try Endpoint(parsing: l, listening: true)
+            do { try await server.bind(endpoint) } catch {
+                Console.error("execgate serve: cannot listen on \(endpoint): \(error)")
+                await server.shutdown()
+                throw ExecGateExit.usage
+            }
+            print("execgate: listening on \(endpoint) (policy \(policy.id) v\(policy.version), \(policy.trust.anchors.count) trust anchor(s))")
+        }
+        if let first = listen.first, first.hasPrefix("unix:") {
+            print("execgate: try   execgate request status --connect \(first)")
+            print("execgate: or    execgate request module FILE.ko --connect \(first) --claim elf")
+        }
+        fflush(stdout)
+        await ServiceLogging.waitForTermination()
+        logger.info("signal received: shutting down")
+        await server.shutdown()
+    }
+}
+
+enum ServiceLogging {
+    static func makeLogger(format: String, level: Logger.Level) -> Logger {
+        var logger = format == "json" ? Logger(label: "execgate", factory: { JSONLogHandler(label: $0) }) : Logger(label: "execgate")
+        logger.logLevel = level
+        return logger
+    }
+
+    /// Suspends until SIGTERM or SIGINT.
+    static func waitForTermination() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let queue = DispatchQueue(label: "execgate.signals")
+            var sources: [DispatchSourceSignal] = []
+            var resumed = false
+            for sig in [SIGTERM, SIGINT] {
+                signal(sig, SIG_IGN)
+                let s = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+                s.setEventHandler {
+                    guard !resumed else { return }
+                    resumed = true
+                    sources.forEach { $0.cancel() }
+                    c.resume()
+                }
+                s.resume()
+                sources.append(s)
+            }
+        }
+    }
+}

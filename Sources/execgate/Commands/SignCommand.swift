@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `execgate sign module`: sign a kernel module exactly like the kernel's scripts/sign-file.
+
+import ArgumentParser
+import ExecGateSignature
+
+struct SignCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sign",
+        abstract: "Sign code in the formats the kernel checks.",
+        subcommands: [SignModule.self]
+    )
+}
+
+struct SignModule: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "module",
+        abstract: "Append a sign-file style PKCS#7 signature to a kernel module.",
+        discussion: """
+            Produces exactly scripts/sign-file's format: a detached DER CMS SignedData without \
+            certificates or signed attributes, then struct module_signature and the magic \
+            "~Module signature appended~". Without -o the result goes to FILE.signed; the input is \
+            never modified. The output is written to a temporary file and renamed, never half-written.
+            Exit status: 0 signed, 2 usage error, unreadable input or signing failure.
+            """
+    )
+
+    @Option(help: ArgumentHelp("Private key (PEM, unencrypted).", valueName: "KEY.pem")) var key: String
+    @Option(help: ArgumentHelp("Certificate of the key (PEM or DER).", valueName: "CERT.pem")) var cert: String
+    @Argument(help: "The module (.ko).") var file: String
+    @Option(name: [.short, .customLong("output")], help: "Where to write the signed module (default: FILE.signed).")
+    var output: String?
+    @Option(help: "Digest: sha256 (default), sha384, sha512, sha224 or sha1.") var hash: String = "sha256"
+    @Flag(help: "Identify the signer by subjectKeyIdentifier instead of issuer and serial (sign-file -k).")
+    var keyid = false
+    @Flag(help: "Replace an existing signature instead of refusing to sign a signed module.")
+    var replace = false
+    @Flag(help: "Print a JSON summary on stdout.") var json = false
+
+    func validate() throws {
+        // Usage errors exit 2 with one line on stderr (ArgumentParser's ValidationError would exit 64).
+        guard DigestAlgorithm(name: hash) != nil else {
+            CommandFiles.printError("execgate sign module: --hash must be one of sha1, sha224, sha256, sha384, sha512")
+            throw ExecGateExit.usage
+        }
+    }
+
+    func run() throws {
+        let out = output ?? file + ".signed"
+        do {
+            // validate() accepted the name.
+            let digest = DigestAlgorithm(name: hash)!
+            let keyBytes = try CommandFiles.read(key)
+            let certBytes = try CommandFiles.read(cert)
+            let module = try CommandFiles.read(file)
+            let privateKey: PrivateKey
+            do { privateKey = try PrivateKey(pem: keyBytes) } catch { throw CommandFileError(path: key, why: "\(error)") }
+            let certs: [Certificate]
+            do { certs = try Certificate.load(certBytes) } catch { throw CommandFileError(path: cert, why: "\(error)") }
+            guard certs.count == 1 else { throw CommandFileError(path: cert, why: "holds \(certs.count) certificates, expected one") }
+            let signer = try ModuleSigner(key: privateKey, certificate: certs[0], digest: digest,
+                                          identification: keyid ? .subjectKeyIdentifier : .issuerAndSerial)
+            let signed: [UInt8]
+            do { signed = try signer.sign(module: module, existingSignature: replace ? .replace : .refuse) } catch {
+                throw CommandFileError(path: file, why: "\(error)" + (error.code == .alreadySigned ? " (use --replace)" : ""))
+            }
+            try CommandFiles.writeAtomically(out, signed)
+            // Report from the bytes just produced, re-parsed (checks our own output).
+            let trailer = try ModuleSignatureTrailer.parse(signed)
+            if json {
+                print(CommandJSON.object([
+                    ("output", CommandJSON.string(out)),
+                    ("digest", CommandJSON.string(digest.name)),
+                    ("signer", CommandJSON.string(certs[0].subject)),
+                    ("signer_id", CommandJSON.string(keyid ? "skid" : "issuer-serial")),
+                    ("signature_bytes", String(trailer.signatureLength)),
+                    ("content_sha256", CommandJSON.string(
+                        signed.withUnsafeBytes { Digest.sha256(UnsafeRawBufferPointer(rebasing: $0[trailer.contentRange])) }.hex)),
+                ]))
+            } else {
+                print("signed \(file) -> \(out) (\(digest.name), \(trailer.signatureLength)-byte PKCS#7, signer \(certs[0].subject))")
+            }
+        } catch {
+            CommandFiles.printError("execgate sign module: \(error)")
+            throw ExecGateExit.usage
+        }
+    }
+}

@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Building the claim part of an authorize-module request from the command line:
+//   none  evidence only (signature and ELF structure are judged);
+//   elf   each executable section with the module's own file bytes at synthetic addresses —
+//         what a VMM would claim for a module not yet relocated (useful to exercise the structure
+//         check; an end-state judge will deny it, as the bytes are not what a loader leaves);
+//   DIR   a capture directory of one module in the corpus layout: text/<addr>_<section>.bin.
+
+import ExecGateELF
+import ExecGateSignature
+import ExecGateWire
+import NIOCore
+
+enum ClaimSource {
+    static func sections(_ spec: String, module: [UInt8]) throws -> [SectionClaim] {
+        switch spec {
+        case "none": return []
+        case "elf": return try fromELF(module)
+        default: return try fromCaptureDirectory(spec)
+        }
+    }
+
+    static func fromELF(_ module: [UInt8]) throws -> [SectionClaim] {
+        try module.withUnsafeBytes { raw in
+            let content: UnsafeRawBufferPointer
+            if let t = try? ModuleSignatureTrailer.parse(raw) { content = UnsafeRawBufferPointer(rebasing: raw[t.contentRange]) } else { content = raw }
+            let elf = try ELFFile(bytes: content)
+            var address: UInt64 = 0xffff_ffff_c000_0000
+            var out: [SectionClaim] = []
+            for s in elf.sections where s.isAlloc && s.isExec && !s.name.hasPrefix(".init") && s.size > 0 {
+                let bytes = ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: content[s.fileRange]))
+                out.append(SectionClaim(name: s.name, address: address, bytes: bytes))
+                address += (UInt64(s.size) + 0xfff) & ~0xfff
+            }
+            return out
+        }
+    }
+
+    /// Reads `DIR/text/<16 hex digits>_<section>.bin` files.
+    static func fromCaptureDirectory(_ dir: String) throws -> [SectionClaim] {
+        let textDir = dir + "/text"
+        guard LocalFile.isDirectory(textDir) else {
+            throw LocalFileError(path: dir, why: "not 'none', 'elf' or a capture directory with text/<addr>_<section>.bin files")
+        }
+        var out: [SectionClaim] = []
+        for name in try LocalFile.list(textDir) where name.hasSuffix(".bin") {
+            let stem = name.dropLast(4)
+            guard stem.count > 17, stem[stem.index(stem.startIndex, offsetBy: 16)] == "_",
+                  let addr = UInt64(stem.prefix(16), radix: 16) else {
+                throw LocalFileError(path: textDir + "/" + name, why: "name is not <16 hex digits>_<section>.bin")
+            }
+            let section = String(stem.dropFirst(17))
+            out.append(SectionClaim(name: section, address: addr, bytes: ByteBuffer(bytes: try LocalFile.read(textDir + "/" + name))))
+        }
+        return out
+    }
+}

@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Options shared by several commands, and the rendering of verdicts for humans and machines.
+
+import _ExecGateInternals
+import ArgumentParser
+import ExecGatePolicy
+import ExecGateSignature
+import ExecGateWire
+
+/// Trust anchors and deny lists given on the command line (the built-in policy's inputs).
+struct TrustOptions: ParsableArguments {
+    @Option(name: .customLong("trust"), help: ArgumentHelp("A trusted certificate (PEM or DER; may hold several). Repeatable.", valueName: "CERT"))
+    var trust: [String] = []
+
+    @Option(name: .customLong("deny-cert"), help: ArgumentHelp("Refuse a signer certificate by SHA-256 of its TBSCertificate (the kernel's tbs: entries).", valueName: "HEX"))
+    var denyCertificates: [String] = []
+
+    @Option(name: .customLong("deny-module-hash"), help: ArgumentHelp("Refuse a module by SHA-256 of its content before the signature.", valueName: "HEX"))
+    var denyModuleHashes: [String] = []
+
+    @Option(name: .customLong("deny-name"), help: ArgumentHelp("Refuse a module by name (.modinfo name=).", valueName: "NAME"))
+    var denyNames: [String] = []
+
+    func validate() throws {
+        for h in denyCertificates + denyModuleHashes where Digest(algorithm: .sha256, hex: h) == nil {
+            throw ValidationError("'\(h)' is not a SHA-256 digest (64 hex digits)")
+        }
+    }
+
+    func loadAnchors() throws -> [Certificate] {
+        var anchors: [Certificate] = []
+        for path in trust {
+            let bytes = try LocalFile.read(path)
+            do { anchors += try Certificate.load(bytes) } catch { throw LocalFileError(path: path, why: "\(error)") }
+        }
+        return anchors
+    }
+
+    /// The built-in policy over these anchors and deny lists.
+    func builtInPolicy() throws -> Policy {
+        var p = Policy.builtIn(trust: TrustStore(try loadAnchors()))
+        p.denyList = DenyList(certificateTBSHashes: Set(denyCertificates.compactMap { Digest(algorithm: .sha256, hex: $0) }),
+                              moduleContentHashes: Set(denyModuleHashes.compactMap { Digest(algorithm: .sha256, hex: $0) }))
+        p.deniedModuleNames = Set(denyNames.map(Policy.canonicalModuleName))
+        return p
+    }
+}
+
+extension Verdict {
+    var json: JSON {
+        .object([
+            ("decision", .string(decision == .allow ? "allow" : "deny")),
+            ("reason", .string(reason.name)),
+            ("reason_code", .uint(UInt64(reason.rawValue))),
+            ("message", .string(message)),
+            ("checks", .array(checks.map { .string($0) })),
+            ("policy_id", .string(policyID)),
+            ("policy_version", .uint(policyVersion)),
+            ("audit_only", .bool(auditOnly)),
+            ("module", .string(moduleName)),
+            ("module_sha256", .string(Hex.string(moduleDigest))),
+            ("request_sha256", .string(Hex.string(requestDigest))),
+        ])
+    }
+
+    /// One line for a human: `ALLOW vsock: …` / `DENY vsock: sig.bad-signature: …`.
+    var humanLine: String {
+        let name = moduleName.isEmpty ? "module" : moduleName
+        switch decision {
+        case .allow: return "\(auditOnly ? "ALLOW (audit: enforce would deny)" : "ALLOW") \(name): \(message) [policy \(policyID) v\(policyVersion); checks: \(checks.joined(separator: ","))]"
+        case .deny: return "DENY \(name): \(reason.name): \(message) [policy \(policyID) v\(policyVersion); checks: \(checks.joined(separator: ","))]"
+        }
+    }
+}
