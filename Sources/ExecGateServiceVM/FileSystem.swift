@@ -117,6 +117,15 @@ public enum FS {
     }
 }
 
+extension StringProtocol {
+    func trimmingCharacters() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}
+
 extension String {
     /// Lines of a serial console log. The guest writes "\r\n", which Swift treats as one
     /// Character, so split on both forms; the trailing "\r" never reaches the caller.

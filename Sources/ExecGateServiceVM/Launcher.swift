@@ -37,6 +37,7 @@ public struct VMConfig: Sendable {
 
     public init(stateDir: String, kernel: String, initrd: String) {
         self.stateDir = stateDir; self.kernel = kernel; self.initrd = initrd
+        self.tscKHz = VMConfig.hostTSCKHz()
     }
 
     public var consoleLog: String { stateDir + "/console.log" }
@@ -58,10 +59,30 @@ public struct VMConfig: Sendable {
 
     public var hostHasVhostVsock: Bool { access(vhostVsockDevice, R_OK | W_OK) == 0 }
 
+    /// Under TCG the guest's TSC runs at the host's TSC rate. Measured here: on a loaded host the
+    /// guest's PIT-based TSC calibration fails, the kernel marks the TSC unstable and hangs before
+    /// init (no console output at all). Telling it the frequency (`tsc_early_khz`) and the delay
+    /// loop (`lpj`, HZ=250) skips both calibrations. nil → let the kernel calibrate (KVM: kvmclock).
+    public var tscKHz: Int? = nil
+
     /// The kernel command line. `quiet` matters: every console byte is slow under TCG.
     public var kernelCmdline: String {
-        (["console=ttyS0", "quiet", "panic=-1", "random.trust_cpu=on", "execgate.mode=\(mode.rawValue)",
-          "execgate.port=\(port)"] + extraCmdline).joined(separator: " ")
+        var words = ["console=ttyS0", "quiet", "panic=-1", "random.trust_cpu=on"]
+        if accel.accel == .tcg, let khz = tscKHz, khz > 0 {
+            words += ["tsc_early_khz=\(khz)", "lpj=\(khz * 1000 / 250)"]
+        }
+        words += ["execgate.mode=\(mode.rawValue)", "execgate.port=\(port)"]
+        return (words + extraCmdline).joined(separator: " ")
+    }
+
+    /// The host's TSC frequency in kHz from /proc/cpuinfo ("cpu MHz"), or nil.
+    public static func hostTSCKHz(cpuinfo: String? = try? FS.readString("/proc/cpuinfo", limit: 4 << 20)) -> Int? {
+        guard let cpuinfo else { return nil }
+        for line in cpuinfo.consoleLines() where line.hasPrefix("cpu MHz") {
+            guard let v = line.split(separator: ":").last.flatMap({ Double($0.trimmingCharacters()) }), v > 100, v < 20_000 else { return nil }
+            return Int(v * 1000)
+        }
+        return nil
     }
 
     /// QEMU's argv (without daemonize/pidfile, which `start` adds).

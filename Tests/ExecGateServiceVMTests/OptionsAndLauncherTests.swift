@@ -36,6 +36,7 @@ final class LauncherTests: XCTestCase {
         c.name = "unit"
         c.cid = 7
         c.memoryMiB = 128
+        c.tscKHz = 2_445_408
         return c
     }
 
@@ -56,12 +57,20 @@ final class LauncherTests: XCTestCase {
         XCTAssertTrue(append.contains("execgate.port=5000"))
         XCTAssertTrue(append.contains("panic=-1"))
         XCTAssertTrue(append.contains("random.trust_cpu=on"))
+        XCTAssertTrue(append.contains("tsc_early_khz=2445408 lpj=9781632"), append)
         XCTAssertTrue(a.joined(separator: " ").contains("execgate-vm-unit"))
+    }
+
+    func testHostTSC() {
+        XCTAssertEqual(VMConfig.hostTSCKHz(cpuinfo: "processor\t: 0\ncpu MHz\t\t: 2445.400\n"), 2_445_400)
+        XCTAssertNil(VMConfig.hostTSCKHz(cpuinfo: "cpu MHz : lots\n"))
+        XCTAssertNil(VMConfig.hostTSCKHz(cpuinfo: ""))
     }
 
     func testQEMUArgumentsKVMAndVhost() {
         var c = config()
         c.accel = .init(accel: .kvm, reason: "test")
+        XCTAssertFalse(c.kernelCmdline.contains("tsc_early_khz"), "KVM guests use kvmclock")
         var a = c.qemuArguments(qemuPath: "q", vhost: true)
         XCTAssertTrue(a.containsSequence(["-accel", "kvm", "-cpu", "host"]))
         XCTAssertTrue(a.containsSequence(["-device", "vhost-vsock-device,guest-cid=7"]))

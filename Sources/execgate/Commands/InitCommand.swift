@@ -30,11 +30,6 @@ struct InitCommand: AsyncParsableCommand {
     }
 }
 
-/// Connects the guest's init to the verifier. Until the real service is merged this is the stand-in.
-enum GuestServiceWiring {
-    static var hooks: GuestServiceHooks { .stub }
-}
-
 extension ExecGate {
     /// As PID 1 the binary is always init; otherwise the usual argument parsing.
     static func main() async {
