@@ -14,7 +14,7 @@
 //                ExecGatePolicy, ExecGateVerifier (request + policy + guest state -> verdict)
 //   edges        ExecGateKernelImage (bzImage/vmlinux, key extraction), ExecGateService (NIOPosix server),
 //                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys only),
-//                ExecGateClient (the VMM side)
+//                ExecGateClient (the VMM side), ExecGateCaptureTool (`execgate capture`: host + guest halves)
 //   executable   execgate (argument parsing and PID-1 wiring only)
 
 import PackageDescription
@@ -97,13 +97,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        .target(
+            name: "ExecGateCaptureTool",
+            dependencies: ["ExecGateServiceVM", "ExecGateELF", "CExecGateSys"],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: - Executable
         .executableTarget(
             name: "execgate",
             dependencies: [
                 "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
-                "ExecGateServiceVM", argumentParser, logging, nioCore, nioPosix,
+                "ExecGateServiceVM", "ExecGateCaptureTool", argumentParser, logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings
         ),
@@ -150,6 +156,12 @@ let package = Package(
         .testTarget(
             name: "ExecGateServiceVMTests",
             dependencies: ["ExecGateServiceVM", "ExecGateTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGateCaptureToolTests",
+            dependencies: ["ExecGateCaptureTool", "ExecGateServiceVM", "ExecGateCapture", "ExecGateVerifier", "ExecGatePolicy",
+                           "ExecGateWire", "ExecGateTestSupport", nioCore],
             swiftSettings: swiftSettings
         ),
     ]

@@ -43,6 +43,9 @@ public struct GuestServiceHooks: Sendable {
     /// Acts as the VMM against vsock CID 1 (loopback) `port`: runs the request set and reports each result.
     public var runSelfTest: @Sendable (_ port: UInt32, _ report: @escaping @Sendable (SelfTestResult) -> Void) async throws -> Void
 
+    /// `execgate.mode=capture`: the capture tool's guest half (set by the executable; nil = unsupported).
+    public var runCapture: (@Sendable () async throws -> Void)? = nil
+
     public init(runService: @escaping @Sendable (UInt32, @escaping @Sendable () -> Void) async throws -> Void,
                 runSelfTest: @escaping @Sendable (UInt32, @escaping @Sendable (SelfTestResult) -> Void) async throws -> Void) {
         self.runService = runService
@@ -97,6 +100,9 @@ public enum GuestInit {
             switch opts.mode {
             case .serve: try await serve(opts, hooks: hooks, kernelMs: t0, initDoneMs: tInit)
             case .test: await selfTest(opts, hooks: hooks, kernelMs: t0, initDoneMs: tInit)
+            case .capture:
+                guard let capture = hooks.runCapture else { throw ServiceVMError.badOption("execgate.mode=capture: not built in") }
+                try await capture()
             }
             powerOff(reason: "service stopped")
         } catch {

@@ -12,7 +12,7 @@
 // Unknown `execgate.*` keys are reported and ignored; bad values are errors (PID 1 logs and powers off).
 
 public struct GuestOptions: Equatable, Sendable {
-    public enum Mode: String, Sendable { case serve, test }
+    public enum Mode: String, Sendable { case serve, test, capture }  // capture: `execgate capture` (ExecGateCaptureTool)
 
     /// The documented AF_VSOCK port of the VMM ↔ verifier protocol.
     public static let defaultPort: UInt32 = 5000
@@ -35,7 +35,7 @@ public struct GuestOptions: Equatable, Sendable {
             let value = kv.count > 1 ? String(kv[1]) : ""
             switch key {
             case "mode":
-                guard let m = Mode(rawValue: value) else { throw .badOption("execgate.mode=\(value): expected serve or test") }
+                guard let m = Mode(rawValue: value) else { throw .badOption("execgate.mode=\(value): expected serve, test or capture") }
                 mode = m
             case "port":
                 guard let p = UInt32(value), p > 0, p != UInt32.max else { throw .badOption("execgate.port=\(value): expected 1…4294967294") }

@@ -28,10 +28,12 @@ import Musl
 
 enum GuestServiceWiring {
     static var hooks: GuestServiceHooks {
-        GuestServiceHooks(
+        var hooks = GuestServiceHooks(
             runService: { port, ready in try await GuestVerifier.serve(port: port, ready: ready) },
             runSelfTest: { port, report in try await GuestSelfTest.run(port: port, report: report) }
         )
+        hooks.runCapture = CaptureCommand.guestHook  // execgate.mode=capture (CaptureCommand.swift)
+        return hooks
     }
 }
 

@@ -1,0 +1,398 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The guest half of `execgate capture`: PID 1 in `execgate.mode=capture` (GuestInit has mounted
+// /proc, /sys and /dev). Order of duties:
+//   1. kptr_restrict=0 (real addresses in /proc/kallsyms and sysfs), request_module() pointed at
+//      nothing (an empty kernel.modprobe makes __request_module return -ENOENT), so no module
+//      outside the plan is ever loaded;
+//   2. finit_module each planned .ko in load order; after each one wait until its `.init`
+//      allocation has really been freed (the kernel frees it from a workqueue after init returns;
+//      without the wait the next module's placement depends on timing);
+//   3. read everything the capture layout needs (kallsyms, /sys/module/*/sections, the executable
+//      core region of each module and a few kernel variables through /proc/kcore, ...) into one
+//      ustar archive in memory;
+//   4. only then load the virtio transport (so it cannot move or patch a captured module), write the
+//      archive to the raw disk /dev/vda, sync, report on the console; GuestInit powers off.
+//
+// Console lines (the host relays them): `execgate-init: [ms] capture: …` progress,
+// `EXECGATE-CAPTURE-DONE bytes=N modules=M failed=F` at the end, EXECGATE-FATAL on errors.
+
+import ExecGateELF
+import ExecGateServiceVM
+import CExecGateSys
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public enum CaptureGuest {
+    /// Where the image builder puts things inside the capture initramfs.
+    public enum Paths {
+        public static let plan = "/etc/execgate/capture/plan.txt"
+        public static let modules = "/lib/modules/capture"
+        public static let transport = "/lib/modules/capture-transport"
+        public static let disk = "/dev/vda"
+    }
+    public static let doneLine = "EXECGATE-CAPTURE-DONE"
+
+    public enum Limits {
+        /// Polls (2 ms apart) to wait for one module's `.init` area to be freed.
+        public static let initFreePolls = 5000
+        /// Bytes of `boot_cpu_data` and `pv_ops` captured (README: 512 and 4096).
+        public static let bootCPUDataBytes = 512
+        public static let pvOpsBytes = 4096
+        /// Largest executable region read for one module (kvm's is ~1.2 MB).
+        public static let maxTextBytes = 64 << 20
+    }
+
+    static func log(_ s: String) { GuestInit.log("capture: " + s) }
+
+    /// Runs the capture; returns when the archive is on the disk (the caller powers off).
+    public static func run() async throws {
+        let plan = ImageInfo.parse(try FS.readString(Paths.plan))
+        let order = (plan["order"] ?? "").split(separator: ",").map(String.init)
+        let transport = (plan["transport"] ?? "").split(separator: ",").map(String.init)
+        let timeout = Int(plan["timeout"] ?? "") ?? 600
+        startDetachedThread {
+            sleep(UInt32(timeout))
+            GuestInit.fatal("capture timed out after \(timeout) s in the guest")
+        }
+        try writeProc("/proc/sys/kernel/kptr_restrict", "0\n")
+        try writeProc("/proc/sys/kernel/modprobe", "\n")
+
+        var tar = Tar.Writer()
+        var insmodLog = "", waitLog = ""
+        var loaded = 0, failed = 0
+        let t0 = Clock.nanos()
+        for (i, name) in order.enumerated() {
+            let path = Paths.modules + "/" + name + ".ko"
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw CaptureToolError.guest("cannot open \(path)") }
+            let s = Clock.sinceBootMillis()
+            let rc = execgate_finit_module(fd, "", 0)
+            let err = errno
+            let e = Clock.sinceBootMillis()
+            close(fd)
+            var msg = ""
+            if rc == 0 { loaded += 1 } else { failed += 1; msg = String(cString: strerror(err)) }
+            insmodLog += "\(name) rc=\(rc == 0 ? 0 : -err) t0=\(secs(s)) t1=\(secs(e)) \(msg)\n"
+            let polls = waitForInitFree(loadedModules: loaded)
+            waitLog += "\(name) polls=\(polls)\n"
+            log("[\(i + 1)/\(order.count)] \(name) \(rc == 0 ? "loaded" : "FAILED: \(msg)") in \(Int(e - s)) ms, init freed after \(polls) polls")
+        }
+        log("\(loaded) loaded, \(failed) failed in \((Clock.nanos() - t0) / 1_000_000) ms; reading state")
+        tar.add("insmod.log", insmodLog)
+        tar.add("waitfree.log", waitLog)
+        try collect(into: &tar, order: order)
+        let archive = tar.finish()
+        log("archive \(archive.count) bytes; loading the transport")
+        try loadTransport(transport)
+        try writeDisk(archive)
+        GuestInit.emit("\(doneLine) bytes=\(archive.count) modules=\(loaded) failed=\(failed)")
+    }
+
+    static func secs(_ ms: Double) -> String {
+        let c = Int((ms / 10).rounded())
+        let frac = c % 100
+        return "\(c / 100).\(frac < 10 ? "0" : "")\(frac)"
+    }
+
+    static func writeProc(_ path: String, _ value: String) throws {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw CaptureToolError.guest("cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let b = Array(value.utf8)
+        let n = b.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        guard n == b.count else { throw CaptureToolError.guest("cannot write \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    /// Polls /proc/vmallocinfo until it shows no more module-loader allocations than loaded
+    /// modules (each loaded module keeps its core allocation; a pending `.init` is one more).
+    /// Returns the number of polls needed (-1: gave up, logged).
+    static func waitForInitFree(loadedModules: Int) -> Int {
+        for poll in 0..<Limits.initFreePolls {
+            guard let info = try? FS.read("/proc/vmallocinfo", limit: 256 << 20) else { return -1 }
+            if countLoaderAllocations(info) <= loadedModules { return poll }
+            usleep(2000)
+        }
+        log("warning: an .init area was still allocated after \(Limits.initFreePolls) polls")
+        return -1
+    }
+
+    /// Lines of /proc/vmallocinfo whose caller is the module loader (`load_module+…`, or
+    /// `move_module+…` where it is not inlined).
+    public static func countLoaderAllocations(_ info: [UInt8]) -> Int {
+        let needles = [Array(" load_module+".utf8), Array(" move_module+".utf8)]
+        var count = 0
+        var lineStart = 0
+        info.withUnsafeBufferPointer { b in
+            var i = 0
+            while i <= b.count {
+                if i == b.count || b[i] == 0x0A {
+                    lineLoop: for n in needles where i - lineStart >= n.count {
+                        var j = lineStart
+                        while j + n.count <= i {
+                            if b[j] == n[0] {
+                                var k = 1
+                                while k < n.count && b[j + k] == n[k] { k += 1 }
+                                if k == n.count { count += 1; break lineLoop }
+                            }
+                            j += 1
+                        }
+                    }
+                    lineStart = i + 1
+                }
+                i += 1
+            }
+        }
+        return count
+    }
+
+    // MARK: - Reading the end state
+
+    static func readText(_ path: String) -> String { (try? FS.readString(path, limit: 256 << 20)) ?? "" }
+
+    static func trimmed(_ s: String) -> String {
+        var t = Substring(s)
+        while let l = t.last, l == "\n" || l == " " || l == "\r" { t = t.dropLast() }
+        return String(t)
+    }
+
+    static func collect(into tar: inout Tar.Writer, order: [String]) throws {
+        let kallsyms = try FS.read("/proc/kallsyms", limit: 512 << 20)
+        tar.add("kallsyms.txt", kallsyms)
+        let wanted: Set<String> = ["_text", "_stext", "_etext", "boot_cpu_data", "pv_ops", "page_offset_base", "vmalloc_base",
+                                   "vmemmap_base", "phys_base"]
+        let syms = coreSymbols(kallsyms, wanted: wanted)
+        let cpuinfo = readText("/proc/cpuinfo")
+        tar.add("cpuinfo.txt", cpuinfo)
+        for line in cpuinfo.split(separator: "\n") {
+            let kv = line.split(separator: ":", maxSplits: 1)
+            guard kv.count == 2 else { continue }
+            let key = kv[0].split(separator: "\t").first.map { String($0).trimmingSpaces() } ?? ""
+            if key == "flags" { tar.add("cpuflags.txt", String(kv[1]).trimmingSpaces() + "\n") }
+            if key == "bugs" { tar.add("cpubugs.txt", String(kv[1]).trimmingSpaces() + "\n") }
+        }
+        tar.add("cmdline.txt", readText("/proc/cmdline"))
+        var cpus = ""
+        for k in ["present", "possible", "online"] { cpus += "\(k) \(trimmed(readText("/sys/devices/system/cpu/\(k)")))\n" }
+        tar.add("cpus.txt", cpus)
+        var vul = ""
+        let vdir = "/sys/devices/system/cpu/vulnerabilities"
+        for f in (try? FS.list(vdir)) ?? [] { vul += "\(f): \(trimmed(readText(vdir + "/" + f)))\n" }
+        tar.add("vulnerabilities.txt", vul)
+        let procModules = readText("/proc/modules")
+        tar.add("proc_modules.txt", procModules)
+        tar.add("vmallocinfo.txt", readText("/proc/vmallocinfo"))
+        tar.add("tainted.txt", readText("/proc/sys/kernel/tainted"))
+        tar.add("uname.txt", trimmed(readText("/proc/sys/kernel/osrelease")) + " " + readText("/proc/sys/kernel/version"))
+        tar.add("dmesg.txt", readKmsg())
+
+        let kcore = try Kcore()
+        tar.add("kcore_phdrs.txt", kcore.loads.map { "vaddr=0x\(hex($0.vaddr)) offset=0x\(hex($0.offset)) size=0x\(hex($0.size))" }.joined(separator: "\n") + "\n")
+        guard let bcd = syms["boot_cpu_data"], let pv = syms["pv_ops"] else {
+            throw CaptureToolError.guest("boot_cpu_data / pv_ops not in /proc/kallsyms (kptr_restrict?)")
+        }
+        tar.add("boot_cpu_data.bin", try kcore.read(bcd, Limits.bootCPUDataBytes))
+        tar.add("pv_ops.bin", try kcore.read(pv, Limits.pvOpsBytes))
+        var kvars = ""
+        for n in ["_text", "_stext", "_etext", "boot_cpu_data", "pv_ops", "page_offset_base", "vmalloc_base", "vmemmap_base", "phys_base"] {
+            guard let a = syms[n] else { continue }
+            let v = (try? kcore.read(a, 8)).map { b in b.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) } }
+            kvars += "\(n) 0x\(hex(a)) \(v.map { "0x" + hex($0, width: 16) } ?? "?")\n"
+        }
+        tar.add("kvars.txt", kvars)
+
+        var bases: [String: UInt64] = [:]
+        for line in procModules.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            if f.count >= 6, let a = UInt64(f[5].dropFirst(2), radix: 16) { bases[String(f[0])] = a }
+        }
+        var sizes = ""
+        for name in order {
+            let sys = "/sys/module/" + name
+            guard FS.isDirectory(sys + "/sections") else { continue }  // not loaded (the insmod log says why)
+            var secs: [(String, String)] = []
+            var addrs: [String: UInt64] = [:]
+            for s in (try? FS.list(sys + "/sections")) ?? [] {
+                let v = trimmed(readText(sys + "/sections/" + s))
+                secs.append((s, JSON.string(v)))
+                if v.hasPrefix("0x"), let a = UInt64(v.dropFirst(2), radix: 16) { addrs[s] = a }
+            }
+            tar.add(name + "/sections.json", "{\n" + secs.map { " \(JSON.string($0.0)): \($0.1)" }.joined(separator: ",\n") + "\n}\n")
+            let coresize = trimmed(readText(sys + "/coresize")), initsize = trimmed(readText(sys + "/initsize"))
+            let taint = trimmed(readText(sys + "/taint"))
+            sizes += "\(name) \(coresize) \(initsize) \(taint)\n"
+
+            // The executable core region: [lowest exec core section, PAGE_ALIGN(end of the last)).
+            let ko = try FS.read(Paths.modules + "/" + name + ".ko", limit: 256 << 20)
+            var lo = UInt64.max, hi: UInt64 = 0
+            try ko.withUnsafeBytes { raw in
+                let elf = try ELFFile(bytes: raw)
+                for s in elf.sections where s.isAlloc && s.isExec && !s.name.hasPrefix(".init") && s.size > 0 {
+                    guard let a = addrs[s.name] else { continue }
+                    lo = min(lo, a)
+                    hi = max(hi, a + UInt64(s.size))
+                }
+            }
+            guard lo != UInt64.max else { log("\(name): no executable core section in sysfs"); continue }
+            let base = bases[name] ?? lo
+            if base != lo { log("warning: \(name): /proc/modules base 0x\(hex(base)) != lowest exec section 0x\(hex(lo))") }
+            let size = (hi - lo + 4095) & ~UInt64(4095)
+            guard size <= UInt64(Limits.maxTextBytes) else { throw CaptureToolError.guest("\(name): executable region of \(size) bytes") }
+            tar.add(name + "/core_text.bin", try kcore.read(lo, Int(size)))
+            tar.add(name + "/module.txt", ImageInfo.render([
+                ("core_base", "0x" + hex(base)), ("text_base", "0x" + hex(lo)), ("text_size", "\(size)"),
+                ("text_end_used", "0x" + hex(hi)), ("coresize", coresize), ("initsize", initsize), ("taint", taint),
+            ]))
+        }
+        tar.add("sys_module_sizes.txt", sizes)
+    }
+
+    /// Addresses of the wanted core (non-`[module]`) symbols; the first definition wins.
+    static func coreSymbols(_ k: [UInt8], wanted: Set<String>) -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        var lineStart = 0
+        let n = k.count
+        while lineStart < n {
+            var e = lineStart
+            while e < n && k[e] != 0x0A { e += 1 }
+            // "<16 hex> <type> <name>[\t[module]]"
+            let nameStart = lineStart + 19
+            if nameStart < e, k[lineStart + 16] == 0x20, k[lineStart + 18] == 0x20 {
+                var ne = nameStart
+                while ne < e && k[ne] != 0x09 && k[ne] != 0x20 { ne += 1 }
+                if ne == e {  // no [module] suffix
+                    let name = String(decoding: k[nameStart..<ne], as: UTF8.self)
+                    if wanted.contains(name), out[name] == nil,
+                       let a = UInt64(String(decoding: k[lineStart..<lineStart + 16], as: UTF8.self), radix: 16) {
+                        out[name] = a
+                    }
+                }
+            }
+            lineStart = e + 1
+        }
+        return out
+    }
+
+    /// The kernel log so far (/dev/kmsg records, non-blocking).
+    static func readKmsg() -> String {
+        let fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 8192)
+        while out.count < 8 << 20 {
+            let r = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if r < 0 { if errno == EPIPE || errno == EINTR { continue }; break }
+            if r == 0 { break }
+            out += buf[0..<r]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    // MARK: - Transport
+
+    static func loadTransport(_ names: [String]) throws {
+        for name in names {
+            let path = Paths.transport + "/" + name + ".ko"
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw CaptureToolError.guest("cannot open \(path)") }
+            let rc = execgate_finit_module(fd, "", 0)
+            let err = errno
+            close(fd)
+            if rc != 0 && err != EEXIST {
+                throw CaptureToolError.guest("transport module \(name): \(String(cString: strerror(err)))")
+            }
+        }
+        for _ in 0..<1500 where !FS.exists(Paths.disk) { usleep(10_000) }
+        guard FS.exists(Paths.disk) else { throw CaptureToolError.guest("no \(Paths.disk) after loading the virtio transport") }
+    }
+
+    static func writeDisk(_ bytes: [UInt8]) throws {
+        let fd = open(Paths.disk, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw CaptureToolError.guest("cannot open \(Paths.disk): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let size = lseek(fd, 0, SEEK_END)
+        guard size >= 0, Int(size) >= bytes.count else {
+            throw CaptureToolError.guest("\(Paths.disk) holds \(size) bytes, the capture needs \(bytes.count)")
+        }
+        _ = lseek(fd, 0, SEEK_SET)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, min($0.count - off, 1 << 20)) }
+            if n < 0 { if errno == EINTR { continue }; throw CaptureToolError.guest("write \(Paths.disk): \(String(cString: strerror(errno)))") }
+            off += n
+        }
+        guard fsync(fd) == 0 else { throw CaptureToolError.guest("fsync \(Paths.disk): \(String(cString: strerror(errno)))") }
+    }
+}
+
+/// /proc/kcore: an ELF core file whose PT_LOAD headers map kernel virtual addresses to (huge)
+/// file offsets; read with a 64-bit pread at `p_offset + (addr - p_vaddr)`.
+struct Kcore {
+    struct Load { var vaddr: UInt64; var offset: UInt64; var size: UInt64 }
+    let fd: Int32
+    var loads: [Load] = []
+    /// Program headers we accept (the kernel emits one per memory range; tens, not thousands).
+    static let maxHeaders = 4096
+
+    init(path: String = "/proc/kcore") throws {
+        fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw CaptureToolError.guest("cannot open \(path): \(String(cString: strerror(errno)))") }
+        let eh = try pread(0, 64)
+        // Elf64_Ehdr: e_ident[16], e_type u16, e_machine u16, e_version u32, e_entry u64, e_phoff u64 (32),
+        // e_shoff u64, e_flags u32, e_ehsize u16, e_phentsize u16 (54), e_phnum u16 (56).
+        guard eh[0] == 0x7F, eh[1] == 0x45, eh[2] == 0x4C, eh[3] == 0x46, eh[4] == 2 else { throw CaptureToolError.guest("\(path) is not an ELF64 core") }
+        let phoff = Kcore.le(eh, 32, 8), phentsize = Int(Kcore.le(eh, 54, 2)), phnum = Int(Kcore.le(eh, 56, 2))
+        guard phentsize >= 56, phnum <= Kcore.maxHeaders else { throw CaptureToolError.guest("\(path): bad program header table") }
+        let table = try pread(phoff, phentsize * phnum)
+        for i in 0..<phnum {
+            let p = i * phentsize
+            // Elf64_Phdr: p_type u32, p_flags u32, p_offset u64 (8), p_vaddr u64 (16), p_paddr, p_filesz u64 (32).
+            guard Kcore.le(table, p, 4) == 1 else { continue }
+            loads.append(Load(vaddr: Kcore.le(table, p + 16, 8), offset: Kcore.le(table, p + 8, 8), size: Kcore.le(table, p + 32, 8)))
+        }
+    }
+
+    func read(_ addr: UInt64, _ n: Int) throws -> [UInt8] {
+        guard let l = loads.first(where: { addr >= $0.vaddr && addr - $0.vaddr < $0.size && addr - $0.vaddr + UInt64(n) <= $0.size }) else {
+            throw CaptureToolError.guest("kcore: 0x\(hex(addr))+\(n) is in no PT_LOAD segment")
+        }
+        return try pread(l.offset + (addr - l.vaddr), n)
+    }
+
+    private func pread(_ off: UInt64, _ n: Int) throws -> [UInt8] {
+        guard off <= UInt64(Int64.max) else { throw CaptureToolError.guest("kcore offset 0x\(hex(off)) too large") }
+        var out = [UInt8](repeating: 0, count: n)
+        var got = 0
+        while got < n {
+            let r = out.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + got, n - got, off_t(off) + off_t(got)) }
+            if r < 0 { if errno == EINTR { continue }; throw CaptureToolError.guest("kcore read at 0x\(hex(off)): \(String(cString: strerror(errno)))") }
+            if r == 0 { throw CaptureToolError.guest("kcore: short read at 0x\(hex(off))") }
+            got += r
+        }
+        return out
+    }
+
+    static func le(_ b: [UInt8], _ at: Int, _ n: Int) -> UInt64 {
+        var v: UInt64 = 0
+        for i in 0..<n where at + i < b.count { v |= UInt64(b[at + i]) << (8 * UInt64(i)) }
+        return v
+    }
+}
+
+func hex(_ v: UInt64, width: Int = 0) -> String {
+    let s = String(v, radix: 16)
+    return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+}
+
+extension String {
+    func trimmingSpaces() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\n" { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The host half of `execgate capture`: resolve the modules' dependency closure, build a capture
+// initramfs (static execgate as /init, the .ko files, a plan), boot the kernel under QEMU with a
+// raw virtio-blk disk, read the guest's ustar archive back from that disk and lay it out as a
+// capture directory (the interchange format `CaptureBoot.load` reads; see docs and the corpus
+// README):
+//
+//   <out>/load-order.txt  modules.list  modules.dep  corpus.json
+//   <out>/<boot>/         kallsyms.txt boot_cpu_data.bin pv_ops.bin cpus.txt cmdline.txt slide.txt
+//                         vulnerabilities.txt cpuflags.txt … and per module
+//   <out>/<boot>/<m>/     <m>.ko sections.json layout.json core_text.bin
+//
+// <boot> is `nokaslr` or `kaslr`. nokaslr boots the uncompressed vmlinux (PVH entry, ~3 s faster
+// under TCG); KASLR is applied by the bzImage's decompressor, so `--kaslr` boots vmlinuz.
+
+import ExecGateELF
+import ExecGateServiceVM
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public struct CaptureOptions: Sendable {
+    /// A linux-image .deb or an unpacked package directory.
+    public var kernel: String
+    public var modules: [String]
+    public var outDir: String
+    /// The static execgate binary that becomes the guest's /init.
+    public var initBinary: String
+    public var cpu = "max"
+    public var kaslr = false
+    /// Scratch space (unpacked .deb, vmlinux, initramfs, disk image, console log).
+    public var workDir: String
+    public var timeoutSeconds = 600
+    public var memoryMiB = 1024
+    public var qemu = "qemu-system-x86_64"
+    /// auto | kvm | tcg (auto: KVM only where it really boots Linux; see Accelerator).
+    public var accel = "auto"
+    /// Disk for the results (sparse file).
+    public var diskBytes = 512 << 20
+
+    public init(kernel: String, modules: [String], outDir: String, initBinary: String, workDir: String) {
+        self.kernel = kernel; self.modules = modules; self.outDir = outDir; self.initBinary = initBinary; self.workDir = workDir
+    }
+
+    public var bootName: String { kaslr ? "kaslr" : "nokaslr" }
+}
+
+public struct CaptureSummary: Sendable {
+    public var boot: String
+    public var bootDir: String
+    public var kernelVersion: String
+    public var requested: [String]
+    public var loadOrder: [String]
+    public var captured: [String]
+    /// name → insmod message of modules whose finit_module failed.
+    public var failed: [(String, String)]
+    public var slide: UInt64
+    public var accel: String
+    public var qemuMillis: Int
+    public var totalMillis: Int
+
+    public var json: String {
+        JSON.object([
+            ("boot", JSON.string(boot)), ("dir", JSON.string(bootDir)), ("kernel", JSON.string(kernelVersion)),
+            ("requested", "[" + requested.map(JSON.string).joined(separator: ",") + "]"),
+            ("load_order", "[" + loadOrder.map(JSON.string).joined(separator: ",") + "]"),
+            ("captured", "\(captured.count)"),
+            ("failed", JSON.object(failed.map { ($0.0, JSON.string($0.1)) })),
+            ("slide", JSON.string("0x" + hex(slide))), ("accel", JSON.string(accel)),
+            ("qemu_ms", "\(qemuMillis)"), ("total_ms", "\(totalMillis)"),
+        ])
+    }
+}
+
+public enum CaptureTool {
+    /// Modules that carry the results out (loaded by the guest only after the capture is read).
+    public static let transportModules = ["virtio_pci", "virtio_blk"]
+
+    public static func run(_ o: CaptureOptions, log: (String) -> Void) throws(CaptureToolError) -> CaptureSummary {
+        let t0 = Clock.nanos()
+        guard FS.exists(o.initBinary) else {
+            throw .missing("init binary \(o.initBinary) not found: build the static execgate first (`make image`, or pass --init)")
+        }
+        let qemu = try wrap { () throws(ServiceVMError) in try Launcher.findQEMU(o.qemu) }
+        let decision = try wrap { () throws(ServiceVMError) in try Accelerator.choose(o.accel) }
+        try wrap { () throws(ServiceVMError) in try FS.mkdirs(o.workDir) }
+        let tree = try KernelTree.open(o.kernel, unpackDir: o.workDir + "/kernel", log: log)
+        let index = try ModuleIndex(modulesDir: tree.modulesDir)
+        for m in o.modules { _ = try index.path(of: m) }  // every unknown name reported before any work
+        let (order, deps) = try index.closure(o.modules)
+        let transport = try index.closure(transportModules).order
+        log("capture: \(tree.version): \(o.modules.count) requested, \(order.count) to load: \(order.joined(separator: " "))")
+
+        // Initramfs.
+        let initBytes = try wrap { () throws(ServiceVMError) in try FS.read(o.initBinary, limit: 512 << 20) }
+        guard GuestKernel.elfHasInterpreter(initBytes) == false else {
+            throw .badModule("\(o.initBinary) is not a static ELF executable; build it with `make image` (static release build)")
+        }
+        var cpio = CpioArchive(mtime: 0)
+        cpio.addFile("init", initBytes, mode: 0o755)
+        for d in ["dev", "proc", "sys", "tmp", "run"] { cpio.addDirectory(d) }
+        cpio.add("dev/console", mode: 0o600, .charDevice(major: 5, minor: 1))
+        cpio.add("dev/null", mode: 0o666, .charDevice(major: 1, minor: 3))
+        for n in order { cpio.addFile(CaptureGuest.Paths.modules + "/" + n + ".ko", try index.bytes(of: n)) }
+        for n in transport { cpio.addFile(CaptureGuest.Paths.transport + "/" + n + ".ko", try index.bytes(of: n)) }
+        cpio.addFile(CaptureGuest.Paths.plan, Array(ImageInfo.render([
+            ("boot", o.bootName), ("order", order.joined(separator: ",")), ("transport", transport.joined(separator: ",")),
+            ("timeout", "\(max(60, o.timeoutSeconds - 10))"),
+        ]).utf8))
+        let initrd = o.workDir + "/capture-\(o.bootName).cpio.gz"
+        try wrap { () throws(ServiceVMError) in try FS.write(initrd, try Compression.gzip(cpio.encode(), level: 1)) }
+
+        // Kernel: PVH vmlinux for nokaslr (cached), the bzImage for KASLR.
+        var kernelPath = tree.vmlinuz
+        if !o.kaslr {
+            let vmlinux = o.workDir + "/vmlinux-" + tree.version
+            if !FS.exists(vmlinux) {
+                let z = try wrap { () throws(ServiceVMError) in try FS.read(tree.vmlinuz, limit: 256 << 20) }
+                if let v = GuestKernel.extractVmlinux(fromBzImage: z) {
+                    try wrap { () throws(ServiceVMError) in try FS.write(vmlinux, v) }
+                }
+            }
+            if FS.exists(vmlinux) { kernelPath = vmlinux }
+        }
+
+        // Disk: sparse, zero (a stale archive must never be read back).
+        let disk = o.workDir + "/capture-\(o.bootName).img"
+        FS.remove(disk)
+        let dfd = open(disk, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard dfd >= 0, ftruncate(dfd, off_t(o.diskBytes)) == 0 else { throw .failed("cannot create \(disk)") }
+        close(dfd)
+
+        let console = o.workDir + "/console-\(o.bootName).log", qlog = o.workDir + "/qemu-\(o.bootName).log"
+        FS.remove(console); FS.remove(qlog)
+        var append = ["console=ttyS0", "quiet", "panic=-1", "random.trust_cpu=on"]
+        if decision.accel == .tcg, let khz = VMConfig.hostTSCKHz(), khz > 0 { append += ["tsc_early_khz=\(khz)", "lpj=\(khz * 1000 / 250)"] }
+        if !o.kaslr { append.append("nokaslr") }
+        append.append("execgate.mode=capture")
+        let marker = "execgate-capture-\(getpid())-\(o.bootName)"
+        let argv = [qemu, "-name", "\(marker),process=\(marker)", "-nodefaults", "-no-user-config", "-display", "none",
+                    "-monitor", "none", "-no-reboot", "-M", "pc", "-accel", decision.accel.rawValue, "-cpu", o.cpu,
+                    "-smp", "1", "-m", "\(o.memoryMiB)M", "-kernel", kernelPath, "-initrd", initrd,
+                    "-append", append.joined(separator: " "), "-serial", "file:\(console)",
+                    "-drive", "file=\(disk),format=raw,if=none,id=capture", "-device", "virtio-blk-pci,drive=capture"]
+        log("capture: booting \(o.bootName) (\(decision.accel.rawValue): \(decision.reason); -cpu \(o.cpu), \(kernelPath.hasSuffix(tree.vmlinuz) ? "bzImage" : "PVH vmlinux"))")
+        let q0 = Clock.nanos()
+        let pid = try wrap { () throws(ServiceVMError) in try Subprocess.spawn(argv, outputPath: qlog) }
+        var relayed = 0
+        var rc: Int32? = nil
+        let deadline = q0 + UInt64(o.timeoutSeconds) * 1_000_000_000
+        while rc == nil {
+            rc = Subprocess.wait(pid, timeoutMillis: 250)
+            relayed = relay(console: console, from: relayed, log: log)
+            if rc == nil && Clock.nanos() >= deadline {
+                kill(pid, SIGKILL)
+                _ = Subprocess.wait(pid, timeoutMillis: 5000)
+                throw .failed("the capture VM did not finish within \(o.timeoutSeconds) s\n--- console tail ---\n\(FS.tail(console))")
+            }
+        }
+        let qemuMs = Int((Clock.nanos() - q0) / 1_000_000)
+        let text = (try? FS.readString(console, limit: 64 << 20)) ?? ""
+        let lines = text.consoleLines()
+        if let f = lines.first(where: { $0.hasPrefix(ConsoleProtocol.fatal) }) {
+            throw .guest("the capture guest failed: \(f)\n--- console tail ---\n\(FS.tail(console))")
+        }
+        guard let done = lines.first(where: { $0.hasPrefix(CaptureGuest.doneLine) }) else {
+            throw .guest("the capture VM stopped (QEMU exit \(rc ?? -1)) without finishing: \(FS.tail(qlog, lines: 5))\n--- console tail ---\n\(FS.tail(console))")
+        }
+        var archiveBytes = 0
+        for w in done.split(separator: " ") where w.hasPrefix("bytes=") { archiveBytes = Int(w.dropFirst(6)) ?? 0 }
+        guard archiveBytes > 0, archiveBytes <= o.diskBytes else { throw .guest("bad done line: \(done)") }
+        let members: [Tar.Member]
+        do { members = try Tar.read(try readPrefix(disk, archiveBytes)) } catch { throw .guest("\(error)") }
+        log("capture: guest done in \(qemuMs) ms; \(members.count) files, \(archiveBytes) bytes")
+
+        var s = try CaptureLayout.write(members: members, options: o, tree: tree, index: index, order: order, depends: deps)
+        s.accel = decision.accel.rawValue
+        s.qemuMillis = qemuMs
+        s.totalMillis = Int((Clock.nanos() - t0) / 1_000_000)
+        try wrap { () throws(ServiceVMError) in try FS.write(s.bootDir + "/console.log", text) }
+        return s
+    }
+
+    /// Relays new `capture:` progress lines of the console log; returns the new offset.
+    static func relay(console: String, from: Int, log: (String) -> Void) -> Int {
+        guard let b = try? FS.read(console, limit: 64 << 20), b.count > from else { return from }
+        guard let lastNL = b.lastIndex(of: 0x0A), lastNL >= from else { return from }
+        for line in String(decoding: b[from...lastNL], as: UTF8.self).consoleLines() {
+            if let r = line.firstRange(of: "capture: ") { log("  guest: " + line[r.upperBound...]) }
+            else if line.hasPrefix(ConsoleProtocol.fatal) { log("  guest: " + line) }
+        }
+        return lastNL + 1
+    }
+
+    static func readPrefix(_ path: String, _ n: Int) throws(CaptureToolError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .failed("cannot open \(path)") }
+        defer { close(fd) }
+        var out = [UInt8](repeating: 0, count: n)
+        var got = 0
+        while got < n {
+            let r = out.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, n - got) }
+            if r < 0 && errno == EINTR { continue }
+            guard r > 0 else { throw .failed("\(path): short read") }
+            got += r
+        }
+        return out
+    }
+}
+

@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Turns the guest's archive into the capture layout (see CaptureHost.swift and the corpus README):
+// the guest's raw files are copied as they are; the host adds what it knows better — the signed
+// `.ko` files, `layout.json` (the module's sections from its ELF with their sysfs addresses),
+// `slide.txt` (needs the link-time `_text`), and the top-level `load-order.txt`, `modules.list`,
+// `modules.dep`, `corpus.json`.
+
+import ExecGateELF
+import ExecGateServiceVM
+
+enum CaptureLayout {
+    static func write(members: [Tar.Member], options o: CaptureOptions, tree: KernelTree, index: ModuleIndex,
+                      order: [String], depends: [String: [String]]) throws(CaptureToolError) -> CaptureSummary {
+        let bootDir = o.outDir + "/" + o.bootName
+        var files: [String: [UInt8]] = [:]
+        for m in members { files[m.path] = m.bytes }
+        for required in ["kallsyms.txt", "boot_cpu_data.bin", "pv_ops.bin", "cpus.txt", "cmdline.txt", "insmod.log"] where files[required] == nil {
+            throw .guest("the capture archive has no \(required)")
+        }
+        try wrap { () throws(ServiceVMError) in
+            try FS.mkdirs(bootDir)
+            for m in members {
+                guard !m.path.hasPrefix("/"), !m.path.split(separator: "/").contains(".."), !m.path.isEmpty else { continue }
+                if let slash = m.path.lastIndex(of: "/") { try FS.mkdirs(bootDir + "/" + m.path[..<slash]) }
+                try FS.write(bootDir + "/" + m.path, m.bytes)
+            }
+        }
+
+        // insmod results.
+        var insmod: [String: (rc: Int, t0: String, t1: String, msg: String)] = [:]
+        for line in String(decoding: files["insmod.log"]!, as: UTF8.self).split(separator: "\n") {
+            let f = line.split(separator: " ", maxSplits: 4, omittingEmptySubsequences: false)
+            guard f.count >= 4 else { continue }
+            insmod[String(f[0])] = (Int(f[1].dropFirst(3)) ?? -1, String(f[2].dropFirst(3)), String(f[3].dropFirst(3)), f.count > 4 ? String(f[4]) : "")
+        }
+
+        // slide.txt
+        let link = tree.linkTimeText()
+        var kvars: [String: (addr: String, value: String)] = [:]
+        for line in String(decoding: files["kvars.txt"] ?? [], as: UTF8.self).split(separator: "\n") {
+            let f = line.split(separator: " ")
+            if f.count == 3 { kvars[String(f[0])] = (String(f[1]), String(f[2])) }
+        }
+        guard let textStr = kvars["_text"]?.addr, let kText = UInt64(textStr.dropFirst(2), radix: 16) else {
+            throw .guest("no _text in the guest's kallsyms")
+        }
+        let slide = kText &- link.address
+        var slideTxt = "slide 0x\(hex(slide))\nkallsyms__text 0x\(hex(kText))\nlink__text 0x\(hex(link.address))\nlink__text_source \(link.source)\n"
+        for v in ["page_offset_base", "vmalloc_base", "vmemmap_base", "phys_base"] { if let kv = kvars[v] { slideTxt += "\(v) \(kv.value)\n" } }
+
+        var captured: [String] = []
+        var failed: [(String, String)] = []
+        try wrap { () throws(ServiceVMError) in
+            try FS.write(bootDir + "/slide.txt", slideTxt)
+            for name in order {
+                let i = insmod[name]
+                if let i, i.rc != 0 { failed.append((name, i.msg.isEmpty ? "rc=\(i.rc)" : i.msg)) }
+                guard let info = files[name + "/module.txt"].map({ ImageInfo.parse(String(decoding: $0, as: UTF8.self)) }) else {
+                    if i == nil || i?.rc == 0 { failed.append((name, "loaded but not captured (no executable core section?)")) }
+                    continue
+                }
+                let mdir = bootDir + "/" + name
+                let ko = try FS.read(index.modulesDir + "/" + (index.paths[name] ?? ""), limit: 256 << 20)
+                try FS.write(mdir + "/" + name + ".ko", ko)
+                let secs = parseSections(files[name + "/sections.json"] ?? [])
+                let layout = layoutJSON(name: name, ko: ko, sysfs: secs, info: info, insmod: i, depends: depends[name] ?? [],
+                                        kernel: tree.version, path: index.paths[name] ?? "")
+                try FS.write(mdir + "/layout.json", layout)
+                captured.append(name)
+            }
+        }
+
+        // Top level.
+        let corpusBoots = ((try? FS.list(o.outDir)) ?? []).filter { FS.exists(o.outDir + "/" + $0 + "/kallsyms.txt") }
+        try wrap { () throws(ServiceVMError) in
+            try FS.write(o.outDir + "/load-order.txt", order.joined(separator: "\n") + "\n")
+            try FS.write(o.outDir + "/modules.list", o.modules.joined(separator: "\n") + "\n")
+            try FS.write(o.outDir + "/modules.dep", index.modulesDep(order, depends: depends))
+            let arr: ([String]) -> String = { "[" + $0.map(JSON.string).joined(separator: ", ") + "]" }
+            try FS.write(o.outDir + "/corpus.json", JSON.object([
+                ("kernel", JSON.string(tree.version)), ("deb", tree.deb.map(JSON.string) ?? "null"),
+                ("kernel_root", JSON.string(tree.root)), ("vmlinuz", JSON.string(tree.vmlinuz)),
+                ("link_text", JSON.string("0x" + hex(link.address))), ("link_text_source", JSON.string(link.source)),
+                ("tool", JSON.string("execgate capture")), ("cpu", JSON.string(o.cpu)),
+                ("modules_requested", arr(o.modules)), ("load_order", arr(order)), ("boots", arr(corpusBoots)),
+            ]) + "\n")
+        }
+        return CaptureSummary(boot: o.bootName, bootDir: bootDir, kernelVersion: tree.version, requested: o.modules, loadOrder: order,
+                              captured: captured, failed: failed, slide: slide, accel: "", qemuMillis: 0, totalMillis: 0)
+    }
+
+    /// The guest's sections.json: one `"name": "0x…"` per line (written by CaptureGuest).
+    static func parseSections(_ b: [UInt8]) -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for line in String(decoding: b, as: UTF8.self).split(separator: "\n") {
+            let q = line.split(separator: "\"", omittingEmptySubsequences: false)
+            // ` "name": "0x…",` → ["" or " ", name, ": ", value, ","]
+            guard q.count >= 4, q[3].hasPrefix("0x"), let a = UInt64(q[3].dropFirst(2), radix: 16) else { continue }
+            out[String(q[1])] = a
+        }
+        return out
+    }
+
+    static func layoutJSON(name: String, ko: [UInt8], sysfs: [String: UInt64], info: [String: String],
+                           insmod: (rc: Int, t0: String, t1: String, msg: String)?, depends: [String], kernel: String, path: String) -> String {
+        let dropped: Set<String> = [".modinfo", "__versions", ".data..percpu"]
+        var rows: [(UInt64, String)] = []
+        var unaddressed: [String] = []
+        ko.withUnsafeBytes { raw in
+            guard let elf = try? ELFFile(bytes: raw) else { return }
+            for s in elf.sections where s.isAlloc {
+                let kind: String
+                if dropped.contains(s.name) { kind = "dropped" }
+                else if s.name.hasPrefix(".init") { kind = "init" }
+                else if s.isExec { kind = "text" }
+                else if s.isNoBits { kind = "nobits" }
+                else { kind = "data" }
+                var flags = "A"
+                if s.isWrite { flags += "W" }
+                if s.isExec { flags += "X" }
+                let addr = sysfs[s.name]
+                let row = JSON.object([
+                    ("name", JSON.string(s.name)), ("kind", JSON.string(kind)), ("elf_index", "\(s.index)"),
+                    ("elf_flags", JSON.string(flags)), ("elf_type", "\(s.type)"), ("size", "\(s.size)"),
+                    ("align", "\(s.addralign)"), ("addr", addr.map { JSON.string("0x" + hex($0)) } ?? "null"),
+                ])
+                if let addr { rows.append((addr, row)) } else { unaddressed.append(row) }
+            }
+        }
+        let sections = rows.sorted { $0.0 < $1.0 }.map(\.1) + unaddressed
+        let num: (String?) -> String = { $0.flatMap { Int($0) }.map { "\($0)" } ?? "null" }
+        return JSON.object([
+            ("module", JSON.string(name)), ("ko", JSON.string(name + ".ko")), ("ko_path_in_package", JSON.string(path)),
+            ("depends", "[" + depends.map(JSON.string).joined(separator: ", ") + "]"), ("kernel", JSON.string(kernel)),
+            ("core_base", JSON.string(info["core_base"] ?? "")),
+            ("core_text", JSON.object([
+                ("base", JSON.string(info["text_base"] ?? "")), ("size", num(info["text_size"])),
+                ("end_used", JSON.string(info["text_end_used"] ?? "")), ("file", JSON.string("core_text.bin")),
+            ])),
+            ("sysfs_coresize", num(info["coresize"])), ("sysfs_initsize", num(info["initsize"])),
+            ("taint", JSON.string(info["taint"] ?? "")),
+            ("insmod", insmod.map { JSON.object([("rc", "\($0.rc)"), ("t0", Double($0.t0) != nil ? $0.t0 : "null"), ("t1", Double($0.t1) != nil ? $0.t1 : "null"), ("msg", JSON.string($0.msg))]) } ?? "null"),
+            ("sections", "[\n  " + sections.joined(separator: ",\n  ") + "\n]"),
+        ]) + "\n"
+    }
+}

@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `execgate capture`: load modules into a real kernel under QEMU and write what they became in
+// memory as a capture directory (`execgate explain <out>/<boot>` explains it). Argument parsing
+// only; the work is in ExecGateCaptureTool (host half CaptureHost.swift, guest half CaptureGuest.swift).
+
+import ArgumentParser
+import ExecGateCaptureTool
+import ExecGateServiceVM
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+struct CaptureCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "capture",
+        abstract: "Boot a kernel under QEMU, load modules, and capture their executable end state.",
+        discussion: """
+        Writes OUT/load-order.txt, modules.list, modules.dep, corpus.json and OUT/<boot>/ (boot = \
+        nokaslr or kaslr): kallsyms.txt, boot_cpu_data.bin, pv_ops.bin, cpus.txt, cmdline.txt, \
+        slide.txt, vulnerabilities.txt, cpuflags.txt, … and per module <m>/<m>.ko, sections.json, \
+        layout.json, core_text.bin. Check it with `execgate explain OUT/<boot>`. Needs \
+        qemu-system-x86_64 and a static execgate for the guest's /init (`make image` builds one). \
+        Exit 0 when every module was captured, 1 when some failed to load or the VM failed, 2 on \
+        usage errors (unknown module, missing kernel or QEMU).
+        """
+    )
+
+    @Option(help: ArgumentHelp("A linux-image .deb or an unpacked package directory (boot/, lib/modules/).", valueName: "DEB|DIR"))
+    var kernel: String
+
+    @Option(help: ArgumentHelp("Modules to load: a comma-separated list, or @FILE (names per line, # comments). Dependencies are added.", valueName: "LIST"))
+    var modules: String
+
+    @Option(help: ArgumentHelp("Output directory (created; a boot's subdirectory is replaced).", valueName: "DIR"))
+    var out: String
+
+    @Option(help: "QEMU CPU model (decides alternatives and mitigations).")
+    var cpu: String = "max"
+
+    @Flag(help: "Boot with KASLR (the bzImage; boot directory `kaslr`). Default: nokaslr.")
+    var kaslr = false
+
+    @Flag(help: "Print a JSON summary on stdout.")
+    var json = false
+
+    @Option(help: ArgumentHelp("The static execgate used as the guest's /init (default: this binary if static, else .build-static/release/execgate).", valueName: "PATH"))
+    var `init`: String?
+
+    @Option(help: ArgumentHelp("Scratch directory (unpacked .deb, vmlinux, initramfs, disk, logs).", valueName: "DIR"))
+    var workDir: String?
+
+    @Option(help: "Give up after this many seconds.")
+    var timeout: Int = 600
+
+    @Option(help: "Guest memory in MiB.")
+    var memory: Int = 1024
+
+    @Option(help: "auto, kvm or tcg (auto uses KVM only where it boots Linux).")
+    var accel: String = "auto"
+
+    func run() throws {
+        do {
+            let names = try parseModuleList(modules)
+            var o = CaptureOptions(kernel: kernel, modules: names, outDir: FS.absolute(out), initBinary: try initBinary(),
+                                   workDir: workDir.map(FS.absolute) ?? defaultWorkDir())
+            o.cpu = cpu
+            o.kaslr = kaslr
+            o.timeoutSeconds = timeout
+            o.memoryMiB = memory
+            o.accel = accel
+            let s = try CaptureTool.run(o, log: { Console.error($0) })
+            for (n, why) in s.failed { Console.error("capture: \(n) not captured: \(why)") }
+            Console.error("capture: \(s.captured.count) of \(s.loadOrder.count) modules captured in \(s.bootDir) (slide 0x\(String(s.slide, radix: 16)), \(s.totalMillis) ms); check with `execgate explain \(s.bootDir)`")
+            if json { print(s.json) }
+            if !s.failed.isEmpty { throw ExecGateExit.deny }
+        } catch let e as CaptureToolError {
+            Console.error("execgate capture: \(e)")
+            switch e {
+            case .usage, .missing, .badModule: throw ExecGateExit.usage
+            case .failed, .guest: throw ExecGateExit.deny
+            }
+        }
+    }
+
+    func initBinary() throws -> String {
+        if let i = `init` { return FS.absolute(i) }
+        if let me = FS.selfExecutable(), let b = try? FS.read(me, limit: 512 << 20), GuestKernel.elfHasInterpreter(b) == false { return me }
+        return FS.absolute(".build-static/release/execgate")
+    }
+
+    func defaultWorkDir() -> String {
+        let tmp = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        let tag = kernel.split(separator: "/").last.map(String.init) ?? "kernel"
+        return "\(tmp)/execgate-capture-\(getuid())/\(tag)"
+    }
+
+    /// The guest half, run by PID 1 in `execgate.mode=capture` (wired in GuestWiring.swift).
+    static let guestHook: @Sendable () async throws -> Void = { try await CaptureGuest.run() }
+}

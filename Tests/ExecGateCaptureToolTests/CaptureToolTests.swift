@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `execgate capture` end to end: boot the real Debian kernel under QEMU (TCG here), load a varied
+// set of signed modules, capture their end state, then explain every captured module through the
+// verifier exactly as the service runs it (register-guest + authorize-module, end-state required)
+// and through the explainer `execgate explain` uses: every module allowed, 0 unexplained bytes.
+// Needs QEMU, the unpacked kernel (`make test-data`) and the static execgate (`make image`);
+// `make test` provides them and sets EXECGATE_VM_TEST=1, which turns anything missing into a failure.
+//
+// Plus host-only tests of the pieces (archive format, module lists, dependency closure).
+
+import ExecGateCapture
+import ExecGateCaptureTool
+import ExecGatePolicy
+import ExecGateServiceVM
+import ExecGateTestSupport
+import ExecGateVerifier
+import ExecGateWire
+import XCTest
+
+/// The modules captured: alternatives and feature checks (crc32c_intel, aesni_intel, sha256_ssse3),
+/// static keys (chacha_x86_64, poly1305_x86_64, test_static_keys), static calls and paravirt and
+/// per-cpu data (kvm), dependency chains (8021q → garp, mrp, stp, llc; aesni_intel → cryptd,
+/// crypto_simd; virtio_net → failover, virtio), plain ones (tun, fuse, xxhash_generic).
+let captureTestModules = ["crc32c_intel", "aesni_intel", "sha256_ssse3", "chacha_x86_64", "poly1305_x86_64", "test_static_keys",
+                          "kvm", "8021q", "virtio_net", "tun", "fuse", "xxhash_generic"]
+
+final class CaptureToolVMTests: XCTestCase {
+    var required: Bool { ProcessInfo.processInfo.environment["EXECGATE_VM_TEST"] == "1" }
+
+    func prerequisites() throws -> (kernel: String, initBinary: String) {
+        func missing(_ what: String) throws -> Never {
+            if required { XCTFail("execgate capture test: \(what)"); throw XCTSkip(what) }
+            throw XCTSkip(what)
+        }
+        let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
+        if !FS.isDirectory(kernel + "/boot") { try missing("no unpacked kernel at \(kernel): run `make test-data`") }
+        if Subprocess.which("qemu-system-x86_64") == nil { try missing("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)") }
+        let initBinary = Fixtures.packageRoot + "/.build-static/release/execgate"
+        if !FS.exists(initBinary) { try missing("no static execgate at \(initBinary): run `make image`") }
+        return (kernel, initBinary)
+    }
+
+    func capture(kaslr: Bool) throws -> CaptureSummary {
+        let (kernel, initBinary) = try prerequisites()
+        let out = Fixtures.temporaryDirectory()
+        var o = CaptureOptions(kernel: kernel, modules: captureTestModules, outDir: out, initBinary: initBinary,
+                               workDir: out + "/.work")
+        o.kaslr = kaslr
+        o.timeoutSeconds = 200
+        let t0 = Date()
+        let s = try CaptureTool.run(o, log: { print($0) })
+        print("capture \(s.boot): \(s.captured.count) modules in \(Int(Date().timeIntervalSince(t0) * 1000)) ms (qemu \(s.qemuMillis) ms)")
+        print(s.json)
+        XCTAssertEqual(s.failed.map(\.0), [], "modules that failed to load: \(s.failed)")
+        XCTAssertEqual(s.captured, s.loadOrder)
+        XCTAssertGreaterThanOrEqual(s.captured.count, 20)
+        for file in ["load-order.txt", "modules.list", "modules.dep", "corpus.json"] { XCTAssertTrue(FS.exists(out + "/" + file), file) }
+        for file in ["kallsyms.txt", "boot_cpu_data.bin", "pv_ops.bin", "cpus.txt", "cmdline.txt", "slide.txt", "vulnerabilities.txt", "cpuflags.txt"] {
+            XCTAssertTrue(FS.exists(s.bootDir + "/" + file), file)
+        }
+        // Dependencies come first in the load order.
+        let order = s.loadOrder
+        for (dep, user) in [("irqbypass", "kvm"), ("llc", "stp"), ("stp", "8021q"), ("cryptd", "aesni_intel"), ("test_static_key_base", "test_static_keys")] {
+            XCTAssertLessThan(try XCTUnwrap(order.firstIndex(of: dep), dep), try XCTUnwrap(order.firstIndex(of: user), user))
+        }
+        try explain(s.bootDir, expectModules: s.captured)
+        return s
+    }
+
+    /// Every module: allowed by the verifier (end state required) and by the explainer, 0 unexplained bytes.
+    func explain(_ dir: String, expectModules: [String]) throws {
+        let boot = try CaptureBoot.load(dir)
+        XCTAssertEqual(boot.availableModules, expectModules)
+        let v = Verifier(policy: Policy(id: "capture-test", version: 1, trust: try Fixtures.debianTrust(), endState: .required))
+        guard case .registerGuestReply = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: []) else {
+            return XCTFail("register-guest refused for \(dir)")
+        }
+        var replay = CaptureReplay(boot: boot)
+        var unexplained = 0
+        for name in boot.availableModules {
+            let m = try boot.module(name)
+            let verdict = v.authorize(m.request(guestID: "g"), requestDigest: [])
+            XCTAssertEqual(verdict.decision, .allow, "\(name): \(verdict.message)")
+            XCTAssertTrue(verdict.checks.contains("end-state"), name)
+            let out = replay.step(m)
+            if case let .denied(d) = out.result.verdict {
+                unexplained += max(1, d.unexplainedBytes)
+                XCTFail("explain \(name): \(d)")
+            }
+        }
+        XCTAssertEqual(unexplained, 0)
+    }
+
+    func testCaptureNokaslrAndExplain() throws {
+        let s = try capture(kaslr: false)
+        XCTAssertEqual(s.slide, 0)
+        let cmdline = try FS.readString(s.bootDir + "/cmdline.txt")
+        XCTAssertTrue(cmdline.contains("nokaslr"), cmdline)
+        // nokaslr: the module area starts at MODULES_VADDR.
+        let first = try FS.readString(s.bootDir + "/" + s.loadOrder[0] + "/layout.json")
+        XCTAssertTrue(first.contains("\"0xffffffffc0"), first)
+    }
+
+    func testCaptureKaslrAndExplain() throws {
+        let s = try capture(kaslr: true)
+        XCTAssertNotEqual(s.slide, 0, "KASLR boot with slide 0 (possible but unlikely)")
+    }
+}
+
+final class CaptureToolUnitTests: XCTestCase {
+    func testTarRoundTrips() throws {
+        var w = Tar.Writer()
+        w.add("kallsyms.txt", "ffffffff81000000 T _text\n")
+        w.add("crc7/core_text.bin", [UInt8](repeating: 0xCC, count: 4096))
+        w.add("empty", [])
+        w.add("odd", [1, 2, 3])
+        var disk = w.finish()
+        disk += [UInt8](repeating: 0, count: 8192)  // the rest of the disk
+        let m = try Tar.read(disk)
+        XCTAssertEqual(m.map(\.path), ["kallsyms.txt", "crc7/core_text.bin", "empty", "odd"])
+        XCTAssertEqual(m[1].bytes.count, 4096)
+        XCTAssertEqual(m[3].bytes, [1, 2, 3])
+    }
+
+    func testForbidsCorruptTarHeader() {
+        var w = Tar.Writer()
+        w.add("a", [1])
+        var disk = w.finish()
+        disk[10] ^= 0x40
+        XCTAssertThrowsError(try Tar.read(disk)) { XCTAssertEqual($0 as? Tar.ReadError, .badHeader(offset: 0, reason: "checksum mismatch")) }
+    }
+
+    func testForbidsTruncatedTarMember() {
+        var w = Tar.Writer()
+        w.add("big", [UInt8](repeating: 7, count: 2000))
+        let disk = Array(w.finish().prefix(1024))
+        XCTAssertThrowsError(try Tar.read(disk)) { XCTAssertEqual($0 as? Tar.ReadError, .truncated(path: "big")) }
+    }
+
+    func testModuleListParsing() throws {
+        XCTAssertEqual(try parseModuleList("crc7, crc-itu-t,kvm.ko crc7"), ["crc7", "crc_itu_t", "kvm"])
+        let f = Fixtures.temporaryDirectory() + "/list"
+        try FS.write(f, "# header\ncrc8\nvirtio-net # the NIC\n\n")
+        XCTAssertEqual(try parseModuleList("@" + f), ["crc8", "virtio_net"])
+        XCTAssertThrowsError(try parseModuleList(" , "))
+        XCTAssertThrowsError(try parseModuleList("@/nonexistent/list"))
+    }
+
+    func testLoaderAllocationCount() {
+        let info = """
+        0x000000001234-0x000000005678   20480 load_module+0x1b2c/0x2a40 pages=4 vmalloc
+        0x000000001234-0x000000005678    8192 kernel_read_file+0x1/0x2 pages=1 vmalloc
+        0x000000001234-0x000000005678   20480 load_module+0x1b2c/0x2a40 pages=4 vmalloc
+        0x0000000abcd-0x00000000ef01    4096 bpf_prog_alloc+0x3/0x4 pages=1 vmalloc
+        """
+        XCTAssertEqual(CaptureGuest.countLoaderAllocations(Array(info.utf8)), 2)
+    }
+
+    func testDependencyClosureOfRealModules() throws {
+        let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
+        guard let tree = try? KernelTree.open(directory: kernel) else { throw XCTSkip("no unpacked kernel at \(kernel)") }
+        let index = try ModuleIndex(modulesDir: tree.modulesDir)
+        let (order, deps) = try index.closure(["8021q", "kvm"])
+        XCTAssertEqual(Set(order), ["llc", "stp", "garp", "mrp", "8021q", "irqbypass", "kvm"])
+        for (m, ds) in deps { for d in ds { XCTAssertLessThan(order.firstIndex(of: d)!, order.firstIndex(of: m)!, "\(d) before \(m)") } }
+        XCTAssertThrowsError(try index.closure(["no_such_module"])) { e in
+            XCTAssertTrue("\(e)".contains("no module named no_such_module"), "\(e)")
+        }
+        XCTAssertTrue(index.modulesDep(["stp"], depends: deps).hasPrefix("kernel/net/802/stp.ko: kernel/net/802/llc.ko"))
+        XCTAssertEqual(tree.linkTimeText().address, 0xffff_ffff_8100_0000)
+    }
+}
