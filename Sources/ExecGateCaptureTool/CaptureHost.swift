@@ -11,8 +11,9 @@
 //                         vulnerabilities.txt cpuflags.txt … and per module
 //   <out>/<boot>/<m>/     <m>.ko sections.json layout.json core_text.bin
 //
-// <boot> is `nokaslr` or `kaslr`. nokaslr boots the uncompressed vmlinux (PVH entry, ~3 s faster
-// under TCG); KASLR is applied by the bzImage's decompressor, so `--kaslr` boots vmlinuz.
+// <boot> is `nokaslr` or `kaslr`. Both boot the bzImage as a boot loader would (its decompressor
+// applies KASLR and enables 5-level paging); `pvh` boots the extracted vmlinux instead (faster, but
+// a different end state: no LA57, no KASLR).
 
 import ExecGateELF
 import ExecGateServiceVM
@@ -38,6 +39,11 @@ public struct CaptureOptions: Sendable {
     public var qemu = "qemu-system-x86_64"
     /// auto | kvm | tcg (auto: KVM only where it really boots Linux; see Accelerator).
     public var accel = "auto"
+    /// Boot the uncompressed vmlinux through its PVH entry instead of the bzImage (nokaslr only;
+    /// ~3 s faster under TCG). Not the default: a PVH entry skips the decompressor, which is where
+    /// x86 switches to 5-level paging (LA57), so `boot_cpu_data`, `pv_ops` and LA57 alternatives
+    /// differ from a normal boot of the same kernel.
+    public var pvh = false
     /// Disk for the results (sparse file).
     public var diskBytes = 512 << 20
 
@@ -81,6 +87,7 @@ public enum CaptureTool {
 
     public static func run(_ o: CaptureOptions, log: (String) -> Void) throws(CaptureToolError) -> CaptureSummary {
         let t0 = Clock.nanos()
+        if o.pvh && o.kaslr { throw .usage("--pvh and --kaslr: a PVH boot has no KASLR (the bzImage's decompressor applies it)") }
         guard FS.exists(o.initBinary) else {
             throw .missing("init binary \(o.initBinary) not found: build the static execgate first (`make image`, or pass --init)")
         }
@@ -113,9 +120,9 @@ public enum CaptureTool {
         let initrd = o.workDir + "/capture-\(o.bootName).cpio.gz"
         try wrap { () throws(ServiceVMError) in try FS.write(initrd, try Compression.gzip(cpio.encode(), level: 1)) }
 
-        // Kernel: PVH vmlinux for nokaslr (cached), the bzImage for KASLR.
+        // Kernel: the bzImage; the PVH vmlinux (cached) only when asked for.
         var kernelPath = tree.vmlinuz
-        if !o.kaslr {
+        if o.pvh {
             let vmlinux = o.workDir + "/vmlinux-" + tree.version
             if !FS.exists(vmlinux) {
                 let z = try wrap { () throws(ServiceVMError) in try FS.read(tree.vmlinuz, limit: 256 << 20) }
@@ -123,7 +130,8 @@ public enum CaptureTool {
                     try wrap { () throws(ServiceVMError) in try FS.write(vmlinux, v) }
                 }
             }
-            if FS.exists(vmlinux) { kernelPath = vmlinux }
+            guard FS.exists(vmlinux) else { throw .failed("\(tree.vmlinuz) holds no xz-compressed vmlinux for a PVH boot") }
+            kernelPath = vmlinux
         }
 
         // Disk: sparse, zero (a stale archive must never be read back).

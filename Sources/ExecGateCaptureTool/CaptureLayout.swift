@@ -53,6 +53,8 @@ enum CaptureLayout {
         var failed: [(String, String)] = []
         try wrap { () throws(ServiceVMError) in
             try FS.write(bootDir + "/slide.txt", slideTxt)
+            // Also in the boot directory, so one boot's folder stands alone.
+            try FS.write(bootDir + "/load-order.txt", order.joined(separator: "\n") + "\n")
             for name in order {
                 let i = insmod[name]
                 if let i, i.rc != 0 { failed.append((name, i.msg.isEmpty ? "rc=\(i.rc)" : i.msg)) }

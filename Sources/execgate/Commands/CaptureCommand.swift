@@ -43,6 +43,9 @@ struct CaptureCommand: ParsableCommand {
     @Flag(help: "Boot with KASLR (the bzImage; boot directory `kaslr`). Default: nokaslr.")
     var kaslr = false
 
+    @Flag(help: "Boot the extracted vmlinux through its PVH entry (faster under TCG; no KASLR, no 5-level paging: a different end state).")
+    var pvh = false
+
     @Flag(help: "Print a JSON summary on stdout.")
     var json = false
 
@@ -68,6 +71,7 @@ struct CaptureCommand: ParsableCommand {
                                    workDir: workDir.map(FS.absolute) ?? defaultWorkDir())
             o.cpu = cpu
             o.kaslr = kaslr
+            o.pvh = pvh
             o.timeoutSeconds = timeout
             o.memoryMiB = memory
             o.accel = accel
