@@ -91,14 +91,17 @@ public enum CaptureTool {
         guard FS.exists(o.initBinary) else {
             throw .missing("init binary \(o.initBinary) not found: build the static execgate first (`make image`, or pass --init)")
         }
-        let qemu = try wrap { () throws(ServiceVMError) in try Launcher.findQEMU(o.qemu) }
-        let decision = try wrap { () throws(ServiceVMError) in try Accelerator.choose(o.accel) }
         try wrap { () throws(ServiceVMError) in try FS.mkdirs(o.workDir) }
-        let tree = try KernelTree.open(o.kernel, unpackDir: o.workDir + "/kernel", log: log)
+        let tree = try KernelTree.open(FS.absolute(o.kernel), unpackDir: o.workDir + "/kernel", log: log)
         let index = try ModuleIndex(modulesDir: tree.modulesDir)
-        for m in o.modules { _ = try index.path(of: m) }  // every unknown name reported before any work
+        let unknown = o.modules.compactMap { m -> String? in
+            do throws(CaptureToolError) { _ = try index.path(of: m); return nil } catch { return error.description }
+        }
+        if !unknown.isEmpty { throw .badModule(unknown.joined(separator: "\n")) }  // every bad name, before any work
         let (order, deps) = try index.closure(o.modules)
         let transport = try index.closure(transportModules).order
+        let qemu = try wrap { () throws(ServiceVMError) in try Launcher.findQEMU(o.qemu) }
+        let decision = try wrap { () throws(ServiceVMError) in try Accelerator.choose(o.accel) }
         log("capture: \(tree.version): \(o.modules.count) requested, \(order.count) to load: \(order.joined(separator: " "))")
 
         // Initramfs.

@@ -50,6 +50,10 @@ final class CaptureToolVMTests: XCTestCase {
         o.timeoutSeconds = 200
         let t0 = Date()
         let s = try CaptureTool.run(o, log: { print($0) })
+        try? FileManager.default.removeItem(atPath: o.workDir)  // initramfs, sparse disk, logs
+        addTeardownBlock { [weak self] in
+            if (self?.testRun?.failureCount ?? 1) == 0 { try? FileManager.default.removeItem(atPath: out) }
+        }
         print("capture \(s.boot): \(s.captured.count) modules in \(Int(Date().timeIntervalSince(t0) * 1000)) ms (qemu \(s.qemuMillis) ms)")
         print(s.json)
         XCTAssertEqual(s.failed.map(\.0), [], "modules that failed to load: \(s.failed)")
@@ -155,6 +159,32 @@ final class CaptureToolUnitTests: XCTestCase {
         0x0000000abcd-0x00000000ef01    4096 bpf_prog_alloc+0x3/0x4 pages=1 vmalloc
         """
         XCTAssertEqual(CaptureGuest.countLoaderAllocations(Array(info.utf8)), 2)
+    }
+
+    func testUnknownAndBuiltinModuleNamesAreUsageErrors() throws {
+        let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
+        guard FS.isDirectory(kernel + "/boot") else { throw XCTSkip("no unpacked kernel at \(kernel)") }
+        let out = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        // /bin/sh stands in for the init binary: the names are refused before anything is built or booted.
+        let o = CaptureOptions(kernel: kernel, modules: ["crc7", "no_such_module", "amd-uncore"], outDir: out, initBinary: "/bin/sh", workDir: out + "/w")
+        XCTAssertThrowsError(try CaptureTool.run(o, log: { _ in })) { e in
+            guard case let CaptureToolError.badModule(msg) = e else { return XCTFail("\(e)") }
+            XCTAssertTrue(msg.contains("no module named no_such_module"), msg)
+            XCTAssertTrue(msg.contains("amd-uncore is built into the kernel"), msg)
+            XCTAssertFalse(msg.contains("crc7"), msg)
+        }
+        var missingKernel = o
+        missingKernel.kernel = out + "/nokernel"
+        XCTAssertThrowsError(try CaptureTool.run(missingKernel, log: { _ in })) { e in
+            guard case let CaptureToolError.missing(msg) = e else { return XCTFail("\(e)") }
+            XCTAssertTrue(msg.contains("no boot/vmlinuz-*"), msg)
+        }
+        var noInit = o
+        noInit.initBinary = out + "/no-init"
+        XCTAssertThrowsError(try CaptureTool.run(noInit, log: { _ in })) { e in
+            XCTAssertEqual(e as? CaptureToolError, .missing("init binary \(out)/no-init not found: build the static execgate first (`make image`, or pass --init)"))
+        }
     }
 
     func testDependencyClosureOfRealModules() throws {
