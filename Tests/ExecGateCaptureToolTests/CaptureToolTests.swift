@@ -197,7 +197,7 @@ final class CaptureToolUnitTests: XCTestCase {
         XCTAssertThrowsError(try index.closure(["no_such_module"])) { e in
             XCTAssertTrue("\(e)".contains("no module named no_such_module"), "\(e)")
         }
-        XCTAssertTrue(index.modulesDep(["stp"], depends: deps).hasPrefix("kernel/net/802/stp.ko: kernel/net/802/llc.ko"))
+        XCTAssertTrue(index.modulesDep(["stp"], depends: deps).hasPrefix("kernel/net/802/stp.ko: kernel/net/llc/llc.ko"))
         XCTAssertEqual(tree.linkTimeText().address, 0xffff_ffff_8100_0000)
     }
 }
