@@ -99,7 +99,7 @@ let package = Package(
 
         .target(
             name: "ExecGateCaptureTool",
-            dependencies: ["ExecGateServiceVM", "ExecGateELF", "CExecGateSys"],
+            dependencies: ["ExecGateServiceVM", "ExecGateELF", "ExecGateKernelImage", "CExecGateSys"],
             swiftSettings: swiftSettings
         ),
 
@@ -160,7 +160,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateCaptureToolTests",
-            dependencies: ["ExecGateCaptureTool", "ExecGateServiceVM", "ExecGateCapture", "ExecGateVerifier", "ExecGatePolicy",
+            dependencies: ["ExecGateCaptureTool", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateCapture", "ExecGateVerifier", "ExecGatePolicy",
                            "ExecGateWire", "ExecGateTestSupport", nioCore],
             swiftSettings: swiftSettings
         ),

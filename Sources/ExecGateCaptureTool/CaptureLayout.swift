@@ -49,6 +49,8 @@ enum CaptureLayout {
         var slideTxt = "slide 0x\(hex(slide))\nkallsyms__text 0x\(hex(kText))\nlink__text 0x\(hex(link.address))\nlink__text_source \(link.source)\n"
         for v in ["page_offset_base", "vmalloc_base", "vmemmap_base", "phys_base"] { if let kv = kvars[v] { slideTxt += "\(v) \(kv.value)\n" } }
 
+        var kos: [String: [UInt8]] = [:]
+        for name in order where files[name + "/module.txt"] != nil { kos[name] = try index.bytes(of: name) }
         var captured: [String] = []
         var failed: [(String, String)] = []
         try wrap { () throws(ServiceVMError) in
@@ -63,7 +65,7 @@ enum CaptureLayout {
                     continue
                 }
                 let mdir = bootDir + "/" + name
-                let ko = try FS.read(index.modulesDir + "/" + (index.paths[name] ?? ""), limit: 256 << 20)
+                guard let ko = kos[name] else { continue }
                 try FS.write(mdir + "/" + name + ".ko", ko)
                 let secs = parseSections(files[name + "/sections.json"] ?? [])
                 let layout = layoutJSON(name: name, ko: ko, sysfs: secs, info: info, insmod: i, depends: depends[name] ?? [],

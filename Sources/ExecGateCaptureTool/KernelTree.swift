@@ -8,6 +8,7 @@
 // itself reads. Load order = depth-first over `depends=`, dependencies first, each module once.
 
 import ExecGateELF
+import ExecGateKernelImage
 import ExecGateServiceVM
 #if canImport(Glibc)
 import Glibc
@@ -104,8 +105,8 @@ public struct ModuleIndex: Sendable {
         guard let entries = try? FS.list(modulesDir + "/" + rel) else { return }
         for e in entries {
             let r = rel + "/" + e
-            if e.hasSuffix(".ko") {
-                let n = ModuleIndex.normalise(String(e.dropLast(3)))
+            if let suffix = ModuleIndex.suffixes.first(where: { e.hasSuffix($0) }) {
+                let n = ModuleIndex.normalise(String(e.dropLast(suffix.count)))
                 if paths[n] == nil { paths[n] = r }
             } else if FS.isDirectory(modulesDir + "/" + r) {
                 walk(r)
@@ -120,9 +121,22 @@ public struct ModuleIndex: Sendable {
         throw .badModule("no module named \(name) under \(modulesDir)/kernel")
     }
 
+    /// Module file names we know: plain, and compressed by kbuild's CONFIG_MODULE_COMPRESS_* (newer
+    /// distributions ship `.ko.xz` / `.ko.zst`; the signature is inside, appended before compression).
+    public static let suffixes = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+
+    /// The module's bytes, decompressed: what finit_module gets and what the capture stores.
     public func bytes(of name: String) throws(CaptureToolError) -> [UInt8] {
         let p = modulesDir + "/" + (try path(of: name))
-        return try wrap { () throws(ServiceVMError) in try FS.read(p, limit: 256 << 20) }
+        let raw = try wrap { () throws(ServiceVMError) in try FS.read(p, limit: 256 << 20) }
+        guard !p.hasSuffix(".ko") else { return raw }
+        var why = "unknown compression"
+        let ko: [UInt8]? = raw.withUnsafeBytes { b in
+            guard let c = KernelCompression.detect(b) else { return nil }
+            do { return try c.decompress(b, maxOutput: 512 << 20) } catch { why = "\(error)"; return nil }
+        }
+        guard let ko else { throw .badModule("\(p): cannot decompress: \(why)") }
+        return ko
     }
 
     /// `depends=` of a module's `.modinfo` (normalised names, in file order).

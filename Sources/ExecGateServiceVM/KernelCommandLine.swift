@@ -4,7 +4,8 @@
 // has into an initramfs that holds no shell and no config generator:
 //
 //   execgate.mode=serve|test   serve (default): the verifier on AF_VSOCK; test: serve + act as the
-//                              VMM over vsock loopback (CID 1), print EXECGATE-RESULT lines, power off
+//                              VMM over vsock loopback (CID 1), print EXECGATE-RESULT lines, power off;
+//                              capture: `execgate capture`'s guest half (GuestServiceHooks.runCapture)
 //   execgate.port=N            the AF_VSOCK port of the VMM protocol (default 5000)
 //   execgate.timeout=S         test mode: give up (and power off) after S seconds (default 90)
 //   execgate.debug=1           more console logging

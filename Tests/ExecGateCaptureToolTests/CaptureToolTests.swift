@@ -11,6 +11,7 @@
 
 import ExecGateCapture
 import ExecGateCaptureTool
+import ExecGateKernelImage
 import ExecGatePolicy
 import ExecGateServiceVM
 import ExecGateTestSupport
@@ -185,6 +186,23 @@ final class CaptureToolUnitTests: XCTestCase {
         XCTAssertThrowsError(try CaptureTool.run(noInit, log: { _ in })) { e in
             XCTAssertEqual(e as? CaptureToolError, .missing("init binary \(out)/no-init not found: build the static execgate first (`make image`, or pass --init)"))
         }
+    }
+
+    func testCompressedModulesAreFoundAndDecompressed() throws {
+        let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
+        guard let tree = try? KernelTree.open(directory: kernel) else { throw XCTSkip("no unpacked kernel at \(kernel)") }
+        let real = try ModuleIndex(modulesDir: tree.modulesDir)
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FS.mkdirs(dir + "/kernel/net")
+        for (name, c) in [("llc", KernelCompression.xz), ("stp", .zstd)] {
+            let ko = try real.bytes(of: name)
+            try FS.write(dir + "/kernel/net/\(name).ko.\(c == .xz ? "xz" : "zst")", try ko.withUnsafeBytes { try c.compress($0) })
+        }
+        let index = try ModuleIndex(modulesDir: dir)
+        XCTAssertEqual(try index.bytes(of: "stp"), try real.bytes(of: "stp"))
+        XCTAssertEqual(try index.closure(["stp"]).order, ["llc", "stp"])
+        XCTAssertEqual(index.modulesDep(["stp"], depends: try index.closure(["stp"]).depends), "kernel/net/stp.ko.zst: kernel/net/llc.ko.xz\n")
     }
 
     func testDependencyClosureOfRealModules() throws {
