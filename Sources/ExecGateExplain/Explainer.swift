@@ -130,8 +130,16 @@ final class Session {
     var notes: [(range: Range<Int>, text: String)] = []
     var siteCounts: [ExplanationClass: Int] = [:]
     var relocCount = 0
+    /// This module's own function entries (STT_FUNC in exec core sections).
     var functionEntries: Set<UInt64> = []
     let base: UInt64
+
+    /// A legitimate function entry: of this module, of the core kernel, or of a verified module.
+    /// Returns a closure over value copies (the sets are copy-on-write: no copying happens).
+    var isFunctionEntry: (UInt64) -> Bool {
+        let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
+        return { own.contains($0) || core.contains($0) || mods.contains($0) }
+    }
     // Site records (for the mutation tester and diagnostics).
     var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
     var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
@@ -227,8 +235,6 @@ final class Session {
                 functionEntries.insert(a &+ sym.value)
             }
         }
-        functionEntries.formUnion(facts.functionEntries)
-        functionEntries.formUnion(resolver.moduleFunctionEntries)
     }
 
     /// `simplify_symbols()`: the final value of symbol `i`.
@@ -571,7 +577,7 @@ final class Session {
     }
 
     func addTrampolineSite(_ a: UInt64, _ off: Int) {
-        let funcs = functionEntries
+        let funcs = isFunctionEntry
         let r0 = facts.staticCallReturn0
         let ret = retForm(at: a, length: 5) ?? []
         variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: trampolineKey(a), what: "static-call trampoline",
@@ -579,7 +585,7 @@ final class Session {
                 if b == ret { return 0 }
                 if b[0] == 0xe9 {
                     let t = a &+ 5 &+ UInt64(bitPattern: Int64(Int32(bitPattern: UInt32(b[1]) | UInt32(b[2]) << 8 | UInt32(b[3]) << 16 | UInt32(b[4]) << 24)))
-                    if funcs.contains(t) || t == r0 { return t }
+                    if funcs(t) || t == r0 { return t }
                 }
                 return nil
             },
@@ -786,7 +792,7 @@ final class Session {
     /// JMP func | RET form for tail calls; `0f 8x` Jcc func for conditional tail calls.
     func addStaticCalls() throws {
         guard let t = table(".static_call_sites") else { return }
-        let funcs = functionEntries
+        let funcs = isFunctionEntry
         let ret0 = facts.staticCallReturn0
         var o = 0
         while o + 8 <= t.bytes.count {
@@ -817,7 +823,7 @@ final class Session {
                         guard b[0] == 0x0f, b[1] == op else { return nil }
                         let tg = site &+ 6 &+ UInt64(bitPattern: rel32(b, 2))
                         if let n = nullTarget, tg == n { return 0 }
-                        return funcs.contains(tg) ? tg : nil
+                        return funcs(tg) ? tg : nil
                     },
                     encode: { st in
                         guard let s = st, s != 0, let j = genInsn(op, at: site &+ 1, to: s) else { return orig }
@@ -830,7 +836,7 @@ final class Session {
                 check: { b in
                     if tail {
                         if b == retF { return 0 }
-                        if b[0] == 0xe9 { let tg = site &+ 5 &+ UInt64(bitPattern: rel32(b, 1)); return funcs.contains(tg) ? tg : nil }
+                        if b[0] == 0xe9 { let tg = site &+ 5 &+ UInt64(bitPattern: rel32(b, 1)); return funcs(tg) ? tg : nil }
                         return nil
                     }
                     if b == x86Nops[5] { return 0 }
@@ -838,7 +844,7 @@ final class Session {
                     if b[0] == 0xe8 {
                         let tg = site &+ 5 &+ UInt64(bitPattern: rel32(b, 1))
                         if tg == ret0 { return nil }  // the kernel writes xor5rax instead
-                        return funcs.contains(tg) ? tg : nil
+                        return funcs(tg) ? tg : nil
                     }
                     return nil
                 },
@@ -911,7 +917,9 @@ final class Session {
     func statistics() -> ExplainStats {
         var st = ExplainStats()
         st.executableBytes = image.count
-        for c in cls { st.bytesByClass[ExplanationClass(rawValue: Int(c))!, default: 0] += 1 }  // only valid raws stored
+        var counts = [Int](repeating: 0, count: ExplanationClass.allCases.count)
+        for c in cls { counts[Int(c)] += 1 }  // only ExplanationClass raw values are stored in cls
+        for (i, n) in counts.enumerated() where n > 0 { st.bytesByClass[ExplanationClass(rawValue: i)!] = n }
         st.relocationsApplied = relocCount
         st.sites = siteCounts
         return st
@@ -925,7 +933,6 @@ final class Session {
         for (i, s) in symbols.enumerated() where names.contains(s.name) && !s.isUndefined && s.binding != 0 {
             if let v = try? symbolValue(i) { out[s.name] = v }
         }
-        let own = functionEntries.subtracting(facts.functionEntries).subtracting(resolver.moduleFunctionEntries)
-        return ModuleExports(module: claim.name, symbols: out, functionEntries: own)
+        return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries)
     }
 }

@@ -147,12 +147,13 @@ extension Explainer {
 
         // static-call: call/jmp to a non-function address (a function entry + small offset).
         var sc = MutationClassReport(name: "static-call")
-        let funcs = Array(s.functionEntries).sorted()
+        let funcs = Array(s.functionEntries.union(facts.functionEntries.prefix(4096))).sorted()
         if !s.staticSites.isEmpty && !funcs.isEmpty {
             for _ in 0..<perClass {
                 let st = s.staticSites[rng.below(s.staticSites.count)]
                 var tgt = funcs[rng.below(funcs.count)] &+ UInt64(1 + rng.below(7))
-                while s.functionEntries.contains(tgt) { tgt &+= 1 }
+                let isEntry = s.isFunctionEntry
+                while isEntry(tgt) { tgt &+= 1 }
                 guard let b = genInsn(st.tail ? 0xe9 : 0xe8, at: st.addr, to: tgt) else { continue }
                 var t = claim.text
                 put(&t, st.off, b)
