@@ -125,6 +125,9 @@ final class Session {
     var data: [Int: [UInt8]] = [:]
     var symbols: [ELFSymbol] = []
     var symValue: [UInt64?] = []
+    /// Indices of the module's defined `__SCT__*` (static-call trampoline) symbols.
+    var trampolineSymbols: [Int] = []
+    var keySymbols: [String: Int] = [:]
     var rela: [ELFRelocationSection] = []
     var variable: [VariableSite] = []
     var notes: [(range: Range<Int>, text: String)] = []
@@ -229,6 +232,8 @@ final class Session {
         symbols = try elf.symbols()
         rela = try elf.relocationSections()
         symValue = [UInt64?](repeating: nil, count: symbols.count)
+        trampolineSymbols = symbols.indices.filter { !symbols[$0].isUndefined && symbols[$0].name.utf8.starts(with: "__SCT__".utf8) }
+        for i in symbols.indices where !symbols[i].isUndefined && symbols[i].name.utf8.starts(with: "__SCK__".utf8) { keySymbols[symbols[i].name] = i }
         for sym in symbols where sym.isFunction && !sym.isUndefined {
             let i = Int(sym.sectionIndex)
             if i < elf.sections.count, lay.coreOffset[i] != nil, lay.flags[i].contains(.execInstr), let a = addr[i] {
@@ -337,6 +342,12 @@ final class Session {
             // Relocations of non-ALLOC sections are skipped by the kernel; init memory is freed.
             guard layout.flags[t].contains(.alloc), let toff = layout.coreOffset[t], let taddr = addr[t] else { continue }
             let isExec = layout.flags[t].contains(.execInstr)
+            var d: [UInt8] = []
+            if !isExec, let cur = data[t] {
+                d = cur
+                data[t] = nil  // keep `d` uniquely referenced while it is patched
+            }
+            defer { if !isExec { data[t] = d } }
             for r in rs.relocations {
                 guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
                     throw deny("relocation", "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
@@ -369,13 +380,11 @@ final class Session {
                     }
                     write(o, bytes, .relocation)
                     relocFields.append((o, size, r.type, r.symbolIndex, r.addend, loc))
-                } else if var d = data[t] {
+                } else if fo + size <= d.count {
                     guard d[fo..<fo + size].allSatisfy({ $0 == 0 }) else {
                         throw deny("relocation", "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
                     }
-                    data[t] = nil  // keep the array uniquely referenced while mutating.
                     for k in 0..<size { d[fo + k] = bytes[k] }
-                    data[t] = d
                 }
                 relocCount += 1
             }
@@ -556,7 +565,8 @@ final class Session {
     /// key's inline sites (`__SCK__<name>`).
     func addModuleTrampolines() {
         var seen = Set(variable.map { $0.offset })
-        for sym in symbols where sym.name.hasPrefix("__SCT__") && !sym.isUndefined {
+        for k in trampolineSymbols {
+            let sym = symbols[k]
             let si = Int(sym.sectionIndex)
             guard si < elf.sections.count, let a = addr[si].map({ $0 &+ sym.value }), let off = execOffset(a, 8),
                   image[off + 5] == 0x0f, image[off + 6] == 0xb9, image[off + 7] == 0xcc, !seen.contains(off) else { continue }
@@ -565,12 +575,14 @@ final class Session {
         }
     }
 
+    /// The module's own key (`__SCK__<name>`) of the trampoline at `a`.
     func trampolineKey(_ a: UInt64) -> UInt64? {
-        for sym in symbols where sym.name.hasPrefix("__SCT__") && !sym.isUndefined {
+        for k in trampolineSymbols {
+            let sym = symbols[k]
             let si = Int(sym.sectionIndex)
             guard si < elf.sections.count, let sa = addr[si], sa &+ sym.value == a else { continue }
             let keyName = "__SCK__" + sym.name.dropFirst(7)
-            if let k = symbols.firstIndex(where: { $0.name == keyName && !$0.isUndefined }), let v = try? symbolValue(k) { return v }
+            if let k = keySymbols[keyName], let v = try? symbolValue(k) { return v }
             return nil
         }
         return nil
