@@ -215,3 +215,23 @@ final class RuntimePatchTests: XCTestCase {
         XCTAssertNotNil(table)
     }
 }
+
+final class LayoutPlanTests: XCTestCase {
+    /// layout_sections() re-run on the signed ELF reproduces every claimed (sysfs) core address.
+    func testLayoutPlanReproducesClaimedAddresses() throws {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        for name in boot.availableModules {
+            let m = try boot.module(name)
+            let plan = try XCTUnwrap(m.ko.withUnsafeBytes { ModuleLayoutPlan.compute(try! ELFFile(bytes: $0)) })  // real signed module
+            XCTAssertEqual(plan.textSize, m.claim.text.count, name)
+            var checked = 0
+            for p in plan.placements where !p.isInit {
+                if let a = m.claim.sectionAddresses[p.name] {
+                    XCTAssertEqual(a, m.claim.textBase + UInt64(p.offset), "\(name) \(p.name)")
+                    checked += 1
+                }
+            }
+            XCTAssertGreaterThan(checked, 3, name)
+        }
+    }
+}

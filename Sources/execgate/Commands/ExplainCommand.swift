@@ -88,7 +88,11 @@ struct ExplainCommand: ParsableCommand {
             }
         }
         FileHandleErr.write("\n")
-        print("explained \(allowed) of \(total) modules, \(unexplained) unexplained bytes")
+        if json {
+            print("{\"summary\":{\"explained\":\(allowed),\"modules\":\(total),\"unexplained_bytes\":\(unexplained)}}")
+        } else {
+            print("explained \(allowed) of \(total) modules, \(unexplained) unexplained bytes")
+        }
         // (one first-unexplained byte is reported per denied module; the count is of such bytes)
         if bench, engineSeconds > 0 {
             let mb = Double(execBytes) / 1e6
