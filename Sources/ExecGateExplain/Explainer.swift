@@ -720,9 +720,23 @@ final class Session {
             let d = a - base
             guard d >= UInt64(toff), d < UInt64(toff + text.size) else { continue }
             let off = Int(d)
-            if image[off] == 0xf0 { write(off, [0x3e], .smpLock); siteCounts[.smpLock, default: 0] += 1 }
+            if image[off] == 0xf0 {
+                write(off, [0x3e], .smpLock)
+                siteCounts[.smpLock, default: 0] += 1
+                if facts.possibleCPUs > 1 {
+                    // The module is on smp_alt_modules: bringing a second CPU online runs
+                    // alternatives_smp_lock() on every tracked module (3e → f0), all sites at once.
+                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix",
+                        check: { b in b == [0x3e] ? 0 : (b == [0xf0] ? 1 : nil) },
+                        encode: { st in st == 1 ? [0xf0] : [0x3e] }))
+                }
+            }
         }
     }
+
+    /// Consistency group of all `.smp_locks` sites (never a kernel address: key addresses are
+    /// aligned and in the kernel half, this value is odd).
+    static let smpLockGroup: UInt64 = 0x5350_4c4f_434b_0001
 
     // MARK: ftrace
 

@@ -235,3 +235,40 @@ final class LayoutPlanTests: XCTestCase {
         }
     }
 }
+
+final class SMPLockTests: XCTestCase {
+    /// With more possible CPUs the kernel may re-lock every tracked module (3e → f0) when a CPU
+    /// comes online: all sites in one state are legal, a mix is not; with one possible CPU only 3e.
+    func testLockPrefixesSwitchTogether() throws {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        var r = CaptureReplay(boot: boot)
+        for name in boot.availableModules {
+            let m = try boot.module(name)
+            let before = r.resolver
+            _ = r.step(m)
+            guard name == "ip6_udp_tunnel" else { continue }
+            var facts = boot.facts
+            facts.possibleCPUs = 4
+            let s = m.ko.withUnsafeBytes { raw -> Session in
+                let s = Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: facts, resolver: before)  // real module
+                try? s.run()
+                return s
+            }
+            let locks = s.variable.filter { $0.cls == .smpLock }.map { $0.offset }
+            XCTAssertGreaterThan(locks.count, 1)
+            func verdict(_ t: [UInt8], _ f: GuestFacts) -> Bool {
+                var c = m.claim
+                c.text = t
+                return m.ko.withUnsafeBytes { Explainer(facts: f).explain(elf: try! ELFFile(bytes: $0), claim: c, resolver: before).verdict.isAllowed }
+            }
+            XCTAssertTrue(verdict(m.claim.text, facts))
+            var all = m.claim.text
+            for o in locks { all[o] = 0xf0 }
+            XCTAssertTrue(verdict(all, facts))
+            XCTAssertFalse(verdict(all, boot.facts), "one possible CPU: lock prefixes stay 3e")
+            var one = m.claim.text
+            one[locks[0]] = 0xf0
+            XCTAssertFalse(verdict(one, facts))
+        }
+    }
+}
