@@ -836,6 +836,13 @@ final class Session {
             }
             siteCounts[.staticCall, default: 0] += 1
             staticSites.append((off, site, tail))
+            // A trusted current target for this key narrows the legal set to exactly it.
+            let pinned = facts.staticCallTargets[key]
+            func pin(_ st: UInt64?) -> UInt64? {
+                guard let v = st else { return nil }
+                if let p = pinned, p != v { return nil }
+                return v
+            }
             func rel32(_ b: [UInt8], _ at: Int) -> Int64 {
                 Int64(Int32(bitPattern: UInt32(b[at]) | UInt32(b[at + 1]) << 8 | UInt32(b[at + 2]) << 16 | UInt32(b[at + 3]) << 24))
             }
@@ -848,8 +855,8 @@ final class Session {
                     check: { b in
                         guard b[0] == 0x0f, b[1] == op else { return nil }
                         let tg = site &+ 6 &+ UInt64(bitPattern: rel32(b, 2))
-                        if let n = nullTarget, tg == n { return 0 }
-                        return funcs(tg) ? tg : nil
+                        if let n = nullTarget, tg == n { return pin(0) }
+                        return pin(funcs(tg) ? tg : nil)
                     },
                     encode: { st in
                         guard let s = st, s != 0, let j = genInsn(op, at: site &+ 1, to: s) else { return orig }
@@ -859,7 +866,7 @@ final class Session {
             }
             let retF = retForm(at: site, length: 5) ?? [0xc3, 0xcc, 0xcc, 0xcc, 0xcc]
             variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: tail ? "static call (tail)" : "static call",
-                check: { b in
+                check: { b in pin({ () -> UInt64? in
                     if tail {
                         if b == retF { return 0 }
                         if b[0] == 0xe9 { let tg = site &+ 5 &+ UInt64(bitPattern: rel32(b, 1)); return funcs(tg) ? tg : nil }
@@ -873,7 +880,7 @@ final class Session {
                         return funcs(tg) ? tg : nil
                     }
                     return nil
-                },
+                }()) },
                 encode: { st in
                     guard let s = st, s != 0 else { return tail ? retF : x86Nops[5] }
                     if !tail, s == ret0 { return [0x2e, 0x2e, 0x2e, 0x31, 0xc0] }

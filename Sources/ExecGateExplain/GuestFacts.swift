@@ -67,6 +67,12 @@ public struct GuestFacts: Sendable {
     /// CONFIG_X86_KERNEL_IBT: `.ibt_endbr_seal` sites become `66 0f 1f 00` (off in Debian 6.1).
     public var ibtSeal: Bool
     public var kaslrSlide: UInt64
+    /// Optional, strongest static-call fact: key (or core trampoline `__SCT__x`) address → the
+    /// function it currently calls (0 = NULL). A VMM gets it by decoding the core kernel's own
+    /// trampoline (`jmp func` / `ret`) in locked, read-only core text. When present for a site's
+    /// key, only that exact target is legal; when absent, any legitimate function entry is (the
+    /// weaker rule: a guest could point a static call at another real function).
+    public var staticCallTargets: [UInt64: UInt64] = [:]
 
     public init(exports: [String: UInt64], capabilities: [UInt32], featureBits: FeatureBits = .debian6_1,
                 uniprocessorPatched: Bool, possibleCPUs: Int, pvOps: [UInt64] = [], paravirtNop: UInt64? = nil,

@@ -272,3 +272,33 @@ final class SMPLockTests: XCTestCase {
         }
     }
 }
+
+final class StaticCallTests: XCTestCase {
+    /// Without a trusted key target any legitimate function entry is legal; a trusted target
+    /// (GuestFacts.staticCallTargets) allows exactly that one.
+    func testTrustedKeyTargetPinsTheSite() throws {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        var r = CaptureReplay(boot: boot)
+        for name in boot.availableModules {
+            let m = try boot.module(name)
+            let before = r.resolver
+            _ = r.step(m)
+            guard name == "irqbypass" else { continue }
+            let s = m.ko.withUnsafeBytes { raw -> Session in
+                let s = Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: boot.facts, resolver: before)  // real module
+                try? s.run()
+                return s
+            }
+            let site = try XCTUnwrap(s.variable.first { $0.cls == .staticCall && $0.group != nil })
+            let key = site.group!  // filtered above
+            let cur = try XCTUnwrap(site.check(Array(m.claim.text[site.offset..<site.offset + site.length])))
+            func allowed(_ pinned: UInt64) -> Bool {
+                var f = boot.facts
+                f.staticCallTargets = [key: pinned]
+                return m.ko.withUnsafeBytes { Explainer(facts: f).explain(elf: try! ELFFile(bytes: $0), claim: m.claim, resolver: before).verdict.isAllowed }
+            }
+            XCTAssertTrue(allowed(cur))
+            XCTAssertFalse(allowed(cur == 0 ? 0xffffffff81000000 : 0))
+        }
+    }
+}
