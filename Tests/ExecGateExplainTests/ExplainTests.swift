@@ -302,3 +302,50 @@ final class StaticCallTests: XCTestCase {
         }
     }
 }
+
+final class HostileInputTests: XCTestCase {
+    /// Corrupted module bytes (any field: section headers, symbols, relocations, tables) must give a
+    /// verdict, never a trap. Nearly all are denials; none may be an allow of the original claim
+    /// unless the corruption did not touch anything the loader reads.
+    func testCorruptedModulesNeverCrashTheEngine() throws {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        var r = CaptureReplay(boot: boot)
+        var checked = 0
+        for name in boot.availableModules {
+            let m = try boot.module(name)
+            let before = r.resolver
+            _ = r.step(m)
+            guard name == "test_static_keys" || name == "ip6_udp_tunnel" else { continue }
+            var rng: UInt64 = 0x5eed
+            let elfEnd = m.ko.count - 40  // keep the trailer; the ELF part is what the engine reads
+            for _ in 0..<400 {
+                rng = rng &* 6364136223846793005 &+ 1442695040888963407
+                var ko = m.ko
+                let o = Int((rng >> 33) % UInt64(elfEnd))
+                ko[o] ^= UInt8(truncatingIfNeeded: rng >> 9) | 1
+                ko.withUnsafeBytes { raw in
+                    guard let elf = try? ELFFile(bytes: raw) else { return }
+                    _ = Explainer(facts: boot.facts).explain(elf: elf, claim: m.claim, resolver: before)
+                    checked += 1
+                }
+            }
+        }
+        XCTAssertGreaterThan(checked, 100)
+    }
+
+    func testRandomClaimIsDenied() throws {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        let m = try boot.module("llc")
+        var rng: UInt64 = 7
+        var t = m.claim.text
+        for i in t.indices { rng = rng &* 6364136223846793005 &+ 1; t[i] = UInt8(truncatingIfNeeded: rng >> 33) }
+        var c = m.claim
+        c.text = t
+        let v = m.ko.withUnsafeBytes { Explainer(facts: boot.facts).explain(elf: try! ELFFile(bytes: $0), claim: c, resolver: SymbolResolver(coreExports: boot.coreExports)) }  // real module
+        XCTAssertFalse(v.verdict.isAllowed)
+        c.text = Array(m.claim.text.dropLast(4096))  // wrong length for the layout
+        let v2 = m.ko.withUnsafeBytes { Explainer(facts: boot.facts).explain(elf: try! ELFFile(bytes: $0), claim: c, resolver: SymbolResolver(coreExports: boot.coreExports)) }
+        guard case .denied(let d) = v2.verdict else { return XCTFail("allowed") }
+        XCTAssertEqual(d.rule, "layout")
+    }
+}
