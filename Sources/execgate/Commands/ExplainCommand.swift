@@ -32,6 +32,8 @@ struct ExplainCommand: ParsableCommand {
             throw ExecGateExit.usage
         }
         let onlySet: Set<String>? = only.map { Set($0.split(separator: ",").map(String.init)) }
+        let rssAfterFacts = maxRSSKiB()
+        var largest = (name: "", bytes: 0, rssBefore: 0, rssAfter: 0)
         var replay = CaptureReplay(boot: boot)
         var allowed = 0, total = 0, unexplained = 0
         var engineSeconds = 0.0, execBytes = 0, shaSeconds = 0.0
@@ -46,7 +48,9 @@ struct ExplainCommand: ParsableCommand {
             }
             FileHandleErr.write("[\(i + 1)/\(boot.availableModules.count)] \(name)\r")
             let resolverBefore = replay.resolver
+            let rssBefore = maxRSSKiB()
             let out = replay.step(m)
+            if m.claim.text.count > largest.bytes { largest = (name, m.claim.text.count, rssBefore, maxRSSKiB()) }
             if let set = onlySet, !set.contains(name) { continue }
             total += 1
             engineSeconds += out.seconds
@@ -97,7 +101,7 @@ struct ExplainCommand: ParsableCommand {
         if bench, engineSeconds > 0 {
             let mb = Double(execBytes) / 1e6
             print("throughput: \(fmt(mb)) MB executable bytes, explain \(fmt(mb / engineSeconds)) MB/s (\(fmt(engineSeconds)) s), sha256 \(fmt(shaSeconds > 0 ? mb / shaSeconds : 0)) MB/s (\(fmt(shaSeconds)) s)")
-            print("max RSS: \(maxRSSKiB()) KiB")
+            print("max RSS: \(maxRSSKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
         }
         if mutate != nil {
             for (k, v) in mutTotals.sorted(by: { $0.key < $1.key }) {
