@@ -213,14 +213,13 @@ final class Session {
                     throw deny("layout", "claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from layout_sections() 0x\(String(a, radix: 16))",
                                section: s.name, address: c)
                 }
-                let contents = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
                 if lay.flags[i].contains(.execInstr) {
                     // Exec sections are inside [0, textSize) by construction of the layout.
-                    for k in 0..<s.size { image[off + k] = contents[k] }
-                    for k in 0..<s.size { cls[off + k] = UInt8(ExplanationClass.elf.rawValue) }
+                    if !s.isNoBits { image.replaceSubrange(off..<off + s.size, with: elf.contents(of: s)) }
+                    cls.replaceSubrange(off..<off + s.size, with: repeatElement(UInt8(ExplanationClass.elf.rawValue), count: s.size))
                     if s.size > 0 { execRanges.append((off, off + s.size, i)) }
                 } else {
-                    data[i] = contents
+                    data[i] = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
                 }
             } else if let ioff = lay.initOffset[i] {
                 // Init memory is freed after init and never verified; its address only matters
@@ -371,20 +370,21 @@ final class Session {
                     val = val &- loc
                 default: break
                 }
-                var bytes = [UInt8](repeating: 0, count: size)
-                for k in 0..<size { bytes[k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k))) }
                 if isExec {
                     let o = toff + fo
                     guard image[o..<o + size].allSatisfy({ $0 == 0 }) else {
                         throw deny("relocation", "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
                     }
-                    write(o, bytes, .relocation)
+                    for k in 0..<size {
+                        image[o + k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k)))
+                        cls[o + k] = UInt8(ExplanationClass.relocation.rawValue)
+                    }
                     relocFields.append((o, size, r.type, r.symbolIndex, r.addend, loc))
                 } else if fo + size <= d.count {
                     guard d[fo..<fo + size].allSatisfy({ $0 == 0 }) else {
                         throw deny("relocation", "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
                     }
-                    for k in 0..<size { d[fo + k] = bytes[k] }
+                    for k in 0..<size { d[fo + k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k))) }
                 }
                 relocCount += 1
             }

@@ -47,7 +47,8 @@ struct ExplainCommand: ParsableCommand {
                 throw ExecGateExit.usage
             }
             FileHandleErr.write("[\(i + 1)/\(boot.availableModules.count)] \(name)\r")
-            let resolverBefore = replay.resolver
+            // Copy the resolver only for --mutate (a copy makes the next add() duplicate the table).
+            let resolverBefore = mutate != nil ? replay.resolver : SymbolResolver(coreExports: [:])
             let rssBefore = maxRSSKiB()
             let out = replay.step(m)
             if m.claim.text.count > largest.bytes { largest = (name, m.claim.text.count, rssBefore, maxRSSKiB()) }
