@@ -349,3 +349,56 @@ final class HostileInputTests: XCTestCase {
         XCTAssertEqual(d.rule, "layout")
     }
 }
+
+/// Other CPU models choose other mitigations: the replay must follow the kernel's rules, not this
+/// corpus. These check the rewritten encodings the 6.1 rules give for other feature sets.
+final class MitigationRuleTests: XCTestCase {
+    func session(_ name: String, _ edit: (inout GuestFacts) -> Void) throws -> (Session, CapturedModule) {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        var r = CaptureReplay(boot: boot)
+        for n in boot.availableModules {
+            let m = try boot.module(n)
+            let before = r.resolver
+            _ = r.step(m)
+            guard n == name else { continue }
+            var f = boot.facts
+            edit(&f)
+            let s = m.ko.withUnsafeBytes { raw -> Session in
+                let s = Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: f, resolver: before)  // real module
+                try? s.setUp(); try? s.relocate(); try? s.applyParavirt(); try? s.applyRetpolines(); try? s.applyReturns()
+                return s
+            }
+            return (s, m)
+        }
+        throw XCTSkip("module \(name) not in fixture")
+    }
+
+    func clear(_ f: inout GuestFacts, _ bit: Int) { f.capabilities[bit >> 5] &= ~(1 << UInt32(bit & 31)) }
+    func set(_ f: inout GuestFacts, _ bit: Int) { f.capabilities[bit >> 5] |= 1 << UInt32(bit & 31) }
+
+    /// spectre_v2 without retpolines: `call __x86_indirect_thunk_rREG` → `call *%rREG` + NOPs.
+    func testRetpolineSitesBecomeIndirectCallsWithoutRetpoline() throws {
+        let (s, _) = try session("8021q") { clear(&$0, FeatureBits.debian6_1.retpoline) }
+        let sites = s.relativeSites(".retpoline_sites").compactMap { s.execOffset($0, 5) }
+        XCTAssertFalse(sites.isEmpty)
+        for off in sites {
+            let b = Array(s.image[off..<off + 5])
+            // ff /2 (call r/m, mod=3) or 41 ff /2 for r8..r15, then NOPs.
+            let ok = (b[0] == 0xff && b[1] & 0xf8 == 0xd0 && Array(b[2...]) == [0x0f, 0x1f, 0x00])
+                || (b[0] == 0x41 && b[1] == 0xff && b[2] & 0xf8 == 0xd0 && Array(b[3...]) == [0x66, 0x90])
+                || (b[0] == 0xff && b[1] & 0xf8 == 0xe0 && b[2] == 0xcc && Array(b[3...]) == [0x66, 0x90])
+                || (b[0] == 0x41 && b[1] == 0xff && b[2] & 0xf8 == 0xe0 && b[3] == 0xcc && b[4] == 0x90)
+            XCTAssertTrue(ok, "\(b)")
+        }
+    }
+
+    /// RETHUNK with a non-default thunk: `jmp __x86_return_thunk` → `jmp x86_return_thunk`.
+    func testReturnSitesJumpToTheChosenThunk() throws {
+        let thunk: UInt64 = 0xffff_ffff_81e0_1c00
+        let (s, m) = try session("8021q") { set(&$0, FeatureBits.debian6_1.rethunk); $0.returnThunk = thunk }
+        XCTAssertFalse(s.returnSites.isEmpty)
+        for r in s.returnSites {
+            XCTAssertEqual(Array(s.image[r.off..<r.off + 5]), genInsn(0xe9, at: m.claim.textBase + UInt64(r.off), to: thunk))
+        }
+    }
+}
