@@ -161,10 +161,13 @@ public struct CaptureBoot {
                 if f.count >= 3, f[0] == "x86_return_thunk" { returnThunk = parseHex(f[2]) }
             }
         }
-        let facts = GuestFacts(exports: exports, capabilities: caps, uniprocessorPatched: up, possibleCPUs: possible, pvOps: pv,
+        // pcpu reserved chunk for modules: [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)).
+        let percpuRange: Range<UInt64>? = any["__per_cpu_end"].map { $0..<($0 + (8 << 10)) }
+        var facts = GuestFacts(exports: exports, capabilities: caps, uniprocessorPatched: up, possibleCPUs: possible, pvOps: pv,
                                paravirtNop: any["_paravirt_nop"], paravirtBUG: any["paravirt_BUG"], functionEntries: funcs,
                                staticCallReturn0: any["__static_call_return0"], staticCallReturn: any["__static_call_return"],
                                returnThunk: returnThunk, itsReturnThunk: any["its_return_thunk"], kaslrSlide: slide)
+        facts.modulePercpuRange = percpuRange
         return CaptureBoot(dir: dir, facts: facts, coreExports: exports, loadOrder: order, percpuSymbols: percpu)
     }
 

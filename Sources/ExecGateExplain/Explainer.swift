@@ -222,12 +222,24 @@ final class Session {
                     data[i] = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
                 }
             } else if let ioff = lay.initOffset[i] {
-                // Init memory is freed after init and never verified; its address only matters
-                // for relocations that refer to it. Unclaimed: a low, never-module address.
-                addr[i] = claim.sectionAddresses[s.name] ?? (0x10_0000 &+ UInt64(ioff))
+                // Init memory is freed after init and never verified. Its claimed (stale sysfs)
+                // address is deliberately NOT used: a hostile claim could place "init" sections on
+                // top of the core text, turning init-only jump-label/static-call/alternative
+                // entries into legal patch sites inside verified code. A low address that is never
+                // module memory makes every init site fall outside the region, and any core byte
+                // that would depend on an init address (a freed pointer) unexplainable: deny.
+                addr[i] = Session.initPlaceholderBase &+ UInt64(ioff)
             }
         }
         execRanges.sort { $0.lo < $1.lo }
+        if let pi = lay.percpuIndex, let pb = claim.percpuBase, let range = facts.modulePercpuRange {
+            let sec = elf.sections[pi]
+            let align = max(sec.addralign, 1)
+            let (end, o) = pb.addingReportingOverflow(UInt64(sec.size))
+            guard !o, pb >= range.lowerBound, end <= range.upperBound, pb % align == 0 else {
+                throw deny("layout", "claimed per-cpu base 0x\(String(pb, radix: 16)) (+\(sec.size), align \(align)) is outside the module per-cpu area \(range)")
+            }
+        }
         symbols = try elf.symbols()
         rela = try elf.relocationSections()
         symValue = [UInt64?](repeating: nil, count: symbols.count)
@@ -736,6 +748,9 @@ final class Session {
 
     /// Consistency group of all `.smp_locks` sites (never a kernel address: key addresses are
     /// aligned and in the kernel half, this value is odd).
+    /// Where init sections are assumed to be (user-space range: never module text).
+    static let initPlaceholderBase: UInt64 = 0x10_0000
+
     static let smpLockGroup: UInt64 = 0x5350_4c4f_434b_0001
 
     // MARK: ftrace

@@ -73,6 +73,11 @@ public struct GuestFacts: Sendable {
     /// key, only that exact target is legal; when absent, any legitimate function entry is (the
     /// weaker rule: a guest could point a static call at another real function).
     public var staticCallTargets: [UInt64: UInt64] = [:]
+    /// The per-cpu reserved chunk modules' `.data..percpu` is allocated from
+    /// (`[__per_cpu_end, __per_cpu_end + PERCPU_MODULE_RESERVE)`, 8 KiB in 6.1). When set, a claimed
+    /// per-cpu base must lie in it, aligned, with the whole section inside: otherwise a hostile
+    /// claim could aim per-cpu accesses (`%gs:` offsets) anywhere.
+    public var modulePercpuRange: Range<UInt64>? = nil
 
     public init(exports: [String: UInt64], capabilities: [UInt32], featureBits: FeatureBits = .debian6_1,
                 uniprocessorPatched: Bool, possibleCPUs: Int, pvOps: [UInt64] = [], paravirtNop: UInt64? = nil,
