@@ -199,8 +199,10 @@ final class Session {
         guard claim.text.count == lay.textSize else {
             throw deny("layout", "claimed executable region is \(claim.text.count) bytes, layout_sections() gives core text_size \(lay.textSize)")
         }
-        let (_, ovf) = base.addingReportingOverflow(UInt64(lay.textSize))
-        guard !ovf else { throw deny("layout", "executable region wraps the address space") }
+        let (coreEnd, ovf) = base.addingReportingOverflow(UInt64(lay.coreSize))
+        guard !ovf, base % UInt64(ModuleLayout.pageSize) == 0, base >= facts.moduleArea.lowerBound, coreEnd <= facts.moduleArea.upperBound else {
+            throw deny("layout", "core allocation 0x\(String(base, radix: 16)) +\(lay.coreSize) is not a page-aligned range inside the module area", address: base)
+        }
         addr = [UInt64?](repeating: nil, count: elf.sections.count)
         image = [UInt8](repeating: 0, count: lay.textSize)
         cls = [UInt8](repeating: UInt8(ExplanationClass.padding.rawValue), count: lay.textSize)

@@ -78,6 +78,10 @@ public struct GuestFacts: Sendable {
     /// per-cpu base must lie in it, aligned, with the whole section inside: otherwise a hostile
     /// claim could aim per-cpu accesses (`%gs:` offsets) anywhere.
     public var modulePercpuRange: Range<UInt64>? = nil
+    /// The module mapping area (`[MODULES_VADDR, MODULES_END)` of x86-64 6.1:
+    /// 0xffffffffc0000000..<0xffffffffff000000). A claimed core allocation must lie inside it and
+    /// start on a page boundary (module_alloc() returns page-aligned vmalloc memory).
+    public var moduleArea: Range<UInt64> = 0xffff_ffff_c000_0000..<0xffff_ffff_ff00_0000
 
     public init(exports: [String: UInt64], capabilities: [UInt32], featureBits: FeatureBits = .debian6_1,
                 uniprocessorPatched: Bool, possibleCPUs: Int, pvOps: [UInt64] = [], paravirtNop: UInt64? = nil,

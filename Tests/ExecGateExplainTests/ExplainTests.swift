@@ -128,6 +128,19 @@ final class ExplainTests: XCTestCase {
         XCTAssertEqual(d.rule, "layout")
     }
 
+    func testCoreBaseMustBeAPageInTheModuleArea() throws {
+        let (boot, mods) = try replay()
+        let (m, r, _) = mods.first { $0.0.name == "llc" }!
+        for bad: UInt64 in [m.claim.textBase + 16, 0xffff_8880_0000_0000, 0xffff_ffff_fff0_0000] {
+            var c = m.claim
+            c.textBase = bad
+            c.sectionAddresses = [:]
+            let res = m.ko.withUnsafeBytes { Explainer(facts: boot.facts).explain(elf: try! ELFFile(bytes: $0), claim: c, resolver: r) }  // real module
+            guard case .denied(let d) = res.verdict else { return XCTFail("allowed at 0x\(String(bad, radix: 16))") }
+            XCTAssertEqual(d.rule, "layout")
+        }
+    }
+
     func testAlternativeNeedsTheFeature() throws {
         // 8021q's alternatives are applied on this CPU; a guest without those features must not
         // accept the same bytes.
