@@ -66,7 +66,7 @@ let package = Package(
         .target(name: "ExecGateELF", swiftSettings: swiftSettings),
         .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim"], swiftSettings: swiftSettings),
         .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
-        .target(name: "ExecGateCapture", dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateWire", nioCore], swiftSettings: swiftSettings),
+        
         .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
@@ -75,6 +75,11 @@ let package = Package(
         ),
 
         // MARK: - Edges
+        .target(
+            name: "ExecGateCapture",
+            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateWire", nioCore],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "ExecGateKernelImage",
             dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF"],
