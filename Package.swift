@@ -76,6 +76,11 @@ let package = Package(
 
         // MARK: - Edges
         .target(
+            name: "ExecGateAdmin",
+            dependencies: ["ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "ExecGateKernelImage",
             dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF"],
             swiftSettings: swiftSettings
@@ -103,7 +108,7 @@ let package = Package(
             dependencies: [
                 "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
-                "ExecGateServiceVM", argumentParser, logging, nioCore, nioPosix,
+                "ExecGateServiceVM", "ExecGateAdmin", argumentParser, logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings
         ),
@@ -145,6 +150,12 @@ let package = Package(
         .testTarget(
             name: "ExecGateServiceTests",
             dependencies: ["ExecGateService", "ExecGateClient", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGatePolicyTests",
+            dependencies: ["ExecGatePolicy", "ExecGateAdmin", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "ExecGateCapture",
+                           "ExecGateSignature", "ExecGateTestSupport", nioCore, nioPosix],
             swiftSettings: swiftSettings
         ),
         .testTarget(

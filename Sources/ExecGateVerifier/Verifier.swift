@@ -31,6 +31,8 @@ public final class Verifier: @unchecked Sendable {
     public let serverName: String
     /// The end-state judge (the explanation engine).
     public let endState: EndStateJudge
+    /// Backing store of `auditSink` (see the audit hook below).
+    let auditSinkBox = NIOLockedValueBox<(any VerdictAuditSink)?>(nil)
 
     public init(policy: Policy, serverName: String = "execgate", endState: EndStateJudge = ExplainerJudge()) {
         self._policy = policy
@@ -87,7 +89,8 @@ public final class Verifier: @unchecked Sendable {
 
     /// Judge an authorize-module request under the current policy.
     public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]) -> ExecGateWire.Verdict {
-        let policy = self.policy  // one snapshot for the whole request
+        // One snapshot for the whole request, with the policy's per-guest/class rules applied.
+        let policy = self.policy.resolved(forGuest: request.guestID)
         let session = request.guestID.isEmpty ? nil : guests.session(request.guestID)
         var judgement = request.module.withUnsafeReadableBytes { module in
             judge(module: module, request: request, policy: policy, session: session)
@@ -98,6 +101,14 @@ public final class Verifier: @unchecked Sendable {
             judgement.verdict.decision = .allow
             judgement.verdict.auditOnly = true
             judgement.verdict.message = "AUDIT (enforce would deny): " + judgement.verdict.message
+        }
+        // Audit hook (ExecGateAdmin). Under `audit-overflow block` a record the sink cannot accept
+        // turns the verdict into a deny: no code runs unrecorded (fail closed).
+        if let sink = auditSink, !sink.record(judgement.verdict, guestID: request.guestID, policy: policy) {
+            judgement.verdict.decision = .deny
+            judgement.verdict.auditOnly = false
+            judgement.verdict.reason = .kindDenied
+            judgement.verdict.message = "the audit record could not be written and policy \(policy.id) v\(policy.version) says audit-overflow block: denied (fail closed)"
         }
         if judgement.verdict.decision == .allow && !judgement.verdict.auditOnly, let s = session {
             s.recordAllowed(module: judgement.verdict.moduleName, exports: judgement.exports)
@@ -211,6 +222,23 @@ public final class Verifier: @unchecked Sendable {
         case .digestMismatch: return .digestMismatch
         case .badSignature: return .badSignature
         }
+    }
+}
+
+// MARK: - Audit hook (owned by ExecGateAdmin)
+
+/// Receives every verdict after it is final, with the policy snapshot that decided it.
+public protocol VerdictAuditSink: Sendable {
+    /// - Returns: false when the record could not be accepted and the policy requires blocking
+    ///   (fail closed); the verifier then denies. May block the calling worker thread (bounded).
+    func record(_ verdict: ExecGateWire.Verdict, guestID: String, policy: Policy) -> Bool
+}
+
+extension Verifier {
+    /// Where verdicts are recorded (nil: nowhere). Set before serving; read once per request.
+    public var auditSink: (any VerdictAuditSink)? {
+        get { auditSinkBox.withLockedValue { $0 } }
+        set { auditSinkBox.withLockedValue { $0 = newValue } }
     }
 }
 
