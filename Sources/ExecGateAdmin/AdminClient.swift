@@ -105,7 +105,12 @@ public final class AdminClient: @unchecked Sendable {
         return try AuditReadReply(decoding: r.body)
     }
 
+    private var closed = false
+
+    /// Idempotent.
     public func close() async {
+        let first = lock.withLock { () -> Bool in defer { closed = true }; return !closed }
+        guard first else { return }
         try? await channel.close()
         try? await group.shutdownGracefully()
     }

@@ -138,7 +138,6 @@ struct PolicyPushCommand: AsyncParsableCommand {
             CommandFiles.printError("execgate policy push: cannot connect to \(endpoint): \(error)")
             throw ExecGateExit.usage
         }
-        defer { Task { await client.close() } }
         do {
             let r = try await client.push(bundle: bytes)
             await client.close()
