@@ -186,6 +186,13 @@ final class AuditTests: XCTestCase {
         let deny = Fixtures.runExecgate(["request", "module", try Fixtures.module(named: "vsock.ko"), "--connect", vmm])
         XCTAssertEqual(deny.status, 1)
         XCTAssertTrue(deny.stdout.contains("block-vsock-cve v11") || deny.stderr.contains("block-vsock-cve v11"), deny.stdout + deny.stderr)
+        // The same records carried out through the admin port.
+        let carried = Fixtures.runExecgate(["policy", "audit", "--connect", adm])
+        XCTAssertEqual(carried.status, 0, carried.stderr)
+        let carriedLines = carried.stdout.split(separator: "\n")
+        XCTAssertEqual(carriedLines.count, 4, carried.stdout)  // boot, activation, refused push, one verdict
+        XCTAssertTrue(carriedLines.first?.contains("\"detail\":\"boot\"") ?? false, carried.stdout)
+        XCTAssertTrue(carriedLines.last?.contains("\"event\":\"verdict\"") ?? false, carried.stdout)
         kill(pid, SIGTERM)
         _ = Fixtures.wait(pid)
         let audit = String(decoding: try Fixtures.readFile(dir + "/audit.jsonl"), as: UTF8.self)

@@ -134,6 +134,26 @@ final class LiveSwapTests: XCTestCase {
         XCTAssertTrue(page.records.contains { $0.contains("\"event\":\"policy-activated\"") && $0.contains("\"policy_version\":2") })
         XCTAssertEqual(audit.counters.accepted, UInt64(total + 1))
         XCTAssertEqual(audit.counters.dropped, 0)
+
+        // Carried out through the admin port, page by page: every record, in sequence, no gaps.
+        let admin = try await AdminClient.connect(to: adminEndpoint)
+        var cursor: UInt64 = 0, carried: [String] = []
+        while true {
+            let p = try await admin.auditRead(afterSeq: cursor, maxRecords: 4000)
+            XCTAssertEqual(p.oldestSeq, 1)
+            XCTAssertEqual(p.dropped, 0)
+            carried += p.records
+            if p.records.isEmpty { break }
+            XCTAssertEqual(p.nextSeq, cursor + UInt64(p.records.count) + 1)
+            cursor = p.nextSeq - 1
+        }
+        await admin.close()
+        XCTAssertEqual(carried.count, total + 1)
+        let versions = carried.compactMap { r -> Int? in
+            r.contains("\"event\":\"verdict\"") ? (r.contains("\"policy_version\":1}") ? 1 : 2) : nil
+        }
+        XCTAssertEqual(versions.count, total)
+        XCTAssertEqual(versions.filter { $0 == 1 }.count, sawV1)
     }
 
     /// Rollback, a foreign key, a tampered bundle, a malformed policy: each refused with a reason,

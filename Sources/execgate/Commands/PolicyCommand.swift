@@ -12,11 +12,15 @@ import ExecGateSignature
 import ExecGateVerifier
 import ExecGateWire
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 struct PolicyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "policy",
         abstract: "Write, sign, push, show and dry-run verifier policies.",
-        subcommands: [PolicyCheck.self, PolicySign.self, PolicyPushCommand.self, PolicyShowCommand.self, PolicyTest.self]
+        subcommands: [PolicyCheck.self, PolicySign.self, PolicyPushCommand.self, PolicyShowCommand.self, PolicyTest.self, PolicyAudit.self]
     )
 }
 
@@ -237,5 +241,52 @@ struct PolicyTest: ParsableCommand {
             print("policy \(p.id) v\(p.version) for guest \(guest): \(allowed) allowed (\(auditOnly) audit-only), \(denied) denied")
         }
         if denied > 0 { throw ExecGateExit.deny }
+    }
+}
+
+struct PolicyAudit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit",
+        abstract: "Carry audit records out of a running verifier (admin port audit-read): JSON lines on stdout.",
+        discussion: """
+            Prints every retained record after --after (default: all), oldest first, one JSON line \
+            each. With --follow, keeps polling for new records until interrupted. A note on stderr \
+            reports records dropped under audit-overflow drop, and records no longer retained.
+            """
+    )
+    @Option(help: ArgumentHelp("The admin port: unix:PATH or vsock:CID:PORT.", valueName: "ADDR")) var connect: String
+    @Option(help: "Only records with a sequence number greater than this.") var after: UInt64 = 0
+    @Flag(help: "Keep polling for new records (every 0.5 s).") var follow = false
+
+    func run() async throws {
+        do {
+            let client = try await AdminClient.connect(to: try Endpoint(parsing: connect, listening: false))
+            var cursor = after
+            var reportedDrops: UInt64 = 0
+            while true {
+                let page: AuditReadReply
+                do { page = try await client.auditRead(afterSeq: cursor, maxRecords: UInt32(AuditLimits.maximumRecordsPerRead)) } catch {
+                    await client.close()
+                    throw error
+                }
+                if page.oldestSeq > cursor + 1 {
+                    CommandFiles.printError("execgate policy audit: records \(cursor + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
+                }
+                for r in page.records { print(r) }
+                if page.dropped > reportedDrops {
+                    CommandFiles.printError("execgate policy audit: \(page.dropped) record(s) dropped under audit-overflow drop")
+                    reportedDrops = page.dropped
+                }
+                cursor = page.nextSeq &- 1
+                if page.records.count >= AuditLimits.maximumRecordsPerRead { continue }
+                guard follow else { break }
+                fflush(stdout)
+                try await Task.sleep(nanoseconds: 500_000_000)
+            }
+            await client.close()
+        } catch {
+            CommandFiles.printError("execgate policy audit: \(error)")
+            throw ExecGateExit.usage
+        }
     }
 }
