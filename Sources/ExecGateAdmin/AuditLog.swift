@@ -49,7 +49,6 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     private let monitor = Monitor()
     private var queue: [String] = []
     private var ring: [(UInt64, String)] = []
-    private var ringStart = 0
     private var nextSeq: UInt64 = 1
     private var _dropped: UInt64 = 0
     private var _accepted: UInt64 = 0
@@ -181,14 +180,16 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         }
     }
 
-    /// Flush what is queued and stop the writer (shutdown).
-    public func close() {
+    /// Flush what is queued and stop the writer (shutdown). Waits at most `timeout` seconds for a
+    /// stalled writer (a hung disk must not hang shutdown); blocked producers are released and
+    /// their verdicts denied (fail closed).
+    public func close(timeout: Double = 10) {
         monitor.lock()
         stopping = true
         monitor.broadcast()
         let running = writerRunning
         monitor.unlock()
-        if running { writerDone.wait() }
+        if running { _ = writerDone.wait(timeout: .now() + timeout) }
     }
 
     // MARK: Readers
