@@ -321,6 +321,45 @@ public struct AuthorizeModule: Sendable, Equatable {
     }
 }
 
+// MARK: - authorize-patch (0x0005)
+
+/// A run-time text patch the guest wants to apply to already-executable text: a jump-label flip,
+/// `static_call_update()`, or ftrace enable/disable (text_poke). Allowed only at a known site of a
+/// module ExecGate verified for this guest, with one of that site's legal encodings.
+public struct AuthorizePatch: Sendable, Equatable {
+    public var guestID: String
+    /// Guest virtual address of the first patched byte.
+    public var address: UInt64
+    /// The bytes to be written there.
+    public var bytes: [UInt8]
+
+    /// Longest patch accepted (the longest x86 text_poke site is an 8-byte… nothing in 6.1 exceeds 16).
+    public static let maximumLength = 16
+
+    public init(guestID: String, address: UInt64, bytes: [UInt8]) {
+        self.guestID = guestID
+        self.address = address
+        self.bytes = bytes
+    }
+
+    public init(decoding body: ByteBuffer) throws {
+        let r = try TLVReader(body, message: "authorize-patch", known: [1, 2, 3])
+        guestID = try r.requiredString(1, "guest_id")
+        address = try r.requiredInteger(2, "address")
+        let b = try r.required(3, "bytes")
+        guard b.readableBytes >= 1 && b.readableBytes <= Self.maximumLength else {
+            throw WireDecodeError(.invalidValue, field: "authorize-patch.bytes", "\(b.readableBytes) bytes; 1...\(Self.maximumLength) allowed")
+        }
+        bytes = Array(buffer: b)
+    }
+
+    public func encode(into w: inout TLVWriter) {
+        w.string(1, guestID)
+        w.u64(2, address)
+        w.bytes(3, bytes)
+    }
+}
+
 // MARK: - verdict (0x8003)
 
 public struct Verdict: Sendable, Equatable {
@@ -460,6 +499,7 @@ public enum Message: Sendable, Equatable {
     case registerGuest(RegisterGuest)
     case registerGuestReply(RegisterGuestReply)
     case authorizeModule(AuthorizeModule)
+    case authorizePatch(AuthorizePatch)
     case verdict(Verdict)
     case status
     case statusReply(StatusReply)
@@ -472,6 +512,7 @@ public enum Message: Sendable, Equatable {
         case .registerGuest: return .registerGuest
         case .registerGuestReply: return .registerGuestReply
         case .authorizeModule: return .authorizeModule
+        case .authorizePatch: return .authorizePatch
         case .verdict: return .verdict
         case .status: return .status
         case .statusReply: return .statusReply
@@ -488,6 +529,7 @@ public enum Message: Sendable, Equatable {
         case .registerGuest: self = .registerGuest(try RegisterGuest(decoding: body))
         case .registerGuestReply: self = .registerGuestReply(try RegisterGuestReply(decoding: body))
         case .authorizeModule: self = .authorizeModule(try AuthorizeModule(decoding: body))
+        case .authorizePatch: self = .authorizePatch(try AuthorizePatch(decoding: body))
         case .verdict: self = .verdict(try Verdict(decoding: body))
         case .status:
             _ = try TLVReader(body, message: "status", known: [])
@@ -506,6 +548,7 @@ public enum Message: Sendable, Equatable {
         case .registerGuest(let m): m.encode(into: &w)
         case .registerGuestReply(let m): m.encode(into: &w)
         case .authorizeModule(let m): m.encode(into: &w)
+        case .authorizePatch(let m): m.encode(into: &w)
         case .verdict(let m): m.encode(into: &w)
         case .status: break
         case .statusReply(let m): m.encode(into: &w)
