@@ -104,9 +104,10 @@ extension Policy {
     /// verdict still names the policy that decided it. A policy without rules returns itself.
     /// `guestID` nil resolves the defaults only.
     ///
-    /// `audit-only` for modules turns the resolved policy's `mode` to `.audit` for this guest
-    /// (the verifier already turns a deny into allow + `audit_only` in audit mode).
-    public func resolved(forGuest guestID: String?) -> Policy {
+    /// `audit-only` for the kind being judged (`kind`) turns the resolved policy's `mode` to
+    /// `.audit` for this guest (the verifier already turns a deny into allow + `audit_only` in
+    /// audit mode).
+    public func resolved(forGuest guestID: String?, kind: CodeKind = .modules) -> Policy {
         guard !kindRules.isEmpty else { return self }
         var p = self
         let pins = pinnedModules
@@ -118,11 +119,10 @@ extension Policy {
             case .hashPinned: return .hashPinned(pins)
             }
         }
-        let m = setting(for: .modules, guestID: guestID)
-        p.modules = rule(m, modules)
+        p.modules = rule(setting(for: .modules, guestID: guestID), modules)
         p.textPatches = rule(setting(for: .textPatches, guestID: guestID), textPatches)
         p.ebpfJIT = rule(setting(for: .ebpfJIT, guestID: guestID), ebpfJIT)
-        if m == .auditOnly { p.mode = .audit }
+        if setting(for: kind, guestID: guestID) == .auditOnly { p.mode = .audit }
         return p
     }
 }

@@ -49,7 +49,7 @@ final class PolicyParserTests: XCTestCase {
         XCTAssertEqual(d.version, 2)
         XCTAssertEqual(d.mode, .enforce)
         XCTAssertEqual(d.modules, .allow)
-        XCTAssertEqual(d.textPatches, .deny)
+        XCTAssertEqual(d.textPatches, .allow)
         XCTAssertEqual(d.ebpfJIT, .deny)
         XCTAssertEqual(d.auditOverflow, .block)
     }

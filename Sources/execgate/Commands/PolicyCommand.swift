@@ -28,7 +28,7 @@ struct PolicyCommand: AsyncParsableCommand {
 /// an admin certificate is given).
 enum PolicyFiles {
     static func load(_ path: String, builtinAnchors: [Certificate]?, adminCert: String?) throws -> Policy {
-        let bytes = try CommandFiles.read(path)
+        let bytes = try LocalFile.read(path)
         if bytes.starts(with: PolicyBundle.magic) {
             if let adminCert {
                 let admin = try loadOneCertificate(adminCert)
@@ -42,18 +42,18 @@ enum PolicyFiles {
 
     static func loadOneCertificate(_ path: String) throws -> Certificate {
         let certs: [Certificate]
-        do { certs = try Certificate.load(try CommandFiles.read(path)) } catch let e as CommandFileError { throw e } catch {
-            throw CommandFileError(path: path, why: "\(error)")
+        do { certs = try Certificate.load(try LocalFile.read(path)) } catch let e as LocalFileError { throw e } catch {
+            throw LocalFileError(path: path, why: "\(error)")
         }
-        guard certs.count == 1 else { throw CommandFileError(path: path, why: "holds \(certs.count) certificates, expected one") }
+        guard certs.count == 1 else { throw LocalFileError(path: path, why: "holds \(certs.count) certificates, expected one") }
         return certs[0]
     }
 
     static func loadAnchors(_ paths: [String]) throws -> [Certificate] {
         var out: [Certificate] = []
         for p in paths {
-            do { out += try Certificate.load(try CommandFiles.read(p)) } catch let e as CommandFileError { throw e } catch {
-                throw CommandFileError(path: p, why: "\(error)")
+            do { out += try Certificate.load(try LocalFile.read(p)) } catch let e as LocalFileError { throw e } catch {
+                throw LocalFileError(path: p, why: "\(error)")
             }
         }
         return out
@@ -80,7 +80,7 @@ struct PolicyCheck: ParsableCommand {
             let anchors = trust.isEmpty ? nil : try PolicyFiles.loadAnchors(trust)
             print(PolicyFiles.summary(try PolicyFiles.load(file, builtinAnchors: anchors, adminCert: adminCert)))
         } catch {
-            CommandFiles.printError("execgate policy check: \(error)")
+            Console.error("execgate policy check: \(error)")
             throw ExecGateExit.usage
         }
     }
@@ -100,18 +100,18 @@ struct PolicySign: ParsableCommand {
     func run() throws {
         let out = output ?? policy + ".bundle"
         do {
-            let text = try CommandFiles.read(policy)
+            let text = try LocalFile.read(policy)
             let parsed = try PolicyParser.parse(text, file: policy, builtinAnchors: nil)
             let privateKey: PrivateKey
-            do { privateKey = try PrivateKey(pem: try CommandFiles.read(key)) } catch let e as CommandFileError { throw e } catch {
-                throw CommandFileError(path: key, why: "\(error)")
+            do { privateKey = try PrivateKey(pem: try LocalFile.read(key)) } catch let e as LocalFileError { throw e } catch {
+                throw LocalFileError(path: key, why: "\(error)")
             }
             let signer = try ModuleSigner(key: privateKey, certificate: try PolicyFiles.loadOneCertificate(cert), digest: .sha256)
             let bundle = try PolicyBundle.seal(policy: text, signer: signer)
-            try CommandFiles.writeAtomically(out, bundle)
+            try LocalFile.writeAtomically(out, bundle)
             print("signed \(parsed.id) v\(parsed.version) -> \(out) (\(bundle.count) bytes, signer \(signer.certificate.subject))")
         } catch {
-            CommandFiles.printError("execgate policy sign: \(error)")
+            Console.error("execgate policy sign: \(error)")
             throw ExecGateExit.usage
         }
     }
@@ -132,14 +132,14 @@ struct PolicyPushCommand: AsyncParsableCommand {
         let bytes: [UInt8]
         do {
             endpoint = try Endpoint(parsing: connect, listening: false)
-            bytes = try CommandFiles.read(bundle)
+            bytes = try LocalFile.read(bundle)
         } catch {
-            CommandFiles.printError("execgate policy push: \(error)")
+            Console.error("execgate policy push: \(error)")
             throw ExecGateExit.usage
         }
         let client: AdminClient
         do { client = try await AdminClient.connect(to: endpoint) } catch {
-            CommandFiles.printError("execgate policy push: cannot connect to \(endpoint): \(error)")
+            Console.error("execgate policy push: cannot connect to \(endpoint): \(error)")
             throw ExecGateExit.usage
         }
         do {
@@ -154,7 +154,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
         } catch let e as AdminClientError {
             await client.close()
             if json { print(JSON.object([("activated", .bool(false)), ("reason", .string(e.description))]).serialized()) }
-            CommandFiles.printError("execgate policy push: \(e)")
+            Console.error("execgate policy push: \(e)")
             if case .server = e { throw ExecGateExit.deny }
             throw ExecGateExit.usage
         }
@@ -184,7 +184,7 @@ struct PolicyShowCommand: AsyncParsableCommand {
                 if source { print(r.source) }
             }
         } catch {
-            CommandFiles.printError("execgate policy show: \(error)")
+            Console.error("execgate policy show: \(error)")
             throw ExecGateExit.usage
         }
     }
@@ -215,7 +215,7 @@ struct PolicyTest: ParsableCommand {
             p = try PolicyFiles.load(policy, builtinAnchors: try PolicyFiles.loadAnchors(trust), adminCert: nil)
             boot = try CaptureBoot.load(captureDir)
         } catch {
-            CommandFiles.printError("execgate policy test: \(error)")
+            Console.error("execgate policy test: \(error)")
             throw ExecGateExit.usage
         }
         let verifier = Verifier(policy: p, serverName: ExecGateVersion.string)
@@ -231,7 +231,7 @@ struct PolicyTest: ParsableCommand {
                 print(json ? v.json.serialized() : v.humanLine)
             }
         } catch {
-            CommandFiles.printError("execgate policy test: \(error)")
+            Console.error("execgate policy test: \(error)")
             throw ExecGateExit.usage
         }
         if json {
@@ -270,11 +270,11 @@ struct PolicyAudit: AsyncParsableCommand {
                     throw error
                 }
                 if page.oldestSeq > cursor + 1 {
-                    CommandFiles.printError("execgate policy audit: records \(cursor + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
+                    Console.error("execgate policy audit: records \(cursor + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
                 }
                 for r in page.records { print(r) }
                 if page.dropped > reportedDrops {
-                    CommandFiles.printError("execgate policy audit: \(page.dropped) record(s) dropped under audit-overflow drop")
+                    Console.error("execgate policy audit: \(page.dropped) record(s) dropped under audit-overflow drop")
                     reportedDrops = page.dropped
                 }
                 cursor = page.nextSeq &- 1
@@ -285,7 +285,7 @@ struct PolicyAudit: AsyncParsableCommand {
             }
             await client.close()
         } catch {
-            CommandFiles.printError("execgate policy audit: \(error)")
+            Console.error("execgate policy audit: \(error)")
             throw ExecGateExit.usage
         }
     }

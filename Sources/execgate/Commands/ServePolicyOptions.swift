@@ -40,15 +40,15 @@ struct ServePolicyOptions: ParsableArguments {
     }
 
     var adminCertificatePath: String? {
-        adminCert ?? (CommandFiles.exists(Self.imageAdminCertificate) ? Self.imageAdminCertificate : nil)
+        adminCert ?? (LocalFile.exists(Self.imageAdminCertificate) ? Self.imageAdminCertificate : nil)
     }
 
     func bootPolicy(trust: TrustOptions) throws -> Policy {
         guard let policy else { return try trust.builtInPolicy() }
         let anchors = try trust.loadAnchors()
-        let bytes = try CommandFiles.read(policy)
+        let bytes = try LocalFile.read(policy)
         if bytes.starts(with: PolicyBundle.magic) {
-            guard let path = adminCertificatePath else { throw CommandFileError(path: policy, why: "a bundle needs --admin-cert to be verified") }
+            guard let path = adminCertificatePath else { throw LocalFileError(path: policy, why: "a bundle needs --admin-cert to be verified") }
             return try PolicyBundle.open(bytes, admin: try PolicyFiles.loadOneCertificate(path), file: policy, builtinAnchors: anchors)
         }
         return try PolicyParser.parse(bytes, file: policy, builtinAnchors: anchors)
@@ -68,7 +68,7 @@ struct ServePolicyOptions: ParsableArguments {
             do { try await s.bind(try Endpoint(parsing: a, listening: true)) } catch {
                 await s.shutdown()
                 log?.close()
-                throw CommandFileError(path: a, why: "cannot listen: \(error)")
+                throw LocalFileError(path: a, why: "cannot listen: \(error)")
             }
             server = s
         }
