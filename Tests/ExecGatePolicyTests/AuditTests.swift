@@ -63,6 +63,38 @@ final class AuditTests: XCTestCase {
         XCTAssertEqual(v.authorize(try request("crc7.ko", guest: "prod-1"), requestDigest: []).decision, .deny)
     }
 
+    /// Run-time text patches follow their own per-guest rules: denied outright for one class,
+    /// audit-only for another (allowed, flagged, recorded), judged at the patch site for the rest.
+    func testTextPatchRulesPerGuestClass() throws {
+        let body = "class locked locked-*\nclass canary canary-*\nmodules allow\ntext-patches allow\n"
+            + "text-patches deny for class locked\ntext-patches audit-only for class canary"
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: body)))
+        let log = AuditLog()
+        v.auditSink = log
+        func patch(_ guest: String) -> Verdict {
+            _ = v.respond(to: .registerGuest(RegisterGuest(guestID: guest)), requestDigest: [])
+            let p = AuthorizePatch(guestID: guest, address: 0xffff_ffff_c000_1000, bytes: [0x0f, 0x1f, 0x44, 0x00, 0x00])
+            guard case .verdict(let verdict) = v.respond(to: .authorizePatch(p), requestDigest: [9]) else { XCTFail("no verdict"); return Verdict(decision: .deny, reason: .allowed, message: "", checks: [], policyID: "", policyVersion: 0, requestDigest: []) }
+            return verdict
+        }
+        let locked = patch("locked-1")
+        XCTAssertEqual(locked.decision, .deny)
+        XCTAssertEqual(locked.reason, .kindDenied)
+        XCTAssertEqual(locked.checks, ["policy-kind"])
+        let plain = patch("web-1")
+        XCTAssertEqual(plain.decision, .deny)
+        XCTAssertEqual(plain.checks, ["policy-kind", "patch-site"])  // judged: no module allowed, so no site
+        let canary = patch("canary-1")
+        XCTAssertEqual(canary.decision, .allow)
+        XCTAssertTrue(canary.auditOnly)
+        XCTAssertEqual(canary.reason, plain.reason)
+        log.flush()
+        let records = log.read(after: 0, limit: 10).records
+        XCTAssertEqual(records.count, 3)
+        XCTAssertTrue(records[2].contains("\"guest\":\"canary-1\"") && records[2].contains("\"audit_only\":true"), records[2])
+        log.close()
+    }
+
     /// A writer that stalls until released, to make the sink fall behind.
     final class StalledWriter: @unchecked Sendable {
         let gate = DispatchSemaphoreBox()
