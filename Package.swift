@@ -81,6 +81,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "ExecGateAdmin",
+            dependencies: ["ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "ExecGateKernelImage",
             dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF"],
             swiftSettings: swiftSettings
@@ -108,7 +113,7 @@ let package = Package(
             dependencies: [
                 "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
-                "ExecGateServiceVM", argumentParser, logging, nioCore, nioPosix,
+                "ExecGateServiceVM", "ExecGateAdmin", argumentParser, logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings
         ),
@@ -150,6 +155,12 @@ let package = Package(
         .testTarget(
             name: "ExecGateServiceTests",
             dependencies: ["ExecGateService", "ExecGateClient", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGatePolicyTests",
+            dependencies: ["ExecGatePolicy", "ExecGateAdmin", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "ExecGateCapture",
+                           "ExecGateSignature", "ExecGateTestSupport", nioCore, nioPosix],
             swiftSettings: swiftSettings
         ),
         .testTarget(
