@@ -17,10 +17,11 @@ rc2=${PIPESTATUS[0]}
 
 # XCTest's final "Executed N tests, with F failures" line of each phase (the last one is the total).
 total() { grep -E "^[[:space:]]*Executed [0-9]+ tests?, with" "$1" | tail -1; }
-count() { sed -E 's/.*Executed ([0-9]+) tests?, with( ([0-9]+) tests? skipped and)? ([0-9]+) failures?.*/\1 \3 \4/' ; }
+# "Executed N tests, with [S tests skipped and] F failures" → "N S F" (S = 0 when absent).
+count() { sed -E 's/.*Executed ([0-9]+) tests?, with (([0-9]+) tests? skipped and )?([0-9]+) failures?.*/\1 0\3 \4/' ; }
 read -r n1 s1 f1 < <(total .cache/test.log | count)
 read -r n2 s2 f2 < <(total .cache/test-boot.log | count)
-n1=${n1:-0}; s1=${s1:-0}; f1=${f1:-0}; n2=${n2:-0}; s2=${s2:-0}; f2=${f2:-0}
+n1=$((10#${n1:-0})); s1=$((10#${s1:-0})); f1=$((10#${f1:-0})); n2=$((10#${n2:-0})); s2=$((10#${s2:-0})); f2=$((10#${f2:-0}))
 [ "$rc1" -ne 0 ] && [ "$f1" -eq 0 ] && f1=1   # a crashed test process counts as a failure
 [ "$rc2" -ne 0 ] && [ "$f2" -eq 0 ] && f2=1
 failed=$((f1 + f2)); skipped=$((s1 + s2)); passed=$((n1 + n2 - failed - skipped))
