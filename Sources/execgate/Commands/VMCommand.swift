@@ -67,7 +67,7 @@ struct BootOptions: ParsableArguments {
 
     func apply(_ c: inout VMConfig) throws {
         guard cid >= 3, cid < UInt32.max else { throw ValidationError("--cid must be at least 3 (0-2 are reserved)") }
-        guard (64...65536).contains(memory) else { throw ValidationError("--memory: 64…65536 MiB") }
+        guard (16...65536).contains(memory) else { throw ValidationError("--memory: 16…65536 MiB") }
         guard let m = VMConfig.Machine(rawValue: machine) else { throw ValidationError("--machine: microvm or pc") }
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
         c.cid = cid; c.memoryMiB = memory; c.port = port; c.machine = m; c.readyTimeoutSeconds = timeout; c.qemu = qemu
