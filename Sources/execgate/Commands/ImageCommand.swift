@@ -3,6 +3,7 @@
 // `execgate image build`: the service VM's kernel + initramfs (see ExecGateServiceVM/ImageBuilder).
 
 import ArgumentParser
+import ExecGateKernelImage
 import ExecGateServiceVM
 
 struct ImageCommand: ParsableCommand {
@@ -49,6 +50,8 @@ struct ImageBuildCommand: ParsableCommand {
                 // A kernel given by path: modules and System.map still come from the package.
             }
             o.policy = policy
+            // The same parsing scanner as `execgate keys extract`: only well-formed X.509 certificates.
+            o.certificateExtractor = { vmlinux in vmlinux.withUnsafeBytes { BuiltinCertificates.scan($0).map(\.der) } }
             o.force = force
             o.withTestImage = !noTestImage
             let r = try ImageBuilder.build(o)
