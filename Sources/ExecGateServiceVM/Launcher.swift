@@ -69,7 +69,10 @@ public struct VMConfig: Sendable {
     public var kernelCmdline: String {
         var words = ["console=ttyS0", "quiet", "panic=-1", "random.trust_cpu=on"]
         if accel.accel == .tcg, let khz = tscKHz, khz > 0 {
-            words += ["tsc_early_khz=\(khz)", "lpj=\(khz * 1000 / 250)"]
+            // tsc=reliable: the clocksource watchdog compares the TSC with jiffies, and on a busy
+            // host the emulated jiffies lag, so it marked the TSC unstable (seen here) and the
+            // guest fell back to the slow refined-jiffies clocksource.
+            words += ["tsc_early_khz=\(khz)", "lpj=\(khz * 1000 / 250)", "tsc=reliable"]
         }
         words += ["execgate.mode=\(mode.rawValue)", "execgate.port=\(port)"]
         return (words + extraCmdline).joined(separator: " ")
