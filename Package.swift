@@ -66,7 +66,7 @@ let package = Package(
         .target(name: "ExecGateELF", swiftSettings: swiftSettings),
         .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim"], swiftSettings: swiftSettings),
         .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
-        .target(name: "ExecGateCapture", dependencies: ["ExecGateELF", "ExecGateExplain"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateCapture", dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateWire", nioCore], swiftSettings: swiftSettings),
         .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
@@ -139,7 +139,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateVerifierTests",
-            dependencies: ["ExecGateVerifier", "ExecGateTestSupport"],
+            dependencies: ["ExecGateVerifier", "ExecGateCapture", "ExecGateTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

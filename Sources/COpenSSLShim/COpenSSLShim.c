@@ -534,9 +534,11 @@ int egs_sign_detached(const uint8_t *content, size_t len, EVP_PKEY *key, X509 *c
     if (!(flags & EGS_SIGN_ATTRS)) signer_flags |= CMS_NOATTR;
     data = BIO_new_mem_buf(content, (int)len);
     if (data == NULL) goto out;
-    cms = CMS_sign(NULL, NULL, NULL, NULL, nocerts | CMS_PARTIAL | CMS_BINARY | CMS_DETACHED | CMS_STREAM);
+    cms = CMS_sign(NULL, NULL, NULL, NULL,
+                   nocerts | CMS_PARTIAL | CMS_BINARY | ((flags & EGS_SIGN_EMBED) ? 0 : CMS_DETACHED) | CMS_STREAM);
     if (cms == NULL) goto out;
     if (CMS_add1_signer(cms, cert, key, m, signer_flags) == NULL) goto out;
+    if ((flags & EGS_SIGN_TWICE) && CMS_add1_signer(cms, cert, key, egs_md(EGS_MD_SHA512), signer_flags) == NULL) goto out;
     if (CMS_final(cms, data, NULL, nocerts | CMS_BINARY) != 1) goto out;
     n = i2d_CMS_ContentInfo(cms, &der);
     if (n <= 0) goto out;
@@ -576,21 +578,36 @@ static int egs_bio_to_malloc(BIO *b, char **out, size_t *out_len) {
     return 1;
 }
 
+static int egs_selfsigned(EVP_PKEY *k, const char *common_name, int days,
+                          char **key_pem, size_t *key_len, char **cert_pem, size_t *cert_len);
+
 int egs_generate_rsa_selfsigned(int bits, const char *common_name, int days,
                                 char **key_pem, size_t *key_len, char **cert_pem, size_t *cert_len) {
+    *key_pem = NULL;
+    *cert_pem = NULL;
+    if (bits < 1024 || bits > 16384) return -1;
+    return egs_selfsigned(EVP_RSA_gen((unsigned int)bits), common_name, days, key_pem, key_len, cert_pem, cert_len);
+}
+
+int egs_generate_ec_selfsigned(const char *curve, const char *common_name, int days,
+                               char **key_pem, size_t *key_len, char **cert_pem, size_t *cert_len) {
+    *key_pem = NULL;
+    *cert_pem = NULL;
+    return egs_selfsigned(EVP_EC_gen(curve), common_name, days, key_pem, key_len, cert_pem, cert_len);
+}
+
+/* Takes ownership of k (may be NULL: generation failed). */
+static int egs_selfsigned(EVP_PKEY *k, const char *common_name, int days,
+                          char **key_pem, size_t *key_len, char **cert_pem, size_t *cert_len) {
     /* Mirrors the kernel's certs/default_x509.genkey: self-signed, CA:FALSE, digitalSignature,
      * subjectKeyIdentifier=hash, authorityKeyIdentifier=keyid. */
-    EVP_PKEY *k = NULL;
     X509 *x = NULL;
     X509_NAME *name = NULL;
     BIGNUM *bn = NULL;
     BIO *kb = NULL, *cb = NULL;
     unsigned char serial[16];
     int r = -1;
-    *key_pem = NULL;
-    *cert_pem = NULL;
-    if (bits < 1024 || bits > 16384 || days <= 0) return -1;
-    k = EVP_RSA_gen((unsigned int)bits);
+    if (days <= 0) goto out;
     x = X509_new();
     if (k == NULL || x == NULL) goto out;
     if (!X509_set_version(x, 2)) goto out;

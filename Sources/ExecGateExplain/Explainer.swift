@@ -48,7 +48,13 @@ public struct Explainer: Sendable {
     }
 }
 
-struct DenyError: Error { let denial: Denial }
+/// Named limits of the engine (hostile input: a signed-but-odd module must not exhaust memory).
+public enum Limits {
+    /// The whole x86-64 module area is 1 GiB; the largest Debian 6.1 module core is a few MiB.
+    public static let maxCoreSize = 128 << 20
+}
+
+struct DenyError: Error { var denial: Denial }
 
 // MARK: - Session
 
@@ -176,6 +182,9 @@ final class Session {
             throw deny("layout", "section sizes/alignments overflow the kernel's layout computation")
         }
         layout = lay
+        guard lay.coreSize <= Limits.maxCoreSize else {
+            throw deny("layout", "core allocation of \(lay.coreSize) bytes exceeds \(Limits.maxCoreSize)")
+        }
         guard claim.text.count == lay.textSize else {
             throw deny("layout", "claimed executable region is \(claim.text.count) bytes, layout_sections() gives core text_size \(lay.textSize)")
         }
@@ -866,6 +875,8 @@ final class Session {
                 notes.append((v.offset..<v.offset + v.length, "\(v.what): not a legal encoding (allowed: NOP or branch to the site's own legitimate target)"))
             }
         }
+        var differing = 0
+        for i in 0..<image.count where image[i] != claimed[i] { differing += 1 }
         for i in 0..<image.count where image[i] != claimed[i] {
             let (sec, so) = sectionOf(regionOffset: i)
             let n = min(8, image.count - i)
@@ -874,8 +885,10 @@ final class Session {
             if let note = notes.first(where: { $0.range.contains(i) }) { reason = note.text }
             else if let r = relocationCovering(i) { reason = r; rule = "relocation" }
             else if sec == "(padding)" { reason = "alignment padding must be zero" }
-            throw deny(rule, reason, section: sec, offset: so, address: base &+ UInt64(i),
-                       expected: Array(image[i..<i + n]), found: Array(claimed[i..<i + n]))
+            var d = deny(rule, reason, section: sec, offset: so, address: base &+ UInt64(i),
+                         expected: Array(image[i..<i + n]), found: Array(claimed[i..<i + n]))
+            d.denial.unexplainedBytes = differing
+            throw d
         }
     }
 

@@ -16,6 +16,8 @@ struct ModuleLayout {
     var initOffset: [Int?]
     /// `core_layout.text_size`: PAGE_ALIGN of the executable part (STRICT_MODULE_RWX).
     var textSize: Int
+    /// Whole core allocation (text + data), page-aligned.
+    var coreSize: Int
     var percpuIndex: Int?
 
     static let pageSize = 4096
@@ -54,6 +56,7 @@ struct ModuleLayout {
         var core = [Int?](repeating: nil, count: secs.count)
         var initO = [Int?](repeating: nil, count: secs.count)
         var textSize = 0
+        var coreSize = 0
         func isInit(_ name: String) -> Bool { name.hasPrefix(".init") }
         func place(_ s: ELFSection, _ size: inout Int) -> Int? {
             let a = Int(exactly: s.addralign == 0 ? 1 : s.addralign) ?? -1
@@ -86,7 +89,8 @@ struct ModuleLayout {
                 default: break
                 }
             }
+            if pass == 0 { coreSize = size }
         }
-        return ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: textSize, percpuIndex: percpu)
+        return ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: textSize, coreSize: coreSize, percpuIndex: percpu)
     }
 }

@@ -41,10 +41,15 @@ public struct Denial: Sendable, CustomStringConvertible {
     public var found: [UInt8]
     public var rule: String
     public var reason: String
+    /// How many bytes of the executable region differ from their explanation (1 for structural
+    /// denials, where no byte comparison took place).
+    public var unexplainedBytes: Int
 
-    public init(module: String, section: String, offset: Int, address: UInt64, expected: [UInt8], found: [UInt8], rule: String, reason: String) {
+    public init(module: String, section: String, offset: Int, address: UInt64, expected: [UInt8], found: [UInt8], rule: String, reason: String,
+                unexplainedBytes: Int = 1) {
         self.module = module; self.section = section; self.offset = offset; self.address = address
         self.expected = expected; self.found = found; self.rule = rule; self.reason = reason
+        self.unexplainedBytes = unexplainedBytes
     }
 
     public var description: String {

@@ -53,3 +53,115 @@ enum DER {
         return tbs.whole
     }
 }
+
+extension DER {
+    /// The DER `OBJECT IDENTIFIER` contents of each digest algorithm (RFC 5754 / RFC 3370).
+    static func oidContents(_ a: DigestAlgorithm) -> [UInt8] {
+        switch a {
+        case .sha1: return [0x2b, 0x0e, 0x03, 0x02, 0x1a]                                   // 1.3.14.3.2.26
+        case .sha224: return [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04]         // 2.16.840.1.101.3.4.2.4
+        case .sha256: return [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01]         // ...2.1
+        case .sha384: return [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02]         // ...2.2
+        case .sha512: return [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03]         // ...2.3
+        }
+    }
+
+    /// Checks the parts of a CMS SignedData that are *not* covered by the signature and that
+    /// OpenSSL does not check, the way the kernel's PKCS#7 parser (crypto/asymmetric_keys/
+    /// pkcs7_parser.c) checks them, plus a few stricter rules so that no byte of an accepted message
+    /// can change without the verdict changing. Returns nil when the shape is acceptable, else a reason.
+    ///
+    /// Per RFC 5652 § 5.1 and § 5.3:
+    ///
+    ///     ContentInfo ::= SEQUENCE { contentType OID, content [0] EXPLICIT SignedData }
+    ///     SignedData ::= SEQUENCE {
+    ///         version CMSVersion,
+    ///         digestAlgorithms SET OF DigestAlgorithmIdentifier,
+    ///         encapContentInfo EncapsulatedContentInfo,
+    ///         certificates [0] IMPLICIT CertificateSet OPTIONAL,
+    ///         crls [1] IMPLICIT RevocationInfoChoices OPTIONAL,
+    ///         signerInfos SET OF SignerInfo }
+    ///     SignerInfo ::= SEQUENCE {
+    ///         version CMSVersion,
+    ///         sid SignerIdentifier,            -- issuerAndSerialNumber | [0] SubjectKeyIdentifier
+    ///         digestAlgorithm DigestAlgorithmIdentifier,
+    ///         signedAttrs [0] IMPLICIT SignedAttributes OPTIONAL,
+    ///         signatureAlgorithm SignatureAlgorithmIdentifier,
+    ///         signature SignatureValue,
+    ///         unsignedAttrs [1] IMPLICIT UnsignedAttributes OPTIONAL }
+    ///
+    /// Rules:
+    /// - Versions as pkcs7_note_signeddata_version / pkcs7_note_signerinfo_version: SignedData
+    ///   version 1 or 3; SignerInfo version 1 (issuer+serial, SignedData version 1) or 3 (SKID,
+    ///   SignedData version 3).
+    /// - digestAlgorithms is exactly one entry, the signer's digest (the kernel ignores this
+    ///   unauthenticated set; we do not, so it cannot be altered).
+    /// - No certificates / crls fields at all (not even empty ones), exactly one SignerInfo.
+    /// - Algorithm parameters absent or NULL (the kernel and OpenSSL ignore RSA parameters).
+    static func signedDataShapeProblem(_ cms: UnsafeRawBufferPointer, digest: DigestAlgorithm) -> String? {
+        guard let ci = element(in: cms, at: 0), ci.tag == 0x30, ci.whole.upperBound == cms.count,
+              let type = element(in: cms, at: ci.contents.lowerBound), type.tag == 0x06,
+              let explicit = element(in: cms, at: type.whole.upperBound), explicit.tag == 0xa0,
+              explicit.whole.upperBound == ci.contents.upperBound,
+              let sd = element(in: cms, at: explicit.contents.lowerBound), sd.tag == 0x30,
+              sd.whole.upperBound == explicit.contents.upperBound
+        else { return "ContentInfo is not DER SEQUENCE { OID, [0] SignedData }" }
+
+        guard let sdVersionElement = element(in: cms, at: sd.contents.lowerBound), sdVersionElement.tag == 0x02,
+              sdVersionElement.contents.count == 1, [1, 3].contains(cms[sdVersionElement.contents.lowerBound])
+        else { return "SignedData version must be 1 or 3" }
+        let sdVersion = cms[sdVersionElement.contents.lowerBound]
+
+        guard let set = element(in: cms, at: sdVersionElement.whole.upperBound), set.tag == 0x31,
+              let alg = element(in: cms, at: set.contents.lowerBound), alg.whole.upperBound == set.contents.upperBound,
+              algorithmIdentifier(cms, alg, is: oidContents(digest))
+        else { return "SignedData.digestAlgorithms is not exactly the signer's \(digest)" }
+
+        guard let encap = element(in: cms, at: set.whole.upperBound), encap.tag == 0x30 else {
+            return "SignedData has no EncapsulatedContentInfo"
+        }
+        guard let signerInfos = element(in: cms, at: encap.whole.upperBound), signerInfos.tag == 0x31 else {
+            return "SignedData has certificates/crls fields or no signerInfos"
+        }
+        guard signerInfos.whole.upperBound == sd.contents.upperBound else { return "data after SignedData.signerInfos" }
+        guard let si = element(in: cms, at: signerInfos.contents.lowerBound), si.tag == 0x30,
+              si.whole.upperBound == signerInfos.contents.upperBound
+        else { return "signerInfos is not exactly one SignerInfo" }
+
+        guard let siVersionElement = element(in: cms, at: si.contents.lowerBound), siVersionElement.tag == 0x02,
+              siVersionElement.contents.count == 1
+        else { return "SignerInfo version is not a one-byte INTEGER" }
+        let siVersion = cms[siVersionElement.contents.lowerBound]
+        guard let sid = element(in: cms, at: siVersionElement.whole.upperBound) else { return "SignerInfo has no sid" }
+        switch (siVersion, sid.tag) {
+        case (1, 0x30) where sdVersion == 1: break  // issuerAndSerialNumber, PKCS#7 / CMS v1
+        case (3, 0x80) where sdVersion == 3: break  // [0] subjectKeyIdentifier, CMS v3
+        default:
+            return "SignerInfo version \(siVersion) with SignedData version \(sdVersion) and this signer identifier form is not accepted"
+        }
+        guard let digestAlg = element(in: cms, at: sid.whole.upperBound), algorithmIdentifier(cms, digestAlg, is: oidContents(digest)) else {
+            return "SignerInfo.digestAlgorithm is not a plain \(digest) AlgorithmIdentifier"
+        }
+        guard let sigAlg = element(in: cms, at: digestAlg.whole.upperBound), sigAlg.tag == 0x30,
+              algorithmIdentifier(cms, sigAlg, is: nil)
+        else { return "SignerInfo.signatureAlgorithm is absent or has parameters" }
+        guard let signature = element(in: cms, at: sigAlg.whole.upperBound), signature.tag == 0x04,
+              signature.whole.upperBound == si.contents.upperBound
+        else { return "SignerInfo does not end with its signature OCTET STRING" }
+        return nil
+    }
+
+    /// `AlgorithmIdentifier ::= SEQUENCE { algorithm OID, parameters ANY OPTIONAL }` with the
+    /// parameters absent or NULL, and (if `oid` is given) exactly that OID.
+    private static func algorithmIdentifier(_ b: UnsafeRawBufferPointer, _ e: Element, is oid: [UInt8]?) -> Bool {
+        guard e.tag == 0x30, let o = element(in: b, at: e.contents.lowerBound), o.tag == 0x06, !o.contents.isEmpty,
+              o.whole.upperBound <= e.contents.upperBound
+        else { return false }
+        if let oid, !b[o.contents].elementsEqual(oid) { return false }
+        if o.whole.upperBound == e.contents.upperBound { return true }
+        guard let p = element(in: b, at: o.whole.upperBound), p.tag == 0x05, p.contents.isEmpty,
+              p.whole.upperBound == e.contents.upperBound
+        else { return false }
+        return true
+    }
+}

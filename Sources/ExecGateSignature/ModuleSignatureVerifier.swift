@@ -13,7 +13,10 @@
 //
 // Differences from the kernel, all stricter: embedded certificates are refused (the kernel would
 // ignore them when the signer is a builtin key; sign-file never writes any), unsigned attributes
-// and CRLs are refused, and a SignerInfo must match a trust anchor directly (no intermediate keys).
+// and CRLs are refused, SignedData.digestAlgorithms must be exactly the signer's digest and
+// algorithm parameters absent or NULL (the kernel ignores those unauthenticated bytes, so flipping
+// one would otherwise still verify), and a SignerInfo must match a trust anchor directly (no
+// intermediate keys). SignedData/SignerInfo versions are checked as the kernel checks them.
 // Like `openssl cms -verify -noverify`, no validity period, key usage or chain checks: the kernel
 // does not check those for module signatures either.
 
@@ -119,6 +122,11 @@ public enum ModuleSignatureVerifier {
             throw .unsupportedDigest(shimString { egs_nid_name(rawNID, $0, $1) } ?? "nid \(rawNID)")
         }
         guard digestAlgorithm >= minimumDigest else { throw .digestTooWeak(digestAlgorithm, minimum: minimumDigest) }
+        // The unauthenticated parts OpenSSL does not check: versions (as the kernel checks them),
+        // digestAlgorithms, algorithm parameters. See DER.signedDataShapeProblem.
+        if let problem = DER.signedDataShapeProblem(signature, digest: digestAlgorithm) {
+            throw .malformedPKCS7(problem)
+        }
 
         // 4. Signer.
         let matching = trust.anchors.filter { egs_si_matches_cert(si, $0.handle) != 0 }

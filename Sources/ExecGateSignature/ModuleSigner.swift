@@ -74,6 +74,8 @@ public struct ModuleSigner: Sendable {
     /// Test-only knobs that produce messages the kernel rejects, to test rejection paths.
     public var _includeSignedAttributes = false
     public var _includeCertificate = false
+    public var _embedContent = false
+    public var _addSecondSigner = false
 
     /// - Throws: `.keyDoesNotMatchCertificate` when the key is not the certificate's.
     public init(key: PrivateKey, certificate: Certificate, digest: DigestAlgorithm = .sha256,
@@ -93,6 +95,8 @@ public struct ModuleSigner: Sendable {
         if identification == .subjectKeyIdentifier { flags |= Int32(EGS_SIGN_KEYID) }
         if _includeSignedAttributes { flags |= Int32(EGS_SIGN_ATTRS) }
         if _includeCertificate { flags |= Int32(EGS_SIGN_CERTS) }
+        if _embedContent { flags |= Int32(EGS_SIGN_EMBED) }
+        if _addSecondSigner { flags |= Int32(EGS_SIGN_TWICE) }
         var out: UnsafeMutablePointer<UInt8>?
         var outLen = 0
         let r = egs_sign_detached(content.baseAddress?.assumingMemoryBound(to: UInt8.self), content.count,
@@ -175,6 +179,32 @@ public struct GeneratedSigningKey: Sendable {
         let keyBytes = UnsafeRawBufferPointer(start: k, count: kLen)
         let certBytes = UnsafeRawBufferPointer(start: c, count: cLen)
         return GeneratedSigningKey(privateKeyPEM: Array(keyBytes), certificatePEM: Array(certBytes))
+    }
+
+    /// Elliptic curves the kernel's ECDSA module signatures accept (crypto/ecdsa.c: NIST P-256, P-384).
+    public enum Curve: String, Sendable, CaseIterable {
+        case p256 = "P-256"
+        case p384 = "P-384"
+    }
+
+    /// Generates an ECDSA key on `curve` and a self-signed certificate shaped like `generateRSA`'s.
+    public static func generateECDSA(curve: Curve = .p384, commonName: String = "ExecGate module signing key",
+                                     days: Int = 36500) throws(CertificateError) -> GeneratedSigningKey {
+        guard let d = Int32(exactly: days) else { throw CertificateError(.generationFailed, "days out of range") }
+        var k: UnsafeMutablePointer<CChar>?
+        var kLen = 0
+        var c: UnsafeMutablePointer<CChar>?
+        var cLen = 0
+        guard egs_generate_ec_selfsigned(curve.rawValue, commonName, d, &k, &kLen, &c, &cLen) == 0, let k, let c else {
+            throw CertificateError(.generationFailed, "key generation failed: \(lastOpenSSLError())")
+        }
+        defer {
+            k.initialize(repeating: 0, count: kLen)
+            egs_free(k)
+            egs_free(c)
+        }
+        return GeneratedSigningKey(privateKeyPEM: Array(UnsafeRawBufferPointer(start: k, count: kLen)),
+                                   certificatePEM: Array(UnsafeRawBufferPointer(start: c, count: cLen)))
     }
 
     /// The parsed certificate and key.

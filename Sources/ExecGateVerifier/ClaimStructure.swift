@@ -24,7 +24,7 @@ enum ClaimStructure {
             }
             guard let bytes = c.bytes else {
                 // A layout-only entry: it must at least be a section the loader places.
-                if !s.isAlloc && !Self.droppedByLoader.contains(s.name) {
+                if !s.isAlloc && !Self.placedWithoutAllocFlag.contains(s.name) {
                     return Failure(reason: .claimUnknownSection, message: "section '\(c.name)' is not allocated by the loader")
                 }
                 continue
@@ -48,7 +48,9 @@ enum ClaimStructure {
         return nil
     }
 
-    /// Sections the 6.1 loader strips SHF_ALLOC from (kernel/module/main.c); their addresses may
-    /// still appear in a layout claim (per-cpu data lives in the per-cpu area).
-    static let droppedByLoader: Set<String> = [".modinfo", "__versions", ".data..percpu"]
+    /// Sections whose SHF_ALLOC the 6.1 loader changes (kernel/module/main.c): it strips it from
+    /// `.modinfo`, `__versions` and `.data..percpu` (per-cpu data lives in the per-cpu area) and
+    /// sets it on `.symtab`/`.strtab` (layout_symtab keeps them for kallsyms). Their addresses may
+    /// appear in a layout claim, as in /sys/module/<m>/sections/.
+    static let placedWithoutAllocFlag: Set<String> = [".modinfo", "__versions", ".data..percpu", ".symtab", ".strtab"]
 }

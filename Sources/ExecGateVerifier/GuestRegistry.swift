@@ -7,43 +7,43 @@
 //   - module exports enter a guest's symbol set only when ExecGate itself allowed that module
 //     for that guest, so a later module can only be relocated against code ExecGate verified.
 
+import ExecGateExplain
 import ExecGateWire
 import NIOConcurrencyHelpers
 
 public final class GuestSession: @unchecked Sendable {
-    // @unchecked: `exports` is guarded by `lock`; `facts` is immutable.
-    public let facts: RegisterGuest
-    /// Core-kernel exports by name (the guest's registered symbols).
-    public let kernelSymbols: [String: UInt64]
+    // @unchecked: `resolver` and `allowed` are guarded by `lock`; `registration` and `facts` are immutable.
+    public let registration: RegisterGuest
+    /// The explanation engine's view of the registration (built once).
+    public let facts: GuestFacts
     private let lock = NIOLock()
-    private var _moduleExports: [String: UInt64] = [:]
-    private var _allowedModules: [String] = []
+    private var resolver: SymbolResolver
+    private var allowed: [String] = []
+    /// Run-time patch sites of allowed modules (jump labels, static calls, ftrace).
+    private var patchSites: [RuntimeSiteTable] = []
 
-    init(facts: RegisterGuest) {
-        self.facts = facts
-        var symbols: [String: UInt64] = [:]
-        symbols.reserveCapacity(facts.symbols.count)
-        for s in facts.symbols where symbols[s.name] == nil { symbols[s.name] = s.address }
-        self.kernelSymbols = symbols
+    init(registration: RegisterGuest) {
+        self.registration = registration
+        self.facts = GuestFactsBuilder.facts(from: registration)
+        self.resolver = SymbolResolver(coreExports: facts.exports)
     }
 
-    /// Exports of modules ExecGate allowed for this guest, by name.
-    public var moduleExports: [String: UInt64] { lock.withLock { _moduleExports } }
-    public var allowedModules: [String] { lock.withLock { _allowedModules } }
+    /// A snapshot of the resolver: core exports plus exports of modules allowed so far.
+    public var symbolResolver: SymbolResolver { lock.withLock { resolver } }
+    public var allowedModules: [String] { lock.withLock { allowed } }
 
-    /// Record an allowed module and the exports it brings.
-    public func recordAllowed(module: String, exports: [String: UInt64]) {
+    /// Record an allowed module and the exports it brings. Only the verifier calls this, and only
+    /// after an allow verdict: a denied module's symbols never become resolvable.
+    func recordAllowed(module: String, exports: ModuleExports?, sites: RuntimeSiteTable?) {
         lock.withLock {
-            _allowedModules.append(module)
-            for (k, v) in exports where _moduleExports[k] == nil { _moduleExports[k] = v }
+            allowed.append(module)
+            if let e = exports { resolver.add(e) }
+            if let t = sites { patchSites.append(t) }
         }
     }
 
-    /// Resolve a name the way the module loader does: core exports, then verified modules' exports.
-    public func resolve(_ name: String) -> UInt64? {
-        if let a = kernelSymbols[name] { return a }
-        return lock.withLock { _moduleExports[name] }
-    }
+    /// The site tables of allowed modules (a snapshot).
+    public var runtimeSites: [RuntimeSiteTable] { lock.withLock { patchSites } }
 }
 
 /// All registered guests. Re-registering an id replaces its session (a rebooted guest).
@@ -56,7 +56,7 @@ public final class GuestRegistry: @unchecked Sendable {
 
     @discardableResult
     public func register(_ facts: RegisterGuest) -> GuestSession {
-        let s = GuestSession(facts: facts)
+        let s = GuestSession(registration: facts)
         lock.withLock { guests[facts.guestID] = s }
         return s
     }

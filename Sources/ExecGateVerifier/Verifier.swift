@@ -16,6 +16,7 @@
 // The verdict lists exactly the checks that ran: it never claims more than was checked.
 
 import ExecGateELF
+import ExecGateExplain
 import ExecGatePolicy
 import ExecGateSignature
 import ExecGateWire
@@ -28,10 +29,10 @@ public final class Verifier: @unchecked Sendable {
     private var _policy: Policy
     public let guests = GuestRegistry()
     public let serverName: String
-    /// Optional end-state judge (the explanation engine). Nil = end-state verification unavailable.
-    public let endState: EndStateJudge?
+    /// The end-state judge (the explanation engine).
+    public let endState: EndStateJudge
 
-    public init(policy: Policy, serverName: String = "execgate", endState: EndStateJudge? = nil) {
+    public init(policy: Policy, serverName: String = "execgate", endState: EndStateJudge = ExplainerJudge()) {
         self._policy = policy
         self.serverName = serverName
         self.endState = endState
@@ -71,6 +72,11 @@ public final class Verifier: @unchecked Sendable {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(a.guestID)' is not registered"))
             }
             return .verdict(authorize(a, requestDigest: requestDigest))
+        case .authorizePatch(let p):
+            guard let session = guests.session(p.guestID) else {
+                return .error(ErrorReply(code: .unknownGuest, message: "guest '\(p.guestID)' is not registered"))
+            }
+            return .verdict(authorizePatch(p, session: session, requestDigest: requestDigest))
         case .status:
             return .statusReply(status(uptimeMilliseconds: 0, requestsServed: 0))
         case .helloReply, .registerGuestReply, .verdict, .statusReply, .error:
@@ -85,7 +91,7 @@ public final class Verifier: @unchecked Sendable {
     }
 
     /// Judge an authorize-module request under the current policy.
-    public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]) -> Verdict {
+    public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]) -> ExecGateWire.Verdict {
         let policy = self.policy  // one snapshot for the whole request
         let session = request.guestID.isEmpty ? nil : guests.session(request.guestID)
         var judgement = request.module.withUnsafeReadableBytes { module in
@@ -99,14 +105,40 @@ public final class Verifier: @unchecked Sendable {
             judgement.verdict.message = "AUDIT (enforce would deny): " + judgement.verdict.message
         }
         if judgement.verdict.decision == .allow && !judgement.verdict.auditOnly, let s = session {
-            s.recordAllowed(module: judgement.verdict.moduleName, exports: judgement.exports)
+            s.recordAllowed(module: judgement.verdict.moduleName, exports: judgement.exports, sites: judgement.sites)
         }
         return judgement.verdict
     }
 
     struct Judgement {
-        var verdict: Verdict
-        var exports: [String: UInt64] = [:]
+        var verdict: ExecGateWire.Verdict
+        var exports: ModuleExports? = nil
+        var sites: RuntimeSiteTable? = nil
+    }
+
+    /// Judge a run-time text patch: allowed only at a known site of a module this verifier allowed
+    /// for the guest, with one of the site's legal encodings (see RuntimePatching.swift).
+    public func authorizePatch(_ p: AuthorizePatch, session: GuestSession, requestDigest: [UInt8]) -> ExecGateWire.Verdict {
+        let policy = self.policy
+        var checks = ["policy-kind"]
+        func verdict(_ d: ExecGateWire.Verdict.Decision, _ r: VerdictReason, _ m: String, module: String = "") -> ExecGateWire.Verdict {
+            var v = ExecGateWire.Verdict(decision: d, reason: r, message: m, checks: checks, policyID: policy.id, policyVersion: policy.version,
+                                         requestDigest: requestDigest, moduleName: module)
+            if d == .deny && policy.mode == .audit { v.decision = .allow; v.auditOnly = true; v.message = "AUDIT (enforce would deny): " + m }
+            return v
+        }
+        if policy.textPatches == .deny { return verdict(.deny, .kindDenied, "policy \(policy.id) v\(policy.version) allows no run-time text patches") }
+        checks.append("patch-site")
+        let at = "0x" + String(p.address, radix: 16)
+        for table in session.runtimeSites where Self.sortedContains(table.addresses, p.address) {
+            switch table.check(address: p.address, bytes: p.bytes) {
+            case .allowed(let kind, _):
+                return verdict(.allow, .allowed, "\(kind) at \(at) in \(table.module): legal encoding", module: table.module)
+            case .denied(let why):
+                return verdict(.deny, .patchNotAllowed, why, module: table.module)
+            }
+        }
+        return verdict(.deny, .patchNotAllowed, "\(at) is not a run-time patch site of any module verified for guest '\(session.registration.guestID)'")
     }
 
     private func judge(module: UnsafeRawBufferPointer, request: AuthorizeModule, policy: Policy, session: GuestSession?) -> Judgement {
@@ -114,7 +146,7 @@ public final class Verifier: @unchecked Sendable {
         var moduleName = request.moduleName
         var moduleDigest: [UInt8] = []
         func deny(_ reason: VerdictReason, _ message: String) -> Judgement {
-            Judgement(verdict: Verdict(decision: .deny, reason: reason, message: message, checks: checks, policyID: policy.id,
+            Judgement(verdict: ExecGateWire.Verdict(decision: .deny, reason: reason, message: message, checks: checks, policyID: policy.id,
                                        policyVersion: policy.version, requestDigest: [], moduleName: moduleName, moduleDigest: moduleDigest))
         }
 
@@ -167,32 +199,42 @@ public final class Verifier: @unchecked Sendable {
             }
         }
 
-        // 6. End state.
-        var exports: [String: UInt64] = [:]
-        let canJudgeEndState = !claimed.isEmpty && session != nil && endState != nil
-        if canJudgeEndState, let judge = endState, let session {
+        // 6. End state: the whole executable region, byte for byte.
+        var exports: ModuleExports? = nil
+        var sites: RuntimeSiteTable? = nil
+        let canJudgeEndState = request.text != nil && session != nil
+        if canJudgeEndState, let session {
             checks.append("end-state")
-            switch judge.judge(elf: elf, request: request, session: session) {
+            switch endState.judge(elf: elf, moduleName: moduleName, request: request, session: session) {
             case .explained(let e):
                 exports = e.exports
+                sites = e.runtimeSites
             case .unexplained(let why):
                 return deny(.claimBytesUnexplained, why)
             case .invalidClaim(let why):
                 return deny(.claimSizeMismatch, why)
             }
         } else if policy.endState == .required {
-            let missing = claimed.isEmpty ? "the claim carries no executable bytes"
-                : session == nil ? "no registered guest facts" : "this build has no end-state engine"
+            let missing = request.text == nil ? "the claim carries no executable region (text_base + text)" : "no registered guest facts"
             return deny(.endStateUnavailable, "policy \(policy.id) requires end-state verification, but \(missing)")
         }
 
-        let what = claimed.isEmpty ? "no executable bytes claimed: signature and ELF only"
-            : canJudgeEndState ? "all \(claimed.count) executable section(s) explained byte for byte"
-            : "\(claimed.count) executable section(s) match the ELF in name and size (bytes not judged: no guest facts)"
+        let what = canJudgeEndState ? "all \(request.text?.readableBytes ?? 0) executable bytes explained"
+            : claimed.isEmpty ? "no executable bytes claimed: signature and ELF only"
+            : "\(claimed.count) executable section(s) match the ELF in name and size (bytes not judged: no executable region or no guest facts)"
         let message = "signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); \(what)"
-        return Judgement(verdict: Verdict(decision: .allow, reason: .allowed, message: message, checks: checks, policyID: policy.id,
+        return Judgement(verdict: ExecGateWire.Verdict(decision: .allow, reason: .allowed, message: message, checks: checks, policyID: policy.id,
                                           policyVersion: policy.version, requestDigest: [], moduleName: moduleName,
-                                          moduleDigest: moduleDigest), exports: exports)
+                                          moduleDigest: moduleDigest), exports: exports, sites: sites)
+    }
+
+    static func sortedContains(_ a: [UInt64], _ x: UInt64) -> Bool {
+        var lo = 0, hi = a.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if a[mid] < x { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < a.count && a[lo] == x
     }
 
     /// Maps the signature layer's failures onto wire reasons.
@@ -222,10 +264,10 @@ public struct PolicyRollbackError: Error, CustomStringConvertible {
 
 // MARK: - End-state hook
 
-/// What the explanation engine answers. Kept as a protocol so the verifier core does not depend
-/// on how the engine is built, and tests can check the verifier's wiring on its own.
+/// What judges the end state. The product uses `ExplainerJudge`; the protocol keeps the verifier's
+/// wiring testable on its own.
 public protocol EndStateJudge: Sendable {
-    func judge(elf: ELFFile, request: AuthorizeModule, session: GuestSession) -> EndStateResult
+    func judge(elf: ELFFile, moduleName: String, request: AuthorizeModule, session: GuestSession) -> EndStateResult
 }
 
 public enum EndStateResult {
@@ -239,6 +281,13 @@ public enum EndStateResult {
 }
 
 public struct ExplainedModule {
-    public var exports: [String: UInt64]
-    public init(exports: [String: UInt64]) { self.exports = exports }
+    public var exports: ModuleExports?
+    public var statistics: ExplainStats
+    /// The module's run-time patch sites, for later authorize-patch requests.
+    public var runtimeSites: RuntimeSiteTable?
+    public init(exports: ModuleExports?, statistics: ExplainStats, runtimeSites: RuntimeSiteTable? = nil) {
+        self.exports = exports
+        self.statistics = statistics
+        self.runtimeSites = runtimeSites
+    }
 }

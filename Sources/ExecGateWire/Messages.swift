@@ -64,11 +64,27 @@ public struct HelloReply: Sendable, Equatable {
 
 // MARK: - register-guest (0x0002) / register-guest-reply (0x8002)
 
-/// One trusted kernel symbol: an export of the guest kernel (name and run-time address).
+/// One trusted kernel symbol at its run-time address, as in the kernel build's symbol map:
+/// its `nm` type letter (`T` global text, `t` local text, `D` data, …) and whether the kernel
+/// exports it (has a `__ksymtab_<name>` entry). Only exported symbols resolve module
+/// relocations; text symbols (exported or not) are legal static-call targets and name the
+/// kernel's patching helpers (`__x86_return_thunk`, `_paravirt_nop`, …).
 public struct KernelSymbol: Sendable, Equatable {
     public var name: String
     public var address: UInt64
-    public init(name: String, address: UInt64) { self.name = name; self.address = address }
+    /// The `nm` type letter as ASCII (`T`, `t`, `D`, `W`, …).
+    public var type: UInt8
+    public var exported: Bool
+
+    public init(name: String, address: UInt64, type: UInt8 = UInt8(ascii: "T"), exported: Bool = true) {
+        self.name = name
+        self.address = address
+        self.type = type
+        self.exported = exported
+    }
+
+    /// Text (code) symbol: `t`, `T`, `w`, `W`.
+    public var isText: Bool { [UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W")].contains(type) }
 }
 
 /// The facts about a protected guest that later checks rely on. Where each fact must come from
@@ -89,6 +105,9 @@ public struct RegisterGuest: Sendable, Equatable {
     public var symbolSource: String
     public var commandLine: String
     public var presentCPUs: UInt32
+    /// CPUs possible (`/sys/devices/system/cpu/possible`): more than one means the kernel may
+    /// un-patch uniprocessor `lock` rewrites later.
+    public var possibleCPUs: UInt32
     /// `/sys/devices/system/cpu/vulnerabilities/*` as "name: value" lines (mitigation choices).
     public var vulnerabilities: String
     /// The first bytes of the kernel's `pv_ops` table (u64 little-endian each), if known.
@@ -96,7 +115,8 @@ public struct RegisterGuest: Sendable, Equatable {
 
     public init(guestID: String, kernelRelease: String = "", kernelDigest: [UInt8] = [], kaslrSlide: UInt64 = 0,
                 cpuCapabilities: [UInt8] = [], symbols: [KernelSymbol] = [], symbolSource: String = "",
-                commandLine: String = "", presentCPUs: UInt32 = 1, vulnerabilities: String = "", pvOps: [UInt8] = []) {
+                commandLine: String = "", presentCPUs: UInt32 = 1, possibleCPUs: UInt32 = 1, vulnerabilities: String = "",
+                pvOps: [UInt8] = []) {
         self.guestID = guestID
         self.kernelRelease = kernelRelease
         self.kernelDigest = kernelDigest
@@ -106,6 +126,7 @@ public struct RegisterGuest: Sendable, Equatable {
         self.symbolSource = symbolSource
         self.commandLine = commandLine
         self.presentCPUs = presentCPUs
+        self.possibleCPUs = possibleCPUs
         self.vulnerabilities = vulnerabilities
         self.pvOps = pvOps
     }
@@ -113,17 +134,18 @@ public struct RegisterGuest: Sendable, Equatable {
     enum Tag {
         static let guestID: UInt16 = 1, kernelRelease: UInt16 = 2, kernelDigest: UInt16 = 3, kaslrSlide: UInt16 = 4
         static let cpuCapabilities: UInt16 = 5
-        /// Packed records `{u64 address; u16 name_len; u8 name[name_len]}`, concatenated.
+        /// Packed records `{u64 address; u8 type; u8 flags; u16 name_len; u8 name[name_len]}`,
+        /// concatenated; flags bit 0 = exported, other bits must be zero.
         static let symbols: UInt16 = 6
         static let symbolSource: UInt16 = 7, commandLine: UInt16 = 8, presentCPUs: UInt16 = 9
-        static let vulnerabilities: UInt16 = 10, pvOps: UInt16 = 11
+        static let vulnerabilities: UInt16 = 10, pvOps: UInt16 = 11, possibleCPUs: UInt16 = 12
     }
 
     /// Most symbols one registration may carry (a 6.1 kernel exports ~30,000).
     public static let maximumSymbols = 1 << 20
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "register-guest", known: Set(1...11))
+        let r = try TLVReader(body, message: "register-guest", known: Set(1...12))
         guestID = try r.requiredString(Tag.guestID, "guest_id")
         guard !guestID.isEmpty else { throw WireDecodeError(.invalidValue, field: "register-guest.guest_id", "empty") }
         kernelRelease = try r.string(Tag.kernelRelease, "kernel_release") ?? ""
@@ -139,16 +161,22 @@ public struct RegisterGuest: Sendable, Equatable {
                 guard symbols.count < Self.maximumSymbols else {
                     throw WireDecodeError(.tooManyItems, field: "register-guest.symbols", "more than \(Self.maximumSymbols)")
                 }
-                guard let address = packed.readInteger(as: UInt64.self), let len = packed.readInteger(as: UInt16.self),
+                guard let address = packed.readInteger(as: UInt64.self), let type = packed.readInteger(as: UInt8.self),
+                      let flags = packed.readInteger(as: UInt8.self), let len = packed.readInteger(as: UInt16.self),
                       let name = packed.readSlice(length: Int(len)) else {
                     throw WireDecodeError(.truncatedField, field: "register-guest.symbols", "record \(symbols.count) truncated")
                 }
-                symbols.append(KernelSymbol(name: try TLVReader.decodeString(name, field: "register-guest.symbols"), address: address))
+                guard flags & ~1 == 0 else {
+                    throw WireDecodeError(.invalidValue, field: "register-guest.symbols", "record \(symbols.count): unknown flags 0x\(String(flags, radix: 16))")
+                }
+                symbols.append(KernelSymbol(name: try TLVReader.decodeString(name, field: "register-guest.symbols"), address: address,
+                                            type: type, exported: flags & 1 != 0))
             }
         }
         symbolSource = try r.string(Tag.symbolSource, "symbol_source") ?? ""
         commandLine = try r.string(Tag.commandLine, "cmdline") ?? ""
         presentCPUs = try r.integer(Tag.presentCPUs, "present_cpus") ?? 1
+        possibleCPUs = try r.integer(Tag.possibleCPUs, "possible_cpus") ?? presentCPUs
         vulnerabilities = try r.string(Tag.vulnerabilities, "vulnerabilities") ?? ""
         pvOps = try r.optional(Tag.pvOps, "pv_ops").map { Array(buffer: $0) } ?? []
     }
@@ -164,6 +192,8 @@ public struct RegisterGuest: Sendable, Equatable {
             packed.reserveCapacity(symbols.count * 32)
             for s in symbols {
                 packed.writeInteger(s.address)
+                packed.writeInteger(s.type)
+                packed.writeInteger(UInt8(s.exported ? 1 : 0))
                 let n = s.name.utf8.prefix(Int(UInt16.max))
                 packed.writeInteger(UInt16(n.count))
                 packed.writeBytes(n)
@@ -175,6 +205,7 @@ public struct RegisterGuest: Sendable, Equatable {
         w.u32(Tag.presentCPUs, presentCPUs)
         if !vulnerabilities.isEmpty { w.string(Tag.vulnerabilities, vulnerabilities) }
         if !pvOps.isEmpty { w.bytes(Tag.pvOps, pvOps) }
+        w.u32(Tag.possibleCPUs, possibleCPUs)
     }
 }
 
@@ -225,21 +256,30 @@ public struct AuthorizeModule: Sendable, Equatable {
     public var perCPUBase: UInt64?
     /// What the guest calls the module (informative; policy may deny by name).
     public var moduleName: String
+    /// The whole executable region `[textBase, textBase + text.count)` as read from guest
+    /// memory: every byte the EXEC grant covers, section contents and padding alike. End-state
+    /// verification judges exactly this.
+    public var textBase: UInt64?
+    public var text: ByteBuffer?
 
-    public init(guestID: String = "", module: ByteBuffer, sections: [SectionClaim] = [], perCPUBase: UInt64? = nil, moduleName: String = "") {
+    public init(guestID: String = "", module: ByteBuffer, sections: [SectionClaim] = [], perCPUBase: UInt64? = nil, moduleName: String = "",
+                textBase: UInt64? = nil, text: ByteBuffer? = nil) {
         self.guestID = guestID
         self.module = module
         self.sections = sections
         self.perCPUBase = perCPUBase
         self.moduleName = moduleName
+        self.textBase = textBase
+        self.text = text
     }
 
     enum Tag {
         static let guestID: UInt16 = 1, module: UInt16 = 2, section: UInt16 = 3, perCPUBase: UInt16 = 4, moduleName: UInt16 = 5
+        static let textBase: UInt16 = 6, text: UInt16 = 7
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "authorize-module", known: Set(1...5))
+        let r = try TLVReader(body, message: "authorize-module", known: Set(1...7))
         guestID = try r.string(Tag.guestID, "guest_id") ?? ""
         module = try r.required(Tag.module, "module")
         let raw = r.all(Tag.section)
@@ -254,6 +294,12 @@ public struct AuthorizeModule: Sendable, Equatable {
         }
         perCPUBase = try r.integer(Tag.perCPUBase, "percpu_base")
         moduleName = try r.string(Tag.moduleName, "module_name") ?? ""
+        textBase = try r.integer(Tag.textBase, "text_base")
+        text = try r.optional(Tag.text, "text")
+        guard (textBase == nil) == (text == nil) else {
+            throw WireDecodeError(.missingField, field: textBase == nil ? "authorize-module.text_base" : "authorize-module.text",
+                                  "text_base and text come together")
+        }
     }
 
     public func encode(into w: inout TLVWriter) {
@@ -268,6 +314,49 @@ public struct AuthorizeModule: Sendable, Equatable {
         }
         if let p = perCPUBase { w.u64(Tag.perCPUBase, p) }
         if !moduleName.isEmpty { w.string(Tag.moduleName, moduleName) }
+        if let b = textBase, let t = text {
+            w.u64(Tag.textBase, b)
+            w.bytes(Tag.text, t)
+        }
+    }
+}
+
+// MARK: - authorize-patch (0x0005)
+
+/// A run-time text patch the guest wants to apply to already-executable text: a jump-label flip,
+/// `static_call_update()`, or ftrace enable/disable (text_poke). Allowed only at a known site of a
+/// module ExecGate verified for this guest, with one of that site's legal encodings.
+public struct AuthorizePatch: Sendable, Equatable {
+    public var guestID: String
+    /// Guest virtual address of the first patched byte.
+    public var address: UInt64
+    /// The bytes to be written there.
+    public var bytes: [UInt8]
+
+    /// Longest patch accepted (the longest x86 text_poke site is an 8-byte… nothing in 6.1 exceeds 16).
+    public static let maximumLength = 16
+
+    public init(guestID: String, address: UInt64, bytes: [UInt8]) {
+        self.guestID = guestID
+        self.address = address
+        self.bytes = bytes
+    }
+
+    public init(decoding body: ByteBuffer) throws {
+        let r = try TLVReader(body, message: "authorize-patch", known: [1, 2, 3])
+        guestID = try r.requiredString(1, "guest_id")
+        address = try r.requiredInteger(2, "address")
+        let b = try r.required(3, "bytes")
+        guard b.readableBytes >= 1 && b.readableBytes <= Self.maximumLength else {
+            throw WireDecodeError(.invalidValue, field: "authorize-patch.bytes", "\(b.readableBytes) bytes; 1...\(Self.maximumLength) allowed")
+        }
+        bytes = Array(buffer: b)
+    }
+
+    public func encode(into w: inout TLVWriter) {
+        w.string(1, guestID)
+        w.u64(2, address)
+        w.bytes(3, bytes)
     }
 }
 
@@ -410,6 +499,7 @@ public enum Message: Sendable, Equatable {
     case registerGuest(RegisterGuest)
     case registerGuestReply(RegisterGuestReply)
     case authorizeModule(AuthorizeModule)
+    case authorizePatch(AuthorizePatch)
     case verdict(Verdict)
     case status
     case statusReply(StatusReply)
@@ -422,6 +512,7 @@ public enum Message: Sendable, Equatable {
         case .registerGuest: return .registerGuest
         case .registerGuestReply: return .registerGuestReply
         case .authorizeModule: return .authorizeModule
+        case .authorizePatch: return .authorizePatch
         case .verdict: return .verdict
         case .status: return .status
         case .statusReply: return .statusReply
@@ -438,6 +529,7 @@ public enum Message: Sendable, Equatable {
         case .registerGuest: self = .registerGuest(try RegisterGuest(decoding: body))
         case .registerGuestReply: self = .registerGuestReply(try RegisterGuestReply(decoding: body))
         case .authorizeModule: self = .authorizeModule(try AuthorizeModule(decoding: body))
+        case .authorizePatch: self = .authorizePatch(try AuthorizePatch(decoding: body))
         case .verdict: self = .verdict(try Verdict(decoding: body))
         case .status:
             _ = try TLVReader(body, message: "status", known: [])
@@ -456,6 +548,7 @@ public enum Message: Sendable, Equatable {
         case .registerGuest(let m): m.encode(into: &w)
         case .registerGuestReply(let m): m.encode(into: &w)
         case .authorizeModule(let m): m.encode(into: &w)
+        case .authorizePatch(let m): m.encode(into: &w)
         case .verdict(let m): m.encode(into: &w)
         case .status: break
         case .statusReply(let m): m.encode(into: &w)

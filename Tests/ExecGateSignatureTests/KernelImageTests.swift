@@ -137,4 +137,39 @@ final class KernelImageTests: XCTestCase {
             XCTAssertEqual((e as? KernelImageError)?.code, .noCertificates)
         }
     }
+
+    func testHostileSetupHeaderFieldsNeverCrash() throws {
+        let orig = try Shared.vmlinuzBytes.get()
+        var rng = SystemRandomNumberGenerator()
+        let fields = [0x1f1, 0x1fe, 0x1ff, 0x202, 0x206, 0x207, 0x248, 0x249, 0x24a, 0x24b, 0x24c, 0x24d, 0x24e, 0x24f]
+        var codes: [String: Int] = [:]
+        for _ in 0..<150 {
+            var m = orig
+            for _ in 0..<Int.random(in: 1...3, using: &rng) {
+                m[fields.randomElement(using: &rng)!] = UInt8.random(in: 0...255, using: &rng)
+            }
+            do {
+                _ = try KernelImage.load(m, maxDecompressedSize: 1 << 20)
+                codes["ok", default: 0] += 1
+            } catch {
+                codes[error.code.rawValue, default: 0] += 1
+            }
+        }
+        // A valid header still hits the 1 MiB cap; nothing may load.
+        XCTAssertNil(codes["ok"], "\(codes)")
+        print("hostile setup header outcomes: \(codes.sorted { $0.key < $1.key })")
+    }
+
+    func testCertificateScanFindsOnlyCompleteCertificates() throws {
+        let cert = try Shared.debianCertificate()
+        let other = try Shared.freshKey.get().load().1
+        var rng = SystemRandomNumberGenerator()
+        func noise(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) } }
+        // Decoys: the certificate shape with a lying length, and a certificate cut at the end.
+        let decoy: [UInt8] = [0x30, 0x82, 0x05, 0x00, 0x30, 0x82, 0x04, 0x00] + noise(2000)
+        let image = [0x7f, 0x45, 0x4c, 0x46] + noise(10_000) + cert.der + noise(333) + cert.der + decoy + other.der
+            + noise(77) + Array(cert.der.prefix(cert.der.count - 1))
+        let found = image.withUnsafeBytes { BuiltinCertificates.scan($0) }
+        XCTAssertEqual(found, [cert, other])  // duplicates once, in file order; the cut copy ignored
+    }
 }

@@ -96,6 +96,26 @@ final class ModuleSignerTests: XCTestCase {
         XCTAssertEqual(try ModuleSignatureVerifier.verify(module: m, trust: try Shared.freshTrust()).get().digestAlgorithm, .sha512)
     }
 
+    func testECDSASigning() throws {
+        for curve in GeneratedSigningKey.Curve.allCases {
+            let (key, cert) = try GeneratedSigningKey.generateECDSA(curve: curve, commonName: "EC \(curve.rawValue)").load()
+            XCTAssertEqual(cert.publicKeyAlgorithm, .ec)
+            XCTAssertEqual(cert.publicKeyBits, curve == .p256 ? 256 : 384)
+            let signer = try ModuleSigner(key: key, certificate: cert, digest: curve == .p256 ? .sha256 : .sha384)
+            let m = try signer.sign(module: try Shared.vsock(), existingSignature: .replace)
+            let ok = try ModuleSignatureVerifier.verify(module: m, trust: TrustStore([cert])).get()
+            XCTAssertEqual(ok.digestAlgorithm, curve == .p256 ? .sha256 : .sha384)
+            XCTAssertTrue(m.withUnsafeBytes { OpenSSLBaseline.verify(module: $0, certificate: cert) })
+            // ECDSA cannot tell "other content" from "bad signature": both are bad-signature.
+            var bad = m
+            bad[4096] ^= 0x10
+            assertDenied(ModuleSignatureVerifier.verify(module: bad, trust: TrustStore([cert])), "sig.bad-signature")
+            // Shape: ecdsa-with-SHA* without parameters passes the strict DER checks; an RSA anchor
+            // never matches the EC signer.
+            assertDenied(ModuleSignatureVerifier.verify(module: m, trust: try Shared.freshTrust()), "sig.unknown-signer")
+        }
+    }
+
     func testRefusesToSignSignedModule() throws {
         let signer = try Shared.freshSigner()
         XCTAssertThrowsError(try signer.sign(module: try Shared.vsock())) { e in

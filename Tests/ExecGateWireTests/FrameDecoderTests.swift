@@ -141,7 +141,7 @@ final class MessageDecodingTests: XCTestCase {
 
     func testForbidsTruncatedSymbolRecord() {
         var packed = ByteBuffer()
-        packed.writeInteger(UInt64(1)); packed.writeInteger(UInt16(10)); packed.writeString("abc")
+        packed.writeInteger(UInt64(1)); packed.writeInteger(UInt8(ascii: "T")); packed.writeInteger(UInt8(1)); packed.writeInteger(UInt16(10)); packed.writeString("abc")
         var w = TLVWriter()
         w.string(1, "g"); w.bytes(6, packed)
         XCTAssertThrowsError(try Message(type: .registerGuest, body: w.buffer)) { e in

@@ -54,6 +54,8 @@ enum {
     EGS_SIGN_KEYID = 1,        /* identify the signer by subjectKeyIdentifier (sign-file -k) */
     EGS_SIGN_ATTRS = 2,        /* keep signed attributes (tests only: the kernel rejects these) */
     EGS_SIGN_CERTS = 4,        /* embed the signer certificate (tests only) */
+    EGS_SIGN_EMBED = 8,        /* embed the content instead of a detached signature (tests only) */
+    EGS_SIGN_TWICE = 16,       /* add a second SignerInfo with the same key (tests only) */
 };
 
 /* ---- memory ---- */
@@ -131,6 +133,10 @@ int egs_sign_detached(const uint8_t *content, size_t len, struct evp_pkey_st *ke
 /* RSA key + self-signed certificate; PEM texts allocated, free with egs_free. */
 int egs_generate_rsa_selfsigned(int bits, const char *common_name, int days,
                                 char **key_pem, size_t *key_len, char **cert_pem, size_t *cert_len);
+
+/* The same with an EC key on `curve` ("P-256", "P-384": the curves the kernel's ECDSA accepts). */
+int egs_generate_ec_selfsigned(const char *curve, const char *common_name, int days,
+                               char **key_pem, size_t *key_len, char **cert_pem, size_t *cert_len);
 
 /* Last OpenSSL error as text (thread-local copy), for messages. Returns strlen. */
 int egs_last_error(char *out, size_t cap);

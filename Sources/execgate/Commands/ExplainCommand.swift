@@ -67,9 +67,9 @@ struct ExplainCommand: ParsableCommand {
                     print("allow \(name) \(st.executableBytes) bytes (\(cls))")
                 }
             case .denied(let d):
-                unexplained += 1
+                unexplained += d.unexplainedBytes
                 if json {
-                    print("{\"module\":\"\(name)\",\"verdict\":\"deny\",\"section\":\"\(d.section)\",\"offset\":\(d.offset),\"address\":\"0x\(String(d.address, radix: 16))\",\"expected\":\"\(hexs(d.expected))\",\"found\":\"\(hexs(d.found))\",\"rule\":\"\(d.rule)\",\"reason\":\"\(d.reason.replacingAll("\"", "'"))\"}")
+                    print("{\"module\":\"\(name)\",\"verdict\":\"deny\",\"section\":\"\(d.section)\",\"offset\":\(d.offset),\"address\":\"0x\(String(d.address, radix: 16))\",\"expected\":\"\(hexs(d.expected))\",\"found\":\"\(hexs(d.found))\",\"unexplained_bytes\":\(d.unexplainedBytes),\"rule\":\"\(d.rule)\",\"reason\":\"\(d.reason.replacingAll("\"", "'"))\"}")
                 } else {
                     print("deny  \(d)")
                 }

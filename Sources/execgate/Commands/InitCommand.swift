@@ -34,8 +34,19 @@ extension ExecGate {
     /// As PID 1 the binary is always init; otherwise the usual argument parsing.
     static func main() async {
         if GuestInit.isPID1 { await GuestInit.run(hooks: GuestServiceWiring.hooks) }
+        var command: ParsableCommand
         do {
-            var command = try parseAsRoot()
+            command = try parseAsRoot()
+        } catch {
+            // Anything wrong with the arguments exits 2 (argument-parser's default is 64; errors
+            // thrown from validate() would exit 1), so scripts see one convention:
+            // 0 allow/success, 1 deny, 2 usage or unreadable input. --help still exits 0.
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }
+            Console.error(fullMessage(for: error))
+            exit(withError: ExecGateExit.usage)
+        }
+        do {
             if var async = command as? AsyncParsableCommand {
                 try await async.run()
             } else {

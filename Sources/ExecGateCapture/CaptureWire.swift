@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// A capture as the protocol messages a VMM would send: one register-guest for the boot, one
+// authorize-module per loaded module. `execgate explain` and the tests replay captures through
+// these messages and the same `Verifier` the service runs, so offline results and served verdicts
+// come from one code path.
+//
+// Only what a VMM could know goes into the messages (see CaptureReader.swift): core kallsyms lines
+// (never `[module]` lines — per-cpu bases aside, which are a layout claim checked by the engine),
+// boot_cpu_data, cpus, cmdline, pv_ops, slide, vulnerabilities; per module the signed .ko, the
+// section addresses, the per-cpu base and the executable region.
+
+import ExecGateWire
+import NIOCore
+
+extension CaptureBoot {
+    /// The register-guest message for this boot.
+    public func registration(guestID: String) throws -> RegisterGuest {
+        var exported = Set<String>()
+        var symbols: [KernelSymbol] = []
+        var seen = Set<String>()
+        let ks = try readFile(dir + "/kallsyms.txt")
+        var records: [(UInt64, UInt8, Substring)] = []
+        for line in String(decoding: ks, as: UTF8.self).split(whereSeparator: \.isNewline) {
+            let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard f.count == 3, let a = UInt64(f[0], radix: 16), let t = f[1].utf8.first else { continue }  // 4 fields = [module]
+            if f[2].hasPrefix("__ksymtab_") { exported.insert(String(f[2].dropFirst(10))) }
+            records.append((a, t, f[2]))
+        }
+        // Keep what the engine can use: exported symbols, text symbols, and named helpers.
+        let helpers: Set<Substring> = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return", "its_return_thunk"]
+        let text: Set<UInt8> = [UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W")]
+        for (a, t, n) in records {
+            let name = String(n)
+            let isExported = exported.contains(name)
+            guard isExported || text.contains(t) || helpers.contains(n) else { continue }
+            // The first definition of a name wins, like a kallsyms lookup; an exported name prefers
+            // its global (upper-case) definition.
+            if seen.contains(name) && !(isExported && t >= 65 && t <= 90) { continue }
+            if seen.contains(name) { symbols.removeAll { $0.name == name } }
+            seen.insert(name)
+            symbols.append(KernelSymbol(name: name, address: a, type: t, exported: isExported))
+        }
+        let cpu = try readFile(dir + "/boot_cpu_data.bin")
+        guard cpu.count >= 136 else { throw CaptureError(path: dir + "/boot_cpu_data.bin", reason: "shorter than 136 bytes") }
+        var present: UInt32 = 1, possible: UInt32 = 1
+        for l in try readText(dir + "/cpus.txt").split(whereSeparator: \.isNewline) {
+            let f = l.split(separator: " ")
+            guard f.count == 2 else { continue }
+            if f[0] == "present" { present = UInt32(countCPUs(f[1])) }
+            if f[0] == "possible" { possible = UInt32(countCPUs(f[1])) }
+        }
+        var slide: UInt64 = 0
+        if let s = try? readText(dir + "/slide.txt") {
+            for l in s.split(whereSeparator: \.isNewline) where l.hasPrefix("slide ") { slide = parseHex(l.dropFirst(6)) ?? 0 }
+        }
+        return RegisterGuest(
+            guestID: guestID, kernelRelease: "", kaslrSlide: slide, cpuCapabilities: Array(cpu[40..<136]), symbols: symbols,
+            symbolSource: "capture", commandLine: (try? readText(dir + "/cmdline.txt")) ?? "", presentCPUs: present,
+            possibleCPUs: possible, vulnerabilities: (try? readText(dir + "/vulnerabilities.txt")) ?? "",
+            pvOps: (try? readFile(dir + "/pv_ops.bin")) ?? [])
+    }
+}
+
+extension CapturedModule {
+    /// The authorize-module message for this module in guest `guestID`.
+    public func request(guestID: String) -> AuthorizeModule {
+        AuthorizeModule(
+            guestID: guestID, module: ByteBuffer(bytes: ko),
+            sections: claim.sectionAddresses.sorted { $0.key < $1.key }.map { SectionClaim(name: $0.key, address: $0.value) },
+            perCPUBase: claim.percpuBase, moduleName: name, textBase: claim.textBase, text: ByteBuffer(bytes: claim.text))
+    }
+}

@@ -1,0 +1,52 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Run-time text patching after load: jump-label flips, static_call_update(), ftrace enable/disable.
+// These write to text that is already executable (text_poke_bp). A patch is allowed only if it
+// covers exactly one known site of verified code and writes one of that site's legal encodings
+// (NOP or jump to the site's own declared target; call/jmp to a legitimate function entry / NULL
+// forms; NOP5 or a call to a trusted ftrace entry). Anything else — another address, another
+// length, another target — is denied.
+
+import ExecGateELF
+
+public enum RuntimePatchVerdict: Sendable, Equatable {
+    /// Legal; `state` is the site's new state (key enabled 0/1, static-call function, ftrace target).
+    case allowed(kind: String, state: UInt64)
+    case denied(reason: String)
+}
+
+/// The run-time sites of one allowed module, with their legal encodings.
+public struct RuntimeSiteTable: @unchecked Sendable {
+    // @unchecked: holds immutable closures over value-type captures only.
+    let sites: [UInt64: VariableSite]
+    public let module: String
+
+    /// Number of run-time patchable sites known for the module.
+    public var count: Int { sites.count }
+    /// Start addresses of the known sites.
+    public var addresses: [UInt64] { sites.keys.sorted() }
+
+    /// Check one text_poke of `bytes` at `address`.
+    public func check(address: UInt64, bytes: [UInt8]) -> RuntimePatchVerdict {
+        guard let s = sites[address] else {
+            return .denied(reason: "0x\(String(address, radix: 16)) is not the start of a run-time patch site of \(module)")
+        }
+        guard bytes.count == s.length else {
+            return .denied(reason: "\(s.what): patch of \(bytes.count) bytes, the site is \(s.length)")
+        }
+        guard let st = s.check(bytes) else { return .denied(reason: "\(s.what): not a legal encoding") }
+        return .allowed(kind: s.what, state: st)
+    }
+}
+
+extension Explainer {
+    /// The run-time site table of a module; nil unless the module's claim is explained (allowed).
+    public func runtimeSites(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver) -> RuntimeSiteTable? {
+        let s = Session(elf: elf, claim: claim, facts: facts, resolver: resolver)
+        guard (try? s.run()) != nil else { return nil }
+        var map: [UInt64: VariableSite] = [:]
+        for v in s.variable { map[claim.textBase &+ UInt64(v.offset)] = v }
+        // ftrace sites are run-time patchable even when no ftrace entry is trusted (then only NOP5).
+        return RuntimeSiteTable(sites: map, module: claim.name)
+    }
+}

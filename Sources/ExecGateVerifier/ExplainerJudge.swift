@@ -1,0 +1,35 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The end-state judge: lays the request's claim over the signed ELF and asks the explanation
+// engine to account for every byte of the executable region, using only the guest's registered
+// facts and the exports of modules this verifier allowed for the same guest.
+
+import ExecGateELF
+import ExecGateExplain
+import ExecGateWire
+
+public struct ExplainerJudge: EndStateJudge {
+    public init() {}
+
+    public func judge(elf: ELFFile, moduleName: String, request: AuthorizeModule, session: GuestSession) -> EndStateResult {
+        guard let base = request.textBase, let text = request.text else {
+            return .invalidClaim("end-state verification needs the executable region (text_base + text)")
+        }
+        var addresses: [String: UInt64] = [:]
+        for s in request.sections { addresses[s.name] = s.address }
+        let claim = ModuleClaim(name: moduleName, textBase: base, text: Array(buffer: text), sectionAddresses: addresses,
+                                percpuBase: request.perCPUBase)
+        let explainer = Explainer(facts: session.facts)
+        let resolver = session.symbolResolver
+        let result = explainer.explain(elf: elf, claim: claim, resolver: resolver)
+        switch result.verdict {
+        case .allowed(let stats):
+            // The site table re-runs the (already successful) explanation to record each run-time
+            // patchable site with its legal encodings. Costs a second pass; see docs/notes.
+            let sites = explainer.runtimeSites(elf: elf, claim: claim, resolver: resolver)
+            return .explained(ExplainedModule(exports: result.exports, statistics: stats, runtimeSites: sites))
+        case .denied(let d):
+            return .unexplained(d.description)
+        }
+    }
+}

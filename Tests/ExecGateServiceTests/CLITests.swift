@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The CLI end to end, as an operator or a script meets it: exit codes (0 allow, 1 deny, 2 usage
+// or unreadable input), JSON output, and `serve` answering `request` then stopping on SIGTERM.
+
+import ExecGateTestSupport
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class CLITests: XCTestCase {
+    var certPath = ""
+    var vsock = ""
+
+    override func setUpWithError() throws {
+        let dir = Fixtures.temporaryDirectory()
+        certPath = dir + "/kernel.pem"
+        try Fixtures.writeFile(certPath, Array(try Fixtures.debianCertificates()[0].pem.utf8))
+        vsock = try Fixtures.module(named: "vsock.ko")
+    }
+
+    func testVerifyModuleExitCodesAndJSON() throws {
+        let ok = Fixtures.runExecgate(["verify", "module", vsock, "--trust", certPath, "--json"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("\"decision\":\"allow\""), ok.stdout)
+        XCTAssertTrue(ok.stdout.contains("\"module\":\"vsock\""), ok.stdout)
+
+        let dir = Fixtures.temporaryDirectory()
+        var bytes = try Fixtures.readFile(vsock)
+        bytes[0x200] ^= 0x40
+        try Fixtures.writeFile(dir + "/tampered.ko", bytes)
+        let deny = Fixtures.runExecgate(["verify", "module", dir + "/tampered.ko", "--trust", certPath])
+        XCTAssertEqual(deny.status, 1)
+        XCTAssertTrue(deny.stderr.contains("DENY"), deny.stderr)
+
+        let unknown = Fixtures.runExecgate(["verify", "module", vsock])
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.stderr.contains("sig.unknown-signer"), unknown.stderr)
+
+        let missing = Fixtures.runExecgate(["verify", "module", dir + "/nope.ko", "--trust", certPath])
+        XCTAssertEqual(missing.status, 2)
+        XCTAssertTrue(missing.stderr.contains("nope.ko"), missing.stderr)
+
+        let usage = Fixtures.runExecgate(["verify", "module"])
+        XCTAssertEqual(usage.status, 2)
+        XCTAssertEqual(Fixtures.runExecgate(["request", "status", "--connect", "tcp:1"]).status, 2)
+        XCTAssertEqual(Fixtures.runExecgate(["--help"]).status, 0)
+    }
+
+    func testServeAnswersRequestsAndStopsOnSIGTERM() throws {
+        let dir = Fixtures.temporaryDirectory()
+        let sock = "unix:" + dir + "/s.sock"
+        let pid = Fixtures.spawnExecgate(["serve", "--listen", sock, "--trust", certPath, "--log-format", "json"],
+                                         stdoutPath: dir + "/out", stderrPath: dir + "/err")
+        XCTAssertGreaterThan(pid, 0)
+        var status = ProcessResult(status: -1, stdout: "", stderr: "")
+        for _ in 0..<100 {  // until it listens (bounded: 10 s)
+            status = Fixtures.runExecgate(["request", "status", "--connect", sock, "--json"])
+            if status.status == 0 { break }
+            usleep(100_000)
+        }
+        XCTAssertEqual(status.status, 0, status.stderr)
+        XCTAssertTrue(status.stdout.contains("\"state\":\"serving\""), status.stdout)
+
+        let allow = Fixtures.runExecgate(["request", "module", vsock, "--connect", sock, "--json"])
+        XCTAssertEqual(allow.status, 0, allow.stderr)
+        XCTAssertTrue(allow.stdout.contains("\"checks\":[\"policy-kind\",\"signature\",\"deny-list\",\"elf-structure\",\"module-name\",\"claim-structure\"]"), allow.stdout)
+
+        kill(pid, SIGTERM)
+        XCTAssertEqual(Fixtures.wait(pid), 0, "graceful shutdown exits 0")
+        let log = String(decoding: try Fixtures.readFile(dir + "/err"), as: UTF8.self)
+        XCTAssertTrue(log.contains("\"msg\":\"verdict\""), "structured log of the verdict")
+        XCTAssertTrue(log.contains("\"msg\":\"stopped\""), log)
+    }
+}
