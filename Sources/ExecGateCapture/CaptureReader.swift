@@ -152,10 +152,22 @@ public struct CaptureBoot {
         if let s = try? readText(dir + "/slide.txt") {
             for l in s.split(whereSeparator: \.isNewline) where l.hasPrefix("slide ") { slide = parseHex(l.dropFirst(6)) ?? 0 }
         }
-        let facts = GuestFacts(exports: exports, capabilities: caps, uniprocessorPatched: up, possibleCPUs: possible, pvOps: pv,
+        // `x86_return_thunk` is __ro_after_init: a VMM may read it from locked guest memory. Use it
+        // when the capture recorded it (kvars.txt: `name kallsyms_address u64_value`).
+        var returnThunk: UInt64? = nil
+        if let kv = try? readText(dir + "/kvars.txt") {
+            for l in kv.split(whereSeparator: \.isNewline) {
+                let f = l.split(separator: " ")
+                if f.count >= 3, f[0] == "x86_return_thunk" { returnThunk = parseHex(f[2]) }
+            }
+        }
+        // pcpu reserved chunk for modules: [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)).
+        let percpuRange: Range<UInt64>? = any["__per_cpu_end"].map { $0..<($0 + (8 << 10)) }
+        var facts = GuestFacts(exports: exports, capabilities: caps, uniprocessorPatched: up, possibleCPUs: possible, pvOps: pv,
                                paravirtNop: any["_paravirt_nop"], paravirtBUG: any["paravirt_BUG"], functionEntries: funcs,
                                staticCallReturn0: any["__static_call_return0"], staticCallReturn: any["__static_call_return"],
-                               returnThunk: nil, itsReturnThunk: any["its_return_thunk"], kaslrSlide: slide)
+                               returnThunk: returnThunk, itsReturnThunk: any["its_return_thunk"], kaslrSlide: slide)
+        facts.modulePercpuRange = percpuRange
         return CaptureBoot(dir: dir, facts: facts, coreExports: exports, loadOrder: order, percpuSymbols: percpu)
     }
 
