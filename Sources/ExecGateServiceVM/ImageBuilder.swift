@@ -30,6 +30,10 @@ public struct ImageBuildOptions: Sendable {
     public var force = false
     /// Also build the test initramfs.
     public var withTestImage = true
+    /// Finds the trust anchors (DER) in the vmlinux. The executable passes the project's parsing
+    /// scanner (ExecGateKernelImage, the same as `execgate keys extract`); nil → System.map, then
+    /// this target's own DER-shape scan.
+    public var certificateExtractor: (@Sendable ([UInt8]) -> [[UInt8]])? = nil
 
     public init(kernel: String, modulesDir: String, systemMap: String?, initBinary: String, outDir: String) {
         self.kernel = kernel; self.modulesDir = modulesDir; self.systemMap = systemMap
@@ -162,7 +166,9 @@ public enum ImageBuilder {
         // Trust anchors: the certificates built into the kernel.
         var certs: [[UInt8]] = []
         if let vmlinux {
-            if let mapText, let fromMap = try? GuestKernel.builtinCertificates(vmlinux: vmlinux, systemMap: mapText) {
+            if let extract = o.certificateExtractor {
+                certs = extract(vmlinux)
+            } else if let mapText, let fromMap = try? GuestKernel.builtinCertificates(vmlinux: vmlinux, systemMap: mapText) {
                 certs = fromMap
             } else {
                 // Debian ships a stub System.map; find the certificates by their DER shape instead.
