@@ -32,8 +32,11 @@ struct ImageBuildCommand: ParsableCommand {
     @Option(help: "Output directory.")
     var out: String = "Images/out"
 
-    @Option(help: "Policy file to install as /etc/execgate/policy in the guest.")
+    @Option(help: "Policy (text or signed bundle) to install as /etc/execgate/policy in the guest: the policy at boot.")
     var policy: String?
+
+    @Option(help: "Admin certificate to install as /etc/execgate/admin.pem: the guest then opens its admin port (VMM port + 1) and accepts policy bundles signed by its key.")
+    var adminCert: String?
 
     @Flag(help: "Rebuild even when the inputs are unchanged.")
     var force = false
@@ -50,6 +53,7 @@ struct ImageBuildCommand: ParsableCommand {
                 // A kernel given by path: modules and System.map still come from the package.
             }
             o.policy = policy
+            o.adminCertificate = adminCert
             // The same parsing scanner as `execgate keys extract`: only well-formed X.509 certificates.
             o.certificateExtractor = { vmlinux in vmlinux.withUnsafeBytes { BuiltinCertificates.scan($0).map(\.der) } }
             o.force = force
