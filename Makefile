@@ -5,7 +5,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 EXECGATE_RUN_DIR ?= $(CURDIR)/ServiceVM/run
 
-.PHONY: all deps build release test test-data run bench clean image vm-test
+.PHONY: all deps build release test test-data run stop serve bench clean image vm-test
 
 all: build
 
@@ -27,9 +27,18 @@ test: deps test-data image
 	@$(SWIFT) build -q --build-tests
 	@SWIFT=$(SWIFT) bash scripts/run-tests.sh
 
-# The verifier on a Unix socket, trusting exactly what the Debian guest kernel trusts: its builtin
-# certificates are extracted from its vmlinuz first (execgate keys extract).
-run: release test-data
+# The main job: build the service VM image if needed, boot the sidecar VM and report it ready
+# (with the address a host client uses). Stop it with `make stop`.
+run: image
+	@$(STATIC_BUILD)/release/execgate vm start --name sidecar
+	@echo "execgate: stop it with: make stop   (status: $(STATIC_BUILD)/release/execgate vm status --name sidecar)"
+
+stop:
+	@$(STATIC_BUILD)/release/execgate vm stop --name sidecar
+
+# The verifier directly on a Unix socket (no VM), trusting exactly what the Debian guest kernel
+# trusts: its builtin certificates are extracted from its vmlinuz first (execgate keys extract).
+serve: release test-data
 	@mkdir -p $(EXECGATE_RUN_DIR)/keys
 	@bin=$$($(SWIFT) build -c release --show-bin-path)/execgate; \
 	  $$bin keys extract --kernel $$(ls .cache/kernel/current/boot/vmlinuz-* | head -1) --out $(EXECGATE_RUN_DIR)/keys >/dev/null && \
