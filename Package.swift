@@ -66,7 +66,7 @@ let package = Package(
         .target(name: "ExecGateELF", swiftSettings: swiftSettings),
         .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim"], swiftSettings: swiftSettings),
         .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
-        .target(name: "ExecGateCapture", dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateWire", nioCore], swiftSettings: swiftSettings),
+        
         .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
@@ -75,6 +75,16 @@ let package = Package(
         ),
 
         // MARK: - Edges
+        .target(
+            name: "ExecGateCapture",
+            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateWire", nioCore],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ExecGateAdmin",
+            dependencies: ["ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "ExecGateKernelImage",
             dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF"],
@@ -109,7 +119,7 @@ let package = Package(
             dependencies: [
                 "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
-                "ExecGateServiceVM", "ExecGateCaptureTool", argumentParser, logging, nioCore, nioPosix,
+                "ExecGateServiceVM", "ExecGateAdmin", "ExecGateCaptureTool", argumentParser, logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings
         ),
@@ -151,6 +161,12 @@ let package = Package(
         .testTarget(
             name: "ExecGateServiceTests",
             dependencies: ["ExecGateService", "ExecGateClient", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGatePolicyTests",
+            dependencies: ["ExecGatePolicy", "ExecGateAdmin", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "ExecGateCapture",
+                           "ExecGateSignature", "ExecGateTestSupport", nioCore, nioPosix],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -31,6 +31,8 @@ public final class Verifier: @unchecked Sendable {
     public let serverName: String
     /// The end-state judge (the explanation engine).
     public let endState: EndStateJudge
+    /// Backing store of `auditSink` (see the audit hook below).
+    let auditSinkBox = NIOLockedValueBox<(any VerdictAuditSink)?>(nil)
 
     public init(policy: Policy, serverName: String = "execgate", endState: EndStateJudge = ExplainerJudge()) {
         self._policy = policy
@@ -92,7 +94,8 @@ public final class Verifier: @unchecked Sendable {
 
     /// Judge an authorize-module request under the current policy.
     public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]) -> ExecGateWire.Verdict {
-        let policy = self.policy  // one snapshot for the whole request
+        // One snapshot for the whole request, with the policy's per-guest/class rules applied.
+        let policy = self.policy.resolved(forGuest: request.guestID)
         let session = request.guestID.isEmpty ? nil : guests.session(request.guestID)
         var judgement = request.module.withUnsafeReadableBytes { module in
             judge(module: module, request: request, policy: policy, session: session)
@@ -104,6 +107,7 @@ public final class Verifier: @unchecked Sendable {
             judgement.verdict.auditOnly = true
             judgement.verdict.message = "AUDIT (enforce would deny): " + judgement.verdict.message
         }
+        recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
         if judgement.verdict.decision == .allow && !judgement.verdict.auditOnly, let s = session {
             s.recordAllowed(module: judgement.verdict.moduleName, exports: judgement.exports, sites: judgement.sites)
         }
@@ -119,12 +123,13 @@ public final class Verifier: @unchecked Sendable {
     /// Judge a run-time text patch: allowed only at a known site of a module this verifier allowed
     /// for the guest, with one of the site's legal encodings (see RuntimePatching.swift).
     public func authorizePatch(_ p: AuthorizePatch, session: GuestSession, requestDigest: [UInt8]) -> ExecGateWire.Verdict {
-        let policy = self.policy
+        let policy = self.policy.resolved(forGuest: p.guestID, kind: .textPatches)  // per-guest/class rules (ExecGatePolicy)
         var checks = ["policy-kind"]
         func verdict(_ d: ExecGateWire.Verdict.Decision, _ r: VerdictReason, _ m: String, module: String = "") -> ExecGateWire.Verdict {
             var v = ExecGateWire.Verdict(decision: d, reason: r, message: m, checks: checks, policyID: policy.id, policyVersion: policy.version,
                                          requestDigest: requestDigest, moduleName: module)
             if d == .deny && policy.mode == .audit { v.decision = .allow; v.auditOnly = true; v.message = "AUDIT (enforce would deny): " + m }
+            recordAudit(&v, guestID: p.guestID, policy: policy)
             return v
         }
         if policy.textPatches == .deny { return verdict(.deny, .kindDenied, "policy \(policy.id) v\(policy.version) allows no run-time text patches") }
@@ -253,6 +258,33 @@ public final class Verifier: @unchecked Sendable {
         case .digestMismatch: return .digestMismatch
         case .badSignature: return .badSignature
         }
+    }
+}
+
+// MARK: - Audit hook (owned by ExecGateAdmin)
+
+/// Receives every verdict after it is final, with the policy snapshot that decided it.
+public protocol VerdictAuditSink: Sendable {
+    /// - Returns: false when the record could not be accepted and the policy requires blocking
+    ///   (fail closed); the verifier then denies. May block the calling worker thread (bounded).
+    func record(_ verdict: ExecGateWire.Verdict, guestID: String, policy: Policy) -> Bool
+}
+
+extension Verifier {
+    /// Where verdicts are recorded (nil: nowhere). Set before serving; read once per request.
+    public var auditSink: (any VerdictAuditSink)? {
+        get { auditSinkBox.withLockedValue { $0 } }
+        set { auditSinkBox.withLockedValue { $0 = newValue } }
+    }
+
+    /// Hands a final verdict to the sink. Under `audit-overflow block` a record the sink cannot
+    /// accept turns the verdict into a deny: no code runs unrecorded (fail closed).
+    func recordAudit(_ v: inout ExecGateWire.Verdict, guestID: String, policy: Policy) {
+        guard let sink = auditSink, !sink.record(v, guestID: guestID, policy: policy) else { return }
+        v.decision = .deny
+        v.auditOnly = false
+        v.reason = .kindDenied
+        v.message = "the audit record could not be written and policy \(policy.id) v\(policy.version) says audit-overflow block: denied (fail closed)"
     }
 }
 

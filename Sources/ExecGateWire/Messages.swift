@@ -112,11 +112,14 @@ public struct RegisterGuest: Sendable, Equatable {
     public var vulnerabilities: String
     /// The first bytes of the kernel's `pv_ops` table (u64 little-endian each), if known.
     public var pvOps: [UInt8]
+    /// The value of the kernel's `x86_return_thunk` (__ro_after_init), when the VMM read it:
+    /// the thunk return sites jump to under RETHUNK. Nil = the build's default.
+    public var returnThunk: UInt64?
 
     public init(guestID: String, kernelRelease: String = "", kernelDigest: [UInt8] = [], kaslrSlide: UInt64 = 0,
                 cpuCapabilities: [UInt8] = [], symbols: [KernelSymbol] = [], symbolSource: String = "",
                 commandLine: String = "", presentCPUs: UInt32 = 1, possibleCPUs: UInt32 = 1, vulnerabilities: String = "",
-                pvOps: [UInt8] = []) {
+                pvOps: [UInt8] = [], returnThunk: UInt64? = nil) {
         self.guestID = guestID
         self.kernelRelease = kernelRelease
         self.kernelDigest = kernelDigest
@@ -129,9 +132,11 @@ public struct RegisterGuest: Sendable, Equatable {
         self.possibleCPUs = possibleCPUs
         self.vulnerabilities = vulnerabilities
         self.pvOps = pvOps
+        self.returnThunk = returnThunk
     }
 
     enum Tag {
+        static let returnThunk: UInt16 = 13
         static let guestID: UInt16 = 1, kernelRelease: UInt16 = 2, kernelDigest: UInt16 = 3, kaslrSlide: UInt16 = 4
         static let cpuCapabilities: UInt16 = 5
         /// Packed records `{u64 address; u8 type; u8 flags; u16 name_len; u8 name[name_len]}`,
@@ -145,7 +150,7 @@ public struct RegisterGuest: Sendable, Equatable {
     public static let maximumSymbols = 1 << 20
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "register-guest", known: Set(1...12))
+        let r = try TLVReader(body, message: "register-guest", known: Set(1...13))
         guestID = try r.requiredString(Tag.guestID, "guest_id")
         guard !guestID.isEmpty else { throw WireDecodeError(.invalidValue, field: "register-guest.guest_id", "empty") }
         kernelRelease = try r.string(Tag.kernelRelease, "kernel_release") ?? ""
@@ -177,6 +182,7 @@ public struct RegisterGuest: Sendable, Equatable {
         commandLine = try r.string(Tag.commandLine, "cmdline") ?? ""
         presentCPUs = try r.integer(Tag.presentCPUs, "present_cpus") ?? 1
         possibleCPUs = try r.integer(Tag.possibleCPUs, "possible_cpus") ?? presentCPUs
+        returnThunk = try r.integer(Tag.returnThunk, "return_thunk")
         vulnerabilities = try r.string(Tag.vulnerabilities, "vulnerabilities") ?? ""
         pvOps = try r.optional(Tag.pvOps, "pv_ops").map { Array(buffer: $0) } ?? []
     }
@@ -206,6 +212,7 @@ public struct RegisterGuest: Sendable, Equatable {
         if !vulnerabilities.isEmpty { w.string(Tag.vulnerabilities, vulnerabilities) }
         if !pvOps.isEmpty { w.bytes(Tag.pvOps, pvOps) }
         w.u32(Tag.possibleCPUs, possibleCPUs)
+        if let t = returnThunk { w.u64(Tag.returnThunk, t) }
     }
 }
 

@@ -4,7 +4,8 @@
 // set of signed modules, capture their end state, then explain every captured module through the
 // verifier exactly as the service runs it (register-guest + authorize-module, end-state required)
 // and through the explainer `execgate explain` uses: every module allowed, 0 unexplained bytes.
-// Needs QEMU, the unpacked kernel (`make test-data`) and the static execgate (`make image`);
+// Needs QEMU, the unpacked kernel (`make test-data`) and the static execgate (`make image`). The class
+// name ends in BootTests so scripts/run-tests.sh runs it in its guest-booting phase, where
 // `make test` provides them and sets EXECGATE_VM_TEST=1, which turns anything missing into a failure.
 //
 // Plus host-only tests of the pieces (archive format, module lists, dependency closure).
@@ -26,7 +27,7 @@ import XCTest
 let captureTestModules = ["crc32c_intel", "aesni_intel", "sha256_ssse3", "chacha_x86_64", "poly1305_x86_64", "test_static_keys",
                           "kvm", "8021q", "virtio_net", "tun", "fuse", "xxhash_generic"]
 
-final class CaptureToolVMTests: XCTestCase {
+final class CaptureToolBootTests: XCTestCase {
     var required: Bool { ProcessInfo.processInfo.environment["EXECGATE_VM_TEST"] == "1" }
 
     func prerequisites() throws -> (kernel: String, initBinary: String) {
