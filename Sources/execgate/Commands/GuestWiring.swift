@@ -212,12 +212,65 @@ enum GuestSelfTest {
                     [("requests", "\(expected)")])
         }
 
-        // Latency: sequential status round trips (no verification work).
-        await check("latency.status-100") {
-            let t = Clock.nanos()
-            for _ in 0..<100 { _ = try await client.status() }
-            let mean = micros(since: t) / 100
-            return (true, "mean \(mean) µs per status round trip (emulated CPU: compare ratios)", [("mean_us", "\(mean)")])
+        // Latency: sequential status round trips (no verification work), over vsock loopback and,
+        // for comparison in the same guest, over a Unix socket to a second server.
+        func percentiles(_ c: ExecGateClient, _ n: Int) async throws -> (p50: Int, p99: Int, mean: Int) {
+            var samples: [Int] = []
+            samples.reserveCapacity(n)
+            for _ in 0..<n {
+                let t = Clock.nanos()
+                _ = try await c.status()
+                samples.append(micros(since: t))
+            }
+            samples.sort()
+            return (samples[n / 2], samples[min(n - 1, n * 99 / 100)], samples.reduce(0, +) / n)
+        }
+        await check("latency.vsock-status-200") {
+            let r = try await percentiles(client, 200)
+            return (true, "vsock loopback status round trip p50 \(r.p50) µs, p99 \(r.p99) µs, mean \(r.mean) µs (emulated CPU: compare ratios)",
+                    [("p50_us", "\(r.p50)"), ("p99_us", "\(r.p99)"), ("mean_us", "\(r.mean)")])
+        }
+        await check("latency.unix-status-200") {
+            var logger = Logger(label: "selftest-unix")
+            logger.logLevel = .critical
+            let server = VerifierServer(responder: Verifier(policy: Policy.builtIn(trust: TrustStore([]))), logger: logger, threads: 1)
+            let path = "/selftest-unix.sock"
+            do {
+                try await server.bind(.unix(path: path))
+                let c = try await ExecGateClient.connect(to: .unix(path: path), group: group, timeout: 30)
+                let r = try await percentiles(c, 200)
+                await c.close()
+                await server.shutdown()
+                return (true, "unix socket status round trip in the same guest p50 \(r.p50) µs, p99 \(r.p99) µs, mean \(r.mean) µs",
+                        [("p50_us", "\(r.p50)"), ("p99_us", "\(r.p99)"), ("mean_us", "\(r.mean)")])
+            } catch {
+                await server.shutdown()
+                throw error
+            }
+        }
+        if let small = mods.filter({ $0.expectAllow }).min(by: { $0.bytes.count < $1.bytes.count }) {
+            await check("throughput.authorize-8-clients") {
+                let perClient = 10
+                let t = Clock.nanos()
+                let ok = try await withThrowingTaskGroup(of: Int.self) { g in
+                    for _ in 0..<8 {
+                        g.addTask {
+                            let c = try await ExecGateClient.connect(to: endpoint, group: group, timeout: 60)
+                            var n = 0
+                            for _ in 0..<perClient where try await c.authorize(AuthorizeModule(module: ByteBuffer(bytes: small.bytes))).decision == .allow { n += 1 }
+                            await c.close()
+                            return n
+                        }
+                    }
+                    var total = 0
+                    for try await n in g { total += n }
+                    return total
+                }
+                let seconds = Double(Clock.nanos() - t) / 1e9
+                let rate = Int(Double(8 * perClient) / seconds)
+                return (ok == 8 * perClient, "\(ok)/\(8 * perClient) allowed; \(rate) authorize requests/s with 8 concurrent clients (\(small.name), \(small.bytes.count) bytes)",
+                        [("requests_per_s", "\(rate)")])
+            }
         }
         if let allowed = mods.first(where: { $0.expectAllow }) {
             await check("latency.authorize-20") {
