@@ -252,7 +252,9 @@ public final class VsockConnection {
     /// Whether `nextPacket` may produce something.
     public var hasPendingRx: Bool {
         if !pending.isEmpty { return true }
-        return canSendData && (hostReadable || !hostPrefix.isEmpty)
+        // Data waits for credit; once credit is gone, one CREDIT_REQUEST goes out, then silence
+        // until the guest's next header brings credit.
+        return canSendData && (hostReadable || !hostPrefix.isEmpty) && (peerCredit > 0 || !creditRequested)
     }
 
     private var canSendData: Bool {

@@ -162,7 +162,9 @@ public final class VsockMuxer {
             let wasKilled = c.state == .killed
             let out = c.nextPacket(payload: payload, now: now)
             if !wasKilled, c.state == .killed, c.killReason != nil { stats.killedConnections += 1 }
-            if c.isRemovable { remove(key) } else if c.hasPendingRx { schedule(key) }
+            if c.isRemovable { remove(key) } else if out != nil && c.hasPendingRx { schedule(key) }
+            // Nothing from it now: it is scheduled again by its next event (packet, poll), never
+            // re-queued here — that would spin.
             if let out { stats.packetsToGuest += 1; return out }
         }
         return nil

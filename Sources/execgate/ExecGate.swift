@@ -24,6 +24,7 @@ struct ExecGate: AsyncParsableCommand {
         VersionCommand.self,
         ExplainCommand.self,
         ImageCommand.self, VMCommand.self, InitCommand.self,
+        VsockBackendCommand.self, VsockBenchCommand.self,
     ]
 }
 
