@@ -84,7 +84,7 @@ struct VsockBenchCommand: AsyncParsableCommand {
     @Option(help: "Sequential status round trips.")
     var roundTrips = 200
 
-    @Option(help: "Bulk: MiB per frame.")
+    @Option(name: .customLong("bulk-mib"), help: "Bulk: MiB per frame.")
     var bulkMiB = 8
 
     @Option(help: "Bulk: frames.")
