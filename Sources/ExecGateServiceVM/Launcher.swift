@@ -8,8 +8,10 @@
 //   qemu.log      QEMU's own stderr
 //
 // Reachability: with the host's /dev/vhost-vsock the guest gets `vhost-vsock-*,guest-cid=N` and the
-// VMM reaches the verifier at vsock:N:PORT. Without it (this build host) the VM boots anyway and we
-// say plainly that the host cannot reach it yet (a vhost-user-vsock backend is a later issue).
+// VMM reaches the verifier at vsock:N:PORT. Without it (this build host) and with
+// `vsockBackendCommand` set, the launcher starts `execgate vsock-backend` and gives the guest a
+// vhost-user-vsock device: the address is hybrid:<state>/vsock.sock:PORT (VhostUserVsock.swift,
+// docs/vsock.md). With neither, the VM boots anyway and we say plainly that the host cannot reach it.
 
 #if canImport(Glibc)
 import Glibc
