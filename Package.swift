@@ -157,7 +157,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateVsockDeviceTests",
-            dependencies: ["ExecGateVsockDevice", "ExecGateServiceVM", "ExecGateClient", "ExecGateWire", "ExecGateVerifier",
+            dependencies: ["ExecGateVsockDevice", "CExecGateVsockSys", "ExecGateServiceVM", "ExecGateClient", "ExecGateWire", "ExecGateVerifier",
                            "ExecGatePolicy", "ExecGateSignature", "ExecGateTestSupport", nioCore],
             swiftSettings: swiftSettings
         ),

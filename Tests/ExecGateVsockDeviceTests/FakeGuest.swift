@@ -16,24 +16,32 @@ final class FakeGuest {
     let raw: UnsafeMutableRawPointer
     let memory: GuestMemory
     let queueSize = 16
+    let ringOffset: UInt64
+    let dataOffset: UInt64
+    let owned: Bool
     // Ring layout (guest-physical).
-    var descGPA: UInt64 { FakeGuest.gpaBase }
-    var availGPA: UInt64 { FakeGuest.gpaBase + 0x1000 }
-    var usedGPA: UInt64 { FakeGuest.gpaBase + 0x2000 }
+    var descGPA: UInt64 { FakeGuest.gpaBase + ringOffset }
+    var availGPA: UInt64 { FakeGuest.gpaBase + ringOffset + 0x1000 }
+    var usedGPA: UInt64 { FakeGuest.gpaBase + ringOffset + 0x2000 }
     /// Data buffers start here.
-    var dataGPA: UInt64 { FakeGuest.gpaBase + 0x10000 }
+    var dataGPA: UInt64 { FakeGuest.gpaBase + dataOffset }
+    func uva(_ gpa: UInt64) -> UInt64 { gpa - FakeGuest.gpaBase + FakeGuest.uvaBase }
     var nextDesc: UInt16 = 0
     var availIdx: UInt16 = 0
     let queue = Virtqueue()
 
-    init() {
-        raw = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
-        raw.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+    /// - Parameter shared: memory to use (1 MiB, e.g. a shared mapping the backend also maps);
+    ///   nil allocates private memory.
+    init(shared: UnsafeMutableRawPointer? = nil, ringOffset: UInt64 = 0, dataOffset: UInt64 = 0x10000) {
+        self.ringOffset = ringOffset; self.dataOffset = dataOffset
+        owned = shared == nil
+        raw = shared ?? UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        if owned { raw.initializeMemory(as: UInt8.self, repeating: 0, count: size) }
         memory = GuestMemory(regions: [MemoryRegion(guestPhysAddr: FakeGuest.gpaBase, size: UInt64(size), userAddr: FakeGuest.uvaBase, host: raw)])
         try! queue.configure(size: queueSize, desc: descGPA, avail: availGPA, used: usedGPA) { memory.translate(gpa: $0, length: $1) }
     }
 
-    deinit { raw.deallocate() }
+    deinit { if owned { raw.deallocate() } }
 
     func host(_ gpa: UInt64) -> UnsafeMutableRawPointer { raw + Int(gpa - FakeGuest.gpaBase) }
 

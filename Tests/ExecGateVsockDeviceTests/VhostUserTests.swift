@@ -99,3 +99,37 @@ final class VhostUserTests: XCTestCase {
         XCTAssertTrue(s.memory.regions.isEmpty)
     }
 }
+
+import ExecGateServiceVM
+
+/// The launcher's QEMU arguments for the vhost-user path (no QEMU needed).
+final class LauncherVhostUserArgumentsTests: XCTestCase {
+    func testMicrovmAndPCArguments() {
+        var c = VMConfig(stateDir: "/run/x", kernel: "/k", initrd: "/i")
+        c.memoryMiB = 256
+        var a = c.qemuArguments(qemuPath: "qemu", vhost: false, vhostUser: true)
+        XCTAssertEqual(a[a.firstIndex(of: "-M")! + 1], "microvm,memory-backend=mem")
+        XCTAssertTrue(a.contains("memory-backend-memfd,id=mem,size=256M,share=on"))
+        XCTAssertTrue(a.contains("socket,id=vu,path=/run/x/vhost-user-vsock.sock"))
+        XCTAssertTrue(a.contains("vhost-user-vsock-device,chardev=vu"))
+        XCTAssertEqual(c.hostAddress(vhostUser: true), "hybrid:/run/x/vsock.sock:5000")
+        XCTAssertEqual(c.hostAddress(vhostUser: false), "vsock:3:5000")
+        c.machine = .pc
+        a = c.qemuArguments(qemuPath: "qemu", vhost: false, vhostUser: true)
+        XCTAssertEqual(a[a.firstIndex(of: "-M")! + 1], "pc,memory-backend=mem")
+        XCTAssertTrue(a.contains("vhost-user-vsock-pci,chardev=vu"))
+        // vhost-vsock wins when present; neither: no vsock device at all.
+        a = c.qemuArguments(qemuPath: "qemu", vhost: true, vhostUser: true)
+        XCTAssertFalse(a.contains { $0.contains("vhost-user") })
+        a = c.qemuArguments(qemuPath: "qemu", vhost: false)
+        XCTAssertFalse(a.contains { $0.contains("vsock") })
+    }
+
+    func testUsesVhostUserOnlyWithABackendAndNoVhostVsock() {
+        var c = VMConfig(stateDir: "/run/x", kernel: "/k", initrd: "/i")
+        c.vhostVsockDevice = "/nonexistent"
+        XCTAssertFalse(c.usesVhostUserVsock)
+        c.vsockBackendCommand = ["/bin/execgate", "vsock-backend"]
+        XCTAssertTrue(c.usesVhostUserVsock)
+    }
+}

@@ -24,6 +24,9 @@ static inline void egv_store_u16(void *p, uint16_t v) { __atomic_store_n((uint16
 /// that happened or the control data was cut short. Returns recvmsg's result (-1 and errno on error).
 ssize_t egv_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *truncated);
 
+/// sendmsg of `len` bytes with `nfds` descriptors as SCM_RIGHTS (tests play the vhost-user frontend).
+ssize_t egv_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+
 /// eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) (glibc's <sys/eventfd.h> is not in Swift's Glibc module).
 int egv_eventfd(void);
 
