@@ -249,8 +249,15 @@ public final class VsockBackend: @unchecked Sendable {
         do {
             guard let msg = try readMessage(frontend) else { dropFrontend(); return }
             log("<- \(msg.header.request) (\(msg.payload.count) bytes, \(msg.fds.count) fds)")
+            let wasRunning = session.isLive(VsockBackend.rxQueue) || session.isLive(VsockBackend.txQueue)
             if let reply = session.handle(msg) {
                 guard sendAll(frontend, reply) else { dropFrontend(); return }
+            }
+            // Both rings stopped (GET_VRING_BASE: device reset, guest reboot): the guest's transport
+            // forgets its sockets, so every host stream ends too (a new guest starts clean).
+            if wasRunning && !session.isLive(VsockBackend.rxQueue) && !session.isLive(VsockBackend.txQueue) {
+                log("rings stopped; closing all connections")
+                muxer.closeAll()
             }
         } catch {
             log("frontend session ended: \(error)")
