@@ -291,7 +291,7 @@ public final class VsockBackend: @unchecked Sendable {
         var off = start
         let count = buf.count
         while off < count {
-            let r = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + off, count - off, 0) }
+            let r = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + off, count - off, 0) }  // Safe: count > off ≥ 0, so non-empty.
             if r > 0 { off += r; continue }
             if r < 0 && errno == EINTR { continue }
             throw VhostUserError(.truncated, r == 0 ? "frontend closed mid-message" : "recv: errno \(errno)")
@@ -301,7 +301,7 @@ public final class VsockBackend: @unchecked Sendable {
     private func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var off = 0
         while off < bytes.count {
-            let r = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL)) }
+            let r = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL)) }  // Safe: non-empty.
             if r > 0 { off += r; continue }
             if r < 0 && errno == EINTR { continue }
             return false

@@ -70,6 +70,14 @@ final class VhostUserTests: XCTestCase {
         XCTAssertFalse(s.isLive(0))
     }
 
+    func testErrorDescriptions() {
+        XCTAssertEqual("\(VhostUserError(.tooLarge, "SET_MEM_TABLE payload of 9000 bytes"))", "vhost-user tooLarge: SET_MEM_TABLE payload of 9000 bytes")
+        XCTAssertEqual("\(QueueError.descriptorOutsideMemory(gpa: 0x1000, length: 44))", "descriptor [0x1000, +44) outside guest memory")
+        XCTAssertEqual("\(PacketError.payloadTooLarge(70000))", "len 70000 exceeds 65536")
+        XCTAssertEqual("\(BackendError("bind /x", errno: ENOENT))", "bind /x: No such file or directory")
+        XCTAssertEqual(VhostUserError(.badQueue, "a"), VhostUserError(.badQueue, "b"), "equality compares codes only")
+    }
+
     func testMemTableMapsAndTranslates() throws {
         let path = "/tmp/egv-memtest-\(getpid())"
         let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
