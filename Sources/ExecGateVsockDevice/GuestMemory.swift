@@ -81,6 +81,13 @@ public final class GuestMemory: @unchecked Sendable {
             throw VhostUserError(.badMemory, "region gpa 0x\(String(guestPhysAddr, radix: 16)) size \(size) offset \(mmapOffset) overflows")
         }
         guard regions.count < Limits.maxMemoryRegions else { throw VhostUserError(.badMemory, "more than \(Limits.maxMemoryRegions) regions") }
+        // Touching a mapping past the end of its file raises SIGBUS: the region must lie inside the
+        // file as it is now. (A frontend that shrinks the file later can still do that; the
+        // frontend — QEMU — is trusted with our address space as much as with the guest's RAM.)
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size >= 0, Int(st.st_size) >= total else {
+            throw VhostUserError(.badMemory, "region of \(total) bytes exceeds its file (\(st.st_size) bytes)")
+        }
         let p = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let p, p != MAP_FAILED else {
             throw VhostUserError(.badMemory, "mmap of \(total) bytes failed: errno \(errno)")

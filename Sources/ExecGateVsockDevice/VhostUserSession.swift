@@ -153,7 +153,11 @@ public final class VhostUserSession {
         case .setVringCall:
             let c = try m.vringFd()
             closeFd(&vrings[c.index].callFd)
-            if let fd = c.fd { keepFd(fd); vrings[c.index].callFd = fd }
+            if let fd = c.fd {
+                keepFd(fd)
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)  // A full "eventfd" must never stall the loop.
+                vrings[c.index].callFd = fd
+            }
         case .setVringErr:
             let e = try m.vringFd()
             closeFd(&vrings[e.index].errFd)

@@ -90,6 +90,13 @@ final class VhostUserTests: XCTestCase {
         table += le(0x1000_0000); table += le(1 << 20); table += le(0x7000_0000_0000); table += le(1 << 20)  // 1 MiB at offset 1 MiB.
         XCTAssertEqual(try replyPayload(s.handle(msg(.setMemTable, table, needReply: true, fds: [fd]))).u64(0), 0)
         XCTAssertEqual(s.memory.regions.count, 1)
+        // A region running past the end of its file is refused (it would SIGBUS when touched).
+        let other = VhostUserSession(guestCID: 3)
+        _ = other.handle(msg(.setProtocolFeatures, le(VhostUserFeatures.offeredProtocol)))
+        var tooBig = le32(1, 0)
+        tooBig += le(0); tooBig += le(4 << 20); tooBig += le(0x1000); tooBig += le(0)
+        XCTAssertNotEqual(try replyPayload(other.handle(msg(.setMemTable, tooBig, needReply: true, fds: [dup(fd)]))).u64(0), 0)
+        XCTAssertTrue(other.memory.regions.isEmpty)
         XCTAssertNotNil(s.memory.translate(gpa: 0x1000_0000 + (1 << 20) - 4, length: 4))
         XCTAssertNil(s.memory.translate(gpa: 0x1000_0000 + (1 << 20) - 4, length: 5))
         XCTAssertNotNil(s.memory.translate(userAddr: 0x7000_0000_0000, length: 16))
