@@ -164,3 +164,60 @@ final class PacketAndQueueTests: XCTestCase {
         XCTAssertNil(g.memory.translate(gpa: FakeGuest.gpaBase - 1, length: 2))
     }
 }
+
+/// Random hostile rings and packets through the queue, packet and muxer layers: nothing traps,
+/// nothing outside guest memory is touched (the fake memory is the only mapping we translate to),
+/// and an honest connection set up before the storm still works after it.
+final class HostileGuestFuzzTests: XCTestCase {
+    func testRandomDescriptorsAndHeadersNeverTrap() throws {
+        var rng = SystemRandomNumberGenerator()
+        let g = FakeGuest()
+        let streams = NSMutableArray()
+        let muxer = VsockMuxer(guestCID: 3) { _ in let s = FakeStream(); streams.add(s); return s }
+        let honest = FakeStream()
+        let local = try XCTUnwrap(muxer.connectFromHost(stream: honest, guestPort: 5000, prefix: [], now: 0))
+        _ = muxer.drain()
+        muxer.receive(TxPacket(header: .fromGuest(.response, src: 5000, dst: local), payload: []), now: 0)
+        var accepted = 0, rejected = 0
+        for round in 0..<20_000 {
+            // Random descriptor table entries: addresses near and far, lengths, flags, next.
+            for i in 0..<UInt16(g.queueSize) {
+                let addr: UInt64
+                switch rng.next() % 4 {
+                case 0: addr = g.dataGPA + rng.next() % 4096
+                case 1: addr = FakeGuest.gpaBase + UInt64(g.size) - rng.next() % 64
+                case 2: addr = rng.next()
+                default: addr = UInt64.max - rng.next() % 64
+                }
+                g.writeDesc(i, addr: addr, len: UInt32(truncatingIfNeeded: rng.next() % 3 == 0 ? rng.next() : rng.next() % 200),
+                            flags: UInt16(truncatingIfNeeded: rng.next() % 8), next: UInt16(truncatingIfNeeded: rng.next() % 20))
+            }
+            // Random bytes where headers would be, sometimes a plausible header.
+            var hdr = VsockHeader.fromGuest(VsockOp(rawValue: UInt16(rng.next() % 9)), src: UInt32(rng.next() % 4), dst: UInt32(truncatingIfNeeded: rng.next() % 3 == 0 ? UInt64(local) : rng.next() % 4),
+                                            bufAlloc: UInt32(truncatingIfNeeded: rng.next()), fwdCnt: UInt32(truncatingIfNeeded: rng.next()))
+            hdr.len = UInt32(truncatingIfNeeded: rng.next() % 300)
+            if rng.next() % 5 == 0 { hdr.srcCID = rng.next() }
+            hdr.bytes.withUnsafeBytes { g.host(g.dataGPA + UInt64(round % 8) * 64).copyMemory(from: $0.baseAddress!, byteCount: 44) }
+            g.publish(head: UInt16(rng.next() % UInt64(g.queueSize)))
+            guard let head = try? g.queue.nextAvailable() else { XCTFail("honest avail index refused"); return }
+            do {
+                let chain = try g.queue.chain(head: head, memory: g.memory)
+                for s in chain.segments {
+                    let lo = UInt(bitPattern: g.raw), p = UInt(bitPattern: s.host)
+                    XCTAssertTrue(p >= lo && p + UInt(s.length) <= lo + UInt(g.size), "segment outside guest memory")
+                }
+                do { muxer.receive(try TxPacket.parse(chain), now: 0); accepted += 1 } catch { muxer.rejectMalformed(chain: chain); rejected += 1 }
+            } catch { rejected += 1 }
+            g.queue.addUsed(head: head, length: 0)
+            if round % 100 == 0 { _ = muxer.drain() }
+        }
+        print("fuzz: \(accepted) packets parsed, \(rejected) chains/packets rejected, \(muxer.connections.count) connections, \(muxer.stats)")
+        XCTAssertGreaterThan(rejected, 0)
+        XCTAssertLessThanOrEqual(muxer.connections.count, Limits.maxConnections)
+        // The honest connection (guest port 5000, never a random source port) is untouched.
+        honest.written = []
+        muxer.receive(TxPacket(header: .fromGuest(.rw, src: 5000, dst: local, len: 2), payload: [7, 8]), now: 0)
+        XCTAssertEqual(honest.written, [7, 8])
+        XCTAssertFalse(honest.closed)
+    }
+}
