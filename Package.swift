@@ -68,7 +68,7 @@ let package = Package(
         .target(name: "ExecGateELF", swiftSettings: swiftSettings),
         .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim"], swiftSettings: swiftSettings),
         .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
-        .target(name: "ExecGateCapture", dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateWire", nioCore], swiftSettings: swiftSettings),
+        
         .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
@@ -77,6 +77,16 @@ let package = Package(
         ),
 
         // MARK: - Edges
+        .target(
+            name: "ExecGateCapture",
+            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateWire", nioCore],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ExecGateAdmin",
+            dependencies: ["ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "ExecGateKernelImage",
             dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF"],
@@ -111,7 +121,7 @@ let package = Package(
             dependencies: [
                 "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
-                "ExecGateServiceVM", "ExecGateVsockDevice", argumentParser, logging, nioCore, nioPosix,
+                "ExecGateServiceVM", "ExecGateAdmin", "ExecGateVsockDevice", argumentParser, logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings
         ),
@@ -159,6 +169,12 @@ let package = Package(
             name: "ExecGateVsockDeviceTests",
             dependencies: ["ExecGateVsockDevice", "CExecGateVsockSys", "ExecGateServiceVM", "ExecGateClient", "ExecGateWire", "ExecGateVerifier",
                            "ExecGatePolicy", "ExecGateSignature", "ExecGateTestSupport", nioCore],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGatePolicyTests",
+            dependencies: ["ExecGatePolicy", "ExecGateAdmin", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "ExecGateCapture",
+                           "ExecGateSignature", "ExecGateTestSupport", nioCore, nioPosix],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -15,6 +15,7 @@
 
 import ExecGateELF
 import ExecGateExplain
+import ExecGateVerifier
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -84,78 +85,20 @@ public struct CaptureBoot {
             return String(w.map { $0 == "-" ? "_" : $0 })
         }
 
-        // kallsyms: core lines are trusted facts (the measured build + slide).
-        var exported: Set<String> = []
-        var upper: [String: UInt64] = [:], any: [String: UInt64] = [:]
-        var funcs: Set<UInt64> = []
+        // Trusted facts come from the same register-guest message a VMM would send, turned into
+        // the engine's GuestFacts by the verifier's own builder: offline replay and served
+        // verdicts see identical facts.
+        let facts = GuestFactsBuilder.facts(from: try Self.registration(dir: dir, guestID: "capture"))
+        let exports = facts.exports
+        // `[module]` lines are not facts; their small addresses only recover each module's
+        // per-cpu base claim (checked by the engine like any other claimed address).
         var percpu: [String: [String: UInt64]] = [:]
         let ks = try readFile(dir + "/kallsyms.txt")
-        var lineStart = 0
-        while lineStart < ks.count {
-            var e = lineStart
-            while e < ks.count && ks[e] != 0x0a { e += 1 }
-            let line = String(decoding: ks[lineStart..<e], as: UTF8.self)
-            lineStart = e + 1
+        for line in String(decoding: ks, as: UTF8.self).split(whereSeparator: \.isNewline) {
             let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard f.count >= 3, let a = UInt64(f[0], radix: 16) else { continue }
-            let type = f[1], name = String(f[2])
-            if f.count >= 4 {
-                if a < 1 << 32 {
-                    let m = String(f[3].dropFirst().dropLast())
-                    percpu[m, default: [:]][name] = a
-                }
-                continue
-            }
-            if name.hasPrefix("__ksymtab_") { exported.insert(String(name.dropFirst(10))) }
-            if type.first!.isUppercase { if upper[name] == nil { upper[name] = a } }  // split() never yields empty fields
-            if any[name] == nil { any[name] = a }
-            if type == "t" || type == "T" || type == "w" || type == "W" { funcs.insert(a) }
+            guard f.count >= 4, let a = UInt64(f[0], radix: 16), a < 1 << 32 else { continue }
+            percpu[String(f[3].dropFirst().dropLast()), default: [:]][String(f[2])] = a
         }
-        var exports: [String: UInt64] = [:]
-        for n in exported { if let a = upper[n] ?? any[n] { exports[n] = a } }
-
-        let cpu = try readFile(dir + "/boot_cpu_data.bin")
-        // struct cpuinfo_x86 of this build: x86_capability[NCAPINTS + NBUGINTS] at byte 40..136.
-        guard cpu.count >= 136 else { throw CaptureError(path: dir + "/boot_cpu_data.bin", reason: "shorter than 136 bytes") }
-        var caps: [UInt32] = []
-        for w in 0..<24 {
-            let o = 40 + 4 * w
-            caps.append(UInt32(cpu[o]) | UInt32(cpu[o + 1]) << 8 | UInt32(cpu[o + 2]) << 16 | UInt32(cpu[o + 3]) << 24)
-        }
-        var present = 1, possible = 1
-        for l in try readText(dir + "/cpus.txt").split(whereSeparator: \.isNewline) {
-            let f = l.split(separator: " ")
-            guard f.count == 2 else { continue }
-            if f[0] == "present" { present = countCPUs(f[1]) }
-            if f[0] == "possible" { possible = countCPUs(f[1]) }
-        }
-        let cmdline = (try? readText(dir + "/cmdline.txt")) ?? ""
-        let args = cmdline.split(whereSeparator: { $0 == " " || $0 == "\n" })
-        var maxcpus = Int.max
-        for a in args {
-            if a == "nosmp" { maxcpus = 0 }
-            if a.hasPrefix("maxcpus="), let v = Int(a.dropFirst(8)) { maxcpus = v }
-        }
-        // alternative_instructions(): if (!noreplace_smp && (num_present_cpus() == 1 || setup_max_cpus <= 1))
-        let up = !args.contains("noreplace-smp") && (present == 1 || maxcpus <= 1)
-        var pv: [UInt64] = []
-        if let p = try? readFile(dir + "/pv_ops.bin") {
-            var o = 0
-            while o + 8 <= p.count {
-                var v: UInt64 = 0
-                for k in 0..<8 { v |= UInt64(p[o + k]) << (8 * UInt64(k)) }
-                pv.append(v)
-                o += 8
-            }
-        }
-        var slide: UInt64 = 0
-        if let s = try? readText(dir + "/slide.txt") {
-            for l in s.split(whereSeparator: \.isNewline) where l.hasPrefix("slide ") { slide = parseHex(l.dropFirst(6)) ?? 0 }
-        }
-        let facts = GuestFacts(exports: exports, capabilities: caps, uniprocessorPatched: up, possibleCPUs: possible, pvOps: pv,
-                               paravirtNop: any["_paravirt_nop"], paravirtBUG: any["paravirt_BUG"], functionEntries: funcs,
-                               staticCallReturn0: any["__static_call_return0"], staticCallReturn: any["__static_call_return"],
-                               returnThunk: nil, itsReturnThunk: any["its_return_thunk"], kaslrSlide: slide)
         return CaptureBoot(dir: dir, facts: facts, coreExports: exports, loadOrder: order, percpuSymbols: percpu)
     }
 

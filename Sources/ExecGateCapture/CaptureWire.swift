@@ -15,31 +15,40 @@ import NIOCore
 
 extension CaptureBoot {
     /// The register-guest message for this boot.
-    public func registration(guestID: String) throws -> RegisterGuest {
-        var exported = Set<String>()
-        var symbols: [KernelSymbol] = []
-        var seen = Set<String>()
+    public func registration(guestID: String) throws -> RegisterGuest { try Self.registration(dir: dir, guestID: guestID) }
+
+    /// The register-guest message for the boot in `dir`.
+    static func registration(dir: String, guestID: String) throws -> RegisterGuest {
+        var exported = Set<Substring>()
+        var records: [(address: UInt64, type: UInt8, name: Substring)] = []
         let ks = try readFile(dir + "/kallsyms.txt")
-        var records: [(UInt64, UInt8, Substring)] = []
         for line in String(decoding: ks, as: UTF8.self).split(whereSeparator: \.isNewline) {
             let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             guard f.count == 3, let a = UInt64(f[0], radix: 16), let t = f[1].utf8.first else { continue }  // 4 fields = [module]
-            if f[2].hasPrefix("__ksymtab_") { exported.insert(String(f[2].dropFirst(10))) }
+            if f[2].hasPrefix("__ksymtab_") { exported.insert(f[2].dropFirst(10)) }
             records.append((a, t, f[2]))
         }
-        // Keep what the engine can use: exported symbols, text symbols, and named helpers.
-        let helpers: Set<Substring> = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return", "its_return_thunk"]
+        // Which definition an exported name resolves to: its global (upper-case) one, else the first.
+        var exportIndex: [Substring: Int] = [:]
+        for (i, r) in records.enumerated() where exported.contains(r.name) {
+            let upper = r.type >= 65 && r.type <= 90
+            if let j = exportIndex[r.name] {
+                if upper && !(records[j].type >= 65 && records[j].type <= 90) { exportIndex[r.name] = i }
+            } else {
+                exportIndex[r.name] = i
+            }
+        }
+        // Keep what the engine can use: every text symbol (legal static-call targets, duplicates by
+        // name included), the chosen definition of each export, and the named helpers.
+        let helpers: Set<Substring> = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return", "its_return_thunk", "__per_cpu_end"]
         let text: Set<UInt8> = [UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W")]
-        for (a, t, n) in records {
-            let name = String(n)
-            let isExported = exported.contains(name)
-            guard isExported || text.contains(t) || helpers.contains(n) else { continue }
-            // The first definition of a name wins, like a kallsyms lookup; an exported name prefers
-            // its global (upper-case) definition.
-            if seen.contains(name) && !(isExported && t >= 65 && t <= 90) { continue }
-            if seen.contains(name) { symbols.removeAll { $0.name == name } }
-            seen.insert(name)
-            symbols.append(KernelSymbol(name: name, address: a, type: t, exported: isExported))
+        var symbols: [KernelSymbol] = []
+        var helperSeen = Set<Substring>()
+        for (i, r) in records.enumerated() {
+            let isExport = exportIndex[r.name] == i
+            let isHelper = helpers.contains(r.name) && helperSeen.insert(r.name).inserted
+            guard isExport || isHelper || text.contains(r.type) else { continue }
+            symbols.append(KernelSymbol(name: String(r.name), address: r.address, type: r.type, exported: isExport))
         }
         let cpu = try readFile(dir + "/boot_cpu_data.bin")
         guard cpu.count >= 136 else { throw CaptureError(path: dir + "/boot_cpu_data.bin", reason: "shorter than 136 bytes") }
@@ -54,11 +63,20 @@ extension CaptureBoot {
         if let s = try? readText(dir + "/slide.txt") {
             for l in s.split(whereSeparator: \.isNewline) where l.hasPrefix("slide ") { slide = parseHex(l.dropFirst(6)) ?? 0 }
         }
+        // `x86_return_thunk` is __ro_after_init: a VMM may read it from locked guest memory; the
+        // capture records it in kvars.txt (`name kallsyms_address u64_value`) when it did.
+        var returnThunk: UInt64? = nil
+        if let kv = try? readText(dir + "/kvars.txt") {
+            for l in kv.split(whereSeparator: \.isNewline) {
+                let f = l.split(separator: " ")
+                if f.count >= 3, f[0] == "x86_return_thunk" { returnThunk = parseHex(f[2]) }
+            }
+        }
         return RegisterGuest(
             guestID: guestID, kernelRelease: "", kaslrSlide: slide, cpuCapabilities: Array(cpu[40..<136]), symbols: symbols,
             symbolSource: "capture", commandLine: (try? readText(dir + "/cmdline.txt")) ?? "", presentCPUs: present,
             possibleCPUs: possible, vulnerabilities: (try? readText(dir + "/vulnerabilities.txt")) ?? "",
-            pvOps: (try? readFile(dir + "/pv_ops.bin")) ?? [])
+            pvOps: (try? readFile(dir + "/pv_ops.bin")) ?? [], returnThunk: returnThunk)
     }
 }
 

@@ -170,6 +170,18 @@ public struct ELFFile: @unchecked Sendable {
             raws.append(Raw(name: bytes.le32(h), type: type, flags: bytes.le64(h + 8), offset: off, size: size,
                             link: bytes.le32(h + 40), info: bytes.le32(h + 44), align: align, entsize: bytes.le64(h + 56), range: range))
         }
+        // Non-overlapping: no two sections' contents share a byte, and none overlaps the ELF header
+        // or the section header table (a section aliasing another would let one signed byte
+        // stand for two different things).
+        var spans: [(Range<Int>, Int)] = raws.enumerated().compactMap { $0.element.range.isEmpty ? nil : ($0.element.range, $0.offset) }
+        spans.append((0..<ELFLimits.headerSize, -1))
+        spans.append((shoff..<tableEnd, -2))
+        spans.sort { $0.0.lowerBound < $1.0.lowerBound }
+        for k in spans.indices.dropFirst() where spans[k].0.lowerBound < spans[k - 1].0.upperBound {
+            let a = spans[k - 1].1, b = spans[k].1
+            func nm(_ i: Int) -> String { i == -1 ? "the ELF header" : i == -2 ? "the section header table" : "section \(i)" }
+            throw ELFError(.overlappingSections, offset: spans[k].0.lowerBound, "\(nm(b)) overlaps \(nm(a))")
+        }
         let strRaw = raws[shstrndx]
         guard strRaw.type == SectionType.strtab else {
             throw ELFError(.badStringTableIndex, offset: 62, "e_shstrndx \(shstrndx) is not SHT_STRTAB (type \(strRaw.type))")
@@ -196,6 +208,11 @@ public struct ELFFile: @unchecked Sendable {
     /// The first section with this exact name (the kernel's `find_sec()` order).
     public func section(named name: String) -> ELFSection? {
         nameIndex[name].map { sections[$0] }
+    }
+
+    /// The first symbol with this exact name (linear scan; use ``symbols()`` once for many lookups).
+    public func symbol(named name: String) throws -> ELFSymbol? {
+        try symbols().first { $0.name == name }
     }
 
     /// Contents of a section (empty for SHT_NOBITS). A slice of the borrowed buffer.

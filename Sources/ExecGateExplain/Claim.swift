@@ -10,8 +10,8 @@
 ///   contents and the zero padding between and after them.
 /// - `sectionAddresses`: the guest's addresses of the module's allocated sections by name (the
 ///   `/sys/module/<m>/sections/` view). Core-section addresses must agree with the kernel's
-///   `layout_sections()` applied to the signed ELF; `.init*` addresses are used for relocations
-///   into init code only (init memory is freed and never part of the verified region).
+///   `layout_sections()` applied to the signed ELF; `.init*` addresses are ignored (init memory is
+///   freed and never part of the verified region; see `Session.setUp`).
 /// - `percpuBase`: the module's per-cpu area (`mod->percpu`), needed when it has `.data..percpu`.
 public struct ModuleClaim: Sendable {
     public var name: String

@@ -125,13 +125,24 @@ final class Session {
     var data: [Int: [UInt8]] = [:]
     var symbols: [ELFSymbol] = []
     var symValue: [UInt64?] = []
+    /// Indices of the module's defined `__SCT__*` (static-call trampoline) symbols.
+    var trampolineSymbols: [Int] = []
+    var keySymbols: [String: Int] = [:]
     var rela: [ELFRelocationSection] = []
     var variable: [VariableSite] = []
     var notes: [(range: Range<Int>, text: String)] = []
     var siteCounts: [ExplanationClass: Int] = [:]
     var relocCount = 0
+    /// This module's own function entries (STT_FUNC in exec core sections).
     var functionEntries: Set<UInt64> = []
     let base: UInt64
+
+    /// A legitimate function entry: of this module, of the core kernel, or of a verified module.
+    /// Returns a closure over value copies (the sets are copy-on-write: no copying happens).
+    var isFunctionEntry: (UInt64) -> Bool {
+        let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
+        return { own.contains($0) || core.contains($0) || mods.contains($0) }
+    }
     // Site records (for the mutation tester and diagnostics).
     var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
     var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
@@ -188,8 +199,10 @@ final class Session {
         guard claim.text.count == lay.textSize else {
             throw deny("layout", "claimed executable region is \(claim.text.count) bytes, layout_sections() gives core text_size \(lay.textSize)")
         }
-        let (_, ovf) = base.addingReportingOverflow(UInt64(lay.textSize))
-        guard !ovf else { throw deny("layout", "executable region wraps the address space") }
+        let (coreEnd, ovf) = base.addingReportingOverflow(UInt64(lay.coreSize))
+        guard !ovf, base % UInt64(ModuleLayout.pageSize) == 0, base >= facts.moduleArea.lowerBound, coreEnd <= facts.moduleArea.upperBound else {
+            throw deny("layout", "core allocation 0x\(String(base, radix: 16)) +\(lay.coreSize) is not a page-aligned range inside the module area", address: base)
+        }
         addr = [UInt64?](repeating: nil, count: elf.sections.count)
         image = [UInt8](repeating: 0, count: lay.textSize)
         cls = [UInt8](repeating: UInt8(ExplanationClass.padding.rawValue), count: lay.textSize)
@@ -202,33 +215,44 @@ final class Session {
                     throw deny("layout", "claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from layout_sections() 0x\(String(a, radix: 16))",
                                section: s.name, address: c)
                 }
-                let contents = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
                 if lay.flags[i].contains(.execInstr) {
                     // Exec sections are inside [0, textSize) by construction of the layout.
-                    for k in 0..<s.size { image[off + k] = contents[k] }
-                    for k in 0..<s.size { cls[off + k] = UInt8(ExplanationClass.elf.rawValue) }
+                    if !s.isNoBits { image.replaceSubrange(off..<off + s.size, with: elf.contents(of: s)) }
+                    cls.replaceSubrange(off..<off + s.size, with: repeatElement(UInt8(ExplanationClass.elf.rawValue), count: s.size))
                     if s.size > 0 { execRanges.append((off, off + s.size, i)) }
                 } else {
-                    data[i] = contents
+                    data[i] = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
                 }
             } else if let ioff = lay.initOffset[i] {
-                // Init memory is freed after init and never verified; its address only matters
-                // for relocations that refer to it. Unclaimed: a low, never-module address.
-                addr[i] = claim.sectionAddresses[s.name] ?? (0x10_0000 &+ UInt64(ioff))
+                // Init memory is freed after init and never verified. Its claimed (stale sysfs)
+                // address is deliberately NOT used: a hostile claim could place "init" sections on
+                // top of the core text, turning init-only jump-label/static-call/alternative
+                // entries into legal patch sites inside verified code. A low address that is never
+                // module memory makes every init site fall outside the region, and any core byte
+                // that would depend on an init address (a freed pointer) unexplainable: deny.
+                addr[i] = Session.initPlaceholderBase &+ UInt64(ioff)
             }
         }
         execRanges.sort { $0.lo < $1.lo }
+        if let pi = lay.percpuIndex, let pb = claim.percpuBase, let range = facts.modulePercpuRange {
+            let sec = elf.sections[pi]
+            let align = max(sec.addralign, 1)
+            let (end, o) = pb.addingReportingOverflow(UInt64(sec.size))
+            guard !o, pb >= range.lowerBound, end <= range.upperBound, pb % align == 0 else {
+                throw deny("layout", "claimed per-cpu base 0x\(String(pb, radix: 16)) (+\(sec.size), align \(align)) is outside the module per-cpu area \(range)")
+            }
+        }
         symbols = try elf.symbols()
         rela = try elf.relocationSections()
         symValue = [UInt64?](repeating: nil, count: symbols.count)
+        trampolineSymbols = symbols.indices.filter { !symbols[$0].isUndefined && symbols[$0].name.utf8.starts(with: "__SCT__".utf8) }
+        for i in symbols.indices where !symbols[i].isUndefined && symbols[i].name.utf8.starts(with: "__SCK__".utf8) { keySymbols[symbols[i].name] = i }
         for sym in symbols where sym.isFunction && !sym.isUndefined {
             let i = Int(sym.sectionIndex)
             if i < elf.sections.count, lay.coreOffset[i] != nil, lay.flags[i].contains(.execInstr), let a = addr[i] {
                 functionEntries.insert(a &+ sym.value)
             }
         }
-        functionEntries.formUnion(facts.functionEntries)
-        functionEntries.formUnion(resolver.moduleFunctionEntries)
     }
 
     /// `simplify_symbols()`: the final value of symbol `i`.
@@ -331,6 +355,12 @@ final class Session {
             // Relocations of non-ALLOC sections are skipped by the kernel; init memory is freed.
             guard layout.flags[t].contains(.alloc), let toff = layout.coreOffset[t], let taddr = addr[t] else { continue }
             let isExec = layout.flags[t].contains(.execInstr)
+            var d: [UInt8] = []
+            if !isExec, let cur = data[t] {
+                d = cur
+                data[t] = nil  // keep `d` uniquely referenced while it is patched
+            }
+            defer { if !isExec { data[t] = d } }
             for r in rs.relocations {
                 guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
                     throw deny("relocation", "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
@@ -354,22 +384,21 @@ final class Session {
                     val = val &- loc
                 default: break
                 }
-                var bytes = [UInt8](repeating: 0, count: size)
-                for k in 0..<size { bytes[k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k))) }
                 if isExec {
                     let o = toff + fo
                     guard image[o..<o + size].allSatisfy({ $0 == 0 }) else {
                         throw deny("relocation", "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
                     }
-                    write(o, bytes, .relocation)
+                    for k in 0..<size {
+                        image[o + k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k)))
+                        cls[o + k] = UInt8(ExplanationClass.relocation.rawValue)
+                    }
                     relocFields.append((o, size, r.type, r.symbolIndex, r.addend, loc))
-                } else if var d = data[t] {
+                } else if fo + size <= d.count {
                     guard d[fo..<fo + size].allSatisfy({ $0 == 0 }) else {
                         throw deny("relocation", "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
                     }
-                    data[t] = nil  // keep the array uniquely referenced while mutating.
-                    for k in 0..<size { d[fo + k] = bytes[k] }
-                    data[t] = d
+                    for k in 0..<size { d[fo + k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k))) }
                 }
                 relocCount += 1
             }
@@ -550,7 +579,8 @@ final class Session {
     /// key's inline sites (`__SCK__<name>`).
     func addModuleTrampolines() {
         var seen = Set(variable.map { $0.offset })
-        for sym in symbols where sym.name.hasPrefix("__SCT__") && !sym.isUndefined {
+        for k in trampolineSymbols {
+            let sym = symbols[k]
             let si = Int(sym.sectionIndex)
             guard si < elf.sections.count, let a = addr[si].map({ $0 &+ sym.value }), let off = execOffset(a, 8),
                   image[off + 5] == 0x0f, image[off + 6] == 0xb9, image[off + 7] == 0xcc, !seen.contains(off) else { continue }
@@ -559,19 +589,21 @@ final class Session {
         }
     }
 
+    /// The module's own key (`__SCK__<name>`) of the trampoline at `a`.
     func trampolineKey(_ a: UInt64) -> UInt64? {
-        for sym in symbols where sym.name.hasPrefix("__SCT__") && !sym.isUndefined {
+        for k in trampolineSymbols {
+            let sym = symbols[k]
             let si = Int(sym.sectionIndex)
             guard si < elf.sections.count, let sa = addr[si], sa &+ sym.value == a else { continue }
             let keyName = "__SCK__" + sym.name.dropFirst(7)
-            if let k = symbols.firstIndex(where: { $0.name == keyName && !$0.isUndefined }), let v = try? symbolValue(k) { return v }
+            if let k = keySymbols[keyName], let v = try? symbolValue(k) { return v }
             return nil
         }
         return nil
     }
 
     func addTrampolineSite(_ a: UInt64, _ off: Int) {
-        let funcs = functionEntries
+        let funcs = isFunctionEntry
         let r0 = facts.staticCallReturn0
         let ret = retForm(at: a, length: 5) ?? []
         variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: trampolineKey(a), what: "static-call trampoline",
@@ -579,7 +611,7 @@ final class Session {
                 if b == ret { return 0 }
                 if b[0] == 0xe9 {
                     let t = a &+ 5 &+ UInt64(bitPattern: Int64(Int32(bitPattern: UInt32(b[1]) | UInt32(b[2]) << 8 | UInt32(b[3]) << 16 | UInt32(b[4]) << 24)))
-                    if funcs.contains(t) || t == r0 { return t }
+                    if funcs(t) || t == r0 { return t }
                 }
                 return nil
             },
@@ -702,9 +734,26 @@ final class Session {
             let d = a - base
             guard d >= UInt64(toff), d < UInt64(toff + text.size) else { continue }
             let off = Int(d)
-            if image[off] == 0xf0 { write(off, [0x3e], .smpLock); siteCounts[.smpLock, default: 0] += 1 }
+            if image[off] == 0xf0 {
+                write(off, [0x3e], .smpLock)
+                siteCounts[.smpLock, default: 0] += 1
+                if facts.possibleCPUs > 1 {
+                    // The module is on smp_alt_modules: bringing a second CPU online runs
+                    // alternatives_smp_lock() on every tracked module (3e → f0), all sites at once.
+                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix",
+                        check: { b in b == [0x3e] ? 0 : (b == [0xf0] ? 1 : nil) },
+                        encode: { st in st == 1 ? [0xf0] : [0x3e] }))
+                }
+            }
         }
     }
+
+    /// Consistency group of all `.smp_locks` sites (never a kernel address: key addresses are
+    /// aligned and in the kernel half, this value is odd).
+    /// Where init sections are assumed to be (user-space range: never module text).
+    static let initPlaceholderBase: UInt64 = 0x10_0000
+
+    static let smpLockGroup: UInt64 = 0x5350_4c4f_434b_0001
 
     // MARK: ftrace
 
@@ -786,7 +835,7 @@ final class Session {
     /// JMP func | RET form for tail calls; `0f 8x` Jcc func for conditional tail calls.
     func addStaticCalls() throws {
         guard let t = table(".static_call_sites") else { return }
-        let funcs = functionEntries
+        let funcs = isFunctionEntry
         let ret0 = facts.staticCallReturn0
         var o = 0
         while o + 8 <= t.bytes.count {
@@ -804,6 +853,13 @@ final class Session {
             }
             siteCounts[.staticCall, default: 0] += 1
             staticSites.append((off, site, tail))
+            // A trusted current target for this key narrows the legal set to exactly it.
+            let pinned = facts.staticCallTargets[key]
+            func pin(_ st: UInt64?) -> UInt64? {
+                guard let v = st else { return nil }
+                if let p = pinned, p != v { return nil }
+                return v
+            }
             func rel32(_ b: [UInt8], _ at: Int) -> Int64 {
                 Int64(Int32(bitPattern: UInt32(b[at]) | UInt32(b[at + 1]) << 8 | UInt32(b[at + 2]) << 16 | UInt32(b[at + 3]) << 24))
             }
@@ -816,8 +872,8 @@ final class Session {
                     check: { b in
                         guard b[0] == 0x0f, b[1] == op else { return nil }
                         let tg = site &+ 6 &+ UInt64(bitPattern: rel32(b, 2))
-                        if let n = nullTarget, tg == n { return 0 }
-                        return funcs.contains(tg) ? tg : nil
+                        if let n = nullTarget, tg == n { return pin(0) }
+                        return pin(funcs(tg) ? tg : nil)
                     },
                     encode: { st in
                         guard let s = st, s != 0, let j = genInsn(op, at: site &+ 1, to: s) else { return orig }
@@ -827,10 +883,10 @@ final class Session {
             }
             let retF = retForm(at: site, length: 5) ?? [0xc3, 0xcc, 0xcc, 0xcc, 0xcc]
             variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: tail ? "static call (tail)" : "static call",
-                check: { b in
+                check: { b in pin({ () -> UInt64? in
                     if tail {
                         if b == retF { return 0 }
-                        if b[0] == 0xe9 { let tg = site &+ 5 &+ UInt64(bitPattern: rel32(b, 1)); return funcs.contains(tg) ? tg : nil }
+                        if b[0] == 0xe9 { let tg = site &+ 5 &+ UInt64(bitPattern: rel32(b, 1)); return funcs(tg) ? tg : nil }
                         return nil
                     }
                     if b == x86Nops[5] { return 0 }
@@ -838,10 +894,10 @@ final class Session {
                     if b[0] == 0xe8 {
                         let tg = site &+ 5 &+ UInt64(bitPattern: rel32(b, 1))
                         if tg == ret0 { return nil }  // the kernel writes xor5rax instead
-                        return funcs.contains(tg) ? tg : nil
+                        return funcs(tg) ? tg : nil
                     }
                     return nil
-                },
+                }()) },
                 encode: { st in
                     guard let s = st, s != 0 else { return tail ? retF : x86Nops[5] }
                     if !tail, s == ret0 { return [0x2e, 0x2e, 0x2e, 0x31, 0xc0] }
@@ -911,7 +967,9 @@ final class Session {
     func statistics() -> ExplainStats {
         var st = ExplainStats()
         st.executableBytes = image.count
-        for c in cls { st.bytesByClass[ExplanationClass(rawValue: Int(c))!, default: 0] += 1 }  // only valid raws stored
+        var counts = [Int](repeating: 0, count: ExplanationClass.allCases.count)
+        for c in cls { counts[Int(c)] += 1 }  // only ExplanationClass raw values are stored in cls
+        for (i, n) in counts.enumerated() where n > 0 { st.bytesByClass[ExplanationClass(rawValue: i)!] = n }
         st.relocationsApplied = relocCount
         st.sites = siteCounts
         return st
@@ -925,7 +983,6 @@ final class Session {
         for (i, s) in symbols.enumerated() where names.contains(s.name) && !s.isUndefined && s.binding != 0 {
             if let v = try? symbolValue(i) { out[s.name] = v }
         }
-        let own = functionEntries.subtracting(facts.functionEntries).subtracting(resolver.moduleFunctionEntries)
-        return ModuleExports(module: claim.name, symbols: out, functionEntries: own)
+        return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries)
     }
 }

@@ -67,6 +67,21 @@ public struct GuestFacts: Sendable {
     /// CONFIG_X86_KERNEL_IBT: `.ibt_endbr_seal` sites become `66 0f 1f 00` (off in Debian 6.1).
     public var ibtSeal: Bool
     public var kaslrSlide: UInt64
+    /// Optional, strongest static-call fact: key (or core trampoline `__SCT__x`) address → the
+    /// function it currently calls (0 = NULL). A VMM gets it by decoding the core kernel's own
+    /// trampoline (`jmp func` / `ret`) in locked, read-only core text. When present for a site's
+    /// key, only that exact target is legal; when absent, any legitimate function entry is (the
+    /// weaker rule: a guest could point a static call at another real function).
+    public var staticCallTargets: [UInt64: UInt64] = [:]
+    /// The per-cpu reserved chunk modules' `.data..percpu` is allocated from
+    /// (`[__per_cpu_end, __per_cpu_end + PERCPU_MODULE_RESERVE)`, 8 KiB in 6.1). When set, a claimed
+    /// per-cpu base must lie in it, aligned, with the whole section inside: otherwise a hostile
+    /// claim could aim per-cpu accesses (`%gs:` offsets) anywhere.
+    public var modulePercpuRange: Range<UInt64>? = nil
+    /// The module mapping area (`[MODULES_VADDR, MODULES_END)` of x86-64 6.1:
+    /// 0xffffffffc0000000..<0xffffffffff000000). A claimed core allocation must lie inside it and
+    /// start on a page boundary (module_alloc() returns page-aligned vmalloc memory).
+    public var moduleArea: Range<UInt64> = 0xffff_ffff_c000_0000..<0xffff_ffff_ff00_0000
 
     public init(exports: [String: UInt64], capabilities: [UInt32], featureBits: FeatureBits = .debian6_1,
                 uniprocessorPatched: Bool, possibleCPUs: Int, pvOps: [UInt64] = [], paravirtNop: UInt64? = nil,

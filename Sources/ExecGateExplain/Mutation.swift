@@ -11,8 +11,10 @@
 //   return-thunk     a patched return site turned into a jump to another thunk
 //   static-call      a static-call site sent to a non-function address
 //   padding          a zero padding byte made non-zero
-// A byte flip inside a run-time site (jump label, static call, ftrace) can land on another *legal*
-// state (e.g. a different valid function entry): it is counted as `legalAlternative`, not accepted.
+// A byte flip or a redirected relocation inside a run-time site (jump label, static call, ftrace)
+// can land on another *legal* state (e.g. a static call to a different valid function entry when no
+// trusted key target is given): it is counted as `legalAlternative`, reported apart from false
+// accepts. With `GuestFacts.staticCallTargets` those become denials too.
 
 import ExecGateELF
 
@@ -89,7 +91,7 @@ extension Explainer {
                 if f.type == .pc32 || f.type == .plt32 || f.type == .pc64 { v = v &- f.place }
                 var t = claim.text
                 for k in 0..<f.size { t[f.off + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) }
-                attempt(&rel, t, "\(f.type) of \(s.symbols[f.symbol].name) → 0x\(String(other, radix: 16))")
+                attempt(&rel, t, "\(f.type) of \(s.symbols[f.symbol].name) → 0x\(String(other, radix: 16))", legalIfIn: f.off..<f.off + f.size)
             }
         }
         report.classes.append(rel)
@@ -147,12 +149,13 @@ extension Explainer {
 
         // static-call: call/jmp to a non-function address (a function entry + small offset).
         var sc = MutationClassReport(name: "static-call")
-        let funcs = Array(s.functionEntries).sorted()
+        let funcs = Array(s.functionEntries.union(facts.functionEntries.prefix(4096))).sorted()
         if !s.staticSites.isEmpty && !funcs.isEmpty {
             for _ in 0..<perClass {
                 let st = s.staticSites[rng.below(s.staticSites.count)]
                 var tgt = funcs[rng.below(funcs.count)] &+ UInt64(1 + rng.below(7))
-                while s.functionEntries.contains(tgt) { tgt &+= 1 }
+                let isEntry = s.isFunctionEntry
+                while isEntry(tgt) { tgt &+= 1 }
                 guard let b = genInsn(st.tail ? 0xe9 : 0xe8, at: st.addr, to: tgt) else { continue }
                 var t = claim.text
                 put(&t, st.off, b)

@@ -44,10 +44,25 @@ public struct Policy: Sendable {
     public var endState: EndState
     public var modules: KindRule
     public var textPatches: KindRule
+    /// eBPF JIT output (reserved: not yet served on the wire; carried so a policy can state it).
+    public var ebpfJIT: KindRule
+    /// What the audit sink does when its queue is full (see `AuditOverflow`).
+    public var auditOverflow: AuditOverflow
+    /// Per-guest and per-guest-class rules from the policy language, in file order, plus the
+    /// defaults (`selector == .all`). Empty for a policy built in code: then `modules`,
+    /// `textPatches`, `ebpfJIT` and `mode` apply to every guest unchanged.
+    public var kindRules: [KindRuleEntry]
+    /// The exact bytes the policy was parsed from (nil for a policy built in code). A signed
+    /// bundle's signature covers exactly these bytes; `policy show` returns them.
+    public var source: [UInt8]?
+    /// Module content hashes listed by `pin` lines: what a `hash-pinned` rule admits.
+    public var pinnedModules: Set<Digest>
 
     public init(id: String, version: UInt64, mode: Mode = .enforce, trust: TrustStore, denyList: DenyList = .empty,
                 deniedModuleNames: Set<String> = [], minimumDigest: DigestAlgorithm = .sha256,
-                endState: EndState = .whenClaimed, modules: KindRule = .allow, textPatches: KindRule = .allow) {
+                endState: EndState = .whenClaimed, modules: KindRule = .allow, textPatches: KindRule = .allow,
+                ebpfJIT: KindRule = .allow, auditOverflow: AuditOverflow = .block, kindRules: [KindRuleEntry] = [],
+                source: [UInt8]? = nil, pinnedModules: Set<Digest> = []) {
         self.id = id
         self.version = version
         self.mode = mode
@@ -58,6 +73,11 @@ public struct Policy: Sendable {
         self.endState = endState
         self.modules = modules
         self.textPatches = textPatches
+        self.ebpfJIT = ebpfJIT
+        self.auditOverflow = auditOverflow
+        self.kindRules = kindRules
+        self.source = source
+        self.pinnedModules = pinnedModules
     }
 
     /// The policy built into the binary: enforce, SHA-256 or stronger, the given anchors, end-state

@@ -27,9 +27,16 @@ public struct ImageBuildOptions: Sendable {
     public var initBinary: String
     public var outDir: String
     public var policy: String?
+    /// The certificate whose key signs policy bundles (installed as /etc/execgate/admin.pem; the
+    /// guest then opens its admin port). Nil = no admin port: the image's policy is final.
+    public var adminCertificate: String?
     public var force = false
     /// Also build the test initramfs.
     public var withTestImage = true
+    /// Finds the trust anchors (DER) in the vmlinux. The executable passes the project's parsing
+    /// scanner (ExecGateKernelImage, the same as `execgate keys extract`); nil → System.map, then
+    /// this target's own DER-shape scan.
+    public var certificateExtractor: (@Sendable ([UInt8]) -> [[UInt8]])? = nil
 
     public init(kernel: String, modulesDir: String, systemMap: String?, initBinary: String, outDir: String) {
         self.kernel = kernel; self.modulesDir = modulesDir; self.systemMap = systemMap
@@ -89,6 +96,7 @@ public enum ImageBuilder {
         public static let etc = "/etc/execgate"
         public static let trust = "/etc/execgate/trust"
         public static let policy = "/etc/execgate/policy"
+        public static let adminCertificate = "/etc/execgate/admin.pem"
         public static let testModules = "/usr/share/execgate/test"
     }
 
@@ -120,6 +128,7 @@ public enum ImageBuilder {
             }
         }
         let policyBytes = try o.policy.map { p throws(ServiceVMError) in try FS.read(p, limit: 1 << 20) }
+        let adminBytes = try o.adminCertificate.map { p throws(ServiceVMError) in try FS.read(p, limit: 1 << 20) }
         let mapText = try o.systemMap.map { p throws(ServiceVMError) in try FS.readString(p, limit: 64 << 20) }
 
         var fp = Fingerprint()
@@ -128,6 +137,7 @@ public enum ImageBuilder {
         for m in moduleFiles { fp.add(m.name); fp.add(m.bytes) }
         for m in testFiles { fp.add(m.name); fp.add(m.bytes) }
         fp.add(policyBytes ?? [])
+        fp.add(adminBytes ?? [])
         fp.add(o.withTestImage ? "test" : "notest")
 
         try FS.mkdirs(o.outDir)
@@ -162,7 +172,9 @@ public enum ImageBuilder {
         // Trust anchors: the certificates built into the kernel.
         var certs: [[UInt8]] = []
         if let vmlinux {
-            if let mapText, let fromMap = try? GuestKernel.builtinCertificates(vmlinux: vmlinux, systemMap: mapText) {
+            if let extract = o.certificateExtractor {
+                certs = extract(vmlinux)
+            } else if let mapText, let fromMap = try? GuestKernel.builtinCertificates(vmlinux: vmlinux, systemMap: mapText) {
                 certs = fromMap
             } else {
                 // Debian ships a stub System.map; find the certificates by their DER shape instead.
@@ -181,6 +193,7 @@ public enum ImageBuilder {
         for m in moduleFiles { cpio.addFile(GuestPaths.modules + "/" + m.name, m.bytes) }
         for (i, c) in certs.enumerated() { cpio.addFile(GuestPaths.trust + "/kernel-builtin-\(i).der", c) }
         if let policyBytes { cpio.addFile(GuestPaths.policy, policyBytes) }
+        if let adminBytes { cpio.addFile(GuestPaths.adminCertificate, adminBytes) }
         let kernelVersion = basename(o.kernel).replacingPrefix("vmlinuz-", with: "")
         cpio.addFile(GuestPaths.etc + "/image.txt", Array("builder=\(builderVersion)\nkernel=\(kernelVersion)\nfingerprint=\(fp.hex)\n".utf8))
         let raw = cpio.encode()

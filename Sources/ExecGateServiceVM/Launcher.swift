@@ -73,8 +73,12 @@ public struct VMConfig: Sendable {
     /// The kernel command line. `quiet` matters: every console byte is slow under TCG.
     public var kernelCmdline: String {
         var words = ["console=ttyS0", "quiet", "panic=-1", "random.trust_cpu=on"]
+        if machine == .microvm { words.append("pci=off") }  // microvm has no PCI bus: skip probing it.
         if accel.accel == .tcg, let khz = tscKHz, khz > 0 {
-            words += ["tsc_early_khz=\(khz)", "lpj=\(khz * 1000 / 250)"]
+            // tsc=reliable: the clocksource watchdog compares the TSC with jiffies, and on a busy
+            // host the emulated jiffies lag, so it marked the TSC unstable (seen here) and the
+            // guest fell back to the slow refined-jiffies clocksource.
+            words += ["tsc_early_khz=\(khz)", "lpj=\(khz * 1000 / 250)", "tsc=reliable"]
         }
         words += ["execgate.mode=\(mode.rawValue)", "execgate.port=\(port)"]
         return (words + extraCmdline).joined(separator: " ")

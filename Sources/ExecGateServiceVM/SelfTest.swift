@@ -69,6 +69,10 @@ public enum SelfTest {
         if let fatal = r.rawLines.first(where: { $0.hasPrefix(ConsoleProtocol.fatal) }) {
             throw .guestDied("the test guest failed: \(fatal)", consoleTail: FS.tail(cfg.consoleLog))
         }
+        if r.summary == nil {
+            throw .guestDied("the test guest stopped without an \(ConsoleProtocol.done) line (\(r.results.count) result(s) seen)",
+                             consoleTail: FS.tail(cfg.consoleLog))
+        }
         return r
     }
 }

@@ -6,6 +6,8 @@
 //     relocations may resolve to, exactly like resolve_symbol();
 //   - function entries: every text symbol of the build (legal static-call targets);
 //   - `x86_capability[]`: the raw words from boot_cpu_data (little-endian in guest memory);
+//   - named helpers: `_paravirt_nop`, `paravirt_BUG`, `__static_call_return0`, `__static_call_return`,
+//     `its_return_thunk`, `__per_cpu_end` (the module per-cpu chunk follows it);
 //   - uniprocessor patching: alternative_instructions() rewrites `lock` prefixes when
 //     `!noreplace_smp && (num_present_cpus() == 1 || setup_max_cpus <= 1)`.
 
@@ -45,10 +47,14 @@ public enum GuestFactsBuilder {
             if a.hasPrefix("maxcpus="), let v = Int(a.dropFirst(8)) { maxCPUs = v }
         }
         let uniprocessor = !args.contains("noreplace-smp") && (r.presentCPUs == 1 || maxCPUs <= 1)
-        return GuestFacts(
+        var facts = GuestFacts(
             exports: exports, capabilities: caps, uniprocessorPatched: uniprocessor, possibleCPUs: Int(r.possibleCPUs),
             pvOps: pvOps, paravirtNop: named["_paravirt_nop"], paravirtBUG: named["paravirt_BUG"], functionEntries: functions,
             staticCallReturn0: named["__static_call_return0"], staticCallReturn: named["__static_call_return"],
-            returnThunk: nil, itsReturnThunk: named["its_return_thunk"], kaslrSlide: r.kaslrSlide)
+            returnThunk: r.returnThunk, itsReturnThunk: named["its_return_thunk"], kaslrSlide: r.kaslrSlide)
+        // Module per-cpu data lives in the reserved chunk right after the core per-cpu area:
+        // [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)) — mm/percpu.c, include/linux/percpu.h.
+        facts.modulePercpuRange = named["__per_cpu_end"].map { $0..<($0 + (8 << 10)) }
+        return facts
     }
 }

@@ -19,6 +19,8 @@ public final class GuestSession: @unchecked Sendable {
     private let lock = NIOLock()
     private var resolver: SymbolResolver
     private var allowed: [String] = []
+    /// Run-time patch sites of allowed modules (jump labels, static calls, ftrace).
+    private var patchSites: [RuntimeSiteTable] = []
 
     init(registration: RegisterGuest) {
         self.registration = registration
@@ -32,12 +34,16 @@ public final class GuestSession: @unchecked Sendable {
 
     /// Record an allowed module and the exports it brings. Only the verifier calls this, and only
     /// after an allow verdict: a denied module's symbols never become resolvable.
-    func recordAllowed(module: String, exports: ModuleExports?) {
+    func recordAllowed(module: String, exports: ModuleExports?, sites: RuntimeSiteTable?) {
         lock.withLock {
             allowed.append(module)
             if let e = exports { resolver.add(e) }
+            if let t = sites { patchSites.append(t) }
         }
     }
+
+    /// The site tables of allowed modules (a snapshot).
+    public var runtimeSites: [RuntimeSiteTable] { lock.withLock { patchSites } }
 }
 
 /// All registered guests. Re-registering an id replaces its session (a rebooted guest).

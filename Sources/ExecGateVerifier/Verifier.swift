@@ -31,6 +31,8 @@ public final class Verifier: @unchecked Sendable {
     public let serverName: String
     /// The end-state judge (the explanation engine).
     public let endState: EndStateJudge
+    /// Backing store of `auditSink` (see the audit hook below).
+    let auditSinkBox = NIOLockedValueBox<(any VerdictAuditSink)?>(nil)
 
     public init(policy: Policy, serverName: String = "execgate", endState: EndStateJudge = ExplainerJudge()) {
         self._policy = policy
@@ -72,6 +74,11 @@ public final class Verifier: @unchecked Sendable {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(a.guestID)' is not registered"))
             }
             return .verdict(authorize(a, requestDigest: requestDigest))
+        case .authorizePatch(let p):
+            guard let session = guests.session(p.guestID) else {
+                return .error(ErrorReply(code: .unknownGuest, message: "guest '\(p.guestID)' is not registered"))
+            }
+            return .verdict(authorizePatch(p, session: session, requestDigest: requestDigest))
         case .status:
             return .statusReply(status(uptimeMilliseconds: 0, requestsServed: 0))
         case .helloReply, .registerGuestReply, .verdict, .statusReply, .error:
@@ -87,7 +94,8 @@ public final class Verifier: @unchecked Sendable {
 
     /// Judge an authorize-module request under the current policy.
     public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]) -> ExecGateWire.Verdict {
-        let policy = self.policy  // one snapshot for the whole request
+        // One snapshot for the whole request, with the policy's per-guest/class rules applied.
+        let policy = self.policy.resolved(forGuest: request.guestID)
         let session = request.guestID.isEmpty ? nil : guests.session(request.guestID)
         var judgement = request.module.withUnsafeReadableBytes { module in
             judge(module: module, request: request, policy: policy, session: session)
@@ -99,8 +107,9 @@ public final class Verifier: @unchecked Sendable {
             judgement.verdict.auditOnly = true
             judgement.verdict.message = "AUDIT (enforce would deny): " + judgement.verdict.message
         }
+        recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
         if judgement.verdict.decision == .allow && !judgement.verdict.auditOnly, let s = session {
-            s.recordAllowed(module: judgement.verdict.moduleName, exports: judgement.exports)
+            s.recordAllowed(module: judgement.verdict.moduleName, exports: judgement.exports, sites: judgement.sites)
         }
         return judgement.verdict
     }
@@ -108,6 +117,33 @@ public final class Verifier: @unchecked Sendable {
     struct Judgement {
         var verdict: ExecGateWire.Verdict
         var exports: ModuleExports? = nil
+        var sites: RuntimeSiteTable? = nil
+    }
+
+    /// Judge a run-time text patch: allowed only at a known site of a module this verifier allowed
+    /// for the guest, with one of the site's legal encodings (see RuntimePatching.swift).
+    public func authorizePatch(_ p: AuthorizePatch, session: GuestSession, requestDigest: [UInt8]) -> ExecGateWire.Verdict {
+        let policy = self.policy.resolved(forGuest: p.guestID, kind: .textPatches)  // per-guest/class rules (ExecGatePolicy)
+        var checks = ["policy-kind"]
+        func verdict(_ d: ExecGateWire.Verdict.Decision, _ r: VerdictReason, _ m: String, module: String = "") -> ExecGateWire.Verdict {
+            var v = ExecGateWire.Verdict(decision: d, reason: r, message: m, checks: checks, policyID: policy.id, policyVersion: policy.version,
+                                         requestDigest: requestDigest, moduleName: module)
+            if d == .deny && policy.mode == .audit { v.decision = .allow; v.auditOnly = true; v.message = "AUDIT (enforce would deny): " + m }
+            recordAudit(&v, guestID: p.guestID, policy: policy)
+            return v
+        }
+        if policy.textPatches == .deny { return verdict(.deny, .kindDenied, "policy \(policy.id) v\(policy.version) allows no run-time text patches") }
+        checks.append("patch-site")
+        let at = "0x" + String(p.address, radix: 16)
+        for table in session.runtimeSites where Self.sortedContains(table.addresses, p.address) {
+            switch table.check(address: p.address, bytes: p.bytes) {
+            case .allowed(let kind, _):
+                return verdict(.allow, .allowed, "\(kind) at \(at) in \(table.module): legal encoding", module: table.module)
+            case .denied(let why):
+                return verdict(.deny, .patchNotAllowed, why, module: table.module)
+            }
+        }
+        return verdict(.deny, .patchNotAllowed, "\(at) is not a run-time patch site of any module verified for guest '\(session.registration.guestID)'")
     }
 
     private func judge(module: UnsafeRawBufferPointer, request: AuthorizeModule, policy: Policy, session: GuestSession?) -> Judgement {
@@ -170,12 +206,14 @@ public final class Verifier: @unchecked Sendable {
 
         // 6. End state: the whole executable region, byte for byte.
         var exports: ModuleExports? = nil
+        var sites: RuntimeSiteTable? = nil
         let canJudgeEndState = request.text != nil && session != nil
         if canJudgeEndState, let session {
             checks.append("end-state")
             switch endState.judge(elf: elf, moduleName: moduleName, request: request, session: session) {
             case .explained(let e):
                 exports = e.exports
+                sites = e.runtimeSites
             case .unexplained(let why):
                 return deny(.claimBytesUnexplained, why)
             case .invalidClaim(let why):
@@ -192,7 +230,16 @@ public final class Verifier: @unchecked Sendable {
         let message = "signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); \(what)"
         return Judgement(verdict: ExecGateWire.Verdict(decision: .allow, reason: .allowed, message: message, checks: checks, policyID: policy.id,
                                           policyVersion: policy.version, requestDigest: [], moduleName: moduleName,
-                                          moduleDigest: moduleDigest), exports: exports)
+                                          moduleDigest: moduleDigest), exports: exports, sites: sites)
+    }
+
+    static func sortedContains(_ a: [UInt64], _ x: UInt64) -> Bool {
+        var lo = 0, hi = a.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if a[mid] < x { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < a.count && a[lo] == x
     }
 
     /// Maps the signature layer's failures onto wire reasons.
@@ -211,6 +258,33 @@ public final class Verifier: @unchecked Sendable {
         case .digestMismatch: return .digestMismatch
         case .badSignature: return .badSignature
         }
+    }
+}
+
+// MARK: - Audit hook (owned by ExecGateAdmin)
+
+/// Receives every verdict after it is final, with the policy snapshot that decided it.
+public protocol VerdictAuditSink: Sendable {
+    /// - Returns: false when the record could not be accepted and the policy requires blocking
+    ///   (fail closed); the verifier then denies. May block the calling worker thread (bounded).
+    func record(_ verdict: ExecGateWire.Verdict, guestID: String, policy: Policy) -> Bool
+}
+
+extension Verifier {
+    /// Where verdicts are recorded (nil: nowhere). Set before serving; read once per request.
+    public var auditSink: (any VerdictAuditSink)? {
+        get { auditSinkBox.withLockedValue { $0 } }
+        set { auditSinkBox.withLockedValue { $0 = newValue } }
+    }
+
+    /// Hands a final verdict to the sink. Under `audit-overflow block` a record the sink cannot
+    /// accept turns the verdict into a deny: no code runs unrecorded (fail closed).
+    func recordAudit(_ v: inout ExecGateWire.Verdict, guestID: String, policy: Policy) {
+        guard let sink = auditSink, !sink.record(v, guestID: guestID, policy: policy) else { return }
+        v.decision = .deny
+        v.auditOnly = false
+        v.reason = .kindDenied
+        v.message = "the audit record could not be written and policy \(policy.id) v\(policy.version) says audit-overflow block: denied (fail closed)"
     }
 }
 
@@ -241,5 +315,11 @@ public enum EndStateResult {
 public struct ExplainedModule {
     public var exports: ModuleExports?
     public var statistics: ExplainStats
-    public init(exports: ModuleExports?, statistics: ExplainStats) { self.exports = exports; self.statistics = statistics }
+    /// The module's run-time patch sites, for later authorize-patch requests.
+    public var runtimeSites: RuntimeSiteTable?
+    public init(exports: ModuleExports?, statistics: ExplainStats, runtimeSites: RuntimeSiteTable? = nil) {
+        self.exports = exports
+        self.statistics = statistics
+        self.runtimeSites = runtimeSites
+    }
 }

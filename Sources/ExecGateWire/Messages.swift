@@ -112,11 +112,14 @@ public struct RegisterGuest: Sendable, Equatable {
     public var vulnerabilities: String
     /// The first bytes of the kernel's `pv_ops` table (u64 little-endian each), if known.
     public var pvOps: [UInt8]
+    /// The value of the kernel's `x86_return_thunk` (__ro_after_init), when the VMM read it:
+    /// the thunk return sites jump to under RETHUNK. Nil = the build's default.
+    public var returnThunk: UInt64?
 
     public init(guestID: String, kernelRelease: String = "", kernelDigest: [UInt8] = [], kaslrSlide: UInt64 = 0,
                 cpuCapabilities: [UInt8] = [], symbols: [KernelSymbol] = [], symbolSource: String = "",
                 commandLine: String = "", presentCPUs: UInt32 = 1, possibleCPUs: UInt32 = 1, vulnerabilities: String = "",
-                pvOps: [UInt8] = []) {
+                pvOps: [UInt8] = [], returnThunk: UInt64? = nil) {
         self.guestID = guestID
         self.kernelRelease = kernelRelease
         self.kernelDigest = kernelDigest
@@ -129,9 +132,11 @@ public struct RegisterGuest: Sendable, Equatable {
         self.possibleCPUs = possibleCPUs
         self.vulnerabilities = vulnerabilities
         self.pvOps = pvOps
+        self.returnThunk = returnThunk
     }
 
     enum Tag {
+        static let returnThunk: UInt16 = 13
         static let guestID: UInt16 = 1, kernelRelease: UInt16 = 2, kernelDigest: UInt16 = 3, kaslrSlide: UInt16 = 4
         static let cpuCapabilities: UInt16 = 5
         /// Packed records `{u64 address; u8 type; u8 flags; u16 name_len; u8 name[name_len]}`,
@@ -145,7 +150,7 @@ public struct RegisterGuest: Sendable, Equatable {
     public static let maximumSymbols = 1 << 20
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "register-guest", known: Set(1...12))
+        let r = try TLVReader(body, message: "register-guest", known: Set(1...13))
         guestID = try r.requiredString(Tag.guestID, "guest_id")
         guard !guestID.isEmpty else { throw WireDecodeError(.invalidValue, field: "register-guest.guest_id", "empty") }
         kernelRelease = try r.string(Tag.kernelRelease, "kernel_release") ?? ""
@@ -177,6 +182,7 @@ public struct RegisterGuest: Sendable, Equatable {
         commandLine = try r.string(Tag.commandLine, "cmdline") ?? ""
         presentCPUs = try r.integer(Tag.presentCPUs, "present_cpus") ?? 1
         possibleCPUs = try r.integer(Tag.possibleCPUs, "possible_cpus") ?? presentCPUs
+        returnThunk = try r.integer(Tag.returnThunk, "return_thunk")
         vulnerabilities = try r.string(Tag.vulnerabilities, "vulnerabilities") ?? ""
         pvOps = try r.optional(Tag.pvOps, "pv_ops").map { Array(buffer: $0) } ?? []
     }
@@ -206,6 +212,7 @@ public struct RegisterGuest: Sendable, Equatable {
         if !vulnerabilities.isEmpty { w.string(Tag.vulnerabilities, vulnerabilities) }
         if !pvOps.isEmpty { w.bytes(Tag.pvOps, pvOps) }
         w.u32(Tag.possibleCPUs, possibleCPUs)
+        if let t = returnThunk { w.u64(Tag.returnThunk, t) }
     }
 }
 
@@ -318,6 +325,45 @@ public struct AuthorizeModule: Sendable, Equatable {
             w.u64(Tag.textBase, b)
             w.bytes(Tag.text, t)
         }
+    }
+}
+
+// MARK: - authorize-patch (0x0005)
+
+/// A run-time text patch the guest wants to apply to already-executable text: a jump-label flip,
+/// `static_call_update()`, or ftrace enable/disable (text_poke). Allowed only at a known site of a
+/// module ExecGate verified for this guest, with one of that site's legal encodings.
+public struct AuthorizePatch: Sendable, Equatable {
+    public var guestID: String
+    /// Guest virtual address of the first patched byte.
+    public var address: UInt64
+    /// The bytes to be written there.
+    public var bytes: [UInt8]
+
+    /// Longest patch accepted (the longest x86 text_poke site is an 8-byte… nothing in 6.1 exceeds 16).
+    public static let maximumLength = 16
+
+    public init(guestID: String, address: UInt64, bytes: [UInt8]) {
+        self.guestID = guestID
+        self.address = address
+        self.bytes = bytes
+    }
+
+    public init(decoding body: ByteBuffer) throws {
+        let r = try TLVReader(body, message: "authorize-patch", known: [1, 2, 3])
+        guestID = try r.requiredString(1, "guest_id")
+        address = try r.requiredInteger(2, "address")
+        let b = try r.required(3, "bytes")
+        guard b.readableBytes >= 1 && b.readableBytes <= Self.maximumLength else {
+            throw WireDecodeError(.invalidValue, field: "authorize-patch.bytes", "\(b.readableBytes) bytes; 1...\(Self.maximumLength) allowed")
+        }
+        bytes = Array(buffer: b)
+    }
+
+    public func encode(into w: inout TLVWriter) {
+        w.string(1, guestID)
+        w.u64(2, address)
+        w.bytes(3, bytes)
     }
 }
 
@@ -460,6 +506,7 @@ public enum Message: Sendable, Equatable {
     case registerGuest(RegisterGuest)
     case registerGuestReply(RegisterGuestReply)
     case authorizeModule(AuthorizeModule)
+    case authorizePatch(AuthorizePatch)
     case verdict(Verdict)
     case status
     case statusReply(StatusReply)
@@ -472,6 +519,7 @@ public enum Message: Sendable, Equatable {
         case .registerGuest: return .registerGuest
         case .registerGuestReply: return .registerGuestReply
         case .authorizeModule: return .authorizeModule
+        case .authorizePatch: return .authorizePatch
         case .verdict: return .verdict
         case .status: return .status
         case .statusReply: return .statusReply
@@ -488,6 +536,7 @@ public enum Message: Sendable, Equatable {
         case .registerGuest: self = .registerGuest(try RegisterGuest(decoding: body))
         case .registerGuestReply: self = .registerGuestReply(try RegisterGuestReply(decoding: body))
         case .authorizeModule: self = .authorizeModule(try AuthorizeModule(decoding: body))
+        case .authorizePatch: self = .authorizePatch(try AuthorizePatch(decoding: body))
         case .verdict: self = .verdict(try Verdict(decoding: body))
         case .status:
             _ = try TLVReader(body, message: "status", known: [])
@@ -506,6 +555,7 @@ public enum Message: Sendable, Equatable {
         case .registerGuest(let m): m.encode(into: &w)
         case .registerGuestReply(let m): m.encode(into: &w)
         case .authorizeModule(let m): m.encode(into: &w)
+        case .authorizePatch(let m): m.encode(into: &w)
         case .verdict(let m): m.encode(into: &w)
         case .status: break
         case .statusReply(let m): m.encode(into: &w)

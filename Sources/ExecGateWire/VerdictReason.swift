@@ -37,6 +37,8 @@ public struct VerdictReason: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let unsupportedCryptography = VerdictReason(rawValue: 22)
     /// The signature opens under the signer's key but covers other content: the module was modified.
     public static let digestMismatch = VerdictReason(rawValue: 23)
+    /// A run-time text patch that is not a legal encoding of a known site of verified code.
+    public static let patchNotAllowed = VerdictReason(rawValue: 24)
 
     public var name: String {
         switch self {
@@ -64,6 +66,7 @@ public struct VerdictReason: RawRepresentable, Hashable, Sendable, CustomStringC
         case .endStateUnavailable: return "policy.end-state-unavailable"
         case .unsupportedCryptography: return "sig.unsupported-cryptography"
         case .digestMismatch: return "sig.digest-mismatch"
+        case .patchNotAllowed: return "patch.not-allowed"
         default: return "reason-\(rawValue)"
         }
     }

@@ -14,6 +14,9 @@ public enum JSON: Sendable, Equatable {
     case array([JSON])
     case object([(String, JSON)])
 
+    /// A string, or null when absent.
+    public static func optionalString(_ s: String?) -> JSON { s.map { .string($0) } ?? .null }
+
     public static func == (a: JSON, b: JSON) -> Bool { a.serialized() == b.serialized() }
 
     public func serialized() -> String {

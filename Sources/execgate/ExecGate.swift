@@ -24,6 +24,7 @@ struct ExecGate: AsyncParsableCommand {
         VersionCommand.self,
         ExplainCommand.self,
         ImageCommand.self, VMCommand.self, InitCommand.self,
+        PolicyCommand.self,
         VsockBackendCommand.self, VsockBenchCommand.self,
     ]
 }

@@ -102,6 +102,17 @@ final class ELFFileTests: XCTestCase {
         expect(.badStringOffset, b)
     }
 
+    func testForbidsOverlappingSections() throws {
+        var b = try load("8021q")
+        let f = try parse(b).0
+        let text = f.section(named: ".text")!, data = f.section(named: ".data")!
+        put64(&b, shoff(b) + data.index * 64 + 24, UInt64(text.fileRange.lowerBound + 8))  // .data aliases .text
+        expect(.overlappingSections, b)
+        b = try load("8021q")
+        put64(&b, shoff(b) + text.index * 64 + 24, 0)  // .text over the ELF header
+        expect(.overlappingSections, b)
+    }
+
     func testForbidsNonPowerOfTwoAlignment() throws {
         var b = try load("8021q")
         put64(&b, shoff(b) + 1 * 64 + 48, 3)

@@ -128,6 +128,19 @@ final class ExplainTests: XCTestCase {
         XCTAssertEqual(d.rule, "layout")
     }
 
+    func testCoreBaseMustBeAPageInTheModuleArea() throws {
+        let (boot, mods) = try replay()
+        let (m, r, _) = mods.first { $0.0.name == "llc" }!
+        for bad: UInt64 in [m.claim.textBase + 16, 0xffff_8880_0000_0000, 0xffff_ffff_fff0_0000] {
+            var c = m.claim
+            c.textBase = bad
+            c.sectionAddresses = [:]
+            let res = m.ko.withUnsafeBytes { Explainer(facts: boot.facts).explain(elf: try! ELFFile(bytes: $0), claim: c, resolver: r) }  // real module
+            guard case .denied(let d) = res.verdict else { return XCTFail("allowed at 0x\(String(bad, radix: 16))") }
+            XCTAssertEqual(d.rule, "layout")
+        }
+    }
+
     func testAlternativeNeedsTheFeature() throws {
         // 8021q's alternatives are applied on this CPU; a guest without those features must not
         // accept the same bytes.
@@ -213,5 +226,192 @@ final class RuntimePatchTests: XCTestCase {
             }
         }
         XCTAssertNotNil(table)
+    }
+}
+
+final class LayoutPlanTests: XCTestCase {
+    /// layout_sections() re-run on the signed ELF reproduces every claimed (sysfs) core address.
+    func testLayoutPlanReproducesClaimedAddresses() throws {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        for name in boot.availableModules {
+            let m = try boot.module(name)
+            let plan = try XCTUnwrap(m.ko.withUnsafeBytes { ModuleLayoutPlan.compute(try! ELFFile(bytes: $0)) })  // real signed module
+            XCTAssertEqual(plan.textSize, m.claim.text.count, name)
+            var checked = 0
+            for p in plan.placements where !p.isInit {
+                if let a = m.claim.sectionAddresses[p.name] {
+                    XCTAssertEqual(a, m.claim.textBase + UInt64(p.offset), "\(name) \(p.name)")
+                    checked += 1
+                }
+            }
+            XCTAssertGreaterThan(checked, 3, name)
+        }
+    }
+}
+
+final class SMPLockTests: XCTestCase {
+    /// With more possible CPUs the kernel may re-lock every tracked module (3e → f0) when a CPU
+    /// comes online: all sites in one state are legal, a mix is not; with one possible CPU only 3e.
+    func testLockPrefixesSwitchTogether() throws {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        var r = CaptureReplay(boot: boot)
+        for name in boot.availableModules {
+            let m = try boot.module(name)
+            let before = r.resolver
+            _ = r.step(m)
+            guard name == "ip6_udp_tunnel" else { continue }
+            var facts = boot.facts
+            facts.possibleCPUs = 4
+            let s = m.ko.withUnsafeBytes { raw -> Session in
+                let s = Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: facts, resolver: before)  // real module
+                try? s.run()
+                return s
+            }
+            let locks = s.variable.filter { $0.cls == .smpLock }.map { $0.offset }
+            XCTAssertGreaterThan(locks.count, 1)
+            func verdict(_ t: [UInt8], _ f: GuestFacts) -> Bool {
+                var c = m.claim
+                c.text = t
+                return m.ko.withUnsafeBytes { Explainer(facts: f).explain(elf: try! ELFFile(bytes: $0), claim: c, resolver: before).verdict.isAllowed }
+            }
+            XCTAssertTrue(verdict(m.claim.text, facts))
+            var all = m.claim.text
+            for o in locks { all[o] = 0xf0 }
+            XCTAssertTrue(verdict(all, facts))
+            XCTAssertFalse(verdict(all, boot.facts), "one possible CPU: lock prefixes stay 3e")
+            var one = m.claim.text
+            one[locks[0]] = 0xf0
+            XCTAssertFalse(verdict(one, facts))
+        }
+    }
+}
+
+final class StaticCallTests: XCTestCase {
+    /// Without a trusted key target any legitimate function entry is legal; a trusted target
+    /// (GuestFacts.staticCallTargets) allows exactly that one.
+    func testTrustedKeyTargetPinsTheSite() throws {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        var r = CaptureReplay(boot: boot)
+        for name in boot.availableModules {
+            let m = try boot.module(name)
+            let before = r.resolver
+            _ = r.step(m)
+            guard name == "irqbypass" else { continue }
+            let s = m.ko.withUnsafeBytes { raw -> Session in
+                let s = Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: boot.facts, resolver: before)  // real module
+                try? s.run()
+                return s
+            }
+            let site = try XCTUnwrap(s.variable.first { $0.cls == .staticCall && $0.group != nil })
+            let key = site.group!  // filtered above
+            let cur = try XCTUnwrap(site.check(Array(m.claim.text[site.offset..<site.offset + site.length])))
+            func allowed(_ pinned: UInt64) -> Bool {
+                var f = boot.facts
+                f.staticCallTargets = [key: pinned]
+                return m.ko.withUnsafeBytes { Explainer(facts: f).explain(elf: try! ELFFile(bytes: $0), claim: m.claim, resolver: before).verdict.isAllowed }
+            }
+            XCTAssertTrue(allowed(cur))
+            XCTAssertFalse(allowed(cur == 0 ? 0xffffffff81000000 : 0))
+        }
+    }
+}
+
+final class HostileInputTests: XCTestCase {
+    /// Corrupted module bytes (any field: section headers, symbols, relocations, tables) must give a
+    /// verdict, never a trap. Nearly all are denials; none may be an allow of the original claim
+    /// unless the corruption did not touch anything the loader reads.
+    func testCorruptedModulesNeverCrashTheEngine() throws {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        var r = CaptureReplay(boot: boot)
+        var checked = 0
+        for name in boot.availableModules {
+            let m = try boot.module(name)
+            let before = r.resolver
+            _ = r.step(m)
+            guard name == "test_static_keys" || name == "ip6_udp_tunnel" else { continue }
+            var rng: UInt64 = 0x5eed
+            let elfEnd = m.ko.count - 40  // keep the trailer; the ELF part is what the engine reads
+            for _ in 0..<400 {
+                rng = rng &* 6364136223846793005 &+ 1442695040888963407
+                var ko = m.ko
+                let o = Int((rng >> 33) % UInt64(elfEnd))
+                ko[o] ^= UInt8(truncatingIfNeeded: rng >> 9) | 1
+                ko.withUnsafeBytes { raw in
+                    guard let elf = try? ELFFile(bytes: raw) else { return }
+                    _ = Explainer(facts: boot.facts).explain(elf: elf, claim: m.claim, resolver: before)
+                    checked += 1
+                }
+            }
+        }
+        XCTAssertGreaterThan(checked, 100)
+    }
+
+    func testRandomClaimIsDenied() throws {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        let m = try boot.module("llc")
+        var rng: UInt64 = 7
+        var t = m.claim.text
+        for i in t.indices { rng = rng &* 6364136223846793005 &+ 1; t[i] = UInt8(truncatingIfNeeded: rng >> 33) }
+        var c = m.claim
+        c.text = t
+        let v = m.ko.withUnsafeBytes { Explainer(facts: boot.facts).explain(elf: try! ELFFile(bytes: $0), claim: c, resolver: SymbolResolver(coreExports: boot.coreExports)) }  // real module
+        XCTAssertFalse(v.verdict.isAllowed)
+        c.text = Array(m.claim.text.dropLast(4096))  // wrong length for the layout
+        let v2 = m.ko.withUnsafeBytes { Explainer(facts: boot.facts).explain(elf: try! ELFFile(bytes: $0), claim: c, resolver: SymbolResolver(coreExports: boot.coreExports)) }
+        guard case .denied(let d) = v2.verdict else { return XCTFail("allowed") }
+        XCTAssertEqual(d.rule, "layout")
+    }
+}
+
+/// Other CPU models choose other mitigations: the replay must follow the kernel's rules, not this
+/// corpus. These check the rewritten encodings the 6.1 rules give for other feature sets.
+final class MitigationRuleTests: XCTestCase {
+    func session(_ name: String, _ edit: (inout GuestFacts) -> Void) throws -> (Session, CapturedModule) {
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        var r = CaptureReplay(boot: boot)
+        for n in boot.availableModules {
+            let m = try boot.module(n)
+            let before = r.resolver
+            _ = r.step(m)
+            guard n == name else { continue }
+            var f = boot.facts
+            edit(&f)
+            let s = m.ko.withUnsafeBytes { raw -> Session in
+                let s = Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: f, resolver: before)  // real module
+                try? s.setUp(); try? s.relocate(); try? s.applyParavirt(); try? s.applyRetpolines(); try? s.applyReturns()
+                return s
+            }
+            return (s, m)
+        }
+        throw XCTSkip("module \(name) not in fixture")
+    }
+
+    func clear(_ f: inout GuestFacts, _ bit: Int) { f.capabilities[bit >> 5] &= ~(1 << UInt32(bit & 31)) }
+    func set(_ f: inout GuestFacts, _ bit: Int) { f.capabilities[bit >> 5] |= 1 << UInt32(bit & 31) }
+
+    /// spectre_v2 without retpolines: `call __x86_indirect_thunk_rREG` → `call *%rREG` + NOPs.
+    func testRetpolineSitesBecomeIndirectCallsWithoutRetpoline() throws {
+        let (s, _) = try session("8021q") { clear(&$0, FeatureBits.debian6_1.retpoline) }
+        let sites = s.relativeSites(".retpoline_sites").compactMap { s.execOffset($0, 5) }
+        XCTAssertFalse(sites.isEmpty)
+        for off in sites {
+            let b = Array(s.image[off..<off + 5])
+            // ff /2 (call r/m, mod=3) or 41 ff /2 for r8..r15, then NOPs.
+            let ok = (b[0] == 0xff && b[1] & 0xf8 == 0xd0 && Array(b[2...]) == [0x0f, 0x1f, 0x00])
+                || (b[0] == 0x41 && b[1] == 0xff && b[2] & 0xf8 == 0xd0 && Array(b[3...]) == [0x66, 0x90])
+                || (b[0] == 0xff && b[1] & 0xf8 == 0xe0 && b[2] == 0xcc && Array(b[3...]) == [0x66, 0x90])
+                || (b[0] == 0x41 && b[1] == 0xff && b[2] & 0xf8 == 0xe0 && b[3] == 0xcc && b[4] == 0x90)
+            XCTAssertTrue(ok, "\(b)")
+        }
+    }
+
+    /// RETHUNK with a non-default thunk: `jmp __x86_return_thunk` → `jmp x86_return_thunk`.
+    func testReturnSitesJumpToTheChosenThunk() throws {
+        let thunk: UInt64 = 0xffff_ffff_81e0_1c00
+        let (s, m) = try session("8021q") { set(&$0, FeatureBits.debian6_1.rethunk); $0.returnThunk = thunk }
+        XCTAssertFalse(s.returnSites.isEmpty)
+        for r in s.returnSites {
+            XCTAssertEqual(Array(s.image[r.off..<r.off + 5]), genInsn(0xe9, at: m.claim.textBase + UInt64(r.off), to: thunk))
+        }
     }
 }

@@ -37,3 +37,41 @@ final class KernelImageTests: XCTestCase {
         XCTAssertThrowsError(try GuestKernel.builtinCertificates(vmlinux: fakeELF, systemMap: "ffffffff81000000 D system_certificate_list\n"))
     }
 }
+
+final class ImageBuilderTests: XCTestCase {
+    /// A dynamically linked /init would die in the guest (no ld.so, no libc): refused up front.
+    func testRefusesDynamicInit() throws {
+        let kernel = try Fixtures.kernelDir()
+        let me = FS.selfExecutable()!  // the XCTest runner: dynamically linked
+        let out = NSTemporaryDirectory() + "eg-img-\(getpid())"
+        let o = try ImageBuildOptions.fromKernelPackage(kernel, initBinary: me, outDir: out)
+        XCTAssertThrowsError(try ImageBuilder.build(o, log: { _ in })) { e in
+            XCTAssertTrue("\(e)".contains("dynamically linked"), "\(e)")
+        }
+        XCTAssertFalse(FS.exists(out + "/initramfs.cpio.gz"))
+    }
+
+    func testMissingKernelPackageSaysWhatToRun() {
+        XCTAssertThrowsError(try ImageBuildOptions.fromKernelPackage("/nonexistent", initBinary: "/x", outDir: "/tmp/x")) { e in
+            XCTAssertTrue("\(e)".contains("make test-data"), "\(e)")
+        }
+    }
+
+    /// The module list init loads exists in the real kernel package, in dependency order.
+    func testGuestModulesExistInDependencyOrder() throws {
+        let kernel = try Fixtures.kernelDir()
+        let o = try ImageBuildOptions.fromKernelPackage(kernel, initBinary: "/x", outDir: "/tmp/x")
+        var loaded: Set<String> = []
+        for rel in ImageBuilder.guestModules {
+            let bytes = try FS.read(o.modulesDir + "/kernel/" + rel, limit: 64 << 20)
+            let name = String(rel.split(separator: "/").last!.dropLast(3))
+            // .modinfo "depends=a,b": every dependency must come earlier in the list.
+            if let r = GuestKernel.find(Array("depends=".utf8), in: bytes, from: 0) {
+                let end = bytes[r...].firstIndex(of: 0) ?? bytes.count
+                let deps = String(decoding: bytes[(r + 8)..<end], as: UTF8.self).split(separator: ",").map(String.init)
+                for d in deps { XCTAssertTrue(loaded.contains(d), "\(name) needs \(d) first") }
+            }
+            loaded.insert(name)
+        }
+    }
+}

@@ -57,7 +57,7 @@ final class LauncherTests: XCTestCase {
         XCTAssertTrue(append.contains("execgate.port=5000"))
         XCTAssertTrue(append.contains("panic=-1"))
         XCTAssertTrue(append.contains("random.trust_cpu=on"))
-        XCTAssertTrue(append.contains("tsc_early_khz=2445408 lpj=9781632"), append)
+        XCTAssertTrue(append.contains("tsc_early_khz=2445408 lpj=9781632 tsc=reliable"), append)
         XCTAssertTrue(a.joined(separator: " ").contains("execgate-vm-unit"))
     }
 

@@ -66,15 +66,17 @@ final class ServiceVMBootTests: XCTestCase {
         XCTAssertFalse(Launcher.stop(c))
     }
 
-    /// Too little memory: the guest cannot boot; the launcher must fail with the console tail, not hang.
-    func testBootFailureReportsConsoleTail() throws {
-        var c = try config(test: false, name: "tiny")
-        c.memoryMiB = 24
-        c.readyTimeoutSeconds = 45
+    /// A fatal error in init (here: a bad `execgate.port=0` on the command line) must print
+    /// EXECGATE-FATAL and power the guest off; the launcher fails at once with the console tail.
+    func testInitFatalErrorPowersOffAndIsReported() throws {
+        var c = try config(test: false, name: "fatal")
+        c.extraCmdline = ["execgate.port=0"]
+        c.readyTimeoutSeconds = 60
         defer { _ = Launcher.stop(c) }
         XCTAssertThrowsError(try Launcher.start(c)) { e in
             switch e {
-            case ServiceVMError.guestDied, ServiceVMError.timeout: break
+            case let ServiceVMError.guestDied(_, tail), let ServiceVMError.timeout(_, tail):
+                XCTAssertTrue(tail.contains(ConsoleProtocol.fatal) && tail.contains("execgate.port=0"), tail)
             default: XCTFail("unexpected \(e)")
             }
         }

@@ -74,3 +74,49 @@ final class EndStateVerifierTests: XCTestCase {
         XCTAssertEqual(v.authorize(request, requestDigest: []).reason, .endStateUnavailable)
     }
 }
+
+final class RuntimePatchVerifierTests: XCTestCase {
+    func testPatchesOnlyAtKnownSitesWithLegalEncodings() throws {
+        let v = Verifier(policy: Policy(id: "test", version: 1, trust: try Fixtures.debianTrust()))
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        _ = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: [])
+        var checked = 0
+        for name in boot.availableModules {
+            let m = try boot.module(name)
+            XCTAssertEqual(v.authorize(m.request(guestID: "g"), requestDigest: []).decision, .allow, name)
+        }
+        let session = try XCTUnwrap(v.guests.session("g"))
+        for table in session.runtimeSites {
+            let m = try boot.module(table.module)
+            for address in table.addresses.prefix(20) {
+                let offset = Int(address - m.claim.textBase)
+                // The site's current bytes are a legal state (the module was explained with them).
+                var current: [UInt8]? = nil
+                for len in [2, 5] where offset + len <= m.claim.text.count {
+                    let bytes = Array(m.claim.text[offset..<offset + len])
+                    if case .allow = v.authorizePatch(AuthorizePatch(guestID: "g", address: address, bytes: bytes), session: session, requestDigest: []).decision {
+                        current = bytes
+                        break
+                    }
+                }
+                let legal = try XCTUnwrap(current, "\(table.module) site 0x\(String(address, radix: 16)): current state refused")
+                // int3 fill of the same length: never a legal encoding.
+                let trap = v.authorizePatch(AuthorizePatch(guestID: "g", address: address, bytes: [UInt8](repeating: 0xcc, count: legal.count)), session: session, requestDigest: [])
+                XCTAssertEqual(trap.decision, .deny)
+                XCTAssertEqual(trap.reason, .patchNotAllowed)
+                // One byte into the site: not a site.
+                XCTAssertEqual(v.authorizePatch(AuthorizePatch(guestID: "g", address: address + 1, bytes: legal), session: session, requestDigest: []).decision, .deny)
+                checked += 1
+            }
+        }
+        XCTAssertGreaterThan(checked, 10, "fixture modules have jump-label, static-call and ftrace sites")
+        // Text nobody verified.
+        let stray = v.respond(to: .authorizePatch(AuthorizePatch(guestID: "g", address: 0xffff_ffff_8100_0000, bytes: [0x66, 0x90])), requestDigest: [])
+        guard case .verdict(let sv) = stray else { return XCTFail("\(stray)") }
+        XCTAssertEqual(sv.reason, .patchNotAllowed)
+        // Policy: no patches at all.
+        try v.replacePolicy(Policy(id: "nopatch", version: 2, trust: try Fixtures.debianTrust(), textPatches: .deny))
+        let addr = try XCTUnwrap(session.runtimeSites.first?.addresses.first)
+        XCTAssertEqual(v.authorizePatch(AuthorizePatch(guestID: "g", address: addr, bytes: [0x66, 0x90]), session: session, requestDigest: []).reason, .kindDenied)
+    }
+}

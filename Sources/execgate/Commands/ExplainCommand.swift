@@ -32,6 +32,8 @@ struct ExplainCommand: ParsableCommand {
             throw ExecGateExit.usage
         }
         let onlySet: Set<String>? = only.map { Set($0.split(separator: ",").map(String.init)) }
+        let rssAfterFacts = maxRSSKiB()
+        var largest = (name: "", bytes: 0, rssBefore: 0, rssAfter: 0)
         var replay = CaptureReplay(boot: boot)
         var allowed = 0, total = 0, unexplained = 0
         var engineSeconds = 0.0, execBytes = 0, shaSeconds = 0.0
@@ -45,8 +47,11 @@ struct ExplainCommand: ParsableCommand {
                 throw ExecGateExit.usage
             }
             FileHandleErr.write("[\(i + 1)/\(boot.availableModules.count)] \(name)\r")
-            let resolverBefore = replay.resolver
+            // Copy the resolver only for --mutate (a copy makes the next add() duplicate the table).
+            let resolverBefore = mutate != nil ? replay.resolver : SymbolResolver(coreExports: [:])
+            let rssBefore = maxRSSKiB()
             let out = replay.step(m)
+            if m.claim.text.count > largest.bytes { largest = (name, m.claim.text.count, rssBefore, maxRSSKiB()) }
             if let set = onlySet, !set.contains(name) { continue }
             total += 1
             engineSeconds += out.seconds
@@ -88,12 +93,16 @@ struct ExplainCommand: ParsableCommand {
             }
         }
         FileHandleErr.write("\n")
-        print("explained \(allowed) of \(total) modules, \(unexplained) unexplained bytes")
+        if json {
+            print("{\"summary\":{\"explained\":\(allowed),\"modules\":\(total),\"unexplained_bytes\":\(unexplained)}}")
+        } else {
+            print("explained \(allowed) of \(total) modules, \(unexplained) unexplained bytes")
+        }
         // (one first-unexplained byte is reported per denied module; the count is of such bytes)
         if bench, engineSeconds > 0 {
             let mb = Double(execBytes) / 1e6
             print("throughput: \(fmt(mb)) MB executable bytes, explain \(fmt(mb / engineSeconds)) MB/s (\(fmt(engineSeconds)) s), sha256 \(fmt(shaSeconds > 0 ? mb / shaSeconds : 0)) MB/s (\(fmt(shaSeconds)) s)")
-            print("max RSS: \(maxRSSKiB()) KiB")
+            print("max RSS: \(maxRSSKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
         }
         if mutate != nil {
             for (k, v) in mutTotals.sorted(by: { $0.key < $1.key }) {

@@ -50,24 +50,43 @@ enum GuestVerifier {
 
     static func serve(port: UInt32, ready: @escaping @Sendable () -> Void) async throws {
         let anchors = anchors()
-        let policy = Policy.builtIn(trust: TrustStore(anchors))
+        if anchors.isEmpty { GuestInit.log("no trust anchors in \(ImageBuilder.GuestPaths.trust): every module will be denied") }
+        // The same options `execgate serve` takes, from what the image holds: the kernel's
+        // certificates, /etc/execgate/policy (text or bundle) if present, and — only when the image
+        // carries an admin certificate — the admin port on VMM port + 1 with an in-memory audit log.
+        var trustArgs: [String] = []
+        for name in (try? FS.list(ImageBuilder.GuestPaths.trust)) ?? [] where name.hasSuffix(".der") || name.hasSuffix(".pem") {
+            trustArgs += ["--trust", ImageBuilder.GuestPaths.trust + "/" + name]
+        }
+        var policyArgs: [String] = []
+        if FS.exists(ImageBuilder.GuestPaths.policy) { policyArgs += ["--policy", ImageBuilder.GuestPaths.policy] }
+        let adminPort = port &+ 1
+        if FS.exists(ImageBuilder.GuestPaths.adminCertificate) {
+            policyArgs += ["--admin-cert", ImageBuilder.GuestPaths.adminCertificate, "--admin-listen", "vsock:\(adminPort)"]
+        }
+        let trust = try TrustOptions.parse(trustArgs)
+        let options = try ServePolicyOptions.parse(policyArgs)
+        let policy = try options.bootPolicy(trust: trust)
         var logger = Logger(label: "execgate")
         // Every console byte costs under emulation; per-request logs stay off unless asked.
         logger.logLevel = .notice
-        if anchors.isEmpty { GuestInit.log("no trust anchors in \(ImageBuilder.GuestPaths.trust): every module will be denied") }
         let verifier = Verifier(policy: policy, serverName: ExecGateVersion.string)
+        let admin = try await options.start(verifier: verifier, trust: trust)
         let server = VerifierServer(responder: verifier, logger: logger, threads: System.coreCount)
         do {
             _ = try await server.bind(.vsock(cid: UInt32.max, port: port))
         } catch {
             await server.shutdown()
+            await admin.shutdown()
             throw error
         }
-        GuestInit.log("verifier listening on vsock port \(port) (policy \(policy.id) v\(policy.version), \(anchors.count) trust anchor(s))")
+        GuestInit.log("verifier listening on vsock port \(port) (policy \(policy.id) v\(policy.version), \(anchors.count) trust anchor(s))"
+                      + (admin.server != nil ? "; admin port vsock \(adminPort)" : "; no admin certificate: policy is fixed"))
         ready()
         await ServiceLogging.waitForTermination()
         GuestInit.log("signal received: shutting down the verifier")
         await server.shutdown()
+        await admin.shutdown()
     }
 }
 

@@ -3,6 +3,7 @@
 // `execgate image build`: the service VM's kernel + initramfs (see ExecGateServiceVM/ImageBuilder).
 
 import ArgumentParser
+import ExecGateKernelImage
 import ExecGateServiceVM
 
 struct ImageCommand: ParsableCommand {
@@ -31,8 +32,11 @@ struct ImageBuildCommand: ParsableCommand {
     @Option(help: "Output directory.")
     var out: String = "Images/out"
 
-    @Option(help: "Policy file to install as /etc/execgate/policy in the guest.")
+    @Option(help: "Policy (text or signed bundle) to install as /etc/execgate/policy in the guest: the policy at boot.")
     var policy: String?
+
+    @Option(help: "Admin certificate to install as /etc/execgate/admin.pem: the guest then opens its admin port (VMM port + 1) and accepts policy bundles signed by its key.")
+    var adminCert: String?
 
     @Flag(help: "Rebuild even when the inputs are unchanged.")
     var force = false
@@ -49,6 +53,9 @@ struct ImageBuildCommand: ParsableCommand {
                 // A kernel given by path: modules and System.map still come from the package.
             }
             o.policy = policy
+            o.adminCertificate = adminCert
+            // The same parsing scanner as `execgate keys extract`: only well-formed X.509 certificates.
+            o.certificateExtractor = { vmlinux in vmlinux.withUnsafeBytes { BuiltinCertificates.scan($0).map(\.der) } }
             o.force = force
             o.withTestImage = !noTestImage
             let r = try ImageBuilder.build(o)
@@ -56,8 +63,8 @@ struct ImageBuildCommand: ParsableCommand {
             for a in r.artefacts {
                 print("image: \(a.path)  \(humanBytes(a.bytes))  \(a.note)")
             }
-        } catch let e as ServiceVMError {
-            throw CommandFailure(message: "image: \(e)")
+        } catch {
+            throw serviceVMFailure("image build", error)
         }
     }
 }
@@ -71,8 +78,13 @@ func humanBytes(_ n: Int) -> String {
     return "\(n) B"
 }
 
-/// A failure with one clear message and exit status 1 (no stack, no usage text).
-struct CommandFailure: Error, CustomStringConvertible {
-    var message: String
-    var description: String { message }
+/// Prints one clear line on stderr and picks the exit status by the project's convention:
+/// 2 when something is missing or malformed (install/build it, fix the option), 1 when the
+/// operation itself failed (guest died, timeout, already running).
+func serviceVMFailure(_ prefix: String, _ error: Error) -> ExitCode {
+    Console.error("execgate \(prefix): \(error)")
+    switch error as? ServiceVMError {
+    case .missing?, .badOption?, .badInput?: return ExecGateExit.usage
+    default: return ExitCode(1)
+    }
 }

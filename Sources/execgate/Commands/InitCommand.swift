@@ -24,7 +24,8 @@ struct InitCommand: AsyncParsableCommand {
 
     func run() async throws {
         guard GuestInit.isPID1 else {
-            throw ValidationError("`execgate init` only runs as PID 1 inside the service VM (see `execgate vm start`)")
+            Console.error("execgate init: only runs as PID 1 inside the service VM (see `execgate vm start`)")
+            throw ExecGateExit.usage
         }
         await GuestInit.run(hooks: GuestServiceWiring.hooks)
     }

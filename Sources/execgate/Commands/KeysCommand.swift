@@ -3,6 +3,7 @@
 // `execgate keys extract` (a kernel's builtin trusted certificates) and `execgate keys generate`
 // (a signing key + self-signed certificate for one's own modules and for tests).
 
+import _ExecGateInternals
 import ArgumentParser
 import ExecGateKernelImage
 import ExecGateSignature
@@ -16,16 +17,16 @@ struct KeysCommand: ParsableCommand {
 }
 
 /// JSON / text description of one certificate.
-func certificateFacts(_ c: Certificate, files: [String]) -> (json: String, text: String) {
-    let json = CommandJSON.object([
-        ("subject", CommandJSON.string(c.subject)),
-        ("issuer", CommandJSON.string(c.issuer)),
-        ("serial", CommandJSON.string(c.serialHex)),
-        ("skid", CommandJSON.optional(c.subjectKeyIdentifierHex)),
-        ("tbs_sha256", CommandJSON.string(c.tbsHash.hex)),
-        ("sha256_fingerprint", CommandJSON.string(c.fingerprint.hex)),
-        ("key", CommandJSON.string("\(c.publicKeyAlgorithm.rawValue)-\(c.publicKeyBits)")),
-        ("files", CommandJSON.array(files.map(CommandJSON.string))),
+func certificateFacts(_ c: Certificate, files: [String]) -> (json: JSON, text: String) {
+    let json = JSON.object([
+        ("subject", .string(c.subject)),
+        ("issuer", .string(c.issuer)),
+        ("serial", .string(c.serialHex)),
+        ("skid", JSON.optionalString(c.subjectKeyIdentifierHex)),
+        ("tbs_sha256", .string(c.tbsHash.hex)),
+        ("sha256_fingerprint", .string(c.fingerprint.hex)),
+        ("key", .string("\(c.publicKeyAlgorithm.rawValue)-\(c.publicKeyBits)")),
+        ("files", .array(files.map { .string($0) })),
     ])
     let text = """
         subject: \(c.subject)
@@ -58,34 +59,34 @@ struct KeysExtract: ParsableCommand {
 
     func run() throws {
         do {
-            let bytes = try CommandFiles.read(kernel)
+            let bytes = try LocalFile.read(kernel)
             let certs: [Certificate]
             let image: KernelImage
             do {
                 image = try KernelImage.load(bytes)
                 certs = try image.builtinCertificates()
             } catch {
-                throw CommandFileError(path: kernel, why: "\(error)")
+                throw LocalFileError(path: kernel, why: "\(error)")
             }
-            try CommandFiles.ensureDirectory(out)
-            var json: [String] = []
+            try LocalFile.makeDirectories(out)
+            var json: [JSON] = []
             for (i, c) in certs.enumerated() {
                 let der = out + "/cert-\(i).der"
                 let pem = out + "/cert-\(i).pem"
-                try CommandFiles.writeAtomically(der, c.der)
-                try CommandFiles.writeAtomically(pem, Array(c.pem.utf8))
+                try LocalFile.writeAtomically(der, c.der)
+                try LocalFile.writeAtomically(pem, Array(c.pem.utf8))
                 let facts = certificateFacts(c, files: [der, pem])
                 if self.json { json.append(facts.json) } else { print(facts.text) }
             }
             if self.json {
-                print(CommandJSON.object([
-                    ("kernel", CommandJSON.string(kernel)),
-                    ("compression", CommandJSON.optional(image.compression?.rawValue)),
-                    ("certificates", CommandJSON.array(json)),
-                ]))
+                print(JSON.object([
+                    ("kernel", .string(kernel)),
+                    ("compression", JSON.optionalString(image.compression?.rawValue)),
+                    ("certificates", .array(json)),
+                ]).serialized())
             }
         } catch {
-            CommandFiles.printError("execgate keys extract: \(error)")
+            Console.error("execgate keys extract: \(error)")
             throw ExecGateExit.usage
         }
     }
@@ -115,7 +116,7 @@ struct KeysGenerate: ParsableCommand {
     func validate() throws {
         // Usage errors exit 2 with one line on stderr (ArgumentParser's ValidationError would exit 64).
         func usage(_ why: String) -> ExitCode {
-            CommandFiles.printError("execgate keys generate: \(why)")
+            Console.error("execgate keys generate: \(why)")
             return ExecGateExit.usage
         }
         guard ["rsa", "ec-p256", "ec-p384"].contains(type) else { throw usage("--type must be rsa, ec-p256 or ec-p384") }
@@ -126,11 +127,11 @@ struct KeysGenerate: ParsableCommand {
 
     func run() throws {
         do {
-            try CommandFiles.ensureDirectory(out)
+            try LocalFile.makeDirectories(out)
             let keyPath = out + "/key.pem"
             let certPath = out + "/cert.pem"
-            for p in [keyPath, certPath] where CommandFiles.exists(p) && !force {
-                throw CommandFileError(path: p, why: "exists (use --force to overwrite)")
+            for p in [keyPath, certPath] where LocalFile.exists(p) && !force {
+                throw LocalFileError(path: p, why: "exists (use --force to overwrite)")
             }
             let generated: GeneratedSigningKey
             switch type {
@@ -138,13 +139,13 @@ struct KeysGenerate: ParsableCommand {
             case "ec-p384": generated = try GeneratedSigningKey.generateECDSA(curve: .p384, commonName: cn, days: days)
             default: generated = try GeneratedSigningKey.generateRSA(bits: bits, commonName: cn, days: days)
             }
-            try CommandFiles.writeAtomically(keyPath, generated.privateKeyPEM, mode: 0o600)
-            try CommandFiles.writeAtomically(certPath, generated.certificatePEM)
+            try LocalFile.writeAtomically(keyPath, generated.privateKeyPEM, mode: 0o600)
+            try LocalFile.writeAtomically(certPath, generated.certificatePEM)
             let cert = try generated.load().1
             let facts = certificateFacts(cert, files: [keyPath, certPath])
-            print(json ? facts.json : facts.text)
+            print(json ? facts.json.serialized() : facts.text)
         } catch {
-            CommandFiles.printError("execgate keys generate: \(error)")
+            Console.error("execgate keys generate: \(error)")
             throw ExecGateExit.usage
         }
     }

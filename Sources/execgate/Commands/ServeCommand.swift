@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 import ArgumentParser
 import Dispatch
+import ExecGateAdmin
 import ExecGatePolicy
 import ExecGateService
 import ExecGateVerifier
@@ -19,7 +20,9 @@ struct ServeCommand: AsyncParsableCommand {
         discussion: """
         Listens on each --listen address (unix:PATH, vsock:PORT) and answers wire protocol v1 \
         (docs/protocol.md). Stops gracefully on SIGTERM or SIGINT: no new connections, requests in \
-        flight finish, then exit 0.
+        flight finish, then exit 0. Policies (docs/policy.md): --policy sets the boot policy; \
+        --admin-listen opens the separate admin port, where only bundles signed by the --admin-cert \
+        key can replace it; --audit records every verdict and policy change as JSON lines.
         """
     )
 
@@ -37,17 +40,20 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Worker threads that judge requests (default: one per core).")
     var threads: Int = System.coreCount
 
+    @OptionGroup var policyOptions: ServePolicyOptions
+
     func validate() throws {
         guard !listen.isEmpty else { throw ValidationError("give at least one --listen address (unix:PATH or vsock:PORT)") }
         for l in listen { _ = try Endpoint(parsing: l, listening: true) }
         guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level '\(logLevel)'") }
         guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be 1...256") }
+        try policyOptions.validate(trust: trust)
     }
 
     func run() async throws {
         let policy: Policy
-        do { policy = try trust.builtInPolicy() } catch {
+        do { policy = try policyOptions.bootPolicy(trust: trust) } catch {
             Console.error("execgate serve: \(error)")
             throw ExecGateExit.usage
         }
@@ -57,15 +63,23 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let verifier = Verifier(policy: policy, serverName: ExecGateVersion.string)
         let server = VerifierServer(responder: verifier, logger: logger, threads: threads)
+        let admin: ServeAdmin
+        do { admin = try await policyOptions.start(verifier: verifier, trust: trust) } catch {
+            Console.error("execgate serve: \(error)")
+            await server.shutdown()
+            throw ExecGateExit.usage
+        }
         for l in listen {
             let endpoint = try Endpoint(parsing: l, listening: true)
             do { try await server.bind(endpoint) } catch {
                 Console.error("execgate serve: cannot listen on \(endpoint): \(error)")
                 await server.shutdown()
+                await admin.shutdown()
                 throw ExecGateExit.usage
             }
             print("execgate: listening on \(endpoint) (policy \(policy.id) v\(policy.version), \(policy.trust.anchors.count) trust anchor(s))")
         }
+        if let a = policyOptions.adminListen { print("execgate: admin port on \(a) (policy push/show, audit-read)") }
         if let first = listen.first, first.hasPrefix("unix:") {
             print("execgate: try   execgate request status --connect \(first)")
             print("execgate: or    execgate request module FILE.ko --connect \(first) --claim elf")
@@ -74,6 +88,7 @@ struct ServeCommand: AsyncParsableCommand {
         await ServiceLogging.waitForTermination()
         logger.info("signal received: shutting down")
         await server.shutdown()
+        await admin.shutdown()
     }
 }
 

@@ -2,6 +2,7 @@
 //
 // `execgate sign module`: sign a kernel module exactly like the kernel's scripts/sign-file.
 
+import _ExecGateInternals
 import ArgumentParser
 import ExecGateSignature
 
@@ -41,7 +42,7 @@ struct SignModule: ParsableCommand {
     func validate() throws {
         // Usage errors exit 2 with one line on stderr (ArgumentParser's ValidationError would exit 64).
         guard DigestAlgorithm(name: hash) != nil else {
-            CommandFiles.printError("execgate sign module: --hash must be one of sha1, sha224, sha256, sha384, sha512")
+            Console.error("execgate sign module: --hash must be one of sha1, sha224, sha256, sha384, sha512")
             throw ExecGateExit.usage
         }
     }
@@ -51,38 +52,38 @@ struct SignModule: ParsableCommand {
         do {
             // validate() accepted the name.
             let digest = DigestAlgorithm(name: hash)!
-            let keyBytes = try CommandFiles.read(key)
-            let certBytes = try CommandFiles.read(cert)
-            let module = try CommandFiles.read(file)
+            let keyBytes = try LocalFile.read(key)
+            let certBytes = try LocalFile.read(cert)
+            let module = try LocalFile.read(file)
             let privateKey: PrivateKey
-            do { privateKey = try PrivateKey(pem: keyBytes) } catch { throw CommandFileError(path: key, why: "\(error)") }
+            do { privateKey = try PrivateKey(pem: keyBytes) } catch { throw LocalFileError(path: key, why: "\(error)") }
             let certs: [Certificate]
-            do { certs = try Certificate.load(certBytes) } catch { throw CommandFileError(path: cert, why: "\(error)") }
-            guard certs.count == 1 else { throw CommandFileError(path: cert, why: "holds \(certs.count) certificates, expected one") }
+            do { certs = try Certificate.load(certBytes) } catch { throw LocalFileError(path: cert, why: "\(error)") }
+            guard certs.count == 1 else { throw LocalFileError(path: cert, why: "holds \(certs.count) certificates, expected one") }
             let signer = try ModuleSigner(key: privateKey, certificate: certs[0], digest: digest,
                                           identification: keyid ? .subjectKeyIdentifier : .issuerAndSerial)
             let signed: [UInt8]
             do { signed = try signer.sign(module: module, existingSignature: replace ? .replace : .refuse) } catch {
-                throw CommandFileError(path: file, why: "\(error)" + (error.code == .alreadySigned ? " (use --replace)" : ""))
+                throw LocalFileError(path: file, why: "\(error)" + (error.code == .alreadySigned ? " (use --replace)" : ""))
             }
-            try CommandFiles.writeAtomically(out, signed)
+            try LocalFile.writeAtomically(out, signed)
             // Report from the bytes just produced, re-parsed (checks our own output).
             let trailer = try ModuleSignatureTrailer.parse(signed)
             if json {
-                print(CommandJSON.object([
-                    ("output", CommandJSON.string(out)),
-                    ("digest", CommandJSON.string(digest.name)),
-                    ("signer", CommandJSON.string(certs[0].subject)),
-                    ("signer_id", CommandJSON.string(keyid ? "skid" : "issuer-serial")),
-                    ("signature_bytes", String(trailer.signatureLength)),
-                    ("content_sha256", CommandJSON.string(
+                print(JSON.object([
+                    ("output", .string(out)),
+                    ("digest", .string(digest.name)),
+                    ("signer", .string(certs[0].subject)),
+                    ("signer_id", .string(keyid ? "skid" : "issuer-serial")),
+                    ("signature_bytes", .uint(UInt64(trailer.signatureLength))),
+                    ("content_sha256", .string(
                         signed.withUnsafeBytes { Digest.sha256(UnsafeRawBufferPointer(rebasing: $0[trailer.contentRange])) }.hex)),
-                ]))
+                ]).serialized())
             } else {
                 print("signed \(file) -> \(out) (\(digest.name), \(trailer.signatureLength)-byte PKCS#7, signer \(certs[0].subject))")
             }
         } catch {
-            CommandFiles.printError("execgate sign module: \(error)")
+            Console.error("execgate sign module: \(error)")
             throw ExecGateExit.usage
         }
     }

@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The audit sink: every verdict and every policy change becomes one JSON line.
+//
+//     verifier worker ──record()──▶ [bounded queue, capacity C] ──writer──▶ audit file (serve --audit)
+//                                                                    └────▶ retained ring (R records)
+//                                                                              ▲ audit-read (admin port)
+//
+// When the queue is full, the *policy* of the request decides (`audit-overflow`):
+//   - block: the worker waits (bounded by `blockTimeout`) for room; if none comes, record()
+//     returns false and the verifier turns the verdict into a deny. No code runs unrecorded.
+//   - drop: the record is dropped and counted; the count is in `policy show` and every later
+//     audit-read reply, so a gap is never silent.
+// Policy changes are always recorded (they bypass the capacity bound: they are rare and come
+// only from admin-signed bundles).
+//
+// The retained ring is what `audit-read` serves to the host; it keeps the newest R records
+// (older ones are still in the audit file). Each record has a sequence number, so a reader
+// that fell behind the ring sees exactly how many it missed (`oldest_seq`).
+
+import _ExecGateInternals
+import Dispatch
+import ExecGatePolicy
+import ExecGateVerifier
+import ExecGateWire
+import NIOConcurrencyHelpers
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public enum AuditLimits {
+    /// Records waiting for the writer.
+    public static let defaultQueueCapacity = 4096
+    /// Records kept in memory for audit-read.
+    public static let defaultRetained = 16384
+    /// Longest a verdict waits for queue room under `audit-overflow block`.
+    public static let defaultBlockTimeoutSeconds = 5.0
+    /// Most records in one audit-read reply.
+    public static let maximumRecordsPerRead = 10_000
+}
+
+public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
+    // @unchecked: all mutable state is guarded by `monitor`.
+    public typealias Writer = @Sendable ([UInt8]) throws -> Void
+
+    private let monitor = Monitor()
+    private var queue: [String] = []
+    private var ring: [(UInt64, String)] = []
+    private var nextSeq: UInt64 = 1
+    private var _dropped: UInt64 = 0
+    private var _accepted: UInt64 = 0
+    private var _writeErrors: UInt64 = 0
+    private var stopping = false
+    private var writerRunning = false
+    private let capacity: Int
+    private let retained: Int
+    private let blockTimeout: Double
+    private let writer: Writer?
+    private let clock: @Sendable () -> String
+    private let writerDone = DispatchSemaphore(value: 0)
+
+    /// - Parameters:
+    ///   - capacity: queue bound (records not yet handed on).
+    ///   - retained: records kept for audit-read.
+    ///   - blockTimeout: seconds a verdict waits for room under `block`.
+    ///   - writer: where lines go (one call per batch of complete lines); nil = memory only.
+    public init(capacity: Int = AuditLimits.defaultQueueCapacity, retained: Int = AuditLimits.defaultRetained,
+                blockTimeout: Double = AuditLimits.defaultBlockTimeoutSeconds, writer: Writer? = nil,
+                clock: @escaping @Sendable () -> String = AuditTime.now) {
+        self.capacity = max(1, capacity)
+        self.retained = max(1, retained)
+        self.blockTimeout = blockTimeout
+        self.writer = writer
+        self.clock = clock
+        writerRunning = true
+        DispatchQueue(label: "execgate.audit-writer").async { [self] in self.drain() }
+    }
+
+    /// An audit log appending to `path` (created 0600 if missing).
+    public static func appending(to path: String, capacity: Int = AuditLimits.defaultQueueCapacity) throws -> AuditLog {
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw AdminError(.io, "cannot open audit file \(path): errno \(errno)") }
+        let file = FileDescriptorBox(fd)
+        return AuditLog(capacity: capacity, writer: { bytes in try file.writeAll(bytes) })
+    }
+
+    // MARK: Producers
+
+    public func record(_ v: ExecGateWire.Verdict, guestID: String, policy: Policy) -> Bool {
+        let line = JSON.object([
+            ("time", .string(clock())),
+            ("event", .string("verdict")),
+            ("guest", .string(guestID)),
+            ("request_sha256", .string(Hex.string(v.requestDigest))),
+            ("module", .string(v.moduleName)),
+            ("module_sha256", .string(Hex.string(v.moduleDigest))),
+            ("decision", .string(v.decision == .allow ? "allow" : "deny")),
+            ("audit_only", .bool(v.auditOnly)),
+            ("reason", .string(v.reason.name)),
+            ("message", .string(v.message)),
+            ("policy_id", .string(v.policyID)),
+            ("policy_version", .uint(v.policyVersion)),
+        ]).serialized()
+        return enqueue(line, overflow: policy.auditOverflow, force: false)
+    }
+
+    /// A policy activation (boot, push) or a refused push. Always recorded.
+    public func recordPolicyEvent(_ event: String, policy: Policy, previous: Policy?, detail: String) {
+        let line = JSON.object([
+            ("time", .string(clock())),
+            ("event", .string(event)),
+            ("policy_id", .string(policy.id)),
+            ("policy_version", .uint(policy.version)),
+            ("previous_policy_id", previous.map { .string($0.id) } ?? .null),
+            ("previous_policy_version", previous.map { .uint($0.version) } ?? .null),
+            ("policy_sha256", policy.source.map { .string(Hex.string(PolicySummary.sha256($0))) } ?? .null),
+            ("detail", .string(detail)),
+        ]).serialized()
+        _ = enqueue(line, overflow: .block, force: true)
+    }
+
+    private func enqueue(_ line: String, overflow: AuditOverflow, force: Bool) -> Bool {
+        monitor.lock()
+        defer { monitor.unlock() }
+        if !force && queue.count >= capacity {
+            switch overflow {
+            case .drop:
+                _dropped &+= 1
+                return true
+            case .block:
+                let deadline = Monitor.deadline(after: blockTimeout)
+                while queue.count >= capacity && !stopping {
+                    if !monitor.wait(until: deadline) { break }
+                }
+                guard queue.count < capacity else { return false }
+            }
+        }
+        queue.append(line)
+        _accepted &+= 1
+        monitor.broadcast()
+        return true
+    }
+
+    // MARK: Consumer
+
+    private func drain() {
+        while true {
+            monitor.lock()
+            while queue.isEmpty && !stopping { _ = monitor.wait(until: nil) }
+            if queue.isEmpty && stopping {
+                writerRunning = false
+                monitor.unlock()
+                writerDone.signal()
+                return
+            }
+            let batch = queue
+            queue.removeAll(keepingCapacity: true)
+            monitor.unlock()
+
+            var failed = false
+            if let writer {
+                var bytes: [UInt8] = []
+                for l in batch { bytes += Array(l.utf8); bytes.append(0x0A) }
+                do { try writer(bytes) } catch { failed = true }
+            }
+            monitor.lock()
+            if failed { _writeErrors &+= 1 }
+            for l in batch {
+                ring.append((nextSeq, l))
+                nextSeq &+= 1
+            }
+            if ring.count > retained * 2 {  // amortised trim
+                ring.removeFirst(ring.count - retained)
+            }
+            monitor.broadcast()  // room in the queue: wake blocked producers
+            monitor.unlock()
+        }
+    }
+
+    /// Flush what is queued and stop the writer (shutdown). Waits at most `timeout` seconds for a
+    /// stalled writer (a hung disk must not hang shutdown); blocked producers are released and
+    /// their verdicts denied (fail closed).
+    public func close(timeout: Double = 10) {
+        monitor.lock()
+        stopping = true
+        monitor.broadcast()
+        let running = writerRunning
+        monitor.unlock()
+        if running { _ = writerDone.wait(timeout: .now() + timeout) }
+    }
+
+    // MARK: Readers
+
+    public struct Counters: Sendable, Equatable {
+        public var accepted: UInt64
+        public var dropped: UInt64
+        public var writeErrors: UInt64
+        public var queued: Int
+    }
+
+    public var counters: Counters {
+        monitor.lock()
+        defer { monitor.unlock() }
+        return Counters(accepted: _accepted, dropped: _dropped, writeErrors: _writeErrors, queued: queue.count)
+    }
+
+    public struct Page: Sendable {
+        public var records: [String]
+        /// The sequence number to ask for next (`after_seq` = next - 1).
+        public var nextSeq: UInt64
+        /// The oldest record still retained (a reader asking for older ones missed some).
+        public var oldestSeq: UInt64
+        public var dropped: UInt64
+    }
+
+    /// Records with sequence number > `afterSeq`, at most `limit`.
+    public func read(after afterSeq: UInt64, limit: Int) -> Page {
+        monitor.lock()
+        defer { monitor.unlock() }
+        let keep = ring.suffix(retained)
+        let oldest = keep.first?.0 ?? nextSeq
+        let n = min(max(0, limit), AuditLimits.maximumRecordsPerRead)
+        let selected = keep.lazy.filter { $0.0 > afterSeq }.prefix(n)
+        let records = selected.map(\.1)
+        let next = (selected.last?.0).map { $0 + 1 } ?? max(afterSeq + 1, oldest)
+        return Page(records: Array(records), nextSeq: next, oldestSeq: oldest, dropped: _dropped)
+    }
+
+    /// Waits until every record accepted so far has been handed to the writer (tests, shutdown).
+    public func flush(timeout: Double = 5) {
+        monitor.lock()
+        defer { monitor.unlock() }
+        let deadline = Monitor.deadline(after: timeout)
+        while !queue.isEmpty { if !monitor.wait(until: deadline) { break } }
+    }
+}
+
+// MARK: - Time
+
+public enum AuditTime {
+    /// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T13:02:56.123Z` (no Foundation).
+    @Sendable public static func now() -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return format(seconds: Int64(ts.tv_sec), milliseconds: Int(ts.tv_nsec / 1_000_000))
+    }
+
+    public static func format(seconds: Int64, milliseconds: Int) -> String {
+        // Civil-from-days (H. Hinnant), valid for the proleptic Gregorian calendar.
+        let days = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
+        let secs = seconds - days * 86400
+        let z = days + 719468
+        let era = (z >= 0 ? z : z - 146096) / 146097
+        let doe = z - era * 146097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        func p(_ v: Int64, _ w: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, w - s.count)) + s }
+        return "\(p(y, 4))-\(p(m, 2))-\(p(d, 2))T\(p(secs / 3600, 2)):\(p(secs % 3600 / 60, 2)):\(p(secs % 60, 2)).\(p(Int64(milliseconds), 3))Z"
+    }
+}
+
+// MARK: - Plumbing
+
+/// A pthread mutex + condition variable (NIOLock has no condition with a deadline).
+final class Monitor: @unchecked Sendable {
+    // @unchecked: the pthread objects are the synchronisation.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    init() {
+        pthread_mutex_init(mutex, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attr)
+        pthread_condattr_destroy(&attr)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
+    func broadcast() { pthread_cond_broadcast(cond) }
+
+    static func deadline(after seconds: Double) -> timespec {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let ns = Int(ts.tv_nsec) + Int((seconds - seconds.rounded(.down)) * 1e9)
+        ts.tv_sec += Int(seconds.rounded(.down)) + ns / 1_000_000_000
+        ts.tv_nsec = ns % 1_000_000_000
+        return ts
+    }
+
+    /// Waits for a broadcast (with the lock held). Returns false when `deadline` passed.
+    func wait(until deadline: timespec?) -> Bool {
+        guard var d = deadline else { pthread_cond_wait(cond, mutex); return true }
+        return pthread_cond_timedwait(cond, mutex, &d) != ETIMEDOUT
+    }
+}
+
+/// An owned file descriptor with a write-all loop.
+final class FileDescriptorBox: @unchecked Sendable {
+    // @unchecked: only the audit writer (one thread) writes.
+    let fd: Int32
+    init(_ fd: Int32) { self.fd = fd }
+    deinit { close(fd) }
+
+    func writeAll(_ bytes: [UInt8]) throws {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, bytes.count - off) }  // Safe: non-empty (off < count).
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw AdminError(.io, "audit write failed: errno \(errno)")
+            }
+            off += n
+        }
+    }
+}

@@ -1,0 +1,450 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The policy language: a small line-oriented text a security reviewer reads in one sitting.
+// docs/policy.md is the user documentation; this file is the grammar's only implementation.
+//
+//     file      := line*
+//     line      := ws* [directive] ws* ['#' comment] '\n'
+//     directive := 'execgate-policy' '1'                      (must be the first directive)
+//                | 'id' NAME | 'version' U64 | 'mode' ('enforce'|'audit')
+//                | 'minimum-digest' DIGEST | 'end-state' ('required'|'when-claimed')
+//                | 'audit-overflow' ('block'|'drop')
+//                | 'trust' 'kernel-builtin'
+//                | 'trust' 'sha256:'HEX64  PEM-BLOCK             (PEM on the following lines)
+//                | 'deny' ('certificate'|'module') 'sha256:'HEX64 | 'deny' 'module-name' NAME
+//                | 'pin' 'sha256:'HEX64
+//                | 'class' NAME PATTERN+
+//                | KIND SETTING [ 'for' ('guest' ID | 'class' NAME) ]
+//     KIND      := 'modules' | 'text-patches' | 'ebpf-jit'
+//     SETTING   := 'deny' | 'allow' | 'hash-pinned' | 'audit-only'
+//
+// Security properties the parser enforces (a policy that says something ExecGate does not
+// understand must not load, and must never load as something weaker than what it says):
+//   - unknown keywords, extra tokens and missing arguments are errors, never ignored;
+//   - singular settings given twice are errors (no "last one wins" surprises);
+//   - an embedded trust anchor must match the fingerprint written next to it, so what the
+//     reviewer reads (the fingerprint) is what is trusted;
+//   - input is bounded (size, line length) and must be UTF-8 with LF line endings: the signature
+//     covers exact bytes, and invisible differences (CR, NUL) would let two readers disagree.
+// Errors name file, line and column (1-based; columns count bytes, which for the ASCII keywords
+// of the language are characters).
+//
+// Pure: no I/O. The caller passes the bytes and the anchors `trust kernel-builtin` stands for.
+
+import ExecGateSignature
+
+// MARK: - Errors
+
+/// Why a policy text was refused. Equality compares code, line and column (tests match on them).
+public struct PolicyParseError: Error, Sendable, Hashable, CustomStringConvertible {
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        enum Backing: String, Sendable {
+            case encoding = "policy.encoding"
+            case tooLarge = "policy.too-large"
+            case unknownKeyword = "policy.unknown-keyword"
+            case badArgument = "policy.bad-argument"
+            case missingArgument = "policy.missing-argument"
+            case extraArgument = "policy.extra-argument"
+            case duplicate = "policy.duplicate"
+            case missingDirective = "policy.missing-directive"
+            case badCertificate = "policy.bad-certificate"
+            case fingerprintMismatch = "policy.fingerprint-mismatch"
+            case undefinedClass = "policy.undefined-class"
+            case header = "policy.header"
+        }
+        let backing: Backing
+        public static let encoding = Code(backing: .encoding)
+        public static let tooLarge = Code(backing: .tooLarge)
+        public static let unknownKeyword = Code(backing: .unknownKeyword)
+        public static let badArgument = Code(backing: .badArgument)
+        public static let missingArgument = Code(backing: .missingArgument)
+        public static let extraArgument = Code(backing: .extraArgument)
+        public static let duplicate = Code(backing: .duplicate)
+        public static let missingDirective = Code(backing: .missingDirective)
+        public static let badCertificate = Code(backing: .badCertificate)
+        public static let fingerprintMismatch = Code(backing: .fingerprintMismatch)
+        public static let undefinedClass = Code(backing: .undefinedClass)
+        public static let header = Code(backing: .header)
+        public var rawValue: String { backing.rawValue }
+        public var description: String { backing.rawValue }
+    }
+
+    public let code: Code
+    public let file: String
+    public let line: Int
+    public let column: Int
+    public let reason: String
+
+    init(_ code: Code, _ file: String, _ line: Int, _ column: Int, _ reason: String) {
+        self.code = code
+        self.file = file
+        self.line = line
+        self.column = column
+        self.reason = reason
+    }
+
+    /// `FILE:LINE:COLUMN: error: REASON [code]`, the form editors and compilers use.
+    public var description: String { "\(file):\(line):\(column): error: \(reason) [\(code)]" }
+
+    public static func == (a: Self, b: Self) -> Bool { a.code == b.code && a.line == b.line && a.column == b.column }
+    public func hash(into h: inout Hasher) { h.combine(code); h.combine(line); h.combine(column) }
+}
+
+// MARK: - Limits
+
+public enum PolicyLimits {
+    /// Largest policy text: 1 MiB (a policy with a few hundred pins and anchors is ~100 KiB).
+    public static let maximumSize = 1 << 20
+    /// Longest line in bytes (PEM lines are 64; a long class line of guest ids fits easily).
+    public static let maximumLineLength = 4096
+    /// Longest id, guest id, class or module name.
+    public static let maximumNameLength = 128
+    /// The only policy language version this implementation reads.
+    public static let languageVersion = "1"
+}
+
+// MARK: - Parser
+
+public enum PolicyParser {
+    /// Parses a policy text.
+    ///
+    /// - Parameters:
+    ///   - bytes: the exact policy bytes (for a bundle: the signed bytes).
+    ///   - file: the name used in error messages.
+    ///   - builtinAnchors: what `trust kernel-builtin` stands for (the guest kernel's own builtin
+    ///     certificates the service was started with). nil = not known here (signing, linting):
+    ///     the line is accepted and resolves to nothing.
+    /// - Returns: the policy, with `source` set to `bytes`.
+    /// - Throws: `PolicyParseError` naming file, line and column.
+    public static func parse(_ bytes: [UInt8], file: String, builtinAnchors: [Certificate]? = nil) throws(PolicyParseError) -> Policy {
+        var p = Parser(bytes: bytes, file: file, builtinAnchors: builtinAnchors)
+        return try p.run()
+    }
+}
+
+/// One whitespace-separated word of a line and where it starts.
+struct Token {
+    var text: String
+    var column: Int
+}
+
+struct Parser {
+    let bytes: [UInt8]
+    let file: String
+    let builtinAnchors: [Certificate]?
+
+    // Collected state.
+    var sawHeader = false
+    var id: (String, Int)?
+    var version: UInt64?
+    var mode: Policy.Mode?
+    var minimumDigest: DigestAlgorithm?
+    var endState: Policy.EndState?
+    var auditOverflow: AuditOverflow?
+    var anchors: [Certificate] = []
+    var trustLines = 0
+    var deniedCertificates = Set<Digest>()
+    var deniedModules = Set<Digest>()
+    var deniedNames = Set<String>()
+    var pins = Set<Digest>()
+    var classes: [String: [String]] = [:]
+    var rules: [KindRuleEntry] = []
+    var hashPinnedLine: (Int, Int)?
+
+    init(bytes: [UInt8], file: String, builtinAnchors: [Certificate]?) {
+        self.bytes = bytes
+        self.file = file
+        self.builtinAnchors = builtinAnchors
+    }
+
+    func fail(_ code: PolicyParseError.Code, _ line: Int, _ column: Int, _ why: String) -> PolicyParseError {
+        PolicyParseError(code, file, line, column, why)
+    }
+
+    mutating func run() throws(PolicyParseError) -> Policy {
+        guard bytes.count <= PolicyLimits.maximumSize else {
+            throw fail(.tooLarge, 1, 1, "policy is \(bytes.count) bytes; the limit is \(PolicyLimits.maximumSize)")
+        }
+        // Split into lines first (bounded), validating the byte-level rules with exact positions.
+        var lines: [[UInt8]] = []
+        var current: [UInt8] = []
+        for b in bytes {
+            if b == 0x0A { lines.append(current); current = []; continue }
+            current.append(b)
+        }
+        if !current.isEmpty { lines.append(current) }
+
+        var index = 0
+        while index < lines.count {
+            let lineNo = index + 1
+            let raw = lines[index]
+            index += 1
+            guard raw.count <= PolicyLimits.maximumLineLength else {
+                throw fail(.tooLarge, lineNo, PolicyLimits.maximumLineLength + 1, "line is longer than \(PolicyLimits.maximumLineLength) bytes")
+            }
+            if let cr = raw.firstIndex(where: { $0 == 0x0D || $0 == 0x00 || ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) {
+                let what = raw[cr] == 0x0D ? "carriage return (use LF line endings)" : "control character 0x\(String(raw[cr], radix: 16))"
+                throw fail(.encoding, lineNo, cr + 1, what)
+            }
+            guard String(validating: raw, as: UTF8.self) != nil else {
+                throw fail(.encoding, lineNo, 1, "line is not valid UTF-8")
+            }
+            let tokens = Self.tokenize(raw)
+            guard let head = tokens.first else { continue }
+            if !sawHeader && head.text != "execgate-policy" {
+                throw fail(.header, lineNo, head.column, "the first directive must be 'execgate-policy \(PolicyLimits.languageVersion)'")
+            }
+            let args = Array(tokens.dropFirst())
+            switch head.text {
+            case "execgate-policy":
+                if sawHeader { throw fail(.duplicate, lineNo, head.column, "'execgate-policy' given twice") }
+                let v = try one(args, lineNo, head, "the language version")
+                guard v.text == PolicyLimits.languageVersion else {
+                    throw fail(.header, lineNo, v.column, "policy language version '\(v.text)' is not supported (this ExecGate reads version \(PolicyLimits.languageVersion))")
+                }
+                sawHeader = true
+            case "id":
+                if id != nil { throw fail(.duplicate, lineNo, head.column, "'id' given twice") }
+                let v = try one(args, lineNo, head, "the policy id")
+                try checkName(v, lineNo, what: "policy id")
+                id = (v.text, lineNo)
+            case "version":
+                if version != nil { throw fail(.duplicate, lineNo, head.column, "'version' given twice") }
+                let v = try one(args, lineNo, head, "the policy version")
+                guard v.text.allSatisfy({ $0.isASCII && $0.isNumber }), let n = UInt64(v.text), n >= 1 else {
+                    throw fail(.badArgument, lineNo, v.column, "version must be a decimal integer from 1 to \(UInt64.max), not '\(v.text)'")
+                }
+                version = n
+            case "mode":
+                if mode != nil { throw fail(.duplicate, lineNo, head.column, "'mode' given twice") }
+                let v = try one(args, lineNo, head, "enforce or audit")
+                guard let m = Policy.Mode(rawValue: v.text) else { throw fail(.badArgument, lineNo, v.column, "mode must be 'enforce' or 'audit', not '\(v.text)'") }
+                mode = m
+            case "minimum-digest":
+                if minimumDigest != nil { throw fail(.duplicate, lineNo, head.column, "'minimum-digest' given twice") }
+                let v = try one(args, lineNo, head, "a digest name")
+                guard let d = DigestAlgorithm(name: v.text), v.text == d.name else {
+                    throw fail(.badArgument, lineNo, v.column, "unknown digest '\(v.text)' (one of \(DigestAlgorithm.allCases.map(\.name).joined(separator: ", ")))")
+                }
+                minimumDigest = d
+            case "end-state":
+                if endState != nil { throw fail(.duplicate, lineNo, head.column, "'end-state' given twice") }
+                let v = try one(args, lineNo, head, "required or when-claimed")
+                guard let e = Policy.EndState(rawValue: v.text) else { throw fail(.badArgument, lineNo, v.column, "end-state must be 'required' or 'when-claimed', not '\(v.text)'") }
+                endState = e
+            case "audit-overflow":
+                if auditOverflow != nil { throw fail(.duplicate, lineNo, head.column, "'audit-overflow' given twice") }
+                let v = try one(args, lineNo, head, "block or drop")
+                guard let a = AuditOverflow(rawValue: v.text) else { throw fail(.badArgument, lineNo, v.column, "audit-overflow must be 'block' or 'drop', not '\(v.text)'") }
+                auditOverflow = a
+            case "trust":
+                let v = try one(args, lineNo, head, "'kernel-builtin' or sha256:FINGERPRINT")
+                trustLines += 1
+                if v.text == "kernel-builtin" {
+                    if let b = builtinAnchors {
+                        guard !b.isEmpty else {
+                            throw fail(.badArgument, lineNo, v.column, "'trust kernel-builtin' but this service was started without built-in anchors (serve --trust)")
+                        }
+                        anchors += b
+                    }
+                } else {
+                    let fp = try digest(v, lineNo)
+                    let (cert, consumed) = try pemBlock(after: index, lines: lines, trustLine: lineNo, column: v.column)
+                    index += consumed
+                    guard cert.fingerprint == fp else {
+                        throw fail(.fingerprintMismatch, lineNo, v.column,
+                                   "the certificate below has fingerprint sha256:\(cert.fingerprint.hex), not the one written here")
+                    }
+                    anchors.append(cert)
+                }
+            case "deny":
+                guard let what = args.first else { throw fail(.missingArgument, lineNo, head.column + 4, "'deny' needs certificate, module or module-name") }
+                let v = try one(Array(args.dropFirst()), lineNo, what, "a value")
+                switch what.text {
+                case "certificate": deniedCertificates.insert(try digest(v, lineNo))
+                case "module": deniedModules.insert(try digest(v, lineNo))
+                case "module-name":
+                    try checkName(v, lineNo, what: "module name")
+                    deniedNames.insert(Policy.canonicalModuleName(v.text))
+                default:
+                    throw fail(.unknownKeyword, lineNo, what.column, "unknown deny list '\(what.text)' (certificate, module or module-name)")
+                }
+            case "pin":
+                let v = try one(args, lineNo, head, "sha256:HASH of a module's content")
+                pins.insert(try digest(v, lineNo))
+            case "class":
+                guard args.count >= 2 else {
+                    throw fail(.missingArgument, lineNo, (args.last ?? head).column, "'class' needs a name and at least one guest id pattern")
+                }
+                let name = args[0]
+                try checkName(name, lineNo, what: "class name")
+                if classes[name.text] != nil { throw fail(.duplicate, lineNo, name.column, "class '\(name.text)' defined twice") }
+                var patterns: [String] = []
+                for p in args.dropFirst() {
+                    let body = p.text.hasSuffix("*") ? String(p.text.dropLast()) : p.text
+                    guard !body.contains("*") else { throw fail(.badArgument, lineNo, p.column, "only one trailing '*' is allowed in a guest id pattern") }
+                    try checkName(Token(text: body.isEmpty ? "x" : body, column: p.column), lineNo, what: "guest id pattern")
+                    patterns.append(p.text)
+                }
+                classes[name.text] = patterns
+            default:
+                if let kind = CodeKind(rawValue: head.text) {
+                    try kindRule(kind, head, args, lineNo)
+                } else {
+                    throw fail(.unknownKeyword, lineNo, head.column, "unknown keyword '\(head.text)'")
+                }
+            }
+        }
+
+        // Whole-file rules.
+        let end = lines.count + 1
+        guard sawHeader else { throw fail(.header, 1, 1, "empty policy: the first directive must be 'execgate-policy \(PolicyLimits.languageVersion)'") }
+        guard let id else { throw fail(.missingDirective, end, 1, "no 'id' line") }
+        guard let version else { throw fail(.missingDirective, end, 1, "no 'version' line") }
+        guard let mode else { throw fail(.missingDirective, end, 1, "no 'mode' line (enforce or audit): the mode must be stated, not assumed") }
+        guard trustLines > 0 else { throw fail(.missingDirective, end, 1, "no 'trust' line: nothing would be trusted") }
+        guard rules.contains(where: { $0.kind == .modules && $0.selector == .all }) else {
+            throw fail(.missingDirective, end, 1, "no default 'modules' rule (deny, allow, hash-pinned or audit-only)")
+        }
+        if let (l, c) = hashPinnedLine, pins.isEmpty {
+            throw fail(.missingDirective, l, c, "'hash-pinned' but no 'pin' line: nothing could load (write 'deny' if that is meant)")
+        }
+        // Unstated kinds default to deny: a kind the reviewer did not think about is not allowed.
+        for kind in [CodeKind.textPatches, .ebpfJIT] where !rules.contains(where: { $0.kind == kind && $0.selector == .all }) {
+            rules.append(KindRuleEntry(selector: .all, kind: kind, setting: .deny))
+        }
+        let policy = Policy(id: id.0, version: version, mode: mode, trust: TrustStore(anchors),
+                            denyList: DenyList(certificateTBSHashes: deniedCertificates, moduleContentHashes: deniedModules),
+                            deniedModuleNames: deniedNames, minimumDigest: minimumDigest ?? .sha256,
+                            endState: endState ?? .whenClaimed, modules: .allow, textPatches: .deny, ebpfJIT: .deny,
+                            auditOverflow: auditOverflow ?? .block, kindRules: rules, source: bytes, pinnedModules: pins)
+        // Fold the defaults (selector .all) into the flat fields and mode, so a reader of
+        // `policy.modules` or `policy.mode` sees what applies to a guest no rule names.
+        var flat = policy.resolved(forGuest: nil)
+        flat.mode = mode
+        return flat
+    }
+
+    // MARK: Pieces
+
+    mutating func kindRule(_ kind: CodeKind, _ head: Token, _ args: [Token], _ lineNo: Int) throws(PolicyParseError) {
+        guard let s = args.first else {
+            throw fail(.missingArgument, lineNo, head.column + head.text.utf8.count + 1, "'\(head.text)' needs deny, allow, hash-pinned or audit-only")
+        }
+        guard let setting = KindSetting(rawValue: s.text) else {
+            throw fail(.badArgument, lineNo, s.column, "'\(s.text)' is not deny, allow, hash-pinned or audit-only")
+        }
+        if setting == .hashPinned && kind != .modules {
+            throw fail(.badArgument, lineNo, s.column, "hash-pinned applies to modules only (pins are module content hashes)")
+        }
+        if setting == .hashPinned && hashPinnedLine == nil { hashPinnedLine = (lineNo, s.column) }
+        var selector = GuestSelector.all
+        if args.count > 1 {
+            let f = args[1]
+            guard f.text == "for" else { throw fail(.extraArgument, lineNo, f.column, "unexpected '\(f.text)' (expected 'for guest ID' or 'for class NAME')") }
+            guard args.count >= 4 else { throw fail(.missingArgument, lineNo, f.column, "'for' needs 'guest ID' or 'class NAME'") }
+            guard args.count == 4 else { throw fail(.extraArgument, lineNo, args[4].column, "unexpected '\(args[4].text)'") }
+            let which = args[2], name = args[3]
+            try checkName(name, lineNo, what: which.text == "class" ? "class name" : "guest id")
+            switch which.text {
+            case "guest": selector = .guest(name.text)
+            case "class":
+                guard let patterns = classes[name.text] else {
+                    throw fail(.undefinedClass, lineNo, name.column, "class '\(name.text)' is not defined above (write 'class \(name.text) PATTERN…' first)")
+                }
+                selector = .guestClass(name: name.text, patterns: patterns)
+            default:
+                throw fail(.unknownKeyword, lineNo, which.column, "unknown selector '\(which.text)' (guest or class)")
+            }
+        }
+        if rules.contains(where: { $0.kind == kind && $0.selector == selector }) {
+            throw fail(.duplicate, lineNo, head.column, "a '\(kind.rawValue)' rule for \(selector) was already given")
+        }
+        rules.append(KindRuleEntry(selector: selector, kind: kind, setting: setting))
+    }
+
+    /// Exactly one argument.
+    func one(_ args: [Token], _ lineNo: Int, _ head: Token, _ what: String) throws(PolicyParseError) -> Token {
+        guard let v = args.first else {
+            throw fail(.missingArgument, lineNo, head.column + head.text.utf8.count + 1, "'\(head.text)' needs \(what)")
+        }
+        guard args.count == 1 else { throw fail(.extraArgument, lineNo, args[1].column, "unexpected '\(args[1].text)' after '\(head.text) \(v.text)'") }
+        return v
+    }
+
+    /// `sha256:` followed by 64 lowercase or uppercase hex digits.
+    func digest(_ t: Token, _ lineNo: Int) throws(PolicyParseError) -> Digest {
+        guard t.text.hasPrefix("sha256:") else {
+            throw fail(.badArgument, lineNo, t.column, "expected sha256:<64 hex digits>, not '\(t.text)'")
+        }
+        let hex = String(t.text.dropFirst(7))
+        guard hex.utf8.count == 64, let d = Digest(algorithm: .sha256, hex: hex.lowercased()) else {
+            throw fail(.badArgument, lineNo, t.column + 7, "a SHA-256 digest is 64 hex digits; '\(hex)' is not one")
+        }
+        return d
+    }
+
+    /// Names: 1…128 of [A-Za-z0-9._-].
+    func checkName(_ t: Token, _ lineNo: Int, what: String) throws(PolicyParseError) {
+        guard t.text.utf8.count <= PolicyLimits.maximumNameLength else {
+            throw fail(.badArgument, lineNo, t.column, "\(what) is longer than \(PolicyLimits.maximumNameLength) bytes")
+        }
+        if let bad = t.text.utf8.firstIndex(where: { b in
+            !((b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2E || b == 0x5F || b == 0x2D)
+        }) {
+            let offset = t.text.utf8.distance(from: t.text.utf8.startIndex, to: bad)
+            throw fail(.badArgument, lineNo, t.column + offset, "\(what) '\(t.text)' may only contain letters, digits, '.', '_' and '-'")
+        }
+    }
+
+    /// The PEM block that must follow a `trust sha256:…` line: BEGIN CERTIFICATE … END CERTIFICATE
+    /// on the next lines (blank lines and comments are not allowed inside it).
+    func pemBlock(after start: Int, lines: [[UInt8]], trustLine: Int, column: Int) throws(PolicyParseError) -> (Certificate, Int) {
+        let begin = Array("-----BEGIN CERTIFICATE-----".utf8), end = Array("-----END CERTIFICATE-----".utf8)
+        func trimmed(_ l: [UInt8]) -> [UInt8] {
+            var s = l[...]
+            while let f = s.first, f == 0x20 || f == 0x09 { s.removeFirst() }
+            while let e = s.last, e == 0x20 || e == 0x09 { s.removeLast() }
+            return Array(s)
+        }
+        guard start < lines.count, trimmed(lines[start]) == begin else {
+            throw fail(.badCertificate, trustLine + 1, 1, "'trust sha256:…' must be followed by a -----BEGIN CERTIFICATE----- line")
+        }
+        var pem: [UInt8] = []
+        var i = start
+        while i < lines.count {
+            let t = trimmed(lines[i])
+            if let bad = t.firstIndex(where: { $0 == 0x0D || ($0 < 0x20 && $0 != 0x09) }) {
+                throw fail(.encoding, i + 1, bad + 1, "control character inside a PEM block")
+            }
+            pem += t + [0x0A]
+            i += 1
+            if t == end {
+                let certs: [Certificate]
+                do { certs = try Certificate.parsePEM(pem) } catch {
+                    throw fail(.badCertificate, start + 1, 1, "the PEM block is not a certificate: \(error)")
+                }
+                guard certs.count == 1 else { throw fail(.badCertificate, start + 1, 1, "one certificate per trust line") }
+                return (certs[0], i - start)
+            }
+            if i - start > 256 { break }  // A certificate PEM is < 100 lines; anything longer is not one.
+        }
+        throw fail(.badCertificate, start + 1, 1, "no -----END CERTIFICATE----- line closes this PEM block")
+    }
+
+    /// Words separated by spaces or tabs, up to a `#` that starts a comment.
+    static func tokenize(_ line: [UInt8]) -> [Token] {
+        var out: [Token] = []
+        var i = 0
+        while i < line.count {
+            let b = line[i]
+            if b == 0x23 { break }  // '#': comment to end of line.
+            if b == 0x20 || b == 0x09 { i += 1; continue }
+            let start = i
+            while i < line.count, line[i] != 0x20, line[i] != 0x09, line[i] != 0x23 { i += 1 }
+            // The whole line was validated as UTF-8 and we only split at ASCII bytes.
+            out.append(Token(text: String(decoding: line[start..<i], as: UTF8.self), column: start + 1))
+        }
+        return out
+    }
+}

@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `execgate policy check|sign|push|show|test`: policies as signed data (docs/policy.md).
+// Argument parsing and printing only; the work is in ExecGatePolicy and ExecGateAdmin.
+
+import _ExecGateInternals
+import ArgumentParser
+import ExecGateAdmin
+import ExecGateCapture
+import ExecGatePolicy
+import ExecGateSignature
+import ExecGateVerifier
+import ExecGateWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct PolicyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "policy",
+        abstract: "Write, sign, push, show and dry-run verifier policies.",
+        subcommands: [PolicyCheck.self, PolicySign.self, PolicyPushCommand.self, PolicyShowCommand.self, PolicyTest.self, PolicyAudit.self]
+    )
+}
+
+/// Loads a policy file for offline use: a policy text, or a bundle (whose signature is checked when
+/// an admin certificate is given).
+enum PolicyFiles {
+    static func load(_ path: String, builtinAnchors: [Certificate]?, adminCert: String?) throws -> Policy {
+        let bytes = try LocalFile.read(path)
+        if bytes.starts(with: PolicyBundle.magic) {
+            if let adminCert {
+                let admin = try loadOneCertificate(adminCert)
+                return try PolicyBundle.open(bytes, admin: admin, file: path, builtinAnchors: builtinAnchors)
+            }
+            let parts = try PolicyBundle.split(bytes)
+            return try PolicyParser.parse(parts.policy, file: path, builtinAnchors: builtinAnchors)
+        }
+        return try PolicyParser.parse(bytes, file: path, builtinAnchors: builtinAnchors)
+    }
+
+    static func loadOneCertificate(_ path: String) throws -> Certificate {
+        let certs: [Certificate]
+        do { certs = try Certificate.load(try LocalFile.read(path)) } catch let e as LocalFileError { throw e } catch {
+            throw LocalFileError(path: path, why: "\(error)")
+        }
+        guard certs.count == 1 else { throw LocalFileError(path: path, why: "holds \(certs.count) certificates, expected one") }
+        return certs[0]
+    }
+
+    static func loadAnchors(_ paths: [String]) throws -> [Certificate] {
+        var out: [Certificate] = []
+        for p in paths {
+            do { out += try Certificate.load(try LocalFile.read(p)) } catch let e as LocalFileError { throw e } catch {
+                throw LocalFileError(path: p, why: "\(error)")
+            }
+        }
+        return out
+    }
+
+    static func summary(_ p: Policy) -> String {
+        "policy \(p.id) v\(p.version): mode \(p.mode.rawValue), \(p.trust.anchors.count) trust anchor(s), minimum \(p.minimumDigest.name), end-state \(p.endState.rawValue), audit-overflow \(p.auditOverflow.rawValue); "
+            + PolicySummary.rules(p).joined(separator: "; ")
+    }
+}
+
+struct PolicyCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Parse a policy (or bundle) and print what it says. Exit 0 valid, 2 invalid (FILE:LINE:COLUMN on stderr)."
+    )
+    @Argument(help: "The policy text or bundle.") var file: String
+    @Option(name: .customLong("trust"), help: ArgumentHelp("What 'trust kernel-builtin' stands for (PEM/DER). Repeatable.", valueName: "CERT"))
+    var trust: [String] = []
+    @Option(help: ArgumentHelp("Also verify a bundle's signature against this admin certificate.", valueName: "CERT")) var adminCert: String?
+
+    func run() throws {
+        do {
+            let anchors = trust.isEmpty ? nil : try PolicyFiles.loadAnchors(trust)
+            print(PolicyFiles.summary(try PolicyFiles.load(file, builtinAnchors: anchors, adminCert: adminCert)))
+        } catch {
+            Console.error("execgate policy check: \(error)")
+            throw ExecGateExit.usage
+        }
+    }
+}
+
+struct PolicySign: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sign",
+        abstract: "Sign a policy with the admin key into a bundle (docs/policy.md, \"Bundles\").",
+        discussion: "The policy is parsed first: an invalid policy is never signed. Exit 0 signed, 2 otherwise."
+    )
+    @Option(help: ArgumentHelp("Admin private key (PEM, unencrypted).", valueName: "KEY.pem")) var key: String
+    @Option(help: ArgumentHelp("Admin certificate (the service's /etc/execgate/admin.pem).", valueName: "CERT.pem")) var cert: String
+    @Argument(help: "The policy text.") var policy: String
+    @Option(name: [.short, .customLong("output")], help: "Where to write the bundle (default: POLICY.bundle).") var output: String?
+
+    func run() throws {
+        let out = output ?? policy + ".bundle"
+        do {
+            let text = try LocalFile.read(policy)
+            let parsed = try PolicyParser.parse(text, file: policy, builtinAnchors: nil)
+            let privateKey: PrivateKey
+            do { privateKey = try PrivateKey(pem: try LocalFile.read(key)) } catch let e as LocalFileError { throw e } catch {
+                throw LocalFileError(path: key, why: "\(error)")
+            }
+            let signer = try ModuleSigner(key: privateKey, certificate: try PolicyFiles.loadOneCertificate(cert), digest: .sha256)
+            let bundle = try PolicyBundle.seal(policy: text, signer: signer)
+            try LocalFile.writeAtomically(out, bundle)
+            print("signed \(parsed.id) v\(parsed.version) -> \(out) (\(bundle.count) bytes, signer \(signer.certificate.subject))")
+        } catch {
+            Console.error("execgate policy sign: \(error)")
+            throw ExecGateExit.usage
+        }
+    }
+}
+
+struct PolicyPushCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "push",
+        abstract: "Send a signed bundle to a running verifier's admin port.",
+        discussion: "Exit 0 activated, 1 refused by the verifier (reason on stderr), 2 usage error or unreachable."
+    )
+    @Argument(help: "The bundle (execgate policy sign).") var bundle: String
+    @Option(help: ArgumentHelp("The admin port: unix:PATH or vsock:CID:PORT.", valueName: "ADDR")) var connect: String
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let endpoint: Endpoint
+        let bytes: [UInt8]
+        do {
+            endpoint = try Endpoint(parsing: connect, listening: false)
+            bytes = try LocalFile.read(bundle)
+        } catch {
+            Console.error("execgate policy push: \(error)")
+            throw ExecGateExit.usage
+        }
+        let client: AdminClient
+        do { client = try await AdminClient.connect(to: endpoint) } catch {
+            Console.error("execgate policy push: cannot connect to \(endpoint): \(error)")
+            throw ExecGateExit.usage
+        }
+        do {
+            let r = try await client.push(bundle: bytes)
+            await client.close()
+            if json {
+                print(JSON.object([("activated", .bool(true)), ("policy_id", .string(r.policyID)), ("policy_version", .uint(r.policyVersion)),
+                                   ("previous_id", .string(r.previousID)), ("previous_version", .uint(r.previousVersion))]).serialized())
+            } else {
+                print("activated \(r.policyID) v\(r.policyVersion) (was \(r.previousID) v\(r.previousVersion))")
+            }
+        } catch let e as AdminClientError {
+            await client.close()
+            if json { print(JSON.object([("activated", .bool(false)), ("reason", .string(e.description))]).serialized()) }
+            Console.error("execgate policy push: \(e)")
+            if case .server = e { throw ExecGateExit.deny }
+            throw ExecGateExit.usage
+        }
+    }
+}
+
+struct PolicyShowCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show the policy in force on a running verifier (admin port).")
+    @Option(help: ArgumentHelp("The admin port: unix:PATH or vsock:CID:PORT.", valueName: "ADDR")) var connect: String
+    @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "Also print the policy text.") var source = false
+
+    func run() async throws {
+        do {
+            let client = try await AdminClient.connect(to: try Endpoint(parsing: connect, listening: false))
+            let r: PolicyShowReply
+            do { r = try await client.show() } catch { await client.close(); throw error }
+            await client.close()
+            if json {
+                print(PolicySummary.json(r).serialized())
+            } else {
+                print("policy \(r.policyID) v\(r.policyVersion) (\(r.activatedBy)), mode \(r.mode), minimum \(r.minimumDigest), end-state \(r.endState)")
+                print("audit: overflow \(r.auditOverflow), \(r.auditAccepted) recorded, \(r.auditDropped) dropped")
+                for a in r.anchors { print("trust \(a)") }
+                for rule in r.rules { print("rule \(rule)") }
+                if !r.sourceSHA256.isEmpty { print("source sha256:\(Hex.string(r.sourceSHA256))") }
+                if source { print(r.source) }
+            }
+        } catch {
+            Console.error("execgate policy show: \(error)")
+            throw ExecGateExit.usage
+        }
+    }
+}
+
+struct PolicyTest: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "test",
+        abstract: "Dry run: what each module of a captured boot would get under a policy.",
+        discussion: """
+            Replays CAPTURE_DIR (register-guest, then authorize-module per module in load order) \
+            through the same Verifier the service runs, built with the given policy. Nothing is \
+            activated anywhere. Exit 0 if every module would be allowed, 1 if any would be denied, \
+            2 on invalid input.
+            """
+    )
+    @Option(help: ArgumentHelp("The policy text or bundle.", valueName: "FILE")) var policy: String
+    @Argument(help: "One boot's capture directory.") var captureDir: String
+    @Option(name: .customLong("trust"), help: ArgumentHelp("What 'trust kernel-builtin' stands for (PEM/DER). Repeatable.", valueName: "CERT"))
+    var trust: [String] = []
+    @Option(help: "Guest id to judge as (selects per-guest and per-class rules).") var guest: String = "capture"
+    @Flag(help: "One JSON object per module, then a summary object.") var json = false
+
+    func run() throws {
+        let p: Policy
+        let boot: CaptureBoot
+        do {
+            p = try PolicyFiles.load(policy, builtinAnchors: try PolicyFiles.loadAnchors(trust), adminCert: nil)
+            boot = try CaptureBoot.load(captureDir)
+        } catch {
+            Console.error("execgate policy test: \(error)")
+            throw ExecGateExit.usage
+        }
+        let verifier = Verifier(policy: p, serverName: ExecGateVersion.string)
+        var allowed = 0, denied = 0, auditOnly = 0
+        do {
+            let reg = try boot.registration(guestID: guest)
+            _ = verifier.respond(to: .registerGuest(reg), requestDigest: [])
+            for name in boot.availableModules {
+                let m = try boot.module(name)
+                let v = verifier.authorize(m.request(guestID: guest), requestDigest: [])
+                if v.decision == .allow { allowed += 1 } else { denied += 1 }
+                if v.auditOnly { auditOnly += 1 }
+                print(json ? v.json.serialized() : v.humanLine)
+            }
+        } catch {
+            Console.error("execgate policy test: \(error)")
+            throw ExecGateExit.usage
+        }
+        if json {
+            print(JSON.object([("policy_id", .string(p.id)), ("policy_version", .uint(p.version)), ("guest", .string(guest)),
+                               ("allowed", .uint(UInt64(allowed))), ("denied", .uint(UInt64(denied))), ("audit_only", .uint(UInt64(auditOnly)))]).serialized())
+        } else {
+            print("policy \(p.id) v\(p.version) for guest \(guest): \(allowed) allowed (\(auditOnly) audit-only), \(denied) denied")
+        }
+        if denied > 0 { throw ExecGateExit.deny }
+    }
+}
+
+struct PolicyAudit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit",
+        abstract: "Carry audit records out of a running verifier (admin port audit-read): JSON lines on stdout.",
+        discussion: """
+            Prints every retained record after --after (default: all), oldest first, one JSON line \
+            each. With --follow, keeps polling for new records until interrupted. A note on stderr \
+            reports records dropped under audit-overflow drop, and records no longer retained.
+            """
+    )
+    @Option(help: ArgumentHelp("The admin port: unix:PATH or vsock:CID:PORT.", valueName: "ADDR")) var connect: String
+    @Option(help: "Only records with a sequence number greater than this.") var after: UInt64 = 0
+    @Flag(help: "Keep polling for new records (every 0.5 s).") var follow = false
+
+    func run() async throws {
+        do {
+            let client = try await AdminClient.connect(to: try Endpoint(parsing: connect, listening: false))
+            var cursor = after
+            var reportedDrops: UInt64 = 0
+            while true {
+                let page: AuditReadReply
+                do { page = try await client.auditRead(afterSeq: cursor, maxRecords: UInt32(AuditLimits.maximumRecordsPerRead)) } catch {
+                    await client.close()
+                    throw error
+                }
+                if page.oldestSeq > cursor + 1 {
+                    Console.error("execgate policy audit: records \(cursor + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
+                }
+                for r in page.records { print(r) }
+                if page.dropped > reportedDrops {
+                    Console.error("execgate policy audit: \(page.dropped) record(s) dropped under audit-overflow drop")
+                    reportedDrops = page.dropped
+                }
+                cursor = page.nextSeq &- 1
+                if page.records.count >= AuditLimits.maximumRecordsPerRead { continue }
+                guard follow else { break }
+                fflush(stdout)
+                try await Task.sleep(nanoseconds: 500_000_000)
+            }
+            await client.close()
+        } catch {
+            Console.error("execgate policy audit: \(error)")
+            throw ExecGateExit.usage
+        }
+    }
+}

@@ -1,0 +1,242 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The audit sink on real verdicts: audit-only mode allows and records what enforce would deny;
+// `audit-overflow block` fails closed when the sink cannot keep up, `drop` keeps serving and counts.
+// Also the dry run (`execgate policy test`) on the captured boot in the explainer's corpus.
+
+import ExecGateAdmin
+import ExecGatePolicy
+import ExecGateSignature
+import ExecGateTestSupport
+import ExecGateVerifier
+import ExecGateWire
+import NIOCore
+import XCTest
+import Dispatch
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class AuditTests: XCTestCase {
+    func request(_ name: String, guest: String = "") throws -> AuthorizeModule {
+        AuthorizeModule(guestID: guest, module: ByteBuffer(bytes: try Fixtures.readFile(try Fixtures.module(named: name))))
+    }
+
+    func testAuditModeAllowsAndRecordsWhatEnforceWouldDeny() throws {
+        let body = "deny module-name crc7\nmodules allow"
+        let enforce = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: body)))
+        let audit = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, mode: "audit", body: body)))
+        let log = AuditLog()
+        audit.auditSink = log
+        let denied = enforce.authorize(try request("crc7.ko"), requestDigest: [1, 2, 3])
+        XCTAssertEqual(denied.decision, .deny)
+        XCTAssertEqual(denied.reason, .moduleNameDenied)
+        let v = audit.authorize(try request("crc7.ko"), requestDigest: [1, 2, 3])
+        XCTAssertEqual(v.decision, .allow)
+        XCTAssertTrue(v.auditOnly)
+        XCTAssertEqual(v.reason, .moduleNameDenied)
+        // A module enforce allows is an ordinary allow in audit mode.
+        let clean = audit.authorize(try request("crc16.ko"), requestDigest: [4])
+        XCTAssertEqual(clean.decision, .allow)
+        XCTAssertFalse(clean.auditOnly)
+        log.flush()
+        let records = log.read(after: 0, limit: 10).records
+        XCTAssertEqual(records.count, 2)
+        XCTAssertTrue(records[0].contains("\"module\":\"crc7\""), records[0])
+        XCTAssertTrue(records[0].contains("\"decision\":\"allow\",\"audit_only\":true,\"reason\":\"deny.module-name\""), records[0])
+        XCTAssertTrue(records[0].contains("\"request_sha256\":\"010203\""), records[0])
+        XCTAssertTrue(records[0].contains("\"policy_id\":\"test\",\"policy_version\":3"), records[0])
+        XCTAssertTrue(records[1].contains("\"module\":\"crc16\",\"module_sha256\":\""), records[1])
+        XCTAssertTrue(records[1].contains("\"audit_only\":false,\"reason\":\"allowed\""), records[1])
+        log.close()
+    }
+
+    func testAuditOnlyRuleAppliesToItsClassOnly() throws {
+        let body = "deny module-name crc7\nclass canary canary-*\nmodules allow\nmodules audit-only for class canary"
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: body)))
+        XCTAssertEqual(v.authorize(try request("crc7.ko"), requestDigest: []).decision, .deny)  // no guest: default rule
+        let canary = v.authorize(try request("crc7.ko", guest: "canary-1"), requestDigest: [])
+        XCTAssertEqual(canary.decision, .allow)
+        XCTAssertTrue(canary.auditOnly)
+        XCTAssertEqual(canary.reason, .moduleNameDenied)
+        XCTAssertEqual(v.authorize(try request("crc7.ko", guest: "prod-1"), requestDigest: []).decision, .deny)
+    }
+
+    /// Run-time text patches follow their own per-guest rules: denied outright for one class,
+    /// audit-only for another (allowed, flagged, recorded), judged at the patch site for the rest.
+    func testTextPatchRulesPerGuestClass() throws {
+        let body = "class locked locked-*\nclass canary canary-*\nmodules allow\ntext-patches allow\n"
+            + "text-patches deny for class locked\ntext-patches audit-only for class canary"
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: body)))
+        let log = AuditLog()
+        v.auditSink = log
+        func patch(_ guest: String) -> Verdict {
+            _ = v.respond(to: .registerGuest(RegisterGuest(guestID: guest)), requestDigest: [])
+            let p = AuthorizePatch(guestID: guest, address: 0xffff_ffff_c000_1000, bytes: [0x0f, 0x1f, 0x44, 0x00, 0x00])
+            guard case .verdict(let verdict) = v.respond(to: .authorizePatch(p), requestDigest: [9]) else { XCTFail("no verdict"); return Verdict(decision: .deny, reason: .allowed, message: "", checks: [], policyID: "", policyVersion: 0, requestDigest: []) }
+            return verdict
+        }
+        let locked = patch("locked-1")
+        XCTAssertEqual(locked.decision, .deny)
+        XCTAssertEqual(locked.reason, .kindDenied)
+        XCTAssertEqual(locked.checks, ["policy-kind"])
+        let plain = patch("web-1")
+        XCTAssertEqual(plain.decision, .deny)
+        XCTAssertEqual(plain.checks, ["policy-kind", "patch-site"])  // judged: no module allowed, so no site
+        let canary = patch("canary-1")
+        XCTAssertEqual(canary.decision, .allow)
+        XCTAssertTrue(canary.auditOnly)
+        XCTAssertEqual(canary.reason, plain.reason)
+        log.flush()
+        let records = log.read(after: 0, limit: 10).records
+        XCTAssertEqual(records.count, 3)
+        XCTAssertTrue(records[2].contains("\"guest\":\"canary-1\"") && records[2].contains("\"audit_only\":true"), records[2])
+        log.close()
+    }
+
+    /// A writer that stalls until released, to make the sink fall behind.
+    final class StalledWriter: @unchecked Sendable {
+        let gate = DispatchSemaphoreBox()
+        var lines = 0
+        func write(_ b: [UInt8]) throws { gate.wait(); lines += b.filter { $0 == 0x0A }.count }
+    }
+
+    func testBlockFailsClosedWhenTheSinkCannotKeepUp() throws {
+        let stalled = StalledWriter()
+        let log = AuditLog(capacity: 2, blockTimeout: 0.2, writer: { try stalled.write($0) })
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3)))  // audit-overflow block
+        v.auditSink = log
+        var decisions: [Verdict.Decision] = []
+        for _ in 0..<6 { decisions.append(v.authorize(try request("crc7.ko"), requestDigest: []).decision) }
+        // One batch is taken by the stalled writer, two fill the queue, then every verdict is denied.
+        XCTAssertEqual(decisions.prefix(2), [.allow, .allow])
+        XCTAssertEqual(decisions.suffix(3), [.deny, .deny, .deny])
+        let denied = v.authorize(try request("crc7.ko"), requestDigest: [])
+        XCTAssertEqual(denied.reason, .kindDenied)
+        XCTAssertTrue(denied.message.contains("audit-overflow block"), denied.message)
+        XCTAssertEqual(log.counters.dropped, 0)
+        for _ in 0..<20 { stalled.gate.signal() }
+        log.flush()
+        XCTAssertEqual(v.authorize(try request("crc7.ko"), requestDigest: []).decision, .allow)
+        for _ in 0..<20 { stalled.gate.signal() }
+        log.close()
+    }
+
+    func testDropKeepsServingAndCountsDrops() throws {
+        let stalled = StalledWriter()
+        let log = AuditLog(capacity: 2, blockTimeout: 5, writer: { try stalled.write($0) })
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: "modules allow").replacingOccurrences("audit-overflow block", "audit-overflow drop")))
+        XCTAssertEqual(v.policy.auditOverflow, .drop)
+        v.auditSink = log
+        for _ in 0..<10 { XCTAssertEqual(v.authorize(try request("crc7.ko"), requestDigest: []).decision, .allow) }
+        XCTAssertGreaterThanOrEqual(log.counters.dropped, 7)
+        XCTAssertEqual(log.counters.dropped + log.counters.accepted, 10)
+        let administrator = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: log)
+        XCTAssertEqual(administrator.show().auditDropped, log.counters.dropped)
+        for _ in 0..<20 { stalled.gate.signal() }
+        log.close()
+    }
+
+    func testPushIsDisabledWithoutAnAdminCertificate() throws {
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3)))
+        let administrator = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: nil)
+        let r = administrator.push(bundle: try AdminKeys.bundle(try PolicyFixtures.text(version: 4)))
+        guard case .failure(let e) = r else { return XCTFail("accepted") }
+        XCTAssertEqual(e.code, .pushDisabled)
+        XCTAssertEqual(v.policy.version, 3)
+    }
+
+    func testAuditTimeFormat() {
+        XCTAssertEqual(AuditTime.format(seconds: 0, milliseconds: 0), "1970-01-01T00:00:00.000Z")
+        XCTAssertEqual(AuditTime.format(seconds: 1_795_611_776, milliseconds: 123), "2026-11-25T13:02:56.123Z")
+        XCTAssertEqual(AuditTime.format(seconds: 951_782_400, milliseconds: 5), "2000-02-29T00:00:00.005Z")
+    }
+
+    /// `execgate policy test` on the captured boot: default policy allows all 9 modules with
+    /// end-state judged; the hash-pinned example denies all of them for an appliance guest (none is
+    /// pinned) and allows them for another guest; exit codes 0 / 1.
+    func testDryRunOnACapturedBoot() throws {
+        let dir = Fixtures.temporaryDirectory()
+        let cert = dir + "/kernel.pem"
+        try Fixtures.writeFile(cert, Array(try PolicyFixtures.kernelCertificate().pem.utf8))
+        let capture = Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a"
+        let policies = PolicyFixtures.shippedDirectory
+        let ok = Fixtures.runExecgate(["policy", "test", "--policy", policies + "/default.policy", "--trust", cert, capture, "--json"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        let lines = ok.stdout.split(separator: "\n")
+        XCTAssertEqual(lines.count, 10, ok.stdout)
+        XCTAssertTrue(lines.dropLast().allSatisfy { $0.contains("\"decision\":\"allow\"") && $0.contains("end-state") && $0.contains("\"policy_version\":2") }, ok.stdout)
+        XCTAssertTrue(lines.last!.contains("\"allowed\":9,\"denied\":0"), ok.stdout)
+
+        let pinned = Fixtures.runExecgate(["policy", "test", "--policy", policies + "/hash-pinned.policy", "--trust", cert, "--guest", "appliance-1", capture])
+        XCTAssertEqual(pinned.status, 1, pinned.stderr)
+        XCTAssertTrue(pinned.stdout.contains("DENY 8021q: policy.kind-denied"), pinned.stdout)
+        XCTAssertTrue(pinned.stdout.contains("0 allowed (0 audit-only), 9 denied"), pinned.stdout)
+        let other = Fixtures.runExecgate(["policy", "test", "--policy", policies + "/hash-pinned.policy", "--trust", cert, "--guest", "web-1", capture])
+        XCTAssertEqual(other.status, 0, other.stdout)
+
+        try Fixtures.writeFile(dir + "/bad.policy", Array("execgate-policy 1\nid x\nversion 2\nmode enforce\ntrust kernel-builtin\nmodules allow\nmodule deny\n".utf8))
+        let bad = Fixtures.runExecgate(["policy", "test", "--policy", dir + "/bad.policy", "--trust", cert, capture])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.stderr.contains("bad.policy:7:1: error: unknown keyword 'module'"), bad.stderr)
+    }
+
+    /// sign → check → serve with the bundle as boot policy → push a newer one → show, all through
+    /// the real binary.
+    func testCLISignServePushShow() throws {
+        let dir = Fixtures.temporaryDirectory()
+        let cert = dir + "/kernel.pem", adminKey = dir + "/admin-key.pem", adminCert = dir + "/admin.pem"
+        try Fixtures.writeFile(cert, Array(try PolicyFixtures.kernelCertificate().pem.utf8))
+        let gen = try GeneratedSigningKey.generateRSA(bits: 2048, commonName: "cli admin")
+        try Fixtures.writeFile(adminKey, gen.privateKeyPEM)
+        try Fixtures.writeFile(adminCert, gen.certificatePEM)
+        let policies = PolicyFixtures.shippedDirectory
+        let signed = Fixtures.runExecgate(["policy", "sign", "--key", adminKey, "--cert", adminCert, policies + "/blocklist-vulnerable-module.policy", "-o", dir + "/b.bundle"])
+        XCTAssertEqual(signed.status, 0, signed.stderr)
+        XCTAssertEqual(Fixtures.runExecgate(["policy", "check", dir + "/b.bundle", "--admin-cert", adminCert, "--trust", cert]).status, 0)
+        XCTAssertEqual(Fixtures.runExecgate(["policy", "check", dir + "/b.bundle", "--admin-cert", cert, "--trust", cert]).status, 2)
+
+        let vmm = "unix:" + dir + "/v.sock", adm = "unix:" + dir + "/a.sock"
+        let pid = Fixtures.spawnExecgate(["serve", "--listen", vmm, "--admin-listen", adm, "--trust", cert, "--policy", policies + "/default.policy",
+                                          "--admin-cert", adminCert, "--audit", dir + "/audit.jsonl"], stdoutPath: dir + "/out", stderrPath: dir + "/err")
+        defer { kill(pid, SIGTERM); _ = Fixtures.wait(pid) }
+        var shown = ProcessResult(status: -1, stdout: "", stderr: "")
+        for _ in 0..<100 {
+            shown = Fixtures.runExecgate(["policy", "show", "--connect", adm, "--json"])
+            if shown.status == 0 { break }
+            usleep(100_000)
+        }
+        XCTAssertEqual(shown.status, 0, shown.stderr)
+        XCTAssertTrue(shown.stdout.contains("\"policy_id\":\"servicevm-default\",\"policy_version\":2"), shown.stdout)
+        let push = Fixtures.runExecgate(["policy", "push", dir + "/b.bundle", "--connect", adm])
+        XCTAssertEqual(push.status, 0, push.stderr)
+        XCTAssertTrue(push.stdout.contains("activated block-vsock-cve v11 (was servicevm-default v2)"), push.stdout)
+        let again = Fixtures.runExecgate(["policy", "push", dir + "/b.bundle", "--connect", adm])
+        XCTAssertEqual(again.status, 1)
+        XCTAssertTrue(again.stderr.contains("rollback refused"), again.stderr)
+        let deny = Fixtures.runExecgate(["request", "module", try Fixtures.module(named: "vsock.ko"), "--connect", vmm])
+        XCTAssertEqual(deny.status, 1)
+        XCTAssertTrue(deny.stdout.contains("block-vsock-cve v11") || deny.stderr.contains("block-vsock-cve v11"), deny.stdout + deny.stderr)
+        // The same records carried out through the admin port.
+        let carried = Fixtures.runExecgate(["policy", "audit", "--connect", adm])
+        XCTAssertEqual(carried.status, 0, carried.stderr)
+        let carriedLines = carried.stdout.split(separator: "\n")
+        XCTAssertEqual(carriedLines.count, 4, carried.stdout)  // boot, activation, refused push, one verdict
+        XCTAssertTrue(carriedLines.first?.contains("\"detail\":\"boot\"") ?? false, carried.stdout)
+        XCTAssertTrue(carriedLines.last?.contains("\"event\":\"verdict\"") ?? false, carried.stdout)
+        kill(pid, SIGTERM)
+        _ = Fixtures.wait(pid)
+        let audit = String(decoding: try Fixtures.readFile(dir + "/audit.jsonl"), as: UTF8.self)
+        XCTAssertTrue(audit.contains("\"event\":\"policy-activated\",\"policy_id\":\"block-vsock-cve\",\"policy_version\":11"), audit)
+        XCTAssertTrue(audit.contains("\"event\":\"policy-push-refused\""), audit)
+        XCTAssertTrue(audit.contains("\"decision\":\"deny\",\"audit_only\":false,\"reason\":\"deny.module-hash\""), audit)
+    }
+}
+
+/// DispatchSemaphore without importing Dispatch into every test file.
+final class DispatchSemaphoreBox: @unchecked Sendable {
+    private let s = DispatchSemaphore(value: 0)
+    func wait() { s.wait() }
+    func signal() { s.signal() }
+}
