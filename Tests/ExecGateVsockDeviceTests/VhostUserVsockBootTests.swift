@@ -2,7 +2,8 @@
 //
 // End to end: QEMU (TCG here) boots the real service VM image with a vhost-user-vsock device bound
 // to `execgate vsock-backend`; the host client speaks to the in-guest verifier over `hybrid:`.
-// Needs `make image` and the execgate binary (`swift build --build-tests`); `make test` sets
+// Needs `make image` and the execgate binary (`swift build --build-tests`). The class name ends in
+// BootTests so that scripts/run-tests.sh runs it in the guest-booting phase, which sets
 // EXECGATE_VM_TEST=1, which turns a missing image into a failure instead of a skip.
 //
 // One boot serves every check (a TCG boot costs ~10–15 s here), then QEMU is killed mid-request,
@@ -21,7 +22,7 @@ import XCTest
 import Glibc
 #endif
 
-final class VsockEndToEndTests: XCTestCase {
+final class VhostUserVsockBootTests: XCTestCase {
     var required: Bool { ProcessInfo.processInfo.environment["EXECGATE_VM_TEST"] == "1" }
 
     struct Unavailable: Error, CustomStringConvertible { let description: String }
