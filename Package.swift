@@ -7,13 +7,14 @@
 // Layering (bottom to top; a target only depends on targets above it in this list):
 //
 //   C shims      COpenSSLShim (libssl/libcrypto), CDecompress (zlib/xz/zstd/bzip2/lz4),
-//                CExecGateSys (raw syscalls PID 1 needs)
+//                CExecGateSys (raw syscalls PID 1 needs), CExecGateVsockSys (fences, SCM_RIGHTS)
 //   pure core    ExecGateWire (frames + messages, NIOCore only), ExecGateELF (stdlib only),
 //                ExecGateSignature (module trailers + PKCS#7 via the OpenSSL shim),
 //                ExecGateExplain (relocations, patch sites: end-state explanation),
 //                ExecGatePolicy, ExecGateVerifier (request + policy + guest state -> verdict)
 //   edges        ExecGateKernelImage (bzImage/vmlinux, key extraction), ExecGateService (NIOPosix server),
 //                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys only),
+//                ExecGateVsockDevice (vhost-user-vsock backend: host <-> service VM; CExecGateVsockSys only),
 //                ExecGateClient (the VMM side), ExecGateCaptureTool (`execgate capture`: host + guest halves)
 //   executable   execgate (argument parsing and PID-1 wiring only)
 
@@ -59,6 +60,7 @@ let package = Package(
             name: "CExecGateSys",
             linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lzma")]
         ),
+        .target(name: "CExecGateVsockSys"),
         .target(name: "_ExecGateInternals", swiftSettings: swiftSettings),
 
         // MARK: - Pure core
@@ -102,6 +104,12 @@ let package = Package(
         ),
 
         .target(
+            name: "ExecGateVsockDevice",
+            dependencies: ["CExecGateVsockSys"],
+            swiftSettings: swiftSettings
+        ),
+
+        .target(
             name: "ExecGateServiceVM",
             dependencies: ["CExecGateSys"],
             swiftSettings: swiftSettings
@@ -119,7 +127,7 @@ let package = Package(
             dependencies: [
                 "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
-                "ExecGateServiceVM", "ExecGateAdmin", "ExecGateCaptureTool", argumentParser, logging, nioCore, nioPosix,
+                "ExecGateServiceVM", "ExecGateAdmin", "ExecGateVsockDevice", "ExecGateCaptureTool", argumentParser, logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings
         ),
@@ -161,6 +169,12 @@ let package = Package(
         .testTarget(
             name: "ExecGateServiceTests",
             dependencies: ["ExecGateService", "ExecGateClient", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGateVsockDeviceTests",
+            dependencies: ["ExecGateVsockDevice", "CExecGateVsockSys", "ExecGateServiceVM", "ExecGateClient", "ExecGateWire", "ExecGateVerifier",
+                           "ExecGatePolicy", "ExecGateSignature", "ExecGateTestSupport", nioCore],
             swiftSettings: swiftSettings
         ),
         .testTarget(

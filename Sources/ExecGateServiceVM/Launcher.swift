@@ -8,8 +8,10 @@
 //   qemu.log      QEMU's own stderr
 //
 // Reachability: with the host's /dev/vhost-vsock the guest gets `vhost-vsock-*,guest-cid=N` and the
-// VMM reaches the verifier at vsock:N:PORT. Without it (this build host) the VM boots anyway and we
-// say plainly that the host cannot reach it yet (a vhost-user-vsock backend is a later issue).
+// VMM reaches the verifier at vsock:N:PORT. Without it (this build host) and with
+// `vsockBackendCommand` set, the launcher starts `execgate vsock-backend` and gives the guest a
+// vhost-user-vsock device: the address is hybrid:<state>/vsock.sock:PORT (VhostUserVsock.swift,
+// docs/vsock.md). With neither, the VM boots anyway and we say plainly that the host cannot reach it.
 
 #if canImport(Glibc)
 import Glibc
@@ -34,6 +36,9 @@ public struct VMConfig: Sendable {
     public var extraCmdline: [String] = []
     public var readyTimeoutSeconds = 90
     public var vhostVsockDevice = "/dev/vhost-vsock"
+    /// argv prefix of the vhost-user-vsock backend (`[execgate, "vsock-backend"]`); used when the
+    /// host has no vhost-vsock. nil: the VM boots unreachable from the host (VhostUserVsock.swift).
+    public var vsockBackendCommand: [String]? = nil
 
     public init(stateDir: String, kernel: String, initrd: String) {
         self.stateDir = stateDir; self.kernel = kernel; self.initrd = initrd
@@ -90,7 +95,7 @@ public struct VMConfig: Sendable {
     }
 
     /// QEMU's argv (without daemonize/pidfile, which `start` adds).
-    public func qemuArguments(qemuPath: String, vhost: Bool) -> [String] {
+    public func qemuArguments(qemuPath: String, vhost: Bool, vhostUser: Bool = false) -> [String] {
         var a = [qemuPath, "-name", "\(processMarker),process=\(processMarker)",
                  "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-no-reboot"]
         switch machine {
@@ -106,6 +111,8 @@ public struct VMConfig: Sendable {
               "-serial", "file:\(consoleLog)"]
         if vhost {
             a += ["-device", machine == .microvm ? "vhost-vsock-device,guest-cid=\(cid)" : "vhost-vsock-pci,guest-cid=\(cid)"]
+        } else if vhostUser {
+            addVhostUserVsock(to: &a)
         }
         return a
     }
@@ -169,25 +176,31 @@ public enum Launcher {
         guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
         for f in [c.pidFile, c.consoleLog, c.qemuLog] { FS.remove(f) }
         let vhost = c.hostHasVhostVsock
-        let argv = c.qemuArguments(qemuPath: qemu, vhost: vhost) + ["-daemonize", "-pidfile", c.pidFile]
-        try writeInfo(c, vhost: vhost, extra: [("state", "starting")])
+        let vhostUser = c.usesVhostUserVsock
+        let argv = c.qemuArguments(qemuPath: qemu, vhost: vhost, vhostUser: vhostUser) + ["-daemonize", "-pidfile", c.pidFile]
+        try writeInfo(c, vhost: vhost, extra: [("state", "starting"), ("vhost_user_vsock", vhostUser ? "yes" : "no")])
+        var backendPid: Int32?
+        if vhostUser, let command = c.vsockBackendCommand { backendPid = try VsockBackendProcess.start(c, command: command) }
         log("vm: starting '\(c.name)' (\(c.accel.accel.rawValue): \(c.accel.reason); \(c.machine.rawValue), \(c.memoryMiB) MiB, guest CID \(c.cid))")
         let t0 = Clock.nanos()
         let parent = try Subprocess.spawn(argv, outputPath: c.qemuLog)
         // With -daemonize the parent exits once QEMU is initialised (0) or failed (non-zero).
         let rc = Subprocess.wait(parent, timeoutMillis: 30_000)
         guard rc == 0, let pid = readPid(c) else {
+            if backendPid != nil { VsockBackendProcess.stop(c) }
             throw .guestDied("QEMU failed to start (exit \(rc.map(String.init) ?? "timeout")); \(c.qemuLog):", consoleTail: FS.tail(c.qemuLog))
         }
         do {
             let line = try waitForReady(c, pid: pid, timeoutSeconds: c.readyTimeoutSeconds)
             let bootMs = Int((Clock.nanos() - t0) / 1_000_000)
-            let address = "vsock:\(c.cid):\(c.port)"
-            try writeInfo(c, vhost: vhost, extra: [("state", "ready"), ("pid", "\(pid)"), ("boot_ms", "\(bootMs)")])
-            return VMStartResult(pid: pid, address: address, reachableFromHost: vhost, bootMillis: bootMs, readyLine: line)
+            let address = c.hostAddress(vhostUser: vhostUser)
+            try writeInfo(c, vhost: vhost, extra: [("state", "ready"), ("pid", "\(pid)"), ("boot_ms", "\(bootMs)"),
+                                                   ("vhost_user_vsock", vhostUser ? "yes" : "no"), ("address", address)])
+            return VMStartResult(pid: pid, address: address, reachableFromHost: vhost || vhostUser, bootMillis: bootMs, readyLine: line)
         } catch {
             // Do not leave a half-started guest behind.
             _ = stopProcess(pid, marker: c.processMarker)
+            if backendPid != nil { VsockBackendProcess.stop(c) }
             throw error
         }
     }
@@ -239,8 +252,9 @@ public enum Launcher {
 
     /// Stops the VM. Returns false when it was not running.
     public static func stop(_ c: VMConfig) -> Bool {
-        guard let pid = runningPid(c) else { FS.remove(c.pidFile); return false }
+        guard let pid = runningPid(c) else { FS.remove(c.pidFile); VsockBackendProcess.stop(c); return false }
         let stopped = stopProcess(pid, marker: c.processMarker)
+        VsockBackendProcess.stop(c)
         FS.remove(c.pidFile)
         if var info = try? FS.readString(c.infoFile) {
             info = info.split(separator: "\n").filter { !$0.hasPrefix("state=") }.joined(separator: "\n") + "\nstate=stopped\n"
@@ -256,8 +270,8 @@ public enum Launcher {
         let ready = console.consoleLines(omittingEmpty: true).contains { $0.hasPrefix(ConsoleProtocol.ready) }
         let cid = info["cid"] ?? "\(c.cid)", port = info["port"] ?? "\(c.port)"
         return VMStatus(name: c.name, running: pid != nil, pid: pid, ready: pid != nil && ready,
-                        address: pid != nil ? "vsock:\(cid):\(port)" : nil,
-                        reachableFromHost: pid != nil && info["vhost_vsock"] == "yes", info: info,
+                        address: pid != nil ? (info["address"] ?? "vsock:\(cid):\(port)") : nil,
+                        reachableFromHost: pid != nil && (info["vhost_vsock"] == "yes" || info["vhost_user_vsock"] == "yes"), info: info,
                         consoleTail: pid == nil || !ready ? FS.tail(c.consoleLog) : "")
     }
 

@@ -26,6 +26,7 @@ struct ExecGate: AsyncParsableCommand {
         ImageCommand.self, VMCommand.self, InitCommand.self,
         PolicyCommand.self,
         CaptureCommand.self,
+        VsockBackendCommand.self, VsockBenchCommand.self,
     ]
 }
 

@@ -42,6 +42,7 @@ struct VMOptions: ParsableArguments {
             ?? (FS.absolute(imageDir) + "/vmlinux", FS.absolute(imageDir) + (test ? "/initramfs-test.cpio.gz" : "/initramfs.cpio.gz"))
         var c = VMConfig(stateDir: dir, kernel: FS.absolute(paths.0), initrd: FS.absolute(paths.1))
         c.name = name
+        c.vsockBackendCommand = VsockBackendLaunch.command()
         return c
     }
 }
@@ -102,7 +103,7 @@ struct VMStartCommand: ParsableCommand {
         do {
             let r = try Launcher.start(c, log: { if !json { print($0) } })
             let note = r.reachableFromHost ? "" :
-                "host has no /dev/vhost-vsock: the VM runs but the host cannot reach it over vsock yet (vhost-user backend: later issue)"
+                "host has no /dev/vhost-vsock and no vsock backend: the VM runs but the host cannot reach it over vsock"
             if json {
                 print(JSON.object([("name", JSON.string(c.name)), ("ready", "true"), ("pid", "\(r.pid)"),
                                    ("address", JSON.string(r.address)), ("reachable_from_host", r.reachableFromHost ? "true" : "false"),
@@ -142,7 +143,7 @@ struct VMStatusCommand: ParsableCommand {
         if json { print(s.json) }
         else if s.running {
             print("'\(s.name)' running (pid \(s.pid!)), \(s.ready ? "ready at \(s.address!)" : "not ready yet")"
-                  + (s.reachableFromHost ? "" : "; not reachable from the host (no vhost-vsock)"))
+                  + (s.reachableFromHost ? "" : "; not reachable from the host (no vhost-vsock, no vsock backend)"))
             if !s.consoleTail.isEmpty { print("--- console tail ---\n\(s.consoleTail)") }
         } else {
             print("'\(s.name)' is not running" + (s.info.isEmpty ? " (never started here)" : ""))
@@ -182,5 +183,15 @@ struct VMSelfTestCommand: ParsableCommand {
         } catch {
             throw serviceVMFailure("vm selftest", error)
         }
+    }
+}
+
+/// The vhost-user-vsock backend is this very binary (`execgate vsock-backend`).
+enum VsockBackendLaunch {
+    static func command() -> [String]? {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        guard n > 0 else { return nil }
+        return [String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self), "vsock-backend"]
     }
 }

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Guest memory as the frontend shared it (vhost-user SET_MEM_TABLE): regions of guest-physical
+// addresses, each also known by the frontend's own virtual address (vring addresses arrive in those)
+// and mapped here from the region's fd. Every translation checks that the whole [addr, addr+len)
+// lies inside one region, with overflow-free arithmetic; nothing outside is ever dereferenced.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// One region.
+///
+///     struct vhost_user_memory_region {   // docs/interop/vhost-user.rst "Memory region description"
+///         uint64_t guest_phys_addr;
+///         uint64_t memory_size;
+///         uint64_t userspace_addr;
+///         uint64_t mmap_offset;
+///     };
+public struct MemoryRegion: @unchecked Sendable {
+    // @unchecked: `host` points into a shared mapping owned by `GuestMemory`; only the device's
+    // single event-loop thread uses it.
+    public let guestPhysAddr: UInt64
+    public let size: UInt64
+    public let userAddr: UInt64
+    /// Where the region's first byte is mapped in this process.
+    public let host: UnsafeMutableRawPointer
+    /// The mapping to undo (nil: memory owned elsewhere, e.g. tests).
+    let mapping: (base: UnsafeMutableRawPointer, length: Int)?
+
+    public init(guestPhysAddr: UInt64, size: UInt64, userAddr: UInt64, host: UnsafeMutableRawPointer) {
+        self.guestPhysAddr = guestPhysAddr; self.size = size; self.userAddr = userAddr; self.host = host; self.mapping = nil
+    }
+
+    init(guestPhysAddr: UInt64, size: UInt64, userAddr: UInt64, host: UnsafeMutableRawPointer, mapping: (UnsafeMutableRawPointer, Int)) {
+        self.guestPhysAddr = guestPhysAddr; self.size = size; self.userAddr = userAddr; self.host = host; self.mapping = mapping
+    }
+
+    /// `[addr, addr+length)` relative to `base` inside `[base, base+size)`, or nil.
+    @inline(__always)
+    func offset(of addr: UInt64, length: UInt64, base: UInt64) -> Int? {
+        guard addr >= base else { return nil }
+        let off = addr &- base  // No wrap: addr >= base.
+        guard off <= size, length <= size &- off, let o = Int(exactly: off) else { return nil }
+        return o
+    }
+}
+
+/// The guest's memory map. Owns the mappings it created (`unmapAll`).
+public final class GuestMemory: @unchecked Sendable {
+    // @unchecked: mutated and read only on the device's event-loop thread.
+    public private(set) var regions: [MemoryRegion] = []
+
+    public init(regions: [MemoryRegion] = []) { self.regions = regions }
+
+    /// Host pointer for guest-physical `[gpa, gpa+length)`, or nil when it is not inside one region.
+    public func translate(gpa: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for r in regions {
+            if let o = r.offset(of: gpa, length: length, base: r.guestPhysAddr) { return r.host + o }
+        }
+        return nil
+    }
+
+    /// Host pointer for the frontend's virtual `[uva, uva+length)` (vring addresses), or nil.
+    public func translate(userAddr uva: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for r in regions {
+            if let o = r.offset(of: uva, length: length, base: r.userAddr) { return r.host + o }
+        }
+        return nil
+    }
+
+    /// Maps one region from its fd (`mmap_offset` bytes into the file). Closes `fd` either way.
+    public func map(guestPhysAddr: UInt64, size: UInt64, userAddr: UInt64, mmapOffset: UInt64, fd: Int32) throws(VhostUserError) {
+        defer { close(fd) }
+        guard size > 0, let sz = Int(exactly: size), let off = Int(exactly: mmapOffset),
+              case (let total, false) = sz.addingReportingOverflow(off),
+              case (_, false) = guestPhysAddr.addingReportingOverflow(size),
+              case (_, false) = userAddr.addingReportingOverflow(size) else {
+            throw VhostUserError(.badMemory, "region gpa 0x\(String(guestPhysAddr, radix: 16)) size \(size) offset \(mmapOffset) overflows")
+        }
+        guard regions.count < Limits.maxMemoryRegions else { throw VhostUserError(.badMemory, "more than \(Limits.maxMemoryRegions) regions") }
+        // Touching a mapping past the end of its file raises SIGBUS: the region must lie inside the
+        // file as it is now. (A frontend that shrinks the file later can still do that; the
+        // frontend — QEMU — is trusted with our address space as much as with the guest's RAM.)
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size >= 0, Int(st.st_size) >= total else {
+            throw VhostUserError(.badMemory, "region of \(total) bytes exceeds its file (\(st.st_size) bytes)")
+        }
+        let p = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let p, p != MAP_FAILED else {
+            throw VhostUserError(.badMemory, "mmap of \(total) bytes failed: errno \(errno)")
+        }
+        regions.append(MemoryRegion(guestPhysAddr: guestPhysAddr, size: size, userAddr: userAddr, host: p + off, mapping: (p, total)))
+    }
+
+    public func unmapAll() {
+        for r in regions { if let m = r.mapping { munmap(m.base, m.length) } }
+        regions.removeAll()
+    }
+
+    deinit { unmapAll() }
+}

@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The backend's side of one vhost-user session (one frontend connection): negotiated features,
+// the guest memory table, and per-queue ring state. `handle` applies one message and returns the
+// reply bytes to send (nil: no reply). A bad message throws `VhostUserError`; the caller answers
+// REPLY_ACK with failure or drops the session — never the process.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public final class VhostUserSession {
+    public struct Vring {
+        public var num = 0
+        public var base: UInt16 = 0
+        public var addr: (desc: UInt64, used: UInt64, avail: UInt64)?
+        public var kickFd: Int32 = -1
+        public var callFd: Int32 = -1
+        public var errFd: Int32 = -1
+        public var enabled = true
+        public var started = false
+    }
+
+    public let guestCID: UInt64
+    public private(set) var ackedFeatures: UInt64 = 0
+    public private(set) var protocolFeatures: UInt64 = 0
+    public private(set) var owned = false
+    public let memory = GuestMemory()
+    public private(set) var vrings = [Vring](repeating: Vring(), count: Limits.queueCount)
+    public let queues = (0..<Limits.queueCount).map { _ in Virtqueue() }
+    /// Diagnostics: (request, error) of messages refused.
+    public var log: (String) -> Void = { _ in }
+
+    public init(guestCID: UInt64) { self.guestCID = guestCID }
+
+    deinit { closeAll() }
+
+    /// Closes every fd and forgets the memory (frontend disconnect).
+    public func closeAll() {
+        for i in vrings.indices { stopRing(i); closeFd(&vrings[i].callFd); closeFd(&vrings[i].errFd) }
+        memory.unmapAll()
+        vrings = [Vring](repeating: Vring(), count: Limits.queueCount)
+    }
+
+    private func closeFd(_ fd: inout Int32) { if fd >= 0 { close(fd); fd = -1 } }
+
+    /// Whether queue `i` should be processed.
+    public func isLive(_ i: Int) -> Bool { vrings[i].started && vrings[i].enabled && queues[i].isReady }
+
+    public func kickFd(_ i: Int) -> Int32 { vrings[i].kickFd }
+
+    /// Tells the guest that queue `i` has new used entries.
+    public func notify(_ i: Int) {
+        let fd = vrings[i].callFd
+        guard fd >= 0 else { return }
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { write(fd, $0.baseAddress, 8) }
+    }
+
+    /// Applies one message. Takes ownership of `message.fds` (kept or closed).
+    /// - Returns: the reply to send, if any.
+    public func handle(_ message: VhostUserMessage) -> [UInt8]? {
+        var fdsToClose = message.fds
+        defer { for fd in fdsToClose { close(fd) } }
+        let req = message.header.request
+        do throws(VhostUserError) {
+            let payload = try apply(message, keepFd: { fd in fdsToClose.removeAll { $0 == fd } })
+            if let payload { return VhostUserMessage.reply(to: req, payload: payload) }
+            if message.header.needsReply && protocolFeatures & VhostUserFeatures.protocolReplyAck != 0 {
+                return VhostUserMessage.reply(to: req, payload: u64(0))
+            }
+            return nil
+        } catch {
+            log("refused \(req): \(error)")
+            if message.header.needsReply && protocolFeatures & VhostUserFeatures.protocolReplyAck != 0 {
+                return VhostUserMessage.reply(to: req, payload: u64(1))
+            }
+            return nil
+        }
+    }
+
+    private func u64(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
+
+    /// Returns a reply payload for requests that always answer; nil for the others.
+    private func apply(_ m: VhostUserMessage, keepFd: (Int32) -> Void) throws(VhostUserError) -> [UInt8]? {
+        switch m.header.request {
+        case .getFeatures:
+            return u64(VhostUserFeatures.offered)
+        case .setFeatures:
+            let f = try m.u64()
+            guard f & ~VhostUserFeatures.offered == 0 else { throw VhostUserError(.unsupported, "features 0x\(String(f, radix: 16)) not offered") }
+            ackedFeatures = f
+        case .getProtocolFeatures:
+            return u64(VhostUserFeatures.offeredProtocol)
+        case .setProtocolFeatures:
+            let f = try m.u64()
+            protocolFeatures = f & VhostUserFeatures.offeredProtocol
+        case .setOwner:
+            owned = true
+        case .resetOwner:
+            for i in vrings.indices { stopRing(i) }
+            owned = false; ackedFeatures = 0
+        case .getQueueNum:
+            return u64(UInt64(Limits.queueCount))
+        case .getMaxMemSlots:
+            return u64(UInt64(Limits.maxMemoryRegions))
+        case .setMemTable:
+            let table = try m.memoryTable()
+            let wasStarted = vrings.indices.filter { vrings[$0].started }
+            for i in queues.indices { queues[i].reset() }
+            memory.unmapAll()
+            for (i, r) in table.enumerated() {
+                keepFd(m.fds[i])  // `map` closes it.
+                try memory.map(guestPhysAddr: r.gpa, size: r.size, userAddr: r.uva, mmapOffset: r.offset, fd: m.fds[i])
+            }
+            for i in wasStarted { try configureQueue(i, keepIndices: true) }
+        case .setLogBase, .setLogFd:
+            throw VhostUserError(.unsupported, "dirty logging (live migration) is not supported")
+        case .setVringNum:
+            let s = try m.vringState()
+            guard s.num > 0, s.num <= UInt32(Limits.maxQueueSize), s.num & (s.num - 1) == 0 else {
+                throw VhostUserError(.badPayload, "queue \(s.index) size \(s.num)")
+            }
+            vrings[s.index].num = Int(s.num)
+        case .setVringAddr:
+            let a = try m.vringAddr()
+            vrings[a.index].addr = (a.desc, a.used, a.avail)
+        case .setVringBase:
+            let s = try m.vringState()
+            guard s.num <= UInt32(UInt16.max) else { throw VhostUserError(.badPayload, "queue \(s.index) base \(s.num)") }
+            vrings[s.index].base = UInt16(s.num)
+        case .getVringBase:
+            let s = try m.vringState()
+            let base = vrings[s.index].started ? queues[s.index].lastAvailIndex : vrings[s.index].base
+            stopRing(s.index)
+            vrings[s.index].base = base
+            var p: [UInt8] = []
+            p.appendLE(UInt32(s.index)); p.appendLE(UInt32(base))
+            return p
+        case .setVringKick:
+            let k = try m.vringFd()
+            stopRing(k.index)
+            if let fd = k.fd {
+                keepFd(fd)
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                vrings[k.index].kickFd = fd
+            }
+            // Kick set = ring starts (vhost-user.rst "Starting and stopping rings").
+            try configureQueue(k.index, keepIndices: false)
+            vrings[k.index].started = true
+        case .setVringCall:
+            let c = try m.vringFd()
+            closeFd(&vrings[c.index].callFd)
+            if let fd = c.fd {
+                keepFd(fd)
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)  // A full "eventfd" must never stall the loop.
+                vrings[c.index].callFd = fd
+            }
+        case .setVringErr:
+            let e = try m.vringFd()
+            closeFd(&vrings[e.index].errFd)
+            if let fd = e.fd { keepFd(fd); vrings[e.index].errFd = fd }
+        case .setVringEnable:
+            let s = try m.vringState()
+            vrings[s.index].enabled = s.num != 0
+        case .getConfig:
+            let c = try m.configRequest()
+            // struct virtio_vsock_config { le64 guest_cid; } — bytes past it read as zero.
+            var config = [UInt8](repeating: 0, count: 256)
+            withUnsafeBytes(of: guestCID.littleEndian) { for (i, b) in $0.enumerated() { config[i] = b } }
+            guard c.offset <= 256, c.size <= 256 - c.offset else { throw VhostUserError(.badPayload, "GET_CONFIG offset \(c.offset) size \(c.size)") }
+            var p: [UInt8] = []
+            p.appendLE(c.offset); p.appendLE(c.size); p.appendLE(c.flags)
+            p += config[Int(c.offset)..<Int(c.offset + c.size)]
+            return p
+        case .setConfig:
+            throw VhostUserError(.unsupported, "the vsock config space is read-only")
+        default:
+            // Unknown or not negotiated: ignored (REPLY_ACK answers failure via the throw).
+            throw VhostUserError(.unsupported, "\(m.header.request) not supported")
+        }
+        return nil
+    }
+
+    private func configureQueue(_ i: Int, keepIndices: Bool) throws(VhostUserError) {
+        guard let a = vrings[i].addr, vrings[i].num > 0 else { throw VhostUserError(.badQueue, "queue \(i) started without size or addresses") }
+        let q = queues[i]
+        let last = q.lastAvailIndex, used = q.usedIndex
+        do {
+            try q.configure(size: vrings[i].num, desc: a.desc, avail: a.avail, used: a.used) { memory.translate(userAddr: $0, length: $1) }
+        } catch {
+            throw VhostUserError(.badMemory, "queue \(i): \(error)")
+        }
+        if keepIndices {
+            q.lastAvailIndex = last; q.usedIndex = used
+        } else {
+            q.lastAvailIndex = vrings[i].base
+            q.usedIndex = q.currentUsedIndex
+        }
+    }
+
+    private func stopRing(_ i: Int) {
+        if vrings[i].started { vrings[i].base = queues[i].lastAvailIndex }
+        vrings[i].started = false
+        queues[i].reset()
+        closeFd(&vrings[i].kickFd)
+    }
+}

@@ -1,0 +1,372 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The vhost-user-vsock backend process: one thread, one poll loop over
+//   - the vhost-user listening socket and the frontend connection (QEMU);
+//   - the rx/tx kick eventfds (the guest published buffers);
+//   - the hybrid listening socket, host clients mid-handshake, and connected host streams.
+// Nothing spins when idle: poll sleeps until an fd is ready or the earliest deadline.
+//
+//        host client ──unix──▶ hybrid socket ──CONNECT P──▶ muxer ──REQUEST──▶ rx queue ──▶ guest
+//        host app ◀──unix── <hybrid>_P ◀──connect── muxer ◀──REQUEST── tx queue ◀── guest
+//
+// The frontend going away (QEMU exit, guest powered off) closes every host stream at once, so host
+// clients fail promptly; the backend keeps listening for the next frontend.
+
+import CExecGateVsockSys
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public struct VsockBackendConfig: Sendable {
+    public var vhostUserSocket: String
+    public var hybridSocket: String
+    public var guestCID: UInt64
+    public var verbose = false
+    public init(vhostUserSocket: String, hybridSocket: String, guestCID: UInt64) {
+        self.vhostUserSocket = vhostUserSocket; self.hybridSocket = hybridSocket; self.guestCID = guestCID
+    }
+}
+
+public final class VsockBackend: @unchecked Sendable {
+    // @unchecked: everything but `wakeFd` is used only by the thread inside `run()`; `stop()`
+    // only writes to the eventfd.
+    public static let rxQueue = 0, txQueue = 1, eventQueue = 2
+
+    public let config: VsockBackendConfig
+    private let vhostListener: Int32
+    private let hybridListener: Int32
+    private let wakeFd: Int32
+    private var frontend: Int32 = -1
+    private var session: VhostUserSession
+    public let muxer: VsockMuxer
+    private var handshakes: [Int32: Handshake] = [:]
+    private var scratch = [UInt8](repeating: 0, count: Limits.rxPacketChunk)
+    private var stopping = false
+    public private(set) var frontendSessions = 0
+
+    struct Handshake {
+        let stream: UnixStream
+        var line: [UInt8]
+        let deadline: UInt64
+    }
+
+    /// Binds both sockets (stale socket files are replaced).
+    public init(config: VsockBackendConfig) throws(BackendError) {
+        self.config = config
+        guard config.guestCID >= 3, config.guestCID < UInt64(UInt32.max) else { throw BackendError("guest CID \(config.guestCID): must be 3…2^32-2") }
+        vhostListener = try VsockBackend.listen(config.vhostUserSocket)
+        do { hybridListener = try VsockBackend.listen(config.hybridSocket) } catch { close(vhostListener); throw error }
+        wakeFd = egv_eventfd()
+        session = VhostUserSession(guestCID: config.guestCID)
+        let hybrid = config.hybridSocket
+        muxer = VsockMuxer(guestCID: config.guestCID) { port in UnixStream.connect(path: "\(hybrid)_\(port)") }
+        session.log = { [weak self] in self?.log($0) }
+    }
+
+    deinit {
+        close(vhostListener); close(hybridListener); close(wakeFd)
+        if frontend >= 0 { close(frontend) }
+    }
+
+    static func listen(_ path: String) throws(BackendError) -> Int32 {
+        guard path.utf8.count < Limits.maxUnixPath else { throw BackendError("socket path longer than \(Limits.maxUnixPath - 1) bytes: \(path)") }
+        unlink(path)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { throw BackendError("socket", errno: errno) }
+        var addr = sockaddr_un.make(path)
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard rc == 0 else { let e = errno; close(fd); throw BackendError("bind \(path)", errno: e) }
+        guard Glibc.listen(fd, 128) == 0 else { let e = errno; close(fd); throw BackendError("listen \(path)", errno: e) }
+        return fd
+    }
+
+    func log(_ s: String) {
+        guard config.verbose else { return }
+        var line = "vsock-backend: \(s)\n"
+        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    }
+
+    /// Makes `run` return (any thread).
+    public func stop() {
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { write(wakeFd, $0.baseAddress, 8) }
+    }
+
+    // MARK: - The loop
+
+    private enum Source { case vhostListener, frontend, kick(Int), hybridListener, handshake(Int32), connection(ConnectionKey), wake }
+
+    /// Serves until `stop()`. Socket files are removed on return.
+    public func run() {
+        defer { unlink(config.vhostUserSocket); unlink(config.hybridSocket); dropFrontend() }
+        var moreTx = false
+        while !stopping {
+            var fds: [pollfd] = []
+            var sources: [Source] = []
+            func add(_ fd: Int32, _ events: Int32, _ s: Source) {
+                guard fd >= 0, events != 0 else { return }
+                fds.append(pollfd(fd: fd, events: Int16(events), revents: 0)); sources.append(s)
+            }
+            add(wakeFd, Int32(POLLIN), .wake)
+            add(vhostListener, Int32(POLLIN), .vhostListener)
+            add(frontend, Int32(POLLIN), .frontend)
+            for i in 0..<Limits.queueCount { add(session.kickFd(i), Int32(POLLIN), .kick(i)) }
+            add(hybridListener, Int32(POLLIN), .hybridListener)
+            for (fd, _) in handshakes { add(fd, Int32(POLLIN), .handshake(fd)) }
+            let rxBuffers = session.isLive(VsockBackend.rxQueue) && session.queues[VsockBackend.rxQueue].hasAvailable
+            for (key, c) in muxer.connections where !c.hostHungUp {
+                var ev: Int32 = 0
+                if c.wantsHostRead && rxBuffers && !c.hostReadable { ev |= Int32(POLLIN) }
+                if c.wantsHostWrite { ev |= Int32(POLLOUT) }
+                add(c.stream.fd, ev, .connection(key))
+            }
+            let now = Clock.nanos()
+            var deadline = muxer.expire(now: now)
+            for (_, h) in handshakes { deadline = min(deadline ?? h.deadline, h.deadline) }
+            var timeout: Int32 = -1
+            if moreTx || (muxer.hasPendingRx && rxBuffers) { timeout = 0 }
+            else if let d = deadline { timeout = Int32(clamping: (d > now ? d - now : 0) / 1_000_000 + 1) }
+
+            let n = poll(&fds, nfds_t(fds.count), timeout)
+            if n < 0 && errno != EINTR { log("poll: errno \(errno)"); usleep(10_000); continue }
+            let now2 = Clock.nanos()
+            for (i, p) in fds.enumerated() where p.revents != 0 {
+                switch sources[i] {
+                case .wake: stopping = true
+                case .vhostListener: acceptFrontend()
+                case .frontend: readFrontend()
+                case .kick(let q): drain(fds[i].fd); if q == VsockBackend.txQueue { moreTx = true }
+                case .hybridListener: acceptHostClients(now: now2)
+                case .handshake(let fd): readHandshake(fd, now: now2)
+                case .connection(let key):
+                    let r = Int32(p.revents)
+                    if r & Int32(POLLOUT) != 0 { muxer.hostWritable(key) }
+                    if r & (Int32(POLLHUP) | Int32(POLLERR)) != 0 { muxer.hostReadable(key, hangup: true) }
+                    else if r & Int32(POLLIN) != 0 { muxer.hostReadable(key, hangup: false) }
+                }
+            }
+            expireHandshakes(now: now2)
+            if moreTx || session.isLive(VsockBackend.txQueue) { moreTx = processTx(now: now2) }
+            processRx(now: now2)
+        }
+    }
+
+    private func drain(_ fd: Int32) {
+        var v: UInt64 = 0
+        _ = read(fd, &v, 8)
+    }
+
+    // MARK: - Queues
+
+    /// Takes up to `Limits.txBatch` packets off the tx queue. Returns whether more are waiting.
+    private func processTx(now: UInt64) -> Bool {
+        let q = session.queues[VsockBackend.txQueue]
+        guard session.isLive(VsockBackend.txQueue) else { return false }
+        var returned = false
+        defer { if returned { session.notify(VsockBackend.txQueue) } }
+        for _ in 0..<Limits.txBatch {
+            let head: UInt16
+            do {
+                guard let h = try q.nextAvailable() else { return false }
+                head = h
+            } catch {
+                log("tx queue stopped: \(error)"); return false
+            }
+            defer { q.addUsed(head: head, length: 0); returned = true }
+            let chain: DescriptorChain
+            do { chain = try q.chain(head: head, memory: session.memory) } catch {
+                log("tx chain \(head) dropped: \(error)"); continue
+            }
+            do {
+                muxer.receive(try TxPacket.parse(chain), now: now)
+            } catch {
+                log("tx packet dropped: \(error)")
+                muxer.rejectMalformed(chain: chain)
+            }
+        }
+        return q.hasAvailable
+    }
+
+    /// Fills rx buffers while the muxer has packets and the guest has buffers.
+    private func processRx(now: UInt64) {
+        let q = session.queues[VsockBackend.rxQueue]
+        guard session.isLive(VsockBackend.rxQueue) else { return }
+        var used = false
+        defer { if used { session.notify(VsockBackend.rxQueue) } }
+        while muxer.hasPendingRx {
+            let head: UInt16
+            do {
+                guard let h = try q.nextAvailable() else { return }
+                head = h
+            } catch {
+                log("rx queue stopped: \(error)"); return
+            }
+            let chain: DescriptorChain
+            do { chain = try q.chain(head: head, memory: session.memory) } catch {
+                log("rx chain \(head) dropped: \(error)"); q.addUsed(head: head, length: 0); used = true; continue
+            }
+            let capacity = min(chain.writableLength - VsockHeader.size, scratch.count)
+            guard capacity >= 0 else { q.addUsed(head: head, length: 0); used = true; continue }
+            let out = scratch.withUnsafeMutableBytes { muxer.nextPacket(payload: UnsafeMutableRawBufferPointer(rebasing: $0[0..<capacity]), now: now) }
+            guard let (header, n) = out else { q.undoTake(); return }
+            var h = header
+            h.len = UInt32(n)
+            let hb = h.bytes
+            _ = hb.withUnsafeBytes { chain.write($0, at: 0) }
+            if n > 0 { _ = scratch.withUnsafeBytes { chain.write(UnsafeRawBufferPointer(rebasing: $0[0..<n]), at: VsockHeader.size) } }
+            q.addUsed(head: head, length: UInt32(VsockHeader.size + n))
+            used = true
+        }
+    }
+
+    // MARK: - vhost-user frontend
+
+    private func acceptFrontend() {
+        let fd = egv_accept(vhostListener, 0)
+        guard fd >= 0 else { return }
+        if frontend >= 0 { log("second frontend refused"); close(fd); return }
+        var tv = timeval(tv_sec: Limits.vhostUserReadTimeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        frontend = fd
+        frontendSessions += 1
+        session = VhostUserSession(guestCID: config.guestCID)
+        session.log = { [weak self] in self?.log($0) }
+        log("frontend connected")
+    }
+
+    private func dropFrontend() {
+        guard frontend >= 0 else { return }
+        close(frontend); frontend = -1
+        session.closeAll()
+        muxer.closeAll()
+        log("frontend disconnected; all connections closed")
+    }
+
+    private func readFrontend() {
+        do {
+            guard let msg = try readMessage(frontend) else { dropFrontend(); return }
+            log("<- \(msg.header.request) (\(msg.payload.count) bytes, \(msg.fds.count) fds)")
+            let wasRunning = session.isLive(VsockBackend.rxQueue) || session.isLive(VsockBackend.txQueue)
+            if let reply = session.handle(msg) {
+                guard sendAll(frontend, reply) else { dropFrontend(); return }
+            }
+            // Both rings stopped (GET_VRING_BASE: device reset, guest reboot): the guest's transport
+            // forgets its sockets, so every host stream ends too (a new guest starts clean).
+            if wasRunning && !session.isLive(VsockBackend.rxQueue) && !session.isLive(VsockBackend.txQueue) {
+                log("rings stopped; closing all connections")
+                muxer.closeAll()
+            }
+        } catch {
+            log("frontend session ended: \(error)")
+            dropFrontend()
+        }
+    }
+
+    /// Reads one message. nil: orderly disconnect.
+    private func readMessage(_ fd: Int32) throws(VhostUserError) -> VhostUserMessage? {
+        var hdr = [UInt8](repeating: 0, count: VhostUserHeader.size)
+        var fds = [Int32](repeating: -1, count: Limits.maxMemoryRegions)
+        var nfds: Int32 = 0, truncated: Int32 = 0
+        let n = hdr.withUnsafeMutableBytes { egv_recv_with_fds(fd, $0.baseAddress, 12, &fds, Int32(Limits.maxMemoryRegions), &nfds, &truncated) }
+        var owned = Array(fds.prefix(Int(nfds)))
+        var ok = false
+        defer { if !ok { owned.forEach { close($0) } } }
+        if n == 0 { return nil }
+        guard n > 0 else { throw VhostUserError(.io, "recvmsg: errno \(errno)") }
+        guard truncated == 0 else { throw VhostUserError(.badPayload, "too many fds") }
+        if n < 12 { try readExactly(fd, &hdr, from: n) }
+        let header = try VhostUserHeader(bytes: hdr)
+        var payload = [UInt8](repeating: 0, count: Int(header.size))
+        if header.size > 0 { try readExactly(fd, &payload, from: 0) }
+        ok = true
+        let result = VhostUserMessage(header: header, payload: payload, fds: owned)
+        owned = []
+        return result
+    }
+
+    private func readExactly(_ fd: Int32, _ buf: inout [UInt8], from start: Int) throws(VhostUserError) {
+        var off = start
+        let count = buf.count
+        while off < count {
+            let r = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + off, count - off, 0) }  // Safe: count > off ≥ 0, so non-empty.
+            if r > 0 { off += r; continue }
+            if r < 0 && errno == EINTR { continue }
+            throw VhostUserError(.truncated, r == 0 ? "frontend closed mid-message" : "recv: errno \(errno)")
+        }
+    }
+
+    private func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var off = 0
+        while off < bytes.count {
+            let r = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL)) }  // Safe: non-empty.
+            if r > 0 { off += r; continue }
+            if r < 0 && errno == EINTR { continue }
+            return false
+        }
+        return true
+    }
+
+    // MARK: - Hybrid host socket
+
+    private func acceptHostClients(now: UInt64) {
+        while true {
+            let fd = egv_accept(hybridListener, 1)
+            guard fd >= 0 else { return }
+            guard handshakes.count < Limits.maxPendingHandshakes else { close(fd); continue }
+            handshakes[fd] = Handshake(stream: UnixStream(fd: fd), line: [], deadline: now + UInt64(Limits.handshakeTimeoutMillis) * 1_000_000)
+        }
+    }
+
+    private func readHandshake(_ fd: Int32, now: UInt64) {
+        guard var h = handshakes[fd] else { return }
+        var buf = [UInt8](repeating: 0, count: Limits.maxHandshakeLine)
+        let r = buf.withUnsafeMutableBytes { h.stream.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<(Limits.maxHandshakeLine - h.line.count)])) }
+        switch r {
+        case .wouldBlock: return
+        case .eof, .failed: handshakes[fd] = nil; h.stream.close(); return
+        case .bytes(let n): h.line += buf[0..<n]
+        }
+        switch HybridHandshake.parse(h.line) {
+        case .needMore:
+            if h.line.count >= Limits.maxHandshakeLine { handshakes[fd] = nil; h.stream.close() } else { handshakes[fd] = h }
+        case .invalid(let why):
+            log("host client handshake refused: \(why)")
+            handshakes[fd] = nil
+            h.stream.close()
+        case .connect(let port, let rest):
+            handshakes[fd] = nil
+            if muxer.connectFromHost(stream: h.stream, guestPort: port, prefix: rest, now: now) == nil { h.stream.close() }
+        }
+    }
+
+    private func expireHandshakes(now: UInt64) {
+        for (fd, h) in handshakes where h.deadline <= now { handshakes[fd] = nil; h.stream.close() }
+    }
+}
+
+/// The host side of the hybrid convention: `CONNECT <port>\n` (docs/vsock.md). A bounded line
+/// decoder: at most `Limits.maxHandshakeLine` bytes; bytes after the newline are stream data.
+public enum HybridHandshake {
+    public enum Parse: Equatable {
+        case needMore
+        case invalid(String)
+        case connect(port: UInt32, rest: [UInt8])
+    }
+
+    public static func parse(_ bytes: [UInt8]) -> Parse {
+        guard let nl = bytes.firstIndex(of: UInt8(ascii: "\n")) else {
+            return bytes.count >= Limits.maxHandshakeLine ? .invalid("no newline in \(Limits.maxHandshakeLine) bytes") : .needMore
+        }
+        var line = bytes[..<nl]
+        if line.last == UInt8(ascii: "\r") { line = line.dropLast() }
+        let prefix = Array("CONNECT ".utf8)
+        guard line.starts(with: prefix) else { return .invalid("expected CONNECT <port>") }
+        let digits = line.dropFirst(prefix.count)
+        guard !digits.isEmpty, digits.count <= 10, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+              let port = UInt32(String(decoding: digits, as: UTF8.self)) else { return .invalid("bad port") }
+        return .connect(port: port, rest: Array(bytes[(nl + 1)...]))
+    }
+}

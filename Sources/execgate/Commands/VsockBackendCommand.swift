@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `execgate vsock-backend`: the vhost-user-vsock device backend (ExecGateVsockDevice) for hosts
+// without /dev/vhost-vsock; `execgate vsock-bench`: round-trip and bulk figures through it.
+
+import _ExecGateInternals
+import ArgumentParser
+import ExecGateClient
+import ExecGateVsockDevice
+import ExecGateWire
+import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct VsockBackendCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vsock-backend",
+        abstract: "Serve a vhost-user-vsock device to QEMU; host clients reach the guest through a hybrid Unix socket.",
+        discussion: """
+        QEMU: -object memory-backend-memfd,id=mem,size=<RAM>,share=on -M <machine>,memory-backend=mem \
+        -chardev socket,id=vu,path=<SOCKET> -device vhost-user-vsock-pci,chardev=vu (microvm: vhost-user-vsock-device).
+        Host → guest port P: connect to <UDS>, send "CONNECT P\\n", read "OK <hostport>\\n", then a byte stream.
+        Guest → host port P: the backend connects to <UDS>_P. See docs/vsock.md.
+        """
+    )
+
+    @Option(help: ArgumentHelp("vhost-user socket QEMU connects to (created; a stale file is replaced).", valueName: "VU_SOCK"))
+    var socket: String
+
+    @Option(help: ArgumentHelp("Hybrid vsock Unix socket for host clients (created).", valueName: "HYBRID_SOCK"))
+    var uds: String
+
+    @Option(help: "The guest's CID (device config guest_cid), 3 or more.")
+    var guestCid: UInt64 = 3
+
+    @Flag(help: "Log vhost-user messages and refused packets to stderr.")
+    var verbose = false
+
+    func validate() throws {
+        guard guestCid >= 3, guestCid < UInt64(UInt32.max) else { throw ValidationError("--guest-cid must be 3…4294967294") }
+        for (name, p) in [("--socket", socket), ("--uds", uds)] where p.isEmpty || p.utf8.count >= Limits.maxUnixPath - 12 {
+            throw ValidationError("\(name): a path of 1…\(Limits.maxUnixPath - 13) bytes")
+        }
+    }
+
+    func run() throws {
+        var config = VsockBackendConfig(vhostUserSocket: socket, hybridSocket: uds, guestCID: guestCid)
+        config.verbose = verbose
+        let backend: VsockBackend
+        do { backend = try VsockBackend(config: config) } catch {
+            Console.error("execgate vsock-backend: \(error)")
+            throw ExecGateExit.usage
+        }
+        signal(SIGPIPE, SIG_IGN)
+        VsockBackendCommand.installStopSignals(backend)
+        Console.error("execgate vsock-backend: vhost-user on \(socket), hybrid vsock on \(uds), guest CID \(guestCid)")
+        backend.run()
+    }
+
+    /// SIGTERM/SIGINT end `run()` cleanly (socket files removed).
+    static func installStopSignals(_ backend: VsockBackend) {
+        StopTarget.backend = backend
+        let handler: @convention(c) (Int32) -> Void = { _ in StopTarget.backend?.stop() }
+        signal(SIGTERM, handler)
+        signal(SIGINT, handler)
+    }
+}
+
+/// The backend the signal handler stops (`stop()` only writes to an eventfd: async-signal-safe).
+enum StopTarget {
+    nonisolated(unsafe) static var backend: VsockBackend?
+}
+
+struct VsockBenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vsock-bench",
+        abstract: "Measure round trips (p50/p99) and bulk MB/s to a verifier, e.g. through the vsock backend."
+    )
+
+    @Option(name: .customLong("connect"), help: ArgumentHelp("hybrid:SOCKET:PORT (or unix:/vsock:)", valueName: "ADDR"))
+    var connect: String
+
+    @Option(help: "Sequential status round trips.")
+    var roundTrips = 200
+
+    @Option(name: .customLong("bulk-mib"), help: "Bulk: MiB per frame.")
+    var bulkMiB = 8
+
+    @Option(help: "Bulk: frames.")
+    var bulkFrames = 4
+
+    @Flag(help: "JSON output.")
+    var json = false
+
+    func run() async throws {
+        let endpoint: Endpoint
+        do { endpoint = try Endpoint(parsing: connect, listening: false) } catch { throw ValidationError("\(error)") }
+        let r = try await VsockBench.run(endpoint: endpoint, roundTrips: max(1, roundTrips), bulkBytes: max(1, bulkMiB) << 20, bulkFrames: max(1, bulkFrames))
+        if json { print(r.json) } else { print(r.text) }
+    }
+}
+
+/// The measurement itself (also used by the tests).
+enum VsockBench {
+    struct Result {
+        var p50us: Double, p99us: Double, meanus: Double, mbPerSecond: Double, bulkBytes: Int
+        var text: String {
+            "round trip (status): p50 \(fmt(p50us)) µs, p99 \(fmt(p99us)) µs, mean \(fmt(meanus)) µs\n"
+                + "bulk: \(bulkBytes >> 20) MiB in frames → \(fmt(mbPerSecond)) MB/s (host → guest, answered by the verifier)"
+        }
+        var json: String {
+            "{\"rtt_p50_us\":\(fmt(p50us)),\"rtt_p99_us\":\(fmt(p99us)),\"rtt_mean_us\":\(fmt(meanus)),\"bulk_mb_per_s\":\(fmt(mbPerSecond)),\"bulk_bytes\":\(bulkBytes)}"
+        }
+        func fmt(_ v: Double) -> String { String(Double(Int(v * 10)) / 10) }
+    }
+
+    static func run(endpoint: Endpoint, roundTrips: Int, bulkBytes: Int, bulkFrames: Int) async throws -> Result {
+        let client = try await ExecGateClient.connect(to: endpoint, timeout: 120)
+        defer { Task { await client.close() } }
+        _ = try await client.status()  // Warm up.
+        var samples: [Double] = []
+        for _ in 0..<roundTrips {
+            let t = nanos()
+            _ = try await client.status()
+            samples.append(Double(nanos() - t) / 1000)
+        }
+        samples.sort()
+        let p = { (q: Double) in samples[min(samples.count - 1, Int(Double(samples.count) * q))] }
+        // Bulk: frames of an unknown type; the server reads the whole body, then answers an error.
+        let body = ByteBuffer(repeating: 0x5a, count: bulkBytes)
+        let t0 = nanos()
+        for _ in 0..<bulkFrames {
+            _ = try await client.sendFrame(Frame(type: MessageType(rawValue: 0x0077), requestID: client.allocateID(), body: body))
+        }
+        let secs = Double(nanos() - t0) / 1e9
+        await client.close()
+        return Result(p50us: p(0.5), p99us: p(0.99), meanus: samples.reduce(0, +) / Double(samples.count),
+                      mbPerSecond: Double(bulkBytes * bulkFrames) / 1e6 / secs, bulkBytes: bulkBytes * bulkFrames)
+    }
+
+    static func nanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+}
