@@ -84,7 +84,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateAdmin",
-            dependencies: ["ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
+            dependencies: ["ExecGateService", "ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
             swiftSettings: swiftSettings
         ),
         .target(

@@ -13,6 +13,7 @@
 // Admin requests are rare and cheap (one CMS verification, one parse), so they are handled on the
 // admin event loop itself, one at a time per connection, in order.
 
+import ExecGateService
 import ExecGateWire
 import NIOConcurrencyHelpers
 import NIOCore
@@ -54,18 +55,7 @@ public final class AdminServer: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(AdminHandler(administrator: administrator))
                 }
             }
-        let channel: Channel
-        switch endpoint {
-        case .unix(let path):
-            var st = stat()
-            if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
-            channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
-            chmod(path, 0o600)
-        case .vsock(_, let port):
-            channel = try await bootstrap.bind(to: VsockAddress(cid: .any, port: .init(rawValue: port))).get()
-        case .hybrid:
-            throw EndpointError(text: endpoint.description, why: "a hybrid socket is a client-side address")
-        }
+        let channel = try await bootstrap.bind(endpoint: endpoint)
         lock.withLock { channels.append(channel) }
         return channel
     }
