@@ -190,7 +190,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateCaptureToolTests",
-            dependencies: ["ExecGateCaptureTool", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateCapture", "ExecGateVerifier", "ExecGatePolicy",
+            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateCaptureTool", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateCapture", "ExecGateVerifier", "ExecGatePolicy",
                            "ExecGateWire", "ExecGateTestSupport", nioCore],
             swiftSettings: swiftSettings
         ),

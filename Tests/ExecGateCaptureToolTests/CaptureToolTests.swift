@@ -12,6 +12,8 @@
 
 import ExecGateCapture
 import ExecGateCaptureTool
+import ExecGateELF
+import ExecGateExplain
 import ExecGateKernelImage
 import ExecGatePolicy
 import ExecGateServiceVM
@@ -84,11 +86,28 @@ final class CaptureToolBootTests: XCTestCase {
         }
         var replay = CaptureReplay(boot: boot)
         var unexplained = 0
+        var mutations: [String: (tried: Int, denied: Int, legal: Int)] = [:]
+        var falseAccepts: [String] = []
         for name in boot.availableModules {
             let m = try boot.module(name)
             let verdict = v.authorize(m.request(guestID: "g"), requestDigest: [])
             XCTAssertEqual(verdict.decision, .allow, "\(name): \(verdict.message)")
             XCTAssertTrue(verdict.checks.contains("end-state"), name)
+            // Mutations of this fresh end state, by class: every one must be denied (a legal
+            // run-time alternative — e.g. a static call retargeted to another real function entry —
+            // is counted apart, never as accepted tampering).
+            // (Modules above 64 KiB of text are skipped here only to bound the debug-build test time;
+            // `execgate explain --mutate N` covers every module.)
+            let report = m.ko.withUnsafeBytes { raw -> MutationReport in
+                guard m.claim.text.count <= 64 << 10, let elf = try? ELFFile(bytes: raw) else { return MutationReport() }
+                return Explainer(facts: boot.facts).mutate(elf: elf, claim: m.claim, resolver: replay.resolver, perClass: 12, seed: 0x5eed)
+            }
+            for c in report.classes {
+                var e = mutations[c.name] ?? (0, 0, 0)
+                e.tried += c.tried; e.denied += c.denied; e.legal += c.legalAlternative
+                mutations[c.name] = e
+                falseAccepts += c.falseAccepts.map { "\(name): \($0)" }
+            }
             let out = replay.step(m)
             if case let .denied(d) = out.result.verdict {
                 unexplained += max(1, d.unexplainedBytes)
@@ -96,6 +115,12 @@ final class CaptureToolBootTests: XCTestCase {
             }
         }
         XCTAssertEqual(unexplained, 0)
+        let tried = mutations.values.reduce(0) { $0 + $1.tried }
+        print("mutations on \(dir): \(tried) tried; " + mutations.sorted { $0.key < $1.key }
+            .map { "\($0.key) \($0.value.tried) tried / \($0.value.denied) denied / \($0.value.legal) legal run-time state" }.joined(separator: "; "))
+        XCTAssertEqual(falseAccepts, [], "mutations accepted")
+        XCTAssertGreaterThanOrEqual(tried, 800, "too few mutations tried")
+        XCTAssertGreaterThanOrEqual(mutations.count, 5, "mutation classes exercised: \(mutations.keys.sorted())")
     }
 
     func testCaptureNokaslrAndExplain() throws {
