@@ -104,11 +104,20 @@ struct VariableSite {
     var cls: ExplanationClass
     /// Consistency group (key address); sites of one group must report the same state.
     var group: UInt64?
-    var what: String
+    /// Description (built only when needed: most sites never need it).
+    var label: String
+    var labelKey: UInt64?
+    var what: String { labelKey.map { "\(label) (key 0x\(String($0, radix: 16)))" } ?? label }
     /// Returns the state (e.g. key enabled, static-call function) if `bytes` is a legal encoding.
     var check: ([UInt8]) -> UInt64?
     /// The encoding for a state (used as "expected" when the claim is illegal or inconsistent).
     var encode: (UInt64?) -> [UInt8]
+
+    init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, what: String, whatKey: UInt64? = nil,
+         check: @escaping ([UInt8]) -> UInt64?, encode: @escaping (UInt64?) -> [UInt8]) {
+        self.offset = offset; self.length = length; self.cls = cls; self.group = group
+        self.label = what; self.labelKey = whatKey; self.check = check; self.encode = encode
+    }
 }
 
 final class Session {
@@ -218,7 +227,11 @@ final class Session {
                 if lay.flags[i].contains(.execInstr) {
                     // Exec sections are inside [0, textSize) by construction of the layout.
                     if !s.isNoBits { image.replaceSubrange(off..<off + s.size, with: elf.contents(of: s)) }
-                    cls.replaceSubrange(off..<off + s.size, with: repeatElement(UInt8(ExplanationClass.elf.rawValue), count: s.size))
+                    let n = s.size
+                    cls.withUnsafeMutableBufferPointer { c in
+                        precondition(off >= 0 && n <= c.count && off <= c.count - n)
+                        UnsafeMutableBufferPointer(rebasing: c[off..<off + n]).update(repeating: UInt8(ExplanationClass.elf.rawValue))
+                    }
                     if s.size > 0 { execRanges.append((off, off + s.size, i)) }
                 } else {
                     data[i] = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
@@ -263,8 +276,12 @@ final class Session {
     }
 
     /// `simplify_symbols()`: the final value of symbol `i`.
-    func symbolValue(_ i: Int) throws -> UInt64 {
+    @inline(__always) func symbolValue(_ i: Int) throws -> UInt64 {
         if let v = symValue[i] { return v }
+        return try resolveSymbolValue(i)
+    }
+
+    func resolveSymbolValue(_ i: Int) throws -> UInt64 {
         let sym = symbols[i]
         var v: UInt64
         switch sym.sectionIndex {
@@ -839,7 +856,7 @@ final class Session {
             jumpSites.append((off, size, code, target))
             // State = key enabled (1) or not (0): JMP when enabled != branch default... the encoded
             // jump is taken iff (enabled XOR branch) — jump_label_type().
-            variable.append(VariableSite(offset: off, length: size, cls: .jumpLabel, group: key, what: "jump label (key 0x\(String(key, radix: 16)))",
+            variable.append(VariableSite(offset: off, length: size, cls: .jumpLabel, group: key, what: "jump label", whatKey: key,
                 check: { b in
                     if b == nop { return branch ^ 0 == 0 ? 0 : 1 }   // NOP: enabled == branch
                     if let j = jmp, b == j { return branch == 0 ? 1 : 0 }
@@ -961,13 +978,24 @@ final class Session {
         // one vectorisable counting pass over borrowed buffers; the slow path only on a difference.
         let img = image
         precondition(claimed.count == img.count)
-        var differing = 0
-        img.withUnsafeBufferPointer { a in
-            claimed.withUnsafeBufferPointer { b in
-                for i in 0..<a.count { differing &+= a[i] != b[i] ? 1 : 0 }
+        let equal = img.withUnsafeBytes { a in
+            claimed.withUnsafeBytes { b in
+                var acc: UInt64 = 0
+                var i = 0
+                while i + 32 <= a.count {
+                    acc |= (a.loadUnaligned(fromByteOffset: i, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+                        | (a.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
+                        | (a.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self))
+                        | (a.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self))
+                    i += 32
+                }
+                while i < a.count { acc |= UInt64(a[i] ^ b[i]); i += 1 }
+                return acc == 0
             }
         }
-        if differing == 0 { return }
+        if equal { return }
+        var differing = 0
+        for i in 0..<img.count where img[i] != claimed[i] { differing += 1 }
         for i in 0..<img.count where img[i] != claimed[i] {
             let (sec, so) = sectionOf(regionOffset: i)
             let n = min(8, image.count - i)
@@ -1004,8 +1032,19 @@ final class Session {
         st.executableBytes = image.count
         var counts = [Int](repeating: 0, count: 256)
         counts.withUnsafeMutableBufferPointer { cnt in
-            cls.withUnsafeBufferPointer { c in
-                for b in c { cnt[Int(b)] += 1 }  // UInt8 index < 256: in bounds
+            cls.withUnsafeBytes { c in
+                // Runs of one class (ELF bytes, padding) eight at a time; mixed words byte by byte.
+                let n = c.count
+                var i = 0
+                while i + 8 <= n {
+                    let w = c.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                    let b0 = UInt64(truncatingIfNeeded: w & 0xff)
+                    if w == b0 &* 0x0101_0101_0101_0101 { cnt[Int(b0)] += 8 } else {
+                        for k in 0..<8 { cnt[Int(c[i + k])] += 1 }  // UInt8 index < 256: in bounds
+                    }
+                    i += 8
+                }
+                while i < n { cnt[Int(c[i])] += 1; i += 1 }
             }
         }
         // only ExplanationClass raw values are stored in cls
