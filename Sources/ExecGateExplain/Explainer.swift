@@ -1059,7 +1059,7 @@ final class Session {
     /// `__ksymtab_<name>` marks an export of `<name>` (EXPORT_SYMBOL / _GPL).
     func moduleExports() -> ModuleExports {
         var names: Set<String> = []
-        for s in symbols where s.name.hasPrefix("__ksymtab_") { names.insert(String(s.name.dropFirst(10))) }
+        for s in symbols where hasASCIIPrefix(s.name, "__ksymtab_") { names.insert(String(s.name.dropFirst(10))) }
         var out: [String: UInt64] = [:]
         // Cheap integer tests first: the name hash is only computed for defined non-local symbols.
         for (i, s) in symbols.enumerated() where !s.isUndefined && s.binding != 0 && names.contains(s.name) {
@@ -1067,4 +1067,12 @@ final class Session {
         }
         return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries)
     }
+}
+
+/// `s.hasPrefix(p)` for an ASCII `p`, on the UTF-8 bytes (no Unicode normalisation needed: an
+/// ASCII prefix matches byte for byte or not at all).
+@inline(__always) func hasASCIIPrefix(_ s: String, _ p: StaticString) -> Bool {
+    let pb = UnsafeBufferPointer(start: p.utf8Start, count: p.utf8CodeUnitCount)
+    if let r = s.utf8.withContiguousStorageIfAvailable({ b in b.count >= pb.count && b.prefix(pb.count).elementsEqual(pb) }) { return r }
+    return s.hasPrefix(String(decoding: pb, as: UTF8.self))
 }
