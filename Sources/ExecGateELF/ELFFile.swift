@@ -305,28 +305,30 @@ public struct ELFFile: @unchecked Sendable {
     // MARK: Internals
 
     static func string(in bytes: UnsafeRawBufferPointer, table: Range<Int>, at offset: UInt32,
-                       what: String, headerOffset: Int) throws -> String {
+                       what: @autoclosure () -> String, headerOffset: Int) throws -> String {
         let start = table.lowerBound + Int(offset)  // offset ≤ 2^32, lowerBound ≤ file size: no overflow.
         guard Int(offset) < table.count else {
-            throw ELFError(.badStringOffset, offset: headerOffset, "\(what): offset \(offset) outside string table of \(table.count) bytes")
+            throw ELFError(.badStringOffset, offset: headerOffset, "\(what()): offset \(offset) outside string table of \(table.count) bytes")
         }
         var end = start
         while end < table.upperBound && bytes[end] != 0 { end += 1 }
         guard end < table.upperBound else {
-            throw ELFError(.unterminatedString, offset: start, "\(what): no NUL before end of string table")
+            throw ELFError(.unterminatedString, offset: start, "\(what()): no NUL before end of string table")
         }
-        return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
+        // Typed view for the contiguous fast path (the raw view takes the generic append path).
+        return UnsafeRawBufferPointer(rebasing: bytes[start..<end]).withMemoryRebound(to: UInt8.self) {
+            String(decoding: $0, as: UTF8.self)
+        }
     }
 }
 
 // MARK: - Little-endian accessors (callers bounds-check first)
 
 extension UnsafeRawBufferPointer {
-    @inline(__always) func le16(_ o: Int) -> UInt16 { UInt16(self[o]) | UInt16(self[o + 1]) << 8 }
-    @inline(__always) func le32(_ o: Int) -> UInt32 {
-        UInt32(self[o]) | UInt32(self[o + 1]) << 8 | UInt32(self[o + 2]) << 16 | UInt32(self[o + 3]) << 24
-    }
-    @inline(__always) func le64(_ o: Int) -> UInt64 { UInt64(le32(o)) | UInt64(le32(o + 4)) << 32 }
+    // One unaligned load each (same debug-only bounds checking as the byte subscripts they replace).
+    @inline(__always) func le16(_ o: Int) -> UInt16 { UInt16(littleEndian: loadUnaligned(fromByteOffset: o, as: UInt16.self)) }
+    @inline(__always) func le32(_ o: Int) -> UInt32 { UInt32(littleEndian: loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
+    @inline(__always) func le64(_ o: Int) -> UInt64 { UInt64(littleEndian: loadUnaligned(fromByteOffset: o, as: UInt64.self)) }
 }
 
 @inline(__always) func hex(_ b: UInt8) -> String {

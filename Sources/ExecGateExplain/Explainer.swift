@@ -104,11 +104,20 @@ struct VariableSite {
     var cls: ExplanationClass
     /// Consistency group (key address); sites of one group must report the same state.
     var group: UInt64?
-    var what: String
+    /// Description (built only when needed: most sites never need it).
+    var label: String
+    var labelKey: UInt64?
+    var what: String { labelKey.map { "\(label) (key 0x\(String($0, radix: 16)))" } ?? label }
     /// Returns the state (e.g. key enabled, static-call function) if `bytes` is a legal encoding.
     var check: ([UInt8]) -> UInt64?
     /// The encoding for a state (used as "expected" when the claim is illegal or inconsistent).
     var encode: (UInt64?) -> [UInt8]
+
+    init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, what: String, whatKey: UInt64? = nil,
+         check: @escaping ([UInt8]) -> UInt64?, encode: @escaping (UInt64?) -> [UInt8]) {
+        self.offset = offset; self.length = length; self.cls = cls; self.group = group
+        self.label = what; self.labelKey = whatKey; self.check = check; self.encode = encode
+    }
 }
 
 final class Session {
@@ -218,7 +227,11 @@ final class Session {
                 if lay.flags[i].contains(.execInstr) {
                     // Exec sections are inside [0, textSize) by construction of the layout.
                     if !s.isNoBits { image.replaceSubrange(off..<off + s.size, with: elf.contents(of: s)) }
-                    cls.replaceSubrange(off..<off + s.size, with: repeatElement(UInt8(ExplanationClass.elf.rawValue), count: s.size))
+                    let n = s.size
+                    cls.withUnsafeMutableBufferPointer { c in
+                        precondition(off >= 0 && n <= c.count && off <= c.count - n)
+                        UnsafeMutableBufferPointer(rebasing: c[off..<off + n]).update(repeating: UInt8(ExplanationClass.elf.rawValue))
+                    }
                     if s.size > 0 { execRanges.append((off, off + s.size, i)) }
                 } else {
                     data[i] = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
@@ -245,8 +258,15 @@ final class Session {
         symbols = try elf.symbols()
         rela = try elf.relocationSections()
         symValue = [UInt64?](repeating: nil, count: symbols.count)
-        trampolineSymbols = symbols.indices.filter { !symbols[$0].isUndefined && symbols[$0].name.utf8.starts(with: "__SCT__".utf8) }
-        for i in symbols.indices where !symbols[i].isUndefined && symbols[i].name.utf8.starts(with: "__SCK__".utf8) { keySymbols[symbols[i].name] = i }
+        // One pass, byte tests on the UTF-8 storage: "__SCT__" (trampolines), "__SCK__" (keys).
+        for i in symbols.indices where !symbols[i].isUndefined {
+            var name = symbols[i].name
+            let kind: UInt8 = name.withUTF8 { p in
+                guard p.count >= 7, p[0] == 0x5f, p[1] == 0x5f, p[2] == 0x53, p[3] == 0x43, p[5] == 0x5f, p[6] == 0x5f else { return 0 }
+                return p[4]
+            }
+            if kind == 0x54 { trampolineSymbols.append(i) } else if kind == 0x4b { keySymbols[name] = i }
+        }
         for sym in symbols where sym.isFunction && !sym.isUndefined {
             let i = Int(sym.sectionIndex)
             if i < elf.sections.count, lay.coreOffset[i] != nil, lay.flags[i].contains(.execInstr), let a = addr[i] {
@@ -256,8 +276,12 @@ final class Session {
     }
 
     /// `simplify_symbols()`: the final value of symbol `i`.
-    func symbolValue(_ i: Int) throws -> UInt64 {
+    @inline(__always) func symbolValue(_ i: Int) throws -> UInt64 {
         if let v = symValue[i] { return v }
+        return try resolveSymbolValue(i)
+    }
+
+    func resolveSymbolValue(_ i: Int) throws -> UInt64 {
         let sym = symbols[i]
         var v: UInt64
         switch sym.sectionIndex {
@@ -326,9 +350,18 @@ final class Session {
     }
 
     func write(_ off: Int, _ bytes: [UInt8], _ c: ExplanationClass) {
-        for (k, b) in bytes.enumerated() {
-            image[off + k] = b
-            cls[off + k] = UInt8(c.rawValue)
+        // One bounds check for the whole run (same trap as the per-byte subscripts it replaces),
+        // then one exclusive access per array instead of one per byte.
+        let n = bytes.count
+        precondition(off >= 0 && n <= image.count && off <= image.count - n && image.count == cls.count, "write outside the image")
+        let v = UInt8(c.rawValue)
+        image.withUnsafeMutableBufferPointer { img in
+            bytes.withUnsafeBufferPointer { src in
+                for k in 0..<n { img[off + k] = src[k] }
+            }
+        }
+        cls.withUnsafeMutableBufferPointer { cl in
+            for k in 0..<n { cl[off + k] = v }
         }
     }
 
@@ -350,6 +383,13 @@ final class Session {
     /// if (memcmp(loc, &zero, size)) { pr_err("x86/modules: Invalid relocation target, existing value is nonzero ..."); return -ENOEXEC; }
     /// ```
     func relocate() throws {
+        // Work on local arrays (moved out, moved back on every exit): no per-byte exclusivity
+        // checks on the class's stored properties in this loop.
+        var img: [UInt8] = [], cl: [UInt8] = []
+        var fields = relocFields, count = relocCount
+        swap(&img, &image); swap(&cl, &cls); relocFields = []
+        defer { swap(&img, &image); swap(&cl, &cls); relocFields = fields; relocCount = count }
+        let relocClass = UInt8(ExplanationClass.relocation.rawValue)
         for rs in rela {
             let t = rs.targetSectionIndex
             // Relocations of non-ALLOC sections are skipped by the kernel; init memory is freed.
@@ -386,21 +426,21 @@ final class Session {
                 }
                 if isExec {
                     let o = toff + fo
-                    guard image[o..<o + size].allSatisfy({ $0 == 0 }) else {
+                    guard img[o..<o + size].allSatisfy({ $0 == 0 }) else {
                         throw deny("relocation", "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
                     }
                     for k in 0..<size {
-                        image[o + k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k)))
-                        cls[o + k] = UInt8(ExplanationClass.relocation.rawValue)
+                        img[o + k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k)))
+                        cl[o + k] = relocClass
                     }
-                    relocFields.append((o, size, r.type, r.symbolIndex, r.addend, loc))
+                    fields.append((o, size, r.type, r.symbolIndex, r.addend, loc))
                 } else if fo + size <= d.count {
                     guard d[fo..<fo + size].allSatisfy({ $0 == 0 }) else {
                         throw deny("relocation", "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
                     }
                     for k in 0..<size { d[fo + k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k))) }
                 }
-                relocCount += 1
+                count += 1
             }
         }
     }
@@ -437,7 +477,10 @@ final class Session {
     }
 
     func hasFeature(_ bit: Int) -> Bool { facts.has(bit) }
-    var returnThunkTarget: UInt64? { facts.returnThunk ?? resolver.lookup("__x86_return_thunk") }
+    var returnThunkTarget: UInt64? { facts.returnThunk ?? returnThunkExport }
+    /// Exports looked up once per session (the resolver is immutable for the session).
+    lazy var returnThunkExport: UInt64? = resolver.lookup("__x86_return_thunk")
+    lazy var indirectThunkExport: UInt64? = resolver.lookup("__x86_indirect_thunk_rax")
 
     // MARK: Paravirt
 
@@ -490,7 +533,7 @@ final class Session {
             guard let off = execOffset(a, 1), let insn = decode(at: off) else { continue }
             let isJcc = insn.opcode0 == 0x0f && insn.opcode1 & 0xf0 == 0x80
             guard insn.opcode0 == 0xe8 || insn.opcode0 == 0xe9 || isJcc else { continue }  // WARN_ON_ONCE, skipped
-            guard let thunks = resolver.lookup("__x86_indirect_thunk_rax") else {
+            guard let thunks = indirectThunkExport else {
                 throw deny("retpoline", "__x86_indirect_thunk_array base unknown (no __x86_indirect_thunk_rax export)", address: a)
             }
             let target = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate)
@@ -554,7 +597,7 @@ final class Session {
             if insn.opcode0 == 0xe9 { dest = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate) }
             // __static_call_fixup(): a trampoline is followed by `ud1 %esp, %ecx` (0f b9 cc).
             if off + 8 <= image.count && image[off + 5] == 0x0f && image[off + 6] == 0xb9 && image[off + 7] == 0xcc {
-                let rtx = resolver.lookup("__x86_return_thunk")
+                let rtx = returnThunkExport
                 if insn.opcode0 == 0xc3 || (dest != nil && dest == rtx) {
                     guard let form = retForm(at: a, length: 5), execOffset(a, 5) != nil else { continue }
                     write(off, form, .returnThunk)
@@ -565,7 +608,7 @@ final class Session {
                 }
                 continue
             }
-            guard let d = dest, let rtx = resolver.lookup("__x86_return_thunk"), d == rtx else { continue }  // WARN_ONCE: left alone
+            guard let d = dest, let rtx = returnThunkExport, d == rtx else { continue }  // WARN_ONCE: left alone
             guard let bytes = retForm(at: a, length: insn.length), bytes.count == insn.length, execOffset(a, insn.length) != nil else { continue }
             write(off, bytes, .returnThunk)
             returnSites.append((off, a, insn.length))
@@ -813,7 +856,7 @@ final class Session {
             jumpSites.append((off, size, code, target))
             // State = key enabled (1) or not (0): JMP when enabled != branch default... the encoded
             // jump is taken iff (enabled XOR branch) — jump_label_type().
-            variable.append(VariableSite(offset: off, length: size, cls: .jumpLabel, group: key, what: "jump label (key 0x\(String(key, radix: 16)))",
+            variable.append(VariableSite(offset: off, length: size, cls: .jumpLabel, group: key, what: "jump label", whatKey: key,
                 check: { b in
                     if b == nop { return branch ^ 0 == 0 ? 0 : 1 }   // NOP: enabled == branch
                     if let j = jmp, b == j { return branch == 0 ? 1 : 0 }
@@ -866,7 +909,7 @@ final class Session {
             if isJcc && tail {
                 guard execOffset(site, 6) != nil else { continue }
                 let op = image[off + 1]
-                let nullTarget: UInt64? = hasFeature(facts.featureBits.rethunk) ? resolver.lookup("__x86_return_thunk") : facts.staticCallReturn
+                let nullTarget: UInt64? = hasFeature(facts.featureBits.rethunk) ? returnThunkExport : facts.staticCallReturn
                 let orig = Array(image[off..<off + 6])
                 variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, what: "static call (Jcc tail)",
                     check: { b in
@@ -931,9 +974,29 @@ final class Session {
                 notes.append((v.offset..<v.offset + v.length, "\(v.what): not a legal encoding (allowed: NOP or branch to the site's own legitimate target)"))
             }
         }
+        // claimed.count == image.count (checked in setUp). Equal regions are the common case:
+        // one vectorisable counting pass over borrowed buffers; the slow path only on a difference.
+        let img = image
+        precondition(claimed.count == img.count)
+        let equal = img.withUnsafeBytes { a in
+            claimed.withUnsafeBytes { b in
+                var acc: UInt64 = 0
+                var i = 0
+                while i + 32 <= a.count {
+                    acc |= (a.loadUnaligned(fromByteOffset: i, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+                        | (a.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
+                        | (a.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self))
+                        | (a.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self))
+                    i += 32
+                }
+                while i < a.count { acc |= UInt64(a[i] ^ b[i]); i += 1 }
+                return acc == 0
+            }
+        }
+        if equal { return }
         var differing = 0
-        for i in 0..<image.count where image[i] != claimed[i] { differing += 1 }
-        for i in 0..<image.count where image[i] != claimed[i] {
+        for i in 0..<img.count where img[i] != claimed[i] { differing += 1 }
+        for i in 0..<img.count where img[i] != claimed[i] {
             let (sec, so) = sectionOf(regionOffset: i)
             let n = min(8, image.count - i)
             var reason = "byte differs from the \(ExplanationClass(rawValue: Int(cls[i]))!) value"  // rawValue set only from ExplanationClass
@@ -967,8 +1030,26 @@ final class Session {
     func statistics() -> ExplainStats {
         var st = ExplainStats()
         st.executableBytes = image.count
-        var counts = [Int](repeating: 0, count: ExplanationClass.allCases.count)
-        for c in cls { counts[Int(c)] += 1 }  // only ExplanationClass raw values are stored in cls
+        var counts = [Int](repeating: 0, count: 256)
+        counts.withUnsafeMutableBufferPointer { cnt in
+            cls.withUnsafeBytes { c in
+                // Runs of one class (ELF bytes, padding) eight at a time; mixed words byte by byte.
+                let n = c.count
+                var i = 0
+                while i + 8 <= n {
+                    let w = c.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                    let b0 = UInt64(truncatingIfNeeded: w & 0xff)
+                    if w == b0 &* 0x0101_0101_0101_0101 { cnt[Int(b0)] += 8 } else {
+                        for k in 0..<8 { cnt[Int(c[i + k])] += 1 }  // UInt8 index < 256: in bounds
+                    }
+                    i += 8
+                }
+                while i < n { cnt[Int(c[i])] += 1; i += 1 }
+            }
+        }
+        // only ExplanationClass raw values are stored in cls
+        precondition(counts[ExplanationClass.allCases.count...].allSatisfy { $0 == 0 })
+        counts.removeLast(256 - ExplanationClass.allCases.count)
         for (i, n) in counts.enumerated() where n > 0 { st.bytesByClass[ExplanationClass(rawValue: i)!] = n }
         st.relocationsApplied = relocCount
         st.sites = siteCounts
@@ -978,11 +1059,20 @@ final class Session {
     /// `__ksymtab_<name>` marks an export of `<name>` (EXPORT_SYMBOL / _GPL).
     func moduleExports() -> ModuleExports {
         var names: Set<String> = []
-        for s in symbols where s.name.hasPrefix("__ksymtab_") { names.insert(String(s.name.dropFirst(10))) }
+        for s in symbols where hasASCIIPrefix(s.name, "__ksymtab_") { names.insert(String(s.name.dropFirst(10))) }
         var out: [String: UInt64] = [:]
-        for (i, s) in symbols.enumerated() where names.contains(s.name) && !s.isUndefined && s.binding != 0 {
+        // Cheap integer tests first: the name hash is only computed for defined non-local symbols.
+        for (i, s) in symbols.enumerated() where !s.isUndefined && s.binding != 0 && names.contains(s.name) {
             if let v = try? symbolValue(i) { out[s.name] = v }
         }
         return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries)
     }
+}
+
+/// `s.hasPrefix(p)` for an ASCII `p`, on the UTF-8 bytes (no Unicode normalisation needed: an
+/// ASCII prefix matches byte for byte or not at all).
+@inline(__always) func hasASCIIPrefix(_ s: String, _ p: StaticString) -> Bool {
+    let pb = UnsafeBufferPointer(start: p.utf8Start, count: p.utf8CodeUnitCount)
+    if let r = s.utf8.withContiguousStorageIfAvailable({ b in b.count >= pb.count && b.prefix(pb.count).elementsEqual(pb) }) { return r }
+    return s.hasPrefix(String(decoding: pb, as: UTF8.self))
 }
