@@ -101,17 +101,20 @@ public final class Verifier: @unchecked Sendable {
             judge(module: module, request: request, policy: policy, session: session)
         }
         judgement.verdict.requestDigest = requestDigest
-        // Audit mode: what enforce would deny is allowed, flagged, and keeps its reason.
-        if judgement.verdict.decision == .deny && policy.mode == .audit {
-            judgement.verdict.decision = .allow
-            judgement.verdict.auditOnly = true
-            judgement.verdict.message = "AUDIT (enforce would deny): " + judgement.verdict.message
-        }
+        Self.applyAuditMode(&judgement.verdict, policy)
         recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
         if judgement.verdict.decision == .allow && !judgement.verdict.auditOnly, let s = session {
             s.recordAllowed(module: judgement.verdict.moduleName, exports: judgement.exports, sites: judgement.sites)
         }
         return judgement.verdict
+    }
+
+    /// Audit mode: what enforce would deny is allowed, flagged `auditOnly`, and keeps its reason.
+    static func applyAuditMode(_ v: inout ExecGateWire.Verdict, _ policy: Policy) {
+        guard v.decision == .deny && policy.mode == .audit else { return }
+        v.decision = .allow
+        v.auditOnly = true
+        v.message = "AUDIT (enforce would deny): " + v.message
     }
 
     struct Judgement {
@@ -128,7 +131,7 @@ public final class Verifier: @unchecked Sendable {
         func verdict(_ d: ExecGateWire.Verdict.Decision, _ r: VerdictReason, _ m: String, module: String = "") -> ExecGateWire.Verdict {
             var v = ExecGateWire.Verdict(decision: d, reason: r, message: m, checks: checks, policyID: policy.id, policyVersion: policy.version,
                                          requestDigest: requestDigest, moduleName: module)
-            if d == .deny && policy.mode == .audit { v.decision = .allow; v.auditOnly = true; v.message = "AUDIT (enforce would deny): " + m }
+            Self.applyAuditMode(&v, policy)
             recordAudit(&v, guestID: p.guestID, policy: policy)
             return v
         }
