@@ -111,7 +111,7 @@ let package = Package(
 
         .target(
             name: "ExecGateServiceVM",
-            dependencies: ["CExecGateSys"],
+            dependencies: ["CExecGateSys", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
 

@@ -30,13 +30,14 @@ public struct Explainer: Sendable {
     ///   - elf: the signed module's ELF (signature already verified by the caller).
     ///   - claim: the guest's claim (executable region bytes + layout).
     ///   - resolver: exports of the core kernel and of modules already allowed in this guest.
-    /// - Returns: the verdict, and on allow the exports to add to `resolver`.
+    /// - Returns: the verdict, and on allow the exports to add to `resolver` and the module's
+    ///   run-time patch sites.
     public func explain(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver) -> ExplainResult {
         let s = Session(elf: elf, claim: claim, facts: facts, resolver: resolver)
         do {
             try s.run()
             let stats = s.statistics()
-            return ExplainResult(verdict: .allowed(stats), exports: s.moduleExports())
+            return ExplainResult(verdict: .allowed(stats), exports: s.moduleExports(), runtimeSites: RuntimeSiteTable(session: s, claim: claim))
         } catch let d as DenyError {
             return ExplainResult(verdict: .denied(d.denial), exports: nil)
         } catch {

@@ -39,14 +39,20 @@ public struct RuntimeSiteTable: @unchecked Sendable {
     }
 }
 
-extension Explainer {
-    /// The run-time site table of a module; nil unless the module's claim is explained (allowed).
-    public func runtimeSites(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver) -> RuntimeSiteTable? {
-        let s = Session(elf: elf, claim: claim, facts: facts, resolver: resolver)
-        guard (try? s.run()) != nil else { return nil }
+extension RuntimeSiteTable {
+    /// The sites a successful explanation recorded, by address.
+    init(session s: Session, claim: ModuleClaim) {
         var map: [UInt64: VariableSite] = [:]
         for v in s.variable { map[claim.textBase &+ UInt64(v.offset)] = v }
         // ftrace sites are run-time patchable even when no ftrace entry is trusted (then only NOP5).
-        return RuntimeSiteTable(sites: map, module: claim.name)
+        self.init(sites: map, module: claim.name)
+    }
+}
+
+extension Explainer {
+    /// The run-time site table of a module; nil unless the module's claim is explained (allowed).
+    /// `explain` returns the same table with its verdict; use that when explaining anyway.
+    public func runtimeSites(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver) -> RuntimeSiteTable? {
+        explain(elf: elf, claim: claim, resolver: resolver).runtimeSites
     }
 }

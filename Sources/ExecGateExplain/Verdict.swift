@@ -69,7 +69,14 @@ public struct ExplainResult: Sendable {
     public var verdict: Verdict
     /// Exports to add to the resolver if (and only if) the verdict is allowed.
     public var exports: ModuleExports?
-    public init(verdict: Verdict, exports: ModuleExports?) { self.verdict = verdict; self.exports = exports }
+    /// On allow: the module's run-time patch sites with their legal encodings (for later
+    /// jump-label / static-call / ftrace patch requests).
+    public var runtimeSites: RuntimeSiteTable?
+    public init(verdict: Verdict, exports: ModuleExports?, runtimeSites: RuntimeSiteTable? = nil) {
+        self.verdict = verdict
+        self.exports = exports
+        self.runtimeSites = runtimeSites
+    }
 }
 
 func hexByte(_ b: UInt8) -> String {

@@ -21,6 +21,7 @@ import Glibc
 import Musl
 #endif
 import CExecGateSys
+import _ExecGateInternals
 
 /// The console protocol the host side reads (one line each, prefix first):
 ///   EXECGATE-READY <address> kernel_ms=… init_ms=…   the verifier listens
@@ -316,25 +317,13 @@ final class ResultCounter: @unchecked Sendable {
     }
 }
 
-/// Minimal JSON rendering (no Foundation in the guest binary).
+/// Minimal JSON rendering for console lines (no Foundation in the guest binary); escaping is the
+/// project's one JSON writer (_ExecGateInternals).
 public enum JSON {
     public static func string(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    let h = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-                } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
+        var out = ""
+        _ExecGateInternals.JSON.escape(s, into: &out)
+        return out
     }
     public static func object(_ fields: [(String, String)]) -> String {
         "{" + fields.map { "\(string($0.0)):\($0.1)" }.joined(separator: ",") + "}"

@@ -19,15 +19,10 @@ public struct ExplainerJudge: EndStateJudge {
         for s in request.sections { addresses[s.name] = s.address }
         let claim = ModuleClaim(name: moduleName, textBase: base, text: Array(buffer: text), sectionAddresses: addresses,
                                 percpuBase: request.perCPUBase)
-        let explainer = Explainer(facts: session.facts)
-        let resolver = session.symbolResolver
-        let result = explainer.explain(elf: elf, claim: claim, resolver: resolver)
+        let result = Explainer(facts: session.facts).explain(elf: elf, claim: claim, resolver: session.symbolResolver)
         switch result.verdict {
         case .allowed(let stats):
-            // The site table re-runs the (already successful) explanation to record each run-time
-            // patchable site with its legal encodings. Costs a second pass; see docs/notes.
-            let sites = explainer.runtimeSites(elf: elf, claim: claim, resolver: resolver)
-            return .explained(ExplainedModule(exports: result.exports, statistics: stats, runtimeSites: sites))
+            return .explained(ExplainedModule(exports: result.exports, statistics: stats, runtimeSites: result.runtimeSites))
         case .denied(let d):
             return .unexplained(d.description)
         }
