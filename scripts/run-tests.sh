@@ -10,9 +10,9 @@ swift=${SWIFT:-swift}
 mkdir -p .cache
 quiet() { grep -Ev '^\[[0-9]+/[0-9]+\]|Test Case .* (started|passed)|^Test Suite .* (started|passed)'; }
 
-$swift test --skip-build --skip BootTests 2>&1 | tee .cache/test.log | quiet
+$swift test --skip-build --disable-swift-testing --skip BootTests 2>&1 | tee .cache/test.log | quiet
 rc1=${PIPESTATUS[0]}
-EXECGATE_VM_TEST=1 $swift test --skip-build --filter BootTests 2>&1 | tee .cache/test-boot.log | quiet
+EXECGATE_VM_TEST=1 $swift test --skip-build --disable-swift-testing --filter BootTests 2>&1 | tee .cache/test-boot.log | quiet
 rc2=${PIPESTATUS[0]}
 
 # XCTest's final "Executed N tests, with F failures" line of each phase (the last one is the total).
