@@ -65,11 +65,11 @@ let package = Package(
 
         // MARK: - Pure core
         .target(name: "ExecGateWire", dependencies: [nioCore], swiftSettings: swiftSettings),
-        .target(name: "ExecGateELF", swiftSettings: swiftSettings),
-        .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateELF", dependencies: ["_ExecGateInternals"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim", "_ExecGateInternals"], swiftSettings: swiftSettings),
         .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
         
-        .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
+        .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature", "_ExecGateInternals"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
             dependencies: ["ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateExplain", "ExecGatePolicy", nioCore, nioConcurrency],
@@ -89,7 +89,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateKernelImage",
-            dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF"],
+            dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -140,6 +140,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ExecGateInternalsTests",
+            dependencies: ["_ExecGateInternals"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ExecGateWireTests",
             dependencies: ["ExecGateWire", nioCore, nioEmbedded],
             exclude: ["Vectors"],
@@ -152,7 +157,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateSignatureTests",
-            dependencies: ["ExecGateSignature", "ExecGateKernelImage", "ExecGateTestSupport"],
+            dependencies: ["ExecGateSignature", "ExecGateKernelImage", "ExecGateTestSupport", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
