@@ -79,7 +79,7 @@ let package = Package(
         // MARK: - Edges
         .target(
             name: "ExecGateCapture",
-            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateWire", nioCore],
+            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateWire", "_ExecGateInternals", nioCore],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -117,7 +117,7 @@ let package = Package(
 
         .target(
             name: "ExecGateCaptureTool",
-            dependencies: ["ExecGateServiceVM", "ExecGateELF", "ExecGateKernelImage", "CExecGateSys"],
+            dependencies: ["ExecGateServiceVM", "ExecGateELF", "ExecGateKernelImage", "CExecGateSys", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
 

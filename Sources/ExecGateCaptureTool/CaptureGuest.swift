@@ -17,6 +17,7 @@
 // Console lines (the host relays them): `execgate-init: [ms] capture: …` progress,
 // `EXECGATE-CAPTURE-DONE bytes=N modules=M failed=F` at the end, EXECGATE-FATAL on errors.
 
+import _ExecGateInternals
 import ExecGateELF
 import ExecGateServiceVM
 import CExecGateSys
@@ -190,7 +191,7 @@ public enum CaptureGuest {
         tar.add("dmesg.txt", readKmsg())
 
         let kcore = try Kcore()
-        tar.add("kcore_phdrs.txt", kcore.loads.map { "vaddr=0x\(hex($0.vaddr)) offset=0x\(hex($0.offset)) size=0x\(hex($0.size))" }.joined(separator: "\n") + "\n")
+        tar.add("kcore_phdrs.txt", kcore.loads.map { "vaddr=0x\(Hex.number($0.vaddr)) offset=0x\(Hex.number($0.offset)) size=0x\(Hex.number($0.size))" }.joined(separator: "\n") + "\n")
         guard let bcd = syms["boot_cpu_data"], let pv = syms["pv_ops"] else {
             throw CaptureToolError.guest("boot_cpu_data / pv_ops not in /proc/kallsyms (kptr_restrict?)")
         }
@@ -200,7 +201,7 @@ public enum CaptureGuest {
         for n in ["_text", "_stext", "_etext", "boot_cpu_data", "pv_ops", "page_offset_base", "vmalloc_base", "vmemmap_base", "phys_base"] {
             guard let a = syms[n] else { continue }
             let v = (try? kcore.read(a, 8)).map { b in b.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) } }
-            kvars += "\(n) 0x\(hex(a)) \(v.map { "0x" + hex($0, width: 16) } ?? "?")\n"
+            kvars += "\(n) 0x\(Hex.number(a)) \(v.map { "0x" + Hex.number($0, width: 16) } ?? "?")\n"
         }
         tar.add("kvars.txt", kvars)
 
@@ -238,13 +239,13 @@ public enum CaptureGuest {
             }
             guard lo != UInt64.max else { log("\(name): no executable core section in sysfs"); continue }
             let base = bases[name] ?? lo
-            if base != lo { log("warning: \(name): /proc/modules base 0x\(hex(base)) != lowest exec section 0x\(hex(lo))") }
+            if base != lo { log("warning: \(name): /proc/modules base 0x\(Hex.number(base)) != lowest exec section 0x\(Hex.number(lo))") }
             let size = (hi - lo + 4095) & ~UInt64(4095)
             guard size <= UInt64(Limits.maxTextBytes) else { throw CaptureToolError.guest("\(name): executable region of \(size) bytes") }
             tar.add(name + "/core_text.bin", try kcore.read(lo, Int(size)))
             tar.add(name + "/module.txt", ImageInfo.render([
-                ("core_base", "0x" + hex(base)), ("text_base", "0x" + hex(lo)), ("text_size", "\(size)"),
-                ("text_end_used", "0x" + hex(hi)), ("coresize", coresize), ("initsize", initsize), ("taint", taint),
+                ("core_base", "0x" + Hex.number(base)), ("text_base", "0x" + Hex.number(lo)), ("text_size", "\(size)"),
+                ("text_end_used", "0x" + Hex.number(hi)), ("coresize", coresize), ("initsize", initsize), ("taint", taint),
             ]))
         }
         tar.add("sys_module_sizes.txt", sizes)
@@ -358,19 +359,19 @@ struct Kcore {
 
     func read(_ addr: UInt64, _ n: Int) throws -> [UInt8] {
         guard let l = loads.first(where: { addr >= $0.vaddr && addr - $0.vaddr < $0.size && addr - $0.vaddr + UInt64(n) <= $0.size }) else {
-            throw CaptureToolError.guest("kcore: 0x\(hex(addr))+\(n) is in no PT_LOAD segment")
+            throw CaptureToolError.guest("kcore: 0x\(Hex.number(addr))+\(n) is in no PT_LOAD segment")
         }
         return try pread(l.offset + (addr - l.vaddr), n)
     }
 
     private func pread(_ off: UInt64, _ n: Int) throws -> [UInt8] {
-        guard off <= UInt64(Int64.max) else { throw CaptureToolError.guest("kcore offset 0x\(hex(off)) too large") }
+        guard off <= UInt64(Int64.max) else { throw CaptureToolError.guest("kcore offset 0x\(Hex.number(off)) too large") }
         var out = [UInt8](repeating: 0, count: n)
         var got = 0
         while got < n {
             let r = out.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + got, n - got, off_t(off) + off_t(got)) }
-            if r < 0 { if errno == EINTR { continue }; throw CaptureToolError.guest("kcore read at 0x\(hex(off)): \(String(cString: strerror(errno)))") }
-            if r == 0 { throw CaptureToolError.guest("kcore: short read at 0x\(hex(off))") }
+            if r < 0 { if errno == EINTR { continue }; throw CaptureToolError.guest("kcore read at 0x\(Hex.number(off)): \(String(cString: strerror(errno)))") }
+            if r == 0 { throw CaptureToolError.guest("kcore: short read at 0x\(Hex.number(off))") }
             got += r
         }
         return out
@@ -383,10 +384,6 @@ struct Kcore {
     }
 }
 
-func hex(_ v: UInt64, width: Int = 0) -> String {
-    let s = String(v, radix: 16)
-    return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
-}
 
 extension String {
     func trimmingSpaces() -> String {

@@ -15,6 +15,7 @@
 // applies KASLR and enables 5-level paging); `pvh` boots the extracted vmlinux instead (faster, but
 // a different end state: no LA57, no KASLR).
 
+import _ExecGateInternals
 import ExecGateELF
 import ExecGateServiceVM
 #if canImport(Glibc)
@@ -75,7 +76,7 @@ public struct CaptureSummary: Sendable {
             ("load_order", "[" + loadOrder.map(JSON.string).joined(separator: ",") + "]"),
             ("captured", "\(captured.count)"),
             ("failed", JSON.object(failed.map { ($0.0, JSON.string($0.1)) })),
-            ("slide", JSON.string("0x" + hex(slide))), ("accel", JSON.string(accel)),
+            ("slide", JSON.string("0x" + Hex.number(slide))), ("accel", JSON.string(accel)),
             ("qemu_ms", "\(qemuMillis)"), ("total_ms", "\(totalMillis)"),
         ])
     }

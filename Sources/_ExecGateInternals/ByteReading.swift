@@ -22,6 +22,16 @@ extension UnsafeRawBufferPointer {
         return order == .little ? T(littleEndian: raw) : T(bigEndian: raw)
     }
 
+    /// The integer at `offset` for a range the caller has ALREADY bounds-checked (a validated ELF
+    /// header or section table): no optional, one unaligned load; the range is checked by a
+    /// precondition in debug builds only. Use `getInteger` for anything not yet validated.
+    @inlinable @inline(__always)
+    public func loadInteger<T: FixedWidthInteger>(at offset: Int, order: ByteOrder = .little, as: T.Type = T.self) -> T {
+        assert(offset >= 0 && offset <= count - MemoryLayout<T>.size, "loadInteger: unchecked range")
+        let raw = loadUnaligned(fromByteOffset: offset, as: T.self)
+        return order == .little ? T(littleEndian: raw) : T(bigEndian: raw)
+    }
+
     /// The signed 32-bit displacement at `offset` (little-endian, as in an x86 rel32 operand).
     @inlinable @inline(__always)
     public func getRel32(at offset: Int) -> Int32? { getInteger(at: offset, order: .little, as: Int32.self) }
