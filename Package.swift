@@ -20,9 +20,12 @@
 
 import PackageDescription
 
-let swiftNIO = Package.Dependency.package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2")
-let swiftLog = Package.Dependency.package(url: "https://github.com/apple/swift-log.git", from: "1.16.2")
-let swiftArgumentParser = Package.Dependency.package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2")
+// Dependencies are pinned to exact versions (a security binary does not float), and Package.resolved
+// is committed so transitive packages (swift-atomics, swift-collections, swift-system) are pinned too.
+
+let swiftNIO = Package.Dependency.package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.2")
+let swiftLog = Package.Dependency.package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2")
+let swiftArgumentParser = Package.Dependency.package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2")
 
 let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
 let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")

@@ -30,19 +30,11 @@ let captureTestModules = ["crc32c_intel", "aesni_intel", "sha256_ssse3", "chacha
                           "kvm", "8021q", "virtio_net", "tun", "fuse", "xxhash_generic"]
 
 final class CaptureToolBootTests: XCTestCase {
-    var required: Bool { ProcessInfo.processInfo.environment["EXECGATE_VM_TEST"] == "1" }
-
     func prerequisites() throws -> (kernel: String, initBinary: String) {
-        func missing(_ what: String) throws -> Never {
-            if required { XCTFail("execgate capture test: \(what)"); throw XCTSkip(what) }
-            throw XCTSkip(what)
-        }
         let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
-        if !FS.isDirectory(kernel + "/boot") { try missing("no unpacked kernel at \(kernel): run `make test-data`") }
-        if Subprocess.which("qemu-system-x86_64") == nil { try missing("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)") }
-        let initBinary = Fixtures.packageRoot + "/.build-static/release/execgate"
-        if !FS.exists(initBinary) { try missing("no static execgate at \(initBinary): run `make image`") }
-        return (kernel, initBinary)
+        try VMTestInputs.requireFile(kernel + "/boot", "unpacked Debian kernel", make: "make test-data")
+        let vm = try requireVM(image: false)
+        return (kernel, vm.staticExecgate)
     }
 
     func capture(kaslr: Bool) throws -> CaptureSummary {
@@ -190,7 +182,7 @@ final class CaptureToolUnitTests: XCTestCase {
 
     func testUnknownAndBuiltinModuleNamesAreUsageErrors() throws {
         let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
-        guard FS.isDirectory(kernel + "/boot") else { throw XCTSkip("no unpacked kernel at \(kernel)") }
+        try VMTestInputs.requireFile(kernel + "/boot", "unpacked Debian kernel", make: "make test-data")
         let out = Fixtures.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
         // /bin/sh stands in for the init binary: the names are refused before anything is built or booted.
@@ -216,7 +208,8 @@ final class CaptureToolUnitTests: XCTestCase {
 
     func testCompressedModulesAreFoundAndDecompressed() throws {
         let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
-        guard let tree = try? KernelTree.open(directory: kernel) else { throw XCTSkip("no unpacked kernel at \(kernel)") }
+        try VMTestInputs.requireFile(kernel + "/boot", "unpacked Debian kernel", make: "make test-data")
+        let tree = try KernelTree.open(directory: kernel)
         let real = try ModuleIndex(modulesDir: tree.modulesDir)
         let dir = Fixtures.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -233,7 +226,8 @@ final class CaptureToolUnitTests: XCTestCase {
 
     func testDependencyClosureOfRealModules() throws {
         let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
-        guard let tree = try? KernelTree.open(directory: kernel) else { throw XCTSkip("no unpacked kernel at \(kernel)") }
+        try VMTestInputs.requireFile(kernel + "/boot", "unpacked Debian kernel", make: "make test-data")
+        let tree = try KernelTree.open(directory: kernel)
         let index = try ModuleIndex(modulesDir: tree.modulesDir)
         let (order, deps) = try index.closure(["8021q", "kvm"])
         XCTAssertEqual(Set(order), ["llc", "stp", "garp", "mrp", "8021q", "irqbypass", "kvm"])
