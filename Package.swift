@@ -144,12 +144,12 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateInternalsTests",
-            dependencies: ["_ExecGateInternals"],
+            dependencies: ["_ExecGateInternals", "ExecGateTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "ExecGateWireTests",
-            dependencies: ["ExecGateWire", nioCore, nioEmbedded],
+            dependencies: ["ExecGateWire", "ExecGateTestSupport", nioCore, nioEmbedded],
             exclude: ["Vectors"],
             swiftSettings: swiftSettings
         ),
