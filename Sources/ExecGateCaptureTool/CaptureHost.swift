@@ -83,7 +83,8 @@ public struct CaptureSummary: Sendable {
 }
 
 public enum CaptureTool {
-    /// Modules that carry the results out (loaded by the guest only after the capture is read).
+    /// Modules that carry the results out (loaded by the guest only after the capture is read),
+    /// those of them the kernel does not build in.
     public static let transportModules = ["virtio_pci", "virtio_blk"]
 
     public static func run(_ o: CaptureOptions, log: (String) -> Void) throws(CaptureToolError) -> CaptureSummary {
@@ -100,7 +101,8 @@ public enum CaptureTool {
         }
         if !unknown.isEmpty { throw .badModule(unknown.joined(separator: "\n")) }  // every bad name, before any work
         let (order, deps) = try index.closure(o.modules)
-        let transport = try index.closure(transportModules).order
+        // Built-in transport drivers (6.12 builds virtio_pci in) need no module.
+        let transport = try index.closure(index.loadable(transportModules)).order
         let qemu = try wrap { () throws(ServiceVMError) in try Launcher.findQEMU(o.qemu) }
         let decision = try wrap { () throws(ServiceVMError) in try Accelerator.choose(o.accel) }
         log("capture: \(tree.version): \(o.modules.count) requested, \(order.count) to load: \(order.joined(separator: " "))")

@@ -239,3 +239,30 @@ final class CaptureToolUnitTests: XCTestCase {
         XCTAssertEqual(tree.linkTimeText().address, 0xffff_ffff_8100_0000)
     }
 }
+
+/// A module tree laid out the way Debian's 6.12 packages ship it: `.ko.xz` files, and drivers such
+/// as virtio_pci built in (listed in modules.builtin, no file).
+final class CompressedModuleTreeTests: XCTestCase {
+    func testXZModulesDecodeAndBuiltinTransportIsSkipped() throws {
+        let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
+        try VMTestInputs.requireFile(kernel + "/boot", "unpacked Debian kernel", make: "make test-data")
+        let crc7 = try Fixtures.readFile(try Fixtures.module(named: "crc7.ko"))
+        let dir = Fixtures.temporaryDirectory() + "/lib/modules/6.12.0-test"
+        try FS.mkdirs(dir + "/kernel/lib")
+        try Fixtures.writeFile(dir + "/kernel/lib/crc7.ko", crc7)
+        let r = Fixtures.run("/usr/bin/xz", ["--check=crc32", "--lzma2=dict=1MiB", dir + "/kernel/lib/crc7.ko"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(FS.exists(dir + "/kernel/lib/crc7.ko.xz"))
+        XCTAssertFalse(FS.exists(dir + "/kernel/lib/crc7.ko"), "xz replaces the file, as kbuild's modules_install does")
+        try Fixtures.writeFile(dir + "/modules.builtin", Array("kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/block/virtio_blk.ko\n".utf8))
+
+        let index = try ModuleIndex(modulesDir: dir)
+        XCTAssertEqual(try index.path(of: "crc7"), "kernel/lib/crc7.ko.xz")
+        XCTAssertEqual(try index.bytes(of: "crc7"), crc7, "the ELF inside, signature included, byte for byte")
+        XCTAssertEqual(index.loadable(CaptureTool.transportModules + ["crc7"]), ["crc7"])
+        XCTAssertThrowsError(try index.path(of: "virtio_pci")) { e in
+            XCTAssertTrue("\(e)".contains("built into the kernel"), "\(e)")
+        }
+        XCTAssertEqual(try index.closure(index.loadable(CaptureTool.transportModules)).order, [])
+    }
+}
