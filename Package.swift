@@ -138,7 +138,7 @@ let package = Package(
         // MARK: - Tests
         .target(
             name: "ExecGateTestSupport",
-            dependencies: ["ExecGateSignature", "ExecGateELF", "ExecGateKernelImage", nioConcurrency],
+            dependencies: ["ExecGateSignature", "ExecGateELF", "ExecGateKernelImage", "_ExecGateInternals", nioConcurrency],
             path: "Tests/ExecGateTestSupport",
             swiftSettings: swiftSettings
         ),
