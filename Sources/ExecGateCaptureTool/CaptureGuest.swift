@@ -65,15 +65,15 @@ public enum CaptureGuest {
         var tar = Tar.Writer()
         var insmodLog = "", waitLog = ""
         var loaded = 0, failed = 0
-        let t0 = Clock.nanos()
+        let t0 = MonotonicClock.nanoseconds()
         for (i, name) in order.enumerated() {
             let path = Paths.modules + "/" + name + ".ko"
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { throw CaptureToolError.guest("cannot open \(path)") }
-            let s = Clock.sinceBootMillis()
+            let s = MonotonicClock.sinceBootMilliseconds()
             let rc = execgate_finit_module(fd, "", 0)
             let err = errno
-            let e = Clock.sinceBootMillis()
+            let e = MonotonicClock.sinceBootMilliseconds()
             close(fd)
             var msg = ""
             if rc == 0 { loaded += 1 } else { failed += 1; msg = String(cString: strerror(err)) }
@@ -82,7 +82,7 @@ public enum CaptureGuest {
             waitLog += "\(name) polls=\(polls)\n"
             log("[\(i + 1)/\(order.count)] \(name) \(rc == 0 ? "loaded" : "FAILED: \(msg)") in \(Int(e - s)) ms, init freed after \(polls) polls")
         }
-        log("\(loaded) loaded, \(failed) failed in \((Clock.nanos() - t0) / 1_000_000) ms; reading state")
+        log("\(loaded) loaded, \(failed) failed in \((MonotonicClock.nanoseconds() - t0) / 1_000_000) ms; reading state")
         tar.add("insmod.log", insmodLog)
         tar.add("waitfree.log", waitLog)
         try collect(into: &tar, order: order)
