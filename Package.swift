@@ -70,7 +70,7 @@ let package = Package(
         .target(name: "ExecGateWire", dependencies: [nioCore], swiftSettings: swiftSettings),
         .target(name: "ExecGateELF", dependencies: ["_ExecGateInternals"], swiftSettings: swiftSettings),
         .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim", "_ExecGateInternals"], swiftSettings: swiftSettings),
-        .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateExplain", dependencies: ["ExecGateELF", "_ExecGateInternals"], swiftSettings: swiftSettings),
         
         .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature", "_ExecGateInternals"], swiftSettings: swiftSettings),
         .target(

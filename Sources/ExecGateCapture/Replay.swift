@@ -39,7 +39,7 @@ public struct CaptureReplay {
                 return explainer.explain(elf: elf, claim: m.claim, resolver: resolver)
             } catch {
                 return ExplainResult(verdict: .denied(Denial(module: m.name, section: "(elf)", offset: 0, address: 0, expected: [], found: [],
-                                                             rule: "elf", reason: "\(error)")), exports: nil)
+                                                             rule: .malformedELF, reason: "\(error)")), exports: nil)
             }
         }
         let dt = MonotonicClock.seconds() - t0
