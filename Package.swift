@@ -165,7 +165,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateExplainTests",
-            dependencies: ["ExecGateExplain", "ExecGateELF", "ExecGateCapture", "ExecGateTestSupport"],
+            dependencies: ["ExecGateExplain", "ExecGateELF", "ExecGateCapture", "ExecGateTestSupport", "ExecGateKernelImage"],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),

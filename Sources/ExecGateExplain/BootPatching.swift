@@ -13,6 +13,7 @@ import _ExecGateInternals
 
 extension Session {
     func applyBootTimePatching() throws {
+        if loader == .linux6_12 { return try applyBootTimePatching612() }  // Loader612Patching.swift
         try applyParavirt()
         try applyRetpolines()
         try applyReturns()

@@ -19,6 +19,11 @@ public struct ModuleClaim: Sendable {
     public var text: [UInt8]
     public var sectionAddresses: [String: UInt64]
     public var percpuBase: UInt64?
+    /// 6.12 (separate allocation per `enum mod_mem_type`): the claimed base of each type
+    /// (`mod->mem[t].base`). Optional: when a type is absent here its base is derived from the
+    /// claimed section addresses (all sections of one type must agree). `textBase` is `MOD_TEXT`'s
+    /// base (0 with an empty `text` for a data-only module, whose `MOD_TEXT` is not allocated).
+    public var memoryBases: [ModuleMemoryType: UInt64] = [:]
 
     public init(name: String, textBase: UInt64, text: [UInt8], sectionAddresses: [String: UInt64], percpuBase: UInt64? = nil) {
         self.name = name

@@ -82,6 +82,8 @@ public struct GuestFacts: Sendable {
     /// 0xffffffffc0000000..<0xffffffffff000000). A claimed core allocation must lie inside it and
     /// start on a page boundary (module_alloc() returns page-aligned vmalloc memory).
     public var moduleArea: Range<UInt64> = 0xffff_ffff_c000_0000..<0xffff_ffff_ff00_0000
+    /// The guest's `kernel_release` (registration tag 2); selects the loader (LoaderSelection.swift).
+    public var kernelRelease: String? = nil
 
     public init(exports: [String: UInt64], capabilities: [UInt32], featureBits: FeatureBits = .debian6_1,
                 uniprocessorPatched: Bool, possibleCPUs: Int, pvOps: [UInt64] = [], paravirtNop: UInt64? = nil,

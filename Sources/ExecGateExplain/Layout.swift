@@ -19,6 +19,11 @@ struct ModuleLayout {
     /// Whole core allocation (text + data), page-aligned.
     var coreSize: Int
     var percpuIndex: Int?
+    /// 6.12 (`struct module_memory`, Loader612Layout.swift): each section's memory type; its
+    /// `coreOffset`/`initOffset` is then the offset inside that type's own allocation. nil on 6.1.
+    var memType: [ModuleMemoryType?]? = nil
+    /// 6.12: unaligned `mem[type].size` per type (indexed by raw value).
+    var typeSizes: [Int] = []
 
     static let pageSize = 4096
 

@@ -118,7 +118,9 @@ extension Session {
             if isJcc && tail {
                 guard execOffset(site, 6) != nil else { continue }
                 let op = image[off + 1]
-                let nullTarget: UInt64? = hasFeature(facts.featureBits.rethunk) ? returnThunkExport : facts.staticCallReturn
+                // 6.1 jumps to `__x86_return_thunk`, 6.12 to `x86_return_thunk` (doc §7.3).
+                let nullTarget: UInt64? = hasFeature(facts.featureBits.rethunk)
+                    ? (loader == .linux6_12 ? returnThunkTarget : returnThunkExport) : facts.staticCallReturn
                 let orig = Array(image[off..<off + 6])
                 variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, what: "static call (Jcc tail)",
                     check: { b in

@@ -20,8 +20,12 @@ final class Session {
     let claim: ModuleClaim
     let facts: GuestFacts
     let resolver: SymbolResolver
-    /// `claim.textBase`: the core allocation's base.
+    /// `claim.textBase`: the core allocation's base (6.12: `mem[MOD_TEXT].base`).
     let base: UInt64
+    /// The loader replayed (LoaderSelection.swift), chosen from the registration and the module.
+    let loader: ModuleLoader
+    /// 6.12: the checked base of each allocated core type (empty on 6.1).
+    let memoryBases: [ModuleMemoryType: UInt64]
 
     // MARK: Fixed by set-up
 
@@ -79,28 +83,43 @@ final class Session {
     init(elf: ELFFile, claim: ModuleClaim, facts: GuestFacts, resolver: SymbolResolver) throws {
         self.elf = elf
         self.claim = claim
-        self.facts = facts
         self.resolver = resolver
         let base = claim.textBase
         self.base = base
         func deny(_ reason: String, section: String = "(claim)", address: UInt64 = 0) -> DenyError {
             Session.denial(claim, .layout, reason, section: section, address: address)
         }
+        // Which loader (fail closed: no measured row, no replay). Its build fixes the feature bits.
+        let loader: ModuleLoader
+        switch ModuleLoader.select(elf: elf, kernelRelease: facts.kernelRelease) {
+        case .success(let l): loader = l
+        case .failure(let e): throw Session.denial(claim, .loader, e.reason)
+        }
+        self.loader = loader
+        var f = facts
+        f.featureBits = loader.featureBits
+        self.facts = f
 
-        guard let lay = ModuleLayout.compute(elf) else {
+        guard let lay = loader == .linux6_12 ? ModuleLayout.compute612(elf) : ModuleLayout.compute(elf) else {
             throw deny("section sizes/alignments overflow the kernel's layout computation")
         }
         layout = lay
         guard lay.coreSize <= ExplainLimits.maxCoreSize else {
             throw deny("core allocation of \(lay.coreSize) bytes exceeds \(ExplainLimits.maxCoreSize)")
         }
-        guard claim.text.count == lay.textSize else {
-            throw deny("claimed executable region is \(claim.text.count) bytes, layout_sections() gives core text_size \(lay.textSize)")
+        if loader == .linux6_12 {
+            memoryBases = try Session.memoryBases612(lay, elf: elf, claim: claim, facts: f)
+        } else {
+            memoryBases = [:]
+            guard claim.text.count == lay.textSize else {
+                throw deny("claimed executable region is \(claim.text.count) bytes, layout_sections() gives core text_size \(lay.textSize)")
+            }
+            let (coreEnd, ovf) = base.addingReportingOverflow(UInt64(lay.coreSize))
+            guard !ovf, base % UInt64(ModuleLayout.pageSize) == 0, base >= facts.moduleArea.lowerBound, coreEnd <= facts.moduleArea.upperBound else {
+                throw deny("core allocation 0x\(String(base, radix: 16)) +\(lay.coreSize) is not a page-aligned range inside the module area", address: base)
+            }
         }
-        let (coreEnd, ovf) = base.addingReportingOverflow(UInt64(lay.coreSize))
-        guard !ovf, base % UInt64(ModuleLayout.pageSize) == 0, base >= facts.moduleArea.lowerBound, coreEnd <= facts.moduleArea.upperBound else {
-            throw deny("core allocation 0x\(String(base, radix: 16)) +\(lay.coreSize) is not a page-aligned range inside the module area", address: base)
-        }
+        let bases612 = memoryBases
 
         // Copy the sections (`move_module()`): exec sections into the image, the rest as data.
         var addr = [UInt64?](repeating: nil, count: elf.sections.count)
@@ -111,7 +130,7 @@ final class Session {
         for s in elf.sections {
             let i = s.index
             if let off = lay.coreOffset[i] {
-                let a = base &+ UInt64(off)
+                let a = lay.memType == nil ? base &+ UInt64(off) : (Session.address612(lay, i, bases: bases612) ?? 0)
                 addr[i] = a
                 if let c = claim.sectionAddresses[s.name], c != a, lay.flags[i].contains(.alloc) {
                     throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from layout_sections() 0x\(String(a, radix: 16))",
@@ -136,7 +155,7 @@ final class Session {
                 // entries into legal patch sites inside verified code. A low address that is never
                 // module memory makes every init site fall outside the region, and any core byte
                 // that would depend on an init address (a freed pointer) unexplainable: deny.
-                addr[i] = Session.initPlaceholderBase &+ UInt64(ioff)
+                addr[i] = lay.memType == nil ? Session.initPlaceholderBase &+ UInt64(ioff) : Session.address612(lay, i, bases: bases612)
             }
         }
         execRanges.sort { $0.lo < $1.lo }

@@ -37,6 +37,9 @@ public enum DenialRule: Sendable, Hashable, CustomStringConvertible {
     /// The claim's structure contradicts `layout_sections()` or the trusted areas (size, base,
     /// section addresses, per-cpu base).
     case layout
+    /// No replayed loader matches the kernel release / the module's vermagic and struct module
+    /// (LoaderSelection.swift), or the loader has a step ExecGate does not model (named).
+    case loader
     /// The signed module's ELF could not be read.
     case malformedELF
     /// A loader stage could not account for a byte or refused the module (the stage's class).
@@ -52,6 +55,7 @@ public enum DenialRule: Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .layout: return "layout"
+        case .loader: return "loader"
         case .malformedELF: return "elf"
         case .stage(let c): return c.description
         }

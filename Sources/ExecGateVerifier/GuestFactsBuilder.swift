@@ -55,6 +55,8 @@ public enum GuestFactsBuilder {
         // Module per-cpu data lives in the reserved chunk right after the core per-cpu area:
         // [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)) — mm/percpu.c, include/linux/percpu.h.
         facts.modulePercpuRange = named["__per_cpu_end"].map { $0..<($0 + (8 << 10)) }
+        // The release picks the loader replay (ExecGateExplain LoaderSelection.swift).
+        facts.kernelRelease = r.kernelRelease.isEmpty ? nil : r.kernelRelease
         return facts
     }
 }

@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Linux 6.12 module memory (docs/kernels/6.12-loader.md §4): since 6.4 every `enum mod_mem_type`
+// is its own allocation (`struct module_memory mem[MOD_MEM_NUM_TYPES]`), so a module has up to
+// seven independent bases and no fixed distance between text and data.
+//
+// `layout_sections()` → `__layout_sections(mod, info, is_init)` (6.12 kernel/module/main.c): for
+// each mask row, every section header in order is placed in the row's type by
+// `module_get_offset_and_type()`:
+//     mod->mem[type].size += arch_mod_section_prepend(mod, section);   /* 0 on x86 */
+//     offset = ALIGN(mod->mem[type].size, sechdr->sh_addralign ?: 1);
+//     mod->mem[type].size = offset + sechdr->sh_size;
+// No page alignment between or inside types (6.1's strict_align() steps are gone).
+// `move_module()` allocates only types with a non-zero size (`module_memory_alloc()`: PAGE_ALIGN,
+// `execmem_alloc`, `memset(0)`), a zero-size type keeps `base == NULL` (a data-only module has no
+// MOD_TEXT at all, doc §4.4).
+
+import ExecGateELF
+
+/// `enum mod_mem_type` (6.12 include/linux/module.h), raw values as in the kernel.
+public enum ModuleMemoryType: Int, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    case text = 0, data, rodata, roAfterInit, initText, initData, initRodata
+
+    public var description: String {
+        switch self {
+        case .text: return "MOD_TEXT"
+        case .data: return "MOD_DATA"
+        case .rodata: return "MOD_RODATA"
+        case .roAfterInit: return "MOD_RO_AFTER_INIT"
+        case .initText: return "MOD_INIT_TEXT"
+        case .initData: return "MOD_INIT_DATA"
+        case .initRodata: return "MOD_INIT_RODATA"
+        }
+    }
+
+    public var isInit: Bool { rawValue >= ModuleMemoryType.initText.rawValue }
+}
+
+extension ModuleLayout {
+    /// The 6.12 layout of `elf`: `memType[i]` and the offset inside that type (`coreOffset` for
+    /// core types, `initOffset` for init types); `textSize` = PAGE_ALIGN(mem[MOD_TEXT].size).
+    /// nil if a size computation overflows (hostile ELF).
+    static func compute612(_ elf: ELFFile) -> ModuleLayout? {
+        let secs = elf.sections
+        var flags = secs.map { $0.flags }
+        var percpu: Int?
+        // layout_and_allocate() + rewrite_section_headers(): as in 6.1 (doc §3).
+        for s in secs {
+            switch s.name {
+            case ".modinfo", "__versions": flags[s.index].remove(.alloc)
+            case ".data..percpu":
+                if percpu == nil { percpu = s.index }
+                flags[s.index].remove(.alloc)
+            case ".data..ro_after_init", "__jump_table": flags[s.index].insert(.roAfterInit)
+            default: break
+            }
+        }
+        let masks: [(SectionFlags, SectionFlags)] = [
+            ([.execInstr, .alloc], []), ([.alloc], [.write]), ([.roAfterInit, .alloc], []), ([.write, .alloc], []), ([.alloc], []),
+        ]
+        let coreType: [ModuleMemoryType] = [.text, .rodata, .roAfterInit, .data, .data]
+        let initType: [ModuleMemoryType?] = [.initText, .initRodata, nil, .initData, .initData]
+        var placed = [Bool](repeating: false, count: secs.count)
+        var memType = [ModuleMemoryType?](repeating: nil, count: secs.count)
+        var core = [Int?](repeating: nil, count: secs.count)
+        var initO = [Int?](repeating: nil, count: secs.count)
+        var sizes = [Int](repeating: 0, count: ModuleMemoryType.allCases.count)
+        for isInit in [false, true] {
+            for (m, mask) in masks.enumerated() {
+                for s in secs {
+                    let f = flags[s.index]
+                    // module_init_layout_section(): strstarts(name, ".init") (.exit* is core with
+                    // CONFIG_MODULE_UNLOAD, Debian's setting).
+                    if !f.isSuperset(of: mask.0) || !f.intersection(mask.1).isEmpty || placed[s.index] || s.name.hasPrefix(".init") != isInit { continue }
+                    guard let type = isInit ? initType[m] : coreType[m] else { continue }  // MOD_INVALID: WARN, skipped
+                    let a = Int(exactly: s.addralign == 0 ? 1 : s.addralign) ?? -1
+                    guard a > 0 else { return nil }
+                    let (t, o1) = sizes[type.rawValue].addingReportingOverflow(a - 1)
+                    guard !o1 else { return nil }
+                    let off = t & ~(a - 1)
+                    let (n, o2) = off.addingReportingOverflow(s.size)
+                    guard !o2, n < (1 << 40) else { return nil }
+                    sizes[type.rawValue] = n
+                    placed[s.index] = true
+                    memType[s.index] = type
+                    if isInit { initO[s.index] = off } else { core[s.index] = off }
+                }
+            }
+        }
+        func pageAlign(_ v: Int) -> Int { (v + pageSize - 1) & ~(pageSize - 1) }
+        let coreTotal = [ModuleMemoryType.text, .data, .rodata, .roAfterInit].reduce(0) { $0 + pageAlign(sizes[$1.rawValue]) }
+        return ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: pageAlign(sizes[ModuleMemoryType.text.rawValue]),
+                            coreSize: coreTotal, percpuIndex: percpu, memType: memType, typeSizes: sizes)
+    }
+
+    /// PAGE_ALIGN(mem[t].size): the allocation `module_memory_alloc()` makes (0: not allocated).
+    func allocationSize(_ t: ModuleMemoryType) -> Int {
+        let v = t.rawValue < typeSizes.count ? typeSizes[t.rawValue] : 0
+        return (v + ModuleLayout.pageSize - 1) & ~(ModuleLayout.pageSize - 1)
+    }
+}
+
+extension Session {
+    /// Placeholder bases of the freed init types (never module memory, see `initPlaceholderBase`):
+    /// one 16 MiB window per type so init sections of different types never alias.
+    static func initPlaceholder(_ t: ModuleMemoryType) -> UInt64 {
+        initPlaceholderBase &+ UInt64(t.rawValue) << 24
+    }
+
+    /// The bases of the core types of a 6.12 claim, checked (doc §4.7): MOD_TEXT from `textBase`
+    /// (absent when the layout has no text), every other allocated core type from
+    /// `claim.memoryBases` or, failing that, derived from the claimed section addresses, where all
+    /// sections of one type must agree. Each base must be page-aligned, its page-aligned allocation
+    /// inside the module area, and no two allocations may overlap.
+    static func memoryBases612(_ lay: ModuleLayout, elf: ELFFile, claim: ModuleClaim, facts: GuestFacts) throws -> [ModuleMemoryType: UInt64] {
+        func deny(_ reason: String, section: String = "(claim)", address: UInt64 = 0) -> DenyError {
+            Session.denial(claim, .layout, reason, section: section, address: address)
+        }
+        guard let mt = lay.memType else { throw deny("internal: not a 6.12 layout") }
+        var bases: [ModuleMemoryType: UInt64] = [:]
+        let textAlloc = lay.allocationSize(.text)
+        guard claim.text.count == textAlloc else {
+            throw deny("claimed executable region is \(claim.text.count) bytes, __layout_sections() gives PAGE_ALIGN(mem[MOD_TEXT].size) \(textAlloc)")
+        }
+        if textAlloc > 0 { bases[.text] = claim.textBase }
+        else if claim.textBase != 0 {
+            throw deny("claim names a MOD_TEXT base 0x\(String(claim.textBase, radix: 16)) but the module has no text (move_module() leaves base NULL)",
+                       address: claim.textBase)
+        }
+        for t in [ModuleMemoryType.data, .rodata, .roAfterInit] where lay.allocationSize(t) > 0 {
+            var derived: UInt64? = nil
+            for s in elf.sections where mt[s.index] == t && lay.flags[s.index].contains(.alloc) {
+                guard let c = claim.sectionAddresses[s.name], let off = lay.coreOffset[s.index] else { continue }
+                let b = c &- UInt64(off)
+                if let d = derived, d != b {
+                    throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) puts \(t) at 0x\(String(b, radix: 16)), other sections at 0x\(String(d, radix: 16))",
+                               section: s.name, address: c)
+                }
+                derived = b
+            }
+            if let given = claim.memoryBases[t] {
+                if let d = derived, d != given {
+                    throw deny("claimed \(t) base 0x\(String(given, radix: 16)) disagrees with its sections' addresses (0x\(String(d, radix: 16)))", address: given)
+                }
+                derived = given
+            }
+            guard let b = derived else { throw deny("the claim gives no base for \(t) (\(lay.allocationSize(t)) bytes allocated)") }
+            bases[t] = b
+        }
+        // Page-aligned, inside the module area, pairwise disjoint.
+        var ranges: [(lo: UInt64, hi: UInt64, t: ModuleMemoryType)] = []
+        for (t, b) in bases {
+            let n = UInt64(lay.allocationSize(t))
+            let (end, ovf) = b.addingReportingOverflow(n)
+            guard !ovf, b % UInt64(ModuleLayout.pageSize) == 0, b >= facts.moduleArea.lowerBound, end <= facts.moduleArea.upperBound else {
+                throw deny("\(t) allocation 0x\(String(b, radix: 16)) +\(n) is not a page-aligned range inside the module area", address: b)
+            }
+            ranges.append((b, end, t))
+        }
+        ranges.sort { $0.lo < $1.lo }
+        for k in ranges.indices.dropFirst() where ranges[k].lo < ranges[k - 1].hi {
+            throw deny("\(ranges[k].t) allocation overlaps \(ranges[k - 1].t)", address: ranges[k].lo)
+        }
+        return bases
+    }
+
+    /// 6.12 address of section `i` (nil: not allocated by the loader).
+    static func address612(_ lay: ModuleLayout, _ i: Int, bases: [ModuleMemoryType: UInt64]) -> UInt64? {
+        guard let mt = lay.memType, let t = mt[i] else { return nil }
+        if t.isInit { return lay.initOffset[i].map { initPlaceholder(t) &+ UInt64($0) } }
+        guard let off = lay.coreOffset[i] else { return nil }
+        // An empty section of an unallocated type: sh_addr = NULL + offset (doc §4.4).
+        return (bases[t] ?? 0) &+ UInt64(off)
+    }
+}
