@@ -114,7 +114,8 @@ public struct CaptureBoot {
         guard let base = parseHex(Substring(lj.core_text.base)) else { throw CaptureError(path: mdir + "/layout.json", reason: "bad core_text.base") }
         let koName = lj.ko
         let ko = try readFile(mdir + "/" + koName)
-        let text = try readFile(mdir + "/core_text.bin")
+        // A data-only module has an empty executable region (no MOD_TEXT on 6.12: base 0).
+        let text = fileExists(mdir + "/core_text.bin") ? try readFile(mdir + "/core_text.bin") : []
         var secs: [String: UInt64] = [:]
         do {
             let sj = try JSONDecoder().decode([String: String].self, from: Data(try readFile(mdir + "/sections.json")))

@@ -10,6 +10,7 @@
 // boot_cpu_data, cpus, cmdline, pv_ops, slide, vulnerabilities; per module the signed .ko, the
 // section addresses, the per-cpu base and the executable region.
 
+import ExecGateExplain
 import ExecGateWire
 import NIOCore
 
@@ -50,8 +51,16 @@ extension CaptureBoot {
             guard isExport || isHelper || text.contains(r.type) else { continue }
             symbols.append(KernelSymbol(name: String(r.name), address: r.address, type: r.type, exported: isExport))
         }
+        // The kernel release (`uname.txt`: osrelease first, or `uname -a` in older captures) picks
+        // the loader row, and with it where `x86_capability[]` sits in `struct cpuinfo_x86`
+        // (0x28 on 6.1, 0x30 on 6.12: BTF, docs/kernels/6.12-loader.md §2.3). An unknown release
+        // is still sent: the engine then denies its modules naming it.
+        let release = Self.kernelRelease(dir: dir)
+        var capOffset = ModuleLoader.linux6_1.capabilityOffset
+        if let r = release, case .success(let l) = ModuleLoader.forRelease(r) { capOffset = l.capabilityOffset }
+        let capEnd = capOffset + 96
         let cpu = try readFile(dir + "/boot_cpu_data.bin")
-        guard cpu.count >= 136 else { throw CaptureError(path: dir + "/boot_cpu_data.bin", reason: "shorter than 136 bytes") }
+        guard cpu.count >= capEnd else { throw CaptureError(path: dir + "/boot_cpu_data.bin", reason: "shorter than \(capEnd) bytes") }
         var present: UInt32 = 1, possible: UInt32 = 1
         for l in try readText(dir + "/cpus.txt").split(whereSeparator: \.isNewline) {
             let f = l.split(separator: " ")
@@ -73,10 +82,22 @@ extension CaptureBoot {
             }
         }
         return RegisterGuest(
-            guestID: guestID, kernelRelease: "", kaslrSlide: slide, cpuCapabilities: Array(cpu[40..<136]), symbols: symbols,
+            guestID: guestID, kernelRelease: release ?? "", kaslrSlide: slide, cpuCapabilities: Array(cpu[capOffset..<capEnd]), symbols: symbols,
             symbolSource: "capture", commandLine: (try? readText(dir + "/cmdline.txt")) ?? "", presentCPUs: present,
             possibleCPUs: possible, vulnerabilities: (try? readText(dir + "/vulnerabilities.txt")) ?? "",
             pvOps: (try? readFile(dir + "/pv_ops.bin")) ?? [], returnThunk: returnThunk)
+    }
+}
+
+extension CaptureBoot {
+    /// The guest's kernel release from `uname.txt` (`<osrelease> <version>`, or `uname -a`:
+    /// `Linux <host> <osrelease> ...`); nil when the capture has none (the committed fixture).
+    static func kernelRelease(dir: String) -> String? {
+        guard let u = try? readText(dir + "/uname.txt") else { return nil }
+        let w = u.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
+        guard let first = w.first else { return nil }
+        if first == "Linux", w.count >= 3 { return String(w[2]) }
+        return String(first)
     }
 }
 

@@ -166,7 +166,7 @@ public enum CaptureGuest {
         let kallsyms = try FS.read("/proc/kallsyms", limit: 512 << 20)
         tar.add("kallsyms.txt", kallsyms)
         let wanted: Set<String> = ["_text", "_stext", "_etext", "boot_cpu_data", "pv_ops", "page_offset_base", "vmalloc_base",
-                                   "vmemmap_base", "phys_base"]
+                                   "vmemmap_base", "phys_base", "x86_return_thunk"]
         let syms = coreSymbols(kallsyms, wanted: wanted)
         let procModules = try collectSystemFacts(into: &tar)
         let kcore = try Kcore()
@@ -237,7 +237,8 @@ public enum CaptureGuest {
         tar.add("boot_cpu_data.bin", try kcore.read(bcd, Limits.bootCPUDataBytes))
         tar.add("pv_ops.bin", try kcore.read(pv, Limits.pvOpsBytes))
         var kvars = ""
-        for n in ["_text", "_stext", "_etext", "boot_cpu_data", "pv_ops", "page_offset_base", "vmalloc_base", "vmemmap_base", "phys_base"] {
+        for n in ["_text", "_stext", "_etext", "boot_cpu_data", "pv_ops", "page_offset_base", "vmalloc_base", "vmemmap_base", "phys_base",
+                  "x86_return_thunk"] {
             guard let a = syms[n] else { continue }
             let v = (try? kcore.read(a, 8)).map { b in b.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) } }
             kvars += "\(n) 0x\(Hex.number(a)) \(v.map { "0x" + Hex.number($0, width: 16) } ?? "?")\n"
@@ -258,7 +259,19 @@ public enum CaptureGuest {
                 hi = max(hi, a + UInt64(s.size))
             }
         }
-        guard lo != UInt64.max else { log("\(name): no executable core section in sysfs"); return }
+        guard lo != UInt64.max else {
+            // A data-only module (e.g. cast_common: S-boxes only): no executable core section, so
+            // nothing becomes executable. 6.12 leaves mem[MOD_TEXT].base NULL (/proc/modules shows
+            // 0), 6.1 still has its core allocation. Recorded with an empty region so that
+            // `execgate explain` judges it (signature, ELF, claim structure) instead of losing it.
+            tar.add(name + "/core_text.bin", [UInt8]())
+            tar.add(name + "/module.txt", ImageInfo.render([
+                ("core_base", "0x" + Hex.number(procBase ?? 0)), ("text_base", "0x" + Hex.number(procBase ?? 0)), ("text_size", "0"),
+                ("text_end_used", "0x" + Hex.number(procBase ?? 0)), ("coresize", sizes.coresize), ("initsize", sizes.initsize),
+                ("taint", sizes.taint), ("data_only", "1"),
+            ]))
+            return
+        }
         let base = procBase ?? lo
         if base != lo { log("warning: \(name): /proc/modules base 0x\(Hex.number(base)) != lowest exec section 0x\(Hex.number(lo))") }
         let size = (hi - lo + 4095) & ~UInt64(4095)

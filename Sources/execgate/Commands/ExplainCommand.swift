@@ -44,8 +44,17 @@ struct ExplainCommand: ParsableCommand {
         for (i, name) in boot.availableModules.enumerated() {
             let m: CapturedModule
             do { m = try boot.module(name) } catch {
-                FileHandleErr.write("execgate explain: \(error)\n")
-                throw ExecGateExit.usage
+                // One unreadable module never aborts the run: it gets its deny line (the reason
+                // names the file) and counts as denied; the summary still follows (exit 1).
+                if let set = onlySet, !set.contains(name) { continue }
+                total += 1
+                unexplained += 1
+                if json {
+                    print("{\"module\":\"\(name)\",\"verdict\":\"deny\",\"rule\":\"capture\",\"unexplained_bytes\":1,\"reason\":\"\("\(error)".replacingAll("\"", "'"))\"}")
+                } else {
+                    print("deny  \(name): (capture): capture: \(error)")
+                }
+                continue
             }
             FileHandleErr.write("[\(i + 1)/\(boot.availableModules.count)] \(name)\r")
             // Copy the resolver only for --mutate (a copy makes the next add() duplicate the table).
@@ -70,7 +79,11 @@ struct ExplainCommand: ParsableCommand {
                     print("{\"module\":\"\(name)\",\"verdict\":\"allow\",\"bytes\":\(st.executableBytes),\"classes\":{\(cls)}}")
                 } else {
                     let cls = st.bytesByClass.filter { $0.key != .elf }.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-                    print("allow \(name) \(st.executableBytes) bytes (\(cls))")
+                    if st.executableBytes == 0 {
+                        print("allow \(name) 0 bytes (data-only: nothing executable; signature, ELF and claim structure judged)")
+                    } else {
+                        print("allow \(name) \(st.executableBytes) bytes (\(cls))")
+                    }
                 }
             case .denied(let d):
                 unexplained += d.unexplainedBytes
