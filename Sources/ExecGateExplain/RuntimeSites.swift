@@ -183,6 +183,18 @@ extension Session {
             seen.insert(off)
             trampolineSites.append((a, off))
         }
+        // Targets the module's own code sets for its own keys (StaticCallTrust.moduleUpdates),
+        // looked up by the signed module's name and resolved to its own function symbols.
+        if let name = modinfo("name"), let updates = StaticCallTrust.moduleUpdates[name] {
+            for (keyName, targets) in updates {
+                guard let ki = keySymbols["__SCK__" + keyName], let key = try? symbolValue(ki) else { continue }
+                for t in targets {
+                    for (i, sym) in symbols.enumerated() where sym.name == t && sym.isFunction && !sym.isUndefined {
+                        if let v = try? symbolValue(i), functionEntries.contains(v) { ownKeyDefaults[key, default: []].insert(v) }
+                    }
+                }
+            }
+        }
         for (a, off) in trampolineSites {
             guard image[off] == 0xe9, let key = trampolineKey(a),
                   let dest = rel32Destination(Array(image[off..<off + 5]), operandAt: 1, site: a, length: 5),

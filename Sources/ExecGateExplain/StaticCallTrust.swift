@@ -46,6 +46,17 @@ public enum StaticCallTrust {
         ("irqentry_exit_cond_resched", ["raw_irqentry_exit_cond_resched"]),
     ]
 
+    /// Keys a module defines and updates itself, in its own code, to functions named in the
+    /// source: module name (`.modinfo` `name=`) → key name → target function names, resolved
+    /// against that signed module's own symbols. Debian 6.1 modules found by the corpus:
+    ///   aesni_intel: arch/x86/crypto/aesni-intel_glue.c `aesni_init()`:
+    ///     `static_call_update(aesni_ctr_enc_tfm, aesni_ctr_enc_avx_tfm)` when the CPU has AVX
+    ///     (the default, `DEFINE_STATIC_CALL(aesni_ctr_enc_tfm, aesni_ctr_enc)`, comes from the
+    ///     module's trampoline).
+    public static let moduleUpdates: [String: [(key: String, targets: [String])]] = [
+        "aesni_intel": [("aesni_ctr_enc_tfm", ["aesni_ctr_enc_avx_tfm"])],
+    ]
+
     /// Key address → trusted targets, from the core kernel's symbol map (name → address, the
     /// build's map plus the slide): the PREEMPT_DYNAMIC table and, for every core tracepoint key
     /// `tp_func_X`, its iterator `__traceiter_X`. Each set is stored under the key `__SCK__<name>`
