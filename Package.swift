@@ -12,7 +12,8 @@
 //                ExecGateSignature (module trailers + PKCS#7 via the OpenSSL shim),
 //                ExecGateExplain (relocations, patch sites: end-state explanation),
 //                ExecGatePolicy, ExecGateVerifier (request + policy + guest state -> verdict)
-//   edges        ExecGateKernelImage (bzImage/vmlinux, key extraction), ExecGateService (NIOPosix server),
+//   edges        ExecGateTransport (Endpoint -> listening NIOPosix channel: the one bind(endpoint:)),
+//                ExecGateKernelImage (bzImage/vmlinux, key extraction), ExecGateService (NIOPosix server),
 //                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys only),
 //                ExecGateVsockDevice (vhost-user-vsock backend: host <-> service VM; CExecGateVsockSys only),
 //                ExecGateClient (the VMM side), ExecGateCaptureTool (`execgate capture`: host + guest halves)
@@ -78,13 +79,18 @@ let package = Package(
 
         // MARK: - Edges
         .target(
+            name: "ExecGateTransport",
+            dependencies: ["ExecGateWire", nioCore, nioPosix],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "ExecGateCapture",
             dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateWire", nioCore],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "ExecGateAdmin",
-            dependencies: ["ExecGateService", "ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
+            dependencies: ["ExecGateTransport", "ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -94,7 +100,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateService",
-            dependencies: ["ExecGateWire", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
+            dependencies: ["ExecGateTransport", "ExecGateWire", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
             swiftSettings: swiftSettings
         ),
         .target(
