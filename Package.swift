@@ -17,7 +17,9 @@
 //                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys only),
 //                ExecGateVsockDevice (vhost-user-vsock backend: host <-> service VM; CExecGateVsockSys only),
 //                ExecGateClient (the VMM side), ExecGateCaptureTool (`execgate capture`: host + guest halves)
-//   executable   execgate (argument parsing and PID-1 wiring only)
+//   host         ExecGateHost (service set-up: ServiceConfiguration -> VerifierService.start, for
+//                `execgate serve` and the service VM's PID 1; the in-guest self-test)
+//   executable   execgate (argument parsing only)
 
 import PackageDescription
 
@@ -90,7 +92,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateAdmin",
-            dependencies: ["ExecGateTransport", "ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
+            dependencies: ["ExecGateTransport", "ExecGateClient", "ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -127,13 +129,20 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        .target(
+            name: "ExecGateHost",
+            dependencies: ["ExecGateService", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateVerifier", "ExecGatePolicy",
+                           "ExecGateSignature", "ExecGateWire", "_ExecGateInternals", nioCore, nioPosix, logging],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: - Executable
         .executableTarget(
             name: "execgate",
             dependencies: [
                 "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
-                "ExecGateServiceVM", "ExecGateAdmin", "ExecGateVsockDevice", "ExecGateCaptureTool", argumentParser, logging, nioCore, nioPosix,
+                "ExecGateServiceVM", "ExecGateAdmin", "ExecGateVsockDevice", "ExecGateCaptureTool", "ExecGateHost", argumentParser, logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings
         ),

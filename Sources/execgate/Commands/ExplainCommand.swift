@@ -7,6 +7,7 @@ import ArgumentParser
 import ExecGateCapture
 import ExecGateELF
 import ExecGateExplain
+import ExecGateHost
 #if canImport(Glibc)
 import Glibc
 #endif
