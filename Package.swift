@@ -14,7 +14,8 @@
 //                ExecGatePolicy, ExecGateVerifier (request + policy + guest state -> verdict)
 //   edges        ExecGateTransport (Endpoint -> listening NIOPosix channel: the one bind(endpoint:)),
 //                ExecGateKernelImage (bzImage/vmlinux, key extraction), ExecGateService (NIOPosix server),
-//                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys only),
+//                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys, and
+//                ExecGateKernelImage + CDecompress for the kernel, its certificates and gzip),
 //                ExecGateVsockDevice (vhost-user-vsock backend: host <-> service VM; CExecGateVsockSys only),
 //                ExecGateClient (the VMM side), ExecGateCaptureTool (`execgate capture`: host + guest halves)
 //   host         ExecGateHost (service set-up: ServiceConfiguration -> VerifierService.start, for
@@ -59,10 +60,7 @@ let package = Package(
                 .linkedLibrary("bz2"), .linkedLibrary("lz4"),
             ]
         ),
-        .target(
-            name: "CExecGateSys",
-            linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lzma")]
-        ),
+        .target(name: "CExecGateSys"),
         .target(name: "CExecGateVsockSys"),
         .target(name: "_ExecGateInternals", swiftSettings: swiftSettings),
 
@@ -119,7 +117,7 @@ let package = Package(
 
         .target(
             name: "ExecGateServiceVM",
-            dependencies: ["CExecGateSys", "_ExecGateInternals"],
+            dependencies: ["CExecGateSys", "CDecompress", "ExecGateKernelImage", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
 
@@ -200,7 +198,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateServiceVMTests",
-            dependencies: ["ExecGateServiceVM", "ExecGateTestSupport"],
+            dependencies: ["ExecGateServiceVM", "ExecGateSignature", "ExecGateTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
