@@ -197,6 +197,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ExecGateClientTests",
+            dependencies: ["ExecGateClient", "ExecGateAdmin", "ExecGateService", "ExecGateVerifier", "ExecGatePolicy", "ExecGateSignature",
+                           "ExecGateWire", "ExecGateTestSupport", nioCore, nioPosix, logging],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ExecGateServiceVMTests",
             dependencies: ["ExecGateServiceVM", "ExecGateSignature", "ExecGateTestSupport"],
             swiftSettings: swiftSettings

@@ -214,6 +214,7 @@ public enum ImageBuilder {
             ("kernel_format", vmlinux != nil ? "pvh-elf" : "bzimage"),
             ("initrd", initrdPath), ("initrd_test", o.withTestImage ? testInitrdPath : ""),
             ("init_binary", o.initBinary), ("trust_anchors", "\(certs.count)"),
+            ("admin_certificate", adminBytes != nil ? "yes" : "no"),
         ])
         try FS.write(stampPath, info)
         return result
