@@ -203,6 +203,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ExecGateKernelImageTests",
+            dependencies: ["ExecGateKernelImage", "ExecGateSignature", "ExecGateTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ExecGateServiceVMTests",
             dependencies: ["ExecGateServiceVM", "ExecGateSignature", "ExecGateTestSupport"],
             swiftSettings: swiftSettings
