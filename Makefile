@@ -5,7 +5,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 EXECGATE_RUN_DIR ?= $(CURDIR)/ServiceVM/run
 
-.PHONY: all deps build release test test-data run stop serve bench clean image vm-test
+.PHONY: all deps build release test check test-data run stop serve bench clean image vm-test
 
 all: build
 
@@ -26,6 +26,11 @@ test-data: deps
 test: deps test-data image
 	@$(SWIFT) build -q --build-tests
 	@SWIFT=$(SWIFT) bash scripts/run-tests.sh
+
+# Unit tests only (phase 1 of make test: no image build, no guest boots), in minutes.
+check: deps test-data
+	@$(SWIFT) build -q --build-tests
+	@SWIFT=$(SWIFT) bash scripts/run-tests.sh --unit
 
 # The main job: build the service VM image if needed, boot the sidecar VM and report it ready
 # (with the addresses a host client uses: the verifier, and the admin port for policy swaps).

@@ -24,9 +24,12 @@
 
 import PackageDescription
 
-let swiftNIO = Package.Dependency.package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2")
-let swiftLog = Package.Dependency.package(url: "https://github.com/apple/swift-log.git", from: "1.16.2")
-let swiftArgumentParser = Package.Dependency.package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2")
+// Dependencies are pinned to exact versions (a security binary does not float), and Package.resolved
+// is committed so transitive packages (swift-atomics, swift-collections, swift-system) are pinned too.
+
+let swiftNIO = Package.Dependency.package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.2")
+let swiftLog = Package.Dependency.package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2")
+let swiftArgumentParser = Package.Dependency.package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2")
 
 let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
 let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
@@ -66,11 +69,11 @@ let package = Package(
 
         // MARK: - Pure core
         .target(name: "ExecGateWire", dependencies: [nioCore], swiftSettings: swiftSettings),
-        .target(name: "ExecGateELF", swiftSettings: swiftSettings),
-        .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim"], swiftSettings: swiftSettings),
-        .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateELF", dependencies: ["_ExecGateInternals"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim", "_ExecGateInternals"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateExplain", dependencies: ["ExecGateELF", "_ExecGateInternals"], swiftSettings: swiftSettings),
         
-        .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
+        .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature", "_ExecGateInternals"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
             dependencies: ["ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateExplain", "ExecGatePolicy", nioCore, nioConcurrency],
@@ -85,7 +88,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateCapture",
-            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateWire", nioCore],
+            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateWire", "_ExecGateInternals", nioCore],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -95,7 +98,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateKernelImage",
-            dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF"],
+            dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -123,7 +126,7 @@ let package = Package(
 
         .target(
             name: "ExecGateCaptureTool",
-            dependencies: ["ExecGateServiceVM", "ExecGateELF", "ExecGateKernelImage", "CExecGateSys"],
+            dependencies: ["ExecGateServiceVM", "ExecGateELF", "ExecGateKernelImage", "CExecGateSys", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
 
@@ -148,13 +151,18 @@ let package = Package(
         // MARK: - Tests
         .target(
             name: "ExecGateTestSupport",
-            dependencies: ["ExecGateSignature", "ExecGateELF", "ExecGateKernelImage", nioConcurrency],
+            dependencies: ["ExecGateSignature", "ExecGateELF", "ExecGateKernelImage", "_ExecGateInternals", nioConcurrency],
             path: "Tests/ExecGateTestSupport",
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ExecGateInternalsTests",
+            dependencies: ["_ExecGateInternals", "ExecGateTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ExecGateWireTests",
-            dependencies: ["ExecGateWire", nioCore, nioEmbedded],
+            dependencies: ["ExecGateWire", "ExecGateTestSupport", nioCore, nioEmbedded],
             exclude: ["Vectors"],
             swiftSettings: swiftSettings
         ),
@@ -165,7 +173,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateSignatureTests",
-            dependencies: ["ExecGateSignature", "ExecGateKernelImage", "ExecGateTestSupport"],
+            dependencies: ["ExecGateSignature", "ExecGateKernelImage", "ExecGateTestSupport", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -49,8 +49,7 @@ extension Explainer {
     /// Run up to `perClass` mutations of each class on an allowed claim.
     public func mutate(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver, perClass: Int, seed: UInt64) -> MutationReport {
         var report = MutationReport()
-        let s = Session(elf: elf, claim: claim, facts: facts, resolver: resolver)
-        guard (try? s.run()) != nil else { return report }
+        guard let s = try? Session(elf: elf, claim: claim, facts: facts, resolver: resolver), (try? s.run()) != nil else { return report }
         var rng = SplitMix64(state: seed)
         let variableRanges = s.variable.map { $0.offset..<($0.offset + $0.length) }
 
@@ -123,8 +122,7 @@ extension Explainer {
                 let w = a.feature >> 5
                 guard w < f2.capabilities.count else { continue }
                 f2.capabilities[w] ^= 1 << UInt32(a.feature & 31)
-                let s2 = Session(elf: elf, claim: claim, facts: f2, resolver: resolver)
-                guard (try? s2.setUp()) != nil, (try? s2.relocate()) != nil, (try? s2.applyParavirt()) != nil,
+                guard let s2 = try? Session(elf: elf, claim: claim, facts: f2, resolver: resolver), (try? s2.relocate()) != nil, (try? s2.applyParavirt()) != nil,
                       (try? s2.applyRetpolines()) != nil, (try? s2.applyReturns()) != nil, (try? s2.applyAlternatives()) != nil else { continue }
                 var t = claim.text
                 for k in a.off..<a.off + a.len { t[k] = s2.image[k] }

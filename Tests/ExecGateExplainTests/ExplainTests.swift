@@ -34,7 +34,7 @@ final class ExplainTests: XCTestCase {
         if let t = text { c.text = t }
         return (ko ?? m.ko).withUnsafeBytes { raw in
             guard let elf = try? ELFFile(bytes: raw) else {
-                return ExplainResult(verdict: .denied(Denial(module: m.name, section: "(elf)", offset: 0, address: 0, expected: [], found: [], rule: "elf", reason: "parse")), exports: nil)
+                return ExplainResult(verdict: .denied(Denial(module: m.name, section: "(elf)", offset: 0, address: 0, expected: [], found: [], rule: .malformedELF, reason: "parse")), exports: nil)
             }
             return Explainer(facts: facts ?? boot.facts).explain(elf: elf, claim: c, resolver: r)
         }
@@ -106,7 +106,7 @@ final class ExplainTests: XCTestCase {
         }
         ko[off] = 9  // R_X86_64_GOTPCREL
         guard case .denied(let d) = explain(boot, m, r, ko: ko).verdict else { return XCTFail("allowed") }
-        XCTAssertEqual(d.rule, "relocation")
+        XCTAssertEqual(d.rule, .relocation)
         XCTAssertTrue(d.reason.contains("unknown relocation type"), d.reason)
     }
 
@@ -125,7 +125,7 @@ final class ExplainTests: XCTestCase {
         c.sectionAddresses[".rodata"] = (c.sectionAddresses[".rodata"] ?? 0) + 0x1000
         let res = m.ko.withUnsafeBytes { Explainer(facts: boot.facts).explain(elf: try! ELFFile(bytes: $0), claim: c, resolver: r) }  // parses: allowed above
         guard case .denied(let d) = res.verdict else { return XCTFail("allowed") }
-        XCTAssertEqual(d.rule, "layout")
+        XCTAssertEqual(d.rule, .layout)
     }
 
     func testCoreBaseMustBeAPageInTheModuleArea() throws {
@@ -137,7 +137,7 @@ final class ExplainTests: XCTestCase {
             c.sectionAddresses = [:]
             let res = m.ko.withUnsafeBytes { Explainer(facts: boot.facts).explain(elf: try! ELFFile(bytes: $0), claim: c, resolver: r) }  // real module
             guard case .denied(let d) = res.verdict else { return XCTFail("allowed at 0x\(String(bad, radix: 16))") }
-            XCTAssertEqual(d.rule, "layout")
+            XCTAssertEqual(d.rule, .layout)
         }
     }
 
@@ -155,7 +155,7 @@ final class ExplainTests: XCTestCase {
         let (boot, mods) = try replay()
         let (m, r, _) = mods.first { $0.0.name == "test_static_keys" }!
         let s = m.ko.withUnsafeBytes { raw -> Session in
-            let s = Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: boot.facts, resolver: r)  // parsed fine above
+            let s = try! Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: boot.facts, resolver: r)  // parsed and allowed above
             try? s.run()
             return s
         }
@@ -263,7 +263,7 @@ final class SMPLockTests: XCTestCase {
             var facts = boot.facts
             facts.possibleCPUs = 4
             let s = m.ko.withUnsafeBytes { raw -> Session in
-                let s = Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: facts, resolver: before)  // real module
+                let s = try! Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: facts, resolver: before)  // real module, allowed
                 try? s.run()
                 return s
             }
@@ -298,7 +298,7 @@ final class StaticCallTests: XCTestCase {
             _ = r.step(m)
             guard name == "irqbypass" else { continue }
             let s = m.ko.withUnsafeBytes { raw -> Session in
-                let s = Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: boot.facts, resolver: before)  // real module
+                let s = try! Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: boot.facts, resolver: before)  // real module, allowed
                 try? s.run()
                 return s
             }
@@ -359,7 +359,7 @@ final class HostileInputTests: XCTestCase {
         c.text = Array(m.claim.text.dropLast(4096))  // wrong length for the layout
         let v2 = m.ko.withUnsafeBytes { Explainer(facts: boot.facts).explain(elf: try! ELFFile(bytes: $0), claim: c, resolver: SymbolResolver(coreExports: boot.coreExports)) }
         guard case .denied(let d) = v2.verdict else { return XCTFail("allowed") }
-        XCTAssertEqual(d.rule, "layout")
+        XCTAssertEqual(d.rule, .layout)
     }
 }
 
@@ -377,8 +377,8 @@ final class MitigationRuleTests: XCTestCase {
             var f = boot.facts
             edit(&f)
             let s = m.ko.withUnsafeBytes { raw -> Session in
-                let s = Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: f, resolver: before)  // real module
-                try? s.setUp(); try? s.relocate(); try? s.applyParavirt(); try? s.applyRetpolines(); try? s.applyReturns()
+                let s = try! Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: f, resolver: before)  // real module
+                try? s.relocate(); try? s.applyParavirt(); try? s.applyRetpolines(); try? s.applyReturns()
                 return s
             }
             return (s, m)

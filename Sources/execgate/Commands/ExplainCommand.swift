@@ -3,6 +3,7 @@
 // `execgate explain CAPTURE_DIR [--json] [--mutate N]`: replay a captured boot's modules through the
 // end-state explainer (argument parsing and printing only; the work is in ExecGateCapture/Explain).
 
+import _ExecGateInternals
 import ArgumentParser
 import ExecGateCapture
 import ExecGateELF
@@ -58,9 +59,9 @@ struct ExplainCommand: ParsableCommand {
             engineSeconds += out.seconds
             execBytes += out.executableBytes
             if let h = sha {
-                let t0 = monotonicSeconds()
+                let t0 = MonotonicClock.seconds()
                 h.hash(m.claim.text)
-                shaSeconds += monotonicSeconds() - t0
+                shaSeconds += MonotonicClock.seconds() - t0
             }
             switch out.result.verdict {
             case .allowed(let st):

@@ -162,7 +162,7 @@ struct PolicyShowCommand: AsyncParsableCommand {
                 print("audit: overflow \(r.auditOverflow), \(r.auditAccepted) recorded, \(r.auditDropped) dropped")
                 for a in r.anchors { print("trust \(a)") }
                 for rule in r.rules { print("rule \(rule)") }
-                if !r.sourceSHA256.isEmpty { print("source sha256:\(Hex.string(r.sourceSHA256))") }
+                if !r.sourceSHA256.isEmpty { print("source sha256:\(Hex.encode(r.sourceSHA256))") }
                 if source { print(r.source) }
             }
         } catch {

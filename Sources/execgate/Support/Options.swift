@@ -60,8 +60,8 @@ extension Verdict {
             ("policy_version", .uint(policyVersion)),
             ("audit_only", .bool(auditOnly)),
             ("module", .string(moduleName)),
-            ("module_sha256", .string(Hex.string(moduleDigest))),
-            ("request_sha256", .string(Hex.string(requestDigest))),
+            ("module_sha256", .string(Hex.encode(moduleDigest))),
+            ("request_sha256", .string(Hex.encode(requestDigest))),
         ])
     }
 
