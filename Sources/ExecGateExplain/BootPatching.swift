@@ -142,8 +142,8 @@ extension Session {
                     guard let form = retForm(at: a, length: 5), execOffset(a, 5) != nil else { continue }
                     write(off, form, .returnThunk)
                     // A module's own static-call trampoline: static_call_update() may later make it
-                    // `jmp func` or the RET form again.
-                    addTrampolineSite(a, off)
+                    // `jmp func` or the RET form again (a run-time site, RuntimeSites.swift).
+                    trampolineSites.append((a, off))
                     siteCounts[.returnThunk, default: 0] += 1
                 }
                 continue

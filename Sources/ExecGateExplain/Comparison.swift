@@ -15,6 +15,9 @@ extension Session {
         // Variable sites, in address order: legal member and consistent per group.
         variable.sort { $0.offset < $1.offset }
         var groupState: [UInt64: UInt64] = [:]
+        // A static-call key's state at verified modules: this module's sites must agree with it
+        // (static-call keys and jump-label keys are distinct objects: no address is both).
+        let verifiedStates = resolver.staticCallStates
         for v in variable {
             let found = Array(claimed[v.offset..<v.offset + v.length])
             if let st = v.check(found) {
@@ -24,13 +27,21 @@ extension Session {
                     notes.append((v.offset..<v.offset + v.length, "\(v.what): state disagrees with other sites of the same key"))
                     continue
                 }
-                if let g = v.group { groupState[g] = st }
+                if v.cls == .staticCall, let g = v.group, groupState[g] == nil, let prev = verifiedStates[g], prev != st {
+                    write(v.offset, v.encode(prev), v.cls)
+                    notes.append((v.offset..<v.offset + v.length, "\(v.what): state disagrees with the key's sites in verified modules"))
+                    continue
+                }
+                if let g = v.group {
+                    groupState[g] = st
+                    if v.cls == .staticCall { staticCallStates[g] = st }
+                }
                 write(v.offset, found, v.cls)
             } else {
                 var exp = v.encode(v.group.flatMap { groupState[$0] })
                 if exp == found { exp = v.encode(nil) }
                 write(v.offset, exp, v.cls)
-                notes.append((v.offset..<v.offset + v.length, "\(v.what): not a legal encoding (allowed: NOP or branch to the site's own legitimate target)"))
+                notes.append((v.offset..<v.offset + v.length, "\(v.what): not a legal encoding (allowed: the NULL forms or a branch to a target trusted for the site)"))
             }
         }
         // claimed.count == image.count (checked in setUp). Equal regions are the common case:
@@ -103,14 +114,20 @@ extension Session {
     }
 
     /// `__ksymtab_<name>` marks an export of `<name>` (EXPORT_SYMBOL / _GPL).
-    func moduleExports() -> ModuleExports {
+    func exportedNames() -> Set<String> {
         var names: Set<String> = []
         for s in symbols where hasASCIIPrefix(s.name, "__ksymtab_") { names.insert(String(s.name.dropFirst(10))) }
+        return names
+    }
+
+    func moduleExports() -> ModuleExports {
+        let names = exportedNames()
         var out: [String: UInt64] = [:]
         // Cheap integer tests first: the name hash is only computed for defined non-local symbols.
         for (i, s) in symbols.enumerated() where !s.isUndefined && s.binding != 0 && names.contains(s.name) {
             if let v = try? symbolValue(i) { out[s.name] = v }
         }
-        return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries)
+        return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries,
+                             staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)
     }
 }

@@ -80,7 +80,7 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
     /// Select the loader for `elf` under a guest that registered `kernelRelease` (nil: none given).
     public static func select(elf: ELFFile, kernelRelease: String?) -> Result<ModuleLoader, LoaderSelectionError> {
         guard let vm = vermagic(elf) else {
-            return .failure(LoaderSelectionError("module has no vermagic in .modinfo (the kernel refuses it: check_modinfo)"))
+            return .failure(LoaderSelectionError("the module has no vermagic= in .modinfo (the kernel refuses it unless forced: check_modinfo)", rule: .vermagic))
         }
         let parts = vm.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
         let modRelease = String(parts[0])
@@ -88,7 +88,7 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
         let release: String
         if let kr = kernelRelease, !kr.isEmpty {
             guard modRelease == kr else {
-                return .failure(LoaderSelectionError("module vermagic release \(modRelease) is not the guest's kernel \(kr)"))
+                return .failure(LoaderSelectionError("vermagic \"\(vm)\" is for release \(modRelease), the guest runs \(kr)", rule: .vermagic))
             }
             release = kr
         } else {
@@ -101,7 +101,7 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
             return .failure(LoaderSelectionError("module is for kernel \(release) but the registration names no kernel release: the \(row.loader) loader is only chosen from a registered release"))
         }
         guard modFlags == row.flags else {
-            return .failure(LoaderSelectionError("module vermagic flags '\(modFlags)' are not \(release)'s '\(row.flags)'"))
+            return .failure(LoaderSelectionError("module vermagic flags '\(modFlags)' are not \(release)'s '\(row.flags)'", rule: .vermagic))
         }
         guard let tm = elf.section(named: ".gnu.linkonce.this_module") else {
             return .failure(LoaderSelectionError("module has no .gnu.linkonce.this_module (the kernel refuses it: no struct module)"))
@@ -124,6 +124,9 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
 
 public struct LoaderSelectionError: Error, Sendable, CustomStringConvertible {
     public let reason: String
-    init(_ reason: String) { self.reason = reason }
+    /// `.vermagic` when the module's vermagic contradicts the registration (check_modinfo()),
+    /// `.loader` when no replayed loader fits.
+    public let rule: DenialRule
+    init(_ reason: String, rule: DenialRule = .loader) { self.reason = reason; self.rule = rule }
     public var description: String { reason }
 }

@@ -27,6 +27,11 @@ extension Session {
         case SectionIndex.undef:
             if i == 0 { v = 0; break }
             if let a = resolver.lookup(sym.name) {
+                // An export inside the core's init memory is freed after boot (and never a real
+                // export: modpost refuses EXPORT_SYMBOL of __init code): nothing may point there.
+                guard !facts.isCoreInit(a) else {
+                    throw deny(.initSymbol, "symbol \(sym.name) resolves to 0x\(String(a, radix: 16)), inside the core kernel's freed init memory")
+                }
                 v = a
             } else if sym.isWeak {
                 v = 0  // unresolved weak: the kernel leaves 0.
@@ -108,6 +113,13 @@ extension Session {
                 default: break
                 }
                 if isExec {
+                    // Core text pointing into the module's own init sections would point into
+                    // memory freed after init (`do_free_init()`): not explainable.
+                    let ssi = Int(symbols[r.symbolIndex].sectionIndex)
+                    if ssi > 0, ssi < layout.initOffset.count, layout.initOffset[ssi] != nil {
+                        throw deny(.initSymbol, "\(r.type) in \(sectionName(t)) refers to \(symbols[r.symbolIndex].name) in \(sectionName(ssi)), init memory freed after init",
+                                   section: sectionName(t), offset: fo, address: loc)
+                    }
                     let o = toff + fo
                     guard img[o..<o + size].allSatisfy({ $0 == 0 }) else {
                         throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)

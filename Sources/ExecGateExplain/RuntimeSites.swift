@@ -36,8 +36,9 @@ struct VariableSite {
 extension Session {
     func addRuntimeSites() throws {
         try addJumpLabels()
+        collectModuleTrampolines()
         try addStaticCalls()
-        addModuleTrampolines()
+        addModuleTrampolineSites()
     }
 
     // MARK: Jump labels
@@ -84,13 +85,30 @@ extension Session {
 
     // MARK: Static calls
 
+    /// The targets a site of `key` may call or jump to, besides its NULL forms: the targets the
+    /// facts trust for the key (core keys), those of keys verified modules define, this module's
+    /// own trampoline defaults, and `__static_call_return0` (StaticCallTrust.swift says why).
+    /// Never a target in the core's init memory, never an address that is not a function entry.
+    func trustedStaticCallTargets(_ key: UInt64) -> Set<UInt64> {
+        if let t = trustedTargetCache[key] { return t }
+        var s = facts.staticCallTrustedTargets[key] ?? []
+        if let m = resolver.staticCallTrustedTargets[key] { s.formUnion(m) }
+        if let own = ownKeyDefaults[key] { s.formUnion(own) }
+        let funcs = isFunctionEntry
+        s = s.filter { funcs($0) && !facts.isCoreInit($0) }
+        if let r0 = facts.staticCallReturn0 { s.insert(r0) }
+        trustedTargetCache[key] = s
+        return s
+    }
+
     /// `.static_call_sites`: `struct static_call_site { s32 addr; s32 key; }` (key bit 0 = tail,
     /// bit 1 = init). `static_call_add_module()` rewrites every site via `__static_call_transform()`:
     /// CALL func | `2e 2e 2e 31 c0` (func == __static_call_return0) | NOP5 (NULL) for calls;
-    /// JMP func | RET form for tail calls; `0f 8x` Jcc func for conditional tail calls.
+    /// JMP func | RET form for tail calls; `0f 8x` Jcc func for conditional tail calls. `func` must
+    /// be trusted for the site's key (`trustedStaticCallTargets`); all sites of a key agree, here
+    /// and with the key's state at verified modules (Comparison.swift).
     func addStaticCalls() throws {
         guard let t = table(".static_call_sites") else { return }
-        let funcs = isFunctionEntry
         let ret0 = facts.staticCallReturn0
         var o = 0
         while let siteRel = t.bytes.getInteger(at: o, as: Int32.self), let keyRel = t.bytes.getInteger(at: o + 4, as: Int32.self) {
@@ -107,14 +125,8 @@ extension Session {
                            found: Array(image[off..<off + 5]))
             }
             siteCounts[.staticCall, default: 0] += 1
-            staticSites.append((off, site, tail))
-            // A trusted current target for this key narrows the legal set to exactly it.
-            let pinned = facts.staticCallTargets[key]
-            func pin(_ st: UInt64?) -> UInt64? {
-                guard let v = st else { return nil }
-                if let p = pinned, p != v { return nil }
-                return v
-            }
+            staticSites.append((off, site, tail, key))
+            let trusted = trustedStaticCallTargets(key)
             if isJcc && tail {
                 guard execOffset(site, 6) != nil else { continue }
                 let op = image[off + 1]
@@ -122,11 +134,11 @@ extension Session {
                 let nullTarget: UInt64? = hasFeature(facts.featureBits.rethunk)
                     ? (loader == .linux6_12 ? returnThunkTarget : returnThunkExport) : facts.staticCallReturn
                 let orig = Array(image[off..<off + 6])
-                variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, what: "static call (Jcc tail)",
+                variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, what: "static call (Jcc tail)", whatKey: key,
                     check: { b in
                         guard b.count == 6, b[0] == 0x0f, b[1] == op, let tg = rel32Destination(b, operandAt: 2, site: site, length: 6) else { return nil }
-                        if let n = nullTarget, tg == n { return pin(0) }
-                        return pin(funcs(tg) ? tg : nil)
+                        if let n = nullTarget, tg == n { return 0 }
+                        return trusted.contains(tg) ? tg : nil
                     },
                     encode: { st in
                         guard let s = st, s != 0, let j = genInsn(op, at: site &+ 1, to: s) else { return orig }
@@ -135,21 +147,21 @@ extension Session {
                 continue
             }
             let retF = retForm(at: site, length: 5) ?? [0xc3, 0xcc, 0xcc, 0xcc, 0xcc]
-            variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: tail ? "static call (tail)" : "static call",
-                check: { b in pin({ () -> UInt64? in
+            variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: tail ? "static call (tail)" : "static call", whatKey: key,
+                check: { b in
                     if tail {
                         if b == retF { return 0 }
-                        if b.first == 0xe9, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5) { return funcs(tg) ? tg : nil }
+                        if b.first == 0xe9, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5) { return trusted.contains(tg) ? tg : nil }
                         return nil
                     }
                     if b == x86Nops[5] { return 0 }
                     if let r0 = ret0, b == [0x2e, 0x2e, 0x2e, 0x31, 0xc0] { return r0 }
                     if b.first == 0xe8, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5) {
                         if tg == ret0 { return nil }  // the kernel writes xor5rax instead
-                        return funcs(tg) ? tg : nil
+                        return trusted.contains(tg) ? tg : nil
                     }
                     return nil
-                }()) },
+                },
                 encode: { st in
                     guard let s = st, s != 0 else { return tail ? retF : x86Nops[5] }
                     if !tail, s == ret0 { return [0x2e, 0x2e, 0x2e, 0x31, 0xc0] }
@@ -159,19 +171,46 @@ extension Session {
     }
 
     /// A module's own static-call trampolines (`__SCT__<name>` in `.static_call.text`, followed by
-    /// `ud1 %esp, %ecx` = 0f b9 cc): `static_call_update()` on the module's key rewrites them to
-    /// `jmp func` or the RET form at any time, so both are legal; the state must agree with the
-    /// key's inline sites (`__SCK__<name>`).
-    func addModuleTrampolines() {
-        var seen = Set(variable.map { $0.offset })
+    /// `ud1 %esp, %ecx` = 0f b9 cc). Those whose return was patched are already known
+    /// (`applyReturns`); the rest are found by symbol. A trampoline that still holds its compiled
+    /// `jmp func` (relocated: the signed module's `DEFINE_STATIC_CALL(name, func)` default) makes
+    /// `func` trusted for the module's key `__SCK__<name>`.
+    func collectModuleTrampolines() {
+        var seen = Set(trampolineSites.map { $0.off })
         for k in trampolineSymbols {
             let sym = symbols[k]
             let si = Int(sym.sectionIndex)
             guard si < elf.sections.count, let a = addr[si].map({ $0 &+ sym.value }), let off = execOffset(a, 8),
                   image[off + 5] == 0x0f, image[off + 6] == 0xb9, image[off + 7] == 0xcc, !seen.contains(off) else { continue }
             seen.insert(off)
-            addTrampolineSite(a, off)
+            trampolineSites.append((a, off))
         }
+        // Targets the module's own code sets for its own keys (StaticCallTrust.moduleUpdates),
+        // looked up by the signed module's name and resolved to its own function symbols.
+        if let name = modinfo("name"), let updates = StaticCallTrust.moduleUpdates[name] {
+            for (keyName, targets) in updates {
+                guard let ki = keySymbols["__SCK__" + keyName], let key = try? symbolValue(ki) else { continue }
+                for t in targets {
+                    for (i, sym) in symbols.enumerated() where sym.name == t && sym.isFunction && !sym.isUndefined {
+                        if let v = try? symbolValue(i), functionEntries.contains(v) { ownKeyDefaults[key, default: []].insert(v) }
+                    }
+                }
+            }
+        }
+        for (a, off) in trampolineSites {
+            guard image[off] == 0xe9, let key = trampolineKey(a),
+                  let dest = rel32Destination(Array(image[off..<off + 5]), operandAt: 1, site: a, length: 5),
+                  dest != returnThunkExport, dest != returnThunkTarget else { continue }
+            ownKeyDefaults[key, default: []].insert(dest)
+        }
+    }
+
+    /// `static_call_update()` on the module's key rewrites its trampoline to `jmp func` or the RET
+    /// form at any time: both are legal when `func` is trusted for the key, and the state must
+    /// agree with the key's inline sites (`__SCK__<name>`).
+    func addModuleTrampolineSites() {
+        let known = Set(variable.map { $0.offset })
+        for (a, off) in trampolineSites where !known.contains(off) { addTrampolineSite(a, off) }
     }
 
     /// The module's own key (`__SCK__<name>`) of the trampoline at `a`.
@@ -188,13 +227,14 @@ extension Session {
     }
 
     func addTrampolineSite(_ a: UInt64, _ off: Int) {
-        let funcs = isFunctionEntry
-        let r0 = facts.staticCallReturn0
+        let key = trampolineKey(a)
+        // A trampoline without a key symbol has no trusted target: only its RET form.
+        let trusted = key.map { trustedStaticCallTargets($0) } ?? []
         let ret = retForm(at: a, length: 5) ?? []
-        variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: trampolineKey(a), what: "static-call trampoline",
+        variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: "static-call trampoline", whatKey: key,
             check: { b in
                 if b == ret { return 0 }
-                if b.first == 0xe9, let t = rel32Destination(b, operandAt: 1, site: a, length: 5), funcs(t) || t == r0 { return t }
+                if b.first == 0xe9, let t = rel32Destination(b, operandAt: 1, site: a, length: 5), trusted.contains(t) { return t }
                 return nil
             },
             encode: { st in (st == nil || st == 0) ? ret : (genInsn(0xe9, at: a, to: st!) ?? ret) }))

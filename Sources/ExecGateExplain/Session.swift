@@ -66,7 +66,14 @@ final class Session {
     var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
     var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
     var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
-    var staticSites: [(off: Int, addr: UInt64, tail: Bool)] = []
+    var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
+    /// The module's own static-call trampolines (address, region offset).
+    var trampolineSites: [(addr: UInt64, off: Int)] = []
+    /// Keys this module defines → its trampolines' compiled default targets.
+    var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
+    var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
+    /// Static-call key states at this module's sites after comparison (key → target, 0 = NULL).
+    var staticCallStates: [UInt64: UInt64] = [:]
     var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
 
     /// Exports looked up once per session (the resolver is immutable for the session).
@@ -93,7 +100,7 @@ final class Session {
         let loader: ModuleLoader
         switch ModuleLoader.select(elf: elf, kernelRelease: facts.kernelRelease) {
         case .success(let l): loader = l
-        case .failure(let e): throw Session.denial(claim, .loader, e.reason)
+        case .failure(let e): throw Session.denial(claim, e.rule, e.reason, section: e.rule == .vermagic ? ".modinfo" : "(claim)")
         }
         self.loader = loader
         var f = facts
@@ -165,13 +172,23 @@ final class Session {
         self.execRanges = execRanges
         self.data = data
 
-        // The per-cpu area (`percpu_modalloc()`): from the module reserve, aligned.
-        if let pi = lay.percpuIndex, let pb = claim.percpuBase, let range = facts.modulePercpuRange {
+        // The per-cpu area (`percpu_modalloc()`: only when `.data..percpu` has a size): it must
+        // come from the module reserve, aligned. Without a known reserve the base cannot be
+        // checked, and an unchecked base aims `%gs:` accesses anywhere (e.g. onto the core's
+        // `current_task`): deny rather than skip the check.
+        if let pi = lay.percpuIndex, elf.sections[pi].size > 0 {
             let sec = elf.sections[pi]
+            func denyPercpu(_ reason: String) -> DenyError { Session.denial(claim, .perCPU, reason, section: sec.name) }
+            guard let range = facts.modulePercpuRange else {
+                throw denyPercpu("the module has \(sec.size) bytes of per-cpu data but no module per-cpu range is known (the registration lacks __per_cpu_end)")
+            }
+            guard let pb = claim.percpuBase else {
+                throw denyPercpu("the module has \(sec.size) bytes of per-cpu data but the claim gives no per-cpu base")
+            }
             let align = max(sec.addralign, 1)
             let (end, o) = pb.addingReportingOverflow(UInt64(sec.size))
             guard !o, pb >= range.lowerBound, end <= range.upperBound, pb % align == 0 else {
-                throw deny("claimed per-cpu base 0x\(String(pb, radix: 16)) (+\(sec.size), align \(align)) is outside the module per-cpu area \(range)")
+                throw denyPercpu("claimed per-cpu base 0x\(String(pb, radix: 16)) (+\(sec.size), align \(align)) is outside the module per-cpu area \(range)")
             }
         }
 
@@ -206,7 +223,9 @@ final class Session {
 
     /// The loader's order after set-up (see Explainer.swift).
     func run() throws {
+        try checkModinfo()
         try relocate()
+        try verifyExportedSymbols()
         try applyBootTimePatching()
         try addRuntimeSites()
         try compare()

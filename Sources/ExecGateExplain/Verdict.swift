@@ -44,6 +44,15 @@ public enum DenialRule: Sendable, Hashable, CustomStringConvertible {
     case malformedELF
     /// A loader stage could not account for a byte or refused the module (the stage's class).
     case stage(ExplanationClass)
+    /// The module has per-cpu data but no verifiable per-cpu base (`percpu_modalloc()`).
+    case perCPU
+    /// `.modinfo` `vermagic=` missing or for another kernel release (`check_modinfo()`).
+    case vermagic
+    /// The module exports a name already exported (`verify_exported_symbols()`).
+    case duplicateExport
+    /// Module text would refer to init memory that is freed after init (the module's own `.init*`
+    /// sections from core text, or the core kernel's init text/data).
+    case initSymbol
 
     public static let relocation = DenialRule.stage(.relocation)
     public static let paravirt = DenialRule.stage(.paravirt)
@@ -58,6 +67,10 @@ public enum DenialRule: Sendable, Hashable, CustomStringConvertible {
         case .loader: return "loader"
         case .malformedELF: return "elf"
         case .stage(let c): return c.description
+        case .perCPU: return "percpu"
+        case .vermagic: return "vermagic"
+        case .duplicateExport: return "duplicate-export"
+        case .initSymbol: return "init-symbol"
         }
     }
 }

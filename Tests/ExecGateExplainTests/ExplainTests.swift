@@ -58,7 +58,8 @@ final class ExplainTests: XCTestCase {
         var tried: [String: Int] = [:]
         for (i, (m, r, _)) in mods.enumerated() {
             let rep: MutationReport = m.ko.withUnsafeBytes { raw in
-                Explainer(facts: boot.facts).mutate(elf: try! ELFFile(bytes: raw), claim: m.claim, resolver: r, perClass: 8, seed: UInt64(i + 1))  // parsed fine above
+                Explainer(facts: boot.facts).mutate(elf: try! ELFFile(bytes: raw), claim: m.claim, resolver: r, perClass: 8, seed: UInt64(i + 1),
+                                                    probeTargets: boot.probeTargets)  // parsed fine above
             }
             for c in rep.classes {
                 tried[c.name, default: 0] += c.tried
@@ -67,7 +68,8 @@ final class ExplainTests: XCTestCase {
         }
         let total = tried.values.reduce(0, +)
         XCTAssertGreaterThan(total, 300, "\(tried)")
-        for cls in ["byte-flip", "reloc-redirect", "jump-label", "return-thunk", "static-call", "padding"] {
+        for cls in ["byte-flip", "reloc-redirect", "jump-label", "return-thunk", "static-call", "static-call-retarget", "static-call-init",
+                    "static-call-named", "padding"] {
             XCTAssertGreaterThan(tried[cls] ?? 0, 0, cls)
         }
     }
@@ -282,36 +284,6 @@ final class SMPLockTests: XCTestCase {
             var one = m.claim.text
             one[locks[0]] = 0xf0
             XCTAssertFalse(verdict(one, facts))
-        }
-    }
-}
-
-final class StaticCallTests: XCTestCase {
-    /// Without a trusted key target any legitimate function entry is legal; a trusted target
-    /// (GuestFacts.staticCallTargets) allows exactly that one.
-    func testTrustedKeyTargetPinsTheSite() throws {
-        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
-        var r = CaptureReplay(boot: boot)
-        for name in boot.availableModules {
-            let m = try boot.module(name)
-            let before = r.resolver
-            _ = r.step(m)
-            guard name == "irqbypass" else { continue }
-            let s = m.ko.withUnsafeBytes { raw -> Session in
-                let s = try! Session(elf: try! ELFFile(bytes: raw), claim: m.claim, facts: boot.facts, resolver: before)  // real module, allowed
-                try? s.run()
-                return s
-            }
-            let site = try XCTUnwrap(s.variable.first { $0.cls == .staticCall && $0.group != nil })
-            let key = site.group!  // filtered above
-            let cur = try XCTUnwrap(site.check(Array(m.claim.text[site.offset..<site.offset + site.length])))
-            func allowed(_ pinned: UInt64) -> Bool {
-                var f = boot.facts
-                f.staticCallTargets = [key: pinned]
-                return m.ko.withUnsafeBytes { Explainer(facts: f).explain(elf: try! ELFFile(bytes: $0), claim: m.claim, resolver: before).verdict.isAllowed }
-            }
-            XCTAssertTrue(allowed(cur))
-            XCTAssertFalse(allowed(cur == 0 ? 0xffffffff81000000 : 0))
         }
     }
 }

@@ -55,6 +55,7 @@ final class Loader612Tests: XCTestCase {
         XCTAssertTrue(noRelease.contains("names no kernel release"), noRelease)
         let wrongKernel = try XCTUnwrap(reason(try select(m612, Self.release61)))
         XCTAssertTrue(wrongKernel.contains("6.12.117+deb12-amd64") && wrongKernel.contains("6.1.0-56-amd64"), wrongKernel)
+        if case .failure(let e) = try select(m612, Self.release61) { XCTAssertEqual(e.rule, .vermagic) }
         let other = try XCTUnwrap(reason(try select(m61, "6.1.0-99-amd64")))
         XCTAssertTrue(other.contains("6.1.0-99-amd64"), other)
         guard case .failure(let e) = ModuleLoader.forRelease("6.6.15-amd64") else { return XCTFail("6.6 has no loader row") }
@@ -77,17 +78,27 @@ final class Loader612Tests: XCTestCase {
         XCTAssertTrue(r.contains("0x380") && r.contains("0x500"), r)
     }
 
-    func testUnknownLoaderIsAnExplainDenialNamingTheRelease() throws {
+    func testNoLoaderIsAnExplainDenialNamingTheRelease() throws {
         let ko = try Self.module612("crc7")
+        // A 6.12 module under a registration that names no release: no loader is chosen.
         var facts = Self.facts()
-        facts.kernelRelease = "6.13.2+deb13-amd64"
+        facts.kernelRelease = nil
         let res = try ko.withUnsafeBytes { raw in
             Explainer(facts: facts).explain(elf: try ELFFile(bytes: raw), claim: ModuleClaim(name: "crc7", textBase: 0, text: [], sectionAddresses: [:]),
                                             resolver: SymbolResolver(coreExports: [:]))
         }
         guard case .denied(let d) = res.verdict else { return XCTFail("must deny") }
         XCTAssertEqual(d.rule, .loader)
-        XCTAssertTrue(d.reason.contains("6.13.2+deb13-amd64"), d.reason)
+        XCTAssertTrue(d.reason.contains("6.12.117+deb12-amd64") && d.reason.contains("no kernel release"), d.reason)
+        // Under another registered release the module's vermagic is refused (check_modinfo()).
+        facts.kernelRelease = "6.13.2+deb13-amd64"
+        let res2 = try ko.withUnsafeBytes { raw in
+            Explainer(facts: facts).explain(elf: try ELFFile(bytes: raw), claim: ModuleClaim(name: "crc7", textBase: 0, text: [], sectionAddresses: [:]),
+                                            resolver: SymbolResolver(coreExports: [:]))
+        }
+        guard case .denied(let d2) = res2.verdict else { return XCTFail("must deny") }
+        XCTAssertEqual(d2.rule, .vermagic)
+        XCTAssertTrue(d2.reason.contains("6.13.2+deb13-amd64"), d2.reason)
     }
 
     // MARK: 6.12 layout

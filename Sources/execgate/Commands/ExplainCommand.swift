@@ -8,6 +8,7 @@ import ArgumentParser
 import ExecGateCapture
 import ExecGateELF
 import ExecGateExplain
+import ExecGateHost
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -96,7 +97,8 @@ struct ExplainCommand: ParsableCommand {
             if let n = mutate, out.result.verdict.isAllowed {
                 let rep: MutationReport = m.ko.withUnsafeBytes { raw in
                     guard let elf = try? ELFFile(bytes: raw) else { return MutationReport() }
-                    return Explainer(facts: boot.facts).mutate(elf: elf, claim: m.claim, resolver: resolverBefore, perClass: n, seed: seed &+ UInt64(i))
+                    return Explainer(facts: boot.facts).mutate(elf: elf, claim: m.claim, resolver: resolverBefore, perClass: n, seed: seed &+ UInt64(i),
+                                                             probeTargets: boot.probeTargets)
                 }
                 for c in rep.classes {
                     var t = mutTotals[c.name] ?? (0, 0, 0)
