@@ -201,7 +201,8 @@ extension Session {
                 }
                 let slot = a.instr &+ 6 &+ UInt64(bitPattern: Int64(disp))
                 guard let bug = bugFunc else { throw deny(.alternative, "BUG_func is not exported by the kernel facts", atRegionOffset: off, address: a.instr) }
-                guard let pv = pvOpsBase, slot >= pv, (slot - pv) % 8 == 0, (slot - pv) / 8 < UInt64(facts.pvOps.count) else {
+                let entries = min(facts.pvOps.count, loader.pvOpsEntries ?? facts.pvOps.count)
+                guard let pv = pvOpsBase, slot >= pv, (slot - pv) % 8 == 0, (slot - pv) / 8 < UInt64(entries) else {
                     throw deny(.alternative, "direct-call slot 0x\(String(slot, radix: 16)) is not an entry of the trusted pv_ops table", atRegionOffset: off, address: a.instr)
                 }
                 var target = facts.pvOps[Int((slot - pv) / 8)]

@@ -59,6 +59,10 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Entries of `pv_ops` (`struct paravirt_patch_template`, BTF: 664 bytes = 83 pointers on
+    /// Debian 6.12). A direct-call slot beyond them is not a pv_ops entry (doc §10).
+    public var pvOpsEntries: Int? { self == .linux6_12 ? 83 : nil }
+
     /// `X86_FEATURE_CALL_DEPTH` (11*32+19) in 6.12; 6.1 has no call-depth tracking.
     public var callDepthBit: Int? { self == .linux6_12 ? 11 * 32 + 19 : nil }
 
