@@ -58,6 +58,8 @@ extension Explainer {
     public func mutate(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver, perClass: Int, seed: UInt64,
                        probeTargets: [String: UInt64] = [:]) -> MutationReport {
         var report = MutationReport()
+        // A data-only module has no executable byte to mutate.
+        if claim.text.isEmpty { return report }
         guard let s = try? Session(elf: elf, claim: claim, facts: facts, resolver: resolver), (try? s.run()) != nil else { return report }
         var rng = SplitMix64(state: seed)
         let variable = s.variable
