@@ -5,6 +5,8 @@
 // 6.12 (BTF of both vmlinux, docs/kernels/6.12-loader.md §2.3); the release in `uname.txt` picks it.
 
 @testable import ExecGateCapture
+@testable import ExecGateCaptureTool
+import ExecGateKernelImage
 import ExecGateExplain
 import ExecGateTestSupport
 import XCTest
@@ -29,5 +31,25 @@ final class Capture612Tests: XCTestCase {
         XCTAssertEqual(old.release, "6.1.0-56-amd64")
         XCTAssertEqual(old.caps, Array(old.cpu[0x28..<0x88]))
         XCTAssertEqual(ModuleLoader.linux6_12.capabilityOffset, 0x30)
+    }
+}
+
+extension Capture612Tests {
+    /// 6.12 keeps one vmalloc area per non-empty core type (move_module()); the capture paces its
+    /// init-free wait on that count. crc7 has text, rodata and data; cast_common no text.
+    func testCoreAllocationCountPerType() throws {
+        let crc7 = try Loader612Inputs.module("lib/crc7")
+        let cast = try Loader612Inputs.module("crypto/cast_common")
+        XCTAssertEqual(try CaptureGuest.coreTypeCount(crc7), 3)
+        XCTAssertEqual(try CaptureGuest.coreTypeCount(cast), 2)
+        XCTAssertTrue(CaptureGuest.perTypeModuleMemory(release: "6.12.117+deb12-amd64"))
+        XCTAssertFalse(CaptureGuest.perTypeModuleMemory(release: "6.1.0-56-amd64"))
+    }
+}
+
+enum Loader612Inputs {
+    static func module(_ rel: String) throws -> [UInt8] {
+        let p = Fixtures.packageRoot + "/.cache/kernel-6.12/linux-image-6.12.117+deb12-amd64/lib/modules/6.12.117+deb12-amd64/kernel/" + rel + ".ko.xz"
+        return try ModuleFile.decode(try Fixtures.readFile(p)).elf
     }
 }
