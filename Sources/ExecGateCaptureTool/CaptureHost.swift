@@ -32,6 +32,9 @@ public struct CaptureOptions: Sendable {
     /// The static execgate binary that becomes the guest's /init.
     public var initBinary: String
     public var cpu = "max"
+    /// Extra kernel command-line words (mitigation choices such as `retbleed=stuff`); the guest's
+    /// own `execgate.*` words are reserved.
+    public var kernelArgs: [String] = []
     public var kaslr = false
     /// Scratch space (unpacked .deb, vmlinux, initramfs, disk image, console log).
     public var workDir: String
@@ -174,6 +177,10 @@ public enum CaptureTool {
         var append = ["console=ttyS0", "quiet", "panic=-1", "random.trust_cpu=on"]
         if decision.accel == .tcg, let khz = VMConfig.hostTSCKHz(), khz > 0 { append += ["tsc_early_khz=\(khz)", "lpj=\(khz * 1000 / 250)"] }
         if !o.kaslr { append.append("nokaslr") }
+        for a in o.kernelArgs where !a.isEmpty {
+            guard !a.hasPrefix("execgate."), !a.contains("\"") else { throw .failed("kernel argument '\(a)' is reserved for the capture guest") }
+            append.append(a)
+        }
         append.append("execgate.mode=capture")
         let marker = "execgate-capture-\(getpid())-\(o.bootName)"
         let argv = [qemu, "-name", "\(marker),process=\(marker)", "-nodefaults", "-no-user-config", "-display", "none",

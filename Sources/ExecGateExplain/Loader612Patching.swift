@@ -99,11 +99,14 @@ extension Session {
     func applyBootTimePatching612() throws {
         // its_init_mod / its_allocate_thunk: each module gets fresh 0xcc pages of thunks that are
         // executable but outside mem[]; not replayed yet.
-        if hasFeature(facts.featureBits.indirectThunkITS) {
+        // A module without retpoline sites in its text gets no ITS page (its_init_mod() only
+        // resets its_page; pages are allocated per thunk).
+        if hasFeature(facts.featureBits.indirectThunkITS), relativeSites(".retpoline_sites").contains(where: { execOffset($0, 1) != nil }) {
             throw deny(.loader, "6.12 ITS indirect-thunk pages (X86_FEATURE_INDIRECT_THUNK_ITS, its_allocate_thunk) are not modelled")
         }
         // callthunks_patch_module_calls(), emit_call_track_retpoline(), callthunks_translate_call_dest().
-        if let cd = loader.callDepthBit, hasFeature(cd) {
+        // A data-only module is untouched: callthunks_patch_module_calls() gets [NULL, NULL).
+        if let cd = loader.callDepthBit, hasFeature(cd), !image.isEmpty {
             throw deny(.loader, "6.12 call-depth tracking (X86_FEATURE_CALL_DEPTH: call thunks, retbleed=stuff) is not modelled")
         }
         // apply_fineibt(): __apply_fineibt() is the empty stub without CONFIG_FINEIBT (gcc build);

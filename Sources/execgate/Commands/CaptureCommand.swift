@@ -41,6 +41,9 @@ struct CaptureCommand: ParsableCommand {
     @Option(help: "QEMU CPU model (decides alternatives and mitigations).")
     var cpu: String = "max"
 
+    @Option(help: ArgumentHelp("Extra kernel command-line words, space-separated (e.g. \"retbleed=stuff spectre_v2=retpoline\").", valueName: "ARGS"))
+    var kernelArgs: String = ""
+
     @Flag(help: "Boot with KASLR (the bzImage; boot directory `kaslr`). Default: nokaslr.")
     var kaslr = false
 
@@ -71,6 +74,7 @@ struct CaptureCommand: ParsableCommand {
             var o = CaptureOptions(kernel: kernel, modules: names, outDir: FS.absolute(out), initBinary: try initBinary(),
                                    workDir: workDir.map(FS.absolute) ?? defaultWorkDir())
             o.cpu = cpu
+            o.kernelArgs = kernelArgs.split(separator: " ").map(String.init)
             o.kaslr = kaslr
             o.pvh = pvh
             o.timeoutSeconds = timeout
