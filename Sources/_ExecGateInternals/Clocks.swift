@@ -28,6 +28,14 @@ public enum MonotonicClock {
     @inlinable
     public static func milliseconds(since start: UInt64) -> Double { Double(nanoseconds() &- start) / 1e6 }
 
+    /// Milliseconds since the kernel started (CLOCK_BOOTTIME: counts suspend too; in the service VM
+    /// it is "time since boot", the figure boot-time reports use).
+    public static func sinceBootMilliseconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &ts)
+        return Double(ts.tv_sec) * 1e3 + Double(ts.tv_nsec) / 1e6
+    }
+
     /// Microseconds elapsed since `start` (a value of `nanoseconds()`).
     @inlinable
     public static func microseconds(since start: UInt64) -> Double { Double(nanoseconds() &- start) / 1e3 }

@@ -3,6 +3,7 @@
 // The shared toolkit: bounds-checked reads at every boundary, hex round trips, percentiles by
 // nearest rank, atomic durable writes, coded errors that compare by code.
 
+import ExecGateTestSupport
 import XCTest
 import _ExecGateInternals
 #if canImport(Glibc)
@@ -58,7 +59,7 @@ final class ByteReadingTests: XCTestCase {
     /// Seeded: every offset and width over random buffers either reads the same value as a plain
     /// byte-by-byte decode or returns nil exactly when the range is out of bounds.
     func testAgreesWithByteByByteDecodeOnRandomBuffers() {
-        var rng = SplitMix64(seed: 0xE6E6_0001)
+        var rng = SeededRNG(seed: 0xE6E6_0001)
         for _ in 0..<500 {
             let n = Int(rng.next() % 24)
             let buf = (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
@@ -127,18 +128,5 @@ final class FilesAndErrorsTests: XCTestCase {
         XCTAssertNotEqual(DemoError(.a, "x"), DemoError(.b, "x"))
         XCTAssertEqual("\(DemoError(.b, "why"))", "demo.b: why")
         XCTAssertEqual(DemoError.Code.a.description, "demo.a")
-    }
-}
-
-/// A tiny seeded generator so every fuzz-style loop here is reproducible.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -8,6 +8,7 @@ import ArgumentParser
 import ExecGateCapture
 import ExecGateELF
 import ExecGateExplain
+import ExecGateHost
 #if canImport(Glibc)
 import Glibc
 #endif
