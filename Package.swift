@@ -132,7 +132,7 @@ let package = Package(
 
         .target(
             name: "ExecGateHost",
-            dependencies: ["ExecGateService", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateVerifier", "ExecGatePolicy",
+            dependencies: ["ExecGateService", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateELF", "ExecGateVerifier", "ExecGatePolicy",
                            "ExecGateSignature", "ExecGateWire", "_ExecGateInternals", nioCore, nioPosix, logging],
             swiftSettings: swiftSettings
         ),
