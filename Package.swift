@@ -17,9 +17,10 @@
 //                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys, and
 //                ExecGateKernelImage + CDecompress for the kernel, its certificates and gzip),
 //                ExecGateVsockDevice (vhost-user-vsock backend: host <-> service VM; CExecGateVsockSys only),
-//                ExecGateClient (the VMM side), ExecGateCaptureTool (`execgate capture`: host + guest halves)
+//                ExecGateClient (the one client: unix, vsock, hybrid), ExecGateAdmin (admin port, audit,
+//                AdminClient on ExecGateClient; not on ExecGateService), ExecGateCaptureTool (`execgate capture`)
 //   host         ExecGateHost (service set-up: ServiceConfiguration -> VerifierService.start, for
-//                `execgate serve` and the service VM's PID 1; the in-guest self-test)
+//                `execgate serve` and the service VM's PID 1; the in-guest self-test; the benchmarks)
 //   executable   execgate (argument parsing only)
 
 import PackageDescription
@@ -132,7 +133,7 @@ let package = Package(
 
         .target(
             name: "ExecGateHost",
-            dependencies: ["ExecGateService", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateVerifier", "ExecGatePolicy",
+            dependencies: ["ExecGateService", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateELF", "ExecGateVerifier", "ExecGatePolicy",
                            "ExecGateSignature", "ExecGateWire", "_ExecGateInternals", nioCore, nioPosix, logging],
             swiftSettings: swiftSettings
         ),
