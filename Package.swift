@@ -94,7 +94,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateService",
-            dependencies: ["ExecGateWire", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
+            dependencies: ["ExecGateWire", "ExecGateVsockDevice", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
             swiftSettings: swiftSettings
         ),
         .target(

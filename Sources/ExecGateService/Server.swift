@@ -3,7 +3,10 @@
 // The verifier service: SwiftNIO server on a Unix socket or AF_VSOCK, one small pipeline per
 // connection:
 //
-//     socket ─▶ ByteToMessageHandler(FrameDecoder) ─▶ RequestHandler ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler(RequestProcessor) ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//
+// Every connection of the port shares one `BufferBudget` and one `ConnectionCounter`
+// (Budget.swift); backpressure and deadlines are BoundedConnection.swift's.
 //
 // Who can reach which port is a deployment decision documented in docs/deployment.md: the VMM
 // port is reachable only by the host (vsock) or by processes allowed to open the Unix socket
@@ -11,6 +14,7 @@
 // bounded before buffering, every body is parsed by the typed decoders, and a bad request gets
 // an `error` reply without affecting other requests or connections.
 
+import ExecGateVsockDevice
 import ExecGateWire
 import Logging
 import NIOConcurrencyHelpers
@@ -23,12 +27,31 @@ import Glibc
 import Musl
 #endif
 
-/// Named limits of the service.
+/// Named limits of the service (defaults of `ServiceConfiguration`).
 public enum ServiceLimits {
     /// Requests one connection may have in flight before the server stops reading from it.
     public static let maximumInFlightPerConnection = 64
     /// How long graceful shutdown waits for in-flight requests.
     public static let shutdownGraceSeconds: Int64 = 10
+    /// Frames up to this size (status, hello, authorize-patch, register-guest of a small kernel)
+    /// may use the budget's reserve, which large bodies may not touch.
+    public static let smallFrameSize = 64 << 10
+    /// The reserve of the buffer budget kept for small frames.
+    public static let smallFrameReserve = 4 << 20
+    /// Connections open at once on the VMM port: one VMM process per guest keeps one or a few
+    /// (one per vCPU at most); a service VM serves tens of guests.
+    public static let maximumConnections = 128
+    /// A frame's header must be complete this long after its first byte (a slowloris peer
+    /// sending a few header bytes is closed within seconds).
+    public static let headerDeadline = TimeAmount.seconds(5)
+    /// A whole frame must arrive this long after its first byte: the largest body (28 MiB) at
+    /// 10 MB/s, far below what a Unix socket or vsock carries.
+    public static let frameDeadline = TimeAmount.seconds(10)
+    /// A connection with nothing in flight is closed after this long; a VMM reconnects when it
+    /// next needs a verdict (docs/protocol.md, "Connections and limits").
+    public static let idleTimeout = TimeAmount.seconds(30)
+    /// A connection whose peer reads no reply for this long is closed.
+    public static let writeStallTimeout = TimeAmount.seconds(10)
 }
 
 public final class VerifierServer: @unchecked Sendable {
@@ -37,19 +60,30 @@ public final class VerifierServer: @unchecked Sendable {
     private let pool: NIOThreadPool
     private let responder: RequestResponder
     private let logger: Logger
-    private let maximumBodySize: Int
     private var channels: [Channel] = []
     private let lock = NIOLock()
     private let stats = ServerStats()
+    public let configuration: ServiceConfiguration
+    /// Shared by every connection of every endpoint this server binds.
+    public let budget: BufferBudget
+    public let connections: ConnectionCounter
+    /// 16 random bytes, new on every start: `hello-reply` carries them so a VMM sees a restart
+    /// (and must restore its guests: docs/protocol.md, "Restart and restore").
+    public let instanceID: [UInt8]
 
     public init(responder: RequestResponder, logger: Logger, threads: Int = System.coreCount,
-                maximumBodySize: Int = WireLimits.defaultMaximumBodySize) {
+                maximumBodySize: Int = WireLimits.defaultMaximumBodySize, configuration: ServiceConfiguration? = nil) {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.pool = NIOThreadPool(numberOfThreads: max(1, threads))
         self.pool.start()
         self.responder = responder
         self.logger = logger
-        self.maximumBodySize = maximumBodySize
+        let configuration = configuration ?? ServiceConfiguration(maximumBodySize: maximumBodySize)
+        self.configuration = configuration
+        self.budget = BufferBudget(total: configuration.bufferBudget, smallFrameSize: configuration.smallFrameSize)
+        self.connections = ConnectionCounter(limit: configuration.maximumConnections)
+        var rng = SystemRandomNumberGenerator()
+        self.instanceID = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
     }
 
     /// Bind and start serving. Returns the bound channel (several endpoints may be bound).
@@ -59,12 +93,17 @@ public final class VerifierServer: @unchecked Sendable {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelInitializer { [responder, pool, logger, maximumBodySize, stats] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumBodySize: maximumBodySize)))
-                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                    try channel.pipeline.syncOperations.addHandler(
-                        RequestHandler(responder: responder, pool: pool, logger: logger, stats: stats))
+            .childChannelInitializer { [responder, pool, logger, stats, configuration, budget, connections, instanceID] channel in
+                guard connections.acquire() else {
+                    logger.warning("connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in connections.release() }
+                let processor = RequestProcessor(responder: responder, pool: pool, logger: logger, stats: stats, instanceID: instanceID)
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addBoundedFrameHandlers(
+                        configuration: configuration, budget: budget, logger: logger,
+                        process: { frame, loop in processor.process(frame, on: loop) })
                 }
             }
         let channel = try await bootstrap.bind(endpoint: endpoint)
@@ -110,11 +149,11 @@ extension ServerBootstrap {
     public func bind(endpoint: Endpoint) async throws -> Channel {
         switch endpoint {
         case .unix(let path):
-            var st = stat()
-            if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
-            let channel = try await self.bind(unixDomainSocketPath: path).get()
-            chmod(path, 0o600)
-            return channel
+            // SocketPath.swift: never unlink a live socket or another kind of file; the socket
+            // is created 0600 with no window (umask held around bind).
+            let claim = try SocketPath.claim(path)
+            defer { claim.finish() }
+            return try await self.bind(unixDomainSocketPath: path).get()
         case .vsock(_, let port):
             return try await self.bind(to: VsockAddress(cid: .any, port: .init(rawValue: port))).get()
         case .hybrid:

@@ -52,7 +52,7 @@ public final class VsockBackend: @unchecked Sendable {
         let deadline: UInt64
     }
 
-    /// Binds both sockets (stale socket files are replaced).
+    /// Binds both sockets (stale socket files are replaced; live sockets and other files are refused).
     public init(config: VsockBackendConfig) throws(BackendError) {
         self.config = config
         guard config.guestCID >= 3, config.guestCID < UInt64(UInt32.max) else { throw BackendError("guest CID \(config.guestCID): must be 3…2^32-2") }
@@ -72,7 +72,10 @@ public final class VsockBackend: @unchecked Sendable {
 
     static func listen(_ path: String) throws(BackendError) -> Int32 {
         guard path.utf8.count < Limits.maxUnixPath else { throw BackendError("socket path longer than \(Limits.maxUnixPath - 1) bytes: \(path)") }
-        unlink(path)
+        // Never unlink a live socket or a file of another kind; created 0600 (SocketPath.swift).
+        let claim: SocketPath.Claim
+        do { claim = try SocketPath.claim(path) } catch { throw BackendError("\(error)") }
+        defer { claim.finish() }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw BackendError("socket", errno: errno) }
         var addr = sockaddr_un.make(path)

@@ -47,6 +47,8 @@ public enum WireLimits {
     /// Most section claims in one authorize-module request (a module has < 100 sections; 6.1 caps
     /// e_shnum at 65535, we cap the claim far lower).
     public static let maximumSectionClaims = 1024
+    /// Most `check` entries in one verdict (the verifier runs fewer than 16 checks).
+    public static let maximumVerdictChecks = 64
     /// Longest string field (names, messages) in bytes.
     public static let maximumStringLength = 64 << 10
 }
