@@ -271,17 +271,18 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     }
 
     /// Records with sequence number > `afterSeq`, oldest first: at most `limit` records and at
-    /// most `maximumBytes` bytes of record text (capped at `AuditLimits.maximumBytesPerRead`; a
-    /// page holds at least one record when one is due, so a reader always makes progress).
+    /// most `maximumBytes` bytes of record text (the admin port passes at most
+    /// `AuditLimits.maximumBytesPerRead`; a page holds at least one record when one is due, so a
+    /// reader always makes progress).
     /// Verdicts and refused pushes are retained apart and merged here by sequence number.
-    public func read(after afterSeq: UInt64, limit: Int, maximumBytes: Int = AuditLimits.maximumBytesPerRead) -> Page {
+    public func read(after afterSeq: UInt64, limit: Int, maximumBytes: Int = .max) -> Page {
         monitor.lock()
         defer { monitor.unlock() }
         let keep = ring.suffix(retained)
         let keepRefused = refusedRing.suffix(AuditLimits.retainedRefusedPushes)
         let oldest = keep.first?.0 ?? nextSeq
         let n = min(max(0, limit), AuditLimits.maximumRecordsPerRead)
-        let byteCap = min(max(0, maximumBytes), AuditLimits.maximumBytesPerRead)
+        let byteCap = max(0, maximumBytes)
         // Both rings are in ascending sequence order: binary-search the start, then merge.
         func start<C: RandomAccessCollection>(_ c: C) -> C.Index where C.Element == (UInt64, String) {
             var lo = c.startIndex, hi = c.endIndex

@@ -18,8 +18,8 @@
 //     is dropped then), so a peer that stops reading replies cannot pin the shared budget;
 //   - deadlines: a frame's header must be complete `headerDeadline` after its first byte and the
 //     whole frame `frameDeadline` after it (while the server itself is reading); a connection
-//     with nothing in flight and no partial frame is closed after `idleTimeout`; one whose
-//     socket stays unwritable for `writeStallTimeout` is closed.
+//     with nothing in flight and no partial frame is closed after `idleTimeout`; one with a reply
+//     whose write makes no progress for `writeStallTimeout` (the peer reads nothing) is closed.
 
 import ExecGateWire
 import Logging
@@ -108,7 +108,10 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     private var readPaused = false
     private var progress = FrameProgress.betweenFrames
     private var frameStarted: NIODeadline?
-    private var notWritableSince: NIODeadline?
+    /// Replies handed to the socket whose write has not completed yet, and when the last write
+    /// made progress (completed, or was issued while none was outstanding).
+    private var writesOutstanding = 0
+    private var writeProgress = NIODeadline.now()
     private var lastActivity = NIODeadline.now()
     private var timer: RepeatedTask?
 
@@ -168,10 +171,8 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
-            notWritableSince = nil
             pump(context: context)
         } else {
-            if notWritableSince == nil { notWritableSince = .now() }
             updateReading(context: context)
         }
         context.fireChannelWritabilityChanged()
@@ -229,8 +230,12 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             return
         }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        if writesOutstanding == 0 { writeProgress = .now() }
+        writesOutstanding += 1
         context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in
             let (handler, context) = bound.value
+            handler.writesOutstanding -= 1
+            handler.writeProgress = .now()
             handler.inFlight -= 1
             handler.lastActivity = .now()
             if closeAfter {
@@ -261,7 +266,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
         guard context.channel.isActive else { return }
         let now = NIODeadline.now()
         var why: String?
-        if let since = notWritableSince, now - since > configuration.writeStallTimeout {
+        if writesOutstanding > 0 && now - writeProgress > configuration.writeStallTimeout {
             why = "peer read no reply for \(configuration.writeStallTimeout.nanoseconds / 1_000_000) ms"
         } else if !readPaused, let started = frameStarted {
             if progress == .inHeader && now - started > configuration.headerDeadline {

@@ -61,14 +61,19 @@ public struct ServiceConfiguration: Sendable {
 }
 
 /// Bytes of frame bodies buffered by all connections of one port. Thread-safe.
+///
+/// Two classes share `total`: large bodies (> `smallFrameSize`) together may use at most
+/// `largeLimit` (= total − reserve: one maximum-size body); small bodies may use whatever is
+/// free, so the reserve is always theirs while large bodies can never take it.
 public final class BufferBudget: @unchecked Sendable {
-    // @unchecked: `used` is guarded by `lock`.
+    // @unchecked: the counters are guarded by `lock`.
     private let lock = NIOLock()
-    private var used = 0
+    private var smallUsed = 0
+    private var largeUsed = 0
     private var _refusals: UInt64 = 0
     public let total: Int
     public let smallFrameSize: Int
-    /// What large frames may use: `total` minus the reserve kept for small frames.
+    /// What large frames may use together: `total` minus the reserve kept for small frames.
     public let largeLimit: Int
 
     public init(total: Int, smallFrameSize: Int, smallReserve: Int = ServiceLimits.smallFrameReserve) {
@@ -81,26 +86,30 @@ public final class BufferBudget: @unchecked Sendable {
     public func reserve(_ n: Int) -> String? {
         guard n > 0 else { return nil }
         return lock.withLock {
-            let limit = n <= smallFrameSize ? total : largeLimit
-            guard used + n <= limit else {
-                _refusals &+= 1
-                return "server busy: \(used) bytes of request bodies are buffered across all connections; "
-                    + "a body of \(n) bytes would exceed the budget of \(limit) — retry when earlier requests are answered"
+            let used = smallUsed + largeUsed
+            if n <= smallFrameSize {
+                if used + n <= total { smallUsed += n; return nil }
+            } else if largeUsed + n <= largeLimit && used + n <= total {
+                largeUsed += n
+                return nil
             }
-            used += n
-            return nil
+            _refusals &+= 1
+            let limit = n <= smallFrameSize ? total : largeLimit
+            return "server busy: \(used) bytes of request bodies are buffered across all connections; "
+                + "a body of \(n) bytes would exceed the budget of \(limit) — retry when earlier requests are answered"
         }
     }
 
+    /// Give back a reservation of `n` bytes (the same `n` that was reserved).
     public func release(_ n: Int) {
         guard n > 0 else { return }
         lock.withLock {
-            used -= n
-            assert(used >= 0, "budget released more than reserved")
+            if n <= smallFrameSize { smallUsed -= n } else { largeUsed -= n }
+            assert(smallUsed >= 0 && largeUsed >= 0, "budget released more than reserved")
         }
     }
 
-    public var inUse: Int { lock.withLock { used } }
+    public var inUse: Int { lock.withLock { smallUsed + largeUsed } }
     public var refusals: UInt64 { lock.withLock { _refusals } }
 }
 
