@@ -12,6 +12,7 @@
 
 import ExecGateClient
 import ExecGateService
+import ExecGateSignature
 import ExecGateTestSupport
 import ExecGateWire
 import NIOConcurrencyHelpers
@@ -223,6 +224,154 @@ final class HostilePeerTests: XCTestCase {
         XCTAssertEqual(file.status, 2)
         XCTAssertTrue(file.stderr.contains("regular file"), file.stderr)
         XCTAssertEqual(try Fixtures.readFile(dir + "/regular"), [1, 2, 3], "never removed")
+    }
+
+    /// The soak (scripts/soak.sh; not part of `make test`): N minutes of mixed load — two
+    /// well-behaved clients, every attack above in rotation, a signed policy push every 10 s —
+    /// against the serve binary in EXECGATE_BIN (the script builds and passes the release one).
+    /// Prints max RSS, verdicts served, errors and the well-behaved clients' p99.
+    func testSoak() async throws {
+        guard let env = getenv("EXECGATE_SOAK_MINUTES"), let minutes = Double(String(cString: env)), minutes > 0 else {
+            throw XCTSkip("EXECGATE_SOAK_MINUTES not set: the soak runs from scripts/soak.sh, not in make test")
+        }
+        let key = try GeneratedSigningKey.generateRSA(bits: 2048, commonName: "soak admin")
+        try Fixtures.writeFile(dir + "/admin-key.pem", key.privateKeyPEM)
+        try Fixtures.writeFile(dir + "/admin.pem", key.certificatePEM)
+        let cert = try Fixtures.debianCertificates()[0]
+        func policy(_ version: Int) -> String {
+            "execgate-policy 1\nid soak\nversion \(version)\nmode enforce\ntrust sha256:\(cert.fingerprint.hex)\n\(cert.pem)\naudit-overflow drop\nmodules allow\n"
+        }
+        try Fixtures.writeFile(dir + "/p1.policy", Array(policy(1).utf8))
+        pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + vmm, "--admin-listen", "unix:" + admin, "--trust", certPath,
+                                      "--policy", dir + "/p1.policy", "--admin-cert", dir + "/admin.pem", "--log-level", "critical"],
+                                     stdoutPath: dir + "/out", stderrPath: dir + "/err")
+        for _ in 0..<100 where SocketPeer(path: vmm) == nil || SocketPeer(path: admin) == nil { usleep(100_000) }
+        let module = try Fixtures.readFile(try Fixtures.module(named: "vsock.ko"))
+
+        // Unloaded p99.
+        let probe = try await ExecGateClient.connect(to: .unix(path: vmm), timeout: 20)
+        var unloaded: [Double] = []
+        for _ in 0..<300 {
+            let t = now()
+            _ = try await probe.authorize(AuthorizeModule(module: ByteBuffer(bytes: module)))
+            unloaded.append(now() - t)
+        }
+        await probe.close()
+
+        let stats = NIOLockedValueBox(GoodClientStats())
+        let stop = NIOLockedValueBox(false)
+        var clients: [Task<Void, Never>] = []
+        for _ in 0..<2 {
+            clients.append(Task { [vmm] in
+                var client: ExecGateClient?
+                while !stop.withLockedValue({ $0 }) {
+                    do {
+                        if client == nil { client = try await ExecGateClient.connect(to: .unix(path: vmm), timeout: 20) }
+                        let t = now()
+                        let v = try await client!.authorize(AuthorizeModule(module: ByteBuffer(bytes: module)))
+                        stats.withLockedValue { s in
+                            s.latencies.append(now() - t)
+                            if v.decision == .allow { s.allowed += 1 } else { s.wrong.append(v.message) }
+                        }
+                    } catch {
+                        stats.withLockedValue { $0.errors.append("\(error)") }
+                        await client?.close()
+                        client = nil
+                    }
+                    try? await Task.sleep(nanoseconds: 10_000_000)
+                }
+                await client?.close()
+            })
+        }
+
+        var maxRSS = 0, pushes = 0, cycle = 0
+        let start = now()
+        var nextPush = start + 10
+        while now() - start < minutes * 60 {
+            XCTAssertEqual(kill(pid, 0), 0, "serve died")
+            // One attack, in rotation; its connections are dropped when the next cycle starts.
+            var held: [SocketPeer] = []
+            switch cycle % 6 {
+            case 0:
+                if let p = SocketPeer(path: vmm) {
+                    var b = ByteBuffer()
+                    for i in 0..<512 { b.writeFrame(Frame(type: .status, requestID: UInt64(i), body: ByteBuffer())) }
+                    _ = p.flood(Array(buffer: b), seconds: 2); held.append(p)
+                }
+            case 1:
+                if let p = SocketPeer(path: admin) {
+                    var w = TLVWriter(); w.u64(1, 0); w.u32(2, 10_000)
+                    var b = ByteBuffer()
+                    for i in 0..<256 { b.writeFrame(Frame(type: MessageType(rawValue: 0x0012), requestID: UInt64(i), body: w.buffer)) }
+                    _ = p.flood(Array(buffer: b), seconds: 2); held.append(p)
+                }
+            case 2:
+                if let p = SocketPeer(path: vmm) {
+                    var f = ByteBuffer()
+                    f.writeFrame(Frame(type: .authorizeModule, requestID: 1, body: ByteBuffer(bytes: emptyFields(tag: 1, totalBytes: WireLimits.defaultMaximumBodySize))))
+                    _ = p.writeAll(Array(buffer: f)); _ = p.readFrame(timeout: 10)
+                }
+            case 3:
+                for i in 0..<16 {
+                    guard let p = SocketPeer(path: vmm) else { continue }
+                    var h = ByteBuffer()
+                    h.writeInteger(WireLimits.magic); h.writeInteger(UInt16(1)); h.writeInteger(MessageType.authorizeModule.rawValue)
+                    h.writeInteger(UInt64(i)); h.writeInteger(UInt32(20 << 20))
+                    _ = p.writeAll(Array(buffer: h) + [UInt8](repeating: 0, count: 4 << 20)); held.append(p)
+                }
+            case 4:
+                for _ in 0..<200 {
+                    guard let p = SocketPeer(path: vmm) else { continue }
+                    _ = p.writeAll([UInt8](repeating: 0x45, count: 19)); held.append(p)
+                }
+            default:
+                if let p = SocketPeer(path: admin) {
+                    var w = TLVWriter(); w.bytes(1, [UInt8](repeating: 0x41, count: 64))
+                    for batch in 0..<4 {
+                        var b = ByteBuffer()
+                        for i in 0..<500 { b.writeFrame(Frame(type: MessageType(rawValue: 0x0010), requestID: UInt64(batch * 500 + i), body: w.buffer)) }
+                        _ = p.writeAll(Array(buffer: b))
+                        for _ in 0..<500 where p.readFrame(timeout: 10) != nil {}
+                    }
+                }
+            }
+            let cycleEnd = now() + 5
+            while now() < cycleEnd {
+                maxRSS = max(maxRSS, currentRSS())
+                if now() >= nextPush {
+                    pushes += 1
+                    let v = pushes + 1
+                    try Fixtures.writeFile(dir + "/p.policy", Array(policy(v).utf8))
+                    let signed = Fixtures.runExecgate(["policy", "sign", "--key", dir + "/admin-key.pem", "--cert", dir + "/admin.pem", dir + "/p.policy", "-o", dir + "/p.bundle"])
+                    XCTAssertEqual(signed.status, 0, signed.stderr)
+                    let pushed = Fixtures.runExecgate(["policy", "push", dir + "/p.bundle", "--connect", "unix:" + admin])
+                    XCTAssertEqual(pushed.status, 0, pushed.stderr)
+                    nextPush += 10
+                }
+                try await Task.sleep(nanoseconds: 250_000_000)
+            }
+            held.removeAll()
+            cycle += 1
+        }
+        stop.withLockedValue { $0 = true }
+        for c in clients { await c.value }
+        let final = try await ExecGateClient.connect(to: .unix(path: vmm), timeout: 10)
+        let status = try await final.status()
+        await final.close()
+        let s = stats.withLockedValue { $0 }
+        let peak = peakRSS()
+        let p99u = percentile(unloaded, 0.99), p99l = percentile(s.latencies, 0.99)
+        print("""
+        soak: \(String(format: "%.1f", (now() - start) / 60)) min, \(cycle) attack cycles, \(pushes) policy pushes (now v\(status.policyVersion))
+        soak: serve peak RSS (VmHWM) \(peak >> 20) MiB, max sampled RSS \(maxRSS >> 20) MiB
+        soak: requests served \(status.requestsServed); well-behaved verdicts \(s.allowed), wrong \(s.wrong.count), errors \(s.errors.count)
+        soak: well-behaved p50 \(ms(percentile(s.latencies, 0.5))) ms, p99 \(ms(p99l)) ms; unloaded p99 \(ms(p99u)) ms (ratio \(String(format: "%.1f", p99l / p99u)))
+        """)
+        if !s.errors.isEmpty { print("soak: first errors: \(s.errors.prefix(5))") }
+        XCTAssertEqual(s.wrong, [])
+        kill(pid, SIGTERM)
+        XCTAssertEqual(Fixtures.wait(pid), 0)
+        pid = -1
     }
 
     // MARK: - Helpers
