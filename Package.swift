@@ -168,7 +168,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateServiceTests",
-            dependencies: ["ExecGateService", "ExecGateClient", "ExecGateVsockDevice", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            dependencies: ["ExecGateService", "ExecGateClient", "ExecGateVsockDevice", "ExecGateCapture", "ExecGatePolicy", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
             swiftSettings: swiftSettings
         ),
         .testTarget(
