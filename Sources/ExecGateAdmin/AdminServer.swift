@@ -70,6 +70,7 @@ public final class AdminServer: @unchecked Sendable {
     @discardableResult
     public func bind(_ endpoint: Endpoint) async throws -> Channel {
         let bootstrap = ServerBootstrap(group: group)
+            .acceptBackoff()
             .serverChannelOption(.backlog, value: 16)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [administrator, configuration, budget, connections, logger] channel in

@@ -54,6 +54,9 @@ public enum ServiceLimits {
     public static let idleTimeout = TimeAmount.seconds(30)
     /// A connection whose peer reads no reply for this long is closed.
     public static let writeStallTimeout = TimeAmount.seconds(10)
+    /// How long accept pauses after it failed (fd limit reached): the server retries 5 times a
+    /// second instead of spinning, and serves the connections it has meanwhile.
+    public static let acceptBackoff = TimeAmount.milliseconds(200)
 }
 
 public final class VerifierServer: @unchecked Sendable {
@@ -92,6 +95,7 @@ public final class VerifierServer: @unchecked Sendable {
     @discardableResult
     public func bind(_ endpoint: Endpoint) async throws -> Channel {
         let bootstrap = ServerBootstrap(group: group)
+            .acceptBackoff()
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)

@@ -374,6 +374,47 @@ final class HostilePeerTests: XCTestCase {
         pid = -1
     }
 
+    /// At the fd limit (RLIMIT_NOFILE 64) accept backs off instead of spinning: the server stays
+    /// idle, serves the connections it has, and accepts again once fds are free.
+    func testAcceptBacksOffAtTheFdLimit() async throws {
+        let script = "ulimit -n 64 && exec '\(Fixtures.execgateBinary)' serve --listen 'unix:\(vmm)' --trust '\(certPath)' --log-level critical"
+        var spawned: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = ["/bin/sh", "-c", script].map { (a: String) in strdup(a) } + [nil]
+        defer { argv.forEach { free($0) } }
+        XCTAssertEqual(posix_spawn(&spawned, "/bin/sh", nil, nil, argv, environ), 0)
+        pid = spawned
+        for _ in 0..<100 where SocketPeer(path: vmm) == nil { usleep(100_000) }
+        var peers: [SocketPeer] = []
+        for _ in 0..<100 { if let p = SocketPeer(path: vmm) { peers.append(p) } }  // the backlog takes what accept cannot
+        XCTAssertEqual(peers.count, 100)
+        usleep(500_000)
+        let c0 = cpuSeconds(), t0 = now()
+        usleep(3_000_000)
+        let busy = (cpuSeconds() - c0) / (now() - t0)
+        XCTAssertLessThan(busy, 0.10, "serve used \(Int(busy * 100))% of a core at the fd limit (spinning on accept)")
+        // A connection accepted before the limit is served.
+        var status = ByteBuffer()
+        status.writeFrame(Frame(type: .status, requestID: 9, body: ByteBuffer()))
+        XCTAssertTrue(peers[0].writeAll(Array(buffer: status)))
+        XCTAssertEqual(peers[0].readFrame(timeout: 5)?.type, .statusReply)
+        peers.removeAll()
+        // Fds free again: new connections are accepted.
+        let probe = try await ExecGateClient.connect(to: .unix(path: vmm), timeout: 10)
+        let s = try await probe.status()
+        XCTAssertEqual(s.state, "serving")
+        await probe.close()
+        print("hostile-peers: at the fd limit serve used \(String(format: "%.1f", busy * 100))% of a core")
+    }
+
+    func cpuSeconds() -> Double {
+        guard let text = try? Fixtures.readFile("/proc/\(pid)/stat") else { return 0 }
+        let line = String(decoding: text, as: UTF8.self)
+        guard let close = line.lastIndex(of: ")") else { return 0 }
+        let fields = line[line.index(after: close)...].split(separator: " ")
+        let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
+        return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
     // MARK: - Helpers
 
     struct GoodClientStats {
