@@ -4,7 +4,7 @@
 //
 //     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder, 4 MiB) ─▶ BoundedFrameHandler(administrator) ─▶ MessageToByteHandler(FrameEncoder)
 //
-// The same backpressure, budget and deadlines as the VMM port (ExecGateService,
+// The same backpressure, budget and deadlines as the VMM port (ExecGateTransport,
 // BoundedConnection.swift), with one request in flight per connection: the next admin request
 // is not even decoded until the previous reply has been written to the socket, so a peer that
 // asks for audit pages and never reads holds at most one page (≤ 1 MiB) plus the socket buffer.
@@ -18,7 +18,7 @@
 // Admin requests are rare and cheap (one CMS verification, one parse), so they are handled on the
 // admin event loop itself, one at a time per connection, in order.
 
-import ExecGateService
+import ExecGateTransport
 import ExecGateWire
 import Logging
 import NIOConcurrencyHelpers
@@ -41,8 +41,8 @@ public enum AdminLimits {
 
     /// The admin port's limits: one request in flight per connection, bodies ≤ 4 MiB, one
     /// maximum-size bundle buffered across all admin connections (plus the small-frame reserve).
-    public static var configuration: ServiceConfiguration {
-        ServiceConfiguration(maximumBodySize: maximumBodySize, bufferBudget: maximumBodySize + ServiceLimits.smallFrameReserve,
+    public static var configuration: PortLimits {
+        PortLimits(maximumBodySize: maximumBodySize, bufferBudget: maximumBodySize + TransportLimits.smallFrameReserve,
                              maximumConnections: maximumConnections, maximumInFlightPerConnection: 1)
     }
 }
@@ -53,12 +53,12 @@ public final class AdminServer: @unchecked Sendable {
     private let administrator: PolicyAdministrator
     private let lock = NIOLock()
     private var channels: [Channel] = []
-    public let configuration: ServiceConfiguration
+    public let configuration: PortLimits
     public let budget: BufferBudget
     public let connections: ConnectionCounter
     private let logger: Logger
 
-    public init(administrator: PolicyAdministrator, configuration: ServiceConfiguration = AdminLimits.configuration,
+    public init(administrator: PolicyAdministrator, configuration: PortLimits = AdminLimits.configuration,
                 logger: Logger = Logger(label: "execgate.admin")) {
         self.administrator = administrator
         self.configuration = configuration

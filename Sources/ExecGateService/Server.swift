@@ -14,49 +14,20 @@
 // bounded before buffering, every body is parsed by the typed decoders, and a bad request gets
 // an `error` reply without affecting other requests or connections.
 
-import ExecGateVsockDevice
+import ExecGateTransport
 import ExecGateWire
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
-
-/// Named limits of the service (defaults of `ServiceConfiguration`).
+/// Named limits of the service. The per-connection and per-port limits are `TransportLimits`
+/// (ExecGateTransport, Budget.swift), shared with the admin port.
 public enum ServiceLimits {
     /// Requests one connection may have in flight before the server stops reading from it.
-    public static let maximumInFlightPerConnection = 64
+    public static let maximumInFlightPerConnection = TransportLimits.maximumInFlightPerConnection
     /// How long graceful shutdown waits for in-flight requests.
     public static let shutdownGraceSeconds: Int64 = 10
-    /// Frames up to this size may use the budget's reserve, which larger bodies may not touch:
-    /// status, hello, authorize-patch, register-guest, and most modules (of Debian 6.1's 4,023
-    /// modules, all but 38 are under 1 MiB), so one peer uploading (or
-    /// trickling) a maximum-size body never starves health probes, patches or common modules.
-    public static let smallFrameSize = 1 << 20
-    /// The reserve of the buffer budget kept for frames ≤ `smallFrameSize`.
-    public static let smallFrameReserve = 8 << 20
-    /// Connections open at once on the VMM port: one VMM process per guest keeps one or a few
-    /// (one per vCPU at most); a service VM serves tens of guests.
-    public static let maximumConnections = 128
-    /// A frame's header must be complete this long after its first byte (a slowloris peer
-    /// sending a few header bytes is closed within seconds).
-    public static let headerDeadline = TimeAmount.seconds(5)
-    /// A whole frame must arrive this long after its first byte: the largest body (28 MiB) at
-    /// 10 MB/s, far below what a Unix socket or vsock carries.
-    public static let frameDeadline = TimeAmount.seconds(10)
-    /// A connection with nothing in flight is closed after this long; a VMM reconnects when it
-    /// next needs a verdict (docs/protocol.md, "Connections and limits").
-    public static let idleTimeout = TimeAmount.seconds(30)
-    /// A connection whose peer reads no reply for this long is closed.
-    public static let writeStallTimeout = TimeAmount.seconds(10)
-    /// How long accept pauses after it failed (fd limit reached): the server retries 5 times a
-    /// second instead of spinning, and serves the connections it has meanwhile.
-    public static let acceptBackoff = TimeAmount.milliseconds(200)
 }
 
 public final class VerifierServer: @unchecked Sendable {
@@ -68,7 +39,7 @@ public final class VerifierServer: @unchecked Sendable {
     private var channels: [Channel] = []
     private let lock = NIOLock()
     private let stats = ServerStats()
-    public let configuration: ServiceConfiguration
+    public let configuration: PortLimits
     /// Shared by every connection of every endpoint this server binds.
     public let budget: BufferBudget
     public let connections: ConnectionCounter
@@ -77,13 +48,13 @@ public final class VerifierServer: @unchecked Sendable {
     public let instanceID: [UInt8]
 
     public init(responder: RequestResponder, logger: Logger, threads: Int = System.coreCount,
-                maximumBodySize: Int = WireLimits.defaultMaximumBodySize, configuration: ServiceConfiguration? = nil) {
+                maximumBodySize: Int = WireLimits.defaultMaximumBodySize, configuration: PortLimits? = nil) {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.pool = NIOThreadPool(numberOfThreads: max(1, threads))
         self.pool.start()
         self.responder = responder
         self.logger = logger
-        let configuration = configuration ?? ServiceConfiguration(maximumBodySize: maximumBodySize)
+        let configuration = configuration ?? PortLimits(maximumBodySize: maximumBodySize)
         self.configuration = configuration
         self.budget = BufferBudget(total: configuration.bufferBudget, smallFrameSize: configuration.smallFrameSize)
         self.connections = ConnectionCounter(limit: configuration.maximumConnections)
@@ -147,23 +118,4 @@ final class ServerStats: @unchecked Sendable {
     func begin() { lock.withLock { _inFlight += 1 } }
     func end() { lock.withLock { _inFlight -= 1; _served &+= 1 } }
     var uptimeMilliseconds: UInt64 { UInt64(max(0, (NIODeadline.now() - started).nanoseconds / 1_000_000)) }
-}
-
-extension ServerBootstrap {
-    /// Bind to a listening endpoint. A Unix socket replaces a stale socket file (never any other
-    /// kind of file) and is made 0600: only its owner may connect. AF_VSOCK listens on every CID.
-    public func bind(endpoint: Endpoint) async throws -> Channel {
-        switch endpoint {
-        case .unix(let path):
-            // SocketPath.swift: never unlink a live socket or another kind of file; the socket
-            // is created 0600 with no window (umask held around bind).
-            let claim = try SocketPath.claim(path)
-            defer { claim.finish() }
-            return try await self.bind(unixDomainSocketPath: path).get()
-        case .vsock(_, let port):
-            return try await self.bind(to: VsockAddress(cid: .any, port: .init(rawValue: port))).get()
-        case .hybrid:
-            throw EndpointError(text: endpoint.description, why: "a hybrid socket is a client-side address; the vsock backend listens on it")
-        }
-    }
 }

@@ -44,7 +44,7 @@ public enum WireLimits {
     /// 47 section addresses) makes an authorize-module body of 29,168,501 bytes
     /// (`WireLimitsTests.testMaximumBodyFitsTheLargestRealModuleAndItsClaim` recomputes it).
     /// A server buffers at most one body of this size at a time across all connections
-    /// (ExecGateService `BufferBudget`), so this is also most of its memory budget.
+    /// (ExecGateTransport `BufferBudget`), so this is also most of its memory budget.
     public static let defaultMaximumBodySize = 28 << 20
     /// Absolute cap on any configured maximum: the length field is u32, but nobody needs > 256 MiB.
     public static let absoluteMaximumBodySize = 256 << 20

@@ -5,6 +5,7 @@
 // buffer budget, and the decoder's refusal of a body the budget cannot hold.
 
 import ExecGateService
+import ExecGateTransport
 import ExecGateTestSupport
 import ExecGateWire
 import NIOCore

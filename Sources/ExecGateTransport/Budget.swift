@@ -18,7 +18,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 
 /// The limits of one listening port (the VMM port and the admin port each have their own).
-public struct ServiceConfiguration: Sendable {
+public struct PortLimits: Sendable {
     /// Largest frame body accepted (`frame-too-large` above it).
     public var maximumBodySize: Int
     /// Bytes of request bodies all connections may buffer together (partial bodies included).
@@ -41,15 +41,15 @@ public struct ServiceConfiguration: Sendable {
 
     public init(maximumBodySize: Int = WireLimits.defaultMaximumBodySize,
                 bufferBudget: Int? = nil,
-                smallFrameSize: Int = ServiceLimits.smallFrameSize,
-                maximumConnections: Int = ServiceLimits.maximumConnections,
-                maximumInFlightPerConnection: Int = ServiceLimits.maximumInFlightPerConnection,
-                headerDeadline: TimeAmount = ServiceLimits.headerDeadline,
-                frameDeadline: TimeAmount = ServiceLimits.frameDeadline,
-                idleTimeout: TimeAmount = ServiceLimits.idleTimeout,
-                writeStallTimeout: TimeAmount = ServiceLimits.writeStallTimeout) {
+                smallFrameSize: Int = TransportLimits.smallFrameSize,
+                maximumConnections: Int = TransportLimits.maximumConnections,
+                maximumInFlightPerConnection: Int = TransportLimits.maximumInFlightPerConnection,
+                headerDeadline: TimeAmount = TransportLimits.headerDeadline,
+                frameDeadline: TimeAmount = TransportLimits.frameDeadline,
+                idleTimeout: TimeAmount = TransportLimits.idleTimeout,
+                writeStallTimeout: TimeAmount = TransportLimits.writeStallTimeout) {
         self.maximumBodySize = min(maximumBodySize, WireLimits.absoluteMaximumBodySize)
-        self.bufferBudget = bufferBudget ?? (self.maximumBodySize + ServiceLimits.smallFrameReserve)
+        self.bufferBudget = bufferBudget ?? (self.maximumBodySize + TransportLimits.smallFrameReserve)
         self.smallFrameSize = smallFrameSize
         self.maximumConnections = maximumConnections
         self.maximumInFlightPerConnection = maximumInFlightPerConnection
@@ -76,7 +76,7 @@ public final class BufferBudget: @unchecked Sendable {
     /// What large frames may use together: `total` minus the reserve kept for small frames.
     public let largeLimit: Int
 
-    public init(total: Int, smallFrameSize: Int, smallReserve: Int = ServiceLimits.smallFrameReserve) {
+    public init(total: Int, smallFrameSize: Int, smallReserve: Int = TransportLimits.smallFrameReserve) {
         self.total = total
         self.smallFrameSize = smallFrameSize
         self.largeLimit = max(0, total - smallReserve)
@@ -111,6 +111,37 @@ public final class BufferBudget: @unchecked Sendable {
 
     public var inUse: Int { lock.withLock { smallUsed + largeUsed } }
     public var refusals: UInt64 { lock.withLock { _refusals } }
+}
+
+/// Named limits of a listening port (defaults of `PortLimits`): the VMM port uses them as they
+/// are; the admin port (ExecGateAdmin `AdminLimits`) narrows some.
+public enum TransportLimits {
+    /// Requests one connection may have in flight before the server stops reading from it.
+    public static let maximumInFlightPerConnection = 64
+    /// Frames up to this size may use the budget's reserve, which larger bodies may not touch:
+    /// status, hello, authorize-patch, register-guest, and most modules (of Debian 6.1's 4,023
+    /// modules, all but 38 are under 1 MiB), so one peer uploading (or
+    /// trickling) a maximum-size body never starves health probes, patches or common modules.
+    public static let smallFrameSize = 1 << 20
+    /// The reserve of the buffer budget kept for frames ≤ `smallFrameSize`.
+    public static let smallFrameReserve = 8 << 20
+    /// Connections open at once on the VMM port: one VMM process per guest keeps one or a few
+    /// (one per vCPU at most); a service VM serves tens of guests.
+    public static let maximumConnections = 128
+    /// A frame's header must be complete this long after its first byte (a slowloris peer
+    /// sending a few header bytes is closed within seconds).
+    public static let headerDeadline = TimeAmount.seconds(5)
+    /// A whole frame must arrive this long after its first byte: the largest body (28 MiB) at
+    /// 10 MB/s, far below what a Unix socket or vsock carries.
+    public static let frameDeadline = TimeAmount.seconds(10)
+    /// A connection with nothing in flight is closed after this long; a VMM reconnects when it
+    /// next needs a verdict (docs/protocol.md, "Connections and limits").
+    public static let idleTimeout = TimeAmount.seconds(30)
+    /// A connection whose peer reads no reply for this long is closed.
+    public static let writeStallTimeout = TimeAmount.seconds(10)
+    /// How long accept pauses after it failed (fd limit reached): the server retries 5 times a
+    /// second instead of spinning, and serves the connections it has meanwhile.
+    public static let acceptBackoff = TimeAmount.milliseconds(200)
 }
 
 /// Open connections of one port, bounded. Thread-safe.

@@ -105,7 +105,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     public typealias InboundIn = InboundFrame
     public typealias OutboundOut = Frame
 
-    private let configuration: ServiceConfiguration
+    private let configuration: PortLimits
     private let budget: BufferBudget
     private let process: FrameProcessor
     private var logger: Logger
@@ -122,7 +122,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     private var lastActivity = NIODeadline.now()
     private var timer: RepeatedTask?
 
-    public init(configuration: ServiceConfiguration, budget: BufferBudget, logger: Logger, process: @escaping FrameProcessor) {
+    public init(configuration: PortLimits, budget: BufferBudget, logger: Logger, process: @escaping FrameProcessor) {
         self.configuration = configuration
         self.budget = budget
         self.logger = logger
@@ -296,7 +296,7 @@ extension BoundedFrameHandler: Sendable {}
 
 extension ServerBootstrap {
     /// Accept backs off on EMFILE/ENFILE/ENOBUFS/ENOMEM instead of spinning (`AcceptPause`).
-    public func acceptBackoff(_ delay: TimeAmount = ServiceLimits.acceptBackoff) -> ServerBootstrap {
+    public func acceptBackoff(_ delay: TimeAmount = TransportLimits.acceptBackoff) -> ServerBootstrap {
         serverChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(AcceptPause(delay: delay))
@@ -342,7 +342,7 @@ extension AcceptPause: Sendable {}
 
 extension ChannelPipeline.SynchronousOperations {
     /// The bounded pipeline of one server connection (see the diagram at the top of this file).
-    public func addBoundedFrameHandlers(configuration: ServiceConfiguration, budget: BufferBudget, logger: Logger,
+    public func addBoundedFrameHandlers(configuration: PortLimits, budget: BufferBudget, logger: Logger,
                                         process: @escaping FrameProcessor) throws {
         try addHandler(ByteToMessageHandler(BudgetedFrameDecoder(maximumBodySize: configuration.maximumBodySize, budget: budget)))
         try addHandler(MessageToByteHandler(FrameEncoder()))
