@@ -407,8 +407,7 @@ final class HostilePeerTests: XCTestCase {
     }
 
     func cpuSeconds() -> Double {
-        guard let text = try? Fixtures.readFile("/proc/\(pid)/stat") else { return 0 }
-        let line = String(decoding: text, as: UTF8.self)
+        let line = procText("/proc/\(pid)/stat")
         guard let close = line.lastIndex(of: ")") else { return 0 }
         let fields = line[line.index(after: close)...].split(separator: " ")
         let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
@@ -458,8 +457,7 @@ final class HostilePeerTests: XCTestCase {
     }
 
     func statusField(_ name: String) -> Int {
-        guard let text = try? Fixtures.readFile("/proc/\(pid)/status") else { return 0 }
-        for line in String(decoding: text, as: UTF8.self).split(separator: "\n") where line.hasPrefix(name + ":") {
+        for line in procText("/proc/\(pid)/status").split(separator: "\n") where line.hasPrefix(name + ":") {
             return (Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0) << 10
         }
         return 0
@@ -467,6 +465,20 @@ final class HostilePeerTests: XCTestCase {
 
     func peakRSS() -> Int { statusField("VmHWM") }
     func currentRSS() -> Int { statusField("VmRSS") }
+}
+
+/// A /proc file's text. (Files.read sizes its buffer by st_size, which /proc reports as 0.)
+func procText(_ path: String) -> String {
+    guard let f = fopen(path, "r") else { return "" }
+    defer { fclose(f) }
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, f) }
+        if n == 0 { break }
+        out += chunk[0..<n]
+    }
+    return String(decoding: out, as: UTF8.self)
 }
 
 func now() -> Double {
