@@ -6,7 +6,7 @@
 //     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler(RequestProcessor) ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
 //
 // Every connection of the port shares one `BufferBudget` and one `ConnectionCounter`
-// (Budget.swift); backpressure and deadlines are BoundedConnection.swift's.
+// (ExecGateTransport, Budget.swift); backpressure and deadlines are its BoundedConnection.swift.
 //
 // Who can reach which port is a deployment decision documented in docs/deployment.md: the VMM
 // port is reachable only by the host (vsock) or by processes allowed to open the Unix socket
