@@ -191,7 +191,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateServiceTests",
-            dependencies: ["ExecGateService", "ExecGateTransport", "ExecGateClient", "ExecGateVsockDevice", "ExecGateCapture", "ExecGatePolicy", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            dependencies: ["ExecGateService", "ExecGateTransport", "ExecGateClient", "ExecGateVsockDevice", "_ExecGateInternals", "ExecGateCapture", "ExecGatePolicy", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -10,6 +10,7 @@
 // The RSS bound is stated for the debug build the tests run (`swift build`); the release target
 // of ≤ 112 MiB is measured by scripts/soak.sh (docs/protocol.md, "Connections and limits").
 
+import _ExecGateInternals
 import ExecGateClient
 import ExecGateService
 import ExecGateSignature
@@ -481,17 +482,10 @@ func procText(_ path: String) -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
-func now() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
+func now() -> Double { MonotonicClock.seconds() }
 
-func percentile(_ xs: [Double], _ q: Double) -> Double {
-    guard !xs.isEmpty else { return 0 }
-    let s = xs.sorted()
-    return s[min(s.count - 1, Int(Double(s.count) * q))]
-}
+/// The project's one percentile rule; `q` in 0...1.
+func percentile(_ xs: [Double], _ q: Double) -> Double { Percentiles.of(xs, q * 100) }
 
 func ms(_ s: Double) -> String { String(format: "%.1f", s * 1000) }
 
