@@ -12,7 +12,10 @@
 //                ExecGateSignature (module trailers + PKCS#7 via the OpenSSL shim),
 //                ExecGateExplain (relocations, patch sites: end-state explanation),
 //                ExecGatePolicy, ExecGateVerifier (request + policy + guest state -> verdict)
-//   edges        ExecGateTransport (Endpoint -> listening NIOPosix channel: the one bind(endpoint:)),
+//   edges        ExecGateVsockDevice (vhost-user-vsock backend: host <-> service VM; CExecGateVsockSys only;
+//                also SocketPath: the one claim of a Unix socket path before bind),
+//                ExecGateTransport (Endpoint -> listening NIOPosix channel: the one bind(endpoint:);
+//                per-port budgets, backpressure and deadlines shared by the VMM and admin ports),
 //                ExecGateKernelImage (bzImage/vmlinux, key extraction), ExecGateService (NIOPosix server),
 //                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys, and
 //                ExecGateKernelImage + CDecompress for the kernel, its certificates and gzip),
@@ -84,7 +87,7 @@ let package = Package(
         // MARK: - Edges
         .target(
             name: "ExecGateTransport",
-            dependencies: ["ExecGateWire", nioCore, nioPosix],
+            dependencies: ["ExecGateWire", "ExecGateVsockDevice", nioCore, nioPosix, logging],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -94,7 +97,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateAdmin",
-            dependencies: ["ExecGateTransport", "ExecGateClient", "ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
+            dependencies: ["ExecGateTransport", "ExecGateClient", "ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -190,7 +193,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateServiceTests",
-            dependencies: ["ExecGateService", "ExecGateClient", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            dependencies: ["ExecGateService", "ExecGateTransport", "ExecGateClient", "ExecGateVsockDevice", "_ExecGateInternals", "ExecGateCapture", "ExecGatePolicy", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
             swiftSettings: swiftSettings
         ),
         .testTarget(
