@@ -89,8 +89,10 @@ extension ModuleLayout {
         }
         func pageAlign(_ v: Int) -> Int { (v + pageSize - 1) & ~(pageSize - 1) }
         let coreTotal = [ModuleMemoryType.text, .data, .rodata, .roAfterInit].reduce(0) { $0 + pageAlign(sizes[$1.rawValue]) }
+        let initTotal = [ModuleMemoryType.initText, .initData, .initRodata].reduce(0) { $0 + pageAlign(sizes[$1.rawValue]) }
         return ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: pageAlign(sizes[ModuleMemoryType.text.rawValue]),
-                            coreSize: coreTotal, percpuIndex: percpu, memType: memType, typeSizes: sizes)
+                            coreSize: coreTotal, initTextSize: pageAlign(sizes[ModuleMemoryType.initText.rawValue]), initSize: initTotal,
+                            percpuIndex: percpu, memType: memType, typeSizes: sizes)
     }
 
     /// PAGE_ALIGN(mem[t].size): the allocation `module_memory_alloc()` makes (0: not allocated).
