@@ -256,6 +256,11 @@ extension Session {
             let isBranch = isJcc32 || (op >= 0x70 && op <= 0x7f) || op == 0xeb || op == 0xe9 || op == 0xe8
             if isBranch {
                 let nbytes = (op == 0xeb || (op >= 0x70 && op <= 0x7f)) ? 1 : 4
+                // A 16-bit-operand branch (66 e8 rel16) is nothing gcc emits here: deny it rather
+                // than guess its immediate's place.
+                guard next - nbytes > i, insn.length >= nbytes + 1, !(op != 0x0f && insn.length > nbytes + 1 && nbytes == 4 && buf[i] == 0x66) else {
+                    throw deny(.alternative, "branch of \(insn.length) bytes at +\(i) of the replacement is not a plain rel8/rel32 form", atRegionOffset: off, address: instr)
+                }
                 if needReloc(Int64(next) + insn.immediate) { try addReloc(nbytes, at: next - nbytes) }
                 if op == 0xe9 {
                     let imm = Int32(truncatingIfNeeded: insn.immediate) &+ Int32(truncatingIfNeeded: diff) &+ 3

@@ -244,3 +244,54 @@ final class Loader612Tests: XCTestCase {
         XCTAssertEqual(last, [0xe8, 1, 2, 3, 4, 0x90])
     }
 }
+
+extension Loader612Tests {
+    /// Hostile input on the 6.12 paths: flipped bytes anywhere in the ELF, and concentrated on the
+    /// tables the 6.12 replay parses (.altinstructions, .altinstr_replacement, .ibt_endbr_seal,
+    /// .smp_locks), never crash the engine; each corrupted module gets a verdict.
+    func testCorrupted612ModulesNeverCrashTheEngine() throws {
+        var checked = 0
+        for name in ["8021q", "tun"] {
+            let ko = try Self.module612(name)
+            var exports: [String: UInt64] = [:]
+            var hot: [Range<Int>] = []
+            var textSize = 0
+            try ko.withUnsafeBytes { raw in
+                let elf = try ELFFile(bytes: raw)
+                for (k, s) in try elf.symbols().enumerated() where s.isUndefined && !s.name.isEmpty {
+                    exports[s.name] = 0xffff_ffff_8100_0000 + UInt64(k) * 0x40
+                }
+                for n in [".altinstructions", ".altinstr_replacement", ".ibt_endbr_seal", ".smp_locks", ".rela.altinstructions"] {
+                    if let s = elf.section(named: n), !s.isNoBits, s.size > 0 { hot.append(s.fileRange) }
+                }
+                textSize = try XCTUnwrap(ModuleLayout.compute612(elf)).textSize
+            }
+            exports["pv_ops"] = 0xffff_ffff_8300_0000
+            exports["BUG_func"] = 0xffff_ffff_8200_0000
+            exports["nop_func"] = 0xffff_ffff_8200_0040
+            var claim = ModuleClaim(name: name, textBase: 0xffff_ffff_c010_0000, text: [UInt8](repeating: 0, count: textSize), sectionAddresses: [:])
+            claim.memoryBases = [.data: 0xffff_ffff_c020_0000, .rodata: 0xffff_ffff_c030_0000, .roAfterInit: 0xffff_ffff_c040_0000]
+            let facts = Self.facts(caps: [Self.always], pvOps: [UInt64](repeating: 0xffff_ffff_8123_4560, count: 83))
+            var rng: UInt64 = 0x612
+            for i in 0..<300 {
+                rng = rng &* 6364136223846793005 &+ 1442695040888963407
+                var bad = ko
+                let o: Int
+                if i % 2 == 0, !hot.isEmpty {
+                    let r = hot[Int((rng >> 20) % UInt64(hot.count))]
+                    o = r.lowerBound + Int((rng >> 33) % UInt64(r.count))
+                } else {
+                    o = Int((rng >> 33) % UInt64(bad.count))
+                }
+                bad[o] ^= UInt8(truncatingIfNeeded: rng >> 9) | 1
+                bad.withUnsafeBytes { raw in
+                    guard let elf = try? ELFFile(bytes: raw) else { return }
+                    let res = Explainer(facts: facts).explain(elf: elf, claim: claim, resolver: SymbolResolver(coreExports: exports))
+                    XCTAssertFalse(res.verdict.isAllowed, "an all-zero claim is never the end state")
+                    checked += 1
+                }
+            }
+        }
+        XCTAssertGreaterThan(checked, 200)
+    }
+}
