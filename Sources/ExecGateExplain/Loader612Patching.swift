@@ -127,6 +127,21 @@ extension Session {
         try applyFtrace()
     }
 
+    /// `module_finalize()` up to and including `apply_alternatives()`, in the loader's order (for
+    /// the mutation tester's "feature flipped" replays).
+    func applyStagesThroughAlternatives() throws {
+        if loader == .linux6_12 {
+            try applyRetpolines()
+            try applyReturns()
+            try applyAlternatives612()
+        } else {
+            try applyParavirt()
+            try applyRetpolines()
+            try applyReturns()
+            try applyAlternatives()
+        }
+    }
+
     // MARK: Alternatives (6.12)
 
     /// `apply_alternatives()` (6.12 arch/x86/kernel/alternative.c):

@@ -139,8 +139,8 @@ extension Explainer {
                 let w = a.feature >> 5
                 guard w < f2.capabilities.count else { continue }
                 f2.capabilities[w] ^= 1 << UInt32(a.feature & 31)
-                guard let s2 = try? Session(elf: elf, claim: claim, facts: f2, resolver: resolver), (try? s2.relocate()) != nil, (try? s2.applyParavirt()) != nil,
-                      (try? s2.applyRetpolines()) != nil, (try? s2.applyReturns()) != nil, (try? s2.applyAlternatives()) != nil else { continue }
+                guard let s2 = try? Session(elf: elf, claim: claim, facts: f2, resolver: resolver), (try? s2.relocate()) != nil,
+                      (try? s2.applyStagesThroughAlternatives()) != nil else { continue }
                 var t = claim.text
                 for k in a.off..<a.off + a.len { t[k] = s2.image[k] }
                 attempt(&al, t, "feature \(a.feature / 32)*32+\(a.feature % 32) at offset 0x\(String(a.off, radix: 16))")
