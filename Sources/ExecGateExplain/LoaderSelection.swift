@@ -1,24 +1,29 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // Which module loader a module went through: chosen from what the registration and the signed
-// module say, by an exact table, never guessed (docs/kernels/6.12-loader.md §2.2). A kernel
-// release or a module that maps to no measured row is denied with a reason naming it.
+// module say, never guessed (docs/kernels/6.12-loader.md §2.2). A kernel release whose loader
+// ExecGate does not replay is denied with a reason naming it.
 //
 // What each input contributes:
-// - `kernel_release` (registration tag 2, `init_uts_ns`): selects the row. Only releases whose
-//   build was measured have a row (the constants below are per build, not per version family).
-// - the module's `.modinfo` `vermagic=` (signed): its release part must EQUAL the kernel release
-//   and its flag words must be the row's `VERMAGIC_STRING` tail (include/linux/vermagic.h). The
-//   kernel itself is laxer: with CONFIG_MODVERSIONS `same_magic()` (kernel/module/version.c)
-//   skips the release part. ExecGate is stricter on purpose: the replay is right only for the build
-//   it models.
+// - `kernel_release` (registration tag 2, `init_uts_ns`): its version family (MAJOR.MINOR) selects
+//   the loader. The loader's behaviour — module memory layout, table formats, patching order — is
+//   a property of the source version (kernel/module/main.c, arch/x86/kernel/module.c and
+//   alternative.c of that version), not of one build: every 6.1.y build (generic, cloud, rt, any
+//   ABI number) goes through 6.1's `layout_sections()`/`module_finalize()`, every 6.12.y build
+//   through 6.12's. A family ExecGate does not replay (6.6, 6.13, …) is denied: fail closed.
+// - the module's `.modinfo` `vermagic=` (signed): its release part must EQUAL the registered
+//   release. The kernel itself is laxer: with CONFIG_MODVERSIONS `same_magic()`
+//   (kernel/module/version.c) skips the release part. ExecGate is stricter on purpose: the replay
+//   must be the one of the kernel the module was built for.
 // - `.gnu.linkonce.this_module` `sh_size`: `elf_validity_cache_index_mod()` (6.12
 //   kernel/module/main.c; `elf_validity_check`/`setup_load_info` in 6.1) refuses a module whose
-//   size differs from `sizeof(struct module)` (-ENOEXEC). A module failing this could never have
-//   been loaded by that build: deny it.
+//   size differs from `sizeof(struct module)` (-ENOEXEC). sizeof(struct module) depends on the
+//   build's config (PREEMPT_RT, …), so it is checked for the builds whose size was measured
+//   (`measured` below) and otherwise left to the kernel: a signed module of another build of the
+//   same family carries its own build's size, and the replay reads nothing from struct module.
 //
-// A registration without a release (older VMMs, the committed 6.1 fixture) gets the 6.1 row only,
-// and only when the module's own vermagic names a measured 6.1 build: such registrations carry the
+// A registration without a release (older VMMs, the committed 6.1 fixture) gets the 6.1 loader
+// only, and only when the module's own vermagic names a 6.1 release: such registrations carry the
 // capability words read at 6.1's `cpuinfo_x86` offset (0x28), which is wrong for 6.12 (0x30).
 
 import ExecGateELF
@@ -34,7 +39,7 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { rawValue }
 
-    /// `sizeof(struct module)` of the measured build (BTF of its vmlinux; doc §2.3).
+    /// `sizeof(struct module)` of the measured generic build (BTF of its vmlinux; doc §2.3).
     public var thisModuleSize: Int {
         switch self {
         case .linux6_1: return 0x380
@@ -66,19 +71,35 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
     /// `X86_FEATURE_CALL_DEPTH` (11*32+19) in 6.12; 6.1 has no call-depth tracking.
     public var callDepthBit: Int? { self == .linux6_12 ? 11 * 32 + 19 : nil }
 
-    /// Measured builds: (release pattern, loader, vermagic flag words). Exact table (doc §2.2):
-    /// 6.1 rows key on Debian's ABI number, 6.12 rows on the upstream sublevel. Only the generic
-    /// `amd64` flavour was measured (sizeof(struct module) is config-dependent: cloud and rt
-    /// flavours need their own measurement before they get a row).
-    static let measured: [(release: String, loader: ModuleLoader, flags: String)] = [
-        ("6.1.0-56-amd64", .linux6_1, "SMP preempt mod_unload modversions "),
-        ("6.12.117+deb12-amd64", .linux6_12, "SMP preempt mod_unload modversions "),
+    /// Builds whose `sizeof(struct module)` was measured (BTF of their vmlinux, doc §2.3): for these
+    /// the module's `.gnu.linkonce.this_module` size is checked as the kernel checks it.
+    static let measured: [(release: String, loader: ModuleLoader)] = [
+        ("6.1.0-56-amd64", .linux6_1),
+        ("6.12.117+deb12-amd64", .linux6_12),
     ]
 
-    /// The row for a kernel release, or the reason there is none.
+    /// The loader of a kernel release's version family: `6.1.*` → 6.1, `6.12.*` → 6.12, else nil.
+    /// (Split on dots so "6.12.x" is never read as "6.1".)
+    public static func family(ofRelease release: String) -> ModuleLoader? {
+        let parts = release.split(separator: ".", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count >= 3, parts[0] == "6" else { return nil }
+        let minor = parts[1]
+        guard !minor.isEmpty, minor.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+        switch minor {
+        case "1": return .linux6_1
+        case "12": return .linux6_12
+        default: return nil
+        }
+    }
+
+    static func notKnown(_ release: String) -> LoaderSelectionError {
+        LoaderSelectionError("kernel \(release): module loader not known (ExecGate replays the 6.1 and 6.12 loaders)")
+    }
+
+    /// The loader for a kernel release, or the reason there is none.
     public static func forRelease(_ release: String) -> Result<ModuleLoader, LoaderSelectionError> {
-        if let row = measured.first(where: { $0.release == release }) { return .success(row.loader) }
-        return .failure(LoaderSelectionError("kernel \(release): module loader not known (replayed builds: \(measured.map(\.release).joined(separator: ", ")))"))
+        if let l = family(ofRelease: release) { return .success(l) }
+        return .failure(notKnown(release))
     }
 
     /// Select the loader for `elf` under a guest that registered `kernelRelease` (nil: none given).
@@ -86,9 +107,7 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
         guard let vm = vermagic(elf) else {
             return .failure(LoaderSelectionError("the module has no vermagic= in .modinfo (the kernel refuses it unless forced: check_modinfo)", rule: .vermagic))
         }
-        let parts = vm.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
-        let modRelease = String(parts[0])
-        let modFlags = parts.count > 1 ? String(parts[1]) : ""
+        let modRelease = String(vm.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)[0])
         let release: String
         if let kr = kernelRelease, !kr.isEmpty {
             guard modRelease == kr else {
@@ -98,22 +117,17 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
         } else {
             release = modRelease
         }
-        guard let row = measured.first(where: { $0.release == release }) else {
-            return .failure(LoaderSelectionError("kernel \(release): module loader not known (replayed builds: \(measured.map(\.release).joined(separator: ", ")))"))
-        }
-        if kernelRelease == nil || kernelRelease!.isEmpty, row.loader != .linux6_1 {
-            return .failure(LoaderSelectionError("module is for kernel \(release) but the registration names no kernel release: the \(row.loader) loader is only chosen from a registered release"))
-        }
-        guard modFlags == row.flags else {
-            return .failure(LoaderSelectionError("module vermagic flags '\(modFlags)' are not \(release)'s '\(row.flags)'", rule: .vermagic))
+        guard let loader = family(ofRelease: release) else { return .failure(notKnown(release)) }
+        if kernelRelease == nil || kernelRelease!.isEmpty, loader != .linux6_1 {
+            return .failure(LoaderSelectionError("module is for kernel \(release) but the registration names no kernel release: the \(loader) loader is only chosen from a registered release"))
         }
         guard let tm = elf.section(named: ".gnu.linkonce.this_module") else {
             return .failure(LoaderSelectionError("module has no .gnu.linkonce.this_module (the kernel refuses it: no struct module)"))
         }
-        guard tm.size == row.loader.thisModuleSize else {
+        if let row = measured.first(where: { $0.release == release }), tm.size != row.loader.thisModuleSize {
             return .failure(LoaderSelectionError("struct module (.gnu.linkonce.this_module) is 0x\(String(tm.size, radix: 16)) bytes, \(release) has 0x\(String(row.loader.thisModuleSize, radix: 16)) (the kernel refuses the module)"))
         }
-        return .success(row.loader)
+        return .success(loader)
     }
 
     /// The `vermagic=` entry of `.modinfo` (NUL-separated `key=value`, MODULE_INFO), without the key.

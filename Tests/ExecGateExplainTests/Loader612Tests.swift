@@ -61,6 +61,17 @@ final class Loader612Tests: XCTestCase {
         guard case .failure(let e) = ModuleLoader.forRelease("6.6.15-amd64") else { return XCTFail("6.6 has no loader row") }
         XCTAssertTrue(e.reason.contains("kernel 6.6.15-amd64: module loader not known"), e.reason)
         XCTAssertEqual(try ModuleLoader.forRelease(Self.release612).get(), .linux6_12)
+        // The loader is a property of the source version: every build of a family replays the same
+        // way (other ABI numbers, the cloud and rt flavours, upstream sublevels).
+        for r in ["6.1.0-57-amd64", "6.1.0-56-cloud-amd64", "6.1.0-56-rt-amd64", "6.1.192"] {
+            XCTAssertEqual(try ModuleLoader.forRelease(r).get(), .linux6_1, r)
+        }
+        for r in ["6.12.48+deb13-amd64", "6.12.117+deb12-rt-amd64", "6.12.0"] {
+            XCTAssertEqual(try ModuleLoader.forRelease(r).get(), .linux6_12, r)
+        }
+        for r in ["6.13.1", "6.10.0", "5.10.0-30-amd64", "6", "6.1", "6.x.1", "", "61.2.3", "6.12"] {
+            guard case .failure = ModuleLoader.forRelease(r) else { return XCTFail("\(r) must have no loader") }
+        }
     }
 
     /// `elf_validity_cache_index_mod()`: sh_size of .gnu.linkonce.this_module must be
