@@ -82,6 +82,12 @@ public struct GuestFacts: Sendable {
     /// 0xffffffffc0000000..<0xffffffffff000000). A claimed core allocation must lie inside it and
     /// start on a page boundary (module_alloc() returns page-aligned vmalloc memory).
     public var moduleArea: Range<UInt64> = 0xffff_ffff_c000_0000..<0xffff_ffff_ff00_0000
+    /// Trusted targets per static-call key (key address → targets; 0 = NULL), from register-guest
+    /// `static_call_key`: the key's current target decoded by the VMM from the core's read-only
+    /// trampoline at the trusted point, plus the operator build's targets for that key.
+    public var staticCallKeyTargets: [UInt64: Set<UInt64>] = [:]
+    /// The registered kernel release (`uname -r`; empty = not registered), for vermagic.
+    public var kernelRelease: String = ""
 
     public init(exports: [String: UInt64], capabilities: [UInt32], featureBits: FeatureBits = .debian6_1,
                 uniprocessorPatched: Bool, possibleCPUs: Int, pvOps: [UInt64] = [], paravirtNop: UInt64? = nil,

@@ -16,13 +16,16 @@ public struct Policy: Sendable {
     }
 
     /// Whether an authorize request must be judged on its bytes (end-state) or may be judged on
-    /// its evidence alone.
+    /// its evidence alone. Fail closed: `required` is the default everywhere (built-in policy,
+    /// policy files without an `end-state` line, `Policy(...)` in code).
     public enum EndState: String, Sendable {
-        /// Deny a request whose claim carries no executable bytes or whose guest is unknown.
+        /// Every authorize-module must name a registered guest and carry the executable region;
+        /// every claimed byte is explained or the request is denied.
         case required
-        /// Run end-state verification whenever the claim and guest facts allow it; otherwise judge
-        /// signature and structure only and say so in the verdict's checks.
-        case whenClaimed = "when-claimed"
+        /// Operator opt-in: a request that claims no executable bytes (no `text`, no section
+        /// bytes) is judged on signature, deny lists and structure only, and its verdict says so
+        /// (`signature_only`). Bytes that are claimed are still explained byte for byte, or denied.
+        case signatureOnly = "signature-only"
     }
 
     /// How one kind of code (modules, run-time patches, eBPF JIT) is treated.
@@ -60,7 +63,7 @@ public struct Policy: Sendable {
 
     public init(id: String, version: UInt64, mode: Mode = .enforce, trust: TrustStore, denyList: DenyList = .empty,
                 deniedModuleNames: Set<String> = [], minimumDigest: DigestAlgorithm = .sha256,
-                endState: EndState = .whenClaimed, modules: KindRule = .allow, textPatches: KindRule = .allow,
+                endState: EndState = .required, modules: KindRule = .allow, textPatches: KindRule = .allow,
                 ebpfJIT: KindRule = .allow, auditOverflow: AuditOverflow = .block, kindRules: [KindRuleEntry] = [],
                 source: [UInt8]? = nil, pinnedModules: Set<Digest> = []) {
         self.id = id
@@ -81,7 +84,7 @@ public struct Policy: Sendable {
     }
 
     /// The policy built into the binary: enforce, SHA-256 or stronger, the given anchors, end-state
-    /// whenever claimed. Version 1, so any pushed policy must be version 2 or later.
+    /// required (fail closed). Version 1, so any pushed policy must be version 2 or later.
     public static func builtIn(trust: TrustStore) -> Policy {
         Policy(id: "builtin-default", version: 1, trust: trust)
     }

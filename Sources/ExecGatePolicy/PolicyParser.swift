@@ -7,7 +7,7 @@
 //     line      := ws* [directive] ws* ['#' comment] '\n'
 //     directive := 'execgate-policy' '1'                      (must be the first directive)
 //                | 'id' NAME | 'version' U64 | 'mode' ('enforce'|'audit')
-//                | 'minimum-digest' DIGEST | 'end-state' ('required'|'when-claimed')
+//                | 'minimum-digest' DIGEST | 'end-state' ('required'|'signature-only')
 //                | 'audit-overflow' ('block'|'drop')
 //                | 'trust' 'kernel-builtin'
 //                | 'trust' 'sha256:'HEX64  PEM-BLOCK             (PEM on the following lines)
@@ -229,8 +229,12 @@ struct Parser {
                 minimumDigest = d
             case "end-state":
                 if endState != nil { throw fail(.duplicate, lineNo, head.column, "'end-state' given twice") }
-                let v = try one(args, lineNo, head, "required or when-claimed")
-                guard let e = Policy.EndState(rawValue: v.text) else { throw fail(.badArgument, lineNo, v.column, "end-state must be 'required' or 'when-claimed', not '\(v.text)'") }
+                let v = try one(args, lineNo, head, "required or signature-only")
+                if v.text == "when-claimed" {
+                    // Removed: it judged bytes only when the claim happened to carry them (fail open).
+                    throw fail(.badArgument, lineNo, v.column, "'when-claimed' is no longer accepted (it let unjudged bytes through): write 'required', or 'signature-only' to opt out of byte judgement explicitly")
+                }
+                guard let e = Policy.EndState(rawValue: v.text) else { throw fail(.badArgument, lineNo, v.column, "end-state must be 'required' or 'signature-only', not '\(v.text)'") }
                 endState = e
             case "audit-overflow":
                 if auditOverflow != nil { throw fail(.duplicate, lineNo, head.column, "'audit-overflow' given twice") }
@@ -316,7 +320,7 @@ struct Parser {
         let policy = Policy(id: id.0, version: version, mode: mode, trust: TrustStore(anchors),
                             denyList: DenyList(certificateTBSHashes: deniedCertificates, moduleContentHashes: deniedModules),
                             deniedModuleNames: deniedNames, minimumDigest: minimumDigest ?? .sha256,
-                            endState: endState ?? .whenClaimed, modules: .allow, textPatches: .deny, ebpfJIT: .deny,
+                            endState: endState ?? .required, modules: .allow, textPatches: .deny, ebpfJIT: .deny,
                             auditOverflow: auditOverflow ?? .block, kindRules: rules, source: bytes, pinnedModules: pins)
         // Fold the defaults (selector .all) into the flat fields and mode, so a reader of
         // `policy.modules` or `policy.mode` sees what applies to a guest no rule names.
