@@ -21,3 +21,12 @@ extension RuntimeSiteTable {
         sites.sorted { $0.key < $1.key }.map { Site(address: $0.key, length: $0.value.length, key: $0.value.group, kind: $0.value.cls) }
     }
 }
+
+extension RuntimeSiteTable {
+    /// The bytes a site holds in `state` (for jump labels: key enabled 1 / disabled 0; for static
+    /// calls: the target, 0 = NULL), or nil when `address` is not a site. The encoding is the
+    /// engine's own (the one `check` accepts for that state).
+    public func encoding(at address: UInt64, state: UInt64) -> [UInt8]? {
+        sites[address].map { $0.encode(state) }
+    }
+}

@@ -1,0 +1,352 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Regression tests for issue 9: a compromised guest (any claim, any facts, any patch, no signing
+// key) gets no ALLOW for control flow it chose. Each test replays the attack that used to be
+// allowed against the real end states in Tests/ExecGateExplainTests/Fixtures (signed Debian
+// modules, bytes read from a real guest) and checks the precise deny; the honest path next to it
+// must still be allowed.
+
+import ExecGateCapture
+import ExecGateExplain
+import ExecGatePolicy
+import ExecGateTestSupport
+import ExecGateVerifier
+import ExecGateWire
+import NIOCore
+import XCTest
+
+/// A verifier with the fixture boot registered as guest "g" (fail-closed default policy).
+struct FixtureGuest {
+    let verifier: Verifier
+    let boot: CaptureBoot
+    let registration: RegisterGuest
+
+    init(policy configure: (inout Policy) -> Void = { _ in }) throws {
+        var p = Policy(id: "test", version: 7, trust: try Fixtures.debianTrust())
+        configure(&p)
+        verifier = Verifier(policy: p)
+        boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        registration = try boot.registration(guestID: "g")
+        let reply = verifier.respond(to: .registerGuest(registration), requestDigest: [0xfa, 0xc7])
+        guard case .registerGuestReply = reply else { throw XCTSkip("fixture registration refused: \(reply)") }
+    }
+
+    var session: GuestSession { verifier.guests.session("g")! }  // registered in init
+
+    func request(_ name: String) throws -> AuthorizeModule { try boot.module(name).request(guestID: "g") }
+
+    @discardableResult
+    func load(_ name: String) throws -> ExecGateWire.Verdict { verifier.authorize(try request(name), requestDigest: []) }
+
+    func loadAll() throws {
+        for name in boot.availableModules {
+            let v = try load(name)
+            XCTAssertEqual(v.decision, .allow, "\(name): \(v.message)")
+        }
+    }
+
+    func patch(_ entries: [PatchEntry]) -> ExecGateWire.Verdict {
+        verifier.authorizePatch(AuthorizePatch(guestID: "g", patches: entries), session: session, requestDigest: [])
+    }
+
+    /// The bytes a live module's region holds at `address` (as claimed when it was allowed).
+    func currentBytes(_ address: UInt64, _ length: Int) throws -> [UInt8] {
+        for name in boot.availableModules {
+            let c = try boot.module(name).claim
+            if address >= c.textBase && address + UInt64(length) <= c.textBase + UInt64(c.text.count) {
+                let o = Int(address - c.textBase)
+                return Array(c.text[o..<o + length])
+            }
+        }
+        throw XCTSkip("no fixture module holds 0x\(String(address, radix: 16))")
+    }
+
+    /// Live sites grouped by key (jump labels and static calls), each key's sites across modules.
+    func sitesByKey() -> [UInt64: [(table: RuntimeSiteTable, site: RuntimeSiteTable.Site)]] {
+        var out: [UInt64: [(table: RuntimeSiteTable, site: RuntimeSiteTable.Site)]] = [:]
+        for t in session.runtimeSites { for s in t.siteList { if let k = s.key { out[k, default: []].append((t, s)) } } }
+        return out
+    }
+}
+
+final class SessionAttackTests: XCTestCase {
+    // MARK: Item 1: live ranges, retire, one name
+
+    /// Attack: allow llc, then claim another module at llc's base and patch "its" range. Now the
+    /// overlapping claim is denied before any byte is judged, and patches at llc's addresses stay
+    /// judged against llc, the module that owns them.
+    func testModuleLaidOverLiveModuleIsDeniedAndPatchesAreJudgedByTheOwner() throws {
+        let g = try FixtureGuest()
+        XCTAssertEqual(try g.load("llc").decision, .allow)
+        let llcBase = try XCTUnwrap(g.session.liveModule("llc")?.textRange.lowerBound)
+        var over = try g.request("irqbypass")
+        let shift = llcBase &- over.textBase!
+        over.textBase = llcBase
+        over.sections = over.sections.map { SectionClaim(name: $0.name, address: $0.address &+ shift, bytes: $0.bytes) }
+        over.frames = (0..<over.frames.count).map { 0x9_0000 + UInt64($0) }
+        let v = g.verifier.authorize(over, requestDigest: [])
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .claimOverlapsLive)
+        XCTAssertTrue(v.message.contains("llc"), v.message)
+        XCTAssertEqual(g.session.allowedModules, ["llc"])
+        // A 5-byte call written into llc where llc has no patch site: judged against llc, denied.
+        let notASite = llcBase + 0x10
+        let call = g.patch([PatchEntry(address: notASite, bytes: [0xe8, 0x00, 0x00, 0x00, 0x00])])
+        XCTAssertEqual(call.decision, .deny)
+        XCTAssertEqual(call.reason, .patchNotAllowed)
+        XCTAssertTrue(call.message.contains("llc"), call.message)
+    }
+
+    /// Frames: the same guest-physical frame for two claimed pages, or a frame granted to live
+    /// code, is denied; the verdict echoes the frames it allows.
+    func testFramesAreBoundToTheVerdictAndNeverShared() throws {
+        let g = try FixtureGuest()
+        let llc = try g.load("llc")
+        XCTAssertEqual(llc.decision, .allow, llc.message)
+        XCTAssertEqual(llc.grantFrames, try g.request("llc").frames)
+        XCTAssertEqual(llc.grantBase, try g.request("llc").textBase)
+        XCTAssertEqual(llc.factsDigest, [0xfa, 0xc7], "bound to the registration's facts")
+        XCTAssertTrue(llc.checks.contains("frames") && llc.checks.contains("live-ranges"), "\(llc.checks)")
+
+        var stolen = try g.request("irqbypass")
+        stolen.frames[0] = llc.grantFrames[0]
+        let s = g.verifier.authorize(stolen, requestDigest: [])
+        XCTAssertEqual(s.reason, .claimFramesInvalid, s.message)
+        XCTAssertTrue(s.message.contains("llc"), s.message)
+
+        var mrp = try g.request("mrp")
+        XCTAssertGreaterThanOrEqual(mrp.frames.count, 2)
+        mrp.frames[1] = mrp.frames[0]
+        XCTAssertEqual(g.verifier.authorize(mrp, requestDigest: []).reason, .claimFramesInvalid)
+        mrp.frames = Array(mrp.frames.dropLast())
+        XCTAssertEqual(g.verifier.authorize(mrp, requestDigest: []).reason, .claimFramesInvalid)
+    }
+
+    func testSameModuleNameTwiceWhileLiveIsDenied() throws {
+        let g = try FixtureGuest()
+        XCTAssertEqual(try g.load("llc").decision, .allow)
+        let again = try g.load("llc")
+        XCTAssertEqual(again.decision, .deny)
+        XCTAssertEqual(again.reason, .moduleAlreadyLive)
+        // Even at another address with other frames: one live module per name.
+        var moved = try g.request("llc")
+        moved.textBase! += 0x10_0000
+        moved.sections = moved.sections.map { SectionClaim(name: $0.name, address: $0.address + 0x10_0000, bytes: $0.bytes) }
+        moved.frames = moved.frames.map { $0 + 0x100 }
+        XCTAssertEqual(g.verifier.authorize(moved, requestDigest: []).reason, .moduleAlreadyLive)
+    }
+
+    /// retire-module forgets the module (ranges, sites, exports); loading it again at the same
+    /// address is then allowed. A module in use, a wrong base or an unknown name is refused.
+    func testRetireThenLoadAgainAtTheSameAddressIsAllowed() throws {
+        let g = try FixtureGuest()
+        XCTAssertEqual(try g.load("llc").decision, .allow)
+        XCTAssertEqual(try g.load("stp").decision, .allow)
+        let base = try XCTUnwrap(g.session.liveModule("llc")?.textRange.lowerBound)
+
+        func retire(_ name: String, _ base: UInt64) -> Message {
+            g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: base)), requestDigest: [])
+        }
+        guard case .error(let inUse) = retire("llc", base) else { return XCTFail("llc is used by stp") }
+        XCTAssertEqual(inUse.code, .moduleInUse)
+        XCTAssertTrue(inUse.message.contains("stp"), inUse.message)
+        guard case .error(let wrongBase) = retire("stp", base) else { return XCTFail() }
+        XCTAssertEqual(wrongBase.code, .unknownModule)
+
+        let stpBase = try XCTUnwrap(g.session.liveModule("stp")?.textRange.lowerBound)
+        guard case .retireModuleReply = retire("stp", stpBase) else { return XCTFail() }
+        guard case .retireModuleReply(let r) = retire("llc", base) else { return XCTFail() }
+        XCTAssertGreaterThan(r.exportsRemoved, 0, "llc exports symbols stp used")
+        XCTAssertEqual(g.session.allowedModules, [])
+        XCTAssertNil(g.session.symbolResolver.lookup("llc_sap_open"), "a retired module's exports no longer resolve")
+        // stp needs llc's exports: with llc retired it cannot be explained.
+        XCTAssertEqual(try g.load("stp").reason, .claimBytesUnexplained)
+        // Patches at the retired module's old sites: not live code any more.
+        let stray = g.patch([PatchEntry(address: base + 0x20, bytes: [0x66, 0x90])])
+        XCTAssertEqual(stray.reason, .patchNotAllowed)
+        XCTAssertTrue(stray.message.contains("not in live code"), stray.message)
+        // Load again at the same address: allowed; then stp on top of it.
+        let again = try g.load("llc")
+        XCTAssertEqual(again.decision, .allow, again.message)
+        XCTAssertEqual(try g.load("stp").decision, .allow)
+        guard case .error(let unknown) = retire("nosuch", base) else { return XCTFail() }
+        XCTAssertEqual(unknown.code, .unknownModule)
+    }
+
+    // MARK: Item 3: section bytes are the region's bytes
+
+    /// Attack: per-section bytes that differ from the explained region (the region was judged,
+    /// the section bytes ignored). Now they must be the region's slice, byte for byte.
+    func testSectionBytesThatDifferFromTheRegionAreDenied() throws {
+        let g = try FixtureGuest()
+        let name = "irqbypass"
+        let m = try g.boot.module(name)
+        var request = try g.request(name)
+        let textAddress = try XCTUnwrap(m.claim.sectionAddresses[".text"])
+        let size = try m.ko.withUnsafeBytes { raw -> Int in
+            let elf = try ExecGateELFFixture.sections(raw)
+            return try XCTUnwrap(elf.first { $0.name == ".text" }).size
+        }
+        let offset = Int(textAddress - m.claim.textBase)
+        let honest = Array(m.claim.text[offset..<offset + size])
+        var forged = honest
+        forged[min(3, size - 1)] ^= 0xff
+        request.sections = request.sections.filter { $0.name != ".text" } + [SectionClaim(name: ".text", address: textAddress, bytes: ByteBuffer(bytes: forged))]
+        let v = g.verifier.authorize(request, requestDigest: [])
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .claimSectionBytes)
+        XCTAssertTrue(v.message.contains(".text"), v.message)
+        XCTAssertEqual(g.session.allowedModules, [])
+
+        request.sections = request.sections.filter { $0.name != ".text" } + [SectionClaim(name: ".text", address: textAddress, bytes: ByteBuffer(bytes: honest))]
+        let ok = g.verifier.authorize(request, requestDigest: [])
+        XCTAssertEqual(ok.decision, .allow, ok.message)
+        XCTAssertTrue(ok.checks.contains("end-state"))
+    }
+
+    /// Attack: section bytes (shellcode) with no region, for a registered guest.
+    func testShellcodeInSectionBytesWithoutRegionIsDeniedForAGuest() throws {
+        for endState in [Policy.EndState.required, .signatureOnly] {
+            let g = try FixtureGuest { $0.endState = endState }
+            let m = try g.boot.module("irqbypass")
+            var request = try g.request("irqbypass")
+            let size = try m.ko.withUnsafeBytes { raw in try XCTUnwrap(try ExecGateELFFixture.sections(raw).first { $0.name == ".text" }).size }
+            let shellcode: [UInt8] = [0x48, 0xb8, 0x41, 0x41, 0x41, 0x41, 0x00, 0x00, 0x00, 0x00, 0xff, 0xe0]
+            request.sections = request.sections.filter { $0.name != ".text" } + [SectionClaim(
+                name: ".text", address: m.claim.sectionAddresses[".text"]!, bytes: ByteBuffer(bytes: Array((shellcode + [UInt8](repeating: 0xcc, count: size)).prefix(size))))]
+            request.text = nil
+            request.textBase = nil
+            request.frames = []
+            let v = g.verifier.authorize(request, requestDigest: [])
+            XCTAssertEqual(v.decision, .deny, "\(endState): \(v.message)")
+            XCTAssertEqual(v.reason, .claimSectionBytes, "\(endState)")
+            XCTAssertFalse(v.signatureOnly)
+        }
+    }
+
+    // MARK: Item 4: facts taken once, checked
+
+    /// Attack: register the guest again with `pv_ops[n]` pointing at user space (paravirt call
+    /// sites would be "explained" as calls there), or with the retpoline bit cleared.
+    func testReRegistrationIsRefusedAndLyingFactsAreImplausible() throws {
+        let g = try FixtureGuest()
+        XCTAssertEqual(try g.load("llc").decision, .allow)
+        let before = g.session
+
+        guard case .error(let again) = g.verifier.respond(to: .registerGuest(g.registration), requestDigest: []) else { return XCTFail() }
+        XCTAssertEqual(again.code, .guestExists)
+        XCTAssertTrue(g.verifier.guests.session("g") === before, "the live session is untouched")
+
+        var lying = g.registration
+        lying.reset = true
+        lying.pvOps.replaceSubrange(8..<16, with: [0x00, 0x00, 0xad, 0xde, 0xff, 0x7f, 0x00, 0x00])  // pv_ops[1] = 0x7fffdead0000
+        guard case .error(let pv) = g.verifier.respond(to: .registerGuest(lying), requestDigest: []) else { return XCTFail() }
+        XCTAssertEqual(pv.code, .implausibleFacts)
+        XCTAssertTrue(pv.message.contains("pv_ops[1]"), pv.message)
+
+        var noRetpoline = g.registration
+        noRetpoline.reset = true
+        let bit = FeatureBits.debian6_1.retpoline
+        noRetpoline.cpuCapabilities[bit / 8] &= ~UInt8(1 << (bit % 8))
+        guard case .error(let rp) = g.verifier.respond(to: .registerGuest(noRetpoline), requestDigest: []) else { return XCTFail() }
+        XCTAssertEqual(rp.code, .implausibleFacts)
+        XCTAssertTrue(rp.message.contains("RETPOLINE"), rp.message)
+
+        var badThunk = g.registration
+        badThunk.reset = true
+        badThunk.returnThunk = 0xffff_ffff_8100_1234
+        guard case .error(let th) = g.verifier.respond(to: .registerGuest(badThunk), requestDigest: []) else { return XCTFail() }
+        XCTAssertEqual(th.code, .implausibleFacts)
+        XCTAssertTrue(g.verifier.guests.session("g") === before, "refused registrations change nothing")
+        XCTAssertEqual(g.session.allowedModules, ["llc"])
+
+        // An explicit, honest reset drops every verified range.
+        var reset = g.registration
+        reset.reset = true
+        guard case .registerGuestReply = g.verifier.respond(to: .registerGuest(reset), requestDigest: []) else { return XCTFail() }
+        XCTAssertFalse(g.verifier.guests.session("g") === before)
+        XCTAssertEqual(g.session.allowedModules, [])
+        XCTAssertEqual(try g.load("llc").decision, .allow, "after a reset the same load is allowed again")
+    }
+
+    // MARK: Item 6: whole-key transitions
+
+    /// Attack: enable one site of a jump-label key with several sites (denied at load, allowed as
+    /// a patch before). Now only a batch covering every live site of the key is allowed.
+    func testHalfEnabledJumpLabelKeyByPatchIsDenied() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let byKey = g.sitesByKey()
+        let (key, sites) = try XCTUnwrap(byKey.filter { $0.value.count >= 2 && $0.value.allSatisfy { $0.site.kind == .jumpLabel } }.min { $0.key < $1.key })
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        let flipped = 1 - state
+        let all = try sites.map { s in PatchEntry(address: s.site.address, bytes: try XCTUnwrap(s.table.encoding(at: s.site.address, state: flipped))) }
+        for e in all { XCTAssertNotEqual(e.bytes, try g.currentBytes(e.address, e.bytes.count), "the flip changes every site") }
+
+        let one = g.patch([all[0]])
+        XCTAssertEqual(one.decision, .deny, one.message)
+        XCTAssertEqual(one.reason, .patchPartialKey)
+        XCTAssertTrue(one.message.contains("of its \(sites.count) live sites"), one.message)
+        let allButOne = g.patch(Array(all.dropLast()))
+        XCTAssertEqual(allButOne.reason, .patchPartialKey)
+        XCTAssertEqual(g.session.state(ofKey: key), state, "denied batches change no key state")
+
+        // Two states for one key in one batch: denied.
+        var mixed = all
+        mixed[0] = PatchEntry(address: all[0].address, bytes: try g.currentBytes(all[0].address, all[0].bytes.count))
+        XCTAssertEqual(g.patch(mixed).reason, .patchPartialKey)
+
+        let whole = g.patch(all)
+        XCTAssertEqual(whole.decision, .allow, whole.message)
+        XCTAssertTrue(whole.checks.contains("key-state"))
+        XCTAssertEqual(g.session.state(ofKey: key), flipped)
+        // And back.
+        let back = try sites.map { s in PatchEntry(address: s.site.address, bytes: try XCTUnwrap(s.table.encoding(at: s.site.address, state: state))) }
+        XCTAssertEqual(g.patch(back).decision, .allow)
+        XCTAssertEqual(g.session.state(ofKey: key), state)
+    }
+
+    /// Static calls: a run-time retarget of a key the registration names may only reach a target
+    /// trusted for that key; a module whose sites disagree with the key's trusted state is denied.
+    func testStaticCallKeyTargetsComeFromTheRegistration() throws {
+        let probe = try FixtureGuest()
+        try probe.loadAll()
+        // A static-call key whose live sites call a real function (not NULL / return0).
+        let nulls: Set<UInt64> = [0, probe.session.facts.staticCallReturn0 ?? 0]
+        let (key, sites) = try XCTUnwrap(probe.sitesByKey().filter { k, v in
+            v.allSatisfy { $0.site.kind == .staticCall } && !nulls.contains(probe.session.state(ofKey: k) ?? 0)
+        }.min { $0.key < $1.key }, "the fixture has static calls with a function target (ip6_udp_tunnel, irqbypass)")
+        let current = try XCTUnwrap(probe.session.state(ofKey: key))
+        let owner = try XCTUnwrap(probe.boot.availableModules.first { n in sites.contains { $0.table.module == n } })
+        // Another real core function, not trusted for this key (the fixture's exported text symbols).
+        let other = try XCTUnwrap(probe.session.facts.functionEntries.sorted().first { $0 != current && $0 != probe.session.facts.staticCallReturn0 })
+
+        // Registration pins the key to its real current target: honest load allowed; a retarget
+        // batch to another function is denied; back to NULL is allowed.
+        let pinned = try FixtureGuest()
+        var reg = pinned.registration
+        reg.reset = true
+        reg.staticCallKeys = [StaticCallKeyFact(key: key, current: current)]
+        let pinnedReply = pinned.verifier.respond(to: .registerGuest(reg), requestDigest: [])
+        guard case .registerGuestReply = pinnedReply else { return XCTFail("\(pinnedReply)") }
+        try pinned.loadAll()
+        let retarget = try sites.map { s in PatchEntry(address: s.site.address, bytes: try XCTUnwrap(s.table.encoding(at: s.site.address, state: other))) }
+        let denied = pinned.patch(retarget)
+        XCTAssertEqual(denied.decision, .deny, denied.message)
+        XCTAssertEqual(denied.reason, .patchNotAllowed)
+        XCTAssertTrue(denied.message.contains("not trusted for that key"), denied.message)
+        let toNull = try sites.map { s in PatchEntry(address: s.site.address, bytes: try XCTUnwrap(s.table.encoding(at: s.site.address, state: 0))) }
+        XCTAssertEqual(pinned.patch(toNull).decision, .allow)
+
+        // Registration says the key targets another function: the module's sites disagree.
+        let lying = try FixtureGuest()
+        var reg2 = lying.registration
+        reg2.reset = true
+        reg2.staticCallKeys = [StaticCallKeyFact(key: key, current: other)]
+        guard case .registerGuestReply = lying.verifier.respond(to: .registerGuest(reg2), requestDigest: []) else { return XCTFail() }
+        for name in lying.boot.availableModules where name != owner { _ = try lying.load(name) }
+        let v = try lying.load(owner)
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .keyStateMismatch)
+    }
+}
