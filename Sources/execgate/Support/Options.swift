@@ -22,6 +22,9 @@ struct TrustOptions: ParsableArguments {
     @Option(name: .customLong("deny-name"), help: ArgumentHelp("Refuse a module by name (.modinfo name=).", valueName: "NAME"))
     var denyNames: [String] = []
 
+    @Flag(name: .customLong("signature-only"), help: "Opt out of byte judgement: a request that claims no executable byte is judged on signature and structure only, and its verdict says so (default: end state required).")
+    var signatureOnly = false
+
     func validate() throws {
         for h in denyCertificates + denyModuleHashes where Digest(algorithm: .sha256, hex: h) == nil {
             throw ValidationError("'\(h)' is not a SHA-256 digest (64 hex digits)")
@@ -43,6 +46,7 @@ struct TrustOptions: ParsableArguments {
         p.denyList = DenyList(certificateTBSHashes: Set(denyCertificates.compactMap { Digest(algorithm: .sha256, hex: $0) }),
                               moduleContentHashes: Set(denyModuleHashes.compactMap { Digest(algorithm: .sha256, hex: $0) }))
         p.deniedModuleNames = Set(denyNames.map(Policy.canonicalModuleName))
+        if signatureOnly { p.endState = .signatureOnly }
         return p
     }
 }
@@ -58,6 +62,7 @@ extension Verdict {
             ("policy_id", .string(policyID)),
             ("policy_version", .uint(policyVersion)),
             ("audit_only", .bool(auditOnly)),
+            ("signature_only", .bool(signatureOnly)),
             ("module", .string(moduleName)),
             ("module_sha256", .string(Hex.string(moduleDigest))),
             ("request_sha256", .string(Hex.string(requestDigest))),
