@@ -166,4 +166,28 @@ final class ServiceTests: XCTestCase {
         }
         await c.close()
     }
+
+    /// The session messages travel through the real server: retire-module and module-init-freed
+    /// of a module that is not live are refused with their codes; a patch batch gets a verdict.
+    func testSessionMessagesAreRoutedOverTheSocket() async throws {
+        let c = try await ExecGateClient.connect(to: endpoint)
+        _ = try await c.register(RegisterGuest(guestID: "g-2"))
+        do {
+            _ = try await c.retireModule(RetireModule(guestID: "g-2", moduleName: "vsock", textBase: 0xffff_ffff_c000_0000))
+            XCTFail("nothing is live")
+        } catch ClientError.server(let e) {
+            XCTAssertEqual(e.code, .unknownModule)
+        }
+        do {
+            _ = try await c.moduleInitFreed(ModuleInitFreed(guestID: "g-2", moduleName: "vsock"))
+            XCTFail("nothing is live")
+        } catch ClientError.server(let e) {
+            XCTAssertEqual(e.code, .unknownModule)
+        }
+        let v = try await c.authorizePatch(AuthorizePatch(guestID: "g-2", patches: [PatchEntry(address: 0xffff_ffff_c000_0010, bytes: [0x66, 0x90]),
+                                                                                   PatchEntry(address: 0xffff_ffff_c000_0020, bytes: [0x66, 0x90])]))
+        XCTAssertEqual(v.decision, .deny)
+        XCTAssertEqual(v.reason, .patchNotAllowed)
+        await c.close()
+    }
 }
