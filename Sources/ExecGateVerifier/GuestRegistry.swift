@@ -44,6 +44,25 @@ public struct LiveModule: Sendable {
     public let dependsOn: Set<String>
     /// The state of each key's sites in this module when it was allowed.
     let keyStates: [UInt64: UInt64]
+    /// The module's run-time sites by address (built once from `sites`).
+    let siteIndex: [UInt64: RuntimeSiteTable.Site]
+
+    init(name: String, coreRange: Range<UInt64>, textRange: Range<UInt64>, frames: [UInt64], initRange: Range<UInt64>?,
+         initFrames: [UInt64], exports: ModuleExports?, sites: RuntimeSiteTable?, dependsOn: Set<String>, keyStates: [UInt64: UInt64]) {
+        self.name = name
+        self.coreRange = coreRange
+        self.textRange = textRange
+        self.frames = frames
+        self.initRange = initRange
+        self.initFrames = initFrames
+        self.exports = exports
+        self.sites = sites
+        self.dependsOn = dependsOn
+        self.keyStates = keyStates
+        var index: [UInt64: RuntimeSiteTable.Site] = [:]
+        for site in sites?.siteList ?? [] { index[site.address] = site }
+        self.siteIndex = index
+    }
 }
 
 /// Why a commit or a preflight refused a module (mapped to a verdict reason by the verifier).
@@ -68,6 +87,8 @@ public final class GuestSession: @unchecked Sendable {
     /// States a static-call key was seen in at load (the legal run-time targets of a key the
     /// registration does not name, besides NULL).
     private var keyStatesSeen: [UInt64: Set<UInt64>] = [:]
+    /// Key → addresses of its sites in live modules (what a whole-key batch must cover).
+    private var keySites: [UInt64: Set<UInt64>] = [:]
 
     init(registration: RegisterGuest, facts: GuestFacts, factsDigest: [UInt8]) {
         self.registration = registration
@@ -143,6 +164,7 @@ public final class GuestSession: @unchecked Sendable {
                 keyState[key] = state
                 keyStatesSeen[key, default: []].insert(state)
             }
+            for site in m.siteIndex.values { if let k = site.key { keySites[k, default: []].insert(site.address) } }
             if let e = m.exports { resolver.add(e) }
             return nil
         }
@@ -185,6 +207,8 @@ public final class GuestSession: @unchecked Sendable {
         // Keys with no live site left forget their state (any legal state may come next).
         let stillUsed = Set(live.values.flatMap { $0.keyStates.keys })
         for k in keyState.keys where !stillUsed.contains(k) { keyState[k] = nil }
+        keySites = [:]
+        for m in live.values { for site in m.siteIndex.values { if let k = site.key { keySites[k, default: []].insert(site.address) } } }
     }
 
     // MARK: Retirement
@@ -250,7 +274,7 @@ public final class GuestSession: @unchecked Sendable {
                 case .allowed(_, let s): state = s
                 case .denied(let why): return .denied(.patchNotAllowed, module: owner.name, message: why)
                 }
-                guard let site = table.siteList.first(where: { $0.address == p.address }), let key = site.key else { continue }
+                guard let site = owner.siteIndex[p.address], let key = site.key else { continue }
                 if let other = newState[key], other != state {
                     return .denied(.patchPartialKey, module: owner.name, message: "\(at): the batch moves key 0x\(hex(key)) to two states (0x\(hex(other)), 0x\(hex(state)))")
                 }
@@ -259,8 +283,7 @@ public final class GuestSession: @unchecked Sendable {
                 if site.kind == .staticCall { staticKeys.insert(key) }
             }
             for (key, covered) in batchSites.sorted(by: { $0.key < $1.key }) {
-                var all = Set<UInt64>()
-                for m in live.values { for s in m.sites?.siteList ?? [] where s.key == key { all.insert(s.address) } }
+                let all = keySites[key] ?? []
                 let missing = all.subtracting(covered)
                 if !missing.isEmpty {
                     return .denied(.patchPartialKey, module: owners.joined(separator: ","),
