@@ -60,6 +60,10 @@ public struct Policy: Sendable {
     public var source: [UInt8]?
     /// Module content hashes listed by `pin` lines: what a `hash-pinned` rule admits.
     public var pinnedModules: Set<Digest>
+    /// Kernel builds a guest may register with (`kernel` lines). Empty: any kernel the VMM
+    /// measured. Otherwise register-guest must carry a listed `kernel_digest`, and its symbol
+    /// table must hash to the digest pinned with it (see `KernelPin`).
+    public var trustedKernels: [KernelPin] = []
 
     public init(id: String, version: UInt64, mode: Mode = .enforce, trust: TrustStore, denyList: DenyList = .empty,
                 deniedModuleNames: Set<String> = [], minimumDigest: DigestAlgorithm = .sha256,
@@ -92,5 +96,19 @@ public struct Policy: Sendable {
     /// The kernel treats `-` and `_` in module names as the same character.
     public static func canonicalModuleName(_ name: String) -> String {
         String(name.map { $0 == "-" ? "_" : $0 })
+    }
+}
+
+/// One trusted kernel build: the SHA-256 of its image and of its symbol table as register-guest
+/// carries it, at link-time addresses (each record `{u64 address − kaslr_slide; u8 type; u8 flags;
+/// u16 name_len; name}`, big-endian, in the order sent). The symbols digest does not depend on the
+/// boot's KASLR slide (image addresses, ≥ 0xffffffff80000000, have the slide subtracted; per-cpu
+/// offsets do not move), so one pin covers every boot of the build; register-guest-reply reports it.
+public struct KernelPin: Sendable, Hashable {
+    public var kernel: Digest
+    public var symbols: Digest
+    public init(kernel: Digest, symbols: Digest) {
+        self.kernel = kernel
+        self.symbols = symbols
     }
 }

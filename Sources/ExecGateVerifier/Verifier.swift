@@ -75,9 +75,23 @@ public final class Verifier: @unchecked Sendable {
             return .helloReply(HelloReply(version: WireLimits.protocolVersion, serverName: serverName,
                                           maximumBodySize: UInt32(WireLimits.defaultMaximumBodySize)))
         case .registerGuest(let r):
+            // Bind the symbols to the kernel build: with `kernel … symbols …` pins in the policy,
+            // the registered kernel must be listed and its symbol table (at link-time addresses)
+            // must be exactly the one pinned with it.
+            let symbols = RegisterGuestReply.linkTimeSymbolRecords(r).withUnsafeBytes { Digest.sha256($0) }
+            let kernels = policy.trustedKernels
+            if !kernels.isEmpty {
+                guard let kernel = Digest(algorithm: .sha256, bytes: r.kernelDigest), let pin = kernels.first(where: { $0.kernel == kernel }) else {
+                    return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': kernel_digest \(r.kernelDigest.isEmpty ? "missing" : "not listed") (policy \(policy.id) pins \(kernels.count) kernel build(s))"))
+                }
+                guard pin.symbols == symbols else {
+                    return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': the symbols are not the pinned symbol table of kernel \(kernel) (\(symbols) sent)"))
+                }
+            }
             switch guests.register(r, factsDigest: requestDigest) {
             case .registered:
-                return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: r.symbols.count), factsDigest: requestDigest))
+                return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: r.symbols.count),
+                                                              factsDigest: requestDigest, symbolsDigest: symbols.bytes))
             case .refused(let code, let why):
                 return .error(ErrorReply(code: code, message: why))
             }

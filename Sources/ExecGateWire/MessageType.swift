@@ -89,6 +89,8 @@ public struct WireErrorCode: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let moduleInUse = WireErrorCode(rawValue: 12)
     /// 13: register-guest whose facts fail a plausibility check (the message names the fact).
     public static let implausibleFacts = WireErrorCode(rawValue: 13)
+    /// 14: register-guest for a kernel build the policy does not list (`kernel … symbols …` pins).
+    public static let untrustedKernel = WireErrorCode(rawValue: 14)
 
     public var description: String {
         switch self {
@@ -105,6 +107,7 @@ public struct WireErrorCode: RawRepresentable, Hashable, Sendable, CustomStringC
         case .unknownModule: return "unknown-module"
         case .moduleInUse: return "module-in-use"
         case .implausibleFacts: return "implausible-facts"
+        case .untrustedKernel: return "untrusted-kernel"
         default: return "error-\(rawValue)"
         }
     }

@@ -250,23 +250,49 @@ public struct RegisterGuestReply: Sendable, Equatable {
     /// guest carries it (`verdict.facts_digest`), binding the verdict to exactly those facts
     /// (kernel digest included). Empty when not computed.
     public var factsDigest: [UInt8]
-    public init(guestID: String, symbolCount: UInt32, factsDigest: [UInt8] = []) {
+    /// SHA-256 of the symbol table at link-time addresses (what a policy `kernel … symbols` pin
+    /// names): the same for every boot of one build. Empty when not computed.
+    public var symbolsDigest: [UInt8]
+    public init(guestID: String, symbolCount: UInt32, factsDigest: [UInt8] = [], symbolsDigest: [UInt8] = []) {
         self.guestID = guestID
         self.symbolCount = symbolCount
         self.factsDigest = factsDigest
+        self.symbolsDigest = symbolsDigest
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "register-guest-reply", known: [1, 2, 3])
+        let r = try TLVReader(body, message: "register-guest-reply", known: [1, 2, 3, 4])
         guestID = try r.requiredString(1, "guest_id")
         symbolCount = try r.requiredInteger(2, "symbol_count")
         factsDigest = try r.optional(3, "facts_digest").map { Array(buffer: $0) } ?? []
+        symbolsDigest = try r.optional(4, "symbols_digest").map { Array(buffer: $0) } ?? []
     }
 
     public func encode(into w: inout TLVWriter) {
         w.string(1, guestID)
         w.u32(2, symbolCount)
         if !factsDigest.isEmpty { w.bytes(3, factsDigest) }
+        if !symbolsDigest.isEmpty { w.bytes(4, symbolsDigest) }
+    }
+
+    /// The packed symbol records at link-time addresses (image addresses − `kaslrSlide`), the
+    /// input of `symbolsDigest`.
+    public static func linkTimeSymbolRecords(_ r: RegisterGuest) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(r.symbols.count * 32)
+        for s in r.symbols {
+            // KASLR moves the kernel image (mapped from __START_KERNEL_map, 0xffffffff80000000);
+            // zero-based per-cpu offsets (`A` symbols such as `__per_cpu_end`) do not move.
+            let a = s.address >= 0xffff_ffff_8000_0000 ? s.address &- r.kaslrSlide : s.address
+            for k in (0..<8).reversed() { out.append(UInt8(truncatingIfNeeded: a >> (8 * UInt64(k)))) }
+            out.append(s.type)
+            out.append(UInt8(s.exported ? 1 : 0) | UInt8(s.isFunction ? 2 : 0))
+            let n = Array(s.name.utf8.prefix(Int(UInt16.max)))
+            out.append(UInt8(n.count >> 8))
+            out.append(UInt8(n.count & 0xff))
+            out += n
+        }
+        return out
     }
 }
 

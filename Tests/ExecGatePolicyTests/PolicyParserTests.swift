@@ -72,6 +72,20 @@ final class PolicyParserTests: XCTestCase {
         }
     }
 
+    func testKernelPins() throws {
+        let k = String(repeating: "ab", count: 32), y = String(repeating: "cd", count: 32)
+        let p = try PolicyFixtures.parse(try PolicyFixtures.text(version: 4, body: "kernel sha256:\(k) symbols sha256:\(y)\nmodules allow"))
+        XCTAssertEqual(p.trustedKernels.count, 1)
+        XCTAssertEqual(p.trustedKernels.first?.kernel.hex, k)
+        XCTAssertEqual(p.trustedKernels.first?.symbols.hex, y)
+        XCTAssertThrowsError(try PolicyFixtures.parse(try PolicyFixtures.text(version: 4, body: "kernel sha256:\(k)\nmodules allow"))) { e in
+            XCTAssertEqual((e as? PolicyParseError)?.code, .missingArgument)
+        }
+        XCTAssertThrowsError(try PolicyFixtures.parse(try PolicyFixtures.text(version: 4, body: "kernel sha256:\(k) symbols sha256:\(y)\nkernel sha256:\(k) symbols sha256:\(y)\nmodules allow"))) { e in
+            XCTAssertEqual((e as? PolicyParseError)?.code, .duplicate)
+        }
+    }
+
     func testEmbeddedAnchorAndEveryDirective() throws {
         let cert = try PolicyFixtures.kernelCertificate()
         let tbs = cert.tbsHash.hex

@@ -9,6 +9,7 @@
 import ExecGateCapture
 import ExecGateExplain
 import ExecGatePolicy
+import ExecGateSignature
 import ExecGateTestSupport
 import ExecGateVerifier
 import ExecGateWire
@@ -348,5 +349,56 @@ final class SessionAttackTests: XCTestCase {
         let v = try lying.load(owner)
         XCTAssertEqual(v.decision, .deny, v.message)
         XCTAssertEqual(v.reason, .keyStateMismatch)
+    }
+
+    // MARK: Item 4: symbols bound to the kernel build
+
+    /// With `kernel … symbols …` pins, a registration must name a pinned kernel and carry exactly
+    /// that build's symbol table; the same build under another KASLR slide still matches.
+    func testKernelPinBindsTheSymbolsToTheKernelDigest() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        var reg = try boot.registration(guestID: "g")
+        reg.kernelDigest = [UInt8](repeating: 0xab, count: 32)
+        let probe = Verifier(policy: Policy(id: "probe", version: 1, trust: try Fixtures.debianTrust()))
+        guard case .registerGuestReply(let first) = probe.respond(to: .registerGuest(reg), requestDigest: []) else { return XCTFail() }
+        XCTAssertEqual(first.symbolsDigest.count, 32)
+
+        var policy = Policy(id: "pinned", version: 1, trust: try Fixtures.debianTrust())
+        policy.trustedKernels = [KernelPin(kernel: try XCTUnwrap(Digest(algorithm: .sha256, bytes: reg.kernelDigest)),
+                                           symbols: try XCTUnwrap(Digest(algorithm: .sha256, bytes: first.symbolsDigest)))]
+        let v = Verifier(policy: policy)
+        func register(_ r: RegisterGuest) -> Message { v.respond(to: .registerGuest(r), requestDigest: []) }
+
+        var otherKernel = reg
+        otherKernel.kernelDigest = [UInt8](repeating: 0xcd, count: 32)
+        guard case .error(let k) = register(otherKernel) else { return XCTFail("unlisted kernel") }
+        XCTAssertEqual(k.code, .untrustedKernel)
+        var noDigest = reg
+        noDigest.kernelDigest = []
+        guard case .error(let n) = register(noDigest) else { return XCTFail("no kernel digest") }
+        XCTAssertEqual(n.code, .untrustedKernel)
+        // One export moved by 16 bytes (a lie about where a function is): not the pinned table.
+        var moved = reg
+        let i = try XCTUnwrap(moved.symbols.firstIndex { $0.exported && $0.isText })
+        moved.symbols[i].address += 16
+        guard case .error(let m) = register(moved) else { return XCTFail("moved export") }
+        XCTAssertEqual(m.code, .untrustedKernel)
+        XCTAssertNil(v.guests.session("g"))
+
+        // The same build booted at another KASLR slide: every address and pv_ops entry moves.
+        var slid = reg
+        let slide: UInt64 = 0x1e00_0000
+        slid.kaslrSlide = reg.kaslrSlide + slide
+        slid.symbols = reg.symbols.map { var s = $0; if s.address >= 0xffff_ffff_8000_0000 { s.address += slide }; return s }
+        var ops = reg.pvOps
+        for o in stride(from: 0, to: ops.count, by: 8) {
+            var e: UInt64 = 0
+            for b in 0..<8 { e |= UInt64(ops[o + b]) << (8 * UInt64(b)) }
+            if e != 0 { e += slide }
+            for b in 0..<8 { ops[o + b] = UInt8(truncatingIfNeeded: e >> (8 * UInt64(b))) }
+        }
+        slid.pvOps = ops
+        guard case .registerGuestReply(let r) = register(slid) else { return XCTFail("\(register(slid))") }
+        XCTAssertEqual(r.symbolsDigest, first.symbolsDigest)
     }
 }

@@ -29,18 +29,26 @@ final class SharedCorpusSessionTests: XCTestCase {
     }
 
     func testSessionAttacksOnBothBoots() throws {
+        var symbolDigests: [[UInt8]] = []
         for boot in ["nokaslr-a", "kaslr"] {
             let dir = Self.corpus + "/" + boot
             guard access(dir + "/kallsyms.txt", R_OK) == 0 else { throw XCTSkip("shared corpus boot \(dir) not present") }
-            try run(dir, boot)
+            symbolDigests.append(try run(dir, boot))
         }
+        // One kernel build, two boots (one with KASLR): one symbol table at link-time addresses,
+        // so one `kernel … symbols …` pin covers both.
+        XCTAssertEqual(symbolDigests[0], symbolDigests[1])
+        XCTAssertEqual(symbolDigests[0].count, 32)
     }
 
-    private func run(_ dir: String, _ label: String) throws {
+    private func run(_ dir: String, _ label: String) throws -> [UInt8] {
         let v = Verifier(policy: Policy(id: "corpus", version: 1, trust: try Fixtures.debianTrust()))
         let boot = try CaptureBoot.load(dir)
         let registration = try boot.registration(guestID: "g")
-        guard case .registerGuestReply = v.respond(to: .registerGuest(registration), requestDigest: []) else { return XCTFail("registration refused") }
+        guard case .registerGuestReply(let reply) = v.respond(to: .registerGuest(registration), requestDigest: []) else {
+            XCTFail("registration refused")
+            return []
+        }
         let names = boot.availableModules
         var requests: [String: AuthorizeModule] = [:]
         for n in names { requests[n] = try boot.module(n).request(guestID: "g") }
@@ -131,5 +139,6 @@ final class SharedCorpusSessionTests: XCTestCase {
               half-key patch:       \(halfKey)
               re-registration:      \(reregistration)
             """)
+        return reply.symbolsDigest
     }
 }
