@@ -143,6 +143,11 @@ public final class GuestSession: @unchecked Sendable {
     func commit(_ m: LiveModule) -> SessionRefusal? {
         lock.withLock {
             if let c = conflicts(name: m.name, coreRange: m.coreRange, initRange: m.initRange, frames: m.frames, initFrames: m.initFrames) { return c }
+            // The module was explained against a snapshot of the live exports: a module it links
+            // against must still be live (a retire may have raced with the explanation).
+            for d in m.dependsOn.sorted() where live[d] == nil {
+                return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' links against '\(d)', which is no longer live")
+            }
             if let e = m.exports {
                 // The kernel refuses a module exporting a name that is already exported
                 // (verify_exported_symbols(): -ENOEXEC "exports duplicate symbol").
@@ -245,13 +250,18 @@ public final class GuestSession: @unchecked Sendable {
 
     // MARK: Run-time patches
 
-    enum PatchOutcome { case allowed(module: String, message: String), denied(VerdictReason, module: String, message: String) }
+    enum PatchOutcome {
+        /// Legal; `newStates` are the keys' states after the transition (apply with `apply(_:)`
+        /// once the verdict is final).
+        case allowed(module: String, message: String, newStates: [UInt64: UInt64], staticKeys: Set<UInt64>)
+        case denied(VerdictReason, module: String, message: String)
+    }
 
     /// Judge a batch of text_pokes as one transition (see docs/protocol.md, authorize-patch):
     /// every entry at a site of the live module that owns its address, in a legal encoding; the
     /// sites of one key all reach one state, and the batch covers every live site of each key it
-    /// touches; a static-call key only reaches a target trusted for it. On allow the key states
-    /// are updated in the same critical section.
+    /// touches; a static-call key only reaches a target trusted for it. Nothing changes until the
+    /// verdict is final and `apply` records the new key states.
     func judgePatches(_ patches: [PatchEntry]) -> PatchOutcome {
         lock.withLock {
             var seen = Set<UInt64>()
@@ -298,9 +308,19 @@ public final class GuestSession: @unchecked Sendable {
                     }
                 }
             }
-            for (k, s) in newState { keyState[k] = s; if staticKeys.contains(k) { keyStatesSeen[k, default: []].insert(s) } }
             let what = patches.count == 1 ? "1 site" : "\(patches.count) sites"
-            return .allowed(module: owners.joined(separator: ","), message: "\(what) in \(owners.joined(separator: ", ")): legal encodings, whole-key transition")
+            return .allowed(module: owners.joined(separator: ","), message: "\(what) in \(owners.joined(separator: ", ")): legal encodings, whole-key transition",
+                            newStates: newState, staticKeys: staticKeys)
+        }
+    }
+
+    /// Record the key states of an allowed transition (keys whose sites are all gone are skipped).
+    func apply(_ newStates: [UInt64: UInt64], staticKeys: Set<UInt64>) {
+        lock.withLock {
+            for (k, s) in newStates where keySites[k] != nil {
+                keyState[k] = s
+                if staticKeys.contains(k) { keyStatesSeen[k, default: []].insert(s) }
+            }
         }
     }
 

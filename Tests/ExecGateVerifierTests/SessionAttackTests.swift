@@ -401,4 +401,30 @@ final class SessionAttackTests: XCTestCase {
         guard case .registerGuestReply(let r) = register(slid) else { return XCTFail("\(register(slid))") }
         XCTAssertEqual(r.symbolsDigest, first.symbolsDigest)
     }
+
+    /// A verdict the audit sink refuses (audit-overflow block) is a deny: the module it would have
+    /// admitted never becomes live, and a patch it would have allowed moves no key.
+    func testAuditRefusalRollsBackTheCommit() throws {
+        struct Refusing: VerdictAuditSink { func record(_ verdict: ExecGateWire.Verdict, guestID: String, policy: Policy) -> Bool { false } }
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let (key, sites) = try XCTUnwrap(g.sitesByKey().filter { $0.value.allSatisfy { $0.site.kind == .jumpLabel } }.min { $0.key < $1.key })
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        let base = try XCTUnwrap(g.session.liveModule("irqbypass")?.textRange.lowerBound)
+        guard case .retireModuleReply = g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: "irqbypass", textBase: base)), requestDigest: []) else { return XCTFail() }
+
+        g.verifier.auditSink = Refusing()
+        let v = try g.load("irqbypass")
+        XCTAssertEqual(v.decision, .deny)
+        XCTAssertEqual(v.reason, .auditUnrecorded)
+        XCTAssertNil(g.session.liveModule("irqbypass"), "rolled back")
+        let flip = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+        XCTAssertEqual(g.patch(flip).reason, .auditUnrecorded)
+        XCTAssertEqual(g.session.state(ofKey: key), state, "a refused patch moves no key")
+
+        g.verifier.auditSink = nil
+        XCTAssertEqual(try g.load("irqbypass").decision, .allow)
+        XCTAssertEqual(g.patch(flip).decision, .allow)
+        XCTAssertEqual(g.session.state(ofKey: key), 1 - state)
+    }
 }
