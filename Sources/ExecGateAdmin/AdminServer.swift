@@ -13,7 +13,7 @@
 // Admin requests are rare and cheap (one CMS verification, one parse), so they are handled on the
 // admin event loop itself, one at a time per connection, in order.
 
-import ExecGateService
+import ExecGateTransport
 import ExecGateWire
 import NIOConcurrencyHelpers
 import NIOCore

@@ -94,9 +94,9 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             ("time", .string(clock())),
             ("event", .string("verdict")),
             ("guest", .string(guestID)),
-            ("request_sha256", .string(Hex.string(v.requestDigest))),
+            ("request_sha256", .string(Hex.encode(v.requestDigest))),
             ("module", .string(v.moduleName)),
-            ("module_sha256", .string(Hex.string(v.moduleDigest))),
+            ("module_sha256", .string(Hex.encode(v.moduleDigest))),
             ("decision", .string(v.decision == .allow ? "allow" : "deny")),
             ("audit_only", .bool(v.auditOnly)),
             ("reason", .string(v.reason.name)),
@@ -116,7 +116,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             ("policy_version", .uint(policy.version)),
             ("previous_policy_id", previous.map { .string($0.id) } ?? .null),
             ("previous_policy_version", previous.map { .uint($0.version) } ?? .null),
-            ("policy_sha256", policy.source.map { .string(Hex.string(PolicySummary.sha256($0))) } ?? .null),
+            ("policy_sha256", policy.source.map { .string(Hex.encode(PolicySummary.sha256($0))) } ?? .null),
             ("detail", .string(detail)),
         ]).serialized()
         _ = enqueue(line, overflow: .block, force: true)

@@ -169,7 +169,7 @@ public enum PolicySummary {
             ("activated_by", .string(r.activatedBy)), ("minimum_digest", .string(r.minimumDigest)), ("end_state", .string(r.endState)),
             ("audit_overflow", .string(r.auditOverflow)), ("audit_accepted", .uint(r.auditAccepted)), ("audit_dropped", .uint(r.auditDropped)),
             ("anchors", .array(r.anchors.map { .string($0) })), ("rules", .array(r.rules.map { .string($0) })),
-            ("source_sha256", .string(Hex.string(r.sourceSHA256))), ("source", .string(r.source)),
+            ("source_sha256", .string(Hex.encode(r.sourceSHA256))), ("source", .string(r.source)),
         ])
     }
 }

@@ -11,17 +11,12 @@
 // bounded before buffering, every body is parsed by the typed decoders, and a bad request gets
 // an `error` reply without affecting other requests or connections.
 
+import ExecGateTransport
 import ExecGateWire
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// Named limits of the service.
 public enum ServiceLimits {
@@ -102,23 +97,4 @@ final class ServerStats: @unchecked Sendable {
     func begin() { lock.withLock { _inFlight += 1 } }
     func end() { lock.withLock { _inFlight -= 1; _served &+= 1 } }
     var uptimeMilliseconds: UInt64 { UInt64(max(0, (NIODeadline.now() - started).nanoseconds / 1_000_000)) }
-}
-
-extension ServerBootstrap {
-    /// Bind to a listening endpoint. A Unix socket replaces a stale socket file (never any other
-    /// kind of file) and is made 0600: only its owner may connect. AF_VSOCK listens on every CID.
-    public func bind(endpoint: Endpoint) async throws -> Channel {
-        switch endpoint {
-        case .unix(let path):
-            var st = stat()
-            if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
-            let channel = try await self.bind(unixDomainSocketPath: path).get()
-            chmod(path, 0o600)
-            return channel
-        case .vsock(_, let port):
-            return try await self.bind(to: VsockAddress(cid: .any, port: .init(rawValue: port))).get()
-        case .hybrid:
-            throw EndpointError(text: endpoint.description, why: "a hybrid socket is a client-side address; the vsock backend listens on it")
-        }
-    }
 }

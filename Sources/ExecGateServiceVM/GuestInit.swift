@@ -35,8 +35,8 @@ public enum ConsoleProtocol {
     public static let fatal = "EXECGATE-FATAL"
 }
 
-/// Where the service VM's init hands over to the verifier. The executable fills these in (it links
-/// the real service); the defaults are a small stand-in so this target stays independent of it.
+/// Where the service VM's init hands over to the verifier. ExecGateHost fills these in (it links the
+/// real service), so this target stays independent of it.
 public struct GuestServiceHooks: Sendable {
     /// Runs the verifier listening on AF_VSOCK `port` until it shuts down. Must call `ready` once
     /// the socket listens (init prints the READY line then).
@@ -52,11 +52,6 @@ public struct GuestServiceHooks: Sendable {
         self.runService = runService
         self.runSelfTest = runSelfTest
     }
-
-    public static let stub = GuestServiceHooks(
-        runService: { try await StubService.run(port: $0, ready: $1) },
-        runSelfTest: { try await StubService.selfTest(port: $0, report: $1) }
-    )
 }
 
 public struct SelfTestResult: Sendable {
@@ -65,18 +60,17 @@ public struct SelfTestResult: Sendable {
     /// What was expected / seen, short.
     public var detail: String
     public var micros: Int
-    /// Extra machine-readable fields (already JSON-encoded values).
-    public var extra: [(String, String)]
+    /// Extra machine-readable fields.
+    public var extra: [(String, _ExecGateInternals.JSON)]
 
-    public init(name: String, passed: Bool, detail: String, micros: Int, extra: [(String, String)] = []) {
+    public init(name: String, passed: Bool, detail: String, micros: Int, extra: [(String, _ExecGateInternals.JSON)] = []) {
         self.name = name; self.passed = passed; self.detail = detail; self.micros = micros; self.extra = extra
     }
 
     public var json: String {
-        var fields = [("name", JSON.string(name)), ("passed", passed ? "true" : "false"),
-                      ("detail", JSON.string(detail)), ("micros", "\(micros)")]
-        fields += extra
-        return JSON.object(fields)
+        let fields: [(String, _ExecGateInternals.JSON)] = [("name", .string(name)), ("passed", .bool(passed)),
+                                                           ("detail", .string(detail)), ("micros", .int(Int64(micros)))]
+        return _ExecGateInternals.JSON.object(fields + extra).serialized()
     }
 }
 

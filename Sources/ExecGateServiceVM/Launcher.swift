@@ -49,6 +49,11 @@ public struct VMConfig: Sendable {
     public var qemuLog: String { stateDir + "/qemu.log" }
     public var pidFile: String { stateDir + "/qemu.pid" }
     public var infoFile: String { stateDir + "/vm.txt" }
+    /// The image's build record (`image.txt`, written by `image build` next to the initramfs).
+    public var imageInfoPath: String {
+        let dir = initrd.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        return (dir.isEmpty ? "." : dir) + "/image.txt"
+    }
     /// Marker in QEMU's command line (`-name`): identifies our process, guards against pid reuse.
     public var processMarker: String { "execgate-vm-\(name)" }
 
@@ -148,6 +153,9 @@ public struct VMStartResult: Sendable {
     public var reachableFromHost: Bool
     public var bootMillis: Int
     public var readyLine: String
+    /// The admin port (policy push/show, audit-read) when the image carries an admin certificate
+    /// (`image build --admin-cert`): the guest then listens on the verifier's port + 1.
+    public var adminAddress: String?
 }
 
 public enum Launcher {
@@ -194,9 +202,13 @@ public enum Launcher {
             let line = try waitForReady(c, pid: pid, timeoutSeconds: c.readyTimeoutSeconds)
             let bootMs = Int((Clock.nanos() - t0) / 1_000_000)
             let address = c.hostAddress(vhostUser: vhostUser)
+            let image = ImageInfo.parse((try? FS.readString(c.imageInfoPath)) ?? "")
+            let admin = image["admin_certificate"] == "yes" ? c.hostAddress(vhostUser: vhostUser, port: c.port &+ 1) : nil
             try writeInfo(c, vhost: vhost, extra: [("state", "ready"), ("pid", "\(pid)"), ("boot_ms", "\(bootMs)"),
-                                                   ("vhost_user_vsock", vhostUser ? "yes" : "no"), ("address", address)])
-            return VMStartResult(pid: pid, address: address, reachableFromHost: vhost || vhostUser, bootMillis: bootMs, readyLine: line)
+                                                   ("vhost_user_vsock", vhostUser ? "yes" : "no"), ("address", address),
+                                                   ("admin_address", admin ?? "")])
+            return VMStartResult(pid: pid, address: address, reachableFromHost: vhost || vhostUser, bootMillis: bootMs, readyLine: line,
+                                 adminAddress: admin)
         } catch {
             // Do not leave a half-started guest behind.
             _ = stopProcess(pid, marker: c.processMarker)

@@ -20,7 +20,10 @@ extension VMConfig {
     public var vsockBackendPidFile: String { stateDir + "/vsock-backend.pid" }
 
     /// How a host client reaches the verifier: vhost-vsock → `vsock:CID:PORT`, backend → `hybrid:…`.
-    public func hostAddress(vhostUser: Bool) -> String {
+    public func hostAddress(vhostUser: Bool) -> String { hostAddress(vhostUser: vhostUser, port: port) }
+
+    /// How a host client reaches guest port `port` (the admin port is the verifier's port + 1).
+    public func hostAddress(vhostUser: Bool, port: UInt32) -> String {
         vhostUser ? "hybrid:\(hybridSocket):\(port)" : "vsock:\(cid):\(port)"
     }
 

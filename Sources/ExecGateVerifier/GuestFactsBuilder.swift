@@ -11,7 +11,9 @@
 //   - `x86_capability[]`: the raw words from boot_cpu_data (little-endian in guest memory);
 //   - named helpers: `_paravirt_nop`, `paravirt_BUG`, `__static_call_return0`, `__static_call_return`,
 //     `its_return_thunk`, `__per_cpu_end` (the module per-cpu chunk follows it);
-//   - static-call keys: the trusted targets per key (register-guest `static_call_key`);
+//   - static-call keys: the trusted targets per key (register-guest `static_call_key`, plus the
+//     engine's build-derived table: GuestFacts.deriveFromCoreSymbols);
+//   - the kernel release (vermagic) and the core's init ranges;
 //   - uniprocessor patching: alternative_instructions() rewrites `lock` prefixes when
 //     `!noreplace_smp && (num_present_cpus() == 1 || setup_max_cpus <= 1)`.
 // The facts are checked for plausibility first (FactsPlausibility.swift): a registration that
@@ -29,13 +31,12 @@ public enum GuestFactsBuilder {
             if s.exported && exports[s.name] == nil { exports[s.name] = s.address }
             if named[s.name] == nil { named[s.name] = s.address }
         }
-        let bounds = KernelBounds(named)
+        // Every text symbol (or, when the build marks STT_FUNC, every marked one). Static calls no
+        // longer take "any function entry": the engine admits only targets trusted for the key
+        // (StaticCallTrust, `static_call_key`), never init text (coreInitRanges); this set stays
+        // the engine's broad notion of "code address" (its mutation classes draw from it).
         let marked = r.symbols.contains { $0.isFunction }
-        // Section-boundary labels (`_stext`, `_etext`, …) are never functions, whatever their nm letter.
-        for s in r.symbols where s.isText && (!marked || s.isFunction) && !KernelBounds.labels.contains(s.name) {
-            if let b = bounds, !b.isCoreText(s.address) { continue }
-            functions.insert(s.address)
-        }
+        for s in r.symbols where s.isText && (!marked || s.isFunction) { functions.insert(s.address) }
         var caps: [UInt32] = []
         caps.reserveCapacity(r.cpuCapabilities.count / 4)
         var i = 0
@@ -60,11 +61,15 @@ public enum GuestFactsBuilder {
         // Module per-cpu data lives in the reserved chunk right after the core per-cpu area:
         // [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)) — mm/percpu.c, include/linux/percpu.h.
         facts.modulePercpuRange = named["__per_cpu_end"].map { $0..<($0 + (8 << 10)) }
+        // Static-call keys: the targets the VMM decoded from the core's trampolines and the
+        // operator's per-key targets (register-guest `static_call_key`), merged with the table the
+        // engine derives from the build's symbols (StaticCallTrust); core init ranges likewise.
         for k in r.staticCallKeys {
-            facts.staticCallKeyTargets[k.key, default: []].insert(k.current)
-            facts.staticCallKeyTargets[k.key, default: []].formUnion(k.allowed)
+            facts.staticCallTrustedTargets[k.key, default: []].insert(k.current)
+            facts.staticCallTrustedTargets[k.key, default: []].formUnion(k.allowed)
         }
-        facts.kernelRelease = r.kernelRelease
+        facts.deriveFromCoreSymbols(named)
+        facts.kernelRelease = r.kernelRelease.isEmpty ? nil : r.kernelRelease
         return facts
     }
 
@@ -86,7 +91,6 @@ public enum GuestFactsBuilder {
 /// `_stext`/`_etext` bound the core text (entry code, thunks included), `_sinittext`/`_einittext`
 /// the init text that free_initmem() releases after boot.
 struct KernelBounds {
-    static let labels = ["_stext", "_etext", "_sinittext", "_einittext", "_text", "_end"]
     let coreText: Range<UInt64>
     let initText: Range<UInt64>?
 

@@ -159,7 +159,7 @@ public final class GuestSession: @unchecked Sendable {
                 if let current = keyState[key], current != state {
                     return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(hex(key)) are in state 0x\(hex(state)), live sites of that key are in state 0x\(hex(current))")
                 }
-                if keyState[key] == nil, let trusted = facts.staticCallKeyTargets[key], !Self.nullStates(facts).contains(state), !trusted.contains(state) {
+                if keyState[key] == nil, let trusted = facts.staticCallTrustedTargets[key], !Self.nullStates(facts).contains(state), !trusted.contains(state) {
                     return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': static-call key 0x\(hex(key)) targets 0x\(hex(state)), which is not trusted for that key")
                 }
             }
@@ -214,6 +214,13 @@ public final class GuestSession: @unchecked Sendable {
         for k in keyState.keys where !stillUsed.contains(k) { keyState[k] = nil }
         keySites = [:]
         for m in live.values { for site in m.siteIndex.values { if let k = site.key { keySites[k, default: []].insert(site.address) } } }
+        // Run-time transitions since load are part of the live state: keep the engine's view of
+        // static-call key states current (the exports above carry only load-time states).
+        for m in live.values {
+            for site in m.siteIndex.values where site.kind == .staticCall {
+                if let k = site.key, let st = keyState[k] { resolver.recordStaticCallState(key: k, state: st) }
+            }
+        }
     }
 
     // MARK: Retirement
@@ -301,7 +308,7 @@ public final class GuestSession: @unchecked Sendable {
                 }
                 let state = newState[key]!  // set for every key in batchSites (same loop above)
                 if staticKeys.contains(key) && !Self.nullStates(facts).contains(state) {
-                    let trusted = facts.staticCallKeyTargets[key] ?? keyStatesSeen[key] ?? []
+                    let trusted = facts.staticCallTrustedTargets[key] ?? keyStatesSeen[key] ?? []
                     if !trusted.contains(state) {
                         return .denied(.patchNotAllowed, module: owners.joined(separator: ","),
                                        message: "static-call key 0x\(hex(key)): target 0x\(hex(state)) is not trusted for that key")
@@ -319,7 +326,11 @@ public final class GuestSession: @unchecked Sendable {
         lock.withLock {
             for (k, s) in newStates where keySites[k] != nil {
                 keyState[k] = s
-                if staticKeys.contains(k) { keyStatesSeen[k, default: []].insert(s) }
+                if staticKeys.contains(k) {
+                    keyStatesSeen[k, default: []].insert(s)
+                    // The engine checks later modules' sites against the verified state too.
+                    resolver.recordStaticCallState(key: k, state: s)
+                }
             }
         }
     }

@@ -281,6 +281,8 @@ public final class Verifier: @unchecked Sendable {
             return deny(.moduleNameDenied, "module '\(moduleName)' is deny-listed by name")
         }
         if let release = session?.facts.kernelRelease, !release.isEmpty {
+            // (The engine checks vermagic too, ModuleChecks.swift; this earlier check gives the
+            // denial its own reason code and runs before any byte is judged.)
             // check_modinfo() → same_magic(): the module is built for this kernel. The release is
             // vermagic's first word (include/linux/vermagic.h: UTS_RELEASE " " …).
             checks.append(.vermagic)

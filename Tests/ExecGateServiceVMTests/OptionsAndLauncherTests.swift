@@ -125,12 +125,12 @@ final class LauncherTests: XCTestCase {
 
 final class FlatJSONTests: XCTestCase {
     func testParsesResultLine() {
-        let r = SelfTestResult(name: "a \"b\"", passed: true, detail: "x\ny", micros: 12, extra: [("mean_us", "3")])
+        let r = SelfTestResult(name: "a \"b\"", passed: true, detail: "x\ny", micros: 12, extra: [("mean_us", .int(3))])
         let run = SelfTestRun.parse(console: "noise\r\n[    1.0] kernel\nEXECGATE-RESULT \(r.json)\r\nEXECGATE-DONE {\"passed\":1,\"failed\":0}\n")
         XCTAssertEqual(run.results.count, 1)
         XCTAssertEqual(run.results[0].name, "a \"b\"")
         XCTAssertEqual(run.results[0].detail, "x\ny")
-        XCTAssertEqual(run.results[0].fields["mean_us"], .number(3))
+        XCTAssertEqual(run.results[0].fields["mean_us"], FlatJSON.Value.number(3))
         XCTAssertTrue(run.passed)
     }
 

@@ -307,48 +307,52 @@ final class SessionAttackTests: XCTestCase {
         XCTAssertEqual(g.session.state(ofKey: key), state)
     }
 
-    /// Static calls: a run-time retarget of a key the registration names may only reach a target
-    /// trusted for that key; a module whose sites disagree with the key's trusted state is denied.
-    func testStaticCallKeyTargetsComeFromTheRegistration() throws {
+    /// Static calls: a run-time retarget (a whole-key batch) may only reach a target trusted for
+    /// the key. `commit_creds` is a real core function: not trusted for the key, the batch is
+    /// denied; once the operator's registration lists it for that key (`static_call_key.allowed`),
+    /// the same batch is allowed and the key's state follows.
+    func testStaticCallRetargetNeedsATargetTrustedForTheKey() throws {
         let probe = try FixtureGuest()
         try probe.loadAll()
-        // A static-call key whose live sites call a real function (not NULL / return0).
         let nulls: Set<UInt64> = [0, probe.session.facts.staticCallReturn0 ?? 0]
         let (key, sites) = try XCTUnwrap(probe.sitesByKey().filter { k, v in
             v.allSatisfy { $0.site.kind == .staticCall } && !nulls.contains(probe.session.state(ofKey: k) ?? 0)
         }.min { $0.key < $1.key }, "the fixture has static calls with a function target (ip6_udp_tunnel, irqbypass)")
         let current = try XCTUnwrap(probe.session.state(ofKey: key))
-        let owner = try XCTUnwrap(probe.boot.availableModules.first { n in sites.contains { $0.table.module == n } })
-        // Another real core function, not trusted for this key (the fixture's exported text symbols).
-        let other = try XCTUnwrap(probe.session.facts.functionEntries.sorted().first { $0 != current && $0 != probe.session.facts.staticCallReturn0 })
+        let target = try XCTUnwrap(probe.registration.symbols.first { $0.name == "commit_creds" }?.address)
+        XCTAssertFalse(probe.session.facts.staticCallTrustedTargets[key, default: []].contains(target))
 
-        // Registration pins the key to its real current target: honest load allowed; a retarget
-        // batch to another function is denied; back to NULL is allowed.
-        let pinned = try FixtureGuest()
-        var reg = pinned.registration
-        reg.reset = true
-        reg.staticCallKeys = [StaticCallKeyFact(key: key, current: current)]
-        let pinnedReply = pinned.verifier.respond(to: .registerGuest(reg), requestDigest: [])
-        guard case .registerGuestReply = pinnedReply else { return XCTFail("\(pinnedReply)") }
-        try pinned.loadAll()
-        let retarget = try sites.map { s in PatchEntry(address: s.site.address, bytes: try XCTUnwrap(s.table.encoding(at: s.site.address, state: other))) }
-        let denied = pinned.patch(retarget)
+        // Not trusted: denied (no table even encodes it as legal), and nothing moves.
+        let untrusted = try sites.map { s in PatchEntry(address: s.site.address, bytes: try XCTUnwrap(genCall(s, target))) }
+        let denied = probe.patch(untrusted)
         XCTAssertEqual(denied.decision, .deny, denied.message)
         XCTAssertEqual(denied.reason, .patchNotAllowed)
-        XCTAssertTrue(denied.message.contains("not trusted for that key"), denied.message)
+        XCTAssertEqual(probe.session.state(ofKey: key), current)
+        // NULL is always a legal state of a static call.
         let toNull = try sites.map { s in PatchEntry(address: s.site.address, bytes: try XCTUnwrap(s.table.encoding(at: s.site.address, state: 0))) }
-        XCTAssertEqual(pinned.patch(toNull).decision, .allow)
+        XCTAssertEqual(probe.patch(toNull).decision, .allow)
 
-        // Registration says the key targets another function: the module's sites disagree.
-        let lying = try FixtureGuest()
-        var reg2 = lying.registration
-        reg2.reset = true
-        reg2.staticCallKeys = [StaticCallKeyFact(key: key, current: other)]
-        guard case .registerGuestReply = lying.verifier.respond(to: .registerGuest(reg2), requestDigest: []) else { return XCTFail() }
-        for name in lying.boot.availableModules where name != owner { _ = try lying.load(name) }
-        let v = try lying.load(owner)
-        XCTAssertEqual(v.decision, .deny, v.message)
-        XCTAssertEqual(v.reason, .keyStateMismatch)
+        // The operator trusts the target for this key: the same batch is allowed.
+        let trusting = try FixtureGuest()
+        var reg = trusting.registration
+        reg.reset = true
+        reg.staticCallKeys = [StaticCallKeyFact(key: key, current: current, allowed: [target])]
+        let reply = trusting.verifier.respond(to: .registerGuest(reg), requestDigest: [])
+        guard case .registerGuestReply = reply else { return XCTFail("\(reply)") }
+        try trusting.loadAll()
+        let allowed = trusting.patch(untrusted)
+        XCTAssertEqual(allowed.decision, .allow, allowed.message)
+        XCTAssertEqual(trusting.session.state(ofKey: key), target)
+    }
+
+    /// A call (or, for a tail site, a jump) at the site to `target`, encoded by hand.
+    private func genCall(_ s: (table: RuntimeSiteTable, site: RuntimeSiteTable.Site), _ target: UInt64) -> [UInt8]? {
+        guard s.site.length == 5, let current = s.table.encoding(at: s.site.address, state: 1) else { return nil }
+        let op: UInt8 = current.first == 0xe9 ? 0xe9 : 0xe8
+        let disp = Int64(bitPattern: target &- (s.site.address &+ 5))
+        guard let d = Int32(exactly: disp) else { return nil }
+        let u = UInt32(bitPattern: d)
+        return [op, UInt8(u & 0xff), UInt8((u >> 8) & 0xff), UInt8((u >> 16) & 0xff), UInt8(u >> 24)]
     }
 
     // MARK: Item 4: symbols bound to the kernel build

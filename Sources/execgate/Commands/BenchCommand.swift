@@ -5,6 +5,7 @@
 import _ExecGateInternals
 import ArgumentParser
 import ExecGateClient
+import ExecGateHost
 import ExecGateKernelImage
 import ExecGatePolicy
 import ExecGateService

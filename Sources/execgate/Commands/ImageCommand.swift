@@ -3,7 +3,6 @@
 // `execgate image build`: the service VM's kernel + initramfs (see ExecGateServiceVM/ImageBuilder).
 
 import ArgumentParser
-import ExecGateKernelImage
 import ExecGateServiceVM
 
 struct ImageCommand: ParsableCommand {
@@ -54,8 +53,6 @@ struct ImageBuildCommand: ParsableCommand {
             }
             o.policy = policy
             o.adminCertificate = adminCert
-            // The same parsing scanner as `execgate keys extract`: only well-formed X.509 certificates.
-            o.certificateExtractor = { vmlinux in vmlinux.withUnsafeBytes { BuiltinCertificates.scan($0).map(\.der) } }
             o.force = force
             o.withTestImage = !noTestImage
             let r = try ImageBuilder.build(o)

@@ -8,6 +8,7 @@
 //   DIR   a capture directory of one module in the corpus layout: text/<addr>_<section>.bin.
 
 import ExecGateELF
+import ExecGateHost
 import ExecGateSignature
 import ExecGateWire
 import NIOCore

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Minimal file access for the CLI (no Foundation: the binary is also the guest's /init and stays
-// small). Errors say which path and why, for the one-line messages the CLI prints.
+// Minimal file access for the host side: the CLI and service set-up (no Foundation: the binary is
+// also the guest's /init and stays small). Errors say which path and why, for the one-line
+// messages the CLI prints.
 
 #if canImport(Glibc)
 import Glibc
@@ -9,17 +10,18 @@ import Glibc
 import Musl
 #endif
 
-struct LocalFileError: Error, CustomStringConvertible {
-    var path: String
-    var why: String
-    var description: String { "\(path): \(why)" }
+public struct LocalFileError: Error, CustomStringConvertible {
+    public var path: String
+    public var why: String
+    public var description: String { "\(path): \(why)" }
+    public init(path: String, why: String) { self.path = path; self.why = why }
 }
 
-enum LocalFile {
+public enum LocalFile {
     /// Largest file the CLI reads whole (modules, certificates, policies, captures' pieces).
-    static let maximumSize = 512 << 20
+    public static let maximumSize = 512 << 20
 
-    static func read(_ path: String) throws -> [UInt8] {
+    public static func read(_ path: String) throws -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw LocalFileError(path: path, why: String(cString: strerror(errno))) }
         defer { close(fd) }
@@ -40,7 +42,7 @@ enum LocalFile {
 
     /// Write atomically: a temporary file in the same directory, fsync, then rename over `path`.
     /// A crash leaves either the old file or the new one, never half of one.
-    static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
+    public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
         let tmp = path + ".tmp-\(getpid())"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw LocalFileError(path: tmp, why: String(cString: strerror(errno))) }
@@ -61,14 +63,14 @@ enum LocalFile {
         }
     }
 
-    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
-    static func isDirectory(_ path: String) -> Bool {
+    public static func isDirectory(_ path: String) -> Bool {
         var st = stat()
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 
-    static func list(_ dir: String) throws -> [String] {
+    public static func list(_ dir: String) throws -> [String] {
         guard let d = opendir(dir) else { throw LocalFileError(path: dir, why: String(cString: strerror(errno))) }
         defer { closedir(d) }
         var names: [String] = []
@@ -79,7 +81,7 @@ enum LocalFile {
         return names.sorted()
     }
 
-    static func makeDirectories(_ path: String) throws {
+    public static func makeDirectories(_ path: String) throws {
         var current = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
             current += "/" + part
@@ -87,14 +89,5 @@ enum LocalFile {
                 throw LocalFileError(path: current, why: String(cString: strerror(errno)))
             }
         }
-    }
-}
-
-/// Standard error output for one-line reasons and progress.
-enum Console {
-    static func error(_ line: String) {
-        var s = line
-        if !s.hasSuffix("\n") { s += "\n" }
-        fputs(s, stderr)
     }
 }
