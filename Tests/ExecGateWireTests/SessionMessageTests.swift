@@ -3,6 +3,7 @@
 // The guest-session additions to the wire (docs/protocol.md): each hostile encoding is refused
 // with the precise error and field, next to its accepted boundary.
 
+import ExecGateTestSupport
 import ExecGateWire
 import NIOCore
 import XCTest
@@ -71,5 +72,36 @@ final class SessionMessageTests: XCTestCase {
         XCTAssertEqual(MessageType.retireModule.description, "retire-module")
         XCTAssertEqual(MessageType.moduleInitFreedReply.rawValue, 0x8007)
         XCTAssertFalse(MessageType.retireModuleReply.isRequest)
+    }
+
+    /// Seeded: random and structurally valid bodies for the session messages (and the messages
+    /// that grew session fields) decode canonically or fail with a typed error.
+    func testRandomSessionBodiesDecodeCanonicallyOrFailTyped() {
+        var rng = SeededRNG(seed: 0x5E55_10AB)
+        let types: [MessageType] = [.registerGuest, .registerGuestReply, .authorizeModule, .authorizePatch, .verdict,
+                                    .retireModule, .retireModuleReply, .moduleInitFreed, .moduleInitFreedReply]
+        var accepted = 0, rejected = 0
+        for _ in 0..<6000 {
+            var bytes: [UInt8] = []
+            var tag: UInt16 = 0
+            for _ in 0..<Int.random(in: 1..<7, using: &rng) {
+                tag += UInt16.random(in: 0...4, using: &rng)
+                let len = [0, 1, 2, 4, 8, 8, 8, 16, 32].randomElement(using: &rng)!
+                bytes += [UInt8(tag >> 8), UInt8(tag & 0xff), 0, 0, 0, UInt8(len)]
+                bytes += (0..<len).map { _ in Bool.random(using: &rng) ? UInt8(ascii: "a") : UInt8.random(in: 0...255, using: &rng) }
+            }
+            let type = types.randomElement(using: &rng)!
+            do {
+                let m = try Message(type: type, body: ByteBuffer(bytes: bytes))
+                XCTAssertEqual(try Message(type: type, body: m.encodeBody()), m, "round trip of an accepted \(type) body \(bytes)")
+                accepted += 1
+            } catch is WireDecodeError {
+                rejected += 1
+            } catch {
+                XCTFail("untyped error \(error) for \(type) body \(bytes)")
+            }
+        }
+        XCTAssertGreaterThan(accepted, 30, "the generator must reach the accepting paths too")
+        XCTAssertGreaterThan(rejected, 1000)
     }
 }
