@@ -82,11 +82,13 @@ extension CaptureBoot {
            let next = records.lazy.map(\.address).filter({ $0 > start }).min(), next - start < UInt64(pvOps.count) {
             pvOps = Array(pvOps[..<Int(next - start)])
         }
-        // The release the guest runs (`uname -r`: the third field of the captured `uname -a`).
+        // The release the guest runs (`uname -r`). Two layouts exist: the shared corpus holds
+        // `uname -a` ("Linux HOST RELEASE #1 SMP …": the third field); `execgate capture` writes
+        // osrelease + " " + version ("RELEASE #1 SMP …": the first field).
         var release = ""
         if let u = try? readText(dir + "/uname.txt") {
             let f = u.split(whereSeparator: { $0 == " " || $0 == "\n" })
-            if f.count >= 3 { release = String(f[2]) }
+            if f.first == "Linux", f.count >= 3 { release = String(f[2]) } else if let first = f.first { release = String(first) }
         }
         return RegisterGuest(
             guestID: guestID, kernelRelease: release, kaslrSlide: slide, cpuCapabilities: Array(cpu[40..<136]), symbols: symbols,
