@@ -37,7 +37,7 @@ check: deps test-data
 # Stop it with `make stop`.
 run: image
 	@$(STATIC_BUILD)/release/execgate vm start --name sidecar
-	@echo "execgate: policy swap: $(STATIC_BUILD)/release/execgate policy sign POLICY --key $(EXECGATE_ADMIN_DIR)/key.pem --cert $(EXECGATE_ADMIN_DIR)/cert.pem --version N -o B.bundle"
+	@echo "execgate: policy swap: $(STATIC_BUILD)/release/execgate policy sign POLICY --key $(EXECGATE_ADMIN_DIR)/key.pem --cert $(EXECGATE_ADMIN_DIR)/cert.pem -o B.bundle   (POLICY: version >= 2)"
 	@echo "execgate:              $(STATIC_BUILD)/release/execgate policy push B.bundle --connect <the admin address above>   (README: 'Swap the policy')"
 	@echo "execgate: stop it with: make stop   (status: $(STATIC_BUILD)/release/execgate vm status --name sidecar)"
 

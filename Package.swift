@@ -12,14 +12,18 @@
 //                ExecGateSignature (module trailers + PKCS#7 via the OpenSSL shim),
 //                ExecGateExplain (relocations, patch sites: end-state explanation),
 //                ExecGatePolicy, ExecGateVerifier (request + policy + guest state -> verdict)
-//   edges        ExecGateTransport (Endpoint -> listening NIOPosix channel: the one bind(endpoint:)),
+//   edges        ExecGateVsockDevice (vhost-user-vsock backend: host <-> service VM; CExecGateVsockSys only;
+//                also SocketPath: the one claim of a Unix socket path before bind),
+//                ExecGateTransport (Endpoint -> listening NIOPosix channel: the one bind(endpoint:);
+//                per-port budgets, backpressure and deadlines shared by the VMM and admin ports),
 //                ExecGateKernelImage (bzImage/vmlinux, key extraction), ExecGateService (NIOPosix server),
 //                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys, and
 //                ExecGateKernelImage + CDecompress for the kernel, its certificates and gzip),
 //                ExecGateVsockDevice (vhost-user-vsock backend: host <-> service VM; CExecGateVsockSys only),
-//                ExecGateClient (the VMM side), ExecGateCaptureTool (`execgate capture`: host + guest halves)
+//                ExecGateClient (the one client: unix, vsock, hybrid), ExecGateAdmin (admin port, audit,
+//                AdminClient on ExecGateClient; not on ExecGateService), ExecGateCaptureTool (`execgate capture`)
 //   host         ExecGateHost (service set-up: ServiceConfiguration -> VerifierService.start, for
-//                `execgate serve` and the service VM's PID 1; the in-guest self-test)
+//                `execgate serve` and the service VM's PID 1; the in-guest self-test; the benchmarks)
 //   executable   execgate (argument parsing only)
 
 import PackageDescription
@@ -83,7 +87,7 @@ let package = Package(
         // MARK: - Edges
         .target(
             name: "ExecGateTransport",
-            dependencies: ["ExecGateWire", nioCore, nioPosix],
+            dependencies: ["ExecGateWire", "ExecGateVsockDevice", nioCore, nioPosix, logging],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -93,7 +97,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateAdmin",
-            dependencies: ["ExecGateTransport", "ExecGateClient", "ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
+            dependencies: ["ExecGateTransport", "ExecGateClient", "ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -132,7 +136,7 @@ let package = Package(
 
         .target(
             name: "ExecGateHost",
-            dependencies: ["ExecGateService", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateVerifier", "ExecGatePolicy",
+            dependencies: ["ExecGateService", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateELF", "ExecGateVerifier", "ExecGatePolicy",
                            "ExecGateSignature", "ExecGateWire", "_ExecGateInternals", nioCore, nioPosix, logging],
             swiftSettings: swiftSettings
         ),
@@ -189,7 +193,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateServiceTests",
-            dependencies: ["ExecGateService", "ExecGateClient", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            dependencies: ["ExecGateService", "ExecGateTransport", "ExecGateClient", "ExecGateVsockDevice", "_ExecGateInternals", "ExecGateCapture", "ExecGatePolicy", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -235,9 +235,10 @@ extension Session {
     // MARK: SMP locks
 
     /// `alternatives_smp_unlock()`: on a uniprocessor-patched boot every `.smp_locks` site inside
-    /// the module's `.text` (only that section's bounds are passed) holding `f0` becomes `3e`.
+    /// the module's `.text` (only that section's bounds are passed) holding `f0` becomes `3e`
+    /// (never in init text).
     func applySMPLocks() throws {
-        guard facts.uniprocessorPatched, let text = elf.section(named: ".text"), let toff = layout.coreOffset[text.index],
+        guard region == .core, facts.uniprocessorPatched, let text = elf.section(named: ".text"), let toff = layout.coreOffset[text.index],
               layout.flags[text.index].contains(.alloc) else { return }
         guard let t = table(".smp_locks") else { return }
         var o = 0

@@ -11,10 +11,12 @@ extension Session {
     // MARK: Compare
 
     func compare() throws {
-        let claimed = claim.text
+        let claimed = self.claimed
         // Variable sites, in address order: legal member and consistent per group.
         variable.sort { $0.offset < $1.offset }
-        var groupState: [UInt64: UInt64] = [:]
+        // An init region's sites must agree with the module's core sites (same keys, same moment).
+        var groupState: [UInt64: UInt64] = inherited?.groupState ?? [:]
+        defer { finalGroupState = groupState }
         // A static-call key's state at verified modules: this module's sites must agree with it
         // (static-call keys and jump-label keys are distinct objects: no address is both).
         let verifiedStates = resolver.staticCallStates

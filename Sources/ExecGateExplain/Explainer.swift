@@ -40,13 +40,25 @@ public struct Explainer: Sendable {
     ///   - claim: the guest's claim (executable region bytes + layout).
     ///   - resolver: exports of the core kernel and of modules already allowed in this guest.
     /// - Returns: the verdict, and on allow the exports to add to `resolver` and the module's
-    ///   run-time patch sites.
+    ///   run-time patch sites. When the claim includes the init region (`initTextBase`/`initText`),
+    ///   it is explained too and the verdict covers both (init statistics and sites apart: they
+    ///   are valid only until init is freed).
     public func explain(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver) -> ExplainResult {
         do {
             let s = try Session(elf: elf, claim: claim, facts: facts, resolver: resolver)
             try s.run()
             let stats = s.statistics()
-            return ExplainResult(verdict: .allowed(stats), exports: s.moduleExports(), runtimeSites: RuntimeSiteTable(session: s, claim: claim))
+            var result = ExplainResult(verdict: .allowed(stats), exports: s.moduleExports(), runtimeSites: RuntimeSiteTable(session: s, claim: claim))
+            if claim.initTextBase != nil || claim.initText != nil {
+                // The init region: the same stages at the claimed init addresses; its sites must
+                // agree with the core's (same keys), and the module's own key defaults carry over.
+                let i = try Session(elf: elf, claim: claim, facts: facts, resolver: resolver, region: .initText,
+                                    inherited: .init(ownKeyDefaults: s.ownKeyDefaults, groupState: s.finalGroupState))
+                try i.run()
+                result.initStatistics = i.statistics()
+                result.initRuntimeSites = RuntimeSiteTable(session: i, claim: claim)
+            }
+            return result
         } catch let d as DenyError {
             return ExplainResult(verdict: .denied(d.denial), exports: nil)
         } catch {

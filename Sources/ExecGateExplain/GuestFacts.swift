@@ -115,6 +115,11 @@ public struct GuestFacts: Sendable {
         self.ftraceCallTargets = ftraceCallTargets
         self.ibtSeal = ibtSeal
         self.kaslrSlide = kaslrSlide
+        // A module reaches a core static-call key only through an export (`__SCK__x`, or the
+        // trampoline `__SCT__x` for EXPORT_STATIC_CALL_TRAMP keys), so the build's per-key
+        // targets of every key a module can name are derivable from the exports alone
+        // (StaticCallTrust); `deriveFromCoreSymbols` adds the rest of the symbol map.
+        self.staticCallTrustedTargets = StaticCallTrust.coreTargets(symbols: exports)
     }
 
     /// True if `a` lies in the core kernel's (freed) init memory.

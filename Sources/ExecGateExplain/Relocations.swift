@@ -80,9 +80,14 @@ extension Session {
         let relocClass = UInt8(ExplanationClass.relocation.rawValue)
         for rs in rela {
             let t = rs.targetSectionIndex
-            // Relocations of non-ALLOC sections are skipped by the kernel; init memory is freed.
-            guard layout.flags[t].contains(.alloc), let toff = layout.coreOffset[t], let taddr = addr[t] else { continue }
-            let isExec = layout.flags[t].contains(.execInstr)
+            // Relocations of non-ALLOC sections are skipped by the kernel. The explained region's
+            // exec sections are relocated in the image, the session's other allocated sections in
+            // their data copies; init sections in a core session have neither (freed, never used).
+            guard layout.flags[t].contains(.alloc), let taddr = addr[t] else { continue }
+            let toffInImage = imageOffset(of: t)
+            let isExec = toffInImage != nil
+            if !isExec && data[t] == nil { continue }
+            let toff = toffInImage ?? 0
             var d: [UInt8] = []
             if !isExec, let cur = data[t] {
                 d = cur
@@ -116,7 +121,7 @@ extension Session {
                     // Core text pointing into the module's own init sections would point into
                     // memory freed after init (`do_free_init()`): not explainable.
                     let ssi = Int(symbols[r.symbolIndex].sectionIndex)
-                    if ssi > 0, ssi < layout.initOffset.count, layout.initOffset[ssi] != nil {
+                    if region == .core, ssi > 0, ssi < layout.initOffset.count, layout.initOffset[ssi] != nil {
                         throw deny(.initSymbol, "\(r.type) in \(sectionName(t)) refers to \(symbols[r.symbolIndex].name) in \(sectionName(ssi)), init memory freed after init",
                                    section: sectionName(t), offset: fo, address: loc)
                     }
@@ -144,7 +149,7 @@ extension Session {
     func relocationCovering(_ i: Int) -> String? {
         for rs in rela {
             let t = rs.targetSectionIndex
-            guard layout.flags[t].contains(.execInstr), let toff = layout.coreOffset[t] else { continue }
+            guard let toff = imageOffset(of: t) else { continue }
             for r in rs.relocations {
                 let lo = toff + Int(r.offset)
                 if i >= lo && i < lo + (r.type.fieldSize ?? 0) {

@@ -60,7 +60,7 @@ extension RuntimeSiteTable {
     /// The sites a successful explanation recorded, by address.
     init(session s: Session, claim: ModuleClaim) {
         var map: [UInt64: VariableSite] = [:]
-        for v in s.variable { map[claim.textBase &+ UInt64(v.offset)] = v }
+        for v in s.variable { map[s.base &+ UInt64(v.offset)] = v }
         // ftrace sites are run-time patchable even when no ftrace entry is trusted (then only NOP5).
         self.init(sites: map, module: claim.name)
     }

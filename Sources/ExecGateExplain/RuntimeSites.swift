@@ -174,6 +174,7 @@ extension Session {
     /// `jmp func` (relocated: the signed module's `DEFINE_STATIC_CALL(name, func)` default) makes
     /// `func` trusted for the module's key `__SCK__<name>`.
     func collectModuleTrampolines() {
+        if let inh = inherited { ownKeyDefaults = inh.ownKeyDefaults }  // the trampolines are core text
         var seen = Set(trampolineSites.map { $0.off })
         for k in trampolineSymbols {
             let sym = symbols[k]

@@ -20,8 +20,20 @@ final class Session {
     let claim: ModuleClaim
     let facts: GuestFacts
     let resolver: SymbolResolver
-    /// `claim.textBase`: the core allocation's base.
+    /// Which executable region this session explains.
+    enum Region { case core, initText }
+    let region: Region
+    /// Base of the explained region: `claim.textBase` (core) or `claim.initTextBase` (init).
     let base: UInt64
+    /// The claimed bytes of the explained region.
+    let claimed: [UInt8]
+    /// What an init-region session takes over from the module's core session: its own keys'
+    /// trusted defaults and the state of every key group (init sites must agree with core sites).
+    struct Inherited {
+        var ownKeyDefaults: [UInt64: Set<UInt64>]
+        var groupState: [UInt64: UInt64]
+    }
+    let inherited: Inherited?
 
     // MARK: Fixed by set-up
 
@@ -76,20 +88,25 @@ final class Session {
     lazy var returnThunkExport: UInt64? = resolver.lookup("__x86_return_thunk")
     lazy var indirectThunkExport: UInt64? = resolver.lookup("__x86_indirect_thunk_rax")
 
-    /// Where init sections are assumed to be (user-space range: never module text).
+    /// Key-group states after comparison (handed to the init-region session).
+    var finalGroupState: [UInt64: UInt64] = [:]
+
+    /// Where init sections are assumed to be when init is not claimed (user-space range: never
+    /// module text).
     static let initPlaceholderBase: UInt64 = 0x10_0000
 
     // MARK: Set-up
 
     /// Lays the module out and copies its sections; throws the denial if the claim's structure
     /// (size, base, section addresses, per-cpu base) contradicts the signed ELF and the facts.
-    init(elf: ELFFile, claim: ModuleClaim, facts: GuestFacts, resolver: SymbolResolver) throws {
+    init(elf: ELFFile, claim: ModuleClaim, facts: GuestFacts, resolver: SymbolResolver, region: Region = .core, inherited: Inherited? = nil) throws {
         self.elf = elf
         self.claim = claim
         self.facts = facts
         self.resolver = resolver
-        let base = claim.textBase
-        self.base = base
+        self.region = region
+        self.inherited = inherited
+        let coreBase = claim.textBase
         func deny(_ reason: String, section: String = "(claim)", address: UInt64 = 0) -> DenyError {
             Session.denial(claim, .layout, reason, section: section, address: address)
         }
@@ -104,40 +121,78 @@ final class Session {
         guard claim.text.count == lay.textSize else {
             throw deny("claimed executable region is \(claim.text.count) bytes, layout_sections() gives core text_size \(lay.textSize)")
         }
-        let (coreEnd, ovf) = base.addingReportingOverflow(UInt64(lay.coreSize))
-        guard !ovf, base % UInt64(ModuleLayout.pageSize) == 0, base >= facts.moduleArea.lowerBound, coreEnd <= facts.moduleArea.upperBound else {
-            throw deny("core allocation 0x\(String(base, radix: 16)) +\(lay.coreSize) is not a page-aligned range inside the module area", address: base)
+        let (coreEnd, ovf) = coreBase.addingReportingOverflow(UInt64(lay.coreSize))
+        guard !ovf, coreBase % UInt64(ModuleLayout.pageSize) == 0, coreBase >= facts.moduleArea.lowerBound, coreEnd <= facts.moduleArea.upperBound else {
+            throw deny("core allocation 0x\(String(coreBase, radix: 16)) +\(lay.coreSize) is not a page-aligned range inside the module area", address: coreBase)
         }
+        // The init allocation, when claimed: its own page-aligned range in the module area, never
+        // overlapping the core allocation, exactly init_layout.text_size of executable bytes.
+        var initBase: UInt64? = nil
+        if region == .initText {
+            guard let ib = claim.initTextBase, let it = claim.initText else { throw deny("no init region claimed") }
+            guard it.count == lay.initTextSize, lay.initTextSize > 0 else {
+                throw deny("claimed init region is \(it.count) bytes, layout_sections() gives init text_size \(lay.initTextSize)")
+            }
+            let (initEnd, o2) = ib.addingReportingOverflow(UInt64(lay.initSize))
+            guard !o2, ib % UInt64(ModuleLayout.pageSize) == 0, ib >= facts.moduleArea.lowerBound, initEnd <= facts.moduleArea.upperBound,
+                  initEnd <= coreBase || ib >= coreEnd else {
+                throw deny("init allocation 0x\(String(ib, radix: 16)) +\(lay.initSize) is not a page-aligned range inside the module area apart from the core", address: ib)
+            }
+            initBase = ib
+        }
+        let base = initBase ?? coreBase
+        self.base = base
+        let regionSize = region == .core ? lay.textSize : lay.initTextSize
+        self.claimed = region == .core ? claim.text : (claim.initText ?? [])
 
-        // Copy the sections (`move_module()`): exec sections into the image, the rest as data.
+        // Copy the sections (`move_module()`): the explained region's exec sections into the
+        // image, every other allocated section of the session as a relocated data copy.
         var addr = [UInt64?](repeating: nil, count: elf.sections.count)
-        var image = [UInt8](repeating: 0, count: lay.textSize)
-        var cls = [UInt8](repeating: UInt8(ExplanationClass.padding.rawValue), count: lay.textSize)
+        var image = [UInt8](repeating: 0, count: regionSize)
+        var cls = [UInt8](repeating: UInt8(ExplanationClass.padding.rawValue), count: regionSize)
         var execRanges: [(lo: Int, hi: Int, sec: Int)] = []
         var data: [Int: [UInt8]] = [:]
+        func copy(_ s: ELFSection, at off: Int, intoImage: Bool) {
+            let i = s.index
+            if intoImage {
+                // Exec sections are inside [0, regionSize) by construction of the layout.
+                if !s.isNoBits { image.replaceSubrange(off..<off + s.size, with: elf.contents(of: s)) }
+                let n = s.size
+                cls.withUnsafeMutableBufferPointer { c in
+                    precondition(off >= 0 && n <= c.count && off <= c.count - n)
+                    UnsafeMutableBufferPointer(rebasing: c[off..<off + n]).update(repeating: UInt8(ExplanationClass.elf.rawValue))
+                }
+                if s.size > 0 { execRanges.append((off, off + s.size, i)) }
+            } else {
+                data[i] = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
+            }
+        }
         for s in elf.sections {
             let i = s.index
-            if let off = lay.coreOffset[i] {
-                let a = base &+ UInt64(off)
+            if let ioff = lay.initOffset[i], let ib = initBase {
+                let a = ib &+ UInt64(ioff)
+                addr[i] = a
+                if let c = claim.sectionAddresses[s.name], c != a, lay.flags[i].contains(.alloc) {
+                    throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from the init layout 0x\(String(a, radix: 16))",
+                               section: s.name, address: c)
+                }
+                copy(s, at: ioff, intoImage: lay.flags[i].contains(.execInstr))
+            } else if let off = lay.coreOffset[i] {
+                let a = coreBase &+ UInt64(off)
                 addr[i] = a
                 if let c = claim.sectionAddresses[s.name], c != a, lay.flags[i].contains(.alloc) {
                     throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from layout_sections() 0x\(String(a, radix: 16))",
                                section: s.name, address: c)
                 }
-                if lay.flags[i].contains(.execInstr) {
-                    // Exec sections are inside [0, textSize) by construction of the layout.
-                    if !s.isNoBits { image.replaceSubrange(off..<off + s.size, with: elf.contents(of: s)) }
-                    let n = s.size
-                    cls.withUnsafeMutableBufferPointer { c in
-                        precondition(off >= 0 && n <= c.count && off <= c.count - n)
-                        UnsafeMutableBufferPointer(rebasing: c[off..<off + n]).update(repeating: UInt8(ExplanationClass.elf.rawValue))
-                    }
-                    if s.size > 0 { execRanges.append((off, off + s.size, i)) }
-                } else {
-                    data[i] = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
+                // In an init session the core's exec sections are data: read (alternative
+                // replacements, trampolines) but not compared.
+                if region == .initText {
+                    copy(s, at: off, intoImage: false)
+                    continue
                 }
+                copy(s, at: off, intoImage: lay.flags[i].contains(.execInstr))
             } else if let ioff = lay.initOffset[i] {
-                // Init memory is freed after init and never verified. Its claimed (stale sysfs)
+                // A core session never uses init addresses. The claimed (stale sysfs) init
                 // address is deliberately NOT used: a hostile claim could place "init" sections on
                 // top of the core text, turning init-only jump-label/static-call/alternative
                 // entries into legal patch sites inside verified code. A low address that is never
@@ -204,9 +259,9 @@ final class Session {
 
     /// The loader's order after set-up (see Explainer.swift).
     func run() throws {
-        try checkModinfo()
+        if region == .core { try checkModinfo() }
         try relocate()
-        try verifyExportedSymbols()
+        if region == .core { try verifyExportedSymbols() }
         try applyBootTimePatching()
         try addRuntimeSites()
         try compare()
@@ -234,6 +289,12 @@ final class Session {
     func sectionName(_ i: Int) -> String { elf.sections[i].name }
 
     // MARK: Memory model
+
+    /// Offset in the image of section `i` if it is an exec section of the explained region.
+    func imageOffset(of i: Int) -> Int? {
+        guard i < layout.flags.count, layout.flags[i].contains(.execInstr) else { return nil }
+        return region == .core ? layout.coreOffset[i] : layout.initOffset[i]
+    }
 
     /// Region offset of [a, a+n) when it lies inside one exec core section.
     func execOffset(_ a: UInt64, _ n: Int) -> Int? {

@@ -113,6 +113,10 @@ public struct ExplainResult: Sendable {
     /// On allow: the module's run-time patch sites with their legal encodings (for later
     /// jump-label / static-call / ftrace patch requests).
     public var runtimeSites: RuntimeSiteTable?
+    /// On allow of a claim with an init region: its statistics and run-time sites (valid until
+    /// the VMM reports init freed; then both must be dropped and EXEC on the init pages revoked).
+    public var initStatistics: ExplainStats?
+    public var initRuntimeSites: RuntimeSiteTable?
     public init(verdict: Verdict, exports: ModuleExports?, runtimeSites: RuntimeSiteTable? = nil) {
         self.verdict = verdict
         self.exports = exports

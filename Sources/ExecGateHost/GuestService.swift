@@ -85,7 +85,7 @@ enum GuestSelfTest {
         }
     }
 
-    static func micros(since t: UInt64) -> Int { Int((Clock.nanos() - t) / 1000) }
+    static func micros(since t: UInt64) -> Int { Int(MonotonicClock.microseconds(since: t)) }
 
     static func run(port: UInt32, report: @escaping @Sendable (SelfTestResult) -> Void) async throws {
         let endpoint = Endpoint.vsock(cid: 1, port: port)  // VMADDR_CID_LOCAL: vsock_loopback, inside the guest only.
@@ -100,7 +100,7 @@ enum GuestSelfTest {
     static func requests(_ endpoint: Endpoint, _ group: EventLoopGroup, _ report: @escaping @Sendable (SelfTestResult) -> Void) async throws {
 
         func check(_ name: String, _ body: () async throws -> (Bool, String, [(String, _ExecGateInternals.JSON)])) async {
-            let t = Clock.nanos()
+            let t = MonotonicClock.nanoseconds()
             do {
                 let (ok, detail, extra) = try await body()
                 report(SelfTestResult(name: name, passed: ok, detail: detail, micros: micros(since: t), extra: extra))
@@ -197,15 +197,15 @@ enum GuestSelfTest {
         // Latency: sequential status round trips (no verification work), over vsock loopback and,
         // for comparison in the same guest, over a Unix socket to a second server.
         func percentiles(_ c: ExecGateClient, _ n: Int) async throws -> (p50: Int, p99: Int, mean: Int) {
-            var samples: [Int] = []
+            var samples: [Double] = []
             samples.reserveCapacity(n)
             for _ in 0..<n {
-                let t = Clock.nanos()
+                let t = MonotonicClock.nanoseconds()
                 _ = try await c.status()
-                samples.append(micros(since: t))
+                samples.append(MonotonicClock.microseconds(since: t))
             }
-            samples.sort()
-            return (samples[n / 2], samples[min(n - 1, n * 99 / 100)], samples.reduce(0, +) / n)
+            let s = Percentiles.summary(samples)
+            return (Int(s.p50), Int(s.p99), Int(s.mean))
         }
         await check("latency.vsock-status-200") {
             let r = try await percentiles(client, 200)
@@ -233,7 +233,7 @@ enum GuestSelfTest {
         if let small = mods.filter({ $0.expectAllow }).min(by: { $0.bytes.count < $1.bytes.count }) {
             await check("throughput.authorize-8-clients") {
                 let perClient = 10
-                let t = Clock.nanos()
+                let t = MonotonicClock.nanoseconds()
                 let ok = try await withThrowingTaskGroup(of: Int.self) { g in
                     for _ in 0..<8 {
                         g.addTask {
@@ -248,7 +248,7 @@ enum GuestSelfTest {
                     for try await n in g { total += n }
                     return total
                 }
-                let seconds = Double(Clock.nanos() - t) / 1e9
+                let seconds = Double(MonotonicClock.nanoseconds() - t) / 1e9
                 let rate = Int(Double(8 * perClient) / seconds)
                 return (ok == 8 * perClient, "\(ok)/\(8 * perClient) judged as expected (evidence accepted); \(rate) authorize requests/s with 8 concurrent clients (\(small.name), \(small.bytes.count) bytes)",
                         [("requests_per_s", .int(Int64(rate)))])
@@ -256,7 +256,7 @@ enum GuestSelfTest {
         }
         if let allowed = mods.first(where: { $0.expectAllow }) {
             await check("latency.authorize-20") {
-                let t = Clock.nanos()
+                let t = MonotonicClock.nanoseconds()
                 for _ in 0..<20 { _ = try await client.authorize(AuthorizeModule(module: ByteBuffer(bytes: allowed.bytes))) }
                 let mean = micros(since: t) / 20
                 return (true, "mean \(mean) µs per authorize of \(allowed.name) (\(allowed.bytes.count) bytes)", [("mean_us", .int(Int64(mean)))])

@@ -9,6 +9,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import _ExecGateInternals
 
 public struct LocalFileError: Error, CustomStringConvertible {
     public var path: String
@@ -21,45 +22,22 @@ public enum LocalFile {
     /// Largest file the CLI reads whole (modules, certificates, policies, captures' pieces).
     public static let maximumSize = 512 << 20
 
+    /// A whole regular file, at most `maximumSize` bytes (the project's one bounded reader).
     public static func read(_ path: String) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw LocalFileError(path: path, why: String(cString: strerror(errno))) }
-        defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw LocalFileError(path: path, why: String(cString: strerror(errno))) }
+        guard stat(path, &st) == 0 else { throw LocalFileError(path: path, why: String(cString: strerror(errno))) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw LocalFileError(path: path, why: "not a regular file") }
-        guard st.st_size <= maximumSize else { throw LocalFileError(path: path, why: "larger than \(maximumSize) bytes") }
-        var out = [UInt8](repeating: 0, count: Int(st.st_size))
-        var done = 0
-        while done < out.count {
-            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw LocalFileError(path: path, why: n == 0 ? "file shrank while reading" : String(cString: strerror(errno))) }
-            done += n
+        do { return try Files.read(path, limit: maximumSize) } catch {
+            throw LocalFileError(path: path, why: error.errno == EFBIG ? "larger than \(maximumSize) bytes" : String(cString: strerror(error.errno)))
         }
-        return out
     }
 
-    /// Write atomically: a temporary file in the same directory, fsync, then rename over `path`.
-    /// A crash leaves either the old file or the new one, never half of one.
+    /// Write atomically and durably (the project's one atomic writer): a temporary file in the same
+    /// directory, fsync, rename over `path`, fsync the directory. A crash leaves either the old
+    /// file or the new one, never half of one.
     public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
-        let tmp = path + ".tmp-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw LocalFileError(path: tmp, why: String(cString: strerror(errno))) }
-        var ok = true
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { ok = false; break }
-            done += n
-        }
-        if ok && fsync(fd) != 0 { ok = false }
-        let err = errno
-        close(fd)
-        guard ok, rename(tmp, path) == 0 else {
-            unlink(tmp)
-            throw LocalFileError(path: path, why: String(cString: strerror(ok ? errno : err)))
+        do { try Files.writeAtomically(path, bytes, mode: mode) } catch {
+            throw LocalFileError(path: error.path, why: String(cString: strerror(error.errno)))
         }
     }
 

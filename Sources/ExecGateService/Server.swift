@@ -3,7 +3,10 @@
 // The verifier service: SwiftNIO server on a Unix socket or AF_VSOCK, one small pipeline per
 // connection:
 //
-//     socket ─▶ ByteToMessageHandler(FrameDecoder) ─▶ RequestHandler ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler(RequestProcessor) ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//
+// Every connection of the port shares one `BufferBudget` and one `ConnectionCounter`
+// (ExecGateTransport, Budget.swift); backpressure and deadlines are its BoundedConnection.swift.
 //
 // Who can reach which port is a deployment decision documented in docs/deployment.md: the VMM
 // port is reachable only by the host (vsock) or by processes allowed to open the Unix socket
@@ -18,10 +21,11 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// Named limits of the service.
+/// Named limits of the service. The per-connection and per-port limits are `TransportLimits`
+/// (ExecGateTransport, Budget.swift), shared with the admin port.
 public enum ServiceLimits {
     /// Requests one connection may have in flight before the server stops reading from it.
-    public static let maximumInFlightPerConnection = 64
+    public static let maximumInFlightPerConnection = TransportLimits.maximumInFlightPerConnection
     /// How long graceful shutdown waits for in-flight requests.
     public static let shutdownGraceSeconds: Int64 = 10
 }
@@ -32,34 +36,51 @@ public final class VerifierServer: @unchecked Sendable {
     private let pool: NIOThreadPool
     private let responder: RequestResponder
     private let logger: Logger
-    private let maximumBodySize: Int
     private var channels: [Channel] = []
     private let lock = NIOLock()
     private let stats = ServerStats()
+    public let configuration: PortLimits
+    /// Shared by every connection of every endpoint this server binds.
+    public let budget: BufferBudget
+    public let connections: ConnectionCounter
+    /// 16 random bytes, new on every start: `hello-reply` carries them so a VMM sees a restart
+    /// (and must restore its guests: docs/protocol.md, "Restart and restore").
+    public let instanceID: [UInt8]
 
     public init(responder: RequestResponder, logger: Logger, threads: Int = System.coreCount,
-                maximumBodySize: Int = WireLimits.defaultMaximumBodySize) {
+                maximumBodySize: Int = WireLimits.defaultMaximumBodySize, configuration: PortLimits? = nil) {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.pool = NIOThreadPool(numberOfThreads: max(1, threads))
         self.pool.start()
         self.responder = responder
         self.logger = logger
-        self.maximumBodySize = maximumBodySize
+        let configuration = configuration ?? PortLimits(maximumBodySize: maximumBodySize)
+        self.configuration = configuration
+        self.budget = BufferBudget(total: configuration.bufferBudget, smallFrameSize: configuration.smallFrameSize)
+        self.connections = ConnectionCounter(limit: configuration.maximumConnections)
+        var rng = SystemRandomNumberGenerator()
+        self.instanceID = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
     }
 
     /// Bind and start serving. Returns the bound channel (several endpoints may be bound).
     @discardableResult
     public func bind(_ endpoint: Endpoint) async throws -> Channel {
         let bootstrap = ServerBootstrap(group: group)
+            .acceptBackoff()
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelInitializer { [responder, pool, logger, maximumBodySize, stats] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumBodySize: maximumBodySize)))
-                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                    try channel.pipeline.syncOperations.addHandler(
-                        RequestHandler(responder: responder, pool: pool, logger: logger, stats: stats))
+            .childChannelInitializer { [responder, pool, logger, stats, configuration, budget, connections, instanceID] channel in
+                guard connections.acquire() else {
+                    logger.warning("connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in connections.release() }
+                let processor = RequestProcessor(responder: responder, pool: pool, logger: logger, stats: stats, instanceID: instanceID)
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addBoundedFrameHandlers(
+                        configuration: configuration, budget: budget, logger: logger,
+                        process: { frame, loop in processor.process(frame, on: loop) })
                 }
             }
         let channel = try await bootstrap.bind(endpoint: endpoint)

@@ -81,7 +81,7 @@ public enum GuestInit {
     /// Runs PID 1's duties. Never returns: the guest powers off at the end.
     public static func run(hooks: GuestServiceHooks) async -> Never {
         setupConsole()
-        let t0 = Clock.sinceBootMillis()
+        let t0 = MonotonicClock.sinceBootMilliseconds()
         log("execgate init \(t0 >= 0 ? String(format1(t0)) + " ms after kernel start" : "")")
         do {
             try mountFilesystems()
@@ -91,7 +91,7 @@ public enum GuestInit {
             _ = execgate_reboot(EXECGATE_REBOOT_CAD_OFF)  // Ctrl-Alt-Del → SIGINT to us, not an instant reboot.
             startReaper()
             try loadModules(debug: opts.debug)
-            let tInit = Clock.sinceBootMillis()
+            let tInit = MonotonicClock.sinceBootMilliseconds()
             switch opts.mode {
             case .serve: try await serve(opts, hooks: hooks, kernelMs: t0, initDoneMs: tInit)
             case .test: await selfTest(opts, hooks: hooks, kernelMs: t0, initDoneMs: tInit)
@@ -121,7 +121,7 @@ public enum GuestInit {
 
     /// One console line, written with a single write(2) so lines from threads do not interleave.
     public static func log(_ message: String) {
-        emit("execgate-init: [\(format1(Clock.sinceBootMillis()))] \(message)")
+        emit("execgate-init: [\(format1(MonotonicClock.sinceBootMilliseconds()))] \(message)")
     }
 
     public static func emit(_ line: String) {
@@ -164,21 +164,21 @@ public enum GuestInit {
     static func loadModules(debug: Bool) throws(ServiceVMError) {
         let dir = ImageBuilder.GuestPaths.modules
         guard FS.isDirectory(dir) else { log("no \(dir); assuming vsock is built in"); return }
-        let t0 = Clock.nanos()
+        let t0 = MonotonicClock.nanoseconds()
         var loaded = 0
         for name in try FS.list(dir) where name.hasSuffix(".ko") {
             let path = dir + "/" + name
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { throw .sys("cannot open module", path) }
-            let s = Clock.nanos()
+            let s = MonotonicClock.nanoseconds()
             let rc = execgate_finit_module(fd, "", 0)
             let err = errno
             close(fd)
             if rc != 0 && err != EEXIST { throw .system("finit_module failed for", path: path, errno: err) }
             loaded += 1
-            if debug { log("module \(name) \(rc == 0 ? "loaded" : "already present") in \((Clock.nanos() - s) / 1000) µs") }
+            if debug { log("module \(name) \(rc == 0 ? "loaded" : "already present") in \((MonotonicClock.nanoseconds() - s) / 1000) µs") }
         }
-        log("loaded \(loaded) modules in \((Clock.nanos() - t0) / 1_000_000) ms")
+        log("loaded \(loaded) modules in \((MonotonicClock.nanoseconds() - t0) / 1_000_000) ms")
     }
 
     /// PID 1 inherits orphans; reap them so they do not pile up as zombies.
@@ -200,7 +200,7 @@ public enum GuestInit {
     static func serve(_ o: GuestOptions, hooks: GuestServiceHooks, kernelMs: Double, initDoneMs: Double) async throws {
         let port = o.port
         try await hooks.runService(port) {
-            let now = Clock.sinceBootMillis()
+            let now = MonotonicClock.sinceBootMilliseconds()
             emit("\(ConsoleProtocol.ready) vsock:any:\(port) kernel_ms=\(format1(kernelMs)) init_ms=\(format1(initDoneMs - kernelMs)) listen_ms=\(format1(now - initDoneMs))")
         }
     }
@@ -223,7 +223,7 @@ public enum GuestInit {
             }
         }
         await readyGate.wait()
-        let readyMs = Clock.sinceBootMillis()
+        let readyMs = MonotonicClock.sinceBootMilliseconds()
         emit("\(ConsoleProtocol.ready) vsock:any:\(port) kernel_ms=\(format1(kernelMs)) init_ms=\(format1(initDoneMs - kernelMs)) listen_ms=\(format1(readyMs - initDoneMs))")
         let counter = ResultCounter()
         do {
@@ -236,7 +236,7 @@ public enum GuestInit {
             emit("\(ConsoleProtocol.result) \(SelfTestResult(name: "self-test", passed: false, detail: "\(error)", micros: 0).json)")
         }
         let (passed, failed) = counter.counts
-        let endMs = Clock.sinceBootMillis()
+        let endMs = MonotonicClock.sinceBootMilliseconds()
         emit("\(ConsoleProtocol.done) " + JSON.object([
             ("passed", "\(passed)"), ("failed", "\(failed)"),
             ("kernel_ms", format1(kernelMs)), ("init_ms", format1(initDoneMs - kernelMs)),

@@ -76,7 +76,7 @@ public struct StaticCallKeyFact: Sendable, Equatable {
     enum Tag { static let key: UInt16 = 1, current: UInt16 = 2, allowed: UInt16 = 3 }
 
     init(decoding v: ByteBuffer) throws {
-        let r = try TLVReader(v, message: "register-guest.static_call_key", known: [1, 2, 3])
+        let r = try TLVReader(v, message: "register-guest.static_call_key", known: [1, 2, 3], repeated: [Tag.allowed: WireLimits.maximumStaticCallTargetsPerKey])
         key = try r.requiredInteger(Tag.key, "key")
         current = try r.requiredInteger(Tag.current, "current")
         let raw = r.all(Tag.allowed)

@@ -36,7 +36,9 @@ public struct FileError: Error, Sendable, Equatable, CustomStringConvertible {
 }
 
 public enum Files {
-    /// The whole file at `path`, refusing files larger than `limit` bytes before reading them.
+    /// The whole file at `path`, refusing files larger than `limit` bytes: a regular file by its
+    /// size before reading, anything else (pseudo-files under /proc and /sys report size 0, pipes)
+    /// by reading until end of file and stopping past `limit`.
     public static func read(_ path: String, limit: Int = 1 << 30) throws(FileError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw FileError("open", path, errno: errno) }
@@ -47,15 +49,24 @@ public enum Files {
         guard size <= limit else {
             throw FileError("read", path, errno: EFBIG, detail: "\(size) bytes is over the \(limit)-byte limit")
         }
-        var out = [UInt8](repeating: 0, count: size)
+        // Start from the reported size (exact for regular files) and grow while the file still has
+        // bytes: st_size is only a hint for pseudo-files.
+        var out = [UInt8](repeating: 0, count: max(size, 4096))
         var done = 0
-        while done < size {
-            let n = out.withUnsafeMutableBytes { sysRead(fd, $0.baseAddress! + done, size - done) }
+        while true {
+            if done == out.count {
+                guard out.count <= limit else {
+                    throw FileError("read", path, errno: EFBIG, detail: "more than \(limit) bytes")
+                }
+                out.append(contentsOf: repeatElement(0, count: min(out.count, limit + 1 - out.count)))
+            }
+            let n = out.withUnsafeMutableBytes { sysRead(fd, $0.baseAddress! + done, $0.count - done) }
             if n < 0 { if errno == EINTR { continue }; throw FileError("read", path, errno: errno) }
-            if n == 0 { break }  // file shrank while reading: return what is there
+            if n == 0 { break }
             done += n
         }
-        if done < size { out.removeLast(size - done) }
+        guard done <= limit else { throw FileError("read", path, errno: EFBIG, detail: "more than \(limit) bytes") }
+        out.removeLast(out.count - done)
         return out
     }
 

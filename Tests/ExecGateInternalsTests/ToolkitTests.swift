@@ -115,6 +115,13 @@ final class FilesAndErrorsTests: XCTestCase {
         XCTAssertThrowsError(try Files.read(dir + "/f", limit: 3)) { e in
             XCTAssertEqual((e as? FileError)?.errno, EFBIG)
         }
+        // Pseudo-files report size 0: read to end of file all the same, bounded.
+        let cmdline = try Files.readText("/proc/self/cmdline")
+        XCTAssertFalse(cmdline.isEmpty, "/proc files have st_size 0 but content")
+        XCTAssertThrowsError(try Files.read("/proc/self/maps", limit: 16)) { e in
+            XCTAssertEqual((e as? FileError)?.errno, EFBIG)
+        }
+        XCTAssertEqual(try Files.read(dir + "/f", limit: 4).count, 4, "exactly the limit is allowed")
         XCTAssertThrowsError(try Files.read(dir + "/missing")) { e in
             XCTAssertTrue("\(e)".contains("missing: open:"), "\(e)")
         }

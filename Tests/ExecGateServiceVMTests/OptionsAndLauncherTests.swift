@@ -151,3 +151,23 @@ extension Array where Element: Equatable {
         return (0...(count - s.count)).contains { Array(self[$0..<$0 + s.count]) == s }
     }
 }
+
+/// procfs files report st_size 0: PID 1 (/proc/cmdline) and the launcher (/proc/<pid>/cmdline,
+/// /proc/cpuinfo) must still read them to the end. A reader that trusts st_size returns nothing,
+/// and then init ignores its mode and the launcher thinks a running QEMU died.
+final class FileSystemTests: XCTestCase {
+    func testReadsProcFilesToTheEnd() throws {
+        let cmdline = try FS.read("/proc/self/cmdline", limit: 1 << 20)
+        XCTAssertFalse(cmdline.isEmpty)
+        XCTAssertFalse(try FS.readString("/proc/cpuinfo", limit: 4 << 20).isEmpty)
+        let me = String(decoding: cmdline.prefix { $0 != 0 }, as: UTF8.self)
+        XCTAssertTrue(Subprocess.isAlive(getpid(), marker: me), "the launcher must recognise a live process by its command line")
+        XCTAssertFalse(Subprocess.isAlive(getpid(), marker: "no-such-marker-\(getpid())"))
+    }
+
+    func testReadRefusesMoreThanTheLimit() {
+        XCTAssertThrowsError(try FS.read("/proc/self/maps", limit: 16)) { e in
+            guard case ServiceVMError.badInput = e else { return XCTFail("\(e)") }
+        }
+    }
+}

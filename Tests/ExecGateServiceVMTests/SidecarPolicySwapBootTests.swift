@@ -15,9 +15,9 @@
 //   6. attacks on the admin port: a bundle signed by another key, and a replay of v2, are refused
 //      and the policy in force stays v2.
 //
-// Needs the static execgate (`make image`), QEMU and the debug execgate (`swift build`). The class
-// name ends in BootTests: scripts/run-tests.sh runs it with EXECGATE_VM_TEST=1, which turns a
-// missing prerequisite into a failure instead of a skip.
+// Needs the static execgate (`make image`), QEMU and the debug execgate (`swift build`); the class
+// name ends in BootTests, so scripts/run-tests.sh runs it in the guest-booting phase, where a
+// missing input is a failure (requireVM()), never a skip.
 
 import ExecGateTestSupport
 import XCTest
@@ -27,16 +27,6 @@ import Glibc
 #endif
 
 final class SidecarPolicySwapBootTests: XCTestCase {
-    var required: Bool { ProcessInfo.processInfo.environment["EXECGATE_VM_TEST"] == "1" }
-
-    struct Unavailable: Error, CustomStringConvertible { let description: String }
-
-    /// Missing prerequisites: a failure with EXECGATE_VM_TEST=1 (make test), a skip otherwise.
-    func skipOrFail(_ why: String) throws -> Never {
-        if required { throw Unavailable(description: "EXECGATE_VM_TEST=1 but \(why)") }
-        throw XCTSkip(why)
-    }
-
     /// Runs the debug execgate; fails the test with its stderr when the exit status is not `expect`.
     @discardableResult
     func execgate(_ args: [String], expect: Int32 = 0, file: StaticString = #filePath, line: UInt = #line) -> ProcessResult {
@@ -51,16 +41,15 @@ final class SidecarPolicySwapBootTests: XCTestCase {
     }
 
     func testPolicySwapOverHybridAdminPort() throws {
-        let staticBinary = Fixtures.packageRoot + "/.build-static/release/execgate"
-        guard access(staticBinary, X_OK) == 0 else { try skipOrFail("no static execgate at \(staticBinary): run `make image`") }
-        guard access(Fixtures.execgateBinary, X_OK) == 0 else { try skipOrFail("no execgate binary at \(Fixtures.execgateBinary): swift build") }
-        if Subprocess.which("qemu-system-x86_64") == nil { try skipOrFail("qemu-system-x86_64 not installed") }
+        // This test builds its own image (with its own admin certificate): Images/out is not needed.
+        let staticBinary = try requireVM(image: false).staticExecgate
+        try VMTestInputs.requireFile(Fixtures.execgateBinary, "execgate binary", make: "swift build")
         let kernelPackage = try Fixtures.kernelDir()
         let vsockModule = try Fixtures.module(named: "vsock.ko")
 
         // Short paths: sockaddr_un holds 107 bytes.
         let root = "/tmp/egp-\(getpid())"
-        defer { if let p = try? Subprocess.spawn(["/bin/rm", "-rf", root], outputPath: "/dev/null") { _ = Subprocess.wait(p, timeoutMillis: 10_000) } }
+        defer { _ = Fixtures.run("/bin/rm", ["-rf", root]) }
         let admin = root + "/admin", other = root + "/other", image = root + "/image"
 
         // 1. The operator's admin key on the host; its certificate into a fresh image.
@@ -96,7 +85,7 @@ final class SidecarPolicySwapBootTests: XCTestCase {
 
         // 3. v2 denies the module by name; signed with the admin key, pushed over the hybrid admin port.
         let policy = root + "/v2.policy"
-        try Array("""
+        try Fixtures.writeFile(policy, Array("""
             execgate-policy 1
             id sidecar-v2
             version 2
@@ -110,11 +99,7 @@ final class SidecarPolicySwapBootTests: XCTestCase {
             text-patches allow
             ebpf-jit deny
 
-            """.utf8).withUnsafeBytes { b in
-            let f = try XCTUnwrap(fopen(policy, "wb"))
-            XCTAssertEqual(fwrite(b.baseAddress, 1, b.count, f), b.count)
-            fclose(f)
-        }
+            """.utf8))
         execgate(["policy", "sign", policy, "--key", admin + "/key.pem", "--cert", admin + "/cert.pem", "-o", root + "/v2.bundle"])
         execgate(["policy", "sign", policy, "--key", other + "/key.pem", "--cert", other + "/cert.pem", "-o", root + "/forged.bundle"])
         let pushed = execgate(["policy", "push", root + "/v2.bundle", "--connect", adminAddress])

@@ -260,7 +260,7 @@ struct PolicyAudit: AsyncParsableCommand {
                     reportedDrops = page.dropped
                 }
                 cursor = page.nextSeq &- 1
-                if page.records.count >= AuditLimits.maximumRecordsPerRead { continue }
+                if page.more || page.records.count >= AuditLimits.maximumRecordsPerRead { continue }
                 guard follow else { break }
                 fflush(stdout)
                 try await Task.sleep(nanoseconds: 500_000_000)

@@ -41,6 +41,11 @@ struct ServeCommand: AsyncParsableCommand {
     func validate() throws {
         guard !listen.isEmpty else { throw ValidationError("give at least one --listen address (unix:PATH or vsock:PORT)") }
         for l in listen { _ = try Endpoint(parsing: l, listening: true) }
+        // The same path twice would make one port unreachable (the lock in SocketPath also refuses it).
+        guard Set(listen).count == listen.count else { throw ValidationError("the same --listen address is given twice") }
+        if let a = policyOptions.adminListen, listen.contains(a) {
+            throw ValidationError("--admin-listen \(a) is also a --listen address: the admin port needs its own socket")
+        }
         guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level '\(logLevel)'") }
         guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be 1...256") }
