@@ -84,11 +84,18 @@ extension CaptureBoot {
                 if f.count >= 3, f[0] == "x86_return_thunk" { returnThunk = parseHex(f[2]) }
             }
         }
+        // `pv_ops.bin` holds the first 4096 bytes from `pv_ops`; the table ends at the next symbol
+        // (corpus README). The VMM sends exactly the table: the bytes after it are other data.
+        var pvOps = (try? readFile(dir + "/pv_ops.bin")) ?? []
+        if let start = records.first(where: { $0.name == "pv_ops" })?.address,
+           let next = records.lazy.map(\.address).filter({ $0 > start }).min(), next - start < UInt64(pvOps.count) {
+            pvOps = Array(pvOps[..<Int(next - start)])
+        }
         return RegisterGuest(
             guestID: guestID, kernelRelease: release ?? "", kaslrSlide: slide, cpuCapabilities: Array(cpu[capOffset..<capEnd]), symbols: symbols,
             symbolSource: "capture", commandLine: (try? readText(dir + "/cmdline.txt")) ?? "", presentCPUs: present,
             possibleCPUs: possible, vulnerabilities: (try? readText(dir + "/vulnerabilities.txt")) ?? "",
-            pvOps: (try? readFile(dir + "/pv_ops.bin")) ?? [], returnThunk: returnThunk)
+            pvOps: pvOps, returnThunk: returnThunk)
     }
 }
 
@@ -110,6 +117,16 @@ extension CapturedModule {
         AuthorizeModule(
             guestID: guestID, module: ByteBuffer(bytes: ko),
             sections: claim.sectionAddresses.sorted { $0.key < $1.key }.map { SectionClaim(name: $0.key, address: $0.value) },
-            perCPUBase: claim.percpuBase, moduleName: name, textBase: claim.textBase, text: ByteBuffer(bytes: claim.text))
+            perCPUBase: claim.percpuBase, moduleName: name, textBase: claim.textBase, text: ByteBuffer(bytes: claim.text),
+            frames: replayFrames)
+    }
+
+    /// A capture records no guest-physical addresses (it reads /proc/kcore by virtual address), so
+    /// an offline replay names each page of the region by its virtual page number: an identity
+    /// mapping, which keeps the frame checks (one per page, none twice, none shared with live
+    /// code) meaningful. A VMM sends the real frames it grants EXEC on.
+    public var replayFrames: [UInt64] {
+        let pages = (claim.text.count + 4095) / 4096
+        return (0..<pages).map { (claim.textBase >> 12) &+ UInt64($0) }
     }
 }

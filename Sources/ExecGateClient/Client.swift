@@ -157,6 +157,33 @@ public final class ExecGateClient: @unchecked Sendable {
         }
     }
 
+    /// Run-time text patches as one transition (a whole-key batch; see docs/protocol.md).
+    public func authorizePatch(_ request: AuthorizePatch) async throws -> Verdict {
+        switch try await send(.authorizePatch(request)) {
+        case .verdict(let v): return v
+        case .error(let e): throw ClientError.server(e)
+        case let other: throw ClientError.unexpectedReply("\(other.type)")
+        }
+    }
+
+    /// A module was unloaded and EXEC on its pages revoked: the verifier forgets it.
+    public func retireModule(_ request: RetireModule) async throws -> RetireModuleReply {
+        switch try await send(.retireModule(request)) {
+        case .retireModuleReply(let r): return r
+        case .error(let e): throw ClientError.server(e)
+        case let other: throw ClientError.unexpectedReply("\(other.type)")
+        }
+    }
+
+    /// A module's init memory was freed and EXEC on it revoked.
+    public func moduleInitFreed(_ request: ModuleInitFreed) async throws -> ModuleInitFreedReply {
+        switch try await send(.moduleInitFreed(request)) {
+        case .moduleInitFreedReply(let r): return r
+        case .error(let e): throw ClientError.server(e)
+        case let other: throw ClientError.unexpectedReply("\(other.type)")
+        }
+    }
+
     public func hello(clientName: String) async throws -> HelloReply {
         switch try await send(.hello(Hello(clientName: clientName))) {
         case .helloReply(let r): return r

@@ -34,6 +34,9 @@ public struct ServiceConfiguration: Sendable {
     /// Deny lists of the built-in policy. With `policyFile`, deny lines belong in the policy.
     public var denyList: DenyList = .empty
     public var deniedModuleNames: Set<String> = []
+    /// The built-in policy's end state: `required` (fail closed), or `signature-only` only by the
+    /// operator's explicit opt-in (`--signature-only`). A policy file states its own.
+    public var builtInEndState: Policy.EndState = .required
     /// Boot policy: a policy text or a signed bundle; nil = the built-in policy.
     public var policyFile: String?
     /// The certificate whose key signs policy bundles. Nil: no policy push (the boot policy is final).

@@ -147,6 +147,7 @@ extension ServiceConfiguration {
             var p = Policy.builtIn(trust: TrustStore(anchors))
             p.denyList = c.denyList
             p.deniedModuleNames = Set(c.deniedModuleNames.map(Policy.canonicalModuleName))
+            p.endState = c.builtInEndState
             return (p, anchors)
         }
         let bytes = try LocalFile.read(file)

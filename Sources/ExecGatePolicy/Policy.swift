@@ -16,13 +16,16 @@ public struct Policy: Sendable {
     }
 
     /// Whether an authorize request must be judged on its bytes (end-state) or may be judged on
-    /// its evidence alone.
+    /// its evidence alone. Fail closed: `required` is the default everywhere (built-in policy,
+    /// policy files without an `end-state` line, `Policy(...)` in code).
     public enum EndState: String, Sendable {
-        /// Deny a request whose claim carries no executable bytes or whose guest is unknown.
+        /// Every authorize-module must name a registered guest and carry the executable region;
+        /// every claimed byte is explained or the request is denied.
         case required
-        /// Run end-state verification whenever the claim and guest facts allow it; otherwise judge
-        /// signature and structure only and say so in the verdict's checks.
-        case whenClaimed = "when-claimed"
+        /// Operator opt-in: a request that claims no executable bytes (no `text`, no section
+        /// bytes) is judged on signature, deny lists and structure only, and its verdict says so
+        /// (`signature_only`). Bytes that are claimed are still explained byte for byte, or denied.
+        case signatureOnly = "signature-only"
     }
 
     /// How one kind of code (modules, run-time patches, eBPF JIT) is treated.
@@ -57,10 +60,14 @@ public struct Policy: Sendable {
     public var source: [UInt8]?
     /// Module content hashes listed by `pin` lines: what a `hash-pinned` rule admits.
     public var pinnedModules: Set<Digest>
+    /// Kernel builds a guest may register with (`kernel` lines). Empty: any kernel the VMM
+    /// measured. Otherwise register-guest must carry a listed `kernel_digest`, and its symbol
+    /// table must hash to the digest pinned with it (see `KernelPin`).
+    public var trustedKernels: [KernelPin] = []
 
     public init(id: String, version: UInt64, mode: Mode = .enforce, trust: TrustStore, denyList: DenyList = .empty,
                 deniedModuleNames: Set<String> = [], minimumDigest: DigestAlgorithm = .sha256,
-                endState: EndState = .whenClaimed, modules: KindRule = .allow, textPatches: KindRule = .allow,
+                endState: EndState = .required, modules: KindRule = .allow, textPatches: KindRule = .allow,
                 ebpfJIT: KindRule = .allow, auditOverflow: AuditOverflow = .block, kindRules: [KindRuleEntry] = [],
                 source: [UInt8]? = nil, pinnedModules: Set<Digest> = []) {
         self.id = id
@@ -81,7 +88,7 @@ public struct Policy: Sendable {
     }
 
     /// The policy built into the binary: enforce, SHA-256 or stronger, the given anchors, end-state
-    /// whenever claimed. Version 1, so any pushed policy must be version 2 or later.
+    /// required (fail closed). Version 1, so any pushed policy must be version 2 or later.
     public static func builtIn(trust: TrustStore) -> Policy {
         Policy(id: "builtin-default", version: 1, trust: trust)
     }
@@ -89,5 +96,19 @@ public struct Policy: Sendable {
     /// The kernel treats `-` and `_` in module names as the same character.
     public static func canonicalModuleName(_ name: String) -> String {
         String(name.map { $0 == "-" ? "_" : $0 })
+    }
+}
+
+/// One trusted kernel build: the SHA-256 of its image and of its symbol table as register-guest
+/// carries it, at link-time addresses (each record `{u64 address − kaslr_slide; u8 type; u8 flags;
+/// u16 name_len; name}`, big-endian, in the order sent). The symbols digest does not depend on the
+/// boot's KASLR slide (image addresses, ≥ 0xffffffff80000000, have the slide subtracted; per-cpu
+/// offsets do not move), so one pin covers every boot of the build; register-guest-reply reports it.
+public struct KernelPin: Sendable, Hashable {
+    public var kernel: Digest
+    public var symbols: Digest
+    public init(kernel: Digest, symbols: Digest) {
+        self.kernel = kernel
+        self.symbols = symbols
     }
 }

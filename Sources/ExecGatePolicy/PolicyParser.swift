@@ -7,12 +7,13 @@
 //     line      := ws* [directive] ws* ['#' comment] '\n'
 //     directive := 'execgate-policy' '1'                      (must be the first directive)
 //                | 'id' NAME | 'version' U64 | 'mode' ('enforce'|'audit')
-//                | 'minimum-digest' DIGEST | 'end-state' ('required'|'when-claimed')
+//                | 'minimum-digest' DIGEST | 'end-state' ('required'|'signature-only')
 //                | 'audit-overflow' ('block'|'drop')
 //                | 'trust' 'kernel-builtin'
 //                | 'trust' 'sha256:'HEX64  PEM-BLOCK             (PEM on the following lines)
 //                | 'deny' ('certificate'|'module') 'sha256:'HEX64 | 'deny' 'module-name' NAME
 //                | 'pin' 'sha256:'HEX64
+//                | 'kernel' 'sha256:'HEX64 'symbols' 'sha256:'HEX64
 //                | 'class' NAME PATTERN+
 //                | KIND SETTING [ 'for' ('guest' ID | 'class' NAME) ]
 //     KIND      := 'modules' | 'text-patches' | 'ebpf-jit'
@@ -147,6 +148,7 @@ struct Parser {
     var deniedModules = Set<Digest>()
     var deniedNames = Set<String>()
     var pins = Set<Digest>()
+    var kernels: [KernelPin] = []
     var classes: [String: [String]] = [:]
     var rules: [KindRuleEntry] = []
     var hashPinnedLine: (Int, Int)?
@@ -229,8 +231,12 @@ struct Parser {
                 minimumDigest = d
             case "end-state":
                 if endState != nil { throw fail(.duplicate, lineNo, head.column, "'end-state' given twice") }
-                let v = try one(args, lineNo, head, "required or when-claimed")
-                guard let e = Policy.EndState(rawValue: v.text) else { throw fail(.badArgument, lineNo, v.column, "end-state must be 'required' or 'when-claimed', not '\(v.text)'") }
+                let v = try one(args, lineNo, head, "required or signature-only")
+                if v.text == "when-claimed" {
+                    // Removed: it judged bytes only when the claim happened to carry them (fail open).
+                    throw fail(.badArgument, lineNo, v.column, "'when-claimed' is no longer accepted (it let unjudged bytes through): write 'required', or 'signature-only' to opt out of byte judgement explicitly")
+                }
+                guard let e = Policy.EndState(rawValue: v.text) else { throw fail(.badArgument, lineNo, v.column, "end-state must be 'required' or 'signature-only', not '\(v.text)'") }
                 endState = e
             case "audit-overflow":
                 if auditOverflow != nil { throw fail(.duplicate, lineNo, head.column, "'audit-overflow' given twice") }
@@ -272,6 +278,14 @@ struct Parser {
             case "pin":
                 let v = try one(args, lineNo, head, "sha256:HASH of a module's content")
                 pins.insert(try digest(v, lineNo))
+            case "kernel":
+                guard args.count == 3, args[1].text == "symbols" else {
+                    throw fail(args.count < 3 ? .missingArgument : .extraArgument, lineNo, (args.last ?? head).column,
+                               "'kernel' takes 'sha256:KERNEL_IMAGE symbols sha256:SYMBOL_TABLE'")
+                }
+                let pin = KernelPin(kernel: try digest(args[0], lineNo), symbols: try digest(args[2], lineNo))
+                if kernels.contains(pin) { throw fail(.duplicate, lineNo, args[0].column, "kernel pin given twice") }
+                kernels.append(pin)
             case "class":
                 guard args.count >= 2 else {
                     throw fail(.missingArgument, lineNo, (args.last ?? head).column, "'class' needs a name and at least one guest id pattern")
@@ -313,11 +327,12 @@ struct Parser {
         for kind in [CodeKind.textPatches, .ebpfJIT] where !rules.contains(where: { $0.kind == kind && $0.selector == .all }) {
             rules.append(KindRuleEntry(selector: .all, kind: kind, setting: .deny))
         }
-        let policy = Policy(id: id.0, version: version, mode: mode, trust: TrustStore(anchors),
+        var policy = Policy(id: id.0, version: version, mode: mode, trust: TrustStore(anchors),
                             denyList: DenyList(certificateTBSHashes: deniedCertificates, moduleContentHashes: deniedModules),
                             deniedModuleNames: deniedNames, minimumDigest: minimumDigest ?? .sha256,
-                            endState: endState ?? .whenClaimed, modules: .allow, textPatches: .deny, ebpfJIT: .deny,
+                            endState: endState ?? .required, modules: .allow, textPatches: .deny, ebpfJIT: .deny,
                             auditOverflow: auditOverflow ?? .block, kindRules: rules, source: bytes, pinnedModules: pins)
+        policy.trustedKernels = kernels
         // Fold the defaults (selector .all) into the flat fields and mode, so a reader of
         // `policy.modules` or `policy.mode` sees what applies to a guest no rule names.
         var flat = policy.resolved(forGuest: nil)

@@ -15,6 +15,11 @@ public struct ExplainerJudge: EndStateJudge {
         guard let base = request.textBase, let text = request.text else {
             return .invalidClaim("end-state verification needs the executable region (text_base + text)")
         }
+        if request.initText != nil {
+            // Init text is claimed with its own region; until the engine explains it (ModuleClaim
+            // grows the init region), a claimed init byte is an unexplained byte: deny.
+            return .unexplained("\(moduleName): init text is claimed but this engine does not explain init text yet: not granted")
+        }
         var addresses: [String: UInt64] = [:]
         for s in request.sections { addresses[s.name] = s.address }
         let claim = ModuleClaim(name: moduleName, textBase: base, text: Array(buffer: text), sectionAddresses: addresses,

@@ -4,12 +4,20 @@
 // kernel's own decisions so the engine sees what the guest kernel saw:
 //   - exports: symbols flagged exported (a `__ksymtab_<name>` exists) — the only names module
 //     relocations may resolve to, exactly like resolve_symbol();
-//   - function entries: every text symbol of the build (legal static-call targets);
+//   - function entries: text symbols of the build inside the core kernel text `[_stext, _etext)`
+//     and outside init text `[_sinittext, _einittext)` (freed after boot: free_initmem()); when the
+//     registration marks functions (symbol flags bit 1 = STT_FUNC), only those — labels inside
+//     code (`srso_safe_ret`, `native_irq_return_iret`, `_etext`) are never call targets;
 //   - `x86_capability[]`: the raw words from boot_cpu_data (little-endian in guest memory);
 //   - named helpers: `_paravirt_nop`, `paravirt_BUG`, `__static_call_return0`, `__static_call_return`,
 //     `its_return_thunk`, `__per_cpu_end` (the module per-cpu chunk follows it);
+//   - static-call keys: the trusted targets per key (register-guest `static_call_key`, plus the
+//     engine's build-derived table: GuestFacts.deriveFromCoreSymbols);
+//   - the kernel release (vermagic) and the core's init ranges;
 //   - uniprocessor patching: alternative_instructions() rewrites `lock` prefixes when
 //     `!noreplace_smp && (num_present_cpus() == 1 || setup_max_cpus <= 1)`.
+// The facts are checked for plausibility first (FactsPlausibility.swift): a registration that
+// fails is refused, never turned into facts.
 
 import ExecGateExplain
 import ExecGateWire
@@ -22,8 +30,13 @@ public enum GuestFactsBuilder {
         for s in r.symbols {
             if s.exported && exports[s.name] == nil { exports[s.name] = s.address }
             if named[s.name] == nil { named[s.name] = s.address }
-            if s.isText { functions.insert(s.address) }
         }
+        // Every text symbol (or, when the build marks STT_FUNC, every marked one). Static calls no
+        // longer take "any function entry": the engine admits only targets trusted for the key
+        // (StaticCallTrust, `static_call_key`), never init text (coreInitRanges); this set stays
+        // the engine's broad notion of "code address" (its mutation classes draw from it).
+        let marked = r.symbols.contains { $0.isFunction }
+        for s in r.symbols where s.isText && (!marked || s.isFunction) { functions.insert(s.address) }
         var caps: [UInt32] = []
         caps.reserveCapacity(r.cpuCapabilities.count / 4)
         var i = 0
@@ -32,14 +45,7 @@ public enum GuestFactsBuilder {
             caps.append(UInt32(b[i]) | UInt32(b[i + 1]) << 8 | UInt32(b[i + 2]) << 16 | UInt32(b[i + 3]) << 24)
             i += 4
         }
-        var pvOps: [UInt64] = []
-        var o = 0
-        while o + 8 <= r.pvOps.count {
-            var v: UInt64 = 0
-            for k in 0..<8 { v |= UInt64(r.pvOps[o + k]) << (8 * UInt64(k)) }
-            pvOps.append(v)
-            o += 8
-        }
+        let pvOps = Self.pvOpsEntries(r.pvOps)
         let args = r.commandLine.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
         var maxCPUs = Int.max
         for a in args {
@@ -55,8 +61,45 @@ public enum GuestFactsBuilder {
         // Module per-cpu data lives in the reserved chunk right after the core per-cpu area:
         // [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)) — mm/percpu.c, include/linux/percpu.h.
         facts.modulePercpuRange = named["__per_cpu_end"].map { $0..<($0 + (8 << 10)) }
+        // Static-call keys: the targets the VMM decoded from the core's trampolines and the
+        // operator's per-key targets (register-guest `static_call_key`), merged with the table the
+        // engine derives from the build's symbols (StaticCallTrust); core init ranges likewise.
+        for k in r.staticCallKeys {
+            facts.staticCallTrustedTargets[k.key, default: []].insert(k.current)
+            facts.staticCallTrustedTargets[k.key, default: []].formUnion(k.allowed)
+        }
+        facts.deriveFromCoreSymbols(named)
         // The release picks the loader replay (ExecGateExplain LoaderSelection.swift).
         facts.kernelRelease = r.kernelRelease.isEmpty ? nil : r.kernelRelease
         return facts
     }
+
+    /// `pv_ops` as u64 little-endian entries (as in guest memory).
+    static func pvOpsEntries(_ raw: [UInt8]) -> [UInt64] {
+        var pvOps: [UInt64] = []
+        var o = 0
+        while o + 8 <= raw.count {
+            var v: UInt64 = 0
+            for k in 0..<8 { v |= UInt64(raw[o + k]) << (8 * UInt64(k)) }
+            pvOps.append(v)
+            o += 8
+        }
+        return pvOps
+    }
+}
+
+/// The core kernel's text bounds, from the build's own section symbols (vmlinux.lds.S):
+/// `_stext`/`_etext` bound the core text (entry code, thunks included), `_sinittext`/`_einittext`
+/// the init text that free_initmem() releases after boot.
+struct KernelBounds {
+    let coreText: Range<UInt64>
+    let initText: Range<UInt64>?
+
+    init?(_ named: [String: UInt64]) {
+        guard let s = named["_stext"], let e = named["_etext"], s < e else { return nil }
+        coreText = s..<e
+        if let a = named["_sinittext"], let b = named["_einittext"], a < b { initText = a..<b } else { initText = nil }
+    }
+
+    func isCoreText(_ a: UInt64) -> Bool { coreText.contains(a) && !(initText?.contains(a) ?? false) }
 }

@@ -8,11 +8,19 @@
 // so that unsigned garbage never reaches the ELF parser):
 //   1. policy kind rule (are modules allowed at all / hash pinning)
 //   2. signature: trailer, PKCS#7, signer ∈ policy anchors, digest strength, deny lists
-//   3. module name deny list (name from the *signed* .modinfo, not the guest's word)
+//   3. module name (from the *signed* .modinfo, not the guest's word): deny list, vermagic
 //   4. ELF structure of the signed content
 //   5. claim structure: each claimed section exists in the ELF, is executable, sizes match,
 //      claimed ranges do not overlap or wrap
-//   6. end-state: every claimed executable byte explained (when guest facts and bytes are there)
+//   6. fail closed: a claim carrying no byte is allowed only under the operator's explicit
+//      `end-state signature-only` (and the verdict says so); otherwise a registered guest and the
+//      whole executable region are required
+//   7. frames: one guest-physical frame per claimed page, none twice
+//   8. per-section bytes equal the matching slice of the region (the region is what is explained)
+//   9. live ranges: no overlap with live verified code of the guest, no live module of that name
+//  10. end-state: every byte of the region explained
+//  11. key state: the module's run-time sites agree with the live state of their keys; the
+//      module is committed to the guest's live set atomically (re-checking 9 and 11)
 // The verdict lists exactly the checks that ran: it never claims more than was checked.
 
 import ExecGateELF
@@ -67,8 +75,26 @@ public final class Verifier: @unchecked Sendable {
             return .helloReply(HelloReply(version: WireLimits.protocolVersion, serverName: serverName,
                                           maximumBodySize: UInt32(WireLimits.defaultMaximumBodySize)))
         case .registerGuest(let r):
-            guests.register(r)
-            return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: r.symbols.count)))
+            // Bind the symbols to the kernel build: with `kernel … symbols …` pins in the policy,
+            // the registered kernel must be listed and its symbol table (at link-time addresses)
+            // must be exactly the one pinned with it.
+            let symbols = RegisterGuestReply.linkTimeSymbolRecords(r).withUnsafeBytes { Digest.sha256($0) }
+            let kernels = policy.trustedKernels
+            if !kernels.isEmpty {
+                guard let kernel = Digest(algorithm: .sha256, bytes: r.kernelDigest), let pin = kernels.first(where: { $0.kernel == kernel }) else {
+                    return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': kernel_digest \(r.kernelDigest.isEmpty ? "missing" : "not listed") (policy \(policy.id) pins \(kernels.count) kernel build(s))"))
+                }
+                guard pin.symbols == symbols else {
+                    return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': the symbols are not the pinned symbol table of kernel \(kernel) (\(symbols) sent)"))
+                }
+            }
+            switch guests.register(r, factsDigest: requestDigest) {
+            case .registered:
+                return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: r.symbols.count),
+                                                              factsDigest: requestDigest, symbolsDigest: symbols.bytes))
+            case .refused(let code, let why):
+                return .error(ErrorReply(code: code, message: why))
+            }
         case .authorizeModule(let a):
             if !a.guestID.isEmpty && guests.session(a.guestID) == nil {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(a.guestID)' is not registered"))
@@ -79,9 +105,28 @@ public final class Verifier: @unchecked Sendable {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(p.guestID)' is not registered"))
             }
             return .verdict(authorizePatch(p, session: session, requestDigest: requestDigest))
+        case .retireModule(let m):
+            guard let session = guests.session(m.guestID) else {
+                return .error(ErrorReply(code: .unknownGuest, message: "guest '\(m.guestID)' is not registered"))
+            }
+            switch session.retire(name: m.moduleName, textBase: m.textBase) {
+            case .retired(let sites, let exports):
+                return .retireModuleReply(RetireModuleReply(guestID: m.guestID, moduleName: m.moduleName,
+                                                            sitesRemoved: UInt32(clamping: sites), exportsRemoved: UInt32(clamping: exports)))
+            case .failed(let code, let why):
+                return .error(ErrorReply(code: code, message: why))
+            }
+        case .moduleInitFreed(let m):
+            guard let session = guests.session(m.guestID) else {
+                return .error(ErrorReply(code: .unknownGuest, message: "guest '\(m.guestID)' is not registered"))
+            }
+            guard session.initFreed(name: m.moduleName) else {
+                return .error(ErrorReply(code: .unknownModule, message: "no live module '\(m.moduleName)' with granted init text in guest '\(m.guestID)'"))
+            }
+            return .moduleInitFreedReply(ModuleInitFreedReply(guestID: m.guestID, moduleName: m.moduleName))
         case .status:
             return .statusReply(status(uptimeMilliseconds: 0, requestsServed: 0))
-        case .helloReply, .registerGuestReply, .verdict, .statusReply, .error:
+        case .helloReply, .registerGuestReply, .verdict, .statusReply, .retireModuleReply, .moduleInitFreedReply, .error:
             return .error(ErrorReply(code: .badRequest, message: "\(message.type) is a reply, not a request"))
         }
     }
@@ -101,10 +146,28 @@ public final class Verifier: @unchecked Sendable {
             judge(module: module, request: request, policy: policy, session: session)
         }
         judgement.verdict.requestDigest = requestDigest
+        if let s = session { judgement.verdict.factsDigest = s.factsDigest }
+        // Commit the allowed module to the guest's live set: the commit re-checks ranges, name,
+        // frames, exports and key states atomically, and its refusal is the verdict.
+        var committed: String? = nil
+        if judgement.verdict.decision == .allow, let s = session, let m = judgement.live {
+            if let refusal = s.commit(m) {
+                judgement.verdict.decision = .deny
+                judgement.verdict.reason = refusal.reason
+                judgement.verdict.message = refusal.message
+            } else {
+                committed = m.name
+            }
+        }
+        if judgement.verdict.decision == .allow {
+            judgement.verdict.grantBase = request.textBase
+            judgement.verdict.grantFrames = request.frames
+            judgement.verdict.initFrames = request.initFrames
+        }
         Self.applyAuditMode(&judgement.verdict, policy)
         recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
-        if judgement.verdict.decision == .allow && !judgement.verdict.auditOnly, let s = session {
-            s.recordAllowed(module: judgement.verdict.moduleName, exports: judgement.exports, sites: judgement.sites)
+        if judgement.verdict.decision != .allow, let name = committed, let s = session {
+            s.rollback(name: name)  // the audit sink refused the record: the module never became live
         }
         return judgement.verdict
     }
@@ -119,52 +182,72 @@ public final class Verifier: @unchecked Sendable {
 
     struct Judgement {
         var verdict: ExecGateWire.Verdict
-        var exports: ModuleExports? = nil
-        var sites: RuntimeSiteTable? = nil
+        /// On allow with a guest: the module to commit to the guest's live set.
+        var live: LiveModule? = nil
     }
 
-    /// Judge a run-time text patch: allowed only at a known site of a module this verifier allowed
-    /// for the guest, with one of the site's legal encodings (see RuntimePatching.swift).
+    /// Judge a run-time text patch (a batch of text_pokes): allowed only at known sites of live
+    /// modules this verifier allowed for the guest, in legal encodings, as whole-key transitions
+    /// (GuestSession.judgePatches, RuntimePatching.swift).
     public func authorizePatch(_ p: AuthorizePatch, session: GuestSession, requestDigest: [UInt8]) -> ExecGateWire.Verdict {
         let policy = self.policy.resolved(forGuest: p.guestID, kind: .textPatches)  // per-guest/class rules (ExecGatePolicy)
-        var checks = ["policy-kind"]
+        var checks: [Check] = [.policyKind]
         func verdict(_ d: ExecGateWire.Verdict.Decision, _ r: VerdictReason, _ m: String, module: String = "") -> ExecGateWire.Verdict {
-            var v = ExecGateWire.Verdict(decision: d, reason: r, message: m, checks: checks, policyID: policy.id, policyVersion: policy.version,
-                                         requestDigest: requestDigest, moduleName: module)
+            var v = ExecGateWire.Verdict(decision: d, reason: r, message: m, checks: checks.map(\.rawValue), policyID: policy.id,
+                                         policyVersion: policy.version, requestDigest: requestDigest, moduleName: module)
+            v.factsDigest = session.factsDigest
             Self.applyAuditMode(&v, policy)
             recordAudit(&v, guestID: p.guestID, policy: policy)
             return v
         }
         if policy.textPatches == .deny { return verdict(.deny, .kindDenied, "policy \(policy.id) v\(policy.version) allows no run-time text patches") }
-        checks.append("patch-site")
-        let at = "0x" + String(p.address, radix: 16)
-        for table in session.runtimeSites where Self.sortedContains(table.addresses, p.address) {
-            switch table.check(address: p.address, bytes: p.bytes) {
-            case .allowed(let kind, _):
-                return verdict(.allow, .allowed, "\(kind) at \(at) in \(table.module): legal encoding", module: table.module)
-            case .denied(let why):
-                return verdict(.deny, .patchNotAllowed, why, module: table.module)
-            }
+        checks.append(.patchSite)
+        checks.append(.keyState)
+        // In audit mode an illegal patch is allowed with audit_only but never changes key state:
+        // the session only records what enforce would allow.
+        switch session.judgePatches(p.patches) {
+        case .allowed(let module, let message, let newStates, let staticKeys):
+            let v = verdict(.allow, .allowed, message, module: module)
+            // Only a final allow moves the keys (the audit sink may still have refused it).
+            if v.decision == .allow && !v.auditOnly { session.apply(newStates, staticKeys: staticKeys) }
+            return v
+        case .denied(let reason, let module, let message):
+            return verdict(.deny, reason, message, module: module)
         }
-        return verdict(.deny, .patchNotAllowed, "\(at) is not a run-time patch site of any module verified for guest '\(session.registration.guestID)'")
+    }
+
+    /// The checks a verdict may list, in the order they run (docs/protocol.md, verdict tag 5).
+    public enum Check: String, Sendable, CaseIterable {
+        case policyKind = "policy-kind"
+        case signature
+        case denyList = "deny-list"
+        case elfStructure = "elf-structure"
+        case moduleName = "module-name"
+        case vermagic
+        case claimStructure = "claim-structure"
+        case frames
+        case liveRanges = "live-ranges"
+        case endState = "end-state"
+        case keyState = "key-state"
+        case patchSite = "patch-site"
     }
 
     private func judge(module: UnsafeRawBufferPointer, request: AuthorizeModule, policy: Policy, session: GuestSession?) -> Judgement {
-        var checks: [String] = []
+        var checks: [Check] = []
         var moduleName = request.moduleName
         var moduleDigest: [UInt8] = []
         func deny(_ reason: VerdictReason, _ message: String) -> Judgement {
-            Judgement(verdict: ExecGateWire.Verdict(decision: .deny, reason: reason, message: message, checks: checks, policyID: policy.id,
+            Judgement(verdict: ExecGateWire.Verdict(decision: .deny, reason: reason, message: message, checks: checks.map(\.rawValue), policyID: policy.id,
                                        policyVersion: policy.version, requestDigest: [], moduleName: moduleName, moduleDigest: moduleDigest))
         }
 
         // 1. Kind rule.
-        checks.append("policy-kind")
+        checks.append(.policyKind)
         if policy.modules == .deny { return deny(.kindDenied, "policy \(policy.id) v\(policy.version) allows no modules") }
 
         // 2. Signature and deny lists (content hash, signer certificate).
-        checks.append("signature")
-        checks.append("deny-list")
+        checks.append(.signature)
+        checks.append(.denyList)
         let signature: VerifiedSignature
         switch ModuleSignatureVerifier.verify(module: module, trust: policy.trust, denyList: policy.denyList, minimumDigest: policy.minimumDigest) {
         case .success(let s):
@@ -177,8 +260,8 @@ public final class Verifier: @unchecked Sendable {
             return deny(.kindDenied, "module content \(signature.contentHash) is not pinned by policy \(policy.id)")
         }
 
-        // 3–4. The signed ELF (never the unsigned tail) and its name.
-        checks.append("elf-structure")
+        // 3–4. The signed ELF (never the unsigned tail), its name and its vermagic.
+        checks.append(.elfStructure)
         let content = UnsafeRawBufferPointer(rebasing: module[signature.trailer.contentRange])
         let elf: ELFFile
         do {
@@ -189,51 +272,145 @@ public final class Verifier: @unchecked Sendable {
         let signedName = ModuleInfo.name(in: elf)
         if let n = signedName {
             if !request.moduleName.isEmpty && Policy.canonicalModuleName(request.moduleName) != Policy.canonicalModuleName(n) {
-                return deny(.badSignature, "the request names module '\(request.moduleName)' but the signed .modinfo says '\(n)'")
+                return deny(.moduleNameMismatch, "the request names module '\(request.moduleName)' but the signed .modinfo says '\(n)'")
             }
             moduleName = n
         }
-        checks.append("module-name")
+        checks.append(.moduleName)
         if policy.deniedModuleNames.contains(Policy.canonicalModuleName(moduleName)) {
             return deny(.moduleNameDenied, "module '\(moduleName)' is deny-listed by name")
         }
+        if let release = session?.facts.kernelRelease, !release.isEmpty {
+            // (The engine checks vermagic too, ModuleChecks.swift; this earlier check gives the
+            // denial its own reason code and runs before any byte is judged.)
+            // check_modinfo() → same_magic(): the module is built for this kernel. The release is
+            // vermagic's first word (include/linux/vermagic.h: UTS_RELEASE " " …).
+            checks.append(.vermagic)
+            let vermagic = ModuleInfo.value("vermagic", in: elf) ?? ""
+            let builtFor = vermagic.split(separator: " ").first.map(String.init) ?? ""
+            guard builtFor == release else {
+                return deny(.vermagicMismatch, "module '\(moduleName)' has vermagic '\(vermagic)', the registered kernel is '\(release)'")
+            }
+        }
 
         // 5. Claim structure.
-        let claimed = request.sections.filter { $0.bytes != nil }
         if !request.sections.isEmpty {
-            checks.append("claim-structure")
+            checks.append(.claimStructure)
             if let failure = ClaimStructure.check(request.sections, against: elf) {
                 return deny(failure.reason, failure.message)
             }
         }
 
-        // 6. End state: the whole executable region, byte for byte.
-        var exports: ModuleExports? = nil
-        var sites: RuntimeSiteTable? = nil
-        let canJudgeEndState = request.text != nil && session != nil
-        if canJudgeEndState, let session {
-            checks.append("end-state")
-            switch endState.judge(elf: elf, moduleName: moduleName, request: request, session: session) {
-            case .explained(let e):
-                exports = e.exports
-                sites = e.runtimeSites
-            case .unexplained(let why):
-                return deny(.claimBytesUnexplained, why)
-            case .invalidClaim(let why):
-                return deny(.claimSizeMismatch, why)
+        // 6. Which judgement applies. Fail closed: bytes are judged, or the request is denied,
+        //    unless the policy opted into signature-only AND no byte is claimed.
+        let sectionBytes = request.sections.filter { $0.bytes != nil }
+        let claimsBytes = request.text != nil || request.initText != nil || !sectionBytes.isEmpty
+        if !claimsBytes && policy.endState == .signatureOnly {
+            var j = Judgement(verdict: ExecGateWire.Verdict(
+                decision: .allow, reason: .allowed,
+                message: "SIGNATURE ONLY (policy \(policy.id) opts into 'end-state signature-only'): signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); no executable byte was judged",
+                checks: checks.map(\.rawValue), policyID: policy.id, policyVersion: policy.version, requestDigest: [], moduleName: moduleName,
+                moduleDigest: moduleDigest))
+            j.verdict.signatureOnly = true
+            return j
+        }
+        guard let session else {
+            return deny(.endStateUnavailable, "policy \(policy.id) requires every executable byte to be explained, but the request names no registered guest (no trusted facts)")
+        }
+        guard let base = request.textBase, let text = request.text else {
+            if !sectionBytes.isEmpty || request.initText != nil {
+                return deny(.claimSectionBytes, "bytes are claimed without the executable region (text_base + text): they cannot be explained byte for byte")
             }
-        } else if policy.endState == .required {
-            let missing = request.text == nil ? "the claim carries no executable region (text_base + text)" : "no registered guest facts"
-            return deny(.endStateUnavailable, "policy \(policy.id) requires end-state verification, but \(missing)")
+            return deny(.endStateUnavailable, "policy \(policy.id) requires end-state verification, but the claim carries no executable region (text_base + text)")
         }
 
-        let what = canJudgeEndState ? "all \(request.text?.readableBytes ?? 0) executable bytes explained"
-            : claimed.isEmpty ? "no executable bytes claimed: signature and ELF only"
-            : "\(claimed.count) executable section(s) match the ELF in name and size (bytes not judged: no executable region or no guest facts)"
-        let message = "signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); \(what)"
-        return Judgement(verdict: ExecGateWire.Verdict(decision: .allow, reason: .allowed, message: message, checks: checks, policyID: policy.id,
+        // 7. Frames: one guest-physical frame per 4 KiB page of each claimed region, none twice.
+        checks.append(.frames)
+        let page = WireLimits.framePageSize
+        let pages = (UInt64(text.readableBytes) + page - 1) / page
+        guard request.frames.count == Int(pages) else {
+            return deny(.claimFramesInvalid, "the executable region spans \(pages) page(s) but \(request.frames.count) guest-physical frame(s) are claimed")
+        }
+        var initRange: Range<UInt64>? = nil
+        if let ib = request.initBase, let it = request.initText {
+            let (end, o) = ib.addingReportingOverflow(UInt64(it.readableBytes))
+            guard !o, ib % page == 0 else { return deny(.claimInvalid, "init text at 0x\(hex(ib)) +\(it.readableBytes) is not a page-aligned range") }
+            initRange = ib..<end
+            let initPages = (UInt64(it.readableBytes) + page - 1) / page
+            guard request.initFrames.count == Int(initPages) else {
+                return deny(.claimFramesInvalid, "the init text spans \(initPages) page(s) but \(request.initFrames.count) init frame(s) are claimed")
+            }
+        } else if !request.initFrames.isEmpty {
+            return deny(.claimFramesInvalid, "init frames are claimed without init text")
+        }
+        let allFrames = request.frames + request.initFrames
+        if Set(allFrames).count != allFrames.count {
+            return deny(.claimFramesInvalid, "a guest-physical frame is claimed for two pages: one frame cannot hold two verified pages")
+        }
+
+        // 8. Per-section bytes, when sent, are exactly the matching slice of the region.
+        for s in sectionBytes {
+            guard let b = s.bytes else { continue }
+            let (end, o) = s.address.addingReportingOverflow(UInt64(b.readableBytes))
+            guard !o, s.address >= base, end <= base &+ UInt64(text.readableBytes) else {
+                return deny(.claimSectionBytes, "section '\(s.name)' at 0x\(hex(s.address)) +\(b.readableBytes) lies outside the executable region")
+            }
+            let off = Int(s.address - base)
+            guard let slice = text.getSlice(at: text.readerIndex + off, length: b.readableBytes), slice == b else {
+                return deny(.claimSectionBytes, "section '\(s.name)': its claimed bytes differ from the executable region at the same address (only the region's bytes are explained)")
+            }
+        }
+
+        // 9. Live ranges of the guest: no overlap, no second module of one name.
+        checks.append(.liveRanges)
+        guard let plan = ModuleLayoutPlan.compute(elf) else {
+            return deny(.claimInvalid, "section sizes overflow the kernel's layout computation")
+        }
+        let (coreEnd, coreOverflow) = base.addingReportingOverflow(UInt64(plan.coreSize))
+        guard !coreOverflow else { return deny(.claimInvalid, "core allocation at 0x\(hex(base)) +\(plan.coreSize) wraps the address space") }
+        let coreRange = base..<coreEnd
+        if let refusal = session.preflight(name: moduleName, coreRange: coreRange, initRange: initRange, frames: request.frames, initFrames: request.initFrames) {
+            return deny(refusal.reason, refusal.message)
+        }
+
+        // 10. End state: the whole executable region, byte for byte.
+        checks.append(.endState)
+        let explained: ExplainedModule
+        switch endState.judge(elf: elf, moduleName: moduleName, request: request, session: session) {
+        case .explained(let e):
+            explained = e
+        case .unexplained(let why):
+            return deny(.claimBytesUnexplained, why)
+        case .invalidClaim(let why):
+            return deny(.claimInvalid, why)
+        }
+
+        // 11. Key state of the module's run-time sites (checked against the live keys at commit).
+        checks.append(.keyState)
+        var keyStates: [UInt64: UInt64] = [:]
+        for site in explained.runtimeSites?.siteList ?? [] {
+            guard let key = site.key, site.address >= base else { continue }
+            let off = Int(site.address - base)
+            guard let bytes = text.getBytes(at: text.readerIndex + off, length: site.length),
+                  case .allowed(_, let state)? = explained.runtimeSites?.check(address: site.address, bytes: bytes) else { continue }
+            keyStates[key] = state
+        }
+        let dependsOn = session.owners(of: Self.imports(of: elf))
+        let live = LiveModule(name: Policy.canonicalModuleName(moduleName), coreRange: coreRange,
+                              textRange: base..<(base &+ UInt64(text.readableBytes)), frames: request.frames,
+                              initRange: initRange, initFrames: request.initFrames, exports: explained.exports,
+                              sites: explained.runtimeSites, dependsOn: dependsOn, keyStates: keyStates)
+
+        let message = "signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); all \(text.readableBytes) executable bytes explained"
+        return Judgement(verdict: ExecGateWire.Verdict(decision: .allow, reason: .allowed, message: message, checks: checks.map(\.rawValue), policyID: policy.id,
                                           policyVersion: policy.version, requestDigest: [], moduleName: moduleName,
-                                          moduleDigest: moduleDigest), exports: exports, sites: sites)
+                                          moduleDigest: moduleDigest), live: live)
+    }
+
+    /// Names of the module's undefined symbols (what resolve_symbol() looks up).
+    static func imports(of elf: ELFFile) -> Set<String> {
+        guard let symbols = try? elf.symbols() else { return [] }
+        return Set(symbols.filter { $0.isUndefined && !$0.name.isEmpty }.map(\.name))
     }
 
     static func sortedContains(_ a: [UInt64], _ x: UInt64) -> Bool {
@@ -286,7 +463,7 @@ extension Verifier {
         guard let sink = auditSink, !sink.record(v, guestID: guestID, policy: policy) else { return }
         v.decision = .deny
         v.auditOnly = false
-        v.reason = .kindDenied
+        v.reason = .auditUnrecorded
         v.message = "the audit record could not be written and policy \(policy.id) v\(policy.version) says audit-overflow block: denied (fail closed)"
     }
 }

@@ -19,12 +19,18 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let status = MessageType(rawValue: 0x0004)
     /// 0x0005: may this run-time text patch (jump label, static call, ftrace) be applied?
     public static let authorizePatch = MessageType(rawValue: 0x0005)
+    /// 0x0006: a module was unloaded (EXEC already revoked): forget its ranges, sites and exports.
+    public static let retireModule = MessageType(rawValue: 0x0006)
+    /// 0x0007: a module's init memory was freed (EXEC on it already revoked).
+    public static let moduleInitFreed = MessageType(rawValue: 0x0007)
 
     public static let helloReply = MessageType(rawValue: 0x8001)
     public static let registerGuestReply = MessageType(rawValue: 0x8002)
     /// 0x8003: the answer to authorize-module and authorize-patch.
     public static let verdict = MessageType(rawValue: 0x8003)
     public static let statusReply = MessageType(rawValue: 0x8004)
+    public static let retireModuleReply = MessageType(rawValue: 0x8006)
+    public static let moduleInitFreedReply = MessageType(rawValue: 0x8007)
     /// 0xFFFF: the request could not be processed (see `WireErrorCode`).
     public static let error = MessageType(rawValue: 0xFFFF)
 
@@ -41,6 +47,10 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .registerGuestReply: return "register-guest-reply"
         case .verdict: return "verdict"
         case .statusReply: return "status-reply"
+        case .retireModule: return "retire-module"
+        case .retireModuleReply: return "retire-module-reply"
+        case .moduleInitFreed: return "module-init-freed"
+        case .moduleInitFreedReply: return "module-init-freed-reply"
         case .error: return "error"
         default: return "type-0x" + String(rawValue, radix: 16)
         }
@@ -70,6 +80,17 @@ public struct WireErrorCode: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let unavailable = WireErrorCode(rawValue: 8)
     /// 9: an internal error; the request may be retried.
     public static let internalError = WireErrorCode(rawValue: 9)
+    /// 10: register-guest for a guest id that is live, without `reset`: facts are taken once.
+    public static let guestExists = WireErrorCode(rawValue: 10)
+    /// 11: retire-module / module-init-freed for a module that is not live in that guest.
+    public static let unknownModule = WireErrorCode(rawValue: 11)
+    /// 12: retire-module for a module whose exports a live module uses (the kernel refuses such
+    /// an unload: delete_module() → -EWOULDBLOCK while the module's source_list is not empty).
+    public static let moduleInUse = WireErrorCode(rawValue: 12)
+    /// 13: register-guest whose facts fail a plausibility check (the message names the fact).
+    public static let implausibleFacts = WireErrorCode(rawValue: 13)
+    /// 14: register-guest for a kernel build the policy does not list (`kernel … symbols …` pins).
+    public static let untrustedKernel = WireErrorCode(rawValue: 14)
 
     public var description: String {
         switch self {
@@ -82,6 +103,11 @@ public struct WireErrorCode: RawRepresentable, Hashable, Sendable, CustomStringC
         case .badRequest: return "bad-request"
         case .unavailable: return "unavailable"
         case .internalError: return "internal-error"
+        case .guestExists: return "guest-exists"
+        case .unknownModule: return "unknown-module"
+        case .moduleInUse: return "module-in-use"
+        case .implausibleFacts: return "implausible-facts"
+        case .untrustedKernel: return "untrusted-kernel"
         default: return "error-\(rawValue)"
         }
     }

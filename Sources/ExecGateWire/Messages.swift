@@ -85,12 +85,17 @@ public struct KernelSymbol: Sendable, Equatable {
     /// The `nm` type letter as ASCII (`T`, `t`, `D`, `W`, …).
     public var type: UInt8
     public var exported: Bool
+    /// The build's symbol table says STT_FUNC (flags bit 1): a function entry, not a label inside
+    /// code. When any symbol of a registration carries this bit, only such symbols are function
+    /// entries (legal call targets).
+    public var isFunction: Bool
 
-    public init(name: String, address: UInt64, type: UInt8 = UInt8(ascii: "T"), exported: Bool = true) {
+    public init(name: String, address: UInt64, type: UInt8 = UInt8(ascii: "T"), exported: Bool = true, isFunction: Bool = false) {
         self.name = name
         self.address = address
         self.type = type
         self.exported = exported
+        self.isFunction = isFunction
     }
 
     /// Text (code) symbol: `t`, `T`, `w`, `W`.
@@ -125,11 +130,19 @@ public struct RegisterGuest: Sendable, Equatable {
     /// The value of the kernel's `x86_return_thunk` (__ro_after_init), when the VMM read it:
     /// the thunk return sites jump to under RETHUNK. Nil = the build's default.
     public var returnThunk: UInt64?
+    /// Explicit reset of a live guest id (a rebooted guest): every verified range, site and export
+    /// of the old session is dropped. The VMM must have revoked every EXEC grant of the old session
+    /// first. Without it a second registration of a live guest id is refused (`guest-exists`).
+    public var reset: Bool
+    /// Trusted targets per static-call key (see `StaticCallKeyFact`).
+    public var staticCallKeys: [StaticCallKeyFact]
 
     public init(guestID: String, kernelRelease: String = "", kernelDigest: [UInt8] = [], kaslrSlide: UInt64 = 0,
                 cpuCapabilities: [UInt8] = [], symbols: [KernelSymbol] = [], symbolSource: String = "",
                 commandLine: String = "", presentCPUs: UInt32 = 1, possibleCPUs: UInt32 = 1, vulnerabilities: String = "",
-                pvOps: [UInt8] = [], returnThunk: UInt64? = nil) {
+                pvOps: [UInt8] = [], returnThunk: UInt64? = nil, reset: Bool = false, staticCallKeys: [StaticCallKeyFact] = []) {
+        self.reset = reset
+        self.staticCallKeys = staticCallKeys
         self.guestID = guestID
         self.kernelRelease = kernelRelease
         self.kernelDigest = kernelDigest
@@ -147,6 +160,7 @@ public struct RegisterGuest: Sendable, Equatable {
 
     enum Tag {
         static let returnThunk: UInt16 = 13
+        static let reset: UInt16 = 14, staticCallKey: UInt16 = 15
         static let guestID: UInt16 = 1, kernelRelease: UInt16 = 2, kernelDigest: UInt16 = 3, kaslrSlide: UInt16 = 4
         static let cpuCapabilities: UInt16 = 5
         /// Packed records `{u64 address; u8 type; u8 flags; u16 name_len; u8 name[name_len]}`,
@@ -160,11 +174,22 @@ public struct RegisterGuest: Sendable, Equatable {
     public static let maximumSymbols = 1 << 20
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "register-guest", known: Set(1...13))
+        let r = try TLVReader(body, message: "register-guest", known: Set(1...15), repeated: [Tag.staticCallKey: WireLimits.maximumStaticCallKeys])
         guestID = try r.requiredString(Tag.guestID, "guest_id")
         guard !guestID.isEmpty else { throw WireDecodeError(.invalidValue, field: "register-guest.guest_id", "empty") }
         kernelRelease = try r.string(Tag.kernelRelease, "kernel_release") ?? ""
         kernelDigest = try r.optional(Tag.kernelDigest, "kernel_digest").map { Array(buffer: $0) } ?? []
+        guard kernelDigest.isEmpty || kernelDigest.count == 32 else {
+            throw WireDecodeError(.invalidValue, field: "register-guest.kernel_digest", "\(kernelDigest.count) bytes; a SHA-256 digest is 32")
+        }
+        let resetFlag: UInt8 = try r.integer(Tag.reset, "reset") ?? 0
+        guard resetFlag <= 1 else { throw WireDecodeError(.invalidValue, field: "register-guest.reset", "\(resetFlag) is neither 0 nor 1") }
+        reset = resetFlag == 1
+        let rawKeys = r.all(Tag.staticCallKey)
+        guard rawKeys.count <= WireLimits.maximumStaticCallKeys else {
+            throw WireDecodeError(.tooManyItems, field: "register-guest.static_call_key", "\(rawKeys.count) > \(WireLimits.maximumStaticCallKeys)")
+        }
+        staticCallKeys = try rawKeys.map { try StaticCallKeyFact(decoding: $0) }
         kaslrSlide = try r.integer(Tag.kaslrSlide, "kaslr_slide") ?? 0
         cpuCapabilities = try r.optional(Tag.cpuCapabilities, "cpu_caps").map { Array(buffer: $0) } ?? []
         guard cpuCapabilities.count % 4 == 0 else {
@@ -181,11 +206,11 @@ public struct RegisterGuest: Sendable, Equatable {
                       let name = packed.readSlice(length: Int(len)) else {
                     throw WireDecodeError(.truncatedField, field: "register-guest.symbols", "record \(symbols.count) truncated")
                 }
-                guard flags & ~1 == 0 else {
+                guard flags & ~3 == 0 else {
                     throw WireDecodeError(.invalidValue, field: "register-guest.symbols", "record \(symbols.count): unknown flags 0x\(String(flags, radix: 16))")
                 }
                 symbols.append(KernelSymbol(name: try TLVReader.decodeString(name, field: "register-guest.symbols"), address: address,
-                                            type: type, exported: flags & 1 != 0))
+                                            type: type, exported: flags & 1 != 0, isFunction: flags & 2 != 0))
             }
         }
         symbolSource = try r.string(Tag.symbolSource, "symbol_source") ?? ""
@@ -209,7 +234,7 @@ public struct RegisterGuest: Sendable, Equatable {
             for s in symbols {
                 packed.writeInteger(s.address)
                 packed.writeInteger(s.type)
-                packed.writeInteger(UInt8(s.exported ? 1 : 0))
+                packed.writeInteger(UInt8(s.exported ? 1 : 0) | UInt8(s.isFunction ? 2 : 0))
                 let n = s.name.utf8.prefix(Int(UInt16.max))
                 packed.writeInteger(UInt16(n.count))
                 packed.writeBytes(n)
@@ -223,23 +248,61 @@ public struct RegisterGuest: Sendable, Equatable {
         if !pvOps.isEmpty { w.bytes(Tag.pvOps, pvOps) }
         w.u32(Tag.possibleCPUs, possibleCPUs)
         if let t = returnThunk { w.u64(Tag.returnThunk, t) }
+        if reset { w.u8(Tag.reset, 1) }
+        for k in staticCallKeys { w.nested(Tag.staticCallKey) { k.encode(into: &$0) } }
     }
 }
 
 public struct RegisterGuestReply: Sendable, Equatable {
     public var guestID: String
     public var symbolCount: UInt32
-    public init(guestID: String, symbolCount: UInt32) { self.guestID = guestID; self.symbolCount = symbolCount }
+    /// SHA-256 of the register-guest body that established the session; every verdict for the
+    /// guest carries it (`verdict.facts_digest`), binding the verdict to exactly those facts
+    /// (kernel digest included). Empty when not computed.
+    public var factsDigest: [UInt8]
+    /// SHA-256 of the symbol table at link-time addresses (what a policy `kernel … symbols` pin
+    /// names): the same for every boot of one build. Empty when not computed.
+    public var symbolsDigest: [UInt8]
+    public init(guestID: String, symbolCount: UInt32, factsDigest: [UInt8] = [], symbolsDigest: [UInt8] = []) {
+        self.guestID = guestID
+        self.symbolCount = symbolCount
+        self.factsDigest = factsDigest
+        self.symbolsDigest = symbolsDigest
+    }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "register-guest-reply", known: [1, 2])
+        let r = try TLVReader(body, message: "register-guest-reply", known: [1, 2, 3, 4])
         guestID = try r.requiredString(1, "guest_id")
         symbolCount = try r.requiredInteger(2, "symbol_count")
+        factsDigest = try r.optional(3, "facts_digest").map { Array(buffer: $0) } ?? []
+        symbolsDigest = try r.optional(4, "symbols_digest").map { Array(buffer: $0) } ?? []
     }
 
     public func encode(into w: inout TLVWriter) {
         w.string(1, guestID)
         w.u32(2, symbolCount)
+        if !factsDigest.isEmpty { w.bytes(3, factsDigest) }
+        if !symbolsDigest.isEmpty { w.bytes(4, symbolsDigest) }
+    }
+
+    /// The packed symbol records at link-time addresses (image addresses − `kaslrSlide`), the
+    /// input of `symbolsDigest`.
+    public static func linkTimeSymbolRecords(_ r: RegisterGuest) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(r.symbols.count * 32)
+        for s in r.symbols {
+            // KASLR moves the kernel image (mapped from __START_KERNEL_map, 0xffffffff80000000);
+            // zero-based per-cpu offsets (`A` symbols such as `__per_cpu_end`) do not move.
+            let a = s.address >= 0xffff_ffff_8000_0000 ? s.address &- r.kaslrSlide : s.address
+            for k in (0..<8).reversed() { out.append(UInt8(truncatingIfNeeded: a >> (8 * UInt64(k)))) }
+            out.append(s.type)
+            out.append(UInt8(s.exported ? 1 : 0) | UInt8(s.isFunction ? 2 : 0))
+            let n = Array(s.name.utf8.prefix(Int(UInt16.max)))
+            out.append(UInt8(n.count >> 8))
+            out.append(UInt8(n.count & 0xff))
+            out += n
+        }
+        return out
     }
 }
 
@@ -278,9 +341,22 @@ public struct AuthorizeModule: Sendable, Equatable {
     /// verification judges exactly this.
     public var textBase: UInt64?
     public var text: ByteBuffer?
+    /// Guest-physical frame number of every 4 KiB page of `text`, in order (required with `text`):
+    /// the EXEC grant covers exactly these frames, and the verdict echoes them.
+    public var frames: [UInt64]
+    /// The module's init text (`.init.text` and the rest of the init layout's executable part),
+    /// its base and its frames; valid until module-init-freed.
+    public var initBase: UInt64?
+    public var initText: ByteBuffer?
+    public var initFrames: [UInt64]
 
     public init(guestID: String = "", module: ByteBuffer, sections: [SectionClaim] = [], perCPUBase: UInt64? = nil, moduleName: String = "",
-                textBase: UInt64? = nil, text: ByteBuffer? = nil) {
+                textBase: UInt64? = nil, text: ByteBuffer? = nil, frames: [UInt64] = [], initBase: UInt64? = nil,
+                initText: ByteBuffer? = nil, initFrames: [UInt64] = []) {
+        self.frames = frames
+        self.initBase = initBase
+        self.initText = initText
+        self.initFrames = initFrames
         self.guestID = guestID
         self.module = module
         self.sections = sections
@@ -293,10 +369,11 @@ public struct AuthorizeModule: Sendable, Equatable {
     enum Tag {
         static let guestID: UInt16 = 1, module: UInt16 = 2, section: UInt16 = 3, perCPUBase: UInt16 = 4, moduleName: UInt16 = 5
         static let textBase: UInt16 = 6, text: UInt16 = 7
+        static let frames: UInt16 = 8, initBase: UInt16 = 9, initText: UInt16 = 10, initFrames: UInt16 = 11
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "authorize-module", known: Set(1...7), repeated: [Tag.section: WireLimits.maximumSectionClaims])
+        let r = try TLVReader(body, message: "authorize-module", known: Set(1...11), repeated: [Tag.section: WireLimits.maximumSectionClaims])
         guestID = try r.string(Tag.guestID, "guest_id") ?? ""
         module = try r.required(Tag.module, "module")
         let raw = r.all(Tag.section)
@@ -317,6 +394,14 @@ public struct AuthorizeModule: Sendable, Equatable {
             throw WireDecodeError(.missingField, field: textBase == nil ? "authorize-module.text_base" : "authorize-module.text",
                                   "text_base and text come together")
         }
+        frames = try r.optional(Tag.frames, "frames").map { try PackedFrames.decode($0, field: "authorize-module.frames") } ?? []
+        initBase = try r.integer(Tag.initBase, "init_base")
+        initText = try r.optional(Tag.initText, "init_text")
+        initFrames = try r.optional(Tag.initFrames, "init_frames").map { try PackedFrames.decode($0, field: "authorize-module.init_frames") } ?? []
+        guard (initBase == nil) == (initText == nil) else {
+            throw WireDecodeError(.missingField, field: initBase == nil ? "authorize-module.init_base" : "authorize-module.init_text",
+                                  "init_base and init_text come together")
+        }
     }
 
     public func encode(into w: inout TLVWriter) {
@@ -335,6 +420,12 @@ public struct AuthorizeModule: Sendable, Equatable {
             w.u64(Tag.textBase, b)
             w.bytes(Tag.text, t)
         }
+        if !frames.isEmpty { w.bytes(Tag.frames, PackedFrames.encode(frames)) }
+        if let b = initBase, let t = initText {
+            w.u64(Tag.initBase, b)
+            w.bytes(Tag.initText, t)
+        }
+        if !initFrames.isEmpty { w.bytes(Tag.initFrames, PackedFrames.encode(initFrames)) }
     }
 }
 
@@ -345,35 +436,62 @@ public struct AuthorizeModule: Sendable, Equatable {
 /// module ExecGate verified for this guest, with one of that site's legal encodings.
 public struct AuthorizePatch: Sendable, Equatable {
     public var guestID: String
-    /// Guest virtual address of the first patched byte.
-    public var address: UInt64
-    /// The bytes to be written there.
-    public var bytes: [UInt8]
+    /// The batch: every text_poke of one transition (tags 2+3 on the wire for a single entry,
+    /// tag 4 repeated for a batch). A jump-label or static-call key changes state only as a whole:
+    /// the batch covers every live site of each key it touches.
+    public var patches: [PatchEntry]
+    /// Guest virtual address of the first patched byte (the first entry).
+    public var address: UInt64 { patches.first?.address ?? 0 }
+    /// The bytes to be written there (the first entry).
+    public var bytes: [UInt8] { patches.first?.bytes ?? [] }
 
     /// Longest patch accepted (the longest x86 text_poke site is an 8-byte… nothing in 6.1 exceeds 16).
     public static let maximumLength = 16
 
     public init(guestID: String, address: UInt64, bytes: [UInt8]) {
         self.guestID = guestID
-        self.address = address
-        self.bytes = bytes
+        self.patches = [PatchEntry(address: address, bytes: bytes)]
+    }
+
+    /// A batch (encoded as tag 4 entries when it has more than one).
+    public init(guestID: String, patches: [PatchEntry]) {
+        self.guestID = guestID
+        self.patches = patches
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "authorize-patch", known: [1, 2, 3])
+        let r = try TLVReader(body, message: "authorize-patch", known: [1, 2, 3, 4], repeated: [4: WireLimits.maximumPatchBatch])
         guestID = try r.requiredString(1, "guest_id")
-        address = try r.requiredInteger(2, "address")
-        let b = try r.required(3, "bytes")
-        guard b.readableBytes >= 1 && b.readableBytes <= Self.maximumLength else {
-            throw WireDecodeError(.invalidValue, field: "authorize-patch.bytes", "\(b.readableBytes) bytes; 1...\(Self.maximumLength) allowed")
+        let single: UInt64? = try r.integer(2, "address")
+        let singleBytes = try r.optional(3, "bytes")
+        let batch = r.all(4)
+        if let address = single {
+            guard let b = singleBytes else { throw WireDecodeError(.missingField, field: "authorize-patch.bytes") }
+            guard batch.isEmpty else {
+                throw WireDecodeError(.invalidValue, field: "authorize-patch.patch", "address/bytes and patch entries are exclusive")
+            }
+            guard b.readableBytes >= 1 && b.readableBytes <= Self.maximumLength else {
+                throw WireDecodeError(.invalidValue, field: "authorize-patch.bytes", "\(b.readableBytes) bytes; 1...\(Self.maximumLength) allowed")
+            }
+            patches = [PatchEntry(address: address, bytes: Array(buffer: b))]
+        } else {
+            guard singleBytes == nil else { throw WireDecodeError(.missingField, field: "authorize-patch.address") }
+            guard !batch.isEmpty else { throw WireDecodeError(.missingField, field: "authorize-patch.address") }
+            guard batch.count <= WireLimits.maximumPatchBatch else {
+                throw WireDecodeError(.tooManyItems, field: "authorize-patch.patch", "\(batch.count) > \(WireLimits.maximumPatchBatch)")
+            }
+            patches = try batch.map { try PatchEntry(decoding: $0) }
         }
-        bytes = Array(buffer: b)
     }
 
     public func encode(into w: inout TLVWriter) {
         w.string(1, guestID)
-        w.u64(2, address)
-        w.bytes(3, bytes)
+        if patches.count == 1 {
+            w.u64(2, patches[0].address)
+            w.bytes(3, patches[0].bytes)
+        } else {
+            for p in patches { w.nested(4) { p.encode(into: &$0) } }
+        }
     }
 }
 
@@ -397,6 +515,17 @@ public struct Verdict: Sendable, Equatable {
     public var moduleDigest: [UInt8]
     /// True when the policy is audit-only and enforce would have denied: allowed, but recorded.
     public var auditOnly: Bool
+    /// The request digest of the register-guest that established the guest's session (its reply's
+    /// `facts_digest`): the facts this verdict relied on. Empty without a guest.
+    public var factsDigest: [UInt8] = []
+    /// The grant an allow covers: the region's base and its guest-physical frames, echoed from the
+    /// claim. The VMM grants EXEC on exactly these frames, and on nothing else.
+    public var grantBase: UInt64? = nil
+    public var grantFrames: [UInt64] = []
+    /// True when the policy opted into signature-only judgement and no byte was judged.
+    public var signatureOnly: Bool = false
+    /// The init-text grant an allow covers (frames of the claimed init text), valid until module-init-freed.
+    public var initFrames: [UInt64] = []
 
     public init(decision: Decision, reason: VerdictReason, message: String, checks: [String], policyID: String,
                 policyVersion: UInt64, requestDigest: [UInt8], moduleName: String = "", moduleDigest: [UInt8] = [], auditOnly: Bool = false) {
@@ -413,7 +542,7 @@ public struct Verdict: Sendable, Equatable {
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "verdict", known: Set(1...11), repeated: [5: WireLimits.maximumVerdictChecks])
+        let r = try TLVReader(body, message: "verdict", known: Set(1...16), repeated: [5: WireLimits.maximumVerdictChecks])
         let d: UInt8 = try r.requiredInteger(1, "decision")
         guard let decision = Decision(rawValue: d) else {
             throw WireDecodeError(.invalidValue, field: "verdict.decision", "\(d) is neither 0 (deny) nor 1 (allow)")
@@ -428,6 +557,11 @@ public struct Verdict: Sendable, Equatable {
         moduleName = try r.string(9, "module_name") ?? ""
         moduleDigest = try r.optional(10, "module_digest").map { Array(buffer: $0) } ?? []
         auditOnly = (try r.integer(11, "audit_only", as: UInt8.self) ?? 0) != 0
+        factsDigest = try r.optional(12, "facts_digest").map { Array(buffer: $0) } ?? []
+        grantBase = try r.integer(13, "grant_base")
+        grantFrames = try r.optional(14, "grant_frames").map { try PackedFrames.decode($0, field: "verdict.grant_frames") } ?? []
+        signatureOnly = (try r.integer(15, "signature_only", as: UInt8.self) ?? 0) != 0
+        initFrames = try r.optional(16, "init_frames").map { try PackedFrames.decode($0, field: "verdict.init_frames") } ?? []
     }
 
     public func encode(into w: inout TLVWriter) {
@@ -442,6 +576,11 @@ public struct Verdict: Sendable, Equatable {
         if !moduleName.isEmpty { w.string(9, moduleName) }
         if !moduleDigest.isEmpty { w.bytes(10, moduleDigest) }
         if auditOnly { w.u8(11, 1) }
+        if !factsDigest.isEmpty { w.bytes(12, factsDigest) }
+        if let b = grantBase { w.u64(13, b) }
+        if !grantFrames.isEmpty { w.bytes(14, PackedFrames.encode(grantFrames)) }
+        if signatureOnly { w.u8(15, 1) }
+        if !initFrames.isEmpty { w.bytes(16, PackedFrames.encode(initFrames)) }
     }
 }
 
@@ -520,6 +659,10 @@ public enum Message: Sendable, Equatable {
     case verdict(Verdict)
     case status
     case statusReply(StatusReply)
+    case retireModule(RetireModule)
+    case retireModuleReply(RetireModuleReply)
+    case moduleInitFreed(ModuleInitFreed)
+    case moduleInitFreedReply(ModuleInitFreedReply)
     case error(ErrorReply)
 
     public var type: MessageType {
@@ -533,6 +676,10 @@ public enum Message: Sendable, Equatable {
         case .verdict: return .verdict
         case .status: return .status
         case .statusReply: return .statusReply
+        case .retireModule: return .retireModule
+        case .retireModuleReply: return .retireModuleReply
+        case .moduleInitFreed: return .moduleInitFreed
+        case .moduleInitFreedReply: return .moduleInitFreedReply
         case .error: return .error
         }
     }
@@ -552,6 +699,10 @@ public enum Message: Sendable, Equatable {
             _ = try TLVReader(body, message: "status", known: [])
             self = .status
         case .statusReply: self = .statusReply(try StatusReply(decoding: body))
+        case .retireModule: self = .retireModule(try RetireModule(decoding: body))
+        case .retireModuleReply: self = .retireModuleReply(try RetireModuleReply(decoding: body))
+        case .moduleInitFreed: self = .moduleInitFreed(try ModuleInitFreed(decoding: body))
+        case .moduleInitFreedReply: self = .moduleInitFreedReply(try ModuleInitFreedReply(decoding: body))
         case .error: self = .error(try ErrorReply(decoding: body))
         default: throw UnknownMessageType(type: type)
         }
@@ -569,6 +720,10 @@ public enum Message: Sendable, Equatable {
         case .verdict(let m): m.encode(into: &w)
         case .status: break
         case .statusReply(let m): m.encode(into: &w)
+        case .retireModule(let m): m.encode(into: &w)
+        case .retireModuleReply(let m): m.encode(into: &w)
+        case .moduleInitFreed(let m): m.encode(into: &w)
+        case .moduleInitFreedReply(let m): m.encode(into: &w)
         case .error(let m): m.encode(into: &w)
         }
         return w.buffer

@@ -39,6 +39,26 @@ public struct VerdictReason: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let digestMismatch = VerdictReason(rawValue: 23)
     /// A run-time text patch that is not a legal encoding of a known site of verified code.
     public static let patchNotAllowed = VerdictReason(rawValue: 24)
+    /// The claimed module allocation overlaps a range that is live (verified, not retired) in this guest.
+    public static let claimOverlapsLive = VerdictReason(rawValue: 25)
+    /// A module of the same name is live in this guest (the kernel refuses it: add_unformed_module()).
+    public static let moduleAlreadyLive = VerdictReason(rawValue: 26)
+    /// The guest-physical frames are missing, of the wrong count, repeated, or already granted to live code.
+    public static let claimFramesInvalid = VerdictReason(rawValue: 27)
+    /// Per-section bytes that are not the matching slice of an explained executable region.
+    public static let claimSectionBytes = VerdictReason(rawValue: 28)
+    /// The claim cannot be laid over the module (region, addresses, layout fields inconsistent).
+    public static let claimInvalid = VerdictReason(rawValue: 29)
+    /// The request's module name differs from the signed `.modinfo name=`.
+    public static let moduleNameMismatch = VerdictReason(rawValue: 30)
+    /// The audit record could not be written and the policy blocks unrecorded code (fail closed).
+    public static let auditUnrecorded = VerdictReason(rawValue: 31)
+    /// A run-time patch batch does not cover every live site of a key, or its sites disagree.
+    public static let patchPartialKey = VerdictReason(rawValue: 32)
+    /// The module's sites of a key shared with live code are in another state than the key.
+    public static let keyStateMismatch = VerdictReason(rawValue: 33)
+    /// The module's vermagic does not name the registered kernel release.
+    public static let vermagicMismatch = VerdictReason(rawValue: 34)
 
     public var name: String {
         switch self {
@@ -67,6 +87,16 @@ public struct VerdictReason: RawRepresentable, Hashable, Sendable, CustomStringC
         case .unsupportedCryptography: return "sig.unsupported-cryptography"
         case .digestMismatch: return "sig.digest-mismatch"
         case .patchNotAllowed: return "patch.not-allowed"
+        case .claimOverlapsLive: return "claim.overlaps-live"
+        case .moduleAlreadyLive: return "claim.module-already-live"
+        case .claimFramesInvalid: return "claim.frames-invalid"
+        case .claimSectionBytes: return "claim.section-bytes"
+        case .claimInvalid: return "claim.invalid"
+        case .moduleNameMismatch: return "claim.module-name-mismatch"
+        case .auditUnrecorded: return "audit.unrecorded"
+        case .patchPartialKey: return "patch.partial-key"
+        case .keyStateMismatch: return "claim.key-state-mismatch"
+        case .vermagicMismatch: return "claim.vermagic-mismatch"
         default: return "reason-\(rawValue)"
         }
     }

@@ -56,7 +56,7 @@ final class AdminClientTests: XCTestCase {
         mode enforce
         trust kernel-builtin
         minimum-digest sha256
-        end-state when-claimed
+        end-state signature-only
         audit-overflow block
         deny module-name \(name)
         modules allow

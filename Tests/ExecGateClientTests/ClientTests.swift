@@ -28,7 +28,11 @@ final class ClientTests: XCTestCase {
     override func setUp() async throws {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        server = VerifierServer(responder: Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust())), logger: logger, threads: 2)
+        // Transport tests with modules sent without bytes: the policy opts into signature-only
+        // explicitly (the built-in default, end-state required, would deny them all alike).
+        var policy = Policy.builtIn(trust: try Fixtures.debianTrust())
+        policy.endState = .signatureOnly
+        server = VerifierServer(responder: Verifier(policy: policy), logger: logger, threads: 2)
         dir = Fixtures.temporaryDirectory()
         unixEndpoint = .unix(path: dir + "/vmm.sock")
         try await server.bind(unixEndpoint)
@@ -68,7 +72,9 @@ final class ClientTests: XCTestCase {
     func testPipelinedOverHybridEachReplyMatchesItsRequest() async throws {
         let modules = try Fixtures.sampleModules(12).map { try Fixtures.readFile($0) }.filter { $0.count < 4 << 20 }
         let client = try await ExecGateClient.connect(to: hybridEndpoint, timeout: 60)
-        let local = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()))
+        var policy = Policy.builtIn(trust: try Fixtures.debianTrust())
+        policy.endState = .signatureOnly  // the server's policy (setUp)
+        let local = Verifier(policy: policy)
         let results = try await withThrowingTaskGroup(of: (Int, Verdict).self) { g in
             for (i, m) in modules.enumerated() { g.addTask { (i, try await client.authorize(AuthorizeModule(module: ByteBuffer(bytes: m)))) } }
             var out: [(Int, Verdict)] = []

@@ -83,7 +83,7 @@ final class AuditTests: XCTestCase {
         XCTAssertEqual(locked.checks, ["policy-kind"])
         let plain = patch("web-1")
         XCTAssertEqual(plain.decision, .deny)
-        XCTAssertEqual(plain.checks, ["policy-kind", "patch-site"])  // judged: no module allowed, so no site
+        XCTAssertEqual(plain.checks, ["policy-kind", "patch-site", "key-state"])  // judged: no module allowed, so no site
         let canary = patch("canary-1")
         XCTAssertEqual(canary.decision, .allow)
         XCTAssertTrue(canary.auditOnly)
@@ -113,7 +113,7 @@ final class AuditTests: XCTestCase {
         XCTAssertEqual(decisions.prefix(2), [.allow, .allow])
         XCTAssertEqual(decisions.suffix(3), [.deny, .deny, .deny])
         let denied = v.authorize(try request("crc7.ko"), requestDigest: [])
-        XCTAssertEqual(denied.reason, .kindDenied)
+        XCTAssertEqual(denied.reason, .auditUnrecorded, "its own reason, not a kind rule")
         XCTAssertTrue(denied.message.contains("audit-overflow block"), denied.message)
         XCTAssertEqual(log.counters.dropped, 0)
         for _ in 0..<20 { stalled.gate.signal() }

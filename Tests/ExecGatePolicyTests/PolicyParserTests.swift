@@ -12,8 +12,11 @@ import XCTest
 enum PolicyFixtures {
     static func kernelCertificate() throws -> Certificate { try Fixtures.debianCertificates()[0] }
 
-    /// A complete policy embedding the Debian kernel certificate as a PEM trust anchor.
-    static func text(id: String = "test", version: UInt64, mode: String = "enforce", body: String = "modules allow") throws -> String {
+    /// A complete policy embedding the Debian kernel certificate as a PEM trust anchor. These
+    /// tests exercise policy mechanics (rules, audit, swaps) on modules sent without a guest, so
+    /// the fixture opts into `end-state signature-only` explicitly (the default is `required`).
+    static func text(id: String = "test", version: UInt64, mode: String = "enforce", body: String = "modules allow",
+                     endState: String = "signature-only") throws -> String {
         let cert = try kernelCertificate()
         return """
         execgate-policy 1
@@ -23,6 +26,7 @@ enum PolicyFixtures {
         trust sha256:\(cert.fingerprint.hex)   # Debian kernel build key
         \(cert.pem.split(separator: "\n").joined(separator: "\n"))
         audit-overflow block
+        end-state \(endState)
         \(body)
 
         """
@@ -54,12 +58,39 @@ final class PolicyParserTests: XCTestCase {
         XCTAssertEqual(d.auditOverflow, .block)
     }
 
+    /// Fail closed: no `end-state` line means `required`; the old fail-open `when-claimed` does
+    /// not load (a policy must never load as something weaker than what its author meant).
+    func testEndStateDefaultsToRequiredAndWhenClaimedIsRefused() throws {
+        let stripped = try PolicyFixtures.text(version: 4).replacingOccurrences("end-state signature-only\n", "")
+        XCTAssertFalse(stripped.contains("end-state"))
+        XCTAssertEqual(try PolicyFixtures.parse(stripped).endState, .required)
+        XCTAssertEqual(try PolicyFixtures.parse(try PolicyFixtures.text(version: 4)).endState, .signatureOnly)
+        XCTAssertThrowsError(try PolicyFixtures.parse(try PolicyFixtures.text(version: 4, endState: "when-claimed"))) { e in
+            let err = e as? PolicyParseError
+            XCTAssertEqual(err?.code, .badArgument)
+            XCTAssertTrue(err?.reason.contains("signature-only") ?? false, "\(e)")
+        }
+    }
+
+    func testKernelPins() throws {
+        let k = String(repeating: "ab", count: 32), y = String(repeating: "cd", count: 32)
+        let p = try PolicyFixtures.parse(try PolicyFixtures.text(version: 4, body: "kernel sha256:\(k) symbols sha256:\(y)\nmodules allow"))
+        XCTAssertEqual(p.trustedKernels.count, 1)
+        XCTAssertEqual(p.trustedKernels.first?.kernel.hex, k)
+        XCTAssertEqual(p.trustedKernels.first?.symbols.hex, y)
+        XCTAssertThrowsError(try PolicyFixtures.parse(try PolicyFixtures.text(version: 4, body: "kernel sha256:\(k)\nmodules allow"))) { e in
+            XCTAssertEqual((e as? PolicyParseError)?.code, .missingArgument)
+        }
+        XCTAssertThrowsError(try PolicyFixtures.parse(try PolicyFixtures.text(version: 4, body: "kernel sha256:\(k) symbols sha256:\(y)\nkernel sha256:\(k) symbols sha256:\(y)\nmodules allow"))) { e in
+            XCTAssertEqual((e as? PolicyParseError)?.code, .duplicate)
+        }
+    }
+
     func testEmbeddedAnchorAndEveryDirective() throws {
         let cert = try PolicyFixtures.kernelCertificate()
         let tbs = cert.tbsHash.hex
         let p = try PolicyFixtures.parse(try PolicyFixtures.text(version: 5, mode: "audit", body: """
             minimum-digest sha384
-            end-state required
             deny certificate sha256:\(tbs)
             deny module sha256:\(String(repeating: "ab", count: 32))
             deny module-name vsock-diag
@@ -70,7 +101,7 @@ final class PolicyParserTests: XCTestCase {
             modules deny for guest quarantined
             text-patches audit-only
             ebpf-jit deny for class db
-            """))
+            """, endState: "required"))
         XCTAssertEqual(p.version, 5)
         XCTAssertEqual(p.mode, .audit)
         XCTAssertEqual(p.trust.anchors, [cert])

@@ -22,9 +22,15 @@ final class CLITests: XCTestCase {
     }
 
     func testVerifyModuleExitCodesAndJSON() throws {
-        let ok = Fixtures.runExecgate(["verify", "module", vsock, "--trust", certPath, "--json"])
+        // Fail closed by default: without a guest no byte can be judged.
+        let closed = Fixtures.runExecgate(["verify", "module", vsock, "--trust", certPath, "--json"])
+        XCTAssertEqual(closed.status, 1, closed.stderr)
+        XCTAssertTrue(closed.stdout.contains("\"reason\":\"policy.end-state-unavailable\""), closed.stdout)
+        // Signature only, as an explicit opt-in that the verdict states.
+        let ok = Fixtures.runExecgate(["verify", "module", vsock, "--trust", certPath, "--signature-only", "--claim", "none", "--json"])
         XCTAssertEqual(ok.status, 0, ok.stderr)
         XCTAssertTrue(ok.stdout.contains("\"decision\":\"allow\""), ok.stdout)
+        XCTAssertTrue(ok.stdout.contains("\"signature_only\":true"), ok.stdout)
         XCTAssertTrue(ok.stdout.contains("\"module\":\"vsock\""), ok.stdout)
 
         let dir = Fixtures.temporaryDirectory()
@@ -52,7 +58,7 @@ final class CLITests: XCTestCase {
     func testServeAnswersRequestsAndStopsOnSIGTERM() throws {
         let dir = Fixtures.temporaryDirectory()
         let sock = "unix:" + dir + "/s.sock"
-        let pid = Fixtures.spawnExecgate(["serve", "--listen", sock, "--trust", certPath, "--log-format", "json"],
+        let pid = Fixtures.spawnExecgate(["serve", "--listen", sock, "--trust", certPath, "--signature-only", "--log-format", "json"],
                                          stdoutPath: dir + "/out", stderrPath: dir + "/err")
         XCTAssertGreaterThan(pid, 0)
         var status = ProcessResult(status: -1, stdout: "", stderr: "")
@@ -64,9 +70,13 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(status.status, 0, status.stderr)
         XCTAssertTrue(status.stdout.contains("\"state\":\"serving\""), status.stdout)
 
-        let allow = Fixtures.runExecgate(["request", "module", vsock, "--connect", sock, "--json"])
+        // Section bytes copied from the file are bytes nobody explains: denied even under signature-only.
+        let elfBytes = Fixtures.runExecgate(["request", "module", vsock, "--connect", sock, "--json"])
+        XCTAssertEqual(elfBytes.status, 1, elfBytes.stderr)
+        XCTAssertTrue(elfBytes.stdout.contains("\"checks\":[\"policy-kind\",\"signature\",\"deny-list\",\"elf-structure\",\"module-name\",\"claim-structure\"]"), elfBytes.stdout)
+        let allow = Fixtures.runExecgate(["request", "module", vsock, "--connect", sock, "--claim", "none", "--json"])
         XCTAssertEqual(allow.status, 0, allow.stderr)
-        XCTAssertTrue(allow.stdout.contains("\"checks\":[\"policy-kind\",\"signature\",\"deny-list\",\"elf-structure\",\"module-name\",\"claim-structure\"]"), allow.stdout)
+        XCTAssertTrue(allow.stdout.contains("\"signature_only\":true"), allow.stdout)
 
         kill(pid, SIGTERM)
         XCTAssertEqual(Fixtures.wait(pid), 0, "graceful shutdown exits 0")

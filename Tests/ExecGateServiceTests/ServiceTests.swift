@@ -21,7 +21,11 @@ final class ServiceTests: XCTestCase {
     var modules: [(name: String, bytes: [UInt8])] = []
 
     override func setUp() async throws {
-        verifier = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()))
+        // These tests exercise the transport with modules sent without bytes: the policy opts into
+        // signature-only explicitly (the built-in default, end-state required, would deny them).
+        var policy = Policy.builtIn(trust: try Fixtures.debianTrust())
+        policy.endState = .signatureOnly
+        verifier = Verifier(policy: policy)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         server = VerifierServer(responder: verifier, logger: logger, threads: 2, maximumBodySize: 8 << 20)
@@ -137,16 +141,53 @@ final class ServiceTests: XCTestCase {
 
     func testRegisterGuestThenAuthorizeForIt() async throws {
         let c = try await ExecGateClient.connect(to: endpoint)
-        let reply = try await c.register(RegisterGuest(guestID: "g-1", kernelRelease: "6.1.0-56-amd64", symbols: [KernelSymbol(name: "printk", address: 0xffff_ffff_8100_0000)]))
-        XCTAssertEqual(reply.symbolCount, 1)
+        // The core text bounds come with any symbol: the facts are checked against them.
+        let reply = try await c.register(RegisterGuest(guestID: "g-1", kernelRelease: "6.1.0-56-amd64", symbols: [
+            KernelSymbol(name: "_stext", address: 0xffff_ffff_8100_0000, exported: false),
+            KernelSymbol(name: "_etext", address: 0xffff_ffff_81e0_0000, exported: false),
+            KernelSymbol(name: "printk", address: 0xffff_ffff_8110_0000)]))
+        XCTAssertEqual(reply.symbolCount, 3)
+        XCTAssertEqual(reply.factsDigest.count, 32, "the SHA-256 of the registration body")
         let v = try await c.authorize(AuthorizeModule(guestID: "g-1", module: ByteBuffer(bytes: modules[0].bytes)))
-        XCTAssertEqual(v.decision, .allow)
+        XCTAssertEqual(v.decision, .allow, v.message)
+        XCTAssertTrue(v.signatureOnly)
+        XCTAssertEqual(v.factsDigest, reply.factsDigest)
+        do {
+            _ = try await c.register(RegisterGuest(guestID: "g-1"))
+            XCTFail("facts are taken once: a live guest is not re-registered without reset")
+        } catch ClientError.server(let e) {
+            XCTAssertEqual(e.code, .guestExists)
+        }
         do {
             _ = try await c.authorize(AuthorizeModule(guestID: "g-unknown", module: ByteBuffer(bytes: modules[0].bytes)))
             XCTFail("unknown guest must be an error")
         } catch ClientError.server(let e) {
             XCTAssertEqual(e.code, .unknownGuest)
         }
+        await c.close()
+    }
+
+    /// The session messages travel through the real server: retire-module and module-init-freed
+    /// of a module that is not live are refused with their codes; a patch batch gets a verdict.
+    func testSessionMessagesAreRoutedOverTheSocket() async throws {
+        let c = try await ExecGateClient.connect(to: endpoint)
+        _ = try await c.register(RegisterGuest(guestID: "g-2"))
+        do {
+            _ = try await c.retireModule(RetireModule(guestID: "g-2", moduleName: "vsock", textBase: 0xffff_ffff_c000_0000))
+            XCTFail("nothing is live")
+        } catch ClientError.server(let e) {
+            XCTAssertEqual(e.code, .unknownModule)
+        }
+        do {
+            _ = try await c.moduleInitFreed(ModuleInitFreed(guestID: "g-2", moduleName: "vsock"))
+            XCTFail("nothing is live")
+        } catch ClientError.server(let e) {
+            XCTAssertEqual(e.code, .unknownModule)
+        }
+        let v = try await c.authorizePatch(AuthorizePatch(guestID: "g-2", patches: [PatchEntry(address: 0xffff_ffff_c000_0010, bytes: [0x66, 0x90]),
+                                                                                   PatchEntry(address: 0xffff_ffff_c000_0020, bytes: [0x66, 0x90])]))
+        XCTAssertEqual(v.decision, .deny)
+        XCTAssertEqual(v.reason, .patchNotAllowed)
         await c.close()
     }
 }

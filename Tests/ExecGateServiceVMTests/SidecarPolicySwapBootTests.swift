@@ -6,9 +6,11 @@
 //
 //   1. an admin key is generated on the host; only its certificate goes into a fresh image
 //      (`image build --admin-cert`), so the guest opens its admin port on VMM port + 1;
-//   2. `request module vsock.ko --connect hybrid:…:5000` → allow under the built-in policy (v1);
-//   3. `policy sign` (v2, denies vsock by name) → `policy push --connect hybrid:…:5001` → activated;
-//   4. the same request → deny, and the verdict names policy v2;
+//   2. `request module vsock.ko --claim none --connect hybrid:…:5000` → deny under the built-in
+//      policy (v1), which fails closed: no guest, no bytes, nothing judged;
+//   3. `policy sign` (v2: signature-only opt-in, denies vsock by name) → `policy push --connect
+//      hybrid:…:5001` → activated;
+//   4. the same request → deny by name, and the verdict names policy v2; crc7 → allow, signature only;
 //   5. `policy show --connect hybrid:…:5001` reports v2;
 //   6. attacks on the admin port: a bundle signed by another key, and a replay of v2, are refused
 //      and the policy in force stays v2.
@@ -75,9 +77,10 @@ final class SidecarPolicySwapBootTests: XCTestCase {
         let console = FS.tail(c.consoleLog, lines: 200)
         XCTAssertTrue(console.contains("admin port vsock 5001"), console)
 
-        // 2. Allowed under the built-in policy.
-        let v1 = try json(execgate(["request", "module", vsockModule, "--connect", started.address, "--json"]))
-        XCTAssertEqual(v1["decision"], .string("allow"))
+        // 2. Denied under the built-in policy: it requires the end state, and no guest sent any.
+        let v1 = try json(execgate(["request", "module", vsockModule, "--claim", "none", "--connect", started.address, "--json"], expect: 1))
+        XCTAssertEqual(v1["decision"], .string("deny"))
+        XCTAssertEqual(v1["reason"], .string("policy.end-state-unavailable"))
         XCTAssertEqual(v1["policy_version"], .number(1))
 
         // 3. v2 denies the module by name; signed with the admin key, pushed over the hybrid admin port.
@@ -89,7 +92,7 @@ final class SidecarPolicySwapBootTests: XCTestCase {
             mode enforce
             trust kernel-builtin
             minimum-digest sha256
-            end-state when-claimed
+            end-state signature-only
             audit-overflow block
             deny module-name vsock
             modules allow
@@ -103,13 +106,15 @@ final class SidecarPolicySwapBootTests: XCTestCase {
         XCTAssertTrue(pushed.stdout.contains("activated sidecar-v2 v2"), pushed.stdout)
 
         // 4. The same request is now denied, and the verdict says which policy decided.
-        let v2 = try json(execgate(["request", "module", vsockModule, "--connect", started.address, "--json"], expect: 1))
+        let v2 = try json(execgate(["request", "module", vsockModule, "--claim", "none", "--connect", started.address, "--json"], expect: 1))
         XCTAssertEqual(v2["decision"], .string("deny"))
+        XCTAssertEqual(v2["reason"], .string("deny.module-name"))
         XCTAssertEqual(v2["policy_id"], .string("sidecar-v2"))
         XCTAssertEqual(v2["policy_version"], .number(2))
-        // Another module is still allowed: the swap changed exactly what v2 says.
-        let crc = try json(execgate(["request", "module", try Fixtures.module(named: "crc7.ko"), "--connect", started.address, "--json"]))
+        // Another module is allowed, on its signature only, as v2 opts in: the swap changed exactly what v2 says.
+        let crc = try json(execgate(["request", "module", try Fixtures.module(named: "crc7.ko"), "--claim", "none", "--connect", started.address, "--json"]))
         XCTAssertEqual(crc["decision"], .string("allow"))
+        XCTAssertEqual(crc["signature_only"], .bool(true))
         XCTAssertEqual(crc["policy_version"], .number(2))
 
         // 5. policy show over the hybrid admin port.

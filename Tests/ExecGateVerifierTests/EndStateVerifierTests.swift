@@ -76,47 +76,42 @@ final class EndStateVerifierTests: XCTestCase {
 }
 
 final class RuntimePatchVerifierTests: XCTestCase {
+    /// Every live site: its current state is a legal patch, as a whole-key batch for keyed sites
+    /// (jump labels, static calls) and alone for the others (ftrace); int3 fill and an address one
+    /// byte into the site are never legal.
     func testPatchesOnlyAtKnownSitesWithLegalEncodings() throws {
-        let v = Verifier(policy: Policy(id: "test", version: 1, trust: try Fixtures.debianTrust()))
-        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
-        _ = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: [])
-        var checked = 0
-        for name in boot.availableModules {
-            let m = try boot.module(name)
-            XCTAssertEqual(v.authorize(m.request(guestID: "g"), requestDigest: []).decision, .allow, name)
-        }
-        let session = try XCTUnwrap(v.guests.session("g"))
-        for table in session.runtimeSites {
-            let m = try boot.module(table.module)
-            for address in table.addresses.prefix(20) {
-                let offset = Int(address - m.claim.textBase)
-                // The site's current bytes are a legal state (the module was explained with them).
-                var current: [UInt8]? = nil
-                for len in [2, 5] where offset + len <= m.claim.text.count {
-                    let bytes = Array(m.claim.text[offset..<offset + len])
-                    if case .allow = v.authorizePatch(AuthorizePatch(guestID: "g", address: address, bytes: bytes), session: session, requestDigest: []).decision {
-                        current = bytes
-                        break
-                    }
+        let g = try FixtureGuest()
+        try g.loadAll()
+        var checked = 0, keyed = 0
+        let byKey = g.sitesByKey()
+        for table in g.session.runtimeSites {
+            for site in table.siteList.prefix(20) {
+                let current = try g.currentBytes(site.address, site.length)
+                let batch: [PatchEntry]
+                if let k = site.key {
+                    batch = try byKey[k, default: []].map { PatchEntry(address: $0.site.address, bytes: try g.currentBytes($0.site.address, $0.site.length)) }
+                    keyed += 1
+                } else {
+                    batch = [PatchEntry(address: site.address, bytes: current)]
                 }
-                let legal = try XCTUnwrap(current, "\(table.module) site 0x\(String(address, radix: 16)): current state refused")
-                // int3 fill of the same length: never a legal encoding.
-                let trap = v.authorizePatch(AuthorizePatch(guestID: "g", address: address, bytes: [UInt8](repeating: 0xcc, count: legal.count)), session: session, requestDigest: [])
+                let same = g.patch(batch)
+                XCTAssertEqual(same.decision, .allow, "\(table.module) site 0x\(String(site.address, radix: 16)): current state refused: \(same.message)")
+                let trap = g.patch(batch.map { $0.address == site.address ? PatchEntry(address: site.address, bytes: [UInt8](repeating: 0xcc, count: site.length)) : $0 })
                 XCTAssertEqual(trap.decision, .deny)
                 XCTAssertEqual(trap.reason, .patchNotAllowed)
-                // One byte into the site: not a site.
-                XCTAssertEqual(v.authorizePatch(AuthorizePatch(guestID: "g", address: address + 1, bytes: legal), session: session, requestDigest: []).decision, .deny)
+                XCTAssertEqual(g.patch([PatchEntry(address: site.address + 1, bytes: current)]).decision, .deny)
                 checked += 1
             }
         }
         XCTAssertGreaterThan(checked, 10, "fixture modules have jump-label, static-call and ftrace sites")
+        XCTAssertGreaterThan(keyed, 0)
         // Text nobody verified.
-        let stray = v.respond(to: .authorizePatch(AuthorizePatch(guestID: "g", address: 0xffff_ffff_8100_0000, bytes: [0x66, 0x90])), requestDigest: [])
+        let stray = g.verifier.respond(to: .authorizePatch(AuthorizePatch(guestID: "g", address: 0xffff_ffff_8100_0000, bytes: [0x66, 0x90])), requestDigest: [])
         guard case .verdict(let sv) = stray else { return XCTFail("\(stray)") }
         XCTAssertEqual(sv.reason, .patchNotAllowed)
         // Policy: no patches at all.
-        try v.replacePolicy(Policy(id: "nopatch", version: 2, trust: try Fixtures.debianTrust(), textPatches: .deny))
-        let addr = try XCTUnwrap(session.runtimeSites.first?.addresses.first)
-        XCTAssertEqual(v.authorizePatch(AuthorizePatch(guestID: "g", address: addr, bytes: [0x66, 0x90]), session: session, requestDigest: []).reason, .kindDenied)
+        try g.verifier.replacePolicy(Policy(id: "nopatch", version: 8, trust: try Fixtures.debianTrust(), textPatches: .deny))
+        let addr = try XCTUnwrap(g.session.runtimeSites.first?.addresses.first)
+        XCTAssertEqual(g.patch([PatchEntry(address: addr, bytes: [0x66, 0x90])]).reason, .kindDenied)
     }
 }

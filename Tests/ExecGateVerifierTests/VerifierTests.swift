@@ -20,8 +20,12 @@ final class VerifierTests: XCTestCase {
         vsock = try Fixtures.readFile(try Fixtures.module(named: "vsock.ko"))
     }
 
+    /// These tests exercise the evidence checks (signature, deny lists, names, claim structure),
+    /// which run before any byte is judged. Without a guest, bytes cannot be judged, so the policy
+    /// opts into signature-only explicitly; what the fail-closed default does is tested below.
     private func verifier(_ configure: (inout Policy) -> Void = { _ in }) -> Verifier {
         var p = Policy.builtIn(trust: trust)
+        p.endState = .signatureOnly
         configure(&p)
         return Verifier(policy: p)
     }
@@ -44,9 +48,21 @@ final class VerifierTests: XCTestCase {
         }
     }
 
-    func testRealModuleIsAllowedAndVerdictSaysWhatRan() throws {
+    func testBuiltInPolicyFailsClosedWithoutBytes() throws {
+        let v = authorize(Verifier(policy: Policy.builtIn(trust: trust)), vsock)
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .endStateUnavailable)
+        XCTAssertFalse(v.signatureOnly)
+        XCTAssertEqual(v.checks, ["policy-kind", "signature", "deny-list", "elf-structure", "module-name"])
+        XCTAssertEqual(Policy.builtIn(trust: trust).endState, .required)
+        XCTAssertEqual(Policy(id: "x", version: 1, trust: trust).endState, .required, "a policy built in code fails closed too")
+    }
+
+    func testSignatureOnlyIsAnOptInAndTheVerdictSaysSo() throws {
         let v = authorize(verifier(), vsock)
         XCTAssertEqual(v.decision, .allow, v.message)
+        XCTAssertTrue(v.signatureOnly)
+        XCTAssertTrue(v.message.hasPrefix("SIGNATURE ONLY"), v.message)
         XCTAssertEqual(v.moduleName, "vsock")
         XCTAssertEqual(v.checks, ["policy-kind", "signature", "deny-list", "elf-structure", "module-name"])
         XCTAssertFalse(v.checks.contains("end-state"), "no claim bytes: end-state must not be claimed")
@@ -54,13 +70,23 @@ final class VerifierTests: XCTestCase {
         XCTAssertEqual(v.policyVersion, 1)
         XCTAssertEqual(v.requestDigest, [1, 2, 3])
         XCTAssertEqual(v.moduleDigest.count, 32)
+        XCTAssertTrue(v.grantFrames.isEmpty && v.grantBase == nil, "no bytes judged: no grant echoed")
     }
 
-    func testStructurallyValidClaimIsAllowedWithClaimCheck() throws {
-        let v = authorize(verifier(), vsock, sections: try elfClaim(vsock))
-        XCTAssertEqual(v.decision, .allow, v.message)
-        XCTAssertTrue(v.checks.contains("claim-structure"))
-        XCTAssertTrue(v.message.contains("bytes not judged"), v.message)
+    /// Attack (issue 9, item 3): shellcode as a `.text` section claim of the right size, no
+    /// executable region. It used to be allowed after a size check; no policy allows it now.
+    func testForbidsSectionBytesThatNobodyExplains() throws {
+        var claim = try elfClaim(vsock)
+        let size = claim[0].bytes!.readableBytes
+        // mov rax, 0x4141414141414141; jmp rax; then int3 padding to the section's size.
+        let shellcode: [UInt8] = [0x48, 0xb8] + [UInt8](repeating: 0x41, count: 8) + [0xff, 0xe0]
+        claim[0].bytes = ByteBuffer(bytes: Array((shellcode + [UInt8](repeating: 0xcc, count: max(0, size - shellcode.count))).prefix(size)))
+        for v in [authorize(verifier(), vsock, sections: claim), authorize(Verifier(policy: Policy.builtIn(trust: trust)), vsock, sections: claim)] {
+            XCTAssertEqual(v.decision, .deny, v.message)
+            XCTAssertEqual(v.reason, .endStateUnavailable, v.message)
+            XCTAssertTrue(v.checks.contains("claim-structure"))
+            XCTAssertFalse(v.signatureOnly)
+        }
     }
 
     func testForbidsClaimWithWrongSize() throws {
@@ -121,6 +147,7 @@ final class VerifierTests: XCTestCase {
     func testForbidsRequestNameThatDisagreesWithSignedModinfo() {
         let v = authorize(verifier(), vsock, name: "not-vsock")
         XCTAssertEqual(v.decision, .deny)
+        XCTAssertEqual(v.reason, .moduleNameMismatch, "its own reason, not a signature failure")
         XCTAssertTrue(v.message.contains("signed .modinfo"), v.message)
         XCTAssertEqual(authorize(verifier(), vsock, name: "vsock").decision, .allow)
     }
@@ -166,8 +193,20 @@ final class VerifierTests: XCTestCase {
         XCTAssertEqual(e.code, .unsupportedVersion)
         guard case .error(let u) = v.respond(to: .authorizeModule(AuthorizeModule(guestID: "nobody", module: ByteBuffer(bytes: vsock))), requestDigest: []) else { return XCTFail() }
         XCTAssertEqual(u.code, .unknownGuest)
-        guard case .registerGuestReply(let r) = v.respond(to: .registerGuest(RegisterGuest(guestID: "g1", symbols: [KernelSymbol(name: "printk", address: 1)])), requestDigest: []) else { return XCTFail() }
-        XCTAssertEqual(r.symbolCount, 1)
+        // A symbol without the core text bounds cannot be checked: refused, nothing registered.
+        guard case .error(let implausible) = v.respond(to: .registerGuest(RegisterGuest(guestID: "g1", symbols: [KernelSymbol(name: "printk", address: 1)])), requestDigest: []) else { return XCTFail() }
+        XCTAssertEqual(implausible.code, .implausibleFacts)
+        XCTAssertTrue(implausible.message.contains("_stext"), implausible.message)
+        XCTAssertEqual(v.guests.count, 0)
+        let bounds = [KernelSymbol(name: "_stext", address: 0xffff_ffff_8100_0000, exported: false),
+                      KernelSymbol(name: "_etext", address: 0xffff_ffff_81e0_0000, exported: false)]
+        let outside = v.respond(to: .registerGuest(RegisterGuest(guestID: "g1", symbols: bounds + [KernelSymbol(name: "printk", address: 1)])), requestDigest: [])
+        guard case .error(let e2) = outside else { return XCTFail("\(outside)") }
+        XCTAssertEqual(e2.code, .implausibleFacts, "an exported text symbol outside core text")
+        let good = RegisterGuest(guestID: "g1", symbols: bounds + [KernelSymbol(name: "printk", address: 0xffff_ffff_8110_0000)])
+        guard case .registerGuestReply(let r) = v.respond(to: .registerGuest(good), requestDigest: [9, 9]) else { return XCTFail() }
+        XCTAssertEqual(r.symbolCount, 3)
+        XCTAssertEqual(r.factsDigest, [9, 9], "the reply names the facts the session was built from")
         XCTAssertEqual(v.guests.count, 1)
     }
 }

@@ -47,6 +47,44 @@ final class GoldenVectorTests: XCTestCase {
             ("status-reply.bin", 5, .statusReply(StatusReply(serverName: "execgate 0.1.0", uptimeMilliseconds: 12_345, requestsServed: 42,
                                                              guests: 1, policyID: "default", policyVersion: 1, state: "serving"))),
             ("error-unknown-type.bin", 6, .error(ErrorReply(code: .unknownMessageType, message: "unknown message type 0x77"))),
+            // Guest-session additions (docs/protocol.md): reset + static-call keys, frames and init
+            // text, a patch batch, a verdict bound to facts and frames, retire, init freed.
+            ("register-guest-reset.bin", 8, .registerGuest(RegisterGuest(
+                guestID: "guest-7", kernelRelease: "6.1.0-56-amd64", kernelDigest: Array(repeating: 0xab, count: 32),
+                symbols: [KernelSymbol(name: "_stext", address: 0xffff_ffff_8100_0000, exported: false),
+                          KernelSymbol(name: "native_sched_clock", address: 0xffff_ffff_8104_2000, type: UInt8(ascii: "t"), exported: false, isFunction: true)],
+                reset: true, staticCallKeys: [StaticCallKeyFact(key: 0xffff_ffff_82a4_0000, current: 0xffff_ffff_8104_2000, allowed: [0xffff_ffff_8104_3000])]))),
+            ("register-guest-reply-digest.bin", 8, .registerGuestReply(RegisterGuestReply(guestID: "guest-7", symbolCount: 2, factsDigest: Array(repeating: 0x44, count: 32)))),
+            ("authorize-module-frames.bin", 9, .authorizeModule(AuthorizeModule(
+                guestID: "guest-7", module: module, moduleName: "example", textBase: 0xffff_ffff_c000_0000,
+                text: ByteBuffer(bytes: [0xf3, 0x0f, 0x1e, 0xfa, 0xc3, 0, 0, 0]), frames: [0x12_3456],
+                initBase: 0xffff_ffff_c010_0000, initText: ByteBuffer(bytes: [0xc3]), initFrames: [0x12_3500]))),
+            ("authorize-patch-batch.bin", 10, .authorizePatch(AuthorizePatch(guestID: "guest-7", patches: [
+                PatchEntry(address: 0xffff_ffff_c000_0123, bytes: [0xe9, 0x10, 0x00, 0x00, 0x00]),
+                PatchEntry(address: 0xffff_ffff_c000_0456, bytes: [0xeb, 0x20])]))),
+            ("verdict-grant.bin", 9, .verdict({
+                var v = Verdict(decision: .allow, reason: .allowed, message: "all 8 executable bytes explained",
+                                checks: ["policy-kind", "signature", "deny-list", "elf-structure", "module-name", "frames", "live-ranges", "end-state", "key-state"],
+                                policyID: "default", policyVersion: 2, requestDigest: Array(repeating: 0x55, count: 32), moduleName: "example",
+                                moduleDigest: Array(repeating: 0x22, count: 32))
+                v.factsDigest = Array(repeating: 0x44, count: 32)
+                v.grantBase = 0xffff_ffff_c000_0000
+                v.grantFrames = [0x12_3456]
+                v.initFrames = [0x12_3500]
+                return v
+            }())),
+            ("verdict-signature-only.bin", 11, .verdict({
+                var v = Verdict(decision: .allow, reason: .allowed, message: "SIGNATURE ONLY (policy opts into 'end-state signature-only')",
+                                checks: ["policy-kind", "signature", "deny-list", "elf-structure", "module-name"], policyID: "lab", policyVersion: 3,
+                                requestDigest: Array(repeating: 0x66, count: 32), moduleName: "example")
+                v.signatureOnly = true
+                return v
+            }())),
+            ("retire-module.bin", 12, .retireModule(RetireModule(guestID: "guest-7", moduleName: "example", textBase: 0xffff_ffff_c000_0000))),
+            ("retire-module-reply.bin", 12, .retireModuleReply(RetireModuleReply(guestID: "guest-7", moduleName: "example", sitesRemoved: 14, exportsRemoved: 3))),
+            ("module-init-freed.bin", 13, .moduleInitFreed(ModuleInitFreed(guestID: "guest-7", moduleName: "example"))),
+            ("module-init-freed-reply.bin", 13, .moduleInitFreedReply(ModuleInitFreedReply(guestID: "guest-7", moduleName: "example"))),
+            ("error-guest-exists.bin", 8, .error(ErrorReply(code: .guestExists, message: "guest 'guest-7' is registered"))),
         ]
     }()
 

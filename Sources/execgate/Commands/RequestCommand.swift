@@ -11,7 +11,7 @@ struct RequestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "request",
         abstract: "Send a request to a running verifier (plays the VMM).",
-        subcommands: [RequestModule.self, RequestStatus.self]
+        subcommands: [RequestModule.self, RequestStatus.self, RequestRetireModule.self, RequestInitFreed.self]
     )
 }
 
@@ -102,6 +102,73 @@ struct RequestStatus: AsyncParsableCommand {
             ]).serialized())
         } else {
             print("\(s.state): \(s.serverName), policy \(s.policyID) v\(s.policyVersion), \(s.requestsServed) requests, \(s.guests) guest(s), up \(s.uptimeMilliseconds) ms")
+        }
+    }
+}
+
+struct RequestRetireModule: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "retire-module",
+        abstract: "Report a module unloaded (EXEC on its pages already revoked): the verifier forgets its ranges, sites and exports.",
+        discussion: "Exit status: 0 retired, 1 refused (unknown module, module in use, unknown guest), 2 usage error or no answer."
+    )
+    @Argument(help: "The module's name, as in its verdict.") var name: String
+    @OptionGroup var connection: ConnectOptions
+    @Option(help: "Registered guest id.") var guest: String
+    @Option(name: .customLong("text-base"), help: "The live module's text_base (hex, 0x…).") var textBase: String
+
+    func run() async throws {
+        guard let base = UInt64(textBase.hasPrefix("0x") ? String(textBase.dropFirst(2)) : textBase, radix: 16) else {
+            Console.error("execgate request retire-module: --text-base '\(textBase)' is not a hex address")
+            throw ExecGateExit.usage
+        }
+        let client = try await connection.client()
+        let outcome: Result<RetireModuleReply, any Error>
+        do { outcome = .success(try await client.retireModule(RetireModule(guestID: guest, moduleName: name, textBase: base))) } catch { outcome = .failure(error) }
+        await client.close()
+        do {
+            let r = try outcome.get()
+            if connection.json {
+                print(JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName)),
+                                   ("sites_removed", .uint(UInt64(r.sitesRemoved))), ("exports_removed", .uint(UInt64(r.exportsRemoved)))]).serialized())
+            } else {
+                print("retired \(r.moduleName) in \(r.guestID): \(r.sitesRemoved) patch site(s), \(r.exportsRemoved) export(s) forgotten")
+            }
+        } catch ClientError.server(let e) {
+            Console.error("execgate request retire-module: \(e.code): \(e.message)")
+            throw ExecGateExit.deny
+        } catch {
+            Console.error("execgate request retire-module: \(error)")
+            throw ExecGateExit.usage
+        }
+    }
+}
+
+struct RequestInitFreed: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "init-freed",
+        abstract: "Report a module's init memory freed (EXEC on it already revoked).",
+        discussion: "Exit status: 0 recorded, 1 refused, 2 usage error or no answer."
+    )
+    @Argument(help: "The module's name, as in its verdict.") var name: String
+    @OptionGroup var connection: ConnectOptions
+    @Option(help: "Registered guest id.") var guest: String
+
+    func run() async throws {
+        let client = try await connection.client()
+        let outcome: Result<ModuleInitFreedReply, any Error>
+        do { outcome = .success(try await client.moduleInitFreed(ModuleInitFreed(guestID: guest, moduleName: name))) } catch { outcome = .failure(error) }
+        await client.close()
+        do {
+            let r = try outcome.get()
+            print(connection.json ? JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName))]).serialized()
+                                  : "init text of \(r.moduleName) in \(r.guestID) no longer live")
+        } catch ClientError.server(let e) {
+            Console.error("execgate request init-freed: \(e.code): \(e.message)")
+            throw ExecGateExit.deny
+        } catch {
+            Console.error("execgate request init-freed: \(error)")
+            throw ExecGateExit.usage
         }
     }
 }

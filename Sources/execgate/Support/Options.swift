@@ -24,6 +24,9 @@ struct TrustOptions: ParsableArguments {
     @Option(name: .customLong("deny-name"), help: ArgumentHelp("Refuse a module by name (.modinfo name=).", valueName: "NAME"))
     var denyNames: [String] = []
 
+    @Flag(name: .customLong("signature-only"), help: "Opt out of byte judgement: a request that claims no executable byte is judged on signature and structure only, and its verdict says so (default: end state required).")
+    var signatureOnly = false
+
     func validate() throws {
         for h in denyCertificates + denyModuleHashes where Digest(algorithm: .sha256, hex: h) == nil {
             throw ValidationError("'\(h)' is not a SHA-256 digest (64 hex digits)")
@@ -35,6 +38,7 @@ struct TrustOptions: ParsableArguments {
     /// The built-in policy's inputs, into a service configuration.
     func apply(to c: inout ServiceConfiguration) {
         c.trustAnchorFiles = trust
+        if signatureOnly { c.builtInEndState = .signatureOnly }
         c.denyList = DenyList(certificateTBSHashes: Set(denyCertificates.compactMap { Digest(algorithm: .sha256, hex: $0) }),
                               moduleContentHashes: Set(denyModuleHashes.compactMap { Digest(algorithm: .sha256, hex: $0) }))
         c.deniedModuleNames = Set(denyNames)
@@ -59,6 +63,7 @@ extension Verdict {
             ("policy_id", .string(policyID)),
             ("policy_version", .uint(policyVersion)),
             ("audit_only", .bool(auditOnly)),
+            ("signature_only", .bool(signatureOnly)),
             ("module", .string(moduleName)),
             ("module_sha256", .string(Hex.encode(moduleDigest))),
             ("request_sha256", .string(Hex.encode(requestDigest))),

@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The per-key view of a module's run-time patch sites, for the verifier's guest session: which
+// sites belong to which key (jump-label key, static-call key, the uniprocessor lock group), so a
+// run-time change can be judged as a whole-key transition across every live module
+// (ExecGateVerifier GuestSession). Read-only; the legal encodings stay in `RuntimeSiteTable.check`.
+
+extension RuntimeSiteTable {
+    /// One run-time patch site.
+    public struct Site: Sendable, Hashable {
+        public let address: UInt64
+        public let length: Int
+        /// The consistency group: the key's address for jump labels and static calls; nil for a
+        /// site that changes on its own (ftrace, a trampoline whose key is unknown).
+        public let key: UInt64?
+        public let kind: ExplanationClass
+    }
+
+    /// Every site, in address order.
+    public var siteList: [Site] {
+        sites.sorted { $0.key < $1.key }.map { Site(address: $0.key, length: $0.value.length, key: $0.value.group, kind: $0.value.cls) }
+    }
+}
+
+extension RuntimeSiteTable {
+    /// The bytes a site holds in `state` (for jump labels: key enabled 1 / disabled 0; for static
+    /// calls: the target, 0 = NULL), or nil when `address` is not a site. The encoding is the
+    /// engine's own (the one `check` accepts for that state).
+    public func encoding(at address: UInt64, state: UInt64) -> [UInt8]? {
+        sites[address].map { $0.encode(state) }
+    }
+}

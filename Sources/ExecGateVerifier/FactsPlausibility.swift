@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Plausibility of a register-guest's facts, checked before they become a session. The facts come
+// from the VMM at the trusted point (docs/protocol.md, "register-guest"), but some of them live in
+// guest-writable memory (`pv_ops` and `boot_cpu_data` are in .data, not __ro_after_init), so a VMM
+// that reads them late, or a bug in how it reads them, must not become an ALLOW for attacker-chosen
+// control flow. Every rule below is decidable from the registration itself and is derived from the
+// kernel, never from captures:
+//
+//   - core text bounds `_stext`/`_etext` (vmlinux.lds.S) are required once symbols are sent:
+//     every other check needs them;
+//   - an exported text symbol lies in core text and outside init text (`_sinittext`/`_einittext`,
+//     freed by free_initmem(); modpost refuses exports of __init code); no exported symbol lies in
+//     init text; a name is exported once (the kernel's ksymtab has one entry per name);
+//   - every `pv_ops` entry is NULL or a core-text address outside init (paravirt_patch() emits a
+//     direct call to it: a user-space or data address would be a call anywhere);
+//   - `return_thunk` is one of the kernel's return thunks (arch/x86/kernel/cpu/bugs.c assigns
+//     x86_return_thunk only `__x86_return_thunk`, `retbleed_return_thunk`, `srso_return_thunk`,
+//     `srso_alias_return_thunk` or `its_return_thunk`), and those names must be registered;
+//   - `cpu_caps` has exactly NCAPINTS + NBUGINTS words, and the mitigation bits agree with what
+//     the kernel reported in /sys/devices/system/cpu/vulnerabilities (the same mitigation state
+//     decides both: spectre_v2_select_mitigation(), retbleed/srso/its_select_mitigation()): a
+//     reported retpoline mitigation with X86_FEATURE_RETPOLINE clear is a lie that would let plain
+//     indirect calls through;
+//   - CPU counts: present ≥ 1 and possible ≥ present;
+//   - static-call keys: each trusted target is NULL or a function entry in core text outside init
+//     (the key itself is `__SCK__<name>`, or the trampoline `__SCT__<name>` in core text for keys
+//     exported with EXPORT_STATIC_CALL_TRAMP: static_call_add_module() → tramp_key_lookup()).
+
+import ExecGateExplain
+import ExecGateWire
+
+enum FactsPlausibility {
+    /// The kernel's return thunks (6.1 stable, arch/x86/lib/retpoline.S and bugs.c).
+    static let returnThunks = ["__x86_return_thunk", "retbleed_return_thunk", "srso_return_thunk", "srso_alias_return_thunk", "its_return_thunk"]
+
+    /// nil when plausible; otherwise one sentence naming the fact that fails.
+    static func check(_ r: RegisterGuest, facts: GuestFacts) -> String? {
+        guard r.presentCPUs >= 1 else { return "present_cpus is 0" }
+        guard r.possibleCPUs >= r.presentCPUs else { return "possible_cpus \(r.possibleCPUs) < present_cpus \(r.presentCPUs)" }
+        var named: [String: UInt64] = [:]
+        var exportedNames = Set<String>()
+        for s in r.symbols {
+            if named[s.name] == nil { named[s.name] = s.address }
+            if s.exported && !exportedNames.insert(s.name).inserted { return "symbol '\(s.name)' is exported twice" }
+        }
+        let bounds = KernelBounds(named)
+        if !r.symbols.isEmpty && bounds == nil {
+            return "symbols are sent without the core text bounds _stext < _etext: nothing can be checked against them"
+        }
+        if let b = bounds {
+            for s in r.symbols where s.exported {
+                if let i = b.initText, i.contains(s.address) { return "exported symbol '\(s.name)' at 0x\(hex(s.address)) lies in init text (freed after boot)" }
+                if s.isText && !b.isCoreText(s.address) { return "exported text symbol '\(s.name)' at 0x\(hex(s.address)) lies outside core text" }
+            }
+        }
+        if !r.pvOps.isEmpty {
+            guard r.pvOps.count % 8 == 0 else { return "pv_ops is \(r.pvOps.count) bytes, not whole u64 entries" }
+            guard let b = bounds else { return "pv_ops is sent without the core text bounds _stext/_etext" }
+            for (i, e) in GuestFactsBuilder.pvOpsEntries(r.pvOps).enumerated() where e != 0 && !b.isCoreText(e) {
+                return "pv_ops[\(i)] = 0x\(hex(e)) is not in core kernel text"
+            }
+        }
+        if let t = r.returnThunk {
+            let known = Self.returnThunks.compactMap { named[$0] }
+            guard !known.isEmpty else { return "return_thunk is sent but none of the kernel's return thunks (\(Self.returnThunks.joined(separator: ", "))) is registered" }
+            guard known.contains(t) else { return "return_thunk 0x\(hex(t)) is not one of the kernel's return thunks" }
+        }
+        if !r.cpuCapabilities.isEmpty {
+            let words = facts.featureBits.capabilityWords
+            guard r.cpuCapabilities.count == words * 4 else {
+                return "cpu_caps is \(r.cpuCapabilities.count / 4) words; this kernel build has \(words) (NCAPINTS + NBUGINTS)"
+            }
+            if let why = mitigationMismatch(r.vulnerabilities, facts) { return why }
+        }
+        for k in r.staticCallKeys {
+            for t in [k.current] + k.allowed where t != 0 {
+                guard let b = bounds, b.isCoreText(t), facts.functionEntries.contains(t) else {
+                    return "static-call key 0x\(hex(k.key)): target 0x\(hex(t)) is not a core-kernel function entry"
+                }
+            }
+        }
+        return nil
+    }
+
+    /// The vulnerabilities report against the capability bits it implies (fail closed: without a
+    /// report the bits cannot be cross-checked, so capability words need one).
+    static func mitigationMismatch(_ vulnerabilities: String, _ facts: GuestFacts) -> String? {
+        var report: [String: String] = [:]
+        for line in vulnerabilities.split(whereSeparator: \.isNewline) {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            report[String(line[..<colon])] = String(line[line.index(after: colon)...]).trimmingSpaces
+        }
+        guard let v2 = report["spectre_v2"] else {
+            return "cpu_caps is sent without the vulnerabilities report (spectre_v2 line): the mitigation bits cannot be cross-checked"
+        }
+        let fb = facts.featureBits
+        if v2.contains("Retpolines") && !facts.has(fb.retpoline) {
+            return "vulnerabilities report 'spectre_v2: \(v2)' but X86_FEATURE_RETPOLINE is clear in cpu_caps"
+        }
+        if v2.contains("LFENCE") && !facts.has(fb.retpolineLfence) {
+            return "vulnerabilities report 'spectre_v2: \(v2)' but X86_FEATURE_RETPOLINE_LFENCE is clear in cpu_caps"
+        }
+        let rethunkBy = [("retbleed", "untrained return thunk"), ("spec_rstack_overflow", "Safe RET"),
+                         ("indirect_target_selection", "return thunks")]
+        for (name, needle) in rethunkBy {
+            if let v = report[name], v.contains(needle), !facts.has(fb.rethunk) {
+                return "vulnerabilities report '\(name): \(v)' but X86_FEATURE_RETHUNK is clear in cpu_caps"
+            }
+        }
+        return nil
+    }
+
+    static func hex(_ v: UInt64) -> String { String(v, radix: 16) }
+}
+
+extension StringProtocol {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while s.first == " " || s.first == "\t" { s = s.dropFirst() }
+        while s.last == " " || s.last == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}

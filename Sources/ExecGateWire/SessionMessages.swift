@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The guest-session messages of wire protocol v1 (docs/protocol.md): the life cycle of a verified
+// module after its verdict (retire-module, module-init-freed), and the pieces other messages carry
+// for it (static-call keys in register-guest, guest-physical frames in authorize-module, patch
+// batches in authorize-patch). Parser and serializer side by side, as in Messages.swift.
+
+import NIOCore
+
+// MARK: - Limits
+
+extension WireLimits {
+    /// Most `static_call_key` entries in one register-guest (a 6.1 x86-64 build defines ~600
+    /// static-call keys; the cap leaves room for other configurations).
+    public static let maximumStaticCallKeys = 1 << 16
+    /// Most operator-supplied targets per static-call key (a key has a handful of update sites).
+    public static let maximumStaticCallTargetsPerKey = 64
+    /// Most entries in one authorize-patch batch. A jump-label key used by many modules has at most
+    /// a few thousand sites in a 6.1 build; 16,384 bounds the work of one request.
+    public static let maximumPatchBatch = 1 << 14
+    /// Most 4 KiB frames one claimed region may name (a 128 MiB region: the engine's own cap).
+    public static let maximumFrames = (128 << 20) >> 12
+    /// The page size frames are counted in (x86-64 base pages).
+    public static let framePageSize: UInt64 = 4096
+}
+
+// MARK: - Packed guest-physical frames
+
+/// Guest-physical frame numbers (`gpa >> 12`), one per 4 KiB page of a claimed region in order,
+/// packed as big-endian u64s. The EXEC grant covers exactly these frames.
+public enum PackedFrames {
+    /// - Throws: `WireDecodeError.invalidValue` when the length is not a multiple of 8,
+    ///   `.tooManyItems` above `WireLimits.maximumFrames`.
+    public static func decode(_ b: ByteBuffer, field: String) throws -> [UInt64] {
+        guard b.readableBytes % 8 == 0 else {
+            throw WireDecodeError(.invalidValue, field: field, "length \(b.readableBytes) is not a multiple of 8")
+        }
+        guard b.readableBytes / 8 <= WireLimits.maximumFrames else {
+            throw WireDecodeError(.tooManyItems, field: field, "\(b.readableBytes / 8) frames > \(WireLimits.maximumFrames)")
+        }
+        var b = b
+        var out: [UInt64] = []
+        out.reserveCapacity(b.readableBytes / 8)
+        while let f = b.readInteger(as: UInt64.self) { out.append(f) }
+        return out
+    }
+
+    public static func encode(_ frames: [UInt64]) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.reserveCapacity(frames.count * 8)
+        for f in frames { b.writeInteger(f) }
+        return b
+    }
+}
+
+// MARK: - register-guest: static-call keys (tag 15)
+
+/// One static-call key's trusted targets: the key's current target, which the VMM decodes from the
+/// core kernel's own trampoline `__SCT__<name>` (`jmp func`, or the RET form for NULL) in locked,
+/// read-only core text at the trusted point, plus targets the operator's build lists for that key
+/// (the functions its `static_call_update()` callers may install). 0 stands for NULL.
+public struct StaticCallKeyFact: Sendable, Equatable {
+    /// Run-time address of `__SCK__<name>` (the `struct static_call_key`).
+    public var key: UInt64
+    /// The target decoded from the trampoline at registration (0 = NULL / RET form).
+    public var current: UInt64
+    /// Further targets the operator's build allows for this key.
+    public var allowed: [UInt64]
+
+    public init(key: UInt64, current: UInt64, allowed: [UInt64] = []) {
+        self.key = key
+        self.current = current
+        self.allowed = allowed
+    }
+
+    enum Tag { static let key: UInt16 = 1, current: UInt16 = 2, allowed: UInt16 = 3 }
+
+    init(decoding v: ByteBuffer) throws {
+        let r = try TLVReader(v, message: "register-guest.static_call_key", known: [1, 2, 3], repeated: [Tag.allowed: WireLimits.maximumStaticCallTargetsPerKey])
+        key = try r.requiredInteger(Tag.key, "key")
+        current = try r.requiredInteger(Tag.current, "current")
+        let raw = r.all(Tag.allowed)
+        guard raw.count <= WireLimits.maximumStaticCallTargetsPerKey else {
+            throw WireDecodeError(.tooManyItems, field: "register-guest.static_call_key.allowed",
+                                  "\(raw.count) > \(WireLimits.maximumStaticCallTargetsPerKey)")
+        }
+        allowed = try raw.map { v in
+            var v = v
+            guard v.readableBytes == 8, let x = v.readInteger(as: UInt64.self) else {
+                throw WireDecodeError(.badIntegerWidth, field: "register-guest.static_call_key.allowed", "expected 8 bytes")
+            }
+            return x
+        }
+    }
+
+    func encode(into n: inout TLVWriter) {
+        n.u64(Tag.key, key)
+        n.u64(Tag.current, current)
+        for a in allowed { n.u64(Tag.allowed, a) }
+    }
+}
+
+// MARK: - authorize-patch: one entry of a batch (tag 4)
+
+/// One text_poke of a batch: `bytes` written at `address`.
+public struct PatchEntry: Sendable, Equatable {
+    public var address: UInt64
+    public var bytes: [UInt8]
+    public init(address: UInt64, bytes: [UInt8]) {
+        self.address = address
+        self.bytes = bytes
+    }
+
+    enum Tag { static let address: UInt16 = 1, bytes: UInt16 = 2 }
+
+    init(decoding v: ByteBuffer) throws {
+        let r = try TLVReader(v, message: "authorize-patch.patch", known: [1, 2])
+        address = try r.requiredInteger(Tag.address, "address")
+        let b = try r.required(Tag.bytes, "bytes")
+        guard b.readableBytes >= 1 && b.readableBytes <= AuthorizePatch.maximumLength else {
+            throw WireDecodeError(.invalidValue, field: "authorize-patch.patch.bytes",
+                                  "\(b.readableBytes) bytes; 1...\(AuthorizePatch.maximumLength) allowed")
+        }
+        bytes = Array(buffer: b)
+    }
+
+    func encode(into n: inout TLVWriter) {
+        n.u64(Tag.address, address)
+        n.bytes(Tag.bytes, bytes)
+    }
+}
+
+// MARK: - retire-module (0x0006) / retire-module-reply (0x8006)
+
+/// The guest unloaded a module and the VMM has already revoked EXEC on all of its pages (core text
+/// and, if still granted, init text). ExecGate forgets the module: its live range, its frames, its
+/// run-time patch sites, its exports and function entries. Only then may another module be
+/// verified at that address, and only then may the same module name be loaded again.
+public struct RetireModule: Sendable, Equatable {
+    public var guestID: String
+    /// The module's name as in the verdict (`module_name`, from the signed `.modinfo`).
+    public var moduleName: String
+    /// The `text_base` of the live module (names the instance: guards against retiring another).
+    public var textBase: UInt64
+
+    public init(guestID: String, moduleName: String, textBase: UInt64) {
+        self.guestID = guestID
+        self.moduleName = moduleName
+        self.textBase = textBase
+    }
+
+    enum Tag { static let guestID: UInt16 = 1, moduleName: UInt16 = 2, textBase: UInt16 = 3 }
+
+    public init(decoding body: ByteBuffer) throws {
+        let r = try TLVReader(body, message: "retire-module", known: [1, 2, 3])
+        guestID = try r.requiredString(Tag.guestID, "guest_id")
+        moduleName = try r.requiredString(Tag.moduleName, "module_name")
+        textBase = try r.requiredInteger(Tag.textBase, "text_base")
+    }
+
+    public func encode(into w: inout TLVWriter) {
+        w.string(Tag.guestID, guestID)
+        w.string(Tag.moduleName, moduleName)
+        w.u64(Tag.textBase, textBase)
+    }
+}
+
+public struct RetireModuleReply: Sendable, Equatable {
+    public var guestID: String
+    public var moduleName: String
+    /// Run-time patch sites forgotten with the module.
+    public var sitesRemoved: UInt32
+    /// Exported symbols no longer resolvable.
+    public var exportsRemoved: UInt32
+
+    public init(guestID: String, moduleName: String, sitesRemoved: UInt32, exportsRemoved: UInt32) {
+        self.guestID = guestID
+        self.moduleName = moduleName
+        self.sitesRemoved = sitesRemoved
+        self.exportsRemoved = exportsRemoved
+    }
+
+    public init(decoding body: ByteBuffer) throws {
+        let r = try TLVReader(body, message: "retire-module-reply", known: [1, 2, 3, 4])
+        guestID = try r.requiredString(1, "guest_id")
+        moduleName = try r.requiredString(2, "module_name")
+        sitesRemoved = try r.requiredInteger(3, "sites_removed")
+        exportsRemoved = try r.requiredInteger(4, "exports_removed")
+    }
+
+    public func encode(into w: inout TLVWriter) {
+        w.string(1, guestID)
+        w.string(2, moduleName)
+        w.u32(3, sitesRemoved)
+        w.u32(4, exportsRemoved)
+    }
+}
+
+// MARK: - module-init-freed (0x0007) / module-init-freed-reply (0x8007)
+
+/// The guest freed a module's init memory (`do_init_module()` → `do_free_init()`) and the VMM has
+/// revoked EXEC on the init frames. The init range stops being live: nothing there may be patched
+/// any more, and the range may be reused.
+public struct ModuleInitFreed: Sendable, Equatable {
+    public var guestID: String
+    public var moduleName: String
+
+    public init(guestID: String, moduleName: String) {
+        self.guestID = guestID
+        self.moduleName = moduleName
+    }
+
+    public init(decoding body: ByteBuffer) throws {
+        let r = try TLVReader(body, message: "module-init-freed", known: [1, 2])
+        guestID = try r.requiredString(1, "guest_id")
+        moduleName = try r.requiredString(2, "module_name")
+    }
+
+    public func encode(into w: inout TLVWriter) {
+        w.string(1, guestID)
+        w.string(2, moduleName)
+    }
+}
+
+public struct ModuleInitFreedReply: Sendable, Equatable {
+    public var guestID: String
+    public var moduleName: String
+
+    public init(guestID: String, moduleName: String) {
+        self.guestID = guestID
+        self.moduleName = moduleName
+    }
+
+    public init(decoding body: ByteBuffer) throws {
+        let r = try TLVReader(body, message: "module-init-freed-reply", known: [1, 2])
+        guestID = try r.requiredString(1, "guest_id")
+        moduleName = try r.requiredString(2, "module_name")
+    }
+
+    public func encode(into w: inout TLVWriter) {
+        w.string(1, guestID)
+        w.string(2, moduleName)
+    }
+}
