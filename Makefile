@@ -49,10 +49,19 @@ bench: release test-data
 
 # The service VM: a static execgate as the guest's /init (own scratch path: static flags differ),
 # then kernel + initramfs into Images/out (skipped when inputs are unchanged).
+# GUEST_KERNEL=minimal (default): the service VM boots its own kernel, built once per input hash by
+# scripts/build-kernel.sh from Images/kernel/execgate.config (cached in .cache/guest-kernel/).
+# GUEST_KERNEL=debian: it boots the Debian distribution kernel and loads its signed modules.
+# Either way the trust anchors are the Debian (protected guest's) kernel's certificates.
 STATIC_BUILD ?= .build-static
+GUEST_KERNEL ?= minimal
 image: deps test-data
 	@set -o pipefail; $(SWIFT) build -q -c release --static-swift-stdlib -Xswiftc -static-executable -Xlinker -s --scratch-path $(STATIC_BUILD) --product execgate 2>&1 | { grep -v 'in statically linked applications requires at runtime' || true; }
-	@$(STATIC_BUILD)/release/execgate image build --init $(STATIC_BUILD)/release/execgate
+	@case "$(GUEST_KERNEL)" in \
+	  minimal) k=$$(bash scripts/build-kernel.sh) && $(STATIC_BUILD)/release/execgate image build --init $(STATIC_BUILD)/release/execgate --service-kernel "$$k" ;; \
+	  debian) $(STATIC_BUILD)/release/execgate image build --init $(STATIC_BUILD)/release/execgate ;; \
+	  *) echo "GUEST_KERNEL must be minimal or debian" >&2; exit 2 ;; \
+	esac
 
 vm-test: image
 	@$(STATIC_BUILD)/release/execgate vm selftest
