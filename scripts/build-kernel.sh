@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 #
-# Builds the service VM's own guest kernel (vmlinux, PVH ELF) from Debian's linux-source-6.1 and the
-# config fragment Images/kernel/execgate.config, once per input hash:
+# Builds the service VM's own guest kernel from Debian's linux-source-6.1 and the config fragment
+# Images/kernel/execgate.config, once per input hash: `vmlinux` (the PVH ELF QEMU boots directly) and
+# `bzImage` (the same kernel behind the x86 decompressor, which is where KASLR picks the base):
 #
 #   key = sha256(recipe version, this script, the fragment, the source tarball's sha256 and Debian
 #                package version, `gcc --version`, `ld --version`)
-#   out = .cache/guest-kernel/<key>/{vmlinux, config, size.txt, build.txt}
+#   out = .cache/guest-kernel/<key>/{vmlinux, bzImage, config, size.txt, build.txt}
 #
 # Reproducible: fixed KBUILD_BUILD_TIMESTAMP/USER/HOST/VERSION, no git, no debug info, relative paths
 # (the kernel's -fmacro-prefix-map), so two builds from the same inputs are byte-identical.
@@ -105,21 +106,22 @@ done <<<"$requested"
 [ "$bad" -eq 0 ] || die "the resolved config differs from $fragment (see above)"
 echo "build-kernel: config verified ($(echo "$requested" | wc -l) options as requested)" >&2
 
-# ---- the long step: vmlinux ------------------------------------------------------------------
-echo "build-kernel: building vmlinux with $jobs jobs (a few minutes on 2 cores)" >&2
-( nice -n 10 "${kmake[@]}" -j"$jobs" vmlinux >"$work/build.log" 2>&1 ) &
+# ---- the long step: vmlinux and bzImage --------------------------------------------------------
+echo "build-kernel: building vmlinux and bzImage with $jobs jobs (a few minutes on 2 idle cores)" >&2
+( nice -n 10 "${kmake[@]}" -j"$jobs" vmlinux bzImage >"$work/build.log" 2>&1 ) &
 mk=$!
 while kill -0 "$mk" 2>/dev/null; do
   sleep 15
   kill -0 "$mk" 2>/dev/null || break
   echo "build-kernel: ... $(find "$src" -name '*.o' | wc -l) objects, $(( $(date +%s) - t0 )) s" >&2
 done
-wait "$mk" || { tail -30 "$work/build.log" >&2; die "make vmlinux failed (log above)"; }
+wait "$mk" || { tail -30 "$work/build.log" >&2; die "make vmlinux bzImage failed (log above)"; }
 
 # ---- results ---------------------------------------------------------------------------------
 staging=$dest.tmp.$$
 rm -rf "$staging"; mkdir -p "$staging"
 cp "$src/vmlinux" "$staging/vmlinux"
+cp "$src/arch/x86/boot/bzImage" "$staging/bzImage"
 cp "$src/.config" "$staging/config"
 size "$staging/vmlinux" | awk 'NR==2 {printf "text=%d data=%d bss=%d text+data=%d\n", $1, $2, $3, $1+$2}' >"$staging/size.txt"
 {
@@ -127,6 +129,7 @@ size "$staging/vmlinux" | awk 'NR==2 {printf "text=%d data=%d bss=%d text+data=%
   echo "source_package=$pkg_version"; echo "fragment=$fragment"; echo "gcc=$(gcc --version | head -1)"
   echo "release=$("${kmake[@]}" kernelrelease)"
   echo "vmlinux_sha256=$(sha256sum "$staging/vmlinux" | cut -d' ' -f1)"
+  echo "bzImage_sha256=$(sha256sum "$staging/bzImage" | cut -d' ' -f1)"
   echo "seconds=$(( $(date +%s) - t0 ))"
 } >"$staging/build.txt"
 rm -rf "$dest"; mv "$staging" "$dest"

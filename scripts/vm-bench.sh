@@ -14,10 +14,14 @@
 # 3. Bisects the least RAM (MiB, to MEM_STEP) at which the floor boots, and at which ExecGate
 #    boots and serves: `execgate vm selftest --memory M` passes all its checks (the verifier answers
 #    hello, verifies real signed modules and rejects a tampered one over vsock loopback).
+#    Then the least RAM at which the running service answers a verdict request for the largest
+#    module of the Debian package (amdgpu.ko, 19.5 MB) with its claim (`request module --claim elf`:
+#    every executable section's bytes), sent from the host through the vsock backend.
 # 4. Prints sizes: vmlinux text+data (`size`), file; initramfs compressed; /init stripped.
 #
 # Environment: EXECGATE (default .build-static/release/execgate), IMAGE_DIR (Images/out),
-# MEM (RAM for the timing runs, MiB; default the launcher's default), MEM_STEP (4), ACCEL (auto).
+# MEM (RAM for the timing runs, MiB; default the launcher's default), MEM_STEP (4), ACCEL (auto),
+# BIG_MODULE (default: the largest .ko under .cache/kernel/current; empty string: skip that bisect).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-5}
@@ -97,6 +101,22 @@ bisect() {  # $1 = predicate, $2 = lo (fails or untested), $3 = hi (must pass) â
   echo "$hi"
 }
 echo "least RAM (MiB, step $step): floor boots at $(bisect boots_floor 8 "$mem"), execgate boots and serves (vm selftest) at $(bisect serves 8 "$mem")"
+big=${BIG_MODULE-$(find -L .cache/kernel/current/lib/modules -name '*.ko' -printf '%s %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2)}
+serves_big() {  # boot the service at $1 MiB, send the big module with its claim from the host
+  local ok=1 addr
+  addr=$("$exe" vm start --name bench-big --state-dir "$tmp/run" --image-dir "$img" --memory "$1" --accel "$accel" --timeout 90 --json 2>"$tmp/err" \
+         | sed -nE 's/.*"address": ?"(hybrid:[^"]+)".*/\1/p') || true
+  if [ -n "$addr" ]; then
+    "$exe" request module "$big" --connect "$addr" --claim elf --timeout 60 >"$tmp/big.out" 2>&1
+    case $? in 0|1) ok=0 ;; esac   # allow or deny: the service answered
+  fi
+  "$exe" vm stop --name bench-big --state-dir "$tmp/run" >/dev/null 2>&1 || true
+  return $ok
+}
+if [ -n "$big" ] && [ -f "$big" ]; then
+  echo "least RAM (MiB, step $step) that answers a verdict on $(basename "$big") ($(stat -L -c %s "$big") bytes) with --claim elf: $(bisect serves_big 8 "$mem")"
+  echo "  the answer at $mem MiB: $(serves_big "$mem"; head -c 300 "$tmp/big.out")"
+fi
 
 # ---- sizes -----------------------------------------------------------------------------------
 read -r text data _ < <(size "$img/vmlinux" | awk 'NR==2 {print $1, $2, $3}')
