@@ -2,9 +2,11 @@
 //
 // Builds the service VM's boot artefacts into one output directory:
 //
-//   vmlinux                  the kernel, uncompressed PVH ELF (or `vmlinuz` when extraction is impossible)
-//   initramfs.cpio.gz        /init = the static execgate binary, the vsock/virtio modules,
-//                            /etc/execgate/{trust/*.der, policy}
+//   vmlinux                  the kernel, uncompressed PVH ELF: the service VM's own kernel
+//                            (`serviceKernel`, scripts/build-kernel.sh, everything built in) or
+//                            Debian's (or `vmlinuz` when extraction is impossible)
+//   initramfs.cpio.gz        /init = the static execgate binary, /etc/execgate/{trust/*.der, policy},
+//                            and, with the Debian kernel only, its vsock/virtio modules
 //   initramfs-test.cpio.gz   the same plus test fixtures (real signed modules and a tampered copy)
 //   image.txt                what was built from what (key=value), and the input fingerprint
 //
