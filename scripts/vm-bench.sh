@@ -57,7 +57,8 @@ gcc -O2 -static -s -o "$tmp/floor-root/init" "$tmp/floor-init.c"
 ln -s "$(cd "$img" && pwd)/vmlinux" "$tmp/floor/vmlinux"
 ln -s "$(cd "$img" && pwd)" "$tmp/execgate"
 
-default_mem=$("$exe" vm start --help | sed -nE 's/.*--memory <memory>.*default: ([0-9]+).*/\1/p' | head -1)
+# The launcher's default RAM, from its help text (the option's help may wrap over several lines).
+default_mem=$("$exe" vm start --help | awk '/^  --memory / {on=1} on && /^  --/ && !/^  --memory / {on=0} on' | tr '\n' ' ' | grep -oE 'default: [0-9]+' | grep -oE '[0-9]+')
 mem=${MEM:-${default_mem:-256}}
 
 boot_ms() {  # $1 = floor|execgate, $2 = MiB → prints boot_ms, or "fail"
