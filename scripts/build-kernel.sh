@@ -5,8 +5,8 @@
 # Images/kernel/execgate.config, once per input hash: `vmlinux` (the PVH ELF QEMU boots directly) and
 # `bzImage` (the same kernel behind the x86 decompressor, which is where KASLR picks the base):
 #
-#   key = sha256(recipe version, this script, the fragment, the source tarball's sha256 and Debian
-#                package version, `gcc --version`, `ld --version`)
+#   key = sha256(recipe version, the fragment, the source tarball's sha256 and Debian package
+#                version, `gcc --version`, `ld --version`)
 #   out = .cache/guest-kernel/<key>/{vmlinux, bzImage, config, size.txt, build.txt}
 #
 # Reproducible: fixed KBUILD_BUILD_TIMESTAMP/USER/HOST/VERSION, no git, no debug info, relative paths
@@ -22,7 +22,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-recipe="execgate-guest-kernel-1"
+# Bump this whenever a change below alters what gets built (make targets, KBUILD_* settings, the
+# config step): the cache key does not hash this script, so that fixing its messages or option
+# handling does not throw away a half-hour kernel build.
+recipe="execgate-guest-kernel-2"
 source_tar=/usr/src/linux-source-6.1.tar.xz
 fragment=Images/kernel/execgate.config
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -42,6 +45,7 @@ while [ $# -gt 0 ]; do
 done
 
 die() { echo "build-kernel: $*" >&2; exit 1; }
+case "$fragment" in /*) ;; *) fragment=$root/$fragment ;; esac
 [ -f "$fragment" ] || die "config fragment $fragment not found"
 [ -f "$source_tar" ] || die "kernel source $source_tar not found: apt-get install linux-source-6.1 (make deps)"
 for t in gcc ld sha256sum; do command -v "$t" >/dev/null || die "$t not found: run scripts/install-deps.sh"; done
@@ -51,7 +55,6 @@ pkg_version=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || echo
 src_sha=$(sha256sum "$source_tar" | cut -d' ' -f1)
 key=$( {
   echo "recipe=$recipe"
-  echo "script=$(sha256sum "$0" | cut -d' ' -f1)"
   echo "fragment=$(sha256sum "$fragment" | cut -d' ' -f1)"
   echo "source=$src_sha"
   echo "source_package=$pkg_version"
@@ -90,7 +93,7 @@ kmake=(make -C "$src" ARCH=x86_64 -s
        KBUILD_BUILD_TIMESTAMP="Thu Jan  1 00:00:00 UTC 1970" KBUILD_BUILD_USER=execgate
        KBUILD_BUILD_HOST=execgate KBUILD_BUILD_VERSION=1)
 # allnoconfig with the fragment forced: everything the fragment does not name stays off.
-"${kmake[@]}" KCONFIG_ALLCONFIG="$root/$fragment" allnoconfig >/dev/null 2>"$work/kconfig.log" \
+"${kmake[@]}" KCONFIG_ALLCONFIG="$fragment" allnoconfig >/dev/null 2>"$work/kconfig.log" \
   || { cat "$work/kconfig.log" >&2; die "make allnoconfig failed"; }
 
 # Verify: every line of the fragment is in the resolved .config exactly as requested.

@@ -2,8 +2,8 @@
 //
 // The service VM's own kernel: the config fragment (Images/kernel/execgate.config) and the cache
 // key of scripts/build-kernel.sh. Building the kernel takes minutes, so these tests do not build it:
-// `make image` does, and the boot tests run on what it built. Byte-identical rebuilds are checked
-// by hand (ServiceVM/README.md records how and the result).
+// `make image` does, and the boot tests run on what it built. Byte-identical rebuilds were checked
+// by hand (Images/README.md records how and the result).
 
 import ExecGateTestSupport
 import XCTest
