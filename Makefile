@@ -5,7 +5,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 EXECGATE_RUN_DIR ?= $(CURDIR)/ServiceVM/run
 
-.PHONY: all deps build release test test-data run stop serve bench clean image vm-test
+.PHONY: all deps build release test check test-data run stop serve bench clean image vm-test
 
 all: build
 
@@ -27,10 +27,18 @@ test: deps test-data image
 	@$(SWIFT) build -q --build-tests
 	@SWIFT=$(SWIFT) bash scripts/run-tests.sh
 
+# Unit tests only (phase 1 of make test: no image build, no guest boots), in minutes.
+check: deps test-data
+	@$(SWIFT) build -q --build-tests
+	@SWIFT=$(SWIFT) bash scripts/run-tests.sh --unit
+
 # The main job: build the service VM image if needed, boot the sidecar VM and report it ready
-# (with the address a host client uses). Stop it with `make stop`.
+# (with the addresses a host client uses: the verifier, and the admin port for policy swaps).
+# Stop it with `make stop`.
 run: image
 	@$(STATIC_BUILD)/release/execgate vm start --name sidecar
+	@echo "execgate: policy swap: $(STATIC_BUILD)/release/execgate policy sign POLICY --key $(EXECGATE_ADMIN_DIR)/key.pem --cert $(EXECGATE_ADMIN_DIR)/cert.pem -o B.bundle   (POLICY: version >= 2)"
+	@echo "execgate:              $(STATIC_BUILD)/release/execgate policy push B.bundle --connect <the admin address above>   (README: 'Swap the policy')"
 	@echo "execgate: stop it with: make stop   (status: $(STATIC_BUILD)/release/execgate vm status --name sidecar)"
 
 stop:
@@ -53,13 +61,22 @@ bench: release test-data
 # scripts/build-kernel.sh from Images/kernel/execgate.config (cached in .cache/guest-kernel/).
 # GUEST_KERNEL=debian: it boots the Debian distribution kernel and loads its signed modules.
 # Either way the trust anchors are the Debian (protected guest's) kernel's certificates.
+# The operator's admin key signs policy bundles for the sidecar's admin port (VMM port + 1). It is
+# created once, on the host, and never enters the image: only its certificate does
+# (`image build --admin-cert`). It lives in $(EXECGATE_ADMIN_DIR) (git-ignored, kept by `make
+# clean`; directory 0700, key.pem 0600). Point EXECGATE_ADMIN_DIR elsewhere to use another key.
 STATIC_BUILD ?= .build-static
 GUEST_KERNEL ?= minimal
+EXECGATE_ADMIN_DIR ?= $(CURDIR)/.cache/admin
 image: deps test-data
 	@set -o pipefail; $(SWIFT) build -q -c release --static-swift-stdlib -Xswiftc -static-executable -Xlinker -s --scratch-path $(STATIC_BUILD) --product execgate 2>&1 | { grep -v 'in statically linked applications requires at runtime' || true; }
+	@if [ ! -f $(EXECGATE_ADMIN_DIR)/key.pem ]; then \
+	  mkdir -p $(EXECGATE_ADMIN_DIR) && chmod 0700 $(EXECGATE_ADMIN_DIR) && \
+	  $(STATIC_BUILD)/release/execgate keys generate --out $(EXECGATE_ADMIN_DIR) --cn "ExecGate admin (policy bundles)" >/dev/null && \
+	  echo "execgate: created the admin key $(EXECGATE_ADMIN_DIR)/key.pem (keep it on this host; only cert.pem goes into the image)"; fi
 	@case "$(GUEST_KERNEL)" in \
-	  minimal) k=$$(bash scripts/build-kernel.sh) && $(STATIC_BUILD)/release/execgate image build --init $(STATIC_BUILD)/release/execgate --service-kernel "$$k" ;; \
-	  debian) $(STATIC_BUILD)/release/execgate image build --init $(STATIC_BUILD)/release/execgate ;; \
+	  minimal) k=$$(bash scripts/build-kernel.sh) && $(STATIC_BUILD)/release/execgate image build --init $(STATIC_BUILD)/release/execgate --admin-cert $(EXECGATE_ADMIN_DIR)/cert.pem --service-kernel "$$k" ;; \
+	  debian) $(STATIC_BUILD)/release/execgate image build --init $(STATIC_BUILD)/release/execgate --admin-cert $(EXECGATE_ADMIN_DIR)/cert.pem ;; \
 	  *) echo "GUEST_KERNEL must be minimal or debian" >&2; exit 2 ;; \
 	esac
 

@@ -12,17 +12,28 @@
 //                ExecGateSignature (module trailers + PKCS#7 via the OpenSSL shim),
 //                ExecGateExplain (relocations, patch sites: end-state explanation),
 //                ExecGatePolicy, ExecGateVerifier (request + policy + guest state -> verdict)
-//   edges        ExecGateKernelImage (bzImage/vmlinux, key extraction), ExecGateService (NIOPosix server),
-//                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys only),
+//   edges        ExecGateVsockDevice (vhost-user-vsock backend: host <-> service VM; CExecGateVsockSys only;
+//                also SocketPath: the one claim of a Unix socket path before bind),
+//                ExecGateTransport (Endpoint -> listening NIOPosix channel: the one bind(endpoint:);
+//                per-port budgets, backpressure and deadlines shared by the VMM and admin ports),
+//                ExecGateKernelImage (bzImage/vmlinux, key extraction), ExecGateService (NIOPosix server),
+//                ExecGateServiceVM (guest PID 1, image builder, QEMU launcher; CExecGateSys, and
+//                ExecGateKernelImage + CDecompress for the kernel, its certificates and gzip),
 //                ExecGateVsockDevice (vhost-user-vsock backend: host <-> service VM; CExecGateVsockSys only),
-//                ExecGateClient (the VMM side), ExecGateCaptureTool (`execgate capture`: host + guest halves)
-//   executable   execgate (argument parsing and PID-1 wiring only)
+//                ExecGateClient (the one client: unix, vsock, hybrid), ExecGateAdmin (admin port, audit,
+//                AdminClient on ExecGateClient; not on ExecGateService), ExecGateCaptureTool (`execgate capture`)
+//   host         ExecGateHost (service set-up: ServiceConfiguration -> VerifierService.start, for
+//                `execgate serve` and the service VM's PID 1; the in-guest self-test; the benchmarks)
+//   executable   execgate (argument parsing only)
 
 import PackageDescription
 
-let swiftNIO = Package.Dependency.package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2")
-let swiftLog = Package.Dependency.package(url: "https://github.com/apple/swift-log.git", from: "1.16.2")
-let swiftArgumentParser = Package.Dependency.package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2")
+// Dependencies are pinned to exact versions (a security binary does not float), and Package.resolved
+// is committed so transitive packages (swift-atomics, swift-collections, swift-system) are pinned too.
+
+let swiftNIO = Package.Dependency.package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.2")
+let swiftLog = Package.Dependency.package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2")
+let swiftArgumentParser = Package.Dependency.package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2")
 
 let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
 let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
@@ -56,20 +67,17 @@ let package = Package(
                 .linkedLibrary("bz2"), .linkedLibrary("lz4"),
             ]
         ),
-        .target(
-            name: "CExecGateSys",
-            linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lzma")]
-        ),
+        .target(name: "CExecGateSys"),
         .target(name: "CExecGateVsockSys"),
         .target(name: "_ExecGateInternals", swiftSettings: swiftSettings),
 
         // MARK: - Pure core
         .target(name: "ExecGateWire", dependencies: [nioCore], swiftSettings: swiftSettings),
-        .target(name: "ExecGateELF", swiftSettings: swiftSettings),
-        .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim"], swiftSettings: swiftSettings),
-        .target(name: "ExecGateExplain", dependencies: ["ExecGateELF"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateELF", dependencies: ["_ExecGateInternals"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateSignature", dependencies: ["COpenSSLShim", "_ExecGateInternals"], swiftSettings: swiftSettings),
+        .target(name: "ExecGateExplain", dependencies: ["ExecGateELF", "_ExecGateInternals"], swiftSettings: swiftSettings),
         
-        .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature"], swiftSettings: swiftSettings),
+        .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature", "_ExecGateInternals"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
             dependencies: ["ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateExplain", "ExecGatePolicy", nioCore, nioConcurrency],
@@ -78,23 +86,28 @@ let package = Package(
 
         // MARK: - Edges
         .target(
+            name: "ExecGateTransport",
+            dependencies: ["ExecGateWire", "ExecGateVsockDevice", nioCore, nioPosix, logging],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "ExecGateCapture",
-            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateWire", nioCore],
+            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateWire", "_ExecGateInternals", nioCore],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "ExecGateAdmin",
-            dependencies: ["ExecGateService", "ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
+            dependencies: ["ExecGateTransport", "ExecGateClient", "ExecGateWire", "ExecGatePolicy", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "ExecGateKernelImage",
-            dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF"],
+            dependencies: ["CDecompress", "ExecGateSignature", "ExecGateELF", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "ExecGateService",
-            dependencies: ["ExecGateWire", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
+            dependencies: ["ExecGateTransport", "ExecGateWire", "ExecGateVerifier", "ExecGateSignature", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -111,13 +124,20 @@ let package = Package(
 
         .target(
             name: "ExecGateServiceVM",
-            dependencies: ["CExecGateSys", "_ExecGateInternals"],
+            dependencies: ["CExecGateSys", "CDecompress", "ExecGateKernelImage", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
 
         .target(
             name: "ExecGateCaptureTool",
-            dependencies: ["ExecGateServiceVM", "ExecGateELF", "ExecGateKernelImage", "CExecGateSys"],
+            dependencies: ["ExecGateServiceVM", "ExecGateELF", "ExecGateKernelImage", "CExecGateSys", "_ExecGateInternals"],
+            swiftSettings: swiftSettings
+        ),
+
+        .target(
+            name: "ExecGateHost",
+            dependencies: ["ExecGateService", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateELF", "ExecGateVerifier", "ExecGatePolicy",
+                           "ExecGateSignature", "ExecGateWire", "_ExecGateInternals", nioCore, nioPosix, logging],
             swiftSettings: swiftSettings
         ),
 
@@ -127,7 +147,7 @@ let package = Package(
             dependencies: [
                 "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
-                "ExecGateServiceVM", "ExecGateAdmin", "ExecGateVsockDevice", "ExecGateCaptureTool", argumentParser, logging, nioCore, nioPosix,
+                "ExecGateServiceVM", "ExecGateAdmin", "ExecGateVsockDevice", "ExecGateCaptureTool", "ExecGateHost", argumentParser, logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings
         ),
@@ -135,13 +155,18 @@ let package = Package(
         // MARK: - Tests
         .target(
             name: "ExecGateTestSupport",
-            dependencies: ["ExecGateSignature", "ExecGateELF", "ExecGateKernelImage", nioConcurrency],
+            dependencies: ["ExecGateSignature", "ExecGateELF", "ExecGateKernelImage", "_ExecGateInternals", nioConcurrency],
             path: "Tests/ExecGateTestSupport",
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ExecGateInternalsTests",
+            dependencies: ["_ExecGateInternals", "ExecGateTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ExecGateWireTests",
-            dependencies: ["ExecGateWire", nioCore, nioEmbedded],
+            dependencies: ["ExecGateWire", "ExecGateTestSupport", nioCore, nioEmbedded],
             exclude: ["Vectors"],
             swiftSettings: swiftSettings
         ),
@@ -152,7 +177,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateSignatureTests",
-            dependencies: ["ExecGateSignature", "ExecGateKernelImage", "ExecGateTestSupport"],
+            dependencies: ["ExecGateSignature", "ExecGateKernelImage", "ExecGateTestSupport", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -168,7 +193,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateServiceTests",
-            dependencies: ["ExecGateService", "ExecGateClient", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            dependencies: ["ExecGateService", "ExecGateTransport", "ExecGateClient", "ExecGateVsockDevice", "_ExecGateInternals", "ExecGateCapture", "ExecGatePolicy", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -184,8 +209,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ExecGateClientTests",
+            dependencies: ["ExecGateClient", "ExecGateAdmin", "ExecGateService", "ExecGateVerifier", "ExecGatePolicy", "ExecGateSignature",
+                           "ExecGateWire", "ExecGateTestSupport", nioCore, nioPosix, logging],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGateKernelImageTests",
+            dependencies: ["ExecGateKernelImage", "ExecGateSignature", "ExecGateTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ExecGateServiceVMTests",
-            dependencies: ["ExecGateServiceVM", "ExecGateTestSupport"],
+            dependencies: ["ExecGateServiceVM", "ExecGateSignature", "ExecGateTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -4,6 +4,8 @@
 #include "CExecGateVsockSys.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
@@ -84,4 +86,20 @@ ssize_t egv_send_with_fds(int sock, const void *buf, size_t len, const int *fds,
         n = sendmsg(sock, &msg, MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
     return n;
+}
+
+int egv_get_seals(int fd) {
+    return fcntl(fd, F_GET_SEALS);
+}
+
+int egv_memfd(const char *name, size_t size, int seals) {
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return -1;
+    if (ftruncate(fd, (off_t)size) != 0 || (seals != 0 && fcntl(fd, F_ADD_SEALS, seals) != 0)) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
 }

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // The operator side of the admin port: one request at a time, one reply each, bounded waits.
+// Built on the one client (ExecGateClient): the same framing, pipelining and failure contract, and
+// every address form it speaks — unix:PATH, vsock:CID:PORT, and hybrid:SOCKET:PORT (the admin port
+// of a service VM behind the vhost-user-vsock backend, e.g. the sidecar `make run` starts).
 
+import ExecGateClient
 import ExecGateWire
-import NIOConcurrencyHelpers
 import NIOCore
-import NIOPosix
 
 public enum AdminClientError: Error, CustomStringConvertible, Equatable {
     case connectionClosed
@@ -21,65 +23,39 @@ public enum AdminClientError: Error, CustomStringConvertible, Equatable {
         case .unexpectedReply(let what): return "unexpected reply: \(what)"
         }
     }
+
+    /// The admin view of a client failure during a request.
+    init(_ e: ClientError) {
+        switch e {
+        case .connectionClosed, .hybridHandshakeFailed: self = .connectionClosed
+        case .timedOut: self = .timedOut
+        case .server(let r): self = .server(code: r.code, message: r.message)
+        case .unexpectedReply(let what): self = .unexpectedReply(what)
+        }
+    }
 }
 
-public final class AdminClient: @unchecked Sendable {
-    // @unchecked: `nextID` is guarded by `lock`; the channel is thread-safe; the handler is only
-    // touched on its event loop.
-    private let group: MultiThreadedEventLoopGroup
-    private let channel: Channel
-    private let handler: AdminReplyHandlerBox
-    private let lock = NIOLock()
-    private var nextID: UInt64 = 1
-    public var timeoutSeconds: Int64 = 30
+public final class AdminClient: Sendable {
+    private let client: ExecGateClient
 
-    private init(group: MultiThreadedEventLoopGroup, channel: Channel, handler: AdminReplyHandlerBox) {
-        self.group = group
-        self.channel = channel
-        self.handler = handler
-    }
+    private init(client: ExecGateClient) { self.client = client }
 
-    public static func connect(to endpoint: Endpoint) async throws -> AdminClient {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let handler = AdminReplyHandlerBox(value: AdminReplyHandler())
-        do {
-            let bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(10))
-            let channel: Channel
-            switch endpoint {
-            case .unix(let path): channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
-            case .vsock(let cid, let port):
-                channel = try await bootstrap.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port))).get()
-            case .hybrid:
-                throw EndpointError(text: endpoint.description, why: "the admin client connects with unix: or vsock:")
-            }
-            try await channel.eventLoop.submit {
-                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumBodySize: WireLimits.defaultMaximumBodySize)))
-                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                try channel.pipeline.syncOperations.addHandler(handler.value)
-            }.get()
-            return AdminClient(group: group, channel: channel, handler: handler)
-        } catch {
-            try? await group.shutdownGracefully()
-            throw error
-        }
+    /// Seconds each request may wait for its reply.
+    public static let defaultTimeoutSeconds: Double = 30
+
+    /// Connects to an admin port: `unix:PATH`, `vsock:CID:PORT` or `hybrid:SOCKET:PORT`.
+    /// Connection failures (refused, no such socket, a hybrid handshake the backend refuses) are
+    /// thrown as they come; failures of a request later are `AdminClientError`s.
+    public static func connect(to endpoint: Endpoint, timeoutSeconds: Double = defaultTimeoutSeconds) async throws -> AdminClient {
+        AdminClient(client: try await ExecGateClient.connect(to: endpoint, timeout: timeoutSeconds))
     }
 
     /// Sends one frame and returns the reply frame. An `error` reply is thrown as `.server`.
     public func request(_ type: MessageType, _ body: ByteBuffer) async throws -> Frame {
-        let id = lock.withLock { defer { nextID &+= 1 }; return nextID }
-        let promise = channel.eventLoop.makePromise(of: Frame.self)
-        let handler = self.handler
-        let channel = self.channel
-        channel.eventLoop.execute {
-            handler.value.pending[id] = promise
-            if !channel.isActive { handler.value.pending.removeValue(forKey: id)?.fail(AdminClientError.connectionClosed); return }
-            channel.writeAndFlush(Frame(type: type, requestID: id, body: body), promise: nil)
+        let reply: Frame
+        do { reply = try await client.exchange(Frame(type: type, requestID: client.allocateID(), body: body)) } catch let e as ClientError {
+            throw AdminClientError(e)
         }
-        let timer = channel.eventLoop.scheduleTask(in: .seconds(timeoutSeconds)) {
-            handler.value.pending.removeValue(forKey: id)?.fail(AdminClientError.timedOut)
-        }
-        defer { timer.cancel() }
-        let reply = try await promise.futureResult.get()
         if reply.type == .error {
             let e = try ErrorReply(decoding: reply.body)
             throw AdminClientError.server(code: e.code, message: e.message)
@@ -105,43 +81,6 @@ public final class AdminClient: @unchecked Sendable {
         return try AuditReadReply(decoding: r.body)
     }
 
-    private var closed = false
-
     /// Idempotent.
-    public func close() async {
-        let first = lock.withLock { () -> Bool in defer { closed = true }; return !closed }
-        guard first else { return }
-        try? await channel.close()
-        try? await group.shutdownGracefully()
-    }
+    public func close() async { await client.close() }
 }
-
-struct AdminReplyHandlerBox: @unchecked Sendable {
-    // @unchecked: used only inside tasks on the channel's own event loop.
-    let value: AdminReplyHandler
-}
-
-final class AdminReplyHandler: ChannelInboundHandler {
-    typealias InboundIn = InboundFrame
-    var pending: [UInt64: EventLoopPromise<Frame>] = [:]
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .frame(let f): pending.removeValue(forKey: f.requestID)?.succeed(f)
-        case .refused(let id, _, let code, let message):
-            pending.removeValue(forKey: id)?.fail(AdminClientError.server(code: code, message: message))
-        }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        let all = pending
-        pending.removeAll()
-        for (_, p) in all { p.fail(AdminClientError.connectionClosed) }
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
-}
-
-@available(*, unavailable)
-extension AdminReplyHandler: Sendable {}

@@ -90,7 +90,7 @@ public struct PolicyShowReply: Sendable, Equatable {
 
     public init() {}
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "policy-show-reply", known: Set(1...13))
+        let r = try TLVReader(body, message: "policy-show-reply", known: Set(1...13), repeated: [6: 4096, 13: 4096])
         policyID = try r.requiredString(1, "policy_id")
         policyVersion = try r.requiredInteger(2, "policy_version")
         mode = try r.string(3, "mode") ?? ""
@@ -119,41 +119,54 @@ public struct PolicyShowReply: Sendable, Equatable {
     }
 }
 
-/// 0x0012: tag 1 `after_seq` (u64, default 0), tag 2 `max_records` (u32, default 1000, at most 10,000).
+/// 0x0012: tag 1 `after_seq` (u64, default 0), tag 2 `max_records` (u32, default 1000, at most
+/// 10,000), tag 3 `max_bytes` (u32, default and at most 1 MiB of record text per reply).
 public struct AuditRead: Sendable, Equatable {
     public var afterSeq: UInt64
     public var maxRecords: UInt32
-    public init(afterSeq: UInt64 = 0, maxRecords: UInt32 = 1000) { self.afterSeq = afterSeq; self.maxRecords = maxRecords }
+    public var maxBytes: UInt32
+    public init(afterSeq: UInt64 = 0, maxRecords: UInt32 = 1000, maxBytes: UInt32 = UInt32(AuditLimits.maximumBytesPerRead)) {
+        self.afterSeq = afterSeq; self.maxRecords = maxRecords; self.maxBytes = maxBytes
+    }
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "audit-read", known: [1, 2])
+        let r = try TLVReader(body, message: "audit-read", known: [1, 2, 3])
         afterSeq = try r.integer(1, "after_seq") ?? 0
         maxRecords = try r.integer(2, "max_records") ?? 1000
+        maxBytes = try r.integer(3, "max_bytes") ?? UInt32(AuditLimits.maximumBytesPerRead)
     }
-    public func encode() -> ByteBuffer { var w = TLVWriter(); w.u64(1, afterSeq); w.u32(2, maxRecords); return w.buffer }
+    public func encode() -> ByteBuffer {
+        var w = TLVWriter(); w.u64(1, afterSeq); w.u32(2, maxRecords)
+        if maxBytes != UInt32(AuditLimits.maximumBytesPerRead) { w.u32(3, maxBytes) }
+        return w.buffer
+    }
 }
 
 /// 0x8012: tag 1 `record` (string, repeated: one JSON line each, oldest first), 2 `next_seq`
 /// (u64: pass `next_seq - 1` as `after_seq` to continue), 3 `dropped` (u64, records dropped under
-/// `audit-overflow drop` since start), 4 `oldest_seq` (u64, the oldest record still retained).
+/// `audit-overflow drop` since start), 4 `oldest_seq` (u64, the oldest record still retained),
+/// 5 `more` (u8, 1 when retained records after this page remain: ask again at once).
 public struct AuditReadReply: Sendable, Equatable {
     public var records: [String]
     public var nextSeq: UInt64
     public var dropped: UInt64
     public var oldestSeq: UInt64
-    public init(records: [String], nextSeq: UInt64, dropped: UInt64, oldestSeq: UInt64) {
-        self.records = records; self.nextSeq = nextSeq; self.dropped = dropped; self.oldestSeq = oldestSeq
+    public var more: Bool
+    public init(records: [String], nextSeq: UInt64, dropped: UInt64, oldestSeq: UInt64, more: Bool = false) {
+        self.records = records; self.nextSeq = nextSeq; self.dropped = dropped; self.oldestSeq = oldestSeq; self.more = more
     }
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "audit-read-reply", known: [1, 2, 3, 4])
+        let r = try TLVReader(body, message: "audit-read-reply", known: [1, 2, 3, 4, 5], repeated: [1: AuditLimits.maximumRecordsPerRead])
         records = try r.strings(1, "record")
         nextSeq = try r.requiredInteger(2, "next_seq")
         dropped = try r.integer(3, "dropped") ?? 0
         oldestSeq = try r.integer(4, "oldest_seq") ?? 0
+        more = (try r.integer(5, "more", as: UInt8.self) ?? 0) != 0
     }
     public func encode() -> ByteBuffer {
-        var w = TLVWriter()
+        var w = TLVWriter(capacity: records.reduce(64) { $0 + $1.utf8.count + 6 })
         for r in records { w.string(1, r) }
         w.u64(2, nextSeq); w.u64(3, dropped); w.u64(4, oldestSeq)
+        if more { w.u8(5, 1) }
         return w.buffer
     }
 }

@@ -2,7 +2,12 @@
 //
 // The admin port: its own listener, its own event loop, never the VMM's socket.
 //
-//     socket ─▶ ByteToMessageHandler(FrameDecoder, 4 MiB) ─▶ AdminHandler ─▶ MessageToByteHandler(FrameEncoder)
+//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder, 4 MiB) ─▶ BoundedFrameHandler(administrator) ─▶ MessageToByteHandler(FrameEncoder)
+//
+// The same backpressure, budget and deadlines as the VMM port (ExecGateTransport,
+// BoundedConnection.swift), with one request in flight per connection: the next admin request
+// is not even decoded until the previous reply has been written to the socket, so a peer that
+// asks for audit pages and never reads holds at most one page (≤ 1 MiB) plus the socket buffer.
 //
 // Who can reach it (docs/policy.md, "Who can reach which port"): in the service VM it is vsock
 // port 5001, reachable only from the host; as a Unix socket it is created mode 0600. Reaching the
@@ -13,8 +18,9 @@
 // Admin requests are rare and cheap (one CMS verification, one parse), so they are handled on the
 // admin event loop itself, one at a time per connection, in order.
 
-import ExecGateService
+import ExecGateTransport
 import ExecGateWire
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -30,6 +36,15 @@ public enum AdminLimits {
     public static let maximumBodySize = 4 << 20
     /// Default vsock port of the admin listener in the service VM (the VMM port is 5000).
     public static let defaultVsockPort: UInt32 = 5001
+    /// Admin connections open at once (an operator's CLI, a monitoring poller).
+    public static let maximumConnections = 16
+
+    /// The admin port's limits: one request in flight per connection, bodies ≤ 4 MiB, one
+    /// maximum-size bundle buffered across all admin connections (plus the small-frame reserve).
+    public static var configuration: PortLimits {
+        PortLimits(maximumBodySize: maximumBodySize, bufferBudget: maximumBodySize + TransportLimits.smallFrameReserve,
+                             maximumConnections: maximumConnections, maximumInFlightPerConnection: 1)
+    }
 }
 
 public final class AdminServer: @unchecked Sendable {
@@ -38,21 +53,38 @@ public final class AdminServer: @unchecked Sendable {
     private let administrator: PolicyAdministrator
     private let lock = NIOLock()
     private var channels: [Channel] = []
+    public let configuration: PortLimits
+    public let budget: BufferBudget
+    public let connections: ConnectionCounter
+    private let logger: Logger
 
-    public init(administrator: PolicyAdministrator) {
+    public init(administrator: PolicyAdministrator, configuration: PortLimits = AdminLimits.configuration,
+                logger: Logger = Logger(label: "execgate.admin")) {
         self.administrator = administrator
+        self.configuration = configuration
+        self.budget = BufferBudget(total: configuration.bufferBudget, smallFrameSize: configuration.smallFrameSize)
+        self.connections = ConnectionCounter(limit: configuration.maximumConnections)
+        self.logger = logger
     }
 
     @discardableResult
     public func bind(_ endpoint: Endpoint) async throws -> Channel {
         let bootstrap = ServerBootstrap(group: group)
+            .acceptBackoff()
             .serverChannelOption(.backlog, value: 16)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { [administrator] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumBodySize: AdminLimits.maximumBodySize)))
-                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(administrator: administrator))
+            .childChannelInitializer { [administrator, configuration, budget, connections, logger] channel in
+                guard connections.acquire() else {
+                    logger.warning("admin connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in connections.release() }
+                return channel.eventLoop.makeCompletedFuture {
+                    // Admin requests are rare and cheap (one CMS verification, one parse): handled
+                    // on the admin event loop itself, in order.
+                    try channel.pipeline.syncOperations.addBoundedFrameHandlers(
+                        configuration: configuration, budget: budget, logger: logger,
+                        process: { frame, loop in loop.makeSucceededFuture(administrator.respond(to: frame)) })
                 }
             }
         let channel = try await bootstrap.bind(endpoint: endpoint)
@@ -67,29 +99,3 @@ public final class AdminServer: @unchecked Sendable {
     }
 }
 
-final class AdminHandler: ChannelInboundHandler {
-    typealias InboundIn = InboundFrame
-    typealias OutboundOut = Frame
-    private let administrator: PolicyAdministrator
-
-    init(administrator: PolicyAdministrator) { self.administrator = administrator }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .refused(let id, _, let code, let message):
-            let reply = Message.error(ErrorReply(code: code, message: message)).frame(requestID: id)
-            if code == .badMagic {
-                context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
-            } else {
-                context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
-            }
-        case .frame(let frame):
-            context.writeAndFlush(wrapOutboundOut(administrator.respond(to: frame)), promise: nil)
-        }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
-}
-
-@available(*, unavailable)
-extension AdminHandler: Sendable {}

@@ -24,6 +24,7 @@ import ExecGatePolicy
 import ExecGateVerifier
 import ExecGateWire
 import NIOConcurrencyHelpers
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc
@@ -40,6 +41,19 @@ public enum AuditLimits {
     public static let defaultBlockTimeoutSeconds = 5.0
     /// Most records in one audit-read reply.
     public static let maximumRecordsPerRead = 10_000
+    /// Most record bytes in one audit-read reply (the reply's TLV headers add 6 bytes a record).
+    /// One reply is what a peer on the admin port can make the service buffer per request; the
+    /// admin port serves one request at a time per connection, so this bounds a connection's
+    /// pending reply bytes too. A record is a JSON line of < 1 KiB, so a page always fits one.
+    public static let maximumBytesPerRead = 1 << 20
+    /// Refused policy pushes recorded per second, after a burst (the rest are counted only).
+    /// A refusal costs the pusher nothing (no key is needed to be refused), so unbounded they
+    /// would flood the writer queue and evict verdicts from the retained ring.
+    public static let refusedPushRecordsPerSecond = 1.0
+    public static let refusedPushBurst = 10.0
+    /// Refused-push records kept for audit-read, apart from the verdict ring: a flood of them can
+    /// never push a verdict out of the ring.
+    public static let retainedRefusedPushes = 256
 }
 
 public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
@@ -49,6 +63,13 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     private let monitor = Monitor()
     private var queue: [String] = []
     private var ring: [(UInt64, String)] = []
+    /// Refused-push records, retained apart (see `AuditLimits.retainedRefusedPushes`).
+    private var refusedRing: [(UInt64, String)] = []
+    private var refusedQueued: Set<Int> = []  // indices into `queue` that are refused-push records
+    private var _refusedPushes: UInt64 = 0
+    private var _refusedSuppressed: UInt64 = 0
+    private var refusedTokens = AuditLimits.refusedPushBurst
+    private var refusedRefill = NIODeadline.now()
     private var nextSeq: UInt64 = 1
     private var _dropped: UInt64 = 0
     private var _accepted: UInt64 = 0
@@ -94,9 +115,9 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             ("time", .string(clock())),
             ("event", .string("verdict")),
             ("guest", .string(guestID)),
-            ("request_sha256", .string(Hex.string(v.requestDigest))),
+            ("request_sha256", .string(Hex.encode(v.requestDigest))),
             ("module", .string(v.moduleName)),
-            ("module_sha256", .string(Hex.string(v.moduleDigest))),
+            ("module_sha256", .string(Hex.encode(v.moduleDigest))),
             ("decision", .string(v.decision == .allow ? "allow" : "deny")),
             ("audit_only", .bool(v.auditOnly)),
             ("reason", .string(v.reason.name)),
@@ -107,8 +128,30 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         return enqueue(line, overflow: policy.auditOverflow, force: false)
     }
 
-    /// A policy activation (boot, push) or a refused push. Always recorded.
+    /// A policy activation (boot, push): always recorded. A refused push: counted always,
+    /// recorded at most `refusedPushRecordsPerSecond` (after a burst of `refusedPushBurst`), and
+    /// retained apart from verdicts; each recorded refusal says how many were suppressed before it.
     public func recordPolicyEvent(_ event: String, policy: Policy, previous: Policy?, detail: String) {
+        var detail = detail
+        let refused = event == "policy-push-refused"
+        if refused {
+            monitor.lock()
+            _refusedPushes &+= 1
+            let now = NIODeadline.now()
+            let elapsed = Double((now - refusedRefill).nanoseconds) / 1e9
+            refusedRefill = now
+            refusedTokens = min(AuditLimits.refusedPushBurst, refusedTokens + elapsed * AuditLimits.refusedPushRecordsPerSecond)
+            guard refusedTokens >= 1 else {
+                _refusedSuppressed &+= 1
+                monitor.unlock()
+                return
+            }
+            refusedTokens -= 1
+            let suppressed = _refusedSuppressed
+            _refusedSuppressed = 0
+            monitor.unlock()
+            if suppressed > 0 { detail += " (\(suppressed) earlier refusal(s) counted, not recorded: rate limit)" }
+        }
         let line = JSON.object([
             ("time", .string(clock())),
             ("event", .string(event)),
@@ -116,13 +159,13 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             ("policy_version", .uint(policy.version)),
             ("previous_policy_id", previous.map { .string($0.id) } ?? .null),
             ("previous_policy_version", previous.map { .uint($0.version) } ?? .null),
-            ("policy_sha256", policy.source.map { .string(Hex.string(PolicySummary.sha256($0))) } ?? .null),
+            ("policy_sha256", policy.source.map { .string(Hex.encode(PolicySummary.sha256($0))) } ?? .null),
             ("detail", .string(detail)),
         ]).serialized()
-        _ = enqueue(line, overflow: .block, force: true)
+        _ = enqueue(line, overflow: .block, force: true, refusedPush: refused)
     }
 
-    private func enqueue(_ line: String, overflow: AuditOverflow, force: Bool) -> Bool {
+    private func enqueue(_ line: String, overflow: AuditOverflow, force: Bool, refusedPush: Bool = false) -> Bool {
         monitor.lock()
         defer { monitor.unlock() }
         if !force && queue.count >= capacity {
@@ -138,6 +181,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
                 guard queue.count < capacity else { return false }
             }
         }
+        if refusedPush { refusedQueued.insert(queue.count) }
         queue.append(line)
         _accepted &+= 1
         monitor.broadcast()
@@ -157,7 +201,9 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
                 return
             }
             let batch = queue
+            let refusedInBatch = refusedQueued
             queue.removeAll(keepingCapacity: true)
+            refusedQueued.removeAll(keepingCapacity: true)
             monitor.unlock()
 
             var failed = false
@@ -168,12 +214,15 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             }
             monitor.lock()
             if failed { _writeErrors &+= 1 }
-            for l in batch {
-                ring.append((nextSeq, l))
+            for (i, l) in batch.enumerated() {
+                if refusedInBatch.contains(i) { refusedRing.append((nextSeq, l)) } else { ring.append((nextSeq, l)) }
                 nextSeq &+= 1
             }
             if ring.count > retained * 2 {  // amortised trim
                 ring.removeFirst(ring.count - retained)
+            }
+            if refusedRing.count > AuditLimits.retainedRefusedPushes * 2 {
+                refusedRing.removeFirst(refusedRing.count - AuditLimits.retainedRefusedPushes)
             }
             monitor.broadcast()  // room in the queue: wake blocked producers
             monitor.unlock()
@@ -199,12 +248,15 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         public var dropped: UInt64
         public var writeErrors: UInt64
         public var queued: Int
+        /// Policy pushes refused since start (all of them, recorded or not).
+        public var refusedPushes: UInt64 = 0
     }
 
     public var counters: Counters {
         monitor.lock()
         defer { monitor.unlock() }
-        return Counters(accepted: _accepted, dropped: _dropped, writeErrors: _writeErrors, queued: queue.count)
+        return Counters(accepted: _accepted, dropped: _dropped, writeErrors: _writeErrors, queued: queue.count,
+                        refusedPushes: _refusedPushes)
     }
 
     public struct Page: Sendable {
@@ -214,19 +266,53 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         /// The oldest record still retained (a reader asking for older ones missed some).
         public var oldestSeq: UInt64
         public var dropped: UInt64
+        /// True when retained records after this page remain (the page hit a count or byte cap).
+        public var more: Bool
     }
 
-    /// Records with sequence number > `afterSeq`, at most `limit`.
-    public func read(after afterSeq: UInt64, limit: Int) -> Page {
+    /// Records with sequence number > `afterSeq`, oldest first: at most `limit` records and at
+    /// most `maximumBytes` bytes of record text (the admin port passes at most
+    /// `AuditLimits.maximumBytesPerRead`; a page holds at least one record when one is due, so a
+    /// reader always makes progress).
+    /// Verdicts and refused pushes are retained apart and merged here by sequence number.
+    public func read(after afterSeq: UInt64, limit: Int, maximumBytes: Int = .max) -> Page {
         monitor.lock()
         defer { monitor.unlock() }
         let keep = ring.suffix(retained)
+        let keepRefused = refusedRing.suffix(AuditLimits.retainedRefusedPushes)
         let oldest = keep.first?.0 ?? nextSeq
         let n = min(max(0, limit), AuditLimits.maximumRecordsPerRead)
-        let selected = keep.lazy.filter { $0.0 > afterSeq }.prefix(n)
-        let records = selected.map(\.1)
-        let next = (selected.last?.0).map { $0 + 1 } ?? max(afterSeq + 1, oldest)
-        return Page(records: Array(records), nextSeq: next, oldestSeq: oldest, dropped: _dropped)
+        let byteCap = max(0, maximumBytes)
+        // Both rings are in ascending sequence order: binary-search the start, then merge.
+        func start<C: RandomAccessCollection>(_ c: C) -> C.Index where C.Element == (UInt64, String) {
+            var lo = c.startIndex, hi = c.endIndex
+            while lo < hi {
+                let mid = c.index(lo, offsetBy: c.distance(from: lo, to: hi) / 2)
+                if c[mid].0 > afterSeq { hi = mid } else { lo = c.index(after: mid) }
+            }
+            return lo
+        }
+        var i = start(keep), j = start(keepRefused)
+        var records: [String] = []
+        var bytes = 0
+        var last: UInt64?
+        while records.count < n {
+            let pick: (UInt64, String)
+            if i < keep.endIndex && (j == keepRefused.endIndex || keep[i].0 < keepRefused[j].0) {
+                pick = keep[i]
+            } else if j < keepRefused.endIndex {
+                pick = keepRefused[j]
+            } else { break }
+            let size = pick.1.utf8.count
+            if !records.isEmpty && bytes + size > byteCap { break }
+            if pick.0 == keep[safe: i]?.0 { i += 1 } else { j += 1 }
+            records.append(pick.1)
+            bytes += size
+            last = pick.0
+        }
+        let more = i < keep.endIndex || j < keepRefused.endIndex
+        let next = last.map { $0 + 1 } ?? max(afterSeq + 1, oldest)
+        return Page(records: records, nextSeq: next, oldestSeq: oldest, dropped: _dropped, more: more)
     }
 
     /// Waits until every record accepted so far has been handed to the writer (tests, shutdown).
@@ -236,6 +322,10 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         let deadline = Monitor.deadline(after: timeout)
         while !queue.isEmpty { if !monitor.wait(until: deadline) { break } }
     }
+}
+
+extension RandomAccessCollection {
+    fileprivate subscript(safe i: Index) -> Element? { i < endIndex ? self[i] : nil }
 }
 
 // MARK: - Time

@@ -107,8 +107,11 @@ public final class PolicyAdministrator: @unchecked Sendable {
 
     public func auditRead(_ q: AuditRead) -> AuditReadReply {
         guard let audit else { return AuditReadReply(records: [], nextSeq: q.afterSeq + 1, dropped: 0, oldestSeq: 0) }
-        let page = audit.read(after: q.afterSeq, limit: Int(q.maxRecords))
-        return AuditReadReply(records: page.records, nextSeq: page.nextSeq, dropped: page.dropped, oldestSeq: page.oldestSeq)
+        // One reply is at most 1 MiB of records, whatever the request asks: what a peer on the
+        // admin port (no key needed) can make the service hold per request.
+        let page = audit.read(after: q.afterSeq, limit: Int(q.maxRecords),
+                              maximumBytes: min(Int(q.maxBytes), AuditLimits.maximumBytesPerRead))
+        return AuditReadReply(records: page.records, nextSeq: page.nextSeq, dropped: page.dropped, oldestSeq: page.oldestSeq, more: page.more)
     }
 
     /// One admin frame in, one reply frame out (same request id). Never throws: bad input is an
@@ -169,7 +172,7 @@ public enum PolicySummary {
             ("activated_by", .string(r.activatedBy)), ("minimum_digest", .string(r.minimumDigest)), ("end_state", .string(r.endState)),
             ("audit_overflow", .string(r.auditOverflow)), ("audit_accepted", .uint(r.auditAccepted)), ("audit_dropped", .uint(r.auditDropped)),
             ("anchors", .array(r.anchors.map { .string($0) })), ("rules", .array(r.rules.map { .string($0) })),
-            ("source_sha256", .string(Hex.string(r.sourceSHA256))), ("source", .string(r.source)),
+            ("source_sha256", .string(Hex.encode(r.sourceSHA256))), ("source", .string(r.source)),
         ])
     }
 }

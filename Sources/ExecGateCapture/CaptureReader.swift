@@ -74,6 +74,12 @@ public struct CaptureBoot {
     public let loadOrder: [String]
     /// `[module]` kallsyms lines with small (per-cpu offset) addresses: module → name → address.
     let percpuSymbols: [String: [String: UInt64]]
+    /// Core symbols an attacker would aim a static call at (for the mutation tester only, never
+    /// facts): entry-code labels, credential/CR4 writers, a label inside an instruction sequence,
+    /// freed init text, the end of text.
+    public let probeTargets: [String: UInt64]
+    static let probeNames: Set<String> = ["native_irq_return_iret", "entry_SYSCALL_64_after_hwframe", "commit_creds", "native_write_cr4",
+                                          "srso_safe_ret", "start_kernel", "_etext", "prepare_kernel_cred"]
 
     public static func load(_ dirIn: String) throws -> CaptureBoot {
         var dir = dirIn
@@ -88,18 +94,27 @@ public struct CaptureBoot {
         // Trusted facts come from the same register-guest message a VMM would send, turned into
         // the engine's GuestFacts by the verifier's own builder: offline replay and served
         // verdicts see identical facts.
-        let facts = GuestFactsBuilder.facts(from: try Self.registration(dir: dir, guestID: "capture"))
+        let registration = try Self.registration(dir: dir, guestID: "capture")
+        var facts = GuestFactsBuilder.facts(from: registration)
+        // Facts the explainer derives from the same message (kernel release, the core's init
+        // memory, per-key static-call targets of the build); idempotent if the builder does it too.
+        var named: [String: UInt64] = [:]
+        for s in registration.symbols where named[s.name] == nil { named[s.name] = s.address }
+        facts.deriveFromCoreSymbols(named)
+        if !registration.kernelRelease.isEmpty { facts.kernelRelease = registration.kernelRelease }
         let exports = facts.exports
         // `[module]` lines are not facts; their small addresses only recover each module's
         // per-cpu base claim (checked by the engine like any other claimed address).
         var percpu: [String: [String: UInt64]] = [:]
+        var probes: [String: UInt64] = [:]
         let ks = try readFile(dir + "/kallsyms.txt")
         for line in String(decoding: ks, as: UTF8.self).split(whereSeparator: \.isNewline) {
             let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            if f.count == 3, Self.probeNames.contains(String(f[2])), probes[String(f[2])] == nil, let a = UInt64(f[0], radix: 16) { probes[String(f[2])] = a }
             guard f.count >= 4, let a = UInt64(f[0], radix: 16), a < 1 << 32 else { continue }
             percpu[String(f[3].dropFirst().dropLast()), default: [:]][String(f[2])] = a
         }
-        return CaptureBoot(dir: dir, facts: facts, coreExports: exports, loadOrder: order, percpuSymbols: percpu)
+        return CaptureBoot(dir: dir, facts: facts, coreExports: exports, loadOrder: order, percpuSymbols: percpu, probeTargets: probes)
     }
 
     /// The signed module bytes and the guest's claim for one module.

@@ -40,13 +40,16 @@ extension CaptureBoot {
         }
         // Keep what the engine can use: every text symbol (legal static-call targets, duplicates by
         // name included), the chosen definition of each export, and the named helpers.
-        let helpers: Set<Substring> = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return", "its_return_thunk", "__per_cpu_end"]
+        // Static-call keys (`__SCK__*`: StaticCallTrust maps them to trusted targets) and the core's
+        // init bounds (freed init memory) are facts of the build's symbol map too.
+        let helpers: Set<Substring> = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return", "its_return_thunk", "__per_cpu_end",
+                                       "_sinittext", "_einittext", "__init_begin", "__init_end"]
         let text: Set<UInt8> = [UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W")]
         var symbols: [KernelSymbol] = []
         var helperSeen = Set<Substring>()
         for (i, r) in records.enumerated() {
             let isExport = exportIndex[r.name] == i
-            let isHelper = helpers.contains(r.name) && helperSeen.insert(r.name).inserted
+            let isHelper = (helpers.contains(r.name) || r.name.hasPrefix("__SCK__")) && helperSeen.insert(r.name).inserted
             guard isExport || isHelper || text.contains(r.type) else { continue }
             symbols.append(KernelSymbol(name: String(r.name), address: r.address, type: r.type, exported: isExport))
         }
@@ -72,8 +75,14 @@ extension CaptureBoot {
                 if f.count >= 3, f[0] == "x86_return_thunk" { returnThunk = parseHex(f[2]) }
             }
         }
+        // The release the guest runs (`uname -r`: the third field of the captured `uname -a`).
+        var release = ""
+        if let u = try? readText(dir + "/uname.txt") {
+            let f = u.split(whereSeparator: { $0 == " " || $0 == "\n" })
+            if f.count >= 3 { release = String(f[2]) }
+        }
         return RegisterGuest(
-            guestID: guestID, kernelRelease: "", kaslrSlide: slide, cpuCapabilities: Array(cpu[40..<136]), symbols: symbols,
+            guestID: guestID, kernelRelease: release, kaslrSlide: slide, cpuCapabilities: Array(cpu[40..<136]), symbols: symbols,
             symbolSource: "capture", commandLine: (try? readText(dir + "/cmdline.txt")) ?? "", presentCPUs: present,
             possibleCPUs: possible, vulnerabilities: (try? readText(dir + "/vulnerabilities.txt")) ?? "",
             pvOps: (try? readFile(dir + "/pv_ops.bin")) ?? [], returnThunk: returnThunk)

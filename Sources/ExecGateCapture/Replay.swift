@@ -5,6 +5,7 @@
 
 import ExecGateELF
 import ExecGateExplain
+import _ExecGateInternals
 
 public struct ModuleOutcome {
     public let name: String
@@ -14,11 +15,6 @@ public struct ModuleOutcome {
     public let seconds: Double
 }
 
-public func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
 
 #if canImport(Glibc)
 import Glibc
@@ -36,17 +32,17 @@ public struct CaptureReplay {
     /// Explain one captured module with the session's current resolver; on allow, extend it.
     public mutating func step(_ m: CapturedModule) -> ModuleOutcome {
         let explainer = Explainer(facts: boot.facts)
-        let t0 = monotonicSeconds()
+        let t0 = MonotonicClock.seconds()
         let result: ExplainResult = m.ko.withUnsafeBytes { raw in
             do {
                 let elf = try ELFFile(bytes: raw)
                 return explainer.explain(elf: elf, claim: m.claim, resolver: resolver)
             } catch {
                 return ExplainResult(verdict: .denied(Denial(module: m.name, section: "(elf)", offset: 0, address: 0, expected: [], found: [],
-                                                             rule: "elf", reason: "\(error)")), exports: nil)
+                                                             rule: .malformedELF, reason: "\(error)")), exports: nil)
             }
         }
-        let dt = monotonicSeconds() - t0
+        let dt = MonotonicClock.seconds() - t0
         if result.verdict.isAllowed, let ex = result.exports { resolver.add(ex) }
         return ModuleOutcome(name: m.name, result: result, executableBytes: m.claim.text.count, seconds: dt)
     }

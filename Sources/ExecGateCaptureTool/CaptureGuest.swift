@@ -17,6 +17,7 @@
 // Console lines (the host relays them): `execgate-init: [ms] capture: …` progress,
 // `EXECGATE-CAPTURE-DONE bytes=N modules=M failed=F` at the end, EXECGATE-FATAL on errors.
 
+import _ExecGateInternals
 import ExecGateELF
 import ExecGateServiceVM
 import CExecGateSys
@@ -64,15 +65,15 @@ public enum CaptureGuest {
         var tar = Tar.Writer()
         var insmodLog = "", waitLog = ""
         var loaded = 0, failed = 0
-        let t0 = Clock.nanos()
+        let t0 = MonotonicClock.nanoseconds()
         for (i, name) in order.enumerated() {
             let path = Paths.modules + "/" + name + ".ko"
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { throw CaptureToolError.guest("cannot open \(path)") }
-            let s = Clock.sinceBootMillis()
+            let s = MonotonicClock.sinceBootMilliseconds()
             let rc = execgate_finit_module(fd, "", 0)
             let err = errno
-            let e = Clock.sinceBootMillis()
+            let e = MonotonicClock.sinceBootMilliseconds()
             close(fd)
             var msg = ""
             if rc == 0 { loaded += 1 } else { failed += 1; msg = String(cString: strerror(err)) }
@@ -81,7 +82,7 @@ public enum CaptureGuest {
             waitLog += "\(name) polls=\(polls)\n"
             log("[\(i + 1)/\(order.count)] \(name) \(rc == 0 ? "loaded" : "FAILED: \(msg)") in \(Int(e - s)) ms, init freed after \(polls) polls")
         }
-        log("\(loaded) loaded, \(failed) failed in \((Clock.nanos() - t0) / 1_000_000) ms; reading state")
+        log("\(loaded) loaded, \(failed) failed in \((MonotonicClock.nanoseconds() - t0) / 1_000_000) ms; reading state")
         tar.add("insmod.log", insmodLog)
         tar.add("waitfree.log", waitLog)
         try collect(into: &tar, order: order)
@@ -159,12 +160,47 @@ public enum CaptureGuest {
         return String(t)
     }
 
+    /// Everything the host needs from the running guest: the core's symbols and facts, then each
+    /// loaded module's sections and executable bytes (read through /proc/kcore).
     static func collect(into tar: inout Tar.Writer, order: [String]) throws {
         let kallsyms = try FS.read("/proc/kallsyms", limit: 512 << 20)
         tar.add("kallsyms.txt", kallsyms)
         let wanted: Set<String> = ["_text", "_stext", "_etext", "boot_cpu_data", "pv_ops", "page_offset_base", "vmalloc_base",
                                    "vmemmap_base", "phys_base"]
         let syms = coreSymbols(kallsyms, wanted: wanted)
+        let procModules = try collectSystemFacts(into: &tar)
+        let kcore = try Kcore()
+        try collectCoreFacts(into: &tar, kcore: kcore, syms: syms)
+        var bases: [String: UInt64] = [:]
+        for line in procModules.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            if f.count >= 6, let a = UInt64(f[5].dropFirst(2), radix: 16) { bases[String(f[0])] = a }
+        }
+        var sizes = ""
+        for name in order {
+            let sys = "/sys/module/" + name
+            guard FS.isDirectory(sys + "/sections") else { continue }  // not loaded (the insmod log says why)
+            var secs: [(String, String)] = []
+            var addrs: [String: UInt64] = [:]
+            for s in (try? FS.list(sys + "/sections")) ?? [] {
+                let v = trimmed(readText(sys + "/sections/" + s))
+                secs.append((s, JSON.string(v)))
+                if v.hasPrefix("0x"), let a = UInt64(v.dropFirst(2), radix: 16) { addrs[s] = a }
+            }
+            tar.add(name + "/sections.json", "{\n" + secs.map { " \(JSON.string($0.0)): \($0.1)" }.joined(separator: ",\n") + "\n}\n")
+            let coresize = trimmed(readText(sys + "/coresize")), initsize = trimmed(readText(sys + "/initsize"))
+            let taint = trimmed(readText(sys + "/taint"))
+            sizes += "\(name) \(coresize) \(initsize) \(taint)\n"
+
+            try collectModuleText(into: &tar, kcore: kcore, name: name, addrs: addrs, base: bases[name],
+                                  sizes: (coresize: coresize, initsize: initsize, taint: taint))
+        }
+        tar.add("sys_module_sizes.txt", sizes)
+    }
+
+    /// CPU model, flags and bugs, command line, CPUs, mitigations, loaded modules, taint, release,
+    /// the kernel log. Returns /proc/modules.
+    static func collectSystemFacts(into tar: inout Tar.Writer) throws -> String {
         let cpuinfo = readText("/proc/cpuinfo")
         tar.add("cpuinfo.txt", cpuinfo)
         for line in cpuinfo.split(separator: "\n") {
@@ -188,9 +224,13 @@ public enum CaptureGuest {
         tar.add("tainted.txt", readText("/proc/sys/kernel/tainted"))
         tar.add("uname.txt", trimmed(readText("/proc/sys/kernel/osrelease")) + " " + readText("/proc/sys/kernel/version"))
         tar.add("dmesg.txt", readKmsg())
+        return procModules
+    }
 
-        let kcore = try Kcore()
-        tar.add("kcore_phdrs.txt", kcore.loads.map { "vaddr=0x\(hex($0.vaddr)) offset=0x\(hex($0.offset)) size=0x\(hex($0.size))" }.joined(separator: "\n") + "\n")
+    /// The core's facts read from its memory: boot_cpu_data, pv_ops, and the kernel variables that
+    /// place the core.
+    static func collectCoreFacts(into tar: inout Tar.Writer, kcore: Kcore, syms: [String: UInt64]) throws {
+        tar.add("kcore_phdrs.txt", kcore.loads.map { "vaddr=0x\(Hex.number($0.vaddr)) offset=0x\(Hex.number($0.offset)) size=0x\(Hex.number($0.size))" }.joined(separator: "\n") + "\n")
         guard let bcd = syms["boot_cpu_data"], let pv = syms["pv_ops"] else {
             throw CaptureToolError.guest("boot_cpu_data / pv_ops not in /proc/kallsyms (kptr_restrict?)")
         }
@@ -200,54 +240,34 @@ public enum CaptureGuest {
         for n in ["_text", "_stext", "_etext", "boot_cpu_data", "pv_ops", "page_offset_base", "vmalloc_base", "vmemmap_base", "phys_base"] {
             guard let a = syms[n] else { continue }
             let v = (try? kcore.read(a, 8)).map { b in b.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) } }
-            kvars += "\(n) 0x\(hex(a)) \(v.map { "0x" + hex($0, width: 16) } ?? "?")\n"
+            kvars += "\(n) 0x\(Hex.number(a)) \(v.map { "0x" + Hex.number($0, width: 16) } ?? "?")\n"
         }
         tar.add("kvars.txt", kvars)
+    }
 
-        var bases: [String: UInt64] = [:]
-        for line in procModules.split(separator: "\n") {
-            let f = line.split(separator: " ")
-            if f.count >= 6, let a = UInt64(f[5].dropFirst(2), radix: 16) { bases[String(f[0])] = a }
-        }
-        var sizes = ""
-        for name in order {
-            let sys = "/sys/module/" + name
-            guard FS.isDirectory(sys + "/sections") else { continue }  // not loaded (the insmod log says why)
-            var secs: [(String, String)] = []
-            var addrs: [String: UInt64] = [:]
-            for s in (try? FS.list(sys + "/sections")) ?? [] {
-                let v = trimmed(readText(sys + "/sections/" + s))
-                secs.append((s, JSON.string(v)))
-                if v.hasPrefix("0x"), let a = UInt64(v.dropFirst(2), radix: 16) { addrs[s] = a }
+    /// One module's executable core region: [lowest exec core section, PAGE_ALIGN(end of the last)).
+    static func collectModuleText(into tar: inout Tar.Writer, kcore: Kcore, name: String, addrs: [String: UInt64], base procBase: UInt64?,
+                                  sizes: (coresize: String, initsize: String, taint: String)) throws {
+        let ko = try FS.read(Paths.modules + "/" + name + ".ko", limit: 256 << 20)
+        var lo = UInt64.max, hi: UInt64 = 0
+        try ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            for s in elf.sections where s.isAlloc && s.isExec && !s.name.hasPrefix(".init") && s.size > 0 {
+                guard let a = addrs[s.name] else { continue }
+                lo = min(lo, a)
+                hi = max(hi, a + UInt64(s.size))
             }
-            tar.add(name + "/sections.json", "{\n" + secs.map { " \(JSON.string($0.0)): \($0.1)" }.joined(separator: ",\n") + "\n}\n")
-            let coresize = trimmed(readText(sys + "/coresize")), initsize = trimmed(readText(sys + "/initsize"))
-            let taint = trimmed(readText(sys + "/taint"))
-            sizes += "\(name) \(coresize) \(initsize) \(taint)\n"
-
-            // The executable core region: [lowest exec core section, PAGE_ALIGN(end of the last)).
-            let ko = try FS.read(Paths.modules + "/" + name + ".ko", limit: 256 << 20)
-            var lo = UInt64.max, hi: UInt64 = 0
-            try ko.withUnsafeBytes { raw in
-                let elf = try ELFFile(bytes: raw)
-                for s in elf.sections where s.isAlloc && s.isExec && !s.name.hasPrefix(".init") && s.size > 0 {
-                    guard let a = addrs[s.name] else { continue }
-                    lo = min(lo, a)
-                    hi = max(hi, a + UInt64(s.size))
-                }
-            }
-            guard lo != UInt64.max else { log("\(name): no executable core section in sysfs"); continue }
-            let base = bases[name] ?? lo
-            if base != lo { log("warning: \(name): /proc/modules base 0x\(hex(base)) != lowest exec section 0x\(hex(lo))") }
-            let size = (hi - lo + 4095) & ~UInt64(4095)
-            guard size <= UInt64(Limits.maxTextBytes) else { throw CaptureToolError.guest("\(name): executable region of \(size) bytes") }
-            tar.add(name + "/core_text.bin", try kcore.read(lo, Int(size)))
-            tar.add(name + "/module.txt", ImageInfo.render([
-                ("core_base", "0x" + hex(base)), ("text_base", "0x" + hex(lo)), ("text_size", "\(size)"),
-                ("text_end_used", "0x" + hex(hi)), ("coresize", coresize), ("initsize", initsize), ("taint", taint),
-            ]))
         }
-        tar.add("sys_module_sizes.txt", sizes)
+        guard lo != UInt64.max else { log("\(name): no executable core section in sysfs"); return }
+        let base = procBase ?? lo
+        if base != lo { log("warning: \(name): /proc/modules base 0x\(Hex.number(base)) != lowest exec section 0x\(Hex.number(lo))") }
+        let size = (hi - lo + 4095) & ~UInt64(4095)
+        guard size <= UInt64(Limits.maxTextBytes) else { throw CaptureToolError.guest("\(name): executable region of \(size) bytes") }
+        tar.add(name + "/core_text.bin", try kcore.read(lo, Int(size)))
+        tar.add(name + "/module.txt", ImageInfo.render([
+            ("core_base", "0x" + Hex.number(base)), ("text_base", "0x" + Hex.number(lo)), ("text_size", "\(size)"),
+            ("text_end_used", "0x" + Hex.number(hi)), ("coresize", sizes.coresize), ("initsize", sizes.initsize), ("taint", sizes.taint),
+        ]))
     }
 
     /// Addresses of the wanted core (non-`[module]`) symbols; the first definition wins.
@@ -358,19 +378,19 @@ struct Kcore {
 
     func read(_ addr: UInt64, _ n: Int) throws -> [UInt8] {
         guard let l = loads.first(where: { addr >= $0.vaddr && addr - $0.vaddr < $0.size && addr - $0.vaddr + UInt64(n) <= $0.size }) else {
-            throw CaptureToolError.guest("kcore: 0x\(hex(addr))+\(n) is in no PT_LOAD segment")
+            throw CaptureToolError.guest("kcore: 0x\(Hex.number(addr))+\(n) is in no PT_LOAD segment")
         }
         return try pread(l.offset + (addr - l.vaddr), n)
     }
 
     private func pread(_ off: UInt64, _ n: Int) throws -> [UInt8] {
-        guard off <= UInt64(Int64.max) else { throw CaptureToolError.guest("kcore offset 0x\(hex(off)) too large") }
+        guard off <= UInt64(Int64.max) else { throw CaptureToolError.guest("kcore offset 0x\(Hex.number(off)) too large") }
         var out = [UInt8](repeating: 0, count: n)
         var got = 0
         while got < n {
             let r = out.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + got, n - got, off_t(off) + off_t(got)) }
-            if r < 0 { if errno == EINTR { continue }; throw CaptureToolError.guest("kcore read at 0x\(hex(off)): \(String(cString: strerror(errno)))") }
-            if r == 0 { throw CaptureToolError.guest("kcore: short read at 0x\(hex(off))") }
+            if r < 0 { if errno == EINTR { continue }; throw CaptureToolError.guest("kcore read at 0x\(Hex.number(off)): \(String(cString: strerror(errno)))") }
+            if r == 0 { throw CaptureToolError.guest("kcore: short read at 0x\(Hex.number(off))") }
             got += r
         }
         return out
@@ -383,10 +403,6 @@ struct Kcore {
     }
 }
 
-func hex(_ v: UInt64, width: Int = 0) -> String {
-    let s = String(v, radix: 16)
-    return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
-}
 
 extension String {
     func trimmingSpaces() -> String {

@@ -15,6 +15,7 @@
 // applies KASLR and enables 5-level paging); `pvh` boots the extracted vmlinux instead (faster, but
 // a different end state: no LA57, no KASLR).
 
+import _ExecGateInternals
 import ExecGateELF
 import ExecGateServiceVM
 #if canImport(Glibc)
@@ -75,18 +76,21 @@ public struct CaptureSummary: Sendable {
             ("load_order", "[" + loadOrder.map(JSON.string).joined(separator: ",") + "]"),
             ("captured", "\(captured.count)"),
             ("failed", JSON.object(failed.map { ($0.0, JSON.string($0.1)) })),
-            ("slide", JSON.string("0x" + hex(slide))), ("accel", JSON.string(accel)),
+            ("slide", JSON.string("0x" + Hex.number(slide))), ("accel", JSON.string(accel)),
             ("qemu_ms", "\(qemuMillis)"), ("total_ms", "\(totalMillis)"),
         ])
     }
 }
 
 public enum CaptureTool {
-    /// Modules that carry the results out (loaded by the guest only after the capture is read).
+    /// Modules that carry the results out (loaded by the guest only after the capture is read),
+    /// those of them the kernel does not build in.
     public static let transportModules = ["virtio_pci", "virtio_blk"]
 
+    /// One capture: plan the load order, build the initramfs, boot the kernel under QEMU, read the
+    /// archive the guest wrote, lay it out as a capture directory.
     public static func run(_ o: CaptureOptions, log: (String) -> Void) throws(CaptureToolError) -> CaptureSummary {
-        let t0 = Clock.nanos()
+        let t0 = MonotonicClock.nanoseconds()
         if o.pvh && o.kaslr { throw .usage("--pvh and --kaslr: a PVH boot has no KASLR (the bzImage's decompressor applies it)") }
         guard FS.exists(o.initBinary) else {
             throw .missing("init binary \(o.initBinary) not found: build the static execgate first (`make image`, or pass --init)")
@@ -99,12 +103,28 @@ public enum CaptureTool {
         }
         if !unknown.isEmpty { throw .badModule(unknown.joined(separator: "\n")) }  // every bad name, before any work
         let (order, deps) = try index.closure(o.modules)
-        let transport = try index.closure(transportModules).order
+        // Built-in transport drivers (6.12 builds virtio_pci in) need no module.
+        let transport = try index.closure(index.loadable(transportModules)).order
         let qemu = try wrap { () throws(ServiceVMError) in try Launcher.findQEMU(o.qemu) }
         let decision = try wrap { () throws(ServiceVMError) in try Accelerator.choose(o.accel) }
         log("capture: \(tree.version): \(o.modules.count) requested, \(order.count) to load: \(order.joined(separator: " "))")
 
-        // Initramfs.
+        let initrd = try writeInitramfs(o, index: index, order: order, transport: transport)
+        let kernelPath = try guestKernel(o, tree: tree)
+        let boot = try bootGuest(o, qemu: qemu, decision: decision, kernelPath: kernelPath, initrd: initrd,
+                                 isBzImage: kernelPath == tree.vmlinuz, log: log)
+
+        var s = try CaptureLayout.write(members: boot.members, options: o, tree: tree, index: index, order: order, depends: deps)
+        s.accel = decision.accel.rawValue
+        s.qemuMillis = boot.qemuMillis
+        s.totalMillis = Int((MonotonicClock.nanoseconds() - t0) / 1_000_000)
+        try wrap { () throws(ServiceVMError) in try FS.write(s.bootDir + "/console.log", boot.console) }
+        return s
+    }
+
+    /// The capture initramfs: execgate as /init, the modules to load in order, the transport
+    /// modules, and the plan the guest half follows.
+    static func writeInitramfs(_ o: CaptureOptions, index: ModuleIndex, order: [String], transport: [String]) throws(CaptureToolError) -> String {
         let initBytes = try wrap { () throws(ServiceVMError) in try FS.read(o.initBinary, limit: 512 << 20) }
         guard GuestKernel.elfHasInterpreter(initBytes) == false else {
             throw .badModule("\(o.initBinary) is not a static ELF executable; build it with `make image` (static release build)")
@@ -122,21 +142,26 @@ public enum CaptureTool {
         ]).utf8))
         let initrd = o.workDir + "/capture-\(o.bootName).cpio.gz"
         try wrap { () throws(ServiceVMError) in try FS.write(initrd, try Compression.gzip(cpio.encode(), level: 1)) }
+        return initrd
+    }
 
-        // Kernel: the bzImage; the PVH vmlinux (cached) only when asked for.
-        var kernelPath = tree.vmlinuz
-        if o.pvh {
-            let vmlinux = o.workDir + "/vmlinux-" + tree.version
-            if !FS.exists(vmlinux) {
-                let z = try wrap { () throws(ServiceVMError) in try FS.read(tree.vmlinuz, limit: 256 << 20) }
-                if let v = GuestKernel.extractVmlinux(fromBzImage: z) {
-                    try wrap { () throws(ServiceVMError) in try FS.write(vmlinux, v) }
-                }
+    /// The kernel QEMU boots: the bzImage; the PVH vmlinux (extracted once, cached) only when asked for.
+    static func guestKernel(_ o: CaptureOptions, tree: KernelTree) throws(CaptureToolError) -> String {
+        guard o.pvh else { return tree.vmlinuz }
+        let vmlinux = o.workDir + "/vmlinux-" + tree.version
+        if !FS.exists(vmlinux) {
+            let z = try wrap { () throws(ServiceVMError) in try FS.read(tree.vmlinuz, limit: 256 << 20) }
+            if let v = GuestKernel.extractVmlinux(fromBzImage: z) {
+                try wrap { () throws(ServiceVMError) in try FS.write(vmlinux, v) }
             }
-            guard FS.exists(vmlinux) else { throw .failed("\(tree.vmlinuz) holds no xz-compressed vmlinux for a PVH boot") }
-            kernelPath = vmlinux
         }
+        guard FS.exists(vmlinux) else { throw .failed("\(tree.vmlinuz) holds no xz-compressed vmlinux for a PVH boot") }
+        return vmlinux
+    }
 
+    /// Boots the capture VM, relays its progress, and reads back the tar archive it wrote to the disk.
+    static func bootGuest(_ o: CaptureOptions, qemu: String, decision: Accelerator.Decision, kernelPath: String, initrd: String,
+                          isBzImage: Bool, log: (String) -> Void) throws(CaptureToolError) -> (members: [Tar.Member], console: String, qemuMillis: Int) {
         // Disk: sparse, zero (a stale archive must never be read back).
         let disk = o.workDir + "/capture-\(o.bootName).img"
         FS.remove(disk)
@@ -156,8 +181,8 @@ public enum CaptureTool {
                     "-smp", "1", "-m", "\(o.memoryMiB)M", "-kernel", kernelPath, "-initrd", initrd,
                     "-append", append.joined(separator: " "), "-serial", "file:\(console)",
                     "-drive", "file=\(disk),format=raw,if=none,id=capture", "-device", "virtio-blk-pci,drive=capture"]
-        log("capture: booting \(o.bootName) (\(decision.accel.rawValue): \(decision.reason); -cpu \(o.cpu), \(kernelPath.hasSuffix(tree.vmlinuz) ? "bzImage" : "PVH vmlinux"))")
-        let q0 = Clock.nanos()
+        log("capture: booting \(o.bootName) (\(decision.accel.rawValue): \(decision.reason); -cpu \(o.cpu), \(isBzImage ? "bzImage" : "PVH vmlinux"))")
+        let q0 = MonotonicClock.nanoseconds()
         let pid = try wrap { () throws(ServiceVMError) in try Subprocess.spawn(argv, outputPath: qlog) }
         var relayed = 0
         var rc: Int32? = nil
@@ -165,13 +190,13 @@ public enum CaptureTool {
         while rc == nil {
             rc = Subprocess.wait(pid, timeoutMillis: 250)
             relayed = relay(console: console, from: relayed, log: log)
-            if rc == nil && Clock.nanos() >= deadline {
+            if rc == nil && MonotonicClock.nanoseconds() >= deadline {
                 kill(pid, SIGKILL)
                 _ = Subprocess.wait(pid, timeoutMillis: 5000)
                 throw .failed("the capture VM did not finish within \(o.timeoutSeconds) s\n--- console tail ---\n\(FS.tail(console))")
             }
         }
-        let qemuMs = Int((Clock.nanos() - q0) / 1_000_000)
+        let qemuMs = Int((MonotonicClock.nanoseconds() - q0) / 1_000_000)
         let text = (try? FS.readString(console, limit: 64 << 20)) ?? ""
         let lines = text.consoleLines()
         if let f = lines.first(where: { $0.hasPrefix(ConsoleProtocol.fatal) }) {
@@ -186,13 +211,7 @@ public enum CaptureTool {
         let members: [Tar.Member]
         do { members = try Tar.read(try readPrefix(disk, archiveBytes)) } catch { throw .guest("\(error)") }
         log("capture: guest done in \(qemuMs) ms; \(members.count) files, \(archiveBytes) bytes")
-
-        var s = try CaptureLayout.write(members: members, options: o, tree: tree, index: index, order: order, depends: deps)
-        s.accel = decision.accel.rawValue
-        s.qemuMillis = qemuMs
-        s.totalMillis = Int((Clock.nanos() - t0) / 1_000_000)
-        try wrap { () throws(ServiceVMError) in try FS.write(s.bootDir + "/console.log", text) }
-        return s
+        return (members, text, qemuMs)
     }
 
     /// Relays new `capture:` progress lines of the console log; returns the new offset.

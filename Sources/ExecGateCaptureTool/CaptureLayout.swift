@@ -6,6 +6,7 @@
 // `slide.txt` (needs the link-time `_text`), and the top-level `load-order.txt`, `modules.list`,
 // `modules.dep`, `corpus.json`.
 
+import _ExecGateInternals
 import ExecGateELF
 import ExecGateServiceVM
 
@@ -46,7 +47,7 @@ enum CaptureLayout {
             throw .guest("no _text in the guest's kallsyms")
         }
         let slide = kText &- link.address
-        var slideTxt = "slide 0x\(hex(slide))\nkallsyms__text 0x\(hex(kText))\nlink__text 0x\(hex(link.address))\nlink__text_source \(link.source)\n"
+        var slideTxt = "slide 0x\(Hex.number(slide))\nkallsyms__text 0x\(Hex.number(kText))\nlink__text 0x\(Hex.number(link.address))\nlink__text_source \(link.source)\n"
         for v in ["page_offset_base", "vmalloc_base", "vmemmap_base", "phys_base"] { if let kv = kvars[v] { slideTxt += "\(v) \(kv.value)\n" } }
 
         var kos: [String: [UInt8]] = [:]
@@ -85,7 +86,7 @@ enum CaptureLayout {
             try FS.write(o.outDir + "/corpus.json", JSON.object([
                 ("kernel", JSON.string(tree.version)), ("deb", tree.deb.map(JSON.string) ?? "null"),
                 ("kernel_root", JSON.string(tree.root)), ("vmlinuz", JSON.string(tree.vmlinuz)),
-                ("link_text", JSON.string("0x" + hex(link.address))), ("link_text_source", JSON.string(link.source)),
+                ("link_text", JSON.string("0x" + Hex.number(link.address))), ("link_text_source", JSON.string(link.source)),
                 ("tool", JSON.string("execgate capture")), ("cpu", JSON.string(o.cpu)),
                 ("modules_requested", arr(o.modules)), ("load_order", arr(order)), ("boots", arr(corpusBoots)),
             ]) + "\n")
@@ -127,7 +128,7 @@ enum CaptureLayout {
                 let row = JSON.object([
                     ("name", JSON.string(s.name)), ("kind", JSON.string(kind)), ("elf_index", "\(s.index)"),
                     ("elf_flags", JSON.string(flags)), ("elf_type", "\(s.type)"), ("size", "\(s.size)"),
-                    ("align", "\(s.addralign)"), ("addr", addr.map { JSON.string("0x" + hex($0)) } ?? "null"),
+                    ("align", "\(s.addralign)"), ("addr", addr.map { JSON.string("0x" + Hex.number($0)) } ?? "null"),
                 ])
                 if let addr { rows.append((addr, row)) } else { unaddressed.append(row) }
             }

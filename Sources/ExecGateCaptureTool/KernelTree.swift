@@ -125,18 +125,18 @@ public struct ModuleIndex: Sendable {
     /// distributions ship `.ko.xz` / `.ko.zst`; the signature is inside, appended before compression).
     public static let suffixes = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
 
-    /// The module's bytes, decompressed: what finit_module gets and what the capture stores.
+    /// The module's bytes, decompressed (ExecGateKernelImage's `ModuleFile`, the kernel's own rules):
+    /// what finit_module gets and what the capture stores.
     public func bytes(of name: String) throws(CaptureToolError) -> [UInt8] {
         let p = modulesDir + "/" + (try path(of: name))
         let raw = try wrap { () throws(ServiceVMError) in try FS.read(p, limit: 256 << 20) }
-        guard !p.hasSuffix(".ko") else { return raw }
-        var why = "unknown compression"
-        let ko: [UInt8]? = raw.withUnsafeBytes { b in
-            guard let c = KernelCompression.detect(b) else { return nil }
-            do { return try c.decompress(b, maxOutput: 512 << 20) } catch { why = "\(error)"; return nil }
-        }
-        guard let ko else { throw .badModule("\(p): cannot decompress: \(why)") }
-        return ko
+        do { return try ModuleFile.decode(raw).elf } catch { throw .badModule("\(p): \(error)") }
+    }
+
+    /// The names in `names` that are modules of this kernel, dropping those built into it
+    /// (modules.builtin): a kernel that builds a transport driver in needs no .ko for it.
+    public func loadable(_ names: [String]) -> [String] {
+        names.filter { !builtin.contains(ModuleIndex.normalise($0)) || paths[ModuleIndex.normalise($0)] != nil }
     }
 
     /// `depends=` of a module's `.modinfo` (normalised names, in file order).

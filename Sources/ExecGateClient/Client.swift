@@ -43,9 +43,9 @@ public final class ExecGateClient: @unchecked Sendable {
     /// Per-request timeout in seconds (nil = wait forever).
     public var timeout: Double?
 
-    private init(channel: Channel, handler: ReplyHandler, endpoint: Endpoint, ownedGroup: MultiThreadedEventLoopGroup?, timeout: Double?) {
+    private init(channel: Channel, handler: EventLoopBoundHandler, endpoint: Endpoint, ownedGroup: MultiThreadedEventLoopGroup?, timeout: Double?) {
         self.channel = channel
-        self.handler = EventLoopBoundHandler(value: handler)
+        self.handler = handler
         self.endpoint = endpoint
         self.ownedGroup = ownedGroup
         self.timeout = timeout
@@ -67,11 +67,13 @@ public final class ExecGateClient: @unchecked Sendable {
                 channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
                 try await HybridHandshake.perform(on: channel, port: port)
             }
-            let handler = ReplyHandler()
-            try await channel.eventLoop.submit {
+            // The reply handler is created on the channel's loop, where it lives.
+            let handler = try await channel.eventLoop.submit {
+                let handler = ReplyHandler()
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumBodySize: maximumBodySize)))
                 try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()), name: "frame-encoder")
                 try channel.pipeline.syncOperations.addHandler(handler)
+                return EventLoopBoundHandler(value: handler)
             }.get()
             return ExecGateClient(channel: channel, handler: handler, endpoint: endpoint, ownedGroup: owned, timeout: timeout)
         } catch {
@@ -87,7 +89,17 @@ public final class ExecGateClient: @unchecked Sendable {
 
     /// Send a raw frame (tests use this to send malformed bodies) and wait for the reply to its id.
     public func sendFrame(_ frame: Frame) async throws -> Message {
-        let promise = channel.eventLoop.makePromise(of: Message.self)
+        let reply = try await exchange(frame)
+        do { return try Message(type: reply.type, body: reply.body) } catch {
+            throw ClientError.unexpectedReply("undecodable \(reply.type): \(error)")
+        }
+    }
+
+    /// Send one frame and return the reply frame with its id, whatever its type: the admin port's
+    /// messages (ExecGateAdmin) are frames of this protocol but not `Message`s. An `error` reply
+    /// is returned, not thrown; a reply the decoder refused fails with `.server`.
+    public func exchange(_ frame: Frame) async throws -> Frame {
+        let promise = channel.eventLoop.makePromise(of: Frame.self)
         let handler = self.handler
         let channel = self.channel
         channel.eventLoop.execute {
@@ -171,10 +183,10 @@ struct EventLoopBoundHandler: @unchecked Sendable {
 /// Matches replies to pending requests by id. Event-loop bound.
 final class ReplyHandler: ChannelInboundHandler {
     typealias InboundIn = InboundFrame
-    private var pending: [UInt64: EventLoopPromise<Message>] = [:]
+    private var pending: [UInt64: EventLoopPromise<Frame>] = [:]
     private var closed = false
 
-    func register(id: UInt64, promise: EventLoopPromise<Message>, channel: Channel) {
+    func register(id: UInt64, promise: EventLoopPromise<Frame>, channel: Channel) {
         if closed || !channel.isActive { promise.fail(ClientError.connectionClosed); return }
         pending[id] = promise
     }
@@ -184,8 +196,7 @@ final class ReplyHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .frame(let f):
-            guard let p = pending.removeValue(forKey: f.requestID) else { return }  // Late reply after a timeout.
-            do { p.succeed(try Message(type: f.type, body: f.body)) } catch { p.fail(ClientError.unexpectedReply("undecodable \(f.type): \(error)")) }
+            pending.removeValue(forKey: f.requestID)?.succeed(f)  // nil: a late reply after a timeout.
         case .refused(let id, _, let code, let message):
             pending.removeValue(forKey: id)?.fail(ClientError.server(ErrorReply(code: code, message: "reply refused: \(message)")))
             if code == .badMagic { context.close(promise: nil) }

@@ -25,6 +25,8 @@
 ///     Elf64_Xword sh_entsize; /* 56 */
 /// } Elf64_Shdr;
 /// ```
+import _ExecGateInternals
+
 public struct ELFSection: Hashable, Sendable {
     public let index: Int
     public let name: String
@@ -102,6 +104,39 @@ public struct ELFFile: @unchecked Sendable {
 
     public init(bytes: UnsafeRawBufferPointer) throws {
         self.bytes = bytes
+        let table = try ELFFile.header(bytes)
+        let raws = try ELFFile.rawSectionHeaders(bytes, table)
+        try ELFFile.checkNoOverlap(raws, table)
+        let strRaw = raws[table.shstrndx]
+        guard strRaw.type == SectionType.strtab else {
+            throw ELFError(.badStringTableIndex, offset: 62, "e_shstrndx \(table.shstrndx) is not SHT_STRTAB (type \(strRaw.type))")
+        }
+        var secs: [ELFSection] = []
+        secs.reserveCapacity(raws.count)
+        var index: [String: Int] = [:]
+        for (i, r) in raws.enumerated() {
+            let name = try ELFFile.string(in: bytes, table: strRaw.range, at: r.name,
+                                          what: "name of section \(i)", headerOffset: table.offset + i * ELFLimits.sectionHeaderSize)
+            let s = ELFSection(index: i, name: name, type: r.type, flags: SectionFlags(rawValue: r.flags),
+                               size: r.size, addralign: r.align, entsize: r.entsize, link: r.link, info: r.info,
+                               fileRange: r.range)
+            secs.append(s)
+            if index[name] == nil { index[name] = i }  // first wins, like the kernel's find_sec().
+        }
+        self.sections = secs
+        self.shstrndx = table.shstrndx
+        self.nameIndex = index
+    }
+
+    /// Where the section header table is, from a validated Elf64_Ehdr.
+    struct SectionTable { var offset: Int; var count: Int; var end: Int; var shstrndx: Int }
+
+    /// One section header as read, its contents range validated against the file.
+    struct RawSectionHeader { var name: UInt32; var type: UInt32; var flags: UInt64; var offset: Int; var size: Int
+        var link: UInt32; var info: UInt32; var align: UInt64; var entsize: UInt64; var range: Range<Int> }
+
+    /// Pass 0: the ELF header. Only ELFCLASS64, little-endian, ET_REL, EM_X86_64 modules.
+    static func header(_ bytes: UnsafeRawBufferPointer) throws -> SectionTable {
         let n = bytes.count
         guard n >= ELFLimits.headerSize else {
             throw ELFError(.truncated, offset: n, "file is \(n) bytes, an Elf64_Ehdr needs 64")
@@ -115,14 +150,16 @@ public struct ELFFile: @unchecked Sendable {
         guard bytes[6] == 1 else { throw ELFError(.unsupportedVersion, offset: 6, "EI_VERSION \(bytes[6]), need 1 (EV_CURRENT)") }
         // Elf64_Ehdr: e_type u16 @16, e_machine u16 @18, e_version u32 @20, e_entry @24, e_phoff @32,
         // e_shoff u64 @40, e_flags u32 @48, e_ehsize u16 @52, e_phentsize @54, e_phnum @56,
-        // e_shentsize u16 @58, e_shnum u16 @60, e_shstrndx u16 @62.
-        let eType = bytes.le16(16), eMachine = bytes.le16(18), eVersion = bytes.le32(20)
+        // e_shentsize u16 @58, e_shnum u16 @60, e_shstrndx u16 @62. (All inside the 64 bytes checked above.)
+        let eType = bytes.loadInteger(at: 16, as: UInt16.self), eMachine = bytes.loadInteger(at: 18, as: UInt16.self)
+        let eVersion = bytes.loadInteger(at: 20, as: UInt32.self), ehsize = bytes.loadInteger(at: 52, as: UInt16.self)
         guard eType == 1 else { throw ELFError(.unsupportedType, offset: 16, "e_type \(eType), need 1 (ET_REL)") }
         guard eMachine == 62 else { throw ELFError(.unsupportedMachine, offset: 18, "e_machine \(eMachine), need 62 (EM_X86_64)") }
         guard eVersion == 1 else { throw ELFError(.unsupportedVersion, offset: 20, "e_version \(eVersion), need 1") }
-        guard bytes.le16(52) == 64 else { throw ELFError(.badHeaderSize, offset: 52, "e_ehsize \(bytes.le16(52)), need 64") }
-        let shoff64 = bytes.le64(40)
-        let shentsize = Int(bytes.le16(58)), shnum = Int(bytes.le16(60)), shstrndx = Int(bytes.le16(62))
+        guard ehsize == 64 else { throw ELFError(.badHeaderSize, offset: 52, "e_ehsize \(ehsize), need 64") }
+        let shoff64 = bytes.loadInteger(at: 40, as: UInt64.self)
+        let shentsize = Int(bytes.loadInteger(at: 58, as: UInt16.self))
+        let shnum = Int(bytes.loadInteger(at: 60, as: UInt16.self)), shstrndx = Int(bytes.loadInteger(at: 62, as: UInt16.self))
         guard shentsize == ELFLimits.sectionHeaderSize else {
             throw ELFError(.badSectionHeaderSize, offset: 58, "e_shentsize \(shentsize), need 64")
         }
@@ -141,17 +178,19 @@ public struct ELFFile: @unchecked Sendable {
         guard shstrndx != 0, shstrndx < shnum else {
             throw ELFError(.badStringTableIndex, offset: 62, "e_shstrndx \(shstrndx) of \(shnum) sections")
         }
+        return SectionTable(offset: shoff, count: shnum, end: tableEnd, shstrndx: shstrndx)
+    }
 
-        // Pass 1: raw headers, ranges validated.
-        struct Raw { var name: UInt32; var type: UInt32; var flags: UInt64; var offset: Int; var size: Int
-            var link: UInt32; var info: UInt32; var align: UInt64; var entsize: UInt64; var range: Range<Int> }
-        var raws: [Raw] = []
-        raws.reserveCapacity(shnum)
-        for i in 0..<shnum {
-            let h = shoff + i * shentsize  // cannot overflow: tableEnd was checked.
-            let type = bytes.le32(h + 4)
-            let off64 = bytes.le64(h + 24), size64 = bytes.le64(h + 32)
-            let align = bytes.le64(h + 48)
+    /// Pass 1: raw section headers, each contents range validated against the file.
+    static func rawSectionHeaders(_ bytes: UnsafeRawBufferPointer, _ table: SectionTable) throws -> [RawSectionHeader] {
+        let n = bytes.count
+        var raws: [RawSectionHeader] = []
+        raws.reserveCapacity(table.count)
+        for i in 0..<table.count {
+            let h = table.offset + i * ELFLimits.sectionHeaderSize  // cannot overflow: table.end was checked.
+            let type = bytes.loadInteger(at: h + 4, as: UInt32.self)
+            let off64 = bytes.loadInteger(at: h + 24, as: UInt64.self), size64 = bytes.loadInteger(at: h + 32, as: UInt64.self)
+            let align = bytes.loadInteger(at: h + 48, as: UInt64.self)
             guard let off = Int(exactly: off64), let size = Int(exactly: size64), size >= 0, off >= 0 else {
                 throw ELFError(.sectionOutOfBounds, offset: h + 24, "section \(i): offset/size \(off64)/\(size64) not representable")
             }
@@ -167,40 +206,28 @@ public struct ELFFile: @unchecked Sendable {
                 }
                 range = off..<end
             }
-            raws.append(Raw(name: bytes.le32(h), type: type, flags: bytes.le64(h + 8), offset: off, size: size,
-                            link: bytes.le32(h + 40), info: bytes.le32(h + 44), align: align, entsize: bytes.le64(h + 56), range: range))
+            raws.append(RawSectionHeader(
+                name: bytes.loadInteger(at: h, as: UInt32.self), type: type, flags: bytes.loadInteger(at: h + 8, as: UInt64.self),
+                offset: off, size: size, link: bytes.loadInteger(at: h + 40, as: UInt32.self),
+                info: bytes.loadInteger(at: h + 44, as: UInt32.self), align: align,
+                entsize: bytes.loadInteger(at: h + 56, as: UInt64.self), range: range))
         }
-        // Non-overlapping: no two sections' contents share a byte, and none overlaps the ELF header
-        // or the section header table (a section aliasing another would let one signed byte
-        // stand for two different things).
+        return raws
+    }
+
+    /// Pass 2: no two sections' contents share a byte, and none overlaps the ELF header or the
+    /// section header table (a section aliasing another would let one signed byte stand for two
+    /// different things).
+    static func checkNoOverlap(_ raws: [RawSectionHeader], _ table: SectionTable) throws {
         var spans: [(Range<Int>, Int)] = raws.enumerated().compactMap { $0.element.range.isEmpty ? nil : ($0.element.range, $0.offset) }
         spans.append((0..<ELFLimits.headerSize, -1))
-        spans.append((shoff..<tableEnd, -2))
+        spans.append((table.offset..<table.end, -2))
         spans.sort { $0.0.lowerBound < $1.0.lowerBound }
         for k in spans.indices.dropFirst() where spans[k].0.lowerBound < spans[k - 1].0.upperBound {
             let a = spans[k - 1].1, b = spans[k].1
             func nm(_ i: Int) -> String { i == -1 ? "the ELF header" : i == -2 ? "the section header table" : "section \(i)" }
             throw ELFError(.overlappingSections, offset: spans[k].0.lowerBound, "\(nm(b)) overlaps \(nm(a))")
         }
-        let strRaw = raws[shstrndx]
-        guard strRaw.type == SectionType.strtab else {
-            throw ELFError(.badStringTableIndex, offset: 62, "e_shstrndx \(shstrndx) is not SHT_STRTAB (type \(strRaw.type))")
-        }
-        var secs: [ELFSection] = []
-        secs.reserveCapacity(shnum)
-        var index: [String: Int] = [:]
-        for (i, r) in raws.enumerated() {
-            let name = try ELFFile.string(in: bytes, table: strRaw.range, at: r.name,
-                                          what: "name of section \(i)", headerOffset: shoff + i * shentsize)
-            let s = ELFSection(index: i, name: name, type: r.type, flags: SectionFlags(rawValue: r.flags),
-                               size: r.size, addralign: r.align, entsize: r.entsize, link: r.link, info: r.info,
-                               fileRange: r.range)
-            secs.append(s)
-            if index[name] == nil { index[name] = i }  // first wins, like the kernel's find_sec().
-        }
-        self.sections = secs
-        self.shstrndx = shstrndx
-        self.nameIndex = index
     }
 
     // MARK: Lookup
@@ -245,13 +272,13 @@ public struct ELFFile: @unchecked Sendable {
         out.reserveCapacity(count)
         for i in 0..<count {
             let o = t.fileRange.lowerBound + i * ELFLimits.symbolSize
-            let shndx = bytes.le16(o + 6)
+            let shndx = bytes.loadInteger(at: o + 6, as: UInt16.self)
             if shndx != SectionIndex.undef && shndx < SectionIndex.loReserve && Int(shndx) >= sections.count {
                 throw ELFError(.badSymbolSectionIndex, offset: o + 6, "symbol \(i): st_shndx \(shndx) of \(sections.count) sections")
             }
-            let name = try ELFFile.string(in: bytes, table: strRange, at: bytes.le32(o), what: "name of symbol \(i)", headerOffset: o)
+            let name = try ELFFile.string(in: bytes, table: strRange, at: bytes.loadInteger(at: o, as: UInt32.self), what: "name of symbol \(i)", headerOffset: o)
             out.append(ELFSymbol(index: i, name: name, info: bytes[o + 4], other: bytes[o + 5], sectionIndex: shndx,
-                                 value: bytes.le64(o + 8), size: bytes.le64(o + 16)))
+                                 value: bytes.loadInteger(at: o + 8, as: UInt64.self), size: bytes.loadInteger(at: o + 16, as: UInt64.self)))
         }
         return out
     }
@@ -282,7 +309,7 @@ public struct ELFFile: @unchecked Sendable {
             recs.reserveCapacity(s.size / ELFLimits.relaSize)
             for i in 0..<(s.size / ELFLimits.relaSize) {
                 let o = at + i * ELFLimits.relaSize
-                let off = bytes.le64(o), info = bytes.le64(o + 8)
+                let off = bytes.loadInteger(at: o, as: UInt64.self), info = bytes.loadInteger(at: o + 8, as: UInt64.self)
                 let symIdx = Int(info >> 32)
                 let type = RelocationType(rawValue: UInt32(truncatingIfNeeded: info))
                 guard symIdx < symCount else {
@@ -295,7 +322,7 @@ public struct ELFFile: @unchecked Sendable {
                 guard !ov, end <= UInt64(tsec.size) else {
                     throw ELFError(.badRelocationTarget, offset: o, "\(s.name)[\(i)]: field [\(off), +\(width)) outside \(tsec.name) of \(tsec.size) bytes")
                 }
-                recs.append(ELFRelocation(offset: off, type: type, symbolIndex: symIdx, addend: Int64(bitPattern: bytes.le64(o + 16))))
+                recs.append(ELFRelocation(offset: off, type: type, symbolIndex: symIdx, addend: Int64(bitPattern: bytes.loadInteger(at: o + 16, as: UInt64.self))))
             }
             out.append(ELFRelocationSection(section: s, targetSectionIndex: target, relocations: recs))
         }
@@ -322,16 +349,6 @@ public struct ELFFile: @unchecked Sendable {
     }
 }
 
-// MARK: - Little-endian accessors (callers bounds-check first)
+// MARK: - Diagnostics
 
-extension UnsafeRawBufferPointer {
-    // One unaligned load each (same debug-only bounds checking as the byte subscripts they replace).
-    @inline(__always) func le16(_ o: Int) -> UInt16 { UInt16(littleEndian: loadUnaligned(fromByteOffset: o, as: UInt16.self)) }
-    @inline(__always) func le32(_ o: Int) -> UInt32 { UInt32(littleEndian: loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
-    @inline(__always) func le64(_ o: Int) -> UInt64 { UInt64(littleEndian: loadUnaligned(fromByteOffset: o, as: UInt64.self)) }
-}
-
-@inline(__always) func hex(_ b: UInt8) -> String {
-    let d = Array("0123456789abcdef")
-    return String([d[Int(b >> 4)], d[Int(b & 15)]])
-}
+@inline(__always) func hex(_ b: UInt8) -> String { Hex.number(b, width: 2) }

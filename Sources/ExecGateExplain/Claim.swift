@@ -10,17 +10,27 @@
 ///   contents and the zero padding between and after them.
 /// - `sectionAddresses`: the guest's addresses of the module's allocated sections by name (the
 ///   `/sys/module/<m>/sections/` view). Core-section addresses must agree with the kernel's
-///   `layout_sections()` applied to the signed ELF; `.init*` addresses are ignored (init memory is
-///   freed and never part of the verified region; see `Session.setUp`).
+///   `layout_sections()` applied to the signed ELF; `.init*` addresses are ignored unless the init region is
+///   claimed (then they must agree with the init layout; see `Session.init`).
 /// - `percpuBase`: the module's per-cpu area (`mod->percpu`), needed when it has `.data..percpu`.
+/// - `initTextBase` / `initText` (optional): the module's executable init region
+///   `[init_layout.base, + init_layout.text_size)` while its init function runs. When given, it is
+///   explained like the core region (same loader stages, relocations into init at these
+///   addresses) and the verdict covers both; the init region is valid only until the VMM reports
+///   init freed. Core bytes never depend on init addresses either way.
 public struct ModuleClaim: Sendable {
     public var name: String
     public var textBase: UInt64
     public var text: [UInt8]
     public var sectionAddresses: [String: UInt64]
     public var percpuBase: UInt64?
+    public var initTextBase: UInt64?
+    public var initText: [UInt8]?
 
-    public init(name: String, textBase: UInt64, text: [UInt8], sectionAddresses: [String: UInt64], percpuBase: UInt64? = nil) {
+    public init(name: String, textBase: UInt64, text: [UInt8], sectionAddresses: [String: UInt64], percpuBase: UInt64? = nil,
+                initTextBase: UInt64? = nil, initText: [UInt8]? = nil) {
+        self.initTextBase = initTextBase
+        self.initText = initText
         self.name = name
         self.textBase = textBase
         self.text = text

@@ -39,9 +39,11 @@ public struct FeatureBits: Sendable, Hashable {
 ///   to rewrite `lock` prefixes; `possibleCPUs > 1` means it may switch back later.
 /// - `pvOps`: the `pv_ops` table (read-only after init): paravirt sites call `pv_ops[type]`.
 /// - `functionEntries`: start addresses of core kernel functions (from the build's symbol map +
-///   slide): the only legal static-call targets besides verified modules' functions.
-/// Run-time state (jump-label keys, static-call targets, ftrace enablement) is deliberately NOT a
-/// fact: the explainer accepts exactly the legal set of states for each site.
+///   slide): a static-call target must be one of them (or of a verified module) AND trusted for
+///   its key (`staticCallTrustedTargets`).
+/// Run-time state (jump-label keys, which trusted static-call target is current, ftrace
+/// enablement) is deliberately NOT a fact: the explainer accepts exactly the legal set of states
+/// for each site.
 public struct GuestFacts: Sendable {
     public var exports: [String: UInt64]
     public var capabilities: [UInt32]
@@ -67,12 +69,21 @@ public struct GuestFacts: Sendable {
     /// CONFIG_X86_KERNEL_IBT: `.ibt_endbr_seal` sites become `66 0f 1f 00` (off in Debian 6.1).
     public var ibtSeal: Bool
     public var kaslrSlide: UInt64
-    /// Optional, strongest static-call fact: key (or core trampoline `__SCT__x`) address → the
-    /// function it currently calls (0 = NULL). A VMM gets it by decoding the core kernel's own
-    /// trampoline (`jmp func` / `ret`) in locked, read-only core text. When present for a site's
-    /// key, only that exact target is legal; when absent, any legitimate function entry is (the
-    /// weaker rule: a guest could point a static call at another real function).
-    public var staticCallTargets: [UInt64: UInt64] = [:]
+    /// Static-call targets trusted per key: key address (`__SCK__<name>`) → the functions a site
+    /// of that key may call or jump to. Filled by the VMM at registration from two sources (see
+    /// docs/trust.md, "Static calls"): the key's current target, decoded from the core's read-only
+    /// trampoline `__SCT__<name>` (`jmp func` / RET form), and per-key targets the operator's build
+    /// supplies (``StaticCallTrust``: `DEFINE_STATIC_CALL` defaults and the `static_call_update()`
+    /// users whose targets are fixed in the source). A site of a key without an entry may only
+    /// hold its NULL forms (NOP5 / RET) or `__static_call_return0`. Entries in core init text or
+    /// not a function entry are ignored by the engine.
+    public var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
+    /// The core kernel's init memory, freed after boot (`[_sinittext, _einittext)`,
+    /// `[__init_begin, __init_end)`): never a legal target or symbol value for module code.
+    public var coreInitRanges: [Range<UInt64>] = []
+    /// The registered kernel's release (`uname -r`, the first word of its `VERMAGIC_STRING`).
+    /// When set, a module's `.modinfo` `vermagic=` must name the same release.
+    public var kernelRelease: String? = nil
     /// The per-cpu reserved chunk modules' `.data..percpu` is allocated from
     /// (`[__per_cpu_end, __per_cpu_end + PERCPU_MODULE_RESERVE)`, 8 KiB in 6.1). When set, a claimed
     /// per-cpu base must lie in it, aligned, with the whole section inside: otherwise a hostile
@@ -104,7 +115,15 @@ public struct GuestFacts: Sendable {
         self.ftraceCallTargets = ftraceCallTargets
         self.ibtSeal = ibtSeal
         self.kaslrSlide = kaslrSlide
+        // A module reaches a core static-call key only through an export (`__SCK__x`, or the
+        // trampoline `__SCT__x` for EXPORT_STATIC_CALL_TRAMP keys), so the build's per-key
+        // targets of every key a module can name are derivable from the exports alone
+        // (StaticCallTrust); `deriveFromCoreSymbols` adds the rest of the symbol map.
+        self.staticCallTrustedTargets = StaticCallTrust.coreTargets(symbols: exports)
     }
+
+    /// True if `a` lies in the core kernel's (freed) init memory.
+    public func isCoreInit(_ a: UInt64) -> Bool { coreInitRanges.contains { $0.contains(a) } }
 
     /// `boot_cpu_has(bit)`; bits outside the table are "absent" (the caller refuses them first).
     public func has(_ bit: Int) -> Bool {
@@ -118,8 +137,15 @@ public struct GuestFacts: Sendable {
 /// exports only — the core kernel's and those of modules already verified in this guest session.
 public struct SymbolResolver: Sendable {
     public private(set) var exports: [String: UInt64]
-    /// Function entries of verified modules (legal static-call targets).
+    /// Function entries of verified modules.
     public private(set) var moduleFunctionEntries: Set<UInt64> = []
+    /// Static-call targets trusted for keys that verified modules define (each key's
+    /// `DEFINE_STATIC_CALL` default, from the module's own signed trampoline).
+    public private(set) var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
+    /// The current state of every static-call key seen at a verified module's sites (key address
+    /// → target, 0 = NULL): a later module's sites of the same key must agree. Run-time patches
+    /// that move a whole key must record the new state (``recordStaticCallState(key:state:)``).
+    public private(set) var staticCallStates: [UInt64: UInt64] = [:]
 
     public init(coreExports: [String: UInt64]) { self.exports = coreExports }
 
@@ -130,7 +156,13 @@ public struct SymbolResolver: Sendable {
     public mutating func add(_ m: ModuleExports) {
         for (k, v) in m.symbols { exports[k] = v }
         moduleFunctionEntries.formUnion(m.functionEntries)
+        for (k, v) in m.staticCallTrustedTargets { staticCallTrustedTargets[k, default: []].formUnion(v) }
+        for (k, v) in m.staticCallStates { staticCallStates[k] = v }
     }
+
+    /// Record a static-call key's new state after an allowed run-time patch of the whole key
+    /// (every site of the key in every live module, as `__static_call_update()` writes them).
+    public mutating func recordStaticCallState(key: UInt64, state: UInt64) { staticCallStates[key] = state }
 }
 
 /// What an allowed module contributes to later modules.
@@ -138,4 +170,17 @@ public struct ModuleExports: Sendable {
     public var module: String
     public var symbols: [String: UInt64]
     public var functionEntries: Set<UInt64>
+    /// Keys this module defines → the targets trusted for them (its trampolines' compiled defaults).
+    public var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
+    /// Static-call key states seen at this module's sites and trampolines (key → target, 0 = NULL).
+    public var staticCallStates: [UInt64: UInt64] = [:]
+
+    public init(module: String, symbols: [String: UInt64], functionEntries: Set<UInt64>,
+                staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:], staticCallStates: [UInt64: UInt64] = [:]) {
+        self.module = module
+        self.symbols = symbols
+        self.functionEntries = functionEntries
+        self.staticCallTrustedTargets = staticCallTrustedTargets
+        self.staticCallStates = staticCallStates
+    }
 }

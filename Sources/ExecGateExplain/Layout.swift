@@ -18,6 +18,10 @@ struct ModuleLayout {
     var textSize: Int
     /// Whole core allocation (text + data), page-aligned.
     var coreSize: Int
+    /// `init_layout.text_size`: PAGE_ALIGN of the executable init part.
+    var initTextSize: Int
+    /// Whole init allocation.
+    var initSize: Int
     var percpuIndex: Int?
 
     static let pageSize = 4096
@@ -57,6 +61,7 @@ struct ModuleLayout {
         var initO = [Int?](repeating: nil, count: secs.count)
         var textSize = 0
         var coreSize = 0
+        var initTextSize = 0, initSize = 0
         func isInit(_ name: String) -> Bool { name.hasPrefix(".init") }
         func place(_ s: ELFSection, _ size: inout Int) -> Int? {
             let a = Int(exactly: s.addralign == 0 ? 1 : s.addralign) ?? -1
@@ -83,14 +88,15 @@ struct ModuleLayout {
                 switch m {
                 case 0:
                     size = pageAlign(size)
-                    if pass == 0 { textSize = size }
+                    if pass == 0 { textSize = size } else { initTextSize = size }
                 case 1, 4: size = pageAlign(size)
                 case 2: if pass == 0 { size = pageAlign(size) }
                 default: break
                 }
             }
-            if pass == 0 { coreSize = size }
+            if pass == 0 { coreSize = size } else { initSize = size }
         }
-        return ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: textSize, coreSize: coreSize, percpuIndex: percpu)
+        return ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: textSize, coreSize: coreSize,
+                            initTextSize: initTextSize, initSize: initSize, percpuIndex: percpu)
     }
 }

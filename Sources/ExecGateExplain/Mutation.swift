@@ -9,12 +9,20 @@
 //   jump-label       a jump-label site's jump sent to another target
 //   alternative      an alternative applied whose CPU feature the guest lacks
 //   return-thunk     a patched return site turned into a jump to another thunk
-//   static-call      a static-call site sent to a non-function address
+//   static-call      a static-call site (inline or trampoline) sent to a non-function address
+//   static-call-retarget  ... sent to another function entry not trusted for the site's key
+//   static-call-init      ... sent to a function in the core kernel's freed init text
+//   static-call-named     ... sent to a named core symbol an attacker wants (entry-code labels
+//                    such as native_irq_return_iret, commit_creds, native_write_cr4, srso_safe_ret,
+//                    start_kernel, _etext; given by the caller as `probeTargets`)
 //   padding          a zero padding byte made non-zero
+// Every allowed static-call mutation is a false accept: a retarget is legal only when the trusted
+// facts make the target legal for that key, and the retarget classes never pick such a target.
 // A byte flip or a redirected relocation inside a run-time site (jump label, static call, ftrace)
-// can land on another *legal* state (e.g. a static call to a different valid function entry when no
-// trusted key target is given): it is counted as `legalAlternative`, reported apart from false
-// accepts. With `GuestFacts.staticCallTargets` those become denials too.
+// can land on another state that the trusted facts make legal (a whole single-site key flipped);
+// only then it is counted as `legalAlternative` (the site's own check accepted the bytes), never
+// because "some function" was hit. (Cross-module overlap is a session property — which module owns
+// an address — and is tested where live ranges are kept, not by this per-module engine.)
 
 import ExecGateELF
 
@@ -47,12 +55,12 @@ struct SplitMix64 {
 
 extension Explainer {
     /// Run up to `perClass` mutations of each class on an allowed claim.
-    public func mutate(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver, perClass: Int, seed: UInt64) -> MutationReport {
+    public func mutate(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver, perClass: Int, seed: UInt64,
+                       probeTargets: [String: UInt64] = [:]) -> MutationReport {
         var report = MutationReport()
-        let s = Session(elf: elf, claim: claim, facts: facts, resolver: resolver)
-        guard (try? s.run()) != nil else { return report }
+        guard let s = try? Session(elf: elf, claim: claim, facts: facts, resolver: resolver), (try? s.run()) != nil else { return report }
         var rng = SplitMix64(state: seed)
-        let variableRanges = s.variable.map { $0.offset..<($0.offset + $0.length) }
+        let variable = s.variable
 
         func attempt(_ r: inout MutationClassReport, _ text: [UInt8], _ what: String, legalIfIn range: Range<Int>? = nil) {
             guard text != claim.text else { return }
@@ -61,7 +69,13 @@ extension Explainer {
             c.text = text
             let v = explain(elf: elf, claim: c, resolver: resolver).verdict
             if !v.isAllowed { r.denied += 1; return }
-            if let rg = range, variableRanges.contains(where: { $0.overlaps(rg) }) { r.legalAlternative += 1; return }
+            // Legal only if the run-time site the mutation hit accepts the new bytes by its rule
+            // (its legal set under the trusted facts) — the engine allowed them, so check why.
+            if let rg = range, let v = variable.first(where: { ($0.offset..<($0.offset + $0.length)).overlaps(rg) }),
+               v.check(Array(text[v.offset..<v.offset + v.length])) != nil {
+                r.legalAlternative += 1
+                return
+            }
             r.falseAccepts.append("\(r.name): \(what)")
         }
         func put(_ text: inout [UInt8], _ off: Int, _ b: [UInt8]) { for (k, x) in b.enumerated() { text[off + k] = x } }
@@ -123,8 +137,7 @@ extension Explainer {
                 let w = a.feature >> 5
                 guard w < f2.capabilities.count else { continue }
                 f2.capabilities[w] ^= 1 << UInt32(a.feature & 31)
-                let s2 = Session(elf: elf, claim: claim, facts: f2, resolver: resolver)
-                guard (try? s2.setUp()) != nil, (try? s2.relocate()) != nil, (try? s2.applyParavirt()) != nil,
+                guard let s2 = try? Session(elf: elf, claim: claim, facts: f2, resolver: resolver), (try? s2.relocate()) != nil, (try? s2.applyParavirt()) != nil,
                       (try? s2.applyRetpolines()) != nil, (try? s2.applyReturns()) != nil, (try? s2.applyAlternatives()) != nil else { continue }
                 var t = claim.text
                 for k in a.off..<a.off + a.len { t[k] = s2.image[k] }
@@ -147,22 +160,55 @@ extension Explainer {
         }
         report.classes.append(rt)
 
-        // static-call: call/jmp to a non-function address (a function entry + small offset).
-        var sc = MutationClassReport(name: "static-call")
-        let funcs = Array(s.functionEntries.union(facts.functionEntries.prefix(4096))).sorted()
-        if !s.staticSites.isEmpty && !funcs.isEmpty {
+        // static-call*: inline sites and the module's own trampolines (jmp sites).
+        let scSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64?)] =
+            s.staticSites.map { ($0.off, $0.addr, $0.tail, Optional($0.key)) } + s.trampolineSites.map { ($0.off, $0.addr, true, s.trampolineKey($0.addr)) }
+        func retarget(_ r: inout MutationClassReport, _ pick: () -> UInt64?) {
+            guard !scSites.isEmpty else { return }
             for _ in 0..<perClass {
-                let st = s.staticSites[rng.below(s.staticSites.count)]
-                var tgt = funcs[rng.below(funcs.count)] &+ UInt64(1 + rng.below(7))
-                let isEntry = s.isFunctionEntry
-                while isEntry(tgt) { tgt &+= 1 }
+                let st = scSites[rng.below(scSites.count)]
+                guard let tgt = pick() else { return }
+                if let k = st.key, s.trustedStaticCallTargets(k).contains(tgt) { continue }  // legal by the facts: not a mutation
                 guard let b = genInsn(st.tail ? 0xe9 : 0xe8, at: st.addr, to: tgt) else { continue }
                 var t = claim.text
                 put(&t, st.off, b)
-                attempt(&sc, t, "site 0x\(String(st.addr, radix: 16)) → 0x\(String(tgt, radix: 16))")
+                attempt(&r, t, "site 0x\(String(st.addr, radix: 16)) → 0x\(String(tgt, radix: 16))")
+            }
+        }
+
+        // static-call: call/jmp to a non-function address (a function entry + small offset).
+        var sc = MutationClassReport(name: "static-call")
+        let coreSample = Array(facts.functionEntries.prefix(4096))
+        let funcs = Array(s.functionEntries.union(coreSample)).sorted()
+        if !funcs.isEmpty {
+            let isEntry = s.isFunctionEntry
+            retarget(&sc) {
+                var tgt = funcs[rng.below(funcs.count)] &+ UInt64(1 + rng.below(7))
+                while isEntry(tgt) { tgt &+= 1 }
+                return tgt
             }
         }
         report.classes.append(sc)
+
+        // static-call-retarget: another real function entry (this module's, a verified module's,
+        // the core's) that the facts do not trust for the key.
+        var scr = MutationClassReport(name: "static-call-retarget")
+        let others = Array(s.functionEntries.union(resolver.moduleFunctionEntries.prefix(2048)).union(coreSample).filter { !facts.isCoreInit($0) }).sorted()
+        if !others.isEmpty { retarget(&scr) { others[rng.below(others.count)] } }
+        report.classes.append(scr)
+
+        // static-call-init: a function in the core kernel's init text (freed after boot).
+        var sci = MutationClassReport(name: "static-call-init")
+        let initFuncs = Array(facts.functionEntries.filter { facts.isCoreInit($0) }.prefix(4096)).sorted()
+        if !initFuncs.isEmpty { retarget(&sci) { initFuncs[rng.below(initFuncs.count)] } }
+        report.classes.append(sci)
+
+        // static-call-named: the symbols an attacker would pick (entry-code labels, credential and
+        // CR4 writers, labels inside instructions, freed init text).
+        var scn = MutationClassReport(name: "static-call-named")
+        let named = probeTargets.sorted { $0.key < $1.key }.map { $0.value }
+        if !named.isEmpty { retarget(&scn) { named[rng.below(named.count)] } }
+        report.classes.append(scn)
 
         // padding: a zero gap byte made non-zero.
         var pd = MutationClassReport(name: "padding")

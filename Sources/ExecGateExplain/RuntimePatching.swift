@@ -3,8 +3,8 @@
 // Run-time text patching after load: jump-label flips, static_call_update(), ftrace enable/disable.
 // These write to text that is already executable (text_poke_bp). A patch is allowed only if it
 // covers exactly one known site of verified code and writes one of that site's legal encodings
-// (NOP or jump to the site's own declared target; call/jmp to a legitimate function entry / NULL
-// forms; NOP5 or a call to a trusted ftrace entry). Anything else — another address, another
+// (NOP or jump to the site's own declared target; the NULL forms or a call/jmp to a target trusted
+// for the static-call key; NOP5 or a call to a trusted ftrace entry). Anything else — another address, another
 // length, another target — is denied.
 
 import ExecGateELF
@@ -26,6 +26,23 @@ public struct RuntimeSiteTable: @unchecked Sendable {
     /// Start addresses of the known sites.
     public var addresses: [UInt64] { sites.keys.sorted() }
 
+    /// The consistency key of the site at `address` (jump-label `static_key` or static-call key
+    /// address; the smp-lock group for lock prefixes), nil if none or no such site. A run-time
+    /// patch of a keyed site is legal only as part of a whole-key transition: every site of the
+    /// key, in every live module, to the same state (and `SymbolResolver.recordStaticCallState`
+    /// afterwards for static calls).
+    public func key(at address: UInt64) -> UInt64? { sites[address]?.group }
+
+    /// Start addresses of this module's sites of `key`.
+    public func addresses(ofKey key: UInt64) -> [UInt64] { sites.filter { $0.value.group == key }.map { $0.key }.sorted() }
+
+    /// The state the bytes at a site encode (key enabled 0/1, static-call target, 0 = NULL), nil if
+    /// not a legal encoding there.
+    public func state(address: UInt64, bytes: [UInt8]) -> UInt64? {
+        guard let s = sites[address], bytes.count == s.length else { return nil }
+        return s.check(bytes)
+    }
+
     /// Check one text_poke of `bytes` at `address`.
     public func check(address: UInt64, bytes: [UInt8]) -> RuntimePatchVerdict {
         guard let s = sites[address] else {
@@ -43,7 +60,7 @@ extension RuntimeSiteTable {
     /// The sites a successful explanation recorded, by address.
     init(session s: Session, claim: ModuleClaim) {
         var map: [UInt64: VariableSite] = [:]
-        for v in s.variable { map[claim.textBase &+ UInt64(v.offset)] = v }
+        for v in s.variable { map[s.base &+ UInt64(v.offset)] = v }
         // ftrace sites are run-time patchable even when no ftrace entry is trusted (then only NOP5).
         self.init(sites: map, module: claim.name)
     }

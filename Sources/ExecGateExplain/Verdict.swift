@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 
+import _ExecGateInternals
+
 /// Why a byte has its value.
 public enum ExplanationClass: Int, CaseIterable, Sendable, CustomStringConvertible {
     case elf = 0, relocation, paravirt, retpoline, returnThunk, alternative, endbrSeal, smpLock, ftrace,
@@ -30,6 +32,45 @@ public struct ExplainStats: Sendable {
     public var sites: [ExplanationClass: Int] = [:]
 }
 
+/// Which rule a denial is under: one code per distinct meaning (printed as `rule` in verdicts).
+public enum DenialRule: Sendable, Hashable, CustomStringConvertible {
+    /// The claim's structure contradicts `layout_sections()` or the trusted areas (size, base,
+    /// section addresses, per-cpu base).
+    case layout
+    /// The signed module's ELF could not be read.
+    case malformedELF
+    /// A loader stage could not account for a byte or refused the module (the stage's class).
+    case stage(ExplanationClass)
+    /// The module has per-cpu data but no verifiable per-cpu base (`percpu_modalloc()`).
+    case perCPU
+    /// `.modinfo` `vermagic=` missing or for another kernel release (`check_modinfo()`).
+    case vermagic
+    /// The module exports a name already exported (`verify_exported_symbols()`).
+    case duplicateExport
+    /// Module text would refer to init memory that is freed after init (the module's own `.init*`
+    /// sections from core text, or the core kernel's init text/data).
+    case initSymbol
+
+    public static let relocation = DenialRule.stage(.relocation)
+    public static let paravirt = DenialRule.stage(.paravirt)
+    public static let retpoline = DenialRule.stage(.retpoline)
+    public static let alternative = DenialRule.stage(.alternative)
+    public static let jumpLabel = DenialRule.stage(.jumpLabel)
+    public static let staticCall = DenialRule.stage(.staticCall)
+
+    public var description: String {
+        switch self {
+        case .layout: return "layout"
+        case .malformedELF: return "elf"
+        case .stage(let c): return c.description
+        case .perCPU: return "percpu"
+        case .vermagic: return "vermagic"
+        case .duplicateExport: return "duplicate-export"
+        case .initSymbol: return "init-symbol"
+        }
+    }
+}
+
 /// The first byte that could not be explained.
 public struct Denial: Sendable, CustomStringConvertible {
     public var module: String
@@ -39,13 +80,13 @@ public struct Denial: Sendable, CustomStringConvertible {
     public var address: UInt64
     public var expected: [UInt8]
     public var found: [UInt8]
-    public var rule: String
+    public var rule: DenialRule
     public var reason: String
     /// How many bytes of the executable region differ from their explanation (1 for structural
     /// denials, where no byte comparison took place).
     public var unexplainedBytes: Int
 
-    public init(module: String, section: String, offset: Int, address: UInt64, expected: [UInt8], found: [UInt8], rule: String, reason: String,
+    public init(module: String, section: String, offset: Int, address: UInt64, expected: [UInt8], found: [UInt8], rule: DenialRule, reason: String,
                 unexplainedBytes: Int = 1) {
         self.module = module; self.section = section; self.offset = offset; self.address = address
         self.expected = expected; self.found = found; self.rule = rule; self.reason = reason
@@ -53,8 +94,8 @@ public struct Denial: Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        let e = expected.map { hexByte($0) }.joined(separator: " ")
-        let f = found.map { hexByte($0) }.joined(separator: " ")
+        let e = expected.map { Hex.encode(CollectionOfOne($0)) }.joined(separator: " ")
+        let f = found.map { Hex.encode(CollectionOfOne($0)) }.joined(separator: " ")
         return "\(module): \(section)+0x\(String(offset, radix: 16)) (0x\(String(address, radix: 16))): expected [\(e)] found [\(f)]: \(rule): \(reason)"
     }
 }
@@ -72,14 +113,13 @@ public struct ExplainResult: Sendable {
     /// On allow: the module's run-time patch sites with their legal encodings (for later
     /// jump-label / static-call / ftrace patch requests).
     public var runtimeSites: RuntimeSiteTable?
+    /// On allow of a claim with an init region: its statistics and run-time sites (valid until
+    /// the VMM reports init freed; then both must be dropped and EXEC on the init pages revoked).
+    public var initStatistics: ExplainStats?
+    public var initRuntimeSites: RuntimeSiteTable?
     public init(verdict: Verdict, exports: ModuleExports?, runtimeSites: RuntimeSiteTable? = nil) {
         self.verdict = verdict
         self.exports = exports
         self.runtimeSites = runtimeSites
     }
-}
-
-func hexByte(_ b: UInt8) -> String {
-    let d = Array("0123456789abcdef")
-    return String([d[Int(b >> 4)], d[Int(b & 15)]])
 }

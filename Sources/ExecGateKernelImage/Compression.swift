@@ -43,6 +43,13 @@ public enum KernelCompression: String, Sendable, Hashable, CaseIterable {
     ///   `.decompressedTooLarge`, `.outOfMemory`.
     public func decompress(_ input: UnsafeRawBufferPointer,
                            maxOutput: Int = KernelImageLimits.maxDecompressedSize) throws(KernelImageError) -> [UInt8] {
+        try decompressStream(input, maxOutput: maxOutput).output
+    }
+
+    /// As `decompress`, also returning how many input bytes the first stream used (so callers that
+    /// need exactly one stream can refuse trailing bytes).
+    public func decompressStream(_ input: UnsafeRawBufferPointer,
+                                 maxOutput: Int = KernelImageLimits.maxDecompressedSize) throws(KernelImageError) -> (output: [UInt8], consumed: Int) {
         guard let format = shimFormat else {
             throw KernelImageError(.unsupportedCompression, "\(rawValue)-compressed payloads are not supported")
         }
@@ -63,9 +70,9 @@ public enum KernelCompression: String, Sendable, Hashable, CaseIterable {
             throw KernelImageError(.corruptPayload, "\(rawValue) stream is corrupt (near input byte \(consumed))")
         }
         // EGD_OK always sets out (possibly to a zero-length allocation).
-        guard let out else { return [] }
+        guard let out else { return ([], consumed) }
         defer { egd_free(out) }
-        return Array(UnsafeBufferPointer(start: out, count: outLen))
+        return (Array(UnsafeBufferPointer(start: out, count: outLen)), consumed)
     }
 
     /// Compresses `input` into one stream (tests and tools; `level` 0 = fast default).

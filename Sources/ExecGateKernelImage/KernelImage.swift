@@ -53,17 +53,16 @@ public struct BzImageHeader: Sendable, Hashable {
         guard BzImageHeader.looksLikeBzImage(b) else {
             throw KernelImageError(.badSetupHeader, "no 0xAA55 boot flag and \"HdrS\" at 0x202")
         }
-        func le16(_ o: Int) -> UInt16 { UInt16(b[o]) | UInt16(b[o + 1]) << 8 }
-        func le32(_ o: Int) -> UInt32 { UInt32(le16(o)) | UInt32(le16(o + 2)) << 16 }
-        let version = le16(BzImageHeader.versionOffset)
+        // Every field below lies inside the first `minimumSize` bytes, checked above.
+        let version = b.loadInteger(at: BzImageHeader.versionOffset, as: UInt16.self)
         guard version >= 0x0208 else {
             throw KernelImageError(.unsupportedBootProtocol, "boot protocol \(String(version, radix: 16)) predates payload_offset (2.08)")
         }
         let rawSects = Int(b[BzImageHeader.setupSectsOffset])
         let sects = rawSects == 0 ? 4 : rawSects
         let pmStart = (sects + 1) * 512  // at most 256 * 512: cannot overflow
-        let off = le32(BzImageHeader.payloadOffsetOffset)
-        let len = le32(BzImageHeader.payloadLengthOffset)
+        let off = b.loadInteger(at: BzImageHeader.payloadOffsetOffset, as: UInt32.self)
+        let len = b.loadInteger(at: BzImageHeader.payloadLengthOffset, as: UInt32.self)
         // UInt32 fits Int on 64-bit; the sums are checked anyway.
         let (start, o1) = pmStart.addingReportingOverflow(Int(off))
         let (end, o2) = start.addingReportingOverflow(Int(len))
@@ -155,3 +154,4 @@ public struct KernelImage: Sendable {
 }
 
 import ExecGateSignature
+import _ExecGateInternals

@@ -1,81 +1,39 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// One per connection. Turns inbound frames into replies:
-//   - refused frames (bad magic, too large) → `error` at once; bad magic also closes the stream,
-//     because after a wrong header nothing tells us where the next frame starts;
-//   - replies sent as requests, wrong versions → `error`, connection stays usable;
+// The VMM port's request processing, one frame in, one reply frame out (the connection's
+// backpressure, budget and deadlines are `BoundedFrameHandler`'s):
+//   - wrong versions, replies sent as requests → `error`, connection stays usable;
 //   - requests → decoded and judged on the thread pool, so a slow module check never blocks the
 //     event loop and pipelined requests on one connection are judged concurrently. Replies carry
 //     the request id and may be written in any order.
-// A connection with too many requests in flight stops being read until some finish (backpressure),
-// so one client cannot queue unbounded work.
 
 import ExecGateWire
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-final class RequestHandler: ChannelInboundHandler {
-    typealias InboundIn = InboundFrame
-    typealias OutboundOut = Frame
+struct RequestProcessor: Sendable {
+    let responder: RequestResponder
+    let pool: NIOThreadPool
+    let logger: Logger
+    let stats: ServerStats
+    let instanceID: [UInt8]
 
-    private let responder: RequestResponder
-    private let pool: NIOThreadPool
-    private var logger: Logger
-    private let stats: ServerStats
-    private var inFlight = 0
-    private var readPaused = false
-
-    init(responder: RequestResponder, pool: NIOThreadPool, logger: Logger, stats: ServerStats) {
-        self.responder = responder
-        self.pool = pool
-        self.logger = logger
-        self.stats = stats
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        logger[metadataKey: "conn"] = "\(ObjectIdentifier(context.channel).hashValue & 0xffff)"
-        logger.debug("connection opened")
-        context.fireChannelActive()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .refused(let id, let type, let code, let message):
-            logger.warning("frame refused", metadata: ["id": "\(id)", "type": "\(type)", "code": "\(code)", "why": "\(message)"])
-            let reply = Message.error(ErrorReply(code: code, message: message)).frame(requestID: id)
-            if code == .badMagic {
-                context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
-            } else {
-                context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
-            }
-        case .frame(let frame):
-            handle(frame, context: context)
-        }
-    }
-
-    private func handle(_ frame: Frame, context: ChannelHandlerContext) {
+    func process(_ frame: Frame, on eventLoop: EventLoop) -> EventLoopFuture<Frame> {
+        let id = frame.requestID
+        let type = frame.type
         guard frame.version == WireLimits.protocolVersion else {
-            replyError(context, frame.requestID, .unsupportedVersion,
-                       "frame version \(frame.version); this server speaks version \(WireLimits.protocolVersion)")
-            return
+            return eventLoop.makeSucceededFuture(refuse(id, type, .unsupportedVersion,
+                "frame version \(frame.version); this server speaks version \(WireLimits.protocolVersion)"))
         }
         guard frame.type.isRequest else {
-            replyError(context, frame.requestID, .badRequest, "\(frame.type) is a reply type, not a request")
-            return
+            return eventLoop.makeSucceededFuture(refuse(id, type, .badRequest, "\(frame.type) is a reply type, not a request"))
         }
-        inFlight += 1
         stats.begin()
-        if inFlight >= ServiceLimits.maximumInFlightPerConnection && !readPaused {
-            readPaused = true
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
-        }
         let responder = self.responder
         let stats = self.stats
-        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        let handlerBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        pool.runIfActive(eventLoop: context.eventLoop) { () -> Message in
+        let instanceID = self.instanceID
+        return pool.runIfActive(eventLoop: eventLoop) { () -> Message in
             let message: Message
             do {
                 message = try Message(type: frame.type, body: frame.body)
@@ -84,59 +42,47 @@ final class RequestHandler: ChannelInboundHandler {
             } catch {
                 return .error(ErrorReply(code: .malformedBody, message: "\(frame.type): \(error)"))
             }
-            if case .status = message {
+            switch message {
+            case .status:
                 return .statusReply(responder.status(uptimeMilliseconds: stats.uptimeMilliseconds, requestsServed: stats.served))
+            default:
+                var reply = responder.respond(to: message, requestDigest: responder.digest(of: frame.body))
+                switch reply {
+                case .helloReply(var h):
+                    h.instanceID = instanceID
+                    reply = .helloReply(h)
+                case .error(var e) where e.code == .unknownGuest:
+                    // An error, never a deny: nothing was judged. Say what the VMM must do.
+                    e.message += " (restore needed: after a server restart, send register-guest again, then re-present "
+                        + "every live module's evidence and current claim; docs/protocol.md, \"Restart and restore\")"
+                    reply = .error(e)
+                default: break
+                }
+                return reply
             }
-            return responder.respond(to: message, requestDigest: responder.digest(of: frame.body))
-        }.whenComplete { result in
-            let context = loopBound.value
-            let handler = handlerBound.value
-            let reply: Message
-            switch result {
-            case .success(let m): reply = m
-            case .failure(let e): reply = .error(ErrorReply(code: .unavailable, message: "not processed: \(e)"))
-            }
-            handler.finished(context: context, reply: reply, requestID: frame.requestID, type: frame.type)
+        }.map { reply in
+            stats.end()
+            log(reply, id: id, type: type)
+            return reply.frame(requestID: id)
+        }.flatMapErrorThrowing { error in
+            stats.end()
+            return Message.error(ErrorReply(code: .unavailable, message: "not processed: \(error)")).frame(requestID: id)
         }
     }
 
-    private func finished(context: ChannelHandlerContext, reply: Message, requestID: UInt64, type: MessageType) {
-        inFlight -= 1
-        stats.end()
+    private func refuse(_ id: UInt64, _ type: MessageType, _ code: WireErrorCode, _ message: String) -> Frame {
+        logger.warning("request refused", metadata: ["id": "\(id)", "code": "\(code)", "why": "\(message)"])
+        return Message.error(ErrorReply(code: code, message: message)).frame(requestID: id)
+    }
+
+    private func log(_ reply: Message, id: UInt64, type: MessageType) {
         if case .verdict(let v) = reply {
             logger.info("verdict", metadata: [
-                "id": "\(requestID)", "module": "\(v.moduleName)", "decision": "\(v.decision)",
+                "id": "\(id)", "module": "\(v.moduleName)", "decision": "\(v.decision)",
                 "reason": "\(v.reason.name)", "policy": "\(v.policyID)@\(v.policyVersion)",
             ])
         } else if case .error(let e) = reply {
-            logger.warning("request failed", metadata: ["id": "\(requestID)", "type": "\(type)", "code": "\(e.code)", "why": "\(e.message)"])
+            logger.warning("request failed", metadata: ["id": "\(id)", "type": "\(type)", "code": "\(e.code)", "why": "\(e.message)"])
         }
-        guard context.channel.isActive else { return }
-        context.writeAndFlush(wrapOutboundOut(reply.frame(requestID: requestID)), promise: nil)
-        if readPaused && inFlight < ServiceLimits.maximumInFlightPerConnection / 2 {
-            readPaused = false
-            context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
-            context.read()
-        }
-    }
-
-    private func replyError(_ context: ChannelHandlerContext, _ id: UInt64, _ code: WireErrorCode, _ message: String) {
-        logger.warning("request refused", metadata: ["id": "\(id)", "code": "\(code)", "why": "\(message)"])
-        context.writeAndFlush(wrapOutboundOut(Message.error(ErrorReply(code: code, message: message)).frame(requestID: id)), promise: nil)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // Decoder errors cannot happen (the decoder never throws on input); I/O errors end this
-        // connection only.
-        logger.debug("connection error", metadata: ["error": "\(error)"])
-        context.close(promise: nil)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        logger.debug("connection closed")
-        context.fireChannelInactive()
     }
 }
-
-@available(*, unavailable)
-extension RequestHandler: Sendable {}

@@ -3,7 +3,10 @@
 // The verifier service: SwiftNIO server on a Unix socket or AF_VSOCK, one small pipeline per
 // connection:
 //
-//     socket ─▶ ByteToMessageHandler(FrameDecoder) ─▶ RequestHandler ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler(RequestProcessor) ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//
+// Every connection of the port shares one `BufferBudget` and one `ConnectionCounter`
+// (ExecGateTransport, Budget.swift); backpressure and deadlines are its BoundedConnection.swift.
 //
 // Who can reach which port is a deployment decision documented in docs/deployment.md: the VMM
 // port is reachable only by the host (vsock) or by processes allowed to open the Unix socket
@@ -11,22 +14,18 @@
 // bounded before buffering, every body is parsed by the typed decoders, and a bad request gets
 // an `error` reply without affecting other requests or connections.
 
+import ExecGateTransport
 import ExecGateWire
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
-
-/// Named limits of the service.
+/// Named limits of the service. The per-connection and per-port limits are `TransportLimits`
+/// (ExecGateTransport, Budget.swift), shared with the admin port.
 public enum ServiceLimits {
     /// Requests one connection may have in flight before the server stops reading from it.
-    public static let maximumInFlightPerConnection = 64
+    public static let maximumInFlightPerConnection = TransportLimits.maximumInFlightPerConnection
     /// How long graceful shutdown waits for in-flight requests.
     public static let shutdownGraceSeconds: Int64 = 10
 }
@@ -37,34 +36,51 @@ public final class VerifierServer: @unchecked Sendable {
     private let pool: NIOThreadPool
     private let responder: RequestResponder
     private let logger: Logger
-    private let maximumBodySize: Int
     private var channels: [Channel] = []
     private let lock = NIOLock()
     private let stats = ServerStats()
+    public let configuration: PortLimits
+    /// Shared by every connection of every endpoint this server binds.
+    public let budget: BufferBudget
+    public let connections: ConnectionCounter
+    /// 16 random bytes, new on every start: `hello-reply` carries them so a VMM sees a restart
+    /// (and must restore its guests: docs/protocol.md, "Restart and restore").
+    public let instanceID: [UInt8]
 
     public init(responder: RequestResponder, logger: Logger, threads: Int = System.coreCount,
-                maximumBodySize: Int = WireLimits.defaultMaximumBodySize) {
+                maximumBodySize: Int = WireLimits.defaultMaximumBodySize, configuration: PortLimits? = nil) {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.pool = NIOThreadPool(numberOfThreads: max(1, threads))
         self.pool.start()
         self.responder = responder
         self.logger = logger
-        self.maximumBodySize = maximumBodySize
+        let configuration = configuration ?? PortLimits(maximumBodySize: maximumBodySize)
+        self.configuration = configuration
+        self.budget = BufferBudget(total: configuration.bufferBudget, smallFrameSize: configuration.smallFrameSize)
+        self.connections = ConnectionCounter(limit: configuration.maximumConnections)
+        var rng = SystemRandomNumberGenerator()
+        self.instanceID = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
     }
 
     /// Bind and start serving. Returns the bound channel (several endpoints may be bound).
     @discardableResult
     public func bind(_ endpoint: Endpoint) async throws -> Channel {
         let bootstrap = ServerBootstrap(group: group)
+            .acceptBackoff()
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelInitializer { [responder, pool, logger, maximumBodySize, stats] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumBodySize: maximumBodySize)))
-                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                    try channel.pipeline.syncOperations.addHandler(
-                        RequestHandler(responder: responder, pool: pool, logger: logger, stats: stats))
+            .childChannelInitializer { [responder, pool, logger, stats, configuration, budget, connections, instanceID] channel in
+                guard connections.acquire() else {
+                    logger.warning("connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in connections.release() }
+                let processor = RequestProcessor(responder: responder, pool: pool, logger: logger, stats: stats, instanceID: instanceID)
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addBoundedFrameHandlers(
+                        configuration: configuration, budget: budget, logger: logger,
+                        process: { frame, loop in processor.process(frame, on: loop) })
                 }
             }
         let channel = try await bootstrap.bind(endpoint: endpoint)
@@ -102,23 +118,4 @@ final class ServerStats: @unchecked Sendable {
     func begin() { lock.withLock { _inFlight += 1 } }
     func end() { lock.withLock { _inFlight -= 1; _served &+= 1 } }
     var uptimeMilliseconds: UInt64 { UInt64(max(0, (NIODeadline.now() - started).nanoseconds / 1_000_000)) }
-}
-
-extension ServerBootstrap {
-    /// Bind to a listening endpoint. A Unix socket replaces a stale socket file (never any other
-    /// kind of file) and is made 0600: only its owner may connect. AF_VSOCK listens on every CID.
-    public func bind(endpoint: Endpoint) async throws -> Channel {
-        switch endpoint {
-        case .unix(let path):
-            var st = stat()
-            if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
-            let channel = try await self.bind(unixDomainSocketPath: path).get()
-            chmod(path, 0o600)
-            return channel
-        case .vsock(_, let port):
-            return try await self.bind(to: VsockAddress(cid: .any, port: .init(rawValue: port))).get()
-        case .hybrid:
-            throw EndpointError(text: endpoint.description, why: "a hybrid socket is a client-side address; the vsock backend listens on it")
-        }
-    }
 }

@@ -1,27 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// gzip (for the initramfs) and xz (to take the vmlinux ELF out of a bzImage), via zlib and liblzma
-// in CExecGateSys, so building an image needs no external tools.
+// gzip for the initramfs, through the project's one compression shim (CDecompress, zlib), so
+// building an image needs no external tools. zlib's gzip wrapper writes mtime 0 and no file name:
+// the same input always gives the same bytes.
 
-import CExecGateSys
+import CDecompress
 
 public enum Compression {
     public static func gzip(_ input: [UInt8], level: Int32 = 9) throws(ServiceVMError) -> [UInt8] {
         var out: UnsafeMutablePointer<UInt8>? = nil
         var len = 0
-        let rc = input.withUnsafeBufferPointer { execgate_gzip($0.baseAddress, $0.count, level, &out, &len) }
-        guard rc == 0, let p = out else { throw .sys("gzip failed", "") }
-        defer { execgate_free(p) }
-        return Array(UnsafeBufferPointer(start: p, count: len))
-    }
-
-    /// Decompresses the first xz stream in `input`; trailing bytes are ignored.
-    public static func unxz(_ input: ArraySlice<UInt8>, maxOutput: Int = 512 << 20) throws(ServiceVMError) -> [UInt8] {
-        var out: UnsafeMutablePointer<UInt8>? = nil
-        var len = 0
-        let rc = input.withUnsafeBufferPointer { execgate_xz_decompress($0.baseAddress, $0.count, maxOutput, &out, &len) }
-        guard rc == 0, let p = out else { throw .badInput("the xz payload does not decompress") }
-        defer { execgate_free(p) }
+        let rc = input.withUnsafeBufferPointer { egd_compress(Int32(EGD_GZIP), $0.baseAddress, $0.count, level, &out, &len) }
+        guard rc == Int32(EGD_OK), let p = out else { throw .badInput("gzip failed (\(rc)) on \(input.count) bytes") }
+        defer { egd_free(p) }
         return Array(UnsafeBufferPointer(start: p, count: len))
     }
 }

@@ -8,9 +8,15 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import _ExecGateInternals
 
 public enum FS {
-    /// Reads a whole file. `limit` caps what we accept (hostile or wrong inputs must not exhaust memory).
+    /// Reads a whole file, up to end of file. `limit` caps what we accept (hostile or wrong inputs
+    /// must not exhaust memory).
+    ///
+    /// Not `Files.read` (the toolkit's reader): that one reads `st_size` bytes, and procfs/sysfs
+    /// files report size 0 — PID 1 reads /proc/cmdline and /proc/meminfo, the launcher reads
+    /// /proc/<pid>/cmdline and /proc/cpuinfo, all of which would come back empty.
     public static func read(_ path: String, limit: Int = 1 << 30) throws(ServiceVMError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .sys("cannot open", path) }
@@ -37,19 +43,11 @@ public enum FS {
         String(decoding: try read(path, limit: limit), as: UTF8.self)
     }
 
-    /// Writes `bytes` to `path` atomically (temp file in the same directory, fsync-free rename).
+    /// Writes `bytes` to `path` atomically and durably: the project's one atomic writer.
     public static func write(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws(ServiceVMError) {
-        let tmp = path + ".tmp.\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw .sys("cannot create", tmp) }
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
-            if n < 0 { if errno == EINTR { continue }; let e = errno; close(fd); unlink(tmp); throw .system("cannot write", path: tmp, errno: e) }
-            off += n
+        do { try Files.writeAtomically(path, bytes, mode: mode) } catch {
+            throw .system("cannot \(error.operation)", path: error.path, errno: error.errno)
         }
-        close(fd)
-        guard rename(tmp, path) == 0 else { let e = errno; unlink(tmp); throw .system("cannot rename to", path: path, errno: e) }
     }
 
     public static func write(_ path: String, _ text: String, mode: mode_t = 0o644) throws(ServiceVMError) {
@@ -138,16 +136,6 @@ extension String {
         while let last = s.last, last == "\n" || last == "\r" || last == " " { s = s.dropLast() }
         return String(s)
     }
-}
-
-/// Monotonic clock helpers (CLOCK_BOOTTIME inside the guest is "time since the kernel started").
-public enum Clock {
-    public static func nanos(_ id: clockid_t = CLOCK_MONOTONIC) -> UInt64 {
-        var ts = timespec()
-        clock_gettime(id, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-    public static func sinceBootMillis() -> Double { Double(nanos(CLOCK_BOOTTIME)) / 1e6 }
 }
 
 /// Runs `body` on a new detached POSIX thread (for blocking loops that must not sit on Swift's

@@ -35,8 +35,8 @@ public enum ConsoleProtocol {
     public static let fatal = "EXECGATE-FATAL"
 }
 
-/// Where the service VM's init hands over to the verifier. The executable fills these in (it links
-/// the real service); the defaults are a small stand-in so this target stays independent of it.
+/// Where the service VM's init hands over to the verifier. ExecGateHost fills these in (it links the
+/// real service), so this target stays independent of it.
 public struct GuestServiceHooks: Sendable {
     /// Runs the verifier listening on AF_VSOCK `port` until it shuts down. Must call `ready` once
     /// the socket listens (init prints the READY line then).
@@ -52,11 +52,6 @@ public struct GuestServiceHooks: Sendable {
         self.runService = runService
         self.runSelfTest = runSelfTest
     }
-
-    public static let stub = GuestServiceHooks(
-        runService: { try await StubService.run(port: $0, ready: $1) },
-        runSelfTest: { try await StubService.selfTest(port: $0, report: $1) }
-    )
 }
 
 public struct SelfTestResult: Sendable {
@@ -65,18 +60,17 @@ public struct SelfTestResult: Sendable {
     /// What was expected / seen, short.
     public var detail: String
     public var micros: Int
-    /// Extra machine-readable fields (already JSON-encoded values).
-    public var extra: [(String, String)]
+    /// Extra machine-readable fields.
+    public var extra: [(String, _ExecGateInternals.JSON)]
 
-    public init(name: String, passed: Bool, detail: String, micros: Int, extra: [(String, String)] = []) {
+    public init(name: String, passed: Bool, detail: String, micros: Int, extra: [(String, _ExecGateInternals.JSON)] = []) {
         self.name = name; self.passed = passed; self.detail = detail; self.micros = micros; self.extra = extra
     }
 
     public var json: String {
-        var fields = [("name", JSON.string(name)), ("passed", passed ? "true" : "false"),
-                      ("detail", JSON.string(detail)), ("micros", "\(micros)")]
-        fields += extra
-        return JSON.object(fields)
+        let fields: [(String, _ExecGateInternals.JSON)] = [("name", .string(name)), ("passed", .bool(passed)),
+                                                           ("detail", .string(detail)), ("micros", .int(Int64(micros)))]
+        return _ExecGateInternals.JSON.object(fields + extra).serialized()
     }
 }
 
@@ -87,7 +81,7 @@ public enum GuestInit {
     /// Runs PID 1's duties. Never returns: the guest powers off at the end.
     public static func run(hooks: GuestServiceHooks) async -> Never {
         setupConsole()
-        let t0 = Clock.sinceBootMillis()
+        let t0 = MonotonicClock.sinceBootMilliseconds()
         log("execgate init \(t0 >= 0 ? String(format1(t0)) + " ms after kernel start" : "")")
         do {
             try mountFilesystems()
@@ -97,7 +91,7 @@ public enum GuestInit {
             _ = execgate_reboot(EXECGATE_REBOOT_CAD_OFF)  // Ctrl-Alt-Del → SIGINT to us, not an instant reboot.
             startReaper()
             try loadModules(debug: opts.debug)
-            let tInit = Clock.sinceBootMillis()
+            let tInit = MonotonicClock.sinceBootMilliseconds()
             switch opts.mode {
             case .serve: try await serve(opts, hooks: hooks, kernelMs: t0, initDoneMs: tInit)
             case .test: await selfTest(opts, hooks: hooks, kernelMs: t0, initDoneMs: tInit)
@@ -127,7 +121,7 @@ public enum GuestInit {
 
     /// One console line, written with a single write(2) so lines from threads do not interleave.
     public static func log(_ message: String) {
-        emit("execgate-init: [\(format1(Clock.sinceBootMillis()))] \(message)")
+        emit("execgate-init: [\(format1(MonotonicClock.sinceBootMilliseconds()))] \(message)")
     }
 
     public static func emit(_ line: String) {
@@ -170,21 +164,21 @@ public enum GuestInit {
     static func loadModules(debug: Bool) throws(ServiceVMError) {
         let dir = ImageBuilder.GuestPaths.modules
         guard FS.isDirectory(dir) else { log("no \(dir); assuming vsock is built in"); return }
-        let t0 = Clock.nanos()
+        let t0 = MonotonicClock.nanoseconds()
         var loaded = 0
         for name in try FS.list(dir) where name.hasSuffix(".ko") {
             let path = dir + "/" + name
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { throw .sys("cannot open module", path) }
-            let s = Clock.nanos()
+            let s = MonotonicClock.nanoseconds()
             let rc = execgate_finit_module(fd, "", 0)
             let err = errno
             close(fd)
             if rc != 0 && err != EEXIST { throw .system("finit_module failed for", path: path, errno: err) }
             loaded += 1
-            if debug { log("module \(name) \(rc == 0 ? "loaded" : "already present") in \((Clock.nanos() - s) / 1000) µs") }
+            if debug { log("module \(name) \(rc == 0 ? "loaded" : "already present") in \((MonotonicClock.nanoseconds() - s) / 1000) µs") }
         }
-        log("loaded \(loaded) modules in \((Clock.nanos() - t0) / 1_000_000) ms")
+        log("loaded \(loaded) modules in \((MonotonicClock.nanoseconds() - t0) / 1_000_000) ms")
     }
 
     /// PID 1 inherits orphans; reap them so they do not pile up as zombies.
@@ -206,7 +200,7 @@ public enum GuestInit {
     static func serve(_ o: GuestOptions, hooks: GuestServiceHooks, kernelMs: Double, initDoneMs: Double) async throws {
         let port = o.port
         try await hooks.runService(port) {
-            let now = Clock.sinceBootMillis()
+            let now = MonotonicClock.sinceBootMilliseconds()
             emit("\(ConsoleProtocol.ready) vsock:any:\(port) kernel_ms=\(format1(kernelMs)) init_ms=\(format1(initDoneMs - kernelMs)) listen_ms=\(format1(now - initDoneMs))")
         }
     }
@@ -229,7 +223,7 @@ public enum GuestInit {
             }
         }
         await readyGate.wait()
-        let readyMs = Clock.sinceBootMillis()
+        let readyMs = MonotonicClock.sinceBootMilliseconds()
         emit("\(ConsoleProtocol.ready) vsock:any:\(port) kernel_ms=\(format1(kernelMs)) init_ms=\(format1(initDoneMs - kernelMs)) listen_ms=\(format1(readyMs - initDoneMs))")
         let counter = ResultCounter()
         do {
@@ -242,7 +236,7 @@ public enum GuestInit {
             emit("\(ConsoleProtocol.result) \(SelfTestResult(name: "self-test", passed: false, detail: "\(error)", micros: 0).json)")
         }
         let (passed, failed) = counter.counts
-        let endMs = Clock.sinceBootMillis()
+        let endMs = MonotonicClock.sinceBootMilliseconds()
         emit("\(ConsoleProtocol.done) " + JSON.object([
             ("passed", "\(passed)"), ("failed", "\(failed)"),
             ("kernel_ms", format1(kernelMs)), ("init_ms", format1(initDoneMs - kernelMs)),

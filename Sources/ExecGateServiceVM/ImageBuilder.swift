@@ -28,8 +28,6 @@ public struct ImageBuildOptions: Sendable {
     public var serviceKernel: String? = nil
     /// `lib/modules/<version>` of the same kernel.
     public var modulesDir: String
-    /// System.map of the same kernel (for the builtin certificates); optional.
-    public var systemMap: String?
     /// The static execgate binary to put at /init.
     public var initBinary: String
     public var outDir: String
@@ -40,13 +38,9 @@ public struct ImageBuildOptions: Sendable {
     public var force = false
     /// Also build the test initramfs.
     public var withTestImage = true
-    /// Finds the trust anchors (DER) in the vmlinux. The executable passes the project's parsing
-    /// scanner (ExecGateKernelImage, the same as `execgate keys extract`); nil → System.map, then
-    /// this target's own DER-shape scan.
-    public var certificateExtractor: (@Sendable ([UInt8]) -> [[UInt8]])? = nil
 
-    public init(kernel: String, modulesDir: String, systemMap: String?, initBinary: String, outDir: String) {
-        self.kernel = kernel; self.modulesDir = modulesDir; self.systemMap = systemMap
+    public init(kernel: String, modulesDir: String, initBinary: String, outDir: String) {
+        self.kernel = kernel; self.modulesDir = modulesDir
         self.initBinary = initBinary; self.outDir = outDir
     }
 
@@ -57,9 +51,8 @@ public struct ImageBuildOptions: Sendable {
             throw .missing("no kernel under \(boot): run `make test-data` (scripts/fetch-test-data.sh) or pass --kernel")
         }
         let version = String(vmlinuz.dropFirst("vmlinuz-".count))
-        let map = boot + "/System.map-" + version
         return ImageBuildOptions(kernel: boot + "/" + vmlinuz, modulesDir: root + "/lib/modules/" + version,
-                                 systemMap: FS.exists(map) ? map : nil, initBinary: initBinary, outDir: outDir)
+                                 initBinary: initBinary, outDir: outDir)
     }
 }
 
@@ -71,7 +64,7 @@ public struct ImageBuildResult: Sendable {
 }
 
 public enum ImageBuilder {
-    public static let builderVersion = "execgate-image-2"
+    public static let builderVersion = "execgate-image-3"
 
     /// Modules init loads, in this order (dependencies first). Paths relative to lib/modules/<v>/kernel.
     /// virtio_mmio serves `-M microvm`, virtio_pci serves `-M pc/q35`; both are small and harmless
@@ -143,11 +136,10 @@ public enum ImageBuilder {
         }
         let policyBytes = try o.policy.map { p throws(ServiceVMError) in try FS.read(p, limit: 1 << 20) }
         let adminBytes = try o.adminCertificate.map { p throws(ServiceVMError) in try FS.read(p, limit: 1 << 20) }
-        let mapText = try o.systemMap.map { p throws(ServiceVMError) in try FS.readString(p, limit: 64 << 20) }
 
         var fp = Fingerprint()
         fp.add(builderVersion)
-        fp.add(initBytes); fp.add(kernelBytes); fp.add(mapText ?? "")
+        fp.add(initBytes); fp.add(kernelBytes)
         fp.add(serviceKernelBytes == nil ? "debian-kernel-with-modules" : "service-kernel")
         fp.add(serviceKernelBytes ?? [])
         for m in moduleFiles { fp.add(m.name); fp.add(m.bytes) }
@@ -190,17 +182,11 @@ public enum ImageBuilder {
             log("image: note: \(o.kernel) has no xz-compressed ELF payload; booting the bzImage (slower under TCG)")
         }
 
-        // Trust anchors: the certificates built into the kernel.
+        // Trust anchors: the certificates built into the kernel (the same parsing scan as
+        // `execgate keys extract`: only well-formed X.509 certificates).
         var certs: [[UInt8]] = []
         if let vmlinux {
-            if let extract = o.certificateExtractor {
-                certs = extract(vmlinux)
-            } else if let mapText, let fromMap = try? GuestKernel.builtinCertificates(vmlinux: vmlinux, systemMap: mapText) {
-                certs = fromMap
-            } else {
-                // Debian ships a stub System.map; find the certificates by their DER shape instead.
-                certs = GuestKernel.scanCertificates(vmlinux: vmlinux)
-            }
+            certs = GuestKernel.builtinCertificates(vmlinux: vmlinux)
             if certs.isEmpty { log("image: warning: no certificate found in the kernel; no trust anchors in the image") }
         } else {
             log("image: warning: no vmlinux to take certificates from; no trust anchors in the image")
@@ -250,6 +236,7 @@ public enum ImageBuilder {
             ("service_kernel", o.serviceKernel ?? "debian (\(kernelVersion), with modules)"),
             ("initrd", initrdPath), ("initrd_test", o.withTestImage ? testInitrdPath : ""),
             ("init_binary", o.initBinary), ("trust_anchors", "\(certs.count)"),
+            ("admin_certificate", adminBytes != nil ? "yes" : "no"),
         ])
         try FS.write(stampPath, info)
         return result

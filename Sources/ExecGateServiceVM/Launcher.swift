@@ -14,6 +14,7 @@
 // docs/vsock.md). With neither, the VM boots anyway and we say plainly that the host cannot reach it.
 
 #if canImport(Glibc)
+import _ExecGateInternals
 import Glibc
 #elseif canImport(Musl)
 import Musl
@@ -53,6 +54,11 @@ public struct VMConfig: Sendable {
     public var qemuLog: String { stateDir + "/qemu.log" }
     public var pidFile: String { stateDir + "/qemu.pid" }
     public var infoFile: String { stateDir + "/vm.txt" }
+    /// The image's build record (`image.txt`, written by `image build` next to the initramfs).
+    public var imageInfoPath: String {
+        let dir = initrd.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        return (dir.isEmpty ? "." : dir) + "/image.txt"
+    }
     /// Marker in QEMU's command line (`-name`): identifies our process, guards against pid reuse.
     public var processMarker: String { "execgate-vm-\(name)" }
 
@@ -152,6 +158,9 @@ public struct VMStartResult: Sendable {
     public var reachableFromHost: Bool
     public var bootMillis: Int
     public var readyLine: String
+    /// The admin port (policy push/show, audit-read) when the image carries an admin certificate
+    /// (`image build --admin-cert`): the guest then listens on the verifier's port + 1.
+    public var adminAddress: String?
 }
 
 public enum Launcher {
@@ -186,7 +195,7 @@ public enum Launcher {
         var backendPid: Int32?
         if vhostUser, let command = c.vsockBackendCommand { backendPid = try VsockBackendProcess.start(c, command: command) }
         log("vm: starting '\(c.name)' (\(c.accel.accel.rawValue): \(c.accel.reason); \(c.machine.rawValue), \(c.memoryMiB) MiB, guest CID \(c.cid))")
-        let t0 = Clock.nanos()
+        let t0 = MonotonicClock.nanoseconds()
         let parent = try Subprocess.spawn(argv, outputPath: c.qemuLog)
         // With -daemonize the parent exits once QEMU is initialised (0) or failed (non-zero).
         let rc = Subprocess.wait(parent, timeoutMillis: 30_000)
@@ -196,11 +205,15 @@ public enum Launcher {
         }
         do {
             let line = try waitForReady(c, pid: pid, timeoutSeconds: c.readyTimeoutSeconds)
-            let bootMs = Int((Clock.nanos() - t0) / 1_000_000)
+            let bootMs = Int((MonotonicClock.nanoseconds() - t0) / 1_000_000)
             let address = c.hostAddress(vhostUser: vhostUser)
+            let image = ImageInfo.parse((try? FS.readString(c.imageInfoPath)) ?? "")
+            let admin = image["admin_certificate"] == "yes" ? c.hostAddress(vhostUser: vhostUser, port: c.port &+ 1) : nil
             try writeInfo(c, vhost: vhost, extra: [("state", "ready"), ("pid", "\(pid)"), ("boot_ms", "\(bootMs)"),
-                                                   ("vhost_user_vsock", vhostUser ? "yes" : "no"), ("address", address)])
-            return VMStartResult(pid: pid, address: address, reachableFromHost: vhost || vhostUser, bootMillis: bootMs, readyLine: line)
+                                                   ("vhost_user_vsock", vhostUser ? "yes" : "no"), ("address", address),
+                                                   ("admin_address", admin ?? "")])
+            return VMStartResult(pid: pid, address: address, reachableFromHost: vhost || vhostUser, bootMillis: bootMs, readyLine: line,
+                                 adminAddress: admin)
         } catch {
             // Do not leave a half-started guest behind.
             _ = stopProcess(pid, marker: c.processMarker)
@@ -211,7 +224,7 @@ public enum Launcher {
 
     /// Polls the console log for READY (or FATAL / QEMU exit).
     static func waitForReady(_ c: VMConfig, pid: Int32, timeoutSeconds: Int) throws(ServiceVMError) -> String {
-        let deadline = Clock.nanos() + UInt64(timeoutSeconds) * 1_000_000_000
+        let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds) * 1_000_000_000
         while true {
             if let text = try? FS.readString(c.consoleLog, limit: 64 << 20) {
                 for line in text.consoleLines(omittingEmpty: true) {
@@ -224,7 +237,7 @@ public enum Launcher {
             if !Subprocess.isAlive(pid, marker: c.processMarker) {
                 throw .guestDied("the VM stopped before it was ready", consoleTail: FS.tail(c.consoleLog))
             }
-            if Clock.nanos() >= deadline {
+            if MonotonicClock.nanoseconds() >= deadline {
                 throw .timeout("the verifier was not ready after \(timeoutSeconds) s; VM stopped", consoleTail: FS.tail(c.consoleLog))
             }
             usleep(50_000)
@@ -286,14 +299,14 @@ public enum Launcher {
         let qemu = try findQEMU(c.qemu)
         guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
         for f in [c.consoleLog, c.qemuLog] { FS.remove(f) }
-        let t0 = Clock.nanos()
+        let t0 = MonotonicClock.nanoseconds()
         let pid = try Subprocess.spawn(c.qemuArguments(qemuPath: qemu, vhost: false), outputPath: c.qemuLog)
         guard let rc = Subprocess.wait(pid, timeoutMillis: timeoutSeconds * 1000) else {
             kill(pid, SIGKILL)
             _ = Subprocess.wait(pid, timeoutMillis: 5000)
             throw .timeout("the test VM did not power off within \(timeoutSeconds) s", consoleTail: FS.tail(c.consoleLog))
         }
-        let ms = Int((Clock.nanos() - t0) / 1_000_000)
+        let ms = Int((MonotonicClock.nanoseconds() - t0) / 1_000_000)
         let console = (try? FS.readString(c.consoleLog, limit: 64 << 20)) ?? ""
         guard rc == 0 else {
             throw .guestDied("QEMU exited with status \(rc): \(FS.tail(c.qemuLog, lines: 5))", consoleTail: FS.tail(c.consoleLog))

@@ -4,6 +4,7 @@
 // issues with paths), stdin from /dev/null, stdout+stderr to a file.
 
 #if canImport(Glibc)
+import _ExecGateInternals
 import Glibc
 #elseif canImport(Musl)
 import Musl
@@ -52,7 +53,7 @@ public enum Subprocess {
 
     /// Waits for `pid`; returns its exit status (128+signal when killed), or nil on timeout.
     public static func wait(_ pid: pid_t, timeoutMillis: Int?) -> Int32? {
-        let deadline = timeoutMillis.map { Clock.nanos() + UInt64($0) * 1_000_000 }
+        let deadline = timeoutMillis.map { MonotonicClock.nanoseconds() + UInt64($0) * 1_000_000 }
         while true {
             var status: Int32 = 0
             let r = waitpid(pid, &status, deadline == nil ? 0 : WNOHANG)
@@ -61,7 +62,7 @@ public enum Subprocess {
                 return 128 + (status & 0x7F)
             }
             if r < 0 && errno != EINTR { return -1 }
-            if let d = deadline, Clock.nanos() >= d { return nil }
+            if let d = deadline, MonotonicClock.nanoseconds() >= d { return nil }
             if deadline != nil { usleep(20_000) }
         }
     }

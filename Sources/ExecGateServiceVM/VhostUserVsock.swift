@@ -6,6 +6,7 @@
 // then reach the verifier at `hybrid:<state-dir>/vsock.sock:<port>` (docs/vsock.md).
 
 #if canImport(Glibc)
+import _ExecGateInternals
 import Glibc
 #elseif canImport(Musl)
 import Musl
@@ -20,7 +21,10 @@ extension VMConfig {
     public var vsockBackendPidFile: String { stateDir + "/vsock-backend.pid" }
 
     /// How a host client reaches the verifier: vhost-vsock → `vsock:CID:PORT`, backend → `hybrid:…`.
-    public func hostAddress(vhostUser: Bool) -> String {
+    public func hostAddress(vhostUser: Bool) -> String { hostAddress(vhostUser: vhostUser, port: port) }
+
+    /// How a host client reaches guest port `port` (the admin port is the verifier's port + 1).
+    public func hostAddress(vhostUser: Bool, port: UInt32) -> String {
         vhostUser ? "hybrid:\(hybridSocket):\(port)" : "vsock:\(cid):\(port)"
     }
 
@@ -43,12 +47,12 @@ enum VsockBackendProcess {
         for f in [c.vhostUserSocket, c.hybridSocket, c.vsockBackendLog, c.vsockBackendPidFile] { FS.remove(f) }
         let argv = command + ["--socket", c.vhostUserSocket, "--uds", c.hybridSocket, "--guest-cid", "\(c.cid)"]
         let pid = try Subprocess.spawn(argv, outputPath: c.vsockBackendLog)
-        let deadline = Clock.nanos() + 10_000_000_000
+        let deadline = MonotonicClock.nanoseconds() + 10_000_000_000
         while !FS.exists(c.vhostUserSocket) {
             if let rc = Subprocess.wait(pid, timeoutMillis: 0) {
                 throw .guestDied("the vsock backend exited with status \(rc)", consoleTail: FS.tail(c.vsockBackendLog))
             }
-            if Clock.nanos() >= deadline {
+            if MonotonicClock.nanoseconds() >= deadline {
                 kill(pid, SIGKILL); _ = Subprocess.wait(pid, timeoutMillis: 2000)
                 throw .timeout("the vsock backend did not create \(c.vhostUserSocket)", consoleTail: FS.tail(c.vsockBackendLog))
             }

@@ -2,50 +2,25 @@
 //
 // X.509 certificates (parsed by OpenSSL) with the facts ExecGate reports and matches on.
 
+import _ExecGateInternals
 import COpenSSLShim
 
 // MARK: - Errors
 
 /// Why certificate or key bytes could not be loaded. Equality compares codes only.
-public struct CertificateError: Error, Sendable, Hashable, CustomStringConvertible {
-    public struct Code: Sendable, Hashable, CustomStringConvertible {
-        enum Backing: String, Sendable {
-            case malformedDER = "cert.malformed-der"
-            case trailingData = "cert.trailing-data"
-            case malformedPEM = "cert.malformed-pem"
-            case noCertificates = "cert.none-found"
-            case malformedKey = "key.malformed"
-            case keyDoesNotMatchCertificate = "key.cert-mismatch"
-            case generationFailed = "key.generation-failed"
-        }
-        let backing: Backing
-        public static let malformedDER = Code(backing: .malformedDER)
-        public static let trailingData = Code(backing: .trailingData)
-        public static let malformedPEM = Code(backing: .malformedPEM)
-        public static let noCertificates = Code(backing: .noCertificates)
-        public static let malformedKey = Code(backing: .malformedKey)
-        public static let keyDoesNotMatchCertificate = Code(backing: .keyDoesNotMatchCertificate)
-        public static let generationFailed = Code(backing: .generationFailed)
-        public var rawValue: String { backing.rawValue }
-        public var description: String { backing.rawValue }
-    }
-
-    public let code: Code
-    public let reason: String
-    public let file: String
-    public let line: Int
-
-    init(_ code: Code, _ reason: String, file: String = #fileID, line: Int = #line) {
-        self.code = code
-        self.reason = reason
-        self.file = file
-        self.line = line
-    }
-
-    public var description: String { "\(code): \(reason)" }
-    public static func == (a: Self, b: Self) -> Bool { a.code == b.code }
-    public func hash(into h: inout Hasher) { h.combine(code) }
+/// Stable machine codes of `CertificateError` (`"cert.…"`).
+public enum CertificateErrorCode: String, ErrorCode {
+    case malformedDER = "cert.malformed-der"
+    case trailingData = "cert.trailing-data"
+    case malformedPEM = "cert.malformed-pem"
+    case noCertificates = "cert.none-found"
+    case malformedKey = "key.malformed"
+    case keyDoesNotMatchCertificate = "key.cert-mismatch"
+    case generationFailed = "key.generation-failed"
 }
+
+/// Equality compares codes only (see `CodedError`).
+public typealias CertificateError = CodedError<CertificateErrorCode>
 
 // MARK: - Shim helpers
 

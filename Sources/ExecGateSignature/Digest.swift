@@ -3,6 +3,7 @@
 // Digests over borrowed buffers (OpenSSL's EVP_Digest; SHA-NI where the CPU has it).
 
 import COpenSSLShim
+import _ExecGateInternals
 
 // MARK: - DigestAlgorithm
 

@@ -34,63 +34,29 @@
 
 // MARK: - Errors
 
-/// Why a trailer could not be parsed. Equality compares codes only.
-public struct ModuleSignatureTrailerError: Error, Sendable, Hashable, CustomStringConvertible {
-    /// Stable machine codes ("trailer.no-magic", ...).
-    public struct Code: Sendable, Hashable, CustomStringConvertible {
-        enum Backing: String, Sendable {
-            case tooShortForMagic = "trailer.too-short-for-magic"
-            case noMagic = "trailer.no-magic"
-            case tooShortForStruct = "trailer.too-short-for-struct"
-            case nonZeroAlgo = "trailer.nonzero-algo"
-            case nonZeroHash = "trailer.nonzero-hash"
-            case nonZeroSignerLen = "trailer.nonzero-signer-len"
-            case nonZeroKeyIDLen = "trailer.nonzero-key-id-len"
-            case nonZeroPad = "trailer.nonzero-pad"
-            case notPKCS7 = "trailer.id-type-not-pkcs7"
-            case zeroSignatureLength = "trailer.sig-len-zero"
-            case signatureLengthTooLarge = "trailer.sig-len-too-large"
-        }
-        let backing: Backing
-
-        /// The file is shorter than the 28-byte magic.
-        public static let tooShortForMagic = Code(backing: .tooShortForMagic)
-        /// No magic at the end: the module is not signed.
-        public static let noMagic = Code(backing: .noMagic)
-        /// Magic present but fewer than 12 bytes before it for `struct module_signature`.
-        public static let tooShortForStruct = Code(backing: .tooShortForStruct)
-        public static let nonZeroAlgo = Code(backing: .nonZeroAlgo)
-        public static let nonZeroHash = Code(backing: .nonZeroHash)
-        public static let nonZeroSignerLen = Code(backing: .nonZeroSignerLen)
-        public static let nonZeroKeyIDLen = Code(backing: .nonZeroKeyIDLen)
-        public static let nonZeroPad = Code(backing: .nonZeroPad)
-        /// `id_type` is not `PKEY_ID_PKCS7` (2).
-        public static let notPKCS7 = Code(backing: .notPKCS7)
-        public static let zeroSignatureLength = Code(backing: .zeroSignatureLength)
-        /// `sig_len` reaches past the start of the file (or leaves no module bytes).
-        public static let signatureLengthTooLarge = Code(backing: .signatureLengthTooLarge)
-
-        /// The stable string form.
-        public var rawValue: String { backing.rawValue }
-        public var description: String { backing.rawValue }
-    }
-
-    public let code: Code
-    public let reason: String
-    public let file: String
-    public let line: Int
-
-    init(_ code: Code, _ reason: String, file: String = #fileID, line: Int = #line) {
-        self.code = code
-        self.reason = reason
-        self.file = file
-        self.line = line
-    }
-
-    public var description: String { "\(code): \(reason)" }
-    public static func == (a: Self, b: Self) -> Bool { a.code == b.code }
-    public func hash(into h: inout Hasher) { h.combine(code) }
+/// Why a trailer could not be parsed: stable machine codes of `ModuleSignatureTrailerError`.
+import _ExecGateInternals
+public enum ModuleSignatureTrailerErrorCode: String, ErrorCode {
+    /// The file is shorter than the 28-byte magic.
+    case tooShortForMagic = "trailer.too-short-for-magic"
+    /// No magic at the end: the module is not signed.
+    case noMagic = "trailer.no-magic"
+    /// Magic present but fewer than 12 bytes before it for `struct module_signature`.
+    case tooShortForStruct = "trailer.too-short-for-struct"
+    case nonZeroAlgo = "trailer.nonzero-algo"
+    case nonZeroHash = "trailer.nonzero-hash"
+    case nonZeroSignerLen = "trailer.nonzero-signer-len"
+    case nonZeroKeyIDLen = "trailer.nonzero-key-id-len"
+    case nonZeroPad = "trailer.nonzero-pad"
+    /// `id_type` is not `PKEY_ID_PKCS7` (2).
+    case notPKCS7 = "trailer.id-type-not-pkcs7"
+    case zeroSignatureLength = "trailer.sig-len-zero"
+    /// `sig_len` reaches past the start of the file (or leaves no module bytes).
+    case signatureLengthTooLarge = "trailer.sig-len-too-large"
 }
+
+/// Equality compares codes only (see `CodedError`).
+public typealias ModuleSignatureTrailerError = CodedError<ModuleSignatureTrailerErrorCode>
 
 // MARK: - Trailer
 

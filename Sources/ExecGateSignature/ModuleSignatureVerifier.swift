@@ -21,6 +21,7 @@
 // does not check those for module signatures either.
 
 import COpenSSLShim
+import _ExecGateInternals
 
 // MARK: - CMS handle (internal)
 

@@ -2,50 +2,26 @@
 //
 // Signing modules in exactly scripts/sign-file.c's format, and generating signing keys.
 
+import _ExecGateInternals
 import COpenSSLShim
 
 // MARK: - Errors
 
 /// Why signing failed. Equality compares codes only.
-public struct SigningError: Error, Sendable, Hashable, CustomStringConvertible {
-    public struct Code: Sendable, Hashable, CustomStringConvertible {
-        enum Backing: String, Sendable {
-            case alreadySigned = "sign.already-signed"
-            case malformedExistingSignature = "sign.malformed-existing-signature"
-            case keyDoesNotMatchCertificate = "sign.key-cert-mismatch"
-            case emptyModule = "sign.empty-module"
-            case signatureTooLarge = "sign.signature-too-large"
-            case openSSLFailure = "sign.openssl-failure"
-        }
-        let backing: Backing
-        /// The input already ends with a signature and `existingSignature` is `.refuse`.
-        public static let alreadySigned = Code(backing: .alreadySigned)
-        /// `.replace` was asked but the existing trailer does not parse.
-        public static let malformedExistingSignature = Code(backing: .malformedExistingSignature)
-        public static let keyDoesNotMatchCertificate = Code(backing: .keyDoesNotMatchCertificate)
-        public static let emptyModule = Code(backing: .emptyModule)
-        public static let signatureTooLarge = Code(backing: .signatureTooLarge)
-        public static let openSSLFailure = Code(backing: .openSSLFailure)
-        public var rawValue: String { backing.rawValue }
-        public var description: String { backing.rawValue }
-    }
-
-    public let code: Code
-    public let reason: String
-    public let file: String
-    public let line: Int
-
-    init(_ code: Code, _ reason: String, file: String = #fileID, line: Int = #line) {
-        self.code = code
-        self.reason = reason
-        self.file = file
-        self.line = line
-    }
-
-    public var description: String { "\(code): \(reason)" }
-    public static func == (a: Self, b: Self) -> Bool { a.code == b.code }
-    public func hash(into h: inout Hasher) { h.combine(code) }
+/// Stable machine codes of `SigningError` (`"sign.…"`).
+public enum SigningErrorCode: String, ErrorCode {
+    /// The input already ends with a signature and `existingSignature` is `.refuse`.
+    case alreadySigned = "sign.already-signed"
+    /// `.replace` was asked but the existing trailer does not parse.
+    case malformedExistingSignature = "sign.malformed-existing-signature"
+    case keyDoesNotMatchCertificate = "sign.key-cert-mismatch"
+    case emptyModule = "sign.empty-module"
+    case signatureTooLarge = "sign.signature-too-large"
+    case openSSLFailure = "sign.openssl-failure"
 }
+
+/// Equality compares codes only (see `CodedError`).
+public typealias SigningError = CodedError<SigningErrorCode>
 
 // MARK: - Signer
 

@@ -5,6 +5,8 @@
 // and mapped here from the region's fd. Every translation checks that the whole [addr, addr+len)
 // lies inside one region, with overflow-free arithmetic; nothing outside is ever dereferenced.
 
+import CExecGateVsockSys
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -81,9 +83,19 @@ public final class GuestMemory: @unchecked Sendable {
             throw VhostUserError(.badMemory, "region gpa 0x\(String(guestPhysAddr, radix: 16)) size \(size) offset \(mmapOffset) overflows")
         }
         guard regions.count < Limits.maxMemoryRegions else { throw VhostUserError(.badMemory, "more than \(Limits.maxMemoryRegions) regions") }
-        // Touching a mapping past the end of its file raises SIGBUS: the region must lie inside the
-        // file as it is now. (A frontend that shrinks the file later can still do that; the
-        // frontend — QEMU — is trusted with our address space as much as with the guest's RAM.)
+        // Touching a mapping past the end of its file raises SIGBUS, which would kill the whole
+        // backend. Checking the size now is not enough (the frontend could ftruncate the file
+        // later), so the file must be sealed against shrinking: F_SEAL_SHRINK cannot be removed
+        // once set, so the size checked below holds for the life of the mapping. QEMU's
+        // `memory-backend-memfd` seals F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL by default
+        // (backends/hostmem-memfd.c: `m->seal = true` in memfd_backend_instance_init); a
+        // `memory-backend-file` (or `seal=off`) cannot be sealed and is refused here.
+        let seals = egv_get_seals(fd)
+        guard seals >= 0, seals & EGV_F_SEAL_SHRINK != 0 else {
+            throw VhostUserError(.badMemory, seals < 0
+                ? "region fd cannot be sealed (errno \(errno)): use memory-backend-memfd (sealed by default)"
+                : "region fd is not sealed against shrinking (F_SEAL_SHRINK): use memory-backend-memfd with seal=on")
+        }
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_size >= 0, Int(st.st_size) >= total else {
             throw VhostUserError(.badMemory, "region of \(total) bytes exceeds its file (\(st.st_size) bytes)")

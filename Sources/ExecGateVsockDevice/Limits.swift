@@ -13,8 +13,12 @@ public enum Limits {
     public static let queueCount = 3
     /// Largest split-virtqueue size (virtio 1.2 § 2.7: Queue Size ≤ 32768, a power of 2).
     public static let maxQueueSize = 32768
-    /// Seconds a half-sent vhost-user message may take before the session is dropped.
+    /// Seconds a blocked send to the frontend may take (SO_SNDTIMEO) before the session is dropped.
     public static let vhostUserReadTimeoutSeconds = 2
+    /// Milliseconds one whole vhost-user message (header, payload, fds) may take from its first
+    /// byte: one deadline per message, not per recv(), so the backend's only thread is never
+    /// held longer than this by a trickling frontend.
+    public static let vhostUserMessageDeadlineMillis = 2000
 
     // MARK: - vsock packets
     /// Largest payload of one packet, either direction (Linux: VIRTIO_VSOCK_MAX_PKT_BUF_SIZE 64 KiB).

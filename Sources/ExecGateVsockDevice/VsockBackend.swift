@@ -52,7 +52,7 @@ public final class VsockBackend: @unchecked Sendable {
         let deadline: UInt64
     }
 
-    /// Binds both sockets (stale socket files are replaced).
+    /// Binds both sockets (stale socket files are replaced; live sockets and other files are refused).
     public init(config: VsockBackendConfig) throws(BackendError) {
         self.config = config
         guard config.guestCID >= 3, config.guestCID < UInt64(UInt32.max) else { throw BackendError("guest CID \(config.guestCID): must be 3…2^32-2") }
@@ -72,7 +72,10 @@ public final class VsockBackend: @unchecked Sendable {
 
     static func listen(_ path: String) throws(BackendError) -> Int32 {
         guard path.utf8.count < Limits.maxUnixPath else { throw BackendError("socket path longer than \(Limits.maxUnixPath - 1) bytes: \(path)") }
-        unlink(path)
+        // Never unlink a live socket or a file of another kind; created 0600 (SocketPath.swift).
+        let claim: SocketPath.Claim
+        do { claim = try SocketPath.claim(path) } catch { throw BackendError("\(error)") }
+        defer { claim.finish() }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw BackendError("socket", errno: errno) }
         var addr = sockaddr_un.make(path)
@@ -265,35 +268,55 @@ public final class VsockBackend: @unchecked Sendable {
         }
     }
 
-    /// Reads one message. nil: orderly disconnect.
+    /// Reads one message. nil: orderly disconnect. The whole message (header, payload, fds) must
+    /// arrive within `Limits.vhostUserMessageDeadlineMillis` of its first byte: one deadline per
+    /// message, not per recv(), so a frontend trickling bytes cannot stall the only thread for
+    /// more than that (the session then ends; only this frontend's).
     private func readMessage(_ fd: Int32) throws(VhostUserError) -> VhostUserMessage? {
+        let deadline = Clock.nanos() + UInt64(Limits.vhostUserMessageDeadlineMillis) * 1_000_000
         var hdr = [UInt8](repeating: 0, count: VhostUserHeader.size)
         var fds = [Int32](repeating: -1, count: Limits.maxMemoryRegions)
         var nfds: Int32 = 0, truncated: Int32 = 0
+        try waitReadable(fd, until: deadline)
         let n = hdr.withUnsafeMutableBytes { egv_recv_with_fds(fd, $0.baseAddress, 12, &fds, Int32(Limits.maxMemoryRegions), &nfds, &truncated) }
-        var owned = Array(fds.prefix(Int(nfds)))
+        var owned = Array(fds.prefix(Int(max(0, nfds))))
         var ok = false
         defer { if !ok { owned.forEach { close($0) } } }
         if n == 0 { return nil }
         guard n > 0 else { throw VhostUserError(.io, "recvmsg: errno \(errno)") }
         guard truncated == 0 else { throw VhostUserError(.badPayload, "too many fds") }
-        if n < 12 { try readExactly(fd, &hdr, from: n) }
+        if n < 12 { try readExactly(fd, &hdr, from: n, until: deadline) }
         let header = try VhostUserHeader(bytes: hdr)
         var payload = [UInt8](repeating: 0, count: Int(header.size))
-        if header.size > 0 { try readExactly(fd, &payload, from: 0) }
+        if header.size > 0 { try readExactly(fd, &payload, from: 0, until: deadline) }
         ok = true
         let result = VhostUserMessage(header: header, payload: payload, fds: owned)
         owned = []
         return result
     }
 
-    private func readExactly(_ fd: Int32, _ buf: inout [UInt8], from start: Int) throws(VhostUserError) {
+    /// poll(2) until `fd` is readable or the message deadline passes.
+    private func waitReadable(_ fd: Int32, until deadline: UInt64) throws(VhostUserError) {
+        while true {
+            let now = Clock.nanos()
+            guard now < deadline else {
+                throw VhostUserError(.truncated, "message not complete within \(Limits.vhostUserMessageDeadlineMillis) ms")
+            }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let r = poll(&p, 1, Int32(clamping: (deadline - now) / 1_000_000 + 1))
+            if r > 0 { return }
+            if r < 0 && errno != EINTR { throw VhostUserError(.io, "poll: errno \(errno)") }
+        }
+    }
+
+    private func readExactly(_ fd: Int32, _ buf: inout [UInt8], from start: Int, until deadline: UInt64) throws(VhostUserError) {
         var off = start
         let count = buf.count
         while off < count {
-            let r = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + off, count - off, 0) }  // Safe: count > off ≥ 0, so non-empty.
+            try waitReadable(fd, until: deadline)
+            let r = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + off, count - off, Int32(MSG_DONTWAIT)) }  // Safe: count > off ≥ 0, so non-empty.
             if r > 0 { off += r; continue }
-            if r < 0 && errno == EINTR { continue }
+            if r < 0 && (errno == EINTR || errno == EAGAIN) { continue }
             throw VhostUserError(.truncated, r == 0 ? "frontend closed mid-message" : "recv: errno \(errno)")
         }
     }

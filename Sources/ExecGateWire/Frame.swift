@@ -37,9 +37,15 @@ public enum WireLimits {
     public static let protocolVersion: UInt16 = 1
     /// Size of the fixed frame header in bytes.
     public static let headerSize = 20
-    /// Default largest body a receiver accepts: 64 MiB (the largest Debian 6.1 module is ~15 MiB
-    /// and a claim carries its executable bytes beside it).
-    public static let defaultMaximumBodySize = 64 << 20
+    /// Default largest body a receiver accepts: 28 MiB = 29,360,128 bytes. Sized to the largest
+    /// real module plus its heaviest legal claim, not more: Debian 6.1's largest module,
+    /// `amdgpu.ko`, is 19,462,545 bytes; its claim carrying both forms at once (every executable
+    /// section's bytes, 4,850,199, and the whole executable region, 4,853,760 page-rounded, plus
+    /// 47 section addresses) makes an authorize-module body of 29,168,501 bytes
+    /// (`WireLimitsTests.testMaximumBodyFitsTheLargestRealModuleAndItsClaim` recomputes it).
+    /// A server buffers at most one body of this size at a time across all connections
+    /// (ExecGateTransport `BufferBudget`), so this is also most of its memory budget.
+    public static let defaultMaximumBodySize = 28 << 20
     /// Absolute cap on any configured maximum: the length field is u32, but nobody needs > 256 MiB.
     public static let absoluteMaximumBodySize = 256 << 20
     /// Deepest nesting of TLV lists a decoder follows.
@@ -47,6 +53,11 @@ public enum WireLimits {
     /// Most section claims in one authorize-module request (a module has < 100 sections; 6.1 caps
     /// e_shnum at 65535, we cap the claim far lower).
     public static let maximumSectionClaims = 1024
+    /// Most `check` entries in one verdict (the verifier runs fewer than 16 checks).
+    public static let maximumVerdictChecks = 64
+    /// Most unknown non-critical fields one body may carry (skipped unread): room for a much
+    /// newer peer, while the first pass over any body visits a bounded number of fields.
+    public static let maximumUnknownFields = 256
     /// Longest string field (names, messages) in bytes.
     public static let maximumStringLength = 64 << 10
 }

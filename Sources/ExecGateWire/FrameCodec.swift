@@ -12,6 +12,11 @@
 // An oversized body is never buffered: its bytes are dropped as they arrive, so a peer cannot
 // make the receiver allocate more than `maximumBodySize` for one frame, and the connection stays
 // usable afterwards.
+//
+// A server also bounds what all its connections buffer together: `admitBody` is asked at the
+// header, before a byte of the body is kept. When it refuses, the decoder emits
+// `.refused(unavailable)` and discards the body exactly as for an oversized one (the
+// `waitingForHeader ──▶ discarding` edge above), so the refused peer costs no memory.
 
 import NIOCore
 
@@ -35,6 +40,22 @@ public struct FrameDecoder: ByteToMessageDecoder {
 
     private var state: State = .waitingForHeader
     public let maximumBodySize: Int
+    /// Asked once per frame at its header with the body length (after the size check). Returns
+    /// nil to buffer the body, or a message to refuse it with `unavailable`. nil = admit all.
+    /// A server uses it to reserve the body's bytes in a budget shared by all connections.
+    public var admitBody: ((Int) -> String?)?
+
+    /// The body length this decoder is buffering right now (admitted, not yet complete), or nil.
+    public var awaitingBodyLength: Int? {
+        if case .waitingForBody(_, _, _, let length) = state { return length }
+        return nil
+    }
+
+    /// True between frames: no header, body or discard in progress (buffered bytes aside).
+    public var isBetweenFrames: Bool {
+        if case .waitingForHeader = state { return true }
+        return false
+    }
 
     public init(maximumBodySize: Int = WireLimits.defaultMaximumBodySize) {
         self.maximumBodySize = min(maximumBodySize, WireLimits.absoluteMaximumBodySize)
@@ -97,6 +118,10 @@ public struct FrameDecoder: ByteToMessageDecoder {
                     state = .discarding(remaining: Int(length32))
                     return .refused(requestID: requestID, type: type, code: .frameTooLarge,
                                     message: "body of \(length32) bytes exceeds the limit of \(maximumBodySize)")
+                }
+                if let admit = admitBody, let refusal = admit(length) {
+                    state = .discarding(remaining: length)
+                    return .refused(requestID: requestID, type: type, code: .unavailable, message: refusal)
                 }
                 state = .waitingForBody(version: version, type: type, requestID: requestID, length: length)
             case .waitingForBody(let version, let type, let requestID, let length):

@@ -41,24 +41,34 @@ public struct HelloReply: Sendable, Equatable {
     public var version: UInt16
     public var serverName: String
     public var maximumBodySize: UInt32
+    /// Tag 4: 16 random bytes chosen when the server process started. A different value on a
+    /// later hello means the server restarted and lost every guest: the VMM must restore them
+    /// (docs/protocol.md, "Restart and restore"). Empty from a server that does not send it.
+    public var instanceID: [UInt8]
 
-    public init(version: UInt16, serverName: String, maximumBodySize: UInt32) {
+    public init(version: UInt16, serverName: String, maximumBodySize: UInt32, instanceID: [UInt8] = []) {
         self.version = version
         self.serverName = serverName
         self.maximumBodySize = maximumBodySize
+        self.instanceID = instanceID
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "hello-reply", known: [1, 2, 3])
+        let r = try TLVReader(body, message: "hello-reply", known: [1, 2, 3, 4])
         version = try r.requiredInteger(1, "version")
         serverName = try r.string(2, "server_name") ?? ""
         maximumBodySize = try r.requiredInteger(3, "max_body")
+        instanceID = try r.optional(4, "instance_id").map { Array(buffer: $0) } ?? []
+        guard instanceID.count <= 64 else {
+            throw WireDecodeError(.invalidValue, field: "hello-reply.instance_id", "\(instanceID.count) bytes; at most 64")
+        }
     }
 
     public func encode(into w: inout TLVWriter) {
         w.u16(1, version)
         w.string(2, serverName)
         w.u32(3, maximumBodySize)
+        if !instanceID.isEmpty { w.bytes(4, instanceID) }
     }
 }
 
@@ -286,7 +296,7 @@ public struct AuthorizeModule: Sendable, Equatable {
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "authorize-module", known: Set(1...7))
+        let r = try TLVReader(body, message: "authorize-module", known: Set(1...7), repeated: [Tag.section: WireLimits.maximumSectionClaims])
         guestID = try r.string(Tag.guestID, "guest_id") ?? ""
         module = try r.required(Tag.module, "module")
         let raw = r.all(Tag.section)
@@ -403,7 +413,7 @@ public struct Verdict: Sendable, Equatable {
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "verdict", known: Set(1...11))
+        let r = try TLVReader(body, message: "verdict", known: Set(1...11), repeated: [5: WireLimits.maximumVerdictChecks])
         let d: UInt8 = try r.requiredInteger(1, "decision")
         guard let decision = Decision(rawValue: d) else {
             throw WireDecodeError(.invalidValue, field: "verdict.decision", "\(d) is neither 0 (deny) nor 1 (allow)")

@@ -101,7 +101,17 @@ public struct TLVField: Sendable {
     public var value: ByteBuffer
 }
 
-/// Splits a body into fields (pass 1: bounds only), then offers typed accessors (pass 2).
+/// Splits a body into fields (pass 1: bounds, counts and duplicates), then offers typed
+/// accessors (pass 2).
+///
+/// Pass 1 bounds the work a body can cost before anything is allocated per field: a known tag
+/// not listed in `repeated` is singular, and its second copy fails the body at once
+/// (`duplicateField`); a repeated tag fails once it exceeds its cap (`tooManyItems`). So the
+/// field list never holds more than `known.count + Σ repeated caps` entries, whatever the body's
+/// size (a 64 MiB body of 6-byte empty fields is 11 million fields: before these caps, decoding
+/// it cost ~1.5 GB of field list). Unknown non-critical fields are skipped without being stored,
+/// at most `WireLimits.maximumUnknownFields` of them (`tooManyItems` after), so the first pass
+/// also visits a bounded number of fields whatever the body's size.
 public struct TLVReader {
     public private(set) var fields: [TLVField] = []
     private let message: String
@@ -110,10 +120,17 @@ public struct TLVReader {
     ///   - body: the body slice; not copied.
     ///   - message: a name for error messages (e.g. "authorize-module").
     ///   - known: the tags this message defines; unknown critical tags are rejected.
-    /// - Throws: `WireDecodeError` `.truncatedField`, `.fieldLengthExceedsBody`, `.unknownCriticalField`.
-    public init(_ body: ByteBuffer, message: String, known: Set<UInt16>) throws {
+    ///   - repeated: the tags that may occur more than once, each with the most copies allowed.
+    ///     Every other known tag is singular.
+    /// - Throws: `WireDecodeError` `.truncatedField`, `.fieldLengthExceedsBody`, `.unknownCriticalField`,
+    ///   `.duplicateField` (a singular tag twice), `.tooManyItems` (a repeated tag over its cap, or
+    ///   more than `WireLimits.maximumUnknownFields` unknown fields).
+    public init(_ body: ByteBuffer, message: String, known: Set<UInt16>, repeated: [UInt16: Int] = [:]) throws {
         self.message = message
         var body = body
+        // Counts per tag, bounded by `known` (≤ 64 Ki entries, in practice < 20).
+        var seen: [UInt16: Int] = [:]
+        var unknown = 0
         while body.readableBytes > 0 {
             guard let tag = body.readInteger(as: UInt16.self), let len = body.readInteger(as: UInt32.self) else {
                 throw WireDecodeError(.truncatedField, field: message, "\(body.readableBytes) stray bytes at end of body")
@@ -124,8 +141,21 @@ public struct TLVReader {
             }
             if !known.contains(tag) {
                 if tag & 0x8000 != 0 { throw WireDecodeError(.unknownCriticalField, field: "\(message).\(tag)") }
+                unknown += 1
+                guard unknown <= WireLimits.maximumUnknownFields else {
+                    throw WireDecodeError(.tooManyItems, field: message, "more than \(WireLimits.maximumUnknownFields) unknown fields")
+                }
                 continue  // Non-critical field from a newer peer: skipped, by the spec.
             }
+            let count = seen[tag, default: 0] + 1
+            if let cap = repeated[tag] {
+                guard count <= cap else {
+                    throw WireDecodeError(.tooManyItems, field: "\(message).\(tag)", "more than \(cap) copies")
+                }
+            } else if count > 1 {
+                throw WireDecodeError(.duplicateField, field: "\(message).\(tag)", "a singular field occurs twice")
+            }
+            seen[tag] = count
             fields.append(TLVField(tag: tag, value: value))
         }
     }

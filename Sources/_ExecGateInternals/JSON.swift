@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // A small JSON value and writer for `--json` output, audit records and structured logs. Not API.
-// (No Foundation: the binary is also the service VM's /init.) Output is one line, keys in the
+// Written without Foundation so the service VM's /init does not need it for JSON. (The binary as a
+// whole still links FoundationEssentials through swift-argument-parser and the capture reader's
+// JSONDecoder; see ServiceVM/README.md.) Output is one line, keys in the
 // order given, so records are stable and diffable.
 
 public enum JSON: Sendable, Equatable {
@@ -65,15 +67,5 @@ public enum JSON: Sendable, Equatable {
             }
         }
         out += "\""
-    }
-}
-
-public enum Hex {
-    public static func string<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
-        let digits = Array("0123456789abcdef".utf8)
-        var out = [UInt8]()
-        out.reserveCapacity(bytes.count * 2)
-        for b in bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 0xf)]) }
-        return String(decoding: out, as: UTF8.self)
     }
 }

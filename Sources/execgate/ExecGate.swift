@@ -4,6 +4,7 @@
 // This target only parses arguments and calls into the libraries.
 
 import ArgumentParser
+import ExecGateHost
 
 @main
 struct ExecGate: AsyncParsableCommand {
@@ -33,8 +34,4 @@ struct ExecGate: AsyncParsableCommand {
 struct VersionCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "version", abstract: "Print the ExecGate version.")
     func run() throws { print(ExecGateVersion.string) }
-}
-
-enum ExecGateVersion {
-    static let string = "execgate 0.1.0 (wire protocol v1)"
 }

@@ -30,19 +30,11 @@ let captureTestModules = ["crc32c_intel", "aesni_intel", "sha256_ssse3", "chacha
                           "kvm", "8021q", "virtio_net", "tun", "fuse", "xxhash_generic"]
 
 final class CaptureToolBootTests: XCTestCase {
-    var required: Bool { ProcessInfo.processInfo.environment["EXECGATE_VM_TEST"] == "1" }
-
     func prerequisites() throws -> (kernel: String, initBinary: String) {
-        func missing(_ what: String) throws -> Never {
-            if required { XCTFail("execgate capture test: \(what)"); throw XCTSkip(what) }
-            throw XCTSkip(what)
-        }
         let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
-        if !FS.isDirectory(kernel + "/boot") { try missing("no unpacked kernel at \(kernel): run `make test-data`") }
-        if Subprocess.which("qemu-system-x86_64") == nil { try missing("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)") }
-        let initBinary = Fixtures.packageRoot + "/.build-static/release/execgate"
-        if !FS.exists(initBinary) { try missing("no static execgate at \(initBinary): run `make image`") }
-        return (kernel, initBinary)
+        try VMTestInputs.requireFile(kernel + "/boot", "unpacked Debian kernel", make: "make test-data")
+        let vm = try requireVM(image: false)
+        return (kernel, vm.staticExecgate)
     }
 
     func capture(kaslr: Bool) throws -> CaptureSummary {
@@ -190,7 +182,7 @@ final class CaptureToolUnitTests: XCTestCase {
 
     func testUnknownAndBuiltinModuleNamesAreUsageErrors() throws {
         let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
-        guard FS.isDirectory(kernel + "/boot") else { throw XCTSkip("no unpacked kernel at \(kernel)") }
+        try VMTestInputs.requireFile(kernel + "/boot", "unpacked Debian kernel", make: "make test-data")
         let out = Fixtures.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
         // /bin/sh stands in for the init binary: the names are refused before anything is built or booted.
@@ -216,7 +208,8 @@ final class CaptureToolUnitTests: XCTestCase {
 
     func testCompressedModulesAreFoundAndDecompressed() throws {
         let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
-        guard let tree = try? KernelTree.open(directory: kernel) else { throw XCTSkip("no unpacked kernel at \(kernel)") }
+        try VMTestInputs.requireFile(kernel + "/boot", "unpacked Debian kernel", make: "make test-data")
+        let tree = try KernelTree.open(directory: kernel)
         let real = try ModuleIndex(modulesDir: tree.modulesDir)
         let dir = Fixtures.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -233,7 +226,8 @@ final class CaptureToolUnitTests: XCTestCase {
 
     func testDependencyClosureOfRealModules() throws {
         let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
-        guard let tree = try? KernelTree.open(directory: kernel) else { throw XCTSkip("no unpacked kernel at \(kernel)") }
+        try VMTestInputs.requireFile(kernel + "/boot", "unpacked Debian kernel", make: "make test-data")
+        let tree = try KernelTree.open(directory: kernel)
         let index = try ModuleIndex(modulesDir: tree.modulesDir)
         let (order, deps) = try index.closure(["8021q", "kvm"])
         XCTAssertEqual(Set(order), ["llc", "stp", "garp", "mrp", "8021q", "irqbypass", "kvm"])
@@ -243,5 +237,32 @@ final class CaptureToolUnitTests: XCTestCase {
         }
         XCTAssertTrue(index.modulesDep(["stp"], depends: deps).hasPrefix("kernel/net/802/stp.ko: kernel/net/llc/llc.ko"))
         XCTAssertEqual(tree.linkTimeText().address, 0xffff_ffff_8100_0000)
+    }
+}
+
+/// A module tree laid out the way Debian's 6.12 packages ship it: `.ko.xz` files, and drivers such
+/// as virtio_pci built in (listed in modules.builtin, no file).
+final class CompressedModuleTreeTests: XCTestCase {
+    func testXZModulesDecodeAndBuiltinTransportIsSkipped() throws {
+        let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
+        try VMTestInputs.requireFile(kernel + "/boot", "unpacked Debian kernel", make: "make test-data")
+        let crc7 = try Fixtures.readFile(try Fixtures.module(named: "crc7.ko"))
+        let dir = Fixtures.temporaryDirectory() + "/lib/modules/6.12.0-test"
+        try FS.mkdirs(dir + "/kernel/lib")
+        try Fixtures.writeFile(dir + "/kernel/lib/crc7.ko", crc7)
+        let r = Fixtures.run("/usr/bin/xz", ["--check=crc32", "--lzma2=dict=1MiB", dir + "/kernel/lib/crc7.ko"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(FS.exists(dir + "/kernel/lib/crc7.ko.xz"))
+        XCTAssertFalse(FS.exists(dir + "/kernel/lib/crc7.ko"), "xz replaces the file, as kbuild's modules_install does")
+        try Fixtures.writeFile(dir + "/modules.builtin", Array("kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/block/virtio_blk.ko\n".utf8))
+
+        let index = try ModuleIndex(modulesDir: dir)
+        XCTAssertEqual(try index.path(of: "crc7"), "kernel/lib/crc7.ko.xz")
+        XCTAssertEqual(try index.bytes(of: "crc7"), crc7, "the ELF inside, signature included, byte for byte")
+        XCTAssertEqual(index.loadable(CaptureTool.transportModules + ["crc7"]), ["crc7"])
+        XCTAssertThrowsError(try index.path(of: "virtio_pci")) { e in
+            XCTAssertTrue("\(e)".contains("built into the kernel"), "\(e)")
+        }
+        XCTAssertEqual(try index.closure(index.loadable(CaptureTool.transportModules)).order, [])
     }
 }

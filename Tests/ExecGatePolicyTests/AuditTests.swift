@@ -232,6 +232,66 @@ final class AuditTests: XCTestCase {
         XCTAssertTrue(audit.contains("\"event\":\"policy-push-refused\""), audit)
         XCTAssertTrue(audit.contains("\"decision\":\"deny\",\"audit_only\":false,\"reason\":\"deny.module-hash\""), audit)
     }
+    /// Audit reads are paged by bytes as well as by count: the admin port's pages are ≤ 1 MiB,
+    /// `more` says when to ask again, and paging carries every record once, in order.
+    func testAuditReadIsPagedByBytes() throws {
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: "modules allow")))
+        let log = AuditLog(capacity: 100_000, retained: 100_000)
+        v.auditSink = log
+        let admin = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: log)
+        let module = try request("crc7.ko")
+        for i in 0..<6000 { _ = v.authorize(module, requestDigest: [UInt8(i & 0xff), UInt8(i >> 8)]) }
+        log.flush()
+        var after: UInt64 = 0, carried: [String] = [], pages = 0
+        while true {
+            let reply = admin.auditRead(AuditRead(afterSeq: after, maxRecords: 10_000))
+            XCTAssertLessThanOrEqual(reply.records.reduce(0) { $0 + $1.utf8.count }, AuditLimits.maximumBytesPerRead)
+            XCTAssertLessThanOrEqual(reply.encode().readableBytes, AuditLimits.maximumBytesPerRead + 6 * reply.records.count + 64)
+            // The reply round-trips through its decoder (the repeated-record cap holds).
+            XCTAssertEqual(try AuditReadReply(decoding: reply.encode()), reply)
+            carried += reply.records
+            pages += 1
+            after = reply.nextSeq - 1
+            if !reply.more { break }
+        }
+        XCTAssertEqual(carried.count, 6000)
+        XCTAssertGreaterThan(pages, 1, "6000 records of ~400 bytes do not fit one 1 MiB page")
+        XCTAssertEqual(Set(carried).count, 6000, "each record once")
+        // A smaller max_bytes is honoured; a page always holds at least one record.
+        let tiny = admin.auditRead(AuditRead(afterSeq: 0, maxRecords: 10, maxBytes: 1))
+        XCTAssertEqual(tiny.records.count, 1)
+        XCTAssertTrue(tiny.more)
+        XCTAssertEqual(tiny.nextSeq, 2)
+        log.close()
+    }
+
+    /// A flood of refused pushes (no key needed to be refused) is counted in full, recorded at a
+    /// bounded rate, retained apart, and never evicts a verdict record.
+    func testRefusedPushFloodNeverEvictsVerdicts() throws {
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: "modules allow")))
+        let log = AuditLog(capacity: 64, retained: 100)
+        v.auditSink = log
+        let admin = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: log)
+        let module = try request("crc7.ko")
+        for i in 0..<100 { _ = v.authorize(module, requestDigest: [UInt8(i)]) }
+        log.flush()
+        for _ in 0..<20_000 {
+            if case .success = admin.push(bundle: [1, 2, 3]) { XCTFail("a push without an admin certificate succeeded") }
+        }
+        log.flush()
+        XCTAssertEqual(log.counters.refusedPushes, 20_000)
+        let page = log.read(after: 0, limit: 10_000)
+        let verdicts = page.records.filter { $0.contains("\"event\":\"verdict\"") }
+        let refused = page.records.filter { $0.contains("\"event\":\"policy-push-refused\"") }
+        XCTAssertEqual(verdicts.count, 100, "every verdict survives the flood")
+        XCTAssertGreaterThanOrEqual(refused.count, 1)
+        XCTAssertLessThanOrEqual(refused.count, Int(AuditLimits.refusedPushBurst) + 5, "rate-limited")
+        XCTAssertEqual(page.oldestSeq, 1)
+        // Records are merged in sequence order.
+        let seqOrder = page.records.map { $0 }
+        XCTAssertEqual(seqOrder.count, verdicts.count + refused.count)
+        log.close()
+    }
 }
 
 /// DispatchSemaphore without importing Dispatch into every test file.
@@ -239,4 +299,5 @@ final class DispatchSemaphoreBox: @unchecked Sendable {
     private let s = DispatchSemaphore(value: 0)
     func wait() { s.wait() }
     func signal() { s.signal() }
+
 }

@@ -125,12 +125,12 @@ final class LauncherTests: XCTestCase {
 
 final class FlatJSONTests: XCTestCase {
     func testParsesResultLine() {
-        let r = SelfTestResult(name: "a \"b\"", passed: true, detail: "x\ny", micros: 12, extra: [("mean_us", "3")])
+        let r = SelfTestResult(name: "a \"b\"", passed: true, detail: "x\ny", micros: 12, extra: [("mean_us", .int(3))])
         let run = SelfTestRun.parse(console: "noise\r\n[    1.0] kernel\nEXECGATE-RESULT \(r.json)\r\nEXECGATE-DONE {\"passed\":1,\"failed\":0}\n")
         XCTAssertEqual(run.results.count, 1)
         XCTAssertEqual(run.results[0].name, "a \"b\"")
         XCTAssertEqual(run.results[0].detail, "x\ny")
-        XCTAssertEqual(run.results[0].fields["mean_us"], .number(3))
+        XCTAssertEqual(run.results[0].fields["mean_us"], FlatJSON.Value.number(3))
         XCTAssertTrue(run.passed)
     }
 
@@ -149,5 +149,25 @@ extension Array where Element: Equatable {
     func containsSequence(_ s: [Element]) -> Bool {
         guard s.count <= count else { return false }
         return (0...(count - s.count)).contains { Array(self[$0..<$0 + s.count]) == s }
+    }
+}
+
+/// procfs files report st_size 0: PID 1 (/proc/cmdline) and the launcher (/proc/<pid>/cmdline,
+/// /proc/cpuinfo) must still read them to the end. A reader that trusts st_size returns nothing,
+/// and then init ignores its mode and the launcher thinks a running QEMU died.
+final class FileSystemTests: XCTestCase {
+    func testReadsProcFilesToTheEnd() throws {
+        let cmdline = try FS.read("/proc/self/cmdline", limit: 1 << 20)
+        XCTAssertFalse(cmdline.isEmpty)
+        XCTAssertFalse(try FS.readString("/proc/cpuinfo", limit: 4 << 20).isEmpty)
+        let me = String(decoding: cmdline.prefix { $0 != 0 }, as: UTF8.self)
+        XCTAssertTrue(Subprocess.isAlive(getpid(), marker: me), "the launcher must recognise a live process by its command line")
+        XCTAssertFalse(Subprocess.isAlive(getpid(), marker: "no-such-marker-\(getpid())"))
+    }
+
+    func testReadRefusesMoreThanTheLimit() {
+        XCTAssertThrowsError(try FS.read("/proc/self/maps", limit: 16)) { e in
+            guard case ServiceVMError.badInput = e else { return XCTFail("\(e)") }
+        }
     }
 }

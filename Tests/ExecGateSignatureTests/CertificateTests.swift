@@ -2,6 +2,7 @@
 
 import ExecGateSignature
 import ExecGateTestSupport
+import _ExecGateInternals
 import XCTest
 
 final class CertificateTests: XCTestCase {

@@ -100,7 +100,7 @@ final class KernelImageTests: XCTestCase {
         XCTAssertEqual(imageError(Array(orig.prefix(0x210))), .truncatedSetupHeader)
         XCTAssertEqual(imageError(Array(orig.prefix(0x1000))), .payloadOutOfBounds)
         XCTAssertEqual(imageError(Array(orig.prefix(h.payloadRange.upperBound - 1))), .payloadOutOfBounds)
-        var rng = SystemRandomNumberGenerator()
+        var rng = SeededRNG(seed: 0xEB7CA9_0001)
         XCTAssertEqual(imageError((0..<100_000).map { _ in UInt8.random(in: 0...255, using: &rng) } + [0]), .unknownFormat)
         // "HdrS" broken.
         var bad = orig
@@ -140,7 +140,7 @@ final class KernelImageTests: XCTestCase {
 
     func testHostileSetupHeaderFieldsNeverCrash() throws {
         let orig = try Shared.vmlinuzBytes.get()
-        var rng = SystemRandomNumberGenerator()
+        var rng = SeededRNG(seed: 0xEB7CA9_0002)
         let fields = [0x1f1, 0x1fe, 0x1ff, 0x202, 0x206, 0x207, 0x248, 0x249, 0x24a, 0x24b, 0x24c, 0x24d, 0x24e, 0x24f]
         var codes: [String: Int] = [:]
         for _ in 0..<150 {
@@ -163,7 +163,7 @@ final class KernelImageTests: XCTestCase {
     func testCertificateScanFindsOnlyCompleteCertificates() throws {
         let cert = try Shared.debianCertificate()
         let other = try Shared.freshKey.get().load().1
-        var rng = SystemRandomNumberGenerator()
+        var rng = SeededRNG(seed: 0xEB7CA9_0003)
         func noise(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) } }
         // Decoys: the certificate shape with a lying length, and a certificate cut at the end.
         let decoy: [UInt8] = [0x30, 0x82, 0x05, 0x00, 0x30, 0x82, 0x04, 0x00] + noise(2000)

@@ -170,7 +170,7 @@ final class ModuleSignatureVerifierTests: XCTestCase {
     func testForbidsGarbagePKCS7() throws {
         let orig = try Shared.vsock()
         let t = try ModuleSignatureTrailer.parse(orig)
-        var rng = SystemRandomNumberGenerator()
+        var rng = SeededRNG(seed: 0x29E53F_0001)
         for length in [1, 2, 16, 300, 4096] {
             let garbage = (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
             let m = Array(orig[t.contentRange]) + garbage + ModuleSignatureTrailer.encode(signatureLength: UInt32(length))

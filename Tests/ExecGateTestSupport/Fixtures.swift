@@ -5,6 +5,7 @@
 // Tests run on these real, really signed modules; nothing here is synthesised.
 
 #if canImport(Glibc)
+import _ExecGateInternals
 import Glibc
 #elseif canImport(Musl)
 import Musl
@@ -71,23 +72,14 @@ public enum Fixtures {
 
     // MARK: - Small file helpers (tests only)
 
+    /// The whole file (the toolkit's bounded reader; 1 GiB covers every test input).
     public static func readFile(_ path: String) throws -> [UInt8] {
-        guard let f = fopen(path, "rb") else { throw Missing(what: path) }
-        defer { fclose(f) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = fread(&buf, 1, buf.count, f)
-            if n > 0 { out.append(contentsOf: buf[0..<n]) }
-            if n < buf.count { break }
-        }
-        return out
+        do { return try Files.read(path) } catch { throw Missing(what: "\(error)") }
     }
 
+    /// Writes `bytes` to `path` (atomically, like every writer in the project).
     public static func writeFile(_ path: String, _ bytes: [UInt8]) throws {
-        guard let f = fopen(path, "wb") else { throw Missing(what: "writable \(path)") }
-        defer { fclose(f) }
-        _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, f) }
+        try Files.writeAtomically(path, bytes)
     }
 
     /// A fresh temporary directory.

@@ -22,17 +22,22 @@ extension Fixtures {
 
     /// Start `execgate ARGS…` with stdout/stderr to files; returns its pid.
     public static func spawnExecgate(_ args: [String], stdoutPath: String, stderrPath: String) -> pid_t {
+        spawn(execgateBinary, args, stdoutPath: stdoutPath, stderrPath: stderrPath)
+    }
+
+    /// Start `executable ARGS…` (an absolute path) with stdout/stderr to files; returns its pid.
+    public static func spawn(_ executable: String, _ args: [String], stdoutPath: String, stderrPath: String) -> pid_t {
         var fa = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&fa)
         defer { posix_spawn_file_actions_destroy(&fa) }
         posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&fa, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_addopen(&fa, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        let argv = [execgateBinary] + args
+        let argv = [executable] + args
         var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
         defer { cargs.forEach { free($0) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, execgateBinary, &fa, nil, &cargs, environ)
+        let rc = posix_spawn(&pid, executable, &fa, nil, &cargs, environ)
         return rc == 0 ? pid : -1
     }
 
@@ -45,10 +50,13 @@ extension Fixtures {
     }
 
     /// Run `execgate ARGS…` to completion.
-    public static func runExecgate(_ args: [String]) -> ProcessResult {
+    public static func runExecgate(_ args: [String]) -> ProcessResult { run(execgateBinary, args) }
+
+    /// Run `executable ARGS…` (an absolute path) to completion.
+    public static func run(_ executable: String, _ args: [String]) -> ProcessResult {
         let dir = temporaryDirectory()
-        let pid = spawnExecgate(args, stdoutPath: dir + "/out", stderrPath: dir + "/err")
-        guard pid > 0 else { return ProcessResult(status: -1, stdout: "", stderr: "spawn failed: \(execgateBinary)") }
+        let pid = spawn(executable, args, stdoutPath: dir + "/out", stderrPath: dir + "/err")
+        guard pid > 0 else { return ProcessResult(status: -1, stdout: "", stderr: "spawn failed: \(executable)") }
         let status = wait(pid)
         let out = (try? readFile(dir + "/out")).map { String(decoding: $0, as: UTF8.self) } ?? ""
         let err = (try? readFile(dir + "/err")).map { String(decoding: $0, as: UTF8.self) } ?? ""

@@ -66,10 +66,10 @@ final class BackendLoopTests: XCTestCase {
         Thread { backend.run(); done.signal() }.start()
         defer { backend.stop(); _ = done.wait(timeout: .now() + 5); rmdir(dir) }
 
-        // Guest RAM: 1 MiB shared file mapping, seen by the test (the "guest") and the backend.
-        let memFd = open(dir + "/ram", O_RDWR | O_CREAT | O_TRUNC, 0o600)
-        unlink(dir + "/ram")
-        XCTAssertEqual(ftruncate(memFd, 1 << 20), 0)
+        // Guest RAM: 1 MiB sealed memfd (as QEMU's memory-backend-memfd), seen by the test (the
+        // "guest") and the backend.
+        let memFd = egv_memfd("guest-ram", 1 << 20, EGV_F_SEAL_SHRINK | EGV_F_SEAL_GROW | EGV_F_SEAL_SEAL)
+        XCTAssertGreaterThanOrEqual(memFd, 0)
         let raw = try XCTUnwrap(mmap(nil, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, memFd, 0))
         defer { munmap(raw, 1 << 20); close(memFd) }
         let rx = FakeGuest(shared: raw, ringOffset: 0, dataOffset: 0x10000)
@@ -188,5 +188,72 @@ final class BackendLoopTests: XCTestCase {
         XCTAssertEqual(try vhost(fe, .getFeatures, reply: true).count, 8)
         close(fe)
         for fd in kick + call { close(fd) }
+    }
+
+    /// A frontend that trickles one message is dropped after one message deadline (not one per
+    /// recv()), and only its own session ends: the backend accepts the next frontend.
+    func testTricklingFrontendIsDroppedAfterOneMessageDeadline() throws {
+        let dir = "/tmp/egv-trickle-\(getpid())"
+        mkdir(dir, 0o700)
+        let backend = try VsockBackend(config: VsockBackendConfig(vhostUserSocket: dir + "/vu", hybridSocket: dir + "/h", guestCID: 3))
+        let done = DispatchSemaphore(value: 0)
+        Thread { backend.run(); done.signal() }.start()
+        defer { backend.stop(); _ = done.wait(timeout: .now() + 5); unlink(dir + "/vu.lock"); unlink(dir + "/h.lock"); rmdir(dir) }
+
+        let fe = try connectUnix(dir + "/vu")
+        let message = VhostUserHeader(request: .getFeatures, flags: 1, size: 0).bytes
+        let start = Clock.nanos()
+        var closedAfter: UInt64?
+        // One byte every 300 ms: each recv() would succeed well within a per-recv timeout.
+        for b in message {
+            var byte = b
+            guard send(fe, &byte, 1, Int32(MSG_NOSIGNAL)) == 1 else { closedAfter = Clock.nanos() - start; break }
+            var p = pollfd(fd: fe, events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, 300) > 0 {
+                var x: UInt8 = 0
+                if recv(fe, &x, 1, Int32(MSG_DONTWAIT)) == 0 { closedAfter = Clock.nanos() - start; break }
+            }
+        }
+        if closedAfter == nil {
+            XCTAssertTrue(waitReadable(fe, seconds: 3))
+            var x: UInt8 = 0
+            XCTAssertEqual(recv(fe, &x, 1, 0), 0, "the session was closed")
+            closedAfter = Clock.nanos() - start
+        }
+        close(fe)
+        let ms = Int(closedAfter! / 1_000_000)
+        XCTAssertGreaterThanOrEqual(ms, Limits.vhostUserMessageDeadlineMillis - 100, "\(ms) ms")
+        XCTAssertLessThan(ms, Limits.vhostUserMessageDeadlineMillis + 1000, "dropped at the message deadline, not 12 × 2 s")
+
+        // The backend lives on: a well-behaved frontend is served.
+        let good = try connectUnix(dir + "/vu")
+        defer { close(good) }
+        let features = try vhost(good, .getFeatures, reply: true).u64(0)
+        XCTAssertNotEqual(features, 0)
+    }
+
+    /// vsock-backend never removes a live socket or another kind of file.
+    func testBackendRefusesRegularFileAndLiveSocket() throws {
+        let dir = "/tmp/egv-paths-\(getpid())"
+        mkdir(dir, 0o700)
+        defer { for f in ["vu", "h", "vu.lock", "h.lock", "vu2", "vu2.lock"] { unlink(dir + "/" + f) }; rmdir(dir) }
+        let file = open(dir + "/vu", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        XCTAssertEqual(write(file, "keep", 4), 4)
+        close(file)
+        XCTAssertThrowsError(try VsockBackend(config: VsockBackendConfig(vhostUserSocket: dir + "/vu", hybridSocket: dir + "/h", guestCID: 3))) { e in
+            XCTAssertTrue("\(e)".contains("regular file"), "\(e)")
+        }
+        var st = stat()
+        XCTAssertEqual(stat(dir + "/vu", &st), 0)
+        XCTAssertEqual(st.st_size, 4, "the file is untouched")
+
+        let first = try VsockBackend(config: VsockBackendConfig(vhostUserSocket: dir + "/vu2", hybridSocket: dir + "/h", guestCID: 3))
+        XCTAssertEqual(lstat(dir + "/vu2", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600, "created 0600, no window")
+        XCTAssertThrowsError(try VsockBackend(config: VsockBackendConfig(vhostUserSocket: dir + "/vu2", hybridSocket: dir + "/h", guestCID: 3))) { e in
+            XCTAssertTrue("\(e)".contains("in use"), "\(e)")
+        }
+        XCTAssertEqual(SocketPath.probe(dir + "/vu2"), .liveSocket, "the first backend's socket is still there")
+        _ = first
     }
 }

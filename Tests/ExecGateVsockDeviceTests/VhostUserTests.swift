@@ -3,6 +3,7 @@
 // vhost-user message parsing and the session: negotiation, GET_CONFIG, REPLY_ACK, hostile sizes,
 // SET_MEM_TABLE over a real file descriptor.
 
+import CExecGateVsockSys
 import XCTest
 @testable import ExecGateVsockDevice
 #if canImport(Glibc)
@@ -79,11 +80,8 @@ final class VhostUserTests: XCTestCase {
     }
 
     func testMemTableMapsAndTranslates() throws {
-        let path = "/tmp/egv-memtest-\(getpid())"
-        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
+        let fd = egv_memfd("guest-ram", 2 << 20, EGV_F_SEAL_SHRINK | EGV_F_SEAL_GROW | EGV_F_SEAL_SEAL)
         XCTAssertGreaterThanOrEqual(fd, 0)
-        unlink(path)
-        XCTAssertEqual(ftruncate(fd, 2 << 20), 0)
         let s = VhostUserSession(guestCID: 3)
         _ = s.handle(msg(.setProtocolFeatures, le(VhostUserFeatures.offeredProtocol)))
         var table = le32(1, 0)
@@ -118,6 +116,35 @@ final class VhostUserTests: XCTestCase {
 import ExecGateServiceVM
 
 /// The launcher's QEMU arguments for the vhost-user path (no QEMU needed).
+/// Guest memory that the frontend could shrink under us (SIGBUS) is refused: only regions sealed
+/// with F_SEAL_SHRINK are mapped.
+final class SealedMemoryTests: XCTestCase {
+    func testForbidsRegionsNotSealedAgainstShrinking() throws {
+        func map(_ fd: Int32) -> Bool {
+            let m = GuestMemory()
+            do { try m.map(guestPhysAddr: 0, size: 1 << 20, userAddr: 0x7000_0000_0000, mmapOffset: 0, fd: fd); return m.regions.count == 1 } catch {
+                XCTAssertEqual(error.code, .badMemory)
+                return false
+            }
+        }
+        // Unsealed memfd: could be shrunk later → refused.
+        XCTAssertFalse(map(egv_memfd("unsealed", 1 << 20, 0)))
+        // A regular file cannot be sealed at all → refused.
+        let path = "/tmp/egv-unsealable-\(getpid())"
+        let file = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
+        unlink(path)
+        XCTAssertEqual(ftruncate(file, 1 << 20), 0)
+        XCTAssertFalse(map(file))
+        // Sealed as QEMU's memory-backend-memfd does: mapped, and the frontend can no longer shrink it.
+        let sealed = egv_memfd("sealed", 1 << 20, EGV_F_SEAL_SHRINK | EGV_F_SEAL_GROW | EGV_F_SEAL_SEAL)
+        let keep = dup(sealed)
+        defer { close(keep) }
+        XCTAssertTrue(map(sealed))
+        XCTAssertEqual(ftruncate(keep, 4096), -1)
+        XCTAssertEqual(errno, EPERM, "F_SEAL_SHRINK: the shrink that used to SIGBUS the backend fails")
+    }
+}
+
 final class LauncherVhostUserArgumentsTests: XCTestCase {
     func testMicrovmAndPCArguments() {
         var c = VMConfig(stateDir: "/run/x", kernel: "/k", initrd: "/i")

@@ -2,6 +2,7 @@
 import ExecGateWire
 import NIOCore
 import NIOEmbedded
+import ExecGateTestSupport
 import XCTest
 
 final class FrameDecoderTests: XCTestCase {
@@ -155,14 +156,42 @@ final class MessageDecodingTests: XCTestCase {
         }
     }
 
-    /// Random bodies never crash the decoders (they throw or decode).
-    func testRandomBodiesNeverCrash() {
-        var rng = SystemRandomNumberGenerator()
+    /// Seeded random bodies, half of them built from valid TLV records with random tags and lengths:
+    /// every decoder either throws a typed `WireDecodeError` or decodes to a message whose canonical
+    /// re-encoding decodes to the same message (decode ∘ encode is the identity on what was accepted).
+    func testRandomBodiesDecodeCanonicallyOrFailTyped() {
+        var rng = SeededRNG(seed: 0x0E_5EED_F12A)
         let types: [MessageType] = [.hello, .helloReply, .registerGuest, .registerGuestReply, .authorizeModule, .verdict, .status, .statusReply, .error]
-        for _ in 0..<5000 {
-            let n = Int.random(in: 0..<64, using: &rng)
-            let bytes = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
-            _ = try? Message(type: types.randomElement(using: &rng)!, body: ByteBuffer(bytes: bytes))
+        var accepted = 0, rejected = 0
+        for i in 0..<5000 {
+            var bytes: [UInt8] = []
+            if i % 2 == 0 {
+                let n = Int.random(in: 0..<64, using: &rng)
+                bytes = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            } else {
+                // Structurally valid records: u16 tag (small, sometimes critical), u32 length, value.
+                var tag: UInt16 = 0
+                for _ in 0..<Int.random(in: 0..<6, using: &rng) {
+                    tag += UInt16.random(in: 0...3, using: &rng)
+                    let t = Bool.random(using: &rng) ? tag : tag | 0x8000
+                    let len = Int.random(in: 0..<10, using: &rng)
+                    bytes += [UInt8(t >> 8), UInt8(t & 0xff), 0, 0, 0, UInt8(len)]
+                    bytes += (0..<len).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                }
+            }
+            let type = types.randomElement(using: &rng)!
+            do {
+                let m = try Message(type: type, body: ByteBuffer(bytes: bytes))
+                let again = try Message(type: type, body: m.encodeBody())
+                XCTAssertEqual(again, m, "round trip of an accepted \(type) body \(bytes)")
+                accepted += 1
+            } catch is WireDecodeError {
+                rejected += 1
+            } catch {
+                XCTFail("untyped error \(error) for \(type) body \(bytes)")
+            }
         }
+        XCTAssertGreaterThan(accepted, 50, "the generator must reach the accepting paths too")
+        XCTAssertGreaterThan(rejected, 1000)
     }
 }

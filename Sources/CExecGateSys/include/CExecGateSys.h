@@ -31,25 +31,8 @@ void execgate_sync(void);
  * 0 when not PID 1, -errno when the mount failed. */
 int execgate_early_proc_status(void);
 
-/* AF_VSOCK helpers. CIDs/ports are the kernel's 32-bit values (VMADDR_CID_ANY = 0xFFFFFFFF).
- * All sockets are created SOCK_STREAM | SOCK_CLOEXEC. */
-int execgate_vsock_listen(uint32_t cid, uint32_t port, int backlog);
-int execgate_vsock_connect(uint32_t cid, uint32_t port);
-/* accept4(fd, NULL, NULL, SOCK_CLOEXEC). */
-int execgate_accept(int fd);
-/* Peer/local CID of a connected vsock fd, or -1. */
-int64_t execgate_vsock_peer_cid(int fd);
-int64_t execgate_vsock_local_cid(int fd);
-
 /* KVM: API version (12 on every real KVM) of an open /dev/kvm fd, or -1. */
 int execgate_kvm_api_version(int kvm_fd);
-
-/* In-memory gzip (deterministic: zlib writes mtime 0, no name). *out is malloc'd; free it. */
-int execgate_gzip(const uint8_t *in, size_t in_len, int level, uint8_t **out, size_t *out_len);
-/* Decompress the first .xz stream in `in` (trailing bytes after the stream are ignored).
- * *out is malloc'd; free it. Fails (-1) if the output would exceed max_out. */
-int execgate_xz_decompress(const uint8_t *in, size_t in_len, size_t max_out, uint8_t **out, size_t *out_len);
-void execgate_free(void *p);
 
 #ifdef __cplusplus
 }

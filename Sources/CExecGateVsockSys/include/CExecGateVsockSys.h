@@ -33,4 +33,16 @@ int egv_eventfd(void);
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC [| SOCK_NONBLOCK]).
 int egv_accept(int fd, int nonblocking);
 
+/// fcntl(fd, F_GET_SEALS): the file's seals (F_SEAL_* bits), or -1 and errno (EINVAL: the file
+/// cannot be sealed, e.g. a regular file).
+int egv_get_seals(int fd);
+
+/// The seal bits of <linux/fcntl.h> (macros Swift does not import).
+static const int EGV_F_SEAL_SEAL = 0x0001, EGV_F_SEAL_SHRINK = 0x0002, EGV_F_SEAL_GROW = 0x0004;
+
+/// memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING), sized with ftruncate, then sealed with
+/// `seals` (0 = unsealed): what QEMU's memory-backend-memfd does (tests play the frontend).
+/// Returns the fd or -1 and errno.
+int egv_memfd(const char *name, size_t size, int seals);
+
 #endif

@@ -6,6 +6,7 @@
 
 import ArgumentParser
 import ExecGateCaptureTool
+import ExecGateHost
 import ExecGateServiceVM
 #if canImport(Glibc)
 import Glibc

@@ -3,10 +3,12 @@
 // `execgate explain CAPTURE_DIR [--json] [--mutate N]`: replay a captured boot's modules through the
 // end-state explainer (argument parsing and printing only; the work is in ExecGateCapture/Explain).
 
+import _ExecGateInternals
 import ArgumentParser
 import ExecGateCapture
 import ExecGateELF
 import ExecGateExplain
+import ExecGateHost
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -57,9 +59,9 @@ struct ExplainCommand: ParsableCommand {
             engineSeconds += out.seconds
             execBytes += out.executableBytes
             if let h = sha {
-                let t0 = monotonicSeconds()
+                let t0 = MonotonicClock.seconds()
                 h.hash(m.claim.text)
-                shaSeconds += monotonicSeconds() - t0
+                shaSeconds += MonotonicClock.seconds() - t0
             }
             switch out.result.verdict {
             case .allowed(let st):
@@ -82,7 +84,8 @@ struct ExplainCommand: ParsableCommand {
             if let n = mutate, out.result.verdict.isAllowed {
                 let rep: MutationReport = m.ko.withUnsafeBytes { raw in
                     guard let elf = try? ELFFile(bytes: raw) else { return MutationReport() }
-                    return Explainer(facts: boot.facts).mutate(elf: elf, claim: m.claim, resolver: resolverBefore, perClass: n, seed: seed &+ UInt64(i))
+                    return Explainer(facts: boot.facts).mutate(elf: elf, claim: m.claim, resolver: resolverBefore, perClass: n, seed: seed &+ UInt64(i),
+                                                             probeTargets: boot.probeTargets)
                 }
                 for c in rep.classes {
                     var t = mutTotals[c.name] ?? (0, 0, 0)

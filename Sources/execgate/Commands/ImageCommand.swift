@@ -3,7 +3,6 @@
 // `execgate image build`: the service VM's kernel + initramfs (see ExecGateServiceVM/ImageBuilder).
 
 import ArgumentParser
-import ExecGateKernelImage
 import ExecGateServiceVM
 
 struct ImageCommand: ParsableCommand {
@@ -58,8 +57,6 @@ struct ImageBuildCommand: ParsableCommand {
             o.serviceKernel = serviceKernel
             o.policy = policy
             o.adminCertificate = adminCert
-            // The same parsing scanner as `execgate keys extract`: only well-formed X.509 certificates.
-            o.certificateExtractor = { vmlinux in vmlinux.withUnsafeBytes { BuiltinCertificates.scan($0).map(\.der) } }
             o.force = force
             o.withTestImage = !noTestImage
             let r = try ImageBuilder.build(o)

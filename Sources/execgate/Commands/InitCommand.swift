@@ -5,6 +5,7 @@
 // never lands in argument parsing (an unknown argv word must not make init exit → kernel panic).
 
 import ArgumentParser
+import ExecGateHost
 import ExecGateServiceVM
 #if canImport(Glibc)
 import Glibc
@@ -27,14 +28,14 @@ struct InitCommand: AsyncParsableCommand {
             Console.error("execgate init: only runs as PID 1 inside the service VM (see `execgate vm start`)")
             throw ExecGateExit.usage
         }
-        await GuestInit.run(hooks: GuestServiceWiring.hooks)
+        await GuestInit.run(hooks: guestHooks)
     }
 }
 
 extension ExecGate {
     /// As PID 1 the binary is always init; otherwise the usual argument parsing.
     static func main() async {
-        if GuestInit.isPID1 { await GuestInit.run(hooks: GuestServiceWiring.hooks) }
+        if GuestInit.isPID1 { await GuestInit.run(hooks: guestHooks) }
         var command: ParsableCommand
         do {
             command = try parseAsRoot()
@@ -57,4 +58,12 @@ extension ExecGate {
             exit(withError: error)
         }
     }
+}
+
+/// PID 1's hooks: the verifier and its self-test (ExecGateHost), and `execgate capture`'s guest
+/// half (execgate.mode=capture, CaptureCommand.swift).
+var guestHooks: GuestServiceHooks {
+    var hooks = GuestService.hooks
+    hooks.runCapture = CaptureCommand.guestHook
+    return hooks
 }

@@ -5,6 +5,7 @@
 
 import _ExecGateInternals
 import ArgumentParser
+import ExecGateHost
 import ExecGateKernelImage
 import ExecGateSignature
 

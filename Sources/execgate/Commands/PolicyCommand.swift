@@ -7,6 +7,7 @@ import _ExecGateInternals
 import ArgumentParser
 import ExecGateAdmin
 import ExecGateCapture
+import ExecGateHost
 import ExecGatePolicy
 import ExecGateSignature
 import ExecGateVerifier
@@ -31,32 +32,13 @@ enum PolicyFiles {
         let bytes = try LocalFile.read(path)
         if bytes.starts(with: PolicyBundle.magic) {
             if let adminCert {
-                let admin = try loadOneCertificate(adminCert)
+                let admin = try CertificateFiles.loadOne(adminCert)
                 return try PolicyBundle.open(bytes, admin: admin, file: path, builtinAnchors: builtinAnchors)
             }
             let parts = try PolicyBundle.split(bytes)
             return try PolicyParser.parse(parts.policy, file: path, builtinAnchors: builtinAnchors)
         }
         return try PolicyParser.parse(bytes, file: path, builtinAnchors: builtinAnchors)
-    }
-
-    static func loadOneCertificate(_ path: String) throws -> Certificate {
-        let certs: [Certificate]
-        do { certs = try Certificate.load(try LocalFile.read(path)) } catch let e as LocalFileError { throw e } catch {
-            throw LocalFileError(path: path, why: "\(error)")
-        }
-        guard certs.count == 1 else { throw LocalFileError(path: path, why: "holds \(certs.count) certificates, expected one") }
-        return certs[0]
-    }
-
-    static func loadAnchors(_ paths: [String]) throws -> [Certificate] {
-        var out: [Certificate] = []
-        for p in paths {
-            do { out += try Certificate.load(try LocalFile.read(p)) } catch let e as LocalFileError { throw e } catch {
-                throw LocalFileError(path: p, why: "\(error)")
-            }
-        }
-        return out
     }
 
     static func summary(_ p: Policy) -> String {
@@ -77,7 +59,7 @@ struct PolicyCheck: ParsableCommand {
 
     func run() throws {
         do {
-            let anchors = trust.isEmpty ? nil : try PolicyFiles.loadAnchors(trust)
+            let anchors = trust.isEmpty ? nil : try CertificateFiles.loadAnchors(trust)
             print(PolicyFiles.summary(try PolicyFiles.load(file, builtinAnchors: anchors, adminCert: adminCert)))
         } catch {
             Console.error("execgate policy check: \(error)")
@@ -106,7 +88,7 @@ struct PolicySign: ParsableCommand {
             do { privateKey = try PrivateKey(pem: try LocalFile.read(key)) } catch let e as LocalFileError { throw e } catch {
                 throw LocalFileError(path: key, why: "\(error)")
             }
-            let signer = try ModuleSigner(key: privateKey, certificate: try PolicyFiles.loadOneCertificate(cert), digest: .sha256)
+            let signer = try ModuleSigner(key: privateKey, certificate: try CertificateFiles.loadOne(cert), digest: .sha256)
             let bundle = try PolicyBundle.seal(policy: text, signer: signer)
             try LocalFile.writeAtomically(out, bundle)
             print("signed \(parsed.id) v\(parsed.version) -> \(out) (\(bundle.count) bytes, signer \(signer.certificate.subject))")
@@ -124,7 +106,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
         discussion: "Exit 0 activated, 1 refused by the verifier (reason on stderr), 2 usage error or unreachable."
     )
     @Argument(help: "The bundle (execgate policy sign).") var bundle: String
-    @Option(help: ArgumentHelp("The admin port: unix:PATH or vsock:CID:PORT.", valueName: "ADDR")) var connect: String
+    @Option(help: ArgumentHelp("The admin port: unix:PATH, vsock:CID:PORT or hybrid:SOCKET:PORT.", valueName: "ADDR")) var connect: String
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -163,7 +145,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
 
 struct PolicyShowCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "show", abstract: "Show the policy in force on a running verifier (admin port).")
-    @Option(help: ArgumentHelp("The admin port: unix:PATH or vsock:CID:PORT.", valueName: "ADDR")) var connect: String
+    @Option(help: ArgumentHelp("The admin port: unix:PATH, vsock:CID:PORT or hybrid:SOCKET:PORT.", valueName: "ADDR")) var connect: String
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Also print the policy text.") var source = false
 
@@ -180,7 +162,7 @@ struct PolicyShowCommand: AsyncParsableCommand {
                 print("audit: overflow \(r.auditOverflow), \(r.auditAccepted) recorded, \(r.auditDropped) dropped")
                 for a in r.anchors { print("trust \(a)") }
                 for rule in r.rules { print("rule \(rule)") }
-                if !r.sourceSHA256.isEmpty { print("source sha256:\(Hex.string(r.sourceSHA256))") }
+                if !r.sourceSHA256.isEmpty { print("source sha256:\(Hex.encode(r.sourceSHA256))") }
                 if source { print(r.source) }
             }
         } catch {
@@ -212,7 +194,7 @@ struct PolicyTest: ParsableCommand {
         let p: Policy
         let boot: CaptureBoot
         do {
-            p = try PolicyFiles.load(policy, builtinAnchors: try PolicyFiles.loadAnchors(trust), adminCert: nil)
+            p = try PolicyFiles.load(policy, builtinAnchors: try CertificateFiles.loadAnchors(trust), adminCert: nil)
             boot = try CaptureBoot.load(captureDir)
         } catch {
             Console.error("execgate policy test: \(error)")
@@ -254,7 +236,7 @@ struct PolicyAudit: AsyncParsableCommand {
             reports records dropped under audit-overflow drop, and records no longer retained.
             """
     )
-    @Option(help: ArgumentHelp("The admin port: unix:PATH or vsock:CID:PORT.", valueName: "ADDR")) var connect: String
+    @Option(help: ArgumentHelp("The admin port: unix:PATH, vsock:CID:PORT or hybrid:SOCKET:PORT.", valueName: "ADDR")) var connect: String
     @Option(help: "Only records with a sequence number greater than this.") var after: UInt64 = 0
     @Flag(help: "Keep polling for new records (every 0.5 s).") var follow = false
 
@@ -278,7 +260,7 @@ struct PolicyAudit: AsyncParsableCommand {
                     reportedDrops = page.dropped
                 }
                 cursor = page.nextSeq &- 1
-                if page.records.count >= AuditLimits.maximumRecordsPerRead { continue }
+                if page.more || page.records.count >= AuditLimits.maximumRecordsPerRead { continue }
                 guard follow else { break }
                 fflush(stdout)
                 try await Task.sleep(nanoseconds: 500_000_000)

@@ -2,6 +2,7 @@
 import _ExecGateInternals
 import ArgumentParser
 import ExecGateClient
+import ExecGateHost
 import ExecGateWire
 import NIOCore
 

@@ -1,10 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 import ArgumentParser
-import Dispatch
-import ExecGateAdmin
-import ExecGatePolicy
-import ExecGateService
-import ExecGateVerifier
+import ExecGateHost
 import ExecGateWire
 import Logging
 import NIOCore
@@ -45,6 +41,11 @@ struct ServeCommand: AsyncParsableCommand {
     func validate() throws {
         guard !listen.isEmpty else { throw ValidationError("give at least one --listen address (unix:PATH or vsock:PORT)") }
         for l in listen { _ = try Endpoint(parsing: l, listening: true) }
+        // The same path twice would make one port unreachable (the lock in SocketPath also refuses it).
+        guard Set(listen).count == listen.count else { throw ValidationError("the same --listen address is given twice") }
+        if let a = policyOptions.adminListen, listen.contains(a) {
+            throw ValidationError("--admin-listen \(a) is also a --listen address: the admin port needs its own socket")
+        }
         guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level '\(logLevel)'") }
         guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be 1...256") }
@@ -52,31 +53,18 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let policy: Policy
-        do { policy = try policyOptions.bootPolicy(trust: trust) } catch {
+        var c = ServiceConfiguration(listen: try listen.map { try Endpoint(parsing: $0, listening: true) }, serverName: ExecGateVersion.string,
+                                     logger: VerifierService.makeLogger(format: logFormat, level: Logger.Level(rawValue: logLevel) ?? .info))
+        c.threads = threads
+        trust.apply(to: &c)
+        try policyOptions.apply(to: &c)
+        let service: VerifierService
+        do { service = try await VerifierService.start(c) } catch {
             Console.error("execgate serve: \(error)")
             throw ExecGateExit.usage
         }
-        let logger = ServiceLogging.makeLogger(format: logFormat, level: Logger.Level(rawValue: logLevel) ?? .info)
-        if policy.trust.anchors.isEmpty {
-            logger.warning("no trust anchors: every module will be denied (give --trust CERT)")
-        }
-        let verifier = Verifier(policy: policy, serverName: ExecGateVersion.string)
-        let server = VerifierServer(responder: verifier, logger: logger, threads: threads)
-        let admin: ServeAdmin
-        do { admin = try await policyOptions.start(verifier: verifier, trust: trust) } catch {
-            Console.error("execgate serve: \(error)")
-            await server.shutdown()
-            throw ExecGateExit.usage
-        }
-        for l in listen {
-            let endpoint = try Endpoint(parsing: l, listening: true)
-            do { try await server.bind(endpoint) } catch {
-                Console.error("execgate serve: cannot listen on \(endpoint): \(error)")
-                await server.shutdown()
-                await admin.shutdown()
-                throw ExecGateExit.usage
-            }
+        let policy = service.bootPolicy
+        for endpoint in service.listening {
             print("execgate: listening on \(endpoint) (policy \(policy.id) v\(policy.version), \(policy.trust.anchors.count) trust anchor(s))")
         }
         if let a = policyOptions.adminListen { print("execgate: admin port on \(a) (policy push/show, audit-read)") }
@@ -85,38 +73,8 @@ struct ServeCommand: AsyncParsableCommand {
             print("execgate: or    execgate request module FILE.ko --connect \(first) --claim elf")
         }
         fflush(stdout)
-        await ServiceLogging.waitForTermination()
-        logger.info("signal received: shutting down")
-        await server.shutdown()
-        await admin.shutdown()
-    }
-}
-
-enum ServiceLogging {
-    static func makeLogger(format: String, level: Logger.Level) -> Logger {
-        var logger = format == "json" ? Logger(label: "execgate", factory: { JSONLogHandler(label: $0) }) : Logger(label: "execgate")
-        logger.logLevel = level
-        return logger
-    }
-
-    /// Suspends until SIGTERM or SIGINT.
-    static func waitForTermination() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let queue = DispatchQueue(label: "execgate.signals")
-            var sources: [DispatchSourceSignal] = []
-            var resumed = false
-            for sig in [SIGTERM, SIGINT] {
-                signal(sig, SIG_IGN)
-                let s = DispatchSource.makeSignalSource(signal: sig, queue: queue)
-                s.setEventHandler {
-                    guard !resumed else { return }
-                    resumed = true
-                    sources.forEach { $0.cancel() }
-                    c.resume()
-                }
-                s.resume()
-                sources.append(s)
-            }
-        }
+        await VerifierService.waitForTermination()
+        c.logger.info("signal received: shutting down")
+        await service.shutdown()
     }
 }

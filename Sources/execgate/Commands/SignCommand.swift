@@ -4,6 +4,7 @@
 
 import _ExecGateInternals
 import ArgumentParser
+import ExecGateHost
 import ExecGateSignature
 
 struct SignCommand: ParsableCommand {

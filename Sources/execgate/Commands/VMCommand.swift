@@ -109,9 +109,11 @@ struct VMStartCommand: ParsableCommand {
                 print(JSON.object([("name", JSON.string(c.name)), ("ready", "true"), ("pid", "\(r.pid)"),
                                    ("address", JSON.string(r.address)), ("reachable_from_host", r.reachableFromHost ? "true" : "false"),
                                    ("boot_ms", "\(r.bootMillis)"), ("accel", JSON.string(c.accel.accel.rawValue)),
-                                   ("console_log", JSON.string(c.consoleLog)), ("note", JSON.string(note))]))
+                                   ("console_log", JSON.string(c.consoleLog)), ("note", JSON.string(note)),
+                                   ("admin_address", r.adminAddress.map(JSON.string) ?? "null")]))
             } else {
                 print("ready \(r.address) (pid \(r.pid), \(r.bootMillis) ms to ready; console \(c.consoleLog))")
+                if let admin = r.adminAddress { print("admin \(admin) (policy push/show/audit; only bundles signed by the admin key are accepted)") }
                 if !note.isEmpty { print("note: \(note)") }
             }
         } catch {

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 import ArgumentParser
+import ExecGateHost
 import ExecGateVerifier
 import ExecGateWire
 import NIOCore

@@ -5,6 +5,7 @@
 
 import _ExecGateInternals
 import ArgumentParser
+import ExecGateHost
 import ExecGateClient
 import ExecGateVsockDevice
 import ExecGateWire
@@ -96,52 +97,7 @@ struct VsockBenchCommand: AsyncParsableCommand {
     func run() async throws {
         let endpoint: Endpoint
         do { endpoint = try Endpoint(parsing: connect, listening: false) } catch { throw ValidationError("\(error)") }
-        let r = try await VsockBench.run(endpoint: endpoint, roundTrips: max(1, roundTrips), bulkBytes: max(1, bulkMiB) << 20, bulkFrames: max(1, bulkFrames))
+        let r = try await RoundTripBenchmark.run(endpoint: endpoint, roundTrips: max(1, roundTrips), bulkBytes: max(1, bulkMiB) << 20, bulkFrames: max(1, bulkFrames))
         if json { print(r.json) } else { print(r.text) }
-    }
-}
-
-/// The measurement itself (also used by the tests).
-enum VsockBench {
-    struct Result {
-        var p50us: Double, p99us: Double, meanus: Double, mbPerSecond: Double, bulkBytes: Int
-        var text: String {
-            "round trip (status): p50 \(fmt(p50us)) µs, p99 \(fmt(p99us)) µs, mean \(fmt(meanus)) µs\n"
-                + "bulk: \(bulkBytes >> 20) MiB in frames → \(fmt(mbPerSecond)) MB/s (host → guest, answered by the verifier)"
-        }
-        var json: String {
-            "{\"rtt_p50_us\":\(fmt(p50us)),\"rtt_p99_us\":\(fmt(p99us)),\"rtt_mean_us\":\(fmt(meanus)),\"bulk_mb_per_s\":\(fmt(mbPerSecond)),\"bulk_bytes\":\(bulkBytes)}"
-        }
-        func fmt(_ v: Double) -> String { String(Double(Int(v * 10)) / 10) }
-    }
-
-    static func run(endpoint: Endpoint, roundTrips: Int, bulkBytes: Int, bulkFrames: Int) async throws -> Result {
-        let client = try await ExecGateClient.connect(to: endpoint, timeout: 120)
-        defer { Task { await client.close() } }
-        _ = try await client.status()  // Warm up.
-        var samples: [Double] = []
-        for _ in 0..<roundTrips {
-            let t = nanos()
-            _ = try await client.status()
-            samples.append(Double(nanos() - t) / 1000)
-        }
-        samples.sort()
-        let p = { (q: Double) in samples[min(samples.count - 1, Int(Double(samples.count) * q))] }
-        // Bulk: frames of an unknown type; the server reads the whole body, then answers an error.
-        let body = ByteBuffer(repeating: 0x5a, count: bulkBytes)
-        let t0 = nanos()
-        for _ in 0..<bulkFrames {
-            _ = try await client.sendFrame(Frame(type: MessageType(rawValue: 0x0077), requestID: client.allocateID(), body: body))
-        }
-        let secs = Double(nanos() - t0) / 1e9
-        await client.close()
-        return Result(p50us: p(0.5), p99us: p(0.99), meanus: samples.reduce(0, +) / Double(samples.count),
-                      mbPerSecond: Double(bulkBytes * bulkFrames) / 1e6 / secs, bulkBytes: bulkBytes * bulkFrames)
-    }
-
-    static func nanos() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }

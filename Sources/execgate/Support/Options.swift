@@ -4,9 +4,11 @@
 
 import _ExecGateInternals
 import ArgumentParser
+import ExecGateHost
 import ExecGatePolicy
 import ExecGateSignature
 import ExecGateWire
+import Logging
 
 /// Trust anchors and deny lists given on the command line (the built-in policy's inputs).
 struct TrustOptions: ParsableArguments {
@@ -28,22 +30,21 @@ struct TrustOptions: ParsableArguments {
         }
     }
 
-    func loadAnchors() throws -> [Certificate] {
-        var anchors: [Certificate] = []
-        for path in trust {
-            let bytes = try LocalFile.read(path)
-            do { anchors += try Certificate.load(bytes) } catch { throw LocalFileError(path: path, why: "\(error)") }
-        }
-        return anchors
+    func loadAnchors() throws -> [Certificate] { try CertificateFiles.loadAnchors(trust) }
+
+    /// The built-in policy's inputs, into a service configuration.
+    func apply(to c: inout ServiceConfiguration) {
+        c.trustAnchorFiles = trust
+        c.denyList = DenyList(certificateTBSHashes: Set(denyCertificates.compactMap { Digest(algorithm: .sha256, hex: $0) }),
+                              moduleContentHashes: Set(denyModuleHashes.compactMap { Digest(algorithm: .sha256, hex: $0) }))
+        c.deniedModuleNames = Set(denyNames)
     }
 
-    /// The built-in policy over these anchors and deny lists.
+    /// The built-in policy over these anchors and deny lists (the policy `serve` boots with).
     func builtInPolicy() throws -> Policy {
-        var p = Policy.builtIn(trust: TrustStore(try loadAnchors()))
-        p.denyList = DenyList(certificateTBSHashes: Set(denyCertificates.compactMap { Digest(algorithm: .sha256, hex: $0) }),
-                              moduleContentHashes: Set(denyModuleHashes.compactMap { Digest(algorithm: .sha256, hex: $0) }))
-        p.deniedModuleNames = Set(denyNames.map(Policy.canonicalModuleName))
-        return p
+        var c = ServiceConfiguration(listen: [], serverName: ExecGateVersion.string, logger: Logger(label: "execgate"))
+        apply(to: &c)
+        return try c.loadBootPolicy().policy
     }
 }
 
@@ -59,8 +60,8 @@ extension Verdict {
             ("policy_version", .uint(policyVersion)),
             ("audit_only", .bool(auditOnly)),
             ("module", .string(moduleName)),
-            ("module_sha256", .string(Hex.string(moduleDigest))),
-            ("request_sha256", .string(Hex.string(requestDigest))),
+            ("module_sha256", .string(Hex.encode(moduleDigest))),
+            ("request_sha256", .string(Hex.encode(requestDigest))),
         ])
     }
 

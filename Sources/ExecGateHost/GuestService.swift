@@ -1,94 +1,64 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The service VM's init hands over to the real verifier here (ExecGateServiceVM stays independent
-// of the service; the executable connects the two):
+// The service VM's PID 1 hands over to the verifier here (ExecGateServiceVM's init stays
+// independent of the service; this target connects the two through `GuestServiceHooks`):
 //
-//   serve  the verifier (VerifierServer + Verifier, the built-in policy over the kernel's own
-//          certificates from /etc/execgate/trust/) on AF_VSOCK, until SIGTERM/SIGINT;
+//   serve  the verifier (`VerifierService.start`) on AF_VSOCK with the configuration the image
+//          implies: the kernel's own certificates from /etc/execgate/trust/, /etc/execgate/policy
+//          (text or bundle) if present, and — only when the image carries an admin certificate —
+//          the admin port on VMM port + 1 with an in-memory audit log; until SIGTERM/SIGINT;
 //   test   additionally acts as the VMM against vsock CID 1 (loopback): hello, status, real signed
 //          Debian modules (allow), a tampered copy (deny), malformed frames (error replies, the
 //          connection stays usable), bad magic (error + close, others unaffected), concurrent
-//          pipelined clients, and a latency series. Each result is one EXECGATE-RESULT line.
+//          pipelined clients, and a latency/throughput series. Each result is one EXECGATE-RESULT line.
 
+import _ExecGateInternals
 import ExecGateClient
 import ExecGatePolicy
 import ExecGateService
-import ExecGateServiceVM
 import ExecGateSignature
+import ExecGateServiceVM
 import ExecGateVerifier
 import ExecGateWire
 import Logging
 import NIOCore
 import NIOPosix
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
-enum GuestServiceWiring {
-    static var hooks: GuestServiceHooks {
-        var hooks = GuestServiceHooks(
-            runService: { port, ready in try await GuestVerifier.serve(port: port, ready: ready) },
+public enum GuestService {
+    /// The hooks PID 1 runs (`GuestInit.run(hooks:)`); the executable may add `runCapture`.
+    public static var hooks: GuestServiceHooks {
+        GuestServiceHooks(
+            runService: { port, ready in try await serve(port: port, ready: ready) },
             runSelfTest: { port, report in try await GuestSelfTest.run(port: port, report: report) }
         )
-        hooks.runCapture = CaptureCommand.guestHook  // execgate.mode=capture (CaptureCommand.swift)
-        return hooks
-    }
-}
-
-enum GuestVerifier {
-    /// The trust anchors the image builder put into the initramfs.
-    static func anchors() -> [Certificate] {
-        let dir = ImageBuilder.GuestPaths.trust
-        var out: [Certificate] = []
-        for name in (try? FS.list(dir)) ?? [] where name.hasSuffix(".der") || name.hasSuffix(".pem") {
-            do { out += try Certificate.load(try FS.read(dir + "/" + name, limit: 1 << 20)) } catch {
-                GuestInit.log("ignoring trust anchor \(name): \(error)")
-            }
-        }
-        return out
     }
 
-    static func serve(port: UInt32, ready: @escaping @Sendable () -> Void) async throws {
-        let anchors = anchors()
-        if anchors.isEmpty { GuestInit.log("no trust anchors in \(ImageBuilder.GuestPaths.trust): every module will be denied") }
-        // The same options `execgate serve` takes, from what the image holds: the kernel's
-        // certificates, /etc/execgate/policy (text or bundle) if present, and — only when the image
-        // carries an admin certificate — the admin port on VMM port + 1 with an in-memory audit log.
-        var trustArgs: [String] = []
-        for name in (try? FS.list(ImageBuilder.GuestPaths.trust)) ?? [] where name.hasSuffix(".der") || name.hasSuffix(".pem") {
-            trustArgs += ["--trust", ImageBuilder.GuestPaths.trust + "/" + name]
-        }
-        var policyArgs: [String] = []
-        if FS.exists(ImageBuilder.GuestPaths.policy) { policyArgs += ["--policy", ImageBuilder.GuestPaths.policy] }
-        let adminPort = port &+ 1
-        if FS.exists(ImageBuilder.GuestPaths.adminCertificate) {
-            policyArgs += ["--admin-cert", ImageBuilder.GuestPaths.adminCertificate, "--admin-listen", "vsock:\(adminPort)"]
-        }
-        let trust = try TrustOptions.parse(trustArgs)
-        let options = try ServePolicyOptions.parse(policyArgs)
-        let policy = try options.bootPolicy(trust: trust)
+    /// What the image holds, as a service configuration (PID 1 has no command line to parse).
+    public static func configuration(port: UInt32, serverName: String) -> ServiceConfiguration {
         var logger = Logger(label: "execgate")
         // Every console byte costs under emulation; per-request logs stay off unless asked.
         logger.logLevel = .notice
-        let verifier = Verifier(policy: policy, serverName: ExecGateVersion.string)
-        let admin = try await options.start(verifier: verifier, trust: trust)
-        let server = VerifierServer(responder: verifier, logger: logger, threads: System.coreCount)
-        do {
-            _ = try await server.bind(.vsock(cid: UInt32.max, port: port))
-        } catch {
-            await server.shutdown()
-            await admin.shutdown()
-            throw error
+        var c = ServiceConfiguration(listen: [.vsock(cid: UInt32.max, port: port)], serverName: serverName, logger: logger)
+        let dir = ImageBuilder.GuestPaths.trust
+        c.trustAnchorFiles = ((try? FS.list(dir)) ?? []).filter { $0.hasSuffix(".der") || $0.hasSuffix(".pem") }.map { dir + "/" + $0 }
+        if FS.exists(ImageBuilder.GuestPaths.policy) { c.policyFile = ImageBuilder.GuestPaths.policy }
+        if FS.exists(ImageBuilder.GuestPaths.adminCertificate) {
+            c.adminCertificateFile = ImageBuilder.GuestPaths.adminCertificate
+            c.adminListen = .vsock(cid: UInt32.max, port: port &+ 1)
         }
-        GuestInit.log("verifier listening on vsock port \(port) (policy \(policy.id) v\(policy.version), \(anchors.count) trust anchor(s))"
-                      + (admin.server != nil ? "; admin port vsock \(adminPort)" : "; no admin certificate: policy is fixed"))
+        return c
+    }
+
+    static func serve(port: UInt32, ready: @escaping @Sendable () -> Void) async throws {
+        let c = configuration(port: port, serverName: ExecGateVersion.string)
+        let service = try await VerifierService.start(c)
+        let policy = service.bootPolicy
+        GuestInit.log("verifier listening on vsock port \(port) (policy \(policy.id) v\(policy.version), \(policy.trust.anchors.count) trust anchor(s))"
+                      + (service.adminListening != nil ? "; admin port vsock \(port &+ 1)" : "; no admin certificate: policy is fixed"))
         ready()
-        await ServiceLogging.waitForTermination()
+        await VerifierService.waitForTermination()
         GuestInit.log("signal received: shutting down the verifier")
-        await server.shutdown()
-        await admin.shutdown()
+        await service.shutdown()
     }
 }
 
@@ -103,7 +73,7 @@ enum GuestSelfTest {
         }
     }
 
-    static func micros(since t: UInt64) -> Int { Int((Clock.nanos() - t) / 1000) }
+    static func micros(since t: UInt64) -> Int { Int(MonotonicClock.microseconds(since: t)) }
 
     static func run(port: UInt32, report: @escaping @Sendable (SelfTestResult) -> Void) async throws {
         let endpoint = Endpoint.vsock(cid: 1, port: port)  // VMADDR_CID_LOCAL: vsock_loopback, inside the guest only.
@@ -117,8 +87,8 @@ enum GuestSelfTest {
 
     static func requests(_ endpoint: Endpoint, _ group: EventLoopGroup, _ report: @escaping @Sendable (SelfTestResult) -> Void) async throws {
 
-        func check(_ name: String, _ body: () async throws -> (Bool, String, [(String, String)])) async {
-            let t = Clock.nanos()
+        func check(_ name: String, _ body: () async throws -> (Bool, String, [(String, _ExecGateInternals.JSON)])) async {
+            let t = MonotonicClock.nanoseconds()
             do {
                 let (ok, detail, extra) = try await body()
                 report(SelfTestResult(name: name, passed: ok, detail: detail, micros: micros(since: t), extra: extra))
@@ -145,7 +115,7 @@ enum GuestSelfTest {
                 let v = try await client.authorize(AuthorizeModule(module: ByteBuffer(bytes: m.bytes)))
                 let ok = (v.decision == .allow) == m.expectAllow
                 return (ok, "\(v.decision == .allow ? "allow" : "deny") (\(v.reason.name)); expected \(m.expectAllow ? "allow" : "deny")",
-                        [("decision", JSON.string(v.decision == .allow ? "allow" : "deny")), ("reason", JSON.string(v.reason.name))])
+                        [("decision", .string(v.decision == .allow ? "allow" : "deny")), ("reason", .string(v.reason.name))])
             }
         }
 
@@ -209,26 +179,26 @@ enum GuestSelfTest {
                 return n
             }
             return (wrong == 0, "\(expected - wrong)/\(expected) verdicts right over \(clients) pipelined connections",
-                    [("requests", "\(expected)")])
+                    [("requests", .int(Int64(expected)))])
         }
 
         // Latency: sequential status round trips (no verification work), over vsock loopback and,
         // for comparison in the same guest, over a Unix socket to a second server.
         func percentiles(_ c: ExecGateClient, _ n: Int) async throws -> (p50: Int, p99: Int, mean: Int) {
-            var samples: [Int] = []
+            var samples: [Double] = []
             samples.reserveCapacity(n)
             for _ in 0..<n {
-                let t = Clock.nanos()
+                let t = MonotonicClock.nanoseconds()
                 _ = try await c.status()
-                samples.append(micros(since: t))
+                samples.append(MonotonicClock.microseconds(since: t))
             }
-            samples.sort()
-            return (samples[n / 2], samples[min(n - 1, n * 99 / 100)], samples.reduce(0, +) / n)
+            let s = Percentiles.summary(samples)
+            return (Int(s.p50), Int(s.p99), Int(s.mean))
         }
         await check("latency.vsock-status-200") {
             let r = try await percentiles(client, 200)
             return (true, "vsock loopback status round trip p50 \(r.p50) µs, p99 \(r.p99) µs, mean \(r.mean) µs (emulated CPU: compare ratios)",
-                    [("p50_us", "\(r.p50)"), ("p99_us", "\(r.p99)"), ("mean_us", "\(r.mean)")])
+                    [("p50_us", .int(Int64(r.p50))), ("p99_us", .int(Int64(r.p99))), ("mean_us", .int(Int64(r.mean)))])
         }
         await check("latency.unix-status-200") {
             var logger = Logger(label: "selftest-unix")
@@ -242,7 +212,7 @@ enum GuestSelfTest {
                 await c.close()
                 await server.shutdown()
                 return (true, "unix socket status round trip in the same guest p50 \(r.p50) µs, p99 \(r.p99) µs, mean \(r.mean) µs",
-                        [("p50_us", "\(r.p50)"), ("p99_us", "\(r.p99)"), ("mean_us", "\(r.mean)")])
+                        [("p50_us", .int(Int64(r.p50))), ("p99_us", .int(Int64(r.p99))), ("mean_us", .int(Int64(r.mean)))])
             } catch {
                 await server.shutdown()
                 throw error
@@ -251,7 +221,7 @@ enum GuestSelfTest {
         if let small = mods.filter({ $0.expectAllow }).min(by: { $0.bytes.count < $1.bytes.count }) {
             await check("throughput.authorize-8-clients") {
                 let perClient = 10
-                let t = Clock.nanos()
+                let t = MonotonicClock.nanoseconds()
                 let ok = try await withThrowingTaskGroup(of: Int.self) { g in
                     for _ in 0..<8 {
                         g.addTask {
@@ -266,18 +236,18 @@ enum GuestSelfTest {
                     for try await n in g { total += n }
                     return total
                 }
-                let seconds = Double(Clock.nanos() - t) / 1e9
+                let seconds = Double(MonotonicClock.nanoseconds() - t) / 1e9
                 let rate = Int(Double(8 * perClient) / seconds)
                 return (ok == 8 * perClient, "\(ok)/\(8 * perClient) allowed; \(rate) authorize requests/s with 8 concurrent clients (\(small.name), \(small.bytes.count) bytes)",
-                        [("requests_per_s", "\(rate)")])
+                        [("requests_per_s", .int(Int64(rate)))])
             }
         }
         if let allowed = mods.first(where: { $0.expectAllow }) {
             await check("latency.authorize-20") {
-                let t = Clock.nanos()
+                let t = MonotonicClock.nanoseconds()
                 for _ in 0..<20 { _ = try await client.authorize(AuthorizeModule(module: ByteBuffer(bytes: allowed.bytes))) }
                 let mean = micros(since: t) / 20
-                return (true, "mean \(mean) µs per authorize of \(allowed.name) (\(allowed.bytes.count) bytes)", [("mean_us", "\(mean)")])
+                return (true, "mean \(mean) µs per authorize of \(allowed.name) (\(allowed.bytes.count) bytes)", [("mean_us", .int(Int64(mean)))])
             }
         }
         await client.close()

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Building the claim part of an authorize-module request from the command line:
+// Building the claim part of an authorize-module request (`execgate request module --claim`):
 //   none  evidence only (signature and ELF structure are judged);
 //   elf   each executable section with the module's own file bytes at synthetic addresses —
 //         what a VMM would claim for a module not yet relocated (useful to exercise the structure
@@ -12,8 +12,8 @@ import ExecGateSignature
 import ExecGateWire
 import NIOCore
 
-enum ClaimSource {
-    static func sections(_ spec: String, module: [UInt8]) throws -> [SectionClaim] {
+public enum ClaimSource {
+    public static func sections(_ spec: String, module: [UInt8]) throws -> [SectionClaim] {
         switch spec {
         case "none": return []
         case "elf": return try fromELF(module)
@@ -21,7 +21,7 @@ enum ClaimSource {
         }
     }
 
-    static func fromELF(_ module: [UInt8]) throws -> [SectionClaim] {
+    public static func fromELF(_ module: [UInt8]) throws -> [SectionClaim] {
         try module.withUnsafeBytes { raw in
             let content: UnsafeRawBufferPointer
             if let t = try? ModuleSignatureTrailer.parse(raw) { content = UnsafeRawBufferPointer(rebasing: raw[t.contentRange]) } else { content = raw }
@@ -38,7 +38,7 @@ enum ClaimSource {
     }
 
     /// Reads `DIR/text/<16 hex digits>_<section>.bin` files.
-    static func fromCaptureDirectory(_ dir: String) throws -> [SectionClaim] {
+    public static func fromCaptureDirectory(_ dir: String) throws -> [SectionClaim] {
         let textDir = dir + "/text"
         guard LocalFile.isDirectory(textDir) else {
             throw LocalFileError(path: dir, why: "not 'none', 'elf' or a capture directory with text/<addr>_<section>.bin files")

@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Stage 2: boot-time patching. What `module_finalize()` (arch/x86/kernel/module.c, 6.1) does to the
+// relocated text, in its order, then `ftrace_module_init()`:
+//   apply_paravirt ─► apply_retpolines ─► apply_returns ─► apply_alternatives (+optimize_nops on
+//   every site) ─► apply_ibt_endbr ─► alternatives_smp_module_add (lock → ds on UP) ─► ftrace NOPs.
+// Each step is deterministic given the trusted facts (CPU capabilities, pv_ops, thunks, the
+// uniprocessor decision); the results are exact bytes. The only variable sites added here are the
+// smp-lock prefixes of a multi-CPU guest and ftrace sites (RuntimeSites.swift holds the rest).
+
+import ExecGateELF
+import _ExecGateInternals
+
+extension Session {
+    func applyBootTimePatching() throws {
+        try applyParavirt()
+        try applyRetpolines()
+        try applyReturns()
+        try applyAlternatives()
+        try applyEndbrSeal()
+        try applySMPLocks()
+        try applyFtrace()
+    }
+
+    // MARK: Paravirt
+
+    /// `apply_paravirt()`: `struct paravirt_patch_site { u8 *instr; u8 type; u8 len; }` (16 bytes,
+    /// `instr` relocated by R_X86_64_64). Each site becomes `call pv_ops[type]` (or nothing for
+    /// `_paravirt_nop`, or `call paravirt_BUG` for NULL) padded with `add_nops()`.
+    func applyParavirt() throws {
+        guard let t = table(".parainstructions") else { return }
+        var o = 0
+        while o + 16 <= t.bytes.count, let instr = t.bytes.getInteger(at: o, as: UInt64.self),
+              let type = t.bytes.getInteger(at: o + 8, as: UInt8.self).map(Int.init), let len = t.bytes.getInteger(at: o + 9, as: UInt8.self).map(Int.init) {
+            o += 16
+            guard let off = execOffset(instr, len) else { continue }
+            var buf = Array(image[off..<off + len])
+            guard type < facts.pvOps.count else {
+                throw deny(.paravirt, "pv_ops[\(type)] is not in the trusted pv_ops table", atRegionOffset: off, address: instr)
+            }
+            let op = facts.pvOps[type]
+            var used = 0
+            var target: UInt64? = op
+            if op == 0 {
+                target = facts.paravirtBUG
+                guard target != nil else { throw deny(.paravirt, "pv_ops[\(type)] is NULL and paravirt_BUG is unknown", address: instr) }
+            } else if let nop = facts.paravirtNop, op == nop {
+                target = nil
+            }
+            if let tgt = target {
+                guard len >= 5, let call = genInsn(0xe8, at: instr, to: tgt) else {
+                    throw deny(.paravirt, "paravirt site of \(len) bytes cannot hold a call (the kernel BUGs)", address: instr)
+                }
+                for k in 0..<5 { buf[k] = call[k] }
+                used = 5
+            }
+            addNops(&buf, at: used, count: len - used)
+            write(off, buf, .paravirt)
+            siteCounts[.paravirt, default: 0] += 1
+        }
+    }
+
+    // MARK: Retpolines
+
+    /// `apply_retpolines()` + `patch_retpoline()` (alternative.c). With RETPOLINE and not
+    /// RETPOLINE_LFENCE the site is left as compiled (`return -1`).
+    func applyRetpolines() throws {
+        let sites = relativeSites(".retpoline_sites")
+        if sites.isEmpty { return }
+        let fb = facts.featureBits
+        for a in sites {
+            guard let off = execOffset(a, 1), let insn = decode(at: off) else { continue }
+            let isJcc = insn.opcode0 == 0x0f && insn.opcode1 & 0xf0 == 0x80
+            guard insn.opcode0 == 0xe8 || insn.opcode0 == 0xe9 || isJcc else { continue }  // WARN_ON_ONCE, skipped
+            guard let thunks = indirectThunkExport else {
+                throw deny(.retpoline, "__x86_indirect_thunk_array base unknown (no __x86_indirect_thunk_rax export)", address: a)
+            }
+            let target = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate)
+            let diff = Int64(bitPattern: target &- thunks)
+            let reg = diff / 32  // C pointer subtraction over retpoline_thunk_t (32 bytes)
+            if reg & ~0xf != 0 { continue }  // WARN_ON_ONCE: left alone
+            if reg == 4 { throw deny(.retpoline, "CALL/JMP *%rsp (the kernel BUGs)", address: a) }
+            if hasFeature(fb.retpoline) && !hasFeature(fb.retpolineLfence) { continue }
+            if hasFeature(fb.indirectThunkITS) {
+                throw deny(.retpoline, "ITS indirect-thunk pages are not modelled", address: a)
+            }
+            var bytes: [UInt8] = []
+            var op = insn.opcode0
+            if isJcc {
+                bytes.append(0x70 + ((insn.opcode1 & 0xf) ^ 1))
+                bytes.append(UInt8(insn.length - 2))
+                op = 0xe9
+            }
+            if hasFeature(fb.retpolineLfence) { bytes += [0x0f, 0xae, 0xe8] }
+            var r = Int(reg)
+            var modrm: UInt8 = op == 0xe8 ? 0x10 : 0x20
+            if r >= 8 { bytes.append(0x41); r -= 8 }
+            modrm |= 0xc0
+            modrm += UInt8(r)
+            bytes += [0xff, modrm]
+            if op == 0xe9 && bytes.count < insn.length { bytes.append(0xcc) }
+            while bytes.count < insn.length { bytes.append(0x90) }
+            guard bytes.count == insn.length else { continue }
+            optimizeNops(&bytes, 0, bytes.count)
+            write(off, bytes, .retpoline)
+            siteCounts[.retpoline, default: 0] += 1
+        }
+    }
+
+    // MARK: Returns
+
+    func wantsRethunk(at a: UInt64) -> Bool {
+        guard hasFeature(facts.featureBits.rethunk) else { return false }
+        if let its = facts.itsReturnThunk, let rt = returnThunkTarget, rt == its { return a & 0x20 == 0 }
+        return true
+    }
+
+    /// The `RET` form of `__static_call_transform()` / `patch_return()` at `a` for `length` bytes.
+    func retForm(at a: UInt64, length: Int) -> [UInt8]? {
+        var b: [UInt8]
+        if wantsRethunk(at: a) {
+            guard let rt = returnThunkTarget, let j = genInsn(0xe9, at: a, to: rt) else { return nil }
+            b = j
+        } else {
+            b = [0xc3]
+        }
+        while b.count < length { b.append(0xcc) }
+        return b
+    }
+
+    /// `apply_returns()` + `__static_call_fixup()` + `patch_return()` (alternative.c, static_call.c).
+    func applyReturns() throws {
+        for a in relativeSites(".return_sites") {
+            guard let off = execOffset(a, 1), let insn = decode(at: off) else { continue }
+            var dest: UInt64? = nil
+            if insn.opcode0 == 0xe9 { dest = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate) }
+            // __static_call_fixup(): a trampoline is followed by `ud1 %esp, %ecx` (0f b9 cc).
+            if off + 8 <= image.count && image[off + 5] == 0x0f && image[off + 6] == 0xb9 && image[off + 7] == 0xcc {
+                let rtx = returnThunkExport
+                if insn.opcode0 == 0xc3 || (dest != nil && dest == rtx) {
+                    guard let form = retForm(at: a, length: 5), execOffset(a, 5) != nil else { continue }
+                    write(off, form, .returnThunk)
+                    // A module's own static-call trampoline: static_call_update() may later make it
+                    // `jmp func` or the RET form again (a run-time site, RuntimeSites.swift).
+                    trampolineSites.append((a, off))
+                    siteCounts[.returnThunk, default: 0] += 1
+                }
+                continue
+            }
+            guard let d = dest, let rtx = returnThunkExport, d == rtx else { continue }  // WARN_ONCE: left alone
+            guard let bytes = retForm(at: a, length: insn.length), bytes.count == insn.length, execOffset(a, insn.length) != nil else { continue }
+            write(off, bytes, .returnThunk)
+            returnSites.append((off, a, insn.length))
+            siteCounts[.returnThunk, default: 0] += 1
+        }
+    }
+
+    // MARK: Alternatives
+
+    /// `apply_alternatives()`:
+    /// ```c
+    /// struct alt_instr { s32 instr_offset; s32 repl_offset; u16 cpuid; u8 instrlen; u8 replacementlen; } __packed;
+    /// ```
+    /// Bit 15 of `cpuid` (ALTINSTR_FLAG_INV) inverts the test. Every site then gets `optimize_nops()`.
+    func applyAlternatives() throws {
+        guard let t = table(".altinstructions") else { return }
+        let maxFeature = facts.featureBits.capabilityWords * 32
+        var o = 0
+        while let instrRel = t.bytes.getInteger(at: o, as: Int32.self), let replRel = t.bytes.getInteger(at: o + 4, as: Int32.self),
+              let cpuid = t.bytes.getInteger(at: o + 8, as: UInt16.self), let il = t.bytes.getInteger(at: o + 10, as: UInt8.self),
+              let rl = t.bytes.getInteger(at: o + 11, as: UInt8.self) {
+            let ea = t.addr &+ UInt64(o)
+            let instr = ea &+ UInt64(bitPattern: Int64(instrRel))
+            let repl = ea &+ 4 &+ UInt64(bitPattern: Int64(replRel))
+            let instrlen = Int(il), repllen = Int(rl)
+            o += 12
+            let feature = Int(cpuid & 0x7fff)
+            guard feature < maxFeature else {
+                throw deny(.alternative, "feature bit \(feature) beyond x86_capability (the kernel BUGs)", address: instr)
+            }
+            let size = max(instrlen, repllen)
+            guard let off = execOffset(instr, max(size, 1)) else { continue }  // init text: freed
+            let inv = cpuid & 0x8000 != 0
+            altSites.append((off, instrlen, feature, inv, hasFeature(feature) != inv))
+            if hasFeature(feature) != inv {
+                guard var buf = read(repl, repllen) else {
+                    throw deny(.alternative, "replacement at 0x\(String(repl, radix: 16)) is outside the module", address: instr)
+                }
+                if repllen == 5 && buf[0] == 0xe8, let v = buf.getInteger(at: 1, as: Int32.self) {
+                    let nv = UInt32(bitPattern: v &+ Int32(truncatingIfNeeded: Int64(bitPattern: repl &- instr)))
+                    for k in 0..<4 { buf[1 + k] = UInt8(truncatingIfNeeded: nv >> (8 * UInt32(k))) }
+                }
+                if repllen == 5 && (buf[0] == 0xeb || buf[0] == 0xe9), let tgt = rel32Destination(buf, operandAt: 1, site: repl, length: 5) {
+                    // recompute_jump()
+                    let ndspl = Int32(truncatingIfNeeded: Int64(bitPattern: tgt &- instr))
+                    let twoByte = Int64(bitPattern: tgt &- instr) >= 0 ? (Int64(ndspl) - 2 <= 127) : ((ndspl &- 2) & 0xff) == (ndspl &- 2)
+                    if twoByte {
+                        buf[0] = 0xeb
+                        buf[1] = UInt8(truncatingIfNeeded: ndspl &- 2)
+                        addNops(&buf, at: 2, count: 3)
+                    } else {
+                        let n = UInt32(bitPattern: ndspl &- 5)
+                        buf[0] = 0xe9
+                        for k in 0..<4 { buf[1 + k] = UInt8(truncatingIfNeeded: n >> (8 * UInt32(k))) }
+                    }
+                }
+                while buf.count < instrlen { buf.append(0x90) }
+                write(off, buf, .alternative)
+                siteCounts[.alternative, default: 0] += 1
+            }
+            // optimize_nops(instr, instrlen) on every site; the decoder may look up to 15 bytes on.
+            if instrlen > 0 {
+                var local = Array(image[off..<min(image.count, off + instrlen + InstructionDecoder.maxLength)])
+                optimizeNops(&local, 0, instrlen)
+                for k in 0..<instrlen where local[k] != image[off + k] {
+                    image[off + k] = local[k]
+                    cls[off + k] = UInt8(ExplanationClass.alternative.rawValue)
+                }
+            }
+        }
+    }
+
+    // MARK: ENDBR seal
+
+    /// `apply_ibt_endbr()` (CONFIG_X86_KERNEL_IBT only): `endbr64` (f3 0f 1e fa) → `66 0f 1f 00`.
+    func applyEndbrSeal() throws {
+        guard facts.ibtSeal else { return }
+        for a in relativeSites(".ibt_endbr_seal") {
+            guard let off = execOffset(a, 4), image[off..<off + 4].elementsEqual([0xf3, 0x0f, 0x1e, 0xfa]) else { continue }
+            write(off, [0x66, 0x0f, 0x1f, 0x00], .endbrSeal)
+            siteCounts[.endbrSeal, default: 0] += 1
+        }
+    }
+
+    // MARK: SMP locks
+
+    /// `alternatives_smp_unlock()`: on a uniprocessor-patched boot every `.smp_locks` site inside
+    /// the module's `.text` (only that section's bounds are passed) holding `f0` becomes `3e`
+    /// (never in init text).
+    func applySMPLocks() throws {
+        guard region == .core, facts.uniprocessorPatched, let text = elf.section(named: ".text"), let toff = layout.coreOffset[text.index],
+              layout.flags[text.index].contains(.alloc) else { return }
+        guard let t = table(".smp_locks") else { return }
+        var o = 0
+        while let v = t.bytes.getInteger(at: o, as: Int32.self) {
+            let a = t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64(v))
+            o += 4
+            guard v != 0, a >= base else { continue }
+            let d = a - base
+            guard d >= UInt64(toff), d < UInt64(toff + text.size) else { continue }
+            let off = Int(d)
+            if image[off] == 0xf0 {
+                write(off, [0x3e], .smpLock)
+                siteCounts[.smpLock, default: 0] += 1
+                if facts.possibleCPUs > 1 {
+                    // The module is on smp_alt_modules: bringing a second CPU online runs
+                    // alternatives_smp_lock() on every tracked module (3e → f0), all sites at once.
+                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix",
+                        check: { b in b == [0x3e] ? 0 : (b == [0xf0] ? 1 : nil) },
+                        encode: { st in st == 1 ? [0xf0] : [0x3e] }))
+                }
+            }
+        }
+    }
+
+    /// Consistency group of all `.smp_locks` sites (never a kernel address: key addresses are
+    /// aligned and in the kernel half, this value is odd).
+    static let smpLockGroup: UInt64 = 0x5350_4c4f_434b_0001
+
+    // MARK: ftrace
+
+    /// `ftrace_module_init()` → `ftrace_init_nop()` → `ftrace_make_nop()`: each `__mcount_loc` site
+    /// that holds `call __fentry__` becomes NOP5. At run time tracing may turn it into a call to a
+    /// trusted ftrace entry (facts.ftraceCallTargets), nothing else.
+    func applyFtrace() throws {
+        guard let t = table("__mcount_loc") else { return }
+        let fentry = resolver.lookup("__fentry__")
+        var o = 0
+        while let a = t.bytes.getInteger(at: o, as: UInt64.self) {
+            o += 8
+            guard let off = execOffset(a, 5) else { continue }
+            guard let fe = fentry, let call = genInsn(0xe8, at: a, to: fe), image[off..<off + 5].elementsEqual(call) else {
+                continue  // ftrace_bug(): the kernel leaves the site alone and disables ftrace.
+            }
+            write(off, x86Nops[5], .ftrace)
+            siteCounts[.ftrace, default: 0] += 1
+            let targets = facts.ftraceCallTargets
+            if !targets.isEmpty {
+                variable.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, what: "ftrace site",
+                    check: { b in
+                        if b == x86Nops[5] { return 0 }
+                        for tg in targets where genInsn(0xe8, at: a, to: tg) == b { return tg }
+                        return nil
+                    }, encode: { _ in x86Nops[5] }))
+            }
+        }
+    }
+}

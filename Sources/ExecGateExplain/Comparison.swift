@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Stage 4: comparison. The claim against the replay: every variable site must hold a legal member
+// of its set, consistent with the other sites of its key; every other byte must equal the replayed
+// value. The first difference is the denial. Then the results of an allowed module: statistics
+// by class and the exports later modules may resolve against.
+
+import ExecGateELF
+
+extension Session {
+    // MARK: Compare
+
+    func compare() throws {
+        let claimed = self.claimed
+        // Variable sites, in address order: legal member and consistent per group.
+        variable.sort { $0.offset < $1.offset }
+        // An init region's sites must agree with the module's core sites (same keys, same moment).
+        var groupState: [UInt64: UInt64] = inherited?.groupState ?? [:]
+        defer { finalGroupState = groupState }
+        // A static-call key's state at verified modules: this module's sites must agree with it
+        // (static-call keys and jump-label keys are distinct objects: no address is both).
+        let verifiedStates = resolver.staticCallStates
+        for v in variable {
+            let found = Array(claimed[v.offset..<v.offset + v.length])
+            if let st = v.check(found) {
+                if let g = v.group, let prev = groupState[g], prev != st {
+                    let exp = v.encode(prev)
+                    write(v.offset, exp, v.cls)
+                    notes.append((v.offset..<v.offset + v.length, "\(v.what): state disagrees with other sites of the same key"))
+                    continue
+                }
+                if v.cls == .staticCall, let g = v.group, groupState[g] == nil, let prev = verifiedStates[g], prev != st {
+                    write(v.offset, v.encode(prev), v.cls)
+                    notes.append((v.offset..<v.offset + v.length, "\(v.what): state disagrees with the key's sites in verified modules"))
+                    continue
+                }
+                if let g = v.group {
+                    groupState[g] = st
+                    if v.cls == .staticCall { staticCallStates[g] = st }
+                }
+                write(v.offset, found, v.cls)
+            } else {
+                var exp = v.encode(v.group.flatMap { groupState[$0] })
+                if exp == found { exp = v.encode(nil) }
+                write(v.offset, exp, v.cls)
+                notes.append((v.offset..<v.offset + v.length, "\(v.what): not a legal encoding (allowed: the NULL forms or a branch to a target trusted for the site)"))
+            }
+        }
+        // claimed.count == image.count (checked in setUp). Equal regions are the common case:
+        // one vectorisable counting pass over borrowed buffers; the slow path only on a difference.
+        let img = image
+        precondition(claimed.count == img.count)
+        let equal = img.withUnsafeBytes { a in
+            claimed.withUnsafeBytes { b in
+                var acc: UInt64 = 0
+                var i = 0
+                while i + 32 <= a.count {
+                    acc |= (a.loadUnaligned(fromByteOffset: i, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+                        | (a.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
+                        | (a.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self))
+                        | (a.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self))
+                    i += 32
+                }
+                while i < a.count { acc |= UInt64(a[i] ^ b[i]); i += 1 }
+                return acc == 0
+            }
+        }
+        if equal { return }
+        var differing = 0
+        for i in 0..<img.count where img[i] != claimed[i] { differing += 1 }
+        for i in 0..<img.count where img[i] != claimed[i] {
+            let (sec, so) = sectionOf(regionOffset: i)
+            let n = min(8, image.count - i)
+            let byteClass = ExplanationClass(rawValue: Int(cls[i]))!  // rawValue set only from ExplanationClass
+            var reason = "byte differs from the \(byteClass) value"
+            var rule = DenialRule.stage(byteClass)
+            if let note = notes.first(where: { $0.range.contains(i) }) { reason = note.text }
+            else if let r = relocationCovering(i) { reason = r; rule = .relocation }
+            else if sec == "(padding)" { reason = "alignment padding must be zero" }
+            var d = deny(rule, reason, section: sec, offset: so, address: base &+ UInt64(i),
+                         expected: Array(image[i..<i + n]), found: Array(claimed[i..<i + n]))
+            d.denial.unexplainedBytes = differing
+            throw d
+        }
+    }
+
+    // MARK: Results
+
+    func statistics() -> ExplainStats {
+        var st = ExplainStats()
+        st.executableBytes = image.count
+        var counts = [Int](repeating: 0, count: 256)
+        counts.withUnsafeMutableBufferPointer { cnt in
+            cls.withUnsafeBytes { c in
+                // Runs of one class (ELF bytes, padding) eight at a time; mixed words byte by byte.
+                let n = c.count
+                var i = 0
+                while i + 8 <= n {
+                    let w = c.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                    let b0 = UInt64(truncatingIfNeeded: w & 0xff)
+                    if w == b0 &* 0x0101_0101_0101_0101 { cnt[Int(b0)] += 8 } else {
+                        for k in 0..<8 { cnt[Int(c[i + k])] += 1 }  // UInt8 index < 256: in bounds
+                    }
+                    i += 8
+                }
+                while i < n { cnt[Int(c[i])] += 1; i += 1 }
+            }
+        }
+        // only ExplanationClass raw values are stored in cls
+        precondition(counts[ExplanationClass.allCases.count...].allSatisfy { $0 == 0 })
+        counts.removeLast(256 - ExplanationClass.allCases.count)
+        for (i, n) in counts.enumerated() where n > 0 { st.bytesByClass[ExplanationClass(rawValue: i)!] = n }
+        st.relocationsApplied = relocCount
+        st.sites = siteCounts
+        return st
+    }
+
+    /// `__ksymtab_<name>` marks an export of `<name>` (EXPORT_SYMBOL / _GPL).
+    func exportedNames() -> Set<String> {
+        var names: Set<String> = []
+        for s in symbols where hasASCIIPrefix(s.name, "__ksymtab_") { names.insert(String(s.name.dropFirst(10))) }
+        return names
+    }
+
+    func moduleExports() -> ModuleExports {
+        let names = exportedNames()
+        var out: [String: UInt64] = [:]
+        // Cheap integer tests first: the name hash is only computed for defined non-local symbols.
+        for (i, s) in symbols.enumerated() where !s.isUndefined && s.binding != 0 && names.contains(s.name) {
+            if let v = try? symbolValue(i) { out[s.name] = v }
+        }
+        return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries,
+                             staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)
+    }
+}

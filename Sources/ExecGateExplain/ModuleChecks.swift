@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The loader's refusals that do not write text: `check_modinfo()` (vermagic) before relocation and
+// `verify_exported_symbols()` after it (kernel/module/main.c, 6.1). A module the kernel would
+// refuse must not be explained: its claim describes a load that cannot have happened.
+
+import ExecGateELF
+
+extension Session {
+    /// `check_modinfo()`: `vermagic=` must be present (without it the kernel only loads with
+    /// `--force`, which taints) and match the running kernel (`same_magic()`). With MODVERSIONS
+    /// the kernel compares the string after the release and leaves the release to the symbol
+    /// CRCs; ExecGate compares the release itself against the registered one (`kernelRelease`),
+    /// which is stricter: a module built for another release is refused even if its CRCs match.
+    func checkModinfo() throws {
+        guard let release = facts.kernelRelease else { return }
+        guard let vermagic = modinfo("vermagic") else {
+            throw deny(.vermagic, "the module has no vermagic= in .modinfo (the kernel refuses it unless forced)", section: ".modinfo")
+        }
+        let moduleRelease = vermagic.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true).first.map(String.init) ?? ""
+        guard moduleRelease == release else {
+            throw deny(.vermagic, "vermagic \"\(vermagic)\" is for release \(moduleRelease), the guest runs \(release)", section: ".modinfo")
+        }
+    }
+
+    /// The value of the first `key=value` entry of `.modinfo` (NUL-separated strings).
+    func modinfo(_ key: String) -> String? {
+        guard let s = elf.section(named: ".modinfo"), !s.isNoBits else { return nil }
+        let prefix = Array((key + "=").utf8)
+        for entry in elf.contents(of: s).split(separator: 0, omittingEmptySubsequences: true) where entry.starts(with: prefix) {
+            return String(decoding: entry.dropFirst(prefix.count), as: UTF8.self)
+        }
+        return nil
+    }
+
+    /// `verify_exported_symbols()`: a name the module exports must not be exported already by the
+    /// core kernel or a live module ("exports duplicate symbol ... (owned by ...)", -ENOEXEC);
+    /// otherwise the later export would shadow the earlier one for every module after it.
+    func verifyExportedSymbols() throws {
+        for name in exportedNames().sorted() where resolver.lookup(name) != nil {
+            throw deny(.duplicateExport, "the module exports \(name), which the core kernel or a verified module already exports")
+        }
+    }
+}

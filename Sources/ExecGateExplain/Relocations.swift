@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Stage 1: relocations. `simplify_symbols()` gives every symbol its final value (exports of the
+// core kernel and of verified modules only, as `resolve_symbol()` does; the module's own sections
+// at their laid-out addresses; per-cpu symbols at the claimed per-cpu base), then
+// `apply_relocations()` writes every field of the module's allocated core sections.
+
+import ExecGateELF
+
+extension Session {
+    /// `simplify_symbols()`: the final value of symbol `i`.
+    @inline(__always) func symbolValue(_ i: Int) throws -> UInt64 {
+        if let v = symValue[i] { return v }
+        return try resolveSymbolValue(i)
+    }
+
+    func resolveSymbolValue(_ i: Int) throws -> UInt64 {
+        let sym = symbols[i]
+        var v: UInt64
+        switch sym.sectionIndex {
+        case SectionIndex.common:
+            throw deny(.relocation, "symbol \(sym.name) is SHN_COMMON (the kernel refuses: compile with -fno-common)")
+        case SectionIndex.abs:
+            v = sym.value
+        case SectionIndex.livepatch:
+            throw deny(.relocation, "livepatch symbol \(sym.name) is not supported")
+        case SectionIndex.undef:
+            if i == 0 { v = 0; break }
+            if let a = resolver.lookup(sym.name) {
+                // An export inside the core's init memory is freed after boot (and never a real
+                // export: modpost refuses EXPORT_SYMBOL of __init code): nothing may point there.
+                guard !facts.isCoreInit(a) else {
+                    throw deny(.initSymbol, "symbol \(sym.name) resolves to 0x\(String(a, radix: 16)), inside the core kernel's freed init memory")
+                }
+                v = a
+            } else if sym.isWeak {
+                v = 0  // unresolved weak: the kernel leaves 0.
+            } else {
+                throw deny(.relocation, "unknown symbol \(sym.name): not exported by the core kernel or an allowed module")
+            }
+        default:
+            let si = Int(sym.sectionIndex)
+            guard si < elf.sections.count, sym.sectionIndex < SectionIndex.loReserve else {
+                throw deny(.relocation, "symbol \(sym.name) has unsupported section index \(sym.sectionIndex)")
+            }
+            if si == layout.percpuIndex {
+                guard let p = claim.percpuBase else {
+                    throw deny(.relocation, "symbol \(sym.name) is per-cpu but the claim gives no per-cpu base")
+                }
+                v = p &+ sym.value
+            } else if let a = addr[si] {
+                v = a &+ sym.value
+            } else {
+                // Non-ALLOC section: the kernel would use its temporary copy — unexplainable by design.
+                v = 0xdead_0000_0000_0000 | UInt64(si) << 24
+            }
+        }
+        symValue[i] = v
+        return v
+    }
+
+    /// `apply_relocate_add()` / `__write_relocate_add()` (arch/x86/kernel/module.c, 6.1):
+    /// ```c
+    /// val = sym->st_value + rel[i].r_addend;
+    /// case R_X86_64_NONE: continue;  case R_X86_64_64: size = 8; break;
+    /// case R_X86_64_32:  if (val != *(u32 *)&val) goto overflow; size = 4; break;
+    /// case R_X86_64_32S: if ((s64)val != *(s32 *)&val) goto overflow; size = 4; break;
+    /// case R_X86_64_PC32: case R_X86_64_PLT32: val -= (u64)loc; size = 4; break;
+    /// case R_X86_64_PC64: val -= (u64)loc; size = 8; break;
+    /// default: pr_err("Unknown rela relocation: %llu\n", ...); return -ENOEXEC;
+    /// if (memcmp(loc, &zero, size)) { pr_err("x86/modules: Invalid relocation target, existing value is nonzero ..."); return -ENOEXEC; }
+    /// ```
+    func relocate() throws {
+        // Work on local arrays (moved out, moved back on every exit): no per-byte exclusivity
+        // checks on the class's stored properties in this loop.
+        var img: [UInt8] = [], cl: [UInt8] = []
+        var fields = relocFields, count = relocCount
+        swap(&img, &image); swap(&cl, &cls); relocFields = []
+        defer { swap(&img, &image); swap(&cl, &cls); relocFields = fields; relocCount = count }
+        let relocClass = UInt8(ExplanationClass.relocation.rawValue)
+        for rs in rela {
+            let t = rs.targetSectionIndex
+            // Relocations of non-ALLOC sections are skipped by the kernel. The explained region's
+            // exec sections are relocated in the image, the session's other allocated sections in
+            // their data copies; init sections in a core session have neither (freed, never used).
+            guard layout.flags[t].contains(.alloc), let taddr = addr[t] else { continue }
+            let toffInImage = imageOffset(of: t)
+            let isExec = toffInImage != nil
+            if !isExec && data[t] == nil { continue }
+            let toff = toffInImage ?? 0
+            var d: [UInt8] = []
+            if !isExec, let cur = data[t] {
+                d = cur
+                data[t] = nil  // keep `d` uniquely referenced while it is patched
+            }
+            defer { if !isExec { data[t] = d } }
+            for r in rs.relocations {
+                guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
+                    throw deny(.relocation, "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
+                               section: sectionName(t), offset: Int(r.offset), address: taddr &+ r.offset)
+                }
+                if size == 0 { continue }
+                let fo = Int(r.offset)  // validated against the section size by the parser.
+                let loc = taddr &+ r.offset
+                var val = (try symbolValue(r.symbolIndex)) &+ UInt64(bitPattern: r.addend)
+                switch r.type {
+                case .r32:
+                    guard val <= UInt64(UInt32.max) else {
+                        throw deny(.relocation, "R_X86_64_32 overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
+                    }
+                case .r32S:
+                    let sv = Int64(bitPattern: val)
+                    guard sv >= Int64(Int32.min) && sv <= Int64(Int32.max) else {
+                        throw deny(.relocation, "R_X86_64_32S overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
+                    }
+                case .pc32, .plt32, .pc64:
+                    val = val &- loc
+                default: break
+                }
+                if isExec {
+                    // Core text pointing into the module's own init sections would point into
+                    // memory freed after init (`do_free_init()`): not explainable.
+                    let ssi = Int(symbols[r.symbolIndex].sectionIndex)
+                    if region == .core, ssi > 0, ssi < layout.initOffset.count, layout.initOffset[ssi] != nil {
+                        throw deny(.initSymbol, "\(r.type) in \(sectionName(t)) refers to \(symbols[r.symbolIndex].name) in \(sectionName(ssi)), init memory freed after init",
+                                   section: sectionName(t), offset: fo, address: loc)
+                    }
+                    let o = toff + fo
+                    guard img[o..<o + size].allSatisfy({ $0 == 0 }) else {
+                        throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
+                    }
+                    for k in 0..<size {
+                        img[o + k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k)))
+                        cl[o + k] = relocClass
+                    }
+                    fields.append((o, size, r.type, r.symbolIndex, r.addend, loc))
+                } else if fo + size <= d.count {
+                    guard d[fo..<fo + size].allSatisfy({ $0 == 0 }) else {
+                        throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
+                    }
+                    for k in 0..<size { d[fo + k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k))) }
+                }
+                count += 1
+            }
+        }
+    }
+
+    /// The relocation whose field covers region offset `i` (for the first-difference report).
+    func relocationCovering(_ i: Int) -> String? {
+        for rs in rela {
+            let t = rs.targetSectionIndex
+            guard let toff = imageOffset(of: t) else { continue }
+            for r in rs.relocations {
+                let lo = toff + Int(r.offset)
+                if i >= lo && i < lo + (r.type.fieldSize ?? 0) {
+                    return "\(r.type) field for symbol \(symbols[r.symbolIndex].name)\(r.addend >= 0 ? "+" : "")\(r.addend) has a different value"
+                }
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,241 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Stage 3: run-time sites. After the text is executable the COMING notifiers patch it
+// (`jump_label_add_module()`, `static_call_add_module()`), and they patch it again whenever a key
+// or a static call changes. Their end state is guest run-time state, so each site gets the exact
+// *set* of legal encodings (never a masked field), and all sites of one key must agree
+// (Comparison.swift checks both). The same sites become the run-time patch table
+// (RuntimePatching.swift).
+
+import ExecGateELF
+import _ExecGateInternals
+
+/// A site whose end state is run-time guest state: any member of the legal set is accepted.
+struct VariableSite {
+    var offset: Int
+    var length: Int
+    var cls: ExplanationClass
+    /// Consistency group (key address); sites of one group must report the same state.
+    var group: UInt64?
+    /// Description (built only when needed: most sites never need it).
+    var label: String
+    var labelKey: UInt64?
+    var what: String { labelKey.map { "\(label) (key 0x\(String($0, radix: 16)))" } ?? label }
+    /// Returns the state (e.g. key enabled, static-call function) if `bytes` is a legal encoding.
+    var check: ([UInt8]) -> UInt64?
+    /// The encoding for a state (used as "expected" when the claim is illegal or inconsistent).
+    var encode: (UInt64?) -> [UInt8]
+
+    init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, what: String, whatKey: UInt64? = nil,
+         check: @escaping ([UInt8]) -> UInt64?, encode: @escaping (UInt64?) -> [UInt8]) {
+        self.offset = offset; self.length = length; self.cls = cls; self.group = group
+        self.label = what; self.labelKey = whatKey; self.check = check; self.encode = encode
+    }
+}
+
+extension Session {
+    func addRuntimeSites() throws {
+        try addJumpLabels()
+        collectModuleTrampolines()
+        try addStaticCalls()
+        addModuleTrampolineSites()
+    }
+
+    // MARK: Jump labels
+
+    /// `__jump_table`: `struct jump_entry { s32 code; s32 target; long key; }` (16 bytes, relative;
+    /// key bit 0 = branch default, bit 1 = init). `__jump_label_patch()`: the site (2 or 5 bytes,
+    /// `arch_jump_entry_size()` decodes it) is exactly `x86_nops[size]` or `jmp target`.
+    /// Either state is legal (key state is run-time data), but all sites of one key must agree.
+    func addJumpLabels() throws {
+        guard let t = table("__jump_table") else { return }
+        var o = 0
+        while let codeRel = t.bytes.getInteger(at: o, as: Int32.self), let targetRel = t.bytes.getInteger(at: o + 4, as: Int32.self),
+              let keyRel = t.bytes.getInteger(at: o + 8, as: UInt64.self) {
+            let ea = t.addr &+ UInt64(o)
+            let code = ea &+ UInt64(bitPattern: Int64(codeRel))
+            let target = ea &+ 4 &+ UInt64(bitPattern: Int64(targetRel))
+            let keyRaw = ea &+ 8 &+ keyRel
+            o += 16
+            let key = keyRaw & ~3, branch = keyRaw & 1
+            guard let off = execOffset(code, 2) else { continue }
+            guard let insn = decode(at: off), insn.length == 2 || insn.length == 5, execOffset(code, insn.length) != nil else {
+                throw deny(.jumpLabel, "site is neither 2 nor 5 bytes (the kernel BUGs)", atRegionOffset: off, address: code)
+            }
+            let size = insn.length
+            let nop = x86Nops[size]
+            let jmp = genInsn(size == 2 ? 0xeb : 0xe9, at: code, to: target)
+            siteCounts[.jumpLabel, default: 0] += 1
+            jumpSites.append((off, size, code, target))
+            // State = key enabled (1) or not (0): JMP when enabled != branch default... the encoded
+            // jump is taken iff (enabled XOR branch) — jump_label_type().
+            variable.append(VariableSite(offset: off, length: size, cls: .jumpLabel, group: key, what: "jump label", whatKey: key,
+                check: { b in
+                    if b == nop { return branch ^ 0 == 0 ? 0 : 1 }   // NOP: enabled == branch
+                    if let j = jmp, b == j { return branch == 0 ? 1 : 0 }
+                    return nil
+                },
+                encode: { st in
+                    let enabled = st ?? branch
+                    let isJmp = (enabled ^ branch) == 1
+                    return isJmp ? (jmp ?? nop) : nop
+                }))
+        }
+    }
+
+    // MARK: Static calls
+
+    /// The targets a site of `key` may call or jump to, besides its NULL forms: the targets the
+    /// facts trust for the key (core keys), those of keys verified modules define, this module's
+    /// own trampoline defaults, and `__static_call_return0` (StaticCallTrust.swift says why).
+    /// Never a target in the core's init memory, never an address that is not a function entry.
+    func trustedStaticCallTargets(_ key: UInt64) -> Set<UInt64> {
+        if let t = trustedTargetCache[key] { return t }
+        var s = facts.staticCallTrustedTargets[key] ?? []
+        if let m = resolver.staticCallTrustedTargets[key] { s.formUnion(m) }
+        if let own = ownKeyDefaults[key] { s.formUnion(own) }
+        let funcs = isFunctionEntry
+        s = s.filter { funcs($0) && !facts.isCoreInit($0) }
+        if let r0 = facts.staticCallReturn0 { s.insert(r0) }
+        trustedTargetCache[key] = s
+        return s
+    }
+
+    /// `.static_call_sites`: `struct static_call_site { s32 addr; s32 key; }` (key bit 0 = tail,
+    /// bit 1 = init). `static_call_add_module()` rewrites every site via `__static_call_transform()`:
+    /// CALL func | `2e 2e 2e 31 c0` (func == __static_call_return0) | NOP5 (NULL) for calls;
+    /// JMP func | RET form for tail calls; `0f 8x` Jcc func for conditional tail calls. `func` must
+    /// be trusted for the site's key (`trustedStaticCallTargets`); all sites of a key agree, here
+    /// and with the key's state at verified modules (Comparison.swift).
+    func addStaticCalls() throws {
+        guard let t = table(".static_call_sites") else { return }
+        let ret0 = facts.staticCallReturn0
+        var o = 0
+        while let siteRel = t.bytes.getInteger(at: o, as: Int32.self), let keyRel = t.bytes.getInteger(at: o + 4, as: Int32.self) {
+            let ea = t.addr &+ UInt64(o)
+            let site = ea &+ UInt64(bitPattern: Int64(siteRel))
+            let keyRaw = ea &+ 4 &+ UInt64(bitPattern: Int64(keyRel))
+            o += 8
+            let key = keyRaw & ~3, tail = keyRaw & 1 != 0
+            guard let off = execOffset(site, 5) else { continue }
+            let first = image[off]
+            let isJcc = first == 0x0f && image[off + 1] & 0xf0 == 0x80
+            guard first == 0xe8 || first == 0xe9 || isJcc || image[off..<off + 5].elementsEqual(x86Nops[5]) || first == 0xc3 else {
+                throw deny(.staticCall, "site is not a call/jmp/nop/ret (__static_call_validate BUGs)", atRegionOffset: off, address: site,
+                           found: Array(image[off..<off + 5]))
+            }
+            siteCounts[.staticCall, default: 0] += 1
+            staticSites.append((off, site, tail, key))
+            let trusted = trustedStaticCallTargets(key)
+            if isJcc && tail {
+                guard execOffset(site, 6) != nil else { continue }
+                let op = image[off + 1]
+                let nullTarget: UInt64? = hasFeature(facts.featureBits.rethunk) ? returnThunkExport : facts.staticCallReturn
+                let orig = Array(image[off..<off + 6])
+                variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, what: "static call (Jcc tail)", whatKey: key,
+                    check: { b in
+                        guard b.count == 6, b[0] == 0x0f, b[1] == op, let tg = rel32Destination(b, operandAt: 2, site: site, length: 6) else { return nil }
+                        if let n = nullTarget, tg == n { return 0 }
+                        return trusted.contains(tg) ? tg : nil
+                    },
+                    encode: { st in
+                        guard let s = st, s != 0, let j = genInsn(op, at: site &+ 1, to: s) else { return orig }
+                        return [0x0f] + j
+                    }))
+                continue
+            }
+            let retF = retForm(at: site, length: 5) ?? [0xc3, 0xcc, 0xcc, 0xcc, 0xcc]
+            variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: tail ? "static call (tail)" : "static call", whatKey: key,
+                check: { b in
+                    if tail {
+                        if b == retF { return 0 }
+                        if b.first == 0xe9, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5) { return trusted.contains(tg) ? tg : nil }
+                        return nil
+                    }
+                    if b == x86Nops[5] { return 0 }
+                    if let r0 = ret0, b == [0x2e, 0x2e, 0x2e, 0x31, 0xc0] { return r0 }
+                    if b.first == 0xe8, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5) {
+                        if tg == ret0 { return nil }  // the kernel writes xor5rax instead
+                        return trusted.contains(tg) ? tg : nil
+                    }
+                    return nil
+                },
+                encode: { st in
+                    guard let s = st, s != 0 else { return tail ? retF : x86Nops[5] }
+                    if !tail, s == ret0 { return [0x2e, 0x2e, 0x2e, 0x31, 0xc0] }
+                    return genInsn(tail ? 0xe9 : 0xe8, at: site, to: s) ?? x86Nops[5]
+                }))
+        }
+    }
+
+    /// A module's own static-call trampolines (`__SCT__<name>` in `.static_call.text`, followed by
+    /// `ud1 %esp, %ecx` = 0f b9 cc). Those whose return was patched are already known
+    /// (`applyReturns`); the rest are found by symbol. A trampoline that still holds its compiled
+    /// `jmp func` (relocated: the signed module's `DEFINE_STATIC_CALL(name, func)` default) makes
+    /// `func` trusted for the module's key `__SCK__<name>`.
+    func collectModuleTrampolines() {
+        if let inh = inherited { ownKeyDefaults = inh.ownKeyDefaults }  // the trampolines are core text
+        var seen = Set(trampolineSites.map { $0.off })
+        for k in trampolineSymbols {
+            let sym = symbols[k]
+            let si = Int(sym.sectionIndex)
+            guard si < elf.sections.count, let a = addr[si].map({ $0 &+ sym.value }), let off = execOffset(a, 8),
+                  image[off + 5] == 0x0f, image[off + 6] == 0xb9, image[off + 7] == 0xcc, !seen.contains(off) else { continue }
+            seen.insert(off)
+            trampolineSites.append((a, off))
+        }
+        // Targets the module's own code sets for its own keys (StaticCallTrust.moduleUpdates),
+        // looked up by the signed module's name and resolved to its own function symbols.
+        if let name = modinfo("name"), let updates = StaticCallTrust.moduleUpdates[name] {
+            for (keyName, targets) in updates {
+                guard let ki = keySymbols["__SCK__" + keyName], let key = try? symbolValue(ki) else { continue }
+                for t in targets {
+                    for (i, sym) in symbols.enumerated() where sym.name == t && sym.isFunction && !sym.isUndefined {
+                        if let v = try? symbolValue(i), functionEntries.contains(v) { ownKeyDefaults[key, default: []].insert(v) }
+                    }
+                }
+            }
+        }
+        for (a, off) in trampolineSites {
+            guard image[off] == 0xe9, let key = trampolineKey(a),
+                  let dest = rel32Destination(Array(image[off..<off + 5]), operandAt: 1, site: a, length: 5),
+                  dest != returnThunkExport, dest != returnThunkTarget else { continue }
+            ownKeyDefaults[key, default: []].insert(dest)
+        }
+    }
+
+    /// `static_call_update()` on the module's key rewrites its trampoline to `jmp func` or the RET
+    /// form at any time: both are legal when `func` is trusted for the key, and the state must
+    /// agree with the key's inline sites (`__SCK__<name>`).
+    func addModuleTrampolineSites() {
+        let known = Set(variable.map { $0.offset })
+        for (a, off) in trampolineSites where !known.contains(off) { addTrampolineSite(a, off) }
+    }
+
+    /// The module's own key (`__SCK__<name>`) of the trampoline at `a`.
+    func trampolineKey(_ a: UInt64) -> UInt64? {
+        for k in trampolineSymbols {
+            let sym = symbols[k]
+            let si = Int(sym.sectionIndex)
+            guard si < elf.sections.count, let sa = addr[si], sa &+ sym.value == a else { continue }
+            let keyName = "__SCK__" + sym.name.dropFirst(7)
+            if let k = keySymbols[keyName], let v = try? symbolValue(k) { return v }
+            return nil
+        }
+        return nil
+    }
+
+    func addTrampolineSite(_ a: UInt64, _ off: Int) {
+        let key = trampolineKey(a)
+        // A trampoline without a key symbol has no trusted target: only its RET form.
+        let trusted = key.map { trustedStaticCallTargets($0) } ?? []
+        let ret = retForm(at: a, length: 5) ?? []
+        variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: "static-call trampoline", whatKey: key,
+            check: { b in
+                if b == ret { return 0 }
+                if b.first == 0xe9, let t = rel32Destination(b, operandAt: 1, site: a, length: 5), trusted.contains(t) { return t }
+                return nil
+            },
+            encode: { st in (st == nil || st == 0) ? ret : (genInsn(0xe9, at: a, to: st!) ?? ret) }))
+    }
+}

@@ -1,0 +1,384 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// One explanation of one module: the set-up stage and the working state the later stages share.
+//
+// Set-up is what `load_module()` does before it writes any byte of text: `layout_sections()`
+// (where every section goes), the copy of the sections into the allocation, the per-cpu area, and
+// the symbol table. Everything set up here is fixed for the session (`let`); the stages after it
+// (Relocations.swift, BootPatching.swift, RuntimeSites.swift, Comparison.swift) only edit the
+// working image, its per-byte class, the relocated copies of data sections and the site lists.
+
+import ExecGateELF
+import _ExecGateInternals
+
+struct DenyError: Error { var denial: Denial }
+
+final class Session {
+    // MARK: Inputs (untrusted: elf contents beyond the signature, claim; trusted: facts, resolver)
+
+    let elf: ELFFile
+    let claim: ModuleClaim
+    let facts: GuestFacts
+    let resolver: SymbolResolver
+    /// Which executable region this session explains.
+    enum Region { case core, initText }
+    let region: Region
+    /// Base of the explained region: `claim.textBase` (core) or `claim.initTextBase` (init).
+    let base: UInt64
+    /// The claimed bytes of the explained region.
+    let claimed: [UInt8]
+    /// What an init-region session takes over from the module's core session: its own keys'
+    /// trusted defaults and the state of every key group (init sites must agree with core sites).
+    struct Inherited {
+        var ownKeyDefaults: [UInt64: Set<UInt64>]
+        var groupState: [UInt64: UInt64]
+    }
+    let inherited: Inherited?
+
+    // MARK: Fixed by set-up
+
+    /// The kernel's `layout_sections()` applied to the signed ELF.
+    let layout: ModuleLayout
+    /// Load address of each section (core sections at `base + offset`; init sections at the
+    /// placeholder, see `initPlaceholderBase`); nil for sections the loader does not allocate.
+    let addr: [UInt64?]
+    /// Region-offset ranges of exec core sections: (lo, hi, section index), sorted.
+    let execRanges: [(lo: Int, hi: Int, sec: Int)]
+    let symbols: [ELFSymbol]
+    let rela: [ELFRelocationSection]
+    /// Indices of the module's defined `__SCT__*` (static-call trampoline) symbols.
+    let trampolineSymbols: [Int]
+    /// The module's defined `__SCK__*` (static-call key) symbols by name.
+    let keySymbols: [String: Int]
+    /// This module's own function entries (STT_FUNC in exec core sections).
+    let functionEntries: Set<UInt64>
+
+    // MARK: Working state of the stages
+
+    /// The executable region as the loader leaves it, rebuilt stage by stage.
+    var image: [UInt8]
+    /// Per byte of `image`: the `ExplanationClass` raw value of the last rule that wrote it.
+    var cls: [UInt8]
+    /// Relocated copies of the allocated non-exec core sections (tables the stages read).
+    var data: [Int: [UInt8]]
+    /// `simplify_symbols()` results, filled on first use.
+    var symValue: [UInt64?]
+    /// Sites whose end state is guest run-time state (RuntimeSites.swift).
+    var variable: [VariableSite] = []
+    /// Per-range explanations for the first-difference report (Comparison.swift).
+    var notes: [(range: Range<Int>, text: String)] = []
+    var siteCounts: [ExplanationClass: Int] = [:]
+    var relocCount = 0
+
+    // Site records (for the mutation tester and diagnostics).
+    var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
+    var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
+    var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
+    var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
+    /// The module's own static-call trampolines (address, region offset).
+    var trampolineSites: [(addr: UInt64, off: Int)] = []
+    /// Keys this module defines → its trampolines' compiled default targets.
+    var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
+    var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
+    /// Static-call key states at this module's sites after comparison (key → target, 0 = NULL).
+    var staticCallStates: [UInt64: UInt64] = [:]
+    var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
+
+    /// Exports looked up once per session (the resolver is immutable for the session).
+    lazy var returnThunkExport: UInt64? = resolver.lookup("__x86_return_thunk")
+    lazy var indirectThunkExport: UInt64? = resolver.lookup("__x86_indirect_thunk_rax")
+
+    /// Key-group states after comparison (handed to the init-region session).
+    var finalGroupState: [UInt64: UInt64] = [:]
+
+    /// Where init sections are assumed to be when init is not claimed (user-space range: never
+    /// module text).
+    static let initPlaceholderBase: UInt64 = 0x10_0000
+
+    // MARK: Set-up
+
+    /// Lays the module out and copies its sections; throws the denial if the claim's structure
+    /// (size, base, section addresses, per-cpu base) contradicts the signed ELF and the facts.
+    init(elf: ELFFile, claim: ModuleClaim, facts: GuestFacts, resolver: SymbolResolver, region: Region = .core, inherited: Inherited? = nil) throws {
+        self.elf = elf
+        self.claim = claim
+        self.facts = facts
+        self.resolver = resolver
+        self.region = region
+        self.inherited = inherited
+        let coreBase = claim.textBase
+        func deny(_ reason: String, section: String = "(claim)", address: UInt64 = 0) -> DenyError {
+            Session.denial(claim, .layout, reason, section: section, address: address)
+        }
+
+        guard let lay = ModuleLayout.compute(elf) else {
+            throw deny("section sizes/alignments overflow the kernel's layout computation")
+        }
+        layout = lay
+        guard lay.coreSize <= ExplainLimits.maxCoreSize else {
+            throw deny("core allocation of \(lay.coreSize) bytes exceeds \(ExplainLimits.maxCoreSize)")
+        }
+        guard claim.text.count == lay.textSize else {
+            throw deny("claimed executable region is \(claim.text.count) bytes, layout_sections() gives core text_size \(lay.textSize)")
+        }
+        let (coreEnd, ovf) = coreBase.addingReportingOverflow(UInt64(lay.coreSize))
+        guard !ovf, coreBase % UInt64(ModuleLayout.pageSize) == 0, coreBase >= facts.moduleArea.lowerBound, coreEnd <= facts.moduleArea.upperBound else {
+            throw deny("core allocation 0x\(String(coreBase, radix: 16)) +\(lay.coreSize) is not a page-aligned range inside the module area", address: coreBase)
+        }
+        // The init allocation, when claimed: its own page-aligned range in the module area, never
+        // overlapping the core allocation, exactly init_layout.text_size of executable bytes.
+        var initBase: UInt64? = nil
+        if region == .initText {
+            guard let ib = claim.initTextBase, let it = claim.initText else { throw deny("no init region claimed") }
+            guard it.count == lay.initTextSize, lay.initTextSize > 0 else {
+                throw deny("claimed init region is \(it.count) bytes, layout_sections() gives init text_size \(lay.initTextSize)")
+            }
+            let (initEnd, o2) = ib.addingReportingOverflow(UInt64(lay.initSize))
+            guard !o2, ib % UInt64(ModuleLayout.pageSize) == 0, ib >= facts.moduleArea.lowerBound, initEnd <= facts.moduleArea.upperBound,
+                  initEnd <= coreBase || ib >= coreEnd else {
+                throw deny("init allocation 0x\(String(ib, radix: 16)) +\(lay.initSize) is not a page-aligned range inside the module area apart from the core", address: ib)
+            }
+            initBase = ib
+        }
+        let base = initBase ?? coreBase
+        self.base = base
+        let regionSize = region == .core ? lay.textSize : lay.initTextSize
+        self.claimed = region == .core ? claim.text : (claim.initText ?? [])
+
+        // Copy the sections (`move_module()`): the explained region's exec sections into the
+        // image, every other allocated section of the session as a relocated data copy.
+        var addr = [UInt64?](repeating: nil, count: elf.sections.count)
+        var image = [UInt8](repeating: 0, count: regionSize)
+        var cls = [UInt8](repeating: UInt8(ExplanationClass.padding.rawValue), count: regionSize)
+        var execRanges: [(lo: Int, hi: Int, sec: Int)] = []
+        var data: [Int: [UInt8]] = [:]
+        func copy(_ s: ELFSection, at off: Int, intoImage: Bool) {
+            let i = s.index
+            if intoImage {
+                // Exec sections are inside [0, regionSize) by construction of the layout.
+                if !s.isNoBits { image.replaceSubrange(off..<off + s.size, with: elf.contents(of: s)) }
+                let n = s.size
+                cls.withUnsafeMutableBufferPointer { c in
+                    precondition(off >= 0 && n <= c.count && off <= c.count - n)
+                    UnsafeMutableBufferPointer(rebasing: c[off..<off + n]).update(repeating: UInt8(ExplanationClass.elf.rawValue))
+                }
+                if s.size > 0 { execRanges.append((off, off + s.size, i)) }
+            } else {
+                data[i] = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
+            }
+        }
+        for s in elf.sections {
+            let i = s.index
+            if let ioff = lay.initOffset[i], let ib = initBase {
+                let a = ib &+ UInt64(ioff)
+                addr[i] = a
+                if let c = claim.sectionAddresses[s.name], c != a, lay.flags[i].contains(.alloc) {
+                    throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from the init layout 0x\(String(a, radix: 16))",
+                               section: s.name, address: c)
+                }
+                copy(s, at: ioff, intoImage: lay.flags[i].contains(.execInstr))
+            } else if let off = lay.coreOffset[i] {
+                let a = coreBase &+ UInt64(off)
+                addr[i] = a
+                if let c = claim.sectionAddresses[s.name], c != a, lay.flags[i].contains(.alloc) {
+                    throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from layout_sections() 0x\(String(a, radix: 16))",
+                               section: s.name, address: c)
+                }
+                // In an init session the core's exec sections are data: read (alternative
+                // replacements, trampolines) but not compared.
+                if region == .initText {
+                    copy(s, at: off, intoImage: false)
+                    continue
+                }
+                copy(s, at: off, intoImage: lay.flags[i].contains(.execInstr))
+            } else if let ioff = lay.initOffset[i] {
+                // A core session never uses init addresses. The claimed (stale sysfs) init
+                // address is deliberately NOT used: a hostile claim could place "init" sections on
+                // top of the core text, turning init-only jump-label/static-call/alternative
+                // entries into legal patch sites inside verified code. A low address that is never
+                // module memory makes every init site fall outside the region, and any core byte
+                // that would depend on an init address (a freed pointer) unexplainable: deny.
+                addr[i] = Session.initPlaceholderBase &+ UInt64(ioff)
+            }
+        }
+        execRanges.sort { $0.lo < $1.lo }
+        self.addr = addr
+        self.image = image
+        self.cls = cls
+        self.execRanges = execRanges
+        self.data = data
+
+        // The per-cpu area (`percpu_modalloc()`: only when `.data..percpu` has a size): it must
+        // come from the module reserve, aligned. Without a known reserve the base cannot be
+        // checked, and an unchecked base aims `%gs:` accesses anywhere (e.g. onto the core's
+        // `current_task`): deny rather than skip the check.
+        if let pi = lay.percpuIndex, elf.sections[pi].size > 0 {
+            let sec = elf.sections[pi]
+            func denyPercpu(_ reason: String) -> DenyError { Session.denial(claim, .perCPU, reason, section: sec.name) }
+            guard let range = facts.modulePercpuRange else {
+                throw denyPercpu("the module has \(sec.size) bytes of per-cpu data but no module per-cpu range is known (the registration lacks __per_cpu_end)")
+            }
+            guard let pb = claim.percpuBase else {
+                throw denyPercpu("the module has \(sec.size) bytes of per-cpu data but the claim gives no per-cpu base")
+            }
+            let align = max(sec.addralign, 1)
+            let (end, o) = pb.addingReportingOverflow(UInt64(sec.size))
+            guard !o, pb >= range.lowerBound, end <= range.upperBound, pb % align == 0 else {
+                throw denyPercpu("claimed per-cpu base 0x\(String(pb, radix: 16)) (+\(sec.size), align \(align)) is outside the module per-cpu area \(range)")
+            }
+        }
+
+        // Symbols: one pass, byte tests on the UTF-8 storage: "__SCT__" (trampolines), "__SCK__" (keys).
+        let symbols = try elf.symbols()
+        self.symbols = symbols
+        self.rela = try elf.relocationSections()
+        self.symValue = [UInt64?](repeating: nil, count: symbols.count)
+        var trampolines: [Int] = []
+        var keys: [String: Int] = [:]
+        for i in symbols.indices where !symbols[i].isUndefined {
+            var name = symbols[i].name
+            let kind: UInt8 = name.withUTF8 { p in
+                guard p.count >= 7, p[0] == 0x5f, p[1] == 0x5f, p[2] == 0x53, p[3] == 0x43, p[5] == 0x5f, p[6] == 0x5f else { return 0 }
+                return p[4]
+            }
+            if kind == 0x54 { trampolines.append(i) } else if kind == 0x4b { keys[name] = i }
+        }
+        self.trampolineSymbols = trampolines
+        self.keySymbols = keys
+        var entries: Set<UInt64> = []
+        for sym in symbols where sym.isFunction && !sym.isUndefined {
+            let i = Int(sym.sectionIndex)
+            if i < elf.sections.count, lay.coreOffset[i] != nil, lay.flags[i].contains(.execInstr), let a = addr[i] {
+                entries.insert(a &+ sym.value)
+            }
+        }
+        self.functionEntries = entries
+    }
+
+    // MARK: Run
+
+    /// The loader's order after set-up (see Explainer.swift).
+    func run() throws {
+        if region == .core { try checkModinfo() }
+        try relocate()
+        if region == .core { try verifyExportedSymbols() }
+        try applyBootTimePatching()
+        try addRuntimeSites()
+        try compare()
+    }
+
+    // MARK: Denials
+
+    static func denial(_ claim: ModuleClaim, _ rule: DenialRule, _ reason: String, section: String = "(claim)", offset: Int = 0,
+                       address: UInt64 = 0, expected: [UInt8] = [], found: [UInt8] = []) -> DenyError {
+        DenyError(denial: Denial(module: claim.name, section: section, offset: offset, address: address,
+                                 expected: expected, found: found, rule: rule, reason: reason))
+    }
+
+    func deny(_ rule: DenialRule, _ reason: String, section: String = "(claim)", offset: Int = 0, address: UInt64 = 0,
+              expected: [UInt8] = [], found: [UInt8] = []) -> DenyError {
+        Session.denial(claim, rule, reason, section: section, offset: offset, address: address, expected: expected, found: found)
+    }
+
+    /// A denial at region offset `off` (section and offset within it filled in).
+    func deny(_ rule: DenialRule, _ reason: String, atRegionOffset off: Int, address: UInt64, found: [UInt8] = []) -> DenyError {
+        let (sec, so) = sectionOf(regionOffset: off)
+        return deny(rule, reason, section: sec, offset: so, address: address, found: found)
+    }
+
+    func sectionName(_ i: Int) -> String { elf.sections[i].name }
+
+    // MARK: Memory model
+
+    /// Offset in the image of section `i` if it is an exec section of the explained region.
+    func imageOffset(of i: Int) -> Int? {
+        guard i < layout.flags.count, layout.flags[i].contains(.execInstr) else { return nil }
+        return region == .core ? layout.coreOffset[i] : layout.initOffset[i]
+    }
+
+    /// Region offset of [a, a+n) when it lies inside one exec core section.
+    func execOffset(_ a: UInt64, _ n: Int) -> Int? {
+        guard a >= base else { return nil }
+        let (d, o) = (a - base).addingReportingOverflow(UInt64(n))
+        guard !o, d <= UInt64(image.count) else { return nil }
+        let off = Int(a - base)
+        for r in execRanges where off >= r.lo && off + n <= r.hi { return off }
+        return nil
+    }
+
+    func sectionOf(regionOffset off: Int) -> (String, Int) {
+        for r in execRanges where off >= r.lo && off < r.hi { return (sectionName(r.sec), off - r.lo) }
+        return ("(padding)", off)
+    }
+
+    /// Read bytes at a guest address from the working image or a data section copy.
+    func read(_ a: UInt64, _ n: Int) -> [UInt8]? {
+        if let off = execOffset(a, n) { return Array(image[off..<off + n]) }
+        for (i, d) in data {
+            guard let sa = addr[i], a >= sa else { continue }
+            let rel = a - sa
+            if rel <= UInt64(d.count), UInt64(d.count) - rel >= UInt64(n) { return Array(d[Int(rel)..<Int(rel) + n]) }
+        }
+        return nil
+    }
+
+    func write(_ off: Int, _ bytes: [UInt8], _ c: ExplanationClass) {
+        // One bounds check for the whole run (same trap as the per-byte subscripts it replaces),
+        // then one exclusive access per array instead of one per byte.
+        let n = bytes.count
+        precondition(off >= 0 && n <= image.count && off <= image.count - n && image.count == cls.count, "write outside the image")
+        let v = UInt8(c.rawValue)
+        image.withUnsafeMutableBufferPointer { img in
+            bytes.withUnsafeBufferPointer { src in
+                for k in 0..<n { img[off + k] = src[k] }
+            }
+        }
+        cls.withUnsafeMutableBufferPointer { cl in
+            for k in 0..<n { cl[off + k] = v }
+        }
+    }
+
+    func decode(at off: Int) -> DecodedInstruction? {
+        image.withUnsafeBufferPointer { InstructionDecoder.decode($0, at: off) }
+    }
+
+    // MARK: Tables
+
+    /// A table section of the module (relocated copy) and its address.
+    func table(_ name: String) -> (bytes: [UInt8], addr: UInt64)? {
+        guard let s = elf.section(named: name), let d = data[s.index], let a = addr[s.index] else { return nil }
+        return (d, a)
+    }
+
+    /// Sites of a `s32` self-relative table (`.retpoline_sites`, `.return_sites`, `.ibt_endbr_seal`).
+    func relativeSites(_ name: String) -> [UInt64] {
+        guard let t = table(name) else { return [] }
+        var out: [UInt64] = []
+        var o = 0
+        while let v = t.bytes.getInteger(at: o, as: Int32.self) {
+            out.append(t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64(v)))
+            o += 4
+        }
+        return out
+    }
+
+    // MARK: Trusted facts, as the stages ask for them
+
+    func hasFeature(_ bit: Int) -> Bool { facts.has(bit) }
+    var returnThunkTarget: UInt64? { facts.returnThunk ?? returnThunkExport }
+
+    /// A legitimate function entry: of this module, of the core kernel, or of a verified module.
+    /// Returns a closure over value copies (the sets are copy-on-write: no copying happens).
+    var isFunctionEntry: (UInt64) -> Bool {
+        let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
+        return { own.contains($0) || core.contains($0) || mods.contains($0) }
+    }
+}
+
+/// `s.hasPrefix(p)` for an ASCII `p`, on the UTF-8 bytes (no Unicode normalisation needed: an
+/// ASCII prefix matches byte for byte or not at all).
+@inline(__always) func hasASCIIPrefix(_ s: String, _ p: StaticString) -> Bool {
+    let pb = UnsafeBufferPointer(start: p.utf8Start, count: p.utf8CodeUnitCount)
+    if let r = s.utf8.withContiguousStorageIfAvailable({ b in b.count >= pb.count && b.prefix(pb.count).elementsEqual(pb) }) { return r }
+    return s.hasPrefix(String(decoding: pb, as: UTF8.self))
+}

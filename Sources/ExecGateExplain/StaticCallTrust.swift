@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Which functions a static call of a given key may call: facts derived from the kernel build's
+// symbol map and the 6.1 source, never from guest memory a guest could write.
+//
+// How a static call gets its target (Linux 6.1):
+//   - `DEFINE_STATIC_CALL(name, func)` (include/linux/static_call.h) sets the key's initial
+//     function and emits the trampoline `__SCT__name` as `jmp func` (arch/x86/include/asm/
+//     static_call.h, ARCH_DEFINE_STATIC_CALL_TRAMP); `_NULL` emits the RET form, `_RET0` a jump to
+//     `__static_call_return0`. So a key's default is in the signed image: for a module's own keys
+//     the engine reads it from the module's relocated trampoline (RuntimeSites.swift); for core
+//     keys the operator's build supplies it (below) or the VMM decodes the core trampoline.
+//   - `static_call_update(name, func)` → `__static_call_update()` (kernel/static_call_inline.c)
+//     rewrites the trampoline and every site of the key, in the core and every module
+//     (`__static_call_transform()`, arch/x86/kernel/static_call.c: CALL func | NOP5 (NULL) |
+//     `xor %eax,%eax` (func == __static_call_return0) for calls; JMP func | RET form for tail
+//     calls; `0f 8x` Jcc). Which `func` a key may get is decided by the callers of
+//     static_call_update() in the source. The ones a Debian 6.1 module reaches are:
+//       * PREEMPT_DYNAMIC (kernel/sched/core.c `sched_dynamic_update()` with the
+//         `<key>_dynamic_enabled/_disabled` defines there and in arch/x86/include/asm/preempt.h):
+//         cond_resched, might_resched → __cond_resched | __static_call_return0;
+//         preempt_schedule → preempt_schedule_thunk | NULL;
+//         preempt_schedule_notrace → preempt_schedule_notrace_thunk | NULL;
+//         irqentry_exit_cond_resched → raw_irqentry_exit_cond_resched | NULL.
+//       * tracepoints (include/linux/tracepoint.h `DEFINE_TRACE_FN`: `DEFINE_STATIC_CALL(
+//         tp_func_X, __traceiter_X)`; kernel/tracepoint.c `tracepoint_update_call()`): the
+//         iterator `__traceiter_X`, or NULL. (With exactly one probe registered the kernel calls
+//         the probe directly; probe functions are not derivable from the symbol map, so such a
+//         state is denied unless the operator's build lists the probe for that key.)
+//       * keys a module defines itself (kvm's `kvm_x86_*`, updated by kvm_amd/kvm_intel from their
+//         `kvm_x86_ops`): the default from the module's trampoline; vendor-module targets must be
+//         supplied by the operator's build per key.
+//   - `__static_call_return0` (`xor %eax,%eax; ret`) is a legal target of every key:
+//     `static_call_update(key, (void *)__static_call_return0)` and DEFINE_STATIC_CALL_RET0 are
+//     generic kernel mechanisms, and it transfers control nowhere else.
+
+/// The per-key trusted static-call targets of a kernel build.
+public enum StaticCallTrust {
+    /// `sched_dynamic_update()` targets per key (kernel/sched/core.c, arch/x86/include/asm/preempt.h,
+    /// 6.1). The NULL / `__static_call_return0` states are always legal and not listed.
+    public static let preemptDynamic: [(key: String, targets: [String])] = [
+        ("cond_resched", ["__cond_resched"]),
+        ("might_resched", ["__cond_resched"]),
+        ("preempt_schedule", ["preempt_schedule_thunk"]),
+        ("preempt_schedule_notrace", ["preempt_schedule_notrace_thunk"]),
+        ("irqentry_exit_cond_resched", ["raw_irqentry_exit_cond_resched"]),
+    ]
+
+    /// Keys a module defines and updates itself, in its own code, to functions named in the
+    /// source: module name (`.modinfo` `name=`) → key name → target function names, resolved
+    /// against that signed module's own symbols. Debian 6.1 modules found by the corpus:
+    ///   aesni_intel: arch/x86/crypto/aesni-intel_glue.c `aesni_init()`:
+    ///     `static_call_update(aesni_ctr_enc_tfm, aesni_ctr_enc_avx_tfm)` when the CPU has AVX
+    ///     (the default, `DEFINE_STATIC_CALL(aesni_ctr_enc_tfm, aesni_ctr_enc)`, comes from the
+    ///     module's trampoline).
+    public static let moduleUpdates: [String: [(key: String, targets: [String])]] = [
+        "aesni_intel": [("aesni_ctr_enc_tfm", ["aesni_ctr_enc_avx_tfm"])],
+    ]
+
+    /// Key address → trusted targets, from the core kernel's symbol map (name → address, the
+    /// build's map plus the slide): the PREEMPT_DYNAMIC table and, for every core tracepoint key
+    /// `tp_func_X`, its iterator `__traceiter_X`. Each set is stored under the key `__SCK__<name>`
+    /// AND the trampoline `__SCT__<name>`: a module site of a key that is not exported
+    /// (EXPORT_STATIC_CALL_TRAMP, e.g. might_resched) names the trampoline in the signed
+    /// `.static_call_sites`, and `static_call_add_module()` looks the key up from it
+    /// (`tramp_key_lookup()`). Names the map lacks are skipped (their sites can then hold only
+    /// the NULL forms).
+    public static func coreTargets(symbols: [String: UInt64]) -> [UInt64: Set<UInt64>] {
+        var out: [UInt64: Set<UInt64>] = [:]
+        func add(_ name: Substring, _ targets: [String]) {
+            let resolved = targets.compactMap { symbols[$0] }
+            guard !resolved.isEmpty else { return }
+            for prefix in ["__SCK__", "__SCT__"] {
+                if let k = symbols[prefix + name] { out[k, default: []].formUnion(resolved) }
+            }
+        }
+        for (key, targets) in preemptDynamic { add(Substring(key), targets) }
+        for name in symbols.keys where hasASCIIPrefix(name, "__SCK__tp_func_") || hasASCIIPrefix(name, "__SCT__tp_func_") {
+            add(name.dropFirst(7), ["__traceiter_" + name.dropFirst(15)])
+        }
+        return out
+    }
+}
+
+extension GuestFacts {
+    /// Fills the facts derived from the core kernel's symbol map (name → address; the same map the
+    /// registration's symbols give): `coreInitRanges` from `_sinittext`/`_einittext` and
+    /// `__init_begin`/`__init_end`, and `staticCallTrustedTargets` from ``StaticCallTrust``
+    /// (merged with any targets already set, e.g. the current targets the VMM decoded from the
+    /// core's trampolines).
+    public mutating func deriveFromCoreSymbols(_ symbols: [String: UInt64]) {
+        var ranges: [Range<UInt64>] = []
+        for (lo, hi) in [("_sinittext", "_einittext"), ("__init_begin", "__init_end")] {
+            if let a = symbols[lo], let b = symbols[hi], a < b { ranges.append(a..<b) }
+        }
+        coreInitRanges = ranges
+        for (k, v) in StaticCallTrust.coreTargets(symbols: symbols) { staticCallTrustedTargets[k, default: []].formUnion(v) }
+    }
+}

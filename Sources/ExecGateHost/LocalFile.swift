@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Minimal file access for the host side: the CLI and service set-up (no Foundation: the binary is
+// also the guest's /init and stays small). Errors say which path and why, for the one-line
+// messages the CLI prints.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import _ExecGateInternals
+
+public struct LocalFileError: Error, CustomStringConvertible {
+    public var path: String
+    public var why: String
+    public var description: String { "\(path): \(why)" }
+    public init(path: String, why: String) { self.path = path; self.why = why }
+}
+
+public enum LocalFile {
+    /// Largest file the CLI reads whole (modules, certificates, policies, captures' pieces).
+    public static let maximumSize = 512 << 20
+
+    /// A whole regular file, at most `maximumSize` bytes (the project's one bounded reader).
+    public static func read(_ path: String) throws -> [UInt8] {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw LocalFileError(path: path, why: String(cString: strerror(errno))) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw LocalFileError(path: path, why: "not a regular file") }
+        do { return try Files.read(path, limit: maximumSize) } catch {
+            throw LocalFileError(path: path, why: error.errno == EFBIG ? "larger than \(maximumSize) bytes" : String(cString: strerror(error.errno)))
+        }
+    }
+
+    /// Write atomically and durably (the project's one atomic writer): a temporary file in the same
+    /// directory, fsync, rename over `path`, fsync the directory. A crash leaves either the old
+    /// file or the new one, never half of one.
+    public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
+        do { try Files.writeAtomically(path, bytes, mode: mode) } catch {
+            throw LocalFileError(path: error.path, why: String(cString: strerror(error.errno)))
+        }
+    }
+
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    public static func list(_ dir: String) throws -> [String] {
+        guard let d = opendir(dir) else { throw LocalFileError(path: dir, why: String(cString: strerror(errno))) }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    public static func makeDirectories(_ path: String) throws {
+        var current = path.hasPrefix("/") ? "" : "."
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o755) != 0 && errno != EEXIST {
+                throw LocalFileError(path: current, why: String(cString: strerror(errno)))
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The one way the verifier service starts, on a host (`execgate serve`) and in the service VM
+// (PID 1). Order, and what each step owns on failure:
+//
+//   1. trust anchors + boot policy       (nothing to undo)
+//   2. Verifier, VerifierServer          (server threads)
+//   3. audit log, PolicyAdministrator, admin listener (docs/policy.md)
+//   4. each verifier listener, in the order given
+//
+// A failure at any step shuts down what the earlier steps started, then throws a
+// `ServiceStartError` naming the step.
+
+import Dispatch
+import ExecGateAdmin
+import ExecGatePolicy
+import ExecGateService
+import ExecGateSignature
+import ExecGateVerifier
+import ExecGateWire
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public final class VerifierService: Sendable {
+    /// The policy in force at boot (a push may replace it later; `verifier` has the current one).
+    public let bootPolicy: Policy
+    public let verifier: Verifier
+    /// The verifier listeners, bound.
+    public let listening: [Endpoint]
+    /// The admin listener, when one is open.
+    public let adminListening: Endpoint?
+    private let server: VerifierServer
+    private let admin: AdminServer?
+    private let audit: AuditLog?
+
+    private init(bootPolicy: Policy, verifier: Verifier, listening: [Endpoint], adminListening: Endpoint?,
+                 server: VerifierServer, admin: AdminServer?, audit: AuditLog?) {
+        self.bootPolicy = bootPolicy
+        self.verifier = verifier
+        self.listening = listening
+        self.adminListening = adminListening
+        self.server = server
+        self.admin = admin
+        self.audit = audit
+    }
+
+    /// Starts the verifier as configured and returns once every listener is bound.
+    ///
+    /// - Throws: `ServiceStartError` (`.bootPolicy`, `.admin`, `.listen(endpoint)`).
+    public static func start(_ c: ServiceConfiguration) async throws -> VerifierService {
+        let anchors: [Certificate]
+        let policy: Policy
+        do { (policy, anchors) = try c.loadBootPolicy() } catch {
+            throw ServiceStartError(stage: .bootPolicy, underlying: error)
+        }
+        if policy.trust.anchors.isEmpty {
+            c.logger.warning("no trust anchors: every module will be denied (give --trust CERT)")
+        }
+        let verifier = Verifier(policy: policy, serverName: c.serverName)
+        let server = VerifierServer(responder: verifier, logger: c.logger, threads: c.threads)
+
+        // Audit sink and admin port.
+        var audit: AuditLog? = nil
+        var admin: AdminServer? = nil
+        do {
+            if let file = c.auditFile { audit = try AuditLog.appending(to: file) } else if c.adminListen != nil { audit = AuditLog() }
+            if let audit { verifier.auditSink = audit }
+            let administrator = PolicyAdministrator(verifier: verifier,
+                                                    adminCertificate: try c.adminCertificateFile.map(CertificateFiles.loadOne),
+                                                    builtinAnchors: anchors, audit: audit)
+            administrator.recordBoot()
+            if let endpoint = c.adminListen {
+                let s = AdminServer(administrator: administrator)
+                admin = s
+                do { try await s.bind(endpoint) } catch {
+                    throw LocalFileError(path: endpoint.description, why: "cannot listen: \(error)")
+                }
+            }
+        } catch {
+            await admin?.shutdown()
+            audit?.close()
+            await server.shutdown()
+            throw ServiceStartError(stage: .admin, underlying: error)
+        }
+
+        for endpoint in c.listen {
+            do { try await server.bind(endpoint) } catch {
+                await server.shutdown()
+                await admin?.shutdown()
+                audit?.close()
+                throw ServiceStartError(stage: .listen(endpoint), underlying: error)
+            }
+        }
+        return VerifierService(bootPolicy: policy, verifier: verifier, listening: c.listen, adminListening: c.adminListen,
+                               server: server, admin: admin, audit: audit)
+    }
+
+    /// Stops accepting, lets requests in flight finish (bounded), closes the admin port and
+    /// flushes the audit log.
+    public func shutdown() async {
+        await server.shutdown()
+        await admin?.shutdown()
+        audit?.close()
+    }
+
+    /// Suspends until SIGTERM or SIGINT.
+    public static func waitForTermination() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let queue = DispatchQueue(label: "execgate.signals")
+            var sources: [DispatchSourceSignal] = []
+            var resumed = false
+            for sig in [SIGTERM, SIGINT] {
+                signal(sig, SIG_IGN)
+                let s = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+                s.setEventHandler {
+                    guard !resumed else { return }
+                    resumed = true
+                    sources.forEach { $0.cancel() }
+                    c.resume()
+                }
+                s.resume()
+                sources.append(s)
+            }
+        }
+    }
+
+    /// A logger for the service: text (swift-log's default) or one JSON object per line.
+    public static func makeLogger(format: String, level: Logger.Level) -> Logger {
+        var logger = format == "json" ? Logger(label: "execgate", factory: { JSONLogHandler(label: $0) }) : Logger(label: "execgate")
+        logger.logLevel = level
+        return logger
+    }
+}
+
+extension ServiceConfiguration {
+    /// Reads the trust anchors and chooses the boot policy: the policy file (text, or a bundle verified against the admin
+    /// certificate), or the built-in policy over the anchors and deny lists.
+    public func loadBootPolicy() throws -> (policy: Policy, anchors: [Certificate]) {
+        let c = self
+        let anchors = try CertificateFiles.loadAnchors(c.trustAnchorFiles)
+        guard let file = c.policyFile else {
+            var p = Policy.builtIn(trust: TrustStore(anchors))
+            p.denyList = c.denyList
+            p.deniedModuleNames = Set(c.deniedModuleNames.map(Policy.canonicalModuleName))
+            return (p, anchors)
+        }
+        let bytes = try LocalFile.read(file)
+        if bytes.starts(with: PolicyBundle.magic) {
+            guard let admin = c.adminCertificateFile else { throw LocalFileError(path: file, why: "a bundle needs --admin-cert to be verified") }
+            return (try PolicyBundle.open(bytes, admin: try CertificateFiles.loadOne(admin), file: file, builtinAnchors: anchors), anchors)
+        }
+        return (try PolicyParser.parse(bytes, file: file, builtinAnchors: anchors), anchors)
+    }
+}
+
+/// Certificates from files, with errors that name the file.
+public enum CertificateFiles {
+    /// Every certificate in every file (PEM or DER; a file may hold several).
+    public static func loadAnchors(_ paths: [String]) throws -> [Certificate] {
+        var out: [Certificate] = []
+        for p in paths {
+            do { out += try Certificate.load(try LocalFile.read(p)) } catch let e as LocalFileError { throw e } catch {
+                throw LocalFileError(path: p, why: "\(error)")
+            }
+        }
+        return out
+    }
+
+    /// Exactly one certificate (an admin certificate, a signer).
+    public static func loadOne(_ path: String) throws -> Certificate {
+        let certs: [Certificate]
+        do { certs = try Certificate.load(try LocalFile.read(path)) } catch let e as LocalFileError { throw e } catch {
+            throw LocalFileError(path: path, why: "\(error)")
+        }
+        guard certs.count == 1 else { throw LocalFileError(path: path, why: "holds \(certs.count) certificates, expected one") }
+        return certs[0]
+    }
+}
+
+/// The version string `execgate version` prints and the service answers `hello` with.
+public enum ExecGateVersion {
+    public static let string = "execgate 0.1.0 (wire protocol v1)"
+}

@@ -1,0 +1,351 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Backpressure and deadlines for one connection, shared by the VMM port and the admin port:
+//
+//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//                     │ reserve body at header                  │ pending ─▶ in flight ─▶ reply written
+//                     └ FrameProgress events ──────────────────▶│ deadlines, autoRead on/off
+//
+// What holds, per connection (issue 10, "Backpressure end to end"):
+//   - a request's in-flight slot is held until its reply has been written to the socket, not
+//     merely queued: a peer that never reads its replies stops being read after
+//     `maximumInFlightPerConnection` requests;
+//   - nothing new is started while the socket is not writable (NIO's high watermark, 64 KiB of
+//     unwritten replies), and reading pauses (autoRead off) while anything is pending, the
+//     in-flight cap is reached, or the socket is not writable. Frames already read when the pause
+//     takes effect wait in `pending`; their bodies are reserved in the port's `BufferBudget`;
+//   - a body's budget reservation is released as soon as its request has been judged (the body
+//     is dropped then), so a peer that stops reading replies cannot pin the shared budget;
+//   - deadlines: a frame's header must be complete `headerDeadline` after its first byte and the
+//     whole frame `frameDeadline` after it (while the server itself is reading); a connection
+//     with nothing in flight and no partial frame is closed after `idleTimeout`; one with a reply
+//     whose write makes no progress for `writeStallTimeout` (the peer reads nothing) is closed.
+
+import ExecGateWire
+import Logging
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Where the decoder is within the byte stream; sent as a user inbound event on change.
+public enum FrameProgress: Sendable, Equatable {
+    case betweenFrames
+    case inHeader
+    case inBody
+}
+
+/// `FrameDecoder` plus the port's shared budget and progress events for the deadlines.
+public struct BudgetedFrameDecoder: ByteToMessageDecoder {
+    public typealias InboundOut = InboundFrame
+    private var inner: FrameDecoder
+    private let budget: BufferBudget
+    private var progress = FrameProgress.betweenFrames
+
+    public init(maximumBodySize: Int, budget: BufferBudget) {
+        inner = FrameDecoder(maximumBodySize: maximumBodySize)
+        self.budget = budget
+        inner.admitBody = { [budget] n in budget.reserve(n) }
+    }
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        let wasAwaiting = inner.awaitingBodyLength
+        let out = try inner.decodeOne(&buffer)
+        if wasAwaiting == nil, let length = inner.awaitingBodyLength, buffer.writableBytes < length - buffer.readableBytes {
+            // Grow the cumulation buffer once to the admitted size, instead of by doubling (which
+            // would briefly hold 1.5× the body and leave up to 2× of capacity).
+            buffer.reserveCapacity(minimumWritableBytes: length - buffer.readableBytes)
+        }
+        report(context, buffered: buffer.readableBytes)
+        if let out {
+            context.fireChannelRead(Self.wrapInboundOut(out))
+            return .continue
+        }
+        let skipping = !inner.isBetweenFrames && inner.awaitingBodyLength == nil  // discarding or broken
+        return buffer.readableBytes > 0 && skipping ? .continue : .needMoreData
+    }
+
+    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        while let out = try inner.decodeOne(&buffer) { context.fireChannelRead(Self.wrapInboundOut(out)) }
+        buffer.moveReaderIndex(to: buffer.writerIndex)
+        return .needMoreData
+    }
+
+    public mutating func decoderRemoved(context: ChannelHandlerContext) {
+        // A body admitted but never completed (peer closed mid-body): give its bytes back.
+        if let n = inner.awaitingBodyLength {
+            budget.release(n)
+            inner.admitBody = nil
+        }
+    }
+
+    private mutating func report(_ context: ChannelHandlerContext, buffered: Int) {
+        let now: FrameProgress
+        if !inner.isBetweenFrames {
+            now = .inBody
+        } else {
+            now = buffered > 0 ? .inHeader : .betweenFrames
+        }
+        if now != progress {
+            progress = now
+            context.fireUserInboundEventTriggered(now)
+        }
+    }
+}
+
+/// Turns a request frame into its reply frame. Called on the connection's event loop; may
+/// complete on any thread. The handler releases the request body's budget when it completes.
+public typealias FrameProcessor = @Sendable (Frame, EventLoop) -> EventLoopFuture<Frame>
+
+public final class BoundedFrameHandler: ChannelInboundHandler {
+    public typealias InboundIn = InboundFrame
+    public typealias OutboundOut = Frame
+
+    private let configuration: PortLimits
+    private let budget: BufferBudget
+    private let process: FrameProcessor
+    private var logger: Logger
+
+    private var pending = CircularBuffer<InboundFrame>()
+    private var inFlight = 0
+    private var readPaused = false
+    private var progress = FrameProgress.betweenFrames
+    private var frameStarted: NIODeadline?
+    /// Replies handed to the socket whose write has not completed yet, and when the last write
+    /// made progress (completed, or was issued while none was outstanding).
+    private var writesOutstanding = 0
+    private var writeProgress = NIODeadline.now()
+    private var lastActivity = NIODeadline.now()
+    private var timer: RepeatedTask?
+
+    public init(configuration: PortLimits, budget: BufferBudget, logger: Logger, process: @escaping FrameProcessor) {
+        self.configuration = configuration
+        self.budget = budget
+        self.logger = logger
+        self.process = process
+    }
+
+    // MARK: Lifecycle
+
+    public func channelActive(context: ChannelHandlerContext) {
+        logger[metadataKey: "conn"] = "\(ObjectIdentifier(context.channel).hashValue & 0xffff)"
+        lastActivity = .now()
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) { _ in
+            let (handler, context) = bound.value
+            handler.checkDeadlines(context: context)
+        }
+        context.fireChannelActive()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        // Frames never started: give their bodies back to the budget.
+        while let item = pending.popFirst() {
+            if case .frame(let f) = item { budget.release(f.body.readableBytes) }
+        }
+        context.fireChannelInactive()
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
+    // MARK: Inbound
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastActivity = .now()
+        pending.append(unwrapInboundIn(data))
+        pump(context: context)
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let p = event as? FrameProgress {
+            if progress == .betweenFrames && p != .betweenFrames { frameStarted = .now() }
+            if p == .betweenFrames { frameStarted = nil }
+            progress = p
+            lastActivity = .now()
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            pump(context: context)
+        } else {
+            updateReading(context: context)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // Decoder errors cannot happen (the decoder never throws on input); I/O errors end this
+        // connection only.
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: Work
+
+    /// Start pending requests while the in-flight cap and the socket allow, then decide whether
+    /// to keep reading.
+    private func pump(context: ChannelHandlerContext) {
+        while inFlight < configuration.maximumInFlightPerConnection && context.channel.isWritable, let item = pending.popFirst() {
+            start(item, context: context)
+        }
+        updateReading(context: context)
+    }
+
+    private func start(_ item: InboundFrame, context: ChannelHandlerContext) {
+        inFlight += 1
+        switch item {
+        case .refused(let id, let type, let code, let message):
+            logger.warning("frame refused", metadata: ["id": "\(id)", "type": "\(type)", "code": "\(code)", "why": "\(message)"])
+            let reply = Message.error(ErrorReply(code: code, message: message)).frame(requestID: id)
+            write(reply, context: context, closeAfter: code == .badMagic)
+        case .frame(let frame):
+            let bodyBytes = frame.body.readableBytes
+            let id = frame.requestID
+            let budget = self.budget
+            let future = process(frame, context.eventLoop)
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            future.hop(to: context.eventLoop).whenComplete { result in
+                budget.release(bodyBytes)
+                let (handler, context) = bound.value
+                let reply: Frame
+                switch result {
+                case .success(let f): reply = f
+                case .failure(let e):
+                    reply = Message.error(ErrorReply(code: .unavailable, message: "not processed: \(e)")).frame(requestID: id)
+                }
+                handler.write(reply, context: context, closeAfter: false)
+            }
+        }
+    }
+
+    /// Write one reply; its in-flight slot is freed when the write has completed (or failed).
+    private func write(_ reply: Frame, context: ChannelHandlerContext, closeAfter: Bool) {
+        guard context.channel.isActive else {
+            inFlight -= 1
+            return
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        if writesOutstanding == 0 { writeProgress = .now() }
+        writesOutstanding += 1
+        context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in
+            let (handler, context) = bound.value
+            handler.writesOutstanding -= 1
+            handler.writeProgress = .now()
+            handler.inFlight -= 1
+            handler.lastActivity = .now()
+            if closeAfter {
+                context.close(promise: nil)
+            } else {
+                handler.pump(context: context)
+            }
+        }
+    }
+
+    private func updateReading(context: ChannelHandlerContext) {
+        let pause = !pending.isEmpty || inFlight >= configuration.maximumInFlightPerConnection || !context.channel.isWritable
+        if pause && !readPaused {
+            readPaused = true
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        } else if !pause && readPaused {
+            readPaused = false
+            // The peer could not send while we were not reading: its frame clock restarts.
+            if frameStarted != nil { frameStarted = .now() }
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+            context.read()
+        }
+    }
+
+    // MARK: Deadlines
+
+    private func checkDeadlines(context: ChannelHandlerContext) {
+        guard context.channel.isActive else { return }
+        let now = NIODeadline.now()
+        var why: String?
+        if writesOutstanding > 0 && now - writeProgress > configuration.writeStallTimeout {
+            why = "peer read no reply for \(configuration.writeStallTimeout.nanoseconds / 1_000_000) ms"
+        } else if !readPaused, let started = frameStarted {
+            if progress == .inHeader && now - started > configuration.headerDeadline {
+                why = "frame header incomplete after \(configuration.headerDeadline.nanoseconds / 1_000_000) ms"
+            } else if now - started > configuration.frameDeadline {
+                why = "frame incomplete after \(configuration.frameDeadline.nanoseconds / 1_000_000) ms"
+            }
+        } else if inFlight == 0 && pending.isEmpty && progress == .betweenFrames && now - lastActivity > configuration.idleTimeout {
+            why = "idle for \(configuration.idleTimeout.nanoseconds / 1_000_000) ms"
+        }
+        if let why {
+            logger.info("closing connection", metadata: ["why": "\(why)"])
+            context.close(promise: nil)
+        }
+    }
+}
+
+@available(*, unavailable)
+extension BoundedFrameHandler: Sendable {}
+
+extension ServerBootstrap {
+    /// Accept backs off on EMFILE/ENFILE/ENOBUFS/ENOMEM instead of spinning (`AcceptPause`).
+    public func acceptBackoff(_ delay: TimeAmount = TransportLimits.acceptBackoff) -> ServerBootstrap {
+        serverChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(AcceptPause(delay: delay))
+            }
+        }
+    }
+}
+
+/// On the listening channel: when accept fails for lack of resources, stop accepting for `delay`.
+///
+/// NIO's classic `bind(…)` adds no `AcceptBackoffHandler`, and that handler would not help: after
+/// a failed accept4 the server channel keeps its read pending and its epoll interest, so at the
+/// fd limit the listening socket stays readable and accept4 failed ~10,000 times a second (31%
+/// of a core measured with RLIMIT_NOFILE 64), starving the connections already open. Turning
+/// autoRead off drops the pending read and the epoll interest (`pauseRead0`); turning it back on
+/// after `delay` re-arms it.
+final class AcceptPause: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+    private let delay: TimeAmount
+    private var paused = false
+
+    init(delay: TimeAmount) { self.delay = delay }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let e = error as? IOError, [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(e.errnoCode) {
+            guard !paused else { return }
+            paused = true
+            let channel = context.channel
+            channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: delay) {
+                bound.value.paused = false
+                channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+            }
+            return
+        }
+        context.fireErrorCaught(error)
+    }
+}
+
+@available(*, unavailable)
+extension AcceptPause: Sendable {}
+
+extension ChannelPipeline.SynchronousOperations {
+    /// The bounded pipeline of one server connection (see the diagram at the top of this file).
+    public func addBoundedFrameHandlers(configuration: PortLimits, budget: BufferBudget, logger: Logger,
+                                        process: @escaping FrameProcessor) throws {
+        try addHandler(ByteToMessageHandler(BudgetedFrameDecoder(maximumBodySize: configuration.maximumBodySize, budget: budget)))
+        try addHandler(MessageToByteHandler(FrameEncoder()))
+        try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, process: process))
+    }
+}

@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The one bounded file reader and the one atomic writer (write a temporary file in the same
+// directory, fsync it, rename it over the target, fsync the directory), with POSIX calls only
+// (no Foundation: the binary is also the service VM's /init). Not API.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+@inline(__always) private func sysRead(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int) -> Int { read(fd, p, n) }
+@inline(__always) private func sysWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int { write(fd, p, n) }
+
+/// A failed system call on a path: which call, which path, and errno's text.
+public struct FileError: Error, Sendable, Equatable, CustomStringConvertible {
+    public let operation: String
+    public let path: String
+    public let errno: Int32
+    public let detail: String
+
+    public init(_ operation: String, _ path: String, errno: Int32, detail: String = "") {
+        self.operation = operation
+        self.path = path
+        self.errno = errno
+        self.detail = detail
+    }
+
+    public var description: String {
+        let why = detail.isEmpty ? String(cString: strerror(errno)) : detail
+        return "\(path): \(operation): \(why)"
+    }
+}
+
+public enum Files {
+    /// The whole file at `path`, refusing files larger than `limit` bytes: a regular file by its
+    /// size before reading, anything else (pseudo-files under /proc and /sys report size 0, pipes)
+    /// by reading until end of file and stopping past `limit`.
+    public static func read(_ path: String, limit: Int = 1 << 30) throws(FileError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw FileError("open", path, errno: errno) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw FileError("stat", path, errno: errno) }
+        let size = Int(st.st_size)
+        guard size <= limit else {
+            throw FileError("read", path, errno: EFBIG, detail: "\(size) bytes is over the \(limit)-byte limit")
+        }
+        // Start from the reported size (exact for regular files) and grow while the file still has
+        // bytes: st_size is only a hint for pseudo-files.
+        var out = [UInt8](repeating: 0, count: max(size, 4096))
+        var done = 0
+        while true {
+            if done == out.count {
+                guard out.count <= limit else {
+                    throw FileError("read", path, errno: EFBIG, detail: "more than \(limit) bytes")
+                }
+                out.append(contentsOf: repeatElement(0, count: min(out.count, limit + 1 - out.count)))
+            }
+            let n = out.withUnsafeMutableBytes { sysRead(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 { if errno == EINTR { continue }; throw FileError("read", path, errno: errno) }
+            if n == 0 { break }
+            done += n
+        }
+        guard done <= limit else { throw FileError("read", path, errno: EFBIG, detail: "more than \(limit) bytes") }
+        out.removeLast(out.count - done)
+        return out
+    }
+
+    /// The file at `path` as UTF-8 text (invalid sequences repaired), bounded like `read`.
+    public static func readText(_ path: String, limit: Int = 64 << 20) throws(FileError) -> String {
+        String(decoding: try read(path, limit: limit), as: UTF8.self)
+    }
+
+    /// Whether `path` exists (any file type; symlinks followed).
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0
+    }
+
+    /// Replaces `path` with `bytes` atomically and durably: readers see the old or the new file,
+    /// never a part; after return the new content survives a crash (file and directory fsync'd).
+    public static func writeAtomically(_ path: String, _ bytes: some Collection<UInt8>, mode: mode_t = 0o644) throws(FileError) {
+        let dir: String = {
+            guard let slash = path.lastIndex(of: "/") else { return "." }
+            return slash == path.startIndex ? "/" : String(path[..<slash])
+        }()
+        let tmp = path + ".tmp.\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw FileError("open", tmp, errno: errno) }
+        var ok = false
+        defer { if !ok { close(fd); unlink(tmp) } }
+        let data = Array(bytes)
+        var done = 0
+        while done < data.count {
+            let n = data.withUnsafeBytes { sysWrite(fd, $0.baseAddress! + done, data.count - done) }
+            if n < 0 { if errno == EINTR { continue }; throw FileError("write", tmp, errno: errno) }
+            done += n
+        }
+        guard fchmod(fd, mode) == 0 else { throw FileError("chmod", tmp, errno: errno) }
+        guard fsync(fd) == 0 else { throw FileError("fsync", tmp, errno: errno) }
+        ok = true
+        close(fd)
+        guard rename(tmp, path) == 0 else {
+            let e = errno
+            unlink(tmp)
+            throw FileError("rename", path, errno: e)
+        }
+        let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 { _ = fsync(dfd); close(dfd) }
+    }
+}
