@@ -57,11 +57,16 @@ bench: release test-data
 
 # The service VM: a static execgate as the guest's /init (own scratch path: static flags differ),
 # then kernel + initramfs into Images/out (skipped when inputs are unchanged).
+# GUEST_KERNEL=minimal (default): the service VM boots its own kernel, built once per input hash by
+# scripts/build-kernel.sh from Images/kernel/execgate.config (cached in .cache/guest-kernel/).
+# GUEST_KERNEL=debian: it boots the Debian distribution kernel and loads its signed modules.
+# Either way the trust anchors are the Debian (protected guest's) kernel's certificates.
 # The operator's admin key signs policy bundles for the sidecar's admin port (VMM port + 1). It is
 # created once, on the host, and never enters the image: only its certificate does
 # (`image build --admin-cert`). It lives in $(EXECGATE_ADMIN_DIR) (git-ignored, kept by `make
 # clean`; directory 0700, key.pem 0600). Point EXECGATE_ADMIN_DIR elsewhere to use another key.
 STATIC_BUILD ?= .build-static
+GUEST_KERNEL ?= minimal
 EXECGATE_ADMIN_DIR ?= $(CURDIR)/.cache/admin
 image: deps test-data
 	@set -o pipefail; $(SWIFT) build -q -c release --static-swift-stdlib -Xswiftc -static-executable -Xlinker -s --scratch-path $(STATIC_BUILD) --product execgate 2>&1 | { grep -v 'in statically linked applications requires at runtime' || true; }
@@ -69,7 +74,11 @@ image: deps test-data
 	  mkdir -p $(EXECGATE_ADMIN_DIR) && chmod 0700 $(EXECGATE_ADMIN_DIR) && \
 	  $(STATIC_BUILD)/release/execgate keys generate --out $(EXECGATE_ADMIN_DIR) --cn "ExecGate admin (policy bundles)" >/dev/null && \
 	  echo "execgate: created the admin key $(EXECGATE_ADMIN_DIR)/key.pem (keep it on this host; only cert.pem goes into the image)"; fi
-	@$(STATIC_BUILD)/release/execgate image build --init $(STATIC_BUILD)/release/execgate --admin-cert $(EXECGATE_ADMIN_DIR)/cert.pem
+	@case "$(GUEST_KERNEL)" in \
+	  minimal) k=$$(bash scripts/build-kernel.sh) && $(STATIC_BUILD)/release/execgate image build --init $(STATIC_BUILD)/release/execgate --admin-cert $(EXECGATE_ADMIN_DIR)/cert.pem --service-kernel "$$k" ;; \
+	  debian) $(STATIC_BUILD)/release/execgate image build --init $(STATIC_BUILD)/release/execgate --admin-cert $(EXECGATE_ADMIN_DIR)/cert.pem ;; \
+	  *) echo "GUEST_KERNEL must be minimal or debian" >&2; exit 2 ;; \
+	esac
 
 vm-test: image
 	@$(STATIC_BUILD)/release/execgate vm selftest

@@ -2,9 +2,11 @@
 //
 // Builds the service VM's boot artefacts into one output directory:
 //
-//   vmlinux                  the kernel, uncompressed PVH ELF (or `vmlinuz` when extraction is impossible)
-//   initramfs.cpio.gz        /init = the static execgate binary, the vsock/virtio modules,
-//                            /etc/execgate/{trust/*.der, policy}
+//   vmlinux                  the kernel, uncompressed PVH ELF: the service VM's own kernel
+//                            (`serviceKernel`, scripts/build-kernel.sh, everything built in) or
+//                            Debian's (or `vmlinuz` when extraction is impossible)
+//   initramfs.cpio.gz        /init = the static execgate binary, /etc/execgate/{trust/*.der, policy},
+//                            and, with the Debian kernel only, its vsock/virtio modules
 //   initramfs-test.cpio.gz   the same plus test fixtures (real signed modules and a tampered copy)
 //   image.txt                what was built from what (key=value), and the input fingerprint
 //
@@ -17,8 +19,13 @@
 // inputs gives identical bytes, and when the input fingerprint matches the last build nothing is written.
 
 public struct ImageBuildOptions: Sendable {
-    /// bzImage (vmlinuz) of the guest kernel.
+    /// bzImage (vmlinuz) of the protected guests' Debian kernel: the trust anchors (its builtin
+    /// certificates) always come from it; it is also the kernel booted when `serviceKernel` is nil.
     public var kernel: String
+    /// The service VM's own kernel (an uncompressed vmlinux ELF from scripts/build-kernel.sh, vsock
+    /// and virtio built in, CONFIG_MODULES=n). Set: boot it and put no modules in the initramfs.
+    /// Nil: boot the Debian kernel above and load its signed vsock/virtio modules.
+    public var serviceKernel: String? = nil
     /// `lib/modules/<version>` of the same kernel.
     public var modulesDir: String
     /// The static execgate binary to put at /init.
@@ -105,8 +112,15 @@ public enum ImageBuilder {
         case .none: throw .badInput("\(o.initBinary) is not a 64-bit ELF executable")
         }
         let kernelBytes = try FS.read(o.kernel, limit: 256 << 20)
+        let serviceKernelBytes = try o.serviceKernel.map { p throws(ServiceVMError) -> [UInt8] in
+            guard FS.exists(p) else { throw .missing("service VM kernel \(p) not found: run scripts/build-kernel.sh (`make image` does)") }
+            let b = try FS.read(p, limit: 256 << 20)
+            guard GuestKernel.isELF(b), b[4] == 2 else { throw .badInput("\(p) is not a 64-bit ELF vmlinux (QEMU boots it through its PVH entry)") }
+            return b
+        }
         var moduleFiles: [(name: String, bytes: [UInt8])] = []
-        for (i, rel) in guestModules.enumerated() {
+        // The service kernel has everything built in: no .ko file goes into its initramfs.
+        for (i, rel) in (serviceKernelBytes == nil ? guestModules : []).enumerated() {
             let path = o.modulesDir + "/kernel/" + rel
             guard FS.exists(path) else { throw .missing("module \(path) not found (is \(o.modulesDir) the kernel's module tree?)") }
             let base = String(rel.split(separator: "/").last!)
@@ -126,6 +140,8 @@ public enum ImageBuilder {
         var fp = Fingerprint()
         fp.add(builderVersion)
         fp.add(initBytes); fp.add(kernelBytes)
+        fp.add(serviceKernelBytes == nil ? "debian-kernel-with-modules" : "service-kernel")
+        fp.add(serviceKernelBytes ?? [])
         for m in moduleFiles { fp.add(m.name); fp.add(m.bytes) }
         for m in testFiles { fp.add(m.name); fp.add(m.bytes) }
         fp.add(policyBytes ?? [])
@@ -148,9 +164,14 @@ public enum ImageBuilder {
             return result
         }
 
-        // Kernel: prefer the PVH ELF; fall back to the bzImage.
+        // Kernel: the service kernel when given; else the Debian kernel as a PVH ELF, else its bzImage.
+        // `vmlinux` stays the Debian kernel's: the trust anchors below come from it in both cases.
         let vmlinux = GuestKernel.extractVmlinux(fromBzImage: kernelBytes)
-        if let vmlinux {
+        if let serviceKernelBytes, let path = o.serviceKernel {
+            try FS.write(vmlinuxPath, serviceKernelBytes)
+            FS.remove(vmlinuzPath)
+            result.artefacts.append(.init(path: vmlinuxPath, bytes: serviceKernelBytes.count, note: "service VM kernel (PVH ELF, no modules) from \(path)"))
+        } else if let vmlinux {
             try FS.write(vmlinuxPath, vmlinux)
             FS.remove(vmlinuzPath)
             result.artefacts.append(.init(path: vmlinuxPath, bytes: vmlinux.count, note: "uncompressed PVH ELF from \(basename(o.kernel))"))
@@ -210,8 +231,9 @@ public enum ImageBuilder {
         let info = ImageInfo.render([
             ("builder", builderVersion), ("fingerprint", fp.hex), ("kernel_source", o.kernel),
             ("kernel_version", kernelVersion),
-            ("kernel", vmlinux != nil ? vmlinuxPath : vmlinuzPath),
-            ("kernel_format", vmlinux != nil ? "pvh-elf" : "bzimage"),
+            ("kernel", vmlinux != nil || serviceKernelBytes != nil ? vmlinuxPath : vmlinuzPath),
+            ("kernel_format", vmlinux != nil || serviceKernelBytes != nil ? "pvh-elf" : "bzimage"),
+            ("service_kernel", o.serviceKernel ?? "debian (\(kernelVersion), with modules)"),
             ("initrd", initrdPath), ("initrd_test", o.withTestImage ? testInitrdPath : ""),
             ("init_binary", o.initBinary), ("trust_anchors", "\(certs.count)"),
             ("admin_certificate", adminBytes != nil ? "yes" : "no"),

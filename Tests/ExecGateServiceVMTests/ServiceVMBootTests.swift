@@ -25,7 +25,7 @@ final class ServiceVMBootTests: XCTestCase {
         var c = VMConfig(stateDir: state, kernel: paths.kernel, initrd: paths.initrd)
         c.name = "\(name)-\(getpid())"
         c.accel = Accelerator.detect()
-        c.memoryMiB = 256
+        // The launcher's default RAM (VMConfig.memoryMiB): the boot tests check that it serves.
         c.readyTimeoutSeconds = 90
         return c
     }

@@ -25,6 +25,9 @@ struct ImageBuildCommand: ParsableCommand {
     @Option(help: "The guest kernel bzImage (default: boot/vmlinuz-* of --kernel-package).")
     var kernel: String?
 
+    @Option(help: "The service VM's own kernel to boot (vmlinux from scripts/build-kernel.sh; `make image` passes it). Without it the Debian kernel of --kernel-package is booted with its vsock/virtio modules. Trust anchors come from the Debian kernel either way.")
+    var serviceKernel: String?
+
     @Option(help: "The static execgate binary to use as /init (default: this binary, if static).")
     var `init`: String?
 
@@ -51,6 +54,7 @@ struct ImageBuildCommand: ParsableCommand {
                 o.kernel = kernel
                 // A kernel given by path: modules and System.map still come from the package.
             }
+            o.serviceKernel = serviceKernel
             o.policy = policy
             o.adminCertificate = adminCert
             o.force = force
