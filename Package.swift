@@ -221,7 +221,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateServiceVMTests",
-            dependencies: ["ExecGateServiceVM", "ExecGateSignature", "ExecGateTestSupport"],
+            dependencies: ["ExecGateServiceVM", "ExecGateSignature", "ExecGateTestSupport", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
