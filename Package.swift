@@ -80,7 +80,7 @@ let package = Package(
         .target(name: "ExecGatePolicy", dependencies: ["ExecGateSignature", "_ExecGateInternals"], swiftSettings: swiftSettings),
         .target(
             name: "ExecGateVerifier",
-            dependencies: ["ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateExplain", "ExecGatePolicy", nioCore, nioConcurrency],
+            dependencies: ["ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateExplain", "ExecGatePolicy", "_ExecGateInternals", nioCore, nioConcurrency],
             swiftSettings: swiftSettings
         ),
 

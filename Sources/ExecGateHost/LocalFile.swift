@@ -9,6 +9,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import ExecGateKernelImage
 import _ExecGateInternals
 
 public struct LocalFileError: Error, CustomStringConvertible {
@@ -29,6 +30,16 @@ public enum LocalFile {
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw LocalFileError(path: path, why: "not a regular file") }
         do { return try Files.read(path, limit: maximumSize) } catch {
             throw LocalFileError(path: path, why: error.errno == EFBIG ? "larger than \(maximumSize) bytes" : String(cString: strerror(error.errno)))
+        }
+    }
+
+    /// A module file as the kernel would load it: a plain `.ko`, or a `.ko.gz`/`.ko.xz`/`.ko.zst`
+    /// decompressed first (ExecGateKernelImage `ModuleFile`, after kernel/module/decompress.c), so
+    /// the signature and every later check run on the ELF bytes, as the kernel's do.
+    public static func readModule(_ path: String) throws -> [UInt8] {
+        let raw = try read(path)
+        do { return try ModuleFile.decode(raw).elf } catch {
+            throw LocalFileError(path: path, why: "\(error)")
         }
     }
 

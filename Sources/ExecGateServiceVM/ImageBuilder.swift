@@ -115,7 +115,7 @@ public enum ImageBuilder {
         let serviceKernelBytes = try o.serviceKernel.map { p throws(ServiceVMError) -> [UInt8] in
             guard FS.exists(p) else { throw .missing("service VM kernel \(p) not found: run scripts/build-kernel.sh (`make image` does)") }
             let b = try FS.read(p, limit: 256 << 20)
-            guard b.count > 4, b.starts(with: [0x7f, 0x45, 0x4c, 0x46]), b[4] == 2 else { throw .badInput("\(p) is not a 64-bit ELF vmlinux (QEMU boots it through its PVH entry)") }
+            guard GuestKernel.elfHasInterpreter(b) != nil else { throw .badInput("\(p) is not a 64-bit ELF vmlinux (QEMU boots it through its PVH entry)") }
             return b
         }
         var moduleFiles: [(name: String, bytes: [UInt8])] = []

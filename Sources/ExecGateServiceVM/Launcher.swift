@@ -27,7 +27,7 @@ public struct VMConfig: Sendable {
     public var cid: UInt32 = 3
     /// ServiceVM/README.md "Memory budget": the floor (52 MiB measured with the own kernel and the
     /// 24 MB /init) + one request in flight; 72 MiB serves amdgpu.ko (19.5 MB) with its claim, and
-    /// 128 leaves room for the largest frame the service accepts (64 MiB body) on top of the floor.
+    /// 128 leaves room for the largest frame the service accepts (28 MiB body) plus guest facts.
     public var memoryMiB = VMConfig.defaultMemoryMiB
     public static let defaultMemoryMiB = 128
     public var port: UInt32 = GuestOptions.defaultPort

@@ -15,15 +15,17 @@ public struct ExplainerJudge: EndStateJudge {
         guard let base = request.textBase, let text = request.text else {
             return .invalidClaim("end-state verification needs the executable region (text_base + text)")
         }
-        if request.initText != nil {
-            // Init text is claimed with its own region; until the engine explains it (ModuleClaim
-            // grows the init region), a claimed init byte is an unexplained byte: deny.
-            return .unexplained("\(moduleName): init text is claimed but this engine does not explain init text yet: not granted")
+        // Init text, when claimed, is its own allocation (module_alloc of the init layout): the
+        // engine explains it like core text (relocations into init, the same loader stages; its
+        // key states must agree with the core's). Both or neither of base and bytes.
+        guard (request.initBase == nil) == (request.initText == nil) else {
+            return .invalidClaim("init_base and init_text come together")
         }
         var addresses: [String: UInt64] = [:]
         for s in request.sections { addresses[s.name] = s.address }
         let claim = ModuleClaim(name: moduleName, textBase: base, text: Array(buffer: text), sectionAddresses: addresses,
-                                percpuBase: request.perCPUBase)
+                                percpuBase: request.perCPUBase, initTextBase: request.initBase,
+                                initText: request.initText.map { Array(buffer: $0) })
         let result = Explainer(facts: session.facts).explain(elf: elf, claim: claim, resolver: session.symbolResolver)
         switch result.verdict {
         case .allowed(let stats):

@@ -21,6 +21,7 @@
 
 import ExecGateExplain
 import ExecGateWire
+import _ExecGateInternals
 
 public enum GuestFactsBuilder {
     public static func facts(from r: RegisterGuest) -> GuestFacts {
@@ -74,17 +75,9 @@ public enum GuestFactsBuilder {
         return facts
     }
 
-    /// `pv_ops` as u64 little-endian entries (as in guest memory).
+    /// `pv_ops` as u64 little-endian entries (as in guest memory); a trailing partial entry is ignored.
     static func pvOpsEntries(_ raw: [UInt8]) -> [UInt64] {
-        var pvOps: [UInt64] = []
-        var o = 0
-        while o + 8 <= raw.count {
-            var v: UInt64 = 0
-            for k in 0..<8 { v |= UInt64(raw[o + k]) << (8 * UInt64(k)) }
-            pvOps.append(v)
-            o += 8
-        }
-        return pvOps
+        stride(from: 0, to: raw.count - raw.count % 8, by: 8).compactMap { raw.getInteger(at: $0, as: UInt64.self) }
     }
 }
 

@@ -341,12 +341,33 @@ public final class GuestSession: @unchecked Sendable {
 
 /// All registered guests. Facts are taken once: a live guest id is only replaced by an explicit
 /// reset (the VMM revoked every grant of the old session first).
+///
+/// Bounded (a peer on the VMM port must not grow the service VM without limit): at most
+/// `maximumGuests` guests and `maximumSymbolBytes` of registered symbol facts in all (each
+/// registration is charged its symbols' name bytes plus 16 bytes of record each, the size they
+/// arrive in). Over budget → `unavailable` with the figures, and nothing is kept.
 public final class GuestRegistry: @unchecked Sendable {
-    // @unchecked: `guests` is guarded by `lock`.
+    /// One sidecar serves one host's guests; a few hundred is the deployment's scale.
+    public static let defaultMaximumGuests = 512
+    /// A Debian 6.1 registration is ~3 MiB of symbol records (≈ 100,000 symbols); 192 MiB holds
+    /// 64 of them (the wire's own cap of 1,048,576 symbols per registration still applies).
+    public static let defaultMaximumSymbolBytes = 192 << 20
+
+    // @unchecked: `guests` and `symbolBytes` are guarded by `lock`.
     private let lock = NIOLock()
     private var guests: [String: GuestSession] = [:]
+    private var symbolBytes: [String: Int] = [:]
+    public let maximumGuests: Int
+    public let maximumSymbolBytes: Int
 
-    public init() {}
+    public init(maximumGuests: Int = GuestRegistry.defaultMaximumGuests,
+                maximumSymbolBytes: Int = GuestRegistry.defaultMaximumSymbolBytes) {
+        self.maximumGuests = maximumGuests
+        self.maximumSymbolBytes = maximumSymbolBytes
+    }
+
+    /// What a registration is charged against `maximumSymbolBytes`.
+    static func symbolCost(_ r: RegisterGuest) -> Int { r.symbols.reduce(0) { $0 + $1.name.utf8.count + 16 } }
 
     public enum Registration {
         case registered(GuestSession)
@@ -355,16 +376,36 @@ public final class GuestRegistry: @unchecked Sendable {
 
     /// Register a guest: plausibility first, then refuse a live id unless `reset` is set.
     public func register(_ r: RegisterGuest, factsDigest: [UInt8] = []) -> Registration {
+        // Budget first, before the facts are built (building them is the costly part); checked
+        // again, exactly, under the lock below.
+        let cost = Self.symbolCost(r)
+        if let why = lock.withLock({ () -> String? in
+            guard guests[r.guestID] == nil else { return nil }
+            if guests.count >= maximumGuests { return "\(guests.count) guests are registered, the limit is \(maximumGuests)" }
+            let used = symbolBytes.values.reduce(0, +)
+            return used + cost > maximumSymbolBytes ? "\(cost) bytes of symbols on top of \(used) registered exceeds the \(maximumSymbolBytes)-byte budget" : nil
+        }) {
+            return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
+        }
         let facts = GuestFactsBuilder.facts(from: r)
         if let why = FactsPlausibility.check(r, facts: facts) {
             return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(why)")
         }
         let s = GuestSession(registration: r, facts: facts, factsDigest: factsDigest)
         return lock.withLock {
-            if guests[r.guestID] != nil && !r.reset {
+            let existing = guests[r.guestID] != nil
+            if existing && !r.reset {
                 return .refused(.guestExists, "guest '\(r.guestID)' is registered: its facts were taken at the trusted point and are not replaced (send reset=1 after revoking every EXEC grant of the old session)")
             }
+            if !existing && guests.count >= maximumGuests {
+                return .refused(.unavailable, "register-guest '\(r.guestID)': \(guests.count) guests are registered, the limit is \(maximumGuests)")
+            }
+            let used = symbolBytes.values.reduce(0, +) - (symbolBytes[r.guestID] ?? 0)
+            if used + cost > maximumSymbolBytes {
+                return .refused(.unavailable, "register-guest '\(r.guestID)': \(cost) bytes of symbols on top of \(used) registered exceeds the \(maximumSymbolBytes)-byte budget")
+            }
             guests[r.guestID] = s
+            symbolBytes[r.guestID] = cost
             return .registered(s)
         }
     }

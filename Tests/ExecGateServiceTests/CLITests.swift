@@ -34,6 +34,18 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(ok.stdout.contains("\"module\":\"vsock\""), ok.stdout)
 
         let dir = Fixtures.temporaryDirectory()
+        // A .ko.xz (Debian 6.12 ships them) is decompressed first, as the kernel does: the same verdict.
+        try Fixtures.writeFile(dir + "/vsock.ko", try Fixtures.readFile(vsock))
+        let xz = Fixtures.run("/usr/bin/xz", ["--check=crc32", "--lzma2=dict=1MiB", dir + "/vsock.ko"])
+        XCTAssertEqual(xz.status, 0, xz.stderr)
+        let okXZ = Fixtures.runExecgate(["verify", "module", dir + "/vsock.ko.xz", "--trust", certPath, "--signature-only", "--json"])
+        XCTAssertEqual(okXZ.status, 0, okXZ.stderr)
+        XCTAssertTrue(okXZ.stdout.contains("\"module\":\"vsock\"") && okXZ.stdout.contains("\"decision\":\"allow\""), okXZ.stdout)
+        try Fixtures.writeFile(dir + "/junk.ko.xz", Array("not a module".utf8))
+        let junk = Fixtures.runExecgate(["verify", "module", dir + "/junk.ko.xz", "--trust", certPath, "--signature-only"])
+        XCTAssertEqual(junk.status, 2, "unreadable input: \(junk.stderr)")
+        XCTAssertTrue(junk.stderr.contains("kernel.unknown-format"), junk.stderr)
+
         var bytes = try Fixtures.readFile(vsock)
         bytes[0x200] ^= 0x40
         try Fixtures.writeFile(dir + "/tampered.ko", bytes)

@@ -7,7 +7,6 @@
 
 import ExecGateTestSupport
 import XCTest
-import _ExecGateInternals
 @testable import ExecGateServiceVM
 
 final class GuestKernelConfigTests: XCTestCase {
@@ -89,7 +88,7 @@ final class GuestKernelConfigTests: XCTestCase {
     }
 
     func run(_ argv: [String], dir: String) throws -> (Int32, String) {
-        let log = dir + "/out-\(MonotonicClock.nanoseconds()).log"
+        let log = dir + "/out-\(ProcessInfo.processInfo.globallyUniqueString).log"
         let pid = try Subprocess.spawn(argv, outputPath: log)
         guard let rc = Subprocess.wait(pid, timeoutMillis: 60_000) else {
             kill(pid, SIGKILL); _ = Subprocess.wait(pid, timeoutMillis: 5000)

@@ -75,14 +75,20 @@ final class VhostUserVsockBootTests: XCTestCase {
 
         // 1. Real Debian modules, a tampered one, and a multi-megabyte one: same verdicts as in-process.
         let verifier = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()), serverName: "in-process")
-        let client = try await ExecGateClient.connect(to: endpoint, timeout: 60)
+        // Inputs first, then connect: the server drops a connection idle for 30 s
+        // (TransportLimits.idleTimeout), and reading files is not traffic.
         var modules = try Fixtures.sampleModules(6).map { ($0, try Fixtures.readFile($0)) }
         var tampered = try Fixtures.readFile(try Fixtures.module(named: "vsock.ko"))
         tampered[tampered.count / 3] ^= 0x01
         modules.append(("tampered vsock.ko", tampered))
-        let big = try Fixtures.allModules().map { ($0, try Fixtures.readFile($0)) }.filter { $0.1.count > 3 << 20 }.first
-        let bigModule = try XCTUnwrap(big, "no module above 3 MiB in the fixture kernel")
+        // The first module above 3 MiB, found by its size on disk (not by reading all 4,023).
+        let bigPath = try Fixtures.allModules().first { p in
+            var st = stat()
+            return stat(p, &st) == 0 && Int(st.st_size) > 3 << 20
+        }
+        let bigModule = (try XCTUnwrap(bigPath, "no module above 3 MiB in the fixture kernel"), try Fixtures.readFile(bigPath!))
         modules.append(bigModule)
+        let client = try await ExecGateClient.connect(to: endpoint, timeout: 60)
         for (name, bytes) in modules {
             let (req, digest) = authorizeRequest(bytes)
             let remote = try await client.authorize(req)

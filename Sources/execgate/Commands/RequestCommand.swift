@@ -47,7 +47,7 @@ struct RequestModule: AsyncParsableCommand {
         discussion: "Exit status: 0 allow, 1 deny, 2 usage error, unreadable input or no answer."
     )
 
-    @Argument(help: "The signed module (.ko).") var file: String
+    @Argument(help: "The signed module (.ko, or .ko.gz/.ko.xz/.ko.zst: decompressed first, as the kernel does).") var file: String
     @OptionGroup var connection: ConnectOptions
     @Option(help: "Claim: none, elf, or a capture directory of the module (text/<addr>_<section>.bin).")
     var claim: String = "elf"
@@ -58,7 +58,7 @@ struct RequestModule: AsyncParsableCommand {
         let module: [UInt8]
         let sections: [SectionClaim]
         do {
-            module = try LocalFile.read(file)
+            module = try LocalFile.readModule(file)
             sections = try ClaimSource.sections(claim, module: module)
         } catch {
             Console.error("execgate request module: \(error)")

@@ -20,7 +20,7 @@ struct VerifyModule: ParsableCommand {
         discussion: "Exit status: 0 allow, 1 deny (reason on stderr, or in JSON with --json), 2 usage error or unreadable input."
     )
 
-    @Argument(help: "The signed module (.ko).") var file: String
+    @Argument(help: "The signed module (.ko, or .ko.gz/.ko.xz/.ko.zst: decompressed first, as the kernel does).") var file: String
     @OptionGroup var trust: TrustOptions
     @Option(help: "Claim: none, elf, or a capture directory of the module.") var claim: String = "none"
     @Flag(help: "Print the verdict as JSON on stdout.") var json = false
@@ -31,7 +31,7 @@ struct VerifyModule: ParsableCommand {
         let sections: [SectionClaim]
         do {
             verifier = Verifier(policy: try trust.builtInPolicy(), serverName: ExecGateVersion.string)
-            module = try LocalFile.read(file)
+            module = try LocalFile.readModule(file)
             sections = try ClaimSource.sections(claim, module: module)
         } catch {
             Console.error("execgate verify module: \(error)")
