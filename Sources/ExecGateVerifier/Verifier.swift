@@ -326,40 +326,14 @@ public final class Verifier: @unchecked Sendable {
 
         // 7. Frames: one guest-physical frame per 4 KiB page of each claimed region, none twice.
         checks.append(.frames)
-        let page = WireLimits.framePageSize
-        let pages = (UInt64(text.readableBytes) + page - 1) / page
-        guard request.frames.count == Int(pages) else {
-            return deny(.claimFramesInvalid, "the executable region spans \(pages) page(s) but \(request.frames.count) guest-physical frame(s) are claimed")
-        }
-        var initRange: Range<UInt64>? = nil
-        if let ib = request.initBase, let it = request.initText {
-            let (end, o) = ib.addingReportingOverflow(UInt64(it.readableBytes))
-            guard !o, ib % page == 0 else { return deny(.claimInvalid, "init text at 0x\(hex(ib)) +\(it.readableBytes) is not a page-aligned range") }
-            initRange = ib..<end
-            let initPages = (UInt64(it.readableBytes) + page - 1) / page
-            guard request.initFrames.count == Int(initPages) else {
-                return deny(.claimFramesInvalid, "the init text spans \(initPages) page(s) but \(request.initFrames.count) init frame(s) are claimed")
-            }
-        } else if !request.initFrames.isEmpty {
-            return deny(.claimFramesInvalid, "init frames are claimed without init text")
-        }
-        let allFrames = request.frames + request.initFrames
-        if Set(allFrames).count != allFrames.count {
-            return deny(.claimFramesInvalid, "a guest-physical frame is claimed for two pages: one frame cannot hold two verified pages")
+        let initRange: Range<UInt64>?
+        switch Self.checkFrames(request, textBytes: text.readableBytes) {
+        case .success(let r): initRange = r
+        case .failure(let d): return deny(d.reason, d.message)
         }
 
         // 8. Per-section bytes, when sent, are exactly the matching slice of the region.
-        for s in sectionBytes {
-            guard let b = s.bytes else { continue }
-            let (end, o) = s.address.addingReportingOverflow(UInt64(b.readableBytes))
-            guard !o, s.address >= base, end <= base &+ UInt64(text.readableBytes) else {
-                return deny(.claimSectionBytes, "section '\(s.name)' at 0x\(hex(s.address)) +\(b.readableBytes) lies outside the executable region")
-            }
-            let off = Int(s.address - base)
-            guard let slice = text.getSlice(at: text.readerIndex + off, length: b.readableBytes), slice == b else {
-                return deny(.claimSectionBytes, "section '\(s.name)': its claimed bytes differ from the executable region at the same address (only the region's bytes are explained)")
-            }
-        }
+        if let d = Self.checkSectionBytes(sectionBytes, base: base, text: text) { return deny(d.reason, d.message) }
 
         // 9. Live ranges of the guest: no overlap, no second module of one name.
         checks.append(.liveRanges)
@@ -405,6 +379,53 @@ public final class Verifier: @unchecked Sendable {
         return Judgement(verdict: ExecGateWire.Verdict(decision: .allow, reason: .allowed, message: message, checks: checks.map(\.rawValue), policyID: policy.id,
                                           policyVersion: policy.version, requestDigest: [], moduleName: moduleName,
                                           moduleDigest: moduleDigest), live: live)
+    }
+
+    /// A denial found by one stage of `judge`: its reason code and message.
+    struct Denial: Error { let reason: VerdictReason; let message: String }
+
+    /// Step 7: one guest-physical frame per 4 KiB page of the core region and of the init region
+    /// (if claimed; page-aligned), and no frame claimed twice. Returns the init range.
+    static func checkFrames(_ request: AuthorizeModule, textBytes: Int) -> Result<Range<UInt64>?, Denial> {
+        let page = WireLimits.framePageSize
+        let pages = (UInt64(textBytes) + page - 1) / page
+        guard request.frames.count == Int(pages) else {
+            return .failure(Denial(reason: .claimFramesInvalid, message: "the executable region spans \(pages) page(s) but \(request.frames.count) guest-physical frame(s) are claimed"))
+        }
+        var initRange: Range<UInt64>? = nil
+        if let ib = request.initBase, let it = request.initText {
+            let (end, o) = ib.addingReportingOverflow(UInt64(it.readableBytes))
+            guard !o, ib % page == 0 else { return .failure(Denial(reason: .claimInvalid, message: "init text at 0x\(hex(ib)) +\(it.readableBytes) is not a page-aligned range")) }
+            initRange = ib..<end
+            let initPages = (UInt64(it.readableBytes) + page - 1) / page
+            guard request.initFrames.count == Int(initPages) else {
+                return .failure(Denial(reason: .claimFramesInvalid, message: "the init text spans \(initPages) page(s) but \(request.initFrames.count) init frame(s) are claimed"))
+            }
+        } else if !request.initFrames.isEmpty {
+            return .failure(Denial(reason: .claimFramesInvalid, message: "init frames are claimed without init text"))
+        }
+        let allFrames = request.frames + request.initFrames
+        if Set(allFrames).count != allFrames.count {
+            return .failure(Denial(reason: .claimFramesInvalid, message: "a guest-physical frame is claimed for two pages: one frame cannot hold two verified pages"))
+        }
+        return .success(initRange)
+    }
+
+    /// Step 8: section bytes, when sent, must be exactly the region's bytes at the same address
+    /// (only the region's bytes are explained; different per-section bytes would be a second claim).
+    static func checkSectionBytes(_ sections: [SectionClaim], base: UInt64, text: ByteBuffer) -> Denial? {
+        for s in sections {
+            guard let b = s.bytes else { continue }
+            let (end, o) = s.address.addingReportingOverflow(UInt64(b.readableBytes))
+            guard !o, s.address >= base, end <= base &+ UInt64(text.readableBytes) else {
+                return Denial(reason: .claimSectionBytes, message: "section '\(s.name)' at 0x\(hex(s.address)) +\(b.readableBytes) lies outside the executable region")
+            }
+            let off = Int(s.address - base)
+            guard let slice = text.getSlice(at: text.readerIndex + off, length: b.readableBytes), slice == b else {
+                return Denial(reason: .claimSectionBytes, message: "section '\(s.name)': its claimed bytes differ from the executable region at the same address (only the region's bytes are explained)")
+            }
+        }
+        return nil
     }
 
     /// Names of the module's undefined symbols (what resolve_symbol() looks up).

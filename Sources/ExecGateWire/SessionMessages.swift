@@ -222,23 +222,5 @@ public struct ModuleInitFreed: Sendable, Equatable {
     }
 }
 
-public struct ModuleInitFreedReply: Sendable, Equatable {
-    public var guestID: String
-    public var moduleName: String
-
-    public init(guestID: String, moduleName: String) {
-        self.guestID = guestID
-        self.moduleName = moduleName
-    }
-
-    public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "module-init-freed-reply", known: [1, 2])
-        guestID = try r.requiredString(1, "guest_id")
-        moduleName = try r.requiredString(2, "module_name")
-    }
-
-    public func encode(into w: inout TLVWriter) {
-        w.string(1, guestID)
-        w.string(2, moduleName)
-    }
-}
+/// The reply acknowledges the guest and module it names: the request's own body (same tags).
+public typealias ModuleInitFreedReply = ModuleInitFreed
