@@ -9,17 +9,12 @@ import XCTest
 
 final class ServiceVMBootTests: XCTestCase {
     var imageDir: String { Fixtures.packageRoot + "/Images/out" }
-    var required: Bool { ProcessInfo.processInfo.environment["EXECGATE_VM_TEST"] == "1" }
 
     func config(test: Bool, name: String) throws -> VMConfig {
+        try requireVM(image: false)
         let paths: (kernel: String, initrd: String)
         do { paths = try VMConfig.imagePaths(imageDir: imageDir, test: test) } catch {
-            if required { throw error }
-            throw XCTSkip("\(error)")
-        }
-        if Subprocess.which("qemu-system-x86_64") == nil {
-            if required { XCTFail("qemu-system-x86_64 not installed") }
-            throw XCTSkip("qemu-system-x86_64 not installed")
+            try VMTestInputs.missing("\(error)")
         }
         let state = NSTemporaryDirectory() + "execgate-vmtest-\(getpid())/\(name)"
         var c = VMConfig(stateDir: state, kernel: paths.kernel, initrd: paths.initrd)

@@ -23,22 +23,12 @@ import Glibc
 #endif
 
 final class VhostUserVsockBootTests: XCTestCase {
-    var required: Bool { ProcessInfo.processInfo.environment["EXECGATE_VM_TEST"] == "1" }
-
-    struct Unavailable: Error, CustomStringConvertible { let description: String }
-
-    /// Missing prerequisites: a failure with EXECGATE_VM_TEST=1 (make test), a skip otherwise.
-    func skipOrFail(_ why: String) throws -> Never {
-        if required { throw Unavailable(description: "EXECGATE_VM_TEST=1 but \(why)") }
-        throw XCTSkip(why)
-    }
-
     func config() throws -> VMConfig {
         let imageDir = Fixtures.packageRoot + "/Images/out"
         let paths: (kernel: String, initrd: String)
-        do { paths = try VMConfig.imagePaths(imageDir: imageDir, test: false) } catch { try skipOrFail("\(error)") }
-        if Subprocess.which("qemu-system-x86_64") == nil { try skipOrFail("qemu-system-x86_64 not installed") }
-        guard access(Fixtures.execgateBinary, X_OK) == 0 else { try skipOrFail("no execgate binary at \(Fixtures.execgateBinary): swift build --build-tests") }
+        do { paths = try VMConfig.imagePaths(imageDir: imageDir, test: false) } catch { try VMTestInputs.missing("\(error)") }
+        if Subprocess.which("qemu-system-x86_64") == nil { try VMTestInputs.missing("qemu-system-x86_64 not installed") }
+        guard access(Fixtures.execgateBinary, X_OK) == 0 else { try VMTestInputs.missing("no execgate binary at \(Fixtures.execgateBinary): swift build --build-tests") }
         // Short state path: sockaddr_un holds 107 bytes, and guest→host sockets append "_<port>".
         let state = "/tmp/egv-e2e-\(getpid())"
         var c = VMConfig(stateDir: state, kernel: paths.kernel, initrd: paths.initrd)
