@@ -118,7 +118,7 @@ let package = Package(
 
         .target(
             name: "ExecGateVsockDevice",
-            dependencies: ["CExecGateVsockSys"],
+            dependencies: ["CExecGateVsockSys", "_ExecGateInternals"],
             swiftSettings: swiftSettings
         ),
 

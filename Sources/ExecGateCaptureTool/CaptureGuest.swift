@@ -214,10 +214,10 @@ public enum CaptureGuest {
             var addrs: [String: UInt64] = [:]
             for s in (try? FS.list(sys + "/sections")) ?? [] {
                 let v = trimmed(readText(sys + "/sections/" + s))
-                secs.append((s, JSON.string(v)))
+                secs.append((s, ConsoleJSON.string(v)))
                 if v.hasPrefix("0x"), let a = UInt64(v.dropFirst(2), radix: 16) { addrs[s] = a }
             }
-            tar.add(name + "/sections.json", "{\n" + secs.map { " \(JSON.string($0.0)): \($0.1)" }.joined(separator: ",\n") + "\n}\n")
+            tar.add(name + "/sections.json", "{\n" + secs.map { " \(ConsoleJSON.string($0.0)): \($0.1)" }.joined(separator: ",\n") + "\n}\n")
             let coresize = trimmed(readText(sys + "/coresize")), initsize = trimmed(readText(sys + "/initsize"))
             let taint = trimmed(readText(sys + "/taint"))
             sizes += "\(name) \(coresize) \(initsize) \(taint)\n"

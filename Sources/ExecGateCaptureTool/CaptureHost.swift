@@ -73,13 +73,13 @@ public struct CaptureSummary: Sendable {
     public var totalMillis: Int
 
     public var json: String {
-        JSON.object([
-            ("boot", JSON.string(boot)), ("dir", JSON.string(bootDir)), ("kernel", JSON.string(kernelVersion)),
-            ("requested", "[" + requested.map(JSON.string).joined(separator: ",") + "]"),
-            ("load_order", "[" + loadOrder.map(JSON.string).joined(separator: ",") + "]"),
+        ConsoleJSON.object([
+            ("boot", ConsoleJSON.string(boot)), ("dir", ConsoleJSON.string(bootDir)), ("kernel", ConsoleJSON.string(kernelVersion)),
+            ("requested", "[" + requested.map(ConsoleJSON.string).joined(separator: ",") + "]"),
+            ("load_order", "[" + loadOrder.map(ConsoleJSON.string).joined(separator: ",") + "]"),
             ("captured", "\(captured.count)"),
-            ("failed", JSON.object(failed.map { ($0.0, JSON.string($0.1)) })),
-            ("slide", JSON.string("0x" + Hex.number(slide))), ("accel", JSON.string(accel)),
+            ("failed", ConsoleJSON.object(failed.map { ($0.0, ConsoleJSON.string($0.1)) })),
+            ("slide", ConsoleJSON.string("0x" + Hex.number(slide))), ("accel", ConsoleJSON.string(accel)),
             ("qemu_ms", "\(qemuMillis)"), ("total_ms", "\(totalMillis)"),
         ])
     }

@@ -82,12 +82,12 @@ enum CaptureLayout {
             try FS.write(o.outDir + "/load-order.txt", order.joined(separator: "\n") + "\n")
             try FS.write(o.outDir + "/modules.list", o.modules.joined(separator: "\n") + "\n")
             try FS.write(o.outDir + "/modules.dep", index.modulesDep(order, depends: depends))
-            let arr: ([String]) -> String = { "[" + $0.map(JSON.string).joined(separator: ", ") + "]" }
-            try FS.write(o.outDir + "/corpus.json", JSON.object([
-                ("kernel", JSON.string(tree.version)), ("deb", tree.deb.map(JSON.string) ?? "null"),
-                ("kernel_root", JSON.string(tree.root)), ("vmlinuz", JSON.string(tree.vmlinuz)),
-                ("link_text", JSON.string("0x" + Hex.number(link.address))), ("link_text_source", JSON.string(link.source)),
-                ("tool", JSON.string("execgate capture")), ("cpu", JSON.string(o.cpu)),
+            let arr: ([String]) -> String = { "[" + $0.map(ConsoleJSON.string).joined(separator: ", ") + "]" }
+            try FS.write(o.outDir + "/corpus.json", ConsoleJSON.object([
+                ("kernel", ConsoleJSON.string(tree.version)), ("deb", tree.deb.map(ConsoleJSON.string) ?? "null"),
+                ("kernel_root", ConsoleJSON.string(tree.root)), ("vmlinuz", ConsoleJSON.string(tree.vmlinuz)),
+                ("link_text", ConsoleJSON.string("0x" + Hex.number(link.address))), ("link_text_source", ConsoleJSON.string(link.source)),
+                ("tool", ConsoleJSON.string("execgate capture")), ("cpu", ConsoleJSON.string(o.cpu)),
                 ("modules_requested", arr(o.modules)), ("load_order", arr(order)), ("boots", arr(corpusBoots)),
             ]) + "\n")
         }
@@ -125,27 +125,27 @@ enum CaptureLayout {
                 if s.isWrite { flags += "W" }
                 if s.isExec { flags += "X" }
                 let addr = sysfs[s.name]
-                let row = JSON.object([
-                    ("name", JSON.string(s.name)), ("kind", JSON.string(kind)), ("elf_index", "\(s.index)"),
-                    ("elf_flags", JSON.string(flags)), ("elf_type", "\(s.type)"), ("size", "\(s.size)"),
-                    ("align", "\(s.addralign)"), ("addr", addr.map { JSON.string("0x" + Hex.number($0)) } ?? "null"),
+                let row = ConsoleJSON.object([
+                    ("name", ConsoleJSON.string(s.name)), ("kind", ConsoleJSON.string(kind)), ("elf_index", "\(s.index)"),
+                    ("elf_flags", ConsoleJSON.string(flags)), ("elf_type", "\(s.type)"), ("size", "\(s.size)"),
+                    ("align", "\(s.addralign)"), ("addr", addr.map { ConsoleJSON.string("0x" + Hex.number($0)) } ?? "null"),
                 ])
                 if let addr { rows.append((addr, row)) } else { unaddressed.append(row) }
             }
         }
         let sections = rows.sorted { $0.0 < $1.0 }.map(\.1) + unaddressed
         let num: (String?) -> String = { $0.flatMap { Int($0) }.map { "\($0)" } ?? "null" }
-        return JSON.object([
-            ("module", JSON.string(name)), ("ko", JSON.string(name + ".ko")), ("ko_path_in_package", JSON.string(path)),
-            ("depends", "[" + depends.map(JSON.string).joined(separator: ", ") + "]"), ("kernel", JSON.string(kernel)),
-            ("core_base", JSON.string(info["core_base"] ?? "")),
-            ("core_text", JSON.object([
-                ("base", JSON.string(info["text_base"] ?? "")), ("size", num(info["text_size"])),
-                ("end_used", JSON.string(info["text_end_used"] ?? "")), ("file", JSON.string("core_text.bin")),
+        return ConsoleJSON.object([
+            ("module", ConsoleJSON.string(name)), ("ko", ConsoleJSON.string(name + ".ko")), ("ko_path_in_package", ConsoleJSON.string(path)),
+            ("depends", "[" + depends.map(ConsoleJSON.string).joined(separator: ", ") + "]"), ("kernel", ConsoleJSON.string(kernel)),
+            ("core_base", ConsoleJSON.string(info["core_base"] ?? "")),
+            ("core_text", ConsoleJSON.object([
+                ("base", ConsoleJSON.string(info["text_base"] ?? "")), ("size", num(info["text_size"])),
+                ("end_used", ConsoleJSON.string(info["text_end_used"] ?? "")), ("file", ConsoleJSON.string("core_text.bin")),
             ])),
             ("sysfs_coresize", num(info["coresize"])), ("sysfs_initsize", num(info["initsize"])),
-            ("taint", JSON.string(info["taint"] ?? "")),
-            ("insmod", insmod.map { JSON.object([("rc", "\($0.rc)"), ("t0", Double($0.t0) != nil ? $0.t0 : "null"), ("t1", Double($0.t1) != nil ? $0.t1 : "null"), ("msg", JSON.string($0.msg))]) } ?? "null"),
+            ("taint", ConsoleJSON.string(info["taint"] ?? "")),
+            ("insmod", insmod.map { ConsoleJSON.object([("rc", "\($0.rc)"), ("t0", Double($0.t0) != nil ? $0.t0 : "null"), ("t1", Double($0.t1) != nil ? $0.t1 : "null"), ("msg", ConsoleJSON.string($0.msg))]) } ?? "null"),
             ("sections", "[\n  " + sections.joined(separator: ",\n  ") + "\n]"),
         ]) + "\n"
     }

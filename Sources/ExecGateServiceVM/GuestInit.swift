@@ -237,7 +237,7 @@ public enum GuestInit {
         }
         let (passed, failed) = counter.counts
         let endMs = MonotonicClock.sinceBootMilliseconds()
-        emit("\(ConsoleProtocol.done) " + JSON.object([
+        emit("\(ConsoleProtocol.done) " + ConsoleJSON.object([
             ("passed", "\(passed)"), ("failed", "\(failed)"),
             ("kernel_ms", format1(kernelMs)), ("init_ms", format1(initDoneMs - kernelMs)),
             ("ready_ms", format1(readyMs)), ("tests_ms", format1(endMs - readyMs)),
@@ -313,7 +313,7 @@ final class ResultCounter: @unchecked Sendable {
 
 /// Minimal JSON rendering for console lines (no Foundation in the guest binary); escaping is the
 /// project's one JSON writer (_ExecGateInternals).
-public enum JSON {
+public enum ConsoleJSON {
     public static func string(_ s: String) -> String {
         var out = ""
         _ExecGateInternals.JSON.escape(s, into: &out)

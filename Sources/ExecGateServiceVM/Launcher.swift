@@ -139,15 +139,15 @@ public struct VMStatus: Sendable {
     public var consoleTail: String
 
     public var json: String {
-        JSON.object([
-            ("name", JSON.string(name)), ("running", running ? "true" : "false"),
+        ConsoleJSON.object([
+            ("name", ConsoleJSON.string(name)), ("running", running ? "true" : "false"),
             ("pid", pid.map { "\($0)" } ?? "null"), ("ready", ready ? "true" : "false"),
-            ("address", address.map(JSON.string) ?? "null"),
+            ("address", address.map(ConsoleJSON.string) ?? "null"),
             ("reachable_from_host", reachableFromHost ? "true" : "false"),
-            ("accel", JSON.string(info["accel"] ?? "")), ("memory_mib", info["memory_mib"] ?? "null"),
-            ("console_log", JSON.string(info["console_log"] ?? "")),
+            ("accel", ConsoleJSON.string(info["accel"] ?? "")), ("memory_mib", info["memory_mib"] ?? "null"),
+            ("console_log", ConsoleJSON.string(info["console_log"] ?? "")),
             ("boot_ms", info["boot_ms"] ?? "null"),
-            ("console_tail", JSON.string(consoleTail)),
+            ("console_tail", ConsoleJSON.string(consoleTail)),
         ])
     }
 }

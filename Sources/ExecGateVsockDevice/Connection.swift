@@ -20,6 +20,7 @@
 // it builds. Every counter is a wrapping u32.
 
 #if canImport(Glibc)
+import _ExecGateInternals
 import Glibc
 #elseif canImport(Musl)
 import Musl
@@ -89,7 +90,7 @@ public final class VsockConnection {
     /// A host-initiated connection: REQUEST is queued.
     public init(hostInitiated key: ConnectionKey, guestCID: UInt64, stream: VsockStream, prefix: [UInt8], now: UInt64) {
         self.key = key; self.guestCID = guestCID; self.stream = stream; self.hostInitiated = true
-        self.state = .localInit(deadline: now + UInt64(Limits.connectTimeoutMillis) * 1_000_000)
+        self.state = .localInit(deadline: now + UInt64(VsockLimits.connectTimeoutMillis) * 1_000_000)
         self.pending = [.request]
         self.hostPrefix = prefix
     }
@@ -183,8 +184,8 @@ public final class VsockConnection {
         guard peerShutdown & VsockConstants.shutdownSend == 0 else { kill("data after SHUTDOWN(SEND)"); return }
         // The guest may have `buf_alloc − (rx_cnt − fwd_cnt as last advertised)` bytes outstanding.
         let outstanding = rxCnt &- lastFwdCntSent
-        guard outstanding <= Limits.connBufferSize, len <= Limits.connBufferSize - outstanding else {
-            kill("credit overrun: \(len) bytes with \(outstanding) of \(Limits.connBufferSize) outstanding"); return
+        guard outstanding <= VsockLimits.connBufferSize, len <= VsockLimits.connBufferSize - outstanding else {
+            kill("credit overrun: \(len) bytes with \(outstanding) of \(VsockLimits.connBufferSize) outstanding"); return
         }
         rxCnt &+= len
         if len == 0 { return }
@@ -201,7 +202,7 @@ public final class VsockConnection {
             // Both directions done: answer with RST (Linux waits for it).
             kill(nil)
         } else if peerShutdown == VsockConstants.shutdownReceive | VsockConstants.shutdownSend, state == .established {
-            state = .closing(deadline: Clock.nanos() + UInt64(Limits.shutdownTimeoutMillis) * 1_000_000)
+            state = .closing(deadline: MonotonicClock.nanoseconds() + UInt64(VsockLimits.shutdownTimeoutMillis) * 1_000_000)
         }
     }
 
@@ -227,8 +228,8 @@ public final class VsockConnection {
     private func noteCredit() {
         let unadvertised = fwdCnt &- lastFwdCntSent
         guard unadvertised > 0 else { return }
-        let guestViewFree = Limits.connBufferSize &- (rxCnt &- lastFwdCntSent)
-        if unadvertised >= Limits.creditUpdateThreshold || guestViewFree < Limits.creditUpdateThreshold {
+        let guestViewFree = VsockLimits.connBufferSize &- (rxCnt &- lastFwdCntSent)
+        if unadvertised >= VsockLimits.creditUpdateThreshold || guestViewFree < VsockLimits.creditUpdateThreshold {
             pending.insert(.creditUpdate)
         }
     }
@@ -264,7 +265,7 @@ public final class VsockConnection {
     private func header(_ op: VsockOp, len: UInt32 = 0, flags: UInt32 = 0) -> VsockHeader {
         lastFwdCntSent = fwdCnt
         return VsockHeader(srcCID: VsockConstants.hostCID, dstCID: guestCID, srcPort: key.localPort, dstPort: key.peerPort,
-                           op: op, len: len, flags: flags, bufAlloc: Limits.connBufferSize, fwdCnt: fwdCnt)
+                           op: op, len: len, flags: flags, bufAlloc: VsockLimits.connBufferSize, fwdCnt: fwdCnt)
     }
 
     /// The next packet for the guest, its payload written to `payload` (capacity = max length).
@@ -275,7 +276,7 @@ public final class VsockConnection {
         if pending.contains(.response) { pending.remove(.response); return (header(.response), 0) }
         if canSendData {
             let credit = Int(peerCredit)
-            let room = min(payload.count, credit, Limits.rxPacketChunk)
+            let room = min(payload.count, credit, VsockLimits.rxPacketChunk)
             if room > 0 && !hostPrefix.isEmpty {
                 let n = min(room, hostPrefix.count)
                 hostPrefix.withUnsafeBytes { payload.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: n) }  // Safe: n ≤ both.
@@ -316,7 +317,7 @@ public final class VsockConnection {
         if hostHungUp {
             // Gone both ways: FC sends SHUTDOWN(RCV|SEND) and waits for the guest's RST.
             shutdownFlagsToSend = VsockConstants.shutdownReceive | VsockConstants.shutdownSend
-            state = .closing(deadline: now + UInt64(Limits.shutdownTimeoutMillis) * 1_000_000)
+            state = .closing(deadline: now + UInt64(VsockLimits.shutdownTimeoutMillis) * 1_000_000)
         } else {
             // Half-closed: the guest sees EOF and may still answer.
             shutdownFlagsToSend = VsockConstants.shutdownSend
@@ -336,7 +337,7 @@ public final class VsockConnection {
     /// Called when the connection's deadline passed.
     public func expire() {
         switch state {
-        case .localInit: kill("guest did not answer REQUEST within \(Limits.connectTimeoutMillis) ms")
+        case .localInit: kill("guest did not answer REQUEST within \(VsockLimits.connectTimeoutMillis) ms")
         case .closing: kill(nil)
         default: break
         }
@@ -368,11 +369,3 @@ struct ByteQueue {
     mutating func removeAll() { storage = []; head = 0 }
 }
 
-/// Monotonic nanoseconds.
-public enum Clock {
-    public static func nanos() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-}

@@ -58,7 +58,7 @@ public enum PacketError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .headerTruncated(let n): return "header needs 44 bytes, chain has \(n)"
-        case .payloadTooLarge(let l): return "len \(l) exceeds \(Limits.maxPacketPayload)"
+        case .payloadTooLarge(let l): return "len \(l) exceeds \(VsockLimits.maxPacketPayload)"
         case .payloadTruncated(let c, let a): return "len \(c) but the chain holds \(a) payload bytes"
         case .wrongSourceCID(let c): return "src_cid \(c) is not the guest's"
         case .wrongDestinationCID(let c): return "dst_cid \(c) is not the host (2)"

@@ -82,7 +82,7 @@ public final class GuestMemory: @unchecked Sendable {
               case (_, false) = userAddr.addingReportingOverflow(size) else {
             throw VhostUserError(.badMemory, "region gpa 0x\(String(guestPhysAddr, radix: 16)) size \(size) offset \(mmapOffset) overflows")
         }
-        guard regions.count < Limits.maxMemoryRegions else { throw VhostUserError(.badMemory, "more than \(Limits.maxMemoryRegions) regions") }
+        guard regions.count < VsockLimits.maxMemoryRegions else { throw VhostUserError(.badMemory, "more than \(VsockLimits.maxMemoryRegions) regions") }
         // Touching a mapping past the end of its file raises SIGBUS, which would kill the whole
         // backend. Checking the size now is not enough (the frontend could ftruncate the file
         // later), so the file must be sealed against shrinking: F_SEAL_SHRINK cannot be removed

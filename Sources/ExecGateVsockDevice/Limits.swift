@@ -2,7 +2,7 @@
 //
 // Every limit of the vhost-user-vsock backend, named in one place (FC `vsock/defs.rs` style).
 
-public enum Limits {
+public enum VsockLimits {
     // MARK: - vhost-user
     /// Largest vhost-user payload accepted. The biggest we understand is SET_MEM_TABLE with 8
     /// regions (8 + 8 × 32 = 264 bytes) or GET_CONFIG (12 + 256); anything larger ends the session.

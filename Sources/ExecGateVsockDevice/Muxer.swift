@@ -5,7 +5,7 @@
 //     an unknown key opens a host stream through `connector` (`<uds>_<port>`), anything else for an
 //     unknown key is answered with RST (an RST is never answered);
 //   - host → guest: a round-robin FIFO of connections with something to send, plus a bounded queue
-//     of orphan RSTs (beyond `Limits.maxPendingOrphanRST` they are dropped: an RST flood costs
+//     of orphan RSTs (beyond `VsockLimits.maxPendingOrphanRST` they are dropped: an RST flood costs
 //     nothing and grows nothing).
 // A bad packet kills at most its own connection.
 
@@ -18,7 +18,7 @@ public final class VsockMuxer {
     private var rxHead = 0
     private var queued: Set<ConnectionKey> = []
     private var orphanRST: [VsockHeader] = []
-    private var nextHostPort = Limits.firstHostPort
+    private var nextHostPort = VsockLimits.firstHostPort
     /// Counters (FC METRICS): tests and the bench read them.
     public private(set) var stats = Stats()
 
@@ -59,7 +59,7 @@ public final class VsockMuxer {
         case .rst:
             return  // Nothing to reset; never answer an RST.
         case .request:
-            guard connections.count < Limits.maxConnections, let stream = connector(h.dstPort) else {
+            guard connections.count < VsockLimits.maxConnections, let stream = connector(h.dstPort) else {
                 queueOrphanRST(for: h); return
             }
             let conn = VsockConnection(guestInitiated: h, stream: stream)
@@ -75,7 +75,7 @@ public final class VsockMuxer {
     func queueOrphanRSTPublic(for h: VsockHeader) { queueOrphanRST(for: h) }
 
     private func queueOrphanRST(for h: VsockHeader) {
-        guard orphanRST.count < Limits.maxPendingOrphanRST else { stats.droppedOrphanRST += 1; return }
+        guard orphanRST.count < VsockLimits.maxPendingOrphanRST else { stats.droppedOrphanRST += 1; return }
         orphanRST.append(VsockHeader(srcCID: VsockConstants.hostCID, dstCID: guestCID, srcPort: h.dstPort, dstPort: h.srcPort, op: .rst))
     }
 
@@ -84,7 +84,7 @@ public final class VsockMuxer {
     /// A host client asked (`CONNECT <port>`) for guest port `port`. Returns the local port, or nil
     /// when the connection table is full (the caller closes the stream).
     public func connectFromHost(stream: VsockStream, guestPort: UInt32, prefix: [UInt8], now: UInt64) -> UInt32? {
-        guard connections.count < Limits.maxConnections else { return nil }
+        guard connections.count < VsockLimits.maxConnections else { return nil }
         var key = ConnectionKey(localPort: nextHostPort, peerPort: guestPort)
         while connections[key] != nil { advancePort(); key.localPort = nextHostPort }
         advancePort()
@@ -95,7 +95,7 @@ public final class VsockMuxer {
     }
 
     private func advancePort() {
-        nextHostPort = nextHostPort == UInt32.max ? Limits.firstHostPort : nextHostPort + 1
+        nextHostPort = nextHostPort == UInt32.max ? VsockLimits.firstHostPort : nextHostPort + 1
     }
 
     /// The host stream of `key` is readable (or hung up).

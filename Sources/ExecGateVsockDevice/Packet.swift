@@ -126,11 +126,11 @@ public struct TxPacket: Equatable {
     public init(header: VsockHeader, payload: [UInt8]) { self.header = header; self.payload = payload }
 
     /// Parses a tx chain in two passes: the 44-byte header is copied out and decoded; `len` is
-    /// checked against `Limits.maxPacketPayload`, then against the bytes the chain really holds.
+    /// checked against `VsockLimits.maxPacketPayload`, then against the bytes the chain really holds.
     ///
     /// ## Errors
     /// - `headerTruncated`: fewer than 44 readable bytes.
-    /// - `payloadTooLarge`: `len` above `Limits.maxPacketPayload`.
+    /// - `payloadTooLarge`: `len` above `VsockLimits.maxPacketPayload`.
     /// - `payloadTruncated`: the chain holds fewer than `len` bytes after the header.
     ///
     /// CIDs and type are checked by `validateAddressing` (the muxer answers those with RST).
@@ -139,7 +139,7 @@ public struct TxPacket: Equatable {
         let got = hdrBytes.withUnsafeMutableBytes { chain.read(into: $0, from: 0) }
         guard got == VsockHeader.size else { throw .headerTruncated(got) }
         let header = hdrBytes.withUnsafeBytes { VsockHeader(bytes: $0)! }  // Safe: 44 bytes were read.
-        guard header.len <= UInt32(Limits.maxPacketPayload) else { throw .payloadTooLarge(header.len) }
+        guard header.len <= UInt32(VsockLimits.maxPacketPayload) else { throw .payloadTooLarge(header.len) }
         let len = Int(header.len)
         let available = chain.readableLength - VsockHeader.size
         guard available >= len else { throw .payloadTruncated(claimed: header.len, available: available) }

@@ -37,7 +37,7 @@ public final class UnixStream: VsockStream {
 
     /// Connects to `path` (guest → host connections go to `<uds>_<port>`). nil when nobody listens.
     public static func connect(path: String) -> UnixStream? {
-        guard path.utf8.count < Limits.maxUnixPath else { return nil }
+        guard path.utf8.count < VsockLimits.maxUnixPath else { return nil }
         // Non-blocking from the start: a listener with a full backlog answers EAGAIN instead of
         // stalling the device's only thread (treated like "nobody listens").
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
@@ -83,11 +83,11 @@ public final class UnixStream: VsockStream {
 }
 
 extension sockaddr_un {
-    /// A sockaddr_un for `path` (caller checked the length against `Limits.maxUnixPath`).
+    /// A sockaddr_un for `path` (caller checked the length against `VsockLimits.maxUnixPath`).
     static func make(_ path: String) -> sockaddr_un {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8.prefix(Limits.maxUnixPath - 1))
+        let bytes = Array(path.utf8.prefix(VsockLimits.maxUnixPath - 1))
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             for (i, b) in bytes.enumerated() { raw[i] = b }
         }

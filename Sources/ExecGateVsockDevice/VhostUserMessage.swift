@@ -9,7 +9,7 @@
 //
 // flags: bits 0–1 version (0x1), bit 2 reply, bit 3 need_reply (REPLY_ACK). File descriptors ride
 // along as SCM_RIGHTS ancillary data. Parsing is two-pass: the 12-byte header is checked (version,
-// `size` against `Limits.maxVhostUserPayload`), then each request's payload is decoded by a typed
+// `size` against `VsockLimits.maxVhostUserPayload`), then each request's payload is decoded by a typed
 // accessor that checks its exact size first.
 
 /// A request code. Unknown codes stay representable (answered per REPLY_ACK, otherwise ignored).
@@ -88,7 +88,7 @@ public struct VhostUserHeader: Equatable {
         flags = bytes.u32(4)
         size = bytes.u32(8)
         guard flags & 0x3 == VhostUserHeader.version else { throw VhostUserError(.badVersion, "flags 0x\(String(flags, radix: 16))") }
-        guard size <= UInt32(Limits.maxVhostUserPayload) else { throw VhostUserError(.tooLarge, "\(request) payload of \(size) bytes") }
+        guard size <= UInt32(VsockLimits.maxVhostUserPayload) else { throw VhostUserError(.tooLarge, "\(request) payload of \(size) bytes") }
     }
 
     public var needsReply: Bool { flags & VhostUserHeader.flagNeedReply != 0 }
@@ -143,7 +143,7 @@ public struct VhostUserMessage {
     public func memoryTable() throws(VhostUserError) -> [(gpa: UInt64, size: UInt64, uva: UInt64, offset: UInt64)] {
         guard payload.count >= 8 else { throw VhostUserError(.badPayload, "SET_MEM_TABLE of \(payload.count) bytes") }
         let n = Int(payload.u32(0))
-        guard n >= 1, n <= Limits.maxMemoryRegions else { throw VhostUserError(.badMemory, "\(n) regions (1…\(Limits.maxMemoryRegions))") }
+        guard n >= 1, n <= VsockLimits.maxMemoryRegions else { throw VhostUserError(.badMemory, "\(n) regions (1…\(VsockLimits.maxMemoryRegions))") }
         guard payload.count >= 8 + 32 * n else { throw VhostUserError(.badPayload, "SET_MEM_TABLE: \(n) regions in \(payload.count) bytes") }
         guard fds.count == n else { throw VhostUserError(.missingFd, "SET_MEM_TABLE: \(n) regions but \(fds.count) fds") }
         return (0..<n).map { i in
@@ -161,7 +161,7 @@ public struct VhostUserMessage {
     }
 
     private func queueIndex(_ i: UInt32) throws(VhostUserError) -> Int {
-        guard i < UInt32(Limits.queueCount) else { throw VhostUserError(.badQueue, "\(header.request) for queue \(i) (have \(Limits.queueCount))") }
+        guard i < UInt32(VsockLimits.queueCount) else { throw VhostUserError(.badQueue, "\(header.request) for queue \(i) (have \(VsockLimits.queueCount))") }
         return Int(i)
     }
 

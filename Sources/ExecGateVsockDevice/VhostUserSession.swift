@@ -28,8 +28,8 @@ public final class VhostUserSession {
     public private(set) var protocolFeatures: UInt64 = 0
     public private(set) var owned = false
     public let memory = GuestMemory()
-    public private(set) var vrings = [Vring](repeating: Vring(), count: Limits.queueCount)
-    public let queues = (0..<Limits.queueCount).map { _ in Virtqueue() }
+    public private(set) var vrings = [Vring](repeating: Vring(), count: VsockLimits.queueCount)
+    public let queues = (0..<VsockLimits.queueCount).map { _ in Virtqueue() }
     /// Diagnostics: (request, error) of messages refused.
     public var log: (String) -> Void = { _ in }
 
@@ -41,7 +41,7 @@ public final class VhostUserSession {
     public func closeAll() {
         for i in vrings.indices { stopRing(i); closeFd(&vrings[i].callFd); closeFd(&vrings[i].errFd) }
         memory.unmapAll()
-        vrings = [Vring](repeating: Vring(), count: Limits.queueCount)
+        vrings = [Vring](repeating: Vring(), count: VsockLimits.queueCount)
     }
 
     private func closeFd(_ fd: inout Int32) { if fd >= 0 { close(fd); fd = -1 } }
@@ -103,9 +103,9 @@ public final class VhostUserSession {
             for i in vrings.indices { stopRing(i) }
             owned = false; ackedFeatures = 0
         case .getQueueNum:
-            return u64(UInt64(Limits.queueCount))
+            return u64(UInt64(VsockLimits.queueCount))
         case .getMaxMemSlots:
-            return u64(UInt64(Limits.maxMemoryRegions))
+            return u64(UInt64(VsockLimits.maxMemoryRegions))
         case .setMemTable:
             let table = try m.memoryTable()
             let wasStarted = vrings.indices.filter { vrings[$0].started }
@@ -120,7 +120,7 @@ public final class VhostUserSession {
             throw VhostUserError(.unsupported, "dirty logging (live migration) is not supported")
         case .setVringNum:
             let s = try m.vringState()
-            guard s.num > 0, s.num <= UInt32(Limits.maxQueueSize), s.num & (s.num - 1) == 0 else {
+            guard s.num > 0, s.num <= UInt32(VsockLimits.maxQueueSize), s.num & (s.num - 1) == 0 else {
                 throw VhostUserError(.badPayload, "queue \(s.index) size \(s.num)")
             }
             vrings[s.index].num = Int(s.num)

@@ -81,7 +81,7 @@ public final class Virtqueue {
     public func configure(size: Int, desc descAddr: UInt64, avail availAddr: UInt64, used usedAddr: UInt64,
                           translate: (UInt64, UInt64) -> UnsafeMutableRawPointer?) throws(QueueError) {
         reset()
-        guard size > 0, size <= Limits.maxQueueSize, size & (size - 1) == 0 else { throw .ringOutsideMemory("queue size \(size) is not a power of 2 ≤ \(Limits.maxQueueSize)") }
+        guard size > 0, size <= VsockLimits.maxQueueSize, size & (size - 1) == 0 else { throw .ringOutsideMemory("queue size \(size) is not a power of 2 ≤ \(VsockLimits.maxQueueSize)") }
         let n = UInt64(size)
         guard let d = translate(descAddr, 16 * n) else { throw .ringOutsideMemory("descriptor table") }
         guard let a = translate(availAddr, 6 + 2 * n) else { throw .ringOutsideMemory("avail ring") }

@@ -12,6 +12,7 @@
 // The frontend going away (QEMU exit, guest powered off) closes every host stream at once, so host
 // clients fail promptly; the backend keeps listening for the next frontend.
 
+import _ExecGateInternals
 import CExecGateVsockSys
 #if canImport(Glibc)
 import Glibc
@@ -42,7 +43,7 @@ public final class VsockBackend: @unchecked Sendable {
     private var session: VhostUserSession
     public let muxer: VsockMuxer
     private var handshakes: [Int32: Handshake] = [:]
-    private var scratch = [UInt8](repeating: 0, count: Limits.rxPacketChunk)
+    private var scratch = [UInt8](repeating: 0, count: VsockLimits.rxPacketChunk)
     private var stopping = false
     public private(set) var frontendSessions = 0
 
@@ -71,7 +72,7 @@ public final class VsockBackend: @unchecked Sendable {
     }
 
     static func listen(_ path: String) throws(BackendError) -> Int32 {
-        guard path.utf8.count < Limits.maxUnixPath else { throw BackendError("socket path longer than \(Limits.maxUnixPath - 1) bytes: \(path)") }
+        guard path.utf8.count < VsockLimits.maxUnixPath else { throw BackendError("socket path longer than \(VsockLimits.maxUnixPath - 1) bytes: \(path)") }
         // Never unlink a live socket or a file of another kind; created 0600 (SocketPath.swift).
         let claim: SocketPath.Claim
         do { claim = try SocketPath.claim(path) } catch { throw BackendError("\(error)") }
@@ -115,7 +116,7 @@ public final class VsockBackend: @unchecked Sendable {
             add(wakeFd, Int32(POLLIN), .wake)
             add(vhostListener, Int32(POLLIN), .vhostListener)
             add(frontend, Int32(POLLIN), .frontend)
-            for i in 0..<Limits.queueCount { add(session.kickFd(i), Int32(POLLIN), .kick(i)) }
+            for i in 0..<VsockLimits.queueCount { add(session.kickFd(i), Int32(POLLIN), .kick(i)) }
             add(hybridListener, Int32(POLLIN), .hybridListener)
             for (fd, _) in handshakes { add(fd, Int32(POLLIN), .handshake(fd)) }
             let rxBuffers = session.isLive(VsockBackend.rxQueue) && session.queues[VsockBackend.rxQueue].hasAvailable
@@ -125,7 +126,7 @@ public final class VsockBackend: @unchecked Sendable {
                 if c.wantsHostWrite { ev |= Int32(POLLOUT) }
                 add(c.stream.fd, ev, .connection(key))
             }
-            let now = Clock.nanos()
+            let now = MonotonicClock.nanoseconds()
             var deadline = muxer.expire(now: now)
             for (_, h) in handshakes { deadline = min(deadline ?? h.deadline, h.deadline) }
             var timeout: Int32 = -1
@@ -134,7 +135,7 @@ public final class VsockBackend: @unchecked Sendable {
 
             let n = poll(&fds, nfds_t(fds.count), timeout)
             if n < 0 && errno != EINTR { log("poll: errno \(errno)"); usleep(10_000); continue }
-            let now2 = Clock.nanos()
+            let now2 = MonotonicClock.nanoseconds()
             for (i, p) in fds.enumerated() where p.revents != 0 {
                 switch sources[i] {
                 case .wake: stopping = true
@@ -163,13 +164,13 @@ public final class VsockBackend: @unchecked Sendable {
 
     // MARK: - Queues
 
-    /// Takes up to `Limits.txBatch` packets off the tx queue. Returns whether more are waiting.
+    /// Takes up to `VsockLimits.txBatch` packets off the tx queue. Returns whether more are waiting.
     private func processTx(now: UInt64) -> Bool {
         let q = session.queues[VsockBackend.txQueue]
         guard session.isLive(VsockBackend.txQueue) else { return false }
         var returned = false
         defer { if returned { session.notify(VsockBackend.txQueue) } }
-        for _ in 0..<Limits.txBatch {
+        for _ in 0..<VsockLimits.txBatch {
             let head: UInt16
             do {
                 guard let h = try q.nextAvailable() else { return false }
@@ -230,7 +231,7 @@ public final class VsockBackend: @unchecked Sendable {
         let fd = egv_accept(vhostListener, 0)
         guard fd >= 0 else { return }
         if frontend >= 0 { log("second frontend refused"); close(fd); return }
-        var tv = timeval(tv_sec: Limits.vhostUserReadTimeoutSeconds, tv_usec: 0)
+        var tv = timeval(tv_sec: VsockLimits.vhostUserReadTimeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         frontend = fd
@@ -269,16 +270,16 @@ public final class VsockBackend: @unchecked Sendable {
     }
 
     /// Reads one message. nil: orderly disconnect. The whole message (header, payload, fds) must
-    /// arrive within `Limits.vhostUserMessageDeadlineMillis` of its first byte: one deadline per
+    /// arrive within `VsockLimits.vhostUserMessageDeadlineMillis` of its first byte: one deadline per
     /// message, not per recv(), so a frontend trickling bytes cannot stall the only thread for
     /// more than that (the session then ends; only this frontend's).
     private func readMessage(_ fd: Int32) throws(VhostUserError) -> VhostUserMessage? {
-        let deadline = Clock.nanos() + UInt64(Limits.vhostUserMessageDeadlineMillis) * 1_000_000
+        let deadline = MonotonicClock.nanoseconds() + UInt64(VsockLimits.vhostUserMessageDeadlineMillis) * 1_000_000
         var hdr = [UInt8](repeating: 0, count: VhostUserHeader.size)
-        var fds = [Int32](repeating: -1, count: Limits.maxMemoryRegions)
+        var fds = [Int32](repeating: -1, count: VsockLimits.maxMemoryRegions)
         var nfds: Int32 = 0, truncated: Int32 = 0
         try waitReadable(fd, until: deadline)
-        let n = hdr.withUnsafeMutableBytes { egv_recv_with_fds(fd, $0.baseAddress, 12, &fds, Int32(Limits.maxMemoryRegions), &nfds, &truncated) }
+        let n = hdr.withUnsafeMutableBytes { egv_recv_with_fds(fd, $0.baseAddress, 12, &fds, Int32(VsockLimits.maxMemoryRegions), &nfds, &truncated) }
         var owned = Array(fds.prefix(Int(max(0, nfds))))
         var ok = false
         defer { if !ok { owned.forEach { close($0) } } }
@@ -298,9 +299,9 @@ public final class VsockBackend: @unchecked Sendable {
     /// poll(2) until `fd` is readable or the message deadline passes.
     private func waitReadable(_ fd: Int32, until deadline: UInt64) throws(VhostUserError) {
         while true {
-            let now = Clock.nanos()
+            let now = MonotonicClock.nanoseconds()
             guard now < deadline else {
-                throw VhostUserError(.truncated, "message not complete within \(Limits.vhostUserMessageDeadlineMillis) ms")
+                throw VhostUserError(.truncated, "message not complete within \(VsockLimits.vhostUserMessageDeadlineMillis) ms")
             }
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             let r = poll(&p, 1, Int32(clamping: (deadline - now) / 1_000_000 + 1))
@@ -338,15 +339,15 @@ public final class VsockBackend: @unchecked Sendable {
         while true {
             let fd = egv_accept(hybridListener, 1)
             guard fd >= 0 else { return }
-            guard handshakes.count < Limits.maxPendingHandshakes else { close(fd); continue }
-            handshakes[fd] = Handshake(stream: UnixStream(fd: fd), line: [], deadline: now + UInt64(Limits.handshakeTimeoutMillis) * 1_000_000)
+            guard handshakes.count < VsockLimits.maxPendingHandshakes else { close(fd); continue }
+            handshakes[fd] = Handshake(stream: UnixStream(fd: fd), line: [], deadline: now + UInt64(VsockLimits.handshakeTimeoutMillis) * 1_000_000)
         }
     }
 
     private func readHandshake(_ fd: Int32, now: UInt64) {
         guard var h = handshakes[fd] else { return }
-        var buf = [UInt8](repeating: 0, count: Limits.maxHandshakeLine)
-        let r = buf.withUnsafeMutableBytes { h.stream.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<(Limits.maxHandshakeLine - h.line.count)])) }
+        var buf = [UInt8](repeating: 0, count: VsockLimits.maxHandshakeLine)
+        let r = buf.withUnsafeMutableBytes { h.stream.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<(VsockLimits.maxHandshakeLine - h.line.count)])) }
         switch r {
         case .wouldBlock: return
         case .eof, .failed: handshakes[fd] = nil; h.stream.close(); return
@@ -354,7 +355,7 @@ public final class VsockBackend: @unchecked Sendable {
         }
         switch HybridHandshake.parse(h.line) {
         case .needMore:
-            if h.line.count >= Limits.maxHandshakeLine { handshakes[fd] = nil; h.stream.close() } else { handshakes[fd] = h }
+            if h.line.count >= VsockLimits.maxHandshakeLine { handshakes[fd] = nil; h.stream.close() } else { handshakes[fd] = h }
         case .invalid(let why):
             log("host client handshake refused: \(why)")
             handshakes[fd] = nil
@@ -371,7 +372,7 @@ public final class VsockBackend: @unchecked Sendable {
 }
 
 /// The host side of the hybrid convention: `CONNECT <port>\n` (docs/vsock.md). A bounded line
-/// decoder: at most `Limits.maxHandshakeLine` bytes; bytes after the newline are stream data.
+/// decoder: at most `VsockLimits.maxHandshakeLine` bytes; bytes after the newline are stream data.
 public enum HybridHandshake {
     public enum Parse: Equatable {
         case needMore
@@ -381,7 +382,7 @@ public enum HybridHandshake {
 
     public static func parse(_ bytes: [UInt8]) -> Parse {
         guard let nl = bytes.firstIndex(of: UInt8(ascii: "\n")) else {
-            return bytes.count >= Limits.maxHandshakeLine ? .invalid("no newline in \(Limits.maxHandshakeLine) bytes") : .needMore
+            return bytes.count >= VsockLimits.maxHandshakeLine ? .invalid("no newline in \(VsockLimits.maxHandshakeLine) bytes") : .needMore
         }
         var line = bytes[..<nl]
         if line.last == UInt8(ascii: "\r") { line = line.dropLast() }

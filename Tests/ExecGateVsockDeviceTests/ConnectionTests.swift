@@ -35,7 +35,7 @@ final class ConnectionTests: XCTestCase {
 
     func testHostInitiatedHandshake() throws {
         let (_, local) = try establishFromHost()
-        XCTAssertEqual(local, Limits.firstHostPort)
+        XCTAssertEqual(local, VsockLimits.firstHostPort)
         XCTAssertEqual(muxer.connections.count, 1)
     }
 
@@ -53,7 +53,7 @@ final class ConnectionTests: XCTestCase {
         let s = FakeStream()
         _ = muxer.connectFromHost(stream: s, guestPort: 7, prefix: [], now: 0)
         _ = muxer.drain()
-        _ = muxer.expire(now: UInt64(Limits.connectTimeoutMillis + 1) * 1_000_000)
+        _ = muxer.expire(now: UInt64(VsockLimits.connectTimeoutMillis + 1) * 1_000_000)
         XCTAssertTrue(s.closed)
         XCTAssertEqual(muxer.drain().map(\.0.op), [.rst])
         XCTAssertTrue(muxer.connections.isEmpty)
@@ -107,7 +107,7 @@ final class ConnectionTests: XCTestCase {
         let out = muxer.drain()
         XCTAssertEqual(out.map(\.0.op), [.creditUpdate])
         XCTAssertEqual(out[0].0.fwdCnt, 256 * 1024)
-        XCTAssertEqual(out[0].0.bufAlloc, Limits.connBufferSize)
+        XCTAssertEqual(out[0].0.bufAlloc, VsockLimits.connBufferSize)
     }
 
     func testForbidsCreditOverrun() throws {
@@ -166,9 +166,9 @@ final class ConnectionTests: XCTestCase {
         for i in 0..<10_000 { send(.fromGuest(.rw, src: UInt32(i), dst: 4242), [1]) }
         for i in 0..<10_000 { send(.fromGuest(.rst, src: UInt32(i), dst: 4242)) }
         let out = muxer.drain()
-        XCTAssertEqual(out.count, Limits.maxPendingOrphanRST)
+        XCTAssertEqual(out.count, VsockLimits.maxPendingOrphanRST)
         XCTAssertTrue(out.allSatisfy { $0.0.op == .rst })
-        XCTAssertEqual(muxer.stats.droppedOrphanRST, 10_000 - Limits.maxPendingOrphanRST)
+        XCTAssertEqual(muxer.stats.droppedOrphanRST, 10_000 - VsockLimits.maxPendingOrphanRST)
         XCTAssertTrue(muxer.connections.isEmpty)
     }
 
@@ -214,6 +214,6 @@ final class ConnectionTests: XCTestCase {
         for bad in ["CONNECT 4294967296\n", "CONNECT -1\n", "CONNECT \n", "connect 5\n", "GET / HTTP/1.1\n", "CONNECT 5 6\n"] {
             guard case .invalid = HybridHandshake.parse(Array(bad.utf8)) else { return XCTFail("accepted \(bad)") }
         }
-        guard case .invalid = HybridHandshake.parse([UInt8](repeating: 0x41, count: Limits.maxHandshakeLine)) else { return XCTFail("unbounded line") }
+        guard case .invalid = HybridHandshake.parse([UInt8](repeating: 0x41, count: VsockLimits.maxHandshakeLine)) else { return XCTFail("unbounded line") }
     }
 }

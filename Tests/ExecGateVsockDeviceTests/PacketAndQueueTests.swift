@@ -213,7 +213,7 @@ final class HostileGuestFuzzTests: XCTestCase {
         }
         print("fuzz: \(accepted) packets parsed, \(rejected) chains/packets rejected, \(muxer.connections.count) connections, \(muxer.stats)")
         XCTAssertGreaterThan(rejected, 0)
-        XCTAssertLessThanOrEqual(muxer.connections.count, Limits.maxConnections)
+        XCTAssertLessThanOrEqual(muxer.connections.count, VsockLimits.maxConnections)
         // The honest connection (guest port 5000, never a random source port) is untouched.
         honest.written = []
         muxer.receive(TxPacket(header: .fromGuest(.rw, src: 5000, dst: local, len: 2), payload: [7, 8]), now: 0)

@@ -28,11 +28,11 @@ final class VhostUserTests: XCTestCase {
 
     func testHeaderForbidsBadVersionAndOversize() {
         XCTAssertThrowsError(try VhostUserHeader(bytes: le32(1, 2, 0))) { XCTAssertEqual(($0 as? VhostUserError)?.code, .badVersion) }
-        XCTAssertThrowsError(try VhostUserHeader(bytes: le32(1, 1, UInt32(Limits.maxVhostUserPayload + 1)))) {
+        XCTAssertThrowsError(try VhostUserHeader(bytes: le32(1, 1, UInt32(VsockLimits.maxVhostUserPayload + 1)))) {
             XCTAssertEqual(($0 as? VhostUserError)?.code, .tooLarge)
         }
         XCTAssertThrowsError(try VhostUserHeader(bytes: [1, 0, 0])) { XCTAssertEqual(($0 as? VhostUserError)?.code, .truncated) }
-        XCTAssertNoThrow(try VhostUserHeader(bytes: le32(1, 1, UInt32(Limits.maxVhostUserPayload))))
+        XCTAssertNoThrow(try VhostUserHeader(bytes: le32(1, 1, UInt32(VsockLimits.maxVhostUserPayload))))
     }
 
     func testNegotiationConfigAndReplyAck() throws {

@@ -106,11 +106,11 @@ struct VMStartCommand: ParsableCommand {
             let note = r.reachableFromHost ? "" :
                 "host has no /dev/vhost-vsock and no vsock backend: the VM runs but the host cannot reach it over vsock"
             if json {
-                print(JSON.object([("name", JSON.string(c.name)), ("ready", "true"), ("pid", "\(r.pid)"),
-                                   ("address", JSON.string(r.address)), ("reachable_from_host", r.reachableFromHost ? "true" : "false"),
-                                   ("boot_ms", "\(r.bootMillis)"), ("accel", JSON.string(c.accel.accel.rawValue)),
-                                   ("console_log", JSON.string(c.consoleLog)), ("note", JSON.string(note)),
-                                   ("admin_address", r.adminAddress.map(JSON.string) ?? "null")]))
+                print(ConsoleJSON.object([("name", ConsoleJSON.string(c.name)), ("ready", "true"), ("pid", "\(r.pid)"),
+                                   ("address", ConsoleJSON.string(r.address)), ("reachable_from_host", r.reachableFromHost ? "true" : "false"),
+                                   ("boot_ms", "\(r.bootMillis)"), ("accel", ConsoleJSON.string(c.accel.accel.rawValue)),
+                                   ("console_log", ConsoleJSON.string(c.consoleLog)), ("note", ConsoleJSON.string(note)),
+                                   ("admin_address", r.adminAddress.map(ConsoleJSON.string) ?? "null")]))
             } else {
                 print("ready \(r.address) (pid \(r.pid), \(r.bootMillis) ms to ready; console \(c.consoleLog))")
                 if let admin = r.adminAddress { print("admin \(admin) (policy push/show/audit; only bundles signed by the admin key are accepted)") }
@@ -130,7 +130,7 @@ struct VMStopCommand: ParsableCommand {
     func run() throws {
         let c = try vm.config(test: false)
         let stopped = Launcher.stop(c)
-        if json { print(JSON.object([("name", JSON.string(c.name)), ("stopped", stopped ? "true" : "false")])) }
+        if json { print(ConsoleJSON.object([("name", ConsoleJSON.string(c.name)), ("stopped", stopped ? "true" : "false")])) }
         else { print(stopped ? "stopped '\(c.name)'" : "'\(c.name)' was not running") }
     }
 }

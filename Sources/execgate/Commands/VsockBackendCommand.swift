@@ -40,8 +40,8 @@ struct VsockBackendCommand: ParsableCommand {
 
     func validate() throws {
         guard guestCid >= 3, guestCid < UInt64(UInt32.max) else { throw ValidationError("--guest-cid must be 3…4294967294") }
-        for (name, p) in [("--socket", socket), ("--uds", uds)] where p.isEmpty || p.utf8.count >= Limits.maxUnixPath - 12 {
-            throw ValidationError("\(name): a path of 1…\(Limits.maxUnixPath - 13) bytes")
+        for (name, p) in [("--socket", socket), ("--uds", uds)] where p.isEmpty || p.utf8.count >= VsockLimits.maxUnixPath - 12 {
+            throw ValidationError("\(name): a path of 1…\(VsockLimits.maxUnixPath - 13) bytes")
         }
     }
 
