@@ -12,14 +12,19 @@ import ExecGateELF
 import _ExecGateInternals
 
 extension Session {
+    /// `module_finalize()` in the loader's order: paravirt (6.1 only), retpolines, returns,
+    /// alternatives (applyStagesThroughAlternatives, Loader612Patching.swift), then the ENDBR seal,
+    /// SMP lock prefixes and ftrace; 6.12 first refuses what the replay does not model.
     func applyBootTimePatching() throws {
-        if loader == .linux6_12 { return try applyBootTimePatching612() }  // Loader612Patching.swift
-        try applyParavirt()
-        try applyRetpolines()
-        try applyReturns()
-        try applyAlternatives()
-        try applyEndbrSeal()
-        try applySMPLocks()
+        if loader == .linux6_12 { try refuseUnmodelled612() }
+        try applyStagesThroughAlternatives()
+        if loader == .linux6_12 {
+            try applySealEndbr612()
+            try applySMPLocks612()
+        } else {
+            try applyEndbrSeal()
+            try applySMPLocks()
+        }
         try applyFtrace()
     }
 

@@ -42,11 +42,21 @@ struct ModuleLayout {
     /// ```
     /// ARCH_SHF_SMALL is 0 on x86; x86 has no separate data_layout (it aliases core_layout).
     /// Returns nil if a size computation overflows (hostile ELF).
-    static func compute(_ elf: ELFFile) -> ModuleLayout? {
-        let secs = elf.sections
-        var flags = secs.map { $0.flags }
+    /// The `masks[][2]` table of `layout_sections()` (the same in 6.1 and 6.12): a section goes in
+    /// the first class whose required flags it has and whose forbidden flags it lacks.
+    static let sectionMasks: [(SectionFlags, SectionFlags)] = [
+        ([.execInstr, .alloc], []), ([.alloc], [.write]), ([.roAfterInit, .alloc], []), ([.write, .alloc], []), ([.alloc], []),
+    ]
+
+    /// The section flags after the loader's edits before layout (layout_and_allocate() +
+    /// rewrite_section_headers(), unchanged from 6.1 to 6.12): `.modinfo`, `__versions` and
+    /// `.data..percpu` lose SHF_ALLOC; `.data..ro_after_init` and `__jump_table` gain
+    /// SHF_RO_AFTER_INIT. Also the index of the per-cpu section: find_sec() returns the first
+    /// ALLOC section of that name, found before the flag edit, so the first match.
+    static func loaderFlags(_ elf: ELFFile) -> (flags: [SectionFlags], percpu: Int?) {
+        var flags = elf.sections.map { $0.flags }
         var percpu: Int?
-        for s in secs {
+        for s in elf.sections {
             switch s.name {
             case ".modinfo", "__versions": flags[s.index].remove(.alloc)
             case ".data..percpu":
@@ -56,11 +66,13 @@ struct ModuleLayout {
             default: break
             }
         }
-        // find_sec() returns the first ALLOC section of that name; percpu is found before the
-        // flag edit, so use the first match.
-        let masks: [(SectionFlags, SectionFlags)] = [
-            ([.execInstr, .alloc], []), ([.alloc], [.write]), ([.roAfterInit, .alloc], []), ([.write, .alloc], []), ([.alloc], []),
-        ]
+        return (flags, percpu)
+    }
+
+    static func compute(_ elf: ELFFile) -> ModuleLayout? {
+        let secs = elf.sections
+        let (flags, percpu) = loaderFlags(elf)
+        let masks = sectionMasks
         var placed = [Bool](repeating: false, count: secs.count)
         var core = [Int?](repeating: nil, count: secs.count)
         var initO = [Int?](repeating: nil, count: secs.count)

@@ -42,22 +42,9 @@ extension ModuleLayout {
     /// nil if a size computation overflows (hostile ELF).
     static func compute612(_ elf: ELFFile) -> ModuleLayout? {
         let secs = elf.sections
-        var flags = secs.map { $0.flags }
-        var percpu: Int?
-        // layout_and_allocate() + rewrite_section_headers(): as in 6.1 (doc §3).
-        for s in secs {
-            switch s.name {
-            case ".modinfo", "__versions": flags[s.index].remove(.alloc)
-            case ".data..percpu":
-                if percpu == nil { percpu = s.index }
-                flags[s.index].remove(.alloc)
-            case ".data..ro_after_init", "__jump_table": flags[s.index].insert(.roAfterInit)
-            default: break
-            }
-        }
-        let masks: [(SectionFlags, SectionFlags)] = [
-            ([.execInstr, .alloc], []), ([.alloc], [.write]), ([.roAfterInit, .alloc], []), ([.write, .alloc], []), ([.alloc], []),
-        ]
+        // layout_and_allocate() + rewrite_section_headers() and the masks: as in 6.1 (doc §3).
+        let (flags, percpu) = loaderFlags(elf)
+        let masks = sectionMasks
         let coreType: [ModuleMemoryType] = [.text, .rodata, .roAfterInit, .data, .data]
         let initType: [ModuleMemoryType?] = [.initText, .initRodata, nil, .initData, .initData]
         var placed = [Bool](repeating: false, count: secs.count)

@@ -96,7 +96,8 @@ func ripRelativeDisplacement(_ buf: [UInt8], at i: Int, length: Int) -> Int? {
 }
 
 extension Session {
-    func applyBootTimePatching612() throws {
+    /// The 6.12 `module_finalize()` work this replay does not model, refused before any stage runs.
+    func refuseUnmodelled612() throws {
         // its_init_mod / its_allocate_thunk: each module gets fresh 0xcc pages of thunks that are
         // executable but outside mem[]; not replayed yet.
         // A module without retpoline sites in its text gets no ITS page (its_init_mod() only
@@ -117,20 +118,15 @@ extension Session {
         if elf.section(named: ".parainstructions") != nil {
             throw deny(.loader, "module has .parainstructions, which 6.12 no longer processes (paravirt is alternatives since 6.8)")
         }
-        // patch_retpoline() / patch_return(): identical to 6.1.192 apart from the CALL_DEPTH branch
-        // (denied above) and the ITS bit number (LoaderSelection.featureBits).
-        try applyRetpolines()
-        try applyReturns()
-        try applyAlternatives612()
-        try applySealEndbr612()
-        try applySMPLocks612()
-        try applyFtrace()
     }
 
-    /// `module_finalize()` up to and including `apply_alternatives()`, in the loader's order (for
-    /// the mutation tester's "feature flipped" replays).
+    /// `module_finalize()` up to and including `apply_alternatives()`, in the loader's order (the
+    /// first half of `applyBootTimePatching()`, and alone for the mutation tester's "feature
+    /// flipped" replays).
     func applyStagesThroughAlternatives() throws {
         if loader == .linux6_12 {
+            // patch_retpoline() / patch_return(): identical to 6.1.192 apart from the CALL_DEPTH
+            // branch (refused) and the ITS bit number (LoaderSelection.featureBits).
             try applyRetpolines()
             try applyReturns()
             try applyAlternatives612()
