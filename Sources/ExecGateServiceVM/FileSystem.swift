@@ -17,26 +17,13 @@ public enum FS {
     /// Not `Files.read` (the toolkit's reader): that one reads `st_size` bytes, and procfs/sysfs
     /// files report size 0 — PID 1 reads /proc/cmdline and /proc/meminfo, the launcher reads
     /// /proc/<pid>/cmdline and /proc/cpuinfo, all of which would come back empty.
+    /// The whole file, at most `limit` bytes (the toolkit's bounded reader: reads to end of file, so
+    /// /proc and /sys files, whose size is reported as 0, come back whole).
     public static func read(_ path: String, limit: Int = 1 << 30) throws(ServiceVMError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .sys("cannot open", path) }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw .sys("cannot stat", path) }
-        var out: [UInt8] = []
-        if st.st_size > 0 {
-            guard Int(st.st_size) <= limit else { throw .badInput("\(path): \(st.st_size) bytes, more than the \(limit) allowed") }
-            out.reserveCapacity(Int(st.st_size))
+        do { return try Files.read(path, limit: limit) } catch {
+            if error.errno == EFBIG { throw .badInput("\(path): more than the \(limit) bytes allowed") }
+            throw .system("cannot \(error.operation)", path: path, errno: error.errno)
         }
-        var buf = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; throw .sys("cannot read", path) }
-            if n == 0 { break }
-            out.append(contentsOf: buf[0..<n])
-            guard out.count <= limit else { throw .badInput("\(path): more than the \(limit) bytes allowed") }
-        }
-        return out
     }
 
     public static func readString(_ path: String, limit: Int = 1 << 20) throws(ServiceVMError) -> String {

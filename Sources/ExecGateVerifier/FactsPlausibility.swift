@@ -27,6 +27,7 @@
 //     (the key itself is `__SCK__<name>`, or the trampoline `__SCT__<name>` in core text for keys
 //     exported with EXPORT_STATIC_CALL_TRAMP: static_call_add_module() → tramp_key_lookup()).
 
+import _ExecGateInternals
 import ExecGateExplain
 import ExecGateWire
 
@@ -50,21 +51,21 @@ enum FactsPlausibility {
         }
         if let b = bounds {
             for s in r.symbols where s.exported {
-                if let i = b.initText, i.contains(s.address) { return "exported symbol '\(s.name)' at 0x\(hex(s.address)) lies in init text (freed after boot)" }
-                if s.isText && !b.isCoreText(s.address) { return "exported text symbol '\(s.name)' at 0x\(hex(s.address)) lies outside core text" }
+                if let i = b.initText, i.contains(s.address) { return "exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in init text (freed after boot)" }
+                if s.isText && !b.isCoreText(s.address) { return "exported text symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text" }
             }
         }
         if !r.pvOps.isEmpty {
             guard r.pvOps.count % 8 == 0 else { return "pv_ops is \(r.pvOps.count) bytes, not whole u64 entries" }
             guard let b = bounds else { return "pv_ops is sent without the core text bounds _stext/_etext" }
             for (i, e) in GuestFactsBuilder.pvOpsEntries(r.pvOps).enumerated() where e != 0 && !b.isCoreText(e) {
-                return "pv_ops[\(i)] = 0x\(hex(e)) is not in core kernel text"
+                return "pv_ops[\(i)] = 0x\(Hex.number(e)) is not in core kernel text"
             }
         }
         if let t = r.returnThunk {
             let known = Self.returnThunks.compactMap { named[$0] }
             guard !known.isEmpty else { return "return_thunk is sent but none of the kernel's return thunks (\(Self.returnThunks.joined(separator: ", "))) is registered" }
-            guard known.contains(t) else { return "return_thunk 0x\(hex(t)) is not one of the kernel's return thunks" }
+            guard known.contains(t) else { return "return_thunk 0x\(Hex.number(t)) is not one of the kernel's return thunks" }
         }
         if !r.cpuCapabilities.isEmpty {
             let words = facts.featureBits.capabilityWords
@@ -76,7 +77,7 @@ enum FactsPlausibility {
         for k in r.staticCallKeys {
             for t in [k.current] + k.allowed where t != 0 {
                 guard let b = bounds, b.isCoreText(t), facts.functionEntries.contains(t) else {
-                    return "static-call key 0x\(hex(k.key)): target 0x\(hex(t)) is not a core-kernel function entry"
+                    return "static-call key 0x\(Hex.number(k.key)): target 0x\(Hex.number(t)) is not a core-kernel function entry"
                 }
             }
         }
@@ -111,7 +112,6 @@ enum FactsPlausibility {
         return nil
     }
 
-    static func hex(_ v: UInt64) -> String { String(v, radix: 16) }
 }
 
 extension StringProtocol {

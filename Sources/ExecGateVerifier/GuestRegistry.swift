@@ -20,6 +20,7 @@
 // Every mutation happens under one lock and re-checks what it relies on (check and commit are one
 // step), so concurrent requests of one guest cannot both claim the same range or name.
 
+import _ExecGateInternals
 import ExecGateExplain
 import ExecGatePolicy
 import ExecGateWire
@@ -122,7 +123,7 @@ public final class GuestSession: @unchecked Sendable {
         for m in live.values {
             for r in mine {
                 for theirs in [m.coreRange, m.initRange].compactMap({ $0 }) where r.overlaps(theirs) {
-                    return SessionRefusal(reason: .claimOverlapsLive, message: "claimed range 0x\(hex(r.lowerBound))..<0x\(hex(r.upperBound)) overlaps live module '\(m.name)' at 0x\(hex(theirs.lowerBound))..<0x\(hex(theirs.upperBound))")
+                    return SessionRefusal(reason: .claimOverlapsLive, message: "claimed range 0x\(Hex.number(r.lowerBound))..<0x\(Hex.number(r.upperBound)) overlaps live module '\(m.name)' at 0x\(Hex.number(theirs.lowerBound))..<0x\(Hex.number(theirs.upperBound))")
                 }
             }
         }
@@ -130,7 +131,7 @@ public final class GuestSession: @unchecked Sendable {
         if !claimed.isEmpty {
             for m in live.values {
                 if let f = m.frames.first(where: claimed.contains) ?? m.initFrames.first(where: claimed.contains) {
-                    return SessionRefusal(reason: .claimFramesInvalid, message: "guest-physical frame 0x\(hex(f)) is already granted to live module '\(m.name)'")
+                    return SessionRefusal(reason: .claimFramesInvalid, message: "guest-physical frame 0x\(Hex.number(f)) is already granted to live module '\(m.name)'")
                 }
             }
         }
@@ -157,10 +158,10 @@ public final class GuestSession: @unchecked Sendable {
             }
             for (key, state) in m.keyStates.sorted(by: { $0.key < $1.key }) {
                 if let current = keyState[key], current != state {
-                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(hex(key)) are in state 0x\(hex(state)), live sites of that key are in state 0x\(hex(current))")
+                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(Hex.number(key)) are in state 0x\(Hex.number(state)), live sites of that key are in state 0x\(Hex.number(current))")
                 }
                 if keyState[key] == nil, let trusted = facts.staticCallTrustedTargets[key], !Self.nullStates(facts).contains(state), !trusted.contains(state) {
-                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': static-call key 0x\(hex(key)) targets 0x\(hex(state)), which is not trusted for that key")
+                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': static-call key 0x\(Hex.number(key)) targets 0x\(Hex.number(state)), which is not trusted for that key")
                 }
             }
             live[m.name] = m
@@ -231,7 +232,7 @@ public final class GuestSession: @unchecked Sendable {
         lock.withLock {
             let canonical = Policy.canonicalModuleName(name)
             guard let m = live[canonical], m.textRange.lowerBound == textBase else {
-                return .failed(.unknownModule, "no live module '\(name)' at 0x\(hex(textBase)) in guest '\(registration.guestID)'")
+                return .failed(.unknownModule, "no live module '\(name)' at 0x\(Hex.number(textBase)) in guest '\(registration.guestID)'")
             }
             if let user = order.first(where: { live[$0]?.dependsOn.contains(canonical) ?? false }) {
                 return .failed(.moduleInUse, "module '\(name)' is used by live module '\(user)': retire that first (the kernel refuses to unload a module in use)")
@@ -277,7 +278,7 @@ public final class GuestSession: @unchecked Sendable {
             var staticKeys = Set<UInt64>()
             var owners: [String] = []
             for p in patches {
-                let at = "0x" + hex(p.address)
+                let at = "0x" + Hex.number(p.address)
                 guard seen.insert(p.address).inserted else { return .denied(.patchNotAllowed, module: "", message: "\(at) appears twice in the batch") }
                 guard let owner = order.lazy.compactMap({ self.live[$0] }).first(where: { $0.textRange.contains(p.address) || ($0.initRange?.contains(p.address) ?? false) }) else {
                     return .denied(.patchNotAllowed, module: "", message: "\(at) is not in live code verified for guest '\(registration.guestID)'")
@@ -293,7 +294,7 @@ public final class GuestSession: @unchecked Sendable {
                 }
                 guard let site = owner.siteIndex[p.address], let key = site.key else { continue }
                 if let other = newState[key], other != state {
-                    return .denied(.patchPartialKey, module: owner.name, message: "\(at): the batch moves key 0x\(hex(key)) to two states (0x\(hex(other)), 0x\(hex(state)))")
+                    return .denied(.patchPartialKey, module: owner.name, message: "\(at): the batch moves key 0x\(Hex.number(key)) to two states (0x\(Hex.number(other)), 0x\(Hex.number(state)))")
                 }
                 newState[key] = state
                 batchSites[key, default: []].insert(p.address)
@@ -304,14 +305,14 @@ public final class GuestSession: @unchecked Sendable {
                 let missing = all.subtracting(covered)
                 if !missing.isEmpty {
                     return .denied(.patchPartialKey, module: owners.joined(separator: ","),
-                                   message: "the batch changes key 0x\(hex(key)) at \(covered.count) of its \(all.count) live sites (missing e.g. 0x\(hex(missing.min()!))): a key changes only as a whole")
+                                   message: "the batch changes key 0x\(Hex.number(key)) at \(covered.count) of its \(all.count) live sites (missing e.g. 0x\(Hex.number(missing.min()!))): a key changes only as a whole")
                 }
                 let state = newState[key]!  // set for every key in batchSites (same loop above)
                 if staticKeys.contains(key) && !Self.nullStates(facts).contains(state) {
                     let trusted = facts.staticCallTrustedTargets[key] ?? keyStatesSeen[key] ?? []
                     if !trusted.contains(state) {
                         return .denied(.patchNotAllowed, module: owners.joined(separator: ","),
-                                       message: "static-call key 0x\(hex(key)): target 0x\(hex(state)) is not trusted for that key")
+                                       message: "static-call key 0x\(Hex.number(key)): target 0x\(Hex.number(state)) is not trusted for that key")
                     }
                 }
             }
@@ -379,12 +380,7 @@ public final class GuestRegistry: @unchecked Sendable {
         // Budget first, before the facts are built (building them is the costly part); checked
         // again, exactly, under the lock below.
         let cost = Self.symbolCost(r)
-        if let why = lock.withLock({ () -> String? in
-            guard guests[r.guestID] == nil else { return nil }
-            if guests.count >= maximumGuests { return "\(guests.count) guests are registered, the limit is \(maximumGuests)" }
-            let used = symbolBytes.values.reduce(0, +)
-            return used + cost > maximumSymbolBytes ? "\(cost) bytes of symbols on top of \(used) registered exceeds the \(maximumSymbolBytes)-byte budget" : nil
-        }) {
+        if let why = lock.withLock({ guests[r.guestID] == nil ? overBudget(r.guestID, cost: cost) : nil }) {
             return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
         }
         let facts = GuestFactsBuilder.facts(from: r)
@@ -397,12 +393,8 @@ public final class GuestRegistry: @unchecked Sendable {
             if existing && !r.reset {
                 return .refused(.guestExists, "guest '\(r.guestID)' is registered: its facts were taken at the trusted point and are not replaced (send reset=1 after revoking every EXEC grant of the old session)")
             }
-            if !existing && guests.count >= maximumGuests {
-                return .refused(.unavailable, "register-guest '\(r.guestID)': \(guests.count) guests are registered, the limit is \(maximumGuests)")
-            }
-            let used = symbolBytes.values.reduce(0, +) - (symbolBytes[r.guestID] ?? 0)
-            if used + cost > maximumSymbolBytes {
-                return .refused(.unavailable, "register-guest '\(r.guestID)': \(cost) bytes of symbols on top of \(used) registered exceeds the \(maximumSymbolBytes)-byte budget")
+            if let why = overBudget(r.guestID, cost: cost) {
+                return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
             }
             guests[r.guestID] = s
             symbolBytes[r.guestID] = cost
@@ -410,8 +402,17 @@ public final class GuestRegistry: @unchecked Sendable {
         }
     }
 
+    /// Why registering `id` with `cost` symbol bytes would exceed a budget (nil: it fits). A live
+    /// id is not a new guest, and its own current charge is replaced. Caller holds `lock`.
+    private func overBudget(_ id: String, cost: Int) -> String? {
+        if guests[id] == nil && guests.count >= maximumGuests {
+            return "\(guests.count) guests are registered, the limit is \(maximumGuests)"
+        }
+        let used = symbolBytes.values.reduce(0, +) - (symbolBytes[id] ?? 0)
+        return used + cost > maximumSymbolBytes ? "\(cost) bytes of symbols on top of \(used) registered exceeds the \(maximumSymbolBytes)-byte budget" : nil
+    }
+
     public func session(_ id: String) -> GuestSession? { lock.withLock { guests[id] } }
     public var count: Int { lock.withLock { guests.count } }
 }
 
-func hex(_ v: UInt64) -> String { String(v, radix: 16) }

@@ -23,6 +23,7 @@
 //      module is committed to the guest's live set atomically (re-checking 9 and 11)
 // The verdict lists exactly the checks that ran: it never claims more than was checked.
 
+import _ExecGateInternals
 import ExecGateELF
 import ExecGateExplain
 import ExecGatePolicy
@@ -341,7 +342,7 @@ public final class Verifier: @unchecked Sendable {
             return deny(.claimInvalid, "section sizes overflow the kernel's layout computation")
         }
         let (coreEnd, coreOverflow) = base.addingReportingOverflow(UInt64(plan.coreSize))
-        guard !coreOverflow else { return deny(.claimInvalid, "core allocation at 0x\(hex(base)) +\(plan.coreSize) wraps the address space") }
+        guard !coreOverflow else { return deny(.claimInvalid, "core allocation at 0x\(Hex.number(base)) +\(plan.coreSize) wraps the address space") }
         let coreRange = base..<coreEnd
         if let refusal = session.preflight(name: moduleName, coreRange: coreRange, initRange: initRange, frames: request.frames, initFrames: request.initFrames) {
             return deny(refusal.reason, refusal.message)
@@ -395,7 +396,7 @@ public final class Verifier: @unchecked Sendable {
         var initRange: Range<UInt64>? = nil
         if let ib = request.initBase, let it = request.initText {
             let (end, o) = ib.addingReportingOverflow(UInt64(it.readableBytes))
-            guard !o, ib % page == 0 else { return .failure(Denial(reason: .claimInvalid, message: "init text at 0x\(hex(ib)) +\(it.readableBytes) is not a page-aligned range")) }
+            guard !o, ib % page == 0 else { return .failure(Denial(reason: .claimInvalid, message: "init text at 0x\(Hex.number(ib)) +\(it.readableBytes) is not a page-aligned range")) }
             initRange = ib..<end
             let initPages = (UInt64(it.readableBytes) + page - 1) / page
             guard request.initFrames.count == Int(initPages) else {
@@ -418,7 +419,7 @@ public final class Verifier: @unchecked Sendable {
             guard let b = s.bytes else { continue }
             let (end, o) = s.address.addingReportingOverflow(UInt64(b.readableBytes))
             guard !o, s.address >= base, end <= base &+ UInt64(text.readableBytes) else {
-                return Denial(reason: .claimSectionBytes, message: "section '\(s.name)' at 0x\(hex(s.address)) +\(b.readableBytes) lies outside the executable region")
+                return Denial(reason: .claimSectionBytes, message: "section '\(s.name)' at 0x\(Hex.number(s.address)) +\(b.readableBytes) lies outside the executable region")
             }
             let off = Int(s.address - base)
             guard let slice = text.getSlice(at: text.readerIndex + off, length: b.readableBytes), slice == b else {

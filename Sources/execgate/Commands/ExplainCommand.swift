@@ -131,10 +131,8 @@ struct ExplainCommand: ParsableCommand {
     }
 }
 
-func hexs(_ b: [UInt8]) -> String {
-    let d = Array("0123456789abcdef")
-    return b.map { String([d[Int($0 >> 4)], d[Int($0 & 15)]]) }.joined(separator: " ")
-}
+/// Bytes as space-separated lower-case hex pairs ("0f 1f 44").
+func hexs(_ b: [UInt8]) -> String { b.map { Hex.number($0, width: 2) }.joined(separator: " ") }
 
 func fmt(_ v: Double) -> String {
     let x = (v * 1000).rounded() / 1000
