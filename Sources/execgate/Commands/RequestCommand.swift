@@ -38,6 +38,22 @@ struct ConnectOptions: ParsableArguments {
             throw ExecGateExit.usage
         }
     }
+
+    /// One request on a fresh connection, closed afterwards. A refusal by the server (an `error`
+    /// reply) exits 1; anything else that went wrong (no answer, transport) exits 2.
+    func exchange<Reply>(_ command: String, _ body: (ExecGateClient) async throws -> Reply) async throws -> Reply {
+        let client = try await client()
+        let outcome: Result<Reply, any Error>
+        do { outcome = .success(try await body(client)) } catch { outcome = .failure(error) }
+        await client.close()
+        do { return try outcome.get() } catch ClientError.server(let e) {
+            Console.error("execgate request \(command): \(e.code): \(e.message)")
+            throw ExecGateExit.deny
+        } catch {
+            Console.error("execgate request \(command): \(error)")
+            throw ExecGateExit.usage
+        }
+    }
 }
 
 struct RequestModule: AsyncParsableCommand {
@@ -118,28 +134,18 @@ struct RequestRetireModule: AsyncParsableCommand {
     @Option(name: .customLong("text-base"), help: "The live module's text_base (hex, 0x…).") var textBase: String
 
     func run() async throws {
-        guard let base = UInt64(textBase.hasPrefix("0x") ? String(textBase.dropFirst(2)) : textBase, radix: 16) else {
+        guard let base = Hex.parseUInt64(textBase) else {
             Console.error("execgate request retire-module: --text-base '\(textBase)' is not a hex address")
             throw ExecGateExit.usage
         }
-        let client = try await connection.client()
-        let outcome: Result<RetireModuleReply, any Error>
-        do { outcome = .success(try await client.retireModule(RetireModule(guestID: guest, moduleName: name, textBase: base))) } catch { outcome = .failure(error) }
-        await client.close()
-        do {
-            let r = try outcome.get()
-            if connection.json {
-                print(JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName)),
-                                   ("sites_removed", .uint(UInt64(r.sitesRemoved))), ("exports_removed", .uint(UInt64(r.exportsRemoved)))]).serialized())
-            } else {
-                print("retired \(r.moduleName) in \(r.guestID): \(r.sitesRemoved) patch site(s), \(r.exportsRemoved) export(s) forgotten")
-            }
-        } catch ClientError.server(let e) {
-            Console.error("execgate request retire-module: \(e.code): \(e.message)")
-            throw ExecGateExit.deny
-        } catch {
-            Console.error("execgate request retire-module: \(error)")
-            throw ExecGateExit.usage
+        let r = try await connection.exchange("retire-module") {
+            try await $0.retireModule(RetireModule(guestID: guest, moduleName: name, textBase: base))
+        }
+        if connection.json {
+            print(JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName)),
+                               ("sites_removed", .uint(UInt64(r.sitesRemoved))), ("exports_removed", .uint(UInt64(r.exportsRemoved)))]).serialized())
+        } else {
+            print("retired \(r.moduleName) in \(r.guestID): \(r.sitesRemoved) patch site(s), \(r.exportsRemoved) export(s) forgotten")
         }
     }
 }
@@ -155,20 +161,10 @@ struct RequestInitFreed: AsyncParsableCommand {
     @Option(help: "Registered guest id.") var guest: String
 
     func run() async throws {
-        let client = try await connection.client()
-        let outcome: Result<ModuleInitFreedReply, any Error>
-        do { outcome = .success(try await client.moduleInitFreed(ModuleInitFreed(guestID: guest, moduleName: name))) } catch { outcome = .failure(error) }
-        await client.close()
-        do {
-            let r = try outcome.get()
-            print(connection.json ? JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName))]).serialized()
-                                  : "init text of \(r.moduleName) in \(r.guestID) no longer live")
-        } catch ClientError.server(let e) {
-            Console.error("execgate request init-freed: \(e.code): \(e.message)")
-            throw ExecGateExit.deny
-        } catch {
-            Console.error("execgate request init-freed: \(error)")
-            throw ExecGateExit.usage
+        let r = try await connection.exchange("init-freed") {
+            try await $0.moduleInitFreed(ModuleInitFreed(guestID: guest, moduleName: name))
         }
+        print(connection.json ? JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName))]).serialized()
+                              : "init text of \(r.moduleName) in \(r.guestID) no longer live")
     }
 }
