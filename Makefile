@@ -70,6 +70,9 @@ GUEST_KERNEL ?= minimal
 EXECGATE_ADMIN_DIR ?= $(CURDIR)/.cache/admin
 image: deps test-data
 	@set -o pipefail; $(SWIFT) build -q -c release --static-swift-stdlib -Xswiftc -static-executable -Xlinker -s --scratch-path $(STATIC_BUILD) --product execgate 2>&1 | { grep -v 'in statically linked applications requires at runtime' || true; }
+	@# /init links no Foundation (ServiceVM/README.md, "Attack surface"): its module names would show in the binary's strings.
+	@if strings $(STATIC_BUILD)/release/execgate | grep -qE 'FoundationEssentials|FoundationInternationalization|_FoundationICU'; then \
+	  echo "image: Foundation is linked into the static execgate (/init must not link it)" >&2; exit 1; fi
 	@if [ ! -f $(EXECGATE_ADMIN_DIR)/key.pem ]; then \
 	  mkdir -p $(EXECGATE_ADMIN_DIR) && chmod 0700 $(EXECGATE_ADMIN_DIR) && \
 	  $(STATIC_BUILD)/release/execgate keys generate --out $(EXECGATE_ADMIN_DIR) --cn "ExecGate admin (policy bundles)" >/dev/null && \

@@ -61,3 +61,16 @@ final class ExecgateCLITests: XCTestCase {
         }
     }
 }
+
+/// /init (the same binary, statically linked) must not link Foundation: the dynamically linked
+/// build shows what it links in DT_NEEDED (`make image` checks the static one's strings too).
+final class NoFoundationTests: XCTestCase {
+    func testExecgateLinksNoFoundation() {
+        let r = Fixtures.run("/usr/bin/readelf", ["-d", Fixtures.execgateBinary])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let needed = r.stdout.split(separator: "\n").filter { $0.contains("(NEEDED)") }
+        XCTAssertTrue(needed.contains { $0.contains("libswiftCore") }, "no DT_NEEDED read from \(Fixtures.execgateBinary): \(r.stdout)")
+        let foundation = needed.filter { $0.contains("Foundation") }
+        XCTAssertEqual(foundation, [], "execgate links Foundation; find the import (Sources/, or a dependency) and remove it")
+    }
+}
