@@ -137,7 +137,7 @@ let package = Package(
 
         .target(
             name: "ExecGateHost",
-            dependencies: ["ExecGateService", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateELF", "ExecGateVerifier", "ExecGatePolicy",
+            dependencies: ["ExecGateService", "ExecGateTransport", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateELF", "ExecGateVerifier", "ExecGatePolicy",
                            "ExecGateSignature", "ExecGateWire", "_ExecGateInternals", nioCore, nioPosix, logging],
             swiftSettings: swiftSettings
         ),
