@@ -70,8 +70,9 @@ struct BootOptions: ParsableArguments {
     var qemu: String = "qemu-system-x86_64"
 
     /// A sanity floor, not the budget (ServiceVM/README.md "Memory budget"): with the service VM's
-    /// own kernel and today's 24 MB /init the least that boots and serves is 52 MiB (48 panics
-    /// unpacking the initramfs); Debian's kernel needs 112. Below 32 nothing we build boots.
+    /// own kernel and the 18.4 MiB Foundation-free /init the least that boots and serves the
+    /// self-test is 48 MiB; Debian's kernel needs 112. Below 32 nothing we build boots. Inside the
+    /// guest the service admits requests only within the memory it finds (`MemoryBudget`).
     static let minimumMemoryMiB = 32
 
     func validate() throws {
