@@ -18,6 +18,9 @@ struct RequestProcessor: Sendable {
     let logger: Logger
     let stats: ServerStats
     let instanceID: [UInt8]
+    /// The port's largest body (its `PortLimits`, narrowed to memory in the service VM): what
+    /// `hello-reply.max_body` tells the VMM, so it never sends a body the port would refuse unread.
+    let maximumBodySize: Int
 
     func process(_ frame: Frame, on eventLoop: EventLoop) -> EventLoopFuture<Frame> {
         let id = frame.requestID
@@ -33,6 +36,7 @@ struct RequestProcessor: Sendable {
         let responder = self.responder
         let stats = self.stats
         let instanceID = self.instanceID
+        let maximumBodySize = UInt32(clamping: self.maximumBodySize)
         return pool.runIfActive(eventLoop: eventLoop) { () -> Message in
             let message: Message
             do {
@@ -50,6 +54,7 @@ struct RequestProcessor: Sendable {
                 switch reply {
                 case .helloReply(var h):
                     h.instanceID = instanceID
+                    h.maximumBodySize = maximumBodySize
                     reply = .helloReply(h)
                 case .error(var e) where e.code == .unknownGuest:
                     // An error, never a deny: nothing was judged. Say what the VMM must do.

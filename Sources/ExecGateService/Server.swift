@@ -76,7 +76,8 @@ public final class VerifierServer: @unchecked Sendable {
                     return channel.close()
                 }
                 channel.closeFuture.whenComplete { _ in connections.release() }
-                let processor = RequestProcessor(responder: responder, pool: pool, logger: logger, stats: stats, instanceID: instanceID)
+                let processor = RequestProcessor(responder: responder, pool: pool, logger: logger, stats: stats, instanceID: instanceID,
+                                                 maximumBodySize: configuration.maximumBodySize)
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addBoundedFrameHandlers(
                         configuration: configuration, budget: budget, logger: logger,

@@ -55,8 +55,9 @@ final class MemoryBudgetTests: XCTestCase {
         }
     }
 
-    /// A server with a 48 MiB guest's limits refuses a 13 MiB body at its header (before buffering
-    /// it) with a precise frame-too-large, then still judges a real module and answers status.
+    /// A server with a 48 MiB guest's limits advertises its largest body in hello, refuses a 13 MiB
+    /// body at its header (before buffering it) with a precise frame-too-large, then still judges
+    /// a real module and answers status.
     func testNarrowedServerRefusesWhatItCannotHold() async throws {
         var policy = Policy.builtIn(trust: try Fixtures.debianTrust())
         policy.endState = .signatureOnly
@@ -67,6 +68,9 @@ final class MemoryBudgetTests: XCTestCase {
         let endpoint = Endpoint.unix(path: Fixtures.temporaryDirectory() + "/execgate.sock")
         try await server.bind(endpoint)
         let c = try await ExecGateClient.connect(to: endpoint)
+        // hello tells the VMM the port's real limit, not the protocol default.
+        let hello = try await c.hello(clientName: "test")
+        XCTAssertEqual(hello.maximumBodySize, UInt32(12 << 20))
         let big = try await c.sendFrame(Frame(type: .authorizeModule, requestID: 1, body: ByteBuffer(repeating: 0, count: 13 << 20)))
         guard case .error(let e) = big else { await c.close(); await server.shutdown(); return XCTFail("expected a refusal, got \(big)") }
         XCTAssertEqual(e.code, .frameTooLarge)
