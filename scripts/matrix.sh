@@ -7,9 +7,11 @@
 #
 #   scripts/fetch-test-data.sh --flavours     # once: the 6.1 cloud and rt packages
 #   make image                                # the static execgate (the guest's /init)
-#   nice -n 10 scripts/matrix.sh [--kernels "61 61cloud 61rt 612"] [--cpus "M1 M2 ..."] [--out DIR]
+#   nice -n 10 scripts/matrix.sh [--kernels "61 61cloud 61rt 612"] [--cpus "M1 M2@ARG+ARG ..."] [--out DIR]
 #                                [--modules FILE] [--kernel-args ARGS] [--explain-only]
 #
+# A CPU entry MODEL@ARG+ARG… boots that model with extra kernel arguments (a mitigation choice,
+# e.g. EPYC-Rome@spectre_v2=retpoline,lfence or Skylake-Client-IBRS@mitigations=off).
 # Captures are kept per cell under OUT/<kernel>/<cpu>/ (default OUT = .cache/matrix) and reused;
 # --explain-only re-runs only the explain step over existing captures (after a rule change).
 # One boot at a time, on purpose: TCG boots are CPU-bound and this runs beside builds.
@@ -67,7 +69,7 @@ names_for() {
   done
 }
 
-printf '%-8s %-22s %-9s %-10s %-6s %-11s %s\n' kernel cpu explained unexplained failed "boot s" "guest reports (spectre_v2 | retbleed | srso | its) ; x86_return_thunk"
+printf '%-8s %-40s %-9s %-10s %-6s %-11s %s\n' kernel cpu explained unexplained failed "boot s" "guest reports (spectre_v2 | retbleed | srso | its) ; x86_return_thunk"
 for k in $kernels; do
   kdir=$(kernel_dir "$k")
   [ -d "$kdir/boot" ] || { echo "matrix: $k: no unpacked kernel at $kdir (scripts/fetch-test-data.sh --flavours)" >&2; continue; }
@@ -76,18 +78,21 @@ for k in $kernels; do
   want=$(grep -v '^-' <<<"$all" | tr '\n' ',' | sed 's/,$//')
   absent=$(grep '^-' <<<"$all" | sed 's/^-//' | tr '\n' ' ')
   [ -n "$absent" ] && echo "# $k: not a loadable module in this kernel: $absent"
-  for c in $cpus; do
-    cell="$out/$k/$c"
+  for spec in $cpus; do
+    c=${spec%%@*}
+    extra=""
+    [ "$spec" != "$c" ] && extra=" $(tr '+' ' ' <<<"${spec#*@}")"
+    cell="$out/$k/$spec"
     mkdir -p "$cell"
     t0=$(date +%s)
     if [ $explain_only = 0 ] || ! [ -d "$cell/kaslr" ]; then
       nice -n 10 "$init" capture --kernel "$kdir" --modules "$want" --out "$cell" --cpu "$c" --kaslr \
-        --kernel-args "$kargs" \
+        --kernel-args "$kargs$extra" \
         --timeout 1800 --work-dir "$out/.work-$k" --json >"$cell/capture.json" 2>"$cell/capture.log"
     fi
     secs=$(( $(date +%s) - t0 ))
     if ! [ -f "$cell/kaslr/load-order.txt" ] && ! [ -f "$cell/load-order.txt" ]; then
-      printf '%-8s %-22s %s\n' "$k" "$c" "capture failed: $(tail -1 "$cell/capture.log")"; continue
+      printf '%-8s %-40s %s\n' "$k" "$spec" "capture failed: $(tail -1 "$cell/capture.log")"; continue
     fi
     nice -n 10 "$bin" explain "$cell/kaslr" --json >"$cell/explain.json" 2>"$cell/explain.log"
     sum=$(grep '"summary"' "$cell/explain.json" | sed -E 's/.*"explained":([0-9]+),"modules":([0-9]+),"unexplained_bytes":([0-9]+).*/\1 \2 \3/')
@@ -98,7 +103,7 @@ for k in $kernels; do
             printf '%s | ' "${v:--}"; done)
     rtv=$(awk '$1 == "x86_return_thunk" {print substr($3, 3)}' "$cell/kaslr/kvars.txt" 2>/dev/null)
     rt=$( [ -n "$rtv" ] && awk -v a="$rtv" '$1 == a && ($2 == "T" || $2 == "t") {print $3; exit}' "$cell/kaslr/kallsyms.txt")
-    printf '%-8s %-22s %-9s %-10s %-6s %-11s %s; %s\n' "$k" "$c" "$n/$m" "$u" "$failed" "$secs" "${vul% | }" "${rt:--}"
+    printf '%-8s %-40s %-9s %-10s %-6s %-11s %s; %s\n' "$k" "$spec" "$n/$m" "$u" "$failed" "$secs" "${vul% | }" "${rt:--}"
     grep '"verdict":"deny"' "$cell/explain.json" | sed -E 's/.*"module":"([^"]*)".*"rule":"([^"]*)","reason":"([^"]*)".*/    deny \1 (\2): \3/' | cut -c1-220
     grep 'not captured' "$cell/capture.log" | sed 's/^/    /' | cut -c1-200
   done
