@@ -232,7 +232,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateCaptureToolTests",
-            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateCaptureTool", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateCapture", "ExecGateVerifier", "ExecGatePolicy",
+            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateCaptureTool", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateCapture", "ExecGateVerifier", "ExecGatePolicy", "ExecGateClient", "ExecGateSignature",
                            "ExecGateWire", "ExecGateTestSupport", nioCore],
             swiftSettings: swiftSettings
         ),

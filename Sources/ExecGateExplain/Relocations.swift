@@ -176,7 +176,7 @@ extension Session {
         let base = c &- UInt64(off), end = c &+ UInt64(elf.sections[i].size)
         let textEnd = claim.textBase &+ UInt64(claim.text.count)
         guard base % UInt64(ModuleLayout.pageSize) == 0, facts.moduleArea.contains(base), end <= facts.moduleArea.upperBound,
-              end <= claim.textBase || c >= textEnd else {
+              end <= claim.textBase || base >= textEnd else {
             throw deny(.initSymbol, "claimed address 0x\(String(c, radix: 16)) of \(name) is not a page-aligned init allocation in the module area outside the core text",
                        section: name, address: c)
         }
