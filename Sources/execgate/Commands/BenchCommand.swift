@@ -3,7 +3,7 @@
 // `execgate bench`: parsing and printing; the measurement is ExecGateHost's SignatureBenchmark.
 
 import _ExecGateInternals
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateHost
 
 struct BenchCommand: AsyncParsableCommand {

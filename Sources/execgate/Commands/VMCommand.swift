@@ -2,7 +2,7 @@
 //
 // `execgate vm start|stop|status|selftest`: run the service VM under QEMU (see ExecGateServiceVM/Launcher).
 
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateServiceVM
 #if canImport(Glibc)
 import Glibc
@@ -51,7 +51,7 @@ struct BootOptions: ParsableArguments {
     @Option(help: "Guest CID for vhost-vsock (3 or more).")
     var cid: UInt32 = 3
 
-    @Option(help: "Guest memory in MiB (the default serves the largest Debian module with its claim; with GUEST_KERNEL=debian use 256).")
+    @Option(help: ArgumentHelp("Guest memory in MiB (the default serves the largest Debian module with its claim; with GUEST_KERNEL=debian use 256).", valueName: "MiB"))
     var memory: Int = VMConfig.defaultMemoryMiB
 
     @Option(help: "AF_VSOCK port the verifier listens on in the guest.")
