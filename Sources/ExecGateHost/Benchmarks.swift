@@ -17,6 +17,7 @@ import ExecGateWire
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
@@ -31,6 +32,12 @@ public enum SignatureBenchmark {
         public var modules: Int, bytes: Int, verifiedOK: Int, baselineOK: Int
         public var execgateSeconds: Double, opensslSeconds: Double
         public var roundTripP50us: Double, roundTripP99us: Double, roundTripMeanus: Double
+        /// The same modules on a pool of `poolThreads` (System.coreCount) in process, and through
+        /// the service (`serviceClients` pipelined connections), wall seconds.
+        public var poolThreads = 0, poolSeconds = 0.0, poolOK = 0
+        public var serviceClients = 0, serviceSeconds = 0.0, serviceAllowed = 0
+        /// Status round trips from a blocking client, and a minimal C echo over the same socket type, µs.
+        public var statusP50us = 0.0, statusP99us = 0.0, echoP50us = 0.0, echoP99us = 0.0
     }
 
     /// The module files of an unpacked Debian kernel package (`boot/vmlinuz-*`, `lib/modules/*`),
@@ -66,8 +73,18 @@ public enum SignatureBenchmark {
         let base = MonotonicClock.seconds() - t1
         progress("\(roundTrips) round trips over a Unix socket")
         let rt = try await unixRoundTrips(trust: trust, count: roundTrips)
-        return Figures(modules: blobs.count, bytes: blobs.reduce(0) { $0 + $1.count }, verifiedOK: ok, baselineOK: baseOK,
-                       execgateSeconds: ours, opensslSeconds: base, roundTripP50us: rt.p50, roundTripP99us: rt.p99, roundTripMeanus: rt.mean)
+        var f = Figures(modules: blobs.count, bytes: blobs.reduce(0) { $0 + $1.count }, verifiedOK: ok, baselineOK: baseOK,
+                        execgateSeconds: ours, opensslSeconds: base, roundTripP50us: rt.p50, roundTripP99us: rt.p99, roundTripMeanus: rt.mean)
+        f.poolThreads = System.coreCount
+        progress("verifying with ExecGate on a pool of \(f.poolThreads) threads")
+        (f.poolSeconds, f.poolOK) = poolSeconds(blobs: blobs, trust: trust, threads: f.poolThreads)
+        f.serviceClients = 4
+        progress("verifying through the service (\(f.serviceClients) pipelined clients over a Unix socket)")
+        (f.serviceSeconds, f.serviceAllowed) = try await serviceSeconds(blobs: blobs, trust: trust, clients: f.serviceClients, depth: 16)
+        progress("status round trips (blocking client) and a C echo over a Unix socket")
+        let (status, echo) = try await statusVersusEcho(trust: trust, count: roundTrips)
+        (f.statusP50us, f.statusP99us, f.echoP50us, f.echoP99us) = (status.p50, status.p99, echo.p50, echo.p99)
+        return f
     }
 
     /// Sequential status round trips to an in-process verifier over a Unix socket (µs).
