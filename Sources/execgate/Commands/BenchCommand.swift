@@ -59,6 +59,7 @@ struct BenchCommand: AsyncParsableCommand {
             print("unix socket round trip (status request): p50 \(String(format2: f.roundTripP50us)) us, p99 \(String(format2: f.roundTripP99us)) us, mean \(String(format2: f.roundTripMeanus)) us")
             print("  execgate pool \(f.poolOK) ok   \(String(format2: f.poolSeconds)) s on \(f.poolThreads) threads   ratio to openssl alone (1 thread): \(String(format2: f.poolSeconds / f.opensslSeconds))x (target <= 0.55x)")
             print("  service       \(f.serviceAllowed) allowed   \(String(format2: f.serviceSeconds)) s, \(f.serviceClients) pipelined clients   ratio: \(String(format2: f.serviceSeconds / f.opensslSeconds))x (target <= 1.0x)")
+            print("  cpu seconds (user+sys): execgate \(String(format2: f.execgateCPU)), openssl alone \(String(format2: f.opensslCPU)), pool \(String(format2: f.poolCPU)) (cpu/wall \(String(format2: f.poolCPU / f.poolSeconds))), service incl. its clients \(String(format2: f.serviceCPU)) (cpu/wall \(String(format2: f.serviceCPU / f.serviceSeconds)))")
             print("status round trip, blocking client: p50 \(String(format2: f.statusP50us)) us, p99 \(String(format2: f.statusP99us)) us; C echo p50 \(String(format2: f.echoP50us)) us, p99 \(String(format2: f.echoP99us)) us; ratio p50 \(String(format2: f.statusP50us / f.echoP50us))x (target <= 2x)")
         }
         if json {
@@ -70,6 +71,8 @@ struct BenchCommand: AsyncParsableCommand {
                 ("service_allowed", .int(Int64(f.serviceAllowed))), ("service_ratio", .double(f.serviceSeconds / f.opensslSeconds)),
                 ("status_p50_us", .double(f.statusP50us)), ("status_p99_us", .double(f.statusP99us)),
                 ("echo_p50_us", .double(f.echoP50us)), ("echo_p99_us", .double(f.echoP99us)),
+                ("execgate_cpu_seconds", .double(f.execgateCPU)), ("openssl_cpu_seconds", .double(f.opensslCPU)),
+                ("pool_cpu_seconds", .double(f.poolCPU)), ("service_cpu_seconds", .double(f.serviceCPU)),
             ]).serialized())
         }
     }
