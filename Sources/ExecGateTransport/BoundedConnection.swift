@@ -55,9 +55,11 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         let wasAwaiting = inner.awaitingBodyLength
         let out = try inner.decodeOne(&buffer)
-        if wasAwaiting == nil, let length = inner.awaitingBodyLength, buffer.writableBytes < length - buffer.readableBytes {
+        if wasAwaiting == nil, let length = inner.awaitingBodyLength, length < FrameDecoder.collectedBodyThreshold,
+           buffer.writableBytes < length - buffer.readableBytes {
             // Grow the cumulation buffer once to the admitted size, instead of by doubling (which
-            // would briefly hold 1.5× the body and leave up to 2× of capacity).
+            // would briefly hold 1.5× the body and leave up to 2× of capacity). Larger bodies go
+            // to their own buffer of that size as they arrive (FrameDecoder.collectedBodyThreshold).
             buffer.reserveCapacity(minimumWritableBytes: length - buffer.readableBytes)
         }
         report(context, buffered: buffer.readableBytes)
