@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -88,10 +90,33 @@ int execgate_unix_echo_rtt(const char *path, int count, int size, double *sample
     return rc;
 }
 
+/* mallinfo2() counts the main arena only, and threads allocate from arenas of their own; so
+ * read malloc_info()'s totals over every arena instead: in use = system bytes of the arenas minus
+ * their free chunks (fast + rest), plus mmap'd chunks. The totals are the last <total>/<system>
+ * elements, after the per-heap ones. */
+static long long xml_size(const char *from, const char *tag) {
+    const char *p = NULL, *q = from;
+    while ((q = strstr(q, tag)) != NULL) { p = q; q += 1; } /* the last one: the all-arena total */
+    if (p == NULL || (p = strstr(p, "size=\"")) == NULL) return -1;
+    return strtoll(p + 6, NULL, 10);
+}
+
 long long execgate_heap_in_use(void) {
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
-    struct mallinfo2 m = mallinfo2();
-    return (long long)m.uordblks + (long long)m.hblkhd;
+#if defined(__GLIBC__)
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    long long fast, rest, mmapped, current, r = -1;
+    if (f == NULL) return -1;
+    if (malloc_info(0, f) != 0) { fclose(f); free(text); return -1; }
+    fclose(f);
+    fast = xml_size(text, "<total type=\"fast\"");
+    rest = xml_size(text, "<total type=\"rest\"");
+    mmapped = xml_size(text, "<total type=\"mmap\"");
+    current = xml_size(text, "<system type=\"current\"");
+    if (fast >= 0 && rest >= 0 && mmapped >= 0 && current >= 0) r = current - fast - rest + mmapped;
+    free(text);
+    return r;
 #else
     return -1;
 #endif

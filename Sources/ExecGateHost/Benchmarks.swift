@@ -475,6 +475,6 @@ public enum Memory {
         return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
     }
 
-    /// Bytes the allocator has handed out and not had back (glibc mallinfo2; 0 where unknown).
+    /// Bytes the allocator has handed out and not had back, over every arena (glibc malloc_info; 0 where unknown).
     public static func heapInUse() -> Int { max(0, Int(execgate_heap_in_use())) }
 }

@@ -39,8 +39,8 @@ int execgate_kvm_api_version(int kvm_fd);
  * microseconds goes to samples_us[i]. The socket file is removed afterwards. */
 int execgate_unix_echo_rtt(const char *path, int count, int size, double *samples_us);
 
-/* Bytes the allocator has handed out and not had back (glibc mallinfo2: arena + mmap'd chunks);
- * -1 where the C library cannot tell. */
+/* Bytes the allocator has handed out and not had back, over every arena (glibc malloc_info
+ * totals: arena bytes minus free chunks, plus mmap'd chunks); -1 where the C library cannot tell. */
 long long execgate_heap_in_use(void);
 
 #ifdef __cplusplus
