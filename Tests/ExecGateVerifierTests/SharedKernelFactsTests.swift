@@ -88,6 +88,14 @@ final class SharedKernelFactsTests: XCTestCase {
         XCTAssertEqual(registry.sharedBuilds.first?.guests, 1)
         XCTAssertNotNil(copy, "released while a guest still uses it")
         XCTAssertGreaterThan(registry.chargedBytes, oneBuild)
+        // A reset onto the same build keeps the copy (and its count).
+        try autoreleasepoolCompat {
+            var again = try registration(boot, "b")
+            again.reset = true
+            guard case .registered(let b1) = registry.register(again) else { return XCTFail("reset refused") }
+            XCTAssertTrue(b1.kernel === copy)
+            XCTAssertEqual(registry.sharedBuilds.first?.guests, 1)
+        }
         // A reset onto another build (another slide) moves the last guest off the copy.
         var moved = try registration(boot, "b")
         moved.reset = true
