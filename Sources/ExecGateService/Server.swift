@@ -3,7 +3,7 @@
 // The verifier service: SwiftNIO server on a Unix socket or AF_VSOCK, one small pipeline per
 // connection:
 //
-//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler(RequestProcessor) ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler(RequestProcessor) ─▶ FrameWriter (header + body, no copy) ─▶ socket
 //
 // Every connection of the port shares one `BufferBudget` and one `ConnectionCounter`
 // (ExecGateTransport, Budget.swift); backpressure and deadlines are its BoundedConnection.swift.

@@ -2,7 +2,7 @@
 //
 // Backpressure and deadlines for one connection, shared by the VMM port and the admin port:
 //
-//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler ─▶ FrameWriter (header + body, no copy) ─▶ socket
 //                     │ reserve body at header                  │ pending ─▶ in flight ─▶ reply written
 //                     └ FrameProgress events ──────────────────▶│ deadlines, autoRead on/off
 //
@@ -347,7 +347,7 @@ extension ChannelPipeline.SynchronousOperations {
     public func addBoundedFrameHandlers(configuration: PortLimits, budget: BufferBudget, logger: Logger,
                                         process: @escaping FrameProcessor) throws {
         try addHandler(ByteToMessageHandler(BudgetedFrameDecoder(maximumBodySize: configuration.maximumBodySize, budget: budget)))
-        try addHandler(MessageToByteHandler(FrameEncoder()))
+        try addHandler(FrameWriter())
         try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, process: process))
     }
 }

@@ -166,6 +166,36 @@ public struct FrameDecoder: ByteToMessageDecoder {
     }
 }
 
+/// Writes frames without copying their bodies: the 20-byte header goes out as its own buffer and
+/// the body as it is (NIO gathers both into one `writev`). `FrameEncoder` copied every body into a
+/// fresh buffer first — for module-sized requests a new allocation (page faults included) and a
+/// copy per request on the writer's event loop.
+public final class FrameWriter: ChannelOutboundHandler {
+    public typealias OutboundIn = Frame
+    public typealias OutboundOut = ByteBuffer
+
+    public init() {}
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = Self.unwrapOutboundIn(data)
+        var header = context.channel.allocator.buffer(capacity: WireLimits.headerSize)
+        header.writeFrame(Frame(version: frame.version, type: frame.type, requestID: frame.requestID, body: ByteBuffer()))
+        // The header says the body's length; `writeFrame` wrote 0 for the empty stand-in.
+        // The body of an outgoing frame is built by us and capped far below u32 (see writeFrame).
+        precondition(frame.body.readableBytes <= Int(UInt32.max), "frame body exceeds u32")
+        header.setInteger(UInt32(frame.body.readableBytes), at: header.readerIndex + 16)
+        if frame.body.readableBytes == 0 {
+            context.write(Self.wrapOutboundOut(header), promise: promise)
+        } else {
+            context.write(Self.wrapOutboundOut(header), promise: nil)
+            context.write(Self.wrapOutboundOut(frame.body), promise: promise)
+        }
+    }
+}
+
+@available(*, unavailable)
+extension FrameWriter: Sendable {}
+
 public struct FrameEncoder: MessageToByteEncoder {
     public typealias OutboundIn = Frame
     public init() {}
