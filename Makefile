@@ -5,7 +5,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 EXECGATE_RUN_DIR ?= $(CURDIR)/ServiceVM/run
 
-.PHONY: all deps build release test check test-data run stop serve bench clean image vm-test
+.PHONY: all deps build release test check test-data run stop serve bench bench-scale clean image vm-test
 
 all: build
 
@@ -54,6 +54,13 @@ serve: release test-data
 
 bench: release test-data
 	@$$($(SWIFT) build -c release --show-bin-path)/execgate bench --kernel .cache/kernel/current
+
+# Many guests of one kernel and a boot storm. The capture: EXECGATE_CAPTURE, else the shared corpus's
+# nokaslr-a boot when present (EXECGATE_CORPUS), else the committed 9-module fixture.
+EXECGATE_CORPUS ?= /work/shared/corpus
+bench-scale: release test-data
+	@cap=$${EXECGATE_CAPTURE:-$$(test -f $(EXECGATE_CORPUS)/nokaslr-a/kallsyms.txt && echo $(EXECGATE_CORPUS)/nokaslr-a || echo Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a)}; \
+	  $$($(SWIFT) build -c release --show-bin-path)/execgate bench --scale --kernel .cache/kernel/current --capture $$cap
 
 # The service VM: a static execgate as the guest's /init (own scratch path: static flags differ),
 # then kernel + initramfs into Images/out (skipped when inputs are unchanged).

@@ -138,7 +138,7 @@ let package = Package(
         .target(
             name: "ExecGateHost",
             dependencies: ["ExecGateService", "ExecGateTransport", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateELF", "ExecGateVerifier", "ExecGatePolicy",
-                           "ExecGateSignature", "ExecGateWire", "_ExecGateInternals", nioCore, nioPosix, logging],
+                           "ExecGateSignature", "ExecGateWire", "ExecGateCapture", "CExecGateSys", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
             swiftSettings: swiftSettings
         ),
 

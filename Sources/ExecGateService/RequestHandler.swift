@@ -13,6 +13,8 @@ import NIOCore
 import NIOPosix
 
 struct RequestProcessor: Sendable {
+    /// Largest `status` body answered on the event loop (a real one is empty).
+    static let inlineStatusBodyLimit = 256
     let responder: RequestResponder
     let pool: NIOThreadPool
     let logger: Logger
@@ -31,6 +33,17 @@ struct RequestProcessor: Sendable {
         }
         guard frame.type.isRequest else {
             return eventLoop.makeSucceededFuture(refuse(id, type, .badRequest, "\(frame.type) is a reply type, not a request"))
+        }
+        // `status` is answered on the event loop: it judges nothing (counters and the policy's
+        // name), so a hop to the pool and back would be most of its round trip. Only a small body
+        // is decoded here; a large one (unknown fields up to the cap) goes to the pool like any
+        // request, so the loop never does body-sized work.
+        if frame.type == .status && frame.body.readableBytes <= Self.inlineStatusBodyLimit,
+           case .status? = try? Message(type: frame.type, body: frame.body) {
+            stats.begin()
+            let reply = Message.statusReply(responder.status(uptimeMilliseconds: stats.uptimeMilliseconds, requestsServed: stats.served))
+            stats.end()
+            return eventLoop.makeSucceededFuture(reply.frame(requestID: id))
         }
         stats.begin()
         let responder = self.responder
