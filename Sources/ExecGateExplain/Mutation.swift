@@ -32,6 +32,10 @@ public struct MutationClassReport: Sendable {
     public var denied = 0
     public var legalAlternative = 0
     public var falseAccepts: [String] = []
+    /// FNV-1a 64 over the denial texts of this class's denied mutations, in order (each text
+    /// followed by its unexplained-byte count): a regression check that denials stay
+    /// byte-identical across engine changes (ExplainCorpusDigestTests).
+    public var denialDigest: UInt64 = 0xcbf2_9ce4_8422_2325
 }
 
 public struct MutationReport: Sendable {
@@ -70,7 +74,11 @@ extension Explainer {
             var c = claim
             c.text = text
             let v = explain(elf: elf, claim: c, resolver: resolver).verdict
-            if !v.isAllowed { r.denied += 1; return }
+            if case .denied(let d) = v {
+                r.denied += 1
+                for b in "\(d) #\(d.unexplainedBytes)\n".utf8 { r.denialDigest = (r.denialDigest ^ UInt64(b)) &* 0x100_0000_01b3 }
+                return
+            }
             // Legal only if the run-time site the mutation hit accepts the new bytes by its rule
             // (its legal set under the trusted facts) — the engine allowed them, so check why.
             if let rg = range, let v = variable.first(where: { ($0.offset..<($0.offset + $0.length)).overlaps(rg) }),
