@@ -116,9 +116,12 @@ extension Session {
     }
 
     /// `__ksymtab_<name>` marks an export of `<name>` (EXPORT_SYMBOL / _GPL).
+    /// (Names are made only for `__ksymtab_` symbols, by a byte test on the borrowed name.)
     func exportedNames() -> Set<String> {
+        if let n = exportedNameCache { return n }
         var names: Set<String> = []
-        for s in symbols where hasASCIIPrefix(s.name, "__ksymtab_") { names.insert(String(s.name.dropFirst(10))) }
+        for i in symtab.indices where hasASCIIPrefix(symtab.nameBytes(i), "__ksymtab_") { names.insert(String(symtab.name(i).dropFirst(10))) }
+        exportedNameCache = names
         return names
     }
 
@@ -126,8 +129,11 @@ extension Session {
         let names = exportedNames()
         var out: [String: UInt64] = [:]
         // Cheap integer tests first: the name hash is only computed for defined non-local symbols.
-        for (i, s) in symbols.enumerated() where !s.isUndefined && s.binding != 0 && names.contains(s.name) {
-            if let v = try? symbolValue(i) { out[s.name] = v }
+        if !names.isEmpty {
+            for i in symtab.indices where !symtab.isUndefined(i) && symtab.binding(i) != 0 {
+                let n = symtab.name(i)
+                if names.contains(n), let v = try? symbolValue(i) { out[n] = v }
+            }
         }
         return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries,
                              staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)

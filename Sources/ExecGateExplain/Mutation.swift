@@ -104,7 +104,7 @@ extension Explainer {
         // reloc-redirect: PC32/PLT32/32S/64 fields to an undefined (exported) symbol.
         var rel = MutationClassReport(name: "reloc-redirect")
         let exportAddrs = Array(Set(resolver.exports.values)).sorted()
-        let relocs = s.relocFields.filter { s.symbols[$0.symbol].isUndefined }
+        let relocs = s.relocFields.filter { s.symtab.isUndefined($0.symbol) }
         if !relocs.isEmpty && exportAddrs.count > 1 {
             for _ in 0..<perClass {
                 let f = relocs[rng.below(relocs.count)]
@@ -115,7 +115,7 @@ extension Explainer {
                 if f.type == .pc32 || f.type == .plt32 || f.type == .pc64 { v = v &- f.place }
                 var t = claim.text
                 for k in 0..<f.size { t[f.off + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) }
-                attempt(&rel, t, "\(f.type) of \(s.symbols[f.symbol].name) → 0x\(String(other, radix: 16))", legalIfIn: f.off..<f.off + f.size)
+                attempt(&rel, t, "\(f.type) of \(s.symtab.name(f.symbol)) → 0x\(String(other, radix: 16))", legalIfIn: f.off..<f.off + f.size)
             }
         }
         report.classes.append(rel)

@@ -179,9 +179,8 @@ extension Session {
         if let inh = inherited { ownKeyDefaults = inh.ownKeyDefaults }  // the trampolines are core text
         var seen = Set(trampolineSites.map { $0.off })
         for k in trampolineSymbols {
-            let sym = symbols[k]
-            let si = Int(sym.sectionIndex)
-            guard si < elf.sections.count, let a = addr[si].map({ $0 &+ sym.value }), let off = execOffset(a, 8),
+            let si = Int(symtab.sectionIndex(k))
+            guard si < elf.sections.count, let a = addr[si].map({ $0 &+ symtab.value(k) }), let off = execOffset(a, 8),
                   image[off + 5] == 0x0f, image[off + 6] == 0xb9, image[off + 7] == 0xcc, !seen.contains(off) else { continue }
             seen.insert(off)
             trampolineSites.append((a, off))
@@ -192,7 +191,7 @@ extension Session {
             for (keyName, targets) in updates {
                 guard let ki = keySymbols["__SCK__" + keyName], let key = try? symbolValue(ki) else { continue }
                 for t in targets {
-                    for (i, sym) in symbols.enumerated() where sym.name == t && sym.isFunction && !sym.isUndefined {
+                    for i in symtab.indices where symtab.isFunction(i) && !symtab.isUndefined(i) && symtab.nameEquals(i, t) {
                         if let v = try? symbolValue(i), functionEntries.contains(v) { ownKeyDefaults[key, default: []].insert(v) }
                     }
                 }
@@ -217,10 +216,9 @@ extension Session {
     /// The module's own key (`__SCK__<name>`) of the trampoline at `a`.
     func trampolineKey(_ a: UInt64) -> UInt64? {
         for k in trampolineSymbols {
-            let sym = symbols[k]
-            let si = Int(sym.sectionIndex)
-            guard si < elf.sections.count, let sa = addr[si], sa &+ sym.value == a else { continue }
-            let keyName = "__SCK__" + sym.name.dropFirst(7)
+            let si = Int(symtab.sectionIndex(k))
+            guard si < elf.sections.count, let sa = addr[si], sa &+ symtab.value(k) == a else { continue }
+            let keyName = "__SCK__" + symtab.name(k).dropFirst(7)
             if let k = keySymbols[keyName], let v = try? symbolValue(k) { return v }
             return nil
         }

@@ -48,7 +48,8 @@ final class Session {
     let addr: [UInt64?]
     /// Region-offset ranges of exec core sections: (lo, hi, section index), sorted.
     let execRanges: [(lo: Int, hi: Int, sec: Int)]
-    let symbols: [ELFSymbol]
+    /// The symbol table, read in place (names made only where a name is needed).
+    let symtab: ELFSymbolTable
     let rela: [ELFRelocationSection]
     /// Indices of the module's defined `__SCT__*` (static-call trampoline) symbols.
     let trampolineSymbols: [Int]
@@ -91,6 +92,9 @@ final class Session {
     /// Exports looked up once per session (the resolver is immutable for the session).
     lazy var returnThunkExport: UInt64? = resolver.lookup("__x86_return_thunk")
     lazy var indirectThunkExport: UInt64? = resolver.lookup("__x86_indirect_thunk_rax")
+
+    /// `exportedNames()`, computed once (verify_exported_symbols and the exports both need it).
+    var exportedNameCache: Set<String>?
 
     /// Key-group states after comparison (handed to the init-region session).
     var finalGroupState: [UInt64: UInt64] = [:]
@@ -256,29 +260,27 @@ final class Session {
         }
 
         // Symbols: one pass, byte tests on the UTF-8 storage: "__SCT__" (trampolines), "__SCK__" (keys).
-        let symbols = try elf.symbols()
-        self.symbols = symbols
+        let symtab = try elf.symbolTable()
+        self.symtab = symtab
         self.rela = try elf.relocationSections()
-        self.symValue = [UInt64?](repeating: nil, count: symbols.count)
+        self.symValue = [UInt64?](repeating: nil, count: symtab.count)
         var trampolines: [Int] = []
         var keys: [String: Int] = [:]
-        for i in symbols.indices where !symbols[i].isUndefined {
-            var name = symbols[i].name
-            let kind: UInt8 = name.withUTF8 { p in
-                guard p.count >= 7, p[0] == 0x5f, p[1] == 0x5f, p[2] == 0x53, p[3] == 0x43, p[5] == 0x5f, p[6] == 0x5f else { return 0 }
-                return p[4]
+        var entries: Set<UInt64> = []
+        for i in symtab.indices where !symtab.isUndefined(i) {
+            let p = symtab.nameBytes(i)
+            if p.count >= 7, p[0] == 0x5f, p[1] == 0x5f, p[2] == 0x53, p[3] == 0x43, p[5] == 0x5f, p[6] == 0x5f {
+                if p[4] == 0x54 { trampolines.append(i) } else if p[4] == 0x4b { keys[symtab.name(i)] = i }
             }
-            if kind == 0x54 { trampolines.append(i) } else if kind == 0x4b { keys[name] = i }
+            if symtab.isFunction(i) {
+                let si = Int(symtab.sectionIndex(i))
+                if si < elf.sections.count, lay.coreOffset[si] != nil, lay.flags[si].contains(.execInstr), let a = addr[si] {
+                    entries.insert(a &+ symtab.value(i))
+                }
+            }
         }
         self.trampolineSymbols = trampolines
         self.keySymbols = keys
-        var entries: Set<UInt64> = []
-        for sym in symbols where sym.isFunction && !sym.isUndefined {
-            let i = Int(sym.sectionIndex)
-            if i < elf.sections.count, lay.coreOffset[i] != nil, lay.flags[i].contains(.execInstr), let a = addr[i] {
-                entries.insert(a &+ sym.value)
-            }
-        }
         self.functionEntries = entries
     }
 
@@ -400,6 +402,15 @@ final class Session {
         let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
         return { own.contains($0) || core.contains($0) || mods.contains($0) }
     }
+}
+
+/// True if the borrowed bytes start with the ASCII `p`.
+@inline(__always) func hasASCIIPrefix(_ b: UnsafeRawBufferPointer, _ p: StaticString) -> Bool {
+    let n = p.utf8CodeUnitCount
+    guard b.count >= n else { return false }
+    let q = p.utf8Start
+    for k in 0..<n where b[k] != q[k] { return false }
+    return true
 }
 
 /// `s.hasPrefix(p)` for an ASCII `p`, on the UTF-8 bytes (no Unicode normalisation needed: an
