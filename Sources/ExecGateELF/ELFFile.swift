@@ -292,6 +292,7 @@ public struct ELFFile: @unchecked Sendable {
             let r = try ELFFile.stringRange(in: bytes, table: strRange, at: bytes.loadInteger(at: o, as: UInt32.self), what: "name of symbol \(i)", headerOffset: o)
             nameEnds.append(Int32(r.upperBound - strRange.lowerBound))  // < table size ≤ file size < 2^31 (checked there)
         }
+        precondition(t.fileRange.count == count * ELFLimits.symbolSize)
         return ELFSymbolTable(entries: UnsafeRawBufferPointer(rebasing: bytes[t.fileRange]),
                               strings: UnsafeRawBufferPointer(rebasing: bytes[strRange]), nameEnds: nameEnds)
     }
@@ -381,28 +382,33 @@ public struct ELFFile: @unchecked Sendable {
 /// - Warning: borrows the ELF's buffer like ``ELFFile``.
 public struct ELFSymbolTable: @unchecked Sendable {
     // @unchecked: immutable borrowed buffers plus a value-type array.
-    let entries: UnsafeRawBufferPointer
-    let strings: UnsafeRawBufferPointer
+    @usableFromInline let entries: UnsafeRawBufferPointer
+    @usableFromInline let strings: UnsafeRawBufferPointer
     /// Offset of each name's NUL in `strings` (the name starts at `st_name`).
-    let nameEnds: [Int32]
+    @usableFromInline let nameEnds: [Int32]
+
+    init(entries: UnsafeRawBufferPointer, strings: UnsafeRawBufferPointer, nameEnds: [Int32]) {
+        self.entries = entries; self.strings = strings; self.nameEnds = nameEnds
+    }
 
     public var count: Int { nameEnds.count }
     public var indices: Range<Int> { 0..<nameEnds.count }
 
     // Every accessor takes an index in `indices` (trap otherwise: `nameEnds[i]` is checked, and
     // every entry of the table lies inside `entries` by construction).
-    @inline(__always) func at(_ i: Int) -> Int { precondition(i >= 0 && i < nameEnds.count, "symbol index"); return i * ELFLimits.symbolSize }
-    @inline(__always) public func sectionIndex(_ i: Int) -> UInt16 { entries.loadInteger(at: at(i) + 6, as: UInt16.self) }
-    @inline(__always) public func info(_ i: Int) -> UInt8 { entries[at(i) + 4] }
-    @inline(__always) public func value(_ i: Int) -> UInt64 { entries.loadInteger(at: at(i) + 8, as: UInt64.self) }
-    @inline(__always) public func size(_ i: Int) -> UInt64 { entries.loadInteger(at: at(i) + 16, as: UInt64.self) }
-    @inline(__always) public func isUndefined(_ i: Int) -> Bool { sectionIndex(i) == SectionIndex.undef }
+    @inlinable func at(_ i: Int) -> Int { precondition(i >= 0 && i < nameEnds.count, "symbol index"); return i &* 24 }
+    // (Entries are 24 bytes, little-endian, validated at construction; the host is x86-64.)
+    @inlinable public func sectionIndex(_ i: Int) -> UInt16 { UInt16(littleEndian: entries.loadUnaligned(fromByteOffset: at(i) &+ 6, as: UInt16.self)) }
+    @inlinable public func info(_ i: Int) -> UInt8 { entries.load(fromByteOffset: at(i) &+ 4, as: UInt8.self) }
+    @inlinable public func value(_ i: Int) -> UInt64 { UInt64(littleEndian: entries.loadUnaligned(fromByteOffset: at(i) &+ 8, as: UInt64.self)) }
+    @inlinable public func size(_ i: Int) -> UInt64 { UInt64(littleEndian: entries.loadUnaligned(fromByteOffset: at(i) &+ 16, as: UInt64.self)) }
+    @inlinable public func isUndefined(_ i: Int) -> Bool { sectionIndex(i) == 0 }
     /// `ELF64_ST_BIND`: 0 LOCAL, 1 GLOBAL, 2 WEAK.
-    @inline(__always) public func binding(_ i: Int) -> UInt8 { info(i) >> 4 }
-    @inline(__always) public func isFunction(_ i: Int) -> Bool { info(i) & 0xf == 2 }
+    @inlinable public func binding(_ i: Int) -> UInt8 { info(i) >> 4 }
+    @inlinable public func isFunction(_ i: Int) -> Bool { info(i) & 0xf == 2 }
     /// The name's bytes (no NUL), borrowed.
-    @inline(__always) public func nameBytes(_ i: Int) -> UnsafeRawBufferPointer {
-        let start = Int(entries.loadInteger(at: at(i), as: UInt32.self)), end = Int(nameEnds[i])
+    @inlinable public func nameBytes(_ i: Int) -> UnsafeRawBufferPointer {
+        let start = Int(UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at(i), as: UInt32.self))), end = Int(nameEnds[i])
         return UnsafeRawBufferPointer(rebasing: strings[start..<end])
     }
     /// The name as a `String` (allocates for names over 15 bytes).

@@ -261,9 +261,7 @@ extension Session {
                 if facts.possibleCPUs > 1 {
                     // The module is on smp_alt_modules: bringing a second CPU online runs
                     // alternatives_smp_lock() on every tracked module (3e → f0), all sites at once.
-                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix",
-                        check: { b in b == [0x3e] ? 0 : (b == [0xf0] ? 1 : nil) },
-                        encode: { st in st == 1 ? [0xf0] : [0x3e] }))
+                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix", rule: .smpLock))
                 }
             }
         }
@@ -292,12 +290,7 @@ extension Session {
             siteCounts[.ftrace, default: 0] += 1
             let targets = facts.ftraceCallTargets
             if !targets.isEmpty {
-                variable.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, what: "ftrace site",
-                    check: { b in
-                        if b == x86Nops[5] { return 0 }
-                        for tg in targets where genInsn(0xe8, at: a, to: tg) == b { return tg }
-                        return nil
-                    }, encode: { _ in x86Nops[5] }))
+                variable.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, what: "ftrace site", rule: .ftrace(site: a, targets: targets)))
             }
         }
     }

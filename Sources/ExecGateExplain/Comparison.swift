@@ -21,8 +21,10 @@ extension Session {
         // (static-call keys and jump-label keys are distinct objects: no address is both).
         let verifiedStates = resolver.staticCallStates
         for v in variable {
-            let found = Array(claimed[v.offset..<v.offset + v.length])
-            if let st = v.check(found) {
+            // The claimed bytes of the site, read in place (an array only where a message needs it).
+            precondition(v.offset >= 0 && v.length >= 0 && v.offset <= claimed.count - v.length, "site outside the region")
+            let checked = claimed.withUnsafeBytes { v.check(UnsafeRawBufferPointer(rebasing: $0[v.offset..<v.offset + v.length])) }
+            if let st = checked {
                 if let g = v.group, let prev = groupState[g], prev != st {
                     let exp = v.encode(prev)
                     write(v.offset, exp, v.cls)
@@ -38,8 +40,9 @@ extension Session {
                     groupState[g] = st
                     if v.cls == .staticCall { staticCallStates[g] = st }
                 }
-                write(v.offset, found, v.cls)
+                write(v.offset, claimed, from: v.offset, count: v.length, v.cls)
             } else {
+                let found = Array(claimed[v.offset..<v.offset + v.length])
                 var exp = v.encode(v.group.flatMap { groupState[$0] })
                 if exp == found { exp = v.encode(nil) }
                 write(v.offset, exp, v.cls)

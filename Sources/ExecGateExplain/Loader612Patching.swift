@@ -321,9 +321,7 @@ extension Session {
                 write(off, [0x3e], .smpLock)
                 siteCounts[.smpLock, default: 0] += 1
                 if facts.possibleCPUs > 1 {
-                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix",
-                        check: { b in b == [0x3e] ? 0 : (b == [0xf0] ? 1 : nil) },
-                        encode: { st in st == 1 ? [0xf0] : [0x3e] }))
+                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix", rule: .smpLock))
                 }
             }
         }

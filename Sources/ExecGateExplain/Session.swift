@@ -367,6 +367,21 @@ final class Session {
         }
     }
 
+    /// `write(off, Array(src[from..<from + count]), c)` without the array.
+    func write(_ off: Int, _ src: [UInt8], from: Int, count n: Int, _ c: ExplanationClass) {
+        precondition(off >= 0 && n >= 0 && n <= image.count && off <= image.count - n && image.count == cls.count, "write outside the image")
+        precondition(from >= 0 && from <= src.count - n, "read outside the source")
+        let v = UInt8(c.rawValue)
+        image.withUnsafeMutableBufferPointer { img in
+            src.withUnsafeBufferPointer { s in
+                for k in 0..<n { img[off + k] = s[from + k] }
+            }
+        }
+        cls.withUnsafeMutableBufferPointer { cl in
+            for k in 0..<n { cl[off + k] = v }
+        }
+    }
+
     func decode(at off: Int) -> DecodedInstruction? {
         image.withUnsafeBufferPointer { InstructionDecoder.decode($0, at: off) }
     }
