@@ -371,6 +371,13 @@ public struct ELFFile: @unchecked Sendable {
     /// The first NUL in `bytes[from..<to]`.
     @inline(__always) static func memchrNUL(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
         var e = from
+        // Eight bytes at a time while none is NUL (exact test: (w - 0x01…) & ~w & 0x80… is
+        // nonzero iff some byte of w is zero), then the exact position byte by byte.
+        while e + 8 <= to {
+            let w = bytes.loadUnaligned(fromByteOffset: e, as: UInt64.self)
+            if (w &- 0x0101_0101_0101_0101) & ~w & 0x8080_8080_8080_8080 != 0 { break }
+            e += 8
+        }
         while e < to && bytes[e] != 0 { e += 1 }
         return e < to ? e : nil
     }

@@ -220,7 +220,7 @@ extension Session {
                 optimizeNops(&local, 0, instrlen)
                 for k in 0..<instrlen where local[k] != image[off + k] {
                     image[off + k] = local[k]
-                    cls[off + k] = UInt8(ExplanationClass.alternative.rawValue)
+                    setClass(off + k, 1, UInt8(ExplanationClass.alternative.rawValue))
                 }
             }
         }

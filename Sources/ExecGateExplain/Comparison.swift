@@ -92,30 +92,20 @@ extension Session {
     func statistics() -> ExplainStats {
         var st = ExplainStats()
         st.executableBytes = image.count
-        var counts = [Int](repeating: 0, count: 256)
-        counts.withUnsafeMutableBufferPointer { cnt in
-            cls.withUnsafeBytes { c in
-                // Runs of one class (ELF bytes, padding) eight at a time; mixed words byte by byte.
-                let n = c.count
-                var i = 0
-                while i + 8 <= n {
-                    let w = c.loadUnaligned(fromByteOffset: i, as: UInt64.self)
-                    let b0 = UInt64(truncatingIfNeeded: w & 0xff)
-                    if w == b0 &* 0x0101_0101_0101_0101 { cnt[Int(b0)] += 8 } else {
-                        for k in 0..<8 { cnt[Int(c[i + k])] += 1 }  // UInt8 index < 256: in bounds
-                    }
-                    i += 8
-                }
-                while i < n { cnt[Int(c[i])] += 1; i += 1 }
-            }
-        }
-        // only ExplanationClass raw values are stored in cls
-        precondition(counts[ExplanationClass.allCases.count...].allSatisfy { $0 == 0 })
-        counts.removeLast(256 - ExplanationClass.allCases.count)
-        for (i, n) in counts.enumerated() where n > 0 { st.bytesByClass[ExplanationClass(rawValue: i)!] = n }
+        assert(classCounts == recountClasses(), "incremental class counts drifted")
+        for (i, n) in classCounts.enumerated() where n > 0 { st.bytesByClass[ExplanationClass(rawValue: i)!] = n }
         st.relocationsApplied = relocCount
         st.sites = siteCounts
         return st
+    }
+
+    /// The class counts by one pass over `cls` (debug check of `classCounts`).
+    func recountClasses() -> [Int] {
+        var counts = [Int](repeating: 0, count: 256)
+        for c in cls { counts[Int(c)] += 1 }
+        precondition(counts[ExplanationClass.allCases.count...].allSatisfy { $0 == 0 })
+        counts.removeLast(256 - ExplanationClass.allCases.count)
+        return counts
     }
 
     /// `__ksymtab_<name>` marks an export of `<name>` (EXPORT_SYMBOL / _GPL).

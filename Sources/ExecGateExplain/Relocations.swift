@@ -78,10 +78,10 @@ extension Session {
         // Work on local arrays (moved out, moved back on every exit): no exclusivity checks on the
         // class's stored properties in this loop, and each field is read and written as one
         // 4- or 8-byte little-endian word through the borrowed buffer (bounds checked per field).
-        var img: [UInt8] = [], cl: [UInt8] = [], vals: [UInt64?] = []
+        var img: [UInt8] = [], cl: [UInt8] = [], vals: [UInt64?] = [], counts: [Int] = []
         var fields = relocFields, count = relocCount
-        swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); relocFields = []
-        defer { swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); relocFields = fields; relocCount = count }
+        swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = []
+        defer { swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = fields; relocCount = count }
         let relocClass = UInt8(ExplanationClass.relocation.rawValue)
         let symtab = self.symtab
         /// One relocation section into `buf` (the image from `toff`, or a data copy from 0);
@@ -101,17 +101,17 @@ extension Session {
                 let sv: UInt64
                 if let v = vals[si] { sv = v } else { sv = try computeSymbolValue(si); vals[si] = sv }
                 var val = sv &+ UInt64(bitPattern: r.addend)
-                switch r.type {
-                case .r32:
+                switch r.type.rawValue {
+                case 10:  // R_X86_64_32
                     guard val <= UInt64(UInt32.max) else {
                         throw deny(.relocation, "R_X86_64_32 overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
                     }
-                case .r32S:
+                case 11:  // R_X86_64_32S
                     let sv = Int64(bitPattern: val)
                     guard sv >= Int64(Int32.min) && sv <= Int64(Int32.max) else {
                         throw deny(.relocation, "R_X86_64_32S overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
                     }
-                case .pc32, .plt32, .pc64:
+                case 2, 4, 24:  // R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64
                     val = val &- loc
                 default: break
                 }
@@ -142,7 +142,8 @@ extension Session {
                     buf.storeBytes(of: UInt32(truncatingIfNeeded: val).littleEndian, toByteOffset: o, as: UInt32.self)
                 }
                 if let c = classes {
-                    for k in 0..<size { c[o + k] = relocClass }
+                    for k in 0..<size { counts[Int(c[o + k])] -= 1; c[o + k] = relocClass }
+                    counts[Int(relocClass)] += size
                     fields.append((o, size, r.type, si, r.addend, loc))
                 }
                 count += 1

@@ -289,16 +289,22 @@ extension Session {
         for (a, off) in trampolineSites where !known.contains(off) { addTrampolineSite(a, off) }
     }
 
-    /// The module's own key (`__SCK__<name>`) of the trampoline at `a`.
-    func trampolineKey(_ a: UInt64) -> UInt64? {
+    /// The module's own key (`__SCK__<name>`) of the trampoline at `a` (the first `__SCT__`
+    /// symbol at that address names it; nil if its key symbol is missing or has no value).
+    func trampolineKey(_ a: UInt64) -> UInt64? { trampolineKeyByAddress[a] ?? nil }
+
+    /// `trampolineKey` for every trampoline address, built once per session (first symbol wins).
+    func buildTrampolineKeys() -> [UInt64: UInt64?] {
+        var m: [UInt64: UInt64?] = [:]
         for k in trampolineSymbols {
             let si = Int(symtab.sectionIndex(k))
-            guard si < elf.sections.count, let sa = addr[si], sa &+ symtab.value(k) == a else { continue }
+            guard si < elf.sections.count, let sa = addr[si] else { continue }
+            let a = sa &+ symtab.value(k)
+            if m[a] != nil { continue }
             let keyName = "__SCK__" + symtab.name(k).dropFirst(7)
-            if let k = keySymbols[keyName], let v = try? symbolValue(k) { return v }
-            return nil
+            m[a] = .some(keySymbols[keyName].flatMap { try? symbolValue($0) })
         }
-        return nil
+        return m
     }
 
     func addTrampolineSite(_ a: UInt64, _ off: Int) {

@@ -64,6 +64,9 @@ final class Session {
     var image: [UInt8]
     /// Per byte of `image`: the `ExplanationClass` raw value of the last rule that wrote it.
     var cls: [UInt8]
+    /// How many bytes of `cls` hold each class (kept exact by every write of `cls`: the
+    /// statistics need no pass over the region; debug builds recount and compare).
+    var classCounts: [Int]
     /// Relocated copies of the allocated non-exec core sections (tables the stages read).
     var data: [Int: [UInt8]]
     /// `simplify_symbols()` results, filled on first use.
@@ -92,6 +95,9 @@ final class Session {
     /// Exports looked up once per session (the resolver is immutable for the session).
     lazy var returnThunkExport: UInt64? = resolver.lookup("__x86_return_thunk")
     lazy var indirectThunkExport: UInt64? = resolver.lookup("__x86_indirect_thunk_rax")
+
+    /// Trampoline address → its key (RuntimeSites.swift `trampolineKey`), built on first use.
+    lazy var trampolineKeyByAddress: [UInt64: UInt64?] = buildTrampolineKeys()
 
     /// `exportedNames()`, computed once (verify_exported_symbols and the exports both need it).
     var exportedNameCache: Set<String>?
@@ -181,17 +187,23 @@ final class Session {
         var addr = [UInt64?](repeating: nil, count: elf.sections.count)
         var image = [UInt8](repeating: 0, count: regionSize)
         var cls = [UInt8](repeating: UInt8(ExplanationClass.padding.rawValue), count: regionSize)
+        var counts = [Int](repeating: 0, count: ExplanationClass.allCases.count)
+        counts[ExplanationClass.padding.rawValue] = regionSize
         var execRanges: [(lo: Int, hi: Int, sec: Int)] = []
         var data: [Int: [UInt8]] = [:]
         func copy(_ s: ELFSection, at off: Int, intoImage: Bool) {
             let i = s.index
             if intoImage {
                 // Exec sections are inside [0, regionSize) by construction of the layout.
-                if !s.isNoBits { image.replaceSubrange(off..<off + s.size, with: elf.contents(of: s)) }
                 let n = s.size
+                precondition(off >= 0 && n <= image.count && off <= image.count - n, "exec section outside the region")
+                if !s.isNoBits {
+                    let src = elf.contents(of: s)
+                    precondition(src.count == n)
+                    image.withUnsafeMutableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[off..<off + n]).copyMemory(from: src) }
+                }
                 cls.withUnsafeMutableBufferPointer { c in
-                    precondition(off >= 0 && n <= c.count && off <= c.count - n)
-                    UnsafeMutableBufferPointer(rebasing: c[off..<off + n]).update(repeating: UInt8(ExplanationClass.elf.rawValue))
+                    Session.setClass(c, off, n, UInt8(ExplanationClass.elf.rawValue), &counts)
                 }
                 if s.size > 0 { execRanges.append((off, off + s.size, i)) }
             } else {
@@ -236,6 +248,7 @@ final class Session {
         self.addr = addr
         self.image = image
         self.cls = cls
+        self.classCounts = counts
         self.execRanges = execRanges
         self.data = data
 
@@ -362,9 +375,36 @@ final class Session {
                 for k in 0..<n { img[off + k] = src[k] }
             }
         }
-        cls.withUnsafeMutableBufferPointer { cl in
-            for k in 0..<n { cl[off + k] = v }
+        setClass(off, n, v)
+    }
+
+    /// `cls[off..<off+n] = v`, keeping `classCounts` exact.
+    func setClass(_ off: Int, _ n: Int, _ v: UInt8) {
+        var counts: [Int] = []
+        swap(&counts, &classCounts)
+        defer { swap(&counts, &classCounts) }
+        cls.withUnsafeMutableBufferPointer { Session.setClass($0, off, n, v, &counts) }
+    }
+
+    /// `c[off..<off+n] = v` and the class counts moved accordingly. A range that is all one class
+    /// (the section copies: padding → elf) is recognised word-wise and moved in one step.
+    static func setClass(_ c: UnsafeMutableBufferPointer<UInt8>, _ off: Int, _ n: Int, _ v: UInt8, _ counts: inout [Int]) {
+        precondition(off >= 0 && n >= 0 && n <= c.count && off <= c.count - n, "class write outside the image")
+        if n == 0 { return }
+        let first = c[off]
+        let pattern = UInt64(first) &* 0x0101_0101_0101_0101
+        var uniform = true
+        let raw = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(c)[off..<off + n])
+        var i = 0
+        while i + 8 <= n { if raw.loadUnaligned(fromByteOffset: i, as: UInt64.self) != pattern { uniform = false; break }; i += 8 }
+        if uniform { while i < n { if raw[i] != first { uniform = false; break }; i += 1 } }
+        if uniform {
+            counts[Int(first)] -= n
+        } else {
+            for k in off..<off + n { counts[Int(c[k])] -= 1 }
         }
+        counts[Int(v)] += n
+        UnsafeMutableBufferPointer(rebasing: c[off..<off + n]).update(repeating: v)
     }
 
     /// `write(off, Array(src[from..<from + count]), c)` without the array.
@@ -377,9 +417,7 @@ final class Session {
                 for k in 0..<n { img[off + k] = s[from + k] }
             }
         }
-        cls.withUnsafeMutableBufferPointer { cl in
-            for k in 0..<n { cl[off + k] = v }
-        }
+        setClass(off, n, v)
     }
 
     func decode(at off: Int) -> DecodedInstruction? {
