@@ -283,7 +283,13 @@ extension Session {
         while let a = t.bytes.getInteger(at: o, as: UInt64.self) {
             o += 8
             guard let off = execOffset(a, 5) else { continue }
-            guard let fe = fentry, let call = genInsn(0xe8, at: a, to: fe), image[off..<off + 5].elementsEqual(call) else {
+            // `call __fentry__` at the site: e8 and a rel32 that lands on __fentry__ — exactly the
+            // bytes genInsn(0xe8, a, __fentry__) gives (a rel32 that decodes to the target is the
+            // one genInsn encodes; a target out of rel32 range decodes from no rel32).
+            let isCall = image.withUnsafeBytes { b in
+                b[off] == 0xe8 && rel32Destination(UnsafeRawBufferPointer(rebasing: b[off..<off + 5]), operandAt: 1, site: a, length: 5) == fentry
+            }
+            guard fentry != nil, isCall else {
                 continue  // ftrace_bug(): the kernel leaves the site alone and disables ftrace.
             }
             write(off, x86Nops[5], .ftrace)

@@ -84,6 +84,9 @@ extension Session {
         defer { swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = fields; relocCount = count }
         let relocClass = UInt8(ExplanationClass.relocation.rawValue)
         let symtab = self.symtab
+        let initOffset = layout.initOffset, isCore = region == .core
+        // Exec-target records (for the mutation tester): reserved once, not grown per field.
+        fields.reserveCapacity(fields.count + rela.reduce(0) { imageOffset(of: $1.targetSectionIndex) != nil ? $0 + $1.relocations.count : $0 })
         /// One relocation section into `buf` (the image from `toff`, or a data copy from 0);
         /// `classes` is the image's class array when the target is the explained region.
         func apply(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ buf: UnsafeMutableRawBufferPointer, _ toff: Int,
@@ -119,7 +122,7 @@ extension Session {
                     // Core text pointing into the module's own init sections would point into
                     // memory freed after init (`do_free_init()`): not explainable.
                     let ssi = Int(symtab.sectionIndex(si))
-                    if region == .core, ssi > 0, ssi < layout.initOffset.count, layout.initOffset[ssi] != nil {
+                    if isCore, ssi > 0, ssi < initOffset.count, initOffset[ssi] != nil {
                         throw deny(.initSymbol, "\(r.type) in \(sectionName(t)) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init",
                                    section: sectionName(t), offset: fo, address: loc)
                     }
