@@ -62,7 +62,7 @@ extension Session {
             }
             addNops(&buf, at: used, count: len - used)
             write(off, buf, .paravirt)
-            siteCounts[.paravirt, default: 0] += 1
+            countSite(.paravirt)
         }
     }
 
@@ -109,7 +109,7 @@ extension Session {
             guard bytes.count == insn.length else { continue }
             optimizeNops(&bytes, 0, bytes.count)
             write(off, bytes, .retpoline)
-            siteCounts[.retpoline, default: 0] += 1
+            countSite(.retpoline)
         }
     }
 
@@ -149,7 +149,7 @@ extension Session {
                     // A module's own static-call trampoline: static_call_update() may later make it
                     // `jmp func` or the RET form again (a run-time site, RuntimeSites.swift).
                     trampolineSites.append((a, off))
-                    siteCounts[.returnThunk, default: 0] += 1
+                    countSite(.returnThunk)
                 }
                 continue
             }
@@ -157,7 +157,7 @@ extension Session {
             guard let bytes = retForm(at: a, length: insn.length), bytes.count == insn.length, execOffset(a, insn.length) != nil else { continue }
             write(off, bytes, .returnThunk)
             returnSites.append((off, a, insn.length))
-            siteCounts[.returnThunk, default: 0] += 1
+            countSite(.returnThunk)
         }
     }
 
@@ -212,7 +212,7 @@ extension Session {
                 }
                 while buf.count < instrlen { buf.append(0x90) }
                 write(off, buf, .alternative)
-                siteCounts[.alternative, default: 0] += 1
+                countSite(.alternative)
             }
             // optimize_nops(instr, instrlen) on every site; the decoder may look up to 15 bytes on.
             if instrlen > 0 {
@@ -234,7 +234,7 @@ extension Session {
         for a in relativeSites(".ibt_endbr_seal") {
             guard let off = execOffset(a, 4), image[off..<off + 4].elementsEqual([0xf3, 0x0f, 0x1e, 0xfa]) else { continue }
             write(off, [0x66, 0x0f, 0x1f, 0x00], .endbrSeal)
-            siteCounts[.endbrSeal, default: 0] += 1
+            countSite(.endbrSeal)
         }
     }
 
@@ -257,7 +257,7 @@ extension Session {
             let off = Int(d)
             if image[off] == 0xf0 {
                 write(off, [0x3e], .smpLock)
-                siteCounts[.smpLock, default: 0] += 1
+                countSite(.smpLock)
                 if facts.possibleCPUs > 1 {
                     // The module is on smp_alt_modules: bringing a second CPU online runs
                     // alternatives_smp_lock() on every tracked module (3e → f0), all sites at once.
@@ -293,7 +293,7 @@ extension Session {
                 continue  // ftrace_bug(): the kernel leaves the site alone and disables ftrace.
             }
             write(off, x86Nops[5], .ftrace)
-            siteCounts[.ftrace, default: 0] += 1
+            countSite(.ftrace)
             let targets = facts.ftraceCallTargets
             if !targets.isEmpty {
                 variable.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, what: "ftrace site", rule: .ftrace(site: a, targets: targets)))

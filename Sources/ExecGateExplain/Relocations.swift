@@ -83,6 +83,7 @@ extension Session {
         swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = []
         defer { swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = fields; relocCount = count }
         let relocClass = UInt8(ExplanationClass.relocation.rawValue)
+        precondition(Int(relocClass) < counts.count)
         let symtab = self.symtab
         let initOffset = layout.initOffset, isCore = region == .core
         // Exec-target records (for the mutation tester): reserved once, not grown per field.
@@ -90,7 +91,7 @@ extension Session {
         /// One relocation section into `buf` (the image from `toff`, or a data copy from 0);
         /// `classes` is the image's class array when the target is the explained region.
         func apply(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ buf: UnsafeMutableRawBufferPointer, _ toff: Int,
-                   _ classes: UnsafeMutableRawBufferPointer?) throws {
+                   _ classes: UnsafeMutableRawBufferPointer?, _ counts: UnsafeMutableBufferPointer<Int>?) throws {
             let isExec = classes != nil
             for r in rs.relocations {
                 guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
@@ -144,9 +145,14 @@ extension Session {
                 } else {
                     buf.storeBytes(of: UInt32(truncatingIfNeeded: val).littleEndian, toByteOffset: o, as: UInt32.self)
                 }
-                if let c = classes {
-                    for k in 0..<size { counts[Int(c[o + k])] -= 1; c[o + k] = relocClass }
-                    counts[Int(relocClass)] += size
+                if let c = classes, let cn = counts {
+                    for k in 0..<size {
+                        let old = Int(c[o + k])
+                        precondition(old < cn.count)  // class values are ExplanationClass raw values
+                        cn[old] -= 1
+                        c[o + k] = relocClass
+                    }
+                    cn[Int(relocClass)] += size
                     fields.append((o, size, r.type, si, r.addend, loc))
                 }
                 count += 1
@@ -159,11 +165,13 @@ extension Session {
             // their data copies; init sections in a core session have neither (freed, never used).
             guard layout.flags[t].contains(.alloc), let taddr = addr[t] else { continue }
             if let toff = imageOffset(of: t) {
-                try img.withUnsafeMutableBytes { ib in try cl.withUnsafeMutableBytes { cb in try apply(rs, t, taddr, ib, toff, cb) } }
+                try img.withUnsafeMutableBytes { ib in
+                    try cl.withUnsafeMutableBytes { cb in try counts.withUnsafeMutableBufferPointer { try apply(rs, t, taddr, ib, toff, cb, $0) } }
+                }
             } else if var d = data[t] {
                 data[t] = nil  // keep `d` uniquely referenced while it is patched
                 defer { data[t] = d }
-                try d.withUnsafeMutableBytes { try apply(rs, t, taddr, $0, 0, nil) }
+                try d.withUnsafeMutableBytes { try apply(rs, t, taddr, $0, 0, nil, nil) }
             }
         }
     }

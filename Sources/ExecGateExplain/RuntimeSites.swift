@@ -176,7 +176,7 @@ extension Session {
             let size = insn.length
             let nop = SiteBytes(x86Nops[size])
             let jmp = genInsn(size == 2 ? 0xeb : 0xe9, at: code, to: target).map(SiteBytes.init)
-            siteCounts[.jumpLabel, default: 0] += 1
+            countSite(.jumpLabel)
             jumpSites.append((off, size, code, target))
             // State = key enabled (1) or not (0): JMP when enabled != branch default... the encoded
             // jump is taken iff (enabled XOR branch) — jump_label_type().
@@ -226,7 +226,7 @@ extension Session {
                 throw deny(.staticCall, "site is not a call/jmp/nop/ret (__static_call_validate BUGs)", atRegionOffset: off, address: site,
                            found: Array(image[off..<off + 5]))
             }
-            siteCounts[.staticCall, default: 0] += 1
+            countSite(.staticCall)
             staticSites.append((off, site, tail, key))
             let trusted = trustedStaticCallTargets(key)
             if isJcc && tail {

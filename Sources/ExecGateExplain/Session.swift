@@ -75,7 +75,14 @@ final class Session {
     var variable: [VariableSite] = []
     /// Per-range explanations for the first-difference report (Comparison.swift).
     var notes: [(range: Range<Int>, text: String)] = []
-    var siteCounts: [ExplanationClass: Int] = [:]
+    /// Sites rewritten per class (`countSite`; the statistics list the classes with sites).
+    var siteCountByClass = [Int](repeating: 0, count: ExplanationClass.allCases.count)
+    @inline(__always) func countSite(_ c: ExplanationClass) { siteCountByClass[c.rawValue] += 1 }
+    var siteCounts: [ExplanationClass: Int] {
+        var d: [ExplanationClass: Int] = [:]
+        for (i, n) in siteCountByClass.enumerated() where n > 0 { d[ExplanationClass(rawValue: i)!] = n }
+        return d
+    }
     var relocCount = 0
 
     // Site records (for the mutation tester and diagnostics).
@@ -380,10 +387,26 @@ final class Session {
 
     /// `cls[off..<off+n] = v`, keeping `classCounts` exact.
     func setClass(_ off: Int, _ n: Int, _ v: UInt8) {
-        var counts: [Int] = []
-        swap(&counts, &classCounts)
-        defer { swap(&counts, &classCounts) }
-        cls.withUnsafeMutableBufferPointer { Session.setClass($0, off, n, v, &counts) }
+        classCounts.withUnsafeMutableBufferPointer { counts in
+            cls.withUnsafeMutableBufferPointer { c in
+                precondition(off >= 0 && n >= 0 && n <= c.count && off <= c.count - n, "class write outside the image")
+                if n <= 16 {
+                    // Sites: a few bytes, counted one by one (class values index the 12 counters;
+                    // the buffer subscript is checked against them below).
+                    for k in off..<off + n {
+                        let old = Int(c[k])
+                        precondition(old < counts.count && Int(v) < counts.count)
+                        counts[old] -= 1
+                        c[k] = v
+                    }
+                    counts[Int(v)] += n
+                } else {
+                    var a = Array(counts)
+                    Session.setClass(c, off, n, v, &a)
+                    for i in 0..<a.count { counts[i] = a[i] }
+                }
+            }
+        }
     }
 
     /// `c[off..<off+n] = v` and the class counts moved accordingly. A range that is all one class

@@ -26,6 +26,9 @@ import XCTest
 final class ExplainCorpusDigestTests: XCTestCase {
     /// Mutations per class per module (the committed digests are for this value).
     static let mutationsPerClass = 2
+    /// Mutation classes whose choices depend only on the seed and the module (not on hash-set order).
+    static let deterministicClasses: Set<String> = ["byte-flip", "reloc-redirect", "jump-label", "alternative", "return-thunk",
+                                                    "static-call-named", "padding"]
 
     static func corpusRoot() -> String {
         if let e = ProcessInfo.processInfo.environment["EXECGATE_SHARED_CORPUS"], !e.isEmpty { return e }
@@ -88,7 +91,7 @@ final class ExplainCorpusDigestTests: XCTestCase {
                 let out = replay.step(m)
                 var v = FNV()
                 v.add(canonical(out.result, claim: m.claim))
-                var mu = FNV()
+                var mu = FNV(), all = FNV()
                 if out.result.verdict.isAllowed {
                     let rep: MutationReport = m.ko.withUnsafeBytes { raw in
                         guard let elf = try? ELFFile(bytes: raw) else { return MutationReport() }
@@ -96,10 +99,21 @@ final class ExplainCorpusDigestTests: XCTestCase {
                                                                    seed: 1 &+ UInt64(i), probeTargets: boot.probeTargets)
                     }
                     for c in rep.classes {
-                        mu.add("\(c.name) \(c.tried) \(c.denied) \(c.legalAlternative) \(c.falseAccepts) \(String(c.denialDigest, radix: 16))\n")
+                        // The static-call classes draw targets from samples of hash sets (their
+                        // order is per process unless SWIFT_DETERMINISTIC_HASHING is set): only
+                        // their false accepts (none) are stable enough to commit.
+                        if deterministicClasses.contains(c.name) {
+                            mu.add("\(c.name) \(c.tried) \(c.denied) \(c.legalAlternative) \(c.falseAccepts) \(String(c.denialDigest, radix: 16))\n")
+                        } else {
+                            mu.add("\(c.name) \(c.falseAccepts)\n")
+                        }
+                        all.add("\(c.name) \(c.tried) \(c.denied) \(c.legalAlternative) \(c.falseAccepts) \(String(c.denialDigest, radix: 16))\n")
                     }
                 }
-                lines.append("\(b) \(name) \(v.hex) \(mu.hex)")
+                // With SWIFT_DETERMINISTIC_HASHING set, a fifth column covers every class (compare
+                // two engines' written files; not committed: make test runs without it).
+                let fifth = ProcessInfo.processInfo.environment["SWIFT_DETERMINISTIC_HASHING"] != nil ? " " + all.hex : ""
+                lines.append("\(b) \(name) \(v.hex) \(mu.hex)\(fifth)")
             }
         }
         return lines
@@ -118,6 +132,6 @@ final class ExplainCorpusDigestTests: XCTestCase {
         let want = try String(contentsOfFile: file, encoding: .utf8).split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") }
         XCTAssertEqual(got.count, want.count, "module count")
         XCTAssertGreaterThanOrEqual(got.count, 200, "both boots of 103 modules")
-        for (g, w) in zip(got, want) where g != w { XCTFail("verdict digest changed: got \(g), committed \(w)") }
+        for (g, w) in zip(got.map { $0.split(separator: " ").prefix(4).joined(separator: " ") }, want) where g != w { XCTFail("verdict digest changed: got \(g), committed \(w)") }
     }
 }
