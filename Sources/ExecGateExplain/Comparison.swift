@@ -123,7 +123,17 @@ extension Session {
         var out: [String: UInt64] = [:]
         // Cheap integer tests first: the name hash is only computed for defined non-local symbols.
         if !names.isEmpty {
+            // Skip, without making a String, an ASCII name whose length no exported name has: when
+            // every exported name is ASCII too, String equality (canonical equivalence) between
+            // ASCII strings is byte equality, so such a name cannot match. Any non-ASCII name
+            // takes the String comparison as before.
+            let lengths = Set(names.map { $0.utf8.count })
+            let asciiNames = names.allSatisfy { $0.utf8.allSatisfy { $0 < 0x80 } }
             for i in symtab.indices where !symtab.isUndefined(i) && symtab.binding(i) != 0 {
+                if asciiNames {
+                    let b = symtab.nameBytes(i)
+                    if !lengths.contains(b.count) && !b.contains(where: { $0 >= 0x80 }) { continue }
+                }
                 let n = symtab.name(i)
                 if names.contains(n), let v = try? symbolValue(i) { out[n] = v }
             }
