@@ -302,7 +302,8 @@ public struct RegisterGuestReply: Sendable, Equatable {
             let n = min(s.name.utf8.count, Int(UInt16.max))
             out.append(UInt8(n >> 8))
             out.append(UInt8(n & 0xff))
-            out.append(contentsOf: s.name.utf8.prefix(n))
+            var name = s.name  // withUTF8 needs a var; native strings are not copied
+            name.withUTF8 { out.append(contentsOf: UnsafeBufferPointer(rebasing: $0.prefix(n))) }
         }
         return out
     }

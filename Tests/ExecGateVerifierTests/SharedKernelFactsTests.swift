@@ -152,6 +152,27 @@ final class SharedKernelFactsTests: XCTestCase {
         XCTAssertGreaterThan(liarDenied, 0, "moved exports were never noticed")
     }
 
+    /// The symbols digest the registry finds a build by is the protocol's (docs/protocol.md,
+    /// "Kernel binding"): SHA-256 over `{u64 address − slide (image addresses only); u8 type; u8 flags;
+    /// u16 name_len; name}` big-endian, in the order sent — packed here independently.
+    func testSymbolsDigestIsTheProtocolsOne() throws {
+        var r = try registration(try boot(), "d")
+        r.kaslrSlide = 0x0c00_0000
+        for i in r.symbols.indices where r.symbols[i].address >= 0xffff_ffff_8000_0000 { r.symbols[i].address &+= 0x0c00_0000 }
+        r.symbols[0].isFunction = true
+        var packed: [UInt8] = []
+        for s in r.symbols {
+            let a = s.address >= 0xffff_ffff_8000_0000 ? s.address - r.kaslrSlide : s.address
+            for k in stride(from: 56, through: 0, by: -8) { packed.append(UInt8((a >> UInt64(k)) & 0xff)) }
+            packed.append(s.type)
+            packed.append((s.exported ? 1 : 0) | (s.isFunction ? 2 : 0))
+            let name = Array(s.name.utf8)
+            packed += [UInt8(name.count >> 8), UInt8(name.count & 0xff)] + name
+        }
+        XCTAssertEqual(RegisterGuestReply.linkTimeSymbolRecords(r), packed)
+        XCTAssertEqual(KernelFactsKey.symbolsDigest(r).count, 32)
+    }
+
     /// Removing the slide is not one-to-one for a run-time address just above 0xffffffff80000000:
     /// such a registration gets a private copy (never found by, nor finding, another).
     func testAmbiguousSlideGetsAPrivateCopy() throws {
