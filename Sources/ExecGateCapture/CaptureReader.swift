@@ -89,7 +89,7 @@ public struct CaptureBoot {
         for s in registration.symbols where named[s.name] == nil { named[s.name] = s.address }
         facts.deriveFromCoreSymbols(named)
         if !registration.kernelRelease.isEmpty { facts.kernelRelease = registration.kernelRelease }
-        let exports = facts.exports
+        let exports = facts.exports.dictionary()
         // `[module]` lines are not facts; their small addresses only recover each module's
         // per-cpu base claim (checked by the engine like any other claimed address).
         var percpu: [String: [String: UInt64]] = [:]

@@ -27,6 +27,172 @@ public struct FeatureBits: Sendable, Hashable {
                                               rethunk: 11 * 32 + 14, indirectThunkITS: 21 * 32 + 5)
 }
 
+/// KASLR's move of the kernel image, removed and applied exactly as the symbols digest defines it
+/// (`RegisterGuestReply.linkTimeSymbolRecords`): an address at or above `__START_KERNEL_map`
+/// (0xffffffff80000000) moves with the image; one below it (the zero-based per-cpu offsets of `A`
+/// symbols such as `__per_cpu_end`) does not.
+///
+/// A build's tables are stored once at link-time addresses and shared by every guest of the build
+/// (ExecGateVerifier KernelFactsStore.swift); each guest's lookups go through its own slide. A
+/// run-time query `a` is mapped to the one link-time address `l` it can come from, and `a` matches
+/// only if `l` is in the table AND mapping `l` forward gives back `a` (`exactLinkTime`). For a
+/// registration whose records the slide maps one-to-one (KernelFactsKey.of), mapping its records
+/// back gives the shared table and mapping the table forward gives its records, so this lookup
+/// answers exactly what a table of the guest's own run-time addresses would: no address outside
+/// the guest's real table can match, whatever another guest's slide is.
+public struct KernelSlide: Sendable, Hashable {
+    /// `__START_KERNEL_map` (arch/x86/include/asm/page_64_types.h).
+    public static let imageBase: UInt64 = 0xffff_ffff_8000_0000
+    public let value: UInt64
+    public init(_ value: UInt64) { self.value = value }
+    /// No slide: tables at run-time addresses (a private copy, or facts built in-process).
+    public static let none = KernelSlide(0)
+
+    /// Link-time → run-time.
+    @inline(__always) public func runTime(_ l: UInt64) -> UInt64 { l >= Self.imageBase ? l &+ value : l }
+    /// Run-time → link-time, the digest's rule.
+    @inline(__always) public func linkTime(_ a: UInt64) -> UInt64 { a >= Self.imageBase ? a &- value : a }
+    /// The link-time address `a` can only come from, or nil when mapping it forward again does not
+    /// give `a` (then no table entry can be `a` at this slide).
+    @inline(__always) public func exactLinkTime(_ a: UInt64) -> UInt64? {
+        let l = linkTime(a)
+        return runTime(l) == a ? l : nil
+    }
+}
+
+/// A name → address table stored at link-time addresses (shared), read at one guest's slide, plus
+/// run-time entries added for this guest (exports of modules it verified; never slid).
+public struct SlidExports: Sendable {
+    /// The shared table, at link-time addresses (run-time when `slide` is `.none`).
+    public let linkTime: [String: UInt64]
+    public let slide: KernelSlide
+    /// Entries added at run-time addresses; they take precedence (the kernel refuses duplicate
+    /// exports before one could shadow another: ModuleChecks).
+    public private(set) var added: [String: UInt64] = [:]
+
+    public init(linkTime: [String: UInt64], slide: KernelSlide) {
+        self.linkTime = linkTime
+        self.slide = slide
+    }
+
+    /// A table of run-time addresses (no slide).
+    public init(_ runTime: [String: UInt64]) { self.init(linkTime: runTime, slide: .none) }
+
+    public subscript(name: String) -> UInt64? {
+        if let a = added[name] { return a }
+        return linkTime[name].map(slide.runTime)
+    }
+
+    /// Add (or replace) one entry at its run-time address.
+    public mutating func add(_ name: String, _ address: UInt64) { added[name] = address }
+
+    /// The same shared table read at `slide` (only from a table without a slide or added entries).
+    public func slid(by slide: KernelSlide) -> SlidExports {
+        precondition(self.slide == .none && added.isEmpty, "slide a build's table once, before any entry is added")
+        return SlidExports(linkTime: linkTime, slide: slide)
+    }
+
+    /// Every run-time address (duplicates possible).
+    public var values: [UInt64] { linkTime.values.map(slide.runTime) + added.values }
+    public var isEmpty: Bool { linkTime.isEmpty && added.isEmpty }
+
+    /// The table at run-time addresses, as one dictionary (copies unless there is nothing to slide).
+    public func dictionary() -> [String: UInt64] {
+        if slide == .none && added.isEmpty { return linkTime }
+        var out = linkTime.mapValues(slide.runTime)
+        for (k, v) in added { out[k] = v }
+        return out
+    }
+}
+
+/// A set of addresses stored at link-time addresses (shared), read at one guest's slide.
+public struct SlidAddressSet: Sendable, Sequence {
+    public let linkTime: Set<UInt64>
+    public let slide: KernelSlide
+
+    public init(linkTime: Set<UInt64>, slide: KernelSlide) {
+        self.linkTime = linkTime
+        self.slide = slide
+    }
+
+    /// A set of run-time addresses (no slide).
+    public init(_ runTime: Set<UInt64>) { self.init(linkTime: runTime, slide: .none) }
+
+    /// Exact membership of the run-time address `a` (see ``KernelSlide``).
+    @inline(__always) public func contains(_ a: UInt64) -> Bool {
+        guard let l = slide.exactLinkTime(a) else { return false }
+        return linkTime.contains(l)
+    }
+
+    public func slid(by slide: KernelSlide) -> SlidAddressSet {
+        precondition(self.slide == .none, "slide a build's table once")
+        return SlidAddressSet(linkTime: linkTime, slide: slide)
+    }
+
+    public var count: Int { linkTime.count }
+    public var isEmpty: Bool { linkTime.isEmpty }
+    public var underestimatedCount: Int { linkTime.count }
+    /// The run-time addresses, in the set's order.
+    public func makeIterator() -> LazyMapSequence<Set<UInt64>, UInt64>.Iterator {
+        let s = slide
+        return linkTime.lazy.map { s.runTime($0) }.makeIterator()
+    }
+}
+
+/// Static-call key → trusted targets: the build's table at link-time addresses (shared), read at
+/// one guest's slide (key and targets), with this guest's own entries at run-time addresses. An
+/// own entry for a key replaces the shared one (it is written as the shared set plus additions:
+/// `self[key, default: []].insert(t)`).
+public struct SlidStaticCallTargets: Sendable {
+    public let linkTime: [UInt64: Set<UInt64>]
+    public let slide: KernelSlide
+    public private(set) var own: [UInt64: Set<UInt64>] = [:]
+
+    public init(linkTime: [UInt64: Set<UInt64>], slide: KernelSlide) {
+        self.linkTime = linkTime
+        self.slide = slide
+    }
+
+    /// A table of run-time addresses (no slide).
+    public init(_ runTime: [UInt64: Set<UInt64>]) { self.init(linkTime: runTime, slide: .none) }
+
+    /// The trusted targets of the run-time key `key`, at run-time addresses; nil when the key has
+    /// no entry.
+    public subscript(key: UInt64) -> Set<UInt64>? {
+        if let o = own[key] { return o }
+        guard let l = slide.exactLinkTime(key), let s = linkTime[l] else { return nil }
+        if slide == .none { return s }
+        return Set(s.map(slide.runTime))
+    }
+
+    public subscript(key: UInt64, default d: @autoclosure () -> Set<UInt64>) -> Set<UInt64> {
+        get { self[key] ?? d() }
+        set { own[key] = newValue }
+    }
+
+    /// The same build table read at `slide`. Own entries of a table without a slide are folded into
+    /// the shared part first (a build's table is folded once, when it is built).
+    public func slid(by slide: KernelSlide) -> SlidStaticCallTargets {
+        precondition(self.slide == .none, "slide a build's table once")
+        return SlidStaticCallTargets(linkTime: folded().linkTime, slide: slide)
+    }
+
+    /// The table at run-time addresses, as one dictionary (for inspection; copies).
+    public func dictionary() -> [UInt64: Set<UInt64>] {
+        var out: [UInt64: Set<UInt64>] = [:]
+        for (k, v) in linkTime { out[slide.runTime(k)] = slide == .none ? v : Set(v.map(slide.runTime)) }
+        for (k, v) in own { out[k] = v }
+        return out
+    }
+
+    /// Own entries merged into the shared part (no copy when there are none).
+    public func folded() -> SlidStaticCallTargets {
+        guard !own.isEmpty else { return self }
+        precondition(slide == .none, "fold only a table without a slide")
+        return SlidStaticCallTargets(linkTime: linkTime.merging(own) { $1 }, slide: .none)
+    }
+}
+
 /// The trusted facts of one guest boot.
 ///
 /// Trust model (why each may be relied on):
@@ -45,7 +211,8 @@ public struct FeatureBits: Sendable, Hashable {
 /// enablement) is deliberately NOT a fact: the explainer accepts exactly the legal set of states
 /// for each site.
 public struct GuestFacts: Sendable {
-    public var exports: [String: UInt64]
+    /// Core exports (link-time table + this guest's slide: ``SlidExports``).
+    public var exports: SlidExports
     public var capabilities: [UInt32]
     public var featureBits: FeatureBits
     public var uniprocessorPatched: Bool
@@ -54,7 +221,8 @@ public struct GuestFacts: Sendable {
     /// `_paravirt_nop` (pv_ops slots equal to it patch to NOPs) and `paravirt_BUG` (NULL slots).
     public var paravirtNop: UInt64?
     public var paravirtBUG: UInt64?
-    public var functionEntries: Set<UInt64>
+    /// Core function entries (link-time set + this guest's slide: ``SlidAddressSet``).
+    public var functionEntries: SlidAddressSet
     /// `__static_call_return0` (a CALL to it is written as `2e 2e 2e 31 c0`).
     public var staticCallReturn0: UInt64?
     /// `__static_call_return` (Jcc tail sites with a NULL function jump there when !RETHUNK).
@@ -77,7 +245,7 @@ public struct GuestFacts: Sendable {
     /// users whose targets are fixed in the source). A site of a key without an entry may only
     /// hold its NULL forms (NOP5 / RET) or `__static_call_return0`. Entries in core init text or
     /// not a function entry are ignored by the engine.
-    public var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
+    public var staticCallTrustedTargets: SlidStaticCallTargets
     /// The core kernel's init memory, freed after boot (`[_sinittext, _einittext)`,
     /// `[__init_begin, __init_end)`): never a legal target or symbol value for module code.
     public var coreInitRanges: [Range<UInt64>] = []
@@ -100,7 +268,7 @@ public struct GuestFacts: Sendable {
                 paravirtBUG: UInt64? = nil, functionEntries: Set<UInt64> = [], staticCallReturn0: UInt64? = nil,
                 staticCallReturn: UInt64? = nil, returnThunk: UInt64? = nil, itsReturnThunk: UInt64? = nil,
                 ftraceCallTargets: Set<UInt64> = [], ibtSeal: Bool = false, kaslrSlide: UInt64 = 0) {
-        self.exports = exports
+        self.exports = SlidExports(exports)
         self.capabilities = capabilities
         self.featureBits = featureBits
         self.uniprocessorPatched = uniprocessorPatched
@@ -108,7 +276,7 @@ public struct GuestFacts: Sendable {
         self.pvOps = pvOps
         self.paravirtNop = paravirtNop
         self.paravirtBUG = paravirtBUG
-        self.functionEntries = functionEntries
+        self.functionEntries = SlidAddressSet(functionEntries)
         self.staticCallReturn0 = staticCallReturn0
         self.staticCallReturn = staticCallReturn
         self.returnThunk = returnThunk
@@ -120,7 +288,7 @@ public struct GuestFacts: Sendable {
         // trampoline `__SCT__x` for EXPORT_STATIC_CALL_TRAMP keys), so the build's per-key
         // targets of every key a module can name are derivable from the exports alone
         // (StaticCallTrust); `deriveFromCoreSymbols` adds the rest of the symbol map.
-        self.staticCallTrustedTargets = StaticCallTrust.coreTargets(symbols: exports)
+        self.staticCallTrustedTargets = SlidStaticCallTargets(StaticCallTrust.coreTargets(symbols: exports))
     }
 
     /// True if `a` lies in the core kernel's (freed) init memory.
@@ -137,7 +305,8 @@ public struct GuestFacts: Sendable {
 /// Resolves a module's undefined symbols the way the kernel's `resolve_symbol()` does: through
 /// exports only — the core kernel's and those of modules already verified in this guest session.
 public struct SymbolResolver: Sendable {
-    public private(set) var exports: [String: UInt64]
+    /// The core's exports (at this guest's slide) and those of verified modules.
+    public private(set) var exports: SlidExports
     /// Function entries of verified modules.
     public private(set) var moduleFunctionEntries: Set<UInt64> = []
     /// Static-call targets trusted for keys that verified modules define (each key's
@@ -148,14 +317,15 @@ public struct SymbolResolver: Sendable {
     /// that move a whole key must record the new state (``recordStaticCallState(key:state:)``).
     public private(set) var staticCallStates: [UInt64: UInt64] = [:]
 
-    public init(coreExports: [String: UInt64]) { self.exports = coreExports }
+    public init(coreExports: SlidExports) { self.exports = coreExports }
+    public init(coreExports: [String: UInt64]) { self.exports = SlidExports(coreExports) }
 
     public func lookup(_ name: String) -> UInt64? { exports[name] }
 
     /// Add an allowed module's exports (``ModuleExports`` from ``ExplainResult``). Call this only
     /// after the module was allowed: a denied module's symbols must never become resolvable.
     public mutating func add(_ m: ModuleExports) {
-        for (k, v) in m.symbols { exports[k] = v }
+        for (k, v) in m.symbols { exports.add(k, v) }
         moduleFunctionEntries.formUnion(m.functionEntries)
         for (k, v) in m.staticCallTrustedTargets { staticCallTrustedTargets[k, default: []].formUnion(v) }
         for (k, v) in m.staticCallStates { staticCallStates[k] = v }

@@ -83,17 +83,22 @@ public enum StaticCallTrust {
 }
 
 extension GuestFacts {
+    /// `[_sinittext, _einittext)` and `[__init_begin, __init_end)` from the symbol map.
+    public static func coreInitRanges(_ symbols: [String: UInt64]) -> [Range<UInt64>] {
+        var ranges: [Range<UInt64>] = []
+        for (lo, hi) in [("_sinittext", "_einittext"), ("__init_begin", "__init_end")] {
+            if let a = symbols[lo], let b = symbols[hi], a < b { ranges.append(a..<b) }
+        }
+        return ranges
+    }
+
     /// Fills the facts derived from the core kernel's symbol map (name → address; the same map the
     /// registration's symbols give): `coreInitRanges` from `_sinittext`/`_einittext` and
     /// `__init_begin`/`__init_end`, and `staticCallTrustedTargets` from ``StaticCallTrust``
     /// (merged with any targets already set, e.g. the current targets the VMM decoded from the
     /// core's trampolines).
     public mutating func deriveFromCoreSymbols(_ symbols: [String: UInt64]) {
-        var ranges: [Range<UInt64>] = []
-        for (lo, hi) in [("_sinittext", "_einittext"), ("__init_begin", "__init_end")] {
-            if let a = symbols[lo], let b = symbols[hi], a < b { ranges.append(a..<b) }
-        }
-        coreInitRanges = ranges
+        coreInitRanges = Self.coreInitRanges(symbols)
         for (k, v) in StaticCallTrust.coreTargets(symbols: symbols) { staticCallTrustedTargets[k, default: []].formUnion(v) }
     }
 }

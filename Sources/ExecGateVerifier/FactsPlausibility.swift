@@ -52,6 +52,12 @@ enum FactsPlausibility {
         let symbolsSent: Bool
         /// The registered addresses of the kernel's return thunks (`returnThunks`, by name).
         let returnThunkAddresses: [UInt64]
+
+        /// The same facts with every address moved by `f` (KernelSlide: a shared copy keeps them
+        /// at link-time addresses; each guest's checks see them at its own slide).
+        func mapped(_ f: (UInt64) -> UInt64) -> BuildFacts {
+            BuildFacts(bounds: bounds?.mapped(f), symbolsSent: symbolsSent, returnThunkAddresses: returnThunkAddresses.map(f))
+        }
     }
 
     static func checkCPUs(_ r: RegisterGuest) -> String? {

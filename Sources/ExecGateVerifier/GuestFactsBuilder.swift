@@ -24,52 +24,84 @@ import ExecGateWire
 import _ExecGateInternals
 
 public enum GuestFactsBuilder {
-    /// The whole registration as engine facts: the build's part (`kernelFacts`) completed with
-    /// this guest's own facts (`guestFacts`). The registry shares the first between guests of one
-    /// build (KernelFactsStore.swift); this is the same two steps in one.
+    /// The whole registration as engine facts, at its own run-time addresses (no sharing): the
+    /// build's part (`kernelFacts`) completed with this guest's own facts (`guestFacts`). The
+    /// registry shares the first between guests of one build at link-time addresses
+    /// (KernelFactsStore.swift); this is the same two steps with nothing to slide.
     public static func facts(from r: RegisterGuest) -> GuestFacts {
-        guestFacts(kernel: kernelFacts(symbols: r.symbols, slide: r.kaslrSlide), from: r)
+        guestFacts(kernel: kernelFacts(symbols: r.symbols, removing: .none), slide: .none, from: r)
     }
 
-    /// The facts that follow from the build's symbols at one slide alone (exports, function
-    /// entries, named helpers, the per-cpu reserve, the build-derived static-call table and init
-    /// ranges); every per-guest field keeps its default until `guestFacts` fills it.
-    static func kernelFacts(symbols: [KernelSymbol], slide: UInt64) -> GuestFacts {
+    /// A build's facts: its tables (exports, function entries, the build-derived static-call
+    /// table) with `slide` removed from every address (`.none`: at run-time addresses), and the
+    /// addresses of the few named symbols the per-guest facts take (`helperNames`), likewise.
+    struct BuildTables: Sendable {
+        /// Per-guest fields at their defaults; the named helpers and ranges unset (`guestFacts`).
+        let facts: GuestFacts
+        let helpers: [String: UInt64]
+    }
+
+    /// The symbols whose addresses become scalar facts or ranges, per guest (at its slide).
+    static let helperNames = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return",
+                              "its_return_thunk", "__per_cpu_end", "_sinittext", "_einittext", "__init_begin", "__init_end"]
+
+    /// The facts that follow from the build's symbols alone (exports, function entries, the
+    /// build-derived static-call table, and the named helpers), every address with `slide`
+    /// removed (KernelSlide: the digest's rule). Every per-guest field keeps its default until
+    /// `guestFacts` fills it.
+    static func kernelFacts(symbols: [KernelSymbol], removing slide: KernelSlide) -> BuildTables {
         var exports: [String: UInt64] = [:]
         var named: [String: UInt64] = [:]
         var functions = Set<UInt64>()
-        for s in symbols {
-            if s.exported && exports[s.name] == nil { exports[s.name] = s.address }
-            if named[s.name] == nil { named[s.name] = s.address }
-        }
         // Every text symbol (or, when the build marks STT_FUNC, every marked one). Static calls no
         // longer take "any function entry": the engine admits only targets trusted for the key
         // (StaticCallTrust, `static_call_key`), never init text (coreInitRanges); this set stays
         // the engine's broad notion of "code address" (its mutation classes draw from it).
         let marked = symbols.contains { $0.isFunction }
-        for s in symbols where s.isText && (!marked || s.isFunction) { functions.insert(s.address) }
-        var facts = GuestFacts(
-            exports: exports, capabilities: [], uniprocessorPatched: false, possibleCPUs: 1,
-            paravirtNop: named["_paravirt_nop"], paravirtBUG: named["paravirt_BUG"], functionEntries: functions,
-            staticCallReturn0: named["__static_call_return0"], staticCallReturn: named["__static_call_return"],
-            itsReturnThunk: named["its_return_thunk"], kaslrSlide: slide)
+        for s in symbols {
+            let a = slide.linkTime(s.address)
+            if s.exported && exports[s.name] == nil { exports[s.name] = a }
+            if named[s.name] == nil { named[s.name] = a }
+            if s.isText && (!marked || s.isFunction) { functions.insert(a) }
+        }
+        var facts = GuestFacts(exports: exports, capabilities: [], uniprocessorPatched: false, possibleCPUs: 1,
+                               functionEntries: functions)
+        // The table the engine derives from the build's symbols (StaticCallTrust): by name only,
+        // so deriving it at link-time addresses and reading it at a slide gives the table derived
+        // at that slide. Only unions into `staticCallTrustedTargets`: the guest's own keys added
+        // later (`guestFacts`) give the same set as adding them first. Folded once, here.
+        facts.deriveFromCoreSymbols(named)
+        facts.staticCallTrustedTargets = facts.staticCallTrustedTargets.folded()
+        facts.coreInitRanges = []
+        var helpers: [String: UInt64] = [:]
+        for n in helperNames { helpers[n] = named[n] }
+        return BuildTables(facts: facts, helpers: helpers)
+    }
+
+    /// `kernel` (the build's facts, possibly shared with other guests) read at `slide` (the
+    /// slide `kernel` was built removing: this guest's own for a shared copy, `.none` for a
+    /// private one) and completed with this registration's own facts: CPU capability words, CPU
+    /// counts and uniprocessor patching, `pv_ops`, the return thunk, its static-call keys and the
+    /// kernel release. The tables are shared, never copied; the registration's own static-call
+    /// keys are kept beside them (`SlidStaticCallTargets.own`).
+    static func guestFacts(kernel: BuildTables, slide: KernelSlide, from r: RegisterGuest) -> GuestFacts {
+        var facts = kernel.facts
+        // The build's tables read at this guest's slide (shared, not copied), and its named
+        // helpers and ranges at their run-time addresses.
+        facts.exports = facts.exports.slid(by: slide)
+        facts.functionEntries = facts.functionEntries.slid(by: slide)
+        facts.staticCallTrustedTargets = facts.staticCallTrustedTargets.slid(by: slide)
+        let named = kernel.helpers.mapValues(slide.runTime)
+        facts.paravirtNop = named["_paravirt_nop"]
+        facts.paravirtBUG = named["paravirt_BUG"]
+        facts.staticCallReturn0 = named["__static_call_return0"]
+        facts.staticCallReturn = named["__static_call_return"]
+        facts.itsReturnThunk = named["its_return_thunk"]
         // Module per-cpu data lives in the reserved chunk right after the core per-cpu area:
         // [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)) — mm/percpu.c, include/linux/percpu.h.
         facts.modulePercpuRange = named["__per_cpu_end"].map { $0..<($0 + (8 << 10)) }
-        // The table the engine derives from the build's symbols (StaticCallTrust) and the core's
-        // init ranges. Only unions into `staticCallTrustedTargets`: the guest's own keys added
-        // later (`guestFacts`) give the same set as adding them first.
-        facts.deriveFromCoreSymbols(named)
-        return facts
-    }
-
-    /// `kernel` (the build's facts, possibly shared with other guests) completed with this
-    /// registration's own facts: CPU capability words, CPU counts and uniprocessor patching,
-    /// `pv_ops`, the return thunk, its static-call keys and the kernel release. Copying `kernel`
-    /// shares its tables (copy on write); only `staticCallTrustedTargets` is copied, and only
-    /// when the registration names keys.
-    static func guestFacts(kernel: GuestFacts, from r: RegisterGuest) -> GuestFacts {
-        var facts = kernel
+        facts.coreInitRanges = GuestFacts.coreInitRanges(named)
+        facts.kaslrSlide = r.kaslrSlide
         var caps: [UInt32] = []
         caps.reserveCapacity(r.cpuCapabilities.count / 4)
         var i = 0
@@ -113,6 +145,18 @@ public enum GuestFactsBuilder {
 struct KernelBounds {
     let coreText: Range<UInt64>
     let initText: Range<UInt64>?
+
+    private init(coreText: Range<UInt64>, initText: Range<UInt64>?) {
+        self.coreText = coreText
+        self.initText = initText
+    }
+
+    /// The bounds with every end moved by `f` (a slide removed or applied: KernelSlide, which
+    /// keeps the order of the addresses of a registration it is one-to-one on).
+    func mapped(_ f: (UInt64) -> UInt64) -> KernelBounds {
+        KernelBounds(coreText: f(coreText.lowerBound)..<f(coreText.upperBound),
+                     initText: initText.map { f($0.lowerBound)..<f($0.upperBound) })
+    }
 
     init?(_ named: [String: UInt64]) {
         guard let s = named["_stext"], let e = named["_etext"], s < e else { return nil }

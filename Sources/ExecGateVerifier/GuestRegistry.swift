@@ -442,7 +442,7 @@ public final class GuestRegistry: @unchecked Sendable {
             }
             if let old = existing { _ = release(old.kernel, dryRun: false) }
             if let k = shared.key { builds[k, default: (shared, 0)].guests += 1 }
-            let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : GuestFactsBuilder.guestFacts(kernel: shared.base, from: r), factsDigest: factsDigest)
+            let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest)
             guests[r.guestID] = session
             charged[r.guestID] = own + (shared.key == nil ? shared.symbolBytes : 0)
             return .registered(session)

@@ -34,37 +34,41 @@ import ExecGateExplain
 import ExecGateSignature
 import ExecGateWire
 
-/// What identifies one shareable copy of a build's facts.
+/// What identifies one shareable copy of a build's facts. The KASLR slide is not part of it: a
+/// copy holds link-time addresses, and each guest reads it at its own slide (KernelSlide).
 public struct KernelFactsKey: Hashable, Sendable {
     /// `kernel_digest` as the registration claims it (bytes; may be empty).
     public let kernelDigest: [UInt8]
     /// SHA-256 over the symbol records with the slide removed (`register-guest-reply` symbols_digest).
     public let symbolsDigest: [UInt8]
-    public let slide: UInt64
 
-    public init(kernelDigest: [UInt8], symbolsDigest: [UInt8], slide: UInt64) {
+    public init(kernelDigest: [UInt8], symbolsDigest: [UInt8]) {
         self.kernelDigest = kernelDigest
         self.symbolsDigest = symbolsDigest
-        self.slide = slide
     }
 
-    /// The key of `r`, or nil when its records cannot be told apart from another registration's by
-    /// the symbols digest and the slide alone (then its facts are private):
+    /// The key of `r`, or nil when removing its slide is not one-to-one and order-keeping on its
+    /// records (then its facts are private, at its run-time addresses):
     ///   - the digest removes the slide only from addresses ≥ 0xffffffff80000000
     ///     (`RegisterGuestReply.linkTimeSymbolRecords`), so a run-time address in
-    ///     `[0xffffffff80000000, 0xffffffff80000000 + slide)` (or one the subtraction wraps) packs
-    ///     like an unmoved address below that line: two different run-time tables, one digest;
+    ///     `[0xffffffff80000000, 0xffffffff80000000 + slide)` packs below that line (or, when the
+    ///     subtraction wraps, far above it): two different run-time tables could have one digest,
+    ///     and the link-time order of the records would not be their run-time order. With every
+    ///     moved address at least 0xffffffff80000000 + slide, removing the slide maps the records
+    ///     one-to-one, in order, onto the link-time records and applying it maps them back
+    ///     (KernelSlide), so the digest and the slide determine every run-time record and every
+    ///     comparison between them (the plausibility rules);
     ///   - the digest covers at most 65,535 bytes of a name (the wire's u16 length): longer names
     ///     (only possible for a registration built in-process) could differ unseen.
     /// `symbolsDigest` must be the digest of `r` (the verifier computes it for the reply and the pin).
     public static func of(_ r: RegisterGuest, symbolsDigest: [UInt8]) -> KernelFactsKey? {
         guard symbolsDigest.count == 32 else { return nil }
-        let line: UInt64 = 0xffff_ffff_8000_0000
+        let line = KernelSlide.imageBase
         for s in r.symbols {
-            if s.address >= line && s.address &- r.kaslrSlide < line { return nil }
+            if s.address >= line && s.address - line < r.kaslrSlide { return nil }
             if s.name.utf8.count > Int(UInt16.max) { return nil }
         }
-        return KernelFactsKey(kernelDigest: r.kernelDigest, symbolsDigest: symbolsDigest, slide: r.kaslrSlide)
+        return KernelFactsKey(kernelDigest: r.kernelDigest, symbolsDigest: symbolsDigest)
     }
 
     /// The symbols digest of `r`, as the verifier computes it.
@@ -73,29 +77,39 @@ public struct KernelFactsKey: Hashable, Sendable {
     }
 }
 
-/// The immutable facts of one kernel build at one slide: shared by every guest registered with
-/// the same `key`, or private to one guest (`key == nil`).
+/// The immutable facts of one kernel build: shared by every guest registered with the same `key`
+/// at link-time addresses (each guest reads them at its own slide), or private to one guest
+/// (`key == nil`) at its run-time addresses.
 public final class KernelFacts: Sendable {
     /// nil: a private copy (never found by another registration).
     public let key: KernelFactsKey?
-    /// The engine's facts of the build; every per-guest field at its default
-    /// (GuestFactsBuilder.kernelFacts). A guest's facts are a copy of it with its own fields set.
-    public let base: GuestFacts
-    /// What the per-guest plausibility checks need of the build.
+    /// The engine's tables of the build and its named helpers (GuestFactsBuilder.kernelFacts),
+    /// at link-time addresses when shared. A guest's facts read them at its slide, with its own
+    /// fields set (`facts(for:)`).
+    let base: GuestFactsBuilder.BuildTables
+    /// What the per-guest plausibility checks need of the build (link-time when shared).
     let build: FactsPlausibility.BuildFacts
     public let symbolCount: Int
     /// What this copy is charged against the registry's symbol budget (once per copy).
     public let symbolBytes: Int
 
+    /// The engine's facts of the build without any guest's fields, at link-time addresses when
+    /// shared (for inspection and tests).
+    public var buildFacts: GuestFacts { base.facts }
+
     /// Build and check the facts of `r`'s symbols; a failure names the rule (implausible facts).
     static func make(_ r: RegisterGuest, key: KernelFactsKey?) -> Result<KernelFacts, FactsRefusal> {
         let checked = FactsPlausibility.checkSymbols(r.symbols)
         if let why = checked.failure { return .failure(FactsRefusal(message: why)) }
-        return .success(KernelFacts(key: key, base: GuestFactsBuilder.kernelFacts(symbols: r.symbols, slide: r.kaslrSlide),
-                                    build: checked.facts, symbolCount: r.symbols.count, symbolBytes: Self.symbolBytes(r)))
+        // A shared copy removes the slide of the registration that builds it; the checks of the
+        // symbols alone hold at every slide the key admits (KernelFactsKey.of keeps the order).
+        let removed = key == nil ? KernelSlide.none : KernelSlide(r.kaslrSlide)
+        return .success(KernelFacts(key: key, base: GuestFactsBuilder.kernelFacts(symbols: r.symbols, removing: removed),
+                                    build: checked.facts.mapped(removed.linkTime), symbolCount: r.symbols.count,
+                                    symbolBytes: Self.symbolBytes(r)))
     }
 
-    private init(key: KernelFactsKey?, base: GuestFacts, build: FactsPlausibility.BuildFacts, symbolCount: Int, symbolBytes: Int) {
+    private init(key: KernelFactsKey?, base: GuestFactsBuilder.BuildTables, build: FactsPlausibility.BuildFacts, symbolCount: Int, symbolBytes: Int) {
         self.key = key
         self.base = base
         self.build = build
@@ -107,10 +121,19 @@ public final class KernelFacts: Sendable {
     /// arrive in).
     static func symbolBytes(_ r: RegisterGuest) -> Int { r.symbols.reduce(0) { $0 + $1.name.utf8.count + 16 } }
 
+    /// The slide `r`'s guest reads this copy at: its own for a shared copy, none for a private one.
+    func slide(of r: RegisterGuest) -> KernelSlide { key == nil ? .none : KernelSlide(r.kaslrSlide) }
+
+    /// The engine facts of guest `r` on this build (not checked).
+    func facts(for r: RegisterGuest) -> GuestFacts {
+        GuestFactsBuilder.guestFacts(kernel: base, slide: slide(of: r), from: r)
+    }
+
     /// The engine facts of guest `r` on this build, or why its own facts are implausible.
     func guestFacts(_ r: RegisterGuest) -> Result<GuestFacts, FactsRefusal> {
-        let facts = GuestFactsBuilder.guestFacts(kernel: base, from: r)
-        if let why = FactsPlausibility.checkGuest(r, facts: facts, build: build) { return .failure(FactsRefusal(message: why)) }
+        let slide = slide(of: r)
+        let facts = GuestFactsBuilder.guestFacts(kernel: base, slide: slide, from: r)
+        if let why = FactsPlausibility.checkGuest(r, facts: facts, build: build.mapped(slide.runTime)) { return .failure(FactsRefusal(message: why)) }
         return .success(facts)
     }
 }

@@ -120,7 +120,7 @@ final class StaticCallTrustTests: XCTestCase {
     func testNoTrustedTargetMeansOnlyTheNullForms() throws {
         let f = try FixtureReplay()
         var facts = f.boot.facts
-        facts.staticCallTrustedTargets = [:]
+        facts.staticCallTrustedTargets = SlidStaticCallTargets([:])
         let d = try XCTUnwrap(denial(try f.explain("irqbypass", facts: facts)))
         XCTAssertEqual(d.rule, .staticCall)
         // The same bytes with every might_resched site NOP'd (NULL) are legal.
@@ -204,7 +204,7 @@ final class LoaderRefusalTests: XCTestCase {
         var core = f.boot.coreExports
         core[name] = startKernel
         var facts = f.boot.facts
-        facts.exports = core
+        facts.exports = SlidExports(core)
         // The claim the old engine explained: the field pointing at start_kernel.
         var t = e.module.claim.text
         for r in s.relocFields where r.symbol == field.symbol {

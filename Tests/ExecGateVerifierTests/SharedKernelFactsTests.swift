@@ -50,9 +50,9 @@ final class SharedKernelFactsTests: XCTestCase {
         XCTAssertTrue(a.registration.symbols.isEmpty && b.registration.symbols.isEmpty, "a session keeps its own copy of the symbol records")
         // The facts each guest is judged by are the ones building them alone gives.
         let alone = GuestFactsBuilder.facts(from: try registration(boot, "b"))
-        XCTAssertEqual(b.facts.exports, alone.exports)
-        XCTAssertEqual(b.facts.functionEntries, alone.functionEntries)
-        XCTAssertEqual(b.facts.staticCallTrustedTargets, alone.staticCallTrustedTargets)
+        XCTAssertEqual(b.facts.exports.dictionary(), alone.exports.dictionary())
+        XCTAssertEqual(Set(b.facts.functionEntries), Set(alone.functionEntries))
+        XCTAssertEqual(b.facts.staticCallTrustedTargets.dictionary(), alone.staticCallTrustedTargets.dictionary())
         XCTAssertEqual(b.facts.capabilities, alone.capabilities)
         XCTAssertEqual(b.facts.pvOps, alone.pvOps)
         XCTAssertEqual(b.facts.coreInitRanges, alone.coreInitRanges)
@@ -96,17 +96,15 @@ final class SharedKernelFactsTests: XCTestCase {
             XCTAssertTrue(b1.kernel === copy)
             XCTAssertEqual(registry.sharedBuilds.first?.guests, 1)
         }
-        // A reset onto another build (another slide) moves the last guest off the copy.
+        // A reset onto another build (one more symbol) moves the last guest off the copy.
         var moved = try registration(boot, "b")
         moved.reset = true
-        moved.kaslrSlide = 0x200000
-        for i in moved.symbols.indices where moved.symbols[i].address >= 0xffff_ffff_8000_0000 { moved.symbols[i].address &+= 0x200000 }
-        moved.pvOps = []
-        moved.returnThunk = moved.returnThunk.map { $0 &+ 0x200000 }
+        moved.symbols.append(KernelSymbol(name: "another_build", address: moved.symbols[0].address, type: UInt8(ascii: "t"), exported: false))
+        let movedKey = KernelFactsKey.of(moved, symbolsDigest: KernelFactsKey.symbolsDigest(moved))
         guard case .registered(let b2) = registry.register(moved) else { return XCTFail("reset refused") }
         XCTAssertNil(copy, "the copy outlived its last guest")
         XCTAssertEqual(registry.sharedBuilds.count, 1)
-        XCTAssertEqual(registry.sharedBuilds.first?.key.slide, 0x200000)
+        XCTAssertEqual(registry.sharedBuilds.first?.key, movedKey)
         XCTAssertFalse(b2.kernel.symbolCount == 0)
         XCTAssertTrue(registry.remove("b"))
         XCTAssertTrue(registry.sharedBuilds.isEmpty)
@@ -119,7 +117,7 @@ final class SharedKernelFactsTests: XCTestCase {
         let boot = try boot()
         let v = try verifier()
         let honest = try register(v, try registration(boot, "honest"))
-        let before = honest.kernel.base.exports
+        let before = honest.kernel.buildFacts.exports.dictionary()
         var lie = try registration(boot, "liar")
         var moved = 0
         let keep = Set(["__x86_return_thunk", "retbleed_return_thunk", "srso_return_thunk", "srso_alias_return_thunk", "its_return_thunk"])
@@ -135,8 +133,8 @@ final class SharedKernelFactsTests: XCTestCase {
         // A later honest guest still finds the honest copy, unchanged.
         let late = try register(v, try registration(boot, "late"))
         XCTAssertTrue(late.kernel === honest.kernel)
-        XCTAssertEqual(honest.kernel.base.exports, before)
-        XCTAssertEqual(late.facts.exports, before)
+        XCTAssertEqual(honest.kernel.buildFacts.exports.dictionary(), before)
+        XCTAssertEqual(late.facts.exports.dictionary(), before)
         XCTAssertEqual(v.guests.sharedBuilds.first { $0.key == honest.kernel.key }?.guests, 2)
         // Verdicts: the honest guests' modules are explained; the liar's, judged by its own
         // (moved) exports, are not.
