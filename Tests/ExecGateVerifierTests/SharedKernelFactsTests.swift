@@ -251,3 +251,181 @@ final class SharedKernelFactsTests: XCTestCase {
     /// Runs `body` so that its locals are gone when it returns (weak references can then be checked).
     private func autoreleasepoolCompat(_ body: () throws -> Void) rethrows { try body() }
 }
+
+/// Guests of one build at DIFFERENT KASLR slides share one copy (at link-time addresses) and each
+/// is judged exactly as its own unshared registration would be.
+final class SlidSharedKernelFactsTests: XCTestCase {
+    static let kernelDigest = [UInt8](repeating: 0x62, count: 32)
+
+    /// `r` booted at `delta` more slide: every image address and non-NULL pv_ops entry and the
+    /// return thunk move (what the VMM reads from a guest of the same build at another slide).
+    static func moved(_ r: RegisterGuest, by delta: UInt64, id: String) -> RegisterGuest {
+        var m = r
+        m.guestID = id
+        m.kaslrSlide = r.kaslrSlide + delta
+        m.symbols = r.symbols.map { var s = $0; if s.address >= KernelSlide.imageBase { s.address += delta }; return s }
+        m.pvOps = []
+        for e in GuestFactsBuilder.facts(from: r).pvOps {
+            let v = e == 0 ? 0 : e + delta
+            withUnsafeBytes(of: v.littleEndian) { m.pvOps += $0 }
+        }
+        m.returnThunk = r.returnThunk.map { $0 + delta }
+        m.staticCallKeys = r.staticCallKeys.map { k in
+            var k = k
+            k.key += delta
+            if k.current != 0 { k.current += delta }
+            k.allowed = k.allowed.map { $0 == 0 ? 0 : $0 + delta }
+            return k
+        }
+        return m
+    }
+
+    func registration(_ boot: CaptureBoot, _ id: String) throws -> RegisterGuest {
+        var r = try boot.registration(guestID: id)
+        r.kernelDigest = Self.kernelDigest
+        return r
+    }
+
+    func verifier() throws -> Verifier {
+        Verifier(policy: Policy(id: "slid", version: 1, trust: try Fixtures.debianTrust(), endState: .required))
+    }
+
+    func register(_ v: Verifier, _ r: RegisterGuest) throws -> GuestSession {
+        let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+        guard case .registerGuestReply = reply else { throw RegistrationRefused(reply: "\(reply)") }
+        return try XCTUnwrap(v.guests.session(r.guestID))
+    }
+
+    /// The engine facts of `shared` (read from a shared copy at its slide) are those of `alone`
+    /// (built from the registration alone, at run-time addresses), table by table, and exact
+    /// membership holds at every address near a real entry — including the entries of a guest at
+    /// another slide.
+    func assertSameFacts(_ shared: GuestFacts, _ alone: GuestFacts, probes: [UInt64], file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(shared.exports.dictionary(), alone.exports.dictionary(), file: file, line: line)
+        XCTAssertEqual(Set(shared.functionEntries), Set(alone.functionEntries), file: file, line: line)
+        XCTAssertEqual(shared.staticCallTrustedTargets.dictionary(), alone.staticCallTrustedTargets.dictionary(), file: file, line: line)
+        XCTAssertEqual(shared.coreInitRanges, alone.coreInitRanges, file: file, line: line)
+        XCTAssertEqual(shared.modulePercpuRange, alone.modulePercpuRange, file: file, line: line)
+        XCTAssertEqual(shared.pvOps, alone.pvOps, file: file, line: line)
+        XCTAssertEqual(shared.paravirtNop, alone.paravirtNop, file: file, line: line)
+        XCTAssertEqual(shared.paravirtBUG, alone.paravirtBUG, file: file, line: line)
+        XCTAssertEqual(shared.staticCallReturn0, alone.staticCallReturn0, file: file, line: line)
+        XCTAssertEqual(shared.staticCallReturn, alone.staticCallReturn, file: file, line: line)
+        XCTAssertEqual(shared.itsReturnThunk, alone.itsReturnThunk, file: file, line: line)
+        XCTAssertEqual(shared.returnThunk, alone.returnThunk, file: file, line: line)
+        XCTAssertEqual(shared.kaslrSlide, alone.kaslrSlide, file: file, line: line)
+        let entries = Set(alone.functionEntries)
+        let targets = alone.staticCallTrustedTargets.dictionary()
+        var mismatches = 0
+        for a in probes {
+            if shared.functionEntries.contains(a) != entries.contains(a) { mismatches += 1 }
+            if shared.staticCallTrustedTargets[a] != targets[a] { mismatches += 1 }
+        }
+        XCTAssertEqual(mismatches, 0, "lookups at a slide answered other than the guest's own table", file: file, line: line)
+    }
+
+    /// Addresses near every entry of every guest's tables: the entries, ±1, and each moved by the
+    /// differences between the guests' slides (an address right for another guest).
+    static func probes(_ facts: [GuestFacts]) -> [UInt64] {
+        let slides = facts.map(\.kaslrSlide)
+        var out = Set<UInt64>()
+        for f in facts {
+            for a in Array(f.functionEntries) + Array(f.staticCallTrustedTargets.dictionary().keys) {
+                out.formUnion([a, a &+ 1, a &- 1])
+                for s in slides { for t in slides where s != t { out.insert(a &+ s &- t) } }
+            }
+        }
+        out.formUnion([0, KernelSlide.imageBase, KernelSlide.imageBase - 1, .max])
+        return Array(out)
+    }
+
+    func testGuestsAtDistinctSlidesShareOneCopyAndAreJudgedAsAlone() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let a = try registration(boot, "a")
+        let deltas: [UInt64] = [0x1e00_0000, 0x0020_0000, 0x3c40_0000]
+        let others = deltas.enumerated().map { Self.moved(a, by: $0.element, id: ["b", "c", "d"][$0.offset]) }
+        let v = try verifier()
+        let sa = try register(v, a)
+        let charged = v.guests.chargedBytes
+        var sessions = [sa]
+        for r in others { sessions.append(try register(v, r)) }
+        XCTAssertEqual(Set(([a] + others).map(\.kaslrSlide)).count, 4, "the guests' slides are distinct")
+        XCTAssertNotNil(sa.kernel.key)
+        XCTAssertTrue(sessions.allSatisfy { $0.kernel === sa.kernel }, "a guest at another slide got its own copy")
+        XCTAssertEqual(v.guests.sharedBuilds.count, 1)
+        XCTAssertEqual(v.guests.sharedBuilds.first?.guests, 4)
+        // Memory: the build is charged once; each further guest adds only its own facts.
+        let perGuest = charged - sa.kernel.symbolBytes
+        XCTAssertEqual(v.guests.chargedBytes, sa.kernel.symbolBytes + 4 * perGuest)
+        // The copy holds link-time addresses: the registrations' records with the slide removed.
+        XCTAssertEqual(sa.kernel.buildFacts.exports.slide, KernelSlide.none)
+        for s in sessions {
+            XCTAssertEqual(s.facts.exports.slide, KernelSlide(s.registration.kaslrSlide))
+        }
+
+        // Facts: each guest's, read from the copy, are those of its registration alone.
+        let alone = ([a] + others).map { GuestFactsBuilder.facts(from: $0) }
+        let probes = Self.probes(alone)
+        XCTAssertGreaterThan(probes.count, 1000)
+        for (s, f) in zip(sessions, alone) { assertSameFacts(s.facts, f, probes: probes) }
+        // An export of the first guest is not another guest's (off by the slides' difference).
+        let name = try XCTUnwrap(a.symbols.first { $0.exported && $0.isText }?.name)
+        let atA = try XCTUnwrap(sa.facts.exports[name])
+        for s in sessions.dropFirst() {
+            XCTAssertNotEqual(s.facts.exports[name], atA)
+            XCTAssertFalse(s.facts.functionEntries.contains(atA))
+        }
+
+        // Verdicts on the real modules (captured at the first guest's slide): each guest's are the
+        // ones it gets registered alone on a fresh verifier; the first guest's are all allow, the
+        // others' (kernel addresses off by their slide) are denied.
+        for (i, r) in ([a] + others).enumerated() {
+            let lone = try verifier()
+            _ = try register(lone, r)
+            var denied = 0
+            for n in boot.availableModules {
+                var request = try boot.module(n).request(guestID: r.guestID)
+                request.guestID = r.guestID
+                let got = v.authorize(request, requestDigest: [])
+                let want = lone.authorize(request, requestDigest: [])
+                XCTAssertEqual("\(got.decision) \(got.reason.name) \(got.message)", "\(want.decision) \(want.reason.name) \(want.message)", "\(r.guestID) \(n)")
+                if i == 0 { XCTAssertEqual(got.decision, .allow, "\(n): \(got.message)") }
+                if got.decision == .deny { denied += 1 }
+            }
+            if i > 0 { XCTAssertEqual(denied, boot.availableModules.count, "\(r.guestID): a module relocated for another slide was accepted") }
+        }
+    }
+
+    /// The real boots of the shared corpus (one with KASLR, slide 0x13600000; one without): one
+    /// copy for both, every module allowed in both, verdicts equal to each registered alone. The
+    /// corpus lives outside the repository (/work/shared/corpus, or EXECGATE_CORPUS).
+    func testRealKASLRAndNoKASLRBootsShareOneCopy() throws {
+        let root = SharedCorpusSessionTests.corpus
+        var boots: [CaptureBoot] = []
+        for b in ["nokaslr-a", "kaslr"] {
+            let dir = root + "/" + b
+            guard FileManager.default.fileExists(atPath: dir + "/kallsyms.txt") else { throw XCTSkip("shared corpus boot \(dir) not present") }
+            boots.append(try CaptureBoot.load(dir))
+        }
+        let v = try verifier()
+        var sessions: [GuestSession] = []
+        for (i, b) in boots.enumerated() { sessions.append(try register(v, try registration(b, "g\(i)"))) }
+        XCTAssertNotEqual(sessions[0].registration.kaslrSlide, sessions[1].registration.kaslrSlide)
+        XCTAssertTrue(sessions[0].kernel === sessions[1].kernel, "the KASLR boot got its own copy")
+        XCTAssertEqual(v.guests.sharedBuilds.first?.guests, 2)
+        let alone = try boots.enumerated().map { GuestFactsBuilder.facts(from: try registration($0.element, "g\($0.offset)")) }
+        let probes = Self.probes(alone)
+        for (s, f) in zip(sessions, alone) { assertSameFacts(s.facts, f, probes: probes) }
+        for (i, b) in boots.enumerated() {
+            let lone = try verifier()
+            _ = try register(lone, try registration(b, "g\(i)"))
+            for n in b.availableModules {
+                let request = try b.module(n).request(guestID: "g\(i)")
+                let got = v.authorize(request, requestDigest: [])
+                XCTAssertEqual(got.decision, .allow, "g\(i) \(n): \(got.message)")
+                let want = lone.authorize(request, requestDigest: [])
+                XCTAssertEqual("\(got.decision) \(got.message)", "\(want.decision) \(want.message)", "g\(i) \(n)")
+            }
+        }
+    }
+}
