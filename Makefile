@@ -56,10 +56,11 @@ bench: release test-data
 	@$$($(SWIFT) build -c release --show-bin-path)/execgate bench --kernel .cache/kernel/current
 
 # Many guests of one kernel and a boot storm. The capture: EXECGATE_CAPTURE, else the shared corpus's
-# nokaslr-a boot when present (EXECGATE_CORPUS), else the committed 9-module fixture.
+# nokaslr-a and kaslr boots when present (EXECGATE_CORPUS; guests alternate between the two real
+# slides), else the committed 9-module fixture.
 EXECGATE_CORPUS ?= /work/shared/corpus
 bench-scale: release test-data
-	@cap=$${EXECGATE_CAPTURE:-$$(test -f $(EXECGATE_CORPUS)/nokaslr-a/kallsyms.txt && echo $(EXECGATE_CORPUS)/nokaslr-a || echo Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a)}; \
+	@cap=$${EXECGATE_CAPTURE:-$$(test -f $(EXECGATE_CORPUS)/kaslr/kallsyms.txt && echo $(EXECGATE_CORPUS)/nokaslr-a,$(EXECGATE_CORPUS)/kaslr || echo Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a)}; \
 	  $$($(SWIFT) build -c release --show-bin-path)/execgate bench --scale --kernel .cache/kernel/current --capture $$cap
 
 # The service VM: a static execgate as the guest's /init (own scratch path: static flags differ),

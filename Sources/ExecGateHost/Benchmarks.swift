@@ -344,6 +344,8 @@ public enum ScaleBenchmark {
         /// for every registration (reply, pins; p50), in ms.
         public var registerFirstMs = 0.0, registerKnownP50Ms = 0.0, registerKnownP99Ms = 0.0, digestMs = 0.0
         public var sharedCopies = 0
+        /// Distinct KASLR slides among the registered guests.
+        public var slides = 0
         public var requests = 0, allowed = 0, denied = 0, retries = 0
         public var seconds = 0.0, p50us = 0.0, p99us = 0.0
         public var requestsPerSecond: Double { seconds > 0 ? Double(requests) / seconds : 0 }
@@ -351,19 +353,27 @@ public enum ScaleBenchmark {
         public var heapPerKnownGuest: Double { guests > 1 ? Double(heapAfterRegister - heapAfterFirstGuest) / Double(guests - 1) : 0 }
     }
 
+    /// `capture`: one capture directory, or several of the same kernel build, comma-separated
+    /// (e.g. the shared corpus's KASLR and nokaslr boots): guest `i` is a guest of capture
+    /// `i % n`, registered at that boot's KASLR slide and authorizing that boot's modules, so
+    /// guests at distinct slides share (or fail to share) one copy of the build's facts.
     public static func run(capture: String, vmlinuz: String, guestCounts: [Int], progress: (String) -> Void) async throws -> [Row] {
         let trust = TrustStore(try KernelImage.load(try LocalFile.read(vmlinuz)).builtinCertificates())
-        let boot = try CaptureBoot.load(capture)
-        let template = try boot.registration(guestID: "g")
-        let names = boot.availableModules
-        let requests = try names.map { try boot.module($0).request(guestID: "g") }
-        progress("capture \(capture): \(template.symbols.count) symbols, \(names.count) modules")
+        var boots: [(template: RegisterGuest, requests: [AuthorizeModule])] = []
+        for dir in capture.split(separator: ",").map(String.init) {
+            let boot = try CaptureBoot.load(dir)
+            let template = try boot.registration(guestID: "g")
+            let names = boot.availableModules
+            let requests = try names.map { try boot.module($0).request(guestID: "g") }
+            progress("capture \(dir): \(template.symbols.count) symbols, \(names.count) modules, slide 0x\(String(template.kaslrSlide, radix: 16))")
+            boots.append((template, requests))
+        }
         var rows: [Row] = []
-        for g in guestCounts { rows.append(try await one(guests: g, template: template, requests: requests, trust: trust, progress: progress)) }
+        for g in guestCounts { rows.append(try await one(guests: g, boots: boots, trust: trust, progress: progress)) }
         return rows
     }
 
-    static func one(guests: Int, template: RegisterGuest, requests: [AuthorizeModule], trust: TrustStore,
+    static func one(guests: Int, boots: [(template: RegisterGuest, requests: [AuthorizeModule])], trust: TrustStore,
                     progress: (String) -> Void) async throws -> Row {
         var row = Row()
         row.guests = guests
@@ -375,9 +385,11 @@ public enum ScaleBenchmark {
         let heap0 = Memory.heapInUse()
         // Registration, as the verifier does it (symbols digest, then the registry).
         var known: [Double] = [], digests: [Double] = []
+        var slides = Set<UInt64>()
         for i in 0..<guests {
-            var r = template
+            var r = boots[i % boots.count].template
             r.guestID = "guest-\(i)"
+            slides.insert(r.kaslrSlide)
             let t0 = MonotonicClock.nanoseconds()
             let digest = KernelFactsKey.symbolsDigest(r)
             let t1 = MonotonicClock.nanoseconds()
@@ -392,11 +404,13 @@ public enum ScaleBenchmark {
         row.heapAfterRegister = Memory.heapInUse() - heap0
         row.rssAfterRegister = Memory.residentBytes()
         row.sharedCopies = verifier.guests.sharedBuilds.count
+        row.slides = slides.count
         if !known.isEmpty {
             row.registerKnownP50Ms = Percentiles.of(known, 50)
             row.registerKnownP99Ms = Percentiles.of(known, 99)
         }
-        progress("\(guests) guest(s) registered; boot storm: \(guests) × \(requests.count) authorize-module")
+        let total = (0..<guests).reduce(0) { $0 + boots[$1 % boots.count].requests.count }
+        progress("\(guests) guest(s) registered at \(slides.count) slide(s); boot storm: \(total) authorize-module")
         // The storm: each guest over its own connection, its modules in load order.
         let t0 = MonotonicClock.seconds()
         let results = try await withThrowingTaskGroup(of: (latencies: [Double], allowed: Int, denied: Int, retries: Int).self) { group in
@@ -405,7 +419,7 @@ public enum ScaleBenchmark {
                     let client = try await ExecGateClient.connect(to: endpoint, timeout: 300)
                     var lat: [Double] = []
                     var allowed = 0, denied = 0, retries = 0
-                    for var r in requests {
+                    for var r in boots[i % boots.count].requests {
                         r.guestID = "guest-\(i)"
                         let t = MonotonicClock.nanoseconds()
                         let (verdict, tries) = try await authorize(r, client: client)

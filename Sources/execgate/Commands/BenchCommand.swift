@@ -26,7 +26,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Only the first N modules (0 = all).") var limit: Int = 0
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Many guests of one kernel and a boot storm (needs --capture).") var scale = false
-    @Option(help: "With --scale: a capture directory (kallsyms.txt, modules with their end state).") var capture: String?
+    @Option(help: "With --scale: a capture directory (kallsyms.txt, modules with their end state), or several boots of one kernel, comma-separated (guests cycle over them, each at its boot's slide).") var capture: String?
     @Option(help: "With --scale: guest counts, comma-separated.") var guests: String = "1,10,100"
 
     func run() async throws {
@@ -97,7 +97,7 @@ struct BenchCommand: AsyncParsableCommand {
         for r in rows {
             if json {
                 print(JSON.object([
-                    ("guests", .int(Int64(r.guests))), ("shared_copies", .int(Int64(r.sharedCopies))),
+                    ("guests", .int(Int64(r.guests))), ("shared_copies", .int(Int64(r.sharedCopies))), ("slides", .int(Int64(r.slides))),
                     ("heap_after_first_guest", .int(Int64(r.heapAfterFirstGuest))), ("heap_after_register", .int(Int64(r.heapAfterRegister))),
                     ("heap_per_known_guest", .double(r.heapPerKnownGuest)), ("heap_after_storm", .int(Int64(r.heapAfterStorm))),
                     ("rss_before", .int(Int64(r.rssBefore))), ("rss_after_register", .int(Int64(r.rssAfterRegister))),
@@ -109,7 +109,7 @@ struct BenchCommand: AsyncParsableCommand {
                     ("p50_us", .double(r.p50us)), ("p99_us", .double(r.p99us)),
                 ]).serialized())
             } else {
-                print("\(r.guests) guest(s) of one kernel (\(r.sharedCopies) shared cop\(r.sharedCopies == 1 ? "y" : "ies") of its facts)")
+                print("\(r.guests) guest(s) of one kernel at \(r.slides) KASLR slide(s) (\(r.sharedCopies) shared cop\(r.sharedCopies == 1 ? "y" : "ies") of its facts)")
                 print("  registration: first \(String(format2: r.registerFirstMs)) ms, known build p50 \(String(format2: r.registerKnownP50Ms)) ms p99 \(String(format2: r.registerKnownP99Ms)) ms (+ symbols digest p50 \(String(format2: r.digestMs)) ms); allocator: first guest \(mib(r.heapAfterFirstGuest)) MiB, all \(mib(r.heapAfterRegister)) MiB (\(String(format2: Double(r.heapAfterRegister) / Double(max(1, r.heapAfterFirstGuest))))x one guest), \(String(format2: r.heapPerKnownGuest / 1024)) KiB per known guest")
                 print("  boot storm: \(r.requests) authorize-module (\(r.allowed) allowed, \(r.denied) denied, \(r.retries) retried when busy) in \(String(format2: r.seconds)) s = \(String(format2: r.requestsPerSecond)) requests/s; per request p50 \(String(format2: r.p50us / 1000)) ms, p99 \(String(format2: r.p99us / 1000)) ms")
                 print("  process RSS: before \(mib(r.rssBefore)) MiB, registered \(mib(r.rssAfterRegister)) MiB, after the storm \(mib(r.rssAfterStorm)) MiB (allocator \(mib(r.heapAfterStorm)) MiB above the start)")
