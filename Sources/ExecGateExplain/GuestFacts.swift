@@ -79,7 +79,7 @@ public struct SlidExports: Sendable {
     public init(_ runTime: [String: UInt64]) { self.init(linkTime: runTime, slide: .none) }
 
     public subscript(name: String) -> UInt64? {
-        if let a = added[name] { return a }
+        if !added.isEmpty, let a = added[name] { return a }
         return linkTime[name].map(slide.runTime)
     }
 

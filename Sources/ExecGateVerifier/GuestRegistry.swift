@@ -78,10 +78,11 @@ public final class GuestSession: @unchecked Sendable {
     /// live once per build in `kernel` (KernelFactsStore.swift), not once per guest.
     public let registration: RegisterGuest
     /// The build's facts this guest was registered with (shared with every guest of the same
-    /// build, slide and kernel digest; private when `kernel.key` is nil).
+    /// build and kernel digest, at link-time addresses read at this guest's slide; private when
+    /// `kernel.key` is nil).
     public let kernel: KernelFacts
-    /// The explanation engine's view of the registration: `kernel.base` (its tables shared, copy
-    /// on write) with this guest's own facts.
+    /// The explanation engine's view of the registration: the build's tables of `kernel` (shared,
+    /// read at this guest's slide) with this guest's own facts.
     public let facts: GuestFacts
     /// The request digest of the register-guest that established this session.
     public let factsDigest: [UInt8]

@@ -3,19 +3,23 @@
 // One immutable copy of a kernel build's facts for every guest that registers that build.
 //
 // A registration's facts fall in two parts (GuestFactsBuilder.swift):
-//   - the build's: everything that follows from the symbol records at their run-time addresses
-//     (exports, function entries, named helpers, the per-cpu reserve, the build-derived
-//     static-call table, init ranges) — ~100,000 records, tens of MB once turned into tables;
-//   - the guest's: CPU capability words, CPU counts and command line, `pv_ops`, the return
-//     thunk, its static-call keys, the kernel release — a few KiB.
-// The first part is built and checked once per build and shared; the second is per guest.
+//   - the build's: everything that follows from the symbol records (exports, function entries,
+//     named helpers, the per-cpu reserve, the build-derived static-call table, init ranges) —
+//     ~100,000 records, tens of MB once turned into tables — kept at link-time addresses
+//     (the KASLR slide removed, as the symbols digest removes it: ExecGateExplain KernelSlide);
+//   - the guest's: its KASLR slide, CPU capability words, CPU counts and command line, `pv_ops`,
+//     the return thunk, its static-call keys, the kernel release — a few KiB.
+// The first part is built and checked once per build and shared by guests at every slide (each
+// reads it at its own: lookups map a run-time address back and accept it only if it maps forward
+// to itself, so they answer exactly what a table of the guest's own addresses would); the second
+// is per guest.
 //
 // Soundness. The copy is found by **content**, never by a name the peer chooses: the key is the
 // symbols digest (SHA-256 over the records as the protocol packs them, slide removed: what
-// `register-guest-reply` returns and a policy pin names), the KASLR slide, and the kernel_digest the
-// registration claims. The digest plus the slide determine every run-time record exactly (see
-// `KernelFactsKey.isShareable` for the one case where removing the slide is not one-to-one; such a
-// registration gets a private copy). So:
+// `register-guest-reply` returns and a policy pin names) and the kernel_digest the registration
+// claims. The digest plus a guest's slide determine every run-time record of that guest exactly
+// (see `KernelFactsKey.of` for the case where removing the slide is not one-to-one and in order;
+// such a registration gets a private copy at its run-time addresses). So:
 //   - a registration that claims a known kernel_digest but carries other symbols has another key:
 //     it gets its own copy (charged in full against the symbol budget) and is judged by its own
 //     facts; the shared copy, and every guest on it, is untouched. It is not refused: without a
