@@ -71,11 +71,11 @@ public struct RelocationType: RawRepresentable, Hashable, Sendable, CustomString
     /// R_X86_64_PC64 (24): S + A - P, word64.
     public static let pc64 = RelocationType(rawValue: 24)
 
-    public var isKnownToLoader: Bool {
+    @inlinable public var isKnownToLoader: Bool {
         switch rawValue { case 0, 1, 2, 4, 10, 11, 24: return true; default: return false }
     }
     /// Width of the field written, in bytes (0 for NONE, nil for types the loader refuses).
-    public var fieldSize: Int? {
+    @inlinable public var fieldSize: Int? {
         switch rawValue {
         case 0: return 0
         case 1, 24: return 8

@@ -257,7 +257,20 @@ public struct ELFFile: @unchecked Sendable {
     }
 
     /// Every symbol of the symbol table, index 0 included. Names from the linked string table.
+    /// (One `String` per symbol: for many symbols whose names are rarely needed, use
+    /// ``symbolTable()``, which validates the same way and makes names on demand.)
     public func symbols() throws -> [ELFSymbol] {
+        let t = try symbolTable()
+        var out: [ELFSymbol] = []
+        out.reserveCapacity(t.count)
+        for i in 0..<t.count { out.append(t[i]) }
+        return out
+    }
+
+    /// The symbol table as a validated view over the borrowed bytes: every entry's section index
+    /// and name (in the linked string table, NUL-terminated) checked once, in index order, with
+    /// the errors ``symbols()`` gives; no name is copied until asked for.
+    public func symbolTable() throws -> ELFSymbolTable {
         let t = try symbolTableSection()
         guard t.entsize == UInt64(ELFLimits.symbolSize), t.size % ELFLimits.symbolSize == 0 else {
             throw ELFError(.badEntrySize, offset: t.fileRange.lowerBound, "\(t.name): sh_entsize \(t.entsize) / size \(t.size) not a multiple of 24")
@@ -268,19 +281,20 @@ public struct ELFFile: @unchecked Sendable {
         }
         let strRange = sections[link].fileRange
         let count = t.size / ELFLimits.symbolSize
-        var out: [ELFSymbol] = []
-        out.reserveCapacity(count)
+        var nameEnds: [Int32] = []
+        nameEnds.reserveCapacity(count)
         for i in 0..<count {
             let o = t.fileRange.lowerBound + i * ELFLimits.symbolSize
             let shndx = bytes.loadInteger(at: o + 6, as: UInt16.self)
             if shndx != SectionIndex.undef && shndx < SectionIndex.loReserve && Int(shndx) >= sections.count {
                 throw ELFError(.badSymbolSectionIndex, offset: o + 6, "symbol \(i): st_shndx \(shndx) of \(sections.count) sections")
             }
-            let name = try ELFFile.string(in: bytes, table: strRange, at: bytes.loadInteger(at: o, as: UInt32.self), what: "name of symbol \(i)", headerOffset: o)
-            out.append(ELFSymbol(index: i, name: name, info: bytes[o + 4], other: bytes[o + 5], sectionIndex: shndx,
-                                 value: bytes.loadInteger(at: o + 8, as: UInt64.self), size: bytes.loadInteger(at: o + 16, as: UInt64.self)))
+            let r = try ELFFile.stringRange(in: bytes, table: strRange, at: bytes.loadInteger(at: o, as: UInt32.self), what: "name of symbol \(i)", headerOffset: o)
+            nameEnds.append(Int32(r.upperBound - strRange.lowerBound))  // < table size ≤ file size < 2^31 (checked there)
         }
-        return out
+        precondition(t.fileRange.count == count * ELFLimits.symbolSize)
+        return ELFSymbolTable(entries: UnsafeRawBufferPointer(rebasing: bytes[t.fileRange]),
+                              strings: UnsafeRawBufferPointer(rebasing: bytes[strRange]), nameEnds: nameEnds)
     }
 
     /// Every `SHT_RELA` section, decoded. `SHT_REL` is refused (x86-64 modules use RELA only; the
@@ -333,19 +347,96 @@ public struct ELFFile: @unchecked Sendable {
 
     static func string(in bytes: UnsafeRawBufferPointer, table: Range<Int>, at offset: UInt32,
                        what: @autoclosure () -> String, headerOffset: Int) throws -> String {
+        let r = try stringRange(in: bytes, table: table, at: offset, what: what(), headerOffset: headerOffset)
+        // Typed view for the contiguous fast path (the raw view takes the generic append path).
+        return UnsafeRawBufferPointer(rebasing: bytes[r]).withMemoryRebound(to: UInt8.self) {
+            String(decoding: $0, as: UTF8.self)
+        }
+    }
+
+    /// The byte range (without its NUL) of the string at `offset` of a string table.
+    static func stringRange(in bytes: UnsafeRawBufferPointer, table: Range<Int>, at offset: UInt32,
+                            what: @autoclosure () -> String, headerOffset: Int) throws -> Range<Int> {
         let start = table.lowerBound + Int(offset)  // offset ≤ 2^32, lowerBound ≤ file size: no overflow.
         guard Int(offset) < table.count else {
             throw ELFError(.badStringOffset, offset: headerOffset, "\(what()): offset \(offset) outside string table of \(table.count) bytes")
         }
-        var end = start
-        while end < table.upperBound && bytes[end] != 0 { end += 1 }
-        guard end < table.upperBound else {
+        let end: Int
+        if let p = memchrNUL(bytes, from: start, to: table.upperBound) { end = p } else {
             throw ELFError(.unterminatedString, offset: start, "\(what()): no NUL before end of string table")
         }
-        // Typed view for the contiguous fast path (the raw view takes the generic append path).
-        return UnsafeRawBufferPointer(rebasing: bytes[start..<end]).withMemoryRebound(to: UInt8.self) {
-            String(decoding: $0, as: UTF8.self)
+        return start..<end
+    }
+
+    /// The first NUL in `bytes[from..<to]`.
+    @inline(__always) static func memchrNUL(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
+        var e = from
+        // Eight bytes at a time while none is NUL (exact test: (w - 0x01…) & ~w & 0x80… is
+        // nonzero iff some byte of w is zero), then the exact position byte by byte.
+        while e + 8 <= to {
+            let w = bytes.loadUnaligned(fromByteOffset: e, as: UInt64.self)
+            if (w &- 0x0101_0101_0101_0101) & ~w & 0x8080_8080_8080_8080 != 0 { break }
+            e += 8
         }
+        while e < to && bytes[e] != 0 { e += 1 }
+        return e < to ? e : nil
+    }
+}
+
+/// The validated symbol table (``ELFFile/symbolTable()``): fixed-size entries read in place from
+/// the borrowed buffer; names as borrowed bytes, or as a `String` only when asked.
+///
+/// - Warning: borrows the ELF's buffer like ``ELFFile``.
+public struct ELFSymbolTable: @unchecked Sendable {
+    // @unchecked: immutable borrowed buffers plus a value-type array.
+    @usableFromInline let entries: UnsafeRawBufferPointer
+    @usableFromInline let strings: UnsafeRawBufferPointer
+    /// Offset of each name's NUL in `strings` (the name starts at `st_name`).
+    @usableFromInline let nameEnds: [Int32]
+
+    init(entries: UnsafeRawBufferPointer, strings: UnsafeRawBufferPointer, nameEnds: [Int32]) {
+        self.entries = entries; self.strings = strings; self.nameEnds = nameEnds
+    }
+
+    public var count: Int { nameEnds.count }
+    public var indices: Range<Int> { 0..<nameEnds.count }
+
+    // Every accessor takes an index in `indices` (trap otherwise: `nameEnds[i]` is checked, and
+    // every entry of the table lies inside `entries` by construction).
+    @inlinable func at(_ i: Int) -> Int { precondition(i >= 0 && i < nameEnds.count, "symbol index"); return i &* 24 }
+    // (Entries are 24 bytes, little-endian, validated at construction; the host is x86-64.)
+    @inlinable public func sectionIndex(_ i: Int) -> UInt16 { UInt16(littleEndian: entries.loadUnaligned(fromByteOffset: at(i) &+ 6, as: UInt16.self)) }
+    @inlinable public func info(_ i: Int) -> UInt8 { entries.load(fromByteOffset: at(i) &+ 4, as: UInt8.self) }
+    @inlinable public func value(_ i: Int) -> UInt64 { UInt64(littleEndian: entries.loadUnaligned(fromByteOffset: at(i) &+ 8, as: UInt64.self)) }
+    @inlinable public func size(_ i: Int) -> UInt64 { UInt64(littleEndian: entries.loadUnaligned(fromByteOffset: at(i) &+ 16, as: UInt64.self)) }
+    @inlinable public func isUndefined(_ i: Int) -> Bool { sectionIndex(i) == 0 }
+    /// `ELF64_ST_BIND`: 0 LOCAL, 1 GLOBAL, 2 WEAK.
+    @inlinable public func binding(_ i: Int) -> UInt8 { info(i) >> 4 }
+    @inlinable public func isFunction(_ i: Int) -> Bool { info(i) & 0xf == 2 }
+    /// The name's bytes (no NUL), borrowed.
+    @inlinable public func nameBytes(_ i: Int) -> UnsafeRawBufferPointer {
+        let start = Int(UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at(i), as: UInt32.self))), end = Int(nameEnds[i])
+        return UnsafeRawBufferPointer(rebasing: strings[start..<end])
+    }
+    /// The name as a `String` (allocates for names over 15 bytes).
+    public func name(_ i: Int) -> String {
+        nameBytes(i).withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }
+    }
+    /// True if the name is exactly `s` (byte comparison).
+    public func nameEquals(_ i: Int, _ s: String) -> Bool {
+        let b = nameBytes(i)
+        var s = s
+        return s.withUTF8 { u in
+            guard u.count == b.count else { return false }
+            for k in 0..<u.count where u[k] != b[k] { return false }
+            return true
+        }
+    }
+    /// The whole entry, name included.
+    public subscript(i: Int) -> ELFSymbol {
+        let o = at(i)
+        return ELFSymbol(index: i, name: name(i), info: entries[o + 4], other: entries[o + 5], sectionIndex: sectionIndex(i),
+                         value: value(i), size: size(i))
     }
 }
 

@@ -62,7 +62,7 @@ extension Session {
             }
             addNops(&buf, at: used, count: len - used)
             write(off, buf, .paravirt)
-            siteCounts[.paravirt, default: 0] += 1
+            countSite(.paravirt)
         }
     }
 
@@ -109,7 +109,7 @@ extension Session {
             guard bytes.count == insn.length else { continue }
             optimizeNops(&bytes, 0, bytes.count)
             write(off, bytes, .retpoline)
-            siteCounts[.retpoline, default: 0] += 1
+            countSite(.retpoline)
         }
     }
 
@@ -149,7 +149,7 @@ extension Session {
                     // A module's own static-call trampoline: static_call_update() may later make it
                     // `jmp func` or the RET form again (a run-time site, RuntimeSites.swift).
                     trampolineSites.append((a, off))
-                    siteCounts[.returnThunk, default: 0] += 1
+                    countSite(.returnThunk)
                 }
                 continue
             }
@@ -157,7 +157,7 @@ extension Session {
             guard let bytes = retForm(at: a, length: insn.length), bytes.count == insn.length, execOffset(a, insn.length) != nil else { continue }
             write(off, bytes, .returnThunk)
             returnSites.append((off, a, insn.length))
-            siteCounts[.returnThunk, default: 0] += 1
+            countSite(.returnThunk)
         }
     }
 
@@ -212,7 +212,7 @@ extension Session {
                 }
                 while buf.count < instrlen { buf.append(0x90) }
                 write(off, buf, .alternative)
-                siteCounts[.alternative, default: 0] += 1
+                countSite(.alternative)
             }
             // optimize_nops(instr, instrlen) on every site; the decoder may look up to 15 bytes on.
             if instrlen > 0 {
@@ -220,7 +220,7 @@ extension Session {
                 optimizeNops(&local, 0, instrlen)
                 for k in 0..<instrlen where local[k] != image[off + k] {
                     image[off + k] = local[k]
-                    cls[off + k] = UInt8(ExplanationClass.alternative.rawValue)
+                    setClass(off + k, 1, UInt8(ExplanationClass.alternative.rawValue))
                 }
             }
         }
@@ -234,7 +234,7 @@ extension Session {
         for a in relativeSites(".ibt_endbr_seal") {
             guard let off = execOffset(a, 4), image[off..<off + 4].elementsEqual([0xf3, 0x0f, 0x1e, 0xfa]) else { continue }
             write(off, [0x66, 0x0f, 0x1f, 0x00], .endbrSeal)
-            siteCounts[.endbrSeal, default: 0] += 1
+            countSite(.endbrSeal)
         }
     }
 
@@ -257,13 +257,11 @@ extension Session {
             let off = Int(d)
             if image[off] == 0xf0 {
                 write(off, [0x3e], .smpLock)
-                siteCounts[.smpLock, default: 0] += 1
+                countSite(.smpLock)
                 if facts.possibleCPUs > 1 {
                     // The module is on smp_alt_modules: bringing a second CPU online runs
                     // alternatives_smp_lock() on every tracked module (3e → f0), all sites at once.
-                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix",
-                        check: { b in b == [0x3e] ? 0 : (b == [0xf0] ? 1 : nil) },
-                        encode: { st in st == 1 ? [0xf0] : [0x3e] }))
+                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix", rule: .smpLock))
                 }
             }
         }
@@ -285,19 +283,20 @@ extension Session {
         while let a = t.bytes.getInteger(at: o, as: UInt64.self) {
             o += 8
             guard let off = execOffset(a, 5) else { continue }
-            guard let fe = fentry, let call = genInsn(0xe8, at: a, to: fe), image[off..<off + 5].elementsEqual(call) else {
+            // `call __fentry__` at the site: e8 and a rel32 that lands on __fentry__ — exactly the
+            // bytes genInsn(0xe8, a, __fentry__) gives (a rel32 that decodes to the target is the
+            // one genInsn encodes; a target out of rel32 range decodes from no rel32).
+            let isCall = image.withUnsafeBytes { b in
+                b[off] == 0xe8 && rel32Destination(UnsafeRawBufferPointer(rebasing: b[off..<off + 5]), operandAt: 1, site: a, length: 5) == fentry
+            }
+            guard fentry != nil, isCall else {
                 continue  // ftrace_bug(): the kernel leaves the site alone and disables ftrace.
             }
             write(off, x86Nops[5], .ftrace)
-            siteCounts[.ftrace, default: 0] += 1
+            countSite(.ftrace)
             let targets = facts.ftraceCallTargets
             if !targets.isEmpty {
-                variable.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, what: "ftrace site",
-                    check: { b in
-                        if b == x86Nops[5] { return 0 }
-                        for tg in targets where genInsn(0xe8, at: a, to: tg) == b { return tg }
-                        return nil
-                    }, encode: { _ in x86Nops[5] }))
+                variable.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, what: "ftrace site", rule: .ftrace(site: a, targets: targets)))
             }
         }
     }

@@ -21,8 +21,10 @@ extension Session {
         // (static-call keys and jump-label keys are distinct objects: no address is both).
         let verifiedStates = resolver.staticCallStates
         for v in variable {
-            let found = Array(claimed[v.offset..<v.offset + v.length])
-            if let st = v.check(found) {
+            // The claimed bytes of the site, read in place (an array only where a message needs it).
+            precondition(v.offset >= 0 && v.length >= 0 && v.offset <= claimed.count - v.length, "site outside the region")
+            let checked = claimed.withUnsafeBytes { v.check(UnsafeRawBufferPointer(rebasing: $0[v.offset..<v.offset + v.length])) }
+            if let st = checked {
                 if let g = v.group, let prev = groupState[g], prev != st {
                     let exp = v.encode(prev)
                     write(v.offset, exp, v.cls)
@@ -38,8 +40,9 @@ extension Session {
                     groupState[g] = st
                     if v.cls == .staticCall { staticCallStates[g] = st }
                 }
-                write(v.offset, found, v.cls)
+                write(v.offset, claimed, from: v.offset, count: v.length, v.cls)
             } else {
+                let found = Array(claimed[v.offset..<v.offset + v.length])
                 var exp = v.encode(v.group.flatMap { groupState[$0] })
                 if exp == found { exp = v.encode(nil) }
                 write(v.offset, exp, v.cls)
@@ -89,36 +92,29 @@ extension Session {
     func statistics() -> ExplainStats {
         var st = ExplainStats()
         st.executableBytes = image.count
-        var counts = [Int](repeating: 0, count: 256)
-        counts.withUnsafeMutableBufferPointer { cnt in
-            cls.withUnsafeBytes { c in
-                // Runs of one class (ELF bytes, padding) eight at a time; mixed words byte by byte.
-                let n = c.count
-                var i = 0
-                while i + 8 <= n {
-                    let w = c.loadUnaligned(fromByteOffset: i, as: UInt64.self)
-                    let b0 = UInt64(truncatingIfNeeded: w & 0xff)
-                    if w == b0 &* 0x0101_0101_0101_0101 { cnt[Int(b0)] += 8 } else {
-                        for k in 0..<8 { cnt[Int(c[i + k])] += 1 }  // UInt8 index < 256: in bounds
-                    }
-                    i += 8
-                }
-                while i < n { cnt[Int(c[i])] += 1; i += 1 }
-            }
-        }
-        // only ExplanationClass raw values are stored in cls
-        precondition(counts[ExplanationClass.allCases.count...].allSatisfy { $0 == 0 })
-        counts.removeLast(256 - ExplanationClass.allCases.count)
-        for (i, n) in counts.enumerated() where n > 0 { st.bytesByClass[ExplanationClass(rawValue: i)!] = n }
+        assert(classCounts == recountClasses(), "incremental class counts drifted")
+        for (i, n) in classCounts.enumerated() where n > 0 { st.bytesByClass[ExplanationClass(rawValue: i)!] = n }
         st.relocationsApplied = relocCount
         st.sites = siteCounts
         return st
     }
 
+    /// The class counts by one pass over `cls` (debug check of `classCounts`).
+    func recountClasses() -> [Int] {
+        var counts = [Int](repeating: 0, count: 256)
+        for c in cls { counts[Int(c)] += 1 }
+        precondition(counts[ExplanationClass.allCases.count...].allSatisfy { $0 == 0 })
+        counts.removeLast(256 - ExplanationClass.allCases.count)
+        return counts
+    }
+
     /// `__ksymtab_<name>` marks an export of `<name>` (EXPORT_SYMBOL / _GPL).
+    /// (Names are made only for `__ksymtab_` symbols, by a byte test on the borrowed name.)
     func exportedNames() -> Set<String> {
+        if let n = exportedNameCache { return n }
         var names: Set<String> = []
-        for s in symbols where hasASCIIPrefix(s.name, "__ksymtab_") { names.insert(String(s.name.dropFirst(10))) }
+        for i in symtab.indices where hasASCIIPrefix(symtab.nameBytes(i), "__ksymtab_") { names.insert(String(symtab.name(i).dropFirst(10))) }
+        exportedNameCache = names
         return names
     }
 
@@ -126,8 +122,21 @@ extension Session {
         let names = exportedNames()
         var out: [String: UInt64] = [:]
         // Cheap integer tests first: the name hash is only computed for defined non-local symbols.
-        for (i, s) in symbols.enumerated() where !s.isUndefined && s.binding != 0 && names.contains(s.name) {
-            if let v = try? symbolValue(i) { out[s.name] = v }
+        if !names.isEmpty {
+            // Skip, without making a String, an ASCII name whose length no exported name has: when
+            // every exported name is ASCII too, String equality (canonical equivalence) between
+            // ASCII strings is byte equality, so such a name cannot match. Any non-ASCII name
+            // takes the String comparison as before.
+            let lengths = Set(names.map { $0.utf8.count })
+            let asciiNames = names.allSatisfy { $0.utf8.allSatisfy { $0 < 0x80 } }
+            for i in symtab.indices where !symtab.isUndefined(i) && symtab.binding(i) != 0 {
+                if asciiNames {
+                    let b = symtab.nameBytes(i)
+                    if !lengths.contains(b.count) && !b.contains(where: { $0 >= 0x80 }) { continue }
+                }
+                let n = symtab.name(i)
+                if names.contains(n), let v = try? symbolValue(i) { out[n] = v }
+            }
         }
         return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries,
                              staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)

@@ -232,7 +232,7 @@ extension Session {
                 throw deny(.alternative, "NOP run crosses the end of the alternative site", atRegionOffset: off, address: a.instr)
             }
             write(off, Array(buf[0..<a.instrlen]), .alternative)
-            siteCounts[.alternative, default: 0] += 1
+            countSite(.alternative)
         }
     }
 
@@ -301,7 +301,7 @@ extension Session {
             let b = Array(image[off..<off + 4])
             guard b == [0xf3, 0x0f, 0x1e, 0xfa] || b == [0xf3, 0x0f, 0x1e, 0xfb] || b == [0x66, 0x0f, 0x1f, 0x00] else { continue }
             write(off, [0x66, 0x0f, 0x1f, 0x00], .endbrSeal)
-            siteCounts[.endbrSeal, default: 0] += 1
+            countSite(.endbrSeal)
         }
     }
 
@@ -319,11 +319,9 @@ extension Session {
             let off = Int(a - base)
             if image[off] == 0xf0 {
                 write(off, [0x3e], .smpLock)
-                siteCounts[.smpLock, default: 0] += 1
+                countSite(.smpLock)
                 if facts.possibleCPUs > 1 {
-                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix",
-                        check: { b in b == [0x3e] ? 0 : (b == [0xf0] ? 1 : nil) },
-                        encode: { st in st == 1 ? [0xf0] : [0x3e] }))
+                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix", rule: .smpLock))
                 }
             }
         }

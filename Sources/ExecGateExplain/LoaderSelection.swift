@@ -131,12 +131,32 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The `vermagic=` entry of `.modinfo` (NUL-separated `key=value`, MODULE_INFO), without the key.
-    static func vermagic(_ elf: ELFFile) -> String? {
+    static func vermagic(_ elf: ELFFile) -> String? { modinfo(elf, "vermagic") }
+
+    /// The value of the first `key=value` entry of `.modinfo` (NUL-separated, empty entries
+    /// skipped), read in place: the entries are walked without splitting the section.
+    static func modinfo(_ elf: ELFFile, _ key: String) -> String? {
         guard let s = elf.section(named: ".modinfo"), !s.isNoBits else { return nil }
-        for entry in elf.contents(of: s).split(separator: 0) where entry.starts(with: Array("vermagic=".utf8)) {
-            return String(decoding: entry.dropFirst(9), as: UTF8.self)
+        let b = elf.contents(of: s)
+        var prefix = key + "="
+        return prefix.withUTF8 { p -> String? in
+            var start = 0
+            while start < b.count {
+                var end = start
+                while end < b.count && b[end] != 0 { end += 1 }
+                if end - start >= p.count {
+                    var match = true
+                    for k in 0..<p.count where b[start + k] != p[k] { match = false; break }
+                    if match {
+                        return UnsafeRawBufferPointer(rebasing: b[(start + p.count)..<end]).withMemoryRebound(to: UInt8.self) {
+                            String(decoding: $0, as: UTF8.self)
+                        }
+                    }
+                }
+                start = end + 1
+            }
+            return nil
         }
-        return nil
     }
 }
 

@@ -24,20 +24,16 @@ extension Session {
     }
 
     /// The value of the first `key=value` entry of `.modinfo` (NUL-separated strings).
-    func modinfo(_ key: String) -> String? {
-        guard let s = elf.section(named: ".modinfo"), !s.isNoBits else { return nil }
-        let prefix = Array((key + "=").utf8)
-        for entry in elf.contents(of: s).split(separator: 0, omittingEmptySubsequences: true) where entry.starts(with: prefix) {
-            return String(decoding: entry.dropFirst(prefix.count), as: UTF8.self)
-        }
-        return nil
-    }
+    func modinfo(_ key: String) -> String? { ModuleLoader.modinfo(elf, key) }
 
     /// `verify_exported_symbols()`: a name the module exports must not be exported already by the
     /// core kernel or a live module ("exports duplicate symbol ... (owned by ...)", -ENOEXEC);
     /// otherwise the later export would shadow the earlier one for every module after it.
     func verifyExportedSymbols() throws {
-        for name in exportedNames().sorted() where resolver.lookup(name) != nil {
+        let names = exportedNames()
+        // The common case (no duplicate) needs no order; the first duplicate in name order is reported.
+        guard names.contains(where: { resolver.lookup($0) != nil }) else { return }
+        for name in names.sorted() where resolver.lookup(name) != nil {
             throw deny(.duplicateExport, "the module exports \(name), which the core kernel or a verified module already exports")
         }
     }

@@ -32,6 +32,10 @@ public struct MutationClassReport: Sendable {
     public var denied = 0
     public var legalAlternative = 0
     public var falseAccepts: [String] = []
+    /// FNV-1a 64 over the denial texts of this class's denied mutations, in order (each text
+    /// followed by its unexplained-byte count): a regression check that denials stay
+    /// byte-identical across engine changes (ExplainCorpusDigestTests).
+    public var denialDigest: UInt64 = 0xcbf2_9ce4_8422_2325
 }
 
 public struct MutationReport: Sendable {
@@ -70,7 +74,11 @@ extension Explainer {
             var c = claim
             c.text = text
             let v = explain(elf: elf, claim: c, resolver: resolver).verdict
-            if !v.isAllowed { r.denied += 1; return }
+            if case .denied(let d) = v {
+                r.denied += 1
+                for b in "\(d) #\(d.unexplainedBytes)\n".utf8 { r.denialDigest = (r.denialDigest ^ UInt64(b)) &* 0x100_0000_01b3 }
+                return
+            }
             // Legal only if the run-time site the mutation hit accepts the new bytes by its rule
             // (its legal set under the trusted facts) — the engine allowed them, so check why.
             if let rg = range, let v = variable.first(where: { ($0.offset..<($0.offset + $0.length)).overlaps(rg) }),
@@ -96,7 +104,7 @@ extension Explainer {
         // reloc-redirect: PC32/PLT32/32S/64 fields to an undefined (exported) symbol.
         var rel = MutationClassReport(name: "reloc-redirect")
         let exportAddrs = Array(Set(resolver.exports.values)).sorted()
-        let relocs = s.relocFields.filter { s.symbols[$0.symbol].isUndefined }
+        let relocs = s.relocFields.filter { s.symtab.isUndefined($0.symbol) }
         if !relocs.isEmpty && exportAddrs.count > 1 {
             for _ in 0..<perClass {
                 let f = relocs[rng.below(relocs.count)]
@@ -107,7 +115,7 @@ extension Explainer {
                 if f.type == .pc32 || f.type == .plt32 || f.type == .pc64 { v = v &- f.place }
                 var t = claim.text
                 for k in 0..<f.size { t[f.off + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) }
-                attempt(&rel, t, "\(f.type) of \(s.symbols[f.symbol].name) → 0x\(String(other, radix: 16))", legalIfIn: f.off..<f.off + f.size)
+                attempt(&rel, t, "\(f.type) of \(s.symtab.name(f.symbol)) → 0x\(String(other, radix: 16))", legalIfIn: f.off..<f.off + f.size)
             }
         }
         report.classes.append(rel)

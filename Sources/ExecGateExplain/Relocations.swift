@@ -11,51 +11,55 @@ extension Session {
     /// `simplify_symbols()`: the final value of symbol `i`.
     @inline(__always) func symbolValue(_ i: Int) throws -> UInt64 {
         if let v = symValue[i] { return v }
-        return try resolveSymbolValue(i)
+        let v = try computeSymbolValue(i)
+        symValue[i] = v
+        return v
     }
 
-    func resolveSymbolValue(_ i: Int) throws -> UInt64 {
-        let sym = symbols[i]
+    /// The value of symbol `i` (not cached here: `symbolValue` and `relocate` keep the cache).
+    func computeSymbolValue(_ i: Int) throws -> UInt64 {
+        let t = symtab
+        let shndx = t.sectionIndex(i)
         var v: UInt64
-        switch sym.sectionIndex {
+        switch shndx {
         case SectionIndex.common:
-            throw deny(.relocation, "symbol \(sym.name) is SHN_COMMON (the kernel refuses: compile with -fno-common)")
+            throw deny(.relocation, "symbol \(t.name(i)) is SHN_COMMON (the kernel refuses: compile with -fno-common)")
         case SectionIndex.abs:
-            v = sym.value
+            v = t.value(i)
         case SectionIndex.livepatch:
-            throw deny(.relocation, "livepatch symbol \(sym.name) is not supported")
+            throw deny(.relocation, "livepatch symbol \(t.name(i)) is not supported")
         case SectionIndex.undef:
             if i == 0 { v = 0; break }
-            if let a = resolver.lookup(sym.name) {
+            let name = t.name(i)
+            if let a = resolver.lookup(name) {
                 // An export inside the core's init memory is freed after boot (and never a real
                 // export: modpost refuses EXPORT_SYMBOL of __init code): nothing may point there.
                 guard !facts.isCoreInit(a) else {
-                    throw deny(.initSymbol, "symbol \(sym.name) resolves to 0x\(String(a, radix: 16)), inside the core kernel's freed init memory")
+                    throw deny(.initSymbol, "symbol \(name) resolves to 0x\(String(a, radix: 16)), inside the core kernel's freed init memory")
                 }
                 v = a
-            } else if sym.isWeak {
+            } else if t.binding(i) == 2 {
                 v = 0  // unresolved weak: the kernel leaves 0.
             } else {
-                throw deny(.relocation, "unknown symbol \(sym.name): not exported by the core kernel or an allowed module")
+                throw deny(.relocation, "unknown symbol \(name): not exported by the core kernel or an allowed module")
             }
         default:
-            let si = Int(sym.sectionIndex)
-            guard si < elf.sections.count, sym.sectionIndex < SectionIndex.loReserve else {
-                throw deny(.relocation, "symbol \(sym.name) has unsupported section index \(sym.sectionIndex)")
+            let si = Int(shndx)
+            guard si < elf.sections.count, shndx < SectionIndex.loReserve else {
+                throw deny(.relocation, "symbol \(t.name(i)) has unsupported section index \(shndx)")
             }
             if si == layout.percpuIndex {
                 guard let p = claim.percpuBase else {
-                    throw deny(.relocation, "symbol \(sym.name) is per-cpu but the claim gives no per-cpu base")
+                    throw deny(.relocation, "symbol \(t.name(i)) is per-cpu but the claim gives no per-cpu base")
                 }
-                v = p &+ sym.value
+                v = p &+ t.value(i)
             } else if let a = addr[si] {
-                v = a &+ sym.value
+                v = a &+ t.value(i)
             } else {
                 // Non-ALLOC section: the kernel would use its temporary copy — unexplainable by design.
                 v = 0xdead_0000_0000_0000 | UInt64(si) << 24
             }
         }
-        symValue[i] = v
         return v
     }
 
@@ -71,33 +75,40 @@ extension Session {
     /// if (memcmp(loc, &zero, size)) { pr_err("x86/modules: Invalid relocation target, existing value is nonzero ..."); return -ENOEXEC; }
     /// ```
     func relocate() throws {
-        // Work on local arrays (moved out, moved back on every exit): no per-byte exclusivity
-        // checks on the class's stored properties in this loop.
-        var img: [UInt8] = [], cl: [UInt8] = []
-        var fields = relocFields, count = relocCount
-        swap(&img, &image); swap(&cl, &cls); relocFields = []
-        defer { swap(&img, &image); swap(&cl, &cls); relocFields = fields; relocCount = count }
-        let relocClass = UInt8(ExplanationClass.relocation.rawValue)
+        let initRefs = try relocateFields()
         // Fields of `.altinstr_replacement` / `.altinstr_aux` that refer to the module's init
         // sections: legal only inside the replacement or the static_cpu_has() fallback block of an
-        // alternative whose site is in init text (checked below, once `.altinstructions` is relocated).
-        var initRefs: [(loc: UInt64, size: Int, reason: String, section: String, offset: Int)] = []
-        for rs in rela {
-            let t = rs.targetSectionIndex
-            // Relocations of non-ALLOC sections are skipped by the kernel. The explained region's
-            // exec sections are relocated in the image, the session's other allocated sections in
-            // their data copies; init sections in a core session have neither (freed, never used).
-            guard layout.flags[t].contains(.alloc), let taddr = addr[t] else { continue }
-            let toffInImage = imageOffset(of: t)
-            let isExec = toffInImage != nil
-            if !isExec && data[t] == nil { continue }
-            let toff = toffInImage ?? 0
-            var d: [UInt8] = []
-            if !isExec, let cur = data[t] {
-                d = cur
-                data[t] = nil  // keep `d` uniquely referenced while it is patched
+        // alternative whose site is in init text (checked now that `.altinstructions` is relocated).
+        if !initRefs.isEmpty {
+            let replacements = initTextAlternativeTemplates()
+            for f in initRefs where !replacements.contains(where: { f.loc >= $0.lowerBound && f.loc &+ UInt64(f.size) <= $0.upperBound }) {
+                throw deny(.initSymbol, f.reason, section: f.section, offset: f.offset, address: f.loc)
             }
-            defer { if !isExec { data[t] = d } }
+        }
+    }
+
+    /// Writes every relocation field (above); returns the init-section references of alternative
+    /// templates, which `relocate()` checks once the whole table is relocated.
+    func relocateFields() throws -> [(loc: UInt64, size: Int, reason: String, section: String, offset: Int)] {
+        var initRefs: [(loc: UInt64, size: Int, reason: String, section: String, offset: Int)] = []
+        // Work on local arrays (moved out, moved back on every exit): no exclusivity checks on the
+        // class's stored properties in this loop, and each field is read and written as one
+        // 4- or 8-byte little-endian word through the borrowed buffer (bounds checked per field).
+        var img: [UInt8] = [], cl: [UInt8] = [], vals: [UInt64?] = [], counts: [Int] = []
+        var fields = relocFields, count = relocCount
+        swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = []
+        defer { swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = fields; relocCount = count }
+        let relocClass = UInt8(ExplanationClass.relocation.rawValue)
+        precondition(Int(relocClass) < counts.count)
+        let symtab = self.symtab
+        let initOffset = layout.initOffset, isCore = region == .core
+        // Exec-target records (for the mutation tester): reserved once, not grown per field.
+        fields.reserveCapacity(fields.count + rela.reduce(0) { imageOffset(of: $1.targetSectionIndex) != nil ? $0 + $1.relocations.count : $0 })
+        /// One relocation section into `buf` (the image from `toff`, or a data copy from 0);
+        /// `classes` is the image's class array when the target is the explained region.
+        func apply(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ buf: UnsafeMutableRawBufferPointer, _ toff: Int,
+                   _ classes: UnsafeMutableRawBufferPointer?, _ counts: UnsafeMutableBufferPointer<Int>?) throws {
+            let isExec = classes != nil
             for r in rs.relocations {
                 guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
                     throw deny(.relocation, "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
@@ -106,61 +117,88 @@ extension Session {
                 if size == 0 { continue }
                 let fo = Int(r.offset)  // validated against the section size by the parser.
                 let loc = taddr &+ r.offset
-                var val = (try symbolValue(r.symbolIndex)) &+ UInt64(bitPattern: r.addend)
-                switch r.type {
-                case .r32:
+                let si = r.symbolIndex
+                let sv: UInt64
+                if let v = vals[si] { sv = v } else { sv = try computeSymbolValue(si); vals[si] = sv }
+                var val = sv &+ UInt64(bitPattern: r.addend)
+                switch r.type.rawValue {
+                case 10:  // R_X86_64_32
                     guard val <= UInt64(UInt32.max) else {
                         throw deny(.relocation, "R_X86_64_32 overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
                     }
-                case .r32S:
+                case 11:  // R_X86_64_32S
                     let sv = Int64(bitPattern: val)
                     guard sv >= Int64(Int32.min) && sv <= Int64(Int32.max) else {
                         throw deny(.relocation, "R_X86_64_32S overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
                     }
-                case .pc32, .plt32, .pc64:
+                case 2, 4, 24:  // R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64
                     val = val &- loc
                 default: break
                 }
                 if isExec {
                     // Core text pointing into the module's own init sections would point into
                     // memory freed after init (`do_free_init()`): not explainable.
-                    let ssi = Int(symbols[r.symbolIndex].sectionIndex)
-                    if region == .core, ssi > 0, ssi < layout.initOffset.count, layout.initOffset[ssi] != nil {
-                        if sectionName(t) == ".altinstr_replacement" || sectionName(t) == ".altinstr_aux", r.type == .pc32 || r.type == .plt32 {
-                            // The branch's value: the init section's real (claimed) address, used
-                            // for this field only (site classification keeps the placeholder).
-                            val = (try claimedInitAddress(ssi)) &+ symbols[r.symbolIndex].value &+ UInt64(bitPattern: r.addend) &- loc
-                            initRefs.append((loc, size, "\(r.type) in \(sectionName(t)) refers to \(symbols[r.symbolIndex].name) in \(sectionName(ssi)), init memory freed after init, outside the template of an init-text alternative",
-                                             sectionName(t), fo))
-                        } else {
-                            throw deny(.initSymbol, "\(r.type) in \(sectionName(t)) refers to \(symbols[r.symbolIndex].name) in \(sectionName(ssi)), init memory freed after init",
-                                       section: sectionName(t), offset: fo, address: loc)
+                    let ssi = Int(symtab.sectionIndex(si))
+                    if isCore, ssi > 0, ssi < initOffset.count, initOffset[ssi] != nil {
+                        let tn = sectionName(t)
+                        guard tn == ".altinstr_replacement" || tn == ".altinstr_aux", r.type == .pc32 || r.type == .plt32 else {
+                            throw deny(.initSymbol, "\(r.type) in \(tn) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init",
+                                       section: tn, offset: fo, address: loc)
                         }
+                        // The branch's value: the init section's real (claimed) address, used
+                        // for this field only (site classification keeps the placeholder).
+                        val = (try claimedInitAddress(ssi)) &+ symtab.value(si) &+ UInt64(bitPattern: r.addend) &- loc
+                        initRefs.append((loc, size, "\(r.type) in \(tn) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init, outside the template of an init-text alternative",
+                                         tn, fo))
                     }
-                    let o = toff + fo
-                    guard img[o..<o + size].allSatisfy({ $0 == 0 }) else {
-                        throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
-                    }
+                } else if fo + size > buf.count {
+                    count += 1
+                    continue
+                }
+                let o = toff + fo
+                // Exec sections lie inside the image by the layout; data fields inside the copy (above).
+                precondition(o >= 0 && o <= buf.count - size, "relocation field outside its section")
+                let nonzero = size == 8 ? buf.loadUnaligned(fromByteOffset: o, as: UInt64.self) != 0
+                                        : buf.loadUnaligned(fromByteOffset: o, as: UInt32.self) != 0
+                guard !nonzero else {
+                    throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
+                }
+                // Little-endian field of `size` bytes: the low bytes of `val` (x86-64 host and target).
+                if size == 8 {
+                    buf.storeBytes(of: val.littleEndian, toByteOffset: o, as: UInt64.self)
+                } else {
+                    buf.storeBytes(of: UInt32(truncatingIfNeeded: val).littleEndian, toByteOffset: o, as: UInt32.self)
+                }
+                if let c = classes, let cn = counts {
                     for k in 0..<size {
-                        img[o + k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k)))
-                        cl[o + k] = relocClass
+                        let old = Int(c[o + k])
+                        precondition(old < cn.count)  // class values are ExplanationClass raw values
+                        cn[old] -= 1
+                        c[o + k] = relocClass
                     }
-                    fields.append((o, size, r.type, r.symbolIndex, r.addend, loc))
-                } else if fo + size <= d.count {
-                    guard d[fo..<fo + size].allSatisfy({ $0 == 0 }) else {
-                        throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
-                    }
-                    for k in 0..<size { d[fo + k] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(k))) }
+                    cn[Int(relocClass)] += size
+                    fields.append((o, size, r.type, si, r.addend, loc))
                 }
                 count += 1
             }
         }
-        if !initRefs.isEmpty {
-            let replacements = initTextAlternativeTemplates()
-            for f in initRefs where !replacements.contains(where: { f.loc >= $0.lowerBound && f.loc &+ UInt64(f.size) <= $0.upperBound }) {
-                throw deny(.initSymbol, f.reason, section: f.section, offset: f.offset, address: f.loc)
+        for rs in rela {
+            let t = rs.targetSectionIndex
+            // Relocations of non-ALLOC sections are skipped by the kernel. The explained region's
+            // exec sections are relocated in the image, the session's other allocated sections in
+            // their data copies; init sections in a core session have neither (freed, never used).
+            guard layout.flags[t].contains(.alloc), let taddr = addr[t] else { continue }
+            if let toff = imageOffset(of: t) {
+                try img.withUnsafeMutableBytes { ib in
+                    try cl.withUnsafeMutableBytes { cb in try counts.withUnsafeMutableBufferPointer { try apply(rs, t, taddr, ib, toff, cb, $0) } }
+                }
+            } else if var d = data[t] {
+                data[t] = nil  // keep `d` uniquely referenced while it is patched
+                defer { data[t] = d }
+                try d.withUnsafeMutableBytes { try apply(rs, t, taddr, $0, 0, nil, nil) }
             }
         }
+        return initRefs
     }
 
     /// The claimed address of init section `i` (sysfs `sections/`, which `mod->mem[]` placed when
@@ -224,7 +262,7 @@ extension Session {
         for rs in rela where rs.targetSectionIndex < layout.initOffset.count && layout.initOffset[rs.targetSectionIndex] != nil {
             guard let base = addr[rs.targetSectionIndex] else { continue }
             for r in rs.relocations where r.offset >= 1 && (r.type == .pc32 || r.type == .plt32)
-                && Int(symbols[r.symbolIndex].sectionIndex) == aux.index && initSites.contains(base &+ r.offset &- 1) {
+                && Int(symtab.sectionIndex(r.symbolIndex)) == aux.index && initSites.contains(base &+ r.offset &- 1) {
                 guard let s = try? symbolValue(r.symbolIndex) else { continue }
                 let start = s &+ UInt64(bitPattern: r.addend) &+ 4
                 out.append(start..<start &+ 18)
@@ -232,6 +270,7 @@ extension Session {
         }
         return out
     }
+
 
     /// The relocation whose field covers region offset `i` (for the first-difference report).
     func relocationCovering(_ i: Int) -> String? {
@@ -241,7 +280,7 @@ extension Session {
             for r in rs.relocations {
                 let lo = toff + Int(r.offset)
                 if i >= lo && i < lo + (r.type.fieldSize ?? 0) {
-                    return "\(r.type) field for symbol \(symbols[r.symbolIndex].name)\(r.addend >= 0 ? "+" : "")\(r.addend) has a different value"
+                    return "\(r.type) field for symbol \(symtab.name(r.symbolIndex))\(r.addend >= 0 ? "+" : "")\(r.addend) has a different value"
                 }
             }
         }

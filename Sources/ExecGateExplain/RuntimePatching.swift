@@ -17,7 +17,7 @@ public enum RuntimePatchVerdict: Sendable, Equatable {
 
 /// The run-time sites of one allowed module, with their legal encodings.
 public struct RuntimeSiteTable: @unchecked Sendable {
-    // @unchecked: holds immutable closures over value-type captures only.
+    // @unchecked: holds value-type site descriptions only (sets and inline bytes).
     let sites: [UInt64: VariableSite]
     public let module: String
 
@@ -60,6 +60,7 @@ extension RuntimeSiteTable {
     /// The sites a successful explanation recorded, by address.
     init(session s: Session, claim: ModuleClaim) {
         var map: [UInt64: VariableSite] = [:]
+        map.reserveCapacity(s.variable.count)
         for v in s.variable { map[s.base &+ UInt64(v.offset)] = v }
         // ftrace sites are run-time patchable even when no ftrace entry is trusted (then only NOP5).
         self.init(sites: map, module: claim.name)

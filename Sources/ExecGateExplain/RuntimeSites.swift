@@ -10,26 +10,137 @@
 import ExecGateELF
 import _ExecGateInternals
 
+/// Up to 8 bytes held inline (a site encoding: no heap allocation per site).
+struct SiteBytes: Equatable {
+    var raw: UInt64 = 0
+    var count: Int = 0
+    init() {}
+    init(_ b: [UInt8]) {
+        precondition(b.count <= 8)
+        for (k, x) in b.enumerated() { raw |= UInt64(x) << (8 * UInt64(k)) }
+        count = b.count
+    }
+    /// `bytes == self`, byte for byte.
+    @inline(__always) func matches(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard bytes.count == count else { return false }
+        var w: UInt64 = 0
+        for k in 0..<count { w |= UInt64(bytes[k]) << (8 * UInt64(k)) }
+        return w == raw
+    }
+    var array: [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: raw >> (8 * UInt64($0))) } }
+}
+
+/// The destination of the rel32 branch at `bytes[operandAt...]` for an instruction of `length`
+/// bytes at `site`; nil if `bytes` is shorter than the operand.
+@inline(__always) func rel32Destination(_ bytes: UnsafeRawBufferPointer, operandAt at: Int, site: UInt64, length: Int) -> UInt64? {
+    guard let d = bytes.getInteger(at: at, as: Int32.self) else { return nil }
+    return site &+ UInt64(length) &+ UInt64(bitPattern: Int64(d))
+}
+
 /// A site whose end state is run-time guest state: any member of the legal set is accepted.
+/// The legal set is described by data (`Rule`), not by closures: no allocation per site, and the
+/// same description answers the comparison, the run-time patch checks and the mutation tester.
 struct VariableSite {
     var offset: Int
     var length: Int
     var cls: ExplanationClass
     /// Consistency group (key address); sites of one group must report the same state.
     var group: UInt64?
-    /// Description (built only when needed: most sites never need it).
+    /// Description (a literal; the key is appended only when a message needs it).
     var label: String
     var labelKey: UInt64?
     var what: String { labelKey.map { "\(label) (key 0x\(String($0, radix: 16)))" } ?? label }
-    /// Returns the state (e.g. key enabled, static-call function) if `bytes` is a legal encoding.
-    var check: ([UInt8]) -> UInt64?
-    /// The encoding for a state (used as "expected" when the claim is illegal or inconsistent).
-    var encode: (UInt64?) -> [UInt8]
+    var rule: Rule
 
-    init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, what: String, whatKey: UInt64? = nil,
-         check: @escaping ([UInt8]) -> UInt64?, encode: @escaping (UInt64?) -> [UInt8]) {
+    /// The legal encodings of one site kind, with what they need to decide membership.
+    enum Rule {
+        /// `.smp_locks` prefix: `3e` (state 0, UP) or `f0` (state 1, SMP).
+        case smpLock
+        /// ftrace: NOP5 (state 0) or `call` to one of `targets` (state = target).
+        case ftrace(site: UInt64, targets: Set<UInt64>)
+        /// Jump label: `x86_nops[size]` or `jmp target` (`jmp` nil if it cannot be encoded);
+        /// state = key enabled, with `branch` the entry's default (jump_label_type()).
+        case jumpLabel(nop: SiteBytes, jmp: SiteBytes?, branch: UInt64)
+        /// Static-call conditional tail call `0f 8x rel32`: to `nullTarget` (state 0) or a trusted target.
+        case staticCallJcc(site: UInt64, op: UInt8, nullTarget: UInt64?, trusted: Set<UInt64>, orig: [UInt8])
+        /// Static call (`tail`: jmp / RET form; else call / NOP5 / xor5rax for return0).
+        case staticCall(site: UInt64, tail: Bool, retForm: SiteBytes, ret0: UInt64?, trusted: Set<UInt64>)
+        /// The module's own trampoline: its RET form (state 0) or `jmp` to a trusted target.
+        case trampoline(site: UInt64, retForm: SiteBytes, trusted: Set<UInt64>)
+    }
+
+    init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, what: String, whatKey: UInt64? = nil, rule: Rule) {
         self.offset = offset; self.length = length; self.cls = cls; self.group = group
-        self.label = what; self.labelKey = whatKey; self.check = check; self.encode = encode
+        self.label = what; self.labelKey = whatKey; self.rule = rule
+    }
+
+    static let nop5 = SiteBytes(x86Nops[5])
+    static let xor5rax = SiteBytes([0x2e, 0x2e, 0x2e, 0x31, 0xc0])
+
+    /// Returns the state (e.g. key enabled, static-call function) if `bytes` is a legal encoding.
+    func check(_ bytes: [UInt8]) -> UInt64? { bytes.withUnsafeBytes { check($0) } }
+
+    /// The same over borrowed bytes (the comparison reads the claim in place).
+    func check(_ b: UnsafeRawBufferPointer) -> UInt64? {
+        switch rule {
+        case .smpLock:
+            guard b.count == 1 else { return nil }
+            return b[0] == 0x3e ? 0 : (b[0] == 0xf0 ? 1 : nil)
+        case .ftrace(let site, let targets):
+            if VariableSite.nop5.matches(b) { return 0 }
+            // A call whose decoded destination is a target: exactly the bytes genInsn(0xe8, site,
+            // target) gives for that target (the rel32 round-trips), and no other target gives them.
+            guard b.count == 5, b[0] == 0xe8, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5), targets.contains(tg) else { return nil }
+            return tg
+        case .jumpLabel(let nop, let jmp, let branch):
+            if nop.matches(b) { return branch == 0 ? 0 : 1 }   // NOP: enabled == branch
+            if let j = jmp, j.matches(b) { return branch == 0 ? 1 : 0 }
+            return nil
+        case .staticCallJcc(let site, let op, let nullTarget, let trusted, _):
+            guard b.count == 6, b[0] == 0x0f, b[1] == op, let tg = rel32Destination(b, operandAt: 2, site: site, length: 6) else { return nil }
+            if let n = nullTarget, tg == n { return 0 }
+            return trusted.contains(tg) ? tg : nil
+        case .staticCall(let site, let tail, let retF, let ret0, let trusted):
+            if tail {
+                if retF.matches(b) { return 0 }
+                if b.first == 0xe9, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5) { return trusted.contains(tg) ? tg : nil }
+                return nil
+            }
+            if VariableSite.nop5.matches(b) { return 0 }
+            if let r0 = ret0, VariableSite.xor5rax.matches(b) { return r0 }
+            if b.first == 0xe8, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5) {
+                if tg == ret0 { return nil }  // the kernel writes xor5rax instead
+                return trusted.contains(tg) ? tg : nil
+            }
+            return nil
+        case .trampoline(let site, let ret, let trusted):
+            if ret.matches(b) { return 0 }
+            if b.first == 0xe9, let t = rel32Destination(b, operandAt: 1, site: site, length: 5), trusted.contains(t) { return t }
+            return nil
+        }
+    }
+
+    /// The encoding for a state (used as "expected" when the claim is illegal or inconsistent).
+    func encode(_ st: UInt64?) -> [UInt8] {
+        switch rule {
+        case .smpLock:
+            return st == 1 ? [0xf0] : [0x3e]
+        case .ftrace:
+            return x86Nops[5]
+        case .jumpLabel(let nop, let jmp, let branch):
+            let enabled = st ?? branch
+            let isJmp = (enabled ^ branch) == 1
+            return isJmp ? (jmp ?? nop).array : nop.array
+        case .staticCallJcc(let site, let op, _, _, let orig):
+            guard let s = st, s != 0, let j = genInsn(op, at: site &+ 1, to: s) else { return orig }
+            return [0x0f] + j
+        case .staticCall(let site, let tail, let retF, let ret0, _):
+            guard let s = st, s != 0 else { return tail ? retF.array : x86Nops[5] }
+            if !tail, s == ret0 { return VariableSite.xor5rax.array }
+            return genInsn(tail ? 0xe9 : 0xe8, at: site, to: s) ?? x86Nops[5]
+        case .trampoline(let site, let ret, _):
+            return (st == nil || st == 0) ? ret.array : (genInsn(0xe9, at: site, to: st!) ?? ret.array)
+        }
     }
 }
 
@@ -63,23 +174,14 @@ extension Session {
                 throw deny(.jumpLabel, "site is neither 2 nor 5 bytes (the kernel BUGs)", atRegionOffset: off, address: code)
             }
             let size = insn.length
-            let nop = x86Nops[size]
-            let jmp = genInsn(size == 2 ? 0xeb : 0xe9, at: code, to: target)
-            siteCounts[.jumpLabel, default: 0] += 1
+            let nop = SiteBytes(x86Nops[size])
+            let jmp = genInsn(size == 2 ? 0xeb : 0xe9, at: code, to: target).map(SiteBytes.init)
+            countSite(.jumpLabel)
             jumpSites.append((off, size, code, target))
             // State = key enabled (1) or not (0): JMP when enabled != branch default... the encoded
             // jump is taken iff (enabled XOR branch) — jump_label_type().
             variable.append(VariableSite(offset: off, length: size, cls: .jumpLabel, group: key, what: "jump label", whatKey: key,
-                check: { b in
-                    if b == nop { return branch ^ 0 == 0 ? 0 : 1 }   // NOP: enabled == branch
-                    if let j = jmp, b == j { return branch == 0 ? 1 : 0 }
-                    return nil
-                },
-                encode: { st in
-                    let enabled = st ?? branch
-                    let isJmp = (enabled ^ branch) == 1
-                    return isJmp ? (jmp ?? nop) : nop
-                }))
+                                         rule: .jumpLabel(nop: nop, jmp: jmp, branch: branch)))
         }
     }
 
@@ -124,7 +226,7 @@ extension Session {
                 throw deny(.staticCall, "site is not a call/jmp/nop/ret (__static_call_validate BUGs)", atRegionOffset: off, address: site,
                            found: Array(image[off..<off + 5]))
             }
-            siteCounts[.staticCall, default: 0] += 1
+            countSite(.staticCall)
             staticSites.append((off, site, tail, key))
             let trusted = trustedStaticCallTargets(key)
             if isJcc && tail {
@@ -135,38 +237,12 @@ extension Session {
                     ? (loader == .linux6_12 ? returnThunkTarget : returnThunkExport) : facts.staticCallReturn
                 let orig = Array(image[off..<off + 6])
                 variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, what: "static call (Jcc tail)", whatKey: key,
-                    check: { b in
-                        guard b.count == 6, b[0] == 0x0f, b[1] == op, let tg = rel32Destination(b, operandAt: 2, site: site, length: 6) else { return nil }
-                        if let n = nullTarget, tg == n { return 0 }
-                        return trusted.contains(tg) ? tg : nil
-                    },
-                    encode: { st in
-                        guard let s = st, s != 0, let j = genInsn(op, at: site &+ 1, to: s) else { return orig }
-                        return [0x0f] + j
-                    }))
+                                             rule: .staticCallJcc(site: site, op: op, nullTarget: nullTarget, trusted: trusted, orig: orig)))
                 continue
             }
-            let retF = retForm(at: site, length: 5) ?? [0xc3, 0xcc, 0xcc, 0xcc, 0xcc]
+            let retF = SiteBytes(retForm(at: site, length: 5) ?? [0xc3, 0xcc, 0xcc, 0xcc, 0xcc])
             variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: tail ? "static call (tail)" : "static call", whatKey: key,
-                check: { b in
-                    if tail {
-                        if b == retF { return 0 }
-                        if b.first == 0xe9, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5) { return trusted.contains(tg) ? tg : nil }
-                        return nil
-                    }
-                    if b == x86Nops[5] { return 0 }
-                    if let r0 = ret0, b == [0x2e, 0x2e, 0x2e, 0x31, 0xc0] { return r0 }
-                    if b.first == 0xe8, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5) {
-                        if tg == ret0 { return nil }  // the kernel writes xor5rax instead
-                        return trusted.contains(tg) ? tg : nil
-                    }
-                    return nil
-                },
-                encode: { st in
-                    guard let s = st, s != 0 else { return tail ? retF : x86Nops[5] }
-                    if !tail, s == ret0 { return [0x2e, 0x2e, 0x2e, 0x31, 0xc0] }
-                    return genInsn(tail ? 0xe9 : 0xe8, at: site, to: s) ?? x86Nops[5]
-                }))
+                                         rule: .staticCall(site: site, tail: tail, retForm: retF, ret0: ret0, trusted: trusted)))
         }
     }
 
@@ -179,9 +255,8 @@ extension Session {
         if let inh = inherited { ownKeyDefaults = inh.ownKeyDefaults }  // the trampolines are core text
         var seen = Set(trampolineSites.map { $0.off })
         for k in trampolineSymbols {
-            let sym = symbols[k]
-            let si = Int(sym.sectionIndex)
-            guard si < elf.sections.count, let a = addr[si].map({ $0 &+ sym.value }), let off = execOffset(a, 8),
+            let si = Int(symtab.sectionIndex(k))
+            guard si < elf.sections.count, let a = addr[si].map({ $0 &+ symtab.value(k) }), let off = execOffset(a, 8),
                   image[off + 5] == 0x0f, image[off + 6] == 0xb9, image[off + 7] == 0xcc, !seen.contains(off) else { continue }
             seen.insert(off)
             trampolineSites.append((a, off))
@@ -192,7 +267,7 @@ extension Session {
             for (keyName, targets) in updates {
                 guard let ki = keySymbols["__SCK__" + keyName], let key = try? symbolValue(ki) else { continue }
                 for t in targets {
-                    for (i, sym) in symbols.enumerated() where sym.name == t && sym.isFunction && !sym.isUndefined {
+                    for i in symtab.indices where symtab.isFunction(i) && !symtab.isUndefined(i) && symtab.nameEquals(i, t) {
                         if let v = try? symbolValue(i), functionEntries.contains(v) { ownKeyDefaults[key, default: []].insert(v) }
                     }
                 }
@@ -214,30 +289,30 @@ extension Session {
         for (a, off) in trampolineSites where !known.contains(off) { addTrampolineSite(a, off) }
     }
 
-    /// The module's own key (`__SCK__<name>`) of the trampoline at `a`.
-    func trampolineKey(_ a: UInt64) -> UInt64? {
+    /// The module's own key (`__SCK__<name>`) of the trampoline at `a` (the first `__SCT__`
+    /// symbol at that address names it; nil if its key symbol is missing or has no value).
+    func trampolineKey(_ a: UInt64) -> UInt64? { trampolineKeyByAddress[a] ?? nil }
+
+    /// `trampolineKey` for every trampoline address, built once per session (first symbol wins).
+    func buildTrampolineKeys() -> [UInt64: UInt64?] {
+        var m: [UInt64: UInt64?] = [:]
         for k in trampolineSymbols {
-            let sym = symbols[k]
-            let si = Int(sym.sectionIndex)
-            guard si < elf.sections.count, let sa = addr[si], sa &+ sym.value == a else { continue }
-            let keyName = "__SCK__" + sym.name.dropFirst(7)
-            if let k = keySymbols[keyName], let v = try? symbolValue(k) { return v }
-            return nil
+            let si = Int(symtab.sectionIndex(k))
+            guard si < elf.sections.count, let sa = addr[si] else { continue }
+            let a = sa &+ symtab.value(k)
+            if m[a] != nil { continue }
+            let keyName = "__SCK__" + symtab.name(k).dropFirst(7)
+            m[a] = .some(keySymbols[keyName].flatMap { try? symbolValue($0) })
         }
-        return nil
+        return m
     }
 
     func addTrampolineSite(_ a: UInt64, _ off: Int) {
         let key = trampolineKey(a)
         // A trampoline without a key symbol has no trusted target: only its RET form.
         let trusted = key.map { trustedStaticCallTargets($0) } ?? []
-        let ret = retForm(at: a, length: 5) ?? []
+        let ret = SiteBytes(retForm(at: a, length: 5) ?? [])
         variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: "static-call trampoline", whatKey: key,
-            check: { b in
-                if b == ret { return 0 }
-                if b.first == 0xe9, let t = rel32Destination(b, operandAt: 1, site: a, length: 5), trusted.contains(t) { return t }
-                return nil
-            },
-            encode: { st in (st == nil || st == 0) ? ret : (genInsn(0xe9, at: a, to: st!) ?? ret) }))
+                                     rule: .trampoline(site: a, retForm: ret, trusted: trusted)))
     }
 }

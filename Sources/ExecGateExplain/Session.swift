@@ -48,7 +48,8 @@ final class Session {
     let addr: [UInt64?]
     /// Region-offset ranges of exec core sections: (lo, hi, section index), sorted.
     let execRanges: [(lo: Int, hi: Int, sec: Int)]
-    let symbols: [ELFSymbol]
+    /// The symbol table, read in place (names made only where a name is needed).
+    let symtab: ELFSymbolTable
     let rela: [ELFRelocationSection]
     /// Indices of the module's defined `__SCT__*` (static-call trampoline) symbols.
     let trampolineSymbols: [Int]
@@ -63,6 +64,9 @@ final class Session {
     var image: [UInt8]
     /// Per byte of `image`: the `ExplanationClass` raw value of the last rule that wrote it.
     var cls: [UInt8]
+    /// How many bytes of `cls` hold each class (kept exact by every write of `cls`: the
+    /// statistics need no pass over the region; debug builds recount and compare).
+    var classCounts: [Int]
     /// Relocated copies of the allocated non-exec core sections (tables the stages read).
     var data: [Int: [UInt8]]
     /// `simplify_symbols()` results, filled on first use.
@@ -71,7 +75,14 @@ final class Session {
     var variable: [VariableSite] = []
     /// Per-range explanations for the first-difference report (Comparison.swift).
     var notes: [(range: Range<Int>, text: String)] = []
-    var siteCounts: [ExplanationClass: Int] = [:]
+    /// Sites rewritten per class (`countSite`; the statistics list the classes with sites).
+    var siteCountByClass = [Int](repeating: 0, count: ExplanationClass.allCases.count)
+    @inline(__always) func countSite(_ c: ExplanationClass) { siteCountByClass[c.rawValue] += 1 }
+    var siteCounts: [ExplanationClass: Int] {
+        var d: [ExplanationClass: Int] = [:]
+        for (i, n) in siteCountByClass.enumerated() where n > 0 { d[ExplanationClass(rawValue: i)!] = n }
+        return d
+    }
     var relocCount = 0
 
     // Site records (for the mutation tester and diagnostics).
@@ -91,6 +102,12 @@ final class Session {
     /// Exports looked up once per session (the resolver is immutable for the session).
     lazy var returnThunkExport: UInt64? = resolver.lookup("__x86_return_thunk")
     lazy var indirectThunkExport: UInt64? = resolver.lookup("__x86_indirect_thunk_rax")
+
+    /// Trampoline address → its key (RuntimeSites.swift `trampolineKey`), built on first use.
+    lazy var trampolineKeyByAddress: [UInt64: UInt64?] = buildTrampolineKeys()
+
+    /// `exportedNames()`, computed once (verify_exported_symbols and the exports both need it).
+    var exportedNameCache: Set<String>?
 
     /// Key-group states after comparison (handed to the init-region session).
     var finalGroupState: [UInt64: UInt64] = [:]
@@ -177,17 +194,23 @@ final class Session {
         var addr = [UInt64?](repeating: nil, count: elf.sections.count)
         var image = [UInt8](repeating: 0, count: regionSize)
         var cls = [UInt8](repeating: UInt8(ExplanationClass.padding.rawValue), count: regionSize)
+        var counts = [Int](repeating: 0, count: ExplanationClass.allCases.count)
+        counts[ExplanationClass.padding.rawValue] = regionSize
         var execRanges: [(lo: Int, hi: Int, sec: Int)] = []
         var data: [Int: [UInt8]] = [:]
         func copy(_ s: ELFSection, at off: Int, intoImage: Bool) {
             let i = s.index
             if intoImage {
                 // Exec sections are inside [0, regionSize) by construction of the layout.
-                if !s.isNoBits { image.replaceSubrange(off..<off + s.size, with: elf.contents(of: s)) }
                 let n = s.size
+                precondition(off >= 0 && n <= image.count && off <= image.count - n, "exec section outside the region")
+                if !s.isNoBits {
+                    let src = elf.contents(of: s)
+                    precondition(src.count == n)
+                    image.withUnsafeMutableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[off..<off + n]).copyMemory(from: src) }
+                }
                 cls.withUnsafeMutableBufferPointer { c in
-                    precondition(off >= 0 && n <= c.count && off <= c.count - n)
-                    UnsafeMutableBufferPointer(rebasing: c[off..<off + n]).update(repeating: UInt8(ExplanationClass.elf.rawValue))
+                    Session.setClass(c, off, n, UInt8(ExplanationClass.elf.rawValue), &counts)
                 }
                 if s.size > 0 { execRanges.append((off, off + s.size, i)) }
             } else {
@@ -232,6 +255,7 @@ final class Session {
         self.addr = addr
         self.image = image
         self.cls = cls
+        self.classCounts = counts
         self.execRanges = execRanges
         self.data = data
 
@@ -256,29 +280,27 @@ final class Session {
         }
 
         // Symbols: one pass, byte tests on the UTF-8 storage: "__SCT__" (trampolines), "__SCK__" (keys).
-        let symbols = try elf.symbols()
-        self.symbols = symbols
+        let symtab = try elf.symbolTable()
+        self.symtab = symtab
         self.rela = try elf.relocationSections()
-        self.symValue = [UInt64?](repeating: nil, count: symbols.count)
+        self.symValue = [UInt64?](repeating: nil, count: symtab.count)
         var trampolines: [Int] = []
         var keys: [String: Int] = [:]
-        for i in symbols.indices where !symbols[i].isUndefined {
-            var name = symbols[i].name
-            let kind: UInt8 = name.withUTF8 { p in
-                guard p.count >= 7, p[0] == 0x5f, p[1] == 0x5f, p[2] == 0x53, p[3] == 0x43, p[5] == 0x5f, p[6] == 0x5f else { return 0 }
-                return p[4]
+        var entries: Set<UInt64> = []
+        for i in symtab.indices where !symtab.isUndefined(i) {
+            let p = symtab.nameBytes(i)
+            if p.count >= 7, p[0] == 0x5f, p[1] == 0x5f, p[2] == 0x53, p[3] == 0x43, p[5] == 0x5f, p[6] == 0x5f {
+                if p[4] == 0x54 { trampolines.append(i) } else if p[4] == 0x4b { keys[symtab.name(i)] = i }
             }
-            if kind == 0x54 { trampolines.append(i) } else if kind == 0x4b { keys[name] = i }
+            if symtab.isFunction(i) {
+                let si = Int(symtab.sectionIndex(i))
+                if si < elf.sections.count, lay.coreOffset[si] != nil, lay.flags[si].contains(.execInstr), let a = addr[si] {
+                    entries.insert(a &+ symtab.value(i))
+                }
+            }
         }
         self.trampolineSymbols = trampolines
         self.keySymbols = keys
-        var entries: Set<UInt64> = []
-        for sym in symbols where sym.isFunction && !sym.isUndefined {
-            let i = Int(sym.sectionIndex)
-            if i < elf.sections.count, lay.coreOffset[i] != nil, lay.flags[i].contains(.execInstr), let a = addr[i] {
-                entries.insert(a &+ sym.value)
-            }
-        }
         self.functionEntries = entries
     }
 
@@ -360,9 +382,65 @@ final class Session {
                 for k in 0..<n { img[off + k] = src[k] }
             }
         }
-        cls.withUnsafeMutableBufferPointer { cl in
-            for k in 0..<n { cl[off + k] = v }
+        setClass(off, n, v)
+    }
+
+    /// `cls[off..<off+n] = v`, keeping `classCounts` exact.
+    func setClass(_ off: Int, _ n: Int, _ v: UInt8) {
+        classCounts.withUnsafeMutableBufferPointer { counts in
+            cls.withUnsafeMutableBufferPointer { c in
+                precondition(off >= 0 && n >= 0 && n <= c.count && off <= c.count - n, "class write outside the image")
+                if n <= 16 {
+                    // Sites: a few bytes, counted one by one (class values index the 12 counters;
+                    // the buffer subscript is checked against them below).
+                    for k in off..<off + n {
+                        let old = Int(c[k])
+                        precondition(old < counts.count && Int(v) < counts.count)
+                        counts[old] -= 1
+                        c[k] = v
+                    }
+                    counts[Int(v)] += n
+                } else {
+                    var a = Array(counts)
+                    Session.setClass(c, off, n, v, &a)
+                    for i in 0..<a.count { counts[i] = a[i] }
+                }
+            }
         }
+    }
+
+    /// `c[off..<off+n] = v` and the class counts moved accordingly. A range that is all one class
+    /// (the section copies: padding → elf) is recognised word-wise and moved in one step.
+    static func setClass(_ c: UnsafeMutableBufferPointer<UInt8>, _ off: Int, _ n: Int, _ v: UInt8, _ counts: inout [Int]) {
+        precondition(off >= 0 && n >= 0 && n <= c.count && off <= c.count - n, "class write outside the image")
+        if n == 0 { return }
+        let first = c[off]
+        let pattern = UInt64(first) &* 0x0101_0101_0101_0101
+        var uniform = true
+        let raw = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(c)[off..<off + n])
+        var i = 0
+        while i + 8 <= n { if raw.loadUnaligned(fromByteOffset: i, as: UInt64.self) != pattern { uniform = false; break }; i += 8 }
+        if uniform { while i < n { if raw[i] != first { uniform = false; break }; i += 1 } }
+        if uniform {
+            counts[Int(first)] -= n
+        } else {
+            for k in off..<off + n { counts[Int(c[k])] -= 1 }
+        }
+        counts[Int(v)] += n
+        UnsafeMutableBufferPointer(rebasing: c[off..<off + n]).update(repeating: v)
+    }
+
+    /// `write(off, Array(src[from..<from + count]), c)` without the array.
+    func write(_ off: Int, _ src: [UInt8], from: Int, count n: Int, _ c: ExplanationClass) {
+        precondition(off >= 0 && n >= 0 && n <= image.count && off <= image.count - n && image.count == cls.count, "write outside the image")
+        precondition(from >= 0 && from <= src.count - n, "read outside the source")
+        let v = UInt8(c.rawValue)
+        image.withUnsafeMutableBufferPointer { img in
+            src.withUnsafeBufferPointer { s in
+                for k in 0..<n { img[off + k] = s[from + k] }
+            }
+        }
+        setClass(off, n, v)
     }
 
     func decode(at off: Int) -> DecodedInstruction? {
@@ -400,6 +478,15 @@ final class Session {
         let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
         return { own.contains($0) || core.contains($0) || mods.contains($0) }
     }
+}
+
+/// True if the borrowed bytes start with the ASCII `p`.
+@inline(__always) func hasASCIIPrefix(_ b: UnsafeRawBufferPointer, _ p: StaticString) -> Bool {
+    let n = p.utf8CodeUnitCount
+    guard b.count >= n else { return false }
+    let q = p.utf8Start
+    for k in 0..<n where b[k] != q[k] { return false }
+    return true
 }
 
 /// `s.hasPrefix(p)` for an ASCII `p`, on the UTF-8 bytes (no Unicode normalisation needed: an

@@ -198,8 +198,8 @@ final class LoaderRefusalTests: XCTestCase {
         let f = try FixtureReplay()
         let e = try XCTUnwrap(f.modules["llc"])
         let s = try f.session("llc")
-        let field = try XCTUnwrap(s.relocFields.first { s.symbols[$0.symbol].isUndefined && ($0.type == .pc32 || $0.type == .plt32) })
-        let name = s.symbols[field.symbol].name
+        let field = try XCTUnwrap(s.relocFields.first { s.symtab.isUndefined($0.symbol) && ($0.type == .pc32 || $0.type == .plt32) })
+        let name = s.symtab.name(field.symbol)
         let startKernel = try f.symbol("start_kernel")
         var core = f.boot.coreExports
         core[name] = startKernel
