@@ -5,7 +5,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 EXECGATE_RUN_DIR ?= $(CURDIR)/ServiceVM/run
 
-.PHONY: all deps build release test check test-data run stop serve bench clean image vm-test
+.PHONY: all deps build release test check test-data run stop serve bench bench-scale clean image vm-test
 
 all: build
 
@@ -55,6 +55,13 @@ serve: release test-data
 bench: release test-data
 	@$$($(SWIFT) build -c release --show-bin-path)/execgate bench --kernel .cache/kernel/current
 
+# Many guests of one kernel and a boot storm. The capture: EXECGATE_CAPTURE, else the shared corpus's
+# nokaslr-a boot when present (EXECGATE_CORPUS), else the committed 9-module fixture.
+EXECGATE_CORPUS ?= /work/shared/corpus
+bench-scale: release test-data
+	@cap=$${EXECGATE_CAPTURE:-$$(test -f $(EXECGATE_CORPUS)/nokaslr-a/kallsyms.txt && echo $(EXECGATE_CORPUS)/nokaslr-a || echo Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a)}; \
+	  $$($(SWIFT) build -c release --show-bin-path)/execgate bench --scale --kernel .cache/kernel/current --capture $$cap
+
 # The service VM: a static execgate as the guest's /init (own scratch path: static flags differ),
 # then kernel + initramfs into Images/out (skipped when inputs are unchanged).
 # GUEST_KERNEL=minimal (default): the service VM boots its own kernel, built once per input hash by
@@ -70,6 +77,9 @@ GUEST_KERNEL ?= minimal
 EXECGATE_ADMIN_DIR ?= $(CURDIR)/.cache/admin
 image: deps test-data
 	@set -o pipefail; $(SWIFT) build -q -c release --static-swift-stdlib -Xswiftc -static-executable -Xlinker -s --scratch-path $(STATIC_BUILD) --product execgate 2>&1 | { grep -v 'in statically linked applications requires at runtime' || true; }
+	@# /init links no Foundation (ServiceVM/README.md, "Attack surface"): its module names would show in the binary's strings.
+	@if strings $(STATIC_BUILD)/release/execgate | grep -qE 'FoundationEssentials|FoundationInternationalization|_FoundationICU'; then \
+	  echo "image: Foundation is linked into the static execgate (/init must not link it)" >&2; exit 1; fi
 	@if [ ! -f $(EXECGATE_ADMIN_DIR)/key.pem ]; then \
 	  mkdir -p $(EXECGATE_ADMIN_DIR) && chmod 0700 $(EXECGATE_ADMIN_DIR) && \
 	  $(STATIC_BUILD)/release/execgate keys generate --out $(EXECGATE_ADMIN_DIR) --cn "ExecGate admin (policy bundles)" >/dev/null && \

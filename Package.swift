@@ -24,7 +24,8 @@
 //                AdminClient on ExecGateClient; not on ExecGateService), ExecGateCaptureTool (`execgate capture`)
 //   host         ExecGateHost (service set-up: ServiceConfiguration -> VerifierService.start, for
 //                `execgate serve` and the service VM's PID 1; the in-guest self-test; the benchmarks)
-//   executable   execgate (argument parsing only)
+//   executable   execgate (argument parsing only, with ExecGateCommandLine: the project's own
+//                stdlib-only parser, so the guest's /init links no Foundation)
 
 import PackageDescription
 
@@ -33,14 +34,12 @@ import PackageDescription
 
 let swiftNIO = Package.Dependency.package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.2")
 let swiftLog = Package.Dependency.package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2")
-let swiftArgumentParser = Package.Dependency.package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2")
 
 let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
 let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
 let nioEmbedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
 let nioConcurrency: Target.Dependency = .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
 let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
-let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
 
 let swiftSettings: [SwiftSetting] = [
     .swiftLanguageMode(.v5),
@@ -53,7 +52,7 @@ let package = Package(
         .executable(name: "execgate", targets: ["execgate"]),
         .library(name: "ExecGateClient", targets: ["ExecGateClient"]),
     ],
-    dependencies: [swiftNIO, swiftLog, swiftArgumentParser],
+    dependencies: [swiftNIO, swiftLog],
     targets: [
         // MARK: - C shims
         .target(
@@ -70,6 +69,8 @@ let package = Package(
         .target(name: "CExecGateSys"),
         .target(name: "CExecGateVsockSys"),
         .target(name: "_ExecGateInternals", swiftSettings: swiftSettings),
+        // The command-line parser (stdlib only: no Foundation in the service VM's /init).
+        .target(name: "ExecGateCommandLine", swiftSettings: swiftSettings),
 
         // MARK: - Pure core
         .target(name: "ExecGateWire", dependencies: [nioCore], swiftSettings: swiftSettings),
@@ -136,8 +137,8 @@ let package = Package(
 
         .target(
             name: "ExecGateHost",
-            dependencies: ["ExecGateService", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateELF", "ExecGateVerifier", "ExecGatePolicy",
-                           "ExecGateSignature", "ExecGateWire", "_ExecGateInternals", nioCore, nioPosix, logging],
+            dependencies: ["ExecGateService", "ExecGateTransport", "ExecGateAdmin", "ExecGateClient", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateELF", "ExecGateVerifier", "ExecGatePolicy",
+                           "ExecGateSignature", "ExecGateWire", "ExecGateCapture", "CExecGateSys", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency, logging],
             swiftSettings: swiftSettings
         ),
 
@@ -147,7 +148,7 @@ let package = Package(
             dependencies: [
                 "ExecGateWire", "ExecGateELF", "ExecGateSignature", "ExecGateKernelImage", "ExecGateExplain", "ExecGateCapture",
                 "ExecGatePolicy", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "CExecGateSys", "_ExecGateInternals",
-                "ExecGateServiceVM", "ExecGateAdmin", "ExecGateVsockDevice", "ExecGateCaptureTool", "ExecGateHost", argumentParser, logging, nioCore, nioPosix,
+                "ExecGateServiceVM", "ExecGateAdmin", "ExecGateVsockDevice", "ExecGateCaptureTool", "ExecGateHost", "ExecGateCommandLine", logging, nioCore, nioPosix,
             ],
             swiftSettings: swiftSettings
         ),
@@ -162,6 +163,11 @@ let package = Package(
         .testTarget(
             name: "ExecGateInternalsTests",
             dependencies: ["_ExecGateInternals", "ExecGateTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExecGateCommandLineTests",
+            dependencies: ["ExecGateCommandLine", "ExecGateTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -226,7 +232,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateCaptureToolTests",
-            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateCaptureTool", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateCapture", "ExecGateVerifier", "ExecGatePolicy",
+            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateCaptureTool", "ExecGateServiceVM", "ExecGateKernelImage", "ExecGateCapture", "ExecGateVerifier", "ExecGatePolicy", "ExecGateClient", "ExecGateSignature",
                            "ExecGateWire", "ExecGateTestSupport", nioCore],
             swiftSettings: swiftSettings
         ),

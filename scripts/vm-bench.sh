@@ -18,6 +18,8 @@
 #    module of the Debian package (amdgpu.ko, 19.5 MB) with its claim (`request module --claim elf`:
 #    every executable section's bytes), sent from the host through the vsock backend.
 # 4. Prints sizes: vmlinux text+data (`size`), file; initramfs compressed; /init stripped.
+# Also the guest's own clocks from its READY line (p50 of kernel_ms, init_ms, listen_ms) and the
+# request budget the service derived from its memory (ServiceVM/README.md, "Memory budget").
 #
 # Environment: EXECGATE (default .build-static/release/execgate), IMAGE_DIR (Images/out),
 # MEM (RAM for the timing runs, MiB; default the launcher's default), MEM_STEP (4), ACCEL (auto),
@@ -65,6 +67,9 @@ boot_ms() {  # $1 = floor|execgate, $2 = MiB → prints boot_ms, or "fail"
   local out
   if out=$("$exe" vm start --name "bench-$1" --state-dir "$tmp/run" --image-dir "$tmp/$1" --memory "$2" \
              --accel "$accel" --timeout 60 --json 2>"$tmp/err"); then
+    # The guest's own clocks (ExecGate only): kernel start → /init, PID 1's set-up, service set-up.
+    grep -ho 'kernel_ms=[0-9.]* init_ms=[0-9.]* listen_ms=[0-9.]*' "$tmp/run/bench-$1/console.log" >>"$tmp/$1.stages" 2>/dev/null || true
+    grep -ho 'memory available .*' "$tmp/run/bench-$1/console.log" >"$tmp/$1.memory" 2>/dev/null || true
     "$exe" vm stop --name "bench-$1" --state-dir "$tmp/run" >/dev/null 2>&1 || true
     sed -nE 's/.*"boot_ms": ?([0-9]+).*/\1/p' <<<"$out"
   else
@@ -86,6 +91,11 @@ for i in $(seq 1 "$n"); do
   echo "  round $i: floor $(tail -1 "$tmp/floor.ms") ms, execgate $(tail -1 "$tmp/execgate.ms") ms"
 done
 f50=$(p50 <"$tmp/floor.ms"); e50=$(p50 <"$tmp/execgate.ms")
+if [ -s "$tmp/execgate.stages" ]; then
+  stage() { sed -nE "s/.*$1=([0-9.]+).*/\1/p" "$tmp/execgate.stages" | awk '{printf "%d\n", $1}' | p50; }
+  echo "execgate guest clocks p50: kernel start → /init $(stage kernel_ms) ms (includes unpacking the initramfs), PID 1 set-up $(stage init_ms) ms, service set-up → listening $(stage listen_ms) ms"
+fi
+[ -s "$tmp/execgate.memory" ] && echo "execgate at $mem MiB: $(cat "$tmp/execgate.memory")"
 echo "boot→ready p50: floor $f50 ms ($(range <"$tmp/floor.ms")), execgate $e50 ms ($(range <"$tmp/execgate.ms")), ratio $(awk -v e="$e50" -v f="$f50" 'BEGIN {printf "%.2f", e / f}')×"
 
 # ---- least RAM -------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 //
 // The admin port: its own listener, its own event loop, never the VMM's socket.
 //
-//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder, 4 MiB) ─▶ BoundedFrameHandler(administrator) ─▶ MessageToByteHandler(FrameEncoder)
+//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder, 4 MiB) ─▶ BoundedFrameHandler(administrator) ─▶ FrameWriter (header + body, no copy)
 //
 // The same backpressure, budget and deadlines as the VMM port (ExecGateTransport,
 // BoundedConnection.swift), with one request in flight per connection: the next admin request

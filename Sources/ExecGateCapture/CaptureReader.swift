@@ -16,11 +16,7 @@
 import ExecGateELF
 import ExecGateExplain
 import ExecGateVerifier
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
+import _ExecGateInternals
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -31,18 +27,9 @@ public struct CaptureError: Error, CustomStringConvertible {
     public var description: String { "\(path): \(reason)" }
 }
 
-func readFile(_ path: String) throws -> [UInt8] {
-    guard let f = fopen(path, "rb") else { throw CaptureError(path: path, reason: "cannot open") }
-    defer { fclose(f) }
-    var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 1 << 16)
-    while true {
-        let n = buf.withUnsafeMutableBytes { fread($0.baseAddress, 1, 1 << 16, f) }
-        if n > 0 { out.append(contentsOf: buf[0..<n]) }
-        if n < 1 << 16 { break }
-    }
-    if ferror(f) != 0 { throw CaptureError(path: path, reason: "read error") }
-    return out
+/// One capture file, read whole up to `limit` bytes (the toolkit's bounded read).
+func readFile(_ path: String, limit: Int = 1 << 30) throws -> [UInt8] {
+    do { return try Files.read(path, limit: limit) } catch { throw CaptureError(path: path, reason: "\(error)") }
 }
 
 func readText(_ path: String) throws -> String { String(decoding: try readFile(path), as: UTF8.self) }
@@ -120,22 +107,34 @@ public struct CaptureBoot {
     /// The signed module bytes and the guest's claim for one module.
     public func module(_ name: String) throws -> CapturedModule {
         let mdir = dir + "/" + name
-        struct CoreText: Decodable { let base: String }
-        struct Layout: Decodable { let ko: String; let core_text: CoreText }
-        let lj: Layout
-        do { lj = try JSONDecoder().decode(Layout.self, from: Data(try readFile(mdir + "/layout.json"))) } catch {
-            throw CaptureError(path: mdir + "/layout.json", reason: "missing ko / core_text.base: \(error)")
+        let layoutPath = mdir + "/layout.json"
+        let layout: JSON
+        do { layout = try JSONReader.parse(try readFile(layoutPath, limit: Self.maxJSONBytes)) } catch {
+            throw CaptureError(path: layoutPath, reason: "\(error)")
         }
-        guard let base = parseHex(Substring(lj.core_text.base)) else { throw CaptureError(path: mdir + "/layout.json", reason: "bad core_text.base") }
-        let koName = lj.ko
+        guard let koName = layout["ko"]?.stringValue, let baseText = layout["core_text"]?["base"]?.stringValue else {
+            throw CaptureError(path: layoutPath, reason: "missing ko / core_text.base (strings)")
+        }
+        // The .ko is named by the capture: a plain file in the module's own directory, never a path.
+        guard !koName.isEmpty, !koName.contains("/"), koName != ".", koName != ".." else {
+            throw CaptureError(path: layoutPath, reason: "ko '\(koName)' is not a file name")
+        }
+        guard let base = parseHex(Substring(baseText)) else { throw CaptureError(path: layoutPath, reason: "bad core_text.base '\(baseText)'") }
         let ko = try readFile(mdir + "/" + koName)
         // A data-only module has an empty executable region (no MOD_TEXT on 6.12: base 0).
         let text = fileExists(mdir + "/core_text.bin") ? try readFile(mdir + "/core_text.bin") : []
         var secs: [String: UInt64] = [:]
+        let sectionsPath = mdir + "/sections.json"
         do {
-            let sj = try JSONDecoder().decode([String: String].self, from: Data(try readFile(mdir + "/sections.json")))
-            for (k, v) in sj { if let a = parseHex(Substring(v)) { secs[k] = a } }
-        } catch { throw CaptureError(path: mdir + "/sections.json", reason: "\(error)") }
+            guard let members = try JSONReader.parse(try readFile(sectionsPath, limit: Self.maxJSONBytes)).objectMembers else {
+                throw CaptureError(path: sectionsPath, reason: "not an object of section name → address")
+            }
+            for (k, v) in members {
+                guard let t = v.stringValue else { throw CaptureError(path: sectionsPath, reason: "section \(k): the address is not a string") }
+                // A string that is not "0x…" hex names no address (the section is then unclaimed).
+                if let a = parseHex(Substring(t)) { secs[k] = a }
+            }
+        } catch let e as CaptureError { throw e } catch { throw CaptureError(path: sectionsPath, reason: "\(error)") }
         // Per-cpu base claim: kallsyms address of one of the module's per-cpu symbols minus its
         // offset in `.data..percpu` (the engine checks it against every per-cpu relocation).
         var percpuBase: UInt64? = nil
@@ -148,6 +147,9 @@ public struct CaptureBoot {
         }
         return CapturedModule(name: name, ko: ko, claim: ModuleClaim(name: name, textBase: base, text: text, sectionAddresses: secs, percpuBase: percpuBase))
     }
+
+    /// layout.json and sections.json are a few KiB (the largest in the shared corpus: 16 KiB).
+    static let maxJSONBytes = 1 << 20
 
     public var availableModules: [String] { loadOrder.filter { fileExists(dir + "/" + $0 + "/layout.json") } }
 }

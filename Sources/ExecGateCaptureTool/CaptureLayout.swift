@@ -95,14 +95,16 @@ enum CaptureLayout {
                               captured: captured, failed: failed, slide: slide, accel: "", qemuMillis: 0, totalMillis: 0)
     }
 
-    /// The guest's sections.json: one `"name": "0x…"` per line (written by CaptureGuest).
+    /// The guest's sections.json (written by CaptureGuest): one object of section name → "0x…",
+    /// read by the toolkit's bounded JSON reader. The guest is untrusted: anything but one strict
+    /// JSON object gives no addresses (the module is then reported without them), a value that is
+    /// not a "0x…" string names no address.
     static func parseSections(_ b: [UInt8]) -> [String: UInt64] {
+        guard let members = (try? JSONReader.parse(b, limits: JSONReader.Limits(maxBytes: 1 << 20, maxDepth: 2)))?.objectMembers else { return [:] }
         var out: [String: UInt64] = [:]
-        for line in String(decoding: b, as: UTF8.self).split(separator: "\n") {
-            let q = line.split(separator: "\"", omittingEmptySubsequences: false)
-            // ` "name": "0x…",` → ["" or " ", name, ": ", value, ","]
-            guard q.count >= 4, q[3].hasPrefix("0x"), let a = UInt64(q[3].dropFirst(2), radix: 16) else { continue }
-            out[String(q[1])] = a
+        for (name, v) in members {
+            guard let t = v.stringValue, t.hasPrefix("0x"), let a = UInt64(t.dropFirst(2), radix: 16) else { continue }
+            out[name] = a
         }
         return out
     }

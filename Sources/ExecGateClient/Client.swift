@@ -71,7 +71,7 @@ public final class ExecGateClient: @unchecked Sendable {
             let handler = try await channel.eventLoop.submit {
                 let handler = ReplyHandler()
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumBodySize: maximumBodySize)))
-                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()), name: "frame-encoder")
+                try channel.pipeline.syncOperations.addHandler(FrameWriter(), name: "frame-encoder")
                 try channel.pipeline.syncOperations.addHandler(handler)
                 return EventLoopBoundHandler(value: handler)
             }.get()

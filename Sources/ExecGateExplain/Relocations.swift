@@ -75,6 +75,22 @@ extension Session {
     /// if (memcmp(loc, &zero, size)) { pr_err("x86/modules: Invalid relocation target, existing value is nonzero ..."); return -ENOEXEC; }
     /// ```
     func relocate() throws {
+        let initRefs = try relocateFields()
+        // Fields of `.altinstr_replacement` / `.altinstr_aux` that refer to the module's init
+        // sections: legal only inside the replacement or the static_cpu_has() fallback block of an
+        // alternative whose site is in init text (checked now that `.altinstructions` is relocated).
+        if !initRefs.isEmpty {
+            let replacements = initTextAlternativeTemplates()
+            for f in initRefs where !replacements.contains(where: { f.loc >= $0.lowerBound && f.loc &+ UInt64(f.size) <= $0.upperBound }) {
+                throw deny(.initSymbol, f.reason, section: f.section, offset: f.offset, address: f.loc)
+            }
+        }
+    }
+
+    /// Writes every relocation field (above); returns the init-section references of alternative
+    /// templates, which `relocate()` checks once the whole table is relocated.
+    func relocateFields() throws -> [(loc: UInt64, size: Int, reason: String, section: String, offset: Int)] {
+        var initRefs: [(loc: UInt64, size: Int, reason: String, section: String, offset: Int)] = []
         // Work on local arrays (moved out, moved back on every exit): no exclusivity checks on the
         // class's stored properties in this loop, and each field is read and written as one
         // 4- or 8-byte little-endian word through the borrowed buffer (bounds checked per field).
@@ -131,8 +147,16 @@ extension Session {
                     // memory freed after init (`do_free_init()`): not explainable.
                     let ssi = Int(symtab.sectionIndex(si))
                     if isCore, ssi > 0, ssi < initOffset.count, initOffset[ssi] != nil {
-                        throw deny(.initSymbol, "\(r.type) in \(sectionName(t)) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init",
-                                   section: sectionName(t), offset: fo, address: loc)
+                        let tn = sectionName(t)
+                        guard tn == ".altinstr_replacement" || tn == ".altinstr_aux", r.type == .pc32 || r.type == .plt32 else {
+                            throw deny(.initSymbol, "\(r.type) in \(tn) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init",
+                                       section: tn, offset: fo, address: loc)
+                        }
+                        // The branch's value: the init section's real (claimed) address, used
+                        // for this field only (site classification keeps the placeholder).
+                        val = (try claimedInitAddress(ssi)) &+ symtab.value(si) &+ UInt64(bitPattern: r.addend) &- loc
+                        initRefs.append((loc, size, "\(r.type) in \(tn) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init, outside the template of an init-text alternative",
+                                         tn, fo))
                     }
                 } else if fo + size > buf.count {
                     count += 1
@@ -186,7 +210,79 @@ extension Session {
                 try d.withUnsafeMutableBytes { try apply(rs, t, taddr, $0, 0, nil, nil) }
             }
         }
+        return initRefs
     }
+
+    /// The claimed address of init section `i` (sysfs `sections/`, which `mod->mem[]` placed when
+    /// the module was loaded), for the dead branches of init-text alternative templates only. It
+    /// must be consistent with `layout_sections()` (its allocation page-aligned at
+    /// `address − offset`), inside the module area and outside the claimed core text, so the
+    /// branch can never name verified code.
+    func claimedInitAddress(_ i: Int) throws -> UInt64 {
+        let name = sectionName(i)
+        guard let c = claim.sectionAddresses[name], i < layout.initOffset.count, let off = layout.initOffset[i] else {
+            throw deny(.initSymbol, "core text refers to \(name) (freed after init) and the claim gives no address for it")
+        }
+        let base = c &- UInt64(off), end = c &+ UInt64(elf.sections[i].size)
+        let textEnd = claim.textBase &+ UInt64(claim.text.count)
+        guard base % UInt64(ModuleLayout.pageSize) == 0, facts.moduleArea.contains(base), end <= facts.moduleArea.upperBound,
+              end <= claim.textBase || base >= textEnd else {
+            throw deny(.initSymbol, "claimed address 0x\(String(c, radix: 16)) of \(name) is not a page-aligned init allocation in the module area outside the core text",
+                       section: name, address: c)
+        }
+        return c
+    }
+
+    /// The byte ranges, in core text, that only init-text alternative sites use: their
+    /// replacements in `.altinstr_replacement` and their `static_cpu_has()` fallback blocks in
+    /// `.altinstr_aux`. `apply_alternatives()` (6.1 and 6.12 arch/x86/kernel/alternative.c, called
+    /// by `module_finalize()` over the whole `.altinstructions`, init sites included) only *copies*
+    /// a replacement into its site (`memcpy(insn_buff, replacement, a->replacementlen)`, then
+    /// re-relocates branches to the site's address): the template is never a branch target. The
+    /// fallback block is reached only through the site's original `jmp 6f` of `_static_cpu_has()`
+    /// (arch/x86/include/asm/cpufeature.h: `ALTERNATIVE_TERNARY("jmp 6f", feature, "", "jmp
+    /// %l[t_no]")`, block `6: testb $bit, cap_byte(%rip); jnz t_yes; jmp t_no` = 7 + 6 + 5 bytes in
+    /// `.altinstr_aux`), and one of the ternary's two entries always overwrites that jump. So a
+    /// branch of such a template or block to the init function's labels (in `.init.text`) is
+    /// relocated by `apply_relocate_add()` like any field and stays in core text after
+    /// `do_free_init()`: explained, and dead (the freed init pages lose EXEC at init-freed).
+    /// `struct alt_instr`: `{s32 instr, s32 repl, …, u8 instrlen, u8 replacementlen}`, 12 bytes on
+    /// 6.1 (replacementlen at +11), 14 on 6.12 (at +13).
+    func initTextAlternativeTemplates() -> [Range<UInt64>] {
+        guard let t = table(".altinstructions") else { return [] }
+        let size = loader == .linux6_12 ? 14 : 12
+        var initRanges: [Range<UInt64>] = []
+        for s in elf.sections where s.index < layout.initOffset.count && layout.initOffset[s.index] != nil {
+            if let a = addr[s.index] { initRanges.append(a..<a &+ UInt64(s.size)) }
+        }
+        var out: [Range<UInt64>] = []
+        var initSites = Set<UInt64>()
+        var o = 0
+        while o + size <= t.bytes.count, let instrRel = t.bytes.getInteger(at: o, as: Int32.self),
+              let replRel = t.bytes.getInteger(at: o + 4, as: Int32.self), let rl = t.bytes.getInteger(at: o + size - 1, as: UInt8.self) {
+            let ea = t.addr &+ UInt64(o)
+            let instr = ea &+ UInt64(bitPattern: Int64(instrRel)), repl = ea &+ 4 &+ UInt64(bitPattern: Int64(replRel))
+            if initRanges.contains(where: { $0.contains(instr) }) {
+                out.append(repl..<repl &+ UInt64(rl))
+                initSites.insert(instr)
+            }
+            o += size
+        }
+        // The fallback blocks: the rel32 of an init site's `jmp 6f` (`e9`, field at site + 1)
+        // relocated against `.altinstr_aux`; the block starts at S + A + 4.
+        guard !initSites.isEmpty, let aux = elf.section(named: ".altinstr_aux") else { return out }
+        for rs in rela where rs.targetSectionIndex < layout.initOffset.count && layout.initOffset[rs.targetSectionIndex] != nil {
+            guard let base = addr[rs.targetSectionIndex] else { continue }
+            for r in rs.relocations where r.offset >= 1 && (r.type == .pc32 || r.type == .plt32)
+                && Int(symtab.sectionIndex(r.symbolIndex)) == aux.index && initSites.contains(base &+ r.offset &- 1) {
+                guard let s = try? symbolValue(r.symbolIndex) else { continue }
+                let start = s &+ UInt64(bitPattern: r.addend) &+ 4
+                out.append(start..<start &+ 18)
+            }
+        }
+        return out
+    }
+
 
     /// The relocation whose field covers region offset `i` (for the first-difference report).
     func relocationCovering(_ i: Int) -> String? {

@@ -4,6 +4,9 @@
 // here fails on a slow machine. Clocks and percentiles are the toolkit's (_ExecGateInternals).
 
 import _ExecGateInternals
+import CExecGateSys
+import Dispatch
+import ExecGateCapture
 import ExecGateClient
 import ExecGateKernelImage
 import ExecGatePolicy
@@ -12,7 +15,9 @@ import ExecGateSignature
 import ExecGateVerifier
 import ExecGateWire
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
@@ -27,6 +32,15 @@ public enum SignatureBenchmark {
         public var modules: Int, bytes: Int, verifiedOK: Int, baselineOK: Int
         public var execgateSeconds: Double, opensslSeconds: Double
         public var roundTripP50us: Double, roundTripP99us: Double, roundTripMeanus: Double
+        /// The same modules on a pool of `poolThreads` (System.coreCount) in process, and through
+        /// the service (`serviceClients` pipelined connections), wall seconds.
+        public var poolThreads = 0, poolSeconds = 0.0, poolOK = 0
+        public var serviceClients = 0, serviceSeconds = 0.0, serviceAllowed = 0
+        /// Status round trips from a blocking client, and a minimal C echo over the same socket type, µs.
+        public var statusP50us = 0.0, statusP99us = 0.0, echoP50us = 0.0, echoP99us = 0.0
+        /// Process CPU seconds (user + system) of each phase: on a machine whose other load takes
+        /// cores away, CPU / wall says how much parallelism the phase got.
+        public var execgateCPU = 0.0, opensslCPU = 0.0, poolCPU = 0.0, serviceCPU = 0.0
     }
 
     /// The module files of an unpacked Debian kernel package (`boot/vmlinuz-*`, `lib/modules/*`),
@@ -52,18 +66,35 @@ public enum SignatureBenchmark {
         _ = blobs.first.map { b in b.withUnsafeBytes { ModuleSignatureVerifier.verify(module: $0, trust: trust) } }
         progress("verifying with ExecGate")
         var ok = 0
+        let c0 = Memory.cpuSeconds()
         let t0 = MonotonicClock.seconds()
         for b in blobs where b.withUnsafeBytes({ ModuleSignatureVerifier.verify(module: $0, trust: trust) }).isValid { ok += 1 }
         let ours = MonotonicClock.seconds() - t0
+        let c1 = Memory.cpuSeconds()
         progress("verifying with OpenSSL alone")
         var baseOK = 0
         let t1 = MonotonicClock.seconds()
         for b in blobs where b.withUnsafeBytes({ OpenSSLBaseline.verify(module: $0, certificate: certs[0]) }) { baseOK += 1 }
         let base = MonotonicClock.seconds() - t1
+        let c2 = Memory.cpuSeconds()
         progress("\(roundTrips) round trips over a Unix socket")
         let rt = try await unixRoundTrips(trust: trust, count: roundTrips)
-        return Figures(modules: blobs.count, bytes: blobs.reduce(0) { $0 + $1.count }, verifiedOK: ok, baselineOK: baseOK,
-                       execgateSeconds: ours, opensslSeconds: base, roundTripP50us: rt.p50, roundTripP99us: rt.p99, roundTripMeanus: rt.mean)
+        var f = Figures(modules: blobs.count, bytes: blobs.reduce(0) { $0 + $1.count }, verifiedOK: ok, baselineOK: baseOK,
+                        execgateSeconds: ours, opensslSeconds: base, roundTripP50us: rt.p50, roundTripP99us: rt.p99, roundTripMeanus: rt.mean)
+        (f.execgateCPU, f.opensslCPU) = (c1 - c0, c2 - c1)
+        f.poolThreads = System.coreCount
+        progress("verifying with ExecGate on a pool of \(f.poolThreads) threads")
+        let c3 = Memory.cpuSeconds()
+        (f.poolSeconds, f.poolOK) = poolSeconds(blobs: blobs, trust: trust, threads: f.poolThreads)
+        let c4 = Memory.cpuSeconds()
+        f.serviceClients = 4
+        progress("verifying through the service (\(f.serviceClients) pipelined clients over a Unix socket)")
+        (f.serviceSeconds, f.serviceAllowed) = try await serviceSeconds(blobs: blobs, trust: trust, clients: f.serviceClients, depth: 16)
+        (f.poolCPU, f.serviceCPU) = (c4 - c3, Memory.cpuSeconds() - c4)
+        progress("status round trips (blocking client) and a C echo over a Unix socket")
+        let (status, echo) = try await statusVersusEcho(trust: trust, count: roundTrips)
+        (f.statusP50us, f.statusP99us, f.echoP50us, f.echoP99us) = (status.p50, status.p99, echo.p50, echo.p99)
+        return f
     }
 
     /// Sequential status round trips to an in-process verifier over a Unix socket (µs).
@@ -135,4 +166,316 @@ public enum RoundTripBenchmark {
         return Result(p50us: rt.p50, p99us: rt.p99, meanus: rt.mean,
                       mbPerSecond: Double(bulkBytes * bulkFrames) / 1e6 / secs, bulkBytes: bulkBytes * bulkFrames)
     }
+}
+
+// MARK: - Both cores, and the round trip against a C echo
+
+extension SignatureBenchmark {
+    /// Signature verification of `blobs` in process on a pool of `threads` workers (worker w takes
+    /// modules w, w + threads, …): wall seconds and how many verified.
+    public static func poolSeconds(blobs: [[UInt8]], trust: TrustStore, threads: Int) -> (seconds: Double, ok: Int) {
+        let ok = NIOLockedValueBox(0)
+        let t0 = MonotonicClock.seconds()
+        DispatchQueue.concurrentPerform(iterations: max(1, threads)) { w in
+            var n = 0
+            var i = w
+            while i < blobs.count {
+                if blobs[i].withUnsafeBytes({ ModuleSignatureVerifier.verify(module: $0, trust: trust) }).isValid { n += 1 }
+                i += max(1, threads)
+            }
+            ok.withLockedValue { $0 += n }
+        }
+        return (MonotonicClock.seconds() - t0, ok.withLockedValue { $0 })
+    }
+
+    /// Every module through the service: an in-process `VerifierServer` (its pool sized to the
+    /// machine) on a Unix socket, `clients` connections each keeping up to `depth` authorize-module
+    /// requests in flight. The policy judges on the signature alone (`end-state signature-only`),
+    /// so an allow is a verified signature. Wall seconds and allows.
+    public static func serviceSeconds(blobs: [[UInt8]], trust: TrustStore, clients: Int, depth: Int) async throws -> (seconds: Double, allowed: Int) {
+        let server = VerifierServer(responder: Verifier(policy: Policy(id: "bench", version: 1, trust: trust, endState: .signatureOnly)),
+                                    logger: quietLogger())
+        let endpoint = try temporaryEndpoint("service.sock")
+        try await server.bind(endpoint)
+        do {
+            let r = try await pipelined(blobs: blobs, endpoint: endpoint, clients: clients, depth: depth)
+            await server.shutdown()
+            return r
+        } catch {
+            await server.shutdown()
+            throw error
+        }
+    }
+
+    static func pipelined(blobs: [[UInt8]], endpoint: Endpoint, clients: Int, depth: Int) async throws -> (seconds: Double, allowed: Int) {
+        let buffers = blobs.map { ByteBuffer(bytes: $0) }
+        let connections = try await (0..<max(1, clients)).asyncMap { _ in try await ExecGateClient.connect(to: endpoint, timeout: 120) }
+        let t0 = MonotonicClock.seconds()
+        let allowed = try await withThrowingTaskGroup(of: Int.self) { g in
+            for (c, client) in connections.enumerated() {
+                g.addTask {
+                    try await withThrowingTaskGroup(of: Bool.self) { inner in
+                        var n = 0, inFlight = 0
+                        for i in stride(from: c, to: buffers.count, by: connections.count) {
+                            if inFlight >= depth, let r = try await inner.next() { inFlight -= 1; if r { n += 1 } }
+                            inner.addTask { try await ScaleBenchmark.authorize(AuthorizeModule(module: buffers[i]), client: client).verdict?.decision == .allow }
+                            inFlight += 1
+                        }
+                        for try await r in inner where r { n += 1 }
+                        return n
+                    }
+                }
+            }
+            return try await g.reduce(0, +)
+        }
+        let seconds = MonotonicClock.seconds() - t0
+        for c in connections { await c.close() }
+        return (seconds, allowed)
+    }
+
+    /// Status round trips to an in-process service over a Unix socket from a blocking client
+    /// (plain read/write, like the echo baseline), and the same number of 64-byte round trips to
+    /// the minimal C echo (CExecGateSys UnixEcho.c) in the same run: (service, echo) summaries, µs.
+    public static func statusVersusEcho(trust: TrustStore, count: Int) async throws
+        -> (service: (p50: Double, p99: Double, mean: Double), echo: (p50: Double, p99: Double, mean: Double)) {
+        let server = VerifierServer(responder: Verifier(policy: Policy.builtIn(trust: trust)), logger: quietLogger())
+        let endpoint = try temporaryEndpoint("status.sock")
+        try await server.bind(endpoint)
+        guard case .unix(let path) = endpoint else { throw LocalFileError(path: "\(endpoint)", why: "not a Unix socket") }
+        let service: (p50: Double, p99: Double, mean: Double)
+        do { service = try BlockingFrameClient.statusRoundTrips(path: path, count: count) } catch {
+            await server.shutdown()
+            throw error
+        }
+        await server.shutdown()
+        var samples = [Double](repeating: 0, count: max(1, count))
+        let echoPath = path + ".echo"
+        guard execgate_unix_echo_rtt(echoPath, Int32(samples.count), 64, &samples) == 0 else {
+            throw LocalFileError(path: echoPath, why: "echo baseline failed: errno \(errno)")
+        }
+        return (service, Percentiles.summary(samples))
+    }
+
+    /// The in-process service's logger: silent unless EXECGATE_BENCH_LOG names a level.
+    static func quietLogger() -> Logger {
+        var logger = Logger(label: "bench")
+        logger.logLevel = getenv("EXECGATE_BENCH_LOG").flatMap { Logger.Level(rawValue: String(cString: $0)) } ?? .critical
+        return logger
+    }
+
+    /// A fresh Unix-socket endpoint in a new private directory under /tmp.
+    static func temporaryEndpoint(_ name: String) throws -> Endpoint {
+        var template = Array("/tmp/execgate-bench-XXXXXX".utf8CString)
+        guard let dir = mkdtemp(&template) else { throw LocalFileError(path: "/tmp", why: "mkdtemp failed") }
+        return .unix(path: String(cString: dir) + "/" + name)
+    }
+}
+
+/// A blocking client over a Unix stream socket: one frame out, one frame in, nothing else in the
+/// way (the service's side of the round trip, compared with the C echo).
+enum BlockingFrameClient {
+    static func statusRoundTrips(path: String, count: Int) throws -> (p50: Double, p99: Double, mean: Double) {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw LocalFileError(path: path, why: "socket: errno \(errno)") }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw LocalFileError(path: path, why: "path too long") }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard rc == 0 else { throw LocalFileError(path: path, why: "connect: errno \(errno)") }
+        var request = ByteBuffer()
+        request.writeFrame(Message.status.frame(requestID: 1))
+        let out = Array(request.readableBytesView)
+        var header = [UInt8](repeating: 0, count: WireLimits.headerSize)
+        var body = [UInt8](repeating: 0, count: 64 << 10)
+        func roundTrip() throws {
+            guard out.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == out.count else { throw LocalFileError(path: path, why: "write failed") }
+            try readFull(fd, &header, header.count)
+            guard let n = header.getInteger(at: 16, order: .big, as: UInt32.self), Int(n) <= body.count else { throw LocalFileError(path: path, why: "bad reply header") }
+            try readFull(fd, &body, Int(n))
+        }
+        for _ in 0..<100 { try roundTrip() }
+        var samples: [Double] = []
+        samples.reserveCapacity(count)
+        for _ in 0..<max(1, count) {
+            let t = MonotonicClock.nanoseconds()
+            try roundTrip()
+            samples.append(MonotonicClock.microseconds(since: t))
+        }
+        return Percentiles.summary(samples)
+    }
+
+    static func readFull(_ fd: Int32, _ buffer: inout [UInt8], _ n: Int) throws {
+        var got = 0
+        while got < n {
+            let r = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, n - got) }  // non-empty: n ≤ count checked by callers
+            if r < 0 && errno == EINTR { continue }
+            guard r > 0 else { throw LocalFileError(path: "socket", why: "read: \(r < 0 ? "errno \(errno)" : "end of stream")") }
+            got += r
+        }
+    }
+}
+
+extension Sequence {
+    func asyncMap<T>(_ f: (Element) async throws -> T) async rethrows -> [T] {
+        var out: [T] = []
+        for e in self { out.append(try await f(e)) }
+        return out
+    }
+}
+
+// MARK: - Scale: many guests of one kernel, then a boot storm
+
+/// G guests of one kernel build registered with the service, then a boot storm: every guest
+/// authorizes the capture's modules, in load order, with their end state, all guests at once, each
+/// over its own connection to an in-process service on a Unix socket (`execgate bench --scale`).
+/// Memory is read from the process (RSS) and from the allocator (bytes in use), so the figures
+/// for G guests can be set against one guest's.
+public enum ScaleBenchmark {
+    public struct Row: Sendable {
+        public var guests = 0
+        /// Allocator bytes in use, above the figure before the first registration.
+        public var heapAfterRegister = 0, heapAfterFirstGuest = 0, heapAfterStorm = 0
+        public var rssBefore = 0, rssAfterRegister = 0, rssAfterStorm = 0
+        /// First registration of the build (builds and checks its facts) and the later ones
+        /// (known build): the registry's work, and the symbols digest the verifier computes
+        /// for every registration (reply, pins; p50), in ms.
+        public var registerFirstMs = 0.0, registerKnownP50Ms = 0.0, registerKnownP99Ms = 0.0, digestMs = 0.0
+        public var sharedCopies = 0
+        public var requests = 0, allowed = 0, denied = 0, retries = 0
+        public var seconds = 0.0, p50us = 0.0, p99us = 0.0
+        public var requestsPerSecond: Double { seconds > 0 ? Double(requests) / seconds : 0 }
+        /// Allocator bytes each guest after the first adds at registration.
+        public var heapPerKnownGuest: Double { guests > 1 ? Double(heapAfterRegister - heapAfterFirstGuest) / Double(guests - 1) : 0 }
+    }
+
+    public static func run(capture: String, vmlinuz: String, guestCounts: [Int], progress: (String) -> Void) async throws -> [Row] {
+        let trust = TrustStore(try KernelImage.load(try LocalFile.read(vmlinuz)).builtinCertificates())
+        let boot = try CaptureBoot.load(capture)
+        let template = try boot.registration(guestID: "g")
+        let names = boot.availableModules
+        let requests = try names.map { try boot.module($0).request(guestID: "g") }
+        progress("capture \(capture): \(template.symbols.count) symbols, \(names.count) modules")
+        var rows: [Row] = []
+        for g in guestCounts { rows.append(try await one(guests: g, template: template, requests: requests, trust: trust, progress: progress)) }
+        return rows
+    }
+
+    static func one(guests: Int, template: RegisterGuest, requests: [AuthorizeModule], trust: TrustStore,
+                    progress: (String) -> Void) async throws -> Row {
+        var row = Row()
+        row.guests = guests
+        let verifier = Verifier(policy: Policy(id: "scale", version: 1, trust: trust, endState: .required))
+        let server = VerifierServer(responder: verifier, logger: SignatureBenchmark.quietLogger())
+        let endpoint = try SignatureBenchmark.temporaryEndpoint("scale.sock")
+        try await server.bind(endpoint)
+        row.rssBefore = Memory.residentBytes()
+        let heap0 = Memory.heapInUse()
+        // Registration, as the verifier does it (symbols digest, then the registry).
+        var known: [Double] = [], digests: [Double] = []
+        for i in 0..<guests {
+            var r = template
+            r.guestID = "guest-\(i)"
+            let t0 = MonotonicClock.nanoseconds()
+            let digest = KernelFactsKey.symbolsDigest(r)
+            let t1 = MonotonicClock.nanoseconds()
+            guard case .registered = verifier.guests.register(r, factsDigest: [], symbolsDigest: digest) else {
+                throw LocalFileError(path: "register-guest", why: "guest \(i) refused")
+            }
+            let ms = Double(MonotonicClock.nanoseconds() - t1) / 1e6
+            if i == 0 { row.registerFirstMs = ms; row.heapAfterFirstGuest = Memory.heapInUse() - heap0 } else { known.append(ms) }
+            digests.append(Double(t1 - t0) / 1e6)
+        }
+        row.digestMs = Percentiles.of(digests, 50)
+        row.heapAfterRegister = Memory.heapInUse() - heap0
+        row.rssAfterRegister = Memory.residentBytes()
+        row.sharedCopies = verifier.guests.sharedBuilds.count
+        if !known.isEmpty {
+            row.registerKnownP50Ms = Percentiles.of(known, 50)
+            row.registerKnownP99Ms = Percentiles.of(known, 99)
+        }
+        progress("\(guests) guest(s) registered; boot storm: \(guests) × \(requests.count) authorize-module")
+        // The storm: each guest over its own connection, its modules in load order.
+        let t0 = MonotonicClock.seconds()
+        let results = try await withThrowingTaskGroup(of: (latencies: [Double], allowed: Int, denied: Int, retries: Int).self) { group in
+            for i in 0..<guests {
+                group.addTask {
+                    let client = try await ExecGateClient.connect(to: endpoint, timeout: 300)
+                    var lat: [Double] = []
+                    var allowed = 0, denied = 0, retries = 0
+                    for var r in requests {
+                        r.guestID = "guest-\(i)"
+                        let t = MonotonicClock.nanoseconds()
+                        let (verdict, tries) = try await authorize(r, client: client)
+                        lat.append(MonotonicClock.microseconds(since: t))
+                        retries += tries
+                        if verdict?.decision == .allow { allowed += 1 } else { denied += 1 }
+                    }
+                    await client.close()
+                    return (lat, allowed, denied, retries)
+                }
+            }
+            var all: [(latencies: [Double], allowed: Int, denied: Int, retries: Int)] = []
+            for try await r in group { all.append(r) }
+            return all
+        }
+        row.seconds = MonotonicClock.seconds() - t0
+        let latencies = results.flatMap(\.latencies)
+        row.requests = latencies.count
+        row.allowed = results.reduce(0) { $0 + $1.allowed }
+        row.denied = results.reduce(0) { $0 + $1.denied }
+        row.retries = results.reduce(0) { $0 + $1.retries }
+        let s = Percentiles.summary(latencies)
+        (row.p50us, row.p99us) = (s.p50, s.p99)
+        row.rssAfterStorm = Memory.residentBytes()
+        row.heapAfterStorm = Memory.heapInUse() - heap0
+        await server.shutdown()
+        return row
+    }
+}
+
+extension ScaleBenchmark {
+    /// One authorize-module as a VMM sends it: when the port's buffer budget is full
+    /// (`unavailable`) it retries, backing off (2 ms doubling to 128 ms, jittered) so a storm does
+    /// not resend bodies faster than they are judged. The verdict (nil: another error) and the retries.
+    static func authorize(_ r: AuthorizeModule, client: ExecGateClient) async throws -> (verdict: Verdict?, retries: Int) {
+        var backoff: UInt64 = 2_000_000
+        var retries = 0
+        while true {
+            let reply = try await client.sendFrame(Message.authorizeModule(r).frame(requestID: client.allocateID()))
+            if case .error(let e) = reply, e.code == .unavailable {
+                retries += 1
+                try await Task.sleep(nanoseconds: UInt64.random(in: backoff / 2...backoff))
+                backoff = min(backoff * 2, 128_000_000)
+                continue
+            }
+            if case .verdict(let v) = reply { return (v, retries) }
+            return (nil, retries)
+        }
+    }
+}
+
+/// Process memory as the kernel and the allocator see it.
+public enum Memory {
+    /// VmRSS of this process (bytes), from /proc/self/status.
+    public static func residentBytes() -> Int {
+        guard let text = try? LocalFile.read("/proc/self/status") else { return 0 }
+        for line in String(decoding: text, as: UTF8.self).split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            let digits = line.filter { $0.isNumber }
+            return (Int(digits) ?? 0) * 1024
+        }
+        return 0
+    }
+
+    /// CPU seconds (user + system) this process has used so far.
+    public static func cpuSeconds() -> Double {
+        var u = rusage()
+        guard getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u) == 0 else { return 0 }
+        return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
+    }
+
+    /// Bytes the allocator has handed out and not had back, over every arena (glibc malloc_info; 0 where unknown).
+    public static func heapInUse() -> Int { max(0, Int(execgate_heap_in_use())) }
 }

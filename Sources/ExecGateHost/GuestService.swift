@@ -18,6 +18,7 @@ import ExecGatePolicy
 import ExecGateService
 import ExecGateSignature
 import ExecGateServiceVM
+import ExecGateTransport
 import ExecGateVerifier
 import ExecGateWire
 import Logging
@@ -42,6 +43,14 @@ public enum GuestService {
         let dir = ImageBuilder.GuestPaths.trust
         c.trustAnchorFiles = ((try? FS.list(dir)) ?? []).filter { $0.hasSuffix(".der") || $0.hasSuffix(".pem") }.map { dir + "/" + $0 }
         if FS.exists(ImageBuilder.GuestPaths.policy) { c.policyFile = ImageBuilder.GuestPaths.policy }
+        // Admission from the memory this guest has (ServiceVM/README.md, "Memory budget").
+        if let text = try? FS.readString("/proc/meminfo", limit: 1 << 16), let memory = MemoryBudget(meminfo: text) {
+            let limits = memory.limits()
+            c.portLimits = limits
+            GuestInit.log(memory.summary(limits))
+        } else {
+            GuestInit.log("no MemAvailable in /proc/meminfo: the default request budget applies")
+        }
         if FS.exists(ImageBuilder.GuestPaths.adminCertificate) {
             c.adminCertificateFile = ImageBuilder.GuestPaths.adminCertificate
             c.adminListen = .vsock(cid: UInt32.max, port: port &+ 1)

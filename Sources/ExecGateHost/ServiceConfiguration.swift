@@ -18,6 +18,7 @@
 
 import ExecGatePolicy
 import ExecGateSignature
+import ExecGateTransport
 import ExecGateWire
 import Logging
 import NIOCore
@@ -45,6 +46,9 @@ public struct ServiceConfiguration: Sendable {
     public var adminListen: Endpoint?
     /// Append every verdict and policy change to this file as JSON lines.
     public var auditFile: String?
+    /// The VMM port's limits; nil = the defaults (`PortLimits()`). The service VM narrows them to
+    /// the memory it has (`MemoryBudget`, GuestService.configuration): admission, not OOM.
+    public var portLimits: PortLimits?
     /// Worker threads that judge requests.
     public var threads: Int = System.coreCount
     /// What `hello` answers as the server name.

@@ -62,7 +62,7 @@ public final class VerifierService: Sendable {
             c.logger.warning("no trust anchors: every module will be denied (give --trust CERT)")
         }
         let verifier = Verifier(policy: policy, serverName: c.serverName)
-        let server = VerifierServer(responder: verifier, logger: c.logger, threads: c.threads)
+        let server = VerifierServer(responder: verifier, logger: c.logger, threads: c.threads, configuration: c.portLimits)
 
         // Audit sink and admin port.
         var audit: AuditLog? = nil

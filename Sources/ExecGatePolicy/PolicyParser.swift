@@ -167,151 +167,111 @@ struct Parser {
         guard bytes.count <= PolicyLimits.maximumSize else {
             throw fail(.tooLarge, 1, 1, "policy is \(bytes.count) bytes; the limit is \(PolicyLimits.maximumSize)")
         }
-        // Split into lines first (bounded), validating the byte-level rules with exact positions.
-        var lines: [[UInt8]] = []
-        var current: [UInt8] = []
-        for b in bytes {
-            if b == 0x0A { lines.append(current); current = []; continue }
-            current.append(b)
-        }
-        if !current.isEmpty { lines.append(current) }
-
+        // Split into lines first (the whole text is already bounded), then read one directive per
+        // line; a `trust sha256:…` line also consumes the PEM block under it.
+        let lines = bytes.split(separator: 0x0A, omittingEmptySubsequences: false).map(Array.init)
+        let count = lines.last?.isEmpty == true ? lines.count - 1 : lines.count
         var index = 0
-        while index < lines.count {
+        while index < count {
             let lineNo = index + 1
-            let raw = lines[index]
+            let tokens = try tokens(of: lines[index], lineNo)
             index += 1
-            guard raw.count <= PolicyLimits.maximumLineLength else {
-                throw fail(.tooLarge, lineNo, PolicyLimits.maximumLineLength + 1, "line is longer than \(PolicyLimits.maximumLineLength) bytes")
-            }
-            if let cr = raw.firstIndex(where: { $0 == 0x0D || $0 == 0x00 || ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) {
-                let what = raw[cr] == 0x0D ? "carriage return (use LF line endings)" : "control character 0x\(String(raw[cr], radix: 16))"
-                throw fail(.encoding, lineNo, cr + 1, what)
-            }
-            guard String(validating: raw, as: UTF8.self) != nil else {
-                throw fail(.encoding, lineNo, 1, "line is not valid UTF-8")
-            }
-            let tokens = Self.tokenize(raw)
             guard let head = tokens.first else { continue }
             if !sawHeader && head.text != "execgate-policy" {
                 throw fail(.header, lineNo, head.column, "the first directive must be 'execgate-policy \(PolicyLimits.languageVersion)'")
             }
-            let args = Array(tokens.dropFirst())
-            switch head.text {
-            case "execgate-policy":
-                if sawHeader { throw fail(.duplicate, lineNo, head.column, "'execgate-policy' given twice") }
-                let v = try one(args, lineNo, head, "the language version")
-                guard v.text == PolicyLimits.languageVersion else {
-                    throw fail(.header, lineNo, v.column, "policy language version '\(v.text)' is not supported (this ExecGate reads version \(PolicyLimits.languageVersion))")
-                }
-                sawHeader = true
-            case "id":
-                if id != nil { throw fail(.duplicate, lineNo, head.column, "'id' given twice") }
-                let v = try one(args, lineNo, head, "the policy id")
-                try checkName(v, lineNo, what: "policy id")
-                id = (v.text, lineNo)
-            case "version":
-                if version != nil { throw fail(.duplicate, lineNo, head.column, "'version' given twice") }
-                let v = try one(args, lineNo, head, "the policy version")
-                guard v.text.allSatisfy({ $0.isASCII && $0.isNumber }), let n = UInt64(v.text), n >= 1 else {
-                    throw fail(.badArgument, lineNo, v.column, "version must be a decimal integer from 1 to \(UInt64.max), not '\(v.text)'")
-                }
-                version = n
-            case "mode":
-                if mode != nil { throw fail(.duplicate, lineNo, head.column, "'mode' given twice") }
-                let v = try one(args, lineNo, head, "enforce or audit")
-                guard let m = Policy.Mode(rawValue: v.text) else { throw fail(.badArgument, lineNo, v.column, "mode must be 'enforce' or 'audit', not '\(v.text)'") }
-                mode = m
-            case "minimum-digest":
-                if minimumDigest != nil { throw fail(.duplicate, lineNo, head.column, "'minimum-digest' given twice") }
-                let v = try one(args, lineNo, head, "a digest name")
-                guard let d = DigestAlgorithm(name: v.text), v.text == d.name else {
-                    throw fail(.badArgument, lineNo, v.column, "unknown digest '\(v.text)' (one of \(DigestAlgorithm.allCases.map(\.name).joined(separator: ", ")))")
-                }
-                minimumDigest = d
-            case "end-state":
-                if endState != nil { throw fail(.duplicate, lineNo, head.column, "'end-state' given twice") }
-                let v = try one(args, lineNo, head, "required or signature-only")
-                if v.text == "when-claimed" {
-                    // Removed: it judged bytes only when the claim happened to carry them (fail open).
-                    throw fail(.badArgument, lineNo, v.column, "'when-claimed' is no longer accepted (it let unjudged bytes through): write 'required', or 'signature-only' to opt out of byte judgement explicitly")
-                }
-                guard let e = Policy.EndState(rawValue: v.text) else { throw fail(.badArgument, lineNo, v.column, "end-state must be 'required' or 'signature-only', not '\(v.text)'") }
-                endState = e
-            case "audit-overflow":
-                if auditOverflow != nil { throw fail(.duplicate, lineNo, head.column, "'audit-overflow' given twice") }
-                let v = try one(args, lineNo, head, "block or drop")
-                guard let a = AuditOverflow(rawValue: v.text) else { throw fail(.badArgument, lineNo, v.column, "audit-overflow must be 'block' or 'drop', not '\(v.text)'") }
-                auditOverflow = a
-            case "trust":
-                let v = try one(args, lineNo, head, "'kernel-builtin' or sha256:FINGERPRINT")
-                trustLines += 1
-                if v.text == "kernel-builtin" {
-                    if let b = builtinAnchors {
-                        guard !b.isEmpty else {
-                            throw fail(.badArgument, lineNo, v.column, "'trust kernel-builtin' but this service was started without built-in anchors (serve --trust)")
-                        }
-                        anchors += b
-                    }
-                } else {
-                    let fp = try digest(v, lineNo)
-                    let (cert, consumed) = try pemBlock(after: index, lines: lines, trustLine: lineNo, column: v.column)
-                    index += consumed
-                    guard cert.fingerprint == fp else {
-                        throw fail(.fingerprintMismatch, lineNo, v.column,
-                                   "the certificate below has fingerprint sha256:\(cert.fingerprint.hex), not the one written here")
-                    }
-                    anchors.append(cert)
-                }
-            case "deny":
-                guard let what = args.first else { throw fail(.missingArgument, lineNo, head.column + 4, "'deny' needs certificate, module or module-name") }
-                let v = try one(Array(args.dropFirst()), lineNo, what, "a value")
-                switch what.text {
-                case "certificate": deniedCertificates.insert(try digest(v, lineNo))
-                case "module": deniedModules.insert(try digest(v, lineNo))
-                case "module-name":
-                    try checkName(v, lineNo, what: "module name")
-                    deniedNames.insert(Policy.canonicalModuleName(v.text))
-                default:
-                    throw fail(.unknownKeyword, lineNo, what.column, "unknown deny list '\(what.text)' (certificate, module or module-name)")
-                }
-            case "pin":
-                let v = try one(args, lineNo, head, "sha256:HASH of a module's content")
-                pins.insert(try digest(v, lineNo))
-            case "kernel":
-                guard args.count == 3, args[1].text == "symbols" else {
-                    throw fail(args.count < 3 ? .missingArgument : .extraArgument, lineNo, (args.last ?? head).column,
-                               "'kernel' takes 'sha256:KERNEL_IMAGE symbols sha256:SYMBOL_TABLE'")
-                }
-                let pin = KernelPin(kernel: try digest(args[0], lineNo), symbols: try digest(args[2], lineNo))
-                if kernels.contains(pin) { throw fail(.duplicate, lineNo, args[0].column, "kernel pin given twice") }
-                kernels.append(pin)
-            case "class":
-                guard args.count >= 2 else {
-                    throw fail(.missingArgument, lineNo, (args.last ?? head).column, "'class' needs a name and at least one guest id pattern")
-                }
-                let name = args[0]
-                try checkName(name, lineNo, what: "class name")
-                if classes[name.text] != nil { throw fail(.duplicate, lineNo, name.column, "class '\(name.text)' defined twice") }
-                var patterns: [String] = []
-                for p in args.dropFirst() {
-                    let body = p.text.hasSuffix("*") ? String(p.text.dropLast()) : p.text
-                    guard !body.contains("*") else { throw fail(.badArgument, lineNo, p.column, "only one trailing '*' is allowed in a guest id pattern") }
-                    try checkName(Token(text: body.isEmpty ? "x" : body, column: p.column), lineNo, what: "guest id pattern")
-                    patterns.append(p.text)
-                }
-                classes[name.text] = patterns
-            default:
-                if let kind = CodeKind(rawValue: head.text) {
-                    try kindRule(kind, head, args, lineNo)
-                } else {
-                    throw fail(.unknownKeyword, lineNo, head.column, "unknown keyword '\(head.text)'")
-                }
-            }
+            index += try directive(head, Array(tokens.dropFirst()), lineNo, lines: lines[..<count], next: index)
         }
+        return try finish(endLine: count + 1)
+    }
 
-        // Whole-file rules.
-        let end = lines.count + 1
+    /// One line's words, after the byte-level rules (length, control characters, UTF-8), each
+    /// refused with its exact position.
+    func tokens(of raw: [UInt8], _ lineNo: Int) throws(PolicyParseError) -> [Token] {
+        guard raw.count <= PolicyLimits.maximumLineLength else {
+            throw fail(.tooLarge, lineNo, PolicyLimits.maximumLineLength + 1, "line is longer than \(PolicyLimits.maximumLineLength) bytes")
+        }
+        if let cr = raw.firstIndex(where: { $0 == 0x0D || $0 == 0x00 || ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) {
+            let what = raw[cr] == 0x0D ? "carriage return (use LF line endings)" : "control character 0x\(String(raw[cr], radix: 16))"
+            throw fail(.encoding, lineNo, cr + 1, what)
+        }
+        guard String(validating: raw, as: UTF8.self) != nil else {
+            throw fail(.encoding, lineNo, 1, "line is not valid UTF-8")
+        }
+        return Self.tokenize(raw)
+    }
+
+    /// Applies one directive. Returns how many lines after it the directive consumed (a PEM block).
+    mutating func directive(_ head: Token, _ args: [Token], _ lineNo: Int, lines: ArraySlice<[UInt8]>, next: Int) throws(PolicyParseError) -> Int {
+        switch head.text {
+        case "execgate-policy":
+            try once(sawHeader, head, lineNo)
+            let v = try one(args, lineNo, head, "the language version")
+            guard v.text == PolicyLimits.languageVersion else {
+                throw fail(.header, lineNo, v.column, "policy language version '\(v.text)' is not supported (this ExecGate reads version \(PolicyLimits.languageVersion))")
+            }
+            sawHeader = true
+        case "id":
+            try once(id != nil, head, lineNo)
+            let v = try one(args, lineNo, head, "the policy id")
+            try checkName(v, lineNo, what: "policy id")
+            id = (v.text, lineNo)
+        case "version":
+            try once(version != nil, head, lineNo)
+            let v = try one(args, lineNo, head, "the policy version")
+            guard v.text.allSatisfy({ $0.isASCII && $0.isNumber }), let n = UInt64(v.text), n >= 1 else {
+                throw fail(.badArgument, lineNo, v.column, "version must be a decimal integer from 1 to \(UInt64.max), not '\(v.text)'")
+            }
+            version = n
+        case "mode":
+            try once(mode != nil, head, lineNo)
+            mode = try choice(one(args, lineNo, head, "enforce or audit"), lineNo, head, "'enforce' or 'audit'")
+        case "minimum-digest":
+            try once(minimumDigest != nil, head, lineNo)
+            let v = try one(args, lineNo, head, "a digest name")
+            guard let d = DigestAlgorithm(name: v.text), v.text == d.name else {
+                throw fail(.badArgument, lineNo, v.column, "unknown digest '\(v.text)' (one of \(DigestAlgorithm.allCases.map(\.name).joined(separator: ", ")))")
+            }
+            minimumDigest = d
+        case "end-state":
+            try once(endState != nil, head, lineNo)
+            let v = try one(args, lineNo, head, "required or signature-only")
+            if v.text == "when-claimed" {
+                // Removed: it judged bytes only when the claim happened to carry them (fail open).
+                throw fail(.badArgument, lineNo, v.column, "'when-claimed' is no longer accepted (it let unjudged bytes through): write 'required', or 'signature-only' to opt out of byte judgement explicitly")
+            }
+            endState = try choice(v, lineNo, head, "'required' or 'signature-only'")
+        case "audit-overflow":
+            try once(auditOverflow != nil, head, lineNo)
+            auditOverflow = try choice(one(args, lineNo, head, "block or drop"), lineNo, head, "'block' or 'drop'")
+        case "trust":
+            return try trust(args, lineNo, head, lines: lines, next: next)
+        case "deny":
+            try deny(args, lineNo, head)
+        case "pin":
+            let v = try one(args, lineNo, head, "sha256:HASH of a module's content")
+            pins.insert(try digest(v, lineNo))
+        case "kernel":
+            guard args.count == 3, args[1].text == "symbols" else {
+                throw fail(args.count < 3 ? .missingArgument : .extraArgument, lineNo, (args.last ?? head).column,
+                           "'kernel' takes 'sha256:KERNEL_IMAGE symbols sha256:SYMBOL_TABLE'")
+            }
+            let pin = KernelPin(kernel: try digest(args[0], lineNo), symbols: try digest(args[2], lineNo))
+            if kernels.contains(pin) { throw fail(.duplicate, lineNo, args[0].column, "kernel pin given twice") }
+            kernels.append(pin)
+        case "class":
+            try guestClass(args, lineNo, head)
+        default:
+            guard let kind = CodeKind(rawValue: head.text) else {
+                throw fail(.unknownKeyword, lineNo, head.column, "unknown keyword '\(head.text)'")
+            }
+            try kindRule(kind, head, args, lineNo)
+        }
+        return 0
+    }
+
+    /// The rules that need the whole file: required directives, and the defaults of unstated kinds.
+    mutating func finish(endLine end: Int) throws(PolicyParseError) -> Policy {
         guard sawHeader else { throw fail(.header, 1, 1, "empty policy: the first directive must be 'execgate-policy \(PolicyLimits.languageVersion)'") }
         guard let id else { throw fail(.missingDirective, end, 1, "no 'id' line") }
         guard let version else { throw fail(.missingDirective, end, 1, "no 'version' line") }
@@ -341,6 +301,73 @@ struct Parser {
     }
 
     // MARK: Pieces
+
+    /// A directive that may appear once.
+    func once(_ seen: Bool, _ head: Token, _ lineNo: Int) throws(PolicyParseError) {
+        if seen { throw fail(.duplicate, lineNo, head.column, "'\(head.text)' given twice") }
+    }
+
+    /// A word that must be one of an enum's raw values.
+    func choice<K: RawRepresentable>(_ v: Token, _ lineNo: Int, _ head: Token, _ choices: String) throws(PolicyParseError) -> K where K.RawValue == String {
+        guard let k = K(rawValue: v.text) else { throw fail(.badArgument, lineNo, v.column, "\(head.text) must be \(choices), not '\(v.text)'") }
+        return k
+    }
+
+    /// `trust kernel-builtin`, or `trust sha256:FP` followed by the certificate's PEM block.
+    mutating func trust(_ args: [Token], _ lineNo: Int, _ head: Token, lines: ArraySlice<[UInt8]>, next: Int) throws(PolicyParseError) -> Int {
+        let v = try one(args, lineNo, head, "'kernel-builtin' or sha256:FINGERPRINT")
+        trustLines += 1
+        guard v.text != "kernel-builtin" else {
+            if let b = builtinAnchors {
+                guard !b.isEmpty else {
+                    throw fail(.badArgument, lineNo, v.column, "'trust kernel-builtin' but this service was started without built-in anchors (serve --trust)")
+                }
+                anchors += b
+            }
+            return 0
+        }
+        let fp = try digest(v, lineNo)
+        let (cert, consumed) = try pemBlock(after: next, lines: lines, trustLine: lineNo, column: v.column)
+        guard cert.fingerprint == fp else {
+            throw fail(.fingerprintMismatch, lineNo, v.column,
+                       "the certificate below has fingerprint sha256:\(cert.fingerprint.hex), not the one written here")
+        }
+        anchors.append(cert)
+        return consumed
+    }
+
+    /// `deny certificate|module sha256:…` or `deny module-name NAME`.
+    mutating func deny(_ args: [Token], _ lineNo: Int, _ head: Token) throws(PolicyParseError) {
+        guard let what = args.first else { throw fail(.missingArgument, lineNo, head.column + 4, "'deny' needs certificate, module or module-name") }
+        let v = try one(Array(args.dropFirst()), lineNo, what, "a value")
+        switch what.text {
+        case "certificate": deniedCertificates.insert(try digest(v, lineNo))
+        case "module": deniedModules.insert(try digest(v, lineNo))
+        case "module-name":
+            try checkName(v, lineNo, what: "module name")
+            deniedNames.insert(Policy.canonicalModuleName(v.text))
+        default:
+            throw fail(.unknownKeyword, lineNo, what.column, "unknown deny list '\(what.text)' (certificate, module or module-name)")
+        }
+    }
+
+    /// `class NAME PATTERN…`: guest id patterns, each with at most one trailing `*`.
+    mutating func guestClass(_ args: [Token], _ lineNo: Int, _ head: Token) throws(PolicyParseError) {
+        guard args.count >= 2 else {
+            throw fail(.missingArgument, lineNo, (args.last ?? head).column, "'class' needs a name and at least one guest id pattern")
+        }
+        let name = args[0]
+        try checkName(name, lineNo, what: "class name")
+        if classes[name.text] != nil { throw fail(.duplicate, lineNo, name.column, "class '\(name.text)' defined twice") }
+        var patterns: [String] = []
+        for p in args.dropFirst() {
+            let body = p.text.hasSuffix("*") ? String(p.text.dropLast()) : p.text
+            guard !body.contains("*") else { throw fail(.badArgument, lineNo, p.column, "only one trailing '*' is allowed in a guest id pattern") }
+            try checkName(Token(text: body.isEmpty ? "x" : body, column: p.column), lineNo, what: "guest id pattern")
+            patterns.append(p.text)
+        }
+        classes[name.text] = patterns
+    }
 
     mutating func kindRule(_ kind: CodeKind, _ head: Token, _ args: [Token], _ lineNo: Int) throws(PolicyParseError) {
         guard let s = args.first else {
@@ -414,7 +441,7 @@ struct Parser {
 
     /// The PEM block that must follow a `trust sha256:…` line: BEGIN CERTIFICATE … END CERTIFICATE
     /// on the next lines (blank lines and comments are not allowed inside it).
-    func pemBlock(after start: Int, lines: [[UInt8]], trustLine: Int, column: Int) throws(PolicyParseError) -> (Certificate, Int) {
+    func pemBlock(after start: Int, lines: ArraySlice<[UInt8]>, trustLine: Int, column: Int) throws(PolicyParseError) -> (Certificate, Int) {
         let begin = Array("-----BEGIN CERTIFICATE-----".utf8), end = Array("-----END CERTIFICATE-----".utf8)
         func trimmed(_ l: [UInt8]) -> [UInt8] {
             var s = l[...]

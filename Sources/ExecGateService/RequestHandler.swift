@@ -13,11 +13,16 @@ import NIOCore
 import NIOPosix
 
 struct RequestProcessor: Sendable {
+    /// Largest `status` body answered on the event loop (a real one is empty).
+    static let inlineStatusBodyLimit = 256
     let responder: RequestResponder
     let pool: NIOThreadPool
     let logger: Logger
     let stats: ServerStats
     let instanceID: [UInt8]
+    /// The port's largest body (its `PortLimits`, narrowed to memory in the service VM): what
+    /// `hello-reply.max_body` tells the VMM, so it never sends a body the port would refuse unread.
+    let maximumBodySize: Int
 
     func process(_ frame: Frame, on eventLoop: EventLoop) -> EventLoopFuture<Frame> {
         let id = frame.requestID
@@ -29,10 +34,22 @@ struct RequestProcessor: Sendable {
         guard frame.type.isRequest else {
             return eventLoop.makeSucceededFuture(refuse(id, type, .badRequest, "\(frame.type) is a reply type, not a request"))
         }
+        // `status` is answered on the event loop: it judges nothing (counters and the policy's
+        // name), so a hop to the pool and back would be most of its round trip. Only a small body
+        // is decoded here; a large one (unknown fields up to the cap) goes to the pool like any
+        // request, so the loop never does body-sized work.
+        if frame.type == .status && frame.body.readableBytes <= Self.inlineStatusBodyLimit,
+           case .status? = try? Message(type: frame.type, body: frame.body) {
+            stats.begin()
+            let reply = Message.statusReply(responder.status(uptimeMilliseconds: stats.uptimeMilliseconds, requestsServed: stats.served))
+            stats.end()
+            return eventLoop.makeSucceededFuture(reply.frame(requestID: id))
+        }
         stats.begin()
         let responder = self.responder
         let stats = self.stats
         let instanceID = self.instanceID
+        let maximumBodySize = UInt32(clamping: self.maximumBodySize)
         return pool.runIfActive(eventLoop: eventLoop) { () -> Message in
             let message: Message
             do {
@@ -50,6 +67,7 @@ struct RequestProcessor: Sendable {
                 switch reply {
                 case .helloReply(var h):
                     h.instanceID = instanceID
+                    h.maximumBodySize = maximumBodySize
                     reply = .helloReply(h)
                 case .error(var e) where e.code == .unknownGuest:
                     // An error, never a deny: nothing was judged. Say what the VMM must do.

@@ -3,7 +3,7 @@
 // The verifier service: SwiftNIO server on a Unix socket or AF_VSOCK, one small pipeline per
 // connection:
 //
-//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler(RequestProcessor) ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler(RequestProcessor) ─▶ FrameWriter (header + body, no copy) ─▶ socket
 //
 // Every connection of the port shares one `BufferBudget` and one `ConnectionCounter`
 // (ExecGateTransport, Budget.swift); backpressure and deadlines are its BoundedConnection.swift.
@@ -20,6 +20,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// Named limits of the service. The per-connection and per-port limits are `TransportLimits`
 /// (ExecGateTransport, Budget.swift), shared with the admin port.
@@ -49,7 +50,10 @@ public final class VerifierServer: @unchecked Sendable {
 
     public init(responder: RequestResponder, logger: Logger, threads: Int = System.coreCount,
                 maximumBodySize: Int = WireLimits.defaultMaximumBodySize, configuration: PortLimits? = nil) {
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        // One event loop per core: in a boot storm the loops read every module's body (hundreds
+        // of MB); one loop would be the one thread every connection waits on. Judging happens on
+        // `pool`, never on a loop.
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, System.coreCount))
         self.pool = NIOThreadPool(numberOfThreads: max(1, threads))
         self.pool.start()
         self.responder = responder
@@ -76,7 +80,8 @@ public final class VerifierServer: @unchecked Sendable {
                     return channel.close()
                 }
                 channel.closeFuture.whenComplete { _ in connections.release() }
-                let processor = RequestProcessor(responder: responder, pool: pool, logger: logger, stats: stats, instanceID: instanceID)
+                let processor = RequestProcessor(responder: responder, pool: pool, logger: logger, stats: stats, instanceID: instanceID,
+                                                 maximumBodySize: configuration.maximumBodySize)
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addBoundedFrameHandlers(
                         configuration: configuration, budget: budget, logger: logger,
@@ -105,17 +110,19 @@ public final class VerifierServer: @unchecked Sendable {
     public var requestsServed: UInt64 { stats.served }
 }
 
-/// Counters shared by all connections.
-final class ServerStats: @unchecked Sendable {
-    // @unchecked: every field is accessed under `lock`.
-    private let lock = NIOLock()
-    private var _inFlight = 0
-    private var _served: UInt64 = 0
+/// Counters shared by all connections: atomics, so counting a request takes no lock that every
+/// request of every connection would queue on.
+final class ServerStats: Sendable {
+    private let _inFlight = Atomic<Int>(0)
+    private let _served = Atomic<UInt64>(0)
     let started = NIODeadline.now()
 
-    var inFlight: Int { lock.withLock { _inFlight } }
-    var served: UInt64 { lock.withLock { _served } }
-    func begin() { lock.withLock { _inFlight += 1 } }
-    func end() { lock.withLock { _inFlight -= 1; _served &+= 1 } }
+    var inFlight: Int { _inFlight.load(ordering: .relaxed) }
+    var served: UInt64 { _served.load(ordering: .relaxed) }
+    func begin() { _inFlight.add(1, ordering: .relaxed) }
+    func end() {
+        _inFlight.subtract(1, ordering: .relaxed)
+        _served.wrappingAdd(1, ordering: .relaxed)
+    }
     var uptimeMilliseconds: UInt64 { UInt64(max(0, (NIODeadline.now() - started).nanoseconds / 1_000_000)) }
 }

@@ -3,6 +3,8 @@
 // Host side of the in-guest self-test: boot the test image with execgate.mode=test, collect the
 // EXECGATE-RESULT / EXECGATE-DONE lines from the serial console, parse them.
 
+import _ExecGateInternals
+
 public struct SelfTestRun: Sendable {
     public struct Result: Sendable {
         public var name: String
@@ -77,106 +79,30 @@ public enum SelfTest {
     }
 }
 
-/// A small JSON reader for one flat object per line (nested values are kept as `.other`).
-/// Input is the guest's console: treated as untrusted, bounded, never traps.
+/// One flat JSON object per console line, read by the toolkit's bounded `JSONReader` (nested
+/// values are kept as `.other`). Input is the guest's console: untrusted, bounded (1 MiB a line,
+/// depth 32), never traps; anything that is not one strict JSON object is nil.
 public enum FlatJSON {
     public enum Value: Sendable, Equatable {
         case string(String), number(Double), bool(Bool), null, other
     }
 
+    static let limits = JSONReader.Limits(maxBytes: 1 << 20, maxDepth: 32)
+
     public static func parseObject(_ s: String) -> [String: Value]? {
-        var p = Parser(Array(s.utf8))
-        guard s.utf8.count <= 1 << 20, let obj = p.object(), p.atEndAfterSpace() else { return nil }
-        return obj
-    }
-
-    struct Parser {
-        let b: [UInt8]
-        var i = 0
-        var depth = 0
-        init(_ b: [UInt8]) { self.b = b }
-
-        mutating func space() { while i < b.count, b[i] == 0x20 || b[i] == 0x09 || b[i] == 0x0D || b[i] == 0x0A { i += 1 } }
-        mutating func atEndAfterSpace() -> Bool { space(); return i == b.count }
-        mutating func eat(_ c: UInt8) -> Bool { space(); if i < b.count, b[i] == c { i += 1; return true }; return false }
-
-        mutating func object() -> [String: Value]? {
-            guard eat(UInt8(ascii: "{")) else { return nil }
-            depth += 1
-            defer { depth -= 1 }
-            guard depth < 32 else { return nil }
-            var out: [String: Value] = [:]
-            if eat(UInt8(ascii: "}")) { return out }
-            repeat {
-                space()
-                guard let k = string(), eat(UInt8(ascii: ":")), let v = value() else { return nil }
-                out[k] = v
-            } while eat(UInt8(ascii: ","))
-            return eat(UInt8(ascii: "}")) ? out : nil
-        }
-
-        mutating func array() -> Bool {
-            guard eat(UInt8(ascii: "[")) else { return false }
-            depth += 1
-            defer { depth -= 1 }
-            guard depth < 32 else { return false }
-            if eat(UInt8(ascii: "]")) { return true }
-            repeat { guard value() != nil else { return false } } while eat(UInt8(ascii: ","))
-            return eat(UInt8(ascii: "]"))
-        }
-
-        mutating func value() -> Value? {
-            space()
-            guard i < b.count else { return nil }
-            switch b[i] {
-            case UInt8(ascii: "\""): return string().map(Value.string)
-            case UInt8(ascii: "{"): return object() != nil ? .other : nil
-            case UInt8(ascii: "["): return array() ? .other : nil
-            case UInt8(ascii: "t"): return literal("true") ? .bool(true) : nil
-            case UInt8(ascii: "f"): return literal("false") ? .bool(false) : nil
-            case UInt8(ascii: "n"): return literal("null") ? .null : nil
-            default:
-                let start = i
-                while i < b.count, let c = Optional(b[i]), (c >= 0x30 && c <= 0x39) || c == 0x2D || c == 0x2B || c == 0x2E || c == 0x65 || c == 0x45 { i += 1 }
-                guard i > start, let d = Double(String(decoding: b[start..<i], as: UTF8.self)) else { return nil }
-                return .number(d)
+        guard let members = (try? JSONReader.parse(Array(s.utf8), limits: limits))?.objectMembers else { return nil }
+        var out: [String: Value] = [:]
+        for (k, v) in members {
+            switch v {
+            case .string(let t): out[k] = .string(t)
+            case .int(let i): out[k] = .number(Double(i))
+            case .uint(let u): out[k] = .number(Double(u))
+            case .double(let d): out[k] = .number(d)
+            case .bool(let b): out[k] = .bool(b)
+            case .null: out[k] = .null
+            case .array, .object: out[k] = .other
             }
         }
-
-        mutating func literal(_ w: String) -> Bool {
-            let u = Array(w.utf8)
-            guard i + u.count <= b.count, Array(b[i..<i + u.count]) == u else { return false }
-            i += u.count
-            return true
-        }
-
-        mutating func string() -> String? {
-            guard i < b.count, b[i] == UInt8(ascii: "\"") else { return nil }
-            i += 1
-            var out: [UInt8] = []
-            while i < b.count {
-                let c = b[i]; i += 1
-                if c == UInt8(ascii: "\"") { return String(decoding: out, as: UTF8.self) }
-                if c == UInt8(ascii: "\\") {
-                    guard i < b.count else { return nil }
-                    let e = b[i]; i += 1
-                    switch e {
-                    case UInt8(ascii: "n"): out.append(0x0A)
-                    case UInt8(ascii: "t"): out.append(0x09)
-                    case UInt8(ascii: "r"): out.append(0x0D)
-                    case UInt8(ascii: "b"): out.append(0x08)
-                    case UInt8(ascii: "f"): out.append(0x0C)
-                    case UInt8(ascii: "u"):
-                        guard i + 4 <= b.count, let v = UInt32(String(decoding: b[i..<i + 4], as: UTF8.self), radix: 16) else { return nil }
-                        i += 4
-                        out += Array(String(Unicode.Scalar(v).map(Character.init) ?? "\u{FFFD}").utf8)
-                    default: out.append(e)
-                    }
-                } else {
-                    out.append(c)
-                }
-            }
-            return nil
-        }
+        return out
     }
 }

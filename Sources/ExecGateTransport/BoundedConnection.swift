@@ -2,7 +2,7 @@
 //
 // Backpressure and deadlines for one connection, shared by the VMM port and the admin port:
 //
-//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler ─▶ MessageToByteHandler(FrameEncoder) ─▶ socket
+//     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler ─▶ FrameWriter (header + body, no copy) ─▶ socket
 //                     │ reserve body at header                  │ pending ─▶ in flight ─▶ reply written
 //                     └ FrameProgress events ──────────────────▶│ deadlines, autoRead on/off
 //
@@ -55,9 +55,11 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         let wasAwaiting = inner.awaitingBodyLength
         let out = try inner.decodeOne(&buffer)
-        if wasAwaiting == nil, let length = inner.awaitingBodyLength, buffer.writableBytes < length - buffer.readableBytes {
+        if wasAwaiting == nil, let length = inner.awaitingBodyLength, length < FrameDecoder.collectedBodyThreshold,
+           buffer.writableBytes < length - buffer.readableBytes {
             // Grow the cumulation buffer once to the admitted size, instead of by doubling (which
-            // would briefly hold 1.5× the body and leave up to 2× of capacity).
+            // would briefly hold 1.5× the body and leave up to 2× of capacity). Larger bodies go
+            // to their own buffer of that size as they arrive (FrameDecoder.collectedBodyThreshold).
             buffer.reserveCapacity(minimumWritableBytes: length - buffer.readableBytes)
         }
         report(context, buffered: buffer.readableBytes)
@@ -345,7 +347,7 @@ extension ChannelPipeline.SynchronousOperations {
     public func addBoundedFrameHandlers(configuration: PortLimits, budget: BufferBudget, logger: Logger,
                                         process: @escaping FrameProcessor) throws {
         try addHandler(ByteToMessageHandler(BudgetedFrameDecoder(maximumBodySize: configuration.maximumBodySize, budget: budget)))
-        try addHandler(MessageToByteHandler(FrameEncoder()))
+        try addHandler(FrameWriter())
         try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, process: process))
     }
 }

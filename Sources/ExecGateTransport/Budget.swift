@@ -167,3 +167,61 @@ public final class ConnectionCounter: @unchecked Sendable {
     public var current: Int { lock.withLock { open } }
     public var refused: UInt64 { lock.withLock { _refused } }
 }
+
+/// What the VMM port may admit, derived from the memory the service actually has (ServiceVM/README.md,
+/// "Memory budget"). The service VM's PID 1 reads `MemAvailable` from /proc/meminfo once at start
+/// (after the initramfs is unpacked, so /init's own pages are already taken) and admits request
+/// bodies only while all of them together fit what is left:
+///
+///     available ── reserve (everything else the service grows by) ── ÷ bytesPerBodyByte ──▶ buffer budget
+///
+/// A body that could never fit is refused at its header as `frame-too-large` (the maximum body
+/// shrinks with the budget); one that fits but not next to the bodies already held is refused as
+/// `unavailable` ("server busy"). Either way the refusal comes before one byte is buffered, so a
+/// large request meets a precise refusal instead of the kernel's OOM killer taking PID 1 (which
+/// would end the VM).
+public struct MemoryBudget: Sendable, Equatable {
+    /// RAM one buffered body byte costs while its request is judged: the frame's buffer, plus the
+    /// verifier's copies of the module and claimed bytes (decoded message, parsed ELF, comparison
+    /// buffers). Measured at ≈ 1.1–1.2 (amdgpu.ko, 19.5 MB, with its ELF claim: +20–24 MiB of
+    /// guest RAM); 2 leaves room for a peak the measurement missed.
+    public static let bytesPerBodyByte = 2
+    /// Kept out of the budget for what the service grows by besides bodies: thread stacks, NIO's
+    /// buffers, replies, the audit ring, registered guests' facts.
+    public static let reserve = 8 << 20
+
+    /// `MemAvailable` at start, bytes.
+    public let availableBytes: Int
+
+    public init(availableBytes: Int) { self.availableBytes = max(0, availableBytes) }
+
+    /// From /proc/meminfo's text: `MemAvailable:  123456 kB`. Nil when the line is missing or malformed.
+    public init?(meminfo text: String) {
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count == 3, fields[2] == "kB", let kib = Int(fields[1]), kib >= 0, kib < Int.max / 1024 else { return nil }
+            self.init(availableBytes: kib * 1024)
+            return
+        }
+        return nil
+    }
+
+    /// Bytes of request bodies all connections may buffer together.
+    public var bufferBudget: Int { max(0, availableBytes - MemoryBudget.reserve) / MemoryBudget.bytesPerBodyByte }
+
+    /// `base` narrowed to this budget: the buffer budget never exceeds what memory holds; the
+    /// largest body is what the budget holds beside the small-frame reserve (`BufferBudget`'s large
+    /// limit), but small frames stay admissible while the budget holds one (never more than `base`'s).
+    public func limits(narrowing base: PortLimits = PortLimits()) -> PortLimits {
+        var l = base
+        l.bufferBudget = min(base.bufferBudget, bufferBudget)
+        let large = l.bufferBudget - TransportLimits.smallFrameReserve
+        l.maximumBodySize = max(0, min(base.maximumBodySize, max(large, min(base.smallFrameSize, l.bufferBudget))))
+        return l
+    }
+
+    /// One line for the console and logs.
+    public func summary(_ l: PortLimits) -> String {
+        "memory available \(availableBytes >> 20) MiB: request bodies up to \(l.bufferBudget >> 20) MiB in all, largest body \(l.maximumBodySize) bytes"
+    }
+}

@@ -35,26 +35,59 @@ enum FactsPlausibility {
     /// The kernel's return thunks (6.1 stable, arch/x86/lib/retpoline.S and bugs.c).
     static let returnThunks = ["__x86_return_thunk", "retbleed_return_thunk", "srso_return_thunk", "srso_alias_return_thunk", "its_return_thunk"]
 
-    /// nil when plausible; otherwise one sentence naming the fact that fails.
+    /// nil when plausible; otherwise one sentence naming the fact that fails. The same checks, in
+    /// the same order, as the registry runs them in three steps (CPU counts; the build's symbols,
+    /// once per shared copy; this guest's own facts against that copy).
     static func check(_ r: RegisterGuest, facts: GuestFacts) -> String? {
+        if let why = checkCPUs(r) { return why }
+        let build = checkSymbols(r.symbols)
+        if let why = build.failure { return why }
+        return checkGuest(r, facts: facts, build: build.facts)
+    }
+
+    /// What the per-guest checks need of the build (kept by each shared copy).
+    struct BuildFacts: Sendable {
+        /// `_stext`/`_etext` (and the init text), nil when no symbols were sent.
+        let bounds: KernelBounds?
+        let symbolsSent: Bool
+        /// The registered addresses of the kernel's return thunks (`returnThunks`, by name).
+        let returnThunkAddresses: [UInt64]
+    }
+
+    static func checkCPUs(_ r: RegisterGuest) -> String? {
         guard r.presentCPUs >= 1 else { return "present_cpus is 0" }
         guard r.possibleCPUs >= r.presentCPUs else { return "possible_cpus \(r.possibleCPUs) < present_cpus \(r.presentCPUs)" }
+        return nil
+    }
+
+    /// The rules that depend on the symbols alone: a build that fails them never becomes facts.
+    static func checkSymbols(_ symbols: [KernelSymbol]) -> (failure: String?, facts: BuildFacts) {
         var named: [String: UInt64] = [:]
         var exportedNames = Set<String>()
-        for s in r.symbols {
+        var failure: String? = nil
+        for s in symbols {
             if named[s.name] == nil { named[s.name] = s.address }
-            if s.exported && !exportedNames.insert(s.name).inserted { return "symbol '\(s.name)' is exported twice" }
+            if s.exported && !exportedNames.insert(s.name).inserted && failure == nil { failure = "symbol '\(s.name)' is exported twice" }
         }
         let bounds = KernelBounds(named)
-        if !r.symbols.isEmpty && bounds == nil {
-            return "symbols are sent without the core text bounds _stext < _etext: nothing can be checked against them"
+        let facts = BuildFacts(bounds: bounds, symbolsSent: !symbols.isEmpty, returnThunkAddresses: Self.returnThunks.compactMap { named[$0] })
+        if let failure { return (failure, facts) }
+        if !symbols.isEmpty && bounds == nil {
+            return ("symbols are sent without the core text bounds _stext < _etext: nothing can be checked against them", facts)
         }
         if let b = bounds {
-            for s in r.symbols where s.exported {
-                if let i = b.initText, i.contains(s.address) { return "exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in init text (freed after boot)" }
-                if s.isText && !b.isCoreText(s.address) { return "exported text symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text" }
+            for s in symbols where s.exported {
+                if let i = b.initText, i.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in init text (freed after boot)", facts) }
+                if s.isText && !b.isCoreText(s.address) { return ("exported text symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text", facts) }
             }
         }
+        return (nil, facts)
+    }
+
+    /// This guest's own facts (`pv_ops`, return thunk, capability words, static-call keys) against
+    /// the build they claim (`build`, and the function entries in `facts`).
+    static func checkGuest(_ r: RegisterGuest, facts: GuestFacts, build: BuildFacts) -> String? {
+        let bounds = build.bounds
         if !r.pvOps.isEmpty {
             guard r.pvOps.count % 8 == 0 else { return "pv_ops is \(r.pvOps.count) bytes, not whole u64 entries" }
             guard let b = bounds else { return "pv_ops is sent without the core text bounds _stext/_etext" }
@@ -63,7 +96,7 @@ enum FactsPlausibility {
             }
         }
         if let t = r.returnThunk {
-            let known = Self.returnThunks.compactMap { named[$0] }
+            let known = build.returnThunkAddresses
             guard !known.isEmpty else { return "return_thunk is sent but none of the kernel's return thunks (\(Self.returnThunks.joined(separator: ", "))) is registered" }
             guard known.contains(t) else { return "return_thunk 0x\(Hex.number(t)) is not one of the kernel's return thunks" }
         }

@@ -24,11 +24,21 @@ import ExecGateWire
 import _ExecGateInternals
 
 public enum GuestFactsBuilder {
+    /// The whole registration as engine facts: the build's part (`kernelFacts`) completed with
+    /// this guest's own facts (`guestFacts`). The registry shares the first between guests of one
+    /// build (KernelFactsStore.swift); this is the same two steps in one.
     public static func facts(from r: RegisterGuest) -> GuestFacts {
+        guestFacts(kernel: kernelFacts(symbols: r.symbols, slide: r.kaslrSlide), from: r)
+    }
+
+    /// The facts that follow from the build's symbols at one slide alone (exports, function
+    /// entries, named helpers, the per-cpu reserve, the build-derived static-call table and init
+    /// ranges); every per-guest field keeps its default until `guestFacts` fills it.
+    static func kernelFacts(symbols: [KernelSymbol], slide: UInt64) -> GuestFacts {
         var exports: [String: UInt64] = [:]
         var named: [String: UInt64] = [:]
         var functions = Set<UInt64>()
-        for s in r.symbols {
+        for s in symbols {
             if s.exported && exports[s.name] == nil { exports[s.name] = s.address }
             if named[s.name] == nil { named[s.name] = s.address }
         }
@@ -36,8 +46,30 @@ public enum GuestFactsBuilder {
         // longer take "any function entry": the engine admits only targets trusted for the key
         // (StaticCallTrust, `static_call_key`), never init text (coreInitRanges); this set stays
         // the engine's broad notion of "code address" (its mutation classes draw from it).
-        let marked = r.symbols.contains { $0.isFunction }
-        for s in r.symbols where s.isText && (!marked || s.isFunction) { functions.insert(s.address) }
+        let marked = symbols.contains { $0.isFunction }
+        for s in symbols where s.isText && (!marked || s.isFunction) { functions.insert(s.address) }
+        var facts = GuestFacts(
+            exports: exports, capabilities: [], uniprocessorPatched: false, possibleCPUs: 1,
+            paravirtNop: named["_paravirt_nop"], paravirtBUG: named["paravirt_BUG"], functionEntries: functions,
+            staticCallReturn0: named["__static_call_return0"], staticCallReturn: named["__static_call_return"],
+            itsReturnThunk: named["its_return_thunk"], kaslrSlide: slide)
+        // Module per-cpu data lives in the reserved chunk right after the core per-cpu area:
+        // [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)) — mm/percpu.c, include/linux/percpu.h.
+        facts.modulePercpuRange = named["__per_cpu_end"].map { $0..<($0 + (8 << 10)) }
+        // The table the engine derives from the build's symbols (StaticCallTrust) and the core's
+        // init ranges. Only unions into `staticCallTrustedTargets`: the guest's own keys added
+        // later (`guestFacts`) give the same set as adding them first.
+        facts.deriveFromCoreSymbols(named)
+        return facts
+    }
+
+    /// `kernel` (the build's facts, possibly shared with other guests) completed with this
+    /// registration's own facts: CPU capability words, CPU counts and uniprocessor patching,
+    /// `pv_ops`, the return thunk, its static-call keys and the kernel release. Copying `kernel`
+    /// shares its tables (copy on write); only `staticCallTrustedTargets` is copied, and only
+    /// when the registration names keys.
+    static func guestFacts(kernel: GuestFacts, from r: RegisterGuest) -> GuestFacts {
+        var facts = kernel
         var caps: [UInt32] = []
         caps.reserveCapacity(r.cpuCapabilities.count / 4)
         var i = 0
@@ -46,30 +78,24 @@ public enum GuestFactsBuilder {
             caps.append(UInt32(b[i]) | UInt32(b[i + 1]) << 8 | UInt32(b[i + 2]) << 16 | UInt32(b[i + 3]) << 24)
             i += 4
         }
-        let pvOps = Self.pvOpsEntries(r.pvOps)
+        facts.capabilities = caps
+        facts.pvOps = Self.pvOpsEntries(r.pvOps)
         let args = r.commandLine.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
         var maxCPUs = Int.max
         for a in args {
             if a == "nosmp" { maxCPUs = 0 }
             if a.hasPrefix("maxcpus="), let v = Int(a.dropFirst(8)) { maxCPUs = v }
         }
-        let uniprocessor = !args.contains("noreplace-smp") && (r.presentCPUs == 1 || maxCPUs <= 1)
-        var facts = GuestFacts(
-            exports: exports, capabilities: caps, uniprocessorPatched: uniprocessor, possibleCPUs: Int(r.possibleCPUs),
-            pvOps: pvOps, paravirtNop: named["_paravirt_nop"], paravirtBUG: named["paravirt_BUG"], functionEntries: functions,
-            staticCallReturn0: named["__static_call_return0"], staticCallReturn: named["__static_call_return"],
-            returnThunk: r.returnThunk, itsReturnThunk: named["its_return_thunk"], kaslrSlide: r.kaslrSlide)
-        // Module per-cpu data lives in the reserved chunk right after the core per-cpu area:
-        // [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)) — mm/percpu.c, include/linux/percpu.h.
-        facts.modulePercpuRange = named["__per_cpu_end"].map { $0..<($0 + (8 << 10)) }
+        facts.uniprocessorPatched = !args.contains("noreplace-smp") && (r.presentCPUs == 1 || maxCPUs <= 1)
+        facts.possibleCPUs = Int(r.possibleCPUs)
+        facts.returnThunk = r.returnThunk
         // Static-call keys: the targets the VMM decoded from the core's trampolines and the
         // operator's per-key targets (register-guest `static_call_key`), merged with the table the
-        // engine derives from the build's symbols (StaticCallTrust); core init ranges likewise.
+        // engine derived from the build's symbols (StaticCallTrust, in `kernel`).
         for k in r.staticCallKeys {
             facts.staticCallTrustedTargets[k.key, default: []].insert(k.current)
             facts.staticCallTrustedTargets[k.key, default: []].formUnion(k.allowed)
         }
-        facts.deriveFromCoreSymbols(named)
         // The release picks the loader replay (ExecGateExplain LoaderSelection.swift).
         facts.kernelRelease = r.kernelRelease.isEmpty ? nil : r.kernelRelease
         return facts

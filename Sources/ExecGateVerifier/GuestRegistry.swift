@@ -73,9 +73,15 @@ struct SessionRefusal: Error {
 }
 
 public final class GuestSession: @unchecked Sendable {
-    // @unchecked: every `var` below is guarded by `lock`; `registration`, `facts`, `factsDigest` are immutable.
+    // @unchecked: every `var` below is guarded by `lock`; `registration`, `kernel`, `facts`, `factsDigest` are immutable.
+    /// The register-guest that established this session, **without** its symbol records: those
+    /// live once per build in `kernel` (KernelFactsStore.swift), not once per guest.
     public let registration: RegisterGuest
-    /// The explanation engine's view of the registration (built once).
+    /// The build's facts this guest was registered with (shared with every guest of the same
+    /// build, slide and kernel digest; private when `kernel.key` is nil).
+    public let kernel: KernelFacts
+    /// The explanation engine's view of the registration: `kernel.base` (its tables shared, copy
+    /// on write) with this guest's own facts.
     public let facts: GuestFacts
     /// The request digest of the register-guest that established this session.
     public let factsDigest: [UInt8]
@@ -91,8 +97,11 @@ public final class GuestSession: @unchecked Sendable {
     /// Key → addresses of its sites in live modules (what a whole-key batch must cover).
     private var keySites: [UInt64: Set<UInt64>] = [:]
 
-    init(registration: RegisterGuest, facts: GuestFacts, factsDigest: [UInt8]) {
-        self.registration = registration
+    init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8]) {
+        var r = registration
+        r.symbols = []
+        self.registration = r
+        self.kernel = kernel
         self.facts = facts
         self.factsDigest = factsDigest
         self.resolver = SymbolResolver(coreExports: facts.exports)
@@ -343,21 +352,28 @@ public final class GuestSession: @unchecked Sendable {
 /// All registered guests. Facts are taken once: a live guest id is only replaced by an explicit
 /// reset (the VMM revoked every grant of the old session first).
 ///
+/// Guests of one kernel build share one immutable copy of the build's facts (KernelFactsStore.swift):
+/// a registration of a known build costs its own few KiB, not the build's tables.
+///
 /// Bounded (a peer on the VMM port must not grow the service VM without limit): at most
-/// `maximumGuests` guests and `maximumSymbolBytes` of registered symbol facts in all (each
-/// registration is charged its symbols' name bytes plus 16 bytes of record each, the size they
-/// arrive in). Over budget → `unavailable` with the figures, and nothing is kept.
+/// `maximumGuests` guests and `maximumSymbolBytes` of registered facts in all. Each copy of a
+/// build's facts is charged once — its symbols' name bytes plus 16 bytes of record each, the size
+/// they arrive in — and each guest its own facts' bytes (`guestBytes`). Over budget →
+/// `unavailable` with the figures, and nothing is kept.
 public final class GuestRegistry: @unchecked Sendable {
     /// One sidecar serves one host's guests; a few hundred is the deployment's scale.
     public static let defaultMaximumGuests = 512
     /// A Debian 6.1 registration is ~3 MiB of symbol records (≈ 100,000 symbols); 192 MiB holds
-    /// 64 of them (the wire's own cap of 1,048,576 symbols per registration still applies).
+    /// 64 different builds (the wire's own cap of 1,048,576 symbols per registration still applies).
     public static let defaultMaximumSymbolBytes = 192 << 20
 
-    // @unchecked: `guests` and `symbolBytes` are guarded by `lock`.
+    // @unchecked: `guests`, `guestBytes`, `builds` are guarded by `lock`.
     private let lock = NIOLock()
     private var guests: [String: GuestSession] = [:]
-    private var symbolBytes: [String: Int] = [:]
+    /// What each guest is charged: its own facts, plus the whole build when its copy is private.
+    private var charged: [String: Int] = [:]
+    /// Shared copies and how many registered guests use each.
+    private var builds: [KernelFactsKey: (facts: KernelFacts, guests: Int)] = [:]
     public let maximumGuests: Int
     public let maximumSymbolBytes: Int
 
@@ -367,8 +383,12 @@ public final class GuestRegistry: @unchecked Sendable {
         self.maximumSymbolBytes = maximumSymbolBytes
     }
 
-    /// What a registration is charged against `maximumSymbolBytes`.
-    static func symbolCost(_ r: RegisterGuest) -> Int { r.symbols.reduce(0) { $0 + $1.name.utf8.count + 16 } }
+    /// What a guest's own facts are charged (bytes as they arrive): capability words, `pv_ops`,
+    /// command line, vulnerabilities, release, id, and 16 bytes per static-call target.
+    static func guestBytes(_ r: RegisterGuest) -> Int {
+        r.cpuCapabilities.count + r.pvOps.count + r.commandLine.utf8.count + r.vulnerabilities.utf8.count
+            + r.kernelRelease.utf8.count + r.guestID.utf8.count + r.staticCallKeys.reduce(0) { $0 + 16 * (2 + $1.allowed.count) }
+    }
 
     public enum Registration {
         case registered(GuestSession)
@@ -376,43 +396,101 @@ public final class GuestRegistry: @unchecked Sendable {
     }
 
     /// Register a guest: plausibility first, then refuse a live id unless `reset` is set.
-    public func register(_ r: RegisterGuest, factsDigest: [UInt8] = []) -> Registration {
-        // Budget first, before the facts are built (building them is the costly part); checked
-        // again, exactly, under the lock below.
-        let cost = Self.symbolCost(r)
-        if let why = lock.withLock({ guests[r.guestID] == nil ? overBudget(r.guestID, cost: cost) : nil }) {
+    /// `symbolsDigest` is the registration's symbols digest when the caller has computed it (the
+    /// verifier does, for the reply); otherwise it is computed here.
+    public func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil) -> Registration {
+        if let why = FactsPlausibility.checkCPUs(r) { return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(why)") }
+        let key = KernelFactsKey.of(r, symbolsDigest: symbolsDigest ?? KernelFactsKey.symbolsDigest(r))
+        let own = Self.guestBytes(r)
+        // Budget first, before any facts are built (building a new build's tables is the costly
+        // part); checked again, exactly, under the lock below.
+        let known: KernelFacts? = lock.withLock {
+            key.flatMap { builds[$0]?.facts }
+        }
+        let buildCost = known == nil ? KernelFacts.symbolBytes(r) : 0
+        if let why = lock.withLock({ guests[r.guestID] == nil ? overBudget(r.guestID, cost: own + buildCost) : nil }) {
             return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
         }
-        let facts = GuestFactsBuilder.facts(from: r)
-        if let why = FactsPlausibility.check(r, facts: facts) {
-            return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(why)")
+        let kernel: KernelFacts
+        if let known { kernel = known } else {
+            switch KernelFacts.make(r, key: key) {
+            case .success(let k): kernel = k
+            case .failure(let f): return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(f.message)")
+            }
         }
-        let s = GuestSession(registration: r, facts: facts, factsDigest: factsDigest)
+        let facts: GuestFacts
+        switch kernel.guestFacts(r) {
+        case .success(let f): facts = f
+        case .failure(let f): return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(f.message)")
+        }
         return lock.withLock {
-            let existing = guests[r.guestID] != nil
-            if existing && !r.reset {
+            let existing = guests[r.guestID]
+            if existing != nil && !r.reset {
                 return .refused(.guestExists, "guest '\(r.guestID)' is registered: its facts were taken at the trusted point and are not replaced (send reset=1 after revoking every EXEC grant of the old session)")
             }
-            if let why = overBudget(r.guestID, cost: cost) {
+            // Another registration of this build may have stored its copy meanwhile: use that one
+            // (same key, same content), so the build is held once.
+            var shared = kernel
+            if let k = kernel.key, let stored = builds[k]?.facts { shared = stored }
+            let isNewBuild = shared.key.map { builds[$0] == nil } ?? true
+            let cost = own + (isNewBuild ? shared.symbolBytes : 0)
+            // A reset of a guest that was the last one on another build frees that build's charge.
+            let sameBuild = shared.key != nil && existing?.kernel.key == shared.key
+            let freed = sameBuild ? 0 : existing.map { release($0.kernel, dryRun: true) } ?? 0
+            if let why = overBudget(r.guestID, cost: cost, alsoFreed: freed) {
                 return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
             }
-            guests[r.guestID] = s
-            symbolBytes[r.guestID] = cost
-            return .registered(s)
+            if let old = existing { _ = release(old.kernel, dryRun: false) }
+            if let k = shared.key { builds[k, default: (shared, 0)].guests += 1 }
+            let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : GuestFactsBuilder.guestFacts(kernel: shared.base, from: r), factsDigest: factsDigest)
+            guests[r.guestID] = session
+            charged[r.guestID] = own + (shared.key == nil ? shared.symbolBytes : 0)
+            return .registered(session)
         }
     }
 
-    /// Why registering `id` with `cost` symbol bytes would exceed a budget (nil: it fits). A live
-    /// id is not a new guest, and its own current charge is replaced. Caller holds `lock`.
-    private func overBudget(_ id: String, cost: Int) -> String? {
+    /// Drop a guest (the VMM revoked every EXEC grant of it first). Its build's copy goes when it
+    /// was the last guest on it. Returns false when the id is not registered.
+    @discardableResult
+    public func remove(_ id: String) -> Bool {
+        lock.withLock {
+            guard let s = guests.removeValue(forKey: id) else { return false }
+            charged[id] = nil
+            _ = release(s.kernel, dryRun: false)
+            return true
+        }
+    }
+
+    /// One guest stops using `kernel`: the shared copy's count drops, and the copy is forgotten
+    /// when it reaches zero. Returns the bytes of build charge that frees. Caller holds `lock`.
+    private func release(_ kernel: KernelFacts, dryRun: Bool) -> Int {
+        guard let k = kernel.key, let entry = builds[k] else { return 0 }
+        if entry.guests <= 1 {
+            if !dryRun { builds[k] = nil }
+            return entry.facts.symbolBytes
+        }
+        if !dryRun { builds[k]!.guests -= 1 }  // present: looked up above
+        return 0
+    }
+
+    /// Bytes charged in all: every shared copy once, every guest its own part. Caller holds `lock`.
+    private var used: Int { builds.values.reduce(0) { $0 + $1.facts.symbolBytes } + charged.values.reduce(0, +) }
+
+    /// Why registering `id` with `cost` bytes would exceed a budget (nil: it fits). A live id is
+    /// not a new guest: its own charge, and `alsoFreed` (its build, when it was the last guest on
+    /// it), are replaced. Caller holds `lock`.
+    private func overBudget(_ id: String, cost: Int, alsoFreed: Int = 0) -> String? {
         if guests[id] == nil && guests.count >= maximumGuests {
             return "\(guests.count) guests are registered, the limit is \(maximumGuests)"
         }
-        let used = symbolBytes.values.reduce(0, +) - (symbolBytes[id] ?? 0)
+        let used = self.used - (charged[id] ?? 0) - alsoFreed
         return used + cost > maximumSymbolBytes ? "\(cost) bytes of symbols on top of \(used) registered exceeds the \(maximumSymbolBytes)-byte budget" : nil
     }
 
     public func session(_ id: String) -> GuestSession? { lock.withLock { guests[id] } }
     public var count: Int { lock.withLock { guests.count } }
+    /// Shared build copies held, with the number of guests on each (for status and tests).
+    public var sharedBuilds: [(key: KernelFactsKey, guests: Int)] { lock.withLock { builds.map { ($0.key, $0.value.guests) } } }
+    /// Bytes charged against `maximumSymbolBytes` now.
+    public var chargedBytes: Int { lock.withLock { used } }
 }
-

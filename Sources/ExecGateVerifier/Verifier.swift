@@ -89,7 +89,7 @@ public final class Verifier: @unchecked Sendable {
                     return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': the symbols are not the pinned symbol table of kernel \(kernel) (\(symbols) sent)"))
                 }
             }
-            switch guests.register(r, factsDigest: requestDigest) {
+            switch guests.register(r, factsDigest: requestDigest, symbolsDigest: symbols.bytes) {
             case .registered:
                 return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: r.symbols.count),
                                                               factsDigest: requestDigest, symbolsDigest: symbols.bytes))

@@ -34,6 +34,8 @@ public struct FrameDecoder: ByteToMessageDecoder {
     enum State {
         case waitingForHeader
         case waitingForBody(version: UInt16, type: MessageType, requestID: UInt64, length: Int)
+        /// A large body taken into its own buffer as it arrives (see `collectedBodyThreshold`).
+        case collectingBody(version: UInt16, type: MessageType, requestID: UInt64, length: Int, body: ByteBuffer)
         case discarding(remaining: Int)
         case broken
     }
@@ -47,9 +49,19 @@ public struct FrameDecoder: ByteToMessageDecoder {
 
     /// The body length this decoder is buffering right now (admitted, not yet complete), or nil.
     public var awaitingBodyLength: Int? {
-        if case .waitingForBody(_, _, _, let length) = state { return length }
-        return nil
+        switch state {
+        case .waitingForBody(_, _, _, let length), .collectingBody(_, _, _, let length, _): return length
+        default: return nil
+        }
     }
+
+    /// Bodies of at least this many bytes are copied into a buffer of exactly their (admitted)
+    /// length as their bytes arrive, instead of being sliced out of the channel's cumulation
+    /// buffer. A slice keeps the cumulation's storage shared while the request is judged, so every
+    /// later read into it copied the whole storage again (and its growth reallocated it): for
+    /// module-sized bodies that copying cost the event loop more CPU than judging cost the pool.
+    /// One copy per body, no growth, and the cumulation stays small and reused.
+    public static let collectedBodyThreshold = 64 << 10
 
     /// True between frames: no header, body or discard in progress (buffered bytes aside).
     public var isBetweenFrames: Bool {
@@ -86,7 +98,9 @@ public struct FrameDecoder: ByteToMessageDecoder {
     }
 
     /// The codec's core, usable without a channel (tests, the in-guest raw-socket client).
-    /// Returns nil when more bytes are needed; never moves the reader index past a partial frame.
+    /// Returns nil when more bytes are needed. It never moves the reader index past a partial
+    /// frame, except into the frame's own body buffer for a body of `collectedBodyThreshold` bytes
+    /// or more (the decoder then holds those bytes itself).
     public mutating func decodeOne(_ buffer: inout ByteBuffer) throws -> InboundFrame? {
         while true {
             switch state {
@@ -123,15 +137,64 @@ public struct FrameDecoder: ByteToMessageDecoder {
                     state = .discarding(remaining: length)
                     return .refused(requestID: requestID, type: type, code: .unavailable, message: refusal)
                 }
-                state = .waitingForBody(version: version, type: type, requestID: requestID, length: length)
+                if length >= Self.collectedBodyThreshold {
+                    // One allocation of the admitted length (within the budget admitBody reserved;
+                    // the allocator may round it up, pages past the body are never touched).
+                    state = .collectingBody(version: version, type: type, requestID: requestID, length: length,
+                                            body: ByteBufferAllocator().buffer(capacity: length))
+                } else {
+                    state = .waitingForBody(version: version, type: type, requestID: requestID, length: length)
+                }
             case .waitingForBody(let version, let type, let requestID, let length):
                 guard let body = buffer.readSlice(length: length) else { return nil }
+                state = .waitingForHeader
+                return .frame(Frame(version: version, type: type, requestID: requestID, body: body))
+            case .collectingBody(let version, let type, let requestID, let length, var body):
+                // Leave the state before writing so `body` is the only reference (no copy on write).
+                state = .broken
+                // Safe: n ≤ readableBytes, so the slice exists.
+                var chunk = buffer.readSlice(length: min(length - body.readableBytes, buffer.readableBytes))!
+                body.writeBuffer(&chunk)
+                guard body.readableBytes == length else {
+                    state = .collectingBody(version: version, type: type, requestID: requestID, length: length, body: body)
+                    return nil
+                }
                 state = .waitingForHeader
                 return .frame(Frame(version: version, type: type, requestID: requestID, body: body))
             }
         }
     }
 }
+
+/// Writes frames without copying their bodies: the 20-byte header goes out as its own buffer and
+/// the body as it is (NIO gathers both into one `writev`). `FrameEncoder` copied every body into a
+/// fresh buffer first — for module-sized requests a new allocation (page faults included) and a
+/// copy per request on the writer's event loop.
+public final class FrameWriter: ChannelOutboundHandler {
+    public typealias OutboundIn = Frame
+    public typealias OutboundOut = ByteBuffer
+
+    public init() {}
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = Self.unwrapOutboundIn(data)
+        var header = context.channel.allocator.buffer(capacity: WireLimits.headerSize)
+        header.writeFrame(Frame(version: frame.version, type: frame.type, requestID: frame.requestID, body: ByteBuffer()))
+        // The header says the body's length; `writeFrame` wrote 0 for the empty stand-in.
+        // The body of an outgoing frame is built by us and capped far below u32 (see writeFrame).
+        precondition(frame.body.readableBytes <= Int(UInt32.max), "frame body exceeds u32")
+        header.setInteger(UInt32(frame.body.readableBytes), at: header.readerIndex + 16)
+        if frame.body.readableBytes == 0 {
+            context.write(Self.wrapOutboundOut(header), promise: promise)
+        } else {
+            context.write(Self.wrapOutboundOut(header), promise: nil)
+            context.write(Self.wrapOutboundOut(frame.body), promise: promise)
+        }
+    }
+}
+
+@available(*, unavailable)
+extension FrameWriter: Sendable {}
 
 public struct FrameEncoder: MessageToByteEncoder {
     public typealias OutboundIn = Frame

@@ -294,13 +294,16 @@ public struct RegisterGuestReply: Sendable, Equatable {
             // KASLR moves the kernel image (mapped from __START_KERNEL_map, 0xffffffff80000000);
             // zero-based per-cpu offsets (`A` symbols such as `__per_cpu_end`) do not move.
             let a = s.address >= 0xffff_ffff_8000_0000 ? s.address &- r.kaslrSlide : s.address
-            for k in (0..<8).reversed() { out.append(UInt8(truncatingIfNeeded: a >> (8 * UInt64(k)))) }
+            withUnsafeBytes(of: a.bigEndian) { out.append(contentsOf: $0) }
             out.append(s.type)
             out.append(UInt8(s.exported ? 1 : 0) | UInt8(s.isFunction ? 2 : 0))
-            let n = Array(s.name.utf8.prefix(Int(UInt16.max)))
-            out.append(UInt8(n.count >> 8))
-            out.append(UInt8(n.count & 0xff))
-            out += n
+            // Names are packed in place, without a copy per record (this runs for every
+            // registration: the registry finds a shared build by it).
+            let n = min(s.name.utf8.count, Int(UInt16.max))
+            out.append(UInt8(n >> 8))
+            out.append(UInt8(n & 0xff))
+            var name = s.name  // withUTF8 needs a var; native strings are not copied
+            name.withUTF8 { out.append(contentsOf: UnsafeBufferPointer(rebasing: $0.prefix(n))) }
         }
         return out
     }

@@ -3,7 +3,7 @@
 // `execgate`: one binary, many subcommands. It is also the service VM's /init (see ServiceVM/).
 // This target only parses arguments and calls into the libraries.
 
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateHost
 
 @main

@@ -17,106 +17,141 @@ import ExecGateExplain
 import ExecGateKernelImage
 import ExecGatePolicy
 import ExecGateServiceVM
+import ExecGateSignature
 import ExecGateTestSupport
 import ExecGateVerifier
 import ExecGateWire
 import XCTest
 
-/// The modules captured: alternatives and feature checks (crc32c_intel, aesni_intel, sha256_ssse3),
-/// static keys (chacha_x86_64, poly1305_x86_64, test_static_keys), static calls and paravirt and
-/// per-cpu data (kvm), dependency chains (8021q → garp, mrp, stp, llc; aesni_intel → cryptd,
-/// crypto_simd; virtio_net → failover, virtio), plain ones (tun, fuse, xxhash_generic).
+/// The modules captured on 6.1: alternatives and feature checks (crc32c_intel, aesni_intel,
+/// sha256_ssse3), static keys (chacha_x86_64, poly1305_x86_64, test_static_keys), static calls and
+/// paravirt and per-cpu data (kvm), dependency chains (8021q → garp, mrp, stp, llc; aesni_intel →
+/// cryptd, crypto_simd; virtio_net → failover, virtio), data only (cast_common: S-boxes, no
+/// executable byte), an alternative the test CPU models leave unapplied (ramoops: LA57, 16*32+16,
+/// so the "alternative" mutation class has sites to flip), plain ones (tun, fuse, xxhash_generic).
 let captureTestModules = ["crc32c_intel", "aesni_intel", "sha256_ssse3", "chacha_x86_64", "poly1305_x86_64", "test_static_keys",
-                          "kvm", "8021q", "virtio_net", "tun", "fuse", "xxhash_generic"]
+                          "kvm", "8021q", "virtio_net", "tun", "fuse", "xxhash_generic", "cast_common", "ramoops"]
+
+/// The CPU models every capture boot test runs on (one boot each; docs/kernels/matrix.md has what the
+/// guest kernels report on them). Intel: Skylake-Client-IBRS (a retbleed-affected part: 6.1 picks
+/// IBRS, 6.12 retpolines with ITS aligned branch/return thunks, `x86_return_thunk` =
+/// its_return_thunk). AMD: EPYC-Rome (Zen 2: retbleed untrained return thunk, SRSO safe RET:
+/// `x86_return_thunk` = srso_return_thunk).
+enum CaptureTestCPU {
+    static let intel = "Skylake-Client-IBRS"
+    static let amd = "EPYC-Rome"
+}
+
+/// One fresh capture for a boot test: `modules` on `kernel` under QEMU `-cpu cpu`; the output is
+/// removed after a passing test. Asserts that every module (and dependency) was captured.
+func captureForTest(_ t: XCTestCase, kernel: String, modules: [String], cpu: String, kaslr: Bool) throws -> CaptureSummary {
+    let vm = try requireVM(image: false)
+    let out = Fixtures.temporaryDirectory()
+    var o = CaptureOptions(kernel: kernel, modules: modules, outDir: out, initBinary: vm.staticExecgate, workDir: out + "/.work")
+    o.kaslr = kaslr
+    o.cpu = cpu
+    o.timeoutSeconds = 200
+    let t0 = Date()
+    let s = try CaptureTool.run(o, log: { print($0) })
+    try? FileManager.default.removeItem(atPath: o.workDir)  // initramfs, sparse disk, logs
+    t.addTeardownBlock { [weak t] in
+        if (t?.testRun?.failureCount ?? 1) == 0 { try? FileManager.default.removeItem(atPath: out) }
+    }
+    print("capture \(s.boot) -cpu \(cpu): \(s.captured.count) modules in \(Int(Date().timeIntervalSince(t0) * 1000)) ms (qemu \(s.qemuMillis) ms)")
+    print((try? FS.readString(s.bootDir + "/vulnerabilities.txt")) ?? "")
+    XCTAssertEqual(s.failed.map(\.0), [], "modules that failed to load: \(s.failed)")
+    XCTAssertEqual(s.captured, s.loadOrder)
+    return s
+}
+
+/// Every captured module of one boot: allowed by the verifier exactly as the service runs it
+/// (register-guest + authorize-module, end state required, `trust` = the kernel's own keys) and by
+/// the explainer `execgate explain` uses, with 0 unexplained bytes; and mutations of every class
+/// of each module's fresh end state, each of which must be denied (and each class in
+/// `requiredClasses` must have been tried). Returns each module's
+/// statistics (keyed by name) for the caller's per-module checks.
+@discardableResult
+func explainEveryModule(_ dir: String, trust: TrustStore, expectModules: [String], minMutations: Int,
+                        requiredClasses: [String] = ["alternative", "byte-flip", "jump-label", "padding", "reloc-redirect", "return-thunk", "static-call"]) throws -> [String: ExplainStats] {
+    let boot = try CaptureBoot.load(dir)
+    XCTAssertEqual(boot.availableModules, expectModules)
+    let v = Verifier(policy: Policy(id: "capture-test", version: 1, trust: trust, endState: .required))
+    guard case .registerGuestReply = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: []) else {
+        XCTFail("register-guest refused for \(dir)")
+        return [:]
+    }
+    var replay = CaptureReplay(boot: boot)
+    var unexplained = 0
+    var mutations: [String: (tried: Int, denied: Int, legal: Int)] = [:]
+    var falseAccepts: [String] = []
+    var stats: [String: ExplainStats] = [:]
+    for name in boot.availableModules {
+        let m = try boot.module(name)
+        let verdict = v.authorize(m.request(guestID: "g"), requestDigest: [])
+        XCTAssertEqual(verdict.decision, .allow, "\(name): \(verdict.message)")
+        XCTAssertTrue(verdict.checks.contains("end-state"), name)
+        // Mutations of this fresh end state, by class: every one must be denied (a legal
+        // run-time alternative — e.g. a static call retargeted to another real function entry —
+        // is counted apart, never as accepted tampering).
+        // (Modules above 64 KiB of text are skipped here only to bound the debug-build test time;
+        // `execgate explain --mutate N` covers every module.)
+        let report = m.ko.withUnsafeBytes { raw -> MutationReport in
+            guard m.claim.text.count <= 64 << 10, let elf = try? ELFFile(bytes: raw) else { return MutationReport() }
+            return Explainer(facts: boot.facts).mutate(elf: elf, claim: m.claim, resolver: replay.resolver, perClass: 12, seed: 0x5eed)
+        }
+        for c in report.classes {
+            var e = mutations[c.name] ?? (0, 0, 0)
+            e.tried += c.tried; e.denied += c.denied; e.legal += c.legalAlternative
+            mutations[c.name] = e
+            falseAccepts += c.falseAccepts.map { "\(name): \($0)" }
+        }
+        let out = replay.step(m)
+        switch out.result.verdict {
+        case .allowed(let st):
+            XCTAssertEqual(st.executableBytes, m.claim.text.count, name)
+            stats[name] = st
+        case .denied(let d):
+            unexplained += max(1, d.unexplainedBytes)
+            XCTFail("explain \(name): \(d)")
+        }
+    }
+    XCTAssertEqual(unexplained, 0)
+    let tried = mutations.values.reduce(0) { $0 + $1.tried }
+    print("mutations on \(dir): \(tried) tried; " + mutations.sorted { $0.key < $1.key }
+        .map { "\($0.key) \($0.value.tried) tried / \($0.value.denied) denied / \($0.value.legal) legal run-time state" }.joined(separator: "; "))
+    XCTAssertEqual(falseAccepts, [], "mutations accepted")
+    XCTAssertGreaterThanOrEqual(tried, minMutations, "too few mutations tried")
+    for c in requiredClasses { XCTAssertGreaterThan(mutations[c]?.tried ?? 0, 0, "mutation class \(c) not exercised") }
+    return stats
+}
 
 final class CaptureToolBootTests: XCTestCase {
-    func prerequisites() throws -> (kernel: String, initBinary: String) {
+    func capture(kaslr: Bool, cpu: String) throws -> CaptureSummary {
         let kernel = Fixtures.packageRoot + "/.cache/kernel/current"
         try VMTestInputs.requireFile(kernel + "/boot", "unpacked Debian kernel", make: "make test-data")
-        let vm = try requireVM(image: false)
-        return (kernel, vm.staticExecgate)
-    }
-
-    func capture(kaslr: Bool) throws -> CaptureSummary {
-        let (kernel, initBinary) = try prerequisites()
-        let out = Fixtures.temporaryDirectory()
-        var o = CaptureOptions(kernel: kernel, modules: captureTestModules, outDir: out, initBinary: initBinary,
-                               workDir: out + "/.work")
-        o.kaslr = kaslr
-        o.timeoutSeconds = 200
-        let t0 = Date()
-        let s = try CaptureTool.run(o, log: { print($0) })
-        try? FileManager.default.removeItem(atPath: o.workDir)  // initramfs, sparse disk, logs
-        addTeardownBlock { [weak self] in
-            if (self?.testRun?.failureCount ?? 1) == 0 { try? FileManager.default.removeItem(atPath: out) }
-        }
-        print("capture \(s.boot): \(s.captured.count) modules in \(Int(Date().timeIntervalSince(t0) * 1000)) ms (qemu \(s.qemuMillis) ms)")
-        print(s.json)
-        XCTAssertEqual(s.failed.map(\.0), [], "modules that failed to load: \(s.failed)")
-        XCTAssertEqual(s.captured, s.loadOrder)
+        let s = try captureForTest(self, kernel: kernel, modules: captureTestModules, cpu: cpu, kaslr: kaslr)
         XCTAssertGreaterThanOrEqual(s.captured.count, 20)
-        for file in ["load-order.txt", "modules.list", "modules.dep", "corpus.json"] { XCTAssertTrue(FS.exists(out + "/" + file), file) }
+        for file in ["load-order.txt", "modules.list", "modules.dep", "corpus.json"] { XCTAssertTrue(FS.exists(s.bootDir + "/../" + file), file) }
         for file in ["kallsyms.txt", "boot_cpu_data.bin", "pv_ops.bin", "cpus.txt", "cmdline.txt", "slide.txt", "vulnerabilities.txt", "cpuflags.txt"] {
             XCTAssertTrue(FS.exists(s.bootDir + "/" + file), file)
         }
         // Dependencies come first in the load order.
         let order = s.loadOrder
-        for (dep, user) in [("irqbypass", "kvm"), ("llc", "stp"), ("stp", "8021q"), ("cryptd", "aesni_intel"), ("test_static_key_base", "test_static_keys")] {
+        for (dep, user) in [("irqbypass", "kvm"), ("llc", "stp"), ("reed_solomon", "ramoops"), ("stp", "8021q"), ("cryptd", "aesni_intel"), ("test_static_key_base", "test_static_keys")] {
             XCTAssertLessThan(try XCTUnwrap(order.firstIndex(of: dep), dep), try XCTUnwrap(order.firstIndex(of: user), user))
         }
-        try explain(s.bootDir, expectModules: s.captured)
+        let stats = try explainEveryModule(s.bootDir, trust: try Fixtures.debianTrust(), expectModules: s.captured, minMutations: 800)
+        // Reported, with nothing executable: signature, ELF and claim structure judged.
+        XCTAssertEqual(stats["cast_common"]?.executableBytes, 0, "cast_common is data only")
+        XCTAssertGreaterThan(stats["kvm"]?.bytesByClass[.alternative] ?? 0, 0, "kvm: alternatives applied")
+        XCTAssertGreaterThan(stats["ramoops"]?.bytesByClass[.alternative] ?? 0, 0, "ramoops: alternatives applied")
+        XCTAssertGreaterThan(stats["test_static_keys"]?.bytesByClass[.jumpLabel] ?? 0, 0, "test_static_keys: jump labels")
         return s
     }
 
-    /// Every module: allowed by the verifier (end state required) and by the explainer, 0 unexplained bytes.
-    func explain(_ dir: String, expectModules: [String]) throws {
-        let boot = try CaptureBoot.load(dir)
-        XCTAssertEqual(boot.availableModules, expectModules)
-        let v = Verifier(policy: Policy(id: "capture-test", version: 1, trust: try Fixtures.debianTrust(), endState: .required))
-        guard case .registerGuestReply = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: []) else {
-            return XCTFail("register-guest refused for \(dir)")
-        }
-        var replay = CaptureReplay(boot: boot)
-        var unexplained = 0
-        var mutations: [String: (tried: Int, denied: Int, legal: Int)] = [:]
-        var falseAccepts: [String] = []
-        for name in boot.availableModules {
-            let m = try boot.module(name)
-            let verdict = v.authorize(m.request(guestID: "g"), requestDigest: [])
-            XCTAssertEqual(verdict.decision, .allow, "\(name): \(verdict.message)")
-            XCTAssertTrue(verdict.checks.contains("end-state"), name)
-            // Mutations of this fresh end state, by class: every one must be denied (a legal
-            // run-time alternative — e.g. a static call retargeted to another real function entry —
-            // is counted apart, never as accepted tampering).
-            // (Modules above 64 KiB of text are skipped here only to bound the debug-build test time;
-            // `execgate explain --mutate N` covers every module.)
-            let report = m.ko.withUnsafeBytes { raw -> MutationReport in
-                guard m.claim.text.count <= 64 << 10, let elf = try? ELFFile(bytes: raw) else { return MutationReport() }
-                return Explainer(facts: boot.facts).mutate(elf: elf, claim: m.claim, resolver: replay.resolver, perClass: 12, seed: 0x5eed)
-            }
-            for c in report.classes {
-                var e = mutations[c.name] ?? (0, 0, 0)
-                e.tried += c.tried; e.denied += c.denied; e.legal += c.legalAlternative
-                mutations[c.name] = e
-                falseAccepts += c.falseAccepts.map { "\(name): \($0)" }
-            }
-            let out = replay.step(m)
-            if case let .denied(d) = out.result.verdict {
-                unexplained += max(1, d.unexplainedBytes)
-                XCTFail("explain \(name): \(d)")
-            }
-        }
-        XCTAssertEqual(unexplained, 0)
-        let tried = mutations.values.reduce(0) { $0 + $1.tried }
-        print("mutations on \(dir): \(tried) tried; " + mutations.sorted { $0.key < $1.key }
-            .map { "\($0.key) \($0.value.tried) tried / \($0.value.denied) denied / \($0.value.legal) legal run-time state" }.joined(separator: "; "))
-        XCTAssertEqual(falseAccepts, [], "mutations accepted")
-        XCTAssertGreaterThanOrEqual(tried, 800, "too few mutations tried")
-        XCTAssertGreaterThanOrEqual(mutations.count, 5, "mutation classes exercised: \(mutations.keys.sorted())")
-    }
-
+    /// Intel, nokaslr.
     func testCaptureNokaslrAndExplain() throws {
-        let s = try capture(kaslr: false)
+        let s = try capture(kaslr: false, cpu: CaptureTestCPU.intel)
         XCTAssertEqual(s.slide, 0)
         let cmdline = try FS.readString(s.bootDir + "/cmdline.txt")
         XCTAssertTrue(cmdline.contains("nokaslr"), cmdline)
@@ -125,8 +160,9 @@ final class CaptureToolBootTests: XCTestCase {
         XCTAssertTrue(first.contains("\"0xffffffffc0"), first)
     }
 
+    /// AMD, KASLR.
     func testCaptureKaslrAndExplain() throws {
-        let s = try capture(kaslr: true)
+        let s = try capture(kaslr: true, cpu: CaptureTestCPU.amd)
         XCTAssertNotEqual(s.slide, 0, "KASLR boot with slide 0 (possible but unlikely)")
     }
 }

@@ -23,7 +23,7 @@ final class Loader612Tests: XCTestCase {
     static func module612(_ name: String) throws -> [UInt8] {
         let root = Fixtures.packageRoot + "/.cache/kernel-6.12/linux-image-6.12.117+deb12-amd64/lib/modules/6.12.117+deb12-amd64/kernel"
         var found: String?
-        for dir in ["lib", "net/8021q", "drivers/net", "fs/isofs", "crypto"] {
+        for dir in ["lib", "net/8021q", "drivers/net", "fs/isofs", "crypto", "net/netfilter"] {
             let p = root + "/" + dir + "/" + name + ".ko.xz"
             if (try? Fixtures.readFile(p)) != nil { found = p; break }
         }
@@ -238,6 +238,48 @@ final class Loader612Tests: XCTestCase {
                 let d = (e as? DenyError)?.denial
                 XCTAssertEqual(d?.rule, .loader)
                 XCTAssertTrue(d?.reason.contains(word) == true && d?.reason.contains("not modelled") == true, "\(String(describing: d))")
+            }
+        }
+    }
+
+    /// nf_tables (6.12) has a `static_cpu_has()` in `__init` code: its alternative's replacement
+    /// (`.altinstr_replacement`) and fallback block (`.altinstr_aux`) branch into `.init.text`, and
+    /// stay in core text after init is freed. Those dead branches are explained with the claimed
+    /// `.init.text` address; without one, or with one on top of the core text, they are denied
+    /// (`init-symbol`).
+    func testInitTextAlternativeTemplatesUseTheClaimedInitAddress() throws {
+        let ko = try Self.module612("nf_tables")
+        try ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            var exports: [String: UInt64] = [:]
+            for (k, s) in try elf.symbols().enumerated() where s.isUndefined && !s.name.isEmpty {
+                exports[s.name] = 0xffff_ffff_8100_0000 + UInt64(k) * 0x40
+            }
+            let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
+            let text: UInt64 = 0xffff_ffff_c010_0000
+            func relocate(initText: UInt64?) throws -> Session {
+                var claim = ModuleClaim(name: "nf_tables", textBase: text, text: [UInt8](repeating: 0, count: lay.textSize), sectionAddresses: [:])
+                claim.memoryBases = [.data: 0xffff_ffff_c020_0000, .rodata: 0xffff_ffff_c030_0000, .roAfterInit: 0xffff_ffff_c040_0000]
+                if let i = initText { claim.sectionAddresses[".init.text"] = i }
+                claim.percpuBase = 0x3_0000
+                var facts = Self.facts()
+                facts.modulePercpuRange = 0x3_0000..<0x3_2000
+                let s = try Session(elf: elf, claim: claim, facts: facts, resolver: SymbolResolver(coreExports: exports))
+                try s.relocate()
+                return s
+            }
+            let initText: UInt64 = 0xffff_ffff_c050_0000
+            let s = try relocate(initText: initText)
+            // The first replacement is `jmp .init.text+0x79+4` (R_X86_64_PC32 at +1, addend 0x79).
+            let repl = try XCTUnwrap(elf.section(named: ".altinstr_replacement"))
+            let at = try XCTUnwrap(s.addr[repl.index]) &+ 1
+            let off = try XCTUnwrap(s.execOffset(at, 4))
+            let want = UInt32(truncatingIfNeeded: initText &+ 0x79 &- at)
+            XCTAssertEqual(Array(s.image[off..<off + 4]), (0..<4).map { UInt8(truncatingIfNeeded: want >> (8 * $0)) })
+            for bad in [nil, text, text + 0x1000, initText + 0x10] as [UInt64?] {
+                XCTAssertThrowsError(try relocate(initText: bad), "init.text at \(String(describing: bad))") { e in
+                    XCTAssertEqual((e as? DenyError)?.denial.rule, .initSymbol, "\(e)")
+                }
             }
         }
     }

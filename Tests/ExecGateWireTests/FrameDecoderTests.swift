@@ -34,6 +34,44 @@ final class FrameDecoderTests: XCTestCase {
         XCTAssertNil(try decoder.decodeOne(&merged))
     }
 
+    /// A body of `collectedBodyThreshold` bytes or more is taken into its own buffer as it arrives:
+    /// fed in uneven chunks, merged with the next frame, it comes out byte for byte, the decoder
+    /// reports it as awaited until it is complete, and the reader index never runs past it.
+    func testLargeBodyIsCollectedIntoItsOwnBufferAcrossChunks() throws {
+        let length = FrameDecoder.collectedBodyThreshold + 12_345
+        var rng = SeededRNG(seed: 0x5ca1e)
+        let payload = (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        var wire = ByteBuffer()
+        wire.writeFrame(Frame(type: .authorizeModule, requestID: 7, body: ByteBuffer(bytes: payload)))
+        wire.writeFrame(Message.status.frame(requestID: 8))
+        let bytes = Array(buffer: wire)
+        var admitted: [Int] = []
+        var decoder = FrameDecoder()
+        decoder.admitBody = { admitted.append($0); return nil }
+        var got: [Frame] = []
+        var offset = 0
+        var cumulation = ByteBuffer()
+        var sizes = [1, 19, 4096, 65_536, 3, 100_000]
+        while offset < bytes.count {
+            let n = min(sizes.removeFirst(), bytes.count - offset)
+            sizes.append(n == 0 ? 1 : n)
+            cumulation.writeBytes(bytes[offset..<offset + n])
+            offset += n
+            while let f = try decoder.decodeOne(&cumulation) {
+                guard case .frame(let frame) = f else { return XCTFail("refused") }
+                got.append(frame)
+            }
+            if got.isEmpty && offset > WireLimits.headerSize { XCTAssertEqual(decoder.awaitingBodyLength, length) }
+        }
+        XCTAssertEqual(admitted, [length, 0])
+        XCTAssertEqual(got.map(\.requestID), [7, 8])
+        XCTAssertEqual(Array(buffer: got[0].body), payload)
+        XCTAssertLessThan(got[0].body.capacity, 2 * length, "one allocation for the body, no growth by doubling")
+        XCTAssertNil(decoder.awaitingBodyLength)
+        XCTAssertTrue(decoder.isBetweenFrames)
+        XCTAssertEqual(cumulation.readableBytes, 0)
+    }
+
     func testMaximumAllowedBodyLengthIsAccepted() throws {
         var decoder = FrameDecoder(maximumBodySize: 16)
         var b = ByteBuffer()

@@ -34,6 +34,15 @@ int execgate_early_proc_status(void);
 /* KVM: API version (12 on every real KVM) of an open /dev/kvm fd, or -1. */
 int execgate_kvm_api_version(int kvm_fd);
 
+/* Benchmark baseline (Bench.c): `count` round trips of `size` bytes (≤ 4096) over a Unix stream
+ * socket at `path` to a minimal blocking echo thread, after 100 unrecorded ones; sample i in
+ * microseconds goes to samples_us[i]. The socket file is removed afterwards. */
+int execgate_unix_echo_rtt(const char *path, int count, int size, double *samples_us);
+
+/* Bytes the allocator has handed out and not had back, over every arena (glibc malloc_info
+ * totals: arena bytes minus free chunks, plus mmap'd chunks); -1 where the C library cannot tell. */
+long long execgate_heap_in_use(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -3,7 +3,7 @@
 // `execgate bench`: parsing and printing; the measurement is ExecGateHost's SignatureBenchmark.
 
 import _ExecGateInternals
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateHost
 
 struct BenchCommand: AsyncParsableCommand {
@@ -13,7 +13,11 @@ struct BenchCommand: AsyncParsableCommand {
         discussion: """
         --kernel DIR is an unpacked linux-image .deb (make test-data puts one in .cache/kernel/current). \
         Verifies every module of the package with ExecGate's verifier and, in the same run, with \
-        OpenSSL alone (CMS_verify), and times small requests over a Unix socket.
+        OpenSSL alone (CMS_verify), in process on one thread and on a pool of every core, and through \
+        the service; times status round trips over a Unix socket against a minimal C echo. \
+        --scale instead registers 1, 10 and 100 guests (--guests) of the kernel in the capture \
+        --capture DIR (e.g. a shared-corpus boot) and runs a boot storm: every guest authorizes the \
+        capture's modules with their end state at once; prints memory, requests/s and latency.
         """
     )
 
@@ -21,8 +25,12 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Round trips to time over the Unix socket.") var roundTrips: Int = 2000
     @Option(help: "Only the first N modules (0 = all).") var limit: Int = 0
     @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "Many guests of one kernel and a boot storm (needs --capture).") var scale = false
+    @Option(help: "With --scale: a capture directory (kallsyms.txt, modules with their end state).") var capture: String?
+    @Option(help: "With --scale: guest counts, comma-separated.") var guests: String = "1,10,100"
 
     func run() async throws {
+        if scale { return try await runScale() }
         let inputs: (vmlinuz: String, modules: [String])
         do { inputs = try SignatureBenchmark.inputs(kernelPackage: kernel, limit: limit) } catch {
             Console.error("execgate bench: \(error)")
@@ -49,6 +57,63 @@ struct BenchCommand: AsyncParsableCommand {
             print("  openssl alone \(f.baselineOK) ok   \(String(format2: f.opensslSeconds)) s   \(String(format2: n / f.opensslSeconds)) modules/s   \(String(format2: mb / f.opensslSeconds)) MB/s")
             print("  ratio execgate/openssl: \(String(format2: f.execgateSeconds / f.opensslSeconds))x (target <= 1.2x)")
             print("unix socket round trip (status request): p50 \(String(format2: f.roundTripP50us)) us, p99 \(String(format2: f.roundTripP99us)) us, mean \(String(format2: f.roundTripMeanus)) us")
+            print("  execgate pool \(f.poolOK) ok   \(String(format2: f.poolSeconds)) s on \(f.poolThreads) threads   ratio to openssl alone (1 thread): \(String(format2: f.poolSeconds / f.opensslSeconds))x (target <= 0.55x)")
+            print("  service       \(f.serviceAllowed) allowed   \(String(format2: f.serviceSeconds)) s, \(f.serviceClients) pipelined clients   ratio: \(String(format2: f.serviceSeconds / f.opensslSeconds))x (target <= 1.0x)")
+            print("  cpu seconds (user+sys): execgate \(String(format2: f.execgateCPU)), openssl alone \(String(format2: f.opensslCPU)), pool \(String(format2: f.poolCPU)) (cpu/wall \(String(format2: f.poolCPU / f.poolSeconds))), service incl. its clients \(String(format2: f.serviceCPU)) (cpu/wall \(String(format2: f.serviceCPU / f.serviceSeconds)))")
+            print("status round trip, blocking client: p50 \(String(format2: f.statusP50us)) us, p99 \(String(format2: f.statusP99us)) us; C echo p50 \(String(format2: f.echoP50us)) us, p99 \(String(format2: f.echoP99us)) us; ratio p50 \(String(format2: f.statusP50us / f.echoP50us))x (target <= 2x)")
+        }
+        if json {
+            // (the JSON object above carries the single-thread figures; these follow as a second line)
+            print(JSON.object([
+                ("pool_threads", .int(Int64(f.poolThreads))), ("pool_seconds", .double(f.poolSeconds)), ("pool_ok", .int(Int64(f.poolOK))),
+                ("pool_ratio", .double(f.poolSeconds / f.opensslSeconds)),
+                ("service_clients", .int(Int64(f.serviceClients))), ("service_seconds", .double(f.serviceSeconds)),
+                ("service_allowed", .int(Int64(f.serviceAllowed))), ("service_ratio", .double(f.serviceSeconds / f.opensslSeconds)),
+                ("status_p50_us", .double(f.statusP50us)), ("status_p99_us", .double(f.statusP99us)),
+                ("echo_p50_us", .double(f.echoP50us)), ("echo_p99_us", .double(f.echoP99us)),
+                ("execgate_cpu_seconds", .double(f.execgateCPU)), ("openssl_cpu_seconds", .double(f.opensslCPU)),
+                ("pool_cpu_seconds", .double(f.poolCPU)), ("service_cpu_seconds", .double(f.serviceCPU)),
+            ]).serialized())
+        }
+    }
+
+    func runScale() async throws {
+        guard let capture else {
+            Console.error("execgate bench --scale: give --capture DIR (a capture of the kernel in --kernel)")
+            throw ExecGateExit.usage
+        }
+        let counts = guests.split(separator: ",").compactMap { Int($0) }
+        guard !counts.isEmpty, counts.allSatisfy({ $0 >= 1 && $0 <= 512 }) else {
+            Console.error("execgate bench --scale: --guests takes counts 1...512, comma-separated (got '\(guests)')")
+            throw ExecGateExit.usage
+        }
+        let vmlinuz: String
+        do { vmlinuz = try SignatureBenchmark.inputs(kernelPackage: kernel, limit: 1).vmlinuz } catch {
+            Console.error("execgate bench: \(error)")
+            throw ExecGateExit.usage
+        }
+        let rows = try await ScaleBenchmark.run(capture: capture, vmlinuz: vmlinuz, guestCounts: counts, progress: { Console.error("bench: \($0)") })
+        func mib(_ b: Int) -> String { String(format2: Double(b) / 1048576) }
+        for r in rows {
+            if json {
+                print(JSON.object([
+                    ("guests", .int(Int64(r.guests))), ("shared_copies", .int(Int64(r.sharedCopies))),
+                    ("heap_after_first_guest", .int(Int64(r.heapAfterFirstGuest))), ("heap_after_register", .int(Int64(r.heapAfterRegister))),
+                    ("heap_per_known_guest", .double(r.heapPerKnownGuest)), ("heap_after_storm", .int(Int64(r.heapAfterStorm))),
+                    ("rss_before", .int(Int64(r.rssBefore))), ("rss_after_register", .int(Int64(r.rssAfterRegister))),
+                    ("rss_after_storm", .int(Int64(r.rssAfterStorm))),
+                    ("register_first_ms", .double(r.registerFirstMs)), ("register_known_p50_ms", .double(r.registerKnownP50Ms)),
+                    ("register_known_p99_ms", .double(r.registerKnownP99Ms)), ("symbols_digest_ms", .double(r.digestMs)),
+                    ("requests", .int(Int64(r.requests))), ("allowed", .int(Int64(r.allowed))), ("denied", .int(Int64(r.denied))),
+                    ("retries", .int(Int64(r.retries))), ("seconds", .double(r.seconds)), ("requests_per_s", .double(r.requestsPerSecond)),
+                    ("p50_us", .double(r.p50us)), ("p99_us", .double(r.p99us)),
+                ]).serialized())
+            } else {
+                print("\(r.guests) guest(s) of one kernel (\(r.sharedCopies) shared cop\(r.sharedCopies == 1 ? "y" : "ies") of its facts)")
+                print("  registration: first \(String(format2: r.registerFirstMs)) ms, known build p50 \(String(format2: r.registerKnownP50Ms)) ms p99 \(String(format2: r.registerKnownP99Ms)) ms (+ symbols digest p50 \(String(format2: r.digestMs)) ms); allocator: first guest \(mib(r.heapAfterFirstGuest)) MiB, all \(mib(r.heapAfterRegister)) MiB (\(String(format2: Double(r.heapAfterRegister) / Double(max(1, r.heapAfterFirstGuest))))x one guest), \(String(format2: r.heapPerKnownGuest / 1024)) KiB per known guest")
+                print("  boot storm: \(r.requests) authorize-module (\(r.allowed) allowed, \(r.denied) denied, \(r.retries) retried when busy) in \(String(format2: r.seconds)) s = \(String(format2: r.requestsPerSecond)) requests/s; per request p50 \(String(format2: r.p50us / 1000)) ms, p99 \(String(format2: r.p99us / 1000)) ms")
+                print("  process RSS: before \(mib(r.rssBefore)) MiB, registered \(mib(r.rssAfterRegister)) MiB, after the storm \(mib(r.rssAfterStorm)) MiB (allocator \(mib(r.heapAfterStorm)) MiB above the start)")
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 // memory as a capture directory (`execgate explain <out>/<boot>` explains it). Argument parsing
 // only; the work is in ExecGateCaptureTool (host half CaptureHost.swift, guest half CaptureGuest.swift).
 
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateCaptureTool
 import ExecGateHost
 import ExecGateServiceVM
@@ -62,7 +62,7 @@ struct CaptureCommand: ParsableCommand {
     @Option(help: "Give up after this many seconds.")
     var timeout: Int = 600
 
-    @Option(help: "Guest memory in MiB.")
+    @Option(help: ArgumentHelp("Guest memory in MiB.", valueName: "MiB"))
     var memory: Int = 1024
 
     @Option(help: "auto, kvm or tcg (auto uses KVM only where it boots Linux).")

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-import ArgumentParser
+import ExecGateCommandLine
 
 /// Exit codes shared by every command that reports a verdict.
 ///   0 allow / success, 1 deny, 2 usage error or unreadable input.

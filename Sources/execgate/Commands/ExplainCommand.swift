@@ -4,7 +4,7 @@
 // end-state explainer (argument parsing and printing only; the work is in ExecGateCapture/Explain).
 
 import _ExecGateInternals
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateCapture
 import ExecGateELF
 import ExecGateExplain

@@ -2,7 +2,7 @@
 //
 // `execgate image build`: the service VM's kernel + initramfs (see ExecGateServiceVM/ImageBuilder).
 
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateServiceVM
 
 struct ImageCommand: ParsableCommand {

@@ -4,7 +4,7 @@
 // arguments; `ExecGate.main` below sends a PID-1 process here whatever its argv says, so the guest
 // never lands in argument parsing (an unknown argv word must not make init exit → kernel panic).
 
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateHost
 import ExecGateServiceVM
 #if canImport(Glibc)
@@ -33,30 +33,11 @@ struct InitCommand: AsyncParsableCommand {
 }
 
 extension ExecGate {
-    /// As PID 1 the binary is always init; otherwise the usual argument parsing.
+    /// As PID 1 the binary is always init; otherwise the usual argument parsing. Exit status:
+    /// 0 allow/success, 1 deny, 2 usage or unreadable input (ExecGateExit); --help exits 0.
     static func main() async {
         if GuestInit.isPID1 { await GuestInit.run(hooks: guestHooks) }
-        var command: ParsableCommand
-        do {
-            command = try parseAsRoot()
-        } catch {
-            // Anything wrong with the arguments exits 2 (argument-parser's default is 64; errors
-            // thrown from validate() would exit 1), so scripts see one convention:
-            // 0 allow/success, 1 deny, 2 usage or unreadable input. --help still exits 0.
-            let code = exitCode(for: error)
-            if code == .success { exit(withError: error) }
-            Console.error(fullMessage(for: error))
-            exit(withError: ExecGateExit.usage)
-        }
-        do {
-            if var async = command as? AsyncParsableCommand {
-                try await async.run()
-            } else {
-                try command.run()
-            }
-        } catch {
-            exit(withError: error)
-        }
+        await CommandParser.main(ExecGate.self, arguments: Array(CommandLine.arguments.dropFirst()))
     }
 }
 

@@ -4,7 +4,7 @@
 // (a signing key + self-signed certificate for one's own modules and for tests).
 
 import _ExecGateInternals
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateHost
 import ExecGateKernelImage
 import ExecGateSignature
@@ -115,15 +115,11 @@ struct KeysGenerate: ParsableCommand {
     @Flag(help: "Print a JSON summary on stdout.") var json = false
 
     func validate() throws {
-        // Usage errors exit 2 with one line on stderr (ArgumentParser's ValidationError would exit 64).
-        func usage(_ why: String) -> ExitCode {
-            Console.error("execgate keys generate: \(why)")
-            return ExecGateExit.usage
-        }
-        guard ["rsa", "ec-p256", "ec-p384"].contains(type) else { throw usage("--type must be rsa, ec-p256 or ec-p384") }
-        guard (2048...16384).contains(bits) else { throw usage("--bits must be between 2048 and 16384") }
-        guard days > 0 else { throw usage("--days must be positive") }
-        guard !cn.isEmpty, !cn.utf8.contains(0) else { throw usage("--cn must be a non-empty name") }
+        // Usage errors exit 2 with one line on stderr.
+        guard ["rsa", "ec-p256", "ec-p384"].contains(type) else { throw ValidationError("--type must be rsa, ec-p256 or ec-p384") }
+        guard (2048...16384).contains(bits) else { throw ValidationError("--bits must be between 2048 and 16384") }
+        guard days > 0 else { throw ValidationError("--days must be positive") }
+        guard !cn.isEmpty, !cn.utf8.contains(0) else { throw ValidationError("--cn must be a non-empty name") }
     }
 
     func run() throws {

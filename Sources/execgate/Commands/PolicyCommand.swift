@@ -4,7 +4,7 @@
 // Argument parsing and printing only; the work is in ExecGatePolicy and ExecGateAdmin.
 
 import _ExecGateInternals
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateAdmin
 import ExecGateCapture
 import ExecGateHost

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 import _ExecGateInternals
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateClient
 import ExecGateHost
 import ExecGateWire

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateHost
 import ExecGateWire
 import Logging

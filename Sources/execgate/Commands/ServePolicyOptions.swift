@@ -4,7 +4,7 @@
 // admin port and the audit sink (docs/policy.md). Parsing only: what they mean is
 // `ServiceConfiguration` / `VerifierService.start` (ExecGateHost).
 
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateHost
 import ExecGateWire
 

@@ -3,7 +3,7 @@
 // `execgate sign module`: sign a kernel module exactly like the kernel's scripts/sign-file.
 
 import _ExecGateInternals
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateHost
 import ExecGateSignature
 
@@ -41,10 +41,9 @@ struct SignModule: ParsableCommand {
     @Flag(help: "Print a JSON summary on stdout.") var json = false
 
     func validate() throws {
-        // Usage errors exit 2 with one line on stderr (ArgumentParser's ValidationError would exit 64).
+        // Usage errors exit 2 with one line on stderr.
         guard DigestAlgorithm(name: hash) != nil else {
-            Console.error("execgate sign module: --hash must be one of sha1, sha224, sha256, sha384, sha512")
-            throw ExecGateExit.usage
+            throw ValidationError("--hash must be one of sha1, sha224, sha256, sha384, sha512")
         }
     }
 

@@ -2,7 +2,7 @@
 //
 // `execgate vm start|stop|status|selftest`: run the service VM under QEMU (see ExecGateServiceVM/Launcher).
 
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateServiceVM
 #if canImport(Glibc)
 import Glibc
@@ -51,7 +51,7 @@ struct BootOptions: ParsableArguments {
     @Option(help: "Guest CID for vhost-vsock (3 or more).")
     var cid: UInt32 = 3
 
-    @Option(help: "Guest memory in MiB (the default serves the largest Debian module with its claim; with GUEST_KERNEL=debian use 256).")
+    @Option(help: ArgumentHelp("Guest memory in MiB (the default serves the largest Debian module with its claim; with GUEST_KERNEL=debian use 256).", valueName: "MiB"))
     var memory: Int = VMConfig.defaultMemoryMiB
 
     @Option(help: "AF_VSOCK port the verifier listens on in the guest.")
@@ -70,8 +70,9 @@ struct BootOptions: ParsableArguments {
     var qemu: String = "qemu-system-x86_64"
 
     /// A sanity floor, not the budget (ServiceVM/README.md "Memory budget"): with the service VM's
-    /// own kernel and today's 24 MB /init the least that boots and serves is 52 MiB (48 panics
-    /// unpacking the initramfs); Debian's kernel needs 112. Below 32 nothing we build boots.
+    /// own kernel and the 18.4 MiB Foundation-free /init the least that boots and serves the
+    /// self-test is 48 MiB; Debian's kernel needs 112. Below 32 nothing we build boots. Inside the
+    /// guest the service admits requests only within the memory it finds (`MemoryBudget`).
     static let minimumMemoryMiB = 32
 
     func validate() throws {

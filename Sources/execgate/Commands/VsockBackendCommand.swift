@@ -4,7 +4,7 @@
 // without /dev/vhost-vsock; `execgate vsock-bench`: round-trip and bulk figures through it.
 
 import _ExecGateInternals
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateHost
 import ExecGateClient
 import ExecGateVsockDevice

@@ -3,7 +3,7 @@
 // Options shared by several commands, and the rendering of verdicts for humans and machines.
 
 import _ExecGateInternals
-import ArgumentParser
+import ExecGateCommandLine
 import ExecGateHost
 import ExecGatePolicy
 import ExecGateSignature

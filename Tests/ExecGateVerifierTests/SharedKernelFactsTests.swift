@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// One copy of a kernel build's facts for every guest of that build (KernelFactsStore.swift):
+// sharing, release when the last guest goes, the budget counted per copy + per guest, and a
+// registration that claims a known kernel digest with other facts: it gets its own copy and does
+// not change what any other guest is judged against. Guests judged in parallel get the verdicts
+// they get one at a time. Input: the real captured end state in
+// Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a (Debian 6.1 symbols, signed modules).
+
+import Dispatch
+import ExecGateCapture
+import ExecGateExplain
+import ExecGatePolicy
+import ExecGateTestSupport
+import ExecGateVerifier
+import ExecGateWire
+import NIOConcurrencyHelpers
+import XCTest
+
+final class SharedKernelFactsTests: XCTestCase {
+    static let kernelDigest = [UInt8](repeating: 0x61, count: 32)
+
+    func boot() throws -> CaptureBoot { try CaptureBoot.load(EndStateVerifierTests.bootDir) }
+
+    func registration(_ boot: CaptureBoot, _ id: String) throws -> RegisterGuest {
+        var r = try boot.registration(guestID: id)
+        r.kernelDigest = Self.kernelDigest
+        return r
+    }
+
+    func verifier() throws -> Verifier {
+        Verifier(policy: Policy(id: "shared", version: 1, trust: try Fixtures.debianTrust(), endState: .required))
+    }
+
+    func register(_ v: Verifier, _ r: RegisterGuest) throws -> GuestSession {
+        let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+        guard case .registerGuestReply = reply else { throw RegistrationRefused(reply: "\(reply)") }
+        return try XCTUnwrap(v.guests.session(r.guestID))
+    }
+
+    func testGuestsOfOneBuildShareOneCopyAndAreJudgedAlike() throws {
+        let boot = try boot()
+        let v = try verifier()
+        let a = try register(v, try registration(boot, "a"))
+        let b = try register(v, try registration(boot, "b"))
+        XCTAssertTrue(a.kernel === b.kernel, "the second guest of the build got its own copy")
+        XCTAssertNotNil(a.kernel.key)
+        XCTAssertEqual(v.guests.sharedBuilds.count, 1)
+        XCTAssertEqual(v.guests.sharedBuilds.first?.guests, 2)
+        XCTAssertTrue(a.registration.symbols.isEmpty && b.registration.symbols.isEmpty, "a session keeps its own copy of the symbol records")
+        // The facts each guest is judged by are the ones building them alone gives.
+        let alone = GuestFactsBuilder.facts(from: try registration(boot, "b"))
+        XCTAssertEqual(b.facts.exports, alone.exports)
+        XCTAssertEqual(b.facts.functionEntries, alone.functionEntries)
+        XCTAssertEqual(b.facts.staticCallTrustedTargets, alone.staticCallTrustedTargets)
+        XCTAssertEqual(b.facts.capabilities, alone.capabilities)
+        XCTAssertEqual(b.facts.pvOps, alone.pvOps)
+        XCTAssertEqual(b.facts.coreInitRanges, alone.coreInitRanges)
+        XCTAssertEqual(b.facts.modulePercpuRange, alone.modulePercpuRange)
+        XCTAssertEqual(b.facts.uniprocessorPatched, alone.uniprocessorPatched)
+        XCTAssertEqual(b.facts.kernelRelease, alone.kernelRelease)
+        XCTAssertEqual(b.facts.returnThunk, alone.returnThunk)
+        XCTAssertEqual(b.facts.paravirtNop, alone.paravirtNop)
+        XCTAssertEqual(b.facts.staticCallReturn0, alone.staticCallReturn0)
+        // Both guests' modules are explained, each in its own session.
+        for name in boot.availableModules {
+            for g in ["a", "b"] {
+                let verdict = v.authorize(try boot.module(name).request(guestID: g), requestDigest: [])
+                XCTAssertEqual(verdict.decision, .allow, "\(g) \(name): \(verdict.message)")
+            }
+        }
+        XCTAssertEqual(a.allowedModules, b.allowedModules)
+    }
+
+    func testTheCopyIsReleasedWithTheLastGuest() throws {
+        let boot = try boot()
+        let registry = GuestRegistry()
+        weak var copy: KernelFacts?
+        try autoreleasepoolCompat {
+            guard case .registered(let a) = registry.register(try registration(boot, "a")) else { return XCTFail("a refused") }
+            guard case .registered = registry.register(try registration(boot, "b")) else { return XCTFail("b refused") }
+            copy = a.kernel
+        }
+        let oneBuild = try XCTUnwrap(copy).symbolBytes
+        XCTAssertEqual(registry.sharedBuilds.first?.guests, 2)
+        XCTAssertTrue(registry.remove("a"))
+        XCTAssertFalse(registry.remove("a"))
+        XCTAssertEqual(registry.sharedBuilds.first?.guests, 1)
+        XCTAssertNotNil(copy, "released while a guest still uses it")
+        XCTAssertGreaterThan(registry.chargedBytes, oneBuild)
+        // A reset onto the same build keeps the copy (and its count).
+        try autoreleasepoolCompat {
+            var again = try registration(boot, "b")
+            again.reset = true
+            guard case .registered(let b1) = registry.register(again) else { return XCTFail("reset refused") }
+            XCTAssertTrue(b1.kernel === copy)
+            XCTAssertEqual(registry.sharedBuilds.first?.guests, 1)
+        }
+        // A reset onto another build (another slide) moves the last guest off the copy.
+        var moved = try registration(boot, "b")
+        moved.reset = true
+        moved.kaslrSlide = 0x200000
+        for i in moved.symbols.indices where moved.symbols[i].address >= 0xffff_ffff_8000_0000 { moved.symbols[i].address &+= 0x200000 }
+        moved.pvOps = []
+        moved.returnThunk = moved.returnThunk.map { $0 &+ 0x200000 }
+        guard case .registered(let b2) = registry.register(moved) else { return XCTFail("reset refused") }
+        XCTAssertNil(copy, "the copy outlived its last guest")
+        XCTAssertEqual(registry.sharedBuilds.count, 1)
+        XCTAssertEqual(registry.sharedBuilds.first?.key.slide, 0x200000)
+        XCTAssertFalse(b2.kernel.symbolCount == 0)
+        XCTAssertTrue(registry.remove("b"))
+        XCTAssertTrue(registry.sharedBuilds.isEmpty)
+        XCTAssertEqual(registry.chargedBytes, 0)
+    }
+
+    /// A registration claiming the honest guests' kernel digest with other symbols (every exported
+    /// text symbol moved by 16 bytes, still inside core text, so each rule passes) is kept apart.
+    func testKnownDigestWithOtherFactsDoesNotPoisonTheSharedCopy() throws {
+        let boot = try boot()
+        let v = try verifier()
+        let honest = try register(v, try registration(boot, "honest"))
+        let before = honest.kernel.base.exports
+        var lie = try registration(boot, "liar")
+        var moved = 0
+        let keep = Set(["__x86_return_thunk", "retbleed_return_thunk", "srso_return_thunk", "srso_alias_return_thunk", "its_return_thunk"])
+        for i in lie.symbols.indices where lie.symbols[i].exported && lie.symbols[i].isText && !keep.contains(lie.symbols[i].name) {
+            lie.symbols[i].address &+= 16
+            moved += 1
+        }
+        XCTAssertGreaterThan(moved, 10)
+        XCTAssertEqual(lie.kernelDigest, honest.registration.kernelDigest)
+        let liar = try register(v, lie)
+        XCTAssertFalse(liar.kernel === honest.kernel, "other facts were given the shared copy")
+        XCTAssertNotEqual(liar.kernel.key, honest.kernel.key)
+        // A later honest guest still finds the honest copy, unchanged.
+        let late = try register(v, try registration(boot, "late"))
+        XCTAssertTrue(late.kernel === honest.kernel)
+        XCTAssertEqual(honest.kernel.base.exports, before)
+        XCTAssertEqual(late.facts.exports, before)
+        XCTAssertEqual(v.guests.sharedBuilds.first { $0.key == honest.kernel.key }?.guests, 2)
+        // Verdicts: the honest guests' modules are explained; the liar's, judged by its own
+        // (moved) exports, are not.
+        var liarDenied = 0
+        for name in boot.availableModules {
+            let request = try boot.module(name).request(guestID: "liar")
+            if v.authorize(request, requestDigest: []).decision == .deny { liarDenied += 1 }
+            for g in ["honest", "late"] {
+                let verdict = v.authorize(try boot.module(name).request(guestID: g), requestDigest: [])
+                XCTAssertEqual(verdict.decision, .allow, "\(g) \(name): \(verdict.message)")
+            }
+        }
+        XCTAssertGreaterThan(liarDenied, 0, "moved exports were never noticed")
+    }
+
+    /// The symbols digest the registry finds a build by is the protocol's (docs/protocol.md,
+    /// "Kernel binding"): SHA-256 over `{u64 address − slide (image addresses only); u8 type; u8 flags;
+    /// u16 name_len; name}` big-endian, in the order sent — packed here independently.
+    func testSymbolsDigestIsTheProtocolsOne() throws {
+        var r = try registration(try boot(), "d")
+        r.kaslrSlide = 0x0c00_0000
+        for i in r.symbols.indices where r.symbols[i].address >= 0xffff_ffff_8000_0000 { r.symbols[i].address &+= 0x0c00_0000 }
+        r.symbols[0].isFunction = true
+        var packed: [UInt8] = []
+        for s in r.symbols {
+            let a = s.address >= 0xffff_ffff_8000_0000 ? s.address - r.kaslrSlide : s.address
+            for k in stride(from: 56, through: 0, by: -8) { packed.append(UInt8((a >> UInt64(k)) & 0xff)) }
+            packed.append(s.type)
+            packed.append((s.exported ? 1 : 0) | (s.isFunction ? 2 : 0))
+            let name = Array(s.name.utf8)
+            packed += [UInt8(name.count >> 8), UInt8(name.count & 0xff)] + name
+        }
+        XCTAssertEqual(RegisterGuestReply.linkTimeSymbolRecords(r), packed)
+        XCTAssertEqual(KernelFactsKey.symbolsDigest(r).count, 32)
+    }
+
+    /// Removing the slide is not one-to-one for a run-time address just above 0xffffffff80000000:
+    /// such a registration gets a private copy (never found by, nor finding, another).
+    func testAmbiguousSlideGetsAPrivateCopy() throws {
+        let boot = try boot()
+        let registry = GuestRegistry()
+        var r = try registration(boot, "odd")
+        r.kaslrSlide = 0x1000
+        r.symbols.append(KernelSymbol(name: "odd_absolute", address: 0xffff_ffff_8000_0800, type: UInt8(ascii: "A"), exported: false))
+        XCTAssertNil(KernelFactsKey.of(r, symbolsDigest: KernelFactsKey.symbolsDigest(r)))
+        guard case .registered(let s) = registry.register(r) else { return XCTFail("refused") }
+        XCTAssertNil(s.kernel.key)
+        XCTAssertTrue(registry.sharedBuilds.isEmpty)
+        XCTAssertGreaterThanOrEqual(registry.chargedBytes, s.kernel.symbolBytes)
+        XCTAssertTrue(registry.remove("odd"))
+        XCTAssertEqual(registry.chargedBytes, 0)
+    }
+
+    /// The budget counts each copy once and each guest's own facts: many guests of one build fit
+    /// where two builds do not; the guest cap holds regardless.
+    func testBudgetCountsEachCopyOnceAndEachGuest() throws {
+        let boot = try boot()
+        let probe = GuestRegistry()
+        guard case .registered(let first) = probe.register(try registration(boot, "gp")) else { return XCTFail("refused") }
+        let build = first.kernel.symbolBytes
+        let perGuest = probe.chargedBytes - build
+        XCTAssertGreaterThan(perGuest, 0)
+        let registry = GuestRegistry(maximumGuests: 6, maximumSymbolBytes: build + 6 * perGuest)
+        for i in 0..<6 {
+            guard case .registered = registry.register(try registration(boot, "g\(i)")) else { return XCTFail("g\(i) refused") }
+        }
+        XCTAssertEqual(registry.chargedBytes, build + 6 * perGuest)
+        guard case .refused(let c, let why) = registry.register(try registration(boot, "g6")) else { return XCTFail("over the guest cap, kept") }
+        XCTAssertEqual(c, .unavailable)
+        XCTAssertTrue(why.contains("limit is 6"), why)
+        // A second build does not fit beside the first.
+        XCTAssertTrue(registry.remove("g5"))
+        var other = try registration(boot, "g5")
+        other.symbols.append(KernelSymbol(name: "another_build", address: other.symbols[0].address, type: UInt8(ascii: "t"), exported: false))
+        guard case .refused(let c2, let why2) = registry.register(other) else { return XCTFail("a second build over budget was kept") }
+        XCTAssertEqual(c2, .unavailable)
+        XCTAssertTrue(why2.contains("budget"), why2)
+        XCTAssertNil(registry.session("g5"))
+        XCTAssertEqual(registry.sharedBuilds.count, 1)
+        // The same build still does.
+        guard case .registered = registry.register(try registration(boot, "g5")) else { return XCTFail("same build refused") }
+    }
+
+    /// Guests judged concurrently (one thread per guest, each in load order) get exactly the
+    /// verdicts a sequential run gives.
+    func testParallelJudgementsMatchSequentialOnes() throws {
+        let boot = try boot()
+        let names = boot.availableModules
+        let requests = try names.map { try boot.module($0).request(guestID: "x") }
+        func run(guests: Int, parallel: Bool) throws -> [[String]] {
+            let v = try verifier()
+            for g in 0..<guests { _ = try register(v, try registration(boot, "g\(g)")) }
+            let out = NIOLockedValueBox([[String]](repeating: [], count: guests))
+            let judge = { (g: Int) in
+                var got: [String] = []
+                for var r in requests {
+                    r.guestID = "g\(g)"
+                    let verdict = v.authorize(r, requestDigest: [])
+                    got.append("\(verdict.moduleName) \(verdict.decision) \(verdict.reason.name) \(verdict.message)")
+                }
+                out.withLockedValue { $0[g] = got }
+            }
+            if parallel { DispatchQueue.concurrentPerform(iterations: guests, execute: judge) } else { (0..<guests).forEach(judge) }
+            return out.withLockedValue { $0 }
+        }
+        let sequential = try run(guests: 4, parallel: false)
+        let parallel = try run(guests: 4, parallel: true)
+        XCTAssertEqual(sequential.first?.count, names.count)
+        XCTAssertTrue(sequential.allSatisfy { $0 == sequential[0] })
+        XCTAssertEqual(parallel, sequential)
+        XCTAssertTrue(sequential[0].allSatisfy { $0.contains(" allow ") }, sequential[0].joined(separator: "\n"))
+    }
+
+    /// Runs `body` so that its locals are gone when it returns (weak references can then be checked).
+    private func autoreleasepoolCompat(_ body: () throws -> Void) rethrows { try body() }
+}
