@@ -93,7 +93,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateCapture",
-            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateWire", "_ExecGateInternals", nioCore],
+            dependencies: ["ExecGateELF", "ExecGateExplain", "ExecGateVerifier", "ExecGateSignature", "ExecGateWire", "_ExecGateInternals", nioCore],
             swiftSettings: swiftSettings
         ),
         .target(

@@ -54,6 +54,8 @@ public enum AuditLimits {
     /// Refused-push records kept for audit-read, apart from the verdict ring: a flood of them can
     /// never push a verdict out of the ring.
     public static let retainedRefusedPushes = 256
+    /// Longest an audit read waits for records accepted before it to be written.
+    public static let readSettleSeconds = 2.0
 }
 
 public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
@@ -62,6 +64,8 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
 
     private let monitor = Monitor()
     private var queue: [String] = []
+    /// A batch taken off `queue` that the writer has not yet written and retained.
+    private var inFlight = false
     private var ring: [(UInt64, String)] = []
     /// Refused-push records, retained apart (see `AuditLimits.retainedRefusedPushes`).
     private var refusedRing: [(UInt64, String)] = []
@@ -202,6 +206,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             }
             let batch = queue
             let refusedInBatch = refusedQueued
+            inFlight = true
             queue.removeAll(keepingCapacity: true)
             refusedQueued.removeAll(keepingCapacity: true)
             monitor.unlock()
@@ -224,7 +229,8 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             if refusedRing.count > AuditLimits.retainedRefusedPushes * 2 {
                 refusedRing.removeFirst(refusedRing.count - AuditLimits.retainedRefusedPushes)
             }
-            monitor.broadcast()  // room in the queue: wake blocked producers
+            inFlight = false
+            monitor.broadcast()  // room in the queue: wake blocked producers (and readers waiting for it)
             monitor.unlock()
         }
     }
@@ -275,9 +281,13 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     /// `AuditLimits.maximumBytesPerRead`; a page holds at least one record when one is due, so a
     /// reader always makes progress).
     /// Verdicts and refused pushes are retained apart and merged here by sequence number.
+    /// A read first waits (at most `AuditLimits.readSettleSeconds`: a stalled disk must not hang
+    /// the admin port) until the records accepted before it are written and retained, so a reader
+    /// sees every verdict whose reply it already has.
     public func read(after afterSeq: UInt64, limit: Int, maximumBytes: Int = .max) -> Page {
         monitor.lock()
         defer { monitor.unlock() }
+        waitUntilWritten(deadline: Monitor.deadline(after: AuditLimits.readSettleSeconds))
         let keep = ring.suffix(retained)
         let keepRefused = refusedRing.suffix(AuditLimits.retainedRefusedPushes)
         let oldest = keep.first?.0 ?? nextSeq
@@ -319,8 +329,12 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     public func flush(timeout: Double = 5) {
         monitor.lock()
         defer { monitor.unlock() }
-        let deadline = Monitor.deadline(after: timeout)
-        while !queue.isEmpty { if !monitor.wait(until: deadline) { break } }
+        waitUntilWritten(deadline: Monitor.deadline(after: timeout))
+    }
+
+    /// Holding the monitor: waits until the queue is empty and no batch is being written.
+    private func waitUntilWritten(deadline: timespec) {
+        while (!queue.isEmpty || inFlight) && writerRunning { if !monitor.wait(until: deadline) { break } }
     }
 }
 

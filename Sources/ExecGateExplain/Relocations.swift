@@ -98,8 +98,8 @@ extension Session {
         var fields = relocFields, count = relocCount
         swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = []
         defer { swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = fields; relocCount = count }
-        let relocClass = UInt8(ExplanationClass.relocation.rawValue)
-        precondition(Int(relocClass) < counts.count)
+        let relocClass = UInt8(ExplanationClass.relocation.rawValue), elfClass = UInt8(ExplanationClass.elf.rawValue)
+        precondition(Int(relocClass) < counts.count && Int(elfClass) < counts.count)
         let symtab = self.symtab
         let initOffset = layout.initOffset, isCore = region == .core
         // Exec-target records (for the mutation tester): reserved once, not grown per field.
@@ -109,6 +109,13 @@ extension Session {
         func apply(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ buf: UnsafeMutableRawBufferPointer, _ toff: Int,
                    _ classes: UnsafeMutableRawBufferPointer?, _ counts: UnsafeMutableBufferPointer<Int>?) throws {
             let isExec = classes != nil
+            var fromELF = 0, toReloc = 0
+            defer {
+                if let cn = counts {
+                    cn[Int(elfClass)] -= fromELF
+                    cn[Int(relocClass)] += toReloc
+                }
+            }
             for r in rs.relocations {
                 guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
                     throw deny(.relocation, "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
@@ -170,13 +177,18 @@ extension Session {
                     buf.storeBytes(of: UInt32(truncatingIfNeeded: val).littleEndian, toByteOffset: o, as: UInt32.self)
                 }
                 if let c = classes, let cn = counts {
+                    // Bytes leaving the ELF class (the usual case: fields are written once) are
+                    // tallied in a register and settled after the section, so scattered class
+                    // reads do not chain through the counters in memory.
                     for k in 0..<size {
-                        let old = Int(c[o + k])
-                        precondition(old < cn.count)  // class values are ExplanationClass raw values
-                        cn[old] -= 1
+                        let old = c[o + k]
+                        if old == elfClass { fromELF += 1 } else {
+                            precondition(Int(old) < cn.count)  // class values are ExplanationClass raw values
+                            cn[Int(old)] -= 1
+                        }
                         c[o + k] = relocClass
                     }
-                    cn[Int(relocClass)] += size
+                    toReloc += size
                     fields.append((o, size, r.type, si, r.addend, loc))
                 }
                 count += 1

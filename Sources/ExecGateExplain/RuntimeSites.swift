@@ -267,6 +267,8 @@ extension Session {
             for (keyName, targets) in updates {
                 guard let ki = keySymbols["__SCK__" + keyName], let key = try? symbolValue(ki) else { continue }
                 for t in targets {
+                    // Byte equality, as the kernel's strcmp (String == would also accept a
+                    // canonically equivalent Unicode spelling: never more targets than before).
                     for i in symtab.indices where symtab.isFunction(i) && !symtab.isUndefined(i) && symtab.nameEquals(i, t) {
                         if let v = try? symbolValue(i), functionEntries.contains(v) { ownKeyDefaults[key, default: []].insert(v) }
                     }

@@ -39,6 +39,14 @@ public enum MonotonicClock {
     /// Microseconds elapsed since `start` (a value of `nanoseconds()`).
     @inlinable
     public static func microseconds(since start: UInt64) -> Double { Double(nanoseconds() &- start) / 1e3 }
+
+    /// CPU seconds the calling thread has used (CLOCK_THREAD_CPUTIME_ID): for benchmarks on a
+    /// shared machine, where wall time counts the time other processes ran.
+    public static func threadCPUSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
 }
 
 public enum WallClock {

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // A small JSON value and writer for `--json` output, audit records and structured logs. Not API.
-// Written without Foundation so the service VM's /init does not need it for JSON. (The binary as a
-// whole still links FoundationEssentials through swift-argument-parser and the capture reader's
-// JSONDecoder; see ServiceVM/README.md.) Output is one line, keys in the
-// order given, so records are stable and diffable.
+// Written without Foundation: the binary, which is also the service VM's /init, links no Foundation
+// at all (JSONReader.swift reads JSON back; `make image` and a test refuse a binary that names
+// Foundation; see ServiceVM/README.md). Output is one line, keys in the order given, so records are
+// stable and diffable.
 
 public enum JSON: Sendable, Equatable {
     case null

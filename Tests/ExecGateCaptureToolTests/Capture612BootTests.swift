@@ -39,10 +39,14 @@ final class Capture612BootTests: XCTestCase {
     static let package = Fixtures.packageRoot + "/.cache/kernel-6.12/linux-image-6.12.117+deb12-amd64"
     static let modules = ["8021q", "test_static_keys", "isofs", "cast_common", "ramoops"]
 
-    /// The certificates built into the 6.12 vmlinuz (the 6.12 modules' signer).
+    /// The certificates built into the 6.12 vmlinuz (the 6.12 modules' signer), read once per process.
+    nonisolated(unsafe) static var trust612Cache: TrustStore?  // XCTest runs this class's tests one at a time
     func trust612() throws -> TrustStore {
+        if let t = Self.trust612Cache { return t }
         let vmlinuz = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: Self.package + "/boot").first { $0.hasPrefix("vmlinuz-") })
-        return TrustStore(try KernelImage.load(try Fixtures.readFile(Self.package + "/boot/" + vmlinuz)).builtinCertificates())
+        let t = TrustStore(try KernelImage.load(try Fixtures.readFile(Self.package + "/boot/" + vmlinuz)).builtinCertificates())
+        Self.trust612Cache = t
+        return t
     }
 
     func captureAndExplain(cpu: String) throws -> CaptureSummary {

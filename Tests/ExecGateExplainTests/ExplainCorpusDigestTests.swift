@@ -9,9 +9,11 @@
 // of the denial texts of seeded mutations (Explainer.mutate) is compared against the digests
 // committed in Fixtures/shared-corpus-digests.txt (computed by the engine before the speed work).
 //
-// The corpus is measurement data, not a build input: without it the test is skipped with a reason
-// naming the missing directory (make test never needs it). The committed fixture corpus is covered
-// by ExplainTests (every module explained, every mutation denied) either way.
+// The corpus is measurement data, not a build input: without it that test is skipped with a reason
+// naming the missing directory (make test never needs it). The committed fixture corpus (9 modules)
+// gets the same digest comparison in every run (Fixtures/fixture-corpus-digests.txt, also computed
+// by the engine before the speed work), besides ExplainTests (every module explained, every
+// mutation denied).
 //
 // Regenerate (only when a verdict change is intended and reviewed):
 //   EXECGATE_WRITE_DIGESTS=/tmp/d.txt swift test --filter ExplainCorpusDigestTests
@@ -117,6 +119,23 @@ final class ExplainCorpusDigestTests: XCTestCase {
             }
         }
         return lines
+    }
+
+    /// The same on the committed fixture corpus (9 modules of the same boot): runs in every
+    /// `make test`, no shared corpus needed. Regenerate with EXECGATE_WRITE_FIXTURE_DIGESTS=path.
+    func testFixtureVerdictsMatchCommittedDigests() throws {
+        let corpus = try XCTUnwrap(Bundle.module.resourcePath) + "/Fixtures/corpus"
+        let got = try Self.digests(corpus: corpus)
+        if let w = ProcessInfo.processInfo.environment["EXECGATE_WRITE_FIXTURE_DIGESTS"], !w.isEmpty {
+            try (got.joined(separator: "\n") + "\n").write(toFile: w, atomically: true, encoding: .utf8)
+        }
+        let file = try XCTUnwrap(Bundle.module.resourcePath) + "/Fixtures/fixture-corpus-digests.txt"
+        let want = try String(contentsOfFile: file, encoding: .utf8).split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") }
+        XCTAssertEqual(want.count, 9, "committed fixture digests")
+        XCTAssertEqual(got.count, want.count, "module count")
+        for (g, w) in zip(got.map { $0.split(separator: " ").prefix(4).joined(separator: " ") }, want) where g != w {
+            XCTFail("fixture verdict digest changed: got \(g), committed \(w)")
+        }
     }
 
     func testSharedCorpusVerdictsMatchCommittedDigests() throws {

@@ -1,0 +1,184 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `execgate explain CAPTURE_DIR`: replay one captured boot's modules in load order, print one verdict
+// per module and a summary; optionally try mutations (each must be denied) and measure the engine
+// against SHA-256 over the same executable bytes.
+
+import ExecGateELF
+import ExecGateExplain
+import ExecGateSignature
+import _ExecGateInternals
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct ExplainRunOptions: Sendable {
+    public var json = false
+    /// Mutations per class per allowed module (nil: none).
+    public var mutate: Int?
+    public var seed: UInt64 = 1
+    /// Only these modules are judged and reported (all are replayed: later ones need earlier exports).
+    public var only: Set<String>?
+    /// Also measure throughput against SHA-256 over the same bytes.
+    public var bench = false
+    /// Timing passes for `bench` (the best is reported, and the median).
+    public var benchRepetitions = 5
+
+    public init() {}
+}
+
+public struct ExplainRunSummary: Sendable {
+    public var modules = 0
+    public var explained = 0
+    public var unexplainedBytes = 0
+    public var falseAccepts: [String] = []
+    /// Every judged module allowed and no mutation accepted.
+    public var passed: Bool { explained == modules && falseAccepts.isEmpty }
+}
+
+public enum ExplainRun {
+    /// Runs the replay; `out` receives each result line, `progress` the per-module progress text.
+    public static func run(_ boot: CaptureBoot, options o: ExplainRunOptions, out: (String) -> Void, progress: (String) -> Void) -> ExplainRunSummary {
+        let rssAfterFacts = maxRSSKiB()
+        var largest = (name: "", bytes: 0, rssBefore: 0, rssAfter: 0)
+        var replay = CaptureReplay(boot: boot)
+        var s = ExplainRunSummary()
+        var mutTotals: [String: (tried: Int, denied: Int, legal: Int)] = [:]
+        for (i, name) in boot.availableModules.enumerated() {
+            let m: CapturedModule
+            do { m = try boot.module(name) } catch {
+                // One unreadable module never aborts the run: it gets its deny line (the reason
+                // names the file) and counts as denied; the summary still follows (exit 1).
+                if let set = o.only, !set.contains(name) { continue }
+                s.modules += 1
+                s.unexplainedBytes += 1
+                if o.json {
+                    out("{\"module\":\"\(name)\",\"verdict\":\"deny\",\"rule\":\"capture\",\"unexplained_bytes\":1,\"reason\":\"\(quoteless("\(error)"))\"}")
+                } else {
+                    out("deny  \(name): (capture): capture: \(error)")
+                }
+                continue
+            }
+            progress("[\(i + 1)/\(boot.availableModules.count)] \(name)\r")
+            // Copy the resolver only for --mutate (a copy makes the next add() duplicate the table).
+            let resolverBefore = o.mutate != nil ? replay.resolver : SymbolResolver(coreExports: [:])
+            let rssBefore = maxRSSKiB()
+            let step = replay.step(m)
+            if m.claim.text.count > largest.bytes { largest = (name, m.claim.text.count, rssBefore, maxRSSKiB()) }
+            if let set = o.only, !set.contains(name) { continue }
+            s.modules += 1
+            switch step.result.verdict {
+            case .allowed(let st):
+                s.explained += 1
+                if o.json {
+                    let cls = st.bytesByClass.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
+                    out("{\"module\":\"\(name)\",\"verdict\":\"allow\",\"bytes\":\(st.executableBytes),\"classes\":{\(cls)}}")
+                } else if st.executableBytes == 0 {
+                    out("allow \(name) 0 bytes (data-only: nothing executable; signature, ELF and claim structure judged)")
+                } else {
+                    let cls = st.bytesByClass.filter { $0.key != .elf }.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+                    out("allow \(name) \(st.executableBytes) bytes (\(cls))")
+                }
+            case .denied(let d):
+                s.unexplainedBytes += d.unexplainedBytes
+                if o.json {
+                    out("{\"module\":\"\(name)\",\"verdict\":\"deny\",\"section\":\"\(d.section)\",\"offset\":\(d.offset),\"address\":\"0x\(String(d.address, radix: 16))\",\"expected\":\"\(hexPairs(d.expected))\",\"found\":\"\(hexPairs(d.found))\",\"unexplained_bytes\":\(d.unexplainedBytes),\"rule\":\"\(d.rule)\",\"reason\":\"\(quoteless(d.reason))\"}")
+                } else {
+                    out("deny  \(d)")
+                }
+            }
+            if let n = o.mutate, step.result.verdict.isAllowed {
+                let rep: MutationReport = m.ko.withUnsafeBytes { raw in
+                    guard let elf = try? ELFFile(bytes: raw) else { return MutationReport() }
+                    return Explainer(facts: boot.facts).mutate(elf: elf, claim: m.claim, resolver: resolverBefore, perClass: n, seed: o.seed &+ UInt64(i),
+                                                             probeTargets: boot.probeTargets)
+                }
+                for c in rep.classes {
+                    var t = mutTotals[c.name] ?? (0, 0, 0)
+                    t.tried += c.tried; t.denied += c.denied; t.legal += c.legalAlternative
+                    mutTotals[c.name] = t
+                    s.falseAccepts += c.falseAccepts.map { "\(name): \($0)" }
+                }
+            }
+        }
+        progress("\n")
+        if o.json {
+            out("{\"summary\":{\"explained\":\(s.explained),\"modules\":\(s.modules),\"unexplained_bytes\":\(s.unexplainedBytes)}}")
+        } else {
+            out("explained \(s.explained) of \(s.modules) modules, \(s.unexplainedBytes) unexplained bytes")
+        }
+        if o.bench {
+            out(benchmark(boot, options: o).line)
+            out("max RSS: \(maxRSSKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
+        }
+        if o.mutate != nil {
+            for (k, v) in mutTotals.sorted(by: { $0.key < $1.key }) {
+                out("mutation \(k): tried \(v.tried) denied \(v.denied) legal-alternative \(v.legal) false-accept \(v.tried - v.denied - v.legal)")
+            }
+            for f in s.falseAccepts { out("FALSE ACCEPT \(f)") }
+        }
+        return s
+    }
+
+    public struct BenchFigures: Sendable {
+        public var executableBytes = 0
+        /// Thread CPU seconds per pass: the whole engine (ELF parse + explain) over every module.
+        public var engine: [Double] = []
+        /// Thread CPU seconds per pass: SHA-256 (the project's OpenSSL digest) over the same bytes.
+        public var sha256: [Double] = []
+
+        public var line: String {
+            let mb = Double(executableBytes) / 1e6
+            let e = engine.min() ?? 0, h = sha256.min() ?? 0
+            let em = Percentiles.of(engine, 50), hm = Percentiles.of(sha256, 50)
+            func rate(_ t: Double) -> String { t > 0 ? fmt(mb / t) : "-" }
+            return "throughput (\(engine.count) passes, thread CPU time): \(fmt(mb)) MB executable bytes; explain best \(rate(e)) MB/s (\(fmt(e)) s), median \(rate(em)) MB/s; "
+                + "sha256 best \(rate(h)) MB/s (\(fmt(h)) s), median \(rate(hm)) MB/s; ratio best \(h > 0 ? fmt(e / h) : "-")×, median \(hm > 0 ? fmt(em / hm) : "-")×"
+        }
+    }
+
+    /// Replays the whole boot `benchRepetitions` times, timing the engine and SHA-256 over each
+    /// module's executable bytes in the same pass, on this thread's CPU clock (a loaded machine
+    /// then slows both alike instead of charging other processes' time to either).
+    public static func benchmark(_ boot: CaptureBoot, options o: ExplainRunOptions) -> BenchFigures {
+        var f = BenchFigures()
+        var modules: [CapturedModule] = []
+        for name in boot.availableModules { if let m = try? boot.module(name) { modules.append(m) } }
+        for pass in 0..<max(1, o.benchRepetitions) {
+            var replay = CaptureReplay(boot: boot)
+            var engine = 0.0, sha = 0.0, bytes = 0
+            for m in modules {
+                let t0 = MonotonicClock.threadCPUSeconds()
+                let step = replay.step(m)
+                let t1 = MonotonicClock.threadCPUSeconds()
+                let d = m.claim.text.withUnsafeBytes { Digest.sha256($0) }
+                let t2 = MonotonicClock.threadCPUSeconds()
+                precondition(d.bytes.count == 32)
+                if let set = o.only, !set.contains(m.name) { continue }
+                engine += t1 - t0
+                sha += t2 - t1
+                bytes += step.executableBytes
+            }
+            f.engine.append(engine)
+            f.sha256.append(sha)
+            if pass == 0 { f.executableBytes = bytes }
+        }
+        return f
+    }
+
+    /// Peak resident set of this process, KiB.
+    public static func maxRSSKiB() -> Int {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return Int(u.ru_maxrss)
+    }
+
+    /// Bytes as space-separated lower-case hex pairs ("0f 1f 44").
+    static func hexPairs(_ b: [UInt8]) -> String { b.map { Hex.number($0, width: 2) }.joined(separator: " ") }
+
+    /// The line format predates the JSON writer: double quotes in reasons become single quotes.
+    static func quoteless(_ s: String) -> String { String(s.map { $0 == "\"" ? "'" : $0 }) }
+
+    static func fmt(_ v: Double) -> String { "\((v * 1000).rounded() / 1000)" }
+}
