@@ -397,7 +397,9 @@ final class SlidSharedKernelFactsTests: XCTestCase {
     }
 
     /// The real boots of the shared corpus (one with KASLR, slide 0x13600000; one without): one
-    /// copy for both, every module allowed in both, verdicts equal to each registered alone. The
+    /// copy for both, every module judged allowed in both, verdicts equal to each registered alone.
+    /// The first 30 modules in load order (a prefix keeps every dependency before its user) keep
+    /// the test at seconds in a debug build; the full 103 run in SharedCorpusSessionTests. The
     /// corpus lives outside the repository (/work/shared/corpus, or EXECGATE_CORPUS).
     func testRealKASLRAndNoKASLRBootsShareOneCopy() throws {
         let root = SharedCorpusSessionTests.corpus
@@ -419,7 +421,7 @@ final class SlidSharedKernelFactsTests: XCTestCase {
         for (i, b) in boots.enumerated() {
             let lone = try verifier()
             _ = try register(lone, try registration(b, "g\(i)"))
-            for n in b.availableModules {
+            for n in b.availableModules.prefix(30) {
                 let request = try b.module(n).request(guestID: "g\(i)")
                 let got = v.authorize(request, requestDigest: [])
                 XCTAssertEqual(got.decision, .allow, "g\(i) \(n): \(got.message)")
