@@ -17,11 +17,14 @@ import ExecGateWire
 import NIOConcurrencyHelpers
 import XCTest
 
-final class SharedKernelFactsTests: XCTestCase {
-    static let kernelDigest = [UInt8](repeating: 0x61, count: 32)
+/// Registration helpers both classes below use: a verifier with the Debian anchors and end state
+/// required, the fixture boot's registration under a fixed kernel digest, and a registration that
+/// must succeed.
+protocol SharedFactsTesting {
+    static var kernelDigest: [UInt8] { get }
+}
 
-    func boot() throws -> CaptureBoot { try CaptureBoot.load(EndStateVerifierTests.bootDir) }
-
+extension SharedFactsTesting {
     func registration(_ boot: CaptureBoot, _ id: String) throws -> RegisterGuest {
         var r = try boot.registration(guestID: id)
         r.kernelDigest = Self.kernelDigest
@@ -37,6 +40,13 @@ final class SharedKernelFactsTests: XCTestCase {
         guard case .registerGuestReply = reply else { throw RegistrationRefused(reply: "\(reply)") }
         return try XCTUnwrap(v.guests.session(r.guestID))
     }
+}
+
+final class SharedKernelFactsTests: XCTestCase, SharedFactsTesting {
+    static let kernelDigest = [UInt8](repeating: 0x61, count: 32)
+
+    func boot() throws -> CaptureBoot { try CaptureBoot.load(EndStateVerifierTests.bootDir) }
+
 
     func testGuestsOfOneBuildShareOneCopyAndAreJudgedAlike() throws {
         let boot = try boot()
@@ -254,7 +264,7 @@ final class SharedKernelFactsTests: XCTestCase {
 
 /// Guests of one build at DIFFERENT KASLR slides share one copy (at link-time addresses) and each
 /// is judged exactly as its own unshared registration would be.
-final class SlidSharedKernelFactsTests: XCTestCase {
+final class SlidSharedKernelFactsTests: XCTestCase, SharedFactsTesting {
     static let kernelDigest = [UInt8](repeating: 0x62, count: 32)
 
     /// `r` booted at `delta` more slide: every image address and non-NULL pv_ops entry and the
@@ -280,21 +290,6 @@ final class SlidSharedKernelFactsTests: XCTestCase {
         return m
     }
 
-    func registration(_ boot: CaptureBoot, _ id: String) throws -> RegisterGuest {
-        var r = try boot.registration(guestID: id)
-        r.kernelDigest = Self.kernelDigest
-        return r
-    }
-
-    func verifier() throws -> Verifier {
-        Verifier(policy: Policy(id: "slid", version: 1, trust: try Fixtures.debianTrust(), endState: .required))
-    }
-
-    func register(_ v: Verifier, _ r: RegisterGuest) throws -> GuestSession {
-        let reply = v.respond(to: .registerGuest(r), requestDigest: [])
-        guard case .registerGuestReply = reply else { throw RegistrationRefused(reply: "\(reply)") }
-        return try XCTUnwrap(v.guests.session(r.guestID))
-    }
 
     /// The engine facts of `shared` (read from a shared copy at its slide) are those of `alone`
     /// (built from the registration alone, at run-time addresses), table by table, and exact
