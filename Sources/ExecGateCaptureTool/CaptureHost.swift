@@ -226,7 +226,7 @@ public enum CaptureTool {
         guard let b = try? FS.read(console, limit: 64 << 20), b.count > from else { return from }
         guard let lastNL = b.lastIndex(of: 0x0A), lastNL >= from else { return from }
         for line in String(decoding: b[from...lastNL], as: UTF8.self).consoleLines() {
-            if let r = line.firstRange(of: "capture: ") { log("  guest: " + line[r.upperBound...]) }
+            if let r = line.utf8Range(of: "capture: ") { log("  guest: " + line[r.upperBound...]) }
             else if line.hasPrefix(ConsoleProtocol.fatal) { log("  guest: " + line) }
         }
         return lastNL + 1

@@ -73,6 +73,6 @@ public enum Subprocess {
         guard let cmd = try? FS.read("/proc/\(pid)/cmdline", limit: 1 << 20) else { return false }
         // A zombie has an empty cmdline: treat as dead.
         let text = String(decoding: cmd.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
-        return text.contains(marker)
+        return text.containsUTF8(marker)
     }
 }

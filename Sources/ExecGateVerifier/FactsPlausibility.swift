@@ -135,16 +135,16 @@ enum FactsPlausibility {
             return "cpu_caps is sent without the vulnerabilities report (spectre_v2 line): the mitigation bits cannot be cross-checked"
         }
         let fb = facts.featureBits
-        if v2.contains("Retpolines") && !facts.has(fb.retpoline) {
+        if v2.containsUTF8("Retpolines") && !facts.has(fb.retpoline) {
             return "vulnerabilities report 'spectre_v2: \(v2)' but X86_FEATURE_RETPOLINE is clear in cpu_caps"
         }
-        if v2.contains("LFENCE") && !facts.has(fb.retpolineLfence) {
+        if v2.containsUTF8("LFENCE") && !facts.has(fb.retpolineLfence) {
             return "vulnerabilities report 'spectre_v2: \(v2)' but X86_FEATURE_RETPOLINE_LFENCE is clear in cpu_caps"
         }
         let rethunkBy = [("retbleed", "untrained return thunk"), ("spec_rstack_overflow", "Safe RET"),
                          ("indirect_target_selection", "return thunks")]
         for (name, needle) in rethunkBy {
-            if let v = report[name], v.contains(needle), !facts.has(fb.rethunk) {
+            if let v = report[name], v.containsUTF8(needle), !facts.has(fb.rethunk) {
                 return "vulnerabilities report '\(name): \(v)' but X86_FEATURE_RETHUNK is clear in cpu_caps"
             }
         }

@@ -137,3 +137,35 @@ final class FilesAndErrorsTests: XCTestCase {
         XCTAssertEqual(DemoError.Code.a.description, "demo.a")
     }
 }
+
+final class TextSearchTests: XCTestCase {
+    func testFindsFixedMarkers() {
+        let line = "spectre_v2: Mitigation: Retpolines, IBPB: conditional"
+        XCTAssertTrue(line.containsUTF8("Retpolines"))
+        XCTAssertFalse(line.containsUTF8("LFENCE"))
+        XCTAssertFalse(line.containsUTF8(""))
+        XCTAssertFalse("Retpoline".containsUTF8("Retpolines"), "a needle longer than what is left never matches")
+        let console = "[ 1.0] execgate-init: capture: 3 modules"
+        let r = console.utf8Range(of: "capture: ")
+        XCTAssertEqual(r.map { String(console[$0.upperBound...]) }, "3 modules")
+        XCTAssertEqual("aaab".utf8Range(of: "aab").map { "aaab".distance(from: "aaab".startIndex, to: $0.lowerBound) }, 1,
+                       "a partial match that fails restarts one byte later")
+        // Multi-byte scalars: the match starts on a scalar boundary.
+        let s = "µs → ms"
+        XCTAssertEqual(s.utf8Range(of: "→ m").map { String(s[$0]) }, "→ m")
+        XCTAssertTrue(s[s.index(after: s.startIndex)...].containsUTF8("s →"), "works on substrings")
+    }
+
+    /// Seeded: on ASCII strings the byte search agrees with the standard library's `firstRange(of:)`.
+    func testAgreesWithTheStandardLibraryOnRandomASCII() {
+        var rng = SeededRNG(seed: 0x7E57_5EA2)
+        let alphabet = Array("ab c")
+        func word(_ max: UInt64) -> String { String((0..<Int(rng.next() % max)).map { _ in alphabet[Int(rng.next() % 4)] }) }
+        for _ in 0..<2_000 {
+            let hay = word(20), needle = word(5)
+            guard !needle.isEmpty else { continue }
+            XCTAssertEqual(hay.utf8Range(of: needle), hay.firstRange(of: needle), "'\(hay)' / '\(needle)'")
+            XCTAssertEqual(hay.containsUTF8(needle), hay.contains(needle))
+        }
+    }
+}
