@@ -3,8 +3,7 @@
 // The audit sink: every verdict and every policy change becomes one JSON line.
 //
 //     verifier worker ──record()──▶ [bounded queue, capacity C] ──writer──▶ audit file (serve --audit)
-//                                                                    └────▶ retained ring (R records)
-//                                                                              ▲ audit-read (admin port)
+//                             └────▶ retained ring (R records) ◀── audit-read (admin port)
 //
 // When the queue is full, the *policy* of the request decides (`audit-overflow`):
 //   - block: the worker waits (bounded by `blockTimeout`) for room; if none comes, record()
@@ -15,8 +14,10 @@
 // only from admin-signed bundles).
 //
 // The retained ring is what `audit-read` serves to the host; it keeps the newest R records
-// (older ones are still in the audit file). Each record has a sequence number, so a reader
-// that fell behind the ring sees exactly how many it missed (`oldest_seq`).
+// (older ones are still in the audit file). A record enters it, with its sequence number, when it
+// is accepted (before record() returns, so before the verdict's reply goes out): a reader sees
+// every verdict whose reply it has, without waiting for the writer. A reader that fell behind the
+// ring sees exactly how many it missed (`oldest_seq`).
 
 import _ExecGateInternals
 import Dispatch
@@ -54,8 +55,6 @@ public enum AuditLimits {
     /// Refused-push records kept for audit-read, apart from the verdict ring: a flood of them can
     /// never push a verdict out of the ring.
     public static let retainedRefusedPushes = 256
-    /// Longest an audit read waits for records accepted before it to be written.
-    public static let readSettleSeconds = 2.0
 }
 
 public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
@@ -64,12 +63,9 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
 
     private let monitor = Monitor()
     private var queue: [String] = []
-    /// A batch taken off `queue` that the writer has not yet written and retained.
-    private var inFlight = false
     private var ring: [(UInt64, String)] = []
     /// Refused-push records, retained apart (see `AuditLimits.retainedRefusedPushes`).
     private var refusedRing: [(UInt64, String)] = []
-    private var refusedQueued: Set<Int> = []  // indices into `queue` that are refused-push records
     private var _refusedPushes: UInt64 = 0
     private var _refusedSuppressed: UInt64 = 0
     private var refusedTokens = AuditLimits.refusedPushBurst
@@ -185,8 +181,15 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
                 guard queue.count < capacity else { return false }
             }
         }
-        if refusedPush { refusedQueued.insert(queue.count) }
         queue.append(line)
+        if refusedPush { refusedRing.append((nextSeq, line)) } else { ring.append((nextSeq, line)) }
+        nextSeq &+= 1
+        if ring.count > retained * 2 {  // amortised trim
+            ring.removeFirst(ring.count - retained)
+        }
+        if refusedRing.count > AuditLimits.retainedRefusedPushes * 2 {
+            refusedRing.removeFirst(refusedRing.count - AuditLimits.retainedRefusedPushes)
+        }
         _accepted &+= 1
         monitor.broadcast()
         return true
@@ -205,10 +208,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
                 return
             }
             let batch = queue
-            let refusedInBatch = refusedQueued
-            inFlight = true
             queue.removeAll(keepingCapacity: true)
-            refusedQueued.removeAll(keepingCapacity: true)
             monitor.unlock()
 
             var failed = false
@@ -219,18 +219,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             }
             monitor.lock()
             if failed { _writeErrors &+= 1 }
-            for (i, l) in batch.enumerated() {
-                if refusedInBatch.contains(i) { refusedRing.append((nextSeq, l)) } else { ring.append((nextSeq, l)) }
-                nextSeq &+= 1
-            }
-            if ring.count > retained * 2 {  // amortised trim
-                ring.removeFirst(ring.count - retained)
-            }
-            if refusedRing.count > AuditLimits.retainedRefusedPushes * 2 {
-                refusedRing.removeFirst(refusedRing.count - AuditLimits.retainedRefusedPushes)
-            }
-            inFlight = false
-            monitor.broadcast()  // room in the queue: wake blocked producers (and readers waiting for it)
+            monitor.broadcast()  // room in the queue: wake blocked producers
             monitor.unlock()
         }
     }
@@ -281,13 +270,9 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     /// `AuditLimits.maximumBytesPerRead`; a page holds at least one record when one is due, so a
     /// reader always makes progress).
     /// Verdicts and refused pushes are retained apart and merged here by sequence number.
-    /// A read first waits (at most `AuditLimits.readSettleSeconds`: a stalled disk must not hang
-    /// the admin port) until the records accepted before it are written and retained, so a reader
-    /// sees every verdict whose reply it already has.
     public func read(after afterSeq: UInt64, limit: Int, maximumBytes: Int = .max) -> Page {
         monitor.lock()
         defer { monitor.unlock() }
-        waitUntilWritten(deadline: Monitor.deadline(after: AuditLimits.readSettleSeconds))
         let keep = ring.suffix(retained)
         let keepRefused = refusedRing.suffix(AuditLimits.retainedRefusedPushes)
         let oldest = keep.first?.0 ?? nextSeq
@@ -329,12 +314,8 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     public func flush(timeout: Double = 5) {
         monitor.lock()
         defer { monitor.unlock() }
-        waitUntilWritten(deadline: Monitor.deadline(after: timeout))
-    }
-
-    /// Holding the monitor: waits until the queue is empty and no batch is being written.
-    private func waitUntilWritten(deadline: timespec) {
-        while (!queue.isEmpty || inFlight) && writerRunning { if !monitor.wait(until: deadline) { break } }
+        let deadline = Monitor.deadline(after: timeout)
+        while !queue.isEmpty { if !monitor.wait(until: deadline) { break } }
     }
 }
 
