@@ -9,10 +9,6 @@ import ExecGateExplain
 import ExecGateSignature
 import _ExecGateInternals
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 public struct ExplainRunOptions: Sendable {
     public var json = false
     /// Mutations per class per allowed module (nil: none).
@@ -40,7 +36,7 @@ public struct ExplainRunSummary: Sendable {
 public enum ExplainRun {
     /// Runs the replay; `out` receives each result line, `progress` the per-module progress text.
     public static func run(_ boot: CaptureBoot, options o: ExplainRunOptions, out: (String) -> Void, progress: (String) -> Void) -> ExplainRunSummary {
-        let rssAfterFacts = maxRSSKiB()
+        let rssAfterFacts = ProcessUsage.peakResidentKiB()
         var largest = (name: "", bytes: 0, rssBefore: 0, rssAfter: 0)
         var replay = CaptureReplay(boot: boot)
         var s = ExplainRunSummary()
@@ -63,9 +59,9 @@ public enum ExplainRun {
             progress("[\(i + 1)/\(boot.availableModules.count)] \(name)\r")
             // Copy the resolver only for --mutate (a copy makes the next add() duplicate the table).
             let resolverBefore = o.mutate != nil ? replay.resolver : SymbolResolver(coreExports: [:])
-            let rssBefore = maxRSSKiB()
+            let rssBefore = ProcessUsage.peakResidentKiB()
             let step = replay.step(m)
-            if m.claim.text.count > largest.bytes { largest = (name, m.claim.text.count, rssBefore, maxRSSKiB()) }
+            if m.claim.text.count > largest.bytes { largest = (name, m.claim.text.count, rssBefore, ProcessUsage.peakResidentKiB()) }
             if let set = o.only, !set.contains(name) { continue }
             s.modules += 1
             switch step.result.verdict {
@@ -110,7 +106,7 @@ public enum ExplainRun {
         }
         if o.bench {
             out(benchmark(boot, options: o).line)
-            out("max RSS: \(maxRSSKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
+            out("max RSS: \(ProcessUsage.peakResidentKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
         }
         if o.mutate != nil {
             for (k, v) in mutTotals.sorted(by: { $0.key < $1.key }) {
@@ -165,13 +161,6 @@ public enum ExplainRun {
             if pass == 0 { f.executableBytes = bytes }
         }
         return f
-    }
-
-    /// Peak resident set of this process, KiB.
-    public static func maxRSSKiB() -> Int {
-        var u = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &u)
-        return Int(u.ru_maxrss)
     }
 
     /// Bytes as space-separated lower-case hex pairs ("0f 1f 44").

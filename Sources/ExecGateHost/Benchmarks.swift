@@ -66,17 +66,17 @@ public enum SignatureBenchmark {
         _ = blobs.first.map { b in b.withUnsafeBytes { ModuleSignatureVerifier.verify(module: $0, trust: trust) } }
         progress("verifying with ExecGate")
         var ok = 0
-        let c0 = Memory.cpuSeconds()
+        let c0 = ProcessUsage.cpuSeconds()
         let t0 = MonotonicClock.seconds()
         for b in blobs where b.withUnsafeBytes({ ModuleSignatureVerifier.verify(module: $0, trust: trust) }).isValid { ok += 1 }
         let ours = MonotonicClock.seconds() - t0
-        let c1 = Memory.cpuSeconds()
+        let c1 = ProcessUsage.cpuSeconds()
         progress("verifying with OpenSSL alone")
         var baseOK = 0
         let t1 = MonotonicClock.seconds()
         for b in blobs where b.withUnsafeBytes({ OpenSSLBaseline.verify(module: $0, certificate: certs[0]) }) { baseOK += 1 }
         let base = MonotonicClock.seconds() - t1
-        let c2 = Memory.cpuSeconds()
+        let c2 = ProcessUsage.cpuSeconds()
         progress("\(roundTrips) round trips over a Unix socket")
         let rt = try await unixRoundTrips(trust: trust, count: roundTrips)
         var f = Figures(modules: blobs.count, bytes: blobs.reduce(0) { $0 + $1.count }, verifiedOK: ok, baselineOK: baseOK,
@@ -84,13 +84,13 @@ public enum SignatureBenchmark {
         (f.execgateCPU, f.opensslCPU) = (c1 - c0, c2 - c1)
         f.poolThreads = System.coreCount
         progress("verifying with ExecGate on a pool of \(f.poolThreads) threads")
-        let c3 = Memory.cpuSeconds()
+        let c3 = ProcessUsage.cpuSeconds()
         (f.poolSeconds, f.poolOK) = poolSeconds(blobs: blobs, trust: trust, threads: f.poolThreads)
-        let c4 = Memory.cpuSeconds()
+        let c4 = ProcessUsage.cpuSeconds()
         f.serviceClients = 4
         progress("verifying through the service (\(f.serviceClients) pipelined clients over a Unix socket)")
         (f.serviceSeconds, f.serviceAllowed) = try await serviceSeconds(blobs: blobs, trust: trust, clients: f.serviceClients, depth: 16)
-        (f.poolCPU, f.serviceCPU) = (c4 - c3, Memory.cpuSeconds() - c4)
+        (f.poolCPU, f.serviceCPU) = (c4 - c3, ProcessUsage.cpuSeconds() - c4)
         progress("status round trips (blocking client) and a C echo over a Unix socket")
         let (status, echo) = try await statusVersusEcho(trust: trust, count: roundTrips)
         (f.statusP50us, f.statusP99us, f.echoP50us, f.echoP99us) = (status.p50, status.p99, echo.p50, echo.p99)
@@ -381,7 +381,7 @@ public enum ScaleBenchmark {
         let server = VerifierServer(responder: verifier, logger: SignatureBenchmark.quietLogger())
         let endpoint = try SignatureBenchmark.temporaryEndpoint("scale.sock")
         try await server.bind(endpoint)
-        row.rssBefore = Memory.residentBytes()
+        row.rssBefore = ProcessUsage.residentBytes()
         let heap0 = Memory.heapInUse()
         // Registration, as the verifier does it (symbols digest, then the registry).
         var known: [Double] = [], digests: [Double] = []
@@ -402,7 +402,7 @@ public enum ScaleBenchmark {
         }
         row.digestMs = Percentiles.of(digests, 50)
         row.heapAfterRegister = Memory.heapInUse() - heap0
-        row.rssAfterRegister = Memory.residentBytes()
+        row.rssAfterRegister = ProcessUsage.residentBytes()
         row.sharedCopies = verifier.guests.sharedBuilds.count
         row.slides = slides.count
         if !known.isEmpty {
@@ -443,7 +443,7 @@ public enum ScaleBenchmark {
         row.retries = results.reduce(0) { $0 + $1.retries }
         let s = Percentiles.summary(latencies)
         (row.p50us, row.p99us) = (s.p50, s.p99)
-        row.rssAfterStorm = Memory.residentBytes()
+        row.rssAfterStorm = ProcessUsage.residentBytes()
         row.heapAfterStorm = Memory.heapInUse() - heap0
         await server.shutdown()
         return row
@@ -471,25 +471,8 @@ extension ScaleBenchmark {
     }
 }
 
-/// Process memory as the kernel and the allocator see it.
+/// The allocator's view of memory (the process's own figures are `ProcessUsage`, in the toolkit).
 public enum Memory {
-    /// VmRSS of this process (bytes), from /proc/self/status.
-    public static func residentBytes() -> Int {
-        guard let text = try? LocalFile.read("/proc/self/status") else { return 0 }
-        for line in String(decoding: text, as: UTF8.self).split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            let digits = line.filter { $0.isNumber }
-            return (Int(digits) ?? 0) * 1024
-        }
-        return 0
-    }
-
-    /// CPU seconds (user + system) this process has used so far.
-    public static func cpuSeconds() -> Double {
-        var u = rusage()
-        guard getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u) == 0 else { return 0 }
-        return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
-    }
-
     /// Bytes the allocator has handed out and not had back, over every arena (glibc malloc_info; 0 where unknown).
     public static func heapInUse() -> Int { max(0, Int(execgate_heap_in_use())) }
 }
