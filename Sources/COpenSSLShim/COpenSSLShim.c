@@ -120,6 +120,47 @@ int egs_digest(int md, const void *data, size_t len, uint8_t *out, size_t cap) {
     return (int)n;
 }
 
+int egs_digest_with_prefix(int md, const void *data, size_t prefix_len, size_t len,
+                           uint8_t *out_prefix, uint8_t *out_whole, size_t cap) {
+    /* One pass over data[0, prefix_len): its digest and, continuing from a copy of the same state
+     * (EVP_MD_CTX_copy_ex), the digest of all len bytes. The prefix is hashed once. */
+    const EVP_MD *m = egs_md(md);
+    EVP_MD_CTX *ctx = NULL, *fork = NULL;
+    unsigned int n = 0, n2 = 0;
+    int r = -1;
+    if (m == NULL || out_prefix == NULL || out_whole == NULL || cap < egs_md_size(md) || prefix_len > len) return -1;
+    ctx = EVP_MD_CTX_new();
+    fork = EVP_MD_CTX_new();
+    if (ctx == NULL || fork == NULL) goto out;
+    if (!EVP_DigestInit_ex(ctx, m, NULL) || !EVP_DigestUpdate(ctx, data, prefix_len)) goto out;
+    if (!EVP_MD_CTX_copy_ex(fork, ctx) || !EVP_DigestFinal_ex(fork, out_prefix, &n)) goto out;
+    if (!EVP_DigestUpdate(ctx, (const uint8_t *)data + prefix_len, len - prefix_len) || !EVP_DigestFinal_ex(ctx, out_whole, &n2)) goto out;
+    if (n == n2) r = (int)n;
+out:
+    EVP_MD_CTX_free(ctx);
+    EVP_MD_CTX_free(fork);
+    if (r < 0) egs_capture_error();
+    return r;
+}
+
+int egs_digest_segments(int md, const void *const *parts, const size_t *lens, size_t count, uint8_t *out, size_t cap) {
+    const EVP_MD *m = egs_md(md);
+    EVP_MD_CTX *ctx = NULL;
+    unsigned int n = 0;
+    size_t i;
+    int r = -1;
+    if (m == NULL || out == NULL || cap < egs_md_size(md)) return -1;
+    ctx = EVP_MD_CTX_new();
+    if (ctx == NULL || !EVP_DigestInit_ex(ctx, m, NULL)) goto out;
+    for (i = 0; i < count; i++)
+        if (lens[i] > 0 && !EVP_DigestUpdate(ctx, parts[i], lens[i])) goto out;
+    if (EVP_DigestFinal_ex(ctx, out, &n)) r = (int)n;
+out:
+    EVP_MD_CTX_free(ctx);
+    if (r < 0) egs_capture_error();
+    return r;
+}
+
 /* ---- certificates ---- */
 
 X509 *egs_x509_from_der(const uint8_t *der, size_t len, size_t *consumed) {

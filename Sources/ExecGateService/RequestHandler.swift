@@ -63,7 +63,7 @@ struct RequestProcessor: Sendable {
             case .status:
                 return .statusReply(responder.status(uptimeMilliseconds: stats.uptimeMilliseconds, requestsServed: stats.served))
             default:
-                var reply = responder.respond(to: message, requestDigest: responder.digest(of: frame.body))
+                var reply = responder.respond(to: message, body: frame.body)
                 switch reply {
                 case .helloReply(var h):
                     h.instanceID = instanceID

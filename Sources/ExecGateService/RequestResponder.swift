@@ -9,10 +9,10 @@ import NIOCore
 public protocol RequestResponder: Sendable {
     /// - Parameters:
     ///   - message: the decoded request (never a reply type).
-    ///   - requestDigest: SHA-256 of the request frame's body, to be echoed in verdicts.
-    func respond(to message: Message, requestDigest: [UInt8]) -> Message
-    /// SHA-256 over the body, computed off the event loop.
-    func digest(of body: ByteBuffer) -> [UInt8]
+    ///   - body: the request frame's body it was decoded from: the responder derives the request
+    ///     digest the reply echoes from it (docs/protocol.md, verdict `request_digest`). Called
+    ///     off the event loop.
+    func respond(to message: Message, body: ByteBuffer) -> Message
     /// A health snapshot for `status`.
     func status(uptimeMilliseconds: UInt64, requestsServed: UInt64) -> StatusReply
 }

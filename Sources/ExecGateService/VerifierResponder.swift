@@ -5,7 +5,12 @@ import ExecGateWire
 import NIOCore
 
 extension Verifier: RequestResponder {
-    public func digest(of body: ByteBuffer) -> [UInt8] {
-        body.withUnsafeReadableBytes { Digest.sha256($0).bytes }
+    /// authorize-module: the verifier computes the request digest while judging, from the body and
+    /// the module file digest of its one pass over the module (Verifier.requestDigest(authorizeModuleBody:));
+    /// the body is not hashed whole (that was a second pass over every module byte). Every other
+    /// request: SHA-256 of the body (what register-guest-reply `facts_digest` and patch verdicts carry).
+    public func respond(to message: Message, body: ByteBuffer) -> Message {
+        if case .authorizeModule = message { return respond(to: message, requestDigest: nil, body: body) }
+        return respond(to: message, requestDigest: body.withUnsafeReadableBytes { Digest.sha256($0).bytes })
     }
 }

@@ -87,6 +87,40 @@ public struct Digest: Sendable, Hashable, CustomStringConvertible {
         bytes.withUnsafeBytes { compute(algorithm, over: $0) }
     }
 
+    /// The digests of `data[0..<prefix]` and of all of `data`, hashing the prefix once (the state
+    /// after the prefix is copied and finished for the first, continued for the second).
+    public static func compute(_ algorithm: DigestAlgorithm, over data: UnsafeRawBufferPointer, prefix: Int) -> (prefix: Digest, whole: Digest) {
+        precondition(prefix >= 0 && prefix <= data.count, "prefix \(prefix) outside \(data.count) bytes")
+        var a = [UInt8](repeating: 0, count: 64), b = [UInt8](repeating: 0, count: 64)
+        let n = a.withUnsafeMutableBufferPointer { pa in
+            b.withUnsafeMutableBufferPointer { pb in
+                egs_digest_with_prefix(algorithm.shimValue, data.baseAddress, prefix, data.count, pa.baseAddress, pb.baseAddress, 64)
+            }
+        }
+        // As in `compute`: only a broken libcrypto fails here, never input.
+        precondition(Int(n) == algorithm.size, "OpenSSL digest \(algorithm) unavailable")
+        a.removeLast(a.count - Int(n))
+        b.removeLast(b.count - Int(n))
+        return (Digest(uncheckedAlgorithm: algorithm, bytes: a), Digest(uncheckedAlgorithm: algorithm, bytes: b))
+    }
+
+    /// The digest of `segments` in order, as if concatenated (without concatenating them).
+    public static func compute(_ algorithm: DigestAlgorithm, overSegments segments: [UnsafeRawBufferPointer]) -> Digest {
+        var out = [UInt8](repeating: 0, count: 64)
+        let parts: [UnsafeRawPointer?] = segments.map(\.baseAddress)
+        let lens = segments.map(\.count)
+        let n = parts.withUnsafeBufferPointer { p in
+            lens.withUnsafeBufferPointer { l in
+                out.withUnsafeMutableBufferPointer { o in
+                    egs_digest_segments(algorithm.shimValue, p.baseAddress, l.baseAddress, segments.count, o.baseAddress, o.count)
+                }
+            }
+        }
+        precondition(Int(n) == algorithm.size, "OpenSSL digest \(algorithm) unavailable")
+        out.removeLast(out.count - Int(n))
+        return Digest(uncheckedAlgorithm: algorithm, bytes: out)
+    }
+
     public static func sha256(_ data: UnsafeRawBufferPointer) -> Digest { compute(.sha256, over: data) }
     public static func sha512(_ data: UnsafeRawBufferPointer) -> Digest { compute(.sha512, over: data) }
 

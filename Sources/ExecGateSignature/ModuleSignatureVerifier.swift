@@ -11,6 +11,19 @@
 //   → anchor not deny-listed → hash content (one pass) → content not deny-listed
 //   → public-key verify of the digest.
 //
+// The content is hashed once, and the signature is checked against that digest, never over the
+// content again: the kernel does the same. mod_verify_sig() (kernel/module/signing.c) →
+// verify_pkcs7_signature() (certs/system_keyring.c) → pkcs7_supply_detached_data() →
+// verify_pkcs7_message_sig() → pkcs7_verify() (crypto/asymmetric_keys/pkcs7_verify.c), which for
+// VERIFYING_MODULE_SIGNATURE refuses authenticatedAttributes ("Invalid module sig (has
+// authattrs)") → pkcs7_verify_one() → pkcs7_digest(): one crypto_shash_digest() of the data into
+// sig->digest (with authattrs — never for a module — it would compare that digest with the
+// messageDigest attribute and hash the attributes instead) → public_key_verify_signature() over
+// sig->digest. Here: Digest over the content (the deny list's key too), then EVP_PKEY_verify of
+// that digest (COpenSSLShim egs_verify_signature: PKCS#1 v1.5 DigestInfo{digestAlgorithm, digest},
+// as the kernel's rsa-pkcs1pad checks it). `verifyWithFileDigest` hashes the content in the same
+// pass as the whole file (the service's request digest names the file's; Verifier.swift).
+//
 // Differences from the kernel, all stricter: embedded certificates are refused (the kernel would
 // ignore them when the signer is a builtin key; sign-file never writes any), unsigned attributes
 // and CRLs are refused, SignedData.digestAlgorithms must be exactly the signer's digest and
@@ -81,6 +94,36 @@ public enum ModuleSignatureVerifier {
         }
     }
 
+    /// `verify`, plus the SHA-256 of the whole module file (content, signature and trailer) for the
+    /// verifier's request digest, computed in the same pass as the content digest: the content is
+    /// hashed once (Digest.compute(_:over:prefix:)), before the PKCS#7 checks instead of after them.
+    /// A module without a valid trailer has no content digest; its file is hashed alone.
+    public static func verifyWithFileDigest(
+        module: UnsafeRawBufferPointer,
+        trust: TrustStore,
+        denyList: DenyList = .empty,
+        minimumDigest: DigestAlgorithm = .sha256
+    ) -> (verdict: SignatureVerdict, fileDigest: Digest) {
+        let trailer: ModuleSignatureTrailer
+        do {
+            trailer = try ModuleSignatureTrailer.parse(module)
+        } catch {
+            let file = Digest.sha256(module)
+            if error.code == .noMagic { return (.failure(.unsigned), file) }
+            return (.failure(.malformedTrailer(error)), file)
+        }
+        // The trailer puts the content first (contentRange starts at 0), so the content is a prefix.
+        let (content, file) = Digest.compute(.sha256, over: module, prefix: trailer.contentRange.upperBound)
+        let signature = UnsafeRawBufferPointer(rebasing: module[trailer.signatureRange])
+        let contentBytes = UnsafeRawBufferPointer(rebasing: module[trailer.contentRange])
+        do {
+            return (try verifyDetached(content: contentBytes, signature: signature, trailer: trailer, trust: trust,
+                                       denyList: denyList, minimumDigest: minimumDigest, contentHash: content), file)
+        } catch {
+            return (.failure(error), file)
+        }
+    }
+
     /// Array convenience.
     public static func verify(
         module: [UInt8], trust: TrustStore, denyList: DenyList = .empty, minimumDigest: DigestAlgorithm = .sha256
@@ -90,7 +133,7 @@ public enum ModuleSignatureVerifier {
 
     static func verifyDetached(
         content: UnsafeRawBufferPointer, signature: UnsafeRawBufferPointer, trailer: ModuleSignatureTrailer,
-        trust: TrustStore, denyList: DenyList, minimumDigest: DigestAlgorithm
+        trust: TrustStore, denyList: DenyList, minimumDigest: DigestAlgorithm, contentHash precomputed: Digest? = nil
     ) throws(SignatureFailure) -> SignatureVerdict {
         // 2. Structure of the PKCS#7 message.
         let cms = try CMSMessage(der: signature)
@@ -139,7 +182,7 @@ public enum ModuleSignatureVerifier {
 
         // 5. One hash pass over the content serves both the deny list (SHA-256) and the signature
         // when the signer used SHA-256 (the common case).
-        let contentHash = Digest.sha256(content)
+        let contentHash = precomputed ?? Digest.sha256(content)
         if denyList.moduleContentHashes.contains(contentHash) { throw .moduleHashDenied(contentHash) }
         let signedDigest = digestAlgorithm == .sha256 ? contentHash : Digest.compute(digestAlgorithm, over: content)
 

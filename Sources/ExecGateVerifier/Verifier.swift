@@ -65,8 +65,11 @@ public final class Verifier: @unchecked Sendable {
 
     // MARK: - Requests
 
-    /// Answer one decoded request.
-    public func respond(to message: Message, requestDigest: [UInt8]) -> Message {
+    /// Answer one decoded request. `requestDigest` is what the reply echoes (verdict
+    /// `request_digest`, register-guest-reply `facts_digest`); nil for an authorize-module: the
+    /// verifier computes it while judging, from `body` (the request as received) when given
+    /// (`requestDigest(authorizeModuleBody:)`).
+    public func respond(to message: Message, requestDigest: [UInt8]?, body: ByteBuffer? = nil) -> Message {
         switch message {
         case .hello(let h):
             guard h.minimumVersion <= WireLimits.protocolVersion && WireLimits.protocolVersion <= h.maximumVersion else {
@@ -94,10 +97,10 @@ public final class Verifier: @unchecked Sendable {
                     return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': the symbols are not the pinned symbol table of kernel \(kernel) (\(symbols) \(r.isByDigest ? "named" : "sent"))"))
                 }
             }
-            switch guests.register(r, factsDigest: requestDigest, symbolsDigest: digest) {
+            switch guests.register(r, factsDigest: requestDigest ?? [], symbolsDigest: digest) {
             case .registered(let session):
                 return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: session.kernel.symbolCount),
-                                                              factsDigest: requestDigest, symbolsDigest: digest))
+                                                              factsDigest: requestDigest ?? [], symbolsDigest: digest))
             case .refused(let code, let why):
                 return .error(ErrorReply(code: code, message: why))
             }
@@ -105,12 +108,12 @@ public final class Verifier: @unchecked Sendable {
             if !a.guestID.isEmpty && guests.session(a.guestID) == nil {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(a.guestID)' is not registered"))
             }
-            return .verdict(authorize(a, requestDigest: requestDigest))
+            return .verdict(authorize(a, requestDigest: requestDigest, body: body))
         case .authorizePatch(let p):
             guard let session = guests.session(p.guestID) else {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(p.guestID)' is not registered"))
             }
-            return .verdict(authorizePatch(p, session: session, requestDigest: requestDigest))
+            return .verdict(authorizePatch(p, session: session, requestDigest: requestDigest ?? []))
         case .retireModule(let m):
             guard let session = guests.session(m.guestID) else {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(m.guestID)' is not registered"))
@@ -143,15 +146,22 @@ public final class Verifier: @unchecked Sendable {
                            guests: UInt32(clamping: guests.count), policyID: p.id, policyVersion: p.version, state: "serving")
     }
 
-    /// Judge an authorize-module request under the current policy.
-    public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]) -> ExecGateWire.Verdict {
+    /// Judge an authorize-module request under the current policy. The verdict's request digest
+    /// is `requestDigest` when given; otherwise the request's own (`requestDigest(authorizeModuleBody:)`
+    /// over `body`, the request as received, or over its canonical encoding when no body is
+    /// given), with the module file's digest taken from the signature check's single pass.
+    public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]? = nil, body: ByteBuffer? = nil) -> ExecGateWire.Verdict {
         // One snapshot for the whole request, with the policy's per-guest/class rules applied.
         let policy = self.policy.resolved(forGuest: request.guestID)
         let session = request.guestID.isEmpty ? nil : guests.session(request.guestID)
+        var fileDigest: Digest? = nil
         var judgement = request.module.withUnsafeReadableBytes { module in
-            judge(module: module, request: request, policy: policy, session: session)
+            judge(module: module, request: request, policy: policy, session: session, fileDigest: &fileDigest)
         }
         judgement.verdict.requestDigest = requestDigest
+            ?? body.flatMap { Self.requestDigest(authorizeModuleBody: $0, moduleFileDigest: fileDigest?.bytes) }
+            ?? Self.requestDigest(authorizeModuleBody: Message.authorizeModule(request).encodeBody(), moduleFileDigest: fileDigest?.bytes)
+            ?? []
         if let s = session { judgement.verdict.factsDigest = s.factsDigest }
         // Commit the allowed module to the guest's live set: the commit re-checks ranges, name,
         // frames, exports and key states atomically, and its refusal is the verdict.
@@ -238,7 +248,9 @@ public final class Verifier: @unchecked Sendable {
         case patchSite = "patch-site"
     }
 
-    private func judge(module: UnsafeRawBufferPointer, request: AuthorizeModule, policy: Policy, session: GuestSession?) -> Judgement {
+    /// `fileDigest`: set to the SHA-256 of the module file when the signature step hashed it.
+    private func judge(module: UnsafeRawBufferPointer, request: AuthorizeModule, policy: Policy, session: GuestSession?,
+                       fileDigest: inout Digest?) -> Judgement {
         var checks: [Check] = []
         var moduleName = request.moduleName
         var moduleDigest: [UInt8] = []
@@ -255,7 +267,11 @@ public final class Verifier: @unchecked Sendable {
         checks.append(.signature)
         checks.append(.denyList)
         let signature: VerifiedSignature
-        switch ModuleSignatureVerifier.verify(module: module, trust: policy.trust, denyList: policy.denyList, minimumDigest: policy.minimumDigest) {
+        // One pass over the module: its content digest (signature, deny list, module_digest) and
+        // the file's (the request digest), ModuleSignatureVerifier.verifyWithFileDigest.
+        let checked = ModuleSignatureVerifier.verifyWithFileDigest(module: module, trust: policy.trust, denyList: policy.denyList, minimumDigest: policy.minimumDigest)
+        fileDigest = checked.fileDigest
+        switch checked.verdict {
         case .success(let s):
             signature = s
         case .failure(let f):
@@ -385,6 +401,37 @@ public final class Verifier: @unchecked Sendable {
         return Judgement(verdict: ExecGateWire.Verdict(decision: .allow, reason: .allowed, message: message, checks: checks.map(\.rawValue), policyID: policy.id,
                                           policyVersion: policy.version, requestDigest: [], moduleName: moduleName,
                                           moduleDigest: moduleDigest), live: live)
+    }
+
+    /// The request digest of an authorize-module (verdict `request_digest`, the audit record's
+    /// `request_sha256`; docs/protocol.md): SHA-256 of the request body exactly as received, with
+    /// the value of its `module` field (tag 2) replaced by the 32-byte SHA-256 of the module file
+    /// and that field's length by 32. It binds every byte of the request, the module through its
+    /// digest, but the module is hashed once: the signature check's pass over it yields both the
+    /// content digest and the file digest (`moduleFileDigest`; computed here when nil). Hashing
+    /// the whole body as well was a second pass over every module byte. nil when `body` has no
+    /// well-formed module field (then it did not decode as an authorize-module either).
+    public static func requestDigest(authorizeModuleBody body: ByteBuffer, moduleFileDigest: [UInt8]? = nil) -> [UInt8]? {
+        body.withUnsafeReadableBytes { raw -> [UInt8]? in
+            var at = 0
+            while at < raw.count {
+                guard let tag = raw.getInteger(at: at, order: .big, as: UInt16.self),
+                      let length = raw.getInteger(at: at + 2, order: .big, as: UInt32.self) else { return nil }
+                let start = at + 6
+                guard Int(length) <= raw.count - start else { return nil }
+                let end = start + Int(length)
+                guard tag == AuthorizeModule.moduleTag else { at = end; continue }
+                let file = moduleFileDigest ?? Digest.sha256(UnsafeRawBufferPointer(rebasing: raw[start..<end])).bytes
+                let newLength: [UInt8] = [0, 0, 0, UInt8(file.count)]
+                return newLength.withUnsafeBytes { len in
+                    file.withUnsafeBytes { value in
+                        Digest.compute(.sha256, overSegments: [UnsafeRawBufferPointer(rebasing: raw[0..<(at + 2)]), len, value,
+                                                               UnsafeRawBufferPointer(rebasing: raw[end...])]).bytes
+                    }
+                }
+            }
+            return nil
+        }
     }
 
     /// A denial found by one stage of `judge`: its reason code and message.

@@ -408,6 +408,9 @@ public struct AuthorizeModule: Sendable, Equatable {
         self.text = text
     }
 
+    /// The tag of `module` (the request digest replaces that field's value by its digest).
+    public static let moduleTag: UInt16 = Tag.module
+
     enum Tag {
         static let guestID: UInt16 = 1, module: UInt16 = 2, section: UInt16 = 3, perCPUBase: UInt16 = 4, moduleName: UInt16 = 5
         static let textBase: UInt16 = 6, text: UInt16 = 7
@@ -751,7 +754,9 @@ public enum Message: Sendable, Equatable {
     }
 
     public func encodeBody(allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
-        var w = TLVWriter(allocator: allocator)
+        // Sized up front: a module-sized body written into the default 256 bytes was reallocated
+        // and copied at every doubling (≈ twice the body in copies per request on the client).
+        var w = TLVWriter(allocator: allocator, capacity: capacityHint)
         switch self {
         case .hello(let m): m.encode(into: &w)
         case .helloReply(let m): m.encode(into: &w)
@@ -769,6 +774,20 @@ public enum Message: Sendable, Equatable {
         case .error(let m): m.encode(into: &w)
         }
         return w.buffer
+    }
+
+    /// Bytes the encoded body is expected to need (its large fields plus room for the rest).
+    var capacityHint: Int {
+        switch self {
+        case .authorizeModule(let m):
+            return 256 + m.module.readableBytes + (m.text?.readableBytes ?? 0) + (m.initText?.readableBytes ?? 0)
+                + 8 * (m.frames.count + m.initFrames.count) + m.sections.reduce(0) { $0 + 64 + $1.name.utf8.count + ($1.bytes?.readableBytes ?? 0) }
+        case .registerGuest(let r):
+            return 1024 + r.symbols.reduce(0) { $0 + 12 + $1.name.utf8.count } + r.cpuCapabilities.count + r.pvOps.count
+                + r.commandLine.utf8.count + r.vulnerabilities.utf8.count + 64 * r.staticCallKeys.count
+        default:
+            return 256
+        }
     }
 
     public func frame(requestID: UInt64) -> Frame {

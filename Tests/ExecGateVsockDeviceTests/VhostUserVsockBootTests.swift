@@ -47,8 +47,8 @@ final class VhostUserVsockBootTests: XCTestCase {
 
     func authorizeRequest(_ bytes: [UInt8]) -> (AuthorizeModule, [UInt8]) {
         let req = AuthorizeModule(module: ByteBuffer(bytes: bytes))
-        let body = Message.authorizeModule(req).encodeBody()
-        return (req, Digest.compute(.sha256, over: Array(body.readableBytesView)).bytes)
+        // The request digest of the body sent (docs/protocol.md: the module replaced by its digest).
+        return (req, Verifier.requestDigest(authorizeModuleBody: Message.authorizeModule(req).encodeBody()) ?? [])
     }
 
     func testServiceVMOverVhostUserVsock() async throws {

@@ -66,6 +66,12 @@ void egs_free(void *p);
 size_t egs_md_size(int md);
 /* One-shot digest of (data, len) into out (cap >= egs_md_size). Returns size or -1. */
 int egs_digest(int md, const void *data, size_t len, uint8_t *out, size_t cap);
+/* The digests of data[0, prefix_len) and of data[0, len) in one pass over the prefix: both into
+ * buffers of cap bytes; returns the digest size, or -1. */
+/* The digest of count buffers, in order, as if concatenated (no copy). */
+int egs_digest_segments(int md, const void *const *parts, const size_t *lens, size_t count, uint8_t *out, size_t cap);
+int egs_digest_with_prefix(int md, const void *data, size_t prefix_len, size_t len,
+                           uint8_t *out_prefix, uint8_t *out_whole, size_t cap);
 
 /* ---- certificates ---- */
 struct x509_st *egs_x509_from_der(const uint8_t *der, size_t len, size_t *consumed);

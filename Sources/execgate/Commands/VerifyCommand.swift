@@ -37,10 +37,9 @@ struct VerifyModule: ParsableCommand {
             Console.error("execgate verify module: \(error)")
             throw ExecGateExit.usage
         }
-        var body = ByteBuffer()
         let request = AuthorizeModule(module: ByteBuffer(bytes: module), sections: sections)
-        body = Message.authorizeModule(request).encodeBody()
-        let verdict = verifier.authorize(request, requestDigest: verifier.digest(of: body))
+        // The request digest is the one the service would give this body (Verifier.requestDigest).
+        let verdict = verifier.authorize(request, body: Message.authorizeModule(request).encodeBody())
         if json { print(verdict.json.serialized()) } else if verdict.decision == .allow { print(verdict.humanLine) } else { Console.error(verdict.humanLine) }
         if verdict.decision == .deny { throw ExecGateExit.deny }
     }
