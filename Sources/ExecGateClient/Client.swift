@@ -82,9 +82,14 @@ public final class ExecGateClient: @unchecked Sendable {
         }
     }
 
-    /// Send one request and wait for its reply (an `error` reply is returned, not thrown).
+    /// Send one request and wait for its reply (an `error` reply is returned, not thrown). The
+    /// body goes out as parts (Message.encodeBodyParts): a module or claimed region is written
+    /// from the caller's buffer in one gathered write, never copied into a body buffer first.
     public func send(_ message: Message) async throws -> Message {
-        try await sendFrame(message.frame(requestID: allocateID()))
+        let reply = try await exchange(type: message.type, requestID: allocateID(), parts: message.encodeBodyParts(allocator: channel.allocator))
+        do { return try Message(type: reply.type, body: reply.body) } catch {
+            throw ClientError.unexpectedReply("undecodable \(reply.type): \(error)")
+        }
     }
 
     /// Send a raw frame (tests use this to send malformed bodies) and wait for the reply to its id.
@@ -99,16 +104,32 @@ public final class ExecGateClient: @unchecked Sendable {
     /// messages (ExecGateAdmin) are frames of this protocol but not `Message`s. An `error` reply
     /// is returned, not thrown; a reply the decoder refused fails with `.server`.
     public func exchange(_ frame: Frame) async throws -> Frame {
+        try await exchange(type: frame.type, requestID: frame.requestID, parts: [frame.body], version: frame.version)
+    }
+
+    /// One frame whose body is the concatenation of `parts`: header and parts are written below
+    /// the frame encoder in one event-loop turn (so no other frame interleaves) and flushed once
+    /// (NIO gathers them into `writev`).
+    func exchange(type: MessageType, requestID: UInt64, parts: [ByteBuffer], version: UInt16 = WireLimits.protocolVersion) async throws -> Frame {
         let promise = channel.eventLoop.makePromise(of: Frame.self)
         let handler = self.handler
         let channel = self.channel
+        let header = FrameWriter.header(version: version, type: type, requestID: requestID,
+                                        bodyLength: parts.reduce(0) { $0 + $1.readableBytes }, allocator: channel.allocator)
         channel.eventLoop.execute {
-            handler.value.register(id: frame.requestID, promise: promise, channel: channel)
-            channel.writeAndFlush(frame, promise: nil)
+            handler.value.register(id: requestID, promise: promise, channel: channel)
+            do {
+                let ctx = try channel.pipeline.syncOperations.context(name: "frame-encoder")
+                ctx.write(NIOAny(header), promise: nil)
+                for p in parts where p.readableBytes > 0 { ctx.write(NIOAny(p), promise: nil) }
+                ctx.flush()
+            } catch {
+                handler.value.fail(id: requestID, error)
+            }
         }
         if let t = timeout {
             let scheduled = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(t * 1e9))) {
-                handler.value.fail(id: frame.requestID, ClientError.timedOut(seconds: t))
+                handler.value.fail(id: requestID, ClientError.timedOut(seconds: t))
             }
             promise.futureResult.whenComplete { _ in scheduled.cancel() }
         }

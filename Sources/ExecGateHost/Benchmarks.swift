@@ -488,7 +488,8 @@ extension ScaleBenchmark {
         var backoff: UInt64 = 2_000_000
         var retries = 0
         while true {
-            let reply = try await client.sendFrame(Message.authorizeModule(r).frame(requestID: client.allocateID()))
+            // `send` writes the module from `r`'s buffer (a gathered write), as a VMM should.
+            let reply = try await client.send(.authorizeModule(r))
             if case .error(let e) = reply, e.code == .unavailable {
                 retries += 1
                 try await Task.sleep(nanoseconds: UInt64.random(in: backoff / 2...backoff))

@@ -176,14 +176,22 @@ public final class FrameWriter: ChannelOutboundHandler {
 
     public init() {}
 
-    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let frame = Self.unwrapOutboundIn(data)
-        var header = context.channel.allocator.buffer(capacity: WireLimits.headerSize)
-        header.writeFrame(Frame(version: frame.version, type: frame.type, requestID: frame.requestID, body: ByteBuffer()))
+    /// The 20-byte header of a frame whose body is `bodyLength` bytes (written apart from it).
+    public static func header(version: UInt16 = WireLimits.protocolVersion, type: MessageType, requestID: UInt64, bodyLength: Int,
+                              allocator: ByteBufferAllocator) -> ByteBuffer {
+        var header = allocator.buffer(capacity: WireLimits.headerSize)
+        header.writeFrame(Frame(version: version, type: type, requestID: requestID, body: ByteBuffer()))
         // The header says the body's length; `writeFrame` wrote 0 for the empty stand-in.
         // The body of an outgoing frame is built by us and capped far below u32 (see writeFrame).
-        precondition(frame.body.readableBytes <= Int(UInt32.max), "frame body exceeds u32")
-        header.setInteger(UInt32(frame.body.readableBytes), at: header.readerIndex + 16)
+        precondition(bodyLength <= Int(UInt32.max), "frame body exceeds u32")
+        header.setInteger(UInt32(bodyLength), at: header.readerIndex + 16)
+        return header
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = Self.unwrapOutboundIn(data)
+        let header = Self.header(version: frame.version, type: frame.type, requestID: frame.requestID, bodyLength: frame.body.readableBytes,
+                                 allocator: context.channel.allocator)
         if frame.body.readableBytes == 0 {
             context.write(Self.wrapOutboundOut(header), promise: promise)
         } else {

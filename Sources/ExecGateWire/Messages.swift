@@ -757,6 +757,20 @@ public enum Message: Sendable, Equatable {
         // Sized up front: a module-sized body written into the default 256 bytes was reallocated
         // and copied at every doubling (≈ twice the body in copies per request on the client).
         var w = TLVWriter(allocator: allocator, capacity: capacityHint)
+        encode(into: &w)
+        return w.buffer
+    }
+
+    /// The body as parts whose concatenation is `encodeBody()`: every `bytes` value of at least
+    /// `gatherAbove` bytes (a module, a claimed region) is its caller's buffer, not a copy
+    /// (TLVWriter gathering). A client writes them with one gathered write (ExecGateClient).
+    public func encodeBodyParts(gatherAbove: Int = 16 << 10, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> [ByteBuffer] {
+        var w = TLVWriter(allocator: allocator, capacity: 1024, gatherAbove: gatherAbove)
+        encode(into: &w)
+        return w.parts
+    }
+
+    private func encode(into w: inout TLVWriter) {
         switch self {
         case .hello(let m): m.encode(into: &w)
         case .helloReply(let m): m.encode(into: &w)
@@ -773,7 +787,6 @@ public enum Message: Sendable, Equatable {
         case .moduleInitFreedReply(let m): m.encode(into: &w)
         case .error(let m): m.encode(into: &w)
         }
-        return w.buffer
     }
 
     /// Bytes the encoded body is expected to need (its large fields plus room for the rest).

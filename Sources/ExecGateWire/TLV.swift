@@ -51,12 +51,32 @@ public struct WireDecodeError: Error, Hashable, Sendable, CustomStringConvertibl
 // MARK: - Writing
 
 /// Builds a canonical TLV body. Callers add fields in ascending tag order.
+///
+/// A gathering writer (`gatherAbove`) does not copy a `bytes` value of at least that many bytes:
+/// it ends the current part, keeps the value's buffer as a part of its own (shared storage) and
+/// goes on in a new one, so a module-sized field is written to the socket from the caller's
+/// buffer (`parts`, one gathered write) instead of being copied into the body first.
 public struct TLVWriter {
+    /// The body (the last part, for a gathering writer: read `parts` instead).
     public private(set) var buffer: ByteBuffer
+    private var done: [ByteBuffer] = []
+    private let gatherAbove: Int
+    private let allocator: ByteBufferAllocator
 
     public init(allocator: ByteBufferAllocator = ByteBufferAllocator(), capacity: Int = 256) {
-        buffer = allocator.buffer(capacity: capacity)
+        self.init(allocator: allocator, capacity: capacity, gatherAbove: .max)
     }
+
+    /// A gathering writer: `bytes` values of at least `gatherAbove` bytes become parts of their own.
+    public init(allocator: ByteBufferAllocator, capacity: Int, gatherAbove: Int) {
+        buffer = allocator.buffer(capacity: capacity)
+        self.allocator = allocator
+        self.gatherAbove = gatherAbove
+    }
+
+    /// The body in order: the parts written so far and the borrowed values between them (non-empty
+    /// parts only). Their concatenation is the body a non-gathering writer builds.
+    public var parts: [ByteBuffer] { (done + [buffer]).filter { $0.readableBytes > 0 } }
 
     public mutating func u8(_ tag: UInt16, _ v: UInt8) { header(tag, 1); buffer.writeInteger(v) }
     public mutating func u16(_ tag: UInt16, _ v: UInt16) { header(tag, 2); buffer.writeInteger(v) }
@@ -71,6 +91,12 @@ public struct TLVWriter {
     public mutating func bytes(_ tag: UInt16, _ b: ByteBuffer) {
         var b = b
         header(tag, b.readableBytes)
+        if b.readableBytes >= gatherAbove {
+            done.append(buffer)
+            done.append(b)
+            buffer = allocator.buffer(capacity: 256)
+            return
+        }
         buffer.writeBuffer(&b)
     }
 

@@ -132,6 +132,29 @@ final class GoldenVectorTests: XCTestCase {
         }
     }
 
+    /// A body written as parts (a gathering TLVWriter, what ExecGateClient sends) is byte for byte
+    /// the body: for every example, and with large values kept as parts of their own.
+    func testBodyPartsConcatenateToTheBody() throws {
+        let big = ByteBuffer(repeating: 0xa5, count: 40_000)
+        let request = Message.authorizeModule(AuthorizeModule(guestID: "g", module: big, sections: [SectionClaim(name: ".text", address: 0x1000, bytes: big)],
+                                                              moduleName: "m", textBase: 0x1000, text: big, frames: Array(0..<10)))
+        for (name, _, message) in Self.examples + [("big", 0, request)] {
+            for gather in [1, 64, 16 << 10, Int.max] {
+                let parts = message.encodeBodyParts(gatherAbove: gather)
+                var joined = ByteBuffer()
+                for var p in parts { joined.writeBuffer(&p) }
+                XCTAssertEqual(joined, message.encodeBody(), "\(name) gathering above \(gather)")
+                XCTAssertFalse(parts.contains { $0.readableBytes == 0 })
+            }
+        }
+        // The module and the region are parts of their own (not copied); the section's bytes are
+        // copied into its nested list, which is then a part of its own: header, module, header,
+        // section list, fields up to text's header, text, frames.
+        let parts = request.encodeBodyParts(gatherAbove: 16 << 10)
+        XCTAssertEqual(parts.filter { $0 == big }.count, 2, "\(parts.map(\.readableBytes))")
+        XCTAssertEqual(parts.count, 7, "\(parts.map(\.readableBytes))")
+    }
+
     /// The header layout, checked byte by byte against the spec (docs/protocol.md, "Frame").
     func testStatusVectorHeaderLayout() throws {
         var b = ByteBuffer()
