@@ -157,6 +157,26 @@ public final class ExecGateClient: @unchecked Sendable {
         }
     }
 
+    /// Register a guest of a build the server may already hold: by the build's symbols digest
+    /// first (a few hundred bytes instead of the symbol records, and no hashing of them on either
+    /// side), then in full when the server answers `unknown-build` (it does not hold that build
+    /// now: never registered, its last guest left, or it restarted). `knownBuild` is the
+    /// `symbols_digest` an earlier register-guest-reply returned for this build (a VMM keeps it per
+    /// kernel build; a policy pin names the same value); nil registers in full at once.
+    /// Every other refusal is thrown as it is: the full registration would get the same answer
+    /// (pins, budgets and `guest-exists` apply to both alike). `byDigest` says which one registered.
+    public func register(_ request: RegisterGuest, knownBuild: [UInt8]?) async throws -> (reply: RegisterGuestReply, byDigest: Bool) {
+        if let digest = knownBuild {
+            switch try await send(.registerGuest(request.byDigest(digest))) {
+            case .registerGuestReply(let r): return (r, true)
+            case .error(let e) where e.code == .unknownBuild: break
+            case .error(let e): throw ClientError.server(e)
+            case let other: throw ClientError.unexpectedReply("\(other.type)")
+            }
+        }
+        return (try await register(request), false)
+    }
+
     /// Run-time text patches as one transition (a whole-key batch; see docs/protocol.md).
     public func authorizePatch(_ request: AuthorizePatch) async throws -> Verdict {
         switch try await send(.authorizePatch(request)) {

@@ -339,10 +339,17 @@ public enum ScaleBenchmark {
         /// Allocator bytes in use, above the figure before the first registration.
         public var heapAfterRegister = 0, heapAfterFirstGuest = 0, heapAfterStorm = 0
         public var rssBefore = 0, rssAfterRegister = 0, rssAfterStorm = 0
-        /// First registration of the build (builds and checks its facts) and the later ones
-        /// (known build): the registry's work, and the symbols digest the verifier computes
-        /// for every registration (reply, pins; p50), in ms.
-        public var registerFirstMs = 0.0, registerKnownP50Ms = 0.0, registerKnownP99Ms = 0.0, digestMs = 0.0
+        /// Registration end to end (client encode, socket, service decode and digest, verifier,
+        /// reply), ms: the first of the build (builds and checks its facts); a known build sent in
+        /// full (every symbol record, decoded and hashed again: `knownFullSamples` resets of one
+        /// guest); a known build by its symbols digest (every later guest, plus as many resets).
+        public var registerFirstMs = 0.0
+        public var registerKnownFullP50Ms = 0.0, registerKnownFullP99Ms = 0.0
+        public var registerByDigestP50Ms = 0.0, registerByDigestP99Ms = 0.0
+        /// Frame bytes on the wire (header and body) of one full registration and one by digest.
+        public var registerFullBytes = 0, registerByDigestBytes = 0
+        /// Registrations by digest the server refused `unknown-build` (then sent in full): 0 here.
+        public var byDigestFallbacks = 0
         public var sharedCopies = 0
         /// Distinct KASLR slides among the registered guests.
         public var slides = 0
@@ -373,6 +380,9 @@ public enum ScaleBenchmark {
         return rows
     }
 
+    /// Full registrations of a known build (and as many by digest) timed per row.
+    static let knownFullSamples = 20
+
     static func one(guests: Int, boots: [(template: RegisterGuest, requests: [AuthorizeModule])], trust: TrustStore,
                     progress: (String) -> Void) async throws -> Row {
         var row = Row()
@@ -383,32 +393,52 @@ public enum ScaleBenchmark {
         try await server.bind(endpoint)
         row.rssBefore = ProcessUsage.residentBytes()
         let heap0 = Memory.heapInUse()
-        // Registration, as the verifier does it (symbols digest, then the registry).
-        var known: [Double] = [], digests: [Double] = []
+        // Registration over the wire, as a VMM does it: the first guest in full (the build is
+        // new), every later guest by the build's digest from that reply (RegisterGuest.byDigest).
+        let registrar = try await ExecGateClient.connect(to: endpoint, timeout: 300)
         var slides = Set<UInt64>()
+        // The symbols digest from the last reply: every boot of one build has the same (slide
+        // removed), so a guest of another boot attaches by it at its own slide; a boot of another
+        // build is refused `unknown-build` and sent in full (counted as a fallback).
+        var knownBuild: [UInt8]? = nil
+        var byDigest: [Double] = []
         for i in 0..<guests {
             var r = boots[i % boots.count].template
             r.guestID = "guest-\(i)"
             slides.insert(r.kaslrSlide)
             let t0 = MonotonicClock.nanoseconds()
-            let digest = KernelFactsKey.symbolsDigest(r)
-            let t1 = MonotonicClock.nanoseconds()
-            guard case .registered = verifier.guests.register(r, factsDigest: [], symbolsDigest: digest) else {
-                throw LocalFileError(path: "register-guest", why: "guest \(i) refused")
+            let (reply, attached) = try await registrar.register(r, knownBuild: knownBuild)
+            let ms = Double(MonotonicClock.nanoseconds() - t0) / 1e6
+            if attached { byDigest.append(ms) } else if knownBuild != nil { row.byDigestFallbacks += 1 }
+            knownBuild = reply.symbolsDigest
+            if i == 0 {
+                row.registerFirstMs = ms
+                row.heapAfterFirstGuest = Memory.heapInUse() - heap0
+                row.registerFullBytes = WireLimits.headerSize + Message.registerGuest(r).encodeBody().readableBytes
+                row.registerByDigestBytes = WireLimits.headerSize + Message.registerGuest(r.byDigest(reply.symbolsDigest)).encodeBody().readableBytes
             }
-            let ms = Double(MonotonicClock.nanoseconds() - t1) / 1e6
-            if i == 0 { row.registerFirstMs = ms; row.heapAfterFirstGuest = Memory.heapInUse() - heap0 } else { known.append(ms) }
-            digests.append(Double(t1 - t0) / 1e6)
         }
-        row.digestMs = Percentiles.of(digests, 50)
         row.heapAfterRegister = Memory.heapInUse() - heap0
         row.rssAfterRegister = ProcessUsage.residentBytes()
+        // A known build sent in full against by digest, alternating, as resets of guest 0 (no
+        // module is live yet, so a reset drops nothing).
+        var knownFull: [Double] = []
+        var reset = boots[0].template
+        reset.guestID = "guest-0"
+        reset.reset = true
+        for _ in 0..<Self.knownFullSamples {
+            var t0 = MonotonicClock.nanoseconds()
+            _ = try await registrar.register(reset)
+            knownFull.append(Double(MonotonicClock.nanoseconds() - t0) / 1e6)
+            t0 = MonotonicClock.nanoseconds()
+            let (_, attached) = try await registrar.register(reset, knownBuild: knownBuild)
+            if attached { byDigest.append(Double(MonotonicClock.nanoseconds() - t0) / 1e6) } else { row.byDigestFallbacks += 1 }
+        }
+        await registrar.close()
+        (row.registerKnownFullP50Ms, row.registerKnownFullP99Ms) = (Percentiles.of(knownFull, 50), Percentiles.of(knownFull, 99))
+        (row.registerByDigestP50Ms, row.registerByDigestP99Ms) = (Percentiles.of(byDigest, 50), Percentiles.of(byDigest, 99))
         row.sharedCopies = verifier.guests.sharedBuilds.count
         row.slides = slides.count
-        if !known.isEmpty {
-            row.registerKnownP50Ms = Percentiles.of(known, 50)
-            row.registerKnownP99Ms = Percentiles.of(known, 99)
-        }
         let total = (0..<guests).reduce(0) { $0 + boots[$1 % boots.count].requests.count }
         progress("\(guests) guest(s) registered at \(slides.count) slide(s); boot storm: \(total) authorize-module")
         // The storm: each guest over its own connection, its modules in load order.

@@ -399,14 +399,36 @@ public final class GuestRegistry: @unchecked Sendable {
     /// Register a guest: plausibility first, then refuse a live id unless `reset` is set.
     /// `symbolsDigest` is the registration's symbols digest when the caller has computed it (the
     /// verifier does, for the reply); otherwise it is computed here.
+    ///
+    /// A registration **by digest** (`r.isByDigest`: no records, the symbols digest of a build)
+    /// attaches to the shared copy of that build and `kernel_digest` if the registry holds it at
+    /// that moment, and is refused `unknown-build` otherwise (never a copy built from nothing):
+    /// the client then sends the full registration. Attached, the guest is in exactly the state a
+    /// full registration with the records the copy was built from would give it (docs/trust.md,
+    /// "Registration by digest"): same key, same copy, its own facts checked against it.
     public func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil) -> Registration {
         if let why = FactsPlausibility.checkCPUs(r) { return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(why)") }
-        let key = KernelFactsKey.of(r, symbolsDigest: symbolsDigest ?? KernelFactsKey.symbolsDigest(r))
+        let key: KernelFactsKey?
+        if r.isByDigest {
+            // The wire decoder refuses both at once; an in-process caller gets the same answer.
+            guard r.symbols.isEmpty, r.symbolsDigest.count == 32 else {
+                return .refused(.badRequest, "register-guest '\(r.guestID)': a registration by digest carries a 32-byte symbols digest and no symbol records")
+            }
+            key = KernelFactsKey(kernelDigest: r.kernelDigest, symbolsDigest: r.symbolsDigest)
+        } else {
+            key = KernelFactsKey.of(r, symbolsDigest: symbolsDigest ?? KernelFactsKey.symbolsDigest(r))
+        }
         let own = Self.guestBytes(r)
         // Budget first, before any facts are built (building a new build's tables is the costly
         // part); checked again, exactly, under the lock below.
         let known: KernelFacts? = lock.withLock {
             key.flatMap { builds[$0]?.facts }
+        }
+        if r.isByDigest {
+            guard let known else { return .refused(.unknownBuild, Self.unknownBuild(r)) }
+            guard known.admits(slide: r.kaslrSlide) else {
+                return .refused(.implausibleFacts, "register-guest '\(r.guestID)': kaslr_slide 0x\(Hex.number(r.kaslrSlide)) moves the build's link-time addresses past the top of the address space (no full registration of this build at that slide exists)")
+            }
         }
         let buildCost = known == nil ? KernelFacts.symbolBytes(r) : 0
         if let why = lock.withLock({ guests[r.guestID] == nil ? overBudget(r.guestID, cost: own + buildCost) : nil }) {
@@ -433,6 +455,9 @@ public final class GuestRegistry: @unchecked Sendable {
             // (same key, same content), so the build is held once.
             var shared = kernel
             if let k = kernel.key, let stored = builds[k]?.facts { shared = stored }
+            // A registration by digest attaches only to a copy held now: its build's last guest
+            // may have left since the lookup above (the copy is not rebuilt from this reference).
+            if r.isByDigest, let k = kernel.key, builds[k] == nil { return .refused(.unknownBuild, Self.unknownBuild(r)) }
             let isNewBuild = shared.key.map { builds[$0] == nil } ?? true
             let cost = own + (isNewBuild ? shared.symbolBytes : 0)
             // A reset of a guest that was the last one on another build frees that build's charge.
@@ -448,6 +473,13 @@ public final class GuestRegistry: @unchecked Sendable {
             charged[r.guestID] = own + (shared.key == nil ? shared.symbolBytes : 0)
             return .registered(session)
         }
+    }
+
+    /// The refusal of a registration by digest whose build is not held: what to send instead.
+    static func unknownBuild(_ r: RegisterGuest) -> String {
+        "register-guest '\(r.guestID)': no kernel build with symbols digest \(Hex.encode(r.symbolsDigest))"
+            + (r.kernelDigest.isEmpty ? " (no kernel_digest)" : " and kernel_digest \(Hex.encode(r.kernelDigest))")
+            + " is held by this server (never registered, its last guest left, or the server restarted): nothing was registered; send the full registration with the symbol records"
     }
 
     /// Drop a guest (the VMM revoked every EXEC grant of it first). Its build's copy goes when it

@@ -33,6 +33,10 @@
 //     against the copy on every registration.
 // A copy lives while a guest uses it: the registry counts guests per key and drops its reference
 // when the last one is reset onto another build or removed (requests in flight keep theirs).
+// A registration **by digest** (no records, the symbols digest of a build) finds a held copy by
+// that key or is refused `unknown-build`: the copy was built from records whose digest the service
+// computed itself, so attaching gives what resending those records would (docs/trust.md,
+// "Registration by digest"); `admits` refuses the one slide no full registration could have.
 
 import ExecGateExplain
 import ExecGateSignature
@@ -75,9 +79,12 @@ public struct KernelFactsKey: Hashable, Sendable {
         return KernelFactsKey(kernelDigest: r.kernelDigest, symbolsDigest: symbolsDigest)
     }
 
-    /// The symbols digest of `r`, as the verifier computes it.
+    /// The symbols digest of `r` (the one place it is computed: the verifier's reply and pins, the
+    /// registry's key): SHA-256 over its records at link-time addresses; for a registration by
+    /// digest, the digest it names (the records it stands for are the held copy's).
     public static func symbolsDigest(_ r: RegisterGuest) -> [UInt8] {
-        RegisterGuestReply.linkTimeSymbolRecords(r).withUnsafeBytes { Digest.sha256($0).bytes }
+        if r.isByDigest { return r.symbolsDigest }
+        return RegisterGuestReply.linkTimeSymbolRecords(r).withUnsafeBytes { Digest.sha256($0).bytes }
     }
 }
 
@@ -96,6 +103,10 @@ public final class KernelFacts: Sendable {
     public let symbolCount: Int
     /// What this copy is charged against the registry's symbol budget (once per copy).
     public let symbolBytes: Int
+    /// The highest link-time address the slide moves (≥ `KernelSlide.imageBase`), nil when none
+    /// does or the copy is private: what decides which slides a registration by digest may read
+    /// this copy at (`admits`).
+    let highestMovedAddress: UInt64?
 
     /// The engine's facts of the build without any guest's fields, at link-time addresses when
     /// shared (for inspection and tests).
@@ -108,17 +119,32 @@ public final class KernelFacts: Sendable {
         // A shared copy removes the slide of the registration that builds it; the checks of the
         // symbols alone hold at every slide the key admits (KernelFactsKey.of keeps the order).
         let removed = key == nil ? KernelSlide.none : KernelSlide(r.kaslrSlide)
+        let highest = key == nil ? nil : r.symbols.lazy.map(\.address).filter { $0 >= KernelSlide.imageBase }.max().map(removed.linkTime)
         return .success(KernelFacts(key: key, base: GuestFactsBuilder.kernelFacts(symbols: r.symbols, removing: removed),
                                     build: checked.facts.mapped(removed.linkTime), symbolCount: r.symbols.count,
-                                    symbolBytes: Self.symbolBytes(r)))
+                                    symbolBytes: Self.symbolBytes(r), highestMovedAddress: highest))
     }
 
-    private init(key: KernelFactsKey?, base: GuestFactsBuilder.BuildTables, build: FactsPlausibility.BuildFacts, symbolCount: Int, symbolBytes: Int) {
+    private init(key: KernelFactsKey?, base: GuestFactsBuilder.BuildTables, build: FactsPlausibility.BuildFacts, symbolCount: Int,
+                 symbolBytes: Int, highestMovedAddress: UInt64?) {
         self.key = key
         self.base = base
         self.build = build
         self.symbolCount = symbolCount
         self.symbolBytes = symbolBytes
+        self.highestMovedAddress = highestMovedAddress
+    }
+
+    /// Whether a registration by digest at `slide` reads exactly the records a full registration
+    /// of this build at that slide would send: every moved link-time address `l` must move to
+    /// `l + slide` without passing 2⁶⁴. A full registration whose records wrapped there would pack
+    /// below `imageBase`, not as `l`, so its digest would be another one: no full registration with
+    /// this digest exists at such a slide, and the by-digest one is refused (implausible) rather
+    /// than read at wrapped addresses. Below that bound every moved run-time address is
+    /// ≥ imageBase + slide, so `KernelFactsKey.of` would have admitted the full registration too.
+    func admits(slide: UInt64) -> Bool {
+        guard key != nil else { return false }
+        return highestMovedAddress.map { slide <= UInt64.max - $0 } ?? true
     }
 
     /// Symbol bytes of a registration: its names plus 16 bytes of record each (the size they

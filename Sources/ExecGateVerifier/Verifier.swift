@@ -78,21 +78,26 @@ public final class Verifier: @unchecked Sendable {
         case .registerGuest(let r):
             // Bind the symbols to the kernel build: with `kernel … symbols …` pins in the policy,
             // the registered kernel must be listed and its symbol table (at link-time addresses)
-            // must be exactly the one pinned with it.
-            let symbols = RegisterGuestReply.linkTimeSymbolRecords(r).withUnsafeBytes { Digest.sha256($0) }
+            // must be exactly the one pinned with it. A registration by digest names that digest
+            // itself; it is pinned (or not) exactly as the records it stands for would be, before
+            // the registry is asked whether it holds them.
+            let digest = KernelFactsKey.symbolsDigest(r)
+            guard let symbols = Digest(algorithm: .sha256, bytes: digest) else {
+                return .error(ErrorReply(code: .badRequest, message: "register-guest '\(r.guestID)': symbols_digest of \(digest.count) bytes; a SHA-256 digest is 32"))
+            }
             let kernels = policy.trustedKernels
             if !kernels.isEmpty {
                 guard let kernel = Digest(algorithm: .sha256, bytes: r.kernelDigest), let pin = kernels.first(where: { $0.kernel == kernel }) else {
                     return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': kernel_digest \(r.kernelDigest.isEmpty ? "missing" : "not listed") (policy \(policy.id) pins \(kernels.count) kernel build(s))"))
                 }
                 guard pin.symbols == symbols else {
-                    return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': the symbols are not the pinned symbol table of kernel \(kernel) (\(symbols) sent)"))
+                    return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': the symbols are not the pinned symbol table of kernel \(kernel) (\(symbols) \(r.isByDigest ? "named" : "sent"))"))
                 }
             }
-            switch guests.register(r, factsDigest: requestDigest, symbolsDigest: symbols.bytes) {
-            case .registered:
-                return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: r.symbols.count),
-                                                              factsDigest: requestDigest, symbolsDigest: symbols.bytes))
+            switch guests.register(r, factsDigest: requestDigest, symbolsDigest: digest) {
+            case .registered(let session):
+                return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: session.kernel.symbolCount),
+                                                              factsDigest: requestDigest, symbolsDigest: digest))
             case .refused(let code, let why):
                 return .error(ErrorReply(code: code, message: why))
             }

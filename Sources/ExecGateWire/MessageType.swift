@@ -91,6 +91,10 @@ public struct WireErrorCode: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let implausibleFacts = WireErrorCode(rawValue: 13)
     /// 14: register-guest for a kernel build the policy does not list (`kernel … symbols …` pins).
     public static let untrustedKernel = WireErrorCode(rawValue: 14)
+    /// 15: register-guest by digest (`symbols_digest`) for a build this server does not hold now
+    /// (never registered, or its last guest left, or the server restarted): nothing was registered;
+    /// send the full registration with the symbol records.
+    public static let unknownBuild = WireErrorCode(rawValue: 15)
 
     public var description: String {
         switch self {
@@ -108,6 +112,7 @@ public struct WireErrorCode: RawRepresentable, Hashable, Sendable, CustomStringC
         case .moduleInUse: return "module-in-use"
         case .implausibleFacts: return "implausible-facts"
         case .untrustedKernel: return "untrusted-kernel"
+        case .unknownBuild: return "unknown-build"
         default: return "error-\(rawValue)"
         }
     }

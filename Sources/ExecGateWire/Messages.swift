@@ -136,11 +136,22 @@ public struct RegisterGuest: Sendable, Equatable {
     public var reset: Bool
     /// Trusted targets per static-call key (see `StaticCallKeyFact`).
     public var staticCallKeys: [StaticCallKeyFact]
+    /// Registration **by digest** (tag 0x8010, critical): the symbols digest of a kernel build the
+    /// server already holds (`register-guest-reply.symbols_digest` of an earlier full
+    /// registration), sent instead of `symbols`, which must then be empty. The server attaches the
+    /// guest to its copy of that build, or answers `unknown-build` (send the full registration).
+    /// Empty: a full registration (`symbols` are the build's records).
+    public var symbolsDigest: [UInt8]
+
+    /// True for a registration by digest (`symbolsDigest` set, no symbol records).
+    public var isByDigest: Bool { !symbolsDigest.isEmpty }
 
     public init(guestID: String, kernelRelease: String = "", kernelDigest: [UInt8] = [], kaslrSlide: UInt64 = 0,
                 cpuCapabilities: [UInt8] = [], symbols: [KernelSymbol] = [], symbolSource: String = "",
                 commandLine: String = "", presentCPUs: UInt32 = 1, possibleCPUs: UInt32 = 1, vulnerabilities: String = "",
-                pvOps: [UInt8] = [], returnThunk: UInt64? = nil, reset: Bool = false, staticCallKeys: [StaticCallKeyFact] = []) {
+                pvOps: [UInt8] = [], returnThunk: UInt64? = nil, reset: Bool = false, staticCallKeys: [StaticCallKeyFact] = [],
+                symbolsDigest: [UInt8] = []) {
+        self.symbolsDigest = symbolsDigest
         self.reset = reset
         self.staticCallKeys = staticCallKeys
         self.guestID = guestID
@@ -168,13 +179,27 @@ public struct RegisterGuest: Sendable, Equatable {
         static let symbols: UInt16 = 6
         static let symbolSource: UInt16 = 7, commandLine: UInt16 = 8, presentCPUs: UInt16 = 9
         static let vulnerabilities: UInt16 = 10, pvOps: UInt16 = 11, possibleCPUs: UInt16 = 12
+        /// Critical (high bit set): a server that does not know registration by digest refuses
+        /// the body (`malformed-body`, unknown critical field) instead of registering a guest
+        /// with no symbols.
+        static let symbolsDigest: UInt16 = 0x8010
+    }
+
+    /// The same registration by digest: every field but the symbol records, which `digest`
+    /// (their symbols digest, `register-guest-reply.symbols_digest`) stands for.
+    public func byDigest(_ digest: [UInt8]) -> RegisterGuest {
+        var r = self
+        r.symbols = []
+        r.symbolsDigest = digest
+        return r
     }
 
     /// Most symbols one registration may carry (a 6.1 kernel exports ~30,000).
     public static let maximumSymbols = 1 << 20
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "register-guest", known: Set(1...15), repeated: [Tag.staticCallKey: WireLimits.maximumStaticCallKeys])
+        let r = try TLVReader(body, message: "register-guest", known: Set(1...15).union([Tag.symbolsDigest]),
+                              repeated: [Tag.staticCallKey: WireLimits.maximumStaticCallKeys])
         guestID = try r.requiredString(Tag.guestID, "guest_id")
         guard !guestID.isEmpty else { throw WireDecodeError(.invalidValue, field: "register-guest.guest_id", "empty") }
         kernelRelease = try r.string(Tag.kernelRelease, "kernel_release") ?? ""
@@ -194,6 +219,19 @@ public struct RegisterGuest: Sendable, Equatable {
         cpuCapabilities = try r.optional(Tag.cpuCapabilities, "cpu_caps").map { Array(buffer: $0) } ?? []
         guard cpuCapabilities.count % 4 == 0 else {
             throw WireDecodeError(.invalidValue, field: "register-guest.cpu_caps", "length \(cpuCapabilities.count) is not a multiple of 4")
+        }
+        // Checked before any record is decoded: one source for the build's records, the records
+        // themselves or the digest of a build the server holds, never both (which would the facts be?).
+        symbolsDigest = []
+        if let digestField = try r.optional(Tag.symbolsDigest, "symbols_digest") {
+            guard digestField.readableBytes == 32 else {
+                throw WireDecodeError(.invalidValue, field: "register-guest.symbols_digest", "\(digestField.readableBytes) bytes; a SHA-256 digest is 32")
+            }
+            guard try r.optional(Tag.symbols, "symbols") == nil else {
+                throw WireDecodeError(.invalidValue, field: "register-guest.symbols_digest",
+                                      "sent with symbols: a registration carries its symbol records or the digest of a known build, not both")
+            }
+            symbolsDigest = Array(buffer: digestField)
         }
         symbols = []
         if var packed = try r.optional(Tag.symbols, "symbols") {
@@ -250,6 +288,7 @@ public struct RegisterGuest: Sendable, Equatable {
         if let t = returnThunk { w.u64(Tag.returnThunk, t) }
         if reset { w.u8(Tag.reset, 1) }
         for k in staticCallKeys { w.nested(Tag.staticCallKey) { k.encode(into: &$0) } }
+        if !symbolsDigest.isEmpty { w.bytes(Tag.symbolsDigest, symbolsDigest) }
     }
 }
 

@@ -56,7 +56,7 @@ final class RestartRestoreTests: XCTestCase {
         var vmm = try await connect()
         let firstInstance = try await vmm.hello(clientName: "restart-test").instanceID
         XCTAssertEqual(firstInstance.count, 16)
-        _ = try await vmm.register(registration)
+        let registered = try await vmm.register(registration)
         // The first judgement of every live module (the restore must reach the same verdicts).
         var first: [String: Verdict.Decision] = [:]
         for (name, m) in zip(boot.availableModules, live) { first[name] = try await vmm.authorize(m).decision }
@@ -108,7 +108,10 @@ final class RestartRestoreTests: XCTestCase {
         XCTAssertEqual(me.code, .unknownGuest)
 
         // Restore: register again, then every live module in load order with its current claim.
-        _ = try await vmm.register(registration)
+        // The VMM tries the build's digest first (it kept it from the first reply); the restarted
+        // server holds no build, so it answers unknown-build and the client sends the records.
+        let (_, byDigest) = try await vmm.register(registration, knownBuild: registered.symbolsDigest)
+        XCTAssertFalse(byDigest, "a restarted server attached a guest to a build it cannot hold")
         let dependentFirst = try await vmm.authorize(stp)
         XCTAssertEqual(dependentFirst.decision, .deny, "out of order: its dependency is not re-presented yet")
         var again: [String: Verdict.Decision] = [:]

@@ -85,6 +85,12 @@ final class GoldenVectorTests: XCTestCase {
             ("module-init-freed.bin", 13, .moduleInitFreed(ModuleInitFreed(guestID: "guest-7", moduleName: "example"))),
             ("module-init-freed-reply.bin", 13, .moduleInitFreedReply(ModuleInitFreedReply(guestID: "guest-7", moduleName: "example"))),
             ("error-guest-exists.bin", 8, .error(ErrorReply(code: .guestExists, message: "guest 'guest-7' is registered"))),
+            ("register-guest-by-digest.bin", 14, .registerGuest(RegisterGuest(
+                guestID: "guest-8", kernelRelease: "6.1.0-56-amd64", kernelDigest: Array(repeating: 0xab, count: 32),
+                kaslrSlide: 0x1e00_0000, cpuCapabilities: [0xff, 0xfb, 0x8b, 0x17, 0, 0, 0, 0], symbolSource: "locked-rodata",
+                commandLine: "console=ttyS0", presentCPUs: 1, possibleCPUs: 2, vulnerabilities: "spectre_v2: Mitigation: Retpolines",
+                pvOps: [1, 2, 3, 4, 5, 6, 7, 8], symbolsDigest: Array(repeating: 0x5d, count: 32)))),
+            ("error-unknown-build.bin", 14, .error(ErrorReply(code: .unknownBuild, message: "no kernel build with that symbols digest is held: send the full registration"))),
         ]
     }()
 

@@ -65,6 +65,29 @@ final class SessionMessageTests: XCTestCase {
         assertRefused(.registerGuest, body { w in w.string(1, "g"); w.bytes(6, record(4)) }, .invalidValue, "register-guest.symbols")
     }
 
+    /// Registration by digest (tag 0x8010, critical): 32 bytes, never beside symbol records, and
+    /// refused by a receiver that does not know it (so an older server cannot register the guest
+    /// with no symbols).
+    func testRegisterGuestByDigest() throws {
+        let digest = [UInt8](repeating: 0x5d, count: 32)
+        guard case .registerGuest(let r) = try Message(type: .registerGuest, body: body { w in w.string(1, "g"); w.bytes(0x8010, digest) }) else { return XCTFail() }
+        XCTAssertEqual(r.symbolsDigest, digest)
+        XCTAssertTrue(r.isByDigest && r.symbols.isEmpty)
+        assertRefused(.registerGuest, body { w in w.string(1, "g"); w.bytes(0x8010, Array(digest.prefix(31))) }, .invalidValue, "register-guest.symbols_digest")
+        assertRefused(.registerGuest, body { w in w.string(1, "g"); w.bytes(0x8010, []) }, .invalidValue, "register-guest.symbols_digest")
+        let record: [UInt8] = [0xff, 0xff, 0xff, 0xff, 0x81, 0, 0, 0, UInt8(ascii: "T"), 1, 0, 1, UInt8(ascii: "f")]
+        assertRefused(.registerGuest, body { w in w.string(1, "g"); w.bytes(6, record); w.bytes(0x8010, digest) }, .invalidValue, "register-guest.symbols_digest")
+        assertRefused(.registerGuest, body { w in w.string(1, "g"); w.bytes(6, []); w.bytes(0x8010, digest) }, .invalidValue, "register-guest.symbols_digest")
+        assertRefused(.registerGuest, body { w in w.string(1, "g"); w.bytes(0x8010, digest); w.bytes(0x8010, digest) }, .duplicateField, "register-guest.32784")
+        // What a receiver of the earlier protocol (tags 1–15 only) does with it.
+        let byDigest = Message.registerGuest(RegisterGuest(guestID: "g").byDigest(digest)).encodeBody()
+        XCTAssertThrowsError(try TLVReader(byDigest, message: "register-guest", known: Set(1...15))) { e in
+            XCTAssertEqual((e as? WireDecodeError)?.code, .unknownCriticalField, "\(e)")
+        }
+        XCTAssertEqual(WireErrorCode.unknownBuild.rawValue, 15)
+        XCTAssertEqual("\(WireErrorCode.unknownBuild)", "unknown-build")
+    }
+
     func testRetireAndInitFreedNeedEveryField() {
         assertRefused(.retireModule, body { w in w.string(1, "g"); w.string(2, "m") }, .missingField, "retire-module.text_base")
         assertRefused(.retireModule, body { w in w.string(1, "g"); w.u64(3, 0) }, .missingField, "retire-module.module_name")

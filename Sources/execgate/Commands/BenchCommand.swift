@@ -102,15 +102,19 @@ struct BenchCommand: AsyncParsableCommand {
                     ("heap_per_known_guest", .double(r.heapPerKnownGuest)), ("heap_after_storm", .int(Int64(r.heapAfterStorm))),
                     ("rss_before", .int(Int64(r.rssBefore))), ("rss_after_register", .int(Int64(r.rssAfterRegister))),
                     ("rss_after_storm", .int(Int64(r.rssAfterStorm))),
-                    ("register_first_ms", .double(r.registerFirstMs)), ("register_known_p50_ms", .double(r.registerKnownP50Ms)),
-                    ("register_known_p99_ms", .double(r.registerKnownP99Ms)), ("symbols_digest_ms", .double(r.digestMs)),
+                    ("register_first_ms", .double(r.registerFirstMs)),
+                    ("register_known_full_p50_ms", .double(r.registerKnownFullP50Ms)), ("register_known_full_p99_ms", .double(r.registerKnownFullP99Ms)),
+                    ("register_by_digest_p50_ms", .double(r.registerByDigestP50Ms)), ("register_by_digest_p99_ms", .double(r.registerByDigestP99Ms)),
+                    ("register_full_bytes", .int(Int64(r.registerFullBytes))), ("register_by_digest_bytes", .int(Int64(r.registerByDigestBytes))),
+                    ("register_by_digest_fallbacks", .int(Int64(r.byDigestFallbacks))),
                     ("requests", .int(Int64(r.requests))), ("allowed", .int(Int64(r.allowed))), ("denied", .int(Int64(r.denied))),
                     ("retries", .int(Int64(r.retries))), ("seconds", .double(r.seconds)), ("requests_per_s", .double(r.requestsPerSecond)),
                     ("p50_us", .double(r.p50us)), ("p99_us", .double(r.p99us)),
                 ]).serialized())
             } else {
                 print("\(r.guests) guest(s) of one kernel at \(r.slides) KASLR slide(s) (\(r.sharedCopies) shared cop\(r.sharedCopies == 1 ? "y" : "ies") of its facts)")
-                print("  registration: first \(String(format2: r.registerFirstMs)) ms, known build p50 \(String(format2: r.registerKnownP50Ms)) ms p99 \(String(format2: r.registerKnownP99Ms)) ms (+ symbols digest p50 \(String(format2: r.digestMs)) ms); allocator: first guest \(mib(r.heapAfterFirstGuest)) MiB, all \(mib(r.heapAfterRegister)) MiB (\(String(format2: Double(r.heapAfterRegister) / Double(max(1, r.heapAfterFirstGuest))))x one guest), \(String(format2: r.heapPerKnownGuest / 1024)) KiB per known guest")
+                print("  registration end to end over the socket: first \(String(format2: r.registerFirstMs)) ms; known build in full p50 \(String(format2: r.registerKnownFullP50Ms)) ms p99 \(String(format2: r.registerKnownFullP99Ms)) ms (\(r.registerFullBytes) bytes on the wire); by digest p50 \(String(format2: r.registerByDigestP50Ms)) ms p99 \(String(format2: r.registerByDigestP99Ms)) ms (\(r.registerByDigestBytes) bytes; \(r.byDigestFallbacks) sent in full after unknown-build)")
+                print("  allocator: first guest \(mib(r.heapAfterFirstGuest)) MiB, all \(mib(r.heapAfterRegister)) MiB (\(String(format2: Double(r.heapAfterRegister) / Double(max(1, r.heapAfterFirstGuest))))x one guest), \(String(format2: r.heapPerKnownGuest / 1024)) KiB per known guest")
                 print("  boot storm: \(r.requests) authorize-module (\(r.allowed) allowed, \(r.denied) denied, \(r.retries) retried when busy) in \(String(format2: r.seconds)) s = \(String(format2: r.requestsPerSecond)) requests/s; per request p50 \(String(format2: r.p50us / 1000)) ms, p99 \(String(format2: r.p99us / 1000)) ms")
                 print("  process RSS: before \(mib(r.rssBefore)) MiB, registered \(mib(r.rssAfterRegister)) MiB, after the storm \(mib(r.rssAfterStorm)) MiB (allocator \(mib(r.heapAfterStorm)) MiB above the start)")
             }
