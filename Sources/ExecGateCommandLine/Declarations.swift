@@ -154,6 +154,21 @@ public final class ArgumentSlot {
     var valuePlaceholder: String { "<\(help.valueName ?? kebabCase(propertyName))>" }
 }
 
+extension ArgumentSlot {
+    /// A slot that parses one `T` per word and stores `wrap(value)` in `box` (a later word replaces it).
+    static func single<T: ExpressibleByArgument, V>(_ kind: Kind, name: NameSpecification, help: ArgumentHelp, isRequired: Bool,
+                                                     defaultDescription: String? = nil, box: ValueBox<V>,
+                                                     wrap: @escaping (T) -> V) -> ArgumentSlot {
+        ArgumentSlot(kind: kind, name: name, help: help, isRepeating: false, isRequired: isRequired,
+                     defaultDescription: defaultDescription, expectation: T.argumentExpectation,
+                     store: { w in
+                         guard let v = T(argument: w) else { return false }
+                         box.value = wrap(v)
+                         return true
+                     })
+    }
+}
+
 /// A storage box for one value (shared by copies of the declaring struct).
 final class ValueBox<Value> {
     var value: Value?
@@ -190,37 +205,20 @@ public struct Option<Value>: DeclaredArgument {
     public init(wrappedValue: Value, name: NameSpecification = .long, help: ArgumentHelp = "") where Value: ExpressibleByArgument {
         let box = ValueBox<Value>(wrappedValue)
         self.box = box
-        self.slot = ArgumentSlot(kind: .option, name: name, help: help, isRepeating: false, isRequired: false,
-                                 defaultDescription: wrappedValue.defaultValueDescription, expectation: Value.argumentExpectation,
-                                 store: { w in
-                                     guard let v = Value(argument: w) else { return false }
-                                     box.value = v
-                                     return true
-                                 })
+        self.slot = .single(.option, name: name, help: help, isRequired: false,
+                            defaultDescription: wrappedValue.defaultValueDescription, box: box, wrap: { (v: Value) in v })
     }
 
     public init(name: NameSpecification = .long, help: ArgumentHelp = "") where Value: ExpressibleByArgument {
         let box = ValueBox<Value>(nil)
         self.box = box
-        self.slot = ArgumentSlot(kind: .option, name: name, help: help, isRepeating: false, isRequired: true,
-                                 defaultDescription: nil, expectation: Value.argumentExpectation,
-                                 store: { w in
-                                     guard let v = Value(argument: w) else { return false }
-                                     box.value = v
-                                     return true
-                                 })
+        self.slot = .single(.option, name: name, help: help, isRequired: true, box: box, wrap: { (v: Value) in v })
     }
 
     public init<T: ExpressibleByArgument>(name: NameSpecification = .long, help: ArgumentHelp = "") where Value == T? {
         let box = ValueBox<Value>(.some(nil))
         self.box = box
-        self.slot = ArgumentSlot(kind: .option, name: name, help: help, isRepeating: false, isRequired: false,
-                                 defaultDescription: nil, expectation: T.argumentExpectation,
-                                 store: { w in
-                                     guard let v = T(argument: w) else { return false }
-                                     box.value = .some(v)
-                                     return true
-                                 })
+        self.slot = .single(.option, name: name, help: help, isRequired: false, box: box, wrap: { (v: T) in .some(v) })
     }
 
     public init<T: ExpressibleByArgument>(wrappedValue: [T], name: NameSpecification = .long, help: ArgumentHelp = "") where Value == [T] {
@@ -280,25 +278,13 @@ public struct Argument<Value>: DeclaredArgument {
     public init(help: ArgumentHelp = "") where Value: ExpressibleByArgument {
         let box = ValueBox<Value>(nil)
         self.box = box
-        self.slot = ArgumentSlot(kind: .positional, name: [], help: help, isRepeating: false, isRequired: true,
-                                 defaultDescription: nil, expectation: Value.argumentExpectation,
-                                 store: { w in
-                                     guard let v = Value(argument: w) else { return false }
-                                     box.value = v
-                                     return true
-                                 })
+        self.slot = .single(.positional, name: [], help: help, isRequired: true, box: box, wrap: { (v: Value) in v })
     }
 
     public init<T: ExpressibleByArgument>(help: ArgumentHelp = "") where Value == T? {
         let box = ValueBox<Value>(.some(nil))
         self.box = box
-        self.slot = ArgumentSlot(kind: .positional, name: [], help: help, isRepeating: false, isRequired: false,
-                                 defaultDescription: nil, expectation: T.argumentExpectation,
-                                 store: { w in
-                                     guard let v = T(argument: w) else { return false }
-                                     box.value = .some(v)
-                                     return true
-                                 })
+        self.slot = .single(.positional, name: [], help: help, isRequired: false, box: box, wrap: { (v: T) in .some(v) })
     }
 }
 

@@ -72,13 +72,44 @@ public struct ELFRelocation: Hashable, Sendable {
     public let type: RelocationType
     public let symbolIndex: Int
     public let addend: Int64
+
+    @usableFromInline init(offset: UInt64, type: RelocationType, symbolIndex: Int, addend: Int64) {
+        self.offset = offset; self.type = type; self.symbolIndex = symbolIndex; self.addend = addend
+    }
 }
 
 /// A RELA section together with the section it applies to (`sh_info`) and its symbol table (`sh_link`).
-public struct ELFRelocationSection: Sendable {
+///
+/// - Warning: ``relocations`` borrows the ELF's buffer like ``ELFFile``.
+public struct ELFRelocationSection: @unchecked Sendable {
+    // @unchecked: an immutable borrowed buffer plus value types.
     public let section: ELFSection
     public let targetSectionIndex: Int
-    public let relocations: [ELFRelocation]
+    public let relocations: ELFRelocations
+}
+
+/// The validated records of one RELA section, decoded in place from the borrowed bytes (no array
+/// of records is made: a module's relocation sections hold tens of thousands of them).
+/// Every record was checked by ``ELFFile/relocationSections()``: symbol index inside the symbol
+/// table, field inside the target section.
+public struct ELFRelocations: RandomAccessCollection, @unchecked Sendable {
+    // @unchecked: an immutable borrowed buffer.
+    @usableFromInline let entries: UnsafeRawBufferPointer
+    init(entries: UnsafeRawBufferPointer) {
+        precondition(entries.count % 24 == 0)
+        self.entries = entries
+    }
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { entries.count / 24 }
+    // (Records are 24 bytes, little-endian; the host is x86-64. `entries[o]` traps out of range.)
+    @inlinable public func offset(_ i: Int) -> UInt64 { UInt64(littleEndian: entries.loadUnaligned(fromByteOffset: at(i), as: UInt64.self)) }
+    @inlinable public func info(_ i: Int) -> UInt64 { UInt64(littleEndian: entries.loadUnaligned(fromByteOffset: at(i) &+ 8, as: UInt64.self)) }
+    @inlinable public func addend(_ i: Int) -> Int64 { Int64(littleEndian: entries.loadUnaligned(fromByteOffset: at(i) &+ 16, as: Int64.self)) }
+    @inlinable func at(_ i: Int) -> Int { precondition(i >= 0 && i < endIndex, "relocation index"); return i &* 24 }
+    @inlinable public subscript(i: Int) -> ELFRelocation {
+        let info = self.info(i)
+        return ELFRelocation(offset: offset(i), type: RelocationType(rawValue: UInt32(truncatingIfNeeded: info)), symbolIndex: Int(info >> 32), addend: addend(i))
+    }
 }
 
 // MARK: - File
@@ -297,7 +328,7 @@ public struct ELFFile: @unchecked Sendable {
                               strings: UnsafeRawBufferPointer(rebasing: bytes[strRange]), nameEnds: nameEnds)
     }
 
-    /// Every `SHT_RELA` section, decoded. `SHT_REL` is refused (x86-64 modules use RELA only; the
+    /// Every `SHT_RELA` section, validated (records decoded in place: ``ELFRelocations``). `SHT_REL` is refused (x86-64 modules use RELA only; the
     /// kernel's `apply_relocate()` for REL on x86-64 fails with -ENOEXEC).
     public func relocationSections() throws -> [ELFRelocationSection] {
         let symtab = try symbolTableSection()
@@ -319,8 +350,6 @@ public struct ELFFile: @unchecked Sendable {
                 throw ELFError(.badRelocationTarget, offset: at, "\(s.name): sh_info \(s.info) of \(sections.count) sections")
             }
             let tsec = sections[target]
-            var recs: [ELFRelocation] = []
-            recs.reserveCapacity(s.size / ELFLimits.relaSize)
             for i in 0..<(s.size / ELFLimits.relaSize) {
                 let o = at + i * ELFLimits.relaSize
                 let off = bytes.loadInteger(at: o, as: UInt64.self), info = bytes.loadInteger(at: o + 8, as: UInt64.self)
@@ -336,9 +365,8 @@ public struct ELFFile: @unchecked Sendable {
                 guard !ov, end <= UInt64(tsec.size) else {
                     throw ELFError(.badRelocationTarget, offset: o, "\(s.name)[\(i)]: field [\(off), +\(width)) outside \(tsec.name) of \(tsec.size) bytes")
                 }
-                recs.append(ELFRelocation(offset: off, type: type, symbolIndex: symIdx, addend: Int64(bitPattern: bytes.loadInteger(at: o + 16, as: UInt64.self))))
             }
-            out.append(ELFRelocationSection(section: s, targetSectionIndex: target, relocations: recs))
+            out.append(ELFRelocationSection(section: s, targetSectionIndex: target, relocations: ELFRelocations(entries: UnsafeRawBufferPointer(rebasing: bytes[s.fileRange]))))
         }
         return out
     }

@@ -107,7 +107,7 @@ extension Session {
         /// One relocation section into `buf` (the image from `toff`, or a data copy from 0);
         /// `classes` is the image's class array when the target is the explained region.
         func apply(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ buf: UnsafeMutableRawBufferPointer, _ toff: Int,
-                   _ classes: UnsafeMutableRawBufferPointer?, _ counts: UnsafeMutableBufferPointer<Int>?) throws {
+                   _ classes: UnsafeMutableRawBufferPointer?, _ counts: UnsafeMutableBufferPointer<Int>?, from start: Int = 0) throws {
             let isExec = classes != nil
             var fromELF = 0, toReloc = 0
             defer {
@@ -116,7 +116,9 @@ extension Session {
                     cn[Int(relocClass)] += toReloc
                 }
             }
-            for r in rs.relocations {
+            let rels = rs.relocations
+            for ri in start..<rels.count {
+                let r = rels[ri]
                 guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
                     throw deny(.relocation, "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
                                section: sectionName(t), offset: Int(r.offset), address: taddr &+ r.offset)
@@ -194,7 +196,58 @@ extension Session {
                 count += 1
             }
         }
-        for rs in rela {
+        /// A data section not copied yet: the kernel's checks in place, against the signed bytes
+        /// (`src`, empty for SHT_NOBITS: zeros), which is exact while every field starts at or
+        /// after the end of the previous one (none can see an earlier record's write). Returns
+        /// nil when every record passed (they are written when the copy is made: `dataCopy`), or
+        /// the index of the first record out of that order (the caller continues on a copy).
+        func check(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ src: UnsafeRawBufferPointer, _ sectionSize: Int) throws -> Int? {
+            let rels = rs.relocations
+            var prevEnd = 0
+            for ri in 0..<rels.count {
+                let r = rels[ri]
+                guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
+                    throw deny(.relocation, "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
+                               section: sectionName(t), offset: Int(r.offset), address: taddr &+ r.offset)
+                }
+                if size == 0 { continue }
+                let fo = Int(r.offset)  // validated against the section size by the parser.
+                if fo < prevEnd { return ri }
+                let loc = taddr &+ r.offset
+                let si = r.symbolIndex
+                let sv: UInt64
+                if let v = vals[si] { sv = v } else { sv = try computeSymbolValue(si); vals[si] = sv }
+                let val = sv &+ UInt64(bitPattern: r.addend)
+                switch r.type.rawValue {
+                case 10:  // R_X86_64_32
+                    guard val <= UInt64(UInt32.max) else {
+                        throw deny(.relocation, "R_X86_64_32 overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
+                    }
+                case 11:  // R_X86_64_32S
+                    let sv = Int64(bitPattern: val)
+                    guard sv >= Int64(Int32.min) && sv <= Int64(Int32.max) else {
+                        throw deny(.relocation, "R_X86_64_32S overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
+                    }
+                default: break
+                }
+                if fo + size > sectionSize {
+                    count += 1
+                    continue
+                }
+                if !src.isEmpty {
+                    precondition(fo >= 0 && fo <= src.count - size, "relocation field outside its section")
+                    let nonzero = size == 8 ? src.loadUnaligned(fromByteOffset: fo, as: UInt64.self) != 0
+                                            : src.loadUnaligned(fromByteOffset: fo, as: UInt32.self) != 0
+                    guard !nonzero else {
+                        throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
+                    }
+                }
+                prevEnd = fo + size
+                count += 1
+            }
+            return nil
+        }
+        for (ri, rs) in rela.enumerated() {
             let t = rs.targetSectionIndex
             // Relocations of non-ALLOC sections are skipped by the kernel. The explained region's
             // exec sections are relocated in the image, the session's other allocated sections in
@@ -204,13 +257,64 @@ extension Session {
                 try img.withUnsafeMutableBytes { ib in
                     try cl.withUnsafeMutableBytes { cb in try counts.withUnsafeMutableBufferPointer { try apply(rs, t, taddr, ib, toff, cb, $0) } }
                 }
-            } else if var d = data[t] {
+            } else if t < isData.count, isData[t] {
+                var start = 0
+                var d: [UInt8]
+                if let made = data[t] {
+                    d = made
+                } else if let p = pendingRela[t] {
+                    // A second relocation section for the same target: on the copy, after the first.
+                    d = pristineCopy(t, rela: p, upTo: rela[p].relocations.count, values: vals)
+                    pendingRela[t] = nil
+                } else {
+                    let s = elf.sections[t]
+                    guard let k = try check(rs, t, taddr, s.isNoBits ? UnsafeRawBufferPointer(start: nil, count: 0) : elf.contents(of: s), s.size) else {
+                        pendingRela[t] = ri
+                        continue
+                    }
+                    d = pristineCopy(t, rela: ri, upTo: k, values: vals)
+                    start = k
+                }
                 data[t] = nil  // keep `d` uniquely referenced while it is patched
                 defer { data[t] = d }
-                try d.withUnsafeMutableBytes { try apply(rs, t, taddr, $0, 0, nil, nil) }
+                try d.withUnsafeMutableBytes { try apply(rs, t, taddr, $0, 0, nil, nil, from: start) }
             }
         }
         return initRefs
+    }
+
+    /// Data section `t` as `move_module()` copies it (zeros for SHT_NOBITS), with records
+    /// `0..<k` of relocation section `rela[ri]` written: records `check` passed in place (in
+    /// increasing, non-overlapping order), so writing them now gives the bytes
+    /// `apply_relocate_add()` leaves. `values` holds every symbol value they use.
+    func pristineCopy(_ t: Int, rela ri: Int?, upTo k: Int, values: [UInt64?]) -> [UInt8] {
+        let s = elf.sections[t]
+        var d = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
+        guard let ri, k > 0, let taddr = addr[t] else { return d }
+        let rels = rela[ri].relocations
+        precondition(rela[ri].targetSectionIndex == t && k <= rels.count)
+        d.withUnsafeMutableBytes { buf in
+            for i in 0..<k {
+                let r = rels[i]
+                guard let size = r.type.fieldSize, size > 0 else { continue }
+                let fo = Int(r.offset)
+                if fo + size > buf.count { continue }  // skipped by `check` too
+                guard let sv = values[r.symbolIndex] else { preconditionFailure("checked record without its symbol value") }
+                let loc = taddr &+ r.offset
+                var val = sv &+ UInt64(bitPattern: r.addend)
+                switch r.type.rawValue {
+                case 2, 4, 24: val = val &- loc  // R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64
+                default: break
+                }
+                precondition(fo >= 0 && fo <= buf.count - size, "relocation field outside its section")
+                if size == 8 {
+                    buf.storeBytes(of: val.littleEndian, toByteOffset: fo, as: UInt64.self)
+                } else {
+                    buf.storeBytes(of: UInt32(truncatingIfNeeded: val).littleEndian, toByteOffset: fo, as: UInt32.self)
+                }
+            }
+        }
+        return d
     }
 
     /// The claimed address of init section `i` (sysfs `sections/`, which `mod->mem[]` placed when

@@ -60,23 +60,47 @@ final class Session {
 
     // MARK: Working state of the stages
 
-    /// The executable region as the loader leaves it, rebuilt stage by stage.
+    // The working state every site write touches: `image` (the executable region as the loader
+    // leaves it, rebuilt stage by stage), `cls` (per byte of `image`, the `ExplanationClass` raw
+    // value of the last rule that wrote it), `classCounts` (how many bytes of `cls` hold each
+    // class, kept exact by every write of `cls`: the statistics need no pass over the region;
+    // debug builds recount and compare), `siteCountByClass` (sites rewritten per class), the
+    // symbol values and the variable sites.
+    //
+    // Exclusivity: a Session is made, run and dropped inside one `Explainer.explain` /
+    // `mutate` call on one thread (it is not Sendable and never escapes), and its methods touch
+    // these properties one after another, so the run-time exclusivity check (begin/end access
+    // through thread-local state) can never fire on them in a correct build; in release it cost
+    // ~10% of the engine (one check per array per site write). Debug builds, which run the
+    // tests, keep the check; release builds skip it for these properties only.
+    #if DEBUG
     var image: [UInt8]
-    /// Per byte of `image`: the `ExplanationClass` raw value of the last rule that wrote it.
     var cls: [UInt8]
-    /// How many bytes of `cls` hold each class (kept exact by every write of `cls`: the
-    /// statistics need no pass over the region; debug builds recount and compare).
     var classCounts: [Int]
-    /// Relocated copies of the allocated non-exec core sections (tables the stages read).
-    var data: [Int: [UInt8]]
-    /// `simplify_symbols()` results, filled on first use.
+    var siteCountByClass = [Int](repeating: 0, count: ExplanationClass.allCases.count)
     var symValue: [UInt64?]
-    /// Sites whose end state is guest run-time state (RuntimeSites.swift).
     var variable: [VariableSite] = []
+    #else
+    @exclusivity(unchecked) var image: [UInt8]
+    @exclusivity(unchecked) var cls: [UInt8]
+    @exclusivity(unchecked) var classCounts: [Int]
+    @exclusivity(unchecked) var siteCountByClass = [Int](repeating: 0, count: ExplanationClass.allCases.count)
+    @exclusivity(unchecked) var symValue: [UInt64?]
+    @exclusivity(unchecked) var variable: [VariableSite] = []
+    #endif
+    /// Relocated copies of the allocated non-exec sections of the session (tables the stages
+    /// read), made on first use (`dataCopy`): most data (`.orc_unwind_ip`, `.rodata`, `.data`,
+    /// `__bug_table`, …) is never read, only its relocations checked (Relocations.swift).
+    var data: [Int: [UInt8]] = [:]
+    /// The sections that have a data copy (made or not yet), in section order; `isData[i]` likewise.
+    let dataSections: [Int]
+    let isData: [Bool]
+    /// Data section → the relocation section (index in `rela`) whose records were checked in
+    /// place and are written when the copy is made.
+    var pendingRela: [Int: Int] = [:]
     /// Per-range explanations for the first-difference report (Comparison.swift).
     var notes: [(range: Range<Int>, text: String)] = []
-    /// Sites rewritten per class (`countSite`; the statistics list the classes with sites).
-    var siteCountByClass = [Int](repeating: 0, count: ExplanationClass.allCases.count)
+    /// Sites rewritten per class (the statistics list the classes with sites).
     @inline(__always) func countSite(_ c: ExplanationClass) { siteCountByClass[c.rawValue] += 1 }
     var siteCounts: [ExplanationClass: Int] {
         var d: [ExplanationClass: Int] = [:]
@@ -197,7 +221,7 @@ final class Session {
         var counts = [Int](repeating: 0, count: ExplanationClass.allCases.count)
         counts[ExplanationClass.padding.rawValue] = regionSize
         var execRanges: [(lo: Int, hi: Int, sec: Int)] = []
-        var data: [Int: [UInt8]] = [:]
+        var dataSections: [Int] = []
         func copy(_ s: ELFSection, at off: Int, intoImage: Bool) {
             let i = s.index
             if intoImage {
@@ -214,7 +238,7 @@ final class Session {
                 }
                 if s.size > 0 { execRanges.append((off, off + s.size, i)) }
             } else {
-                data[i] = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
+                dataSections.append(i)  // copied on first use (dataCopy)
             }
         }
         for s in elf.sections {
@@ -257,7 +281,10 @@ final class Session {
         self.cls = cls
         self.classCounts = counts
         self.execRanges = execRanges
-        self.data = data
+        self.dataSections = dataSections
+        var isData = [Bool](repeating: false, count: elf.sections.count)
+        for i in dataSections { isData[i] = true }
+        self.isData = isData
 
         // The per-cpu area (`percpu_modalloc()`: only when `.data..percpu` has a size): it must
         // come from the module reserve, aligned. Without a known reserve the base cannot be
@@ -363,10 +390,10 @@ final class Session {
     /// Read bytes at a guest address from the working image or a data section copy.
     func read(_ a: UInt64, _ n: Int) -> [UInt8]? {
         if let off = execOffset(a, n) { return Array(image[off..<off + n]) }
-        for (i, d) in data {
+        for i in dataSections {
             guard let sa = addr[i], a >= sa else { continue }
-            let rel = a - sa
-            if rel <= UInt64(d.count), UInt64(d.count) - rel >= UInt64(n) { return Array(d[Int(rel)..<Int(rel) + n]) }
+            let rel = a - sa, size = UInt64(elf.sections[i].size)  // a copy holds exactly the section's size
+            if rel <= size, size - rel >= UInt64(n), let d = dataCopy(i) { return Array(d[Int(rel)..<Int(rel) + n]) }
         }
         return nil
     }
@@ -451,8 +478,20 @@ final class Session {
 
     /// A table section of the module (relocated copy) and its address.
     func table(_ name: String) -> (bytes: [UInt8], addr: UInt64)? {
-        guard let s = elf.section(named: name), let d = data[s.index], let a = addr[s.index] else { return nil }
+        guard let s = elf.section(named: name), let a = addr[s.index], let d = dataCopy(s.index) else { return nil }
         return (d, a)
+    }
+
+    /// The relocated copy of data section `i` (nil if the session has none), made on first use:
+    /// the signed contents (zeros for SHT_NOBITS) with the relocations already checked written in.
+    func dataCopy(_ i: Int) -> [UInt8]? {
+        if let d = data[i] { return d }
+        guard i >= 0, i < isData.count, isData[i] else { return nil }
+        let pending = pendingRela[i]
+        let d = pristineCopy(i, rela: pending, upTo: pending.map { rela[$0].relocations.count } ?? 0, values: symValue)
+        pendingRela[i] = nil
+        data[i] = d
+        return d
     }
 
     /// Sites of a `s32` self-relative table (`.retpoline_sites`, `.return_sites`, `.ibt_endbr_seal`).
