@@ -210,6 +210,8 @@ public enum ImageBuilder {
         let raw = cpio.encode()
         let packed = try Compression.zstd(raw)
         try FS.write(initrdPath, packed)
+        // Images before execgate-image-4 were gzip'd under other names: never leave one to be booted by mistake.
+        for legacy in ["initramfs.cpio.gz", "initramfs-test.cpio.gz"] { FS.remove(o.outDir + "/" + legacy) }
         result.artefacts.append(.init(path: initrdPath, bytes: packed.count,
                                       note: "\(cpio.entries.count) entries, \(raw.count) bytes uncompressed, \(certs.count) trust anchor(s)"))
 
