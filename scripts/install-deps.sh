@@ -2,6 +2,9 @@
 # Install what ExecGate needs on a Debian/Ubuntu host. Idempotent; silent when all is present.
 set -euo pipefail
 pkgs=(libssl-dev zlib1g-dev liblzma-dev libzstd-dev libbz2-dev liblz4-dev xz-utils cpio qemu-system-x86)
+# zstd(1): scripts/vm-bench.sh packs its floor initramfs like the image builder does (zstd), and a test
+# decodes the image builder's zstd with it.
+pkgs+=(zstd)
 # The service VM's own kernel (scripts/build-kernel.sh): Debian's kernel source and its build tools
 # (libelf-dev: objtool for the ORC unwinder; binutils: ld and size).
 pkgs+=(linux-source-6.1 gcc make flex bison bc libelf-dev binutils)

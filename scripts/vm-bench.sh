@@ -23,7 +23,8 @@
 #
 # Environment: EXECGATE (default .build-static/release/execgate), IMAGE_DIR (Images/out),
 # MEM (RAM for the timing runs, MiB; default the launcher's default), MEM_STEP (4), ACCEL (auto),
-# BIG_MODULE (default: the largest .ko under .cache/kernel/current; empty string: skip that bisect).
+# BIG_MODULE (default: the largest .ko under .cache/kernel/current; empty string: skip that bisect),
+# CONSOLE_DIR (keep each timed boot's console log there, e.g. for the guest's own stage lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-5}
@@ -32,8 +33,8 @@ img=${IMAGE_DIR:-Images/out}
 step=${MEM_STEP:-4}
 accel=${ACCEL:-auto}
 [ -x "$exe" ] || { echo "vm-bench: $exe not found: run make image" >&2; exit 2; }
-[ -f "$img/vmlinux" ] && [ -f "$img/initramfs.cpio.gz" ] || { echo "vm-bench: no image in $img: run make image" >&2; exit 2; }
-command -v gcc >/dev/null || { echo "vm-bench: gcc not found (scripts/install-deps.sh)" >&2; exit 2; }
+[ -f "$img/vmlinux" ] && [ -f "$img/initramfs.cpio.zst" ] || { echo "vm-bench: no image in $img: run make image" >&2; exit 2; }
+for t in gcc zstd cpio; do command -v "$t" >/dev/null || { echo "vm-bench: $t not found (scripts/install-deps.sh)" >&2; exit 2; }; done
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/execgate-bench.XXXXXX")
 trap 'for v in floor execgate; do "$exe" vm stop --name bench-$v --state-dir "$tmp/run" >/dev/null 2>&1 || true; done; rm -rf "$tmp"' EXIT
@@ -55,7 +56,10 @@ int main(void) {
 }
 EOF
 gcc -O2 -static -s -o "$tmp/floor-root/init" "$tmp/floor-init.c"
-(cd "$tmp/floor-root" && find . | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --reproducible --quiet) | gzip -9n >"$tmp/floor/initramfs.cpio.gz"
+# Compressed like the real image (Compression.zstd: level 19, 128 KiB window), so floor and ExecGate run the
+# same unpacker and the ratio compares what /init adds, not two decompressors.
+(cd "$tmp/floor-root" && find . | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --reproducible --quiet) \
+  | zstd -q -19 --zstd=wlog=17 -c >"$tmp/floor/initramfs.cpio.zst"
 ln -s "$(cd "$img" && pwd)/vmlinux" "$tmp/floor/vmlinux"
 ln -s "$(cd "$img" && pwd)" "$tmp/execgate"
 
@@ -68,6 +72,7 @@ boot_ms() {  # $1 = floor|execgate, $2 = MiB → prints boot_ms, or "fail"
   if out=$("$exe" vm start --name "bench-$1" --state-dir "$tmp/run" --image-dir "$tmp/$1" --memory "$2" \
              --accel "$accel" --timeout 60 --json 2>"$tmp/err"); then
     # The guest's own clocks (ExecGate only): kernel start → /init, PID 1's set-up, service set-up.
+    [ -n "${CONSOLE_DIR:-}" ] && mkdir -p "$CONSOLE_DIR" && cp "$tmp/run/bench-$1/console.log" "$CONSOLE_DIR/$1-$(date +%s%N).log"
     grep -ho 'kernel_ms=[0-9.]* init_ms=[0-9.]* listen_ms=[0-9.]*' "$tmp/run/bench-$1/console.log" >>"$tmp/$1.stages" 2>/dev/null || true
     grep -ho 'memory available .*' "$tmp/run/bench-$1/console.log" >"$tmp/$1.memory" 2>/dev/null || true
     "$exe" vm stop --name "bench-$1" --state-dir "$tmp/run" >/dev/null 2>&1 || true
@@ -133,7 +138,7 @@ fi
 read -r text data _ < <(size "$img/vmlinux" | awk 'NR==2 {print $1, $2, $3}')
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
 echo "vmlinux: text+data $(mib $((text + data))) (text $(mib "$text"), data $(mib "$data")), file $(mib "$(stat -c %s "$img/vmlinux")")"
-echo "initramfs.cpio.gz: $(mib "$(stat -c %s "$img/initramfs.cpio.gz")") compressed, $(mib "$(gzip -dc "$img/initramfs.cpio.gz" | wc -c)") unpacked"
+echo "initramfs.cpio.zst: $(mib "$(stat -c %s "$img/initramfs.cpio.zst")") compressed ($(stat -c %s "$img/initramfs.cpio.zst") bytes), $(mib "$(zstd -dc "$img/initramfs.cpio.zst" | wc -c)") unpacked"
 init_src=$(sed -n 's/^init_binary=//p' "$img/image.txt" 2>/dev/null || true)
 [ -n "$init_src" ] && [ -f "$init_src" ] && echo "/init ($init_src): $(mib "$(stat -c %s "$init_src")") ($(file -b "$init_src" 2>/dev/null | grep -o 'stripped\|not stripped' || echo '?'))"
-echo "floor /init: $(stat -c %s "$tmp/floor-root/init") bytes stripped; floor initramfs $(stat -c %s "$tmp/floor/initramfs.cpio.gz") bytes"
+echo "floor /init: $(stat -c %s "$tmp/floor-root/init") bytes stripped; floor initramfs $(stat -c %s "$tmp/floor/initramfs.cpio.zst") bytes"

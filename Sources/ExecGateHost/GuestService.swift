@@ -59,11 +59,17 @@ public enum GuestService {
     }
 
     static func serve(port: UInt32, ready: @escaping @Sendable () -> Void) async throws {
+        let t0 = MonotonicClock.nanoseconds()
         let c = configuration(port: port, serverName: ExecGateVersion.string)
+        let t1 = MonotonicClock.nanoseconds()
         let service = try await VerifierService.start(c)
+        let t2 = MonotonicClock.nanoseconds()
         let policy = service.bootPolicy
+        // The set-up's two parts in guest milliseconds (vm-bench's CONSOLE_DIR keeps these lines;
+        // ServiceVM/README.md, "Where the time goes").
         GuestInit.log("verifier listening on vsock port \(port) (policy \(policy.id) v\(policy.version), \(policy.trust.anchors.count) trust anchor(s))"
-                      + (service.adminListening != nil ? "; admin port vsock \(port &+ 1)" : "; no admin certificate: policy is fixed"))
+                      + (service.adminListening != nil ? "; admin port vsock \(port &+ 1)" : "; no admin certificate: policy is fixed")
+                      + "; set-up: configuration \((t1 - t0) / 1_000_000) ms, VerifierService.start \((t2 - t1) / 1_000_000) ms")
         ready()
         await VerifierService.waitForTermination()
         GuestInit.log("signal received: shutting down the verifier")

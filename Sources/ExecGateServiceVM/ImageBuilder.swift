@@ -5,9 +5,10 @@
 //   vmlinux                  the kernel, uncompressed PVH ELF: the service VM's own kernel
 //                            (`serviceKernel`, scripts/build-kernel.sh, everything built in) or
 //                            Debian's (or `vmlinuz` when extraction is impossible)
-//   initramfs.cpio.gz        /init = the static execgate binary, /etc/execgate/{trust/*.der, policy},
-//                            and, with the Debian kernel only, its vsock/virtio modules
-//   initramfs-test.cpio.gz   the same plus test fixtures (real signed modules and a tampered copy)
+//   initramfs.cpio.zst       /init = the static execgate binary, /etc/execgate/{trust/*.der, policy},
+//                            and, with the Debian kernel only, its vsock/virtio modules (zstd: both
+//                            kernels have CONFIG_RD_ZSTD; `Compression.zstd` says why its window is 128 KiB)
+//   initramfs-test.cpio.zst  the same plus test fixtures (real signed modules and a tampered copy)
 //   image.txt                what was built from what (key=value), and the input fingerprint
 //
 // Security reasoning: the initramfs holds nothing executable but /init: no shell, no busybox,
@@ -15,7 +16,7 @@
 // Modules are Debian's signed .ko files, loaded by init in a fixed order; the trust anchors are the
 // certificates built into the very kernel whose modules we verify.
 //
-// Determinism: entries sorted, mtime 0, uid/gid 0, gzip without timestamp. Rebuilding from the same
+// Determinism: entries sorted, mtime 0, uid/gid 0, zstd single-threaded with fixed parameters. Rebuilding from the same
 // inputs gives identical bytes, and when the input fingerprint matches the last build nothing is written.
 
 public struct ImageBuildOptions: Sendable {
@@ -64,7 +65,10 @@ public struct ImageBuildResult: Sendable {
 }
 
 public enum ImageBuilder {
-    public static let builderVersion = "execgate-image-3"
+    public static let builderVersion = "execgate-image-4"
+    /// The initramfs file names in an image directory (the launcher boots these).
+    public static let initramfsName = "initramfs.cpio.zst"
+    public static let testInitramfsName = "initramfs-test.cpio.zst"
 
     /// Modules init loads, in this order (dependencies first). Paths relative to lib/modules/<v>/kernel.
     /// virtio_mmio serves `-M microvm`, virtio_pci serves `-M pc/q35`; both are small and harmless
@@ -151,7 +155,7 @@ public enum ImageBuilder {
         try FS.mkdirs(o.outDir)
         let stampPath = o.outDir + "/image.txt"
         let vmlinuxPath = o.outDir + "/vmlinux", vmlinuzPath = o.outDir + "/vmlinuz"
-        let initrdPath = o.outDir + "/initramfs.cpio.gz", testInitrdPath = o.outDir + "/initramfs-test.cpio.gz"
+        let initrdPath = o.outDir + "/" + initramfsName, testInitrdPath = o.outDir + "/" + testInitramfsName
         var result = ImageBuildResult()
         result.fingerprint = fp.hex
 
@@ -204,9 +208,11 @@ public enum ImageBuilder {
         let kernelVersion = basename(o.kernel).replacingPrefix("vmlinuz-", with: "")
         cpio.addFile(GuestPaths.etc + "/image.txt", Array("builder=\(builderVersion)\nkernel=\(kernelVersion)\nfingerprint=\(fp.hex)\n".utf8))
         let raw = cpio.encode()
-        let gz = try Compression.gzip(raw)
-        try FS.write(initrdPath, gz)
-        result.artefacts.append(.init(path: initrdPath, bytes: gz.count,
+        let packed = try Compression.zstd(raw)
+        try FS.write(initrdPath, packed)
+        // Images before execgate-image-4 were gzip'd under other names: never leave one to be booted by mistake.
+        for legacy in ["initramfs.cpio.gz", "initramfs-test.cpio.gz"] { FS.remove(o.outDir + "/" + legacy) }
+        result.artefacts.append(.init(path: initrdPath, bytes: packed.count,
                                       note: "\(cpio.entries.count) entries, \(raw.count) bytes uncompressed, \(certs.count) trust anchor(s)"))
 
         if o.withTestImage {
@@ -220,9 +226,9 @@ public enum ImageBuilder {
                 t.addFile(GuestPaths.testModules + "/tampered-" + victim.name, bytes)
             }
             let traw = t.encode()
-            let tgz = try Compression.gzip(traw)
-            try FS.write(testInitrdPath, tgz)
-            result.artefacts.append(.init(path: testInitrdPath, bytes: tgz.count,
+            let tpacked = try Compression.zstd(traw)
+            try FS.write(testInitrdPath, tpacked)
+            result.artefacts.append(.init(path: testInitrdPath, bytes: tpacked.count,
                                           note: "test image: +\(testFiles.count) signed module(s) and 1 tampered copy"))
         } else {
             FS.remove(testInitrdPath)

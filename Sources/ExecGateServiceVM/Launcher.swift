@@ -65,7 +65,7 @@ public struct VMConfig: Sendable {
     /// Picks the kernel and initrd from an image directory (`Images/out`).
     public static func imagePaths(imageDir: String, test: Bool) throws(ServiceVMError) -> (kernel: String, initrd: String) {
         let kernel = [imageDir + "/vmlinux", imageDir + "/vmlinuz"].first(where: FS.exists)
-        let initrd = imageDir + (test ? "/initramfs-test.cpio.gz" : "/initramfs.cpio.gz")
+        let initrd = imageDir + "/" + (test ? ImageBuilder.testInitramfsName : ImageBuilder.initramfsName)
         guard let kernel, FS.exists(initrd) else {
             throw .missing("no service VM image in \(imageDir) (need vmlinux or vmlinuz and \(initrd.split(separator: "/").last!)): run `make image`")
         }

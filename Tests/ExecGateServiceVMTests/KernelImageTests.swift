@@ -49,7 +49,7 @@ final class ImageBuilderTests: XCTestCase {
         XCTAssertThrowsError(try ImageBuilder.build(o, log: { _ in })) { e in
             XCTAssertTrue("\(e)".contains("dynamically linked"), "\(e)")
         }
-        XCTAssertFalse(FS.exists(out + "/initramfs.cpio.gz"))
+        XCTAssertFalse(FS.exists(out + "/" + ImageBuilder.initramfsName))
     }
 
     func testMissingKernelPackageSaysWhatToRun() {

@@ -61,7 +61,7 @@ final class SidecarPolicySwapBootTests: XCTestCase {
         execgate(["image", "build", "--init", staticBinary, "--kernel-package", kernelPackage, "--out", image,
                   "--admin-cert", admin + "/cert.pem", "--no-test-image"])
 
-        var c = VMConfig(stateDir: root + "/vm", kernel: "", initrd: image + "/initramfs.cpio.gz")
+        var c = VMConfig(stateDir: root + "/vm", kernel: "", initrd: image + "/" + ImageBuilder.initramfsName)
         c.kernel = try VMConfig.imagePaths(imageDir: image, test: false).kernel
         c.name = "policy-swap-\(getpid())"
         c.accel = Accelerator.detect()

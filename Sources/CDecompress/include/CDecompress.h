@@ -44,6 +44,12 @@ int egd_decompress(int format, const uint8_t *in, size_t in_len, size_t max_out,
  * default). For EGD_LZ4_LEGACY the kernel's legacy framing is produced. */
 int egd_compress(int format, const uint8_t *in, size_t in_len, int level, uint8_t **out, size_t *out_len);
 
+/* One zstd frame of (in, in_len) at `level` with the window bounded to 2^window_log bytes (10..27),
+ * content size and checksum in the frame header. For streams a small decoder unpacks with a fixed
+ * budget: the Linux initramfs unpacker (lib/decompress_unzstd.c) allocates a workspace of about the
+ * frame's window size. Single-threaded, so the same input always gives the same bytes. */
+int egd_zstd_compress(const uint8_t *in, size_t in_len, int level, int window_log, uint8_t **out, size_t *out_len);
+
 void egd_free(void *p);
 
 /* Offset >= start of the next `30 82 ?? ?? 30 82` (a DER SEQUENCE with a two-byte length whose

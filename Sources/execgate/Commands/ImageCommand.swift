@@ -16,7 +16,7 @@ struct ImageCommand: ParsableCommand {
 struct ImageBuildCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "build",
-        abstract: "Build Images/out/{vmlinux,initramfs.cpio.gz,initramfs-test.cpio.gz}; skipped when inputs are unchanged."
+        abstract: "Build Images/out/{vmlinux,initramfs.cpio.zst,initramfs-test.cpio.zst}; skipped when inputs are unchanged."
     )
 
     @Option(help: "Unpacked Debian kernel package (boot/, lib/modules/).")

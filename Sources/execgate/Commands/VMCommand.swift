@@ -39,7 +39,7 @@ struct VMOptions: ParsableArguments {
         let dir = FS.absolute(root) + "/" + name
         // Missing image files are reported by the launcher with what to run.
         let paths = (try? VMConfig.imagePaths(imageDir: imageDir, test: test))
-            ?? (FS.absolute(imageDir) + "/vmlinux", FS.absolute(imageDir) + (test ? "/initramfs-test.cpio.gz" : "/initramfs.cpio.gz"))
+            ?? (FS.absolute(imageDir) + "/vmlinux", FS.absolute(imageDir) + "/" + (test ? ImageBuilder.testInitramfsName : ImageBuilder.initramfsName))
         var c = VMConfig(stateDir: dir, kernel: FS.absolute(paths.0), initrd: FS.absolute(paths.1))
         c.name = name
         c.vsockBackendCommand = VsockBackendLaunch.command()
