@@ -64,7 +64,9 @@ extension Explainer {
         var report = MutationReport()
         // A data-only module has no executable byte to mutate.
         if claim.text.isEmpty { return report }
-        guard let s = try? Session(elf: elf, claim: claim, facts: facts, resolver: resolver), (try? s.run()) != nil else { return report }
+        guard let s = try? Session(elf: elf, claim: claim, facts: facts, resolver: resolver) else { return report }
+        s.recordRelocationFields = true  // reloc-redirect picks from them
+        guard (try? s.run()) != nil else { return report }
         var rng = SplitMix64(state: seed)
         let variable = s.variable
 
