@@ -375,8 +375,8 @@ public struct GuestFacts: Sendable {
 public struct SymbolResolver: Sendable {
     /// The core's exports (at this guest's slide) and those of verified modules.
     public private(set) var exports: SlidExports
-    /// Function entries of verified modules.
-    public private(set) var moduleFunctionEntries: Set<UInt64> = []
+    /// Function entries of verified modules (each module's own sorted table, not merged).
+    public private(set) var moduleFunctionEntries = FunctionEntrySet()
     /// Static-call targets trusted for keys that verified modules define (each key's
     /// `DEFINE_STATIC_CALL` default, from the module's own signed trampoline).
     public private(set) var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
@@ -397,7 +397,7 @@ public struct SymbolResolver: Sendable {
     /// after the module was allowed: a denied module's symbols must never become resolvable.
     public mutating func add(_ m: ModuleExports) {
         for (k, v) in m.symbols { exports.add(k, v) }
-        moduleFunctionEntries.formUnion(m.functionEntries)
+        moduleFunctionEntries.add(m.functionEntries)
         for (k, v) in m.staticCallTrustedTargets { staticCallTrustedTargets[k, default: []].formUnion(v) }
         for (k, v) in m.staticCallStates { staticCallStates[k] = v }
     }
@@ -411,13 +411,13 @@ public struct SymbolResolver: Sendable {
 public struct ModuleExports: Sendable {
     public var module: String
     public var symbols: [String: UInt64]
-    public var functionEntries: Set<UInt64>
+    public var functionEntries: FunctionEntries
     /// Keys this module defines → the targets trusted for them (its trampolines' compiled defaults).
     public var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
     /// Static-call key states seen at this module's sites and trampolines (key → target, 0 = NULL).
     public var staticCallStates: [UInt64: UInt64] = [:]
 
-    public init(module: String, symbols: [String: UInt64], functionEntries: Set<UInt64>,
+    public init(module: String, symbols: [String: UInt64], functionEntries: FunctionEntries,
                 staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:], staticCallStates: [UInt64: UInt64] = [:]) {
         self.module = module
         self.symbols = symbols

@@ -191,7 +191,7 @@ extension Explainer {
         // static-call: call/jmp to a non-function address (a function entry + small offset).
         var sc = MutationClassReport(name: "static-call")
         let coreSample = Array(facts.functionEntries.prefix(4096))
-        let funcs = Array(s.functionEntries.union(coreSample)).sorted()
+        let funcs = Array(Set(s.functionEntries).union(coreSample)).sorted()
         if !funcs.isEmpty {
             let isEntry = s.isFunctionEntry
             retarget(&sc) {
@@ -205,7 +205,7 @@ extension Explainer {
         // static-call-retarget: another real function entry (this module's, a verified module's,
         // the core's) that the facts do not trust for the key.
         var scr = MutationClassReport(name: "static-call-retarget")
-        let others = Array(s.functionEntries.union(resolver.moduleFunctionEntries.prefix(2048)).union(coreSample).filter { !facts.isCoreInit($0) }).sorted()
+        let others = Array(Set(s.functionEntries).union(resolver.moduleFunctionEntries.prefix(2048)).union(coreSample).filter { !facts.isCoreInit($0) }).sorted()
         if !others.isEmpty { retarget(&scr) { others[rng.below(others.count)] } }
         report.classes.append(scr)
 

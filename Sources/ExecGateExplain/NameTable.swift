@@ -10,42 +10,49 @@
 // equivalence maps an ASCII string only to itself). Non-ASCII names never enter the table: their
 // owners (SlidExports) keep them in a `[String: UInt64]` and compare them as `String`s, as before.
 
-/// Open addressing over a power-of-two slot array; a name's bytes are compared only when its
-/// 64-bit hash matches. A value type (copy-on-write through its arrays).
+/// Open addressing over a power-of-two array of slots that hold the entry itself (hash, value,
+/// the name's first 16 bytes): a miss costs one slot, a hit on a name of up to 16 bytes one slot,
+/// a longer name one more read of its tail. A value type (copy-on-write through its arrays).
 struct NameTable: Sendable {
-    private struct Entry {
-        var hash: UInt64
-        var start: Int
-        var count: Int
-        var value: UInt64
+    private struct Slot {
+        var hash: UInt64 = 0
+        var value: UInt64 = 0
+        /// The name's first 16 bytes, zero-padded.
+        var head0: UInt64 = 0
+        var head1: UInt64 = 0
+        /// Where the name's bytes are in `bytes`; count −1 marks an empty slot.
+        var start: Int32 = 0
+        var count: Int32 = -1
     }
     /// The names' bytes, one after another.
     private var bytes: [UInt8] = []
-    private var entries: [Entry] = []
-    /// Index into `entries`, -1 for an empty slot; at most half full.
-    private var slots: [Int32] = []
+    /// At most half full.
+    private var slots: [Slot] = []
+    private(set) var count = 0
 
     init() {}
 
     init(minimumCapacity n: Int) {
-        entries.reserveCapacity(n)
         var size = 16
         while size < 2 * n { size <<= 1 }
-        slots = [Int32](repeating: -1, count: size)
+        slots = [Slot](repeating: Slot(), count: size)
     }
 
-    var count: Int { entries.count }
-    var isEmpty: Bool { entries.isEmpty }
+    var isEmpty: Bool { count == 0 }
 
     /// Per-process seed (the order of nothing observable depends on it; it only spreads names).
     private static let seed = UInt64.random(in: 1...UInt64.max)
 
-    @inline(__always) static func hash(_ b: UnsafeRawBufferPointer) -> UInt64 {
+    /// The hash and the first 16 bytes (zero-padded) of `b`, in one pass over it.
+    @inline(__always) static func digest(_ b: UnsafeRawBufferPointer) -> (hash: UInt64, head0: UInt64, head1: UInt64) {
         var h = seed ^ (UInt64(b.count) &* 0x9e37_79b9_7f4a_7c15)
+        var head0: UInt64 = 0, head1: UInt64 = 0
         var i = 0
         let n = b.count
         while i + 8 <= n {
-            h = (h ^ UInt64(littleEndian: b.loadUnaligned(fromByteOffset: i, as: UInt64.self))) &* 0xbf58_476d_1ce4_e5b9
+            let w = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            if i == 0 { head0 = w } else if i == 8 { head1 = w }
+            h = (h ^ w) &* 0xbf58_476d_1ce4_e5b9
             h ^= h >> 31
             i += 8
         }
@@ -53,11 +60,12 @@ struct NameTable: Sendable {
             var w: UInt64 = 0
             var k = 0
             while i + k < n { w |= UInt64(b[i + k]) << (8 * UInt64(k)); k += 1 }
+            if i == 0 { head0 = w } else if i == 8 { head1 = w }
             h = (h ^ w) &* 0xbf58_476d_1ce4_e5b9
         }
         h ^= h >> 29
         h = h &* 0x94d0_49bb_1331_11eb
-        return h ^ (h >> 32)
+        return (h ^ (h >> 32), head0, head1)
     }
 
     /// True if every byte is below 0x80 (word-wise).
@@ -69,74 +77,76 @@ struct NameTable: Sendable {
         return acc & 0x8080_8080_8080_8080 == 0
     }
 
-    /// The slot holding `b` (its entry index ≥ 0), or the empty slot where it would go (-1).
-    @inline(__always) private func find(_ b: UnsafeRawBufferPointer, _ h: UInt64) -> (slot: Int, entry: Int) {
+    /// The slot holding `b` (found) or the empty slot where it would go.
+    @inline(__always) private func find(_ b: UnsafeRawBufferPointer, _ d: (hash: UInt64, head0: UInt64, head1: UInt64)) -> (slot: Int, found: Bool) {
         let mask = slots.count - 1
-        var s = Int(truncatingIfNeeded: h) & mask
+        precondition(mask >= 0)
+        var s = Int(truncatingIfNeeded: d.hash) & mask
         return slots.withUnsafeBufferPointer { sl in
-            entries.withUnsafeBufferPointer { en in
-                bytes.withUnsafeBytes { nb in
-                    while true {
-                        let e = Int(sl[s])
-                        if e < 0 { return (s, -1) }
-                        let x = en[e]
-                        if x.hash == h && x.count == b.count && Self.equal(nb, x.start, b) { return (s, e) }
-                        s = (s + 1) & mask
-                    }
-                }
+            while true {
+                let x = sl[s]
+                if x.count < 0 { return (s, false) }
+                if x.hash == d.hash && Int(x.count) == b.count && x.head0 == d.head0 && x.head1 == d.head1
+                    && (b.count <= 16 || tailEqual(Int(x.start), b)) { return (s, true) }
+                s = (s + 1) & mask
             }
         }
     }
 
-    @inline(__always) private static func equal(_ nb: UnsafeRawBufferPointer, _ start: Int, _ b: UnsafeRawBufferPointer) -> Bool {
-        let n = b.count
-        precondition(start >= 0 && start <= nb.count - n)
-        var i = 0
-        while i + 8 <= n {
-            if nb.loadUnaligned(fromByteOffset: start + i, as: UInt64.self) != b.loadUnaligned(fromByteOffset: i, as: UInt64.self) { return false }
-            i += 8
+    /// `bytes[start + 16 ..< start + b.count] == b[16...]`.
+    private func tailEqual(_ start: Int, _ b: UnsafeRawBufferPointer) -> Bool {
+        bytes.withUnsafeBytes { nb in
+            let n = b.count
+            precondition(start >= 0 && start <= nb.count - n)
+            var i = 16
+            while i + 8 <= n {
+                if nb.loadUnaligned(fromByteOffset: start + i, as: UInt64.self) != b.loadUnaligned(fromByteOffset: i, as: UInt64.self) { return false }
+                i += 8
+            }
+            while i < n { if nb[start + i] != b[i] { return false }; i += 1 }
+            return true
         }
-        while i < n { if nb[start + i] != b[i] { return false }; i += 1 }
-        return true
     }
 
     /// The value of the name `b` (ASCII bytes).
     func lookup(_ b: UnsafeRawBufferPointer) -> UInt64? {
-        if entries.isEmpty { return nil }
-        let (_, e) = find(b, Self.hash(b))
-        return e < 0 ? nil : entries[e].value
+        if count == 0 { return nil }
+        let (s, found) = find(b, Self.digest(b))
+        return found ? slots[s].value : nil
     }
 
     /// Insert, or replace the value of, the name `b` (ASCII bytes).
     mutating func insert(_ b: UnsafeRawBufferPointer, _ value: UInt64) {
         precondition(Self.isASCII(b), "NameTable holds ASCII names only")
-        if 2 * (entries.count + 1) > slots.count { grow() }
-        let h = Self.hash(b)
-        let (s, e) = find(b, h)
-        if e >= 0 { entries[e].value = value; return }
-        precondition(entries.count < Int(Int32.max))
-        entries.append(Entry(hash: h, start: bytes.count, count: b.count, value: value))
+        if 2 * (count + 1) > slots.count { grow() }
+        let d = Self.digest(b)
+        let (s, found) = find(b, d)
+        if found { slots[s].value = value; return }
+        precondition(bytes.count <= Int(Int32.max) - b.count)
+        slots[s] = Slot(hash: d.hash, value: value, head0: d.head0, head1: d.head1, start: Int32(bytes.count), count: Int32(b.count))
         bytes.append(contentsOf: b)
-        slots[s] = Int32(entries.count - 1)
+        count += 1
     }
 
     private mutating func grow() {
         var size = max(16, slots.count * 2)
-        while size < 2 * (entries.count + 1) { size <<= 1 }
-        var sl = [Int32](repeating: -1, count: size)
+        while size < 2 * (count + 1) { size <<= 1 }
+        var sl = [Slot](repeating: Slot(), count: size)
         let mask = size - 1
-        for (i, e) in entries.enumerated() {
-            var s = Int(truncatingIfNeeded: e.hash) & mask
-            while sl[s] >= 0 { s = (s + 1) & mask }
-            sl[s] = Int32(i)
+        for x in slots where x.count >= 0 {
+            var s = Int(truncatingIfNeeded: x.hash) & mask
+            while sl[s].count >= 0 { s = (s + 1) & mask }
+            sl[s] = x
         }
         slots = sl
     }
 
-    /// Every (name, value), in insertion order.
+    /// Every (name, value), in slot order.
     var pairs: [(name: String, value: UInt64)] {
         bytes.withUnsafeBufferPointer { nb in
-            entries.map { (String(decoding: UnsafeBufferPointer(rebasing: nb[$0.start..<$0.start + $0.count]), as: UTF8.self), $0.value) }
+            slots.filter { $0.count >= 0 }.map {
+                (String(decoding: UnsafeBufferPointer(rebasing: nb[Int($0.start)..<Int($0.start) + Int($0.count)]), as: UTF8.self), $0.value)
+            }
         }
     }
 
@@ -149,4 +159,51 @@ struct NameTable: Sendable {
         }
         return t
     }
+}
+
+/// A module's function entries (STT_FUNC addresses in its exec core sections): sorted, unique,
+/// found by binary search. Built once per explanation from the symbol table (a sort of a few
+/// hundred words instead of a hash per symbol), kept as is by ``ModuleExports`` and shared, not
+/// merged, by ``SymbolResolver`` (``FunctionEntrySet``).
+public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Equatable {
+    /// Strictly increasing.
+    public let sorted: [UInt64]
+
+    public init(_ addresses: [UInt64]) {
+        var a = addresses
+        a.sort()
+        var w = 0
+        for x in a where w == 0 || a[w - 1] != x { a[w] = x; w += 1 }
+        a.removeLast(a.count - w)
+        sorted = a
+    }
+    public init(_ addresses: Set<UInt64>) { self.init(Array(addresses)) }
+    public init(arrayLiteral elements: UInt64...) { self.init(elements) }
+
+    public var count: Int { sorted.count }
+    public var isEmpty: Bool { sorted.isEmpty }
+    public var underestimatedCount: Int { sorted.count }
+    public func makeIterator() -> IndexingIterator<[UInt64]> { sorted.makeIterator() }
+
+    public func contains(_ a: UInt64) -> Bool {
+        var lo = 0, hi = sorted.count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if sorted[mid] < a { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < sorted.count && sorted[lo] == a
+    }
+}
+
+/// The function entries of every verified module of a guest: each module's ``FunctionEntries``
+/// as it was added (shared storage, nothing merged), in the order added.
+public struct FunctionEntrySet: Sendable, Sequence {
+    public private(set) var modules: [FunctionEntries] = []
+    public init() {}
+    mutating func add(_ e: FunctionEntries) { if !e.isEmpty { modules.append(e) } }
+    public func contains(_ a: UInt64) -> Bool { modules.contains { $0.contains(a) } }
+    public var count: Int { modules.reduce(0) { $0 + $1.count } }
+    public var isEmpty: Bool { modules.isEmpty }
+    public var underestimatedCount: Int { count }
+    public func makeIterator() -> FlattenSequence<[FunctionEntries]>.Iterator { modules.joined().makeIterator() }
 }

@@ -56,7 +56,7 @@ final class Session {
     /// The module's defined `__SCK__*` (static-call key) symbols by name.
     let keySymbols: [String: Int]
     /// This module's own function entries (STT_FUNC in exec core sections).
-    let functionEntries: Set<UInt64>
+    let functionEntries: FunctionEntries
 
     // MARK: Working state of the stages
 
@@ -316,9 +316,7 @@ final class Session {
         self.symValue = [UInt64?](repeating: nil, count: symtab.count)
         var trampolines: [Int] = []
         var keys: [String: Int] = [:]
-        var functions = 0
-        for i in symtab.indices where symtab.isFunction(i) { functions += 1 }
-        var entries = Set<UInt64>(minimumCapacity: functions)  // no rehash while filling
+        var entries: [UInt64] = []
         for i in symtab.indices where !symtab.isUndefined(i) {
             let p = symtab.nameBytes(i)
             if p.count >= 7, p[0] == 0x5f, p[1] == 0x5f, p[2] == 0x53, p[3] == 0x43, p[5] == 0x5f, p[6] == 0x5f {
@@ -327,13 +325,13 @@ final class Session {
             if symtab.isFunction(i) {
                 let si = Int(symtab.sectionIndex(i))
                 if si < elf.sections.count, lay.coreOffset[si] != nil, lay.flags[si].contains(.execInstr), let a = addr[si] {
-                    entries.insert(a &+ symtab.value(i))
+                    entries.append(a &+ symtab.value(i))
                 }
             }
         }
         self.trampolineSymbols = trampolines
         self.keySymbols = keys
-        self.functionEntries = entries
+        self.functionEntries = FunctionEntries(entries)
     }
 
     // MARK: Run
@@ -527,7 +525,7 @@ final class Session {
     var returnThunkTarget: UInt64? { facts.returnThunk ?? returnThunkExport }
 
     /// A legitimate function entry: of this module, of the core kernel, or of a verified module.
-    /// Returns a closure over value copies (the sets are copy-on-write: no copying happens).
+    /// Returns a closure over value copies (the tables are copy-on-write: no copying happens).
     var isFunctionEntry: (UInt64) -> Bool {
         let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
         return { own.contains($0) || core.contains($0) || mods.contains($0) }
