@@ -11,8 +11,10 @@
 // owners (SlidExports) keep them in a `[String: UInt64]` and compare them as `String`s, as before.
 
 /// Open addressing over a power-of-two array of slots that hold the entry itself (hash, value,
-/// the name's first 16 bytes): a miss costs one slot, a hit on a name of up to 16 bytes one slot,
-/// a longer name one more read of its tail. A value type (copy-on-write through its arrays).
+/// the name's first 16 bytes), probed through a parallel array of 32-bit tags (4 bytes a slot: it
+/// stays in cache, so a miss, the usual answer of the added-exports table and of the duplicate-
+/// export check, rarely reads a slot); a hit on a name of up to 16 bytes reads one slot, a longer
+/// name one more read of its tail. A value type (copy-on-write through its arrays).
 struct NameTable: Sendable {
     private struct Slot {
         var hash: UInt64 = 0
@@ -28,6 +30,8 @@ struct NameTable: Sendable {
     private var bytes: [UInt8] = []
     /// At most half full.
     private var slots: [Slot] = []
+    /// Per slot: 0 empty, else the high half of the hash with bit 0 set.
+    private var tags: [UInt32] = []
     private(set) var count = 0
 
     init() {}
@@ -36,7 +40,10 @@ struct NameTable: Sendable {
         var size = 16
         while size < 2 * n { size <<= 1 }
         slots = [Slot](repeating: Slot(), count: size)
+        tags = [UInt32](repeating: 0, count: size)
     }
+
+    @inline(__always) static func tag(_ hash: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: hash >> 32) | 1 }
 
     var isEmpty: Bool { count == 0 }
 
@@ -80,15 +87,21 @@ struct NameTable: Sendable {
     /// The slot holding `b` (found) or the empty slot where it would go.
     @inline(__always) private func find(_ b: UnsafeRawBufferPointer, _ d: (hash: UInt64, head0: UInt64, head1: UInt64)) -> (slot: Int, found: Bool) {
         let mask = slots.count - 1
-        precondition(mask >= 0)
+        precondition(mask >= 0 && tags.count == slots.count)
         var s = Int(truncatingIfNeeded: d.hash) & mask
-        return slots.withUnsafeBufferPointer { sl in
-            while true {
-                let x = sl[s]
-                if x.count < 0 { return (s, false) }
-                if x.hash == d.hash && Int(x.count) == b.count && x.head0 == d.head0 && x.head1 == d.head1
-                    && (b.count <= 16 || tailEqual(Int(x.start), b)) { return (s, true) }
-                s = (s + 1) & mask
+        let t = Self.tag(d.hash)
+        return tags.withUnsafeBufferPointer { tg in
+            slots.withUnsafeBufferPointer { sl in
+                while true {
+                    let g = tg[s]
+                    if g == 0 { return (s, false) }
+                    if g == t {
+                        let x = sl[s]
+                        if x.hash == d.hash && Int(x.count) == b.count && x.head0 == d.head0 && x.head1 == d.head1
+                            && (b.count <= 16 || tailEqual(Int(x.start), b)) { return (s, true) }
+                    }
+                    s = (s + 1) & mask
+                }
             }
         }
     }
@@ -124,6 +137,7 @@ struct NameTable: Sendable {
         if found { slots[s].value = value; return }
         precondition(bytes.count <= Int(Int32.max) - b.count)
         slots[s] = Slot(hash: d.hash, value: value, head0: d.head0, head1: d.head1, start: Int32(bytes.count), count: Int32(b.count))
+        tags[s] = Self.tag(d.hash)
         bytes.append(contentsOf: b)
         count += 1
     }
@@ -132,13 +146,16 @@ struct NameTable: Sendable {
         var size = max(16, slots.count * 2)
         while size < 2 * (count + 1) { size <<= 1 }
         var sl = [Slot](repeating: Slot(), count: size)
+        var tg = [UInt32](repeating: 0, count: size)
         let mask = size - 1
         for x in slots where x.count >= 0 {
             var s = Int(truncatingIfNeeded: x.hash) & mask
-            while sl[s].count >= 0 { s = (s + 1) & mask }
+            while tg[s] != 0 { s = (s + 1) & mask }
             sl[s] = x
+            tg[s] = Self.tag(x.hash)
         }
         slots = sl
+        tags = tg
     }
 
     /// Every (name, value), in slot order.
