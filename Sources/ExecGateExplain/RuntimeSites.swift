@@ -60,10 +60,12 @@ struct VariableSite {
     var cls: ExplanationClass
     /// Consistency group (key address); sites of one group must report the same state.
     var group: UInt64?
-    /// Description (a literal; the key is appended only when a message needs it).
+    /// Description (a literal; the key, which is `group`, is appended only when a message needs
+    /// it, and only for the kinds whose messages name it). One flag instead of a second optional
+    /// key: these descriptions are a guest's live-site tables, kept while its modules are live.
     var label: String
-    var labelKey: UInt64?
-    var what: String { labelKey.map { "\(label) (key 0x\(String($0, radix: 16)))" } ?? label }
+    var labelShowsKey: Bool
+    var what: String { labelShowsKey ? group.map { "\(label) (key 0x\(String($0, radix: 16)))" } ?? label : label }
     var rule: Rule
 
     /// The legal encodings of one site kind, with what they need to decide membership.
@@ -85,7 +87,8 @@ struct VariableSite {
 
     init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, what: String, whatKey: UInt64? = nil, rule: Rule) {
         self.offset = offset; self.length = length; self.cls = cls; self.group = group
-        self.label = what; self.labelKey = whatKey; self.rule = rule
+        precondition(whatKey == nil || whatKey == group, "a site's message names its own key")
+        self.label = what; self.labelShowsKey = whatKey != nil; self.rule = rule
     }
 
     static let nop5 = SiteBytes(x86Nops[5])
