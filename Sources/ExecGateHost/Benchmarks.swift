@@ -423,7 +423,7 @@ enum BlockingFrameClient {
     static func writeAll(_ fd: Int32, _ parts: [ByteBuffer]) throws {
         var parts = parts.filter { $0.readableBytes > 0 }
         while !parts.isEmpty {
-            let written = try withIOVecs(parts[...]) { iov in
+            let written = withIOVecs(parts[...]) { iov in
                 iov.withUnsafeBufferPointer { writev(fd, $0.baseAddress, Int32($0.count)) }
             }
             if written < 0 {
