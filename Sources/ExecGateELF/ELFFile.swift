@@ -399,11 +399,15 @@ public struct ELFFile: @unchecked Sendable {
     /// The first NUL in `bytes[from..<to]`.
     @inline(__always) static func memchrNUL(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
         var e = from
-        // Eight bytes at a time while none is NUL (exact test: (w - 0x01…) & ~w & 0x80… is
-        // nonzero iff some byte of w is zero), then the exact position byte by byte.
+        // Eight bytes at a time (exact test: m = (w - 0x01…) & ~w & 0x80… is nonzero iff some byte
+        // of w is zero, and its lowest set bit is in the lowest zero byte: a borrow only runs
+        // upward from a zero byte, so no bit below the first zero byte is set), then the tail
+        // byte by byte.
+        precondition(from >= 0 && to <= bytes.count)
         while e + 8 <= to {
-            let w = bytes.loadUnaligned(fromByteOffset: e, as: UInt64.self)
-            if (w &- 0x0101_0101_0101_0101) & ~w & 0x8080_8080_8080_8080 != 0 { break }
+            let w = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: e, as: UInt64.self))
+            let m = (w &- 0x0101_0101_0101_0101) & ~w & 0x8080_8080_8080_8080
+            if m != 0 { return e + m.trailingZeroBitCount / 8 }
             e += 8
         }
         while e < to && bytes[e] != 0 { e += 1 }

@@ -123,15 +123,19 @@ extension Session {
 
     /// The `RET` form of `__static_call_transform()` / `patch_return()` at `a` for `length` bytes.
     func retForm(at a: UInt64, length: Int) -> [UInt8]? {
-        var b: [UInt8]
-        if wantsRethunk(at: a) {
-            guard let rt = returnThunkTarget, let j = genInsn(0xe9, at: a, to: rt) else { return nil }
-            b = j
-        } else {
-            b = [0xc3]
-        }
+        guard var b = retInstruction(at: a)?.array else { return nil }
         while b.count < length { b.append(0xcc) }
         return b
+    }
+
+    /// The instruction of the `RET` form at `a` (before its `int3` padding): `jmp
+    /// x86_return_thunk` (5 bytes) or `ret` (1); nil when the jump cannot be encoded.
+    @inline(__always) func retInstruction(at a: UInt64) -> SiteBytes? {
+        if wantsRethunk(at: a) {
+            guard let rt = returnThunkTarget else { return nil }
+            return genInsnBytes(0xe9, at: a, to: rt)
+        }
+        return SiteBytes(raw: 0xc3, count: 1)
     }
 
     /// `apply_returns()` + `__static_call_fixup()` + `patch_return()` (alternative.c, static_call.c).
@@ -144,7 +148,7 @@ extension Session {
             if off + 8 <= image.count && image[off + 5] == 0x0f && image[off + 6] == 0xb9 && image[off + 7] == 0xcc {
                 let rtx = returnThunkExport
                 if insn.opcode0 == 0xc3 || (dest != nil && dest == rtx) {
-                    guard let form = retForm(at: a, length: 5), execOffset(a, 5) != nil else { continue }
+                    guard let form = retInstruction(at: a)?.padded(to: 5, with: 0xcc), execOffset(a, 5) != nil else { continue }
                     write(off, form, .returnThunk)
                     // A module's own static-call trampoline: static_call_update() may later make it
                     // `jmp func` or the RET form again (a run-time site, RuntimeSites.swift).
@@ -154,8 +158,14 @@ extension Session {
                 continue
             }
             guard let d = dest, let rtx = returnThunkExport, d == rtx else { continue }  // WARN_ONCE: left alone
-            guard let bytes = retForm(at: a, length: insn.length), bytes.count == insn.length, execOffset(a, insn.length) != nil else { continue }
-            write(off, bytes, .returnThunk)
+            // retForm(at: a, length: insn.length), inline when it fits a word (every real site).
+            if insn.length <= 8 {
+                guard let ins = retInstruction(at: a), ins.count <= insn.length, execOffset(a, insn.length) != nil else { continue }
+                write(off, ins.padded(to: insn.length, with: 0xcc), .returnThunk)
+            } else {
+                guard let bytes = retForm(at: a, length: insn.length), bytes.count == insn.length, execOffset(a, insn.length) != nil else { continue }
+                write(off, bytes, .returnThunk)
+            }
             returnSites.append((off, a, insn.length))
             countSite(.returnThunk)
         }

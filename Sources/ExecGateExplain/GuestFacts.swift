@@ -62,43 +62,111 @@ public struct KernelSlide: Sendable, Hashable {
 
 /// A name → address table stored at link-time addresses (shared), read at one guest's slide, plus
 /// run-time entries added for this guest (exports of modules it verified; never slid).
+///
+/// Lookups go through ``NameTable``s (byte-keyed, built once with the shared table and carried by
+/// `slid(by:)`), with `String` equality kept exactly: ASCII names are compared as bytes (the same
+/// thing for ASCII), and any lookup that involves a non-ASCII name or key takes the `String` path.
 public struct SlidExports: Sendable {
     /// The shared table, at link-time addresses (run-time when `slide` is `.none`).
     public let linkTime: [String: UInt64]
     public let slide: KernelSlide
+    /// `linkTime`'s ASCII names; used alone when every name is ASCII (`linkTimeAllASCII`).
+    let linkTimeIndex: NameTable
+    let linkTimeAllASCII: Bool
     /// Entries added at run-time addresses; they take precedence (the kernel refuses duplicate
-    /// exports before one could shadow another: ModuleChecks).
-    public private(set) var added: [String: UInt64] = [:]
+    /// exports before one could shadow another: ModuleChecks). ASCII names in `addedIndex`, the
+    /// others (never seen in a real kernel) in `addedOther`; no name is in both, nor two
+    /// canonically equivalent ones (`add` keeps it so, as one dictionary did).
+    var addedIndex = NameTable()
+    var addedOther: [String: UInt64] = [:]
 
     public init(linkTime: [String: UInt64], slide: KernelSlide) {
+        var index = NameTable(minimumCapacity: linkTime.count)
+        var allASCII = true
+        for (k, v) in linkTime {
+            var k = k
+            k.withUTF8 { u in
+                let b = UnsafeRawBufferPointer(u)
+                if NameTable.isASCII(b) { index.insert(b, v) } else { allASCII = false }
+            }
+        }
+        self.init(linkTime: linkTime, slide: slide, index: index, allASCII: allASCII)
+    }
+
+    init(linkTime: [String: UInt64], slide: KernelSlide, index: NameTable, allASCII: Bool) {
         self.linkTime = linkTime
         self.slide = slide
+        self.linkTimeIndex = index
+        self.linkTimeAllASCII = allASCII
     }
 
     /// A table of run-time addresses (no slide).
     public init(_ runTime: [String: UInt64]) { self.init(linkTime: runTime, slide: .none) }
 
+    /// Entries added at run-time addresses (see ``add(_:_:)``).
+    public var added: [String: UInt64] {
+        var d = addedOther
+        for (k, v) in addedIndex.pairs { d[k] = v }
+        return d
+    }
+
     public subscript(name: String) -> UInt64? {
-        if !added.isEmpty, let a = added[name] { return a }
+        var n = name
+        return n.withUTF8 { lookup(UnsafeRawBufferPointer($0), name: name) }
+    }
+
+    /// The address of the name whose UTF-8 bytes are `b` (a module's symbol name, borrowed);
+    /// the same answer as `self[String(decoding: b, as: UTF8.self)]`.
+    func lookup(utf8 b: UnsafeRawBufferPointer) -> UInt64? {
+        NameTable.isASCII(b) ? lookupASCII(b, name: nil) : self[b.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }]
+    }
+
+    /// `b` are the UTF-8 bytes of `name`.
+    private func lookup(_ b: UnsafeRawBufferPointer, name: String) -> UInt64? {
+        if NameTable.isASCII(b) { return lookupASCII(b, name: name) }
+        // A non-ASCII name: `String` comparison against every key (an ASCII key can be
+        // canonically equivalent to it, e.g. "K" and U+212A KELVIN SIGN).
+        if let a = addedOther[name] { return a }
+        if !addedIndex.isEmpty, let a = addedIndex.pairs.first(where: { $0.name == name }) { return a.value }
         return linkTime[name].map(slide.runTime)
     }
 
+    /// An ASCII name (`name` its String, when the caller has one).
+    @inline(__always) private func lookupASCII(_ b: UnsafeRawBufferPointer, name: String?) -> UInt64? {
+        if let a = addedIndex.lookup(b) { return a }
+        func string() -> String { name ?? b.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) } }
+        if !addedOther.isEmpty, let a = addedOther[string()] { return a }
+        if linkTimeAllASCII { return linkTimeIndex.lookup(b).map(slide.runTime) }
+        return linkTime[string()].map(slide.runTime)
+    }
+
     /// Add (or replace) one entry at its run-time address.
-    public mutating func add(_ name: String, _ address: UInt64) { added[name] = address }
+    public mutating func add(_ name: String, _ address: UInt64) {
+        var n = name
+        let ascii = n.withUTF8 { NameTable.isASCII(UnsafeRawBufferPointer($0)) }
+        if ascii {
+            // Replaces a canonically equivalent non-ASCII key, as a dictionary assignment would.
+            if !addedOther.isEmpty { addedOther[name] = nil }
+            n.withUTF8 { addedIndex.insert(UnsafeRawBufferPointer($0), address) }
+        } else {
+            if addedIndex.pairs.contains(where: { $0.name == name }) { addedIndex = addedIndex.removing { $0 == name } }
+            addedOther[name] = address
+        }
+    }
 
     /// The same shared table read at `slide` (only from a table without a slide or added entries).
     public func slid(by slide: KernelSlide) -> SlidExports {
-        precondition(self.slide == .none && added.isEmpty, "slide a build's table once, before any entry is added")
-        return SlidExports(linkTime: linkTime, slide: slide)
+        precondition(self.slide == .none && addedIndex.isEmpty && addedOther.isEmpty, "slide a build's table once, before any entry is added")
+        return SlidExports(linkTime: linkTime, slide: slide, index: linkTimeIndex, allASCII: linkTimeAllASCII)
     }
 
     /// Every run-time address (duplicates possible).
-    public var values: [UInt64] { linkTime.values.map(slide.runTime) + added.values }
-    public var isEmpty: Bool { linkTime.isEmpty && added.isEmpty }
+    public var values: [UInt64] { linkTime.values.map(slide.runTime) + Array(added.values) }
+    public var isEmpty: Bool { linkTime.isEmpty && addedIndex.isEmpty && addedOther.isEmpty }
 
     /// The table at run-time addresses, as one dictionary (copies unless there is nothing to slide).
     public func dictionary() -> [String: UInt64] {
-        if slide == .none && added.isEmpty { return linkTime }
+        if slide == .none && addedIndex.isEmpty && addedOther.isEmpty { return linkTime }
         var out = linkTime.mapValues(slide.runTime)
         for (k, v) in added { out[k] = v }
         return out
@@ -307,8 +375,8 @@ public struct GuestFacts: Sendable {
 public struct SymbolResolver: Sendable {
     /// The core's exports (at this guest's slide) and those of verified modules.
     public private(set) var exports: SlidExports
-    /// Function entries of verified modules.
-    public private(set) var moduleFunctionEntries: Set<UInt64> = []
+    /// Function entries of verified modules (each module's own sorted table, not merged).
+    public private(set) var moduleFunctionEntries = FunctionEntrySet()
     /// Static-call targets trusted for keys that verified modules define (each key's
     /// `DEFINE_STATIC_CALL` default, from the module's own signed trampoline).
     public private(set) var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
@@ -322,11 +390,14 @@ public struct SymbolResolver: Sendable {
 
     public func lookup(_ name: String) -> UInt64? { exports[name] }
 
+    /// `lookup(String(decoding: b, as: UTF8.self))` on the borrowed bytes of a symbol name.
+    public func lookup(utf8 b: UnsafeRawBufferPointer) -> UInt64? { exports.lookup(utf8: b) }
+
     /// Add an allowed module's exports (``ModuleExports`` from ``ExplainResult``). Call this only
     /// after the module was allowed: a denied module's symbols must never become resolvable.
     public mutating func add(_ m: ModuleExports) {
         for (k, v) in m.symbols { exports.add(k, v) }
-        moduleFunctionEntries.formUnion(m.functionEntries)
+        moduleFunctionEntries.add(m.functionEntries)
         for (k, v) in m.staticCallTrustedTargets { staticCallTrustedTargets[k, default: []].formUnion(v) }
         for (k, v) in m.staticCallStates { staticCallStates[k] = v }
     }
@@ -340,13 +411,13 @@ public struct SymbolResolver: Sendable {
 public struct ModuleExports: Sendable {
     public var module: String
     public var symbols: [String: UInt64]
-    public var functionEntries: Set<UInt64>
+    public var functionEntries: FunctionEntries
     /// Keys this module defines → the targets trusted for them (its trampolines' compiled defaults).
     public var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
     /// Static-call key states seen at this module's sites and trampolines (key → target, 0 = NULL).
     public var staticCallStates: [UInt64: UInt64] = [:]
 
-    public init(module: String, symbols: [String: UInt64], functionEntries: Set<UInt64>,
+    public init(module: String, symbols: [String: UInt64], functionEntries: FunctionEntries,
                 staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:], staticCallStates: [UInt64: UInt64] = [:]) {
         self.module = module
         self.symbols = symbols

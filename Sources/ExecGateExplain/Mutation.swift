@@ -64,7 +64,9 @@ extension Explainer {
         var report = MutationReport()
         // A data-only module has no executable byte to mutate.
         if claim.text.isEmpty { return report }
-        guard let s = try? Session(elf: elf, claim: claim, facts: facts, resolver: resolver), (try? s.run()) != nil else { return report }
+        guard let s = try? Session(elf: elf, claim: claim, facts: facts, resolver: resolver) else { return report }
+        s.recordRelocationFields = true  // reloc-redirect picks from them
+        guard (try? s.run()) != nil else { return report }
         var rng = SplitMix64(state: seed)
         let variable = s.variable
 
@@ -189,7 +191,7 @@ extension Explainer {
         // static-call: call/jmp to a non-function address (a function entry + small offset).
         var sc = MutationClassReport(name: "static-call")
         let coreSample = Array(facts.functionEntries.prefix(4096))
-        let funcs = Array(s.functionEntries.union(coreSample)).sorted()
+        let funcs = Array(Set(s.functionEntries).union(coreSample)).sorted()
         if !funcs.isEmpty {
             let isEntry = s.isFunctionEntry
             retarget(&sc) {
@@ -203,7 +205,7 @@ extension Explainer {
         // static-call-retarget: another real function entry (this module's, a verified module's,
         // the core's) that the facts do not trust for the key.
         var scr = MutationClassReport(name: "static-call-retarget")
-        let others = Array(s.functionEntries.union(resolver.moduleFunctionEntries.prefix(2048)).union(coreSample).filter { !facts.isCoreInit($0) }).sorted()
+        let others = Array(Set(s.functionEntries).union(resolver.moduleFunctionEntries.prefix(2048)).union(coreSample).filter { !facts.isCoreInit($0) }).sorted()
         if !others.isEmpty { retarget(&scr) { others[rng.below(others.count)] } }
         report.classes.append(scr)
 

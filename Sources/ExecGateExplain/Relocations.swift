@@ -30,18 +30,18 @@ extension Session {
             throw deny(.relocation, "livepatch symbol \(t.name(i)) is not supported")
         case SectionIndex.undef:
             if i == 0 { v = 0; break }
-            let name = t.name(i)
-            if let a = resolver.lookup(name) {
+            // Looked up by the name's borrowed bytes; the String is made only for a message.
+            if let a = resolver.lookup(utf8: t.nameBytes(i)) {
                 // An export inside the core's init memory is freed after boot (and never a real
                 // export: modpost refuses EXPORT_SYMBOL of __init code): nothing may point there.
                 guard !facts.isCoreInit(a) else {
-                    throw deny(.initSymbol, "symbol \(name) resolves to 0x\(String(a, radix: 16)), inside the core kernel's freed init memory")
+                    throw deny(.initSymbol, "symbol \(t.name(i)) resolves to 0x\(String(a, radix: 16)), inside the core kernel's freed init memory")
                 }
                 v = a
             } else if t.binding(i) == 2 {
                 v = 0  // unresolved weak: the kernel leaves 0.
             } else {
-                throw deny(.relocation, "unknown symbol \(name): not exported by the core kernel or an allowed module")
+                throw deny(.relocation, "unknown symbol \(t.name(i)): not exported by the core kernel or an allowed module")
             }
         default:
             let si = Int(shndx)
@@ -102,8 +102,9 @@ extension Session {
         precondition(Int(relocClass) < counts.count && Int(elfClass) < counts.count)
         let symtab = self.symtab
         let initOffset = layout.initOffset, isCore = region == .core
-        // Exec-target records (for the mutation tester): reserved once, not grown per field.
-        fields.reserveCapacity(fields.count + rela.reduce(0) { imageOffset(of: $1.targetSectionIndex) != nil ? $0 + $1.relocations.count : $0 })
+        // Exec-target records (for the mutation tester only): reserved once, not grown per field.
+        let record = recordRelocationFields
+        if record { fields.reserveCapacity(fields.count + rela.reduce(0) { imageOffset(of: $1.targetSectionIndex) != nil ? $0 + $1.relocations.count : $0 }) }
         /// One relocation section into `buf` (the image from `toff`, or a data copy from 0);
         /// `classes` is the image's class array when the target is the explained region.
         func apply(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ buf: UnsafeMutableRawBufferPointer, _ toff: Int,
@@ -181,17 +182,31 @@ extension Session {
                 if let c = classes, let cn = counts {
                     // Bytes leaving the ELF class (the usual case: fields are written once) are
                     // tallied in a register and settled after the section, so scattered class
-                    // reads do not chain through the counters in memory.
-                    for k in 0..<size {
-                        let old = c[o + k]
-                        if old == elfClass { fromELF += 1 } else {
-                            precondition(Int(old) < cn.count)  // class values are ExplanationClass raw values
-                            cn[Int(old)] -= 1
+                    // reads do not chain through the counters in memory. A field all of the ELF
+                    // class (one word compare) moves in one step; `c` spans the image, so the
+                    // field's bounds checked above hold for it too.
+                    precondition(c.count == buf.count)
+                    let allELF = size == 8 ? c.loadUnaligned(fromByteOffset: o, as: UInt64.self) == UInt64(elfClass) &* 0x0101_0101_0101_0101
+                                           : c.loadUnaligned(fromByteOffset: o, as: UInt32.self) == UInt32(elfClass) &* 0x0101_0101
+                    if allELF {
+                        fromELF += size
+                        if size == 8 {
+                            c.storeBytes(of: UInt64(relocClass) &* 0x0101_0101_0101_0101, toByteOffset: o, as: UInt64.self)
+                        } else {
+                            c.storeBytes(of: UInt32(relocClass) &* 0x0101_0101, toByteOffset: o, as: UInt32.self)
                         }
-                        c[o + k] = relocClass
+                    } else {
+                        for k in 0..<size {
+                            let old = c[o + k]
+                            if old == elfClass { fromELF += 1 } else {
+                                precondition(Int(old) < cn.count)  // class values are ExplanationClass raw values
+                                cn[Int(old)] -= 1
+                            }
+                            c[o + k] = relocClass
+                        }
                     }
                     toReloc += size
-                    fields.append((o, size, r.type, si, r.addend, loc))
+                    if record { fields.append((o, size, r.type, si, r.addend, loc)) }
                 }
                 count += 1
             }

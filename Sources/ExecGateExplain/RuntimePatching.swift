@@ -18,13 +18,13 @@ public enum RuntimePatchVerdict: Sendable, Equatable {
 /// The run-time sites of one allowed module, with their legal encodings.
 public struct RuntimeSiteTable: @unchecked Sendable {
     // @unchecked: holds value-type site descriptions only (sets and inline bytes).
-    let sites: [UInt64: VariableSite]
+    let sites: SiteMap
     public let module: String
 
     /// Number of run-time patchable sites known for the module.
     public var count: Int { sites.count }
     /// Start addresses of the known sites.
-    public var addresses: [UInt64] { sites.keys.sorted() }
+    public var addresses: [UInt64] { sites.addresses }
 
     /// The consistency key of the site at `address` (jump-label `static_key` or static-call key
     /// address; the smp-lock group for lock prefixes), nil if none or no such site. A run-time
@@ -59,12 +59,60 @@ public struct RuntimeSiteTable: @unchecked Sendable {
 extension RuntimeSiteTable {
     /// The sites a successful explanation recorded, by address.
     init(session s: Session, claim: ModuleClaim) {
-        var map: [UInt64: VariableSite] = [:]
-        map.reserveCapacity(s.variable.count)
-        for v in s.variable { map[s.base &+ UInt64(v.offset)] = v }
         // ftrace sites are run-time patchable even when no ftrace entry is trusted (then only NOP5).
-        self.init(sites: map, module: claim.name)
+        self.init(sites: SiteMap(base: s.base, sortedByOffset: s.variable), module: claim.name)
     }
+}
+
+/// Sites by start address: two arrays in address order, found by binary search (a dictionary of
+/// these values cost a hash per site to build and ~1.5x the memory of a guest's live-site tables).
+struct SiteMap: Sequence {
+    /// Strictly increasing.
+    let addresses: [UInt64]
+    let sites: [VariableSite]
+
+    /// `variable` sorted by offset (Comparison.swift sorts it); of several sites at one offset the
+    /// last wins, as it did in the dictionary this replaces.
+    init(base: UInt64, sortedByOffset variable: [VariableSite]) {
+        var a: [UInt64] = [], v: [VariableSite] = []
+        a.reserveCapacity(variable.count)
+        v.reserveCapacity(variable.count)
+        for site in variable {
+            let addr = base &+ UInt64(site.offset)
+            if let last = a.last, last >= addr {
+                precondition(last == addr, "sites not sorted by offset")
+                v[v.count - 1] = site
+                continue
+            }
+            a.append(addr)
+            v.append(site)
+        }
+        addresses = a
+        sites = v
+    }
+
+    var count: Int { addresses.count }
+
+    subscript(address: UInt64) -> VariableSite? {
+        var lo = 0, hi = addresses.count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if addresses[mid] < address { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < addresses.count && addresses[lo] == address ? sites[lo] : nil
+    }
+
+    struct Iterator: IteratorProtocol {
+        let map: SiteMap
+        var i = 0
+        mutating func next() -> (key: UInt64, value: VariableSite)? {
+            guard i < map.addresses.count else { return nil }
+            defer { i += 1 }
+            return (map.addresses[i], map.sites[i])
+        }
+    }
+    func makeIterator() -> Iterator { Iterator(map: self) }
+    var underestimatedCount: Int { addresses.count }
 }
 
 extension Explainer {

@@ -15,6 +15,20 @@ struct SiteBytes: Equatable {
     var raw: UInt64 = 0
     var count: Int = 0
     init() {}
+    /// Bytes `raw` (little-endian: byte 0 in the low bits), `count` ≤ 8 of them.
+    @inline(__always) init(raw: UInt64, count: Int) {
+        precondition(count >= 0 && count <= 8 && (count == 8 || raw >> (8 * UInt64(count)) == 0))
+        self.raw = raw
+        self.count = count
+    }
+    /// These bytes followed by `pad` up to `n` bytes (n ≤ 8; unchanged when already that long).
+    @inline(__always) func padded(to n: Int, with pad: UInt8) -> SiteBytes {
+        precondition(n <= 8)
+        var r = raw
+        var k = count
+        while k < n { r |= UInt64(pad) << (8 * UInt64(k)); k += 1 }
+        return SiteBytes(raw: r, count: max(k, count))
+    }
     init(_ b: [UInt8]) {
         precondition(b.count <= 8)
         for (k, x) in b.enumerated() { raw |= UInt64(x) << (8 * UInt64(k)) }
@@ -46,10 +60,12 @@ struct VariableSite {
     var cls: ExplanationClass
     /// Consistency group (key address); sites of one group must report the same state.
     var group: UInt64?
-    /// Description (a literal; the key is appended only when a message needs it).
+    /// Description (a literal; the key, which is `group`, is appended only when a message needs
+    /// it, and only for the kinds whose messages name it). One flag instead of a second optional
+    /// key: these descriptions are a guest's live-site tables, kept while its modules are live.
     var label: String
-    var labelKey: UInt64?
-    var what: String { labelKey.map { "\(label) (key 0x\(String($0, radix: 16)))" } ?? label }
+    var labelShowsKey: Bool
+    var what: String { labelShowsKey ? group.map { "\(label) (key 0x\(String($0, radix: 16)))" } ?? label : label }
     var rule: Rule
 
     /// The legal encodings of one site kind, with what they need to decide membership.
@@ -71,7 +87,8 @@ struct VariableSite {
 
     init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, what: String, whatKey: UInt64? = nil, rule: Rule) {
         self.offset = offset; self.length = length; self.cls = cls; self.group = group
-        self.label = what; self.labelKey = whatKey; self.rule = rule
+        precondition(whatKey == nil || whatKey == group, "a site's message names its own key")
+        self.label = what; self.labelShowsKey = whatKey != nil; self.rule = rule
     }
 
     static let nop5 = SiteBytes(x86Nops[5])
@@ -175,7 +192,7 @@ extension Session {
             }
             let size = insn.length
             let nop = SiteBytes(x86Nops[size])
-            let jmp = genInsn(size == 2 ? 0xeb : 0xe9, at: code, to: target).map(SiteBytes.init)
+            let jmp = genInsnBytes(size == 2 ? 0xeb : 0xe9, at: code, to: target)
             countSite(.jumpLabel)
             jumpSites.append((off, size, code, target))
             // State = key enabled (1) or not (0): JMP when enabled != branch default... the encoded
@@ -240,7 +257,7 @@ extension Session {
                                              rule: .staticCallJcc(site: site, op: op, nullTarget: nullTarget, trusted: trusted, orig: orig)))
                 continue
             }
-            let retF = SiteBytes(retForm(at: site, length: 5) ?? [0xc3, 0xcc, 0xcc, 0xcc, 0xcc])
+            let retF = retInstruction(at: site)?.padded(to: 5, with: 0xcc) ?? SiteBytes(raw: 0xcccc_cccc_c3, count: 5)
             variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: tail ? "static call (tail)" : "static call", whatKey: key,
                                          rule: .staticCall(site: site, tail: tail, retForm: retF, ret0: ret0, trusted: trusted)))
         }
@@ -313,7 +330,7 @@ extension Session {
         let key = trampolineKey(a)
         // A trampoline without a key symbol has no trusted target: only its RET form.
         let trusted = key.map { trustedStaticCallTargets($0) } ?? []
-        let ret = SiteBytes(retForm(at: a, length: 5) ?? [])
+        let ret = retInstruction(at: a)?.padded(to: 5, with: 0xcc) ?? SiteBytes()
         variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: "static-call trampoline", whatKey: key,
                                      rule: .trampoline(site: a, retForm: ret, trusted: trusted)))
     }

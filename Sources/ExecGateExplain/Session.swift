@@ -56,7 +56,7 @@ final class Session {
     /// The module's defined `__SCK__*` (static-call key) symbols by name.
     let keySymbols: [String: Int]
     /// This module's own function entries (STT_FUNC in exec core sections).
-    let functionEntries: Set<UInt64>
+    let functionEntries: FunctionEntries
 
     // MARK: Working state of the stages
 
@@ -109,7 +109,10 @@ final class Session {
     }
     var relocCount = 0
 
-    // Site records (for the mutation tester and diagnostics).
+    // Site records (for the mutation tester and diagnostics). Relocation fields only when
+    // `recordRelocationFields` is set before `run()` (the mutation tester: one record per field
+    // of the region, hundreds of thousands per boot, that nothing else reads).
+    var recordRelocationFields = false
     var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
     var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
     var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
@@ -313,7 +316,7 @@ final class Session {
         self.symValue = [UInt64?](repeating: nil, count: symtab.count)
         var trampolines: [Int] = []
         var keys: [String: Int] = [:]
-        var entries: Set<UInt64> = []
+        var entries: [UInt64] = []
         for i in symtab.indices where !symtab.isUndefined(i) {
             let p = symtab.nameBytes(i)
             if p.count >= 7, p[0] == 0x5f, p[1] == 0x5f, p[2] == 0x53, p[3] == 0x43, p[5] == 0x5f, p[6] == 0x5f {
@@ -322,13 +325,13 @@ final class Session {
             if symtab.isFunction(i) {
                 let si = Int(symtab.sectionIndex(i))
                 if si < elf.sections.count, lay.coreOffset[si] != nil, lay.flags[si].contains(.execInstr), let a = addr[si] {
-                    entries.insert(a &+ symtab.value(i))
+                    entries.append(a &+ symtab.value(i))
                 }
             }
         }
         self.trampolineSymbols = trampolines
         self.keySymbols = keys
-        self.functionEntries = entries
+        self.functionEntries = FunctionEntries(entries)
     }
 
     // MARK: Run
@@ -410,6 +413,16 @@ final class Session {
             }
         }
         setClass(off, n, v)
+    }
+
+    /// `write(off, b.array, c)` without the array.
+    func write(_ off: Int, _ b: SiteBytes, _ c: ExplanationClass) {
+        let n = b.count
+        precondition(off >= 0 && n <= image.count && off <= image.count - n && image.count == cls.count, "write outside the image")
+        image.withUnsafeMutableBufferPointer { img in
+            for k in 0..<n { img[off + k] = UInt8(truncatingIfNeeded: b.raw >> (8 * UInt64(k))) }
+        }
+        setClass(off, n, UInt8(c.rawValue))
     }
 
     /// `cls[off..<off+n] = v`, keeping `classCounts` exact.
@@ -512,7 +525,7 @@ final class Session {
     var returnThunkTarget: UInt64? { facts.returnThunk ?? returnThunkExport }
 
     /// A legitimate function entry: of this module, of the core kernel, or of a verified module.
-    /// Returns a closure over value copies (the sets are copy-on-write: no copying happens).
+    /// Returns a closure over value copies (the tables are copy-on-write: no copying happens).
     var isFunctionEntry: (UInt64) -> Bool {
         let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
         return { own.contains($0) || core.contains($0) || mods.contains($0) }

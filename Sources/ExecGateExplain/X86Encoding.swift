@@ -32,16 +32,18 @@ func addNops(_ buf: inout [UInt8], at start: Int, count: Int) {
 
 /// `__text_gen_insn()`: opcode + rel32 (or rel8 for `eb`) from `addr` to `dest`. nil if rel8 does
 /// not fit (the kernel BUGs) or rel32 overflows.
-func genInsn(_ op: UInt8, at addr: UInt64, to dest: UInt64) -> [UInt8]? {
+func genInsn(_ op: UInt8, at addr: UInt64, to dest: UInt64) -> [UInt8]? { genInsnBytes(op, at: addr, to: dest)?.array }
+
+/// `genInsn` held inline (no array: the per-site stages build thousands of these).
+@inline(__always) func genInsnBytes(_ op: UInt8, at addr: UInt64, to dest: UInt64) -> SiteBytes? {
     let len: UInt64 = op == 0xeb ? 2 : 5
     let disp = Int64(bitPattern: dest &- (addr &+ len))
     if op == 0xeb {
         guard disp >= -128 && disp <= 127 else { return nil }
-        return [0xeb, UInt8(bitPattern: Int8(disp))]
+        return SiteBytes(raw: 0xeb | UInt64(UInt8(bitPattern: Int8(disp))) << 8, count: 2)
     }
     guard disp >= Int64(Int32.min) && disp <= Int64(Int32.max) else { return nil }
-    let u = UInt32(bitPattern: Int32(disp))
-    return [op, UInt8(u & 0xff), UInt8((u >> 8) & 0xff), UInt8((u >> 16) & 0xff), UInt8(u >> 24)]
+    return SiteBytes(raw: UInt64(op) | UInt64(UInt32(bitPattern: Int32(disp))) << 8, count: 5)
 }
 
 

@@ -120,6 +120,8 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     /// Replies handed to the socket whose write has not completed yet, and when the last write
     /// made progress (completed, or was issued while none was outstanding).
     private var writesOutstanding = 0
+    /// A flush is queued on the loop for the replies written since the last one (`scheduleFlush`).
+    private var flushScheduled = false
     private var writeProgress = NIODeadline.now()
     private var lastActivity = NIODeadline.now()
     private var timer: RepeatedTask?
@@ -241,7 +243,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         if writesOutstanding == 0 { writeProgress = .now() }
         writesOutstanding += 1
-        context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in
+        context.write(wrapOutboundOut(reply)).whenComplete { _ in
             let (handler, context) = bound.value
             handler.writesOutstanding -= 1
             handler.writeProgress = .now()
@@ -252,6 +254,23 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             } else {
                 handler.pump(context: context)
             }
+        }
+        scheduleFlush(context: context)
+    }
+
+    /// One flush for the replies written in this event-loop turn: replies of pipelined requests
+    /// judged together complete on the loop one after another, and a flush each was a `writev`
+    /// each. The flush runs as a task after the completions already queued, never later than the
+    /// loop's next turn, so a reply is not held back and the write-stall clock (which starts when
+    /// the write is issued) only counts time the socket refused bytes.
+    private func scheduleFlush(context: ChannelHandlerContext) {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context) = bound.value
+            handler.flushScheduled = false
+            context.flush()
         }
     }
 

@@ -42,6 +42,7 @@ struct FixtureReplay {
         let e = try XCTUnwrap(modules[name])
         return try e.module.ko.withUnsafeBytes { raw in
             let s = try Session(elf: try ELFFile(bytes: raw), claim: e.module.claim, facts: boot.facts, resolver: e.before)
+            s.recordRelocationFields = true  // the tests pick fields from them
             try s.run()
             return s
         }
@@ -296,6 +297,7 @@ final class InitTextTests: XCTestCase {
             try core.run()
             let s = try Session(elf: elf, claim: claim, facts: f.boot.facts, resolver: e.before, region: .initText,
                                 inherited: .init(ownKeyDefaults: core.ownKeyDefaults, groupState: core.finalGroupState))
+            s.recordRelocationFields = true
             try s.relocate(); try s.applyBootTimePatching(); try s.addRuntimeSites()
             XCTAssertGreaterThan(s.relocCount, 0)
             claim.initText = s.image

@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The export tables' lookup structure: symbol names (ASCII byte strings) → addresses, looked up
+// with the borrowed bytes of a module's symbol name (no `String` made, no SipHash over it).
+// Every undefined symbol of every module, every name a module exports (verify_exported_symbols)
+// and every export a verified module adds goes through it; with `[String: UInt64]` this was the
+// largest single cost of the engine after the relocation walk.
+//
+// Equality is byte equality, which for two ASCII strings is exactly `String` equality (canonical
+// equivalence maps an ASCII string only to itself). Non-ASCII names never enter the table: their
+// owners (SlidExports) keep them in a `[String: UInt64]` and compare them as `String`s, as before.
+
+/// Open addressing over a power-of-two array of slots that hold the entry itself (hash, value,
+/// the name's first 16 bytes), probed through a parallel array of 32-bit tags (4 bytes a slot: it
+/// stays in cache, so a miss, the usual answer of the added-exports table and of the duplicate-
+/// export check, rarely reads a slot); a hit on a name of up to 16 bytes reads one slot, a longer
+/// name one more read of its tail. A value type (copy-on-write through its arrays).
+struct NameTable: Sendable {
+    private struct Slot {
+        var hash: UInt64 = 0
+        var value: UInt64 = 0
+        /// The name's first 16 bytes, zero-padded.
+        var head0: UInt64 = 0
+        var head1: UInt64 = 0
+        /// Where the name's bytes are in `bytes`; count −1 marks an empty slot.
+        var start: Int32 = 0
+        var count: Int32 = -1
+    }
+    /// The names' bytes, one after another.
+    private var bytes: [UInt8] = []
+    /// At most half full.
+    private var slots: [Slot] = []
+    /// Per slot: 0 empty, else the high half of the hash with bit 0 set.
+    private var tags: [UInt32] = []
+    private(set) var count = 0
+
+    init() {}
+
+    init(minimumCapacity n: Int) {
+        var size = 16
+        while size < 2 * n { size <<= 1 }
+        slots = [Slot](repeating: Slot(), count: size)
+        tags = [UInt32](repeating: 0, count: size)
+    }
+
+    @inline(__always) static func tag(_ hash: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: hash >> 32) | 1 }
+
+    var isEmpty: Bool { count == 0 }
+
+    /// Per-process seed (the order of nothing observable depends on it; it only spreads names).
+    private static let seed = UInt64.random(in: 1...UInt64.max)
+
+    /// The hash and the first 16 bytes (zero-padded) of `b`, in one pass over it.
+    @inline(__always) static func digest(_ b: UnsafeRawBufferPointer) -> (hash: UInt64, head0: UInt64, head1: UInt64) {
+        var h = seed ^ (UInt64(b.count) &* 0x9e37_79b9_7f4a_7c15)
+        var head0: UInt64 = 0, head1: UInt64 = 0
+        var i = 0
+        let n = b.count
+        while i + 8 <= n {
+            let w = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            if i == 0 { head0 = w } else if i == 8 { head1 = w }
+            h = (h ^ w) &* 0xbf58_476d_1ce4_e5b9
+            h ^= h >> 31
+            i += 8
+        }
+        if i < n {
+            var w: UInt64 = 0
+            var k = 0
+            while i + k < n { w |= UInt64(b[i + k]) << (8 * UInt64(k)); k += 1 }
+            if i == 0 { head0 = w } else if i == 8 { head1 = w }
+            h = (h ^ w) &* 0xbf58_476d_1ce4_e5b9
+        }
+        h ^= h >> 29
+        h = h &* 0x94d0_49bb_1331_11eb
+        return (h ^ (h >> 32), head0, head1)
+    }
+
+    /// True if every byte is below 0x80 (word-wise).
+    @inline(__always) static func isASCII(_ b: UnsafeRawBufferPointer) -> Bool {
+        var acc: UInt64 = 0
+        var i = 0
+        while i + 8 <= b.count { acc |= b.loadUnaligned(fromByteOffset: i, as: UInt64.self); i += 8 }
+        while i < b.count { acc |= UInt64(b[i]); i += 1 }
+        return acc & 0x8080_8080_8080_8080 == 0
+    }
+
+    /// The slot holding `b` (found) or the empty slot where it would go.
+    @inline(__always) private func find(_ b: UnsafeRawBufferPointer, _ d: (hash: UInt64, head0: UInt64, head1: UInt64)) -> (slot: Int, found: Bool) {
+        let mask = slots.count - 1
+        precondition(mask >= 0 && tags.count == slots.count)
+        var s = Int(truncatingIfNeeded: d.hash) & mask
+        let t = Self.tag(d.hash)
+        return tags.withUnsafeBufferPointer { tg in
+            slots.withUnsafeBufferPointer { sl in
+                while true {
+                    let g = tg[s]
+                    if g == 0 { return (s, false) }
+                    if g == t {
+                        let x = sl[s]
+                        if x.hash == d.hash && Int(x.count) == b.count && x.head0 == d.head0 && x.head1 == d.head1
+                            && (b.count <= 16 || tailEqual(Int(x.start), b)) { return (s, true) }
+                    }
+                    s = (s + 1) & mask
+                }
+            }
+        }
+    }
+
+    /// `bytes[start + 16 ..< start + b.count] == b[16...]`.
+    private func tailEqual(_ start: Int, _ b: UnsafeRawBufferPointer) -> Bool {
+        bytes.withUnsafeBytes { nb in
+            let n = b.count
+            precondition(start >= 0 && start <= nb.count - n)
+            var i = 16
+            while i + 8 <= n {
+                if nb.loadUnaligned(fromByteOffset: start + i, as: UInt64.self) != b.loadUnaligned(fromByteOffset: i, as: UInt64.self) { return false }
+                i += 8
+            }
+            while i < n { if nb[start + i] != b[i] { return false }; i += 1 }
+            return true
+        }
+    }
+
+    /// The value of the name `b` (ASCII bytes).
+    func lookup(_ b: UnsafeRawBufferPointer) -> UInt64? {
+        if count == 0 { return nil }
+        let (s, found) = find(b, Self.digest(b))
+        return found ? slots[s].value : nil
+    }
+
+    /// Insert, or replace the value of, the name `b` (ASCII bytes).
+    mutating func insert(_ b: UnsafeRawBufferPointer, _ value: UInt64) {
+        precondition(Self.isASCII(b), "NameTable holds ASCII names only")
+        if 2 * (count + 1) > slots.count { grow() }
+        let d = Self.digest(b)
+        let (s, found) = find(b, d)
+        if found { slots[s].value = value; return }
+        precondition(bytes.count <= Int(Int32.max) - b.count)
+        slots[s] = Slot(hash: d.hash, value: value, head0: d.head0, head1: d.head1, start: Int32(bytes.count), count: Int32(b.count))
+        tags[s] = Self.tag(d.hash)
+        bytes.append(contentsOf: b)
+        count += 1
+    }
+
+    private mutating func grow() {
+        var size = max(16, slots.count * 2)
+        while size < 2 * (count + 1) { size <<= 1 }
+        var sl = [Slot](repeating: Slot(), count: size)
+        var tg = [UInt32](repeating: 0, count: size)
+        let mask = size - 1
+        for x in slots where x.count >= 0 {
+            var s = Int(truncatingIfNeeded: x.hash) & mask
+            while tg[s] != 0 { s = (s + 1) & mask }
+            sl[s] = x
+            tg[s] = Self.tag(x.hash)
+        }
+        slots = sl
+        tags = tg
+    }
+
+    /// Every (name, value), in slot order.
+    var pairs: [(name: String, value: UInt64)] {
+        bytes.withUnsafeBufferPointer { nb in
+            slots.filter { $0.count >= 0 }.map {
+                (String(decoding: UnsafeBufferPointer(rebasing: nb[Int($0.start)..<Int($0.start) + Int($0.count)]), as: UTF8.self), $0.value)
+            }
+        }
+    }
+
+    /// Without the names `drop` says yes to (rebuilt: for the rare non-ASCII insert only).
+    func removing(where drop: (String) -> Bool) -> NameTable {
+        var t = NameTable()
+        for (n, v) in pairs where !drop(n) {
+            var n = n
+            n.withUTF8 { t.insert(UnsafeRawBufferPointer($0), v) }
+        }
+        return t
+    }
+}
+
+/// A module's function entries (STT_FUNC addresses in its exec core sections): sorted, unique,
+/// found by binary search. Built once per explanation from the symbol table (a sort of a few
+/// hundred words instead of a hash per symbol), kept as is by ``ModuleExports`` and shared, not
+/// merged, by ``SymbolResolver`` (``FunctionEntrySet``).
+public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Equatable {
+    /// Strictly increasing.
+    public let sorted: [UInt64]
+
+    public init(_ addresses: [UInt64]) {
+        var a = addresses
+        a.sort()
+        var w = 0
+        for x in a where w == 0 || a[w - 1] != x { a[w] = x; w += 1 }
+        a.removeLast(a.count - w)
+        sorted = a
+    }
+    public init(_ addresses: Set<UInt64>) { self.init(Array(addresses)) }
+    public init(arrayLiteral elements: UInt64...) { self.init(elements) }
+
+    public var count: Int { sorted.count }
+    public var isEmpty: Bool { sorted.isEmpty }
+    public var underestimatedCount: Int { sorted.count }
+    public func makeIterator() -> IndexingIterator<[UInt64]> { sorted.makeIterator() }
+
+    public func contains(_ a: UInt64) -> Bool {
+        var lo = 0, hi = sorted.count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if sorted[mid] < a { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < sorted.count && sorted[lo] == a
+    }
+}
+
+/// The function entries of every verified module of a guest: each module's ``FunctionEntries``
+/// as it was added (shared storage, nothing merged), in the order added.
+public struct FunctionEntrySet: Sendable, Sequence {
+    public private(set) var modules: [FunctionEntries] = []
+    public init() {}
+    mutating func add(_ e: FunctionEntries) { if !e.isEmpty { modules.append(e) } }
+    public func contains(_ a: UInt64) -> Bool { modules.contains { $0.contains(a) } }
+    public var count: Int { modules.reduce(0) { $0 + $1.count } }
+    public var isEmpty: Bool { modules.isEmpty }
+    public var underestimatedCount: Int { count }
+    public func makeIterator() -> FlattenSequence<[FunctionEntries]>.Iterator { modules.joined().makeIterator() }
+}

@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The export tables' byte-keyed lookup (NameTable inside SlidExports) must answer exactly what the
+// `[String: UInt64]` it replaced answered, including `String`'s canonical equivalence for
+// non-ASCII names (an ASCII key and a non-ASCII name can be equal: "K" and U+212A KELVIN SIGN).
+
+@testable import ExecGateExplain
+import XCTest
+
+final class ExportLookupTests: XCTestCase {
+    /// Names that stress the table: empty, lengths around the 8-byte word steps, shared prefixes,
+    /// and canonically equivalent non-ASCII spellings.
+    static let names: [String] = {
+        var n = ["", "K", "\u{212A}", "e\u{301}", "\u{E9}", "x", "__fentry__", "__x86_return_thunk", "abcdefg", "abcdefgh", "abcdefghi",
+                 "abcdefghabcdefgh", "abcdefghabcdefghX", "Ω", "\u{2126}", "printk", "_printk"]
+        for i in 0..<600 { n.append("sym_\(i)_" + String(repeating: "z", count: i % 19)) }
+        return n
+    }()
+
+    /// Seeded random core tables and add sequences; every name's lookup (String and UTF-8 bytes)
+    /// against a plain dictionary with the same history.
+    func testLookupsMatchADictionaryWithTheSameHistory() {
+        var rng = SplitMix64(state: 0x5eed_e0e0)
+        for round in 0..<40 {
+            var core: [String: UInt64] = [:]
+            for n in Self.names where rng.below(3) == 0 { core[n] = rng.next() | 0xffff_ffff_8000_0000 }
+            let slide = KernelSlide(round % 2 == 0 ? 0 : UInt64(rng.below(512)) << 21)
+            var exports = SlidExports(core).slid(by: slide)
+            var reference: [String: UInt64] = [:]  // the added entries, as the old dictionary held them
+            func expected(_ n: String) -> UInt64? { reference[n] ?? core[n].map(slide.runTime) }
+            func check(_ when: String) {
+                for n in Self.names {
+                    XCTAssertEqual(exports[n], expected(n), "round \(round) \(when): \(n.debugDescription)")
+                    var m = n
+                    let byBytes = m.withUTF8 { SymbolResolver(coreExports: exports).lookup(utf8: UnsafeRawBufferPointer($0)) }
+                    XCTAssertEqual(byBytes, expected(n), "round \(round) \(when), bytes: \(n.debugDescription)")
+                }
+                XCTAssertEqual(exports.added, reference, "round \(round) \(when): added entries")
+                XCTAssertEqual(exports.dictionary(), core.mapValues(slide.runTime).merging(reference) { $1 }, "round \(round) \(when): dictionary")
+            }
+            check("before adds")
+            for k in 0..<(1 + rng.below(80)) {
+                let n = Self.names[rng.below(Self.names.count)]
+                let v = rng.next()
+                exports.add(n, v)
+                reference[n] = v
+                if k % 16 == 0 { check("after \(k + 1) adds") }
+            }
+            check("after adds")
+        }
+    }
+
+    /// The equivalences the table must keep (Swift's String equality, which the old dictionary used).
+    func testCanonicallyEquivalentNamesAreOneKey() {
+        var e = SlidExports(["K": 1])
+        XCTAssertEqual(e["\u{212A}"], 1, "KELVIN SIGN equals K")
+        e.add("\u{212A}", 2)
+        XCTAssertEqual(e["K"], 2)
+        XCTAssertEqual(e.added.count, 1)
+        e.add("K", 3)
+        XCTAssertEqual(e["\u{212A}"], 3)
+        XCTAssertEqual(e.added.count, 1, "one key, replaced")
+        XCTAssertNil(e["k"], "byte case matters")
+    }
+}
