@@ -108,37 +108,86 @@ extension Session {
         return counts
     }
 
-    /// `__ksymtab_<name>` marks an export of `<name>` (EXPORT_SYMBOL / _GPL).
-    /// (Names are made only for `__ksymtab_` symbols, by a byte test on the borrowed name.)
-    func exportedNames() -> Set<String> {
+    /// `__ksymtab_<name>` marks an export of `<name>` (EXPORT_SYMBOL / _GPL). Found once, on the
+    /// borrowed name bytes: no `String` is made unless a name is not ASCII (``ExportedNames``).
+    func exportedNames() -> ExportedNames {
         if let n = exportedNameCache { return n }
-        var names: Set<String> = []
-        for i in symtab.indices where hasASCIIPrefix(symtab.nameBytes(i), "__ksymtab_") { names.insert(String(symtab.name(i).dropFirst(10))) }
-        exportedNameCache = names
-        return names
+        var e = ExportedNames()
+        for i in symtab.indices {
+            let b = symtab.nameBytes(i)
+            guard hasASCIIPrefix(b, "__ksymtab_") else { continue }
+            let n = UnsafeRawBufferPointer(rebasing: b[10...])
+            guard NameTable.isASCII(n) else { e.allASCII = false; continue }
+            // A duplicate (same bytes, so the same String) is one name, as in the Set it replaces.
+            if e.table.lookup(n) == nil {
+                e.table.insert(n, UInt64(i))
+                e.symbols.append(i)
+                if n.count < 64 { e.lengthMask |= 1 << UInt64(n.count) } else { e.anyLong = true }
+            }
+        }
+        if !e.allASCII {
+            // Some exported name is not ASCII: every use takes the `String` path (canonical
+            // equivalence; see NameTable.swift), with the names as one Set, as before.
+            var names: Set<String> = []
+            for i in symtab.indices where hasASCIIPrefix(symtab.nameBytes(i), "__ksymtab_") { names.insert(String(symtab.name(i).dropFirst(10))) }
+            e.strings = names
+        }
+        exportedNameCache = e
+        return e
     }
 
     func moduleExports() -> ModuleExports {
         let names = exportedNames()
         var out: [String: UInt64] = [:]
-        // Cheap integer tests first: the name hash is only computed for defined non-local symbols.
+        // Cheap integer tests first: names are only hashed for defined non-local symbols.
         if !names.isEmpty {
-            // Skip, without making a String, an ASCII name whose length no exported name has: when
-            // every exported name is ASCII too, String equality (canonical equivalence) between
-            // ASCII strings is byte equality, so such a name cannot match. Any non-ASCII name
-            // takes the String comparison as before.
-            let lengths = Set(names.map { $0.utf8.count })
-            let asciiNames = names.allSatisfy { $0.utf8.allSatisfy { $0 < 0x80 } }
             for i in symtab.indices where !symtab.isUndefined(i) && symtab.binding(i) != 0 {
-                if asciiNames {
-                    let b = symtab.nameBytes(i)
-                    if !lengths.contains(b.count) && !b.contains(where: { $0 >= 0x80 }) { continue }
+                let b = symtab.nameBytes(i)
+                let n: String
+                if names.allASCII && NameTable.isASCII(b) {
+                    // ASCII against ASCII: String equality is byte equality (NameTable.swift).
+                    guard names.mayHaveLength(b.count), names.table.lookup(b) != nil else { continue }
+                    n = symtab.name(i)
+                } else {
+                    // A non-ASCII name on either side: String comparison, as before.
+                    n = symtab.name(i)
+                    guard names.stringSet(symtab).contains(n) else { continue }
                 }
-                let n = symtab.name(i)
-                if names.contains(n), let v = try? symbolValue(i) { out[n] = v }
+                if let v = try? symbolValue(i) { out[n] = v }
             }
         }
         return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries,
                              staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)
+    }
+}
+
+/// A module's exported names (`__ksymtab_<name>` symbols), as byte ranges into its string table.
+struct ExportedNames {
+    /// The distinct ASCII names (value: the `__ksymtab_` symbol's index), byte-keyed.
+    var table = NameTable()
+    /// The `__ksymtab_` symbol of each distinct ASCII name, in symbol order.
+    var symbols: [Int] = []
+    /// Bit n set: some name is n bytes long (n < 64); `anyLong`: some is 64 or longer.
+    var lengthMask: UInt64 = 0
+    var anyLong = false
+    /// False if some exported name is not ASCII; then `strings` holds every name and all
+    /// comparisons are `String` comparisons.
+    var allASCII = true
+    var strings: Set<String>?
+
+    var isEmpty: Bool { allASCII ? table.isEmpty : strings!.isEmpty }
+
+    @inline(__always) func mayHaveLength(_ n: Int) -> Bool { n < 64 ? lengthMask & (1 << UInt64(n)) != 0 : anyLong }
+
+    /// The names as `String`s (made here only for the rare paths: a non-ASCII name somewhere, or
+    /// a duplicate export to report).
+    func stringSet(_ symtab: ELFSymbolTable) -> Set<String> {
+        if let s = strings { return s }
+        return Set(symbols.map { String(symtab.name($0).dropFirst(10)) })
+    }
+
+    /// The borrowed bytes of the `k`th ASCII name.
+    @inline(__always) func nameBytes(_ k: Int, _ symtab: ELFSymbolTable) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: symtab.nameBytes(symbols[k])[10...])
     }
 }

@@ -30,8 +30,14 @@ extension Session {
     /// core kernel or a live module ("exports duplicate symbol ... (owned by ...)", -ENOEXEC);
     /// otherwise the later export would shadow the earlier one for every module after it.
     func verifyExportedSymbols() throws {
-        let names = exportedNames()
-        // The common case (no duplicate) needs no order; the first duplicate in name order is reported.
+        let exported = exportedNames()
+        // The common case (no duplicate) needs no order and no String: the resolver looks the
+        // borrowed bytes up (`lookup(utf8:)` answers as `lookup(String)` does). The first
+        // duplicate in name order is reported (Strings made only then).
+        if exported.allASCII {
+            guard exported.symbols.indices.contains(where: { resolver.lookup(utf8: exported.nameBytes($0, symtab)) != nil }) else { return }
+        }
+        let names = exported.stringSet(symtab)
         guard names.contains(where: { resolver.lookup($0) != nil }) else { return }
         for name in names.sorted() where resolver.lookup(name) != nil {
             throw deny(.duplicateExport, "the module exports \(name), which the core kernel or a verified module already exports")

@@ -134,7 +134,7 @@ final class Session {
     lazy var trampolineKeyByAddress: [UInt64: UInt64?] = buildTrampolineKeys()
 
     /// `exportedNames()`, computed once (verify_exported_symbols and the exports both need it).
-    var exportedNameCache: Set<String>?
+    var exportedNameCache: ExportedNames?
 
     /// Key-group states after comparison (handed to the init-region session).
     var finalGroupState: [UInt64: UInt64] = [:]
