@@ -105,6 +105,36 @@ extension Session {
         // Exec-target records (for the mutation tester only): reserved once, not grown per field.
         let record = recordRelocationFields
         if record { fields.reserveCapacity(fields.count + rela.reduce(0) { imageOffset(of: $1.targetSectionIndex) != nil ? $0 + $1.relocations.count : $0 }) }
+        /// The loader's checks on one record, in `apply_relocate_add()`'s order (arch/x86/kernel/
+        /// module.c: known type, symbol value, the 32/32S overflow checks on S + A): its field size,
+        /// offset in the section, address and S + A (before a PC-relative type subtracts the
+        /// address); nil for a type that writes nothing.
+        func field(_ r: ELFRelocation, _ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64) throws -> (size: Int, offset: Int, loc: UInt64, value: UInt64)? {
+            guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
+                throw deny(.relocation, "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
+                           section: sectionName(t), offset: Int(r.offset), address: taddr &+ r.offset)
+            }
+            if size == 0 { return nil }
+            let fo = Int(r.offset)  // validated against the section size by the parser.
+            let loc = taddr &+ r.offset
+            let si = r.symbolIndex
+            let sv: UInt64
+            if let v = vals[si] { sv = v } else { sv = try computeSymbolValue(si); vals[si] = sv }
+            let val = sv &+ UInt64(bitPattern: r.addend)
+            switch r.type.rawValue {
+            case 10:  // R_X86_64_32
+                guard val <= UInt64(UInt32.max) else {
+                    throw deny(.relocation, "R_X86_64_32 overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
+                }
+            case 11:  // R_X86_64_32S
+                let sv = Int64(bitPattern: val)
+                guard sv >= Int64(Int32.min) && sv <= Int64(Int32.max) else {
+                    throw deny(.relocation, "R_X86_64_32S overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
+                }
+            default: break
+            }
+            return (size, fo, loc, val)
+        }
         /// One relocation section into `buf` (the image from `toff`, or a data copy from 0);
         /// `classes` is the image's class array when the target is the explained region.
         func apply(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ buf: UnsafeMutableRawBufferPointer, _ toff: Int,
@@ -120,27 +150,10 @@ extension Session {
             let rels = rs.relocations
             for ri in start..<rels.count {
                 let r = rels[ri]
-                guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
-                    throw deny(.relocation, "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
-                               section: sectionName(t), offset: Int(r.offset), address: taddr &+ r.offset)
-                }
-                if size == 0 { continue }
-                let fo = Int(r.offset)  // validated against the section size by the parser.
-                let loc = taddr &+ r.offset
+                guard let (size, fo, loc, s) = try field(r, rs, t, taddr) else { continue }
                 let si = r.symbolIndex
-                let sv: UInt64
-                if let v = vals[si] { sv = v } else { sv = try computeSymbolValue(si); vals[si] = sv }
-                var val = sv &+ UInt64(bitPattern: r.addend)
+                var val = s
                 switch r.type.rawValue {
-                case 10:  // R_X86_64_32
-                    guard val <= UInt64(UInt32.max) else {
-                        throw deny(.relocation, "R_X86_64_32 overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
-                    }
-                case 11:  // R_X86_64_32S
-                    let sv = Int64(bitPattern: val)
-                    guard sv >= Int64(Int32.min) && sv <= Int64(Int32.max) else {
-                        throw deny(.relocation, "R_X86_64_32S overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
-                    }
                 case 2, 4, 24:  // R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64
                     val = val &- loc
                 default: break
@@ -221,30 +234,10 @@ extension Session {
             var prevEnd = 0
             for ri in 0..<rels.count {
                 let r = rels[ri]
-                guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
-                    throw deny(.relocation, "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
-                               section: sectionName(t), offset: Int(r.offset), address: taddr &+ r.offset)
-                }
-                if size == 0 { continue }
-                let fo = Int(r.offset)  // validated against the section size by the parser.
-                if fo < prevEnd { return ri }
-                let loc = taddr &+ r.offset
-                let si = r.symbolIndex
-                let sv: UInt64
-                if let v = vals[si] { sv = v } else { sv = try computeSymbolValue(si); vals[si] = sv }
-                let val = sv &+ UInt64(bitPattern: r.addend)
-                switch r.type.rawValue {
-                case 10:  // R_X86_64_32
-                    guard val <= UInt64(UInt32.max) else {
-                        throw deny(.relocation, "R_X86_64_32 overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
-                    }
-                case 11:  // R_X86_64_32S
-                    let sv = Int64(bitPattern: val)
-                    guard sv >= Int64(Int32.min) && sv <= Int64(Int32.max) else {
-                        throw deny(.relocation, "R_X86_64_32S overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
-                    }
-                default: break
-                }
+                // A record out of order is left to the copy, where `apply` runs the same checks on
+                // it first (the same first error either way).
+                if r.type.fieldSize != 0, Int(r.offset) < prevEnd { return ri }
+                guard let (size, fo, loc, _) = try field(r, rs, t, taddr) else { continue }
                 if fo + size > sectionSize {
                     count += 1
                     continue
