@@ -63,14 +63,7 @@ final class RegisterByDigestTests: XCTestCase, SharedFactsTesting {
         XCTAssertEqual(v.guests.chargedBytes - charged, charged - a.kernel.symbolBytes, "a guest by digest is charged other than a guest's own facts")
         // Its facts are those its full registration alone gives.
         let alone = GuestFactsBuilder.facts(from: try registration(boot, "b"))
-        XCTAssertEqual(sb.facts.exports.dictionary(), alone.exports.dictionary())
-        XCTAssertEqual(Set(sb.facts.functionEntries), Set(alone.functionEntries))
-        XCTAssertEqual(sb.facts.staticCallTrustedTargets.dictionary(), alone.staticCallTrustedTargets.dictionary())
-        XCTAssertEqual(sb.facts.coreInitRanges, alone.coreInitRanges)
-        XCTAssertEqual(sb.facts.modulePercpuRange, alone.modulePercpuRange)
-        XCTAssertEqual(sb.facts.pvOps, alone.pvOps)
-        XCTAssertEqual(sb.facts.capabilities, alone.capabilities)
-        XCTAssertEqual(sb.facts.kernelRelease, alone.kernelRelease)
+        assertSameFacts(sb.facts, as: alone)
     }
 
     /// The same modules, the same verdicts: a guest attached by digest (at the full registrant's

@@ -40,6 +40,22 @@ extension SharedFactsTesting {
         guard case .registerGuestReply = reply else { throw RegistrationRefused(reply: "\(reply)") }
         return try XCTUnwrap(v.guests.session(r.guestID))
     }
+
+    /// Every fact a guest is judged by equals the one building its registration alone gives.
+    func assertSameFacts(_ got: GuestFacts, as alone: GuestFacts, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(got.exports.dictionary(), alone.exports.dictionary(), file: file, line: line)
+        XCTAssertEqual(Set(got.functionEntries), Set(alone.functionEntries), file: file, line: line)
+        XCTAssertEqual(got.staticCallTrustedTargets.dictionary(), alone.staticCallTrustedTargets.dictionary(), file: file, line: line)
+        XCTAssertEqual(got.capabilities, alone.capabilities, file: file, line: line)
+        XCTAssertEqual(got.pvOps, alone.pvOps, file: file, line: line)
+        XCTAssertEqual(got.coreInitRanges, alone.coreInitRanges, file: file, line: line)
+        XCTAssertEqual(got.modulePercpuRange, alone.modulePercpuRange, file: file, line: line)
+        XCTAssertEqual(got.uniprocessorPatched, alone.uniprocessorPatched, file: file, line: line)
+        XCTAssertEqual(got.kernelRelease, alone.kernelRelease, file: file, line: line)
+        XCTAssertEqual(got.returnThunk, alone.returnThunk, file: file, line: line)
+        XCTAssertEqual(got.paravirtNop, alone.paravirtNop, file: file, line: line)
+        XCTAssertEqual(got.staticCallReturn0, alone.staticCallReturn0, file: file, line: line)
+    }
 }
 
 final class SharedKernelFactsTests: XCTestCase, SharedFactsTesting {
@@ -60,18 +76,7 @@ final class SharedKernelFactsTests: XCTestCase, SharedFactsTesting {
         XCTAssertTrue(a.registration.symbols.isEmpty && b.registration.symbols.isEmpty, "a session keeps its own copy of the symbol records")
         // The facts each guest is judged by are the ones building them alone gives.
         let alone = GuestFactsBuilder.facts(from: try registration(boot, "b"))
-        XCTAssertEqual(b.facts.exports.dictionary(), alone.exports.dictionary())
-        XCTAssertEqual(Set(b.facts.functionEntries), Set(alone.functionEntries))
-        XCTAssertEqual(b.facts.staticCallTrustedTargets.dictionary(), alone.staticCallTrustedTargets.dictionary())
-        XCTAssertEqual(b.facts.capabilities, alone.capabilities)
-        XCTAssertEqual(b.facts.pvOps, alone.pvOps)
-        XCTAssertEqual(b.facts.coreInitRanges, alone.coreInitRanges)
-        XCTAssertEqual(b.facts.modulePercpuRange, alone.modulePercpuRange)
-        XCTAssertEqual(b.facts.uniprocessorPatched, alone.uniprocessorPatched)
-        XCTAssertEqual(b.facts.kernelRelease, alone.kernelRelease)
-        XCTAssertEqual(b.facts.returnThunk, alone.returnThunk)
-        XCTAssertEqual(b.facts.paravirtNop, alone.paravirtNop)
-        XCTAssertEqual(b.facts.staticCallReturn0, alone.staticCallReturn0)
+        assertSameFacts(b.facts, as: alone)
         // Both guests' modules are explained, each in its own session.
         for name in boot.availableModules {
             for g in ["a", "b"] {
