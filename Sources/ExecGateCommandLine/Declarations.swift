@@ -173,6 +173,13 @@ extension ArgumentSlot {
 final class ValueBox<Value> {
     var value: Value?
     init(_ value: Value?) { self.value = value }
+
+    /// The value of a declaration after parsing. The parser refuses a command whose required
+    /// option or argument is missing before run() sees it, so an empty box here is a bug.
+    func parsed(_ slot: ArgumentSlot) -> Value {
+        guard let v = value else { fatalError("\(slot.displayName) read before parsing") }
+        return v
+    }
 }
 
 /// Something the parser can find in a command by reflection.
@@ -194,11 +201,7 @@ public struct Option<Value>: DeclaredArgument {
     let slot: ArgumentSlot
 
     public var wrappedValue: Value {
-        get {
-            // The parser refuses a command whose required option is missing before run() sees it.
-            guard let v = box.value else { fatalError("\(slot.displayName) read before parsing") }
-            return v
-        }
+        get { box.parsed(slot) }
         nonmutating set { box.value = newValue }
     }
 
@@ -268,10 +271,7 @@ public struct Argument<Value>: DeclaredArgument {
     let slot: ArgumentSlot
 
     public var wrappedValue: Value {
-        get {
-            guard let v = box.value else { fatalError("\(slot.displayName) read before parsing") }
-            return v
-        }
+        get { box.parsed(slot) }
         nonmutating set { box.value = newValue }
     }
 
