@@ -133,10 +133,11 @@ public struct SlidExports: Sendable {
 
     /// An ASCII name (`name` its String, when the caller has one).
     @inline(__always) private func lookupASCII(_ b: UnsafeRawBufferPointer, name: String?) -> UInt64? {
-        if let a = addedIndex.lookup(b) { return a }
+        let d = NameTable.digest(b)  // hashed once for both tables
+        if let a = addedIndex.lookup(b, digest: d) { return a }
         func string() -> String { name ?? b.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) } }
         if !addedOther.isEmpty, let a = addedOther[string()] { return a }
-        if linkTimeAllASCII { return linkTimeIndex.lookup(b).map(slide.runTime) }
+        if linkTimeAllASCII { return linkTimeIndex.lookup(b, digest: d).map(slide.runTime) }
         return linkTime[string()].map(slide.runTime)
     }
 

@@ -50,8 +50,12 @@ struct NameTable: Sendable {
     /// Per-process seed (the order of nothing observable depends on it; it only spreads names).
     private static let seed = UInt64.random(in: 1...UInt64.max)
 
+    /// A name's hash and first 16 bytes (zero-padded): the same for every table (one seed per
+    /// process), so a name looked up in several tables is hashed once.
+    typealias Digest = (hash: UInt64, head0: UInt64, head1: UInt64)
+
     /// The hash and the first 16 bytes (zero-padded) of `b`, in one pass over it.
-    @inline(__always) static func digest(_ b: UnsafeRawBufferPointer) -> (hash: UInt64, head0: UInt64, head1: UInt64) {
+    @inline(__always) static func digest(_ b: UnsafeRawBufferPointer) -> Digest {
         var h = seed ^ (UInt64(b.count) &* 0x9e37_79b9_7f4a_7c15)
         var head0: UInt64 = 0, head1: UInt64 = 0
         var i = 0
@@ -85,7 +89,7 @@ struct NameTable: Sendable {
     }
 
     /// The slot holding `b` (found) or the empty slot where it would go.
-    @inline(__always) private func find(_ b: UnsafeRawBufferPointer, _ d: (hash: UInt64, head0: UInt64, head1: UInt64)) -> (slot: Int, found: Bool) {
+    @inline(__always) private func find(_ b: UnsafeRawBufferPointer, _ d: Digest) -> (slot: Int, found: Bool) {
         let mask = slots.count - 1
         precondition(mask >= 0 && tags.count == slots.count)
         var s = Int(truncatingIfNeeded: d.hash) & mask
@@ -124,7 +128,13 @@ struct NameTable: Sendable {
     /// The value of the name `b` (ASCII bytes).
     func lookup(_ b: UnsafeRawBufferPointer) -> UInt64? {
         if count == 0 { return nil }
-        let (s, found) = find(b, Self.digest(b))
+        return lookup(b, digest: Self.digest(b))
+    }
+
+    /// `lookup(b)` with `d == NameTable.digest(b)` already computed.
+    @inline(__always) func lookup(_ b: UnsafeRawBufferPointer, digest d: Digest) -> UInt64? {
+        if count == 0 { return nil }
+        let (s, found) = find(b, d)
         return found ? slots[s].value : nil
     }
 

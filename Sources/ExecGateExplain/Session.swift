@@ -108,6 +108,9 @@ final class Session {
         return d
     }
     var relocCount = 0
+    /// Core session: per symbol, defined in one of the module's init sections (freed after
+    /// init); empty when no symbol is (Relocations.swift `resolveAllSymbols`).
+    var symbolInInit: [Bool] = []
 
     // Site records (for the mutation tester and diagnostics). Relocation fields only when
     // `recordRelocationFields` is set before `run()` (the mutation tester: one record per field
