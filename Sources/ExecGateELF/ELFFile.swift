@@ -145,6 +145,7 @@ public struct ELFFile: @unchecked Sendable {
         var secs: [ELFSection] = []
         secs.reserveCapacity(raws.count)
         var index: [String: Int] = [:]
+        index.reserveCapacity(raws.count)  // one allocation, no rehash as it fills
         for (i, r) in raws.enumerated() {
             let name = try ELFFile.string(in: bytes, table: strRaw.range, at: r.name,
                                           what: "name of section \(i)", headerOffset: table.offset + i * ELFLimits.sectionHeaderSize)

@@ -13,7 +13,7 @@ extension Session {
     func compare() throws {
         let claimed = self.claimed
         // Variable sites, in address order: legal member and consistent per group.
-        variable.sort { $0.offset < $1.offset }
+        sortVariableSites()
         // An init region's sites must agree with the module's core sites (same keys, same moment).
         var groupState: [UInt64: UInt64] = inherited?.groupState ?? [:]
         defer { finalGroupState = groupState }
@@ -85,6 +85,27 @@ extension Session {
             d.denial.unexplainedBytes = differing
             throw d
         }
+    }
+
+    /// `variable.sort { $0.offset < $1.offset }` (stable: sites at one offset keep their order),
+    /// by sorting packed (offset, index) words and moving each site once, instead of a merge
+    /// sort that moves the sites (each with its rule's sets) at every level.
+    func sortVariableSites() {
+        let n = variable.count
+        precondition(n < 1 << 24 && image.count < 1 << 39, "site or region count beyond the packed sort key")
+        var keys: [UInt64] = []
+        keys.reserveCapacity(n)
+        var sorted = true
+        for i in variable.indices {
+            let off = variable[i].offset
+            precondition(off >= 0)
+            if let last = keys.last, UInt64(off) < last >> 24 { sorted = false }
+            keys.append(UInt64(off) << 24 | UInt64(i))
+        }
+        if sorted { return }
+        keys.sort()
+        let old = variable
+        variable = keys.map { old[Int($0 & 0xff_ffff)] }
     }
 
     // MARK: Results

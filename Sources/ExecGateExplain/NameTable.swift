@@ -198,7 +198,10 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
 
     public init(_ addresses: [UInt64]) {
         var a = addresses
-        a.sort()
+        // A symbol table mostly lists a section's functions in address order: check before sorting.
+        var ascending = true
+        for i in a.indices.dropFirst() where a[i - 1] > a[i] { ascending = false; break }
+        if !ascending { a.sort() }
         var w = 0
         for x in a where w == 0 || a[w - 1] != x { a[w] = x; w += 1 }
         a.removeLast(a.count - w)

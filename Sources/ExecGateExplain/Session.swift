@@ -71,8 +71,9 @@ final class Session {
     // `mutate` call on one thread (it is not Sendable and never escapes), and its methods touch
     // these properties one after another, so the run-time exclusivity check (begin/end access
     // through thread-local state) can never fire on them in a correct build; in release it cost
-    // ~10% of the engine (one check per array per site write). Debug builds, which run the
-    // tests, keep the check; release builds skip it for these properties only.
+    // ~10% of the engine (one check per array per site write), then several % more on the site
+    // lists and caches. Debug builds, which run the tests, keep the check; release builds skip
+    // it for these working properties only.
     #if DEBUG
     var image: [UInt8]
     var cls: [UInt8]
@@ -80,6 +81,22 @@ final class Session {
     var siteCountByClass = [Int](repeating: 0, count: ExplanationClass.allCases.count)
     var symValue: [UInt64?]
     var variable: [VariableSite] = []
+    var data: [Int: [UInt8]] = [:]
+    var pendingRela: [Int: Int] = [:]
+    var notes: [(range: Range<Int>, text: String)] = []
+    var relocCount = 0
+    var symbolInInit: [Bool] = []
+    var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
+    var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
+    var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
+    var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
+    var trampolineSites: [(addr: UInt64, off: Int)] = []
+    var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
+    var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
+    var staticCallStates: [UInt64: UInt64] = [:]
+    var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
+    var trampolineKeyCache: [UInt64: UInt64?]?
+    var exportedNameCache: ExportedNames?
     #else
     @exclusivity(unchecked) var image: [UInt8]
     @exclusivity(unchecked) var cls: [UInt8]
@@ -87,19 +104,48 @@ final class Session {
     @exclusivity(unchecked) var siteCountByClass = [Int](repeating: 0, count: ExplanationClass.allCases.count)
     @exclusivity(unchecked) var symValue: [UInt64?]
     @exclusivity(unchecked) var variable: [VariableSite] = []
+    @exclusivity(unchecked) var data: [Int: [UInt8]] = [:]
+    @exclusivity(unchecked) var pendingRela: [Int: Int] = [:]
+    @exclusivity(unchecked) var notes: [(range: Range<Int>, text: String)] = []
+    @exclusivity(unchecked) var relocCount = 0
+    @exclusivity(unchecked) var symbolInInit: [Bool] = []
+    @exclusivity(unchecked) var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
+    @exclusivity(unchecked) var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
+    @exclusivity(unchecked) var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
+    @exclusivity(unchecked) var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
+    @exclusivity(unchecked) var trampolineSites: [(addr: UInt64, off: Int)] = []
+    @exclusivity(unchecked) var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
+    @exclusivity(unchecked) var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
+    @exclusivity(unchecked) var staticCallStates: [UInt64: UInt64] = [:]
+    @exclusivity(unchecked) var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
+    @exclusivity(unchecked) var trampolineKeyCache: [UInt64: UInt64?]?
+    @exclusivity(unchecked) var exportedNameCache: ExportedNames?
     #endif
-    /// Relocated copies of the allocated non-exec sections of the session (tables the stages
-    /// read), made on first use (`dataCopy`): most data (`.orc_unwind_ip`, `.rodata`, `.data`,
-    /// `__bug_table`, …) is never read, only its relocations checked (Relocations.swift).
-    var data: [Int: [UInt8]] = [:]
+    // What the other working properties above hold (each stage's own state, unchecked in
+    // release for the same reason):
+    // - `data`: relocated copies of the allocated non-exec sections of the session (tables the
+    //   stages read), made on first use (`dataCopy`): most data (`.orc_unwind_ip`, `.rodata`,
+    //   `.data`, `__bug_table`, …) is never read, only its relocations checked (Relocations.swift).
+    // - `pendingRela`: data section → the relocation section (index in `rela`) whose records were
+    //   checked in place and are written when the copy is made.
+    // - `notes`: per-range explanations for the first-difference report (Comparison.swift).
+    // - `relocCount`: relocation fields applied; `symbolInInit`: in a core session, per symbol,
+    //   defined in one of the module's init sections (freed after init), empty when none is
+    //   (Relocations.swift `resolveAllSymbols`).
+    // - Site records (for the mutation tester and diagnostics): `relocFields` only when
+    //   `recordRelocationFields` is set before `run()` (the mutation tester: one record per field
+    //   of the region, hundreds of thousands per boot, that nothing else reads), `jumpSites`,
+    //   `returnSites`, `staticSites`, `altSites`, `trampolineSites` (the module's own static-call
+    //   trampolines: address, region offset).
+    // - `ownKeyDefaults`: keys this module defines → its trampolines' compiled default targets;
+    //   `trustedTargetCache`: `trustedStaticCallTargets` per key; `staticCallStates`: static-call
+    //   key states at this module's sites after comparison (key → target, 0 = NULL).
+    // - `trampolineKeyCache`: trampoline address → its key (`trampolineKey`), built on first use;
+    //   `exportedNameCache`: `exportedNames()`, computed once (verify_exported_symbols and the
+    //   exports both need it).
     /// The sections that have a data copy (made or not yet), in section order; `isData[i]` likewise.
     let dataSections: [Int]
     let isData: [Bool]
-    /// Data section → the relocation section (index in `rela`) whose records were checked in
-    /// place and are written when the copy is made.
-    var pendingRela: [Int: Int] = [:]
-    /// Per-range explanations for the first-difference report (Comparison.swift).
-    var notes: [(range: Range<Int>, text: String)] = []
     /// Sites rewritten per class (the statistics list the classes with sites).
     @inline(__always) func countSite(_ c: ExplanationClass) { siteCountByClass[c.rawValue] += 1 }
     var siteCounts: [ExplanationClass: Int] {
@@ -107,37 +153,19 @@ final class Session {
         for (i, n) in siteCountByClass.enumerated() where n > 0 { d[ExplanationClass(rawValue: i)!] = n }
         return d
     }
-    var relocCount = 0
-    /// Core session: per symbol, defined in one of the module's init sections (freed after
-    /// init); empty when no symbol is (Relocations.swift `resolveAllSymbols`).
-    var symbolInInit: [Bool] = []
-
-    // Site records (for the mutation tester and diagnostics). Relocation fields only when
-    // `recordRelocationFields` is set before `run()` (the mutation tester: one record per field
-    // of the region, hundreds of thousands per boot, that nothing else reads).
     var recordRelocationFields = false
-    var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
-    var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
-    var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
-    var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
-    /// The module's own static-call trampolines (address, region offset).
-    var trampolineSites: [(addr: UInt64, off: Int)] = []
-    /// Keys this module defines → its trampolines' compiled default targets.
-    var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
-    var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
-    /// Static-call key states at this module's sites after comparison (key → target, 0 = NULL).
-    var staticCallStates: [UInt64: UInt64] = [:]
-    var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
 
-    /// Exports looked up once per session (the resolver is immutable for the session).
-    lazy var returnThunkExport: UInt64? = resolver.lookup("__x86_return_thunk")
-    lazy var indirectThunkExport: UInt64? = resolver.lookup("__x86_indirect_thunk_rax")
+    /// Exports looked up once per session (the resolver is immutable for the session), at set-up.
+    let returnThunkExport: UInt64?
+    let indirectThunkExport: UInt64?
 
     /// Trampoline address → its key (RuntimeSites.swift `trampolineKey`), built on first use.
-    lazy var trampolineKeyByAddress: [UInt64: UInt64?] = buildTrampolineKeys()
-
-    /// `exportedNames()`, computed once (verify_exported_symbols and the exports both need it).
-    var exportedNameCache: ExportedNames?
+    var trampolineKeyByAddress: [UInt64: UInt64?] {
+        if let m = trampolineKeyCache { return m }
+        let m = buildTrampolineKeys()
+        trampolineKeyCache = m
+        return m
+    }
 
     /// Key-group states after comparison (handed to the init-region session).
     var finalGroupState: [UInt64: UInt64] = [:]
@@ -156,6 +184,8 @@ final class Session {
         self.resolver = resolver
         self.region = region
         self.inherited = inherited
+        self.returnThunkExport = resolver.lookup("__x86_return_thunk")
+        self.indirectThunkExport = resolver.lookup("__x86_indirect_thunk_rax")
         let coreBase = claim.textBase
         func deny(_ reason: String, section: String = "(claim)", address: UInt64 = 0) -> DenyError {
             Session.denial(claim, .layout, reason, section: section, address: address)
