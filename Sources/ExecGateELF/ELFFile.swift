@@ -153,8 +153,9 @@ public struct ELFFile: @unchecked Sendable {
                                size: r.size, addralign: r.align, entsize: r.entsize, link: r.link, info: r.info,
                                fileRange: r.range)
             secs.append(s)
-            if index[name] == nil { index[name] = i }  // first wins, like the kernel's find_sec().
         }
+        // First wins, like the kernel's find_sec(): assigned last to first, one hash per name.
+        for s in secs.reversed() { index[s.name] = s.index }
         self.sections = secs
         self.shstrndx = table.shstrndx
         self.nameIndex = index

@@ -134,9 +134,11 @@ extension Session {
     func exportedNames() -> ExportedNames {
         if let n = exportedNameCache { return n }
         var e = ExportedNames()
-        for i in symtab.indices {
+        var marks: [Int] = []
+        for i in symtab.indices where hasASCIIPrefix(symtab.nameBytes(i), "__ksymtab_") { marks.append(i) }
+        e.table = NameTable(minimumCapacity: marks.count)  // sized once: no rehash as it fills
+        for i in marks {
             let b = symtab.nameBytes(i)
-            guard hasASCIIPrefix(b, "__ksymtab_") else { continue }
             let n = UnsafeRawBufferPointer(rebasing: b[10...])
             guard NameTable.isASCII(n) else { e.allASCII = false; continue }
             // A duplicate (same bytes, so the same String) is one name, as in the Set it replaces.
@@ -160,6 +162,7 @@ extension Session {
     func moduleExports() -> ModuleExports {
         let names = exportedNames()
         var out: [String: UInt64] = [:]
+        out.reserveCapacity(names.allASCII ? names.symbols.count : names.stringSet(symtab).count)
         // Cheap integer tests first: names are only hashed for defined non-local symbols.
         if !names.isEmpty {
             for i in symtab.indices where !symtab.isUndefined(i) && symtab.binding(i) != 0 {

@@ -252,26 +252,15 @@ final class Session {
         // Copy the sections (`move_module()`): the explained region's exec sections into the
         // image, every other allocated section of the session as a relocated data copy.
         var addr = [UInt64?](repeating: nil, count: elf.sections.count)
-        var image = [UInt8](repeating: 0, count: regionSize)
-        var cls = [UInt8](repeating: UInt8(ExplanationClass.padding.rawValue), count: regionSize)
-        var counts = [Int](repeating: 0, count: ExplanationClass.allCases.count)
-        counts[ExplanationClass.padding.rawValue] = regionSize
+        var copies: [(off: Int, sec: Int)] = []
         var execRanges: [(lo: Int, hi: Int, sec: Int)] = []
         var dataSections: [Int] = []
         func copy(_ s: ELFSection, at off: Int, intoImage: Bool) {
             let i = s.index
             if intoImage {
                 // Exec sections are inside [0, regionSize) by construction of the layout.
-                let n = s.size
-                precondition(off >= 0 && n <= image.count && off <= image.count - n, "exec section outside the region")
-                if !s.isNoBits {
-                    let src = elf.contents(of: s)
-                    precondition(src.count == n)
-                    image.withUnsafeMutableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[off..<off + n]).copyMemory(from: src) }
-                }
-                cls.withUnsafeMutableBufferPointer { c in
-                    Session.setClass(c, off, n, UInt8(ExplanationClass.elf.rawValue), &counts)
-                }
+                precondition(off >= 0 && s.size <= regionSize && off <= regionSize - s.size, "exec section outside the region")
+                copies.append((off, i))  // copied below, in this order
                 if s.size > 0 { execRanges.append((off, off + s.size, i)) }
             } else {
                 dataSections.append(i)  // copied on first use (dataCopy)
@@ -312,10 +301,8 @@ final class Session {
             }
         }
         execRanges.sort { $0.lo < $1.lo }
+        (self.image, self.cls, self.classCounts) = Session.sectionImage(elf, regionSize, copies)
         self.addr = addr
-        self.image = image
-        self.cls = cls
-        self.classCounts = counts
         self.execRanges = execRanges
         self.dataSections = dataSections
         var isData = [Bool](repeating: false, count: elf.sections.count)
@@ -365,6 +352,72 @@ final class Session {
         self.trampolineSymbols = trampolines
         self.keySymbols = keys
         self.functionEntries = FunctionEntries(entries)
+    }
+
+    /// The region as `move_module()` leaves it: the exec sections `copies` (region offset, section
+    /// index) copied in that order over zeros (SHT_NOBITS: zeros), the rest zero padding; with
+    /// each byte's class (elf or padding) and the class counts. Sections that do not overlap (the
+    /// layout places them apart) are written once each, gaps zeroed, without a first pass that
+    /// zeroes and marks the whole region; overlapping ones take the general path, in order.
+    static func sectionImage(_ elf: ELFFile, _ regionSize: Int, _ copies: [(off: Int, sec: Int)]) -> (image: [UInt8], cls: [UInt8], counts: [Int]) {
+        let elfClass = UInt8(ExplanationClass.elf.rawValue), padClass = UInt8(ExplanationClass.padding.rawValue)
+        var counts = [Int](repeating: 0, count: ExplanationClass.allCases.count)
+        let nonEmpty = copies.filter { elf.sections[$0.sec].size > 0 }.sorted { $0.off < $1.off }
+        var disjoint = true
+        for k in nonEmpty.indices.dropFirst() where nonEmpty[k].off < nonEmpty[k - 1].off + elf.sections[nonEmpty[k - 1].sec].size { disjoint = false; break }
+        if !disjoint {
+            var image = [UInt8](repeating: 0, count: regionSize)
+            var cls = [UInt8](repeating: padClass, count: regionSize)
+            counts[Int(padClass)] = regionSize
+            for (off, i) in copies {
+                let s = elf.sections[i], n = s.size
+                precondition(off >= 0 && n <= regionSize && off <= regionSize - n, "exec section outside the region")
+                image.withUnsafeMutableBytes { img in
+                    let dst = UnsafeMutableRawBufferPointer(rebasing: img[off..<off + n])
+                    if s.isNoBits { dst.initializeMemory(as: UInt8.self, repeating: 0) } else {
+                        let src = elf.contents(of: s)
+                        precondition(src.count == n)
+                        dst.copyMemory(from: src)
+                    }
+                }
+                cls.withUnsafeMutableBufferPointer { Session.setClass($0, off, n, elfClass, &counts) }
+            }
+            return (image, cls, counts)
+        }
+        var covered = 0
+        let image = [UInt8](unsafeUninitializedCapacity: regionSize) { b, count in
+            let img = UnsafeMutableRawBufferPointer(b)
+            var at = 0
+            for (off, i) in nonEmpty {
+                let s = elf.sections[i], n = s.size
+                precondition(off >= at && n <= regionSize && off <= regionSize - n, "exec section outside the region")
+                UnsafeMutableRawBufferPointer(rebasing: img[at..<off]).initializeMemory(as: UInt8.self, repeating: 0)
+                let dst = UnsafeMutableRawBufferPointer(rebasing: img[off..<off + n])
+                if s.isNoBits { dst.initializeMemory(as: UInt8.self, repeating: 0) } else {
+                    let src = elf.contents(of: s)
+                    precondition(src.count == n)
+                    dst.copyMemory(from: src)
+                }
+                at = off + n
+                covered += n
+            }
+            UnsafeMutableRawBufferPointer(rebasing: img[at..<regionSize]).initializeMemory(as: UInt8.self, repeating: 0)
+            count = regionSize
+        }
+        let cls = [UInt8](unsafeUninitializedCapacity: regionSize) { c, count in
+            var at = 0
+            for (off, i) in nonEmpty {
+                let n = elf.sections[i].size
+                UnsafeMutableBufferPointer(rebasing: c[at..<off]).initialize(repeating: padClass)
+                UnsafeMutableBufferPointer(rebasing: c[off..<off + n]).initialize(repeating: elfClass)
+                at = off + n
+            }
+            UnsafeMutableBufferPointer(rebasing: c[at..<regionSize]).initialize(repeating: padClass)
+            count = regionSize
+        }
+        counts[Int(elfClass)] = covered
+        counts[Int(padClass)] = regionSize - covered
+        return (image, cls, counts)
     }
 
     // MARK: Run
