@@ -150,7 +150,13 @@ extension Session {
             // Relocations of non-ALLOC sections are skipped by the kernel. The explained region's
             // exec sections are relocated in the image, the session's other allocated sections in
             // their data copies; init sections in a core session have neither (freed, never used).
-            guard layout.flags[t].contains(.alloc), let taddr = addr[t] else { continue }
+            // A skipped section's records are still checked as the parser checks them (the walk
+            // checks the others as it reads them: `apply`, `check`).
+            guard layout.flags[t].contains(.alloc), let taddr = addr[t], imageOffset(of: t) != nil || (t < isData.count && isData[t]) else {
+                let rels = rs.relocations
+                for i in rels.indices where !rels.isValid(i) { try refuseRecords() }
+                continue
+            }
             if let toff = imageOffset(of: t) {
                 try img.withUnsafeMutableBytes { ib in
                     try cl.withUnsafeMutableBytes { cb in
@@ -192,6 +198,13 @@ extension Session {
         return initRefs
     }
 
+    /// A record the parser refuses (``ELFRelocations/isValid(_:)`` false): its error, or that of
+    /// an earlier bad record in file order (the parser checked every record before the walk).
+    func refuseRecords() throws -> Never {
+        try elf.checkRelocationRecords()
+        preconditionFailure("ELFRelocations.isValid and ELFFile.checkRelocationRecords disagree")
+    }
+
     /// The walk's running state: fields applied, and the exec-target records when `record`.
     struct RelocationWalk {
         var fields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)]
@@ -210,7 +223,7 @@ extension Session {
                        section: sectionName(t), offset: Int(r.offset), address: taddr &+ r.offset)
         }
         if size == 0 { return nil }
-        let fo = Int(r.offset)  // validated against the section size by the parser.
+        let fo = Int(r.offset)  // inside the section: the caller checked `isValid` (the parser's check).
         let loc = taddr &+ r.offset
         let si = r.symbolIndex
         let sv: UInt64
@@ -250,6 +263,7 @@ extension Session {
         }
         let rels = rs.relocations
         for ri in start..<rels.count {
+            if !rels.isValid(ri) { try refuseRecords() }
             let r = rels[ri]
             guard let (size, fo, loc, s) = try field(r, rs, t, taddr, vals) else { continue }
             let si = r.symbolIndex
@@ -338,6 +352,7 @@ extension Session {
         var prevEnd = 0, count = walk.count
         defer { walk.count = count }
         for ri in 0..<rels.count {
+            if !rels.isValid(ri) { try refuseRecords() }
             let r = rels[ri]
             // A record out of order is left to the copy, where `apply` runs the same checks on
             // it first (the same first error either way).

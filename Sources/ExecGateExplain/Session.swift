@@ -332,7 +332,14 @@ final class Session {
         // Symbols: one pass, byte tests on the UTF-8 storage: "__SCT__" (trampolines), "__SCK__" (keys).
         let symtab = try elf.symbolTable()
         self.symtab = symtab
-        self.rela = try elf.relocationSections()
+        // The records are checked by the relocation walk as it reads them (`relocate()`: one pass,
+        // not a parser pass and then a walk); the first error stays the parser's (`run()`).
+        do {
+            self.rela = try elf.relocationSections(checkingRecords: false)
+        } catch {
+            try elf.checkRelocationRecords()  // a bad record before the bad section comes first
+            throw error
+        }
         self.symValue = [UInt64?](repeating: nil, count: symtab.count)
         var trampolines: [Int] = []
         var keys: [String: Int] = [:]
@@ -424,8 +431,16 @@ final class Session {
 
     /// The loader's order after set-up (see Explainer.swift).
     func run() throws {
-        if region == .core { try checkModinfo() }
-        try relocate()
+        do {
+            if region == .core { try checkModinfo() }
+            try relocate()
+        } catch let d as DenyError {
+            // The parser used to check every relocation record at set-up, before any of these
+            // denials could be reached: a malformed record still comes first (the walk checks
+            // the records it reads; this finds any, in file order).
+            try elf.checkRelocationRecords()
+            throw d
+        }
         if region == .core { try verifyExportedSymbols() }
         try applyBootTimePatching()
         try addRuntimeSites()
