@@ -15,8 +15,10 @@ extension Session {
         // Variable sites, in address order: legal member and consistent per group.
         sortVariableSites()
         // An init region's sites must agree with the module's core sites (same keys, same moment).
-        var groupState: [UInt64: UInt64] = inherited?.groupState ?? [:]
-        defer { finalGroupState = groupState }
+        var groupState = inherited?.groupState ?? AddressTable()
+        // Static-call key states at this module's sites (the exports' `staticCallStates`).
+        var callStates = AddressTable()
+        defer { finalGroupState = groupState; staticCallStates = callStates.dictionary }
         // A static-call key's state at verified modules: this module's sites must agree with it
         // (static-call keys and jump-label keys are distinct objects: no address is both).
         let verifiedStates = resolver.staticCallStates
@@ -37,8 +39,8 @@ extension Session {
                     continue
                 }
                 if let g = v.group {
-                    groupState[g] = st
-                    if v.cls == .staticCall { staticCallStates[g] = st }
+                    groupState.set(g, st)
+                    if v.cls == .staticCall { callStates.set(g, st) }
                 }
                 write(v.offset, claimed, from: v.offset, count: v.length, v.cls)
             } else {

@@ -31,7 +31,7 @@ final class Session {
     /// trusted defaults and the state of every key group (init sites must agree with core sites).
     struct Inherited {
         var ownKeyDefaults: [UInt64: Set<UInt64>]
-        var groupState: [UInt64: UInt64]
+        var groupState: AddressTable
     }
     let inherited: Inherited?
     /// The loader replayed (LoaderSelection.swift), chosen from the registration and the module.
@@ -168,7 +168,7 @@ final class Session {
     }
 
     /// Key-group states after comparison (handed to the init-region session).
-    var finalGroupState: [UInt64: UInt64] = [:]
+    var finalGroupState = AddressTable()
 
     /// Where init sections are assumed to be when init is not claimed (user-space range: never
     /// module text).
