@@ -138,6 +138,26 @@ struct NameTable: Sendable {
         return found ? slots[s].value : nil
     }
 
+    /// `lookup(b, digest: d)` probing the slots directly, without the tags: for a table where
+    /// names are usually present (the core's exports), a hit then costs the slot's line and not
+    /// also a tag's (a tag is 0 exactly for an empty slot and matches whenever the hash does, so
+    /// the answers are the same).
+    @inline(__always) func lookupLikelyPresent(_ b: UnsafeRawBufferPointer, digest d: Digest) -> UInt64? {
+        if count == 0 { return nil }
+        let mask = slots.count - 1
+        precondition(mask >= 0)
+        var s = Int(truncatingIfNeeded: d.hash) & mask
+        return slots.withUnsafeBufferPointer { sl in
+            while true {
+                let x = sl[s]
+                if x.count < 0 { return nil }
+                if x.hash == d.hash && Int(x.count) == b.count && x.head0 == d.head0 && x.head1 == d.head1
+                    && (b.count <= 16 || tailEqual(Int(x.start), b)) { return x.value }
+                s = (s + 1) & mask
+            }
+        }
+    }
+
     /// Insert, or replace the value of, the name `b` (ASCII bytes).
     mutating func insert(_ b: UnsafeRawBufferPointer, _ value: UInt64) {
         precondition(Self.isASCII(b), "NameTable holds ASCII names only")
@@ -201,13 +221,40 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
         // A symbol table mostly lists a section's functions in address order: check before sorting.
         var ascending = true
         for i in a.indices.dropFirst() where a[i - 1] > a[i] { ascending = false; break }
-        if !ascending { a.sort() }
+        if !ascending {
+            // A module's entries span a few MiB: a radix sort of their offsets from the lowest.
+            if a.count >= 64, let lo = a.min(), let hi = a.max(), hi - lo <= UInt64(UInt32.max) {
+                FunctionEntries.radixSort(&a, from: lo)
+            } else {
+                a.sort()
+            }
+        }
         var w = 0
         for x in a where w == 0 || a[w - 1] != x { a[w] = x; w += 1 }
         a.removeLast(a.count - w)
         sorted = a
     }
     public init(_ addresses: Set<UInt64>) { self.init(Array(addresses)) }
+
+    /// Sorts `a`, whose values lie in `lo ... lo + 2^32 - 1`: LSD radix sort of `x - lo`, four
+    /// passes of 8 bits (stable passes; the order of equal values does not matter).
+    static func radixSort(_ a: inout [UInt64], from lo: UInt64) {
+        var scratch = [UInt64](repeating: 0, count: a.count)
+        var counts = [Int](repeating: 0, count: 256)
+        for pass in 0..<4 {
+            let shift = UInt64(8 * pass)
+            for k in counts.indices { counts[k] = 0 }
+            for x in a { counts[Int(((x &- lo) >> shift) & 0xff)] += 1 }
+            var sum = 0
+            for k in counts.indices { let c = counts[k]; counts[k] = sum; sum += c }
+            for x in a {
+                let d = Int(((x &- lo) >> shift) & 0xff)
+                scratch[counts[d]] = x
+                counts[d] += 1
+            }
+            swap(&a, &scratch)
+        }
+    }
     public init(arrayLiteral elements: UInt64...) { self.init(elements) }
 
     public var count: Int { sorted.count }
