@@ -57,7 +57,7 @@ extension Session {
         case SectionIndex.undef:
             if i == 0 { return .value(0) }
             // Looked up by the name's borrowed bytes; the String is made only for a message.
-            if let a = resolver.lookup(utf8: t.nameBytes(i)) {
+            if let a = resolver.lookup(utf8: t.nameBytes(i), likelyPresent: true) {
                 return facts.isCoreInit(a) ? .coreInit(a) : .value(a)
             }
             return t.binding(i) == 2 ? .value(0) : .unknown  // unresolved weak: the kernel leaves 0.
