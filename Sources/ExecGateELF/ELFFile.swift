@@ -147,7 +147,6 @@ public struct ELFFile: @unchecked Sendable {
     public let bytes: UnsafeRawBufferPointer
     public let sections: [ELFSection]
     public let shstrndx: Int
-    private let nameIndex: [String: Int]
 
     public init(bytes: UnsafeRawBufferPointer) throws {
         self.bytes = bytes
@@ -160,8 +159,6 @@ public struct ELFFile: @unchecked Sendable {
         }
         var secs: [ELFSection] = []
         secs.reserveCapacity(raws.count)
-        var index: [String: Int] = [:]
-        index.reserveCapacity(raws.count)  // one allocation, no rehash as it fills
         for (i, r) in raws.enumerated() {
             let name = try ELFFile.string(in: bytes, table: strRaw.range, at: r.name,
                                           what: "name of section \(i)", headerOffset: table.offset + i * ELFLimits.sectionHeaderSize)
@@ -170,11 +167,8 @@ public struct ELFFile: @unchecked Sendable {
                                fileRange: r.range)
             secs.append(s)
         }
-        // First wins, like the kernel's find_sec(): assigned last to first, one hash per name.
-        for s in secs.reversed() { index[s.name] = s.index }
         self.sections = secs
         self.shstrndx = table.shstrndx
-        self.nameIndex = index
     }
 
     /// Where the section header table is, from a validated Elf64_Ehdr.
@@ -283,7 +277,10 @@ public struct ELFFile: @unchecked Sendable {
 
     /// The first section with this exact name (the kernel's `find_sec()` order).
     public func section(named name: String) -> ELFSection? {
-        nameIndex[name].map { sections[$0] }
+        // A scan (find_sec() scans too): a module has tens of sections and a reader asks for a
+        // few, so a name index cost more to build (a hash of every name per parse) than it saved.
+        for i in sections.indices where sections[i].name == name { return sections[i] }
+        return nil
     }
 
     /// The first symbol with this exact name (linear scan; use ``symbols()`` once for many lookups).
