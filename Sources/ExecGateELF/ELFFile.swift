@@ -90,14 +90,30 @@ public struct ELFRelocationSection: @unchecked Sendable {
 
 /// The validated records of one RELA section, decoded in place from the borrowed bytes (no array
 /// of records is made: a module's relocation sections hold tens of thousands of them).
-/// Every record was checked by ``ELFFile/relocationSections()``: symbol index inside the symbol
-/// table, field inside the target section.
+/// Every record was checked by ``ELFFile/relocationSections(checkingRecords:)``: symbol index
+/// inside the symbol table, field inside the target section — unless it was called with
+/// `checkingRecords: false`; then the caller tests each record with ``isValid(_:)`` before using
+/// it, and on the first that fails calls ``ELFFile/checkRelocationRecords()`` for the error.
 public struct ELFRelocations: RandomAccessCollection, @unchecked Sendable {
     // @unchecked: an immutable borrowed buffer.
     @usableFromInline let entries: UnsafeRawBufferPointer
-    init(entries: UnsafeRawBufferPointer) {
-        precondition(entries.count % 24 == 0)
+    /// Symbols in the linked symbol table, and the size of the target section.
+    @usableFromInline let symbolCount: Int
+    @usableFromInline let targetSize: UInt64
+    init(entries: UnsafeRawBufferPointer, symbolCount: Int, targetSize: Int) {
+        precondition(entries.count % 24 == 0 && symbolCount >= 0 && targetSize >= 0)
         self.entries = entries
+        self.symbolCount = symbolCount
+        self.targetSize = UInt64(targetSize)
+    }
+    /// The parser's per-record check (``ELFFile/relocationSections(checkingRecords:)`` throws for
+    /// exactly the records where this is false): the symbol index is inside the symbol table and
+    /// the field (the type's width; 0 for a type the loader refuses) inside the target section.
+    @inlinable public func isValid(_ i: Int) -> Bool {
+        let info = self.info(i)
+        let width = UInt64(RelocationType(rawValue: UInt32(truncatingIfNeeded: info)).fieldSize ?? 0)
+        let (end, ov) = offset(i).addingReportingOverflow(width)
+        return Int(info >> 32) < symbolCount && !ov && end <= targetSize
     }
     public var startIndex: Int { 0 }
     public var endIndex: Int { entries.count / 24 }
@@ -131,7 +147,6 @@ public struct ELFFile: @unchecked Sendable {
     public let bytes: UnsafeRawBufferPointer
     public let sections: [ELFSection]
     public let shstrndx: Int
-    private let nameIndex: [String: Int]
 
     public init(bytes: UnsafeRawBufferPointer) throws {
         self.bytes = bytes
@@ -144,7 +159,6 @@ public struct ELFFile: @unchecked Sendable {
         }
         var secs: [ELFSection] = []
         secs.reserveCapacity(raws.count)
-        var index: [String: Int] = [:]
         for (i, r) in raws.enumerated() {
             let name = try ELFFile.string(in: bytes, table: strRaw.range, at: r.name,
                                           what: "name of section \(i)", headerOffset: table.offset + i * ELFLimits.sectionHeaderSize)
@@ -152,11 +166,9 @@ public struct ELFFile: @unchecked Sendable {
                                size: r.size, addralign: r.align, entsize: r.entsize, link: r.link, info: r.info,
                                fileRange: r.range)
             secs.append(s)
-            if index[name] == nil { index[name] = i }  // first wins, like the kernel's find_sec().
         }
         self.sections = secs
         self.shstrndx = table.shstrndx
-        self.nameIndex = index
     }
 
     /// Where the section header table is, from a validated Elf64_Ehdr.
@@ -265,7 +277,10 @@ public struct ELFFile: @unchecked Sendable {
 
     /// The first section with this exact name (the kernel's `find_sec()` order).
     public func section(named name: String) -> ELFSection? {
-        nameIndex[name].map { sections[$0] }
+        // A scan (find_sec() scans too): a module has tens of sections and a reader asks for a
+        // few, so a name index cost more to build (a hash of every name per parse) than it saved.
+        for i in sections.indices where sections[i].name == name { return sections[i] }
+        return nil
     }
 
     /// The first symbol with this exact name (linear scan; use ``symbols()`` once for many lookups).
@@ -329,8 +344,11 @@ public struct ELFFile: @unchecked Sendable {
     }
 
     /// Every `SHT_RELA` section, validated (records decoded in place: ``ELFRelocations``). `SHT_REL` is refused (x86-64 modules use RELA only; the
-    /// kernel's `apply_relocate()` for REL on x86-64 fails with -ENOEXEC).
-    public func relocationSections() throws -> [ELFRelocationSection] {
+    /// kernel's `apply_relocate()` for REL on x86-64 fails with -ENOEXEC). With `checkingRecords:
+    /// false` only the sections are checked here and the records are left to the caller, who
+    /// reads each one anyway (``ELFRelocations/isValid(_:)``; the errors: ``checkRelocationRecords()``,
+    /// which throws what this call would have thrown with `checkingRecords: true`).
+    public func relocationSections(checkingRecords: Bool = true) throws -> [ELFRelocationSection] {
         let symtab = try symbolTableSection()
         let symCount = symtab.size / ELFLimits.symbolSize
         var out: [ELFRelocationSection] = []
@@ -350,26 +368,30 @@ public struct ELFFile: @unchecked Sendable {
                 throw ELFError(.badRelocationTarget, offset: at, "\(s.name): sh_info \(s.info) of \(sections.count) sections")
             }
             let tsec = sections[target]
-            for i in 0..<(s.size / ELFLimits.relaSize) {
-                let o = at + i * ELFLimits.relaSize
-                let off = bytes.loadInteger(at: o, as: UInt64.self), info = bytes.loadInteger(at: o + 8, as: UInt64.self)
-                let symIdx = Int(info >> 32)
-                let type = RelocationType(rawValue: UInt32(truncatingIfNeeded: info))
-                guard symIdx < symCount else {
-                    throw ELFError(.badSymbolTable, offset: o + 8, "\(s.name)[\(i)]: symbol index \(symIdx) of \(symCount)")
-                }
-                // The field must lie inside the target section (the kernel checks
-                // `rel[i].r_offset + size <= sh_size` only implicitly; we refuse outright).
-                let width = UInt64(type.fieldSize ?? 0)
-                let (end, ov) = off.addingReportingOverflow(width)
-                guard !ov, end <= UInt64(tsec.size) else {
+            let rels = ELFRelocations(entries: UnsafeRawBufferPointer(rebasing: bytes[s.fileRange]), symbolCount: symCount, targetSize: tsec.size)
+            if checkingRecords {
+                for i in rels.indices where !rels.isValid(i) {
+                    let o = at + i * ELFLimits.relaSize
+                    let off = bytes.loadInteger(at: o, as: UInt64.self), info = bytes.loadInteger(at: o + 8, as: UInt64.self)
+                    let symIdx = Int(info >> 32)
+                    let type = RelocationType(rawValue: UInt32(truncatingIfNeeded: info))
+                    guard symIdx < symCount else {
+                        throw ELFError(.badSymbolTable, offset: o + 8, "\(s.name)[\(i)]: symbol index \(symIdx) of \(symCount)")
+                    }
+                    // The field must lie inside the target section (the kernel checks
+                    // `rel[i].r_offset + size <= sh_size` only implicitly; we refuse outright).
+                    let width = UInt64(type.fieldSize ?? 0)
                     throw ELFError(.badRelocationTarget, offset: o, "\(s.name)[\(i)]: field [\(off), +\(width)) outside \(tsec.name) of \(tsec.size) bytes")
                 }
             }
-            out.append(ELFRelocationSection(section: s, targetSectionIndex: target, relocations: ELFRelocations(entries: UnsafeRawBufferPointer(rebasing: bytes[s.fileRange]))))
+            out.append(ELFRelocationSection(section: s, targetSectionIndex: target, relocations: rels))
         }
         return out
     }
+
+    /// Throws the error ``relocationSections(checkingRecords:)`` throws with `checkingRecords:
+    /// true` (the first bad section or record, in file order), if any.
+    public func checkRelocationRecords() throws { _ = try relocationSections(checkingRecords: true) }
 
     // MARK: Internals
 

@@ -13,10 +13,12 @@ extension Session {
     func compare() throws {
         let claimed = self.claimed
         // Variable sites, in address order: legal member and consistent per group.
-        variable.sort { $0.offset < $1.offset }
+        sortVariableSites()
         // An init region's sites must agree with the module's core sites (same keys, same moment).
-        var groupState: [UInt64: UInt64] = inherited?.groupState ?? [:]
-        defer { finalGroupState = groupState }
+        var groupState = inherited?.groupState ?? AddressTable()
+        // Static-call key states at this module's sites (the exports' `staticCallStates`).
+        var callStates = AddressTable()
+        defer { finalGroupState = groupState; staticCallStates = callStates.dictionary }
         // A static-call key's state at verified modules: this module's sites must agree with it
         // (static-call keys and jump-label keys are distinct objects: no address is both).
         let verifiedStates = resolver.staticCallStates
@@ -37,8 +39,8 @@ extension Session {
                     continue
                 }
                 if let g = v.group {
-                    groupState[g] = st
-                    if v.cls == .staticCall { staticCallStates[g] = st }
+                    groupState.set(g, st)
+                    if v.cls == .staticCall { callStates.set(g, st) }
                 }
                 write(v.offset, claimed, from: v.offset, count: v.length, v.cls)
             } else {
@@ -87,6 +89,27 @@ extension Session {
         }
     }
 
+    /// `variable.sort { $0.offset < $1.offset }` (stable: sites at one offset keep their order),
+    /// by sorting packed (offset, index) words and moving each site once, instead of a merge
+    /// sort that moves the sites (each with its rule's sets) at every level.
+    func sortVariableSites() {
+        let n = variable.count
+        precondition(n < 1 << 24 && image.count < 1 << 39, "site or region count beyond the packed sort key")
+        var keys: [UInt64] = []
+        keys.reserveCapacity(n)
+        var sorted = true
+        for i in variable.indices {
+            let off = variable[i].offset
+            precondition(off >= 0)
+            if let last = keys.last, UInt64(off) < last >> 24 { sorted = false }
+            keys.append(UInt64(off) << 24 | UInt64(i))
+        }
+        if sorted { return }
+        keys.sort()
+        let old = variable
+        variable = keys.map { old[Int($0 & 0xff_ffff)] }
+    }
+
     // MARK: Results
 
     func statistics() -> ExplainStats {
@@ -113,9 +136,11 @@ extension Session {
     func exportedNames() -> ExportedNames {
         if let n = exportedNameCache { return n }
         var e = ExportedNames()
-        for i in symtab.indices {
+        var marks: [Int] = []
+        for i in symtab.indices where hasASCIIPrefix(symtab.nameBytes(i), "__ksymtab_") { marks.append(i) }
+        e.table = NameTable(minimumCapacity: marks.count)  // sized once: no rehash as it fills
+        for i in marks {
             let b = symtab.nameBytes(i)
-            guard hasASCIIPrefix(b, "__ksymtab_") else { continue }
             let n = UnsafeRawBufferPointer(rebasing: b[10...])
             guard NameTable.isASCII(n) else { e.allASCII = false; continue }
             // A duplicate (same bytes, so the same String) is one name, as in the Set it replaces.
@@ -139,6 +164,7 @@ extension Session {
     func moduleExports() -> ModuleExports {
         let names = exportedNames()
         var out: [String: UInt64] = [:]
+        out.reserveCapacity(names.allASCII ? names.symbols.count : names.stringSet(symtab).count)
         // Cheap integer tests first: names are only hashed for defined non-local symbols.
         if !names.isEmpty {
             for i in symtab.indices where !symtab.isUndefined(i) && symtab.binding(i) != 0 {

@@ -117,8 +117,14 @@ public struct SlidExports: Sendable {
 
     /// The address of the name whose UTF-8 bytes are `b` (a module's symbol name, borrowed);
     /// the same answer as `self[String(decoding: b, as: UTF8.self)]`.
-    func lookup(utf8 b: UnsafeRawBufferPointer) -> UInt64? {
-        NameTable.isASCII(b) ? lookupASCII(b, name: nil) : self[b.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }]
+    func lookup(utf8 b: UnsafeRawBufferPointer) -> UInt64? { lookup(utf8: b, likelyPresent: false) }
+
+    /// `likelyPresent`: the name is usually a core export (a module's undefined symbol), so the
+    /// shared table is probed for a hit (NameTable `lookupLikelyPresent`); otherwise (a module's
+    /// own exports checked for duplicates: usually absent) through its tags. The same answer.
+    func lookup(utf8 b: UnsafeRawBufferPointer, likelyPresent: Bool) -> UInt64? {
+        NameTable.isASCII(b) ? lookupASCII(b, name: nil, likelyPresent: likelyPresent)
+                             : self[b.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }]
     }
 
     /// `b` are the UTF-8 bytes of `name`.
@@ -132,11 +138,14 @@ public struct SlidExports: Sendable {
     }
 
     /// An ASCII name (`name` its String, when the caller has one).
-    @inline(__always) private func lookupASCII(_ b: UnsafeRawBufferPointer, name: String?) -> UInt64? {
-        if let a = addedIndex.lookup(b) { return a }
+    @inline(__always) private func lookupASCII(_ b: UnsafeRawBufferPointer, name: String?, likelyPresent: Bool = false) -> UInt64? {
+        let d = NameTable.digest(b)  // hashed once for both tables
+        if let a = addedIndex.lookup(b, digest: d) { return a }
         func string() -> String { name ?? b.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) } }
         if !addedOther.isEmpty, let a = addedOther[string()] { return a }
-        if linkTimeAllASCII { return linkTimeIndex.lookup(b).map(slide.runTime) }
+        if linkTimeAllASCII {
+            return (likelyPresent ? linkTimeIndex.lookupLikelyPresent(b, digest: d) : linkTimeIndex.lookup(b, digest: d)).map(slide.runTime)
+        }
         return linkTime[string()].map(slide.runTime)
     }
 
@@ -392,6 +401,10 @@ public struct SymbolResolver: Sendable {
 
     /// `lookup(String(decoding: b, as: UTF8.self))` on the borrowed bytes of a symbol name.
     public func lookup(utf8 b: UnsafeRawBufferPointer) -> UInt64? { exports.lookup(utf8: b) }
+
+    /// The same, for a name that is usually exported (a module's undefined symbol): the same
+    /// answer, probed for a hit (``SlidExports/lookup(utf8:likelyPresent:)``).
+    func lookup(utf8 b: UnsafeRawBufferPointer, likelyPresent: Bool) -> UInt64? { exports.lookup(utf8: b, likelyPresent: likelyPresent) }
 
     /// Add an allowed module's exports (``ModuleExports`` from ``ExplainResult``). Call this only
     /// after the module was allowed: a denied module's symbols must never become resolvable.

@@ -27,6 +27,20 @@ public enum InstructionDecoder {
     public static func decode(_ bytes: UnsafeBufferPointer<UInt8>, at offset: Int) -> DecodedInstruction? {
         var i = offset
         let end = min(bytes.count, offset + maxLength)
+        // The return, call and jump sites the stages decode most: `c3`, `e8`/`e9` rel32, `eb`
+        // rel8 with no prefix, answered as the full decode below answers them (no prefix, no REX:
+        // the one-byte map's `finish` with the immediate's size).
+        if offset >= 0 && offset < end {
+            switch bytes[offset] {
+            case 0xc3: return DecodedInstruction(length: 1, opcode0: 0xc3, opcode1: 0, immediate: 0)
+            case let op where (op == 0xe8 || op == 0xe9) && offset + 5 <= end:
+                let u = UInt32(bytes[offset + 1]) | UInt32(bytes[offset + 2]) << 8 | UInt32(bytes[offset + 3]) << 16 | UInt32(bytes[offset + 4]) << 24
+                return DecodedInstruction(length: 5, opcode0: bytes[offset], opcode1: 0, immediate: Int64(Int32(bitPattern: u)))
+            case 0xeb where offset + 2 <= end:
+                return DecodedInstruction(length: 2, opcode0: 0xeb, opcode1: 0, immediate: Int64(Int8(bitPattern: bytes[offset + 1])))
+            default: break
+            }
+        }
         @inline(__always) func next() -> UInt8? { if i < end { defer { i += 1 }; return bytes[i] }; return nil }
         var opsize16 = false, addr32 = false, rexW = false
         var b: UInt8 = 0

@@ -79,7 +79,10 @@ struct ModuleLayout {
         var textSize = 0
         var coreSize = 0
         var initTextSize = 0, initSize = 0
-        func isInit(_ name: String) -> Bool { name.hasPrefix(".init") }
+        // `module_init_layout_section()`: `.init*` names (`.exit*` stays core with
+        // CONFIG_MODULE_UNLOAD), decided once per section (the loop below asks for every section
+        // in every class of both passes).
+        let initNamed = secs.map { hasASCIIPrefix($0.name, ".init") }
         func place(_ s: ELFSection, _ size: inout Int) -> Int? {
             let a = Int(exactly: s.addralign == 0 ? 1 : s.addralign) ?? -1
             guard a > 0 else { return nil }
@@ -97,7 +100,7 @@ struct ModuleLayout {
             for (m, mask) in masks.enumerated() {
                 for s in secs {
                     let f = flags[s.index]
-                    if !f.isSuperset(of: mask.0) || !f.intersection(mask.1).isEmpty || placed[s.index] || isInit(s.name) != (pass == 1) { continue }
+                    if !f.isSuperset(of: mask.0) || !f.intersection(mask.1).isEmpty || placed[s.index] || initNamed[s.index] != (pass == 1) { continue }
                     guard let off = place(s, &size) else { return nil }
                     placed[s.index] = true
                     if pass == 0 { core[s.index] = off } else { initO[s.index] = off }

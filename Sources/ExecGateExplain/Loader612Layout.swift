@@ -52,13 +52,14 @@ extension ModuleLayout {
         var core = [Int?](repeating: nil, count: secs.count)
         var initO = [Int?](repeating: nil, count: secs.count)
         var sizes = [Int](repeating: 0, count: ModuleMemoryType.allCases.count)
+        let initNamed = secs.map { hasASCIIPrefix($0.name, ".init") }  // module_init_layout_section(), once per section
         for isInit in [false, true] {
             for (m, mask) in masks.enumerated() {
                 for s in secs {
                     let f = flags[s.index]
                     // module_init_layout_section(): strstarts(name, ".init") (.exit* is core with
                     // CONFIG_MODULE_UNLOAD, Debian's setting).
-                    if !f.isSuperset(of: mask.0) || !f.intersection(mask.1).isEmpty || placed[s.index] || s.name.hasPrefix(".init") != isInit { continue }
+                    if !f.isSuperset(of: mask.0) || !f.intersection(mask.1).isEmpty || placed[s.index] || initNamed[s.index] != isInit { continue }
                     guard let type = isInit ? initType[m] : coreType[m] else { continue }  // MOD_INVALID: WARN, skipped
                     let a = Int(exactly: s.addralign == 0 ? 1 : s.addralign) ?? -1
                     guard a > 0 else { return nil }

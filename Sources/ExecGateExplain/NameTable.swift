@@ -50,8 +50,12 @@ struct NameTable: Sendable {
     /// Per-process seed (the order of nothing observable depends on it; it only spreads names).
     private static let seed = UInt64.random(in: 1...UInt64.max)
 
+    /// A name's hash and first 16 bytes (zero-padded): the same for every table (one seed per
+    /// process), so a name looked up in several tables is hashed once.
+    typealias Digest = (hash: UInt64, head0: UInt64, head1: UInt64)
+
     /// The hash and the first 16 bytes (zero-padded) of `b`, in one pass over it.
-    @inline(__always) static func digest(_ b: UnsafeRawBufferPointer) -> (hash: UInt64, head0: UInt64, head1: UInt64) {
+    @inline(__always) static func digest(_ b: UnsafeRawBufferPointer) -> Digest {
         var h = seed ^ (UInt64(b.count) &* 0x9e37_79b9_7f4a_7c15)
         var head0: UInt64 = 0, head1: UInt64 = 0
         var i = 0
@@ -85,7 +89,7 @@ struct NameTable: Sendable {
     }
 
     /// The slot holding `b` (found) or the empty slot where it would go.
-    @inline(__always) private func find(_ b: UnsafeRawBufferPointer, _ d: (hash: UInt64, head0: UInt64, head1: UInt64)) -> (slot: Int, found: Bool) {
+    @inline(__always) private func find(_ b: UnsafeRawBufferPointer, _ d: Digest) -> (slot: Int, found: Bool) {
         let mask = slots.count - 1
         precondition(mask >= 0 && tags.count == slots.count)
         var s = Int(truncatingIfNeeded: d.hash) & mask
@@ -124,8 +128,34 @@ struct NameTable: Sendable {
     /// The value of the name `b` (ASCII bytes).
     func lookup(_ b: UnsafeRawBufferPointer) -> UInt64? {
         if count == 0 { return nil }
-        let (s, found) = find(b, Self.digest(b))
+        return lookup(b, digest: Self.digest(b))
+    }
+
+    /// `lookup(b)` with `d == NameTable.digest(b)` already computed.
+    @inline(__always) func lookup(_ b: UnsafeRawBufferPointer, digest d: Digest) -> UInt64? {
+        if count == 0 { return nil }
+        let (s, found) = find(b, d)
         return found ? slots[s].value : nil
+    }
+
+    /// `lookup(b, digest: d)` probing the slots directly, without the tags: for a table where
+    /// names are usually present (the core's exports), a hit then costs the slot's line and not
+    /// also a tag's (a tag is 0 exactly for an empty slot and matches whenever the hash does, so
+    /// the answers are the same).
+    @inline(__always) func lookupLikelyPresent(_ b: UnsafeRawBufferPointer, digest d: Digest) -> UInt64? {
+        if count == 0 { return nil }
+        let mask = slots.count - 1
+        precondition(mask >= 0)
+        var s = Int(truncatingIfNeeded: d.hash) & mask
+        return slots.withUnsafeBufferPointer { sl in
+            while true {
+                let x = sl[s]
+                if x.count < 0 { return nil }
+                if x.hash == d.hash && Int(x.count) == b.count && x.head0 == d.head0 && x.head1 == d.head1
+                    && (b.count <= 16 || tailEqual(Int(x.start), b)) { return x.value }
+                s = (s + 1) & mask
+            }
+        }
     }
 
     /// Insert, or replace the value of, the name `b` (ASCII bytes).
@@ -188,13 +218,43 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
 
     public init(_ addresses: [UInt64]) {
         var a = addresses
-        a.sort()
+        // A symbol table mostly lists a section's functions in address order: check before sorting.
+        var ascending = true
+        for i in a.indices.dropFirst() where a[i - 1] > a[i] { ascending = false; break }
+        if !ascending {
+            // A module's entries span a few MiB: a radix sort of their offsets from the lowest.
+            if a.count >= 64, let lo = a.min(), let hi = a.max(), hi - lo <= UInt64(UInt32.max) {
+                FunctionEntries.radixSort(&a, from: lo)
+            } else {
+                a.sort()
+            }
+        }
         var w = 0
         for x in a where w == 0 || a[w - 1] != x { a[w] = x; w += 1 }
         a.removeLast(a.count - w)
         sorted = a
     }
     public init(_ addresses: Set<UInt64>) { self.init(Array(addresses)) }
+
+    /// Sorts `a`, whose values lie in `lo ... lo + 2^32 - 1`: LSD radix sort of `x - lo`, four
+    /// passes of 8 bits (stable passes; the order of equal values does not matter).
+    static func radixSort(_ a: inout [UInt64], from lo: UInt64) {
+        var scratch = [UInt64](repeating: 0, count: a.count)
+        var counts = [Int](repeating: 0, count: 256)
+        for pass in 0..<4 {
+            let shift = UInt64(8 * pass)
+            for k in counts.indices { counts[k] = 0 }
+            for x in a { counts[Int(((x &- lo) >> shift) & 0xff)] += 1 }
+            var sum = 0
+            for k in counts.indices { let c = counts[k]; counts[k] = sum; sum += c }
+            for x in a {
+                let d = Int(((x &- lo) >> shift) & 0xff)
+                scratch[counts[d]] = x
+                counts[d] += 1
+            }
+            swap(&a, &scratch)
+        }
+    }
     public init(arrayLiteral elements: UInt64...) { self.init(elements) }
 
     public var count: Int { sorted.count }

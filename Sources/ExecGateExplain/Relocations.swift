@@ -7,6 +7,14 @@
 
 import ExecGateELF
 
+/// What `simplify_symbols()` gives symbol `i`: its value, or why the module is refused.
+enum SymbolResolution {
+    case value(UInt64)
+    case common, livepatch, unknown, percpuWithoutBase
+    case coreInit(UInt64)
+    case badSection(UInt16)
+}
+
 extension Session {
     /// `simplify_symbols()`: the final value of symbol `i`.
     @inline(__always) func symbolValue(_ i: Int) throws -> UInt64 {
@@ -19,48 +27,79 @@ extension Session {
     /// The value of symbol `i` (not cached here: `symbolValue` and `relocate` keep the cache).
     func computeSymbolValue(_ i: Int) throws -> UInt64 {
         let t = symtab
-        let shndx = t.sectionIndex(i)
-        var v: UInt64
-        switch shndx {
-        case SectionIndex.common:
+        switch resolveSymbol(i) {
+        case .value(let v): return v
+        case .common:
             throw deny(.relocation, "symbol \(t.name(i)) is SHN_COMMON (the kernel refuses: compile with -fno-common)")
-        case SectionIndex.abs:
-            v = t.value(i)
-        case SectionIndex.livepatch:
+        case .livepatch:
             throw deny(.relocation, "livepatch symbol \(t.name(i)) is not supported")
+        case .coreInit(let a):
+            // An export inside the core's init memory is freed after boot (and never a real
+            // export: modpost refuses EXPORT_SYMBOL of __init code): nothing may point there.
+            throw deny(.initSymbol, "symbol \(t.name(i)) resolves to 0x\(String(a, radix: 16)), inside the core kernel's freed init memory")
+        case .unknown:
+            throw deny(.relocation, "unknown symbol \(t.name(i)): not exported by the core kernel or an allowed module")
+        case .badSection(let shndx):
+            throw deny(.relocation, "symbol \(t.name(i)) has unsupported section index \(shndx)")
+        case .percpuWithoutBase:
+            throw deny(.relocation, "symbol \(t.name(i)) is per-cpu but the claim gives no per-cpu base")
+        }
+    }
+
+    /// `simplify_symbols()` for symbol `i`, without throwing (the caller says what a refusal means).
+    @inline(__always) func resolveSymbol(_ i: Int) -> SymbolResolution {
+        let t = symtab
+        let shndx = t.sectionIndex(i)
+        switch shndx {
+        case SectionIndex.common: return .common
+        case SectionIndex.abs: return .value(t.value(i))
+        case SectionIndex.livepatch: return .livepatch
         case SectionIndex.undef:
-            if i == 0 { v = 0; break }
+            if i == 0 { return .value(0) }
             // Looked up by the name's borrowed bytes; the String is made only for a message.
-            if let a = resolver.lookup(utf8: t.nameBytes(i)) {
-                // An export inside the core's init memory is freed after boot (and never a real
-                // export: modpost refuses EXPORT_SYMBOL of __init code): nothing may point there.
-                guard !facts.isCoreInit(a) else {
-                    throw deny(.initSymbol, "symbol \(t.name(i)) resolves to 0x\(String(a, radix: 16)), inside the core kernel's freed init memory")
-                }
-                v = a
-            } else if t.binding(i) == 2 {
-                v = 0  // unresolved weak: the kernel leaves 0.
-            } else {
-                throw deny(.relocation, "unknown symbol \(t.name(i)): not exported by the core kernel or an allowed module")
+            if let a = resolver.lookup(utf8: t.nameBytes(i), likelyPresent: true) {
+                return facts.isCoreInit(a) ? .coreInit(a) : .value(a)
             }
+            return t.binding(i) == 2 ? .value(0) : .unknown  // unresolved weak: the kernel leaves 0.
         default:
             let si = Int(shndx)
-            guard si < elf.sections.count, shndx < SectionIndex.loReserve else {
-                throw deny(.relocation, "symbol \(t.name(i)) has unsupported section index \(shndx)")
-            }
+            guard si < elf.sections.count, shndx < SectionIndex.loReserve else { return .badSection(shndx) }
             if si == layout.percpuIndex {
-                guard let p = claim.percpuBase else {
-                    throw deny(.relocation, "symbol \(t.name(i)) is per-cpu but the claim gives no per-cpu base")
-                }
-                v = p &+ t.value(i)
+                guard let p = claim.percpuBase else { return .percpuWithoutBase }
+                return .value(p &+ t.value(i))
             } else if let a = addr[si] {
-                v = a &+ t.value(i)
-            } else {
-                // Non-ALLOC section: the kernel would use its temporary copy — unexplainable by design.
-                v = 0xdead_0000_0000_0000 | UInt64(si) << 24
+                return .value(a &+ t.value(i))
+            }
+            // Non-ALLOC section: the kernel would use its temporary copy — unexplainable by design.
+            return .value(0xdead_0000_0000_0000 | UInt64(si) << 24)
+        }
+    }
+
+    /// Every symbol's value, in one pass before the relocation walk (the kernel's
+    /// `simplify_symbols()` also resolves the whole table first). The export lookups, each about
+    /// one cache miss into the export tables, then come one after another with nothing depending
+    /// on them, so the processor overlaps their misses; in the walk they were spread between
+    /// dependent field writes. A symbol the kernel would refuse is left unresolved here: the walk
+    /// meets it at the same record as before and throws the same denial (`computeSymbolValue`).
+    /// Also marks, in a core session, the symbols defined in the module's init sections (the
+    /// walk's freed-memory check needs a symbol's section per field otherwise).
+    func resolveAllSymbols() {
+        let t = symtab
+        let initOffset = layout.initOffset, isCore = region == .core
+        var anyInit = false
+        var initFlags = [Bool]()
+        symValue.withUnsafeMutableBufferPointer { vals in
+            precondition(vals.count == t.count)
+            for i in t.indices {
+                if vals[i] == nil, case .value(let v) = resolveSymbol(i) { vals[i] = v }
+                let ssi = Int(t.sectionIndex(i))
+                if isCore, ssi > 0, ssi < initOffset.count, initOffset[ssi] != nil {
+                    if !anyInit { initFlags = [Bool](repeating: false, count: t.count); anyInit = true }
+                    initFlags[i] = true
+                }
             }
         }
-        return v
+        symbolInInit = initFlags
     }
 
     /// `apply_relocate_add()` / `__write_relocate_add()` (arch/x86/kernel/module.c, 6.1):
@@ -87,183 +126,46 @@ extension Session {
         }
     }
 
+    /// A field of `.altinstr_replacement` / `.altinstr_aux` that refers to the module's init sections.
+    typealias InitReference = (loc: UInt64, size: Int, reason: String, section: String, offset: Int)
+
     /// Writes every relocation field (above); returns the init-section references of alternative
     /// templates, which `relocate()` checks once the whole table is relocated.
-    func relocateFields() throws -> [(loc: UInt64, size: Int, reason: String, section: String, offset: Int)] {
-        var initRefs: [(loc: UInt64, size: Int, reason: String, section: String, offset: Int)] = []
-        // Work on local arrays (moved out, moved back on every exit): no exclusivity checks on the
-        // class's stored properties in this loop, and each field is read and written as one
-        // 4- or 8-byte little-endian word through the borrowed buffer (bounds checked per field).
+    func relocateFields() throws -> [InitReference] {
+        resolveAllSymbols()
+        var initRefs: [InitReference] = []
+        // Work on local arrays (moved out, moved back on every exit), handed to the per-section
+        // walk as borrowed buffers: no exclusivity checks in the walk (a local captured by a
+        // nested function is boxed and checked at run time on every access), and each field is
+        // read and written as one 4- or 8-byte little-endian word (bounds checked per field).
         var img: [UInt8] = [], cl: [UInt8] = [], vals: [UInt64?] = [], counts: [Int] = []
-        var fields = relocFields, count = relocCount
+        var walk = RelocationWalk(fields: relocFields, count: relocCount, record: recordRelocationFields)
         swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = []
-        defer { swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = fields; relocCount = count }
-        let relocClass = UInt8(ExplanationClass.relocation.rawValue), elfClass = UInt8(ExplanationClass.elf.rawValue)
-        precondition(Int(relocClass) < counts.count && Int(elfClass) < counts.count)
-        let symtab = self.symtab
-        let initOffset = layout.initOffset, isCore = region == .core
+        defer { swap(&img, &image); swap(&cl, &cls); swap(&vals, &symValue); swap(&counts, &classCounts); relocFields = walk.fields; relocCount = walk.count }
+        precondition(ExplanationClass.relocation.rawValue < counts.count && ExplanationClass.elf.rawValue < counts.count)
         // Exec-target records (for the mutation tester only): reserved once, not grown per field.
-        let record = recordRelocationFields
-        if record { fields.reserveCapacity(fields.count + rela.reduce(0) { imageOffset(of: $1.targetSectionIndex) != nil ? $0 + $1.relocations.count : $0 }) }
-        /// The loader's checks on one record, in `apply_relocate_add()`'s order (arch/x86/kernel/
-        /// module.c: known type, symbol value, the 32/32S overflow checks on S + A): its field size,
-        /// offset in the section, address and S + A (before a PC-relative type subtracts the
-        /// address); nil for a type that writes nothing.
-        func field(_ r: ELFRelocation, _ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64) throws -> (size: Int, offset: Int, loc: UInt64, value: UInt64)? {
-            guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
-                throw deny(.relocation, "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
-                           section: sectionName(t), offset: Int(r.offset), address: taddr &+ r.offset)
-            }
-            if size == 0 { return nil }
-            let fo = Int(r.offset)  // validated against the section size by the parser.
-            let loc = taddr &+ r.offset
-            let si = r.symbolIndex
-            let sv: UInt64
-            if let v = vals[si] { sv = v } else { sv = try computeSymbolValue(si); vals[si] = sv }
-            let val = sv &+ UInt64(bitPattern: r.addend)
-            switch r.type.rawValue {
-            case 10:  // R_X86_64_32
-                guard val <= UInt64(UInt32.max) else {
-                    throw deny(.relocation, "R_X86_64_32 overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
-                }
-            case 11:  // R_X86_64_32S
-                let sv = Int64(bitPattern: val)
-                guard sv >= Int64(Int32.min) && sv <= Int64(Int32.max) else {
-                    throw deny(.relocation, "R_X86_64_32S overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
-                }
-            default: break
-            }
-            return (size, fo, loc, val)
-        }
-        /// One relocation section into `buf` (the image from `toff`, or a data copy from 0);
-        /// `classes` is the image's class array when the target is the explained region.
-        func apply(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ buf: UnsafeMutableRawBufferPointer, _ toff: Int,
-                   _ classes: UnsafeMutableRawBufferPointer?, _ counts: UnsafeMutableBufferPointer<Int>?, from start: Int = 0) throws {
-            let isExec = classes != nil
-            var fromELF = 0, toReloc = 0
-            defer {
-                if let cn = counts {
-                    cn[Int(elfClass)] -= fromELF
-                    cn[Int(relocClass)] += toReloc
-                }
-            }
-            let rels = rs.relocations
-            for ri in start..<rels.count {
-                let r = rels[ri]
-                guard let (size, fo, loc, s) = try field(r, rs, t, taddr) else { continue }
-                let si = r.symbolIndex
-                var val = s
-                switch r.type.rawValue {
-                case 2, 4, 24:  // R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64
-                    val = val &- loc
-                default: break
-                }
-                if isExec {
-                    // Core text pointing into the module's own init sections would point into
-                    // memory freed after init (`do_free_init()`): not explainable.
-                    let ssi = Int(symtab.sectionIndex(si))
-                    if isCore, ssi > 0, ssi < initOffset.count, initOffset[ssi] != nil {
-                        let tn = sectionName(t)
-                        guard tn == ".altinstr_replacement" || tn == ".altinstr_aux", r.type == .pc32 || r.type == .plt32 else {
-                            throw deny(.initSymbol, "\(r.type) in \(tn) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init",
-                                       section: tn, offset: fo, address: loc)
-                        }
-                        // The branch's value: the init section's real (claimed) address, used
-                        // for this field only (site classification keeps the placeholder).
-                        val = (try claimedInitAddress(ssi)) &+ symtab.value(si) &+ UInt64(bitPattern: r.addend) &- loc
-                        initRefs.append((loc, size, "\(r.type) in \(tn) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init, outside the template of an init-text alternative",
-                                         tn, fo))
-                    }
-                } else if fo + size > buf.count {
-                    count += 1
-                    continue
-                }
-                let o = toff + fo
-                // Exec sections lie inside the image by the layout; data fields inside the copy (above).
-                precondition(o >= 0 && o <= buf.count - size, "relocation field outside its section")
-                let nonzero = size == 8 ? buf.loadUnaligned(fromByteOffset: o, as: UInt64.self) != 0
-                                        : buf.loadUnaligned(fromByteOffset: o, as: UInt32.self) != 0
-                guard !nonzero else {
-                    throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
-                }
-                // Little-endian field of `size` bytes: the low bytes of `val` (x86-64 host and target).
-                if size == 8 {
-                    buf.storeBytes(of: val.littleEndian, toByteOffset: o, as: UInt64.self)
-                } else {
-                    buf.storeBytes(of: UInt32(truncatingIfNeeded: val).littleEndian, toByteOffset: o, as: UInt32.self)
-                }
-                if let c = classes, let cn = counts {
-                    // Bytes leaving the ELF class (the usual case: fields are written once) are
-                    // tallied in a register and settled after the section, so scattered class
-                    // reads do not chain through the counters in memory. A field all of the ELF
-                    // class (one word compare) moves in one step; `c` spans the image, so the
-                    // field's bounds checked above hold for it too.
-                    precondition(c.count == buf.count)
-                    let allELF = size == 8 ? c.loadUnaligned(fromByteOffset: o, as: UInt64.self) == UInt64(elfClass) &* 0x0101_0101_0101_0101
-                                           : c.loadUnaligned(fromByteOffset: o, as: UInt32.self) == UInt32(elfClass) &* 0x0101_0101
-                    if allELF {
-                        fromELF += size
-                        if size == 8 {
-                            c.storeBytes(of: UInt64(relocClass) &* 0x0101_0101_0101_0101, toByteOffset: o, as: UInt64.self)
-                        } else {
-                            c.storeBytes(of: UInt32(relocClass) &* 0x0101_0101, toByteOffset: o, as: UInt32.self)
-                        }
-                    } else {
-                        for k in 0..<size {
-                            let old = c[o + k]
-                            if old == elfClass { fromELF += 1 } else {
-                                precondition(Int(old) < cn.count)  // class values are ExplanationClass raw values
-                                cn[Int(old)] -= 1
-                            }
-                            c[o + k] = relocClass
-                        }
-                    }
-                    toReloc += size
-                    if record { fields.append((o, size, r.type, si, r.addend, loc)) }
-                }
-                count += 1
-            }
-        }
-        /// A data section not copied yet: the kernel's checks in place, against the signed bytes
-        /// (`src`, empty for SHT_NOBITS: zeros), which is exact while every field starts at or
-        /// after the end of the previous one (none can see an earlier record's write). Returns
-        /// nil when every record passed (they are written when the copy is made: `dataCopy`), or
-        /// the index of the first record out of that order (the caller continues on a copy).
-        func check(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ src: UnsafeRawBufferPointer, _ sectionSize: Int) throws -> Int? {
-            let rels = rs.relocations
-            var prevEnd = 0
-            for ri in 0..<rels.count {
-                let r = rels[ri]
-                // A record out of order is left to the copy, where `apply` runs the same checks on
-                // it first (the same first error either way).
-                if r.type.fieldSize != 0, Int(r.offset) < prevEnd { return ri }
-                guard let (size, fo, loc, _) = try field(r, rs, t, taddr) else { continue }
-                if fo + size > sectionSize {
-                    count += 1
-                    continue
-                }
-                if !src.isEmpty {
-                    precondition(fo >= 0 && fo <= src.count - size, "relocation field outside its section")
-                    let nonzero = size == 8 ? src.loadUnaligned(fromByteOffset: fo, as: UInt64.self) != 0
-                                            : src.loadUnaligned(fromByteOffset: fo, as: UInt32.self) != 0
-                    guard !nonzero else {
-                        throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
-                    }
-                }
-                prevEnd = fo + size
-                count += 1
-            }
-            return nil
-        }
+        if walk.record { walk.fields.reserveCapacity(walk.fields.count + rela.reduce(0) { imageOffset(of: $1.targetSectionIndex) != nil ? $0 + $1.relocations.count : $0 }) }
         for (ri, rs) in rela.enumerated() {
             let t = rs.targetSectionIndex
             // Relocations of non-ALLOC sections are skipped by the kernel. The explained region's
             // exec sections are relocated in the image, the session's other allocated sections in
             // their data copies; init sections in a core session have neither (freed, never used).
-            guard layout.flags[t].contains(.alloc), let taddr = addr[t] else { continue }
+            // A skipped section's records are still checked as the parser checks them (the walk
+            // checks the others as it reads them: `apply`, `check`).
+            guard layout.flags[t].contains(.alloc), let taddr = addr[t], imageOffset(of: t) != nil || (t < isData.count && isData[t]) else {
+                let rels = rs.relocations
+                for i in rels.indices where !rels.isValid(i) { try refuseRecords() }
+                continue
+            }
             if let toff = imageOffset(of: t) {
                 try img.withUnsafeMutableBytes { ib in
-                    try cl.withUnsafeMutableBytes { cb in try counts.withUnsafeMutableBufferPointer { try apply(rs, t, taddr, ib, toff, cb, $0) } }
+                    try cl.withUnsafeMutableBytes { cb in
+                        try counts.withUnsafeMutableBufferPointer { cn in
+                            try vals.withUnsafeMutableBufferPointer { v in
+                                try apply(rs, t, taddr, ib, toff, (cb, cn), v, &walk, &initRefs)
+                            }
+                        }
+                    }
                 }
             } else if t < isData.count, isData[t] {
                 var start = 0
@@ -276,7 +178,10 @@ extension Session {
                     pendingRela[t] = nil
                 } else {
                     let s = elf.sections[t]
-                    guard let k = try check(rs, t, taddr, s.isNoBits ? UnsafeRawBufferPointer(start: nil, count: 0) : elf.contents(of: s), s.size) else {
+                    let k = try vals.withUnsafeMutableBufferPointer { v in
+                        try check(rs, t, taddr, s.isNoBits ? UnsafeRawBufferPointer(start: nil, count: 0) : elf.contents(of: s), s.size, v, &walk)
+                    }
+                    guard let k else {
                         pendingRela[t] = ri
                         continue
                     }
@@ -285,10 +190,190 @@ extension Session {
                 }
                 data[t] = nil  // keep `d` uniquely referenced while it is patched
                 defer { data[t] = d }
-                try d.withUnsafeMutableBytes { try apply(rs, t, taddr, $0, 0, nil, nil, from: start) }
+                try d.withUnsafeMutableBytes { db in
+                    try vals.withUnsafeMutableBufferPointer { v in try apply(rs, t, taddr, db, 0, nil, v, &walk, &initRefs, from: start) }
+                }
             }
         }
         return initRefs
+    }
+
+    /// A record the parser refuses (``ELFRelocations/isValid(_:)`` false): its error, or that of
+    /// an earlier bad record in file order (the parser checked every record before the walk).
+    func refuseRecords() throws -> Never {
+        try elf.checkRelocationRecords()
+        preconditionFailure("ELFRelocations.isValid and ELFFile.checkRelocationRecords disagree")
+    }
+
+    /// The walk's running state: fields applied, and the exec-target records when `record`.
+    struct RelocationWalk {
+        var fields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)]
+        var count: Int
+        let record: Bool
+    }
+
+    /// The loader's checks on one record, in `apply_relocate_add()`'s order (arch/x86/kernel/
+    /// module.c: known type, symbol value, the 32/32S overflow checks on S + A): its field size,
+    /// offset in the section, address and S + A (before a PC-relative type subtracts the
+    /// address); nil for a type that writes nothing.
+    @inline(__always) func field(_ r: ELFRelocation, _ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64,
+                                 _ vals: UnsafeMutableBufferPointer<UInt64?>) throws -> (size: Int, offset: Int, loc: UInt64, value: UInt64)? {
+        guard let size = r.type.fieldSize, r.type.isKnownToLoader else {
+            throw deny(.relocation, "unknown relocation type \(r.type) in \(rs.section.name) (the kernel refuses the module)",
+                       section: sectionName(t), offset: Int(r.offset), address: taddr &+ r.offset)
+        }
+        if size == 0 { return nil }
+        let fo = Int(r.offset)  // inside the section: the caller checked `isValid` (the parser's check).
+        let loc = taddr &+ r.offset
+        let si = r.symbolIndex
+        let sv: UInt64
+        if let v = vals[si] { sv = v } else { sv = try computeSymbolValue(si); vals[si] = sv }
+        let val = sv &+ UInt64(bitPattern: r.addend)
+        switch r.type.rawValue {
+        case 10:  // R_X86_64_32
+            guard val <= UInt64(UInt32.max) else {
+                throw deny(.relocation, "R_X86_64_32 overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
+            }
+        case 11:  // R_X86_64_32S
+            let sv = Int64(bitPattern: val)
+            guard sv >= Int64(Int32.min) && sv <= Int64(Int32.max) else {
+                throw deny(.relocation, "R_X86_64_32S overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
+            }
+        default: break
+        }
+        return (size, fo, loc, val)
+    }
+
+    /// One relocation section into `buf` (the image from `toff`, or a data copy from 0);
+    /// `classes` is the image's class array and its counters when the target is the explained region.
+    func apply(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ buf: UnsafeMutableRawBufferPointer, _ toff: Int,
+               _ classes: (c: UnsafeMutableRawBufferPointer, counts: UnsafeMutableBufferPointer<Int>)?,
+               _ vals: UnsafeMutableBufferPointer<UInt64?>, _ walk: inout RelocationWalk, _ initRefs: inout [InitReference], from start: Int = 0) throws {
+        let relocClass = UInt8(ExplanationClass.relocation.rawValue), elfClass = UInt8(ExplanationClass.elf.rawValue)
+        let isExec = classes != nil
+        let symtab = self.symtab
+        let inInit = symbolInInit
+        var fromELF = 0, toReloc = 0, count = walk.count
+        defer {
+            if let cn = classes?.counts {
+                cn[Int(elfClass)] -= fromELF
+                cn[Int(relocClass)] += toReloc
+            }
+            walk.count = count
+        }
+        let rels = rs.relocations
+        for ri in start..<rels.count {
+            if !rels.isValid(ri) { try refuseRecords() }
+            let r = rels[ri]
+            guard let (size, fo, loc, s) = try field(r, rs, t, taddr, vals) else { continue }
+            let si = r.symbolIndex
+            var val = s
+            switch r.type.rawValue {
+            case 2, 4, 24:  // R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64
+                val = val &- loc
+            default: break
+            }
+            if isExec {
+                // Core text pointing into the module's own init sections would point into
+                // memory freed after init (`do_free_init()`): not explainable. (`inInit` marks
+                // the symbols of a core session's init sections: resolveAllSymbols.)
+                if !inInit.isEmpty && inInit[si] {
+                    let ssi = Int(symtab.sectionIndex(si))
+                    let tn = sectionName(t)
+                    guard tn == ".altinstr_replacement" || tn == ".altinstr_aux", r.type == .pc32 || r.type == .plt32 else {
+                        throw deny(.initSymbol, "\(r.type) in \(tn) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init",
+                                   section: tn, offset: fo, address: loc)
+                    }
+                    // The branch's value: the init section's real (claimed) address, used
+                    // for this field only (site classification keeps the placeholder).
+                    val = (try claimedInitAddress(ssi)) &+ symtab.value(si) &+ UInt64(bitPattern: r.addend) &- loc
+                    initRefs.append((loc, size, "\(r.type) in \(tn) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init, outside the template of an init-text alternative",
+                                     tn, fo))
+                }
+            } else if fo + size > buf.count {
+                count += 1
+                continue
+            }
+            let o = toff + fo
+            // Exec sections lie inside the image by the layout; data fields inside the copy (above).
+            precondition(o >= 0 && o <= buf.count - size, "relocation field outside its section")
+            let nonzero = size == 8 ? buf.loadUnaligned(fromByteOffset: o, as: UInt64.self) != 0
+                                    : buf.loadUnaligned(fromByteOffset: o, as: UInt32.self) != 0
+            guard !nonzero else {
+                throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
+            }
+            // Little-endian field of `size` bytes: the low bytes of `val` (x86-64 host and target).
+            if size == 8 {
+                buf.storeBytes(of: val.littleEndian, toByteOffset: o, as: UInt64.self)
+            } else {
+                buf.storeBytes(of: UInt32(truncatingIfNeeded: val).littleEndian, toByteOffset: o, as: UInt32.self)
+            }
+            if let (c, cn) = classes {
+                // Bytes leaving the ELF class (the usual case: fields are written once) are
+                // tallied in a register and settled after the section, so scattered class
+                // reads do not chain through the counters in memory. A field all of the ELF
+                // class (one word compare) moves in one step; `c` spans the image, so the
+                // field's bounds checked above hold for it too.
+                precondition(c.count == buf.count)
+                let allELF = size == 8 ? c.loadUnaligned(fromByteOffset: o, as: UInt64.self) == UInt64(elfClass) &* 0x0101_0101_0101_0101
+                                       : c.loadUnaligned(fromByteOffset: o, as: UInt32.self) == UInt32(elfClass) &* 0x0101_0101
+                if allELF {
+                    fromELF += size
+                    if size == 8 {
+                        c.storeBytes(of: UInt64(relocClass) &* 0x0101_0101_0101_0101, toByteOffset: o, as: UInt64.self)
+                    } else {
+                        c.storeBytes(of: UInt32(relocClass) &* 0x0101_0101, toByteOffset: o, as: UInt32.self)
+                    }
+                } else {
+                    for k in 0..<size {
+                        let old = c[o + k]
+                        if old == elfClass { fromELF += 1 } else {
+                            precondition(Int(old) < cn.count)  // class values are ExplanationClass raw values
+                            cn[Int(old)] -= 1
+                        }
+                        c[o + k] = relocClass
+                    }
+                }
+                toReloc += size
+                if walk.record { walk.fields.append((o, size, r.type, si, r.addend, loc)) }
+            }
+            count += 1
+        }
+    }
+
+    /// A data section not copied yet: the kernel's checks in place, against the signed bytes
+    /// (`src`, empty for SHT_NOBITS: zeros), which is exact while every field starts at or
+    /// after the end of the previous one (none can see an earlier record's write). Returns
+    /// nil when every record passed (they are written when the copy is made: `dataCopy`), or
+    /// the index of the first record out of that order (the caller continues on a copy).
+    func check(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ src: UnsafeRawBufferPointer, _ sectionSize: Int,
+               _ vals: UnsafeMutableBufferPointer<UInt64?>, _ walk: inout RelocationWalk) throws -> Int? {
+        let rels = rs.relocations
+        var prevEnd = 0, count = walk.count
+        defer { walk.count = count }
+        for ri in 0..<rels.count {
+            if !rels.isValid(ri) { try refuseRecords() }
+            let r = rels[ri]
+            // A record out of order is left to the copy, where `apply` runs the same checks on
+            // it first (the same first error either way).
+            if r.type.fieldSize != 0, Int(r.offset) < prevEnd { return ri }
+            guard let (size, fo, loc, _) = try field(r, rs, t, taddr, vals) else { continue }
+            if fo + size > sectionSize {
+                count += 1
+                continue
+            }
+            if !src.isEmpty {
+                precondition(fo >= 0 && fo <= src.count - size, "relocation field outside its section")
+                let nonzero = size == 8 ? src.loadUnaligned(fromByteOffset: fo, as: UInt64.self) != 0
+                                        : src.loadUnaligned(fromByteOffset: fo, as: UInt32.self) != 0
+                guard !nonzero else {
+                    throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
+                }
+            }
+            prevEnd = fo + size
+            count += 1
+        }
+        return nil
     }
 
     /// Data section `t` as `move_module()` copies it (zeros for SHT_NOBITS), with records

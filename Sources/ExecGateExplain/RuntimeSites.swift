@@ -213,8 +213,10 @@ extension Session {
         var s = facts.staticCallTrustedTargets[key] ?? []
         if let m = resolver.staticCallTrustedTargets[key] { s.formUnion(m) }
         if let own = ownKeyDefaults[key] { s.formUnion(own) }
-        let funcs = isFunctionEntry
-        s = s.filter { funcs($0) && !facts.isCoreInit($0) }
+        if !s.isEmpty {
+            let funcs = isFunctionEntry
+            s = s.filter { funcs($0) && !facts.isCoreInit($0) }
+        }
         if let r0 = facts.staticCallReturn0 { s.insert(r0) }
         trustedTargetCache[key] = s
         return s
@@ -304,8 +306,13 @@ extension Session {
     /// form at any time: both are legal when `func` is trusted for the key, and the state must
     /// agree with the key's inline sites (`__SCK__<name>`).
     func addModuleTrampolineSites() {
-        let known = Set(variable.map { $0.offset })
-        for (a, off) in trampolineSites where !known.contains(off) { addTrampolineSite(a, off) }
+        if trampolineSites.isEmpty { return }
+        // The trampolines that already have a site (few trampolines, thousands of sites: the
+        // trampolines' offsets in a small table, one pass over the sites).
+        var known = AddressTable()
+        for (_, off) in trampolineSites { known.set(UInt64(off), 0) }
+        for i in variable.indices where known[UInt64(variable[i].offset)] != nil { known.set(UInt64(variable[i].offset), 1) }
+        for (a, off) in trampolineSites where known[UInt64(off)] != 1 { addTrampolineSite(a, off) }
     }
 
     /// The module's own key (`__SCK__<name>`) of the trampoline at `a` (the first `__SCT__`

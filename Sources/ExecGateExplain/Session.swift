@@ -31,7 +31,7 @@ final class Session {
     /// trusted defaults and the state of every key group (init sites must agree with core sites).
     struct Inherited {
         var ownKeyDefaults: [UInt64: Set<UInt64>]
-        var groupState: [UInt64: UInt64]
+        var groupState: AddressTable
     }
     let inherited: Inherited?
     /// The loader replayed (LoaderSelection.swift), chosen from the registration and the module.
@@ -71,8 +71,9 @@ final class Session {
     // `mutate` call on one thread (it is not Sendable and never escapes), and its methods touch
     // these properties one after another, so the run-time exclusivity check (begin/end access
     // through thread-local state) can never fire on them in a correct build; in release it cost
-    // ~10% of the engine (one check per array per site write). Debug builds, which run the
-    // tests, keep the check; release builds skip it for these properties only.
+    // ~10% of the engine (one check per array per site write), then several % more on the site
+    // lists and caches. Debug builds, which run the tests, keep the check; release builds skip
+    // it for these working properties only.
     #if DEBUG
     var image: [UInt8]
     var cls: [UInt8]
@@ -80,6 +81,22 @@ final class Session {
     var siteCountByClass = [Int](repeating: 0, count: ExplanationClass.allCases.count)
     var symValue: [UInt64?]
     var variable: [VariableSite] = []
+    var data: [Int: [UInt8]] = [:]
+    var pendingRela: [Int: Int] = [:]
+    var notes: [(range: Range<Int>, text: String)] = []
+    var relocCount = 0
+    var symbolInInit: [Bool] = []
+    var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
+    var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
+    var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
+    var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
+    var trampolineSites: [(addr: UInt64, off: Int)] = []
+    var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
+    var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
+    var staticCallStates: [UInt64: UInt64] = [:]
+    var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
+    var trampolineKeyCache: [UInt64: UInt64?]?
+    var exportedNameCache: ExportedNames?
     #else
     @exclusivity(unchecked) var image: [UInt8]
     @exclusivity(unchecked) var cls: [UInt8]
@@ -87,19 +104,48 @@ final class Session {
     @exclusivity(unchecked) var siteCountByClass = [Int](repeating: 0, count: ExplanationClass.allCases.count)
     @exclusivity(unchecked) var symValue: [UInt64?]
     @exclusivity(unchecked) var variable: [VariableSite] = []
+    @exclusivity(unchecked) var data: [Int: [UInt8]] = [:]
+    @exclusivity(unchecked) var pendingRela: [Int: Int] = [:]
+    @exclusivity(unchecked) var notes: [(range: Range<Int>, text: String)] = []
+    @exclusivity(unchecked) var relocCount = 0
+    @exclusivity(unchecked) var symbolInInit: [Bool] = []
+    @exclusivity(unchecked) var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
+    @exclusivity(unchecked) var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
+    @exclusivity(unchecked) var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
+    @exclusivity(unchecked) var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
+    @exclusivity(unchecked) var trampolineSites: [(addr: UInt64, off: Int)] = []
+    @exclusivity(unchecked) var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
+    @exclusivity(unchecked) var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
+    @exclusivity(unchecked) var staticCallStates: [UInt64: UInt64] = [:]
+    @exclusivity(unchecked) var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
+    @exclusivity(unchecked) var trampolineKeyCache: [UInt64: UInt64?]?
+    @exclusivity(unchecked) var exportedNameCache: ExportedNames?
     #endif
-    /// Relocated copies of the allocated non-exec sections of the session (tables the stages
-    /// read), made on first use (`dataCopy`): most data (`.orc_unwind_ip`, `.rodata`, `.data`,
-    /// `__bug_table`, …) is never read, only its relocations checked (Relocations.swift).
-    var data: [Int: [UInt8]] = [:]
+    // What the other working properties above hold (each stage's own state, unchecked in
+    // release for the same reason):
+    // - `data`: relocated copies of the allocated non-exec sections of the session (tables the
+    //   stages read), made on first use (`dataCopy`): most data (`.orc_unwind_ip`, `.rodata`,
+    //   `.data`, `__bug_table`, …) is never read, only its relocations checked (Relocations.swift).
+    // - `pendingRela`: data section → the relocation section (index in `rela`) whose records were
+    //   checked in place and are written when the copy is made.
+    // - `notes`: per-range explanations for the first-difference report (Comparison.swift).
+    // - `relocCount`: relocation fields applied; `symbolInInit`: in a core session, per symbol,
+    //   defined in one of the module's init sections (freed after init), empty when none is
+    //   (Relocations.swift `resolveAllSymbols`).
+    // - Site records (for the mutation tester and diagnostics): `relocFields` only when
+    //   `recordRelocationFields` is set before `run()` (the mutation tester: one record per field
+    //   of the region, hundreds of thousands per boot, that nothing else reads), `jumpSites`,
+    //   `returnSites`, `staticSites`, `altSites`, `trampolineSites` (the module's own static-call
+    //   trampolines: address, region offset).
+    // - `ownKeyDefaults`: keys this module defines → its trampolines' compiled default targets;
+    //   `trustedTargetCache`: `trustedStaticCallTargets` per key; `staticCallStates`: static-call
+    //   key states at this module's sites after comparison (key → target, 0 = NULL).
+    // - `trampolineKeyCache`: trampoline address → its key (`trampolineKey`), built on first use;
+    //   `exportedNameCache`: `exportedNames()`, computed once (verify_exported_symbols and the
+    //   exports both need it).
     /// The sections that have a data copy (made or not yet), in section order; `isData[i]` likewise.
     let dataSections: [Int]
     let isData: [Bool]
-    /// Data section → the relocation section (index in `rela`) whose records were checked in
-    /// place and are written when the copy is made.
-    var pendingRela: [Int: Int] = [:]
-    /// Per-range explanations for the first-difference report (Comparison.swift).
-    var notes: [(range: Range<Int>, text: String)] = []
     /// Sites rewritten per class (the statistics list the classes with sites).
     @inline(__always) func countSite(_ c: ExplanationClass) { siteCountByClass[c.rawValue] += 1 }
     var siteCounts: [ExplanationClass: Int] {
@@ -107,37 +153,22 @@ final class Session {
         for (i, n) in siteCountByClass.enumerated() where n > 0 { d[ExplanationClass(rawValue: i)!] = n }
         return d
     }
-    var relocCount = 0
-
-    // Site records (for the mutation tester and diagnostics). Relocation fields only when
-    // `recordRelocationFields` is set before `run()` (the mutation tester: one record per field
-    // of the region, hundreds of thousands per boot, that nothing else reads).
     var recordRelocationFields = false
-    var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
-    var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
-    var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
-    var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
-    /// The module's own static-call trampolines (address, region offset).
-    var trampolineSites: [(addr: UInt64, off: Int)] = []
-    /// Keys this module defines → its trampolines' compiled default targets.
-    var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
-    var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
-    /// Static-call key states at this module's sites after comparison (key → target, 0 = NULL).
-    var staticCallStates: [UInt64: UInt64] = [:]
-    var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
 
-    /// Exports looked up once per session (the resolver is immutable for the session).
-    lazy var returnThunkExport: UInt64? = resolver.lookup("__x86_return_thunk")
-    lazy var indirectThunkExport: UInt64? = resolver.lookup("__x86_indirect_thunk_rax")
+    /// Exports looked up once per session (the resolver is immutable for the session), at set-up.
+    let returnThunkExport: UInt64?
+    let indirectThunkExport: UInt64?
 
     /// Trampoline address → its key (RuntimeSites.swift `trampolineKey`), built on first use.
-    lazy var trampolineKeyByAddress: [UInt64: UInt64?] = buildTrampolineKeys()
-
-    /// `exportedNames()`, computed once (verify_exported_symbols and the exports both need it).
-    var exportedNameCache: ExportedNames?
+    var trampolineKeyByAddress: [UInt64: UInt64?] {
+        if let m = trampolineKeyCache { return m }
+        let m = buildTrampolineKeys()
+        trampolineKeyCache = m
+        return m
+    }
 
     /// Key-group states after comparison (handed to the init-region session).
-    var finalGroupState: [UInt64: UInt64] = [:]
+    var finalGroupState = AddressTable()
 
     /// Where init sections are assumed to be when init is not claimed (user-space range: never
     /// module text).
@@ -153,6 +184,8 @@ final class Session {
         self.resolver = resolver
         self.region = region
         self.inherited = inherited
+        self.returnThunkExport = resolver.lookup("__x86_return_thunk")
+        self.indirectThunkExport = resolver.lookup("__x86_indirect_thunk_rax")
         let coreBase = claim.textBase
         func deny(_ reason: String, section: String = "(claim)", address: UInt64 = 0) -> DenyError {
             Session.denial(claim, .layout, reason, section: section, address: address)
@@ -219,26 +252,15 @@ final class Session {
         // Copy the sections (`move_module()`): the explained region's exec sections into the
         // image, every other allocated section of the session as a relocated data copy.
         var addr = [UInt64?](repeating: nil, count: elf.sections.count)
-        var image = [UInt8](repeating: 0, count: regionSize)
-        var cls = [UInt8](repeating: UInt8(ExplanationClass.padding.rawValue), count: regionSize)
-        var counts = [Int](repeating: 0, count: ExplanationClass.allCases.count)
-        counts[ExplanationClass.padding.rawValue] = regionSize
+        var copies: [(off: Int, sec: Int)] = []
         var execRanges: [(lo: Int, hi: Int, sec: Int)] = []
         var dataSections: [Int] = []
         func copy(_ s: ELFSection, at off: Int, intoImage: Bool) {
             let i = s.index
             if intoImage {
                 // Exec sections are inside [0, regionSize) by construction of the layout.
-                let n = s.size
-                precondition(off >= 0 && n <= image.count && off <= image.count - n, "exec section outside the region")
-                if !s.isNoBits {
-                    let src = elf.contents(of: s)
-                    precondition(src.count == n)
-                    image.withUnsafeMutableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[off..<off + n]).copyMemory(from: src) }
-                }
-                cls.withUnsafeMutableBufferPointer { c in
-                    Session.setClass(c, off, n, UInt8(ExplanationClass.elf.rawValue), &counts)
-                }
+                precondition(off >= 0 && s.size <= regionSize && off <= regionSize - s.size, "exec section outside the region")
+                copies.append((off, i))  // copied below, in this order
                 if s.size > 0 { execRanges.append((off, off + s.size, i)) }
             } else {
                 dataSections.append(i)  // copied on first use (dataCopy)
@@ -279,10 +301,8 @@ final class Session {
             }
         }
         execRanges.sort { $0.lo < $1.lo }
+        (self.image, self.cls, self.classCounts) = Session.sectionImage(elf, regionSize, copies)
         self.addr = addr
-        self.image = image
-        self.cls = cls
-        self.classCounts = counts
         self.execRanges = execRanges
         self.dataSections = dataSections
         var isData = [Bool](repeating: false, count: elf.sections.count)
@@ -312,7 +332,14 @@ final class Session {
         // Symbols: one pass, byte tests on the UTF-8 storage: "__SCT__" (trampolines), "__SCK__" (keys).
         let symtab = try elf.symbolTable()
         self.symtab = symtab
-        self.rela = try elf.relocationSections()
+        // The records are checked by the relocation walk as it reads them (`relocate()`: one pass,
+        // not a parser pass and then a walk); the first error stays the parser's (`run()`).
+        do {
+            self.rela = try elf.relocationSections(checkingRecords: false)
+        } catch {
+            try elf.checkRelocationRecords()  // a bad record before the bad section comes first
+            throw error
+        }
         self.symValue = [UInt64?](repeating: nil, count: symtab.count)
         var trampolines: [Int] = []
         var keys: [String: Int] = [:]
@@ -334,12 +361,86 @@ final class Session {
         self.functionEntries = FunctionEntries(entries)
     }
 
+    /// The region as `move_module()` leaves it: the exec sections `copies` (region offset, section
+    /// index) copied in that order over zeros (SHT_NOBITS: zeros), the rest zero padding; with
+    /// each byte's class (elf or padding) and the class counts. Sections that do not overlap (the
+    /// layout places them apart) are written once each, gaps zeroed, without a first pass that
+    /// zeroes and marks the whole region; overlapping ones take the general path, in order.
+    static func sectionImage(_ elf: ELFFile, _ regionSize: Int, _ copies: [(off: Int, sec: Int)]) -> (image: [UInt8], cls: [UInt8], counts: [Int]) {
+        let elfClass = UInt8(ExplanationClass.elf.rawValue), padClass = UInt8(ExplanationClass.padding.rawValue)
+        var counts = [Int](repeating: 0, count: ExplanationClass.allCases.count)
+        let nonEmpty = copies.filter { elf.sections[$0.sec].size > 0 }.sorted { $0.off < $1.off }
+        var disjoint = true
+        for k in nonEmpty.indices.dropFirst() where nonEmpty[k].off < nonEmpty[k - 1].off + elf.sections[nonEmpty[k - 1].sec].size { disjoint = false; break }
+        if !disjoint {
+            var image = [UInt8](repeating: 0, count: regionSize)
+            var cls = [UInt8](repeating: padClass, count: regionSize)
+            counts[Int(padClass)] = regionSize
+            for (off, i) in copies {
+                let s = elf.sections[i], n = s.size
+                precondition(off >= 0 && n <= regionSize && off <= regionSize - n, "exec section outside the region")
+                image.withUnsafeMutableBytes { img in
+                    let dst = UnsafeMutableRawBufferPointer(rebasing: img[off..<off + n])
+                    if s.isNoBits { dst.initializeMemory(as: UInt8.self, repeating: 0) } else {
+                        let src = elf.contents(of: s)
+                        precondition(src.count == n)
+                        dst.copyMemory(from: src)
+                    }
+                }
+                cls.withUnsafeMutableBufferPointer { Session.setClass($0, off, n, elfClass, &counts) }
+            }
+            return (image, cls, counts)
+        }
+        var covered = 0
+        let image = [UInt8](unsafeUninitializedCapacity: regionSize) { b, count in
+            let img = UnsafeMutableRawBufferPointer(b)
+            var at = 0
+            for (off, i) in nonEmpty {
+                let s = elf.sections[i], n = s.size
+                precondition(off >= at && n <= regionSize && off <= regionSize - n, "exec section outside the region")
+                UnsafeMutableRawBufferPointer(rebasing: img[at..<off]).initializeMemory(as: UInt8.self, repeating: 0)
+                let dst = UnsafeMutableRawBufferPointer(rebasing: img[off..<off + n])
+                if s.isNoBits { dst.initializeMemory(as: UInt8.self, repeating: 0) } else {
+                    let src = elf.contents(of: s)
+                    precondition(src.count == n)
+                    dst.copyMemory(from: src)
+                }
+                at = off + n
+                covered += n
+            }
+            UnsafeMutableRawBufferPointer(rebasing: img[at..<regionSize]).initializeMemory(as: UInt8.self, repeating: 0)
+            count = regionSize
+        }
+        let cls = [UInt8](unsafeUninitializedCapacity: regionSize) { c, count in
+            var at = 0
+            for (off, i) in nonEmpty {
+                let n = elf.sections[i].size
+                UnsafeMutableBufferPointer(rebasing: c[at..<off]).initialize(repeating: padClass)
+                UnsafeMutableBufferPointer(rebasing: c[off..<off + n]).initialize(repeating: elfClass)
+                at = off + n
+            }
+            UnsafeMutableBufferPointer(rebasing: c[at..<regionSize]).initialize(repeating: padClass)
+            count = regionSize
+        }
+        counts[Int(elfClass)] = covered
+        counts[Int(padClass)] = regionSize - covered
+        return (image, cls, counts)
+    }
+
     // MARK: Run
 
     /// The loader's order after set-up (see Explainer.swift).
     func run() throws {
-        if region == .core { try checkModinfo() }
-        try relocate()
+        do {
+            if region == .core { try checkModinfo() }
+            try relocate()
+        } catch let d as DenyError {
+            // The parser used to check every relocation record at set-up, before any of these
+            // denials could be reached: a malformed record still comes first (the walk checks
+            // the records it reads; this finds any, in file order).
+            try elf.checkRelocationRecords()
+            throw d
+        }
         if region == .core { try verifyExportedSymbols() }
         try applyBootTimePatching()
         try addRuntimeSites()

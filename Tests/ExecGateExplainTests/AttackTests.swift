@@ -333,3 +333,76 @@ final class InitTextTests: XCTestCase {
         }
     }
 }
+
+/// The relocation walk checks each record as it reads it (the parser no longer makes a pass of its
+/// own over the records first). A malformed record must still be the denial, with the parser's
+/// error, whatever else is wrong and wherever the record is: in a section the walk writes, after
+/// an earlier record the walk would deny, or in a section the walk skips (init text in a core
+/// session). Real signed module (llc), records corrupted in place.
+final class RelocationRecordCheckTests: XCTestCase {
+    /// Offset in `ko` of record `i` of the RELA section for `target`, and the module's symbol count.
+    func record(_ ko: [UInt8], target: String, _ i: Int) throws -> (at: Int, symbols: Int) {
+        try ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            let rs = try XCTUnwrap(try elf.relocationSections().first { elf.sections[$0.targetSectionIndex].name == target }, target)
+            XCTAssertGreaterThan(rs.relocations.count, i)
+            return (rs.section.fileRange.lowerBound + 24 * i, try elf.symbolTable().count)
+        }
+    }
+
+    /// The explainer's denial for `ko` is the parser's error for it, as a structural denial.
+    func assertParserError(_ f: FixtureReplay, _ ko: [UInt8], file: StaticString = #filePath, line: UInt = #line) throws {
+        let expected: String = try ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            do { _ = try elf.relocationSections(); XCTFail("the parser accepts the records", file: file, line: line); return "" } catch { return "\(error)" }
+        }
+        let d = try XCTUnwrap(denial(try f.explain("llc", ko: ko)), file: file, line: line)
+        XCTAssertEqual(d.rule, .malformedELF, d.reason, file: file, line: line)
+        XCTAssertEqual(d.section, "(elf)", file: file, line: line)
+        XCTAssertEqual(d.reason, expected, file: file, line: line)
+    }
+
+    func setSymbol(_ ko: inout [UInt8], _ at: Int, _ sym: UInt32) {
+        for k in 0..<4 { ko[at + 12 + k] = UInt8(truncatingIfNeeded: sym >> (8 * UInt32(k))) }  // r_info high half
+    }
+
+    func testOutOfRangeSymbolInWrittenSection() throws {
+        let f = try FixtureReplay()
+        var ko = try XCTUnwrap(f.modules["llc"]).module.ko
+        let (at, n) = try record(ko, target: ".text", 1)
+        setSymbol(&ko, at, UInt32(n))
+        try assertParserError(f, ko)
+    }
+
+    func testFieldOutsideSectionInSkippedSection() throws {
+        let f = try FixtureReplay()
+        var ko = try XCTUnwrap(f.modules["llc"]).module.ko
+        let (at, _) = try record(ko, target: ".init.text", 0)
+        for k in 0..<8 { ko[at + k] = 0xff }  // r_offset far outside .init.text
+        try assertParserError(f, ko)
+    }
+
+    /// An earlier record the walk would deny (a nonzero relocation target in the signed text) and
+    /// a malformed record after it: the parser's error, as when the parser checked every record first.
+    func testMalformedRecordBeatsAnEarlierWalkDenial() throws {
+        let f = try FixtureReplay()
+        var ko = try XCTUnwrap(f.modules["llc"]).module.ko
+        let textField: Int = try ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            let rs = try XCTUnwrap(try elf.relocationSections().first { elf.sections[$0.targetSectionIndex].name == ".text" })
+            let text = elf.sections[rs.targetSectionIndex]
+            return text.fileRange.lowerBound + Int(rs.relocations[0].offset)
+        }
+        ko[textField] ^= 0x01  // the kernel refuses a nonzero relocation target: a walk denial
+        let (at, n) = try record(ko, target: ".text", 2)
+        setSymbol(&ko, at, UInt32(n) + 7)
+        try assertParserError(f, ko)
+        // Without the malformed record, the walk's own denial.
+        let clean = try XCTUnwrap(f.modules["llc"]).module.ko
+        var onlyWalk = clean
+        onlyWalk[textField] ^= 0x01
+        let d = try XCTUnwrap(denial(try f.explain("llc", ko: onlyWalk)))
+        XCTAssertEqual(d.rule, .relocation, d.reason)
+        XCTAssertTrue(d.reason.contains("nonzero"), d.reason)
+    }
+}

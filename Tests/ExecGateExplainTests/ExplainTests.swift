@@ -198,6 +198,18 @@ final class ExplainTests: XCTestCase {
         }
         XCTAssertNil([0x06].withUnsafeBufferPointer { InstructionDecoder.decode($0, at: 0) })  // invalid in 64-bit mode
         XCTAssertNil([0xe8, 0].withUnsafeBufferPointer { InstructionDecoder.decode($0, at: 0) })  // truncated
+        // The branch forms the decoder answers first (c3, e8/e9 rel32, eb rel8): opcode and signed
+        // displacement too, truncation at the buffer's end, and prefixed forms (the full decode).
+        func decode(_ b: [UInt8], at o: Int = 0) -> DecodedInstruction? { b.withUnsafeBufferPointer { InstructionDecoder.decode($0, at: o) } }
+        XCTAssertEqual(decode([0xe8, 0xfb, 0xff, 0xff, 0xff]), DecodedInstruction(length: 5, opcode0: 0xe8, opcode1: 0, immediate: -5))
+        XCTAssertEqual(decode([0x90, 0xe9, 0x00, 0x01, 0x00, 0x80], at: 1), DecodedInstruction(length: 5, opcode0: 0xe9, opcode1: 0, immediate: -0x7fff_ff00))
+        XCTAssertEqual(decode([0xeb, 0xfe]), DecodedInstruction(length: 2, opcode0: 0xeb, opcode1: 0, immediate: -2))
+        XCTAssertEqual(decode([0xc3, 0xcc]), DecodedInstruction(length: 1, opcode0: 0xc3, opcode1: 0, immediate: 0))
+        XCTAssertNil(decode([0x90, 0xe8, 1, 2, 3], at: 1))  // 4 bytes left for a 5-byte call
+        XCTAssertNil(decode([0x90, 0xe9, 1, 2, 3], at: 1))
+        XCTAssertNil(decode([0x90, 0xeb], at: 1))
+        XCTAssertEqual(decode([0x66, 0xe9, 0x10, 0x00]), DecodedInstruction(length: 4, opcode0: 0xe9, opcode1: 0, immediate: 0x10))  // rel16
+        XCTAssertEqual(decode([0xf3, 0xc3])?.length, 2)  // rep ret
     }
 }
 

@@ -63,3 +63,56 @@ final class ExportLookupTests: XCTestCase {
         XCTAssertNil(e["k"], "byte case matters")
     }
 }
+
+/// The stages' integer map (key address → state) against a dictionary with the same history:
+/// seeded keys that collide in the low bits (aligned addresses, one page apart, a few clustered
+/// values), the empty-slot marker `UInt64.max` as a key, growth through many sizes, replaced values.
+final class AddressTableTests: XCTestCase {
+    func testMatchesADictionaryWithTheSameHistory() {
+        var rng = SplitMix64(state: 0xadd7_ab1e)
+        for round in 0..<30 {
+            var t = AddressTable()
+            var d: [UInt64: UInt64] = [:]
+            let n = 1 + rng.below(50 * (round + 1))
+            var probes: [UInt64] = [UInt64.max, 0, 1]
+            for _ in 0..<n {
+                let k: UInt64
+                switch rng.below(4) {
+                case 0: k = 0xffff_ffff_c000_0000 &+ (UInt64(rng.below(4096)) << 12)  // page-aligned module addresses
+                case 1: k = 0xffff_ffff_8000_0000 &+ (UInt64(rng.below(64)) << 3)     // a tight cluster
+                case 2: k = rng.below(3) == 0 ? UInt64.max : rng.next()
+                default: k = probes[rng.below(probes.count)]     // a key seen before: replace
+                }
+                let v = rng.next()
+                t.set(k, v)
+                d[k] = v
+                probes.append(k)
+                probes.append(k &+ 8)  // a near miss
+            }
+            for k in probes { XCTAssertEqual(t[k], d[k], "round \(round) key \(String(k, radix: 16))") }
+            XCTAssertEqual(t.count + (d[UInt64.max] == nil ? 0 : 1), d.count)
+            XCTAssertEqual(t.dictionary, d)
+        }
+    }
+}
+
+/// A module's function entries (sorted, unique; built by a radix sort when out of order) against
+/// the standard sort, on seeded tables: small and large, duplicates, spans near the 2^32 limit.
+final class FunctionEntriesTests: XCTestCase {
+    func testEntriesAreSortedAndUnique() {
+        var rng = SplitMix64(state: 0xf0_e7_12)
+        for round in 0..<40 {
+            let n = rng.below(round < 20 ? 80 : 3000)
+            let base: UInt64 = 0xffff_ffff_c000_0000 &+ UInt64(rng.below(1 << 20)) << 12
+            let span: UInt64 = round % 3 == 0 ? UInt64(UInt32.max) : UInt64(1 + rng.below(8 << 20))
+            var a: [UInt64] = []
+            for _ in 0..<n {
+                let x = base &+ rng.next() % span
+                a.append(x)
+                if rng.below(8) == 0 { a.append(x) }  // a duplicate entry (aliases)
+            }
+            if round % 5 == 4 { a.append(base &+ UInt64(UInt32.max) + 1) }  // beyond 2^32 from the lowest: the standard sort
+            XCTAssertEqual(FunctionEntries(a).sorted, Array(Set(a)).sorted(), "round \(round)")
+        }
+    }
+}
