@@ -122,6 +122,10 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     private var writesOutstanding = 0
     /// A flush is queued on the loop for the replies written since the last one (`scheduleFlush`).
     private var flushScheduled = false
+    /// Inside a read batch (channelRead ... channelReadComplete): replies written now wait for
+    /// channelReadComplete's flush (`unflushed`), which comes in the same event-loop turn.
+    private var inReadBatch = false
+    private var unflushed = false
     private var writeProgress = NIODeadline.now()
     private var lastActivity = NIODeadline.now()
     private var timer: RepeatedTask?
@@ -165,8 +169,20 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         lastActivity = .now()
+        inReadBatch = true
         pending.append(unwrapInboundIn(data))
         pump(context: context)
+    }
+
+    /// Replies answered on the loop while a read batch was delivered (`status`, refusals) are
+    /// flushed together here, NIO's usual place, without a task of their own.
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        inReadBatch = false
+        if unflushed {
+            unflushed = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -264,6 +280,10 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     /// loop's next turn, so a reply is not held back and the write-stall clock (which starts when
     /// the write is issued) only counts time the socket refused bytes.
     private func scheduleFlush(context: ChannelHandlerContext) {
+        if inReadBatch {
+            unflushed = true
+            return
+        }
         guard !flushScheduled else { return }
         flushScheduled = true
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)

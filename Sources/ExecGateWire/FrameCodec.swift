@@ -174,6 +174,10 @@ public final class FrameWriter: ChannelOutboundHandler {
     public typealias OutboundIn = Frame
     public typealias OutboundOut = ByteBuffer
 
+    /// Bodies up to this size are copied behind their header; larger ones are written from their
+    /// own buffer (no copy of a module-sized body).
+    static let copyLimit = 4096
+
     public init() {}
 
     /// The 20-byte header of a frame whose body is `bodyLength` bytes (written apart from it).
@@ -190,14 +194,18 @@ public final class FrameWriter: ChannelOutboundHandler {
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let frame = Self.unwrapOutboundIn(data)
+        if frame.body.readableBytes <= Self.copyLimit {
+            // Small frames (every reply but the largest) go out as one buffer: copying a few KiB
+            // costs less than a second pending write and a `writev` of two.
+            var out = context.channel.allocator.buffer(capacity: WireLimits.headerSize + frame.body.readableBytes)
+            out.writeFrame(frame)
+            context.write(Self.wrapOutboundOut(out), promise: promise)
+            return
+        }
         let header = Self.header(version: frame.version, type: frame.type, requestID: frame.requestID, bodyLength: frame.body.readableBytes,
                                  allocator: context.channel.allocator)
-        if frame.body.readableBytes == 0 {
-            context.write(Self.wrapOutboundOut(header), promise: promise)
-        } else {
-            context.write(Self.wrapOutboundOut(header), promise: nil)
-            context.write(Self.wrapOutboundOut(frame.body), promise: promise)
-        }
+        context.write(Self.wrapOutboundOut(header), promise: nil)
+        context.write(Self.wrapOutboundOut(frame.body), promise: promise)
     }
 }
 
