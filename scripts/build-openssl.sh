@@ -30,7 +30,7 @@ root=$PWD
 
 # Bump when a change below alters what gets built (targets, flags, steps); the key does not hash
 # this script, so fixing messages does not throw away a build.
-recipe="execgate-guest-openssl-2"
+recipe="execgate-guest-openssl-3"
 options_file=Images/openssl/execgate.options
 pins=Images/openssl/sources.sha256
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -146,7 +146,12 @@ export SOURCE_DATE_EPOCH
 # calls neither, and ExecGate registers no callback it could call (no BIO callback, no pass-phrase
 # callback, no ex_data), so no such unwind can start below a libcrypto frame. A crash-time backtrace
 # would stop at the first libcrypto frame. Saves its .eh_frame in /init (see ServiceVM/README.md).
-cflags="-Os -ffunction-sections -fdata-sections -fno-asynchronous-unwind-tables -fno-unwind-tables"
+# -UECP_NISTZ256_ASM (after build.info's -D on every compile line, so it wins): P-256 through OpenSSL's
+# generic Montgomery method (ec_curve.c's fallback on every platform without that assembler) instead
+# of the x86_64 ecp_nistz256 code, whose object holds a 150 KB precomputed table of points that zstd
+# cannot compress. Same curve, same results; slower P-256 (a rare module-signature key; secret scalars
+# still go through the constant-time ladder, ec_scalar_mul_ladder).
+cflags="-Os -ffunction-sections -fdata-sections -fno-asynchronous-unwind-tables -fno-unwind-tables -UECP_NISTZ256_ASM"
 # shellcheck disable=SC2086
 ( cd "$src" && ./Configure debian-amd64 $options --prefix=/nonexistent/execgate-openssl \
     --openssldir=/nonexistent/execgate-openssl "CFLAGS=$cflags" ) \
