@@ -4,6 +4,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <linux/kvm.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,8 +40,35 @@ void execgate_sync(void) { sync(); }
  */
 static int early_proc_status = 0;
 
+/*
+ * PID 1's main thread must not end in pthread_exit. An `async` main hands the main thread to
+ * `swift_task_asyncMainDrainQueue`, which calls `dispatch_main()`, which ends the main thread with
+ * pthread_exit: a forced unwind of its stack. In a static executable crtbeginT.o registers the
+ * whole .eh_frame with libgcc's unwinder, so that first unwind sorts every FDE of /init (~51,000:
+ * `init_object`, `frame_downheap`, `fde_single_encoding_compare`; ~0.1 s natively, measured with
+ * perf). In the service VM (-smp 1, TCG) that sort runs beside PID 1's set-up on the one vCPU
+ * and delays READY (ServiceVM/README.md, "Where the time goes"). So, as PID 1 only, the drain hook
+ * (a Swift concurrency runtime hook, ConcurrencyHooks.def) parks the main thread instead, with
+ * every signal blocked as dispatch_main would. PID 1's async work runs on the global executor's
+ * threads as before; nothing in PID 1 runs on the main actor or the main queue (which would
+ * then never be drained: a hang the boot tests would show as a missing READY line).
+ * Weak: in a build without the concurrency runtime the hook simply stays unset.
+ */
+extern void *swift_task_asyncMainDrainQueue_hook __attribute__((weak));
+
+__attribute__((swiftcall, noreturn)) static void execgate_park_main_thread(void *original, void *override) {
+    (void)original;
+    (void)override;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) pause();
+}
+
 __attribute__((constructor(101))) static void execgate_early_proc(void) {
     if (getpid() != 1) return;
+    if (&swift_task_asyncMainDrainQueue_hook != NULL)
+        swift_task_asyncMainDrainQueue_hook = (void *)execgate_park_main_thread;
     struct stat st;
     if (stat("/proc/self/exe", &st) == 0) { early_proc_status = 1; return; }
     (void)mkdir("/proc", 0555);

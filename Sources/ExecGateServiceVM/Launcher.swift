@@ -104,6 +104,16 @@ public struct VMConfig: Sendable {
         return nil
     }
 
+    /// The CPU model under TCG: everything QEMU emulates, minus ERMS. TCG runs `rep movsb`/`rep stosb`
+    /// one byte per emulated iteration, and with ERMS the guest kernel copies and clears pages with
+    /// exactly those (`memcpy_erms`, `clear_page_erms`: ALTERNATIVE on X86_FEATURE_ERMS in
+    /// arch/x86/lib/memcpy_64.S, asm/page_64.h). Without it the kernel takes its REP_GOOD variants,
+    /// 8 bytes per iteration (`rep movsq`/`rep stosq`). Measured in the guest (ServiceVM/README.md,
+    /// "Where the time goes"): copying 16 MiB 43-70 ms with movsb, 6-10 ms with movsq; faulting in
+    /// 4,096 anonymous pages 150 ms with ERMS, 26 ms without; writing 16 MiB into ramfs 110 vs 31 ms.
+    /// The same model for every guest the launcher boots (vm-bench's floor too).
+    public static let tcgCPU = "max,-erms"
+
     /// QEMU's argv (without daemonize/pidfile, which `start` adds).
     public func qemuArguments(qemuPath: String, vhost: Bool, vhostUser: Bool = false) -> [String] {
         var a = [qemuPath, "-name", "\(processMarker),process=\(processMarker)",
@@ -114,7 +124,7 @@ public struct VMConfig: Sendable {
         }
         switch accel.accel {
         case .kvm: a += ["-accel", "kvm", "-cpu", "host"]
-        case .tcg: a += ["-accel", "tcg", "-cpu", "max"]
+        case .tcg: a += ["-accel", "tcg", "-cpu", VMConfig.tcgCPU]
         }
         a += ["-smp", "1", "-m", "\(memoryMiB)M",
               "-kernel", kernel, "-initrd", initrd, "-append", kernelCmdline,
@@ -222,7 +232,9 @@ public enum Launcher {
         }
     }
 
-    /// Polls the console log for READY (or FATAL / QEMU exit).
+    /// Polls the console log for READY (or FATAL / QEMU exit) every 10 ms: boot→ready is a few
+    /// hundred ms under TCG, so a coarser poll would add a visible share of it (50 ms did: 25 ms on
+    /// average, to every boot and to vm-bench's floor alike).
     static func waitForReady(_ c: VMConfig, pid: Int32, timeoutSeconds: Int) throws(ServiceVMError) -> String {
         let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds) * 1_000_000_000
         while true {
@@ -240,7 +252,7 @@ public enum Launcher {
             if MonotonicClock.nanoseconds() >= deadline {
                 throw .timeout("the verifier was not ready after \(timeoutSeconds) s; VM stopped", consoleTail: FS.tail(c.consoleLog))
             }
-            usleep(50_000)
+            usleep(10_000)
         }
     }
 
