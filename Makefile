@@ -81,8 +81,13 @@ bench-scale: release test-data
 STATIC_BUILD ?= .build-static
 GUEST_KERNEL ?= minimal
 EXECGATE_ADMIN_DIR ?= $(CURDIR)/.cache/admin
+# libcrypto: the minimal one of scripts/build-openssl.sh (Images/openssl/execgate.options, built once per
+# input hash into .cache/guest-openssl/<key>/): its headers (-Xcc -I) and its libcrypto.a (-Xlinker -L)
+# come before the system's, so the shim compiles against exactly this configuration and the static
+# link takes this archive. The host build (make build) keeps the system's libcrypto.
 image: deps test-data
-	@set -o pipefail; $(SWIFT) build -q -c release --static-swift-stdlib -Xswiftc -static-executable -Xswiftc -Osize -Xswiftc -Xfrontend -Xswiftc -internalize-at-link -Xswiftc -Xfrontend -Xswiftc -function-sections -Xlinker -s --scratch-path $(STATIC_BUILD) --product execgate 2>&1 | { grep -v 'in statically linked applications requires at runtime' || true; }
+	@set -o pipefail; ossl=$$(bash scripts/build-openssl.sh) && \
+	  $(SWIFT) build -q -c release --static-swift-stdlib -Xswiftc -static-executable -Xswiftc -Osize -Xswiftc -Xfrontend -Xswiftc -internalize-at-link -Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -I$$ossl/include -Xlinker -L$$ossl/lib -Xlinker -s --scratch-path $(STATIC_BUILD) --product execgate 2>&1 | { grep -v 'in statically linked applications requires at runtime' || true; }
 	@# /init links no Foundation (ServiceVM/README.md, "Attack surface"): its module names would show in the binary's strings.
 	@if strings $(STATIC_BUILD)/release/execgate | grep -qE 'FoundationEssentials|FoundationInternationalization|_FoundationICU'; then \
 	  echo "image: Foundation is linked into the static execgate (/init must not link it)" >&2; exit 1; fi

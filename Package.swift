@@ -6,7 +6,7 @@
 //
 // Layering (bottom to top; a target only depends on targets above it in this list):
 //
-//   C shims      COpenSSLShim (libssl/libcrypto), CDecompress (zlib/xz/zstd/bzip2/lz4),
+//   C shims      COpenSSLShim (libcrypto), CDecompress (zlib/xz/zstd/bzip2/lz4),
 //                CExecGateSys (raw syscalls PID 1 needs), CExecGateVsockSys (fences, SCM_RIGHTS)
 //   pure core    ExecGateWire (frames + messages, NIOCore only), ExecGateELF (stdlib only),
 //                ExecGateSignature (module trailers + PKCS#7 via the OpenSSL shim),
@@ -55,9 +55,12 @@ let package = Package(
     dependencies: [swiftNIO, swiftLog],
     targets: [
         // MARK: - C shims
+        // libcrypto only: nothing in ExecGate speaks TLS (no SSL_* call anywhere), so libssl is not linked.
+        // The service VM's static /init links the minimal libcrypto of scripts/build-openssl.sh instead
+        // of the system's (`make image`: -I/-L of its cache directory come first).
         .target(
             name: "COpenSSLShim",
-            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+            linkerSettings: [.linkedLibrary("crypto")]
         ),
         .target(
             name: "CDecompress",

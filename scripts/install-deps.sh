@@ -8,6 +8,9 @@ pkgs+=(zstd)
 # The service VM's own kernel (scripts/build-kernel.sh): Debian's kernel source and its build tools
 # (libelf-dev: objtool for the ORC unwinder; binutils: ld and size).
 pkgs+=(linux-source-6.1 gcc make flex bison bc libelf-dev binutils)
+# The static /init's minimal libcrypto (scripts/build-openssl.sh): Debian's openssl source package is
+# downloaded by curl and unpacked with its patches by dpkg-source (dpkg-dev); perl runs Configure.
+pkgs+=(curl dpkg-dev perl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

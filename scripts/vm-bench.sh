@@ -140,5 +140,8 @@ mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
 echo "vmlinux: text+data $(mib $((text + data))) (text $(mib "$text"), data $(mib "$data")), file $(mib "$(stat -c %s "$img/vmlinux")")"
 echo "initramfs.cpio.zst: $(mib "$(stat -c %s "$img/initramfs.cpio.zst")") compressed ($(stat -c %s "$img/initramfs.cpio.zst") bytes), $(mib "$(zstd -dc "$img/initramfs.cpio.zst" | wc -c)") unpacked"
 init_src=$(sed -n 's/^init_binary=//p' "$img/image.txt" 2>/dev/null || true)
-[ -n "$init_src" ] && [ -f "$init_src" ] && echo "/init ($init_src): $(mib "$(stat -c %s "$init_src")") ($(file -b "$init_src" 2>/dev/null | grep -o 'stripped\|not stripped' || echo '?'))"
+# image.txt names /init as `image build` was given it, often relative to the checkout that built the
+# image (Images/out is two levels below it): resolve it there, so IMAGE_DIR=<another checkout> works.
+case "$init_src" in /*|"") ;; *) [ -f "$img/../../$init_src" ] && init_src=$(cd "$img/../.." && pwd)/$init_src ;; esac
+[ -n "$init_src" ] && [ -f "$init_src" ] && echo "/init ($init_src): $(mib "$(stat -c %s "$init_src")"), $(stat -c %s "$init_src") bytes ($(file -b "$init_src" 2>/dev/null | grep -o 'stripped\|not stripped' || echo '?'))"
 echo "floor /init: $(stat -c %s "$tmp/floor-root/init") bytes stripped; floor initramfs $(stat -c %s "$tmp/floor/initramfs.cpio.zst") bytes"

@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The minimal libcrypto of the service VM's static /init: the Configure options
+// (Images/openssl/execgate.options), the pinned source checksums (Images/openssl/sources.sha256) and
+// the cache key of scripts/build-openssl.sh. Building OpenSSL takes minutes, so the unit tests do not
+// build it: `make image` does, and GuestOpenSSLLinkBootTests (the guest phase, which has the static
+// binary) checks that /init really links it.
+
+import ExecGateTestSupport
+import Foundation
+import XCTest
+@testable import ExecGateServiceVM
+
+final class GuestOpenSSLConfigTests: XCTestCase {
+    static var optionsPath: String { Fixtures.packageRoot + "/Images/openssl/execgate.options" }
+    static var pinsPath: String { Fixtures.packageRoot + "/Images/openssl/sources.sha256" }
+    static var script: String { Fixtures.packageRoot + "/scripts/build-openssl.sh" }
+    /// A version that Images/openssl/sources.sha256 pins (the keys below do not depend on what is installed).
+    static let pinnedVersion = "3.0.19-1~deb12u2"
+
+    /// Every option is a no-/enable- word, appears once, and has a reason: a comment on its own line
+    /// or above its group. The algorithms the service accepts are never switched off.
+    func testEveryOptionIsWellFormedOnceWithAReason() throws {
+        let lines = try FS.readString(Self.optionsPath, limit: 1 << 20).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        var seen: [String: Int] = [:]
+        for (i, line) in lines.enumerated() {
+            guard let option = Self.option(line) else {
+                XCTAssertTrue(line.isEmpty || line.hasPrefix("#"), "line \(i + 1) is neither an option nor a comment: \(line)")
+                continue
+            }
+            XCTAssertTrue(option.hasPrefix("no-") || option.hasPrefix("enable-"), "line \(i + 1): \(option)")
+            if let first = seen[option] { XCTFail("\(option) on lines \(first) and \(i + 1)") }
+            seen[option] = i + 1
+            if line.contains("#") { continue }
+            var j = i - 1
+            while j >= 0, Self.option(lines[j]) != nil { j -= 1 }
+            XCTAssertTrue(j >= 0 && lines[j].hasPrefix("# ") && lines[j].count > 12, "\(option) (line \(i + 1)) has no reason")
+        }
+        XCTAssertGreaterThan(seen.count, 30)
+        for must in ["no-shared", "no-dso", "no-engine", "no-autoload-config", "no-tls", "no-sock"] {
+            XCTAssertNotNil(seen[must], "\(must) must be decided in the options")
+        }
+        // What module signatures, certificates, policy bundles and `keys generate` use (COpenSSLShim):
+        // RSA, EC (ECDSA; Ed25519 with it), the SHA-1/SHA-2 digests, CMS. None may be switched off.
+        for kept in ["rsa", "ec", "ecdsa", "ec2m", "cms", "sha", "sha1", "sha256", "sha512", "err", "threads", "asm", "pic"] {
+            XCTAssertNil(seen["no-" + kept], "no-\(kept) would drop something the service uses")
+        }
+    }
+
+    /// The cache key is a function of the inputs: the same inputs give the same key; one option
+    /// more, or another Debian version, gives another (a stale libcrypto is never reused).
+    func testCacheKeyFollowsOptionsAndVersion() throws {
+        let dir = NSTemporaryDirectory() + "eg-osslkey-\(getpid())"
+        try FS.mkdirs(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let options = try FS.read(Self.optionsPath, limit: 1 << 20)
+        try FS.write(dir + "/a.options", options)
+        try FS.write(dir + "/b.options", options + Array("no-ec2m # test\n".utf8))
+        try FS.write(dir + "/c.options", Array("# only a comment changed\n".utf8) + options)
+        let a1 = try key(options: dir + "/a.options", version: Self.pinnedVersion, dir: dir)
+        let a2 = try key(options: dir + "/a.options", version: Self.pinnedVersion, dir: dir)
+        let b = try key(options: dir + "/b.options", version: Self.pinnedVersion, dir: dir)
+        let c = try key(options: dir + "/c.options", version: Self.pinnedVersion, dir: dir)
+        let v = try key(options: dir + "/a.options", version: "3.0.22-1~deb12u2", dir: dir)
+        XCTAssertEqual(a1.count, 32, a1)
+        XCTAssertTrue(a1.allSatisfy(\.isHexDigit), a1)
+        XCTAssertEqual(a1, a2)
+        XCTAssertEqual(a1, c, "a comment is not an input")
+        XCTAssertNotEqual(a1, b, "a changed option must change the key")
+        XCTAssertNotEqual(a1, v, "another source version must change the key")
+    }
+
+    /// A version without a pinned .dsc checksum is refused before any download, naming the file
+    /// and where to pin it; an option that is not a no-/enable- word is refused too.
+    func testScriptRefusesUnpinnedVersionAndBadOption() throws {
+        let dir = NSTemporaryDirectory() + "eg-osslpin-\(getpid())"
+        try FS.mkdirs(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (rc, out) = try run(["/bin/bash", Self.script, "--key", "--version", "9.9.9-1"], dir: dir)
+        XCTAssertEqual(rc, 1, out)
+        XCTAssertTrue(out.contains("no checksum for openssl_9.9.9-1.dsc") && out.contains("sources.sha256"), out)
+        try FS.write(dir + "/bad.options", Array("no-tls\n--openssldir=/etc\n".utf8))
+        let (rc2, out2) = try run(["/bin/bash", Self.script, "--key", "--options", dir + "/bad.options", "--version", Self.pinnedVersion], dir: dir)
+        XCTAssertEqual(rc2, 1, out2)
+        XCTAssertTrue(out2.contains("not a no-/enable- option") && out2.contains("--openssldir=/etc"), out2)
+        let (rc3, out3) = try run(["/bin/bash", Self.script, "--bogus"], dir: dir)
+        XCTAssertEqual(rc3, 2)
+        XCTAssertTrue(out3.contains("unknown option --bogus"), out3)
+    }
+
+    /// Every pin is a sha256 and a .dsc name, once each.
+    func testPinsAreWellFormed() throws {
+        var names = Set<String>()
+        for line in try FS.readString(Self.pinsPath, limit: 1 << 20).split(separator: "\n") where !line.hasPrefix("#") {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            XCTAssertEqual(f.count, 2, String(line))
+            guard f.count == 2 else { continue }
+            XCTAssertTrue(f[0].count == 64 && f[0].allSatisfy(\.isHexDigit), String(line))
+            XCTAssertTrue(f[1].hasPrefix("openssl_") && f[1].hasSuffix(".dsc"), String(line))
+            XCTAssertTrue(names.insert(String(f[1])).inserted, "\(f[1]) pinned twice")
+        }
+        XCTAssertTrue(names.contains("openssl_\(Self.pinnedVersion).dsc"))
+    }
+
+    static func option(_ line: String) -> String? {
+        let body = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+        let word = body.trimmingCharacters(in: .whitespaces)
+        return word.isEmpty || line.hasPrefix("#") ? nil : word
+    }
+
+    func key(options: String, version: String, dir: String) throws -> String {
+        let (rc, out) = try run(["/bin/bash", Self.script, "--key", "--options", options, "--version", version], dir: dir)
+        XCTAssertEqual(rc, 0, out)
+        return out.split(separator: "\n").last.map(String.init) ?? ""
+    }
+
+    func run(_ argv: [String], dir: String) throws -> (Int32, String) {
+        let log = dir + "/out-\(ProcessInfo.processInfo.globallyUniqueString).log"
+        let pid = try Subprocess.spawn(argv, outputPath: log)
+        guard let rc = Subprocess.wait(pid, timeoutMillis: 60_000) else {
+            kill(pid, SIGKILL); _ = Subprocess.wait(pid, timeoutMillis: 5000)
+            XCTFail("\(argv.joined(separator: " ")) did not finish in 60 s")
+            return (-1, "")
+        }
+        return (rc, (try? FS.readString(log, limit: 1 << 20)) ?? "")
+    }
+}
+
+/// The static /init links the minimal libcrypto, not Debian's libcrypto.a. Guest phase (class name
+/// ends in BootTests) because it needs `make image`'s static binary; it boots nothing. The marker:
+/// each libcrypto compiles its OPENSSLDIR into the binary (OpenSSL_version, the default certificate
+/// paths): Debian's is /usr/lib/ssl, the minimal one's /nonexistent/execgate-openssl
+/// (scripts/build-openssl.sh), a directory that names no place because that build never reads one.
+final class GuestOpenSSLLinkBootTests: XCTestCase {
+    func testStaticInitLinksTheMinimalLibcrypto() throws {
+        let staticBinary = try requireVM(image: false).staticExecgate
+        let bytes = Data(try FS.read(staticBinary, limit: 64 << 20))
+        XCTAssertNotNil(bytes.range(of: Data("/nonexistent/execgate-openssl".utf8)),
+                        "the static /init does not carry the minimal libcrypto's OPENSSLDIR: linked against another libcrypto")
+        XCTAssertNil(bytes.range(of: Data("/usr/lib/ssl".utf8)),
+                     "the static /init carries Debian's OPENSSLDIR (/usr/lib/ssl): Debian's libcrypto.a was linked")
+        // And what the options switch off is gone: OCSP's error reasons (crypto/ocsp/ocsp_err.c, "status
+        // expired") are loaded with every libcrypto that has OCSP (Debian's does, and its /init had them).
+        XCTAssertNil(bytes.range(of: Data("status expired".utf8)), "OCSP's error strings are in /init (no-ocsp)")
+    }
+}
