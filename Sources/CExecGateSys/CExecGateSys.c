@@ -65,10 +65,25 @@ __attribute__((swiftcall, noreturn)) static void execgate_park_main_thread(void 
     for (;;) pause();
 }
 
-__attribute__((constructor(101))) static void execgate_early_proc(void) {
-    if (getpid() != 1) return;
+/*
+ * Defined only by Images/link/no-unwind-tables.ld: the static /init linked without unwind tables.
+ * There the main thread's pthread_exit would not merely be slow: libgcc's unwinder would find no
+ * frame to start from and abort. So such a binary parks its main thread in every process (the
+ * host commands of the same binary too), not only as PID 1.
+ */
+extern const char execgate_linked_without_unwind_tables __attribute__((weak));
+
+int execgate_has_unwind_tables(void) { return &execgate_linked_without_unwind_tables == NULL; }
+
+static void execgate_park_main_thread_at_end(void) {
     if (&swift_task_asyncMainDrainQueue_hook != NULL)
         swift_task_asyncMainDrainQueue_hook = (void *)execgate_park_main_thread;
+}
+
+__attribute__((constructor(101))) static void execgate_early_proc(void) {
+    if (!execgate_has_unwind_tables()) execgate_park_main_thread_at_end();
+    if (getpid() != 1) return;
+    execgate_park_main_thread_at_end();
     struct stat st;
     if (stat("/proc/self/exe", &st) == 0) { early_proc_status = 1; return; }
     (void)mkdir("/proc", 0555);
