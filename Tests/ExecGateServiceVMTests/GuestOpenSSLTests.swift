@@ -143,4 +143,51 @@ final class GuestOpenSSLLinkBootTests: XCTestCase {
         // expired") are loaded with every libcrypto that has OCSP (Debian's does, and its /init had them).
         XCTAssertNil(bytes.range(of: Data("status expired".utf8)), "OCSP's error strings are in /init (no-ocsp)")
     }
+
+    /// The static binary is linked without unwind tables (Images/link/no-unwind-tables.ld): neither
+    /// `.eh_frame` nor `.eh_frame_hdr` is in it. It must still end its processes the ordinary way:
+    /// with its main thread parked instead of unwound (CExecGateSys.c), a host command that succeeds
+    /// exits 0, one that fails exits with its code and reason (an unwind would abort: status 134).
+    func testStaticBinaryHasNoUnwindTablesAndStillExits() throws {
+        let staticBinary = try requireVM(image: false).staticExecgate
+        let names = try Self.sectionNames(try FS.read(staticBinary, limit: 64 << 20))
+        XCTAssertTrue(names.contains(".text"), "no section table read: \(names)")
+        XCTAssertFalse(names.contains(".eh_frame"), "the static execgate has .eh_frame: linked without Images/link/no-unwind-tables.ld")
+        XCTAssertFalse(names.contains(".eh_frame_hdr"), "the static execgate has .eh_frame_hdr")
+
+        let dir = NSTemporaryDirectory() + "eg-nounwind-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ok = Fixtures.run(staticBinary, ["keys", "generate", "--out", dir, "--cn", "unwind test"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/cert.pem"), ok.stdout + ok.stderr)
+        let bad = Fixtures.run(staticBinary, ["verify", "module", dir + "/does-not-exist.ko"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertLessThan(bad.status, 128, "ended by a signal (an unwind aborts): \(bad.stderr)")
+        XCTAssertFalse(bad.stderr.isEmpty, "a failing command says why")
+    }
+
+    /// Section names of an ELF64 little-endian file (its section header table and name table).
+    static func sectionNames(_ bytes: [UInt8]) throws -> Set<String> {
+        struct Bad: Error {}
+        guard let shoff = bytes.getInteger(at: 0x28, as: UInt64.self), let shentsize = bytes.getInteger(at: 0x3A, as: UInt16.self),
+              let shnum = bytes.getInteger(at: 0x3C, as: UInt16.self), let shstrndx = bytes.getInteger(at: 0x3E, as: UInt16.self),
+              shentsize >= 64, shstrndx < shnum else { throw Bad() }
+        func header(_ i: Int) throws -> (name: Int, offset: Int, size: Int) {
+            let at = Int(shoff) + i * Int(shentsize)
+            guard let name = bytes.getInteger(at: at, as: UInt32.self), let offset = bytes.getInteger(at: at + 0x18, as: UInt64.self),
+                  let size = bytes.getInteger(at: at + 0x20, as: UInt64.self) else { throw Bad() }
+            return (Int(name), Int(offset), Int(size))
+        }
+        let strtab = try header(Int(shstrndx))
+        guard strtab.offset + strtab.size <= bytes.count else { throw Bad() }
+        var names = Set<String>()
+        for i in 0..<Int(shnum) {
+            let start = strtab.offset + (try header(i)).name
+            guard start < strtab.offset + strtab.size else { throw Bad() }
+            var end = start
+            while end < strtab.offset + strtab.size && bytes[end] != 0 { end += 1 }
+            names.insert(String(decoding: bytes[start..<end], as: UTF8.self))
+        }
+        return names
+    }
 }
