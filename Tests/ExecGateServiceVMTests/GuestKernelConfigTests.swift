@@ -68,7 +68,7 @@ final class GuestKernelConfigTests: XCTestCase {
         let dir = NSTemporaryDirectory() + "eg-kopt-\(getpid())"
         try FS.mkdirs(dir)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let (rc, out) = try run(["/bin/bash", script, "--bogus"], dir: dir)
+        let (rc, out) = try runScript(["/bin/bash", script, "--bogus"], dir: dir)
         XCTAssertEqual(rc, 2)
         XCTAssertTrue(out.contains("unknown option --bogus"), out)
     }
@@ -82,19 +82,8 @@ final class GuestKernelConfigTests: XCTestCase {
     }
 
     func key(config: String, source: String, dir: String) throws -> String {
-        let (rc, out) = try run(["/bin/bash", script, "--key", "--config", config, "--source", source], dir: dir)
+        let (rc, out) = try runScript(["/bin/bash", script, "--key", "--config", config, "--source", source], dir: dir)
         XCTAssertEqual(rc, 0, out)
         return out.split(separator: "\n").last.map(String.init) ?? ""
-    }
-
-    func run(_ argv: [String], dir: String) throws -> (Int32, String) {
-        let log = dir + "/out-\(ProcessInfo.processInfo.globallyUniqueString).log"
-        let pid = try Subprocess.spawn(argv, outputPath: log)
-        guard let rc = Subprocess.wait(pid, timeoutMillis: 60_000) else {
-            kill(pid, SIGKILL); _ = Subprocess.wait(pid, timeoutMillis: 5000)
-            XCTFail("\(argv.joined(separator: " ")) did not finish in 60 s")
-            return (-1, "")
-        }
-        return (rc, (try? FS.readString(log, limit: 1 << 20)) ?? "")
     }
 }

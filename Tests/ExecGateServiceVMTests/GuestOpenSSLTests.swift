@@ -76,14 +76,14 @@ final class GuestOpenSSLConfigTests: XCTestCase {
         let dir = NSTemporaryDirectory() + "eg-osslpin-\(getpid())"
         try FS.mkdirs(dir)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let (rc, out) = try run(["/bin/bash", Self.script, "--key", "--version", "9.9.9-1"], dir: dir)
+        let (rc, out) = try runScript(["/bin/bash", Self.script, "--key", "--version", "9.9.9-1"], dir: dir)
         XCTAssertEqual(rc, 1, out)
         XCTAssertTrue(out.contains("no checksum for openssl_9.9.9-1.dsc") && out.contains("sources.sha256"), out)
         try FS.write(dir + "/bad.options", Array("no-tls\n--openssldir=/etc\n".utf8))
-        let (rc2, out2) = try run(["/bin/bash", Self.script, "--key", "--options", dir + "/bad.options", "--version", Self.pinnedVersion], dir: dir)
+        let (rc2, out2) = try runScript(["/bin/bash", Self.script, "--key", "--options", dir + "/bad.options", "--version", Self.pinnedVersion], dir: dir)
         XCTAssertEqual(rc2, 1, out2)
         XCTAssertTrue(out2.contains("not a no-/enable- option") && out2.contains("--openssldir=/etc"), out2)
-        let (rc3, out3) = try run(["/bin/bash", Self.script, "--bogus"], dir: dir)
+        let (rc3, out3) = try runScript(["/bin/bash", Self.script, "--bogus"], dir: dir)
         XCTAssertEqual(rc3, 2)
         XCTAssertTrue(out3.contains("unknown option --bogus"), out3)
     }
@@ -109,20 +109,9 @@ final class GuestOpenSSLConfigTests: XCTestCase {
     }
 
     func key(options: String, version: String, dir: String) throws -> String {
-        let (rc, out) = try run(["/bin/bash", Self.script, "--key", "--options", options, "--version", version], dir: dir)
+        let (rc, out) = try runScript(["/bin/bash", Self.script, "--key", "--options", options, "--version", version], dir: dir)
         XCTAssertEqual(rc, 0, out)
         return out.split(separator: "\n").last.map(String.init) ?? ""
-    }
-
-    func run(_ argv: [String], dir: String) throws -> (Int32, String) {
-        let log = dir + "/out-\(ProcessInfo.processInfo.globallyUniqueString).log"
-        let pid = try Subprocess.spawn(argv, outputPath: log)
-        guard let rc = Subprocess.wait(pid, timeoutMillis: 60_000) else {
-            kill(pid, SIGKILL); _ = Subprocess.wait(pid, timeoutMillis: 5000)
-            XCTFail("\(argv.joined(separator: " ")) did not finish in 60 s")
-            return (-1, "")
-        }
-        return (rc, (try? FS.readString(log, limit: 1 << 20)) ?? "")
     }
 }
 
