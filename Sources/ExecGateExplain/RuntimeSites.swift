@@ -44,6 +44,32 @@ struct SiteBytes: Equatable {
     var array: [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: raw >> (8 * UInt64($0))) } }
 }
 
+/// A static-call key's trusted targets: a few distinct addresses, sorted (membership by binary
+/// search: no hash per check, no hashed set built per key and module). Same members as the `Set`
+/// it replaces; only membership is ever asked.
+struct TargetList: Equatable {
+    private(set) var sorted: [UInt64]
+    /// The distinct members of `members`.
+    init(_ members: [UInt64]) {
+        var a = members
+        a.sort()
+        var n = 0
+        for x in a where n == 0 || a[n - 1] != x { a[n] = x; n += 1 }
+        a.removeLast(a.count - n)
+        sorted = a
+    }
+    var isEmpty: Bool { sorted.isEmpty }
+    var count: Int { sorted.count }
+    @inline(__always) func contains(_ x: UInt64) -> Bool {
+        var lo = 0, hi = sorted.count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if sorted[mid] < x { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < sorted.count && sorted[lo] == x
+    }
+}
+
 /// The destination of the rel32 branch at `bytes[operandAt...]` for an instruction of `length`
 /// bytes at `site`; nil if `bytes` is shorter than the operand.
 @inline(__always) func rel32Destination(_ bytes: UnsafeRawBufferPointer, operandAt at: Int, site: UInt64, length: Int) -> UInt64? {
@@ -78,11 +104,11 @@ struct VariableSite {
         /// state = key enabled, with `branch` the entry's default (jump_label_type()).
         case jumpLabel(nop: SiteBytes, jmp: SiteBytes?, branch: UInt64)
         /// Static-call conditional tail call `0f 8x rel32`: to `nullTarget` (state 0) or a trusted target.
-        case staticCallJcc(site: UInt64, op: UInt8, nullTarget: UInt64?, trusted: Set<UInt64>, orig: [UInt8])
+        case staticCallJcc(site: UInt64, op: UInt8, nullTarget: UInt64?, trusted: TargetList, orig: [UInt8])
         /// Static call (`tail`: jmp / RET form; else call / NOP5 / xor5rax for return0).
-        case staticCall(site: UInt64, tail: Bool, retForm: SiteBytes, ret0: UInt64?, trusted: Set<UInt64>)
+        case staticCall(site: UInt64, tail: Bool, retForm: SiteBytes, ret0: UInt64?, trusted: TargetList)
         /// The module's own trampoline: its RET form (state 0) or `jmp` to a trusted target.
-        case trampoline(site: UInt64, retForm: SiteBytes, trusted: Set<UInt64>)
+        case trampoline(site: UInt64, retForm: SiteBytes, trusted: TargetList)
     }
 
     init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, what: String, whatKey: UInt64? = nil, rule: Rule) {
@@ -208,18 +234,23 @@ extension Session {
     /// facts trust for the key (core keys), those of keys verified modules define, this module's
     /// own trampoline defaults, and `__static_call_return0` (StaticCallTrust.swift says why).
     /// Never a target in the core's init memory, never an address that is not a function entry.
-    func trustedStaticCallTargets(_ key: UInt64) -> Set<UInt64> {
-        if let t = trustedTargetCache[key] { return t }
-        var s = facts.staticCallTrustedTargets[key] ?? []
-        if let m = resolver.staticCallTrustedTargets[key] { s.formUnion(m) }
-        if let own = ownKeyDefaults[key] { s.formUnion(own) }
+    func trustedStaticCallTargets(_ key: UInt64) -> TargetList {
+        // One list per key per session (a key has a few targets, many sites): found by address in
+        // an open-addressing table, the lists kept in `trustedTargetLists`.
+        if let i = trustedTargetIndex[key] { return trustedTargetLists[Int(i)] }
+        var s: [UInt64] = []
+        facts.staticCallTrustedTargets.forEachTarget(of: key) { s.append($0) }
+        if let m = resolver.staticCallTrustedTargets[key] { s.append(contentsOf: m) }
+        if let own = ownKeyDefaults[key] { s.append(contentsOf: own) }
         if !s.isEmpty {
             let funcs = isFunctionEntry
-            s = s.filter { funcs($0) && !facts.isCoreInit($0) }
+            s.removeAll { !funcs($0) || facts.isCoreInit($0) }
         }
-        if let r0 = facts.staticCallReturn0 { s.insert(r0) }
-        trustedTargetCache[key] = s
-        return s
+        if let r0 = facts.staticCallReturn0 { s.append(r0) }
+        let list = TargetList(s)
+        trustedTargetIndex.set(key, UInt64(trustedTargetLists.count))
+        trustedTargetLists.append(list)
+        return list
     }
 
     /// `.static_call_sites`: `struct static_call_site { s32 addr; s32 key; }` (key bit 0 = tail,
@@ -336,7 +367,7 @@ extension Session {
     func addTrampolineSite(_ a: UInt64, _ off: Int) {
         let key = trampolineKey(a)
         // A trampoline without a key symbol has no trusted target: only its RET form.
-        let trusted = key.map { trustedStaticCallTargets($0) } ?? []
+        let trusted = key.map { trustedStaticCallTargets($0) } ?? TargetList([])
         let ret = retInstruction(at: a)?.padded(to: 5, with: 0xcc) ?? SiteBytes()
         variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: "static-call trampoline", whatKey: key,
                                      rule: .trampoline(site: a, retForm: ret, trusted: trusted)))

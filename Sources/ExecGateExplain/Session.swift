@@ -92,7 +92,8 @@ final class Session {
     var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
     var trampolineSites: [(addr: UInt64, off: Int)] = []
     var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
-    var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
+    var trustedTargetIndex = AddressTable()
+    var trustedTargetLists: [TargetList] = []
     var staticCallStates: [UInt64: UInt64] = [:]
     var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
     var trampolineKeyCache: [UInt64: UInt64?]?
@@ -115,7 +116,8 @@ final class Session {
     @exclusivity(unchecked) var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
     @exclusivity(unchecked) var trampolineSites: [(addr: UInt64, off: Int)] = []
     @exclusivity(unchecked) var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
-    @exclusivity(unchecked) var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
+    @exclusivity(unchecked) var trustedTargetIndex = AddressTable()
+    @exclusivity(unchecked) var trustedTargetLists: [TargetList] = []
     @exclusivity(unchecked) var staticCallStates: [UInt64: UInt64] = [:]
     @exclusivity(unchecked) var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
     @exclusivity(unchecked) var trampolineKeyCache: [UInt64: UInt64?]?
@@ -138,7 +140,7 @@ final class Session {
     //   `returnSites`, `staticSites`, `altSites`, `trampolineSites` (the module's own static-call
     //   trampolines: address, region offset).
     // - `ownKeyDefaults`: keys this module defines → its trampolines' compiled default targets;
-    //   `trustedTargetCache`: `trustedStaticCallTargets` per key; `staticCallStates`: static-call
+    //   `trustedTargetIndex`/`trustedTargetLists`: `trustedStaticCallTargets` per key; `staticCallStates`: static-call
     //   key states at this module's sites after comparison (key → target, 0 = NULL).
     // - `trampolineKeyCache`: trampoline address → its key (`trampolineKey`), built on first use;
     //   `exportedNameCache`: `exportedNames()`, computed once (verify_exported_symbols and the
