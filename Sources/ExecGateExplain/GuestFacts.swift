@@ -244,8 +244,8 @@ public struct SlidStaticCallTargets: Sendable {
 
     /// `self[key]`'s members, one by one, without building a set (the explainer's per-key lists).
     @inline(__always) public func forEachTarget(of key: UInt64, _ body: (UInt64) -> Void) {
-        if let o = own[key] { o.forEach(body); return }
-        guard let l = slide.exactLinkTime(key), let s = linkTime[l] else { return }
+        if !own.isEmpty, let o = own[key] { o.forEach(body); return }
+        guard !linkTime.isEmpty, let l = slide.exactLinkTime(key), let s = linkTime[l] else { return }
         if slide == .none { s.forEach(body); return }
         for t in s { body(slide.runTime(t)) }
     }

@@ -54,7 +54,7 @@ final class Session {
     /// Indices of the module's defined `__SCT__*` (static-call trampoline) symbols.
     let trampolineSymbols: [Int]
     /// The module's defined `__SCK__*` (static-call key) symbols by name.
-    let keySymbols: [String: Int]
+    let keySymbols: KeySymbols
     /// This module's own function entries (STT_FUNC in exec core sections).
     let functionEntries: FunctionEntries
 
@@ -344,12 +344,12 @@ final class Session {
         }
         self.symValue = [UInt64?](repeating: nil, count: symtab.count)
         var trampolines: [Int] = []
-        var keys: [String: Int] = [:]
+        var keys: [Int] = []
         var entries: [UInt64] = []
         for i in symtab.indices where !symtab.isUndefined(i) {
             let p = symtab.nameBytes(i)
             if p.count >= 7, p[0] == 0x5f, p[1] == 0x5f, p[2] == 0x53, p[3] == 0x43, p[5] == 0x5f, p[6] == 0x5f {
-                if p[4] == 0x54 { trampolines.append(i) } else if p[4] == 0x4b { keys[symtab.name(i)] = i }
+                if p[4] == 0x54 { trampolines.append(i) } else if p[4] == 0x4b { keys.append(i) }
             }
             if symtab.isFunction(i) {
                 let si = Int(symtab.sectionIndex(i))
@@ -359,7 +359,7 @@ final class Session {
             }
         }
         self.trampolineSymbols = trampolines
-        self.keySymbols = keys
+        self.keySymbols = KeySymbols(symtab, keys)
         self.functionEntries = FunctionEntries(entries)
     }
 
