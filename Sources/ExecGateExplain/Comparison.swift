@@ -22,33 +22,39 @@ extension Session {
         // A static-call key's state at verified modules: this module's sites must agree with it
         // (static-call keys and jump-label keys are distinct objects: no address is both).
         let verifiedStates = resolver.staticCallStates
-        for v in variable {
-            // The claimed bytes of the site, read in place (an array only where a message needs it).
-            precondition(v.offset >= 0 && v.length >= 0 && v.offset <= claimed.count - v.length, "site outside the region")
-            let checked = claimed.withUnsafeBytes { v.check(UnsafeRawBufferPointer(rebasing: $0[v.offset..<v.offset + v.length])) }
-            if let st = checked {
-                if let g = v.group, let prev = groupState[g], prev != st {
-                    let exp = v.encode(prev)
-                    write(v.offset, exp, v.cls)
-                    notes.append((v.offset..<v.offset + v.length, "\(v.what): state disagrees with other sites of the same key"))
-                    continue
+        // The sites read in place through a borrowed buffer (a copy of each site would retain and
+        // release its rule's arrays); nothing below changes `variable`.
+        let sites = variable
+        sites.withUnsafeBufferPointer { sites in
+            for k in sites.indices {
+                let site = sites.baseAddress! + k
+                let off = site.pointee.offset, len = site.pointee.length, cls = site.pointee.cls, group = site.pointee.group
+                // The claimed bytes of the site, read in place (an array only where a message needs it).
+                precondition(off >= 0 && len >= 0 && off <= claimed.count - len, "site outside the region")
+                let checked = claimed.withUnsafeBytes { site.pointee.check(UnsafeRawBufferPointer(rebasing: $0[off..<off + len])) }
+                if let st = checked {
+                    if let g = group, let prev = groupState[g], prev != st {
+                        write(off, site.pointee.encode(prev), cls)
+                        notes.append((off..<off + len, "\(site.pointee.what): state disagrees with other sites of the same key"))
+                        continue
+                    }
+                    if cls == .staticCall, let g = group, groupState[g] == nil, let prev = verifiedStates[g], prev != st {
+                        write(off, site.pointee.encode(prev), cls)
+                        notes.append((off..<off + len, "\(site.pointee.what): state disagrees with the key's sites in verified modules"))
+                        continue
+                    }
+                    if let g = group {
+                        groupState.set(g, st)
+                        if cls == .staticCall { callStates.set(g, st) }
+                    }
+                    write(off, claimed, from: off, count: len, cls)
+                } else {
+                    let found = Array(claimed[off..<off + len])
+                    var exp = site.pointee.encode(group.flatMap { groupState[$0] })
+                    if exp == found { exp = site.pointee.encode(nil) }
+                    write(off, exp, cls)
+                    notes.append((off..<off + len, "\(site.pointee.what): not a legal encoding (allowed: the NULL forms or a branch to a target trusted for the site)"))
                 }
-                if v.cls == .staticCall, let g = v.group, groupState[g] == nil, let prev = verifiedStates[g], prev != st {
-                    write(v.offset, v.encode(prev), v.cls)
-                    notes.append((v.offset..<v.offset + v.length, "\(v.what): state disagrees with the key's sites in verified modules"))
-                    continue
-                }
-                if let g = v.group {
-                    groupState.set(g, st)
-                    if v.cls == .staticCall { callStates.set(g, st) }
-                }
-                write(v.offset, claimed, from: v.offset, count: v.length, v.cls)
-            } else {
-                let found = Array(claimed[v.offset..<v.offset + v.length])
-                var exp = v.encode(v.group.flatMap { groupState[$0] })
-                if exp == found { exp = v.encode(nil) }
-                write(v.offset, exp, v.cls)
-                notes.append((v.offset..<v.offset + v.length, "\(v.what): not a legal encoding (allowed: the NULL forms or a branch to a target trusted for the site)"))
             }
         }
         // claimed.count == image.count (checked in setUp). Equal regions are the common case:
@@ -106,8 +112,21 @@ extension Session {
         }
         if sorted { return }
         keys.sort()
-        let old = variable
-        variable = keys.map { old[Int($0 & 0xff_ffff)] }
+        // Position k takes the site now at perm[k]: applied in place, cycle by cycle, by swaps
+        // (moves: no copy of a site, no second array of sites).
+        var perm = keys.map { Int($0 & 0xff_ffff) }
+        variable.withUnsafeMutableBufferPointer { sites in
+            for i in 0..<n where perm[i] != i {
+                var j = i
+                while perm[j] != i {
+                    let p = perm[j]
+                    sites.swapAt(j, p)
+                    perm[j] = j
+                    j = p
+                }
+                perm[j] = j
+            }
+        }
     }
 
     // MARK: Results

@@ -242,6 +242,14 @@ public struct SlidStaticCallTargets: Sendable {
         return Set(s.map(slide.runTime))
     }
 
+    /// `self[key]`'s members, one by one, without building a set (the explainer's per-key lists).
+    @inline(__always) public func forEachTarget(of key: UInt64, _ body: (UInt64) -> Void) {
+        if !own.isEmpty, let o = own[key] { o.forEach(body); return }
+        guard !linkTime.isEmpty, let l = slide.exactLinkTime(key), let s = linkTime[l] else { return }
+        if slide == .none { s.forEach(body); return }
+        for t in s { body(slide.runTime(t)) }
+    }
+
     public subscript(key: UInt64, default d: @autoclosure () -> Set<UInt64>) -> Set<UInt64> {
         get { self[key] ?? d() }
         set { own[key] = newValue }

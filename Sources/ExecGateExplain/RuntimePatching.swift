@@ -74,7 +74,27 @@ struct SiteMap: Sequence {
     /// `variable` sorted by offset (Comparison.swift sorts it); of several sites at one offset the
     /// last wins, as it did in the dictionary this replaces.
     init(base: UInt64, sortedByOffset variable: [VariableSite]) {
-        var a: [UInt64] = [], v: [VariableSite] = []
+        // Usually no two sites share an offset: then the sites are `variable` itself (shared
+        // storage, no copy of each site and its rule).
+        var a: [UInt64] = []
+        a.reserveCapacity(variable.count)
+        var distinct = true
+        for k in variable.indices {
+            let addr = base &+ UInt64(variable[k].offset)
+            if let last = a.last, last >= addr {
+                precondition(last == addr, "sites not sorted by offset")
+                distinct = false
+                break
+            }
+            a.append(addr)
+        }
+        if distinct {
+            addresses = a
+            sites = variable
+            return
+        }
+        a = []
+        var v: [VariableSite] = []
         a.reserveCapacity(variable.count)
         v.reserveCapacity(variable.count)
         for site in variable {

@@ -44,6 +44,32 @@ struct SiteBytes: Equatable {
     var array: [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: raw >> (8 * UInt64($0))) } }
 }
 
+/// A static-call key's trusted targets: a few distinct addresses, sorted (membership by binary
+/// search: no hash per check, no hashed set built per key and module). Same members as the `Set`
+/// it replaces; only membership is ever asked.
+struct TargetList: Equatable {
+    private(set) var sorted: [UInt64]
+    /// The distinct members of `members`.
+    init(_ members: [UInt64]) {
+        var a = members
+        a.sort()
+        var n = 0
+        for x in a where n == 0 || a[n - 1] != x { a[n] = x; n += 1 }
+        a.removeLast(a.count - n)
+        sorted = a
+    }
+    var isEmpty: Bool { sorted.isEmpty }
+    var count: Int { sorted.count }
+    @inline(__always) func contains(_ x: UInt64) -> Bool {
+        var lo = 0, hi = sorted.count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if sorted[mid] < x { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < sorted.count && sorted[lo] == x
+    }
+}
+
 /// The destination of the rel32 branch at `bytes[operandAt...]` for an instruction of `length`
 /// bytes at `site`; nil if `bytes` is shorter than the operand.
 @inline(__always) func rel32Destination(_ bytes: UnsafeRawBufferPointer, operandAt at: Int, site: UInt64, length: Int) -> UInt64? {
@@ -78,11 +104,11 @@ struct VariableSite {
         /// state = key enabled, with `branch` the entry's default (jump_label_type()).
         case jumpLabel(nop: SiteBytes, jmp: SiteBytes?, branch: UInt64)
         /// Static-call conditional tail call `0f 8x rel32`: to `nullTarget` (state 0) or a trusted target.
-        case staticCallJcc(site: UInt64, op: UInt8, nullTarget: UInt64?, trusted: Set<UInt64>, orig: [UInt8])
+        case staticCallJcc(site: UInt64, op: UInt8, nullTarget: UInt64?, trusted: TargetList, orig: [UInt8])
         /// Static call (`tail`: jmp / RET form; else call / NOP5 / xor5rax for return0).
-        case staticCall(site: UInt64, tail: Bool, retForm: SiteBytes, ret0: UInt64?, trusted: Set<UInt64>)
+        case staticCall(site: UInt64, tail: Bool, retForm: SiteBytes, ret0: UInt64?, trusted: TargetList)
         /// The module's own trampoline: its RET form (state 0) or `jmp` to a trusted target.
-        case trampoline(site: UInt64, retForm: SiteBytes, trusted: Set<UInt64>)
+        case trampoline(site: UInt64, retForm: SiteBytes, trusted: TargetList)
     }
 
     init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, what: String, whatKey: UInt64? = nil, rule: Rule) {
@@ -208,18 +234,24 @@ extension Session {
     /// facts trust for the key (core keys), those of keys verified modules define, this module's
     /// own trampoline defaults, and `__static_call_return0` (StaticCallTrust.swift says why).
     /// Never a target in the core's init memory, never an address that is not a function entry.
-    func trustedStaticCallTargets(_ key: UInt64) -> Set<UInt64> {
-        if let t = trustedTargetCache[key] { return t }
-        var s = facts.staticCallTrustedTargets[key] ?? []
-        if let m = resolver.staticCallTrustedTargets[key] { s.formUnion(m) }
-        if let own = ownKeyDefaults[key] { s.formUnion(own) }
+    func trustedStaticCallTargets(_ key: UInt64) -> TargetList {
+        // One list per key per session (a key has a few targets, many sites): found by address in
+        // an open-addressing table, the lists kept in `trustedTargetLists`.
+        if let i = trustedTargetIndex[key] { return trustedTargetLists[Int(i)] }
+        var s: [UInt64] = []
+        facts.staticCallTrustedTargets.forEachTarget(of: key) { s.append($0) }
+        // (Empty tables are common: no hash for them.)
+        if !resolver.staticCallTrustedTargets.isEmpty, let m = resolver.staticCallTrustedTargets[key] { s.append(contentsOf: m) }
+        if !ownKeyDefaults.isEmpty, let own = ownKeyDefaults[key] { s.append(contentsOf: own) }
         if !s.isEmpty {
             let funcs = isFunctionEntry
-            s = s.filter { funcs($0) && !facts.isCoreInit($0) }
+            s.removeAll { !funcs($0) || facts.isCoreInit($0) }
         }
-        if let r0 = facts.staticCallReturn0 { s.insert(r0) }
-        trustedTargetCache[key] = s
-        return s
+        if let r0 = facts.staticCallReturn0 { s.append(r0) }
+        let list = TargetList(s)
+        trustedTargetIndex.set(key, UInt64(trustedTargetLists.count))
+        trustedTargetLists.append(list)
+        return list
     }
 
     /// `.static_call_sites`: `struct static_call_site { s32 addr; s32 key; }` (key bit 0 = tail,
@@ -272,19 +304,21 @@ extension Session {
     /// `func` trusted for the module's key `__SCK__<name>`.
     func collectModuleTrampolines() {
         if let inh = inherited { ownKeyDefaults = inh.ownKeyDefaults }  // the trampolines are core text
-        var seen = Set(trampolineSites.map { $0.off })
+        // Offsets already known, in a small address-keyed table (no hash per symbol).
+        var seen = AddressTable()
+        for t in trampolineSites { seen.set(UInt64(t.off), 1) }
         for k in trampolineSymbols {
             let si = Int(symtab.sectionIndex(k))
             guard si < elf.sections.count, let a = addr[si].map({ $0 &+ symtab.value(k) }), let off = execOffset(a, 8),
-                  image[off + 5] == 0x0f, image[off + 6] == 0xb9, image[off + 7] == 0xcc, !seen.contains(off) else { continue }
-            seen.insert(off)
+                  image[off + 5] == 0x0f, image[off + 6] == 0xb9, image[off + 7] == 0xcc, seen[UInt64(off)] == nil else { continue }
+            seen.set(UInt64(off), 1)
             trampolineSites.append((a, off))
         }
         // Targets the module's own code sets for its own keys (StaticCallTrust.moduleUpdates),
         // looked up by the signed module's name and resolved to its own function symbols.
         if let name = modinfo("name"), let updates = StaticCallTrust.moduleUpdates[name] {
             for (keyName, targets) in updates {
-                guard let ki = keySymbols["__SCK__" + keyName], let key = try? symbolValue(ki) else { continue }
+                guard let ki = keySymbols.index(named: "__SCK__" + keyName, symtab), let key = try? symbolValue(ki) else { continue }
                 for t in targets {
                     // Byte equality, as the kernel's strcmp (String == would also accept a
                     // canonically equivalent Unicode spelling: never more targets than before).
@@ -327,8 +361,7 @@ extension Session {
             guard si < elf.sections.count, let sa = addr[si] else { continue }
             let a = sa &+ symtab.value(k)
             if m[a] != nil { continue }
-            let keyName = "__SCK__" + symtab.name(k).dropFirst(7)
-            m[a] = .some(keySymbols[keyName].flatMap { try? symbolValue($0) })
+            m[a] = .some(keySymbols.index(ofTrampoline: k, symtab).flatMap { try? symbolValue($0) })
         }
         return m
     }
@@ -336,9 +369,60 @@ extension Session {
     func addTrampolineSite(_ a: UInt64, _ off: Int) {
         let key = trampolineKey(a)
         // A trampoline without a key symbol has no trusted target: only its RET form.
-        let trusted = key.map { trustedStaticCallTargets($0) } ?? []
+        let trusted = key.map { trustedStaticCallTargets($0) } ?? TargetList([])
         let ret = retInstruction(at: a)?.padded(to: 5, with: 0xcc) ?? SiteBytes()
         variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: "static-call trampoline", whatKey: key,
                                      rule: .trampoline(site: a, retForm: ret, trusted: trusted)))
+    }
+}
+
+/// A module's defined static-call key symbols (`__SCK__<name>`), found by name as the
+/// `[String: Int]` they were kept in answered (the last symbol of a name wins), without a `String`
+/// per key or per lookup when every key name is ASCII: then `String` equality is byte equality
+/// (NameTable.swift), and the names after the 7-byte prefix are the table's keys.
+struct KeySymbols {
+    /// The key symbols, in symbol order.
+    let indices: [Int]
+    /// Name after `__SCK__` → symbol index (every key name ASCII).
+    private var table = NameTable()
+    /// Full name → symbol index, as before, when some key name is not ASCII (canonical equivalence).
+    private var strings: [String: Int]?
+
+    init(_ symtab: ELFSymbolTable, _ indices: [Int]) {
+        self.indices = indices
+        guard !indices.isEmpty else { return }
+        if indices.allSatisfy({ NameTable.isASCII(symtab.nameBytes($0)) }) {
+            table = NameTable(minimumCapacity: indices.count)
+            for i in indices { table.insert(UnsafeRawBufferPointer(rebasing: symtab.nameBytes(i)[7...]), UInt64(i)) }  // insert replaces: last wins
+        } else {
+            var d: [String: Int] = [:]
+            for i in indices { d[symtab.name(i)] = i }
+            strings = d
+        }
+    }
+
+    /// The key symbol named `name` (`String` equality).
+    func index(named name: String, _ symtab: ELFSymbolTable) -> Int? {
+        if let d = strings { return d[name] }
+        if indices.isEmpty { return nil }
+        var n = name
+        if let hit = n.withUTF8({ u -> Int?? in
+            let b = UnsafeRawBufferPointer(u)
+            guard NameTable.isASCII(b) else { return .none }  // a non-ASCII query: String comparison below
+            guard b.count >= 7, b.starts(with: "__SCK__".utf8) else { return .some(nil) }
+            return .some(table.lookup(UnsafeRawBufferPointer(rebasing: b[7...])).map { Int($0) })
+        }) { return hit }
+        // A non-ASCII name against ASCII keys: the last key symbol whose name is equal as a String.
+        return indices.last { symtab.name($0) == name }
+    }
+
+    /// The key symbol of the trampoline symbol `t` (`__SCT__<name>` → `__SCK__<name>`).
+    func index(ofTrampoline t: Int, _ symtab: ELFSymbolTable) -> Int? {
+        let b = symtab.nameBytes(t)
+        if strings == nil, NameTable.isASCII(b) {
+            precondition(b.count >= 7, "a trampoline symbol's name starts with __SCT__")
+            return table.lookup(UnsafeRawBufferPointer(rebasing: b[7...])).map { Int($0) }
+        }
+        return index(named: "__SCK__" + symtab.name(t).dropFirst(7), symtab)
     }
 }

@@ -54,7 +54,7 @@ final class Session {
     /// Indices of the module's defined `__SCT__*` (static-call trampoline) symbols.
     let trampolineSymbols: [Int]
     /// The module's defined `__SCK__*` (static-call key) symbols by name.
-    let keySymbols: [String: Int]
+    let keySymbols: KeySymbols
     /// This module's own function entries (STT_FUNC in exec core sections).
     let functionEntries: FunctionEntries
 
@@ -92,7 +92,8 @@ final class Session {
     var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
     var trampolineSites: [(addr: UInt64, off: Int)] = []
     var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
-    var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
+    var trustedTargetIndex = AddressTable()
+    var trustedTargetLists: [TargetList] = []
     var staticCallStates: [UInt64: UInt64] = [:]
     var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
     var trampolineKeyCache: [UInt64: UInt64?]?
@@ -115,7 +116,8 @@ final class Session {
     @exclusivity(unchecked) var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
     @exclusivity(unchecked) var trampolineSites: [(addr: UInt64, off: Int)] = []
     @exclusivity(unchecked) var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
-    @exclusivity(unchecked) var trustedTargetCache: [UInt64: Set<UInt64>] = [:]
+    @exclusivity(unchecked) var trustedTargetIndex = AddressTable()
+    @exclusivity(unchecked) var trustedTargetLists: [TargetList] = []
     @exclusivity(unchecked) var staticCallStates: [UInt64: UInt64] = [:]
     @exclusivity(unchecked) var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
     @exclusivity(unchecked) var trampolineKeyCache: [UInt64: UInt64?]?
@@ -138,7 +140,7 @@ final class Session {
     //   `returnSites`, `staticSites`, `altSites`, `trampolineSites` (the module's own static-call
     //   trampolines: address, region offset).
     // - `ownKeyDefaults`: keys this module defines → its trampolines' compiled default targets;
-    //   `trustedTargetCache`: `trustedStaticCallTargets` per key; `staticCallStates`: static-call
+    //   `trustedTargetIndex`/`trustedTargetLists`: `trustedStaticCallTargets` per key; `staticCallStates`: static-call
     //   key states at this module's sites after comparison (key → target, 0 = NULL).
     // - `trampolineKeyCache`: trampoline address → its key (`trampolineKey`), built on first use;
     //   `exportedNameCache`: `exportedNames()`, computed once (verify_exported_symbols and the
@@ -342,12 +344,12 @@ final class Session {
         }
         self.symValue = [UInt64?](repeating: nil, count: symtab.count)
         var trampolines: [Int] = []
-        var keys: [String: Int] = [:]
+        var keys: [Int] = []
         var entries: [UInt64] = []
         for i in symtab.indices where !symtab.isUndefined(i) {
             let p = symtab.nameBytes(i)
             if p.count >= 7, p[0] == 0x5f, p[1] == 0x5f, p[2] == 0x53, p[3] == 0x43, p[5] == 0x5f, p[6] == 0x5f {
-                if p[4] == 0x54 { trampolines.append(i) } else if p[4] == 0x4b { keys[symtab.name(i)] = i }
+                if p[4] == 0x54 { trampolines.append(i) } else if p[4] == 0x4b { keys.append(i) }
             }
             if symtab.isFunction(i) {
                 let si = Int(symtab.sectionIndex(i))
@@ -357,7 +359,7 @@ final class Session {
             }
         }
         self.trampolineSymbols = trampolines
-        self.keySymbols = keys
+        self.keySymbols = KeySymbols(symtab, keys)
         self.functionEntries = FunctionEntries(entries)
     }
 
