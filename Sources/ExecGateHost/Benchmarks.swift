@@ -319,13 +319,13 @@ extension SignatureBenchmark {
 
 /// A blocking client over a Unix stream socket: one frame out, one frame in, nothing else in the
 /// way (the service's side of the round trip, compared with the C echo). A reply is read with one
-/// `read` into a buffer that holds a whole status reply, as the echo reads its 64 bytes; it reads
-/// on only if the frame is not complete yet.
+/// `read` of up to 64 KiB (`readMore`), as the echo reads its 64 bytes; it reads on only if the
+/// frame is not complete yet.
 final class BlockingFrameClient {
     private let fd: Int32
     private let path: String
     private let request: [UInt8]
-    private var input = [UInt8](repeating: 0, count: 64 << 10)
+    private var input = ByteBuffer()
 
     init(path: String) throws {
         self.path = path
@@ -350,20 +350,8 @@ final class BlockingFrameClient {
         guard request.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == request.count else {
             throw LocalFileError(path: path, why: "write failed")
         }
-        var got = 0, frameLength = Int.max
-        while got < frameLength {
-            let r = input.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, $0.count - got) }
-            if r < 0 && errno == EINTR { continue }
-            guard r > 0 else { throw LocalFileError(path: path, why: "read: \(r < 0 ? "errno \(errno)" : "end of stream")") }
-            got += r
-            if frameLength == .max, got >= WireLimits.headerSize {
-                guard let n = input.getInteger(at: 16, order: .big, as: UInt32.self), WireLimits.headerSize + Int(n) <= input.count else {
-                    throw LocalFileError(path: path, why: "bad reply header")
-                }
-                frameLength = WireLimits.headerSize + Int(n)
-            }
-        }
-        guard got == frameLength else { throw LocalFileError(path: path, why: "more bytes than one reply") }
+        while try Self.takeFrame(&input) == nil { try Self.readMore(fd, &input) }
+        guard input.readableBytes == 0 else { throw LocalFileError(path: path, why: "more bytes than one reply") }
     }
 
     /// A connected Unix stream socket (blocking).
@@ -425,14 +413,22 @@ final class BlockingFrameClient {
                     }
                 }
                 if progressed { break }
-                input.discardReadBytes()
-                input.reserveCapacity(minimumWritableBytes: 64 << 10)
-                let r = input.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { read(fd, $0.baseAddress, $0.count) }
-                if r < 0 && errno == EINTR { continue }
-                guard r > 0 else { throw LocalFileError(path: "socket", why: "read: \(r < 0 ? "errno \(errno)" : "end of stream")") }
+                try readMore(fd, &input)
             }
         }
         return allowed
+    }
+
+    /// One `read` of whatever `fd` has (up to 64 KiB) appended to `input`; retried on EINTR.
+    static func readMore(_ fd: Int32, _ input: inout ByteBuffer) throws {
+        input.discardReadBytes()
+        input.reserveCapacity(minimumWritableBytes: 64 << 10)
+        while true {
+            let r = input.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { read(fd, $0.baseAddress, $0.count) }
+            if r < 0 && errno == EINTR { continue }
+            guard r > 0 else { throw LocalFileError(path: "socket", why: "read: \(r < 0 ? "errno \(errno)" : "end of stream")") }
+            return
+        }
     }
 
     /// One whole frame off the front of `input`, or nil (nothing consumed) when it is not all there.
@@ -472,16 +468,6 @@ final class BlockingFrameClient {
         guard let first = parts.first else { return try body(acc) }
         return try first.withUnsafeReadableBytes { raw in
             try withIOVecs(parts.dropFirst(), acc + [iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress), iov_len: raw.count)], body)
-        }
-    }
-
-    static func readFull(_ fd: Int32, _ buffer: inout [UInt8], _ n: Int) throws {
-        var got = 0
-        while got < n {
-            let r = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, n - got) }  // non-empty: n ≤ count checked by callers
-            if r < 0 && errno == EINTR { continue }
-            guard r > 0 else { throw LocalFileError(path: "socket", why: "read: \(r < 0 ? "errno \(errno)" : "end of stream")") }
-            got += r
         }
     }
 }
