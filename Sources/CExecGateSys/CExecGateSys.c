@@ -47,7 +47,7 @@ static int early_proc_status = 0;
  * whole .eh_frame with libgcc's unwinder, so that first unwind sorts every FDE of /init (~51,000:
  * `init_object`, `frame_downheap`, `fde_single_encoding_compare`; ~0.1 s natively, measured with
  * perf). In the service VM (-smp 1, TCG) that sort runs beside PID 1's set-up on the one vCPU
- * and delays READY (ServiceVM/README.md, "Where the time goes"). So, as PID 1 only, the drain hook
+ * and delays READY (ServiceVM/README.md, "Where the time goes"). So, as PID 1, the drain hook
  * (a Swift concurrency runtime hook, ConcurrencyHooks.def) parks the main thread instead, with
  * every signal blocked as dispatch_main would. PID 1's async work runs on the global executor's
  * threads as before; nothing in PID 1 runs on the main actor or the main queue (which would
@@ -73,17 +73,11 @@ __attribute__((swiftcall, noreturn)) static void execgate_park_main_thread(void 
  */
 extern const char execgate_linked_without_unwind_tables __attribute__((weak));
 
-int execgate_has_unwind_tables(void) { return &execgate_linked_without_unwind_tables == NULL; }
-
-static void execgate_park_main_thread_at_end(void) {
-    if (&swift_task_asyncMainDrainQueue_hook != NULL)
-        swift_task_asyncMainDrainQueue_hook = (void *)execgate_park_main_thread;
-}
-
 __attribute__((constructor(101))) static void execgate_early_proc(void) {
-    if (!execgate_has_unwind_tables()) execgate_park_main_thread_at_end();
-    if (getpid() != 1) return;
-    execgate_park_main_thread_at_end();
+    int pid1 = getpid() == 1;
+    if ((pid1 || &execgate_linked_without_unwind_tables != NULL) && &swift_task_asyncMainDrainQueue_hook != NULL)
+        swift_task_asyncMainDrainQueue_hook = (void *)execgate_park_main_thread;
+    if (!pid1) return;
     struct stat st;
     if (stat("/proc/self/exe", &st) == 0) { early_proc_status = 1; return; }
     (void)mkdir("/proc", 0555);

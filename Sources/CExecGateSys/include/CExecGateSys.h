@@ -31,9 +31,6 @@ void execgate_sync(void);
  * 0 when not PID 1, -errno when the mount failed. */
 int execgate_early_proc_status(void);
 
-/* 0 for the static /init linked without unwind tables (Images/link/no-unwind-tables.ld), else 1. */
-int execgate_has_unwind_tables(void);
-
 /* KVM: API version (12 on every real KVM) of an open /dev/kvm fd, or -1. */
 int execgate_kvm_api_version(int kvm_fd);
 
