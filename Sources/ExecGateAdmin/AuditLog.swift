@@ -279,15 +279,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         let n = min(max(0, limit), AuditLimits.maximumRecordsPerRead)
         let byteCap = max(0, maximumBytes)
         // Both rings are in ascending sequence order: binary-search the start, then merge.
-        func start<C: RandomAccessCollection>(_ c: C) -> C.Index where C.Element == (UInt64, String) {
-            var lo = c.startIndex, hi = c.endIndex
-            while lo < hi {
-                let mid = c.index(lo, offsetBy: c.distance(from: lo, to: hi) / 2)
-                if c[mid].0 > afterSeq { hi = mid } else { lo = c.index(after: mid) }
-            }
-            return lo
-        }
-        var i = start(keep), j = start(keepRefused)
+        var i = keep.partitioningIndex { $0.0 <= afterSeq }, j = keepRefused.partitioningIndex { $0.0 <= afterSeq }
         var records: [String] = []
         var bytes = 0
         var last: UInt64?

@@ -10,6 +10,8 @@
 // equivalence maps an ASCII string only to itself). Non-ASCII names never enter the table: their
 // owners (SlidExports) keep them in a `[String: UInt64]` and compare them as `String`s, as before.
 
+import _ExecGateInternals
+
 /// Open addressing over a power-of-two array of slots that hold the entry itself (hash, value,
 /// the name's first 16 bytes), probed through a parallel array of 32-bit tags (4 bytes a slot: it
 /// stays in cache, so a miss, the usual answer of the added-exports table and of the duplicate-
@@ -262,14 +264,7 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
     public var underestimatedCount: Int { sorted.count }
     public func makeIterator() -> IndexingIterator<[UInt64]> { sorted.makeIterator() }
 
-    public func contains(_ a: UInt64) -> Bool {
-        var lo = 0, hi = sorted.count
-        while lo < hi {
-            let mid = (lo + hi) >> 1
-            if sorted[mid] < a { lo = mid + 1 } else { hi = mid }
-        }
-        return lo < sorted.count && sorted[lo] == a
-    }
+    public func contains(_ a: UInt64) -> Bool { sorted.sortedContains(a) }
 }
 
 /// The function entries of every verified module of a guest: each module's ``FunctionEntries``

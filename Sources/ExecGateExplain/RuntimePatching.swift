@@ -8,6 +8,7 @@
 // length, another target — is denied.
 
 import ExecGateELF
+import _ExecGateInternals
 
 public enum RuntimePatchVerdict: Sendable, Equatable {
     /// Legal; `state` is the site's new state (key enabled 0/1, static-call function, ftrace target).
@@ -113,14 +114,7 @@ struct SiteMap: Sequence {
 
     var count: Int { addresses.count }
 
-    subscript(address: UInt64) -> VariableSite? {
-        var lo = 0, hi = addresses.count
-        while lo < hi {
-            let mid = (lo + hi) >> 1
-            if addresses[mid] < address { lo = mid + 1 } else { hi = mid }
-        }
-        return lo < addresses.count && addresses[lo] == address ? sites[lo] : nil
-    }
+    subscript(address: UInt64) -> VariableSite? { addresses.sortedIndex(of: address).map { sites[$0] } }
 
     struct Iterator: IteratorProtocol {
         let map: SiteMap

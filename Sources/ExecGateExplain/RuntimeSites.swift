@@ -60,14 +60,7 @@ struct TargetList: Equatable {
     }
     var isEmpty: Bool { sorted.isEmpty }
     var count: Int { sorted.count }
-    @inline(__always) func contains(_ x: UInt64) -> Bool {
-        var lo = 0, hi = sorted.count
-        while lo < hi {
-            let mid = (lo + hi) >> 1
-            if sorted[mid] < x { lo = mid + 1 } else { hi = mid }
-        }
-        return lo < sorted.count && sorted[lo] == x
-    }
+    @inline(__always) func contains(_ x: UInt64) -> Bool { sorted.sortedContains(x) }
 }
 
 /// The destination of the rel32 branch at `bytes[operandAt...]` for an instruction of `length`

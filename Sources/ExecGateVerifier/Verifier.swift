@@ -487,15 +487,6 @@ public final class Verifier: @unchecked Sendable {
         return Set(symbols.filter { $0.isUndefined && !$0.name.isEmpty }.map(\.name))
     }
 
-    static func sortedContains(_ a: [UInt64], _ x: UInt64) -> Bool {
-        var lo = 0, hi = a.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if a[mid] < x { lo = mid + 1 } else { hi = mid }
-        }
-        return lo < a.count && a[lo] == x
-    }
-
     /// Maps the signature layer's failures onto wire reasons.
     static func reason(for f: SignatureFailure) -> VerdictReason {
         switch f {

@@ -169,3 +169,23 @@ final class TextSearchTests: XCTestCase {
         }
     }
 }
+
+final class SortedSearchTests: XCTestCase {
+    /// Against a linear scan, on sorted arrays with repeats, empty arrays, misses below, between
+    /// and above, and slices that do not start at 0 (the audit rings are slices).
+    func testAgreesWithALinearScan() {
+        var rng = SeededRNG(seed: 0x5eed_0b5)
+        for round in 0..<400 {
+            let n = round % 7 == 0 ? 0 : Int.random(in: 1...64, using: &rng)
+            let a = (0..<n).map { _ in UInt64.random(in: 0...80, using: &rng) }.sorted()
+            let drop = n > 0 ? Int.random(in: 0...min(3, n), using: &rng) : 0
+            let slice = a.dropFirst(drop)
+            for x in UInt64(0)...82 {
+                XCTAssertEqual(a.sortedContains(x), a.contains(x), "\(a) \(x)")
+                XCTAssertEqual(a.sortedIndex(of: x), a.firstIndex(of: x), "\(a) \(x)")
+                XCTAssertEqual(slice.sortedIndex(of: x), slice.firstIndex(of: x), "\(slice) \(x)")
+                XCTAssertEqual(slice.partitioningIndex { $0 <= x }, slice.firstIndex { $0 > x } ?? slice.endIndex, "\(slice) \(x)")
+            }
+        }
+    }
+}
