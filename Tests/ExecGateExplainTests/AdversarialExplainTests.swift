@@ -1,0 +1,415 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Attacks on the optimised verdict path (data relocations checked in place, the region built in
+// one write per byte, records checked once by the walk, byte-keyed name tables, the address
+// tables, key symbols found by name bytes, the radix-sorted function entries). The guest chooses
+// the claim, its addresses and the request order; the crafted ELF files stand for "a signed module
+// the loader would see" (the signature is a separate layer: unsigned copies are fine here).
+//
+// Each test names the attack. A test that passes documents an attack that fails, and says why.
+// A test marked HOLE asserts the kernel's behaviour and fails while the hole is open.
+// Inputs: the committed fixture capture (9 modules of a Debian 6.1.0-56 boot with their facts).
+
+import ExecGateCapture
+import ExecGateELF
+@testable import ExecGateExplain
+import ExecGateTestSupport
+import XCTest
+
+/// In-place edits of a module's ELF bytes (offsets found through the real parser).
+struct KoEditor {
+    var ko: [UInt8]
+
+    func elf<T>(_ body: (ELFFile) throws -> T) throws -> T {
+        try ko.withUnsafeBytes { try body(try ELFFile(bytes: $0)) }
+    }
+
+    mutating func put<T: FixedWidthInteger>(_ v: T, at o: Int) {
+        for k in 0..<MemoryLayout<T>.size { ko[o + k] = UInt8(truncatingIfNeeded: v >> (8 * k)) }
+    }
+    func get<T: FixedWidthInteger>(_: T.Type, at o: Int) -> T {
+        var v: T = 0
+        for k in 0..<MemoryLayout<T>.size { v |= T(ko[o + k]) << (8 * k) }
+        return v
+    }
+
+    /// File offset of section `i`'s header.
+    func sectionHeader(_ i: Int) -> Int { Int(get(UInt64.self, at: 40)) + 64 * i }
+    func sectionIndex(_ name: String) throws -> Int { try XCTUnwrap(try elf { $0.section(named: name)?.index }, name) }
+
+    /// File offset of symbol `i`'s `Elf64_Sym`.
+    func symbolEntry(_ i: Int) throws -> Int {
+        try elf { e in try e.symbolTableSection().fileRange.lowerBound + 24 * i }
+    }
+    func symbolNames() throws -> [String] { try elf { e in let t = try e.symbolTable(); return t.indices.map { t.name($0) } } }
+    func symbolIndex(_ name: String) throws -> Int { try XCTUnwrap(try symbolNames().firstIndex(of: name), name) }
+
+    /// Overwrites the name of symbol `i` in the string table (no longer than the old name), and
+    /// checks that no other symbol's name changed (the linker may share string tails).
+    mutating func rename(_ i: Int, to new: String) throws {
+        let before = try symbolNames()
+        let old = before[i]
+        XCTAssertLessThanOrEqual(new.utf8.count, old.utf8.count, "rename \(old) in place")
+        let strtab: Range<Int> = try elf { e in e.sections[Int(try e.symbolTableSection().link)].fileRange }
+        let at = strtab.lowerBound + Int(get(UInt32.self, at: try symbolEntry(i)))
+        for (k, b) in new.utf8.enumerated() { ko[at + k] = b }
+        ko[at + new.utf8.count] = 0
+        let after = try symbolNames()
+        for j in after.indices where j != i { XCTAssertEqual(after[j], before[j], "renaming \(old) changed symbol \(j)") }
+        XCTAssertEqual(after[i], new)
+    }
+    mutating func setSymbol(_ i: Int, shndx: UInt16? = nil, value: UInt64? = nil, info: UInt8? = nil) throws {
+        let o = try symbolEntry(i)
+        if let s = shndx { put(s, at: o + 6) }
+        if let v = value { put(v, at: o + 8) }
+        if let x = info { ko[o + 4] = x }
+    }
+
+    /// The RELA section applying to section `target`: its index, its records' file offset and count.
+    func rela(for target: String) throws -> (index: Int, at: Int, count: Int) {
+        try elf { e in
+            let rs = try XCTUnwrap(try e.relocationSections().first { e.sections[$0.targetSectionIndex].name == target }, "RELA for \(target)")
+            return (rs.section.index, rs.section.fileRange.lowerBound, rs.relocations.count)
+        }
+    }
+    func relocations(for target: String) throws -> [ELFRelocation] {
+        try elf { e in
+            let rs = try XCTUnwrap(try e.relocationSections().first { e.sections[$0.targetSectionIndex].name == target }, "RELA for \(target)")
+            return Array(rs.relocations)
+        }
+    }
+}
+
+/// The module's end state as the loader leaves it for `claim`'s addresses (every stage before the
+/// comparison), for a crafted ELF: the claim an honest guest would send for it.
+func loaderImage(_ ko: [UInt8], _ claim: ModuleClaim, _ facts: GuestFacts, _ resolver: SymbolResolver) throws -> (image: [UInt8], session: Session) {
+    try ko.withUnsafeBytes { raw in
+        let s = try Session(elf: try ELFFile(bytes: raw), claim: claim, facts: facts, resolver: resolver)
+        s.recordRelocationFields = true
+        try s.checkModinfo()
+        try s.relocate()
+        try s.verifyExportedSymbols()
+        try s.applyBootTimePatching()
+        try s.addRuntimeSites()
+        return (s.image, s)
+    }
+}
+
+/// Explains fixture module `name` from the crafted `ko` (its captured claim and resolver unless given).
+struct CraftedExplainer {
+    func explain(_ f: FixtureReplay, _ name: String, ko: [UInt8], claim: ModuleClaim? = nil, resolver: SymbolResolver? = nil) throws -> ExplainResult {
+        let e = try XCTUnwrap(f.modules[name])
+        return try ko.withUnsafeBytes { raw in
+            Explainer(facts: f.boot.facts).explain(elf: try ELFFile(bytes: raw), claim: claim ?? e.module.claim, resolver: resolver ?? e.before)
+        }
+    }
+}
+
+
+// MARK: - Data relocations checked in place / on a copy (Relocations.swift check, pristineCopy, pendingRela)
+
+final class AdversarialRelocationTests: XCTestCase {
+    let explainer = CraftedExplainer()
+
+    /// Attack: two records for one field of a table the stages read (`.return_sites`), so that the
+    /// in-place check (which compares each field with the *signed* bytes) would see zeros where the
+    /// kernel sees the first record's write. Fails: the second record starts before the end of the
+    /// first, so `check` hands the section to the copy, where `apply` meets the written field:
+    /// "existing value is nonzero", as `apply_relocate_add()` says.
+    func testOverlappingRecordsInADataTableAreDenied() throws {
+        let f = try FixtureReplay()
+        var ed = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
+        let r = try ed.rela(for: ".return_sites")
+        for k in 0..<24 { ed.ko[r.at + 24 + k] = ed.ko[r.at + k] }  // record 1 := record 0
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)))
+        XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
+        XCTAssertTrue(d.reason.contains("nonzero"), d.reason)
+        XCTAssertEqual(d.section, ".return_sites")
+        XCTAssertEqual(d.offset, 0)
+    }
+
+    /// Attack: a second relocation section for the same data target (`sh_info` of `.rela.smp_locks`
+    /// pointed at `.return_sites`, and of `.rela.retpoline_sites` likewise: one before the table's
+    /// own section, one after). The first section's records pass the in-place check and are left
+    /// pending; the second must see them written. Fails both ways: the pending records are written
+    /// into the copy before the second section runs (`pendingRela`), and the overlapping field is
+    /// refused as nonzero, at the record the kernel refuses.
+    func testSecondRelocationSectionForOneTargetSeesTheFirstOnesWrites() throws {
+        let f = try FixtureReplay()
+        for donor in [".smp_locks", ".retpoline_sites"] {
+            var ed = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
+            let r = try ed.rela(for: donor)
+            let target = try ed.sectionIndex(".return_sites")
+            ed.put(UInt32(target), at: ed.sectionHeader(r.index) + 44)  // sh_info
+            let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)), donor)
+            XCTAssertEqual(d.rule, DenialRule.relocation, "\(donor): \(d.reason)")
+            XCTAssertTrue(d.reason.contains("nonzero"), "\(donor): \(d.reason)")
+            XCTAssertEqual(d.section, ".return_sites", donor)
+            XCTAssertEqual(d.offset, 0, donor)
+        }
+    }
+
+    /// Attack: records of a data table in reverse order (non-overlapping), so that the in-place
+    /// check gives up after the first and the rest go through the copy. Fails to change anything:
+    /// the copy holds the records already checked, the rest are applied on it, and the tables the
+    /// stages read are the same: the honest claim is allowed with the same statistics and sites,
+    /// a changed byte at a return site is still denied.
+    func testReorderedRecordsGiveTheSameTables() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["llc"])
+        guard case .allowed(let honest) = e.result.verdict else { return XCTFail("llc not allowed") }
+        var ed = KoEditor(ko: e.module.ko)
+        for table in [".return_sites", ".smp_locks", "__mcount_loc", ".retpoline_sites"] {
+            let r = try ed.rela(for: table)
+            let recs = (0..<r.count).map { Array(ed.ko[r.at + 24 * $0 ..< r.at + 24 * $0 + 24]) }
+            for (k, rec) in recs.reversed().enumerated() { ed.ko.replaceSubrange(r.at + 24 * k ..< r.at + 24 * k + 24, with: rec) }
+        }
+        let res = try explainer.explain(f, "llc", ko: ed.ko)
+        guard case .allowed(let st) = res.verdict else { return XCTFail("\(res.verdict)") }
+        XCTAssertEqual(st.bytesByClass, honest.bytesByClass)
+        XCTAssertEqual(st.relocationsApplied, honest.relocationsApplied)
+        XCTAssertEqual(st.sites, honest.sites)
+        XCTAssertEqual(res.runtimeSites?.addresses, e.result.runtimeSites?.addresses)
+        let s = try f.session("llc")
+        let ret = try XCTUnwrap(s.returnSites.first)
+        var c = e.module.claim
+        c.text[ret.off] ^= 0x01
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko, claim: c)))
+        XCTAssertEqual(d.address, ret.addr)
+    }
+
+    /// Attack: an `R_X86_64_NONE` record over an earlier field (a record the in-place check must
+    /// not count as a write, nor as the end of the previous field). Fails to hide anything: the
+    /// kernel skips it (`case R_X86_64_NONE: continue`), so does the walk; the lost record leaves
+    /// its return-site entry unrelocated, so the kernel leaves that site unpatched: the loader's
+    /// image for the crafted module is allowed, the claim of the real module (site patched) is not.
+    func testNoneRecordIsNoWrite() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["llc"])
+        var ed = KoEditor(ko: e.module.ko)
+        let r = try ed.rela(for: ".return_sites")
+        for k in 0..<24 { ed.ko[r.at + 24 + k] = ed.ko[r.at + k] }
+        ed.put(UInt32(0), at: r.at + 24 + 8)  // record 1 := record 0's field, type R_X86_64_NONE
+        let (image, s) = try loaderImage(ed.ko, e.module.claim, f.boot.facts, e.before)
+        let honest = Set(try f.session("llc").returnSites.map { $0.addr })
+        let lost = honest.subtracting(s.returnSites.map { $0.addr })
+        XCTAssertEqual(lost.count, 1, "the entry the NONE record left unrelocated names no site")
+        var c = e.module.claim
+        c.text = image
+        XCTAssertTrue(try explainer.explain(f, "llc", ko: ed.ko, claim: c).verdict.isAllowed)
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)))
+        XCTAssertEqual(d.rule, .stage(.elf), d.reason)
+        XCTAssertEqual(d.address, lost.first)
+    }
+
+    /// Attack: a data field that crosses the end of its section, in a section the walk checks in
+    /// place (no copy made). Fails: the walk tests each record with the parser's own check before
+    /// use; the denial is the parser's error, as if it had checked every record first.
+    func testFieldCrossingADataSectionEndIsTheParsersError() throws {
+        let f = try FixtureReplay()
+        var ed = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
+        let r = try ed.rela(for: ".return_sites")
+        ed.put(UInt64(46), at: r.at + 24 * 3)  // a 4-byte field at 46 of 48
+        let expected: String = try ed.elf { e in
+            do { _ = try e.relocationSections(); return "" } catch { return "\(error)" }
+        }
+        XCTAssertTrue(expected.contains("outside .return_sites"), expected)
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)))
+        XCTAssertEqual(d.rule, .malformedELF)
+        XCTAssertEqual(d.reason, expected)
+    }
+}
+
+// MARK: - Loader refusals the walk does not reach (HOLE)
+
+final class AdversarialLoaderRefusalTests: XCTestCase {
+    let explainer = CraftedExplainer()
+
+    /// HOLE: relocations of `.init.text` in a core session. `apply_relocations()` relocates every
+    /// SHF_ALLOC target, init sections included, and refuses the module on an unknown type or a
+    /// nonzero target there like anywhere else (arch/x86/kernel/module.c `__write_relocate_add()`).
+    /// The core session skips those sections (no address: init is never explained from the core),
+    /// checking only the records' shape, so a module the kernel refuses is allowed: the claim
+    /// describes a load that cannot have happened (docs/trust.md "Loader refusals").
+    func testInitTextRelocationRefusalsAreDenied() throws {
+        let f = try FixtureReplay()
+        let ko = try XCTUnwrap(f.modules["llc"]).module.ko
+        // An unknown type (R_X86_64_GOTPCREL, 9) in .rela.init.text.
+        var ed = KoEditor(ko: ko)
+        let r = try ed.rela(for: ".init.text")
+        ed.ko[r.at + 8] = 9
+        if let d = denial(try explainer.explain(f, "llc", ko: ed.ko)) {  // unknown relocation type in .init.text
+            XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
+            XCTAssertTrue(d.reason.contains("unknown relocation type"), d.reason)
+        }
+        // A nonzero relocation target in .init.text.
+        var ed2 = KoEditor(ko: ko)
+        let rec = try XCTUnwrap(try ed2.relocations(for: ".init.text").first)
+        let field = try ed2.elf { $0.section(named: ".init.text")!.fileRange.lowerBound } + Int(rec.offset)
+        ed2.ko[field] ^= 0x01
+        if let d2 = denial(try explainer.explain(f, "llc", ko: ed2.ko)) {  // nonzero relocation target in .init.text
+            XCTAssertEqual(d2.rule, DenialRule.relocation, d2.reason)
+            XCTAssertTrue(d2.reason.contains("nonzero"), d2.reason)
+        }
+    }
+
+    /// HOLE: `simplify_symbols()` resolves every symbol of the table before any relocation and
+    /// refuses the module for an unknown undefined symbol (`Unknown symbol`, -ENOENT) or an
+    /// SHN_COMMON symbol (-ENOEXEC), used or not. The explainer resolves symbols only when the
+    /// walk needs them (`resolveAllSymbols` never throws; `computeSymbolValue` throws from a
+    /// field), so a refused symbol that only init text uses, or that no relocation uses, is never
+    /// refused: the module is allowed.
+    func testEverySymbolIsResolvedAsSimplifySymbolsDoes() throws {
+        let f = try FixtureReplay()
+        let ko = try XCTUnwrap(f.modules["llc"]).module.ko
+        // dev_add_pack is used by llc_init only (.init.text): renamed to a name nothing exports.
+        var ed = KoEditor(ko: ko)
+        try ed.rename(try ed.symbolIndex("dev_add_pack"), to: "Dev_add_pack")
+        if let d = denial(try explainer.explain(f, "llc", ko: ed.ko)) {  // unknown symbol used only by init text
+            XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
+            XCTAssertTrue(d.reason.contains("unknown symbol Dev_add_pack"), d.reason)
+        }
+        // An SHN_COMMON symbol no relocation uses.
+        var ed2 = KoEditor(ko: ko)
+        try ed2.setSymbol(try ed2.symbolIndex("__crc_llc_sap_list"), shndx: SectionIndex.common)
+        if let d2 = denial(try explainer.explain(f, "llc", ko: ed2.ko)) {  // unused SHN_COMMON symbol
+            XCTAssertEqual(d2.rule, DenialRule.relocation, d2.reason)
+            XCTAssertTrue(d2.reason.contains("SHN_COMMON"), d2.reason)
+        }
+    }
+}
+
+// MARK: - Names (NameTable, SlidExports, KeySymbols)
+
+final class AdversarialNameTests: XCTestCase {
+    let explainer = CraftedExplainer()
+
+    /// HOLE: `resolve_symbol()` finds an export by `strcmp()` (byte equality). SlidExports keeps
+    /// `String` equality for non-ASCII names, and `String` equality is canonical equivalence:
+    /// "K" (U+004B) equals U+212A KELVIN SIGN. A verified module exporting "\u{212A}free_skb_reason"
+    /// (bytes e2 84 aa …) then resolves a later module's undefined "Kfree_skb_reason", which the
+    /// kernel reports as an unknown symbol. Fix: compare names as bytes everywhere (the kernel's
+    /// rule), which also removes the String paths.
+    func testCanonicallyEquivalentNameDoesNotResolve() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["llc"])
+        var ed = KoEditor(ko: e.module.ko)
+        try ed.rename(try ed.symbolIndex("kfree_skb_reason"), to: "Kfree_skb_reason")
+        let addr = try XCTUnwrap(e.before.lookup("kfree_skb_reason"))
+        var r = e.before
+        r.add(ModuleExports(module: "kelvin", symbols: ["\u{212A}free_skb_reason": addr], functionEntries: []))
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko, resolver: r)), "a canonically equivalent export resolved the symbol")
+        XCTAssertTrue(d.reason.contains("unknown symbol Kfree_skb_reason"), d.reason)
+    }
+
+    /// Attack on the byte-keyed table: names that share the 16 bytes kept in the slot, names that
+    /// differ only past them, in length only, by an embedded NUL, empty and very long names, many
+    /// names (growth). Fails: a seeded history against a `[String: UInt64]` gives the same answer
+    /// for every lookup, through the tags and without them (`lookupLikelyPresent`).
+    func testNameTableAgreesWithADictionary() {
+        var rng = SeededRNG(seed: 0x5eed_0017)
+        var names: [String] = ["", "a", "\0", "a\0", "abcdefgh", "abcdefghi", "abcdefghijklmno", "abcdefghijklmnop", "abcdefghijklmnopq",
+                               "abcdefghijklmnopr", "abcdefghijklmnop\0", String(repeating: "x", count: 4096), String(repeating: "x", count: 4095)]
+        let prefix = "__ksymtab_gpl_ab"  // 16 bytes shared by every name below
+        for _ in 0..<3000 {
+            let n = Int(rng.next() % 40)
+            names.append(prefix + String((0..<n).map { _ in Character(Unicode.Scalar(UInt8(0x20 + rng.next() % 0x5f))) }))
+        }
+        var table = NameTable()
+        var dict: [String: UInt64] = [:]
+        for (k, name) in names.enumerated() where k % 2 == 0 || rng.next() % 3 == 0 {
+            let v = rng.next()
+            var n = name
+            n.withUTF8 { table.insert(UnsafeRawBufferPointer($0), v) }
+            dict[name] = v
+        }
+        XCTAssertEqual(table.count, dict.count)
+        for name in names + ["abcdefghijklmnoq", prefix, prefix + "\u{7f}"] {
+            var n = name
+            n.withUTF8 { u in
+                let b = UnsafeRawBufferPointer(u)
+                XCTAssertEqual(table.lookup(b), dict[name], name)
+                XCTAssertEqual(table.lookupLikelyPresent(b, digest: NameTable.digest(b)), dict[name], name)
+            }
+        }
+    }
+}
+
+
+// MARK: - Static calls: a module's own key defaults (KeySymbols, collectModuleTrampolines)
+
+final class AdversarialStaticCallTests: XCTestCase {
+    let explainer = CraftedExplainer()
+
+    /// irqbypass crafted with a trampoline of its own (`__SCT__z`: `jmp <own function>; ud1`,
+    /// written into 8 untouched bytes of .text) whose key symbol `__SCK__z` is an absolute symbol
+    /// equal to the address of the core key its might_resched sites use. The explainer takes the
+    /// trampoline's compiled target as the default of "the module's own key" (docs/trust.md,
+    /// static calls rule 3) — looked up by name, with whatever value the key symbol has.
+    func craftedForeignKeyDefault(_ f: FixtureReplay, keyIsCoreKey: Bool)
+        throws -> (ko: [UInt8], claim: ModuleClaim, target: UInt64, sites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)]) {
+        let e = try XCTUnwrap(f.modules["irqbypass"])
+        let s = try f.session("irqbypass")
+        let coreKey = try f.callSite(s).key
+        let sites = s.staticSites.filter { $0.key == coreKey }
+        XCTAssertEqual(sites.count, 4)
+        // 8 bytes of .text no stage touches (class elf), and an own function entry to jump to.
+        let elfClass = UInt8(ExplanationClass.elf.rawValue)
+        let p = try XCTUnwrap((0..<s.cls.count - 8).first { o in s.cls[o..<o + 8].allSatisfy { $0 == elfClass } })
+        let target = try XCTUnwrap(s.functionEntries.sorted.first { $0 > e.module.claim.textBase &+ UInt64(p) &+ 8 })
+        var ed = KoEditor(ko: e.module.ko)
+        let text = try ed.sectionIndex(".text")
+        let textFile = try ed.elf { $0.sections[text].fileRange.lowerBound }
+        let rel = Int32(Int64(target &- e.module.claim.textBase) - Int64(p + 5))
+        ed.ko[textFile + p] = 0xe9
+        ed.put(rel, at: textFile + p + 1)
+        ed.ko.replaceSubrange(textFile + p + 5 ..< textFile + p + 8, with: [0x0f, 0xb9, 0xcc])
+        let tramp = try ed.symbolIndex("__UNIQUE_ID_depends198"), key = try ed.symbolIndex("__crc_irq_bypass_register_producer")
+        try ed.rename(tramp, to: "__SCT__z")
+        try ed.setSymbol(tramp, shndx: UInt16(text), value: UInt64(p))
+        try ed.rename(key, to: "__SCK__z")
+        if keyIsCoreKey {
+            try ed.setSymbol(key, shndx: SectionIndex.abs, value: coreKey)
+        } else {
+            try ed.setSymbol(key, shndx: UInt16(try ed.sectionIndex(".data")), value: 0)
+        }
+        // The claim: the loader's image of the crafted module, every site of the core key calling
+        // the trampoline's target (the trampoline holds `jmp target`: one state for the key).
+        let core = SymbolResolver(coreExports: f.boot.coreExports)  // irqbypass loaded first: no earlier state for the key
+        var claim = e.module.claim
+        claim.text = try loaderImage(ed.ko, claim, f.boot.facts, core).image
+        XCTAssertEqual(Array(claim.text[p..<p + 8]), [0xe9] + withUnsafeBytes(of: rel.littleEndian, Array.init) + [0x0f, 0xb9, 0xcc])
+        for site in sites { claim.text.replaceSubrange(site.off..<site.off + 5, with: try XCTUnwrap(genInsn(0xe8, at: site.addr, to: target))) }
+        return (ed.ko, claim, target, sites)
+    }
+
+    /// Control: the same crafted trampoline with its key symbol in the module's own `.data` (a
+    /// real own key). Its default is trusted for that key only: the core key's sites may not call
+    /// the module's function (denied at the first site).
+    func testOwnTrampolineDefaultIsTrustedForItsOwnKeyOnly() throws {
+        let f = try FixtureReplay()
+        let (ko, claim, _, sites) = try craftedForeignKeyDefault(f, keyIsCoreKey: false)
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "irqbypass", ko: ko, claim: claim, resolver: SymbolResolver(coreExports: f.boot.coreExports))))
+        XCTAssertEqual(d.rule, .stage(.staticCall), d.reason)
+        XCTAssertEqual(d.address, sites[0].addr)
+    }
+
+    /// HOLE: a module's "own key" is whatever address its `__SCK__<name>` symbol has. With an
+    /// absolute key symbol (or a section symbol whose value wraps the section address onto the
+    /// core key), the module's trampoline default becomes trusted for a *core* key: every site
+    /// of that key may call the module's chosen function, here and (through
+    /// `ModuleExports.staticCallTrustedTargets`) in every later module. The kernel never writes it:
+    /// `static_call_add_module()` patches a site of a core key with that key's `func`, which the
+    /// module's trampoline does not change. Fix (local, RuntimeSites.swift
+    /// `collectModuleTrampolines` and `buildTrampolineKeys`): accept a key symbol only when it is
+    /// defined in an allocated section of this module with `st_value + sizeof(struct
+    /// static_call_key)` inside that section (a key the module itself defines), else no key.
+    func testForeignKeyCannotBorrowAModuleTrampolineDefault() throws {
+        let f = try FixtureReplay()
+        let (ko, claim, target, sites) = try craftedForeignKeyDefault(f, keyIsCoreKey: true)
+        let res = try explainer.explain(f, "irqbypass", ko: ko, claim: claim, resolver: SymbolResolver(coreExports: f.boot.coreExports))
+        let d = try XCTUnwrap(denial(res), "sites of a core key call the module's function 0x\(String(target, radix: 16))")
+        XCTAssertEqual(d.rule, .stage(.staticCall), d.reason)
+        XCTAssertEqual(d.address, sites[0].addr)
+    }
+}
