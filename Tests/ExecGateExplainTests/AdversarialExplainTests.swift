@@ -341,12 +341,16 @@ final class AdversarialNameTests: XCTestCase {
 final class AdversarialStaticCallTests: XCTestCase {
     let explainer = CraftedExplainer()
 
+    /// Where the crafted `__SCK__z` points: the module's own `.data` (a real own key), the core
+    /// key as an absolute symbol, or the core key reached from `.data` by a wrapping `st_value`.
+    enum KeySymbol { case ownData, absolute, wrappedOutOfData }
+
     /// irqbypass crafted with a trampoline of its own (`__SCT__z`: `jmp <own function>; ud1`,
     /// written into 8 untouched bytes of .text) whose key symbol `__SCK__z` is an absolute symbol
     /// equal to the address of the core key its might_resched sites use. The explainer takes the
     /// trampoline's compiled target as the default of "the module's own key" (docs/trust.md,
     /// static calls rule 3) — looked up by name, with whatever value the key symbol has.
-    func craftedForeignKeyDefault(_ f: FixtureReplay, keyIsCoreKey: Bool)
+    func craftedForeignKeyDefault(_ f: FixtureReplay, key keySymbol: KeySymbol)
         throws -> (ko: [UInt8], claim: ModuleClaim, target: UInt64, sites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)]) {
         let e = try XCTUnwrap(f.modules["irqbypass"])
         let s = try f.session("irqbypass")
@@ -368,10 +372,11 @@ final class AdversarialStaticCallTests: XCTestCase {
         try ed.rename(tramp, to: "__SCT__z")
         try ed.setSymbol(tramp, shndx: UInt16(text), value: UInt64(p))
         try ed.rename(key, to: "__SCK__z")
-        if keyIsCoreKey {
-            try ed.setSymbol(key, shndx: SectionIndex.abs, value: coreKey)
-        } else {
-            try ed.setSymbol(key, shndx: UInt16(try ed.sectionIndex(".data")), value: 0)
+        let data = try ed.sectionIndex(".data"), dataAddr = try XCTUnwrap(e.module.claim.sectionAddresses[".data"])
+        switch keySymbol {
+        case .ownData: try ed.setSymbol(key, shndx: UInt16(data), value: 0)
+        case .absolute: try ed.setSymbol(key, shndx: SectionIndex.abs, value: coreKey)
+        case .wrappedOutOfData: try ed.setSymbol(key, shndx: UInt16(data), value: coreKey &- dataAddr)  // .data + value wraps onto the core key
         }
         // The claim: the loader's image of the crafted module, every site of the core key calling
         // the trampoline's target (the trampoline holds `jmp target`: one state for the key).
@@ -388,7 +393,7 @@ final class AdversarialStaticCallTests: XCTestCase {
     /// the module's function (denied at the first site).
     func testOwnTrampolineDefaultIsTrustedForItsOwnKeyOnly() throws {
         let f = try FixtureReplay()
-        let (ko, claim, _, sites) = try craftedForeignKeyDefault(f, keyIsCoreKey: false)
+        let (ko, claim, _, sites) = try craftedForeignKeyDefault(f, key: .ownData)
         let d = try XCTUnwrap(denial(try explainer.explain(f, "irqbypass", ko: ko, claim: claim, resolver: SymbolResolver(coreExports: f.boot.coreExports))))
         XCTAssertEqual(d.rule, .stage(.staticCall), d.reason)
         XCTAssertEqual(d.address, sites[0].addr)
@@ -406,10 +411,95 @@ final class AdversarialStaticCallTests: XCTestCase {
     /// static_call_key)` inside that section (a key the module itself defines), else no key.
     func testForeignKeyCannotBorrowAModuleTrampolineDefault() throws {
         let f = try FixtureReplay()
-        let (ko, claim, target, sites) = try craftedForeignKeyDefault(f, keyIsCoreKey: true)
-        let res = try explainer.explain(f, "irqbypass", ko: ko, claim: claim, resolver: SymbolResolver(coreExports: f.boot.coreExports))
-        let d = try XCTUnwrap(denial(res), "sites of a core key call the module's function 0x\(String(target, radix: 16))")
-        XCTAssertEqual(d.rule, .stage(.staticCall), d.reason)
-        XCTAssertEqual(d.address, sites[0].addr)
+        for key in [KeySymbol.absolute, .wrappedOutOfData] {
+            let (ko, claim, target, sites) = try craftedForeignKeyDefault(f, key: key)
+            let res = try explainer.explain(f, "irqbypass", ko: ko, claim: claim, resolver: SymbolResolver(coreExports: f.boot.coreExports))
+            guard let d = denial(res) else {
+                XCTFail("\(key): sites of a core key call the module's function 0x\(String(target, radix: 16))")
+                continue
+            }
+            XCTAssertEqual(d.rule, .stage(.staticCall), "\(key): \(d.reason)")
+            XCTAssertEqual(d.address, sites[0].addr, "\(key)")
+        }
+    }
+}
+
+// MARK: - The region built in one write per byte (Session.sectionImage) and its size
+
+final class AdversarialRegionTests: XCTestCase {
+    let explainer = CraftedExplainer()
+
+    /// Attack: a claimed region longer or shorter than `layout_sections()`'s text_size (extra
+    /// bytes to get EXEC on, or a region that leaves out the tail). Fails at set-up: the size must
+    /// be exactly the layout's (`layout`), before any byte is built or compared.
+    func testRegionSizeMustBeTheLayouts() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["8021q"])
+        for text in [e.module.claim.text + [UInt8](repeating: 0, count: 4096), Array(e.module.claim.text.dropLast()), [], e.module.claim.text + [0xc3]] {
+            var c = e.module.claim
+            c.text = text
+            let d = try XCTUnwrap(denial(try explainer.explain(f, "8021q", ko: e.module.ko, claim: c)), "\(text.count) bytes")
+            XCTAssertEqual(d.rule, .layout, d.reason)
+            XCTAssertTrue(d.reason.contains("claimed executable region is \(text.count) bytes"), d.reason)
+        }
+    }
+
+    /// Attack: code in the alignment gaps between exec sections and after the last one (bytes the
+    /// fast build zeroes without copying anything there), and a byte just past each section's end.
+    /// Fails: every gap byte is padding and must be zero (`(padding)`, the padding rule), every
+    /// section byte is compared as the loader leaves it.
+    func testGapsBetweenSectionsMustBeZero() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["8021q"])
+        let s = try f.session("8021q")
+        XCTAssertGreaterThan(s.execRanges.count, 1, "8021q has several exec core sections")
+        var gaps: [Range<Int>] = []
+        for (k, r) in s.execRanges.enumerated() {
+            let next = k + 1 < s.execRanges.count ? s.execRanges[k + 1].lo : s.image.count
+            if r.hi < next { gaps.append(r.hi..<next) }
+        }
+        XCTAssertFalse(gaps.isEmpty)
+        for g in gaps {
+            for at in Set([g.lowerBound, g.upperBound - 1, (g.lowerBound + g.upperBound) / 2]) {
+                var c = e.module.claim
+                XCTAssertEqual(c.text[at], 0)
+                c.text[at] = 0xc3
+                let d = try XCTUnwrap(denial(try explainer.explain(f, "8021q", ko: e.module.ko, claim: c)), "gap byte \(at)")
+                XCTAssertEqual(d.section, "(padding)", "\(at): \(d.reason)")
+                XCTAssertEqual(d.rule, .stage(.padding), d.reason)
+                XCTAssertEqual(d.address, c.textBase + UInt64(at))
+            }
+        }
+        // Zero-size exec sections take no bytes; sections sit apart (the fast build's condition).
+        for (a, b) in zip(s.execRanges, s.execRanges.dropFirst()) { XCTAssertLessThanOrEqual(a.hi, b.lo) }
+    }
+}
+
+// MARK: - Tables: function entries (radix sort)
+
+final class AdversarialTableTests: XCTestCase {
+    /// Attack on the radix sort (offsets from the lowest entry, 4 x 8 bits, taken when the span
+    /// fits in 32 bits): entries spanning exactly 2^32 - 1, duplicates, clusters on one byte
+    /// value, reversed input, and a span one past (then the comparison sort). Fails: the table is
+    /// the sorted distinct set every time, and membership answers as the set does.
+    func testFunctionEntriesRadixSortAgreesWithASort() {
+        var rng = SeededRNG(seed: 0xf00d_0011)
+        let lo: UInt64 = 0xffff_ffff_c000_0000
+        for round in 0..<40 {
+            let span: UInt64 = round % 4 == 0 ? UInt64(UInt32.max) : (round % 4 == 1 ? UInt64(UInt32.max) + 1 : UInt64(1) << (8 + rng.next() % 24))
+            let n = 64 + Int(rng.next() % 600)
+            var a = (0..<n).map { _ in lo &+ rng.next() % (span + 1) }
+            a.append(lo)
+            a.append(lo &+ span)
+            if round % 3 == 0 { a += a.prefix(50) }  // duplicates
+            if round % 5 == 0 { a = a.map { $0 & ~0xff00 } }  // one byte value in a middle digit
+            if round % 2 == 0 { a.sort(by: >) }
+            let fe = FunctionEntries(a)
+            XCTAssertEqual(fe.sorted, Array(Set(a)).sorted(), "round \(round)")
+            for _ in 0..<50 {
+                let q = rng.next() % 2 == 0 ? a[Int(rng.next() % UInt64(a.count))] : lo &+ rng.next() % (span + 2)
+                XCTAssertEqual(fe.contains(q), a.contains(q), "round \(round) 0x\(String(q, radix: 16))")
+            }
+        }
     }
 }
