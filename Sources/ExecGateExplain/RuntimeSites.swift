@@ -311,7 +311,7 @@ extension Session {
         // looked up by the signed module's name and resolved to its own function symbols.
         if let name = modinfo("name"), let updates = StaticCallTrust.moduleUpdates[name] {
             for (keyName, targets) in updates {
-                guard let ki = keySymbols.index(named: "__SCK__" + keyName, symtab), let key = try? symbolValue(ki) else { continue }
+                guard let ki = keySymbols.index(named: "__SCK__" + keyName, symtab), let key = ownKeyAddress(ki) else { continue }
                 for t in targets {
                     // Byte equality, as the kernel's strcmp (String == would also accept a
                     // canonically equivalent Unicode spelling: never more targets than before).
@@ -354,9 +354,25 @@ extension Session {
             guard si < elf.sections.count, let sa = addr[si] else { continue }
             let a = sa &+ symtab.value(k)
             if m[a] != nil { continue }
-            m[a] = .some(keySymbols.index(ofTrampoline: k, symtab).flatMap { try? symbolValue($0) })
+            m[a] = .some(keySymbols.index(ofTrampoline: k, symtab).flatMap { ownKeyAddress($0) })
         }
         return m
+    }
+
+    /// The address of key symbol `ki` when it is a key this module defines: in one of its own
+    /// allocated core sections, the whole `struct static_call_key` (`func` and a union: 16 bytes,
+    /// include/linux/static_call_types.h) inside the section. The kernel adds `st_value` to the
+    /// section's address unbounded (`simplify_symbols()`), and an SHN_ABS symbol is any address:
+    /// taken by name alone, a `__SCK__<name>` symbol could name a *core* key (or another module's)
+    /// and make this module's trampoline default trusted for it, a target
+    /// `static_call_add_module()` never writes at that key's sites. Otherwise nil: no key.
+    func ownKeyAddress(_ ki: Int) -> UInt64? {
+        let shndx = symtab.sectionIndex(ki), si = Int(shndx)
+        guard shndx != SectionIndex.undef, shndx < SectionIndex.loReserve, si < elf.sections.count, layout.coreOffset[si] != nil,
+              layout.flags[si].contains(.alloc), let a = addr[si] else { return nil }
+        let v = symtab.value(ki), size = UInt64(elf.sections[si].size)
+        guard size >= 16, v <= size - 16 else { return nil }
+        return a &+ v
     }
 
     func addTrampolineSite(_ a: UInt64, _ off: Int) {

@@ -351,7 +351,7 @@ final class AdversarialStaticCallTests: XCTestCase {
     /// trampoline's compiled target as the default of "the module's own key" (docs/trust.md,
     /// static calls rule 3) — looked up by name, with whatever value the key symbol has.
     func craftedForeignKeyDefault(_ f: FixtureReplay, key keySymbol: KeySymbol)
-        throws -> (ko: [UInt8], claim: ModuleClaim, target: UInt64, sites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)]) {
+        throws -> (ko: [UInt8], claim: ModuleClaim, target: UInt64, sites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)], trampoline: UInt64) {
         let e = try XCTUnwrap(f.modules["irqbypass"])
         let s = try f.session("irqbypass")
         let coreKey = try f.callSite(s).key
@@ -385,7 +385,7 @@ final class AdversarialStaticCallTests: XCTestCase {
         claim.text = try loaderImage(ed.ko, claim, f.boot.facts, core).image
         XCTAssertEqual(Array(claim.text[p..<p + 8]), [0xe9] + withUnsafeBytes(of: rel.littleEndian, Array.init) + [0x0f, 0xb9, 0xcc])
         for site in sites { claim.text.replaceSubrange(site.off..<site.off + 5, with: try XCTUnwrap(genInsn(0xe8, at: site.addr, to: target))) }
-        return (ed.ko, claim, target, sites)
+        return (ed.ko, claim, target, sites, claim.textBase + UInt64(p))
     }
 
     /// Control: the same crafted trampoline with its key symbol in the module's own `.data` (a
@@ -393,33 +393,36 @@ final class AdversarialStaticCallTests: XCTestCase {
     /// the module's function (denied at the first site).
     func testOwnTrampolineDefaultIsTrustedForItsOwnKeyOnly() throws {
         let f = try FixtureReplay()
-        let (ko, claim, _, sites) = try craftedForeignKeyDefault(f, key: .ownData)
+        let (ko, claim, _, sites, _) = try craftedForeignKeyDefault(f, key: .ownData)
         let d = try XCTUnwrap(denial(try explainer.explain(f, "irqbypass", ko: ko, claim: claim, resolver: SymbolResolver(coreExports: f.boot.coreExports))))
         XCTAssertEqual(d.rule, .stage(.staticCall), d.reason)
         XCTAssertEqual(d.address, sites[0].addr)
     }
 
-    /// HOLE: a module's "own key" is whatever address its `__SCK__<name>` symbol has. With an
-    /// absolute key symbol (or a section symbol whose value wraps the section address onto the
-    /// core key), the module's trampoline default becomes trusted for a *core* key: every site
-    /// of that key may call the module's chosen function, here and (through
-    /// `ModuleExports.staticCallTrustedTargets`) in every later module. The kernel never writes it:
-    /// `static_call_add_module()` patches a site of a core key with that key's `func`, which the
-    /// module's trampoline does not change. Fix (local, RuntimeSites.swift
-    /// `collectModuleTrampolines` and `buildTrampolineKeys`): accept a key symbol only when it is
-    /// defined in an allocated section of this module with `st_value + sizeof(struct
-    /// static_call_key)` inside that section (a key the module itself defines), else no key.
+    /// Was a HOLE (fixed: `Session.ownKeyAddress`): a module's "own key" was whatever address its
+    /// `__SCK__<name>` symbol had. With an absolute key symbol, or a `.data` symbol whose value
+    /// wraps the section address onto the core key, the module's trampoline default became trusted
+    /// for a *core* key: every site of that key could call the module's chosen function, here and
+    /// (through `ModuleExports.staticCallTrustedTargets`) in every later module. The kernel never
+    /// writes it: `static_call_add_module()` patches a site of a core key with that key's `func`,
+    /// which the module's trampoline does not change. Now a key symbol counts only when the whole
+    /// `struct static_call_key` lies in one of the module's own allocated core sections; otherwise
+    /// the trampoline has no key (RET form only) and the attack is denied at the trampoline.
     func testForeignKeyCannotBorrowAModuleTrampolineDefault() throws {
         let f = try FixtureReplay()
         for key in [KeySymbol.absolute, .wrappedOutOfData] {
-            let (ko, claim, target, sites) = try craftedForeignKeyDefault(f, key: key)
+            let (ko, claim, target, sites, trampoline) = try craftedForeignKeyDefault(f, key: key)
             let res = try explainer.explain(f, "irqbypass", ko: ko, claim: claim, resolver: SymbolResolver(coreExports: f.boot.coreExports))
             guard let d = denial(res) else {
                 XCTFail("\(key): sites of a core key call the module's function 0x\(String(target, radix: 16))")
                 continue
             }
+            // A key symbol that is not the module's own names no key: the trampoline may hold
+            // only its RET form, and it comes first in address order.
             XCTAssertEqual(d.rule, .stage(.staticCall), "\(key): \(d.reason)")
-            XCTAssertEqual(d.address, sites[0].addr, "\(key)")
+            XCTAssertEqual(d.address, trampoline, "\(key)")
+            XCTAssertLessThan(trampoline, sites[0].addr)
+            XCTAssertTrue(d.reason.contains("static-call trampoline"), d.reason)
         }
     }
 }
