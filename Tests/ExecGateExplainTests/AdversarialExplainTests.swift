@@ -506,3 +506,69 @@ final class AdversarialTableTests: XCTestCase {
         }
     }
 }
+
+
+// MARK: - Jump labels: one state per key (Comparison.swift)
+
+final class AdversarialJumpLabelTests: XCTestCase {
+    let explainer = CraftedExplainer()
+
+    /// test_static_keys crafted so that the second 2-byte site of a key (the one with the other
+    /// branch default) names a target 4 KiB away, which no `jmp rel8` reaches. Returns the
+    /// module, the loader's image with both sites NOP (the key "disabled" at one site and
+    /// "enabled" at the other) and the two sites' addresses.
+    func craftedUnencodableJump(_ f: FixtureReplay) throws -> (ko: [UInt8], claim: ModuleClaim, first: UInt64, second: UInt64) {
+        let e = try XCTUnwrap(f.modules["test_static_keys"])
+        let s = try f.session("test_static_keys")
+        // A key with two 2-byte sites of opposite branch defaults.
+        let groups = Dictionary(grouping: s.variable.filter { $0.cls == .jumpLabel && $0.length == 2 }, by: { $0.group! })
+        let pair = try XCTUnwrap(groups.values.compactMap { v -> (VariableSite, VariableSite)? in
+            guard v.count == 2, case .jumpLabel(_, _, let b0) = v[0].rule, case .jumpLabel(_, _, let b1) = v[1].rule, b0 != b1 else { return nil }
+            return (v[0], v[1])
+        }.min { $0.0.offset < $1.0.offset })
+        let (a, b) = pair.0.offset < pair.1.offset ? pair : (pair.1, pair.0)
+        let base = e.module.claim.textBase
+        // The __jump_table entry of the second site (`s32 code` relative to the entry): its
+        // target field's record (at entry + 4) gets +4096.
+        let t = try XCTUnwrap(s.table("__jump_table"))
+        let entry = try XCTUnwrap(stride(from: 0, to: t.bytes.count, by: 16).first { o in
+            t.bytes.getInteger(at: o, as: Int32.self).map { t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64($0)) } == base &+ UInt64(b.offset)
+        }, "jump entry of the second site")
+        var ed = KoEditor(ko: e.module.ko)
+        let recs = try ed.relocations(for: "__jump_table")
+        let r = try ed.rela(for: "__jump_table")
+        let k = try XCTUnwrap(recs.firstIndex { Int($0.offset) == entry + 4 })
+        ed.put(recs[k].addend + 4096, at: r.at + 24 * k + 16)
+        var claim = e.module.claim
+        claim.text = try loaderImage(ed.ko, claim, f.boot.facts, e.before).image
+        claim.text.replaceSubrange(a.offset..<a.offset + 2, with: x86Nops[2])
+        claim.text.replaceSubrange(b.offset..<b.offset + 2, with: x86Nops[2])
+        return (ed.ko, claim, base + UInt64(a.offset), base + UInt64(b.offset))
+    }
+
+    /// HOLE: a key whose sites disagree is caught only through a byte difference: the
+    /// comparison writes the site's encoding of the key's earlier state and notes it. When that
+    /// encoding is the claimed bytes — a 2-byte site whose jump cannot be encoded (`jmp` nil,
+    /// `encode` falls back to the NOP) — nothing differs and the claim is allowed with the key
+    /// "off" at one site and "on" at the other, a state no kernel reaches: enabling the key BUGs
+    /// in `text_gen_insn()` (JMP8 displacement out of range) before the second site changes.
+    /// Fix (local): `addJumpLabels` denies a site whose jump cannot be encoded (RuntimeSites.swift;
+    /// the kernel cannot patch it without BUG_ON), or the comparison denies an inconsistent site
+    /// even when the bytes agree.
+    func testDisagreeingKeyStatesAreDeniedWithoutAByteDifference() throws {
+        let f = try FixtureReplay()
+        let (ko, claim, first, second) = try craftedUnencodableJump(f)
+        // Control: the real module with both sites NOP is denied at the second (its jump differs).
+        let e = try XCTUnwrap(f.modules["test_static_keys"])
+        var honest = e.module.claim
+        for a in [first, second] { honest.text.replaceSubrange(Int(a - honest.textBase)..<Int(a - honest.textBase) + 2, with: x86Nops[2]) }
+        let d0 = try XCTUnwrap(denial(try explainer.explain(f, "test_static_keys", ko: e.module.ko, claim: honest)))
+        XCTAssertEqual(d0.rule, .jumpLabel, d0.reason)
+        XCTAssertEqual(d0.address, second)
+        XCTAssertTrue(d0.reason.contains("state disagrees"), d0.reason)
+        let res = try explainer.explain(f, "test_static_keys", ko: ko, claim: claim)
+        let d = try XCTUnwrap(denial(res), "one key, NOP at both sites of opposite branch defaults")
+        XCTAssertEqual(d.rule, .jumpLabel, d.reason)
+        XCTAssertEqual(d.address, second)
+    }
+}
