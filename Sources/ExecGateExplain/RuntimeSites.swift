@@ -211,7 +211,15 @@ extension Session {
             }
             let size = insn.length
             let nop = SiteBytes(x86Nops[size])
-            let jmp = genInsnBytes(size == 2 ? 0xeb : 0xe9, at: code, to: target)
+            // `__jump_label_patch()` builds the jump (`text_gen_insn()`) every time it patches the
+            // site, either way; a JMP8 whose displacement does not fit is a BUG_ON, so no kernel
+            // ever flips such a site. Deny it: with no jump to encode, the comparison could not
+            // tell a NOP meant for the key's other state from its own (a key "off" at one site and
+            // "on" at another would pass unseen).
+            guard let jmp = genInsnBytes(size == 2 ? 0xeb : 0xe9, at: code, to: target) else {
+                throw deny(.jumpLabel, "jump to 0x\(String(target, radix: 16)) cannot be encoded at this \(size)-byte site (text_gen_insn() BUGs patching it)",
+                           atRegionOffset: off, address: code)
+            }
             countSite(.jumpLabel)
             jumpSites.append((off, size, code, target))
             // State = key enabled (1) or not (0): JMP when enabled != branch default... the encoded

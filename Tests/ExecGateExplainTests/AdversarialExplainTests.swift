@@ -515,7 +515,7 @@ final class AdversarialJumpLabelTests: XCTestCase {
 
     /// test_static_keys crafted so that the second 2-byte site of a key (the one with the other
     /// branch default) names a target 4 KiB away, which no `jmp rel8` reaches. Returns the
-    /// module, the loader's image with both sites NOP (the key "disabled" at one site and
+    /// module, the real module's end state with both sites NOP (the key "disabled" at one site and
     /// "enabled" at the other) and the two sites' addresses.
     func craftedUnencodableJump(_ f: FixtureReplay) throws -> (ko: [UInt8], claim: ModuleClaim, first: UInt64, second: UInt64) {
         let e = try XCTUnwrap(f.modules["test_static_keys"])
@@ -539,22 +539,20 @@ final class AdversarialJumpLabelTests: XCTestCase {
         let r = try ed.rela(for: "__jump_table")
         let k = try XCTUnwrap(recs.firstIndex { Int($0.offset) == entry + 4 })
         ed.put(recs[k].addend + 4096, at: r.at + 24 * k + 16)
+        // The crafted module differs in data only: its text is the real module's; both sites NOP.
         var claim = e.module.claim
-        claim.text = try loaderImage(ed.ko, claim, f.boot.facts, e.before).image
         claim.text.replaceSubrange(a.offset..<a.offset + 2, with: x86Nops[2])
         claim.text.replaceSubrange(b.offset..<b.offset + 2, with: x86Nops[2])
         return (ed.ko, claim, base + UInt64(a.offset), base + UInt64(b.offset))
     }
 
-    /// HOLE: a key whose sites disagree is caught only through a byte difference: the
-    /// comparison writes the site's encoding of the key's earlier state and notes it. When that
-    /// encoding is the claimed bytes — a 2-byte site whose jump cannot be encoded (`jmp` nil,
-    /// `encode` falls back to the NOP) — nothing differs and the claim is allowed with the key
-    /// "off" at one site and "on" at the other, a state no kernel reaches: enabling the key BUGs
-    /// in `text_gen_insn()` (JMP8 displacement out of range) before the second site changes.
-    /// Fix (local): `addJumpLabels` denies a site whose jump cannot be encoded (RuntimeSites.swift;
-    /// the kernel cannot patch it without BUG_ON), or the comparison denies an inconsistent site
-    /// even when the bytes agree.
+    /// Was a HOLE (fixed: `addJumpLabels` denies a site whose jump cannot be encoded): a key whose
+    /// sites disagree is caught only through a byte difference: the comparison writes the site's
+    /// encoding of the key's earlier state and notes it. When that encoding was the claimed bytes
+    /// — a 2-byte site whose jump cannot be encoded (`jmp` nil, `encode` fell back to the NOP) —
+    /// nothing differed and the claim was allowed with the key "off" at one site and "on" at the
+    /// other, a state no kernel reaches: `__jump_label_patch()` builds the jump with
+    /// `text_gen_insn()`, whose JMP8 displacement check is a BUG_ON, on every patch of the site.
     func testDisagreeingKeyStatesAreDeniedWithoutAByteDifference() throws {
         let f = try FixtureReplay()
         let (ko, claim, first, second) = try craftedUnencodableJump(f)
@@ -570,5 +568,7 @@ final class AdversarialJumpLabelTests: XCTestCase {
         let d = try XCTUnwrap(denial(res), "one key, NOP at both sites of opposite branch defaults")
         XCTAssertEqual(d.rule, .jumpLabel, d.reason)
         XCTAssertEqual(d.address, second)
+        XCTAssertTrue(d.reason.contains("cannot be encoded"), d.reason)
     }
 }
+
