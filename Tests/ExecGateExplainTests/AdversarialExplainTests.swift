@@ -572,3 +572,54 @@ final class AdversarialJumpLabelTests: XCTestCase {
     }
 }
 
+// MARK: - Exports: names and values from `__ksymtab_<name>` symbols, not the ksymtab entries
+
+final class AdversarialExportTests: XCTestCase {
+    let explainer = CraftedExplainer()
+
+    /// HOLE: `verify_exported_symbols()` and `find_symbol()` read the module's `__ksymtab` /
+    /// `__ksymtab_gpl` *entries* (`struct kernel_symbol`: `value_offset`, `name_offset` into
+    /// `__ksymtab_strings`, relocated by `apply_relocate_add()`). The explainer derives a module's
+    /// exported names from its `__ksymtab_<name>` symbol *names* (ExportedNames). With that symbol
+    /// renamed (same entry, same string), the duplicate-export check misses a name the kernel
+    /// finds exported twice and refuses: the module is allowed.
+    func testDuplicateExportIsFoundInTheKsymtabEntries() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["llc"])
+        var r = e.before
+        r.add(ModuleExports(module: "other", symbols: ["llc_sap_find": 0xffff_ffff_c000_0000], functionEntries: []))
+        let d0 = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: e.module.ko, resolver: r)), "control: the real llc")
+        XCTAssertEqual(d0.rule, .duplicateExport, d0.reason)
+        var ed = KoEditor(ko: e.module.ko)
+        try ed.rename(try ed.symbolIndex("__ksymtab_llc_sap_find"), to: "__ksymtaX_llc_sap_find")
+        if let d = denial(try explainer.explain(f, "llc", ko: ed.ko, resolver: r)) {  // llc's __ksymtab still names llc_sap_find
+            XCTAssertEqual(d.rule, .duplicateExport, d.reason)
+        }
+    }
+
+    /// HOLE: the value of a module's export is, for the kernel, what its ksymtab entry's
+    /// `value_offset` is relocated to (`kernel_symbol_value()`); the explainer takes the value of
+    /// the symbol that has the exported name. llc crafted with the entry of `llc_sap_open`
+    /// relocated against `llc_sap_close` (data only: llc itself is allowed, as the kernel loads
+    /// it): the kernel resolves stp's calls to `llc_sap_open` to llc_sap_close's code, the
+    /// explainer to llc_sap_open's, so stp's end state with calls to llc_sap_open — which no
+    /// kernel writes after this llc — is allowed.
+    func testExportValueIsTheKsymtabEntrysTarget() throws {
+        let f = try FixtureReplay()
+        let llc = try XCTUnwrap(f.modules["llc"]), stp = try XCTUnwrap(f.modules["stp"])
+        var ed = KoEditor(ko: llc.module.ko)
+        let open = try ed.symbolIndex("llc_sap_open"), close = try ed.symbolIndex("llc_sap_close")
+        let recs = try ed.relocations(for: "__ksymtab"), r = try ed.rela(for: "__ksymtab")
+        let k = try XCTUnwrap(recs.firstIndex { $0.symbolIndex == open }, "the entry's value field")
+        ed.put(UInt32(close), at: r.at + 24 * k + 12)  // r_info's symbol half
+        let res = try explainer.explain(f, "llc", ko: ed.ko)
+        XCTAssertTrue(res.verdict.isAllowed, "\(res.verdict)")
+        var resolver = llc.before
+        resolver.add(try XCTUnwrap(res.exports))
+        let closeAddr = try XCTUnwrap(llc.result.exports?.symbols["llc_sap_close"])
+        XCTAssertEqual(resolver.lookup("llc_sap_open"), closeAddr, "the kernel's llc_sap_open is what its ksymtab entry names")
+        if let d = denial(try explainer.explain(f, "stp", ko: stp.module.ko, resolver: resolver)) {
+            XCTAssertEqual(d.rule, .relocation, d.reason)
+        }
+    }
+}
