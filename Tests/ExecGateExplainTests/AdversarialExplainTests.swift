@@ -623,3 +623,69 @@ final class AdversarialExportTests: XCTestCase {
         }
     }
 }
+
+// MARK: - Per-cpu section: find_sec() and a zero-size area
+
+final class AdversarialPerCPUTests: XCTestCase {
+    let explainer = CraftedExplainer()
+
+    /// llc with its empty `.note.GNU-stack` section renamed `.data..percpu` (and given `flags`),
+    /// and the `.bss` section symbol — which `.text` uses through `R_X86_64_32S .bss+x` fields —
+    /// moved into it. Returns the module and the explainer's own image for a claimed per-cpu
+    /// base `pb` (what a guest that knows the engine sends).
+    func craftedPerCPU(_ f: FixtureReplay, flags: UInt64, base pb: UInt64) throws -> (ko: [UInt8], claim: ModuleClaim) {
+        let e = try XCTUnwrap(f.modules["llc"])
+        var ed = KoEditor(ko: e.module.ko)
+        let decoy = try ed.sectionIndex(".note.GNU-stack")
+        let names = try ed.elf { $0.sections.map(\.name) }
+        let shstr = try ed.elf { $0.sections[$0.shstrndx].fileRange.lowerBound }
+        let at = shstr + Int(ed.get(UInt32.self, at: ed.sectionHeader(decoy)))
+        for (k, b) in ".data..percpu\0".utf8.enumerated() { ed.ko[at + k] = b }
+        ed.put(flags, at: ed.sectionHeader(decoy) + 8)
+        let after = try ed.elf { $0.sections.map(\.name) }
+        for i in names.indices where i != decoy { XCTAssertEqual(after[i], names[i]) }
+        XCTAssertEqual(after[decoy], ".data..percpu")
+        let bssSym = try XCTUnwrap(try ed.elf { e -> Int? in
+            let t = try e.symbolTable()
+            let b = e.section(named: ".bss")!.index
+            return t.indices.first { t.info($0) & 0xf == 3 && Int(t.sectionIndex($0)) == b }  // STT_SECTION of .bss
+        })
+        try ed.setSymbol(bssSym, shndx: UInt16(decoy))
+        var claim = e.module.claim
+        claim.percpuBase = pb
+        claim.text = try loaderImage(ed.ko, claim, f.boot.facts, e.before).image
+        return (ed.ko, claim)
+    }
+
+    /// HOLE: a zero-size per-cpu section gets no per-cpu area (`percpu_modalloc()` returns at
+    /// once: `if (!pcpusec->sh_size) return 0`), so `mod_percpu(mod)` is NULL and
+    /// `simplify_symbols()` gives its symbols `0 + st_value`. The explainer checks a claimed base
+    /// only when the section has a size, yet uses it for the symbols whatever the size: any
+    /// claimed base is allowed, `%gs:` aimed anywhere (here 0x2ad00, beside the core's
+    /// `current_task`). Fix (local, Relocations.swift `resolveSymbol`): a symbol of a zero-size
+    /// per-cpu section resolves to its `st_value` (the base is not used).
+    func testZeroSizePerCPUSectionUsesNoClaimedBase() throws {
+        let f = try FixtureReplay()
+        let (ko, claim) = try craftedPerCPU(f, flags: SectionFlags.alloc.rawValue | SectionFlags.write.rawValue, base: 0x2ad00)
+        if let d = denial(try explainer.explain(f, "llc", ko: ko, claim: claim)) {
+            XCTAssertEqual(d.rule, .relocation, d.reason)
+        }
+    }
+
+    /// HOLE: `find_sec()` (kernel/module/main.c) returns the first *SHF_ALLOC* section of a name
+    /// ("Alloc bit cleared means ignore it"); `ModuleLayout.loaderFlags` takes the first section
+    /// of the name, allocated or not. A non-ALLOC `.data..percpu` is no per-cpu section for the
+    /// kernel (its symbols get the temporary copy's address); the explainer resolves them against
+    /// the claimed per-cpu base. Fix (local, Layout.swift `loaderFlags`): only an SHF_ALLOC
+    /// section can be the per-cpu section (and, as `find_sec()` decides each of them, only the
+    /// first ALLOC `.modinfo`, `__versions`, `.data..ro_after_init`, `__jump_table` is edited).
+    func testNonAllocPerCPUSectionIsNotThePerCPUArea() throws {
+        let f = try FixtureReplay()
+        let (ko, claim) = try craftedPerCPU(f, flags: 0, base: try XCTUnwrap(f.boot.facts.modulePercpuRange?.lowerBound))
+        let idx = try ko.withUnsafeBytes { raw in ModuleLayout.compute(try ELFFile(bytes: raw))?.percpuIndex }
+        XCTAssertNil(idx, "find_sec() finds no SHF_ALLOC .data..percpu")
+        if let d = denial(try explainer.explain(f, "llc", ko: ko, claim: claim)) {
+            XCTAssertEqual(d.rule, .relocation, d.reason)
+        }
+    }
+}
