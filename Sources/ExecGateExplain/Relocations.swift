@@ -65,6 +65,11 @@ extension Session {
             let si = Int(shndx)
             guard si < elf.sections.count, shndx < SectionIndex.loReserve else { return .badSection(shndx) }
             if si == layout.percpuIndex {
+                // An empty per-cpu section gets no area (`percpu_modalloc()`: `if
+                // (!pcpusec->sh_size) return 0`): `mod_percpu(mod)` stays NULL, so its symbols are
+                // `0 + st_value`. A claimed base is never used then (it is checked only for a
+                // section with a size, Session.init).
+                if elf.sections[si].size == 0 { return .value(t.value(i)) }
                 guard let p = claim.percpuBase else { return .percpuWithoutBase }
                 return .value(p &+ t.value(i))
             } else if let a = addr[si] {

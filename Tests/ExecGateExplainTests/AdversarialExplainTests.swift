@@ -630,10 +630,9 @@ final class AdversarialPerCPUTests: XCTestCase {
     let explainer = CraftedExplainer()
 
     /// llc with its empty `.note.GNU-stack` section renamed `.data..percpu` (and given `flags`),
-    /// and the `.bss` section symbol — which `.text` uses through `R_X86_64_32S .bss+x` fields —
-    /// moved into it. Returns the module and the explainer's own image for a claimed per-cpu
-    /// base `pb` (what a guest that knows the engine sends).
-    func craftedPerCPU(_ f: FixtureReplay, flags: UInt64, base pb: UInt64) throws -> (ko: [UInt8], claim: ModuleClaim) {
+    /// and the `.bss` section symbol — which `.text` uses through `R_X86_64_32S` / `PC32` fields —
+    /// moved into it. Returns the module and its `.bss` symbol.
+    func craftedPerCPU(_ f: FixtureReplay, flags: UInt64) throws -> (ko: [UInt8], bssSymbol: Int) {
         let e = try XCTUnwrap(f.modules["llc"])
         var ed = KoEditor(ko: e.module.ko)
         let decoy = try ed.sectionIndex(".note.GNU-stack")
@@ -651,41 +650,65 @@ final class AdversarialPerCPUTests: XCTestCase {
             return t.indices.first { t.info($0) & 0xf == 3 && Int(t.sectionIndex($0)) == b }  // STT_SECTION of .bss
         })
         try ed.setSymbol(bssSym, shndx: UInt16(decoy))
-        var claim = e.module.claim
-        claim.percpuBase = pb
-        claim.text = try loaderImage(ed.ko, claim, f.boot.facts, e.before).image
-        return (ed.ko, claim)
+        return (ed.ko, bssSym)
     }
 
-    /// HOLE: a zero-size per-cpu section gets no per-cpu area (`percpu_modalloc()` returns at
-    /// once: `if (!pcpusec->sh_size) return 0`), so `mod_percpu(mod)` is NULL and
-    /// `simplify_symbols()` gives its symbols `0 + st_value`. The explainer checks a claimed base
-    /// only when the section has a size, yet uses it for the symbols whatever the size: any
-    /// claimed base is allowed, `%gs:` aimed anywhere (here 0x2ad00, beside the core's
-    /// `current_task`). Fix (local, Relocations.swift `resolveSymbol`): a symbol of a zero-size
-    /// per-cpu section resolves to its `st_value` (the base is not used).
+    /// The claim with every field of `.text` against the `.bss` symbol holding `base + A`
+    /// (`- P` for PC32): what the kernel writes with `mod_percpu(mod) == base`.
+    func claim(_ f: FixtureReplay, _ ko: [UInt8], _ bssSym: Int, fieldsAt base: UInt64) throws -> ModuleClaim {
+        var c = try XCTUnwrap(f.modules["llc"]).module.claim
+        let ed = KoEditor(ko: ko)
+        let textOff = try ko.withUnsafeBytes { raw in try XCTUnwrap(ModuleLayout.compute(try ELFFile(bytes: raw))?.coreOffset[try ed.sectionIndex(".text")]) }
+        var n = 0
+        for r in try ed.relocations(for: ".text") where r.symbolIndex == bssSym {
+            // R_X86_64_32S: S + A; R_X86_64_PC32: S + A - P.
+            XCTAssertTrue(r.type.rawValue == 11 || r.type.rawValue == 2, "\(r.type)")
+            let place = c.textBase &+ UInt64(textOff) &+ r.offset
+            let v = UInt32(truncatingIfNeeded: base &+ UInt64(bitPattern: r.addend) &- (r.type.rawValue == 2 ? place : 0))
+            for k in 0..<4 { c.text[textOff + Int(r.offset) + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(k))) }
+            n += 1
+        }
+        XCTAssertGreaterThan(n, 0)
+        c.percpuBase = base == 0 ? nil : base
+        return c
+    }
+
+    /// Was a HOLE (fixed: Relocations.swift `resolveSymbol`): a zero-size per-cpu section gets no
+    /// per-cpu area (`percpu_modalloc()` returns at once: `if (!pcpusec->sh_size) return 0`), so
+    /// `mod_percpu(mod)` is NULL and `simplify_symbols()` gives its symbols `0 + st_value`. The
+    /// explainer checked a claimed base only when the section has a size, yet used it for the
+    /// symbols whatever the size: any claimed base was allowed, `%gs:` aimed anywhere (here
+    /// 0x2ad00, beside the core's `current_task`). Now the symbols are `st_value`, the base unused.
     func testZeroSizePerCPUSectionUsesNoClaimedBase() throws {
         let f = try FixtureReplay()
-        let (ko, claim) = try craftedPerCPU(f, flags: SectionFlags.alloc.rawValue | SectionFlags.write.rawValue, base: 0x2ad00)
-        if let d = denial(try explainer.explain(f, "llc", ko: ko, claim: claim)) {
-            XCTAssertEqual(d.rule, .relocation, d.reason)
-        }
+        let (ko, bss) = try craftedPerCPU(f, flags: SectionFlags.alloc.rawValue | SectionFlags.write.rawValue)
+        var aimed = try claim(f, ko, bss, fieldsAt: 0x2ad00)
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ko, claim: aimed)), "fields at a claimed base of an empty per-cpu section")
+        XCTAssertEqual(d.rule, .relocation, d.reason)
+        // The kernel's bytes (fields at 0 + A) are explained, with or without a claimed base.
+        let kernel = try claim(f, ko, bss, fieldsAt: 0)
+        XCTAssertTrue(try explainer.explain(f, "llc", ko: ko, claim: kernel).verdict.isAllowed)
+        aimed.text = kernel.text
+        XCTAssertTrue(try explainer.explain(f, "llc", ko: ko, claim: aimed).verdict.isAllowed, "the claimed base is not used")
     }
 
-    /// HOLE: `find_sec()` (kernel/module/main.c) returns the first *SHF_ALLOC* section of a name
-    /// ("Alloc bit cleared means ignore it"); `ModuleLayout.loaderFlags` takes the first section
-    /// of the name, allocated or not. A non-ALLOC `.data..percpu` is no per-cpu section for the
-    /// kernel (its symbols get the temporary copy's address); the explainer resolves them against
-    /// the claimed per-cpu base. Fix (local, Layout.swift `loaderFlags`): only an SHF_ALLOC
-    /// section can be the per-cpu section (and, as `find_sec()` decides each of them, only the
-    /// first ALLOC `.modinfo`, `__versions`, `.data..ro_after_init`, `__jump_table` is edited).
+    /// Was a HOLE (fixed: Layout.swift `loaderFlags`): `find_sec()` (kernel/module/main.c)
+    /// returns the first *SHF_ALLOC* section of a name ("Alloc bit cleared means ignore it");
+    /// the explainer took the first section of the name, allocated or not, as the per-cpu
+    /// section and resolved its symbols against the claimed per-cpu base. For the kernel a
+    /// non-ALLOC `.data..percpu` is no per-cpu section: its symbols get the temporary copy's
+    /// address (in vmalloc space: the `R_X86_64_32S` fields overflow and the kernel refuses the
+    /// module). Now no per-cpu section is found, the symbols take the non-ALLOC placeholder, and
+    /// the module is denied at the first field.
     func testNonAllocPerCPUSectionIsNotThePerCPUArea() throws {
         let f = try FixtureReplay()
-        let (ko, claim) = try craftedPerCPU(f, flags: 0, base: try XCTUnwrap(f.boot.facts.modulePercpuRange?.lowerBound))
+        let (ko, bss) = try craftedPerCPU(f, flags: 0)
         let idx = try ko.withUnsafeBytes { raw in ModuleLayout.compute(try ELFFile(bytes: raw))?.percpuIndex }
         XCTAssertNil(idx, "find_sec() finds no SHF_ALLOC .data..percpu")
-        if let d = denial(try explainer.explain(f, "llc", ko: ko, claim: claim)) {
-            XCTAssertEqual(d.rule, .relocation, d.reason)
-        }
+        let pb = try XCTUnwrap(f.boot.facts.modulePercpuRange?.lowerBound)
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ko, claim: try claim(f, ko, bss, fieldsAt: pb))),
+                              "fields at the claimed base of a non-ALLOC .data..percpu")
+        XCTAssertEqual(d.rule, .relocation, d.reason)
+        XCTAssertTrue(d.reason.contains("overflow"), d.reason)
     }
 }
