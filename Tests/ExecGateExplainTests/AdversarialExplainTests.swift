@@ -253,12 +253,13 @@ final class AdversarialLoaderRefusalTests: XCTestCase {
         }
     }
 
-    /// HOLE: `simplify_symbols()` resolves every symbol of the table before any relocation and
-    /// refuses the module for an unknown undefined symbol (`Unknown symbol`, -ENOENT) or an
-    /// SHN_COMMON symbol (-ENOEXEC), used or not. The explainer resolves symbols only when the
-    /// walk needs them (`resolveAllSymbols` never throws; `computeSymbolValue` throws from a
-    /// field), so a refused symbol that only init text uses, or that no relocation uses, is never
-    /// refused: the module is allowed.
+    /// Was a HOLE (fixed: Relocations.swift `resolveAllSymbols` returns the first symbol
+    /// `simplify_symbols()` refuses, refused before the walk): the kernel resolves every symbol of
+    /// the table before any relocation and refuses the module for an unknown undefined symbol
+    /// (`Unknown symbol`, -ENOENT) or an SHN_COMMON symbol (-ENOEXEC), used or not. The explainer
+    /// resolved symbols only when the walk needed them, so a refused symbol that only init text
+    /// (skipped in a core session), or no relocation, used was never refused: the module was
+    /// allowed.
     func testEverySymbolIsResolvedAsSimplifySymbolsDoes() throws {
         let f = try FixtureReplay()
         let ko = try XCTUnwrap(f.modules["llc"]).module.ko
