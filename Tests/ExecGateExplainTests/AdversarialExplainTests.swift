@@ -713,3 +713,42 @@ final class AdversarialPerCPUTests: XCTestCase {
         XCTAssertTrue(d.reason.contains("overflow"), d.reason)
     }
 }
+
+extension AdversarialJumpLabelTests {
+    /// HOLE: a jump entry whose code points at an instruction that is neither the site's NOP nor
+    /// its jump — here a `call` (5 bytes, so `arch_jump_entry_size()` says 5). The explainer
+    /// accepts NOP5 or `jmp target` there, so a guest may claim the call NOPed out. No kernel
+    /// writes that: `__jump_label_patch()` compares the site with the encoding it expects to
+    /// replace (the NOP or the jump) and BUGs on anything else, so a site that holds neither is
+    /// never patched; only its loaded bytes are reachable. Fix (local, RuntimeSites.swift
+    /// `addJumpLabels`): deny a site whose loaded bytes are neither its NOP nor its jump, as
+    /// `addStaticCalls` does for `__static_call_validate()`.
+    func testJumpEntryAtANonSiteInstructionCannotNopIt() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["test_static_keys"])
+        let s = try f.session("test_static_keys")
+        let elfClass = UInt8(ExplanationClass.elf.rawValue), relocClass = UInt8(ExplanationClass.relocation.rawValue)
+        // A call no stage rewrites (opcode of the ELF class, its rel32 a relocation field).
+        let call = try XCTUnwrap(s.relocFields.first { r in
+            r.off >= 1 && s.image[r.off - 1] == 0xe8 && s.cls[r.off - 1] == elfClass && s.cls[r.off..<r.off + 4].allSatisfy { $0 == relocClass }
+        }).off - 1
+        // The jump entry of the first site: its code field (S + A) moved by the distance to the call
+        // (the core layout fixes the distance between any two core sections).
+        let site = try XCTUnwrap(s.jumpSites.min { $0.off < $1.off })
+        let t = try XCTUnwrap(s.table("__jump_table"))
+        let entry = try XCTUnwrap(stride(from: 0, to: t.bytes.count, by: 16).first { o in
+            t.bytes.getInteger(at: o, as: Int32.self).map { t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64($0)) } == site.code
+        })
+        var ed = KoEditor(ko: e.module.ko)
+        let recs = try ed.relocations(for: "__jump_table"), r = try ed.rela(for: "__jump_table")
+        let k = try XCTUnwrap(recs.firstIndex { Int($0.offset) == entry })
+        ed.put(recs[k].addend + Int64(call - site.off), at: r.at + 24 * k + 16)
+        var claim = e.module.claim
+        claim.text = try loaderImage(ed.ko, claim, f.boot.facts, e.before).image
+        XCTAssertEqual(claim.text[call], 0xe8)
+        claim.text.replaceSubrange(call..<call + 5, with: x86Nops[5])
+        let d = try XCTUnwrap(denial(try CraftedExplainer().explain(f, "test_static_keys", ko: ed.ko, claim: claim)), "a call NOPed out through a jump entry")
+        XCTAssertEqual(d.rule, .jumpLabel, d.reason)
+        XCTAssertEqual(d.address, claim.textBase + UInt64(call))
+    }
+}
