@@ -220,6 +220,15 @@ extension Session {
                 throw deny(.jumpLabel, "jump to 0x\(String(target, radix: 16)) cannot be encoded at this \(size)-byte site (text_gen_insn() BUGs patching it)",
                            atRegionOffset: off, address: code)
             }
+            // `__jump_label_patch()` replaces only the encoding it expects (the NOP or the jump:
+            // `memcmp(addr, expect, size)`, else "unexpected op" and BUG): a site that loads with
+            // other bytes is never patched, so its loaded bytes are its only state. Deny rather
+            // than accept the NOP or the jump over, say, a call.
+            let loaded = image.withUnsafeBytes { nop.matches(UnsafeRawBufferPointer(rebasing: $0[off..<off + size])) || jmp.matches(UnsafeRawBufferPointer(rebasing: $0[off..<off + size])) }
+            guard loaded else {
+                throw deny(.jumpLabel, "site holds neither its NOP nor its jump (__jump_label_patch() BUGs on an unexpected op)",
+                           atRegionOffset: off, address: code, found: Array(image[off..<off + size]))
+            }
             countSite(.jumpLabel)
             jumpSites.append((off, size, code, target))
             // State = key enabled (1) or not (0): JMP when enabled != branch default... the encoded

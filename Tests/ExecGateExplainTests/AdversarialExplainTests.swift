@@ -715,14 +715,12 @@ final class AdversarialPerCPUTests: XCTestCase {
 }
 
 extension AdversarialJumpLabelTests {
-    /// HOLE: a jump entry whose code points at an instruction that is neither the site's NOP nor
-    /// its jump — here a `call` (5 bytes, so `arch_jump_entry_size()` says 5). The explainer
-    /// accepts NOP5 or `jmp target` there, so a guest may claim the call NOPed out. No kernel
-    /// writes that: `__jump_label_patch()` compares the site with the encoding it expects to
-    /// replace (the NOP or the jump) and BUGs on anything else, so a site that holds neither is
-    /// never patched; only its loaded bytes are reachable. Fix (local, RuntimeSites.swift
-    /// `addJumpLabels`): deny a site whose loaded bytes are neither its NOP nor its jump, as
-    /// `addStaticCalls` does for `__static_call_validate()`.
+    /// Was a HOLE (fixed: `addJumpLabels` denies a site whose loaded bytes are neither its NOP
+    /// nor its jump): a jump entry whose code points at an instruction that is neither — here a
+    /// `call` (5 bytes, so `arch_jump_entry_size()` says 5) — let the claim hold NOP5 or `jmp
+    /// target` there: the call NOPed out. No kernel writes that: `__jump_label_patch()` compares
+    /// the site with the encoding it expects to replace and BUGs on anything else, so such a site
+    /// is never patched; only its loaded bytes are reachable.
     func testJumpEntryAtANonSiteInstructionCannotNopIt() throws {
         let f = try FixtureReplay()
         let e = try XCTUnwrap(f.modules["test_static_keys"])
@@ -743,12 +741,15 @@ extension AdversarialJumpLabelTests {
         let recs = try ed.relocations(for: "__jump_table"), r = try ed.rela(for: "__jump_table")
         let k = try XCTUnwrap(recs.firstIndex { Int($0.offset) == entry })
         ed.put(recs[k].addend + Int64(call - site.off), at: r.at + 24 * k + 16)
+        // The crafted module's loaded text is the real one's (only data changed): the real end
+        // state with the call NOPed out.
         var claim = e.module.claim
-        claim.text = try loaderImage(ed.ko, claim, f.boot.facts, e.before).image
         XCTAssertEqual(claim.text[call], 0xe8)
         claim.text.replaceSubrange(call..<call + 5, with: x86Nops[5])
         let d = try XCTUnwrap(denial(try CraftedExplainer().explain(f, "test_static_keys", ko: ed.ko, claim: claim)), "a call NOPed out through a jump entry")
         XCTAssertEqual(d.rule, .jumpLabel, d.reason)
         XCTAssertEqual(d.address, claim.textBase + UInt64(call))
+        XCTAssertTrue(d.reason.contains("neither its NOP nor its jump"), d.reason)
     }
 }
+
