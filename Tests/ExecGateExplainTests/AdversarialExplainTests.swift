@@ -753,3 +753,44 @@ extension AdversarialJumpLabelTests {
     }
 }
 
+extension AdversarialStaticCallTests {
+    /// HOLE: a static-call site entry (non-tail) whose address names a `jmp` (a tail call) instead
+    /// of a call. `addStaticCalls` accepts any of call/jmp/Jcc/NOP5/ret as the loaded site for
+    /// either kind; the kernel's `__static_call_validate()` accepts a call, NOP5 or `xor5rax` for
+    /// a non-tail site and a jmp, ret or Jcc for a tail site, and BUGs on anything else, so no
+    /// kernel patches such a site. The claim could turn the tail jump into a call of a trusted
+    /// target (or NOP5: fall through). Fix (local, RuntimeSites.swift `addStaticCalls`): validate
+    /// the loaded site by its kind, as `__static_call_validate()` does.
+    func testNonTailSiteOverAJumpIsDenied() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["irqbypass"])
+        let s = try f.session("irqbypass")
+        let elfClass = UInt8(ExplanationClass.elf.rawValue), relocClass = UInt8(ExplanationClass.relocation.rawValue)
+        let jmp = try XCTUnwrap(s.relocFields.first { r in
+            r.off >= 1 && s.image[r.off - 1] == 0xe9 && s.cls[r.off - 1] == elfClass && s.cls[r.off..<r.off + 4].allSatisfy { $0 == relocClass }
+        }, "a tail jump no stage rewrites").off - 1
+        let site = try f.callSite(s)
+        let sites = s.staticSites.filter { $0.key == site.key }
+        let moved = try XCTUnwrap(sites.last)
+        // Its .static_call_sites entry: the `s32 addr` field (S + A - P) moved by the distance.
+        let t = try XCTUnwrap(s.table(".static_call_sites"))
+        let entry = try XCTUnwrap(stride(from: 0, to: t.bytes.count, by: 8).first { o in
+            t.bytes.getInteger(at: o, as: Int32.self).map { t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64($0)) } == moved.addr
+        })
+        var ed = KoEditor(ko: e.module.ko)
+        let recs = try ed.relocations(for: ".static_call_sites"), r = try ed.rela(for: ".static_call_sites")
+        let k = try XCTUnwrap(recs.firstIndex { Int($0.offset) == entry })
+        ed.put(recs[k].addend + Int64(jmp - moved.off), at: r.at + 24 * k + 16)
+        // The real end state (the crafted module's text is the real one's), the moved site's
+        // loaded call restored, the jump turned into the key's call (its state at the other sites).
+        var claim = e.module.claim
+        let loaded = try loaderImage(e.module.ko, e.module.claim, f.boot.facts, e.before).image
+        XCTAssertEqual(loaded[moved.off], 0xe8)
+        claim.text.replaceSubrange(moved.off..<moved.off + 5, with: loaded[moved.off..<moved.off + 5])
+        let state = try XCTUnwrap(s.staticCallStates[site.key])
+        claim.text.replaceSubrange(jmp..<jmp + 5, with: try XCTUnwrap(genInsn(0xe8, at: claim.textBase + UInt64(jmp), to: state)))
+        let d = try XCTUnwrap(denial(try CraftedExplainer().explain(f, "irqbypass", ko: ed.ko, claim: claim)), "a tail jump turned into a call")
+        XCTAssertEqual(d.rule, .stage(.staticCall), d.reason)
+        XCTAssertEqual(d.address, claim.textBase + UInt64(jmp))
+    }
+}
