@@ -283,9 +283,15 @@ extension Session {
             guard let off = execOffset(site, 5) else { continue }
             let first = image[off]
             let isJcc = first == 0x0f && image[off + 1] & 0xf0 == 0x80
-            guard first == 0xe8 || first == 0xe9 || isJcc || image[off..<off + 5].elementsEqual(x86Nops[5]) || first == 0xc3 else {
-                throw deny(.staticCall, "site is not a call/jmp/nop/ret (__static_call_validate BUGs)", atRegionOffset: off, address: site,
-                           found: Array(image[off..<off + 5]))
+            // `__static_call_validate()` (6.1 and 6.12), run before every rewrite of the site: a
+            // tail site must hold a jmp, RET or Jcc, any other a call, NOP5 or `xor5rax`; else BUG.
+            // A site of the wrong kind is never patched: deny rather than let a claim turn a tail
+            // jump into a call, or a call into a jump.
+            let valid = tail ? (first == 0xe9 || first == 0xc3 || isJcc)
+                             : (first == 0xe8 || image[off..<off + 5].elementsEqual(x86Nops[5]) || image[off..<off + 5].elementsEqual(VariableSite.xor5rax.array))
+            guard valid else {
+                throw deny(.staticCall, "\(tail ? "tail" : "call") site is not a \(tail ? "jmp/ret/Jcc" : "call/nop/xor5rax") (__static_call_validate BUGs)",
+                           atRegionOffset: off, address: site, found: Array(image[off..<off + 5]))
             }
             countSite(.staticCall)
             staticSites.append((off, site, tail, key))

@@ -754,13 +754,13 @@ extension AdversarialJumpLabelTests {
 }
 
 extension AdversarialStaticCallTests {
-    /// HOLE: a static-call site entry (non-tail) whose address names a `jmp` (a tail call) instead
-    /// of a call. `addStaticCalls` accepts any of call/jmp/Jcc/NOP5/ret as the loaded site for
-    /// either kind; the kernel's `__static_call_validate()` accepts a call, NOP5 or `xor5rax` for
-    /// a non-tail site and a jmp, ret or Jcc for a tail site, and BUGs on anything else, so no
-    /// kernel patches such a site. The claim could turn the tail jump into a call of a trusted
-    /// target (or NOP5: fall through). Fix (local, RuntimeSites.swift `addStaticCalls`): validate
-    /// the loaded site by its kind, as `__static_call_validate()` does.
+    /// Was a HOLE (fixed: `addStaticCalls` validates the loaded site by its kind): a static-call
+    /// site entry (non-tail) whose address names a `jmp` (a tail call) instead of a call was
+    /// accepted, since any of call/jmp/Jcc/NOP5/ret passed as the loaded site for either kind;
+    /// the claim could turn the tail jump into a call of the key's target (or NOP5: fall through).
+    /// The kernel's `__static_call_validate()` accepts a call, NOP5 or `xor5rax` for a non-tail
+    /// site and a jmp, ret or Jcc for a tail site, and BUGs on anything else, so no kernel
+    /// patches such a site.
     func testNonTailSiteOverAJumpIsDenied() throws {
         let f = try FixtureReplay()
         let e = try XCTUnwrap(f.modules["irqbypass"])
@@ -792,5 +792,6 @@ extension AdversarialStaticCallTests {
         let d = try XCTUnwrap(denial(try CraftedExplainer().explain(f, "irqbypass", ko: ed.ko, claim: claim)), "a tail jump turned into a call")
         XCTAssertEqual(d.rule, .stage(.staticCall), d.reason)
         XCTAssertEqual(d.address, claim.textBase + UInt64(jmp))
+        XCTAssertTrue(d.reason.contains("__static_call_validate"), d.reason)
     }
 }
