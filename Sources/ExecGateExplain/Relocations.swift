@@ -178,6 +178,19 @@ extension Session {
             // checks the others as it reads them: `apply`, `check`).
             guard layout.flags[t].contains(.alloc), let taddr = addr[t], imageOffset(of: t) != nil || (t < isData.count && isData[t]) else {
                 let rels = rs.relocations
+                if region == .core, layout.flags[t].contains(.alloc), let paddr = addr[t], t < layout.initOffset.count, layout.initOffset[t] != nil {
+                    // An init section in a core session: never written here, but the kernel
+                    // relocates it like any SHF_ALLOC section and refuses the module on an
+                    // unknown type, a refused symbol, an R_X86_64_32/32S overflow or a nonzero
+                    // target there too (`apply_relocate_add()`). The same in-place check, at the
+                    // placeholder address (a field against an init symbol fits 32/32S there as at
+                    // any module address), counting nothing; records out of order end it.
+                    var scratch = RelocationWalk(fields: [], count: 0, record: false)
+                    let s = elf.sections[t]
+                    _ = try vals.withUnsafeMutableBufferPointer { v in
+                        try check(rs, t, paddr, s.isNoBits ? UnsafeRawBufferPointer(start: nil, count: 0) : elf.contents(of: s), s.size, v, &scratch)
+                    }
+                }
                 for i in rels.indices where !rels.isValid(i) { try refuseRecords() }
                 continue
             }

@@ -225,12 +225,13 @@ final class AdversarialRelocationTests: XCTestCase {
 final class AdversarialLoaderRefusalTests: XCTestCase {
     let explainer = CraftedExplainer()
 
-    /// HOLE: relocations of `.init.text` in a core session. `apply_relocations()` relocates every
-    /// SHF_ALLOC target, init sections included, and refuses the module on an unknown type or a
-    /// nonzero target there like anywhere else (arch/x86/kernel/module.c `__write_relocate_add()`).
-    /// The core session skips those sections (no address: init is never explained from the core),
-    /// checking only the records' shape, so a module the kernel refuses is allowed: the claim
-    /// describes a load that cannot have happened (docs/trust.md "Loader refusals").
+    /// Was a HOLE (fixed: Relocations.swift `relocateFields` runs the in-place check on an init
+    /// section's records in a core session): `apply_relocations()` relocates every SHF_ALLOC
+    /// target, init sections included, and refuses the module on an unknown type or a nonzero
+    /// target there like anywhere else (arch/x86/kernel/module.c `__write_relocate_add()`). The
+    /// core session skipped those sections (no address: init is never explained from the core),
+    /// checking only the records' shape, so a module the kernel refuses was allowed: the claim
+    /// described a load that cannot have happened (docs/trust.md "Loader refusals").
     func testInitTextRelocationRefusalsAreDenied() throws {
         let f = try FixtureReplay()
         let ko = try XCTUnwrap(f.modules["llc"]).module.ko
