@@ -137,6 +137,24 @@ public struct SlidExports: Sendable {
         return linkTime[name].map(slide.runTime)
     }
 
+    /// Whether ``lookup(ascii:digest:)`` can answer every ASCII name (no non-ASCII entry, which
+    /// a `String` lookup would have to consider, anywhere).
+    var answersASCIIByBytes: Bool { linkTimeAllASCII && addedOther.isEmpty }
+
+    /// Reads the lines a lookup of digest `d` starts with (NameTable `touch`); see
+    /// `Session.verifyExportedSymbols`.
+    @inline(__always) func touch(_ d: NameTable.Digest, likelyPresent: Bool) -> UInt64 {
+        addedIndex.touch(d, viaTags: true) ^ linkTimeIndex.touch(d, viaTags: !likelyPresent)
+    }
+
+    /// `lookup(utf8: b, likelyPresent:)` for ASCII `b` with `d == NameTable.digest(b)`, when
+    /// ``answersASCIIByBytes``.
+    @inline(__always) func lookup(ascii b: UnsafeRawBufferPointer, digest d: NameTable.Digest, likelyPresent: Bool) -> UInt64? {
+        precondition(answersASCIIByBytes)
+        if let a = addedIndex.lookup(b, digest: d) { return a }
+        return (likelyPresent ? linkTimeIndex.lookupLikelyPresent(b, digest: d) : linkTimeIndex.lookup(b, digest: d)).map(slide.runTime)
+    }
+
     /// An ASCII name (`name` its String, when the caller has one).
     @inline(__always) private func lookupASCII(_ b: UnsafeRawBufferPointer, name: String?, likelyPresent: Bool = false) -> UInt64? {
         let d = NameTable.digest(b)  // hashed once for both tables
@@ -161,6 +179,17 @@ public struct SlidExports: Sendable {
             if addedIndex.pairs.contains(where: { $0.name == name }) { addedIndex = addedIndex.removing { $0 == name } }
             addedOther[name] = address
         }
+    }
+
+    /// Add (or replace) every entry of `t` (ASCII names, run-time addresses): the same as
+    /// `add(name, address)` for each, without a `String` unless a non-ASCII entry was added
+    /// before (then each name takes `add`'s `String` path, which drops an equivalent key).
+    mutating func add(contentsOf t: NameTable) {
+        if !addedOther.isEmpty {
+            for (k, v) in t.pairs { add(k, v) }
+            return
+        }
+        addedIndex.insertAll(t)
     }
 
     /// The same shared table read at `slide` (only from a table without a slide or added entries).
@@ -417,9 +446,13 @@ public struct SymbolResolver: Sendable {
     /// Add an allowed module's exports (``ModuleExports`` from ``ExplainResult``). Call this only
     /// after the module was allowed: a denied module's symbols must never become resolvable.
     public mutating func add(_ m: ModuleExports) {
-        for (k, v) in m.symbols { exports.add(k, v) }
+        exports.add(contentsOf: m.names)
+        for (k, v) in m.otherNames { exports.add(k, v) }
         moduleFunctionEntries.add(m.functionEntries)
-        for (k, v) in m.staticCallTrustedTargets { staticCallTrustedTargets[k, default: []].formUnion(v) }
+        for (k, v) in m.staticCallTrustedTargets {
+            // A key seen first takes the module's set as is (shared storage, no rehash).
+            if staticCallTrustedTargets[k] == nil { staticCallTrustedTargets[k] = v } else { staticCallTrustedTargets[k]!.formUnion(v) }
+        }
         for (k, v) in m.staticCallStates { staticCallStates[k] = v }
     }
 
@@ -431,7 +464,12 @@ public struct SymbolResolver: Sendable {
 /// What an allowed module contributes to later modules.
 public struct ModuleExports: Sendable {
     public var module: String
-    public var symbols: [String: UInt64]
+    /// The exported names and their addresses: ASCII names byte-keyed (`names`: made from the
+    /// module's borrowed name bytes and merged into the resolver without a `String` or a re-hash),
+    /// any other name (never seen in a real module) in `otherNames`. No name of one is
+    /// `String`-equal to a name of the other (a dictionary's distinct keys split in two: ``split``).
+    var names: NameTable
+    var otherNames: [String: UInt64]
     public var functionEntries: FunctionEntries
     /// Keys this module defines → the targets trusted for them (its trampolines' compiled defaults).
     public var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
@@ -440,10 +478,67 @@ public struct ModuleExports: Sendable {
 
     public init(module: String, symbols: [String: UInt64], functionEntries: FunctionEntries,
                 staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:], staticCallStates: [UInt64: UInt64] = [:]) {
+        (names, otherNames) = Self.split(symbols)
         self.module = module
-        self.symbols = symbols
         self.functionEntries = functionEntries
         self.staticCallTrustedTargets = staticCallTrustedTargets
         self.staticCallStates = staticCallStates
+    }
+
+    /// `names` must hold only names no key of `otherNames` is `String`-equal to.
+    init(module: String, names: NameTable, otherNames: [String: UInt64], functionEntries: FunctionEntries,
+         staticCallTrustedTargets: [UInt64: Set<UInt64>], staticCallStates: [UInt64: UInt64]) {
+        self.module = module
+        self.names = names
+        self.otherNames = otherNames
+        self.functionEntries = functionEntries
+        self.staticCallTrustedTargets = staticCallTrustedTargets
+        self.staticCallStates = staticCallStates
+    }
+
+    /// Name → address of every export, as one dictionary (made on each read).
+    public var symbols: [String: UInt64] {
+        get {
+            var d = otherNames
+            d.reserveCapacity(names.count + otherNames.count)
+            for (k, v) in names.pairs { d[k] = v }
+            return d
+        }
+        set { (names, otherNames) = Self.split(newValue) }
+    }
+
+    /// How many names the module exports.
+    public var symbolCount: Int { names.count + otherNames.count }
+
+    /// The address of the export `String`-equal to `name`, if any.
+    public func address(of name: String) -> UInt64? {
+        var n = name
+        if let a = n.withUTF8({ u -> UInt64?? in
+            let b = UnsafeRawBufferPointer(u)
+            return NameTable.isASCII(b) ? .some(names.lookup(b)) : nil
+        }) {
+            // An ASCII name: byte equality in `names`; in `otherNames` a `String` lookup (a
+            // non-ASCII key can be equal to it).
+            return a ?? (otherNames.isEmpty ? nil : otherNames[name])
+        }
+        return otherNames[name] ?? names.pairs.first { $0.name == name }?.value
+    }
+
+    /// A dictionary's entries, ASCII names byte-keyed and the others kept as `String`s (distinct
+    /// keys of one dictionary: no name of one part is `String`-equal to one of the other).
+    static func split(_ symbols: [String: UInt64]) -> (NameTable, [String: UInt64]) {
+        var t = NameTable(minimumCapacity: symbols.count)
+        var other: [String: UInt64] = [:]
+        for (k, v) in symbols {
+            var n = k
+            let ascii = n.withUTF8 { u in
+                let b = UnsafeRawBufferPointer(u)
+                guard NameTable.isASCII(b) else { return false }
+                t.insert(b, v)
+                return true
+            }
+            if !ascii { other[k] = v }
+        }
+        return (t, other)
     }
 }

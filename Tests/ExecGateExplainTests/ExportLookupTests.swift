@@ -50,6 +50,46 @@ final class ExportLookupTests: XCTestCase {
         }
     }
 
+    /// Whole modules' exports added at once (``ModuleExports``: byte-keyed ASCII names merged
+    /// without a `String`, the others by `String`), mixed with single adds, against the dictionary
+    /// history `for (k, v) in m.symbols { add(k, v) }` gave; and the module's own accessors
+    /// (`symbols`, `symbolCount`, `address(of:)`) against the dictionary it was made from.
+    func testModuleExportsAddAsTheirDictionaryDid() {
+        var rng = SplitMix64(state: 0x0dd_5eed)
+        for round in 0..<40 {
+            var core: [String: UInt64] = [:]
+            for n in Self.names where rng.below(3) == 0 { core[n] = rng.next() | 0xffff_ffff_8000_0000 }
+            let slide = KernelSlide(round % 2 == 0 ? 0 : UInt64(rng.below(512)) << 21)
+            var resolver = SymbolResolver(coreExports: SlidExports(core).slid(by: slide))
+            var reference: [String: UInt64] = [:]
+            for step in 0..<(1 + rng.below(12)) {
+                if rng.below(4) == 0 {
+                    let n = Self.names[rng.below(Self.names.count)], v = rng.next()
+                    var e = resolver.exports
+                    e.add(n, v)
+                    resolver = SymbolResolver(coreExports: e)
+                    reference[n] = v
+                    continue
+                }
+                var d: [String: UInt64] = [:]
+                for _ in 0..<rng.below(round % 4 == 0 ? 3 : 200) { d[Self.names[rng.below(Self.names.count)]] = rng.next() }
+                let m = ModuleExports(module: "m\(step)", symbols: d, functionEntries: [])
+                XCTAssertEqual(m.symbols, d, "round \(round) step \(step): symbols")
+                XCTAssertEqual(m.symbolCount, d.count)
+                for n in Self.names { XCTAssertEqual(m.address(of: n), d[n], "round \(round) step \(step): address(of: \(n.debugDescription))") }
+                resolver.add(m)
+                for (k, v) in d { reference[k] = v }
+                for n in Self.names {
+                    let expected = reference[n] ?? core[n].map(slide.runTime)
+                    XCTAssertEqual(resolver.lookup(n), expected, "round \(round) step \(step): \(n.debugDescription)")
+                    var b = n
+                    XCTAssertEqual(b.withUTF8 { resolver.lookup(utf8: UnsafeRawBufferPointer($0)) }, expected, "round \(round) step \(step), bytes: \(n.debugDescription)")
+                }
+                XCTAssertEqual(resolver.exports.added, reference, "round \(round) step \(step): added entries")
+            }
+        }
+    }
+
     /// The equivalences the table must keep (Swift's String equality, which the old dictionary used).
     func testCanonicallyEquivalentNamesAreOneKey() {
         var e = SlidExports(["K": 1])
