@@ -408,53 +408,49 @@ extension Session {
     }
 }
 
-/// A module's defined static-call key symbols (`__SCK__<name>`), found by name as the
-/// `[String: Int]` they were kept in answered (the last symbol of a name wins), without a `String`
-/// per key or per lookup when every key name is ASCII: then `String` equality is byte equality
-/// (NameTable.swift), and the names after the 7-byte prefix are the table's keys.
+/// A module's defined static-call key symbols (`__SCK__<name>`), found by name (the last symbol
+/// of a name wins), names equal when their bytes are (as the kernel's: SlidExports): the ASCII
+/// names after the 7-byte prefix in a ``NameTable``, any other (never seen in a real module) by
+/// its bytes in `other`. No `String` per key or per lookup.
 struct KeySymbols {
     /// The key symbols, in symbol order.
     let indices: [Int]
-    /// Name after `__SCK__` → symbol index (every key name ASCII).
+    /// ASCII name after `__SCK__` → symbol index.
     private var table = NameTable()
-    /// Full name → symbol index, as before, when some key name is not ASCII (canonical equivalence).
-    private var strings: [String: Int]?
+    /// Any other name after `__SCK__`, as bytes → symbol index.
+    private var other: [[UInt8]: Int] = [:]
 
     init(_ symtab: ELFSymbolTable, _ indices: [Int]) {
         self.indices = indices
         guard !indices.isEmpty else { return }
-        if indices.allSatisfy({ NameTable.isASCII(symtab.nameBytes($0)) }) {
-            table = NameTable(minimumCapacity: indices.count)
-            for i in indices { table.insert(UnsafeRawBufferPointer(rebasing: symtab.nameBytes(i)[7...]), UInt64(i)) }  // insert replaces: last wins
-        } else {
-            var d: [String: Int] = [:]
-            for i in indices { d[symtab.name(i)] = i }
-            strings = d
+        table = NameTable(minimumCapacity: indices.count)
+        for i in indices {
+            let rest = UnsafeRawBufferPointer(rebasing: symtab.nameBytes(i)[7...])
+            // Both replace an earlier entry of the same name: the last wins.
+            if NameTable.isASCII(rest) { table.insert(rest, UInt64(i)) } else { other[Array(rest)] = i }
         }
     }
 
-    /// The key symbol named `name` (`String` equality).
+    /// The key symbol named `name` (bytes).
     func index(named name: String, _ symtab: ELFSymbolTable) -> Int? {
-        if let d = strings { return d[name] }
         if indices.isEmpty { return nil }
         var n = name
-        if let hit = n.withUTF8({ u -> Int?? in
+        return n.withUTF8 { u in
             let b = UnsafeRawBufferPointer(u)
-            guard NameTable.isASCII(b) else { return .none }  // a non-ASCII query: String comparison below
-            guard b.count >= 7, b.starts(with: "__SCK__".utf8) else { return .some(nil) }
-            return .some(table.lookup(UnsafeRawBufferPointer(rebasing: b[7...])).map { Int($0) })
-        }) { return hit }
-        // A non-ASCII name against ASCII keys: the last key symbol whose name is equal as a String.
-        return indices.last { symtab.name($0) == name }
+            guard b.count >= 7, b.starts(with: "__SCK__".utf8) else { return nil }
+            return index(after: UnsafeRawBufferPointer(rebasing: b[7...]))
+        }
     }
 
     /// The key symbol of the trampoline symbol `t` (`__SCT__<name>` → `__SCK__<name>`).
     func index(ofTrampoline t: Int, _ symtab: ELFSymbolTable) -> Int? {
         let b = symtab.nameBytes(t)
-        if strings == nil, NameTable.isASCII(b) {
-            precondition(b.count >= 7, "a trampoline symbol's name starts with __SCT__")
-            return table.lookup(UnsafeRawBufferPointer(rebasing: b[7...])).map { Int($0) }
-        }
-        return index(named: "__SCK__" + symtab.name(t).dropFirst(7), symtab)
+        precondition(b.count >= 7, "a trampoline symbol's name starts with __SCT__")
+        return index(after: UnsafeRawBufferPointer(rebasing: b[7...]))
+    }
+
+    /// The key symbol whose name after the prefix has the bytes `rest`.
+    private func index(after rest: UnsafeRawBufferPointer) -> Int? {
+        NameTable.isASCII(rest) ? table.lookup(rest).map { Int($0) } : other.isEmpty ? nil : other[Array(rest)]
     }
 }
