@@ -6,9 +6,9 @@
 // and every export a verified module adds goes through it; with `[String: UInt64]` this was the
 // largest single cost of the engine after the relocation walk.
 //
-// Equality is byte equality, which for two ASCII strings is exactly `String` equality (canonical
-// equivalence maps an ASCII string only to itself). Non-ASCII names never enter the table: their
-// owners (SlidExports) keep them in a `[String: UInt64]` and compare them as `String`s, as before.
+// Equality is byte equality, as the kernel compares symbol names (`strcmp()`); for two ASCII
+// strings it is also `String` equality. Non-ASCII names never enter the table: their owners
+// (SlidExports, ModuleExports, KeySymbols) keep them apart and match them by their bytes only.
 
 import _ExecGateInternals
 
@@ -243,16 +243,6 @@ struct NameTable: Sendable {
                 (String(decoding: UnsafeBufferPointer(rebasing: nb[Int($0.start)..<Int($0.start) + Int($0.count)]), as: UTF8.self), $0.value)
             }
         }
-    }
-
-    /// Without the names `drop` says yes to (rebuilt: for the rare non-ASCII insert only).
-    func removing(where drop: (String) -> Bool) -> NameTable {
-        var t = NameTable()
-        for (n, v) in pairs where !drop(n) {
-            var n = n
-            n.withUTF8 { t.insert(UnsafeRawBufferPointer($0), v) }
-        }
-        return t
     }
 }
 
