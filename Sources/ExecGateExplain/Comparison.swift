@@ -156,7 +156,13 @@ extension Session {
         if let n = exportedNameCache { return n }
         var e = ExportedNames()
         var marks: [Int] = []
-        for i in symtab.indices where hasASCIIPrefix(symtab.nameBytes(i), "__ksymtab_") { marks.append(i) }
+        // "__ksymtab_" as one 8-byte and one 2-byte little-endian compare.
+        let head = UInt64(littleEndian: 0x6174_6d79_736b_5f5f), tail = UInt16(littleEndian: 0x5f62)  // "__ksymta", "b_"
+        for i in symtab.indices {
+            let b = symtab.nameBytes(i)
+            if b.count >= 10 && b.loadUnaligned(as: UInt64.self) == head && b.loadUnaligned(fromByteOffset: 8, as: UInt16.self) == tail { marks.append(i) }
+        }
+        assert(marks == symtab.indices.filter { hasASCIIPrefix(symtab.nameBytes($0), "__ksymtab_") })
         e.table = NameTable(minimumCapacity: marks.count)  // sized once: no rehash as it fills
         for i in marks {
             let b = symtab.nameBytes(i)
@@ -182,24 +188,42 @@ extension Session {
 
     func moduleExports() -> ModuleExports {
         let names = exportedNames()
-        var out: [String: UInt64] = [:]
-        out.reserveCapacity(names.allASCII ? names.symbols.count : names.stringSet(symtab).count)
-        // Cheap integer tests first: names are only hashed for defined non-local symbols.
-        if !names.isEmpty {
-            for i in symtab.indices where !symtab.isUndefined(i) && symtab.binding(i) != 0 {
-                let b = symtab.nameBytes(i)
-                let n: String
-                if names.allASCII && NameTable.isASCII(b) {
-                    // ASCII against ASCII: String equality is byte equality (NameTable.swift).
-                    guard names.mayHaveLength(b.count), names.table.lookup(b) != nil else { continue }
-                    n = symtab.name(i)
-                } else {
-                    // A non-ASCII name on either side: String comparison, as before.
-                    n = symtab.name(i)
-                    guard names.stringSet(symtab).contains(n) else { continue }
+        // The usual case, every exported name and every candidate symbol name ASCII: the exports
+        // are gathered by their borrowed bytes into a byte-keyed table (ASCII against ASCII:
+        // `String` equality is byte equality, NameTable.swift), which the resolver merges as is.
+        // A later symbol of the same name replaces the earlier one's value, as the dictionary
+        // assignment did. Cheap integer tests first: names are only hashed for defined non-local
+        // symbols.
+        if names.allASCII {
+            var table = NameTable(minimumCapacity: names.symbols.count)
+            var allASCII = true
+            if !names.isEmpty {
+                for i in symtab.indices where !symtab.isUndefined(i) && symtab.binding(i) != 0 {
+                    let b = symtab.nameBytes(i)
+                    guard NameTable.isASCII(b) else {
+                        // A non-ASCII symbol name may be `String`-equal to an exported ASCII name
+                        // (canonical equivalence): if it is, everything takes the `String` path below.
+                        if names.stringSet(symtab).contains(symtab.name(i)) { allASCII = false; break }
+                        continue
+                    }
+                    guard names.mayHaveLength(b.count) else { continue }
+                    let d = NameTable.digest(b)
+                    guard names.table.lookup(b, digest: d) != nil, let v = try? symbolValue(i) else { continue }
+                    table.insert(b, v, digest: d)
                 }
-                if let v = try? symbolValue(i) { out[n] = v }
             }
+            if allASCII {
+                return ModuleExports(module: claim.name, names: table, otherNames: [:], functionEntries: functionEntries,
+                                     staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)
+            }
+        }
+        // Some name is not ASCII: `String` comparison throughout, as before.
+        let strings = names.stringSet(symtab)
+        var out: [String: UInt64] = [:]
+        for i in symtab.indices where !symtab.isUndefined(i) && symtab.binding(i) != 0 {
+            let n = symtab.name(i)
+            guard strings.contains(n) else { continue }
+            if let v = try? symbolValue(i) { out[n] = v }
         }
         return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries,
                              staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)

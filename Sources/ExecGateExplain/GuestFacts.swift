@@ -63,20 +63,22 @@ public struct KernelSlide: Sendable, Hashable {
 /// A name → address table stored at link-time addresses (shared), read at one guest's slide, plus
 /// run-time entries added for this guest (exports of modules it verified; never slid).
 ///
-/// Lookups go through ``NameTable``s (byte-keyed, built once with the shared table and carried by
-/// `slid(by:)`), with `String` equality kept exactly: ASCII names are compared as bytes (the same
-/// thing for ASCII), and any lookup that involves a non-ASCII name or key takes the `String` path.
+/// Names are equal when their bytes are, as the kernel compares them (`strcmp()` in
+/// `find_symbol()`, `verify_exported_symbols()`): ASCII names through ``NameTable``s (byte-keyed,
+/// built once with the shared table and carried by `slid(by:)`); a non-ASCII name (never seen in a
+/// real kernel) only against a key with the same bytes (``exactValue``). `String` equality is
+/// canonical equivalence and would resolve "Kfoo" to an export "\u{212A}foo" (KELVIN SIGN), which
+/// the kernel calls an unknown symbol.
 public struct SlidExports: Sendable {
     /// The shared table, at link-time addresses (run-time when `slide` is `.none`).
     public let linkTime: [String: UInt64]
     public let slide: KernelSlide
-    /// `linkTime`'s ASCII names; used alone when every name is ASCII (`linkTimeAllASCII`).
+    /// Every ASCII name of `linkTime`; `linkTimeAllASCII` when there is no other.
     let linkTimeIndex: NameTable
     let linkTimeAllASCII: Bool
     /// Entries added at run-time addresses; they take precedence (the kernel refuses duplicate
     /// exports before one could shadow another: ModuleChecks). ASCII names in `addedIndex`, the
-    /// others (never seen in a real kernel) in `addedOther`; no name is in both, nor two
-    /// canonically equivalent ones (`add` keeps it so, as one dictionary did).
+    /// others (never seen in a real kernel) in `addedOther`, each under its own bytes (`add`).
     var addedIndex = NameTable()
     var addedOther: [String: UInt64] = [:]
 
@@ -123,30 +125,51 @@ public struct SlidExports: Sendable {
     /// shared table is probed for a hit (NameTable `lookupLikelyPresent`); otherwise (a module's
     /// own exports checked for duplicates: usually absent) through its tags. The same answer.
     func lookup(utf8 b: UnsafeRawBufferPointer, likelyPresent: Bool) -> UInt64? {
-        NameTable.isASCII(b) ? lookupASCII(b, name: nil, likelyPresent: likelyPresent)
-                             : self[b.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }]
+        if NameTable.isASCII(b) { return lookupASCII(b, name: nil, likelyPresent: likelyPresent) }
+        // Bytes that are not UTF-8 name no key: decoding would replace them by U+FFFD, a
+        // different name.
+        guard let name = b.withMemoryRebound(to: UInt8.self, { String(validating: $0, as: UTF8.self) }) else { return nil }
+        return self[name]
     }
 
     /// `b` are the UTF-8 bytes of `name`.
     private func lookup(_ b: UnsafeRawBufferPointer, name: String) -> UInt64? {
         if NameTable.isASCII(b) { return lookupASCII(b, name: name) }
-        // A non-ASCII name: `String` comparison against every key (an ASCII key can be
-        // canonically equivalent to it, e.g. "K" and U+212A KELVIN SIGN).
-        if let a = addedOther[name] { return a }
-        if !addedIndex.isEmpty, let a = addedIndex.pairs.first(where: { $0.name == name }) { return a.value }
-        return linkTime[name].map(slide.runTime)
+        // A non-ASCII name: never equal to an ASCII key (different bytes); among the others
+        // only the key with its bytes.
+        if let a = Self.exactValue(addedOther, name) { return a }
+        return linkTimeAllASCII ? nil : Self.exactValue(linkTime, name).map(slide.runTime)
     }
 
-    /// An ASCII name (`name` its String, when the caller has one).
-    @inline(__always) private func lookupASCII(_ b: UnsafeRawBufferPointer, name: String?, likelyPresent: Bool = false) -> UInt64? {
-        let d = NameTable.digest(b)  // hashed once for both tables
+    /// The value of the key whose bytes are `name`'s: a dictionary finds a `String`-equal key,
+    /// which answers only if its bytes are the same (else no key has them: a dictionary holds
+    /// no two `String`-equal keys).
+    static func exactValue<V>(_ d: [String: V], _ name: String) -> V? {
+        guard let i = d.index(forKey: name), d[i].key.utf8.elementsEqual(name.utf8) else { return nil }
+        return d[i].value
+    }
+
+    /// Whether ``lookup(ascii:digest:)`` answers every ASCII name: always, since names compare
+    /// as bytes (an ASCII name is in the byte-keyed tables or nowhere).
+    var answersASCIIByBytes: Bool { true }
+
+    /// Reads the lines a lookup of digest `d` starts with (NameTable `touch`); see
+    /// `Session.verifyExportedSymbols`.
+    @inline(__always) func touch(_ d: NameTable.Digest, likelyPresent: Bool) -> UInt64 {
+        addedIndex.touch(d, viaTags: true) ^ linkTimeIndex.touch(d, viaTags: !likelyPresent)
+    }
+
+    /// `lookup(utf8: b, likelyPresent:)` for ASCII `b` with `d == NameTable.digest(b)`, when
+    /// ``answersASCIIByBytes``.
+    @inline(__always) func lookup(ascii b: UnsafeRawBufferPointer, digest d: NameTable.Digest, likelyPresent: Bool) -> UInt64? {
         if let a = addedIndex.lookup(b, digest: d) { return a }
-        func string() -> String { name ?? b.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) } }
-        if !addedOther.isEmpty, let a = addedOther[string()] { return a }
-        if linkTimeAllASCII {
-            return (likelyPresent ? linkTimeIndex.lookupLikelyPresent(b, digest: d) : linkTimeIndex.lookup(b, digest: d)).map(slide.runTime)
-        }
-        return linkTime[string()].map(slide.runTime)
+        return (likelyPresent ? linkTimeIndex.lookupLikelyPresent(b, digest: d) : linkTimeIndex.lookup(b, digest: d)).map(slide.runTime)
+    }
+
+    /// An ASCII name (`name` its String, when the caller has one): the byte-keyed tables hold
+    /// every ASCII key (`init`, `add`).
+    @inline(__always) private func lookupASCII(_ b: UnsafeRawBufferPointer, name: String?, likelyPresent: Bool = false) -> UInt64? {
+        lookup(ascii: b, digest: NameTable.digest(b), likelyPresent: likelyPresent)  // hashed once for both tables
     }
 
     /// Add (or replace) one entry at its run-time address.
@@ -154,14 +177,18 @@ public struct SlidExports: Sendable {
         var n = name
         let ascii = n.withUTF8 { NameTable.isASCII(UnsafeRawBufferPointer($0)) }
         if ascii {
-            // Replaces a canonically equivalent non-ASCII key, as a dictionary assignment would.
-            if !addedOther.isEmpty { addedOther[name] = nil }
             n.withUTF8 { addedIndex.insert(UnsafeRawBufferPointer($0), address) }
         } else {
-            if addedIndex.pairs.contains(where: { $0.name == name }) { addedIndex = addedIndex.removing { $0 == name } }
+            // Under its own bytes: an assignment alone would keep a `String`-equal earlier key's
+            // bytes with this value (that name is then forgotten: looked up, it is unknown).
+            addedOther.removeValue(forKey: name)
             addedOther[name] = address
         }
     }
+
+    /// Add (or replace) every entry of `t` (ASCII names, run-time addresses): the same as
+    /// `add(name, address)` for each, without a `String`.
+    mutating func add(contentsOf t: NameTable) { addedIndex.insertAll(t) }
 
     /// The same shared table read at `slide` (only from a table without a slide or added entries).
     public func slid(by slide: KernelSlide) -> SlidExports {
@@ -417,9 +444,13 @@ public struct SymbolResolver: Sendable {
     /// Add an allowed module's exports (``ModuleExports`` from ``ExplainResult``). Call this only
     /// after the module was allowed: a denied module's symbols must never become resolvable.
     public mutating func add(_ m: ModuleExports) {
-        for (k, v) in m.symbols { exports.add(k, v) }
+        exports.add(contentsOf: m.names)
+        for (k, v) in m.otherNames { exports.add(k, v) }
         moduleFunctionEntries.add(m.functionEntries)
-        for (k, v) in m.staticCallTrustedTargets { staticCallTrustedTargets[k, default: []].formUnion(v) }
+        for (k, v) in m.staticCallTrustedTargets {
+            // A key seen first takes the module's set as is (shared storage, no rehash).
+            if staticCallTrustedTargets[k] == nil { staticCallTrustedTargets[k] = v } else { staticCallTrustedTargets[k]!.formUnion(v) }
+        }
         for (k, v) in m.staticCallStates { staticCallStates[k] = v }
     }
 
@@ -431,7 +462,11 @@ public struct SymbolResolver: Sendable {
 /// What an allowed module contributes to later modules.
 public struct ModuleExports: Sendable {
     public var module: String
-    public var symbols: [String: UInt64]
+    /// The exported names and their addresses: ASCII names byte-keyed (`names`: made from the
+    /// module's borrowed name bytes and merged into the resolver without a `String` or a re-hash),
+    /// any other name (never seen in a real module) in `otherNames`.
+    var names: NameTable
+    var otherNames: [String: UInt64]
     public var functionEntries: FunctionEntries
     /// Keys this module defines → the targets trusted for them (its trampolines' compiled defaults).
     public var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
@@ -440,10 +475,63 @@ public struct ModuleExports: Sendable {
 
     public init(module: String, symbols: [String: UInt64], functionEntries: FunctionEntries,
                 staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:], staticCallStates: [UInt64: UInt64] = [:]) {
+        (names, otherNames) = Self.split(symbols)
         self.module = module
-        self.symbols = symbols
         self.functionEntries = functionEntries
         self.staticCallTrustedTargets = staticCallTrustedTargets
         self.staticCallStates = staticCallStates
+    }
+
+    /// `names` must hold only names no key of `otherNames` is `String`-equal to.
+    init(module: String, names: NameTable, otherNames: [String: UInt64], functionEntries: FunctionEntries,
+         staticCallTrustedTargets: [UInt64: Set<UInt64>], staticCallStates: [UInt64: UInt64]) {
+        self.module = module
+        self.names = names
+        self.otherNames = otherNames
+        self.functionEntries = functionEntries
+        self.staticCallTrustedTargets = staticCallTrustedTargets
+        self.staticCallStates = staticCallStates
+    }
+
+    /// Name → address of every export, as one dictionary (made on each read).
+    public var symbols: [String: UInt64] {
+        get {
+            var d = otherNames
+            d.reserveCapacity(names.count + otherNames.count)
+            for (k, v) in names.pairs { d[k] = v }
+            return d
+        }
+        set { (names, otherNames) = Self.split(newValue) }
+    }
+
+    /// How many names the module exports.
+    public var symbolCount: Int { names.count + otherNames.count }
+
+    /// The address of the export whose name has `name`'s bytes, if any (names compare as bytes,
+    /// as the kernel's: SlidExports).
+    public func address(of name: String) -> UInt64? {
+        var n = name
+        return n.withUTF8 { u in
+            let b = UnsafeRawBufferPointer(u)
+            return NameTable.isASCII(b) ? names.lookup(b) : SlidExports.exactValue(otherNames, name)
+        }
+    }
+
+    /// A dictionary's entries, ASCII names byte-keyed and the others kept as `String`s (distinct
+    /// keys of one dictionary: no name of one part is `String`-equal to one of the other).
+    static func split(_ symbols: [String: UInt64]) -> (NameTable, [String: UInt64]) {
+        var t = NameTable(minimumCapacity: symbols.count)
+        var other: [String: UInt64] = [:]
+        for (k, v) in symbols {
+            var n = k
+            let ascii = n.withUTF8 { u in
+                let b = UnsafeRawBufferPointer(u)
+                guard NameTable.isASCII(b) else { return false }
+                t.insert(b, v)
+                return true
+            }
+            if !ascii { other[k] = v }
+        }
+        return (t, other)
     }
 }

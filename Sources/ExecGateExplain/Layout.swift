@@ -52,7 +52,7 @@ struct ModuleLayout {
     /// rewrite_section_headers(), unchanged from 6.1 to 6.12): `.modinfo`, `__versions` and
     /// `.data..percpu` lose SHF_ALLOC; `.data..ro_after_init` and `__jump_table` gain
     /// SHF_RO_AFTER_INIT. Also the index of the per-cpu section: find_sec() returns the first
-    /// ALLOC section of that name, found before the flag edit, so the first match.
+    /// ALLOC section of that name, found before the flag edit.
     static func loaderFlags(_ elf: ELFFile) -> (flags: [SectionFlags], percpu: Int?) {
         var flags = elf.sections.map { $0.flags }
         var percpu: Int?
@@ -60,8 +60,13 @@ struct ModuleLayout {
             switch s.name {
             case ".modinfo", "__versions": flags[s.index].remove(.alloc)
             case ".data..percpu":
-                if percpu == nil { percpu = s.index }
-                flags[s.index].remove(.alloc)
+                // find_sec() skips a section without SHF_ALLOC ("Alloc bit cleared means ignore
+                // it"): a non-ALLOC section of this name is no per-cpu section, and only the one
+                // found loses SHF_ALLOC (`info->sechdrs[info->index.pcpu].sh_flags &= ~SHF_ALLOC`).
+                if percpu == nil, s.isAlloc {
+                    percpu = s.index
+                    flags[s.index].remove(.alloc)
+                }
             case ".data..ro_after_init", "__jump_table": flags[s.index].insert(.roAfterInit)
             default: break
             }

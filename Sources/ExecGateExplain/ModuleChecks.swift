@@ -35,7 +35,26 @@ extension Session {
         // borrowed bytes up (`lookup(utf8:)` answers as `lookup(String)` does). The first
         // duplicate in name order is reported (Strings made only then).
         if exported.allASCII {
-            guard exported.symbols.indices.contains(where: { resolver.lookup(utf8: exported.nameBytes($0, symtab)) != nil }) else { return }
+            let exports = resolver.exports
+            if exports.answersASCIIByBytes {
+                // Hashed and their first lines read in one pass, looked up in a second: the misses
+                // (usually two a name, the tags of both tables) overlap instead of coming one
+                // after another. The same answers as `lookup(utf8:)` (``SlidExports/answersASCIIByBytes``).
+                var digests: [NameTable.Digest] = []
+                digests.reserveCapacity(exported.symbols.count)
+                var sink: UInt64 = 0
+                for k in exported.symbols.indices {
+                    let d = NameTable.digest(exported.nameBytes(k, symtab))
+                    sink ^= exports.touch(d, likelyPresent: false)
+                    digests.append(d)
+                }
+                exportTouchSink ^= sink
+                guard exported.symbols.indices.contains(where: {
+                    exports.lookup(ascii: exported.nameBytes($0, symtab), digest: digests[$0], likelyPresent: false) != nil
+                }) else { return }
+            } else {
+                guard exported.symbols.indices.contains(where: { resolver.lookup(utf8: exported.nameBytes($0, symtab)) != nil }) else { return }
+            }
         }
         let names = exported.stringSet(symtab)
         guard names.contains(where: { resolver.lookup($0) != nil }) else { return }

@@ -6,9 +6,9 @@
 // and every export a verified module adds goes through it; with `[String: UInt64]` this was the
 // largest single cost of the engine after the relocation walk.
 //
-// Equality is byte equality, which for two ASCII strings is exactly `String` equality (canonical
-// equivalence maps an ASCII string only to itself). Non-ASCII names never enter the table: their
-// owners (SlidExports) keep them in a `[String: UInt64]` and compare them as `String`s, as before.
+// Equality is byte equality, as the kernel compares symbol names (`strcmp()`); for two ASCII
+// strings it is also `String` equality. Non-ASCII names never enter the table: their owners
+// (SlidExports, ModuleExports, KeySymbols) keep them apart and match them by their bytes only.
 
 import _ExecGateInternals
 
@@ -160,11 +160,57 @@ struct NameTable: Sendable {
         }
     }
 
+    /// Reads the first line a lookup of digest `d` reads (the tag with `viaTags`, else the slot)
+    /// and returns a word of it: issued for many names before their lookups (which depend on
+    /// nothing but their own line), the cache misses overlap instead of coming one after another.
+    /// The caller folds the words into one value it keeps, so the reads are not optimised away.
+    @inline(__always) func touch(_ d: Digest, viaTags: Bool) -> UInt64 {
+        let mask = slots.count - 1
+        if mask < 0 { return 0 }
+        let s = Int(truncatingIfNeeded: d.hash) & mask
+        return viaTags ? tags.withUnsafeBufferPointer { UInt64($0[s]) } : slots.withUnsafeBufferPointer { $0[s].value }
+    }
+
     /// Insert, or replace the value of, the name `b` (ASCII bytes).
     mutating func insert(_ b: UnsafeRawBufferPointer, _ value: UInt64) {
         precondition(Self.isASCII(b), "NameTable holds ASCII names only")
-        if 2 * (count + 1) > slots.count { grow() }
-        let d = Self.digest(b)
+        insertChecked(b, value, digest: Self.digest(b))
+    }
+
+    /// `insert(b, value)` with `d == NameTable.digest(b)` already computed.
+    mutating func insert(_ b: UnsafeRawBufferPointer, _ value: UInt64, digest d: Digest) {
+        precondition(Self.isASCII(b), "NameTable holds ASCII names only")
+        insertChecked(b, value, digest: d)
+    }
+
+    /// Every entry of `other` inserted (or its value replacing this table's), in `other`'s slot
+    /// order: the same table as `insert` of each of its (name, value) pairs. The names are not
+    /// re-hashed (one seed per process: `other`'s stored hash and head are this table's too) nor
+    /// re-checked for ASCII (`other` holds only ASCII names).
+    mutating func insertAll(_ other: NameTable) {
+        if other.count == 0 { return }
+        if 2 * (count + other.count) > slots.count { grow(toHold: count + other.count) }
+        other.bytes.withUnsafeBytes { ob in
+            for x in other.slots where x.count >= 0 {
+                let start = Int(x.start), n = Int(x.count)
+                precondition(start >= 0 && start <= ob.count - n)
+                insertChecked(UnsafeRawBufferPointer(rebasing: ob[start..<start + n]), x.value, digest: (x.hash, x.head0, x.head1))
+            }
+        }
+    }
+
+    /// Calls `body` with every (name bytes, value), in slot order (the bytes are borrowed).
+    func forEach(_ body: (UnsafeRawBufferPointer, UInt64) throws -> Void) rethrows {
+        try bytes.withUnsafeBytes { nb in
+            for x in slots where x.count >= 0 {
+                try body(UnsafeRawBufferPointer(rebasing: nb[Int(x.start)..<Int(x.start) + Int(x.count)]), x.value)
+            }
+        }
+    }
+
+    /// `b` is ASCII and `d` its digest.
+    private mutating func insertChecked(_ b: UnsafeRawBufferPointer, _ value: UInt64, digest d: Digest) {
+        if 2 * (count + 1) > slots.count { grow(toHold: count + 1) }
         let (s, found) = find(b, d)
         if found { slots[s].value = value; return }
         precondition(bytes.count <= Int(Int32.max) - b.count)
@@ -174,9 +220,9 @@ struct NameTable: Sendable {
         count += 1
     }
 
-    private mutating func grow() {
+    private mutating func grow(toHold n: Int) {
         var size = max(16, slots.count * 2)
-        while size < 2 * (count + 1) { size <<= 1 }
+        while size < 2 * n { size <<= 1 }
         var sl = [Slot](repeating: Slot(), count: size)
         var tg = [UInt32](repeating: 0, count: size)
         let mask = size - 1
@@ -197,16 +243,6 @@ struct NameTable: Sendable {
                 (String(decoding: UnsafeBufferPointer(rebasing: nb[Int($0.start)..<Int($0.start) + Int($0.count)]), as: UTF8.self), $0.value)
             }
         }
-    }
-
-    /// Without the names `drop` says yes to (rebuilt: for the rare non-ASCII insert only).
-    func removing(where drop: (String) -> Bool) -> NameTable {
-        var t = NameTable()
-        for (n, v) in pairs where !drop(n) {
-            var n = n
-            n.withUTF8 { t.insert(UnsafeRawBufferPointer($0), v) }
-        }
-        return t
     }
 }
 

@@ -65,6 +65,11 @@ extension Session {
             let si = Int(shndx)
             guard si < elf.sections.count, shndx < SectionIndex.loReserve else { return .badSection(shndx) }
             if si == layout.percpuIndex {
+                // An empty per-cpu section gets no area (`percpu_modalloc()`: `if
+                // (!pcpusec->sh_size) return 0`): `mod_percpu(mod)` stays NULL, so its symbols are
+                // `0 + st_value`. A claimed base is never used then (it is checked only for a
+                // section with a size, Session.init).
+                if elf.sections[si].size == 0 { return .value(t.value(i)) }
                 guard let p = claim.percpuBase else { return .percpuWithoutBase }
                 return .value(p &+ t.value(i))
             } else if let a = addr[si] {
@@ -79,19 +84,36 @@ extension Session {
     /// `simplify_symbols()` also resolves the whole table first). The export lookups, each about
     /// one cache miss into the export tables, then come one after another with nothing depending
     /// on them, so the processor overlaps their misses; in the walk they were spread between
-    /// dependent field writes. A symbol the kernel would refuse is left unresolved here: the walk
-    /// meets it at the same record as before and throws the same denial (`computeSymbolValue`).
+    /// dependent field writes. A symbol the explainer cannot use is left unresolved here: the
+    /// walk meets it at the record that uses it and throws its denial (`computeSymbolValue`).
+    /// Those `simplify_symbols()` itself refuses, used or not — an undefined symbol no export
+    /// resolves (`Unknown symbol`, -ENOENT; `_GLOBAL_OFFSET_TABLE_` and weak symbols excepted,
+    /// `ignore_undef_symbol()`) and an SHN_COMMON symbol (-ENOEXEC; `__gnu_lto*` excepted) — are
+    /// returned, the first in table order (the kernel's first message), for the caller to refuse
+    /// before any relocation as the kernel does: a refused symbol only init text or no relocation
+    /// uses still refuses the module.
     /// Also marks, in a core session, the symbols defined in the module's init sections (the
     /// walk's freed-memory check needs a symbol's section per field otherwise).
-    func resolveAllSymbols() {
+    func resolveAllSymbols() -> Int? {
         let t = symtab
         let initOffset = layout.initOffset, isCore = region == .core
         var anyInit = false
         var initFlags = [Bool]()
+        var refused: Int?
         symValue.withUnsafeMutableBufferPointer { vals in
             precondition(vals.count == t.count)
             for i in t.indices {
-                if vals[i] == nil, case .value(let v) = resolveSymbol(i) { vals[i] = v }
+                if vals[i] == nil {
+                    switch resolveSymbol(i) {
+                    case .value(let v): vals[i] = v
+                    case .unknown:
+                        let n = t.nameBytes(i)
+                        if refused == nil && !(n.count == 21 && hasASCIIPrefix(n, "_GLOBAL_OFFSET_TABLE_")) { refused = i }
+                    case .common:
+                        if refused == nil && !hasASCIIPrefix(t.nameBytes(i), "__gnu_lto") { refused = i }
+                    default: break
+                    }
+                }
                 let ssi = Int(t.sectionIndex(i))
                 if isCore, ssi > 0, ssi < initOffset.count, initOffset[ssi] != nil {
                     if !anyInit { initFlags = [Bool](repeating: false, count: t.count); anyInit = true }
@@ -100,6 +122,7 @@ extension Session {
             }
         }
         symbolInInit = initFlags
+        return refused
     }
 
     /// `apply_relocate_add()` / `__write_relocate_add()` (arch/x86/kernel/module.c, 6.1):
@@ -132,7 +155,8 @@ extension Session {
     /// Writes every relocation field (above); returns the init-section references of alternative
     /// templates, which `relocate()` checks once the whole table is relocated.
     func relocateFields() throws -> [InitReference] {
-        resolveAllSymbols()
+        // simplify_symbols() before apply_relocations(): its refusal comes first.
+        if let i = resolveAllSymbols() { _ = try computeSymbolValue(i) }
         var initRefs: [InitReference] = []
         // Work on local arrays (moved out, moved back on every exit), handed to the per-section
         // walk as borrowed buffers: no exclusivity checks in the walk (a local captured by a
@@ -154,6 +178,19 @@ extension Session {
             // checks the others as it reads them: `apply`, `check`).
             guard layout.flags[t].contains(.alloc), let taddr = addr[t], imageOffset(of: t) != nil || (t < isData.count && isData[t]) else {
                 let rels = rs.relocations
+                if region == .core, layout.flags[t].contains(.alloc), let paddr = addr[t], t < layout.initOffset.count, layout.initOffset[t] != nil {
+                    // An init section in a core session: never written here, but the kernel
+                    // relocates it like any SHF_ALLOC section and refuses the module on an
+                    // unknown type, a refused symbol, an R_X86_64_32/32S overflow or a nonzero
+                    // target there too (`apply_relocate_add()`). The same in-place check, at the
+                    // placeholder address (a field against an init symbol fits 32/32S there as at
+                    // any module address), counting nothing; records out of order end it.
+                    var scratch = RelocationWalk(fields: [], count: 0, record: false)
+                    let s = elf.sections[t]
+                    _ = try vals.withUnsafeMutableBufferPointer { v in
+                        try check(rs, t, paddr, s.isNoBits ? UnsafeRawBufferPointer(start: nil, count: 0) : elf.contents(of: s), s.size, v, &scratch)
+                    }
+                }
                 for i in rels.indices where !rels.isValid(i) { try refuseRecords() }
                 continue
             }

@@ -211,7 +211,24 @@ extension Session {
             }
             let size = insn.length
             let nop = SiteBytes(x86Nops[size])
-            let jmp = genInsnBytes(size == 2 ? 0xeb : 0xe9, at: code, to: target)
+            // `__jump_label_patch()` builds the jump (`text_gen_insn()`) every time it patches the
+            // site, either way; a JMP8 whose displacement does not fit is a BUG_ON, so no kernel
+            // ever flips such a site. Deny it: with no jump to encode, the comparison could not
+            // tell a NOP meant for the key's other state from its own (a key "off" at one site and
+            // "on" at another would pass unseen).
+            guard let jmp = genInsnBytes(size == 2 ? 0xeb : 0xe9, at: code, to: target) else {
+                throw deny(.jumpLabel, "jump to 0x\(String(target, radix: 16)) cannot be encoded at this \(size)-byte site (text_gen_insn() BUGs patching it)",
+                           atRegionOffset: off, address: code)
+            }
+            // `__jump_label_patch()` replaces only the encoding it expects (the NOP or the jump:
+            // `memcmp(addr, expect, size)`, else "unexpected op" and BUG): a site that loads with
+            // other bytes is never patched, so its loaded bytes are its only state. Deny rather
+            // than accept the NOP or the jump over, say, a call.
+            let loaded = image.withUnsafeBytes { nop.matches(UnsafeRawBufferPointer(rebasing: $0[off..<off + size])) || jmp.matches(UnsafeRawBufferPointer(rebasing: $0[off..<off + size])) }
+            guard loaded else {
+                throw deny(.jumpLabel, "site holds neither its NOP nor its jump (__jump_label_patch() BUGs on an unexpected op)",
+                           atRegionOffset: off, address: code, found: Array(image[off..<off + size]))
+            }
             countSite(.jumpLabel)
             jumpSites.append((off, size, code, target))
             // State = key enabled (1) or not (0): JMP when enabled != branch default... the encoded
@@ -266,9 +283,15 @@ extension Session {
             guard let off = execOffset(site, 5) else { continue }
             let first = image[off]
             let isJcc = first == 0x0f && image[off + 1] & 0xf0 == 0x80
-            guard first == 0xe8 || first == 0xe9 || isJcc || image[off..<off + 5].elementsEqual(x86Nops[5]) || first == 0xc3 else {
-                throw deny(.staticCall, "site is not a call/jmp/nop/ret (__static_call_validate BUGs)", atRegionOffset: off, address: site,
-                           found: Array(image[off..<off + 5]))
+            // `__static_call_validate()` (6.1 and 6.12), run before every rewrite of the site: a
+            // tail site must hold a jmp, RET or Jcc, any other a call, NOP5 or `xor5rax`; else BUG.
+            // A site of the wrong kind is never patched: deny rather than let a claim turn a tail
+            // jump into a call, or a call into a jump.
+            let valid = tail ? (first == 0xe9 || first == 0xc3 || isJcc)
+                             : (first == 0xe8 || image[off..<off + 5].elementsEqual(x86Nops[5]) || image[off..<off + 5].elementsEqual(VariableSite.xor5rax.array))
+            guard valid else {
+                throw deny(.staticCall, "\(tail ? "tail" : "call") site is not a \(tail ? "jmp/ret/Jcc" : "call/nop/xor5rax") (__static_call_validate BUGs)",
+                           atRegionOffset: off, address: site, found: Array(image[off..<off + 5]))
             }
             countSite(.staticCall)
             staticSites.append((off, site, tail, key))
@@ -311,7 +334,7 @@ extension Session {
         // looked up by the signed module's name and resolved to its own function symbols.
         if let name = modinfo("name"), let updates = StaticCallTrust.moduleUpdates[name] {
             for (keyName, targets) in updates {
-                guard let ki = keySymbols.index(named: "__SCK__" + keyName, symtab), let key = try? symbolValue(ki) else { continue }
+                guard let ki = keySymbols.index(named: "__SCK__" + keyName, symtab), let key = ownKeyAddress(ki) else { continue }
                 for t in targets {
                     // Byte equality, as the kernel's strcmp (String == would also accept a
                     // canonically equivalent Unicode spelling: never more targets than before).
@@ -354,9 +377,25 @@ extension Session {
             guard si < elf.sections.count, let sa = addr[si] else { continue }
             let a = sa &+ symtab.value(k)
             if m[a] != nil { continue }
-            m[a] = .some(keySymbols.index(ofTrampoline: k, symtab).flatMap { try? symbolValue($0) })
+            m[a] = .some(keySymbols.index(ofTrampoline: k, symtab).flatMap { ownKeyAddress($0) })
         }
         return m
+    }
+
+    /// The address of key symbol `ki` when it is a key this module defines: in one of its own
+    /// allocated core sections, the whole `struct static_call_key` (`func` and a union: 16 bytes,
+    /// include/linux/static_call_types.h) inside the section. The kernel adds `st_value` to the
+    /// section's address unbounded (`simplify_symbols()`), and an SHN_ABS symbol is any address:
+    /// taken by name alone, a `__SCK__<name>` symbol could name a *core* key (or another module's)
+    /// and make this module's trampoline default trusted for it, a target
+    /// `static_call_add_module()` never writes at that key's sites. Otherwise nil: no key.
+    func ownKeyAddress(_ ki: Int) -> UInt64? {
+        let shndx = symtab.sectionIndex(ki), si = Int(shndx)
+        guard shndx != SectionIndex.undef, shndx < SectionIndex.loReserve, si < elf.sections.count, layout.coreOffset[si] != nil,
+              layout.flags[si].contains(.alloc), let a = addr[si] else { return nil }
+        let v = symtab.value(ki), size = UInt64(elf.sections[si].size)
+        guard size >= 16, v <= size - 16 else { return nil }
+        return a &+ v
     }
 
     func addTrampolineSite(_ a: UInt64, _ off: Int) {
@@ -369,53 +408,49 @@ extension Session {
     }
 }
 
-/// A module's defined static-call key symbols (`__SCK__<name>`), found by name as the
-/// `[String: Int]` they were kept in answered (the last symbol of a name wins), without a `String`
-/// per key or per lookup when every key name is ASCII: then `String` equality is byte equality
-/// (NameTable.swift), and the names after the 7-byte prefix are the table's keys.
+/// A module's defined static-call key symbols (`__SCK__<name>`), found by name (the last symbol
+/// of a name wins), names equal when their bytes are (as the kernel's: SlidExports): the ASCII
+/// names after the 7-byte prefix in a ``NameTable``, any other (never seen in a real module) by
+/// its bytes in `other`. No `String` per key or per lookup.
 struct KeySymbols {
     /// The key symbols, in symbol order.
     let indices: [Int]
-    /// Name after `__SCK__` → symbol index (every key name ASCII).
+    /// ASCII name after `__SCK__` → symbol index.
     private var table = NameTable()
-    /// Full name → symbol index, as before, when some key name is not ASCII (canonical equivalence).
-    private var strings: [String: Int]?
+    /// Any other name after `__SCK__`, as bytes → symbol index.
+    private var other: [[UInt8]: Int] = [:]
 
     init(_ symtab: ELFSymbolTable, _ indices: [Int]) {
         self.indices = indices
         guard !indices.isEmpty else { return }
-        if indices.allSatisfy({ NameTable.isASCII(symtab.nameBytes($0)) }) {
-            table = NameTable(minimumCapacity: indices.count)
-            for i in indices { table.insert(UnsafeRawBufferPointer(rebasing: symtab.nameBytes(i)[7...]), UInt64(i)) }  // insert replaces: last wins
-        } else {
-            var d: [String: Int] = [:]
-            for i in indices { d[symtab.name(i)] = i }
-            strings = d
+        table = NameTable(minimumCapacity: indices.count)
+        for i in indices {
+            let rest = UnsafeRawBufferPointer(rebasing: symtab.nameBytes(i)[7...])
+            // Both replace an earlier entry of the same name: the last wins.
+            if NameTable.isASCII(rest) { table.insert(rest, UInt64(i)) } else { other[Array(rest)] = i }
         }
     }
 
-    /// The key symbol named `name` (`String` equality).
+    /// The key symbol named `name` (bytes).
     func index(named name: String, _ symtab: ELFSymbolTable) -> Int? {
-        if let d = strings { return d[name] }
         if indices.isEmpty { return nil }
         var n = name
-        if let hit = n.withUTF8({ u -> Int?? in
+        return n.withUTF8 { u in
             let b = UnsafeRawBufferPointer(u)
-            guard NameTable.isASCII(b) else { return .none }  // a non-ASCII query: String comparison below
-            guard b.count >= 7, b.starts(with: "__SCK__".utf8) else { return .some(nil) }
-            return .some(table.lookup(UnsafeRawBufferPointer(rebasing: b[7...])).map { Int($0) })
-        }) { return hit }
-        // A non-ASCII name against ASCII keys: the last key symbol whose name is equal as a String.
-        return indices.last { symtab.name($0) == name }
+            guard b.count >= 7, b.starts(with: "__SCK__".utf8) else { return nil }
+            return index(after: UnsafeRawBufferPointer(rebasing: b[7...]))
+        }
     }
 
     /// The key symbol of the trampoline symbol `t` (`__SCT__<name>` → `__SCK__<name>`).
     func index(ofTrampoline t: Int, _ symtab: ELFSymbolTable) -> Int? {
         let b = symtab.nameBytes(t)
-        if strings == nil, NameTable.isASCII(b) {
-            precondition(b.count >= 7, "a trampoline symbol's name starts with __SCT__")
-            return table.lookup(UnsafeRawBufferPointer(rebasing: b[7...])).map { Int($0) }
-        }
-        return index(named: "__SCK__" + symtab.name(t).dropFirst(7), symtab)
+        precondition(b.count >= 7, "a trampoline symbol's name starts with __SCT__")
+        return index(after: UnsafeRawBufferPointer(rebasing: b[7...]))
+    }
+
+    /// The key symbol whose name after the prefix has the bytes `rest`.
+    private func index(after rest: UnsafeRawBufferPointer) -> Int? {
+        NameTable.isASCII(rest) ? table.lookup(rest).map { Int($0) } : other.isEmpty ? nil : other[Array(rest)]
     }
 }

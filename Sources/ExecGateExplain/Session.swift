@@ -156,6 +156,9 @@ final class Session {
         return d
     }
     var recordRelocationFields = false
+    /// The words `verifyExportedSymbols` reads ahead of its export lookups, folded (kept so the reads
+    /// are not optimised away; nothing reads it).
+    var exportTouchSink: UInt64 = 0
 
     /// Exports looked up once per session (the resolver is immutable for the session), at set-up.
     let returnThunkExport: UInt64?

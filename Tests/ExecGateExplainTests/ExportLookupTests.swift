@@ -1,18 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The export tables' byte-keyed lookup (NameTable inside SlidExports) must answer exactly what the
-// `[String: UInt64]` it replaced answered, including `String`'s canonical equivalence for
-// non-ASCII names (an ASCII key and a non-ASCII name can be equal: "K" and U+212A KELVIN SIGN).
+// The export tables' byte-keyed lookup (NameTable inside SlidExports) must answer what a
+// dictionary with the same history answers, for names no two of which are canonically equivalent;
+// names that are (e.g. "K" and U+212A KELVIN SIGN) are distinct names, as for the kernel's strcmp()
+// (testCanonicallyEquivalentNamesAreDistinct).
 
 @testable import ExecGateExplain
 import XCTest
 
 final class ExportLookupTests: XCTestCase {
     /// Names that stress the table: empty, lengths around the 8-byte word steps, shared prefixes,
-    /// and canonically equivalent non-ASCII spellings.
+    /// non-ASCII names (no two canonically equivalent: there a dictionary is not the model).
     static let names: [String] = {
-        var n = ["", "K", "\u{212A}", "e\u{301}", "\u{E9}", "x", "__fentry__", "__x86_return_thunk", "abcdefg", "abcdefgh", "abcdefghi",
-                 "abcdefghabcdefgh", "abcdefghabcdefghX", "Ω", "\u{2126}", "printk", "_printk"]
+        var n = ["", "K", "\u{E9}", "x", "__fentry__", "__x86_return_thunk", "abcdefg", "abcdefgh", "abcdefghi",
+                 "abcdefghabcdefgh", "abcdefghabcdefghX", "Ω", "printk", "_printk"]
         for i in 0..<600 { n.append("sym_\(i)_" + String(repeating: "z", count: i % 19)) }
         return n
     }()
@@ -50,17 +51,77 @@ final class ExportLookupTests: XCTestCase {
         }
     }
 
-    /// The equivalences the table must keep (Swift's String equality, which the old dictionary used).
-    func testCanonicallyEquivalentNamesAreOneKey() {
+    /// Whole modules' exports added at once (``ModuleExports``: byte-keyed ASCII names merged
+    /// without a `String`, the others by `String`), mixed with single adds, against the dictionary
+    /// history `for (k, v) in m.symbols { add(k, v) }` gave; and the module's own accessors
+    /// (`symbols`, `symbolCount`, `address(of:)`) against the dictionary it was made from.
+    func testModuleExportsAddAsTheirDictionaryDid() {
+        var rng = SplitMix64(state: 0x0dd_5eed)
+        for round in 0..<40 {
+            var core: [String: UInt64] = [:]
+            for n in Self.names where rng.below(3) == 0 { core[n] = rng.next() | 0xffff_ffff_8000_0000 }
+            let slide = KernelSlide(round % 2 == 0 ? 0 : UInt64(rng.below(512)) << 21)
+            var resolver = SymbolResolver(coreExports: SlidExports(core).slid(by: slide))
+            var reference: [String: UInt64] = [:]
+            for step in 0..<(1 + rng.below(12)) {
+                if rng.below(4) == 0 {
+                    let n = Self.names[rng.below(Self.names.count)], v = rng.next()
+                    var e = resolver.exports
+                    e.add(n, v)
+                    resolver = SymbolResolver(coreExports: e)
+                    reference[n] = v
+                    continue
+                }
+                var d: [String: UInt64] = [:]
+                for _ in 0..<rng.below(round % 4 == 0 ? 3 : 200) { d[Self.names[rng.below(Self.names.count)]] = rng.next() }
+                let m = ModuleExports(module: "m\(step)", symbols: d, functionEntries: [])
+                XCTAssertEqual(m.symbols, d, "round \(round) step \(step): symbols")
+                XCTAssertEqual(m.symbolCount, d.count)
+                for n in Self.names { XCTAssertEqual(m.address(of: n), d[n], "round \(round) step \(step): address(of: \(n.debugDescription))") }
+                resolver.add(m)
+                for (k, v) in d { reference[k] = v }
+                for n in Self.names {
+                    let expected = reference[n] ?? core[n].map(slide.runTime)
+                    XCTAssertEqual(resolver.lookup(n), expected, "round \(round) step \(step): \(n.debugDescription)")
+                    var b = n
+                    XCTAssertEqual(b.withUTF8 { resolver.lookup(utf8: UnsafeRawBufferPointer($0)) }, expected, "round \(round) step \(step), bytes: \(n.debugDescription)")
+                }
+                XCTAssertEqual(resolver.exports.added, reference, "round \(round) step \(step): added entries")
+            }
+        }
+    }
+
+    /// Names are equal when their bytes are, as the kernel compares them (`strcmp()`): a name
+    /// canonically equivalent to another (U+212A KELVIN SIGN and "K", NFD and NFC "é") is a
+    /// different name, never resolved to the other's address; bytes that are not UTF-8 name
+    /// nothing. Two non-ASCII names that `String` equality conflates cannot both be held: the
+    /// later replaces the earlier, which is then unknown (denied, never answered wrongly).
+    func testCanonicallyEquivalentNamesAreDistinct() {
         var e = SlidExports(["K": 1])
-        XCTAssertEqual(e["\u{212A}"], 1, "KELVIN SIGN equals K")
+        XCTAssertNil(e["\u{212A}"], "KELVIN SIGN is not K")
         e.add("\u{212A}", 2)
-        XCTAssertEqual(e["K"], 2)
-        XCTAssertEqual(e.added.count, 1)
+        XCTAssertEqual(e["K"], 1)
+        XCTAssertEqual(e["\u{212A}"], 2)
         e.add("K", 3)
-        XCTAssertEqual(e["\u{212A}"], 3)
-        XCTAssertEqual(e.added.count, 1, "one key, replaced")
+        XCTAssertEqual(e["K"], 3)
+        XCTAssertEqual(e["\u{212A}"], 2)
         XCTAssertNil(e["k"], "byte case matters")
+        e.add("caf\u{E9}", 4)
+        e.add("cafe\u{301}", 5)
+        XCTAssertEqual(e["cafe\u{301}"], 5)
+        XCTAssertNil(e["caf\u{E9}"], "replaced by a String-equal name: forgotten, not answered with its value")
+        let linked = SlidExports(["\u{212A}x": 7, "y": 8])
+        XCTAssertNil(linked["Kx"])
+        XCTAssertEqual(linked["\u{212A}x"], 7)
+        let resolver = SymbolResolver(coreExports: linked)
+        for bytes: [UInt8] in [Array("Kx".utf8), [0xe2, 0x84], [0xff, 0x78], [0xef, 0xbf, 0xbd, 0x78]] {
+            XCTAssertNil(bytes.withUnsafeBytes { resolver.lookup(utf8: $0) }, "\(bytes)")
+        }
+        XCTAssertEqual(Array("\u{212A}x".utf8).withUnsafeBytes { resolver.lookup(utf8: $0) }, 7)
+        let m = ModuleExports(module: "m", symbols: ["\u{212A}": 9, "a": 10], functionEntries: [])
+        XCTAssertNil(m.address(of: "K"))
+        XCTAssertEqual(m.address(of: "\u{212A}"), 9)
+        XCTAssertEqual(m.address(of: "a"), 10)
     }
 }
 
