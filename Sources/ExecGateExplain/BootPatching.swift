@@ -243,7 +243,7 @@ extension Session {
         guard facts.ibtSeal else { return }
         for a in relativeSites(".ibt_endbr_seal") {
             guard let off = execOffset(a, 4), image[off..<off + 4].elementsEqual([0xf3, 0x0f, 0x1e, 0xfa]) else { continue }
-            write(off, [0x66, 0x0f, 0x1f, 0x00], .endbrSeal)
+            write(off, SiteBytes(raw: 0x001f_0f66, count: 4), .endbrSeal)
             countSite(.endbrSeal)
         }
     }
@@ -266,7 +266,7 @@ extension Session {
             guard d >= UInt64(toff), d < UInt64(toff + text.size) else { continue }
             let off = Int(d)
             if image[off] == 0xf0 {
-                write(off, [0x3e], .smpLock)
+                write(off, SiteBytes(raw: 0x3e, count: 1), .smpLock)
                 countSite(.smpLock)
                 if facts.possibleCPUs > 1 {
                     // The module is on smp_alt_modules: bringing a second CPU online runs
@@ -302,7 +302,7 @@ extension Session {
             guard fentry != nil, isCall else {
                 continue  // ftrace_bug(): the kernel leaves the site alone and disables ftrace.
             }
-            write(off, x86Nops[5], .ftrace)
+            write(off, VariableSite.nop5, .ftrace)
             countSite(.ftrace)
             let targets = facts.ftraceCallTargets
             if !targets.isEmpty {

@@ -33,18 +33,21 @@ extension Session {
                 precondition(off >= 0 && len >= 0 && off <= claimed.count - len, "site outside the region")
                 let checked = claimed.withUnsafeBytes { site.pointee.check(UnsafeRawBufferPointer(rebasing: $0[off..<off + len])) }
                 if let st = checked {
-                    if let g = group, let prev = groupState[g], prev != st {
-                        write(off, site.pointee.encode(prev), cls)
-                        notes.append((off..<off + len, "\(site.pointee.what): state disagrees with other sites of the same key"))
-                        continue
-                    }
-                    if cls == .staticCall, let g = group, groupState[g] == nil, let prev = verifiedStates[g], prev != st {
-                        write(off, site.pointee.encode(prev), cls)
-                        notes.append((off..<off + len, "\(site.pointee.what): state disagrees with the key's sites in verified modules"))
-                        continue
-                    }
                     if let g = group {
-                        groupState.set(g, st)
+                        // The group's state so far, looked up once (set only when new: a state
+                        // already recorded is the same `st`, checked here).
+                        let known = groupState[g]
+                        if let prev = known, prev != st {
+                            write(off, site.pointee.encode(prev), cls)
+                            notes.append((off..<off + len, "\(site.pointee.what): state disagrees with other sites of the same key"))
+                            continue
+                        }
+                        if cls == .staticCall, known == nil, let prev = verifiedStates[g], prev != st {
+                            write(off, site.pointee.encode(prev), cls)
+                            notes.append((off..<off + len, "\(site.pointee.what): state disagrees with the key's sites in verified modules"))
+                            continue
+                        }
+                        if known == nil { groupState.set(g, st) }
                         if cls == .staticCall { callStates.set(g, st) }
                     }
                     write(off, claimed, from: off, count: len, cls)

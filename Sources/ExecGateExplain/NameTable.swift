@@ -238,12 +238,17 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
     }
     public init(_ addresses: Set<UInt64>) { self.init(Array(addresses)) }
 
-    /// Sorts `a`, whose values lie in `lo ... lo + 2^32 - 1`: LSD radix sort of `x - lo`, four
-    /// passes of 8 bits (stable passes; the order of equal values does not matter).
+    /// Sorts `a`, whose values lie in `lo ... lo + 2^32 - 1`: LSD radix sort of `x - lo`, one
+    /// pass per 8 bits of the largest offset (at most four; stable passes; the order of equal
+    /// values does not matter). A module's text below 64 KiB takes two passes.
     static func radixSort(_ a: inout [UInt64], from lo: UInt64) {
+        var span: UInt64 = 0
+        for x in a { span = Swift.max(span, x &- lo) }
+        precondition(span <= UInt64(UInt32.max), "radix sort of offsets beyond 32 bits")
+        let passes = (64 - span.leadingZeroBitCount + 7) / 8  // 0 when every value is lo: sorted
         var scratch = [UInt64](repeating: 0, count: a.count)
         var counts = [Int](repeating: 0, count: 256)
-        for pass in 0..<4 {
+        for pass in 0..<passes {
             let shift = UInt64(8 * pass)
             for k in counts.indices { counts[k] = 0 }
             for x in a { counts[Int(((x &- lo) >> shift) & 0xff)] += 1 }

@@ -38,7 +38,9 @@ struct SiteBytes: Equatable {
     @inline(__always) func matches(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard bytes.count == count else { return false }
         var w: UInt64 = 0
-        for k in 0..<count { w |= UInt64(bytes[k]) << (8 * UInt64(k)) }
+        var k = 0
+        if count >= 4 { w = UInt64(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self))); k = 4 }
+        while k < count { w |= UInt64(bytes[k]) << (8 * UInt64(k)); k += 1 }
         return w == raw
     }
     var array: [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: raw >> (8 * UInt64($0))) } }
