@@ -140,30 +140,30 @@ extension Session {
 
     /// `apply_returns()` + `__static_call_fixup()` + `patch_return()` (alternative.c, static_call.c).
     func applyReturns() throws {
-        for a in relativeSites(".return_sites") {
-            guard let off = execOffset(a, 1), let insn = decode(at: off) else { continue }
+        forEachRelativeSite(".return_sites") { a in
+            guard let off = execOffset(a, 1), let insn = decode(at: off) else { return }
             var dest: UInt64? = nil
             if insn.opcode0 == 0xe9 { dest = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate) }
             // __static_call_fixup(): a trampoline is followed by `ud1 %esp, %ecx` (0f b9 cc).
             if off + 8 <= image.count && image[off + 5] == 0x0f && image[off + 6] == 0xb9 && image[off + 7] == 0xcc {
                 let rtx = returnThunkExport
                 if insn.opcode0 == 0xc3 || (dest != nil && dest == rtx) {
-                    guard let form = retInstruction(at: a)?.padded(to: 5, with: 0xcc), execOffset(a, 5) != nil else { continue }
+                    guard let form = retInstruction(at: a)?.padded(to: 5, with: 0xcc), execOffset(a, 5) != nil else { return }
                     write(off, form, .returnThunk)
                     // A module's own static-call trampoline: static_call_update() may later make it
                     // `jmp func` or the RET form again (a run-time site, RuntimeSites.swift).
                     trampolineSites.append((a, off))
                     countSite(.returnThunk)
                 }
-                continue
+                return
             }
-            guard let d = dest, let rtx = returnThunkExport, d == rtx else { continue }  // WARN_ONCE: left alone
+            guard let d = dest, let rtx = returnThunkExport, d == rtx else { return }  // WARN_ONCE: left alone
             // retForm(at: a, length: insn.length), inline when it fits a word (every real site).
             if insn.length <= 8 {
-                guard let ins = retInstruction(at: a), ins.count <= insn.length, execOffset(a, insn.length) != nil else { continue }
+                guard let ins = retInstruction(at: a), ins.count <= insn.length, execOffset(a, insn.length) != nil else { return }
                 write(off, ins.padded(to: insn.length, with: 0xcc), .returnThunk)
             } else {
-                guard let bytes = retForm(at: a, length: insn.length), bytes.count == insn.length, execOffset(a, insn.length) != nil else { continue }
+                guard let bytes = retForm(at: a, length: insn.length), bytes.count == insn.length, execOffset(a, insn.length) != nil else { return }
                 write(off, bytes, .returnThunk)
             }
             returnSites.append((off, a, insn.length))

@@ -239,8 +239,9 @@ extension Session {
         if !resolver.staticCallTrustedTargets.isEmpty, let m = resolver.staticCallTrustedTargets[key] { s.append(contentsOf: m) }
         if !ownKeyDefaults.isEmpty, let own = ownKeyDefaults[key] { s.append(contentsOf: own) }
         if !s.isEmpty {
-            let funcs = isFunctionEntry
-            s.removeAll { !funcs($0) || facts.isCoreInit($0) }
+            // isFunctionEntry, inline (no closure context made per key).
+            let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
+            s.removeAll { !(own.contains($0) || core.contains($0) || mods.contains($0)) || facts.isCoreInit($0) }
         }
         if let r0 = facts.staticCallReturn0 { s.append(r0) }
         let list = TargetList(s)
@@ -346,17 +347,18 @@ extension Session {
 
     /// The module's own key (`__SCK__<name>`) of the trampoline at `a` (the first `__SCT__`
     /// symbol at that address names it; nil if its key symbol is missing or has no value).
-    func trampolineKey(_ a: UInt64) -> UInt64? { trampolineKeyByAddress[a] ?? nil }
+    func trampolineKey(_ a: UInt64) -> UInt64? { trampolineKeyByAddress.key(a) }
 
     /// `trampolineKey` for every trampoline address, built once per session (first symbol wins).
-    func buildTrampolineKeys() -> [UInt64: UInt64?] {
-        var m: [UInt64: UInt64?] = [:]
+    func buildTrampolineKeys() -> TrampolineKeys {
+        var m = TrampolineKeys()
         for k in trampolineSymbols {
             let si = Int(symtab.sectionIndex(k))
             guard si < elf.sections.count, let sa = addr[si] else { continue }
             let a = sa &+ symtab.value(k)
-            if m[a] != nil { continue }
-            m[a] = .some(keySymbols.index(ofTrampoline: k, symtab).flatMap { try? symbolValue($0) })
+            if m.slot[a] != nil { continue }
+            m.slot.set(a, UInt64(m.keys.count))
+            m.keys.append(keySymbols.index(ofTrampoline: k, symtab).flatMap { try? symbolValue($0) })
         }
         return m
     }
@@ -369,6 +371,16 @@ extension Session {
         variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: "static-call trampoline", whatKey: key,
                                      rule: .trampoline(site: a, retForm: ret, trusted: trusted)))
     }
+}
+
+/// Trampoline address → its key (nil: a trampoline whose key symbol is missing or has no value),
+/// by address in an ``AddressTable`` (the `[UInt64: UInt64?]` it replaces hashed each address).
+struct TrampolineKeys {
+    /// Trampoline address → index in `keys`.
+    var slot = AddressTable()
+    var keys: [UInt64?] = []
+    /// The key of the trampoline at `a`; nil for no trampoline there or one without a key.
+    func key(_ a: UInt64) -> UInt64? { slot[a].flatMap { keys[Int($0)] } }
 }
 
 /// A module's defined static-call key symbols (`__SCK__<name>`), found by name as the

@@ -96,7 +96,7 @@ final class Session {
     var trustedTargetLists: [TargetList] = []
     var staticCallStates: [UInt64: UInt64] = [:]
     var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
-    var trampolineKeyCache: [UInt64: UInt64?]?
+    var trampolineKeyCache: TrampolineKeys?
     var exportedNameCache: ExportedNames?
     #else
     @exclusivity(unchecked) var image: [UInt8]
@@ -120,7 +120,7 @@ final class Session {
     @exclusivity(unchecked) var trustedTargetLists: [TargetList] = []
     @exclusivity(unchecked) var staticCallStates: [UInt64: UInt64] = [:]
     @exclusivity(unchecked) var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
-    @exclusivity(unchecked) var trampolineKeyCache: [UInt64: UInt64?]?
+    @exclusivity(unchecked) var trampolineKeyCache: TrampolineKeys?
     @exclusivity(unchecked) var exportedNameCache: ExportedNames?
     #endif
     // What the other working properties above hold (each stage's own state, unchecked in
@@ -162,7 +162,7 @@ final class Session {
     let indirectThunkExport: UInt64?
 
     /// Trampoline address → its key (RuntimeSites.swift `trampolineKey`), built on first use.
-    var trampolineKeyByAddress: [UInt64: UInt64?] {
+    var trampolineKeyByAddress: TrampolineKeys {
         if let m = trampolineKeyCache { return m }
         let m = buildTrampolineKeys()
         trampolineKeyCache = m
@@ -670,14 +670,21 @@ final class Session {
 
     /// Sites of a `s32` self-relative table (`.retpoline_sites`, `.return_sites`, `.ibt_endbr_seal`).
     func relativeSites(_ name: String) -> [UInt64] {
-        guard let t = table(name) else { return [] }
         var out: [UInt64] = []
-        var o = 0
-        while let v = t.bytes.getInteger(at: o, as: Int32.self) {
-            out.append(t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64(v)))
-            o += 4
-        }
+        forEachRelativeSite(name) { out.append($0) }
         return out
+    }
+
+    /// `relativeSites(name)` visited in order, without the array.
+    func forEachRelativeSite(_ name: String, _ body: (UInt64) throws -> Void) rethrows {
+        guard let t = table(name) else { return }
+        try t.bytes.withUnsafeBytes { b in
+            var o = 0
+            while let v = b.getInteger(at: o, as: Int32.self) {
+                try body(t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64(v)))
+                o += 4
+            }
+        }
     }
 
     // MARK: Trusted facts, as the stages ask for them
