@@ -418,8 +418,15 @@ public struct ELFFile: @unchecked Sendable {
         return start..<end
     }
 
+    /// The first NUL in `bytes[from..<to]` (nil if none), eight bytes at a time: for NUL-separated
+    /// tables read outside the parser (`.modinfo`).
+    @inlinable public static func firstNUL(in bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
+        precondition(from >= 0 && from <= to && to <= bytes.count)
+        return memchrNUL(bytes, from: from, to: to)
+    }
+
     /// The first NUL in `bytes[from..<to]`.
-    @inline(__always) static func memchrNUL(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
+    @usableFromInline @inline(__always) static func memchrNUL(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
         var e = from
         // Eight bytes at a time (exact test: m = (w - 0x01…) & ~w & 0x80… is nonzero iff some byte
         // of w is zero, and its lowest set bit is in the lowest zero byte: a borrow only runs
