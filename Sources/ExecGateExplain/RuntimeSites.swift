@@ -234,6 +234,7 @@ extension Session {
         // an open-addressing table, the lists kept in `trustedTargetLists`.
         if let i = trustedTargetIndex[key] { return trustedTargetLists[Int(i)] }
         var s: [UInt64] = []
+        s.reserveCapacity(4)  // a key has a few targets (and __static_call_return0): one allocation
         facts.staticCallTrustedTargets.forEachTarget(of: key) { s.append($0) }
         // (Empty tables are common: no hash for them.)
         if !resolver.staticCallTrustedTargets.isEmpty, let m = resolver.staticCallTrustedTargets[key] { s.append(contentsOf: m) }
@@ -325,8 +326,9 @@ extension Session {
             }
         }
         for (a, off) in trampolineSites {
+            precondition(off >= 0 && off <= image.count - 5, "trampoline outside the image")  // execOffset checked it
             guard image[off] == 0xe9, let key = trampolineKey(a),
-                  let dest = rel32Destination(Array(image[off..<off + 5]), operandAt: 1, site: a, length: 5),
+                  let dest = image.withUnsafeBytes({ rel32Destination(UnsafeRawBufferPointer(rebasing: $0[off..<off + 5]), operandAt: 1, site: a, length: 5) }),
                   dest != returnThunkExport, dest != returnThunkTarget else { continue }
             ownKeyDefaults[key, default: []].insert(dest)
         }
@@ -340,8 +342,16 @@ extension Session {
         // The trampolines that already have a site (few trampolines, thousands of sites: the
         // trampolines' offsets in a small table, one pass over the sites).
         var known = AddressTable()
-        for (_, off) in trampolineSites { known.set(UInt64(off), 0) }
-        for i in variable.indices where known[UInt64(variable[i].offset)] != nil { known.set(UInt64(variable[i].offset), 1) }
+        var lo = Int.max, hi = Int.min
+        for (_, off) in trampolineSites { known.set(UInt64(off), 0); lo = Swift.min(lo, off); hi = Swift.max(hi, off) }
+        // Only a site inside the trampolines' span can share an offset with one: two compares
+        // before the table is asked (the trampolines sit together in `.static_call.text`).
+        variable.withUnsafeBufferPointer { sites in
+            for i in sites.indices {
+                let off = sites[i].offset
+                if off >= lo && off <= hi && known[UInt64(off)] != nil { known.set(UInt64(off), 1) }
+            }
+        }
         for (a, off) in trampolineSites where known[UInt64(off)] != 1 { addTrampolineSite(a, off) }
     }
 
