@@ -147,6 +147,8 @@ public struct ELFFile: @unchecked Sendable {
     public let bytes: UnsafeRawBufferPointer
     public let sections: [ELFSection]
     public let shstrndx: Int
+    /// Per section: the name's UTF-8 length when the name is ASCII, -1 otherwise (``section(named:)``).
+    let asciiNameLengths: [Int]
 
     public init(bytes: UnsafeRawBufferPointer) throws {
         self.bytes = bytes
@@ -169,6 +171,13 @@ public struct ELFFile: @unchecked Sendable {
         }
         self.sections = secs
         self.shstrndx = table.shstrndx
+        self.asciiNameLengths = secs.map { ELFFile.asciiLength($0.name) }
+    }
+
+    /// The UTF-8 length of `s` if it is all ASCII, else -1.
+    static func asciiLength(_ s: String) -> Int {
+        var s = s
+        return s.withUTF8 { u in u.allSatisfy { $0 < 0x80 } ? u.count : -1 }
     }
 
     /// Where the section header table is, from a validated Elf64_Ehdr.
@@ -279,7 +288,15 @@ public struct ELFFile: @unchecked Sendable {
     public func section(named name: String) -> ELFSection? {
         // A scan (find_sec() scans too): a module has tens of sections and a reader asks for a
         // few, so a name index cost more to build (a hash of every name per parse) than it saved.
-        for i in sections.indices where sections[i].name == name { return sections[i] }
+        // Two ASCII names of different lengths are different Strings (for ASCII text String
+        // equality is byte equality): only then is the comparison skipped. A non-ASCII name on
+        // either side is compared as a String (canonical equivalence, as before).
+        let q = ELFFile.asciiLength(name)
+        for i in sections.indices {
+            let k = asciiNameLengths[i]
+            if q >= 0 && k >= 0 && k != q { continue }
+            if sections[i].name == name { return sections[i] }
+        }
         return nil
     }
 
