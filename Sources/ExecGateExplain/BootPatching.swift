@@ -289,6 +289,7 @@ extension Session {
     func applyFtrace() throws {
         guard let t = table("__mcount_loc") else { return }
         let fentry = resolver.lookup("__fentry__")
+        let targets = facts.ftraceCallTargets  // read once (not once per site)
         var o = 0
         while let a = t.bytes.getInteger(at: o, as: UInt64.self) {
             o += 8
@@ -304,7 +305,6 @@ extension Session {
             }
             write(off, VariableSite.nop5, .ftrace)
             countSite(.ftrace)
-            let targets = facts.ftraceCallTargets
             if !targets.isEmpty {
                 variable.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, what: "ftrace site", rule: .ftrace(site: a, targets: targets)))
             }

@@ -103,12 +103,14 @@ struct ModuleLayout {
             return ret
         }
         func pageAlign(_ v: Int) -> Int { (v + pageSize - 1) & ~(pageSize - 1) }
+        // A section goes in the first class whose masks it fits (later classes find it placed):
+        // that class, found once per section (-1: none), replaces the mask tests per visit.
+        let classOf = flags.map { f in masks.firstIndex { f.isSuperset(of: $0.0) && f.intersection($0.1).isEmpty } ?? -1 }
         for pass in 0..<2 {
             var size = 0
-            for (m, mask) in masks.enumerated() {
+            for m in masks.indices {
                 for i in secs.indices {  // secs[i].index == i (ELFFile.init)
-                    let f = flags[i]
-                    if !f.isSuperset(of: mask.0) || !f.intersection(mask.1).isEmpty || placed[i] || initNamed[i] != (pass == 1) { continue }
+                    if classOf[i] != m || placed[i] || initNamed[i] != (pass == 1) { continue }
                     guard let off = place(i, &size) else { return nil }
                     placed[i] = true
                     if pass == 0 { core[i] = off } else { initO[i] = off }
