@@ -26,6 +26,9 @@
 /// } Elf64_Shdr;
 /// ```
 import _ExecGateInternals
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct ELFSection: Hashable, Sendable {
     public let index: Int
@@ -444,6 +447,18 @@ public struct ELFFile: @unchecked Sendable {
 
     /// The first NUL in `bytes[from..<to]`.
     @usableFromInline @inline(__always) static func memchrNUL(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
+        #if canImport(Glibc)
+        // libc's memchr (vector loads; a symbol table asks this once per symbol name, names of
+        // ~10-40 bytes, where the word loop below mispredicts its exit on most names). It reads
+        // only [from, to) as far as the result is concerned: its wide loads stay within pages
+        // that hold part of the range.
+        precondition(from >= 0 && from <= to && to <= bytes.count)
+        guard from < to, let base = bytes.baseAddress else { return nil }
+        guard let p = memchr(base + from, 0, to - from) else { return nil }
+        let at = base.distance(to: UnsafeRawPointer(p))
+        precondition(at >= from && at < to)
+        return at
+        #else
         var e = from
         // Eight bytes at a time (exact test: m = (w - 0x01…) & ~w & 0x80… is nonzero iff some byte
         // of w is zero, and its lowest set bit is in the lowest zero byte: a borrow only runs
@@ -458,6 +473,7 @@ public struct ELFFile: @unchecked Sendable {
         }
         while e < to && bytes[e] != 0 { e += 1 }
         return e < to ? e : nil
+        #endif
     }
 }
 
