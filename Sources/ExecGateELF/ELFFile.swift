@@ -26,6 +26,9 @@
 /// } Elf64_Shdr;
 /// ```
 import _ExecGateInternals
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct ELFSection: Hashable, Sendable {
     public let index: Int
@@ -147,6 +150,8 @@ public struct ELFFile: @unchecked Sendable {
     public let bytes: UnsafeRawBufferPointer
     public let sections: [ELFSection]
     public let shstrndx: Int
+    /// Per section: the name's UTF-8 length when the name is ASCII, -1 otherwise (``section(named:)``).
+    let asciiNameLengths: [Int]
 
     public init(bytes: UnsafeRawBufferPointer) throws {
         self.bytes = bytes
@@ -169,6 +174,13 @@ public struct ELFFile: @unchecked Sendable {
         }
         self.sections = secs
         self.shstrndx = table.shstrndx
+        self.asciiNameLengths = secs.map { ELFFile.asciiLength($0.name) }
+    }
+
+    /// The UTF-8 length of `s` if it is all ASCII, else -1.
+    static func asciiLength(_ s: String) -> Int {
+        var s = s
+        return s.withUTF8 { u in u.allSatisfy { $0 < 0x80 } ? u.count : -1 }
     }
 
     /// Where the section header table is, from a validated Elf64_Ehdr.
@@ -279,7 +291,15 @@ public struct ELFFile: @unchecked Sendable {
     public func section(named name: String) -> ELFSection? {
         // A scan (find_sec() scans too): a module has tens of sections and a reader asks for a
         // few, so a name index cost more to build (a hash of every name per parse) than it saved.
-        for i in sections.indices where sections[i].name == name { return sections[i] }
+        // Two ASCII names of different lengths are different Strings (for ASCII text String
+        // equality is byte equality): only then is the comparison skipped. A non-ASCII name on
+        // either side is compared as a String (canonical equivalence, as before).
+        let q = ELFFile.asciiLength(name)
+        for i in sections.indices {
+            let k = asciiNameLengths[i]
+            if q >= 0 && k >= 0 && k != q { continue }
+            if sections[i].name == name { return sections[i] }
+        }
         return nil
     }
 
@@ -418,8 +438,27 @@ public struct ELFFile: @unchecked Sendable {
         return start..<end
     }
 
+    /// The first NUL in `bytes[from..<to]` (nil if none), eight bytes at a time: for NUL-separated
+    /// tables read outside the parser (`.modinfo`).
+    @inlinable public static func firstNUL(in bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
+        precondition(from >= 0 && from <= to && to <= bytes.count)
+        return memchrNUL(bytes, from: from, to: to)
+    }
+
     /// The first NUL in `bytes[from..<to]`.
-    @inline(__always) static func memchrNUL(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
+    @usableFromInline @inline(__always) static func memchrNUL(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
+        #if canImport(Glibc)
+        // libc's memchr (vector loads; a symbol table asks this once per symbol name, names of
+        // ~10-40 bytes, where the word loop below mispredicts its exit on most names). It reads
+        // only [from, to) as far as the result is concerned: its wide loads stay within pages
+        // that hold part of the range.
+        precondition(from >= 0 && from <= to && to <= bytes.count)
+        guard from < to, let base = bytes.baseAddress else { return nil }
+        guard let p = memchr(base + from, 0, to - from) else { return nil }
+        let at = base.distance(to: UnsafeRawPointer(p))
+        precondition(at >= from && at < to)
+        return at
+        #else
         var e = from
         // Eight bytes at a time (exact test: m = (w - 0x01…) & ~w & 0x80… is nonzero iff some byte
         // of w is zero, and its lowest set bit is in the lowest zero byte: a borrow only runs
@@ -434,6 +473,7 @@ public struct ELFFile: @unchecked Sendable {
         }
         while e < to && bytes[e] != 0 { e += 1 }
         return e < to ? e : nil
+        #endif
     }
 }
 

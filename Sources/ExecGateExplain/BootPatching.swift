@@ -140,30 +140,30 @@ extension Session {
 
     /// `apply_returns()` + `__static_call_fixup()` + `patch_return()` (alternative.c, static_call.c).
     func applyReturns() throws {
-        for a in relativeSites(".return_sites") {
-            guard let off = execOffset(a, 1), let insn = decode(at: off) else { continue }
+        forEachRelativeSite(".return_sites") { a in
+            guard let off = execOffset(a, 1), let insn = decode(at: off) else { return }
             var dest: UInt64? = nil
             if insn.opcode0 == 0xe9 { dest = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate) }
             // __static_call_fixup(): a trampoline is followed by `ud1 %esp, %ecx` (0f b9 cc).
             if off + 8 <= image.count && image[off + 5] == 0x0f && image[off + 6] == 0xb9 && image[off + 7] == 0xcc {
                 let rtx = returnThunkExport
                 if insn.opcode0 == 0xc3 || (dest != nil && dest == rtx) {
-                    guard let form = retInstruction(at: a)?.padded(to: 5, with: 0xcc), execOffset(a, 5) != nil else { continue }
+                    guard let form = retInstruction(at: a)?.padded(to: 5, with: 0xcc), execOffset(a, 5) != nil else { return }
                     write(off, form, .returnThunk)
                     // A module's own static-call trampoline: static_call_update() may later make it
                     // `jmp func` or the RET form again (a run-time site, RuntimeSites.swift).
                     trampolineSites.append((a, off))
                     countSite(.returnThunk)
                 }
-                continue
+                return
             }
-            guard let d = dest, let rtx = returnThunkExport, d == rtx else { continue }  // WARN_ONCE: left alone
+            guard let d = dest, let rtx = returnThunkExport, d == rtx else { return }  // WARN_ONCE: left alone
             // retForm(at: a, length: insn.length), inline when it fits a word (every real site).
             if insn.length <= 8 {
-                guard let ins = retInstruction(at: a), ins.count <= insn.length, execOffset(a, insn.length) != nil else { continue }
+                guard let ins = retInstruction(at: a), ins.count <= insn.length, execOffset(a, insn.length) != nil else { return }
                 write(off, ins.padded(to: insn.length, with: 0xcc), .returnThunk)
             } else {
-                guard let bytes = retForm(at: a, length: insn.length), bytes.count == insn.length, execOffset(a, insn.length) != nil else { continue }
+                guard let bytes = retForm(at: a, length: insn.length), bytes.count == insn.length, execOffset(a, insn.length) != nil else { return }
                 write(off, bytes, .returnThunk)
             }
             returnSites.append((off, a, insn.length))
@@ -243,7 +243,7 @@ extension Session {
         guard facts.ibtSeal else { return }
         for a in relativeSites(".ibt_endbr_seal") {
             guard let off = execOffset(a, 4), image[off..<off + 4].elementsEqual([0xf3, 0x0f, 0x1e, 0xfa]) else { continue }
-            write(off, [0x66, 0x0f, 0x1f, 0x00], .endbrSeal)
+            write(off, SiteBytes(raw: 0x001f_0f66, count: 4), .endbrSeal)
             countSite(.endbrSeal)
         }
     }
@@ -266,7 +266,7 @@ extension Session {
             guard d >= UInt64(toff), d < UInt64(toff + text.size) else { continue }
             let off = Int(d)
             if image[off] == 0xf0 {
-                write(off, [0x3e], .smpLock)
+                write(off, SiteBytes(raw: 0x3e, count: 1), .smpLock)
                 countSite(.smpLock)
                 if facts.possibleCPUs > 1 {
                     // The module is on smp_alt_modules: bringing a second CPU online runs
@@ -289,6 +289,7 @@ extension Session {
     func applyFtrace() throws {
         guard let t = table("__mcount_loc") else { return }
         let fentry = resolver.lookup("__fentry__")
+        let targets = facts.ftraceCallTargets  // read once (not once per site)
         var o = 0
         while let a = t.bytes.getInteger(at: o, as: UInt64.self) {
             o += 8
@@ -302,9 +303,8 @@ extension Session {
             guard fentry != nil, isCall else {
                 continue  // ftrace_bug(): the kernel leaves the site alone and disables ftrace.
             }
-            write(off, x86Nops[5], .ftrace)
+            write(off, VariableSite.nop5, .ftrace)
             countSite(.ftrace)
-            let targets = facts.ftraceCallTargets
             if !targets.isEmpty {
                 variable.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, what: "ftrace site", rule: .ftrace(site: a, targets: targets)))
             }

@@ -25,26 +25,46 @@ extension Session {
         // The sites read in place through a borrowed buffer (a copy of each site would retain and
         // release its rule's arrays); nothing below changes `variable`.
         let sites = variable
+        // claimed.count == image.count (checked in set-up). The equality of the whole region is
+        // folded into the same walk, in address order: before site k, the stretch from the last
+        // site's offset up to site k's is compared word-wise (its bytes are final: sites are
+        // sorted by offset and each writes only [offset, offset + length), so no later site
+        // writes below site k's offset), then site k is checked on claimed bytes just brought
+        // into the cache by that compare; the tail after the last site last. Every byte is
+        // compared once, after every write that can change it: `diff` is zero exactly when the
+        // finished image equals the claim (the slow path below then finds the first difference).
+        precondition(claimed.count == image.count)
+        var diff: UInt64 = 0
+        var pos = 0
+        @inline(__always) func compareStretch(to end: Int) {
+            guard end > pos else { return }
+            image.withUnsafeBytes { a in claimed.withUnsafeBytes { b in diff |= Session.xorOr(a, b, pos, end) } }
+            pos = end
+        }
         sites.withUnsafeBufferPointer { sites in
             for k in sites.indices {
                 let site = sites.baseAddress! + k
                 let off = site.pointee.offset, len = site.pointee.length, cls = site.pointee.cls, group = site.pointee.group
+                compareStretch(to: off)
                 // The claimed bytes of the site, read in place (an array only where a message needs it).
                 precondition(off >= 0 && len >= 0 && off <= claimed.count - len, "site outside the region")
                 let checked = claimed.withUnsafeBytes { site.pointee.check(UnsafeRawBufferPointer(rebasing: $0[off..<off + len])) }
                 if let st = checked {
-                    if let g = group, let prev = groupState[g], prev != st {
-                        write(off, site.pointee.encode(prev), cls)
-                        notes.append((off..<off + len, "\(site.pointee.what): state disagrees with other sites of the same key"))
-                        continue
-                    }
-                    if cls == .staticCall, let g = group, groupState[g] == nil, let prev = verifiedStates[g], prev != st {
-                        write(off, site.pointee.encode(prev), cls)
-                        notes.append((off..<off + len, "\(site.pointee.what): state disagrees with the key's sites in verified modules"))
-                        continue
-                    }
                     if let g = group {
-                        groupState.set(g, st)
+                        // The group's state so far, looked up once (set only when new: a state
+                        // already recorded is the same `st`, checked here).
+                        let known = groupState[g]
+                        if let prev = known, prev != st {
+                            write(off, site.pointee.encode(prev), cls)
+                            notes.append((off..<off + len, "\(site.pointee.what): state disagrees with other sites of the same key"))
+                            continue
+                        }
+                        if cls == .staticCall, known == nil, let prev = verifiedStates[g], prev != st {
+                            write(off, site.pointee.encode(prev), cls)
+                            notes.append((off..<off + len, "\(site.pointee.what): state disagrees with the key's sites in verified modules"))
+                            continue
+                        }
+                        if known == nil { groupState.set(g, st) }
                         if cls == .staticCall { callStates.set(g, st) }
                     }
                     write(off, claimed, from: off, count: len, cls)
@@ -57,26 +77,10 @@ extension Session {
                 }
             }
         }
-        // claimed.count == image.count (checked in setUp). Equal regions are the common case:
-        // one vectorisable counting pass over borrowed buffers; the slow path only on a difference.
+        compareStretch(to: image.count)
+        // Equal regions are the common case; the slow path only on a difference.
+        if diff == 0 { return }
         let img = image
-        precondition(claimed.count == img.count)
-        let equal = img.withUnsafeBytes { a in
-            claimed.withUnsafeBytes { b in
-                var acc: UInt64 = 0
-                var i = 0
-                while i + 32 <= a.count {
-                    acc |= (a.loadUnaligned(fromByteOffset: i, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-                        | (a.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
-                        | (a.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self))
-                        | (a.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self))
-                    i += 32
-                }
-                while i < a.count { acc |= UInt64(a[i] ^ b[i]); i += 1 }
-                return acc == 0
-            }
-        }
-        if equal { return }
         var differing = 0
         for i in 0..<img.count where img[i] != claimed[i] { differing += 1 }
         for i in 0..<img.count where img[i] != claimed[i] {
@@ -93,6 +97,23 @@ extension Session {
             d.denial.unexplainedBytes = differing
             throw d
         }
+    }
+
+    /// The OR of `a[i] ^ b[i]` over `lo..<hi` (zero iff the ranges are equal), word-wise.
+    @inline(__always) static func xorOr(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ lo: Int, _ hi: Int) -> UInt64 {
+        precondition(lo >= 0 && lo <= hi && hi <= a.count && hi <= b.count)
+        var acc: UInt64 = 0
+        var i = lo
+        while i + 32 <= hi {
+            acc |= (a.loadUnaligned(fromByteOffset: i, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+                | (a.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
+                | (a.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self))
+                | (a.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self))
+            i += 32
+        }
+        while i + 8 <= hi { acc |= a.loadUnaligned(fromByteOffset: i, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i, as: UInt64.self); i += 8 }
+        while i < hi { acc |= UInt64(a[i] ^ b[i]); i += 1 }
+        return acc
     }
 
     /// `variable.sort { $0.offset < $1.offset }` (stable: sites at one offset keep their order),

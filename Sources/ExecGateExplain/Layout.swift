@@ -57,6 +57,11 @@ struct ModuleLayout {
         var flags = elf.sections.map { $0.flags }
         var percpu: Int?
         for s in elf.sections {
+            // Only names of the five lengths can match (a length test before any comparison).
+            switch s.name.utf8.count {
+            case 8, 10, 12, 13, 20: break
+            default: continue
+            }
             switch s.name {
             case ".modinfo", "__versions": flags[s.index].remove(.alloc)
             case ".data..percpu":
@@ -88,27 +93,32 @@ struct ModuleLayout {
         // CONFIG_MODULE_UNLOAD), decided once per section (the loop below asks for every section
         // in every class of both passes).
         let initNamed = secs.map { hasASCIIPrefix($0.name, ".init") }
-        func place(_ s: ELFSection, _ size: inout Int) -> Int? {
-            let a = Int(exactly: s.addralign == 0 ? 1 : s.addralign) ?? -1
+        // The fields the loop reads, as plain arrays (the loop visits every section in every
+        // class of both passes: no section record, with its name, copied per visit).
+        let aligns = secs.map { $0.addralign }, sizes = secs.map { $0.size }
+        func place(_ i: Int, _ size: inout Int) -> Int? {
+            let a = Int(exactly: aligns[i] == 0 ? 1 : aligns[i]) ?? -1
             guard a > 0 else { return nil }
             let (t, o1) = size.addingReportingOverflow(a - 1)
             guard !o1 else { return nil }
             let ret = t & ~(a - 1)
-            let (n, o2) = ret.addingReportingOverflow(s.size)
+            let (n, o2) = ret.addingReportingOverflow(sizes[i])
             guard !o2, n < (1 << 40) else { return nil }
             size = n
             return ret
         }
         func pageAlign(_ v: Int) -> Int { (v + pageSize - 1) & ~(pageSize - 1) }
+        // A section goes in the first class whose masks it fits (later classes find it placed):
+        // that class, found once per section (-1: none), replaces the mask tests per visit.
+        let classOf = flags.map { f in masks.firstIndex { f.isSuperset(of: $0.0) && f.intersection($0.1).isEmpty } ?? -1 }
         for pass in 0..<2 {
             var size = 0
-            for (m, mask) in masks.enumerated() {
-                for s in secs {
-                    let f = flags[s.index]
-                    if !f.isSuperset(of: mask.0) || !f.intersection(mask.1).isEmpty || placed[s.index] || initNamed[s.index] != (pass == 1) { continue }
-                    guard let off = place(s, &size) else { return nil }
-                    placed[s.index] = true
-                    if pass == 0 { core[s.index] = off } else { initO[s.index] = off }
+            for m in masks.indices {
+                for i in secs.indices {  // secs[i].index == i (ELFFile.init)
+                    if classOf[i] != m || placed[i] || initNamed[i] != (pass == 1) { continue }
+                    guard let off = place(i, &size) else { return nil }
+                    placed[i] = true
+                    if pass == 0 { core[i] = off } else { initO[i] = off }
                 }
                 switch m {
                 case 0:

@@ -81,6 +81,16 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
     /// The loader of a kernel release's version family: `6.1.*` → 6.1, `6.12.*` → 6.12, else nil.
     /// (Split on dots so "6.12.x" is never read as "6.1".)
     public static func family(ofRelease release: String) -> ModuleLoader? {
+        // An ASCII release (every real one) on its bytes: "6", ".", a minor of digits equal to
+        // "1" or "12", "." — exactly the releases starting "6.1." or "6.12." (for ASCII text the
+        // Character split below is the byte split). Anything else takes the split.
+        var r = release
+        if let fast = r.withUTF8({ u -> ModuleLoader?? in
+            guard NameTable.isASCII(UnsafeRawBufferPointer(u)) else { return .none }
+            if u.starts(with: "6.1.".utf8) { return .some(.linux6_1) }
+            if u.starts(with: "6.12.".utf8) { return .some(.linux6_12) }
+            return .some(nil)
+        }) { return fast }
         let parts = release.split(separator: ".", maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count >= 3, parts[0] == "6" else { return nil }
         let minor = parts[1]
@@ -107,7 +117,7 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
         guard let vm = vermagic(elf) else {
             return .failure(LoaderSelectionError("the module has no vermagic= in .modinfo (the kernel refuses it unless forced: check_modinfo)", rule: .vermagic))
         }
-        let modRelease = String(vm.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)[0])
+        let modRelease = firstWord(vm)
         let release: String
         if let kr = kernelRelease, !kr.isEmpty {
             guard modRelease == kr else {
@@ -133,6 +143,18 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
     /// The `vermagic=` entry of `.modinfo` (NUL-separated `key=value`, MODULE_INFO), without the key.
     static func vermagic(_ elf: ELFFile) -> String? { modinfo(elf, "vermagic") }
 
+    /// `String(s.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)[0])`:
+    /// for ASCII text (Characters are bytes) the bytes before the first space, else the split.
+    static func firstWord(_ s: String) -> String {
+        var t = s
+        if let w = t.withUTF8({ u -> String? in
+            guard NameTable.isASCII(UnsafeRawBufferPointer(u)) else { return nil }
+            let end = u.firstIndex(of: 0x20) ?? u.count
+            return String(decoding: UnsafeBufferPointer(rebasing: u[..<end]), as: UTF8.self)
+        }) { return w }
+        return String(s.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)[0])
+    }
+
     /// The value of the first `key=value` entry of `.modinfo` (NUL-separated, empty entries
     /// skipped), read in place: the entries are walked without splitting the section.
     static func modinfo(_ elf: ELFFile, _ key: String) -> String? {
@@ -142,8 +164,8 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
         return prefix.withUTF8 { p -> String? in
             var start = 0
             while start < b.count {
-                var end = start
-                while end < b.count && b[end] != 0 { end += 1 }
+                // The entry's end: its NUL, or the section's end (word-wise search).
+                let end = ELFFile.firstNUL(in: b, from: start, to: b.count) ?? b.count
                 if end - start >= p.count {
                     var match = true
                     for k in 0..<p.count where b[start + k] != p[k] { match = false; break }

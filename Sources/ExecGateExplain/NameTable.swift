@@ -274,21 +274,49 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
     }
     public init(_ addresses: Set<UInt64>) { self.init(Array(addresses)) }
 
-    /// Sorts `a`, whose values lie in `lo ... lo + 2^32 - 1`: LSD radix sort of `x - lo`, four
-    /// passes of 8 bits (stable passes; the order of equal values does not matter).
+    /// Sorts `a`, whose values lie in `lo ... lo + 2^32 - 1`: LSD radix sort of `x - lo`, one
+    /// pass per 8 bits of the largest offset (at most four; stable passes; the order of equal
+    /// values does not matter). A module's text below 64 KiB takes two passes.
     static func radixSort(_ a: inout [UInt64], from lo: UInt64) {
-        var scratch = [UInt64](repeating: 0, count: a.count)
-        var counts = [Int](repeating: 0, count: 256)
-        for pass in 0..<4 {
-            let shift = UInt64(8 * pass)
-            for k in counts.indices { counts[k] = 0 }
-            for x in a { counts[Int(((x &- lo) >> shift) & 0xff)] += 1 }
-            var sum = 0
-            for k in counts.indices { let c = counts[k]; counts[k] = sum; sum += c }
+        let n = a.count
+        var span: UInt64 = 0
+        for x in a { span = Swift.max(span, x &- lo) }
+        precondition(span <= UInt64(UInt32.max), "radix sort of offsets beyond 32 bits")
+        let passes = (64 - span.leadingZeroBitCount + 7) / 8  // 0 when every value is lo: sorted
+        if passes == 0 { return }
+        var scratch = [UInt64](repeating: 0, count: n)
+        // Every pass's digit counts from one read of the values (4 × 256 counters), then each
+        // pass scatters by its running offsets. Indices stay in bounds by construction: a digit
+        // is < 256, and a pass's offsets start at the prefix sums of counts totalling n, so each
+        // is bumped at most to n and written only while below it (the buffers' subscripts are
+        // checked in debug builds; the precondition below checks the totals in every build).
+        var counts = [Int](repeating: 0, count: 4 * 256)
+        counts.withUnsafeMutableBufferPointer { cnt in
             for x in a {
-                let d = Int(((x &- lo) >> shift) & 0xff)
-                scratch[counts[d]] = x
-                counts[d] += 1
+                let d = x &- lo
+                cnt[Int(d & 0xff)] += 1
+                cnt[256 + Int((d >> 8) & 0xff)] += 1
+                cnt[512 + Int((d >> 16) & 0xff)] += 1
+                cnt[768 + Int((d >> 24) & 0xff)] += 1
+            }
+            for p in 0..<passes {
+                var sum = 0
+                for k in 256 * p..<256 * (p + 1) { let c = cnt[k]; cnt[k] = sum; sum += c }
+                precondition(sum == n, "radix sort counts")
+            }
+        }
+        for pass in 0..<passes {
+            let shift = UInt64(8 * pass), base = 256 * pass
+            a.withUnsafeBufferPointer { src in
+                scratch.withUnsafeMutableBufferPointer { dst in
+                    counts.withUnsafeMutableBufferPointer { cnt in
+                        for x in src {
+                            let d = base + Int(((x &- lo) >> shift) & 0xff)
+                            dst[cnt[d]] = x
+                            cnt[d] += 1
+                        }
+                    }
+                }
             }
             swap(&a, &scratch)
         }

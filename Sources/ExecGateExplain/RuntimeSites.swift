@@ -38,7 +38,9 @@ struct SiteBytes: Equatable {
     @inline(__always) func matches(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard bytes.count == count else { return false }
         var w: UInt64 = 0
-        for k in 0..<count { w |= UInt64(bytes[k]) << (8 * UInt64(k)) }
+        var k = 0
+        if count >= 4 { w = UInt64(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self))); k = 4 }
+        while k < count { w |= UInt64(bytes[k]) << (8 * UInt64(k)); k += 1 }
         return w == raw
     }
     var array: [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: raw >> (8 * UInt64($0))) } }
@@ -249,13 +251,15 @@ extension Session {
         // an open-addressing table, the lists kept in `trustedTargetLists`.
         if let i = trustedTargetIndex[key] { return trustedTargetLists[Int(i)] }
         var s: [UInt64] = []
+        s.reserveCapacity(4)  // a key has a few targets (and __static_call_return0): one allocation
         facts.staticCallTrustedTargets.forEachTarget(of: key) { s.append($0) }
         // (Empty tables are common: no hash for them.)
         if !resolver.staticCallTrustedTargets.isEmpty, let m = resolver.staticCallTrustedTargets[key] { s.append(contentsOf: m) }
         if !ownKeyDefaults.isEmpty, let own = ownKeyDefaults[key] { s.append(contentsOf: own) }
         if !s.isEmpty {
-            let funcs = isFunctionEntry
-            s.removeAll { !funcs($0) || facts.isCoreInit($0) }
+            // isFunctionEntry, inline (no closure context made per key).
+            let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
+            s.removeAll { !(own.contains($0) || core.contains($0) || mods.contains($0)) || facts.isCoreInit($0) }
         }
         if let r0 = facts.staticCallReturn0 { s.append(r0) }
         let list = TargetList(s)
@@ -345,8 +349,9 @@ extension Session {
             }
         }
         for (a, off) in trampolineSites {
+            precondition(off >= 0 && off <= image.count - 5, "trampoline outside the image")  // execOffset checked it
             guard image[off] == 0xe9, let key = trampolineKey(a),
-                  let dest = rel32Destination(Array(image[off..<off + 5]), operandAt: 1, site: a, length: 5),
+                  let dest = image.withUnsafeBytes({ rel32Destination(UnsafeRawBufferPointer(rebasing: $0[off..<off + 5]), operandAt: 1, site: a, length: 5) }),
                   dest != returnThunkExport, dest != returnThunkTarget else { continue }
             ownKeyDefaults[key, default: []].insert(dest)
         }
@@ -360,24 +365,33 @@ extension Session {
         // The trampolines that already have a site (few trampolines, thousands of sites: the
         // trampolines' offsets in a small table, one pass over the sites).
         var known = AddressTable()
-        for (_, off) in trampolineSites { known.set(UInt64(off), 0) }
-        for i in variable.indices where known[UInt64(variable[i].offset)] != nil { known.set(UInt64(variable[i].offset), 1) }
+        var lo = Int.max, hi = Int.min
+        for (_, off) in trampolineSites { known.set(UInt64(off), 0); lo = Swift.min(lo, off); hi = Swift.max(hi, off) }
+        // Only a site inside the trampolines' span can share an offset with one: two compares
+        // before the table is asked (the trampolines sit together in `.static_call.text`).
+        variable.withUnsafeBufferPointer { sites in
+            for i in sites.indices {
+                let off = sites[i].offset
+                if off >= lo && off <= hi && known[UInt64(off)] != nil { known.set(UInt64(off), 1) }
+            }
+        }
         for (a, off) in trampolineSites where known[UInt64(off)] != 1 { addTrampolineSite(a, off) }
     }
 
     /// The module's own key (`__SCK__<name>`) of the trampoline at `a` (the first `__SCT__`
     /// symbol at that address names it; nil if its key symbol is missing or has no value).
-    func trampolineKey(_ a: UInt64) -> UInt64? { trampolineKeyByAddress[a] ?? nil }
+    func trampolineKey(_ a: UInt64) -> UInt64? { trampolineKeyByAddress.key(a) }
 
     /// `trampolineKey` for every trampoline address, built once per session (first symbol wins).
-    func buildTrampolineKeys() -> [UInt64: UInt64?] {
-        var m: [UInt64: UInt64?] = [:]
+    func buildTrampolineKeys() -> TrampolineKeys {
+        var m = TrampolineKeys()
         for k in trampolineSymbols {
             let si = Int(symtab.sectionIndex(k))
             guard si < elf.sections.count, let sa = addr[si] else { continue }
             let a = sa &+ symtab.value(k)
-            if m[a] != nil { continue }
-            m[a] = .some(keySymbols.index(ofTrampoline: k, symtab).flatMap { ownKeyAddress($0) })
+            if m.slot[a] != nil { continue }
+            m.slot.set(a, UInt64(m.keys.count))
+            m.keys.append(keySymbols.index(ofTrampoline: k, symtab).flatMap { ownKeyAddress($0) })
         }
         return m
     }
@@ -406,6 +420,16 @@ extension Session {
         variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: "static-call trampoline", whatKey: key,
                                      rule: .trampoline(site: a, retForm: ret, trusted: trusted)))
     }
+}
+
+/// Trampoline address → its key (nil: a trampoline whose key symbol is missing or not the module's own: ownKeyAddress),
+/// by address in an ``AddressTable`` (the `[UInt64: UInt64?]` it replaces hashed each address).
+struct TrampolineKeys {
+    /// Trampoline address → index in `keys`.
+    var slot = AddressTable()
+    var keys: [UInt64?] = []
+    /// The key of the trampoline at `a`; nil for no trampoline there or one without a key.
+    func key(_ a: UInt64) -> UInt64? { slot[a].flatMap { keys[Int($0)] } }
 }
 
 /// A module's defined static-call key symbols (`__SCK__<name>`), found by name (the last symbol

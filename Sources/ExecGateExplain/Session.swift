@@ -96,7 +96,7 @@ final class Session {
     var trustedTargetLists: [TargetList] = []
     var staticCallStates: [UInt64: UInt64] = [:]
     var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
-    var trampolineKeyCache: [UInt64: UInt64?]?
+    var trampolineKeyCache: TrampolineKeys?
     var exportedNameCache: ExportedNames?
     #else
     @exclusivity(unchecked) var image: [UInt8]
@@ -120,7 +120,7 @@ final class Session {
     @exclusivity(unchecked) var trustedTargetLists: [TargetList] = []
     @exclusivity(unchecked) var staticCallStates: [UInt64: UInt64] = [:]
     @exclusivity(unchecked) var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
-    @exclusivity(unchecked) var trampolineKeyCache: [UInt64: UInt64?]?
+    @exclusivity(unchecked) var trampolineKeyCache: TrampolineKeys?
     @exclusivity(unchecked) var exportedNameCache: ExportedNames?
     #endif
     // What the other working properties above hold (each stage's own state, unchecked in
@@ -165,7 +165,7 @@ final class Session {
     let indirectThunkExport: UInt64?
 
     /// Trampoline address → its key (RuntimeSites.swift `trampolineKey`), built on first use.
-    var trampolineKeyByAddress: [UInt64: UInt64?] {
+    var trampolineKeyByAddress: TrampolineKeys {
         if let m = trampolineKeyCache { return m }
         let m = buildTrampolineKeys()
         trampolineKeyCache = m
@@ -276,7 +276,7 @@ final class Session {
             if let ioff = lay.initOffset[i], let ib = initBase {
                 let a = ib &+ UInt64(ioff)
                 addr[i] = a
-                if let c = claim.sectionAddresses[s.name], c != a, lay.flags[i].contains(.alloc) {
+                if lay.flags[i].contains(.alloc), let c = claim.sectionAddresses[s.name], c != a {
                     throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from the init layout 0x\(String(a, radix: 16))",
                                section: s.name, address: c)
                 }
@@ -284,7 +284,8 @@ final class Session {
             } else if let off = lay.coreOffset[i] {
                 let a = lay.memType == nil ? coreBase &+ UInt64(off) : (Session.address612(lay, i, bases: bases612) ?? 0)
                 addr[i] = a
-                if let c = claim.sectionAddresses[s.name], c != a, lay.flags[i].contains(.alloc) {
+                // (The flag test first: a non-allocated section's name is never hashed.)
+                if lay.flags[i].contains(.alloc), let c = claim.sectionAddresses[s.name], c != a {
                     throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from layout_sections() 0x\(String(a, radix: 16))",
                                section: s.name, address: c)
                 }
@@ -508,9 +509,16 @@ final class Session {
     }
 
     func write(_ off: Int, _ bytes: [UInt8], _ c: ExplanationClass) {
+        let n = bytes.count
+        if n <= 8 {
+            // A site (every boot-time and run-time rewrite but long alternatives): one word.
+            var raw: UInt64 = 0
+            bytes.withUnsafeBufferPointer { src in for k in 0..<n { raw |= UInt64(src[k]) << (8 * UInt64(k)) } }
+            writeWord(off, raw, n, UInt8(c.rawValue))
+            return
+        }
         // One bounds check for the whole run (same trap as the per-byte subscripts it replaces),
         // then one exclusive access per array instead of one per byte.
-        let n = bytes.count
         precondition(off >= 0 && n <= image.count && off <= image.count - n && image.count == cls.count, "write outside the image")
         let v = UInt8(c.rawValue)
         image.withUnsafeMutableBufferPointer { img in
@@ -522,17 +530,61 @@ final class Session {
     }
 
     /// `write(off, b.array, c)` without the array.
-    func write(_ off: Int, _ b: SiteBytes, _ c: ExplanationClass) {
-        let n = b.count
-        precondition(off >= 0 && n <= image.count && off <= image.count - n && image.count == cls.count, "write outside the image")
-        image.withUnsafeMutableBufferPointer { img in
-            for k in 0..<n { img[off + k] = UInt8(truncatingIfNeeded: b.raw >> (8 * UInt64(k))) }
+    @inline(__always) func write(_ off: Int, _ b: SiteBytes, _ c: ExplanationClass) {
+        writeWord(off, b.raw, b.count, UInt8(c.rawValue))
+    }
+
+    /// The low `n` (≤ 8) bytes of `raw` (byte 0 in the low bits) into `image[off...]`, of class
+    /// `v`: one masked word store where a whole word fits (the bytes around the site are written
+    /// back unchanged), byte stores at the region's last bytes.
+    @inline(__always) func writeWord(_ off: Int, _ raw: UInt64, _ n: Int, _ v: UInt8) {
+        precondition(n >= 0 && n <= 8 && off >= 0 && off <= image.count - n && image.count == cls.count, "write outside the image")
+        if n == 0 { return }
+        let mask: UInt64 = n == 8 ? ~0 : (1 << (8 * UInt64(n))) &- 1
+        image.withUnsafeMutableBytes { img in
+            if img.count - off >= 8 {
+                let old = img.loadUnaligned(fromByteOffset: off, as: UInt64.self)
+                img.storeBytes(of: (old & ~mask) | (raw & mask), toByteOffset: off, as: UInt64.self)
+            } else {
+                for k in 0..<n { img[off + k] = UInt8(truncatingIfNeeded: raw >> (8 * UInt64(k))) }
+            }
         }
-        setClass(off, n, UInt8(c.rawValue))
+        setClassWord(off, n, v)
+    }
+
+    /// `setClass(off, n, v)` for a site of 1...8 bytes (`off + n` inside `cls`, checked by the
+    /// caller): when all the bytes hold one class (one masked word compare), one counter step.
+    @inline(__always) func setClassWord(_ off: Int, _ n: Int, _ v: UInt8) {
+        let mask: UInt64 = n == 8 ? ~0 : (1 << (8 * UInt64(n))) &- 1
+        let fill = UInt64(v) &* 0x0101_0101_0101_0101
+        classCounts.withUnsafeMutableBufferPointer { counts in
+            cls.withUnsafeMutableBytes { c in
+                precondition(Int(v) < counts.count && off >= 0 && n >= 1 && n <= 8 && off <= c.count - n, "class write outside the image")
+                let first = c[off]
+                precondition(Int(first) < counts.count)  // class values are ExplanationClass raw values
+                if c.count - off >= 8 {
+                    let old = c.loadUnaligned(fromByteOffset: off, as: UInt64.self)
+                    if (old ^ UInt64(first) &* 0x0101_0101_0101_0101) & mask == 0 {
+                        counts[Int(first)] -= n
+                    } else {
+                        for k in off..<off + n { let o = Int(c[k]); precondition(o < counts.count); counts[o] -= 1 }
+                    }
+                    c.storeBytes(of: (old & ~mask) | (fill & mask), toByteOffset: off, as: UInt64.self)
+                } else {
+                    for k in off..<off + n { let o = Int(c[k]); precondition(o < counts.count); counts[o] -= 1; c[k] = v }
+                }
+                counts[Int(v)] += n
+            }
+        }
     }
 
     /// `cls[off..<off+n] = v`, keeping `classCounts` exact.
     func setClass(_ off: Int, _ n: Int, _ v: UInt8) {
+        if n >= 1 && n <= 8 {
+            precondition(off >= 0 && off <= cls.count - n, "class write outside the image")
+            setClassWord(off, n, v)
+            return
+        }
         classCounts.withUnsafeMutableBufferPointer { counts in
             cls.withUnsafeMutableBufferPointer { c in
                 precondition(off >= 0 && n >= 0 && n <= c.count && off <= c.count - n, "class write outside the image")
@@ -581,6 +633,12 @@ final class Session {
         precondition(off >= 0 && n >= 0 && n <= image.count && off <= image.count - n && image.count == cls.count, "write outside the image")
         precondition(from >= 0 && from <= src.count - n, "read outside the source")
         let v = UInt8(c.rawValue)
+        if n <= 8 {
+            var raw: UInt64 = 0
+            src.withUnsafeBufferPointer { s in for k in 0..<n { raw |= UInt64(s[from + k]) << (8 * UInt64(k)) } }
+            writeWord(off, raw, n, v)
+            return
+        }
         image.withUnsafeMutableBufferPointer { img in
             src.withUnsafeBufferPointer { s in
                 for k in 0..<n { img[off + k] = s[from + k] }
@@ -615,14 +673,21 @@ final class Session {
 
     /// Sites of a `s32` self-relative table (`.retpoline_sites`, `.return_sites`, `.ibt_endbr_seal`).
     func relativeSites(_ name: String) -> [UInt64] {
-        guard let t = table(name) else { return [] }
         var out: [UInt64] = []
-        var o = 0
-        while let v = t.bytes.getInteger(at: o, as: Int32.self) {
-            out.append(t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64(v)))
-            o += 4
-        }
+        forEachRelativeSite(name) { out.append($0) }
         return out
+    }
+
+    /// `relativeSites(name)` visited in order, without the array.
+    func forEachRelativeSite(_ name: String, _ body: (UInt64) throws -> Void) rethrows {
+        guard let t = table(name) else { return }
+        try t.bytes.withUnsafeBytes { b in
+            var o = 0
+            while let v = b.getInteger(at: o, as: Int32.self) {
+                try body(t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64(v)))
+                o += 4
+            }
+        }
     }
 
     // MARK: Trusted facts, as the stages ask for them

@@ -158,14 +158,16 @@ final class AddressTableTests: XCTestCase {
 }
 
 /// A module's function entries (sorted, unique; built by a radix sort when out of order) against
-/// the standard sort, on seeded tables: small and large, duplicates, spans near the 2^32 limit.
+/// the standard sort, on seeded tables: small and large, duplicates, spans from under 2^8 to near the 2^32 limit.
 final class FunctionEntriesTests: XCTestCase {
     func testEntriesAreSortedAndUnique() {
         var rng = SplitMix64(state: 0xf0_e7_12)
         for round in 0..<40 {
             let n = rng.below(round < 20 ? 80 : 3000)
             let base: UInt64 = 0xffff_ffff_c000_0000 &+ UInt64(rng.below(1 << 20)) << 12
-            let span: UInt64 = round % 3 == 0 ? UInt64(UInt32.max) : UInt64(1 + rng.below(8 << 20))
+            // Spans of 1 to 4 radix passes (below 2^8, 2^16, 2^24, 2^32).
+            let span: UInt64 = round % 3 == 0 ? UInt64(UInt32.max)
+                : round % 6 == 1 ? UInt64(1 + rng.below(round % 4 == 1 ? 1 << 8 : 1 << 16)) : UInt64(1 + rng.below(8 << 20))
             var a: [UInt64] = []
             for _ in 0..<n {
                 let x = base &+ rng.next() % span

@@ -72,6 +72,16 @@ final class Loader612Tests: XCTestCase {
         for r in ["6.13.1", "6.10.0", "5.10.0-30-amd64", "6", "6.1", "6.x.1", "", "61.2.3", "6.12"] {
             guard case .failure = ModuleLoader.forRelease(r) else { return XCTFail("\(r) must have no loader") }
         }
+        // Non-ASCII releases take the Character split, not the byte fast path: a combining mark
+        // after the second "." makes it no separator (no loader), elsewhere it is text.
+        XCTAssertEqual(try ModuleLoader.forRelease("6.1.0-\u{fc}").get(), .linux6_1)
+        for r in ["6.1.\u{301}0", "6.12.\u{301}"] {
+            guard case .failure = ModuleLoader.forRelease(r) else { return XCTFail("\(r) must have no loader") }
+        }
+        XCTAssertEqual(ModuleLoader.firstWord("6.1.0-56-amd64 SMP mod_unload"), "6.1.0-56-amd64")
+        XCTAssertEqual(ModuleLoader.firstWord(" lead"), "")
+        XCTAssertEqual(ModuleLoader.firstWord("6.1.0-\u{fc} SMP"), "6.1.0-\u{fc}")
+        XCTAssertEqual(ModuleLoader.firstWord("a \u{301}b"), "a \u{301}b")  // " \u{301}" is one Character, not a space
     }
 
     /// `elf_validity_cache_index_mod()`: sh_size of .gnu.linkonce.this_module must be
