@@ -97,6 +97,14 @@ public final class GuestSession: @unchecked Sendable {
     private var keyStatesSeen: [UInt64: Set<UInt64>] = [:]
     /// Key → addresses of its sites in live modules (what a whole-key batch must cover).
     private var keySites: [UInt64: Set<UInt64>] = [:]
+    /// The guest left uniprocessor mode: a live module's `.smp_locks` prefixes were `lock` (`f0`),
+    /// or a batch turning them into `lock` was allowed. One way, and never forgotten (not even when
+    /// the last module with prefixes retires): `alternatives_enable_smp()` clears `uniproc_patched`
+    /// for good, and since 816afe4ff98e ("x86/smp: Don't ever patch back to UP if we unplug cpus")
+    /// no kernel path writes `3e` over a `lock` prefix again, nor unlocks a module loaded later
+    /// (`alternatives_smp_module_add()` unlocks only while `uniproc_patched`). Without this, a
+    /// guest could strip `lock` from every module's atomic operations while several CPUs run them.
+    private var wentSMP = false
 
     init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8]) {
         var r = registration
@@ -166,7 +174,11 @@ public final class GuestSession: @unchecked Sendable {
                     return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' exports '\(name)', which is already exported (the kernel refuses duplicate exports)")
                 }
             }
+            let smpGroups = Set(m.siteIndex.values.filter { $0.kind == .smpLock }.compactMap(\.key))
             for (key, state) in m.keyStates.sorted(by: { $0.key < $1.key }) {
+                if smpGroups.contains(key) && state == 0 && wentSMP {
+                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its .smp_locks prefixes are unlocked (3e), but guest '\(registration.guestID)' left uniprocessor mode (alternatives_smp_module_add() unlocks only while uniproc_patched)")
+                }
                 if let current = keyState[key], current != state {
                     return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(Hex.number(key)) are in state 0x\(Hex.number(state)), live sites of that key are in state 0x\(Hex.number(current))")
                 }
@@ -176,6 +188,7 @@ public final class GuestSession: @unchecked Sendable {
             }
             live[m.name] = m
             order.append(m.name)
+            if smpGroups.contains(where: { m.keyStates[$0] == 1 }) { wentSMP = true }
             for (key, state) in m.keyStates {
                 keyState[key] = state
                 keyStatesSeen[key, default: []].insert(state)
@@ -287,6 +300,7 @@ public final class GuestSession: @unchecked Sendable {
             var batchSites: [UInt64: Set<UInt64>] = [:]
             var staticKeys = Set<UInt64>()
             var owners: [String] = []
+            var smpBatch = false
             for p in patches {
                 let at = "0x" + Hex.number(p.address)
                 guard seen.insert(p.address).inserted else { return .denied(.patchNotAllowed, module: "", message: "\(at) appears twice in the batch") }
@@ -303,6 +317,11 @@ public final class GuestSession: @unchecked Sendable {
                 case .denied(let why): return .denied(.patchNotAllowed, module: owner.name, message: why)
                 }
                 guard let site = owner.siteIndex[p.address], let key = site.key else { continue }
+                // Lock prefixes go one way, UP (3e) → SMP (f0): alternatives_enable_smp().
+                if site.kind == .smpLock && state == 0 && wentSMP {
+                    return .denied(.patchNotAllowed, module: owner.name, message: "\(at): unlocks an .smp_locks prefix (f0 → 3e), but guest '\(registration.guestID)' left uniprocessor mode: the kernel never patches back to UP (alternatives_enable_smp() is one-way)")
+                }
+                if site.kind == .smpLock && state == 1 { smpBatch = true }
                 if let other = newState[key], other != state {
                     return .denied(.patchPartialKey, module: owner.name, message: "\(at): the batch moves key 0x\(Hex.number(key)) to two states (0x\(Hex.number(other)), 0x\(Hex.number(state)))")
                 }
@@ -326,6 +345,11 @@ public final class GuestSession: @unchecked Sendable {
                     }
                 }
             }
+            // Recorded at the allow, not when the key states are applied: a concurrent batch
+            // judged before this one is applied must not be allowed to unlock the prefixes. (If
+            // the audit sink then refuses this allow, the guest stays judged as SMP: only its
+            // unlocked modules and unlocking batches are denied — fail closed.)
+            if smpBatch { wentSMP = true }
             let what = patches.count == 1 ? "1 site" : "\(patches.count) sites"
             return .allowed(module: owners.joined(separator: ","), message: "\(what) in \(owners.joined(separator: ", ")): legal encodings, whole-key transition",
                             newStates: newState, staticKeys: staticKeys)
