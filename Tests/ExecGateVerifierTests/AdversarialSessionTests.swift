@@ -291,6 +291,35 @@ final class AdversarialSessionTests: XCTestCase {
         XCTAssertEqual(g.session.state(ofKey: group), 1)
     }
 
+    // MARK: Registration facts
+
+    /// Attack (a VMM that reads the wrong word, or a hostile peer of the VMM port): register a
+    /// static-call "key" that is no key of the core kernel — an address in the module area where
+    /// a later module's own `struct static_call_key` will be, and a user-space address — with a
+    /// real core function (`commit_creds`) as its trusted target. The facts plausibility rules
+    /// (FactsPlausibility.swift, header) say the key is `__SCK__<name>` or a core trampoline
+    /// `__SCT__<name>`: `static_call_add_module()` only ever writes a core key's target at a site
+    /// whose key is that core key. Must be refused (implausible-facts), as a target that is no
+    /// function entry is.
+    func testStaticCallKeyThatIsNoCoreKeyIsImplausible() throws {
+        let g = try FixtureGuest()
+        let commitCreds = try XCTUnwrap(g.registration.symbols.first { $0.name == "commit_creds" }?.address)
+        let realKey = try XCTUnwrap(g.registration.symbols.first { $0.name.hasPrefix("__SCK__") }?.address, "the fixture's symbols name static-call keys")
+        for bogus: UInt64 in [0xffff_ffff_c0fc_3400, 0x0000_7fff_0000_1000, commitCreds] {
+            var r = g.registration
+            r.guestID = "h"
+            r.staticCallKeys = [StaticCallKeyFact(key: bogus, current: 0, allowed: [commitCreds])]
+            let reply = g.verifier.respond(to: .registerGuest(r), requestDigest: [])
+            guard case .error(let e) = reply else { return XCTFail("key 0x\(String(bogus, radix: 16)) accepted: \(reply)") }
+            XCTAssertEqual(e.code, .implausibleFacts, e.message)
+        }
+        // A real core key with a core function entry is the operator's word, and accepted.
+        var r = g.registration
+        r.guestID = "h"
+        r.staticCallKeys = [StaticCallKeyFact(key: realKey, current: 0, allowed: [commitCreds])]
+        guard case .registerGuestReply = g.verifier.respond(to: .registerGuest(r), requestDigest: []) else { return XCTFail("a real key") }
+    }
+
     // MARK: Init memory
 
     /// Attack: report init freed for a module that claimed no init text, for a name that is not
