@@ -23,9 +23,10 @@
 //     reported retpoline mitigation with X86_FEATURE_RETPOLINE clear is a lie that would let plain
 //     indirect calls through;
 //   - CPU counts: present ≥ 1 and possible ≥ present;
-//   - static-call keys: each trusted target is NULL or a function entry in core text outside init
-//     (the key itself is `__SCK__<name>`, or the trampoline `__SCT__<name>` in core text for keys
-//     exported with EXPORT_STATIC_CALL_TRAMP: static_call_add_module() → tramp_key_lookup()).
+//   - static-call keys: the key is a registered `__SCK__<name>` symbol, or the trampoline
+//     `__SCT__<name>` in core text for keys exported with EXPORT_STATIC_CALL_TRAMP
+//     (static_call_add_module() → tramp_key_lookup()); each trusted target is NULL or a function
+//     entry in core text outside init.
 
 import _ExecGateInternals
 import ExecGateExplain
@@ -52,11 +53,17 @@ enum FactsPlausibility {
         let symbolsSent: Bool
         /// The registered addresses of the kernel's return thunks (`returnThunks`, by name).
         let returnThunkAddresses: [UInt64]
+        /// Addresses a `static_call_key` fact may name as its key: every `__SCK__<name>` symbol
+        /// (the core's `struct static_call_key`) and every `__SCT__<name>` text symbol in core text
+        /// (the trampoline, the key of a module site for a key exported with
+        /// EXPORT_STATIC_CALL_TRAMP: static_call_add_module() → tramp_key_lookup()). Names by bytes.
+        let staticCallKeys: Set<UInt64>
 
         /// The same facts with every address moved by `f` (KernelSlide: a shared copy keeps them
         /// at link-time addresses; each guest's checks see them at its own slide).
         func mapped(_ f: (UInt64) -> UInt64) -> BuildFacts {
-            BuildFacts(bounds: bounds?.mapped(f), symbolsSent: symbolsSent, returnThunkAddresses: returnThunkAddresses.map(f))
+            BuildFacts(bounds: bounds?.mapped(f), symbolsSent: symbolsSent, returnThunkAddresses: returnThunkAddresses.map(f),
+                       staticCallKeys: Set(staticCallKeys.map(f)))
         }
     }
 
@@ -76,7 +83,13 @@ enum FactsPlausibility {
             if s.exported && !exportedNames.insert(s.name).inserted && failure == nil { failure = "symbol '\(s.name)' is exported twice" }
         }
         let bounds = KernelBounds(named)
-        let facts = BuildFacts(bounds: bounds, symbolsSent: !symbols.isEmpty, returnThunkAddresses: Self.returnThunks.compactMap { named[$0] })
+        var keys = Set<UInt64>()
+        for s in symbols {
+            if s.name.utf8.starts(with: "__SCK__".utf8) { keys.insert(s.address) }
+            if s.name.utf8.starts(with: "__SCT__".utf8), s.isText, bounds?.isCoreText(s.address) ?? false { keys.insert(s.address) }
+        }
+        let facts = BuildFacts(bounds: bounds, symbolsSent: !symbols.isEmpty, returnThunkAddresses: Self.returnThunks.compactMap { named[$0] },
+                               staticCallKeys: keys)
         if let failure { return (failure, facts) }
         if !symbols.isEmpty && bounds == nil {
             return ("symbols are sent without the core text bounds _stext < _etext: nothing can be checked against them", facts)
@@ -114,6 +127,13 @@ enum FactsPlausibility {
             if let why = mitigationMismatch(r.vulnerabilities, facts) { return why }
         }
         for k in r.staticCallKeys {
+            // The key is a core key (or its trampoline): a listed target is trusted only at sites
+            // of that key. Any other address — the module area where a later module's own key will
+            // be, user space, a function — is no key static_call_add_module() writes a core
+            // target for (a module's own key takes its module's defaults: StaticCallTrust.swift).
+            guard build.staticCallKeys.contains(k.key) else {
+                return "static-call key 0x\(Hex.number(k.key)) is not a registered __SCK__<name> key or __SCT__<name> trampoline in core text"
+            }
             for t in [k.current] + k.allowed where t != 0 {
                 guard let b = bounds, b.isCoreText(t), facts.functionEntries.contains(t) else {
                     return "static-call key 0x\(Hex.number(k.key)): target 0x\(Hex.number(t)) is not a core-kernel function entry"
