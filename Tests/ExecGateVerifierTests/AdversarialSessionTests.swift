@@ -320,6 +320,26 @@ final class AdversarialSessionTests: XCTestCase {
         guard case .registerGuestReply = g.verifier.respond(to: .registerGuest(r), requestDigest: []) else { return XCTFail("a real key") }
     }
 
+    /// Attack (facts shaped so that a later claim is explainable): register the build with
+    /// `__per_cpu_end` moved down below core per-cpu variables (`this_cpu_off`, `__preempt_count`),
+    /// so that the module per-cpu reserve `[__per_cpu_end, + PERCPU_MODULE_RESERVE)` the per-cpu
+    /// check admits (trust.md "Per-cpu data") covers them: a module's `%gs:` accesses to its own
+    /// per-cpu data would then be explained while they hit the core's per-cpu state. The kernel's
+    /// linker script ends the core per-cpu section after every core per-cpu variable
+    /// (PERCPU_SECTION / `__per_cpu_end`, include/asm-generic/vmlinux.lds.h). Must be refused.
+    func testPerCPUEndBelowCorePerCPUVariablesIsImplausible() throws {
+        let g = try FixtureGuest()
+        var r = g.registration
+        r.guestID = "h"
+        let i = try XCTUnwrap(r.symbols.firstIndex { $0.name == "__per_cpu_end" })
+        let preempt = try XCTUnwrap(r.symbols.first { $0.name == "__preempt_count" }?.address)
+        XCTAssertLessThan(preempt, r.symbols[i].address)
+        r.symbols[i].address = preempt & ~0xfff  // the reserve now starts below __preempt_count
+        let reply = g.verifier.respond(to: .registerGuest(r), requestDigest: [])
+        guard case .error(let e) = reply else { return XCTFail("__per_cpu_end below core per-cpu variables accepted: \(reply)") }
+        XCTAssertEqual(e.code, .implausibleFacts, e.message)
+    }
+
     // MARK: Init memory
 
     /// Attack: report init freed for a module that claimed no init text, for a name that is not
