@@ -22,6 +22,8 @@
 //     decides both: spectre_v2_select_mitigation(), retbleed/srso/its_select_mitigation()): a
 //     reported retpoline mitigation with X86_FEATURE_RETPOLINE clear is a lie that would let plain
 //     indirect calls through;
+//   - `__per_cpu_end` (the start of the module per-cpu reserve) is not below `__per_cpu_start`
+//     and, on a zero-based per-cpu build, below no core per-cpu symbol (vmlinux.lds.h PERCPU_SECTION);
 //   - CPU counts: present ≥ 1 and possible ≥ present;
 //   - static-call keys: the key is a registered `__SCK__<name>` symbol, or the trampoline
 //     `__SCT__<name>` in core text for keys exported with EXPORT_STATIC_CALL_TRAMP
@@ -93,6 +95,20 @@ enum FactsPlausibility {
         if let failure { return (failure, facts) }
         if !symbols.isEmpty && bounds == nil {
             return ("symbols are sent without the core text bounds _stext < _etext: nothing can be checked against them", facts)
+        }
+        // Module per-cpu areas come from the reserve right after the core per-cpu section
+        // (percpu_modalloc(), `[__per_cpu_end, + PERCPU_MODULE_RESERVE)`): `__per_cpu_end` ends
+        // that section after every core per-cpu variable (PERCPU_SECTION, vmlinux.lds.h). On a
+        // zero-based per-cpu build (x86_64 SMP: per-cpu symbols below the image base) a core
+        // per-cpu symbol past it means the reserve the per-cpu check admits would cover core
+        // per-cpu state (`__preempt_count`, `this_cpu_off`, `current_task`).
+        if let end = named["__per_cpu_end"] {
+            if let start = named["__per_cpu_start"], start > end {
+                return ("__per_cpu_start 0x\(Hex.number(start)) lies past __per_cpu_end 0x\(Hex.number(end))", facts)
+            }
+            if end < KernelSlide.imageBase, let s = symbols.first(where: { $0.address < KernelSlide.imageBase && $0.address > end }) {
+                return ("per-cpu symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies past __per_cpu_end 0x\(Hex.number(end)): the module per-cpu reserve would cover core per-cpu data", facts)
+            }
         }
         if let b = bounds {
             for s in symbols where s.exported {
