@@ -223,6 +223,33 @@ final class AdversarialSessionTests: XCTestCase {
         XCTAssertEqual(v.reason, .claimBytesUnexplained)
     }
 
+    // MARK: Timing
+
+    /// Attack: ask for the same module many times at once (eight concurrent authorize-module
+    /// requests for llc, same claim, same frames), hoping two pass the live-set checks before
+    /// either is recorded. Fails: the preflight is only an early answer; `GuestSession.commit`
+    /// re-checks name, ranges and frames under the session lock and records in the same step,
+    /// so exactly one is allowed and the others are denied (module-already-live, or the
+    /// overlap / frame check when the preflight already saw the winner).
+    func testConcurrentLoadsOfOneModuleAllowExactlyOne() throws {
+        let g = try FixtureGuest()
+        let request = try g.request("llc")
+        let lock = NSLock()
+        nonisolated(unsafe) var verdicts: [ExecGateWire.Verdict] = []
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            let v = g.verifier.authorize(request, requestDigest: [])
+            lock.lock()
+            verdicts.append(v)
+            lock.unlock()
+        }
+        XCTAssertEqual(verdicts.count, 8)
+        XCTAssertEqual(verdicts.filter { $0.decision == .allow }.count, 1, verdicts.map(\.message).joined(separator: "\n"))
+        for v in verdicts where v.decision != .allow {
+            XCTAssertTrue([.moduleAlreadyLive, .claimOverlapsLive, .claimFramesInvalid].contains(v.reason), "\(v.reason): \(v.message)")
+        }
+        XCTAssertEqual(g.session.allowedModules, ["llc"])
+    }
+
     // MARK: SMP lock prefixes
 
     /// A guest booted with one present CPU of two possible (the fixture boot: its modules' prefixes
@@ -260,6 +287,16 @@ final class AdversarialSessionTests: XCTestCase {
         XCTAssertEqual(strip.decision, .deny, "lock prefixes stripped on an SMP guest: \(strip.message)")
         XCTAssertEqual(strip.reason, .patchNotAllowed)
         XCTAssertEqual(g.session.state(ofKey: group), 1)
+
+        // A guest that booted SMP (the fixture's own facts: not uniprocessor-patched) has no
+        // run-time lock sites at all: the prefixes are fixed bytes, and writing 3e over one is a
+        // patch at no site.
+        let smp = try FixtureGuest()
+        try smp.loadAll()
+        XCTAssertTrue(smp.session.runtimeSites.allSatisfy { $0.siteList.allSatisfy { $0.kind != .smpLock } })
+        let one = smp.patch([PatchEntry(address: locks[0].address, bytes: [0x3e])])
+        XCTAssertEqual(one.reason, .patchNotAllowed)
+        XCTAssertTrue(one.message.contains("is not the start of a run-time patch site"), one.message)
     }
 
     /// Attack (the same one-way rule, through the live set): after the guest went SMP, retire
