@@ -12,6 +12,7 @@
 // retargeted to an untrusted core function, re-registration without reset, kernel pins.
 
 import ExecGateCapture
+import ExecGateELF
 import ExecGateExplain
 import ExecGatePolicy
 import ExecGateTestSupport
@@ -248,6 +249,46 @@ final class AdversarialSessionTests: XCTestCase {
             XCTAssertTrue([.moduleAlreadyLive, .claimOverlapsLive, .claimFramesInvalid].contains(v.reason), "\(v.reason): \(v.message)")
         }
         XCTAssertEqual(g.session.allowedModules, ["llc"])
+    }
+
+    /// The product's judge, with a hook that runs after the explanation and before the verdict is
+    /// committed: a request of another vCPU landing in that window, made deterministic.
+    final class RacingJudge: EndStateJudge, @unchecked Sendable {
+        var afterExplaining: ((String) -> Void)?
+        func judge(elf: ELFFile, moduleName: String, request: AuthorizeModule, session: GuestSession) -> EndStateResult {
+            let r = ExplainerJudge().judge(elf: elf, moduleName: moduleName, request: request, session: session)
+            afterExplaining?(moduleName)
+            return r
+        }
+    }
+
+    /// Attack: load stp, which links against llc's exports, and retire llc while stp is being
+    /// explained (another vCPU's delete_module, the VMM's retire-module). The explanation used the
+    /// snapshot with llc's exports; if stp were then committed without a dependency on llc, stp
+    /// would be live with calls into llc's revoked text — and a module loaded at llc's old address
+    /// next would receive them at whatever its code holds there. Must be denied: the kernel
+    /// takes the reference (resolve_symbol() → ref_module()) before llc can go, and
+    /// try_stop_module() refuses a module in use.
+    func testRetireRacingTheExplanationOfAUserIsDenied() throws {
+        let judge = RacingJudge()
+        let v = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()), endState: judge)
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        guard case .registerGuestReply = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: []) else { return XCTFail("register") }
+        XCTAssertEqual(v.authorize(try boot.module("llc").request(guestID: "g"), requestDigest: []).decision, .allow)
+        let session = try XCTUnwrap(v.guests.session("g"))
+        let llcBase = try XCTUnwrap(session.liveModule("llc")?.textRange.lowerBound)
+        nonisolated(unsafe) var retired = false
+        judge.afterExplaining = { name in
+            guard name == "stp", !retired else { return }
+            retired = true
+            let reply = v.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: "llc", textBase: llcBase)), requestDigest: [])
+            guard case .retireModuleReply = reply else { return XCTFail("llc is not used yet: \(reply)") }
+        }
+        let stp = v.authorize(try boot.module("stp").request(guestID: "g"), requestDigest: [])
+        XCTAssertTrue(retired)
+        XCTAssertNil(session.liveModule("llc"))
+        XCTAssertEqual(stp.decision, .deny, "stp allowed with llc gone: \(stp.message)")
+        XCTAssertNil(session.liveModule("stp")?.name)
     }
 
     // MARK: SMP lock prefixes
