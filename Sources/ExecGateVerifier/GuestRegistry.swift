@@ -41,15 +41,22 @@ public struct LiveModule: Sendable {
     public let exports: ModuleExports?
     public let sites: RuntimeSiteTable?
     /// Live modules whose exports this module's relocations resolved to (resolve_symbol() →
-    /// ref_module(): the kernel refuses to unload those while this one is loaded).
-    public let dependsOn: Set<String>
+    /// ref_module(): the kernel refuses to unload those while this one is loaded). Set by
+    /// `GuestSession.commit` from `imports`, under the lock that records the module.
+    public internal(set) var dependsOn: Set<String>
+    /// The module's undefined symbol names (what resolve_symbol() looks up).
+    let imports: Set<String>
+    /// `GuestSession.removalGeneration` read before the module was explained (its resolver
+    /// snapshot is no older): commit refuses when a live module went since.
+    let explainedAt: UInt64
     /// The state of each key's sites in this module when it was allowed.
     let keyStates: [UInt64: UInt64]
     /// The module's run-time sites by address (built once from `sites`).
     let siteIndex: [UInt64: RuntimeSiteTable.Site]
 
     init(name: String, coreRange: Range<UInt64>, textRange: Range<UInt64>, frames: [UInt64], initRange: Range<UInt64>?,
-         initFrames: [UInt64], exports: ModuleExports?, sites: RuntimeSiteTable?, dependsOn: Set<String>, keyStates: [UInt64: UInt64]) {
+         initFrames: [UInt64], exports: ModuleExports?, sites: RuntimeSiteTable?, dependsOn: Set<String> = [], keyStates: [UInt64: UInt64],
+         imports: Set<String> = [], explainedAt: UInt64 = 0) {
         self.name = name
         self.coreRange = coreRange
         self.textRange = textRange
@@ -60,6 +67,8 @@ public struct LiveModule: Sendable {
         self.sites = sites
         self.dependsOn = dependsOn
         self.keyStates = keyStates
+        self.imports = imports
+        self.explainedAt = explainedAt
         var index: [UInt64: RuntimeSiteTable.Site] = [:]
         for site in sites?.siteList ?? [] { index[site.address] = site }
         self.siteIndex = index
@@ -105,6 +114,13 @@ public final class GuestSession: @unchecked Sendable {
     /// (`alternatives_smp_module_add()` unlocks only while `uniproc_patched`). Without this, a
     /// guest could strip `lock` from every module's atomic operations while several CPUs run them.
     private var wentSMP = false
+    /// Counts live modules removed (retire, rollback). A module explained against a resolver
+    /// snapshot is committed only if none went since the snapshot: otherwise its relocations may
+    /// name a module that is gone, with no dependency recorded on it.
+    private var removals: UInt64 = 0
+
+    /// Read before explaining a module (before the resolver snapshot): see `removals`.
+    var removalGeneration: UInt64 { lock.withLock { removals } }
 
     init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8]) {
         var r = registration
@@ -159,9 +175,19 @@ public final class GuestSession: @unchecked Sendable {
     /// Record an allowed module atomically: re-checks name, ranges, frames, duplicate exports and
     /// key states against the live set under the lock, then inserts. Only the verifier calls this,
     /// and only for an allow verdict: a denied module's symbols never become resolvable.
-    func commit(_ m: LiveModule) -> SessionRefusal? {
+    func commit(_ module: LiveModule) -> SessionRefusal? {
         lock.withLock {
+            var m = module
             if let c = conflicts(name: m.name, coreRange: m.coreRange, initRange: m.initRange, frames: m.frames, initFrames: m.initFrames) { return c }
+            // A module was retired (or rolled back) while this one was explained: the snapshot
+            // may have resolved symbols to it, and it is no longer live to depend on. The kernel
+            // takes the reference (resolve_symbol() → ref_module()) before the exporter can go.
+            if m.explainedAt != removals {
+                return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)': a live module of guest '\(registration.guestID)' was retired while it was explained against their exports: ask again")
+            }
+            // Its dependencies, from the live set the snapshot saw (no removal since; a module
+            // added since cannot have been resolved against, and depending on it is only stricter).
+            m.dependsOn.formUnion(ownersLocked(of: m.imports))
             // The module was explained against a snapshot of the live exports: a module it links
             // against must still be live (a retire may have raced with the explanation).
             for d in m.dependsOn.sorted() where live[d] == nil {
@@ -207,22 +233,21 @@ public final class GuestSession: @unchecked Sendable {
     }
 
     /// Live modules that export any of `imports` (and the core does not): the modules a new
-    /// module will depend on (resolve_symbol() → ref_module()).
-    func owners(of imports: Set<String>) -> Set<String> {
-        lock.withLock {
-            var out = Set<String>()
-            for m in live.values {
-                guard let e = m.exports else { continue }
-                if imports.contains(where: { e.symbols[$0] != nil && facts.exports[$0] == nil }) { out.insert(m.name) }
-            }
-            return out
+    /// module depends on (resolve_symbol() → ref_module()). The caller holds `lock`.
+    private func ownersLocked(of imports: Set<String>) -> Set<String> {
+        var out = Set<String>()
+        for m in live.values {
+            guard let e = m.exports else { continue }
+            if imports.contains(where: { e.symbols[$0] != nil && facts.exports[$0] == nil }) { out.insert(m.name) }
         }
+        return out
     }
 
     /// Undo a commit whose verdict did not become an allow (the audit sink refused the record).
     func rollback(name: String) {
         lock.withLock {
             guard live.removeValue(forKey: name) != nil else { return }
+            removals &+= 1
             order.removeAll { $0 == name }
             rebuildDerivedState()
         }
@@ -261,6 +286,7 @@ public final class GuestSession: @unchecked Sendable {
                 return .failed(.moduleInUse, "module '\(name)' is used by live module '\(user)': retire that first (the kernel refuses to unload a module in use)")
             }
             live[canonical] = nil
+            removals &+= 1
             order.removeAll { $0 == canonical }
             // The retired module's exports and function entries stop resolving.
             rebuildDerivedState()

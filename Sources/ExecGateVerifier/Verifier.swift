@@ -371,6 +371,9 @@ public final class Verifier: @unchecked Sendable {
 
         // 10. End state: the whole executable region, byte for byte.
         checks.append(.endState)
+        // Before the judge takes its snapshot of the live exports: commit refuses if a live
+        // module is removed after this point (GuestSession.removals).
+        let explainedAt = session.removalGeneration
         let explained: ExplainedModule
         switch endState.judge(elf: elf, moduleName: moduleName, request: request, session: session) {
         case .explained(let e):
@@ -391,11 +394,11 @@ public final class Verifier: @unchecked Sendable {
                   case .allowed(_, let state)? = explained.runtimeSites?.check(address: site.address, bytes: bytes) else { continue }
             keyStates[key] = state
         }
-        let dependsOn = session.owners(of: Self.imports(of: elf))
         let live = LiveModule(name: Policy.canonicalModuleName(moduleName), coreRange: coreRange,
                               textRange: base..<(base &+ UInt64(text.readableBytes)), frames: request.frames,
                               initRange: initRange, initFrames: request.initFrames, exports: explained.exports,
-                              sites: explained.runtimeSites, dependsOn: dependsOn, keyStates: keyStates)
+                              sites: explained.runtimeSites, keyStates: keyStates,
+                              imports: Self.imports(of: elf), explainedAt: explainedAt)
 
         let message = "signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); all \(text.readableBytes) executable bytes explained"
         return Judgement(verdict: ExecGateWire.Verdict(decision: .allow, reason: .allowed, message: message, checks: checks.map(\.rawValue), policyID: policy.id,
