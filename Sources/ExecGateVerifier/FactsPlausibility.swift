@@ -59,13 +59,15 @@ enum FactsPlausibility {
         /// (the core's `struct static_call_key`) and every `__SCT__<name>` text symbol in core text
         /// (the trampoline, the key of a module site for a key exported with
         /// EXPORT_STATIC_CALL_TRAMP: static_call_add_module() → tramp_key_lookup()). Names by bytes.
+        /// At the addresses of `mapped(_:keys: true)` (a shared copy: link time); a guest's key is
+        /// looked up exactly at its slide (`checkGuest`'s `isStaticCallKey`), never mapped per guest.
         let staticCallKeys: Set<UInt64>
 
         /// The same facts with every address moved by `f` (KernelSlide: a shared copy keeps them
         /// at link-time addresses; each guest's checks see them at its own slide).
-        func mapped(_ f: (UInt64) -> UInt64) -> BuildFacts {
+        func mapped(_ f: (UInt64) -> UInt64, keys: Bool = false) -> BuildFacts {
             BuildFacts(bounds: bounds?.mapped(f), symbolsSent: symbolsSent, returnThunkAddresses: returnThunkAddresses.map(f),
-                       staticCallKeys: Set(staticCallKeys.map(f)))
+                       staticCallKeys: keys ? Set(staticCallKeys.map(f)) : staticCallKeys)
         }
     }
 
@@ -121,7 +123,9 @@ enum FactsPlausibility {
 
     /// This guest's own facts (`pv_ops`, return thunk, capability words, static-call keys) against
     /// the build they claim (`build`, and the function entries in `facts`).
-    static func checkGuest(_ r: RegisterGuest, facts: GuestFacts, build: BuildFacts) -> String? {
+    static func checkGuest(_ r: RegisterGuest, facts: GuestFacts, build: BuildFacts,
+                           isStaticCallKey: ((UInt64) -> Bool)? = nil) -> String? {
+        let isKey = isStaticCallKey ?? { build.staticCallKeys.contains($0) }
         let bounds = build.bounds
         if !r.pvOps.isEmpty {
             guard r.pvOps.count % 8 == 0 else { return "pv_ops is \(r.pvOps.count) bytes, not whole u64 entries" }
@@ -147,7 +151,7 @@ enum FactsPlausibility {
             // of that key. Any other address — the module area where a later module's own key will
             // be, user space, a function — is no key static_call_add_module() writes a core
             // target for (a module's own key takes its module's defaults: StaticCallTrust.swift).
-            guard build.staticCallKeys.contains(k.key) else {
+            guard isKey(k.key) else {
                 return "static-call key 0x\(Hex.number(k.key)) is not a registered __SCK__<name> key or __SCT__<name> trampoline in core text"
             }
             for t in [k.current] + k.allowed where t != 0 {

@@ -121,7 +121,7 @@ public final class KernelFacts: Sendable {
         let removed = key == nil ? KernelSlide.none : KernelSlide(r.kaslrSlide)
         let highest = key == nil ? nil : r.symbols.lazy.map(\.address).filter { $0 >= KernelSlide.imageBase }.max().map(removed.linkTime)
         return .success(KernelFacts(key: key, base: GuestFactsBuilder.kernelFacts(symbols: r.symbols, removing: removed),
-                                    build: checked.facts.mapped(removed.linkTime), symbolCount: r.symbols.count,
+                                    build: checked.facts.mapped(removed.linkTime, keys: true), symbolCount: r.symbols.count,
                                     symbolBytes: Self.symbolBytes(r), highestMovedAddress: highest))
     }
 
@@ -163,7 +163,11 @@ public final class KernelFacts: Sendable {
     func guestFacts(_ r: RegisterGuest) -> Result<GuestFacts, FactsRefusal> {
         let slide = slide(of: r)
         let facts = GuestFactsBuilder.guestFacts(kernel: base, slide: slide, from: r)
-        if let why = FactsPlausibility.checkGuest(r, facts: facts, build: build.mapped(slide.runTime)) { return .failure(FactsRefusal(message: why)) }
+        let keys = build.staticCallKeys  // link time: the guest's key is looked up exactly at its slide
+        if let why = FactsPlausibility.checkGuest(r, facts: facts, build: build.mapped(slide.runTime),
+                                                  isStaticCallKey: { slide.exactLinkTime($0).map(keys.contains) ?? false }) {
+            return .failure(FactsRefusal(message: why))
+        }
         return .success(facts)
     }
 }

@@ -405,6 +405,30 @@ final class AdversarialSessionTests: XCTestCase {
         r.guestID = "h"
         r.staticCallKeys = [StaticCallKeyFact(key: realKey, current: 0, allowed: [commitCreds])]
         guard case .registerGuestReply = g.verifier.respond(to: .registerGuest(r), requestDigest: []) else { return XCTFail("a real key") }
+
+        // The same build at another KASLR slide shares the copy: its key is the real key moved by
+        // that slide; the unmoved address is no key of that guest.
+        let slide: UInt64 = 0x1e00_0000
+        var slid = g.registration
+        slid.guestID = "k"
+        slid.kaslrSlide = g.registration.kaslrSlide + slide
+        slid.symbols = g.registration.symbols.map { var x = $0; if x.address >= 0xffff_ffff_8000_0000 { x.address += slide }; return x }
+        var ops = slid.pvOps
+        for o in stride(from: 0, to: ops.count - ops.count % 8, by: 8) {
+            var e: UInt64 = 0
+            for b in 0..<8 { e |= UInt64(ops[o + b]) << (8 * UInt64(b)) }
+            if e != 0 { e += slide }
+            for b in 0..<8 { ops[o + b] = UInt8(truncatingIfNeeded: e >> (8 * UInt64(b))) }
+        }
+        slid.pvOps = ops
+        slid.returnThunk = slid.returnThunk.map { $0 + slide }
+        slid.staticCallKeys = [StaticCallKeyFact(key: realKey, current: 0, allowed: [commitCreds + slide])]
+        guard case .error(let unmoved) = g.verifier.respond(to: .registerGuest(slid), requestDigest: []) else { return XCTFail("the unmoved key at another slide") }
+        XCTAssertEqual(unmoved.code, .implausibleFacts, unmoved.message)
+        slid.staticCallKeys = [StaticCallKeyFact(key: realKey + slide, current: 0, allowed: [commitCreds + slide])]
+        let moved = g.verifier.respond(to: .registerGuest(slid), requestDigest: [])
+        guard case .registerGuestReply = moved else { return XCTFail("the moved key: \(moved)") }
+        XCTAssertEqual(g.verifier.guests.sharedBuilds.count, 1, "one shared copy for g, h and k")
     }
 
     /// Attack (facts shaped so that a later claim is explainable): register the build with
