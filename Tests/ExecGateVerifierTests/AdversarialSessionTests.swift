@@ -300,6 +300,50 @@ final class AdversarialSessionTests: XCTestCase {
         XCTAssertEqual(session.liveModule("stp")?.dependsOn, ["llc"])
     }
 
+    /// Runs `hook` once, on the first patch verdict it records: another vCPU's requests landing
+    /// between the judgement of a patch and the recording of its key states.
+    final class RacingSink: VerdictAuditSink, @unchecked Sendable {
+        let lock = NSLock()
+        var hook: (() -> Void)?
+        func record(_ verdict: ExecGateWire.Verdict, guestID: String, policy: Policy) -> Bool {
+            guard verdict.checks.contains("patch-site") else { return true }
+            lock.lock()
+            let h = hook
+            hook = nil
+            lock.unlock()
+            h?()
+            return true
+        }
+    }
+
+    /// Attack: flip a jump-label key of test_static_keys and, while that patch's verdict is being
+    /// finished, retire test_static_keys and load it again (its claim holds the key's old state).
+    /// The allowed patch was about sites that are gone; recording its state on the key would
+    /// leave the session believing the key flipped while the live module's granted bytes hold
+    /// the old state — a later module with sites of the key would then be admitted in the other
+    /// state (a half-enabled key). Fails now: the key states of a batch are recorded only if no
+    /// live module was removed since it was judged (GuestSession.removals).
+    func testPatchRacingARetireDoesNotMoveTheReloadedModulesKey() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let t = try table(g, "test_static_keys")
+        let site = try XCTUnwrap(t.siteList.first { $0.kind == .jumpLabel && g.sitesByKey()[$0.key!]?.count == 1 })
+        let key = try XCTUnwrap(site.key)
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        let sink = RacingSink()
+        sink.hook = {
+            guard case .retireModuleReply = try? self.retire(g, "test_static_keys") else { return XCTFail("retire") }
+            XCTAssertEqual(try? g.load("test_static_keys").decision, .allow)
+        }
+        g.verifier.auditSink = sink
+        let flip = g.patch([PatchEntry(address: site.address, bytes: try XCTUnwrap(t.encoding(at: site.address, state: 1 - state)))])
+        XCTAssertEqual(flip.decision, .allow, flip.message)
+        XCTAssertNil(sink.hook, "the race ran")
+        XCTAssertNotNil(g.session.liveModule("test_static_keys"))
+        XCTAssertEqual(try g.currentBytes(site.address, site.length), try XCTUnwrap(t.encoding(at: site.address, state: state)), "the reload's granted bytes")
+        XCTAssertEqual(g.session.state(ofKey: key), state, "the key state is the live module's, not the stale patch's")
+    }
+
     // MARK: SMP lock prefixes
 
     /// A guest booted with one present CPU of two possible (the fixture boot: its modules' prefixes
