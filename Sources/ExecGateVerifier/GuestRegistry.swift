@@ -310,7 +310,8 @@ public final class GuestSession: @unchecked Sendable {
     enum PatchOutcome {
         /// Legal; `newStates` are the keys' states after the transition (apply with `apply(_:)`
         /// once the verdict is final).
-        case allowed(module: String, message: String, newStates: [UInt64: UInt64], staticKeys: Set<UInt64>)
+        /// `judgedAt` is `removals` at the judgement (`apply` records nothing if a module went since).
+        case allowed(module: String, message: String, newStates: [UInt64: UInt64], staticKeys: Set<UInt64>, judgedAt: UInt64)
         case denied(VerdictReason, module: String, message: String)
     }
 
@@ -378,13 +379,17 @@ public final class GuestSession: @unchecked Sendable {
             if smpBatch { wentSMP = true }
             let what = patches.count == 1 ? "1 site" : "\(patches.count) sites"
             return .allowed(module: owners.joined(separator: ","), message: "\(what) in \(owners.joined(separator: ", ")): legal encodings, whole-key transition",
-                            newStates: newState, staticKeys: staticKeys)
+                            newStates: newState, staticKeys: staticKeys, judgedAt: removals)
         }
     }
 
     /// Record the key states of an allowed transition (keys whose sites are all gone are skipped).
-    func apply(_ newStates: [UInt64: UInt64], staticKeys: Set<UInt64>) {
+    /// Nothing is recorded if a live module was removed since the batch was judged (`judgedAt`):
+    /// the batch was about sites that may be gone, and a module loaded since at their addresses
+    /// was granted its own bytes, in its own key states (its commit recorded them).
+    func apply(_ newStates: [UInt64: UInt64], staticKeys: Set<UInt64>, judgedAt: UInt64) {
         lock.withLock {
+            guard judgedAt == removals else { return }
             for (k, s) in newStates where keySites[k] != nil {
                 keyState[k] = s
                 if staticKeys.contains(k) {

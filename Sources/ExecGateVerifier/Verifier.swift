@@ -222,10 +222,10 @@ public final class Verifier: @unchecked Sendable {
         // In audit mode an illegal patch is allowed with audit_only but never changes key state:
         // the session only records what enforce would allow.
         switch session.judgePatches(p.patches) {
-        case .allowed(let module, let message, let newStates, let staticKeys):
+        case .allowed(let module, let message, let newStates, let staticKeys, let judgedAt):
             let v = verdict(.allow, .allowed, message, module: module)
             // Only a final allow moves the keys (the audit sink may still have refused it).
-            if v.decision == .allow && !v.auditOnly { session.apply(newStates, staticKeys: staticKeys) }
+            if v.decision == .allow && !v.auditOnly { session.apply(newStates, staticKeys: staticKeys, judgedAt: judgedAt) }
             return v
         case .denied(let reason, let module, let message):
             return verdict(.deny, reason, message, module: module)
