@@ -351,41 +351,7 @@ extension Session {
         let rels = rs.relocations
         var prevEnd = 0, count = walk.count
         defer { walk.count = count }
-        let n = rels.count
-        var ri = 0
-        while ri < n {
-            // Fast path: the plain records (most of them: `.orc_unwind_ip` alone is ~37% of a
-            // boot's records), which pass every check below with nothing to report. It only
-            // accepts, with the same effect on `prevEnd` and `count` as the loop body; at the
-            // first record that is not plain (refused by the parser, NONE or a type with an
-            // overflow check or unknown, out of order, symbol not resolved yet, field past the
-            // section, nonzero target) it stops and the body below takes that record through
-            // every check in the kernel's order: the same first error, the same result.
-            let limit = src.isEmpty ? sectionSize : min(sectionSize, src.count)  // fields read in `src` stay inside it
-            while ri < n, rels.isValid(ri) {
-                let info = rels.info(ri)
-                let size: Int
-                switch UInt32(truncatingIfNeeded: info) {
-                case 1, 24: size = 8  // R_X86_64_64, R_X86_64_PC64
-                case 2, 4: size = 4   // R_X86_64_PC32, R_X86_64_PLT32
-                default: size = 0
-                }
-                // isValid: the field lies inside the target section (so `fo` is small).
-                let fo = Int(rels.offset(ri))
-                guard size != 0, fo >= prevEnd, fo + size <= limit, vals[Int(info >> 32)] != nil else { break }
-                if !src.isEmpty {
-                    let nonzero = size == 8 ? src.loadUnaligned(fromByteOffset: fo, as: UInt64.self) != 0
-                                            : src.loadUnaligned(fromByteOffset: fo, as: UInt32.self) != 0
-                    if nonzero { break }
-                }
-                prevEnd = fo + size
-                count += 1
-                ri += 1
-            }
-            if ri == n { break }
-            // Record `ri` through every check (`continue` and `return ri` included: the deferred
-            // step runs as the iteration ends, after `return` has taken `ri`).
-            defer { ri += 1 }
+        for ri in 0..<rels.count {
             if !rels.isValid(ri) { try refuseRecords() }
             let r = rels[ri]
             // A record out of order is left to the copy, where `apply` runs the same checks on

@@ -406,9 +406,9 @@ final class RelocationRecordCheckTests: XCTestCase {
         XCTAssertTrue(d.reason.contains("nonzero"), d.reason)
     }
 
-    /// A nonzero target in a data section checked in place (`Session.check`, whose fast path
-    /// accepts plain records and hands any other to the full checks): denied at exactly that
-    /// record, for a record at the start, in the middle and at the end of the section.
+    /// A nonzero target in a data section checked in place against the signed bytes
+    /// (`Session.check`, no copy made): denied at exactly that record, for a record at the start,
+    /// in the middle and at the end of the section.
     func testNonzeroTargetInACheckedDataSectionIsDeniedAtItsRecord() throws {
         let f = try FixtureReplay()
         let clean = try XCTUnwrap(f.modules["llc"]).module.ko
