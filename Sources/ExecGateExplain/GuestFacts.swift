@@ -507,6 +507,10 @@ public struct ModuleExports: Sendable {
     /// How many names the module exports.
     public var symbolCount: Int { names.count + otherNames.count }
 
+    /// Every exported name, each once (its bytes as the module has them; no dictionary, which
+    /// would merge two `String`-equal names).
+    public var exportedNames: [String] { names.pairs.map(\.name) + otherNames.keys }
+
     /// The address of the export whose name has `name`'s bytes, if any (names compare as bytes,
     /// as the kernel's: SlidExports).
     public func address(of name: String) -> UInt64? {
