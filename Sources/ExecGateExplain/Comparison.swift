@@ -170,6 +170,9 @@ extension Session {
     /// - an entry whose `value_offset` or `name_offset` field is not written by exactly one
     ///   R_X86_64_PC32/PLT32 record at that field (no other record touching it): what
     ///   `__KSYMTAB()` (`.long sym - .`) assembles to;
+    /// - a writable ksymtab, or a name in a writable section (SHF_WRITE, `.data..ro_after_init`
+    ///   included): the kernel reads entry and name again at each later lookup, so they must be
+    ///   read-only (`module_enable_ro()`) before any module code could change them;
     /// - a name outside the module's own allocated core data sections (normally
     ///   `__ksymtab_strings`), or not NUL-terminated inside its section, or not ASCII (C
     ///   identifiers are; names are compared as bytes, `strcmp()`, throughout);
@@ -225,6 +228,11 @@ extension Session {
         guard i < isData.count, isData[i], let taddr = addr[i], let copy = dataCopy(i) else {
             throw deny(.malformedELF, "\(s.name) is not an allocated data section of the module (its entries would not be the relocated data the kernel reads)", section: s.name)
         }
+        // Read-only after `module_enable_ro()` (complete_formation(), before the module's init
+        // runs): the entries the kernel reads at every later lookup are the ones read here.
+        guard !layout.flags[i].contains(.write) else {
+            throw deny(.malformedELF, "\(s.name) is writable: its entries could change after they are read at load", section: s.name)
+        }
         // Per 4-byte field of the section: how many PC32/PLT32 records write exactly it (0xff: some
         // other record touches it). Every record was already checked by the relocation stage.
         var writes = [UInt8](repeating: 0, count: 3 * n)
@@ -263,6 +271,12 @@ extension Session {
                         return nameAddr - a < UInt64(elf.sections[j].size)
                     }), let b = dataCopy(j), let a = addr[j] else {
                         throw deny(.malformedELF, "\(s.name) entry \(k): its name (0x\(String(nameAddr, radix: 16))) is not inside the module's own core data",
+                                   section: s.name, offset: o + 4, address: nameAddr)
+                    }
+                    // The kernel reads the name again at every later lookup (`find_symbol()`):
+                    // it must be read-only from before any module code runs, as the entries are.
+                    guard !layout.flags[j].contains(.write) else {
+                        throw deny(.malformedELF, "\(s.name) entry \(k): its name is in \(sectionName(j)), which is writable (the name could change after it is read at load)",
                                    section: s.name, offset: o + 4, address: nameAddr)
                     }
                     names = NameSource(section: j, lo: a, bytes: b)
