@@ -170,9 +170,10 @@ extension Session {
     /// - an entry whose `value_offset` or `name_offset` field is not written by exactly one
     ///   R_X86_64_PC32/PLT32 record at that field (no other record touching it): what
     ///   `__KSYMTAB()` (`.long sym - .`) assembles to;
-    /// - a writable ksymtab, or a name in a writable section (SHF_WRITE, `.data..ro_after_init`
-    ///   included): the kernel reads entry and name again at each later lookup, so they must be
-    ///   read-only (`module_enable_ro()`) before any module code could change them;
+    /// - a writable ksymtab, or a name in a writable section (SHF_WRITE, or SHF_RO_AFTER_INIT:
+    ///   laid out with `.data..ro_after_init`, writable while the module's init runs): the kernel
+    ///   reads entry and name again at each later lookup, so they must be read-only
+    ///   (`module_enable_ro()` in complete_formation()) before any module code could change them;
     /// - a name outside the module's own allocated core data sections (normally
     ///   `__ksymtab_strings`), or not NUL-terminated inside its section, or not ASCII (C
     ///   identifiers are; names are compared as bytes, `strcmp()`, throughout);
@@ -230,7 +231,7 @@ extension Session {
         }
         // Read-only after `module_enable_ro()` (complete_formation(), before the module's init
         // runs): the entries the kernel reads at every later lookup are the ones read here.
-        guard !layout.flags[i].contains(.write) else {
+        guard !layout.flags[i].contains(.write), !layout.flags[i].contains(.roAfterInit) else {
             throw deny(.malformedELF, "\(s.name) is writable: its entries could change after they are read at load", section: s.name)
         }
         // Per 4-byte field of the section: how many PC32/PLT32 records write exactly it (0xff: some
@@ -275,7 +276,7 @@ extension Session {
                     }
                     // The kernel reads the name again at every later lookup (`find_symbol()`):
                     // it must be read-only from before any module code runs, as the entries are.
-                    guard !layout.flags[j].contains(.write) else {
+                    guard !layout.flags[j].contains(.write), !layout.flags[j].contains(.roAfterInit) else {
                         throw deny(.malformedELF, "\(s.name) entry \(k): its name is in \(sectionName(j)), which is writable (the name could change after it is read at load)",
                                    section: s.name, offset: o + 4, address: nameAddr)
                     }

@@ -72,6 +72,22 @@ extension AdversarialExportTests {
         try assertDenied(f, ko, .malformedELF, "writable", "name in .bss")
     }
 
+    /// Names in a section flagged SHF_RO_AFTER_INIT (laid out with `.data..ro_after_init`: writable
+    /// while the module's init runs). The claim keeps only its init section addresses (the
+    /// strings moved to the ro_after_init part of the core layout).
+    func testNamesInRoAfterInitDataAreDenied() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["llc"])
+        var ed = KoEditor(ko: e.module.ko)
+        let h = ed.sectionHeader(try ed.sectionIndex("__ksymtab_strings"))
+        ed.put(ed.get(UInt64.self, at: h + 8) | SectionFlags.roAfterInit.rawValue, at: h + 8)
+        var claim = e.module.claim
+        claim.sectionAddresses = claim.sectionAddresses.filter { $0.key.hasPrefix(".init") }
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko, claim: claim)), "names in ro_after_init data")
+        XCTAssertEqual(d.rule, .malformedELF, d.reason)
+        XCTAssertTrue(d.reason.contains("writable"), d.reason)
+    }
+
     /// Entries out of `strcmp()` order, and two equal names in one table: the kernel's `bsearch()`
     /// could miss an export or pick either entry.
     func testUnsortedOrRepeatedEntriesAreDenied() throws {
