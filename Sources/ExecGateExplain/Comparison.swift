@@ -182,6 +182,8 @@ extension Session {
     ///   which the linker's `SORT(___ksymtab+*)` (scripts/module.lds.S) makes exact; out of order
     ///   it could miss a name, or pick either of two equal ones;
     /// - a name in both tables (`find_symbol()` would take the `__ksymtab` one; never built).
+    /// - a value field relocated against a symbol of the module's init sections (`initSymbol`).
+    /// Any other value is the kernel's: `S + A` of the record, S as `simplify_symbols()` gives it.
     /// The namespace field is not read: `verify_namespace_is_imported()` (6.1) uses an export's
     /// namespace only to refuse a later *importer* that lacks `MODULE_IMPORT_NS()`, a refusal
     /// ExecGate does not model for any exporter (core kernel included): not modelling it can
@@ -246,6 +248,14 @@ extension Session {
                 guard o >= 0, o < s.size else { continue }
                 if (r.type.rawValue == 2 || r.type.rawValue == 4) && o % 4 == 0 {
                     if writes[o / 4] < 0xfe { writes[o / 4] += 1 }
+                    // A value in the module's own init sections: freed after init, and known here
+                    // only at the placeholder (a core session never trusts init addresses:
+                    // Session.swift), not at the address the kernel's entry holds. The kernel
+                    // would export freed memory; never explained (no real module does).
+                    if o % Session.kernelSymbolSize == 0, !symbolInInit.isEmpty, symbolInInit[r.symbolIndex] {
+                        throw deny(.initSymbol, "\(s.name) entry \(o / Session.kernelSymbolSize): its value refers to \(symtab.name(r.symbolIndex)) in init memory freed after init",
+                                   section: s.name, offset: o)
+                    }
                 } else {
                     for f in (o / 4)...min((o + size - 1) / 4, writes.count - 1) { writes[f] = 0xff }
                 }

@@ -49,6 +49,14 @@ extension AdversarialExportTests {
         XCTAssertEqual(d.rule, .relocation, d.reason)
     }
 
+    /// An entry whose value is the module's init function (freed after init; known only at the
+    /// placeholder in a core session).
+    func testValueInInitMemoryIsDenied() throws {
+        let f = try FixtureReplay()
+        let ko = try craftedEntry(f, field: 0) { ed, at, _ in ed.put(UInt32(try ed.symbolIndex("llc_init")), at: at + 12) }
+        try assertDenied(f, ko, .initSymbol, "init memory freed after init", "export of llc_init")
+    }
+
     /// A name outside the module's own core data (far past `__ksymtab_strings`).
     func testNameOutsideTheModuleIsDenied() throws {
         let f = try FixtureReplay()
