@@ -38,19 +38,16 @@ extension Session {
         guard !exported.isEmpty else { return }
         let exports = resolver.exports
         let first: Int? = exported.bytes.withUnsafeBytes { nb in
-            if exports.answersASCIIByBytes {
-                // Every name's first lines read in one pass (the digests were made with the
-                // names), looked up in a second: the misses (usually two a name, the tags of both
-                // tables) overlap instead of coming one after another. The same answers as
-                // `lookup(utf8:)` (``SlidExports/answersASCIIByBytes``).
-                var sink: UInt64 = 0
-                for d in exported.digests { sink ^= exports.touch(d, likelyPresent: false) }
-                exportTouchSink ^= sink
-                return exported.ranges.indices.first {
-                    exports.lookup(ascii: UnsafeRawBufferPointer(rebasing: nb[exported.ranges[$0]]), digest: exported.digests[$0], likelyPresent: false) != nil
-                }
+            // Every name's first lines read in one pass (the digests were made with the names),
+            // looked up in a second: the misses (usually two a name, the tags of both tables)
+            // overlap instead of coming one after another. The names are ASCII (`exportedNames`
+            // denies any other), which the byte-keyed tables answer alone (SlidExports).
+            var sink: UInt64 = 0
+            for d in exported.digests { sink ^= exports.touch(d, likelyPresent: false) }
+            exportTouchSink ^= sink
+            return exported.ranges.indices.first {
+                exports.lookup(ascii: UnsafeRawBufferPointer(rebasing: nb[exported.ranges[$0]]), digest: exported.digests[$0], likelyPresent: false) != nil
             }
-            return exported.ranges.indices.first { resolver.lookup(utf8: UnsafeRawBufferPointer(rebasing: nb[exported.ranges[$0]])) != nil }
         }
         if let k = first {
             let name = String(decoding: exported.bytes[exported.ranges[k]], as: UTF8.self)
