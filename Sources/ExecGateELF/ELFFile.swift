@@ -291,14 +291,14 @@ public struct ELFFile: @unchecked Sendable {
     public func section(named name: String) -> ELFSection? {
         // A scan (find_sec() scans too): a module has tens of sections and a reader asks for a
         // few, so a name index cost more to build (a hash of every name per parse) than it saved.
-        // Two ASCII names of different lengths are different Strings (for ASCII text String
-        // equality is byte equality): only then is the comparison skipped. A non-ASCII name on
-        // either side is compared as a String (canonical equivalence, as before).
+        // Names are equal when their bytes are, as find_sec()'s strcmp() compares them (String
+        // equality is canonical equivalence: ".\u{212A}" would equal ".K"). Two ASCII names of
+        // different lengths differ without a look at their bytes.
         let q = ELFFile.asciiLength(name)
         for i in sections.indices {
             let k = asciiNameLengths[i]
             if q >= 0 && k >= 0 && k != q { continue }
-            if sections[i].name == name { return sections[i] }
+            if sections[i].name.utf8.elementsEqual(name.utf8) { return sections[i] }
         }
         return nil
     }

@@ -171,113 +171,202 @@ extension Session {
         return counts
     }
 
-    /// `__ksymtab_<name>` marks an export of `<name>` (EXPORT_SYMBOL / _GPL). Found once, on the
-    /// borrowed name bytes: no `String` is made unless a name is not ASCII (``ExportedNames``).
-    func exportedNames() -> ExportedNames {
+    // MARK: Exports: the ksymtab entries
+
+    /// The module's exports as the kernel reads them: the entries of its `__ksymtab` and
+    /// `__ksymtab_gpl` sections (`find_module_sections()`: `section_objs()` on the first SHF_ALLOC
+    /// section of each name, `sh_size / sizeof(struct kernel_symbol)` entries at its laid-out
+    /// address), each a `struct kernel_symbol { int value_offset; int name_offset; int
+    /// namespace_offset; }` (x86-64: CONFIG_HAVE_ARCH_PREL32_RELOCATIONS, 12 bytes) whose fields
+    /// `apply_relocate_add()` wrote. `kernel_symbol_value()` is `&value_offset + value_offset`,
+    /// `kernel_symbol_name()` is `&name_offset + name_offset`, a NUL-terminated string
+    /// (kernel/module/main.c, include/linux/export.h; the same in 6.1 and 6.12). Neither the
+    /// `__ksymtab_<name>` symbols nor the symbols named by the strings matter to the kernel.
+    ///
+    /// Read once, in place on the relocated copies (`dataCopy`, as `table()` reads the other
+    /// tables), after relocation; no `String` is made. Denied, since nothing explains it and no
+    /// real module has it (docs/trust.md "Exports"):
+    /// - a `__ksymtab`/`__ksymtab_gpl` section that is executable (its bytes would be code) or
+    ///   whose size is not a multiple of 12 (the kernel ignores the tail);
+    /// - an entry whose `value_offset` or `name_offset` field is not written by exactly one
+    ///   R_X86_64_PC32/PLT32 record at that field (no other record touching it): what
+    ///   `__KSYMTAB()` (`.long sym - .`) assembles to;
+    /// - a writable ksymtab, or a name in a writable section (SHF_WRITE, or SHF_RO_AFTER_INIT:
+    ///   laid out with `.data..ro_after_init`, writable while the module's init runs): the kernel
+    ///   reads entry and name again at each later lookup, so they must be read-only
+    ///   (`module_enable_ro()` in complete_formation()) before any module code could change them;
+    /// - a name outside the module's own allocated core data sections (normally
+    ///   `__ksymtab_strings`), or not NUL-terminated inside its section, or not ASCII (C
+    ///   identifiers are; names are compared as bytes, `strcmp()`, throughout);
+    /// - entries not in strictly increasing `strcmp()` order within their table: the kernel finds
+    ///   a module's export by `bsearch()` (`find_exported_symbol_in_section()`, `cmp_name()`),
+    ///   which the linker's `SORT(___ksymtab+*)` (scripts/module.lds.S) makes exact; out of order
+    ///   it could miss a name, or pick either of two equal ones;
+    /// - a name in both tables (`find_symbol()` would take the `__ksymtab` one; never built).
+    /// - a value field relocated against a symbol of the module's init sections (`initSymbol`).
+    /// Any other value is the kernel's: `S + A` of the record, S as `simplify_symbols()` gives it.
+    /// The namespace field is not read: `verify_namespace_is_imported()` (6.1) uses an export's
+    /// namespace only to refuse a later *importer* that lacks `MODULE_IMPORT_NS()`, a refusal
+    /// ExecGate does not model for any exporter (core kernel included): not modelling it can
+    /// only allow such an importer, never change a byte the kernel writes.
+    func exportedNames() throws -> ExportedNames {
         if let n = exportedNameCache { return n }
         var e = ExportedNames()
-        var marks: [Int] = []
-        // "__ksymtab_" as one 8-byte and one 2-byte little-endian compare.
-        let head = UInt64(littleEndian: 0x6174_6d79_736b_5f5f), tail = UInt16(littleEndian: 0x5f62)  // "__ksymta", "b_"
-        for i in symtab.indices {
-            let b = symtab.nameBytes(i)
-            if b.count >= 10 && b.loadUnaligned(as: UInt64.self) == head && b.loadUnaligned(fromByteOffset: 8, as: UInt16.self) == tail { marks.append(i) }
+        var tables: [(index: Int, gpl: Bool)] = []
+        // find_sec(): the first SHF_ALLOC section of the name.
+        for (name, gpl) in [("__ksymtab", false), ("__ksymtab_gpl", true)] {
+            if let s = elf.sections.first(where: { $0.isAlloc && $0.name == name }) { tables.append((s.index, gpl)) }
         }
-        assert(marks == symtab.indices.filter { hasASCIIPrefix(symtab.nameBytes($0), "__ksymtab_") })
-        e.table = NameTable(minimumCapacity: marks.count)  // sized once: no rehash as it fills
-        for i in marks {
-            let b = symtab.nameBytes(i)
-            let n = UnsafeRawBufferPointer(rebasing: b[10...])
-            guard NameTable.isASCII(n) else { e.allASCII = false; continue }
-            // A duplicate (same bytes, so the same String) is one name, as in the Set it replaces.
-            if e.table.lookup(n) == nil {
-                e.table.insert(n, UInt64(i))
-                e.symbols.append(i)
-                if n.count < 64 { e.lengthMask |= 1 << UInt64(n.count) } else { e.anyLong = true }
+        var entries = 0
+        for t in tables {
+            let s = elf.sections[t.index]
+            guard s.size % Session.kernelSymbolSize == 0 else {
+                throw deny(.malformedELF, "\(s.name) is \(s.size) bytes, not a whole number of 12-byte struct kernel_symbol entries", section: s.name)
             }
+            entries += s.size / Session.kernelSymbolSize
         }
-        if !e.allASCII {
-            // Some exported name is not ASCII: every use takes the `String` path (canonical
-            // equivalence; see NameTable.swift), with the names as one Set, as before.
-            var names: Set<String> = []
-            for i in symtab.indices where hasASCIIPrefix(symtab.nameBytes(i), "__ksymtab_") { names.insert(String(symtab.name(i).dropFirst(10))) }
-            e.strings = names
-        }
+        e.table = NameTable(minimumCapacity: entries)  // sized once: no rehash as it fills
+        e.ranges.reserveCapacity(entries)
+        e.digests.reserveCapacity(entries)
+        var names = NameSource()
+        for t in tables { try readKsymtab(t.index, into: &e, names: &names) }
         exportedNameCache = e
         return e
     }
 
-    func moduleExports() -> ModuleExports {
-        let names = exportedNames()
-        // The usual case, every exported name and every candidate symbol name ASCII: the exports
-        // are gathered by their borrowed bytes into a byte-keyed table (ASCII against ASCII:
-        // `String` equality is byte equality, NameTable.swift), which the resolver merges as is.
-        // A later symbol of the same name replaces the earlier one's value, as the dictionary
-        // assignment did. Cheap integer tests first: names are only hashed for defined non-local
-        // symbols.
-        if names.allASCII {
-            var table = NameTable(minimumCapacity: names.symbols.count)
-            var allASCII = true
-            if !names.isEmpty {
-                for i in symtab.indices where !symtab.isUndefined(i) && symtab.binding(i) != 0 {
-                    let b = symtab.nameBytes(i)
-                    guard NameTable.isASCII(b) else {
-                        // A non-ASCII symbol name may be `String`-equal to an exported ASCII name
-                        // (canonical equivalence): if it is, everything takes the `String` path below.
-                        if names.stringSet(symtab).contains(symtab.name(i)) { allASCII = false; break }
-                        continue
+    /// `sizeof(struct kernel_symbol)` with PREL32 offsets.
+    static let kernelSymbolSize = 12
+
+    /// The data section that held the last name (normally `__ksymtab_strings`) and its relocated bytes.
+    struct NameSource {
+        var section = -1
+        var lo: UInt64 = 0
+        var bytes: [UInt8] = []
+    }
+
+    /// The entries of one ksymtab section `i` into `e` (see `exportedNames`).
+    private func readKsymtab(_ i: Int, into e: inout ExportedNames, names: inout NameSource) throws {
+        let s = elf.sections[i]
+        let n = s.size / Session.kernelSymbolSize
+        guard n > 0 else { return }
+        guard i < isData.count, isData[i], let taddr = addr[i], let copy = dataCopy(i) else {
+            throw deny(.malformedELF, "\(s.name) is not an allocated data section of the module (its entries would not be the relocated data the kernel reads)", section: s.name)
+        }
+        // Read-only after `module_enable_ro()` (complete_formation(), before the module's init
+        // runs): the entries the kernel reads at every later lookup are the ones read here.
+        guard !layout.flags[i].contains(.write), !layout.flags[i].contains(.roAfterInit) else {
+            throw deny(.malformedELF, "\(s.name) is writable: its entries could change after they are read at load", section: s.name)
+        }
+        // Per 4-byte field of the section: how many PC32/PLT32 records write exactly it (0xff: some
+        // other record touches it). Every record was already checked by the relocation stage.
+        var writes = [UInt8](repeating: 0, count: 3 * n)
+        for rs in rela where rs.targetSectionIndex == i {
+            let rels = rs.relocations
+            for k in rels.indices {
+                let r = rels[k]
+                guard let size = r.type.fieldSize, size > 0 else { continue }
+                let o = Int(r.offset)
+                guard o >= 0, o < s.size else { continue }
+                if (r.type.rawValue == 2 || r.type.rawValue == 4) && o % 4 == 0 {
+                    if writes[o / 4] < 0xfe { writes[o / 4] += 1 }
+                    // A value in the module's own init sections: freed after init, and known here
+                    // only at the placeholder (a core session never trusts init addresses:
+                    // Session.swift), not at the address the kernel's entry holds. The kernel
+                    // would export freed memory; never explained (no real module does).
+                    if o % Session.kernelSymbolSize == 0, !symbolInInit.isEmpty, symbolInInit[r.symbolIndex] {
+                        throw deny(.initSymbol, "\(s.name) entry \(o / Session.kernelSymbolSize): its value refers to \(symtab.name(r.symbolIndex)) in init memory freed after init",
+                                   section: s.name, offset: o)
                     }
-                    guard names.mayHaveLength(b.count) else { continue }
-                    let d = NameTable.digest(b)
-                    guard names.table.lookup(b, digest: d) != nil, let v = try? symbolValue(i) else { continue }
-                    table.insert(b, v, digest: d)
+                } else {
+                    for f in (o / 4)...min((o + size - 1) / 4, writes.count - 1) { writes[f] = 0xff }
                 }
             }
-            if allASCII {
-                return ModuleExports(module: claim.name, names: table, otherNames: [:], functionEntries: functionEntries,
-                                     staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)
+        }
+        try copy.withUnsafeBytes { tb in
+            precondition(tb.count == s.size)
+            var previous: Range<Int>?  // the table's previous name in `e.bytes`
+            for k in 0..<n {
+                let o = k * Session.kernelSymbolSize
+                guard writes[3 * k] == 1, writes[3 * k + 1] == 1 else {
+                    let field = writes[3 * k] == 1 ? "name_offset" : "value_offset"
+                    throw deny(.relocation, "\(s.name) entry \(k): its \(field) field is not written by exactly one R_X86_64_PC32 record (not a __KSYMTAB() entry)",
+                               section: s.name, offset: o, address: taddr &+ UInt64(o))
+                }
+                let valueOffset = tb.loadUnaligned(fromByteOffset: o, as: Int32.self)
+                let nameOffset = tb.loadUnaligned(fromByteOffset: o + 4, as: Int32.self)
+                let value = taddr &+ UInt64(o) &+ UInt64(bitPattern: Int64(Int32(littleEndian: valueOffset)))
+                let nameAddr = taddr &+ UInt64(o + 4) &+ UInt64(bitPattern: Int64(Int32(littleEndian: nameOffset)))
+                // The name: inside a core data section of the module (bytes held), NUL-terminated there.
+                if names.section < 0 || nameAddr < names.lo || nameAddr - names.lo >= UInt64(names.bytes.count) {
+                    guard let j = dataSections.first(where: { j in
+                        guard let a = addr[j], j < layout.coreOffset.count, layout.coreOffset[j] != nil, nameAddr >= a else { return false }
+                        return nameAddr - a < UInt64(elf.sections[j].size)
+                    }), let b = dataCopy(j), let a = addr[j] else {
+                        throw deny(.malformedELF, "\(s.name) entry \(k): its name (0x\(String(nameAddr, radix: 16))) is not inside the module's own core data",
+                                   section: s.name, offset: o + 4, address: nameAddr)
+                    }
+                    // The kernel reads the name again at every later lookup (`find_symbol()`):
+                    // it must be read-only from before any module code runs, as the entries are.
+                    guard !layout.flags[j].contains(.write), !layout.flags[j].contains(.roAfterInit) else {
+                        throw deny(.malformedELF, "\(s.name) entry \(k): its name is in \(sectionName(j)), which is writable (the name could change after it is read at load)",
+                                   section: s.name, offset: o + 4, address: nameAddr)
+                    }
+                    names = NameSource(section: j, lo: a, bytes: b)
+                }
+                let start = Int(nameAddr - names.lo)
+                try names.bytes.withUnsafeBytes { sb in
+                    let rest = UnsafeRawBufferPointer(rebasing: sb[start...])
+                    guard let len = rest.firstIndex(of: 0) else {
+                        throw deny(.malformedELF, "\(s.name) entry \(k): its name is not NUL-terminated inside \(sectionName(names.section))",
+                                   section: s.name, offset: o + 4, address: nameAddr)
+                    }
+                    let name = UnsafeRawBufferPointer(rebasing: rest[..<len])
+                    guard NameTable.isASCII(name) else {
+                        throw deny(.malformedELF, "\(s.name) entry \(k): its name is not ASCII", section: s.name, offset: o + 4, address: nameAddr)
+                    }
+                    if let p = previous {
+                        let sorted = e.bytes.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[p]).lexicographicallyPrecedes(name) }
+                        guard sorted else {
+                            throw deny(.duplicateExport, "\(s.name) entry \(k) (\(String(decoding: name, as: UTF8.self))) is not after the previous entry in strcmp() order: the kernel's bsearch() could miss an export or pick either of two",
+                                       section: s.name, offset: o + 4, address: nameAddr)
+                        }
+                    }
+                    let d = NameTable.digest(name)
+                    guard e.table.lookup(name, digest: d) == nil else {
+                        throw deny(.duplicateExport, "the module exports \(String(decoding: name, as: UTF8.self)) in both __ksymtab and __ksymtab_gpl", section: s.name, offset: o + 4, address: nameAddr)
+                    }
+                    e.table.insert(name, value, digest: d)
+                    let at = e.bytes.count
+                    e.bytes.append(contentsOf: name)
+                    previous = at..<e.bytes.count
+                    e.ranges.append(previous!)
+                    e.digests.append(d)
+                }
             }
         }
-        // Some name is not ASCII: `String` comparison throughout, as before.
-        let strings = names.stringSet(symtab)
-        var out: [String: UInt64] = [:]
-        for i in symtab.indices where !symtab.isUndefined(i) && symtab.binding(i) != 0 {
-            let n = symtab.name(i)
-            guard strings.contains(n) else { continue }
-            if let v = try? symbolValue(i) { out[n] = v }
-        }
-        return ModuleExports(module: claim.name, symbols: out, functionEntries: functionEntries,
+    }
+
+    /// What this module adds for later modules: its exports (read from its ksymtab entries by
+    /// `exportedNames()`, which `verifyExportedSymbols()` ran for this core session), its function
+    /// entries and its static-call keys.
+    func moduleExports() -> ModuleExports {
+        guard let names = exportedNameCache else { preconditionFailure("moduleExports() before verifyExportedSymbols()") }
+        return ModuleExports(module: claim.name, names: names.table, otherNames: [:], functionEntries: functionEntries,
                              staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)
     }
 }
 
-/// A module's exported names (`__ksymtab_<name>` symbols), as byte ranges into its string table.
+/// A module's exports as its ksymtab entries give them (``Session/exportedNames()``): every name
+/// ASCII and distinct.
 struct ExportedNames {
-    /// The distinct ASCII names (value: the `__ksymtab_` symbol's index), byte-keyed.
+    /// Name → `kernel_symbol_value()`, byte-keyed.
     var table = NameTable()
-    /// The `__ksymtab_` symbol of each distinct ASCII name, in symbol order.
-    var symbols: [Int] = []
-    /// Bit n set: some name is n bytes long (n < 64); `anyLong`: some is 64 or longer.
-    var lengthMask: UInt64 = 0
-    var anyLong = false
-    /// False if some exported name is not ASCII; then `strings` holds every name and all
-    /// comparisons are `String` comparisons.
-    var allASCII = true
-    var strings: Set<String>?
+    /// The names' bytes, one after another, in entry order (`__ksymtab`, then `__ksymtab_gpl`):
+    /// the order `verify_exported_symbols()` looks them up in.
+    var bytes: [UInt8] = []
+    var ranges: [Range<Int>] = []
+    /// Each name's digest (hashed once, for the table and the duplicate-export lookups).
+    var digests: [NameTable.Digest] = []
 
-    var isEmpty: Bool { allASCII ? table.isEmpty : strings!.isEmpty }
-
-    @inline(__always) func mayHaveLength(_ n: Int) -> Bool { n < 64 ? lengthMask & (1 << UInt64(n)) != 0 : anyLong }
-
-    /// The names as `String`s (made here only for the rare paths: a non-ASCII name somewhere, or
-    /// a duplicate export to report).
-    func stringSet(_ symtab: ELFSymbolTable) -> Set<String> {
-        if let s = strings { return s }
-        return Set(symbols.map { String(symtab.name($0).dropFirst(10)) })
-    }
-
-    /// The borrowed bytes of the `k`th ASCII name.
-    @inline(__always) func nameBytes(_ k: Int, _ symtab: ELFSymbolTable) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(rebasing: symtab.nameBytes(symbols[k])[10...])
-    }
+    var isEmpty: Bool { ranges.isEmpty }
 }

@@ -149,18 +149,14 @@ public struct SlidExports: Sendable {
         return d[i].value
     }
 
-    /// Whether ``lookup(ascii:digest:)`` answers every ASCII name: always, since names compare
-    /// as bytes (an ASCII name is in the byte-keyed tables or nowhere).
-    var answersASCIIByBytes: Bool { true }
-
     /// Reads the lines a lookup of digest `d` starts with (NameTable `touch`); see
     /// `Session.verifyExportedSymbols`.
     @inline(__always) func touch(_ d: NameTable.Digest, likelyPresent: Bool) -> UInt64 {
         addedIndex.touch(d, viaTags: true) ^ linkTimeIndex.touch(d, viaTags: !likelyPresent)
     }
 
-    /// `lookup(utf8: b, likelyPresent:)` for ASCII `b` with `d == NameTable.digest(b)`, when
-    /// ``answersASCIIByBytes``.
+    /// `lookup(utf8: b, likelyPresent:)` for ASCII `b` with `d == NameTable.digest(b)` (the
+    /// byte-keyed tables hold every ASCII key).
     @inline(__always) func lookup(ascii b: UnsafeRawBufferPointer, digest d: NameTable.Digest, likelyPresent: Bool) -> UInt64? {
         if let a = addedIndex.lookup(b, digest: d) { return a }
         return (likelyPresent ? linkTimeIndex.lookupLikelyPresent(b, digest: d) : linkTimeIndex.lookup(b, digest: d)).map(slide.runTime)
@@ -506,6 +502,10 @@ public struct ModuleExports: Sendable {
 
     /// How many names the module exports.
     public var symbolCount: Int { names.count + otherNames.count }
+
+    /// Every exported name, each once (its bytes as the module has them; no dictionary, which
+    /// would merge two `String`-equal names).
+    public var exportedNames: [String] { names.pairs.map(\.name) + otherNames.keys }
 
     /// The address of the export whose name has `name`'s bytes, if any (names compare as bytes,
     /// as the kernel's: SlidExports).

@@ -28,37 +28,29 @@ extension Session {
 
     /// `verify_exported_symbols()`: a name the module exports must not be exported already by the
     /// core kernel or a live module ("exports duplicate symbol ... (owned by ...)", -ENOEXEC);
-    /// otherwise the later export would shadow the earlier one for every module after it.
+    /// otherwise the later export would shadow the earlier one for every module after it. The
+    /// names are those of the module's ksymtab *entries* (`kernel_symbol_name()`, read by
+    /// `exportedNames()`, which also denies entries the kernel could not have used as it is
+    /// modelled), looked up in entry order, `__ksymtab` then `__ksymtab_gpl`, as the kernel does:
+    /// the first duplicate it meets is the one reported.
     func verifyExportedSymbols() throws {
-        let exported = exportedNames()
-        // The common case (no duplicate) needs no order and no String: the resolver looks the
-        // borrowed bytes up (`lookup(utf8:)` answers as `lookup(String)` does). The first
-        // duplicate in name order is reported (Strings made only then).
-        if exported.allASCII {
-            let exports = resolver.exports
-            if exports.answersASCIIByBytes {
-                // Hashed and their first lines read in one pass, looked up in a second: the misses
-                // (usually two a name, the tags of both tables) overlap instead of coming one
-                // after another. The same answers as `lookup(utf8:)` (``SlidExports/answersASCIIByBytes``).
-                var digests: [NameTable.Digest] = []
-                digests.reserveCapacity(exported.symbols.count)
-                var sink: UInt64 = 0
-                for k in exported.symbols.indices {
-                    let d = NameTable.digest(exported.nameBytes(k, symtab))
-                    sink ^= exports.touch(d, likelyPresent: false)
-                    digests.append(d)
-                }
-                exportTouchSink ^= sink
-                guard exported.symbols.indices.contains(where: {
-                    exports.lookup(ascii: exported.nameBytes($0, symtab), digest: digests[$0], likelyPresent: false) != nil
-                }) else { return }
-            } else {
-                guard exported.symbols.indices.contains(where: { resolver.lookup(utf8: exported.nameBytes($0, symtab)) != nil }) else { return }
+        let exported = try exportedNames()
+        guard !exported.isEmpty else { return }
+        let exports = resolver.exports
+        let first: Int? = exported.bytes.withUnsafeBytes { nb in
+            // Every name's first lines read in one pass (the digests were made with the names),
+            // looked up in a second: the misses (usually two a name, the tags of both tables)
+            // overlap instead of coming one after another. The names are ASCII (`exportedNames`
+            // denies any other), which the byte-keyed tables answer alone (SlidExports).
+            var sink: UInt64 = 0
+            for d in exported.digests { sink ^= exports.touch(d, likelyPresent: false) }
+            exportTouchSink ^= sink
+            return exported.ranges.indices.first {
+                exports.lookup(ascii: UnsafeRawBufferPointer(rebasing: nb[exported.ranges[$0]]), digest: exported.digests[$0], likelyPresent: false) != nil
             }
         }
-        let names = exported.stringSet(symtab)
-        guard names.contains(where: { resolver.lookup($0) != nil }) else { return }
-        for name in names.sorted() where resolver.lookup(name) != nil {
+        if let k = first {
+            let name = String(decoding: exported.bytes[exported.ranges[k]], as: UTF8.self)
             throw deny(.duplicateExport, "the module exports \(name), which the core kernel or a verified module already exports")
         }
     }

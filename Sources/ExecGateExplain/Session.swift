@@ -143,8 +143,8 @@ final class Session {
     //   `trustedTargetIndex`/`trustedTargetLists`: `trustedStaticCallTargets` per key; `staticCallStates`: static-call
     //   key states at this module's sites after comparison (key → target, 0 = NULL).
     // - `trampolineKeyCache`: trampoline address → its key (`trampolineKey`), built on first use;
-    //   `exportedNameCache`: `exportedNames()`, computed once (verify_exported_symbols and the
-    //   exports both need it).
+    //   `exportedNameCache`: `exportedNames()`, the module's ksymtab entries read once
+    //   (verify_exported_symbols and the exports both need them).
     /// The sections that have a data copy (made or not yet), in section order; `isData[i]` likewise.
     let dataSections: [Int]
     let isData: [Bool]

@@ -196,7 +196,7 @@ public final class GuestSession: @unchecked Sendable {
             if let e = m.exports {
                 // The kernel refuses a module exporting a name that is already exported
                 // (verify_exported_symbols(): -ENOEXEC "exports duplicate symbol").
-                for name in e.symbols.keys.sorted() where resolver.lookup(name) != nil {
+                for name in e.exportedNames.sorted() where resolver.lookup(name) != nil {
                     return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' exports '\(name)', which is already exported (the kernel refuses duplicate exports)")
                 }
             }
@@ -238,7 +238,7 @@ public final class GuestSession: @unchecked Sendable {
         var out = Set<String>()
         for m in live.values {
             guard let e = m.exports else { continue }
-            if imports.contains(where: { e.symbols[$0] != nil && facts.exports[$0] == nil }) { out.insert(m.name) }
+            if imports.contains(where: { e.address(of: $0) != nil && facts.exports[$0] == nil }) { out.insert(m.name) }
         }
         return out
     }
@@ -290,7 +290,7 @@ public final class GuestSession: @unchecked Sendable {
             order.removeAll { $0 == canonical }
             // The retired module's exports and function entries stop resolving.
             rebuildDerivedState()
-            return .retired(sites: m.sites?.count ?? 0, exports: m.exports?.symbols.count ?? 0)
+            return .retired(sites: m.sites?.count ?? 0, exports: m.exports?.symbolCount ?? 0)
         }
     }
 

@@ -102,6 +102,24 @@ final class ELFFileTests: XCTestCase {
         expect(.badStringOffset, b)
     }
 
+    /// Section names compare as bytes, as find_sec()'s strcmp(): a section whose name is
+    /// canonically equivalent to the one asked for (U+212A KELVIN SIGN for "K") is not it.
+    func testSectionNamesCompareAsBytes() throws {
+        var b = try load("8021q")
+        let f = try parse(b).0
+        let data = try XCTUnwrap(f.section(named: ".data"))
+        func u(_ o: Int, _ n: Int) -> Int { var v = 0; for k in 0..<n { v |= Int(b[o + k]) << (8 * k) }; return v }
+        let shstrndx = u(62, 2)
+        let strtabOffset = u(shoff(b) + shstrndx * 64 + 24, 8)
+        let nameAt = strtabOffset + u(shoff(b) + data.index * 64, 4)
+        XCTAssertEqual(Array(b[nameAt..<nameAt + 6]), Array(".data\0".utf8))
+        b.replaceSubrange(nameAt..<nameAt + 5, with: Array("\u{212A}da".utf8))  // 5 bytes too
+        let g = try parse(b).0
+        XCTAssertNil(g.section(named: ".data"))
+        XCTAssertNil(g.section(named: "Kda"), "canonically equivalent, different bytes")
+        XCTAssertEqual(g.section(named: "\u{212A}da")?.index, data.index)
+    }
+
     func testForbidsOverlappingSections() throws {
         var b = try load("8021q")
         let f = try parse(b).0

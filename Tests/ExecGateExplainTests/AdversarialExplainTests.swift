@@ -220,7 +220,7 @@ final class AdversarialRelocationTests: XCTestCase {
     }
 }
 
-// MARK: - Loader refusals the walk does not reach (HOLE)
+// MARK: - Loader refusals the walk did not reach (fixed holes)
 
 final class AdversarialLoaderRefusalTests: XCTestCase {
     let explainer = CraftedExplainer()
@@ -286,8 +286,9 @@ final class AdversarialLoaderRefusalTests: XCTestCase {
 final class AdversarialNameTests: XCTestCase {
     let explainer = CraftedExplainer()
 
-    /// HOLE: `resolve_symbol()` finds an export by `strcmp()` (byte equality). SlidExports keeps
-    /// `String` equality for non-ASCII names, and `String` equality is canonical equivalence:
+    /// Was a HOLE (fixed: names compare as bytes — SlidExports, ModuleExports, KeySymbols,
+    /// ELFFile.section(named:)). `resolve_symbol()` finds an export by `strcmp()` (byte
+    /// equality); SlidExports kept `String` equality for non-ASCII names, which is canonical equivalence:
     /// "K" (U+004B) equals U+212A KELVIN SIGN. A verified module exporting "\u{212A}free_skb_reason"
     /// (bytes e2 84 aa …) then resolves a later module's undefined "Kfree_skb_reason", which the
     /// kernel reports as an unknown symbol. Fix: compare names as bytes everywhere (the kernel's
@@ -579,12 +580,13 @@ final class AdversarialJumpLabelTests: XCTestCase {
 final class AdversarialExportTests: XCTestCase {
     let explainer = CraftedExplainer()
 
-    /// HOLE: `verify_exported_symbols()` and `find_symbol()` read the module's `__ksymtab` /
+    /// Was a HOLE (fixed: Comparison.swift `exportedNames()` reads the relocated entries;
+    /// KsymtabEntryTests). `verify_exported_symbols()` and `find_symbol()` read the module's `__ksymtab` /
     /// `__ksymtab_gpl` *entries* (`struct kernel_symbol`: `value_offset`, `name_offset` into
-    /// `__ksymtab_strings`, relocated by `apply_relocate_add()`). The explainer derives a module's
-    /// exported names from its `__ksymtab_<name>` symbol *names* (ExportedNames). With that symbol
-    /// renamed (same entry, same string), the duplicate-export check misses a name the kernel
-    /// finds exported twice and refuses: the module is allowed.
+    /// `__ksymtab_strings`, relocated by `apply_relocate_add()`). The explainer derived a module's
+    /// exported names from its `__ksymtab_<name>` symbol *names*. With that symbol renamed (same
+    /// entry, same string), the duplicate-export check missed a name the kernel finds exported
+    /// twice and refuses: the module was allowed.
     func testDuplicateExportIsFoundInTheKsymtabEntries() throws {
         let f = try FixtureReplay()
         let e = try XCTUnwrap(f.modules["llc"])
@@ -599,7 +601,7 @@ final class AdversarialExportTests: XCTestCase {
         }
     }
 
-    /// HOLE: the value of a module's export is, for the kernel, what its ksymtab entry's
+    /// Was a HOLE (fixed with the one above): the value of a module's export is, for the kernel, what its ksymtab entry's
     /// `value_offset` is relocated to (`kernel_symbol_value()`); the explainer takes the value of
     /// the symbol that has the exported name. llc crafted with the entry of `llc_sap_open`
     /// relocated against `llc_sap_close` (data only: llc itself is allowed, as the kernel loads

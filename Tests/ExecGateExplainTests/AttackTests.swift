@@ -405,4 +405,28 @@ final class RelocationRecordCheckTests: XCTestCase {
         XCTAssertEqual(d.rule, .relocation, d.reason)
         XCTAssertTrue(d.reason.contains("nonzero"), d.reason)
     }
+
+    /// A nonzero target in a data section checked in place against the signed bytes
+    /// (`Session.check`, no copy made): denied at exactly that record, for a record at the start,
+    /// in the middle and at the end of the section.
+    func testNonzeroTargetInACheckedDataSectionIsDeniedAtItsRecord() throws {
+        let f = try FixtureReplay()
+        let clean = try XCTUnwrap(f.modules["llc"]).module.ko
+        XCTAssertTrue(try f.explain("llc", ko: clean).verdict.isAllowed, "the fixture is allowed")
+        let (fieldAt, offsets): (Int, [UInt64]) = try clean.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            let rs = try XCTUnwrap(try elf.relocationSections().first { elf.sections[$0.targetSectionIndex].name == ".orc_unwind_ip" })
+            XCTAssertGreaterThan(rs.relocations.count, 8)
+            return (elf.sections[rs.targetSectionIndex].fileRange.lowerBound, rs.relocations.map(\.offset))
+        }
+        for k in [0, offsets.count / 2, offsets.count - 1] {
+            var ko = clean
+            ko[fieldAt + Int(offsets[k]) + 2] = 0x40
+            let d = try XCTUnwrap(denial(try f.explain("llc", ko: ko)), "record \(k)")
+            XCTAssertEqual(d.rule, .relocation, d.reason)
+            XCTAssertTrue(d.reason.contains("nonzero"), d.reason)
+            XCTAssertEqual(d.section, ".orc_unwind_ip")
+            XCTAssertEqual(d.offset, Int(offsets[k]), "record \(k)")
+        }
+    }
 }
