@@ -125,7 +125,7 @@ public struct SlidExports: Sendable {
     /// shared table is probed for a hit (NameTable `lookupLikelyPresent`); otherwise (a module's
     /// own exports checked for duplicates: usually absent) through its tags. The same answer.
     func lookup(utf8 b: UnsafeRawBufferPointer, likelyPresent: Bool) -> UInt64? {
-        if NameTable.isASCII(b) { return lookupASCII(b, name: nil, likelyPresent: likelyPresent) }
+        if NameTable.isASCII(b) { return lookupASCII(b, likelyPresent: likelyPresent) }
         // Bytes that are not UTF-8 name no key: decoding would replace them by U+FFFD, a
         // different name.
         guard let name = b.withMemoryRebound(to: UInt8.self, { String(validating: $0, as: UTF8.self) }) else { return nil }
@@ -134,7 +134,7 @@ public struct SlidExports: Sendable {
 
     /// `b` are the UTF-8 bytes of `name`.
     private func lookup(_ b: UnsafeRawBufferPointer, name: String) -> UInt64? {
-        if NameTable.isASCII(b) { return lookupASCII(b, name: name) }
+        if NameTable.isASCII(b) { return lookupASCII(b) }
         // A non-ASCII name: never equal to an ASCII key (different bytes); among the others
         // only the key with its bytes.
         if let a = Self.exactValue(addedOther, name) { return a }
@@ -162,9 +162,8 @@ public struct SlidExports: Sendable {
         return (likelyPresent ? linkTimeIndex.lookupLikelyPresent(b, digest: d) : linkTimeIndex.lookup(b, digest: d)).map(slide.runTime)
     }
 
-    /// An ASCII name (`name` its String, when the caller has one): the byte-keyed tables hold
-    /// every ASCII key (`init`, `add`).
-    @inline(__always) private func lookupASCII(_ b: UnsafeRawBufferPointer, name: String?, likelyPresent: Bool = false) -> UInt64? {
+    /// An ASCII name: the byte-keyed tables hold every ASCII key (`init`, `add`).
+    @inline(__always) private func lookupASCII(_ b: UnsafeRawBufferPointer, likelyPresent: Bool = false) -> UInt64? {
         lookup(ascii: b, digest: NameTable.digest(b), likelyPresent: likelyPresent)  // hashed once for both tables
     }
 
@@ -478,7 +477,7 @@ public struct ModuleExports: Sendable {
         self.staticCallStates = staticCallStates
     }
 
-    /// `names` must hold only names no key of `otherNames` is `String`-equal to.
+    /// `names` holds the ASCII names, `otherNames` the others (``split``).
     init(module: String, names: NameTable, otherNames: [String: UInt64], functionEntries: FunctionEntries,
          staticCallTrustedTargets: [UInt64: Set<UInt64>], staticCallStates: [UInt64: UInt64]) {
         self.module = module
@@ -517,8 +516,8 @@ public struct ModuleExports: Sendable {
         }
     }
 
-    /// A dictionary's entries, ASCII names byte-keyed and the others kept as `String`s (distinct
-    /// keys of one dictionary: no name of one part is `String`-equal to one of the other).
+    /// A dictionary's entries, ASCII names byte-keyed and the others kept as `String`s (looked up
+    /// by their bytes: ``address(of:)``).
     static func split(_ symbols: [String: UInt64]) -> (NameTable, [String: UInt64]) {
         var t = NameTable(minimumCapacity: symbols.count)
         var other: [String: UInt64] = [:]
