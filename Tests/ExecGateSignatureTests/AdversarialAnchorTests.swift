@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Adversarial review of trust-anchor extraction (`execgate keys extract`, the service image's
+// `trust kernel-builtin`): the anchors must be exactly the certificates the kernel loads into its
+// builtin trusted keyring, i.e. `system_certificate_list` (certs/system_certificates.S, loaded by
+// load_system_certificate_list() in certs/system_keyring.c), and nothing else a vmlinux carries.
+//
+// A vmlinux holds other DER certificates that the kernel does *not* trust for modules: the revoked
+// certificates of CONFIG_SYSTEM_REVOCATION_LIST (`revocation_certificate_list`, loaded into the
+// blacklist keyring: the kernel *refuses* their signatures), the regulatory-database keys of a
+// built-in cfg80211 (`.builtin_regdb_keys`), certificates in built-in firmware (CONFIG_EXTRA_FIRMWARE)
+// or in an embedded initramfs, a driver's test vectors. The image is the operator's, but the
+// extraction must not turn any of those into a module-signing anchor. Each test plants such a
+// certificate into the real Debian 6.1 vmlinux.
+
+import ExecGateKernelImage
+import ExecGateSignature
+import ExecGateTestSupport
+import XCTest
+
+final class AdversarialAnchorTests: XCTestCase {
+    private func le64(_ v: Int) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
+
+    /// The real vmlinux with `bytes` written at `offset`.
+    private func planted(_ bytes: [UInt8], at offset: Int) throws -> [UInt8] {
+        var v = try Shared.debianImage.get().vmlinux
+        XCTAssertLessThan(offset + bytes.count, v.count)
+        v.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
+        return v
+    }
+
+    private func anchors(_ vmlinux: [UInt8]) throws -> [Certificate] {
+        try KernelImage.load(vmlinux).builtinCertificates()
+    }
+
+    func testTheRealListIsFoundWithItsSizeFields() throws {
+        // Control: Debian's list is one certificate followed (after .align 8) by
+        // system_certificate_list_size and module_cert_size, both its length.
+        XCTAssertEqual(try anchors(try Shared.debianImage.get().vmlinux), [try Shared.debianCertificate()])
+    }
+
+    /// Attack: a certificate anywhere else in the image (here 16 MiB in, as built-in firmware or an
+    /// embedded initramfs would carry it). A scan for "any DER certificate" makes it an anchor.
+    func testCertificateOutsideTheSystemListIsNoAnchor() throws {
+        let foreign = try Shared.freshKey.get().load().1
+        let v = try planted(foreign.der, at: 16 << 20)
+        XCTAssertEqual(try anchors(v), [try Shared.debianCertificate()])
+    }
+
+    /// Attack: the shape of `revocation_certificate_list` (certs/revocation_certificates.S: .align 8,
+    /// the certificates, .align 8, the u64 revocation_certificate_list_size; no module_cert_size).
+    /// The kernel loads these into the blacklist keyring (load_revocation_certificate_list()):
+    /// trusting them would accept exactly the modules the kernel refuses.
+    func testRevocationListIsNoAnchor() throws {
+        let revoked = try Shared.freshKey.get().load().1
+        let start = (16 << 20)
+        let padded = (revoked.der.count + 7) / 8 * 8
+        let list = revoked.der + [UInt8](repeating: 0, count: padded - revoked.der.count) + le64(revoked.der.count)
+            + Array("revocation".utf8)
+        let v = try planted(list, at: start)
+        XCTAssertEqual(try anchors(v), [try Shared.debianCertificate()])
+    }
+
+    /// Attack: a second run with the full system-list shape (both size fields right). Which one the
+    /// kernel loads cannot be told without its symbols: refuse instead of trusting both.
+    func testTwoCandidateSystemListsAreRefused() throws {
+        let other = try Shared.freshKey.get().load().1
+        let padded = (other.der.count + 7) / 8 * 8
+        let list = other.der + [UInt8](repeating: 0, count: padded - other.der.count) + le64(other.der.count) + le64(other.der.count)
+        let v = try planted(list, at: 16 << 20)
+        XCTAssertThrowsError(try anchors(v)) { e in
+            XCTAssertEqual((e as? KernelImageError)?.code.rawValue, "kernel.ambiguous-certificate-list", "\(e)")
+        }
+    }
+
+    /// Attack: the real list's size field altered (a certificate appended past the list's end does
+    /// not become part of it): system_certificate_list_size must be the run's length exactly.
+    func testSizeFieldThatDoesNotMatchTheRunIsNoList() throws {
+        let vmlinux = try Shared.debianImage.get().vmlinux
+        let cert = try Shared.debianCertificate()
+        guard let at = vmlinux.firstRange(of: cert.der)?.lowerBound else { return XCTFail("Debian certificate not in vmlinux") }
+        let sizeAt = (at + cert.der.count + 7) / 8 * 8
+        XCTAssertEqual(Array(vmlinux[sizeAt..<(sizeAt + 16)]), le64(cert.der.count) + le64(cert.der.count))
+        var v = vmlinux
+        v.replaceSubrange(sizeAt..<(sizeAt + 8), with: le64(cert.der.count + 8))
+        XCTAssertThrowsError(try anchors(v)) { e in
+            XCTAssertEqual((e as? KernelImageError)?.code, .noCertificates, "\(e)")
+        }
+    }
+}
