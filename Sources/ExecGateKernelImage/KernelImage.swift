@@ -147,9 +147,10 @@ public struct KernelImage: Sendable {
     ///
     /// - Throws: `.noCertificates` when none is found.
     public func builtinCertificates() throws(KernelImageError) -> [Certificate] {
-        let found = vmlinux.withUnsafeBytes { BuiltinCertificates.scan($0) }
-        guard !found.isEmpty else { throw KernelImageError(.noCertificates, "no DER X.509 certificate in vmlinux") }
-        return found
+        let result: Result<[Certificate], KernelImageError> = vmlinux.withUnsafeBytes { buf in
+            Result { () throws(KernelImageError) in try BuiltinCertificates.systemCertificateList(buf) }
+        }
+        return try result.get()
     }
 }
 

@@ -23,8 +23,10 @@ public enum KernelImageErrorCode: String, ErrorCode {
     case outOfMemory = "kernel.out-of-memory"
     /// The payload decompressed, but not to an ELF file.
     case payloadNotELF = "kernel.payload-not-elf"
-    /// No DER X.509 certificate found in the image.
+    /// No `system_certificate_list` (certificates followed by its two size fields) in the image.
     case noCertificates = "kernel.no-certificates"
+    /// More than one run of certificates has the shape of `system_certificate_list`.
+    case ambiguousCertificateList = "kernel.ambiguous-certificate-list"
 }
 
 /// Equality compares codes only (see `CodedError`).

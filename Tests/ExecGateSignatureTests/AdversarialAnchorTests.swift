@@ -69,7 +69,7 @@ final class AdversarialAnchorTests: XCTestCase {
         let list = other.der + [UInt8](repeating: 0, count: padded - other.der.count) + le64(other.der.count) + le64(other.der.count)
         let v = try planted(list, at: 16 << 20)
         XCTAssertThrowsError(try anchors(v)) { e in
-            XCTAssertEqual((e as? KernelImageError)?.code.rawValue, "kernel.ambiguous-certificate-list", "\(e)")
+            XCTAssertEqual((e as? KernelImageError)?.code, .ambiguousCertificateList, "\(e)")
         }
     }
 

@@ -165,11 +165,18 @@ final class KernelImageTests: XCTestCase {
         let other = try Shared.freshKey.get().load().1
         var rng = SeededRNG(seed: 0xEB7CA9_0003)
         func noise(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) } }
+        func le64(_ v: Int) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
         // Decoys: the certificate shape with a lying length, and a certificate cut at the end.
         let decoy: [UInt8] = [0x30, 0x82, 0x05, 0x00, 0x30, 0x82, 0x04, 0x00] + noise(2000)
-        let image = [0x7f, 0x45, 0x4c, 0x46] + noise(10_000) + cert.der + noise(333) + cert.der + decoy + other.der
-            + noise(77) + Array(cert.der.prefix(cert.der.count - 1))
+        // system_certificate_list (certs/system_certificates.S): 8-aligned, the certificates back to
+        // back, zero padding to 8, system_certificate_list_size, module_cert_size.
+        let run = cert.der + cert.der + other.der
+        let pad = (run.count + 7) / 8 * 8 - run.count
+        let list = run + [UInt8](repeating: 0, count: pad) + le64(run.count) + le64(cert.der.count)
+        var image = [0x7f, 0x45, 0x4c, 0x46] + noise(10_000) + cert.der + noise(333) + decoy
+        image += [UInt8](repeating: 0, count: (image.count + 7) / 8 * 8 - image.count)
+        image += list + noise(77) + Array(cert.der.prefix(cert.der.count - 1))
         let found = image.withUnsafeBytes { BuiltinCertificates.scan($0) }
-        XCTAssertEqual(found, [cert, other])  // duplicates once, in file order; the cut copy ignored
+        XCTAssertEqual(found, [cert, other])  // the list's certificates, duplicates once, in list order; the loose and the cut copy ignored
     }
 }
