@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Adversarial review of policies (third review): the policy text a reviewer reads and signs, the
+// bundle that carries it, and its activation. Each test is one attack on the real parser, the real
+// bundle verifier (real OpenSSL, real CMS) and the real administrator; the comment says the attack
+// and why it fails. The rule behind every parser test: what the reviewer reads is exactly what is
+// enforced, and a policy that says something ExecGate would ignore never loads (docs/policy.md).
+
+import ExecGateAdmin
+import ExecGatePolicy
+import ExecGateSignature
+import ExecGateTestSupport
+import ExecGateVerifier
+import XCTest
+
+final class AdversarialPolicyTests: XCTestCase {
+    private func parseError(_ text: String, file: StaticString = #filePath, line: UInt = #line) -> PolicyParseError? {
+        do {
+            let p = try PolicyFixtures.parse(text)
+            XCTFail("parsed (version \(p.version)); expected a refusal", file: file, line: line)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// A policy embedding `cert`, with `extra` lines inserted into its PEM block just before the END line.
+    private func withLinesInsidePEM(_ extra: [String], cert: Certificate) throws -> String {
+        var lines = """
+        execgate-policy 1
+        id hidden
+        version 3
+        mode enforce
+        trust sha256:\(cert.fingerprint.hex)
+        \(cert.pem.split(separator: "\n").joined(separator: "\n"))
+        end-state signature-only
+        modules allow
+        """.components(separatedBy: "\n")
+        let end = lines.firstIndex(of: "-----END CERTIFICATE-----")!
+        lines.insert(contentsOf: extra, at: end)
+        return lines.joined(separator: "\n")
+    }
+
+    /// Attack: hide a line that *reads* like a directive inside the PEM block of an embedded anchor.
+    /// The parser does not read PEM lines as directives; OpenSSL's PEM decoder skips whitespace
+    /// inside the base64, so "modules deny for guest web12" is 24 base64 characters, and
+    /// PEM_read_bio_X509 → d2i_X509 ignores decoded bytes after the certificate. If the policy then
+    /// loads, the reviewer reads a rule ("web12 is denied") that is not enforced, and the fingerprint
+    /// check (which covers only the certificate's DER) does not notice. The block must be exactly
+    /// the certificate's PEM.
+    func testLineThatReadsLikeADirectiveInsideAPEMBlockIsRefused() throws {
+        // Debian's certificate (1324 bytes) ends its base64 with "==" padding; the attack needs a
+        // certificate whose DER length is a multiple of 3 (no padding). The common name appears twice
+        // (subject, issuer), so one more character moves the length by 2: one of three names fits.
+        var certs = [try PolicyFixtures.kernelCertificate()]
+        for n in 0..<3 where certs.count < 2 {
+            let c = try GeneratedSigningKey.generateRSA(bits: 2048, commonName: "pem" + String(repeating: "x", count: n)).load().1
+            if c.der.count % 3 == 0 { certs.append(c) }
+        }
+        XCTAssertEqual(certs.count, 2, "no generated certificate without base64 padding")
+        for cert in certs {
+            // Control: the block as is parses.
+            XCTAssertNoThrow(try PolicyFixtures.parse(try withLinesInsidePEM([], cert: cert)))
+            for hidden in ["modules deny for guest web12", "AAAA", "modules deny for guest web12===="] {
+                let e = parseError(try withLinesInsidePEM([hidden], cert: cert))
+                XCTAssertEqual(e?.code, .badCertificate, "\(cert.der.count) bytes, '\(hidden)': \(String(describing: e))")
+            }
+        }
+    }
+
+    /// Attack: the same certificate re-wrapped (other line lengths): same DER, same fingerprint, but
+    /// not the text `execgate keys extract` and `policy show` print; refused for the same reason as
+    /// above (one canonical text per anchor).
+    func testRewrappedPEMIsRefused() throws {
+        let cert = try PolicyFixtures.kernelCertificate()
+        let body = cert.pem.split(separator: "\n").dropFirst().dropLast().joined()
+        var rewrapped: [String] = []
+        var rest = Substring(body)
+        while !rest.isEmpty { rewrapped.append(String(rest.prefix(76))); rest = rest.dropFirst(76) }
+        var lines = try PolicyFixtures.text(version: 3).components(separatedBy: "\n")
+        let begin = lines.firstIndex(of: "-----BEGIN CERTIFICATE-----")!, end = lines.firstIndex(of: "-----END CERTIFICATE-----")!
+        lines.replaceSubrange((begin + 1)..<end, with: rewrapped)
+        XCTAssertEqual(parseError(lines.joined(separator: "\n"))?.code, .badCertificate)
+        // The canonical block (the fixture) parses: the control.
+        XCTAssertNoThrow(try PolicyFixtures.parse(try PolicyFixtures.text(version: 3)))
+    }
+}
