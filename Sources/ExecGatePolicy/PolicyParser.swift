@@ -467,6 +467,14 @@ struct Parser {
                     throw fail(.badCertificate, start + 1, 1, "the PEM block is not a certificate: \(error)")
                 }
                 guard certs.count == 1 else { throw fail(.badCertificate, start + 1, 1, "one certificate per trust line") }
+                // The block must be exactly the certificate's PEM (64-column base64, as `keys extract`
+                // and `policy show` print it). OpenSSL's PEM decoder skips spaces inside the base64 and
+                // PEM_read_bio_X509 ignores decoded bytes after the certificate, so without this a line
+                // that reads like a directive ("modules deny for guest web12") could sit in the block,
+                // unenforced, with the fingerprint (which covers only the DER) still matching.
+                guard pem == Array(certs[0].pem.utf8) else {
+                    throw fail(.badCertificate, start + 1, 1, "the PEM block is not exactly the certificate's PEM (64-column base64 and nothing else): every line a reviewer reads must be the certificate")
+                }
                 return (certs[0], i - start)
             }
             if i - start > 256 { break }  // A certificate PEM is < 100 lines; anything longer is not one.
