@@ -6,6 +6,7 @@
 // and why it fails. The rule behind every parser test: what the reviewer reads is exactly what is
 // enforced, and a policy that says something ExecGate would ignore never loads (docs/policy.md).
 
+import Dispatch
 import ExecGateAdmin
 import ExecGatePolicy
 import ExecGateSignature
@@ -83,5 +84,55 @@ final class AdversarialPolicyTests: XCTestCase {
         XCTAssertEqual(parseError(lines.joined(separator: "\n"))?.code, .badCertificate)
         // The canonical block (the fixture) parses: the control.
         XCTAssertNoThrow(try PolicyFixtures.parse(try PolicyFixtures.text(version: 3)))
+    }
+
+    // MARK: - Bundles and activation
+
+    /// Attack: an operator reused the kernel's module-signing certificate as the admin certificate
+    /// (or the attacker hopes so). A real signed Debian module is a valid (content, PKCS#7) pair
+    /// under that key: framed as a bundle, its signature verifies, and only the parser stands
+    /// between it and activation. An ELF is not a policy: refused at the first byte.
+    func testGenuineModuleSignatureFramedAsABundleIsNoPolicy() throws {
+        let module = try Fixtures.readFile(try Fixtures.module(named: "vsock.ko"))
+        let t = try ModuleSignatureTrailer.parse(module)
+        func be32(_ n: Int) -> [UInt8] { [UInt8(n >> 24 & 0xff), UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)] }
+        let bundle = PolicyBundle.magic + be32(t.contentRange.count) + Array(module[t.contentRange])
+            + be32(t.signatureRange.count) + Array(module[t.signatureRange])
+        // Too large for a policy? vsock's ELF is < 1 MiB, so framing passes and the signature verifies.
+        XCTAssertLessThan(t.contentRange.count, PolicyLimits.maximumSize)
+        XCTAssertNoThrow(try PolicyBundle.verifySignature(try PolicyBundle.split(bundle), admin: try PolicyFixtures.kernelCertificate()))
+        XCTAssertThrowsError(try PolicyBundle.open(bundle, admin: try PolicyFixtures.kernelCertificate(), file: "b", builtinAnchors: nil)) { e in
+            let b = e as? PolicyBundleError
+            XCTAssertEqual(b?.code, .policy, "\(e)")
+            XCTAssertEqual(b?.parseError?.code, .encoding, "\(e)")  // 0x7f 'E' 'L' 'F': a control character on line 1
+        }
+    }
+
+    /// Attack: race two differently-worded bundles of the *same* new version (and a lower one)
+    /// against each other from many threads. "Strictly greater" is checked and the policy swapped
+    /// under one lock, and pushes are serialised: exactly one v5 activates, the other v5 and the v4
+    /// are refused as rollbacks, and the policy in force is byte for byte the one reported.
+    func testConcurrentPushesOfOneVersionActivateExactlyOne() throws {
+        let admin = try GeneratedSigningKey.generateRSA(bits: 2048, commonName: "race admin").load()
+        let signer = try ModuleSigner(key: admin.0, certificate: admin.1)
+        let texts = [try PolicyFixtures.text(id: "race-a", version: 5), try PolicyFixtures.text(id: "race-b", version: 5, body: "modules deny"),
+                     try PolicyFixtures.text(id: "race-c", version: 4)]
+        let bundles = try texts.map { try PolicyBundle.seal(policy: Array($0.utf8), signer: signer) }
+        let verifier = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(id: "boot", version: 2)))
+        let administrator = PolicyAdministrator(verifier: verifier, adminCertificate: admin.1,
+                                                builtinAnchors: try Fixtures.debianCertificates(), audit: nil)
+        let results = UnsafeMutableBufferPointer<Int>.allocate(capacity: 24)  // 1 = activated, 2 = rollback, 3 = other
+        defer { results.deallocate() }
+        DispatchQueue.concurrentPerform(iterations: 24) { i in
+            switch administrator.push(bundle: bundles[i % 3]) {
+            case .success: results[i] = 1
+            case .failure(let e): results[i] = e.code == .rollback ? 2 : 3
+            }
+        }
+        XCTAssertEqual(results.filter { $0 == 1 }.count, 1, Array(results).description)
+        XCTAssertEqual(results.filter { $0 == 3 }.count, 0, Array(results).description)
+        XCTAssertEqual(verifier.policy.version, 5)
+        XCTAssertTrue(["race-a", "race-b"].contains(verifier.policy.id))
+        XCTAssertEqual(verifier.policy.source, Array(texts[verifier.policy.id == "race-a" ? 0 : 1].utf8))
     }
 }
