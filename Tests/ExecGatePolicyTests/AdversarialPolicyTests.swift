@@ -135,4 +135,35 @@ final class AdversarialPolicyTests: XCTestCase {
         XCTAssertTrue(["race-a", "race-b"].contains(verifier.policy.id))
         XCTAssertEqual(verifier.policy.source, Array(texts[verifier.policy.id == "race-a" ? 0 : 1].utf8))
     }
+
+    /// Attack: replay a *superseded* bundle after the service VM reboots. Before the reboot the admin
+    /// pushed v5 (which allows crc7) and then v10 (which denies it by name, e.g. after a CVE). The
+    /// host reboots the service VM: the boot policy is the image's v2, and the captured v5 bundle has
+    /// a greater version, so it activates: the host chose which of the admin's past policies
+    /// applies. There is no state that could refuse it (a pushed policy is never written to disk, by
+    /// design), so this is a documented limit, pinned here so docs/policy.md stays true: the defence
+    /// is operational (build the current policy into the image, or push it at once after a reboot,
+    /// which refuses every older bundle again; a deny that must survive reboots belongs in the image).
+    func testSupersededBundleReplayedAfterARebootActivates() throws {
+        let admin = try GeneratedSigningKey.generateRSA(bits: 2048, commonName: "reboot admin").load()
+        let signer = try ModuleSigner(key: admin.0, certificate: admin.1)
+        let v5 = try PolicyBundle.seal(policy: Array(try PolicyFixtures.text(id: "p", version: 5).utf8), signer: signer)
+        let v10 = try PolicyBundle.seal(policy: Array(try PolicyFixtures.text(id: "p", version: 10, body: "deny module-name crc7\nmodules allow").utf8), signer: signer)
+        func boot() throws -> (Verifier, PolicyAdministrator) {
+            let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(id: "image", version: 2)))
+            return (v, PolicyAdministrator(verifier: v, adminCertificate: admin.1, builtinAnchors: [], audit: nil))
+        }
+        var (verifier, administrator) = try boot()
+        XCTAssertNoThrow(try administrator.push(bundle: v5).get())
+        XCTAssertNoThrow(try administrator.push(bundle: v10).get())
+        XCTAssertEqual(try? administrator.push(bundle: v5).get(), nil, "before the reboot the old bundle is a rollback")
+        (verifier, administrator) = try boot()
+        XCTAssertEqual(verifier.policy.version, 2)
+        XCTAssertNoThrow(try administrator.push(bundle: v5).get(), "after a reboot any past bundle newer than the image's policy activates")
+        XCTAssertEqual(verifier.policy.version, 5)
+        XCTAssertFalse(verifier.policy.deniedModuleNames.contains("crc7"))
+        // Pushing the current policy again closes it: every older bundle is a rollback once more.
+        XCTAssertNoThrow(try administrator.push(bundle: v10).get())
+        XCTAssertEqual(try? administrator.push(bundle: v5).get(), nil)
+    }
 }
