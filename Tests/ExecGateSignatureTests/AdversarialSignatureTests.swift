@@ -175,4 +175,52 @@ final class AdversarialSignatureTests: XCTestCase {
         let resigned = try Shared.freshSigner().sign(module: d.module, existingSignature: .replace)
         assertDenied(ModuleSignatureVerifier.verify(module: resigned, trust: try Shared.debianTrust()), "sig.unknown-signer")
     }
+
+    // MARK: - Re-encodings of the same message
+
+    /// `d.module` with `insert` placed at PKCS#7 offset `at`, every enclosing length (2-byte long
+    /// forms at `longForms`, short forms at `shortForms`) grown by its size, and sig_len updated.
+    private func grown(_ d: Debian, insert: [UInt8], at: Int, longForms: [Int], shortForms: [Int] = [], replacing: Int = 0) throws -> [UInt8] {
+        var m = d.module
+        m.replaceSubrange((d.sig + at)..<(d.sig + at + replacing), with: insert)
+        let delta = insert.count - replacing
+        for o in longForms {
+            let v = (Int(m[d.sig + o]) << 8 | Int(m[d.sig + o + 1])) + delta
+            m[d.sig + o] = UInt8(v >> 8)
+            m[d.sig + o + 1] = UInt8(v & 0xff)
+        }
+        for o in shortForms { m[d.sig + o] = UInt8(Int(m[d.sig + o]) + delta) }
+        let t = try ModuleSignatureTrailer.parse(d.module)
+        let structAt = m.count - ModuleSignatureTrailer.magicSize - ModuleSignatureTrailer.structSize
+        m.replaceSubrange(structAt..<m.count, with: ModuleSignatureTrailer.encode(signatureLength: UInt32(Int(t.signatureLength) + delta)))
+        return m
+    }
+
+    /// Attack: the RSA signature with a leading zero byte (513 bytes for a 4096-bit key): the same
+    /// integer. The kernel's rsa-pkcs1pad refuses a signature whose length is not the key's
+    /// (pkcs1pad_verify(): `sig_size != ctx->key_size` is -EINVAL); OpenSSL's RSA verify does too
+    /// (RSA_R_WRONG_SIGNATURE_LENGTH).
+    func testSignatureWithALeadingZeroByteIsRefused() throws {
+        let d = try Debian()
+        XCTAssertEqual(Array(d.module[(d.sig + 165)..<(d.sig + 169)]), [0x04, 0x82, 0x02, 0x00])
+        // ContentInfo, [0], SignedData, signerInfos, SignerInfo, the OCTET STRING: all long forms.
+        let m = try grown(d, insert: [0x00], at: 169, longForms: [2, 17, 21, 56, 60, 167])
+        XCTAssertFalse(ModuleSignatureVerifier.verify(module: m, trust: try Shared.debianTrust()).isValid)
+        assertDenied(ModuleSignatureVerifier.verify(module: m, trust: try Shared.debianTrust()), "sig.bad-signature")
+    }
+
+    /// Attack: re-encode an unauthenticated length in BER's non-minimal long form (SignedData's
+    /// version INTEGER `02 01 01` as `02 81 01 01`). OpenSSL's decoder and the kernel's BER decoder
+    /// both read it; the message then has a second byte-distinct encoding that verifies. ExecGate's
+    /// own rule is DER (DER.swift: "no byte of an accepted message can change without the verdict
+    /// changing"): refused as malformed.
+    func testNonMinimalLengthEncodingIsRefused() throws {
+        let d = try Debian()
+        XCTAssertEqual(Array(d.module[(d.sig + 23)..<(d.sig + 26)]), [0x02, 0x01, 0x01])
+        let m = try grown(d, insert: [0x81, 0x01], at: 24, longForms: [2, 17, 21], replacing: 1)
+        assertDenied(ModuleSignatureVerifier.verify(module: m, trust: try Shared.debianTrust()), "sig.malformed-pkcs7")
+        // A long form with a leading zero octet for the signature OCTET STRING (04 83 00 02 00).
+        let z = try grown(d, insert: [0x83, 0x00, 0x02, 0x00], at: 166, longForms: [2, 17, 21, 56, 60], replacing: 3)
+        assertDenied(ModuleSignatureVerifier.verify(module: z, trust: try Shared.debianTrust()), "sig.malformed-pkcs7")
+    }
 }
