@@ -99,6 +99,12 @@ extension DER {
     /// - No certificates / crls fields at all (not even empty ones), exactly one SignerInfo.
     /// - Algorithm parameters absent or NULL (the kernel and OpenSSL ignore RSA parameters).
     static func signedDataShapeProblem(_ cms: UnsafeRawBufferPointer, digest: DigestAlgorithm) -> String? {
+        // DER, not BER, throughout: OpenSSL's decoder (and the kernel's asn1_ber_decoder()) read
+        // non-minimal lengths such as `02 81 01 01`, which would give one accepted message many
+        // encodings. Every element, at every depth, must use the minimal length form.
+        guard isMinimalDER(cms, 0..<cms.count, depth: 0) else {
+            return "not DER: an element's length is not in its minimal form (or the elements do not tile their parent)"
+        }
         guard let ci = element(in: cms, at: 0), ci.tag == 0x30, ci.whole.upperBound == cms.count,
               let type = element(in: cms, at: ci.contents.lowerBound), type.tag == 0x06,
               let explicit = element(in: cms, at: type.whole.upperBound), explicit.tag == 0xa0,
@@ -149,6 +155,24 @@ extension DER {
               signature.whole.upperBound == si.contents.upperBound
         else { return "SignerInfo does not end with its signature OCTET STRING" }
         return nil
+    }
+
+    /// Every element in `range` has a minimal definite length (short form below 128, else the
+    /// fewest long-form octets with no leading zero), and a constructed element's contents are
+    /// exactly a sequence of such elements. Depth-bounded (a module signature nests ~8 deep).
+    static func isMinimalDER(_ b: UnsafeRawBufferPointer, _ range: Range<Int>, depth: Int) -> Bool {
+        guard depth < 32 else { return false }
+        var at = range.lowerBound
+        while at < range.upperBound {
+            guard let e = element(in: b, at: at), e.whole.upperBound <= range.upperBound else { return false }
+            let headerLength = e.contents.lowerBound - e.whole.lowerBound
+            let length = e.contents.count
+            let minimalHeader = length < 0x80 ? 2 : 2 + (Int.bitWidth - length.leadingZeroBitCount + 7) / 8
+            guard headerLength == minimalHeader else { return false }
+            if e.tag & 0x20 != 0, !isMinimalDER(b, e.contents, depth: depth + 1) { return false }
+            at = e.whole.upperBound
+        }
+        return true
     }
 
     /// `AlgorithmIdentifier ::= SEQUENCE { algorithm OID, parameters ANY OPTIONAL }` with the
