@@ -186,12 +186,14 @@ public enum ImageBuilder {
             log("image: note: \(o.kernel) has no xz-compressed ELF payload; booting the bzImage (slower under TCG)")
         }
 
-        // Trust anchors: the certificates built into the kernel (the same parsing scan as
-        // `execgate keys extract`: only well-formed X.509 certificates).
+        // Trust anchors: the certificates built into the kernel (the same scan as `execgate keys
+        // extract`: the certificates of system_certificate_list, nothing else in the image).
         var certs: [[UInt8]] = []
         if let vmlinux {
-            certs = GuestKernel.builtinCertificates(vmlinux: vmlinux)
-            if certs.isEmpty { log("image: warning: no certificate found in the kernel; no trust anchors in the image") }
+            switch GuestKernel.builtinCertificatesOrReason(vmlinux: vmlinux) {
+            case .success(let found): certs = found
+            case .failure(let e): log("image: warning: \(e); no trust anchors in the image")
+            }
         } else {
             log("image: warning: no vmlinux to take certificates from; no trust anchors in the image")
         }

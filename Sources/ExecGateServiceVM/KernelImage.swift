@@ -24,8 +24,16 @@ public enum GuestKernel {
     }
 
     /// The builtin trusted certificates (DER) of a vmlinux, as `execgate keys extract` finds them:
-    /// only complete, well-formed X.509 certificates. Empty when there are none.
+    /// the certificates of `system_certificate_list` only. Empty when there is no such list or more
+    /// than one (`builtinCertificatesOrReason` says which).
     public static func builtinCertificates(vmlinux: [UInt8]) -> [[UInt8]] {
-        vmlinux.withUnsafeBytes { BuiltinCertificates.scan($0).map(\.der) }
+        (try? builtinCertificatesOrReason(vmlinux: vmlinux).get()) ?? []
+    }
+
+    /// `builtinCertificates`, or why none were taken.
+    public static func builtinCertificatesOrReason(vmlinux: [UInt8]) -> Result<[[UInt8]], KernelImageError> {
+        vmlinux.withUnsafeBytes { buf in
+            Result { () throws(KernelImageError) in try BuiltinCertificates.systemCertificateList(buf).map(\.der) }
+        }
     }
 }
