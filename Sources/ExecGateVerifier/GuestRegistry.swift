@@ -101,8 +101,9 @@ public final class GuestSession: @unchecked Sendable {
     private var order: [String] = []
     /// Key → state, for keys that have sites in live modules.
     private var keyState: [UInt64: UInt64] = [:]
-    /// States a static-call key was seen in at load (the legal run-time targets of a key the
-    /// registration does not name, besides NULL).
+    /// States a static-call key was seen in at load or reached by an allowed patch while it had
+    /// live sites (the legal run-time targets of a key the registration does not name, besides
+    /// NULL); forgotten with the key's state when its last live site goes.
     private var keyStatesSeen: [UInt64: Set<UInt64>] = [:]
     /// Key → addresses of its sites in live modules (what a whole-key batch must cover).
     private var keySites: [UInt64: Set<UInt64>] = [:]
@@ -261,6 +262,10 @@ public final class GuestSession: @unchecked Sendable {
         // Keys with no live site left forget their state (any legal state may come next).
         let stillUsed = Set(live.values.flatMap { $0.keyStates.keys })
         for k in keyState.keys where !stillUsed.contains(k) { keyState[k] = nil }
+        // Likewise the states such a key was seen in: a run-time target is trusted on the
+        // strength of a *live* module that had it (a module loaded again after a retire starts
+        // from its own load state, as in a guest that never had the first copy).
+        for k in keyStatesSeen.keys where !stillUsed.contains(k) { keyStatesSeen[k] = nil }
         keySites = [:]
         for m in live.values { for site in m.siteIndex.values { if let k = site.key { keySites[k, default: []].insert(site.address) } } }
         // Run-time transitions since load are part of the live state: keep the engine's view of
