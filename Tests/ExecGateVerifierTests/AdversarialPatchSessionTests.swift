@@ -146,4 +146,155 @@ final class AdversarialPatchSessionTests: XCTestCase {
         XCTAssertTrue(v.message.contains("not trusted for that key"), v.message)
         XCTAssertEqual(g.session.state(ofKey: key), 0)
     }
+
+    // MARK: Init text
+
+    /// The loader's images (every stage before the comparison) of `ko` for `claim`: the core
+    /// region and, when the claim has an init base, the init region.
+    private func loaderImages(_ ko: [UInt8], _ claim: ModuleClaim, _ g: FixtureGuest) throws -> (core: Session, initText: Session?) {
+        try ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            func stages(_ s: Session) throws -> Session {
+                if s.region == .core { try s.checkModinfo() }
+                try s.relocate()
+                if s.region == .core { try s.verifyExportedSymbols() }
+                try s.applyBootTimePatching()
+                try s.addRuntimeSites()
+                return s
+            }
+            let core = try stages(try Session(elf: elf, claim: claim, facts: g.session.facts, resolver: g.session.symbolResolver))
+            guard claim.initTextBase != nil else { return (core, nil) }
+            let i = try stages(try Session(elf: elf, claim: claim, facts: g.session.facts, resolver: g.session.symbolResolver, region: .initText,
+                                           inherited: .init(ownKeyDefaults: core.ownKeyDefaults, groupState: AddressTable())))
+            return (core, i)
+        }
+    }
+
+    /// test_static_keys crafted as `test_static_keyz` (a second module using test_static_key_base's
+    /// keys) whose one `base_true_key` jump entry names a site in its *init* text (NOP5 written
+    /// over 5 init bytes no stage touches), signed by the test key, laid out above the live
+    /// modules with its init text claimed. Returns the request (the loader's images, the init
+    /// site in `initState`), the key and the init site.
+    private func craftedInitJumpLabel(_ g: FixtureGuest, initState: (UInt64) -> UInt64) throws -> (request: AuthorizeModule, key: UInt64, site: UInt64, liveState: UInt64) {
+        let m = try g.boot.module("test_static_keys")
+        var c = Craft(ko: m.ko)
+        // The name, in .modinfo and in struct module (same length).
+        for needle in ["name=test_static_keys", "test_static_keys\0"] {
+            let n = Array(needle.replacingOccurrences(of: "\\0", with: "\0").utf8)
+            var k = 0
+            var hits = 0
+            while k + n.count <= c.ko.count {
+                if c.ko[k] == n[0] && Array(c.ko[k..<k + n.count]) == n { c.ko[k + n.count - (needle.hasSuffix("\\0") ? 2 : 1)] = UInt8(ascii: "z"); hits += 1; k += n.count } else { k += 1 }
+            }
+            XCTAssertGreaterThan(hits, 0, needle)
+        }
+        // Layout: above every live module, init text after the core.
+        let top = try XCTUnwrap(g.session.allowedModules.compactMap { g.session.liveModule($0)?.coreRange.upperBound }.max())
+        let base = (top + 0x1_0000 + 0xfff) & ~0xfff
+        let delta = base &- m.claim.textBase
+        var claim = m.claim
+        claim.name = "test_static_keyz"
+        claim.textBase = base
+        claim.sectionAddresses = Dictionary(uniqueKeysWithValues: m.claim.sectionAddresses.filter { !$0.key.hasPrefix(".init") }.map { ($0.key, $0.value &+ delta) })
+        let plan = try XCTUnwrap(try c.elf { ModuleLayoutPlan.compute($0) })
+        let initSize = try XCTUnwrap(plan.placements.filter { $0.isInit && $0.isExecutable }.map { $0.offset + $0.size }.max())
+        claim.initTextBase = (base + UInt64(plan.coreSize) + 0x1_0000 + 0xfff) & ~0xfff
+        claim.initText = [UInt8](repeating: 0, count: (initSize + 4095) & ~4095)
+        // The entries of base_true_key (two: its likely and unlikely sites) moved to 5-byte spots
+        // of init text no stage writes, each holding NOP5.
+        let probe = try loaderImages(c.ko, claim, g)
+        let pristine = try XCTUnwrap(probe.initText)
+        let elfClass = UInt8(ExplanationClass.elf.rawValue)
+        var spots: [Int] = []
+        var o = 0
+        while o + 5 <= pristine.cls.count && spots.count < 2 {
+            if pristine.cls[o..<o + 5].allSatisfy({ $0 == elfClass }) { spots.append(o); o += 5 } else { o += 1 }
+        }
+        XCTAssertEqual(spots.count, 2)
+        let initText = try c.section(".init.text")
+        XCTAssertEqual(plan.placements.first { $0.isInit && $0.isExecutable }?.offset, 0, ".init.text opens the init region")
+        let (codeRecords, initSym): ([Int], Int) = try c.elf { e in
+            let t = try e.symbolTable()
+            let key = try XCTUnwrap(t.indices.first { t.name($0) == "base_true_key" })
+            let rs = try XCTUnwrap(try e.relocationSections().first { e.sections[$0.targetSectionIndex].name == "__jump_table" })
+            let recs = Array(rs.relocations)
+            let entries = recs.filter { Int($0.symbolIndex) == key }.map { Int($0.offset) - 8 }
+            let codeRecs = try entries.map { entry in try XCTUnwrap(recs.firstIndex { Int($0.offset) == entry }) }
+            let sym = try XCTUnwrap(t.indices.first { t.sectionIndex($0) == UInt16(initText.index) && t.value($0) == 0 && t.name($0).isEmpty }, ".init.text section symbol")
+            return (codeRecs.map { rs.section.fileRange.lowerBound + 24 * $0 }, sym)
+        }
+        XCTAssertEqual(codeRecords.count, 2, "base_true_key's entries")
+        for (recAt, q) in zip(codeRecords, spots) {
+            c.ko.replaceSubrange(initText.fileRange.lowerBound + q ..< initText.fileRange.lowerBound + q + 5, with: [0x0f, 0x1f, 0x44, 0x00, 0x00])
+            c.put(UInt64(initSym) << 32 | 2, at: recAt + 8)  // R_X86_64_PC32 against .init.text
+            c.put(Int64(q), at: recAt + 16)
+        }
+        // The loader's images of the crafted module: every core jump-label site in its key's
+        // live state (jump_label_add_module()), the init sites in the chosen state.
+        let (core, initS) = try loaderImages(c.ko, claim, g)
+        let i = try XCTUnwrap(initS)
+        var coreBytes = core.image
+        for v in core.variable where v.cls == .jumpLabel {
+            if let k = v.group, let st = g.session.state(ofKey: k) { coreBytes.replaceSubrange(v.offset..<v.offset + v.length, with: v.encode(st)) }
+        }
+        let initSites = i.variable.filter { spots.contains($0.offset) }
+        XCTAssertEqual(initSites.count, 2, "the init sites")
+        let key = try XCTUnwrap(initSites.first?.group)
+        XCTAssertTrue(initSites.allSatisfy { $0.group == key })
+        XCTAssertFalse(core.variable.contains { $0.group == key }, "no core site of the key is left")
+        let liveState = try XCTUnwrap(g.session.state(ofKey: key), "base_true_key has live sites (test_static_keys)")
+        var initBytes = i.image
+        for v in initSites { initBytes.replaceSubrange(v.offset..<v.offset + v.length, with: v.encode(initState(liveState))) }
+        let site = claim.initTextBase! + UInt64(spots[0])
+        var r = m.request(guestID: "g")
+        r.module = ByteBuffer(bytes: try c.signed())
+        r.moduleName = "test_static_keyz"
+        r.textBase = base
+        r.text = ByteBuffer(bytes: coreBytes)
+        r.sections = claim.sectionAddresses.sorted { $0.key < $1.key }.map { SectionClaim(name: $0.key, address: $0.value) }
+        r.frames = (0..<(core.image.count + 4095) / 4096).map { (base >> 12) &+ UInt64($0) }
+        r.initBase = claim.initTextBase
+        r.initText = ByteBuffer(bytes: initBytes)
+        r.initFrames = (0..<(initBytes.count + 4095) / 4096).map { (claim.initTextBase! >> 12) &+ UInt64($0) }
+        return (r, key, site, liveState)
+    }
+
+    /// Control: the crafted module with its init site in the key's live state is allowed (init
+    /// text claimed and explained); the site is no run-time patch site of the live module (a
+    /// patch there is denied: init sites are not in the live table, fail closed), and once init
+    /// is freed the init range is no live code at all.
+    func testInitJumpLabelInTheLiveStateIsAllowedAndNotPatchable() throws {
+        let g = try craftGuest()
+        try g.loadAll()
+        let c = try craftedInitJumpLabel(g) { $0 }
+        let v = g.verifier.authorize(c.request, requestDigest: [])
+        XCTAssertEqual(v.decision, .allow, v.message)
+        let live = try XCTUnwrap(g.session.liveModule("test_static_keyz"))
+        XCTAssertNotNil(live.initRange)
+        let flip = g.patch([PatchEntry(address: c.site, bytes: [0xe9, 0, 0, 0, 0])])
+        XCTAssertEqual(flip.decision, .deny, flip.message)
+        XCTAssertTrue(flip.message.contains("not the start of a run-time patch site"), flip.message)
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz")), requestDigest: []) else {
+            return XCTFail("init freed")
+        }
+        let after = g.patch([PatchEntry(address: c.site, bytes: [0x0f, 0x1f, 0x44, 0x00, 0x00])])
+        XCTAssertEqual(after.decision, .deny, after.message)
+        XCTAssertTrue(after.message.contains("not in live code"), after.message)
+    }
+
+    /// HOLE: an init-text site of a key is not held to the key's live state. `jump_label_add_module()`
+    /// (kernel/jump_label.c, 6.1 and 6.12) patches every entry of a key the module does not
+    /// define, init entries included (`jump_entry_set_init()` only marks them), to the key's
+    /// current state when the module comes; so a module's init sites agree with every live site
+    /// of the key. The verifier records (and checks at commit) the key states of the *core*
+    /// sites only: a module whose only site of a key is in init text may hold the other state.
+    func testInitJumpLabelInTheOtherStateIsDenied() throws {
+        let g = try craftGuest()
+        try g.loadAll()
+        let c = try craftedInitJumpLabel(g) { 1 - $0 }
+        let v = g.verifier.authorize(c.request, requestDigest: [])
+        XCTAssertEqual(v.decision, .deny, "init site of key 0x\(String(c.key, radix: 16)) against its live state \(c.liveState): \(v.message)")
+        XCTAssertEqual(v.reason, .keyStateMismatch, v.message)
+        XCTAssertEqual(g.session.state(ofKey: c.key), c.liveState)
+    }
 }
