@@ -175,7 +175,7 @@ final class AdversarialPatchSessionTests: XCTestCase {
     /// over 5 init bytes no stage touches), signed by the test key, laid out above the live
     /// modules with its init text claimed. Returns the request (the loader's images, the init
     /// site in `initState`), the key and the init site.
-    private func craftedInitJumpLabel(_ g: FixtureGuest, initState: (UInt64) -> UInt64) throws -> (request: AuthorizeModule, key: UInt64, site: UInt64, liveState: UInt64) {
+    private func craftedInitJumpLabel(_ g: FixtureGuest, coreStatesFrom reference: GuestSession? = nil, initState: (UInt64?) -> UInt64) throws -> (request: AuthorizeModule, key: UInt64, site: UInt64, liveState: UInt64?) {
         let m = try g.boot.module("test_static_keys")
         var c = Craft(ko: m.ko)
         // The name, in .modinfo and in struct module (same length).
@@ -235,14 +235,14 @@ final class AdversarialPatchSessionTests: XCTestCase {
         let i = try XCTUnwrap(initS)
         var coreBytes = core.image
         for v in core.variable where v.cls == .jumpLabel {
-            if let k = v.group, let st = g.session.state(ofKey: k) { coreBytes.replaceSubrange(v.offset..<v.offset + v.length, with: v.encode(st)) }
+            if let k = v.group, let st = g.session.state(ofKey: k) ?? reference?.state(ofKey: k) { coreBytes.replaceSubrange(v.offset..<v.offset + v.length, with: v.encode(st)) }
         }
         let initSites = i.variable.filter { spots.contains($0.offset) }
         XCTAssertEqual(initSites.count, 2, "the init sites")
         let key = try XCTUnwrap(initSites.first?.group)
         XCTAssertTrue(initSites.allSatisfy { $0.group == key })
         XCTAssertFalse(core.variable.contains { $0.group == key }, "no core site of the key is left")
-        let liveState = try XCTUnwrap(g.session.state(ofKey: key), "base_true_key has live sites (test_static_keys)")
+        let liveState = g.session.state(ofKey: key)
         var initBytes = i.image
         for v in initSites { initBytes.replaceSubrange(v.offset..<v.offset + v.length, with: v.encode(initState(liveState))) }
         let site = claim.initTextBase! + UInt64(spots[0])
@@ -266,7 +266,7 @@ final class AdversarialPatchSessionTests: XCTestCase {
     func testInitJumpLabelInTheLiveStateIsAllowedAndNotPatchable() throws {
         let g = try craftGuest()
         try g.loadAll()
-        let c = try craftedInitJumpLabel(g) { $0 }
+        let c = try craftedInitJumpLabel(g) { try! XCTUnwrap($0, "base_true_key has live sites (test_static_keys)") }
         let v = g.verifier.authorize(c.request, requestDigest: [])
         XCTAssertEqual(v.decision, .allow, v.message)
         let live = try XCTUnwrap(g.session.liveModule("test_static_keyz"))
@@ -282,7 +282,10 @@ final class AdversarialPatchSessionTests: XCTestCase {
         XCTAssertTrue(after.message.contains("not in live code"), after.message)
     }
 
-    /// HOLE: an init-text site of a key is not held to the key's live state. `jump_label_add_module()`
+    /// Was a HOLE (fixed: the verifier reads the key states of the init sites too,
+    /// `LiveModule.initKeyStates`, and `GuestSession.commit` holds them to the live states and
+    /// records them until init is freed): an init-text site of a key was not held to the key's
+    /// live state. `jump_label_add_module()`
     /// (kernel/jump_label.c, 6.1 and 6.12) patches every entry of a key the module does not
     /// define, init entries included (`jump_entry_set_init()` only marks them), to the key's
     /// current state when the module comes; so a module's init sites agree with every live site
@@ -291,10 +294,46 @@ final class AdversarialPatchSessionTests: XCTestCase {
     func testInitJumpLabelInTheOtherStateIsDenied() throws {
         let g = try craftGuest()
         try g.loadAll()
-        let c = try craftedInitJumpLabel(g) { 1 - $0 }
+        let c = try craftedInitJumpLabel(g) { 1 - (try! XCTUnwrap($0, "base_true_key has live sites (test_static_keys)")) }
         let v = g.verifier.authorize(c.request, requestDigest: [])
-        XCTAssertEqual(v.decision, .deny, "init site of key 0x\(String(c.key, radix: 16)) against its live state \(c.liveState): \(v.message)")
+        XCTAssertEqual(v.decision, .deny, "init site of key 0x\(String(c.key, radix: 16)) against its live state \(c.liveState.map { String($0) } ?? "none"): \(v.message)")
         XCTAssertEqual(v.reason, .keyStateMismatch, v.message)
         XCTAssertEqual(g.session.state(ofKey: c.key), c.liveState)
+    }
+
+    /// The same hole the other way round: the init sites come first (no live site of the key:
+    /// test_static_keys retired), in state X; then test_static_keys, whose core sites of the key
+    /// are in the other state, is denied while the init text is granted (its state is the key's
+    /// live state), and allowed once init is freed (the key then has no live site left). The
+    /// crafted module's core sites hold test_static_keys' states (so that only the init key differs).
+    func testLiveStateOfAKeyIncludesInitSites() throws {
+        let g = try craftGuest()
+        try g.loadAll()
+        let real = try XCTUnwrap(g.session.liveModule("test_static_keys"))
+        guard case .retireModuleReply = g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: "test_static_keys", textBase: real.textRange.lowerBound)), requestDigest: []) else {
+            return XCTFail("retire test_static_keys")
+        }
+        // The state test_static_keys' own claim holds for the key.
+        let probe = try FixtureGuest()
+        try probe.loadAll()
+        var realState: UInt64? = nil
+        let c = try craftedInitJumpLabel(g, coreStatesFrom: probe.session) { live in
+            XCTAssertNil(live, "no live site of the key")
+            return 0
+        }
+        realState = probe.session.state(ofKey: c.key)
+        XCTAssertNotNil(realState)
+        guard realState == 1 else { throw XCTSkip("test_static_keys' captured state of base_true_key is 0: this order needs the other state") }
+        XCTAssertEqual(g.verifier.authorize(c.request, requestDigest: []).decision, .allow)
+        XCTAssertEqual(g.session.state(ofKey: c.key), 0, "the init sites' state is the key's live state")
+        let v = try g.load("test_static_keys")
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .keyStateMismatch, v.message)
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz")), requestDigest: []) else {
+            return XCTFail("init freed")
+        }
+        XCTAssertNil(g.session.state(ofKey: c.key), "the init sites are gone")
+        let after = try g.load("test_static_keys")
+        XCTAssertEqual(after.decision, .allow, after.message)
     }
 }
