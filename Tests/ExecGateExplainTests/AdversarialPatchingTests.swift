@@ -97,3 +97,79 @@ final class AdversarialTrampolineTests: XCTestCase {
         }
     }
 }
+
+// MARK: - module_finalize()'s tables: the last section of each name (arch/x86/kernel/module.c)
+
+final class AdversarialFinalizeTableTests: XCTestCase {
+    let explainer = CraftedExplainer()
+
+    /// llc with the section header of `donor` renamed to `name` (its `sh_name` pointed at the
+    /// string of the section already called so): two sections of one name, the donor the later.
+    func renamed(_ f: FixtureReplay, _ donor: String, to name: String) throws -> [UInt8] {
+        var ed = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
+        let d = try ed.sectionIndex(donor), n = try ed.sectionIndex(name)
+        XCTAssertLessThan(n, d, "the donor comes later in the section table")
+        ed.put(ed.get(UInt32.self, at: ed.sectionHeader(n)), at: ed.sectionHeader(d))
+        let names = try ed.elf { e in e.sections.map(\.name) }
+        XCTAssertEqual(names.filter { $0 == name }.count, 2)
+        return ed.ko
+    }
+
+    /// The real module's claim without section addresses (the guest chooses which it names; the
+    /// crafted layouts no longer match the sysfs view of the real one).
+    func claim(_ f: FixtureReplay) throws -> ModuleClaim {
+        var c = try XCTUnwrap(f.modules["llc"]).module.claim
+        c.sectionAddresses = [:]
+        return c
+    }
+
+    /// Was a HOLE (fixed: `Session.refuseAmbiguousFinalizeTables`): `module_finalize()` (arch/x86/
+    /// kernel/module.c, Debian 6.1.192 and 6.12.117) finds `.return_sites`, `.retpoline_sites`,
+    /// `.altinstructions`, `.smp_locks`, ... by a scan of every section header that keeps the
+    /// *last* section of each name (no SHF_ALLOC test), while the replay read the *first*
+    /// (`find_sec()`'s rule, which only the generic loader's tables follow). llc crafted with its
+    /// `.retpoline_sites` header renamed `.return_sites`: the kernel patches no return at all (the
+    /// entries it reads name retpoline calls: "missing return thunk", left alone) and no retpoline
+    /// (the table is gone), while the replay patched every return of the first table, so the
+    /// real module's end state (returns patched) was allowed for a module whose returns the
+    /// kernel never touches. Now two sections of one such name are a named denial (never built).
+    func testSecondReturnSitesTableIsDenied() throws {
+        let f = try FixtureReplay()
+        let ko = try renamed(f, ".retpoline_sites", to: ".return_sites")
+        // The kernel's bytes at the return sites differ from the real end state's: it leaves
+        // them as relocated (`jmp __x86_return_thunk`).
+        let s = try f.session("llc")
+        let real = try XCTUnwrap(f.modules["llc"]).module.claim
+        let rtx = try XCTUnwrap(s.returnThunkExport)
+        XCTAssertTrue(try s.returnSites.contains { r in Array(real.text[r.off..<r.off + 5]) != (try XCTUnwrap(genInsn(0xe9, at: r.addr, to: rtx))) },
+                      "the real end state patched its returns")
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ko, claim: try claim(f))), "the real end state for the crafted module")
+        XCTAssertEqual(d.rule, .loader, d.reason)
+        XCTAssertTrue(d.reason.contains("2 sections named .return_sites"), d.reason)
+        XCTAssertTrue(d.reason.contains("module_finalize()"), d.reason)
+    }
+
+    /// The same for `.smp_locks` (a second table, here the return sites' header renamed): the
+    /// kernel unlocks (or tracks) only the last table's prefixes.
+    func testSecondSMPLocksTableIsDenied() throws {
+        let f = try FixtureReplay()
+        let ko = try renamed(f, ".return_sites", to: ".smp_locks")
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ko, claim: try claim(f))))
+        XCTAssertEqual(d.rule, .loader, d.reason)
+        XCTAssertTrue(d.reason.contains("2 sections named .smp_locks"), d.reason)
+    }
+
+    /// A table that is not SHF_ALLOC: the kernel still takes it (module_finalize() does not look
+    /// at the flags) and reads it at its `sh_addr`, which for a section the loader does not copy is
+    /// the temporary copy of the file (`rewrite_section_headers()`), unrelocated
+    /// (`apply_relocations()` skips sections without SHF_ALLOC). Not modelled: denied.
+    func testUnallocatedReturnSitesTableIsDenied() throws {
+        let f = try FixtureReplay()
+        var ed = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
+        let i = try ed.sectionIndex(".return_sites")
+        ed.put(UInt64(0), at: ed.sectionHeader(i) + 8)  // sh_flags: no SHF_ALLOC
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko, claim: try claim(f))))
+        XCTAssertEqual(d.rule, .loader, d.reason)
+        XCTAssertTrue(d.reason.contains(".return_sites is not allocated"), d.reason)
+    }
+}
