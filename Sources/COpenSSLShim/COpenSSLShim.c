@@ -444,9 +444,34 @@ int egs_si_signer_serial(CMS_SignerInfo *si, uint8_t *out, size_t cap, int *nega
     return egs_integer_bytes(sno, out, cap, negative);
 }
 
+/* The DER encodings of two names are the same bytes. A name parsed by d2i keeps its original
+ * encoding, and i2d returns that encoding unchanged. */
+static int egs_name_der_equal(const X509_NAME *a, const X509_NAME *b) {
+    unsigned char *da = NULL, *db = NULL;
+    int na = i2d_X509_NAME(a, &da), nb = i2d_X509_NAME(b, &db);
+    int eq = na > 0 && na == nb && memcmp(da, db, (size_t)na) == 0;
+    OPENSSL_free(da);
+    OPENSSL_free(db);
+    return eq;
+}
+
 int egs_si_matches_cert(CMS_SignerInfo *si, X509 *x) {
-    /* CMS_SignerInfo_cert_cmp: 0 when issuer+serial (or the SKID) designate this certificate. */
+    /* CMS_SignerInfo_cert_cmp: 0 when issuer+serial (or the SKID) designate this certificate.
+     * For issuer+serial it compares the names with X509_NAME_cmp, i.e. their *canonical* forms
+     * (case folded, whitespace collapsed, string types unified), so an issuer the kernel would not
+     * recognise matches. The kernel identifies the signer by raw bytes: pkcs7_note_signed_info()
+     * makes the key id asymmetric_key_generate_id(raw_serial, raw_issuer), x509_cert_parse() makes
+     * the certificate's the same way, and find_asymmetric_key() compares them with memcmp
+     * (asymmetric_key_id_same()). So the issuer must also be the certificate's issuer byte for byte.
+     * The serial needs no extra check: OpenSSL refuses non-minimal INTEGERs when parsing, so equal
+     * values (ASN1_INTEGER_cmp) are equal bytes. A SKID is compared as bytes already. */
+    ASN1_OCTET_STRING *keyid = NULL;
+    X509_NAME *issuer = NULL;
+    ASN1_INTEGER *sno = NULL;
     int r = CMS_SignerInfo_cert_cmp(si, x);
+    if (r == 0 && CMS_SignerInfo_get0_signer_id(si, &keyid, &issuer, &sno) && keyid == NULL &&
+        (issuer == NULL || !egs_name_der_equal(issuer, X509_get_issuer_name(x))))
+        r = -1;
     ERR_clear_error();
     return r == 0;
 }
@@ -459,9 +484,9 @@ int egs_si_signature(CMS_SignerInfo *si, const uint8_t **sig, size_t *len) {
     return 0;
 }
 
-/* Is the SignerInfo's signatureAlgorithm one that a key of this type can have made, and is a
- * digest it names (sha256WithRSAEncryption) the SignerInfo's digestAlgorithm?  The kernel's
- * pkcs7 parser ties the two the same way (pkcs7_sig_note_pkey_algo / pkcs7_sig_note_digest_algo). */
+/* Is the SignerInfo's signatureAlgorithm one the kernel's PKCS#7 parser accepts, one that a key of
+ * this type can have made, and is a digest it names (ecdsa-with-SHA256) the SignerInfo's
+ * digestAlgorithm (stricter than the kernel, which takes the digest from digestAlgorithm alone)? */
 static int egs_sig_alg_fits(CMS_SignerInfo *si, EVP_PKEY *k, int md) {
     X509_ALGOR *sig = NULL;
     int sig_nid, dig_nid = NID_undef, pk_nid = NID_undef;
@@ -469,15 +494,15 @@ static int egs_sig_alg_fits(CMS_SignerInfo *si, EVP_PKEY *k, int md) {
     CMS_SignerInfo_get0_algs(si, NULL, NULL, NULL, &sig);
     if (sig == NULL) return 0;
     sig_nid = OBJ_obj2nid(sig->algorithm);
-    if (sig_nid == NID_rsaEncryption) {
-        /* sign-file's form: the bare key algorithm, digest from digestAlgorithm. */
-        return key_type == EVP_PKEY_RSA;
-    }
+    /* pkcs7_sig_note_pkey_algo() (6.1, and 6.12 alike) knows exactly these for RSA and ECDSA:
+     * OID_rsaEncryption (sign-file's form: the bare key algorithm, digest from digestAlgorithm) and
+     * OID_id_ecdsa_with_sha1..sha512; every other OID, sha256WithRSAEncryption and RSASSA-PSS
+     * included, fails the parse with -ENOPKG. OpenSSL would verify those; we refuse them. */
+    if (sig_nid == NID_rsaEncryption) return key_type == EVP_PKEY_RSA;
     if (!OBJ_find_sigid_algs(sig_nid, &dig_nid, &pk_nid)) return 0;
-    if (dig_nid != NID_undef && egs_md_from_nid(dig_nid) != md) return 0;
-    if (pk_nid == NID_rsaEncryption) return key_type == EVP_PKEY_RSA;
-    if (pk_nid == NID_X9_62_id_ecPublicKey) return key_type == EVP_PKEY_EC;
-    return 0;
+    if (pk_nid != NID_X9_62_id_ecPublicKey) return 0;
+    if (dig_nid == NID_undef || egs_md_from_nid(dig_nid) != md) return 0;
+    return key_type == EVP_PKEY_EC;
 }
 
 int egs_verify_signature(CMS_SignerInfo *si, X509 *x, int md, const uint8_t *digest, size_t digest_len) {

@@ -172,7 +172,8 @@ public enum ModuleSignatureVerifier {
             throw .malformedPKCS7(problem)
         }
 
-        // 4. Signer.
+        // 4. Signer: the identifier must be an anchor's issuer+serial or SKID byte for byte, as the
+        // kernel's find_asymmetric_key() compares key ids (egs_si_matches_cert).
         let matching = trust.anchors.filter { egs_si_matches_cert(si, $0.handle) != 0 }
         guard !matching.isEmpty else { throw .unknownSigner(signerIdentifier(si)) }
         // Conservative: if any anchor the identifier designates is deny-listed, refuse.
