@@ -16,6 +16,7 @@ extension Session {
     /// alternatives (applyStagesThroughAlternatives, Loader612Patching.swift), then the ENDBR seal,
     /// SMP lock prefixes and ftrace; 6.12 first refuses what the replay does not model.
     func applyBootTimePatching() throws {
+        try refuseAmbiguousFinalizeTables()
         if loader == .linux6_12 { try refuseUnmodelled612() }
         try applyStagesThroughAlternatives()
         if loader == .linux6_12 {
@@ -26,6 +27,31 @@ extension Session {
             try applySMPLocks()
         }
         try applyFtrace()
+    }
+
+    /// The section names `module_finalize()` looks up (arch/x86/kernel/module.c: 6.1.192 and 6.12.117).
+    static let finalizeTables61 = [".text", ".altinstructions", ".smp_locks", ".parainstructions", ".retpoline_sites", ".return_sites", ".ibt_endbr_seal"]
+    static let finalizeTables612 = [".altinstructions", ".smp_locks", ".retpoline_sites", ".return_sites", ".call_sites", ".cfi_sites", ".ibt_endbr_seal"]
+
+    /// `module_finalize()` finds its tables by a scan of every section header that keeps the
+    /// *last* section of each name, whatever its flags (no SHF_ALLOC test, unlike `find_sec()`,
+    /// which takes the first allocated one and which `table()` follows). Two sections of one of
+    /// these names, or one that is not allocated (the kernel reads it at its `sh_addr`: for a
+    /// section the loader does not copy, the temporary copy of the file, unrelocated), never come
+    /// from a build: denied by name, not replayed from another table than the kernel's.
+    func refuseAmbiguousFinalizeTables() throws {
+        for name in loader == .linux6_12 ? Session.finalizeTables612 : Session.finalizeTables61 {
+            var count = 0
+            var last: ELFSection?
+            for sec in elf.sections where sec.name.utf8.elementsEqual(name.utf8) { count += 1; last = sec }
+            guard let sec = last else { continue }
+            if count > 1 {
+                throw deny(.loader, "\(count) sections named \(name): module_finalize() takes the last, the replay's tables the first (not modelled)", section: name)
+            }
+            if !sec.flags.contains(.alloc) {
+                throw deny(.loader, "\(name) is not allocated: module_finalize() would read it from the temporary copy, unrelocated (not modelled)", section: name)
+            }
+        }
     }
 
     // MARK: Paravirt

@@ -329,7 +329,15 @@ extension Session {
         for t in trampolineSites { seen.set(UInt64(t.off), 1) }
         for k in trampolineSymbols {
             let si = Int(symtab.sectionIndex(k))
+            // `arch_static_call_transform()` runs `__static_call_validate(tramp, true, true)`
+            // before every rewrite of a trampoline (arch/x86/kernel/static_call.c, the same in
+            // Debian 6.1.192 and 6.12.117): the ud1 signature at +5 *and* a first byte of JMP32
+            // (e9), RET (c3) or a Jcc, else BUG. Anything else is never patched: not a site (its
+            // loaded bytes are its only state). A Jcc "trampoline" is left out too: the kernel
+            // rewrites it as a 6-byte Jcc (over the signature's first byte), which the
+            // trampoline rule does not model (fail closed: its loaded bytes only).
             guard si < elf.sections.count, let a = addr[si].map({ $0 &+ symtab.value(k) }), let off = execOffset(a, 8),
+                  image[off] == 0xe9 || image[off] == 0xc3,
                   image[off + 5] == 0x0f, image[off + 6] == 0xb9, image[off + 7] == 0xcc, seen[UInt64(off)] == nil else { continue }
             seen.set(UInt64(off), 1)
             trampolineSites.append((a, off))

@@ -29,7 +29,8 @@ public struct ExplainerJudge: EndStateJudge {
         let result = Explainer(facts: session.facts).explain(elf: elf, claim: claim, resolver: session.symbolResolver)
         switch result.verdict {
         case .allowed(let stats):
-            return .explained(ExplainedModule(exports: result.exports, statistics: stats, runtimeSites: result.runtimeSites))
+            return .explained(ExplainedModule(exports: result.exports, statistics: stats, runtimeSites: result.runtimeSites,
+                                              initRuntimeSites: result.initRuntimeSites))
         case .denied(let d):
             return .unexplained(d.description)
         }

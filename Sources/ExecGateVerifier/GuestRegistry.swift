@@ -51,6 +51,10 @@ public struct LiveModule: Sendable {
     let explainedAt: UInt64
     /// The state of each key's sites in this module when it was allowed.
     let keyStates: [UInt64: UInt64]
+    /// The state of each key's sites in its init text (while that is granted; emptied when init
+    /// is freed). `jump_label_add_module()` / `static_call_add_module()` patch init sites to the
+    /// key's current state like core ones, so they are held to the live state too.
+    var initKeyStates: [UInt64: UInt64] = [:]
     /// The module's run-time sites by address (built once from `sites`).
     let siteIndex: [UInt64: RuntimeSiteTable.Site]
 
@@ -101,8 +105,9 @@ public final class GuestSession: @unchecked Sendable {
     private var order: [String] = []
     /// Key → state, for keys that have sites in live modules.
     private var keyState: [UInt64: UInt64] = [:]
-    /// States a static-call key was seen in at load (the legal run-time targets of a key the
-    /// registration does not name, besides NULL).
+    /// States a static-call key was seen in at load or reached by an allowed patch while it had
+    /// live sites (the legal run-time targets of a key the registration does not name, besides
+    /// NULL); forgotten with the key's state when its last live site goes.
     private var keyStatesSeen: [UInt64: Set<UInt64>] = [:]
     /// Key → addresses of its sites in live modules (what a whole-key batch must cover).
     private var keySites: [UInt64: Set<UInt64>] = [:]
@@ -201,7 +206,9 @@ public final class GuestSession: @unchecked Sendable {
                 }
             }
             let smpGroups = Set(m.siteIndex.values.filter { $0.kind == .smpLock }.compactMap(\.key))
-            for (key, state) in m.keyStates.sorted(by: { $0.key < $1.key }) {
+            // Core and init sites of one key agree (the explainer holds init sites to the core's).
+            let states = m.keyStates.merging(m.initKeyStates) { core, _ in core }
+            for (key, state) in states.sorted(by: { $0.key < $1.key }) {
                 if smpGroups.contains(key) && state == 0 && wentSMP {
                     return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its .smp_locks prefixes are unlocked (3e), but guest '\(registration.guestID)' left uniprocessor mode (alternatives_smp_module_add() unlocks only while uniproc_patched)")
                 }
@@ -215,7 +222,7 @@ public final class GuestSession: @unchecked Sendable {
             live[m.name] = m
             order.append(m.name)
             if smpGroups.contains(where: { m.keyStates[$0] == 1 }) { wentSMP = true }
-            for (key, state) in m.keyStates {
+            for (key, state) in states {
                 keyState[key] = state
                 keyStatesSeen[key, default: []].insert(state)
             }
@@ -259,8 +266,12 @@ public final class GuestSession: @unchecked Sendable {
         for n in order { if let e = live[n]?.exports { r.add(e) } }
         resolver = r
         // Keys with no live site left forget their state (any legal state may come next).
-        let stillUsed = Set(live.values.flatMap { $0.keyStates.keys })
+        let stillUsed = Set(live.values.flatMap { Array($0.keyStates.keys) + Array($0.initKeyStates.keys) })
         for k in keyState.keys where !stillUsed.contains(k) { keyState[k] = nil }
+        // Likewise the states such a key was seen in: a run-time target is trusted on the
+        // strength of a *live* module that had it (a module loaded again after a retire starts
+        // from its own load state, as in a guest that never had the first copy).
+        for k in keyStatesSeen.keys where !stillUsed.contains(k) { keyStatesSeen[k] = nil }
         keySites = [:]
         for m in live.values { for site in m.siteIndex.values { if let k = site.key { keySites[k, default: []].insert(site.address) } } }
         // Run-time transitions since load are part of the live state: keep the engine's view of
@@ -300,7 +311,11 @@ public final class GuestSession: @unchecked Sendable {
             guard var m = live[canonical], m.initRange != nil else { return false }
             m.initRange = nil
             m.initFrames = []
+            // Its init sites are gone: a key only they used forgets its state.
+            let hadInitKeys = !m.initKeyStates.isEmpty
+            m.initKeyStates = [:]
             live[canonical] = m
+            if hadInitKeys { rebuildDerivedState() }
             return true
         }
     }

@@ -386,19 +386,29 @@ public final class Verifier: @unchecked Sendable {
 
         // 11. Key state of the module's run-time sites (checked against the live keys at commit).
         checks.append(.keyState)
-        var keyStates: [UInt64: UInt64] = [:]
-        for site in explained.runtimeSites?.siteList ?? [] {
-            guard let key = site.key, site.address >= base else { continue }
-            let off = Int(site.address - base)
-            guard let bytes = text.getBytes(at: text.readerIndex + off, length: site.length),
-                  case .allowed(_, let state)? = explained.runtimeSites?.check(address: site.address, bytes: bytes) else { continue }
-            keyStates[key] = state
+        func states(_ table: RuntimeSiteTable?, base: UInt64, bytes region: ByteBuffer) -> [UInt64: UInt64] {
+            var out: [UInt64: UInt64] = [:]
+            for site in table?.siteList ?? [] {
+                guard let key = site.key, site.address >= base else { continue }
+                let off = Int(site.address - base)
+                guard let bytes = region.getBytes(at: region.readerIndex + off, length: site.length),
+                      case .allowed(_, let state)? = table?.check(address: site.address, bytes: bytes) else { continue }
+                out[key] = state
+            }
+            return out
         }
-        let live = LiveModule(name: Policy.canonicalModuleName(moduleName), coreRange: coreRange,
+        let keyStates = states(explained.runtimeSites, base: base, bytes: text)
+        // Init sites too (jump_label_add_module() / static_call_add_module() patch them to the
+        // key's current state): a key whose only sites here are in init text is held to its
+        // live state as well.
+        var initKeyStates: [UInt64: UInt64] = [:]
+        if let ib = request.initBase, let it = request.initText { initKeyStates = states(explained.initRuntimeSites, base: ib, bytes: it) }
+        var live = LiveModule(name: Policy.canonicalModuleName(moduleName), coreRange: coreRange,
                               textRange: base..<(base &+ UInt64(text.readableBytes)), frames: request.frames,
                               initRange: initRange, initFrames: request.initFrames, exports: explained.exports,
                               sites: explained.runtimeSites, keyStates: keyStates,
                               imports: Self.imports(of: elf), explainedAt: explainedAt)
+        live.initKeyStates = initKeyStates
 
         let message = "signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); all \(text.readableBytes) executable bytes explained"
         return Judgement(verdict: ExecGateWire.Verdict(decision: .allow, reason: .allowed, message: message, checks: checks.map(\.rawValue), policyID: policy.id,
@@ -565,9 +575,13 @@ public struct ExplainedModule {
     public var statistics: ExplainStats
     /// The module's run-time patch sites, for later authorize-patch requests.
     public var runtimeSites: RuntimeSiteTable?
-    public init(exports: ModuleExports?, statistics: ExplainStats, runtimeSites: RuntimeSiteTable? = nil) {
+    /// The run-time sites of its init text, when claimed (their key states are held to the live
+    /// ones at commit; init sites are never patched by authorize-patch).
+    public var initRuntimeSites: RuntimeSiteTable?
+    public init(exports: ModuleExports?, statistics: ExplainStats, runtimeSites: RuntimeSiteTable? = nil, initRuntimeSites: RuntimeSiteTable? = nil) {
         self.exports = exports
         self.statistics = statistics
         self.runtimeSites = runtimeSites
+        self.initRuntimeSites = initRuntimeSites
     }
 }
