@@ -188,6 +188,32 @@ extension Session {
         collectModuleTrampolines()
         try addStaticCalls()
         addModuleTrampolineSites()
+        try refuseOverlappingSites()
+    }
+
+    /// No two run-time sites share a byte, unless they are the same bytes (same offset and
+    /// length: one site to the run-time table, `SiteMap`, and the comparison checks both rules).
+    /// A site's run-time rule takes any of its encodings whatever the site holds now; the kernel's
+    /// patchers compare the bytes they replace (`__jump_label_patch()`'s `memcmp(addr, expect)`,
+    /// `__static_call_validate()`, `ftrace_verify_code()`, `alternatives_smp_lock()`'s `0x3e`
+    /// test) and refuse anything else, and the verifier keeps no current bytes: with two sites
+    /// over one byte, a write to one changes what the other may legally become, and the table
+    /// would let through byte sequences no kernel writes. A build emits one site per instruction:
+    /// denied (not modelled).
+    func refuseOverlappingSites() throws {
+        if variable.count < 2 { return }
+        var covered = [UInt64](repeating: 0, count: (image.count + 63) >> 6)
+        for i in variable.indices {
+            let off = variable[i].offset, len = variable[i].length
+            var clash = false
+            for k in off..<off + len where covered[k >> 6] & (1 << UInt64(k & 63)) != 0 { clash = true; break }
+            if clash, let j = variable[..<i].firstIndex(where: { $0.offset < off + len && off < $0.offset + $0.length && !($0.offset == off && $0.length == len) }) {
+                let other = variable[j]
+                throw deny(.stage(variable[i].cls), "\(variable[i].what) shares bytes with the \(other.what) at 0x\(String(base &+ UInt64(other.offset), radix: 16)) (overlapping run-time sites: not modelled)",
+                           atRegionOffset: off, address: base &+ UInt64(off))
+            }
+            for k in off..<off + len { covered[k >> 6] |= 1 << UInt64(k & 63) }
+        }
     }
 
     // MARK: Jump labels

@@ -173,3 +173,59 @@ final class AdversarialFinalizeTableTests: XCTestCase {
         XCTAssertTrue(d.reason.contains(".return_sites is not allocated"), d.reason)
     }
 }
+
+// MARK: - Run-time sites that share bytes
+
+final class AdversarialOverlappingSiteTests: XCTestCase {
+    /// Was a HOLE (fixed: `Session.refuseOverlappingSites`): two run-time sites that share bytes.
+    /// test_static_keys crafted so that its old_true_key entry names a 5-byte site at `.text+0`
+    /// loaded as `jmp T1` (`e9 eb 10 00 00`, T1 chosen so), and its old_false_key entry a 2-byte
+    /// site at `.text+1` — the same bytes read as `jmp8 T2` (`eb 10`). Each site is legal on its
+    /// own, so the module was allowed, and the run-time table judged each patch against its own
+    /// site only: NOP5 at the first, then `jmp8 T2` at the second (`0f eb 10 00 00`, a byte
+    /// sequence no rule holds). The kernel never writes that: `__jump_label_patch()` compares the
+    /// site with the encoding it replaces (`memcmp(addr, expect, size)`) and BUGs on anything
+    /// else, so after the first write the second key can no longer be flipped; the verifier has
+    /// no current bytes to compare. No build emits overlapping sites (one instruction, one
+    /// site): now denied at load.
+    func testOverlappingJumpLabelSitesAreDenied() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["test_static_keys"])
+        var ed = KoEditor(ko: e.module.ko)
+        let text = try ed.sectionIndex(".text")
+        let textFile = try ed.elf { $0.sections[text].fileRange.lowerBound }
+        // `.text+0..5`: the old_true_key site (66 90) and `mov $1, %eax` (no relocation).
+        XCTAssertEqual(Array(ed.ko[textFile..<textFile + 7]), [0x66, 0x90, 0xb8, 0x01, 0x00, 0x00, 0x00])
+        ed.ko.replaceSubrange(textFile..<textFile + 5, with: [0xe9, 0xeb, 0x10, 0x00, 0x00])
+        let recs = try ed.relocations(for: "__jump_table"), r = try ed.rela(for: "__jump_table")
+        func record(at field: Int) throws -> Int { try XCTUnwrap(recs.firstIndex { Int($0.offset) == field }, "record at \(field)") }
+        // Entry 0 (old_true_key): code .text+0, target .text+5+0x10eb. Entry 1 (old_false_key):
+        // code .text+1, target .text+3+0x10.
+        XCTAssertEqual(recs[try record(at: 0)].addend, 0)
+        ed.put(Int64(5 + 0x10eb), at: r.at + 24 * (try record(at: 4)) + 16)
+        ed.put(Int64(1), at: r.at + 24 * (try record(at: 16)) + 16)
+        ed.put(Int64(3 + 0x10), at: r.at + 24 * (try record(at: 20)) + 16)
+        var claim = e.module.claim
+        // The loader's image (the stages before the run-time sites, which write nothing) and the
+        // jump-label sites it has.
+        let s = try ed.ko.withUnsafeBytes { raw in
+            let s = try Session(elf: try ELFFile(bytes: raw), claim: claim, facts: f.boot.facts, resolver: e.before)
+            try s.checkModinfo(); try s.relocate(); try s.verifyExportedSymbols(); try s.applyBootTimePatching(); try s.addJumpLabels()
+            return s
+        }
+        claim.text = s.image
+        let a = claim.textBase
+        XCTAssertEqual(s.jumpSites.filter { $0.code == a || $0.code == a + 1 }.map(\.size).sorted(), [2, 5], "two sites sharing bytes")
+        let res = try CraftedExplainer().explain(f, "test_static_keys", ko: ed.ko, claim: claim)
+        if let t = res.runtimeSites {
+            // What the run-time table then let through: NOP5 over the first site, then the second
+            // site's jump into its middle.
+            XCTAssertEqual(t.check(address: a, bytes: x86Nops[5]), .allowed(kind: "jump label (key 0x\(String(try XCTUnwrap(t.key(at: a)), radix: 16)))", state: t.state(address: a, bytes: x86Nops[5])!))
+            guard case .allowed = t.check(address: a + 1, bytes: [0xeb, 0x10]) else { return XCTFail("the second site's jump") }
+        }
+        let d = try XCTUnwrap(denial(res), "overlapping run-time sites allowed")
+        XCTAssertEqual(d.rule, .jumpLabel, d.reason)
+        XCTAssertEqual(d.address, a + 1)
+        XCTAssertTrue(d.reason.contains("shares bytes with"), d.reason)
+    }
+}
