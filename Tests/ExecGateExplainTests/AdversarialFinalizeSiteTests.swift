@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Adversarial review of the sites `module_finalize()` (arch/x86/kernel/module.c) patches: where a
+// table entry may point, and the limits the kernel BUGs on. A crafted module stands for one a
+// trusted key holder signed (unsigned crafted copies of the real signed Debian modules, as in
+// AdversarialPatchingTests). Each test names the attack; a test marked "Was a HOLE" failed until
+// the fix its comment names. Kernel sources: Debian's linux-source-6.1 (6.1.192) and
+// linux-source-6.12 (6.12.117), arch/x86/kernel/alternative.c and module.c.
+//
+// Measured on the 4023 modules of Debian 6.1.0-56 (every `.ko` of the package, a scan of their
+// RELA records): no `.altinstructions`, `.parainstructions`, `.retpoline_sites`, `.return_sites`,
+// `.smp_locks` or `.ibt_endbr_seal` entry targets a section that is not SHF_EXECINSTR (1657 + 3007
+// + 75545 + 216674 + 34247 entries; init text included); the largest `instrlen` and
+// `replacementlen` are 31, no `replacementlen` exceeds its `instrlen`, the longest paravirt site
+// is 6 bytes; and none of the 3634 `__SCT__` trampolines a module defines opens with a Jcc.
+
+import ExecGateCapture
+import ExecGateELF
+@testable import ExecGateExplain
+import ExecGateTestSupport
+import XCTest
+
+final class AdversarialFinalizeSiteTests: XCTestCase {
+    let explainer = CraftedExplainer()
+
+    /// The verdict for crafted `ko` of fixture module `name`, claimed with the replay's own end
+    /// state when the replay accepts the module (the claim an honest guest would send if the
+    /// replay were the kernel), else with the real module's claim (the denial comes first).
+    func explainHonest(_ f: FixtureReplay, _ name: String, _ ko: [UInt8]) throws -> ExplainResult {
+        let e = try XCTUnwrap(f.modules[name])
+        var claim = e.module.claim
+        if let r = try? loaderImage(ko, claim, f.boot.facts, e.before) { claim.text = r.image }
+        return try explainer.explain(f, name, ko: ko, claim: claim)
+    }
+
+    /// `name` with the RELA record of `table`'s first entry's site field (r_offset 0) pointed at
+    /// `symbol` + 0: the entry then names that symbol's address.
+    func retargeted(_ f: FixtureReplay, _ name: String, _ table: String, at symbol: String) throws -> [UInt8] {
+        var ed = KoEditor(ko: try XCTUnwrap(f.modules[name]).module.ko)
+        let r = try ed.rela(for: table)
+        let recs = try ed.relocations(for: table)
+        let k = try XCTUnwrap(recs.firstIndex { $0.offset == 0 }, "\(table) entry 0's record")
+        let at = r.at + 24 * k
+        let type = ed.get(UInt64.self, at: at + 8) & 0xffff_ffff
+        ed.put(UInt64(try ed.symbolIndex(symbol)) << 32 | type, at: at + 8)
+        ed.put(Int64(0), at: at + 16)
+        return ed.ko
+    }
+
+    /// Address of section `name` in the real module's core layout.
+    func sectionAddress(_ f: FixtureReplay, _ module: String, _ name: String) throws -> UInt64 {
+        let s = try f.session(module)
+        let i = try XCTUnwrap(s.elf.section(named: name)?.index, name)
+        return try XCTUnwrap(s.addr[i], name)
+    }
+
+    /// Was a HOLE (fixed: `Session.requireExecutableSite`, at collection time in each stage): a
+    /// `module_finalize()` table entry whose site is in the module's own *non-executable*
+    /// allocated memory was skipped by the replay ("not in the region"), while the kernel writes
+    /// it: `apply_alternatives()`, `apply_paravirt()`, `apply_retpolines()` and `apply_returns()`
+    /// take no text range and `text_poke_early()` is a `memcpy()` on the module, still writable
+    /// before `module_enable_ro()` (6.1.192 and 6.12.117). Aimed at `__this_module` (struct module,
+    /// which the loader reads afterwards: init/exit pointers, the tables' bounds), or at
+    /// `__jump_table` / `.static_call_sites` / `__mcount_loc` / `__ksymtab`, the kernel would patch
+    /// what the later stages read, and the replay would read the unpatched tables. 8021q crafted
+    /// with the first entry of each table aimed at `__this_module`: now a named denial of the
+    /// stage (never built: none in the 4023 Debian 6.1 modules).
+    func testFinalizeSiteOutsideExecutableSectionsIsDenied() throws {
+        let f = try FixtureReplay()
+        let target = try sectionAddress(f, "8021q", ".gnu.linkonce.this_module")
+        let cases: [(String, DenialRule)] = [
+            (".altinstructions", .alternative), (".parainstructions", .paravirt),
+            (".retpoline_sites", .retpoline), (".return_sites", .stage(.returnThunk)),
+        ]
+        for (table, rule) in cases {
+            let ko = try retargeted(f, "8021q", table, at: "__this_module")
+            guard let d = denial(try explainHonest(f, "8021q", ko)) else { continue }
+            XCTAssertEqual(d.rule, rule, "\(table): \(d.reason)")
+            XCTAssertEqual(d.section, table, d.reason)
+            XCTAssertEqual(d.address, target, "\(table): \(d.reason)")
+            XCTAssertTrue(d.reason.contains("outside the module's executable sections"), d.reason)
+        }
+    }
+
+    /// Control (passes): an `.smp_locks` entry aimed at `__this_module` is no attack.
+    /// `alternatives_smp_unlock()` / `alternatives_smp_lock()` skip every site outside the text
+    /// range `module_finalize()` passes (`.text` in 6.1, MOD_TEXT in 6.12: `ptr < text || ptr >=
+    /// text_end`), so the kernel never writes it, and neither does the replay: llc crafted so is
+    /// explained (the one lock site the entry named is then left as compiled by both).
+    func testSMPLockOutsideTextIsSkippedAsTheKernelDoes() throws {
+        let f = try FixtureReplay()
+        let ko = try retargeted(f, "llc", ".smp_locks", at: "__this_module")
+        let e = try XCTUnwrap(f.modules["llc"])
+        let (image, _) = try loaderImage(ko, e.module.claim, f.boot.facts, e.before)
+        var claim = e.module.claim
+        claim.text = image
+        let r = try explainer.explain(f, "llc", ko: ko, claim: claim)
+        XCTAssertTrue(r.verdict.isAllowed, "\(r.verdict)")
+    }
+
+    /// The byte of 8021q's `table` at `entryOffset` set to `value` (in the signed section data).
+    func patchedTableByte(_ f: FixtureReplay, _ table: String, _ entryOffset: Int, _ value: UInt8) throws -> [UInt8] {
+        var ed = KoEditor(ko: try XCTUnwrap(f.modules["8021q"]).module.ko)
+        let i = try ed.sectionIndex(table)
+        let at = try ed.elf { $0.sections[i].fileRange.lowerBound }
+        ed.ko[at + entryOffset] = value
+        return ed.ko
+    }
+
+    /// Was a HOLE (fixed: the MAX_PATCH_LEN checks in `applyAlternatives` / `applyAlternatives612`
+    /// and `applyParavirt`): an entry longer than the kernel's patch buffer. `apply_alternatives()`
+    /// has `BUG_ON(a->instrlen > sizeof(insn_buff))` with `u8 insn_buff[MAX_PATCH_LEN]`,
+    /// MAX_PATCH_LEN = 255 - 1, for every entry before the feature test (6.1.192 and 6.12.117; a
+    /// taken 6.1 entry also `memcpy()`s `replacementlen` bytes into it: past its end at 255), and
+    /// `apply_paravirt()` has `BUG_ON(p->len > MAX_PATCH_LEN)` (6.1). The kernel oopses and the
+    /// module never comes; the replay patched 255 bytes. 8021q crafted with its one alternative's
+    /// `instrlen`, then its `replacementlen`, then its one paravirt site's `len` set to 255.
+    func testPatchLongerThanMaxPatchLenIsDenied() throws {
+        let f = try FixtureReplay()
+        let cases: [(String, Int, DenialRule)] = [
+            (".altinstructions", 10, .alternative),  // instrlen
+            (".altinstructions", 11, .alternative),  // replacementlen
+            (".parainstructions", 9, .paravirt),  // len
+        ]
+        for (table, field, rule) in cases {
+            let ko = try patchedTableByte(f, table, field, 255)
+            guard let d = denial(try explainHonest(f, "8021q", ko)) else { continue }
+            XCTAssertEqual(d.rule, rule, "\(table)+\(field): \(d.reason)")
+            XCTAssertTrue(d.reason.contains("MAX_PATCH_LEN"), "\(table)+\(field): \(d.reason)")
+        }
+    }
+
+    /// Passes: a paravirt site whose `type` indexes past the trusted `pv_ops` (the kernel reads
+    /// `*((void **)&pv_ops + type)`, beyond the table: `paravirt_patch()`, 6.1) is denied by name,
+    /// never replayed with a guessed target.
+    func testParavirtTypeBeyondPvOpsIsDenied() throws {
+        let f = try FixtureReplay()
+        let ko = try patchedTableByte(f, ".parainstructions", 8, 255)
+        XCTAssertLessThan(f.boot.facts.pvOps.count, 256)
+        let d = try XCTUnwrap(denial(try explainHonest(f, "8021q", ko)))
+        XCTAssertEqual(d.rule, .paravirt, d.reason)
+        XCTAssertTrue(d.reason.contains("pv_ops[255]"), d.reason)
+    }
+}
