@@ -54,6 +54,56 @@ extension Session {
         }
     }
 
+    /// A `module_finalize()` site that is not in this session's executable region is skipped only
+    /// when all its `n` bytes lie in one executable section of the module (the other region's:
+    /// init text seen from the core session, core text seen from the init session, which that
+    /// region's session replays or the kernel frees), or when the kernel provably leaves it
+    /// alone. Anywhere else (the module's own `__jump_table`, `.static_call_sites`,
+    /// `__mcount_loc`, `__ksymtab`, `struct module`, or outside the module) the kernel writes it
+    /// all the same: `apply_alternatives()`, `apply_paravirt()`, `apply_retpolines()`,
+    /// `apply_returns()` and `apply_ibt_endbr()` take no text range, and `text_poke_early()` is a
+    /// `memcpy()` on the module, still writable before `module_enable_ro()` (6.1.192 and 6.12.117
+    /// arch/x86/kernel/alternative.c, module.c), so the tables the later stages read would not be
+    /// the signed ones. Never built (none of the 4023 Debian 6.1.0-56 modules has one): denied.
+    ///
+    /// `kernelWrites` (retpolines, returns, ENDBR seal: the kernel decodes the bytes first and
+    /// WARNs and skips a site that is not its form) is asked about the first `probe` bytes of a
+    /// site in the module's own data (a superset of the kernel's test: never fewer denials); a
+    /// site it rejects is skipped as the kernel skips it. Outside the module the bytes are
+    /// unknown: denied. (`.smp_locks` needs no check: `alternatives_smp_unlock()` skips every
+    /// site outside the text range it is given.)
+    func requireExecutableSite(_ a: UInt64, _ n: Int, _ rule: DenialRule, _ table: String,
+                               probe: Int = 0, kernelWrites: (([UInt8]) -> Bool)? = nil) throws {
+        if n <= 0 || execOffset(a, n) != nil { return }
+        for s in elf.sections where layout.flags[s.index].contains(.alloc) && layout.flags[s.index].contains(.execInstr) {
+            guard let sa = addr[s.index], a >= sa else { continue }
+            let rel = a - sa
+            if rel <= UInt64(s.size), UInt64(s.size) - rel >= UInt64(n) { return }
+        }
+        if let writes = kernelWrites, let b = read(a, probe), !writes(b) { return }
+        throw deny(rule, "\(table) entry patches \(n) bytes at 0x\(String(a, radix: 16)), outside the module's executable sections (module_finalize() would write them; not modelled)",
+                   section: table, address: a)
+    }
+
+    /// A legacy prefix or REX byte: the kernel's decoder would look past it for the opcode.
+    static func isPrefixOrREX(_ b: UInt8) -> Bool {
+        b & 0xf0 == 0x40 || [0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65].contains(b)
+    }
+
+    /// `apply_retpolines()` patches only a CALL, JMP or Jcc (`patch_retpoline()`).
+    static func retpolineMayWrite(_ b: [UInt8]) -> Bool {
+        isPrefixOrREX(b[0]) || b[0] == 0xe8 || b[0] == 0xe9 || (b[0] == 0x0f && b[1] & 0xf0 == 0x80)
+    }
+
+    /// `apply_returns()` patches only `jmp __x86_return_thunk` or, by `__static_call_fixup()`,
+    /// a RET / that JMP followed by the trampoline signature.
+    static func returnMayWrite(_ b: [UInt8]) -> Bool { isPrefixOrREX(b[0]) || b[0] == 0xe9 || b[0] == 0xc3 }
+
+    /// `apply_ibt_endbr()` / `poison_endbr()` patch only `is_endbr()` bytes (6.12: or the poison).
+    static func endbrMayWrite(_ b: [UInt8]) -> Bool {
+        b == [0xf3, 0x0f, 0x1e, 0xfa] || b == [0xf3, 0x0f, 0x1e, 0xfb] || b == [0x66, 0x0f, 0x1f, 0x00]
+    }
+
     // MARK: Paravirt
 
     /// `apply_paravirt()`: `struct paravirt_patch_site { u8 *instr; u8 type; u8 len; }` (16 bytes,
@@ -65,6 +115,11 @@ extension Session {
         while o + 16 <= t.bytes.count, let instr = t.bytes.getInteger(at: o, as: UInt64.self),
               let type = t.bytes.getInteger(at: o + 8, as: UInt8.self).map(Int.init), let len = t.bytes.getInteger(at: o + 9, as: UInt8.self).map(Int.init) {
             o += 16
+            // apply_paravirt(): BUG_ON(p->len > MAX_PATCH_LEN), MAX_PATCH_LEN = 254, for every site.
+            guard len <= Session.maxPatchLen else {
+                throw deny(.paravirt, "paravirt site of \(len) bytes is longer than MAX_PATCH_LEN (254): the kernel BUGs", address: instr)
+            }
+            try requireExecutableSite(instr, len, .paravirt, ".parainstructions")
             guard let off = execOffset(instr, len) else { continue }
             var buf = Array(image[off..<off + len])
             guard type < facts.pvOps.count else {
@@ -101,6 +156,7 @@ extension Session {
         if sites.isEmpty { return }
         let fb = facts.featureBits
         for a in sites {
+            try requireExecutableSite(a, 1, .retpoline, ".retpoline_sites", probe: 2, kernelWrites: Session.retpolineMayWrite)
             guard let off = execOffset(a, 1), let insn = decode(at: off) else { continue }
             let isJcc = insn.opcode0 == 0x0f && insn.opcode1 & 0xf0 == 0x80
             guard insn.opcode0 == 0xe8 || insn.opcode0 == 0xe9 || isJcc else { continue }  // WARN_ON_ONCE, skipped
@@ -166,6 +222,7 @@ extension Session {
 
     /// `apply_returns()` + `__static_call_fixup()` + `patch_return()` (alternative.c, static_call.c).
     func applyReturns() throws {
+        try forEachRelativeSite(".return_sites") { try requireExecutableSite($0, 1, .stage(.returnThunk), ".return_sites", probe: 1, kernelWrites: Session.returnMayWrite) }
         forEachRelativeSite(".return_sites") { a in
             guard let off = execOffset(a, 1), let insn = decode(at: off) else { return }
             var dest: UInt64? = nil
@@ -220,7 +277,13 @@ extension Session {
             guard feature < maxFeature else {
                 throw deny(.alternative, "feature bit \(feature) beyond x86_capability (the kernel BUGs)", address: instr)
             }
+            // apply_alternatives(): BUG_ON(a->instrlen > sizeof(insn_buff)), MAX_PATCH_LEN = 254,
+            // for every entry; a taken one memcpy()s replacementlen bytes into that buffer too.
+            guard instrlen <= Session.maxPatchLen, repllen <= Session.maxPatchLen else {
+                throw deny(.alternative, "alternative of \(instrlen)/\(repllen) bytes is longer than MAX_PATCH_LEN (254): the kernel BUGs", address: instr)
+            }
             let size = max(instrlen, repllen)
+            try requireExecutableSite(instr, hasFeature(feature) != (cpuid & 0x8000 != 0) ? size : instrlen, .alternative, ".altinstructions")
             guard let off = execOffset(instr, max(size, 1)) else { continue }  // init text: freed
             let inv = cpuid & 0x8000 != 0
             altSites.append((off, instrlen, feature, inv, hasFeature(feature) != inv))
@@ -268,6 +331,7 @@ extension Session {
     func applyEndbrSeal() throws {
         guard facts.ibtSeal else { return }
         for a in relativeSites(".ibt_endbr_seal") {
+            try requireExecutableSite(a, 4, .stage(.endbrSeal), ".ibt_endbr_seal", probe: 4, kernelWrites: Session.endbrMayWrite)
             guard let off = execOffset(a, 4), image[off..<off + 4].elementsEqual([0xf3, 0x0f, 0x1e, 0xfa]) else { continue }
             write(off, SiteBytes(raw: 0x001f_0f66, count: 4), .endbrSeal)
             countSite(.endbrSeal)
@@ -306,6 +370,10 @@ extension Session {
     /// Consistency group of all `.smp_locks` sites (never a kernel address: key addresses are
     /// aligned and in the kernel half, this value is odd).
     static let smpLockGroup: UInt64 = 0x5350_4c4f_434b_0001
+
+    /// `MAX_PATCH_LEN` (arch/x86/kernel/alternative.c, 6.1.192 and 6.12.117): `255 - 1`, the size
+    /// of `insn_buff`.
+    static let maxPatchLen = 254
 
     // MARK: ftrace
 

@@ -177,6 +177,12 @@ extension Session {
             guard a.cpuid < maxFeature else {
                 throw deny(.alternative, "feature bit \(a.cpuid) beyond x86_capability (the kernel BUGs)", address: a.instr)
             }
+            // BUG_ON(a->instrlen > sizeof(insn_buff)) for every entry (after the nesting pad).
+            guard a.instrlen <= Session.maxPatchLen else {
+                throw deny(.alternative, "alternative of \(a.instrlen) bytes is longer than MAX_PATCH_LEN (254): the kernel BUGs", address: a.instr)
+            }
+            // Taken or not, the kernel writes instrlen bytes (text_poke_early() of optimize_nops()' buffer).
+            try requireExecutableSite(a.instr, a.instrlen, .alternative, ".altinstructions")
             guard let off = execOffset(a.instr, max(a.instrlen, 1)) else { continue }  // init text: freed, never verified
             let notFlag = a.flags & 1 != 0, directCall = a.flags & 2 != 0
             guard a.flags & ~3 == 0 else {
@@ -297,6 +303,7 @@ extension Session {
     /// poison itself; those 4 bytes become `66 0f 1f 00`. Anything else: WARN, left alone.
     func applySealEndbr612() throws {
         for a in relativeSites(".ibt_endbr_seal") {
+            try requireExecutableSite(a, 4, .stage(.endbrSeal), ".ibt_endbr_seal", probe: 4, kernelWrites: Session.endbrMayWrite)
             guard let off = execOffset(a, 4) else { continue }
             let b = Array(image[off..<off + 4])
             guard b == [0xf3, 0x0f, 0x1e, 0xfa] || b == [0xf3, 0x0f, 0x1e, 0xfb] || b == [0x66, 0x0f, 0x1f, 0x00] else { continue }

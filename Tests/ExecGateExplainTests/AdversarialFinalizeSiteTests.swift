@@ -34,16 +34,32 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
     }
 
     /// `name` with the RELA record of `table`'s first entry's site field (r_offset 0) pointed at
-    /// `symbol` + 0: the entry then names that symbol's address.
-    func retargeted(_ f: FixtureReplay, _ name: String, _ table: String, at symbol: String) throws -> [UInt8] {
+    /// `symbol` + 0 (or, `symbol` nil, at `.data` + `dataOffset`, with `plant` written there in
+    /// the signed `.data`): the entry then names that address.
+    func retargeted(_ f: FixtureReplay, _ name: String, _ table: String, at symbol: String?,
+                    dataOffset: Int = 0, plant: [UInt8] = []) throws -> [UInt8] {
         var ed = KoEditor(ko: try XCTUnwrap(f.modules[name]).module.ko)
         let r = try ed.rela(for: table)
         let recs = try ed.relocations(for: table)
         let k = try XCTUnwrap(recs.firstIndex { $0.offset == 0 }, "\(table) entry 0's record")
         let at = r.at + 24 * k
         let type = ed.get(UInt64.self, at: at + 8) & 0xffff_ffff
-        ed.put(UInt64(try ed.symbolIndex(symbol)) << 32 | type, at: at + 8)
-        ed.put(Int64(0), at: at + 16)
+        let sym: Int
+        if let symbol {
+            sym = try ed.symbolIndex(symbol)
+        } else {
+            let data = try ed.sectionIndex(".data")
+            let file = try ed.elf { $0.sections[data].fileRange.lowerBound }
+            ed.ko.replaceSubrange(file + dataOffset ..< file + dataOffset + plant.count, with: plant)
+            XCTAssertFalse(try ed.relocations(for: ".data").contains { Int($0.offset) < dataOffset + plant.count && Int($0.offset) + 8 > dataOffset },
+                           "no relocation writes the planted bytes")
+            sym = try ed.elf { e in
+                let t = try e.symbolTable()
+                return try XCTUnwrap(t.indices.first { t.sectionIndex($0) == UInt16(data) && t.value($0) == 0 && t.name($0).isEmpty }, ".data section symbol")
+            }
+        }
+        ed.put(UInt64(sym) << 32 | type, at: at + 8)
+        ed.put(Int64(dataOffset), at: at + 16)
         return ed.ko
     }
 
@@ -63,22 +79,41 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
     /// which the loader reads afterwards: init/exit pointers, the tables' bounds), or at
     /// `__jump_table` / `.static_call_sites` / `__mcount_loc` / `__ksymtab`, the kernel would patch
     /// what the later stages read, and the replay would read the unpatched tables. 8021q crafted
-    /// with the first entry of each table aimed at `__this_module`: now a named denial of the
-    /// stage (never built: none in the 4023 Debian 6.1 modules).
+    /// with the first alternative and paravirt entry aimed at `__this_module` (written whatever
+    /// the bytes), the first return site at a RET trampoline planted in `.data` (`c3` + `int3` +
+    /// the `ud1` signature: `__static_call_fixup()` rewrites it as the RET form, `jmp
+    /// __x86_return_thunk` under RETHUNK), the first retpoline site at a planted `call`: now a
+    /// named denial of the stage (never built: none in the 4023 Debian 6.1 modules).
     func testFinalizeSiteOutsideExecutableSectionsIsDenied() throws {
         let f = try FixtureReplay()
-        let target = try sectionAddress(f, "8021q", ".gnu.linkonce.this_module")
-        let cases: [(String, DenialRule)] = [
-            (".altinstructions", .alternative), (".parainstructions", .paravirt),
-            (".retpoline_sites", .retpoline), (".return_sites", .stage(.returnThunk)),
+        let module = try sectionAddress(f, "8021q", ".gnu.linkonce.this_module")
+        let data = try sectionAddress(f, "8021q", ".data") + 0x40
+        let cases: [(String, DenialRule, String?, [UInt8], UInt64)] = [
+            (".altinstructions", .alternative, "__this_module", [], module),
+            (".parainstructions", .paravirt, "__this_module", [], module),
+            (".retpoline_sites", .retpoline, nil, [0xe8, 0, 0, 0, 0], data),
+            (".return_sites", .stage(.returnThunk), nil, [0xc3, 0xcc, 0xcc, 0xcc, 0xcc, 0x0f, 0xb9, 0xcc], data),
         ]
-        for (table, rule) in cases {
-            let ko = try retargeted(f, "8021q", table, at: "__this_module")
+        for (table, rule, symbol, plant, target) in cases {
+            let ko = try retargeted(f, "8021q", table, at: symbol, dataOffset: symbol == nil ? 0x40 : 0, plant: plant)
             guard let d = denial(try explainHonest(f, "8021q", ko)) else { continue }
             XCTAssertEqual(d.rule, rule, "\(table): \(d.reason)")
             XCTAssertEqual(d.section, table, d.reason)
             XCTAssertEqual(d.address, target, "\(table): \(d.reason)")
             XCTAssertTrue(d.reason.contains("outside the module's executable sections"), d.reason)
+        }
+    }
+
+    /// Control (passes): a return or retpoline site aimed at bytes the kernel does not take for
+    /// its form (`__this_module`'s first bytes, zeros) is no attack: `apply_returns()` WARNs
+    /// "missing return thunk" and `apply_retpolines()` WARNs on a non-branch, and both skip it;
+    /// so does the replay (the crafted module's loader image is explained).
+    func testReturnAndRetpolineSitesOverForeignBytesAreSkippedAsTheKernelDoes() throws {
+        let f = try FixtureReplay()
+        for table in [".return_sites", ".retpoline_sites"] {
+            let ko = try retargeted(f, "8021q", table, at: "__this_module")
+            let r = try explainHonest(f, "8021q", ko)
+            XCTAssertTrue(r.verdict.isAllowed, "\(table): \(r.verdict)")
         }
     }
 
