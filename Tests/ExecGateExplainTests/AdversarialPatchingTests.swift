@@ -96,6 +96,31 @@ final class AdversarialTrampolineTests: XCTestCase {
             XCTAssertEqual(d.expected.first, 0xe8, "\(what): the call, as loaded")
         }
     }
+
+    /// Passes (fail closed): a Jcc trampoline. `__static_call_validate(tramp, true, true)` accepts
+    /// a trampoline whose first bytes are a Jcc (`0f 8x`, `__is_Jcc()`) when the signature is at
+    /// +5, and `__static_call_transform()` then rewrites it as a 6-byte `Jcc func` (over the
+    /// signature's first byte; arch/x86/kernel/static_call.c, 6.1.192 and 6.12.117). No build
+    /// emits one (ARCH_DEFINE_STATIC_CALL_TRAMP is `jmp func` or `ret`; none of the 3634 `__SCT__`
+    /// trampolines of the 4023 Debian 6.1.0-56 modules opens with `0f`), so
+    /// `collectModuleTrampolines` takes none for a site: its loaded bytes are its only state. A
+    /// claim with the kernel's rewrite (`Jcc func` for a function of the module) is denied at the
+    /// displacement, the loaded bytes expected.
+    func testJccTrampolineKeepsItsLoadedBytes() throws {
+        let f = try FixtureReplay()
+        // jne with a displacement whose top byte is the signature's 0f (the Jcc is 6 bytes).
+        let c = try craftedTrampoline(f) { _, _ in [0x0f, 0x85, 0x10, 0x20, 0x30] }
+        let loaded = try explainer.explain(f, "irqbypass", ko: c.ko, claim: c.claim)
+        XCTAssertTrue(loaded.verdict.isAllowed, "\(loaded.verdict)")
+        XCTAssertNil(loaded.runtimeSites?.key(at: c.trampoline), "a Jcc trampoline is no run-time site")
+        let rel = Int32(truncatingIfNeeded: Int64(bitPattern: c.target &- (c.trampoline &+ 6)))
+        let jcc: [UInt8] = [0x0f, 0x85] + (0..<4).map { UInt8(truncatingIfNeeded: rel >> (8 * $0)) }
+        var claim = c.claim
+        claim.text.replaceSubrange(c.off..<c.off + 6, with: jcc)
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "irqbypass", ko: c.ko, claim: claim)))
+        XCTAssertEqual(d.address, c.trampoline &+ 2, d.reason)
+        XCTAssertEqual(d.expected.first, 0x10, "the loaded displacement: \(d.reason)")
+    }
 }
 
 // MARK: - module_finalize()'s tables: the last section of each name (arch/x86/kernel/module.c)
