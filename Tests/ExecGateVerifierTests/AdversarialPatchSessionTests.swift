@@ -282,6 +282,44 @@ final class AdversarialPatchSessionTests: XCTestCase {
         XCTAssertTrue(after.message.contains("not in live code"), after.message)
     }
 
+    /// Attack: flip a key at run time while a module's init text holding a site of it is still
+    /// granted. The kernel updates a module's init entries only while the module is COMING
+    /// (`jump_label_can_update(entry, init)` with `init = mod->state == MODULE_STATE_COMING`,
+    /// kernel/jump_label.c; `__static_call_update()` likewise, kernel/static_call_inline.c; 6.1
+    /// and 6.12); init sites are no run-time patch sites of the verifier. Fails closed and stays
+    /// consistent: a batch that pokes the init site with the core sites is denied whole (no key
+    /// state changes, no byte is granted); the whole-key flip of the live core sites alone is
+    /// allowed (what a LIVE module's kernel does: its init text keeps the bytes it was granted,
+    /// in the state that was legal when it came); once init is freed the key flips back freely.
+    func testKeyFlipWhileInitTextIsLiveNeverPokesInitSites() throws {
+        let g = try craftGuest()
+        try g.loadAll()
+        let c = try craftedInitJumpLabel(g) { try! XCTUnwrap($0, "base_true_key has live sites (test_static_keys)") }
+        let v = g.verifier.authorize(c.request, requestDigest: [])
+        XCTAssertEqual(v.decision, .allow, v.message)
+        let state = try XCTUnwrap(g.session.state(ofKey: c.key))
+        let sites = try XCTUnwrap(g.sitesByKey()[c.key], "live core sites of the key")
+        XCTAssertFalse(sites.contains { $0.site.address == c.site }, "the init site is no live site")
+        let flip = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+
+        // The kernel's COMING-time flip, init site included: denied whole, nothing recorded.
+        let withInit = g.patch(flip + [PatchEntry(address: c.site, bytes: [0xe9, 0, 0, 0, 0])])
+        XCTAssertEqual(withInit.decision, .deny, withInit.message)
+        XCTAssertTrue(withInit.message.contains("not the start of a run-time patch site"), withInit.message)
+        XCTAssertEqual(g.session.state(ofKey: c.key), state, "a denied batch changes no key state")
+
+        // The LIVE module's flip: the core sites only.
+        let core = g.patch(flip)
+        XCTAssertEqual(core.decision, .allow, core.message)
+        XCTAssertEqual(g.session.state(ofKey: c.key), 1 - state)
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz")), requestDigest: []) else {
+            return XCTFail("init freed")
+        }
+        let back = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: state))) }
+        XCTAssertEqual(g.patch(back).decision, .allow)
+        XCTAssertEqual(g.session.state(ofKey: c.key), state)
+    }
+
     /// Was a HOLE (fixed: the verifier reads the key states of the init sites too,
     /// `LiveModule.initKeyStates`, and `GuestSession.commit` holds them to the live states and
     /// records them until init is freed): an init-text site of a key was not held to the key's
