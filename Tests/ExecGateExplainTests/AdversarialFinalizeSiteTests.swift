@@ -176,4 +176,62 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
         XCTAssertEqual(d.rule, .paravirt, d.reason)
         XCTAssertTrue(d.reason.contains("pv_ops[255]"), d.reason)
     }
+
+    // MARK: 6.12 (8021q.ko.xz of Debian 6.12.117: paravirt calls are alternatives)
+
+    /// The 6.12 replay of `edit`ed 8021q up to module_finalize() (every import at a distinct
+    /// kernel address, as Loader612Tests.pvSite): the denial, or nil when the replay accepts it.
+    func denial612(_ edit: (inout KoEditor) throws -> Void) throws -> Denial? {
+        var ed = KoEditor(ko: try Loader612Tests.module612("8021q"))
+        try edit(&ed)
+        return try ed.ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            var exports: [String: UInt64] = [:]
+            for (k, s) in try elf.symbols().enumerated() where s.isUndefined && !s.name.isEmpty {
+                exports[s.name] = 0xffff_ffff_8100_0000 + UInt64(k) * 0x40
+            }
+            exports["pv_ops"] = 0xffff_ffff_8300_0000
+            exports["BUG_func"] = 0xffff_ffff_8200_0000
+            exports["nop_func"] = 0xffff_ffff_8200_0040
+            let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
+            var claim = ModuleClaim(name: "8021q", textBase: 0xffff_ffff_c010_0000, text: [UInt8](repeating: 0, count: lay.textSize), sectionAddresses: [:])
+            claim.memoryBases = [.data: 0xffff_ffff_c020_0000, .rodata: 0xffff_ffff_c030_0000, .roAfterInit: 0xffff_ffff_c040_0000]
+            let s = try Session(elf: elf, claim: claim, facts: Loader612Tests.facts(caps: [Loader612Tests.always], pvOps: [UInt64](repeating: 0xffff_ffff_8123_4560, count: 83)),
+                                resolver: SymbolResolver(coreExports: exports))
+            do {
+                try s.relocate()
+                try s.applyBootTimePatching()
+                return nil
+            } catch let e as DenyError {
+                return e.denial
+            }
+        }
+    }
+
+    /// Was a HOLE on 6.12 too (same fix; checked by running this test on the sources before
+    /// it): `apply_alternatives()` (6.12.117) writes `instrlen` bytes at every site, taken or not
+    /// (`text_poke_early()` of `optimize_nops()`' buffer), and the replay skipped a site outside
+    /// the text: 8021q (6.12) with its first entry aimed at `__this_module` was accepted. It also
+    /// `BUG_ON(a->instrlen > sizeof(insn_buff))` for every entry after the nesting pad: that
+    /// entry with `instrlen` 255 was denied before only because it is a DIRECT_CALL entry whose
+    /// shape then no longer matched; now by the kernel's own check, first.
+    func testAlternatives612OverMaxPatchLenOrOutsideTextAreDenied() throws {
+        XCTAssertNil(try denial612 { _ in }, "the real module replays")
+        let long = try XCTUnwrap(try denial612 { ed in
+            let at = try ed.elf { $0.sections[try ed.sectionIndex(".altinstructions")].fileRange.lowerBound }
+            ed.ko[at + 12] = 255
+        })
+        XCTAssertEqual(long.rule, .alternative, long.reason)
+        XCTAssertTrue(long.reason.contains("MAX_PATCH_LEN"), long.reason)
+        let outside = try XCTUnwrap(try denial612 { ed in
+            let r = try ed.rela(for: ".altinstructions")
+            let k = try XCTUnwrap(try ed.relocations(for: ".altinstructions").firstIndex { $0.offset == 0 })
+            let type = ed.get(UInt64.self, at: r.at + 24 * k + 8) & 0xffff_ffff
+            ed.put(UInt64(try ed.symbolIndex("__this_module")) << 32 | type, at: r.at + 24 * k + 8)
+            ed.put(Int64(0), at: r.at + 24 * k + 16)
+        })
+        XCTAssertEqual(outside.rule, .alternative, outside.reason)
+        XCTAssertEqual(outside.section, ".altinstructions", outside.reason)
+        XCTAssertTrue(outside.reason.contains("outside the module's executable sections"), outside.reason)
+    }
 }
