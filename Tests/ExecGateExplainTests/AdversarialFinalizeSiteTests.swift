@@ -177,6 +177,32 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
         XCTAssertTrue(d.reason.contains("pv_ops[255]"), d.reason)
     }
 
+    /// Was a HOLE (fixed: `applyParavirt` checks the kernel's BUGs before it skips a site of
+    /// the other region): a paravirt site in *init* text too short for the call
+    /// `paravirt_patch_call()` writes (5 bytes: `BUG_ON(used > p->len)` in `apply_paravirt()`,
+    /// 6.1.192) was skipped by the core session ("init text: freed"), so a module the kernel
+    /// oopses on was explained. 8021q crafted with its paravirt site moved to `.init.text` + 0
+    /// and its `len` set to 3: denied whether or not the claim includes the init text.
+    func testShortParavirtSiteInInitTextIsDenied() throws {
+        let f = try FixtureReplay()
+        var ed = KoEditor(ko: try XCTUnwrap(f.modules["8021q"]).module.ko)
+        let r = try ed.rela(for: ".parainstructions")
+        let k = try XCTUnwrap(try ed.relocations(for: ".parainstructions").firstIndex { $0.offset == 0 })
+        let initText = try ed.sectionIndex(".init.text")
+        let sym = try ed.elf { e in
+            let t = try e.symbolTable()
+            return try XCTUnwrap(t.indices.first { t.sectionIndex($0) == UInt16(initText) && t.value($0) == 0 && t.name($0).isEmpty }, ".init.text section symbol")
+        }
+        let type = ed.get(UInt64.self, at: r.at + 24 * k + 8) & 0xffff_ffff
+        ed.put(UInt64(sym) << 32 | type, at: r.at + 24 * k + 8)
+        ed.put(Int64(0), at: r.at + 24 * k + 16)
+        let table = try ed.elf { $0.sections[try ed.sectionIndex(".parainstructions")].fileRange.lowerBound }
+        ed.ko[table + 9] = 3
+        let d = try XCTUnwrap(denial(try explainHonest(f, "8021q", ed.ko)))
+        XCTAssertEqual(d.rule, .paravirt, d.reason)
+        XCTAssertTrue(d.reason.contains("cannot hold a call"), d.reason)
+    }
+
     // MARK: 6.12 (8021q.ko.xz of Debian 6.12.117: paravirt calls are alternatives)
 
     /// The 6.12 replay of `edit`ed 8021q up to module_finalize() (every import at a distinct
