@@ -120,13 +120,13 @@ extension Session {
                 throw deny(.paravirt, "paravirt site of \(len) bytes is longer than MAX_PATCH_LEN (254): the kernel BUGs", address: instr)
             }
             try requireExecutableSite(instr, len, .paravirt, ".parainstructions")
-            guard let off = execOffset(instr, len) else { continue }
-            var buf = Array(image[off..<off + len])
+            // The kernel's BUGs hold for every site, in this region or not (an init-text site
+            // seen from the core session): paravirt_patch() reads pv_ops[type], and a call (5
+            // bytes) in fewer than 5 trips BUG_ON(used > p->len).
             guard type < facts.pvOps.count else {
-                throw deny(.paravirt, "pv_ops[\(type)] is not in the trusted pv_ops table", atRegionOffset: off, address: instr)
+                throw deny(.paravirt, "pv_ops[\(type)] is not in the trusted pv_ops table", address: instr)
             }
             let op = facts.pvOps[type]
-            var used = 0
             var target: UInt64? = op
             if op == 0 {
                 target = facts.paravirtBUG
@@ -134,9 +134,15 @@ extension Session {
             } else if let nop = facts.paravirtNop, op == nop {
                 target = nil
             }
+            if target != nil && len < 5 {
+                throw deny(.paravirt, "paravirt site of \(len) bytes cannot hold a call (the kernel BUGs)", address: instr)
+            }
+            guard let off = execOffset(instr, len) else { continue }
+            var buf = Array(image[off..<off + len])
+            var used = 0
             if let tgt = target {
-                guard len >= 5, let call = genInsn(0xe8, at: instr, to: tgt) else {
-                    throw deny(.paravirt, "paravirt site of \(len) bytes cannot hold a call (the kernel BUGs)", address: instr)
+                guard let call = genInsn(0xe8, at: instr, to: tgt) else {
+                    throw deny(.paravirt, "paravirt call at 0x\(String(instr, radix: 16)) cannot reach its target in rel32", address: instr)
                 }
                 for k in 0..<5 { buf[k] = call[k] }
                 used = 5
