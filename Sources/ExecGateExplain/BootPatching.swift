@@ -162,8 +162,10 @@ extension Session {
         if sites.isEmpty { return }
         let fb = facts.featureBits
         for a in sites {
-            try requireExecutableSite(a, 1, .retpoline, ".retpoline_sites", probe: 2, kernelWrites: Session.retpolineMayWrite)
-            guard let off = execOffset(a, 1), let insn = decode(at: off) else { continue }
+            guard let off = execOffset(a, 1), let insn = decode(at: off) else {
+                try requireExecutableSite(a, 1, .retpoline, ".retpoline_sites", probe: 2, kernelWrites: Session.retpolineMayWrite)
+                continue
+            }
             let isJcc = insn.opcode0 == 0x0f && insn.opcode1 & 0xf0 == 0x80
             guard insn.opcode0 == 0xe8 || insn.opcode0 == 0xe9 || isJcc else { continue }  // WARN_ON_ONCE, skipped
             guard let thunks = indirectThunkExport else {
@@ -228,9 +230,10 @@ extension Session {
 
     /// `apply_returns()` + `__static_call_fixup()` + `patch_return()` (alternative.c, static_call.c).
     func applyReturns() throws {
-        try forEachRelativeSite(".return_sites") { try requireExecutableSite($0, 1, .stage(.returnThunk), ".return_sites", probe: 1, kernelWrites: Session.returnMayWrite) }
-        forEachRelativeSite(".return_sites") { a in
-            guard let off = execOffset(a, 1), let insn = decode(at: off) else { return }
+        try forEachRelativeSite(".return_sites") { a in
+            guard let off = execOffset(a, 1), let insn = decode(at: off) else {
+                return try requireExecutableSite(a, 1, .stage(.returnThunk), ".return_sites", probe: 1, kernelWrites: Session.returnMayWrite)
+            }
             var dest: UInt64? = nil
             if insn.opcode0 == 0xe9 { dest = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate) }
             // __static_call_fixup(): a trampoline is followed by `ud1 %esp, %ecx` (0f b9 cc).
