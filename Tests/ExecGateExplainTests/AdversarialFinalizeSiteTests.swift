@@ -13,6 +13,9 @@
 // + 75545 + 216674 + 34247 entries; init text included); the largest `instrlen` and
 // `replacementlen` are 31, no `replacementlen` exceeds its `instrlen`, the longest paravirt site
 // is 6 bytes; and none of the 3634 `__SCT__` trampolines a module defines opens with a Jcc.
+// The 4230 modules of Debian 6.12.117 likewise: no such entry (also none of 1458002 `.call_sites`
+// and 52217 `.ibt_endbr_seal` entries), `instrlen`/`replacementlen` at most 43, none longer
+// than its site, no Jcc among 4164 `__SCT__` trampolines.
 
 import ExecGateCapture
 import ExecGateELF
