@@ -206,6 +206,40 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
         XCTAssertTrue(d.reason.contains("cannot hold a call"), d.reason)
     }
 
+    /// Was a HOLE (fixed: `applyFtrace` holds a site outside the executable sections to
+    /// `requireExecutableSite`): `ftrace_module_init()` → `ftrace_process_locs()` records every
+    /// non-NULL `__mcount_loc` address of a module, with no text test (6.1.192; 6.12.117 tests
+    /// only the core kernel's, `!mod`), and `ftrace_init_nop()` → `ftrace_make_nop()` rewrites
+    /// each one that holds `call __fentry__` (`ftrace_verify_code()`) as NOP5 with
+    /// `text_poke_early()`, module still writable. The replay skipped a site outside the region.
+    /// 8021q crafted with `call __fentry__` planted in `.data` + 0x40 (a `.rela.data` record
+    /// turned into R_X86_64_PLT32 against `__fentry__`) and its first `__mcount_loc` entry aimed
+    /// there: the kernel rewrites module data the replay reads as signed. Now denied (`ftrace`);
+    /// an entry over bytes that are not a call is skipped as `ftrace_bug()` skips it.
+    func testFtraceSiteInModuleDataIsDenied() throws {
+        let f = try FixtureReplay()
+        let plantAt = 0x40
+        func crafted(call: Bool) throws -> [UInt8] {
+            var ed = KoEditor(ko: try retargeted(f, "8021q", "__mcount_loc", at: nil, dataOffset: plantAt, plant: call ? [0xe8, 0, 0, 0, 0] : [0x0f, 0x0b, 0, 0, 0]))
+            guard call else { return ed.ko }
+            let r = try ed.rela(for: ".data")
+            let k = try XCTUnwrap(try ed.relocations(for: ".data").firstIndex { $0.offset == 0x38 }, ".data+0x38 record")
+            ed.put(UInt64(plantAt + 1), at: r.at + 24 * k)
+            ed.put(UInt64(try ed.symbolIndex("__fentry__")) << 32 | 4, at: r.at + 24 * k + 8)  // R_X86_64_PLT32
+            ed.put(Int64(-4), at: r.at + 24 * k + 16)
+            return ed.ko
+        }
+        let site = try sectionAddress(f, "8021q", ".data") + UInt64(plantAt)
+        let d = try XCTUnwrap(denial(try explainHonest(f, "8021q", try crafted(call: true))))
+        XCTAssertEqual(d.rule, .stage(.ftrace), d.reason)
+        XCTAssertEqual(d.section, "__mcount_loc", d.reason)
+        XCTAssertEqual(d.address, site, d.reason)
+        XCTAssertTrue(d.reason.contains("outside the module's executable sections"), d.reason)
+        // Control: ud2 there is no `call __fentry__`: ftrace_bug(), the site is left alone.
+        let r = try explainHonest(f, "8021q", try crafted(call: false))
+        XCTAssertTrue(r.verdict.isAllowed, "\(r.verdict)")
+    }
+
     // MARK: 6.12 (8021q.ko.xz of Debian 6.12.117: paravirt calls are alternatives)
 
     /// The 6.12 replay of `edit`ed 8021q up to module_finalize() (every import at a distinct
