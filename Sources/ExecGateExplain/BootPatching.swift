@@ -396,7 +396,16 @@ extension Session {
         var o = 0
         while let a = t.bytes.getInteger(at: o, as: UInt64.self) {
             o += 8
-            guard let off = execOffset(a, 5) else { continue }
+            guard let off = execOffset(a, 5) else {
+                // ftrace_process_locs() skips only a NULL entry; any other address of a module is
+                // recorded (no text test: 6.1.192; 6.12.117 tests the core kernel's only), and
+                // ftrace_make_nop() rewrites it when it holds `call __fentry__` (a superset here:
+                // any `e8`). Outside the executable sections: denied (requireExecutableSite).
+                if a != 0 {
+                    try requireExecutableSite(a, 5, .stage(.ftrace), "__mcount_loc", probe: 1, kernelWrites: { $0[0] == 0xe8 })
+                }
+                continue
+            }
             // `call __fentry__` at the site: e8 and a rel32 that lands on __fentry__ — exactly the
             // bytes genInsn(0xe8, a, __fentry__) gives (a rel32 that decodes to the target is the
             // one genInsn encodes; a target out of rel32 range decodes from no rel32).
