@@ -43,8 +43,9 @@ final class AdversarialPeerTests: XCTestCase {
     }
 
     /// Attack: hold the one maximum-size body reservation past the frame deadline by keeping the
-    /// server's reading paused. The transport checks a frame's deadline only while it reads
-    /// (`!readPaused`), and restarts the frame's clock when reading resumes; reading pauses while
+    /// server's reading paused. The transport checked a frame's deadline only while it read
+    /// (`!readPaused`), and restarted the frame's clock when reading resumed (fixed since: see
+    /// `testPausedReadingDoesNotExtendTheFrameDeadline`); reading pauses while
     /// replies are unwritten (socket not writable). So the peer sends, in one write, thousands of
     /// `status` requests followed by the header of a maximum-size authorize-module and a few body
     /// bytes: the server reads them in one batch, reserves the body, queues thousands of replies,
@@ -52,10 +53,11 @@ final class AdversarialPeerTests: XCTestCase {
     /// write resets the write-stall clock) and never sends the body. Meanwhile every other peer's
     /// large module is refused `unavailable`. The frame deadline (10 s) must hold regardless.
     ///
-    /// Why it fails: a reply's write completes only when the socket takes all of it, and the peer's
-    /// trickle frees too little of a full socket buffer for that, so the write-stall timeout (10 s)
-    /// closes the connection and releases the reservation; measured here: held ~12 s, the first
-    /// probe refused (so the test does exercise the hold).
+    /// Why it fails: the frame deadline (10 s) runs from the frame's first byte, reading paused or
+    /// not; before that fix, the write-stall timeout (10 s) ended the hold: a reply's write
+    /// completes only when the socket takes all of it, and the peer's trickle frees too little of a
+    /// full socket buffer for that. Measured before the fix: held ~12 s; the first probe is refused
+    /// (so the test does exercise the hold).
     func testMaximumBodyReservationCannotBeHeldPastTheFrameDeadline() async throws {
         try startServe()
         let big = try Fixtures.readFile(try Fixtures.module(named: "cfg80211.ko"))
@@ -101,7 +103,7 @@ final class AdversarialPeerTests: XCTestCase {
         }
         XCTAssertTrue(firstProbeRefused, "the attack did not take the reservation (test no longer exercises the hold)")
         print("attack: reservation held for \(heldFor.map { String(format: "%.1f", $0) } ?? "> 24") s")
-        // The frame deadline (10 s) plus the write-stall timeout (10 s) bound the hold.
+        // The frame deadline (10 s, from the frame's first byte) bounds the hold.
         XCTAssertNotNil(heldFor, "a peer held the maximum body reservation for 24 s")
         await good.close()
         let fresh = try await ExecGateClient.connect(to: .unix(path: vmm), timeout: 20)
