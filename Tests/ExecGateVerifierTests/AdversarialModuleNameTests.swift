@@ -223,4 +223,27 @@ final class AdversarialModuleNameTests: XCTestCase {
             XCTAssertTrue(v.message.contains("exactly one .gnu.linkonce.this_module"), v.message)
         }
     }
+
+    /// Attack: a second `.modinfo` (irqbypass's `.comment`, same name length, renamed). The
+    /// kernels disagree on which one is read: 6.12 refuses the module (elf_validity_cache_index_info():
+    /// "Only one .modinfo section must exist"), 6.1 reads the first with SHF_ALLOC (find_sec(),
+    /// "Alloc bit cleared means ignore it"), while ExecGate read the first by name: a crafted pair
+    /// (the first not ALLOC) gives ExecGate one `name=` and `vermagic=` and the kernel another.
+    /// Refused, as 6.12 does, before any `.modinfo` entry is read.
+    func testSecondModinfoSectionIsDenied() throws {
+        let g = try guest(denying: [])
+        let r = try crafted(g) { c in
+            let shstr = try c.ko.withUnsafeBytes { raw -> Int in
+                let e = try ELFFile(bytes: raw)
+                return e.sections[Int(raw.load(fromByteOffset: 0x3e, as: UInt16.self))].fileRange.lowerBound
+            }
+            let name = Array(".comment\0".utf8)
+            let at = try XCTUnwrap((shstr..<c.ko.count - name.count).first { Array(c.ko[$0..<$0 + name.count]) == name })
+            c.write(Array(".modinfo".utf8), at: at)
+        }
+        for v in [g.verifier.authorize(r, requestDigest: []), try signatureOnly(r)] {
+            XCTAssertEqual(v.reason, .malformedELF, v.message)
+            XCTAssertTrue(v.message.contains("2 .modinfo sections"), v.message)
+        }
+    }
 }
