@@ -33,7 +33,7 @@ enum ModuleInfo {
 /// and '_' differ), /proc/modules, dependencies, unload. Without `name=` the kernel falls back to
 /// `mod->name` (6.1 setup_load_info(), 6.12 elf_validity_cache_copy()). A deny rule,
 /// a verdict, the audit log and the guest's live set must name what the kernel will, so:
-///   - exactly one `.gnu.linkonce.this_module` (6.12 elf_validity_cache_index_mod(); 6.1's
+///   - at most one `.modinfo` and exactly one `.gnu.linkonce.this_module` (6.12 elf_validity_cache_index_mod(); 6.1's
 ///     setup_load_info() takes the first of several: refused here), holding the name field,
 ///     NUL-terminated inside it;
 ///   - `name=`, when present, byte-equal to `struct module`'s (else one module has two names and
@@ -58,6 +58,13 @@ enum ModuleName {
     }
 
     static func identity(in elf: ELFFile) -> Result<String, Failure> {
+        // At most one `.modinfo` (6.12 elf_validity_cache_index_info(): "Only one .modinfo section
+        // must exist"): 6.1 reads the first with SHF_ALLOC (find_sec()), ModuleInfo the first by
+        // name, so two would let the kernel and ExecGate read different `name=` and `vermagic=`.
+        let infos = elf.sections.filter { $0.name == ".modinfo" }.count
+        guard infos <= 1 else {
+            return .failure(.malformed("\(infos) .modinfo sections: only one may exist (elf_validity_cache_index_info())"))
+        }
         let found = elf.sections.filter { $0.name == section }
         guard found.count == 1, let mod = found.first else {
             return .failure(.malformed("exactly one \(section) section must exist, found \(found.count) (elf_validity_cache_index_mod())"))
