@@ -253,6 +253,8 @@ public final class Verifier: @unchecked Sendable {
     private func judge(module: UnsafeRawBufferPointer, request: AuthorizeModule, policy: Policy, session: GuestSession?,
                        fileDigest: inout Digest?) -> Judgement {
         var checks: [Check] = []
+        // The request's name until the signed one is read (step 3): a denial before it carries the
+        // guest's word, and its checks say the name was not checked (docs/protocol.md, verdict tag 9).
         var moduleName = request.moduleName
         var moduleDigest: [UInt8] = []
         func deny(_ reason: VerdictReason, _ message: String) -> Judgement {
