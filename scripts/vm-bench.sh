@@ -56,10 +56,10 @@ int main(void) {
 }
 EOF
 gcc -O2 -static -s -o "$tmp/floor-root/init" "$tmp/floor-init.c"
-# Compressed like the real image (Compression.zstd: level 19, 2 MiB window), so floor and ExecGate run the
+# Compressed like the real image (Compression.zstd: level 19, 128 KiB window), so floor and ExecGate run the
 # same unpacker and the ratio compares what /init adds, not two decompressors.
 (cd "$tmp/floor-root" && find . | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --reproducible --quiet) \
-  | zstd -q -19 --zstd=wlog=21 -c >"$tmp/floor/initramfs.cpio.zst"
+  | zstd -q -19 --zstd=wlog=17 -c >"$tmp/floor/initramfs.cpio.zst"
 ln -s "$(cd "$img" && pwd)/vmlinux" "$tmp/floor/vmlinux"
 ln -s "$(cd "$img" && pwd)" "$tmp/execgate"
 

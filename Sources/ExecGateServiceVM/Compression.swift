@@ -7,18 +7,16 @@
 import CDecompress
 
 public enum Compression {
-    /// The service VM's initramfs: zstd at level 19 with a 2 MiB window (`initramfsWindowLog`).
+    /// The service VM's initramfs: zstd at level 19 with a 128 KiB window (`initramfsWindowLog`).
     /// The kernel (CONFIG_RD_ZSTD, lib/decompress_unzstd.c `__unzstd`) unpacks it streaming and
     /// allocates `zstd_dstream_workspace_bound(windowSize)` — the window plus about 0.4 MiB — for
     /// the whole unpack, when the guest's RAM is fullest (the compressed image and the growing ramfs
-    /// both held). So the window trades image size against the least RAM that boots. Measured
-    /// (ServiceVM/README.md, "What `/init` is made of"), with the 11.3 MiB `/init`: a 128 KiB or
-    /// 512 KiB window serves the test image at 36 MiB, 2 MiB at 38 (at 36 the unpack panics); 2 MiB
-    /// brings the image under 4 MiB (4.47 → 4.19 MB), still within the 40 MiB RAM target. (With the
-    /// earlier 15.6 MiB `/init`, 256 KiB and 1 MiB panicked at 40 MiB.) zstd -19's own choice for this
-    /// input is 8 MiB.
+    /// both held). Measured (ServiceVM/README.md): at 40 MiB of guest RAM the test image unpacks and
+    /// serves with a 128 KiB window, and panics during the unpack ("System is deadlocked on memory")
+    /// with 256 KiB or 1 MiB; zstd -19's own choice for this input is 8 MiB. The cost is size: 5.9 MB
+    /// against 5.6 MB with a 1 MiB window (gzip -9: 6.6 MB).
     public static let initramfsLevel: Int32 = 19
-    public static let initramfsWindowLog: Int32 = 21
+    public static let initramfsWindowLog: Int32 = 17
 
     public static func zstd(_ input: [UInt8], level: Int32 = initramfsLevel, windowLog: Int32 = initramfsWindowLog) throws(ServiceVMError) -> [UInt8] {
         var out: UnsafeMutablePointer<UInt8>? = nil

@@ -7,7 +7,7 @@
 //                            Debian's (or `vmlinuz` when extraction is impossible)
 //   initramfs.cpio.zst       /init = the static execgate binary, /etc/execgate/{trust/*.der, policy},
 //                            and, with the Debian kernel only, its vsock/virtio modules (zstd: both
-//                            kernels have CONFIG_RD_ZSTD; `Compression.zstd` says why its window is 2 MiB)
+//                            kernels have CONFIG_RD_ZSTD; `Compression.zstd` says why its window is 128 KiB)
 //   initramfs-test.cpio.zst  the same plus test fixtures (real signed modules and a tampered copy)
 //   image.txt                what was built from what (key=value), and the input fingerprint
 //

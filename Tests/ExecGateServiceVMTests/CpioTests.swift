@@ -69,14 +69,14 @@ final class CpioTests: XCTestCase {
     }
 
     /// The initramfs stream: one zstd frame whose window (what the kernel's unpacker allocates,
-    /// lib/decompress_unzstd.c) is at most 2^initramfsWindowLog (2 MiB) even for an input far
+    /// lib/decompress_unzstd.c) is at most 2^initramfsWindowLog (128 KiB) even for an input far
     /// larger, that zstd(1) decodes back to the input with no more memory than that, byte-identical
     /// on a second run.
     func testZstdInitramfsWindowAndRoundTrip() throws {
-        // A pseudo-random block of 1.5 windows, twice, so a window that reaches back 1.5 windows
-        // would pay off and an encoder that ignored the bound would show in the header.
+        // 3 MiB: a 1.5 MiB pseudo-random block twice, so a window >= 1.5 MiB would pay off and an
+        // encoder that ignored the bound would show in the header.
         var seed: UInt64 = 0x9E3779B97F4A7C15
-        var block = [UInt8](repeating: 0, count: 3 << (Int(Compression.initramfsWindowLog) - 1))
+        var block = [UInt8](repeating: 0, count: 3 << 19)
         for i in block.indices { seed = seed &* 6364136223846793005 &+ 1442695040888963407; block[i] = UInt8(truncatingIfNeeded: seed >> 56) }
         let raw = block + block
         let z = try Compression.zstd(raw)
@@ -89,10 +89,9 @@ final class CpioTests: XCTestCase {
         let base = 1 << (10 + (wd >> 3))
         let window = base + base / 8 * (wd & 7)
         XCTAssertLessThanOrEqual(window, 1 << Int(Compression.initramfsWindowLog))
-        // The repeat lies 1.5 windows back: out of reach of the bounded window (no gain), within a 4× one (half).
-        XCTAssertGreaterThan(z.count, raw.count * 9 / 10, "the initramfs window must not reach a match 1.5 windows back")
-        XCTAssertLessThan(try Compression.zstd(raw, windowLog: Compression.initramfsWindowLog + 2).count, raw.count * 6 / 10,
-                          "a window 4× as large finds it")
+        // The repeat lies 1.5 MiB back: out of reach of the bounded window (no gain), within a 4 MiB one (half).
+        XCTAssertGreaterThan(z.count, raw.count * 9 / 10, "the initramfs window must not reach a match 1.5 MiB back")
+        XCTAssertLessThan(try Compression.zstd(raw, windowLog: 22).count, raw.count * 6 / 10, "a 4 MiB window finds it")
         XCTAssertThrowsError(try Compression.zstd(raw, windowLog: 28), "a window beyond what the kernel accepts is refused")
 
         guard let zstd = ["/usr/bin/zstd", "/bin/zstd"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
