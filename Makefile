@@ -81,7 +81,12 @@ bench-scale: release test-data
 STATIC_BUILD ?= .build-static
 # lld, and the unwind tables dropped at link (Images/link/no-unwind-tables.ld; ServiceVM/README.md,
 # "Unwind tables"): 2.3 MB less /init. gold, the default, cannot discard .eh_frame.
-STATIC_LINK = -Xswiftc -Xclang-linker -Xswiftc -fuse-ld=lld -Xlinker -T -Xlinker $(CURDIR)/Images/link/no-unwind-tables.ld
+# The standard library's Unicode name, alias, age and script lookups are wrapped with stand-ins that
+# answer "none" (Sources/CExecGateSys/UnicodeDataStubs.c says why nothing in /init asks): their
+# tables, 0.58 MB, are then unreferenced and --gc-sections drops them (README, "What `/init` is made of").
+UNICODE_WRAPPED = _swift_stdlib_getScalarName _swift_stdlib_getNameAlias _swift_stdlib_getAge _swift_stdlib_getScript _swift_stdlib_getScriptExtensions
+STATIC_LINK = -Xswiftc -Xclang-linker -Xswiftc -fuse-ld=lld -Xlinker -T -Xlinker $(CURDIR)/Images/link/no-unwind-tables.ld \
+  $(foreach s,$(UNICODE_WRAPPED),-Xlinker --wrap=$(s))
 GUEST_KERNEL ?= minimal
 EXECGATE_ADMIN_DIR ?= $(CURDIR)/.cache/admin
 # libcrypto: the minimal one of scripts/build-openssl.sh (Images/openssl/execgate.options, built once per

@@ -194,11 +194,10 @@ static int egd_bzip2(const uint8_t *in, size_t in_len, egd_buf *b, size_t *consu
 
 /* ---- lz4 legacy ---- */
 
-/* lib/decompress_unlz4.c: "#define LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE (8 << 20)" and
- * "#define ARCHIVE_MAGICNUMBER 0x184C2102". The stream is the magic, then chunks of
- * {le32 compressed_size, compressed bytes}, each inflating to at most 8 MiB. */
+/* lib/decompress_unlz4.c: "#define LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE (8 << 20)" (EGD_LZ4_CHUNK,
+ * CDecompress.h) and "#define ARCHIVE_MAGICNUMBER 0x184C2102". The stream is the magic, then chunks
+ * of {le32 compressed_size, compressed bytes}, each inflating to at most 8 MiB. */
 #define EGD_LZ4_MAGIC 0x184C2102u
-#define EGD_LZ4_CHUNK (8u << 20)
 
 static uint32_t egd_le32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -276,160 +275,7 @@ int egd_decompress(int format, const uint8_t *in, size_t in_len, size_t max_out,
     return EGD_OK;
 }
 
-/* ---- compression (tests and tools) ---- */
-
-int egd_compress(int format, const uint8_t *in, size_t in_len, int level, uint8_t **out, size_t *out_len) {
-    uint8_t *p = NULL;
-    size_t cap, len = 0;
-    if (out == NULL || out_len == NULL || (in == NULL && in_len > 0)) return EGD_ERR_ARGUMENT;
-    *out = NULL;
-    *out_len = 0;
-    switch (format) {
-    case EGD_GZIP: {
-        z_stream s;
-        int zr;
-        memset(&s, 0, sizeof s);
-        if (in_len > 0x40000000u) return EGD_ERR_ARGUMENT;
-        if (deflateInit2(&s, level > 0 ? level : 1, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) != Z_OK)
-            return EGD_ERR_NOMEM;
-        cap = deflateBound(&s, (uLong)in_len) + 64;
-        p = malloc(cap);
-        if (p == NULL) {
-            deflateEnd(&s);
-            return EGD_ERR_NOMEM;
-        }
-        s.next_in = (Bytef *)in;
-        s.avail_in = (uInt)in_len;
-        s.next_out = p;
-        s.avail_out = (uInt)cap;
-        zr = deflate(&s, Z_FINISH);
-        len = cap - s.avail_out;
-        deflateEnd(&s);
-        if (zr != Z_STREAM_END) {
-            free(p);
-            return EGD_ERR_CORRUPT;
-        }
-        break;
-    }
-    case EGD_XZ:
-    case EGD_LZMA: {
-        lzma_stream s = LZMA_STREAM_INIT;
-        lzma_options_lzma opt;
-        lzma_ret lr;
-        if (lzma_lzma_preset(&opt, (uint32_t)(level > 0 ? level : 0))) return EGD_ERR_ARGUMENT;
-        lr = format == EGD_XZ ? lzma_easy_encoder(&s, (uint32_t)(level > 0 ? level : 0), LZMA_CHECK_CRC32)
-                              : lzma_alone_encoder(&s, &opt);
-        if (lr != LZMA_OK) return EGD_ERR_NOMEM;
-        cap = in_len + in_len / 2 + 65536;
-        p = malloc(cap);
-        if (p == NULL) {
-            lzma_end(&s);
-            return EGD_ERR_NOMEM;
-        }
-        s.next_in = in;
-        s.avail_in = in_len;
-        s.next_out = p;
-        s.avail_out = cap;
-        lr = lzma_code(&s, LZMA_FINISH);
-        len = cap - s.avail_out;
-        lzma_end(&s);
-        if (lr != LZMA_STREAM_END) {
-            free(p);
-            return EGD_ERR_CORRUPT;
-        }
-        break;
-    }
-    case EGD_ZSTD: {
-        size_t zr;
-        cap = ZSTD_compressBound(in_len);
-        p = malloc(cap);
-        if (p == NULL) return EGD_ERR_NOMEM;
-        zr = ZSTD_compress(p, cap, in, in_len, level > 0 ? level : 1);
-        if (ZSTD_isError(zr)) {
-            free(p);
-            return EGD_ERR_CORRUPT;
-        }
-        len = zr;
-        break;
-    }
-    case EGD_BZIP2: {
-        unsigned int dl;
-        int br;
-        if (in_len > 0x40000000u) return EGD_ERR_ARGUMENT;
-        cap = in_len + in_len / 100 + 601;
-        p = malloc(cap);
-        if (p == NULL) return EGD_ERR_NOMEM;
-        dl = (unsigned int)cap;
-        br = BZ2_bzBuffToBuffCompress((char *)p, &dl, (char *)in, (unsigned int)in_len, level > 0 && level <= 9 ? level : 1, 0, 0);
-        if (br != BZ_OK) {
-            free(p);
-            return EGD_ERR_CORRUPT;
-        }
-        len = dl;
-        break;
-    }
-    case EGD_LZ4_LEGACY: {
-        size_t pos = 0;
-        size_t chunks = in_len / EGD_LZ4_CHUNK + 1;
-        cap = 4 + chunks * (4 + (size_t)LZ4_compressBound(EGD_LZ4_CHUNK));
-        p = malloc(cap);
-        if (p == NULL) return EGD_ERR_NOMEM;
-        p[0] = 0x02; p[1] = 0x21; p[2] = 0x4c; p[3] = 0x18;
-        len = 4;
-        while (pos < in_len) {
-            size_t n = in_len - pos > EGD_LZ4_CHUNK ? EGD_LZ4_CHUNK : in_len - pos;
-            int c = LZ4_compress_default((const char *)(in + pos), (char *)(p + len + 4), (int)n,
-                                         LZ4_compressBound(EGD_LZ4_CHUNK));
-            if (c <= 0) {
-                free(p);
-                return EGD_ERR_CORRUPT;
-            }
-            p[len] = (uint8_t)c; p[len + 1] = (uint8_t)(c >> 8); p[len + 2] = (uint8_t)(c >> 16); p[len + 3] = (uint8_t)(c >> 24);
-            len += 4 + (size_t)c;
-            pos += n;
-        }
-        break;
-    }
-    default: return EGD_ERR_UNSUPPORTED;
-    }
-    *out = p;
-    *out_len = len;
-    return EGD_OK;
-}
-
-int egd_zstd_compress(const uint8_t *in, size_t in_len, int level, int window_log, uint8_t **out, size_t *out_len) {
-    ZSTD_CCtx *c;
-    uint8_t *p;
-    size_t cap, zr;
-    if (out == NULL || out_len == NULL || (in == NULL && in_len > 0)) return EGD_ERR_ARGUMENT;
-    if (window_log < 10 || window_log > 27 || level < 1 || level > ZSTD_maxCLevel()) return EGD_ERR_ARGUMENT;
-    *out = NULL;
-    *out_len = 0;
-    c = ZSTD_createCCtx();
-    if (c == NULL) return EGD_ERR_NOMEM;
-    if (ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, level)) ||
-        ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_windowLog, window_log)) ||
-        ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_contentSizeFlag, 1)) ||
-        ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 1))) {
-        ZSTD_freeCCtx(c);
-        return EGD_ERR_ARGUMENT;
-    }
-    cap = ZSTD_compressBound(in_len);
-    p = malloc(cap);
-    if (p == NULL) {
-        ZSTD_freeCCtx(c);
-        return EGD_ERR_NOMEM;
-    }
-    zr = ZSTD_compress2(c, p, cap, in, in_len);
-    ZSTD_freeCCtx(c);
-    if (ZSTD_isError(zr)) {
-        free(p);
-        return EGD_ERR_CORRUPT;
-    }
-    *out = p;
-    *out_len = zr;
-    return EGD_OK;
-}
+/* ---- compression: Compress.c (every format: tests and tools), CompressGzip.c, CompressZstd.c ---- */
 
 /* ---- scanning ---- */
 

@@ -41,7 +41,8 @@ public struct Policy: Sendable {
     public var mode: Mode
     public var trust: TrustStore
     public var denyList: DenyList
-    /// Module names (`.modinfo name=`, `-` and `_` equivalent) refused even when signed.
+    /// Module names (the signed `struct module` name, equal to `.modinfo name=`; `-` and `_`
+    /// equivalent) refused even when signed.
     public var deniedModuleNames: Set<String>
     public var minimumDigest: DigestAlgorithm
     public var endState: EndState

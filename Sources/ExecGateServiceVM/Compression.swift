@@ -31,7 +31,7 @@ public enum Compression {
     public static func gzip(_ input: [UInt8], level: Int32 = 9) throws(ServiceVMError) -> [UInt8] {
         var out: UnsafeMutablePointer<UInt8>? = nil
         var len = 0
-        let rc = input.withUnsafeBufferPointer { egd_compress(Int32(EGD_GZIP), $0.baseAddress, $0.count, level, &out, &len) }
+        let rc = input.withUnsafeBufferPointer { egd_gzip_compress($0.baseAddress, $0.count, level, &out, &len) }
         guard rc == Int32(EGD_OK), let p = out else { throw .badInput("gzip failed (\(rc)) on \(input.count) bytes") }
         defer { egd_free(p) }
         return Array(UnsafeBufferPointer(start: p, count: len))

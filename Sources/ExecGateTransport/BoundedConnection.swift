@@ -17,7 +17,8 @@
 //   - a body's budget reservation is released as soon as its request has been judged (the body
 //     is dropped then), so a peer that stops reading replies cannot pin the shared budget;
 //   - deadlines: a frame's header must be complete `headerDeadline` after its first byte and the
-//     whole frame `frameDeadline` after it (while the server itself is reading); a connection
+//     whole frame `frameDeadline` after it, whether or not the server is reading meanwhile (a
+//     pause neither stops nor restarts the clock: the partial body's reservation is held); a connection
 //     with nothing in flight and no partial frame is closed after `idleTimeout`; one with a reply
 //     whose write makes no progress for `writeStallTimeout` (the peer reads nothing) is closed.
 
@@ -301,8 +302,6 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         } else if !pause && readPaused {
             readPaused = false
-            // The peer could not send while we were not reading: its frame clock restarts.
-            if frameStarted != nil { frameStarted = .now() }
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
             context.read()
         }
@@ -316,7 +315,12 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
         var why: String?
         if writesOutstanding > 0 && now - writeProgress > configuration.writeStallTimeout {
             why = "peer read no reply for \(configuration.writeStallTimeout.nanoseconds / 1_000_000) ms"
-        } else if !readPaused, let started = frameStarted {
+        } else if let started = frameStarted {
+            // From the frame's first byte, reading paused or not: a partial frame holds its body's
+            // budget reservation (taken at the header) and a connection slot, and a pause lasts as
+            // long as the peer keeps the connection at its in-flight cap or its replies unread, so
+            // neither a pause nor a resume may stretch or restart the deadline (a peer pacing its
+            // requests held a reservation past it: AdversarialPeerTests).
             if progress == .inHeader && now - started > configuration.headerDeadline {
                 why = "frame header incomplete after \(configuration.headerDeadline.nanoseconds / 1_000_000) ms"
             } else if now - started > configuration.frameDeadline {

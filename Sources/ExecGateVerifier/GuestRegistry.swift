@@ -28,7 +28,7 @@ import NIOConcurrencyHelpers
 
 /// One verified, live module of a guest.
 public struct LiveModule: Sendable {
-    /// Canonical name (`-` ≡ `_`), from the signed `.modinfo`.
+    /// Canonical name (`-` ≡ `_`): the signed `struct module` name (`ModuleName.identity`).
     public let name: String
     /// The whole core allocation `[text_base, text_base + core size)` (layout_sections()).
     public let coreRange: Range<UInt64>

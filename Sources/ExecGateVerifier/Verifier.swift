@@ -8,7 +8,8 @@
 // so that unsigned garbage never reaches the ELF parser):
 //   1. policy kind rule (are modules allowed at all / hash pinning)
 //   2. signature: trailer, PKCS#7, signer ∈ policy anchors, digest strength, deny lists
-//   3. module name (from the *signed* .modinfo, not the guest's word): deny list, vermagic
+//   3. module name (the signed struct module's, equal to .modinfo name=; not the guest's word):
+//      deny list, vermagic
 //   4. ELF structure of the signed content
 //   5. claim structure: each claimed section exists in the ELF, is executable, sizes match,
 //      claimed ranges do not overlap or wrap
@@ -252,6 +253,8 @@ public final class Verifier: @unchecked Sendable {
     private func judge(module: UnsafeRawBufferPointer, request: AuthorizeModule, policy: Policy, session: GuestSession?,
                        fileDigest: inout Digest?) -> Judgement {
         var checks: [Check] = []
+        // The request's name until the signed one is read (step 3): a denial before it carries the
+        // guest's word, and its checks say the name was not checked (docs/protocol.md, verdict tag 9).
         var moduleName = request.moduleName
         var moduleDigest: [UInt8] = []
         func deny(_ reason: VerdictReason, _ message: String) -> Judgement {
@@ -291,10 +294,17 @@ public final class Verifier: @unchecked Sendable {
         } catch {
             return deny(.malformedELF, "signed content is not a valid x86-64 relocatable ELF: \(error)")
         }
-        let signedName = ModuleInfo.name(in: elf)
-        if let n = signedName {
+        // The module's one name, the kernel's `struct module` name, which `.modinfo name=` (when
+        // present) must equal byte for byte (ModuleName.identity: the rule and the kernel
+        // functions). Never the guest's word: the request's name must agree with it.
+        switch ModuleName.identity(in: elf) {
+        case .failure(.malformed(let why)):
+            return deny(.malformedELF, "module name: \(why)")
+        case .failure(.mismatch(let info, let structName)):
+            return deny(.moduleNameMismatch, "the signed .modinfo names module '\(info)' but its struct module (.gnu.linkonce.this_module, the name the kernel loads it as) says '\(structName)'")
+        case .success(let n):
             if !request.moduleName.isEmpty && Policy.canonicalModuleName(request.moduleName) != Policy.canonicalModuleName(n) {
-                return deny(.moduleNameMismatch, "the request names module '\(request.moduleName)' but the signed .modinfo says '\(n)'")
+                return deny(.moduleNameMismatch, "the request names module '\(request.moduleName)' but the signed module is '\(n)'")
             }
             moduleName = n
         }

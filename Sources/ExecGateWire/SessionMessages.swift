@@ -138,7 +138,7 @@ public struct PatchEntry: Sendable, Equatable {
 /// verified at that address, and only then may the same module name be loaded again.
 public struct RetireModule: Sendable, Equatable {
     public var guestID: String
-    /// The module's name as in the verdict (`module_name`, from the signed `.modinfo`).
+    /// The module's name as in the verdict (`module_name`: the signed `struct module` name).
     public var moduleName: String
     /// The `text_base` of the live module (names the instance: guards against retiring another).
     public var textBase: UInt64

@@ -49,7 +49,8 @@ public struct VerdictReason: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let claimSectionBytes = VerdictReason(rawValue: 28)
     /// The claim cannot be laid over the module (region, addresses, layout fields inconsistent).
     public static let claimInvalid = VerdictReason(rawValue: 29)
-    /// The request's module name differs from the signed `.modinfo name=`.
+    /// The request's module name differs from the signed module's, or the signed `.modinfo name=`
+    /// differs from its `struct module` name (`ModuleName.identity`).
     public static let moduleNameMismatch = VerdictReason(rawValue: 30)
     /// The audit record could not be written and the policy blocks unrecorded code (fail closed).
     public static let auditUnrecorded = VerdictReason(rawValue: 31)

@@ -7,8 +7,11 @@
 import _ExecGateInternals
 import ExecGateClient
 import ExecGateTestSupport
+import ExecGateTransport
 import ExecGateWire
+import Logging
 import NIOCore
+import NIOPosix
 import XCTest
 
 #if canImport(Glibc)
@@ -40,8 +43,9 @@ final class AdversarialPeerTests: XCTestCase {
     }
 
     /// Attack: hold the one maximum-size body reservation past the frame deadline by keeping the
-    /// server's reading paused. The transport checks a frame's deadline only while it reads
-    /// (`!readPaused`), and restarts the frame's clock when reading resumes; reading pauses while
+    /// server's reading paused. The transport checked a frame's deadline only while it read
+    /// (`!readPaused`), and restarted the frame's clock when reading resumed (fixed since: see
+    /// `testPausedReadingDoesNotExtendTheFrameDeadline`); reading pauses while
     /// replies are unwritten (socket not writable). So the peer sends, in one write, thousands of
     /// `status` requests followed by the header of a maximum-size authorize-module and a few body
     /// bytes: the server reads them in one batch, reserves the body, queues thousands of replies,
@@ -49,10 +53,11 @@ final class AdversarialPeerTests: XCTestCase {
     /// write resets the write-stall clock) and never sends the body. Meanwhile every other peer's
     /// large module is refused `unavailable`. The frame deadline (10 s) must hold regardless.
     ///
-    /// Why it fails: a reply's write completes only when the socket takes all of it, and the peer's
-    /// trickle frees too little of a full socket buffer for that, so the write-stall timeout (10 s)
-    /// closes the connection and releases the reservation; measured here: held ~12 s, the first
-    /// probe refused (so the test does exercise the hold).
+    /// Why it fails: the frame deadline (10 s) runs from the frame's first byte, reading paused or
+    /// not; before that fix, the write-stall timeout (10 s) ended the hold: a reply's write
+    /// completes only when the socket takes all of it, and the peer's trickle frees too little of a
+    /// full socket buffer for that. Measured before the fix: held ~12 s; the first probe is refused
+    /// (so the test does exercise the hold).
     func testMaximumBodyReservationCannotBeHeldPastTheFrameDeadline() async throws {
         try startServe()
         let big = try Fixtures.readFile(try Fixtures.module(named: "cfg80211.ko"))
@@ -98,7 +103,7 @@ final class AdversarialPeerTests: XCTestCase {
         }
         XCTAssertTrue(firstProbeRefused, "the attack did not take the reservation (test no longer exercises the hold)")
         print("attack: reservation held for \(heldFor.map { String(format: "%.1f", $0) } ?? "> 24") s")
-        // The frame deadline (10 s) plus the write-stall timeout (10 s) bound the hold.
+        // The frame deadline (10 s, from the frame's first byte) bounds the hold.
         XCTAssertNotNil(heldFor, "a peer held the maximum body reservation for 24 s")
         await good.close()
         let fresh = try await ExecGateClient.connect(to: .unix(path: vmm), timeout: 20)
@@ -109,5 +114,66 @@ final class AdversarialPeerTests: XCTestCase {
             XCTFail("a large module is refused after the hold ended: \(error)")
         }
         await fresh.close()
+    }
+
+    /// Was a HOLE (fixed: `BoundedFrameHandler.checkDeadlines` counts a frame's deadline from its
+    /// first byte, reading paused or not). Attack: hold a body reservation past the frame deadline
+    /// by keeping the server's reading paused. The deadline was checked only while the server
+    /// read, and the frame's clock restarted whenever reading resumed, so a partial frame behind a
+    /// request that keeps the connection at its in-flight cap (or behind unread replies) held its
+    /// body budget as long as the pause lasted, plus a fresh deadline after it; the previous test
+    /// measured ~12 s against a 10 s deadline, ended only by the write-stall timeout. Here the
+    /// pause is controlled exactly: an in-process port (the production pipeline,
+    /// `addBoundedFrameHandlers`) with a 2 s frame deadline, one request in flight per connection
+    /// and a processor that answers after 12 s. The peer writes, at once, one request (taken in
+    /// flight: reading pauses), the header of a 512 KiB body and 1 KiB of it (decoded from the same
+    /// read batch: the body is reserved), then nothing. The connection must be closed, and the
+    /// reservation released, within the frame deadline plus margin (asserted: under 8 s, with
+    /// the answer due at 12 s), not when the pause ends.
+    func testPausedReadingDoesNotExtendTheFrameDeadline() async throws {
+        let limits = PortLimits(maximumBodySize: 1 << 20, bufferBudget: 4 << 20, maximumInFlightPerConnection: 1,
+                                headerDeadline: .seconds(1), frameDeadline: .seconds(2), idleTimeout: .seconds(60), writeStallTimeout: .seconds(60))
+        let budget = BufferBudget(total: limits.bufferBudget, smallFrameSize: limits.smallFrameSize)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        dir = Fixtures.temporaryDirectory()
+        let path = dir + "/port.sock"
+        let answerAfter: Int64 = 12
+        let server = try await ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addBoundedFrameHandlers(configuration: limits, budget: budget, logger: Logger(label: "test")) { frame, loop in
+                        let id = frame.requestID
+                        return loop.scheduleTask(in: .seconds(answerAfter)) { Frame(type: .statusReply, requestID: id, body: ByteBuffer()) }.futureResult
+                    }
+                }
+            }
+            .bind(unixDomainSocketPath: path).get()
+
+        let peer = try XCTUnwrap(SocketPeer(path: path))
+        var blob = ByteBuffer()
+        blob.writeFrame(Frame(type: .status, requestID: 1, body: ByteBuffer()))
+        let bodySize = 512 << 10
+        blob.writeInteger(WireLimits.magic); blob.writeInteger(WireLimits.protocolVersion); blob.writeInteger(MessageType.authorizeModule.rawValue)
+        blob.writeInteger(UInt64(2)); blob.writeInteger(UInt32(bodySize))
+        blob.writeBytes([UInt8](repeating: 0, count: 1024))
+        let t0 = now()
+        XCTAssertTrue(peer.writeAll(Array(buffer: blob)))
+        // The reservation is taken (else the test exercises nothing).
+        var reserved = false
+        while now() - t0 < 1.5 && !reserved { reserved = budget.inUse >= bodySize; usleep(20_000) }
+        XCTAssertTrue(reserved, "the partial body was not reserved (in use: \(budget.inUse))")
+        // Closed by the frame deadline while reading is still paused (the request stays in flight
+        // until t0 + 12 s): assert the bound, with 6 s of margin over the 2 s deadline.
+        let closed = peer.closedByPeer(timeout: 8)
+        let heldFor = now() - t0
+        print("attack: partial frame behind a paused read held \(String(format: "%.1f", heldFor)) s (frame deadline 2 s, answer due at \(answerAfter) s)")
+        XCTAssertTrue(closed, "a partial frame outlived the 2 s frame deadline by pausing the server's reading (\(String(format: "%.1f", heldFor)) s)")
+        XCTAssertLessThan(heldFor, Double(answerAfter) - 2)
+        // The body's reservation is given back with the connection.
+        var released = false
+        for _ in 0..<50 where !released { released = budget.inUse < bodySize; if !released { usleep(20_000) } }
+        XCTAssertTrue(released, "the partial body is still reserved after the close (in use: \(budget.inUse))")
+        try? await server.close().get()
+        try? await group.shutdownGracefully()
     }
 }

@@ -155,8 +155,73 @@ final class GuestOpenSSLLinkBootTests: XCTestCase {
         XCTAssertFalse(bad.stderr.isEmpty, "a failing command says why")
     }
 
+    /// The standard library's Unicode name, alias, age and script tables are not in the static
+    /// binary: the static link wraps their lookups (Makefile UNICODE_WRAPPED,
+    /// Sources/CExecGateSys/UnicodeDataStubs.c), so --gc-sections drops the tables. The bytes looked
+    /// for are the tables' own, read from the toolchain's libswiftCore.a (the archive the static link
+    /// used); a table that stays (general categories: `Character.isPunctuation` reads it) is found in
+    /// the binary the same way, so the search itself is shown to work.
+    func testStaticInitHasNoUnicodeNameTables() throws {
+        let staticBinary = try requireVM(image: false).staticExecgate
+        let swiftc = try VMTestInputs.requireTool("swiftc", install: "a Swift toolchain")
+        guard let resolved = realpath(swiftc, nil) else { return XCTFail("cannot resolve \(swiftc)") }
+        let toolchain = (String(cString: resolved) as NSString).deletingLastPathComponent
+        free(resolved)
+        let archivePath = try VMTestInputs.requireFile((toolchain as NSString).deletingLastPathComponent + "/lib/swift_static/linux/libswiftCore.a",
+                                                       "static Swift standard library", make: "install the Swift toolchain")
+        let archive = try FS.read(archivePath, limit: 256 << 20)
+        let member = try XCTUnwrap(Self.archiveMember(archive, named: "UnicodeScalarProps.cpp.o"), "no UnicodeScalarProps.cpp.o in \(archivePath)")
+        let sections = try Self.sections(Array(member))
+        let binary = Data(try FS.read(staticBinary, limit: 64 << 20))
+        /// 64 bytes from the middle of a table (the middle: its start may be shared with other data).
+        func window(_ name: String) throws -> Data {
+            let s = try XCTUnwrap(sections[name], "no section \(name) in UnicodeScalarProps.cpp.o: another standard library layout")
+            _ = try XCTUnwrap(s.size > 1024 && s.offset + s.size <= member.count ? s : nil, "\(name): \(s.size) bytes at \(s.offset)")
+            let at = member.startIndex + s.offset + s.size / 2
+            return Data(member[at..<at + 64])
+        }
+        for table in [".rodata._ZL19_swift_stdlib_names", ".rodata._ZL19_swift_stdlib_words", ".rodata._ZL27_swift_stdlib_names_scalars",
+                      ".rodata._ZL26_swift_stdlib_word_indices", ".rodata._ZL18_swift_stdlib_ages", ".rodata._ZL21_swift_stdlib_scripts"] {
+            XCTAssertNil(binary.range(of: try window(table)), "the static /init holds \(table): linked without the --wrap of UNICODE_WRAPPED")
+        }
+        XCTAssertNotNil(binary.range(of: try window(".rodata._ZL29_swift_stdlib_generalCategory")),
+                        "a table /init keeps was not found: the search does not work")
+    }
+
+    /// The bytes of the member `name` of a System V / GNU `ar` archive (long names in the `//` table).
+    static func archiveMember(_ bytes: [UInt8], named name: String) -> ArraySlice<UInt8>? {
+        guard bytes.starts(with: Array("!<arch>\n".utf8)) else { return nil }
+        var at = 8
+        var longNames: ArraySlice<UInt8> = []
+        func field(_ from: Int, _ count: Int) -> String {
+            String(decoding: bytes[from..<from + count], as: UTF8.self).trimmingCharacters(in: .whitespaces)
+        }
+        while at + 60 <= bytes.count {
+            let rawName = field(at, 16)
+            guard let size = Int(field(at + 48, 10)), size >= 0, at + 60 + size <= bytes.count else { return nil }
+            let data = bytes[(at + 60)..<(at + 60 + size)]
+            var memberName = rawName
+            if rawName == "//" {
+                longNames = data
+            } else if rawName.hasPrefix("/"), let offset = Int(rawName.dropFirst()), offset < longNames.count {
+                let start = longNames.startIndex + offset
+                let end = longNames[start...].firstIndex(of: UInt8(ascii: "\n")) ?? longNames.endIndex
+                memberName = String(decoding: longNames[start..<end], as: UTF8.self)
+            }
+            if memberName.hasSuffix("/") { memberName.removeLast() }
+            if memberName == name { return data }
+            at += 60 + size + (size & 1)
+        }
+        return nil
+    }
+
     /// Section names of an ELF64 little-endian file (its section header table and name table).
     static func sectionNames(_ bytes: [UInt8]) throws -> Set<String> {
+        Set(try sections(bytes).keys)
+    }
+
+    /// Each section of an ELF64 little-endian file by name: its file offset and size.
+    static func sections(_ bytes: [UInt8]) throws -> [String: (offset: Int, size: Int)] {
         struct Bad: Error {}
         guard let shoff = bytes.getInteger(at: 0x28, as: UInt64.self), let shentsize = bytes.getInteger(at: 0x3A, as: UInt16.self),
               let shnum = bytes.getInteger(at: 0x3C, as: UInt16.self), let shstrndx = bytes.getInteger(at: 0x3E, as: UInt16.self),
@@ -169,14 +234,15 @@ final class GuestOpenSSLLinkBootTests: XCTestCase {
         }
         let strtab = try header(Int(shstrndx))
         guard strtab.offset + strtab.size <= bytes.count else { throw Bad() }
-        var names = Set<String>()
+        var result: [String: (offset: Int, size: Int)] = [:]
         for i in 0..<Int(shnum) {
-            let start = strtab.offset + (try header(i)).name
+            let h = try header(i)
+            let start = strtab.offset + h.name
             guard start < strtab.offset + strtab.size else { throw Bad() }
             var end = start
             while end < strtab.offset + strtab.size && bytes[end] != 0 { end += 1 }
-            names.insert(String(decoding: bytes[start..<end], as: UTF8.self))
+            result[String(decoding: bytes[start..<end], as: UTF8.self)] = (h.offset, h.size)
         }
-        return names
+        return result
     }
 }

@@ -178,13 +178,14 @@ final class AdversarialPatchSessionTests: XCTestCase {
     private func craftedInitJumpLabel(_ g: FixtureGuest, coreStatesFrom reference: GuestSession? = nil, initState: (UInt64?) -> UInt64) throws -> (request: AuthorizeModule, key: UInt64, site: UInt64, liveState: UInt64?) {
         let m = try g.boot.module("test_static_keys")
         var c = Craft(ko: m.ko)
-        // The name, in .modinfo and in struct module (same length).
+        // The name, in .modinfo and in struct module (same length: the last letter, before the
+        // NUL of the second needle; the two must stay byte-equal, ModuleName.identity).
         for needle in ["name=test_static_keys", "test_static_keys\0"] {
-            let n = Array(needle.replacingOccurrences(of: "\\0", with: "\0").utf8)
+            let n = Array(needle.utf8)
             var k = 0
             var hits = 0
             while k + n.count <= c.ko.count {
-                if c.ko[k] == n[0] && Array(c.ko[k..<k + n.count]) == n { c.ko[k + n.count - (needle.hasSuffix("\\0") ? 2 : 1)] = UInt8(ascii: "z"); hits += 1; k += n.count } else { k += 1 }
+                if c.ko[k] == n[0] && Array(c.ko[k..<k + n.count]) == n { c.ko[k + n.count - (needle.hasSuffix("\0") ? 2 : 1)] = UInt8(ascii: "z"); hits += 1; k += n.count } else { k += 1 }
             }
             XCTAssertGreaterThan(hits, 0, needle)
         }

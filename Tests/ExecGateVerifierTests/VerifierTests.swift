@@ -148,7 +148,7 @@ final class VerifierTests: XCTestCase {
         let v = authorize(verifier(), vsock, name: "not-vsock")
         XCTAssertEqual(v.decision, .deny)
         XCTAssertEqual(v.reason, .moduleNameMismatch, "its own reason, not a signature failure")
-        XCTAssertTrue(v.message.contains("signed .modinfo"), v.message)
+        XCTAssertTrue(v.message.contains("the signed module is 'vsock'"), v.message)
         XCTAssertEqual(authorize(verifier(), vsock, name: "vsock").decision, .allow)
     }
 

@@ -44,6 +44,13 @@ int egd_decompress(int format, const uint8_t *in, size_t in_len, size_t max_out,
  * default). For EGD_LZ4_LEGACY the kernel's legacy framing is produced. */
 int egd_compress(int format, const uint8_t *in, size_t in_len, int level, uint8_t **out, size_t *out_len);
 
+/* The same as egd_compress(EGD_GZIP, ...): gzip alone (mtime 0, no name), in its own object so a
+ * link that needs only gzip does not take every encoder (CompressGzip.c). */
+int egd_gzip_compress(const uint8_t *in, size_t in_len, int level, uint8_t **out, size_t *out_len);
+
+/* The kernel's legacy lz4 chunk: each inflates to at most 8 MiB (lib/decompress_unlz4.c). */
+#define EGD_LZ4_CHUNK (8u << 20)
+
 /* One zstd frame of (in, in_len) at `level` with the window bounded to 2^window_log bytes (10..27),
  * content size and checksum in the frame header. For streams a small decoder unpacks with a fixed
  * budget: the Linux initramfs unpacker (lib/decompress_unzstd.c) allocates a workspace of about the
