@@ -94,9 +94,10 @@ final class AdversarialRuntimeSiteTextTests: XCTestCase {
         for plant: [UInt8] in [[0xe8, 0, 0, 0, 0], [0x0f, 0x0b, 0x90, 0x90, 0x90]] {
             let ko = try retargetedToData(f, "irqbypass", ".static_call_sites", dataOffset: 0, plant: plant)
             // The kernel's end state: the captured one, except the site entry 0 named before
-            // (.text + 0x145), no longer listed, keeps its loaded bytes.
+            // (.text + 0x145), no longer listed, keeps its loaded bytes (the signed module's
+            // relocated bytes there, as the replay of the real module leaves them).
             var claim = e.module.claim
-            let (image, s) = try loaderImage(ko, claim, f.boot.facts, e.before)
+            let (image, s) = try loaderImage(e.module.ko, claim, f.boot.facts, e.before)
             let old = Int(try XCTUnwrap(s.addr[try XCTUnwrap(s.elf.section(named: ".text")?.index)]) - s.base) + 0x145
             claim.text.replaceSubrange(old..<old + 5, with: image[old..<old + 5])
             guard let d = denial(try explainer.explain(f, "irqbypass", ko: ko, claim: claim)) else { continue }
