@@ -269,6 +269,8 @@ final class AdversarialModuleNameTests: XCTestCase {
                 return XCTFail("retired under '\(name)'")
             }
             XCTAssertEqual(e.code, .unknownModule, "\(name): \(e.message)")
+            let why = name.isEmpty ? "is empty" : (name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f } ? "no live module '\(name)'" : "has byte 0xe2: module names are printable ASCII")
+            XCTAssertTrue(e.message.contains(why), "\(name): \(e.message)")
             XCTAssertEqual(g.session.allowedModules, ["irqbypasK"], name)
         }
         guard case .retireModuleReply = g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: "irqbypasK", textBase: base)), requestDigest: []) else {

@@ -400,6 +400,10 @@ final class AdversarialPatchSessionTests: XCTestCase {
                 return XCTFail("retired under '\(name)'")
             }
             XCTAssertEqual(r.code, .unknownModule, "\(name): \(r.message)")
+            // Precisely: an empty or non-printable-ASCII name can name no module at all.
+            let why = name.isEmpty ? "is empty" : (name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f } ? "no live module '\(name)'" : "printable ASCII")
+            XCTAssertTrue(e.message.contains(why) || (why.hasPrefix("no live") && e.message.contains("no live module")), "\(name): \(e.message)")
+            XCTAssertTrue(r.message.contains(why), "\(name): \(r.message)")
             XCTAssertNotNil(g.session.liveModule("test_static_keyz")?.initRange, name)
         }
         guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz")), requestDigest: []) else {
