@@ -159,4 +159,18 @@ final class AdversarialRuntimeSiteTextTests: XCTestCase {
             XCTAssertTrue(d.reason.contains("*%rsp"), "\(section): \(d.reason)")
         }
     }
+
+    /// Attack: the `.init.text` rsp retpoline of testRetpolineThroughRspThunkIsDenied, claimed
+    /// without the init region (the capture's claim: init already freed). The core session
+    /// skipped the init-text site, so a module the kernel BUGs on in `module_finalize()` →
+    /// `apply_retpolines()` (before `do_init_module()`, whatever is claimed later) was explained.
+    /// Denied as the paravirt BUGs are (AdversarialFinalizeSiteTests.testShortParavirtSiteInInitTextIsDenied).
+    func testRetpolineThroughRspThunkInInitTextIsDeniedWithoutInitClaim() throws {
+        let f = try FixtureReplay()
+        let ko = try rspRetpoline(f, in: ".init.text", operand: 0x1c)
+        XCTAssertNil(try XCTUnwrap(f.modules["8021q"]).module.claim.initText, "the captured claim has no init region")
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "8021q", ko: ko)))
+        XCTAssertEqual(d.rule, .retpoline, d.reason)
+        XCTAssertTrue(d.reason.contains("*%rsp"), d.reason)
+    }
 }
