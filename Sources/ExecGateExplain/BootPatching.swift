@@ -73,7 +73,7 @@ extension Session {
     /// unknown: denied. (`.smp_locks` needs no check: `alternatives_smp_unlock()` skips every
     /// site outside the text range it is given.)
     func requireExecutableSite(_ a: UInt64, _ n: Int, _ rule: DenialRule, _ table: String,
-                               probe: Int = 0, kernelWrites: (([UInt8]) -> Bool)? = nil) throws {
+                               probe: Int = 0, kernelWrites: (([UInt8]) -> Bool)? = nil, writer: String = "module_finalize()") throws {
         if n <= 0 || execOffset(a, n) != nil { return }
         for s in elf.sections where layout.flags[s.index].contains(.alloc) && layout.flags[s.index].contains(.execInstr) {
             guard let sa = addr[s.index], a >= sa else { continue }
@@ -81,13 +81,41 @@ extension Session {
             if rel <= UInt64(s.size), UInt64(s.size) - rel >= UInt64(n) { return }
         }
         if let writes = kernelWrites, let b = read(a, probe), !writes(b) { return }
-        throw deny(rule, "\(table) entry patches \(n) bytes at 0x\(String(a, radix: 16)), outside the module's executable sections (module_finalize() would write them; not modelled)",
+        throw deny(rule, "\(table) entry patches \(n) bytes at 0x\(String(a, radix: 16)), outside the module's executable sections (\(writer) would write them; not modelled)",
                    section: table, address: a)
     }
 
     /// A legacy prefix or REX byte: the kernel's decoder would look past it for the opcode.
     static func isPrefixOrREX(_ b: UInt8) -> Bool {
         b & 0xf0 == 0x40 || [0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65].contains(b)
+    }
+
+    /// `patch_retpoline()`'s `BUG_ON(reg == 4)` (6.1 and 6.12) holds for every site, init text
+    /// included, before any CPU feature is asked: an init-text site seen from the core session
+    /// (the claim may hold no init region) is decoded in the init section as
+    /// `apply_relocate_add()` leaves it (the placeholder address: the rel32 target, S + A + 4
+    /// for a call, does not depend on where init text is). Other init-text verdicts are the
+    /// init session's.
+    func refuseRspRetpolineInInitText(_ a: UInt64, thunks: UInt64?) throws {
+        guard let thunks else { return }
+        for (ri, rs) in rela.enumerated() {
+            let t = rs.targetSectionIndex
+            guard t < layout.initOffset.count, layout.initOffset[t] != nil, layout.flags[t].contains(.execInstr),
+                  let sa = addr[t], a >= sa, a - sa < UInt64(elf.sections[t].size) else { continue }
+            // Every record's symbol value is known (the core session checked these records in
+            // place); otherwise leave the site to the init session.
+            let rels = rs.relocations
+            guard rels.indices.allSatisfy({ rels.isValid($0) && rels[$0].symbolIndex < symValue.count && symValue[rels[$0].symbolIndex] != nil }) else { return }
+            let copy = pristineCopy(t, rela: ri, upTo: rels.count, values: symValue)
+            let off = Int(a - sa)
+            guard let insn = copy.withUnsafeBufferPointer({ InstructionDecoder.decode($0, at: off) }),
+                  insn.opcode0 == 0xe8 || insn.opcode0 == 0xe9 || (insn.opcode0 == 0x0f && insn.opcode1 & 0xf0 == 0x80) else { return }
+            let target = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate)
+            if Int64(bitPattern: target &- thunks) / 32 == 4 {
+                throw deny(.retpoline, "CALL/JMP *%rsp in init text (the kernel BUGs)", section: ".retpoline_sites", address: a)
+            }
+            return
+        }
     }
 
     /// `apply_retpolines()` patches only a CALL, JMP or Jcc (`patch_retpoline()`).
@@ -164,6 +192,7 @@ extension Session {
         for a in sites {
             guard let off = execOffset(a, 1), let insn = decode(at: off) else {
                 try requireExecutableSite(a, 1, .retpoline, ".retpoline_sites", probe: 2, kernelWrites: Session.retpolineMayWrite)
+                if region == .core { try refuseRspRetpolineInInitText(a, thunks: indirectThunkExport) }
                 continue
             }
             let isJcc = insn.opcode0 == 0x0f && insn.opcode1 & 0xf0 == 0x80

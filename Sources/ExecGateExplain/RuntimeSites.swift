@@ -310,7 +310,16 @@ extension Session {
             let keyRaw = ea &+ 4 &+ UInt64(bitPattern: Int64(keyRel))
             o += 8
             let key = keyRaw & ~3, tail = keyRaw & 1 != 0
-            guard let off = execOffset(site, 5) else { continue }
+            // `static_call_add_module()` → `__static_call_init()` hands every site of the module
+            // to `arch_static_call_transform()` at load, with no text test (6.1.192 and 6.12.117;
+            // only the later `__static_call_update()` asks `kernel_text_address()`): a site in the
+            // module's data is validated (BUG unless call/NOP5/xor5rax, or jmp/RET/Jcc for a
+            // tail) and rewritten by `text_poke_bp()`. Deny it; a site in the other region's
+            // text (core or init) is that region's session's.
+            guard let off = execOffset(site, 5) else {
+                try requireExecutableSite(site, 5, .staticCall, ".static_call_sites", writer: "static_call_add_module()")
+                continue
+            }
             let first = image[off]
             let isJcc = first == 0x0f && image[off + 1] & 0xf0 == 0x80
             // `__static_call_validate()` (6.1 and 6.12), run before every rewrite of the site: a

@@ -30,6 +30,9 @@ import NIOConcurrencyHelpers
 public struct LiveModule: Sendable {
     /// Canonical name (`-` ≡ `_`): the signed `struct module` name (`ModuleName.identity`).
     public let name: String
+    /// The signed `struct module` name itself, byte for byte: what retire-module and
+    /// module-init-freed must name (the kernel's find_module_all() compares bytes).
+    public let identity: String
     /// The whole core allocation `[text_base, text_base + core size)` (layout_sections()).
     public let coreRange: Range<UInt64>
     /// The executable region the grant covers.
@@ -58,10 +61,11 @@ public struct LiveModule: Sendable {
     /// The module's run-time sites by address (built once from `sites`).
     let siteIndex: [UInt64: RuntimeSiteTable.Site]
 
-    init(name: String, coreRange: Range<UInt64>, textRange: Range<UInt64>, frames: [UInt64], initRange: Range<UInt64>?,
+    init(name: String, identity: String? = nil, coreRange: Range<UInt64>, textRange: Range<UInt64>, frames: [UInt64], initRange: Range<UInt64>?,
          initFrames: [UInt64], exports: ModuleExports?, sites: RuntimeSiteTable?, dependsOn: Set<String> = [], keyStates: [UInt64: UInt64],
          imports: Set<String> = [], explainedAt: UInt64 = 0) {
         self.name = name
+        self.identity = identity ?? name
         self.coreRange = coreRange
         self.textRange = textRange
         self.frames = frames
@@ -287,12 +291,21 @@ public final class GuestSession: @unchecked Sendable {
 
     enum RetireOutcome { case retired(sites: Int, exports: Int), failed(WireErrorCode, String) }
 
+    /// The live module a message names: its signed name exactly, byte for byte
+    /// (`find_module_all()`: `strlen` + `memcmp` of `mod->name`, 6.1 and 6.12; no `-` ≡ `_`, and
+    /// not `String` equality, which takes a canonically equivalent Unicode spelling, e.g. U+212A
+    /// for `K`). The caller holds `lock`.
+    private func liveExactLocked(_ name: String) -> LiveModule? {
+        guard let m = live[Policy.canonicalModuleName(name)], m.identity.utf8.elementsEqual(name.utf8) else { return nil }
+        return m
+    }
+
     func retire(name: String, textBase: UInt64) -> RetireOutcome {
         lock.withLock {
-            let canonical = Policy.canonicalModuleName(name)
-            guard let m = live[canonical], m.textRange.lowerBound == textBase else {
+            guard let m = liveExactLocked(name), m.textRange.lowerBound == textBase else {
                 return .failed(.unknownModule, "no live module '\(name)' at 0x\(Hex.number(textBase)) in guest '\(registration.guestID)'")
             }
+            let canonical = m.name
             if let user = order.first(where: { live[$0]?.dependsOn.contains(canonical) ?? false }) {
                 return .failed(.moduleInUse, "module '\(name)' is used by live module '\(user)': retire that first (the kernel refuses to unload a module in use)")
             }
@@ -307,8 +320,8 @@ public final class GuestSession: @unchecked Sendable {
 
     func initFreed(name: String) -> Bool {
         lock.withLock {
-            let canonical = Policy.canonicalModuleName(name)
-            guard var m = live[canonical], m.initRange != nil else { return false }
+            guard var m = liveExactLocked(name), m.initRange != nil else { return false }
+            let canonical = m.name
             m.initRange = nil
             m.initFrames = []
             // Its init sites are gone: a key only they used forgets its state.

@@ -119,6 +119,7 @@ public final class Verifier: @unchecked Sendable {
             guard let session = guests.session(m.guestID) else {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(m.guestID)' is not registered"))
             }
+            if let why = Self.unnamable(m.moduleName) { return .error(ErrorReply(code: .unknownModule, message: why)) }
             switch session.retire(name: m.moduleName, textBase: m.textBase) {
             case .retired(let sites, let exports):
                 return .retireModuleReply(RetireModuleReply(guestID: m.guestID, moduleName: m.moduleName,
@@ -130,6 +131,7 @@ public final class Verifier: @unchecked Sendable {
             guard let session = guests.session(m.guestID) else {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(m.guestID)' is not registered"))
             }
+            if let why = Self.unnamable(m.moduleName) { return .error(ErrorReply(code: .unknownModule, message: why)) }
             guard session.initFreed(name: m.moduleName) else {
                 return .error(ErrorReply(code: .unknownModule, message: "no live module '\(m.moduleName)' with granted init text in guest '\(m.guestID)'"))
             }
@@ -139,6 +141,15 @@ public final class Verifier: @unchecked Sendable {
         case .helloReply, .registerGuestReply, .verdict, .statusReply, .retireModuleReply, .moduleInitFreedReply, .error:
             return .error(ErrorReply(code: .badRequest, message: "\(message.type) is a reply, not a request"))
         }
+    }
+
+    /// Why `name` can name no live module (empty, or a byte outside printable ASCII: every live
+    /// module's signed name is printable ASCII, ModuleName.identity), or nil. The message shows
+    /// the bytes in hex, never the guest's text.
+    static func unnamable(_ name: String) -> String? {
+        if name.isEmpty { return "the module name is empty: no live module has it" }
+        guard let bad = name.utf8.first(where: { $0 < 0x21 || $0 > 0x7e }) else { return nil }
+        return "the module name (bytes \(Hex.encode(Array(name.utf8.prefix(64))))) has byte 0x\(Hex.number(UInt64(bad), width: 2)): module names are printable ASCII, no live module has it"
     }
 
     public func status(uptimeMilliseconds: UInt64, requestsServed: UInt64) -> StatusReply {
@@ -413,7 +424,7 @@ public final class Verifier: @unchecked Sendable {
         // live state as well.
         var initKeyStates: [UInt64: UInt64] = [:]
         if let ib = request.initBase, let it = request.initText { initKeyStates = states(explained.initRuntimeSites, base: ib, bytes: it) }
-        var live = LiveModule(name: Policy.canonicalModuleName(moduleName), coreRange: coreRange,
+        var live = LiveModule(name: Policy.canonicalModuleName(moduleName), identity: moduleName, coreRange: coreRange,
                               textRange: base..<(base &+ UInt64(text.readableBytes)), frames: request.frames,
                               initRange: initRange, initFrames: request.initFrames, exports: explained.exports,
                               sites: explained.runtimeSites, keyStates: keyStates,

@@ -246,4 +246,36 @@ final class AdversarialModuleNameTests: XCTestCase {
             XCTAssertTrue(v.message.contains("2 .modinfo sections"), v.message)
         }
     }
+
+    /// Attack: retire a module under a Unicode spelling canonically equivalent to its signed
+    /// name. irqbypass re-signed as `irqbypasK` (printable ASCII) is allowed; the retire names
+    /// `irqbypas` + U+212A KELVIN SIGN, which Swift's `String` equality (and a dictionary keyed by
+    /// `String`) takes for `K`. The kernel's `find_module_all()` compares bytes (`memcmp`), and
+    /// no module name holds a byte outside printable ASCII (ModuleName.identity). Refused as an
+    /// unknown module, as are `irqbypask` and the empty name; the module stays live; the exact
+    /// name retires it.
+    func testRetireUnderACanonicallyEquivalentNameIsRefused() throws {
+        let g = try guest(denying: [])
+        var r = try crafted(g) {
+            try $0.setModinfoName(Array("irqbypasK".utf8))
+            try $0.setThisModuleName(Array("irqbypasK".utf8))
+        }
+        r.moduleName = "irqbypasK"
+        let v = g.verifier.authorize(r, requestDigest: [])
+        XCTAssertEqual(v.decision, .allow, v.message)
+        let base = try XCTUnwrap(g.session.liveModule("irqbypasK")?.textRange.lowerBound)
+        for name in ["irqbypas\u{212A}", "irqbypask", "irq-bypasK", ""] {
+            guard case .error(let e) = g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: base)), requestDigest: []) else {
+                return XCTFail("retired under '\(name)'")
+            }
+            XCTAssertEqual(e.code, .unknownModule, "\(name): \(e.message)")
+            let why = name.isEmpty ? "is empty" : (name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f } ? "no live module '\(name)'" : "has byte 0xe2: module names are printable ASCII")
+            XCTAssertTrue(e.message.contains(why), "\(name): \(e.message)")
+            XCTAssertEqual(g.session.allowedModules, ["irqbypasK"], name)
+        }
+        guard case .retireModuleReply = g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: "irqbypasK", textBase: base)), requestDigest: []) else {
+            return XCTFail("the exact name")
+        }
+        XCTAssertEqual(g.session.allowedModules, [])
+    }
 }

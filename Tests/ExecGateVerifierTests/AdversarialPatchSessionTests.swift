@@ -377,4 +377,42 @@ final class AdversarialPatchSessionTests: XCTestCase {
         let after = try g.load("test_static_keys")
         XCTAssertEqual(after.decision, .allow, after.message)
     }
+
+    /// Attack: report init freed for, and retire, a live module under a name that is not its
+    /// signed name: `-` for `_` ("test-static-keyz"), another case, a Kelvin sign, empty. The
+    /// kernel finds a module by `find_module_all()`, an exact `strlen` + `memcmp` of
+    /// `mod->name` (kernel/module/main.c, 6.1 and 6.12; `delete_module()` looks the user's name
+    /// up so, no `-` ≡ `_`). Refused (unknown-module), nothing changes; the exact name works.
+    func testInitFreedAndRetireTakeOnlyTheExactSignedName() throws {
+        let g = try craftGuest()
+        try g.loadAll()
+        let c = try craftedInitJumpLabel(g) { try! XCTUnwrap($0, "base_true_key has live sites (test_static_keys)") }
+        XCTAssertEqual(g.verifier.authorize(c.request, requestDigest: []).decision, .allow)
+        let live = try XCTUnwrap(g.session.liveModule("test_static_keyz"))
+        XCTAssertNotNil(live.initRange)
+        let base = live.textRange.lowerBound
+        for name in ["test-static-keyz", "test_static-keyz", "TEST_STATIC_KEYZ", "test_static_\u{212A}eyz", "", "test_static_keyz\0", "test_static_keyz "] {
+            guard case .error(let e) = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: name)), requestDigest: []) else {
+                return XCTFail("init freed under '\(name)'")
+            }
+            XCTAssertEqual(e.code, .unknownModule, "\(name): \(e.message)")
+            guard case .error(let r) = g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: base)), requestDigest: []) else {
+                return XCTFail("retired under '\(name)'")
+            }
+            XCTAssertEqual(r.code, .unknownModule, "\(name): \(r.message)")
+            // Precisely: an empty or non-printable-ASCII name can name no module at all.
+            let why = name.isEmpty ? "is empty" : (name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f } ? "no live module '\(name)'" : "printable ASCII")
+            XCTAssertTrue(e.message.contains(why) || (why.hasPrefix("no live") && e.message.contains("no live module")), "\(name): \(e.message)")
+            XCTAssertTrue(r.message.contains(why), "\(name): \(r.message)")
+            XCTAssertNotNil(g.session.liveModule("test_static_keyz")?.initRange, name)
+        }
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz")), requestDigest: []) else {
+            return XCTFail("init freed under the exact name")
+        }
+        XCTAssertNil(g.session.liveModule("test_static_keyz")?.initRange)
+        guard case .retireModuleReply = g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: "test_static_keyz", textBase: base)), requestDigest: []) else {
+            return XCTFail("retired under the exact name")
+        }
+        XCTAssertFalse(g.session.allowedModules.contains("test_static_keyz"))
+    }
 }
