@@ -103,6 +103,16 @@ struct CraftedExplainer {
             Explainer(facts: f.boot.facts).explain(elf: try ELFFile(bytes: raw), claim: claim ?? e.module.claim, resolver: resolver ?? e.before)
         }
     }
+
+    /// The verdict for crafted `ko` of fixture module `name`, claimed with the replay's own end
+    /// state when the replay accepts the module (the claim an honest guest would send if the
+    /// replay were the kernel), else with the real module's claim (the denial comes first).
+    func explainHonest(_ f: FixtureReplay, _ name: String, _ ko: [UInt8]) throws -> ExplainResult {
+        let e = try XCTUnwrap(f.modules[name])
+        var claim = e.module.claim
+        if let r = try? loaderImage(ko, claim, f.boot.facts, e.before) { claim.text = r.image }
+        return try explain(f, name, ko: ko, claim: claim)
+    }
 }
 
 

@@ -26,16 +26,6 @@ import XCTest
 final class AdversarialFinalizeSiteTests: XCTestCase {
     let explainer = CraftedExplainer()
 
-    /// The verdict for crafted `ko` of fixture module `name`, claimed with the replay's own end
-    /// state when the replay accepts the module (the claim an honest guest would send if the
-    /// replay were the kernel), else with the real module's claim (the denial comes first).
-    func explainHonest(_ f: FixtureReplay, _ name: String, _ ko: [UInt8]) throws -> ExplainResult {
-        let e = try XCTUnwrap(f.modules[name])
-        var claim = e.module.claim
-        if let r = try? loaderImage(ko, claim, f.boot.facts, e.before) { claim.text = r.image }
-        return try explainer.explain(f, name, ko: ko, claim: claim)
-    }
-
     /// `name` with the RELA record of `table`'s first entry's site field (r_offset 0) pointed at
     /// `symbol` + 0 (or, `symbol` nil, at `.data` + `dataOffset`, with `plant` written there in
     /// the signed `.data`): the entry then names that address.
@@ -99,7 +89,7 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
         ]
         for (table, rule, symbol, plant, target) in cases {
             let ko = try retargeted(f, "8021q", table, at: symbol, dataOffset: symbol == nil ? 0x40 : 0, plant: plant)
-            guard let d = denial(try explainHonest(f, "8021q", ko)) else { continue }
+            guard let d = denial(try explainer.explainHonest(f, "8021q", ko)) else { continue }
             XCTAssertEqual(d.rule, rule, "\(table): \(d.reason)")
             XCTAssertEqual(d.section, table, d.reason)
             XCTAssertEqual(d.address, target, "\(table): \(d.reason)")
@@ -115,7 +105,7 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
         let f = try FixtureReplay()
         for table in [".return_sites", ".retpoline_sites"] {
             let ko = try retargeted(f, "8021q", table, at: "__this_module")
-            let r = try explainHonest(f, "8021q", ko)
+            let r = try explainer.explainHonest(f, "8021q", ko)
             XCTAssertTrue(r.verdict.isAllowed, "\(table): \(r.verdict)")
         }
     }
@@ -162,7 +152,7 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
         ]
         for (table, field, rule) in cases {
             let ko = try patchedTableByte(f, table, field, 255)
-            guard let d = denial(try explainHonest(f, "8021q", ko)) else { continue }
+            guard let d = denial(try explainer.explainHonest(f, "8021q", ko)) else { continue }
             XCTAssertEqual(d.rule, rule, "\(table)+\(field): \(d.reason)")
             XCTAssertTrue(d.reason.contains("MAX_PATCH_LEN"), "\(table)+\(field): \(d.reason)")
         }
@@ -175,7 +165,7 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
         let f = try FixtureReplay()
         let ko = try patchedTableByte(f, ".parainstructions", 8, 255)
         XCTAssertLessThan(f.boot.facts.pvOps.count, 256)
-        let d = try XCTUnwrap(denial(try explainHonest(f, "8021q", ko)))
+        let d = try XCTUnwrap(denial(try explainer.explainHonest(f, "8021q", ko)))
         XCTAssertEqual(d.rule, .paravirt, d.reason)
         XCTAssertTrue(d.reason.contains("pv_ops[255]"), d.reason)
     }
@@ -201,7 +191,7 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
         ed.put(Int64(0), at: r.at + 24 * k + 16)
         let table = try ed.elf { $0.sections[try ed.sectionIndex(".parainstructions")].fileRange.lowerBound }
         ed.ko[table + 9] = 3
-        let d = try XCTUnwrap(denial(try explainHonest(f, "8021q", ed.ko)))
+        let d = try XCTUnwrap(denial(try explainer.explainHonest(f, "8021q", ed.ko)))
         XCTAssertEqual(d.rule, .paravirt, d.reason)
         XCTAssertTrue(d.reason.contains("cannot hold a call"), d.reason)
     }
@@ -230,13 +220,13 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
             return ed.ko
         }
         let site = try sectionAddress(f, "8021q", ".data") + UInt64(plantAt)
-        let d = try XCTUnwrap(denial(try explainHonest(f, "8021q", try crafted(call: true))))
+        let d = try XCTUnwrap(denial(try explainer.explainHonest(f, "8021q", try crafted(call: true))))
         XCTAssertEqual(d.rule, .stage(.ftrace), d.reason)
         XCTAssertEqual(d.section, "__mcount_loc", d.reason)
         XCTAssertEqual(d.address, site, d.reason)
         XCTAssertTrue(d.reason.contains("outside the module's executable sections"), d.reason)
         // Control: ud2 there is no `call __fentry__`: ftrace_bug(), the site is left alone.
-        let r = try explainHonest(f, "8021q", try crafted(call: false))
+        let r = try explainer.explainHonest(f, "8021q", try crafted(call: false))
         XCTAssertTrue(r.verdict.isAllowed, "\(r.verdict)")
     }
 

@@ -15,15 +15,6 @@ import XCTest
 final class AdversarialRuntimeSiteTextTests: XCTestCase {
     let explainer = CraftedExplainer()
 
-    /// The verdict for crafted `ko`, claimed with the replay's own end state when the replay
-    /// accepts it (as AdversarialFinalizeSiteTests.explainHonest).
-    func explainHonest(_ f: FixtureReplay, _ name: String, _ ko: [UInt8]) throws -> ExplainResult {
-        let e = try XCTUnwrap(f.modules[name])
-        var claim = e.module.claim
-        if let r = try? loaderImage(ko, claim, f.boot.facts, e.before) { claim.text = r.image }
-        return try explainer.explain(f, name, ko: ko, claim: claim)
-    }
-
     /// Address of section `name` in the real module's core layout.
     func sectionAddress(_ f: FixtureReplay, _ module: String, _ name: String) throws -> UInt64 {
         let s = try f.session(module)
@@ -70,7 +61,7 @@ final class AdversarialRuntimeSiteTextTests: XCTestCase {
         let f = try FixtureReplay()
         let site = try sectionAddress(f, "test_static_keys", ".data") + 0x10
         let ko = try retargetedToData(f, "test_static_keys", "__jump_table", dataOffset: 0x10, plant: x86Nops[5])
-        let r = try explainHonest(f, "test_static_keys", ko)
+        let r = try explainer.explainHonest(f, "test_static_keys", ko)
         XCTAssertTrue(r.verdict.isAllowed, "\(r.verdict)")
         let table = try XCTUnwrap(r.runtimeSites)
         XCTAssertFalse(table.addresses.contains(site))
