@@ -306,7 +306,7 @@ extension Session {
             try requireExecutableSite(a, 4, .stage(.endbrSeal), ".ibt_endbr_seal", probe: 4, kernelWrites: Session.endbrMayWrite)
             guard let off = execOffset(a, 4) else { continue }
             let b = Array(image[off..<off + 4])
-            guard b == [0xf3, 0x0f, 0x1e, 0xfa] || b == [0xf3, 0x0f, 0x1e, 0xfb] || b == [0x66, 0x0f, 0x1f, 0x00] else { continue }
+            guard Session.endbrMayWrite(b) else { continue }
             write(off, [0x66, 0x0f, 0x1f, 0x00], .endbrSeal)
             countSite(.endbrSeal)
         }

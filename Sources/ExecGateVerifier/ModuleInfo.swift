@@ -1,11 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 import ExecGateELF
+import _ExecGateInternals
 
 /// Reads `.modinfo` (NUL-separated `key=value` strings, include/linux/moduleparam.h MODULE_INFO).
 enum ModuleInfo {
-    /// The `name=` entry, if the section exists and has one.
-    static func name(in elf: ELFFile) -> String? { value("name", in: elf) }
-
     /// The first `key=` entry (`name`, `vermagic`, …), if the section exists and has one.
     static func value(_ key: String, in elf: ELFFile) -> String? {
         rawValue(key, in: elf).map { String(decoding: $0, as: UTF8.self) }
@@ -104,11 +102,12 @@ enum ModuleName {
         return .success(structName)
     }
 
-    /// Why `name` is not a module name ExecGate accepts, or nil.
-    private static func invalid(_ name: [UInt8]) -> String? {
+    /// Why `name` is not a module name ExecGate accepts, or nil (also what a retire-module or
+    /// module-init-freed name is checked against: Verifier.unnamable).
+    static func invalid(_ name: some Collection<UInt8>) -> String? {
         if name.isEmpty { return "is empty" }
         if let bad = name.first(where: { $0 < 0x21 || $0 > 0x7e }) {
-            return "has byte 0x\(String(bad, radix: 16)): names must be printable ASCII without space"
+            return "has byte 0x\(Hex.number(UInt64(bad), width: 2)): module names are printable ASCII without space"
         }
         return nil
     }

@@ -147,9 +147,9 @@ public final class Verifier: @unchecked Sendable {
     /// module's signed name is printable ASCII, ModuleName.identity), or nil. The message shows
     /// the bytes in hex, never the guest's text.
     static func unnamable(_ name: String) -> String? {
-        if name.isEmpty { return "the module name is empty: no live module has it" }
-        guard let bad = name.utf8.first(where: { $0 < 0x21 || $0 > 0x7e }) else { return nil }
-        return "the module name (bytes \(Hex.encode(Array(name.utf8.prefix(64))))) has byte 0x\(Hex.number(UInt64(bad), width: 2)): module names are printable ASCII, no live module has it"
+        guard let why = ModuleName.invalid(name.utf8) else { return nil }
+        if name.isEmpty { return "the module name \(why): no live module has it" }
+        return "the module name (bytes \(Hex.encode(Array(name.utf8.prefix(64))))) \(why): no live module has it"
     }
 
     public func status(uptimeMilliseconds: UInt64, requestsServed: UInt64) -> StatusReply {
