@@ -278,4 +278,33 @@ final class AdversarialModuleNameTests: XCTestCase {
         }
         XCTAssertEqual(g.session.allowedModules, [])
     }
+
+    /// Round 8, lead 5. Attack: the request's `module_name` (the guest's word, read by the VMM from
+    /// the guest's own `struct module`) spelled differently from the signed name but equal to it
+    /// under `-` ≡ `_` (`irq-bypas` for `irq_bypas`) or under Unicode canonical equivalence
+    /// (`irqbypas` + U+212A KELVIN SIGN for `irqbypasK`). The request check compared
+    /// `Policy.canonicalModuleName` Strings, so both were taken as the signed name: a guest whose
+    /// module in memory names itself otherwise than its evidence was judged as agreeing. The kernel
+    /// knows a module only by its exact bytes (find_module_all(): `strlen` + `memcmp` of
+    /// `mod->name`, kernel/module/main.c 6.1 and 6.12; the retire and init-freed lookups are
+    /// exact already), so the cross-check is byte for byte: both are name mismatches, nothing is
+    /// live, and the exact spelling is allowed.
+    func testRequestNameMustEqualTheSignedNameByteForByte() throws {
+        for (signed, asked) in [("irq_bypas", "irq-bypas"), ("irqbypasK", "irqbypas\u{212A}"), ("irqbypasK", "irqbypask")] {
+            let g = try guest(denying: [])
+            var r = try crafted(g) {
+                try $0.setModinfoName(Array(signed.utf8))
+                try $0.setThisModuleName(Array(signed.utf8))
+            }
+            r.moduleName = asked
+            let v = g.verifier.authorize(r, requestDigest: [])
+            XCTAssertEqual(v.decision, .deny, "\(asked): \(v.message)")
+            XCTAssertEqual(v.reason, .moduleNameMismatch, "\(asked): \(v.message)")
+            XCTAssertEqual(g.session.allowedModules, [], asked)
+            r.moduleName = signed
+            let exact = g.verifier.authorize(r, requestDigest: [])
+            XCTAssertEqual(exact.decision, .allow, "\(signed): \(exact.message)")
+            XCTAssertEqual(g.session.allowedModules, [signed])
+        }
+    }
 }
