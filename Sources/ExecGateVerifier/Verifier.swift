@@ -314,7 +314,12 @@ public final class Verifier: @unchecked Sendable {
         case .failure(.mismatch(let info, let structName)):
             return deny(.moduleNameMismatch, "the signed .modinfo names module '\(info)' but its struct module (.gnu.linkonce.this_module, the name the kernel loads it as) says '\(structName)'")
         case .success(let n):
-            if !request.moduleName.isEmpty && Policy.canonicalModuleName(request.moduleName) != Policy.canonicalModuleName(n) {
+            // The request's name (the guest's word) must be the signed name byte for byte, as
+            // the kernel's find_module_all() compares mod->name (strlen + memcmp, 6.1 and 6.12):
+            // no '-' ≡ '_' and no String equality, which takes a canonically equivalent Unicode
+            // spelling (U+212A for 'K'). (The deny list keeps its documented '-' ≡ '_', which
+            // only widens a rule; the live set's twin refusal below is stricter than the kernel.)
+            if !request.moduleName.isEmpty && !request.moduleName.utf8.elementsEqual(n.utf8) {
                 return deny(.moduleNameMismatch, "the request names module '\(request.moduleName)' but the signed module is '\(n)'")
             }
             moduleName = n
