@@ -307,4 +307,39 @@ final class AdversarialModuleNameTests: XCTestCase {
             XCTAssertEqual(g.session.allowedModules, [signed])
         }
     }
+
+    /// Round 8, lead 2 (attack failed; regression test). Attack: a lone `.modinfo` without
+    /// SHF_ALLOC. 6.1 looks it up with find_sec(), which skips a section without SHF_ALLOC
+    /// ("Alloc bit cleared means ignore it"): setup_load_info() then has no `name=` and falls back
+    /// to `mod->name`, check_modinfo() finds no vermagic (Debian's CONFIG_MODULE_FORCE_LOAD=y:
+    /// try_to_force_load() only taints) and set_license(NULL) taints it proprietary. 6.12 finds it
+    /// with find_any_unique_sec(), which has no SHF_ALLOC test, and reads it
+    /// (elf_validity_cache_index_info()), kernel/module/main.c 6.1.192 / 6.12.117. ExecGate reads
+    /// it as 6.12 does, and its identity rule makes the kernels agree on the name: `name=` must equal
+    /// `struct module`'s, 6.1's fallback. So `name=zzzbypass` there is still a mismatch, the
+    /// unedited name is still denied by name, and a first `name=` ahead of the real one (6.1 and
+    /// 6.12 get_modinfo() both return the first) is the one compared.
+    func testNonAllocModinfoAndRepeatedNameKeepOneName() throws {
+        let g = try guest()
+        func nonAlloc(_ c: inout Crafted) throws {
+            let s = try c.section(".modinfo")
+            var shoff = 0
+            for k in 0..<8 { shoff |= Int(c.ko[0x28 + k]) << (8 * k) }
+            let flags = shoff + 64 * s.index + 8
+            XCTAssertEqual(c.ko[flags] & 0x2, 0x2, "the real .modinfo is SHF_ALLOC")
+            c.ko[flags] &= ~0x2
+        }
+        var r = try crafted(g) { try nonAlloc(&$0) }
+        XCTAssertEqual(g.verifier.authorize(r, requestDigest: []).reason, .moduleNameDenied)
+        r = try crafted(g) { try nonAlloc(&$0); try $0.setModinfoName(Array("zzzbypass".utf8)) }
+        r.moduleName = ""
+        let v = g.verifier.authorize(r, requestDigest: [])
+        XCTAssertEqual(v.reason, .moduleNameMismatch, v.message)
+        // `license=GPL v2` (14 bytes) becomes a first `name=zzzbypass`, ahead of `name=irqbypass`.
+        r = try crafted(g) { c in c.write(Array("name=zzzbypass".utf8), at: try c.modinfoEntry("license=GPL v2")) }
+        r.moduleName = ""
+        let first = g.verifier.authorize(r, requestDigest: [])
+        XCTAssertEqual(first.reason, .moduleNameMismatch, first.message)
+        XCTAssertTrue(first.message.contains("'zzzbypass'"), first.message)
+    }
 }
