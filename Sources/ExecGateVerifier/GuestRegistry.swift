@@ -127,6 +127,20 @@ public final class GuestSession: @unchecked Sendable {
     /// snapshot is committed only if none went since the snapshot: otherwise its relocations may
     /// name a module that is gone, with no dependency recorded on it.
     private var removals: UInt64 = 0
+    /// Why this session is no longer its guest's (a reset replaced it, or the guest was removed),
+    /// or nil while it is. Set once, under `lock`, by the registry: nothing commits to or patches
+    /// an ended session. A request takes its guest's session when it arrives and is judged
+    /// without the registry's lock, so a reset (the VMM revoked every grant of this session, then
+    /// sent it) can land before the request's commit; an allow then would be a grant of a session
+    /// whose grants were revoked, live in no session the verifier still checks.
+    private var ended: String?
+
+    /// Marks the session as no longer its guest's (the registry, under its lock).
+    func end(_ why: String) { lock.withLock { if ended == nil { ended = why } } }
+
+    private func endedRefusalLocked() -> SessionRefusal? {
+        ended.map { SessionRefusal(reason: .endStateUnavailable, message: "guest '\(registration.guestID)' \($0) while this request was judged: the session it was judged in is gone (its grants were revoked); ask again in the new session") }
+    }
 
     /// Read before explaining a module (before the resolver snapshot): see `removals`.
     var removalGeneration: UInt64 { lock.withLock { removals } }
@@ -187,6 +201,7 @@ public final class GuestSession: @unchecked Sendable {
     func commit(_ module: LiveModule) -> SessionRefusal? {
         lock.withLock {
             var m = module
+            if let e = endedRefusalLocked() { return e }
             if let c = conflicts(name: m.name, coreRange: m.coreRange, initRange: m.initRange, frames: m.frames, initFrames: m.initFrames) { return c }
             // A module was retired (or rolled back) while this one was explained: the snapshot
             // may have resolved symbols to it, and it is no longer live to depend on. The kernel
@@ -350,6 +365,7 @@ public final class GuestSession: @unchecked Sendable {
     /// verdict is final and `apply` records the new key states.
     func judgePatches(_ patches: [PatchEntry]) -> PatchOutcome {
         lock.withLock {
+            if let e = endedRefusalLocked() { return .denied(e.reason, module: "", message: e.message) }
             var seen = Set<UInt64>()
             var newState: [UInt64: UInt64] = [:]
             var batchSites: [UInt64: Set<UInt64>] = [:]
@@ -549,7 +565,10 @@ public final class GuestRegistry: @unchecked Sendable {
             if let why = overBudget(r.guestID, cost: cost, alsoFreed: freed) {
                 return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
             }
-            if let old = existing { _ = release(old.kernel, dryRun: false) }
+            if let old = existing {
+                _ = release(old.kernel, dryRun: false)
+                old.end("was reset (register-guest reset=1)")
+            }
             if let k = shared.key { builds[k, default: (shared, 0)].guests += 1 }
             let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest)
             guests[r.guestID] = session
@@ -571,6 +590,7 @@ public final class GuestRegistry: @unchecked Sendable {
     public func remove(_ id: String) -> Bool {
         lock.withLock {
             guard let s = guests.removeValue(forKey: id) else { return false }
+            s.end("was removed")
             charged[id] = nil
             _ = release(s.kernel, dryRun: false)
             return true

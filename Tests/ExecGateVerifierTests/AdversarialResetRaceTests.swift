@@ -71,4 +71,25 @@ final class AdversarialResetRaceTests: XCTestCase {
         XCTAssertEqual(again.decision, .allow, again.message)
         XCTAssertEqual(new.allowedModules, [name])
     }
+
+    /// The same race for a run-time patch: an authorize-patch that took the guest's session before
+    /// a reset and is judged after it. Before the fix a legal whole-key flip of a jump-label key
+    /// was allowed against the old session (and its key state moved there). Now denied as above;
+    /// the new session, which has no live module, knows no site there either.
+    func testPatchJudgedAfterAResetIsNotAllowed() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let old = g.session
+        let (key, sites) = try XCTUnwrap(g.sitesByKey().filter { $0.value.allSatisfy { $0.site.kind == .jumpLabel } }.min { $0.key < $1.key })
+        let state = try XCTUnwrap(old.state(ofKey: key))
+        let flip = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+        var reset = g.registration
+        reset.reset = true
+        guard case .registerGuestReply = g.verifier.respond(to: .registerGuest(reset), requestDigest: []) else { return XCTFail("reset") }
+        let v = g.verifier.authorizePatch(AuthorizePatch(guestID: "g", patches: flip), session: old, requestDigest: [])
+        XCTAssertEqual(v.decision, .deny, "a patch judged in a session replaced by a reset: \(v.message)")
+        XCTAssertEqual(v.reason, .endStateUnavailable, v.message)
+        XCTAssertEqual(old.state(ofKey: key), state, "the ended session's key state did not move")
+        XCTAssertEqual(g.patch(flip).decision, .deny, "the new session has no such site")
+    }
 }
