@@ -29,7 +29,7 @@ final class AdversarialRound8Tests: XCTestCase {
 
     /// HOLE (round 8, lead 3; Sources/ExecGateExplain is the integrator's: the fix is his).
     /// Attack: a `__mcount_loc` entry inside the module's text but not at a `call __fentry__`
-    /// (8021q's first entry moved one byte on, into the call's rel32). The replay skips it
+    /// (an 8021q entry moved one byte on, into the call's rel32; in .text and in .init.text). The replay skips it
     /// (`applyFtrace`: "ftrace_bug(): the kernel leaves the site alone and disables ftrace") and
     /// goes on to NOP every other site. The kernel does not go on: ftrace_module_init() →
     /// ftrace_process_locs() sorts the module's addresses and ftrace_update_code() hands each to
@@ -43,18 +43,29 @@ final class AdversarialRound8Tests: XCTestCase {
     /// ftrace_update_code() returns at its first record): the replay's end state is not the
     /// kernel's, for this module and for every module after it. Never built (recordmcount/objtool
     /// emit only `call __fentry__` sites). The fix: in `applyFtrace`, a non-NULL entry inside the
-    /// executable sections whose 5 bytes are not `call __fentry__` (with `__fentry__` known) is a
-    /// denial of the ftrace stage naming ftrace_bug()/ftrace_kill(), not a `continue`.
+    /// session's region whose 5 bytes are not `call __fentry__` (with `__fentry__` known) is a
+    /// denial of the ftrace stage naming ftrace_bug()/ftrace_kill(), not a `continue`; and one in
+    /// the other region's executable section (init text seen from the core session, where
+    /// `execOffset` is nil) is denied unless its signed byte is `e8` and a relocation record of
+    /// `__fentry__` (R_X86_64_PLT32/PC32, addend -4) writes the 4 bytes after it (the rel32 depends
+    /// on the init placement the claim may not hold).
     func testMcountEntryOverNonCallTextIsDenied() throws {
         let f = try FixtureReplay()
         XCTAssertTrue(try XCTUnwrap(f.modules["8021q"]).result.verdict.isAllowed, "the real module is allowed")
-        let ko = try mcountMoved(f, entry: 0, by: 1)
-        let r = try explainer.explainHonest(f, "8021q", ko)
-        guard case .denied(let d) = r.verdict else {
-            return XCTFail("8021q with an __mcount_loc entry inside a call (not at `call __fentry__`) was allowed: the kernel's ftrace_bug() kills ftrace and leaves every later site a call")
+        // Entry 1 is in .text (the core session's region); entry 0 is in .init.text (8021q's
+        // init function), which a core-only claim does not hold: the kernel processes both
+        // (ftrace_process_locs() records every non-NULL address of the module, sorted), so a bad
+        // init site stops ftrace all the same.
+        for (k, region) in [(1, ".text"), (0, ".init.text")] {
+            let ko = try mcountMoved(f, entry: k, by: 1)
+            let r = try explainer.explainHonest(f, "8021q", ko)
+            guard case .denied(let d) = r.verdict else {
+                XCTFail("8021q with __mcount_loc entry \(k) moved into its call in \(region) (not at `call __fentry__`) was allowed: the kernel's ftrace_bug() kills ftrace and leaves every later site a call")
+                continue
+            }
+            XCTAssertEqual(d.rule, .stage(.ftrace), "\(region): \(d.reason)")
+            XCTAssertEqual(d.section, "__mcount_loc", "\(region): \(d.reason)")
         }
-        XCTAssertEqual(d.rule, .stage(.ftrace), d.reason)
-        XCTAssertEqual(d.section, "__mcount_loc", d.reason)
     }
 
     // MARK: 6.12 `.call_sites` (callthunks_patch_module_calls())
