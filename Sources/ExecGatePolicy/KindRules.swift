@@ -42,13 +42,18 @@ public enum GuestSelector: Sendable, Hashable, CustomStringConvertible {
     /// part before a pattern's single trailing `*`.
     case guestClass(name: String, patterns: [String])
 
+    /// By UTF-8 bytes, never by `String` comparison: `String ==` takes a canonically equivalent
+    /// spelling (U+212A for `K`), and `hasPrefix` compares grapheme clusters, so `appl*` did not
+    /// match `appl` + U+0301 + `iance` (the accent joins the `l`) and that guest got the default
+    /// rule instead of its class's. Patterns are ASCII (PolicyParser.checkName); the id is the
+    /// VMM's, any UTF-8.
     public func matches(_ guestID: String) -> Bool {
         switch self {
         case .all: return true
-        case .guest(let id): return id == guestID
+        case .guest(let id): return id.utf8.elementsEqual(guestID.utf8)
         case .guestClass(_, let patterns):
             return patterns.contains { p in
-                p.hasSuffix("*") ? guestID.hasPrefix(String(p.dropLast())) : guestID == p
+                p.utf8.last == UInt8(ascii: "*") ? guestID.utf8.starts(with: p.utf8.dropLast()) : guestID.utf8.elementsEqual(p.utf8)
             }
         }
     }
@@ -90,7 +95,7 @@ extension Policy {
         let rules = kindRules.filter { $0.kind == kind }
         guard !rules.isEmpty else { return nil }
         guard let guestID else { return rules.first(where: { $0.selector == .all })?.setting }
-        if let exact = rules.first(where: { if case .guest(let id) = $0.selector { return id == guestID }; return false }) {
+        if let exact = rules.first(where: { if case .guest = $0.selector { return $0.selector.matches(guestID) }; return false }) {
             return exact.setting
         }
         if let cls = rules.first(where: { if case .guestClass = $0.selector { return $0.selector.matches(guestID) }; return false }) {
