@@ -92,4 +92,29 @@ final class AdversarialResetRaceTests: XCTestCase {
         XCTAssertEqual(old.state(ofKey: key), state, "the ended session's key state did not move")
         XCTAssertEqual(g.patch(flip).decision, .deny, "the new session has no such site")
     }
+
+    /// Round 8. Attack: a guest id spelled with other bytes that Swift's `String` takes as equal
+    /// (`g` + U+212A KELVIN SIGN for `gK`). The registry keyed guests by `String`, so an
+    /// authorize-module for `g\u{212A}` was judged in `gK`'s session and its module committed to
+    /// `gK`'s live set, and a reset naming `g\u{212A}` replaced `gK`'s session. A VMM that names
+    /// guests after what its tenants chose would hand one tenant another's session. Guest ids
+    /// are now held by their UTF-8 bytes: `g\u{212A}` is another guest (unknown until
+    /// registered; registered, a session of its own).
+    func testCanonicallyEquivalentGuestIDIsAnotherGuest() throws {
+        let verifier = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        guard case .registerGuestReply = verifier.respond(to: .registerGuest(try boot.registration(guestID: "gK")), requestDigest: [1]) else { return XCTFail("registered") }
+        let name = try XCTUnwrap(boot.availableModules.first)
+        let twin = "g\u{212A}"
+        guard case .error(let e) = verifier.respond(to: .authorizeModule(try boot.module(name).request(guestID: twin)), requestDigest: []) else {
+            return XCTFail("a module for '\(twin)' was judged in gK's session (gK now holds \(verifier.guests.session("gK")?.allowedModules ?? []))")
+        }
+        XCTAssertEqual(e.code, .unknownGuest, e.message)
+        XCTAssertEqual(verifier.guests.session("gK")?.allowedModules, [])
+        XCTAssertNil(verifier.guests.session(twin))
+        // Registered (no reset needed: it is not gK), it is a session of its own.
+        guard case .registerGuestReply = verifier.respond(to: .registerGuest(try boot.registration(guestID: twin)), requestDigest: [2]) else { return XCTFail("register \(twin)") }
+        XCTAssertFalse(verifier.guests.session(twin) === verifier.guests.session("gK"))
+        XCTAssertEqual(verifier.guests.count, 2)
+    }
 }
