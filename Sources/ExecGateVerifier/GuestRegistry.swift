@@ -449,6 +449,15 @@ public final class GuestSession: @unchecked Sendable {
     public func state(ofKey key: UInt64) -> UInt64? { lock.withLock { keyState[key] } }
 }
 
+/// A guest id as the registry holds it: its UTF-8 bytes. A `String` key would take a canonically
+/// equivalent spelling (`g` + U+212A KELVIN SIGN for `gK`) as the same guest, and hand its
+/// requests (and a reset) to another guest's session; guest ids are the VMM's, any UTF-8, and may
+/// come from names its tenants chose.
+struct GuestKey: Hashable {
+    let bytes: [UInt8]
+    init(_ id: String) { bytes = Array(id.utf8) }
+}
+
 /// All registered guests. Facts are taken once: a live guest id is only replaced by an explicit
 /// reset (the VMM revoked every grant of the old session first).
 ///
@@ -469,9 +478,9 @@ public final class GuestRegistry: @unchecked Sendable {
 
     // @unchecked: `guests`, `guestBytes`, `builds` are guarded by `lock`.
     private let lock = NIOLock()
-    private var guests: [String: GuestSession] = [:]
+    private var guests: [GuestKey: GuestSession] = [:]
     /// What each guest is charged: its own facts, plus the whole build when its copy is private.
-    private var charged: [String: Int] = [:]
+    private var charged: [GuestKey: Int] = [:]
     /// Shared copies and how many registered guests use each.
     private var builds: [KernelFactsKey: (facts: KernelFacts, guests: Int)] = [:]
     public let maximumGuests: Int
@@ -530,7 +539,7 @@ public final class GuestRegistry: @unchecked Sendable {
             }
         }
         let buildCost = known == nil ? KernelFacts.symbolBytes(r) : 0
-        if let why = lock.withLock({ guests[r.guestID] == nil ? overBudget(r.guestID, cost: own + buildCost) : nil }) {
+        if let why = lock.withLock({ guests[GuestKey(r.guestID)] == nil ? overBudget(r.guestID, cost: own + buildCost) : nil }) {
             return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
         }
         let kernel: KernelFacts
@@ -546,7 +555,7 @@ public final class GuestRegistry: @unchecked Sendable {
         case .failure(let f): return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(f.message)")
         }
         return lock.withLock {
-            let existing = guests[r.guestID]
+            let existing = guests[GuestKey(r.guestID)]
             if existing != nil && !r.reset {
                 return .refused(.guestExists, "guest '\(r.guestID)' is registered: its facts were taken at the trusted point and are not replaced (send reset=1 after revoking every EXEC grant of the old session)")
             }
@@ -571,8 +580,8 @@ public final class GuestRegistry: @unchecked Sendable {
             }
             if let k = shared.key { builds[k, default: (shared, 0)].guests += 1 }
             let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest)
-            guests[r.guestID] = session
-            charged[r.guestID] = own + (shared.key == nil ? shared.symbolBytes : 0)
+            guests[GuestKey(r.guestID)] = session
+            charged[GuestKey(r.guestID)] = own + (shared.key == nil ? shared.symbolBytes : 0)
             return .registered(session)
         }
     }
@@ -589,9 +598,9 @@ public final class GuestRegistry: @unchecked Sendable {
     @discardableResult
     public func remove(_ id: String) -> Bool {
         lock.withLock {
-            guard let s = guests.removeValue(forKey: id) else { return false }
+            guard let s = guests.removeValue(forKey: GuestKey(id)) else { return false }
             s.end("was removed")
-            charged[id] = nil
+            charged[GuestKey(id)] = nil
             _ = release(s.kernel, dryRun: false)
             return true
         }
@@ -616,14 +625,14 @@ public final class GuestRegistry: @unchecked Sendable {
     /// not a new guest: its own charge, and `alsoFreed` (its build, when it was the last guest on
     /// it), are replaced. Caller holds `lock`.
     private func overBudget(_ id: String, cost: Int, alsoFreed: Int = 0) -> String? {
-        if guests[id] == nil && guests.count >= maximumGuests {
+        if guests[GuestKey(id)] == nil && guests.count >= maximumGuests {
             return "\(guests.count) guests are registered, the limit is \(maximumGuests)"
         }
-        let used = self.used - (charged[id] ?? 0) - alsoFreed
+        let used = self.used - (charged[GuestKey(id)] ?? 0) - alsoFreed
         return used + cost > maximumSymbolBytes ? "\(cost) bytes of symbols on top of \(used) registered exceeds the \(maximumSymbolBytes)-byte budget" : nil
     }
 
-    public func session(_ id: String) -> GuestSession? { lock.withLock { guests[id] } }
+    public func session(_ id: String) -> GuestSession? { lock.withLock { guests[GuestKey(id)] } }
     public var count: Int { lock.withLock { guests.count } }
     /// Shared build copies held, with the number of guests on each (for status and tests).
     public var sharedBuilds: [(key: KernelFactsKey, guests: Int)] { lock.withLock { builds.map { ($0.key, $0.value.guests) } } }
