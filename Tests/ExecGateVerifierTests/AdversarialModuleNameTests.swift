@@ -342,4 +342,34 @@ final class AdversarialModuleNameTests: XCTestCase {
         XCTAssertEqual(first.reason, .moduleNameMismatch, first.message)
         XCTAssertTrue(first.message.contains("'zzzbypass'"), first.message)
     }
+
+    /// Round 8, lead 5 (names by bytes). Attack: a claimed section named by a Unicode spelling
+    /// canonically equivalent to the signed section's name. irqbypass's `.note.Linux` renamed
+    /// `.note.LinuK` and re-signed; the claim names `.note.Linu` + U+212A KELVIN SIGN.
+    /// ClaimStructure found the section by `String ==` (and the explainer's address map is a
+    /// `String`-keyed dictionary), so the claim was taken as naming it, while the kernel's
+    /// section names (`find_sec()`'s strcmp, the sysfs `sections/` entries the VMM reads) are
+    /// bytes. Now a claimed name must be a section's name byte for byte
+    /// (`ELFFile.section(named:)`): refused as an unknown section; the exact name is allowed.
+    func testClaimedSectionNameMustBeTheSectionsBytes() throws {
+        let g = try guest(denying: [])
+        var r = try crafted(g) { c in
+            let shstr = try c.ko.withUnsafeBytes { raw -> Int in
+                let e = try ELFFile(bytes: raw)
+                return e.sections[Int(raw.load(fromByteOffset: 0x3e, as: UInt16.self))].fileRange.lowerBound
+            }
+            let name = Array("\0.note.Linux\0".utf8)
+            let at = try XCTUnwrap((shstr..<c.ko.count - name.count).first { Array(c.ko[$0..<$0 + name.count]) == name })
+            c.ko[at + name.count - 2] = UInt8(ascii: "K")
+        }
+        let k = try XCTUnwrap(r.sections.firstIndex { $0.name == ".note.Linux" }, "the claim lists .note.Linux")
+        r.sections[k].name = ".note.Linu\u{212A}"
+        let v = g.verifier.authorize(r, requestDigest: [])
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .claimUnknownSection, v.message)
+        XCTAssertEqual(g.session.allowedModules, [])
+        r.sections[k].name = ".note.LinuK"
+        let exact = g.verifier.authorize(r, requestDigest: [])
+        XCTAssertEqual(exact.decision, .allow, exact.message)
+    }
 }
