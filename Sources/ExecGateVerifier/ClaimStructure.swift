@@ -19,7 +19,9 @@ enum ClaimStructure {
             guard seen.insert(c.name).inserted else {
                 return Failure(reason: .claimDuplicateSection, message: "section '\(c.name)' is claimed twice")
             }
-            guard let s = elf.sections.first(where: { $0.name == c.name }) else {
+            // By bytes (ELFFile.section(named:), find_sec()'s strcmp), never String ==, which takes
+            // a canonically equivalent spelling ('.note.Linu' + U+212A for '.note.LinuK').
+            guard let s = elf.section(named: c.name) else {
                 return Failure(reason: .claimUnknownSection, message: "claimed section '\(c.name)' does not exist in the signed module")
             }
             guard let bytes = c.bytes else {

@@ -12,7 +12,7 @@ enum ModuleInfo {
     /// The bytes of the first `key=` entry, as the kernel's get_modinfo() finds it (entries are
     /// NUL-separated, empty ones skipped: next_string()).
     static func rawValue(_ key: String, in elf: ELFFile) -> [UInt8]? {
-        guard let s = elf.sections.first(where: { $0.name == ".modinfo" }), !s.isNoBits else { return nil }
+        guard let s = elf.section(named: ".modinfo"), !s.isNoBits else { return nil }
         let raw = UnsafeRawBufferPointer(rebasing: elf.bytes[s.fileRange])
         let prefix = Array((key + "=").utf8)
         for entry in raw.split(separator: 0) where entry.starts(with: prefix) {
@@ -59,11 +59,11 @@ enum ModuleName {
         // At most one `.modinfo` (6.12 elf_validity_cache_index_info(): "Only one .modinfo section
         // must exist"): 6.1 reads the first with SHF_ALLOC (find_sec()), ModuleInfo the first by
         // name, so two would let the kernel and ExecGate read different `name=` and `vermagic=`.
-        let infos = elf.sections.filter { $0.name == ".modinfo" }.count
+        let infos = elf.sections.filter { $0.name.utf8.elementsEqual(".modinfo".utf8) }.count
         guard infos <= 1 else {
             return .failure(.malformed("\(infos) .modinfo sections: only one may exist (elf_validity_cache_index_info())"))
         }
-        let found = elf.sections.filter { $0.name == section }
+        let found = elf.sections.filter { $0.name.utf8.elementsEqual(section.utf8) }
         guard found.count == 1, let mod = found.first else {
             return .failure(.malformed("exactly one \(section) section must exist, found \(found.count) (elf_validity_cache_index_mod())"))
         }
