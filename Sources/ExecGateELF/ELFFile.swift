@@ -298,9 +298,34 @@ public struct ELFFile: @unchecked Sendable {
         for i in sections.indices {
             let k = asciiNameLengths[i]
             if q >= 0 && k >= 0 && k != q { continue }
-            if sections[i].name.utf8.elementsEqual(name.utf8) { return sections[i] }
+            if ELFFile.sameBytes(sections[i].name, name) { return sections[i] }
         }
         return nil
+    }
+
+    /// Every section with this exact name, in section order (the names compared as
+    /// ``section(named:)`` compares them). `module_finalize()` keeps the *last* of a name.
+    public func sections(named name: String) -> [ELFSection] {
+        let q = ELFFile.asciiLength(name)
+        var out: [ELFSection] = []
+        for i in sections.indices {
+            let k = asciiNameLengths[i]
+            if q >= 0 && k >= 0 && k != q { continue }
+            if ELFFile.sameBytes(sections[i].name, name) { out.append(sections[i]) }
+        }
+        return out
+    }
+
+    /// True when the UTF-8 bytes of `a` and `b` are the same (`strcmp() == 0`), compared in
+    /// place (a section name is a native string: contiguous storage).
+    @inline(__always) static func sameBytes(_ a: String, _ b: String) -> Bool {
+        let r = a.utf8.withContiguousStorageIfAvailable { x in
+            b.utf8.withContiguousStorageIfAvailable { y in
+                x.count == y.count && x.elementsEqual(y)
+            }
+        }
+        if let r, let r { return r }
+        return a.utf8.elementsEqual(b.utf8)
     }
 
     /// The first symbol with this exact name (linear scan; use ``symbols()`` once for many lookups).
@@ -347,20 +372,34 @@ public struct ELFFile: @unchecked Sendable {
         }
         let strRange = sections[link].fileRange
         let count = t.size / ELFLimits.symbolSize
+        // A string table whose last byte is NUL (every linker writes one so; 6.12's
+        // elf_validity_cache_strtab() requires it) terminates every name inside it: each entry
+        // needs only its offset checked, and a name's end is found when the name is read (most
+        // symbols' names never are). Otherwise every name's NUL is looked for here, so that a
+        // table the kernel would read past is refused with the same error, naming the symbol.
+        let terminated = !strRange.isEmpty && bytes[strRange.upperBound - 1] == 0
         var nameEnds: [Int32] = []
-        nameEnds.reserveCapacity(count)
+        if !terminated { nameEnds.reserveCapacity(count) }
         for i in 0..<count {
             let o = t.fileRange.lowerBound + i * ELFLimits.symbolSize
             let shndx = bytes.loadInteger(at: o + 6, as: UInt16.self)
             if shndx != SectionIndex.undef && shndx < SectionIndex.loReserve && Int(shndx) >= sections.count {
                 throw ELFError(.badSymbolSectionIndex, offset: o + 6, "symbol \(i): st_shndx \(shndx) of \(sections.count) sections")
             }
-            let r = try ELFFile.stringRange(in: bytes, table: strRange, at: bytes.loadInteger(at: o, as: UInt32.self), what: "name of symbol \(i)", headerOffset: o)
-            nameEnds.append(Int32(r.upperBound - strRange.lowerBound))  // < table size ≤ file size < 2^31 (checked there)
+            let name = bytes.loadInteger(at: o, as: UInt32.self)
+            if terminated {
+                guard Int(name) < strRange.count else {
+                    throw ELFError(.badStringOffset, offset: o, "name of symbol \(i): offset \(name) outside string table of \(strRange.count) bytes")
+                }
+            } else {
+                let r = try ELFFile.stringRange(in: bytes, table: strRange, at: name, what: "name of symbol \(i)", headerOffset: o)
+                nameEnds.append(Int32(r.upperBound - strRange.lowerBound))  // < table size ≤ file size < 2^31 (checked there)
+            }
         }
         precondition(t.fileRange.count == count * ELFLimits.symbolSize)
         return ELFSymbolTable(entries: UnsafeRawBufferPointer(rebasing: bytes[t.fileRange]),
-                              strings: UnsafeRawBufferPointer(rebasing: bytes[strRange]), nameEnds: nameEnds)
+                              strings: UnsafeRawBufferPointer(rebasing: bytes[strRange]), count: count,
+                              nameEnds: terminated ? nil : nameEnds)
     }
 
     /// Every `SHT_RELA` section, validated (records decoded in place: ``ELFRelocations``). `SHT_REL` is refused (x86-64 modules use RELA only; the
@@ -485,19 +524,22 @@ public struct ELFSymbolTable: @unchecked Sendable {
     // @unchecked: immutable borrowed buffers plus a value-type array.
     @usableFromInline let entries: UnsafeRawBufferPointer
     @usableFromInline let strings: UnsafeRawBufferPointer
-    /// Offset of each name's NUL in `strings` (the name starts at `st_name`).
-    @usableFromInline let nameEnds: [Int32]
+    /// Offset of each name's NUL in `strings` (the name starts at `st_name`), when `strings` does
+    /// not end in NUL; nil when it does (a name's NUL is then found when the name is read: it is
+    /// inside `strings`).
+    @usableFromInline let nameEnds: [Int32]?
+    public let count: Int
 
-    init(entries: UnsafeRawBufferPointer, strings: UnsafeRawBufferPointer, nameEnds: [Int32]) {
-        self.entries = entries; self.strings = strings; self.nameEnds = nameEnds
+    init(entries: UnsafeRawBufferPointer, strings: UnsafeRawBufferPointer, count: Int, nameEnds: [Int32]?) {
+        precondition(entries.count == count * 24 && (nameEnds == nil ? strings.last == 0 : nameEnds!.count == count))
+        self.entries = entries; self.strings = strings; self.count = count; self.nameEnds = nameEnds
     }
 
-    public var count: Int { nameEnds.count }
-    public var indices: Range<Int> { 0..<nameEnds.count }
+    public var indices: Range<Int> { 0..<count }
 
-    // Every accessor takes an index in `indices` (trap otherwise: `nameEnds[i]` is checked, and
-    // every entry of the table lies inside `entries` by construction).
-    @inlinable func at(_ i: Int) -> Int { precondition(i >= 0 && i < nameEnds.count, "symbol index"); return i &* 24 }
+    // Every accessor takes an index in `indices` (trap otherwise), and every entry of the table
+    // lies inside `entries` by construction; every `st_name` is inside `strings` (checked there).
+    @inlinable func at(_ i: Int) -> Int { precondition(i >= 0 && i < count, "symbol index"); return i &* 24 }
     // (Entries are 24 bytes, little-endian, validated at construction; the host is x86-64.)
     @inlinable public func sectionIndex(_ i: Int) -> UInt16 { UInt16(littleEndian: entries.loadUnaligned(fromByteOffset: at(i) &+ 6, as: UInt16.self)) }
     @inlinable public func info(_ i: Int) -> UInt8 { entries.load(fromByteOffset: at(i) &+ 4, as: UInt8.self) }
@@ -509,8 +551,22 @@ public struct ELFSymbolTable: @unchecked Sendable {
     @inlinable public func isFunction(_ i: Int) -> Bool { info(i) & 0xf == 2 }
     /// The name's bytes (no NUL), borrowed.
     @inlinable public func nameBytes(_ i: Int) -> UnsafeRawBufferPointer {
-        let start = Int(UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at(i), as: UInt32.self))), end = Int(nameEnds[i])
+        let start = Int(UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at(i), as: UInt32.self)))
+        let end: Int
+        if let ends = nameEnds { end = Int(ends[i]) } else {
+            // A NUL at or after `start` exists: the table's last byte (checked at construction).
+            end = ELFFile.memchrNUL(strings, from: start, to: strings.count) ?? strings.count - 1
+        }
         return UnsafeRawBufferPointer(rebasing: strings[start..<end])
+    }
+    /// True when the name starts with the ASCII `prefix`, read without looking for the name's
+    /// end (the prefix's bytes are not NUL: a match lies inside the name).
+    @inlinable public func nameHasPrefix(_ i: Int, _ prefix: StaticString) -> Bool {
+        let start = Int(UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at(i), as: UInt32.self)))
+        let n = prefix.utf8CodeUnitCount, p = prefix.utf8Start
+        guard strings.count - start >= n else { return false }
+        for k in 0..<n where strings[start &+ k] != p[k] { return false }
+        return true
     }
     /// The name as a `String` (allocates for names over 15 bytes).
     public func name(_ i: Int) -> String {

@@ -41,10 +41,8 @@ extension Session {
     /// from a build: denied by name, not replayed from another table than the kernel's.
     func refuseAmbiguousFinalizeTables() throws {
         for name in loader == .linux6_12 ? Session.finalizeTables612 : Session.finalizeTables61 {
-            var count = 0
-            var last: ELFSection?
-            for sec in elf.sections where sec.name.utf8.elementsEqual(name.utf8) { count += 1; last = sec }
-            guard let sec = last else { continue }
+            let named = elf.sections(named: name), count = named.count
+            guard let sec = named.last else { continue }
             if count > 1 {
                 throw deny(.loader, "\(count) sections named \(name): module_finalize() takes the last, the replay's tables the first (not modelled)", section: name)
             }

@@ -351,10 +351,7 @@ final class Session {
         var keys: [Int] = []
         var entries: [UInt64] = []
         for i in symtab.indices where !symtab.isUndefined(i) {
-            let p = symtab.nameBytes(i)
-            if p.count >= 7, p[0] == 0x5f, p[1] == 0x5f, p[2] == 0x53, p[3] == 0x43, p[5] == 0x5f, p[6] == 0x5f {
-                if p[4] == 0x54 { trampolines.append(i) } else if p[4] == 0x4b { keys.append(i) }
-            }
+            if symtab.nameHasPrefix(i, "__SCT__") { trampolines.append(i) } else if symtab.nameHasPrefix(i, "__SCK__") { keys.append(i) }
             if symtab.isFunction(i) {
                 let si = Int(symtab.sectionIndex(i))
                 if si < elf.sections.count, lay.coreOffset[si] != nil, lay.flags[si].contains(.execInstr), let a = addr[si] {
