@@ -8,7 +8,7 @@
 
 /// A malformed or unsupported vhost-user message.
 public struct VhostUserError: Error, CustomStringConvertible, Equatable {
-    public enum Code: String, Sendable { case truncated, tooLarge, badVersion, badPayload, badQueue, missingFd, badMemory, io, unsupported }
+    public enum Code: String, Sendable { case truncated, tooLarge, badVersion, badPayload, badQueue, missingFd, badFd, badMemory, busy, io, unsupported }
     public let code: Code
     public let reason: String
     public init(_ code: Code, _ reason: String) { self.code = code; self.reason = reason }
