@@ -51,6 +51,10 @@ public enum VsockLimits {
     public static let maxPendingHandshakes = 64
     /// Milliseconds a host client has to send its CONNECT line.
     public static let handshakeTimeoutMillis = 5000
+    /// Milliseconds a listener is left unpolled after accept4() failed for lack of resources
+    /// (EMFILE, ENFILE, ENOBUFS, ENOMEM): the waiting client stays in the backlog and keeps the
+    /// socket readable, so polling it again at once would spin (TransportLimits.acceptBackoff, 200 ms).
+    public static let acceptPauseMillis = 200
     /// First local port handed to host-initiated connections (FC: 1 << 30, counting up).
     public static let firstHostPort: UInt32 = 1 << 30
     /// Longest path in a sockaddr_un (including the NUL).

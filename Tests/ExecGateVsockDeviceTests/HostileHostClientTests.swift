@@ -34,7 +34,11 @@ final class HostileHostClientTests: XCTestCase {
             started.wait()
         }
 
+        private var stopped = false
+
         func stop() {
+            guard !stopped else { return }
+            stopped = true
             backend.stop()
             _ = done.wait(timeout: .now() + 5)
             for f in ["vu", "h", "vu.lock", "h.lock"] { unlink(dir + "/" + f) }
@@ -123,6 +127,11 @@ final class HostileHostClientTests: XCTestCase {
         var closed = 0
         for c in clients where closedByPeer(c) { closed += 1 }
         XCTAssertEqual(closed, clients.count, "every waiting client was served once descriptors were free")
+        r.stop()
+        // It did meet the limit, and retried about every `acceptPauseMillis` (~6 in 1.2 s), not
+        // at once.
+        XCTAssertGreaterThanOrEqual(r.backend.acceptResourceFailures, 1)
+        XCTAssertLessThan(r.backend.acceptResourceFailures, 100)
     }
 
     /// Attack: many half-open host clients (connect, never send the CONNECT line) and lines that
