@@ -165,4 +165,35 @@ final class HostileHostClientTests: XCTestCase {
             XCTAssertTrue(closedByPeer(c, seconds: Int32(VsockLimits.handshakeTimeoutMillis / 1000) - 2), "refused: \(line.prefix(20))")
         }
     }
+
+    /// Attack: fill the backend's descriptor table within its own limits. Its bounds allow 1023
+    /// connections (one host socket each) + 64 clients mid-handshake + its listeners, eventfds and
+    /// the up to 16 descriptors one vhost-user message may carry; the usual soft RLIMIT_NOFILE of a
+    /// service is 1024 (systemd's default soft limit). Host clients (or a guest connecting out to
+    /// a host listener) reach EMFILE long before the connection bound, and then the frontend's next
+    /// message carrying descriptors (SET_VRING_KICK after a guest reboot, SET_MEM_TABLE) loses them
+    /// (recvmsg: MSG_CTRUNC) and its session is dropped: the VM's only channel to the verifier.
+    /// Rule: the descriptors the bounds allow must exist. The backend raises its soft limit to
+    /// cover them (systemd.exec(5), LimitNOFILE=: "programs that need more should raise the soft
+    /// limit themselves", up to the hard limit); when the hard limit is lower, the connection
+    /// bound shrinks to fit it (FC's muxer is likewise bounded by what it can hold:
+    /// MAX_CONNECTIONS = 1023 in vsock/unix/mod.rs).
+    func testDescriptorsForEveryBoundedConnectionExist() throws {
+        var saved = rlimit()
+        XCTAssertEqual(getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved), 0)
+        defer { _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) }
+        let open = (try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")).count
+        let needed = open + VsockLimits.maxConnections + VsockLimits.maxPendingHandshakes + 16
+        try XCTSkipIf(saved.rlim_max != rlim_t.max && saved.rlim_max < rlim_t(needed),
+                      "the hard RLIMIT_NOFILE \(saved.rlim_max) is below the \(needed) descriptors this test needs")
+        var low = saved
+        low.rlim_cur = 1024
+        XCTAssertEqual(setrlimit(Int32(RLIMIT_NOFILE.rawValue), &low), 0)
+        let r = try Running("nofile")
+        defer { r.stop() }
+        var now = rlimit()
+        XCTAssertEqual(getrlimit(Int32(RLIMIT_NOFILE.rawValue), &now), 0)
+        XCTAssertGreaterThanOrEqual(Int(now.rlim_cur), needed,
+                                    "soft RLIMIT_NOFILE \(now.rlim_cur) holds \(open) open + \(VsockLimits.maxConnections) connections + \(VsockLimits.maxPendingHandshakes) handshakes + one message's fds")
+    }
 }
