@@ -31,6 +31,10 @@ public enum VsockLimits {
     // MARK: - connections
     /// Live connections (FC MAX_CONNECTIONS = 1023).
     public static let maxConnections = 1023
+    /// Descriptors kept free beyond connections and handshakes: both listeners, the wake eventfd,
+    /// the frontend, 9 ring eventfds, the 16 one vhost-user message may carry (SET_MEM_TABLE's 8
+    /// and the extras detected and closed), one host socket being connected, stdio.
+    public static let reservedDescriptors = 64
     /// Our receive buffer per connection = the `buf_alloc` we advertise: how much the guest may send
     /// before the host stream drains it. Bounded memory: at most this much is ever buffered.
     public static let connBufferSize: UInt32 = 256 * 1024

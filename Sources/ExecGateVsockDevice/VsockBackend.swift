@@ -62,18 +62,64 @@ public final class VsockBackend: @unchecked Sendable {
     public init(config: VsockBackendConfig) throws(BackendError) {
         self.config = config
         guard config.guestCID >= 3, config.guestCID < UInt64(UInt32.max) else { throw BackendError("guest CID \(config.guestCID): must be 3…2^32-2") }
+        let connections = try VsockBackend.provideDescriptors()
         vhostListener = try VsockBackend.listen(config.vhostUserSocket)
         do { hybridListener = try VsockBackend.listen(config.hybridSocket) } catch { close(vhostListener); throw error }
         wakeFd = egv_eventfd()
         session = VhostUserSession(guestCID: config.guestCID)
         let hybrid = config.hybridSocket
-        muxer = VsockMuxer(guestCID: config.guestCID) { port in UnixStream.connect(path: "\(hybrid)_\(port)") }
+        muxer = VsockMuxer(guestCID: config.guestCID, maxConnections: connections) { port in UnixStream.connect(path: "\(hybrid)_\(port)") }
         session.log = { [weak self] in self?.log($0) }
     }
 
     deinit {
         close(vhostListener); close(hybridListener); close(wakeFd)
         if frontend >= 0 { close(frontend) }
+    }
+
+    /// The soft RLIMIT_NOFILE and connection bound for a process with `open` descriptors: every
+    /// connection (one host socket), every client mid-handshake and `VsockLimits.reservedDescriptors`
+    /// must fit, or a client reaching EMFILE first would also starve the frontend's messages of
+    /// their descriptors (recvmsg drops them: MSG_CTRUNC) and end its session. The soft limit is
+    /// raised as far as needed, up to the hard limit (systemd.exec(5), LimitNOFILE=: programs that
+    /// need more raise the soft limit themselves; the default soft limit is 1024); below that the
+    /// connection bound shrinks to fit. nil: not even one connection fits.
+    public static func descriptorPlan(soft: UInt64, hard: UInt64, open: Int) -> (soft: UInt64, connections: Int)? {
+        let fixed = open + VsockLimits.maxPendingHandshakes + VsockLimits.reservedDescriptors
+        let want = UInt64(fixed + VsockLimits.maxConnections)
+        let limit = soft >= want ? soft : min(hard, want)
+        let room = limit > UInt64(Int.max) ? Int.max : Int(limit) - fixed
+        guard room >= 1 else { return nil }
+        return (limit, min(VsockLimits.maxConnections, room))
+    }
+
+    /// Applies `descriptorPlan` to this process. Returns the connection bound.
+    static func provideDescriptors() throws(BackendError) -> Int {
+        let resource = Int32(RLIMIT_NOFILE.rawValue)
+        var r = rlimit()
+        guard getrlimit(resource, &r) == 0 else { throw BackendError("getrlimit(RLIMIT_NOFILE)", errno: errno) }
+        let open = openDescriptors()
+        guard let plan = descriptorPlan(soft: UInt64(r.rlim_cur), hard: UInt64(r.rlim_max), open: open) else {
+            throw BackendError("RLIMIT_NOFILE \(r.rlim_cur) (hard \(r.rlim_max)) leaves no descriptor for a connection (\(open) open, \(VsockLimits.maxPendingHandshakes + VsockLimits.reservedDescriptors) reserved)")
+        }
+        if plan.soft > UInt64(r.rlim_cur) {
+            r.rlim_cur = rlim_t(plan.soft)
+            guard setrlimit(resource, &r) == 0 else { throw BackendError("setrlimit(RLIMIT_NOFILE, \(plan.soft))", errno: errno) }
+        }
+        return plan.connections
+    }
+
+    /// Descriptors open now (/proc/self/fd; the soft limit when it cannot be read, which plans no
+    /// room and so fails loudly rather than overcommitting).
+    static func openDescriptors() -> Int {
+        guard let dir = opendir("/proc/self/fd") else { return Int(getdtablesize()) }
+        defer { closedir(dir) }
+        var n = 0
+        while let e = readdir(dir) {
+            let first = withUnsafeBytes(of: e.pointee.d_name) { $0[0] }
+            if first != UInt8(ascii: ".") { n += 1 }
+        }
+        return max(0, n - 1)  // Less the directory's own descriptor.
     }
 
     static func listen(_ path: String) throws(BackendError) -> Int32 {

@@ -195,5 +195,19 @@ final class HostileHostClientTests: XCTestCase {
         XCTAssertEqual(getrlimit(Int32(RLIMIT_NOFILE.rawValue), &now), 0)
         XCTAssertGreaterThanOrEqual(Int(now.rlim_cur), needed,
                                     "soft RLIMIT_NOFILE \(now.rlim_cur) holds \(open) open + \(VsockLimits.maxConnections) connections + \(VsockLimits.maxPendingHandshakes) handshakes + one message's fds")
+        XCTAssertEqual(r.backend.muxer.maxConnections, VsockLimits.maxConnections)
+
+        // The plan: the soft limit rises as far as needed (never above the hard limit); below that
+        // the connection bound shrinks to fit; with no room at all the backend refuses to start.
+        let fixed = 10 + VsockLimits.maxPendingHandshakes + VsockLimits.reservedDescriptors
+        let unlimited = VsockBackend.descriptorPlan(soft: 1024, hard: UInt64(rlim_t.max), open: 10)
+        XCTAssertEqual(unlimited?.soft, UInt64(fixed + VsockLimits.maxConnections))
+        XCTAssertEqual(unlimited?.connections, VsockLimits.maxConnections)
+        let capped = VsockBackend.descriptorPlan(soft: 1024, hard: 1024, open: 10)
+        XCTAssertEqual(capped?.soft, 1024)
+        XCTAssertEqual(capped?.connections, 1024 - fixed)
+        XCTAssertEqual(VsockBackend.descriptorPlan(soft: 65536, hard: 65536, open: 10)?.soft, 65536, "a higher limit is kept")
+        XCTAssertNil(VsockBackend.descriptorPlan(soft: UInt64(fixed), hard: UInt64(fixed), open: 10))
+        XCTAssertEqual(VsockBackend.descriptorPlan(soft: UInt64(fixed + 1), hard: UInt64(fixed + 1), open: 10)?.connections, 1)
     }
 }
