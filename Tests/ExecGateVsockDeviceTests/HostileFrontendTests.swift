@@ -7,6 +7,7 @@
 // QEMU's vhost-user protocol mirrors message for message.
 
 import CExecGateVsockSys
+import Foundation
 import XCTest
 @testable import ExecGateVsockDevice
 #if canImport(Glibc)
@@ -160,6 +161,36 @@ final class HostileFrontendTests: XCTestCase {
         XCTAssertEqual(ack(s, msg(.setVringKick, le(1 | 0x100))), 0)
         XCTAssertEqual(s.queues[1].size, 256)
         XCTAssertEqual(s.queues[1].lastAvailIndex, 7)
+        s.closeAll()
+    }
+
+    /// Attack: a kick eventfd in semaphore mode (EFD_SEMAPHORE). The backend drains a kick with one
+    /// read(2); in semaphore mode that read takes 1 off the counter, so one write of 2^64 − 2 by the
+    /// frontend keeps the fd readable for 2^64 − 2 turns of the loop: a spin bought with one
+    /// syscall. Rule: ring notifiers are counter-mode eventfds: QEMU's event notifiers are
+    /// eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) (util/event_notifier-posix.c), and the kernel's vhost
+    /// never read(2)s a kick (vhost_poll_wakeup() on the wait queue), so only a backend that reads
+    /// must refuse the mode (eventfd(2): "EFD_SEMAPHORE ... read(2) returns 8 bytes containing the
+    /// value 1, and the counter's value is decremented by 1"). Linux shows the mode in
+    /// /proc/self/fdinfo ("eventfd-semaphore:", since 6.6); a kernel that does not cannot be asked.
+    func testKickEventfdInSemaphoreModeIsRefused() throws {
+        let sem = egv_eventfd_semaphore()
+        XCTAssertGreaterThanOrEqual(sem, 0)
+        let info = (try? String(contentsOfFile: "/proc/self/fdinfo/\(sem)", encoding: .utf8)) ?? ""
+        guard info.contains("eventfd-semaphore:") else {
+            close(sem)
+            throw XCTSkip("this kernel's fdinfo does not show the eventfd mode (Linux < 6.6)")
+        }
+        let s = try session()
+        XCTAssertEqual(ack(s, msg(.setVringNum, le32(1, 16))), 0)
+        XCTAssertEqual(ack(s, msg(.setVringAddr, addr(1, desc: 0, avail: 0x1000, used: 0x2000))), 0)
+        XCTAssertNotEqual(ack(s, msg(.setVringKick, le(1), fds: [sem])), 0, "a semaphore-mode kick")
+        XCTAssertFalse(s.isLive(1))
+        let semCall = egv_eventfd_semaphore()
+        XCTAssertNotEqual(ack(s, msg(.setVringCall, le(1), fds: [semCall])), 0, "a semaphore-mode call")
+        // Control: counter mode is taken.
+        XCTAssertEqual(ack(s, msg(.setVringKick, le(1), fds: [egv_eventfd()])), 0)
+        XCTAssertTrue(s.isLive(1))
         s.closeAll()
     }
 }
