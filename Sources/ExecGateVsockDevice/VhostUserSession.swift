@@ -219,6 +219,24 @@ public final class VhostUserSession {
         guard target == "anon_inode:[eventfd]" else {
             throw VhostUserError(.badFd, "\(request): fd is not an eventfd (\(n > 0 ? target : "readlink errno \(errno)"))")
         }
+        // Counter mode only. A kick is drained with one read(2); in EFD_SEMAPHORE mode that read
+        // takes 1 off the counter, so one write of 2^64 − 2 would keep the fd readable (and the loop
+        // spinning) for as many turns. QEMU's notifiers are eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        // (util/event_notifier-posix.c). Linux ≥ 6.6 shows the mode in fdinfo
+        // ("eventfd-semaphore: 1"); an older kernel does not, and cannot be asked.
+        if let info = Self.fdinfo(fd), info.contains("\neventfd-semaphore: 1") {
+            throw VhostUserError(.badFd, "\(request): eventfd in semaphore mode (EFD_SEMAPHORE)")
+        }
+    }
+
+    /// /proc/self/fdinfo/FD (a few hundred bytes), or nil.
+    private static func fdinfo(_ fd: Int32) -> String? {
+        let f = open("/proc/self/fdinfo/\(fd)", O_RDONLY | O_CLOEXEC)
+        guard f >= 0 else { return nil }
+        defer { close(f) }
+        var buf = [UInt8](repeating: 0, count: 1024)
+        let n = read(f, &buf, buf.count)
+        return n > 0 ? String(decoding: buf.prefix(n), as: UTF8.self) : nil
     }
 
     private func configureQueue(_ i: Int, keepIndices: Bool) throws(VhostUserError) {
