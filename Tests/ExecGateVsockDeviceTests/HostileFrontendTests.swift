@@ -193,4 +193,85 @@ final class HostileFrontendTests: XCTestCase {
         XCTAssertTrue(s.isLive(1))
         s.closeAll()
     }
+
+    /// Attack (fails; regression test): SET_MEM_TABLE regions whose arithmetic wraps or runs past
+    /// what can be mapped, and descriptors of the wrong kind. Rule: vhost-user.rst "Memory region
+    /// description" gives guest_phys_addr, memory_size, userspace_addr and mmap_offset as u64s; the
+    /// kernel refuses a region whose last address wraps (vhost_set_memory() adds
+    /// [gpa, gpa + size − 1]; vhost_iotlb_add_range_ctx(), drivers/vhost/iotlb.c: last < start →
+    /// -EFAULT). Here each of [gpa, gpa+size), [uva, uva+size) and size+offset must not overflow,
+    /// the size must be non-zero and fit the sealed file (SIGBUS otherwise), and only a sealed
+    /// memfd is mapped. Each is refused; the table maps nothing; the session lives on.
+    func testMemoryTableArithmeticAndDescriptorKindsAreChecked() throws {
+        let s = VhostUserSession(guestCID: 3)
+        _ = s.handle(msg(.setProtocolFeatures, le(VhostUserFeatures.offeredProtocol)))
+        func table(gpa: UInt64, size: UInt64, uva: UInt64, offset: UInt64) -> [UInt8] {
+            var t = le32(1, 0)
+            t += le(gpa); t += le(size); t += le(uva); t += le(offset)
+            return t
+        }
+        func ram() -> Int32 { egv_memfd("guest-ram", 1 << 20, EGV_F_SEAL_SHRINK | EGV_F_SEAL_GROW | EGV_F_SEAL_SEAL) }
+        let hostile: [(String, [UInt8])] = [
+            ("gpa + size wraps", table(gpa: UInt64.max - 0xfff, size: 0x2000, uva: 0x7000_0000_0000, offset: 0)),
+            ("uva + size wraps", table(gpa: 0, size: 0x2000, uva: UInt64.max - 0xfff, offset: 0)),
+            ("size 0", table(gpa: 0, size: 0, uva: 0x7000_0000_0000, offset: 0)),
+            ("size beyond Int", table(gpa: 0, size: 1 << 63, uva: 0x1000, offset: 0)),
+            ("offset beyond Int", table(gpa: 0, size: 0x1000, uva: 0x7000_0000_0000, offset: UInt64.max)),
+            ("size + offset overflow", table(gpa: 0, size: UInt64(Int.max), uva: 0, offset: 1)),
+            ("past the file's end", table(gpa: 0, size: 1 << 20, uva: 0x7000_0000_0000, offset: 4096)),
+        ]
+        for (what, t) in hostile {
+            XCTAssertNotEqual(ack(s, msg(.setMemTable, t, fds: [ram()])), 0, what)
+            XCTAssertTrue(s.memory.regions.isEmpty, what)
+        }
+        // Descriptors of the wrong kind: a pipe, an eventfd, a socket (F_GET_SEALS fails: not shmem).
+        var p: [Int32] = [0, 0]
+        XCTAssertEqual(pipe(&p), 0)
+        close(p[1])
+        var sv: [Int32] = [0, 0]
+        XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv), 0)
+        close(sv[1])
+        for (what, fd) in [("pipe", p[0]), ("eventfd", egv_eventfd()), ("socket", sv[0])] {
+            XCTAssertNotEqual(ack(s, msg(.setMemTable, table(gpa: 0, size: 4096, uva: 0x7000_0000_0000, offset: 0), fds: [fd])), 0, what)
+            XCTAssertTrue(s.memory.regions.isEmpty, what)
+        }
+        // Two regions where one is named: the extra descriptor is closed, the message refused.
+        XCTAssertNotEqual(ack(s, msg(.setMemTable, table(gpa: 0, size: 4096, uva: 0x7000_0000_0000, offset: 0), fds: [ram(), ram()])), 0)
+        // The session lives on: a good table maps.
+        XCTAssertEqual(ack(s, msg(.setMemTable, table(gpa: 0, size: 1 << 20, uva: 0x7000_0000_0000, offset: 0), fds: [ram()])), 0)
+        XCTAssertEqual(s.memory.regions.count, 1)
+        s.closeAll()
+    }
+
+    /// Attack (fails; regression test): SET_MEM_TABLE while the rings run, with a table that no
+    /// longer holds them, then GET_VRING_BASE and kicks. Rule: every ring pointer is re-translated
+    /// against the new table before use (vhost-user.rst: the backend "must" stop using the old
+    /// mapping once it answered), so a ring outside the new memory stops (refused with REPLY_ACK)
+    /// instead of being read through a stale pointer; GET_VRING_BASE answers the index it reached
+    /// and closes the kick fd, so later kicks reach nothing.
+    func testMemoryTableSwappedUnderRunningRings() throws {
+        let s = try session()
+        XCTAssertEqual(ack(s, msg(.setVringNum, le32(1, 16))), 0)
+        XCTAssertEqual(ack(s, msg(.setVringAddr, addr(1, desc: 0, avail: 0x1000, used: 0x2000))), 0)
+        let kick = egv_eventfd()
+        let ours = dup(kick)
+        defer { close(ours) }
+        XCTAssertEqual(ack(s, msg(.setVringKick, le(1), fds: [kick])), 0)
+        XCTAssertTrue(s.isLive(1))
+        // The new table is elsewhere: the running ring's addresses are no longer guest memory.
+        let fd = egv_memfd("guest-ram-2", 1 << 20, EGV_F_SEAL_SHRINK | EGV_F_SEAL_GROW | EGV_F_SEAL_SEAL)
+        var table = le32(1, 0)
+        table += le(0); table += le(1 << 20); table += le(0x6000_0000_0000); table += le(0)
+        XCTAssertNotEqual(ack(s, msg(.setMemTable, table, fds: [fd])), 0, "the running ring lies outside the new table")
+        XCTAssertFalse(s.isLive(1), "stopped, not left pointing at unmapped memory")
+        XCTAssertThrowsError(try s.queues[1].nextAvailable())
+        // GET_VRING_BASE answers and stops; the kick fd is closed, so kicks reach nothing.
+        let base = try XCTUnwrap(s.handle(msg(.getVringBase, le32(1, 0))))
+        XCTAssertEqual(Array(base.dropFirst(12)), le32(1, 0))
+        XCTAssertEqual(s.kickFd(1), -1)
+        var one: UInt64 = 1
+        XCTAssertEqual(write(ours, &one, 8), 8, "the frontend's kick goes nowhere")
+        XCTAssertFalse(s.isLive(1))
+        s.closeAll()
+    }
 }
