@@ -25,6 +25,7 @@ public enum QueueError: Error, Equatable, CustomStringConvertible {
     case headOutOfRange(UInt16)
     case descriptorIndexOutOfRange(UInt16)
     case chainTooLong
+    case tooManyDescriptors(Int)
     case descriptorOutsideMemory(gpa: UInt64, length: UInt32)
     case indirectUnsupported
     case writableBeforeReadable
@@ -38,6 +39,7 @@ public enum QueueError: Error, Equatable, CustomStringConvertible {
         case .headOutOfRange(let h): return "chain head \(h) out of range"
         case .descriptorIndexOutOfRange(let i): return "descriptor next \(i) out of range"
         case .chainTooLong: return "descriptor chain longer than the queue (loop?)"
+        case .tooManyDescriptors(let n): return "descriptor chain of more than \(n) descriptors"
         case .descriptorOutsideMemory(let g, let l): return "descriptor [0x\(String(g, radix: 16)), +\(l)) outside guest memory"
         case .indirectUnsupported: return "indirect descriptors were not negotiated"
         case .writableBeforeReadable: return "readable descriptor after a writable one"

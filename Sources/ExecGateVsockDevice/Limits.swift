@@ -13,6 +13,11 @@ public enum VsockLimits {
     public static let queueCount = 3
     /// Largest split-virtqueue size (virtio 1.2 § 2.7: Queue Size ≤ 32768, a power of 2).
     public static let maxQueueSize = 32768
+    /// Most descriptors in one chain, whatever the queue size: the kernel's vhost-vsock takes at
+    /// most UIO_MAXIOV (1024) buffers per chain (vhost_get_vq_desc() with ARRAY_SIZE(vq->iov);
+    /// translate_desc() -ENOBUFS past it). A Linux guest's vsock chain is a header and its payload.
+    /// Bounds the work one avail entry buys (a 32768-descriptor chain cost 2.5 s per 256 of them).
+    public static let maxChainDescriptors = 1024
     /// Seconds a blocked send to the frontend may take (SO_SNDTIMEO) before the session is dropped.
     public static let vhostUserReadTimeoutSeconds = 2
     /// Milliseconds one whole vhost-user message (header, payload, fds) may take from its first

@@ -55,9 +55,17 @@ final class HostileGuestTests: XCTestCase {
     func testChainLengthIsBoundedWhateverTheQueueSize() throws {
         let r = try Ring(queueSize: 32768)
         r.longChain(32768)
-        XCTAssertThrowsError(try r.queue.chain(head: 0, memory: r.memory), "a 32768-descriptor chain")
+        XCTAssertThrowsError(try r.queue.chain(head: 0, memory: r.memory), "a 32768-descriptor chain") {
+            XCTAssertEqual($0 as? QueueError, .tooManyDescriptors(VsockLimits.maxChainDescriptors))
+        }
         r.longChain(1025)
-        XCTAssertThrowsError(try r.queue.chain(head: 0, memory: r.memory), "one past the bound")
+        XCTAssertThrowsError(try r.queue.chain(head: 0, memory: r.memory), "one past the bound") {
+            XCTAssertEqual($0 as? QueueError, .tooManyDescriptors(VsockLimits.maxChainDescriptors))
+        }
+        // A loop in a small queue is still a loop.
+        let small = try Ring(queueSize: 16)
+        for i in 0..<16 { small.writeDesc(i, addr: Ring.data, len: 1, flags: 1, next: UInt16((i + 1) % 16)) }
+        XCTAssertThrowsError(try small.queue.chain(head: 0, memory: small.memory)) { XCTAssertEqual($0 as? QueueError, .chainTooLong) }
         r.longChain(1024)
         let chain = try r.queue.chain(head: 0, memory: r.memory)
         XCTAssertEqual(chain.segments.count, 1024, "the bound itself is taken")
