@@ -274,4 +274,42 @@ final class HostileFrontendTests: XCTestCase {
         XCTAssertFalse(s.isLive(1))
         s.closeAll()
     }
+
+    /// Attack (fails; regression test): messages out of order and repeated. Rule (vhost-user.rst,
+    /// "Starting and stopping rings"; the kernel's vhost_vring_set_num(): 0 < num ≤ 0xffff, a power
+    /// of two; virtio 1.2 § 2.7: Queue Size ≤ 32768): a ring starts only with size and addresses
+    /// inside the current memory table; SET_OWNER / RESET_OWNER may repeat (RESET_OWNER stops the
+    /// rings and forgets the features); sizes 0, 65536 and 3 are refused; GET_VRING_BASE of a ring
+    /// never started answers the base it was given.
+    func testOutOfOrderAndRepeatedMessagesAreRefusedOrHarmless() throws {
+        let s = VhostUserSession(guestCID: 3)
+        _ = s.handle(msg(.setProtocolFeatures, le(VhostUserFeatures.offeredProtocol)))
+        // Ring set-up before any memory table: taken, but the ring cannot start.
+        XCTAssertEqual(ack(s, msg(.setVringNum, le32(0, 16))), 0)
+        XCTAssertEqual(ack(s, msg(.setVringAddr, addr(0, desc: 0, avail: 0x1000, used: 0x2000))), 0)
+        XCTAssertNotEqual(ack(s, msg(.setVringKick, le(0), fds: [egv_eventfd()])), 0, "kick before SET_MEM_TABLE")
+        XCTAssertFalse(s.isLive(0))
+        for num: UInt32 in [0, 3, 65536, 1 << 31] {
+            XCTAssertNotEqual(ack(s, msg(.setVringNum, le32(0, num))), 0, "size \(num)")
+        }
+        XCTAssertEqual(ack(s, msg(.setVringBase, le32(0, 9))), 0)
+        XCTAssertEqual(Array(try XCTUnwrap(s.handle(msg(.getVringBase, le32(0, 0)))).dropFirst(12)), le32(0, 9), "a never-started ring's base")
+        // Owners repeat; RESET_OWNER stops a running ring and forgets the features.
+        let t = try session()
+        for _ in 0..<3 { XCTAssertEqual(ack(t, msg(.setOwner)), 0) }
+        XCTAssertEqual(ack(t, msg(.setFeatures, le(VhostUserFeatures.virtioVersion1))), 0)
+        XCTAssertEqual(ack(t, msg(.setVringNum, le32(1, 16))), 0)
+        XCTAssertEqual(ack(t, msg(.setVringAddr, addr(1, desc: 0, avail: 0x1000, used: 0x2000))), 0)
+        XCTAssertEqual(ack(t, msg(.setVringKick, le(1), fds: [egv_eventfd()])), 0)
+        XCTAssertTrue(t.isLive(1))
+        for _ in 0..<3 { XCTAssertEqual(ack(t, msg(.resetOwner)), 0) }
+        XCTAssertFalse(t.isLive(1))
+        XCTAssertEqual(t.ackedFeatures, 0)
+        XCTAssertEqual(t.kickFd(1), -1)
+        // And it starts again from the top.
+        XCTAssertEqual(ack(t, msg(.setOwner)), 0)
+        XCTAssertEqual(ack(t, msg(.setVringKick, le(1), fds: [egv_eventfd()])), 0)
+        XCTAssertTrue(t.isLive(1))
+        s.closeAll(); t.closeAll()
+    }
 }
