@@ -4,6 +4,7 @@
 // backend loop (VsockBackend.run) on its own thread, the test as the clients. No frontend or guest
 // is needed: the attacks end before a connection would reach the guest.
 
+import CExecGateVsockSys
 import Foundation
 import XCTest
 @testable import ExecGateVsockDevice
@@ -209,5 +210,42 @@ final class HostileHostClientTests: XCTestCase {
         XCTAssertEqual(VsockBackend.descriptorPlan(soft: 65536, hard: 65536, open: 10)?.soft, 65536, "a higher limit is kept")
         XCTAssertNil(VsockBackend.descriptorPlan(soft: UInt64(fixed), hard: UInt64(fixed), open: 10))
         XCTAssertEqual(VsockBackend.descriptorPlan(soft: UInt64(fixed + 1), hard: UInt64(fixed + 1), open: 10)?.connections, 1)
+    }
+
+    /// Attack (fails; regression test) from the control socket: a message carrying more descriptors
+    /// than any vhost-user message may (VHOST_MEMORY_BASELINE_NREGIONS = 8, vhost-user.rst), and
+    /// descriptors riding on a message that takes none. Rule: the extras are closed as they arrive
+    /// (egv_recv_with_fds), the first case ends that frontend's session, the second is answered and
+    /// its descriptors closed; nothing leaks, and the next frontend is served.
+    func testDescriptorFloodOnTheControlSocketLeaksNothing() throws {
+        let r = try Running("fdflood")
+        defer { r.stop() }
+        func openCount() -> Int { ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count }
+        func frontend() -> Int32 {
+            let fe = unixSocket()
+            XCTAssertTrue(connect(fe, r.dir + "/vu"))
+            var tv = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fe, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            return fe
+        }
+        let before = openCount()
+        // 16 descriptors on one GET_FEATURES: the session ends.
+        var fe = frontend()
+        var fds = (0..<16).map { _ in egv_eventfd() }
+        let hdr = VhostUserHeader(request: .getFeatures, flags: 1, size: 0).bytes
+        XCTAssertEqual(hdr.withUnsafeBytes { egv_send_with_fds(fe, $0.baseAddress, hdr.count, fds, Int32(fds.count)) }, hdr.count)
+        fds.forEach { close($0) }
+        var b = [UInt8](repeating: 0, count: 64)
+        XCTAssertEqual(recv(fe, &b, b.count, 0), 0, "the session was dropped")
+        close(fe)
+        // 8 descriptors on GET_FEATURES: answered, the descriptors closed.
+        fe = frontend()
+        fds = (0..<8).map { _ in egv_eventfd() }
+        XCTAssertEqual(hdr.withUnsafeBytes { egv_send_with_fds(fe, $0.baseAddress, hdr.count, fds, Int32(fds.count)) }, hdr.count)
+        fds.forEach { close($0) }
+        XCTAssertEqual(recv(fe, &b, 20, Int32(MSG_WAITALL)), 20, "GET_FEATURES answered")
+        close(fe)
+        usleep(200_000)  // The backend sees the second frontend leave.
+        XCTAssertLessThanOrEqual(openCount(), before, "no descriptor of either message is left open")
     }
 }
