@@ -312,4 +312,32 @@ final class HostileFrontendTests: XCTestCase {
         XCTAssertTrue(t.isLive(1))
         s.closeAll(); t.closeAll()
     }
+
+    /// Attack: a memory table whose regions overlap, in guest-physical or in the frontend's virtual
+    /// addresses, backed by different files. The same guest address then has two meanings: a
+    /// descriptor is read from whichever region is found first, while the guest (and QEMU) write
+    /// the other. Rule: guest memory is one address space of disjoint regions (rust-vmm vm-memory
+    /// GuestRegionCollection::from_regions: Error::MemoryRegionOverlap; QEMU sends one region per
+    /// RAM block, never overlapping). Refused; nothing mapped; the session lives on.
+    func testOverlappingMemoryRegionsAreRefused() throws {
+        let s = VhostUserSession(guestCID: 3)
+        _ = s.handle(msg(.setProtocolFeatures, le(VhostUserFeatures.offeredProtocol)))
+        func ram() -> Int32 { egv_memfd("guest-ram", 1 << 20, EGV_F_SEAL_SHRINK | EGV_F_SEAL_GROW | EGV_F_SEAL_SEAL) }
+        func table(_ regions: [(gpa: UInt64, uva: UInt64)]) -> [UInt8] {
+            var t = le32(UInt32(regions.count), 0)
+            for r in regions { t += le(r.gpa); t += le(1 << 20); t += le(r.uva); t += le(0) }
+            return t
+        }
+        let gpaOverlap = table([(0, 0x7000_0000_0000), (0x8_0000, 0x7100_0000_0000)])
+        XCTAssertNotEqual(ack(s, msg(.setMemTable, gpaOverlap, fds: [ram(), ram()])), 0, "guest-physical ranges overlap")
+        XCTAssertTrue(s.memory.regions.isEmpty)
+        let uvaOverlap = table([(0, 0x7000_0000_0000), (0x100_0000, 0x7000_000F_F000)])
+        XCTAssertNotEqual(ack(s, msg(.setMemTable, uvaOverlap, fds: [ram(), ram()])), 0, "frontend virtual ranges overlap")
+        XCTAssertTrue(s.memory.regions.isEmpty)
+        // Control: adjacent regions are disjoint and taken.
+        let adjacent = table([(0, 0x7000_0000_0000), (1 << 20, 0x7000_0010_0000)])
+        XCTAssertEqual(ack(s, msg(.setMemTable, adjacent, fds: [ram(), ram()])), 0)
+        XCTAssertEqual(s.memory.regions.count, 2)
+        s.closeAll()
+    }
 }
