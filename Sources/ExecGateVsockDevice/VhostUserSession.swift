@@ -108,6 +108,19 @@ public final class VhostUserSession {
             return u64(UInt64(VsockLimits.maxMemoryRegions))
         case .setMemTable:
             let table = try m.memoryTable()
+            // Disjoint regions only, in both address spaces (rust-vmm vm-memory
+            // GuestRegionCollection::from_regions: MemoryRegionOverlap): one guest address, one
+            // meaning. Checked before anything is unmapped, so a refused table changes nothing.
+            for (i, a) in table.enumerated() {
+                for b in table[(i + 1)...] {
+                    for (what, x, y) in [("guest-physical", a.gpa, b.gpa), ("frontend virtual", a.uva, b.uva)] {
+                        let (xEnd, o1) = x.addingReportingOverflow(a.size), (yEnd, o2) = y.addingReportingOverflow(b.size)
+                        guard o1 || o2 || xEnd <= y || yEnd <= x else {
+                            throw VhostUserError(.badMemory, "regions overlap in \(what) addresses: [0x\(String(x, radix: 16)), +\(a.size)) and [0x\(String(y, radix: 16)), +\(b.size))")
+                        }
+                    }
+                }
+            }
             let wasStarted = vrings.indices.filter { vrings[$0].started }
             for i in queues.indices { queues[i].reset() }
             memory.unmapAll()

@@ -338,6 +338,10 @@ final class HostileFrontendTests: XCTestCase {
         let adjacent = table([(0, 0x7000_0000_0000), (1 << 20, 0x7000_0010_0000)])
         XCTAssertEqual(ack(s, msg(.setMemTable, adjacent, fds: [ram(), ram()])), 0)
         XCTAssertEqual(s.memory.regions.count, 2)
+        // A refused table changes nothing: the memory in use stays mapped.
+        XCTAssertNotEqual(ack(s, msg(.setMemTable, gpaOverlap, fds: [ram(), ram()])), 0)
+        XCTAssertEqual(s.memory.regions.count, 2)
+        XCTAssertNotNil(s.memory.translate(gpa: (1 << 20) + 16, length: 16))
         s.closeAll()
     }
 }
