@@ -56,6 +56,8 @@ ssize_t egv_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_fds
 
 int egv_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
 
+int egv_eventfd_semaphore(void) { return eventfd(0, EFD_SEMAPHORE | EFD_NONBLOCK | EFD_CLOEXEC); }
+
 int egv_accept(int fd, int nonblocking) {
     return accept4(fd, NULL, NULL, SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0));
 }

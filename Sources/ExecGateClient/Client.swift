@@ -6,7 +6,8 @@
 //
 // Failure contract: if the connection drops, every pending request fails at once with
 // `ClientError.connectionClosed`; with a timeout, a request that gets no reply in time fails with
-// `.timedOut` — the caller never hangs.
+// `.timedOut`, and a hybrid handshake with no answer in time with `.hybridHandshakeFailed` — the
+// caller never hangs.
 
 import ExecGateWire
 import NIOConcurrencyHelpers
@@ -65,7 +66,7 @@ public final class ExecGateClient: @unchecked Sendable {
                 channel = try await bootstrap.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port))).get()
             case .hybrid(let path, let port):
                 channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
-                try await HybridHandshake.perform(on: channel, port: port)
+                try await HybridHandshake.perform(on: channel, port: port, timeout: timeout)
             }
             // The reply handler is created on the channel's loop, where it lives.
             let handler = try await channel.eventLoop.submit {
@@ -290,10 +291,21 @@ enum HybridHandshake {
     /// Longest reply line accepted before giving up (a real "OK 1073741824\n" is 14 bytes).
     static let maximumLine = 64
 
-    static func perform(on channel: Channel, port: UInt32) async throws {
+    /// Sends the CONNECT line and waits for the answer. With a `timeout` (seconds, the client's
+    /// per-request timeout), a peer that neither answers nor hangs up within it is given up on and
+    /// the connection closed: the caller never hangs, during the handshake either.
+    static func perform(on channel: Channel, port: UInt32, timeout: Double?) async throws {
         let done = channel.eventLoop.makePromise(of: Void.self)
         try await channel.eventLoop.submit {
-            try channel.pipeline.syncOperations.addHandler(LineHandler(promise: done), name: "hybrid-handshake")
+            let handler = LineHandler(promise: done)
+            try channel.pipeline.syncOperations.addHandler(handler, name: "hybrid-handshake")
+            if let t = timeout {
+                let bound = NIOLoopBound(handler, eventLoop: channel.eventLoop)
+                let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(t * 1e9))) {
+                    bound.value.expire(channel: channel, after: t)
+                }
+                done.futureResult.whenComplete { _ in timer.cancel() }
+            }
         }.get()
         try await channel.writeAndFlush(channel.allocator.buffer(string: "CONNECT \(port)\n")).get()
         try await done.futureResult.get()
@@ -334,6 +346,14 @@ enum HybridHandshake {
             }
         }
         typealias InboundOut = ByteBuffer
+
+        /// The handshake's time is up (on the channel's loop): fail it once and hang up.
+        func expire(channel: Channel, after seconds: Double) {
+            guard !finished else { return }
+            finished = true
+            promise.fail(ClientError.hybridHandshakeFailed("no reply line within \(seconds) s"))
+            channel.close(promise: nil)
+        }
 
         func channelInactive(context: ChannelHandlerContext) {
             if !finished { finished = true; promise.fail(ClientError.hybridHandshakeFailed("connection closed during handshake")) }

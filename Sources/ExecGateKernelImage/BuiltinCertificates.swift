@@ -48,7 +48,7 @@ public enum BuiltinCertificates {
     /// - Throws: `.noCertificates` when no run of certificates has the list's shape,
     ///   `.ambiguousCertificateList` when more than one has.
     public static func systemCertificateList(_ image: UnsafeRawBufferPointer) throws(KernelImageError) -> [Certificate] {
-        let runs = certificateRuns(image)
+        let runs = try certificateRuns(image)
         var lists: [ArraySlice<(offset: Int, certificate: Certificate)>] = []
         for run in runs {
             // Every suffix of a run: a certificate-shaped blob right before the list is not part of it.
@@ -82,10 +82,14 @@ public enum BuiltinCertificates {
     }
 
     /// Every complete DER X.509 certificate in `image`, grouped into runs of back-to-back ones.
-    static func certificateRuns(_ image: UnsafeRawBufferPointer) -> [[(offset: Int, certificate: Certificate)]] {
+    ///
+    /// - Throws: `.tooManyCertificateCandidates` once more than `KernelImageLimits.maxCertificateCandidates`
+    ///   offsets would go to the DER parser (the scan's work is bounded before it is done).
+    static func certificateRuns(_ image: UnsafeRawBufferPointer) throws(KernelImageError) -> [[(offset: Int, certificate: Certificate)]] {
         guard let base = image.baseAddress, image.count >= 6 else { return [] }
         var runs: [[(offset: Int, certificate: Certificate)]] = []
         var pos = 0
+        var candidates = 0
         let p = base.assumingMemoryBound(to: UInt8.self)
         while pos <= image.count - 6 {
             // The C helper never reads past image.count and returns image.count when done.
@@ -96,6 +100,11 @@ public enum BuiltinCertificates {
             let length = Int(image[i + 2]) << 8 | Int(image[i + 3])
             let total = length + 4
             guard total >= minimumCertificateSize, total <= image.count - i else { continue }
+            candidates += 1
+            guard candidates <= KernelImageLimits.maxCertificateCandidates else {
+                throw KernelImageError(.tooManyCertificateCandidates,
+                                       "more than \(KernelImageLimits.maxCertificateCandidates) certificate-shaped offsets (the last at \(Hex.address(UInt64(i)))); a kernel's system_certificate_list holds a few")
+            }
             let candidate = UnsafeRawBufferPointer(rebasing: image[i..<(i + total)])
             guard let (cert, consumed) = Certificate.parsePrefix(candidate), consumed == total else { continue }
             if let last = runs.last?.last, last.offset + last.certificate.der.count == i {

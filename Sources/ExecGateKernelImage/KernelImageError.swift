@@ -27,6 +27,9 @@ public enum KernelImageErrorCode: String, ErrorCode {
     case noCertificates = "kernel.no-certificates"
     /// More than one run of certificates has the shape of `system_certificate_list`.
     case ambiguousCertificateList = "kernel.ambiguous-certificate-list"
+    /// More certificate-shaped offsets than `KernelImageLimits.maxCertificateCandidates`: a flood
+    /// built to make the scan parse for minutes, refused instead.
+    case tooManyCertificateCandidates = "kernel.too-many-certificate-candidates"
 }
 
 /// Equality compares codes only (see `CodedError`).
@@ -36,4 +39,10 @@ public typealias KernelImageError = CodedError<KernelImageErrorCode>
 public enum KernelImageLimits {
     /// Largest decompressed vmlinux accepted (Debian's is ~66 MB; debug kernels reach ~300 MB).
     public static let maxDecompressedSize = 512 << 20
+    /// Most certificate-shaped offsets (`30 82 LL LL 30 82`, at least 128 bytes, inside the image)
+    /// handed to the DER parser (OpenSSL d2i_X509, ~3.3 µs each) in one image: the work of a scan
+    /// stays ~15 ms. The real Debian 6.1 vmlinux has 6 (its one build key among them); a
+    /// system_certificate_list holds the build key and CONFIG_SYSTEM_TRUSTED_KEYS
+    /// (certs/system_certificates.S), never thousands.
+    public static let maxCertificateCandidates = 4096
 }

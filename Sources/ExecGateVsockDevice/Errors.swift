@@ -8,7 +8,7 @@
 
 /// A malformed or unsupported vhost-user message.
 public struct VhostUserError: Error, CustomStringConvertible, Equatable {
-    public enum Code: String, Sendable { case truncated, tooLarge, badVersion, badPayload, badQueue, missingFd, badMemory, io, unsupported }
+    public enum Code: String, Sendable { case truncated, tooLarge, badVersion, badPayload, badQueue, missingFd, badFd, badMemory, busy, io, unsupported }
     public let code: Code
     public let reason: String
     public init(_ code: Code, _ reason: String) { self.code = code; self.reason = reason }
@@ -25,6 +25,7 @@ public enum QueueError: Error, Equatable, CustomStringConvertible {
     case headOutOfRange(UInt16)
     case descriptorIndexOutOfRange(UInt16)
     case chainTooLong
+    case tooManyDescriptors(Int)
     case descriptorOutsideMemory(gpa: UInt64, length: UInt32)
     case indirectUnsupported
     case writableBeforeReadable
@@ -38,6 +39,7 @@ public enum QueueError: Error, Equatable, CustomStringConvertible {
         case .headOutOfRange(let h): return "chain head \(h) out of range"
         case .descriptorIndexOutOfRange(let i): return "descriptor next \(i) out of range"
         case .chainTooLong: return "descriptor chain longer than the queue (loop?)"
+        case .tooManyDescriptors(let n): return "descriptor chain of more than \(n) descriptors"
         case .descriptorOutsideMemory(let g, let l): return "descriptor [0x\(String(g, radix: 16)), +\(l)) outside guest memory"
         case .indirectUnsupported: return "indirect descriptors were not negotiated"
         case .writableBeforeReadable: return "readable descriptor after a writable one"

@@ -13,6 +13,11 @@ public enum VsockLimits {
     public static let queueCount = 3
     /// Largest split-virtqueue size (virtio 1.2 § 2.7: Queue Size ≤ 32768, a power of 2).
     public static let maxQueueSize = 32768
+    /// Most descriptors in one chain, whatever the queue size: the kernel's vhost-vsock takes at
+    /// most UIO_MAXIOV (1024) buffers per chain (vhost_get_vq_desc() with ARRAY_SIZE(vq->iov);
+    /// translate_desc() -ENOBUFS past it). A Linux guest's vsock chain is a header and its payload.
+    /// Bounds the work one avail entry buys (a 32768-descriptor chain cost 2.5 s per 256 of them).
+    public static let maxChainDescriptors = 1024
     /// Seconds a blocked send to the frontend may take (SO_SNDTIMEO) before the session is dropped.
     public static let vhostUserReadTimeoutSeconds = 2
     /// Milliseconds one whole vhost-user message (header, payload, fds) may take from its first
@@ -31,6 +36,10 @@ public enum VsockLimits {
     // MARK: - connections
     /// Live connections (FC MAX_CONNECTIONS = 1023).
     public static let maxConnections = 1023
+    /// Descriptors kept free beyond connections and handshakes: both listeners, the wake eventfd,
+    /// the frontend, 9 ring eventfds, the 16 one vhost-user message may carry (SET_MEM_TABLE's 8
+    /// and the extras detected and closed), one host socket being connected, stdio.
+    public static let reservedDescriptors = 64
     /// Our receive buffer per connection = the `buf_alloc` we advertise: how much the guest may send
     /// before the host stream drains it. Bounded memory: at most this much is ever buffered.
     public static let connBufferSize: UInt32 = 256 * 1024
@@ -51,6 +60,10 @@ public enum VsockLimits {
     public static let maxPendingHandshakes = 64
     /// Milliseconds a host client has to send its CONNECT line.
     public static let handshakeTimeoutMillis = 5000
+    /// Milliseconds a listener is left unpolled after accept4() failed for lack of resources
+    /// (EMFILE, ENFILE, ENOBUFS, ENOMEM): the waiting client stays in the backlog and keeps the
+    /// socket readable, so polling it again at once would spin (TransportLimits.acceptBackoff, 200 ms).
+    public static let acceptPauseMillis = 200
     /// First local port handed to host-initiated connections (FC: 1 << 30, counting up).
     public static let firstHostPort: UInt32 = 1 << 30
     /// Longest path in a sockaddr_un (including the NUL).

@@ -30,8 +30,13 @@ public final class VsockMuxer {
         public var droppedOrphanRST = 0
     }
 
-    public init(guestCID: UInt64, connector: @escaping (UInt32) -> VsockStream?) {
+    /// Live connections at most (`VsockLimits.maxConnections`, less when the descriptor limit is
+    /// lower: `VsockBackend.descriptorPlan`).
+    public let maxConnections: Int
+
+    public init(guestCID: UInt64, maxConnections: Int = VsockLimits.maxConnections, connector: @escaping (UInt32) -> VsockStream?) {
         self.guestCID = guestCID
+        self.maxConnections = maxConnections
         self.connector = connector
     }
 
@@ -59,7 +64,7 @@ public final class VsockMuxer {
         case .rst:
             return  // Nothing to reset; never answer an RST.
         case .request:
-            guard connections.count < VsockLimits.maxConnections, let stream = connector(h.dstPort) else {
+            guard connections.count < maxConnections, let stream = connector(h.dstPort) else {
                 queueOrphanRST(for: h); return
             }
             let conn = VsockConnection(guestInitiated: h, stream: stream)
@@ -84,7 +89,7 @@ public final class VsockMuxer {
     /// A host client asked (`CONNECT <port>`) for guest port `port`. Returns the local port, or nil
     /// when the connection table is full (the caller closes the stream).
     public func connectFromHost(stream: VsockStream, guestPort: UInt32, prefix: [UInt8], now: UInt64) -> UInt32? {
-        guard connections.count < VsockLimits.maxConnections else { return nil }
+        guard connections.count < maxConnections else { return nil }
         var key = ConnectionKey(localPort: nextHostPort, peerPort: guestPort)
         while connections[key] != nil { advancePort(); key.localPort = nextHostPort }
         advancePort()

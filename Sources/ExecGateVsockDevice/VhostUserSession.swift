@@ -108,6 +108,19 @@ public final class VhostUserSession {
             return u64(UInt64(VsockLimits.maxMemoryRegions))
         case .setMemTable:
             let table = try m.memoryTable()
+            // Disjoint regions only, in both address spaces (rust-vmm vm-memory
+            // GuestRegionCollection::from_regions: MemoryRegionOverlap): one guest address, one
+            // meaning. Checked before anything is unmapped, so a refused table changes nothing.
+            for (i, a) in table.enumerated() {
+                for b in table[(i + 1)...] {
+                    for (what, x, y) in [("guest-physical", a.gpa, b.gpa), ("frontend virtual", a.uva, b.uva)] {
+                        let (xEnd, o1) = x.addingReportingOverflow(a.size), (yEnd, o2) = y.addingReportingOverflow(b.size)
+                        guard o1 || o2 || xEnd <= y || yEnd <= x else {
+                            throw VhostUserError(.badMemory, "regions overlap in \(what) addresses: [0x\(String(x, radix: 16)), +\(a.size)) and [0x\(String(y, radix: 16)), +\(b.size))")
+                        }
+                    }
+                }
+            }
             let wasStarted = vrings.indices.filter { vrings[$0].started }
             for i in queues.indices { queues[i].reset() }
             memory.unmapAll()
@@ -120,15 +133,26 @@ public final class VhostUserSession {
             throw VhostUserError(.unsupported, "dirty logging (live migration) is not supported")
         case .setVringNum:
             let s = try m.vringState()
+            try requireStopped(s.index, m.header.request)
             guard s.num > 0, s.num <= UInt32(VsockLimits.maxQueueSize), s.num & (s.num - 1) == 0 else {
                 throw VhostUserError(.badPayload, "queue \(s.index) size \(s.num)")
             }
             vrings[s.index].num = Int(s.num)
         case .setVringAddr:
             let a = try m.vringAddr()
+            // vhost_vring_set_addr() (drivers/vhost/vhost.c): flags other than VHOST_VRING_F_LOG are
+            // -EOPNOTSUPP, and logging needs VHOST_F_LOG_ALL, never offered here; avail & 1 and
+            // used & 3 are -EINVAL. The descriptor table is 16-aligned too (virtio 1.2 § 2.7,
+            // "Alignment"; rust-vmm virtio-queue Queue::is_valid()). Every ring access below is then
+            // a naturally aligned load or store (the u16 indices are atomics).
+            guard a.flags == 0 else { throw VhostUserError(.unsupported, "queue \(a.index) address flags 0x\(String(a.flags, radix: 16)) (no used-ring logging)") }
+            guard a.desc & 0xf == 0, a.avail & 0x1 == 0, a.used & 0x3 == 0 else {
+                throw VhostUserError(.badPayload, "queue \(a.index) rings misaligned: desc 0x\(String(a.desc, radix: 16)) (16), avail 0x\(String(a.avail, radix: 16)) (2), used 0x\(String(a.used, radix: 16)) (4)")
+            }
             vrings[a.index].addr = (a.desc, a.used, a.avail)
         case .setVringBase:
             let s = try m.vringState()
+            try requireStopped(s.index, m.header.request)
             guard s.num <= UInt32(UInt16.max) else { throw VhostUserError(.badPayload, "queue \(s.index) base \(s.num)") }
             vrings[s.index].base = UInt16(s.num)
         case .getVringBase:
@@ -141,6 +165,7 @@ public final class VhostUserSession {
             return p
         case .setVringKick:
             let k = try m.vringFd()
+            if let fd = k.fd { try requireEventfd(fd, m.header.request) }
             stopRing(k.index)
             if let fd = k.fd {
                 keepFd(fd)
@@ -152,6 +177,7 @@ public final class VhostUserSession {
             vrings[k.index].started = true
         case .setVringCall:
             let c = try m.vringFd()
+            if let fd = c.fd { try requireEventfd(fd, m.header.request) }
             closeFd(&vrings[c.index].callFd)
             if let fd = c.fd {
                 keepFd(fd)
@@ -160,6 +186,7 @@ public final class VhostUserSession {
             }
         case .setVringErr:
             let e = try m.vringFd()
+            if let fd = e.fd { try requireEventfd(fd, m.header.request) }
             closeFd(&vrings[e.index].errFd)
             if let fd = e.fd { keepFd(fd); vrings[e.index].errFd = fd }
         case .setVringEnable:
@@ -182,6 +209,47 @@ public final class VhostUserSession {
             throw VhostUserError(.unsupported, "\(m.header.request) not supported")
         }
         return nil
+    }
+
+    /// SET_VRING_NUM / SET_VRING_BASE only on a stopped ring (started by SET_VRING_KICK, stopped by
+    /// GET_VRING_BASE: vhost-user.rst "Starting and stopping rings"). The kernel answers -EBUSY
+    /// ("Resizing ring with an active backend? You don't want to do that.": vhost_vring_set_num(),
+    /// VHOST_SET_VRING_BASE in vhost_vring_ioctl(), drivers/vhost/vhost.c).
+    private func requireStopped(_ i: Int, _ request: VhostUserRequest) throws(VhostUserError) {
+        guard !vrings[i].started else { throw VhostUserError(.busy, "\(request) for queue \(i) while it runs (GET_VRING_BASE stops it)") }
+    }
+
+    /// A ring's kick, call and error descriptors are eventfds (vhost-user.rst, SET_VRING_KICK/CALL/ERR);
+    /// the kernel's vhost takes them with eventfd_fget() / eventfd_ctx_fdget() and fails with
+    /// -EINVAL otherwise (vhost_vring_ioctl()). Anything else is refused (and closed by `handle`):
+    /// a pipe whose writer is gone, a regular file or a socket can poll readable forever, and as a
+    /// kick fd that would spin the backend's only thread. An eventfd's /proc/self/fd link is
+    /// "anon_inode:[eventfd]" (fs/anon_inodes.c names it after eventfd_fops' "[eventfd]").
+    private func requireEventfd(_ fd: Int32, _ request: VhostUserRequest) throws(VhostUserError) {
+        var buf = [CChar](repeating: 0, count: 64)
+        let n = readlink("/proc/self/fd/\(fd)", &buf, buf.count - 1)
+        let target = n > 0 ? String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
+        guard target == "anon_inode:[eventfd]" else {
+            throw VhostUserError(.badFd, "\(request): fd is not an eventfd (\(n > 0 ? target : "readlink errno \(errno)"))")
+        }
+        // Counter mode only. A kick is drained with one read(2); in EFD_SEMAPHORE mode that read
+        // takes 1 off the counter, so one write of 2^64 − 2 would keep the fd readable (and the loop
+        // spinning) for as many turns. QEMU's notifiers are eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        // (util/event_notifier-posix.c). Linux ≥ 6.6 shows the mode in fdinfo
+        // ("eventfd-semaphore: 1"); an older kernel does not, and cannot be asked.
+        if let info = Self.fdinfo(fd), info.contains("\neventfd-semaphore: 1") {
+            throw VhostUserError(.badFd, "\(request): eventfd in semaphore mode (EFD_SEMAPHORE)")
+        }
+    }
+
+    /// /proc/self/fdinfo/FD (a few hundred bytes), or nil.
+    private static func fdinfo(_ fd: Int32) -> String? {
+        let f = open("/proc/self/fdinfo/\(fd)", O_RDONLY | O_CLOEXEC)
+        guard f >= 0 else { return nil }
+        defer { close(f) }
+        var buf = [UInt8](repeating: 0, count: 1024)
+        let n = read(f, &buf, buf.count)
+        return n > 0 ? String(decoding: buf.prefix(n), as: UTF8.self) : nil
     }
 
     private func configureQueue(_ i: Int, keepIndices: Bool) throws(VhostUserError) {

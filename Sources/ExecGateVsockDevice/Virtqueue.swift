@@ -9,7 +9,7 @@
 // The guest may write any of it at any time. Rules kept here:
 //   - ring addresses are translated once per (re)configuration and must lie wholly in one region;
 //   - `avail.idx` is read with acquire ordering before the entries it publishes (§ 2.7.13.3);
-//   - a chain is walked at most `size` steps; every index and every buffer is range-checked before
+//   - a chain is walked at most min(`size`, `VsockLimits.maxChainDescriptors`) steps; every index and every buffer is range-checked before
 //     use; a bad chain is returned to the guest with length 0 and never dereferenced;
 //   - used entries are written, then `used.idx` is stored with release ordering (§ 2.7.8).
 
@@ -128,7 +128,9 @@ public final class Virtqueue {
         var segments: [DescriptorSegment] = []
         var index = head
         var sawWritable = false
-        for _ in 0..<count {  // A chain longer than the table must contain a loop.
+        // A chain longer than the table must contain a loop; one longer than
+        // `VsockLimits.maxChainDescriptors` is refused as vhost-vsock refuses it (-ENOBUFS).
+        for _ in 0..<min(count, VsockLimits.maxChainDescriptors) {
             guard Int(index) < count else { throw .descriptorIndexOutOfRange(index) }
             // Copy the descriptor out of shared memory once; use only the copy.
             let p = desc + 16 * Int(index)
@@ -146,7 +148,7 @@ public final class Virtqueue {
             if flags & Flag.next == 0 { return DescriptorChain(head: head, segments: segments) }
             index = next
         }
-        throw .chainTooLong
+        throw count > VsockLimits.maxChainDescriptors ? .tooManyDescriptors(VsockLimits.maxChainDescriptors) : .chainTooLong
     }
 
     /// Publishes one used entry: the entry first, then `used.idx` with release ordering.

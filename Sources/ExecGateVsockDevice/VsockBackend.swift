@@ -46,6 +46,11 @@ public final class VsockBackend: @unchecked Sendable {
     private var scratch = [UInt8](repeating: 0, count: VsockLimits.rxPacketChunk)
     private var stopping = false
     public private(set) var frontendSessions = 0
+    /// Until when (monotonic ns) each listener is left unpolled after accept4() ran out of resources.
+    private var vhostAcceptPausedUntil: UInt64 = 0
+    private var hybridAcceptPausedUntil: UInt64 = 0
+    /// accept4() failures for lack of resources (read after `run` returned: tests).
+    public private(set) var acceptResourceFailures = 0
 
     struct Handshake {
         let stream: UnixStream
@@ -57,18 +62,66 @@ public final class VsockBackend: @unchecked Sendable {
     public init(config: VsockBackendConfig) throws(BackendError) {
         self.config = config
         guard config.guestCID >= 3, config.guestCID < UInt64(UInt32.max) else { throw BackendError("guest CID \(config.guestCID): must be 3…2^32-2") }
+        let connections = try VsockBackend.provideDescriptors()
         vhostListener = try VsockBackend.listen(config.vhostUserSocket)
         do { hybridListener = try VsockBackend.listen(config.hybridSocket) } catch { close(vhostListener); throw error }
         wakeFd = egv_eventfd()
         session = VhostUserSession(guestCID: config.guestCID)
         let hybrid = config.hybridSocket
-        muxer = VsockMuxer(guestCID: config.guestCID) { port in UnixStream.connect(path: "\(hybrid)_\(port)") }
+        muxer = VsockMuxer(guestCID: config.guestCID, maxConnections: connections) { port in UnixStream.connect(path: "\(hybrid)_\(port)") }
         session.log = { [weak self] in self?.log($0) }
     }
 
     deinit {
         close(vhostListener); close(hybridListener); close(wakeFd)
         if frontend >= 0 { close(frontend) }
+    }
+
+    /// The soft RLIMIT_NOFILE and connection bound for a process with `open` descriptors: every
+    /// connection (one host socket), every client mid-handshake and `VsockLimits.reservedDescriptors`
+    /// must fit, or a client reaching EMFILE first would also starve the frontend's messages of
+    /// their descriptors (recvmsg drops them: MSG_CTRUNC) and end its session. The soft limit is
+    /// raised as far as needed, up to the hard limit (systemd.exec(5), LimitNOFILE=: programs that
+    /// need more raise the soft limit themselves; the default soft limit is 1024); below that the
+    /// connection bound shrinks to fit. nil: not even one connection fits.
+    public static func descriptorPlan(soft: UInt64, hard: UInt64, open: Int) -> (soft: UInt64, connections: Int)? {
+        let fixed = open + VsockLimits.maxPendingHandshakes + VsockLimits.reservedDescriptors
+        let want = UInt64(fixed + VsockLimits.maxConnections)
+        let limit = soft >= want ? soft : min(hard, want)
+        let room = limit > UInt64(Int.max) ? Int.max : Int(limit) - fixed
+        guard room >= 1 else { return nil }
+        return (limit, min(VsockLimits.maxConnections, room))
+    }
+
+    /// Applies `descriptorPlan` to this process. Returns the connection bound.
+    static func provideDescriptors() throws(BackendError) -> Int {
+        let resource = Int32(RLIMIT_NOFILE.rawValue)
+        var r = rlimit()
+        guard getrlimit(resource, &r) == 0 else { throw BackendError("getrlimit(RLIMIT_NOFILE)", errno: errno) }
+        let open = openDescriptors()
+        guard let plan = descriptorPlan(soft: UInt64(r.rlim_cur), hard: UInt64(r.rlim_max), open: open) else {
+            throw BackendError("RLIMIT_NOFILE \(r.rlim_cur) (hard \(r.rlim_max)) leaves no descriptor for a connection (\(open) open, \(VsockLimits.maxPendingHandshakes + VsockLimits.reservedDescriptors) reserved)")
+        }
+        if plan.soft > UInt64(r.rlim_cur) {
+            r.rlim_cur = rlim_t(plan.soft)
+            guard setrlimit(resource, &r) == 0 else { throw BackendError("setrlimit(RLIMIT_NOFILE, \(plan.soft))", errno: errno) }
+        }
+        return plan.connections
+    }
+
+    /// Descriptors open now (/proc/self/fd; without /proc, F_GETFD probed below the soft limit,
+    /// at most 65536 of them).
+    static func openDescriptors() -> Int {
+        guard let dir = opendir("/proc/self/fd") else {
+            return (0..<min(Int32(clamping: getdtablesize()), 1 << 16)).reduce(0) { $0 + (fcntl($1, F_GETFD) >= 0 ? 1 : 0) }
+        }
+        defer { closedir(dir) }
+        var n = 0
+        while let e = readdir(dir) {
+            let first = withUnsafeBytes(of: e.pointee.d_name) { $0[0] }
+            if first != UInt8(ascii: ".") { n += 1 }
+        }
+        return max(0, n - 1)  // Less the directory's own descriptor.
     }
 
     static func listen(_ path: String) throws(BackendError) -> Int32 {
@@ -113,11 +166,12 @@ public final class VsockBackend: @unchecked Sendable {
                 guard fd >= 0, events != 0 else { return }
                 fds.append(pollfd(fd: fd, events: Int16(events), revents: 0)); sources.append(s)
             }
+            let now = MonotonicClock.nanoseconds()
             add(wakeFd, Int32(POLLIN), .wake)
-            add(vhostListener, Int32(POLLIN), .vhostListener)
+            add(vhostListener, now >= vhostAcceptPausedUntil ? Int32(POLLIN) : 0, .vhostListener)
             add(frontend, Int32(POLLIN), .frontend)
             for i in 0..<VsockLimits.queueCount { add(session.kickFd(i), Int32(POLLIN), .kick(i)) }
-            add(hybridListener, Int32(POLLIN), .hybridListener)
+            add(hybridListener, now >= hybridAcceptPausedUntil ? Int32(POLLIN) : 0, .hybridListener)
             for (fd, _) in handshakes { add(fd, Int32(POLLIN), .handshake(fd)) }
             let rxBuffers = session.isLive(VsockBackend.rxQueue) && session.queues[VsockBackend.rxQueue].hasAvailable
             for (key, c) in muxer.connections where !c.hostHungUp {
@@ -126,9 +180,9 @@ public final class VsockBackend: @unchecked Sendable {
                 if c.wantsHostWrite { ev |= Int32(POLLOUT) }
                 add(c.stream.fd, ev, .connection(key))
             }
-            let now = MonotonicClock.nanoseconds()
             var deadline = muxer.expire(now: now)
             for (_, h) in handshakes { deadline = min(deadline ?? h.deadline, h.deadline) }
+            for p in [vhostAcceptPausedUntil, hybridAcceptPausedUntil] where p > now { deadline = min(deadline ?? p, p) }
             var timeout: Int32 = -1
             if moreTx || (muxer.hasPendingRx && rxBuffers) { timeout = 0 }
             else if let d = deadline { timeout = Int32(clamping: (d > now ? d - now : 0) / 1_000_000 + 1) }
@@ -139,7 +193,7 @@ public final class VsockBackend: @unchecked Sendable {
             for (i, p) in fds.enumerated() where p.revents != 0 {
                 switch sources[i] {
                 case .wake: stopping = true
-                case .vhostListener: acceptFrontend()
+                case .vhostListener: acceptFrontend(now: now2)
                 case .frontend: readFrontend()
                 case .kick(let q): drain(fds[i].fd); if q == VsockBackend.txQueue { moreTx = true }
                 case .hybridListener: acceptHostClients(now: now2)
@@ -227,9 +281,22 @@ public final class VsockBackend: @unchecked Sendable {
 
     // MARK: - vhost-user frontend
 
-    private func acceptFrontend() {
+    /// accept4() failed: for lack of resources, leave that listener unpolled for
+    /// `VsockLimits.acceptPauseMillis`. The client stays in the backlog and keeps the socket readable,
+    /// so polling it again at once would spin the only thread (accept(2): EMFILE, ENFILE, ENOBUFS,
+    /// ENOMEM; the NIO listeners' `AcceptPause`, ExecGateTransport). Other errors (EAGAIN, a client
+    /// gone before accept: ECONNABORTED) leave nothing waiting.
+    private func acceptFailed(pausing until: inout UInt64, now: UInt64) {
+        let e = errno
+        guard e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM else { return }
+        acceptResourceFailures += 1
+        until = now + UInt64(VsockLimits.acceptPauseMillis) * 1_000_000
+        log("accept: errno \(e); not accepting for \(VsockLimits.acceptPauseMillis) ms")
+    }
+
+    private func acceptFrontend(now: UInt64) {
         let fd = egv_accept(vhostListener, 0)
-        guard fd >= 0 else { return }
+        guard fd >= 0 else { acceptFailed(pausing: &vhostAcceptPausedUntil, now: now); return }
         if frontend >= 0 { log("second frontend refused"); close(fd); return }
         var tv = timeval(tv_sec: VsockLimits.vhostUserReadTimeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -338,7 +405,7 @@ public final class VsockBackend: @unchecked Sendable {
     private func acceptHostClients(now: UInt64) {
         while true {
             let fd = egv_accept(hybridListener, 1)
-            guard fd >= 0 else { return }
+            guard fd >= 0 else { acceptFailed(pausing: &hybridAcceptPausedUntil, now: now); return }
             guard handshakes.count < VsockLimits.maxPendingHandshakes else { close(fd); continue }
             handshakes[fd] = Handshake(stream: UnixStream(fd: fd), line: [], deadline: now + UInt64(VsockLimits.handshakeTimeoutMillis) * 1_000_000)
         }

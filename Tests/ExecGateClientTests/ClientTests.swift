@@ -14,6 +14,7 @@ import ExecGateTestSupport
 import ExecGateVerifier
 import ExecGateWire
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import XCTest
@@ -145,6 +146,47 @@ final class ClientTests: XCTestCase {
         } catch ClientError.hybridHandshakeFailed(let why) {
             XCTAssertTrue(why.contains("closed"), why)
         }
+    }
+
+    /// Attack: a hybrid peer (a hung or hostile backend, or anything bound at that path) that
+    /// accepts and reads the CONNECT line but never answers. Rule: the client's failure contract,
+    /// "the caller never hangs" (Client.swift): the handshake is bounded by the same `timeout` as a
+    /// request (Firecracker's hybrid vsock answers "OK <port>\n" or closes; a peer that does neither
+    /// within the timeout is given up on, the connection closed). Before the fix the connect waited
+    /// until the peer hung up (here: the 10 s watchdog).
+    func testSilentHybridPeerTimesOutDuringTheHandshake() async throws {
+        final class Sink: ChannelInboundHandler {
+            typealias InboundIn = ByteBuffer
+            func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+        }
+        let accepted = NIOLockedValueBox<[Channel]>([])
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let channel = try await ServerBootstrap(group: group)
+            .childChannelInitializer { ch in
+                accepted.withLockedValue { $0.append(ch) }
+                return ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(Sink()) }
+            }
+            .bind(unixDomainSocketPath: dir + "/silent-hybrid.sock", cleanupExistingSocketFile: true).get()
+        // Watchdog: a handshake that never ends is ended by hanging up on it after 10 s.
+        let watchdog = Task {
+            try? await Task.sleep(nanoseconds: 10_000_000_000)
+            for ch in accepted.withLockedValue({ $0 }) { try? await ch.close() }
+        }
+        let t0 = NIODeadline.now()
+        var why = ""
+        do {
+            let c = try await ExecGateClient.connect(to: try Endpoint(parsing: "hybrid:\(dir)/silent-hybrid.sock:5000", listening: false), timeout: 0.5)
+            await c.close()
+            XCTFail("connected through a peer that never answered")
+        } catch ClientError.hybridHandshakeFailed(let w) {
+            why = w
+        }
+        let seconds = Double((NIODeadline.now() - t0).nanoseconds) / 1e9
+        XCTAssertLessThan(seconds, 8, "the handshake waited \(seconds) s with a 0.5 s timeout")
+        XCTAssertTrue(why.contains("no reply line within 0.5 s"), why)
+        watchdog.cancel()
+        try? await channel.close()
+        try await group.shutdownGracefully()
     }
 
     // MARK: - Timeouts and hang-ups

@@ -117,3 +117,36 @@ final class ELFProgramHeadersTests: XCTestCase {
         XCTAssertGreaterThan(accepted, 100, "the fuzz must also reach the accepting path")
     }
 }
+
+/// A hostile kernel image handed to `execgate keys extract` (adversarial review, round 9).
+final class HostileKernelImageTests: XCTestCase {
+    // The real image's own scan (6 candidates, 1 certificate) is testKeysExtractFromTheRealVmlinuz.
+    /// Attack: a vmlinux made of certificate-shaped bytes. Every offset holding
+    /// `30 82 LL LL 30 82` (a DER SEQUENCE holding a SEQUENCE, as an X.509 certificate starts) is
+    /// handed to OpenSSL's d2i_X509: ~3.3 µs each, so 8 MiB of a 6-byte pattern (1.4 M candidates)
+    /// cost 4.6 s of CPU before "no certificates", and an image at the 512 MiB decompression cap
+    /// about 5 minutes. Measured on the real Debian 6.1.0-56 vmlinux (65.9 MB): 6 candidates, 1
+    /// certificate. Rule: the work of reading a hostile input is bounded before it is done, not just
+    /// the memory (`KernelImageLimits.maxCertificateCandidates`: a system_certificate_list holds the
+    /// build key plus CONFIG_SYSTEM_TRUSTED_KEYS, certs/system_certificates.S; beyond the bound the
+    /// image is refused with a precise error instead of scanned on).
+    func testCertificateShapedFloodIsRefusedAfterBoundedWork() {
+        var vmlinux = [UInt8]()
+        vmlinux.reserveCapacity(8 << 20)
+        while vmlinux.count < 8 << 20 { vmlinux += [0x30, 0x82, 0x01, 0x00, 0x30, 0x82] }
+        let result: Result<[Certificate], KernelImageError> = vmlinux.withUnsafeBytes { b in
+            Result { () throws(KernelImageError) in try BuiltinCertificates.systemCertificateList(b) }
+        }
+        guard case .failure(let e) = result else { return XCTFail("a flood of candidates holds no certificate list") }
+        XCTAssertEqual(e.code, .tooManyCertificateCandidates, "\(e)")
+        // Just under the bound the scan runs to its answer (no list here).
+        var few = [UInt8](repeating: 0, count: 6 * KernelImageLimits.maxCertificateCandidates)
+        for k in 0..<KernelImageLimits.maxCertificateCandidates { few.replaceSubrange(6 * k..<6 * k + 6, with: [0x30, 0x82, 0x01, 0x00, 0x30, 0x82]) }
+        few += [UInt8](repeating: 0, count: 512)  // Every candidate's 260 bytes fit.
+        let under: Result<[Certificate], KernelImageError> = few.withUnsafeBytes { b in
+            Result { () throws(KernelImageError) in try BuiltinCertificates.systemCertificateList(b) }
+        }
+        guard case .failure(let f) = under else { return XCTFail("no certificate list in the padding") }
+        XCTAssertEqual(f.code, .noCertificates, "\(f)")
+    }
+}

@@ -30,6 +30,10 @@ ssize_t egv_send_with_fds(int sock, const void *buf, size_t len, const int *fds,
 /// eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) (glibc's <sys/eventfd.h> is not in Swift's Glibc module).
 int egv_eventfd(void);
 
+/// eventfd(0, EFD_SEMAPHORE | EFD_NONBLOCK | EFD_CLOEXEC): the mode a ring notifier must not be in
+/// (tests build the hostile case with it).
+int egv_eventfd_semaphore(void);
+
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC [| SOCK_NONBLOCK]).
 int egv_accept(int fd, int nonblocking);
 
