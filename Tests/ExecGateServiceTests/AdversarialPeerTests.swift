@@ -116,6 +116,54 @@ final class AdversarialPeerTests: XCTestCase {
         await fresh.close()
     }
 
+    /// Attack: reserve the whole shared body budget with headers alone. The service reserved a
+    /// frame's whole declared body in the port's `BufferBudget` when its 20-byte header arrived,
+    /// before one body byte came, so 60 connections each sending only the header of an
+    /// authorize-module declaring a 1 MiB body (a small frame: the 8 MiB reserve is open to it)
+    /// held 60 MiB of reservations against the 36 MiB budget, at no cost but 20 bytes each, until
+    /// the 10 s frame deadline closed them (and the attacker reconnects and repeats). Meanwhile an
+    /// honest 100+ KiB module on another connection was refused `unavailable`. Measured before
+    /// the fix: refused at once. The honest request must be answered with its verdict well within
+    /// the frame deadline (asserted: under 5 s of the 10 s), while every attacker is still
+    /// connected (the hold is on while it is judged).
+    func testHeaderOnlyFramesCannotReserveTheBudget() async throws {
+        try startServe()
+        let module = try Fixtures.readFile(try Fixtures.module(named: "rfcomm.ko"))
+        XCTAssertGreaterThan(module.count, FrameDecoder.collectedBodyThreshold)
+        XCTAssertLessThan(module.count, TransportLimits.smallFrameSize)
+        let good = try await ExecGateClient.connect(to: .unix(path: vmm), timeout: 20)
+        let control = try await good.authorize(AuthorizeModule(module: ByteBuffer(bytes: module)))
+        XCTAssertEqual(control.decision, .allow, control.message)
+
+        // 60 connections (below the 128 cap), each the header of a 1 MiB body and nothing more,
+        // plus one declaring the maximum body.
+        var attackers: [SocketPeer] = []
+        for i in 0...60 {
+            let peer = try XCTUnwrap(SocketPeer(path: vmm))
+            var header = ByteBuffer()
+            header.writeInteger(WireLimits.magic); header.writeInteger(WireLimits.protocolVersion)
+            header.writeInteger(MessageType.authorizeModule.rawValue); header.writeInteger(UInt64(i))
+            header.writeInteger(UInt32(i == 60 ? WireLimits.defaultMaximumBodySize : TransportLimits.smallFrameSize))
+            XCTAssertTrue(peer.writeAll(Array(buffer: header)))
+            attackers.append(peer)
+        }
+        try await Task.sleep(nanoseconds: 500_000_000)
+
+        let t0 = now()
+        do {
+            let verdict = try await good.authorize(AuthorizeModule(module: ByteBuffer(bytes: module)))
+            XCTAssertEqual(verdict.decision, .allow, verdict.message)
+        } catch {
+            XCTFail("an honest \(module.count)-byte request was refused while 61 peers held only headers: \(error)")
+        }
+        let took = now() - t0
+        print("attack: 61 header-only frames held; honest \(module.count)-byte request answered after \(String(format: "%.2f", took)) s")
+        XCTAssertLessThan(took, 5, "the honest request waited for the attackers' frame deadline")
+        let closed = attackers.filter { $0.closedByPeer(timeout: 0) }.count
+        XCTAssertEqual(closed, 0, "attackers were closed before the honest request was answered (the test no longer exercises the hold)")
+        await good.close()
+    }
+
     /// Was a HOLE (fixed: `BoundedFrameHandler.checkDeadlines` counts a frame's deadline from its
     /// first byte, reading paused or not). Attack: hold a body reservation past the frame deadline
     /// by keeping the server's reading paused. The deadline was checked only while the server
