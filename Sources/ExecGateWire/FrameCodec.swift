@@ -169,19 +169,20 @@ public struct FrameDecoder: ByteToMessageDecoder {
                 state = .waitingForHeader
                 admittedBodyBytes = 0
                 return .frame(Frame(version: version, type: type, requestID: requestID, body: body))
-            case .collectingBody(let version, let type, let requestID, let length, let collected):
+            case .collectingBody(let version, let type, let requestID, let length, var collected):
                 let n = min(length - admittedBodyBytes, buffer.readableBytes)
                 guard n > 0 else { return nil }
                 if let admit = admitBody, let refusal = admit(n, length) {
                     return abortBody(&buffer, dropping: n, remaining: length - admittedBodyBytes - n, requestID: requestID, type: type, length: length, refusal: refusal)
                 }
                 admittedBodyBytes += n
-                // Leave the state before writing so `body` is the only reference (no copy on write).
+                // Leave the state, and move the buffer out of `collected`, before writing so `body`
+                // is the only reference (else every chunk copied the whole body: copy on write).
                 state = .broken
                 // One allocation of the whole length, at the first admitted byte (the allocator
                 // may round it up; pages past the bytes written are never touched, so memory in
                 // use follows the admitted bytes, not the declared length).
-                var body = collected ?? ByteBufferAllocator().buffer(capacity: length)
+                var body = collected.take() ?? ByteBufferAllocator().buffer(capacity: length)
                 // Safe: n ≤ readableBytes, so the slice exists.
                 var chunk = buffer.readSlice(length: n)!
                 body.writeBuffer(&chunk)
