@@ -9,6 +9,7 @@
 #include <linux/kvm.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -73,7 +74,14 @@ __attribute__((swiftcall, noreturn)) static void execgate_park_main_thread(void 
  */
 extern const char execgate_linked_without_unwind_tables __attribute__((weak));
 
+/* CLOCK_BOOTTIME when this constructor ran (ns; 0 if unknown): the process's first instruction of
+ * ours, after execve and glibc's start-up, before the Swift runtime. PID 1 logs it, so the console
+ * splits "kernel → /init" from "process start → Swift main" (ServiceVM/README.md, "Where the time goes"). */
+static long long process_start_boottime_ns = 0;
+
 __attribute__((constructor(101))) static void execgate_early_proc(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_BOOTTIME, &ts) == 0) process_start_boottime_ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     int pid1 = getpid() == 1;
     if ((pid1 || &execgate_linked_without_unwind_tables != NULL) && &swift_task_asyncMainDrainQueue_hook != NULL)
         swift_task_asyncMainDrainQueue_hook = (void *)execgate_park_main_thread;
@@ -88,5 +96,6 @@ __attribute__((constructor(101))) static void execgate_early_proc(void) {
 }
 
 int execgate_early_proc_status(void) { return early_proc_status; }
+long long execgate_process_start_boottime_ns(void) { return process_start_boottime_ns; }
 
 int execgate_kvm_api_version(int kvm_fd) { return ioctl(kvm_fd, KVM_GET_API_VERSION, 0); }

@@ -416,10 +416,64 @@ extension Session {
     /// `ftrace_module_init()` → `ftrace_init_nop()` → `ftrace_make_nop()`: each `__mcount_loc` site
     /// that holds `call __fentry__` becomes NOP5. At run time tracing may turn it into a call to a
     /// trusted ftrace entry (facts.ftraceCallTargets), nothing else.
+    /// `__mcount_loc` entries in the module's init text seen from the core session (the claim
+    /// may hold no init region; the init session, when there is one, checks their bytes as
+    /// placed): the kernel processes them all the same (ftrace_process_locs() records every
+    /// non-NULL address of the module), so each must be `call __fentry__` too, or ftrace_bug()
+    /// stops ftrace (see `applyFtrace`). Their rel32 depends on where init text is, which the core
+    /// session does not know (at the placeholder it overflows): the signed bytes say `e8`, and
+    /// the one relocation record that writes the site's bytes is R_X86_64_PLT32/PC32 at the
+    /// rel32 with addend -4 of a symbol whose value is `__fentry__` — the rel32
+    /// `apply_relocate_add()` writes at any placement, which decodes to `call __fentry__`.
+    /// Anything else is denied. One pass over each init section's records (sites sorted).
+    func requireFentryCallsInInitText(_ sites: [UInt64], fentry: UInt64) throws {
+        guard region == .core, !sites.isEmpty else { return }  // an init session's other region is core text: the core session's
+        for (t, s) in elf.sections.enumerated() where t < layout.initOffset.count && layout.initOffset[t] != nil && layout.flags[t].contains(.execInstr) {
+            guard let sa = addr[t] else { continue }
+            // (offset in the section, address), sorted by offset, one entry per offset.
+            var here: [(off: Int, a: UInt64)] = []
+            for a in sites where a >= sa && a - sa < UInt64(s.size) { here.append((Int(a - sa), a)) }
+            if here.isEmpty { continue }
+            here.sort { $0.off < $1.off }
+            func refuse(_ k: Int, _ why: String) -> DenyError {
+                deny(.stage(.ftrace), "__mcount_loc entry 0x\(String(here[k].a, radix: 16)) in \(s.name)+0x\(String(here[k].off, radix: 16)) is not `call __fentry__` (\(why)): ftrace_make_nop() fails, ftrace_bug() kills ftrace guest-wide (not modelled)",
+                     section: "__mcount_loc", address: here[k].a)
+            }
+            let signed = elf.contents(of: s)
+            for k in here.indices {
+                guard here[k].off <= s.size - 5 else { throw refuse(k, "fewer than 5 bytes of the section") }
+                guard !signed.isEmpty, signed[here[k].off] == 0xe8 else { throw refuse(k, "no e8 opcode") }
+            }
+            var writers = [Int](repeating: 0, count: here.count), good = [Bool](repeating: false, count: here.count)
+            for rs in rela where rs.targetSectionIndex == t {
+                let rels = rs.relocations
+                for i in rels.indices where rels.isValid(i) {
+                    let r = rels[i]
+                    guard let size = r.type.fieldSize, size > 0 else { continue }
+                    let lo = Int(r.offset), hi = lo + size
+                    // Sites overlapping [lo, hi): the first whose window [off, off + 5) ends after lo.
+                    var l = 0, h = here.count
+                    while l < h { let m = (l + h) / 2; if here[m].off + 5 <= lo { l = m + 1 } else { h = m } }
+                    var k = l
+                    while k < here.count && here[k].off < hi {
+                        writers[k] += 1
+                        if lo == here[k].off + 1, r.type == .pc32 || r.type == .plt32, r.addend == -4,
+                           r.symbolIndex < symtab.count, (try? symbolValue(r.symbolIndex)) == fentry { good[k] = true }
+                        k += 1
+                    }
+                }
+            }
+            for k in here.indices where !good[k] || writers[k] != 1 {
+                throw refuse(k, "its rel32 is not one relocation of __fentry__ - 4")
+            }
+        }
+    }
+
     func applyFtrace() throws {
         guard let t = table("__mcount_loc") else { return }
         let fentry = resolver.lookup("__fentry__")
         let targets = facts.ftraceCallTargets  // read once (not once per site)
+        var initSites: [UInt64] = []  // entries in other executable text (checked after the walk)
         var o = 0
         while let a = t.bytes.getInteger(at: o, as: UInt64.self) {
             o += 8
@@ -430,6 +484,7 @@ extension Session {
                 // any `e8`). Outside the executable sections: denied (requireExecutableSite).
                 if a != 0 {
                     try requireExecutableSite(a, 5, .stage(.ftrace), "__mcount_loc", probe: 1, kernelWrites: { $0[0] == 0xe8 })
+                    initSites.append(a)
                 }
                 continue
             }
@@ -439,8 +494,16 @@ extension Session {
             let isCall = image.withUnsafeBytes { b in
                 b[off] == 0xe8 && rel32Destination(UnsafeRawBufferPointer(rebasing: b[off..<off + 5]), operandAt: 1, site: a, length: 5) == fentry
             }
-            guard fentry != nil, isCall else {
-                continue  // ftrace_bug(): the kernel leaves the site alone and disables ftrace.
+            guard fentry != nil else { continue }  // no ftrace in the guest kernel: no site is rewritten
+            // Not `call __fentry__`: ftrace_init_nop() → ftrace_make_nop() fails its
+            // ftrace_verify_code(), ftrace_nop_initialize() calls ftrace_bug() → ftrace_kill()
+            // (a WARN: a panic_on_warn guest dies) and ftrace_update_code() stops there, so this
+            // module's later sites, and every later module's, keep their calls (kernel/trace/ftrace.c,
+            // 6.1.192 and 6.12.117). Not the end state the replay builds; never built
+            // (recordmcount/objtool list only `call __fentry__`): denied.
+            guard isCall else {
+                throw deny(.stage(.ftrace), "__mcount_loc entry 0x\(String(a, radix: 16)) is not `call __fentry__`: ftrace_make_nop() fails, ftrace_bug() kills ftrace guest-wide and leaves every later site a call (not modelled)",
+                           section: "__mcount_loc", address: a)
             }
             write(off, VariableSite.nop5, .ftrace)
             countSite(.ftrace)
@@ -448,5 +511,6 @@ extension Session {
                 variable.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, what: "ftrace site", rule: .ftrace(site: a, targets: targets)))
             }
         }
+        if let fentry { try requireFentryCallsInInitText(initSites, fentry: fentry) }
     }
 }

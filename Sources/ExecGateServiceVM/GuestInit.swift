@@ -82,7 +82,8 @@ public enum GuestInit {
     public static func run(hooks: GuestServiceHooks) async -> Never {
         setupConsole()
         let t0 = MonotonicClock.sinceBootMilliseconds()
-        log("execgate init \(t0 >= 0 ? String(format1(t0)) + " ms after kernel start" : "")")
+        let started = Double(execgate_process_start_boottime_ns()) / 1e6
+        log("execgate init \(t0 >= 0 ? String(format1(t0)) + " ms after kernel start" : "")\(started > 0 ? " (process start \(format1(started)) ms)" : "")")
         do {
             try mountFilesystems()
             let cmdline = (try? FS.readString("/proc/cmdline")) ?? ""

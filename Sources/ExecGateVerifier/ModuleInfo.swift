@@ -59,11 +59,11 @@ enum ModuleName {
         // At most one `.modinfo` (6.12 elf_validity_cache_index_info(): "Only one .modinfo section
         // must exist"): 6.1 reads the first with SHF_ALLOC (find_sec()), ModuleInfo the first by
         // name, so two would let the kernel and ExecGate read different `name=` and `vermagic=`.
-        let infos = elf.sections.filter { $0.name.utf8.elementsEqual(".modinfo".utf8) }.count
+        let infos = elf.sections(named: ".modinfo").count
         guard infos <= 1 else {
             return .failure(.malformed("\(infos) .modinfo sections: only one may exist (elf_validity_cache_index_info())"))
         }
-        let found = elf.sections.filter { $0.name.utf8.elementsEqual(section.utf8) }
+        let found = elf.sections(named: section)
         guard found.count == 1, let mod = found.first else {
             return .failure(.malformed("exactly one \(section) section must exist, found \(found.count) (elf_validity_cache_index_mod())"))
         }

@@ -30,6 +30,8 @@ void execgate_sync(void);
 /* 1 when the C constructor found itself PID 1 and mounted /proc (or /proc was already there),
  * 0 when not PID 1, -errno when the mount failed. */
 int execgate_early_proc_status(void);
+/* CLOCK_BOOTTIME (ns) when the process's first constructor ran: after execve and libc start-up, before the Swift runtime; 0 if unknown. */
+long long execgate_process_start_boottime_ns(void);
 
 /* KVM: API version (12 on every real KVM) of an open /dev/kvm fd, or -1. */
 int execgate_kvm_api_version(int kvm_fd);
