@@ -168,6 +168,45 @@ final class AdversarialPeerTests: XCTestCase {
         await good.close()
     }
 
+    /// Attack on chunked reservation: the budget holds only the bytes sent, so a peer may now
+    /// start many bodies cheaply. If the decoder allocated a collected body's whole declared
+    /// length at its first byte, 120 connections each sending the header of a (28 MiB − 4 KiB)
+    /// body and one byte of it made the service map 120 × 28 MiB of address space (measured
+    /// against 027a122: VmSize 550 MB → 4.4 GB; untouched, so RSS stayed flat, but under strict
+    /// overcommit those allocations fail). A partial body's buffer must follow its received bytes:
+    /// asserted, the service's VmSize grows by under 1 GiB (measured since: +0), and an honest
+    /// module is still answered.
+    func testOneByteOfManyLargeBodiesMapsNoDeclaredLength() async throws {
+        try startServe()
+        let vmSize = { () -> Int in
+            let line = procText("/proc/\(self.pid)/status").split(separator: "\n").first { $0.hasPrefix("VmSize:") } ?? ""
+            return (Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0) << 10
+        }
+        let module = try Fixtures.readFile(try Fixtures.module(named: "rfcomm.ko"))
+        let good = try await ExecGateClient.connect(to: .unix(path: vmm), timeout: 20)
+        _ = try await good.authorize(AuthorizeModule(module: ByteBuffer(bytes: module)))
+        let before = vmSize()
+        XCTAssertGreaterThan(before, 0)
+        var attackers: [SocketPeer] = []
+        for i in 0..<120 {
+            let peer = try XCTUnwrap(SocketPeer(path: vmm))
+            var frame = ByteBuffer()
+            frame.writeInteger(WireLimits.magic); frame.writeInteger(WireLimits.protocolVersion)
+            frame.writeInteger(MessageType.authorizeModule.rawValue); frame.writeInteger(UInt64(i))
+            frame.writeInteger(UInt32(WireLimits.defaultMaximumBodySize - 4096)); frame.writeInteger(UInt8(0))
+            XCTAssertTrue(peer.writeAll(Array(buffer: frame)))
+            attackers.append(peer)
+        }
+        try await Task.sleep(nanoseconds: 1_000_000_000)
+        let during = vmSize()
+        print("attack: 120 × one byte of a 28 MiB body: service VmSize \(before >> 20) MiB → \(during >> 20) MiB")
+        XCTAssertLessThan(during - before, 1 << 30, "partial bodies mapped their declared lengths")
+        let verdict = try await good.authorize(AuthorizeModule(module: ByteBuffer(bytes: module)))
+        XCTAssertEqual(verdict.decision, .allow, verdict.message)
+        XCTAssertEqual(attackers.filter { $0.closedByPeer(timeout: 0) }.count, 0, "attackers were closed (the test no longer exercises the hold)")
+        await good.close()
+    }
+
     /// Was a HOLE (fixed: `BoundedFrameHandler.checkDeadlines` counts a frame's deadline from its
     /// first byte, reading paused or not). Attack: hold a body reservation past the frame deadline
     /// by keeping the server's reading paused. The deadline was checked only while the server
