@@ -70,12 +70,13 @@ public struct FrameDecoder: ByteToMessageDecoder {
         }
     }
 
-    /// Bodies of at least this many bytes are copied into a buffer of exactly their (admitted)
-    /// length as their bytes arrive, instead of being sliced out of the channel's cumulation
-    /// buffer. A slice keeps the cumulation's storage shared while the request is judged, so every
+    /// Bodies of at least this many bytes are copied into a buffer of their own as their bytes
+    /// arrive (grown by doubling with the admitted bytes, to exactly the body's length), instead
+    /// of being sliced out of the channel's cumulation buffer. A slice keeps the cumulation's storage shared while the request is judged, so every
     /// later read into it copied the whole storage again (and its growth reallocated it): for
     /// module-sized bodies that copying cost the event loop more CPU than judging cost the pool.
-    /// One copy per body, no growth, and the cumulation stays small and reused.
+    /// One copy per body (plus at most one more while its buffer doubles), and the cumulation stays
+    /// small and reused.
     public static let collectedBodyThreshold = 64 << 10
 
     /// True between frames: no header, body or discard in progress (buffered bytes aside).
@@ -179,10 +180,17 @@ public struct FrameDecoder: ByteToMessageDecoder {
                 // Leave the state, and move the buffer out of `collected`, before writing so `body`
                 // is the only reference (else every chunk copied the whole body: copy on write).
                 state = .broken
-                // One allocation of the whole length, at the first admitted byte (the allocator
-                // may round it up; pages past the bytes written are never touched, so memory in
-                // use follows the admitted bytes, not the declared length).
-                var body = collected.take() ?? ByteBufferAllocator().buffer(capacity: length)
+                // The buffer follows the admitted bytes, not the declared length: allocated at the
+                // first admitted byte and doubled as bytes come, up to `length` (NIO rounds a
+                // growth to a power of two: capacity < 2 × length, the pages past the body never
+                // touched), so a partial body's address space is a small multiple of its bytes. Allocating the declared length at once let 120 peers each sending one
+                // byte of a 28 MiB body map 4.4 GB of address space (untouched, but strict
+                // overcommit would refuse it). Doubling copies at most the body once more in all,
+                // and a large buffer's realloc moves its pages (mremap) rather than copying them.
+                var body = collected.take() ?? ByteBufferAllocator().buffer(capacity: min(length, max(n, Self.collectedBodyThreshold)))
+                if body.writableBytes < n {
+                    body.reserveCapacity(min(length, max(body.capacity * 2, body.writerIndex + n)))
+                }
                 // Safe: n ≤ readableBytes, so the slice exists.
                 var chunk = buffer.readSlice(length: n)!
                 body.writeBuffer(&chunk)

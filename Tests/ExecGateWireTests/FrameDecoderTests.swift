@@ -78,7 +78,7 @@ final class FrameDecoderTests: XCTestCase {
         XCTAssertGreaterThan(admitted.count, 3, "admitted at once, not as the chunks came")
         XCTAssertEqual(got.map(\.requestID), [7, 8])
         XCTAssertEqual(Array(buffer: got[0].body), payload)
-        XCTAssertLessThan(got[0].body.capacity, 2 * length, "one allocation for the body, no growth by doubling")
+        XCTAssertLessThan(got[0].body.capacity, 2 * length, "the body's buffer grows with its bytes, never to twice its length (NIO rounds a growth to a power of two)")
         XCTAssertNil(decoder.awaitingBodyLength)
         XCTAssertTrue(decoder.isBetweenFrames)
         XCTAssertEqual(cumulation.readableBytes, 0)
