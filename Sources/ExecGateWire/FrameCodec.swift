@@ -71,8 +71,9 @@ public struct FrameDecoder: ByteToMessageDecoder {
     }
 
     /// Bodies of at least this many bytes are copied into a buffer of their own as their bytes
-    /// arrive (grown by doubling with the admitted bytes, to exactly the body's length), instead
-    /// of being sliced out of the channel's cumulation buffer. A slice keeps the cumulation's storage shared while the request is judged, so every
+    /// arrive (grown by doubling with the admitted bytes, up to the body's length), instead of
+    /// being sliced out of the channel's cumulation buffer. A slice keeps the cumulation's storage
+    /// shared while the request is judged, so every
     /// later read into it copied the whole storage again (and its growth reallocated it): for
     /// module-sized bodies that copying cost the event loop more CPU than judging cost the pool.
     /// One copy per body (plus at most one more while its buffer doubles), and the cumulation stays
@@ -183,9 +184,10 @@ public struct FrameDecoder: ByteToMessageDecoder {
                 // The buffer follows the admitted bytes, not the declared length: allocated at the
                 // first admitted byte and doubled as bytes come, up to `length` (NIO rounds a
                 // growth to a power of two: capacity < 2 × length, the pages past the body never
-                // touched), so a partial body's address space is a small multiple of its bytes. Allocating the declared length at once let 120 peers each sending one
-                // byte of a 28 MiB body map 4.4 GB of address space (untouched, but strict
-                // overcommit would refuse it). Doubling copies at most the body once more in all,
+                // touched), so a partial body's address space is a small multiple of its bytes.
+                // Allocating the declared length at once let 120 peers each sending one byte of a
+                // 28 MiB body map 3.75 GiB more address space (untouched, but strict overcommit
+                // would refuse it: AdversarialPeerTests.testOneByteOfManyLargeBodiesMapsNoDeclaredLength). Doubling copies at most the body once more in all,
                 // and a large buffer's realloc moves its pages (mremap) rather than copying them.
                 var body = collected.take() ?? ByteBufferAllocator().buffer(capacity: min(length, max(n, Self.collectedBodyThreshold)))
                 if body.writableBytes < n {
