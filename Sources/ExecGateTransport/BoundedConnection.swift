@@ -3,7 +3,8 @@
 // Backpressure and deadlines for one connection, shared by the VMM port and the admin port:
 //
 //     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder) ─▶ BoundedFrameHandler ─▶ FrameWriter (header + body, no copy) ─▶ socket
-//                     │ reserve body at header                  │ pending ─▶ in flight ─▶ reply written
+//                     │ check at header, reserve each           │ pending ─▶ in flight ─▶ reply written
+//                     │ body chunk as it arrives                │
 //                     └ FrameProgress events ──────────────────▶│ deadlines, autoRead on/off
 //
 // What holds, per connection (issue 10, "Backpressure end to end"):
@@ -14,6 +15,10 @@
 //     unwritten replies), and reading pauses (autoRead off) while anything is pending, the
 //     in-flight cap is reached, or the socket is not writable. Frames already read when the pause
 //     takes effect wait in `pending`; their bodies are reserved in the port's `BufferBudget`;
+//   - a body is reserved in the budget chunk by chunk as its bytes arrive, never ahead of them
+//     (Budget.swift): a header alone holds nothing, so what a partial frame holds its peer has
+//     sent, and the frame deadline bounds how long; a chunk that does not fit refuses the frame
+//     (`unavailable`), gives back what it held and discards the rest of its body;
 //   - a body's budget reservation is released as soon as its request has been judged (the body
 //     is dropped then), so a peer that stops reading replies cannot pin the shared budget;
 //   - deadlines: a frame's header must be complete `headerDeadline` after its first byte and the
@@ -50,7 +55,8 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
     public init(maximumBodySize: Int, budget: BufferBudget) {
         inner = FrameDecoder(maximumBodySize: maximumBodySize)
         self.budget = budget
-        inner.admitBody = { [budget] n in budget.reserve(n) }
+        inner.admitBody = { [budget] n, length in n == 0 ? budget.check(length) : budget.reserve(n, ofBody: length) }
+        inner.releaseBody = { [budget] n, length in budget.release(n, ofBody: length) }
     }
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
@@ -61,6 +67,8 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
             // Grow the cumulation buffer once to the admitted size, instead of by doubling (which
             // would briefly hold 1.5× the body and leave up to 2× of capacity). Larger bodies go
             // to their own buffer of that size as they arrive (FrameDecoder.collectedBodyThreshold).
+            // Capacity only, under 64 KiB per connection: its pages are touched as body bytes
+            // arrive, and those are reserved in the budget chunk by chunk.
             buffer.reserveCapacity(minimumWritableBytes: length - buffer.readableBytes)
         }
         report(context, buffered: buffer.readableBytes)
@@ -79,10 +87,11 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
     }
 
     public mutating func decoderRemoved(context: ChannelHandlerContext) {
-        // A body admitted but never completed (peer closed mid-body): give its bytes back.
-        if let n = inner.awaitingBodyLength {
-            budget.release(n)
+        // A body admitted but never completed (peer closed mid-body): give back the bytes it held.
+        if let length = inner.awaitingBodyLength {
+            budget.release(inner.admittedBodyBytes, ofBody: length)
             inner.admitBody = nil
+            inner.releaseBody = nil
         }
     }
 
@@ -317,7 +326,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             why = "peer read no reply for \(configuration.writeStallTimeout.nanoseconds / 1_000_000) ms"
         } else if let started = frameStarted {
             // From the frame's first byte, reading paused or not: a partial frame holds its body's
-            // budget reservation (taken at the header) and a connection slot, and a pause lasts as
+            // budget reservation (the body bytes received so far) and a connection slot, and a pause lasts as
             // long as the peer keeps the connection at its in-flight cap or its replies unread, so
             // neither a pause nor a resume may stretch or restart the deadline (a peer pacing its
             // requests held a reservation past it: AdversarialPeerTests).

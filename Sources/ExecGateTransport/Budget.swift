@@ -2,16 +2,26 @@
 //
 // Budgets, not just limits: what every connection of one port may hold together.
 //
-//     header ──▶ BufferBudget.reserve(length) ──ok──▶ body buffered ──▶ judged ──▶ release(length)
-//                          │
-//                          └─refused──▶ error/unavailable, body discarded unbuffered
+//     header ──▶ check(length) ──ok──▶ each chunk ──▶ reserve(chunk, ofBody: length) ──ok──▶ body complete ──▶ judged ──▶ release(length)
+//                      │                                      │
+//                      │                                      └─refused──▶ release(what the frame held), error/unavailable,
+//                      │                                                   rest of the body discarded unbuffered
+//                      └─refused──▶ error/unavailable, body discarded unbuffered (nothing was held)
 //
 // A per-frame limit alone lets N connections each hold one maximum-size body (16 × 48 MiB was
-// measured at 855 MB of RSS). The budget is asked at every frame header, before one byte of the
-// body is kept, and counts partial bodies too: across all connections of a port, at most one
-// maximum-size body is buffered at a time, plus a small reserve that only small frames
-// (≤ `smallFrameSize`: status, patches, hello) may use, so one large upload never starves the
-// health probe or run-time patch requests.
+// measured at 855 MB of RSS). The budget counts the body bytes actually received and kept,
+// partial bodies included: a chunk is reserved before it is kept, never a byte the peer has not
+// sent. (Reserving a frame's whole declared length at its header let 40 connections sending only
+// headers of 1 MiB bodies hold the whole 36 MiB budget for free until their frame deadline, and
+// every honest body was refused meanwhile: AdversarialPeerTests.testHeaderOnlyFramesCannotReserveTheBudget.)
+// So what a peer holds it has sent, and the frame deadline (from a frame's first byte) bounds how
+// long it holds it. At the header the budget is only asked whether the body would fit next to
+// the bytes held now (`check`), so a busy server refuses before the body is sent; a body that
+// started but meets a full budget mid-way is refused then, and what it held is given back at once.
+// Across all connections of a port, at most one maximum-size body is buffered at a time, plus a
+// small reserve that only small frames (≤ `smallFrameSize`: status, patches, hello) may use, so
+// one large upload never starves the health probe or run-time patch requests. A frame's class
+// (small or large) is its declared length, for every chunk of it.
 
 import ExecGateWire
 import NIOConcurrencyHelpers
@@ -82,29 +92,53 @@ public final class BufferBudget: @unchecked Sendable {
         self.largeLimit = max(0, total - smallReserve)
     }
 
-    /// Reserve `n` bytes. Returns nil when reserved, or the refusal message.
-    public func reserve(_ n: Int) -> String? {
+    /// Reserve a whole body of `n` bytes (`reserve(n, ofBody: n)`). Returns nil when reserved, or the refusal message.
+    public func reserve(_ n: Int) -> String? { reserve(n, ofBody: n) }
+
+    /// Reserve `n` bytes of a body of `length` bytes (its class: small or large). Returns nil when
+    /// reserved, or the refusal message.
+    public func reserve(_ n: Int, ofBody length: Int) -> String? {
         guard n > 0 else { return nil }
         return lock.withLock {
             let used = smallUsed + largeUsed
-            if n <= smallFrameSize {
+            if length <= smallFrameSize {
                 if used + n <= total { smallUsed += n; return nil }
             } else if largeUsed + n <= largeLimit && used + n <= total {
                 largeUsed += n
                 return nil
             }
-            _refusals &+= 1
-            let limit = n <= smallFrameSize ? total : largeLimit
-            return "server busy: \(used) bytes of request bodies are buffered across all connections; "
-                + "a body of \(n) bytes would exceed the budget of \(limit) — retry when earlier requests are answered"
+            return refusal(n: n, length: length, used: used)
         }
     }
 
-    /// Give back a reservation of `n` bytes (the same `n` that was reserved).
-    public func release(_ n: Int) {
+    /// Whether a body of `length` bytes would fit next to the bytes held now. Reserves nothing:
+    /// the header's question, so a busy server refuses before the body is sent. Nil when it fits.
+    public func check(_ length: Int) -> String? {
+        guard length > 0 else { return nil }
+        return lock.withLock {
+            let used = smallUsed + largeUsed
+            let fits = length <= smallFrameSize ? used + length <= total : largeUsed + length <= largeLimit && used + length <= total
+            return fits ? nil : refusal(n: length, length: length, used: used)
+        }
+    }
+
+    /// Called with `lock` held.
+    private func refusal(n: Int, length: Int, used: Int) -> String {
+        _refusals &+= 1
+        let limit = length <= smallFrameSize ? total : largeLimit
+        let what = n == length ? "a body of \(n) bytes" : "\(n) more bytes of a body of \(length) bytes (the frame is discarded)"
+        return "server busy: \(used) bytes of request bodies are buffered across all connections; "
+            + "\(what) would exceed the budget of \(limit) — retry when earlier requests are answered"
+    }
+
+    /// Give back a reservation of a whole body of `n` bytes (`release(n, ofBody: n)`).
+    public func release(_ n: Int) { release(n, ofBody: n) }
+
+    /// Give back `n` bytes reserved for a body of `length` bytes.
+    public func release(_ n: Int, ofBody length: Int) {
         guard n > 0 else { return }
         lock.withLock {
-            if n <= smallFrameSize { smallUsed -= n } else { largeUsed -= n }
+            if length <= smallFrameSize { smallUsed -= n } else { largeUsed -= n }
             assert(smallUsed >= 0 && largeUsed >= 0, "budget released more than reserved")
         }
     }
@@ -177,9 +211,10 @@ public final class ConnectionCounter: @unchecked Sendable {
 ///
 /// A body that could never fit is refused at its header as `frame-too-large` (the maximum body
 /// shrinks with the budget); one that fits but not next to the bodies already held is refused as
-/// `unavailable` ("server busy"). Either way the refusal comes before one byte is buffered, so a
-/// large request meets a precise refusal instead of the kernel's OOM killer taking PID 1 (which
-/// would end the VM).
+/// `unavailable` ("server busy"), at its header or, when the budget fills while it arrives, at
+/// the chunk that does not fit (what it held is given back). Either way no byte is buffered past
+/// the budget, so a large request meets a precise refusal instead of the kernel's OOM killer
+/// taking PID 1 (which would end the VM).
 public struct MemoryBudget: Sendable, Equatable {
     /// RAM one buffered body byte costs while its request is judged: the frame's buffer, plus the
     /// verifier's copies of the module and claimed bytes (decoded message, parsed ELF, comparison

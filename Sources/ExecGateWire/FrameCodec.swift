@@ -5,7 +5,8 @@
 // interprets them. Decoder states:
 //
 //     waitingForHeader ──(20 bytes, magic ok, length ≤ limit)──▶ waitingForBody ──▶ emit .frame
-//            │  │                                                        │
+//            │  │                                             each chunk │ admitBody(chunk) refused
+//            │  │                                                        ▼
 //            │  └──(length > limit)──▶ emit .refused(frameTooLarge) ─▶ discarding(n) ──▶ waitingForHeader
 //            └──(bad magic)──▶ emit .refused(badMagic) ─▶ broken (all further input dropped)
 //
@@ -13,10 +14,15 @@
 // make the receiver allocate more than `maximumBodySize` for one frame, and the connection stays
 // usable afterwards.
 //
-// A server also bounds what all its connections buffer together: `admitBody` is asked at the
-// header, before a byte of the body is kept. When it refuses, the decoder emits
-// `.refused(unavailable)` and discards the body exactly as for an oversized one (the
-// `waitingForHeader ──▶ discarding` edge above), so the refused peer costs no memory.
+// A server also bounds what all its connections buffer together: `admitBody` is asked for every
+// chunk of body bytes as it arrives, before the chunk is kept, never for bytes not yet received
+// (a peer declaring a large body but sending nothing holds nothing; reserving the declared length
+// at the header let header-only frames take a whole shared budget: AdversarialPeerTests). It is
+// also asked once at the header with 0 bytes ("may this body start?"; nothing is held). When it
+// refuses, the decoder gives back what this frame was admitted (`releaseBody`), drops the bytes
+// received, emits `.refused(unavailable)` and discards the rest of the body exactly as for an
+// oversized one (the `discarding` state above), so the refused peer costs no memory and its
+// connection stays usable.
 
 import NIOCore
 
@@ -34,18 +40,27 @@ public struct FrameDecoder: ByteToMessageDecoder {
     enum State {
         case waitingForHeader
         case waitingForBody(version: UInt16, type: MessageType, requestID: UInt64, length: Int)
-        /// A large body taken into its own buffer as it arrives (see `collectedBodyThreshold`).
-        case collectingBody(version: UInt16, type: MessageType, requestID: UInt64, length: Int, body: ByteBuffer)
+        /// A large body taken into its own buffer as it arrives (see `collectedBodyThreshold`);
+        /// the buffer is allocated when the first body byte is admitted.
+        case collectingBody(version: UInt16, type: MessageType, requestID: UInt64, length: Int, body: ByteBuffer?)
         case discarding(remaining: Int)
         case broken
     }
 
     private var state: State = .waitingForHeader
     public let maximumBodySize: Int
-    /// Asked once per frame at its header with the body length (after the size check). Returns
-    /// nil to buffer the body, or a message to refuse it with `unavailable`. nil = admit all.
-    /// A server uses it to reserve the body's bytes in a budget shared by all connections.
-    public var admitBody: ((Int) -> String?)?
+    /// Asked `(bytes, bodyLength)` before body bytes are kept: once at the header with `bytes` 0
+    /// (after the size check; nothing is held yet), then for each chunk as it arrives with the
+    /// chunk's size, so the bytes admitted for a frame never exceed the bytes received. Returns
+    /// nil to keep them, or a message to refuse the frame with `unavailable`. nil = admit all.
+    /// A server uses it to reserve body bytes in a budget shared by all connections.
+    public var admitBody: ((_ bytes: Int, _ bodyLength: Int) -> String?)?
+    /// Called `(bytes, bodyLength)` with what a frame refused mid-body had been admitted, when the
+    /// decoder drops it. (A completed frame's bytes travel with its body; the owner gives them back
+    /// when it is done with it. A partial frame's are `admittedBodyBytes`.)
+    public var releaseBody: ((_ bytes: Int, _ bodyLength: Int) -> Void)?
+    /// Body bytes of the partial frame admitted so far (0 between frames and while discarding).
+    public private(set) var admittedBodyBytes = 0
 
     /// The body length this decoder is buffering right now (admitted, not yet complete), or nil.
     public var awaitingBodyLength: Int? {
@@ -55,12 +70,14 @@ public struct FrameDecoder: ByteToMessageDecoder {
         }
     }
 
-    /// Bodies of at least this many bytes are copied into a buffer of exactly their (admitted)
-    /// length as their bytes arrive, instead of being sliced out of the channel's cumulation
-    /// buffer. A slice keeps the cumulation's storage shared while the request is judged, so every
+    /// Bodies of at least this many bytes are copied into a buffer of their own as their bytes
+    /// arrive (grown by doubling with the admitted bytes, up to the body's length), instead of
+    /// being sliced out of the channel's cumulation buffer. A slice keeps the cumulation's storage
+    /// shared while the request is judged, so every
     /// later read into it copied the whole storage again (and its growth reallocated it): for
     /// module-sized bodies that copying cost the event loop more CPU than judging cost the pool.
-    /// One copy per body, no growth, and the cumulation stays small and reused.
+    /// One copy per body (plus at most one more while its buffer doubles), and the cumulation stays
+    /// small and reused.
     public static let collectedBodyThreshold = 64 << 10
 
     /// True between frames: no header, body or discard in progress (buffered bytes aside).
@@ -133,36 +150,75 @@ public struct FrameDecoder: ByteToMessageDecoder {
                     return .refused(requestID: requestID, type: type, code: .frameTooLarge,
                                     message: "body of \(length32) bytes exceeds the limit of \(maximumBodySize)")
                 }
-                if let admit = admitBody, let refusal = admit(length) {
+                if let admit = admitBody, let refusal = admit(0, length) {
                     state = .discarding(remaining: length)
                     return .refused(requestID: requestID, type: type, code: .unavailable, message: refusal)
                 }
+                admittedBodyBytes = 0
                 if length >= Self.collectedBodyThreshold {
-                    // One allocation of the admitted length (within the budget admitBody reserved;
-                    // the allocator may round it up, pages past the body are never touched).
-                    state = .collectingBody(version: version, type: type, requestID: requestID, length: length,
-                                            body: ByteBufferAllocator().buffer(capacity: length))
+                    state = .collectingBody(version: version, type: type, requestID: requestID, length: length, body: nil)
                 } else {
                     state = .waitingForBody(version: version, type: type, requestID: requestID, length: length)
                 }
             case .waitingForBody(let version, let type, let requestID, let length):
+                // The body stays in `buffer` until complete; what arrived of it is admitted first.
+                let have = min(buffer.readableBytes, length)
+                if have > admittedBodyBytes, let admit = admitBody, let refusal = admit(have - admittedBodyBytes, length) {
+                    return abortBody(&buffer, dropping: have, remaining: length - have, requestID: requestID, type: type, length: length, refusal: refusal)
+                }
+                admittedBodyBytes = have
                 guard let body = buffer.readSlice(length: length) else { return nil }
                 state = .waitingForHeader
+                admittedBodyBytes = 0
                 return .frame(Frame(version: version, type: type, requestID: requestID, body: body))
-            case .collectingBody(let version, let type, let requestID, let length, var body):
-                // Leave the state before writing so `body` is the only reference (no copy on write).
+            case .collectingBody(let version, let type, let requestID, let length, var collected):
+                let n = min(length - admittedBodyBytes, buffer.readableBytes)
+                guard n > 0 else { return nil }
+                if let admit = admitBody, let refusal = admit(n, length) {
+                    return abortBody(&buffer, dropping: n, remaining: length - admittedBodyBytes - n, requestID: requestID, type: type, length: length, refusal: refusal)
+                }
+                admittedBodyBytes += n
+                // Leave the state, and move the buffer out of `collected`, before writing so `body`
+                // is the only reference (else every chunk copied the whole body: copy on write).
                 state = .broken
+                // The buffer follows the admitted bytes, not the declared length: allocated at the
+                // first admitted byte and doubled as bytes come, up to `length` (NIO rounds a
+                // growth to a power of two: capacity < 2 × length, the pages past the body never
+                // touched), so a partial body's address space is a small multiple of its bytes.
+                // Allocating the declared length at once let 120 peers each sending one byte of a
+                // 28 MiB body map 3.75 GiB more address space (untouched, but strict overcommit
+                // would refuse it: AdversarialPeerTests.testOneByteOfManyLargeBodiesMapsNoDeclaredLength). Doubling copies at most the body once more in all,
+                // and a large buffer's realloc moves its pages (mremap) rather than copying them.
+                var body = collected.take() ?? ByteBufferAllocator().buffer(capacity: min(length, max(n, Self.collectedBodyThreshold)))
+                if body.writableBytes < n {
+                    body.reserveCapacity(min(length, max(body.capacity * 2, body.writerIndex + n)))
+                }
                 // Safe: n ≤ readableBytes, so the slice exists.
-                var chunk = buffer.readSlice(length: min(length - body.readableBytes, buffer.readableBytes))!
+                var chunk = buffer.readSlice(length: n)!
                 body.writeBuffer(&chunk)
                 guard body.readableBytes == length else {
                     state = .collectingBody(version: version, type: type, requestID: requestID, length: length, body: body)
                     return nil
                 }
                 state = .waitingForHeader
+                admittedBodyBytes = 0
                 return .frame(Frame(version: version, type: type, requestID: requestID, body: body))
             }
         }
+    }
+}
+
+extension FrameDecoder {
+    /// A chunk of a partial body was refused: give back what the frame was admitted, drop the
+    /// `dropping` bytes of it in `buffer` and everything kept, and discard the `remaining` bytes
+    /// still to come.
+    private mutating func abortBody(_ buffer: inout ByteBuffer, dropping: Int, remaining: Int, requestID: UInt64, type: MessageType,
+                                    length: Int, refusal: String) -> InboundFrame {
+        if admittedBodyBytes > 0 { releaseBody?(admittedBodyBytes, length) }
+        admittedBodyBytes = 0
+        buffer.moveReaderIndex(forwardBy: dropping)
+        state = remaining > 0 ? .discarding(remaining: remaining) : .waitingForHeader
+        return .refused(requestID: requestID, type: type, code: .unavailable, message: refusal)
     }
 }
 

@@ -111,7 +111,7 @@ final class BoundsTests: XCTestCase {
     func testDecoderRefusesWhatTheBudgetCannotHoldAndStaysUsable() throws {
         let budget = BufferBudget(total: 1000, smallFrameSize: 100, smallReserve: 100)
         var decoder = FrameDecoder(maximumBodySize: 10_000)
-        decoder.admitBody = { budget.reserve($0) }
+        decoder.admitBody = { n, length in n == 0 ? budget.check(length) : budget.reserve(n, ofBody: length) }
         var buffer = ByteBuffer()
         buffer.writeFrame(Frame(type: .authorizeModule, requestID: 7, body: ByteBuffer(repeating: 1, count: 950)))
         buffer.writeFrame(Frame(type: .status, requestID: 8, body: ByteBuffer()))
@@ -121,6 +121,81 @@ final class BoundsTests: XCTestCase {
         XCTAssertEqual(f.requestID, 8)
         XCTAssertEqual(budget.inUse, 0)
         XCTAssertTrue(decoder.isBetweenFrames)
+    }
+
+    /// A body is reserved chunk by chunk as it arrives, never ahead of its bytes: a header alone
+    /// holds nothing. A chunk that does not fit refuses the frame `unavailable` mid-body: what it
+    /// held is given back at once, the rest of its body is discarded unbuffered, and the next frame
+    /// on the connection decodes. A frame's class is its declared length for every chunk: chunks of
+    /// a large body never take the small frames' reserve.
+    func testBodyIsReservedAsItArrivesAndRefusedMidBodyWhenTheBudgetFills() throws {
+        let budget = BufferBudget(total: 1000, smallFrameSize: 100, smallReserve: 100)
+        var decoder = FrameDecoder(maximumBodySize: 10_000)
+        decoder.admitBody = { n, length in n == 0 ? budget.check(length) : budget.reserve(n, ofBody: length) }
+        decoder.releaseBody = { n, length in budget.release(n, ofBody: length) }
+        var wire = ByteBuffer()
+        wire.writeFrame(Frame(type: .authorizeModule, requestID: 7, body: ByteBuffer(repeating: 1, count: 800)))
+        wire.writeFrame(Frame(type: .status, requestID: 8, body: ByteBuffer(repeating: 2, count: 50)))
+        var buffer = ByteBuffer()
+        // The header alone: admitted, nothing held.
+        buffer.writeBytes(wire.readBytes(length: WireLimits.headerSize)!)
+        XCTAssertNil(try decoder.decodeOne(&buffer))
+        XCTAssertEqual(budget.inUse, 0, "a header reserved its declared body")
+        XCTAssertEqual(decoder.awaitingBodyLength, 800)
+        // 300 bytes of it: 300 held.
+        buffer.writeBytes(wire.readBytes(length: 300)!)
+        XCTAssertNil(try decoder.decodeOne(&buffer))
+        XCTAssertEqual(budget.inUse, 300)
+        XCTAssertEqual(decoder.admittedBodyBytes, 300)
+        // Another peer takes 550 of the large class (limit 900): the next 400 bytes do not fit.
+        XCTAssertNil(budget.reserve(550, ofBody: 550))
+        XCTAssertNotNil(budget.check(800), "the header check counts what is held")
+        buffer.writeBytes(wire.readBytes(length: 400)!)
+        guard case .refused(7, _, .unavailable, let message) = try decoder.decodeOne(&buffer) else { return XCTFail("not refused mid-body") }
+        XCTAssertTrue(message.contains("400 more bytes of a body of 800 bytes"), message)
+        XCTAssertEqual(budget.inUse, 550, "the refused frame's 300 bytes were not given back")
+        XCTAssertEqual(decoder.admittedBodyBytes, 0)
+        XCTAssertEqual(buffer.readableBytes, 0, "the refused chunk is kept")
+        // The last 100 body bytes are discarded, then the small frame decodes (the reserve is its).
+        buffer.writeBytes(wire.readBytes(length: wire.readableBytes)!)
+        guard case .frame(let f) = try decoder.decodeOne(&buffer) else { return XCTFail("no frame after the refused one") }
+        XCTAssertEqual(f.requestID, 8)
+        XCTAssertEqual(f.body.readableBytes, 50)
+        XCTAssertEqual(budget.inUse, 600)
+        budget.release(50)
+        budget.release(550)
+        XCTAssertEqual(budget.inUse, 0)
+        XCTAssertTrue(decoder.isBetweenFrames)
+    }
+
+    /// The same for a body collected into its own buffer (≥ `collectedBodyThreshold`): its chunks
+    /// are reserved as they are copied in, and a refused chunk drops the buffer and what it held.
+    func testCollectedBodyIsRefusedMidBodyAndGivesBackWhatItHeld() throws {
+        let budget = BufferBudget(total: 300_000, smallFrameSize: 100, smallReserve: 0)
+        var decoder = FrameDecoder(maximumBodySize: 1 << 20)
+        decoder.admitBody = { n, length in n == 0 ? budget.check(length) : budget.reserve(n, ofBody: length) }
+        decoder.releaseBody = { n, length in budget.release(n, ofBody: length) }
+        let length = 200_000
+        XCTAssertGreaterThan(length, FrameDecoder.collectedBodyThreshold)
+        var wire = ByteBuffer()
+        wire.writeFrame(Frame(type: .authorizeModule, requestID: 9, body: ByteBuffer(repeating: 3, count: length)))
+        wire.writeFrame(Frame(type: .status, requestID: 10, body: ByteBuffer()))
+        var buffer = ByteBuffer()
+        buffer.writeBytes(wire.readBytes(length: WireLimits.headerSize + 100_000)!)
+        XCTAssertNil(try decoder.decodeOne(&buffer))
+        XCTAssertEqual(budget.inUse, 100_000)
+        XCTAssertEqual(buffer.readableBytes, 0, "the chunk was not collected into the body's buffer")
+        XCTAssertNil(budget.reserve(150_000, ofBody: 150_000))
+        buffer.writeBytes(wire.readBytes(length: 60_000)!)
+        guard case .refused(9, _, .unavailable, let message) = try decoder.decodeOne(&buffer) else { return XCTFail("not refused mid-body") }
+        XCTAssertTrue(message.contains("60000 more bytes of a body of 200000 bytes"), message)
+        XCTAssertEqual(budget.inUse, 150_000, "the refused frame's bytes were not given back")
+        buffer.writeBytes(wire.readBytes(length: wire.readableBytes)!)
+        guard case .frame(let f) = try decoder.decodeOne(&buffer) else { return XCTFail("no frame after the refused one") }
+        XCTAssertEqual(f.requestID, 10)
+        XCTAssertTrue(decoder.isBetweenFrames)
+        budget.release(150_000)
+        XCTAssertEqual(budget.inUse, 0)
     }
 
     func residentBytes() -> Int {
