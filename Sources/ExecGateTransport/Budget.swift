@@ -144,6 +144,9 @@ public final class BufferBudget: @unchecked Sendable {
     }
 
     public var inUse: Int { lock.withLock { smallUsed + largeUsed } }
+    /// Bytes held by each class (tests and diagnostics: after every connection is gone and every
+    /// request answered, both are 0).
+    public var usage: (small: Int, large: Int) { lock.withLock { (smallUsed, largeUsed) } }
     public var refusals: UInt64 { lock.withLock { _refusals } }
 }
 

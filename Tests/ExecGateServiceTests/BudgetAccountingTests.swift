@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Adversarial review of the port body budget (round 10): after chunked reservation ("reserve body
+// bytes as they arrive"), every way a frame can end — refused mid-body, connection closed
+// mid-body, completed but closed before it is judged, pipelined across one read, more frames after
+// a refused chunk — must give back exactly what it reserved, in the class it reserved it in. Each
+// test runs the production pipeline (`addBoundedFrameHandlers`) in process on a Unix socket, with
+// raw peers (`SocketPeer`) that send only what the test writes, and a processor the test holds:
+// requests are judged only when the test opens the gate. After all connections are gone and every
+// request is answered, the budget must hold 0 bytes in both classes.
+
+import ExecGateTestSupport
+import ExecGateTransport
+import ExecGateWire
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Requests wait here until the test opens the gate (or answer at once once it is open).
+private final class Gate: @unchecked Sendable {
+    // @unchecked: guarded by `lock`.
+    private let lock = NSLock()
+    private var waiting: [(EventLoopPromise<Frame>, UInt64)] = []
+    private var open = false
+    private(set) var judged = 0
+
+    func take(_ frame: Frame, _ loop: EventLoop) -> EventLoopFuture<Frame> {
+        let p = loop.makePromise(of: Frame.self)
+        lock.lock()
+        judged += 1
+        if open {
+            lock.unlock()
+            p.succeed(Frame(type: .statusReply, requestID: frame.requestID, body: ByteBuffer()))
+        } else {
+            waiting.append((p, frame.requestID))
+            lock.unlock()
+        }
+        return p.futureResult
+    }
+
+    func openAll() {
+        lock.lock()
+        open = true
+        let w = waiting
+        waiting = []
+        lock.unlock()
+        for (p, id) in w { p.succeed(Frame(type: .statusReply, requestID: id, body: ByteBuffer())) }
+    }
+
+    var count: Int { lock.lock(); defer { lock.unlock() }; return judged }
+}
+
+final class BudgetAccountingTests: XCTestCase {
+    private var group: MultiThreadedEventLoopGroup?
+    private var server: Channel?
+    private var path = ""
+    private let gate = Gate()
+    private var budget = BufferBudget(total: 0, smallFrameSize: 0)
+
+    override func tearDown() {
+        gate.openAll()
+        try? server?.close().wait()
+        try? group?.syncShutdownGracefully()
+    }
+
+    /// 1 MiB budget: large class (> 64 KiB) 768 KiB, 256 KiB reserve for small frames.
+    private func startPort(inFlight: Int = 4) throws {
+        let limits = PortLimits(maximumBodySize: 512 << 10, bufferBudget: 1 << 20, smallFrameSize: 64 << 10, maximumInFlightPerConnection: inFlight,
+                                headerDeadline: .seconds(30), frameDeadline: .seconds(30), idleTimeout: .seconds(60), writeStallTimeout: .seconds(60))
+        budget = BufferBudget(total: limits.bufferBudget, smallFrameSize: limits.smallFrameSize, smallReserve: 256 << 10)
+        let g = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        group = g
+        path = Fixtures.temporaryDirectory() + "/port.sock"
+        let budget = self.budget, gate = self.gate
+        server = try ServerBootstrap(group: g)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addBoundedFrameHandlers(configuration: limits, budget: budget, logger: Logger(label: "test")) {
+                        gate.take($0, $1)
+                    }
+                }
+            }
+            .bind(unixDomainSocketPath: path).wait()
+    }
+
+    private func header(_ id: UInt64, length: Int, type: MessageType = .authorizeModule) -> [UInt8] {
+        var b = ByteBuffer()
+        b.writeInteger(WireLimits.magic); b.writeInteger(WireLimits.protocolVersion); b.writeInteger(type.rawValue)
+        b.writeInteger(id); b.writeInteger(UInt32(length))
+        return Array(buffer: b)
+    }
+
+    private func frame(_ id: UInt64, length: Int) -> [UInt8] { header(id, length: length) + [UInt8](repeating: UInt8(id & 0xff), count: length) }
+
+    /// Polls `condition` for up to `seconds`.
+    private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
+        let end = now() + seconds
+        while now() < end {
+            if condition() { return true }
+            usleep(10_000)
+        }
+        return condition()
+    }
+
+    /// Opens the gate, waits until nothing is held, and says what was left.
+    private func assertDrained(_ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        gate.openAll()
+        let drained = eventually { budget.usage == (small: 0, large: 0) }
+        XCTAssertTrue(drained, "\(what): the budget still holds \(budget.usage) with every connection gone", file: file, line: line)
+    }
+
+    /// Attack: leave frames in every state and close. One peer sends a frame completed and taken
+    /// in flight and one completed and pending behind the in-flight cap (1); a second peer half of
+    /// a large collected body; a third half of a small body (kept in the cumulation buffer); a
+    /// fourth a header only. All close before anything is judged. Rule: the budget
+    /// counts bytes kept, so bytes dropped with a connection must leave it (Budget.swift); the
+    /// in-flight one when its judgement completes (BoundedFrameHandler.start), the pending one at
+    /// channelInactive, the partial ones at decoderRemoved (NIO's ByteToMessageHandler calls it
+    /// when the closed channel's pipeline is torn down).
+    func testEveryFrameStateGivesBackItsBytesWhenTheConnectionCloses() throws {
+        try startPort(inFlight: 1)
+        let a = try XCTUnwrap(SocketPeer(path: path))
+        // Both in one read: the first is taken in flight, the second decoded into `pending`.
+        XCTAssertTrue(a.writeAll(frame(1, length: 100) + frame(2, length: 1_000)))
+        let b = try XCTUnwrap(SocketPeer(path: path))
+        XCTAssertTrue(b.writeAll(header(3, length: 300_000) + [UInt8](repeating: 3, count: 100_000)))
+        let c = try XCTUnwrap(SocketPeer(path: path))
+        XCTAssertTrue(c.writeAll(header(4, length: 40_000) + [UInt8](repeating: 4, count: 20_000)))
+        let d = try XCTUnwrap(SocketPeer(path: path))
+        XCTAssertTrue(d.writeAll(header(5, length: 400_000)))
+        let held = eventually { self.budget.usage == (small: 100 + 1_000 + 20_000, large: 100_000) }
+        XCTAssertTrue(held, "the bytes sent were not all reserved, each in its class: \(budget.usage)")
+        XCTAssertEqual(gate.count, 1, "the in-flight cap did not hold the second frame back")
+        // Close them all while frame 1 is still being judged.
+        for p in [a, b, c, d] { shutdown(p.fd, Int32(SHUT_RDWR)) }
+        XCTAssertTrue(eventually { self.budget.usage == (small: 100, large: 0) },
+                      "closing left more than the judged request's bytes held: \(budget.usage)")
+        assertDrained("frames left in every state")
+    }
+
+    /// Attack: a refused chunk followed by more frames on the same connection, in one write whose
+    /// last frames straddle reads. A large body (200,000 bytes) is half sent; the test then takes
+    /// most of the large class itself, so the next chunk does not fit and the frame is refused
+    /// mid-body. In the same write as that chunk come the rest of the refused body, two small
+    /// frames and half of a third (its header split from its body by the write). Rule: a refused
+    /// frame gives back what it held and its rest is discarded unbuffered (FrameDecoder.abortBody);
+    /// the frames after it are reserved in the small class and given back when judged.
+    func testRefusedChunkThenMoreFramesLeaveNothingHeld() throws {
+        try startPort()
+        let p = try XCTUnwrap(SocketPeer(path: path))
+        XCTAssertTrue(p.writeAll(header(10, length: 200_000) + [UInt8](repeating: 1, count: 100_000)))
+        XCTAssertTrue(eventually { self.budget.usage == (small: 0, large: 100_000) }, "\(budget.usage)")
+        XCTAssertNil(budget.reserve(600_000, ofBody: 600_000), "the test's own large reservation")
+        var rest = [UInt8](repeating: 1, count: 100_000)
+        rest += frame(11, length: 1_000) + frame(12, length: 50_000)
+        rest += header(13, length: 60_000) + [UInt8](repeating: 13, count: 7)
+        XCTAssertTrue(p.writeAll(rest))
+        guard let refused = p.readFrame(timeout: 5), refused.type == .error, refused.requestID == 10 else { return XCTFail("frame 10 not refused mid-body") }
+        XCTAssertTrue(eventually { self.budget.usage == (small: 1_000 + 50_000 + 7, large: 600_000) },
+                      "after the refusal: \(budget.usage) (the refused frame's bytes must be given back; 11 and 12 are being judged, 13 holds 7)")
+        budget.release(600_000, ofBody: 600_000)
+        XCTAssertTrue(p.writeAll([UInt8](repeating: 13, count: 60_000 - 7) + frame(14, length: 0)))
+        gate.openAll()
+        var ids: Set<UInt64> = []
+        while ids.count < 4, let f = p.readFrame(timeout: 5) { ids.insert(f.requestID) }
+        XCTAssertEqual(ids, [11, 12, 13, 14], "the frames after the refused one were not all answered")
+        assertDrained("a refused chunk then more frames")
+    }
+
+    /// Attack: pipelined frames fed in chunks that each span the end of one body and the start of
+    /// the next header, at every split of the 20-byte header (small bodies kept in the cumulation
+    /// buffer and collected ones ≥ 64 KiB alike). Rule: a chunk is admitted up to its body's end
+    /// only (`min(readable, length)` / `length - admitted`); the next header's bytes are never
+    /// charged to the body before it, nor to the wrong class.
+    func testChunksSpanningABodyEndAndTheNextHeaderAreChargedOnce() throws {
+        try startPort(inFlight: 64)
+        let p = try XCTUnwrap(SocketPeer(path: path))
+        var wire: [UInt8] = []
+        var id: UInt64 = 100
+        let lengths = [70_000, 3, 65_536, 1_000, 100_000, 0, 20]
+        for length in lengths {
+            wire += frame(id, length: length)
+            id += 1
+        }
+        // Cut 5 bytes before each frame's end and 7 bytes into the next header, so one chunk spans
+        // the end of every body and the start of the next header, and every header arrives split.
+        var cuts: [Int] = []
+        var start = 0
+        for length in lengths {
+            let end = start + WireLimits.headerSize + length
+            if end < wire.count { cuts += [max(start + WireLimits.headerSize, end - 5), end + 7] }
+            start = end
+        }
+        var off = 0
+        for cut in cuts + [wire.count] where cut > off {
+            XCTAssertTrue(p.writeAll(Array(wire[off..<cut])))
+            off = cut
+            usleep(5_000)
+        }
+        var answered = 0
+        gate.openAll()
+        while answered < 7, p.readFrame(timeout: 5) != nil { answered += 1 }
+        XCTAssertEqual(answered, 7)
+        assertDrained("pipelined frames across chunk boundaries")
+    }
+
+    /// Attack: class abuse. A large body fills the large class to its limit; small frames must
+    /// still be admitted (the reserve is theirs) and charged to the small class, while another
+    /// large body is refused, and a large body's chunks never spill into the reserve. Rule:
+    /// a frame's class is its declared length, for every chunk (BufferBudget.reserve(_:ofBody:)).
+    func testSmallAndLargeChunksStayInTheirClass() throws {
+        try startPort()
+        let limit = budget.largeLimit
+        let big = try XCTUnwrap(SocketPeer(path: path))
+        XCTAssertTrue(big.writeAll(header(20, length: 500_000) + [UInt8](repeating: 1, count: 400_000)))
+        XCTAssertTrue(eventually { self.budget.usage.large == 400_000 }, "\(budget.usage)")
+        XCTAssertNil(budget.reserve(limit - 400_000, ofBody: limit), "fill the large class")
+        // The large body's next chunk does not fit its class, though the reserve has room.
+        XCTAssertTrue(big.writeAll([UInt8](repeating: 1, count: 1_000)))
+        guard let r = big.readFrame(timeout: 5), r.type == .error else { return XCTFail("a large chunk took the small reserve") }
+        XCTAssertTrue(eventually { self.budget.usage == (small: 0, large: limit - 400_000) }, "\(budget.usage)")
+        XCTAssertNil(budget.reserve(400_000, ofBody: limit), "the large class is full again")
+        // Small frames are admitted in the reserve and charged to it.
+        let small = try XCTUnwrap(SocketPeer(path: path))
+        XCTAssertTrue(small.writeAll(frame(21, length: 60_000) + frame(22, length: 60_000)))
+        XCTAssertTrue(eventually { self.budget.usage == (small: 120_000, large: limit) }, "\(budget.usage)")
+        XCTAssertNotNil(budget.check(100_000), "a large body fits a full large class")
+        budget.release(limit, ofBody: limit)
+        assertDrained("small and large classes")
+    }
+}
