@@ -344,4 +344,63 @@ final class HostileFrontendTests: XCTestCase {
         XCTAssertNotNil(s.memory.translate(gpa: (1 << 20) + 16, length: 16))
         s.closeAll()
     }
+
+    /// Starts ring `q` (size 16, rings at 0/0x1000/0x2000, a fresh kick eventfd) and says whether each step was acknowledged.
+    func startRing(_ s: VhostUserSession, _ q: UInt32, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(ack(s, msg(.setVringNum, le32(q, 16)), file: file, line: line), 0)
+        XCTAssertEqual(ack(s, msg(.setVringAddr, addr(q, desc: 0, avail: 0x1000, used: 0x2000)), file: file, line: line), 0)
+        XCTAssertEqual(ack(s, msg(.setVringKick, le(UInt64(q)), fds: [egv_eventfd()]), file: file, line: line), 0)
+    }
+
+    /// Attack (round 10): with VHOST_USER_F_PROTOCOL_FEATURES negotiated, have the backend process
+    /// a ring the frontend has not enabled yet (or has disabled: a frontend pausing a queue while
+    /// it rewrites its rings, e.g. before a migration or a device reset). Rule: vhost-user.rst,
+    /// "Ring states": each ring is initialized stopped and disabled; SET_FEATURES without
+    /// F_PROTOCOL_FEATURES enables all rings at once, with it a ring is enabled only by
+    /// SET_VRING_ENABLE 1 (rust-vmm vhost-user-backend VhostUserHandler::set_features sets every
+    /// vring's `enabled` to !PROTOCOL_FEATURES). The backend started a ring as enabled whatever
+    /// the features, so a kicked ring was processed before SET_VRING_ENABLE.
+    func testRingsStartDisabledUntilSetVringEnableWithProtocolFeatures() throws {
+        let s = try session()
+        XCTAssertEqual(ack(s, msg(.setFeatures, le(VhostUserFeatures.virtioVersion1 | VhostUserFeatures.protocolFeatures))), 0)
+        startRing(s, 1)
+        XCTAssertFalse(s.isLive(1), "a ring was processed before SET_VRING_ENABLE 1 (protocol features negotiated)")
+        XCTAssertEqual(ack(s, msg(.setVringEnable, le32(1, 1))), 0)
+        XCTAssertTrue(s.isLive(1))
+        XCTAssertEqual(ack(s, msg(.setVringEnable, le32(1, 0))), 0)
+        XCTAssertFalse(s.isLive(1), "a disabled ring is processed")
+        // Without protocol features, SET_FEATURES enables every ring at once.
+        let t = try session()
+        XCTAssertEqual(ack(t, msg(.setFeatures, le(VhostUserFeatures.virtioVersion1))), 0)
+        startRing(t, 0)
+        XCTAssertTrue(t.isLive(0), "without protocol features a started ring is enabled")
+        s.closeAll(); t.closeAll()
+    }
+
+    /// Attack (round 10): SET_VRING_ENABLE with a value other than 0 or 1 (2, 0xffffffff), or
+    /// before F_PROTOCOL_FEATURES was negotiated. Rule: vhost-user.rst, SET_VRING_ENABLE: "num
+    /// field: 0 disable, 1 enable", sent only when F_PROTOCOL_FEATURES has been negotiated; the
+    /// rust-vmm vhost crate's backend request handler answers any other num InvalidParam and the
+    /// message without the feature InvalidOperation. The backend took any non-zero value as
+    /// "enable" and took the message without the feature. Refused (REPLY_ACK non-zero), the ring's
+    /// state unchanged.
+    func testSetVringEnableRefusesValuesOtherThanZeroAndOne() throws {
+        let s = try session()
+        XCTAssertEqual(ack(s, msg(.setFeatures, le(VhostUserFeatures.virtioVersion1 | VhostUserFeatures.protocolFeatures))), 0)
+        startRing(s, 0)
+        for num: UInt32 in [2, 0xffff_ffff] {
+            XCTAssertNotEqual(ack(s, msg(.setVringEnable, le32(0, num))), 0, "SET_VRING_ENABLE \(num)")
+            XCTAssertFalse(s.isLive(0), "SET_VRING_ENABLE \(num) enabled the ring")
+        }
+        XCTAssertEqual(ack(s, msg(.setVringEnable, le32(0, 1))), 0)
+        XCTAssertNotEqual(ack(s, msg(.setVringEnable, le32(0, 2))), 0)
+        XCTAssertTrue(s.isLive(0), "a refused SET_VRING_ENABLE changed the ring")
+        // Without protocol features the message itself is refused.
+        let t = try session()
+        XCTAssertEqual(ack(t, msg(.setFeatures, le(VhostUserFeatures.virtioVersion1))), 0)
+        startRing(t, 0)
+        XCTAssertNotEqual(ack(t, msg(.setVringEnable, le32(0, 0))), 0, "SET_VRING_ENABLE without F_PROTOCOL_FEATURES")
+        XCTAssertTrue(t.isLive(0))
+        s.closeAll(); t.closeAll()
+    }
 }
