@@ -19,7 +19,10 @@ public final class VhostUserSession {
         public var kickFd: Int32 = -1
         public var callFd: Int32 = -1
         public var errFd: Int32 = -1
-        public var enabled = true
+        /// vhost-user.rst "Ring states": a ring is initialized stopped and disabled; SET_FEATURES
+        /// enables every ring unless it acks F_PROTOCOL_FEATURES, which leaves them to
+        /// SET_VRING_ENABLE 1. Processed only while started and enabled (`isLive`).
+        public var enabled = false
         public var started = false
     }
 
@@ -92,6 +95,12 @@ public final class VhostUserSession {
             let f = try m.u64()
             guard f & ~VhostUserFeatures.offered == 0 else { throw VhostUserError(.unsupported, "features 0x\(String(f, radix: 16)) not offered") }
             ackedFeatures = f
+            // vhost-user.rst "Ring states": without F_PROTOCOL_FEATURES every ring is enabled at
+            // once; with it, every ring is disabled until SET_VRING_ENABLE 1 (rust-vmm
+            // vhost-user-backend VhostUserHandler::set_features does the same). A ring the
+            // frontend has not enabled is never processed.
+            let enable = f & VhostUserFeatures.protocolFeatures == 0
+            for i in vrings.indices { vrings[i].enabled = enable }
         case .getProtocolFeatures:
             return u64(VhostUserFeatures.offeredProtocol)
         case .setProtocolFeatures:
@@ -102,6 +111,7 @@ public final class VhostUserSession {
         case .resetOwner:
             for i in vrings.indices { stopRing(i) }
             owned = false; ackedFeatures = 0
+            for i in vrings.indices { vrings[i].enabled = false }  // Disabled until SET_FEATURES again.
         case .getQueueNum:
             return u64(UInt64(VsockLimits.queueCount))
         case .getMaxMemSlots:
@@ -190,8 +200,16 @@ public final class VhostUserSession {
             closeFd(&vrings[e.index].errFd)
             if let fd = e.fd { keepFd(fd); vrings[e.index].errFd = fd }
         case .setVringEnable:
+            // vhost-user.rst SET_VRING_ENABLE: "0 disable, 1 enable", sent only once
+            // F_PROTOCOL_FEATURES is negotiated; the rust-vmm vhost crate's backend request handler
+            // refuses other values (InvalidParam) and the message without the feature
+            // (InvalidOperation). Any non-zero value used to enable the ring.
             let s = try m.vringState()
-            vrings[s.index].enabled = s.num != 0
+            guard ackedFeatures & VhostUserFeatures.protocolFeatures != 0 else {
+                throw VhostUserError(.unsupported, "SET_VRING_ENABLE for queue \(s.index) without F_PROTOCOL_FEATURES negotiated")
+            }
+            guard s.num <= 1 else { throw VhostUserError(.badPayload, "SET_VRING_ENABLE for queue \(s.index): \(s.num) (0 or 1)") }
+            vrings[s.index].enabled = s.num == 1
         case .getConfig:
             let c = try m.configRequest()
             // struct virtio_vsock_config { le64 guest_cid; } — bytes past it read as zero.

@@ -98,6 +98,9 @@ final class BackendLoopTests: XCTestCase {
             kick.append(k); call.append(c)
             try vhost(fe, .setVringCall, le(UInt64(q)), fds: [c], ack: true)
             try vhost(fe, .setVringKick, le(UInt64(q)), fds: [k], ack: true)
+            // F_PROTOCOL_FEATURES is acked: the ring stays disabled until this (vhost-user.rst
+            // "Ring states"; QEMU ≥ 7.2 sends it from vhost_dev_start()).
+            try vhost(fe, .setVringEnable, le32(UInt32(q), 1), ack: true)
         }
         var rxOffsets: [UInt16: UInt64] = [:]
         for i in 0..<6 { rxOffsets[rx.publishWritable(payload: 4096, at: i * 8192)] = UInt64(i * 8192) }

@@ -30,7 +30,7 @@ final class HostileFrontendTests: XCTestCase {
 
     static let uva: UInt64 = 0x7000_0000_0000
 
-    /// A session with REPLY_ACK and 1 MiB of sealed guest RAM at `uva` (as QEMU's memory-backend-memfd).
+    /// A session with REPLY_ACK, VIRTIO_F_VERSION_1 acked, and 1 MiB of sealed guest RAM at `uva` (as QEMU's memory-backend-memfd).
     func session() throws -> VhostUserSession {
         let s = VhostUserSession(guestCID: 3)
         _ = s.handle(msg(.setProtocolFeatures, le(VhostUserFeatures.offeredProtocol)))
@@ -39,6 +39,9 @@ final class HostileFrontendTests: XCTestCase {
         var table = le32(1, 0)
         table += le(0); table += le(1 << 20); table += le(HostileFrontendTests.uva); table += le(0)
         XCTAssertEqual(ack(s, msg(.setMemTable, table, fds: [fd])), 0)
+        // Without F_PROTOCOL_FEATURES: every ring enabled, so a kicked ring runs (vhost-user.rst
+        // "Ring states"; tests that need SET_VRING_ENABLE ack the feature again).
+        XCTAssertEqual(ack(s, msg(.setFeatures, le(VhostUserFeatures.virtioVersion1))), 0)
         return s
     }
 
@@ -306,9 +309,11 @@ final class HostileFrontendTests: XCTestCase {
         XCTAssertFalse(t.isLive(1))
         XCTAssertEqual(t.ackedFeatures, 0)
         XCTAssertEqual(t.kickFd(1), -1)
-        // And it starts again from the top.
+        // And it starts again from the top (features again: RESET_OWNER left the rings disabled).
         XCTAssertEqual(ack(t, msg(.setOwner)), 0)
         XCTAssertEqual(ack(t, msg(.setVringKick, le(1), fds: [egv_eventfd()])), 0)
+        XCTAssertFalse(t.isLive(1), "RESET_OWNER forgot the features but left the ring enabled")
+        XCTAssertEqual(ack(t, msg(.setFeatures, le(VhostUserFeatures.virtioVersion1))), 0)
         XCTAssertTrue(t.isLive(1))
         s.closeAll(); t.closeAll()
     }

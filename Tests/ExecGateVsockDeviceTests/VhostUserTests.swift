@@ -98,7 +98,9 @@ final class VhostUserTests: XCTestCase {
         XCTAssertNotNil(s.memory.translate(gpa: 0x1000_0000 + (1 << 20) - 4, length: 4))
         XCTAssertNil(s.memory.translate(gpa: 0x1000_0000 + (1 << 20) - 4, length: 5))
         XCTAssertNotNil(s.memory.translate(userAddr: 0x7000_0000_0000, length: 16))
-        // A ring placed by the frontend's addresses starts on SET_VRING_KICK (no-fd form).
+        // A ring placed by the frontend's addresses starts on SET_VRING_KICK (no-fd form); without
+        // F_PROTOCOL_FEATURES, SET_FEATURES enabled it.
+        XCTAssertNil(s.handle(msg(.setFeatures, le(VhostUserFeatures.virtioVersion1))))
         XCTAssertNil(s.handle(msg(.setVringNum, le32(1, 16))))
         var addr = le32(1, 0)
         addr += le(0x7000_0000_0000); addr += le(0x7000_0000_2000); addr += le(0x7000_0000_1000); addr += le(0)
