@@ -109,11 +109,11 @@ final class ClientTests: XCTestCase {
 
     // MARK: - Hybrid handshake failures
 
-    func handshakeFailure(_ behaviour: HybridBackendStandIn.Behaviour) async throws -> String {
-        let bad = try await HybridBackendStandIn(path: dir + "/bad.sock", routes: [5000: dir + "/vmm.sock"], behaviour: behaviour)
+    func handshakeFailure(_ behaviour: HybridBackendStandIn.Behaviour, socket: String = "bad") async throws -> String {
+        let bad = try await HybridBackendStandIn(path: dir + "/\(socket).sock", routes: [5000: dir + "/vmm.sock"], behaviour: behaviour)
         defer { Task { await bad.shutdown() } }
         do {
-            let c = try await ExecGateClient.connect(to: try Endpoint(parsing: "hybrid:\(dir)/bad.sock:5000", listening: false), timeout: 5)
+            let c = try await ExecGateClient.connect(to: try Endpoint(parsing: "hybrid:\(dir)/\(socket).sock:5000", listening: false), timeout: 5)
             await c.close()
             XCTFail("connected through a backend that \(behaviour)")
             return ""
@@ -130,6 +130,22 @@ final class ClientTests: XCTestCase {
     func testForbidsOverlongHybridReplyLine() async throws {
         let why = try await handshakeFailure(.overlongLine)
         XCTAssertTrue(why.contains("longer than 64 bytes"), why)
+    }
+
+    /// Attack (round 10): a hybrid peer (anything bound at the socket path: a hostile or broken
+    /// backend) answers the CONNECT with a line that starts "OK " but is not the handshake's
+    /// answer: no port, letters, a number past u32, a sign, two spaces, trailing text, a CR. The
+    /// client accepted any line beginning "OK " and went on speaking the protocol to whatever was
+    /// behind it. Rule: Firecracker's and Cloud Hypervisor's hybrid vsock muxers answer exactly
+    /// `format!("OK {}\n", local_port)` with a u32 port (src/vmm/src/devices/virtio/vsock/unix/
+    /// muxer.rs), as this project's backend does ("OK \(localPort)\n", Connection.swift); anything
+    /// else is a failed handshake, the connection closed.
+    func testForbidsMalformedHybridOKLines() async throws {
+        let lines = ["OK \n", "OK abc\n", "OK 12x\n", "OK 4294967296\n", "OK -1\n", "OK +1\n", "OK  5\n", "OK 5 extra\n", "OK 5\r\n", "OK 00000000001\n"]
+        for (i, line) in lines.enumerated() {
+            let why = try await handshakeFailure(.answer(line), socket: "bad\(i)")
+            XCTAssertTrue(why.contains("peer answered"), "\(line.debugDescription): \(why)")
+        }
     }
 
     func testHybridBackendHangingUpDuringHandshakeFails() async throws {

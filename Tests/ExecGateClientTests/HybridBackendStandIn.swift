@@ -12,7 +12,8 @@ import NIOPosix
 
 final class HybridBackendStandIn: @unchecked Sendable {
     // @unchecked: fields are set once in init and only read afterwards.
-    enum Behaviour: Sendable { case proxy, refuse, overlongLine, hangUp }
+    /// `answer(line)`: answers the CONNECT with `line` and then nothing (the connection stays open).
+    enum Behaviour: Sendable { case proxy, refuse, overlongLine, hangUp, answer(String) }
 
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let path: String
@@ -73,6 +74,9 @@ final class HybridBackendStandIn: @unchecked Sendable {
                 return
             case .hangUp:
                 context.close(promise: nil)
+                return
+            case .answer(let reply):
+                context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: reply)), promise: nil)
                 return
             case .proxy: break
             }
