@@ -291,6 +291,22 @@ enum HybridHandshake {
     /// Longest reply line accepted before giving up (a real "OK 1073741824\n" is 14 bytes).
     static let maximumLine = 64
 
+    /// Whether `line` (with its newline) is the handshake's answer: exactly `OK <port>\n`, the
+    /// port 1–10 ASCII digits that fit a u32. Firecracker's and Cloud Hypervisor's hybrid vsock
+    /// muxers write `format!("OK {}\n", local_port)` (src/vmm/src/devices/virtio/vsock/unix/
+    /// muxer.rs), this project's backend "OK \(localPort)\n" (ExecGateVsockDevice Connection.swift).
+    /// Any other line, "OK " followed by anything else included, is a failed handshake: the client
+    /// accepted every line beginning "OK " and then spoke the protocol to whatever answered it
+    /// (ClientTests.testForbidsMalformedHybridOKLines).
+    static func isAcceptance(_ line: ByteBufferView) -> Bool {
+        let b = Array(line)
+        guard b.count >= 5, b.count <= 14, b[0] == UInt8(ascii: "O"), b[1] == UInt8(ascii: "K"), b[2] == UInt8(ascii: " "),
+              b[b.count - 1] == UInt8(ascii: "\n") else { return false }
+        let digits = b[3..<(b.count - 1)]
+        guard digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return false }
+        return UInt32(String(decoding: digits, as: UTF8.self)) != nil
+    }
+
     /// Sends the CONNECT line and waits for the answer. With a `timeout` (seconds, the client's
     /// per-request timeout), a peer that neither answers nor hangs up within it is given up on and
     /// the connection closed: the caller never hangs, during the handshake either.
@@ -327,7 +343,7 @@ enum HybridHandshake {
                 line.writeBuffer(&head)
                 finished = true
                 let text = String(buffer: line).trimmingSuffix()
-                if text.hasPrefix("OK ") {
+                if HybridHandshake.isAcceptance(line.readableBytesView) {
                     promise.succeed(())
                     // Leftover bytes after the line belong to the protocol stream.
                     context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
