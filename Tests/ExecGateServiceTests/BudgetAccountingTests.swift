@@ -69,10 +69,10 @@ final class BudgetAccountingTests: XCTestCase {
         try? group?.syncShutdownGracefully()
     }
 
-    /// 1 MiB budget: large class (> 64 KiB) 768 KiB, 256 KiB reserve for small frames.
-    private func startPort(inFlight: Int = 4) throws {
-        let limits = PortLimits(maximumBodySize: 512 << 10, bufferBudget: 1 << 20, smallFrameSize: 64 << 10, maximumInFlightPerConnection: inFlight,
-                                headerDeadline: .seconds(30), frameDeadline: .seconds(30), idleTimeout: .seconds(60), writeStallTimeout: .seconds(60))
+    /// By default a 1 MiB budget: large class (> 64 KiB) 768 KiB, 256 KiB reserve for small frames.
+    private func startPort(inFlight: Int = 4, bufferBudget: Int = 1 << 20, frameDeadline: TimeAmount = .seconds(30)) throws {
+        let limits = PortLimits(maximumBodySize: 512 << 10, bufferBudget: bufferBudget, smallFrameSize: 64 << 10, maximumInFlightPerConnection: inFlight,
+                                headerDeadline: .seconds(30), frameDeadline: frameDeadline, idleTimeout: .seconds(60), writeStallTimeout: .seconds(60))
         budget = BufferBudget(total: limits.bufferBudget, smallFrameSize: limits.smallFrameSize, smallReserve: 256 << 10)
         let g = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         group = g
@@ -233,5 +233,44 @@ final class BudgetAccountingTests: XCTestCase {
         XCTAssertNotNil(budget.check(100_000), "a large body fits a full large class")
         budget.release(limit, ofBody: limit)
         assertDrained("small and large classes")
+    }
+
+    /// Attack (known residual, kept as a measurement of its bound): hold one byte of a large body
+    /// so that a maximum-size body is refused. With the production shape (the large class is
+    /// exactly one maximum body: `bufferBudget` = maximum + reserve), a maximum-size body fits only
+    /// while no other large body holds a byte, so a peer sending a large header and one byte gets
+    /// every maximum-size body refused `unavailable` at its header ("server busy"), until its frame
+    /// deadline closes it (and then it may reconnect and repeat). Rule: the budget admits what fits
+    /// beside the bytes held (Budget.swift); holding is bounded in time by the frame deadline
+    /// only, and no eviction of a slow partial body exists (docs/protocol.md, "Connections and
+    /// limits", says so). Asserted: refused while held, admitted after the attacker's 2 s frame
+    /// deadline (within 2 s of margin), and the budget back at 0.
+    func testOneByteOfALargeBodyBlocksAMaximumBodyOnlyUntilItsFrameDeadline() throws {
+        try startPort(bufferBudget: (512 << 10) + (256 << 10), frameDeadline: .seconds(2))
+        XCTAssertEqual(budget.largeLimit, 512 << 10, "the large class is one maximum body, as in production")
+        let attacker = try XCTUnwrap(SocketPeer(path: path))
+        let t0 = now()
+        XCTAssertTrue(attacker.writeAll(header(30, length: 100_000) + [1]))
+        XCTAssertTrue(eventually { self.budget.usage.large == 1 }, "\(budget.usage)")
+        gate.openAll()
+        var refusedWhileHeld = false
+        var admittedAfter: Double?
+        while now() - t0 < 6 {
+            let honest = try XCTUnwrap(SocketPeer(path: path))
+            XCTAssertTrue(honest.writeAll(header(31, length: 512 << 10)))
+            guard let reply = honest.readFrame(timeout: 0.2) else {
+                // No refusal at the header: admitted (its body would follow).
+                admittedAfter = now() - t0
+                break
+            }
+            XCTAssertEqual(reply.type, .error)
+            if now() - t0 < 1.5 { refusedWhileHeld = true }
+            usleep(100_000)
+        }
+        print("attack: one byte of a large body kept maximum-size bodies out for \(admittedAfter.map { String(format: "%.1f", $0) } ?? "> 6") s (frame deadline 2 s)")
+        XCTAssertTrue(refusedWhileHeld, "a maximum body was admitted beside a held byte: the residual is gone, update docs/protocol.md")
+        XCTAssertLessThan(admittedAfter ?? 99, 4, "the hold outlived the attacker's frame deadline")
+        XCTAssertTrue(attacker.closedByPeer(timeout: 1))
+        assertDrained("one byte of a large body")
     }
 }
