@@ -27,7 +27,8 @@ import Glibc
 private final class Gate: @unchecked Sendable {
     // @unchecked: guarded by `lock`.
     private let lock = NSLock()
-    private var waiting: [(EventLoopPromise<Frame>, UInt64)] = []
+    /// The frames are kept while they wait, as a verifier keeps the request it judges.
+    private var waiting: [(EventLoopPromise<Frame>, Frame)] = []
     private var open = false
     private(set) var judged = 0
 
@@ -40,7 +41,7 @@ private final class Gate: @unchecked Sendable {
             lock.unlock()
             p.succeed(Frame(type: .statusReply, requestID: frame.requestID, body: ByteBuffer()))
         } else {
-            waiting.append((p, frame.requestID))
+            waiting.append((p, frame))
             lock.unlock()
         }
         return p.futureResult
@@ -52,7 +53,7 @@ private final class Gate: @unchecked Sendable {
         let w = waiting
         waiting = []
         lock.unlock()
-        for (p, id) in w { p.succeed(Frame(type: .statusReply, requestID: id, body: ByteBuffer())) }
+        for (p, f) in w { p.succeed(Frame(type: .statusReply, requestID: f.requestID, body: ByteBuffer())) }
     }
 
     var count: Int { lock.lock(); defer { lock.unlock() }; return judged }
@@ -284,22 +285,20 @@ final class BudgetAccountingTests: XCTestCase {
         return 0
     }
 
-    /// Attack (round 10): pin the channel's read buffers with tiny bodies. A body under
-    /// `collectedBodyThreshold` is handed on as a slice of the connection's cumulation buffer,
-    /// which is the socket's read buffer (up to 64 KiB, NIO's adaptive receive allocator), and the
-    /// slice keeps all of it alive while the request waits to be judged; the budget is charged the
-    /// body's bytes only. If so, each write of 64 KiB carries one frame with a 100-byte body, then a
-    /// frame answered at once (a `status` with a body filling the rest; its bytes are given back
-    /// when it is answered): every in-flight request (64 per connection, 128
-    /// connections on the VMM port) pins a whole read buffer: 8,192 × 64 KiB = 512 MiB charged
-    /// 800 KiB. Here 16 connections × 64 requests held by the gate (a verifier's queue): the
-    /// process's resident memory must grow by no more than a small multiple of what the budget
-    /// holds plus NIO's per-connection buffers (asserted: < 16 MiB; 64 MiB of read buffers pinned
-    /// is the attack). Rule: the budget bounds what bodies cost (Budget.swift); a body kept past
-    /// its read must not keep a buffer many times its size. Attack failed as measured: +2–4 MiB
-    /// resident for 1,024 held requests (~2–4 KiB each, not 64 KiB); why the slices pinned so
-    /// little (NIO's receive sizes, ByteToMessageHandler's cumulation) was not traced, so the bound
-    /// stays as a regression test rather than a proof.
+    /// Attack (round 10): pin the connection's read buffers with tiny bodies. A body under
+    /// `collectedBodyThreshold` was handed on as a slice of the connection's cumulation buffer
+    /// (NIO's ByteToMessageHandler uses the socket's read buffer as the cumulation, and grows it to
+    /// hold a pending body), and the slice keeps that whole storage alive while the request is
+    /// judged (the verifier holds the frame); the budget is charged the body's bytes only. So each
+    /// write of 64 KiB carries one frame with a 100-byte body, then a frame answered at once (a
+    /// `status` whose body fills the rest; its bytes are given back when it is answered): every
+    /// held request pins a storage of 64–128 KiB. Measured before the fix: 16 connections × 64
+    /// requests (the gate holds them, as a verifier's queue does), 100 KiB charged, +97 MiB
+    /// resident; the VMM port's 128 connections × 64 in flight would pin ~800 MiB, past what the
+    /// service VM has (the budget is derived from its MemAvailable). Rule: the budget bounds what a
+    /// held body costs (Budget.swift: "the budget counts the body bytes actually received and
+    /// kept"), so a body kept past its read must own its bytes, not the buffer it arrived in.
+    /// Asserted: resident memory grows by < 16 MiB.
     func testTinyBodiesCannotPinWholeReadBuffers() throws {
         try startPort(inFlight: 64)
         let connections = 16, perConnection = 64, chunk = 64 << 10
