@@ -99,6 +99,10 @@ image: deps test-data
 	@# /init links no Foundation (ServiceVM/README.md, "Attack surface"): its module names would show in the binary's strings.
 	@if strings $(STATIC_BUILD)/release/execgate | grep -qE 'FoundationEssentials|FoundationInternationalization|_FoundationICU'; then \
 	  echo "image: Foundation is linked into the static execgate (/init must not link it)" >&2; exit 1; fi
+	@# Nor the regex engine (1.2 MB of /init): String.contains(String), firstRange(of:), split(separator: "ab")
+	@# and the like come from _StringProcessing; use _ExecGateInternals' containsUTF8/utf8Range(of:).
+	@if strings $(STATIC_BUILD)/release/execgate | grep -q '17_StringProcessing'; then \
+	  echo "image: _StringProcessing (the regex engine) is linked into the static execgate: a String.contains(String)-style call crept in (use _ExecGateInternals' containsUTF8)" >&2; exit 1; fi
 	@if [ ! -f $(EXECGATE_ADMIN_DIR)/key.pem ]; then \
 	  mkdir -p $(EXECGATE_ADMIN_DIR) && chmod 0700 $(EXECGATE_ADMIN_DIR) && \
 	  $(STATIC_BUILD)/release/execgate keys generate --out $(EXECGATE_ADMIN_DIR) --cn "ExecGate admin (policy bundles)" >/dev/null && \

@@ -10,6 +10,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import _ExecGateInternals
 
 public final class VhostUserSession {
     public struct Vring {
@@ -255,7 +256,7 @@ public final class VhostUserSession {
         // spinning) for as many turns. QEMU's notifiers are eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         // (util/event_notifier-posix.c). Linux ≥ 6.6 shows the mode in fdinfo
         // ("eventfd-semaphore: 1"); an older kernel does not, and cannot be asked.
-        if let info = Self.fdinfo(fd), info.contains("\neventfd-semaphore: 1") {
+        if let info = Self.fdinfo(fd), info.containsUTF8("\neventfd-semaphore: 1") {
             throw VhostUserError(.badFd, "\(request): eventfd in semaphore mode (EFD_SEMAPHORE)")
         }
     }
