@@ -5,7 +5,7 @@
 //
 //   1. trust anchors + boot policy       (nothing to undo)
 //   2. Verifier, VerifierServer          (server threads)
-//   3. audit log, PolicyAdministrator, admin listener (docs/policy.md)
+//   3. audit log, PolicyAdministrator, admin listener (docs/policy.md), on the server's event loops
 //   4. each verifier listener, in the order given
 //
 // A failure at any step shuts down what the earlier steps started, then throws a
@@ -75,7 +75,8 @@ public final class VerifierService: Sendable {
                                                     builtinAnchors: anchors, audit: audit)
             administrator.recordBoot()
             if let endpoint = c.adminListen {
-                let s = AdminServer(administrator: administrator)
+                // The verifier server's loops: no threads of its own (AdminServer.swift, "Event loops").
+                let s = AdminServer(administrator: administrator, group: server.eventLoopGroup)
                 admin = s
                 do { try await s.bind(endpoint) } catch {
                     throw LocalFileError(path: endpoint.description, why: "cannot listen: \(error)")
@@ -90,8 +91,8 @@ public final class VerifierService: Sendable {
 
         for endpoint in c.listen {
             do { try await server.bind(endpoint) } catch {
+                await admin?.shutdown()  // before the server: it runs on the server's loops
                 await server.shutdown()
-                await admin?.shutdown()
                 audit?.close()
                 throw ServiceStartError(stage: .listen(endpoint), underlying: error)
             }
@@ -103,8 +104,8 @@ public final class VerifierService: Sendable {
     /// Stops accepting, lets requests in flight finish (bounded), closes the admin port and
     /// flushes the audit log.
     public func shutdown() async {
+        await admin?.shutdown()  // before the server, which shuts down the loops the admin port runs on
         await server.shutdown()
-        await admin?.shutdown()
         audit?.close()
     }
 
