@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The admin port: its own listener, its own event loop, never the VMM's socket.
+// The admin port: its own listener, its own limits and buffer budget, never the VMM's socket.
 //
 //     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder, 4 MiB) ─▶ BoundedFrameHandler(administrator) ─▶ FrameWriter (header + body, no copy)
 //
@@ -15,8 +15,23 @@
 // lower or equal version is refused. What a peer on this port can do without the key is read the
 // policy in force and the audit records — which are not secret from the host that runs the guests.
 //
-// Admin requests are rare and cheap (one CMS verification, one parse), so they are handled on the
-// admin event loop itself, one at a time per connection, in order.
+// Event loops (SwiftNIO's model: the caller owns the group). The server runs on the event-loop
+// group it is given and never shuts it down; in the service VM and in `execgate serve` that is the
+// verifier server's group (VerifierService), so the admin port costs no threads of its own at boot
+// (it cost 31-36 ms of a TCG boot: ServiceVM/README.md, "Where the time goes"). What isolates the
+// admin port from the VMM port does not depend on a thread: its own listening socket, its own
+// `ConnectionCounter` (16) and `BufferBudget` (4 MiB + reserve), one request in flight per
+// connection, the same deadlines. Sharing the loops means reading admin bytes takes turns with
+// VMM connections on the loop the admin connection landed on, as VMM connections take turns with
+// each other: a VMM peer holds at most its port's budget and its 128 connections, and a loop
+// serves every ready channel in each pass, so a flood on the VMM port delays an admin request by
+// passes of the loop, never refuses it.
+//
+// An admin request's work (one CMS verification, one parse of up to 1 MiB of policy) never runs
+// on a loop: it would stall every VMM connection on that loop for its duration. It runs on
+// NIO's blocking pool (`NIOThreadPool.singleton`, started at the first use, i.e. at the first
+// admin request, not at boot), one request at a time per connection, in order; pushes are
+// serialised by `PolicyAdministrator`.
 
 import ExecGateTransport
 import ExecGateWire
@@ -49,17 +64,23 @@ public enum AdminLimits {
 
 public final class AdminServer: @unchecked Sendable {
     // @unchecked: `channels` is guarded by `lock`; NIO objects are thread-safe.
-    private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    /// Not owned: the caller shuts it down, after `shutdown()`.
+    private let group: any EventLoopGroup
     private let administrator: PolicyAdministrator
     private let lock = NIOLock()
     private var channels: [Channel] = []
+    /// Open admin connections: `shutdown()` closes them (the group, which would, is not ours).
+    private let open = OpenChannels()
     public let configuration: PortLimits
     public let budget: BufferBudget
     public let connections: ConnectionCounter
     private let logger: Logger
 
-    public init(administrator: PolicyAdministrator, configuration: PortLimits = AdminLimits.configuration,
+    /// - Parameter group: the event loops to serve on (`VerifierServer.eventLoopGroup` in the
+    ///   service). The caller owns it and shuts it down after this server's `shutdown()`.
+    public init(administrator: PolicyAdministrator, group: any EventLoopGroup, configuration: PortLimits = AdminLimits.configuration,
                 logger: Logger = Logger(label: "execgate.admin")) {
+        self.group = group
         self.administrator = administrator
         self.configuration = configuration
         self.budget = BufferBudget(total: configuration.bufferBudget, smallFrameSize: configuration.smallFrameSize)
@@ -73,18 +94,23 @@ public final class AdminServer: @unchecked Sendable {
             .acceptBackoff()
             .serverChannelOption(.backlog, value: 16)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { [administrator, configuration, budget, connections, logger] channel in
+            .childChannelInitializer { [administrator, configuration, budget, connections, logger, open] channel in
                 guard connections.acquire() else {
                     logger.warning("admin connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])
                     return channel.close()
                 }
-                channel.closeFuture.whenComplete { _ in connections.release() }
+                open.insert(channel)
+                channel.closeFuture.whenComplete { _ in
+                    open.remove(channel)
+                    connections.release()
+                }
                 return channel.eventLoop.makeCompletedFuture {
-                    // Admin requests are rare and cheap (one CMS verification, one parse): handled
-                    // on the admin event loop itself, in order.
+                    // Off the loop (the loops are shared with the VMM port): see the header.
                     try channel.pipeline.syncOperations.addBoundedFrameHandlers(
                         configuration: configuration, budget: budget, logger: logger,
-                        process: { frame, loop in loop.makeSucceededFuture(administrator.respond(to: frame)) })
+                        process: { frame, loop in
+                            NIOThreadPool.singleton.runIfActive(eventLoop: loop) { administrator.respond(to: frame) }
+                        })
                 }
             }
         let channel = try await bootstrap.bind(endpoint: endpoint)
@@ -92,10 +118,23 @@ public final class AdminServer: @unchecked Sendable {
         return channel
     }
 
+    /// Closes this server's listeners and connections. The event-loop group is the caller's.
     public func shutdown() async {
         let all = lock.withLock { channels }
         for c in all { try? await c.close() }
-        try? await group.shutdownGracefully()
+        for c in open.all() { try? await c.close() }
     }
+}
+
+/// The connections a server has open, so that it can close them without shutting down a group it
+/// does not own.
+private final class OpenChannels: @unchecked Sendable {
+    // @unchecked: `channels` is guarded by `lock`.
+    private let lock = NIOLock()
+    private var channels: [ObjectIdentifier: Channel] = [:]
+
+    func insert(_ c: Channel) { lock.withLock { channels[ObjectIdentifier(c)] = c } }
+    func remove(_ c: Channel) { _ = lock.withLock { channels.removeValue(forKey: ObjectIdentifier(c)) } }
+    func all() -> [Channel] { lock.withLock { Array(channels.values) } }
 }
 

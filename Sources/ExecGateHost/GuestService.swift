@@ -69,7 +69,7 @@ public enum GuestService {
         // ServiceVM/README.md, "Where the time goes").
         GuestInit.log("verifier listening on vsock port \(port) (policy \(policy.id) v\(policy.version), \(policy.trust.anchors.count) trust anchor(s))"
                       + (service.adminListening != nil ? "; admin port vsock \(port &+ 1)" : "; no admin certificate: policy is fixed")
-                      + "; set-up: configuration \((t1 - t0) / 1_000_000) ms, VerifierService.start \((t2 - t1) / 1_000_000) ms")
+                      + "; set-up: configuration \((t1 - t0) / 1_000_000) ms, VerifierService.start \((t2 - t1) / 1_000_000) ms (\(service.startSteps))")
         ready()
         await VerifierService.waitForTermination()
         GuestInit.log("signal received: shutting down the verifier")

@@ -5,12 +5,13 @@
 //
 //   1. trust anchors + boot policy       (nothing to undo)
 //   2. Verifier, VerifierServer          (server threads)
-//   3. audit log, PolicyAdministrator, admin listener (docs/policy.md)
+//   3. audit log, PolicyAdministrator, admin listener (docs/policy.md), on the server's event loops
 //   4. each verifier listener, in the order given
 //
 // A failure at any step shuts down what the earlier steps started, then throws a
 // `ServiceStartError` naming the step.
 
+import _ExecGateInternals
 import Dispatch
 import ExecGateAdmin
 import ExecGatePolicy
@@ -34,12 +35,16 @@ public final class VerifierService: Sendable {
     public let listening: [Endpoint]
     /// The admin listener, when one is open.
     public let adminListening: Endpoint?
+    /// How long each step of `start` took, in milliseconds, e.g. "boot policy 60, server 20, admin 31,
+    /// listen 4" (PID 1 logs it: ServiceVM/README.md, "Where the time goes").
+    public let startSteps: String
     private let server: VerifierServer
     private let admin: AdminServer?
     private let audit: AuditLog?
 
     private init(bootPolicy: Policy, verifier: Verifier, listening: [Endpoint], adminListening: Endpoint?,
-                 server: VerifierServer, admin: AdminServer?, audit: AuditLog?) {
+                 server: VerifierServer, admin: AdminServer?, audit: AuditLog?, startSteps: String) {
+        self.startSteps = startSteps
         self.bootPolicy = bootPolicy
         self.verifier = verifier
         self.listening = listening
@@ -53,6 +58,13 @@ public final class VerifierService: Sendable {
     ///
     /// - Throws: `ServiceStartError` (`.bootPolicy`, `.admin`, `.listen(endpoint)`).
     public static func start(_ c: ServiceConfiguration) async throws -> VerifierService {
+        var steps: [String] = []
+        var t = MonotonicClock.nanoseconds()
+        func step(_ name: String) {
+            let now = MonotonicClock.nanoseconds()
+            steps.append("\(name) \((now - t) / 1_000_000)")
+            t = now
+        }
         let anchors: [Certificate]
         let policy: Policy
         do { (policy, anchors) = try c.loadBootPolicy() } catch {
@@ -61,8 +73,10 @@ public final class VerifierService: Sendable {
         if policy.trust.anchors.isEmpty {
             c.logger.warning("no trust anchors: every module will be denied (give --trust CERT)")
         }
+        step("boot policy")
         let verifier = Verifier(policy: policy, serverName: c.serverName)
         let server = VerifierServer(responder: verifier, logger: c.logger, threads: c.threads, configuration: c.portLimits)
+        step("server")
 
         // Audit sink and admin port.
         var audit: AuditLog? = nil
@@ -74,8 +88,10 @@ public final class VerifierService: Sendable {
                                                     adminCertificate: try c.adminCertificateFile.map(CertificateFiles.loadOne),
                                                     builtinAnchors: anchors, audit: audit)
             administrator.recordBoot()
+            step("administrator")
             if let endpoint = c.adminListen {
-                let s = AdminServer(administrator: administrator)
+                // The verifier server's loops: no threads of its own (AdminServer.swift, "Event loops").
+                let s = AdminServer(administrator: administrator, group: server.eventLoopGroup)
                 admin = s
                 do { try await s.bind(endpoint) } catch {
                     throw LocalFileError(path: endpoint.description, why: "cannot listen: \(error)")
@@ -87,24 +103,26 @@ public final class VerifierService: Sendable {
             await server.shutdown()
             throw ServiceStartError(stage: .admin, underlying: error)
         }
+        if admin != nil { step("admin port") }
 
         for endpoint in c.listen {
             do { try await server.bind(endpoint) } catch {
+                await admin?.shutdown()  // before the server: it runs on the server's loops
                 await server.shutdown()
-                await admin?.shutdown()
                 audit?.close()
                 throw ServiceStartError(stage: .listen(endpoint), underlying: error)
             }
         }
+        step("listen")
         return VerifierService(bootPolicy: policy, verifier: verifier, listening: c.listen, adminListening: c.adminListen,
-                               server: server, admin: admin, audit: audit)
+                               server: server, admin: admin, audit: audit, startSteps: steps.joined(separator: ", "))
     }
 
     /// Stops accepting, lets requests in flight finish (bounded), closes the admin port and
     /// flushes the audit log.
     public func shutdown() async {
+        await admin?.shutdown()  // before the server, which shuts down the loops the admin port runs on
         await server.shutdown()
-        await admin?.shutdown()
         audit?.close()
     }
 

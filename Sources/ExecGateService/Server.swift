@@ -48,6 +48,11 @@ public final class VerifierServer: @unchecked Sendable {
     /// (and must restore its guests: docs/protocol.md, "Restart and restore").
     public let instanceID: [UInt8]
 
+    /// The server's event loops, for another listener of the same service to run on (the admin
+    /// port: VerifierService). The server owns them: `shutdown()` shuts them down, so shut down
+    /// whatever else runs on them first.
+    public var eventLoopGroup: any EventLoopGroup { group }
+
     public init(responder: RequestResponder, logger: Logger, threads: Int = System.coreCount,
                 maximumBodySize: Int = WireLimits.defaultMaximumBodySize, configuration: PortLimits? = nil) {
         // One event loop per core: in a boot storm the loops read every module's body (hundreds

@@ -13,6 +13,7 @@ import ExecGateTestSupport
 import ExecGateVerifier
 import ExecGateWire
 import NIOCore
+import NIOPosix
 import XCTest
 
 final class AdminClientTests: XCTestCase {
@@ -34,7 +35,7 @@ final class AdminClientTests: XCTestCase {
         let administrator = PolicyAdministrator(verifier: verifier, adminCertificate: Self.admin.1,
                                                 builtinAnchors: try Fixtures.debianCertificates(), audit: audit)
         administrator.recordBoot()
-        adminServer = AdminServer(administrator: administrator)
+        adminServer = AdminServer(administrator: administrator, group: MultiThreadedEventLoopGroup.singleton)
         let dir = Fixtures.temporaryDirectory()
         unixEndpoint = .unix(path: dir + "/admin.sock")
         try await adminServer.bind(unixEndpoint)

@@ -50,13 +50,13 @@ final class LiveSwapTests: XCTestCase {
         vmmEndpoint = .unix(path: dir + "/vmm.sock")
         adminEndpoint = .unix(path: dir + "/admin.sock")
         try await server.bind(vmmEndpoint)
-        adminServer = AdminServer(administrator: administrator)
+        adminServer = AdminServer(administrator: administrator, group: server.eventLoopGroup)  // as VerifierService wires it
         try await adminServer.bind(adminEndpoint)
     }
 
     override func tearDown() async throws {
-        await server.shutdown()
         await adminServer.shutdown()
+        await server.shutdown()
         audit.close()
     }
 

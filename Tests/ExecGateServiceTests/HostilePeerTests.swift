@@ -492,6 +492,61 @@ func procText(_ path: String) -> String {
 func now() -> Double { MonotonicClock.seconds() }
 
 /// The project's one percentile rule; `q` in 0...1.
+extension HostilePeerTests {
+    /// The admin port shares the VMM port's event loops (AdminServer.swift, "Event loops"), so what
+    /// keeps it answering under a VMM flood is the loops' fairness, not a thread of its own: 32 VMM
+    /// connections each stream a 28 MiB body of zeros (over the budget after the first: their
+    /// bytes are read and discarded as fast as they come, which keeps every loop busy), and the
+    /// admin port must still answer `policy-show`, each within 2 s. The figures (unloaded and
+    /// flooded p50/max) are printed.
+    func testAdminPortAnswersDuringAVMMPortFlood() async throws {
+        try startServe()
+        let show = { () throws -> Double in
+            let peer = try XCTUnwrap(SocketPeer(path: self.admin))
+            var frame = ByteBuffer()
+            frame.writeFrame(Frame(type: MessageType(rawValue: 0x0011), requestID: 1, body: ByteBuffer()))
+            let t = now()
+            XCTAssertTrue(peer.writeAll(Array(buffer: frame)))
+            let reply = try XCTUnwrap(peer.readFrame(timeout: 10), "policy-show answered")
+            XCTAssertEqual(reply.type.rawValue, 0x8011)
+            return now() - t
+        }
+        var unloaded: [Double] = []
+        for _ in 0..<20 { unloaded.append(try show()) }
+
+        let flooders = 32, seconds = 4.0
+        let sent = NIOLockedValueBox(0)
+        let started = NIOLockedValueBox(0)
+        let vmm = self.vmm
+        let floodThread = Thread {
+            DispatchQueue.concurrentPerform(iterations: flooders) { i in
+                guard let p = SocketPeer(path: vmm) else { return }
+                var header = ByteBuffer()
+                header.writeInteger(WireLimits.magic); header.writeInteger(UInt16(1)); header.writeInteger(MessageType.authorizeModule.rawValue)
+                header.writeInteger(UInt64(i)); header.writeInteger(UInt32(WireLimits.defaultMaximumBodySize))
+                guard p.writeAll(Array(buffer: header)) else { return }
+                started.withLockedValue { $0 += 1 }
+                let n = p.flood([UInt8](repeating: 0, count: 256 << 10), seconds: seconds)
+                sent.withLockedValue { $0 += n }
+            }
+        }
+        floodThread.start()
+        while started.withLockedValue({ $0 }) < flooders / 2 { usleep(10_000) }
+        usleep(300_000)
+        var flooded: [Double] = []
+        let t0 = now()
+        while now() - t0 < seconds - 1 { flooded.append(try show()) }
+        while sent.withLockedValue({ $0 }) == 0 { usleep(50_000) }
+        let bytes = sent.withLockedValue { $0 }
+        print("admin policy-show during a VMM flood (\(flooders) connections, \(bytes >> 20) MiB sent in \(Int(seconds)) s): "
+              + "unloaded p50 \(ms(percentile(unloaded, 0.5))) ms max \(ms(unloaded.max() ?? 0)) ms; "
+              + "flooded p50 \(ms(percentile(flooded, 0.5))) ms max \(ms(flooded.max() ?? 0)) ms (\(flooded.count) requests)")
+        XCTAssertGreaterThan(bytes, 64 << 20, "the flood did not keep the loops busy")
+        XCTAssertGreaterThanOrEqual(flooded.count, 5)
+        XCTAssertLessThan(flooded.max() ?? .infinity, 2.0, "the admin port is starved by the VMM port")
+    }
+}
+
 func percentile(_ xs: [Double], _ q: Double) -> Double { Percentiles.of(xs, q * 100) }
 
 func ms(_ s: Double) -> String { String(format: "%.1f", s * 1000) }
