@@ -234,7 +234,8 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
 
     /// The 6.12 replay of `edit`ed 8021q up to module_finalize() (every import at a distinct
     /// kernel address, as Loader612Tests.pvSite): the denial, or nil when the replay accepts it.
-    func denial612(_ edit: (inout KoEditor) throws -> Void) throws -> Denial? {
+    /// `caps`: the guest's capability bits (default: the always-present bit only).
+    static func denial612(caps: [Int] = [Loader612Tests.always], _ edit: (inout KoEditor) throws -> Void) throws -> Denial? {
         var ed = KoEditor(ko: try Loader612Tests.module612("8021q"))
         try edit(&ed)
         return try ed.ko.withUnsafeBytes { raw in
@@ -249,7 +250,7 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
             let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
             var claim = ModuleClaim(name: "8021q", textBase: 0xffff_ffff_c010_0000, text: [UInt8](repeating: 0, count: lay.textSize), sectionAddresses: [:])
             claim.memoryBases = [.data: 0xffff_ffff_c020_0000, .rodata: 0xffff_ffff_c030_0000, .roAfterInit: 0xffff_ffff_c040_0000]
-            let s = try Session(elf: elf, claim: claim, facts: Loader612Tests.facts(caps: [Loader612Tests.always], pvOps: [UInt64](repeating: 0xffff_ffff_8123_4560, count: 83)),
+            let s = try Session(elf: elf, claim: claim, facts: Loader612Tests.facts(caps: caps, pvOps: [UInt64](repeating: 0xffff_ffff_8123_4560, count: 83)),
                                 resolver: SymbolResolver(coreExports: exports))
             do {
                 try s.relocate()
@@ -269,14 +270,14 @@ final class AdversarialFinalizeSiteTests: XCTestCase {
     /// entry with `instrlen` 255 was denied before only because it is a DIRECT_CALL entry whose
     /// shape then no longer matched; now by the kernel's own check, first.
     func testAlternatives612OverMaxPatchLenOrOutsideTextAreDenied() throws {
-        XCTAssertNil(try denial612 { _ in }, "the real module replays")
-        let long = try XCTUnwrap(try denial612 { ed in
+        XCTAssertNil(try Self.denial612 { _ in }, "the real module replays")
+        let long = try XCTUnwrap(try Self.denial612 { ed in
             let at = try ed.elf { $0.sections[try ed.sectionIndex(".altinstructions")].fileRange.lowerBound }
             ed.ko[at + 12] = 255
         })
         XCTAssertEqual(long.rule, .alternative, long.reason)
         XCTAssertTrue(long.reason.contains("MAX_PATCH_LEN"), long.reason)
-        let outside = try XCTUnwrap(try denial612 { ed in
+        let outside = try XCTUnwrap(try Self.denial612 { ed in
             let r = try ed.rela(for: ".altinstructions")
             let k = try XCTUnwrap(try ed.relocations(for: ".altinstructions").firstIndex { $0.offset == 0 })
             let type = ed.get(UInt64.self, at: r.at + 24 * k + 8) & 0xffff_ffff

@@ -70,33 +70,10 @@ final class AdversarialRound8Tests: XCTestCase {
 
     // MARK: 6.12 `.call_sites` (callthunks_patch_module_calls())
 
-    /// The 6.12 replay of `edit`ed 8021q up to module_finalize() with capability bits `caps` (as
-    /// AdversarialFinalizeSiteTests.denial612): the denial, or nil when the replay accepts it.
+    /// The 6.12 replay of `edit`ed 8021q up to module_finalize() with capability bits `caps`
+    /// (AdversarialFinalizeSiteTests.denial612): the denial, or nil when the replay accepts it.
     func replay612(caps: [Int], _ edit: (inout KoEditor) throws -> Void = { _ in }) throws -> Denial? {
-        var ed = KoEditor(ko: try Loader612Tests.module612("8021q"))
-        try edit(&ed)
-        return try ed.ko.withUnsafeBytes { raw in
-            let elf = try ELFFile(bytes: raw)
-            var exports: [String: UInt64] = [:]
-            for (k, s) in try elf.symbols().enumerated() where s.isUndefined && !s.name.isEmpty {
-                exports[s.name] = 0xffff_ffff_8100_0000 + UInt64(k) * 0x40
-            }
-            exports["pv_ops"] = 0xffff_ffff_8300_0000
-            exports["BUG_func"] = 0xffff_ffff_8200_0000
-            exports["nop_func"] = 0xffff_ffff_8200_0040
-            let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
-            var claim = ModuleClaim(name: "8021q", textBase: 0xffff_ffff_c010_0000, text: [UInt8](repeating: 0, count: lay.textSize), sectionAddresses: [:])
-            claim.memoryBases = [.data: 0xffff_ffff_c020_0000, .rodata: 0xffff_ffff_c030_0000, .roAfterInit: 0xffff_ffff_c040_0000]
-            let s = try Session(elf: elf, claim: claim, facts: Loader612Tests.facts(caps: caps, pvOps: [UInt64](repeating: 0xffff_ffff_8123_4560, count: 83)),
-                                resolver: SymbolResolver(coreExports: exports))
-            do {
-                try s.relocate()
-                try s.applyBootTimePatching()
-                return nil
-            } catch let e as DenyError {
-                return e.denial
-            }
-        }
+        try AdversarialFinalizeSiteTests.denial612(caps: caps, edit)
     }
 
     /// Round 8, lead 4 (attack failed; regression test). 6.12 module_finalize() hands `.call_sites`
