@@ -295,25 +295,21 @@ public struct ELFFile: @unchecked Sendable {
         // equality is canonical equivalence: ".\u{212A}" would equal ".K"). Two ASCII names of
         // different lengths differ without a look at their bytes.
         let q = ELFFile.asciiLength(name)
-        for i in sections.indices {
-            let k = asciiNameLengths[i]
-            if q >= 0 && k >= 0 && k != q { continue }
-            if ELFFile.sameBytes(sections[i].name, name) { return sections[i] }
-        }
-        return nil
+        return sections.indices.first { hasName($0, name, asciiLength: q) }.map { sections[$0] }
     }
 
     /// Every section with this exact name, in section order (the names compared as
     /// ``section(named:)`` compares them). `module_finalize()` keeps the *last* of a name.
     public func sections(named name: String) -> [ELFSection] {
         let q = ELFFile.asciiLength(name)
-        var out: [ELFSection] = []
-        for i in sections.indices {
-            let k = asciiNameLengths[i]
-            if q >= 0 && k >= 0 && k != q { continue }
-            if ELFFile.sameBytes(sections[i].name, name) { out.append(sections[i]) }
-        }
-        return out
+        return Array(sections.indices.lazy.filter { hasName($0, name, asciiLength: q) }.map { sections[$0] })
+    }
+
+    /// Section `i`'s name is `name`'s bytes (`q`: `name`'s ``asciiLength(_:)``).
+    @inline(__always) private func hasName(_ i: Int, _ name: String, asciiLength q: Int) -> Bool {
+        let k = asciiNameLengths[i]
+        if q >= 0 && k >= 0 && k != q { return false }
+        return ELFFile.sameBytes(sections[i].name, name)
     }
 
     /// True when the UTF-8 bytes of `a` and `b` are the same (`strcmp() == 0`), compared in
@@ -563,10 +559,7 @@ public struct ELFSymbolTable: @unchecked Sendable {
     /// end (the prefix's bytes are not NUL: a match lies inside the name).
     @inlinable public func nameHasPrefix(_ i: Int, _ prefix: StaticString) -> Bool {
         let start = Int(UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at(i), as: UInt32.self)))
-        let n = prefix.utf8CodeUnitCount, p = prefix.utf8Start
-        guard strings.count - start >= n else { return false }
-        for k in 0..<n where strings[start &+ k] != p[k] { return false }
-        return true
+        return UnsafeRawBufferPointer(rebasing: strings[start...]).hasASCIIPrefix(prefix)
     }
     /// The name as a `String` (allocates for names over 15 bytes).
     public func name(_ i: Int) -> String {

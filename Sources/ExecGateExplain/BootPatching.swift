@@ -413,9 +413,6 @@ extension Session {
 
     // MARK: ftrace
 
-    /// `ftrace_module_init()` → `ftrace_init_nop()` → `ftrace_make_nop()`: each `__mcount_loc` site
-    /// that holds `call __fentry__` becomes NOP5. At run time tracing may turn it into a call to a
-    /// trusted ftrace entry (facts.ftraceCallTargets), nothing else.
     /// `__mcount_loc` entries in the module's init text seen from the core session (the claim
     /// may hold no init region; the init session, when there is one, checks their bytes as
     /// placed): the kernel processes them all the same (ftrace_process_locs() records every
@@ -469,6 +466,9 @@ extension Session {
         }
     }
 
+    /// `ftrace_module_init()` → `ftrace_init_nop()` → `ftrace_make_nop()`: each `__mcount_loc` site
+    /// that holds `call __fentry__` becomes NOP5. At run time tracing may turn it into a call to a
+    /// trusted ftrace entry (facts.ftraceCallTargets), nothing else.
     func applyFtrace() throws {
         guard let t = table("__mcount_loc") else { return }
         let fentry = resolver.lookup("__fentry__")
@@ -491,10 +491,10 @@ extension Session {
             // `call __fentry__` at the site: e8 and a rel32 that lands on __fentry__ — exactly the
             // bytes genInsn(0xe8, a, __fentry__) gives (a rel32 that decodes to the target is the
             // one genInsn encodes; a target out of rel32 range decodes from no rel32).
+            guard fentry != nil else { continue }  // no ftrace in the guest kernel: no site is rewritten
             let isCall = image.withUnsafeBytes { b in
                 b[off] == 0xe8 && rel32Destination(UnsafeRawBufferPointer(rebasing: b[off..<off + 5]), operandAt: 1, site: a, length: 5) == fentry
             }
-            guard fentry != nil else { continue }  // no ftrace in the guest kernel: no site is rewritten
             // Not `call __fentry__`: ftrace_init_nop() → ftrace_make_nop() fails its
             // ftrace_verify_code(), ftrace_nop_initialize() calls ftrace_bug() → ftrace_kill()
             // (a WARN: a panic_on_warn guest dies) and ftrace_update_code() stops there, so this

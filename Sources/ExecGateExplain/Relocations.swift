@@ -108,9 +108,9 @@ extension Session {
                     case .value(let v): vals[i] = v
                     case .unknown:
                         let n = t.nameBytes(i)
-                        if refused == nil && !(n.count == 21 && hasASCIIPrefix(n, "_GLOBAL_OFFSET_TABLE_")) { refused = i }
+                        if refused == nil && !(n.count == 21 && n.hasASCIIPrefix("_GLOBAL_OFFSET_TABLE_")) { refused = i }
                     case .common:
-                        if refused == nil && !hasASCIIPrefix(t.nameBytes(i), "__gnu_lto") { refused = i }
+                        if refused == nil && !t.nameBytes(i).hasASCIIPrefix("__gnu_lto") { refused = i }
                     default: break
                     }
                 }

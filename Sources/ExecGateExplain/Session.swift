@@ -700,15 +700,6 @@ final class Session {
     }
 }
 
-/// True if the borrowed bytes start with the ASCII `p`.
-@inline(__always) func hasASCIIPrefix(_ b: UnsafeRawBufferPointer, _ p: StaticString) -> Bool {
-    let n = p.utf8CodeUnitCount
-    guard b.count >= n else { return false }
-    let q = p.utf8Start
-    for k in 0..<n where b[k] != q[k] { return false }
-    return true
-}
-
 /// `s.hasPrefix(p)` for an ASCII `p`, on the UTF-8 bytes (no Unicode normalisation needed: an
 /// ASCII prefix matches byte for byte or not at all).
 @inline(__always) func hasASCIIPrefix(_ s: String, _ p: StaticString) -> Bool {

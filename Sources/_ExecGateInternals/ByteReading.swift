@@ -35,6 +35,31 @@ extension UnsafeRawBufferPointer {
     /// The signed 32-bit displacement at `offset` (little-endian, as in an x86 rel32 operand).
     @inlinable @inline(__always)
     public func getRel32(at offset: Int) -> Int32? { getInteger(at: offset, order: .little, as: Int32.self) }
+
+    /// True if the bytes start with the ASCII `p` (byte for byte).
+    @inlinable @inline(__always)
+    public func hasASCIIPrefix(_ p: StaticString) -> Bool {
+        let n = p.utf8CodeUnitCount
+        guard count >= n else { return false }
+        let q = p.utf8Start
+        for k in 0..<n where self[k] != q[k] { return false }
+        return true
+    }
+}
+
+/// Decimal ASCII as both ends of the hybrid vsock handshake write a port: 1–10 digits and nothing
+/// else (no sign, space or CR), whose value fits a `UInt32`.
+public enum ASCIIDecimal {
+    @inlinable
+    public static func uint32<C: Collection>(_ digits: C) -> UInt32? where C.Element == UInt8 {
+        guard !digits.isEmpty, digits.count <= 10 else { return nil }
+        var v: UInt64 = 0
+        for d in digits {
+            guard d >= 0x30 && d <= 0x39 else { return nil }
+            v = v &* 10 &+ UInt64(d &- 0x30)
+        }
+        return v <= UInt64(UInt32.max) ? UInt32(v) : nil
+    }
 }
 
 extension Array where Element == UInt8 {
