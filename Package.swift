@@ -116,7 +116,7 @@ let package = Package(
         ),
         .target(
             name: "ExecGateClient",
-            dependencies: ["ExecGateWire", nioCore, nioPosix, nioConcurrency],
+            dependencies: ["ExecGateWire", "_ExecGateInternals", nioCore, nioPosix, nioConcurrency],
             swiftSettings: swiftSettings
         ),
 

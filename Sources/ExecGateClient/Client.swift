@@ -9,6 +9,7 @@
 // `.timedOut`, and a hybrid handshake with no answer in time with `.hybridHandshakeFailed` — the
 // caller never hangs.
 
+import _ExecGateInternals
 import ExecGateWire
 import NIOConcurrencyHelpers
 import NIOCore
@@ -302,9 +303,7 @@ enum HybridHandshake {
         let b = Array(line)
         guard b.count >= 5, b.count <= 14, b[0] == UInt8(ascii: "O"), b[1] == UInt8(ascii: "K"), b[2] == UInt8(ascii: " "),
               b[b.count - 1] == UInt8(ascii: "\n") else { return false }
-        let digits = b[3..<(b.count - 1)]
-        guard digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return false }
-        return UInt32(String(decoding: digits, as: UTF8.self)) != nil
+        return ASCIIDecimal.uint32(b[3..<(b.count - 1)]) != nil
     }
 
     /// Sends the CONNECT line and waits for the answer. With a `timeout` (seconds, the client's

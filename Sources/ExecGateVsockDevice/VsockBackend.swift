@@ -456,8 +456,7 @@ public enum HybridHandshake {
         let prefix = Array("CONNECT ".utf8)
         guard line.starts(with: prefix) else { return .invalid("expected CONNECT <port>") }
         let digits = line.dropFirst(prefix.count)
-        guard !digits.isEmpty, digits.count <= 10, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
-              let port = UInt32(String(decoding: digits, as: UTF8.self)) else { return .invalid("bad port") }
+        guard let port = ASCIIDecimal.uint32(digits) else { return .invalid("bad port") }
         return .connect(port: port, rest: Array(bytes[(nl + 1)...]))
     }
 }
