@@ -8,12 +8,15 @@
 #   scripts/fetch-test-data.sh --flavours     # once: the 6.1 cloud and rt packages
 #   make image                                # the static execgate (the guest's /init)
 #   nice -n 10 scripts/matrix.sh [--kernels "61 61cloud 61rt 612"] [--cpus "M1 M2@ARG+ARG ..."] [--out DIR]
-#                                [--modules FILE] [--kernel-args ARGS] [--explain-only]
+#                                [--modules FILE] [--kernel-args ARGS] [--smp N] [--maxcpus M] [--explain-only]
 #
 # A CPU entry MODEL@ARG+ARG… boots that model with extra kernel arguments (a mitigation choice,
 # e.g. EPYC-Rome@spectre_v2=retpoline,lfence or Skylake-Client-IBRS@mitigations=off).
 # Captures are kept per cell under OUT/<kernel>/<cpu>/ (default OUT = .cache/matrix) and reused;
 # --explain-only re-runs only the explain step over existing captures (after a rule change).
+# --smp N boots N CPUs (QEMU -smp N; default 1) and --maxcpus M makes M possible (-smp N,maxcpus=M):
+# one present CPU makes the kernel patch `lock` prefixes for a uniprocessor, more possible CPUs keep
+# modules tracked to switch back. A cell with either is kept apart: OUT/<kernel>/<cpu>.smpN[maxM]/.
 # One boot at a time, on purpose: TCG boots are CPU-bound and this runs beside builds.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +36,8 @@ kargs="cryptomgr.notests=1"
 out="$root/.cache/matrix"
 list="$root/scripts/matrix/modules.txt"
 explain_only=0
+smp=""
+maxcpus=""
 bin=${EXECGATE:-$root/.build-static/release/execgate}
 init=${EXECGATE_INIT:-$root/.build-static/release/execgate}
 while [ $# -gt 0 ]; do
@@ -42,10 +47,18 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --modules) list=$2; shift 2 ;;
     --kernel-args) kargs=$2; shift 2 ;;
+    --smp) smp=$2; shift 2 ;;
+    --maxcpus) maxcpus=$2; shift 2 ;;
     --explain-only) explain_only=1; shift ;;
-    *) echo "usage: $0 [--kernels LIST] [--cpus LIST] [--out DIR] [--modules FILE] [--kernel-args ARGS] [--explain-only]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--kernels LIST] [--cpus LIST] [--out DIR] [--modules FILE] [--kernel-args ARGS] [--smp N] [--maxcpus M] [--explain-only]" >&2; exit 2 ;;
   esac
 done
+# The CPU counts (execgate capture checks the range and maxcpus >= smp); the cell's name carries them.
+smp_args=() tag=""
+if [ -n "$smp$maxcpus" ]; then
+  smp_args=(--smp "${smp:-1}"); tag=".smp${smp:-1}"
+  [ -n "$maxcpus" ] && { smp_args+=(--maxcpus "$maxcpus"); tag="${tag}max$maxcpus"; }
+fi
 [ -x "$bin" ] || { echo "matrix: no execgate at $bin (make image, or EXECGATE=PATH)" >&2; exit 2; }
 [ -x "$init" ] || { echo "matrix: no static execgate at $init (make image, or EXECGATE_INIT=PATH)" >&2; exit 2; }
 
@@ -82,17 +95,17 @@ for k in $kernels; do
     c=${spec%%@*}
     extra=""
     [ "$spec" != "$c" ] && extra=" $(tr '+' ' ' <<<"${spec#*@}")"
-    cell="$out/$k/$spec"
+    cell="$out/$k/$spec$tag"
     mkdir -p "$cell"
     t0=$(date +%s)
     if [ $explain_only = 0 ] || ! [ -d "$cell/kaslr" ]; then
-      nice -n 10 "$init" capture --kernel "$kdir" --modules "$want" --out "$cell" --cpu "$c" --kaslr \
+      nice -n 10 "$bin" capture --init "$init" --kernel "$kdir" --modules "$want" --out "$cell" --cpu "$c" "${smp_args[@]}" --kaslr \
         --kernel-args "$kargs$extra" \
         --timeout 1800 --work-dir "$out/.work-$k" --json >"$cell/capture.json" 2>"$cell/capture.log"
     fi
     secs=$(( $(date +%s) - t0 ))
     if ! [ -f "$cell/kaslr/load-order.txt" ] && ! [ -f "$cell/load-order.txt" ]; then
-      printf '%-8s %-40s %s\n' "$k" "$spec" "capture failed: $(tail -1 "$cell/capture.log")"; continue
+      printf '%-8s %-40s %s\n' "$k" "$spec$tag" "capture failed: $(tail -1 "$cell/capture.log")"; continue
     fi
     nice -n 10 "$bin" explain "$cell/kaslr" --json >"$cell/explain.json" 2>"$cell/explain.log"
     sum=$(grep '"summary"' "$cell/explain.json" | sed -E 's/.*"explained":([0-9]+),"modules":([0-9]+),"unexplained_bytes":([0-9]+).*/\1 \2 \3/')
@@ -103,7 +116,7 @@ for k in $kernels; do
             printf '%s | ' "${v:--}"; done)
     rtv=$(awk '$1 == "x86_return_thunk" {print substr($3, 3)}' "$cell/kaslr/kvars.txt" 2>/dev/null)
     rt=$( [ -n "$rtv" ] && awk -v a="$rtv" '$1 == a && ($2 == "T" || $2 == "t") {print $3; exit}' "$cell/kaslr/kallsyms.txt")
-    printf '%-8s %-40s %-9s %-10s %-6s %-11s %s; %s\n' "$k" "$spec" "$n/$m" "$u" "$failed" "$secs" "${vul% | }" "${rt:--}"
+    printf '%-8s %-40s %-9s %-10s %-6s %-11s %s; %s\n' "$k" "$spec$tag" "$n/$m" "$u" "$failed" "$secs" "${vul% | }" "${rt:--}"
     grep '"verdict":"deny"' "$cell/explain.json" | sed -E 's/.*"module":"([^"]*)".*"rule":"([^"]*)","reason":"([^"]*)".*/    deny \1 (\2): \3/' | cut -c1-220
     grep 'not captured' "$cell/capture.log" | sed 's/^/    /' | cut -c1-200
   done

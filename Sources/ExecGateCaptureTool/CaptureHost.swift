@@ -50,12 +50,34 @@ public struct CaptureOptions: Sendable {
     public var pvh = false
     /// Disk for the results (sparse file).
     public var diskBytes = 512 << 20
+    /// Guest CPUs present at boot (QEMU `-smp N`) and, when set, the CPUs it may ever have
+    /// (`maxcpus=M`, the rest hot-pluggable). They decide the kernel's SMP alternatives:
+    /// alternative_instructions() rewrites `lock` prefixes to `ds` when one CPU is present, and
+    /// keeps modules on smp_alt_modules (to switch back) when more are possible. The guest's
+    /// /sys/devices/system/cpu/{present,possible} are captured in cpus.txt.
+    public var smp = 1
+    public var maxCPUs: Int? = nil
 
     public init(kernel: String, modules: [String], outDir: String, initBinary: String, workDir: String) {
         self.kernel = kernel; self.modules = modules; self.outDir = outDir; self.initBinary = initBinary; self.workDir = workDir
     }
 
     public var bootName: String { kaslr ? "kaslr" : "nokaslr" }
+
+    /// Range of `smp` and `maxCPUs` (QEMU's `pc` machine takes up to 255; a capture needs no more
+    /// than a handful, and every CPU costs boot time under TCG).
+    public static let cpuCountRange = 1...64
+
+    /// QEMU's `-smp` value: `N` or `N,maxcpus=M`; a precise usage error for counts out of range
+    /// or `maxcpus` below the CPUs present.
+    public func smpArgument() throws(CaptureToolError) -> String {
+        let r = Self.cpuCountRange
+        guard r.contains(smp) else { throw .usage("--smp \(smp): the guest's CPU count must be \(r.lowerBound)…\(r.upperBound)") }
+        guard let m = maxCPUs else { return "\(smp)" }
+        guard r.contains(m) else { throw .usage("--maxcpus \(m): the guest's possible CPU count must be \(r.lowerBound)…\(r.upperBound)") }
+        guard m >= smp else { throw .usage("--maxcpus \(m) is below --smp \(smp): the CPUs present are possible CPUs too") }
+        return "\(smp),maxcpus=\(m)"
+    }
 }
 
 public struct CaptureSummary: Sendable {
@@ -95,6 +117,7 @@ public enum CaptureTool {
     public static func run(_ o: CaptureOptions, log: (String) -> Void) throws(CaptureToolError) -> CaptureSummary {
         let t0 = MonotonicClock.nanoseconds()
         if o.pvh && o.kaslr { throw .usage("--pvh and --kaslr: a PVH boot has no KASLR (the bzImage's decompressor applies it)") }
+        _ = try o.smpArgument()  // a bad CPU count is a usage error before any work
         guard FS.exists(o.initBinary) else {
             throw .missing("init binary \(o.initBinary) not found: build the static execgate first (`make image`, or pass --init)")
         }
@@ -183,12 +206,13 @@ public enum CaptureTool {
         }
         append.append("execgate.mode=capture")
         let marker = "execgate-capture-\(getpid())-\(o.bootName)"
+        let smp = try o.smpArgument()
         let argv = [qemu, "-name", "\(marker),process=\(marker)", "-nodefaults", "-no-user-config", "-display", "none",
                     "-monitor", "none", "-no-reboot", "-M", "pc", "-accel", decision.accel.rawValue, "-cpu", o.cpu,
-                    "-smp", "1", "-m", "\(o.memoryMiB)M", "-kernel", kernelPath, "-initrd", initrd,
+                    "-smp", smp, "-m", "\(o.memoryMiB)M", "-kernel", kernelPath, "-initrd", initrd,
                     "-append", append.joined(separator: " "), "-serial", "file:\(console)",
                     "-drive", "file=\(disk),format=raw,if=none,id=capture", "-device", "virtio-blk-pci,drive=capture"]
-        log("capture: booting \(o.bootName) (\(decision.accel.rawValue): \(decision.reason); -cpu \(o.cpu), \(isBzImage ? "bzImage" : "PVH vmlinux"))")
+        log("capture: booting \(o.bootName) (\(decision.accel.rawValue): \(decision.reason); -cpu \(o.cpu), -smp \(smp), \(isBzImage ? "bzImage" : "PVH vmlinux"))")
         let q0 = MonotonicClock.nanoseconds()
         let pid = try wrap { () throws(ServiceVMError) in try Subprocess.spawn(argv, outputPath: qlog) }
         var relayed = 0

@@ -88,6 +88,7 @@ enum CaptureLayout {
                 ("kernel_root", ConsoleJSON.string(tree.root)), ("vmlinuz", ConsoleJSON.string(tree.vmlinuz)),
                 ("link_text", ConsoleJSON.string("0x" + Hex.number(link.address))), ("link_text_source", ConsoleJSON.string(link.source)),
                 ("tool", ConsoleJSON.string("execgate capture")), ("cpu", ConsoleJSON.string(o.cpu)),
+                ("smp", ConsoleJSON.string((try? o.smpArgument()) ?? "\(o.smp)")),
                 ("modules_requested", arr(o.modules)), ("load_order", arr(order)), ("boots", arr(corpusBoots)),
             ]) + "\n")
         }

@@ -206,6 +206,32 @@ final class CaptureToolUnitTests: XCTestCase {
         XCTAssertThrowsError(try parseModuleList("@/nonexistent/list"))
     }
 
+    /// `--smp N [--maxcpus M]` → QEMU `-smp N[,maxcpus=M]`, and the precise refusals.
+    func testSMPArgument() throws {
+        var o = CaptureOptions(kernel: "/k", modules: ["crc7"], outDir: "/o", initBinary: "/i", workDir: "/w")
+        XCTAssertEqual(try o.smpArgument(), "1")
+        o.smp = 2
+        XCTAssertEqual(try o.smpArgument(), "2")
+        o.smp = 1; o.maxCPUs = 4
+        XCTAssertEqual(try o.smpArgument(), "1,maxcpus=4")
+        o.smp = 64; o.maxCPUs = 64
+        XCTAssertEqual(try o.smpArgument(), "64,maxcpus=64")
+        let refusals: [(Int, Int?, String)] = [
+            (0, nil, "--smp 0: the guest's CPU count must be 1…64"),
+            (65, nil, "--smp 65: the guest's CPU count must be 1…64"),
+            (-1, 4, "--smp -1: the guest's CPU count must be 1…64"),
+            (2, 0, "--maxcpus 0: the guest's possible CPU count must be 1…64"),
+            (2, 65, "--maxcpus 65: the guest's possible CPU count must be 1…64"),
+            (4, 2, "--maxcpus 2 is below --smp 4: the CPUs present are possible CPUs too"),
+        ]
+        for (n, m, msg) in refusals {
+            o.smp = n; o.maxCPUs = m
+            XCTAssertThrowsError(try o.smpArgument()) { XCTAssertEqual($0 as? CaptureToolError, .usage(msg)) }
+            // Refused by the run before anything is read or built (the kernel path does not exist).
+            XCTAssertThrowsError(try CaptureTool.run(o, log: { _ in })) { XCTAssertEqual($0 as? CaptureToolError, .usage(msg)) }
+        }
+    }
+
     func testLoaderAllocationCount() {
         let info = """
         0x000000001234-0x000000005678   20480 load_module+0x1b2c/0x2a40 pages=4 vmalloc

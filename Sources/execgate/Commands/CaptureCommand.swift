@@ -41,6 +41,12 @@ struct CaptureCommand: ParsableCommand {
     @Option(help: "QEMU CPU model (decides alternatives and mitigations).")
     var cpu: String = "max"
 
+    @Option(help: ArgumentHelp("Guest CPUs present at boot (QEMU -smp), 1…64. One CPU makes the kernel patch `lock` prefixes to `ds` (uniprocessor alternatives).", valueName: "N"))
+    var smp: Int = 1
+
+    @Option(help: ArgumentHelp("Guest CPUs possible (QEMU -smp N,maxcpus=M; the rest hot-pluggable), --smp…64. Default: --smp.", valueName: "M"))
+    var maxcpus: Int?
+
     @Option(help: ArgumentHelp("Extra kernel command-line words, space-separated (e.g. \"retbleed=stuff spectre_v2=retpoline\").", valueName: "ARGS"))
     var kernelArgs: String = ""
 
@@ -74,6 +80,8 @@ struct CaptureCommand: ParsableCommand {
             var o = CaptureOptions(kernel: kernel, modules: names, outDir: FS.absolute(out), initBinary: try initBinary(),
                                    workDir: workDir.map(FS.absolute) ?? defaultWorkDir())
             o.cpu = cpu
+            o.smp = smp
+            o.maxCPUs = maxcpus
             o.kernelArgs = kernelArgs.split(separator: " ").map(String.init)
             o.kaslr = kaslr
             o.pvh = pvh
