@@ -15,7 +15,8 @@
 //     engine's build-derived table: GuestFacts.deriveFromCoreSymbols);
 //   - the kernel release (vermagic) and the core's init ranges;
 //   - uniprocessor patching: alternative_instructions() rewrites `lock` prefixes when
-//     `!noreplace_smp && (num_present_cpus() == 1 || setup_max_cpus <= 1)`.
+//     `!noreplace_smp && (num_present_cpus() == 1 || setup_max_cpus <= 1)`, the two flags read
+//     from the command line as the kernel's parser reads it (SMPCommandLine.swift).
 // The facts are checked for plausibility first (FactsPlausibility.swift): a registration that
 // fails is refused, never turned into facts.
 
@@ -112,13 +113,8 @@ public enum GuestFactsBuilder {
         }
         facts.capabilities = caps
         facts.pvOps = Self.pvOpsEntries(r.pvOps)
-        let args = r.commandLine.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
-        var maxCPUs = Int.max
-        for a in args {
-            if a == "nosmp" { maxCPUs = 0 }
-            if a.hasPrefix("maxcpus="), let v = Int(a.dropFirst(8)) { maxCPUs = v }
-        }
-        facts.uniprocessorPatched = !args.contains("noreplace-smp") && (r.presentCPUs == 1 || maxCPUs <= 1)
+        // The command line read as start_kernel() reads it (SMPCommandLine.swift).
+        facts.uniprocessorPatched = SMPCommandLine(r.commandLine).uniprocessorPatched(presentCPUs: r.presentCPUs)
         facts.possibleCPUs = Int(r.possibleCPUs)
         facts.returnThunk = r.returnThunk
         // Static-call keys: the targets the VMM decoded from the core's trampolines and the
