@@ -112,13 +112,7 @@ public enum GuestFactsBuilder {
         }
         facts.capabilities = caps
         facts.pvOps = Self.pvOpsEntries(r.pvOps)
-        let args = r.commandLine.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
-        var maxCPUs = Int.max
-        for a in args {
-            if a == "nosmp" { maxCPUs = 0 }
-            if a.hasPrefix("maxcpus="), let v = Int(a.dropFirst(8)) { maxCPUs = v }
-        }
-        facts.uniprocessorPatched = !args.contains("noreplace-smp") && (r.presentCPUs == 1 || maxCPUs <= 1)
+        facts.uniprocessorPatched = KernelCommandLine.uniprocessorPatched(commandLine: r.commandLine, presentCPUs: r.presentCPUs)
         facts.possibleCPUs = Int(r.possibleCPUs)
         facts.returnThunk = r.returnThunk
         // Static-call keys: the targets the VMM decoded from the core's trampolines and the
@@ -165,4 +159,134 @@ struct KernelBounds {
     }
 
     func isCoreText(_ a: UInt64) -> Bool { coreText.contains(a) && !(initText?.contains(a) ?? false) }
+}
+
+/// The guest kernel's own reading of its command line, for the one decision the replay takes from
+/// it: uniprocessor `lock` patching. alternative_instructions() (6.1 and 6.12
+/// arch/x86/kernel/alternative.c) rewrites every `lock` prefix to `ds`, and module_finalize() →
+/// alternatives_smp_module_add() each later module's, when
+///     !noreplace_smp && (num_present_cpus() == 1 || setup_max_cpus <= 1)
+/// The command line's bytes are the guest's (its boot loader wrote them), so a word read otherwise
+/// than the kernel reads it would explain lock-free atomics in a kernel running SMP. Every step
+/// mirrors the kernel's code, on the UTF-8 bytes (the kernel's `char`s):
+///   - parse_args() (kernel/params.c): skip_spaces(), then next_arg() (lib/cmdline.c) per
+///     parameter — isspace() of lib/ctype.c (bytes 9-13, 32 and 0xa0) ends a parameter outside
+///     double quotes, the first `=` splits name and value, one pair of quotes around the whole
+///     parameter or the value is removed — and a valueless `--` ends the kernel's parameters (the
+///     rest is init's argv). A NUL ends the C string;
+///   - `nosmp` and `maxcpus` are early_param()s (kernel/smp.c), found by do_early_param() with
+///     parameq() (`-` == `_`, whole name): nosmp() sets setup_max_cpus = 0 whatever its value;
+///     maxcpus() stores get_option()'s int (lib/cmdline.c: simple_strtoull() base 0 — `0x` hex
+///     with a hex digit after it, `0` octal, else decimal; digits until the first that is not
+///     one; a leading `-` negates; modulo 2^64 then truncated to int) in `unsigned int
+///     setup_max_cpus` (include/linux/smp.h), and does nothing without a value. The last one wins;
+///   - `noreplace-smp` is a __setup() (alternative.c): unknown_bootoption() (init/main.c) hands
+///     `name[=value]` to obsolete_checksetup(), which calls setup_noreplace_smp() when parameqn()
+///     matches its first 13 bytes (`-` == `_`): `noreplace_smp`, `noreplace-smp=0` and
+///     `noreplace-smpX` all set it. No other __setup string is a prefix of it on x86 (6.12 tree).
+enum KernelCommandLine {
+    /// lib/ctype.c `_S`: \t \n \v \f \r, space, and 0xa0.
+    static func isSpace(_ c: UInt8) -> Bool { (c >= 9 && c <= 13) || c == 32 || c == 0xa0 }
+
+    /// The kernel parameters of `commandLine` as parse_args() hands them to parse_one(): name and
+    /// value (nil: no `=`), quotes removed as next_arg() removes them; none after `--`.
+    static func parameters(_ commandLine: String) -> [(name: [UInt8], value: [UInt8]?)] {
+        // The C string, NUL-terminated (next_arg() writes NULs into it).
+        var b = Array(commandLine.utf8.prefix { $0 != 0 })
+        b.append(0)
+        func cString(_ at: Int) -> [UInt8] { Array(b[at..<(b[at...].firstIndex(of: 0) ?? b.count)]) }
+        var args = 0
+        while isSpace(b[args]) { args += 1 }
+        var out: [(name: [UInt8], value: [UInt8]?)] = []
+        while b[args] != 0 {
+            // next_arg()
+            var inQuote = false, quoted = false
+            if b[args] == UInt8(ascii: "\"") { args += 1; inQuote = true; quoted = true }
+            var i = 0, equals = 0
+            while b[args + i] != 0 {
+                if isSpace(b[args + i]) && !inQuote { break }
+                if equals == 0 && b[args + i] == UInt8(ascii: "=") { equals = i }
+                if b[args + i] == UInt8(ascii: "\"") { inQuote.toggle() }
+                i += 1
+            }
+            let param = args
+            var val: Int? = nil
+            if equals != 0 {
+                b[args + equals] = 0
+                var v = args + equals + 1
+                if b[v] == UInt8(ascii: "\"") {
+                    v += 1
+                    if b[args + i - 1] == UInt8(ascii: "\"") { b[args + i - 1] = 0 }
+                }
+                val = v
+            }
+            if quoted && i > 0 && b[args + i - 1] == UInt8(ascii: "\"") { b[args + i - 1] = 0 }
+            if b[args + i] != 0 { b[args + i] = 0; args += i + 1 } else { args += i }
+            while isSpace(b[args]) { args += 1 }
+            let name = cString(param)
+            if val == nil && name == Array("--".utf8) { break }
+            out.append((name, val.map(cString)))
+        }
+        return out
+    }
+
+    /// parameqn(): the first `n` bytes equal with `-` read as `_` (a shorter `a` differs at its NUL).
+    static func parameqn(_ a: [UInt8], _ b: String, _ n: Int) -> Bool {
+        let bb = Array(b.utf8)
+        func d2u(_ c: UInt8) -> UInt8 { c == UInt8(ascii: "-") ? UInt8(ascii: "_") : c }
+        for k in 0..<n {
+            let x: UInt8 = k < a.count ? a[k] : 0, y: UInt8 = k < bb.count ? bb[k] : 0
+            if d2u(x) != d2u(y) { return false }
+        }
+        return true
+    }
+
+    /// parameq(): parameqn() over the whole of `a` and its NUL.
+    static func parameq(_ a: [UInt8], _ b: String) -> Bool { parameqn(a, b, a.count + 1) }
+
+    /// get_option(&str, &int): nil when `s` is empty (nothing stored), else the int's bits.
+    static func getOption(_ s: [UInt8]) -> UInt32? {
+        guard let first = s.first else { return nil }
+        let negative = first == UInt8(ascii: "-")
+        let v = simpleStrtoull(negative ? Array(s.dropFirst()) : s)
+        return UInt32(truncatingIfNeeded: negative ? 0 &- v : v)
+    }
+
+    /// simple_strtoull(s, NULL, 0) (lib/vsprintf.c, lib/kstrtox.c): the radix from the prefix, then
+    /// digits of that radix until the first other byte, modulo 2^64.
+    static func simpleStrtoull(_ s: [UInt8]) -> UInt64 {
+        func at(_ k: Int) -> UInt8 { k < s.count ? s[k] : 0 }
+        func isXDigit(_ c: UInt8) -> Bool { (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x66) }
+        var base: UInt64 = 10
+        var k = 0
+        if at(0) == UInt8(ascii: "0") {
+            if at(1) | 0x20 == UInt8(ascii: "x") && isXDigit(at(2)) { base = 16; k = 2 } else { base = 8 }
+        }
+        var res: UInt64 = 0
+        while k < s.count {
+            let c = s[k], lc = c | 0x20
+            let v: UInt64
+            if c >= 0x30 && c <= 0x39 { v = UInt64(c - 0x30) } else if lc >= 0x61 && lc <= 0x66 { v = UInt64(lc - 0x61 + 10) } else { break }
+            if v >= base { break }
+            res = res &* base &+ v
+            k += 1
+        }
+        return res
+    }
+
+    /// Whether the kernel patched its `lock` prefixes for one CPU (see the type's comment).
+    static func uniprocessorPatched(commandLine: String, presentCPUs: UInt32) -> Bool {
+        var setupMaxCPUs: UInt32? = nil  // NR_CPUS (8192 on Debian) until a parameter sets it
+        var noreplaceSMP = false
+        for (name, value) in parameters(commandLine) {
+            // parse_early_param() → do_early_param()
+            if parameq(name, "nosmp") { setupMaxCPUs = 0 }
+            if parameq(name, "maxcpus"), let v = value, let n = getOption(v) { setupMaxCPUs = n }
+            // parse_args("Booting kernel") → unknown_bootoption() → obsolete_checksetup() on the
+            // repaired `name=value`: only its first 13 bytes are compared, all of them in `name`
+            // unless `=` comes earlier, which never matches.
+            if parameqn(name + (value.map { [UInt8(ascii: "=")] + $0 } ?? []), "noreplace-smp", 13) { noreplaceSMP = true }
+        }
+        return !noreplaceSMP && (presentCPUs == 1 || (setupMaxCPUs.map { $0 <= 1 } ?? false))
+    }
 }
