@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Adversarial review (round 11) of the Debian 6.12 loader replay against the 6.12.117 sources
+// (arch/x86/kernel/alternative.c, kernel/module/main.c). Inputs are real 6.12 modules
+// (Loader612Tests.module612) edited with KoEditor; expected bytes come from the kernel's code.
+
+import ExecGateELF
+@testable import ExecGateExplain
+import ExecGateTestSupport
+import XCTest
+
+final class Adversarial612Round11Tests: XCTestCase {
+    /// The replay of `ko` (6.12) with every import at a distinct kernel address, the retpoline
+    /// thunk array at `thunks` (`__x86_indirect_thunk_rax`, 32 bytes a register), and `caps`.
+    static func replay612(_ ko: [UInt8], name: String, caps: [Int], thunks: UInt64 = 0xffff_ffff_8280_0000) throws -> Session {
+        try ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            var exports: [String: UInt64] = [:]
+            for (k, s) in try elf.symbols().enumerated() where s.isUndefined && !s.name.isEmpty {
+                exports[s.name] = 0xffff_ffff_8100_0000 + UInt64(k) * 0x40
+            }
+            for (r, n) in ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"].enumerated() {
+                exports["__x86_indirect_thunk_" + n] = thunks + UInt64(r) * 32
+            }
+            exports["pv_ops"] = 0xffff_ffff_8300_0000
+            exports["BUG_func"] = 0xffff_ffff_8200_0000
+            exports["nop_func"] = 0xffff_ffff_8200_0040
+            let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
+            var claim = ModuleClaim(name: name, textBase: 0xffff_ffff_c010_0000, text: [UInt8](repeating: 0, count: lay.textSize), sectionAddresses: [:])
+            claim.memoryBases = [.data: 0xffff_ffff_c020_0000, .rodata: 0xffff_ffff_c030_0000, .roAfterInit: 0xffff_ffff_c040_0000]
+            let s = try Session(elf: elf, claim: claim, facts: Loader612Tests.facts(caps: caps, pvOps: [UInt64](repeating: 0xffff_ffff_8123_4560, count: 83)),
+                                resolver: SymbolResolver(coreExports: exports))
+            try s.relocate()
+            try s.applyBootTimePatching()
+            return s
+        }
+    }
+
+    /// HOLE: apply_retpolines() (6.12) ends each rewritten site with 6.12's optimize_nops()
+    /// (one NOP up to 11 bytes, else `jmp` over `int3`: add_nop()), but the replay ran 6.1's
+    /// (NOPs of at most 8 bytes, split). A retpoline site of 15 bytes (`call` with ten `cs`
+    /// prefixes to __x86_indirect_thunk_rax: the kernel's decoder takes repeated prefixes) on a
+    /// CPU without RETPOLINE becomes `call *%rax` + 13 bytes of NOP run: the kernel writes
+    /// `ff d0 eb 0b cc×11`, the replay explained `ff d0` + NOP8 + NOP5.
+    func testLongRetpolineSiteGets612NopRun() throws {
+        var ed = KoEditor(ko: try Loader612Tests.module612("tun"))
+        let names = try ed.symbolNames()
+        let textRelocs = try ed.relocations(for: ".text")
+        let siteRela = try ed.rela(for: ".retpoline_sites")
+        let sites = try ed.relocations(for: ".retpoline_sites")
+        let text = try ed.elf { $0.sections[try ed.sectionIndex(".text")].fileRange.lowerBound }
+        // A site in .text calling the rax thunk with no relocation in the 10 bytes before it.
+        var chosen: (k: Int, off: Int)? = nil
+        for (k, r) in sites.enumerated() where names[r.symbolIndex] == "" || names[r.symbolIndex] == ".text" {
+            let off = Int(r.addend)
+            guard off >= 10, ed.ko[text + off] == 0xe8,
+                  let call = textRelocs.first(where: { $0.offset == UInt64(off + 1) }), names[call.symbolIndex] == "__x86_indirect_thunk_rax",
+                  !textRelocs.contains(where: { $0.offset + 4 > UInt64(off - 10) && $0.offset < UInt64(off) }) else { continue }
+            chosen = (k, off)
+            break
+        }
+        let (k, off) = try XCTUnwrap(chosen, "tun has a call to __x86_indirect_thunk_rax")
+        for i in (off - 10)..<off { ed.ko[text + i] = 0x2e }
+        ed.put(Int64(off - 10), at: siteRela.at + 24 * k + 16)
+        let s = try Self.replay612(ed.ko, name: "tun", caps: [Loader612Tests.always])
+        let got = Array(s.image[(off - 10)..<(off + 5)])
+        XCTAssertEqual(got, [0xff, 0xd0, 0xeb, 0x0b] + [UInt8](repeating: 0xcc, count: 11),
+                       "6.12 apply_retpolines(): patch_retpoline() then optimize_nops() -> add_nop(13)")
+    }
+}
