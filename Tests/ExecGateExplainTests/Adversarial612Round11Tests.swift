@@ -12,7 +12,8 @@ import XCTest
 final class Adversarial612Round11Tests: XCTestCase {
     /// The replay of `ko` (6.12) with every import at a distinct kernel address, the retpoline
     /// thunk array at `thunks` (`__x86_indirect_thunk_rax`, 32 bytes a register), and `caps`.
-    static func replay612(_ ko: [UInt8], name: String, caps: [Int], thunks: UInt64 = 0xffff_ffff_8280_0000) throws -> Session {
+    static func replay612(_ ko: [UInt8], name: String, caps: [Int], thunks: UInt64 = 0xffff_ffff_8280_0000, omit: Set<String> = [],
+                          pvOps: [UInt64] = [UInt64](repeating: 0xffff_ffff_8123_4560, count: 83)) throws -> Session {
         try ko.withUnsafeBytes { raw in
             let elf = try ELFFile(bytes: raw)
             var exports: [String: UInt64] = [:]
@@ -25,10 +26,11 @@ final class Adversarial612Round11Tests: XCTestCase {
             exports["pv_ops"] = 0xffff_ffff_8300_0000
             exports["BUG_func"] = 0xffff_ffff_8200_0000
             exports["nop_func"] = 0xffff_ffff_8200_0040
+            for n in omit { exports[n] = nil }
             let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
             var claim = ModuleClaim(name: name, textBase: 0xffff_ffff_c010_0000, text: [UInt8](repeating: 0, count: lay.textSize), sectionAddresses: [:])
             claim.memoryBases = [.data: 0xffff_ffff_c020_0000, .rodata: 0xffff_ffff_c030_0000, .roAfterInit: 0xffff_ffff_c040_0000]
-            let s = try Session(elf: elf, claim: claim, facts: Loader612Tests.facts(caps: caps, pvOps: [UInt64](repeating: 0xffff_ffff_8123_4560, count: 83)),
+            let s = try Session(elf: elf, claim: claim, facts: Loader612Tests.facts(caps: caps, pvOps: pvOps),
                                 resolver: SymbolResolver(coreExports: exports))
             try s.relocate()
             try s.applyBootTimePatching()
@@ -66,5 +68,20 @@ final class Adversarial612Round11Tests: XCTestCase {
         let got = Array(s.image[(off - 10)..<(off + 5)])
         XCTAssertEqual(got, [0xff, 0xd0, 0xeb, 0x0b] + [UInt8](repeating: 0xcc, count: 11),
                        "6.12 apply_retpolines(): patch_retpoline() then optimize_nops() -> add_nop(13)")
+    }
+
+    /// HOLE: alt_replace_call() (6.12) drops the call when the pv_ops target is `nop_func`
+    /// (`if (target == &nop_func) return 0`: the site becomes NOPs). A registration without the
+    /// `nop_func` export left the replay unable to tell, and it explained `call <target>` for
+    /// every DIRECT_CALL site, where the kernel writes NOPs if the target is nop_func. BUG_func,
+    /// the other name alt_replace_call() compares with, was already required.
+    func testDirectCallNeedsNopFunc() throws {
+        let ko = try Loader612Tests.module612("8021q")
+        XCTAssertNoThrow(try Self.replay612(ko, name: "8021q", caps: [Loader612Tests.always, Loader612Tests.xenpv]), "the real module replays")
+        XCTAssertThrowsError(try Self.replay612(ko, name: "8021q", caps: [Loader612Tests.always, Loader612Tests.xenpv], omit: ["nop_func"])) { e in
+            let d = (e as? DenyError)?.denial
+            XCTAssertEqual(d?.rule, .alternative)
+            XCTAssertTrue(d?.reason.contains("nop_func") == true, "\(String(describing: d))")
+        }
     }
 }
