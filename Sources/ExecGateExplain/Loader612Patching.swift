@@ -221,6 +221,9 @@ extension Session {
                 }
                 let slot = a.instr &+ 6 &+ UInt64(bitPattern: Int64(disp))
                 guard let bug = bugFunc else { throw deny(.alternative, "BUG_func is not exported by the kernel facts", atRegionOffset: off, address: a.instr) }
+                // alt_replace_call() also compares the target with &nop_func (the call is then
+                // dropped): without its address the replay cannot tell a call from NOPs.
+                guard let nop = nopFunc else { throw deny(.alternative, "nop_func is not exported by the kernel facts", atRegionOffset: off, address: a.instr) }
                 let entries = min(facts.pvOps.count, loader.pvOpsEntries ?? facts.pvOps.count)
                 guard let pv = pvOpsBase, slot >= pv, (slot - pv) % 8 == 0, (slot - pv) / 8 < UInt64(entries) else {
                     throw deny(.alternative, "direct-call slot 0x\(String(slot, radix: 16)) is not an entry of the trusted pv_ops table", atRegionOffset: off, address: a.instr)
@@ -230,7 +233,7 @@ extension Session {
                 guard let rel = buf.getInteger(at: 1, as: Int32.self) else { throw deny(.alternative, "short replacement", address: a.instr) }
                 let nv = UInt32(bitPattern: rel &+ Int32(truncatingIfNeeded: Int64(bitPattern: target &- bug)))
                 for k in 0..<4 { buf[1 + k] = UInt8(truncatingIfNeeded: nv >> (8 * UInt32(k))) }
-                n = (nopFunc != nil && target == nopFunc!) ? 0 : 5
+                n = target == nop ? 0 : 5
             }
             for k in n..<a.instrlen { buf[k] = 0x90 }
             try applyRelocation612(&buf, instr: a.instr, instrlen: a.instrlen, repl: a.repl, repllen: a.repllen, off: off)
