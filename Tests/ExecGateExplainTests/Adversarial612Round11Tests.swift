@@ -84,4 +84,31 @@ final class Adversarial612Round11Tests: XCTestCase {
             XCTAssertTrue(d?.reason.contains("nop_func") == true, "\(String(describing: d))")
         }
     }
+
+    /// HOLE: alt_replace_call() BUG()s on an ALT_FLAG_DIRECT_CALL entry whose site is not
+    /// `call *disp32(%rip)` (`ff 15`, instrlen 6) or whose replacement is not a 5-byte `e8`, for
+    /// every taken entry, init text included (apply_alternatives() takes no text range). The core
+    /// session skipped init-text sites (6.12 init text is never an executable region), so 8021q
+    /// with its first paravirt entry aimed at the start of `.init.text` (the NOP padding of a `__pfx_` symbol) was
+    /// explained though the kernel oopses loading it. The same rule as the 6.1 paravirt one
+    /// (AdversarialFinalizeSiteTests.testShortParavirtSiteInInitText...).
+    func testDirectCallEntryOverInitTextThatIsNoIndirectCallIsDenied() throws {
+        var ed = KoEditor(ko: try Loader612Tests.module612("8021q"))
+        let initText = try ed.sectionIndex(".init.text")
+        let sym = try XCTUnwrap(try ed.elf { e in try e.symbols().first { $0.sectionIndex == UInt16(initText) && ($0.type == 3 || $0.type == 2) && $0.value == 0 }?.index },
+                                "a symbol at .init.text+0")
+        XCTAssertEqual(try ed.elf { e in Array(e.contents(of: e.sections[initText]).prefix(2)) }, [0x90, 0x90], "__pfx_ padding first, not ff 15")
+        let r = try ed.rela(for: ".altinstructions")
+        let k = try XCTUnwrap(try ed.relocations(for: ".altinstructions").firstIndex { $0.offset == 0 })
+        let flags = try ed.elf { e in e.contents(of: e.sections[try ed.sectionIndex(".altinstructions")])[10] }
+        XCTAssertEqual(flags & 2, 2, "entry 0 is ALT_FLAG_DIRECT_CALL")
+        let type = ed.get(UInt64.self, at: r.at + 24 * k + 8) & 0xffff_ffff
+        ed.put(UInt64(sym) << 32 | type, at: r.at + 24 * k + 8)
+        ed.put(Int64(0), at: r.at + 24 * k + 16)
+        XCTAssertThrowsError(try Self.replay612(ed.ko, name: "8021q", caps: [Loader612Tests.always])) { e in
+            let d = (e as? DenyError)?.denial
+            XCTAssertEqual(d?.rule, .alternative)
+            XCTAssertTrue(d?.reason.contains("DIRECT_CALL") == true, "\(String(describing: d))")
+        }
+    }
 }
