@@ -111,4 +111,33 @@ final class Adversarial612Round11Tests: XCTestCase {
             XCTAssertTrue(d?.reason.contains("DIRECT_CALL") == true, "\(String(describing: d))")
         }
     }
+
+    /// HOLE (for the integrator: the fix is in Layout.swift `loaderFlags`, shared by 6.1 and 6.12):
+    /// layout_and_allocate() marks SHF_RO_AFTER_INIT on `find_sec(info, "__jump_table")` and
+    /// `find_sec(info, ".data..ro_after_init")`, and rewrite_section_headers() clears SHF_ALLOC
+    /// of `info->index.vers = find_sec(info, "__versions")` only: find_sec() (kernel/module/main.c,
+    /// 6.1 and 6.12) returns the FIRST section with SHF_ALLOC of that name. The replay edited every
+    /// section of those names, so a second `__jump_table` (here `.data` renamed) was laid out in
+    /// MOD_RO_AFTER_INIT instead of MOD_DATA, and a second `__versions` (here `.rodata` renamed)
+    /// was left out of MOD_RODATA: every address after it, and every relocation against it,
+    /// differs from the kernel's.
+    func testOnlyTheFirstAllocSectionOfANameGetsTheLoadersFlagEdits() throws {
+        var ed = KoEditor(ko: try Loader612Tests.module612("tun"))
+        func shName(_ i: Int) -> UInt32 { ed.get(UInt32.self, at: ed.sectionHeader(i)) }
+        let jt = try ed.sectionIndex("__jump_table"), data = try ed.sectionIndex(".data")
+        let vers = try ed.sectionIndex("__versions"), ro = try ed.sectionIndex(".rodata")
+        ed.put(shName(jt), at: ed.sectionHeader(data))
+        ed.put(shName(vers), at: ed.sectionHeader(ro))
+        let (types, firstJT, firstVers): ([ModuleMemoryType?], Int, Int) = try ed.ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
+            let first = { (n: String) in elf.sections.first { $0.name == n && $0.isAlloc }!.index }
+            return (try XCTUnwrap(lay.memType), first("__jump_table"), first("__versions"))
+        }
+        let secondJT = firstJT == jt ? data : jt, secondVers = firstVers == vers ? ro : vers
+        XCTAssertEqual(types[firstJT], .roAfterInit, "find_sec()'s __jump_table")
+        XCTAssertEqual(types[secondJT], .data, "a later __jump_table keeps its flags: SHF_WRITE|SHF_ALLOC -> MOD_DATA")
+        XCTAssertNil(types[firstVers], "find_sec()'s __versions loses SHF_ALLOC")
+        XCTAssertEqual(types[secondVers], .rodata, "a later __versions keeps SHF_ALLOC -> MOD_RODATA")
+    }
 }
