@@ -224,7 +224,17 @@ extension Session {
             if op == 0xe9 && bytes.count < insn.length { bytes.append(0xcc) }
             while bytes.count < insn.length { bytes.append(0x90) }
             guard bytes.count == insn.length else { continue }
-            optimizeNops(&bytes, 0, bytes.count)
+            // apply_retpolines() → optimize_nops(addr, bytes, len) of the loader's own version:
+            // 6.12 merges a NOP run into one NOP up to 11 bytes or a `jmp` over `int3`
+            // (add_nop()), 6.1 into NOPs of at most 8 bytes (add_nops()). The run here ends at the
+            // site's end (patch_retpoline() pads to insn->length), so 6.12's never crosses it.
+            if loader == .linux6_12 {
+                guard optimizeNops612(&bytes, bytes.count) else {
+                    throw deny(.retpoline, "NOP run crosses the end of the retpoline site", address: a)
+                }
+            } else {
+                optimizeNops(&bytes, 0, bytes.count)
+            }
             write(off, bytes, .retpoline)
             countSite(.retpoline)
         }

@@ -356,6 +356,12 @@ public struct GuestFacts: Sendable {
     /// The core kernel's init memory, freed after boot (`[_sinittext, _einittext)`,
     /// `[__init_begin, __init_end)`): never a legal target or symbol value for module code.
     public var coreInitRanges: [Range<UInt64>] = []
+    /// The core kernel's `.data..ro_after_init` (`[__start_ro_after_init, __end_ro_after_init)`,
+    /// vmlinux.lds.h RO_AFTER_INIT_DATA), read-only from mark_rodata_ro() on, before the trusted
+    /// point: a static key or static-call key there never changes state afterwards (6.12
+    /// jump_label_init_ro() seals it), so its module sites keep their load state. nil when the
+    /// build's symbols do not name it.
+    public var coreROAfterInit: Range<UInt64>? = nil
     /// The registered kernel's release (`uname -r`, the first word of its `VERMAGIC_STRING`).
     /// When set, a module's `.modinfo` `vermagic=` must name the same release; it also selects
     /// the loader replay (LoaderSelection.swift).

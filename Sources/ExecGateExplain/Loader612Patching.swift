@@ -164,6 +164,7 @@ extension Session {
             throw deny(.alternative, ".altinstructions is \(t.bytes.count) bytes, not a whole number of 14-byte entries")
         }
         let bugFunc = resolver.lookup("BUG_func"), nopFunc = resolver.lookup("nop_func"), pvOpsBase = resolver.lookup("pv_ops")
+        var takenOutside = Set<UInt64>()  // sites outside this region an earlier taken entry rewrote
         for ai in entries.indices {
             // Nesting pad: consecutive entries of one site share the largest instrlen (in place).
             var b = ai + 1
@@ -183,8 +184,17 @@ extension Session {
             }
             // Taken or not, the kernel writes instrlen bytes (text_poke_early() of optimize_nops()' buffer).
             try requireExecutableSite(a.instr, a.instrlen, .alternative, ".altinstructions")
-            guard let off = execOffset(a.instr, max(a.instrlen, 1)) else { continue }  // init text: freed, never verified
             let notFlag = a.flags & 1 != 0, directCall = a.flags & 2 != 0
+            guard let off = execOffset(a.instr, max(a.instrlen, 1)) else {
+                // Init text: freed, never verified; but alt_replace_call()'s BUG()s hold there too.
+                let taken = hasFeature(a.cpuid) != notFlag
+                if taken && directCall && region == .core {
+                    try refuseDirectCallBugInInitText(instr: a.instr, instrlen: a.instrlen, repl: a.repl, repllen: a.repllen,
+                                                      rewrittenBefore: takenOutside.contains(a.instr))
+                }
+                if taken { takenOutside.insert(a.instr) }
+                continue
+            }
             guard a.flags & ~3 == 0 else {
                 throw deny(.alternative, "alt_instr flags 0x\(String(a.flags, radix: 16)) beyond ALT_FLAG_NOT|ALT_FLAG_DIRECT_CALL", atRegionOffset: off, address: a.instr)
             }
@@ -221,6 +231,9 @@ extension Session {
                 }
                 let slot = a.instr &+ 6 &+ UInt64(bitPattern: Int64(disp))
                 guard let bug = bugFunc else { throw deny(.alternative, "BUG_func is not exported by the kernel facts", atRegionOffset: off, address: a.instr) }
+                // alt_replace_call() also compares the target with &nop_func (the call is then
+                // dropped): without its address the replay cannot tell a call from NOPs.
+                guard let nop = nopFunc else { throw deny(.alternative, "nop_func is not exported by the kernel facts", atRegionOffset: off, address: a.instr) }
                 let entries = min(facts.pvOps.count, loader.pvOpsEntries ?? facts.pvOps.count)
                 guard let pv = pvOpsBase, slot >= pv, (slot - pv) % 8 == 0, (slot - pv) / 8 < UInt64(entries) else {
                     throw deny(.alternative, "direct-call slot 0x\(String(slot, radix: 16)) is not an entry of the trusted pv_ops table", atRegionOffset: off, address: a.instr)
@@ -230,7 +243,7 @@ extension Session {
                 guard let rel = buf.getInteger(at: 1, as: Int32.self) else { throw deny(.alternative, "short replacement", address: a.instr) }
                 let nv = UInt32(bitPattern: rel &+ Int32(truncatingIfNeeded: Int64(bitPattern: target &- bug)))
                 for k in 0..<4 { buf[1 + k] = UInt8(truncatingIfNeeded: nv >> (8 * UInt32(k))) }
-                n = (nopFunc != nil && target == nopFunc!) ? 0 : 5
+                n = target == nop ? 0 : 5
             }
             for k in n..<a.instrlen { buf[k] = 0x90 }
             try applyRelocation612(&buf, instr: a.instr, instrlen: a.instrlen, repl: a.repl, repllen: a.repllen, off: off)
@@ -240,6 +253,42 @@ extension Session {
             write(off, Array(buf[0..<a.instrlen]), .alternative)
             countSite(.alternative)
         }
+    }
+
+    /// alt_replace_call() (6.12) BUG()s on a taken ALT_FLAG_DIRECT_CALL entry unless its
+    /// replacement is a 5-byte `e8` and its site (`instrlen` 6) holds `ff 15` (`call
+    /// *disp32(%rip)`), and apply_alternatives() takes no text range: the rule holds for a site in
+    /// init text too, which the core session otherwise skips (6.12 init text is never an
+    /// executable region). The site's bytes are the signed ones there: the opcode bytes are no
+    /// relocation field of a module the build makes (a record that writes them, or an earlier
+    /// taken entry that rewrote the site, is not modelled: denied). The replacement lies in core
+    /// text or data, read as relocated.
+    func refuseDirectCallBugInInitText(instr: UInt64, instrlen: Int, repl: UInt64, repllen: Int, rewrittenBefore: Bool) throws {
+        func refuse(_ why: String) -> DenyError {
+            deny(.alternative, "ALT_FLAG_DIRECT_CALL entry at 0x\(String(instr, radix: 16)) in init text: \(why) (alt_replace_call() BUGs)",
+                 section: ".altinstructions", address: instr)
+        }
+        guard repllen == 5, let r = read(repl, 1), r[0] == 0xe8 else { throw refuse("the replacement is not a 5-byte call") }
+        guard instrlen == 6 else { throw refuse("the site is \(instrlen) bytes, not 6") }
+        guard !rewrittenBefore else { throw refuse("an earlier taken entry rewrote the site (not modelled)") }
+        for (t, s) in elf.sections.enumerated() where t < layout.initOffset.count && layout.initOffset[t] != nil && layout.flags[t].contains(.execInstr) {
+            guard let sa = addr[t], instr >= sa, instr - sa < UInt64(s.size) else { continue }
+            let off = Int(instr - sa)
+            let signed = elf.contents(of: s)
+            guard off + 2 <= signed.count, signed[off] == 0xff, signed[off + 1] == 0x15 else {
+                throw refuse("the site is not call *disp32(%rip)")
+            }
+            for rs in rela where rs.targetSectionIndex == t {
+                let rels = rs.relocations
+                for i in rels.indices where rels.isValid(i) {
+                    guard let size = rels[i].type.fieldSize, size > 0 else { continue }
+                    let lo = Int(rels[i].offset)
+                    if lo < off + 2 && lo + size > off { throw refuse("a relocation writes the site's opcode bytes (not modelled)") }
+                }
+            }
+            return
+        }
+        throw refuse("the site is in no init text section")
     }
 
     /// `__apply_relocation(buf, instr, instrlen, repl, repl_len)` (6.12): branches and RIP-relative

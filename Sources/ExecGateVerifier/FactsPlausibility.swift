@@ -21,7 +21,7 @@
 //     the kernel reported in /sys/devices/system/cpu/vulnerabilities (the same mitigation state
 //     decides both: spectre_v2_select_mitigation(), retbleed/srso/its_select_mitigation()): a
 //     reported retpoline mitigation with X86_FEATURE_RETPOLINE clear is a lie that would let plain
-//     indirect calls through;
+//     indirect calls through; a 6.12 "Stuffing" mitigation (retbleed, ITS) needs X86_FEATURE_CALL_DEPTH;
 //   - `__per_cpu_end` (the start of the module per-cpu reserve) is not below `__per_cpu_start`
 //     and, on a zero-based per-cpu build, below no core per-cpu symbol (vmlinux.lds.h PERCPU_SECTION);
 //   - CPU counts: present ≥ 1 and possible ≥ present;
@@ -186,6 +186,16 @@ enum FactsPlausibility {
         for (name, needle) in rethunkBy {
             if let v = report[name], v.containsUTF8(needle), !facts.has(fb.rethunk) {
                 return "vulnerabilities report '\(name): \(v)' but X86_FEATURE_RETHUNK is clear in cpu_caps"
+            }
+        }
+        // retbleed_select_mitigation() (RETBLEED_MITIGATION_STUFF) and its_select_mitigation()
+        // (ITS_MITIGATION_RETPOLINE_STUFF) setup_force_cpu_cap(X86_FEATURE_CALL_DEPTH) (6.12
+        // bugs.c); the bit number is the loader's (6.1 has neither the bit nor the mitigation).
+        if let cd = facts.kernelRelease.flatMap(ModuleLoader.family(ofRelease:))?.callDepthBit, !facts.has(cd) {
+            for (name, needle) in [("retbleed", "Stuffing"), ("indirect_target_selection", "Stuffing")] {
+                if let v = report[name], v.containsUTF8(needle) {
+                    return "vulnerabilities report '\(name): \(v)' but X86_FEATURE_CALL_DEPTH is clear in cpu_caps"
+                }
             }
         }
         return nil

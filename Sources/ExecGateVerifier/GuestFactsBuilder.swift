@@ -44,7 +44,8 @@ public enum GuestFactsBuilder {
 
     /// The symbols whose addresses become scalar facts or ranges, per guest (at its slide).
     static let helperNames = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return",
-                              "its_return_thunk", "__per_cpu_end", "_sinittext", "_einittext", "__init_begin", "__init_end"]
+                              "its_return_thunk", "__per_cpu_end", "_sinittext", "_einittext", "__init_begin", "__init_end",
+                              "__start_ro_after_init", "__end_ro_after_init"]
 
     /// The facts that follow from the build's symbols alone (exports, function entries, the
     /// build-derived static-call table, and the named helpers), every address with `slide`
@@ -102,6 +103,9 @@ public enum GuestFactsBuilder {
         // [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)) — mm/percpu.c, include/linux/percpu.h.
         facts.modulePercpuRange = named["__per_cpu_end"].map { $0..<($0 + (8 << 10)) }
         facts.coreInitRanges = GuestFacts.coreInitRanges(named)
+        // A key in the core's __ro_after_init data never moves after the trusted point
+        // (GuestSession.judgePatches).
+        if let a = named["__start_ro_after_init"], let b = named["__end_ro_after_init"], a < b { facts.coreROAfterInit = a..<b }
         facts.kaslrSlide = r.kaslrSlide
         var caps: [UInt32] = []
         caps.reserveCapacity(r.cpuCapabilities.count / 4)

@@ -407,6 +407,15 @@ public final class GuestSession: @unchecked Sendable {
                     return .denied(.patchPartialKey, module: owners.joined(separator: ","),
                                    message: "the batch changes key 0x\(Hex.number(key)) at \(covered.count) of its \(all.count) live sites (missing e.g. 0x\(Hex.number(missing.min()!))): a key changes only as a whole")
                 }
+                // A key in the core's .data..ro_after_init is read-only from mark_rodata_ro() on
+                // (before the trusted point): static_key_enable()/static_call_update() cannot
+                // change it, and 6.12 seals it (jump_label_init_ro(): jump_label_add_module()
+                // patches a module's sites of a sealed key once, at load, and never links them).
+                // Its sites keep their load state: no kernel moves them.
+                if let ro = facts.coreROAfterInit, ro.contains(key) {
+                    return .denied(.patchNotAllowed, module: owners.joined(separator: ","),
+                                   message: "key 0x\(Hex.number(key)) lies in the kernel's __ro_after_init data [0x\(Hex.number(ro.lowerBound)), 0x\(Hex.number(ro.upperBound))): read-only since mark_rodata_ro(), its sites never change after load (jump_label_init_ro() seals it)")
+                }
                 let state = newState[key]!  // set for every key in batchSites (same loop above)
                 if staticKeys.contains(key) && !Self.nullStates(facts).contains(state) {
                     let trusted = facts.staticCallTrustedTargets[key] ?? keyStatesSeen[key] ?? []

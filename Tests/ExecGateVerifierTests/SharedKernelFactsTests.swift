@@ -50,6 +50,7 @@ extension SharedFactsTesting {
         XCTAssertEqual(got.capabilities, alone.capabilities, file: file, line: line)
         XCTAssertEqual(got.pvOps, alone.pvOps, file: file, line: line)
         XCTAssertEqual(got.coreInitRanges, alone.coreInitRanges, file: file, line: line)
+        XCTAssertEqual(got.coreROAfterInit, alone.coreROAfterInit, file: file, line: line)
         XCTAssertEqual(got.modulePercpuRange, alone.modulePercpuRange, file: file, line: line)
         XCTAssertEqual(got.uniprocessorPatched, alone.uniprocessorPatched, file: file, line: line)
         XCTAssertEqual(got.kernelRelease, alone.kernelRelease, file: file, line: line)
