@@ -48,34 +48,38 @@ struct ModuleLayout {
         ([.execInstr, .alloc], []), ([.alloc], [.write]), ([.roAfterInit, .alloc], []), ([.write, .alloc], []), ([.alloc], []),
     ]
 
-    /// The section flags after the loader's edits before layout (layout_and_allocate() +
-    /// rewrite_section_headers(), unchanged from 6.1 to 6.12): `.modinfo`, `__versions` and
-    /// `.data..percpu` lose SHF_ALLOC; `.data..ro_after_init` and `__jump_table` gain
-    /// SHF_RO_AFTER_INIT. Also the index of the per-cpu section: find_sec() returns the first
-    /// ALLOC section of that name, found before the flag edit.
+    /// The section flags after the loader's edits before layout (unchanged from 6.1 to 6.12), each
+    /// made to the one section `find_sec()` returns — the FIRST with SHF_ALLOC of that name
+    /// ("Alloc bit cleared means ignore it"; kernel/module/main.c) — never to later ones:
+    /// - setup_load_info() (6.1; 6.12 elf_validity_cache_index_info()/_versions()) takes
+    ///   `index.info = find_sec(".modinfo")`, `index.vers = find_sec("__versions")` and
+    ///   `index.pcpu = find_pcpusec()` on the file's flags; rewrite_section_headers() then clears
+    ///   SHF_ALLOC of `index.vers` and `index.info`, layout_and_allocate() that of `index.pcpu`;
+    /// - layout_and_allocate() then sets SHF_RO_AFTER_INIT on `find_sec(".data..ro_after_init")`
+    ///   and `find_sec("__jump_table")`.
+    /// A second allocated section of one of these names keeps its flags and is laid out as any
+    /// other (a second `.modinfo` is refused elsewhere: ModuleName). Also returns the per-cpu
+    /// section's index.
     static func loaderFlags(_ elf: ELFFile) -> (flags: [SectionFlags], percpu: Int?) {
         var flags = elf.sections.map { $0.flags }
-        var percpu: Int?
-        for s in elf.sections {
+        var modinfo: Int?, versions: Int?, percpu: Int?, roAfterInit: Int?, jumpTable: Int?
+        for s in elf.sections where s.isAlloc && s.index > 0 {  // find_sec() starts at section 1
             // Only names of the five lengths can match (a length test before any comparison).
             switch s.name.utf8.count {
             case 8, 10, 12, 13, 20: break
             default: continue
             }
             switch s.name {
-            case ".modinfo", "__versions": flags[s.index].remove(.alloc)
-            case ".data..percpu":
-                // find_sec() skips a section without SHF_ALLOC ("Alloc bit cleared means ignore
-                // it"): a non-ALLOC section of this name is no per-cpu section, and only the one
-                // found loses SHF_ALLOC (`info->sechdrs[info->index.pcpu].sh_flags &= ~SHF_ALLOC`).
-                if percpu == nil, s.isAlloc {
-                    percpu = s.index
-                    flags[s.index].remove(.alloc)
-                }
-            case ".data..ro_after_init", "__jump_table": flags[s.index].insert(.roAfterInit)
+            case ".modinfo": if modinfo == nil { modinfo = s.index }
+            case "__versions": if versions == nil { versions = s.index }
+            case ".data..percpu": if percpu == nil { percpu = s.index }
+            case ".data..ro_after_init": if roAfterInit == nil { roAfterInit = s.index }
+            case "__jump_table": if jumpTable == nil { jumpTable = s.index }
             default: break
             }
         }
+        for i in [modinfo, versions, percpu].compactMap({ $0 }) { flags[i].remove(.alloc) }
+        for i in [roAfterInit, jumpTable].compactMap({ $0 }) { flags[i].insert(.roAfterInit) }
         return (flags, percpu)
     }
 

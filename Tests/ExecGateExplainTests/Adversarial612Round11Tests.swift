@@ -112,7 +112,7 @@ final class Adversarial612Round11Tests: XCTestCase {
         }
     }
 
-    /// HOLE (for the integrator: the fix is in Layout.swift `loaderFlags`, shared by 6.1 and 6.12):
+    /// Fixed in Layout.swift `loaderFlags` (shared by 6.1 and 6.12):
     /// layout_and_allocate() marks SHF_RO_AFTER_INIT on `find_sec(info, "__jump_table")` and
     /// `find_sec(info, ".data..ro_after_init")`, and rewrite_section_headers() clears SHF_ALLOC
     /// of `info->index.vers = find_sec(info, "__versions")` only: find_sec() (kernel/module/main.c,
