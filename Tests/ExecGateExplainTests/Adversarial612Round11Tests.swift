@@ -13,7 +13,7 @@ final class Adversarial612Round11Tests: XCTestCase {
     /// The replay of `ko` (6.12) with every import at a distinct kernel address, the retpoline
     /// thunk array at `thunks` (`__x86_indirect_thunk_rax`, 32 bytes a register), and `caps`.
     static func replay612(_ ko: [UInt8], name: String, caps: [Int], thunks: UInt64 = 0xffff_ffff_8280_0000, omit: Set<String> = [],
-                          pvOps: [UInt64] = [UInt64](repeating: 0xffff_ffff_8123_4560, count: 83)) throws -> Session {
+                          pvOps: [UInt64] = [UInt64](repeating: 0xffff_ffff_8123_4560, count: 83), runtime: Bool = false) throws -> Session {
         try ko.withUnsafeBytes { raw in
             let elf = try ELFFile(bytes: raw)
             var exports: [String: UInt64] = [:]
@@ -34,6 +34,7 @@ final class Adversarial612Round11Tests: XCTestCase {
                                 resolver: SymbolResolver(coreExports: exports))
             try s.relocate()
             try s.applyBootTimePatching()
+            if runtime { try s.addRuntimeSites() }
             return s
         }
     }
@@ -139,5 +140,30 @@ final class Adversarial612Round11Tests: XCTestCase {
         XCTAssertEqual(types[secondJT], .data, "a later __jump_table keeps its flags: SHF_WRITE|SHF_ALLOC -> MOD_DATA")
         XCTAssertNil(types[firstVers], "find_sec()'s __versions loses SHF_ALLOC")
         XCTAssertEqual(types[secondVers], .rodata, "a later __versions keeps SHF_ALLOC -> MOD_RODATA")
+    }
+
+    /// HOLE: static_call_add_module() → __static_call_init() hands every site of the module to
+    /// arch_static_call_transform(), init text included (it only flags init sites), and
+    /// __static_call_validate() BUG()s unless a non-tail site holds a call, NOP5 or xor5rax (a
+    /// tail site a jmp, ret or Jcc); 6.1.192 and 6.12.117 kernel/static_call_inline.c,
+    /// arch/x86/kernel/static_call.c. The core session skipped init-text sites, so tun (6.12)
+    /// with a static-call site aimed at `.init.text`+0 (NOP padding) was explained though the
+    /// kernel oopses loading it.
+    func testStaticCallSiteInInitTextThatIsNoCallIsDenied() throws {
+        var ed = KoEditor(ko: try Loader612Tests.module612("tun"))
+        let initText = try ed.sectionIndex(".init.text")
+        let sym = try XCTUnwrap(try ed.elf { e in try e.symbols().first { $0.sectionIndex == UInt16(initText) && ($0.type == 3 || $0.type == 2) && $0.value == 0 }?.index },
+                                "a symbol at .init.text+0")
+        XCTAssertNoThrow(try Self.replay612(ed.ko, name: "tun", caps: [Loader612Tests.always], runtime: true), "the real module replays")
+        let r = try ed.rela(for: ".static_call_sites")
+        let k = try XCTUnwrap(try ed.relocations(for: ".static_call_sites").firstIndex { $0.offset == 0 })
+        let type = ed.get(UInt64.self, at: r.at + 24 * k + 8) & 0xffff_ffff
+        ed.put(UInt64(sym) << 32 | type, at: r.at + 24 * k + 8)
+        ed.put(Int64(0), at: r.at + 24 * k + 16)
+        XCTAssertThrowsError(try Self.replay612(ed.ko, name: "tun", caps: [Loader612Tests.always], runtime: true)) { e in
+            let d = (e as? DenyError)?.denial
+            XCTAssertEqual(d?.rule, .staticCall)
+            XCTAssertTrue(d?.reason.contains("__static_call_validate") == true, "\(String(describing: d))")
+        }
     }
 }
