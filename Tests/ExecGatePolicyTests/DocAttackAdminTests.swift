@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Attacks on the admin port written from docs/protocol.md ("audit-read") and docs/policy.md alone.
+// The admin port needs no key to reach (docs/policy.md, "Who can reach which port"): whatever a
+// peer sends there must be answered, never crash the service.
+
+import ExecGateAdmin
+import ExecGatePolicy
+import ExecGateVerifier
+import ExecGateWire
+import NIOCore
+import XCTest
+
+final class DocAttackAdminTests: XCTestCase {
+    private func auditReadFrame(after: UInt64) -> Frame {
+        Frame(type: AdminMessageType.auditRead, requestID: 7, body: AuditRead(afterSeq: after).encode())
+    }
+
+    /// HOLE (round docattack): `audit-read` with `after_seq` = 2⁶⁴−1 (a u64 the doc allows) trapped
+    /// on `after_seq + 1` (arithmetic overflow) while computing `next_seq`: one keyless frame on the
+    /// admin port killed the whole verifier (`execgate serve` crashed; in the service VM, PID 1).
+    /// A cursor past the records issued is answered with no records and the log's own next
+    /// sequence number, so the reader continues from records that exist.
+    func testAuditReadAfterTheLastSequenceNumberIsAnsweredNotATrap() throws {
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: "modules allow")))
+        let log = AuditLog(capacity: 100, retained: 100)
+        defer { log.close() }
+        v.auditSink = log
+        let admin = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: log)
+        for after: UInt64 in [.max, .max - 1, 1 << 63] {
+            let reply = admin.respond(to: auditReadFrame(after: after))
+            XCTAssertEqual(reply.type, AdminMessageType.auditReadReply)
+            let page = try AuditReadReply(decoding: reply.body)
+            XCTAssertEqual(page.records, [])
+            XCTAssertEqual(page.nextSeq, 1, "nothing was issued: continue from the first record")
+        }
+        // Without an audit log the same frame is answered too.
+        let bare = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: nil)
+        let reply = bare.respond(to: auditReadFrame(after: .max))
+        XCTAssertEqual(reply.type, AdminMessageType.auditReadReply)
+    }
+}
