@@ -39,4 +39,30 @@ final class DocAttackAdminTests: XCTestCase {
         let reply = bare.respond(to: auditReadFrame(after: .max))
         XCTAssertEqual(reply.type, AdminMessageType.auditReadReply)
     }
+
+    /// Failed attacks kept: what a keyless admin-port peer tries from docs/protocol.md ("Admin
+    /// protocol") and docs/policy.md ("Bundles"), each answered as documented, the policy unchanged.
+    func testKeylessAdminPeerIsAnsweredAsDocumented() throws {
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: "modules allow")))
+        let admin = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: nil)
+        func error(_ type: MessageType, _ body: ByteBuffer) throws -> ErrorReply {
+            let reply = admin.respond(to: Frame(type: type, requestID: 9, body: body))
+            XCTAssertEqual(reply.type, MessageType.error, "\(type)")
+            XCTAssertEqual(reply.requestID, 9)
+            return try ErrorReply(decoding: reply.body)
+        }
+        // Every VMM type on the admin port: unknown-message-type (neither port does the other's job).
+        for t: UInt16 in 1...7 {
+            XCTAssertEqual(try error(MessageType(rawValue: t), ByteBuffer()).code, .unknownMessageType)
+        }
+        // A push with no admin certificate configured: refused outright, with the stable prefix.
+        let push = try error(AdminMessageType.policyPush, PolicyPush(bundle: Array("EXGTPOL1".utf8)).encode())
+        XCTAssertEqual(push.code, .badRequest)
+        XCTAssertTrue(push.message.hasPrefix("admin.push-disabled"), push.message)
+        // A push with its bundle field missing, and a critical unknown field: malformed-body.
+        XCTAssertEqual(try error(AdminMessageType.policyPush, ByteBuffer()).code, .malformedBody)
+        var crit = TLVWriter(); crit.bytes(0x8001, [])
+        XCTAssertEqual(try error(AdminMessageType.policyShow, crit.buffer).code, .malformedBody)
+        XCTAssertEqual(v.policy.version, 3, "the running policy is unchanged")
+    }
 }
