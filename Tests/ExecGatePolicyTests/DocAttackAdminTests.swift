@@ -5,11 +5,16 @@
 // peer sends there must be answered, never crash the service.
 
 import ExecGateAdmin
+import ExecGateSignature
+import ExecGateTestSupport
 import ExecGatePolicy
 import ExecGateVerifier
 import ExecGateWire
 import NIOCore
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 
 final class DocAttackAdminTests: XCTestCase {
     private func auditReadFrame(after: UInt64) -> Frame {
@@ -64,5 +69,31 @@ final class DocAttackAdminTests: XCTestCase {
         var crit = TLVWriter(); crit.bytes(0x8001, [])
         XCTAssertEqual(try error(AdminMessageType.policyShow, crit.buffer).code, .malformedBody)
         XCTAssertEqual(v.policy.version, 3, "the running policy is unchanged")
+    }
+
+    /// HOLE (round docattack): `execgate policy audit --after 18446744073709551615` (a u64 the
+    /// option accepts) trapped in the CLI on `cursor + 1` when comparing with `oldest_seq`: exit
+    /// 132 instead of README's 0/1/2. The gap check compares without adding.
+    func testPolicyAuditAfterTheLargestCursorDoesNotTrap() throws {
+        let dir = Fixtures.temporaryDirectory()
+        let cert = dir + "/kernel.pem", adminCert = dir + "/admin.pem"
+        try Fixtures.writeFile(cert, Array(try PolicyFixtures.kernelCertificate().pem.utf8))
+        let gen = try GeneratedSigningKey.generateRSA(bits: 2048, commonName: "docattack admin")
+        try Fixtures.writeFile(adminCert, gen.certificatePEM)
+        let vmm = "unix:" + dir + "/v.sock", adm = "unix:" + dir + "/a.sock"
+        let pid = Fixtures.spawnExecgate(["serve", "--listen", vmm, "--admin-listen", adm, "--trust", cert, "--admin-cert", adminCert],
+                                         stdoutPath: dir + "/out", stderrPath: dir + "/err")
+        defer { kill(pid, SIGTERM); _ = Fixtures.wait(pid) }
+        var shown = ProcessResult(status: -1, stdout: "", stderr: "")
+        for _ in 0..<100 {
+            shown = Fixtures.runExecgate(["policy", "show", "--connect", adm])
+            if shown.status == 0 { break }
+            usleep(100_000)
+        }
+        XCTAssertEqual(shown.status, 0, shown.stderr)
+        for after in ["18446744073709551615", "18446744073709551614", "0"] {
+            let read = Fixtures.runExecgate(["policy", "audit", "--connect", adm, "--after", after])
+            XCTAssertEqual(read.status, 0, "--after \(after): " + read.stderr)
+        }
     }
 }
