@@ -298,7 +298,11 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             last = pick.0
         }
         let more = i < keep.endIndex || j < keepRefused.endIndex
-        let next = last.map { $0 + 1 } ?? max(afterSeq + 1, oldest)
+        // `after_seq` is any u64 a keyless admin-port peer sends: `afterSeq + 1` trapped at 2⁶⁴−1
+        // and killed the verifier. A cursor at or past the last record issued continues from the
+        // log's own next sequence number (`nextSeq` ≥ 1, so `nextSeq - 1` cannot wrap): a reader
+        // never skips records that will be issued later (e.g. a cursor kept across a restart).
+        let next = last.map { $0 + 1 } ?? max(min(afterSeq, nextSeq - 1) + 1, oldest)
         return Page(records: records, nextSeq: next, oldestSeq: oldest, dropped: _dropped, more: more)
     }
 

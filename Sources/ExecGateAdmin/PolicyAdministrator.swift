@@ -106,7 +106,9 @@ public final class PolicyAdministrator: @unchecked Sendable {
     }
 
     public func auditRead(_ q: AuditRead) -> AuditReadReply {
-        guard let audit else { return AuditReadReply(records: [], nextSeq: q.afterSeq + 1, dropped: 0, oldestSeq: 0) }
+        // No log: nothing was ever issued, so the next record would be the first (`after_seq` is
+        // any u64 from the wire; `after_seq + 1` trapped at 2⁶⁴−1).
+        guard let audit else { return AuditReadReply(records: [], nextSeq: 1, dropped: 0, oldestSeq: 0) }
         // One reply is at most 1 MiB of records, whatever the request asks: what a peer on the
         // admin port (no key needed) can make the service hold per request.
         let page = audit.read(after: q.afterSeq, limit: Int(q.maxRecords),

@@ -71,7 +71,10 @@ public struct CaptureBoot {
     public static func load(_ dirIn: String) throws -> CaptureBoot {
         var dir = dirIn
         while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
-        let parent = dir.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        // The parent of a single relative component ("nokaslr-a") is ".", not "" (which made the
+        // parent's load order "/load-order.txt", the filesystem root); of "/x" it is "" (root).
+        var parent = dir.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        if parent.isEmpty && !dir.hasPrefix("/") { parent = "." }
         let orderPath = fileExists(dir + "/load-order.txt") ? dir + "/load-order.txt" : parent + "/load-order.txt"
         let order: [String] = try readText(orderPath).split(whereSeparator: \.isNewline).compactMap { (l: Substring) -> String? in
             guard let w = l.split(separator: " ").first else { return nil }

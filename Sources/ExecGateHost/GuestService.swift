@@ -36,9 +36,9 @@ public enum GuestService {
 
     /// What the image holds, as a service configuration (PID 1 has no command line to parse).
     public static func configuration(port: UInt32, serverName: String) -> ServiceConfiguration {
-        var logger = Logger(label: "execgate")
-        // Every console byte costs under emulation; per-request logs stay off unless asked.
-        logger.logLevel = .notice
+        // Every console byte costs under emulation; per-request logs stay off unless asked. The
+        // console is the host's log too: request words are escaped (`TextLogHandler`).
+        let logger = VerifierService.makeLogger(format: "text", level: .notice)
         var c = ServiceConfiguration(listen: [.vsock(cid: UInt32.max, port: port)], serverName: serverName, logger: logger)
         let dir = ImageBuilder.GuestPaths.trust
         c.trustAnchorFiles = ((try? FS.list(dir)) ?? []).filter { $0.hasSuffix(".der") || $0.hasSuffix(".pem") }.map { dir + "/" + $0 }

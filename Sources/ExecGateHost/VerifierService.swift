@@ -147,9 +147,11 @@ public final class VerifierService: Sendable {
         }
     }
 
-    /// A logger for the service: text (swift-log's default) or one JSON object per line.
+    /// A logger for the service: text (swift-log's stream format, control characters in request
+    /// words escaped: `TextLogHandler`) or one JSON object per line.
     public static func makeLogger(format: String, level: Logger.Level) -> Logger {
-        var logger = format == "json" ? Logger(label: "execgate", factory: { JSONLogHandler(label: $0) }) : Logger(label: "execgate")
+        var logger = format == "json" ? Logger(label: "execgate", factory: { JSONLogHandler(label: $0) })
+                                      : Logger(label: "execgate", factory: { TextLogHandler(label: $0) })
         logger.logLevel = level
         return logger
     }

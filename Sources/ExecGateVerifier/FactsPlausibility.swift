@@ -84,6 +84,10 @@ enum FactsPlausibility {
         var failure: String? = nil
         for s in symbols {
             if named[s.name] == nil { named[s.name] = s.address }
+            // No kernel exports an empty name: EXPORT_SYMBOL(sym) emits `__ksymtab_<sym>` for a C
+            // identifier, and find_symbol() matches a module's undefined name by strcmp, so an
+            // exported "" would resolve a nameless undefined symbol simplify_symbols() refuses.
+            if s.exported && s.name.isEmpty && failure == nil { failure = "an exported symbol record (address 0x\(String(s.address, radix: 16))) has an empty name" }
             if s.exported && !exportedNames.insert(s.name).inserted && failure == nil { failure = "symbol '\(s.name)' is exported twice" }
         }
         let bounds = KernelBounds(named)

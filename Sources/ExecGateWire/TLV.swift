@@ -158,8 +158,10 @@ public struct TLVReader {
         var seen: [UInt16: Int] = [:]
         var unknown = 0
         while body.readableBytes > 0 {
+            // Counted before the tag is read: a tail of 2–5 bytes was reported as 0–3 stray bytes.
+            let stray = body.readableBytes
             guard let tag = body.readInteger(as: UInt16.self), let len = body.readInteger(as: UInt32.self) else {
-                throw WireDecodeError(.truncatedField, field: message, "\(body.readableBytes) stray bytes at end of body")
+                throw WireDecodeError(.truncatedField, field: message, "\(stray) stray bytes at end of body")
             }
             guard let length = Int(exactly: len), let value = body.readSlice(length: length) else {
                 throw WireDecodeError(.fieldLengthExceedsBody, field: "\(message).\(tag)",

@@ -251,7 +251,9 @@ struct PolicyAudit: AsyncParsableCommand {
                     await client.close()
                     throw error
                 }
-                if page.oldestSeq > cursor + 1 {
+                // Records cursor+1 … oldest-1 were evicted. Compared without adding: `--after` is any
+                // u64 (cursor + 1 trapped at 2⁶⁴−1), and a server without a log answers oldest 0.
+                if page.oldestSeq > 0 && cursor < page.oldestSeq - 1 {
                     Console.error("execgate policy audit: records \(cursor + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
                 }
                 for r in page.records { print(r) }
