@@ -100,7 +100,9 @@ public struct Denial: Sendable, CustomStringConvertible {
     public var description: String {
         let e = expected.map { Hex.encode(CollectionOfOne($0)) }.joined(separator: " ")
         let f = found.map { Hex.encode(CollectionOfOne($0)) }.joined(separator: " ")
-        return "\(module): \(section)+0x\(String(offset, radix: 16)) (0x\(String(address, radix: 16))): expected [\(e)] found [\(f)]: \(rule): \(reason)"
+        // A structural denial (layout, loader, claim) has no bytes to show: no empty brackets.
+        let bytes = expected.isEmpty && found.isEmpty ? "" : " expected [\(e)] found [\(f)]:"
+        return "\(module): \(section)+0x\(String(offset, radix: 16)) (0x\(String(address, radix: 16))):\(bytes) \(rule): \(reason)"
     }
 }
 
