@@ -7,6 +7,7 @@
 // character (C0, DEL, C1) is written escaped, so one event is always exactly one line.
 
 import Logging
+import _ExecGateInternals
 
 public struct TextLogHandler: LogHandler {
     private var inner: StreamLogHandler
@@ -54,13 +55,7 @@ public struct TextLogHandler: LogHandler {
             case 0x0A: text = "\\n"
             case 0x0D: text = "\\r"
             case 0x09: text = "\\t"
-            default:
-                let hex = Array("0123456789abcdef".unicodeScalars)
-                var digits = ""
-                var v = u.value
-                repeat { digits = String(hex[Int(v & 0xf)]) + digits; v >>= 4 } while v != 0
-                if digits.unicodeScalars.count < 2 { digits = "0" + digits }
-                text = (u.value > 0xFF ? "\\u" : "\\x") + digits
+            default: text = (u.value > 0xFF ? "\\u" : "\\x") + Hex.number(u.value, width: 2)
             }
             out.append(contentsOf: text.unicodeScalars)
         }
