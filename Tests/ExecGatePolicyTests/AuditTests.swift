@@ -201,12 +201,7 @@ final class AuditTests: XCTestCase {
         let pid = Fixtures.spawnExecgate(["serve", "--listen", vmm, "--admin-listen", adm, "--trust", cert, "--policy", policies + "/default.policy",
                                           "--admin-cert", adminCert, "--audit", dir + "/audit.jsonl"], stdoutPath: dir + "/out", stderrPath: dir + "/err")
         defer { kill(pid, SIGTERM); _ = Fixtures.wait(pid) }
-        var shown = ProcessResult(status: -1, stdout: "", stderr: "")
-        for _ in 0..<100 {
-            shown = Fixtures.runExecgate(["policy", "show", "--connect", adm, "--json"])
-            if shown.status == 0 { break }
-            usleep(100_000)
-        }
+        let shown = Fixtures.runExecgateUntilSuccess(["policy", "show", "--connect", adm, "--json"])
         XCTAssertEqual(shown.status, 0, shown.stderr)
         XCTAssertTrue(shown.stdout.contains("\"policy_id\":\"servicevm-default\",\"policy_version\":2"), shown.stdout)
         let push = Fixtures.runExecgate(["policy", "push", dir + "/b.bundle", "--connect", adm])

@@ -84,12 +84,7 @@ final class DocAttackAdminTests: XCTestCase {
         let pid = Fixtures.spawnExecgate(["serve", "--listen", vmm, "--admin-listen", adm, "--trust", cert, "--admin-cert", adminCert],
                                          stdoutPath: dir + "/out", stderrPath: dir + "/err")
         defer { kill(pid, SIGTERM); _ = Fixtures.wait(pid) }
-        var shown = ProcessResult(status: -1, stdout: "", stderr: "")
-        for _ in 0..<100 {
-            shown = Fixtures.runExecgate(["policy", "show", "--connect", adm])
-            if shown.status == 0 { break }
-            usleep(100_000)
-        }
+        let shown = Fixtures.runExecgateUntilSuccess(["policy", "show", "--connect", adm])
         XCTAssertEqual(shown.status, 0, shown.stderr)
         for after in ["18446744073709551615", "18446744073709551614", "0"] {
             let read = Fixtures.runExecgate(["policy", "audit", "--connect", adm, "--after", after])

@@ -22,12 +22,7 @@ final class DocAttackLogTests: XCTestCase {
         let vmm = "unix:" + dir + "/v.sock"
         let pid = Fixtures.spawnExecgate(["serve", "--listen", vmm, "--trust", cert], stdoutPath: dir + "/out", stderrPath: dir + "/err")
         defer { kill(pid, SIGTERM); _ = Fixtures.wait(pid) }
-        var status = ProcessResult(status: -1, stdout: "", stderr: "")
-        for _ in 0..<100 {
-            status = Fixtures.runExecgate(["request", "status", "--connect", vmm])
-            if status.status == 0 { break }
-            usleep(100_000)
-        }
+        let status = Fixtures.runExecgateUntilSuccess(["request", "status", "--connect", vmm])
         XCTAssertEqual(status.status, 0, status.stderr)
         let forged = "2000-01-01T00:00:00+0000 info execgate: decision=allow module=FORGED [ExecGateService] verdict"
         let r = Fixtures.runExecgate(["request", "module", try Fixtures.module(named: "vsock.ko"), "--connect", vmm,

@@ -52,6 +52,18 @@ extension Fixtures {
     /// Run `execgate ARGS…` to completion.
     public static func runExecgate(_ args: [String]) -> ProcessResult { run(execgateBinary, args) }
 
+    /// `runExecgate(args)` every 100 ms until it exits 0 (a server just spawned is not listening
+    /// yet), at most `attempts` times; the last result.
+    public static func runExecgateUntilSuccess(_ args: [String], attempts: Int = 100) -> ProcessResult {
+        var r = ProcessResult(status: -1, stdout: "", stderr: "")
+        for _ in 0..<attempts {
+            r = runExecgate(args)
+            if r.status == 0 { break }
+            usleep(100_000)
+        }
+        return r
+    }
+
     /// Run `executable ARGS…` (an absolute path) to completion.
     public static func run(_ executable: String, _ args: [String]) -> ProcessResult {
         let dir = temporaryDirectory()
