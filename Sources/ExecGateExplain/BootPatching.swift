@@ -423,6 +423,32 @@ extension Session {
 
     // MARK: ftrace
 
+    /// The module's executable init section holding address `a`, as the core session sees it
+    /// (init text is no region of its claim): the section's index, `a`'s offset in it and the
+    /// section's signed bytes; nil when `a` lies in none. For the loader steps that read a site in
+    /// init text at load (`refuseDirectCallBugInInitText`, `refuseInvalidStaticCallInInitText`).
+    func signedInitTextSite(_ a: UInt64) -> (section: Int, offset: Int, signed: UnsafeRawBufferPointer)? {
+        for (t, s) in elf.sections.enumerated() where t < layout.initOffset.count && layout.initOffset[t] != nil && layout.flags[t].contains(.execInstr) {
+            guard let sa = addr[t], a >= sa, a - sa < UInt64(s.size) else { continue }
+            return (t, Int(a - sa), elf.contents(of: s))
+        }
+        return nil
+    }
+
+    /// Whether a relocation record of section `t` writes a byte of `[lo, hi)` (a record the parser
+    /// refuses is left to the walk, which refuses it).
+    func relocationWrites(section t: Int, _ lo: Int, _ hi: Int) -> Bool {
+        for rs in rela where rs.targetSectionIndex == t {
+            let rels = rs.relocations
+            for i in rels.indices where rels.isValid(i) {
+                guard let size = rels[i].type.fieldSize, size > 0 else { continue }
+                let o = Int(rels[i].offset)
+                if o < hi && o + size > lo { return true }
+            }
+        }
+        return false
+    }
+
     /// `__mcount_loc` entries in the module's init text seen from the core session (the claim
     /// may hold no init region; the init session, when there is one, checks their bytes as
     /// placed): the kernel processes them all the same (ftrace_process_locs() records every

@@ -271,24 +271,11 @@ extension Session {
         guard repllen == 5, let r = read(repl, 1), r[0] == 0xe8 else { throw refuse("the replacement is not a 5-byte call") }
         guard instrlen == 6 else { throw refuse("the site is \(instrlen) bytes, not 6") }
         guard !rewrittenBefore else { throw refuse("an earlier taken entry rewrote the site (not modelled)") }
-        for (t, s) in elf.sections.enumerated() where t < layout.initOffset.count && layout.initOffset[t] != nil && layout.flags[t].contains(.execInstr) {
-            guard let sa = addr[t], instr >= sa, instr - sa < UInt64(s.size) else { continue }
-            let off = Int(instr - sa)
-            let signed = elf.contents(of: s)
-            guard off + 2 <= signed.count, signed[off] == 0xff, signed[off + 1] == 0x15 else {
-                throw refuse("the site is not call *disp32(%rip)")
-            }
-            for rs in rela where rs.targetSectionIndex == t {
-                let rels = rs.relocations
-                for i in rels.indices where rels.isValid(i) {
-                    guard let size = rels[i].type.fieldSize, size > 0 else { continue }
-                    let lo = Int(rels[i].offset)
-                    if lo < off + 2 && lo + size > off { throw refuse("a relocation writes the site's opcode bytes (not modelled)") }
-                }
-            }
-            return
+        guard let (t, off, signed) = signedInitTextSite(instr) else { throw refuse("the site is in no init text section") }
+        guard off + 2 <= signed.count, signed[off] == 0xff, signed[off + 1] == 0x15 else {
+            throw refuse("the site is not call *disp32(%rip)")
         }
-        throw refuse("the site is in no init text section")
+        if relocationWrites(section: t, off, off + 2) { throw refuse("a relocation writes the site's opcode bytes (not modelled)") }
     }
 
     /// `__apply_relocation(buf, instr, instrlen, repl, repl_len)` (6.12): branches and RIP-relative

@@ -362,34 +362,21 @@ extension Session {
     /// them is not modelled: denied); a rel32 after an opcode may be relocated, which the
     /// validation does not read.
     func refuseInvalidStaticCallInInitText(_ site: UInt64, tail: Bool) throws {
-        for (t, s) in elf.sections.enumerated() where t < layout.initOffset.count && layout.initOffset[t] != nil && layout.flags[t].contains(.execInstr) {
-            guard let sa = addr[t], site >= sa, site - sa < UInt64(s.size) else { continue }
-            let off = Int(site - sa)
-            let b = elf.contents(of: s)
-            guard off + 5 <= b.count else { break }
-            let w = Array(b[off..<off + 5])
-            let opcode = w[0] == 0xe8 || w[0] == 0xe9
-            let valid = tail ? (w[0] == 0xe9 || w[0] == 0xc3 || (w[0] == 0x0f && w[1] & 0xf0 == 0x80))
-                             : (w[0] == 0xe8 || w == x86Nops[5] || w == VariableSite.xor5rax.array)
-            // The bytes the test reads: the opcode (and the Jcc's second byte), or all five.
-            let read = opcode || w[0] == 0xc3 ? 1 : (w[0] == 0x0f ? 2 : 5)
-            var written = false
-            for rs in rela where rs.targetSectionIndex == t {
-                let rels = rs.relocations
-                for i in rels.indices where rels.isValid(i) {
-                    guard let size = rels[i].type.fieldSize, size > 0 else { continue }
-                    let lo = Int(rels[i].offset)
-                    if lo < off + read && lo + size > off { written = true }
-                }
-            }
-            guard valid, !written else {
-                throw deny(.staticCall, "\(tail ? "tail" : "call") site in init text (\(s.name)+0x\(String(off, radix: 16))) is not a \(tail ? "jmp/ret/Jcc" : "call/nop/xor5rax")\(written ? " as signed (a relocation writes it: not modelled)" : "") (__static_call_validate BUGs at load)",
-                           section: ".static_call_sites", address: site)
-            }
-            return
+        guard let (t, off, b) = signedInitTextSite(site), off + 5 <= b.count else {
+            throw deny(.staticCall, "site 0x\(String(site, radix: 16)) is in no init text section of the module (__static_call_validate reads it at load: not modelled)",
+                       section: ".static_call_sites", address: site)
         }
-        throw deny(.staticCall, "site 0x\(String(site, radix: 16)) is in no init text section of the module (__static_call_validate reads it at load: not modelled)",
-                   section: ".static_call_sites", address: site)
+        let w = Array(b[off..<off + 5])
+        let opcode = w[0] == 0xe8 || w[0] == 0xe9
+        let valid = tail ? (w[0] == 0xe9 || w[0] == 0xc3 || (w[0] == 0x0f && w[1] & 0xf0 == 0x80))
+                         : (w[0] == 0xe8 || w == x86Nops[5] || w == VariableSite.xor5rax.array)
+        // The bytes the test reads: the opcode (and the Jcc's second byte), or all five.
+        let read = opcode || w[0] == 0xc3 ? 1 : (w[0] == 0x0f ? 2 : 5)
+        let written = relocationWrites(section: t, off, off + read)
+        guard valid, !written else {
+            throw deny(.staticCall, "\(tail ? "tail" : "call") site in init text (\(elf.sections[t].name)+0x\(String(off, radix: 16))) is not a \(tail ? "jmp/ret/Jcc" : "call/nop/xor5rax")\(written ? " as signed (a relocation writes it: not modelled)" : "") (__static_call_validate BUGs at load)",
+                       section: ".static_call_sites", address: site)
+        }
     }
 
     /// A module's own static-call trampolines (`__SCT__<name>` in `.static_call.text`, followed by
