@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Attack round 2 written from the documentation alone (README.md, docs/trust.md, docs/protocol.md,
+// docs/policy.md): grants and frames, guest lifecycle, run-time patches across retire, policy
+// rules. Each test names the doc promise it attacks; inputs: the committed fixture boot (signed
+// Debian 6.1 modules and the bytes a real guest held), through the verifier core as the service
+// runs it.
+
+import ExecGateCapture
+import ExecGatePolicy
+import ExecGateSignature
+import ExecGateTestSupport
+import ExecGateVerifier
+import ExecGateWire
+import NIOCore
+import XCTest
+
+final class DocAttack2SessionTests: XCTestCase {
+    private func retire(_ g: FixtureGuest, _ name: String, base: UInt64? = nil) -> Message {
+        let b = base ?? g.session.liveModule(name)?.textRange.lowerBound ?? 0
+        return g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: b)), requestDigest: [])
+    }
+
+    private func initFreed(_ g: FixtureGuest, _ name: String) -> Message {
+        g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: name)), requestDigest: [])
+    }
+
+    // MARK: Grants and frames
+
+    /// The same with a region judged in full (end state required): init frames without init text
+    /// are not a grant of init text nobody judged.
+    func testInitFramesWithoutInitTextAreNotGranted() throws {
+        let g = try FixtureGuest()
+        var r = try g.request("llc")
+        r.initFrames = [0x7_7777]
+        let v = g.verifier.authorize(r, requestDigest: [])
+        XCTAssertEqual(v.decision, .deny, "init frames without init text: \(v.initFrames)")
+        XCTAssertEqual(v.reason, .claimFramesInvalid, v.message)
+        // A later module may take that frame: it was never granted.
+        var other = try g.request("irqbypass")
+        other.frames[0] = 0x7_7777
+        let o = g.verifier.authorize(other, requestDigest: [])
+        XCTAssertEqual(o.decision, .allow, o.message)
+    }
+
+    /// trust.md "The grant is on frames": "No frame may be granted to two live modules". Attack:
+    /// after llc is retired its frames are free again (the VMM revoked them): reuse is allowed.
+    /// While it is live, a second module naming one of its frames is denied (SessionAttackTests
+    /// covers the live case); the retire must free exactly llc's frames, not stp's.
+    func testRetireFreesOnlyTheRetiredModulesFrames() throws {
+        let g = try FixtureGuest()
+        let llc = try g.load("llc")
+        XCTAssertEqual(llc.decision, .allow, llc.message)
+        let stp = try g.load("stp")
+        XCTAssertEqual(stp.decision, .allow, stp.message)
+        // stp depends on llc: the retire is refused and llc's frames stay granted.
+        guard case .error(let inUse) = retire(g, "llc") else { return XCTFail("llc retired under stp") }
+        XCTAssertEqual(inUse.code, .moduleInUse, inUse.message)
+        var thief = try g.request("mrp")
+        thief.frames[0] = llc.grantFrames[0]
+        XCTAssertEqual(g.verifier.authorize(thief, requestDigest: []).reason, .claimFramesInvalid)
+        guard case .retireModuleReply = retire(g, "stp") else { return XCTFail("retire stp") }
+        guard case .retireModuleReply = retire(g, "llc") else { return XCTFail("retire llc") }
+        var reuse = try g.request("irqbypass")
+        reuse.frames[0] = llc.grantFrames[0]
+        if reuse.frames.count > 1 { reuse.frames[1] = stp.grantFrames[0] }
+        let v = g.verifier.authorize(reuse, requestDigest: [])
+        XCTAssertEqual(v.decision, .allow, v.message)
+    }
+
+    /// protocol.md module-init-freed: "a live module with granted init text … (else
+    /// `error`/`unknown-module`)". Attack: init-freed for a module with no init text claimed, for
+    /// one not live, for a retired one, and for a name differing by `-`/`_`.
+    func testInitFreedWithoutGrantedInitTextIsUnknownModule() throws {
+        let g = try FixtureGuest()
+        XCTAssertEqual(try g.load("irqbypass").decision, .allow)
+        for name in ["irqbypass", "llc", "irq-bypass", "IRQBYPASS", ""] {
+            guard case .error(let e) = initFreed(g, name) else { XCTFail("\(name): init freed"); continue }
+            XCTAssertEqual(e.code, .unknownModule, "\(name): \(e.message)")
+        }
+        XCTAssertNotNil(g.session.liveModule("irqbypass"), "a refused init-freed changes nothing")
+    }
+
+    /// protocol.md retire-module: "a module that is not live at that base gets
+    /// `error`/`unknown-module`". Attack: retire by a base inside the module, one page off, or the
+    /// right base under a `-`/`_` twin of the name; the module must stay live each time.
+    func testRetireNeedsTheExactInstance() throws {
+        let g = try FixtureGuest()
+        XCTAssertEqual(try g.load("irqbypass").decision, .allow)
+        let base = try XCTUnwrap(g.session.liveModule("irqbypass")?.textRange.lowerBound)
+        for (name, b) in [("irqbypass", base + 1), ("irqbypass", base &+ 0x1000), ("irqbypass", base &- 0x1000), ("irq-bypass", base), ("irqbypass ", base)] {
+            guard case .error(let e) = retire(g, name, base: b) else { XCTFail("\(name) at \(b): retired"); continue }
+            XCTAssertEqual(e.code, .unknownModule, e.message)
+            XCTAssertNotNil(g.session.liveModule("irqbypass"))
+        }
+    }
+
+    // MARK: Guest lifecycle
+
+    /// protocol.md register-guest: "a refused registration (reset or not) changes nothing".
+    /// Attack: a reset with implausible facts; the old session, its live modules and frames must
+    /// stay (and a reload of the live module is still `claim.module-already-live`).
+    func testRefusedResetLeavesTheSessionAlive() throws {
+        let g = try FixtureGuest()
+        XCTAssertEqual(try g.load("llc").decision, .allow)
+        var r = g.registration
+        r.reset = true
+        r.presentCPUs = 0
+        guard case .error(let e) = g.verifier.respond(to: .registerGuest(r), requestDigest: []) else { return XCTFail("implausible reset accepted") }
+        XCTAssertEqual(e.code, .implausibleFacts, e.message)
+        XCTAssertEqual(g.session.allowedModules, ["llc"])
+        XCTAssertEqual(try g.load("llc").reason, .moduleAlreadyLive)
+    }
+
+    /// protocol.md: a registration by digest attaches to the build the server "holds **now**",
+    /// "held while at least one registered guest uses it", and "applies `reset`/`guest-exists` …
+    /// as to any registration". Attack: reset the build's only guest by digest. The build is held
+    /// (by that guest) when the request arrives: the reset must attach, or be refused and change
+    /// nothing; it must never drop the guest and then refuse `unknown-build`.
+    func testResetByDigestOfTheOnlyGuestOfItsBuild() throws {
+        let g = try FixtureGuest()
+        XCTAssertEqual(try g.load("llc").decision, .allow)
+        // The build's symbols digest, from another verifier (so that "g" alone holds the build here).
+        let other = try FixtureGuest()
+        let probe = other.verifier.respond(to: .registerGuest({ var r = other.registration; r.guestID = "probe"; return r }()), requestDigest: [])
+        guard case .registerGuestReply(let reply) = probe else { return XCTFail("\(probe)") }
+        var reset = g.registration
+        reset.reset = true
+        reset.symbols = []
+        reset.symbolsDigest = reply.symbolsDigest
+        let m = g.verifier.respond(to: .registerGuest(reset), requestDigest: [])
+        switch m {
+        case .registerGuestReply:
+            XCTAssertTrue(g.session.allowedModules.isEmpty, "a reset drops the old session")
+            XCTAssertEqual(try g.load("llc").decision, .allow)
+        case .error(let e):
+            XCTAssertNotNil(g.verifier.guests.session("g"), "a refused reset (\(e.code)) dropped the guest: \(e.message)")
+        default:
+            XCTFail("\(m)")
+        }
+    }
+
+    // MARK: Run-time patches across retire
+
+    /// protocol.md authorize-patch: "Allowed only when every entry is at the start of a run-time
+    /// patch site of the **live** module that owns the address now (a retired module's sites are
+    /// gone)". Attack: record an allowed whole-key batch, retire a module holding sites of that key,
+    /// load it again at another base, and replay the old batch: its addresses at the old base are
+    /// no live code, so it is denied whole and no key state moves.
+    func testReplayedBatchAfterRetireAndReloadElsewhereIsDenied() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let byKey = g.sitesByKey()
+        guard let (key, sites) = byKey.first(where: { _, s in s.contains { $0.table.module == "test_static_keys" } }) else {
+            throw XCTSkip("no key with sites in test_static_keys")
+        }
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        let flip = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+        let v = g.patch(flip)
+        XCTAssertEqual(v.decision, .allow, v.message)
+        let back = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: state))) }
+        XCTAssertEqual(g.patch(back).decision, .allow)
+        guard case .retireModuleReply = retire(g, "test_static_keys") else { return XCTFail("retire test_static_keys") }
+        // Reload elsewhere: above every live module.
+        let top = try XCTUnwrap(g.session.allowedModules.compactMap { g.session.liveModule($0)?.coreRange.upperBound }.max())
+        var moved = try g.request("test_static_keys")
+        let delta = ((top + 0x10_0000) & ~0xfff) &- moved.textBase!
+        moved.textBase = moved.textBase! &+ delta
+        moved.sections = moved.sections.map { SectionClaim(name: $0.name, address: $0.address &+ delta, bytes: $0.bytes) }
+        moved.frames = moved.frames.map { $0 &+ 0x10_0000 }
+        let reload = g.verifier.authorize(moved, requestDigest: [])
+        // The moved claim carries the old base's relocated bytes: it is denied (end state), or, if
+        // allowed, the replay below must still be denied.
+        XCTAssertEqual(reload.decision, .deny, reload.message)
+        let before = g.session.state(ofKey: key)
+        let replay = g.patch(flip)
+        XCTAssertEqual(replay.decision, .deny, "an old batch replayed at a retired module's addresses: \(replay.message)")
+        XCTAssertTrue(replay.message.contains("not in live code"), replay.message)
+        XCTAssertEqual(g.session.state(ofKey: key), before, "a denied batch moves no key")
+        // Reloaded at its old base (its captured bytes), the old batch is a legal whole-key flip again.
+        XCTAssertEqual(try g.load("test_static_keys").decision, .allow)
+        XCTAssertEqual(g.patch(flip).decision, .allow)
+    }
+
+    // MARK: Policy
+
+    /// policy.md: "If a policy says nothing about `text-patches` or `ebpf-jit`, they are
+    /// **denied**." Attack: a legal whole-key flip under a policy text with only `modules allow`.
+    func testPolicyTextSilentOnTextPatchesDeniesALegalPatch() throws {
+        let text = """
+        execgate-policy 1
+        id silent
+        version 3
+        mode enforce
+        trust kernel-builtin
+        modules allow
+
+        """
+        let parsed = try PolicyParser.parse(Array(text.utf8), file: "silent.policy", builtinAnchors: try Fixtures.debianCertificates())
+        let g = try FixtureGuest { $0 = parsed }
+        try g.loadAll()
+        guard let (key, sites) = g.sitesByKey().first else { throw XCTSkip("no keyed sites") }
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        let flip = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+        let v = g.patch(flip)
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .kindDenied, v.message)
+        XCTAssertEqual(v.policyID, "silent")
+        XCTAssertEqual(v.policyVersion, 3)
+        XCTAssertEqual(g.session.state(ofKey: key), state)
+    }
+
+    /// policy.md `deny module-name NAME`: "refuse a module by its **signed** name (`-` ≡ `_`)".
+    /// Attack: the deny rule written with dashes, the module loaded with underscores.
+    func testDenyModuleNameWithDashesDeniesTheUnderscoredModule() throws {
+        let text = """
+        execgate-policy 1
+        id dashes
+        version 4
+        mode enforce
+        trust kernel-builtin
+        deny module-name test-static-key-base
+        modules allow
+        text-patches allow
+
+        """
+        let parsed = try PolicyParser.parse(Array(text.utf8), file: "dashes.policy", builtinAnchors: try Fixtures.debianCertificates())
+        let g = try FixtureGuest { $0 = parsed }
+        let v = try g.load("test_static_key_base")
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .moduleNameDenied, v.message)
+    }
+
+    /// protocol.md verdict `policy_id`/`policy_version`: "the policy that decided". Attack: swap
+    /// the policy between two requests of one guest; the later verdicts (module and patch) name
+    /// the new policy, a rollback to an older version is refused and changes nothing.
+    func testVerdictsNameThePolicyInForceAfterASwap() throws {
+        let g = try FixtureGuest()
+        let a = try g.load("llc")
+        XCTAssertEqual(a.policyID, "test")
+        XCTAssertEqual(a.policyVersion, 7)
+        var p = g.verifier.policy
+        p.id = "next"
+        p.version = 8
+        try g.verifier.replacePolicy(p)
+        let b = try g.load("stp")
+        XCTAssertEqual(b.decision, .allow, b.message)
+        XCTAssertEqual(b.policyID, "next")
+        XCTAssertEqual(b.policyVersion, 8)
+        var old = p
+        old.id = "old"
+        old.version = 7
+        XCTAssertThrowsError(try g.verifier.replacePolicy(old))
+        XCTAssertEqual(try g.load("mrp").policyID, "next")
+    }
+}
