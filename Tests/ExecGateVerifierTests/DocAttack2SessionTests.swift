@@ -27,6 +27,39 @@ final class DocAttack2SessionTests: XCTestCase {
 
     // MARK: Grants and frames
 
+    /// HOLE (round docs2): protocol.md, verdict: `grant_frames` "on allow with a region",
+    /// `init_frames` "on allow with init text"; authorize-module: `frames` "with 7", `init_frames`
+    /// "with 10"; the VMM grants EXEC "on exactly the frames the verdict echoes". Attack: under
+    /// `end-state signature-only`, send frames and init frames but no region. The request claims no
+    /// byte, so it took the signature-only allow, and the verdict echoed both frame lists as
+    /// `grant_frames`/`init_frames`: a grant on guest-physical pages none of whose bytes anybody
+    /// judged (or even sent), on a verdict that only vouches for a signature. Frames without the
+    /// region they map are an inconsistent claim: denied `claim.frames-invalid`, nothing echoed.
+    func testFramesWithoutARegionAreNeverEchoedAsAGrant() throws {
+        let g = try FixtureGuest { $0.endState = .signatureOnly }
+        var r = try g.request("llc")
+        r.text = nil
+        r.textBase = nil
+        r.sections = r.sections.map { SectionClaim(name: $0.name, address: $0.address) }
+        let claimed = r.frames
+        r.frames = []
+        for (frames, initFrames) in [(claimed, [UInt64]()), ([], [0x1234, 0x1235]), (claimed, [0x1234])] {
+            var q = r
+            q.frames = frames
+            q.initFrames = initFrames
+            let v = g.verifier.authorize(q, requestDigest: [])
+            XCTAssertTrue(v.grantFrames.isEmpty && v.initFrames.isEmpty && v.grantBase == nil,
+                          "frames granted without a judged region: \(v.grantFrames) \(v.initFrames)")
+            XCTAssertEqual(v.decision, .deny, v.message)
+            XCTAssertEqual(v.reason, .claimFramesInvalid, v.message)
+        }
+        // The signature-only request itself (no frames) is still allowed, and says so.
+        let plain = g.verifier.authorize(r, requestDigest: [])
+        XCTAssertEqual(plain.decision, .allow, plain.message)
+        XCTAssertTrue(plain.signatureOnly)
+        XCTAssertTrue(plain.grantFrames.isEmpty)
+    }
+
     /// The same with a region judged in full (end state required): init frames without init text
     /// are not a grant of init text nobody judged.
     func testInitFramesWithoutInitTextAreNotGranted() throws {
