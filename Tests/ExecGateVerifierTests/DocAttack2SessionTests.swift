@@ -184,7 +184,9 @@ final class DocAttack2SessionTests: XCTestCase {
         let g = try FixtureGuest()
         try g.loadAll()
         let byKey = g.sitesByKey()
-        guard let (key, sites) = byKey.first(where: { _, s in s.contains { $0.table.module == "test_static_keys" } }) else {
+        guard let (key, sites) = byKey.sorted(by: { $0.key < $1.key }).first(where: { k, s in
+            s.contains { $0.table.module == "test_static_keys" } && s.allSatisfy { $0.site.kind == .jumpLabel }
+        }) else {
             throw XCTSkip("no key with sites in test_static_keys")
         }
         let state = try XCTUnwrap(g.session.state(ofKey: key))
@@ -232,9 +234,17 @@ final class DocAttack2SessionTests: XCTestCase {
         let parsed = try PolicyParser.parse(Array(text.utf8), file: "silent.policy", builtinAnchors: try Fixtures.debianCertificates())
         let g = try FixtureGuest { $0 = parsed }
         try g.loadAll()
-        guard let (key, sites) = g.sitesByKey().first else { throw XCTSkip("no keyed sites") }
-        let state = try XCTUnwrap(g.session.state(ofKey: key))
-        let flip = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+        // A jump-label key (states 0 and 1), every live site encodable in the other state.
+        let flips = g.sitesByKey().sorted { $0.key < $1.key }.compactMap { key, sites -> (UInt64, UInt64, [PatchEntry])? in
+            guard let state = g.session.state(ofKey: key), state <= 1, sites.allSatisfy({ $0.site.kind == .jumpLabel }) else { return nil }
+            let entries = sites.compactMap { s in s.table.encoding(at: s.site.address, state: 1 - state).map { PatchEntry(address: s.site.address, bytes: $0) } }
+            return entries.count == sites.count ? (key, state, entries) : nil
+        }
+        let (key, state, flip) = try XCTUnwrap(flips.first, "a jump-label key")
+        let control = try FixtureGuest()
+        try control.loadAll()
+        let c = control.patch(flip)
+        XCTAssertEqual(c.decision, .allow, "the flip is legal under a policy that allows text patches: \(c.message)")
         let v = g.patch(flip)
         XCTAssertEqual(v.decision, .deny, v.message)
         XCTAssertEqual(v.reason, .kindDenied, v.message)
