@@ -354,6 +354,15 @@ public final class Verifier: @unchecked Sendable {
         let sectionBytes = request.sections.filter { $0.bytes != nil }
         let claimsBytes = request.text != nil || request.initText != nil || !sectionBytes.isEmpty
         if !claimsBytes && policy.endState == .signatureOnly {
+            // Frames belong to the region they map (protocol.md: `frames` with `text`,
+            // `init_frames` with `init_text`), and the VMM grants EXEC on exactly the frames a
+            // verdict echoes. Frames claimed without their region name pages no byte of which is
+            // judged: refused, never echoed by the signature-only allow as a grant. (With end state
+            // required the request is denied below for want of a region anyway.)
+            if !request.frames.isEmpty || !request.initFrames.isEmpty || request.textBase != nil || request.initBase != nil {
+                checks.append(.frames)
+                return deny(.claimFramesInvalid, "guest-physical frames are claimed without the region they map (frames need text_base + text, init_frames need init_base + init_text): a signature-only verdict judges no byte and grants no frame")
+            }
             var j = Judgement(verdict: ExecGateWire.Verdict(
                 decision: .allow, reason: .allowed,
                 message: "SIGNATURE ONLY (policy \(policy.id) opts into 'end-state signature-only'): signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); no executable byte was judged",
