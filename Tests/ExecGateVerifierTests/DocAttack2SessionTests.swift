@@ -7,6 +7,7 @@
 // runs it.
 
 import ExecGateCapture
+import ExecGateELF
 import ExecGatePolicy
 import ExecGateSignature
 import ExecGateTestSupport
@@ -295,5 +296,93 @@ final class DocAttack2SessionTests: XCTestCase {
         old.version = 7
         XCTAssertThrowsError(try g.verifier.replacePolicy(old))
         XCTAssertEqual(try g.load("mrp").policyID, "next")
+    }
+}
+
+/// Run-time patches of ftrace sites (docs/trust.md: "an ftrace site may be NOP or a call to a
+/// trusted ftrace entry"; protocol.md authorize-patch: "ftrace enable/disable (the guest's
+/// `text_poke`)", "an ftrace site's NOP or a call to a trusted ftrace entry"; register-guest: the
+/// VMM sends `__fentry__`, `ftrace_caller`, `ftrace_regs_caller`, "which the checks name"), against
+/// a registration that names both entries.
+final class DocAttack2FtraceTests: XCTestCase {
+    private struct Guest {
+        let verifier: Verifier
+        let boot: CaptureBoot
+        let fentry: UInt64, ftraceCaller: UInt64, ftraceRegsCaller: UInt64
+        var session: GuestSession { verifier.guests.session("g")! }
+        func patch(_ e: [PatchEntry]) -> ExecGateWire.Verdict {
+            verifier.authorizePatch(AuthorizePatch(guestID: "g", patches: e), session: session, requestDigest: [])
+        }
+        /// rel32 instruction `op` at `at` to `to`.
+        static func insn(_ op: UInt8, at: UInt64, to: UInt64) -> [UInt8] {
+            let rel = UInt32(truncatingIfNeeded: to &- (at &+ 5))
+            return [op] + (0..<4).map { UInt8(truncatingIfNeeded: rel >> (8 * $0)) }
+        }
+    }
+
+    private func guest() throws -> Guest {
+        let v = Verifier(policy: Policy(id: "ftrace", version: 2, trust: try Fixtures.debianTrust()))
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        var r = try boot.registration(guestID: "g")
+        let fentry = try XCTUnwrap(r.symbols.first { $0.name == "__fentry__" })
+        // Two core functions after __fentry__ (core text, outside init text), as a build lists them.
+        let caller = fentry.address + 0x40, regsCaller = fentry.address + 0x80
+        let function = r.symbols.contains { $0.isFunction }
+        r.symbols.append(KernelSymbol(name: "ftrace_caller", address: caller, exported: false, isFunction: function))
+        r.symbols.append(KernelSymbol(name: "ftrace_regs_caller", address: regsCaller, exported: false, isFunction: function))
+        let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+        guard case .registerGuestReply = reply else { throw XCTSkip("registration with ftrace entries refused: \(reply)") }
+        for name in boot.availableModules {
+            let verdict = v.authorize(try boot.module(name).request(guestID: "g"), requestDigest: [])
+            XCTAssertEqual(verdict.decision, .allow, "\(name): \(verdict.message)")
+        }
+        return Guest(verifier: v, boot: boot, fentry: fentry.address, ftraceCaller: caller, ftraceRegsCaller: regsCaller)
+    }
+
+    /// The first `__mcount_loc` site of `module` (an R_X86_64_64 against `.text` + offset) at its
+    /// claimed address, and its bytes in the region (NOP5 after ftrace_init_nop()).
+    private func ftraceSite(_ g: Guest, _ module: String) throws -> (address: UInt64, bytes: [UInt8]) {
+        let m = try g.boot.module(module)
+        let off: UInt64 = try m.ko.withUnsafeBytes { raw in
+            let e = try ELFFile(bytes: raw)
+            let t = try e.symbolTable()
+            let rs = try XCTUnwrap(try e.relocationSections().first { e.sections[$0.targetSectionIndex].name == "__mcount_loc" }, "__mcount_loc")
+            let text = try XCTUnwrap(e.section(named: ".text"))
+            let r = try XCTUnwrap(Array(rs.relocations).first { t.sectionIndex($0.symbolIndex) == UInt16(text.index) && t.value($0.symbolIndex) == 0 })
+            return UInt64(r.addend)
+        }
+        let a = try XCTUnwrap(m.claim.sectionAddresses[".text"]) + off
+        let o = Int(a - m.claim.textBase)
+        return (a, Array(m.claim.text[o..<o + 5]))
+    }
+
+    /// Attack first, then the documented control. Attacks: ftrace "enable" written as a `jmp
+    /// ftrace_caller` (e9: the traced function's body skipped, what ftrace_make_call() never
+    /// writes), a patch running past the site's 5 bytes, a call one byte into the entry, a call
+    /// to `__fentry__`, a 2-byte jmp. Control (the documented legal set): the site's NOP, a call
+    /// to `ftrace_caller` or `ftrace_regs_caller`.
+    func testFtraceSiteTakesItsNopOrACallToATrustedEntryOnly() throws {
+        let g = try guest()
+        let site = try ftraceSite(g, "irqbypass")
+        let nop: [UInt8] = [0x0f, 0x1f, 0x44, 0x00, 0x00]
+        XCTAssertEqual(site.bytes, nop, "ftrace_init_nop() left NOP5")
+        let call = Guest.insn(0xe8, at: site.address, to: g.ftraceCaller)
+        let attacks: [(String, [UInt8])] = [
+            ("jmp to the entry", Guest.insn(0xe9, at: site.address, to: g.ftraceCaller)),
+            ("call + 11 bytes past the site", call + [UInt8](repeating: 0x90, count: 11)),
+            ("NOP5 + 11 bytes past the site", nop + [0x48, 0x31, 0xc0, 0xc3] + [UInt8](repeating: 0xcc, count: 7)),
+            ("call one byte into the entry", Guest.insn(0xe8, at: site.address, to: g.ftraceCaller + 1)),
+            ("call to __fentry__", Guest.insn(0xe8, at: site.address, to: g.fentry)),
+            ("2-byte jmp over the site", [0xeb, 0x03]),
+        ]
+        for (what, bytes) in attacks {
+            let v = g.patch([PatchEntry(address: site.address, bytes: bytes)])
+            XCTAssertEqual(v.decision, .deny, "\(what): \(v.message)")
+            XCTAssertEqual(v.reason, .patchNotAllowed, "\(what)")
+        }
+        for (what, bytes) in [("call ftrace_caller", call), ("NOP5", nop), ("call ftrace_regs_caller", Guest.insn(0xe8, at: site.address, to: g.ftraceRegsCaller)), ("NOP5 again", nop)] {
+            let v = g.patch([PatchEntry(address: site.address, bytes: bytes)])
+            XCTAssertEqual(v.decision, .allow, "\(what) (the documented ftrace enable/disable): \(v.message)")
+        }
     }
 }
