@@ -339,7 +339,9 @@ public struct GuestFacts: Sendable {
     /// `its_return_thunk` (only compared against `returnThunk`).
     public var itsReturnThunk: UInt64?
     /// Legal call targets at an ftrace site while tracing is on (`ftrace_caller`,
-    /// `ftrace_regs_caller`); empty = only the NOP is legal.
+    /// `ftrace_regs_caller`); empty = only the NOP is legal, and the site is no run-time patch
+    /// site. No registration fills it (docs/trust.md: ftrace on module code is not supported;
+    /// tracing may call an ops' own trampoline or a BPF direct call, memory never verified).
     public var ftraceCallTargets: Set<UInt64>
     /// CONFIG_X86_KERNEL_IBT: `.ibt_endbr_seal` sites become `66 0f 1f 00` (off in Debian 6.1).
     public var ibtSeal: Bool

@@ -477,7 +477,7 @@ public struct AuthorizeModule: Sendable, Equatable {
 // MARK: - authorize-patch (0x0005)
 
 /// A run-time text patch the guest wants to apply to already-executable text: a jump-label flip,
-/// `static_call_update()`, or ftrace enable/disable (text_poke). Allowed only at a known site of a
+/// `static_call_update()`, or a `lock` prefix rewrite (text_poke); ftrace sites are never patchable. Allowed only at a known site of a
 /// module ExecGate verified for this guest, with one of that site's legal encodings.
 public struct AuthorizePatch: Sendable, Equatable {
     public var guestID: String
