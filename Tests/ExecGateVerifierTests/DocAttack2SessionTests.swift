@@ -8,6 +8,7 @@
 
 import ExecGateCapture
 import ExecGateELF
+import ExecGateExplain
 import ExecGatePolicy
 import ExecGateSignature
 import ExecGateTestSupport
@@ -15,6 +16,9 @@ import ExecGateVerifier
 import ExecGateWire
 import NIOCore
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 
 final class DocAttack2SessionTests: XCTestCase {
     private func retire(_ g: FixtureGuest, _ name: String, base: UInt64? = nil) -> Message {
@@ -216,6 +220,66 @@ final class DocAttack2SessionTests: XCTestCase {
         // Reloaded at its old base (its captured bytes), the old batch is a legal whole-key flip again.
         XCTAssertEqual(try g.load("test_static_keys").decision, .allow)
         XCTAssertEqual(g.patch(flip).decision, .allow)
+    }
+
+    /// protocol.md authorize-patch: "for each key an entry touches …, the batch covers every site of
+    /// that key in every live module, and all reach one state"; trust.md: "Across sites the state
+    /// is one per key". Attack (two vCPUs): retire a module M holding some sites of a jump-label
+    /// key, flip the key (a batch covering every *live* site) and, while that patch's verdict is
+    /// being finished (between its judgement and the recording of its state), load M again with
+    /// its sites in the old state (agreeing with the key as recorded at its commit). The batch no
+    /// longer covers every live site of the key; recording its state leaves a key with live sites
+    /// in two states. The kernel serialises the two under jump_label_mutex (jump_label_update()
+    /// and jump_label_add_module()), so no kernel ends there. Inputs: the shared corpus (keys
+    /// with sites in several modules; the fixture boot has none).
+    func testPatchRacingALoadLeavesNoKeyInTwoStates() throws {
+        let dir = SharedCorpusSessionTests.corpus + "/nokaslr-a"
+        guard access(dir + "/kallsyms.txt", R_OK) == 0 else { throw XCTSkip("shared corpus boot \(dir) not present") }
+        let v = Verifier(policy: Policy(id: "race", version: 1, trust: try Fixtures.debianTrust()))
+        let boot = try CaptureBoot.load(dir)
+        guard case .registerGuestReply = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: []) else { return XCTFail("registration") }
+        let session = try XCTUnwrap(v.guests.session("g"))
+        for n in boot.availableModules {
+            let r = v.authorize(try boot.module(n).request(guestID: "g"), requestDigest: [])
+            XCTAssertEqual(r.decision, .allow, "\(n): \(r.message)")
+        }
+        func sitesByKey() -> [UInt64: [(table: RuntimeSiteTable, site: RuntimeSiteTable.Site)]] {
+            var out: [UInt64: [(table: RuntimeSiteTable, site: RuntimeSiteTable.Site)]] = [:]
+            for t in session.runtimeSites { for s in t.siteList { if let k = s.key { out[k, default: []].append((t, s)) } } }
+            return out
+        }
+        func retire(_ n: String) -> Bool {
+            guard let base = session.liveModule(n)?.textRange.lowerBound else { return false }
+            if case .retireModuleReply = v.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: n, textBase: base)), requestDigest: []) { return true }
+            return false
+        }
+        // A jump-label key with sites in two modules, one of which (M) nothing depends on.
+        var pick: (key: UInt64, module: String)? = nil
+        for (k, s) in sitesByKey().sorted(by: { $0.key < $1.key }) where s.allSatisfy({ $0.site.kind == .jumpLabel }) {
+            let modules = Set(s.map { $0.table.module })
+            guard modules.count > 1, session.state(ofKey: k).map({ $0 <= 1 }) == true else { continue }
+            if let m = modules.sorted().first(where: { retire($0) }) { pick = (k, m); break }
+        }
+        let (key, m) = try XCTUnwrap(pick, "a jump-label key with sites in a module that can be retired")
+        let state = try XCTUnwrap(session.state(ofKey: key), "the key still has live sites")
+        let live = try XCTUnwrap(sitesByKey()[key])
+        let flip = try live.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+        let sink = AdversarialSessionTests.RacingSink()
+        var loaded: ExecGateWire.Verdict? = nil
+        sink.hook = { loaded = v.authorize(try! boot.module(m).request(guestID: "g"), requestDigest: []) }
+        v.auditSink = sink
+        let patch = v.authorizePatch(AuthorizePatch(guestID: "g", patches: flip), session: session, requestDigest: [])
+        XCTAssertNil(sink.hook, "the race ran")
+        let load = try XCTUnwrap(loaded)
+        XCTAssertEqual(load.decision, .allow, "\(m) reloaded in the key's recorded state: \(load.message)")
+        if patch.decision == .allow && load.decision == .allow {
+            XCTAssertEqual(session.state(ofKey: key), state,
+                           "key 0x\(String(key, radix: 16)) recorded in the patch's state \(1 - state) while \(m), loaded meanwhile, holds its sites in \(state): one key, two states")
+        }
+        // Whatever the race decided, a later whole-key batch must cover M's sites too.
+        let again = v.authorizePatch(AuthorizePatch(guestID: "g", patches: flip), session: session, requestDigest: [])
+        XCTAssertEqual(again.decision, .deny, again.message)
+        XCTAssertEqual(again.reason, .patchPartialKey, again.message)
     }
 
     // MARK: Policy
