@@ -127,6 +127,14 @@ public final class GuestSession: @unchecked Sendable {
     /// snapshot is committed only if none went since the snapshot: otherwise its relocations may
     /// name a module that is gone, with no dependency recorded on it.
     private var removals: UInt64 = 0
+    /// Keys of allowed run-time patches whose verdicts are being finished (judged, state not yet
+    /// recorded), with how many such patches each. A module with sites of such a key is refused
+    /// at commit (ask again): the batch covered every live site of the key when it was judged,
+    /// not the sites of a module committed before its state is recorded, and recording it then
+    /// would leave one key with live sites in two states. The kernel serialises the two under
+    /// `jump_label_mutex` (`jump_label_update()`, `jump_label_add_module()`) and
+    /// `static_call_mutex` (`__static_call_update()`, `static_call_add_module()`).
+    private var patchesInFlight: [UInt64: Int] = [:]
     /// Why this session is no longer its guest's (a reset replaced it, or the guest was removed),
     /// or nil while it is. Set once, under `lock`, by the registry: nothing commits to or patches
     /// an ended session. A request takes its guest's session when it arrives and is judged
@@ -228,6 +236,9 @@ public final class GuestSession: @unchecked Sendable {
             // Core and init sites of one key agree (the explainer holds init sites to the core's).
             let states = m.keyStates.merging(m.initKeyStates) { core, _ in core }
             for (key, state) in states.sorted(by: { $0.key < $1.key }) {
+                if patchesInFlight[key] != nil {
+                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': a run-time patch of key 0x\(Hex.number(key)) is being decided (the kernel holds the key's mutex for both): ask again")
+                }
                 if smpGroups.contains(key) && state == 0 && wentSMP {
                     return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its .smp_locks prefixes are unlocked (3e), but guest '\(registration.guestID)' left uniprocessor mode (alternatives_smp_module_add() unlocks only while uniproc_patched)")
                 }
@@ -430,19 +441,26 @@ public final class GuestSession: @unchecked Sendable {
             // the audit sink then refuses this allow, the guest stays judged as SMP: only its
             // unlocked modules and unlocking batches are denied — fail closed.)
             if smpBatch { wentSMP = true }
+            for key in newState.keys { patchesInFlight[key, default: 0] += 1 }  // until `apply` (always called)
             let what = patches.count == 1 ? "1 site" : "\(patches.count) sites"
             return .allowed(module: owners.joined(separator: ","), message: "\(what) in \(owners.joined(separator: ", ")): legal encodings, whole-key transition",
                             newStates: newState, staticKeys: staticKeys, judgedAt: removals)
         }
     }
 
-    /// Record the key states of an allowed transition (keys whose sites are all gone are skipped).
+    /// Ends an allowed transition's verdict: its keys are no longer in flight, and when the verdict
+    /// stayed an allow (`record`) the keys' new states are recorded (keys whose sites are all gone
+    /// are skipped). Called once for every `.allowed` outcome, whatever the final verdict.
     /// Nothing is recorded if a live module was removed since the batch was judged (`judgedAt`):
     /// the batch was about sites that may be gone, and a module loaded since at their addresses
-    /// was granted its own bytes, in its own key states (its commit recorded them).
-    func apply(_ newStates: [UInt64: UInt64], staticKeys: Set<UInt64>, judgedAt: UInt64) {
+    /// was granted its own bytes, in its own key states (its commit recorded them). No module with
+    /// sites of the batch's keys was committed meanwhile (`patchesInFlight`).
+    func apply(_ newStates: [UInt64: UInt64], staticKeys: Set<UInt64>, judgedAt: UInt64, record: Bool = true) {
         lock.withLock {
-            guard judgedAt == removals else { return }
+            for key in newStates.keys {
+                if let n = patchesInFlight[key], n > 1 { patchesInFlight[key] = n - 1 } else { patchesInFlight[key] = nil }
+            }
+            guard record, judgedAt == removals else { return }
             for (k, s) in newStates where keySites[k] != nil {
                 keyState[k] = s
                 if staticKeys.contains(k) {

@@ -236,8 +236,9 @@ public final class Verifier: @unchecked Sendable {
         switch session.judgePatches(p.patches) {
         case .allowed(let module, let message, let newStates, let staticKeys, let judgedAt):
             let v = verdict(.allow, .allowed, message, module: module)
-            // Only a final allow moves the keys (the audit sink may still have refused it).
-            if v.decision == .allow && !v.auditOnly { session.apply(newStates, staticKeys: staticKeys, judgedAt: judgedAt) }
+            // Only a final allow moves the keys (the audit sink may still have refused it); the
+            // keys stay in flight (no module with sites of them commits) until then.
+            session.apply(newStates, staticKeys: staticKeys, judgedAt: judgedAt, record: v.decision == .allow && !v.auditOnly)
             return v
         case .denied(let reason, let module, let message):
             return verdict(.deny, reason, message, module: module)

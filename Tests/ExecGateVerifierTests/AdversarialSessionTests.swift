@@ -331,14 +331,21 @@ final class AdversarialSessionTests: XCTestCase {
         let key = try XCTUnwrap(site.key)
         let state = try XCTUnwrap(g.session.state(ofKey: key))
         let sink = RacingSink()
+        var reload: ExecGateWire.Verdict? = nil
         sink.hook = {
             guard case .retireModuleReply = try? self.retire(g, "test_static_keys") else { return XCTFail("retire") }
-            XCTAssertEqual(try? g.load("test_static_keys").decision, .allow)
+            reload = try? g.load("test_static_keys")
         }
         g.verifier.auditSink = sink
         let flip = g.patch([PatchEntry(address: site.address, bytes: try XCTUnwrap(t.encoding(at: site.address, state: 1 - state)))])
         XCTAssertEqual(flip.decision, .allow, flip.message)
         XCTAssertNil(sink.hook, "the race ran")
+        // The reload landing while the patch of its key is decided is refused, ask again (the
+        // kernel holds jump_label_mutex for both: DocAttack2SessionTests); asked again, it loads.
+        XCTAssertEqual(reload?.reason, .keyStateMismatch, reload?.message ?? "")
+        XCTAssertTrue(reload?.message.contains("being decided") ?? false, reload?.message ?? "")
+        XCTAssertNil(g.session.state(ofKey: key), "no live site of the key: nothing recorded")
+        XCTAssertEqual(try g.load("test_static_keys").decision, .allow)
         XCTAssertNotNil(g.session.liveModule("test_static_keys"))
         XCTAssertEqual(try g.currentBytes(site.address, site.length), try XCTUnwrap(t.encoding(at: site.address, state: state)), "the reload's granted bytes")
         XCTAssertEqual(g.session.state(ofKey: key), state, "the key state is the live module's, not the stale patch's")

@@ -271,15 +271,50 @@ final class DocAttack2SessionTests: XCTestCase {
         let patch = v.authorizePatch(AuthorizePatch(guestID: "g", patches: flip), session: session, requestDigest: [])
         XCTAssertNil(sink.hook, "the race ran")
         let load = try XCTUnwrap(loaded)
-        XCTAssertEqual(load.decision, .allow, "\(m) reloaded in the key's recorded state: \(load.message)")
         if patch.decision == .allow && load.decision == .allow {
             XCTAssertEqual(session.state(ofKey: key), state,
                            "key 0x\(String(key, radix: 16)) recorded in the patch's state \(1 - state) while \(m), loaded meanwhile, holds its sites in \(state): one key, two states")
         }
-        // Whatever the race decided, a later whole-key batch must cover M's sites too.
-        let again = v.authorizePatch(AuthorizePatch(guestID: "g", patches: flip), session: session, requestDigest: [])
-        XCTAssertEqual(again.decision, .deny, again.message)
-        XCTAssertEqual(again.reason, .patchPartialKey, again.message)
+        // Now: the load is refused while the patch of its key is decided (the kernel's key mutex),
+        // the patch is allowed and recorded; M in the old state is then a plain mismatch, M in the
+        // new state loads.
+        XCTAssertEqual(patch.decision, .allow, patch.message)
+        XCTAssertEqual(load.decision, .deny, load.message)
+        XCTAssertEqual(load.reason, .keyStateMismatch, load.message)
+        XCTAssertTrue(load.message.contains("being decided"), load.message)
+        XCTAssertEqual(session.state(ofKey: key), 1 - state)
+        let old = v.authorize(try boot.module(m).request(guestID: "g"), requestDigest: [])
+        XCTAssertEqual(old.reason, .keyStateMismatch, old.message)
+        // No key stays in flight: the key flips back as a whole and M loads in its state.
+        let back = try live.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: state))) }
+        XCTAssertEqual(v.authorizePatch(AuthorizePatch(guestID: "g", patches: back), session: session, requestDigest: []).decision, .allow)
+        let reload = v.authorize(try boot.module(m).request(guestID: "g"), requestDigest: [])
+        XCTAssertEqual(reload.decision, .allow, reload.message)
+        // A whole-key batch must now cover M's sites too.
+        let partial = v.authorizePatch(AuthorizePatch(guestID: "g", patches: flip), session: session, requestDigest: [])
+        XCTAssertEqual(partial.decision, .deny, partial.message)
+        XCTAssertEqual(partial.reason, .patchPartialKey, partial.message)
+    }
+
+    /// The in-flight mark of an allowed patch whose verdict the audit sink refused (`audit-overflow
+    /// block`) is cleared too: the key's modules load afterwards, in the key's unchanged state.
+    func testARefusedPatchLeavesNoKeyInFlight() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let (key, sites) = try XCTUnwrap(g.sitesByKey().sorted(by: { $0.key < $1.key }).first { _, s in
+            s.allSatisfy { $0.site.kind == .jumpLabel } && s.allSatisfy { $0.table.module == "test_static_keys" }
+        })
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        struct Refusing: VerdictAuditSink { func record(_ verdict: ExecGateWire.Verdict, guestID: String, policy: Policy) -> Bool { !verdict.checks.contains("patch-site") } }
+        g.verifier.auditSink = Refusing()
+        let flip = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+        let v = g.patch(flip)
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .auditUnrecorded, v.message)
+        XCTAssertEqual(g.session.state(ofKey: key), state)
+        guard case .retireModuleReply = retire(g, "test_static_keys") else { return XCTFail("retire") }
+        let again = try g.load("test_static_keys")
+        XCTAssertEqual(again.decision, .allow, "a key left in flight by a refused patch: \(again.message)")
     }
 
     // MARK: Policy
