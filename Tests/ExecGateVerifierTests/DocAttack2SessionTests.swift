@@ -353,6 +353,68 @@ final class DocAttack2SessionTests: XCTestCase {
         XCTAssertEqual(g.session.state(ofKey: key), state)
     }
 
+    /// HOLE (round docs2, a doc promise not kept): policy.md `mode audit`: "a verdict enforce would
+    /// deny is allowed, flagged `audit_only`" (a rollout "never slows production"); protocol.md
+    /// verdict: `grant_frames` "on allow with a region", and the VMM grants EXEC on exactly the
+    /// frames a verdict echoes. An audit-only allow carried no `grant_base`/`grant_frames` (they
+    /// were filled before audit mode turned the deny into an allow): a VMM following the protocol
+    /// granted nothing, so audit mode denied in effect. Now the audit-only allow echoes the
+    /// claimed frames, and the module is still never live (its bytes were not verified: nothing
+    /// resolves against it, the session holds none of it). Frames without their region stay
+    /// unechoed under audit too.
+    func testAuditOnlyAllowDoesNotMakeUnverifiedCodeLive() throws {
+        let g = try FixtureGuest { $0.mode = .audit }
+        var r = try g.request("irqbypass")
+        var text = Array(buffer: try XCTUnwrap(r.text))
+        text[0x10] ^= 0xff
+        r.text = ByteBuffer(bytes: text)
+        let v = g.verifier.authorize(r, requestDigest: [])
+        XCTAssertEqual(v.decision, .allow, v.message)
+        XCTAssertTrue(v.auditOnly)
+        XCTAssertEqual(v.reason, .claimBytesUnexplained)
+        // Not verified, so not live: nothing resolves against it, nothing of it is held.
+        XCTAssertNil(g.session.liveModule("irqbypass"))
+        XCTAssertEqual(v.grantFrames, r.frames, "an audit-only allow grants the claimed frames")
+        XCTAssertEqual(v.grantBase, r.textBase)
+        // Under audit, frames without their region (denied claim.frames-invalid, then allowed
+        // audit-only) are still no grant.
+        var bare = r
+        bare.text = nil
+        bare.textBase = nil
+        let b = g.verifier.authorize(bare, requestDigest: [])
+        XCTAssertTrue(b.auditOnly, b.message)
+        XCTAssertTrue(b.grantFrames.isEmpty && b.grantBase == nil, "\(b.grantFrames)")
+        // Enforce again: the honest module is allowed at the same range and frames (the session
+        // never held the audit-only one).
+        var p = g.verifier.policy
+        p.mode = .enforce
+        p.version += 1
+        try g.verifier.replacePolicy(p)
+        let honest = try g.load("irqbypass")
+        XCTAssertEqual(honest.decision, .allow, honest.message)
+        XCTAssertFalse(honest.auditOnly)
+    }
+
+    /// policy.md `kernel … symbols …`: "a guest registers only with a listed kernel_digest".
+    /// Attack: a guest registered before a policy that pins another build keeps its session:
+    /// pins apply at registration (and reset), not to guests already registered.
+    func testKernelPinsApplyAtRegistrationOnly() throws {
+        let g = try FixtureGuest()
+        XCTAssertEqual(try g.load("llc").decision, .allow)
+        var p = g.verifier.policy
+        p.version += 1
+        p.trustedKernels = [KernelPin(kernel: try XCTUnwrap(Digest(algorithm: .sha256, bytes: [UInt8](repeating: 1, count: 32))),
+                                      symbols: try XCTUnwrap(Digest(algorithm: .sha256, bytes: [UInt8](repeating: 2, count: 32))))]
+        try g.verifier.replacePolicy(p)
+        let later = try g.load("stp")
+        XCTAssertEqual(later.decision, .allow, "the registered guest keeps its session: \(later.message)")
+        var reset = g.registration
+        reset.reset = true
+        guard case .error(let e) = g.verifier.respond(to: .registerGuest(reset), requestDigest: []) else { return XCTFail("reset of an unpinned build") }
+        XCTAssertEqual(e.code, .untrustedKernel)
+        XCTAssertEqual(g.session.allowedModules.sorted(), ["llc", "stp"], "a refused reset changes nothing")
+    }
+
     /// policy.md `deny module-name NAME`: "refuse a module by its **signed** name (`-` ≡ `_`)".
     /// Attack: the deny rule written with dashes, the module loaded with underscores.
     func testDenyModuleNameWithDashesDeniesTheUnderscoredModule() throws {
