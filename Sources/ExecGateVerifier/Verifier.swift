@@ -187,15 +187,22 @@ public final class Verifier: @unchecked Sendable {
                 committed = m.name
             }
         }
-        if judgement.verdict.decision == .allow {
-            judgement.verdict.grantBase = request.textBase
-            judgement.verdict.grantFrames = request.frames
-            judgement.verdict.initFrames = request.initFrames
-        }
         Self.applyAuditMode(&judgement.verdict, policy)
         recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
         if judgement.verdict.decision != .allow, let name = committed, let s = session {
             s.rollback(name: name)  // the audit sink refused the record: the module never became live
+        }
+        // The grant, on the final allow only (an audit-only allow included: audit mode lets the
+        // VMM map what enforce would deny, but the module is never committed, so the session
+        // holds none of it and nothing resolves against it). Frames are echoed only with the
+        // region they map (docs/protocol.md, verdict tags 13, 14, 16): never from a claim without
+        // one (denied claim.frames-invalid, or audit-only allowed, with nothing to grant).
+        if judgement.verdict.decision == .allow {
+            if request.text != nil {
+                judgement.verdict.grantBase = request.textBase
+                judgement.verdict.grantFrames = request.frames
+            }
+            if request.initText != nil { judgement.verdict.initFrames = request.initFrames }
         }
         return judgement.verdict
     }
