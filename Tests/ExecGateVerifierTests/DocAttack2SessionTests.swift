@@ -133,6 +133,25 @@ final class DocAttack2SessionTests: XCTestCase {
         }
     }
 
+    /// trust.md "The grant is on frames": the VMM grants EXEC on the claimed frames, one per 4 KiB
+    /// page of `text`. Attack: a claim whose `text_base` is not page-aligned (the kernel's
+    /// module_alloc() and layout_sections() never give one): the frame of its first page would be
+    /// granted whole, `text_base & 0xfff` bytes before the region included, bytes nobody judged.
+    /// Fails: the engine refuses the layout before any byte ("not a page-aligned range").
+    func testUnalignedTextBaseIsNoLayoutTheKernelGives() throws {
+        let g = try FixtureGuest()
+        for name in ["irqbypass", "llc"] {
+            var r = try g.request(name)
+            let shift: UInt64 = 0x40
+            r.textBase = r.textBase! &+ shift
+            r.sections = r.sections.map { SectionClaim(name: $0.name, address: $0.address &+ shift) }
+            let v = g.verifier.authorize(r, requestDigest: [])
+            XCTAssertEqual(v.decision, .deny, v.message)
+            XCTAssertTrue(v.message.contains("not a page-aligned range"), v.message)
+            XCTAssertTrue(v.grantFrames.isEmpty)
+        }
+    }
+
     // MARK: Guest lifecycle
 
     /// protocol.md register-guest: "a refused registration (reset or not) changes nothing".
