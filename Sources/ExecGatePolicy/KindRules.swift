@@ -76,6 +76,12 @@ public struct KindRuleEntry: Sendable, Hashable {
         self.kind = kind
         self.setting = setting
     }
+
+    /// What makes two rules the same rule (a policy gives at most one per kind and selector).
+    struct Key: Hashable {
+        let kind: CodeKind
+        let selector: GuestSelector
+    }
 }
 
 /// What the audit sink does when records arrive faster than it can hand them on.
