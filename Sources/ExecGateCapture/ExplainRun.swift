@@ -41,7 +41,10 @@ public enum ExplainRun {
         var replay = CaptureReplay(boot: boot)
         var s = ExplainRunSummary()
         var mutTotals: [String: (tried: Int, denied: Int, legal: Int)] = [:]
-        for (i, name) in boot.availableModules.enumerated() {
+        // Every module the load order names, present or not: one the capture lacks is unreadable
+        // like any other (its deny line below), never skipped (a capture holding none of its
+        // modules passed as "explained 0 of 0").
+        for (i, name) in boot.loadOrder.enumerated() {
             let m: CapturedModule
             do { m = try boot.module(name) } catch {
                 // One unreadable module never aborts the run: it gets its deny line (the reason
@@ -56,7 +59,7 @@ public enum ExplainRun {
                 }
                 continue
             }
-            progress("[\(i + 1)/\(boot.availableModules.count)] \(name)\r")
+            progress("[\(i + 1)/\(boot.loadOrder.count)] \(name)\r")
             // Copy the resolver only for --mutate (a copy makes the next add() duplicate the table).
             let resolverBefore = o.mutate != nil ? replay.resolver : SymbolResolver(coreExports: [:])
             let rssBefore = ProcessUsage.peakResidentKiB()
