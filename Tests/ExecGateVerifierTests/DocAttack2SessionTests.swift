@@ -315,6 +315,36 @@ final class DocAttack2SessionTests: XCTestCase {
         XCTAssertEqual(partial.reason, .patchPartialKey, partial.message)
     }
 
+    /// Attack (two vCPUs): while an allowed flip of a key is being decided, send a second batch of
+    /// the same key (back to its old state). Both were judged against the same recorded state and
+    /// both allowed; the session records whichever is finished last, the guest's bytes hold
+    /// whichever the VMM poked last, and the two orders need not agree — a key recorded in one
+    /// state while its sites hold the other, which later modules are then held to. The kernel never
+    /// has two transitions of one key at once (jump_label_mutex, static_call_mutex): the second is
+    /// refused, ask again.
+    func testTwoTransitionsOfOneKeyAreNotDecidedAtOnce() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let (key, sites) = try XCTUnwrap(g.sitesByKey().sorted(by: { $0.key < $1.key }).first { _, s in s.allSatisfy { $0.site.kind == .jumpLabel } })
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        let flip = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+        let back = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: state))) }
+        let sink = AdversarialSessionTests.RacingSink()
+        var second: ExecGateWire.Verdict? = nil
+        sink.hook = { second = g.patch(back) }
+        g.verifier.auditSink = sink
+        let first = g.patch(flip)
+        XCTAssertNil(sink.hook, "the race ran")
+        XCTAssertEqual(first.decision, .allow, first.message)
+        let s2 = try XCTUnwrap(second)
+        XCTAssertEqual(s2.decision, .deny, "a second transition of key 0x\(String(key, radix: 16)) decided while the first was: \(s2.message)")
+        XCTAssertTrue(s2.message.contains("being decided"), s2.message)
+        XCTAssertEqual(g.session.state(ofKey: key), 1 - state)
+        // Asked again afterwards, it is judged against the recorded state and allowed.
+        XCTAssertEqual(g.patch(back).decision, .allow)
+        XCTAssertEqual(g.session.state(ofKey: key), state)
+    }
+
     /// The in-flight mark of an allowed patch whose verdict the audit sink refused (`audit-overflow
     /// block`) is cleared too: the key's modules load afterwards, in the key's unchanged state.
     func testARefusedPatchLeavesNoKeyInFlight() throws {
