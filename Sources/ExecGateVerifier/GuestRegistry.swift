@@ -436,6 +436,15 @@ public final class GuestSession: @unchecked Sendable {
                     }
                 }
             }
+            // One transition of a key at a time, as the kernel's key mutex allows (jump_label_mutex,
+            // static_call_mutex): a second batch of a key whose allowed transition is still being
+            // decided was judged against the state the first is replacing; allowing both would
+            // let the recorded state (the last to finish here) and the guest's bytes (the last the
+            // VMM poked) disagree.
+            for key in newState.keys.sorted() where patchesInFlight[key] != nil {
+                return .denied(.patchNotAllowed, module: owners.joined(separator: ","),
+                               message: "key 0x\(Hex.number(key)): another run-time patch of it is being decided (the kernel holds the key's mutex across a transition): ask again")
+            }
             // Recorded at the allow, not when the key states are applied: a concurrent batch
             // judged before this one is applied must not be allowed to unlock the prefixes. (If
             // the audit sink then refuses this allow, the guest stays judged as SMP: only its

@@ -315,6 +315,7 @@ final class DocAttack2SessionTests: XCTestCase {
         XCTAssertEqual(partial.reason, .patchPartialKey, partial.message)
     }
 
+    /// HOLE (round docs2, fixed: GuestSession.judgePatches refuses a key in flight).
     /// Attack (two vCPUs): while an allowed flip of a key is being decided, send a second batch of
     /// the same key (back to its old state). Both were judged against the same recorded state and
     /// both allowed; the session records whichever is finished last, the guest's bytes hold
