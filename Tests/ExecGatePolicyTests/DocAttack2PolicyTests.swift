@@ -47,4 +47,27 @@ final class DocAttack2PolicyTests: XCTestCase {
         let ok = try PolicyParser.parse(Array((lines.joined(separator: "\n") + "\n").utf8), file: "many.policy", builtinAnchors: anchors)
         XCTAssertEqual(ok.kindRules.count, n + 3)
     }
+
+    /// Failed attacks kept: the CLI's file readers on what is not a file. `policy check`, `policy
+    /// sign`, `policy push`, `verify module` and `keys extract` on /dev/zero (endless) and on a FIFO
+    /// nobody writes (would block at open or read forever): each answers at once, exit 2, "not a
+    /// regular file" (README: 2 on unreadable input); nothing is read.
+    func testCLIReadersRefuseWhatIsNotARegularFile() throws {
+        var template = Array("/tmp/docattack2-fifo-XXXXXX".utf8CString)
+        let dir = try XCTUnwrap(template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }.map { String(cString: $0) })
+        addTeardownBlock { _ = system("rm -rf '\(dir)'") }
+        let fifo = dir + "/fifo"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        for path in ["/dev/zero", fifo] {
+            for args in [["policy", "check", path],
+                         ["policy", "sign", path, "--key", path, "--cert", path, "-o", dir + "/b"],
+                         ["policy", "push", path, "--connect", "unix:" + dir + "/none.sock"],
+                         ["verify", "module", path, "--signature-only", "--trust", path],
+                         ["keys", "extract", "--kernel", path, "--out", dir + "/k"]] {
+                let r = Fixtures.runExecgate(args)
+                XCTAssertEqual(r.status, 2, "\(args): \(r.stderr)")
+                XCTAssertTrue(r.stderr.contains("not a regular file"), "\(args): \(r.stderr)")
+            }
+        }
+    }
 }
