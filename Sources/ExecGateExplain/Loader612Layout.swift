@@ -139,6 +139,10 @@ extension Session {
             guard initAlloc > 0, it.count == initAlloc else {
                 throw deny("claimed init region is \(it.count) bytes, __layout_sections() gives PAGE_ALIGN(mem[MOD_INIT_TEXT].size) \(initAlloc)")
             }
+            // One base per type: a `memoryBases` entry for MOD_INIT_TEXT must be the init region's.
+            if let given = claim.memoryBases[.initText], given != ib {
+                throw deny("claimed MOD_INIT_TEXT base 0x\(String(given, radix: 16)) disagrees with the init region's 0x\(String(ib, radix: 16))", address: given)
+            }
             bases[.initText] = ib
             types += [.initData, .initRodata]
         }

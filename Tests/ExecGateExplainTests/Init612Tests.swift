@@ -320,6 +320,9 @@ final class Init612Tests: XCTestCase {
             split.sectionAddresses[initDataSecs.last!]! += 0x1000
             try expectLayout(split, ["MOD_INIT_DATA"], "init data sections disagreeing")
         }
+        var twoBases = c.claim
+        twoBases.memoryBases[.initText] = b[.text]!
+        try expectLayout(twoBases, ["MOD_INIT_TEXT", "disagrees"], "a second MOD_INIT_TEXT base")
         // No base at all for an allocated init type.
         var none = c.claim
         for n in initDataSecs { none.sectionAddresses[n] = nil }
@@ -337,6 +340,34 @@ final class Init612Tests: XCTestCase {
         var half = c.claim
         half.initTextBase = nil
         try expectLayout(half, ["no init region"], "init bytes without a base")
+    }
+
+    /// A module without init text (cast_common: MOD_INIT_TEXT never allocated) cannot have an
+    /// executable init region: any claimed one is denied, empty or not.
+    func testInitRegionOfAModuleWithoutInitTextIsDenied() throws {
+        let ko = try Loader612Tests.module612("cast_common")
+        try ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
+            XCTAssertEqual(lay.allocationSize(.initText), 0)
+            var secs: [String: UInt64] = [:]
+            for s in elf.sections where lay.flags[s.index].contains(.alloc) && s.size > 0 {
+                guard let t = lay.memType![s.index], !t.isInit, let o = lay.coreOffset[s.index], let b = Self.bases[t] else { continue }
+                secs[s.name] = b + UInt64(o)
+            }
+            var claim = ModuleClaim(name: "cast_common", textBase: 0, text: [], sectionAddresses: secs)
+            let facts = Self.facts(caps: [Self.always])
+            XCTAssertTrue(Explainer(facts: facts).explain(elf: elf, claim: claim, resolver: SymbolResolver(coreExports: [:])).verdict.isAllowed)
+            for n in [0, 4096] {
+                claim.initTextBase = Self.bases[.initText]
+                claim.initText = [UInt8](repeating: 0, count: n)
+                guard case .denied(let d) = Explainer(facts: facts).explain(elf: elf, claim: claim, resolver: SymbolResolver(coreExports: [:])).verdict else {
+                    return XCTFail("an init region for a module without init text was allowed (\(n) bytes)")
+                }
+                XCTAssertEqual(d.rule, .layout)
+                XCTAssertTrue(d.reason.contains("MOD_INIT_TEXT"), d.reason)
+            }
+        }
     }
 
     /// Init relocations follow the checked bases: a claim that places the init text elsewhere
