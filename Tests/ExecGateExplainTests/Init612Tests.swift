@@ -342,6 +342,27 @@ final class Init612Tests: XCTestCase {
         try expectLayout(half, ["no init region"], "init bytes without a base")
     }
 
+    /// What 6.12 does to init text that the replay does not model stays denied by name in the
+    /// init session: ITS thunk pages for init retpoline sites (its_init_mod() /
+    /// its_allocate_thunk(): patch_retpoline() takes no text range) and call-depth tracking
+    /// (callthunks_patch_module_calls(), emit_call_track_retpoline()).
+    func testUnmodelledInitPatchingIsDeniedByName() throws {
+        let c = try Self.make("lib/raid6/raid6_pq", "raid6_pq")
+        XCTAssertGreaterThan(try Self.initEntries(c.ko, ".retpoline_sites", stride: 4), 0)
+        for (bit, word) in [(21 * 32 + 6, "ITS"), (11 * 32 + 19, "call-depth")] {
+            let facts = Self.facts(caps: [Self.always, Self.rethunk, bit])
+            try c.ko.withUnsafeBytes { raw in
+                let s = try Session(elf: try ELFFile(bytes: raw), claim: c.claim, facts: facts, resolver: c.resolver, region: .initText)
+                try s.relocate()
+                XCTAssertThrowsError(try s.applyBootTimePatching()) { e in
+                    let d = (e as? DenyError)?.denial
+                    XCTAssertEqual(d?.rule, .loader)
+                    XCTAssertTrue(d?.reason.contains(word) == true && d?.reason.contains("not modelled") == true, "\(String(describing: d))")
+                }
+            }
+        }
+    }
+
     /// A module without init text (cast_common: MOD_INIT_TEXT never allocated) cannot have an
     /// executable init region: any claimed one is denied, empty or not.
     func testInitRegionOfAModuleWithoutInitTextIsDenied() throws {
