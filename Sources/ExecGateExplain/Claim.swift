@@ -17,7 +17,10 @@
 ///   `[init_layout.base, + init_layout.text_size)` while its init function runs. When given, it is
 ///   explained like the core region (same loader stages, relocations into init at these
 ///   addresses) and the verdict covers both; the init region is valid only until the VMM reports
-///   init freed. Core bytes never depend on init addresses either way.
+///   init freed. Core bytes never depend on init addresses either way. On 6.12 it is the
+///   MOD_INIT_TEXT allocation `[mem[MOD_INIT_TEXT].base, + PAGE_ALIGN(size))`, and the init data
+///   types' bases come from `memoryBases` or the claimed `.init*` section addresses
+///   (Loader612Layout.swift `memoryBases612(initRegion:)`).
 public struct ModuleClaim: Sendable {
     public var name: String
     public var textBase: UInt64

@@ -102,7 +102,22 @@ extension Session {
     /// `claim.memoryBases` or, failing that, derived from the claimed section addresses, where all
     /// sections of one type must agree. Each base must be page-aligned, its page-aligned allocation
     /// inside the module area, and no two allocations may overlap.
-    static func memoryBases612(_ lay: ModuleLayout, elf: ELFFile, claim: ModuleClaim, facts: GuestFacts) throws -> [ModuleMemoryType: UInt64] {
+    ///
+    /// With `initRegion` (the init session, Session.Region.initText) the three init types too:
+    /// `move_module()` (6.12 kernel/module/main.c) allocates every type with a size on its own
+    /// (`module_memory_alloc()`: PAGE_ALIGN(mem[type].size), execmem_alloc(), memset 0) and gives
+    /// each SHF_ALLOC section `sh_addr = mem[type].base + offset`. MOD_INIT_TEXT's base is
+    /// `claim.initTextBase` and its bytes `claim.initText`, exactly PAGE_ALIGN(mem[MOD_INIT_TEXT].size)
+    /// (the allocation `module_enable_text_rox()` makes ROX in complete_formation(), the same
+    /// convention as MOD_TEXT); MOD_INIT_DATA and MOD_INIT_RODATA are derived as the core data
+    /// types are. All seven allocations are then pairwise disjoint: an init allocation laid over
+    /// core text (or core rodata, ...) would let init relocations, jump-label, static-call and
+    /// alternative entries name verified bytes. MOD_INIT_DATA's allocation is larger than its
+    /// sections by what `layout_symtab()` (kernel/module/kallsyms.c) appends (the full .symtab and
+    /// .strtab, `struct mod_kallsyms`, the init type table); MOD_DATA likewise by the core symbol
+    /// copy. Only the sections' part is checked: no relocation or table entry addresses the tail.
+    static func memoryBases612(_ lay: ModuleLayout, elf: ELFFile, claim: ModuleClaim, facts: GuestFacts,
+                               initRegion: Bool = false) throws -> [ModuleMemoryType: UInt64] {
         func deny(_ reason: String, section: String = "(claim)", address: UInt64 = 0) -> DenyError {
             Session.denial(claim, .layout, reason, section: section, address: address)
         }
@@ -117,10 +132,24 @@ extension Session {
             throw deny("claim names a MOD_TEXT base 0x\(String(claim.textBase, radix: 16)) but the module has no text (move_module() leaves base NULL)",
                        address: claim.textBase)
         }
-        for t in [ModuleMemoryType.data, .rodata, .roAfterInit] where lay.allocationSize(t) > 0 {
+        var types: [ModuleMemoryType] = [.data, .rodata, .roAfterInit]
+        if initRegion {
+            guard let ib = claim.initTextBase, let it = claim.initText else { throw deny("no init region claimed") }
+            let initAlloc = lay.allocationSize(.initText)
+            guard initAlloc > 0, it.count == initAlloc else {
+                throw deny("claimed init region is \(it.count) bytes, __layout_sections() gives PAGE_ALIGN(mem[MOD_INIT_TEXT].size) \(initAlloc)")
+            }
+            // One base per type: a `memoryBases` entry for MOD_INIT_TEXT must be the init region's.
+            if let given = claim.memoryBases[.initText], given != ib {
+                throw deny("claimed MOD_INIT_TEXT base 0x\(String(given, radix: 16)) disagrees with the init region's 0x\(String(ib, radix: 16))", address: given)
+            }
+            bases[.initText] = ib
+            types += [.initData, .initRodata]
+        }
+        for t in types where lay.allocationSize(t) > 0 {
             var derived: UInt64? = nil
             for s in elf.sections where mt[s.index] == t && lay.flags[s.index].contains(.alloc) {
-                guard let c = claim.sectionAddresses[s.name], let off = lay.coreOffset[s.index] else { continue }
+                guard let c = claim.sectionAddresses[s.name], let off = t.isInit ? lay.initOffset[s.index] : lay.coreOffset[s.index] else { continue }
                 let b = c &- UInt64(off)
                 if let d = derived, d != b {
                     throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) puts \(t) at 0x\(String(b, radix: 16)), other sections at 0x\(String(d, radix: 16))",
@@ -147,17 +176,24 @@ extension Session {
             }
             ranges.append((b, end, t))
         }
-        ranges.sort { $0.lo < $1.lo }
+        // (Ties broken by type: the same message whatever the dictionary's order.)
+        ranges.sort { $0.lo != $1.lo ? $0.lo < $1.lo : $0.t.rawValue < $1.t.rawValue }
         for k in ranges.indices.dropFirst() where ranges[k].lo < ranges[k - 1].hi {
             throw deny("\(ranges[k].t) allocation overlaps \(ranges[k - 1].t)", address: ranges[k].lo)
         }
         return bases
     }
 
-    /// 6.12 address of section `i` (nil: not allocated by the loader).
-    static func address612(_ lay: ModuleLayout, _ i: Int, bases: [ModuleMemoryType: UInt64]) -> UInt64? {
+    /// 6.12 address of section `i` (nil: not allocated by the loader). A section of an init type
+    /// is at its type's placeholder (`initPlaceholder`) unless `initBases` (the init session, whose
+    /// `bases` hold the checked init bases): then at `mem[type].base + offset` as `move_module()`
+    /// places it, NULL + offset for an unallocated (empty) type.
+    static func address612(_ lay: ModuleLayout, _ i: Int, bases: [ModuleMemoryType: UInt64], initBases: Bool = false) -> UInt64? {
         guard let mt = lay.memType, let t = mt[i] else { return nil }
-        if t.isInit { return lay.initOffset[i].map { initPlaceholder(t) &+ UInt64($0) } }
+        if t.isInit {
+            guard let off = lay.initOffset[i] else { return nil }
+            return initBases ? (bases[t] ?? 0) &+ UInt64(off) : initPlaceholder(t) &+ UInt64(off)
+        }
         guard let off = lay.coreOffset[i] else { return nil }
         // An empty section of an unallocated type: sh_addr = NULL + offset (doc §4.4).
         return (bases[t] ?? 0) &+ UInt64(off)

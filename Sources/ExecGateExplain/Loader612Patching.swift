@@ -351,9 +351,12 @@ extension Session {
     // MARK: SMP locks (6.12)
 
     /// `alternatives_smp_module_add(me, name, locks, mem[MOD_TEXT].base, + mem[MOD_TEXT].size)`:
-    /// the range is the whole MOD_TEXT allocation (6.1: the `.text` section only).
+    /// the range is the whole MOD_TEXT allocation (6.1: the `.text` section only). Never init
+    /// text: module_finalize() (6.12 arch/x86/kernel/module.c) passes mem[MOD_TEXT] only, and
+    /// alternatives_smp_unlock() skips every entry outside it, so an init session leaves its
+    /// `lock` prefixes as compiled.
     func applySMPLocks612() throws {
-        guard facts.uniprocessorPatched, let t = table(".smp_locks"), !image.isEmpty else { return }
+        guard region == .core, facts.uniprocessorPatched, let t = table(".smp_locks"), !image.isEmpty else { return }
         var o = 0
         while let v = t.bytes.getInteger(at: o, as: Int32.self) {
             let a = t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64(v))

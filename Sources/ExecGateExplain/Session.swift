@@ -36,7 +36,8 @@ final class Session {
     let inherited: Inherited?
     /// The loader replayed (LoaderSelection.swift), chosen from the registration and the module.
     let loader: ModuleLoader
-    /// 6.12: the checked base of each allocated core type (empty on 6.1).
+    /// 6.12: the checked base of each allocated core type, and in an init session of each
+    /// allocated init type too (empty on 6.1).
     let memoryBases: [ModuleMemoryType: UInt64]
 
     // MARK: Fixed by set-up
@@ -217,10 +218,10 @@ final class Session {
         let bases612: [ModuleMemoryType: UInt64]
         let coreEnd: UInt64
         if loader == .linux6_12 {
-            guard region == .core else {
-                throw Session.denial(claim, .loader, "6.12 MOD_INIT_TEXT (executable init text) is not modelled; keep it non-executable")
-            }
-            bases612 = try Session.memoryBases612(lay, elf: elf, claim: claim, facts: f)
+            // The init session also checks the three init types' bases (MOD_INIT_TEXT from the
+            // claim's init region) against each other and the core's: every allocation its own,
+            // page-aligned, in the module area, disjoint (memoryBases612, move_module()).
+            bases612 = try Session.memoryBases612(lay, elf: elf, claim: claim, facts: f, initRegion: region == .initText)
             coreEnd = coreBase &+ UInt64(lay.textSize)
         } else {
             bases612 = [:]
@@ -237,7 +238,9 @@ final class Session {
         // The init allocation, when claimed: its own page-aligned range in the module area, never
         // overlapping the core allocation, exactly init_layout.text_size of executable bytes.
         var initBase: UInt64? = nil
-        if region == .initText {
+        if region == .initText, loader == .linux6_12 {
+            initBase = bases612[.initText]  // checked above (size, alignment, area, disjoint from every other type)
+        } else if region == .initText {
             guard let ib = claim.initTextBase, let it = claim.initText else { throw deny("no init region claimed") }
             guard it.count == lay.initTextSize, lay.initTextSize > 0 else {
                 throw deny("claimed init region is \(it.count) bytes, layout_sections() gives init text_size \(lay.initTextSize)")
@@ -274,7 +277,8 @@ final class Session {
         for s in elf.sections {
             let i = s.index
             if let ioff = lay.initOffset[i], let ib = initBase {
-                let a = ib &+ UInt64(ioff)
+                // 6.12: each init type at its own checked base (address612); 6.1: one init allocation.
+                let a = lay.memType == nil ? ib &+ UInt64(ioff) : (Session.address612(lay, i, bases: bases612, initBases: true) ?? 0)
                 addr[i] = a
                 if lay.flags[i].contains(.alloc), let c = claim.sectionAddresses[s.name], c != a {
                     throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from the init layout 0x\(String(a, radix: 16))",

@@ -405,8 +405,9 @@ public final class Verifier: @unchecked Sendable {
         guard let plan = ModuleLayoutPlan.compute(elf) else {
             return deny(.claimInvalid, "section sizes overflow the kernel's layout computation")
         }
-        let (coreEnd, coreOverflow) = base.addingReportingOverflow(UInt64(plan.coreSize))
-        guard !coreOverflow else { return deny(.claimInvalid, "core allocation at 0x\(Hex.number(base)) +\(plan.coreSize) wraps the address space") }
+        let coreSize = Self.liveCoreSize(plan: plan, textBytes: text.readableBytes, kernelRelease: session.facts.kernelRelease)
+        let (coreEnd, coreOverflow) = base.addingReportingOverflow(UInt64(coreSize))
+        guard !coreOverflow else { return deny(.claimInvalid, "core allocation at 0x\(Hex.number(base)) +\(coreSize) wraps the address space") }
         let coreRange = base..<coreEnd
         if let refusal = session.preflight(name: moduleName, coreRange: coreRange, initRange: initRange, frames: request.frames, initFrames: request.initFrames) {
             return deny(refusal.reason, refusal.message)
@@ -488,6 +489,18 @@ public final class Verifier: @unchecked Sendable {
             }
             return nil
         }
+    }
+
+    /// The length of the core range held against live modules from `text_base`: on 6.1 the one
+    /// core allocation (`layout_sections()`: text, rodata, ro_after_init, data, page-aligned
+    /// steps); on 6.12, where every `enum mod_mem_type` is its own allocation (`move_module()`),
+    /// the MOD_TEXT allocation alone, i.e. the claimed text (the engine requires it to be
+    /// PAGE_ALIGN(mem[MOD_TEXT].size)). The 6.1 size there would reach past a small MOD_TEXT over
+    /// another module's text or init text placed after it and refuse an honest load. The init
+    /// range (`init_base`, `init_text`) is the MOD_INIT_TEXT allocation on both.
+    static func liveCoreSize(plan: ModuleLayoutPlan, textBytes: Int, kernelRelease: String?) -> Int {
+        if let r = kernelRelease, case .success(.linux6_12) = ModuleLoader.forRelease(r) { return textBytes }
+        return plan.coreSize
     }
 
     /// A denial found by one stage of `judge`: its reason code and message.
