@@ -96,7 +96,7 @@ names_for() {
 printf '%-8s %-40s %-9s %-10s %-6s %-11s %s\n' kernel cpu explained unexplained failed "boot s" "guest reports (spectre_v2 | retbleed | srso | its) ; x86_return_thunk"
 for k in $kernels; do
   kdir=$(kernel_dir "$k")
-  [ -d "$kdir/boot" ] || { echo "matrix: $k: no unpacked kernel at $kdir (scripts/fetch-test-data.sh --flavours)" >&2; continue; }
+  [ -d "$kdir/boot" ] || { echo "matrix: $k: no unpacked kernel at $kdir (scripts/fetch-test-data.sh --flavours, or --point-releases)" >&2; continue; }
   mdir=$(ls -d "$kdir"/lib/modules/* | head -1)
   all=$(names_for "$mdir")
   want=$(grep -v '^-' <<<"$all" | tr '\n' ',' | sed 's/,$//')
