@@ -3,8 +3,11 @@
 #   - a Debian linux-image-6.1.0-*-amd64 package, unpacked under .cache/kernel/ (`current` links it);
 #   - Debian's linux-image-6.12.117+deb12-amd64 (the 6.12 loader's tests: .ko.xz modules, the 6.12
 #     vmlinuz), unpacked under .cache/kernel-6.12/;
-#   - opt-in (`--flavours`, for scripts/matrix.sh, never for make test): Debian's 6.1 cloud and rt
-#     flavours (linux-image-6.1.0-56-cloud-amd64, -rt-amd64), unpacked under .cache/kernel-flavours/.
+#   - opt-in (`--flavours`, for scripts/matrix.sh, never for make test): Debian's 6.1 and 6.12 cloud
+#     and rt flavours (linux-image-6.1.0-56-cloud-amd64, -rt-amd64, linux-image-6.12.117+deb12-cloud-amd64,
+#     -rt-amd64), unpacked under .cache/kernel-flavours/;
+#   - opt-in (`--point-releases`, for scripts/matrix.sh): older Debian point releases of both rows
+#     (linux-image-6.1.0-47-amd64, linux-image-6.12.100+deb12-amd64), also under .cache/kernel-flavours/.
 # The packages are Debian's signed kernels: their modules are really signed (sha256 + RSA-4096) and
 # each vmlinuz carries the certificate that signed them.
 set -euo pipefail
@@ -58,11 +61,18 @@ if ! [ -f "$cache612/$want612/.complete" ]; then
   unpack "$want612" "$cache612"
 fi
 
-# Opt-in: the 6.1 cloud and PREEMPT_RT flavours of the same ABI (the matrix's other 6.1 rows).
-if [ "${1:-}" = "--flavours" ]; then
+# Opt-in: the cloud and PREEMPT_RT flavours of the same ABIs (the matrix's other rows), or older
+# point releases of the generic flavour.
+extra=""
+case "${1:-}" in
+  --flavours) extra="linux-image-6.1.0-56-cloud-amd64 linux-image-6.1.0-56-rt-amd64
+    linux-image-6.12.117+deb12-cloud-amd64 linux-image-6.12.117+deb12-rt-amd64" ;;
+  --point-releases) extra="linux-image-6.1.0-47-amd64 linux-image-6.12.100+deb12-amd64" ;;
+esac
+if [ -n "$extra" ]; then
   cacheflv="$root/.cache/kernel-flavours"
   mkdir -p "$cacheflv"
-  for want in linux-image-6.1.0-56-cloud-amd64 linux-image-6.1.0-56-rt-amd64; do
+  for want in $extra; do
     [ -f "$cacheflv/$want/.complete" ] && continue
     cd "$cacheflv"
     download "$want" || { echo "fetch-test-data: $want is not in apt" >&2; exit 1; }

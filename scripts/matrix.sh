@@ -5,10 +5,17 @@
 # kernel reported for its mitigations (/sys/devices/system/cpu/vulnerabilities) and the return thunk.
 # It prints figures and asserts nothing (make test has the asserting boot tests).
 #
-#   scripts/fetch-test-data.sh --flavours     # once: the 6.1 cloud and rt packages
+#   scripts/fetch-test-data.sh --flavours     # once: the 6.1 and 6.12 cloud and rt packages
+#   scripts/fetch-test-data.sh --point-releases   # once: older point releases (rows 61p47, 612p100)
 #   make image                                # the static execgate (the guest's /init)
-#   nice -n 10 scripts/matrix.sh [--kernels "61 61cloud 61rt 612"] [--cpus "M1 M2@ARG+ARG ..."] [--out DIR]
+#   nice -n 10 scripts/matrix.sh [--kernels "61 61cloud 61rt 612 612cloud 612rt 61p47 612p100"]
+#                                [--cpus "M1 M2@ARG+ARG ..."] [--out DIR]
 #                                [--modules FILE] [--kernel-args ARGS] [--smp N] [--maxcpus M] [--explain-only]
+#
+# --modules FILE: the module list (default scripts/matrix/modules.txt, 127 names);
+# scripts/matrix/modules-b.txt is a second list of 145 other names (NIC, wireless, USB, ATA/NVMe,
+# HID, more file systems, xt_*, qdiscs, dm targets, i915): use it with its own --out, e.g.
+#   nice -n 10 scripts/matrix.sh --modules scripts/matrix/modules-b.txt --out .cache/matrix-b
 #
 # A CPU entry MODEL@ARG+ARG… boots that model with extra kernel arguments (a mitigation choice,
 # e.g. EPYC-Rome@spectre_v2=retpoline,lfence or Skylake-Client-IBRS@mitigations=off).
@@ -68,6 +75,10 @@ kernel_dir() {
     61cloud) echo "$root/.cache/kernel-flavours/linux-image-6.1.0-56-cloud-amd64" ;;
     61rt) echo "$root/.cache/kernel-flavours/linux-image-6.1.0-56-rt-amd64" ;;
     612) echo "$root/.cache/kernel-6.12/linux-image-6.12.117+deb12-amd64" ;;
+    612cloud) echo "$root/.cache/kernel-flavours/linux-image-6.12.117+deb12-cloud-amd64" ;;
+    612rt) echo "$root/.cache/kernel-flavours/linux-image-6.12.117+deb12-rt-amd64" ;;
+    61p47) echo "$root/.cache/kernel-flavours/linux-image-6.1.0-47-amd64" ;;
+    612p100) echo "$root/.cache/kernel-flavours/linux-image-6.12.100+deb12-amd64" ;;
     *) echo "$1" ;;
   esac
 }
@@ -85,7 +96,7 @@ names_for() {
 printf '%-8s %-40s %-9s %-10s %-6s %-11s %s\n' kernel cpu explained unexplained failed "boot s" "guest reports (spectre_v2 | retbleed | srso | its) ; x86_return_thunk"
 for k in $kernels; do
   kdir=$(kernel_dir "$k")
-  [ -d "$kdir/boot" ] || { echo "matrix: $k: no unpacked kernel at $kdir (scripts/fetch-test-data.sh --flavours)" >&2; continue; }
+  [ -d "$kdir/boot" ] || { echo "matrix: $k: no unpacked kernel at $kdir (scripts/fetch-test-data.sh --flavours, or --point-releases)" >&2; continue; }
   mdir=$(ls -d "$kdir"/lib/modules/* | head -1)
   all=$(names_for "$mdir")
   want=$(grep -v '^-' <<<"$all" | tr '\n' ',' | sed 's/,$//')
