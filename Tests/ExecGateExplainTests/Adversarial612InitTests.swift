@@ -80,4 +80,38 @@ final class Adversarial612InitTests: XCTestCase {
             XCTAssertEqual(d.rule, .layout, "\(d)")
         }
     }
+
+    /// Failed attack kept: an init-text ftrace site (`__mcount_loc` in `.init.text`) claimed as
+    /// `call __fentry__` (as relocated, before ftrace_module_init() → ftrace_make_nop()), or as a
+    /// call into the module's own core text (a "tracer" the guest picked): denied at that site.
+    /// 6.12 leaves every init site NOP5 at load; tracing a protected module is not supported
+    /// (trust.md), in init text as in core text.
+    func testInitFtraceSiteAsACallIsDenied() throws {
+        let c = try Init612Tests.make("arch/x86/kvm/kvm-intel", "kvm_intel")
+        let (sites, relocated): ([Int], [UInt8]) = try c.ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            let i = try Session(elf: elf, claim: c.claim, facts: c.facts, resolver: c.resolver, region: .initText)
+            try i.relocate()
+            let img = i.image
+            // ftrace NOPs are fixed bytes (no run-time site): found by their class.
+            let f = UInt8(ExplanationClass.ftrace.rawValue)
+            let offs = c.initClasses.indices.filter { c.initClasses[$0] == f && ($0 == 0 || c.initClasses[$0 - 1] != f) }
+            return (offs, img)
+        }
+        XCTAssertGreaterThan(sites.count, 0, "kvm_intel has ftrace sites in init text")
+        for o in sites {
+            XCTAssertEqual(relocated[o], 0xe8, "the signed site is a call")
+            var asSigned = c.claim
+            for k in 0..<5 { asSigned.initText![o + k] = relocated[o + k] }
+            let d = try c.denial(asSigned)
+            XCTAssertEqual(d.address, c.claim.initTextBase! + UInt64(o), "\(d)")
+            var toCore = c.claim
+            let site = c.claim.initTextBase! + UInt64(o)
+            let rel = Int32(truncatingIfNeeded: Int64(bitPattern: c.claim.textBase &- (site &+ 5)))
+            toCore.initText![o] = 0xe8
+            withUnsafeBytes(of: rel.littleEndian) { for k in 0..<4 { toCore.initText![o + 1 + k] = $0[k] } }
+            let d2 = try c.denial(toCore)
+            XCTAssertEqual(d2.address, site, "\(d2)")
+        }
+    }
 }
