@@ -184,11 +184,46 @@ struct VariableSite {
 
 extension Session {
     func addRuntimeSites() throws {
+        try refuseLiveModuleKeysInOwnMemory()
         try addJumpLabels()
         collectModuleTrampolines()
         try addStaticCalls()
         addModuleTrampolineSites()
         try refuseOverlappingSites()
+    }
+
+    // MARK: Keys of live modules (6.12 placement)
+
+    /// A static-call key that a verified live module defines or calls through
+    /// (`resolver.staticCallTrustedTargets` / `staticCallStates`) may not lie in this module's own
+    /// memory. The kernel's allocations never overlap (`move_module()` → `module_memory_alloc()` →
+    /// `execmem_alloc()`: fresh vmalloc space per `enum mod_mem_type`, 6.12 kernel/module/main.c;
+    /// 6.1 one core allocation), so a key inside the module is its own (`static_call_add_module()`
+    /// → `__static_call_init()`: `static_call_key_has_mods()`/`within_module()`) and starts at its
+    /// own `DEFINE_STATIC_CALL` default. On 6.12 only MOD_TEXT and MOD_INIT_TEXT are held
+    /// against live modules (the verifier's live ranges); the data bases are the guest's word. A
+    /// claim putting MOD_DATA over a live module's key would have the explainer trust that key's
+    /// targets and state for one of this module's own keys: its sites calling another module's
+    /// function. Denied as a placement no kernel makes.
+    func refuseLiveModuleKeysInOwnMemory() throws {
+        guard !resolver.staticCallTrustedTargets.isEmpty || !resolver.staticCallStates.isEmpty else { return }
+        var own: [(lo: UInt64, hi: UInt64, what: String)] = []
+        if layout.memType != nil {
+            for (t, b) in memoryBases { own.append((b, b &+ UInt64(layout.allocationSize(t)), "\(t)")) }
+        } else {
+            own.append((claim.textBase, claim.textBase &+ UInt64(layout.coreSize), "the core allocation"))
+        }
+        // The lowest such key is named (the same message whatever the dictionaries' order).
+        var found: (key: UInt64, r: (lo: UInt64, hi: UInt64, what: String))? = nil
+        func check(_ key: UInt64) {
+            for r in own where key >= r.lo && key < r.hi && (found == nil || key < found!.key) { found = (key, r) }
+        }
+        for k in resolver.staticCallTrustedTargets.keys { check(k) }
+        for k in resolver.staticCallStates.keys { check(k) }
+        if let (key, r) = found {
+            throw deny(.layout, "static-call key 0x\(String(key, radix: 16)) of a live module lies in this module's \(r.what) [0x\(String(r.lo, radix: 16)), 0x\(String(r.hi, radix: 16))): the claimed allocation overlaps a live module's (execmem_alloc() never hands out live memory, move_module())",
+                       address: key)
+        }
     }
 
     /// No two run-time sites share a byte, unless they are the same bytes (same offset and
