@@ -207,21 +207,22 @@ extension Session {
     /// function. Denied as a placement no kernel makes.
     func refuseLiveModuleKeysInOwnMemory() throws {
         guard !resolver.staticCallTrustedTargets.isEmpty || !resolver.staticCallStates.isEmpty else { return }
-        var own: [(lo: UInt64, hi: UInt64, what: String)] = []
+        // (type: nil = 6.1's one core allocation; named only in the message.)
+        var own: [(lo: UInt64, hi: UInt64, type: ModuleMemoryType?)] = []
         if layout.memType != nil {
-            for (t, b) in memoryBases { own.append((b, b &+ UInt64(layout.allocationSize(t)), "\(t)")) }
+            for (t, b) in memoryBases { own.append((b, b &+ UInt64(layout.allocationSize(t)), t)) }
         } else {
-            own.append((claim.textBase, claim.textBase &+ UInt64(layout.coreSize), "the core allocation"))
+            own.append((claim.textBase, claim.textBase &+ UInt64(layout.coreSize), nil))
         }
         // The lowest such key is named (the same message whatever the dictionaries' order).
-        var found: (key: UInt64, r: (lo: UInt64, hi: UInt64, what: String))? = nil
+        var found: (key: UInt64, r: (lo: UInt64, hi: UInt64, type: ModuleMemoryType?))? = nil
         func check(_ key: UInt64) {
             for r in own where key >= r.lo && key < r.hi && (found == nil || key < found!.key) { found = (key, r) }
         }
         for k in resolver.staticCallTrustedTargets.keys { check(k) }
         for k in resolver.staticCallStates.keys { check(k) }
         if let (key, r) = found {
-            throw deny(.layout, "static-call key 0x\(String(key, radix: 16)) of a live module lies in this module's \(r.what) [0x\(String(r.lo, radix: 16)), 0x\(String(r.hi, radix: 16))): the claimed allocation overlaps a live module's (execmem_alloc() never hands out live memory, move_module())",
+            throw deny(.layout, "static-call key 0x\(String(key, radix: 16)) of a live module lies in this module's \(r.type.map { "\($0)" } ?? "the core allocation") [0x\(String(r.lo, radix: 16)), 0x\(String(r.hi, radix: 16))): the claimed allocation overlaps a live module's (execmem_alloc() never hands out live memory, move_module())",
                        address: key)
         }
     }
