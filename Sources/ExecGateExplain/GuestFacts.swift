@@ -431,6 +431,10 @@ public struct SymbolResolver: Sendable {
     /// → target, 0 = NULL): a later module's sites of the same key must agree. Run-time patches
     /// that move a whole key must record the new state (``recordStaticCallState(key:state:)``).
     public private(set) var staticCallStates: [UInt64: UInt64] = [:]
+    /// The keys of both tables above, sorted and unique: a new module's placement check asks
+    /// for the lowest live key inside each of its allocations (`lowestStaticCallKey(in:)`), one
+    /// binary search per allocation rather than a walk over every key per module.
+    private var staticCallKeys: [UInt64] = []
 
     public init(coreExports: SlidExports) { self.exports = coreExports }
     public init(coreExports: [String: UInt64]) { self.exports = SlidExports(coreExports) }
@@ -455,11 +459,51 @@ public struct SymbolResolver: Sendable {
             if staticCallTrustedTargets[k] == nil { staticCallTrustedTargets[k] = v } else { staticCallTrustedTargets[k]!.formUnion(v) }
         }
         for (k, v) in m.staticCallStates { staticCallStates[k] = v }
+        if !m.staticCallTrustedTargets.isEmpty || !m.staticCallStates.isEmpty {
+            var added = Array(m.staticCallTrustedTargets.keys)
+            added.append(contentsOf: m.staticCallStates.keys)
+            added.sort()
+            staticCallKeys = Self.mergeUnique(staticCallKeys, added)
+        }
     }
 
     /// Record a static-call key's new state after an allowed run-time patch of the whole key
     /// (every site of the key in every live module, as `__static_call_update()` writes them).
-    public mutating func recordStaticCallState(key: UInt64, state: UInt64) { staticCallStates[key] = state }
+    public mutating func recordStaticCallState(key: UInt64, state: UInt64) {
+        staticCallStates[key] = state
+        let i = Self.lowerBound(staticCallKeys, key)
+        if i == staticCallKeys.count || staticCallKeys[i] != key { staticCallKeys.insert(key, at: i) }
+    }
+
+    /// The lowest static-call key of either table in `lo..<hi` (none when `hi <= lo`).
+    func lowestStaticCallKey(from lo: UInt64, below hi: UInt64) -> UInt64? {
+        guard hi > lo else { return nil }
+        let i = Self.lowerBound(staticCallKeys, lo)
+        return i < staticCallKeys.count && staticCallKeys[i] < hi ? staticCallKeys[i] : nil
+    }
+
+    /// The first index of sorted `a` whose element is not below `x`.
+    private static func lowerBound(_ a: [UInt64], _ x: UInt64) -> Int {
+        var lo = 0, hi = a.count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if a[mid] < x { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    /// Sorted `a` and sorted `b` (each may repeat) merged, sorted, each value once.
+    private static func mergeUnique(_ a: [UInt64], _ b: [UInt64]) -> [UInt64] {
+        var out: [UInt64] = []
+        out.reserveCapacity(a.count + b.count)
+        var i = 0, j = 0
+        while i < a.count || j < b.count {
+            let x: UInt64
+            if j == b.count || (i < a.count && a[i] <= b[j]) { x = a[i]; i += 1 } else { x = b[j]; j += 1 }
+            if out.last != x { out.append(x) }
+        }
+        return out
+    }
 }
 
 /// What an allowed module contributes to later modules.

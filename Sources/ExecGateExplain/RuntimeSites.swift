@@ -214,13 +214,11 @@ extension Session {
         } else {
             own.append((claim.textBase, claim.textBase &+ UInt64(layout.coreSize), nil))
         }
-        // The lowest such key is named (the same message whatever the dictionaries' order).
+        // The lowest such key is named (one message whatever the order of the allocations).
         var found: (key: UInt64, r: (lo: UInt64, hi: UInt64, type: ModuleMemoryType?))? = nil
-        func check(_ key: UInt64) {
-            for r in own where key >= r.lo && key < r.hi && (found == nil || key < found!.key) { found = (key, r) }
+        for r in own {
+            if let key = resolver.lowestStaticCallKey(from: r.lo, below: r.hi), found == nil || key < found!.key { found = (key, r) }
         }
-        for k in resolver.staticCallTrustedTargets.keys { check(k) }
-        for k in resolver.staticCallStates.keys { check(k) }
         if let (key, r) = found {
             throw deny(.layout, "static-call key 0x\(String(key, radix: 16)) of a live module lies in this module's \(r.type.map { "\($0)" } ?? "the core allocation") [0x\(String(r.lo, radix: 16)), 0x\(String(r.hi, radix: 16))): the claimed allocation overlaps a live module's (execmem_alloc() never hands out live memory, move_module())",
                        address: key)
