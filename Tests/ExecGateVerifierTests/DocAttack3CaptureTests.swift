@@ -96,4 +96,38 @@ final class DocAttack3CaptureTests: XCTestCase {
         XCTAssertEqual(z.status, 2, z.stderr)
         XCTAssertTrue(z.stderr.contains("not a regular file"), z.stderr)
     }
+
+    /// HOLE (round docs3): README "Commands": `request module FILE --claim elf` (and `verify module
+    /// … --claim elf`) lays each executable section of FILE at synthetic addresses from
+    /// 0xffffffffc0000000, page after page. The section sizes are the file's word: an SHT_NOBITS
+    /// executable section may declare up to 2⁶³−1 bytes (nothing in the file backs it), and the
+    /// next address overflowed `address += size`: SIGILL (exit 132) instead of exit 2 and a
+    /// message. Now a layout that leaves the module area (MODULES_END, 0xffffffffff000000) is
+    /// refused as unreadable input before anything is sent.
+    func testClaimElfOfAHugeNobitsSectionIsRefusedNotATrap() throws {
+        var ko = try Fixtures.readFile(Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a/irqbypass/irqbypass.ko")
+        func u64(_ o: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(ko[o + $1]) << (8 * UInt64($1)) } }
+        func u32(_ o: Int) -> UInt32 { (0..<4).reduce(UInt32(0)) { $0 | UInt32(ko[o + $1]) << (8 * UInt32($1)) } }
+        func u16(_ o: Int) -> Int { Int(ko[o]) | Int(ko[o + 1]) << 8 }
+        let shoff = Int(u64(0x28)), shnum = u16(0x3c), shstrndx = u16(0x3e)
+        let names = Int(u64(shoff + shstrndx * 64 + 24))
+        var patched = false
+        for i in 0..<shnum {
+            let h = shoff + i * 64
+            let n = names + Int(u32(h))
+            guard Array(ko[n..<n + 6]) == Array(".text\0".utf8) else { continue }
+            ko.replaceSubrange(h + 4..<h + 8, with: [8, 0, 0, 0])  // SHT_NOBITS
+            ko.replaceSubrange(h + 32..<h + 40, with: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f])  // sh_size 2^63 - 1
+            patched = true
+        }
+        XCTAssertTrue(patched, ".text")
+        let dir = Fixtures.temporaryDirectory()
+        try Fixtures.writeFile(dir + "/nobits.ko", ko)
+        for args in [["request", "module", dir + "/nobits.ko", "--claim", "elf", "--connect", "unix:" + dir + "/none.sock"]] {
+            let r = runWithDeadline(args)
+            XCTAssertFalse(r.killed)
+            XCTAssertEqual(r.status, 2, "\(args): \(r.stderr.prefix(600))")
+            XCTAssertTrue(r.stderr.contains("module area"), "\(args): \(r.stderr.prefix(600))")
+        }
+    }
 }
