@@ -9,7 +9,7 @@ import ExecGateCapture
 import ExecGateExplain
 import ExecGatePolicy
 import ExecGateTestSupport
-import ExecGateVerifier
+@testable import ExecGateVerifier
 import ExecGateWire
 import NIOCore
 import XCTest
@@ -89,5 +89,54 @@ final class DocAttack3SessionTests: XCTestCase {
         let same = verifier.authorize(try boot.module("test_static_keys").request(guestID: "g"), requestDigest: [])
         XCTAssertEqual(same.decision, .allow, same.message)
         XCTAssertEqual(session.state(ofKey: key), state)
+    }
+
+    /// Failed attack kept: trust.md "One copy of a kernel build's facts, shared by its guests":
+    /// each guest keeps "its own facts … and its live state". Two guests of one build in one
+    /// verifier (one shared copy); the guest interleaves its requests with the other's: a key
+    /// flipped in g1 is not flipped in g2 (g2 still loads and patches from its own state), a
+    /// module retired in g1 stays live and patchable in g2 (and only there), frames are per guest
+    /// (the same frame numbers granted in both), and a reset of g1 between g2's judgement and the
+    /// final verdict of g2's patch leaves g2's transition recorded.
+    func testTwoGuestsOfOneBuildKeepTheirOwnLiveState() throws {
+        let verifier = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        for id in ["g1", "g2"] {
+            guard case .registerGuestReply = verifier.respond(to: .registerGuest(try boot.registration(guestID: id)), requestDigest: []) else { return XCTFail("register \(id)") }
+        }
+        XCTAssertEqual(verifier.guests.sharedBuilds.count, 1, "one copy of the build")
+        func load(_ id: String, _ name: String) throws -> ExecGateWire.Verdict { verifier.authorize(try boot.module(name).request(guestID: id), requestDigest: []) }
+        for name in boot.availableModules { XCTAssertEqual(try load("g1", name).decision, .allow, name) }
+        let g1 = try XCTUnwrap(verifier.guests.session("g1"))
+        var sites: [(table: RuntimeSiteTable, site: RuntimeSiteTable.Site)] = []
+        var key: UInt64 = 0
+        for t in g1.runtimeSites where t.module == "test_static_keys" { for s in t.siteList where s.kind == .jumpLabel { if sites.isEmpty { key = s.key! }; if s.key == key { sites.append((t, s)) } } }
+        XCTAssertFalse(sites.isEmpty)
+        let state = try XCTUnwrap(g1.state(ofKey: key))
+        func flip(_ to: UInt64) throws -> [PatchEntry] { try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: to))) } }
+        func patch(_ id: String, _ e: [PatchEntry]) -> ExecGateWire.Verdict {
+            verifier.authorizePatch(AuthorizePatch(guestID: id, patches: e), session: verifier.guests.session(id)!, requestDigest: [])
+        }
+        XCTAssertEqual(patch("g1", try flip(1 - state)).decision, .allow)
+        XCTAssertEqual(g1.state(ofKey: key), 1 - state)
+        // g2: the same modules, same frames, in the key's load state: its own session.
+        for name in boot.availableModules { XCTAssertEqual(try load("g2", name).decision, .allow, "g2 \(name)") }
+        let g2 = try XCTUnwrap(verifier.guests.session("g2"))
+        XCTAssertEqual(g2.state(ofKey: key), state, "g1's flip is not g2's")
+        // Retire in g1: g2's copy stays live and patchable; g1's patch of it is no live code.
+        guard case .retireModuleReply = verifier.respond(to: .retireModule(RetireModule(guestID: "g1", moduleName: "test_static_keys", textBase: try XCTUnwrap(g1.liveModule("test_static_keys")?.textRange.lowerBound))), requestDigest: []) else { return XCTFail("retire in g1") }
+        let inG1 = patch("g1", try flip(state))
+        XCTAssertEqual(inG1.decision, .deny, inG1.message)
+        XCTAssertTrue(inG1.message.contains("not in live code"), inG1.message)
+        // g2's flip is judged; g1 is reset before its verdict is final: g2 records its own.
+        guard case .allowed(_, _, let newStates, let staticKeys, let judgedAt) = g2.judgePatches(try flip(1 - state)) else { return XCTFail("g2's flip") }
+        var reset = try boot.registration(guestID: "g1")
+        reset.reset = true
+        guard case .registerGuestReply = verifier.respond(to: .registerGuest(reset), requestDigest: []) else { return XCTFail("reset g1") }
+        g2.apply(newStates, staticKeys: staticKeys, judgedAt: judgedAt)
+        XCTAssertEqual(g2.state(ofKey: key), 1 - state)
+        XCTAssertNotNil(g2.liveModule("test_static_keys")?.name)
+        XCTAssertEqual(verifier.guests.session("g1")?.allowedModules, [], "the reset guest starts empty")
+        XCTAssertEqual(verifier.guests.sharedBuilds.first?.guests, 2, "both guests still on the one copy")
     }
 }
