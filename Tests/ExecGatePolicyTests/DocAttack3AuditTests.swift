@@ -50,4 +50,28 @@ final class DocAttack3AuditTests: XCTestCase {
         }
         log.close()
     }
+
+    /// HOLE (round docs3): protocol.md verdict tag 9 `module_name`: "the signed `struct module`
+    /// name …; on a denial before the name is read (policy kind, signature, deny lists, ELF
+    /// structure: `checks` has no `module-name`) the request's own, unverified". A request naming
+    /// another module than the one it carries is denied *after* the signed name was read, yet the
+    /// verdict and its audit record named the request's word: the guest chose which module an
+    /// audit record of its failed load names (here crc7 recorded as `vsock`, so a search of the
+    /// audit for crc7 misses it; the record carries no `checks` to tell). Now the signed name.
+    func testANameMismatchIsRecordedUnderTheSignedName() throws {
+        let verifier = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: "modules allow")))
+        let log = AuditLog()
+        verifier.auditSink = log
+        var r = AuthorizeModule(module: ByteBuffer(bytes: try Fixtures.readFile(try Fixtures.module(named: "crc7.ko"))))
+        r.moduleName = "vsock"
+        let v = verifier.authorize(r, requestDigest: [1])
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .moduleNameMismatch, v.message)
+        XCTAssertEqual(v.moduleName, "crc7", "the verdict names the guest's word for the module")
+        XCTAssertTrue(v.message.contains("vsock") && v.message.contains("crc7"), v.message)
+        log.flush()
+        let record = try XCTUnwrap(log.read(after: 0, limit: 10).records.first)
+        XCTAssertEqual(try JSONReader.parse(Array(record.utf8))["module"]?.stringValue, "crc7", record)
+        log.close()
+    }
 }
