@@ -27,8 +27,14 @@ public struct CaptureError: Error, CustomStringConvertible {
     public var description: String { "\(path): \(reason)" }
 }
 
-/// One capture file, read whole up to `limit` bytes (the toolkit's bounded read).
+/// One capture file, read whole up to `limit` bytes (the toolkit's bounded read). A capture is
+/// written by the captured guest and is untrusted input: only a regular file is read (as the CLI's
+/// other readers, `LocalFile.read`). A FIFO nobody writes would block open() forever, and a device
+/// (`/dev/zero`) would be read up to the limit; both are refused by `stat()` before any open.
 func readFile(_ path: String, limit: Int = 1 << 30) throws -> [UInt8] {
+    var st = stat()
+    guard stat(path, &st) == 0 else { throw CaptureError(path: path, reason: String(cString: strerror(errno))) }
+    guard (st.st_mode & S_IFMT) == S_IFREG else { throw CaptureError(path: path, reason: "not a regular file") }
     do { return try Files.read(path, limit: limit) } catch { throw CaptureError(path: path, reason: "\(error)") }
 }
 
@@ -43,14 +49,28 @@ func parseHex(_ s: Substring) -> UInt64? {
     return UInt64(t, radix: 16)
 }
 
-/// A CPU list in the kernel's format ("0", "0-3,5") → count.
-func countCPUs(_ list: Substring) -> Int {
-    var n = 0
-    for part in list.split(separator: ",") {
-        let r = part.split(separator: "-")
-        if r.count == 2, let a = Int(r[0]), let b = Int(r[1]), b >= a { n += b - a + 1 } else if Int(part) != nil { n += 1 }
+/// NR_CPUS of the kernels ExecGate replays (CONFIG_NR_CPUS=8192, Debian 6.1 and 6.12): no CPU
+/// number a kernel prints in a cpulist is this high.
+let capturedKernelMaximumCPUs = 8192
+
+/// A CPU list in the kernel's format ("0", "0-3,5") → count, or nil when it is not one. The kernel
+/// prints a cpumask as increasing decimal numbers and `a-b` ranges (`cpumap_print_to_pagebuf()`,
+/// the format `bitmap_parselist()` reads back), every number below the mask's width (NR_CPUS).
+/// The guest wrote this file: a number at or past NR_CPUS, a reversed range or any other word is
+/// refused rather than counted, and the count is bounded (no arithmetic on guest numbers can trap).
+func countCPUs(_ list: Substring) -> Int? {
+    func cpu(_ s: Substring) -> Int? {
+        guard !s.isEmpty, s.utf8.count <= 5, s.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let v = Int(s), v < capturedKernelMaximumCPUs else { return nil }
+        return v
     }
-    return n
+    var n = 0
+    for part in list.split(separator: ",", omittingEmptySubsequences: false) {
+        let r = part.split(separator: "-", omittingEmptySubsequences: false)
+        if r.count == 2, let a = cpu(r[0]), let b = cpu(r[1]), b >= a { n += b - a + 1 } else if r.count == 1, cpu(part) != nil { n += 1 } else { return nil }
+    }
+    // Ranges may repeat CPUs in a hostile list: the count is a sum of at most NR_CPUS per part,
+    // over at most the file's bytes of parts, far from Int.max; cap it at NR_CPUS all the same.
+    return min(n, capturedKernelMaximumCPUs)
 }
 
 /// One boot of a capture.

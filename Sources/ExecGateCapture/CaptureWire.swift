@@ -68,8 +68,11 @@ extension CaptureBoot {
         for l in try readText(dir + "/cpus.txt").split(whereSeparator: \.isNewline) {
             let f = l.split(separator: " ")
             guard f.count == 2 else { continue }
-            if f[0] == "present" { present = UInt32(countCPUs(f[1])) }
-            if f[0] == "possible" { possible = UInt32(countCPUs(f[1])) }
+            guard f[0] == "present" || f[0] == "possible" else { continue }
+            guard let n = countCPUs(f[1]) else {
+                throw CaptureError(path: dir + "/cpus.txt", reason: "\(f[0]): not a CPU list the kernel prints (decimal CPUs and ranges below NR_CPUS = \(capturedKernelMaximumCPUs))")
+            }
+            if f[0] == "present" { present = UInt32(n) } else { possible = UInt32(n) }
         }
         var slide: UInt64 = 0
         if let s = try? readText(dir + "/slide.txt") {

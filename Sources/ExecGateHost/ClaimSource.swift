@@ -13,6 +13,10 @@ import ExecGateWire
 import NIOCore
 
 public enum ClaimSource {
+    /// The x86-64 module area (`MODULES_VADDR`, `MODULES_END`; docs/kernels/6.12-loader.md §4.5).
+    static let modulesVaddr: UInt64 = 0xffff_ffff_c000_0000
+    static let modulesEnd: UInt64 = 0xffff_ffff_ff00_0000
+
     public static func sections(_ spec: String, module: [UInt8]) throws -> [SectionClaim] {
         switch spec {
         case "none": return []
@@ -26,12 +30,18 @@ public enum ClaimSource {
             let content: UnsafeRawBufferPointer
             if let t = try? ModuleSignatureTrailer.parse(raw) { content = UnsafeRawBufferPointer(rebasing: raw[t.contentRange]) } else { content = raw }
             let elf = try ELFFile(bytes: content)
-            var address: UInt64 = 0xffff_ffff_c000_0000
+            var address: UInt64 = modulesVaddr
             var out: [SectionClaim] = []
             for s in elf.sections where s.isAlloc && s.isExec && !s.name.hasPrefix(".init") && s.size > 0 {
+                // The sizes are the file's word (an SHT_NOBITS section's is backed by nothing):
+                // the synthetic layout must stay inside the module area, never wrap.
+                let (end, o) = address.addingReportingOverflow(UInt64(s.size))
+                guard !o, end <= modulesEnd else {
+                    throw LocalFileError(path: s.name, why: "section of \(s.size) bytes does not fit the module area [0x\(String(modulesVaddr, radix: 16)), 0x\(String(modulesEnd, radix: 16))) after the sections before it")
+                }
                 let bytes = ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: content[s.fileRange]))
                 out.append(SectionClaim(name: s.name, address: address, bytes: bytes))
-                address += (UInt64(s.size) + 0xfff) & ~0xfff
+                address = (end &+ 0xfff) & ~0xfff  // end <= modulesEnd: no wrap
             }
             return out
         }

@@ -109,6 +109,12 @@ enum FactsPlausibility {
         // per-cpu symbol past it means the reserve the per-cpu check admits would cover core
         // per-cpu state (`__preempt_count`, `this_cpu_off`, `current_task`).
         if let end = named["__per_cpu_end"] {
+            // pcpu_setup_first_chunk() places PERCPU_MODULE_RESERVE bytes after the static area:
+            // a reserve that wraps the address space is no layout a kernel makes (and its end
+            // must never be computed with arithmetic that traps).
+            if end > UInt64.max - GuestFactsBuilder.percpuModuleReserve {
+                return ("__per_cpu_end 0x\(Hex.number(end)): the module per-cpu reserve after it (PERCPU_MODULE_RESERVE, \(GuestFactsBuilder.percpuModuleReserve) bytes) would wrap the address space", facts)
+            }
             if let start = named["__per_cpu_start"], start > end {
                 return ("__per_cpu_start 0x\(Hex.number(start)) lies past __per_cpu_end 0x\(Hex.number(end))", facts)
             }

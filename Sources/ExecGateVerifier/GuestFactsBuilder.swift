@@ -86,6 +86,10 @@ public enum GuestFactsBuilder {
     /// counts and uniprocessor patching, `pv_ops`, the return thunk, its static-call keys and the
     /// kernel release. The tables are shared, never copied; the registration's own static-call
     /// keys are kept beside them (`SlidStaticCallTargets.own`).
+    /// `PERCPU_MODULE_RESERVE` (include/linux/percpu.h, 6.1 and 6.12: 8 KiB): the module part of
+    /// the first per-cpu chunk, right after the core's static per-cpu area.
+    static let percpuModuleReserve: UInt64 = 8 << 10
+
     static func guestFacts(kernel: BuildTables, slide: KernelSlide, from r: RegisterGuest) -> GuestFacts {
         var facts = kernel.facts
         // The build's tables read at this guest's slide (shared, not copied), and its named
@@ -101,7 +105,14 @@ public enum GuestFactsBuilder {
         facts.itsReturnThunk = named["its_return_thunk"]
         // Module per-cpu data lives in the reserved chunk right after the core per-cpu area:
         // [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)) — mm/percpu.c, include/linux/percpu.h.
-        facts.modulePercpuRange = named["__per_cpu_end"].map { $0..<($0 + (8 << 10)) }
+        // The end is computed checked: `__per_cpu_end` is the registration's word. A reserve that
+        // would wrap the address space (refused at registration by FactsPlausibility at the
+        // registrant's slide; at another slide of a shared copy only an image-half value can
+        // move that far) leaves no reserve, and a module with per-cpu data is denied (`percpu`).
+        facts.modulePercpuRange = named["__per_cpu_end"].flatMap { e in
+            let (hi, wraps) = e.addingReportingOverflow(Self.percpuModuleReserve)
+            return wraps ? nil : e..<hi
+        }
         facts.coreInitRanges = GuestFacts.coreInitRanges(named)
         // A key in the core's __ro_after_init data never moves after the trusted point
         // (GuestSession.judgePatches).

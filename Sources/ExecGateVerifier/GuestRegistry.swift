@@ -123,6 +123,15 @@ public final class GuestSession: @unchecked Sendable {
     /// (`alternatives_smp_module_add()` unlocks only while `uniproc_patched`). Without this, a
     /// guest could strip `lock` from every module's atomic operations while several CPUs run them.
     private var wentSMP = false
+    /// The state of each key in the core's `.data..ro_after_init` (`facts.coreROAfterInit`) as its
+    /// first committed sites held it, and the module that recorded it. Kept for the guest's
+    /// lifetime, not forgotten with the key's last live site: such a key is read-only from
+    /// `mark_rodata_ro()` on, before the trusted point (6.12 seals it: `jump_label_init_ro()`), so
+    /// its value never changes, and `jump_label_add_module()` / `static_call_add_module()` give
+    /// every later module's sites that one state (6.12: `goto do_poke` for a sealed key). Without
+    /// it, retiring every module with sites of the key and loading one again with those sites in
+    /// the other state "moved" a key no kernel can move. Undone only by `rollback` of its recorder.
+    private var sealedKeyState: [UInt64: (state: UInt64, recordedBy: String)] = [:]
     /// Counts live modules removed (retire, rollback). A module explained against a resolver
     /// snapshot is committed only if none went since the snapshot: otherwise its relocations may
     /// name a module that is gone, with no dependency recorded on it.
@@ -242,6 +251,9 @@ public final class GuestSession: @unchecked Sendable {
                 if smpGroups.contains(key) && state == 0 && wentSMP {
                     return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its .smp_locks prefixes are unlocked (3e), but guest '\(registration.guestID)' left uniprocessor mode (alternatives_smp_module_add() unlocks only while uniproc_patched)")
                 }
+                if let ro = facts.coreROAfterInit, ro.contains(key), let sealed = sealedKeyState[key], sealed.state != state {
+                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(Hex.number(key)) are in state 0x\(Hex.number(state)), but the key lies in the kernel's __ro_after_init data and was in state 0x\(Hex.number(sealed.state)) at earlier sites: read-only since mark_rodata_ro(), it never changes (jump_label_add_module() gives a sealed key's sites its one state)")
+                }
                 if let current = keyState[key], current != state {
                     return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(Hex.number(key)) are in state 0x\(Hex.number(state)), live sites of that key are in state 0x\(Hex.number(current))")
                 }
@@ -255,6 +267,7 @@ public final class GuestSession: @unchecked Sendable {
             for (key, state) in states {
                 keyState[key] = state
                 keyStatesSeen[key, default: []].insert(state)
+                if let ro = facts.coreROAfterInit, ro.contains(key), sealedKeyState[key] == nil { sealedKeyState[key] = (state, m.name) }
             }
             for site in m.siteIndex.values { if let k = site.key { keySites[k, default: []].insert(site.address) } }
             if let e = m.exports { resolver.add(e) }
@@ -287,6 +300,12 @@ public final class GuestSession: @unchecked Sendable {
             removals &+= 1
             order.removeAll { $0 == name }
             rebuildDerivedState()
+            // Its sites were never granted: a sealed key's state it recorded first was never seen,
+            // unless a live module committed since holds the key (then in that same state).
+            for (k, v) in sealedKeyState where v.recordedBy == name {
+                let holder = order.first { live[$0].map { $0.keyStates[k] != nil || $0.initKeyStates[k] != nil } ?? false }
+                sealedKeyState[k] = holder.flatMap { h in keyState[k].map { ($0, h) } }
+            }
         }
     }
 

@@ -320,6 +320,9 @@ public final class Verifier: @unchecked Sendable {
         case .failure(.malformed(let why)):
             return deny(.malformedELF, "module name: \(why)")
         case .failure(.mismatch(let info, let structName)):
+            // The name was read: the verdict (and its audit record) names the module by the name
+            // the kernel would know it by, never the guest's word (protocol.md, verdict tag 9).
+            moduleName = structName
             return deny(.moduleNameMismatch, "the signed .modinfo names module '\(info)' but its struct module (.gnu.linkonce.this_module, the name the kernel loads it as) says '\(structName)'")
         case .success(let n):
             // The request's name (the guest's word) must be the signed name byte for byte, as
@@ -328,6 +331,7 @@ public final class Verifier: @unchecked Sendable {
             // spelling (U+212A for 'K'). (The deny list keeps its documented '-' ≡ '_', which
             // only widens a rule; the live set's twin refusal below is stricter than the kernel.)
             if !request.moduleName.isEmpty && !request.moduleName.utf8.elementsEqual(n.utf8) {
+                moduleName = n  // the signed name, read: the guest's word is only in the message
                 return deny(.moduleNameMismatch, "the request names module '\(request.moduleName)' but the signed module is '\(n)'")
             }
             moduleName = n

@@ -60,7 +60,12 @@ public enum JSON: Sendable, Equatable {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
-            case _ where u.value < 0x20:
+            // C0 controls (JSON requires it), and DEL, the C1 controls (U+0085 NEXT LINE among
+            // them) and U+2028/U+2029: line terminators to Unicode-aware readers (JavaScript,
+            // Python's splitlines()). Raw, a request's words holding one would split a record of a
+            // JSON-lines stream (audit records, `--json` output, JSON logs) in two, the second
+            // line the request's own text. Escaped, every JSON reader reads the same string.
+            case _ where u.value < 0x20 || (0x7f...0x9f).contains(u.value) || u.value == 0x2028 || u.value == 0x2029:
                 let h = String(u.value, radix: 16)
                 out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
             default: out.unicodeScalars.append(u)
