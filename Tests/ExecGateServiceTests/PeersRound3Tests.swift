@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Hostile peers, round 3: attacks on the VMM and admin ports the earlier rounds
+// (HostilePeerTests, AdversarialPeerTests, BudgetAccountingTests, SlowReaderTests) did not try,
+// against a real `execgate serve` on local Unix sockets (SocketPeer from HostilePeerTests).
+
+import _ExecGateInternals
+import ExecGateClient
+import ExecGateTestSupport
+import ExecGateTransport
+import ExecGateWire
+import NIOCore
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class PeersRound3Tests: XCTestCase {
+    var dir = ""
+    var pid: pid_t = -1
+    var vmm = ""
+    var admin = ""
+
+    override func tearDown() {
+        if pid > 0 { kill(pid, SIGKILL); _ = Fixtures.wait(pid) }
+    }
+
+    func startServe(extra: [String] = []) throws {
+        dir = Fixtures.temporaryDirectory()
+        let certPath = dir + "/kernel.pem"
+        try Fixtures.writeFile(certPath, Array(try Fixtures.debianCertificates()[0].pem.utf8))
+        vmm = dir + "/vmm.sock"
+        admin = dir + "/admin.sock"
+        pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + vmm, "--admin-listen", "unix:" + admin,
+                                      "--trust", certPath, "--signature-only", "--log-level", "critical"] + extra,
+                                     stdoutPath: dir + "/out", stderrPath: dir + "/err")
+        XCTAssertGreaterThan(pid, 0)
+        for _ in 0..<100 {
+            if SocketPeer(path: vmm) != nil && SocketPeer(path: admin) != nil { return }
+            usleep(100_000)
+        }
+        XCTFail("serve did not listen: " + String(decoding: (try? Fixtures.readFile(dir + "/err")) ?? [], as: UTF8.self))
+    }
+
+    func statusField(_ name: String) -> Int {
+        for line in procText("/proc/\(pid)/status").split(separator: "\n") where line.hasPrefix(name + ":") {
+            return (Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0) << 10
+        }
+        return 0
+    }
+
+    /// A fresh connection's `status` answers.
+    func probe(_ what: String, timeout: Double = 20) async throws {
+        XCTAssertEqual(kill(pid, 0), 0, "serve died: \(what)")
+        let c = try await ExecGateClient.connect(to: .unix(path: vmm), timeout: timeout)
+        let s = try await c.status()
+        XCTAssertEqual(s.state, "serving", what)
+        await c.close()
+    }
+
+    func cpu() -> Double {
+        let line = procText("/proc/\(pid)/stat")
+        guard let close = line.lastIndex(of: ")") else { return 0 }
+        let fields = line[line.index(after: close)...].split(separator: " ")
+        return ((Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// `n` empty-body `status` frames (20 bytes each), ids from `first`.
+    func statusFrames(_ n: Int, first: UInt64 = 0) -> [UInt8] {
+        var b = ByteBuffer()
+        for i in 0..<n { b.writeFrame(Frame(type: .status, requestID: first + UInt64(i), body: ByteBuffer())) }
+        return Array(buffer: b)
+    }
+
+    /// Attack: pipeline frames far beyond the in-flight cap on every connection the port allows,
+    /// never reading a reply. The cap stops the server *reading* (autoRead off), but only after
+    /// the read burst that carried them: NIO reads up to `maxMessagesPerRead` (16) buffers of up
+    /// to 64 KiB per readable event whatever autoRead says, and the decoder turns every complete
+    /// frame of them into a queued request (`pending`). An empty `status` frame is 20 bytes on the
+    /// wire and holds no body budget, but each queued one costs the server a frame, a body
+    /// buffer and a queue slot: the port's budget counts body bytes only. 127 connections each
+    /// sending ~1 MiB of them make the server queue millions of requests nobody will read.
+    /// Measured: 127 peers, 26–32 MiB of frames: serve RSS +62–84 MiB (peak 117 MiB: the service
+    /// VM has 128 MiB), and the loops then spent tens of seconds answering them for nobody once the
+    /// write-stall deadline closed the peers (`testHangingUpOnThousandsOfQueuedRequestsCostsNothing`),
+    /// so a fresh `status` went unanswered for 20 s.
+    /// Rule: what a peer makes the server hold is bounded by its port's budgets (docs/protocol.md,
+    /// "Connections and limits"): a connection's requests decoded but not started are at most its
+    /// in-flight cap, one read event takes at most one receive buffer (64 KiB), and beyond that
+    /// the bytes stay in the kernel's socket buffer (the peer's cost), as any reader that stops
+    /// reading leaves them.
+    func testPipelinedFramesBeyondTheInFlightCapAreNotQueuedWithoutBound() async throws {
+        try startServe()
+        try await probe("before")
+        let before = statusField("VmRSS")
+        let frames = statusFrames(16_384)  // 320 KiB
+        var peers: [SocketPeer] = []
+        for _ in 0..<(TransportLimits.maximumConnections - 1) {
+            guard let p = SocketPeer(path: vmm) else { break }
+            peers.append(p)
+        }
+        let t0 = now()
+        var sent = 0
+        // Each peer writes until its socket takes nothing more (the server paused) or 50 ms.
+        for p in peers { sent += p.flood(frames, seconds: 0.05) }
+        usleep(1_000_000)
+        let after = statusField("VmRSS")
+        let t1 = now()
+        do { try await probe("after the pipelining flood", timeout: 5) } catch { XCTFail("a fresh status is not answered within 5 s of the flood: \(error)") }
+        print("round3: \(peers.count) connections pipelined \(sent >> 20) MiB of status frames (\(sent / 20) frames) in \(String(format: "%.1f", t1 - t0)) s, "
+              + "reading no reply: serve RSS \(before >> 20) -> \(after >> 20) MiB (peak \(statusField("VmHWM") >> 20) MiB); "
+              + "a fresh status took \(String(format: "%.2f", now() - t1)) s")
+        XCTAssertLessThan(after - before, 32 << 20, "serve holds \((after - before) >> 20) MiB of queued requests for \(peers.count) peers that read nothing")
+        peers.removeAll()
+    }
+
+    /// Attack: queue tens of thousands of requests on one connection (pipelined past the in-flight
+    /// cap; a 4 MiB SO_SNDBUF so the server's first read burst finds them), read no reply, then
+    /// hang up. Closing the channel fails its outstanding reply writes; each failure freed an
+    /// in-flight slot and `pump` started the next queued request on the dead connection, whose
+    /// reply write failed at once, and so on: the event loop answered every queued request for
+    /// nobody (a nested call each), and every connection on that loop waited meanwhile (30 s in
+    /// the debug build for one peer's 2 MiB). Rule: a closed connection's queued requests are
+    /// dropped, never started (its in-flight ones finish and their replies are discarded), and a
+    /// connection queues at most its in-flight cap of decoded requests.
+    func testHangingUpOnThousandsOfQueuedRequestsCostsNothing() async throws {
+        try startServe()
+        try await probe("before")
+        let p = try XCTUnwrap(SocketPeer(path: vmm))
+        var size: Int32 = 4 << 20
+        XCTAssertEqual(setsockopt(p.fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4)), 0)
+        let sent = p.flood(statusFrames(100_000), seconds: 2)  // 2 MiB a round
+        usleep(500_000)
+        let t0 = now()
+        shutdown(p.fd, Int32(SHUT_RDWR))
+        var busy = 0.0
+        repeat {
+            let c1 = cpu(), t1 = now()
+            usleep(250_000)
+            busy = (cpu() - c1) / (now() - t1)
+        } while busy > 0.3 && now() - t0 < 12
+        let busyFor = now() - t0
+        try await probe("after the hang-up", timeout: 5)
+        print("round3: \(sent / 20) status frames pipelined on one connection, then hung up: serve busy for \(String(format: "%.2f", busyFor)) s")
+        XCTAssertLessThan(busyFor, 3, "one peer's hang-up kept an event loop busy for \(Int(busyFor)) s")
+    }
+}
