@@ -104,13 +104,15 @@ final class PeersRound3Tests: XCTestCase {
         var sent = 0
         // Each peer writes until its socket takes nothing more (the server paused) or 50 ms.
         for p in peers { sent += p.flood(frames, seconds: 0.05) }
+        let c0 = cpu()
         usleep(1_000_000)
+        let busy = cpu() - c0
         let after = statusField("VmRSS")
         let t1 = now()
         do { try await probe("after the pipelining flood", timeout: 5) } catch { XCTFail("a fresh status is not answered within 5 s of the flood: \(error)") }
         print("round3: \(peers.count) connections pipelined \(sent >> 20) MiB of status frames (\(sent / 20) frames) in \(String(format: "%.1f", t1 - t0)) s, "
               + "reading no reply: serve RSS \(before >> 20) -> \(after >> 20) MiB (peak \(statusField("VmHWM") >> 20) MiB); "
-              + "a fresh status took \(String(format: "%.2f", now() - t1)) s")
+              + "a fresh status took \(String(format: "%.2f", now() - t1)) s (serve used \(String(format: "%.2f", busy)) cores in the second before)")
         XCTAssertLessThan(after - before, 32 << 20, "serve holds \((after - before) >> 20) MiB of queued requests for \(peers.count) peers that read nothing")
         peers.removeAll()
     }
