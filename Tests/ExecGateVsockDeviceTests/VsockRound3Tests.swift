@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Hostile peers of the vhost-user-vsock backend, round 3: what HostileFrontendTests,
+// HostileGuestTests and HostileHostClientTests did not try. Each test names the attack and the
+// rule the backend follows, from QEMU docs/interop/vhost-user.rst, virtio 1.2 § 2.7 and 5.10,
+// and the kernel's own vhost (drivers/vhost/vhost.c, vsock.c).
+
+import CExecGateVsockSys
+import ExecGateTestSupport
+import XCTest
+@testable import ExecGateVsockDevice
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class VhostUserRound3Tests: XCTestCase {
+    static let uva: UInt64 = 0x7000_0000_0000
+
+    func msg(_ r: VhostUserRequest, _ payload: [UInt8] = [], fds: [Int32] = []) -> VhostUserMessage {
+        VhostUserMessage(header: VhostUserHeader(request: r, flags: 1 | 8, size: UInt32(payload.count)), payload: payload, fds: fds)
+    }
+
+    func le(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
+    func le32(_ vs: UInt32...) -> [UInt8] { var b: [UInt8] = []; for v in vs { b.appendLE(v) }; return b }
+
+    /// The REPLY_ACK status of `m` (0 = done, non-zero = refused).
+    func ack(_ s: VhostUserSession, _ m: VhostUserMessage, file: StaticString = #filePath, line: UInt = #line) -> UInt64? {
+        guard let r = s.handle(m), r.count == 20 else { XCTFail("no REPLY_ACK for \(m.header.request)", file: file, line: line); return nil }
+        return Array(r.dropFirst(12)).u64(0)
+    }
+
+    /// 1 MiB of guest RAM as QEMU's memory-backend-memfd shares it (sealed), or unsealed.
+    func ram(sealed: Bool = true, size: Int = 1 << 20) -> Int32 {
+        egv_memfd("guest-ram", size, sealed ? EGV_F_SEAL_SHRINK | EGV_F_SEAL_GROW | EGV_F_SEAL_SEAL : 0)
+    }
+
+    func table(_ regions: [(gpa: UInt64, size: UInt64, uva: UInt64)]) -> [UInt8] {
+        var t = le32(UInt32(regions.count), 0)
+        for r in regions { t += le(r.gpa); t += le(r.size); t += le(r.uva); t += le(0) }
+        return t
+    }
+
+    /// REPLY_ACK negotiated, one 1 MiB region at gpa 0 / `uva`, VERSION_1 acked (rings enabled at
+    /// once), and ring 1 running (size 16, rings at 0 / 0x1000 / 0x2000).
+    func runningSession() throws -> VhostUserSession {
+        let s = VhostUserSession(guestCID: 3)
+        _ = s.handle(msg(.setProtocolFeatures, le(VhostUserFeatures.offeredProtocol)))
+        XCTAssertEqual(ack(s, msg(.setMemTable, table([(0, 1 << 20, Self.uva)]), fds: [ram()])), 0)
+        XCTAssertEqual(ack(s, msg(.setFeatures, le(VhostUserFeatures.virtioVersion1))), 0)
+        XCTAssertEqual(ack(s, msg(.setVringNum, le32(1, 16))), 0)
+        var a = le32(1, 0)
+        a += le(Self.uva); a += le(Self.uva + 0x2000); a += le(Self.uva + 0x1000); a += le(0)
+        XCTAssertEqual(ack(s, msg(.setVringAddr, a)), 0)
+        XCTAssertEqual(ack(s, msg(.setVringKick, le(1), fds: [egv_eventfd()])), 0)
+        XCTAssertTrue(s.isLive(1))
+        return s
+    }
+
+    /// Attack: a SET_MEM_TABLE whose first region is good and whose second cannot be mapped (not
+    /// sealed against shrinking, size 0, past its file's end, or an end that wraps: the overlap
+    /// check skipped a region whose end overflowed, and this one overlaps the first). Only the
+    /// overlap check ran before the memory in use was unmapped; the regions were then mapped one
+    /// by one, so the refusal came after the old table was gone and the new one half mapped: the
+    /// running ring stopped and the guest's memory was no longer the frontend's. Rule: a refused
+    /// table changes nothing. The kernel's vhost_set_memory() (drivers/vhost/vhost.c) builds the
+    /// whole new table (vhost_iotlb_add_range() per region, -EFAULT on a wrapping one), checks
+    /// that every running ring is still reachable in it (memory_access_ok()), and only then
+    /// swaps it in; on any failure it frees the new table and the old one stays. rust-vmm
+    /// backends build the new GuestMemoryMmap from all regions before replacing the old one.
+    func testARefusedMemoryTableChangesNothing() throws {
+        let s = try runningSession()
+        // A mark in the guest's memory: a replaced table (fresh memfds) reads zero there.
+        try XCTUnwrap(s.memory.translate(userAddr: Self.uva + 0x3000, length: 1)).storeBytes(of: 0xa5, as: UInt8.self)
+        let hostile: [(String, [UInt8], [Int32])] = [
+            ("second region not sealed", table([(0, 1 << 20, Self.uva), (1 << 20, 1 << 20, Self.uva + (1 << 20))]), [ram(), ram(sealed: false)]),
+            ("second region of size 0", table([(0, 1 << 20, Self.uva), (1 << 20, 0, Self.uva + (1 << 20))]), [ram(), ram()]),
+            ("second region past its file's end", table([(0, 1 << 20, Self.uva), (1 << 20, 2 << 20, Self.uva + (1 << 20))]), [ram(), ram()]),
+            ("second region wraps over the first", table([(0, 1 << 20, Self.uva), (0x8_0000, UInt64.max - 0x7_0000, Self.uva + (1 << 20))]), [ram(), ram()]),
+            ("the running ring outside the new table", table([(0, 1 << 20, Self.uva + (1 << 30))]), [ram()]),
+        ]
+        for (what, t, fds) in hostile {
+            XCTAssertNotEqual(ack(s, msg(.setMemTable, t, fds: fds)), 0, what)
+            XCTAssertEqual(s.memory.regions.count, 1, what)
+            XCTAssertEqual(s.memory.translate(userAddr: Self.uva + 0x3000, length: 1)?.load(as: UInt8.self), 0xa5, "\(what): the memory in use was replaced")
+            XCTAssertTrue(s.isLive(1), "\(what): the running ring stopped")
+            XCTAssertNoThrow(try s.queues[1].nextAvailable(), what)
+        }
+        // An acceptable table is still taken, and the ring follows it.
+        XCTAssertEqual(ack(s, msg(.setMemTable, table([(0, 1 << 20, Self.uva), (1 << 20, 1 << 20, Self.uva + (1 << 20))]), fds: [ram(), ram()])), 0)
+        XCTAssertEqual(s.memory.regions.count, 2)
+        XCTAssertTrue(s.isLive(1))
+        s.closeAll()
+    }
+
+    /// Attack (fails; kept): a seeded storm of vhost-user messages from a hostile frontend, every
+    /// request code the backend knows plus unknown ones, payloads of random and of nearly right
+    /// sizes with plausible values (queue indexes around 3, ring sizes around powers of two,
+    /// features, memory tables with random regions), and 0–3 descriptors of every kind (eventfd,
+    /// semaphore eventfd, sealed and unsealed memfd, pipe, socket). Rule: each message is applied
+    /// or refused whole; nothing traps; every descriptor the backend does not keep is closed
+    /// (none leak: the descriptor count is back where it started after `closeAll`); a ring is
+    /// live only with a size, addresses inside the memory table and a kick eventfd; afterwards an
+    /// honest set-up on the same session works.
+    func testSeededMessageStormLeavesTheSessionSane() throws {
+        let openBefore = openDescriptors()
+        var rng = SeededRNG(seed: 0x7653_0c3d)
+        let s = VhostUserSession(guestCID: 3)
+        let codes: [UInt32] = Array(0...41) + [0xffff_ffff, 0x8000_0005]
+        func anyFd() -> Int32 {
+            switch rng.next() % 7 {
+            case 0: return egv_eventfd()
+            case 1: return egv_eventfd_semaphore()
+            case 2: return ram(size: 4096 << (rng.next() % 9))
+            case 3: return ram(sealed: false)
+            case 4: var p: [Int32] = [0, 0]; _ = pipe(&p); close(p[1]); return p[0]
+            case 5: var sv: [Int32] = [0, 0]; _ = socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv); close(sv[1]); return sv[0]
+            default: return egv_eventfd()
+            }
+        }
+        func plausible(_ bits: Int) -> UInt64 {
+            switch rng.next() % 5 {
+            case 0: return rng.next() % 4
+            case 1: return 1 << (rng.next() % UInt64(bits))
+            case 2: return (1 << (rng.next() % UInt64(bits))) &- 1
+            case 3: return rng.next() % 0x3000
+            default: return rng.next()
+            }
+        }
+        var refused = 0, taken = 0
+        for i in 0..<20_000 {
+            let code = codes[Int(rng.next() % UInt64(codes.count))]
+            var payload: [UInt8] = []
+            switch rng.next() % 6 {
+            case 0:
+                payload = (0..<Int(rng.next() % 300)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            case 1:
+                payload = le(plausible(64))
+            case 2:
+                payload = le32(UInt32(truncatingIfNeeded: plausible(3)), UInt32(truncatingIfNeeded: plausible(17)))
+            case 3:
+                payload = le32(UInt32(truncatingIfNeeded: plausible(3)), UInt32(truncatingIfNeeded: rng.next() % 2))
+                for _ in 0..<4 { payload += le(Self.uva &+ (plausible(14) & ~0xf)) }
+            case 4:
+                let n = rng.next() % 10
+                payload = le32(UInt32(n), 0)
+                for _ in 0..<n {
+                    payload += le(plausible(40)); payload += le(plausible(24)); payload += le(Self.uva &+ plausible(40)); payload += le(plausible(16))
+                }
+            default:
+                payload = le32(UInt32(truncatingIfNeeded: plausible(10)), UInt32(truncatingIfNeeded: plausible(10)), 0) + [UInt8](repeating: 0, count: Int(rng.next() % 20))
+            }
+            let fds = (0..<Int(rng.next() % 4)).map { _ in anyFd() }
+            let m = VhostUserMessage(header: VhostUserHeader(request: VhostUserRequest(rawValue: code), flags: 1 | (rng.next() % 2 == 0 ? 8 : 0),
+                                                             size: UInt32(payload.count)), payload: payload, fds: fds)
+            if let r = s.handle(m), r.count == 20, Array(r.dropFirst(12)).u64(0) != 0 { refused += 1 } else { taken += 1 }
+            for q in 0..<VsockLimits.queueCount where s.isLive(q) {
+                XCTAssertGreaterThan(s.vrings[q].num, 0, "message \(i): live ring \(q) without a size")
+                XCTAssertGreaterThanOrEqual(s.kickFd(q), 0, "message \(i): live ring \(q) without a kick eventfd")
+                XCTAssertNoThrow(try s.queues[q].nextAvailable(), "message \(i)")
+            }
+            XCTAssertLessThanOrEqual(s.memory.regions.count, VsockLimits.maxMemoryRegions)
+            XCTAssertLessThan(openDescriptors(), openBefore + 64, "message \(i): descriptors pile up")
+        }
+        print("vhost-user storm: \(taken) messages taken, \(refused) refused; \(s.memory.regions.count) regions mapped at the end")
+        XCTAssertGreaterThan(refused, 1000)
+        s.closeAll()
+        XCTAssertEqual(openDescriptors(), openBefore, "descriptors leaked by the storm")
+        // An honest set-up on the same session.
+        let t = try runningSession()
+        t.closeAll()
+    }
+
+    func openDescriptors() -> Int {
+        guard let dir = opendir("/proc/self/fd") else { return -1 }
+        defer { closedir(dir) }
+        var n = 0
+        while readdir(dir) != nil { n += 1 }
+        return n
+    }
+}
