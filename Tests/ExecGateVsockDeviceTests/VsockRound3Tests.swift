@@ -178,3 +178,169 @@ final class VhostUserRound3Tests: XCTestCase {
         return n
     }
 }
+
+/// The guest's side of the vsock protocol as an adversary of the muxer, round 3.
+final class MuxerRound3Tests: XCTestCase {
+    /// Attack (fails; kept): a seeded guest that plays the protocol statefully against 16 table
+    /// slots (`maxConnections` 16): REQUESTs to random host ports (some listened on, some not),
+    /// RESPONSE/RW/CREDIT_UPDATE/CREDIT_REQUEST/SHUTDOWN/RST with credit fields that are honest,
+    /// stale, wrapped or absurd, bogus ops and CIDs; host streams that block, drain, send data,
+    /// half-close and hang up; rx buffers of random room. Rules checked after every step
+    /// (virtio 1.2 § 5.10.6.3 "Flow Control": a sender never has more than the peer's
+    /// `buf_alloc − (tx_cnt − fwd_cnt)` in flight; FC `csm/connection.rs`; docs/vsock.md):
+    /// the table holds at most its bound; what one connection buffers for its host stream is at
+    /// most the 256 KiB it advertises; no RW the backend sends exceeds the credit the guest's last
+    /// header on that connection gave; every RW payload fits the room offered; an honest
+    /// connection opened before the storm still carries data both ways after it.
+    func testSeededGuestStormKeepsCreditAndBuffersBounded() throws {
+        var rng = SeededRNG(seed: 0x3c0ffee5)
+        var listening: Set<UInt32> = [7000, 7001]
+        var streams: [FakeStream] = []
+        let muxer = VsockMuxer(guestCID: 3, maxConnections: 16) { port in
+            guard listening.contains(port) else { return nil }
+            let s = FakeStream()
+            streams.append(s)
+            return s
+        }
+        // The honest connection: host → guest port 5000, answered.
+        let honest = FakeStream()
+        let honestPort = try XCTUnwrap(muxer.connectFromHost(stream: honest, guestPort: 5000, prefix: [], now: 0))
+        _ = muxer.drain()
+        muxer.receive(TxPacket(header: .fromGuest(.response, src: 5000, dst: honestPort), payload: []), now: 0)
+        // Per connection (as the guest names it: local = host port, peer = guest port): the credit
+        // its last accepted header gave, and what the backend has sent since the start.
+        var credit: [ConnectionKey: (bufAlloc: UInt32, fwdCnt: UInt32)] = [:]
+        var sent: [ConnectionKey: UInt32] = [:]
+        var hostPorts: [UInt32] = [honestPort]
+        let guestPorts: [UInt32] = [5000, 1234, 1235, 80]
+        var rwSent = 0, rstSeen = 0
+        for step in 0..<60_000 {
+            let now = UInt64(step) * 1_000_000  // 1 ms a step: deadlines (2 s) expire during the storm.
+            switch rng.next() % 10 {
+            case 0...5:
+                // A guest packet.
+                let src = guestPorts[Int(rng.next() % UInt64(guestPorts.count))]
+                let dst: UInt32 = rng.next() % 3 == 0 ? [7000, 7001, 7002][Int(rng.next() % 3)] : hostPorts[Int(rng.next() % UInt64(hostPorts.count))]
+                let key = ConnectionKey(localPort: dst, peerPort: src)
+                if dst == honestPort && src == 5000 { continue }  // The honest connection is not the storm's.
+                let op = VsockOp(rawValue: UInt16([1, 2, 3, 4, 5, 5, 5, 6, 6, 7, 0, 9][Int(rng.next() % 12)]))
+                let sentHere = sent[key] ?? 0
+                let fwd: UInt32
+                switch rng.next() % 5 {
+                case 0: fwd = UInt32(truncatingIfNeeded: rng.next())
+                case 1: fwd = sentHere &- UInt32(rng.next() % 100)
+                default: fwd = sentHere
+                }
+                let buf: UInt32 = [0, 1, 4096, 256 << 10, UInt32.max][Int(rng.next() % 5)]
+                let len = op == .rw ? Int(rng.next() % 3 == 0 ? rng.next() % 65_537 : rng.next() % 512) : 0
+                var h = VsockHeader.fromGuest(op, src: src, dst: dst, len: UInt32(len), flags: UInt32(rng.next() % 4), bufAlloc: buf, fwdCnt: fwd)
+                if rng.next() % 50 == 0 { h.srcCID = rng.next() % 5 }
+                if rng.next() % 50 == 0 { h.type = UInt16(rng.next() % 3) }
+                let before = muxer.connections[key]
+                muxer.receive(TxPacket(header: h, payload: [UInt8](repeating: 0x5a, count: len)), now: now)
+                if let c = muxer.connections[key], c === before || before == nil, c.state != .killed, h.srcCID == 3, h.type == 1 {
+                    credit[key] = (buf, fwd)
+                }
+                if muxer.connections[key] == nil { credit[key] = nil; sent[key] = nil }
+            case 6:
+                // A host client connects (to any guest port) or a host listener appears/disappears.
+                if rng.next() % 2 == 0, let p = muxer.connectFromHost(stream: FakeStream(), guestPort: guestPorts[Int(rng.next() % 4)], prefix: [1, 2, 3], now: now) {
+                    hostPorts.append(p)
+                    if hostPorts.count > 64 { hostPorts.removeFirst(hostPorts.count - 64) }
+                } else if rng.next() % 2 == 0 {
+                    listening.formSymmetricDifference([7002])
+                }
+            case 7:
+                // Host streams: data, blocking, draining, half-close, hang-up.
+                for c in muxer.connections.values where c !== muxer.connections[ConnectionKey(localPort: honestPort, peerPort: 5000)] {
+                    guard let s = c.stream as? FakeStream else { continue }
+                    switch rng.next() % 6 {
+                    case 0: s.incoming += [UInt8](repeating: 0x33, count: Int(rng.next() % 100_000)); muxer.hostReadable(c.key, hangup: false)
+                    case 1: s.writeLimit = 0
+                    case 2: s.writeLimit = nil; s.written.removeAll(keepingCapacity: true); muxer.hostWritable(c.key)
+                    case 3: s.eof = true; muxer.hostReadable(c.key, hangup: false)
+                    case 4: s.eof = true; muxer.hostReadable(c.key, hangup: true)
+                    default: break
+                    }
+                }
+            default:
+                // The guest posts rx buffers of random room; the backend fills them.
+                var buf = [UInt8](repeating: 0, count: 65_536)
+                for _ in 0..<Int(rng.next() % 40) {
+                    let room = Int(rng.next() % 3 == 0 ? rng.next() % 65_537 : rng.next() % 4096)
+                    guard let (h, n) = buf.withUnsafeMutableBytes({ muxer.nextPacket(payload: UnsafeMutableRawBufferPointer(rebasing: $0[0..<room]), now: now) }) else { break }
+                    XCTAssertLessThanOrEqual(n, room, "step \(step): payload larger than the buffer")
+                    XCTAssertEqual(h.srcCID, 2); XCTAssertEqual(h.dstCID, 3)
+                    let key = ConnectionKey(localPort: h.srcPort, peerPort: h.dstPort)
+                    if h.op == .rst { rstSeen += 1; credit[key] = nil; sent[key] = nil; continue }
+                    guard h.op == .rw else { continue }
+                    rwSent += 1
+                    let total = (sent[key] ?? 0) &+ UInt32(n)
+                    sent[key] = total
+                    if let c = credit[key] {
+                        XCTAssertLessThanOrEqual(total &- c.fwdCnt, c.bufAlloc,
+                                                 "step \(step): \(key) sent \(total) with the guest's fwd_cnt \(c.fwdCnt), buf_alloc \(c.bufAlloc)")
+                    }
+                }
+            }
+            _ = muxer.expire(now: now)
+            XCTAssertLessThanOrEqual(muxer.connections.count, 16, "step \(step)")
+            for c in muxer.connections.values {
+                XCTAssertLessThanOrEqual(c.bufferedToHost, Int(VsockLimits.connBufferSize), "step \(step): \(c.key) buffers \(c.bufferedToHost)")
+            }
+        }
+        print("guest storm: \(rwSent) RW packets sent, \(rstSeen) RSTs, \(muxer.connections.count) connections left, \(muxer.stats)")
+        XCTAssertGreaterThan(rwSent, 100)
+        // The honest connection still carries data both ways.
+        let key = ConnectionKey(localPort: honestPort, peerPort: 5000)
+        guard muxer.connections[key] != nil else { return XCTFail("the honest connection was closed by other connections' traffic") }
+        honest.written = []
+        muxer.receive(TxPacket(header: .fromGuest(.rw, src: 5000, dst: honestPort, len: 2, fwdCnt: sent[key] ?? 0), payload: [7, 8]), now: 0)
+        XCTAssertEqual(honest.written, [7, 8])
+        honest.incoming = [9]
+        muxer.hostReadable(key, hangup: false)
+        XCTAssertTrue(muxer.drain().contains { $0.0.op == .rw && $0.0.srcPort == honestPort && $0.1 == [9] })
+    }
+
+    /// Attack: accept host connections (RESPONSE) advertising no receive buffer (`buf_alloc` 0),
+    /// never grant credit, and wait for the host clients to hang up. The backend forwards a hung
+    /// up host stream's last bytes and its EOF only as credit allows, and sent SHUTDOWN only after
+    /// that EOF; without credit it never read the EOF, so the connection stayed established with
+    /// no deadline, forever: each one a table slot and a host descriptor. Four of them filled a
+    /// four-slot table and every later host client was refused for good (the storm above left one
+    /// such connection behind). Rule (docs/vsock.md, "Closing": SHUTDOWN(RCV|SEND), then RST after
+    /// 2 s at the latest): the kernel's virtio_transport_close() sends SHUTDOWN at close and
+    /// schedules close_work, which resets the connection after VSOCK_CLOSE_TIMEOUT whether or not
+    /// the peer ever took the data (virtio_transport_close_timeout() → virtio_transport_reset());
+    /// Firecracker arms CONN_SHUTDOWN_TIMEOUT_MS the same way. A hung-up host stream gets 2 s from
+    /// its hang-up, credit or not; then RST, and the slot is free.
+    func testHungUpHostStreamsEndWithoutTheGuestsCredit() throws {
+        let muxer = VsockMuxer(guestCID: 3, maxConnections: 4) { _ in nil }
+        var clients: [(FakeStream, UInt32)] = []
+        for _ in 0..<4 {
+            let s = FakeStream()
+            s.incoming = Array("a request the guest never takes".utf8)
+            let port = try XCTUnwrap(muxer.connectFromHost(stream: s, guestPort: 5000, prefix: [], now: 0))
+            clients.append((s, port))
+        }
+        _ = muxer.drain()
+        for (_, port) in clients {
+            muxer.receive(TxPacket(header: .fromGuest(.response, src: 5000, dst: port, bufAlloc: 0), payload: []), now: 0)
+        }
+        for (s, port) in clients {
+            s.eof = true
+            muxer.hostReadable(ConnectionKey(localPort: port, peerPort: 5000), hangup: true)
+        }
+        let out = muxer.drain(now: 1_000_000)
+        XCTAssertFalse(out.contains { $0.0.op == .rw }, "no credit, no data")
+        XCTAssertNil(muxer.connectFromHost(stream: FakeStream(), guestPort: 5000, prefix: [], now: 1_000_000), "the table is full")
+        // Long after the hang-up: each connection is reset and its slot freed.
+        let later = UInt64.max / 2
+        _ = muxer.expire(now: later)
+        let resets = muxer.drain(now: later).filter { $0.0.op == .rst }
+        XCTAssertEqual(Set(resets.map(\.0.srcPort)), Set(clients.map(\.1)), "hung-up connections never reset")
+        XCTAssertTrue(muxer.connections.isEmpty, "\(muxer.connections.count) hung-up connections still hold the table")
+        XCTAssertTrue(clients.allSatisfy { $0.0.closed })
+        XCTAssertNotNil(muxer.connectFromHost(stream: FakeStream(), guestPort: 5000, prefix: [], now: later), "a new host client is refused")
+    }
+}
