@@ -190,7 +190,8 @@ final class MuxerRound3Tests: XCTestCase {
     /// `buf_alloc − (tx_cnt − fwd_cnt)` in flight; FC `csm/connection.rs`; docs/vsock.md):
     /// the table holds at most its bound; what one connection buffers for its host stream is at
     /// most the 256 KiB it advertises; no RW the backend sends exceeds the credit the guest's last
-    /// header on that connection gave; every RW payload fits the room offered; an honest
+    /// header on that connection gave; every RW payload fits the room offered; no hung-up host
+    /// stream outlives its 2 s (this storm found the one that did: the next test); an honest
     /// connection opened before the storm still carries data both ways after it.
     func testSeededGuestStormKeepsCreditAndBuffersBounded() throws {
         var rng = SeededRNG(seed: 0x3c0ffee5)
@@ -259,7 +260,7 @@ final class MuxerRound3Tests: XCTestCase {
                     case 1: s.writeLimit = 0
                     case 2: s.writeLimit = nil; s.written.removeAll(keepingCapacity: true); muxer.hostWritable(c.key)
                     case 3: s.eof = true; muxer.hostReadable(c.key, hangup: false)
-                    case 4: s.eof = true; muxer.hostReadable(c.key, hangup: true)
+                    case 4: s.eof = true; muxer.hostReadable(c.key, hangup: true, now: now)
                     default: break
                     }
                 }
@@ -291,6 +292,11 @@ final class MuxerRound3Tests: XCTestCase {
         }
         print("guest storm: \(rwSent) RW packets sent, \(rstSeen) RSTs, \(muxer.connections.count) connections left, \(muxer.stats)")
         XCTAssertGreaterThan(rwSent, 100)
+        // Whatever the guest did, no hung-up host stream outlives its 2 s (testHungUpHostStreamsEndWithoutTheGuestsCredit).
+        let end: UInt64 = 60_000 * 1_000_000 + 2_001_000_000
+        _ = muxer.expire(now: end)
+        _ = muxer.drain(now: end)
+        XCTAssertEqual(muxer.connections.values.filter(\.hostHungUp).count, 0, "hung-up host streams outlive their deadline")
         // The honest connection still carries data both ways.
         let key = ConnectionKey(localPort: honestPort, peerPort: 5000)
         guard muxer.connections[key] != nil else { return XCTFail("the honest connection was closed by other connections' traffic") }
@@ -329,13 +335,15 @@ final class MuxerRound3Tests: XCTestCase {
         }
         for (s, port) in clients {
             s.eof = true
-            muxer.hostReadable(ConnectionKey(localPort: port, peerPort: 5000), hangup: true)
+            muxer.hostReadable(ConnectionKey(localPort: port, peerPort: 5000), hangup: true, now: 1_000_000)
         }
         let out = muxer.drain(now: 1_000_000)
         XCTAssertFalse(out.contains { $0.0.op == .rw }, "no credit, no data")
         XCTAssertNil(muxer.connectFromHost(stream: FakeStream(), guestPort: 5000, prefix: [], now: 1_000_000), "the table is full")
-        // Long after the hang-up: each connection is reset and its slot freed.
-        let later = UInt64.max / 2
+        // Not before 2 s after the hang-up; then each connection is reset and its slot freed.
+        _ = muxer.expire(now: 1_900_000_000)
+        XCTAssertEqual(muxer.connections.count, 4, "reset before its 2 s")
+        let later: UInt64 = 2_001_000_000
         _ = muxer.expire(now: later)
         let resets = muxer.drain(now: later).filter { $0.0.op == .rst }
         XCTAssertEqual(Set(resets.map(\.0.srcPort)), Set(clients.map(\.1)), "hung-up connections never reset")
