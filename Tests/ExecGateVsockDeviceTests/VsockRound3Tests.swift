@@ -352,3 +352,78 @@ final class MuxerRound3Tests: XCTestCase {
         XCTAssertNotNil(muxer.connectFromHost(stream: FakeStream(), guestPort: 5000, prefix: [], now: later), "a new host client is refused")
     }
 }
+
+/// A hostile frontend on the real backend loop's control socket, round 3 (the loop of
+/// HostileHostClientTests.Running).
+final class FrontendLoopRound3Tests: XCTestCase {
+    func frontend(_ r: HostileHostClientTests.Running) -> Int32 {
+        let fe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = sockaddr_un.make(r.dir + "/vu")
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fe, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        XCTAssertEqual(rc, 0)
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fe, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return fe
+    }
+
+    func openDescriptors() -> Int {
+        guard let dir = opendir("/proc/self/fd") else { return -1 }
+        defer { closedir(dir) }
+        var n = 0
+        while readdir(dir) != nil { n += 1 }
+        return n
+    }
+
+    /// Attack (fails; kept): frontends that hang up in the middle of a message, each with eight
+    /// memfds riding on a SET_MEM_TABLE whose payload never completes, 40 of them one after the
+    /// other (a crashing, restarting QEMU); then one that pipelines 20,000 GET_FEATURES and never
+    /// reads a reply. Rule (vhost-user.rst: one frontend per socket, the session is the
+    /// connection): a message cut short ends only that session, its descriptors are closed (none
+    /// leak), the next frontend is served at once; a frontend that does not read its replies is
+    /// dropped when a reply send blocks for `vhostUserReadTimeoutSeconds` (2 s), so the backend's
+    /// only thread is held at most that long; then a new frontend's GET_FEATURES is answered.
+    func testFrontendsHangingUpMidMessageOrNeverReadingCostNothing() throws {
+        let r = try HostileHostClientTests.Running("r3fe")
+        defer { r.stop() }
+        let before = openDescriptors()
+        var table: [UInt8] = []
+        table.appendLE(UInt32(8)); table.appendLE(UInt32(0))
+        for i in 0..<8 { table.appendLE(UInt64(i) << 20); table.appendLE(UInt64(1 << 20)); table.appendLE(0x7000_0000_0000 + (UInt64(i) << 20)); table.appendLE(UInt64(0)) }
+        for _ in 0..<40 {
+            let fe = frontend(r)
+            let fds = (0..<8).map { _ in egv_memfd("ram", 1 << 20, EGV_F_SEAL_SHRINK | EGV_F_SEAL_GROW | EGV_F_SEAL_SEAL) }
+            let msg = VhostUserHeader(request: .setMemTable, flags: 1 | 8, size: UInt32(table.count)).bytes + table.prefix(100)
+            XCTAssertEqual(msg.withUnsafeBytes { egv_send_with_fds(fe, $0.baseAddress, msg.count, fds, Int32(fds.count)) }, msg.count)
+            fds.forEach { close($0) }
+            close(fe)
+        }
+        // A frontend that never reads: its replies fill the socket, the backend's send times out.
+        let flooder = frontend(r)
+        var size: Int32 = 4 << 20
+        setsockopt(flooder, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
+        let features = VhostUserHeader(request: .getFeatures, flags: 1, size: 0).bytes
+        let flood = [UInt8]((0..<20_000).flatMap { _ in features })
+        let t0 = Date()
+        var off = 0
+        while off < flood.count, Date().timeIntervalSince(t0) < 8 {
+            let n = flood.withUnsafeBytes { send(flooder, $0.baseAddress! + off, flood.count - off, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if n > 0 { off += n } else if errno == EAGAIN { usleep(10_000) } else { break }
+        }
+        // The next frontend is served within the send timeout (plus margin).
+        var served = false
+        while !served && Date().timeIntervalSince(t0) < 6 {
+            let fe = frontend(r)
+            XCTAssertEqual(features.withUnsafeBytes { send(fe, $0.baseAddress, features.count, 0) }, features.count)
+            var reply = [UInt8](repeating: 0, count: 20)
+            served = recv(fe, &reply, 20, Int32(MSG_WAITALL)) == 20
+            close(fe)
+            if !served { usleep(200_000) }
+        }
+        let waited = Date().timeIntervalSince(t0)
+        print("frontends: 40 hung up mid-message; a non-reading flooder held the backend; a new frontend served after \(String(format: "%.1f", waited)) s")
+        XCTAssertTrue(served, "no new frontend served \(Int(waited)) s after a flooder stopped reading")
+        close(flooder)
+        usleep(300_000)
+        XCTAssertLessThanOrEqual(openDescriptors(), before, "descriptors of cut-short messages leaked")
+    }
+}
