@@ -9,7 +9,11 @@ import ExecGateClient
 import ExecGateTestSupport
 import ExecGateTransport
 import ExecGateWire
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import XCTest
 
 #if canImport(Glibc)
@@ -177,5 +181,115 @@ final class PeersRound3Tests: XCTestCase {
             order.append(f.requestID)
         }
         XCTAssertEqual(order, (0..<40).map { UInt64(100 + $0) }, "admin replies missing or out of order")
+    }
+}
+
+/// Seeded byte storms against the production pipeline (`addBoundedFrameHandlers`) in process,
+/// with the port's budget in view (BudgetAccountingTests' set-up, round 3).
+final class WireStormRound3Tests: XCTestCase {
+    /// Attack (fails; kept): 24 seeded peers at once, each a random stream cut at random points:
+    /// good frames of random types and body sizes (some past the small class, some past the
+    /// maximum: discarded unread), pipelines past the in-flight cap and the decode gate, versions
+    /// other than 1, reply types as requests, a bad magic now and then (the connection ends),
+    /// partial headers and bodies left behind at close, peers that read every reply and peers that
+    /// read none. Requests are judged on a pool after a random delay. Rules: nothing traps; every
+    /// reply is a well-formed frame answering an id its peer sent (or id 0 for bad magic); when
+    /// every peer is gone and every judgement done, the budget holds 0 bytes in both classes (the
+    /// decode gate, queued frames dropped at close and frames decoded at EOF give back what they
+    /// held); a fresh peer's `status` is answered.
+    func testSeededStreamsLeaveNothingHeld() throws {
+        let limits = PortLimits(maximumBodySize: 256 << 10, bufferBudget: 1 << 20, smallFrameSize: 16 << 10, maximumInFlightPerConnection: 3,
+                                headerDeadline: .seconds(30), frameDeadline: .seconds(30), idleTimeout: .seconds(60), writeStallTimeout: .seconds(60))
+        let budget = BufferBudget(total: limits.bufferBudget, smallFrameSize: limits.smallFrameSize, smallReserve: 256 << 10)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        defer { try? group.syncShutdownGracefully() }
+        let pool = NIOThreadPool(numberOfThreads: 2)
+        pool.start()
+        defer { try? pool.syncShutdownGracefully() }
+        let path = Fixtures.temporaryDirectory() + "/storm.sock"
+        let judging = NIOLockedValueBox(0)
+        let server = try ServerBootstrap(group: group)
+            .boundedReads()
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addBoundedFrameHandlers(configuration: limits, budget: budget, logger: Logger(label: "storm")) { frame, loop in
+                        judging.withLockedValue { $0 += 1 }
+                        let delay = UInt32(frame.requestID % 7) * 300
+                        return pool.runIfActive(eventLoop: loop) { () -> Frame in
+                            usleep(delay)
+                            judging.withLockedValue { $0 -= 1 }
+                            return Frame(type: MessageType(rawValue: frame.type.rawValue | 0x8000), requestID: frame.requestID, body: ByteBuffer())
+                        }
+                    }
+                }
+            }
+            .bind(unixDomainSocketPath: path).wait()
+        defer { try? server.close().wait() }
+
+        let failures = NIOLockedValueBox<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 24) { peerIndex in
+            var rng = SeededRNG(seed: 0x5eed_0000 + UInt64(peerIndex))
+            guard let p = SocketPeer(path: path) else { failures.withLockedValue { $0.append("peer \(peerIndex): no connection") }; return }
+            let reads = rng.next() % 3 != 0
+            var sent = Set<UInt64>([0])
+            var stream: [UInt8] = []
+            for _ in 0..<Int(40 + rng.next() % 200) {
+                let id = UInt64(peerIndex) << 32 | (rng.next() & 0xffff_ffff)
+                var b = ByteBuffer()
+                let kind = rng.next() % 20
+                let length: Int
+                switch rng.next() % 6 {
+                case 0: length = 0
+                case 1: length = Int(rng.next() % 64)
+                case 2: length = Int(rng.next() % (16 << 10))
+                case 3: length = (16 << 10) + Int(rng.next() % (100 << 10))
+                case 4: length = Int(rng.next() % 2048)
+                default: length = kind == 0 ? (256 << 10) + 1 + Int(rng.next() % 1000) : Int(rng.next() % 300)
+                }
+                b.writeInteger(kind == 1 ? UInt32(0x4558_4755) : WireLimits.magic)
+                b.writeInteger(kind == 2 ? UInt16(2) : WireLimits.protocolVersion)
+                b.writeInteger(kind == 3 ? UInt16(0x8004) : UInt16(truncatingIfNeeded: [1, 3, 4, 4, 4, 5, 6, 0x77][Int(rng.next() % 8)]))
+                b.writeInteger(id)
+                b.writeInteger(UInt32(length))
+                b.writeBytes((0..<length).map { _ in UInt8(truncatingIfNeeded: id) })
+                sent.insert(id)
+                stream += Array(buffer: b)
+                if kind == 1 { break }  // Nothing after a bad magic is read.
+            }
+            // Cut it anywhere (a partial frame left at close) and send it in random chunks.
+            if rng.next() % 2 == 0 { stream.removeLast(Int(rng.next() % UInt64(min(stream.count, 300)))) }
+            var off = 0
+            var inbound = ByteBuffer()
+            var decoder = FrameDecoder(maximumBodySize: 1 << 20)
+            while off < stream.count {
+                let n = min(stream.count - off, 1 + Int(rng.next() % 70_000))
+                let w = stream.withUnsafeBytes { send(p.fd, $0.baseAddress! + off, n, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                if w > 0 { off += w } else if errno == EAGAIN { usleep(2_000) } else { break }
+                if reads {
+                    var chunk = [UInt8](repeating: 0, count: 65_536)
+                    let r = chunk.withUnsafeMutableBytes { recv(p.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                    if r > 0 { inbound.writeBytes(chunk[0..<r]) }
+                    while case .frame(let f)? = try? decoder.decodeOne(&inbound) {
+                        if !sent.contains(f.requestID) { failures.withLockedValue { $0.append("peer \(peerIndex): reply to id \(f.requestID) it never sent") } }
+                    }
+                }
+                if w <= 0 && errno != EAGAIN { break }
+            }
+            usleep(UInt32(rng.next() % 50_000))
+        }
+        XCTAssertEqual(failures.withLockedValue { $0 }, [])
+        var drained = false
+        for _ in 0..<500 {
+            if budget.usage == (small: 0, large: 0) && judging.withLockedValue({ $0 }) == 0 { drained = true; break }
+            usleep(10_000)
+        }
+        XCTAssertTrue(drained, "with every peer gone the budget still holds \(budget.usage) (\(judging.withLockedValue { $0 }) judging)")
+        // The port still answers.
+        let probe = try XCTUnwrap(SocketPeer(path: path))
+        var status = ByteBuffer()
+        status.writeFrame(Frame(type: .status, requestID: 7, body: ByteBuffer()))
+        XCTAssertTrue(probe.writeAll(Array(buffer: status)))
+        XCTAssertEqual(probe.readFrame(timeout: 5)?.requestID, 7)
+        print("wire storm: 24 peers, budget back to \(budget.usage), refusals \(budget.refusals)")
     }
 }
