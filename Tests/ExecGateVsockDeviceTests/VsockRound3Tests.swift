@@ -92,6 +92,33 @@ final class VhostUserRound3Tests: XCTestCase {
         s.closeAll()
     }
 
+    /// Attack: SET_VRING_ADDR on a running ring. It was acknowledged and only stored: the ring
+    /// kept reading descriptors and avail entries at its old addresses (memory the driver may
+    /// since have given to anything else) until some later SET_MEM_TABLE or kick re-read them, and
+    /// addresses outside guest memory were acknowledged too (then every later SET_MEM_TABLE was
+    /// refused for them). Rule: the kernel's vhost_vring_set_addr() (drivers/vhost/vhost.c), on a
+    /// ring with a backend (vq->private_data): the new rings must be accessible (vq_access_ok(),
+    /// -EINVAL otherwise, nothing changed) and take effect at once; QEMU re-sends SET_VRING_ADDR
+    /// on running rings (vhost_virtqueue_set_addr() from vhost_dev_set_log()).
+    func testMovingARunningRingTakesEffectAtOnceOrIsRefused() throws {
+        let s = try runningSession()
+        func addr(_ desc: UInt64, _ avail: UInt64, _ used: UInt64) -> [UInt8] {
+            var a = le32(1, 0)
+            a += le(desc); a += le(used); a += le(avail); a += le(0)
+            return a
+        }
+        // Outside guest memory: refused, the ring runs on where it was.
+        XCTAssertNotEqual(ack(s, msg(.setVringAddr, addr(Self.uva + (2 << 20), Self.uva + 0x1000, Self.uva + 0x2000))), 0, "rings outside guest memory acknowledged")
+        XCTAssertTrue(s.isLive(1))
+        // Moved inside guest memory: the avail ring at the new place is the one read.
+        let mem = try XCTUnwrap(s.memory.translate(userAddr: Self.uva, length: 1 << 20))
+        XCTAssertEqual(ack(s, msg(.setVringAddr, addr(Self.uva + 0x10000, Self.uva + 0x11000, Self.uva + 0x12000))), 0)
+        (mem + 0x11000 + 4).storeBytes(of: UInt16(3).littleEndian, as: UInt16.self)  // ring[0] = head 3
+        (mem + 0x11000 + 2).storeBytes(of: UInt16(1).littleEndian, as: UInt16.self)  // avail.idx = 1
+        XCTAssertEqual(try s.queues[1].nextAvailable(), 3, "the running ring still reads its old avail ring")
+        s.closeAll()
+    }
+
     /// Attack (fails; kept): a seeded storm of vhost-user messages from a hostile frontend, every
     /// request code the backend knows plus unknown ones, payloads of random and of nearly right
     /// sizes with plausible values (queue indexes around 3, ring sizes around powers of two,
