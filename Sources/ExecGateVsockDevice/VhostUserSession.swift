@@ -180,7 +180,20 @@ public final class VhostUserSession {
             guard a.desc & 0xf == 0, a.avail & 0x1 == 0, a.used & 0x3 == 0 else {
                 throw VhostUserError(.badPayload, "queue \(a.index) rings misaligned: desc 0x\(String(a.desc, radix: 16)) (16), avail 0x\(String(a.avail, radix: 16)) (2), used 0x\(String(a.used, radix: 16)) (4)")
             }
-            vrings[a.index].addr = (a.desc, a.used, a.avail)
+            if vrings[a.index].started {
+                // A running ring moves at once, or not at all (the kernel's vhost_vring_set_addr() on
+                // a vq with a backend: vq_access_ok() on the new rings, -EINVAL and nothing changed
+                // if they are not accessible, else they take effect immediately). It was stored and
+                // only used at the next SET_MEM_TABLE or kick, while the ring read its old addresses.
+                guard Virtqueue.ringsFit(size: vrings[a.index].num, desc: a.desc, avail: a.avail, used: a.used,
+                                         translate: { memory.translate(userAddr: $0, length: $1) }) else {
+                    throw VhostUserError(.badMemory, "queue \(a.index) is running and its new rings are not inside guest memory")
+                }
+                vrings[a.index].addr = (a.desc, a.used, a.avail)
+                try configureQueue(a.index, keepIndices: true)  // Cannot fail: checked just above.
+            } else {
+                vrings[a.index].addr = (a.desc, a.used, a.avail)
+            }
         case .setVringBase:
             let s = try m.vringState()
             try requireStopped(s.index, m.header.request)
