@@ -21,7 +21,7 @@
 //     `boundedReads()`), or in the kernel's socket buffer. NIO reads up to `maxMessagesPerRead`
 //     buffers per readable event whatever autoRead says, and every complete frame in them became
 //     a queued request: 127 peers pipelining empty `status` frames (20 wire bytes, no body budget)
-//     made the server hold +66–84 MiB (PeersRound3Tests);
+//     made the server hold +31–84 MiB (PeersRound3Tests);
 //   - a closed connection starts nothing more: its queued requests are dropped (a reply's write
 //     failing at close freed an in-flight slot, and `pump` started the next queued request on
 //     the dead channel, whose write failed at once, and so on: one peer's hang-up kept its event
