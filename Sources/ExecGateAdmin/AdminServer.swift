@@ -5,9 +5,10 @@
 //     socket ─▶ ByteToMessageHandler(BudgetedFrameDecoder, 4 MiB) ─▶ BoundedFrameHandler(administrator) ─▶ FrameWriter (header + body, no copy)
 //
 // The same backpressure, budget and deadlines as the VMM port (ExecGateTransport,
-// BoundedConnection.swift), with one request in flight per connection: the next admin request
-// is not even decoded until the previous reply has been written to the socket, so a peer that
-// asks for audit pages and never reads holds at most one page (≤ 1 MiB) plus the socket buffer.
+// BoundedConnection.swift), with one request in flight per connection: at most one more is
+// decoded (`DecodeGate`) and none started until the previous reply has been written to the
+// socket, so a peer that asks for audit pages and never reads holds at most one page (≤ 1 MiB),
+// one queued request, one read buffer (64 KiB) and the socket buffer.
 //
 // Who can reach it (docs/policy.md, "Who can reach which port"): in the service VM it is vsock
 // port 5001, reachable only from the host; as a Unix socket it is created mode 0600. Reaching the
@@ -92,6 +93,7 @@ public final class AdminServer: @unchecked Sendable {
     public func bind(_ endpoint: Endpoint) async throws -> Channel {
         let bootstrap = ServerBootstrap(group: group)
             .acceptBackoff()
+            .boundedReads()
             .serverChannelOption(.backlog, value: 16)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [administrator, configuration, budget, connections, logger, open] channel in

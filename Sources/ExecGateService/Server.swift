@@ -78,7 +78,7 @@ public final class VerifierServer: @unchecked Sendable {
             .acceptBackoff()
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .boundedReads()
             .childChannelInitializer { [responder, pool, logger, stats, configuration, budget, connections, instanceID] channel in
                 guard connections.acquire() else {
                     logger.warning("connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])

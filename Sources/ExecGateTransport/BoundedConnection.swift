@@ -15,6 +15,17 @@
 //     unwritten replies), and reading pauses (autoRead off) while anything is pending, the
 //     in-flight cap is reached, or the socket is not writable. Frames already read when the pause
 //     takes effect wait in `pending`; their bodies are reserved in the port's `BufferBudget`;
+//   - a connection holds at most `maximumInFlightPerConnection` requests decoded but not started
+//     (`pending`): the decoder stops cutting frames at that many (`DecodeGate`) and resumes when
+//     `pump` starts one, so frames pipelined beyond it wait as bytes, at most one read (64 KiB:
+//     `boundedReads()`), or in the kernel's socket buffer. NIO reads up to `maxMessagesPerRead`
+//     buffers per readable event whatever autoRead says, and every complete frame in them became
+//     a queued request: 127 peers pipelining empty `status` frames (20 wire bytes, no body budget)
+//     made the server hold +31–84 MiB (PeersRound3Tests);
+//   - a closed connection starts nothing more: its queued requests are dropped (a reply's write
+//     failing at close freed an in-flight slot, and `pump` started the next queued request on
+//     the dead channel, whose write failed at once, and so on: one peer's hang-up kept its event
+//     loop answering tens of thousands of requests for nobody for 30 s);
 //   - a body is reserved in the budget chunk by chunk as its bytes arrive, never ahead of them
 //     (Budget.swift): a header alone holds nothing, so what a partial frame holds its peer has
 //     sent, and the frame deadline bounds how long; a chunk that does not fit refuses the frame
@@ -45,21 +56,55 @@ public enum FrameProgress: Sendable, Equatable {
     case inBody
 }
 
+/// How many requests one connection's `BoundedFrameHandler` has decoded but not started, shared
+/// with its decoder, which cuts no new frame while `isFull` (both run on the channel's event loop).
+public final class DecodeGate {
+    /// Requests decoded but not started that the handler holds at most.
+    public let capacity: Int
+    /// Requests decoded but not started now (the handler's `pending`).
+    public internal(set) var queued = 0
+    /// The decoder stopped at the gate: complete frames may be waiting in its buffer, and nothing
+    /// but a read (real or synthetic) makes it decode again.
+    public internal(set) var held = false
+
+    public init(capacity: Int) { self.capacity = max(1, capacity) }
+
+    public var isFull: Bool { queued >= capacity }
+    /// The queue has drained to half (or, at capacity 1, is empty): decoding resumes then, so a
+    /// connection at its cap is resumed once per half a queue, not once per started request.
+    public var hasRoom: Bool { queued <= capacity / 2 }
+}
+
+@available(*, unavailable)
+extension DecodeGate: Sendable {}
+
 /// `FrameDecoder` plus the port's shared budget and progress events for the deadlines.
 public struct BudgetedFrameDecoder: ByteToMessageDecoder {
     public typealias InboundOut = InboundFrame
     private var inner: FrameDecoder
     private let budget: BufferBudget
+    private let gate: DecodeGate?
     private var progress = FrameProgress.betweenFrames
 
-    public init(maximumBodySize: Int, budget: BufferBudget) {
+    /// - Parameter gate: when given, no new frame is cut while `gate.isFull` (frames queued by the
+    ///   handler); a body already started is still collected (its bytes are in the budget).
+    public init(maximumBodySize: Int, budget: BufferBudget, gate: DecodeGate? = nil) {
         inner = FrameDecoder(maximumBodySize: maximumBodySize)
         self.budget = budget
+        self.gate = gate
         inner.admitBody = { [budget] n, length in n == 0 ? budget.check(length) : budget.reserve(n, ofBody: length) }
         inner.releaseBody = { [budget] n, length in budget.release(n, ofBody: length) }
     }
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        if let gate, gate.isFull, inner.isBetweenFrames {
+            // The handler holds its in-flight cap of requests not yet started: leave the next
+            // frames as bytes (at most one read of them) until it starts one. The server, not the
+            // peer, is waiting now, so no header deadline runs for these bytes.
+            gate.held = buffer.readableBytes > 0
+            report(context, buffered: 0)
+            return .needMoreData
+        }
         let wasAwaiting = inner.awaitingBodyLength
         let out = try inner.decodeOne(&buffer)
         if wasAwaiting == nil, let length = inner.awaitingBodyLength, length < FrameDecoder.collectedBodyThreshold,
@@ -81,7 +126,8 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
     }
 
     public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        while let out = try inner.decodeOne(&buffer) { context.fireChannelRead(Self.wrapInboundOut(out)) }
+        // The peer is gone: frames left behind the gate are dropped with the rest, unread.
+        while !(gate?.isFull ?? false), let out = try inner.decodeOne(&buffer) { context.fireChannelRead(Self.wrapInboundOut(out)) }
         buffer.moveReaderIndex(to: buffer.writerIndex)
         return .needMoreData
     }
@@ -121,8 +167,12 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     private let budget: BufferBudget
     private let process: FrameProcessor
     private var logger: Logger
+    /// Shared with this connection's decoder: `pending.count` is published there.
+    private let gate: DecodeGate
+    /// A synthetic read is queued to make the decoder cut the frames it left behind the gate.
+    private var resumeScheduled = false
 
-    private var pending = CircularBuffer<InboundFrame>()
+    private var pending = CircularBuffer<InboundFrame>() { didSet { gate.queued = pending.count } }
     private var inFlight = 0
     private var readPaused = false
     private var progress = FrameProgress.betweenFrames
@@ -140,10 +190,14 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     private var lastActivity = NIODeadline.now()
     private var timer: RepeatedTask?
 
-    public init(configuration: PortLimits, budget: BufferBudget, logger: Logger, process: @escaping FrameProcessor) {
+    /// - Parameter gate: shared with the connection's `BudgetedFrameDecoder`; its capacity is
+    ///   the most requests held decoded but not started (`addBoundedFrameHandlers` gives
+    ///   `maximumInFlightPerConnection`).
+    public init(configuration: PortLimits, budget: BufferBudget, logger: Logger, gate: DecodeGate? = nil, process: @escaping FrameProcessor) {
         self.configuration = configuration
         self.budget = budget
         self.logger = logger
+        self.gate = gate ?? DecodeGate(capacity: configuration.maximumInFlightPerConnection)
         self.process = process
     }
 
@@ -193,6 +247,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             context.flush()
         }
         context.fireChannelReadComplete()
+        resumeDecoding(context: context)
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -227,10 +282,32 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     /// Start pending requests while the in-flight cap and the socket allow, then decide whether
     /// to keep reading.
     private func pump(context: ChannelHandlerContext) {
-        while inFlight < configuration.maximumInFlightPerConnection && context.channel.isWritable, let item = pending.popFirst() {
+        // A closed connection starts nothing: what it queued is dropped at channelInactive.
+        while context.channel.isActive && inFlight < configuration.maximumInFlightPerConnection && context.channel.isWritable,
+              let item = pending.popFirst() {
             start(item, context: context)
         }
         updateReading(context: context)
+        resumeDecoding(context: context)
+    }
+
+    /// The decoder stopped at the gate with bytes left and the queue has drained to half: make it
+    /// decode them. Those bytes are already read, so no read event will come for them; a
+    /// synthetic empty read from the pipeline's head runs the decoder over its buffer. Queued as
+    /// a task (never nested in a read batch, a flush or a write completion); it cuts at most the
+    /// gate's room of frames.
+    private func resumeDecoding(context: ChannelHandlerContext) {
+        guard gate.held, gate.hasRoom, !inReadBatch, !resumeScheduled, context.channel.isActive else { return }
+        resumeScheduled = true
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context) = bound.value
+            handler.resumeScheduled = false
+            guard handler.gate.held, handler.gate.hasRoom, context.channel.isActive else { return }
+            handler.gate.held = false
+            context.pipeline.syncOperations.fireChannelRead(NIOAny(context.channel.allocator.buffer(capacity: 0)))
+            context.pipeline.syncOperations.fireChannelReadComplete()
+        }
     }
 
     private func start(_ item: InboundFrame, context: ChannelHandlerContext) {
@@ -263,7 +340,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     /// Write one reply; its in-flight slot is freed when the write has completed (or failed).
     private func write(_ reply: Frame, context: ChannelHandlerContext, closeAfter: Bool) {
         guard context.channel.isActive else {
-            inFlight -= 1
+            inFlight -= 1  // Nothing more is started on a closed connection (`pump`).
             return
         }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -349,6 +426,18 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
 extension BoundedFrameHandler: Sendable {}
 
 extension ServerBootstrap {
+    /// One read of at most `TransportLimits.readBufferSize` bytes per readable event on every
+    /// accepted connection. NIO's read loop (BaseStreamSocketChannel.readFromSocket) performs up to
+    /// `maxMessagesPerRead` reads per event and checks neither autoRead nor what the pipeline
+    /// holds, so each read past the first can only add bytes a paused connection must keep (16 of
+    /// 64 KiB: 1 MiB per connection, 128 MiB for the VMM port's 128). With one, a connection that
+    /// stopped reading (in-flight cap, unread replies) holds at most one buffer beyond its queued
+    /// requests; the rest waits in the kernel's socket buffer. Every port binds through this.
+    public func boundedReads() -> ServerBootstrap {
+        childChannelOption(.maxMessagesPerRead, value: TransportLimits.readsPerEvent)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: TransportLimits.readBufferSize))
+    }
+
     /// Accept backs off on EMFILE/ENFILE/ENOBUFS/ENOMEM instead of spinning (`AcceptPause`).
     public func acceptBackoff(_ delay: TimeAmount = TransportLimits.acceptBackoff) -> ServerBootstrap {
         serverChannelInitializer { channel in
@@ -398,8 +487,9 @@ extension ChannelPipeline.SynchronousOperations {
     /// The bounded pipeline of one server connection (see the diagram at the top of this file).
     public func addBoundedFrameHandlers(configuration: PortLimits, budget: BufferBudget, logger: Logger,
                                         process: @escaping FrameProcessor) throws {
-        try addHandler(ByteToMessageHandler(BudgetedFrameDecoder(maximumBodySize: configuration.maximumBodySize, budget: budget)))
+        let gate = DecodeGate(capacity: configuration.maximumInFlightPerConnection)
+        try addHandler(ByteToMessageHandler(BudgetedFrameDecoder(maximumBodySize: configuration.maximumBodySize, budget: budget, gate: gate)))
         try addHandler(FrameWriter())
-        try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, process: process))
+        try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, gate: gate, process: process))
     }
 }

@@ -176,6 +176,11 @@ public enum TransportLimits {
     public static let idleTimeout = TimeAmount.seconds(30)
     /// A connection whose peer reads no reply for this long is closed.
     public static let writeStallTimeout = TimeAmount.seconds(10)
+    /// Reads per readable event on a connection (`ServerBootstrap.boundedReads()`): what a connection
+    /// that stopped being read can still have taken in is one read buffer.
+    public static let readsPerEvent: UInt = 1
+    /// Largest read buffer (NIO's adaptive allocator grows up to it; its default maximum).
+    public static let readBufferSize = 64 << 10
     /// How long accept pauses after it failed (fd limit reached): the server retries 5 times a
     /// second instead of spinning, and serves the connections it has meanwhile.
     public static let acceptBackoff = TimeAmount.milliseconds(200)

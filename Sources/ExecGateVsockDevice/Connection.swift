@@ -85,6 +85,13 @@ public final class VsockConnection {
     public var hostReadable = false
     /// The host closed both directions (POLLHUP): stop polling it, read what is left.
     public private(set) var hostHungUp = false
+    /// When a hung-up connection ends, whatever the guest's credit: `shutdownTimeoutMillis` after
+    /// the hang-up. What is left of the host's bytes (and its EOF, then SHUTDOWN) goes to the
+    /// guest only as its credit allows; a guest that never grants credit kept the connection (a
+    /// table slot and a host descriptor) forever (MuxerRound3Tests). The kernel's
+    /// virtio_transport_close() resets a closed socket after VSOCK_CLOSE_TIMEOUT whether or not
+    /// the peer took its data (close_work → virtio_transport_close_timeout() → virtio_transport_reset()).
+    private var hangupDeadline: UInt64?
     public private(set) var hostEOF = false
 
     /// A host-initiated connection: REQUEST is queued.
@@ -115,10 +122,14 @@ public final class VsockConnection {
     }
 
     public var deadline: UInt64? {
+        let own: UInt64?
         switch state {
-        case .localInit(let d), .closing(let d): return d
-        default: return nil
+        case .localInit(let d), .closing(let d): own = d
+        case .established: own = nil
+        case .killed: return nil
         }
+        guard let h = hangupDeadline else { return own }
+        return min(own ?? h, h)
     }
 
     // MARK: - Guest → host (send_pkt in FC's naming is the guest's direction; here: `receive`)
@@ -242,10 +253,11 @@ public final class VsockConnection {
         state == .established && !hostEOF && !hostHungUp && peerShutdown & VsockConstants.shutdownReceive == 0 && peerCredit > 0
     }
 
-    /// poll reported POLLHUP/POLLERR on the host stream.
-    public func noteHostHangup() {
+    /// poll reported POLLHUP/POLLERR on the host stream at `now`.
+    public func noteHostHangup(now: UInt64 = MonotonicClock.nanoseconds()) {
         hostHungUp = true
         hostReadable = true  // Read what is left, then EOF.
+        if hangupDeadline == nil { hangupDeadline = now + UInt64(VsockLimits.shutdownTimeoutMillis) * 1_000_000 }
     }
 
     // MARK: - Host → guest
@@ -337,9 +349,12 @@ public final class VsockConnection {
     /// Called when the connection's deadline passed.
     public func expire() {
         switch state {
-        case .localInit: kill("guest did not answer REQUEST within \(VsockLimits.connectTimeoutMillis) ms")
+        case .localInit: kill(hostHungUp ? "host hung up before the guest answered REQUEST" : "guest did not answer REQUEST within \(VsockLimits.connectTimeoutMillis) ms")
         case .closing: kill(nil)
-        default: break
+        case .established:
+            // Only a hang-up deadline expires an established connection.
+            kill("host hung up \(VsockLimits.shutdownTimeoutMillis) ms ago and the guest has not taken the rest (no credit)")
+        case .killed: break
         }
     }
 }

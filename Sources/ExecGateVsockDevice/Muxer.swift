@@ -9,6 +9,8 @@
 //     nothing and grows nothing).
 // A bad packet kills at most its own connection.
 
+import _ExecGateInternals
+
 public final class VsockMuxer {
     public let guestCID: UInt64
     /// Opens the host end for a guest-initiated connection to host port P (nil: nobody listens → RST).
@@ -103,10 +105,10 @@ public final class VsockMuxer {
         nextHostPort = nextHostPort == UInt32.max ? VsockLimits.firstHostPort : nextHostPort + 1
     }
 
-    /// The host stream of `key` is readable (or hung up).
-    public func hostReadable(_ key: ConnectionKey, hangup: Bool) {
+    /// The host stream of `key` is readable (or hung up, at `now`).
+    public func hostReadable(_ key: ConnectionKey, hangup: Bool, now: UInt64 = MonotonicClock.nanoseconds()) {
         guard let c = connections[key] else { return }
-        if hangup { c.noteHostHangup() } else { c.hostReadable = true }
+        if hangup { c.noteHostHangup(now: now) } else { c.hostReadable = true }
         afterChange(c)
     }
 

@@ -31,7 +31,8 @@ public final class VhostUserSession {
     public private(set) var ackedFeatures: UInt64 = 0
     public private(set) var protocolFeatures: UInt64 = 0
     public private(set) var owned = false
-    public let memory = GuestMemory()
+    /// The memory table in use. Replaced whole by an accepted SET_MEM_TABLE, never edited in place.
+    public private(set) var memory = GuestMemory()
     public private(set) var vrings = [Vring](repeating: Vring(), count: VsockLimits.queueCount)
     public let queues = (0..<VsockLimits.queueCount).map { _ in Virtqueue() }
     /// Diagnostics: (request, error) of messages refused.
@@ -119,27 +120,46 @@ public final class VhostUserSession {
             return u64(UInt64(VsockLimits.maxMemoryRegions))
         case .setMemTable:
             let table = try m.memoryTable()
-            // Disjoint regions only, in both address spaces (rust-vmm vm-memory
-            // GuestRegionCollection::from_regions: MemoryRegionOverlap): one guest address, one
-            // meaning. Checked before anything is unmapped, so a refused table changes nothing.
+            // A refused table changes nothing (the kernel's vhost_set_memory(), drivers/vhost/vhost.c:
+            // the new table is built whole, every running ring is checked against it with
+            // memory_access_ok(), and only then swapped in; on any failure it is freed and the old
+            // one stays). Each region's ends must not wrap (vhost_iotlb_add_range(): -EFAULT), the
+            // regions must be disjoint in both address spaces (rust-vmm vm-memory
+            // GuestRegionCollection::from_regions: MemoryRegionOverlap: one guest address, one
+            // meaning), every region must map (sealed, inside its file), and every running ring
+            // must lie inside the new table. Only then are the rings moved and the old mappings
+            // dropped. (The regions used to be mapped one by one after the old table was
+            // unmapped, so a bad second region left the guest's memory half replaced and its
+            // running rings stopped.)
             for (i, a) in table.enumerated() {
+                for (what, x) in [("guest-physical", a.gpa), ("frontend virtual", a.uva)] where x.addingReportingOverflow(a.size).overflow {
+                    throw VhostUserError(.badMemory, "region \(i): \(what) [0x\(String(x, radix: 16)), +\(a.size)) wraps")
+                }
                 for b in table[(i + 1)...] {
                     for (what, x, y) in [("guest-physical", a.gpa, b.gpa), ("frontend virtual", a.uva, b.uva)] {
-                        let (xEnd, o1) = x.addingReportingOverflow(a.size), (yEnd, o2) = y.addingReportingOverflow(b.size)
-                        guard o1 || o2 || xEnd <= y || yEnd <= x else {
+                        guard x &+ a.size <= y || y &+ b.size <= x else {  // No wrap: checked above.
                             throw VhostUserError(.badMemory, "regions overlap in \(what) addresses: [0x\(String(x, radix: 16)), +\(a.size)) and [0x\(String(y, radix: 16)), +\(b.size))")
                         }
                     }
                 }
             }
-            let wasStarted = vrings.indices.filter { vrings[$0].started }
-            for i in queues.indices { queues[i].reset() }
-            memory.unmapAll()
+            let fresh = GuestMemory()  // Unmapped again by its deinit if anything below throws.
             for (i, r) in table.enumerated() {
                 keepFd(m.fds[i])  // `map` closes it.
-                try memory.map(guestPhysAddr: r.gpa, size: r.size, userAddr: r.uva, mmapOffset: r.offset, fd: m.fds[i])
+                try fresh.map(guestPhysAddr: r.gpa, size: r.size, userAddr: r.uva, mmapOffset: r.offset, fd: m.fds[i])
             }
-            for i in wasStarted { try configureQueue(i, keepIndices: true) }
+            let running = vrings.indices.filter { vrings[$0].started }
+            for i in running {
+                guard let a = vrings[i].addr, Virtqueue.ringsFit(size: vrings[i].num, desc: a.desc, avail: a.avail, used: a.used,
+                                                                 translate: { fresh.translate(userAddr: $0, length: $1) }) else {
+                    throw VhostUserError(.badMemory, "queue \(i) is running and its rings are not inside the new table (GET_VRING_BASE stops it first)")
+                }
+            }
+            for i in queues.indices { queues[i].reset() }
+            let old = memory
+            memory = fresh
+            old.unmapAll()
+            for i in running { try configureQueue(i, keepIndices: true) }  // Cannot fail: checked against `fresh` above.
         case .setLogBase, .setLogFd:
             throw VhostUserError(.unsupported, "dirty logging (live migration) is not supported")
         case .setVringNum:
@@ -160,7 +180,20 @@ public final class VhostUserSession {
             guard a.desc & 0xf == 0, a.avail & 0x1 == 0, a.used & 0x3 == 0 else {
                 throw VhostUserError(.badPayload, "queue \(a.index) rings misaligned: desc 0x\(String(a.desc, radix: 16)) (16), avail 0x\(String(a.avail, radix: 16)) (2), used 0x\(String(a.used, radix: 16)) (4)")
             }
-            vrings[a.index].addr = (a.desc, a.used, a.avail)
+            if vrings[a.index].started {
+                // A running ring moves at once, or not at all (the kernel's vhost_vring_set_addr() on
+                // a vq with a backend: vq_access_ok() on the new rings, -EINVAL and nothing changed
+                // if they are not accessible, else they take effect immediately). It was stored and
+                // only used at the next SET_MEM_TABLE or kick, while the ring read its old addresses.
+                guard Virtqueue.ringsFit(size: vrings[a.index].num, desc: a.desc, avail: a.avail, used: a.used,
+                                         translate: { memory.translate(userAddr: $0, length: $1) }) else {
+                    throw VhostUserError(.badMemory, "queue \(a.index) is running and its new rings are not inside guest memory")
+                }
+                vrings[a.index].addr = (a.desc, a.used, a.avail)
+                try configureQueue(a.index, keepIndices: true)  // Cannot fail: checked just above.
+            } else {
+                vrings[a.index].addr = (a.desc, a.used, a.avail)
+            }
         case .setVringBase:
             let s = try m.vringState()
             try requireStopped(s.index, m.header.request)

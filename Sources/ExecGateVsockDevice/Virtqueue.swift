@@ -76,17 +76,31 @@ public final class Virtqueue {
 
     public var isReady: Bool { desc != nil && broken == nil }
 
+    /// Whether rings of `size` entries at these addresses would lie inside the memory `translate`
+    /// maps: what `configure` requires (the kernel's vq_access_ok()).
+    public static func ringsFit(size: Int, desc: UInt64, avail: UInt64, used: UInt64,
+                                translate: (UInt64, UInt64) -> UnsafeMutableRawPointer?) -> Bool {
+        (try? rings(size: size, desc: desc, avail: avail, used: used, translate: translate)) != nil
+    }
+
+    /// The host pointers of the three rings, each checked to lie wholly inside guest memory.
+    private static func rings(size: Int, desc: UInt64, avail: UInt64, used: UInt64, translate: (UInt64, UInt64) -> UnsafeMutableRawPointer?)
+        throws(QueueError) -> (desc: UnsafeMutableRawPointer, avail: UnsafeMutableRawPointer, used: UnsafeMutableRawPointer) {
+        guard size > 0, size <= VsockLimits.maxQueueSize, size & (size - 1) == 0 else { throw .ringOutsideMemory("queue size \(size) is not a power of 2 ≤ \(VsockLimits.maxQueueSize)") }
+        let n = UInt64(size)
+        guard let d = translate(desc, 16 * n) else { throw .ringOutsideMemory("descriptor table") }
+        guard let a = translate(avail, 6 + 2 * n) else { throw .ringOutsideMemory("avail ring") }
+        guard let u = translate(used, 6 + 8 * n) else { throw .ringOutsideMemory("used ring") }
+        return (d, a, u)
+    }
+
     /// Points the queue at its rings, checking that each lies inside guest memory.
     /// - Parameter translate: maps (address, length) to a host pointer or nil.
     public func configure(size: Int, desc descAddr: UInt64, avail availAddr: UInt64, used usedAddr: UInt64,
                           translate: (UInt64, UInt64) -> UnsafeMutableRawPointer?) throws(QueueError) {
         reset()
-        guard size > 0, size <= VsockLimits.maxQueueSize, size & (size - 1) == 0 else { throw .ringOutsideMemory("queue size \(size) is not a power of 2 ≤ \(VsockLimits.maxQueueSize)") }
-        let n = UInt64(size)
-        guard let d = translate(descAddr, 16 * n) else { throw .ringOutsideMemory("descriptor table") }
-        guard let a = translate(availAddr, 6 + 2 * n) else { throw .ringOutsideMemory("avail ring") }
-        guard let u = translate(usedAddr, 6 + 8 * n) else { throw .ringOutsideMemory("used ring") }
-        self.size = UInt16(size)  // Safe: size ≤ 32768 was checked above.
+        let (d, a, u) = try Self.rings(size: size, desc: descAddr, avail: availAddr, used: usedAddr, translate: translate)
+        self.size = UInt16(size)  // Safe: `rings` checked size ≤ 32768.
         desc = d; avail = a; used = u
     }
 

@@ -201,7 +201,7 @@ public final class VsockBackend: @unchecked Sendable {
                 case .connection(let key):
                     let r = Int32(p.revents)
                     if r & Int32(POLLOUT) != 0 { muxer.hostWritable(key) }
-                    if r & (Int32(POLLHUP) | Int32(POLLERR)) != 0 { muxer.hostReadable(key, hangup: true) }
+                    if r & (Int32(POLLHUP) | Int32(POLLERR)) != 0 { muxer.hostReadable(key, hangup: true, now: now2) }
                     else if r & Int32(POLLIN) != 0 { muxer.hostReadable(key, hangup: false) }
                 }
             }
