@@ -91,6 +91,78 @@ final class DocAttack3SessionTests: XCTestCase {
         XCTAssertEqual(session.state(ofKey: key), state)
     }
 
+    /// Refuses every module verdict while `refusing` (an audit sink whose disk is full, under
+    /// `audit-overflow block`): the verifier denies and rolls the commit back.
+    final class RefusingSink: VerdictAuditSink, @unchecked Sendable {
+        let lock = NSLock()
+        var refusing = false
+        func record(_ verdict: ExecGateWire.Verdict, guestID: String, policy: Policy) -> Bool {
+            lock.lock(); defer { lock.unlock() }
+            return !refusing
+        }
+    }
+
+    /// HOLE (review of round docs3): the sealed key's state was kept "until rollback of its
+    /// recorder", and the recorder was a module *name*. Load test_static_keys (granted: it records
+    /// the sealed key's state), retire it, load it again in the same state and have that commit
+    /// rolled back (the audit sink refused the record, `audit-overflow block`): the rollback
+    /// matched the recorder's name and forgot the state the first, granted, load established —
+    /// then test_static_keys loaded with the key in the other state was allowed (the sealed key
+    /// "moved"). The state now counts the commits that hold it and still stand; a rollback undoes
+    /// only its own.
+    func testRollingBackAReloadKeepsTheSealedStateOfTheGrantedLoad() throws {
+        let probe = try FixtureGuest()
+        try probe.loadAll()
+        let (key, state, sites) = try keyOnlyIn("test_static_keys", probe)
+        let other = try request(probe, "test_static_keys", key: key, sites: sites, state: 1 - state)
+
+        let verifier = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
+        let sink = RefusingSink()
+        verifier.auditSink = sink
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        var reg = try boot.registration(guestID: "g")
+        reg.symbols += [KernelSymbol(name: "__start_ro_after_init", address: key & ~0xfff, type: UInt8(ascii: "D"), exported: false),
+                        KernelSymbol(name: "__end_ro_after_init", address: (key & ~0xfff) + 0x1000, type: UInt8(ascii: "D"), exported: false)]
+        guard case .registerGuestReply = verifier.respond(to: .registerGuest(reg), requestDigest: []) else { return XCTFail("registered") }
+        for name in boot.availableModules {
+            XCTAssertEqual(verifier.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []).decision, .allow, name)
+        }
+        let session = try XCTUnwrap(verifier.guests.session("g"))
+        XCTAssertEqual(session.state(ofKey: key), state)
+        guard case .retireModuleReply = retire(verifier, session, "test_static_keys") else { return XCTFail("retire test_static_keys") }
+
+        // The reload in the same state is explained and committed, then the audit sink refuses it.
+        sink.refusing = true
+        let refused = verifier.authorize(try boot.module("test_static_keys").request(guestID: "g"), requestDigest: [])
+        sink.refusing = false
+        XCTAssertEqual(refused.reason, .auditUnrecorded, refused.message)
+        XCTAssertNil(session.liveModule("test_static_keys")?.name, "rolled back")
+
+        // The first load's state still stands: the other state is denied, the same state loads.
+        let v = verifier.authorize(other, requestDigest: [])
+        XCTAssertEqual(v.decision, .deny, "the sealed key moved after a rolled-back reload: \(v.message)")
+        XCTAssertEqual(v.reason, .keyStateMismatch, v.message)
+        XCTAssertTrue(v.message.contains("ro_after_init"), v.message)
+
+        // A rollback of the only commit that ever held the key forgets it (its sites never ran):
+        // a fresh guest whose first load of the module is refused by the sink then loads the
+        // other state.
+        let fresh = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
+        fresh.auditSink = sink
+        guard case .registerGuestReply = fresh.respond(to: .registerGuest(reg), requestDigest: []) else { return XCTFail("registered (fresh)") }
+        for name in boot.availableModules where name != "test_static_keys" {
+            XCTAssertEqual(fresh.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []).decision, .allow, name)
+        }
+        sink.refusing = true
+        XCTAssertEqual(fresh.authorize(try boot.module("test_static_keys").request(guestID: "g"), requestDigest: []).reason, .auditUnrecorded)
+        sink.refusing = false
+        let after = fresh.authorize(other, requestDigest: [])
+        XCTAssertEqual(after.decision, .allow, "no granted load ever held the key: \(after.message)")
+        XCTAssertEqual(fresh.guests.session("g")?.state(ofKey: key), 1 - state)
+        XCTAssertEqual(verifier.authorize(try boot.module("test_static_keys").request(guestID: "g"), requestDigest: []).decision, .allow)
+        XCTAssertEqual(session.state(ofKey: key), state)
+    }
+
     /// Failed attack kept: trust.md "One copy of a kernel build's facts, shared by its guests":
     /// each guest keeps "its own facts … and its live state". Two guests of one build in one
     /// verifier (one shared copy); the guest interleaves its requests with the other's: a key
