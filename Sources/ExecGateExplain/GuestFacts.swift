@@ -432,7 +432,7 @@ public struct SymbolResolver: Sendable {
     /// that move a whole key must record the new state (``recordStaticCallState(key:state:)``).
     public private(set) var staticCallStates: [UInt64: UInt64] = [:]
     /// The keys of both tables above, sorted and unique: a new module's placement check asks
-    /// for the lowest live key inside each of its allocations (`lowestStaticCallKey(in:)`), one
+    /// for the lowest live key inside each of its allocations (`lowestStaticCallKey(from:below:)`), one
     /// binary search per allocation rather than a walk over every key per module.
     private var staticCallKeys: [UInt64] = []
 

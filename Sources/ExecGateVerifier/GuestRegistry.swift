@@ -130,8 +130,12 @@ public final class GuestSession: @unchecked Sendable {
     /// its value never changes, and `jump_label_add_module()` / `static_call_add_module()` give
     /// every later module's sites that one state (6.12: `goto do_poke` for a sealed key). Without
     /// it, retiring every module with sites of the key and loading one again with those sites in
-    /// the other state "moved" a key no kernel can move. Undone only by `rollback` of its recorder.
-    private var sealedKeyState: [UInt64: (state: UInt64, recordedBy: String)] = [:]
+    /// the other state "moved" a key no kernel can move. `commits` counts the commits that held
+    /// the key in that state and still stand (a retire does not undo a commit: its sites were
+    /// granted and ran); only when `rollback` undoes the last of them (none was ever granted) is
+    /// the state forgotten. Counted, not named: a module loaded again under the recorder's name,
+    /// then rolled back, must not erase what the first, granted, load established.
+    private var sealedKeyState: [UInt64: (state: UInt64, commits: Int)] = [:]
     /// Counts live modules removed (retire, rollback). A module explained against a resolver
     /// snapshot is committed only if none went since the snapshot: otherwise its relocations may
     /// name a module that is gone, with no dependency recorded on it.
@@ -267,7 +271,7 @@ public final class GuestSession: @unchecked Sendable {
             for (key, state) in states {
                 keyState[key] = state
                 keyStatesSeen[key, default: []].insert(state)
-                if let ro = facts.coreROAfterInit, ro.contains(key), sealedKeyState[key] == nil { sealedKeyState[key] = (state, m.name) }
+                if let ro = facts.coreROAfterInit, ro.contains(key) { sealedKeyState[key] = (state, (sealedKeyState[key]?.commits ?? 0) + 1) }
             }
             for site in m.siteIndex.values { if let k = site.key { keySites[k, default: []].insert(site.address) } }
             if let e = m.exports { resolver.add(e) }
@@ -296,15 +300,15 @@ public final class GuestSession: @unchecked Sendable {
     /// Undo a commit whose verdict did not become an allow (the audit sink refused the record).
     func rollback(name: String) {
         lock.withLock {
-            guard live.removeValue(forKey: name) != nil else { return }
+            guard let m = live.removeValue(forKey: name) else { return }
             removals &+= 1
             order.removeAll { $0 == name }
             rebuildDerivedState()
-            // Its sites were never granted: a sealed key's state it recorded first was never seen,
-            // unless a live module committed since holds the key (then in that same state).
-            for (k, v) in sealedKeyState where v.recordedBy == name {
-                let holder = order.first { live[$0].map { $0.keyStates[k] != nil || $0.initKeyStates[k] != nil } ?? false }
-                sealedKeyState[k] = holder.flatMap { h in keyState[k].map { ($0, h) } }
+            // Its sites were never granted: its commit no longer holds a sealed key's state; the
+            // state goes only with the last standing commit that held it (see `sealedKeyState`).
+            for k in Set(m.keyStates.keys).union(m.initKeyStates.keys) {
+                guard let sealed = sealedKeyState[k] else { continue }
+                sealedKeyState[k] = sealed.commits > 1 ? (sealed.state, sealed.commits - 1) : nil
             }
         }
     }
