@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Attack round 4 written from the docs (README, docs/protocol.md, docs/trust.md, docs/policy.md):
+// the guest chooses the order, timing and repetition of requests (the VMM relays them), mixing
+// loads, retires, init-freed and run-time patches with a verdict still being finished. Inputs:
+// the committed fixture boot (signed Debian 6.1 modules and the bytes a real guest held), through
+// the verifier core as the service runs it (Verifier.respond / authorize / authorizePatch).
+
+import ExecGateCapture
+import ExecGateExplain
+import ExecGatePolicy
+import ExecGateTestSupport
+@testable import ExecGateVerifier
+import ExecGateWire
+import NIOCore
+import XCTest
+
+final class DocAttack4Tests: XCTestCase {
+    private func retire(_ g: FixtureGuest, _ name: String) -> Message {
+        g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: g.session.liveModule(name)?.textRange.lowerBound ?? 0)),
+                           requestDigest: [])
+    }
+
+    /// An audit sink (`audit-overflow block`) whose record of the first verdict of `module` is
+    /// held while `whileHeld` runs (the writer queue is full: the verdict waits up to 5 s), then
+    /// refused; every other record is accepted. Models the timing the guest chooses: requests it
+    /// has the VMM relay while one verdict is being finished.
+    final class HoldingSink: VerdictAuditSink, @unchecked Sendable {
+        let lock = NSLock()
+        let module: String
+        var whileHeld: (() -> Void)?
+        var inner: [ExecGateWire.Verdict] = []
+        init(module: String, whileHeld: @escaping () -> Void) {
+            self.module = module
+            self.whileHeld = whileHeld
+        }
+        func record(_ verdict: ExecGateWire.Verdict, guestID: String, policy: Policy) -> Bool {
+            lock.lock()
+            let action = verdict.moduleName == module ? whileHeld : nil
+            if action != nil { whileHeld = nil } else { inner.append(verdict) }
+            lock.unlock()
+            guard let action else { return true }
+            action()
+            return false
+        }
+    }
+
+    /// HOLE (round docs4): protocol.md authorize-module: "On allow the module becomes live … It
+    /// stays live until `retire-module`", and trust.md "The grant is on frames": "No frame may be
+    /// granted to two live modules". A verdict whose audit record is refused (`audit-overflow
+    /// block`) rolls its commit back — by the module's *name*. While irqbypass's first verdict waits
+    /// for the audit sink, the guest has the VMM report irqbypass unloaded (retire-module at its base)
+    /// and load irqbypass again: that second load is judged, committed and allowed (the VMM grants EXEC
+    /// on its frames). Then the first verdict's record is refused and its rollback removed the
+    /// live irqbypass by name — the *granted* second instance. The session then held none of its
+    /// range, frames, sites or exports: another module claiming irqbypass's granted frames was allowed
+    /// (one frame granted to two modules, at two virtual addresses), and irqbypass's sites were no
+    /// longer run-time patch sites of anything.
+    func testARolledBackVerdictNeverRemovesTheGrantedInstanceLoadedMeanwhile() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        guard case .retireModuleReply = retire(g, "irqbypass") else { return XCTFail("retire irqbypass") }
+        let victim = try g.request("irqbypass")
+        var second: ExecGateWire.Verdict?
+        let sink = HoldingSink(module: "irqbypass") {
+            // The first irqbypass is live (committed, verdict not final): the guest reports it
+            // unloaded and loads it again in the same place.
+            guard case .retireModuleReply = self.retire(g, "irqbypass") else { return XCTFail("retire the committed irqbypass") }
+            second = g.verifier.authorize(victim, requestDigest: [])
+        }
+        g.verifier.auditSink = sink
+        let first = g.verifier.authorize(victim, requestDigest: [])
+        g.verifier.auditSink = nil
+        XCTAssertEqual(first.decision, .deny)
+        XCTAssertEqual(first.reason, .auditUnrecorded, first.message)
+        let granted = try XCTUnwrap(second, "the second load was judged while the first waited")
+        XCTAssertEqual(granted.decision, .allow, granted.message)
+        XCTAssertEqual(granted.grantFrames, victim.frames, "the VMM grants EXEC on these frames")
+
+        let live = g.session.liveModule("irqbypass")
+        XCTAssertNotNil(live, "the granted irqbypass is live: the first verdict's rollback removed the instance loaded meanwhile")
+        XCTAssertEqual(live?.frames, victim.frames)
+
+        // Its frames are held: another module claiming them is refused.
+        guard case .retireModuleReply = retire(g, "ip6_udp_tunnel") else { return XCTFail("retire ip6_udp_tunnel") }
+        var thief = try g.request("ip6_udp_tunnel")
+        thief.frames[0] = victim.frames[0]
+        let stolen = g.verifier.authorize(thief, requestDigest: [])
+        XCTAssertEqual(stolen.decision, .deny, "irqbypass's granted frame 0x\(String(victim.frames[0], radix: 16)) granted again: \(stolen.message)")
+        XCTAssertEqual(stolen.reason, .claimFramesInvalid, stolen.message)
+        // And the granted irqbypass retires as any live module.
+        guard case .retireModuleReply = retire(g, "irqbypass") else { return XCTFail("the granted irqbypass retires") }
+    }
+}
