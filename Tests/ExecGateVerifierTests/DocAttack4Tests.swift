@@ -91,4 +91,39 @@ final class DocAttack4Tests: XCTestCase {
         // And the granted irqbypass retires as any live module.
         guard case .retireModuleReply = retire(g, "irqbypass") else { return XCTFail("the granted irqbypass retires") }
     }
+
+    /// HOLE (round docs4): trust.md "Inputs of a verdict": exports of other modules come "only
+    /// [from] modules that ExecGate allowed for the same guest … A denied module's symbols never
+    /// become resolvable", and "Live code": the kernel refuses to unload a module in use, so a
+    /// module's dependencies stay live while it is. A module is committed (its exports resolvable)
+    /// before its verdict is final; while test_static_key_base's verdict waits for the audit sink,
+    /// the guest loads test_static_keys, which links against it: explained against the committed
+    /// exporter, committed with it as a dependency, allowed and granted. Then the exporter's record
+    /// is refused and its commit rolled back — its final verdict is a deny, its pages never became
+    /// executable, and its range is free for the next module — while the granted dependent stays
+    /// live, relocated against code no allowed module holds.
+    func testAModuleLinkingAgainstAnExporterWhoseVerdictIsNotFinalIsNotAllowed() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        guard case .retireModuleReply = retire(g, "test_static_keys") else { return XCTFail("retire test_static_keys") }
+        guard case .retireModuleReply = retire(g, "test_static_key_base") else { return XCTFail("retire test_static_key_base") }
+        let exporter = try g.request("test_static_key_base")
+        var dependent: ExecGateWire.Verdict?
+        g.verifier.auditSink = HoldingSink(module: "test_static_key_base") {
+            dependent = try? g.load("test_static_keys")
+        }
+        let first = g.verifier.authorize(exporter, requestDigest: [])
+        g.verifier.auditSink = nil
+        XCTAssertEqual(first.reason, .auditUnrecorded, first.message)
+        XCTAssertNil(g.session.liveModule("test_static_key_base")?.name, "the exporter's final verdict is a deny: not live")
+        let d = try XCTUnwrap(dependent, "the dependent was judged while the exporter's verdict waited")
+        XCTAssertEqual(d.decision, .deny, "test_static_keys was allowed against the exports of a module whose final verdict is a deny: \(d.message)")
+        XCTAssertNil(g.session.liveModule("test_static_keys")?.name, "a live module relocated against a module that is not live")
+        for m in g.session.allowedModules {
+            for dep in g.session.liveModule(m)?.dependsOn ?? [] { XCTAssertNotNil(g.session.liveModule(dep), "\(m) depends on \(dep), which is not live") }
+        }
+        // Asked again once the exporter is allowed, the dependent loads.
+        XCTAssertEqual(g.verifier.authorize(exporter, requestDigest: []).decision, .allow)
+        XCTAssertEqual(try g.load("test_static_keys").decision, .allow)
+    }
 }
