@@ -60,6 +60,9 @@ public struct LiveModule: Sendable {
     var initKeyStates: [UInt64: UInt64] = [:]
     /// The module's run-time sites by address (built once from `sites`).
     let siteIndex: [UInt64: RuntimeSiteTable.Site]
+    /// Which commit recorded this instance (`GuestSession.commit`): a rollback removes only the
+    /// instance its own commit recorded, never another one of the same name loaded since.
+    var commitSerial: UInt64 = 0
 
     init(name: String, identity: String? = nil, coreRange: Range<UInt64>, textRange: Range<UInt64>, frames: [UInt64], initRange: Range<UInt64>?,
          initFrames: [UInt64], exports: ModuleExports?, sites: RuntimeSiteTable?, dependsOn: Set<String> = [], keyStates: [UInt64: UInt64],
@@ -87,6 +90,15 @@ public struct LiveModule: Sendable {
 struct SessionRefusal: Error {
     var reason: VerdictReason
     var message: String
+}
+
+/// A committed module whose verdict is not final yet (the audit record may still be refused):
+/// what `GuestSession.rollback` undoes. Names the one instance that commit recorded (its serial)
+/// and the keys its commit counted, so a rollback undoes exactly that commit.
+struct CommitTicket {
+    let name: String
+    let serial: UInt64
+    let keys: Set<UInt64>
 }
 
 public final class GuestSession: @unchecked Sendable {
@@ -136,6 +148,8 @@ public final class GuestSession: @unchecked Sendable {
     /// the state forgotten. Counted, not named: a module loaded again under the recorder's name,
     /// then rolled back, must not erase what the first, granted, load established.
     private var sealedKeyState: [UInt64: (state: UInt64, commits: Int)] = [:]
+    /// Serial of the last commit (`LiveModule.commitSerial`).
+    private var commits: UInt64 = 0
     /// Counts live modules removed (retire, rollback). A module explained against a resolver
     /// snapshot is committed only if none went since the snapshot: otherwise its relocations may
     /// name a module that is gone, with no dependency recorded on it.
@@ -219,64 +233,77 @@ public final class GuestSession: @unchecked Sendable {
     /// Record an allowed module atomically: re-checks name, ranges, frames, duplicate exports and
     /// key states against the live set under the lock, then inserts. Only the verifier calls this,
     /// and only for an allow verdict: a denied module's symbols never become resolvable.
-    func commit(_ module: LiveModule) -> SessionRefusal? {
+    func commit(_ module: LiveModule) -> Result<CommitTicket, SessionRefusal> {
         lock.withLock {
-            var m = module
-            if let e = endedRefusalLocked() { return e }
-            if let c = conflicts(name: m.name, coreRange: m.coreRange, initRange: m.initRange, frames: m.frames, initFrames: m.initFrames) { return c }
-            // A module was retired (or rolled back) while this one was explained: the snapshot
-            // may have resolved symbols to it, and it is no longer live to depend on. The kernel
-            // takes the reference (resolve_symbol() → ref_module()) before the exporter can go.
-            if m.explainedAt != removals {
-                return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)': a live module of guest '\(registration.guestID)' was retired while it was explained against their exports: ask again")
+            switch commitLocked(module) {
+            case .some(let refusal): return .failure(refusal)
+            case .none:
+                let m = live[module.name]!  // inserted by commitLocked
+                return .success(CommitTicket(name: m.name, serial: m.commitSerial,
+                                             keys: Set(m.keyStates.keys).union(m.initKeyStates.keys)))
             }
-            // Its dependencies, from the live set the snapshot saw (no removal since; a module
-            // added since cannot have been resolved against, and depending on it is only stricter).
-            m.dependsOn.formUnion(ownersLocked(of: m.imports))
-            // The module was explained against a snapshot of the live exports: a module it links
-            // against must still be live (a retire may have raced with the explanation).
-            for d in m.dependsOn.sorted() where live[d] == nil {
-                return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' links against '\(d)', which is no longer live")
-            }
-            if let e = m.exports {
-                // The kernel refuses a module exporting a name that is already exported
-                // (verify_exported_symbols(): -ENOEXEC "exports duplicate symbol").
-                for name in e.exportedNames.sorted() where resolver.lookup(name) != nil {
-                    return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' exports '\(name)', which is already exported (the kernel refuses duplicate exports)")
-                }
-            }
-            let smpGroups = Set(m.siteIndex.values.filter { $0.kind == .smpLock }.compactMap(\.key))
-            // Core and init sites of one key agree (the explainer holds init sites to the core's).
-            let states = m.keyStates.merging(m.initKeyStates) { core, _ in core }
-            for (key, state) in states.sorted(by: { $0.key < $1.key }) {
-                if patchesInFlight[key] != nil {
-                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': a run-time patch of key 0x\(Hex.number(key)) is being decided (the kernel holds the key's mutex for both): ask again")
-                }
-                if smpGroups.contains(key) && state == 0 && wentSMP {
-                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its .smp_locks prefixes are unlocked (3e), but guest '\(registration.guestID)' left uniprocessor mode (alternatives_smp_module_add() unlocks only while uniproc_patched)")
-                }
-                if let ro = facts.coreROAfterInit, ro.contains(key), let sealed = sealedKeyState[key], sealed.state != state {
-                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(Hex.number(key)) are in state 0x\(Hex.number(state)), but the key lies in the kernel's __ro_after_init data and was in state 0x\(Hex.number(sealed.state)) at earlier sites: read-only since mark_rodata_ro(), it never changes (jump_label_add_module() gives a sealed key's sites its one state)")
-                }
-                if let current = keyState[key], current != state {
-                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(Hex.number(key)) are in state 0x\(Hex.number(state)), live sites of that key are in state 0x\(Hex.number(current))")
-                }
-                if keyState[key] == nil, let trusted = facts.staticCallTrustedTargets[key], !Self.nullStates(facts).contains(state), !trusted.contains(state) {
-                    return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': static-call key 0x\(Hex.number(key)) targets 0x\(Hex.number(state)), which is not trusted for that key")
-                }
-            }
-            live[m.name] = m
-            order.append(m.name)
-            if smpGroups.contains(where: { m.keyStates[$0] == 1 }) { wentSMP = true }
-            for (key, state) in states {
-                keyState[key] = state
-                keyStatesSeen[key, default: []].insert(state)
-                if let ro = facts.coreROAfterInit, ro.contains(key) { sealedKeyState[key] = (state, (sealedKeyState[key]?.commits ?? 0) + 1) }
-            }
-            for site in m.siteIndex.values { if let k = site.key { keySites[k, default: []].insert(site.address) } }
-            if let e = m.exports { resolver.add(e) }
-            return nil
         }
+    }
+
+    /// `commit` under `lock`: nil when `module` is recorded (with a new `commitSerial`).
+    private func commitLocked(_ module: LiveModule) -> SessionRefusal? {
+        var m = module
+        if let e = endedRefusalLocked() { return e }
+        if let c = conflicts(name: m.name, coreRange: m.coreRange, initRange: m.initRange, frames: m.frames, initFrames: m.initFrames) { return c }
+        // A module was retired (or rolled back) while this one was explained: the snapshot
+        // may have resolved symbols to it, and it is no longer live to depend on. The kernel
+        // takes the reference (resolve_symbol() → ref_module()) before the exporter can go.
+        if m.explainedAt != removals {
+            return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)': a live module of guest '\(registration.guestID)' was retired while it was explained against their exports: ask again")
+        }
+        // Its dependencies, from the live set the snapshot saw (no removal since; a module
+        // added since cannot have been resolved against, and depending on it is only stricter).
+        m.dependsOn.formUnion(ownersLocked(of: m.imports))
+        // The module was explained against a snapshot of the live exports: a module it links
+        // against must still be live (a retire may have raced with the explanation).
+        for d in m.dependsOn.sorted() where live[d] == nil {
+            return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' links against '\(d)', which is no longer live")
+        }
+        if let e = m.exports {
+            // The kernel refuses a module exporting a name that is already exported
+            // (verify_exported_symbols(): -ENOEXEC "exports duplicate symbol").
+            for name in e.exportedNames.sorted() where resolver.lookup(name) != nil {
+                return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' exports '\(name)', which is already exported (the kernel refuses duplicate exports)")
+            }
+        }
+        let smpGroups = Set(m.siteIndex.values.filter { $0.kind == .smpLock }.compactMap(\.key))
+        // Core and init sites of one key agree (the explainer holds init sites to the core's).
+        let states = m.keyStates.merging(m.initKeyStates) { core, _ in core }
+        for (key, state) in states.sorted(by: { $0.key < $1.key }) {
+            if patchesInFlight[key] != nil {
+                return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': a run-time patch of key 0x\(Hex.number(key)) is being decided (the kernel holds the key's mutex for both): ask again")
+            }
+            if smpGroups.contains(key) && state == 0 && wentSMP {
+                return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its .smp_locks prefixes are unlocked (3e), but guest '\(registration.guestID)' left uniprocessor mode (alternatives_smp_module_add() unlocks only while uniproc_patched)")
+            }
+            if let ro = facts.coreROAfterInit, ro.contains(key), let sealed = sealedKeyState[key], sealed.state != state {
+                return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(Hex.number(key)) are in state 0x\(Hex.number(state)), but the key lies in the kernel's __ro_after_init data and was in state 0x\(Hex.number(sealed.state)) at earlier sites: read-only since mark_rodata_ro(), it never changes (jump_label_add_module() gives a sealed key's sites its one state)")
+            }
+            if let current = keyState[key], current != state {
+                return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(Hex.number(key)) are in state 0x\(Hex.number(state)), live sites of that key are in state 0x\(Hex.number(current))")
+            }
+            if keyState[key] == nil, let trusted = facts.staticCallTrustedTargets[key], !Self.nullStates(facts).contains(state), !trusted.contains(state) {
+                return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': static-call key 0x\(Hex.number(key)) targets 0x\(Hex.number(state)), which is not trusted for that key")
+            }
+        }
+        commits &+= 1
+        m.commitSerial = commits
+        live[m.name] = m
+        order.append(m.name)
+        if smpGroups.contains(where: { m.keyStates[$0] == 1 }) { wentSMP = true }
+        for (key, state) in states {
+            keyState[key] = state
+            keyStatesSeen[key, default: []].insert(state)
+            if let ro = facts.coreROAfterInit, ro.contains(key) { sealedKeyState[key] = (state, (sealedKeyState[key]?.commits ?? 0) + 1) }
+        }
+        for site in m.siteIndex.values { if let k = site.key { keySites[k, default: []].insert(site.address) } }
+        if let e = m.exports { resolver.add(e) }
+        return nil
     }
 
     /// NULL forms of a static call: NULL itself and `__static_call_return0` (DEFINE_STATIC_CALL_RET0).
@@ -298,15 +325,22 @@ public final class GuestSession: @unchecked Sendable {
     }
 
     /// Undo a commit whose verdict did not become an allow (the audit sink refused the record).
-    func rollback(name: String) {
+    /// Only the instance that commit recorded is removed: between the commit and the refusal the
+    /// guest may have had that instance retired and the module loaded again (a granted instance
+    /// of the same name, whose verdict the VMM acted on); removing by name would forget that
+    /// granted module's range, frames, sites and exports while its pages stay executable.
+    func rollback(_ ticket: CommitTicket) {
         lock.withLock {
-            guard let m = live.removeValue(forKey: name) else { return }
-            removals &+= 1
-            order.removeAll { $0 == name }
-            rebuildDerivedState()
-            // Its sites were never granted: its commit no longer holds a sealed key's state; the
-            // state goes only with the last standing commit that held it (see `sealedKeyState`).
-            for k in Set(m.keyStates.keys).union(m.initKeyStates.keys) {
+            if let m = live[ticket.name], m.commitSerial == ticket.serial {
+                live[ticket.name] = nil
+                removals &+= 1
+                order.removeAll { $0 == ticket.name }
+                rebuildDerivedState()
+            }
+            // Its sites were never granted (whether or not its instance is still live): its
+            // commit no longer holds a sealed key's state; the state goes only with the last
+            // standing commit that held it (see `sealedKeyState`).
+            for k in ticket.keys {
                 guard let sealed = sealedKeyState[k] else { continue }
                 sealedKeyState[k] = sealed.commits > 1 ? (sealed.state, sealed.commits - 1) : nil
             }

@@ -177,20 +177,21 @@ public final class Verifier: @unchecked Sendable {
         if let s = session { judgement.verdict.factsDigest = s.factsDigest }
         // Commit the allowed module to the guest's live set: the commit re-checks ranges, name,
         // frames, exports and key states atomically, and its refusal is the verdict.
-        var committed: String? = nil
+        var committed: CommitTicket? = nil
         if judgement.verdict.decision == .allow, let s = session, let m = judgement.live {
-            if let refusal = s.commit(m) {
+            switch s.commit(m) {
+            case .failure(let refusal):
                 judgement.verdict.decision = .deny
                 judgement.verdict.reason = refusal.reason
                 judgement.verdict.message = refusal.message
-            } else {
-                committed = m.name
+            case .success(let ticket):
+                committed = ticket
             }
         }
         Self.applyAuditMode(&judgement.verdict, policy)
         recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
-        if judgement.verdict.decision != .allow, let name = committed, let s = session {
-            s.rollback(name: name)  // the audit sink refused the record: the module never became live
+        if judgement.verdict.decision != .allow, let ticket = committed, let s = session {
+            s.rollback(ticket)  // the audit sink refused the record: the module never became live
         }
         // The grant, on the final allow only (an audit-only allow included: audit mode lets the
         // VMM map what enforce would deny, but the module is never committed, so the session
