@@ -63,6 +63,9 @@ public struct LiveModule: Sendable {
     /// Which commit recorded this instance (`GuestSession.commit`): a rollback removes only the
     /// instance its own commit recorded, never another one of the same name loaded since.
     var commitSerial: UInt64 = 0
+    /// Committed, verdict not final yet (`GuestSession.finish` clears it; `rollback` removes the
+    /// module). No module may link against it meanwhile: its exports may still be taken back.
+    var pending = false
 
     init(name: String, identity: String? = nil, coreRange: Range<UInt64>, textRange: Range<UInt64>, frames: [UInt64], initRange: Range<UInt64>?,
          initFrames: [UInt64], exports: ModuleExports?, sites: RuntimeSiteTable?, dependsOn: Set<String> = [], keyStates: [UInt64: UInt64],
@@ -264,6 +267,14 @@ public final class GuestSession: @unchecked Sendable {
         for d in m.dependsOn.sorted() where live[d] == nil {
             return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' links against '\(d)', which is no longer live")
         }
+        // Nor may it link against a module whose own verdict is not final: that verdict can
+        // still become a deny (audit record refused), and then its exports were never a
+        // verified module's. The kernel makes a module wait for an exporter that is still
+        // COMING (resolve_symbol() → ref_module() → strong_try_module_get(): -EBUSY;
+        // resolve_symbol_wait()), kernel/module/main.c, 6.1 and 6.12.
+        for d in m.dependsOn.sorted() where live[d]?.pending == true {
+            return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' links against '\(d)', whose verdict is still being finished (the kernel waits for an exporter that is still coming): ask again")
+        }
         if let e = m.exports {
             // The kernel refuses a module exporting a name that is already exported
             // (verify_exported_symbols(): -ENOEXEC "exports duplicate symbol").
@@ -293,6 +304,7 @@ public final class GuestSession: @unchecked Sendable {
         }
         commits &+= 1
         m.commitSerial = commits
+        m.pending = true
         live[m.name] = m
         order.append(m.name)
         if smpGroups.contains(where: { m.keyStates[$0] == 1 }) { wentSMP = true }
@@ -322,6 +334,14 @@ public final class GuestSession: @unchecked Sendable {
             if imports.contains(where: { e.address(of: $0) != nil && facts.exports[$0] == nil }) { out.insert(m.name) }
         }
         return out
+    }
+
+    /// The verdict of a commit is final and an allow: its module is no longer pending (modules
+    /// may link against it).
+    func finish(_ ticket: CommitTicket) {
+        lock.withLock {
+            if let m = live[ticket.name], m.commitSerial == ticket.serial { live[ticket.name]!.pending = false }
+        }
     }
 
     /// Undo a commit whose verdict did not become an allow (the audit sink refused the record).

@@ -190,8 +190,12 @@ public final class Verifier: @unchecked Sendable {
         }
         Self.applyAuditMode(&judgement.verdict, policy)
         recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
-        if judgement.verdict.decision != .allow, let ticket = committed, let s = session {
-            s.rollback(ticket)  // the audit sink refused the record: the module never became live
+        if let ticket = committed, let s = session {
+            if judgement.verdict.decision == .allow {
+                s.finish(ticket)    // final: modules may now link against it
+            } else {
+                s.rollback(ticket)  // the audit sink refused the record: the module never became live
+            }
         }
         // The grant, on the final allow only (an audit-only allow included: audit mode lets the
         // VMM map what enforce would deny, but the module is never committed, so the session
