@@ -28,6 +28,8 @@ final class DocAttack4Tests: XCTestCase {
     final class HoldingSink: VerdictAuditSink, @unchecked Sendable {
         let lock = NSLock()
         let module: String
+        /// Accept the held record after all (only the requests run while it was held matter).
+        var accept = false
         var whileHeld: (() -> Void)?
         var inner: [ExecGateWire.Verdict] = []
         init(module: String, whileHeld: @escaping () -> Void) {
@@ -41,7 +43,7 @@ final class DocAttack4Tests: XCTestCase {
             lock.unlock()
             guard let action else { return true }
             action()
-            return false
+            return accept
         }
     }
 
@@ -125,5 +127,61 @@ final class DocAttack4Tests: XCTestCase {
         // Asked again once the exporter is allowed, the dependent loads.
         XCTAssertEqual(g.verifier.authorize(exporter, requestDigest: []).decision, .allow)
         XCTAssertEqual(try g.load("test_static_keys").decision, .allow)
+    }
+
+    /// HOLE (round docs4): protocol.md register-guest: "A request of the old session still being
+    /// judged when the reset lands is not allowed into the new one, nor into the old: the
+    /// replaced session is ended, and its authorize-module or authorize-patch is denied
+    /// `policy.end-state-unavailable`". The session is checked when the module is committed, but
+    /// the verdict is final only once its audit record is written (`audit-overflow block`: up to
+    /// 5 s). A reset landing in that window (the VMM revoked every grant of the old session, then
+    /// sent it) left the verdict an allow — grant base and frames for a session that is gone,
+    /// with a facts digest the new boot shares (same facts) — and the module live nowhere the new
+    /// session checks: the new session let another module claim the same frames.
+    func testAResetWhileTheVerdictIsRecordedIsNotAnAllow() throws {
+        let g = try FixtureGuest()
+        let name = "irqbypass"
+        var reset = g.registration
+        reset.reset = true
+        let old = g.session
+        g.verifier.auditSink = HoldingSink(module: name) {
+            guard case .registerGuestReply = g.verifier.respond(to: .registerGuest(reset), requestDigest: [0xfa, 0xc7]) else { return XCTFail("reset") }
+        }
+        // The sink accepts the record this time: only the reset lands meanwhile.
+        (g.verifier.auditSink as! HoldingSink).accept = true
+        let v = try g.load(name)
+        g.verifier.auditSink = nil
+        XCTAssertFalse(old === g.session, "the reset replaced the session")
+        XCTAssertEqual(v.decision, .deny, "\(name) allowed after the reset landed (frames \(v.grantFrames)): \(v.message)")
+        XCTAssertEqual(v.reason, .endStateUnavailable, v.message)
+        XCTAssertNil(v.grantBase)
+        XCTAssertEqual(v.grantFrames, [])
+        // Asked again in the new session: allowed, and its frames are held there.
+        XCTAssertEqual(try g.load(name).decision, .allow)
+        XCTAssertEqual(g.session.allowedModules, [name])
+    }
+
+    /// The same window for a run-time patch: a legal whole-key flip judged in the old session,
+    /// its record written while the reset lands. The allow told the VMM to poke those bytes into
+    /// text of a session that is gone (the new boot may hold other code at those addresses).
+    func testAResetWhileAPatchVerdictIsRecordedIsNotAnAllow() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let (key, sites) = try XCTUnwrap(g.sitesByKey().filter { $0.value.allSatisfy { $0.site.kind == .jumpLabel } }.min { $0.key < $1.key })
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        let flip = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+        var reset = g.registration
+        reset.reset = true
+        let old = g.session
+        let sink = HoldingSink(module: sites[0].table.module) {
+            guard case .registerGuestReply = g.verifier.respond(to: .registerGuest(reset), requestDigest: [0xfa, 0xc7]) else { return XCTFail("reset") }
+        }
+        sink.accept = true
+        g.verifier.auditSink = sink
+        let v = g.verifier.authorizePatch(AuthorizePatch(guestID: "g", patches: flip), session: old, requestDigest: [])
+        g.verifier.auditSink = nil
+        XCTAssertFalse(old === g.session, "the reset replaced the session")
+        XCTAssertEqual(v.decision, .deny, "a patch of the old session allowed after the reset landed: \(v.message)")
+        XCTAssertEqual(v.reason, .endStateUnavailable, v.message)
     }
 }
