@@ -337,10 +337,14 @@ public final class GuestSession: @unchecked Sendable {
     }
 
     /// The verdict of a commit is final and an allow: its module is no longer pending (modules
-    /// may link against it).
-    func finish(_ ticket: CommitTicket) {
+    /// may link against it). Refused when a reset (or removal) ended the session since the commit
+    /// (while the verdict's audit record was written): the VMM revoked every grant of this
+    /// session before sending the reset, so the verdict must not become an allow now.
+    func finish(_ ticket: CommitTicket) -> SessionRefusal? {
         lock.withLock {
+            if let e = endedRefusalLocked() { return e }
             if let m = live[ticket.name], m.commitSerial == ticket.serial { live[ticket.name]!.pending = false }
+            return nil
         }
     }
 
@@ -541,12 +545,16 @@ public final class GuestSession: @unchecked Sendable {
     /// the batch was about sites that may be gone, and a module loaded since at their addresses
     /// was granted its own bytes, in its own key states (its commit recorded them). No module with
     /// sites of the batch's keys was committed meanwhile (`patchesInFlight`).
-    func apply(_ newStates: [UInt64: UInt64], staticKeys: Set<UInt64>, judgedAt: UInt64, record: Bool = true) {
+    /// Returns the refusal when a reset (or removal) ended the session since the judgement (while
+    /// the verdict's audit record was written): nothing is recorded, and the verdict is a deny.
+    @discardableResult
+    func apply(_ newStates: [UInt64: UInt64], staticKeys: Set<UInt64>, judgedAt: UInt64, record: Bool = true) -> SessionRefusal? {
         lock.withLock {
             for key in newStates.keys {
                 if let n = patchesInFlight[key], n > 1 { patchesInFlight[key] = n - 1 } else { patchesInFlight[key] = nil }
             }
-            guard record, judgedAt == removals else { return }
+            if let e = endedRefusalLocked() { return e }
+            guard record, judgedAt == removals else { return nil }
             for (k, s) in newStates where keySites[k] != nil {
                 keyState[k] = s
                 if staticKeys.contains(k) {
@@ -555,6 +563,7 @@ public final class GuestSession: @unchecked Sendable {
                     resolver.recordStaticCallState(key: k, state: s)
                 }
             }
+            return nil
         }
     }
 

@@ -191,10 +191,19 @@ public final class Verifier: @unchecked Sendable {
         Self.applyAuditMode(&judgement.verdict, policy)
         recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
         if let ticket = committed, let s = session {
-            if judgement.verdict.decision == .allow {
-                s.finish(ticket)    // final: modules may now link against it
-            } else {
-                s.rollback(ticket)  // the audit sink refused the record: the module never became live
+            // Final: modules may now link against it — unless a reset ended the session while the
+            // record was written (the VMM revoked every grant of it first): then the allow just
+            // recorded is no verdict of a live session, and the final one is a deny, recorded too.
+            let ended = judgement.verdict.decision == .allow ? s.finish(ticket) : nil
+            if judgement.verdict.decision != .allow || ended != nil {
+                s.rollback(ticket)  // the audit sink refused the record, or the session ended: never live
+            }
+            if let refusal = ended {
+                judgement.verdict.decision = .deny
+                judgement.verdict.reason = refusal.reason
+                judgement.verdict.message = refusal.message
+                Self.applyAuditMode(&judgement.verdict, policy)
+                recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
             }
         }
         // The grant, on the final allow only (an audit-only allow included: audit mode lets the
@@ -249,8 +258,13 @@ public final class Verifier: @unchecked Sendable {
         case .allowed(let module, let message, let newStates, let staticKeys, let judgedAt):
             let v = verdict(.allow, .allowed, message, module: module)
             // Only a final allow moves the keys (the audit sink may still have refused it); the
-            // keys stay in flight (no module with sites of them commits) until then.
-            session.apply(newStates, staticKeys: staticKeys, judgedAt: judgedAt, record: v.decision == .allow && !v.auditOnly)
+            // keys stay in flight (no module with sites of them commits) until then. A reset that
+            // ended the session while the record was written makes the verdict a deny (recorded
+            // too): the VMM revoked every grant of that session before sending the reset.
+            if let refusal = session.apply(newStates, staticKeys: staticKeys, judgedAt: judgedAt, record: v.decision == .allow && !v.auditOnly),
+               v.decision == .allow && !v.auditOnly {
+                return verdict(.deny, refusal.reason, refusal.message, module: module)
+            }
             return v
         case .denied(let reason, let module, let message):
             return verdict(.deny, reason, message, module: module)
