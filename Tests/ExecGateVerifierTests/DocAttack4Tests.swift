@@ -7,6 +7,7 @@
 // the verifier core as the service runs it (Verifier.respond / authorize / authorizePatch).
 
 import ExecGateCapture
+import ExecGateELF
 import ExecGateExplain
 import ExecGatePolicy
 import ExecGateTestSupport
@@ -183,5 +184,75 @@ final class DocAttack4Tests: XCTestCase {
         XCTAssertFalse(old === g.session, "the reset replaced the session")
         XCTAssertEqual(v.decision, .deny, "a patch of the old session allowed after the reset landed: \(v.message)")
         XCTAssertEqual(v.reason, .endStateUnavailable, v.message)
+    }
+
+    /// `name`'s request laid out at `base` instead of where the fixture boot loaded it: the
+    /// captured bytes with every byte the engine expects elsewhere rewritten (relocations, sites),
+    /// one denial at a time, as the guest's loader would have written them there.
+    static func rebased(_ g: FixtureGuest, _ name: String, to base: UInt64, frames: [UInt64]) throws -> AuthorizeModule {
+        let m = try g.boot.module(name)
+        var claim = m.claim
+        let delta = base &- claim.textBase
+        claim.textBase = base
+        claim.sectionAddresses = claim.sectionAddresses.mapValues { $0 &+ delta }
+        for _ in 0..<20_000 {
+            let verdict = try m.ko.withUnsafeBytes { raw -> ExecGateExplain.Verdict in
+                let elf = try ELFFile(bytes: UnsafeRawBufferPointer(raw))
+                return Explainer(facts: g.session.facts).explain(elf: elf, claim: claim, resolver: g.session.symbolResolver).verdict
+            }
+            guard case .denied(let d) = verdict else {
+                var r = m.request(guestID: "g")
+                r.textBase = base
+                r.text = ByteBuffer(bytes: claim.text)
+                r.sections = claim.sectionAddresses.sorted { $0.key < $1.key }.map { SectionClaim(name: $0.key, address: $0.value) }
+                r.frames = frames
+                return r
+            }
+            guard !d.expected.isEmpty, d.address >= base, d.address - base + UInt64(d.expected.count) <= UInt64(claim.text.count) else {
+                throw XCTSkip("\(name) cannot be laid out at 0x\(String(base, radix: 16)): \(d)")
+            }
+            let o = Int(d.address - base)
+            guard Array(claim.text[o..<o + d.expected.count]) != d.expected else { throw XCTSkip("no progress rebasing \(name): \(d)") }
+            claim.text.replaceSubrange(o..<o + d.expected.count, with: d.expected)
+        }
+        throw XCTSkip("rebasing \(name) did not converge")
+    }
+
+    /// HOLE (round docs4): protocol.md authorize-patch: "Allowed only when every entry is at the
+    /// start of a run-time patch site of the **live** module that owns the address now (a retired
+    /// module's sites are gone)", and "The verdict covers the whole request". A whole-key flip of
+    /// a key only test_static_keys has sites of is judged and allowed; while its verdict is
+    /// finished (audit record, `audit-overflow block`), the guest has test_static_keys retired
+    /// and another module (irqbypass, no site of the key, so nothing holds it back) loaded at the
+    /// same address. The patch's key states are then not recorded (a module went since it was
+    /// judged), but its verdict stayed an allow: the VMM pokes the flip's bytes at those
+    /// addresses, now in the middle of irqbypass's verified, executable text.
+    func testAPatchWhoseSitesChangedOwnerWhileItWasFinishedIsNotAnAllow() throws {
+        let g = try FixtureGuest()
+        for name in ["test_static_key_base", "test_static_keys"] { XCTAssertEqual(try g.load(name).decision, .allow, name) }
+        let (key, sites) = try XCTUnwrap(g.sitesByKey().filter { _, s in s.allSatisfy { $0.site.kind == .jumpLabel && $0.table.module == "test_static_keys" } }
+                                            .min { ($0.value.count, $0.key) < ($1.value.count, $1.key) }, "a key only test_static_keys has sites of")
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        let flip = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+        let victim = try XCTUnwrap(g.session.liveModule("test_static_keys"))
+        let intruder = try Self.rebased(g, "irqbypass", to: victim.textRange.lowerBound, frames: [0x7_7000, 0x7_7001, 0x7_7002, 0x7_7003].prefix(victim.frames.count).map { $0 })
+        XCTAssertTrue(flip.allSatisfy { victim.textRange.contains($0.address) && intruder.text!.readableBytes > Int($0.address - victim.textRange.lowerBound) })
+
+        var loaded: ExecGateWire.Verdict?
+        let sink = HoldingSink(module: "test_static_keys") {
+            guard case .retireModuleReply = self.retire(g, "test_static_keys") else { return XCTFail("retire test_static_keys") }
+            loaded = g.verifier.authorize(intruder, requestDigest: [])
+        }
+        sink.accept = true
+        g.verifier.auditSink = sink
+        let v = g.patch(flip)
+        g.verifier.auditSink = nil
+        let l = try XCTUnwrap(loaded, "irqbypass was judged while the patch's verdict was finished")
+        XCTAssertEqual(l.decision, .allow, "irqbypass laid out at test_static_keys' address: \(l.message)")
+        XCTAssertEqual(g.session.liveModule("irqbypass")?.textRange.lowerBound, victim.textRange.lowerBound)
+        XCTAssertEqual(v.decision, .deny, "the flip of a retired module's sites allowed into irqbypass's text at \(flip.map { String($0.address, radix: 16) }): \(v.message)")
+        XCTAssertEqual(v.reason, .patchNotAllowed, v.message)
+        // The same bytes asked now are judged against the owner: not its sites.
+        XCTAssertEqual(g.patch(flip).decision, .deny)
     }
 }
