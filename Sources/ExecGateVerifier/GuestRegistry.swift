@@ -95,6 +95,12 @@ struct SessionRefusal: Error {
     var message: String
 }
 
+/// The live instances a run-time patch's entries belong to when it was judged (name → commit
+/// serial): `GuestSession.apply` refuses the patch if any of them went since.
+struct PatchOwners {
+    let serials: [String: UInt64]
+}
+
 /// A committed module whose verdict is not final yet (the audit record may still be refused):
 /// what `GuestSession.rollback` undoes. Names the one instance that commit recorded (its serial)
 /// and the keys its commit counted, so a rollback undoes exactly that commit.
@@ -445,8 +451,9 @@ public final class GuestSession: @unchecked Sendable {
     enum PatchOutcome {
         /// Legal; `newStates` are the keys' states after the transition (apply with `apply(_:)`
         /// once the verdict is final).
-        /// `judgedAt` is `removals` at the judgement (`apply` records nothing if a module went since).
-        case allowed(module: String, message: String, newStates: [UInt64: UInt64], staticKeys: Set<UInt64>, judgedAt: UInt64)
+        /// `judgedAt`: the live instances the batch's entries belong to (`apply` refuses if one of
+        /// them went since).
+        case allowed(module: String, message: String, newStates: [UInt64: UInt64], staticKeys: Set<UInt64>, judgedAt: PatchOwners)
         case denied(VerdictReason, module: String, message: String)
     }
 
@@ -463,6 +470,7 @@ public final class GuestSession: @unchecked Sendable {
             var batchSites: [UInt64: Set<UInt64>] = [:]
             var staticKeys = Set<UInt64>()
             var owners: [String] = []
+            var ownerSerials: [String: UInt64] = [:]
             var smpBatch = false
             for p in patches {
                 let at = "0x" + Hex.number(p.address)
@@ -471,6 +479,7 @@ public final class GuestSession: @unchecked Sendable {
                     return .denied(.patchNotAllowed, module: "", message: "\(at) is not in live code verified for guest '\(registration.guestID)'")
                 }
                 if !owners.contains(owner.name) { owners.append(owner.name) }
+                ownerSerials[owner.name] = owner.commitSerial
                 guard let table = owner.sites else {
                     return .denied(.patchNotAllowed, module: owner.name, message: "\(at) is not a run-time patch site of \(owner.name)")
                 }
@@ -534,27 +543,32 @@ public final class GuestSession: @unchecked Sendable {
             for key in newState.keys { patchesInFlight[key, default: 0] += 1 }  // until `apply` (always called)
             let what = patches.count == 1 ? "1 site" : "\(patches.count) sites"
             return .allowed(module: owners.joined(separator: ","), message: "\(what) in \(owners.joined(separator: ", ")): legal encodings, whole-key transition",
-                            newStates: newState, staticKeys: staticKeys, judgedAt: removals)
+                            newStates: newState, staticKeys: staticKeys, judgedAt: PatchOwners(serials: ownerSerials))
         }
     }
 
     /// Ends an allowed transition's verdict: its keys are no longer in flight, and when the verdict
     /// stayed an allow (`record`) the keys' new states are recorded (keys whose sites are all gone
     /// are skipped). Called once for every `.allowed` outcome, whatever the final verdict.
-    /// Nothing is recorded if a live module was removed since the batch was judged (`judgedAt`):
-    /// the batch was about sites that may be gone, and a module loaded since at their addresses
-    /// was granted its own bytes, in its own key states (its commit recorded them). No module with
-    /// sites of the batch's keys was committed meanwhile (`patchesInFlight`).
-    /// Returns the refusal when a reset (or removal) ended the session since the judgement (while
-    /// the verdict's audit record was written): nothing is recorded, and the verdict is a deny.
+    /// No module with sites of the batch's keys was committed meanwhile (`patchesInFlight`).
+    /// Returns a refusal, nothing recorded, and the verdict must be a deny, when since the
+    /// judgement (while the verdict's audit record was written):
+    ///   - a reset (or removal) ended the session;
+    ///   - a module the batch's entries belong to is no longer that live instance (retired, or
+    ///     its commit rolled back): its sites are gone, and a module loaded since at their
+    ///     addresses was granted its own bytes there — the VMM must not poke the batch into them
+    ///     (`judgedAt`, the owners' commit serials).
     @discardableResult
-    func apply(_ newStates: [UInt64: UInt64], staticKeys: Set<UInt64>, judgedAt: UInt64, record: Bool = true) -> SessionRefusal? {
+    func apply(_ newStates: [UInt64: UInt64], staticKeys: Set<UInt64>, judgedAt owners: PatchOwners, record: Bool = true) -> SessionRefusal? {
         lock.withLock {
             for key in newStates.keys {
                 if let n = patchesInFlight[key], n > 1 { patchesInFlight[key] = n - 1 } else { patchesInFlight[key] = nil }
             }
             if let e = endedRefusalLocked() { return e }
-            guard record, judgedAt == removals else { return nil }
+            for (name, serial) in owners.serials.sorted(by: { $0.key < $1.key }) where live[name]?.commitSerial != serial {
+                return SessionRefusal(reason: .patchNotAllowed, message: "module '\(name)' was retired while this patch was decided: its sites are gone (the addresses may hold another module's granted bytes now); ask again")
+            }
+            guard record else { return nil }
             for (k, s) in newStates where keySites[k] != nil {
                 keyState[k] = s
                 if staticKeys.contains(k) {

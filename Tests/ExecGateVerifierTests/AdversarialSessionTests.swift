@@ -322,7 +322,9 @@ final class AdversarialSessionTests: XCTestCase {
     /// leave the session believing the key flipped while the live module's granted bytes hold
     /// the old state — a later module with sites of the key would then be admitted in the other
     /// state (a half-enabled key). Fails now: the key states of a batch are recorded only if no
-    /// live module was removed since it was judged (GuestSession.removals).
+    /// live module was removed since it was judged (GuestSession.removals). Round docs4: the
+    /// patch's verdict is a deny too (its sites are gone: the VMM must not poke them into
+    /// whatever was loaded there since, DocAttack4Tests), naming the retired module.
     func testPatchRacingARetireDoesNotMoveTheReloadedModulesKey() throws {
         let g = try FixtureGuest()
         try g.loadAll()
@@ -338,7 +340,9 @@ final class AdversarialSessionTests: XCTestCase {
         }
         g.verifier.auditSink = sink
         let flip = g.patch([PatchEntry(address: site.address, bytes: try XCTUnwrap(t.encoding(at: site.address, state: 1 - state)))])
-        XCTAssertEqual(flip.decision, .allow, flip.message)
+        XCTAssertEqual(flip.decision, .deny, flip.message)
+        XCTAssertEqual(flip.reason, .patchNotAllowed, flip.message)
+        XCTAssertTrue(flip.message.contains("was retired while this patch was decided"), flip.message)
         XCTAssertNil(sink.hook, "the race ran")
         // The reload landing while the patch of its key is decided is refused, ask again (the
         // kernel holds jump_label_mutex for both: DocAttack2SessionTests); asked again, it loads.
