@@ -189,12 +189,19 @@ final class DocAttack4Tests: XCTestCase {
     /// `name`'s request laid out at `base` instead of where the fixture boot loaded it: the
     /// captured bytes with every byte the engine expects elsewhere rewritten (relocations, sites),
     /// one denial at a time, as the guest's loader would have written them there.
-    static func rebased(_ g: FixtureGuest, _ name: String, to base: UInt64, frames: [UInt64]) throws -> AuthorizeModule {
+    /// With `initBase`, its init text too (`initPages` pages, laid out the same way).
+    static func rebased(_ g: FixtureGuest, _ name: String, to base: UInt64, frames: [UInt64],
+                        initBase: UInt64? = nil, initPages: Int = 1, initFrames: [UInt64] = []) throws -> AuthorizeModule {
         let m = try g.boot.module(name)
         var claim = m.claim
         let delta = base &- claim.textBase
         claim.textBase = base
         claim.sectionAddresses = claim.sectionAddresses.mapValues { $0 &+ delta }
+        if let ib = initBase {
+            claim.initTextBase = ib
+            claim.initText = [UInt8](repeating: 0, count: initPages * 4096)
+            for k in claim.sectionAddresses.keys where k.hasPrefix(".init") { claim.sectionAddresses[k] = nil }
+        }
         for _ in 0..<20_000 {
             let verdict = try m.ko.withUnsafeBytes { raw -> ExecGateExplain.Verdict in
                 let elf = try ELFFile(bytes: UnsafeRawBufferPointer(raw))
@@ -206,7 +213,21 @@ final class DocAttack4Tests: XCTestCase {
                 r.text = ByteBuffer(bytes: claim.text)
                 r.sections = claim.sectionAddresses.sorted { $0.key < $1.key }.map { SectionClaim(name: $0.key, address: $0.value) }
                 r.frames = frames
+                if let ib = initBase, let it = claim.initText {
+                    r.initBase = ib
+                    r.initText = ByteBuffer(bytes: it)
+                    r.initFrames = initFrames
+                }
                 return r
+            }
+            if let ib = claim.initTextBase, var it = claim.initText, d.address >= ib, d.address - ib < UInt64(it.count) {
+                let o = Int(d.address - ib)
+                guard !d.expected.isEmpty, o + d.expected.count <= it.count, Array(it[o..<o + d.expected.count]) != d.expected else {
+                    throw XCTSkip("\(name)'s init text cannot be laid out at 0x\(String(ib, radix: 16)): \(d)")
+                }
+                it.replaceSubrange(o..<o + d.expected.count, with: d.expected)
+                claim.initText = it
+                continue
             }
             guard !d.expected.isEmpty, d.address >= base, d.address - base + UInt64(d.expected.count) <= UInt64(claim.text.count) else {
                 throw XCTSkip("\(name) cannot be laid out at 0x\(String(base, radix: 16)): \(d)")
@@ -254,5 +275,69 @@ final class DocAttack4Tests: XCTestCase {
         XCTAssertEqual(v.reason, .patchNotAllowed, v.message)
         // The same bytes asked now are judged against the owner: not its sites.
         XCTAssertEqual(g.patch(flip).decision, .deny)
+    }
+
+    /// HOLE (round docs4): protocol.md retire-module: "The guest unloaded a module … ExecGate
+    /// forgets the module"; authorize-module: "On allow the module becomes live … It stays live
+    /// until `retire-module`". The kernel refuses to unload a module that is still coming
+    /// (delete_module(): `mod->state != MODULE_STATE_LIVE` → -EBUSY), but a retire-module for a
+    /// module whose verdict was still being finished (audit record) was accepted: it removed the
+    /// committed instance, and then the verdict became an allow — grant base and frames the VMM
+    /// makes executable — for a module live nowhere, its frames free for the next module.
+    func testARetireOfAModuleWhoseVerdictIsBeingFinishedIsRefused() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        guard case .retireModuleReply = retire(g, "irqbypass") else { return XCTFail("retire irqbypass") }
+        let request = try g.request("irqbypass")
+        var during: Message?
+        let sink = HoldingSink(module: "irqbypass") {
+            during = g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: "irqbypass", textBase: request.textBase!)), requestDigest: [])
+        }
+        sink.accept = true
+        g.verifier.auditSink = sink
+        let v = g.verifier.authorize(request, requestDigest: [])
+        g.verifier.auditSink = nil
+        XCTAssertEqual(v.decision, .allow, v.message)
+        XCTAssertEqual(v.grantFrames, request.frames)
+        if case .error(let e)? = during { XCTAssertEqual(e.code, .unknownModule, e.message) } else { XCTFail("a module whose verdict is being finished retired: \(String(describing: during))") }
+        XCTAssertNotNil(g.session.liveModule("irqbypass")?.name, "the allowed module is live")
+        guard case .retireModuleReply = retire(g, "ip6_udp_tunnel") else { return XCTFail("retire ip6_udp_tunnel") }
+        var thief = try g.request("ip6_udp_tunnel")
+        thief.frames[0] = request.frames[0]
+        XCTAssertEqual(g.verifier.authorize(thief, requestDigest: []).reason, .claimFramesInvalid, "the allowed module's frames are held")
+    }
+
+    /// HOLE (round docs4): protocol.md module-init-freed: "the VMM revoked EXEC on the init frames
+    /// first. The init range stops being live … the range may be reused". The kernel frees a
+    /// module's init memory only after its init returned (do_init_module() → do_free_init(), the
+    /// module then LIVE), but a module-init-freed for a module whose verdict was still being
+    /// finished was accepted: the VMM had no init frames granted to revoke, the session dropped
+    /// them, and then the verdict became an allow echoing `init_frames`, which the VMM makes
+    /// executable while the session holds none of them: another module claiming them was allowed.
+    func testInitFreedOfAModuleWhoseVerdictIsBeingFinishedIsRefused() throws {
+        let g = try FixtureGuest()
+        XCTAssertEqual(try g.load("test_static_key_base").decision, .allow)
+        let base = try g.request("test_static_keys").textBase!
+        let withInit = try Self.rebased(g, "test_static_keys", to: base, frames: try g.request("test_static_keys").frames,
+                                        initBase: 0xffff_ffff_c200_0000, initFrames: [0x5_5000])
+        var during: Message?
+        let sink = HoldingSink(module: "test_static_keys") {
+            during = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keys")), requestDigest: [])
+        }
+        sink.accept = true
+        g.verifier.auditSink = sink
+        let v = g.verifier.authorize(withInit, requestDigest: [])
+        g.verifier.auditSink = nil
+        XCTAssertEqual(v.decision, .allow, v.message)
+        XCTAssertEqual(v.initFrames, [0x5_5000], "the VMM grants EXEC on the init frame")
+        if case .error(let e)? = during { XCTAssertEqual(e.code, .unknownModule, e.message) } else { XCTFail("init freed before the module's verdict was final: \(String(describing: during))") }
+        XCTAssertNotNil(g.session.liveModule("test_static_keys")?.initRange, "the granted init text is live")
+        var thief = try g.request("irqbypass")
+        thief.frames[0] = 0x5_5000
+        XCTAssertEqual(g.verifier.authorize(thief, requestDigest: []).reason, .claimFramesInvalid, "the granted init frame is held")
+        // Once the verdict is final, init-freed is accepted.
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keys")), requestDigest: []) else {
+            return XCTFail("init freed after the verdict")
+        }
     }
 }
