@@ -349,7 +349,13 @@ public final class GuestSession: @unchecked Sendable {
     func finish(_ ticket: CommitTicket) -> SessionRefusal? {
         lock.withLock {
             if let e = endedRefusalLocked() { return e }
-            if let m = live[ticket.name], m.commitSerial == ticket.serial { live[ticket.name]!.pending = false }
+            guard live[ticket.name]?.commitSerial == ticket.serial else {
+                // (Retire and init-freed refuse a pending module, and only its own rollback
+                // removes it: not reached. Fail closed all the same: no allow for a module the
+                // session does not hold.)
+                return SessionRefusal(reason: .endStateUnavailable, message: "module '\(ticket.name)' is no longer held by guest '\(registration.guestID)': ask again")
+            }
+            live[ticket.name]!.pending = false
             return nil
         }
     }
@@ -418,6 +424,12 @@ public final class GuestSession: @unchecked Sendable {
             guard let m = liveExactLocked(name), m.textRange.lowerBound == textBase else {
                 return .failed(.unknownModule, "no live module '\(name)' at 0x\(Hex.number(textBase)) in guest '\(registration.guestID)'")
             }
+            // Not live yet: its verdict is still being finished (the kernel refuses to unload a
+            // module that is still coming: delete_module() → -EBUSY unless MODULE_STATE_LIVE).
+            // Removing it now would let that verdict become an allow for a module live nowhere.
+            if m.pending {
+                return .failed(.unknownModule, "module '\(name)' at 0x\(Hex.number(textBase)) in guest '\(registration.guestID)' is not live yet: its verdict is still being finished (the kernel refuses to unload a module that is still coming)")
+            }
             let canonical = m.name
             if let user = order.first(where: { live[$0]?.dependsOn.contains(canonical) ?? false }) {
                 return .failed(.moduleInUse, "module '\(name)' is used by live module '\(user)': retire that first (the kernel refuses to unload a module in use)")
@@ -433,7 +445,9 @@ public final class GuestSession: @unchecked Sendable {
 
     func initFreed(name: String) -> Bool {
         lock.withLock {
-            guard var m = liveExactLocked(name), m.initRange != nil else { return false }
+            // A module whose verdict is still being finished has no init text granted yet (the
+            // kernel frees init memory only after init returned: do_init_module() → do_free_init()).
+            guard var m = liveExactLocked(name), m.initRange != nil, !m.pending else { return false }
             let canonical = m.name
             m.initRange = nil
             m.initFrames = []
