@@ -349,4 +349,30 @@ final class DocAttack4Tests: XCTestCase {
             return XCTFail("init freed after the verdict")
         }
     }
+
+    /// Failed attack kept (and the other half of the fix of
+    /// testAPatchWhoseSitesChangedOwnerWhileItWasFinishedIsNotAnAllow): while a whole-key flip's
+    /// verdict is finished, retire a module that holds no site of the batch. The batch's sites are
+    /// all still the same live instances: the flip is allowed and its state recorded (before, any
+    /// removal meanwhile left the poked sites' new state unrecorded, so a later module could load
+    /// in the old state beside them: one key in two states), and the key moves as a whole again.
+    func testAnUnrelatedRetireWhileAPatchIsFinishedKeepsItsStateRecorded() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let (key, sites) = try XCTUnwrap(g.sitesByKey().filter { _, s in s.allSatisfy { $0.site.kind == .jumpLabel && $0.table.module == "test_static_keys" } }
+                                            .min { ($0.value.count, $0.key) < ($1.value.count, $1.key) }, "a key only test_static_keys has sites of")
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        func flip(_ to: UInt64) throws -> [PatchEntry] { try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: to))) } }
+        let sink = HoldingSink(module: "test_static_keys") {
+            guard case .retireModuleReply = self.retire(g, "irqbypass") else { return XCTFail("retire irqbypass") }
+        }
+        sink.accept = true
+        g.verifier.auditSink = sink
+        let v = g.patch(try flip(1 - state))
+        g.verifier.auditSink = nil
+        XCTAssertEqual(v.decision, .allow, v.message)
+        XCTAssertNil(g.session.liveModule("irqbypass")?.name, "the race ran")
+        XCTAssertEqual(g.session.state(ofKey: key), 1 - state, "the allowed flip is recorded")
+        XCTAssertEqual(g.patch(try flip(state)).decision, .allow, "and the key moves back as a whole")
+    }
 }
