@@ -98,8 +98,13 @@ public enum PolicyLimits {
     public static let maximumSize = 1 << 20
     /// Longest line in bytes (PEM lines are 64; a long class line of guest ids fits easily).
     public static let maximumLineLength = 4096
-    /// Longest id, guest id, class or module name.
+    /// Longest id, guest id or class name.
     public static let maximumNameLength = 128
+    /// Longest module name: `struct module`'s `char name[MODULE_NAME_LEN]` holds at most
+    /// MODULE_NAME_LEN − 1 = 55 bytes and its NUL (include/linux/module.h: MODULE_NAME_LEN =
+    /// MAX_PARAM_PREFIX_LEN = 64 − sizeof(unsigned long) on x86-64). A longer deny name matches
+    /// no module the kernel (or ExecGate's ModuleName) accepts: a rule that would be ignored.
+    public static let maximumModuleNameLength = 55
     /// The only policy language version this implementation reads.
     public static let languageVersion = "1"
 }
@@ -349,6 +354,9 @@ struct Parser {
         case "module": deniedModules.insert(try digest(v, lineNo))
         case "module-name":
             try checkName(v, lineNo, what: "module name")
+            guard v.text.utf8.count <= PolicyLimits.maximumModuleNameLength else {
+                throw fail(.badArgument, lineNo, v.column, "module name is longer than \(PolicyLimits.maximumModuleNameLength) bytes: no module has it (struct module's name holds MODULE_NAME_LEN − 1 bytes)")
+            }
             deniedNames.insert(Policy.canonicalModuleName(v.text))
         default:
             throw fail(.unknownKeyword, lineNo, what.column, "unknown deny list '\(what.text)' (certificate, module or module-name)")
