@@ -201,7 +201,12 @@ final class DocAttack4Tests: XCTestCase {
     /// With `initBase`, its init text too (`initPages` pages, laid out the same way).
     static func rebased(_ g: FixtureGuest, _ name: String, to base: UInt64, frames: [UInt64],
                         initBase: UInt64? = nil, initPages: Int = 1, initFrames: [UInt64] = []) throws -> AuthorizeModule {
-        let m = try g.boot.module(name)
+        try rebased(g.boot, g.session, name, to: base, frames: frames, initBase: initBase, initPages: initPages, initFrames: initFrames)
+    }
+
+    static func rebased(_ boot: CaptureBoot, _ session: GuestSession, _ name: String, to base: UInt64, frames: [UInt64],
+                        initBase: UInt64? = nil, initPages: Int = 1, initFrames: [UInt64] = []) throws -> AuthorizeModule {
+        let m = try boot.module(name)
         var claim = m.claim
         let delta = base &- claim.textBase
         claim.textBase = base
@@ -214,7 +219,7 @@ final class DocAttack4Tests: XCTestCase {
         for _ in 0..<20_000 {
             let verdict = try m.ko.withUnsafeBytes { raw -> ExecGateExplain.Verdict in
                 let elf = try ELFFile(bytes: UnsafeRawBufferPointer(raw))
-                return Explainer(facts: g.session.facts).explain(elf: elf, claim: claim, resolver: g.session.symbolResolver).verdict
+                return Explainer(facts: session.facts).explain(elf: elf, claim: claim, resolver: session.symbolResolver).verdict
             }
             guard case .denied(let d) = verdict else {
                 var r = m.request(guestID: "g")
@@ -374,5 +379,43 @@ final class DocAttack4Tests: XCTestCase {
         XCTAssertNil(g.session.liveModule("irqbypass")?.name, "the race ran")
         XCTAssertEqual(g.session.state(ofKey: key), 1 - state, "the allowed flip is recorded")
         XCTAssertEqual(g.patch(try flip(state)).decision, .allow, "and the key moves back as a whole")
+    }
+
+    /// HOLE (round docs4): trust.md "Live code: one owner per address" and the registration's
+    /// plausibility checks ("core text bounds", facts "individually plausible" must not combine
+    /// into an allow for attacker-chosen control flow). x86-64 maps the kernel image in
+    /// `[__START_KERNEL_map, __START_KERNEL_map + KERNEL_IMAGE_SIZE)` = `[0xffffffff80000000,
+    /// 0xffffffffc0000000)` and modules from MODULES_VADDR = `__START_KERNEL_map +
+    /// KERNEL_IMAGE_SIZE` on (arch/x86/include/asm/page_64_types.h, pgtable_64_types.h; KASLR
+    /// keeps the image inside: arch/x86/boot/compressed/kaslr.c, KERNEL_IMAGE_SIZE). The fixture
+    /// build registered at 1 GiB more slide — every image address, `pv_ops` entry and the return
+    /// thunk moved consistently, so each fact passes its check — puts core text inside the
+    /// module area: registered, and then a module laid out over a core function's page was
+    /// allowed (the module area check passes and no live module is there), so every export,
+    /// `pv_ops` target and static-call target at that page named the module's bytes.
+    func testCoreTextInTheModuleAreaIsImplausible() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let r = SlidSharedKernelFactsTests.moved(try boot.registration(guestID: "g"), by: 0x4000_0000, id: "g")
+        let stext = try XCTUnwrap(r.symbols.first { $0.name == "_stext" }?.address)
+        XCTAssertGreaterThanOrEqual(stext, 0xffff_ffff_c000_0000, "core text now starts in the module area")
+        let verifier = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
+        let reply = verifier.respond(to: .registerGuest(r), requestDigest: [])
+        if case .error(let e) = reply {
+            XCTAssertEqual(e.code, .implausibleFacts, e.message)
+            XCTAssertTrue(e.message.contains("_etext") || e.message.contains("_stext"), e.message)
+        } else {
+            XCTFail("registered with core text at 0x\(String(stext, radix: 16)), inside the module area")
+        }
+        // Control: the same build at its real slide registers.
+        guard case .registerGuestReply = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
+            .respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: []) else { return XCTFail("the real registration") }
+
+        // What the registration allowed: irqbypass laid out over the first page of core text.
+        guard let session = verifier.guests.session("g") else { return }
+        let printk = try XCTUnwrap(r.symbols.first { $0.name == "_printk" && $0.exported }?.address)
+        let base = printk & ~0xfff
+        let over = try Self.rebased(boot, session, "irqbypass", to: base, frames: [0x6_6000])
+        let v = verifier.authorize(over, requestDigest: [])
+        XCTAssertEqual(v.decision, .deny, "a module laid over the core's exported _printk at 0x\(String(printk, radix: 16)): \(v.message)")
     }
 }
