@@ -24,6 +24,9 @@
 //     indirect calls through; a 6.12 "Stuffing" mitigation (retbleed, ITS) needs X86_FEATURE_CALL_DEPTH;
 //   - `__per_cpu_end` (the start of the module per-cpu reserve) is not below `__per_cpu_start`
 //     and, on a zero-based per-cpu build, below no core per-cpu symbol (vmlinux.lds.h PERCPU_SECTION);
+//   - core and init text lie in the kernel image mapping [__START_KERNEL_map, MODULES_VADDR)
+//     at the guest's slide (page_64_types.h / pgtable_64_types.h: KERNEL_IMAGE_SIZE), never in
+//     the module area a module claim may use;
 //   - CPU counts: present ≥ 1 and possible ≥ present;
 //   - static-call keys: the key is a registered `__SCK__<name>` symbol, or the trampoline
 //     `__SCT__<name>` in core text for keys exported with EXPORT_STATIC_CALL_TRAMP
@@ -137,6 +140,22 @@ enum FactsPlausibility {
                            isStaticCallKey: ((UInt64) -> Bool)? = nil) -> String? {
         let isKey = isStaticCallKey ?? { build.staticCallKeys.contains($0) }
         let bounds = build.bounds
+        // x86-64 maps the kernel image in [__START_KERNEL_map, __START_KERNEL_map +
+        // KERNEL_IMAGE_SIZE) and modules from MODULES_VADDR = __START_KERNEL_map +
+        // KERNEL_IMAGE_SIZE on (arch/x86/include/asm/page_64_types.h, pgtable_64_types.h; KASLR
+        // keeps the whole image inside, arch/x86/boot/compressed/kaslr.c). Core and init text at
+        // this guest's slide must lie there: each fact below is checked against these bounds, so
+        // bounds in the module area would let a module claim the pages every export, `pv_ops`
+        // entry and static-call target names.
+        if let b = bounds {
+            let image = KernelSlide.imageBase..<facts.moduleArea.lowerBound
+            for (what, range) in [("core text [_stext, _etext)", Optional(b.coreText)), ("init text [_sinittext, _einittext)", b.initText)] {
+                guard let range else { continue }
+                guard range.lowerBound >= image.lowerBound, range.upperBound <= image.upperBound else {
+                    return "\(what) = [0x\(Hex.number(range.lowerBound)), 0x\(Hex.number(range.upperBound))) at kaslr_slide 0x\(Hex.number(r.kaslrSlide)) lies outside the kernel image mapping [0x\(Hex.number(image.lowerBound)), 0x\(Hex.number(image.upperBound))) (modules are mapped from MODULES_VADDR = __START_KERNEL_map + KERNEL_IMAGE_SIZE on)"
+                }
+            }
+        }
         if !r.pvOps.isEmpty {
             guard r.pvOps.count % 8 == 0 else { return "pv_ops is \(r.pvOps.count) bytes, not whole u64 entries" }
             guard let b = bounds else { return "pv_ops is sent without the core text bounds _stext/_etext" }
