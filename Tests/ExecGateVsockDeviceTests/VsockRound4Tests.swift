@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Round 4 on the vsock backend's edges, on the real backend loop (VsockBackend.run) without QEMU:
+// the test plays the vhost-user frontend, the guest's driver on the rings (FakeGuest over a
+// shared sealed memfd) and the host clients on the hybrid socket (BackendLoopTests' set-up).
+
+import _ExecGateInternals
+import CExecGateVsockSys
+import XCTest
+@testable import ExecGateVsockDevice
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A running backend with a negotiated frontend, rx/tx rings live, and helpers for the guest side.
+final class LoopHarness {
+    let dir: String
+    let backend: VsockBackend
+    let done = DispatchSemaphore(value: 0)
+    let memFd: Int32
+    let raw: UnsafeMutableRawPointer
+    let rx: FakeGuest
+    let tx: FakeGuest
+    var fe: Int32 = -1
+    var kick: [Int32] = []
+    var call: [Int32] = []
+    var rxOffsets: [UInt16: UInt64] = [:]
+    var rxSeen = 0
+    var rxPosted = 0
+    var txOffset = 0
+
+    init(_ name: String) throws {
+        dir = "/tmp/egv-\(name)-\(getpid())"
+        mkdir(dir, 0o700)
+        backend = try VsockBackend(config: VsockBackendConfig(vhostUserSocket: dir + "/vu", hybridSocket: dir + "/h", guestCID: 3))
+        let (backend, done) = (backend, done)
+        Thread { backend.run(); done.signal() }.start()
+        memFd = egv_memfd("guest-ram", 1 << 20, EGV_F_SEAL_SHRINK | EGV_F_SEAL_GROW | EGV_F_SEAL_SEAL)
+        raw = mmap(nil, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, memFd, 0)!
+        rx = FakeGuest(shared: raw, ringOffset: 0, dataOffset: 0x10000)
+        tx = FakeGuest(shared: raw, ringOffset: 0x8000, dataOffset: 0x80000)
+        fe = try Self.connectUnix(dir + "/vu")
+        _ = try vhost(.getFeatures, reply: true)
+        try vhost(.setFeatures, le(VhostUserFeatures.virtioVersion1 | VhostUserFeatures.protocolFeatures))
+        try vhost(.setProtocolFeatures, le(VhostUserFeatures.protocolReplyAck | VhostUserFeatures.protocolConfig))
+        try vhost(.setOwner, ack: true)
+        var table = le32(1, 0)
+        table += le(FakeGuest.gpaBase); table += le(1 << 20); table += le(FakeGuest.uvaBase); table += le(0)
+        try vhost(.setMemTable, table, fds: [dup(memFd)], ack: true)
+        for (q, g) in [(0, rx), (1, tx)] {
+            try vhost(.setVringNum, le32(UInt32(q), 16), ack: true)
+            var addr = le32(UInt32(q), 0)
+            addr += le(g.uva(g.descGPA)); addr += le(g.uva(g.usedGPA)); addr += le(g.uva(g.availGPA)); addr += le(0)
+            try vhost(.setVringAddr, addr, ack: true)
+            try vhost(.setVringBase, le32(UInt32(q), 0), ack: true)
+            let k = egv_eventfd(), c = egv_eventfd()
+            kick.append(k); call.append(c)
+            try vhost(.setVringCall, le(UInt64(q)), fds: [c], ack: true)
+            try vhost(.setVringKick, le(UInt64(q)), fds: [k], ack: true)
+            try vhost(.setVringEnable, le32(UInt32(q), 1), ack: true)
+        }
+        postRx(8)
+    }
+
+    func stop() {
+        backend.stop()
+        _ = done.wait(timeout: .now() + 5)
+        if fe >= 0 { close(fe) }
+        for fd in kick + call { close(fd) }
+        munmap(raw, 1 << 20); close(memFd)
+        for f in ["vu", "h", "vu.lock", "h.lock"] { unlink(dir + "/" + f) }
+        rmdir(dir)
+    }
+
+    static func connectUnix(_ path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = sockaddr_un.make(path)
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard rc == 0 else { close(fd); throw BackendError("connect \(path)", errno: errno) }
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+
+    func le(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
+    func le32(_ vs: UInt32...) -> [UInt8] { var b: [UInt8] = []; for v in vs { b.appendLE(v) }; return b }
+
+    /// Sends one message; reads the reply when `reply` (or REPLY_ACK) is expected. Returns the
+    /// reply's payload (for an ack: the u64 status).
+    @discardableResult
+    func vhost(_ r: VhostUserRequest, _ payload: [UInt8] = [], fds: [Int32] = [], reply: Bool = false, ack: Bool = false, expectOK: Bool = true) throws -> [UInt8] {
+        let bytes = VhostUserHeader(request: r, flags: 1 | (ack ? 8 : 0), size: UInt32(payload.count)).bytes + payload
+        let n = bytes.withUnsafeBytes { egv_send_with_fds(fe, $0.baseAddress, bytes.count, fds, Int32(fds.count)) }
+        guard n == bytes.count else { throw BackendError("send \(r)", errno: errno) }
+        guard reply || ack else { return [] }
+        let h = try VhostUserHeader(bytes: try Self.readExactly(fe, 12))
+        let p = try Self.readExactly(fe, Int(h.size))
+        if ack && expectOK && p != le(0) { throw BackendError("\(r) refused", errno: 0) }
+        return p
+    }
+
+    static func readExactly(_ fd: Int32, _ n: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: n), off = 0
+        while off < n {
+            let r = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + off, n - off, 0) }
+            guard r > 0 else { throw BackendError("short read (\(off)/\(n))", errno: errno) }
+            off += r
+        }
+        return out
+    }
+
+    static func waitReadable(_ fd: Int32, seconds: Double = 5) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, Int32(seconds * 1000)) == 1
+    }
+
+    func signal(_ fd: Int32) { var one: UInt64 = 1; _ = write(fd, &one, 8) }
+    func drain(_ fd: Int32) { var v: UInt64 = 0; _ = read(fd, &v, 8) }
+
+    /// Posts `n` more rx buffers (4 KiB payload each) and kicks.
+    func postRx(_ n: Int) {
+        for _ in 0..<n {
+            let slot = rxPosted % 8
+            rxOffsets[rx.publishWritable(payload: 4096, at: slot * 8192)] = UInt64(slot * 8192)
+            rxPosted += 1
+        }
+        signal(kick[0])
+    }
+
+    /// The next packet the backend put on the rx ring, or nil within `seconds`. Reposts a buffer.
+    func nextRx(seconds: Double = 5) -> (VsockHeader, [UInt8])? {
+        let deadline = MonotonicClock.seconds() + seconds
+        while rx.usedIdx == UInt16(truncatingIfNeeded: rxSeen) {
+            let left = deadline - MonotonicClock.seconds()
+            guard left > 0, Self.waitReadable(call[0], seconds: left) else { return nil }
+            drain(call[0])
+        }
+        let e = rx.usedEntry(rxSeen)
+        rxSeen += 1
+        let base = rx.host(rx.dataGPA + rxOffsets[UInt16(e.id)]!)
+        let h = VsockHeader(bytes: UnsafeRawBufferPointer(start: base, count: 44))!
+        let payload = Array(UnsafeRawBufferPointer(start: base + 44, count: Int(h.len)))
+        postRx(1)
+        return (h, payload)
+    }
+
+    /// The next rx packet that is not a credit update.
+    func nextControl(seconds: Double = 5) -> VsockHeader? {
+        let deadline = MonotonicClock.seconds() + seconds
+        while let (h, _) = nextRx(seconds: max(0.01, deadline - MonotonicClock.seconds())) {
+            if h.op != .creditUpdate { return h }
+        }
+        return nil
+    }
+
+    func guestSends(_ h: VsockHeader, _ payload: [UInt8] = []) {
+        var h = h; h.len = UInt32(payload.count)
+        tx.publishReadable(h.bytes + payload, split: 44, at: txOffset % (8 * 4096))
+        txOffset += 4096
+        signal(kick[1])
+    }
+
+    /// A host client connected to guest port 5000, accepted by the guest with `bufAlloc`.
+    func hostClient(bufAlloc: UInt32 = 256 * 1024) throws -> (fd: Int32, port: UInt32) {
+        let client = try Self.connectUnix(dir + "/h")
+        _ = "CONNECT 5000\n".withCString { send(client, $0, 13, 0) }
+        guard let req = nextControl(), req.op == .request else { throw BackendError("no REQUEST", errno: 0) }
+        guestSends(.fromGuest(.response, src: 5000, dst: req.srcPort, bufAlloc: bufAlloc))
+        let ok = try Self.readExactly(client, "OK \(req.srcPort)\n".utf8.count)
+        guard String(decoding: ok, as: UTF8.self) == "OK \(req.srcPort)\n" else { throw BackendError("no OK line", errno: 0) }
+        return (client, req.srcPort)
+    }
+
+    /// Descriptors open in this process (the backend runs in it).
+    static func openDescriptors() -> Int {
+        guard let d = opendir("/proc/self/fd") else { return -1 }
+        defer { closedir(d) }
+        var n = 0
+        while readdir(d) != nil { n += 1 }
+        return n - 3  // ".", ".." and the directory's own descriptor.
+    }
+}
+
+/// docs/vsock.md, "Closing": a host client that half-closes after the guest's SHUTDOWN(SEND).
+final class HostHalfCloseTests: XCTestCase {
+    /// The guest answers and half-closes (SHUTDOWN(SEND): the host reads the answer, then EOF);
+    /// the host client then half-closes too (shutdown(SHUT_WR)). Neither direction can carry
+    /// anything more: the Unix socket is shut both ways, which poll reports as POLLHUP
+    /// (unix_poll(): sk_shutdown == SHUTDOWN_MASK), exactly as if the client had closed it. The
+    /// backend does what the kernel's virtio_transport_close() does for a socket released with
+    /// its peer's SHUTDOWN(SEND) only: SHUTDOWN(RCV|SEND) to the guest, whose
+    /// virtio_transport_recv_connected() then has peer_shutdown == SHUTDOWN_MASK and answers RST
+    /// (virtio_transport_reset()); the connection is gone then, or after 2 s at the latest (our
+    /// RST, as close_work's virtio_transport_close_timeout()).
+    func testHostHalfCloseAfterTheGuestsShutdownSendIsAFullShutdown() throws {
+        let h = try LoopHarness("halfclose")
+        defer { h.stop() }
+        for guestAnswersRST in [true, false] {
+            let (client, port) = try h.hostClient()
+            defer { close(client) }
+            h.guestSends(.fromGuest(.rw, src: 5000, dst: port), Array("answer".utf8))
+            h.guestSends(.fromGuest(.shutdown, src: 5000, dst: port, flags: 2))
+            XCTAssertEqual(try LoopHarness.readExactly(client, 6), Array("answer".utf8))
+            var byte: UInt8 = 0
+            XCTAssertEqual(recv(client, &byte, 1, 0), 0, "the guest's SHUTDOWN(SEND) is EOF to the host client")
+            shutdown(client, Int32(SHUT_WR))
+            let t0 = MonotonicClock.seconds()
+            let sd = h.nextControl(seconds: 4)
+            XCTAssertEqual(sd?.op, .shutdown, "no SHUTDOWN after the host's half-close")
+            XCTAssertEqual(sd?.flags, 3, "the host's half-close after the guest's is a full shutdown: SHUTDOWN(RCV|SEND)")
+            XCTAssertEqual(sd?.srcPort, port)
+            if guestAnswersRST {
+                h.guestSends(.fromGuest(.rst, src: 5000, dst: port))
+            } else {
+                let rst = h.nextControl(seconds: 4)
+                XCTAssertEqual(rst?.op, .rst, "the backend resets a shut-down connection the guest never resets")
+                let after = MonotonicClock.seconds() - t0
+                XCTAssertLessThan(after, 3.5, "RST \(after) s after the full shutdown (2 s promised)")
+                XCTAssertGreaterThan(after, 1.5, "RST before the guest had its 2 s")
+            }
+            // The connection is gone: a packet on it is answered with RST (unknown connection).
+            h.guestSends(.fromGuest(.rw, src: 5000, dst: port), [1])
+            XCTAssertEqual(h.nextControl(seconds: 4)?.op, .rst, "the connection outlived its full shutdown")
+        }
+    }
+}
