@@ -224,3 +224,41 @@ final class HostHalfCloseTests: XCTestCase {
         }
     }
 }
+
+/// A guest filling the backend's connection table (1023 slots, each a host descriptor).
+final class GuestTableRound4Tests: XCTestCase {
+    /// Attack: accept every host connection with buf_alloc 0 (no credit, ever) and never answer.
+    /// The host clients give up and close. Round 3 gave a hung-up stream a 2 s deadline
+    /// (MuxerRound3Tests, against the muxer), but the loop polled a connection's host descriptor
+    /// only for the events it wanted: no credit, nothing to read (POLLIN); nothing to write, no
+    /// POLLOUT; and a descriptor with no events was left out of poll() altogether, so its POLLHUP
+    /// was never seen and the deadline never armed. Every such connection kept a table slot and a
+    /// descriptor for as long as the guest liked: 1023 of them and no host client (the VMM
+    /// included) reaches the verifier. Rule (docs/vsock.md, "Closing"): a host client that closes
+    /// gets SHUTDOWN(RCV|SEND) and RST 2 s after the hang-up at the latest, whatever the guest's
+    /// credit (virtio_transport_close(): SHUTDOWN at release, close_work resets after
+    /// VSOCK_CLOSE_TIMEOUT); poll(2) reports POLLHUP/POLLERR whatever `events` asks, so a
+    /// descriptor polled with no events costs nothing until its peer goes away.
+    func testHostClientsOfANoCreditGuestAreResetAfterTheirHangUp() throws {
+        let h = try LoopHarness("nocredit")
+        defer { h.stop() }
+        let before = LoopHarness.openDescriptors()
+        var ports = Set<UInt32>()
+        for _ in 0..<12 {
+            let (client, port) = try h.hostClient(bufAlloc: 0)
+            _ = "a request the guest never takes".withCString { send(client, $0, 31, 0) }
+            ports.insert(port)
+            close(client)
+        }
+        let t0 = MonotonicClock.seconds()
+        var reset = Set<UInt32>()
+        while reset.count < ports.count, MonotonicClock.seconds() - t0 < 5, let p = h.nextControl(seconds: 5 - (MonotonicClock.seconds() - t0)) {
+            if p.op == .rst { reset.insert(p.srcPort) }
+        }
+        XCTAssertEqual(reset, ports, "\(ports.count - reset.count) of \(ports.count) hung-up host connections never reset (their hang-up was not seen)")
+        usleep(200_000)
+        let after = LoopHarness.openDescriptors()
+        XCTAssertLessThanOrEqual(after, before, "\(after - before) host descriptors still held by hung-up connections")
+        print("no-credit guest: \(reset.count)/\(ports.count) hung-up host connections reset within \(String(format: "%.1f", MonotonicClock.seconds() - t0)) s; descriptors \(before) -> \(after)")
+    }
+}
