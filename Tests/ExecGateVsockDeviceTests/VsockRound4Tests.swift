@@ -144,8 +144,12 @@ final class LoopHarness {
         return (h, payload)
     }
 
+    /// Control packets read while waiting for another (`hostClient`), returned first by `nextControl`.
+    var backlog: [VsockHeader] = []
+
     /// The next rx packet that is not a credit update.
     func nextControl(seconds: Double = 5) -> VsockHeader? {
+        if !backlog.isEmpty { return backlog.removeFirst() }
         let deadline = MonotonicClock.seconds() + seconds
         while let (h, _) = nextRx(seconds: max(0.01, deadline - MonotonicClock.seconds())) {
             if h.op != .creditUpdate { return h }
@@ -164,7 +168,14 @@ final class LoopHarness {
     func hostClient(bufAlloc: UInt32 = 256 * 1024) throws -> (fd: Int32, port: UInt32) {
         let client = try Self.connectUnix(dir + "/h")
         _ = "CONNECT 5000\n".withCString { send(client, $0, 13, 0) }
-        guard let req = nextControl(), req.op == .request else { throw BackendError("no REQUEST", errno: 0) }
+        // Other connections' packets (credit requests, resets) may come first: kept for later.
+        var request: VsockHeader?
+        var stray: [VsockHeader] = []
+        defer { backlog += stray }
+        while request == nil, let p = nextControl() {
+            if p.op == .request && p.dstPort == 5000 { request = p } else { stray.append(p) }
+        }
+        guard let req = request else { throw BackendError("no REQUEST", errno: 0) }
         guestSends(.fromGuest(.response, src: 5000, dst: req.srcPort, bufAlloc: bufAlloc))
         let ok = try Self.readExactly(client, "OK \(req.srcPort)\n".utf8.count)
         guard String(decoding: ok, as: UTF8.self) == "OK \(req.srcPort)\n" else { throw BackendError("no OK line", errno: 0) }
