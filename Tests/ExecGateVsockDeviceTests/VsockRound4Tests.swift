@@ -234,6 +234,37 @@ final class HostHalfCloseTests: XCTestCase {
             XCTAssertEqual(h.nextControl(seconds: 4)?.op, .rst, "the connection outlived its full shutdown")
         }
     }
+
+    /// The other order: the host half-closes first (the guest gets SHUTDOWN(SEND) and may still
+    /// answer), then the guest answers and sends SHUTDOWN(SEND). Both directions are done then,
+    /// as above: SHUTDOWN(RCV|SEND) and RST, not a connection (a table slot and a descriptor)
+    /// left established until the guest closes its socket.
+    func testGuestShutdownSendAfterTheHostsHalfCloseIsAFullShutdown() throws {
+        let h = try LoopHarness("halfclose2")
+        defer { h.stop() }
+        let (client, port) = try h.hostClient()
+        defer { close(client) }
+        _ = "request".withCString { send(client, $0, 7, 0) }
+        shutdown(client, Int32(SHUT_WR))
+        var got: [UInt8] = []
+        var shut: VsockHeader?
+        while shut == nil, let (p, payload) = h.nextRx(seconds: 4) {
+            if p.op == .rw { got += payload } else if p.op == .shutdown { shut = p }
+        }
+        XCTAssertEqual(got, Array("request".utf8))
+        XCTAssertEqual(shut?.flags, 2, "the host's half-close is SHUTDOWN(SEND) only: the guest may still answer")
+        h.guestSends(.fromGuest(.rw, src: 5000, dst: port, fwdCnt: 7), Array("answer".utf8))
+        h.guestSends(.fromGuest(.shutdown, src: 5000, dst: port, flags: 2, fwdCnt: 7))
+        XCTAssertEqual(try LoopHarness.readExactly(client, 6), Array("answer".utf8))
+        var byte: UInt8 = 0
+        XCTAssertEqual(recv(client, &byte, 1, 0), 0)
+        let sd = h.nextControl(seconds: 4)
+        XCTAssertEqual(sd?.op, .shutdown, "both directions done: the backend must end the connection")
+        XCTAssertEqual(sd?.flags, 3)
+        h.guestSends(.fromGuest(.rst, src: 5000, dst: port, fwdCnt: 7))
+        h.guestSends(.fromGuest(.rw, src: 5000, dst: port, fwdCnt: 7), [1])
+        XCTAssertEqual(h.nextControl(seconds: 4)?.op, .rst, "the connection outlived its full shutdown")
+    }
 }
 
 /// A guest filling the backend's connection table (1023 slots, each a host descriptor).
