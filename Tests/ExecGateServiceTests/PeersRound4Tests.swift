@@ -140,4 +140,30 @@ final class PeersRound4Tests: XCTestCase {
             print("gate throughput: cap \(cap): \(n) x 1 MiB bodies pipelined in \(String(format: "%.2f", took)) s = \(String(format: "%.1f", Double(n * size) / took / 1e6)) MB/s")
         }
     }
+
+    /// Attack (a lost-reply hole): send requests, then half-close (shutdown(SHUT_WR): "no more
+    /// requests"), then read the replies, as `printf … | nc -N`, a VMM closing its sending side
+    /// at shutdown, or a host client behind the vsock backend (docs/vsock.md, "Closing": a
+    /// half-close sends SHUTDOWN(SEND) only, "so the guest sees EOF and can still answer") do.
+    /// NIO closes a channel at EOF unless `allowRemoteHalfClosure` is set, so every reply not yet
+    /// written was dropped and the client saw EOF instead: requests it sent on a healthy
+    /// connection were lost. Rule: a reliable ordered byte stream (docs/protocol.md, "Transport")
+    /// answers every request it read; EOF from the client ends its requests, not its replies (a
+    /// half-close is the peer's SEND shutdown only: tcp_shutdown(), unix_shutdown(),
+    /// vsock_shutdown() leave the other direction open). The server closes the connection once
+    /// the last reply is written.
+    func testAClientThatHalfClosesAfterSendingGetsEveryReply() throws {
+        for cap in [1, 64] {
+            let h = try GateHarness(inFlight: cap, onLoop: false)
+            for n in [1, 200] {
+                let p = try XCTUnwrap(SocketPeer(path: h.path))
+                XCTAssertTrue(p.writeAll(Self.frames(n)))
+                XCTAssertEqual(shutdown(p.fd, Int32(SHUT_WR)), 0)
+                var ids = Set<UInt64>()
+                while let f = p.readFrame(timeout: 10) { ids.insert(f.requestID) }
+                XCTAssertEqual(ids.count, n, "cap \(cap): \(n - ids.count) of \(n) requests sent before the half-close never answered")
+                XCTAssertTrue(p.closedByPeer(timeout: 5), "cap \(cap): the server did not close after the last reply")
+            }
+        }
+    }
 }
