@@ -167,3 +167,124 @@ final class PeersRound4Tests: XCTestCase {
         }
     }
 }
+
+/// Round 4 against a real `execgate serve` on local Unix sockets (PeersRound3Tests' set-up).
+final class ServeRound4Tests: XCTestCase {
+    var dir = ""
+    var pid: pid_t = -1
+    var vmm = ""
+    var admin = ""
+
+    override func tearDown() {
+        if pid > 0 { kill(pid, SIGKILL); _ = Fixtures.wait(pid) }
+    }
+
+    func startServe() throws {
+        dir = Fixtures.temporaryDirectory()
+        let certPath = dir + "/kernel.pem"
+        try Fixtures.writeFile(certPath, Array(try Fixtures.debianCertificates()[0].pem.utf8))
+        vmm = dir + "/vmm.sock"
+        admin = dir + "/admin.sock"
+        pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + vmm, "--admin-listen", "unix:" + admin,
+                                      "--trust", certPath, "--signature-only", "--log-level", "critical"],
+                                     stdoutPath: dir + "/out", stderrPath: dir + "/err")
+        XCTAssertGreaterThan(pid, 0)
+        for _ in 0..<100 {
+            if SocketPeer(path: vmm) != nil && SocketPeer(path: admin) != nil { return }
+            usleep(100_000)
+        }
+        XCTFail("serve did not listen")
+    }
+
+    func rss() -> Int {
+        for line in procText("/proc/\(pid)/status").split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return (Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0) << 10
+        }
+        return 0
+    }
+
+    func statusAnswers(within seconds: Double) -> Bool {
+        guard let p = SocketPeer(path: vmm) else { return false }
+        _ = p.writeAll(PeersRound4Tests.frames(1, first: 77))
+        return p.readFrame(timeout: seconds)?.requestID == 77
+    }
+
+    /// The half-close fix on both real ports: requests sent, then shutdown(SHUT_WR), every reply
+    /// read, then EOF. On the VMM port: status, a malformed body and an unknown type (answered on
+    /// the loop) beside a hello; on the admin port (one request in flight at a time) 5 policy-show.
+    func testHalfClosingClientsOfBothPortsGetEveryReply() throws {
+        try startServe()
+        let v = try XCTUnwrap(SocketPeer(path: vmm))
+        var b = ByteBuffer()
+        b.writeFrame(Frame(type: .status, requestID: 1, body: ByteBuffer()))
+        b.writeFrame(Frame(type: MessageType(rawValue: 0x0003), requestID: 2, body: ByteBuffer(bytes: [0, 1, 0, 0, 0, 9])))
+        b.writeFrame(Frame(type: MessageType(rawValue: 0x0077), requestID: 3, body: ByteBuffer()))
+        var hello = ByteBuffer()
+        hello.writeBytes([0, 1, 0, 0, 0, 2, 0, 1, 0, 2, 0, 0, 0, 2, 0, 1])
+        b.writeFrame(Frame(type: MessageType(rawValue: 0x0001), requestID: 4, body: hello))
+        XCTAssertTrue(v.writeAll(Array(buffer: b)))
+        shutdown(v.fd, Int32(SHUT_WR))
+        var ids = Set<UInt64>()
+        while let f = v.readFrame(timeout: 10) { ids.insert(f.requestID) }
+        XCTAssertEqual(ids, [1, 2, 3, 4], "VMM port: replies lost after the client's half-close")
+        XCTAssertTrue(v.closedByPeer(timeout: 5))
+
+        let a = try XCTUnwrap(SocketPeer(path: admin))
+        var shows = ByteBuffer()
+        for i in 0..<5 { shows.writeFrame(Frame(type: MessageType(rawValue: 0x0011), requestID: UInt64(100 + i), body: ByteBuffer())) }
+        XCTAssertTrue(a.writeAll(Array(buffer: shows)))
+        shutdown(a.fd, Int32(SHUT_WR))
+        var order: [UInt64] = []
+        while let f = a.readFrame(timeout: 10) { order.append(f.requestID) }
+        XCTAssertEqual(order, [100, 101, 102, 103, 104], "admin port: replies lost after the client's half-close")
+    }
+
+    /// Attack on the fix (fails; kept): at EOF NIO reads the socket dry whatever autoRead says,
+    /// so a half-close lands everything the peer queued (up to its socket buffer) in the
+    /// connection's decoder at once; kept until answered, 127 peers that fill their socket
+    /// buffers with status frames, half-close and never read would make the server hold all of
+    /// it until the write-stall deadline. The decoder keeps one read buffer (64 KiB) of it (what
+    /// a paused connection holds anyway), the rest is never answered. Measured: +3–7 MiB for 127
+    /// peers that queued 26 MiB of frames.
+    func testHalfClosingAfterAFullSocketBufferHoldsOneReadBufferAConnection() throws {
+        try startServe()
+        XCTAssertTrue(statusAnswers(within: 10))
+        let before = rss()
+        let frames = PeersRound4Tests.frames(16_384)
+        var peers: [SocketPeer] = []
+        for _ in 0..<(TransportLimits.maximumConnections - 1) {
+            guard let p = SocketPeer(path: vmm) else { break }
+            peers.append(p)
+        }
+        var sent = 0
+        for p in peers {
+            sent += p.flood(frames, seconds: 0.02)
+            shutdown(p.fd, Int32(SHUT_WR))
+        }
+        usleep(1_000_000)
+        let after = rss()
+        // Then they hang up: what they left costs nothing more (a fresh status, liveness only).
+        let count = peers.count
+        peers.removeAll()
+        let t0 = now()
+        let answered = statusAnswers(within: 30)
+        print("round4: \(count) peers queued \(sent >> 20) MiB of status frames and half-closed, reading nothing: serve RSS \(before >> 20) -> \(after >> 20) MiB; "
+              + "after they hung up a fresh status \(answered ? "answered" : "unanswered") after \(String(format: "%.1f", now() - t0)) s")
+        XCTAssertTrue(answered, "a fresh status is not answered after the half-close flood")
+        XCTAssertLessThan(after - before, 24 << 20, "serve holds \((after - before) >> 20) MiB for peers that half-closed")
+
+        // A client that reads while it pipelines 100,000 frames (2 MiB, past the socket buffer)
+        // and never half-closes: nothing dropped.
+        let p = try XCTUnwrap(SocketPeer(path: vmm))
+        let writing = PeersRound4Tests.writeInBackground(p, PeersRound4Tests.frames(100_000))
+        var next: UInt64 = 1
+        var inOrder = true
+        while next <= 100_000, let f = p.readFrame(timeout: 10) {
+            if f.requestID != next { inOrder = false }
+            next += 1
+        }
+        writing.wait()
+        XCTAssertTrue(inOrder, "replies answered on the loop left out of order")
+        XCTAssertEqual(next - 1, 100_000, "a reading client pipelining 2 MiB: every request answered")
+    }
+}
