@@ -304,3 +304,159 @@ final class GuestTableRound4Tests: XCTestCase {
         print("no-credit guest: \(reset.count)/\(ports.count) hung-up host connections reset within \(String(format: "%.1f", MonotonicClock.seconds() - t0)) s; descriptors \(before) -> \(after)")
     }
 }
+
+/// A hostile vhost-user frontend, round 4: ring geometry on running and never-started rings,
+/// protocol-feature bits never offered, and descriptors attached where none are expected.
+final class VhostUserRound4Tests: XCTestCase {
+    static let uva: UInt64 = 0x7000_0000_0000
+
+    func msg(_ r: VhostUserRequest, _ payload: [UInt8] = [], fds: [Int32] = [], ack: Bool = true) -> VhostUserMessage {
+        VhostUserMessage(header: VhostUserHeader(request: r, flags: 1 | (ack ? 8 : 0), size: UInt32(payload.count)), payload: payload, fds: fds)
+    }
+
+    func le(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
+    func le32(_ vs: UInt32...) -> [UInt8] { var b: [UInt8] = []; for v in vs { b.appendLE(v) }; return b }
+
+    func ack(_ s: VhostUserSession, _ m: VhostUserMessage, file: StaticString = #filePath, line: UInt = #line) -> UInt64? {
+        guard let r = s.handle(m), r.count == 20 else { XCTFail("no REPLY_ACK for \(m.header.request)", file: file, line: line); return nil }
+        return Array(r.dropFirst(12)).u64(0)
+    }
+
+    func session(running: Bool) throws -> VhostUserSession {
+        let s = VhostUserSession(guestCID: 3)
+        _ = s.handle(msg(.setProtocolFeatures, le(VhostUserFeatures.offeredProtocol)))
+        let ram = egv_memfd("guest-ram", 1 << 20, EGV_F_SEAL_SHRINK | EGV_F_SEAL_GROW | EGV_F_SEAL_SEAL)
+        var t = le32(1, 0); t += le(0); t += le(1 << 20); t += le(Self.uva); t += le(0)
+        XCTAssertEqual(ack(s, msg(.setMemTable, t, fds: [ram])), 0)
+        XCTAssertEqual(ack(s, msg(.setFeatures, le(VhostUserFeatures.virtioVersion1))), 0)
+        XCTAssertEqual(ack(s, msg(.setVringNum, le32(1, 16))), 0)
+        var a = le32(1, 0)
+        a += le(Self.uva); a += le(Self.uva + 0x2000); a += le(Self.uva + 0x1000); a += le(0)
+        XCTAssertEqual(ack(s, msg(.setVringAddr, a)), 0)
+        if running { XCTAssertEqual(ack(s, msg(.setVringKick, le(1), fds: [egv_eventfd()])), 0); XCTAssertTrue(s.isLive(1)) }
+        return s
+    }
+
+    /// Attack (fails; kept): SET_VRING_NUM of 0, 3, 2^15 + 1, 2^16 and 2^32 − 1 on a stopped ring
+    /// and any size on a running one. The kernel's vhost_vring_set_num(): -EBUSY on a running vq,
+    /// -EINVAL for 0, above the maximum or not a power of two (virtio 1.2 § 2.7: Queue Size is a
+    /// power of 2). Each is refused, the running ring keeps its size and keeps running, and a
+    /// stopped ring keeps the size it had.
+    func testRingSizesThatAreNoPowerOfTwoOrZeroOrOnARunningRingAreRefused() throws {
+        let s = try session(running: true)
+        defer { s.closeAll() }
+        for n: UInt32 in [0, 3, 16, 32, 1 << 15, (1 << 15) + 1, 1 << 16, .max] {
+            XCTAssertEqual(ack(s, msg(.setVringNum, le32(1, n))), 1, "running ring: size \(n) accepted")
+            XCTAssertTrue(s.isLive(1), "size \(n) stopped the running ring")
+            XCTAssertEqual(s.queues[1].size, 16)
+        }
+        for n: UInt32 in [0, 3, (1 << 15) + 1, 1 << 16, .max] {
+            XCTAssertEqual(ack(s, msg(.setVringNum, le32(0, n))), 1, "stopped ring: size \(n) accepted")
+        }
+        XCTAssertEqual(ack(s, msg(.setVringNum, le32(0, 1 << 15))), 0, "the largest size (32768) is refused")
+        XCTAssertEqual(ack(s, msg(.setVringNum, le32(7, 16))), 1, "a ring that does not exist")
+    }
+
+    /// Attack (fails; kept): GET_VRING_BASE on a ring never started (nor given a size or
+    /// addresses), twice, and on a ring index that does not exist. The kernel's
+    /// vhost_vring_ioctl(VHOST_GET_VRING_BASE) returns last_avail_idx whatever the ring's state;
+    /// vhost-user.rst: the reply carries the ring's index and base. Answered with the base last
+    /// set (0), the ring stays stopped, and it then starts normally; a bad index is refused and
+    /// the session lives.
+    func testGetVringBaseOnARingNeverStartedAnswersItsBase() throws {
+        let s = try session(running: false)
+        defer { s.closeAll() }
+        for _ in 0..<2 {
+            let r = try XCTUnwrap(s.handle(msg(.getVringBase, le32(0, 0), ack: false)))
+            XCTAssertEqual(r.count, 12 + 8)
+            XCTAssertEqual(Array(r[12..<20]), le32(0, 0))
+            XCTAssertFalse(s.isLive(0))
+        }
+        XCTAssertEqual(ack(s, msg(.setVringBase, le32(1, 5))), 0)
+        let r1 = try XCTUnwrap(s.handle(msg(.getVringBase, le32(1, 0), ack: false)))
+        XCTAssertEqual(Array(r1[12..<20]), le32(1, 5), "the base set on a stopped ring")
+        XCTAssertEqual(ack(s, msg(.getVringBase, le32(9, 0))), 1, "a ring that does not exist")
+        XCTAssertEqual(ack(s, msg(.setVringBase, le32(1, 0))), 0)
+        XCTAssertEqual(ack(s, msg(.setVringKick, le(1), fds: [egv_eventfd()])), 0)
+        XCTAssertTrue(s.isLive(1), "the ring does not start after GET_VRING_BASE on it stopped")
+    }
+
+    /// Attack (fails; kept): SET_PROTOCOL_FEATURES with every bit set, then without REPLY_ACK.
+    /// vhost-user.rst: the frontend acks only protocol features the backend offered; a backend
+    /// never acts on a bit it did not offer. Bits never offered (MQ, LOG_SHMFD, BACKEND_REQ,
+    /// INFLIGHT_SHMFD, …) are dropped: GET_PROTOCOL_FEATURES still offers REPLY_ACK and CONFIG
+    /// only, nothing sends on a backend channel, and acks follow the REPLY_ACK bit alone.
+    func testProtocolFeatureBitsNeverOfferedAreIgnored() throws {
+        let s = VhostUserSession(guestCID: 3)
+        defer { s.closeAll() }
+        XCTAssertNil(s.handle(msg(.setProtocolFeatures, le(.max), ack: false)))
+        XCTAssertEqual(s.protocolFeatures, VhostUserFeatures.offeredProtocol)
+        let offered = try XCTUnwrap(s.handle(msg(.getProtocolFeatures, ack: false)))
+        XCTAssertEqual(Array(offered.dropFirst(12)), le(VhostUserFeatures.offeredProtocol))
+        XCTAssertEqual(ack(s, msg(.setOwner)), 0)
+        XCTAssertNil(s.handle(msg(.setProtocolFeatures, le(~VhostUserFeatures.protocolReplyAck), ack: false)))
+        XCTAssertEqual(s.protocolFeatures & VhostUserFeatures.protocolReplyAck, 0)
+        XCTAssertNil(s.handle(msg(.setOwner)), "an ack without REPLY_ACK negotiated")
+    }
+
+    /// Attack (fails; kept) on the real loop: descriptors attached to messages that take none
+    /// (GET_FEATURES, SET_OWNER, SET_VRING_NUM, SET_VRING_BASE, an unknown request, SET_VRING_ENABLE),
+    /// more descriptors than regions on SET_MEM_TABLE, two on SET_VRING_CALL, and a message with
+    /// more than the 8 the backend receives (MSG_CTRUNC: that frontend is dropped). Each fd is an
+    /// eventfd, a pipe end or a memfd the test closes after sending; the backend must close its
+    /// copies: /proc/self/fd counts the same before and after (the backend runs in this process).
+    func testDescriptorsAttachedWhereNoneAreExpectedAreClosed() throws {
+        let h = try LoopHarness("fds")
+        defer { h.stop() }
+        usleep(100_000)
+        let before = LoopHarness.openDescriptors()
+        func junk(_ n: Int) -> [Int32] {
+            (0..<n).map { i -> Int32 in
+                switch i % 3 {
+                case 0: return egv_eventfd()
+                case 1: var p: [Int32] = [0, 0]; pipe(&p); close(p[1]); return p[0]
+                default: return egv_memfd("junk", 4096, 0)
+                }
+            }
+        }
+        func send(_ r: VhostUserRequest, _ payload: [UInt8], fds n: Int, reply: Bool = false, ack: Bool = true) throws {
+            let fds = junk(n)
+            defer { fds.forEach { close($0) } }
+            _ = try h.vhost(r, payload, fds: fds, reply: reply, ack: ack && !reply, expectOK: false)
+        }
+        for _ in 0..<20 {
+            try send(.getFeatures, [], fds: 8, reply: true)
+            try send(.setOwner, [], fds: 8)
+            try send(.setVringNum, h.le32(2, 16), fds: 3)
+            try send(.setVringBase, h.le32(2, 0), fds: 3)
+            try send(VhostUserRequest(rawValue: 99), [], fds: 5)
+            try send(.setVringEnable, h.le32(1, 1), fds: 2)
+            try send(.setVringCall, h.le(2), fds: 2)
+            var t = h.le32(1, 0); t += h.le(FakeGuest.gpaBase); t += h.le(1 << 20); t += h.le(FakeGuest.uvaBase); t += h.le(0)
+            let ram = dup(h.memFd)
+            try send(.setMemTable, t, fds: 0)  // No fd: refused.
+            let extra = junk(4)
+            _ = try h.vhost(.setMemTable, t, fds: [ram] + extra, ack: true, expectOK: false)
+            close(ram); extra.forEach { close($0) }
+        }
+        // The rings still run: a host client reaches the guest.
+        let (client, _) = try h.hostClient()
+        close(client)
+        usleep(300_000)
+        let during = LoopHarness.openDescriptors()
+        // More than 8 descriptors on one message: truncated, that frontend dropped, nothing kept.
+        let many = junk(12)
+        let hdr = VhostUserHeader(request: .getFeatures, flags: 1, size: 0).bytes
+        _ = hdr.withUnsafeBytes { egv_send_with_fds(h.fe, $0.baseAddress, hdr.count, many, Int32(many.count)) }
+        many.forEach { close($0) }
+        var b: UInt8 = 0
+        XCTAssertTrue(LoopHarness.waitReadable(h.fe, seconds: 5))
+        XCTAssertLessThanOrEqual(recv(h.fe, &b, 1, 0), 0, "a message with 12 descriptors was served")
+        close(h.fe); h.fe = -1
+        usleep(500_000)
+        let after = LoopHarness.openDescriptors()
+        print("vhost-user fds: \(before) open before 180 messages with stray descriptors, \(during) after, \(after) after the truncated one and the frontend's end")
+        XCTAssertLessThanOrEqual(during, before + 2, "stray descriptors kept: \(during - before)")
+        XCTAssertLessThanOrEqual(after, before, "descriptors kept after the frontend left: \(after - before)")
+    }
+}
