@@ -287,4 +287,52 @@ final class ServeRound4Tests: XCTestCase {
         XCTAssertTrue(inOrder, "replies answered on the loop left out of order")
         XCTAssertEqual(next - 1, 100_000, "a reading client pipelining 2 MiB: every request answered")
     }
+
+    /// Fairness (measured; liveness asserted, never timing): one client floods the VMM port with
+    /// pipelined `status` as fast as the server answers (writing on one thread, reading on
+    /// another), then one floods without reading; meanwhile another client does status round
+    /// trips on its own connection. A connection starts at most its in-flight cap of requests per
+    /// event-loop turn (the decode gate resumes it by a task, after the other connections'
+    /// events), so one client cannot hold a loop.
+    func testOneFloodingClientDoesNotStarveAnotherClientsStatus() throws {
+        try startServe()
+        XCTAssertTrue(statusAnswers(within: 10))
+        for reads in [true, false] {
+            let flooder = try XCTUnwrap(SocketPeer(path: vmm))
+            let stop = NIOLockedValueBox(false)
+            let answered = NIOLockedValueBox(0)
+            let done = DispatchGroup()
+            let chunk = PeersRound4Tests.frames(4096)
+            done.enter()
+            DispatchQueue.global().async {
+                while !stop.withLockedValue({ $0 }) { if !flooder.writeAll(chunk) { break } }
+                done.leave()
+            }
+            if reads {
+                done.enter()
+                DispatchQueue.global().async {
+                    while !stop.withLockedValue({ $0 }), flooder.readFrame(timeout: 1) != nil { answered.withLockedValue { $0 += 1 } }
+                    done.leave()
+                }
+            }
+            usleep(500_000)
+            let probe = try XCTUnwrap(SocketPeer(path: vmm))
+            var rtts: [Double] = []
+            for i in 0..<40 {
+                let t0 = now()
+                XCTAssertTrue(probe.writeAll(PeersRound4Tests.frames(1, first: UInt64(1_000 + i))))
+                guard let f = probe.readFrame(timeout: 10) else { XCTFail("status \(i) unanswered for 10 s beside a flooding client (reads: \(reads))"); break }
+                XCTAssertEqual(f.requestID, UInt64(1_000 + i))
+                rtts.append(now() - t0)
+            }
+            stop.withLockedValue { $0 = true }
+            shutdown(flooder.fd, Int32(SHUT_RDWR))
+            done.wait()
+            rtts.sort()
+            if !rtts.isEmpty {
+                print(String(format: "round4 fairness: flooder %@: status RTT p50 %.1f ms, p90 %.1f ms, max %.1f ms over %d; flooder answered %d meanwhile",
+                             reads ? "reading" : "not reading", rtts[rtts.count / 2] * 1e3, rtts[rtts.count * 9 / 10] * 1e3, rtts.last! * 1e3, rtts.count, answered.withLockedValue { $0 }))
+            }
+        }
+    }
 }
