@@ -22,6 +22,11 @@
 //     buffers per readable event whatever autoRead says, and every complete frame in them became
 //     a queued request: 127 peers pipelining empty `status` frames (20 wire bytes, no body budget)
 //     made the server hold +31–84 MiB (PeersRound3Tests);
+//   - a peer's half-close (EOF on its sending side) ends its requests, not its replies: every
+//     request read is answered and the connection closes after the last reply (`PeerEOFRelay`,
+//     `allowRemoteHalfClosure`). NIO closed at EOF and dropped the replies not yet written
+//     (PeersRound4Tests). At EOF NIO reads the socket dry whatever autoRead says, so of the
+//     frames behind the gate one read buffer (64 KiB) is kept and the rest dropped unanswered;
 //   - a closed connection starts nothing more: its queued requests are dropped (a reply's write
 //     failing at close freed an in-flight slot, and `pump` started the next queued request on
 //     the dead channel, whose write failed at once, and so on: one peer's hang-up kept its event
@@ -67,6 +72,12 @@ public final class DecodeGate {
     /// but a read (real or synthetic) makes it decode again.
     public internal(set) var held = false
 
+    /// The peer half-closed (EOF, `ChannelEvent.inputClosed`): no more bytes will come. What
+    /// the decoder holds behind the gate is then kept up to one read buffer, the rest dropped.
+    public internal(set) var inputClosed = false
+    /// Bytes of frames behind the gate dropped at the peer's EOF (beyond one read buffer).
+    public internal(set) var droppedAtEOF = 0
+
     public init(capacity: Int) { self.capacity = max(1, capacity) }
 
     public var isFull: Bool { queued >= capacity }
@@ -101,6 +112,18 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
             // The handler holds its in-flight cap of requests not yet started: leave the next
             // frames as bytes (at most one read of them) until it starts one. The server, not the
             // peer, is waiting now, so no header deadline runs for these bytes.
+            if gate.inputClosed && buffer.readableBytes > TransportLimits.readBufferSize {
+                // At the peer's EOF NIO reads the socket dry whatever autoRead says
+                // (BaseSocketChannel.readEOF0), so everything the peer had queued lands here at
+                // once (up to its socket buffer). Keep one read buffer of it, as any paused
+                // connection holds, in a buffer of its own (the big one is freed); the frames
+                // beyond are never answered (the connection closes after the last reply).
+                let keep = TransportLimits.readBufferSize
+                gate.droppedAtEOF += buffer.readableBytes - keep
+                var kept = context.channel.allocator.buffer(capacity: keep)
+                kept.writeImmutableBuffer(buffer.getSlice(at: buffer.readerIndex, length: keep)!)
+                buffer = kept
+            }
             gate.held = buffer.readableBytes > 0
             report(context, buffered: 0)
             return .needMoreData
@@ -186,6 +209,8 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     /// channelReadComplete's flush (`unflushed`), which comes in the same event-loop turn.
     private var inReadBatch = false
     private var unflushed = false
+    /// The peer half-closed (`PeerSentEOF`): once everything read is answered, the connection closes.
+    private var inputClosed = false
     private var writeProgress = NIODeadline.now()
     private var lastActivity = NIODeadline.now()
     private var timer: RepeatedTask?
@@ -251,6 +276,13 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is PeerSentEOF {
+            // The peer half-closed: its requests are all here (or behind the gate); answer them,
+            // then close (`closeWhenAnswered`).
+            inputClosed = true
+            closeWhenAnswered(context: context)
+            return
+        }
         if let p = event as? FrameProgress {
             if progress == .betweenFrames && p != .betweenFrames { frameStarted = .now() }
             if p == .betweenFrames { frameStarted = nil }
@@ -289,6 +321,18 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
         }
         updateReading(context: context)
         resumeDecoding(context: context)
+        closeWhenAnswered(context: context)
+    }
+
+    /// After the peer's EOF: close once every request read has been answered (its reply written),
+    /// nothing is queued and the decoder holds no complete frame behind the gate. A partial frame
+    /// left at EOF can never complete and is dropped with the connection.
+    private func closeWhenAnswered(context: ChannelHandlerContext) {
+        guard inputClosed, context.channel.isActive, inFlight == 0, pending.isEmpty, !gate.held, !resumeScheduled else { return }
+        if gate.droppedAtEOF > 0 {
+            logger.info("frames dropped at the peer's EOF", metadata: ["bytes": "\(gate.droppedAtEOF)"])
+        }
+        context.close(promise: nil)
     }
 
     /// The decoder stopped at the gate with bytes left and the queue has drained to half: make it
@@ -307,6 +351,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             handler.gate.held = false
             context.pipeline.syncOperations.fireChannelRead(NIOAny(context.channel.allocator.buffer(capacity: 0)))
             context.pipeline.syncOperations.fireChannelReadComplete()
+            handler.closeWhenAnswered(context: context)
         }
     }
 
@@ -433,8 +478,12 @@ extension ServerBootstrap {
     /// 64 KiB: 1 MiB per connection, 128 MiB for the VMM port's 128). With one, a connection that
     /// stopped reading (in-flight cap, unread replies) holds at most one buffer beyond its queued
     /// requests; the rest waits in the kernel's socket buffer. Every port binds through this.
+    ///
+    /// Half-closure is allowed: a peer's EOF ends its requests, not its replies (NIO would close
+    /// the channel at EOF and drop every reply not yet written; `PeerEOFRelay`).
     public func boundedReads() -> ServerBootstrap {
-        childChannelOption(.maxMessagesPerRead, value: TransportLimits.readsPerEvent)
+        childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.maxMessagesPerRead, value: TransportLimits.readsPerEvent)
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: TransportLimits.readBufferSize))
     }
 
@@ -447,6 +496,36 @@ extension ServerBootstrap {
         }
     }
 }
+
+/// Sent to `BoundedFrameHandler` when the peer half-closed (its `ChannelEvent.inputClosed`).
+public struct PeerSentEOF: Sendable {}
+
+/// In front of the decoder: turns the peer's EOF (`ChannelEvent.inputClosed`, with
+/// `allowRemoteHalfClosure`) into `PeerSentEOF`, after one empty read that lets the decoder cut
+/// what it can and trim what waits behind the gate (`DecodeGate.inputClosed`).
+/// `ByteToMessageHandler` must not see `inputClosed` itself: it would run `decodeLast` once and
+/// then decode nothing more, so the frames behind the gate would never be answered.
+final class PeerEOFRelay: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    private let gate: DecodeGate
+
+    init(gate: DecodeGate) { self.gate = gate }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard case .some(.inputClosed) = event as? ChannelEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        gate.inputClosed = true
+        context.fireChannelRead(wrapInboundOut(context.channel.allocator.buffer(capacity: 0)))
+        context.fireChannelReadComplete()
+        context.fireUserInboundEventTriggered(PeerSentEOF())
+    }
+}
+
+@available(*, unavailable)
+extension PeerEOFRelay: Sendable {}
 
 /// On the listening channel: when accept fails for lack of resources, stop accepting for `delay`.
 ///
@@ -488,6 +567,7 @@ extension ChannelPipeline.SynchronousOperations {
     public func addBoundedFrameHandlers(configuration: PortLimits, budget: BufferBudget, logger: Logger,
                                         process: @escaping FrameProcessor) throws {
         let gate = DecodeGate(capacity: configuration.maximumInFlightPerConnection)
+        try addHandler(PeerEOFRelay(gate: gate))
         try addHandler(ByteToMessageHandler(BudgetedFrameDecoder(maximumBodySize: configuration.maximumBodySize, budget: budget, gate: gate)))
         try addHandler(FrameWriter())
         try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, gate: gate, process: process))

@@ -258,6 +258,16 @@ public final class VsockConnection {
         hostHungUp = true
         hostReadable = true  // Read what is left, then EOF.
         if hangupDeadline == nil { hangupDeadline = now + UInt64(VsockLimits.shutdownTimeoutMillis) * 1_000_000 }
+        if hostEOF, state == .established {
+            // Its EOF was read before (a half-close: SHUTDOWN(SEND) went out) and now it is gone
+            // both ways (or the guest's SHUTDOWN(SEND) made us shut the other half): what the
+            // kernel's virtio_transport_close() sends for a socket released without its peer's
+            // full SHUTDOWN, SHUTDOWN(RCV|SEND), and the guest's RST is awaited as after any
+            // close (HostHalfCloseTests).
+            shutdownFlagsToSend = VsockConstants.shutdownReceive | VsockConstants.shutdownSend
+            pending.insert(.shutdown)
+            state = .closing(deadline: now + UInt64(VsockLimits.shutdownTimeoutMillis) * 1_000_000)
+        }
     }
 
     // MARK: - Host → guest
