@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// CLI round 4: hostile command-line input against the real binary, as an operator's script or a
+// careless user meets it. README's rules: exit 0 success/allow, 1 deny, 2 usage error, unreadable
+// input or no verdict, the reason on stderr; never a trap (132/133/134/139) or a hang; nothing
+// half-written or written to another path than the one given; `--json` output is JSON.
+
+import _ExecGateInternals
+import ExecGateTestSupport
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class CLIRound4Tests: XCTestCase {
+    var certPath = ""
+    var dir = ""
+
+    override func setUpWithError() throws {
+        dir = Fixtures.temporaryDirectory()
+        certPath = dir + "/kernel.pem"
+        try Fixtures.writeFile(certPath, Array(try Fixtures.debianCertificates()[0].pem.utf8))
+    }
+
+    static var fixtureCapture: String { Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a" }
+
+    /// `execgate ARGS…` (raw bytes: arguments need not be UTF-8), killed after `seconds`;
+    /// status nil when it had to be killed (a hang).
+    func run(_ args: [[UInt8]], seconds: Double = 60) -> (status: Int32?, stdout: String, stderr: String) {
+        let out = dir + "/run.out", err = dir + "/run.err"
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&fa, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let argv = [Array(Fixtures.execgateBinary.utf8)] + args
+        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { bytes in
+            let p = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count + 1)
+            for (i, b) in bytes.enumerated() { p[i] = CChar(bitPattern: b) }
+            p[bytes.count] = 0
+            return p
+        } + [nil]
+        defer { cargs.forEach { $0?.deallocate() } }
+        var pid: pid_t = 0
+        guard posix_spawn(&pid, Fixtures.execgateBinary, &fa, nil, &cargs, environ) == 0 else { return (-1, "", "spawn failed") }
+        var status: Int32? = nil
+        let deadline = MonotonicClock.seconds() + seconds
+        while true {
+            var st: Int32 = 0
+            let r = waitpid(pid, &st, WNOHANG)
+            if r == pid { status = st & 0x7f == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f); break }
+            if MonotonicClock.seconds() > deadline { kill(pid, SIGKILL); _ = Fixtures.wait(pid); break }
+            usleep(20_000)
+        }
+        let o = (try? Fixtures.readFile(out)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let e = (try? Fixtures.readFile(err)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        return (status, o, e)
+    }
+
+    func run(_ args: [String], seconds: Double = 60) -> (status: Int32?, stdout: String, stderr: String) {
+        run(args.map { Array($0.utf8) }, seconds: seconds)
+    }
+
+    /// Every line of `text` is one JSON value.
+    func assertJSONLines(_ text: String, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        for l in text.split(separator: "\n") {
+            XCTAssertNoThrow(try JSONReader.parse(Array(l.utf8)), "\(what): not JSON: \(l)", file: file, line: line)
+        }
+    }
+
+    /// `execgate serve` on a fresh Unix socket (signature-only), answering status; its pid and address.
+    func startServe() throws -> (pid: pid_t, address: String) {
+        let address = "unix:" + dir + "/s.sock"
+        let pid = Fixtures.spawnExecgate(["serve", "--listen", address, "--trust", certPath, "--signature-only"],
+                                         stdoutPath: dir + "/serve.out", stderrPath: dir + "/serve.err")
+        XCTAssertGreaterThan(pid, 0)
+        let up = Fixtures.runExecgateUntilSuccess(["request", "status", "--connect", address])
+        XCTAssertEqual(up.status, 0, up.stderr)
+        addTeardownBlock { kill(pid, SIGTERM); _ = Fixtures.wait(pid) }
+        return (pid, address)
+    }
+
+    /// `--timeout` takes any finite positive number of seconds; the client turned it into
+    /// nanoseconds with Int64(t * 1e9), which traps from 9.3e9 s up (exit 132), on the request
+    /// path and on the hybrid handshake's timer alike.
+    func testHugeRequestTimeoutsAreWaitedOnNotATrap() throws {
+        let serve = try startServe()
+        for t in ["9.3e9", "1e10", "1e300"] {
+            let r = run(["request", "status", "--connect", serve.address, "--timeout", t, "--json"], seconds: 30)
+            XCTAssertEqual(r.status, 0, "--timeout \(t): \(r.stderr)")
+            assertJSONLines(r.stdout, "status --timeout \(t)")
+        }
+        // A hybrid handshake with a verifier's own socket (no muxer behind it): the server's frame
+        // deadline hangs up, and the handshake fails with a reason (exit 2), whatever the timeout.
+        let h = run(["request", "status", "--connect", "hybrid:" + serve.address.dropFirst(5) + ":5000", "--timeout", "1e10"], seconds: 30)
+        XCTAssertEqual(h.status, 2, h.stderr)
+        XCTAssertTrue(h.stderr.contains("handshake"), h.stderr)
+    }
+}
