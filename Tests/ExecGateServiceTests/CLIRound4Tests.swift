@@ -98,4 +98,21 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertEqual(h.status, 2, h.stderr)
         XCTAssertTrue(h.stderr.contains("handshake"), h.stderr)
     }
+
+    /// `explain --mutate N` ran `0..<N` mutations per class: N = -1 trapped (exit 132), and a huge
+    /// N overflowed `N * 3` (the alternative class's attempt bound) or ran for ever.
+    func testMutationCountsOutOfRangeAreUsageErrors() {
+        for n in ["-1", "-9223372036854775808", "9223372036854775807", "100001"] {
+            let r = run(["explain", Self.fixtureCapture, "--mutate", n, "--json"], seconds: 15)
+            XCTAssertEqual(r.status, 2, "--mutate \(n): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("--mutate"), "--mutate \(n): \(r.stderr)")
+            XCTAssertEqual(r.stdout, "", "--mutate \(n)")
+        }
+        for n in ["0", "1"] {
+            let r = run(["explain", Self.fixtureCapture, "--mutate", n], seconds: 60)
+            XCTAssertEqual(r.status, 0, "--mutate \(n): \(r.stderr)")
+        }
+        let p = run(["explain", Self.fixtureCapture, "--passes", "0"], seconds: 30)
+        XCTAssertEqual(p.status, 2, p.stderr)
+    }
 }
