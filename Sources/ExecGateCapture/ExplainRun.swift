@@ -22,6 +22,22 @@ public struct ExplainRunOptions: Sendable {
     public var benchRepetitions = 5
 
     public init() {}
+
+    /// The options' ranges, checked before any work: `mutate` 0…`Explainer.maximumMutationsPerClass`
+    /// (a negative count trapped the run, a huge one overflowed), `benchRepetitions` 1…1000.
+    public func check() throws(ExplainOptionError) {
+        if let n = mutate, !(0...Explainer.maximumMutationsPerClass).contains(n) {
+            throw ExplainOptionError(description: "--mutate must be 0…\(Explainer.maximumMutationsPerClass) mutations per class, got \(n)")
+        }
+        guard (1...1000).contains(benchRepetitions) else {
+            throw ExplainOptionError(description: "--passes must be 1…1000, got \(benchRepetitions)")
+        }
+    }
+}
+
+/// An `ExplainRunOptions` value out of range (a usage error: exit 2 with this reason).
+public struct ExplainOptionError: Error, CustomStringConvertible, Sendable {
+    public var description: String
 }
 
 public struct ExplainRunSummary: Sendable {
