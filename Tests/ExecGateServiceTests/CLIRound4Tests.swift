@@ -115,4 +115,21 @@ final class CLIRound4Tests: XCTestCase {
         let p = run(["explain", Self.fixtureCapture, "--passes", "0"], seconds: 30)
         XCTAssertEqual(p.status, 2, p.stderr)
     }
+
+    /// `explain --json` promises one JSON object per module and a summary; with `--mutate` the
+    /// mutation totals (and any FALSE ACCEPT) and with `--bench` the throughput and RSS lines came
+    /// out as text on the same stdout.
+    func testExplainJSONStaysJSONWithMutateAndBench() {
+        let m = run(["explain", Self.fixtureCapture, "--mutate", "1", "--json"], seconds: 120)
+        XCTAssertEqual(m.status, 0, m.stderr)
+        XCTAssertTrue(m.stdout.contains("\"mutation\""), m.stdout)
+        assertJSONLines(m.stdout, "explain --mutate 1 --json")
+        let b = run(["explain", Self.fixtureCapture, "--bench", "--passes", "1", "--json"], seconds: 120)
+        XCTAssertEqual(b.status, 0, b.stderr)
+        XCTAssertTrue(b.stdout.contains("\"bench\""), b.stdout)
+        assertJSONLines(b.stdout, "explain --bench --json")
+        // Text output unchanged.
+        let t = run(["explain", Self.fixtureCapture, "--mutate", "1"], seconds: 120)
+        XCTAssertTrue(t.stdout.contains("mutation byte-flip: tried "), t.stdout)
+    }
 }
