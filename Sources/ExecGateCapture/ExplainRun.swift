@@ -123,15 +123,36 @@ public enum ExplainRun {
         } else {
             out("explained \(s.explained) of \(s.modules) modules, \(s.unexplainedBytes) unexplained bytes")
         }
+        // With --json every line is one JSON object (the bench figures and mutation totals too).
         if o.bench {
-            out(benchmark(boot, options: o).line)
-            out("max RSS: \(ProcessUsage.peakResidentKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
+            let b = benchmark(boot, options: o)
+            if o.json {
+                let e = b.engine.min() ?? 0, h = b.sha256.min() ?? 0
+                out(JSON.object([("bench", .object([
+                    ("passes", .uint(UInt64(b.engine.count))), ("executable_bytes", .uint(UInt64(b.executableBytes))),
+                    ("explain_best_s", .double(e)), ("explain_median_s", .double(Percentiles.of(b.engine, 50))),
+                    ("sha256_best_s", .double(h)), ("sha256_median_s", .double(Percentiles.of(b.sha256, 50))),
+                    ("max_rss_kib", .uint(UInt64(max(0, ProcessUsage.peakResidentKiB())))),
+                    ("rss_after_facts_kib", .uint(UInt64(max(0, rssAfterFacts)))),
+                    ("largest_module", .string(largest.name)), ("largest_module_bytes", .uint(UInt64(largest.bytes))),
+                ]))]).serialized())
+            } else {
+                out(b.line)
+                out("max RSS: \(ProcessUsage.peakResidentKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
+            }
         }
         if o.mutate != nil {
             for (k, v) in mutTotals.sorted(by: { $0.key < $1.key }) {
-                out("mutation \(k): tried \(v.tried) denied \(v.denied) legal-alternative \(v.legal) false-accept \(v.tried - v.denied - v.legal)")
+                if o.json {
+                    out(JSON.object([("mutation", .object([
+                        ("class", .string(k)), ("tried", .uint(UInt64(v.tried))), ("denied", .uint(UInt64(v.denied))),
+                        ("legal_alternative", .uint(UInt64(v.legal))), ("false_accept", .uint(UInt64(v.tried - v.denied - v.legal))),
+                    ]))]).serialized())
+                } else {
+                    out("mutation \(k): tried \(v.tried) denied \(v.denied) legal-alternative \(v.legal) false-accept \(v.tried - v.denied - v.legal)")
+                }
             }
-            for f in s.falseAccepts { out("FALSE ACCEPT \(f)") }
+            for f in s.falseAccepts { out(o.json ? JSON.object([("false_accept", .string(f))]).serialized() : "FALSE ACCEPT \(f)") }
         }
         return s
     }

@@ -17,7 +17,7 @@ struct ExplainCommand: ParsableCommand {
     )
 
     @Argument(help: "One boot's capture directory.") var captureDir: String
-    @Flag(help: "Print one JSON object per module and a summary object.") var json = false
+    @Flag(help: "Print one JSON object per module and a summary object; with --bench a {\"bench\": …} object, with --mutate one {\"mutation\": …} per class (and {\"false_accept\": …}).") var json = false
     @Option(help: "Run N mutations per class per module instead (every one must be denied; 0…100000).") var mutate: Int?
     @Option(help: "Seed for --mutate.") var seed: UInt64 = 1
     @Option(help: "Only these modules (comma-separated).") var only: String?
