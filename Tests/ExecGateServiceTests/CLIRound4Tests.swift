@@ -132,4 +132,25 @@ final class CLIRound4Tests: XCTestCase {
         let t = run(["explain", Self.fixtureCapture, "--mutate", "1"], seconds: 120)
         XCTAssertTrue(t.stdout.contains("mutation byte-flip: tried "), t.stdout)
     }
+
+    /// load-order.txt is capture data: a name holding a quote, a backslash or a control character
+    /// was pasted into `explain --json` lines unescaped (the reason had only '"' replaced), so a
+    /// reader got invalid JSON, or another string than the name.
+    func testExplainJSONEscapesNamesFromTheCapture() throws {
+        let cap = dir + "/cap"
+        XCTAssertEqual(mkdir(cap, 0o755), 0)
+        let d = try XCTUnwrap(opendir(Self.fixtureCapture))
+        while let e = readdir(d) {
+            let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if name != "." && name != ".." { XCTAssertEqual(symlink(Self.fixtureCapture + "/" + name, cap + "/" + name), 0) }
+        }
+        closedir(d)
+        let odd = "x\"y\\q\u{01}z"
+        try Fixtures.writeFile(cap + "/load-order.txt", Array("llc\n\(odd)\n".utf8))
+        let r = run(["explain", cap, "--json"], seconds: 60)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        assertJSONLines(r.stdout, "explain --json of an odd name")
+        let lines = r.stdout.split(separator: "\n").compactMap { try? JSONReader.parse(Array($0.utf8)) }
+        XCTAssertTrue(lines.contains { $0["module"]?.stringValue == odd }, r.stdout)
+    }
 }
