@@ -69,7 +69,8 @@ public enum ExplainRun {
                 s.modules += 1
                 s.unexplainedBytes += 1
                 if o.json {
-                    out("{\"module\":\"\(name)\",\"verdict\":\"deny\",\"rule\":\"capture\",\"unexplained_bytes\":1,\"reason\":\"\(quoteless("\(error)"))\"}")
+                    out(JSON.object([("module", .string(name)), ("verdict", .string("deny")), ("rule", .string("capture")),
+                                     ("unexplained_bytes", .uint(1)), ("reason", .string(quoteless("\(error)")))]).serialized())
                 } else {
                     out("deny  \(name): (capture): capture: \(error)")
                 }
@@ -87,8 +88,9 @@ public enum ExplainRun {
             case .allowed(let st):
                 s.explained += 1
                 if o.json {
-                    let cls = st.bytesByClass.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
-                    out("{\"module\":\"\(name)\",\"verdict\":\"allow\",\"bytes\":\(st.executableBytes),\"classes\":{\(cls)}}")
+                    let cls = st.bytesByClass.sorted { $0.key.rawValue < $1.key.rawValue }.map { ("\($0.key)", JSON.uint(UInt64($0.value))) }
+                    out(JSON.object([("module", .string(name)), ("verdict", .string("allow")), ("bytes", .uint(UInt64(st.executableBytes))),
+                                     ("classes", .object(cls))]).serialized())
                 } else if st.executableBytes == 0 {
                     out("allow \(name) 0 bytes (data-only: nothing executable; signature, ELF and claim structure judged)")
                 } else {
@@ -98,7 +100,11 @@ public enum ExplainRun {
             case .denied(let d):
                 s.unexplainedBytes += d.unexplainedBytes
                 if o.json {
-                    out("{\"module\":\"\(name)\",\"verdict\":\"deny\",\"section\":\"\(d.section)\",\"offset\":\(d.offset),\"address\":\"0x\(String(d.address, radix: 16))\",\"expected\":\"\(hexPairs(d.expected))\",\"found\":\"\(hexPairs(d.found))\",\"unexplained_bytes\":\(d.unexplainedBytes),\"rule\":\"\(d.rule)\",\"reason\":\"\(quoteless(d.reason))\"}")
+                    out(JSON.object([("module", .string(name)), ("verdict", .string("deny")), ("section", .string(d.section)),
+                                     ("offset", .int(Int64(d.offset))), ("address", .string("0x\(String(d.address, radix: 16))")),
+                                     ("expected", .string(hexPairs(d.expected))), ("found", .string(hexPairs(d.found))),
+                                     ("unexplained_bytes", .int(Int64(d.unexplainedBytes))), ("rule", .string("\(d.rule)")),
+                                     ("reason", .string(quoteless(d.reason)))]).serialized())
                 } else {
                     out("deny  \(d)")
                 }
@@ -206,7 +212,8 @@ public enum ExplainRun {
     /// Bytes as space-separated lower-case hex pairs ("0f 1f 44").
     static func hexPairs(_ b: [UInt8]) -> String { b.map { Hex.number($0, width: 2) }.joined(separator: " ") }
 
-    /// The line format predates the JSON writer: double quotes in reasons become single quotes.
+    /// The line format predates the JSON writer: double quotes in reasons become single quotes (the
+    /// JSON writer escapes everything else: names come from the capture's load-order.txt).
     static func quoteless(_ s: String) -> String { String(s.map { $0 == "\"" ? "'" : $0 }) }
 
     static func fmt(_ v: Double) -> String { "\((v * 1000).rounded() / 1000)" }
