@@ -153,4 +153,31 @@ final class CLIRound4Tests: XCTestCase {
         let lines = r.stdout.split(separator: "\n").compactMap { try? JSONReader.parse(Array($0.utf8)) }
         XCTAssertTrue(lines.contains { $0["module"]?.stringValue == odd }, r.stdout)
     }
+
+    /// The atomic writer renamed its temporary file over whatever the output path named: `-o` a
+    /// FIFO (or, as root, /dev/null or /dev/stdout) was replaced by a regular file, exit 0.
+    func testOutputsNeverReplaceANonRegularFile() throws {
+        let key = dir + "/adm"
+        XCTAssertEqual(run(["keys", "generate", "--out", key, "--type", "ec-p256"]).status, 0)
+        let ko = try Fixtures.module(named: "vsock.ko")
+        let fifo = dir + "/out.fifo"
+        XCTAssertEqual(mkfifo(fifo, 0o644), 0)
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/blocklist-vulnerable-module.policy"
+        for args in [["sign", "module", "--replace", "--key", key + "/key.pem", "--cert", key + "/cert.pem", ko, "-o", fifo, "--json"],
+                     ["policy", "sign", "--key", key + "/key.pem", "--cert", key + "/cert.pem", policy, "-o", fifo]] {
+            let r = run(args, seconds: 30)
+            XCTAssertEqual(r.status, 2, "\(args): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("not a regular file"), r.stderr)
+            XCTAssertEqual(r.stdout, "", "\(args)")
+            var st = stat()
+            XCTAssertEqual(lstat(fifo, &st), 0)
+            XCTAssertEqual(st.st_mode & S_IFMT, S_IFIFO, "the FIFO was replaced")
+        }
+        // A regular file is still replaced, atomically.
+        let out = dir + "/signed.ko"
+        try Fixtures.writeFile(out, [1, 2, 3])
+        let ok = run(["sign", "module", "--replace", "--key", key + "/key.pem", "--cert", key + "/cert.pem", ko, "-o", out])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertGreaterThan(try Fixtures.readFile(out).count, 3)
+    }
 }
