@@ -48,7 +48,7 @@ public enum LocalFile {
     /// file or the new one, never half of one.
     public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
         do { try Files.writeAtomically(path, bytes, mode: mode) } catch {
-            throw LocalFileError(path: error.path, why: String(cString: strerror(error.errno)))
+            throw LocalFileError(path: error.path, why: error.detail.isEmpty ? String(cString: strerror(error.errno)) : error.detail)
         }
     }
 
