@@ -180,4 +180,21 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertEqual(ok.status, 0, ok.stderr)
         XCTAssertGreaterThan(try Fixtures.readFile(out).count, 3)
     }
+
+    /// Arguments reach Swift as Strings, with invalid UTF-8 replaced by U+FFFD: `-o o\xff.ko`
+    /// wrote "o\u{FFFD}.ko", another file than the one named, exit 0, and an existing input with such
+    /// a name was "No such file or directory".
+    func testNonUTF8ArgumentsAreRefusedNotRewritten() throws {
+        let key = dir + "/adm"
+        XCTAssertEqual(run(["keys", "generate", "--out", key, "--type", "ec-p256"]).status, 0)
+        let ko = try Fixtures.module(named: "vsock.ko")
+        let out = Array((dir + "/o").utf8) + [0xff] + Array(".ko".utf8)
+        let r = run([Array("sign".utf8), Array("module".utf8), Array("--replace".utf8), Array("--key".utf8), Array((key + "/key.pem").utf8),
+                     Array("--cert".utf8), Array((key + "/cert.pem").utf8), Array(ko.utf8), Array("-o".utf8), out], seconds: 30)
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("UTF-8"), r.stderr)
+        XCTAssertNotEqual(access(dir + "/o\u{FFFD}.ko", F_OK), 0, "written under another name")
+        var st = stat()
+        XCTAssertNotEqual(stat(out.map { CChar(bitPattern: $0) } + [0], &st), 0, "nothing written under the name given either")
+    }
 }
