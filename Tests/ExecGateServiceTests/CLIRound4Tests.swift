@@ -197,4 +197,22 @@ final class CLIRound4Tests: XCTestCase {
         var st = stat()
         XCTAssertNotEqual(stat(out.map { CChar(bitPattern: $0) } + [0], &st), 0, "nothing written under the name given either")
     }
+
+    /// `vsock-bench` sizes: --bulk-mib 4096 made a frame the encoder cannot describe (exit 132);
+    /// above the wire's largest body (28 MiB) the verifier refuses the frame unread and the bench
+    /// printed its "throughput" (100 MiB: ~100 GB/s, exit 0); 2^44 shifted to 0 bytes; negative
+    /// counts were silently taken as 1.
+    func testVsockBenchSizesOutOfRangeAreUsageErrors() throws {
+        let serve = try startServe()
+        for args in [["--bulk-mib", "4096"], ["--bulk-mib", "100"], ["--bulk-mib", "17592186044416"], ["--bulk-mib", "0"],
+                     ["--bulk-mib", "-1"], ["--round-trips", "-5"], ["--bulk-frames", "0"], ["--bulk-frames", "9223372036854775807"]] {
+            let r = run(["vsock-bench", "--connect", serve.address, "--json"] + args, seconds: 15)
+            XCTAssertEqual(r.status, 2, "\(args): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(args[0]), "\(args): \(r.stderr)")
+            XCTAssertEqual(r.stdout, "", "\(args)")
+        }
+        let ok = run(["vsock-bench", "--connect", serve.address, "--json", "--round-trips", "5", "--bulk-mib", "1", "--bulk-frames", "1"], seconds: 60)
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        assertJSONLines(ok.stdout, "vsock-bench --json")
+    }
 }
