@@ -129,6 +129,11 @@ public enum SignatureBenchmark {
     }
 }
 
+/// A benchmark size out of its range (a usage error: exit 2 with this reason).
+public struct BenchmarkSizeError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+}
+
 /// Round trips (p50/p99) and bulk throughput to a verifier at any address, e.g. through the vsock
 /// backend (`execgate vsock-bench`; the vhost-user boot test uses it too).
 public enum RoundTripBenchmark {
@@ -144,7 +149,30 @@ public enum RoundTripBenchmark {
         func fmt(_ v: Double) -> String { String(Double(Int(v * 10)) / 10) }
     }
 
+    /// The ranges `vsock-bench` accepts. A bulk frame is one wire body, so at most the wire's
+    /// largest (WireLimits.defaultMaximumBodySize, 28 MiB): above it the verifier refuses the frame
+    /// unread and the "throughput" measured nothing; 4 GiB did not fit the frame header (a trap).
+    public static let roundTripRange = 1...10_000_000
+    public static let bulkMiBRange = 1...(WireLimits.defaultMaximumBodySize >> 20)
+    public static let bulkFramesRange = 1...65_536
+
+    /// The sizes checked against those ranges (a refusal names the option and its range).
+    public static func checkSizes(roundTrips: Int, bulkMiB: Int, bulkFrames: Int) throws(BenchmarkSizeError) {
+        for (option, value, range) in [("--round-trips", roundTrips, roundTripRange), ("--bulk-mib", bulkMiB, bulkMiBRange),
+                                       ("--bulk-frames", bulkFrames, bulkFramesRange)] where !range.contains(value) {
+            throw BenchmarkSizeError(description: "\(option) must be \(range.lowerBound)…\(range.upperBound), got \(value)")
+        }
+    }
+
+    /// `execgate vsock-bench`: the sizes checked first (`checkSizes`), nothing sent when one is out of range.
+    public static func run(endpoint: Endpoint, roundTrips: Int, bulkMiB: Int, bulkFrames: Int) async throws -> Result {
+        try checkSizes(roundTrips: roundTrips, bulkMiB: bulkMiB, bulkFrames: bulkFrames)
+        return try await run(endpoint: endpoint, roundTrips: roundTrips, bulkBytes: bulkMiB << 20, bulkFrames: bulkFrames)
+    }
+
     public static func run(endpoint: Endpoint, roundTrips: Int, bulkBytes: Int, bulkFrames: Int) async throws -> Result {
+        precondition(roundTrips >= 1 && (1...WireLimits.defaultMaximumBodySize).contains(bulkBytes) && bulkFrames >= 1 && bulkFrames <= bulkFramesRange.upperBound,
+                     "RoundTripBenchmark sizes out of range (checkSizes)")
         let client = try await ExecGateClient.connect(to: endpoint, timeout: 120)
         defer { Task { await client.close() } }
         _ = try await client.status()  // Warm up.
