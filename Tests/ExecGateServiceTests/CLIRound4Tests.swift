@@ -215,4 +215,17 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertEqual(ok.status, 0, ok.stderr)
         assertJSONLines(ok.stdout, "vsock-bench --json")
     }
+
+    /// `bench --round-trips 9223372036854775807` reserved that many samples: glibc aborted
+    /// (exit 134) after the signature phase; a negative count was taken as 1, a negative --limit as
+    /// "every module".
+    func testBenchCountsOutOfRangeAreUsageErrors() throws {
+        let kernel = try Fixtures.kernelDir()
+        for args in [["--round-trips", "9223372036854775807"], ["--round-trips", "30000000000"], ["--round-trips", "-5"], ["--round-trips", "0"], ["--limit", "-1"]] {
+            let r = run(["bench", "--kernel", kernel, "--json"] + (args[0] == "--limit" ? args : args + ["--limit", "1"]), seconds: 20)
+            XCTAssertEqual(r.status, 2, "\(args): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(args[0]), "\(args): \(r.stderr)")
+            XCTAssertEqual(r.stdout, "", "\(args)")
+        }
+    }
 }
