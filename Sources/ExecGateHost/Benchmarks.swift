@@ -43,6 +43,17 @@ public enum SignatureBenchmark {
         public var execgateCPU = 0.0, opensslCPU = 0.0, poolCPU = 0.0, serviceCPU = 0.0
     }
 
+    /// `bench`'s counts: --round-trips as vsock-bench's (1…10,000,000: each round trip keeps a
+    /// sample; 2^63-1 reserved that many and glibc aborted), --limit 0 (all) or more (a negative
+    /// limit meant "every module").
+    public static func checkCounts(roundTrips: Int, limit: Int) throws(BenchmarkSizeError) {
+        let range = RoundTripBenchmark.roundTripRange
+        guard range.contains(roundTrips) else {
+            throw BenchmarkSizeError(description: "--round-trips must be \(range.lowerBound)…\(range.upperBound), got \(roundTrips)")
+        }
+        guard limit >= 0 else { throw BenchmarkSizeError(description: "--limit must be 0 (every module) or more, got \(limit)") }
+    }
+
     /// The module files of an unpacked Debian kernel package (`boot/vmlinuz-*`, `lib/modules/*`),
     /// sorted; the first `limit` when `limit > 0`.
     public static func inputs(kernelPackage: String, limit: Int) throws -> (vmlinuz: String, modules: [String]) {
@@ -58,6 +69,7 @@ public enum SignatureBenchmark {
     }
 
     public static func run(vmlinuz: String, modules: [String], roundTrips: Int, progress: (String) -> Void) async throws -> Figures {
+        try checkCounts(roundTrips: roundTrips, limit: 0)
         let certs = try KernelImage.load(try LocalFile.read(vmlinuz)).builtinCertificates()
         let trust = TrustStore(certs)
         progress("loading \(modules.count) modules")

@@ -22,12 +22,16 @@ struct BenchCommand: AsyncParsableCommand {
     )
 
     @Option(help: "Unpacked Debian kernel package (boot/vmlinuz-*, lib/modules/*).") var kernel: String
-    @Option(help: "Round trips to time over the Unix socket.") var roundTrips: Int = 2000
+    @Option(help: "Round trips to time over the Unix socket (1…10000000).") var roundTrips: Int = 2000
     @Option(help: "Only the first N modules (0 = all).") var limit: Int = 0
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Many guests of one kernel and a boot storm (needs --capture).") var scale = false
     @Option(help: "With --scale: a capture directory (kallsyms.txt, modules with their end state), or several boots of one kernel, comma-separated (guests cycle over them, each at its boot's slide).") var capture: String?
     @Option(help: "With --scale: guest counts, comma-separated.") var guests: String = "1,10,100"
+
+    func validate() throws {
+        do { try SignatureBenchmark.checkCounts(roundTrips: roundTrips, limit: limit) } catch { throw ValidationError(error.description) }
+    }
 
     func run() async throws {
         if scale { return try await runScale() }
