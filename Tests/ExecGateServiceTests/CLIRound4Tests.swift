@@ -228,4 +228,23 @@ final class CLIRound4Tests: XCTestCase {
             XCTAssertEqual(r.stdout, "", "\(args)")
         }
     }
+
+    /// `serve --audit FIFO` opened the FIFO for writing in blocking mode: with no reader the
+    /// service never started, printed nothing, and hung until killed.
+    func testServeRefusesAnAuditFIFOWithoutAReader() throws {
+        let fifo = dir + "/audit.fifo"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        let r = run(["serve", "--listen", "unix:" + dir + "/a.sock", "--trust", certPath, "--audit", fifo], seconds: 15)
+        XCTAssertEqual(r.status, 2, "hung (nil) or wrong status: \(r.stderr)")
+        XCTAssertTrue(r.stderr.contains(fifo) && r.stderr.contains("reader"), r.stderr)
+        // A regular audit file still works (created, serve starts).
+        let file = dir + "/audit.jsonl"
+        let pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + dir + "/b.sock", "--trust", certPath, "--audit", file],
+                                         stdoutPath: dir + "/b.out", stderrPath: dir + "/b.err")
+        let up = Fixtures.runExecgateUntilSuccess(["request", "status", "--connect", "unix:" + dir + "/b.sock"])
+        XCTAssertEqual(up.status, 0, up.stderr)
+        kill(pid, SIGTERM)
+        XCTAssertEqual(Fixtures.wait(pid), 0)
+        XCTAssertEqual(access(file, F_OK), 0)
+    }
 }
