@@ -247,4 +247,26 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertEqual(Fixtures.wait(pid), 0)
         XCTAssertEqual(access(file, F_OK), 0)
     }
+
+    /// keys generate and keys extract write several files: the first was replaced before the
+    /// second was found unwritable, so a refused run (exit 2) had already swapped an operator's
+    /// key.pem (--force) for a key with no certificate, or left cert-0.der without its PEM.
+    func testMultiFileOutputsWriteNothingWhenOneCannotBeWritten() throws {
+        let out = dir + "/keys"
+        XCTAssertEqual(mkdir(out, 0o755), 0)
+        try Fixtures.writeFile(out + "/key.pem", Array("OLD KEY\n".utf8))
+        XCTAssertEqual(mkdir(out + "/cert.pem", 0o755), 0)
+        let g = run(["keys", "generate", "--out", out, "--force", "--type", "ec-p256"], seconds: 60)
+        XCTAssertEqual(g.status, 2, g.stderr)
+        XCTAssertTrue(g.stderr.contains("cert.pem"), g.stderr)
+        XCTAssertEqual(String(decoding: try Fixtures.readFile(out + "/key.pem"), as: UTF8.self), "OLD KEY\n", "key.pem replaced by a refused run")
+
+        let ext = dir + "/extract"
+        XCTAssertEqual(mkdir(ext, 0o755), 0)
+        XCTAssertEqual(mkdir(ext + "/cert-0.pem", 0o755), 0)
+        let e = run(["keys", "extract", "--kernel", try Fixtures.vmlinuz(), "--out", ext, "--json"], seconds: 60)
+        XCTAssertEqual(e.status, 2, e.stderr)
+        XCTAssertEqual(e.stdout, "")
+        XCTAssertNotEqual(access(ext + "/cert-0.der", F_OK), 0, "cert-0.der left behind by a refused run")
+    }
 }
