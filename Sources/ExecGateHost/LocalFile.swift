@@ -52,6 +52,14 @@ public enum LocalFile {
         }
     }
 
+    /// Several files, each written atomically, after every target was checked: one that is not a
+    /// regular file (or absent) refuses the lot before any is replaced (Files.writeAllAtomically).
+    public static func writeAllAtomically(_ files: [(path: String, bytes: [UInt8], mode: mode_t)]) throws {
+        do { try Files.writeAllAtomically(files) } catch {
+            throw LocalFileError(path: error.path, why: error.detail.isEmpty ? String(cString: strerror(error.errno)) : error.detail)
+        }
+    }
+
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
     public static func isDirectory(_ path: String) -> Bool {

@@ -75,6 +75,25 @@ public enum Files {
         String(decoding: try read(path, limit: limit), as: UTF8.self)
     }
 
+    /// Whether `writeAtomically(path, …)` may replace what is there: nothing, or a regular file
+    /// (a symbolic link to one is followed). Renamed over, a FIFO, a device (/dev/null,
+    /// /dev/stdout as root), a socket or a directory would be swapped for a regular file.
+    public static func checkReplaceable(_ path: String) throws(FileError) {
+        var target = stat()
+        if stat(path, &target) == 0, (target.st_mode & S_IFMT) != S_IFREG {
+            throw FileError("open", path, errno: EEXIST,
+                            detail: "exists and is not a regular file (\(fileType(target.st_mode))); refusing to replace it")
+        }
+    }
+
+    /// Several files replaced as `writeAtomically` does each, after every target was checked
+    /// (`checkReplaceable`): a target that cannot be replaced leaves all of them untouched, rather
+    /// than the ones before it replaced (a key without its certificate).
+    public static func writeAllAtomically(_ files: [(path: String, bytes: [UInt8], mode: mode_t)]) throws(FileError) {
+        for f in files { try checkReplaceable(f.path) }
+        for f in files { try writeAtomically(f.path, f.bytes, mode: f.mode) }
+    }
+
     /// A file type for messages ("a FIFO", "a character device", …).
     static func fileType(_ mode: mode_t) -> String {
         switch mode & S_IFMT {
@@ -103,13 +122,7 @@ public enum Files {
             guard let slash = path.lastIndex(of: "/") else { return "." }
             return slash == path.startIndex ? "/" : String(path[..<slash])
         }()
-        // Only a regular file (or nothing) is replaced: renamed over, a FIFO, a device (/dev/null,
-        // /dev/stdout as root) or a socket would be swapped for a regular file.
-        var target = stat()
-        if stat(path, &target) == 0, (target.st_mode & S_IFMT) != S_IFREG {
-            throw FileError("open", path, errno: EEXIST,
-                            detail: "exists and is not a regular file (\(fileType(target.st_mode))); refusing to replace it")
-        }
+        try checkReplaceable(path)
         let tmp = path + ".tmp.\(getpid())"
         // O_NONBLOCK: a FIFO planted under the temporary name fails the check below instead of
         // blocking the open until a reader comes.

@@ -8,6 +8,11 @@ import ExecGateCommandLine
 import ExecGateHost
 import ExecGateKernelImage
 import ExecGateSignature
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 struct KeysCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -71,12 +76,14 @@ struct KeysExtract: ParsableCommand {
             }
             try LocalFile.makeDirectories(out)
             var json: [JSON] = []
+            var files: [(path: String, bytes: [UInt8], mode: mode_t)] = []
             for (i, c) in certs.enumerated() {
-                let der = out + "/cert-\(i).der"
-                let pem = out + "/cert-\(i).pem"
-                try LocalFile.writeAtomically(der, c.der)
-                try LocalFile.writeAtomically(pem, Array(c.pem.utf8))
-                let facts = certificateFacts(c, files: [der, pem])
+                files.append((out + "/cert-\(i).der", c.der, 0o644))
+                files.append((out + "/cert-\(i).pem", Array(c.pem.utf8), 0o644))
+            }
+            try LocalFile.writeAllAtomically(files)  // every target checked before any is written
+            for (i, c) in certs.enumerated() {
+                let facts = certificateFacts(c, files: [files[2 * i].path, files[2 * i + 1].path])
                 if self.json { json.append(facts.json) } else { print(facts.text) }
             }
             if self.json {
@@ -136,8 +143,8 @@ struct KeysGenerate: ParsableCommand {
             case "ec-p384": generated = try GeneratedSigningKey.generateECDSA(curve: .p384, commonName: cn, days: days)
             default: generated = try GeneratedSigningKey.generateRSA(bits: bits, commonName: cn, days: days)
             }
-            try LocalFile.writeAtomically(keyPath, generated.privateKeyPEM, mode: 0o600)
-            try LocalFile.writeAtomically(certPath, generated.certificatePEM)
+            // Both targets checked before either is replaced (never a new key without its certificate).
+            try LocalFile.writeAllAtomically([(keyPath, generated.privateKeyPEM, 0o600), (certPath, generated.certificatePEM, 0o644)])
             let cert = try generated.load().1
             let facts = certificateFacts(cert, files: [keyPath, certPath])
             print(json ? facts.json.serialized() : facts.text)
