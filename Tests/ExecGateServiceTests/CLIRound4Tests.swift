@@ -269,4 +269,25 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertEqual(e.stdout, "")
         XCTAssertNotEqual(access(ext + "/cert-0.der", F_OK), 0, "cert-0.der left behind by a refused run")
     }
+
+    /// bench finds a package's modules by walking lib/modules/*/kernel, following symbolic links
+    /// into directories: two links to "." there (a loop) made the walk branch twice per level
+    /// until the 40-link lookup limit, 2^40 paths: bench hung before its first progress line.
+    func testBenchWalkDoesNotFollowDirectoryLinkLoops() throws {
+        let pkg = dir + "/pkg"
+        let kernel = pkg + "/lib/modules/6.1.0-test/kernel"
+        for d in [pkg, pkg + "/boot", pkg + "/lib", pkg + "/lib/modules", pkg + "/lib/modules/6.1.0-test", kernel] {
+            XCTAssertEqual(mkdir(d, 0o755), 0, d)
+        }
+        let vmlinuz = try Fixtures.vmlinuz()
+        XCTAssertEqual(symlink(vmlinuz, pkg + "/boot/" + String(vmlinuz.split(separator: "/").last!)), 0)
+        try Fixtures.writeFile(kernel + "/vsock.ko", try Fixtures.readFile(try Fixtures.module(named: "vsock.ko")))
+        XCTAssertEqual(symlink(".", kernel + "/a"), 0)
+        XCTAssertEqual(symlink(".", kernel + "/b"), 0)
+        let r = run(["bench", "--kernel", pkg, "--round-trips", "10", "--json"], seconds: 60)
+        XCTAssertEqual(r.status, 0, "hung (nil) or failed: \(r.stderr)")
+        // Two JSON lines: the single-thread figures, then the pool and service ones.
+        let figures = r.stdout.split(separator: "\n").first.flatMap { try? JSONReader.parse(Array($0.utf8)) }
+        XCTAssertEqual(figures?["modules"], .int(1), r.stdout)
+    }
 }
