@@ -132,11 +132,21 @@ public enum SignatureBenchmark {
         return Percentiles.summary(samples)
     }
 
+    /// Every file under `path`, descending only into real directories: a symbolic link to a
+    /// directory is not followed (two links to "." made the walk branch twice per level up to the
+    /// kernel's 40-link lookup limit, 2^40 paths; a package's module tree holds no such link). A
+    /// link to a file is visited like a file.
     static func walk(_ path: String, _ visit: (String) -> Void) {
         guard let names = try? LocalFile.list(path) else { return }
         for n in names {
             let p = path + "/" + n
-            if LocalFile.isDirectory(p) { walk(p, visit) } else { visit(p) }
+            var st = stat()
+            guard lstat(p, &st) == 0 else { continue }
+            switch st.st_mode & S_IFMT {
+            case S_IFDIR: walk(p, visit)
+            case S_IFLNK: if !LocalFile.isDirectory(p) { visit(p) }
+            default: visit(p)
+            }
         }
     }
 }
