@@ -290,4 +290,30 @@ final class CLIRound4Tests: XCTestCase {
         let figures = r.stdout.split(separator: "\n").first.flatMap { try? JSONReader.parse(Array($0.utf8)) }
         XCTAssertEqual(figures?["modules"], .int(1), r.stdout)
     }
+
+    /// bench's inputs: a vmlinuz that is no kernel image escaped `run()` as a generic error
+    /// (exit 1, README's deny status, for unreadable input), and a package without a single
+    /// module was "benchmarked" (0 modules, ratios of nothing, exit 0).
+    func testBenchRefusesUnreadableOrEmptyPackages() throws {
+        let pkg = dir + "/pkg"
+        let kernel = pkg + "/lib/modules/6.1.0-test/kernel"
+        for d in [pkg, pkg + "/boot", pkg + "/lib", pkg + "/lib/modules", pkg + "/lib/modules/6.1.0-test", kernel] {
+            XCTAssertEqual(mkdir(d, 0o755), 0, d)
+        }
+        try Fixtures.writeFile(pkg + "/boot/vmlinuz-test", Array("not a kernel".utf8))
+        try Fixtures.writeFile(kernel + "/vsock.ko", try Fixtures.readFile(try Fixtures.module(named: "vsock.ko")))
+        let garbage = run(["bench", "--kernel", pkg, "--round-trips", "10", "--json"], seconds: 60)
+        XCTAssertEqual(garbage.status, 2, garbage.stderr)
+        XCTAssertTrue(garbage.stderr.contains("vmlinuz-test"), garbage.stderr)
+        XCTAssertEqual(garbage.stdout, "")
+
+        XCTAssertEqual(unlink(kernel + "/vsock.ko"), 0)
+        XCTAssertEqual(unlink(pkg + "/boot/vmlinuz-test"), 0)
+        let vmlinuz = try Fixtures.vmlinuz()
+        XCTAssertEqual(symlink(vmlinuz, pkg + "/boot/vmlinuz-test"), 0)
+        let empty = run(["bench", "--kernel", pkg, "--round-trips", "10", "--json"], seconds: 60)
+        XCTAssertEqual(empty.status, 2, empty.stderr)
+        XCTAssertTrue(empty.stderr.contains("no .ko"), empty.stderr)
+        XCTAssertEqual(empty.stdout, "")
+    }
 }
