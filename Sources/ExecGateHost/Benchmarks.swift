@@ -65,12 +65,17 @@ public enum SignatureBenchmark {
         var found: [String] = []
         walk(lib + "/" + release + "/kernel") { if $0.hasSuffix(".ko") { found.append($0) } }
         found.sort()
+        // Nothing to measure is unreadable input, not figures of nothing.
+        guard !found.isEmpty else { throw LocalFileError(path: lib + "/" + release + "/kernel", why: "no .ko module under it") }
         return (kernelPackage + "/boot/" + v, limit > 0 ? Array(found.prefix(limit)) : found)
     }
 
     public static func run(vmlinuz: String, modules: [String], roundTrips: Int, progress: (String) -> Void) async throws -> Figures {
         try checkCounts(roundTrips: roundTrips, limit: 0)
-        let certs = try KernelImage.load(try LocalFile.read(vmlinuz)).builtinCertificates()
+        let certs: [Certificate]
+        do { certs = try KernelImage.load(try LocalFile.read(vmlinuz)).builtinCertificates() } catch let e as LocalFileError { throw e } catch {
+            throw LocalFileError(path: vmlinuz, why: "\(error)")
+        }
         let trust = TrustStore(certs)
         progress("loading \(modules.count) modules")
         let blobs = try modules.map { try LocalFile.read($0) }

@@ -40,8 +40,14 @@ struct BenchCommand: AsyncParsableCommand {
             Console.error("execgate bench: \(error)")
             throw ExecGateExit.usage
         }
-        let f = try await SignatureBenchmark.run(vmlinuz: inputs.vmlinuz, modules: inputs.modules, roundTrips: roundTrips,
+        let f: SignatureBenchmark.Figures
+        do {
+            f = try await SignatureBenchmark.run(vmlinuz: inputs.vmlinuz, modules: inputs.modules, roundTrips: roundTrips,
                                                  progress: { Console.error("bench: \($0)") })
+        } catch {
+            Console.error("execgate bench: \(error)")  // unreadable input or no figures: exit 2
+            throw ExecGateExit.usage
+        }
         let mb = Double(f.bytes) / 1e6
         let n = Double(f.modules)
         if json {
