@@ -316,4 +316,27 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertTrue(empty.stderr.contains("no .ko"), empty.stderr)
         XCTAssertEqual(empty.stdout, "")
     }
+
+    /// A CAPTURE_DIR that does not exist or is a file was reported as its parent's missing
+    /// load-order.txt ("./load-order.txt: No such file or directory" for `explain nosuch`), never
+    /// naming the path given; `bench --scale` let that error escape as exit 1 and read
+    /// `--guests 1,x` as "1".
+    func testCaptureDirectoriesAreNamedWhenUnreadable() throws {
+        let missing = dir + "/nosuch-boot"
+        let file = dir + "/a-file"
+        try Fixtures.writeFile(file, Array("x".utf8))
+        for path in [missing, file] {
+            for args in [["explain", path, "--json"],
+                         ["policy", "test", "--policy", Fixtures.packageRoot + "/ServiceVM/policies/blocklist-vulnerable-module.policy", "--trust", certPath, path, "--json"],
+                         ["bench", "--scale", "--kernel", try Fixtures.kernelDir(), "--capture", path, "--guests", "1"]] {
+                let r = run(args, seconds: 60)
+                XCTAssertEqual(r.status, 2, "\(args): \(r.stderr)")
+                XCTAssertTrue(r.stderr.contains(path + ":"), "\(args): the reason names another path: \(r.stderr)")
+                XCTAssertEqual(r.stdout, "", "\(args)")
+            }
+        }
+        let g = run(["bench", "--scale", "--kernel", try Fixtures.kernelDir(), "--capture", Self.fixtureCapture, "--guests", "1,x"], seconds: 60)
+        XCTAssertEqual(g.status, 2, g.stderr)
+        XCTAssertTrue(g.stderr.contains("--guests"), g.stderr)
+    }
 }
