@@ -92,8 +92,9 @@ struct BenchCommand: AsyncParsableCommand {
             Console.error("execgate bench --scale: give --capture DIR (a capture of the kernel in --kernel)")
             throw ExecGateExit.usage
         }
-        let counts = guests.split(separator: ",").compactMap { Int($0) }
-        guard !counts.isEmpty, counts.allSatisfy({ $0 >= 1 && $0 <= 512 }) else {
+        let words = guests.split(separator: ",", omittingEmptySubsequences: false)
+        let counts = words.compactMap { Int($0) }
+        guard !counts.isEmpty, counts.count == words.count, counts.allSatisfy({ $0 >= 1 && $0 <= 512 }) else {
             Console.error("execgate bench --scale: --guests takes counts 1...512, comma-separated (got '\(guests)')")
             throw ExecGateExit.usage
         }
@@ -102,7 +103,13 @@ struct BenchCommand: AsyncParsableCommand {
             Console.error("execgate bench: \(error)")
             throw ExecGateExit.usage
         }
-        let rows = try await ScaleBenchmark.run(capture: capture, vmlinuz: vmlinuz, guestCounts: counts, progress: { Console.error("bench: \($0)") })
+        let rows: [ScaleBenchmark.Row]
+        do {
+            rows = try await ScaleBenchmark.run(capture: capture, vmlinuz: vmlinuz, guestCounts: counts, progress: { Console.error("bench: \($0)") })
+        } catch {
+            Console.error("execgate bench: \(error)")  // unreadable input or no figures: exit 2
+            throw ExecGateExit.usage
+        }
         func mib(_ b: Int) -> String { String(format2: Double(b) / 1048576) }
         for r in rows {
             if json {
