@@ -339,4 +339,18 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertEqual(g.status, 2, g.stderr)
         XCTAssertTrue(g.stderr.contains("--guests"), g.stderr)
     }
+
+    /// `policy check FILE --admin-cert CERT` ("also verify a bundle's signature against this admin
+    /// certificate") exited 0 for a policy text, with nothing signed to verify, even when CERT did
+    /// not exist: a script gating a push on it passed what the admin port refuses.
+    func testPolicyCheckWithAnAdminCertificateNeedsASignedBundle() throws {
+        let text = Fixtures.packageRoot + "/ServiceVM/policies/blocklist-vulnerable-module.policy"
+        for cert in [dir + "/nosuch.pem", certPath] {
+            let r = run(["policy", "check", text, "--admin-cert", cert], seconds: 30)
+            XCTAssertEqual(r.status, 2, "\(cert): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("not a signed bundle"), r.stderr)
+            XCTAssertEqual(r.stdout, "")
+        }
+        XCTAssertEqual(run(["policy", "check", text]).status, 0, "a text alone still checks")
+    }
 }
