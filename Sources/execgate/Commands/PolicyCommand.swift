@@ -38,6 +38,8 @@ enum PolicyFiles {
             let parts = try PolicyBundle.split(bytes)
             return try PolicyParser.parse(parts.policy, file: path, builtinAnchors: builtinAnchors)
         }
+        // A signature to verify was asked for, and a text carries none (the admin port refuses it).
+        if adminCert != nil { throw LocalFileError(path: path, why: "a policy text, not a signed bundle: nothing to verify against --admin-cert") }
         return try PolicyParser.parse(bytes, file: path, builtinAnchors: builtinAnchors)
     }
 
@@ -55,7 +57,7 @@ struct PolicyCheck: ParsableCommand {
     @Argument(help: "The policy text or bundle.") var file: String
     @Option(name: .customLong("trust"), help: ArgumentHelp("What 'trust kernel-builtin' stands for (PEM/DER). Repeatable.", valueName: "CERT"))
     var trust: [String] = []
-    @Option(help: ArgumentHelp("Also verify a bundle's signature against this admin certificate.", valueName: "CERT")) var adminCert: String?
+    @Option(help: ArgumentHelp("Also verify a bundle's signature against this admin certificate (FILE must then be a signed bundle).", valueName: "CERT")) var adminCert: String?
 
     func run() throws {
         do {
