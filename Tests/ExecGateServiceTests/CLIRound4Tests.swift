@@ -353,4 +353,22 @@ final class CLIRound4Tests: XCTestCase {
         }
         XCTAssertEqual(run(["policy", "check", text]).status, 0, "a text alone still checks")
     }
+
+    /// retire-module / init-freed exit 1 for a refusal (README: unknown module, module in use,
+    /// unknown guest), 2 for a usage error or no verdict; every `error` reply exited 1, so a guest id
+    /// too long for the wire (malformed-body, the caller's own bad input) read as a refusal.
+    func testRetireAndInitFreedExit2ForErrorsThatAreNoRefusal() throws {
+        let serve = try startServe()
+        let long = String(repeating: "g", count: 70_000)
+        for args in [["request", "init-freed", "vsock", "--guest", long], ["request", "retire-module", "vsock", "--guest", long, "--text-base", "0xffffffffc0000000"]] {
+            let r = run(args + ["--connect", serve.address, "--json"], seconds: 30)
+            XCTAssertEqual(r.status, 2, "\(args[1]): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("malformed-body"), r.stderr)
+            XCTAssertEqual(r.stdout, "")
+        }
+        // A refusal stays 1.
+        let refused = run(["request", "init-freed", "vsock", "--guest", "nosuch", "--connect", serve.address], seconds: 30)
+        XCTAssertEqual(refused.status, 1, refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("unknown-guest"), refused.stderr)
+    }
 }
