@@ -371,4 +371,18 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertEqual(refused.status, 1, refused.stderr)
         XCTAssertTrue(refused.stderr.contains("unknown-guest"), refused.stderr)
     }
+
+    /// `explain --only NAME` with a name the load order does not hold (a typo) judged nothing and
+    /// passed: "explained 0 of 0 modules", exit 0, as a capture holding none of its modules once did.
+    func testExplainOnlyNamesModulesOfTheLoadOrder() {
+        for only in ["nosuch", "llc,nosuch", ""] {
+            let r = run(["explain", Self.fixtureCapture, "--only", only, "--json"], seconds: 60)
+            XCTAssertEqual(r.status, 2, "--only '\(only)': \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("--only"), r.stderr)
+            XCTAssertEqual(r.stdout, "", "--only '\(only)'")
+        }
+        let ok = run(["explain", Self.fixtureCapture, "--only", "llc,stp", "--json"], seconds: 60)
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("\"modules\":2"), ok.stdout)
+    }
 }
