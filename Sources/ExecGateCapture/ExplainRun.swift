@@ -35,6 +35,19 @@ public struct ExplainRunOptions: Sendable {
     }
 }
 
+extension ExplainRunOptions {
+    /// `only` against the boot: every name must be one of its load order (a typo judged nothing
+    /// and passed as "explained 0 of 0 modules"), and an empty list names no module.
+    public func check(against boot: CaptureBoot) throws(ExplainOptionError) {
+        guard let only else { return }
+        guard !only.isEmpty else { throw ExplainOptionError(description: "--only names no module") }
+        let unknown = only.subtracting(boot.loadOrder).sorted()
+        guard unknown.isEmpty else {
+            throw ExplainOptionError(description: "--only: \(unknown.joined(separator: ", ")) not in the capture's load order (names as load-order.txt spells them, '-' as '_')")
+        }
+    }
+}
+
 /// An `ExplainRunOptions` value out of range (a usage error: exit 2 with this reason).
 public struct ExplainOptionError: Error, CustomStringConvertible, Sendable {
     public var description: String

@@ -37,6 +37,7 @@ struct ExplainCommand: ParsableCommand {
         do {
             try o.check()
             boot = try CaptureBoot.load(captureDir)
+            try o.check(against: boot)
         } catch {
             fputs("execgate explain: \(error)\n", stderr)
             throw ExecGateExit.usage
