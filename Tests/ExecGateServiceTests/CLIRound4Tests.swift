@@ -385,4 +385,35 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertEqual(ok.status, 0, ok.stderr)
         XCTAssertTrue(ok.stdout.contains("\"modules\":2"), ok.stdout)
     }
+
+    /// `--claim DIR` read every text/*.bin whole (each up to 512 MiB) with no bound on their
+    /// number or total: three sparse 400 MiB files made `verify module` hold 1.2 GB and judge for
+    /// minutes, a claim the service can never receive (its largest body is 28 MiB).
+    func testClaimDirectoriesAreBoundedByTheWire() throws {
+        let ko = try Fixtures.module(named: "vsock.ko")
+        let claim = dir + "/claim"
+        XCTAssertEqual(mkdir(claim, 0o755), 0)
+        XCTAssertEqual(mkdir(claim + "/text", 0o755), 0)
+        for i in 1...3 {
+            let path = claim + "/text/ffffffffc000\(i)000_.text.bin"
+            let fd = open(path, O_WRONLY | O_CREAT, 0o644)
+            XCTAssertGreaterThanOrEqual(fd, 0)
+            XCTAssertEqual(ftruncate(fd, 400 << 20), 0)
+            close(fd)
+        }
+        let t0 = MonotonicClock.seconds()
+        let r = run(["verify", "module", ko, "--trust", certPath, "--claim", claim, "--json"], seconds: 60)
+        XCTAssertEqual(r.status, 2, "killed (nil) or judged: \(r.stderr)")
+        XCTAssertTrue(r.stderr.contains("bytes"), r.stderr)
+        XCTAssertEqual(r.stdout, "")
+        XCTAssertLessThan(MonotonicClock.seconds() - t0, 10)
+        // More section files than a request may carry.
+        let many = dir + "/many"
+        XCTAssertEqual(mkdir(many, 0o755), 0)
+        XCTAssertEqual(mkdir(many + "/text", 0o755), 0)
+        for i in 0..<1025 { try Fixtures.writeFile(many + "/text/" + String(0xffffffffc0000000 + UInt64(i) << 12, radix: 16) + "_.text.bin", [0xc3]) }
+        let m = run(["verify", "module", ko, "--trust", certPath, "--claim", many], seconds: 60)
+        XCTAssertEqual(m.status, 2, m.stderr)
+        XCTAssertTrue(m.stderr.contains("1024"), m.stderr)
+    }
 }
