@@ -416,4 +416,13 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertEqual(m.status, 2, m.stderr)
         XCTAssertTrue(m.stderr.contains("1024"), m.stderr)
     }
+
+    /// keys generate created its --out directory before generating: a refused run (a common name
+    /// OpenSSL cannot encode) left an empty directory behind, exit 2.
+    func testRefusedKeysGenerateCreatesNothing() {
+        let out = dir + "/new/keys"
+        let r = run(["keys", "generate", "--out", out, "--type", "ec-p256", "--cn", String(repeating: "a", count: 100_000)], seconds: 60)
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertNotEqual(access(dir + "/new", F_OK), 0, "a refused run left its output directory behind")
+    }
 }
