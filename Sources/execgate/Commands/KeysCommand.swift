@@ -131,7 +131,6 @@ struct KeysGenerate: ParsableCommand {
 
     func run() throws {
         do {
-            try LocalFile.makeDirectories(out)
             let keyPath = out + "/key.pem"
             let certPath = out + "/cert.pem"
             for p in [keyPath, certPath] where LocalFile.exists(p) && !force {
@@ -143,6 +142,7 @@ struct KeysGenerate: ParsableCommand {
             case "ec-p384": generated = try GeneratedSigningKey.generateECDSA(curve: .p384, commonName: cn, days: days)
             default: generated = try GeneratedSigningKey.generateRSA(bits: bits, commonName: cn, days: days)
             }
+            try LocalFile.makeDirectories(out)  // only once there is something to write into it
             // Both targets checked before either is replaced (never a new key without its certificate).
             try LocalFile.writeAllAtomically([(keyPath, generated.privateKeyPEM, 0o600), (certPath, generated.certificatePEM, 0o644)])
             let cert = try generated.load().1
