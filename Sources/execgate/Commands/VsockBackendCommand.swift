@@ -85,7 +85,7 @@ struct VsockBenchCommand: AsyncParsableCommand {
     @Option(help: "Sequential status round trips (1…10000000).")
     var roundTrips = 200
 
-    @Option(name: .customLong("bulk-mib"), help: "Bulk: MiB per frame (1…28, the wire's largest body).")
+    @Option(name: .customLong("bulk-mib"), help: ArgumentHelp("Bulk: MiB per frame (1…28, the wire's largest body).", valueName: "MiB"))
     var bulkMiB = 8
 
     @Option(help: "Bulk: frames (1…65536).")
