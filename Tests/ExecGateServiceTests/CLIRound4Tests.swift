@@ -425,4 +425,36 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertEqual(r.status, 2, r.stderr)
         XCTAssertNotEqual(access(dir + "/new", F_OK), 0, "a refused run left its output directory behind")
     }
+
+    /// Policy files were read with the CLI's general 512 MiB bound although no policy text is
+    /// over 1 MiB and no bundle over 1 MiB + 64 KiB + 16: `policy check` of a 500 MiB file held
+    /// ~1 GB before refusing it, and `policy push` read it whole before connecting.
+    func testPolicyFilesAreReadWithThePolicyBound() throws {
+        let big = dir + "/big.policy"
+        let fd = open(big, O_WRONLY | O_CREAT, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        XCTAssertEqual(ftruncate(fd, 500 << 20), 0)
+        close(fd)
+        for args in [["policy", "check", big], ["policy", "push", big, "--connect", "unix:" + dir + "/nosuch.sock"],
+                     ["policy", "sign", "--key", certPath, "--cert", certPath, big, "-o", dir + "/b.bundle"],
+                     ["serve", "--listen", "unix:" + dir + "/s.sock", "--policy", big]] {
+            var pid: pid_t = 0
+            var fa = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&fa)
+            posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(&fa, 2, dir + "/err", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            let argv = [Fixtures.execgateBinary] + args
+            var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+            XCTAssertEqual(posix_spawn(&pid, Fixtures.execgateBinary, &fa, nil, &cargs, environ), 0)
+            cargs.forEach { free($0) }
+            posix_spawn_file_actions_destroy(&fa)
+            var status: Int32 = 0
+            var usage = rusage()
+            XCTAssertEqual(wait4(pid, &status, 0, &usage), pid)
+            let err = String(decoding: (try? Fixtures.readFile(dir + "/err")) ?? [], as: UTF8.self)
+            XCTAssertEqual((status >> 8) & 0xff, 2, "\(args[0...1]): \(err)")
+            XCTAssertLessThan(usage.ru_maxrss, 200 << 10, "\(args[0...1]) held \(usage.ru_maxrss) KiB for a file it must refuse: \(err)")
+            XCTAssertTrue(err.contains("big.policy"), err)
+        }
+    }
 }
