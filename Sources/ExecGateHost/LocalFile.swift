@@ -24,12 +24,12 @@ public enum LocalFile {
     public static let maximumSize = 512 << 20
 
     /// A whole regular file, at most `maximumSize` bytes (the project's one bounded reader).
-    public static func read(_ path: String) throws -> [UInt8] {
+    public static func read(_ path: String, limit: Int = maximumSize) throws -> [UInt8] {
         var st = stat()
         guard stat(path, &st) == 0 else { throw LocalFileError(path: path, why: String(cString: strerror(errno))) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw LocalFileError(path: path, why: "not a regular file") }
-        do { return try Files.read(path, limit: maximumSize) } catch {
-            throw LocalFileError(path: path, why: error.errno == EFBIG ? "larger than \(maximumSize) bytes" : String(cString: strerror(error.errno)))
+        do { return try Files.read(path, limit: min(limit, maximumSize)) } catch {
+            throw LocalFileError(path: path, why: error.errno == EFBIG ? "larger than \(min(limit, maximumSize)) bytes" : String(cString: strerror(error.errno)))
         }
     }
 

@@ -170,12 +170,22 @@ extension ServiceConfiguration {
             p.endState = c.builtInEndState
             return (p, anchors)
         }
-        let bytes = try LocalFile.read(file)
+        let bytes = try LocalFile.readPolicy(file)
         if bytes.starts(with: PolicyBundle.magic) {
             guard let admin = c.adminCertificateFile else { throw LocalFileError(path: file, why: "a bundle needs --admin-cert to be verified") }
             return (try PolicyBundle.open(bytes, admin: try CertificateFiles.loadOne(admin), file: file, builtinAnchors: anchors), anchors)
         }
         return (try PolicyParser.parse(bytes, file: file, builtinAnchors: anchors), anchors)
+    }
+}
+
+extension LocalFile {
+    /// A policy text or bundle file, read no further than the largest bundle
+    /// (PolicyBundle.maximumFileSize): a larger file is neither, and is refused unread.
+    public static func readPolicy(_ path: String) throws -> [UInt8] {
+        do { return try read(path, limit: PolicyBundle.maximumFileSize) } catch let e as LocalFileError where e.why.hasPrefix("larger than") {
+            throw LocalFileError(path: path, why: "larger than \(PolicyBundle.maximumFileSize) bytes: no policy text (at most \(PolicyLimits.maximumSize)) or signed bundle is")
+        }
     }
 }
 

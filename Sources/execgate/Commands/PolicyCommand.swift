@@ -29,7 +29,7 @@ struct PolicyCommand: AsyncParsableCommand {
 /// an admin certificate is given).
 enum PolicyFiles {
     static func load(_ path: String, builtinAnchors: [Certificate]?, adminCert: String?) throws -> Policy {
-        let bytes = try LocalFile.read(path)
+        let bytes = try LocalFile.readPolicy(path)
         if bytes.starts(with: PolicyBundle.magic) {
             if let adminCert {
                 let admin = try CertificateFiles.loadOne(adminCert)
@@ -84,7 +84,7 @@ struct PolicySign: ParsableCommand {
     func run() throws {
         let out = output ?? policy + ".bundle"
         do {
-            let text = try LocalFile.read(policy)
+            let text = try LocalFile.readPolicy(policy)
             let parsed = try PolicyParser.parse(text, file: policy, builtinAnchors: nil)
             let privateKey: PrivateKey
             do { privateKey = try PrivateKey(pem: try LocalFile.read(key)) } catch let e as LocalFileError { throw e } catch {
@@ -116,7 +116,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
         let bytes: [UInt8]
         do {
             endpoint = try Endpoint(parsing: connect, listening: false)
-            bytes = try LocalFile.read(bundle)
+            bytes = try LocalFile.readPolicy(bundle)
         } catch {
             Console.error("execgate policy push: \(error)")
             throw ExecGateExit.usage
