@@ -457,4 +457,40 @@ final class CLIRound4Tests: XCTestCase {
             XCTAssertTrue(err.contains("big.policy"), err)
         }
     }
+
+    /// Certificates and keys (--trust, --cert, --admin-cert, --key) were read under the same
+    /// 512 MiB bound as modules: a 500 MiB file named as a certificate or key made verify, sign
+    /// and policy sign hold ~1 GB and search it for PEM before refusing it.
+    func testCertificateAndKeyFilesAreReadWithASmallBound() throws {
+        let big = dir + "/big.pem"
+        let fd = open(big, O_WRONLY | O_CREAT, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        XCTAssertEqual(ftruncate(fd, 500 << 20), 0)
+        close(fd)
+        let ko = try Fixtures.module(named: "vsock.ko")
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/blocklist-vulnerable-module.policy"
+        for args in [["verify", "module", ko, "--trust", big, "--signature-only"],
+                     ["sign", "module", "--key", big, "--cert", certPath, ko, "--replace", "-o", dir + "/s.ko"],
+                     ["sign", "module", "--key", certPath, "--cert", big, ko, "--replace", "-o", dir + "/s.ko"],
+                     ["policy", "sign", "--key", big, "--cert", certPath, policy, "-o", dir + "/b.bundle"],
+                     ["policy", "check", policy, "--trust", big]] {
+            var pid: pid_t = 0
+            var fa = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&fa)
+            posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(&fa, 2, dir + "/err", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            let argv = [Fixtures.execgateBinary] + args
+            var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+            XCTAssertEqual(posix_spawn(&pid, Fixtures.execgateBinary, &fa, nil, &cargs, environ), 0)
+            cargs.forEach { free($0) }
+            posix_spawn_file_actions_destroy(&fa)
+            var status: Int32 = 0
+            var usage = rusage()
+            XCTAssertEqual(wait4(pid, &status, 0, &usage), pid)
+            let err = String(decoding: (try? Fixtures.readFile(dir + "/err")) ?? [], as: UTF8.self)
+            XCTAssertEqual((status >> 8) & 0xff, 2, "\(args[0...1]): \(err)")
+            XCTAssertLessThan(usage.ru_maxrss, 200 << 10, "\(args) held \(usage.ru_maxrss) KiB for a file it must refuse: \(err)")
+            XCTAssertTrue(err.contains("big.pem"), err)
+        }
+    }
 }
