@@ -33,6 +33,14 @@ public enum LocalFile {
         }
     }
 
+    /// Largest certificate or key file read (PEM or DER; a file may hold several certificates:
+    /// a distribution's whole CA bundle is ~0.2 MiB).
+    public static let maximumCredentialSize = 16 << 20
+
+    /// A certificate or private-key file, at most `maximumCredentialSize` bytes (a larger one is
+    /// refused unread, never searched for PEM).
+    public static func readCredential(_ path: String) throws -> [UInt8] { try read(path, limit: maximumCredentialSize) }
+
     /// A module file as the kernel would load it: a plain `.ko`, or a `.ko.gz`/`.ko.xz`/`.ko.zst`
     /// decompressed first (ExecGateKernelImage `ModuleFile`, after kernel/module/decompress.c), so
     /// the signature and every later check run on the ELF bytes, as the kernel's do.

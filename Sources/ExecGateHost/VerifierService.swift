@@ -195,7 +195,7 @@ public enum CertificateFiles {
     public static func loadAnchors(_ paths: [String]) throws -> [Certificate] {
         var out: [Certificate] = []
         for p in paths {
-            do { out += try Certificate.load(try LocalFile.read(p)) } catch let e as LocalFileError { throw e } catch {
+            do { out += try Certificate.load(try LocalFile.readCredential(p)) } catch let e as LocalFileError { throw e } catch {
                 throw LocalFileError(path: p, why: "\(error)")
             }
         }
@@ -205,7 +205,7 @@ public enum CertificateFiles {
     /// Exactly one certificate (an admin certificate, a signer).
     public static func loadOne(_ path: String) throws -> Certificate {
         let certs: [Certificate]
-        do { certs = try Certificate.load(try LocalFile.read(path)) } catch let e as LocalFileError { throw e } catch {
+        do { certs = try Certificate.load(try LocalFile.readCredential(path)) } catch let e as LocalFileError { throw e } catch {
             throw LocalFileError(path: path, why: "\(error)")
         }
         guard certs.count == 1 else { throw LocalFileError(path: path, why: "holds \(certs.count) certificates, expected one") }

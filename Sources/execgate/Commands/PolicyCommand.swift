@@ -87,7 +87,7 @@ struct PolicySign: ParsableCommand {
             let text = try LocalFile.readPolicy(policy)
             let parsed = try PolicyParser.parse(text, file: policy, builtinAnchors: nil)
             let privateKey: PrivateKey
-            do { privateKey = try PrivateKey(pem: try LocalFile.read(key)) } catch let e as LocalFileError { throw e } catch {
+            do { privateKey = try PrivateKey(pem: try LocalFile.readCredential(key)) } catch let e as LocalFileError { throw e } catch {
                 throw LocalFileError(path: key, why: "\(error)")
             }
             let signer = try ModuleSigner(key: privateKey, certificate: try CertificateFiles.loadOne(cert), digest: .sha256)

@@ -53,8 +53,8 @@ struct SignModule: ParsableCommand {
         do {
             // validate() accepted the name.
             let digest = DigestAlgorithm(name: hash)!
-            let keyBytes = try LocalFile.read(key)
-            let certBytes = try LocalFile.read(cert)
+            let keyBytes = try LocalFile.readCredential(key)
+            let certBytes = try LocalFile.readCredential(cert)
             let module = try LocalFile.read(file)
             let privateKey: PrivateKey
             do { privateKey = try PrivateKey(pem: keyBytes) } catch { throw LocalFileError(path: key, why: "\(error)") }
