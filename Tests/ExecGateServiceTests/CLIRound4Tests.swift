@@ -493,4 +493,75 @@ final class CLIRound4Tests: XCTestCase {
             XCTAssertTrue(err.contains("big.pem"), err)
         }
     }
+
+    /// Failed attacks kept: every file-reading command refuses a directory, a FIFO (without
+    /// blocking), /dev/zero, /dev/null, an empty file, a 100 GiB sparse file, a symbolic-link loop
+    /// and a missing path with exit 2, the path in the reason and nothing on stdout (`--json` too);
+    /// serve refuses a socket path over 107 bytes, a regular file, a directory or a FIFO in its
+    /// place (left as they were), and replaces a stale socket.
+    func testHostileInputPathsAreRefusedWithTheirReason() throws {
+        let d = dir + "/d"
+        XCTAssertEqual(mkdir(d, 0o755), 0)
+        let fifo = dir + "/fifo"
+        XCTAssertEqual(mkfifo(fifo, 0o644), 0)
+        let empty = dir + "/empty"
+        try Fixtures.writeFile(empty, [])
+        let sparse = dir + "/sparse"
+        let fd = open(sparse, O_WRONLY | O_CREAT, 0o644)
+        XCTAssertEqual(ftruncate(fd, 100 << 30), 0)
+        close(fd)
+        XCTAssertEqual(symlink(dir + "/loop-b", dir + "/loop-a"), 0)
+        XCTAssertEqual(symlink(dir + "/loop-a", dir + "/loop-b"), 0)
+        let ko = try Fixtures.module(named: "vsock.ko")
+        let key = dir + "/adm"
+        XCTAssertEqual(run(["keys", "generate", "--out", key, "--type", "ec-p256"]).status, 0)
+        for bad in [d, fifo, "/dev/zero", "/dev/null", empty, sparse, dir + "/loop-a", dir + "/missing"] {
+            for args in [["verify", "module", bad, "--trust", certPath, "--json"], ["verify", "module", ko, "--trust", bad, "--json"],
+                         ["request", "module", bad, "--connect", "unix:" + dir + "/none.sock", "--json"],
+                         ["sign", "module", "--key", key + "/key.pem", "--cert", key + "/cert.pem", bad, "-o", dir + "/o.ko", "--json"],
+                         ["sign", "module", "--key", bad, "--cert", key + "/cert.pem", ko, "--replace", "-o", dir + "/o.ko", "--json"],
+                         ["keys", "extract", "--kernel", bad, "--out", dir + "/kx", "--json"], ["policy", "check", bad],
+                         ["policy", "sign", "--key", key + "/key.pem", "--cert", key + "/cert.pem", bad, "-o", dir + "/o.bundle"],
+                         ["policy", "push", bad, "--connect", "unix:" + dir + "/none.sock", "--json"],
+                         ["explain", bad, "--json"]] {
+                let r = run(args, seconds: 30)
+                XCTAssertEqual(r.status, 2, "\(args): \(r.stderr)")
+                // (An empty file is a bundle push sends: then the missing socket is the reason; an
+                // empty folder is a boot without load-order.txt, its parent's then missing too.)
+                XCTAssertTrue(r.stderr.contains(bad) || (bad == empty && args[1] == "push") || (bad == d && args[0] == "explain" && r.stderr.contains("load-order.txt")),
+                              "\(args): \(r.stderr)")
+                XCTAssertEqual(r.stdout, "", "\(args)")
+            }
+        }
+        XCTAssertNotEqual(access(dir + "/o.ko", F_OK), 0)
+        XCTAssertNotEqual(access(dir + "/o.bundle", F_OK), 0)
+        XCTAssertNotEqual(access(dir + "/kx", F_OK), 0)
+
+        let long = dir + "/" + String(repeating: "s", count: 110) + ".sock"
+        let file = dir + "/file.sock"
+        try Fixtures.writeFile(file, Array("keep".utf8))
+        for (path, why) in [(long, "longer than 107 bytes"), (file, "regular file"), (d, "directory"), (fifo, "FIFO")] {
+            let r = run(["serve", "--listen", "unix:" + path, "--trust", certPath], seconds: 30)
+            XCTAssertEqual(r.status, 2, "\(path): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(why), r.stderr)
+        }
+        XCTAssertEqual(try Fixtures.readFile(file), Array("keep".utf8))
+        var st = stat()
+        XCTAssertEqual(lstat(fifo, &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFIFO)
+        // A stale socket (its listener gone) is replaced.
+        let stale = dir + "/stale.sock"
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in stale.utf8.enumerated() { p[i] = b } }
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        XCTAssertEqual(bound, 0)
+        close(s)
+        let pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + stale, "--trust", certPath], stdoutPath: dir + "/st.out", stderrPath: dir + "/st.err")
+        let up = Fixtures.runExecgateUntilSuccess(["request", "status", "--connect", "unix:" + stale])
+        XCTAssertEqual(up.status, 0, up.stderr)
+        kill(pid, SIGTERM)
+        XCTAssertEqual(Fixtures.wait(pid), 0)
+    }
 }
