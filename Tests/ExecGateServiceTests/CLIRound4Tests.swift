@@ -564,4 +564,31 @@ final class CLIRound4Tests: XCTestCase {
         kill(pid, SIGTERM)
         XCTAssertEqual(Fixtures.wait(pid), 0)
     }
+
+    /// `policy push` exits 1 when the verifier refuses the policy (another key, a version not
+    /// newer, a bundle that does not parse: README), 2 when unreachable; pushed to a VMM port (no
+    /// admin port there: unknown-message-type) it exited 1 as if the policy had been judged.
+    func testPolicyPushToAPortThatIsNoAdminPortExits2() throws {
+        let serve = try startServe()
+        let key = dir + "/adm"
+        XCTAssertEqual(run(["keys", "generate", "--out", key, "--type", "ec-p256"]).status, 0)
+        let bundle = dir + "/p.bundle"
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/blocklist-vulnerable-module.policy"
+        XCTAssertEqual(run(["policy", "sign", "--key", key + "/key.pem", "--cert", key + "/cert.pem", policy, "-o", bundle]).status, 0)
+        let wrongPort = run(["policy", "push", bundle, "--connect", serve.address], seconds: 30)
+        XCTAssertEqual(wrongPort.status, 2, wrongPort.stderr)
+        XCTAssertTrue(wrongPort.stderr.contains("unknown-message-type"), wrongPort.stderr)
+        // A refusal by an admin port stays 1: a bundle signed by another key.
+        let other = dir + "/other"
+        XCTAssertEqual(run(["keys", "generate", "--out", other, "--type", "ec-p256"]).status, 0)
+        let admin = "unix:" + dir + "/admin.sock"
+        let pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + dir + "/v2.sock", "--admin-listen", admin, "--admin-cert", other + "/cert.pem",
+                                          "--trust", certPath], stdoutPath: dir + "/v2.out", stderrPath: dir + "/v2.err")
+        XCTAssertEqual(Fixtures.runExecgateUntilSuccess(["policy", "show", "--connect", admin]).status, 0)
+        let refused = run(["policy", "push", bundle, "--connect", admin, "--json"], seconds: 30)
+        XCTAssertEqual(refused.status, 1, refused.stderr)
+        XCTAssertTrue(refused.stdout.contains("\"activated\":false"), refused.stdout)
+        kill(pid, SIGTERM)
+        XCTAssertEqual(Fixtures.wait(pid), 0)
+    }
 }
