@@ -105,7 +105,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "push",
         abstract: "Send a signed bundle to a running verifier's admin port.",
-        discussion: "Exit 0 activated, 1 refused by the verifier (reason on stderr), 2 usage error or unreachable."
+        discussion: "Exit 0 activated, 1 refused by the verifier's admin port (reason on stderr), 2 usage error, unreachable, or no admin port at ADDR."
     )
     @Argument(help: "The bundle (execgate policy sign).") var bundle: String
     @Option(help: ArgumentHelp("The admin port: unix:PATH, vsock:CID:PORT or hybrid:SOCKET:PORT.", valueName: "ADDR")) var connect: String
@@ -139,8 +139,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
             await client.close()
             if json { print(JSON.object([("activated", .bool(false)), ("reason", .string(e.description))]).serialized()) }
             Console.error("execgate policy push: \(e)")
-            if case .server = e { throw ExecGateExit.deny }
-            throw ExecGateExit.usage
+            throw e.isRefusal ? ExecGateExit.deny : ExecGateExit.usage
         }
     }
 }
