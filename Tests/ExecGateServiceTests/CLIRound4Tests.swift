@@ -591,4 +591,16 @@ final class CLIRound4Tests: XCTestCase {
         kill(pid, SIGTERM)
         XCTAssertEqual(Fixtures.wait(pid), 0)
     }
+
+    /// keys generate --days past year 9999 (e.g. 3000000) failed as "key generation failed:
+    /// unknown OpenSSL error": the certificate's notAfter cannot be encoded (X.509 GeneralizedTime
+    /// ends with 9999), and nothing said which option or what range.
+    func testKeysGenerateNamesTheLargestValidity() {
+        for days in ["3000000", "2147483647"] {
+            let r = run(["keys", "generate", "--out", dir + "/k" + days, "--type", "ec-p256", "--days", days], seconds: 30)
+            XCTAssertEqual(r.status, 2, r.stderr)
+            XCTAssertTrue(r.stderr.contains("--days") && r.stderr.contains("9999"), r.stderr)
+        }
+        XCTAssertEqual(run(["keys", "generate", "--out", dir + "/ok", "--type", "ec-p256", "--days", "2000000"], seconds: 30).status, 0)
+    }
 }
