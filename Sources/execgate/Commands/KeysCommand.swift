@@ -117,7 +117,7 @@ struct KeysGenerate: ParsableCommand {
     @Option(help: "Certificate common name.") var cn: String = "ExecGate module signing key"
     @Option(help: "Key type: rsa (default), ec-p256 or ec-p384.") var type: String = "rsa"
     @Option(help: "RSA modulus size in bits (2048-16384).") var bits: Int = 4096
-    @Option(help: "Validity in days.") var days: Int = 36500
+    @Option(help: "Validity in days (notAfter by 9999-12-31).") var days: Int = 36500
     @Flag(help: "Overwrite existing key.pem / cert.pem.") var force = false
     @Flag(help: "Print a JSON summary on stdout.") var json = false
 
@@ -125,7 +125,9 @@ struct KeysGenerate: ParsableCommand {
         // Usage errors exit 2 with one line on stderr.
         guard ["rsa", "ec-p256", "ec-p384"].contains(type) else { throw ValidationError("--type must be rsa, ec-p256 or ec-p384") }
         guard (2048...16384).contains(bits) else { throw ValidationError("--bits must be between 2048 and 16384") }
+        let most = GeneratedSigningKey.maximumValidityDays()
         guard days > 0 else { throw ValidationError("--days must be positive") }
+        guard days <= most else { throw ValidationError("--days must be 1…\(most): the certificate's notAfter must fall by 9999-12-31, the last date X.509 encodes") }
         guard !cn.isEmpty, !cn.utf8.contains(0) else { throw ValidationError("--cn must be a non-empty name") }
     }
 
