@@ -24,6 +24,14 @@ public enum AdminClientError: Error, CustomStringConvertible, Equatable {
         }
     }
 
+    /// The admin port judged the request and refused it (PolicyAdministrator answers a refused push
+    /// with bad-request: another key, a version not newer, a bundle that does not parse). Any other
+    /// error (a VMM port's unknown-message-type, overload, a fault) is no judgement: the CLI's exit 2.
+    public var isRefusal: Bool {
+        if case .server(let code, _) = self { return code == .badRequest }
+        return false
+    }
+
     /// The admin view of a client failure during a request.
     init(_ e: ClientError) {
         switch e {

@@ -101,10 +101,21 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     }
 
     /// An audit log appending to `path` (created 0600 if missing).
+    /// A FIFO is taken only when a reader holds it open: opened O_NONBLOCK, a FIFO without one
+    /// fails at once (ENXIO, fifo(7)) instead of blocking the service's start for ever; the
+    /// descriptor then goes back to blocking writes.
     public static func appending(to path: String, capacity: Int = AuditLimits.defaultQueueCapacity) throws -> AuditLog {
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw AdminError(.io, "cannot open audit file \(path): errno \(errno)") }
-        let file = FileDescriptorBox(fd)
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0o600)
+        guard fd >= 0 else {
+            let e = errno
+            if e == ENXIO { throw AdminError(.io, "cannot open audit file \(path): a FIFO with no reader (errno \(e))") }
+            throw AdminError(.io, "cannot open audit file \(path): errno \(e)")
+        }
+        let file = FileDescriptorBox(fd)  // closes it on the refusal below
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0, fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 else {
+            throw AdminError(.io, "cannot open audit file \(path): errno \(errno)")
+        }
         return AuditLog(capacity: capacity, writer: { bytes in try file.writeAll(bytes) })
     }
 

@@ -91,6 +91,11 @@ public struct CaptureBoot {
     public static func load(_ dirIn: String) throws -> CaptureBoot {
         var dir = dirIn
         while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
+        // The boot's own folder first: a missing one, or a file, is named as given (it was reported
+        // as its parent's missing load-order.txt).
+        var st = stat()
+        guard stat(dir, &st) == 0 else { throw CaptureError(path: dir, reason: String(cString: strerror(errno))) }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else { throw CaptureError(path: dir, reason: "not a directory (a capture is one boot's folder)") }
         // The parent of a single relative component ("nokaslr-a") is ".", not "" (which made the
         // parent's load order "/load-order.txt", the filesystem root); of "/x" it is "" (root).
         var parent = dir.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")

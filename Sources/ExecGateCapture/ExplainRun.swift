@@ -22,6 +22,35 @@ public struct ExplainRunOptions: Sendable {
     public var benchRepetitions = 5
 
     public init() {}
+
+    /// The options' ranges, checked before any work: `mutate` 0…`Explainer.maximumMutationsPerClass`
+    /// (a negative count trapped the run, a huge one overflowed), `benchRepetitions` 1…1000.
+    public func check() throws(ExplainOptionError) {
+        if let n = mutate, !(0...Explainer.maximumMutationsPerClass).contains(n) {
+            throw ExplainOptionError(description: "--mutate must be 0…\(Explainer.maximumMutationsPerClass) mutations per class, got \(n)")
+        }
+        guard (1...1000).contains(benchRepetitions) else {
+            throw ExplainOptionError(description: "--passes must be 1…1000, got \(benchRepetitions)")
+        }
+    }
+}
+
+extension ExplainRunOptions {
+    /// `only` against the boot: every name must be one of its load order (a typo judged nothing
+    /// and passed as "explained 0 of 0 modules"), and an empty list names no module.
+    public func check(against boot: CaptureBoot) throws(ExplainOptionError) {
+        guard let only else { return }
+        guard !only.isEmpty else { throw ExplainOptionError(description: "--only names no module") }
+        let unknown = only.subtracting(boot.loadOrder).sorted()
+        guard unknown.isEmpty else {
+            throw ExplainOptionError(description: "--only: \(unknown.joined(separator: ", ")) not in the capture's load order (names as load-order.txt spells them, '-' as '_')")
+        }
+    }
+}
+
+/// An `ExplainRunOptions` value out of range (a usage error: exit 2 with this reason).
+public struct ExplainOptionError: Error, CustomStringConvertible, Sendable {
+    public var description: String
 }
 
 public struct ExplainRunSummary: Sendable {
@@ -53,7 +82,8 @@ public enum ExplainRun {
                 s.modules += 1
                 s.unexplainedBytes += 1
                 if o.json {
-                    out("{\"module\":\"\(name)\",\"verdict\":\"deny\",\"rule\":\"capture\",\"unexplained_bytes\":1,\"reason\":\"\(quoteless("\(error)"))\"}")
+                    out(JSON.object([("module", .string(name)), ("verdict", .string("deny")), ("rule", .string("capture")),
+                                     ("unexplained_bytes", .uint(1)), ("reason", .string(quoteless("\(error)")))]).serialized())
                 } else {
                     out("deny  \(name): (capture): capture: \(error)")
                 }
@@ -71,8 +101,9 @@ public enum ExplainRun {
             case .allowed(let st):
                 s.explained += 1
                 if o.json {
-                    let cls = st.bytesByClass.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
-                    out("{\"module\":\"\(name)\",\"verdict\":\"allow\",\"bytes\":\(st.executableBytes),\"classes\":{\(cls)}}")
+                    let cls = st.bytesByClass.sorted { $0.key.rawValue < $1.key.rawValue }.map { ("\($0.key)", JSON.uint(UInt64($0.value))) }
+                    out(JSON.object([("module", .string(name)), ("verdict", .string("allow")), ("bytes", .uint(UInt64(st.executableBytes))),
+                                     ("classes", .object(cls))]).serialized())
                 } else if st.executableBytes == 0 {
                     out("allow \(name) 0 bytes (data-only: nothing executable; signature, ELF and claim structure judged)")
                 } else {
@@ -82,7 +113,11 @@ public enum ExplainRun {
             case .denied(let d):
                 s.unexplainedBytes += d.unexplainedBytes
                 if o.json {
-                    out("{\"module\":\"\(name)\",\"verdict\":\"deny\",\"section\":\"\(d.section)\",\"offset\":\(d.offset),\"address\":\"0x\(String(d.address, radix: 16))\",\"expected\":\"\(hexPairs(d.expected))\",\"found\":\"\(hexPairs(d.found))\",\"unexplained_bytes\":\(d.unexplainedBytes),\"rule\":\"\(d.rule)\",\"reason\":\"\(quoteless(d.reason))\"}")
+                    out(JSON.object([("module", .string(name)), ("verdict", .string("deny")), ("section", .string(d.section)),
+                                     ("offset", .int(Int64(d.offset))), ("address", .string("0x\(String(d.address, radix: 16))")),
+                                     ("expected", .string(hexPairs(d.expected))), ("found", .string(hexPairs(d.found))),
+                                     ("unexplained_bytes", .int(Int64(d.unexplainedBytes))), ("rule", .string("\(d.rule)")),
+                                     ("reason", .string(quoteless(d.reason)))]).serialized())
                 } else {
                     out("deny  \(d)")
                 }
@@ -107,15 +142,36 @@ public enum ExplainRun {
         } else {
             out("explained \(s.explained) of \(s.modules) modules, \(s.unexplainedBytes) unexplained bytes")
         }
+        // With --json every line is one JSON object (the bench figures and mutation totals too).
         if o.bench {
-            out(benchmark(boot, options: o).line)
-            out("max RSS: \(ProcessUsage.peakResidentKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
+            let b = benchmark(boot, options: o)
+            if o.json {
+                let e = b.engine.min() ?? 0, h = b.sha256.min() ?? 0
+                out(JSON.object([("bench", .object([
+                    ("passes", .uint(UInt64(b.engine.count))), ("executable_bytes", .uint(UInt64(b.executableBytes))),
+                    ("explain_best_s", .double(e)), ("explain_median_s", .double(Percentiles.of(b.engine, 50))),
+                    ("sha256_best_s", .double(h)), ("sha256_median_s", .double(Percentiles.of(b.sha256, 50))),
+                    ("max_rss_kib", .uint(UInt64(max(0, ProcessUsage.peakResidentKiB())))),
+                    ("rss_after_facts_kib", .uint(UInt64(max(0, rssAfterFacts)))),
+                    ("largest_module", .string(largest.name)), ("largest_module_bytes", .uint(UInt64(largest.bytes))),
+                ]))]).serialized())
+            } else {
+                out(b.line)
+                out("max RSS: \(ProcessUsage.peakResidentKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
+            }
         }
         if o.mutate != nil {
             for (k, v) in mutTotals.sorted(by: { $0.key < $1.key }) {
-                out("mutation \(k): tried \(v.tried) denied \(v.denied) legal-alternative \(v.legal) false-accept \(v.tried - v.denied - v.legal)")
+                if o.json {
+                    out(JSON.object([("mutation", .object([
+                        ("class", .string(k)), ("tried", .uint(UInt64(v.tried))), ("denied", .uint(UInt64(v.denied))),
+                        ("legal_alternative", .uint(UInt64(v.legal))), ("false_accept", .uint(UInt64(v.tried - v.denied - v.legal))),
+                    ]))]).serialized())
+                } else {
+                    out("mutation \(k): tried \(v.tried) denied \(v.denied) legal-alternative \(v.legal) false-accept \(v.tried - v.denied - v.legal)")
+                }
             }
-            for f in s.falseAccepts { out("FALSE ACCEPT \(f)") }
+            for f in s.falseAccepts { out(o.json ? JSON.object([("false_accept", .string(f))]).serialized() : "FALSE ACCEPT \(f)") }
         }
         return s
     }
@@ -169,7 +225,8 @@ public enum ExplainRun {
     /// Bytes as space-separated lower-case hex pairs ("0f 1f 44").
     static func hexPairs(_ b: [UInt8]) -> String { b.map { Hex.number($0, width: 2) }.joined(separator: " ") }
 
-    /// The line format predates the JSON writer: double quotes in reasons become single quotes.
+    /// The line format predates the JSON writer: double quotes in reasons become single quotes (the
+    /// JSON writer escapes everything else: names come from the capture's load-order.txt).
     static func quoteless(_ s: String) -> String { String(s.map { $0 == "\"" ? "'" : $0 }) }
 
     static func fmt(_ v: Double) -> String { "\((v * 1000).rounded() / 1000)" }

@@ -130,7 +130,7 @@ public final class ExecGateClient: @unchecked Sendable {
             }
         }
         if let t = timeout {
-            let scheduled = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(t * 1e9))) {
+            let scheduled = channel.eventLoop.scheduleTask(in: timeAmount(seconds: t)) {
                 handler.value.fail(id: requestID, ClientError.timedOut(seconds: t))
             }
             promise.futureResult.whenComplete { _ in scheduled.cancel() }
@@ -287,6 +287,17 @@ final class ReplyHandler: ChannelInboundHandler {
 @available(*, unavailable)
 extension ReplyHandler: Sendable {}
 
+/// A timeout in seconds as the event loop's `TimeAmount`. Any finite positive number of seconds is
+/// a timeout (`request --timeout 1e300`); `Int64(t * 1e9)` trapped from 9.3e9 s up, so the wait is
+/// capped at `maximumTimeoutSeconds` (about a century: "wait as long as it takes").
+func timeAmount(seconds t: Double) -> TimeAmount {
+    let capped = t > 0 ? min(t, maximumTimeoutSeconds) : 0  // NaN and negatives: no wait
+    return .nanoseconds(Int64(capped * 1e9))
+}
+
+/// The longest a client waits for a reply or a hybrid handshake, whatever timeout it was given.
+public let maximumTimeoutSeconds: Double = 100 * 365 * 86_400
+
 /// The Firecracker / Cloud Hypervisor hybrid-vsock handshake: `CONNECT <port>\n` → `OK <n>\n`.
 enum HybridHandshake {
     /// Longest reply line accepted before giving up (a real "OK 1073741824\n" is 14 bytes).
@@ -316,7 +327,7 @@ enum HybridHandshake {
             try channel.pipeline.syncOperations.addHandler(handler, name: "hybrid-handshake")
             if let t = timeout {
                 let bound = NIOLoopBound(handler, eventLoop: channel.eventLoop)
-                let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(t * 1e9))) {
+                let timer = channel.eventLoop.scheduleTask(in: timeAmount(seconds: t)) {
                     bound.value.expire(channel: channel, after: t)
                 }
                 done.futureResult.whenComplete { _ in timer.cancel() }

@@ -83,6 +83,8 @@ public enum CommandLineError: Error, Equatable, CustomStringConvertible {
     case givenTwice(String)
     case unexpectedArgument(String)
     case missing([String])
+    /// argv[argument] is not valid UTF-8 (it cannot be taken as the word or path it spells).
+    case notUTF8(argument: Int)
 
     public var description: String {
         switch self {
@@ -95,6 +97,7 @@ public enum CommandLineError: Error, Equatable, CustomStringConvertible {
         case .givenTwice(let o): return "\(o) given more than once"
         case .unexpectedArgument(let a): return "unexpected argument '\(a)'"
         case .missing(let names): return "missing \(names.joined(separator: ", "))"
+        case .notUTF8(let i): return "argument \(i) is not valid UTF-8 (a path named on the command line must be UTF-8; rename the file or use a link)"
         }
     }
 }

@@ -86,6 +86,30 @@ public enum CommandParser {
         return head + "\n" + seeHelp(path)
     }
 
+    /// The process's arguments (without argv[0]), each decoded as UTF-8, or the refusal of the
+    /// first that is not valid UTF-8. `CommandLine.arguments` repairs such bytes to U+FFFD: a file
+    /// name given as `o\xff.ko` became `o\u{FFFD}.ko`, another path, which was then read or written.
+    public static func processArguments() -> Result<[String], CommandLineError> {
+        var out: [String] = []
+        for i in 1..<Int(CommandLine.argc) {
+            guard let p = CommandLine.unsafeArgv[i] else { break }
+            guard let s = String(validatingCString: p) else { return .failure(.notUTF8(argument: i)) }
+            out.append(s)
+        }
+        return .success(out)
+    }
+
+    /// `main(root, arguments:)` over the process's arguments; an argument that is not valid
+    /// UTF-8 is refused (exit 2, its position on stderr), never repaired into another word.
+    public static func main(_ root: ParsableCommand.Type) async -> Never {
+        switch processArguments() {
+        case .success(let arguments): await main(root, arguments: arguments)
+        case .failure(let e):
+            writeError("\(root.commandName): \(e)")
+            exit(ExitCode.usage.rawValue)
+        }
+    }
+
     /// Parses, validates and runs; never returns. Exit status: the command's `ExitCode`, 2 for
     /// bad usage (with the reason on stderr), 1 for any other error escaping `run()`.
     public static func main(_ root: ParsableCommand.Type, arguments: [String]) async -> Never {

@@ -58,12 +58,17 @@ struct SplitMix64 {
 }
 
 extension Explainer {
+    /// The most mutations of one class tried on one module (`explain --mutate` accepts 0…this).
+    public static let maximumMutationsPerClass = 100_000
+
     /// Run up to `perClass` mutations of each class on an allowed claim.
     public func mutate(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver, perClass: Int, seed: UInt64,
                        probeTargets: [String: UInt64] = [:]) -> MutationReport {
         var report = MutationReport()
-        // A data-only module has no executable byte to mutate.
-        if claim.text.isEmpty { return report }
+        // A data-only module has no executable byte to mutate. A count below 1 tries nothing, and
+        // above `maximumMutationsPerClass` is cut there (`0..<-1` trapped; `perClass * 3` overflowed).
+        if claim.text.isEmpty || perClass < 1 { return report }
+        let perClass = min(perClass, Self.maximumMutationsPerClass)
         guard let s = try? Session(elf: elf, claim: claim, facts: facts, resolver: resolver) else { return report }
         s.recordRelocationFields = true  // reloc-redirect picks from them
         guard (try? s.run()) != nil else { return report }

@@ -43,6 +43,17 @@ public enum SignatureBenchmark {
         public var execgateCPU = 0.0, opensslCPU = 0.0, poolCPU = 0.0, serviceCPU = 0.0
     }
 
+    /// `bench`'s counts: --round-trips as vsock-bench's (1…10,000,000: each round trip keeps a
+    /// sample; 2^63-1 reserved that many and glibc aborted), --limit 0 (all) or more (a negative
+    /// limit meant "every module").
+    public static func checkCounts(roundTrips: Int, limit: Int) throws(BenchmarkSizeError) {
+        let range = RoundTripBenchmark.roundTripRange
+        guard range.contains(roundTrips) else {
+            throw BenchmarkSizeError(description: "--round-trips must be \(range.lowerBound)…\(range.upperBound), got \(roundTrips)")
+        }
+        guard limit >= 0 else { throw BenchmarkSizeError(description: "--limit must be 0 (every module) or more, got \(limit)") }
+    }
+
     /// The module files of an unpacked Debian kernel package (`boot/vmlinuz-*`, `lib/modules/*`),
     /// sorted; the first `limit` when `limit > 0`.
     public static func inputs(kernelPackage: String, limit: Int) throws -> (vmlinuz: String, modules: [String]) {
@@ -54,11 +65,17 @@ public enum SignatureBenchmark {
         var found: [String] = []
         walk(lib + "/" + release + "/kernel") { if $0.hasSuffix(".ko") { found.append($0) } }
         found.sort()
+        // Nothing to measure is unreadable input, not figures of nothing.
+        guard !found.isEmpty else { throw LocalFileError(path: lib + "/" + release + "/kernel", why: "no .ko module under it") }
         return (kernelPackage + "/boot/" + v, limit > 0 ? Array(found.prefix(limit)) : found)
     }
 
     public static func run(vmlinuz: String, modules: [String], roundTrips: Int, progress: (String) -> Void) async throws -> Figures {
-        let certs = try KernelImage.load(try LocalFile.read(vmlinuz)).builtinCertificates()
+        try checkCounts(roundTrips: roundTrips, limit: 0)
+        let certs: [Certificate]
+        do { certs = try KernelImage.load(try LocalFile.read(vmlinuz)).builtinCertificates() } catch let e as LocalFileError { throw e } catch {
+            throw LocalFileError(path: vmlinuz, why: "\(error)")
+        }
         let trust = TrustStore(certs)
         progress("loading \(modules.count) modules")
         let blobs = try modules.map { try LocalFile.read($0) }
@@ -120,13 +137,28 @@ public enum SignatureBenchmark {
         return Percentiles.summary(samples)
     }
 
+    /// Every file under `path`, descending only into real directories: a symbolic link to a
+    /// directory is not followed (two links to "." made the walk branch twice per level up to the
+    /// kernel's 40-link lookup limit, 2^40 paths; a package's module tree holds no such link). A
+    /// link to a file is visited like a file.
     static func walk(_ path: String, _ visit: (String) -> Void) {
         guard let names = try? LocalFile.list(path) else { return }
         for n in names {
             let p = path + "/" + n
-            if LocalFile.isDirectory(p) { walk(p, visit) } else { visit(p) }
+            var st = stat()
+            guard lstat(p, &st) == 0 else { continue }
+            switch st.st_mode & S_IFMT {
+            case S_IFDIR: walk(p, visit)
+            case S_IFLNK: if !LocalFile.isDirectory(p) { visit(p) }
+            default: visit(p)
+            }
         }
     }
+}
+
+/// A benchmark size out of its range (a usage error: exit 2 with this reason).
+public struct BenchmarkSizeError: Error, CustomStringConvertible, Sendable {
+    public var description: String
 }
 
 /// Round trips (p50/p99) and bulk throughput to a verifier at any address, e.g. through the vsock
@@ -144,7 +176,30 @@ public enum RoundTripBenchmark {
         func fmt(_ v: Double) -> String { String(Double(Int(v * 10)) / 10) }
     }
 
+    /// The ranges `vsock-bench` accepts. A bulk frame is one wire body, so at most the wire's
+    /// largest (WireLimits.defaultMaximumBodySize, 28 MiB): above it the verifier refuses the frame
+    /// unread and the "throughput" measured nothing; 4 GiB did not fit the frame header (a trap).
+    public static let roundTripRange = 1...10_000_000
+    public static let bulkMiBRange = 1...(WireLimits.defaultMaximumBodySize >> 20)
+    public static let bulkFramesRange = 1...65_536
+
+    /// The sizes checked against those ranges (a refusal names the option and its range).
+    public static func checkSizes(roundTrips: Int, bulkMiB: Int, bulkFrames: Int) throws(BenchmarkSizeError) {
+        for (option, value, range) in [("--round-trips", roundTrips, roundTripRange), ("--bulk-mib", bulkMiB, bulkMiBRange),
+                                       ("--bulk-frames", bulkFrames, bulkFramesRange)] where !range.contains(value) {
+            throw BenchmarkSizeError(description: "\(option) must be \(range.lowerBound)…\(range.upperBound), got \(value)")
+        }
+    }
+
+    /// `execgate vsock-bench`: the sizes checked first (`checkSizes`), nothing sent when one is out of range.
+    public static func run(endpoint: Endpoint, roundTrips: Int, bulkMiB: Int, bulkFrames: Int) async throws -> Result {
+        try checkSizes(roundTrips: roundTrips, bulkMiB: bulkMiB, bulkFrames: bulkFrames)
+        return try await run(endpoint: endpoint, roundTrips: roundTrips, bulkBytes: bulkMiB << 20, bulkFrames: bulkFrames)
+    }
+
     public static func run(endpoint: Endpoint, roundTrips: Int, bulkBytes: Int, bulkFrames: Int) async throws -> Result {
+        precondition(roundTrips >= 1 && (1...WireLimits.defaultMaximumBodySize).contains(bulkBytes) && bulkFrames >= 1 && bulkFrames <= bulkFramesRange.upperBound,
+                     "RoundTripBenchmark sizes out of range (checkSizes)")
         let client = try await ExecGateClient.connect(to: endpoint, timeout: 120)
         defer { Task { await client.close() } }
         _ = try await client.status()  // Warm up.

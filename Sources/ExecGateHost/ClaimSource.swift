@@ -7,6 +7,11 @@
 //         check; an end-state judge will deny it, as the bytes are not what a loader leaves);
 //   DIR   a capture directory of one module in the corpus layout: text/<addr>_<section>.bin.
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import ExecGateELF
 import ExecGateSignature
 import ExecGateWire
@@ -53,8 +58,24 @@ public enum ClaimSource {
         guard LocalFile.isDirectory(textDir) else {
             throw LocalFileError(path: dir, why: "not 'none', 'elf' or a capture directory with text/<addr>_<section>.bin files")
         }
+        // A claim the service could never receive is refused before it is read: at most
+        // WireLimits.maximumSectionClaims sections, and no more bytes in all than the wire's largest
+        // request body (each file's size from stat; a sparse 400 MiB file was read whole).
+        let names = try LocalFile.list(textDir).filter { $0.hasSuffix(".bin") }
+        guard names.count <= WireLimits.maximumSectionClaims else {
+            throw LocalFileError(path: textDir, why: "\(names.count) section files; a request carries at most \(WireLimits.maximumSectionClaims)")
+        }
+        var total = 0
+        for name in names {
+            var st = stat()
+            guard stat(textDir + "/" + name, &st) == 0 else { throw LocalFileError(path: textDir + "/" + name, why: String(cString: strerror(errno))) }
+            total += max(0, Int(st.st_size))
+            guard total <= WireLimits.defaultMaximumBodySize else {
+                throw LocalFileError(path: textDir, why: "the section files hold more than \(WireLimits.defaultMaximumBodySize) bytes, the largest request body a verifier receives")
+            }
+        }
         var out: [SectionClaim] = []
-        for name in try LocalFile.list(textDir) where name.hasSuffix(".bin") {
+        for name in names {
             let stem = name.dropLast(4)
             guard stem.count > 17, stem[stem.index(stem.startIndex, offsetBy: 16)] == "_",
                   let addr = UInt64(stem.prefix(16), radix: 16) else {

@@ -24,14 +24,22 @@ public enum LocalFile {
     public static let maximumSize = 512 << 20
 
     /// A whole regular file, at most `maximumSize` bytes (the project's one bounded reader).
-    public static func read(_ path: String) throws -> [UInt8] {
+    public static func read(_ path: String, limit: Int = maximumSize) throws -> [UInt8] {
         var st = stat()
         guard stat(path, &st) == 0 else { throw LocalFileError(path: path, why: String(cString: strerror(errno))) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw LocalFileError(path: path, why: "not a regular file") }
-        do { return try Files.read(path, limit: maximumSize) } catch {
-            throw LocalFileError(path: path, why: error.errno == EFBIG ? "larger than \(maximumSize) bytes" : String(cString: strerror(error.errno)))
+        do { return try Files.read(path, limit: min(limit, maximumSize)) } catch {
+            throw LocalFileError(path: path, why: error.errno == EFBIG ? "larger than \(min(limit, maximumSize)) bytes" : String(cString: strerror(error.errno)))
         }
     }
+
+    /// Largest certificate or key file read (PEM or DER; a file may hold several certificates:
+    /// a distribution's whole CA bundle is ~0.2 MiB).
+    public static let maximumCredentialSize = 16 << 20
+
+    /// A certificate or private-key file, at most `maximumCredentialSize` bytes (a larger one is
+    /// refused unread, never searched for PEM).
+    public static func readCredential(_ path: String) throws -> [UInt8] { try read(path, limit: maximumCredentialSize) }
 
     /// A module file as the kernel would load it: a plain `.ko`, or a `.ko.gz`/`.ko.xz`/`.ko.zst`
     /// decompressed first (ExecGateKernelImage `ModuleFile`, after kernel/module/decompress.c), so
@@ -48,7 +56,15 @@ public enum LocalFile {
     /// file or the new one, never half of one.
     public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
         do { try Files.writeAtomically(path, bytes, mode: mode) } catch {
-            throw LocalFileError(path: error.path, why: String(cString: strerror(error.errno)))
+            throw LocalFileError(path: error.path, why: error.detail.isEmpty ? String(cString: strerror(error.errno)) : error.detail)
+        }
+    }
+
+    /// Several files, each written atomically, after every target was checked: one that is not a
+    /// regular file (or absent) refuses the lot before any is replaced (Files.writeAllAtomically).
+    public static func writeAllAtomically(_ files: [(path: String, bytes: [UInt8], mode: mode_t)]) throws {
+        do { try Files.writeAllAtomically(files) } catch {
+            throw LocalFileError(path: error.path, why: error.detail.isEmpty ? String(cString: strerror(error.errno)) : error.detail)
         }
     }
 

@@ -170,12 +170,22 @@ extension ServiceConfiguration {
             p.endState = c.builtInEndState
             return (p, anchors)
         }
-        let bytes = try LocalFile.read(file)
+        let bytes = try LocalFile.readPolicy(file)
         if bytes.starts(with: PolicyBundle.magic) {
             guard let admin = c.adminCertificateFile else { throw LocalFileError(path: file, why: "a bundle needs --admin-cert to be verified") }
             return (try PolicyBundle.open(bytes, admin: try CertificateFiles.loadOne(admin), file: file, builtinAnchors: anchors), anchors)
         }
         return (try PolicyParser.parse(bytes, file: file, builtinAnchors: anchors), anchors)
+    }
+}
+
+extension LocalFile {
+    /// A policy text or bundle file, read no further than the largest bundle
+    /// (PolicyBundle.maximumFileSize): a larger file is neither, and is refused unread.
+    public static func readPolicy(_ path: String) throws -> [UInt8] {
+        do { return try read(path, limit: PolicyBundle.maximumFileSize) } catch let e as LocalFileError where e.why.hasPrefix("larger than") {
+            throw LocalFileError(path: path, why: "larger than \(PolicyBundle.maximumFileSize) bytes: no policy text (at most \(PolicyLimits.maximumSize)) or signed bundle is")
+        }
     }
 }
 
@@ -185,7 +195,7 @@ public enum CertificateFiles {
     public static func loadAnchors(_ paths: [String]) throws -> [Certificate] {
         var out: [Certificate] = []
         for p in paths {
-            do { out += try Certificate.load(try LocalFile.read(p)) } catch let e as LocalFileError { throw e } catch {
+            do { out += try Certificate.load(try LocalFile.readCredential(p)) } catch let e as LocalFileError { throw e } catch {
                 throw LocalFileError(path: p, why: "\(error)")
             }
         }
@@ -195,7 +205,7 @@ public enum CertificateFiles {
     /// Exactly one certificate (an admin certificate, a signer).
     public static func loadOne(_ path: String) throws -> Certificate {
         let certs: [Certificate]
-        do { certs = try Certificate.load(try LocalFile.read(path)) } catch let e as LocalFileError { throw e } catch {
+        do { certs = try Certificate.load(try LocalFile.readCredential(path)) } catch let e as LocalFileError { throw e } catch {
             throw LocalFileError(path: path, why: "\(error)")
         }
         guard certs.count == 1 else { throw LocalFileError(path: path, why: "holds \(certs.count) certificates, expected one") }

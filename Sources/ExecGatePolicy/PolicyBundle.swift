@@ -57,6 +57,9 @@ public enum PolicyBundle {
     public static let magic: [UInt8] = Array("EXGTPOL1".utf8)
     /// A CMS signature by an RSA-4096 key is ~550 bytes; 64 KiB is generous and bounded.
     public static let maximumSignatureSize = 64 << 10
+    /// The largest bundle file: framing (magic, two lengths), the largest policy text and the
+    /// largest signature. Nothing larger is a policy text or a bundle, so readers stop there.
+    public static let maximumFileSize = 16 + PolicyLimits.maximumSize + maximumSignatureSize
 
     /// The two parts of a bundle, bounds-checked but not yet verified.
     public struct Parts: Sendable {

@@ -4,6 +4,11 @@
 
 import _ExecGateInternals
 import COpenSSLShim
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 // MARK: - Errors
 
@@ -136,8 +141,9 @@ public struct GeneratedSigningKey: Sendable {
     ///   - days: validity (the kernel ignores validity for module signatures).
     public static func generateRSA(bits: Int = 4096, commonName: String = "ExecGate module signing key",
                                    days: Int = 36500) throws(CertificateError) -> GeneratedSigningKey {
-        guard let b = Int32(exactly: bits), let d = Int32(exactly: days) else {
-            throw CertificateError(.generationFailed, "bits/days out of range")
+        let d = try validityDays(days)
+        guard let b = Int32(exactly: bits) else {
+            throw CertificateError(.generationFailed, "bits out of range")
         }
         var k: UnsafeMutablePointer<CChar>?
         var kLen = 0
@@ -158,6 +164,21 @@ public struct GeneratedSigningKey: Sendable {
     }
 
     /// Elliptic curves the kernel's ECDSA module signatures accept (crypto/ecdsa.c: NIST P-256, P-384).
+    /// The last second an X.509 validity can state (GeneralizedTime 99991231235959Z), Unix time.
+    static let lastEncodableSecond = 253_402_300_799
+
+    /// The longest validity, in days from `now`, whose notAfter X.509 can encode (OpenSSL fails
+    /// past it with no reason of its own).
+    public static func maximumValidityDays(now: Int = Int(time(nil))) -> Int { max(0, (lastEncodableSecond - now) / 86_400) }
+
+    static func validityDays(_ days: Int) throws(CertificateError) -> Int32 {
+        let most = maximumValidityDays()
+        guard days >= 1, days <= most, let d = Int32(exactly: days) else {
+            throw CertificateError(.generationFailed, "a validity of \(days) days: 1…\(most) (notAfter by 9999-12-31, the last date X.509 encodes)")
+        }
+        return d
+    }
+
     public enum Curve: String, Sendable, CaseIterable {
         case p256 = "P-256"
         case p384 = "P-384"
@@ -166,7 +187,7 @@ public struct GeneratedSigningKey: Sendable {
     /// Generates an ECDSA key on `curve` and a self-signed certificate shaped like `generateRSA`'s.
     public static func generateECDSA(curve: Curve = .p384, commonName: String = "ExecGate module signing key",
                                      days: Int = 36500) throws(CertificateError) -> GeneratedSigningKey {
-        guard let d = Int32(exactly: days) else { throw CertificateError(.generationFailed, "days out of range") }
+        let d = try validityDays(days)
         var k: UnsafeMutablePointer<CChar>?
         var kLen = 0
         var c: UnsafeMutablePointer<CChar>?

@@ -96,6 +96,12 @@ public struct WireErrorCode: RawRepresentable, Hashable, Sendable, CustomStringC
     /// send the full registration with the symbol records.
     public static let unknownBuild = WireErrorCode(rawValue: 15)
 
+    /// The server understood a retire-module / module-init-freed request and refused it for the
+    /// guest's state: the module is not live, is in use, or the guest is not registered. Every
+    /// other code is no answer to the request (bad input, overload, a fault): a caller reports
+    /// those as "no verdict" (the CLI's exit 2), these as a refusal (exit 1).
+    public var isStateRefusal: Bool { self == .unknownModule || self == .moduleInUse || self == .unknownGuest }
+
     public var description: String {
         switch self {
         case .badMagic: return "bad-magic"

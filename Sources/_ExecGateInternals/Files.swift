@@ -75,6 +75,38 @@ public enum Files {
         String(decoding: try read(path, limit: limit), as: UTF8.self)
     }
 
+    /// Whether `writeAtomically(path, …)` may replace what is there: nothing, or a regular file
+    /// (a symbolic link to one is followed). Renamed over, a FIFO, a device (/dev/null,
+    /// /dev/stdout as root), a socket or a directory would be swapped for a regular file.
+    public static func checkReplaceable(_ path: String) throws(FileError) {
+        var target = stat()
+        if stat(path, &target) == 0, (target.st_mode & S_IFMT) != S_IFREG {
+            throw FileError("open", path, errno: EEXIST,
+                            detail: "exists and is not a regular file (\(fileType(target.st_mode))); refusing to replace it")
+        }
+    }
+
+    /// Several files replaced as `writeAtomically` does each, after every target was checked
+    /// (`checkReplaceable`): a target that cannot be replaced leaves all of them untouched, rather
+    /// than the ones before it replaced (a key without its certificate).
+    public static func writeAllAtomically(_ files: [(path: String, bytes: [UInt8], mode: mode_t)]) throws(FileError) {
+        for f in files { try checkReplaceable(f.path) }
+        for f in files { try writeAtomically(f.path, f.bytes, mode: f.mode) }
+    }
+
+    /// A file type for messages ("a FIFO", "a character device", …).
+    static func fileType(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFDIR: return "a directory"
+        case S_IFIFO: return "a FIFO"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        case S_IFSOCK: return "a socket"
+        case S_IFLNK: return "a symbolic link"
+        default: return "not a regular file"
+        }
+    }
+
     /// Whether `path` exists (any file type; symlinks followed).
     public static func exists(_ path: String) -> Bool {
         var st = stat()
@@ -83,16 +115,25 @@ public enum Files {
 
     /// Replaces `path` with `bytes` atomically and durably: readers see the old or the new file,
     /// never a part; after return the new content survives a crash (file and directory fsync'd).
+    /// `path` must be a regular file or not exist (a symbolic link to a regular file is replaced
+    /// by the new file, as `rename(2)` does).
     public static func writeAtomically(_ path: String, _ bytes: some Collection<UInt8>, mode: mode_t = 0o644) throws(FileError) {
         let dir: String = {
             guard let slash = path.lastIndex(of: "/") else { return "." }
             return slash == path.startIndex ? "/" : String(path[..<slash])
         }()
+        try checkReplaceable(path)
         let tmp = path + ".tmp.\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        // O_NONBLOCK: a FIFO planted under the temporary name fails the check below instead of
+        // blocking the open until a reader comes.
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, mode)
         guard fd >= 0 else { throw FileError("open", tmp, errno: errno) }
         var ok = false
         defer { if !ok { close(fd); unlink(tmp) } }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw FileError("open", tmp, errno: EEXIST, detail: "exists and is not a regular file (\(fileType(st.st_mode)))")
+        }
         let data = Array(bytes)
         var done = 0
         while done < data.count {

@@ -22,12 +22,16 @@ struct BenchCommand: AsyncParsableCommand {
     )
 
     @Option(help: "Unpacked Debian kernel package (boot/vmlinuz-*, lib/modules/*).") var kernel: String
-    @Option(help: "Round trips to time over the Unix socket.") var roundTrips: Int = 2000
+    @Option(help: "Round trips to time over the Unix socket (1…10000000).") var roundTrips: Int = 2000
     @Option(help: "Only the first N modules (0 = all).") var limit: Int = 0
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Many guests of one kernel and a boot storm (needs --capture).") var scale = false
     @Option(help: "With --scale: a capture directory (kallsyms.txt, modules with their end state), or several boots of one kernel, comma-separated (guests cycle over them, each at its boot's slide).") var capture: String?
     @Option(help: "With --scale: guest counts, comma-separated.") var guests: String = "1,10,100"
+
+    func validate() throws {
+        do { try SignatureBenchmark.checkCounts(roundTrips: roundTrips, limit: limit) } catch { throw ValidationError(error.description) }
+    }
 
     func run() async throws {
         if scale { return try await runScale() }
@@ -36,8 +40,14 @@ struct BenchCommand: AsyncParsableCommand {
             Console.error("execgate bench: \(error)")
             throw ExecGateExit.usage
         }
-        let f = try await SignatureBenchmark.run(vmlinuz: inputs.vmlinuz, modules: inputs.modules, roundTrips: roundTrips,
+        let f: SignatureBenchmark.Figures
+        do {
+            f = try await SignatureBenchmark.run(vmlinuz: inputs.vmlinuz, modules: inputs.modules, roundTrips: roundTrips,
                                                  progress: { Console.error("bench: \($0)") })
+        } catch {
+            Console.error("execgate bench: \(error)")  // unreadable input or no figures: exit 2
+            throw ExecGateExit.usage
+        }
         let mb = Double(f.bytes) / 1e6
         let n = Double(f.modules)
         if json {
@@ -82,8 +92,9 @@ struct BenchCommand: AsyncParsableCommand {
             Console.error("execgate bench --scale: give --capture DIR (a capture of the kernel in --kernel)")
             throw ExecGateExit.usage
         }
-        let counts = guests.split(separator: ",").compactMap { Int($0) }
-        guard !counts.isEmpty, counts.allSatisfy({ $0 >= 1 && $0 <= 512 }) else {
+        let words = guests.split(separator: ",", omittingEmptySubsequences: false)
+        let counts = words.compactMap { Int($0) }
+        guard !counts.isEmpty, counts.count == words.count, counts.allSatisfy({ $0 >= 1 && $0 <= 512 }) else {
             Console.error("execgate bench --scale: --guests takes counts 1...512, comma-separated (got '\(guests)')")
             throw ExecGateExit.usage
         }
@@ -92,7 +103,13 @@ struct BenchCommand: AsyncParsableCommand {
             Console.error("execgate bench: \(error)")
             throw ExecGateExit.usage
         }
-        let rows = try await ScaleBenchmark.run(capture: capture, vmlinuz: vmlinuz, guestCounts: counts, progress: { Console.error("bench: \($0)") })
+        let rows: [ScaleBenchmark.Row]
+        do {
+            rows = try await ScaleBenchmark.run(capture: capture, vmlinuz: vmlinuz, guestCounts: counts, progress: { Console.error("bench: \($0)") })
+        } catch {
+            Console.error("execgate bench: \(error)")  // unreadable input or no figures: exit 2
+            throw ExecGateExit.usage
+        }
         func mib(_ b: Int) -> String { String(format2: Double(b) / 1048576) }
         for r in rows {
             if json {

@@ -17,8 +17,8 @@ struct ExplainCommand: ParsableCommand {
     )
 
     @Argument(help: "One boot's capture directory.") var captureDir: String
-    @Flag(help: "Print one JSON object per module and a summary object.") var json = false
-    @Option(help: "Run N mutations per class per module instead (every one must be denied).") var mutate: Int?
+    @Flag(help: "Print one JSON object per module and a summary object; with --bench a {\"bench\": …} object, with --mutate one {\"mutation\": …} per class (and {\"false_accept\": …}).") var json = false
+    @Option(help: "Run N mutations per class per module instead (every one must be denied; 0…100000).") var mutate: Int?
     @Option(help: "Seed for --mutate.") var seed: UInt64 = 1
     @Option(help: "Only these modules (comma-separated).") var only: String?
     @Flag(help: "Also report throughput vs SHA-256 over the same bytes.") var bench = false
@@ -26,15 +26,6 @@ struct ExplainCommand: ParsableCommand {
     @Option(help: "Timing passes for --bench (best and median are printed).") var passes: Int = 5
 
     func run() throws {
-        let boot: CaptureBoot
-        do { boot = try CaptureBoot.load(captureDir) } catch {
-            fputs("execgate explain: \(error)\n", stderr)
-            throw ExecGateExit.usage
-        }
-        guard passes >= 1 && passes <= 1000 else {
-            fputs("execgate explain: --passes must be 1…1000\n", stderr)
-            throw ExecGateExit.usage
-        }
         var o = ExplainRunOptions()
         o.json = json
         o.mutate = mutate
@@ -42,6 +33,15 @@ struct ExplainCommand: ParsableCommand {
         o.only = only.map { Set($0.split(separator: ",").map(String.init)) }
         o.bench = bench
         o.benchRepetitions = passes
+        let boot: CaptureBoot
+        do {
+            try o.check()
+            boot = try CaptureBoot.load(captureDir)
+            try o.check(against: boot)
+        } catch {
+            fputs("execgate explain: \(error)\n", stderr)
+            throw ExecGateExit.usage
+        }
         let summary = ExplainRun.run(boot, options: o, out: { print($0) }, progress: { fputs($0, stderr) })
         if !summary.passed { throw ExecGateExit.deny }
     }

@@ -37,7 +37,7 @@ extension ExecGate {
     /// 0 allow/success, 1 deny, 2 usage or unreadable input (ExecGateExit); --help exits 0.
     static func main() async {
         if GuestInit.isPID1 { await GuestInit.run(hooks: guestHooks) }
-        await CommandParser.main(ExecGate.self, arguments: Array(CommandLine.arguments.dropFirst()))
+        await CommandParser.main(ExecGate.self)
     }
 }
 

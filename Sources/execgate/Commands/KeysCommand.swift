@@ -8,6 +8,11 @@ import ExecGateCommandLine
 import ExecGateHost
 import ExecGateKernelImage
 import ExecGateSignature
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 struct KeysCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -71,12 +76,14 @@ struct KeysExtract: ParsableCommand {
             }
             try LocalFile.makeDirectories(out)
             var json: [JSON] = []
+            var files: [(path: String, bytes: [UInt8], mode: mode_t)] = []
             for (i, c) in certs.enumerated() {
-                let der = out + "/cert-\(i).der"
-                let pem = out + "/cert-\(i).pem"
-                try LocalFile.writeAtomically(der, c.der)
-                try LocalFile.writeAtomically(pem, Array(c.pem.utf8))
-                let facts = certificateFacts(c, files: [der, pem])
+                files.append((out + "/cert-\(i).der", c.der, 0o644))
+                files.append((out + "/cert-\(i).pem", Array(c.pem.utf8), 0o644))
+            }
+            try LocalFile.writeAllAtomically(files)  // every target checked before any is written
+            for (i, c) in certs.enumerated() {
+                let facts = certificateFacts(c, files: [files[2 * i].path, files[2 * i + 1].path])
                 if self.json { json.append(facts.json) } else { print(facts.text) }
             }
             if self.json {
@@ -110,7 +117,7 @@ struct KeysGenerate: ParsableCommand {
     @Option(help: "Certificate common name.") var cn: String = "ExecGate module signing key"
     @Option(help: "Key type: rsa (default), ec-p256 or ec-p384.") var type: String = "rsa"
     @Option(help: "RSA modulus size in bits (2048-16384).") var bits: Int = 4096
-    @Option(help: "Validity in days.") var days: Int = 36500
+    @Option(help: "Validity in days (notAfter by 9999-12-31).") var days: Int = 36500
     @Flag(help: "Overwrite existing key.pem / cert.pem.") var force = false
     @Flag(help: "Print a JSON summary on stdout.") var json = false
 
@@ -118,13 +125,14 @@ struct KeysGenerate: ParsableCommand {
         // Usage errors exit 2 with one line on stderr.
         guard ["rsa", "ec-p256", "ec-p384"].contains(type) else { throw ValidationError("--type must be rsa, ec-p256 or ec-p384") }
         guard (2048...16384).contains(bits) else { throw ValidationError("--bits must be between 2048 and 16384") }
+        let most = GeneratedSigningKey.maximumValidityDays()
         guard days > 0 else { throw ValidationError("--days must be positive") }
+        guard days <= most else { throw ValidationError("--days must be 1…\(most): the certificate's notAfter must fall by 9999-12-31, the last date X.509 encodes") }
         guard !cn.isEmpty, !cn.utf8.contains(0) else { throw ValidationError("--cn must be a non-empty name") }
     }
 
     func run() throws {
         do {
-            try LocalFile.makeDirectories(out)
             let keyPath = out + "/key.pem"
             let certPath = out + "/cert.pem"
             for p in [keyPath, certPath] where LocalFile.exists(p) && !force {
@@ -136,8 +144,9 @@ struct KeysGenerate: ParsableCommand {
             case "ec-p384": generated = try GeneratedSigningKey.generateECDSA(curve: .p384, commonName: cn, days: days)
             default: generated = try GeneratedSigningKey.generateRSA(bits: bits, commonName: cn, days: days)
             }
-            try LocalFile.writeAtomically(keyPath, generated.privateKeyPEM, mode: 0o600)
-            try LocalFile.writeAtomically(certPath, generated.certificatePEM)
+            try LocalFile.makeDirectories(out)  // only once there is something to write into it
+            // Both targets checked before either is replaced (never a new key without its certificate).
+            try LocalFile.writeAllAtomically([(keyPath, generated.privateKeyPEM, 0o600), (certPath, generated.certificatePEM, 0o644)])
             let cert = try generated.load().1
             let facts = certificateFacts(cert, files: [keyPath, certPath])
             print(json ? facts.json.serialized() : facts.text)

@@ -29,7 +29,7 @@ struct PolicyCommand: AsyncParsableCommand {
 /// an admin certificate is given).
 enum PolicyFiles {
     static func load(_ path: String, builtinAnchors: [Certificate]?, adminCert: String?) throws -> Policy {
-        let bytes = try LocalFile.read(path)
+        let bytes = try LocalFile.readPolicy(path)
         if bytes.starts(with: PolicyBundle.magic) {
             if let adminCert {
                 let admin = try CertificateFiles.loadOne(adminCert)
@@ -38,6 +38,8 @@ enum PolicyFiles {
             let parts = try PolicyBundle.split(bytes)
             return try PolicyParser.parse(parts.policy, file: path, builtinAnchors: builtinAnchors)
         }
+        // A signature to verify was asked for, and a text carries none (the admin port refuses it).
+        if adminCert != nil { throw LocalFileError(path: path, why: "a policy text, not a signed bundle: nothing to verify against --admin-cert") }
         return try PolicyParser.parse(bytes, file: path, builtinAnchors: builtinAnchors)
     }
 
@@ -55,7 +57,7 @@ struct PolicyCheck: ParsableCommand {
     @Argument(help: "The policy text or bundle.") var file: String
     @Option(name: .customLong("trust"), help: ArgumentHelp("What 'trust kernel-builtin' stands for (PEM/DER). Repeatable.", valueName: "CERT"))
     var trust: [String] = []
-    @Option(help: ArgumentHelp("Also verify a bundle's signature against this admin certificate.", valueName: "CERT")) var adminCert: String?
+    @Option(help: ArgumentHelp("Also verify a bundle's signature against this admin certificate (FILE must then be a signed bundle).", valueName: "CERT")) var adminCert: String?
 
     func run() throws {
         do {
@@ -82,10 +84,10 @@ struct PolicySign: ParsableCommand {
     func run() throws {
         let out = output ?? policy + ".bundle"
         do {
-            let text = try LocalFile.read(policy)
+            let text = try LocalFile.readPolicy(policy)
             let parsed = try PolicyParser.parse(text, file: policy, builtinAnchors: nil)
             let privateKey: PrivateKey
-            do { privateKey = try PrivateKey(pem: try LocalFile.read(key)) } catch let e as LocalFileError { throw e } catch {
+            do { privateKey = try PrivateKey(pem: try LocalFile.readCredential(key)) } catch let e as LocalFileError { throw e } catch {
                 throw LocalFileError(path: key, why: "\(error)")
             }
             let signer = try ModuleSigner(key: privateKey, certificate: try CertificateFiles.loadOne(cert), digest: .sha256)
@@ -103,7 +105,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "push",
         abstract: "Send a signed bundle to a running verifier's admin port.",
-        discussion: "Exit 0 activated, 1 refused by the verifier (reason on stderr), 2 usage error or unreachable."
+        discussion: "Exit 0 activated, 1 refused by the verifier's admin port (reason on stderr), 2 usage error, unreachable, or no admin port at ADDR."
     )
     @Argument(help: "The bundle (execgate policy sign).") var bundle: String
     @Option(help: ArgumentHelp("The admin port: unix:PATH, vsock:CID:PORT or hybrid:SOCKET:PORT.", valueName: "ADDR")) var connect: String
@@ -114,7 +116,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
         let bytes: [UInt8]
         do {
             endpoint = try Endpoint(parsing: connect, listening: false)
-            bytes = try LocalFile.read(bundle)
+            bytes = try LocalFile.readPolicy(bundle)
         } catch {
             Console.error("execgate policy push: \(error)")
             throw ExecGateExit.usage
@@ -137,8 +139,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
             await client.close()
             if json { print(JSON.object([("activated", .bool(false)), ("reason", .string(e.description))]).serialized()) }
             Console.error("execgate policy push: \(e)")
-            if case .server = e { throw ExecGateExit.deny }
-            throw ExecGateExit.usage
+            throw e.isRefusal ? ExecGateExit.deny : ExecGateExit.usage
         }
     }
 }

@@ -39,8 +39,10 @@ struct ConnectOptions: ParsableArguments {
         }
     }
 
-    /// One request on a fresh connection, closed afterwards. A refusal by the server (an `error`
-    /// reply) exits 1; anything else that went wrong (no answer, transport) exits 2.
+    /// One request on a fresh connection, closed afterwards. A refusal by the server for the
+    /// guest's state (`WireErrorCode.isStateRefusal`: unknown module, module in use, unknown guest)
+    /// exits 1; any other `error` reply and anything else that went wrong (no answer, transport)
+    /// exits 2.
     func exchange<Reply>(_ command: String, _ body: (ExecGateClient) async throws -> Reply) async throws -> Reply {
         let client = try await client()
         let outcome: Result<Reply, any Error>
@@ -48,7 +50,7 @@ struct ConnectOptions: ParsableArguments {
         await client.close()
         do { return try outcome.get() } catch ClientError.server(let e) {
             Console.error("execgate request \(command): \(e.code): \(e.message)")
-            throw ExecGateExit.deny
+            throw e.code.isStateRefusal ? ExecGateExit.deny : ExecGateExit.usage
         } catch {
             Console.error("execgate request \(command): \(error)")
             throw ExecGateExit.usage

@@ -23,7 +23,8 @@ struct SignModule: ParsableCommand {
             Produces exactly scripts/sign-file's format: a detached DER CMS SignedData without \
             certificates or signed attributes, then struct module_signature and the magic \
             "~Module signature appended~". Without -o the result goes to FILE.signed; the input is \
-            never modified. The output is written to a temporary file and renamed, never half-written.
+            never modified. The output is written to a temporary file and renamed, never half-written; \
+            an existing output must be a regular file (a FIFO or device is refused, never replaced).
             Exit status: 0 signed, 2 usage error, unreadable input or signing failure.
             """
     )
@@ -52,8 +53,8 @@ struct SignModule: ParsableCommand {
         do {
             // validate() accepted the name.
             let digest = DigestAlgorithm(name: hash)!
-            let keyBytes = try LocalFile.read(key)
-            let certBytes = try LocalFile.read(cert)
+            let keyBytes = try LocalFile.readCredential(key)
+            let certBytes = try LocalFile.readCredential(cert)
             let module = try LocalFile.read(file)
             let privateKey: PrivateKey
             do { privateKey = try PrivateKey(pem: keyBytes) } catch { throw LocalFileError(path: key, why: "\(error)") }

@@ -137,7 +137,8 @@ struct VMStopCommand: ParsableCommand {
 }
 
 struct VMStatusCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Is the service VM running and ready?")
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Is the service VM running and ready?",
+                                                    discussion: "Exit status: 0 running, 3 not running (the console tail of a dead VM is printed), 2 usage error.")
     @OptionGroup var vm: VMOptions
     @Flag(help: "Machine-readable output.") var json = false
 

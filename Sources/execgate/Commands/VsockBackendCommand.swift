@@ -82,22 +82,32 @@ struct VsockBenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("connect"), help: ArgumentHelp("hybrid:SOCKET:PORT (or unix:/vsock:)", valueName: "ADDR"))
     var connect: String
 
-    @Option(help: "Sequential status round trips.")
+    @Option(help: "Sequential status round trips (1…10000000).")
     var roundTrips = 200
 
-    @Option(name: .customLong("bulk-mib"), help: "Bulk: MiB per frame.")
+    @Option(name: .customLong("bulk-mib"), help: ArgumentHelp("Bulk: MiB per frame (1…28, the wire's largest body).", valueName: "MiB"))
     var bulkMiB = 8
 
-    @Option(help: "Bulk: frames.")
+    @Option(help: "Bulk: frames (1…65536).")
     var bulkFrames = 4
 
     @Flag(help: "JSON output.")
     var json = false
 
+    func validate() throws {
+        _ = try Endpoint(parsing: connect, listening: false)
+        do { try RoundTripBenchmark.checkSizes(roundTrips: roundTrips, bulkMiB: bulkMiB, bulkFrames: bulkFrames) } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
     func run() async throws {
-        let endpoint: Endpoint
-        do { endpoint = try Endpoint(parsing: connect, listening: false) } catch { throw ValidationError("\(error)") }
-        let r = try await RoundTripBenchmark.run(endpoint: endpoint, roundTrips: max(1, roundTrips), bulkBytes: max(1, bulkMiB) << 20, bulkFrames: max(1, bulkFrames))
+        let endpoint = try Endpoint(parsing: connect, listening: false)  // validate() parsed it
+        let r: RoundTripBenchmark.Result
+        do { r = try await RoundTripBenchmark.run(endpoint: endpoint, roundTrips: roundTrips, bulkMiB: bulkMiB, bulkFrames: bulkFrames) } catch {
+            Console.error("execgate vsock-bench: \(error)")
+            throw ExecGateExit.usage
+        }
         if json { print(r.json) } else { print(r.text) }
     }
 }
