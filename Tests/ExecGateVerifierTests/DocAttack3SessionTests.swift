@@ -39,6 +39,28 @@ final class DocAttack3SessionTests: XCTestCase {
         return r
     }
 
+    struct SetupRefused: Error, CustomStringConvertible { var description: String }
+
+    /// A verifier whose guest "g" is registered with the build's `__ro_after_init` bounds around
+    /// `key` (the fixture's modules use no core key: the rule is the session's, whoever owns the
+    /// key), every fixture module loaded (the key in `state`), then test_static_keys retired.
+    private func sealedGuest(key: UInt64, state: UInt64, sink: (any VerdictAuditSink)? = nil) throws -> (Verifier, GuestSession, CaptureBoot, RegisterGuest) {
+        let verifier = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
+        verifier.auditSink = sink
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        var reg = try boot.registration(guestID: "g")
+        reg.symbols += [KernelSymbol(name: "__start_ro_after_init", address: key & ~0xfff, type: UInt8(ascii: "D"), exported: false),
+                        KernelSymbol(name: "__end_ro_after_init", address: (key & ~0xfff) + 0x1000, type: UInt8(ascii: "D"), exported: false)]
+        guard case .registerGuestReply = verifier.respond(to: .registerGuest(reg), requestDigest: []) else { throw SetupRefused(description: "register-guest refused") }
+        for name in boot.availableModules {
+            XCTAssertEqual(verifier.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []).decision, .allow, name)
+        }
+        let session = try XCTUnwrap(verifier.guests.session("g"))
+        XCTAssertEqual(session.state(ofKey: key), state)
+        guard case .retireModuleReply = retire(verifier, session, "test_static_keys") else { throw SetupRefused(description: "retire test_static_keys refused") }
+        return (verifier, session, boot, reg)
+    }
+
     private func retire(_ v: Verifier, _ s: GuestSession, _ name: String) -> Message {
         v.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: s.liveModule(name)?.textRange.lowerBound ?? 0)), requestDigest: [])
     }
@@ -60,18 +82,7 @@ final class DocAttack3SessionTests: XCTestCase {
 
         // The same guest, registered with the build's __ro_after_init bounds around that key (the
         // fixture's modules use no core key: the rule is the session's, whoever owns the key).
-        let verifier = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
-        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
-        var reg = try boot.registration(guestID: "g")
-        reg.symbols += [KernelSymbol(name: "__start_ro_after_init", address: key & ~0xfff, type: UInt8(ascii: "D"), exported: false),
-                        KernelSymbol(name: "__end_ro_after_init", address: (key & ~0xfff) + 0x1000, type: UInt8(ascii: "D"), exported: false)]
-        guard case .registerGuestReply = verifier.respond(to: .registerGuest(reg), requestDigest: []) else { return XCTFail("registered") }
-        for name in boot.availableModules {
-            XCTAssertEqual(verifier.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []).decision, .allow, name)
-        }
-        let session = try XCTUnwrap(verifier.guests.session("g"))
-        XCTAssertEqual(session.state(ofKey: key), state)
-        guard case .retireModuleReply = retire(verifier, session, "test_static_keys") else { return XCTFail("retire test_static_keys") }
+        let (verifier, session, boot, _) = try sealedGuest(key: key, state: state)
 
         // Control, in the probe (no sealed key): the other state after the retire is a legal load
         // (the key's value may have changed meanwhile: static_key_enable()).
@@ -116,20 +127,8 @@ final class DocAttack3SessionTests: XCTestCase {
         let (key, state, sites) = try keyOnlyIn("test_static_keys", probe)
         let other = try request(probe, "test_static_keys", key: key, sites: sites, state: 1 - state)
 
-        let verifier = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
         let sink = RefusingSink()
-        verifier.auditSink = sink
-        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
-        var reg = try boot.registration(guestID: "g")
-        reg.symbols += [KernelSymbol(name: "__start_ro_after_init", address: key & ~0xfff, type: UInt8(ascii: "D"), exported: false),
-                        KernelSymbol(name: "__end_ro_after_init", address: (key & ~0xfff) + 0x1000, type: UInt8(ascii: "D"), exported: false)]
-        guard case .registerGuestReply = verifier.respond(to: .registerGuest(reg), requestDigest: []) else { return XCTFail("registered") }
-        for name in boot.availableModules {
-            XCTAssertEqual(verifier.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []).decision, .allow, name)
-        }
-        let session = try XCTUnwrap(verifier.guests.session("g"))
-        XCTAssertEqual(session.state(ofKey: key), state)
-        guard case .retireModuleReply = retire(verifier, session, "test_static_keys") else { return XCTFail("retire test_static_keys") }
+        let (verifier, session, boot, reg) = try sealedGuest(key: key, state: state, sink: sink)
 
         // The reload in the same state is explained and committed, then the audit sink refuses it.
         sink.refusing = true
