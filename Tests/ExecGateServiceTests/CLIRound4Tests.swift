@@ -396,10 +396,7 @@ final class CLIRound4Tests: XCTestCase {
         XCTAssertEqual(mkdir(claim + "/text", 0o755), 0)
         for i in 1...3 {
             let path = claim + "/text/ffffffffc000\(i)000_.text.bin"
-            let fd = open(path, O_WRONLY | O_CREAT, 0o644)
-            XCTAssertGreaterThanOrEqual(fd, 0)
-            XCTAssertEqual(ftruncate(fd, 400 << 20), 0)
-            close(fd)
+            sparseFile(path, size: 400 << 20)
         }
         let t0 = MonotonicClock.seconds()
         let r = run(["verify", "module", ko, "--trust", certPath, "--claim", claim, "--json"], seconds: 60)
@@ -424,6 +421,14 @@ final class CLIRound4Tests: XCTestCase {
         let r = run(["keys", "generate", "--out", out, "--type", "ec-p256", "--cn", String(repeating: "a", count: 100_000)], seconds: 60)
         XCTAssertEqual(r.status, 2, r.stderr)
         XCTAssertNotEqual(access(dir + "/new", F_OK), 0, "a refused run left its output directory behind")
+    }
+
+    /// A sparse file of `size` bytes at `path` (no data blocks: a hostile size for free).
+    private func sparseFile(_ path: String, size: off_t) {
+        let fd = open(path, O_WRONLY | O_CREAT, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0, path)
+        XCTAssertEqual(ftruncate(fd, size), 0, path)
+        close(fd)
     }
 
     /// Runs the CLI with `args` (stdout to /dev/null, stderr kept): exit status, the child's
@@ -454,10 +459,7 @@ final class CLIRound4Tests: XCTestCase {
     func testPolicyFilesAreReadWithThePolicyBound() throws {
         let baseline = spawnMeasured(["version"]).maxRSS
         let big = dir + "/big.policy"
-        let fd = open(big, O_WRONLY | O_CREAT, 0o644)
-        XCTAssertGreaterThanOrEqual(fd, 0)
-        XCTAssertEqual(ftruncate(fd, 500 << 20), 0)
-        close(fd)
+        sparseFile(big, size: 500 << 20)
         for args in [["policy", "check", big], ["policy", "push", big, "--connect", "unix:" + dir + "/nosuch.sock"],
                      ["policy", "sign", "--key", certPath, "--cert", certPath, big, "-o", dir + "/b.bundle"],
                      ["serve", "--listen", "unix:" + dir + "/s.sock", "--policy", big]] {
@@ -474,10 +476,7 @@ final class CLIRound4Tests: XCTestCase {
     func testCertificateAndKeyFilesAreReadWithASmallBound() throws {
         let baseline = spawnMeasured(["version"]).maxRSS
         let big = dir + "/big.pem"
-        let fd = open(big, O_WRONLY | O_CREAT, 0o644)
-        XCTAssertGreaterThanOrEqual(fd, 0)
-        XCTAssertEqual(ftruncate(fd, 500 << 20), 0)
-        close(fd)
+        sparseFile(big, size: 500 << 20)
         let ko = try Fixtures.module(named: "vsock.ko")
         let policy = Fixtures.packageRoot + "/ServiceVM/policies/blocklist-vulnerable-module.policy"
         for args in [["verify", "module", ko, "--trust", big, "--signature-only"],
@@ -505,9 +504,7 @@ final class CLIRound4Tests: XCTestCase {
         let empty = dir + "/empty"
         try Fixtures.writeFile(empty, [])
         let sparse = dir + "/sparse"
-        let fd = open(sparse, O_WRONLY | O_CREAT, 0o644)
-        XCTAssertEqual(ftruncate(fd, 100 << 30), 0)
-        close(fd)
+        sparseFile(sparse, size: 100 << 30)
         XCTAssertEqual(symlink(dir + "/loop-b", dir + "/loop-a"), 0)
         XCTAssertEqual(symlink(dir + "/loop-a", dir + "/loop-b"), 0)
         let ko = try Fixtures.module(named: "vsock.ko")
