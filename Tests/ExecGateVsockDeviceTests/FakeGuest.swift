@@ -4,10 +4,26 @@
 // guest-physical address, split rings laid out the way a driver would, and helpers to publish
 // chains (honest or hostile) and read back used entries. Plus a fake host stream.
 
-import ExecGateVsockDevice
+@testable import ExecGateVsockDevice
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Little-endian bytes of vhost-user payload fields (the vsock device tests' one encoder).
+func le(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
+func le32(_ vs: UInt32...) -> [UInt8] { var b: [UInt8] = []; for v in vs { b.appendLE(v) }; return b }
+
+/// A Unix stream connection to `path` (close-on-exec, 5 s receive timeout): the tests' frontends
+/// and host clients of the backend loop.
+func connectUnix(_ path: String) throws -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var addr = sockaddr_un.make(path)
+    let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+    guard rc == 0 else { close(fd); throw BackendError("connect \(path)", errno: errno) }
+    var tv = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    return fd
+}
 
 final class FakeGuest {
     static let gpaBase: UInt64 = 0x4000_0000

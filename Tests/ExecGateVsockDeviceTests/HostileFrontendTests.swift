@@ -19,8 +19,6 @@ final class HostileFrontendTests: XCTestCase {
         VhostUserMessage(header: VhostUserHeader(request: r, flags: 1 | 8, size: UInt32(payload.count)), payload: payload, fds: fds)
     }
 
-    func le(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
-    func le32(_ vs: UInt32...) -> [UInt8] { var b: [UInt8] = []; for v in vs { b.appendLE(v) }; return b }
 
     /// The REPLY_ACK status of `m` (0 = done, non-zero = refused).
     func ack(_ s: VhostUserSession, _ m: VhostUserMessage, file: StaticString = #filePath, line: UInt = #line) -> UInt64? {

@@ -15,8 +15,6 @@ final class VhostUserTests: XCTestCase {
         VhostUserMessage(header: VhostUserHeader(request: r, flags: 1 | (needReply ? 8 : 0), size: UInt32(payload.count)), payload: payload, fds: fds)
     }
 
-    func le(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
-    func le32(_ vs: UInt32...) -> [UInt8] { var b: [UInt8] = []; for v in vs { b.appendLE(v) }; return b }
 
     func replyPayload(_ r: [UInt8]?) throws -> [UInt8] {
         let r = try XCTUnwrap(r)

@@ -39,7 +39,7 @@ final class LoopHarness {
         raw = mmap(nil, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, memFd, 0)!
         rx = FakeGuest(shared: raw, ringOffset: 0, dataOffset: 0x10000)
         tx = FakeGuest(shared: raw, ringOffset: 0x8000, dataOffset: 0x80000)
-        fe = try Self.connectUnix(dir + "/vu")
+        fe = try connectUnix(dir + "/vu")
         _ = try vhost(.getFeatures, reply: true)
         try vhost(.setFeatures, le(VhostUserFeatures.virtioVersion1 | VhostUserFeatures.protocolFeatures))
         try vhost(.setProtocolFeatures, le(VhostUserFeatures.protocolReplyAck | VhostUserFeatures.protocolConfig))
@@ -72,18 +72,6 @@ final class LoopHarness {
         rmdir(dir)
     }
 
-    static func connectUnix(_ path: String) throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var addr = sockaddr_un.make(path)
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard rc == 0 else { close(fd); throw BackendError("connect \(path)", errno: errno) }
-        var tv = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        return fd
-    }
-
-    func le(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
-    func le32(_ vs: UInt32...) -> [UInt8] { var b: [UInt8] = []; for v in vs { b.appendLE(v) }; return b }
 
     /// Sends one message; reads the reply when `reply` (or REPLY_ACK) is expected. Returns the
     /// reply's payload (for an ack: the u64 status).
@@ -166,7 +154,7 @@ final class LoopHarness {
 
     /// A host client connected to guest port 5000, accepted by the guest with `bufAlloc`.
     func hostClient(bufAlloc: UInt32 = 256 * 1024) throws -> (fd: Int32, port: UInt32) {
-        let client = try Self.connectUnix(dir + "/h")
+        let client = try connectUnix(dir + "/h")
         _ = "CONNECT 5000\n".withCString { send(client, $0, 13, 0) }
         // Other connections' packets (credit requests, resets) may come first: kept for later.
         var request: VsockHeader?
@@ -314,8 +302,6 @@ final class VhostUserRound4Tests: XCTestCase {
         VhostUserMessage(header: VhostUserHeader(request: r, flags: 1 | (ack ? 8 : 0), size: UInt32(payload.count)), payload: payload, fds: fds)
     }
 
-    func le(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
-    func le32(_ vs: UInt32...) -> [UInt8] { var b: [UInt8] = []; for v in vs { b.appendLE(v) }; return b }
 
     func ack(_ s: VhostUserSession, _ m: VhostUserMessage, file: StaticString = #filePath, line: UInt = #line) -> UInt64? {
         guard let r = s.handle(m), r.count == 20 else { XCTFail("no REPLY_ACK for \(m.header.request)", file: file, line: line); return nil }
@@ -427,12 +413,12 @@ final class VhostUserRound4Tests: XCTestCase {
         for _ in 0..<20 {
             try send(.getFeatures, [], fds: 8, reply: true)
             try send(.setOwner, [], fds: 8)
-            try send(.setVringNum, h.le32(2, 16), fds: 3)
-            try send(.setVringBase, h.le32(2, 0), fds: 3)
+            try send(.setVringNum, le32(2, 16), fds: 3)
+            try send(.setVringBase, le32(2, 0), fds: 3)
             try send(VhostUserRequest(rawValue: 99), [], fds: 5)
-            try send(.setVringEnable, h.le32(1, 1), fds: 2)
-            try send(.setVringCall, h.le(2), fds: 2)
-            var t = h.le32(1, 0); t += h.le(FakeGuest.gpaBase); t += h.le(1 << 20); t += h.le(FakeGuest.uvaBase); t += h.le(0)
+            try send(.setVringEnable, le32(1, 1), fds: 2)
+            try send(.setVringCall, le(2), fds: 2)
+            var t = le32(1, 0); t += le(FakeGuest.gpaBase); t += le(1 << 20); t += le(FakeGuest.uvaBase); t += le(0)
             let ram = dup(h.memFd)
             try send(.setMemTable, t, fds: 0)  // No fd: refused.
             let extra = junk(4)
