@@ -436,16 +436,8 @@ final class CLIRound4Tests: XCTestCase {
     /// (and posix_spawn() shares the test runner's memory until then), so the figure is at least
     /// the runner's own peak: compare against `execgate version` spawned the same way.
     private func spawnMeasured(_ args: [String]) -> (status: Int32, maxRSS: Int, err: String) {
-        var pid: pid_t = 0
-        var fa = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&fa)
-        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&fa, 2, dir + "/err", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        let argv = [Fixtures.execgateBinary] + args
-        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
-        XCTAssertEqual(posix_spawn(&pid, Fixtures.execgateBinary, &fa, nil, &cargs, environ), 0)
-        cargs.forEach { free($0) }
-        posix_spawn_file_actions_destroy(&fa)
+        let pid = Fixtures.spawnExecgate(args, stdoutPath: "/dev/null", stderrPath: dir + "/err")
+        XCTAssertGreaterThan(pid, 0, "spawn \(args)")
         var status: Int32 = 0
         var usage = rusage()
         XCTAssertEqual(wait4(pid, &status, 0, &usage), pid)
