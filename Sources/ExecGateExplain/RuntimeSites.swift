@@ -441,7 +441,10 @@ extension Session {
         // Targets the module's own code sets for its own keys (StaticCallTrust.moduleUpdates),
         // looked up by the signed module's name and resolved to its own function symbols.
         if let name = modinfo("name"), let updates = StaticCallTrust.moduleUpdates[name] {
-            for (keyName, targets) in updates {
+            for (keyName, targets, feature) in updates {
+                // The source's CPU test (boot_cpu_has()): on a CPU without the feature the
+                // module never makes the update.
+                if let f = feature, !hasFeature(f) { continue }
                 guard let ki = keySymbols.index(named: "__SCK__" + keyName, symtab), let key = ownKeyAddress(ki) else { continue }
                 for t in targets {
                     // Byte equality, as the kernel's strcmp (String == would also accept a

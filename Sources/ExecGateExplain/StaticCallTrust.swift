@@ -48,14 +48,19 @@ public enum StaticCallTrust {
 
     /// Keys a module defines and updates itself, in its own code, to functions named in the
     /// source: module name (`.modinfo` `name=`) → key name → target function names, resolved
-    /// against that signed module's own symbols. Debian 6.1 modules found by the corpus:
-    ///   aesni_intel: arch/x86/crypto/aesni-intel_glue.c `aesni_init()`:
-    ///     `static_call_update(aesni_ctr_enc_tfm, aesni_ctr_enc_avx_tfm)` when the CPU has AVX
-    ///     (the default, `DEFINE_STATIC_CALL(aesni_ctr_enc_tfm, aesni_ctr_enc)`, comes from the
-    ///     module's trampoline).
-    public static let moduleUpdates: [String: [(key: String, targets: [String])]] = [
-        "aesni_intel": [("aesni_ctr_enc_tfm", ["aesni_ctr_enc_avx_tfm"])],
+    /// against that signed module's own symbols, and the CPU feature (`X86_FEATURE_*` bit) the
+    /// source tests before the update: without it on the boot CPU the update never runs and the
+    /// targets are not trusted (nil: unconditional). Debian 6.1 modules found by the corpus:
+    ///   aesni_intel: arch/x86/crypto/aesni-intel_glue.c `aesni_init()` (6.1.192 and 6.12.117):
+    ///     `if (boot_cpu_has(X86_FEATURE_AVX)) static_call_update(aesni_ctr_enc_tfm,
+    ///     aesni_ctr_enc_avx_tfm)` (the default, `DEFINE_STATIC_CALL(aesni_ctr_enc_tfm,
+    ///     aesni_ctr_enc)`, comes from the module's trampoline).
+    public static let moduleUpdates: [String: [(key: String, targets: [String], feature: Int?)]] = [
+        "aesni_intel": [("aesni_ctr_enc_tfm", ["aesni_ctr_enc_avx_tfm"], x86FeatureAVX)],
     ]
+
+    /// `X86_FEATURE_AVX` (arch/x86/include/asm/cpufeatures.h, 6.1 and 6.12: `4*32+28`).
+    public static let x86FeatureAVX = 4 * 32 + 28
 
     /// Key address → trusted targets, from the core kernel's symbol map (name → address, the
     /// build's map plus the slide): the PREEMPT_DYNAMIC table and, for every core tracepoint key
