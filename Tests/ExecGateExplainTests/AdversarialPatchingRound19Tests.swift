@@ -59,3 +59,125 @@ final class AdversarialPatchingRound19Tests: XCTestCase {
         XCTAssertTrue(d.reason.contains("aesni") || d.reason.contains("not a legal encoding") || d.reason.contains("static"), "\(d)")
     }
 }
+
+/// Failed attacks kept (session 19, wb5): encodings a guest may choose at each kind of variable
+/// site, judged by the rule itself (`VariableSite.check`) against what the kernel function that
+/// writes the site can produce. Each is denied.
+final class VariableSiteEncodingRound19Tests: XCTestCase {
+    let site: UInt64 = 0xffff_ffff_c012_3450
+    let trusted: UInt64 = 0xffff_ffff_8110_0000
+    let untrusted: UInt64 = 0xffff_ffff_8110_0040
+    let ret0: UInt64 = 0xffff_ffff_8120_0000
+    let thunk: UInt64 = 0xffff_ffff_8230_0000       // x86_return_thunk
+    let scReturn: UInt64 = 0xffff_ffff_8120_0100    // __static_call_return
+
+    func enc(_ op: [UInt8], _ at: UInt64, _ len: Int, _ to: UInt64) -> [UInt8] {
+        let d = Int32(truncatingIfNeeded: Int64(bitPattern: to &- (at &+ UInt64(len))))
+        return op + withUnsafeBytes(of: d.littleEndian) { Array($0) }
+    }
+
+    /// alternatives_smp_lock()/alternatives_smp_unlock() (6.1.192, 6.12.117 alternative.c) write
+    /// only `f0` and `3e`: every other byte at a lock site (another segment prefix, `f2`/`f3`,
+    /// REX, a NOP) is denied.
+    func testSMPLockSiteTakesOnly3eOrF0() {
+        let s = VariableSite(offset: 0, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix", rule: .smpLock)
+        for b in 0...255 {
+            let st = s.check([UInt8(b)])
+            switch b {
+            case 0x3e: XCTAssertEqual(st, 0)
+            case 0xf0: XCTAssertEqual(st, 1)
+            default: XCTAssertNil(st, "byte 0x\(String(b, radix: 16)) at a lock site")
+            }
+        }
+        XCTAssertNil(s.check([0xf0, 0x90]), "two bytes at a one-byte site")
+    }
+
+    /// __static_call_transform() (6.1.192 and 6.12.117 static_call.c) for a call site: CALL func,
+    /// NOP5 for NULL, `2e 2e 2e 31 c0` for __static_call_return0, never `call
+    /// __static_call_return0`, never a JMP (a tail form) or the older `66 66 48 31 c0`.
+    func testCallSiteForms() {
+        let s = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_8300_0000, what: "static call",
+                             rule: .staticCall(site: site, tail: false, retForm: SiteBytes([0xc3, 0xcc, 0xcc, 0xcc, 0xcc]), ret0: ret0,
+                                               trusted: TargetList([trusted, ret0])))
+        XCTAssertEqual(s.check(enc([0xe8], site, 5, trusted)), trusted)
+        XCTAssertEqual(s.check(x86Nops[5]), 0)
+        XCTAssertEqual(s.check([0x2e, 0x2e, 0x2e, 0x31, 0xc0]), ret0)
+        XCTAssertNil(s.check(enc([0xe8], site, 5, ret0)), "call __static_call_return0: the kernel writes xor5rax")
+        XCTAssertNil(s.check(enc([0xe9], site, 5, trusted)), "a jmp at a call site")
+        XCTAssertNil(s.check(enc([0xe8], site, 5, untrusted)))
+        XCTAssertNil(s.check([0x66, 0x66, 0x48, 0x31, 0xc0]), "the pre-5.12 xor form")
+        XCTAssertNil(s.check([0xc3, 0xcc, 0xcc, 0xcc, 0xcc]), "RET at a call site")
+        XCTAssertNil(s.check([0x66, 0x66, 0x66, 0x66, 0x90]), "another 5-byte NOP than x86_nops[5]")
+        // Without __static_call_return0 known, xor5rax is no state of the key.
+        let n = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_8300_0000, what: "static call",
+                             rule: .staticCall(site: site, tail: false, retForm: SiteBytes([0xc3, 0xcc, 0xcc, 0xcc, 0xcc]), ret0: nil,
+                                               trusted: TargetList([trusted])))
+        XCTAssertNil(n.check([0x2e, 0x2e, 0x2e, 0x31, 0xc0]))
+    }
+
+    /// A tail site: JMP func or the RET form (`jmp x86_return_thunk` when the CPU wants return
+    /// thunks); never a CALL, never a bare `ret` when the RET form is the thunk jump.
+    func testTailSiteForms() {
+        let retForm = SiteBytes(enc([0xe9], site, 5, thunk))
+        let s = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_8300_0000, what: "static call (tail)",
+                             rule: .staticCall(site: site, tail: true, retForm: retForm, ret0: ret0, trusted: TargetList([trusted, ret0])))
+        XCTAssertEqual(s.check(enc([0xe9], site, 5, trusted)), trusted)
+        XCTAssertEqual(s.check(retForm.array), 0)
+        XCTAssertEqual(s.check(enc([0xe9], site, 5, ret0)), ret0, "JMP __static_call_return0 (no xor form for a tail)")
+        XCTAssertNil(s.check([0xc3, 0xcc, 0xcc, 0xcc, 0xcc]), "bare RET on a return-thunk CPU")
+        XCTAssertNil(s.check(enc([0xe8], site, 5, trusted)), "a call at a tail site")
+        XCTAssertNil(s.check(x86Nops[5]), "NOP5 at a tail site")
+        XCTAssertNil(s.check([0x2e, 0x2e, 0x2e, 0x31, 0xc0]), "xor5rax at a tail site (the kernel jumps to return0)")
+        XCTAssertNil(s.check(enc([0xe9], site, 5, untrusted)))
+    }
+
+    /// The JCC case: `0f <op> rel32` with the loaded condition `op`, to func or, for NULL, to
+    /// the null target (x86_return_thunk with RETHUNK, else __static_call_return); never another
+    /// condition, never the other null target, never an untrusted one.
+    func testJccTailSiteForms() {
+        let s = VariableSite(offset: 0, length: 6, cls: .staticCall, group: 0xffff_ffff_8300_0000, what: "static call (Jcc tail)",
+                             rule: .staticCallJcc(site: site, op: 0x85, nullTarget: thunk, trusted: TargetList([trusted, ret0]), orig: [0x0f, 0x85, 0, 0, 0, 0]))
+        XCTAssertEqual(s.check(enc([0x0f, 0x85], site, 6, trusted)), trusted)
+        XCTAssertEqual(s.check(enc([0x0f, 0x85], site, 6, thunk)), 0)
+        XCTAssertNil(s.check(enc([0x0f, 0x84], site, 6, trusted)), "the inverted condition")
+        XCTAssertNil(s.check(enc([0x0f, 0x85], site, 6, scReturn)), "__static_call_return on a RETHUNK CPU")
+        XCTAssertNil(s.check(enc([0x0f, 0x85], site, 6, untrusted)))
+        XCTAssertNil(s.check([0x75, 0x04] + [0xe9, 0, 0, 0]), "a Jcc.d8 over a jmp")
+    }
+
+    /// __jump_label_patch() (6.1.192 and 6.12.117 jump_label.c) writes `x86_nops[size]` or
+    /// `text_gen_insn(JMP8/JMP32, code, target)` for the size the site decodes to: never the
+    /// other jump size, another NOP, or a jump elsewhere.
+    func testJumpLabelSiteForms() throws {
+        let target = site &+ 0x40
+        let jmp5 = try XCTUnwrap(genInsnBytes(0xe9, at: site, to: target))
+        let s = VariableSite(offset: 0, length: 5, cls: .jumpLabel, group: 0xffff_ffff_8300_0000, what: "jump label",
+                             rule: .jumpLabel(nop: SiteBytes(x86Nops[5]), jmp: jmp5, branch: 0))
+        XCTAssertEqual(s.check(x86Nops[5]), 0)
+        XCTAssertEqual(s.check(jmp5.array), 1)
+        XCTAssertNil(s.check([0xeb, 0x3e] + x86Nops[3]), "jmp8 to the same target in a 5-byte site")
+        XCTAssertNil(s.check(enc([0xe9], site, 5, target &+ 1)), "a jump one byte on")
+        XCTAssertNil(s.check(enc([0xe8], site, 5, target)), "a call to the target")
+        XCTAssertNil(s.check([0x66, 0x66, 0x66, 0x66, 0x90]), "another 5-byte NOP")
+        let jmp2 = try XCTUnwrap(genInsnBytes(0xeb, at: site, to: target))
+        let t = VariableSite(offset: 0, length: 2, cls: .jumpLabel, group: 0xffff_ffff_8300_0000, what: "jump label",
+                             rule: .jumpLabel(nop: SiteBytes(x86Nops[2]), jmp: jmp2, branch: 1))
+        XCTAssertEqual(t.check(x86Nops[2]), 1, "NOP: enabled == branch default")
+        XCTAssertEqual(t.check(jmp2.array), 0)
+        XCTAssertNil(t.check([0x90, 0x90]), "two one-byte NOPs")
+        XCTAssertNil(t.check([0x75, 0x3e]), "a conditional jump")
+    }
+
+    /// arch_static_call_transform() on a trampoline: JMP func or the RET form only.
+    func testTrampolineForms() {
+        let retForm = SiteBytes(enc([0xe9], site, 5, thunk))
+        let s = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_c020_0000, what: "static-call trampoline",
+                             rule: .trampoline(site: site, retForm: retForm, trusted: TargetList([trusted])))
+        XCTAssertEqual(s.check(enc([0xe9], site, 5, trusted)), trusted)
+        XCTAssertEqual(s.check(retForm.array), 0)
+        XCTAssertNil(s.check(enc([0xe8], site, 5, trusted)), "a call in a trampoline")
+        XCTAssertNil(s.check([0xc3, 0xcc, 0xcc, 0xcc, 0xcc]), "bare RET on a return-thunk CPU")
+        XCTAssertNil(s.check(enc([0xe9], site, 5, untrusted)))
+        XCTAssertNil(s.check(enc([0x0f, 0x85], site, 6, trusted).prefix(5).map { $0 }), "a Jcc head")
+    }
+}
