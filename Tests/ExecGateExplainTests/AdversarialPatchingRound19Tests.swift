@@ -58,6 +58,35 @@ final class AdversarialPatchingRound19Tests: XCTestCase {
         XCTAssertEqual(d.rule, .stage(.staticCall), "\(d)")
         XCTAssertTrue(d.reason.contains("aesni") || d.reason.contains("not a legal encoding") || d.reason.contains("static"), "\(d)")
     }
+
+    /// Failed attack kept: on the AVX CPU both targets are legal for `aesni_ctr_enc_tfm`, but
+    /// `__static_call_update()` rewrites the trampoline and every site of the key together
+    /// (kernel/static_call_inline.c): the trampoline left at the AVX transform with the inline
+    /// site moved back to the default `aesni_ctr_enc` (or the other way round) is a key in two
+    /// states. Denied (Comparison: state disagrees with other sites of the same key).
+    func testAesniKeySplitBetweenTrampolineAndSiteIsDenied() throws {
+        let (m, boot, resolver) = try replayUpTo("aesni_intel")
+        let s = try m.ko.withUnsafeBytes { raw -> Session in
+            let s = try Session(elf: try ELFFile(bytes: raw), claim: m.claim, facts: boot.facts, resolver: resolver)
+            try s.run()
+            return s
+        }
+        // The module's own key (the one with a trampoline) and its inline call site.
+        let tramp = try XCTUnwrap(s.trampolineSites.first { s.trampolineKey($0.addr) != nil }, "aesni_ctr_enc_tfm's trampoline")
+        let key = try XCTUnwrap(s.trampolineKey(tramp.addr))
+        let call = try XCTUnwrap(s.staticSites.first { $0.key == key && !$0.tail }, "an inline call site of the key")
+        let targets = try XCTUnwrap(s.ownKeyDefaults[key])
+        XCTAssertEqual(targets.count, 2, "default and AVX transform")
+        let now = try XCTUnwrap(m.claim.text.withUnsafeBytes { rel32Destination(UnsafeRawBufferPointer(rebasing: $0[call.off..<call.off + 5]), operandAt: 1, site: call.addr, length: 5) })
+        let other = try XCTUnwrap(targets.first { $0 != now })
+        var text = m.claim.text
+        text.replaceSubrange(call.off..<call.off + 5, with: try XCTUnwrap(genInsn(0xe8, at: call.addr, to: other)))
+        var c = m.claim
+        c.text = text
+        let r = try m.ko.withUnsafeBytes { raw in Explainer(facts: boot.facts).explain(elf: try ELFFile(bytes: raw), claim: c, resolver: resolver) }
+        guard case .denied(let d) = r.verdict else { return XCTFail("a key in two states was explained") }
+        XCTAssertTrue(d.reason.contains("disagrees"), "\(d)")
+    }
 }
 
 /// Failed attacks kept (session 19, wb5): encodings a guest may choose at each kind of variable
