@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Attack round 5 written from the docs (README, docs/protocol.md, docs/trust.md): the guest
+// kernel chooses every byte of a claim (frame numbers, addresses, lengths), the order of its
+// requests and how often it asks again. Inputs: the committed fixture boot (signed Debian 6.1
+// modules and the bytes a real guest held), through the verifier core as the service runs it
+// (Verifier.respond / authorize / authorizePatch).
+
+import ExecGateCapture
+import ExecGateExplain
+import ExecGatePolicy
+import ExecGateTestSupport
+@testable import ExecGateVerifier
+import ExecGateWire
+import NIOCore
+import XCTest
+
+final class DocAttack5Tests: XCTestCase {
+    private func retire(_ g: FixtureGuest, _ name: String) -> Message {
+        g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: g.session.liveModule(name)?.textRange.lowerBound ?? 0)),
+                           requestDigest: [])
+    }
+
+    /// What a VMM makes of a frame number: protocol.md defines `frames` as `gpa >> 12`, so the
+    /// page it grants EXEC on is `frame << 12` (a u64).
+    private func gpa(_ frame: UInt64) -> UInt64 { frame << 12 }
+
+    /// HOLE (round docs5): trust.md "The grant is on frames": "No frame may be granted to two live
+    /// modules or two pages", and protocol.md: `frames` are "guest-physical frame numbers (`gpa >>
+    /// 12`) … The EXEC grant covers exactly these frames". The verifier compared frame numbers as
+    /// u64 values, but a frame number is a guest-physical page: x86-64 physical addresses have at
+    /// most 52 bits (`__PHYSICAL_MASK_SHIFT`, arch/x86/include/asm/page_64_types.h; a PTE's PFN
+    /// is bits 12–51, `PTE_PFN_MASK`), so no page has a frame number of 2⁴⁰ or more. The guest
+    /// named, for one page, the frame of a page granted to a live module plus 2⁵²: a different
+    /// number, so neither "granted to live code" nor "claimed for two pages" saw it, and the
+    /// verdict echoed it as a grant — the same page `frame << 12` (and the same PFN field) as
+    /// the live module's. One frame granted to two modules at two virtual addresses (the round-4
+    /// attack, by arithmetic), and within one request one frame for two pages.
+    func testFramesThatNameNoGuestPhysicalPageAreRefused() throws {
+        let g = try FixtureGuest()
+        let victim = try g.load("irqbypass")
+        XCTAssertEqual(victim.decision, .allow, victim.message)
+        let held = try XCTUnwrap(victim.grantFrames.first)
+
+        // Another module, one of its pages on the live module's page (frame + 2^52).
+        var thief = try g.request("llc")
+        thief.frames[0] = held &+ (1 << 52)
+        XCTAssertNotEqual(thief.frames[0], held)
+        XCTAssertEqual(gpa(thief.frames[0]), gpa(held), "the same guest-physical page")
+        let stolen = g.verifier.authorize(thief, requestDigest: [])
+        XCTAssertEqual(stolen.decision, .deny, "frame 0x\(String(thief.frames[0], radix: 16)) = irqbypass's page 0x\(String(gpa(held), radix: 16)) granted again: \(stolen.message)")
+        XCTAssertEqual(stolen.reason, .claimFramesInvalid, stolen.message)
+        XCTAssertEqual(stolen.grantFrames, [])
+
+        // One request, two of its pages on one page (and a frame past any 52-bit address).
+        var mrp = try g.request("mrp")
+        XCTAssertGreaterThanOrEqual(mrp.frames.count, 2)
+        for alias in [mrp.frames[0] &+ (1 << 52), mrp.frames[0] | (1 << 40), UInt64.max] {
+            mrp.frames[1] = alias
+            let v = g.verifier.authorize(mrp, requestDigest: [])
+            XCTAssertEqual(v.decision, .deny, "frame 0x\(String(alias, radix: 16)) for mrp's second page: \(v.message)")
+            XCTAssertEqual(v.reason, .claimFramesInvalid, v.message)
+        }
+        // Init frames likewise (checked with the core's, before any byte is judged).
+        var withInit = try g.request("stp")
+        withInit.initBase = 0xffff_ffff_c200_0000
+        withInit.initText = ByteBuffer(repeating: 0, count: 4096)
+        withInit.initFrames = [held &+ (1 << 52)]
+        let i = g.verifier.authorize(withInit, requestDigest: [])
+        XCTAssertEqual(i.decision, .deny, i.message)
+        XCTAssertEqual(i.reason, .claimFramesInvalid, i.message)
+
+        // Control: the honest claims are allowed and the live module keeps its page.
+        XCTAssertEqual(try g.load("llc").decision, .allow)
+        XCTAssertEqual(try g.load("mrp").decision, .allow)
+        XCTAssertEqual(g.session.liveModule("irqbypass")?.frames, victim.grantFrames)
+    }
+}
