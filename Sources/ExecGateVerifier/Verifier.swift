@@ -530,7 +530,8 @@ public final class Verifier: @unchecked Sendable {
     struct Denial: Error { let reason: VerdictReason; let message: String }
 
     /// Step 7: one guest-physical frame per 4 KiB page of the core region and of the init region
-    /// (if claimed; page-aligned), and no frame claimed twice. Returns the init range.
+    /// (if claimed; page-aligned), each a frame number a page can have (below
+    /// `WireLimits.frameNumberLimit`), and no frame claimed twice. Returns the init range.
     static func checkFrames(_ request: AuthorizeModule, textBytes: Int) -> Result<Range<UInt64>?, Denial> {
         let page = WireLimits.framePageSize
         let pages = (UInt64(textBytes) + page - 1) / page
@@ -550,6 +551,12 @@ public final class Verifier: @unchecked Sendable {
             return .failure(Denial(reason: .claimFramesInvalid, message: "init frames are claimed without init text"))
         }
         let allFrames = request.frames + request.initFrames
+        // A frame is a guest-physical page (`gpa >> 12`, x86-64: below 2^40): a larger number
+        // names a page another frame number names too (f + 2^52 is f's page to `frame << 12`),
+        // so uniqueness and "granted to live code" are decided on valid frame numbers only.
+        if let f = allFrames.first(where: { $0 >= WireLimits.frameNumberLimit }) {
+            return .failure(Denial(reason: .claimFramesInvalid, message: "frame 0x\(Hex.number(f)) is no guest-physical page: x86-64 physical addresses have at most 52 bits (__PHYSICAL_MASK_SHIFT), so frame numbers (gpa >> 12) are below 0x\(Hex.number(WireLimits.frameNumberLimit))"))
+        }
         if Set(allFrames).count != allFrames.count {
             return .failure(Denial(reason: .claimFramesInvalid, message: "a guest-physical frame is claimed for two pages: one frame cannot hold two verified pages"))
         }
