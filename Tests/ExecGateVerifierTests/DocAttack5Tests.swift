@@ -75,4 +75,33 @@ final class DocAttack5Tests: XCTestCase {
         XCTAssertEqual(try g.load("mrp").decision, .allow)
         XCTAssertEqual(g.session.liveModule("irqbypass")?.frames, victim.grantFrames)
     }
+
+    /// HOLE (round docs5): protocol.md verdict tag 5: "A check not listed did not run: a verdict
+    /// never claims more than was checked." An authorize-patch verdict listed `key-state` for every
+    /// batch judged, also one denied at its first entry (an address in no live module, a byte
+    /// string that is no legal encoding of the site) before any key rule (whole-key coverage, one
+    /// state per key, `__ro_after_init` keys, trusted static-call targets, a transition in flight)
+    /// ran; the audit record carried the same list.
+    func testAPatchDeniedAtItsSitesListsNoKeyStateCheck() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let (key, sites) = try XCTUnwrap(g.sitesByKey().filter { $0.value.count >= 2 && $0.value.allSatisfy { $0.site.kind == .jumpLabel } }.min { $0.key < $1.key })
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        let flip = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+
+        let nowhere = g.patch([PatchEntry(address: 0x1000, bytes: [0xc3])])
+        XCTAssertEqual(nowhere.reason, .patchNotAllowed, nowhere.message)
+        XCTAssertEqual(nowhere.checks, ["policy-kind", "patch-site"], "denied at its site: no key rule ran (\(nowhere.message))")
+        let illegal = g.patch([PatchEntry(address: flip[0].address, bytes: [UInt8](repeating: 0xcc, count: flip[0].bytes.count))])
+        XCTAssertEqual(illegal.reason, .patchNotAllowed, illegal.message)
+        XCTAssertEqual(illegal.checks, ["policy-kind", "patch-site"], "denied at its site: no key rule ran (\(illegal.message))")
+        // A key rule decides: listed.
+        let partial = g.patch([flip[0]])
+        XCTAssertEqual(partial.reason, .patchPartialKey, partial.message)
+        XCTAssertEqual(partial.checks, ["policy-kind", "patch-site", "key-state"])
+        let whole = g.patch(flip)
+        XCTAssertEqual(whole.decision, .allow, whole.message)
+        XCTAssertEqual(whole.checks, ["policy-kind", "patch-site", "key-state"])
+        XCTAssertEqual(g.session.state(ofKey: key), 1 - state)
+    }
 }
