@@ -250,11 +250,18 @@ public final class Verifier: @unchecked Sendable {
             return v
         }
         if policy.textPatches == .deny { return verdict(.deny, .kindDenied, "policy \(policy.id) v\(policy.version) allows no run-time text patches") }
-        checks.append(.patchSite)
-        checks.append(.keyState)
         // In audit mode an illegal patch is allowed with audit_only but never changes key state:
         // the session only records what enforce would allow.
-        switch session.judgePatches(p.patches) {
+        // The checks that ran, as far as the judgement got (docs/protocol.md, verdict tag 5: a
+        // verdict never claims more than was checked).
+        let outcome = session.judgePatches(p.patches)
+        switch outcome {
+        case .allowed: checks += [.patchSite, .keyState]
+        case .denied(_, _, _, .session): break
+        case .denied(_, _, _, .site): checks.append(.patchSite)
+        case .denied(_, _, _, .key): checks += [.patchSite, .keyState]
+        }
+        switch outcome {
         case .allowed(let module, let message, let newStates, let staticKeys, let judgedAt):
             let v = verdict(.allow, .allowed, message, module: module)
             // Only a final allow moves the keys (the audit sink may still have refused it); the
@@ -266,7 +273,7 @@ public final class Verifier: @unchecked Sendable {
                 return verdict(.deny, refusal.reason, refusal.message, module: module)
             }
             return v
-        case .denied(let reason, let module, let message):
+        case .denied(let reason, let module, let message, _):
             return verdict(.deny, reason, message, module: module)
         }
     }
