@@ -104,4 +104,101 @@ final class DocAttack5Tests: XCTestCase {
         XCTAssertEqual(whole.checks, ["policy-kind", "patch-site", "key-state"])
         XCTAssertEqual(g.session.state(ofKey: key), 1 - state)
     }
+
+    /// Failed attack kept: numeric edges of a claim's addresses and lengths (protocol.md "No
+    /// integer a peer sends may reach arithmetic that can trap"; trust.md "Init memory": init text
+    /// is "its own page-aligned allocation inside the module area"; module_alloc() / 6.12
+    /// execmem_alloc() hand out `[MODULES_VADDR, MODULES_END)` only). The core allocation or the
+    /// init text wrapping 2⁶⁴, touching MODULES_END or starting below MODULES_VADDR, a zero-length
+    /// or one-byte region, section bytes that wrap, a frame at 2^40: each is denied, none traps,
+    /// and none leaves state behind (the honest module is allowed afterwards, alone, with a per-cpu
+    /// base at the top of the address space, which a module without per-cpu data never uses, and
+    /// its page at the last frame of a 52-bit physical address space).
+    func testNumericEdgesOfAClaimAreDeniedNotTrapped() throws {
+        let g = try FixtureGuest()
+        let name = "irqbypass"
+        let honest = try g.request(name)
+        let size = UInt64(honest.text!.readableBytes)
+        func deny(_ what: String, _ change: (inout AuthorizeModule) -> Void, file: StaticString = #filePath, line: UInt = #line) {
+            var r = honest
+            change(&r)
+            let v = g.verifier.authorize(r, requestDigest: [])
+            XCTAssertEqual(v.decision, .deny, "\(what): \(v.message)", file: file, line: line)
+            XCTAssertEqual(v.grantFrames, [], what, file: file, line: line)
+            XCTAssertEqual(g.session.allowedModules, [], what, file: file, line: line)
+        }
+        func rebase(_ r: inout AuthorizeModule, _ base: UInt64) {
+            let d = base &- r.textBase!
+            r.textBase = base
+            r.sections = r.sections.map { SectionClaim(name: $0.name, address: $0.address &+ d, bytes: $0.bytes) }
+        }
+        deny("core allocation wrapping 2^64") { rebase(&$0, 0xffff_ffff_ffff_f000) }
+        deny("core allocation at the last page below 2^64 - size") { rebase(&$0, (0 &- size) & ~0xfff) }
+        deny("core allocation running past MODULES_END") { rebase(&$0, 0xffff_ffff_ff00_0000 &- 0x1000) }
+        deny("core allocation at MODULES_END") { rebase(&$0, 0xffff_ffff_ff00_0000) }
+        deny("core allocation below MODULES_VADDR") { rebase(&$0, 0xffff_ffff_c000_0000 &- 0x1000) }
+        deny("core allocation at 0") { rebase(&$0, 0) }
+        deny("empty region") { $0.text = ByteBuffer(); $0.frames = [] }
+        deny("one-byte region") { $0.text = ByteBuffer(bytes: [0xc3]); $0.frames = [$0.frames[0]] }
+        deny("region one page short") { $0.text = $0.text!.getSlice(at: 0, length: Int(size) - 4096) ?? ByteBuffer(); $0.frames = Array($0.frames.dropLast()) }
+        deny("init text wrapping 2^64") { $0.initBase = 0xffff_ffff_ffff_f000; $0.initText = ByteBuffer(repeating: 0, count: 0x2000); $0.initFrames = [0x7_0000, 0x7_0001] }
+        deny("init text at the last page") { $0.initBase = 0xffff_ffff_ffff_f000; $0.initText = ByteBuffer(repeating: 0, count: 0x1000); $0.initFrames = [0x7_0000] }
+        deny("empty init text") { $0.initBase = 0xffff_ffff_c200_0000; $0.initText = ByteBuffer(); $0.initFrames = [] }
+        deny("init text over the core allocation") { $0.initBase = $0.textBase; $0.initText = ByteBuffer(repeating: 0, count: 0x1000); $0.initFrames = [0x7_0000] }
+        // .text with its own bytes (0x578 of them, as signed), claimed 2 bytes below 2^64.
+        let textAt = try XCTUnwrap(honest.sections.first { $0.name == ".text" }?.address)
+        let textBytes = try XCTUnwrap(honest.text!.getSlice(at: Int(textAt - honest.textBase!), length: 0x578))
+        deny("section bytes wrapping 2^64") { r in
+            r.sections = r.sections.map { $0.name == ".text" ? SectionClaim(name: ".text", address: UInt64.max - 1, bytes: textBytes) : $0 }
+        }
+        deny("section address at the top") { r in r.sections = r.sections.map { SectionClaim(name: $0.name, address: $0.name == ".text" ? UInt64.max : $0.address) } }
+        deny("a frame at 2^40 (no guest-physical page)") { $0.frames = [WireLimits.frameNumberLimit] }
+        var r = honest
+        r.perCPUBase = UInt64.max - 7  // irqbypass has no per-cpu data: a base is never used
+        r.frames = [WireLimits.frameNumberLimit - 1]  // the last page of a 52-bit physical address space
+        let v = g.verifier.authorize(r, requestDigest: [])
+        XCTAssertEqual(v.decision, .allow, "a per-cpu base for a module without per-cpu data is layout only: \(v.message)")
+        XCTAssertEqual(g.session.allowedModules, [name])
+    }
+
+    /// Failed attack kept: re-asking (protocol.md: "a verdict is a pure function of the request,
+    /// the guest's registered state and the policy"; trust.md "Live code": one module per name,
+    /// one owner per address). The guest has the VMM send the same requests again and again: a
+    /// live module's load (`claim.module-already-live` every time, nothing added), a whole-key
+    /// flip and its reverse 200 times each (allowed every time, one recorded state, the key's
+    /// sites unchanged in number), init-freed and retire after they succeeded
+    /// (`unknown-module`), and the same flip as a batch naming every site twice (refused). The
+    /// session ends as it would after one of each.
+    func testReaskingChangesNothingButTheFirstAnswer() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let before = g.session.allowedModules
+        for _ in 0..<50 {
+            let again = try g.load("irqbypass")
+            XCTAssertEqual(again.reason, .moduleAlreadyLive, again.message)
+        }
+        XCTAssertEqual(g.session.allowedModules, before)
+        let (key, sites) = try XCTUnwrap(g.sitesByKey().filter { $0.value.allSatisfy { $0.site.kind == .jumpLabel } }.min { $0.key < $1.key })
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        func flip(_ to: UInt64) throws -> [PatchEntry] { try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: to))) } }
+        let on = try flip(1 - state), off = try flip(state)
+        for k in 0..<200 {
+            XCTAssertEqual(g.patch(k % 2 == 0 ? on : off).decision, .allow)
+            XCTAssertEqual(g.patch(k % 2 == 0 ? on : off).decision, .allow, "the same transition asked again")
+        }
+        XCTAssertEqual(g.session.state(ofKey: key), state)
+        XCTAssertEqual(g.sitesByKey()[key]?.count, sites.count)
+        XCTAssertEqual(g.patch(on + on).reason, .patchNotAllowed, "every site twice")
+        XCTAssertEqual(g.session.state(ofKey: key), state)
+
+        // Retire asked twice: the second names no live module.
+        guard case .retireModuleReply = retire(g, "irqbypass") else { return XCTFail("retire") }
+        let base = try g.request("irqbypass").textBase!
+        guard case .error(let e) = g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: "irqbypass", textBase: base)), requestDigest: []) else {
+            return XCTFail("retired twice")
+        }
+        XCTAssertEqual(e.code, .unknownModule)
+        XCTAssertEqual(try g.load("irqbypass").decision, .allow, "loaded again after its retire")
+        XCTAssertEqual(Set(g.session.allowedModules), Set(before))
+    }
 }
