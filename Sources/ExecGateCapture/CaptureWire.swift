@@ -125,11 +125,13 @@ extension CapturedModule {
     }
 
     /// A capture records no guest-physical addresses (it reads /proc/kcore by virtual address), so
-    /// an offline replay names each page of the region by its virtual page number: an identity
-    /// mapping, which keeps the frame checks (one per page, none twice, none shared with live
+    /// an offline replay names each page of the region by the low 32 bits of its virtual page
+    /// number (a frame number is below 2^40, `WireLimits.frameNumberLimit`; 32 bits leave room
+    /// for tests that move frames): one-to-one over any 16 TiB of addresses, the module area
+    /// included, which keeps the frame checks (one per page, none twice, none shared with live
     /// code) meaningful. A VMM sends the real frames it grants EXEC on.
     public var replayFrames: [UInt64] {
         let pages = (claim.text.count + 4095) / 4096
-        return (0..<pages).map { (claim.textBase >> 12) &+ UInt64($0) }
+        return (0..<pages).map { ((claim.textBase >> 12) &+ UInt64($0)) & 0xffff_ffff }
     }
 }

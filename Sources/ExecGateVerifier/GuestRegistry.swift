@@ -468,8 +468,15 @@ public final class GuestSession: @unchecked Sendable {
         /// `judgedAt`: the live instances the batch's entries belong to (`apply` refuses if one of
         /// them went since).
         case allowed(module: String, message: String, newStates: [UInt64: UInt64], staticKeys: Set<UInt64>, judgedAt: PatchOwners)
-        case denied(VerdictReason, module: String, message: String)
+        /// `stage`: how far the judgement got (the verdict lists only the checks that ran).
+        case denied(VerdictReason, module: String, message: String, stage: PatchStage)
     }
+
+    /// The rules of `judgePatches` in the order they run: the session itself (a reset ended it:
+    /// nothing was judged), each entry at a live site in a legal encoding (`patch-site`), then
+    /// the key rules (`key-state`: one state per key, whole-key coverage, one-way `lock`
+    /// prefixes, `__ro_after_init` keys, trusted static-call targets, one transition at a time).
+    enum PatchStage { case session, site, key }
 
     /// Judge a batch of text_pokes as one transition (see docs/protocol.md, authorize-patch):
     /// every entry at a site of the live module that owns its address, in a legal encoding; the
@@ -478,7 +485,7 @@ public final class GuestSession: @unchecked Sendable {
     /// verdict is final and `apply` records the new key states.
     func judgePatches(_ patches: [PatchEntry]) -> PatchOutcome {
         lock.withLock {
-            if let e = endedRefusalLocked() { return .denied(e.reason, module: "", message: e.message) }
+            if let e = endedRefusalLocked() { return .denied(e.reason, module: "", message: e.message, stage: .session) }
             var seen = Set<UInt64>()
             var newState: [UInt64: UInt64] = [:]
             var batchSites: [UInt64: Set<UInt64>] = [:]
@@ -488,28 +495,28 @@ public final class GuestSession: @unchecked Sendable {
             var smpBatch = false
             for p in patches {
                 let at = "0x" + Hex.number(p.address)
-                guard seen.insert(p.address).inserted else { return .denied(.patchNotAllowed, module: "", message: "\(at) appears twice in the batch") }
+                guard seen.insert(p.address).inserted else { return .denied(.patchNotAllowed, module: "", message: "\(at) appears twice in the batch", stage: .site) }
                 guard let owner = order.lazy.compactMap({ self.live[$0] }).first(where: { $0.textRange.contains(p.address) || ($0.initRange?.contains(p.address) ?? false) }) else {
-                    return .denied(.patchNotAllowed, module: "", message: "\(at) is not in live code verified for guest '\(registration.guestID)'")
+                    return .denied(.patchNotAllowed, module: "", message: "\(at) is not in live code verified for guest '\(registration.guestID)'", stage: .site)
                 }
                 if !owners.contains(owner.name) { owners.append(owner.name) }
                 ownerSerials[owner.name] = owner.commitSerial
                 guard let table = owner.sites else {
-                    return .denied(.patchNotAllowed, module: owner.name, message: "\(at) is not a run-time patch site of \(owner.name)")
+                    return .denied(.patchNotAllowed, module: owner.name, message: "\(at) is not a run-time patch site of \(owner.name)", stage: .site)
                 }
                 let state: UInt64
                 switch table.check(address: p.address, bytes: p.bytes) {
                 case .allowed(_, let s): state = s
-                case .denied(let why): return .denied(.patchNotAllowed, module: owner.name, message: why)
+                case .denied(let why): return .denied(.patchNotAllowed, module: owner.name, message: why, stage: .site)
                 }
                 guard let site = owner.siteIndex[p.address], let key = site.key else { continue }
                 // Lock prefixes go one way, UP (3e) → SMP (f0): alternatives_enable_smp().
                 if site.kind == .smpLock && state == 0 && wentSMP {
-                    return .denied(.patchNotAllowed, module: owner.name, message: "\(at): unlocks an .smp_locks prefix (f0 → 3e), but guest '\(registration.guestID)' left uniprocessor mode: the kernel never patches back to UP (alternatives_enable_smp() is one-way)")
+                    return .denied(.patchNotAllowed, module: owner.name, message: "\(at): unlocks an .smp_locks prefix (f0 → 3e), but guest '\(registration.guestID)' left uniprocessor mode: the kernel never patches back to UP (alternatives_enable_smp() is one-way)", stage: .key)
                 }
                 if site.kind == .smpLock && state == 1 { smpBatch = true }
                 if let other = newState[key], other != state {
-                    return .denied(.patchPartialKey, module: owner.name, message: "\(at): the batch moves key 0x\(Hex.number(key)) to two states (0x\(Hex.number(other)), 0x\(Hex.number(state)))")
+                    return .denied(.patchPartialKey, module: owner.name, message: "\(at): the batch moves key 0x\(Hex.number(key)) to two states (0x\(Hex.number(other)), 0x\(Hex.number(state)))", stage: .key)
                 }
                 newState[key] = state
                 batchSites[key, default: []].insert(p.address)
@@ -520,7 +527,7 @@ public final class GuestSession: @unchecked Sendable {
                 let missing = all.subtracting(covered)
                 if !missing.isEmpty {
                     return .denied(.patchPartialKey, module: owners.joined(separator: ","),
-                                   message: "the batch changes key 0x\(Hex.number(key)) at \(covered.count) of its \(all.count) live sites (missing e.g. 0x\(Hex.number(missing.min()!))): a key changes only as a whole")
+                                   message: "the batch changes key 0x\(Hex.number(key)) at \(covered.count) of its \(all.count) live sites (missing e.g. 0x\(Hex.number(missing.min()!))): a key changes only as a whole", stage: .key)
                 }
                 // A key in the core's .data..ro_after_init is read-only from mark_rodata_ro() on
                 // (before the trusted point): static_key_enable()/static_call_update() cannot
@@ -529,14 +536,14 @@ public final class GuestSession: @unchecked Sendable {
                 // Its sites keep their load state: no kernel moves them.
                 if let ro = facts.coreROAfterInit, ro.contains(key) {
                     return .denied(.patchNotAllowed, module: owners.joined(separator: ","),
-                                   message: "key 0x\(Hex.number(key)) lies in the kernel's __ro_after_init data [0x\(Hex.number(ro.lowerBound)), 0x\(Hex.number(ro.upperBound))): read-only since mark_rodata_ro(), its sites never change after load (jump_label_init_ro() seals it)")
+                                   message: "key 0x\(Hex.number(key)) lies in the kernel's __ro_after_init data [0x\(Hex.number(ro.lowerBound)), 0x\(Hex.number(ro.upperBound))): read-only since mark_rodata_ro(), its sites never change after load (jump_label_init_ro() seals it)", stage: .key)
                 }
                 let state = newState[key]!  // set for every key in batchSites (same loop above)
                 if staticKeys.contains(key) && !Self.nullStates(facts).contains(state) {
                     let trusted = facts.staticCallTrustedTargets[key] ?? keyStatesSeen[key] ?? []
                     if !trusted.contains(state) {
                         return .denied(.patchNotAllowed, module: owners.joined(separator: ","),
-                                       message: "static-call key 0x\(Hex.number(key)): target 0x\(Hex.number(state)) is not trusted for that key")
+                                       message: "static-call key 0x\(Hex.number(key)): target 0x\(Hex.number(state)) is not trusted for that key", stage: .key)
                     }
                 }
             }
@@ -547,7 +554,7 @@ public final class GuestSession: @unchecked Sendable {
             // VMM poked) disagree.
             for key in newState.keys.sorted() where patchesInFlight[key] != nil {
                 return .denied(.patchNotAllowed, module: owners.joined(separator: ","),
-                               message: "key 0x\(Hex.number(key)): another run-time patch of it is being decided (the kernel holds the key's mutex across a transition): ask again")
+                               message: "key 0x\(Hex.number(key)): another run-time patch of it is being decided (the kernel holds the key's mutex across a transition): ask again", stage: .key)
             }
             // Recorded at the allow, not when the key states are applied: a concurrent batch
             // judged before this one is applied must not be allowed to unlock the prefixes. (If

@@ -250,11 +250,18 @@ public final class Verifier: @unchecked Sendable {
             return v
         }
         if policy.textPatches == .deny { return verdict(.deny, .kindDenied, "policy \(policy.id) v\(policy.version) allows no run-time text patches") }
-        checks.append(.patchSite)
-        checks.append(.keyState)
         // In audit mode an illegal patch is allowed with audit_only but never changes key state:
         // the session only records what enforce would allow.
-        switch session.judgePatches(p.patches) {
+        // The checks that ran, as far as the judgement got (docs/protocol.md, verdict tag 5: a
+        // verdict never claims more than was checked).
+        let outcome = session.judgePatches(p.patches)
+        switch outcome {
+        case .allowed: checks += [.patchSite, .keyState]
+        case .denied(_, _, _, .session): break
+        case .denied(_, _, _, .site): checks.append(.patchSite)
+        case .denied(_, _, _, .key): checks += [.patchSite, .keyState]
+        }
+        switch outcome {
         case .allowed(let module, let message, let newStates, let staticKeys, let judgedAt):
             let v = verdict(.allow, .allowed, message, module: module)
             // Only a final allow moves the keys (the audit sink may still have refused it); the
@@ -266,7 +273,7 @@ public final class Verifier: @unchecked Sendable {
                 return verdict(.deny, refusal.reason, refusal.message, module: module)
             }
             return v
-        case .denied(let reason, let module, let message):
+        case .denied(let reason, let module, let message, _):
             return verdict(.deny, reason, message, module: module)
         }
     }
@@ -530,7 +537,8 @@ public final class Verifier: @unchecked Sendable {
     struct Denial: Error { let reason: VerdictReason; let message: String }
 
     /// Step 7: one guest-physical frame per 4 KiB page of the core region and of the init region
-    /// (if claimed; page-aligned), and no frame claimed twice. Returns the init range.
+    /// (if claimed; page-aligned), each a frame number a page can have (below
+    /// `WireLimits.frameNumberLimit`), and no frame claimed twice. Returns the init range.
     static func checkFrames(_ request: AuthorizeModule, textBytes: Int) -> Result<Range<UInt64>?, Denial> {
         let page = WireLimits.framePageSize
         let pages = (UInt64(textBytes) + page - 1) / page
@@ -550,6 +558,12 @@ public final class Verifier: @unchecked Sendable {
             return .failure(Denial(reason: .claimFramesInvalid, message: "init frames are claimed without init text"))
         }
         let allFrames = request.frames + request.initFrames
+        // A frame is a guest-physical page (`gpa >> 12`, x86-64: below 2^40): a larger number
+        // names a page another frame number names too (f + 2^52 is f's page to `frame << 12`),
+        // so uniqueness and "granted to live code" are decided on valid frame numbers only.
+        if let f = allFrames.first(where: { $0 >= WireLimits.frameNumberLimit }) {
+            return .failure(Denial(reason: .claimFramesInvalid, message: "frame 0x\(Hex.number(f)) is no guest-physical page: x86-64 physical addresses have at most 52 bits (__PHYSICAL_MASK_SHIFT), so frame numbers (gpa >> 12) are below 0x\(Hex.number(WireLimits.frameNumberLimit))"))
+        }
         if Set(allFrames).count != allFrames.count {
             return .failure(Denial(reason: .claimFramesInvalid, message: "a guest-physical frame is claimed for two pages: one frame cannot hold two verified pages"))
         }

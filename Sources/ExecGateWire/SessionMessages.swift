@@ -22,6 +22,12 @@ extension WireLimits {
     public static let maximumFrames = (128 << 20) >> 12
     /// The page size frames are counted in (x86-64 base pages).
     public static let framePageSize: UInt64 = 4096
+    /// Frame numbers name guest-physical pages: every frame is below this bound. x86-64 physical
+    /// addresses have at most 52 bits (`__PHYSICAL_MASK_SHIFT`, arch/x86/include/asm/page_64_types.h;
+    /// a PTE's PFN is bits 12–51, `PTE_PFN_MASK`), so a page's frame number `gpa >> 12` is below
+    /// 2^40. A larger number is the same page to a VMM that computes `frame << 12` or fills a
+    /// 40-bit PFN field (2^52 + f, 2^40 + f ≡ f), so it is refused, never compared as another frame.
+    public static let frameNumberLimit: UInt64 = 1 << 40
 }
 
 // MARK: - Packed guest-physical frames

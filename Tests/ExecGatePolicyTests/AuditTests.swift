@@ -83,7 +83,7 @@ final class AuditTests: XCTestCase {
         XCTAssertEqual(locked.checks, ["policy-kind"])
         let plain = patch("web-1")
         XCTAssertEqual(plain.decision, .deny)
-        XCTAssertEqual(plain.checks, ["policy-kind", "patch-site", "key-state"])  // judged: no module allowed, so no site
+        XCTAssertEqual(plain.checks, ["policy-kind", "patch-site"])  // judged: no module allowed, so no site (and no key rule ran)
         let canary = patch("canary-1")
         XCTAssertEqual(canary.decision, .allow)
         XCTAssertTrue(canary.auditOnly)

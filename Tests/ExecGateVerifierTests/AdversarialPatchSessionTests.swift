@@ -253,10 +253,10 @@ final class AdversarialPatchSessionTests: XCTestCase {
         r.textBase = base
         r.text = ByteBuffer(bytes: coreBytes)
         r.sections = claim.sectionAddresses.sorted { $0.key < $1.key }.map { SectionClaim(name: $0.key, address: $0.value) }
-        r.frames = (0..<(core.image.count + 4095) / 4096).map { (base >> 12) &+ UInt64($0) }
+        r.frames = (0..<(core.image.count + 4095) / 4096).map { ((base >> 12) &+ UInt64($0)) & 0xffff_ffff }  // a frame number (below 2^40), as CapturedModule.replayFrames
         r.initBase = claim.initTextBase
         r.initText = ByteBuffer(bytes: initBytes)
-        r.initFrames = (0..<(initBytes.count + 4095) / 4096).map { (claim.initTextBase! >> 12) &+ UInt64($0) }
+        r.initFrames = (0..<(initBytes.count + 4095) / 4096).map { ((claim.initTextBase! >> 12) &+ UInt64($0)) & 0xffff_ffff }  // a frame number (below 2^40), as CapturedModule.replayFrames
         return (r, key, site, liveState)
     }
 
