@@ -47,6 +47,9 @@ struct RequestProcessor: Sendable {
         }
         stats.begin()
         let responder = self.responder
+        // Stamped here, on the connection's loop in the order the connection sent its requests,
+        // not on the pool thread that judges it (which may run a later reset first).
+        let arrival = responder.arrival()
         let stats = self.stats
         let instanceID = self.instanceID
         let maximumBodySize = UInt32(clamping: self.maximumBodySize)
@@ -63,7 +66,7 @@ struct RequestProcessor: Sendable {
             case .status:
                 return .statusReply(responder.status(uptimeMilliseconds: stats.uptimeMilliseconds, requestsServed: stats.served))
             default:
-                var reply = responder.respond(to: message, body: frame.body)
+                var reply = responder.respond(to: message, body: frame.body, arrival: arrival)
                 switch reply {
                 case .helloReply(var h):
                     h.instanceID = instanceID

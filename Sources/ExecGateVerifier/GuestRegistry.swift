@@ -25,6 +25,7 @@ import ExecGateExplain
 import ExecGatePolicy
 import ExecGateWire
 import NIOConcurrencyHelpers
+import Synchronization
 
 /// One verified, live module of a guest.
 public struct LiveModule: Sendable {
@@ -124,6 +125,10 @@ public final class GuestSession: @unchecked Sendable {
     public let facts: GuestFacts
     /// The request digest of the register-guest that established this session.
     public let factsDigest: [UInt8]
+    /// The registry's arrival stamp taken when this session was installed (`GuestRegistry
+    /// .arrivalStamp()`): a request stamped before it arrived before this session existed and
+    /// belongs to one it replaced (`GuestRegistry.session(_:arrivedAt:)`).
+    let born: UInt64
     private let lock = NIOLock()
     private var resolver: SymbolResolver
     private var live: [String: LiveModule] = [:]
@@ -177,25 +182,44 @@ public final class GuestSession: @unchecked Sendable {
     /// without the registry's lock, so a reset (the VMM revoked every grant of this session, then
     /// sent it) can land before the request's commit; an allow then would be a grant of a session
     /// whose grants were revoked, live in no session the verifier still checks.
+    /// (The refusal's whole message.)
     private var ended: String?
 
     /// Marks the session as no longer its guest's (the registry, under its lock).
-    func end(_ why: String) { lock.withLock { if ended == nil { ended = why } } }
+    func end(_ why: String) {
+        let message = "guest '\(registration.guestID)' \(why) while this request was judged: the session it was judged in is gone (its grants were revoked); ask again in the new session"
+        lock.withLock { if ended == nil { ended = message } }
+    }
 
     private func endedRefusalLocked() -> SessionRefusal? {
-        ended.map { SessionRefusal(reason: .endStateUnavailable, message: "guest '\(registration.guestID)' \($0) while this request was judged: the session it was judged in is gone (its grants were revoked); ask again in the new session") }
+        ended.map { SessionRefusal(reason: .endStateUnavailable, message: $0) }
+    }
+
+    /// Why this session is no longer its guest's (the refusal's message), or nil while it is.
+    public var endedMessage: String? { lock.withLock { ended } }
+
+    /// What a request that arrived before this session was registered is judged in: a session of
+    /// this registration that is already ended and holds nothing, standing for the replaced
+    /// session the request belongs to (that one is gone: the VMM revoked its grants before it sent
+    /// the reset). Every rule that ends in a commit, a key state or a retire refuses it, as it
+    /// refuses a request whose session a reset ended while it was judged.
+    func standInForReplaced() -> GuestSession {
+        let s = GuestSession(registration: registration, kernel: kernel, facts: facts, factsDigest: factsDigest, born: 0)
+        s.ended = "guest '\(registration.guestID)' was reset (register-guest reset=1) after this request arrived: the request belongs to the session the reset replaced, whose grants were revoked; ask again in the new session"
+        return s
     }
 
     /// Read before explaining a module (before the resolver snapshot): see `removals`.
     var removalGeneration: UInt64 { lock.withLock { removals } }
 
-    init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8]) {
+    init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8], born: UInt64) {
         var r = registration
         r.symbols = []
         self.registration = r
         self.kernel = kernel
         self.facts = facts
         self.factsDigest = factsDigest
+        self.born = born
         self.resolver = SymbolResolver(coreExports: facts.exports)
     }
 
@@ -642,6 +666,8 @@ public final class GuestRegistry: @unchecked Sendable {
     private var builds: [KernelFactsKey: (facts: KernelFacts, guests: Int)] = [:]
     public let maximumGuests: Int
     public let maximumSymbolBytes: Int
+    /// The arrival clock (`arrivalStamp()`): requests and registrations stamped from one counter.
+    private let arrivals = Atomic<UInt64>(0)
 
     public init(maximumGuests: Int = GuestRegistry.defaultMaximumGuests,
                 maximumSymbolBytes: Int = GuestRegistry.defaultMaximumSymbolBytes) {
@@ -736,7 +762,10 @@ public final class GuestRegistry: @unchecked Sendable {
                 old.end("was reset (register-guest reset=1)")
             }
             if let k = shared.key { builds[k, default: (shared, 0)].guests += 1 }
-            let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest)
+            // Stamped while the registry is locked: a request stamped before this (it arrived
+            // before the session existed) never finds it (`session(_:arrivedAt:)`).
+            let born = arrivals.add(1, ordering: .sequentiallyConsistent).newValue
+            let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest, born: born)
             guests[GuestKey(r.guestID)] = session
             charged[GuestKey(r.guestID)] = own + (shared.key == nil ? shared.symbolBytes : 0)
             return .registered(session)
@@ -790,6 +819,24 @@ public final class GuestRegistry: @unchecked Sendable {
     }
 
     public func session(_ id: String) -> GuestSession? { lock.withLock { guests[GuestKey(id)] } }
+
+    /// A stamp from the arrival clock, strictly greater than every stamp taken before it. The
+    /// service takes one for each request when the request starts, on its connection's event
+    /// loop, in the order the connection sent them — before the request waits for a pool thread.
+    public func arrivalStamp() -> UInt64 { arrivals.add(1, ordering: .sequentiallyConsistent).newValue }
+
+    /// The session a request that arrived at `arrival` (`arrivalStamp()`; nil: not stamped) is
+    /// judged in: the guest's session when it was registered before the request arrived; when it
+    /// was registered after (a reset landed between the request's arrival and its judging, e.g.
+    /// the VMM pipelined the old boot's load and then the reset on one connection, and a pool
+    /// thread took the reset first), an ended stand-in for the replaced session
+    /// (`GuestSession.standInForReplaced()`): the request is the old boot's, and is never judged
+    /// in the new session (docs/protocol.md, register-guest "Once.").
+    public func session(_ id: String, arrivedAt arrival: UInt64?) -> GuestSession? {
+        guard let s = session(id) else { return nil }
+        guard let a = arrival, s.born > a else { return s }
+        return s.standInForReplaced()
+    }
     public var count: Int { lock.withLock { guests.count } }
     /// Shared build copies held, with the number of guests on each (for status and tests).
     public var sharedBuilds: [(key: KernelFactsKey, guests: Int)] { lock.withLock { builds.map { ($0.key, $0.value.guests) } } }

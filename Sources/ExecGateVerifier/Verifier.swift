@@ -70,7 +70,12 @@ public final class Verifier: @unchecked Sendable {
     /// `request_digest`, register-guest-reply `facts_digest`); nil for an authorize-module: the
     /// verifier computes it while judging, from `body` (the request as received) when given
     /// (`requestDigest(authorizeModuleBody:)`).
-    public func respond(to message: Message, requestDigest: [UInt8]?, body: ByteBuffer? = nil) -> Message {
+    /// `arrival`: the request's stamp from `guests.arrivalStamp()` taken when it arrived (the
+    /// service stamps every request on its connection's event loop, in the connection's order);
+    /// a request that arrived before its guest's current session was registered is judged in a
+    /// stand-in for the session it belongs to, which a reset ended (`GuestRegistry
+    /// .session(_:arrivedAt:)`). nil: the session current when it is judged.
+    public func respond(to message: Message, requestDigest: [UInt8]?, body: ByteBuffer? = nil, arrival: UInt64? = nil) -> Message {
         switch message {
         case .hello(let h):
             guard h.minimumVersion <= WireLimits.protocolVersion && WireLimits.protocolVersion <= h.maximumVersion else {
@@ -109,17 +114,20 @@ public final class Verifier: @unchecked Sendable {
             if !a.guestID.isEmpty && guests.session(a.guestID) == nil {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(a.guestID)' is not registered"))
             }
-            return .verdict(authorize(a, requestDigest: requestDigest, body: body))
+            return .verdict(authorize(a, requestDigest: requestDigest, body: body, arrival: arrival))
         case .authorizePatch(let p):
-            guard let session = guests.session(p.guestID) else {
+            guard let session = guests.session(p.guestID, arrivedAt: arrival) else {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(p.guestID)' is not registered"))
             }
             return .verdict(authorizePatch(p, session: session, requestDigest: requestDigest ?? []))
         case .retireModule(let m):
-            guard let session = guests.session(m.guestID) else {
+            guard let session = guests.session(m.guestID, arrivedAt: arrival) else {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(m.guestID)' is not registered"))
             }
             if let why = Self.unnamable(m.moduleName) { return .error(ErrorReply(code: .unknownModule, message: why)) }
+            // A session that is no longer the guest's (a stand-in for the one a reset replaced):
+            // its modules are gone, nothing is removed from the new one.
+            if let why = session.endedMessage { return .error(ErrorReply(code: .unknownModule, message: why)) }
             switch session.retire(name: m.moduleName, textBase: m.textBase) {
             case .retired(let sites, let exports):
                 return .retireModuleReply(RetireModuleReply(guestID: m.guestID, moduleName: m.moduleName,
@@ -128,10 +136,11 @@ public final class Verifier: @unchecked Sendable {
                 return .error(ErrorReply(code: code, message: why))
             }
         case .moduleInitFreed(let m):
-            guard let session = guests.session(m.guestID) else {
+            guard let session = guests.session(m.guestID, arrivedAt: arrival) else {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(m.guestID)' is not registered"))
             }
             if let why = Self.unnamable(m.moduleName) { return .error(ErrorReply(code: .unknownModule, message: why)) }
+            if let why = session.endedMessage { return .error(ErrorReply(code: .unknownModule, message: why)) }
             guard session.initFreed(name: m.moduleName) else {
                 return .error(ErrorReply(code: .unknownModule, message: "no live module '\(m.moduleName)' with granted init text in guest '\(m.guestID)'"))
             }
@@ -162,10 +171,11 @@ public final class Verifier: @unchecked Sendable {
     /// is `requestDigest` when given; otherwise the request's own (`requestDigest(authorizeModuleBody:)`
     /// over `body`, the request as received, or over its canonical encoding when no body is
     /// given), with the module file's digest taken from the signature check's single pass.
-    public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]? = nil, body: ByteBuffer? = nil) -> ExecGateWire.Verdict {
+    /// `arrival`: as for `respond(to:requestDigest:body:arrival:)`.
+    public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]? = nil, body: ByteBuffer? = nil, arrival: UInt64? = nil) -> ExecGateWire.Verdict {
         // One snapshot for the whole request, with the policy's per-guest/class rules applied.
         let policy = self.policy.resolved(forGuest: request.guestID)
-        let session = request.guestID.isEmpty ? nil : guests.session(request.guestID)
+        let session = request.guestID.isEmpty ? nil : guests.session(request.guestID, arrivedAt: arrival)
         var fileDigest: Digest? = nil
         var judgement = request.module.withUnsafeReadableBytes { module in
             judge(module: module, request: request, policy: policy, session: session, fileDigest: &fileDigest)

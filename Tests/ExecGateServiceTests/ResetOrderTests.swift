@@ -51,10 +51,13 @@ final class ResetOrderTests: XCTestCase {
             armed = false
             return hold
         }
-        func respond(to message: Message, body: ByteBuffer) -> Message {
+        func respond(to message: Message, body: ByteBuffer) -> Message { respond(to: message, body: body, arrival: nil) }
+        /// The verifier's stamp, taken by the server when the request started (not held).
+        func arrival() -> UInt64? { inner.arrival() }
+        func respond(to message: Message, body: ByteBuffer, arrival: UInt64?) -> Message {
             let held = takeHold(message)
             if held { _ = resetAnswered.wait(timeout: .now() + 10) }
-            let reply = inner.respond(to: message, body: body)
+            let reply = inner.respond(to: message, body: body, arrival: arrival)
             if case .registerGuest = message, releaseHold() { resetAnswered.signal() }
             return reply
         }
@@ -129,5 +132,50 @@ final class ResetOrderTests: XCTestCase {
         }
         XCTAssertEqual(again.decision, .allow, again.message)
         await server.shutdown()
+    }
+
+    /// The same rule for the other requests of a session, through the verifier core: stamped
+    /// before the reset registered the new session, a run-time patch is denied
+    /// `policy.end-state-unavailable` (no key state moves), a retire-module or module-init-freed
+    /// is `unknown-module` and leaves the new session's module live with its init text; stamped
+    /// after, each is judged in the new session.
+    func testPatchRetireAndInitFreedSentBeforeAResetLeaveTheNewSessionAlone() throws {
+        let boot = try CaptureBoot.load(Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a")
+        let registration = try boot.registration(guestID: "g")
+        var reset = registration
+        reset.reset = true
+        let name = "irqbypass"
+        let verifier = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()))
+        guard case .registerGuestReply = verifier.respond(to: .registerGuest(registration), requestDigest: []) else { return XCTFail("registration") }
+        let before = verifier.arrival()
+        guard case .registerGuestReply = verifier.respond(to: .registerGuest(reset), requestDigest: []) else { return XCTFail("reset") }
+        let request = try boot.module(name).request(guestID: "g")
+        guard case .verdict(let loaded) = verifier.respond(to: .authorizeModule(request), requestDigest: nil, arrival: verifier.arrival()) else { return XCTFail("load") }
+        XCTAssertEqual(loaded.decision, .allow, loaded.message)
+        let session = try XCTUnwrap(verifier.guests.session("g"))
+        let live = try XCTUnwrap(session.liveModule(name))
+
+        // A patch stamped before the reset: any batch (here a NOP5 at a live site) is denied
+        // before its sites are judged.
+        let site = try XCTUnwrap(session.runtimeSites.first { $0.module == name }?.addresses.first)
+        let patch = AuthorizePatch(guestID: "g", patches: [PatchEntry(address: site, bytes: [0x0f, 0x1f, 0x44, 0x00, 0x00])])
+        guard case .verdict(let stale) = verifier.respond(to: .authorizePatch(patch), requestDigest: [], arrival: before) else { return XCTFail("patch") }
+        XCTAssertEqual(stale.decision, .deny, stale.message)
+        XCTAssertEqual(stale.reason, .endStateUnavailable, stale.message)
+        XCTAssertTrue(stale.message.contains("after this request arrived"), stale.message)
+
+        let retire = Message.retireModule(RetireModule(guestID: "g", moduleName: name, textBase: live.textRange.lowerBound))
+        guard case .error(let e) = verifier.respond(to: retire, requestDigest: [], arrival: before) else { return XCTFail("a retire sent before the reset was carried out") }
+        XCTAssertEqual(e.code, .unknownModule, e.message)
+        XCTAssertTrue(e.message.contains("after this request arrived"), e.message)
+        guard case .error(let f) = verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: name)), requestDigest: [], arrival: before) else {
+            return XCTFail("an init-freed sent before the reset was carried out")
+        }
+        XCTAssertEqual(f.code, .unknownModule, f.message)
+        XCTAssertEqual(session.allowedModules, [name], "a request of the replaced session changed the new one")
+
+        // Stamped after the reset: judged in the new session.
+        guard case .retireModuleReply = verifier.respond(to: retire, requestDigest: [], arrival: verifier.arrival()) else { return XCTFail("retire after the reset") }
+        XCTAssertEqual(session.allowedModules, [])
     }
 }
