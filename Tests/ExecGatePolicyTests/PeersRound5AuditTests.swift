@@ -11,6 +11,7 @@ import ExecGatePolicy
 import ExecGateTestSupport
 import ExecGateVerifier
 import ExecGateWire
+import Foundation
 import NIOCore
 import XCTest
 
@@ -40,6 +41,30 @@ final class PeersRound5AuditTests: XCTestCase {
         // The newest record is still there, whole (a reader sees the last verdict).
         let last = try XCTUnwrap(page.records.last)
         XCTAssertEqual(try JSONReader.parse(Array(last.utf8))["guest"]?.stringValue, "g39" + words)
+        log.close()
+    }
+
+    /// The writer's queue is bounded by bytes too: with the writer stalled (a slow disk, a FIFO
+    /// nobody reads), large records fill 8 MiB long before 4096 records, and the policy's
+    /// `audit-overflow drop` drops (counted) the rest instead of queueing them.
+    func testLargeRecordsFillTheWriterQueueByBytes() throws {
+        let gate = DispatchSemaphore(value: 0)
+        let log = AuditLog(writer: { _ in gate.wait() })
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: "modules allow").replacingOccurrences("audit-overflow block", "audit-overflow drop")))
+        v.auditSink = log
+        let module = try Fixtures.readFile(try Fixtures.module(named: "crc7.ko"))
+        let words = String(repeating: "\u{1}", count: 60 << 10)
+        for i in 0..<40 {
+            var r = AuthorizeModule(guestID: "g\(i)" + words, module: ByteBuffer(bytes: module))
+            r.moduleName = "m" + words
+            XCTAssertNotEqual(v.authorize(r, requestDigest: [UInt8(i)]).reason, .auditUnrecorded)  // drop: never denied for the audit
+        }
+        let c = log.counters
+        print("audit queue: \(c.queued) queued, \(c.dropped) dropped of 40")
+        XCTAssertGreaterThan(c.dropped, 0, "40 records of ~720 KiB were all queued")
+        XCTAssertLessThanOrEqual(c.queued, 12, "more than 8 MiB of ~720 KiB records queued")
+        XCTAssertEqual(c.accepted + c.dropped, 40)
+        for _ in 0..<64 { gate.signal() }
         log.close()
     }
 }
