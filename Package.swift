@@ -202,7 +202,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateServiceTests",
-            dependencies: ["ExecGateService", "ExecGateTransport", "ExecGateClient", "ExecGateVsockDevice", "_ExecGateInternals", "ExecGateCapture", "ExecGatePolicy", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
+            dependencies: ["ExecGateService", "ExecGateHost", "ExecGateTransport", "ExecGateClient", "ExecGateVsockDevice", "_ExecGateInternals", "ExecGateCapture", "ExecGatePolicy", "ExecGateVerifier", "ExecGateTestSupport", nioPosix],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -38,6 +38,16 @@ public enum AuditLimits {
     public static let defaultQueueCapacity = 4096
     /// Records kept in memory for audit-read.
     public static let defaultRetained = 16384
+    /// Bytes of record text kept in memory for audit-read, whatever the records' count: the oldest
+    /// go first, the newest record is always kept. A record's size is the peer's to choose (its
+    /// guest id and module name are wire strings of up to 64 KiB, a control character in them
+    /// 6 bytes of JSON: one record reached ~720 KiB), so a count alone bounded nothing; the
+    /// service VM's memory budget keeps 8 MiB for everything besides bodies and facts
+    /// (MemoryBudget.reserve). ~10,000 honest records (≈ 400 bytes each).
+    public static let retainedBytes = 4 << 20
+    /// Bytes of record text waiting for the writer: beyond them, as beyond `defaultQueueCapacity`
+    /// records, the policy's `audit-overflow` applies (drop, or block then deny).
+    public static let queueBytes = 8 << 20
     /// Longest a verdict waits for queue room under `audit-overflow block`.
     public static let defaultBlockTimeoutSeconds = 5.0
     /// Most records in one audit-read reply.
@@ -45,7 +55,8 @@ public enum AuditLimits {
     /// Most record bytes in one audit-read reply (the reply's TLV headers add 6 bytes a record).
     /// One reply is what a peer on the admin port can make the service buffer per request; the
     /// admin port serves one request at a time per connection, so this bounds a connection's
-    /// pending reply bytes too. A record is a JSON line of < 1 KiB, so a page always fits one.
+    /// pending reply bytes too. A page holds at least one record (an honest one is < 1 KiB; the
+    /// request's words can make one several hundred KiB).
     public static let maximumBytesPerRead = 1 << 20
     /// Refused policy pushes recorded per second, after a burst (the rest are counted only).
     /// A refusal costs the pusher nothing (no key is needed to be refused), so unbounded they
@@ -64,6 +75,10 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     private let monitor = Monitor()
     private var queue: [String] = []
     private var ring: [(UInt64, String)] = []
+    /// Records before `ringHead` were evicted (their text released); `ringBytes` counts the rest.
+    private var ringHead = 0
+    private var ringBytes = 0
+    private var queueBytes = 0
     /// Refused-push records, retained apart (see `AuditLimits.retainedRefusedPushes`).
     private var refusedRing: [(UInt64, String)] = []
     private var _refusedPushes: UInt64 = 0
@@ -179,31 +194,49 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     private func enqueue(_ line: String, overflow: AuditOverflow, force: Bool, refusedPush: Bool = false) -> Bool {
         monitor.lock()
         defer { monitor.unlock() }
-        if !force && queue.count >= capacity {
+        let size = line.utf8.count
+        // Full by count or by bytes (an empty queue always takes one record).
+        func full() -> Bool { queue.count >= capacity || (!queue.isEmpty && queueBytes + size > AuditLimits.queueBytes) }
+        if !force && full() {
             switch overflow {
             case .drop:
                 _dropped &+= 1
                 return true
             case .block:
                 let deadline = Monitor.deadline(after: blockTimeout)
-                while queue.count >= capacity && !stopping {
+                while full() && !stopping {
                     if !monitor.wait(until: deadline) { break }
                 }
-                guard queue.count < capacity else { return false }
+                guard !full() else { return false }
             }
         }
         queue.append(line)
-        if refusedPush { refusedRing.append((nextSeq, line)) } else { ring.append((nextSeq, line)) }
+        queueBytes += size
+        if refusedPush { refusedRing.append((nextSeq, line)) } else { retain(line, size: size) }
         nextSeq &+= 1
-        if ring.count > retained * 2 {  // amortised trim
-            ring.removeFirst(ring.count - retained)
-        }
         if refusedRing.count > AuditLimits.retainedRefusedPushes * 2 {
             refusedRing.removeFirst(refusedRing.count - AuditLimits.retainedRefusedPushes)
         }
         _accepted &+= 1
         monitor.broadcast()
         return true
+    }
+
+    /// Appends a verdict record to the ring and evicts the oldest while more than `retained`
+    /// records or `AuditLimits.retainedBytes` bytes are held (the newest stays). Evicted text is
+    /// released at once; the array is compacted once half of it is evicted. Caller holds `monitor`.
+    private func retain(_ line: String, size: Int) {
+        ring.append((nextSeq, line))
+        ringBytes += size
+        while ring.count - ringHead > 1 && (ring.count - ringHead > retained || ringBytes > AuditLimits.retainedBytes) {
+            ringBytes -= ring[ringHead].1.utf8.count
+            ring[ringHead].1 = ""
+            ringHead += 1
+        }
+        if ringHead >= 1024 && ringHead * 2 >= ring.count {
+            ring.removeFirst(ringHead)
+            ringHead = 0
+        }
     }
 
     // MARK: Consumer
@@ -220,6 +253,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             }
             let batch = queue
             queue.removeAll(keepingCapacity: true)
+            queueBytes = 0
             monitor.unlock()
 
             var failed = false
@@ -284,7 +318,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     public func read(after afterSeq: UInt64, limit: Int, maximumBytes: Int = .max) -> Page {
         monitor.lock()
         defer { monitor.unlock() }
-        let keep = ring.suffix(retained)
+        let keep = ring[ringHead...]
         let keepRefused = refusedRing.suffix(AuditLimits.retainedRefusedPushes)
         let oldest = keep.first?.0 ?? nextSeq
         let n = min(max(0, limit), AuditLimits.maximumRecordsPerRead)

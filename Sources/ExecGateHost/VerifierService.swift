@@ -17,6 +17,7 @@ import ExecGateAdmin
 import ExecGatePolicy
 import ExecGateService
 import ExecGateSignature
+import ExecGateTransport
 import ExecGateVerifier
 import ExecGateWire
 import Logging
@@ -74,7 +75,10 @@ public final class VerifierService: Sendable {
             c.logger.warning("no trust anchors: every module will be denied (give --trust CERT)")
         }
         step("boot policy")
-        let verifier = Verifier(policy: policy, serverName: c.serverName)
+        // The facts budget follows the memory when the port's limits were derived from it
+        // (MemoryBudget.limits: the service VM); otherwise the registry's fixed default.
+        let factsBudget = min(GuestRegistry.defaultMaximumSymbolBytes, c.portLimits?.factsBudget ?? GuestRegistry.defaultMaximumSymbolBytes)
+        let verifier = Verifier(policy: policy, serverName: c.serverName, guests: GuestRegistry(maximumSymbolBytes: factsBudget))
         let server = VerifierServer(responder: verifier, logger: c.logger, threads: c.threads, configuration: c.portLimits)
         step("server")
 

@@ -48,6 +48,9 @@ public struct PortLimits: Sendable {
     public var idleTimeout: TimeAmount
     /// A connection whose peer stops reading replies (socket not writable) is closed after this long.
     public var writeStallTimeout: TimeAmount
+    /// Bytes of registered guests' facts (as the guest registry charges them) the service may hold;
+    /// nil = the registry's fixed default. Set by `MemoryBudget.limits` (the service VM).
+    public var factsBudget: Int? = nil
 
     public init(maximumBodySize: Int = WireLimits.defaultMaximumBodySize,
                 bufferBudget: Int? = nil,
@@ -213,24 +216,44 @@ public final class ConnectionCounter: @unchecked Sendable {
 /// What the VMM port may admit, derived from the memory the service actually has (ServiceVM/README.md,
 /// "Memory budget"). The service VM's PID 1 reads `MemAvailable` from /proc/meminfo once at start
 /// (after the initramfs is unpacked, so /init's own pages are already taken) and admits request
-/// bodies only while all of them together fit what is left:
+/// bodies and registered guests' facts only while all of them together, at what they cost in RAM,
+/// fit what is left:
 ///
-///     available ── reserve (everything else the service grows by) ── ÷ bytesPerBodyByte ──▶ buffer budget
+///     available ── reserve (everything else the service grows by) = room
+///     room = bytesPerBodyByte × buffer budget + bytesPerFactsByte × facts budget
+///
+/// Small frames come first (up to the small-frame reserve), then the facts floor (one build of a
+/// real kernel and its guests), then large bodies up to the default buffer budget; the facts
+/// budget is what is left, at most the registry's 192 MiB.
 ///
 /// A body that could never fit is refused at its header as `frame-too-large` (the maximum body
 /// shrinks with the budget); one that fits but not next to the bodies already held is refused as
 /// `unavailable` ("server busy"), at its header or, when the budget fills while it arrives, at
-/// the chunk that does not fit (what it held is given back). Either way no byte is buffered past
-/// the budget, so a large request meets a precise refusal instead of the kernel's OOM killer
-/// taking PID 1 (which would end the VM).
+/// the chunk that does not fit (what it held is given back). A registration whose facts do not fit
+/// beside those held is refused `unavailable` with the figures, before its facts are built, and
+/// nothing of it is kept (GuestRegistry). Either way nothing is held past the budget, so a large
+/// request or a hostile VMM's many builds meet a precise refusal instead of the kernel's OOM
+/// killer taking PID 1 (which would end the VM).
 public struct MemoryBudget: Sendable, Equatable {
     /// RAM one buffered body byte costs while its request is judged: the frame's buffer, plus the
     /// verifier's copies of the module and claimed bytes (decoded message, parsed ELF, comparison
     /// buffers). Measured at ≈ 1.1–1.2 (amdgpu.ko, 19.5 MB, with its ELF claim: +20–24 MiB of
     /// guest RAM); 2 leaves room for a peak the measurement missed.
     public static let bytesPerBodyByte = 2
-    /// Kept out of the budget for what the service grows by besides bodies: thread stacks, NIO's
-    /// buffers, replies, the audit ring, registered guests' facts.
+    /// RAM one byte of registered facts, as the registry charges them (names and records, plus
+    /// what each export, text symbol and static-call key is held in: ExecGateVerifier
+    /// `KernelFacts.symbolBytes`), costs: measured at ≈ 0.64–0.92 over the compositions of
+    /// `FactsBudgetTests` (short and long exported names, tracepoint key triples, short text names,
+    /// empty names; a real Debian 6.1 build 0.8), as a fraction: 3/2 leaves room over the measured.
+    public static let bytesPerFactsByte = (numerator: 3, denominator: 2)
+    /// The facts kept for before large bodies: one Debian 6.1 build (charged ≈ 6.3 MiB) and its
+    /// guests' own facts.
+    public static let factsFloor = 10 << 20
+    /// The facts budget's ceiling (the guest registry's fixed default, ExecGateVerifier
+    /// `GuestRegistry.defaultMaximumSymbolBytes`).
+    public static let factsCeiling = 192 << 20
+    /// Kept out of the budget for what the service grows by besides bodies and facts: thread
+    /// stacks, NIO's buffers, replies, the audit ring.
     public static let reserve = 8 << 20
 
     /// `MemAvailable` at start, bytes.
@@ -249,22 +272,46 @@ public struct MemoryBudget: Sendable, Equatable {
         return nil
     }
 
-    /// Bytes of request bodies all connections may buffer together.
-    public var bufferBudget: Int { max(0, availableBytes - MemoryBudget.reserve) / MemoryBudget.bytesPerBodyByte }
+    /// What is left for bodies and facts at their cost.
+    public var room: Int { max(0, availableBytes - MemoryBudget.reserve) }
 
-    /// `base` narrowed to this budget: the buffer budget never exceeds what memory holds; the
-    /// largest body is what the budget holds beside the small-frame reserve (`BufferBudget`'s large
-    /// limit), but small frames stay admissible while the budget holds one (never more than `base`'s).
+    /// RAM `facts` bytes of registered facts cost (rounded up).
+    public static func factsCost(_ facts: Int) -> Int {
+        (facts * bytesPerFactsByte.numerator + bytesPerFactsByte.denominator - 1) / bytesPerFactsByte.denominator
+    }
+
+    /// Bytes of request bodies all connections may buffer together, at most `base`: the small-frame
+    /// reserve first, then large bodies only beside the facts floor.
+    public func bufferBudget(base: Int = PortLimits().bufferBudget) -> Int {
+        let all = room / MemoryBudget.bytesPerBodyByte
+        let small = min(all, TransportLimits.smallFrameReserve)
+        let besideFacts = max(0, room - MemoryBudget.factsCost(MemoryBudget.factsFloor)) / MemoryBudget.bytesPerBodyByte
+        return min(base, max(small, besideFacts))
+    }
+
+    /// Bytes of facts the registry may hold beside `bodies` bytes of buffered request bodies: what
+    /// is left of the room at its cost, at most the ceiling.
+    public func factsBudget(besideBodies bodies: Int) -> Int {
+        let left = max(0, room - MemoryBudget.bytesPerBodyByte * bodies)
+        return min(MemoryBudget.factsCeiling, left * MemoryBudget.bytesPerFactsByte.denominator / MemoryBudget.bytesPerFactsByte.numerator)
+    }
+
+    /// `base` narrowed to this budget: the buffer budget never exceeds what memory holds beside the
+    /// facts floor; the largest body is what the budget holds beside the small-frame reserve
+    /// (`BufferBudget`'s large limit), but small frames stay admissible while the budget holds one
+    /// (never more than `base`'s); the facts budget is what the bodies leave.
     public func limits(narrowing base: PortLimits = PortLimits()) -> PortLimits {
         var l = base
-        l.bufferBudget = min(base.bufferBudget, bufferBudget)
+        l.bufferBudget = bufferBudget(base: base.bufferBudget)
         let large = l.bufferBudget - TransportLimits.smallFrameReserve
         l.maximumBodySize = max(0, min(base.maximumBodySize, max(large, min(base.smallFrameSize, l.bufferBudget))))
+        l.factsBudget = min(base.factsBudget ?? MemoryBudget.factsCeiling, factsBudget(besideBodies: l.bufferBudget))
         return l
     }
 
     /// One line for the console and logs.
     public func summary(_ l: PortLimits) -> String {
         "memory available \(availableBytes >> 20) MiB: request bodies up to \(l.bufferBudget >> 20) MiB in all, largest body \(l.maximumBodySize) bytes"
+            + (l.factsBudget.map { ", registered facts up to \($0 >> 20) MiB" } ?? "")
     }
 }

@@ -653,8 +653,10 @@ struct GuestKey: Hashable {
 public final class GuestRegistry: @unchecked Sendable {
     /// One sidecar serves one host's guests; a few hundred is the deployment's scale.
     public static let defaultMaximumGuests = 512
-    /// A Debian 6.1 registration is ~3 MiB of symbol records (≈ 100,000 symbols); 192 MiB holds
-    /// 64 different builds (the wire's own cap of 1,048,576 symbols per registration still applies).
+    /// A Debian 6.1 registration is charged ~6.3 MiB (94,266 core symbols: `KernelFacts.symbolBytes`,
+    /// names, records, exports, text symbols, static-call keys); 192 MiB holds 30 different builds (the wire's own cap
+    /// of 1,048,576 symbols per registration still applies). The ceiling: the service VM derives
+    /// its budget from the memory it has (ExecGateTransport `MemoryBudget.factsBudget`), at most this.
     public static let defaultMaximumSymbolBytes = 192 << 20
 
     // @unchecked: `guests`, `guestBytes`, `builds` are guarded by `lock`.

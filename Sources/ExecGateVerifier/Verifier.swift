@@ -37,15 +37,18 @@ public final class Verifier: @unchecked Sendable {
     // @unchecked: `policy` is guarded by `lock`; everything else is immutable or itself thread-safe.
     private let lock = NIOLock()
     private var _policy: Policy
-    public let guests = GuestRegistry()
+    /// Registered guests; the service VM bounds their facts by its memory (VerifierService.start).
+    public let guests: GuestRegistry
     public let serverName: String
     /// The end-state judge (the explanation engine).
     public let endState: EndStateJudge
     /// Backing store of `auditSink` (see the audit hook below).
     let auditSinkBox = NIOLockedValueBox<(any VerdictAuditSink)?>(nil)
 
-    public init(policy: Policy, serverName: String = "execgate", endState: EndStateJudge = ExplainerJudge()) {
+    public init(policy: Policy, serverName: String = "execgate", endState: EndStateJudge = ExplainerJudge(),
+                guests: GuestRegistry = GuestRegistry()) {
         self._policy = policy
+        self.guests = guests
         self.serverName = serverName
         self.endState = endState
     }

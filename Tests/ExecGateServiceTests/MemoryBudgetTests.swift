@@ -33,14 +33,28 @@ final class MemoryBudgetTests: XCTestCase {
         let roomy = MemoryBudget(availableBytes: 96 << 20).limits()
         XCTAssertEqual(roomy.bufferBudget, defaults.bufferBudget)
         XCTAssertEqual(roomy.maximumBodySize, defaults.maximumBodySize)
-        // (available − 8 MiB reserve) / 2 = 20 MiB of bodies: the largest is 20 − 8 (small reserve) = 12 MiB.
-        let small = MemoryBudget(availableBytes: 48 << 20).limits()
-        XCTAssertEqual(small.bufferBudget, 20 << 20)
-        XCTAssertEqual(small.maximumBodySize, 12 << 20)
+        // 88 MiB of room: facts get what the 36 MiB of bodies (72 MiB at 2×) leave, 16 MiB at 3/2.
+        XCTAssertEqual(roomy.factsBudget, (16 << 20) * 2 / 3)
+        // (available − 8 MiB reserve − the facts floor at its cost, 15 MiB) / 2 = 16 MiB of
+        // bodies: the largest is 16 − 8 (small reserve) = 8 MiB; the facts get the floor, 10 MiB.
+        let small = MemoryBudget(availableBytes: 55 << 20).limits()
+        XCTAssertEqual(small.bufferBudget, 16 << 20)
+        XCTAssertEqual(small.maximumBodySize, 8 << 20)
+        XCTAssertEqual(small.factsBudget, 10 << 20)
+        // The default 128 MiB service VM (MemAvailable 89 MiB): 33 MiB of bodies, largest 25 MiB
+        // (amdgpu.ko with its ELF claim needs ≤ 24.6 MiB), 10 MiB of facts.
+        let vm = MemoryBudget(availableBytes: 89 << 20).limits()
+        XCTAssertEqual(vm.bufferBudget, 33 << 20)
+        XCTAssertEqual(vm.maximumBodySize, 25 << 20)
+        XCTAssertEqual(vm.factsBudget, 10 << 20)
+        // A 256 MiB VM keeps the default bodies and gives the rest to facts; a host the ceiling.
+        XCTAssertEqual(MemoryBudget(availableBytes: 217 << 20).limits().factsBudget, (137 << 20) * 2 / 3)
+        XCTAssertEqual(MemoryBudget(availableBytes: 8 << 30).limits().factsBudget, 192 << 20)
         // Too little for a large body: small frames (≤ 1 MiB) stay admissible while 1 MiB fits.
         let tiny = MemoryBudget(availableBytes: 12 << 20).limits()
         XCTAssertEqual(tiny.bufferBudget, 2 << 20)
         XCTAssertEqual(tiny.maximumBodySize, 1 << 20)
+        XCTAssertEqual(tiny.factsBudget, 0)
         let none = MemoryBudget(availableBytes: 4 << 20).limits()
         XCTAssertEqual(none.bufferBudget, 0)
         XCTAssertEqual(none.maximumBodySize, 0)
@@ -51,11 +65,14 @@ final class MemoryBudgetTests: XCTestCase {
             XCTAssertGreaterThanOrEqual(l.bufferBudget, last.bufferBudget)
             XCTAssertGreaterThanOrEqual(l.maximumBodySize, last.maximumBodySize)
             XCTAssertLessThanOrEqual(l.maximumBodySize, l.bufferBudget)
+            // Bodies and facts at their cost never exceed what is left beside the reserve.
+            let memory = MemoryBudget(availableBytes: mib << 20)
+            XCTAssertLessThanOrEqual(MemoryBudget.bytesPerBodyByte * l.bufferBudget + MemoryBudget.factsCost(l.factsBudget ?? 0), memory.room, "\(mib) MiB")
             last = l
         }
     }
 
-    /// A server with a 48 MiB guest's limits advertises its largest body in hello, refuses a 13 MiB
+    /// A server with a 55 MiB guest's limits advertises its largest body in hello, refuses a 9 MiB
     /// body at its header (before buffering it) with a precise frame-too-large, then still judges
     /// a real module and answers status.
     func testNarrowedServerRefusesWhatItCannotHold() async throws {
@@ -63,18 +80,18 @@ final class MemoryBudgetTests: XCTestCase {
         policy.endState = .signatureOnly
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        let limits = MemoryBudget(availableBytes: 48 << 20).limits()
+        let limits = MemoryBudget(availableBytes: 55 << 20).limits()
         let server = VerifierServer(responder: Verifier(policy: policy), logger: logger, threads: 2, configuration: limits)
         let endpoint = Endpoint.unix(path: Fixtures.temporaryDirectory() + "/execgate.sock")
         try await server.bind(endpoint)
         let c = try await ExecGateClient.connect(to: endpoint)
         // hello tells the VMM the port's real limit, not the protocol default.
         let hello = try await c.hello(clientName: "test")
-        XCTAssertEqual(hello.maximumBodySize, UInt32(12 << 20))
-        let big = try await c.sendFrame(Frame(type: .authorizeModule, requestID: 1, body: ByteBuffer(repeating: 0, count: 13 << 20)))
+        XCTAssertEqual(hello.maximumBodySize, UInt32(8 << 20))
+        let big = try await c.sendFrame(Frame(type: .authorizeModule, requestID: 1, body: ByteBuffer(repeating: 0, count: 9 << 20)))
         guard case .error(let e) = big else { await c.close(); await server.shutdown(); return XCTFail("expected a refusal, got \(big)") }
         XCTAssertEqual(e.code, .frameTooLarge)
-        XCTAssertTrue(e.message.contains("\(12 << 20)"), e.message)
+        XCTAssertTrue(e.message.contains("\(8 << 20)"), e.message)
         let module = try Fixtures.readFile(try Fixtures.module(named: "vsock.ko"))
         let v = try await c.authorize(AuthorizeModule(module: ByteBuffer(bytes: module)))
         XCTAssertEqual(v.decision, .allow, v.message)

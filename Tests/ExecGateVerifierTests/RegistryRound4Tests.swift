@@ -23,8 +23,9 @@ final class RegistryRound4Tests: XCTestCase {
     /// default budget (GuestRegistry.defaultMaximumSymbolBytes, 192 MiB counted, fixed) is then
     /// ≈ 500 MiB in a 256 MiB service VM whose MemoryBudget keeps only an 8 MiB reserve for
     /// "registered guests' facts": a VMM registering ~70 distinct builds can bring the OOM killer
-    /// to PID 1. Not fixed in round 4 (the registry budget would have to follow MemAvailable as
-    /// the body budget does: Verifier's registry is built with the fixed default).
+    /// to PID 1. Fixed in round 5: the charge follows what a copy holds (exports, text symbols,
+    /// static-call keys) and the service VM's budget follows MemAvailable beside the body budget
+    /// (ExecGateServiceTests `FactsBudgetTests`, `MemoryBudget.factsBudget`).
     func testRegistryMemoryAgainstItsCountedBytes() {
         let registry = GuestRegistry(maximumGuests: 512, maximumSymbolBytes: 64 << 20)
         let before = rss()
