@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Hostile input round 5 on the policy language (docs/policy.md, "The language"): "Control
+// characters, CR and NUL are refused: a signature covers exact bytes, and two readers must never
+// see different texts", and "A policy that says something ExecGate would ignore never loads".
+
+import ExecGatePolicy
+import ExecGateTestSupport
+import XCTest
+
+final class PolicyRound5Tests: XCTestCase {
+    private func parse(_ lines: [String]) throws -> Policy {
+        let text = (["execgate-policy 1", "id p", "version 3", "mode enforce", "trust kernel-builtin", "modules allow"] + lines)
+            .joined(separator: "\n") + "\n"
+        return try PolicyParser.parse(Array(text.utf8), file: "p.policy", builtinAnchors: try Fixtures.debianCertificates())
+    }
+
+    /// HOLE (round 5): only C0 controls and DEL were refused. A comment holding U+2028 LINE
+    /// SEPARATOR, U+2029 PARAGRAPH SEPARATOR or U+0085 NEXT LINE (a C1 control) loaded, and so
+    /// did the bidirectional overrides of "Trojan Source" (CVE-2021-42574): a Unicode-aware
+    /// viewer (editors, a review page, JavaScript) shows `# reviewed⏎modules deny for guest
+    /// quarantined-7` as a comment and a deny rule, the parser saw one comment: the reviewer read
+    /// a rule ExecGate ignores. The audit trail already escapes the same characters
+    /// (DocAttack3AuditTests); the policy text now refuses them, with line and column.
+    func testLineSeparatorsC1ControlsAndBidiOverridesAreRefused() throws {
+        for (scalar, name) in [("\u{2028}", "LINE SEPARATOR"), ("\u{2029}", "PARAGRAPH SEPARATOR"), ("\u{85}", "NEXT LINE"),
+                               ("\u{9B}", "CSI"), ("\u{202E}", "RIGHT-TO-LEFT OVERRIDE"), ("\u{2066}", "LEFT-TO-RIGHT ISOLATE"),
+                               ("\u{200F}", "RIGHT-TO-LEFT MARK"), ("\u{61C}", "ARABIC LETTER MARK")] {
+            XCTAssertThrowsError(try parse(["# reviewed by ops" + scalar + "modules deny for guest quarantined-7"]), name) { e in
+                XCTAssertTrue("\(e)".hasPrefix("p.policy:7:18: error:"), "\(name): \(e)")
+                XCTAssertTrue("\(e)".contains("[policy.encoding]"), "\(name): \(e)")
+            }
+        }
+    }
+
+    /// Failed attack kept: other non-ASCII text in comments (a reviewer's name, a ZWJ emoji)
+    /// still loads: it cannot change what any reader takes for a line or its order.
+    func testOrdinaryUnicodeCommentsStillLoad() throws {
+        XCTAssertNoThrow(try parse(["# Grüße, Zoë — 👩‍💻 ünïcödé", "text-patches allow  # ok ✓"]))
+    }
+}
