@@ -83,4 +83,55 @@ final class CLIRound5Tests: XCTestCase {
         let given = run(["vm", "status", "--name", "nobody", "--state-dir", dir], extraEnvironment: [env], seconds: 30)
         XCTAssertEqual(given.status, 3, given.stderr)
     }
+
+    /// A copy of the fixture corpus whose load-order.txt has `line` in place of irqbypass's.
+    func corpus(irqbypassAs line: String, moveTo: String? = nil) throws -> String {
+        let root = dir + "/corpus"
+        XCTAssertEqual(Fixtures.run("/bin/rm", ["-rf", root]).status, 0)
+        let r = Fixtures.run("/bin/cp", ["-r", Self.fixtureCorpus, root])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        if let moveTo {
+            XCTAssertEqual(mkdir(root + "/" + moveTo, 0o755), 0)
+            XCTAssertEqual(rename(root + "/nokaslr-a/irqbypass", root + "/" + moveTo + "/irqbypass"), 0)
+        }
+        let order = String(decoding: try Fixtures.readFile(root + "/load-order.txt"), as: UTF8.self)
+        let lines = order.split(separator: "\n").map { $0 == "irqbypass" ? line : String($0) }
+        XCTAssertTrue(lines.contains(line), order)
+        try Fixtures.writeFile(root + "/load-order.txt", Array((lines.joined(separator: "\n") + "\n").utf8))
+        return root + "/nokaslr-a"
+    }
+
+    /// HOLE (round 5): load-order.txt names the modules, and each module's files are
+    /// `<boot>/<m>/` (docs/capture.md, "Output"), but a name was pasted into the path as written:
+    /// `../elsewhere/irqbypass` read a module directory outside the capture and `explain` printed
+    /// `allow ../elsewhere/irqbypass` (exit 0), a verdict for a "module" whose name the kernel
+    /// could never load (a module name holds no '/': it is `struct module`'s name, printable
+    /// ASCII, at most MODULE_NAME_LEN − 1 = 55 bytes). Now a load-order word that is not such a
+    /// name is invalid input (exit 2), naming load-order.txt, for `explain` and `policy test`.
+    func testLoadOrderNamesArePlainModuleNamesNotPaths() throws {
+        let boot = try corpus(irqbypassAs: "../elsewhere/irqbypass", moveTo: "elsewhere")
+        let e = run(["explain", boot, "--json"], seconds: 60)
+        XCTAssertEqual(e.status, 2, e.stdout + e.stderr)
+        XCTAssertTrue(e.stderr.contains("load-order.txt"), e.stderr)
+        XCTAssertFalse(e.stdout.contains("elsewhere"), e.stdout)
+        let cert = dir + "/kernel.pem"
+        try Fixtures.writeFile(cert, Array(try Fixtures.debianCertificates()[0].pem.utf8))
+        let t = run(["policy", "test", "--policy", Fixtures.packageRoot + "/ServiceVM/policies/default.policy", "--trust", cert, boot], seconds: 60)
+        XCTAssertEqual(t.status, 2, t.stdout + t.stderr)
+        XCTAssertTrue(t.stderr.contains("load-order.txt"), t.stderr)
+        for bad in ["..", ".", "/tmp/irqbypass", String(repeating: "m", count: 56)] {
+            let b = try corpus(irqbypassAs: bad)
+            let r = run(["explain", b], seconds: 60)
+            XCTAssertEqual(r.status, 2, "\(bad): \(r.stdout) \(r.stderr)")
+        }
+    }
+
+    /// Failed attack kept: an honest load order (names with '-', which the reader maps to '_' as
+    /// the kernel does) still explains every module.
+    func testHonestLoadOrderStillExplains() throws {
+        let boot = try corpus(irqbypassAs: "irqbypass")
+        let r = run(["explain", boot], seconds: 60)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("explained 9 of 9 modules"), r.stdout)
+    }
 }
