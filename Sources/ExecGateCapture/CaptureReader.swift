@@ -105,6 +105,13 @@ public struct CaptureBoot {
             guard let w = l.split(separator: " ").first else { return nil }
             return String(w.map { $0 == "-" ? "_" : $0 })
         }
+        // Each name is a directory of this boot (`<boot>/<m>/`, docs/capture.md), and a module's
+        // name is `struct module`'s: printable ASCII, at most MODULE_NAME_LEN − 1 = 55 bytes, never
+        // a path. `../x` read a module outside the capture and got a verdict under that "name".
+        for name in order where !Self.isModuleName(name) {
+            let shown = name.utf8.map { $0 >= 0x20 && $0 < 0x7F ? String(UnicodeScalar($0)) : "\\x" + String($0, radix: 16) }.joined()
+            throw CaptureError(path: orderPath, reason: "'\(shown)' is not a module name (printable ASCII, at most 55 bytes, no '/', not '.' or '..'): each module is a directory of the boot")
+        }
 
         // Trusted facts come from the same register-guest message a VMM would send, turned into
         // the engine's GuestFacts by the verifier's own builder: offline replay and served
@@ -130,6 +137,12 @@ public struct CaptureBoot {
             percpu[String(f[3].dropFirst().dropLast()), default: [:]][String(f[2])] = a
         }
         return CaptureBoot(dir: dir, facts: facts, coreExports: exports, loadOrder: order, percpuSymbols: percpu, probeTargets: probes)
+    }
+
+    /// A load-order word that can name a module directory of the boot.
+    static func isModuleName(_ name: String) -> Bool {
+        let b = Array(name.utf8)
+        return (1...55).contains(b.count) && b.allSatisfy { $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") } && name != "." && name != ".."
     }
 
     /// The signed module bytes and the guest's claim for one module.
