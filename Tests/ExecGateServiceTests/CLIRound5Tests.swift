@@ -134,4 +134,30 @@ final class CLIRound5Tests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("explained 9 of 9 modules"), r.stdout)
     }
+
+    /// HOLE (round 5): docs/policy.md: `deny module-name NAME` is "at most 55 bytes
+    /// (`MODULE_NAME_LEN` − 1: a longer name is no module's, refused)", and names are
+    /// `[A-Za-z0-9._-]`; the built-in policy's `--deny-name` (serve, verify) took any word: a
+    /// 56-byte name, an empty one or `vsock diag` loaded a deny rule no module can ever match,
+    /// and the command went on (the module allowed, exit 0). Now the same rule as the policy
+    /// language: a usage error (exit 2) naming --deny-name.
+    func testDenyNamesNoModuleCanHaveAreUsageErrors() throws {
+        let cert = dir + "/kernel.pem"
+        try Fixtures.writeFile(cert, Array(try Fixtures.debianCertificates()[0].pem.utf8))
+        let ko = Self.fixtureCorpus + "/nokaslr-a/irqbypass/irqbypass.ko"
+        for bad in [String(repeating: "a", count: 56), "", "vsock diag", "vsock/diag", "vs\u{0301}ock"] {
+            let r = run(["verify", "module", ko, "--trust", cert, "--signature-only", "--deny-name", bad, "--json"], seconds: 30)
+            XCTAssertEqual(r.status, 2, "'\(bad)': \(r.stdout) \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("--deny-name"), r.stderr)
+            XCTAssertEqual(r.stdout, "", "'\(bad)'")
+        }
+        // 55 bytes, and '-' for '_', still load (the second denies ip6_udp_tunnel by name).
+        let longest = run(["verify", "module", ko, "--trust", cert, "--signature-only", "--deny-name", String(repeating: "a", count: 55)], seconds: 30)
+        XCTAssertEqual(longest.status, 0, longest.stderr)
+        let tunnel = Self.fixtureCorpus + "/nokaslr-a/ip6_udp_tunnel/ip6_udp_tunnel.ko"
+        let denied = run(["verify", "module", tunnel, "--trust", cert, "--signature-only", "--deny-name", "ip6-udp-tunnel", "--json"], seconds: 30)
+        XCTAssertEqual(denied.status, 1, denied.stderr)
+        XCTAssertTrue(denied.stdout.contains("deny.module-name"), denied.stdout)
+    }
 }
+
