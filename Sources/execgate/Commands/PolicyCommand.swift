@@ -33,9 +33,10 @@ enum PolicyFiles {
         if bytes.starts(with: PolicyBundle.magic) {
             if let adminCert {
                 let admin = try CertificateFiles.loadOne(adminCert)
-                return try PolicyBundle.open(bytes, admin: admin, file: path, builtinAnchors: builtinAnchors)
+                do { return try PolicyBundle.open(bytes, admin: admin, file: path, builtinAnchors: builtinAnchors) } catch { throw error.naming(path) }
             }
-            let parts = try PolicyBundle.split(bytes)
+            let parts: PolicyBundle.Parts
+            do { parts = try PolicyBundle.split(bytes) } catch { throw error.naming(path) }
             return try PolicyParser.parse(parts.policy, file: path, builtinAnchors: builtinAnchors)
         }
         // A signature to verify was asked for, and a text carries none (the admin port refuses it).
