@@ -4,6 +4,8 @@
 // characters, CR and NUL are refused: a signature covers exact bytes, and two readers must never
 // see different texts", and "A policy that says something ExecGate would ignore never loads".
 
+import _ExecGateInternals
+import ExecGateAdmin
 import ExecGatePolicy
 import ExecGateTestSupport
 import XCTest
@@ -37,5 +39,34 @@ final class PolicyRound5Tests: XCTestCase {
     /// still loads: it cannot change what any reader takes for a line or its order.
     func testOrdinaryUnicodeCommentsStillLoad() throws {
         XCTAssertNoThrow(try parse(["# Grüße, Zoë — 👩‍💻 ünïcödé", "text-patches allow  # ok ✓"]))
+    }
+
+    /// HOLE (round 5): docs/policy.md, "Audit": every verdict and policy change "is one JSON
+    /// line". `serve --audit FILE` appends, and a previous writer killed mid-record (SIGKILL, power
+    /// loss, a full disk) leaves a last line without its newline: the next service's first record
+    /// (its boot `policy-activated`) was glued onto that fragment, so a JSON-lines reader lost it
+    /// as one invalid line. Now an audit file that does not end in a newline is first given one:
+    /// the fragment stays a line of its own (evidence of the crash), and every new record is a
+    /// line.
+    func testAnAuditFileLeftMidRecordDoesNotSwallowTheNextRecord() throws {
+        let path = Fixtures.temporaryDirectory() + "/audit.jsonl"
+        let fragment = "{\"time\":\"2026-12-03T07:00:00.000Z\",\"event\":\"verdict\",\"gue"
+        try Fixtures.writeFile(path, Array(("{\"event\":\"old\"}\n" + fragment).utf8))
+        let text = "execgate-policy 1\nid p\nversion 3\nmode enforce\ntrust kernel-builtin\nmodules allow\n"
+        let policy = try PolicyParser.parse(Array(text.utf8), file: "p.policy")
+        for round in 0..<2 {
+            let log = try AuditLog.appending(to: path)
+            log.recordPolicyEvent("policy-activated", policy: policy, previous: nil, detail: "boot \(round)")
+            log.close()
+        }
+        let lines = String(decoding: try Fixtures.readFile(path), as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+        // old, fragment, two records, and the final newline's empty tail
+        guard lines.count == 5 else { return XCTFail("\(lines.count) lines: \(lines)") }
+        XCTAssertEqual(lines[1], Substring(fragment))
+        for i in [0, 2, 3] {
+            XCTAssertNoThrow(try JSONReader.parse(Array(lines[i].utf8)), "line \(i + 1): \(lines[i])")
+        }
+        XCTAssertTrue(lines[2].contains("boot 0") && lines[3].contains("boot 1"), "\(lines)")
+        XCTAssertEqual(lines[4], "")
     }
 }
