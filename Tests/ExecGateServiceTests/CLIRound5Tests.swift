@@ -200,4 +200,26 @@ final class CLIRound5Tests: XCTestCase {
         let ok = run(["policy", "check", good, "--trust", cert, "--admin-cert", admin], seconds: 30)
         XCTAssertEqual(ok.status, 0, ok.stderr)
     }
+
+    /// HOLE (round 5): every capture file was read whole under a 1 GiB bound, the small text files
+    /// too (docs/capture.md: "reading one is reading untrusted input"): a sparse 300 MiB
+    /// `cpus.txt` (NUL bytes, no disk) made `explain` of the 9-module fixture hold ~940 MB and run
+    /// for over four minutes, then exit 0. Now each file has a bound its kind can need (1 MiB for
+    /// load-order.txt, cpus.txt, slide.txt, cmdline.txt, … and the two CPU-state dumps; 64 MiB
+    /// for kallsyms.txt, ~10× a 6.1 kernel's with modules): a larger one is invalid input (exit
+    /// 2) naming it, refused from its size before it is read.
+    func testOversizedCaptureFilesAreRefusedFromTheirSize() throws {
+        for (file, size) in [("nokaslr-a/cpus.txt", off_t(300 << 20)), ("load-order.txt", off_t(300 << 20)),
+                             ("nokaslr-a/slide.txt", off_t(300 << 20)), ("nokaslr-a/kallsyms.txt", off_t(600 << 20))] {
+            let boot = try corpus(irqbypassAs: "irqbypass")
+            let path = dir + "/corpus/" + file
+            XCTAssertEqual(truncate(path, size), 0, path)
+            let t0 = MonotonicClock.seconds()
+            let r = run(["explain", boot, "--json"], seconds: 15)
+            XCTAssertEqual(r.status, 2, "\(file): killed (nil) or judged: \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(String(file.split(separator: "/").last!)), "\(file): \(r.stderr)")
+            XCTAssertEqual(r.stdout, "", file)
+            XCTAssertLessThan(MonotonicClock.seconds() - t0, 5, file)
+        }
+    }
 }
