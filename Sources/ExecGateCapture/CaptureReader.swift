@@ -38,7 +38,31 @@ func readFile(_ path: String, limit: Int = 1 << 30) throws -> [UInt8] {
     do { return try Files.read(path, limit: limit) } catch { throw CaptureError(path: path, reason: "\(error)") }
 }
 
-func readText(_ path: String) throws -> String { String(decoding: try readFile(path), as: UTF8.self) }
+func readText(_ path: String) throws -> String { String(decoding: try readFile(path, limit: CaptureLimits.smallFile), as: UTF8.self) }
+
+/// A small capture file that may be absent (nil only when it does not exist: a file that is there
+/// but too large, not regular or unreadable is invalid input, not "absent").
+func readOptionalText(_ path: String) throws -> String? {
+    try readOptionalFile(path).map { String(decoding: $0, as: UTF8.self) }
+}
+
+/// The same for bytes (a small file: `CaptureLimits.smallFile`).
+func readOptionalFile(_ path: String) throws -> [UInt8]? {
+    var st = stat()
+    if lstat(path, &st) != 0 && errno == ENOENT { return nil }
+    return try readFile(path, limit: CaptureLimits.smallFile)
+}
+
+/// Bounds on capture files by kind (a capture is untrusted input: each is refused from its size
+/// before it is read). The largest seen: kallsyms.txt 6.4 MB (6.1 with 103 modules), the small
+/// text files and CPU-state dumps a few KiB.
+public enum CaptureLimits {
+    /// load-order.txt, cpus.txt, slide.txt, kvars.txt, cmdline.txt, vulnerabilities.txt,
+    /// uname.txt, boot_cpu_data.bin, pv_ops.bin.
+    public static let smallFile = 1 << 20
+    /// kallsyms.txt: ~10× a Debian 6.1 kernel's with a hundred modules.
+    public static let kallsyms = 64 << 20
+}
 
 
 func fileExists(_ path: String) -> Bool { access(path, R_OK) == 0 }
@@ -129,7 +153,7 @@ public struct CaptureBoot {
         // per-cpu base claim (checked by the engine like any other claimed address).
         var percpu: [String: [String: UInt64]] = [:]
         var probes: [String: UInt64] = [:]
-        let ks = try readFile(dir + "/kallsyms.txt")
+        let ks = try readFile(dir + "/kallsyms.txt", limit: CaptureLimits.kallsyms)
         for line in String(decoding: ks, as: UTF8.self).split(whereSeparator: \.isNewline) {
             let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             if f.count == 3, Self.probeNames.contains(String(f[2])), probes[String(f[2])] == nil, let a = UInt64(f[0], radix: 16) { probes[String(f[2])] = a }
