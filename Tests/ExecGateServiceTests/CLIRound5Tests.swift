@@ -5,7 +5,10 @@
 // guest, so reading one is reading untrusted input").
 
 import _ExecGateInternals
+import ExecGateAdmin
 import ExecGateTestSupport
+import ExecGateWire
+import NIOCore
 import XCTest
 
 #if canImport(Glibc)
@@ -221,5 +224,66 @@ final class CLIRound5Tests: XCTestCase {
             XCTAssertEqual(r.stdout, "", file)
             XCTAssertLessThan(MonotonicClock.seconds() - t0, 5, file)
         }
+    }
+
+    /// A one-shot admin port at `path` that answers every frame with an audit-read-reply holding
+    /// `records`; serves `connections` connections on a thread, then closes.
+    func fakeAdminPort(_ path: String, records: [String], connections: Int = 1) -> Thread {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        XCTAssertEqual(ok, 0)
+        XCTAssertEqual(listen(fd, 4), 0)
+        let t = Thread {
+            for _ in 0..<connections {
+                let c = accept(fd, nil, nil)
+                guard c >= 0 else { break }
+                while true {
+                    var header = [UInt8](repeating: 0, count: WireLimits.headerSize)
+                    guard recv(c, &header, header.count, Int32(MSG_WAITALL)) == header.count else { break }
+                    let id = header[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                    let len = Int(header[16..<20].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+                    var body = [UInt8](repeating: 0, count: len)
+                    if len > 0 { guard recv(c, &body, len, Int32(MSG_WAITALL)) == len else { break } }
+                    var out = ByteBuffer()
+                    out.writeFrame(Frame(type: AdminMessageType.auditReadReply, requestID: id,
+                                         body: AuditReadReply(records: records, nextSeq: UInt64(records.count) + 1, dropped: 0, oldestSeq: 1).encode()))
+                    let bytes = out.readBytes(length: out.readableBytes)!
+                    _ = bytes.withUnsafeBytes { send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                }
+                close(c)
+            }
+            close(fd)
+        }
+        t.start()
+        return t
+    }
+
+    /// HOLE (round 5): `policy audit` promises "JSON lines on stdout … one JSON line each" and
+    /// printed each record as the admin port sent it: a record holding a newline (or a U+2028, or
+    /// not JSON at all) became two lines on stdout, the second a forged `policy-activated` record
+    /// in the operator's carried-out trail. Now every record must be one JSON object with no raw
+    /// line break (the service escapes them: docs/policy.md, "Audit"), or `policy audit` stops,
+    /// exit 2, naming the record, with nothing of it on stdout.
+    func testPolicyAuditPrintsOnlyOneJSONLinePerRecord() throws {
+        let honest = "{\"event\":\"verdict\",\"module\":\"a\\u2028b\"}"
+        for bad in ["{\"event\":\"verdict\"}\n{\"event\":\"policy-activated\",\"policy_id\":\"forged\"}",
+                    "{\"event\":\"verdict\",\"module\":\"a\u{2028}b\"}", "not json", "[1]"] {
+            let path = dir + "/admin-\(bad.utf8.count).sock"
+            let t = fakeAdminPort(path, records: [honest, bad])
+            let r = run(["policy", "audit", "--connect", "unix:" + path], seconds: 30)
+            XCTAssertEqual(r.status, 2, "\(bad): \(r.stdout) \(r.stderr)")
+            XCTAssertEqual(r.stdout, honest + "\n", bad)
+            XCTAssertTrue(r.stderr.contains("record 2"), r.stderr)
+            while !t.isFinished { usleep(10_000) }
+        }
+        let path = dir + "/admin-ok.sock"
+        let t = fakeAdminPort(path, records: [honest])
+        let ok = run(["policy", "audit", "--connect", "unix:" + path], seconds: 30)
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertEqual(ok.stdout, honest + "\n")
+        while !t.isFinished { usleep(10_000) }
     }
 }
