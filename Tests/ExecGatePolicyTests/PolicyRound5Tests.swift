@@ -69,4 +69,38 @@ final class PolicyRound5Tests: XCTestCase {
         XCTAssertTrue(lines[2].contains("boot 0") && lines[3].contains("boot 1"), "\(lines)")
         XCTAssertEqual(lines[4], "")
     }
+
+    /// Failed attacks kept (round 5), each refused with its position or harmless by design: a
+    /// byte-order mark before the header (header error at 1:1), an `include` line (unknown
+    /// keyword), a version past 2⁶⁴−1, NUL and CR inside a comment, a line of 4097 bytes and a
+    /// second header. Accepted as
+    /// harmless: `version 007` is version 7 (one value, whatever a reader's habits), and a `pin`
+    /// repeated in other letter case is one pin (hex digits name one digest; a set, nothing
+    /// ignored).
+    func testRound5FailedAttacksOnTheLanguage() throws {
+        let head = "execgate-policy 1\nid p\nversion 3\nmode enforce\ntrust kernel-builtin\nmodules allow\n"
+        func fails(_ text: [UInt8], _ position: String, file: StaticString = #filePath, line: UInt = #line) {
+            XCTAssertThrowsError(try PolicyParser.parse(text, file: "p.policy"), file: file, line: line) { e in
+                XCTAssertTrue("\(e)".hasPrefix("p.policy:" + position + ": error:"), "\(e)", file: file, line: line)
+            }
+        }
+        fails([0xEF, 0xBB, 0xBF] + Array(head.utf8), "1:1")
+        fails(Array((head + "include other.policy\n").utf8), "7:1")
+        fails(Array(head.replacingVersion("18446744073709551616").utf8), "3:9")
+        fails(Array((head + "# a\u{0}b\n").utf8), "7:4")
+        fails(Array((head + "# a\rb\n").utf8), "7:4")
+        fails(Array((head + "#" + String(repeating: "x", count: 4096) + "\n").utf8), "7:4097")
+        fails(Array((head + "execgate-policy 1\n").utf8), "7:1")
+        let seven = try PolicyParser.parse(Array(head.replacingVersion("007").utf8), file: "p.policy")
+        XCTAssertEqual(seven.version, 7)
+        let pin = String(repeating: "ab", count: 32)
+        let pinned = try PolicyParser.parse(Array((head + "pin sha256:\(pin)\npin sha256:\(pin.uppercased())\n").utf8), file: "p.policy")
+        XCTAssertEqual(pinned.pinnedModules.count, 1)
+    }
+}
+
+private extension String {
+    func replacingVersion(_ v: String) -> String {
+        split(separator: "\n", omittingEmptySubsequences: false).map { $0 == "version 3" ? "version " + v : String($0) }.joined(separator: "\n")
+    }
 }
