@@ -286,4 +286,31 @@ final class CLIRound5Tests: XCTestCase {
         XCTAssertEqual(ok.stdout, honest + "\n")
         while !t.isFinished { usleep(10_000) }
     }
+
+    /// Failed attack kept: a write cut short by the file-size limit (`ulimit -f`: SIGXFSZ, then
+    /// EFBIG) in the middle of an output leaves nothing behind: `policy sign` and `keys generate`
+    /// exit 2 naming the temporary file, and the output directory holds no part of either.
+    func testAWriteCutShortByTheFileSizeLimitLeavesNothing() throws {
+        let out = dir + "/out"
+        XCTAssertEqual(mkdir(out, 0o755), 0)
+        let k = run(["keys", "generate", "--out", dir + "/admin", "--type", "ec-p256"], seconds: 30)
+        XCTAssertEqual(k.status, 0, k.stderr)
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/default.policy"
+        for args in [["policy", "sign", policy, "--key", dir + "/admin/key.pem", "--cert", dir + "/admin/cert.pem", "-o", out + "/p.bundle"],
+                     ["keys", "generate", "--out", out, "--bits", "2048"]] {
+            let quoted = ([Fixtures.execgateBinary] + args).map { "'" + $0 + "'" }.joined(separator: " ")
+            let r = Fixtures.run("/bin/sh", ["-c", "ulimit -f 2; exec " + quoted])
+            XCTAssertEqual(r.status, 2, "\(args[0...1]): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("File too large"), r.stderr)
+            var names: [String] = []
+            if let d = opendir(out) {
+                while let e = readdir(d) {
+                    let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+                    if n != "." && n != ".." { names.append(n) }
+                }
+                closedir(d)
+            }
+            XCTAssertEqual(names, [], "\(args[0...1]) left \(names)")
+        }
+    }
 }
