@@ -131,6 +131,23 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         guard flags >= 0, fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 else {
             throw AdminError(.io, "cannot open audit file \(path): errno \(errno)")
         }
+        // Every record is one line (docs/policy.md, "Audit"). A writer killed mid-record leaves a
+        // last line without its newline; appending straight after it would glue this service's
+        // first record onto the fragment. End the fragment's line first (it stays, as evidence).
+        var st = stat()
+        if fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size > 0 {
+            // The append descriptor is write-only: read the last byte through a read-only one of
+            // the same file (same device and inode).
+            let r = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+            if r >= 0 {
+                let reader = FileDescriptorBox(r)  // closes it
+                defer { withExtendedLifetime(reader) {} }
+                var rs = stat(), last: UInt8 = 0x0A
+                if fstat(r, &rs) == 0, rs.st_dev == st.st_dev, rs.st_ino == st.st_ino, pread(r, &last, 1, st.st_size - 1) == 1, last != 0x0A {
+                    do { try file.writeAll([0x0A]) } catch { throw AdminError(.io, "cannot open audit file \(path): \(error)") }
+                }
+            }
+        }
         return AuditLog(capacity: capacity, writer: { bytes in try file.writeAll(bytes) })
     }
 

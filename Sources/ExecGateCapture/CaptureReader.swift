@@ -38,7 +38,31 @@ func readFile(_ path: String, limit: Int = 1 << 30) throws -> [UInt8] {
     do { return try Files.read(path, limit: limit) } catch { throw CaptureError(path: path, reason: "\(error)") }
 }
 
-func readText(_ path: String) throws -> String { String(decoding: try readFile(path), as: UTF8.self) }
+func readText(_ path: String) throws -> String { String(decoding: try readFile(path, limit: CaptureLimits.smallFile), as: UTF8.self) }
+
+/// A small capture file that may be absent (nil only when it does not exist: a file that is there
+/// but too large, not regular or unreadable is invalid input, not "absent").
+func readOptionalText(_ path: String) throws -> String? {
+    try readOptionalFile(path).map { String(decoding: $0, as: UTF8.self) }
+}
+
+/// The same for bytes (a small file: `CaptureLimits.smallFile`).
+func readOptionalFile(_ path: String) throws -> [UInt8]? {
+    var st = stat()
+    if lstat(path, &st) != 0 && errno == ENOENT { return nil }
+    return try readFile(path, limit: CaptureLimits.smallFile)
+}
+
+/// Bounds on capture files by kind (a capture is untrusted input: each is refused from its size
+/// before it is read). The largest seen: kallsyms.txt 6.4 MB (6.1 with 103 modules), the small
+/// text files and CPU-state dumps a few KiB.
+public enum CaptureLimits {
+    /// load-order.txt, cpus.txt, slide.txt, kvars.txt, cmdline.txt, vulnerabilities.txt,
+    /// uname.txt, boot_cpu_data.bin, pv_ops.bin.
+    public static let smallFile = 1 << 20
+    /// kallsyms.txt: ~10× a Debian 6.1 kernel's with a hundred modules.
+    public static let kallsyms = 64 << 20
+}
 
 
 func fileExists(_ path: String) -> Bool { access(path, R_OK) == 0 }
@@ -105,6 +129,13 @@ public struct CaptureBoot {
             guard let w = l.split(separator: " ").first else { return nil }
             return String(w.map { $0 == "-" ? "_" : $0 })
         }
+        // Each name is a directory of this boot (`<boot>/<m>/`, docs/capture.md), and a module's
+        // name is `struct module`'s: printable ASCII, at most MODULE_NAME_LEN − 1 = 55 bytes, never
+        // a path. `../x` read a module outside the capture and got a verdict under that "name".
+        for name in order where !Self.isModuleName(name) {
+            let shown = name.utf8.map { $0 >= 0x20 && $0 < 0x7F ? String(UnicodeScalar($0)) : "\\x" + String($0, radix: 16) }.joined()
+            throw CaptureError(path: orderPath, reason: "'\(shown)' is not a module name (printable ASCII, at most 55 bytes, no '/', not '.' or '..'): each module is a directory of the boot")
+        }
 
         // Trusted facts come from the same register-guest message a VMM would send, turned into
         // the engine's GuestFacts by the verifier's own builder: offline replay and served
@@ -122,7 +153,7 @@ public struct CaptureBoot {
         // per-cpu base claim (checked by the engine like any other claimed address).
         var percpu: [String: [String: UInt64]] = [:]
         var probes: [String: UInt64] = [:]
-        let ks = try readFile(dir + "/kallsyms.txt")
+        let ks = try readFile(dir + "/kallsyms.txt", limit: CaptureLimits.kallsyms)
         for line in String(decoding: ks, as: UTF8.self).split(whereSeparator: \.isNewline) {
             let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             if f.count == 3, Self.probeNames.contains(String(f[2])), probes[String(f[2])] == nil, let a = UInt64(f[0], radix: 16) { probes[String(f[2])] = a }
@@ -130,6 +161,12 @@ public struct CaptureBoot {
             percpu[String(f[3].dropFirst().dropLast()), default: [:]][String(f[2])] = a
         }
         return CaptureBoot(dir: dir, facts: facts, coreExports: exports, loadOrder: order, percpuSymbols: percpu, probeTargets: probes)
+    }
+
+    /// A load-order word that can name a module directory of the boot.
+    static func isModuleName(_ name: String) -> Bool {
+        let b = Array(name.utf8)
+        return (1...55).contains(b.count) && b.allSatisfy { $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") } && name != "." && name != ".."
     }
 
     /// The signed module bytes and the guest's claim for one module.

@@ -22,7 +22,7 @@ extension CaptureBoot {
     static func registration(dir: String, guestID: String) throws -> RegisterGuest {
         var exported = Set<Substring>()
         var records: [(address: UInt64, type: UInt8, name: Substring)] = []
-        let ks = try readFile(dir + "/kallsyms.txt")
+        let ks = try readFile(dir + "/kallsyms.txt", limit: CaptureLimits.kallsyms)
         for line in String(decoding: ks, as: UTF8.self).split(whereSeparator: \.isNewline) {
             let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             guard f.count == 3, let a = UInt64(f[0], radix: 16), let t = f[1].utf8.first else { continue }  // 4 fields = [module]
@@ -62,7 +62,7 @@ extension CaptureBoot {
         var capOffset = ModuleLoader.linux6_1.capabilityOffset
         if let r = release, case .success(let l) = ModuleLoader.forRelease(r) { capOffset = l.capabilityOffset }
         let capEnd = capOffset + 96
-        let cpu = try readFile(dir + "/boot_cpu_data.bin")
+        let cpu = try readFile(dir + "/boot_cpu_data.bin", limit: CaptureLimits.smallFile)
         guard cpu.count >= capEnd else { throw CaptureError(path: dir + "/boot_cpu_data.bin", reason: "shorter than \(capEnd) bytes") }
         var present: UInt32 = 1, possible: UInt32 = 1
         for l in try readText(dir + "/cpus.txt").split(whereSeparator: \.isNewline) {
@@ -75,13 +75,13 @@ extension CaptureBoot {
             if f[0] == "present" { present = UInt32(n) } else { possible = UInt32(n) }
         }
         var slide: UInt64 = 0
-        if let s = try? readText(dir + "/slide.txt") {
+        if let s = try readOptionalText(dir + "/slide.txt") {
             for l in s.split(whereSeparator: \.isNewline) where l.hasPrefix("slide ") { slide = parseHex(l.dropFirst(6)) ?? 0 }
         }
         // `x86_return_thunk` is __ro_after_init: a VMM may read it from locked guest memory; the
         // capture records it in kvars.txt (`name kallsyms_address u64_value`) when it did.
         var returnThunk: UInt64? = nil
-        if let kv = try? readText(dir + "/kvars.txt") {
+        if let kv = try readOptionalText(dir + "/kvars.txt") {
             for l in kv.split(whereSeparator: \.isNewline) {
                 let f = l.split(separator: " ")
                 if f.count >= 3, f[0] == "x86_return_thunk" { returnThunk = parseHex(f[2]) }
@@ -89,15 +89,15 @@ extension CaptureBoot {
         }
         // `pv_ops.bin` holds the first 4096 bytes from `pv_ops`; the table ends at the next symbol
         // (corpus README). The VMM sends exactly the table: the bytes after it are other data.
-        var pvOps = (try? readFile(dir + "/pv_ops.bin")) ?? []
+        var pvOps = try readOptionalFile(dir + "/pv_ops.bin") ?? []
         if let start = records.first(where: { $0.name == "pv_ops" })?.address,
            let next = records.lazy.map(\.address).filter({ $0 > start }).min(), next - start < UInt64(pvOps.count) {
             pvOps = Array(pvOps[..<Int(next - start)])
         }
         return RegisterGuest(
             guestID: guestID, kernelRelease: release ?? "", kaslrSlide: slide, cpuCapabilities: Array(cpu[capOffset..<capEnd]), symbols: symbols,
-            symbolSource: "capture", commandLine: (try? readText(dir + "/cmdline.txt")) ?? "", presentCPUs: present,
-            possibleCPUs: possible, vulnerabilities: (try? readText(dir + "/vulnerabilities.txt")) ?? "",
+            symbolSource: "capture", commandLine: try readOptionalText(dir + "/cmdline.txt") ?? "", presentCPUs: present,
+            possibleCPUs: possible, vulnerabilities: try readOptionalText(dir + "/vulnerabilities.txt") ?? "",
             pvOps: pvOps, returnThunk: returnThunk)
     }
 }

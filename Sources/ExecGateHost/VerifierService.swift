@@ -177,9 +177,20 @@ extension ServiceConfiguration {
         let bytes = try LocalFile.readPolicy(file)
         if bytes.starts(with: PolicyBundle.magic) {
             guard let admin = c.adminCertificateFile else { throw LocalFileError(path: file, why: "a bundle needs --admin-cert to be verified") }
-            return (try PolicyBundle.open(bytes, admin: try CertificateFiles.loadOne(admin), file: file, builtinAnchors: anchors), anchors)
+            let adminCert = try CertificateFiles.loadOne(admin)
+            do { return (try PolicyBundle.open(bytes, admin: adminCert, file: file, builtinAnchors: anchors), anchors) } catch {
+                throw error.naming(file)
+            }
         }
         return (try PolicyParser.parse(bytes, file: file, builtinAnchors: anchors), anchors)
+    }
+}
+
+extension PolicyBundleError {
+    /// The error a reader of the bundle file `path` reports: framing and signature refusals led by
+    /// the path (errors name the bad input); a policy refusal already says `path:LINE:COLUMN`.
+    public func naming(_ path: String) -> any Error {
+        code == .policy ? self : LocalFileError(path: path, why: description)
     }
 }
 

@@ -204,8 +204,21 @@ struct Parser {
             let what = raw[cr] == 0x0D ? "carriage return (use LF line endings)" : "control character 0x\(String(raw[cr], radix: 16))"
             throw fail(.encoding, lineNo, cr + 1, what)
         }
-        guard String(validating: raw, as: UTF8.self) != nil else {
+        guard let text = String(validating: raw, as: UTF8.self) else {
             throw fail(.encoding, lineNo, 1, "line is not valid UTF-8")
+        }
+        // What a Unicode-aware reader takes for a line break or a reordering of the text: the C1
+        // controls (U+0085 NEXT LINE among them), U+2028/U+2029, and the bidirectional marks,
+        // embeddings, overrides and isolates ("Trojan Source", CVE-2021-42574). In a comment they
+        // would show a reviewer a directive the parser never reads.
+        if raw.contains(where: { $0 >= 0x80 }) {
+            var offset = 0
+            for s in text.unicodeScalars {
+                if Self.confusesReaders(s.value) {
+                    throw fail(.encoding, lineNo, offset + 1, "U+\(String(s.value, radix: 16, uppercase: true).leftPadded(4)) (a C1 control, line or paragraph separator, or bidirectional control): two readers could see different texts")
+                }
+                offset += UTF8.width(s)
+            }
         }
         return Self.tokenize(raw)
     }
@@ -494,6 +507,13 @@ struct Parser {
         throw fail(.badCertificate, start + 1, 1, "no -----END CERTIFICATE----- line closes this PEM block")
     }
 
+    /// C1 controls, U+2028/U+2029, and the bidirectional formatting characters (ALM U+061C,
+    /// LRM/RLM U+200E/U+200F, LRE…RLO U+202A–U+202E, LRI…PDI U+2066–U+2069).
+    static func confusesReaders(_ v: UInt32) -> Bool {
+        (0x80...0x9F).contains(v) || v == 0x2028 || v == 0x2029 || v == 0x061C || v == 0x200E || v == 0x200F
+            || (0x202A...0x202E).contains(v) || (0x2066...0x2069).contains(v)
+    }
+
     /// Words separated by spaces or tabs, up to a `#` that starts a comment.
     static func tokenize(_ line: [UInt8]) -> [Token] {
         var out: [Token] = []
@@ -509,4 +529,8 @@ struct Parser {
         }
         return out
     }
+}
+
+private extension String {
+    func leftPadded(_ width: Int) -> String { String(repeating: "0", count: Swift.max(0, width - count)) + self }
 }

@@ -145,13 +145,21 @@ final class CLIRound4Tests: XCTestCase {
             if name != "." && name != ".." { XCTAssertEqual(symlink(Self.fixtureCapture + "/" + name, cap + "/" + name), 0) }
         }
         closedir(d)
-        let odd = "x\"y\\q\u{01}z"
+        // A quote and a backslash are printable ASCII, so a module name; a control character is
+        // not (CLIRound5Tests.testLoadOrderNamesArePlainModuleNamesNotPaths): invalid input, exit 2,
+        // nothing on stdout.
+        let odd = "x\"y\\q"
         try Fixtures.writeFile(cap + "/load-order.txt", Array("llc\n\(odd)\n".utf8))
         let r = run(["explain", cap, "--json"], seconds: 60)
         XCTAssertEqual(r.status, 1, r.stderr)
         assertJSONLines(r.stdout, "explain --json of an odd name")
         let lines = r.stdout.split(separator: "\n").compactMap { try? JSONReader.parse(Array($0.utf8)) }
         XCTAssertTrue(lines.contains { $0["module"]?.stringValue == odd }, r.stdout)
+        try Fixtures.writeFile(cap + "/load-order.txt", Array("llc\nx\u{01}z\n".utf8))
+        let c = run(["explain", cap, "--json"], seconds: 60)
+        XCTAssertEqual(c.status, 2, c.stderr)
+        XCTAssertEqual(c.stdout, "")
+        XCTAssertTrue(c.stderr.contains("x\\x1z"), c.stderr)
     }
 
     /// The atomic writer renamed its temporary file over whatever the output path named: `-o` a

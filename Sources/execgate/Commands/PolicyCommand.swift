@@ -33,9 +33,10 @@ enum PolicyFiles {
         if bytes.starts(with: PolicyBundle.magic) {
             if let adminCert {
                 let admin = try CertificateFiles.loadOne(adminCert)
-                return try PolicyBundle.open(bytes, admin: admin, file: path, builtinAnchors: builtinAnchors)
+                do { return try PolicyBundle.open(bytes, admin: admin, file: path, builtinAnchors: builtinAnchors) } catch { throw error.naming(path) }
             }
-            let parts = try PolicyBundle.split(bytes)
+            let parts: PolicyBundle.Parts
+            do { parts = try PolicyBundle.split(bytes) } catch { throw error.naming(path) }
             return try PolicyParser.parse(parts.policy, file: path, builtinAnchors: builtinAnchors)
         }
         // A signature to verify was asked for, and a text carries none (the admin port refuses it).
@@ -240,6 +241,14 @@ struct PolicyAudit: AsyncParsableCommand {
             """
     )
     @Option(help: ArgumentHelp("The admin port: unix:PATH, vsock:CID:PORT or hybrid:SOCKET:PORT.", valueName: "ADDR")) var connect: String
+    /// A JSON object with no raw character a reader takes for a line break (C0 controls, U+0085,
+    /// U+2028, U+2029: inside a JSON string they must be escaped anyway or are invalid).
+    static func isOneJSONLine(_ record: String) -> Bool {
+        guard !record.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x85 || $0.value == 0x2028 || $0.value == 0x2029 }),
+              let v = try? JSONReader.parse(Array(record.utf8)), v.objectMembers != nil else { return false }
+        return true
+    }
+
     @Option(help: "Only records with a sequence number greater than this.") var after: UInt64 = 0
     @Flag(help: "Keep polling for new records (every 0.5 s).") var follow = false
 
@@ -259,7 +268,16 @@ struct PolicyAudit: AsyncParsableCommand {
                 if page.oldestSeq > 0 && cursor < page.oldestSeq - 1 {
                     Console.error("execgate policy audit: records \(cursor + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
                 }
-                for r in page.records { print(r) }
+                for (i, r) in page.records.enumerated() {
+                    // One JSON object per line, as the service writes them (docs/policy.md, "Audit":
+                    // line breaks in a record's words are escaped): anything else from the admin
+                    // port would split or forge lines in the trail carried out.
+                    guard PolicyAudit.isOneJSONLine(r) else {
+                        await client.close()
+                        throw LocalFileError(path: connect, why: "audit record \(cursor &+ UInt64(i) &+ 1) (record \(i + 1) of this page) is not one JSON object on one line; nothing of it printed")
+                    }
+                    print(r)
+                }
                 if page.dropped > reportedDrops {
                     Console.error("execgate policy audit: \(page.dropped) record(s) dropped under audit-overflow drop")
                     reportedDrops = page.dropped

@@ -32,10 +32,23 @@ struct VMOptions: ParsableArguments {
         guard name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }), !name.isEmpty, name.count <= 64 else {
             throw ValidationError("--name: letters, digits, '-' and '_' only (max 64)")
         }
+        if stateDir == nil { _ = try Self.runDirFromEnvironment() }
+    }
+
+    /// `$EXECGATE_RUN_DIR`, held to the rule for arguments (README, "Commands"): a value that is
+    /// not valid UTF-8 is refused, never used under a repaired name (`String(cString:)` turns bad
+    /// bytes into U+FFFD: another directory, whose pid file `vm stop` would act on).
+    static func runDirFromEnvironment() throws -> String? {
+        guard let p = getenv("EXECGATE_RUN_DIR") else { return nil }
+        let bytes = UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: strlen(p))
+        guard let s = String(validating: bytes, as: UTF8.self) else {
+            throw ValidationError("$EXECGATE_RUN_DIR is not valid UTF-8 (a state directory must be named in UTF-8; use --state-dir or rename it)")
+        }
+        return s
     }
 
     func config(test: Bool) throws -> VMConfig {
-        let root = stateDir ?? getenv("EXECGATE_RUN_DIR").map { String(cString: $0) } ?? "ServiceVM/run"
+        let root = try stateDir ?? Self.runDirFromEnvironment() ?? "ServiceVM/run"
         let dir = FS.absolute(root) + "/" + name
         // Missing image files are reported by the launcher with what to run.
         let paths = (try? VMConfig.imagePaths(imageDir: imageDir, test: test))

@@ -21,7 +21,7 @@ struct TrustOptions: ParsableArguments {
     @Option(name: .customLong("deny-module-hash"), help: ArgumentHelp("Refuse a module by SHA-256 of its content before the signature.", valueName: "HEX"))
     var denyModuleHashes: [String] = []
 
-    @Option(name: .customLong("deny-name"), help: ArgumentHelp("Refuse a module by name (.modinfo name=).", valueName: "NAME"))
+    @Option(name: .customLong("deny-name"), help: ArgumentHelp("Refuse a module by its signed name ('-' and '_' alike; [A-Za-z0-9._-], at most 55 bytes), as the policy's 'deny module-name'.", valueName: "NAME"))
     var denyNames: [String] = []
 
     @Flag(name: .customLong("signature-only"), help: "Opt out of byte judgement: a request that claims no executable byte is judged on signature and structure only, and its verdict says so (default: end state required).")
@@ -30,6 +30,15 @@ struct TrustOptions: ParsableArguments {
     func validate() throws {
         for h in denyCertificates + denyModuleHashes where Digest(algorithm: .sha256, hex: h) == nil {
             throw ValidationError("'\(h)' is not a SHA-256 digest (64 hex digits)")
+        }
+        // The policy language's rule for `deny module-name` (docs/policy.md): a name no module can
+        // have would be a deny rule that never matches.
+        for n in denyNames {
+            let b = Array(n.utf8)
+            let nameBytes = b.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2E || $0 == 0x5F || $0 == 0x2D }
+            guard (1...PolicyLimits.maximumModuleNameLength).contains(b.count), nameBytes else {
+                throw ValidationError("--deny-name '\(n)': a module name is 1 to \(PolicyLimits.maximumModuleNameLength) bytes of letters, digits, '.', '_' and '-' (struct module's name); no module has this one")
+            }
         }
     }
 
