@@ -71,6 +71,32 @@ final class LiveSwapTests: XCTestCase {
         let v2Text = try PolicyFixtures.text(id: "swap", version: 2, body: "deny module-name crc7\nmodules allow")
         let v2Bundle = try AdminKeys.bundle(v2Text)
 
+        // The host carries the records out through the admin port while the load runs, page by
+        // page, as a deployment does: the service VM keeps only the newest records in memory
+        // (16,384, at most AuditLimits.retainedBytes of text: ~9,700 of these), so a reader that
+        // waits for the end of 10,000 verdicts would find the oldest evicted (`oldest_seq`).
+        let loadDone = NIOLockedValueBox(false)
+        let carriedBox = NIOLockedValueBox([String]())
+        let reader = Task { [adminEndpoint] in
+            let admin = try await AdminClient.connect(to: adminEndpoint!)
+            var cursor: UInt64 = 0
+            while true {
+                let finished = loadDone.withLockedValue { $0 }
+                let p = try await admin.auditRead(afterSeq: cursor, maxRecords: 4000)
+                XCTAssertLessThanOrEqual(p.oldestSeq, cursor + 1, "the reader fell behind: records \(cursor + 1)..<\(p.oldestSeq) were evicted")
+                XCTAssertEqual(p.dropped, 0)
+                carriedBox.withLockedValue { $0 += p.records }
+                if p.records.isEmpty {
+                    if finished { break }
+                    try await Task.sleep(nanoseconds: 20_000_000)
+                    continue
+                }
+                XCTAssertEqual(p.nextSeq, cursor + UInt64(p.records.count) + 1)
+                cursor = p.nextSeq - 1
+            }
+            await admin.close()
+        }
+
         let results = try await withThrowingTaskGroup(of: (Int, [(UInt64, Verdict.Decision)], Int).self) { group in
             for c in 0..<connections {
                 group.addTask { [vmmEndpoint] in
@@ -130,30 +156,20 @@ final class LiveSwapTests: XCTestCase {
 
         // Every verdict and the change are in the audit records, in order.
         audit.flush()
-        let page = audit.read(after: 0, limit: AuditLimits.maximumRecordsPerRead)
-        XCTAssertTrue(page.records.contains { $0.contains("\"event\":\"policy-activated\"") && $0.contains("\"policy_version\":2") })
         XCTAssertEqual(audit.counters.accepted, UInt64(total + 1))
         XCTAssertEqual(audit.counters.dropped, 0)
 
         // Carried out through the admin port, page by page: every record, in sequence, no gaps.
-        let admin = try await AdminClient.connect(to: adminEndpoint)
-        var cursor: UInt64 = 0, carried: [String] = []
-        while true {
-            let p = try await admin.auditRead(afterSeq: cursor, maxRecords: 4000)
-            XCTAssertEqual(p.oldestSeq, 1)
-            XCTAssertEqual(p.dropped, 0)
-            carried += p.records
-            if p.records.isEmpty { break }
-            XCTAssertEqual(p.nextSeq, cursor + UInt64(p.records.count) + 1)
-            cursor = p.nextSeq - 1
-        }
-        await admin.close()
+        loadDone.withLockedValue { $0 = true }
+        try await reader.value
+        let carried = carriedBox.withLockedValue { $0 }
         XCTAssertEqual(carried.count, total + 1)
         let versions = carried.compactMap { r -> Int? in
             r.contains("\"event\":\"verdict\"") ? (r.contains("\"policy_version\":1}") ? 1 : 2) : nil
         }
         XCTAssertEqual(versions.count, total)
         XCTAssertEqual(versions.filter { $0 == 1 }.count, sawV1)
+        XCTAssertTrue(carried.contains { $0.contains("\"event\":\"policy-activated\"") && $0.contains("\"policy_version\":2") })
     }
 
     /// Rollback, a foreign key, a tampered bundle, a malformed policy: each refused with a reason,
