@@ -28,35 +28,7 @@ final class CLIRound4Tests: XCTestCase {
     /// `execgate ARGS…` (raw bytes: arguments need not be UTF-8), killed after `seconds`;
     /// status nil when it had to be killed (a hang).
     func run(_ args: [[UInt8]], seconds: Double = 60) -> (status: Int32?, stdout: String, stderr: String) {
-        let out = dir + "/run.out", err = dir + "/run.err"
-        var fa = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&fa)
-        defer { posix_spawn_file_actions_destroy(&fa) }
-        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&fa, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        let argv = [Array(Fixtures.execgateBinary.utf8)] + args
-        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { bytes in
-            let p = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count + 1)
-            for (i, b) in bytes.enumerated() { p[i] = CChar(bitPattern: b) }
-            p[bytes.count] = 0
-            return p
-        } + [nil]
-        defer { cargs.forEach { $0?.deallocate() } }
-        var pid: pid_t = 0
-        guard posix_spawn(&pid, Fixtures.execgateBinary, &fa, nil, &cargs, environ) == 0 else { return (-1, "", "spawn failed") }
-        var status: Int32? = nil
-        let deadline = MonotonicClock.seconds() + seconds
-        while true {
-            var st: Int32 = 0
-            let r = waitpid(pid, &st, WNOHANG)
-            if r == pid { status = st & 0x7f == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f); break }
-            if MonotonicClock.seconds() > deadline { kill(pid, SIGKILL); _ = Fixtures.wait(pid); break }
-            usleep(20_000)
-        }
-        let o = (try? Fixtures.readFile(out)).map { String(decoding: $0, as: UTF8.self) } ?? ""
-        let e = (try? Fixtures.readFile(err)).map { String(decoding: $0, as: UTF8.self) } ?? ""
-        return (status, o, e)
+        Fixtures.runExecgate(rawArguments: args, in: dir, seconds: seconds)
     }
 
     func run(_ args: [String], seconds: Double = 60) -> (status: Int32?, stdout: String, stderr: String) {

@@ -27,41 +27,7 @@ final class CLIRound5Tests: XCTestCase {
     /// `execgate ARGS…` with `extraEnvironment` (raw bytes) added to the runner's environment;
     /// status nil when it had to be killed (a hang).
     func run(_ args: [String], extraEnvironment: [[UInt8]] = [], seconds: Double = 60) -> (status: Int32?, stdout: String, stderr: String) {
-        let out = dir + "/run.out", err = dir + "/run.err"
-        var fa = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&fa)
-        defer { posix_spawn_file_actions_destroy(&fa) }
-        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&fa, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        func c(_ bytes: [UInt8]) -> UnsafeMutablePointer<CChar> {
-            let p = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count + 1)
-            for (i, b) in bytes.enumerated() { p[i] = CChar(bitPattern: b) }
-            p[bytes.count] = 0
-            return p
-        }
-        var cargs: [UnsafeMutablePointer<CChar>?] = ([Fixtures.execgateBinary] + args).map { c(Array($0.utf8)) } + [nil]
-        var env: [[UInt8]] = []
-        var e = environ
-        while let p = e.pointee { env.append(Array(UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: strlen(p)))); e += 1 }
-        let names = extraEnvironment.compactMap { v in v.firstIndex(of: UInt8(ascii: "=")).map { i in Array(v[..<i]) } }
-        env = env.filter { v in !names.contains(where: { v.starts(with: $0 + [UInt8(ascii: "=")]) }) } + extraEnvironment
-        var cenv: [UnsafeMutablePointer<CChar>?] = env.map(c) + [nil]
-        defer { cargs.forEach { $0?.deallocate() }; cenv.forEach { $0?.deallocate() } }
-        var pid: pid_t = 0
-        guard posix_spawn(&pid, Fixtures.execgateBinary, &fa, nil, &cargs, &cenv) == 0 else { return (-1, "", "spawn failed") }
-        var status: Int32? = nil
-        let deadline = MonotonicClock.seconds() + seconds
-        while true {
-            var st: Int32 = 0
-            let r = waitpid(pid, &st, WNOHANG)
-            if r == pid { status = st & 0x7f == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f); break }
-            if MonotonicClock.seconds() > deadline { kill(pid, SIGKILL); _ = Fixtures.wait(pid); break }
-            usleep(20_000)
-        }
-        let o = (try? Fixtures.readFile(out)).map { String(decoding: $0, as: UTF8.self) } ?? ""
-        let er = (try? Fixtures.readFile(err)).map { String(decoding: $0, as: UTF8.self) } ?? ""
-        return (status, o, er)
+        Fixtures.runExecgate(rawArguments: args.map { Array($0.utf8) }, extraEnvironment: extraEnvironment, in: dir, seconds: seconds)
     }
 
     /// HOLE (round 5): README: "Every argument must be valid UTF-8: one that is not … is refused

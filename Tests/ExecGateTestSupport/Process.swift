@@ -2,6 +2,8 @@
 //
 // Runs the real `execgate` binary (built by `swift build --build-tests`) for end-to-end CLI tests.
 
+import _ExecGateInternals
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -73,5 +75,48 @@ extension Fixtures {
         let out = (try? readFile(dir + "/out")).map { String(decoding: $0, as: UTF8.self) } ?? ""
         let err = (try? readFile(dir + "/err")).map { String(decoding: $0, as: UTF8.self) } ?? ""
         return ProcessResult(status: status, stdout: out, stderr: err)
+    }
+
+    /// `execgate ARGS…` with raw-byte arguments (they need not be UTF-8) and `extraEnvironment`
+    /// entries (`NAME=value`, raw bytes) replacing or adding to the runner's environment, stdout
+    /// and stderr to `dir`/run.out and run.err; killed after `seconds` (status nil: it had to be
+    /// killed, a hang). For the hostile-input CLI tests, whose inputs a `String` cannot carry.
+    public static func runExecgate(rawArguments args: [[UInt8]], extraEnvironment: [[UInt8]] = [], in dir: String,
+                                   seconds: Double = 60) -> (status: Int32?, stdout: String, stderr: String) {
+        let out = dir + "/run.out", err = dir + "/run.err"
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&fa, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        func c(_ bytes: [UInt8]) -> UnsafeMutablePointer<CChar> {
+            let p = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count + 1)
+            for (i, b) in bytes.enumerated() { p[i] = CChar(bitPattern: b) }
+            p[bytes.count] = 0
+            return p
+        }
+        var cargs: [UnsafeMutablePointer<CChar>?] = ([Array(execgateBinary.utf8)] + args).map(c) + [nil]
+        var env: [[UInt8]] = []
+        var e = environ
+        while let p = e.pointee { env.append(Array(UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: strlen(p)))); e += 1 }
+        let names = extraEnvironment.compactMap { v in v.firstIndex(of: UInt8(ascii: "=")).map { i in Array(v[..<i]) } }
+        env = env.filter { v in !names.contains(where: { v.starts(with: $0 + [UInt8(ascii: "=")]) }) } + extraEnvironment
+        var cenv: [UnsafeMutablePointer<CChar>?] = env.map(c) + [nil]
+        defer { cargs.forEach { $0?.deallocate() }; cenv.forEach { $0?.deallocate() } }
+        var pid: pid_t = 0
+        guard posix_spawn(&pid, execgateBinary, &fa, nil, &cargs, &cenv) == 0 else { return (-1, "", "spawn failed") }
+        var status: Int32? = nil
+        let deadline = MonotonicClock.seconds() + seconds
+        while true {
+            var st: Int32 = 0
+            let r = waitpid(pid, &st, WNOHANG)
+            if r == pid { status = st & 0x7f == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f); break }
+            if MonotonicClock.seconds() > deadline { kill(pid, SIGKILL); _ = wait(pid); break }
+            usleep(20_000)
+        }
+        let o = (try? readFile(out)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let er = (try? readFile(err)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        return (status, o, er)
     }
 }
