@@ -823,8 +823,9 @@ public final class GuestRegistry: @unchecked Sendable {
     public func session(_ id: String) -> GuestSession? { lock.withLock { guests[GuestKey(id)] } }
 
     /// A stamp from the arrival clock, strictly greater than every stamp taken before it. The
-    /// service takes one for each request when the request starts, on its connection's event
-    /// loop, in the order the connection sent them — before the request waits for a pool thread.
+    /// service takes one for each request when it decodes the request's frame, on its connection's
+    /// event loop, in the order the connection sent them — before the request waits behind the
+    /// connection's in-flight cap or for a pool thread.
     public func arrivalStamp() -> UInt64 { arrivals.add(1, ordering: .sequentiallyConsistent).newValue }
 
     /// The session a request that arrived at `arrival` (`arrivalStamp()`; nil: not stamped) is
