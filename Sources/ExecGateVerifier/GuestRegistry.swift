@@ -679,10 +679,30 @@ public final class GuestRegistry: @unchecked Sendable {
 
     /// What a guest's own facts are charged (bytes as they arrive): capability words, `pv_ops`,
     /// command line, vulnerabilities, release, id, and 16 bytes per static-call target.
+    /// That is the charge checked before any facts are built; `guestBytes(_:holding:)` is the
+    /// exact one, once they are.
     static func guestBytes(_ r: RegisterGuest) -> Int {
-        r.cpuCapabilities.count + r.pvOps.count + r.commandLine.utf8.count + r.vulnerabilities.utf8.count
-            + r.kernelRelease.utf8.count + r.guestID.utf8.count + r.staticCallKeys.reduce(0) { $0 + 16 * (2 + $1.allowed.count) }
+        fixedGuestBytes(r) + r.staticCallKeys.reduce(0) { $0 + 16 * (2 + $1.allowed.count) }
     }
+
+    private static func fixedGuestBytes(_ r: RegisterGuest) -> Int {
+        r.cpuCapabilities.count + r.pvOps.count + r.commandLine.utf8.count + r.vulnerabilities.utf8.count
+            + r.kernelRelease.utf8.count + r.guestID.utf8.count
+    }
+
+    /// What a guest's own facts hold once built (`facts`): as `guestBytes(_:)`, but each of its own
+    /// static-call entries charged at the targets it holds. An own entry for a key the build
+    /// already trusts targets for is the build's whole set for that key plus the guest's
+    /// (SlidStaticCallTargets: "an own entry for a key replaces the shared one"), so a key with
+    /// many build targets named by many guests is one copy of that set per guest, not 16 bytes a
+    /// listed target: `ownStaticCallKeyCharge` a key, 16 a target it holds (a Set<UInt64> keeps
+    /// 8–16 bytes of buckets per member, within MemoryBudget's 3/2 of the charge).
+    static func guestBytes(_ r: RegisterGuest, holding facts: GuestFacts) -> Int {
+        let held = facts.staticCallTrustedTargets.own.values.reduce(0) { $0 + ownStaticCallKeyCharge + 16 * $1.count }
+        return max(guestBytes(r), fixedGuestBytes(r) + held)
+    }
+    /// Held per own static-call entry beyond its targets (its dictionary slot and set header).
+    static let ownStaticCallKeyCharge = 80
 
     public enum Registration {
         case registered(GuestSession)
@@ -711,7 +731,7 @@ public final class GuestRegistry: @unchecked Sendable {
         } else {
             key = KernelFactsKey.of(r, symbolsDigest: symbolsDigest ?? KernelFactsKey.symbolsDigest(r))
         }
-        let own = Self.guestBytes(r)
+        var own = Self.guestBytes(r)
         // Budget first, before any facts are built (building a new build's tables is the costly
         // part); checked again, exactly, under the lock below.
         let known: KernelFacts? = lock.withLock {
@@ -739,6 +759,9 @@ public final class GuestRegistry: @unchecked Sendable {
         case .success(let f): facts = f
         case .failure(let f): return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(f.message)")
         }
+        // The exact charge of this guest's own facts, now that they are built (its own static-call
+        // entries hold copies of the build's target sets for their keys).
+        own = Self.guestBytes(r, holding: facts)
         return lock.withLock {
             let existing = guests[GuestKey(r.guestID)]
             if existing != nil && !r.reset {
