@@ -280,3 +280,50 @@ final class ResetOrderPendingTests: XCTestCase {
         await server.shutdown()
     }
 }
+
+/// A request that arrived before its guest had any session.
+final class ResetOrderFirstRegistrationTests: XCTestCase {
+    /// HOLE: protocol.md "Restart and restore": "While a guest is not registered, every request
+    /// naming it … is answered `error`/`unknown-guest` (… restore needed …), never a deny: nothing
+    /// was judged". A request stamped before the guest's first registration (the VMM restoring a
+    /// guest after a server restart sends register-guest and the first module on one connection,
+    /// in that order, and a pool thread ran the registration first) was judged in an "ended
+    /// stand-in for the session a reset replaced", though no session existed and no reset was
+    /// sent: an authorize-module or authorize-patch got a deny verdict (`policy.end-state-
+    /// unavailable`, "was reset (register-guest reset=1) after this request arrived"), recorded
+    /// in the audit trail as a deny, a retire-module `unknown-module`. It belongs to no session:
+    /// `unknown-guest`, as when it is judged before the registration lands.
+    func testARequestThatArrivedBeforeTheFirstRegistrationIsOfNoSession() throws {
+        let boot = try CaptureBoot.load(Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a")
+        let registration = try boot.registration(guestID: "g")
+        let name = "irqbypass"
+        let verifier = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()))
+        let before = verifier.arrival()
+        guard case .registerGuestReply = verifier.respond(to: .registerGuest(registration), requestDigest: []) else { return XCTFail("registration") }
+        let request = try boot.module(name).request(guestID: "g")
+        switch verifier.respond(to: .authorizeModule(request), requestDigest: nil, arrival: before) {
+        case .error(let e): XCTAssertEqual(e.code, .unknownGuest, e.message)
+        case let other: XCTFail("a load that arrived before the guest was registered: \(other)")
+        }
+        let patch = AuthorizePatch(guestID: "g", patches: [PatchEntry(address: 0xffff_ffff_c000_0000, bytes: [0x0f, 0x1f, 0x44, 0x00, 0x00])])
+        switch verifier.respond(to: .authorizePatch(patch), requestDigest: [], arrival: before) {
+        case .error(let e): XCTAssertEqual(e.code, .unknownGuest, e.message)
+        case let other: XCTFail("a patch that arrived before the guest was registered: \(other)")
+        }
+        switch verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: 0xffff_ffff_c000_0000)), requestDigest: [], arrival: before) {
+        case .error(let e): XCTAssertEqual(e.code, .unknownGuest, e.message)
+        case let other: XCTFail("a retire that arrived before the guest was registered: \(other)")
+        }
+        // Stamped after the registration: judged in it.
+        guard case .verdict(let v) = verifier.respond(to: .authorizeModule(request), requestDigest: nil, arrival: verifier.arrival()) else { return XCTFail("load") }
+        XCTAssertEqual(v.decision, .allow, v.message)
+        // And one stamped between it and a reset is still of the replaced session (a deny).
+        let between = verifier.arrival()
+        var reset = registration
+        reset.reset = true
+        guard case .registerGuestReply = verifier.respond(to: .registerGuest(reset), requestDigest: []) else { return XCTFail("reset") }
+        guard case .verdict(let stale) = verifier.respond(to: .authorizeModule(request), requestDigest: nil, arrival: between) else { return XCTFail("stale load") }
+        XCTAssertEqual(stale.reason, .endStateUnavailable, stale.message)
+        XCTAssertEqual(verifier.guests.session("g")?.allowedModules, [])
+    }
+}
