@@ -129,6 +129,10 @@ public final class GuestSession: @unchecked Sendable {
     /// .arrivalStamp()`): a request stamped before it arrived before this session existed and
     /// belongs to one it replaced (`GuestRegistry.session(_:arrivedAt:)`).
     let born: UInt64
+    /// The `born` stamp of the first session of this guest's line of resets (this one's when it
+    /// replaced none): a request stamped before it arrived while the guest had no session at all
+    /// and belongs to none (`GuestRegistry.session(_:arrivedAt:)`: unknown guest).
+    let lineageBorn: UInt64
     private let lock = NIOLock()
     private var resolver: SymbolResolver
     private var live: [String: LiveModule] = [:]
@@ -204,7 +208,7 @@ public final class GuestSession: @unchecked Sendable {
     /// the reset). Every rule that ends in a commit, a key state or a retire refuses it, as it
     /// refuses a request whose session a reset ended while it was judged.
     func standInForReplaced() -> GuestSession {
-        let s = GuestSession(registration: registration, kernel: kernel, facts: facts, factsDigest: factsDigest, born: 0)
+        let s = GuestSession(registration: registration, kernel: kernel, facts: facts, factsDigest: factsDigest, born: 0, lineageBorn: 0)
         s.ended = "guest '\(registration.guestID)' was reset (register-guest reset=1) after this request arrived: the request belongs to the session the reset replaced, whose grants were revoked; ask again in the new session"
         return s
     }
@@ -212,7 +216,7 @@ public final class GuestSession: @unchecked Sendable {
     /// Read before explaining a module (before the resolver snapshot): see `removals`.
     var removalGeneration: UInt64 { lock.withLock { removals } }
 
-    init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8], born: UInt64) {
+    init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8], born: UInt64, lineageBorn: UInt64? = nil) {
         var r = registration
         r.symbols = []
         self.registration = r
@@ -220,6 +224,7 @@ public final class GuestSession: @unchecked Sendable {
         self.facts = facts
         self.factsDigest = factsDigest
         self.born = born
+        self.lineageBorn = lineageBorn ?? born
         self.resolver = SymbolResolver(coreExports: facts.exports)
     }
 
@@ -790,7 +795,8 @@ public final class GuestRegistry: @unchecked Sendable {
             // Stamped while the registry is locked: a request stamped before this (it arrived
             // before the session existed) never finds it (`session(_:arrivedAt:)`).
             let born = arrivals.add(1, ordering: .sequentiallyConsistent).newValue
-            let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest, born: born)
+            let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest,
+                                       born: born, lineageBorn: existing?.lineageBorn)
             guests[GuestKey(r.guestID)] = session
             charged[GuestKey(r.guestID)] = own + (shared.key == nil ? shared.symbolBytes : 0)
             return .registered(session)
@@ -858,9 +864,14 @@ public final class GuestRegistry: @unchecked Sendable {
     /// thread took the reset first), an ended stand-in for the replaced session
     /// (`GuestSession.standInForReplaced()`): the request is the old boot's, and is never judged
     /// in the new session (docs/protocol.md, register-guest "Once.").
+    /// A request stamped before the first session of the guest's line of resets was registered
+    /// arrived while the guest had no session: nil (unknown guest, "restore needed"), as when it
+    /// is judged before the registration lands (docs/protocol.md, "Restart and restore": never a
+    /// deny, nothing was judged).
     public func session(_ id: String, arrivedAt arrival: UInt64?) -> GuestSession? {
         guard let s = session(id) else { return nil }
         guard let a = arrival, s.born > a else { return s }
+        guard s.lineageBorn < a else { return nil }
         return s.standInForReplaced()
     }
     public var count: Int { lock.withLock { guests.count } }
