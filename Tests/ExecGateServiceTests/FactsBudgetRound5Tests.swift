@@ -78,4 +78,29 @@ final class FactsBudgetRound5Tests: XCTestCase {
         }
         await service.shutdown()
     }
+
+    /// HOLE: a guest's `pv_ops` (and CPU capability words) are charged once, at the bytes they
+    /// arrive in (GuestRegistry.guestBytes), but held twice: the session keeps its registration
+    /// (only the symbol records dropped) with the raw bytes, and its facts keep the u64 entries
+    /// (GuestFactsBuilder.pvOpsEntries). Guests of one small build, each with 1 MiB of `pv_ops`
+    /// (NULL entries, plausible), registered until a 24 MiB budget refuses one: RSS grew about
+    /// 2 bytes a charged byte, past the 3/2 MemoryBudget sizes the facts budget by.
+    func testPvOpsAreChargedAtWhatTheGuestHolds() {
+        let registry = GuestRegistry(maximumSymbolBytes: 24 << 20)
+        let small = Self.build(guestID: "small-0", count: 4, ownKey: false)
+        guard case .registered = registry.register(small) else { return XCTFail("the build was refused") }
+        let before = FactsBudgetTests.rss()
+        var kept = 0
+        for g in 1..<200 {
+            var r = small
+            r.guestID = "pvops-\(g)"
+            r.pvOps = [UInt8](repeating: 0, count: 1 << 20)  // a fresh buffer, as a decoded body gives
+            guard case .registered = registry.register(r) else { break }
+            kept += 1
+        }
+        let growth = FactsBudgetTests.rss() - before
+        print("facts charge: pv_ops: \(kept) guests, charged \(registry.chargedBytes >> 10) KiB, RSS +\(growth >> 10) KiB (\(String(format: "%.2f", Double(growth) / Double(max(1, registry.chargedBytes)))) per charged byte)")
+        XCTAssertGreaterThan(kept, 0)
+        XCTAssertLessThan(growth, MemoryBudget.factsCost(registry.chargedBytes) + (8 << 20), "pv_ops held beyond the cost the facts budget assumes")
+    }
 }
