@@ -682,7 +682,7 @@ public final class GuestRegistry: @unchecked Sendable {
         self.maximumSymbolBytes = maximumSymbolBytes
     }
 
-    /// What a guest's own facts are charged (bytes as they arrive): capability words, `pv_ops`,
+    /// What a guest's own facts are charged (bytes as they arrive; twice for those held twice): capability words, `pv_ops`,
     /// command line, vulnerabilities, release, id, and 16 bytes per static-call target.
     /// That is the charge checked before any facts are built; `guestBytes(_:holding:)` is the
     /// exact one, once they are.
@@ -690,8 +690,10 @@ public final class GuestRegistry: @unchecked Sendable {
         fixedGuestBytes(r) + r.staticCallKeys.reduce(0) { $0 + 16 * (2 + $1.allowed.count) }
     }
 
+    /// `pv_ops` and the capability words are held twice (the session's registration keeps the
+    /// bytes as sent, its facts the decoded entries: GuestFactsBuilder.guestFacts), so charged twice.
     private static func fixedGuestBytes(_ r: RegisterGuest) -> Int {
-        r.cpuCapabilities.count + r.pvOps.count + r.commandLine.utf8.count + r.vulnerabilities.utf8.count
+        2 * r.cpuCapabilities.count + 2 * r.pvOps.count + r.commandLine.utf8.count + r.vulnerabilities.utf8.count
             + r.kernelRelease.utf8.count + r.guestID.utf8.count
     }
 
