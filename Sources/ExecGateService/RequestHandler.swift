@@ -24,7 +24,9 @@ struct RequestProcessor: Sendable {
     /// `hello-reply.max_body` tells the VMM, so it never sends a body the port would refuse unread.
     let maximumBodySize: Int
 
-    func process(_ frame: Frame, on eventLoop: EventLoop) -> EventLoopFuture<Frame> {
+    /// `arrival`: the request's stamp (`RequestResponder.arrival()`), taken by the connection
+    /// when it decoded the frame, in the order the connection sent them.
+    func process(_ frame: Frame, arrival: UInt64?, on eventLoop: EventLoop) -> EventLoopFuture<Frame> {
         let id = frame.requestID
         let type = frame.type
         guard frame.version == WireLimits.protocolVersion else {
@@ -47,9 +49,9 @@ struct RequestProcessor: Sendable {
         }
         stats.begin()
         let responder = self.responder
-        // Stamped here, on the connection's loop in the order the connection sent its requests,
-        // not on the pool thread that judges it (which may run a later reset first).
-        let arrival = responder.arrival()
+        // Stamped when the connection decoded it (`arrival`), on the connection's loop in the order
+        // the connection sent its requests: not when it starts (it may have waited behind the
+        // in-flight cap) nor on the pool thread that judges it (which may run a later reset first).
         let stats = self.stats
         let instanceID = self.instanceID
         let maximumBodySize = UInt32(clamping: self.maximumBodySize)

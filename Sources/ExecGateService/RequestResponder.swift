@@ -15,12 +15,13 @@ public protocol RequestResponder: Sendable {
     func respond(to message: Message, body: ByteBuffer) -> Message
     /// A health snapshot for `status`.
     func status(uptimeMilliseconds: UInt64, requestsServed: UInt64) -> StatusReply
-    /// Called on the connection's event loop when a request starts (in the order its connection
-    /// sent the requests), before it waits for a pool thread: the stamp `respond(to:body:arrival:)`
+    /// Called on the connection's event loop when a request's frame is decoded (in the order its
+    /// connection sent the requests), before it waits behind the in-flight cap or for a pool
+    /// thread: the stamp `respond(to:body:arrival:)`
     /// gets with it, so the responder can judge a request in the state it arrived in (a reset
     /// that a pool thread ran first must not take in a request sent before it). nil: none.
     func arrival() -> UInt64?
-    /// `respond(to:body:)` for a request stamped `arrival()` when it started.
+    /// `respond(to:body:)` for a request stamped `arrival()` when its frame was decoded.
     func respond(to message: Message, body: ByteBuffer, arrival: UInt64?) -> Message
 }
 

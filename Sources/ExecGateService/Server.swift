@@ -88,9 +88,12 @@ public final class VerifierServer: @unchecked Sendable {
                 let processor = RequestProcessor(responder: responder, pool: pool, logger: logger, stats: stats, instanceID: instanceID,
                                                  maximumBodySize: configuration.maximumBodySize)
                 return channel.eventLoop.makeCompletedFuture {
+                    // Requests are stamped when decoded (read), in the connection's order, not when
+                    // they start: one queued behind the in-flight cap keeps its place before a reset.
                     try channel.pipeline.syncOperations.addBoundedFrameHandlers(
                         configuration: configuration, budget: budget, logger: logger,
-                        process: { frame, loop in processor.process(frame, on: loop) })
+                        arrival: { responder.arrival() },
+                        process: { frame, arrival, loop in processor.process(frame, arrival: arrival, on: loop) })
                 }
             }
         let channel = try await bootstrap.bind(endpoint: endpoint)

@@ -182,20 +182,30 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
 /// complete on any thread. The handler releases the request body's budget when it completes.
 public typealias FrameProcessor = @Sendable (Frame, EventLoop) -> EventLoopFuture<Frame>
 
+/// A `FrameProcessor` that is also given the stamp its frame got when it was decoded
+/// (`FrameArrival`), however long it then waited in the connection's queue.
+public typealias StampedFrameProcessor = @Sendable (Frame, UInt64?, EventLoop) -> EventLoopFuture<Frame>
+
+/// Called on the connection's event loop when a request frame is decoded (read), in the order the
+/// connection sent its frames: the stamp its processor is given when it starts.
+public typealias FrameArrival = @Sendable () -> UInt64?
+
 public final class BoundedFrameHandler: ChannelInboundHandler {
     public typealias InboundIn = InboundFrame
     public typealias OutboundOut = Frame
 
     private let configuration: PortLimits
     private let budget: BufferBudget
-    private let process: FrameProcessor
+    private let process: StampedFrameProcessor
+    private let arrival: FrameArrival?
     private var logger: Logger
     /// Shared with this connection's decoder: `pending.count` is published there.
     private let gate: DecodeGate
     /// A synthetic read is queued to make the decoder cut the frames it left behind the gate.
     private var resumeScheduled = false
 
-    private var pending = CircularBuffer<InboundFrame>() { didSet { gate.queued = pending.count } }
+    /// Each with its arrival stamp, taken when it was decoded (`FrameArrival`).
+    private var pending = CircularBuffer<(item: InboundFrame, arrival: UInt64?)>() { didSet { gate.queued = pending.count } }
     private var inFlight = 0
     private var readPaused = false
     private var progress = FrameProgress.betweenFrames
@@ -218,11 +228,19 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     /// - Parameter gate: shared with the connection's `BudgetedFrameDecoder`; its capacity is
     ///   the most requests held decoded but not started (`addBoundedFrameHandlers` gives
     ///   `maximumInFlightPerConnection`).
-    public init(configuration: PortLimits, budget: BufferBudget, logger: Logger, gate: DecodeGate? = nil, process: @escaping FrameProcessor) {
+    public convenience init(configuration: PortLimits, budget: BufferBudget, logger: Logger, gate: DecodeGate? = nil, process: @escaping FrameProcessor) {
+        self.init(configuration: configuration, budget: budget, logger: logger, gate: gate, arrival: nil) { frame, _, loop in process(frame, loop) }
+    }
+
+    /// - Parameter arrival: stamps each request frame when it is decoded, before it may wait in
+    ///   `pending` behind the in-flight cap; `process` is given that stamp when the frame starts.
+    public init(configuration: PortLimits, budget: BufferBudget, logger: Logger, gate: DecodeGate? = nil, arrival: FrameArrival?,
+                process: @escaping StampedFrameProcessor) {
         self.configuration = configuration
         self.budget = budget
         self.logger = logger
         self.gate = gate ?? DecodeGate(capacity: configuration.maximumInFlightPerConnection)
+        self.arrival = arrival
         self.process = process
     }
 
@@ -243,7 +261,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
         timer?.cancel()
         timer = nil
         // Frames never started: give their bodies back to the budget.
-        while let item = pending.popFirst() {
+        while let (item, _) = pending.popFirst() {
             if case .frame(let f) = item { budget.release(f.body.readableBytes) }
         }
         context.fireChannelInactive()
@@ -259,7 +277,13 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         lastActivity = .now()
         inReadBatch = true
-        pending.append(unwrapInboundIn(data))
+        let item = unwrapInboundIn(data)
+        // Stamped as it is read, in the connection's order: a request decoded before another
+        // connection's reset landed keeps a stamp from before it, however long the in-flight cap
+        // keeps it queued (docs/protocol.md, register-guest "Once.").
+        var stamp: UInt64? = nil
+        if case .frame = item { stamp = arrival?() }
+        pending.append((item, stamp))
         pump(context: context)
     }
 
@@ -316,8 +340,8 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     private func pump(context: ChannelHandlerContext) {
         // A closed connection starts nothing: what it queued is dropped at channelInactive.
         while context.channel.isActive && inFlight < configuration.maximumInFlightPerConnection && context.channel.isWritable,
-              let item = pending.popFirst() {
-            start(item, context: context)
+              let (item, stamp) = pending.popFirst() {
+            start(item, arrival: stamp, context: context)
         }
         updateReading(context: context)
         resumeDecoding(context: context)
@@ -355,7 +379,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
         }
     }
 
-    private func start(_ item: InboundFrame, context: ChannelHandlerContext) {
+    private func start(_ item: InboundFrame, arrival: UInt64?, context: ChannelHandlerContext) {
         inFlight += 1
         switch item {
         case .refused(let id, let type, let code, let message):
@@ -366,7 +390,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             let bodyBytes = frame.body.readableBytes
             let id = frame.requestID
             let budget = self.budget
-            let future = process(frame, context.eventLoop)
+            let future = process(frame, arrival, context.eventLoop)
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             future.hop(to: context.eventLoop).whenComplete { result in
                 budget.release(bodyBytes)
@@ -566,10 +590,16 @@ extension ChannelPipeline.SynchronousOperations {
     /// The bounded pipeline of one server connection (see the diagram at the top of this file).
     public func addBoundedFrameHandlers(configuration: PortLimits, budget: BufferBudget, logger: Logger,
                                         process: @escaping FrameProcessor) throws {
+        try addBoundedFrameHandlers(configuration: configuration, budget: budget, logger: logger, arrival: nil) { frame, _, loop in process(frame, loop) }
+    }
+
+    /// The same, with each request frame stamped by `arrival` when it is decoded.
+    public func addBoundedFrameHandlers(configuration: PortLimits, budget: BufferBudget, logger: Logger, arrival: FrameArrival?,
+                                        process: @escaping StampedFrameProcessor) throws {
         let gate = DecodeGate(capacity: configuration.maximumInFlightPerConnection)
         try addHandler(PeerEOFRelay(gate: gate))
         try addHandler(ByteToMessageHandler(BudgetedFrameDecoder(maximumBodySize: configuration.maximumBodySize, budget: budget, gate: gate)))
         try addHandler(FrameWriter())
-        try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, gate: gate, process: process))
+        try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, gate: gate, arrival: arrival, process: process))
     }
 }

@@ -129,6 +129,10 @@ public final class GuestSession: @unchecked Sendable {
     /// .arrivalStamp()`): a request stamped before it arrived before this session existed and
     /// belongs to one it replaced (`GuestRegistry.session(_:arrivedAt:)`).
     let born: UInt64
+    /// The `born` stamp of the first session of this guest's line of resets (this one's when it
+    /// replaced none): a request stamped before it arrived while the guest had no session at all
+    /// and belongs to none (`GuestRegistry.session(_:arrivedAt:)`: unknown guest).
+    let lineageBorn: UInt64
     private let lock = NIOLock()
     private var resolver: SymbolResolver
     private var live: [String: LiveModule] = [:]
@@ -204,7 +208,7 @@ public final class GuestSession: @unchecked Sendable {
     /// the reset). Every rule that ends in a commit, a key state or a retire refuses it, as it
     /// refuses a request whose session a reset ended while it was judged.
     func standInForReplaced() -> GuestSession {
-        let s = GuestSession(registration: registration, kernel: kernel, facts: facts, factsDigest: factsDigest, born: 0)
+        let s = GuestSession(registration: registration, kernel: kernel, facts: facts, factsDigest: factsDigest, born: 0, lineageBorn: 0)
         s.ended = "guest '\(registration.guestID)' was reset (register-guest reset=1) after this request arrived: the request belongs to the session the reset replaced, whose grants were revoked; ask again in the new session"
         return s
     }
@@ -212,7 +216,7 @@ public final class GuestSession: @unchecked Sendable {
     /// Read before explaining a module (before the resolver snapshot): see `removals`.
     var removalGeneration: UInt64 { lock.withLock { removals } }
 
-    init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8], born: UInt64) {
+    init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8], born: UInt64, lineageBorn: UInt64? = nil) {
         var r = registration
         r.symbols = []
         self.registration = r
@@ -220,6 +224,7 @@ public final class GuestSession: @unchecked Sendable {
         self.facts = facts
         self.factsDigest = factsDigest
         self.born = born
+        self.lineageBorn = lineageBorn ?? born
         self.resolver = SymbolResolver(coreExports: facts.exports)
     }
 
@@ -677,12 +682,34 @@ public final class GuestRegistry: @unchecked Sendable {
         self.maximumSymbolBytes = maximumSymbolBytes
     }
 
-    /// What a guest's own facts are charged (bytes as they arrive): capability words, `pv_ops`,
+    /// What a guest's own facts are charged (bytes as they arrive; twice for those held twice): capability words, `pv_ops`,
     /// command line, vulnerabilities, release, id, and 16 bytes per static-call target.
+    /// That is the charge checked before any facts are built; `guestBytes(_:holding:)` is the
+    /// exact one, once they are.
     static func guestBytes(_ r: RegisterGuest) -> Int {
-        r.cpuCapabilities.count + r.pvOps.count + r.commandLine.utf8.count + r.vulnerabilities.utf8.count
-            + r.kernelRelease.utf8.count + r.guestID.utf8.count + r.staticCallKeys.reduce(0) { $0 + 16 * (2 + $1.allowed.count) }
+        fixedGuestBytes(r) + r.staticCallKeys.reduce(0) { $0 + 16 * (2 + $1.allowed.count) }
     }
+
+    /// `pv_ops` and the capability words are held twice (the session's registration keeps the
+    /// bytes as sent, its facts the decoded entries: GuestFactsBuilder.guestFacts), so charged twice.
+    private static func fixedGuestBytes(_ r: RegisterGuest) -> Int {
+        2 * r.cpuCapabilities.count + 2 * r.pvOps.count + r.commandLine.utf8.count + r.vulnerabilities.utf8.count
+            + r.kernelRelease.utf8.count + r.guestID.utf8.count
+    }
+
+    /// What a guest's own facts hold once built (`facts`): as `guestBytes(_:)`, but each of its own
+    /// static-call entries charged at the targets it holds. An own entry for a key the build
+    /// already trusts targets for is the build's whole set for that key plus the guest's
+    /// (SlidStaticCallTargets: "an own entry for a key replaces the shared one"), so a key with
+    /// many build targets named by many guests is one copy of that set per guest, not 16 bytes a
+    /// listed target: `ownStaticCallKeyCharge` a key, 16 a target it holds (a Set<UInt64> keeps
+    /// 8–16 bytes of buckets per member, within MemoryBudget's 3/2 of the charge).
+    static func guestBytes(_ r: RegisterGuest, holding facts: GuestFacts) -> Int {
+        let held = facts.staticCallTrustedTargets.own.values.reduce(0) { $0 + ownStaticCallKeyCharge + 16 * $1.count }
+        return max(guestBytes(r), fixedGuestBytes(r) + held)
+    }
+    /// Held per own static-call entry beyond its targets (its dictionary slot and set header).
+    static let ownStaticCallKeyCharge = 80
 
     public enum Registration {
         case registered(GuestSession)
@@ -711,7 +738,7 @@ public final class GuestRegistry: @unchecked Sendable {
         } else {
             key = KernelFactsKey.of(r, symbolsDigest: symbolsDigest ?? KernelFactsKey.symbolsDigest(r))
         }
-        let own = Self.guestBytes(r)
+        var own = Self.guestBytes(r)
         // Budget first, before any facts are built (building a new build's tables is the costly
         // part); checked again, exactly, under the lock below.
         let known: KernelFacts? = lock.withLock {
@@ -739,6 +766,9 @@ public final class GuestRegistry: @unchecked Sendable {
         case .success(let f): facts = f
         case .failure(let f): return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(f.message)")
         }
+        // The exact charge of this guest's own facts, now that they are built (its own static-call
+        // entries hold copies of the build's target sets for their keys).
+        own = Self.guestBytes(r, holding: facts)
         return lock.withLock {
             let existing = guests[GuestKey(r.guestID)]
             if existing != nil && !r.reset {
@@ -767,7 +797,8 @@ public final class GuestRegistry: @unchecked Sendable {
             // Stamped while the registry is locked: a request stamped before this (it arrived
             // before the session existed) never finds it (`session(_:arrivedAt:)`).
             let born = arrivals.add(1, ordering: .sequentiallyConsistent).newValue
-            let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest, born: born)
+            let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest,
+                                       born: born, lineageBorn: existing?.lineageBorn)
             guests[GuestKey(r.guestID)] = session
             charged[GuestKey(r.guestID)] = own + (shared.key == nil ? shared.symbolBytes : 0)
             return .registered(session)
@@ -823,8 +854,9 @@ public final class GuestRegistry: @unchecked Sendable {
     public func session(_ id: String) -> GuestSession? { lock.withLock { guests[GuestKey(id)] } }
 
     /// A stamp from the arrival clock, strictly greater than every stamp taken before it. The
-    /// service takes one for each request when the request starts, on its connection's event
-    /// loop, in the order the connection sent them — before the request waits for a pool thread.
+    /// service takes one for each request when it decodes the request's frame, on its connection's
+    /// event loop, in the order the connection sent them — before the request waits behind the
+    /// connection's in-flight cap or for a pool thread.
     public func arrivalStamp() -> UInt64 { arrivals.add(1, ordering: .sequentiallyConsistent).newValue }
 
     /// The session a request that arrived at `arrival` (`arrivalStamp()`; nil: not stamped) is
@@ -834,9 +866,14 @@ public final class GuestRegistry: @unchecked Sendable {
     /// thread took the reset first), an ended stand-in for the replaced session
     /// (`GuestSession.standInForReplaced()`): the request is the old boot's, and is never judged
     /// in the new session (docs/protocol.md, register-guest "Once.").
+    /// A request stamped before the first session of the guest's line of resets was registered
+    /// arrived while the guest had no session: nil (unknown guest, "restore needed"), as when it
+    /// is judged before the registration lands (docs/protocol.md, "Restart and restore": never a
+    /// deny, nothing was judged).
     public func session(_ id: String, arrivedAt arrival: UInt64?) -> GuestSession? {
         guard let s = session(id) else { return nil }
         guard let a = arrival, s.born > a else { return s }
+        guard s.lineageBorn < a else { return nil }
         return s.standInForReplaced()
     }
     public var count: Int { lock.withLock { guests.count } }

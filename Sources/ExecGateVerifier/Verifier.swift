@@ -114,7 +114,8 @@ public final class Verifier: @unchecked Sendable {
                 return .error(ErrorReply(code: code, message: why))
             }
         case .authorizeModule(let a):
-            if !a.guestID.isEmpty && guests.session(a.guestID) == nil {
+            // The session it arrived in (none: it arrived before the guest was registered).
+            if !a.guestID.isEmpty && guests.session(a.guestID, arrivedAt: arrival) == nil {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(a.guestID)' is not registered"))
             }
             return .verdict(authorize(a, requestDigest: requestDigest, body: body, arrival: arrival))
@@ -179,6 +180,15 @@ public final class Verifier: @unchecked Sendable {
         // One snapshot for the whole request, with the policy's per-guest/class rules applied.
         let policy = self.policy.resolved(forGuest: request.guestID)
         let session = request.guestID.isEmpty ? nil : guests.session(request.guestID, arrivedAt: arrival)
+        // A guest's request is never judged without its session (that is the no-guest check,
+        // which commits nothing and grants): one the registry no longer has is denied.
+        if !request.guestID.isEmpty && session == nil {
+            var v = ExecGateWire.Verdict(decision: .deny, reason: .endStateUnavailable,
+                                         message: "guest '\(request.guestID)' has no session this request arrived in (not registered, or removed): nothing was judged; register the guest, then ask again",
+                                         checks: [], policyID: policy.id, policyVersion: policy.version, requestDigest: requestDigest ?? [], moduleName: request.moduleName)
+            recordAudit(&v, guestID: request.guestID, policy: policy)
+            return v
+        }
         var fileDigest: Digest? = nil
         var judgement = request.module.withUnsafeReadableBytes { module in
             judge(module: module, request: request, policy: policy, session: session, fileDigest: &fileDigest)

@@ -14,6 +14,7 @@ import ExecGateClient
 import ExecGatePolicy
 import ExecGateService
 import ExecGateTestSupport
+import ExecGateTransport
 import ExecGateVerifier
 import ExecGateWire
 import Logging
@@ -177,5 +178,152 @@ final class ResetOrderTests: XCTestCase {
         // Stamped after the reset: judged in the new session.
         guard case .retireModuleReply = verifier.respond(to: retire, requestDigest: [], arrival: verifier.arrival()) else { return XCTFail("retire after the reset") }
         XCTAssertEqual(session.allowedModules, [])
+    }
+}
+
+/// A request the server read before a reset, queued behind its connection's in-flight cap.
+final class ResetOrderPendingTests: XCTestCase {
+    /// The verifier behind a responder that holds a module-init-freed named "hold" until the test
+    /// releases it: the connection's one in-flight slot stays taken, so what the connection sent
+    /// after it waits, read and decoded, in the connection's queue. Changes no answer.
+    final class GateResponder: RequestResponder, @unchecked Sendable {
+        let inner: Verifier
+        let holding = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        init(_ inner: Verifier) { self.inner = inner }
+        func respond(to message: Message, body: ByteBuffer) -> Message { respond(to: message, body: body, arrival: nil) }
+        func arrival() -> UInt64? { inner.arrival() }
+        func respond(to message: Message, body: ByteBuffer, arrival: UInt64?) -> Message {
+            if case .moduleInitFreed(let m) = message, m.moduleName == "hold" {
+                holding.signal()
+                _ = release.wait(timeout: .now() + 30)
+            }
+            return inner.respond(to: message, body: body, arrival: arrival)
+        }
+        func status(uptimeMilliseconds: UInt64, requestsServed: UInt64) -> StatusReply {
+            inner.status(uptimeMilliseconds: uptimeMilliseconds, requestsServed: requestsServed)
+        }
+    }
+
+    /// HOLE: trust.md: a request "that arrived before the reset registered the new session is of
+    /// the old session however late a pool thread takes it up (requests are stamped as they
+    /// arrive, in their connection's order)". The stamp was taken when a request *started*, not
+    /// when the server read it: a request read and decoded before the reset but queued behind its
+    /// connection's in-flight cap (pipelined past it) was stamped after the reset landed and
+    /// judged in the new session. Here the old boot's retire-module of irqbypass, sent (and read)
+    /// before the reset on a second connection, retired the new boot's irqbypass (allowed after
+    /// the reset's reply, its frames mapped EXEC by the VMM): the VMM discards that reply as the
+    /// docs tell it, and the verifier no longer holds a module the VMM still maps (its range,
+    /// frames and exports free for another claim).
+    func testARequestQueuedBehindTheInFlightCapBeforeAResetIsOfTheOldSession() async throws {
+        let boot = try CaptureBoot.load(Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a")
+        let registration = try boot.registration(guestID: "g")
+        var reset = registration
+        reset.reset = true
+        let name = "irqbypass"
+        let request = try boot.module(name).request(guestID: "g")
+
+        let verifier = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()))
+        let responder = GateResponder(verifier)
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let limits = PortLimits(maximumBodySize: 8 << 20, maximumInFlightPerConnection: 1)
+        let server = VerifierServer(responder: responder, logger: logger, threads: 2, configuration: limits)
+        let path = Fixtures.temporaryDirectory() + "/execgate.sock"
+        try await server.bind(.unix(path: path))
+        defer { responder.release.signal() }
+
+        let vmm = try XCTUnwrap(SocketPeer(path: path))
+        let other = try XCTUnwrap(SocketPeer(path: path))
+        func send(_ peer: SocketPeer, _ frames: [Frame]) -> Bool {
+            var wire = ByteBuffer()
+            for f in frames { wire.writeFrame(f) }
+            return peer.writeAll(Array(buffer: wire))
+        }
+        func ask(_ peer: SocketPeer, _ frame: Frame) -> Message? {
+            guard send(peer, [frame]), let f = peer.readFrame(timeout: 60) else { return nil }
+            return try? Message(type: f.type, body: f.body)
+        }
+        guard case .registerGuestReply? = ask(vmm, Message.registerGuest(registration).frame(requestID: 1)),
+              case .verdict(let old)? = ask(vmm, Message.authorizeModule(request).frame(requestID: 2)), old.decision == .allow,
+              let textBase = verifier.guests.session("g")?.liveModule(name)?.textRange.lowerBound else {
+            await server.shutdown()
+            return XCTFail("the old boot's registration and load")
+        }
+        // The old boot, on a second connection, in one write: a request that takes the
+        // connection's one in-flight slot, then the retire of irqbypass (the guest unloaded it).
+        XCTAssertTrue(send(other, [Message.moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "hold")).frame(requestID: 10),
+                                   Message.retireModule(RetireModule(guestID: "g", moduleName: name, textBase: textBase)).frame(requestID: 11)]))
+        XCTAssertEqual(responder.holding.wait(timeout: .now() + 30), .success)
+        // The 2 frames (a few dozen bytes) came in one read; the loop cuts the second right after
+        // starting the first. Give it that moment (this orders, it measures nothing).
+        try await Task.sleep(nanoseconds: 300_000_000)
+        // The guest rebooted: the VMM revoked the old session's grants, sends the reset, and after
+        // its reply the new boot's load of irqbypass (allowed: its grant is mapped).
+        guard case .registerGuestReply? = ask(vmm, Message.registerGuest(reset).frame(requestID: 3)),
+              case .verdict(let new)? = ask(vmm, Message.authorizeModule(request).frame(requestID: 4)) else {
+            await server.shutdown()
+            return XCTFail("the reset and the new boot's load")
+        }
+        XCTAssertEqual(new.decision, .allow, new.message)
+        responder.release.signal()
+        var replies: [UInt64: Message] = [:]
+        for _ in 0..<2 {
+            guard let f = other.readFrame(timeout: 60), let m = try? Message(type: f.type, body: f.body) else { break }
+            replies[f.requestID] = m
+        }
+        // The VMM discards both replies (sent before its reset); the new session must not have moved.
+        if case .retireModuleReply? = replies[11] {
+            XCTFail("the old boot's retire-module, read before the reset, retired the new boot's module")
+        }
+        XCTAssertEqual(verifier.guests.session("g")?.allowedModules, [name], "a request read before the reset changed the new session")
+        await server.shutdown()
+    }
+}
+
+/// A request that arrived before its guest had any session.
+final class ResetOrderFirstRegistrationTests: XCTestCase {
+    /// HOLE: protocol.md "Restart and restore": "While a guest is not registered, every request
+    /// naming it … is answered `error`/`unknown-guest` (… restore needed …), never a deny: nothing
+    /// was judged". A request stamped before the guest's first registration (the VMM restoring a
+    /// guest after a server restart sends register-guest and the first module on one connection,
+    /// in that order, and a pool thread ran the registration first) was judged in an "ended
+    /// stand-in for the session a reset replaced", though no session existed and no reset was
+    /// sent: an authorize-module or authorize-patch got a deny verdict (`policy.end-state-
+    /// unavailable`, "was reset (register-guest reset=1) after this request arrived"), recorded
+    /// in the audit trail as a deny, a retire-module `unknown-module`. It belongs to no session:
+    /// `unknown-guest`, as when it is judged before the registration lands.
+    func testARequestThatArrivedBeforeTheFirstRegistrationIsOfNoSession() throws {
+        let boot = try CaptureBoot.load(Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a")
+        let registration = try boot.registration(guestID: "g")
+        let name = "irqbypass"
+        let verifier = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()))
+        let before = verifier.arrival()
+        guard case .registerGuestReply = verifier.respond(to: .registerGuest(registration), requestDigest: []) else { return XCTFail("registration") }
+        let request = try boot.module(name).request(guestID: "g")
+        switch verifier.respond(to: .authorizeModule(request), requestDigest: nil, arrival: before) {
+        case .error(let e): XCTAssertEqual(e.code, .unknownGuest, e.message)
+        case let other: XCTFail("a load that arrived before the guest was registered: \(other)")
+        }
+        let patch = AuthorizePatch(guestID: "g", patches: [PatchEntry(address: 0xffff_ffff_c000_0000, bytes: [0x0f, 0x1f, 0x44, 0x00, 0x00])])
+        switch verifier.respond(to: .authorizePatch(patch), requestDigest: [], arrival: before) {
+        case .error(let e): XCTAssertEqual(e.code, .unknownGuest, e.message)
+        case let other: XCTFail("a patch that arrived before the guest was registered: \(other)")
+        }
+        switch verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: 0xffff_ffff_c000_0000)), requestDigest: [], arrival: before) {
+        case .error(let e): XCTAssertEqual(e.code, .unknownGuest, e.message)
+        case let other: XCTFail("a retire that arrived before the guest was registered: \(other)")
+        }
+        // Stamped after the registration: judged in it.
+        guard case .verdict(let v) = verifier.respond(to: .authorizeModule(request), requestDigest: nil, arrival: verifier.arrival()) else { return XCTFail("load") }
+        XCTAssertEqual(v.decision, .allow, v.message)
+        // And one stamped between it and a reset is still of the replaced session (a deny).
+        let between = verifier.arrival()
+        var reset = registration
+        reset.reset = true
+        guard case .registerGuestReply = verifier.respond(to: .registerGuest(reset), requestDigest: []) else { return XCTFail("reset") }
+        guard case .verdict(let stale) = verifier.respond(to: .authorizeModule(request), requestDigest: nil, arrival: between) else { return XCTFail("stale load") }
+        XCTAssertEqual(stale.reason, .endStateUnavailable, stale.message)
+        XCTAssertEqual(verifier.guests.session("g")?.allowedModules, [])
     }
 }
