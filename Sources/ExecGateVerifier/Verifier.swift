@@ -180,9 +180,12 @@ public final class Verifier: @unchecked Sendable {
         // One snapshot for the whole request, with the policy's per-guest/class rules applied.
         let policy = self.policy.resolved(forGuest: request.guestID)
         let session = request.guestID.isEmpty ? nil : guests.session(request.guestID, arrivedAt: arrival)
-        // A guest's request is never judged without its session (that is the no-guest check,
-        // which commits nothing and grants): one the registry no longer has is denied.
-        if !request.guestID.isEmpty && session == nil {
+        // A served guest's request (stamped: `arrival`) is never judged without its session (that
+        // is the no-guest check, which commits nothing and grants): one the registry no longer has
+        // (removed since `respond` found it) is denied. A direct call without a stamp and without
+        // a registration judges under the guest's policy rules with no session, as before (the
+        // per-class rules of `policy test`, AuditTests).
+        if !request.guestID.isEmpty && session == nil && arrival != nil {
             var v = ExecGateWire.Verdict(decision: .deny, reason: .endStateUnavailable,
                                          message: "guest '\(request.guestID)' has no session this request arrived in (not registered, or removed): nothing was judged; register the guest, then ask again",
                                          checks: [], policyID: policy.id, policyVersion: policy.version, requestDigest: requestDigest ?? [], moduleName: request.moduleName)
