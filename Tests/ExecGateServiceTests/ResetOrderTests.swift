@@ -25,6 +25,37 @@ import XCTest
 import Glibc
 #endif
 
+/// The fixture boot's guest "g" (Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a): its
+/// registration, the same with `reset = 1`, irqbypass's load request, and a verifier under the
+/// built-in policy with the Debian anchors.
+struct ResetFixture {
+    let registration: RegisterGuest
+    let reset: RegisterGuest
+    let name = "irqbypass"
+    let request: AuthorizeModule
+    let verifier: Verifier
+
+    init() throws {
+        let boot = try CaptureBoot.load(Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a")
+        registration = try boot.registration(guestID: "g")
+        var r = registration
+        r.reset = true
+        reset = r
+        request = try boot.module(name).request(guestID: "g")
+        verifier = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()))
+    }
+
+    /// A Unix-socket server (2 pool threads) answering through `responder`; returns it and its path.
+    static func serve(_ responder: any RequestResponder, configuration: PortLimits = PortLimits(maximumBodySize: 8 << 20)) async throws -> (VerifierServer, String) {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let server = VerifierServer(responder: responder, logger: logger, threads: 2, configuration: configuration)
+        let path = Fixtures.temporaryDirectory() + "/execgate.sock"
+        try await server.bind(.unix(path: path))
+        return (server, path)
+    }
+}
+
 final class ResetOrderTests: XCTestCase {
     /// The verifier behind a responder that, once armed, holds the first authorize-module it is
     /// given until a register-guest has been answered: the pool's scheduling when the thread that
@@ -80,20 +111,10 @@ final class ResetOrderTests: XCTestCase {
     /// before its guest's current session was registered is of a replaced session, and denied
     /// `policy.end-state-unavailable` (ask again).
     func testARequestSentBeforeAResetIsNeverJudgedInTheNewSession() async throws {
-        let boot = try CaptureBoot.load(Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a")
-        let registration = try boot.registration(guestID: "g")
-        var reset = registration
-        reset.reset = true
-        let name = "irqbypass"
-        let request = try boot.module(name).request(guestID: "g")
-
-        let verifier = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()))
+        let f = try ResetFixture()
+        let (registration, reset, request, verifier) = (f.registration, f.reset, f.request, f.verifier)
         let responder = HoldingResponder(verifier)
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let server = VerifierServer(responder: responder, logger: logger, threads: 2, maximumBodySize: 8 << 20)
-        let path = Fixtures.temporaryDirectory() + "/execgate.sock"
-        try await server.bind(.unix(path: path))
+        let (server, path) = try await ResetFixture.serve(responder)
 
         let peer = try XCTUnwrap(SocketPeer(path: path))
         func ask(_ frames: [Frame]) -> [UInt64: Message] {
@@ -141,16 +162,11 @@ final class ResetOrderTests: XCTestCase {
     /// is `unknown-module` and leaves the new session's module live with its init text; stamped
     /// after, each is judged in the new session.
     func testPatchRetireAndInitFreedSentBeforeAResetLeaveTheNewSessionAlone() throws {
-        let boot = try CaptureBoot.load(Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a")
-        let registration = try boot.registration(guestID: "g")
-        var reset = registration
-        reset.reset = true
-        let name = "irqbypass"
-        let verifier = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()))
+        let f = try ResetFixture()
+        let (registration, reset, name, request, verifier) = (f.registration, f.reset, f.name, f.request, f.verifier)
         guard case .registerGuestReply = verifier.respond(to: .registerGuest(registration), requestDigest: []) else { return XCTFail("registration") }
         let before = verifier.arrival()
         guard case .registerGuestReply = verifier.respond(to: .registerGuest(reset), requestDigest: []) else { return XCTFail("reset") }
-        let request = try boot.module(name).request(guestID: "g")
         guard case .verdict(let loaded) = verifier.respond(to: .authorizeModule(request), requestDigest: nil, arrival: verifier.arrival()) else { return XCTFail("load") }
         XCTAssertEqual(loaded.decision, .allow, loaded.message)
         let session = try XCTUnwrap(verifier.guests.session("g"))
@@ -216,21 +232,10 @@ final class ResetOrderPendingTests: XCTestCase {
     /// docs tell it, and the verifier no longer holds a module the VMM still maps (its range,
     /// frames and exports free for another claim).
     func testARequestQueuedBehindTheInFlightCapBeforeAResetIsOfTheOldSession() async throws {
-        let boot = try CaptureBoot.load(Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a")
-        let registration = try boot.registration(guestID: "g")
-        var reset = registration
-        reset.reset = true
-        let name = "irqbypass"
-        let request = try boot.module(name).request(guestID: "g")
-
-        let verifier = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()))
+        let f = try ResetFixture()
+        let (registration, reset, name, request, verifier) = (f.registration, f.reset, f.name, f.request, f.verifier)
         let responder = GateResponder(verifier)
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let limits = PortLimits(maximumBodySize: 8 << 20, maximumInFlightPerConnection: 1)
-        let server = VerifierServer(responder: responder, logger: logger, threads: 2, configuration: limits)
-        let path = Fixtures.temporaryDirectory() + "/execgate.sock"
-        try await server.bind(.unix(path: path))
+        let (server, path) = try await ResetFixture.serve(responder, configuration: PortLimits(maximumBodySize: 8 << 20, maximumInFlightPerConnection: 1))
         defer { responder.release.signal() }
 
         let vmm = try XCTUnwrap(SocketPeer(path: path))
@@ -294,13 +299,10 @@ final class ResetOrderFirstRegistrationTests: XCTestCase {
     /// in the audit trail as a deny, a retire-module `unknown-module`. It belongs to no session:
     /// `unknown-guest`, as when it is judged before the registration lands.
     func testARequestThatArrivedBeforeTheFirstRegistrationIsOfNoSession() throws {
-        let boot = try CaptureBoot.load(Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a")
-        let registration = try boot.registration(guestID: "g")
-        let name = "irqbypass"
-        let verifier = Verifier(policy: Policy.builtIn(trust: try Fixtures.debianTrust()))
+        let f = try ResetFixture()
+        let (registration, name, request, verifier) = (f.registration, f.name, f.request, f.verifier)
         let before = verifier.arrival()
         guard case .registerGuestReply = verifier.respond(to: .registerGuest(registration), requestDigest: []) else { return XCTFail("registration") }
-        let request = try boot.module(name).request(guestID: "g")
         switch verifier.respond(to: .authorizeModule(request), requestDigest: nil, arrival: before) {
         case .error(let e): XCTAssertEqual(e.code, .unknownGuest, e.message)
         case let other: XCTFail("a load that arrived before the guest was registered: \(other)")
