@@ -278,12 +278,7 @@ final class BudgetAccountingTests: XCTestCase {
     }
 
     /// This process's resident bytes (VmRSS).
-    private func residentBytes() -> Int {
-        for line in procText("/proc/self/status").split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            return (Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0) << 10
-        }
-        return 0
-    }
+    private func residentBytes() -> Int { procStatusBytes("VmRSS") }
 
     /// Attack (round 10): pin the connection's read buffers with tiny bodies. A body under
     /// `collectedBodyThreshold` was handed on as a slice of the connection's cumulation buffer

@@ -19,13 +19,7 @@ import Glibc
 #endif
 
 final class FactsBudgetTests: XCTestCase {
-    static func rss() -> Int {
-        let text = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
-        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            return (Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0) << 10
-        }
-        return 0
-    }
+    static func rss() -> Int { procStatusBytes("VmRSS") }
 
     /// One distinct "build": `_stext`/`_etext` and `count` exported text symbols with short distinct
     /// names (4 characters base 36, made distinct per build by `g`): few counted bytes each, and the

@@ -467,15 +467,18 @@ final class HostilePeerTests: XCTestCase {
         return all
     }
 
-    func statusField(_ name: String) -> Int {
+    func statusField(_ name: String) -> Int { procStatusBytes(name, pid: "\(pid)") }
+
+    func peakRSS() -> Int { statusField("VmHWM") }
+    func currentRSS() -> Int { statusField("VmRSS") }
+}
+
+/// A byte count from `/proc/PID/status` (`VmRSS`, `VmHWM`: the kernel prints kB), 0 when absent.
+func procStatusBytes(_ name: String, pid: String = "self") -> Int {
         for line in procText("/proc/\(pid)/status").split(separator: "\n") where line.hasPrefix(name + ":") {
             return (Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0) << 10
         }
         return 0
-    }
-
-    func peakRSS() -> Int { statusField("VmHWM") }
-    func currentRSS() -> Int { statusField("VmRSS") }
 }
 
 /// A /proc file's text. (Files.read sizes its buffer by st_size, which /proc reports as 0.)

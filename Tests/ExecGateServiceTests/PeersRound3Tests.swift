@@ -47,12 +47,7 @@ final class PeersRound3Tests: XCTestCase {
         XCTFail("serve did not listen: " + String(decoding: (try? Fixtures.readFile(dir + "/err")) ?? [], as: UTF8.self))
     }
 
-    func statusField(_ name: String) -> Int {
-        for line in procText("/proc/\(pid)/status").split(separator: "\n") where line.hasPrefix(name + ":") {
-            return (Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0) << 10
-        }
-        return 0
-    }
+    func statusField(_ name: String) -> Int { procStatusBytes(name, pid: "\(pid)") }
 
     /// A fresh connection's `status` answers.
     func probe(_ what: String, timeout: Double = 20) async throws {

@@ -196,12 +196,7 @@ final class ServeRound4Tests: XCTestCase {
         XCTFail("serve did not listen")
     }
 
-    func rss() -> Int {
-        for line in procText("/proc/\(pid)/status").split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            return (Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0) << 10
-        }
-        return 0
-    }
+    func rss() -> Int { procStatusBytes("VmRSS", pid: "\(pid)") }
 
     func statusAnswers(within seconds: Double) -> Bool {
         guard let p = SocketPeer(path: vmm) else { return false }
