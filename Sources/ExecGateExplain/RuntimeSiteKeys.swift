@@ -16,6 +16,23 @@ extension RuntimeSiteTable {
         public let kind: ExplanationClass
     }
 
+    /// The state of each key whose sites lie in `region` (the claimed bytes from `base`): per
+    /// keyed site at or after `base` whose bytes are inside the region and a legal encoding, its
+    /// key → the state they encode, the last such site in address order winning (the explainer
+    /// already held every site of a key to one state). Read in place: no site list, no array of
+    /// each site's bytes, no search for a site by address.
+    public func keyStates(base: UInt64, region: UnsafeRawBufferPointer) -> [UInt64: UInt64] {
+        var out: [UInt64: UInt64] = [:]
+        for (address, site) in sites {
+            guard let key = site.group, address >= base else { continue }
+            let off = address - base
+            guard off <= UInt64(region.count), site.length <= region.count - Int(off) else { continue }
+            let at = Int(off)
+            if let state = site.check(UnsafeRawBufferPointer(rebasing: region[at..<at + site.length])) { out[key] = state }
+        }
+        return out
+    }
+
     /// Every site, in address order.
     public var siteList: [Site] {
         sites.sorted { $0.key < $1.key }.map { Site(address: $0.key, length: $0.value.length, key: $0.value.group, kind: $0.value.cls) }

@@ -487,15 +487,8 @@ public final class Verifier: @unchecked Sendable {
         // 11. Key state of the module's run-time sites (checked against the live keys at commit).
         checks.append(.keyState)
         func states(_ table: RuntimeSiteTable?, base: UInt64, bytes region: ByteBuffer) -> [UInt64: UInt64] {
-            var out: [UInt64: UInt64] = [:]
-            for site in table?.siteList ?? [] {
-                guard let key = site.key, site.address >= base else { continue }
-                let off = Int(site.address - base)
-                guard let bytes = region.getBytes(at: region.readerIndex + off, length: site.length),
-                      case .allowed(_, let state)? = table?.check(address: site.address, bytes: bytes) else { continue }
-                out[key] = state
-            }
-            return out
+            guard let table else { return [:] }
+            return region.withUnsafeReadableBytes { table.keyStates(base: base, region: $0) }
         }
         let keyStates = states(explained.runtimeSites, base: base, bytes: text)
         // Init sites too (jump_label_add_module() / static_call_add_module() patch them to the
@@ -615,8 +608,12 @@ public final class Verifier: @unchecked Sendable {
 
     /// Names of the module's undefined symbols (what resolve_symbol() looks up).
     static func imports(of elf: ELFFile) -> Set<String> {
-        guard let symbols = try? elf.symbols() else { return [] }
-        return Set(symbols.filter { $0.isUndefined && !$0.name.isEmpty }.map(\.name))
+        // Read in place: only the undefined symbols' names are made (`symbols()` made a `String`
+        // for every symbol of the module, 10% of a judgement in a boot storm).
+        guard let t = try? elf.symbolTable() else { return [] }
+        var out = Set<String>()
+        for i in t.indices where t.isUndefined(i) && !t.nameBytes(i).isEmpty { out.insert(t.name(i)) }
+        return out
     }
 
     /// Maps the signature layer's failures onto wire reasons.
