@@ -555,12 +555,36 @@ public final class GuestSession: @unchecked Sendable {
             var owners: [String] = []
             var ownerSerials: [String: UInt64] = [:]
             var smpBatch = false
+            // Each live module's text and granted init text, sorted by start: an entry's owner is
+            // found by one binary search, not a walk over every live module (a whole-key batch
+            // can name thousands of sites). The ranges are disjoint (commit refuses a claim
+            // overlapping a live module's core or init range), so at most one holds an address;
+            // empty ranges hold none and are left out.
+            var spans: [(lo: UInt64, hi: UInt64, name: String)] = []
+            spans.reserveCapacity(2 * live.count)
+            for m in live.values {
+                for r in [m.textRange, m.initRange] { if let r, !r.isEmpty { spans.append((r.lowerBound, r.upperBound, m.name)) } }
+            }
+            spans.sort { $0.lo < $1.lo }
+            func ownerName(of a: UInt64) -> String? {
+                var lo = 0, hi = spans.count  // first span starting after `a`
+                while lo < hi { let mid = (lo + hi) / 2; if spans[mid].lo <= a { lo = mid + 1 } else { hi = mid } }
+                guard lo > 0, a < spans[lo - 1].hi else { return nil }
+                return spans[lo - 1].name
+            }
+            var owner: LiveModule?  // the last entry's (batches are mostly one module's sites)
             for p in patches {
                 let at = "0x" + Hex.number(p.address)
                 guard seen.insert(p.address).inserted else { return .denied(.patchNotAllowed, module: "", message: "\(at) appears twice in the batch", stage: .site) }
-                guard let owner = order.lazy.compactMap({ self.live[$0] }).first(where: { $0.textRange.contains(p.address) || ($0.initRange?.contains(p.address) ?? false) }) else {
+                guard let name = ownerName(of: p.address), let found = owner?.name == name ? owner : live[name] else {
                     return .denied(.patchNotAllowed, module: "", message: "\(at) is not in live code verified for guest '\(registration.guestID)'", stage: .site)
                 }
+                owner = found
+                let owner = found
+                #if DEBUG
+                precondition(order.lazy.compactMap({ self.live[$0] }).first(where: { $0.textRange.contains(p.address) || ($0.initRange?.contains(p.address) ?? false) })?.name == owner.name,
+                             "patch owner index disagrees with the live modules")
+                #endif
                 if !owners.contains(owner.name) { owners.append(owner.name) }
                 ownerSerials[owner.name] = owner.commitSerial
                 guard let table = owner.sites else {
