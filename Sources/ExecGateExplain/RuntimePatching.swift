@@ -91,7 +91,10 @@ struct SiteMap: Sequence {
         }
         if distinct {
             addresses = a
-            sites = variable
+            // The table outlives the explanation (a guest's live state while the module is
+            // live): the stages grew `variable` by appends, up to twice the sites it holds; a
+            // copy holds exactly them.
+            sites = variable.capacity > variable.count + variable.count / 8 ? variable.withUnsafeBufferPointer { Array($0) } : variable
             return
         }
         a = []

@@ -33,6 +33,17 @@ extension RuntimeSiteTable {
         return out
     }
 
+    /// The site starting at `address`, or nil (one binary search: no index of the sites is kept
+    /// beside the table).
+    public func site(at address: UInt64) -> Site? {
+        sites[address].map { Site(address: address, length: $0.length, key: $0.group, kind: $0.cls) }
+    }
+
+    /// Every site, in address order, without making the list.
+    public func forEachSite(_ body: (Site) throws -> Void) rethrows {
+        for (address, v) in sites { try body(Site(address: address, length: v.length, key: v.group, kind: v.cls)) }
+    }
+
     /// Every site, in address order.
     public var siteList: [Site] {
         sites.sorted { $0.key < $1.key }.map { Site(address: $0.key, length: $0.value.length, key: $0.value.group, kind: $0.value.cls) }

@@ -59,8 +59,12 @@ public struct LiveModule: Sendable {
     /// is freed). `jump_label_add_module()` / `static_call_add_module()` patch init sites to the
     /// key's current state like core ones, so they are held to the live state too.
     var initKeyStates: [UInt64: UInt64] = [:]
-    /// The module's run-time sites by address (built once from `sites`).
-    let siteIndex: [UInt64: RuntimeSiteTable.Site]
+    /// The module's run-time site at `address`, read from `sites` (a second index of every site
+    /// by address, kept per live module, was ~2.6 MiB a guest of the reference corpus's 103
+    /// modules: 40% of a guest's live state).
+    func site(at address: UInt64) -> RuntimeSiteTable.Site? { sites?.site(at: address) }
+    /// Every run-time site of the module, in address order.
+    func forEachSite(_ body: (RuntimeSiteTable.Site) -> Void) { sites?.forEachSite(body) }
     /// Which commit recorded this instance (`GuestSession.commit`): a rollback removes only the
     /// instance its own commit recorded, never another one of the same name loaded since.
     var commitSerial: UInt64 = 0
@@ -84,9 +88,6 @@ public struct LiveModule: Sendable {
         self.keyStates = keyStates
         self.imports = imports
         self.explainedAt = explainedAt
-        var index: [UInt64: RuntimeSiteTable.Site] = [:]
-        for site in sites?.siteList ?? [] { index[site.address] = site }
-        self.siteIndex = index
     }
 }
 
@@ -347,7 +348,8 @@ public final class GuestSession: @unchecked Sendable {
                 return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' exports '\(name)', which is already exported (the kernel refuses duplicate exports)")
             }
         }
-        let smpGroups = Set(m.siteIndex.values.filter { $0.kind == .smpLock }.compactMap(\.key))
+        var smpGroups = Set<UInt64>()
+        m.forEachSite { if $0.kind == .smpLock, let k = $0.key { smpGroups.insert(k) } }
         // Core and init sites of one key agree (the explainer holds init sites to the core's).
         let states = m.keyStates.merging(m.initKeyStates) { core, _ in core }
         for (key, state) in states.sorted(by: { $0.key < $1.key }) {
@@ -381,7 +383,7 @@ public final class GuestSession: @unchecked Sendable {
             keyStatesSeen[key, default: []].insert(state)
             if let ro = facts.coreROAfterInit, ro.contains(key) { sealedKeyState[key] = (state, (sealedKeyState[key]?.commits ?? 0) + 1) }
         }
-        for site in m.siteIndex.values { if let k = site.key { keySites[k, default: []].insert(site.address) } }
+        m.forEachSite { site in if let k = site.key { keySites[k, default: []].insert(site.address) } }
         if let e = m.exports { resolver.add(e) }
         return nil
     }
@@ -457,12 +459,12 @@ public final class GuestSession: @unchecked Sendable {
         // from its own load state, as in a guest that never had the first copy).
         for k in keyStatesSeen.keys where !stillUsed.contains(k) { keyStatesSeen[k] = nil }
         keySites = [:]
-        for m in live.values { for site in m.siteIndex.values { if let k = site.key { keySites[k, default: []].insert(site.address) } } }
+        for m in live.values { m.forEachSite { site in if let k = site.key { keySites[k, default: []].insert(site.address) } } }
         // Run-time transitions since load are part of the live state: keep the engine's view of
         // static-call key states current (the exports above carry only load-time states).
         for m in live.values {
-            for site in m.siteIndex.values where site.kind == .staticCall {
-                if let k = site.key, let st = keyState[k] { resolver.recordStaticCallState(key: k, state: st) }
+            m.forEachSite { site in
+                if site.kind == .staticCall, let k = site.key, let st = keyState[k] { resolver.recordStaticCallState(key: k, state: st) }
             }
         }
     }
@@ -595,7 +597,7 @@ public final class GuestSession: @unchecked Sendable {
                 case .allowed(_, let s): state = s
                 case .denied(let why): return .denied(.patchNotAllowed, module: owner.name, message: why, stage: .site)
                 }
-                guard let site = owner.siteIndex[p.address], let key = site.key else { continue }
+                guard let site = owner.site(at: p.address), let key = site.key else { continue }
                 // Lock prefixes go one way, UP (3e) → SMP (f0): alternatives_enable_smp().
                 if site.kind == .smpLock && state == 0 && wentSMP {
                     return .denied(.patchNotAllowed, module: owner.name, message: "\(at): unlocks an .smp_locks prefix (f0 → 3e), but guest '\(registration.guestID)' left uniprocessor mode: the kernel never patches back to UP (alternatives_enable_smp() is one-way)", stage: .key)
