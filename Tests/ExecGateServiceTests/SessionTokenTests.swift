@@ -371,4 +371,22 @@ final class SessionTokenTests: XCTestCase {
         XCTAssertEqual(v.guests.session("g")?.allowedModules, [])
         await server.shutdown()
     }
+
+    /// Failed attack kept: a guest id removed and registered again starts a new line; a token of
+    /// its earlier line (same id, the same place in a line) is not the new line's: refused
+    /// `bad-request`, never judged in the new session; tokens of two lines never collide.
+    func testATokenOfAnEarlierLineOfTheSameGuestIdIsRefused() throws {
+        let f = try ResetFixture()
+        let v = f.verifier
+        guard case .registerGuestReply(let r1) = v.respond(to: .registerGuest(f.registration), requestDigest: []), let first = r1.session else { return XCTFail("registration") }
+        XCTAssertTrue(v.guests.remove("g"))
+        guard case .registerGuestReply(let r2) = v.respond(to: .registerGuest(f.registration), requestDigest: []), let second = r2.session else { return XCTFail("registration again") }
+        XCTAssertNotEqual(first, second)
+        XCTAssertEqual(first & ((1 << 40) - 1), second & ((1 << 40) - 1), "both are the first session of their line")
+        var load = f.request
+        load.session = first
+        guard case .error(let e) = v.respond(to: .authorizeModule(load), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("the earlier line's token was judged") }
+        XCTAssertEqual(e.code, .badRequest, e.message)
+        XCTAssertEqual(v.guests.session("g")?.allowedModules, [])
+    }
 }
