@@ -40,6 +40,9 @@ public final class ExecGateClient: @unchecked Sendable {
     private let ownedGroup: MultiThreadedEventLoopGroup?
     private let lock = NIOLock()
     private var nextID: UInt64 = 1
+    /// Each guest's session token from its last register-guest-reply on this client (guarded by
+    /// `lock`): the convenience wrappers echo it (docs/protocol.md, register-guest "Session tokens").
+    private var sessions: [String: UInt64] = [:]
     private var closed = false
     public let endpoint: Endpoint
     /// Per-request timeout in seconds (nil = wait forever).
@@ -156,7 +159,27 @@ public final class ExecGateClient: @unchecked Sendable {
 
     // Convenience wrappers.
 
+    /// The session token of `guestID`'s last registration through this client (`register`), which
+    /// `authorize`, `authorizePatch`, `retireModule` and `moduleInitFreed` echo in a request that
+    /// carries none, so the server judges it by its session whatever connection carries it. nil:
+    /// none (not registered here, or the server sends no tokens).
+    public func sessionToken(for guestID: String) -> UInt64? { lock.withLock { sessions[guestID] } }
+
+    /// Sets (nil: forgets) the token this client echoes for `guestID`: a VMM that registered the
+    /// guest over another connection passes on the token its register-guest-reply named.
+    public func setSessionToken(_ token: UInt64?, for guestID: String) { lock.withLock { sessions[guestID] = token } }
+
+    /// `token` unless the request names one already.
+    private func echoed(_ request: UInt64?, _ guestID: String) -> UInt64? {
+        guard request == nil, !guestID.isEmpty else { return request }
+        return sessionToken(for: guestID)
+    }
+
+    private func remember(_ reply: RegisterGuestReply) { setSessionToken(reply.session, for: reply.guestID) }
+
     public func authorize(_ request: AuthorizeModule) async throws -> Verdict {
+        var request = request
+        request.session = echoed(request.session, request.guestID)
         switch try await send(.authorizeModule(request)) {
         case .verdict(let v): return v
         case .error(let e): throw ClientError.server(e)
@@ -174,7 +197,9 @@ public final class ExecGateClient: @unchecked Sendable {
 
     public func register(_ request: RegisterGuest) async throws -> RegisterGuestReply {
         switch try await send(.registerGuest(request)) {
-        case .registerGuestReply(let r): return r
+        case .registerGuestReply(let r):
+            remember(r)
+            return r
         case .error(let e): throw ClientError.server(e)
         case let other: throw ClientError.unexpectedReply("\(other.type)")
         }
@@ -191,7 +216,9 @@ public final class ExecGateClient: @unchecked Sendable {
     public func register(_ request: RegisterGuest, knownBuild: [UInt8]?) async throws -> (reply: RegisterGuestReply, byDigest: Bool) {
         if let digest = knownBuild {
             switch try await send(.registerGuest(request.byDigest(digest))) {
-            case .registerGuestReply(let r): return (r, true)
+            case .registerGuestReply(let r):
+                remember(r)
+                return (r, true)
             case .error(let e) where e.code == .unknownBuild: break
             case .error(let e): throw ClientError.server(e)
             case let other: throw ClientError.unexpectedReply("\(other.type)")
@@ -202,6 +229,8 @@ public final class ExecGateClient: @unchecked Sendable {
 
     /// Run-time text patches as one transition (a whole-key batch; see docs/protocol.md).
     public func authorizePatch(_ request: AuthorizePatch) async throws -> Verdict {
+        var request = request
+        request.session = echoed(request.session, request.guestID)
         switch try await send(.authorizePatch(request)) {
         case .verdict(let v): return v
         case .error(let e): throw ClientError.server(e)
@@ -211,6 +240,8 @@ public final class ExecGateClient: @unchecked Sendable {
 
     /// A module was unloaded and EXEC on its pages revoked: the verifier forgets it.
     public func retireModule(_ request: RetireModule) async throws -> RetireModuleReply {
+        var request = request
+        request.session = echoed(request.session, request.guestID)
         switch try await send(.retireModule(request)) {
         case .retireModuleReply(let r): return r
         case .error(let e): throw ClientError.server(e)
@@ -220,6 +251,8 @@ public final class ExecGateClient: @unchecked Sendable {
 
     /// A module's init memory was freed and EXEC on it revoked.
     public func moduleInitFreed(_ request: ModuleInitFreed) async throws -> ModuleInitFreedReply {
+        var request = request
+        request.session = echoed(request.session, request.guestID)
         switch try await send(.moduleInitFreed(request)) {
         case .moduleInitFreedReply(let r): return r
         case .error(let e): throw ClientError.server(e)

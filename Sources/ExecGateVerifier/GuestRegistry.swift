@@ -134,6 +134,15 @@ public final class GuestSession: @unchecked Sendable {
     /// replaced none): a request stamped before it arrived while the guest had no session at all
     /// and belongs to none (`GuestRegistry.session(_:arrivedAt:)`: unknown guest).
     let lineageBorn: UInt64
+    /// The session token (docs/protocol.md, register-guest "Session tokens"; register-guest-reply
+    /// tag 5): the guest's line of resets in the high 24 bits (`GuestRegistry.tokenLineShift`:
+    /// numbered at its first registration, registry-wide), the session's place in the line in the
+    /// low 40 (0 for the first registration, one more for each reset). Never 0. A request echoing
+    /// it is judged by it (`GuestRegistry.session(_:arrivedAt:token:)`). 0 only for a stand-in.
+    public let token: UInt64
+    /// The registration asked for tokens (`require_session = 1`): a request of this session
+    /// without one is refused.
+    public var requiresToken: Bool { registration.requireSession }
     private let lock = NIOLock()
     private var resolver: SymbolResolver
     private var live: [String: LiveModule] = [:]
@@ -219,16 +228,22 @@ public final class GuestSession: @unchecked Sendable {
     /// session the request belongs to (that one is gone: the VMM revoked its grants before it sent
     /// the reset). Every rule that ends in a commit, a key state or a retire refuses it, as it
     /// refuses a request whose session a reset ended while it was judged.
-    func standInForReplaced() -> GuestSession {
+    /// `token`: the replaced session's token the request carries (nil: it carries none and
+    /// arrived before this session was registered).
+    func standInForReplaced(token: UInt64? = nil) -> GuestSession {
         let s = GuestSession(registration: registration, kernel: kernel, facts: facts, factsDigest: factsDigest, born: 0, lineageBorn: 0)
-        s.ended = "guest '\(registration.guestID)' was reset (register-guest reset=1) after this request arrived: the request belongs to the session the reset replaced, whose grants were revoked; ask again in the new session"
+        if let t = token {
+            s.ended = "guest '\(registration.guestID)': this request carries the session token \(GuestRegistry.tokenText(t)) of a session a reset (register-guest reset=1) replaced: the request belongs to that session, whose grants were revoked; ask again in the new session, with its token"
+        } else {
+            s.ended = "guest '\(registration.guestID)' was reset (register-guest reset=1) after this request arrived: the request belongs to the session the reset replaced, whose grants were revoked; ask again in the new session"
+        }
         return s
     }
 
     /// Read before explaining a module (before the resolver snapshot): see `removals`.
     var removalGeneration: UInt64 { lock.withLock { removals } }
 
-    init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8], born: UInt64, lineageBorn: UInt64? = nil) {
+    init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8], born: UInt64, lineageBorn: UInt64? = nil, token: UInt64 = 0) {
         var r = registration
         r.symbols = []
         self.registration = r
@@ -237,6 +252,7 @@ public final class GuestSession: @unchecked Sendable {
         self.factsDigest = factsDigest
         self.born = born
         self.lineageBorn = lineageBorn ?? born
+        self.token = token
         self.resolver = SymbolResolver(coreExports: facts.exports)
     }
 
@@ -734,6 +750,16 @@ public final class GuestRegistry: @unchecked Sendable {
     public let maximumSymbolBytes: Int
     /// The arrival clock (`arrivalStamp()`): requests and registrations stamped from one counter.
     private let arrivals = Atomic<UInt64>(0)
+    /// Lines of resets numbered so far (each first registration of a guest id starts one): the
+    /// high bits of their sessions' tokens. Guarded by `lock`.
+    private var lines: UInt64 = 0
+    /// A session token: the line in the bits from here up, the session's place in it below.
+    public static let tokenLineShift: UInt64 = 40
+    /// Most lines (first registrations) one registry numbers, and most sessions one line has.
+    public static let maximumTokenLines: UInt64 = (1 << (64 - tokenLineShift)) - 1
+    public static let maximumSessionsPerLine: UInt64 = 1 << tokenLineShift
+    /// A token as the messages show it.
+    static func tokenText(_ t: UInt64) -> String { "0x" + String(t, radix: 16) }
 
     public init(maximumGuests: Int = GuestRegistry.defaultMaximumGuests,
                 maximumSymbolBytes: Int = GuestRegistry.defaultMaximumSymbolBytes) {
@@ -848,6 +874,21 @@ public final class GuestRegistry: @unchecked Sendable {
             if let why = overBudget(r.guestID, cost: cost, alsoFreed: freed) {
                 return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
             }
+            // The new session's token: the next place in the guest's line, or a new line.
+            let token: UInt64
+            if let old = existing {
+                let place = old.token & (Self.maximumSessionsPerLine - 1)
+                guard place + 1 < Self.maximumSessionsPerLine else {
+                    return .refused(.unavailable, "register-guest '\(r.guestID)': the guest's line has had \(Self.maximumSessionsPerLine) sessions, the most one line's session tokens can number")
+                }
+                token = old.token + 1
+            } else {
+                guard lines < Self.maximumTokenLines else {
+                    return .refused(.unavailable, "register-guest '\(r.guestID)': this server has numbered \(Self.maximumTokenLines) guest lines, the most session tokens can name")
+                }
+                token = (lines + 1) << Self.tokenLineShift
+            }
+            if existing == nil { lines += 1 }
             if let old = existing {
                 _ = release(old.kernel, dryRun: false)
                 old.end("was reset (register-guest reset=1)")
@@ -857,7 +898,7 @@ public final class GuestRegistry: @unchecked Sendable {
             // before the session existed) never finds it (`session(_:arrivedAt:)`).
             let born = arrivals.add(1, ordering: .sequentiallyConsistent).newValue
             let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest,
-                                       born: born, lineageBorn: existing?.lineageBorn)
+                                       born: born, lineageBorn: existing?.lineageBorn, token: token)
             guests[GuestKey(r.guestID)] = session
             charged[GuestKey(r.guestID)] = own + (shared.key == nil ? shared.symbolBytes : 0)
             return .registered(session)
@@ -930,10 +971,46 @@ public final class GuestRegistry: @unchecked Sendable {
     /// is judged before the registration lands (docs/protocol.md, "Restart and restore": never a
     /// deny, nothing was judged).
     public func session(_ id: String, arrivedAt arrival: UInt64?) -> GuestSession? {
-        guard let s = session(id) else { return nil }
+        session(id).flatMap { Self.session($0, arrivedAt: arrival) }
+    }
+
+    private static func session(_ s: GuestSession, arrivedAt arrival: UInt64?) -> GuestSession? {
         guard let a = arrival, s.born > a else { return s }
         guard s.lineageBorn < a else { return nil }
         return s.standInForReplaced()
+    }
+
+    /// What a session request is judged in (`session(_:arrivedAt:token:)`).
+    public enum SessionLookup {
+        /// The guest's current session, or an ended stand-in for one a reset replaced.
+        case session(GuestSession)
+        /// The guest is not registered (or the request arrived before it was): `unknown-guest`.
+        case unknownGuest
+        /// Nothing is judged: `bad-request` with this message (a token not issued to the guest,
+        /// or none where the session requires one).
+        case refused(String)
+    }
+
+    /// The session a request for guest `id` is judged in. With a session `token` (docs/protocol.md,
+    /// register-guest "Session tokens") the token decides, not the arrival: the current session's
+    /// token is that session; the token of an earlier session of the guest's line (one a reset
+    /// replaced) an ended stand-in (`GuestSession.standInForReplaced(token:)`), whatever
+    /// connection carried the request and however late it was read; any other token (another
+    /// guest's, one not issued yet) is refused. Without one, `session(_:arrivedAt:)`, unless the
+    /// current session requires tokens (`require_session`): refused.
+    public func session(_ id: String, arrivedAt arrival: UInt64?, token: UInt64?) -> SessionLookup {
+        guard let s = session(id) else { return .unknownGuest }
+        guard let t = token else {
+            if s.requiresToken {
+                return .refused("guest '\(id)' was registered with require_session=1: a request of its session carries the session token (tag 0x8020) its register-guest-reply named; nothing was judged")
+            }
+            return Self.session(s, arrivedAt: arrival).map { .session($0) } ?? .unknownGuest
+        }
+        if t == s.token { return .session(s) }
+        if t >> Self.tokenLineShift == s.token >> Self.tokenLineShift && t < s.token {
+            return .session(s.standInForReplaced(token: t))
+        }
+        return .refused("session token \(Self.tokenText(t)) was not issued to guest '\(id)' (another guest's token, or one not issued yet): a request echoes the token of its guest's register-guest-reply; nothing was judged")
     }
     public var count: Int { lock.withLock { guests.count } }
     /// Shared build copies held, with the number of guests on each (for status and tests).

@@ -109,24 +109,29 @@ public final class Verifier: @unchecked Sendable {
             switch guests.register(r, factsDigest: requestDigest ?? [], symbolsDigest: digest) {
             case .registered(let session):
                 return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: session.kernel.symbolCount),
-                                                              factsDigest: requestDigest ?? [], symbolsDigest: digest))
+                                                              factsDigest: requestDigest ?? [], symbolsDigest: digest, session: session.token))
             case .refused(let code, let why):
                 return .error(ErrorReply(code: code, message: why))
             }
         case .authorizeModule(let a):
-            // The session it arrived in (none: it arrived before the guest was registered).
-            if !a.guestID.isEmpty && guests.session(a.guestID, arrivedAt: arrival) == nil {
-                return .error(ErrorReply(code: .unknownGuest, message: "guest '\(a.guestID)' is not registered"))
+            // The session it arrived in, or its token names (none: it arrived before the guest
+            // was registered).
+            if !a.guestID.isEmpty {
+                if case .failure(let e) = session(of: a.guestID, arrival: arrival, token: a.session) { return .error(e) }
             }
             return .verdict(authorize(a, requestDigest: requestDigest, body: body, arrival: arrival))
         case .authorizePatch(let p):
-            guard let session = guests.session(p.guestID, arrivedAt: arrival) else {
-                return .error(ErrorReply(code: .unknownGuest, message: "guest '\(p.guestID)' is not registered"))
+            let session: GuestSession
+            switch self.session(of: p.guestID, arrival: arrival, token: p.session) {
+            case .success(let s): session = s
+            case .failure(let e): return .error(e)
             }
             return .verdict(authorizePatch(p, session: session, requestDigest: requestDigest ?? []))
         case .retireModule(let m):
-            guard let session = guests.session(m.guestID, arrivedAt: arrival) else {
-                return .error(ErrorReply(code: .unknownGuest, message: "guest '\(m.guestID)' is not registered"))
+            let session: GuestSession
+            switch self.session(of: m.guestID, arrival: arrival, token: m.session) {
+            case .success(let s): session = s
+            case .failure(let e): return .error(e)
             }
             if let why = Self.unnamable(m.moduleName) { return .error(ErrorReply(code: .unknownModule, message: why)) }
             // A session that is no longer the guest's (a stand-in for the one a reset replaced):
@@ -140,8 +145,10 @@ public final class Verifier: @unchecked Sendable {
                 return .error(ErrorReply(code: code, message: why))
             }
         case .moduleInitFreed(let m):
-            guard let session = guests.session(m.guestID, arrivedAt: arrival) else {
-                return .error(ErrorReply(code: .unknownGuest, message: "guest '\(m.guestID)' is not registered"))
+            let session: GuestSession
+            switch self.session(of: m.guestID, arrival: arrival, token: m.session) {
+            case .success(let s): session = s
+            case .failure(let e): return .error(e)
             }
             if let why = Self.unnamable(m.moduleName) { return .error(ErrorReply(code: .unknownModule, message: why)) }
             if let why = session.endedMessage { return .error(ErrorReply(code: .unknownModule, message: why)) }
@@ -153,6 +160,17 @@ public final class Verifier: @unchecked Sendable {
             return .statusReply(status(uptimeMilliseconds: 0, requestsServed: 0))
         case .helloReply, .registerGuestReply, .verdict, .statusReply, .retireModuleReply, .moduleInitFreedReply, .error:
             return .error(ErrorReply(code: .badRequest, message: "\(message.type) is a reply, not a request"))
+        }
+    }
+
+    /// The session a request for `guestID` is judged in (`GuestRegistry.session(_:arrivedAt:token:)`),
+    /// or the error it is answered: `unknown-guest`, or `bad-request` for a session token not
+    /// issued to the guest (or none where its session requires one).
+    func session(of guestID: String, arrival: UInt64?, token: UInt64?) -> Result<GuestSession, ErrorReply> {
+        switch guests.session(guestID, arrivedAt: arrival, token: token) {
+        case .session(let s): return .success(s)
+        case .unknownGuest: return .failure(ErrorReply(code: .unknownGuest, message: "guest '\(guestID)' is not registered"))
+        case .refused(let why): return .failure(ErrorReply(code: .badRequest, message: why))
         }
     }
 
@@ -179,7 +197,20 @@ public final class Verifier: @unchecked Sendable {
     public func authorize(_ request: AuthorizeModule, requestDigest: [UInt8]? = nil, body: ByteBuffer? = nil, arrival: UInt64? = nil) -> ExecGateWire.Verdict {
         // One snapshot for the whole request, with the policy's per-guest/class rules applied.
         let policy = self.policy.resolved(forGuest: request.guestID)
-        let session = request.guestID.isEmpty ? nil : guests.session(request.guestID, arrivedAt: arrival)
+        var session: GuestSession? = nil
+        if !request.guestID.isEmpty {
+            switch self.session(of: request.guestID, arrival: arrival, token: request.session) {
+            case .success(let s): session = s
+            case .failure(let e) where e.code == .badRequest:
+                // A token not issued to the guest (or none where one is required): nothing is
+                // judged, and nothing without the session either.
+                var v = ExecGateWire.Verdict(decision: .deny, reason: .endStateUnavailable, message: e.message, checks: [], policyID: policy.id,
+                                             policyVersion: policy.version, requestDigest: requestDigest ?? [], moduleName: request.moduleName)
+                recordAudit(&v, guestID: request.guestID, policy: policy)
+                return v
+            case .failure: break
+            }
+        }
         // A served guest's request (stamped: `arrival`) is never judged without its session (that
         // is the no-guest check, which commits nothing and grants): one the registry no longer has
         // (removed since `respond` found it) is denied. A direct call without a stamp and without

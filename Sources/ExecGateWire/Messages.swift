@@ -142,6 +142,10 @@ public struct RegisterGuest: Sendable, Equatable {
     /// guest to its copy of that build, or answers `unknown-build` (send the full registration).
     /// Empty: a full registration (`symbols` are the build's records).
     public var symbolsDigest: [UInt8]
+    /// `require_session` (tag 0x8011, critical): every session request for the guest must carry
+    /// its session token while the session this registration establishes is current (a request
+    /// without one is refused `bad-request`). docs/protocol.md, register-guest "Session tokens".
+    public var requireSession: Bool
 
     /// True for a registration by digest (`symbolsDigest` set, no symbol records).
     public var isByDigest: Bool { !symbolsDigest.isEmpty }
@@ -150,7 +154,8 @@ public struct RegisterGuest: Sendable, Equatable {
                 cpuCapabilities: [UInt8] = [], symbols: [KernelSymbol] = [], symbolSource: String = "",
                 commandLine: String = "", presentCPUs: UInt32 = 1, possibleCPUs: UInt32 = 1, vulnerabilities: String = "",
                 pvOps: [UInt8] = [], returnThunk: UInt64? = nil, reset: Bool = false, staticCallKeys: [StaticCallKeyFact] = [],
-                symbolsDigest: [UInt8] = []) {
+                symbolsDigest: [UInt8] = [], requireSession: Bool = false) {
+        self.requireSession = requireSession
         self.symbolsDigest = symbolsDigest
         self.reset = reset
         self.staticCallKeys = staticCallKeys
@@ -183,6 +188,9 @@ public struct RegisterGuest: Sendable, Equatable {
         /// the body (`malformed-body`, unknown critical field) instead of registering a guest
         /// with no symbols.
         static let symbolsDigest: UInt16 = 0x8010
+        /// Critical: a server that predates session tokens refuses the registration rather than
+        /// accept a requirement it would not enforce.
+        static let requireSession: UInt16 = 0x8011
     }
 
     /// The same registration by digest: every field but the symbol records, which `digest`
@@ -198,7 +206,7 @@ public struct RegisterGuest: Sendable, Equatable {
     public static let maximumSymbols = 1 << 20
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "register-guest", known: Set(1...15).union([Tag.symbolsDigest]),
+        let r = try TLVReader(body, message: "register-guest", known: Set(1...15).union([Tag.symbolsDigest, Tag.requireSession]),
                               repeated: [Tag.staticCallKey: WireLimits.maximumStaticCallKeys])
         guestID = try r.requiredString(Tag.guestID, "guest_id")
         guard !guestID.isEmpty else { throw WireDecodeError(.invalidValue, field: "register-guest.guest_id", "empty") }
@@ -210,6 +218,9 @@ public struct RegisterGuest: Sendable, Equatable {
         let resetFlag: UInt8 = try r.integer(Tag.reset, "reset") ?? 0
         guard resetFlag <= 1 else { throw WireDecodeError(.invalidValue, field: "register-guest.reset", "\(resetFlag) is neither 0 nor 1") }
         reset = resetFlag == 1
+        let requireFlag: UInt8 = try r.integer(Tag.requireSession, "require_session") ?? 0
+        guard requireFlag <= 1 else { throw WireDecodeError(.invalidValue, field: "register-guest.require_session", "\(requireFlag) is neither 0 nor 1") }
+        requireSession = requireFlag == 1
         let rawKeys = r.all(Tag.staticCallKey)
         guard rawKeys.count <= WireLimits.maximumStaticCallKeys else {
             throw WireDecodeError(.tooManyItems, field: "register-guest.static_call_key", "\(rawKeys.count) > \(WireLimits.maximumStaticCallKeys)")
@@ -289,6 +300,7 @@ public struct RegisterGuest: Sendable, Equatable {
         if reset { w.u8(Tag.reset, 1) }
         for k in staticCallKeys { w.nested(Tag.staticCallKey) { k.encode(into: &$0) } }
         if !symbolsDigest.isEmpty { w.bytes(Tag.symbolsDigest, symbolsDigest) }
+        if requireSession { w.u8(Tag.requireSession, 1) }
     }
 }
 
@@ -302,19 +314,24 @@ public struct RegisterGuestReply: Sendable, Equatable {
     /// SHA-256 of the symbol table at link-time addresses (what a policy `kernel … symbols` pin
     /// names): the same for every boot of one build. Empty when not computed.
     public var symbolsDigest: [UInt8]
-    public init(guestID: String, symbolCount: UInt32, factsDigest: [UInt8] = [], symbolsDigest: [UInt8] = []) {
+    /// Tag 5: the session token of the session this registration established (`SessionToken`),
+    /// which the session's requests echo. nil: not sent (a server that predates tokens).
+    public var session: UInt64?
+    public init(guestID: String, symbolCount: UInt32, factsDigest: [UInt8] = [], symbolsDigest: [UInt8] = [], session: UInt64? = nil) {
         self.guestID = guestID
         self.symbolCount = symbolCount
         self.factsDigest = factsDigest
         self.symbolsDigest = symbolsDigest
+        self.session = session
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "register-guest-reply", known: [1, 2, 3, 4])
+        let r = try TLVReader(body, message: "register-guest-reply", known: [1, 2, 3, 4, SessionToken.replyTag])
         guestID = try r.requiredString(1, "guest_id")
         symbolCount = try r.requiredInteger(2, "symbol_count")
         factsDigest = try r.optional(3, "facts_digest").map { Array(buffer: $0) } ?? []
         symbolsDigest = try r.optional(4, "symbols_digest").map { Array(buffer: $0) } ?? []
+        session = try r.integer(SessionToken.replyTag, "session")
     }
 
     public func encode(into w: inout TLVWriter) {
@@ -322,6 +339,7 @@ public struct RegisterGuestReply: Sendable, Equatable {
         w.u32(2, symbolCount)
         if !factsDigest.isEmpty { w.bytes(3, factsDigest) }
         if !symbolsDigest.isEmpty { w.bytes(4, symbolsDigest) }
+        if let t = session { w.u64(SessionToken.replyTag, t) }
     }
 
     /// The packed symbol records at link-time addresses (image addresses − `kaslrSlide`), the
@@ -391,10 +409,14 @@ public struct AuthorizeModule: Sendable, Equatable {
     public var initBase: UInt64?
     public var initText: ByteBuffer?
     public var initFrames: [UInt64]
+    /// The guest's session token (tag 0x8020, `SessionToken`): the session this load belongs to,
+    /// judged by it whatever connection carried it. nil: judged by its arrival. Only with `guestID`.
+    public var session: UInt64?
 
     public init(guestID: String = "", module: ByteBuffer, sections: [SectionClaim] = [], perCPUBase: UInt64? = nil, moduleName: String = "",
                 textBase: UInt64? = nil, text: ByteBuffer? = nil, frames: [UInt64] = [], initBase: UInt64? = nil,
-                initText: ByteBuffer? = nil, initFrames: [UInt64] = []) {
+                initText: ByteBuffer? = nil, initFrames: [UInt64] = [], session: UInt64? = nil) {
+        self.session = session
         self.frames = frames
         self.initBase = initBase
         self.initText = initText
@@ -418,7 +440,7 @@ public struct AuthorizeModule: Sendable, Equatable {
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "authorize-module", known: Set(1...11), repeated: [Tag.section: WireLimits.maximumSectionClaims])
+        let r = try TLVReader(body, message: "authorize-module", known: Set(1...11).union([SessionToken.tag]), repeated: [Tag.section: WireLimits.maximumSectionClaims])
         guestID = try r.string(Tag.guestID, "guest_id") ?? ""
         module = try r.required(Tag.module, "module")
         let raw = r.all(Tag.section)
@@ -447,6 +469,10 @@ public struct AuthorizeModule: Sendable, Equatable {
             throw WireDecodeError(.missingField, field: initBase == nil ? "authorize-module.init_base" : "authorize-module.init_text",
                                   "init_base and init_text come together")
         }
+        session = try SessionToken.decode(r, message: "authorize-module")
+        guard session == nil || !guestID.isEmpty else {
+            throw WireDecodeError(.invalidValue, field: "authorize-module.session", "sent without guest_id: a session token names a session of a registered guest")
+        }
     }
 
     public func encode(into w: inout TLVWriter) {
@@ -471,6 +497,7 @@ public struct AuthorizeModule: Sendable, Equatable {
             w.bytes(Tag.initText, t)
         }
         if !initFrames.isEmpty { w.bytes(Tag.initFrames, PackedFrames.encode(initFrames)) }
+        if let t = session { w.u64(SessionToken.tag, t) }
     }
 }
 
@@ -489,24 +516,29 @@ public struct AuthorizePatch: Sendable, Equatable {
     public var address: UInt64 { patches.first?.address ?? 0 }
     /// The bytes to be written there (the first entry).
     public var bytes: [UInt8] { patches.first?.bytes ?? [] }
+    /// The guest's session token (tag 0x8020, `SessionToken`); nil: judged by its arrival.
+    public var session: UInt64?
 
     /// Longest patch accepted (the longest x86 text_poke site is an 8-byte… nothing in 6.1 exceeds 16).
     public static let maximumLength = 16
 
-    public init(guestID: String, address: UInt64, bytes: [UInt8]) {
+    public init(guestID: String, address: UInt64, bytes: [UInt8], session: UInt64? = nil) {
         self.guestID = guestID
         self.patches = [PatchEntry(address: address, bytes: bytes)]
+        self.session = session
     }
 
     /// A batch (encoded as tag 4 entries when it has more than one).
-    public init(guestID: String, patches: [PatchEntry]) {
+    public init(guestID: String, patches: [PatchEntry], session: UInt64? = nil) {
         self.guestID = guestID
         self.patches = patches
+        self.session = session
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "authorize-patch", known: [1, 2, 3, 4], repeated: [4: WireLimits.maximumPatchBatch])
+        let r = try TLVReader(body, message: "authorize-patch", known: [1, 2, 3, 4, SessionToken.tag], repeated: [4: WireLimits.maximumPatchBatch])
         guestID = try r.requiredString(1, "guest_id")
+        session = try SessionToken.decode(r, message: "authorize-patch")
         let single: UInt64? = try r.integer(2, "address")
         let singleBytes = try r.optional(3, "bytes")
         let batch = r.all(4)
@@ -537,6 +569,7 @@ public struct AuthorizePatch: Sendable, Equatable {
         } else {
             for p in patches { w.nested(4) { p.encode(into: &$0) } }
         }
+        if let t = session { w.u64(SessionToken.tag, t) }
     }
 }
 

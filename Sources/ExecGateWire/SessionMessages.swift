@@ -136,6 +136,35 @@ public struct PatchEntry: Sendable, Equatable {
     }
 }
 
+// MARK: - Session tokens (register-guest-reply tag 5; tag 0x8020 of every session request)
+
+/// The session token (docs/protocol.md, register-guest "Session tokens"): register-guest-reply
+/// names the session a registration established, and the VMM echoes it in every request of that
+/// session, so a request of a session a reset replaced is told apart whatever connection carried
+/// it and however late the server read it. Opaque to the VMM; never 0.
+public enum SessionToken {
+    /// The `session` field of authorize-module, authorize-patch, retire-module and
+    /// module-init-freed: critical, so a server that predates tokens refuses a request carrying
+    /// one (`malformed-body`) rather than judge it by its arrival alone.
+    public static let tag: UInt16 = 0x8020
+    /// register-guest-reply's `session` (non-critical: an older client skips it).
+    public static let replyTag: UInt16 = 5
+
+    /// The request's `session` field, or nil when absent. Exactly 8 bytes, never 0.
+    /// - Throws: `WireDecodeError` `.badIntegerWidth` (not 8 bytes), `.invalidValue` (0),
+    ///   `.duplicateField`, naming `<message>.session`.
+    static func decode(_ r: TLVReader, message: String) throws -> UInt64? {
+        guard let v = try r.optional(tag, "session") else { return nil }
+        guard v.readableBytes == 8, let t = v.getInteger(at: v.readerIndex, as: UInt64.self) else {
+            throw WireDecodeError(.badIntegerWidth, field: "\(message).session", "\(v.readableBytes) bytes; a session token is a u64 (8 bytes)")
+        }
+        guard t != 0 else {
+            throw WireDecodeError(.invalidValue, field: "\(message).session", "0 is no session token (a server never issues 0)")
+        }
+        return t
+    }
+}
+
 // MARK: - retire-module (0x0006) / retire-module-reply (0x8006)
 
 /// The guest unloaded a module and the VMM has already revoked EXEC on all of its pages (core text
@@ -148,26 +177,32 @@ public struct RetireModule: Sendable, Equatable {
     public var moduleName: String
     /// The `text_base` of the live module (names the instance: guards against retiring another).
     public var textBase: UInt64
+    /// The guest's session token (tag 0x8020, `SessionToken`): the session this retire belongs to.
+    /// nil: judged by its arrival.
+    public var session: UInt64?
 
-    public init(guestID: String, moduleName: String, textBase: UInt64) {
+    public init(guestID: String, moduleName: String, textBase: UInt64, session: UInt64? = nil) {
         self.guestID = guestID
         self.moduleName = moduleName
         self.textBase = textBase
+        self.session = session
     }
 
     enum Tag { static let guestID: UInt16 = 1, moduleName: UInt16 = 2, textBase: UInt16 = 3 }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "retire-module", known: [1, 2, 3])
+        let r = try TLVReader(body, message: "retire-module", known: [1, 2, 3, SessionToken.tag])
         guestID = try r.requiredString(Tag.guestID, "guest_id")
         moduleName = try r.requiredString(Tag.moduleName, "module_name")
         textBase = try r.requiredInteger(Tag.textBase, "text_base")
+        session = try SessionToken.decode(r, message: "retire-module")
     }
 
     public func encode(into w: inout TLVWriter) {
         w.string(Tag.guestID, guestID)
         w.string(Tag.moduleName, moduleName)
         w.u64(Tag.textBase, textBase)
+        if let t = session { w.u64(SessionToken.tag, t) }
     }
 }
 
@@ -210,23 +245,30 @@ public struct RetireModuleReply: Sendable, Equatable {
 public struct ModuleInitFreed: Sendable, Equatable {
     public var guestID: String
     public var moduleName: String
+    /// The guest's session token (tag 0x8020, `SessionToken`); nil: judged by its arrival. A
+    /// reply never carries one.
+    public var session: UInt64?
 
-    public init(guestID: String, moduleName: String) {
+    public init(guestID: String, moduleName: String, session: UInt64? = nil) {
         self.guestID = guestID
         self.moduleName = moduleName
+        self.session = session
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "module-init-freed", known: [1, 2])
+        let r = try TLVReader(body, message: "module-init-freed", known: [1, 2, SessionToken.tag])
         guestID = try r.requiredString(1, "guest_id")
         moduleName = try r.requiredString(2, "module_name")
+        session = try SessionToken.decode(r, message: "module-init-freed")
     }
 
     public func encode(into w: inout TLVWriter) {
         w.string(1, guestID)
         w.string(2, moduleName)
+        if let t = session { w.u64(SessionToken.tag, t) }
     }
 }
 
-/// The reply acknowledges the guest and module it names: the request's own body (same tags).
+/// The reply acknowledges the guest and module it names: the request's own body (same tags, no
+/// session token).
 public typealias ModuleInitFreedReply = ModuleInitFreed

@@ -27,6 +27,18 @@ struct ConnectOptions: ParsableArguments {
 
     func endpoint() throws -> Endpoint { try Endpoint(parsing: connect, listening: false) }
 
+    /// `--session`: the guest's session token (register-guest-reply tag 5), 0x-hex or decimal;
+    /// nil when not given. docs/protocol.md, register-guest "Session tokens".
+    static func sessionToken(_ text: String?, command: String) throws -> UInt64? {
+        guard let text else { return nil }
+        let t = text.hasPrefix("0x") || text.hasPrefix("0X") ? Hex.parseUInt64(text) : UInt64(text)
+        guard let t, t != 0 else {
+            Console.error("execgate request \(command): --session '\(text)' is not a session token (a nonzero u64, 0x-hex or decimal)")
+            throw ExecGateExit.usage
+        }
+        return t
+    }
+
     func validate() throws {
         _ = try endpoint()
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
@@ -71,10 +83,17 @@ struct RequestModule: AsyncParsableCommand {
     var claim: String = "elf"
     @Option(help: "Registered guest id the pages belong to (empty: no guest).")
     var guest: String = ""
+    @Option(help: ArgumentHelp("The guest's session token, as its register-guest-reply named it (0x-hex or decimal): the request is judged in that session.", valueName: "TOKEN"))
+    var session: String?
 
     func run() async throws {
         let module: [UInt8]
         let sections: [SectionClaim]
+        let token = try ConnectOptions.sessionToken(session, command: "module")
+        if token != nil && guest.isEmpty {
+            Console.error("execgate request module: --session names a session of a guest: give --guest")
+            throw ExecGateExit.usage
+        }
         do {
             module = try LocalFile.readModule(file)
             sections = try ClaimSource.sections(claim, module: module)
@@ -85,7 +104,7 @@ struct RequestModule: AsyncParsableCommand {
         let client = try await connection.client()
         let verdict: Verdict
         do {
-            verdict = try await client.authorize(AuthorizeModule(guestID: guest, module: ByteBuffer(bytes: module), sections: sections))
+            verdict = try await client.authorize(AuthorizeModule(guestID: guest, module: ByteBuffer(bytes: module), sections: sections, session: token))
         } catch {
             Console.error("execgate request module: \(error)")
             await client.close()
@@ -134,14 +153,17 @@ struct RequestRetireModule: AsyncParsableCommand {
     @OptionGroup var connection: ConnectOptions
     @Option(help: "Registered guest id.") var guest: String
     @Option(name: .customLong("text-base"), help: "The live module's text_base (hex, 0x…).") var textBase: String
+    @Option(help: ArgumentHelp("The guest's session token, as its register-guest-reply named it (0x-hex or decimal).", valueName: "TOKEN"))
+    var session: String?
 
     func run() async throws {
         guard let base = Hex.parseUInt64(textBase) else {
             Console.error("execgate request retire-module: --text-base '\(textBase)' is not a hex address")
             throw ExecGateExit.usage
         }
+        let token = try ConnectOptions.sessionToken(session, command: "retire-module")
         let r = try await connection.exchange("retire-module") {
-            try await $0.retireModule(RetireModule(guestID: guest, moduleName: name, textBase: base))
+            try await $0.retireModule(RetireModule(guestID: guest, moduleName: name, textBase: base, session: token))
         }
         if connection.json {
             print(JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName)),
@@ -161,10 +183,13 @@ struct RequestInitFreed: AsyncParsableCommand {
     @Argument(help: "The module's name, as in its verdict.") var name: String
     @OptionGroup var connection: ConnectOptions
     @Option(help: "Registered guest id.") var guest: String
+    @Option(help: ArgumentHelp("The guest's session token, as its register-guest-reply named it (0x-hex or decimal).", valueName: "TOKEN"))
+    var session: String?
 
     func run() async throws {
+        let token = try ConnectOptions.sessionToken(session, command: "init-freed")
         let r = try await connection.exchange("init-freed") {
-            try await $0.moduleInitFreed(ModuleInitFreed(guestID: guest, moduleName: name))
+            try await $0.moduleInitFreed(ModuleInitFreed(guestID: guest, moduleName: name, session: token))
         }
         print(connection.json ? JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName))]).serialized()
                               : "init text of \(r.moduleName) in \(r.guestID) no longer live")

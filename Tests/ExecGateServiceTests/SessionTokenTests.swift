@@ -1,0 +1,392 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Session tokens (docs/protocol.md, register-guest "Session tokens"): the server orders a guest's
+// requests against its reset only by what one connection carries (arrival stamps). A request of
+// the old boot that the server had not read when the reset landed, on another connection, is
+// indistinguishable by its arrival from one of the new boot. A session request that echoes the
+// token of the session it belongs to is judged by the token, whatever connection carried it and
+// whenever it was read.
+//
+// Input: the real captured end state in Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a
+// (ResetFixture: the fixture boot's guest "g", its reset, irqbypass's load request).
+
+import ExecGateClient
+import ExecGateService
+import ExecGateTestSupport
+import ExecGateVerifier
+import ExecGateWire
+import NIOCore
+import XCTest
+
+final class SessionTokenTests: XCTestCase {
+    /// The value of a top-level u64 field `tag` of a body, read by hand (nil: absent or not 8 bytes).
+    static func u64Field(_ body: ByteBuffer, tag: UInt16) -> UInt64? {
+        var b = body
+        while let t = b.readInteger(as: UInt16.self), let len = b.readInteger(as: UInt32.self), var v = b.readSlice(length: Int(len)) {
+            if t == tag { return len == 8 ? v.readInteger(as: UInt64.self) : nil }
+        }
+        return nil
+    }
+
+    /// `body` with a `session` field appended by hand: tag 0x8020 (critical), length `length`,
+    /// the token big-endian in its last `length` bytes (the ascending tag order puts it last).
+    static func withToken(_ body: ByteBuffer, _ token: UInt64, length: UInt32 = 8) -> ByteBuffer {
+        var b = body
+        b.writeInteger(UInt16(0x8020))
+        b.writeInteger(length)
+        var full = ByteBuffer()
+        full.writeInteger(token)
+        b.writeBytes(Array(buffer: full).suffix(Int(length)))
+        return b
+    }
+
+    /// Ask one frame on `peer` and decode its reply (the raw frame too).
+    static func ask(_ peer: SocketPeer, _ frame: Frame) -> (Frame, Message)? {
+        var wire = ByteBuffer()
+        wire.writeFrame(frame)
+        guard peer.writeAll(Array(buffer: wire)), let f = peer.readFrame(timeout: 60), let m = try? Message(type: f.type, body: f.body) else { return nil }
+        return (f, m)
+    }
+
+    /// HOLE: protocol.md register-guest: the server orders a guest's requests against its reset
+    /// only by what one connection carries, so "an old-boot request not yet read on another
+    /// connection when the reset lands is judged in the new session" and changes it. The old
+    /// boot's authorize-module of irqbypass, sent on connection B but not read by the server
+    /// until the reset on connection A was answered (written here after that reply: to the server
+    /// the same as bytes still in B's socket), was allowed and committed in the new boot's session,
+    /// with a grant of the old boot's frames; the VMM had no way to say which session it belongs
+    /// to. It now echoes the session token of the registration it belongs to (register-guest-reply
+    /// tag 5, request tag 0x8020): a replaced session's token is judged as a request of a replaced
+    /// session is, denied `policy.end-state-unavailable`, and the new session is untouched.
+    func testAnOldBootLoadReadAfterTheResetOnAnotherConnectionIsDeniedByItsToken() async throws {
+        let f = try ResetFixture()
+        let (server, path) = try await ResetFixture.serve(f.verifier)
+        let a = try XCTUnwrap(SocketPeer(path: path))
+        let b = try XCTUnwrap(SocketPeer(path: path))
+
+        guard let (regFrame, reg) = Self.ask(a, Message.registerGuest(f.registration).frame(requestID: 1)), case .registerGuestReply = reg else {
+            await server.shutdown()
+            return XCTFail("registration")
+        }
+        let oldToken = Self.u64Field(regFrame.body, tag: 5)
+        XCTAssertNotNil(oldToken, "register-guest-reply carries no session token (tag 5)")
+        // The old boot's load, carrying its session's token; held unread while the guest reboots.
+        let oldLoad = Frame(type: .authorizeModule, requestID: 2,
+                            body: Self.withToken(Message.authorizeModule(f.request).encodeBody(), oldToken ?? 1))
+
+        // The guest rebooted: the VMM revoked the old session's grants and sends the reset on A.
+        guard let (resetFrame, rst) = Self.ask(a, Message.registerGuest(f.reset).frame(requestID: 3)), case .registerGuestReply = rst else {
+            await server.shutdown()
+            return XCTFail("reset")
+        }
+        let newToken = Self.u64Field(resetFrame.body, tag: 5)
+        XCTAssertNotNil(newToken, "the reset's register-guest-reply carries no session token")
+        XCTAssertNotEqual(oldToken, newToken, "the reset's session has the replaced session's token")
+
+        // Only now does the server read B.
+        guard let (_, reply) = Self.ask(b, oldLoad) else {
+            await server.shutdown()
+            return XCTFail("no reply on B")
+        }
+        guard case .verdict(let v) = reply else {
+            await server.shutdown()
+            return XCTFail("the old boot's load with its token got no verdict: \(reply)")
+        }
+        XCTAssertEqual(v.decision, .deny, "the old boot's load, carrying the replaced session's token, was judged in the new session (grant of frames \(v.grantFrames)): \(v.message)")
+        XCTAssertEqual(v.reason, .endStateUnavailable, v.message)
+        XCTAssertEqual(v.grantFrames, [])
+        XCTAssertEqual(f.verifier.guests.session("g")?.allowedModules, [], "the old boot's module is live in the new session")
+
+        // The new boot's load on B, carrying the new token: judged in the new session, allowed.
+        let newLoad = Frame(type: .authorizeModule, requestID: 4,
+                            body: Self.withToken(Message.authorizeModule(f.request).encodeBody(), newToken ?? 2))
+        guard let (_, again) = Self.ask(b, newLoad), case .verdict(let allowed) = again else {
+            await server.shutdown()
+            return XCTFail("no verdict for the new boot's load")
+        }
+        XCTAssertEqual(allowed.decision, .allow, allowed.message)
+        await server.shutdown()
+    }
+
+    /// The wire layout: each session request carries the token last (tag 0x8020, length 8, u64
+    /// big-endian: ascending tag order), decodes to what was encoded, and encodes as before
+    /// without one (the golden vectors stay byte-identical); register-guest-reply tag 5.
+    func testTokensRoundTripLastInTheBody() throws {
+        let t: UInt64 = 0x0000_0100_0000_0002
+        let messages: [Message] = [
+            .authorizeModule(AuthorizeModule(guestID: "g", module: ByteBuffer(bytes: [1, 2, 3]), moduleName: "m", session: t)),
+            .authorizePatch(AuthorizePatch(guestID: "g", address: 0xffff_ffff_c000_0000, bytes: [0x90], session: t)),
+            .authorizePatch(AuthorizePatch(guestID: "g", patches: [PatchEntry(address: 1, bytes: [0x90]), PatchEntry(address: 2, bytes: [0x90])], session: t)),
+            .retireModule(RetireModule(guestID: "g", moduleName: "m", textBase: 0x1000, session: t)),
+            .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "m", session: t)),
+        ]
+        for m in messages {
+            let body = m.encodeBody()
+            XCTAssertEqual(Array(Array(buffer: body).suffix(14)), [0x80, 0x20, 0, 0, 0, 8, 0, 0, 1, 0, 0, 0, 0, 2], "\(m.type)")
+            XCTAssertEqual(try Message(type: m.type, body: body), m)
+            XCTAssertEqual(Self.u64Field(body, tag: 0x8020), t)
+        }
+        let plain = Message.retireModule(RetireModule(guestID: "g", moduleName: "m", textBase: 0x1000)).encodeBody()
+        XCTAssertNil(Self.u64Field(plain, tag: 0x8020))
+        let reply = Message.registerGuestReply(RegisterGuestReply(guestID: "g", symbolCount: 1, session: t))
+        XCTAssertEqual(Self.u64Field(reply.encodeBody(), tag: 5), t)
+        XCTAssertEqual(try Message(type: .registerGuestReply, body: reply.encodeBody()), reply)
+    }
+
+    /// The same old-boot load without a token keeps the documented arrival rule (protocol.md
+    /// register-guest: a token-less request the server had not read when the reset landed, on
+    /// another connection, is judged in the new session): the residual a token-less VMM avoids
+    /// only by sending the reset on the connection that carried the guest's requests.
+    func testWithoutATokenAnOldBootLoadReadAfterTheResetIsJudgedByArrivalAsDocumented() async throws {
+        let f = try ResetFixture()
+        let (server, path) = try await ResetFixture.serve(f.verifier)
+        let a = try XCTUnwrap(SocketPeer(path: path))
+        let b = try XCTUnwrap(SocketPeer(path: path))
+        guard case .registerGuestReply? = Self.ask(a, Message.registerGuest(f.registration).frame(requestID: 1))?.1,
+              case .registerGuestReply? = Self.ask(a, Message.registerGuest(f.reset).frame(requestID: 2))?.1,
+              case .verdict(let v)? = Self.ask(b, Message.authorizeModule(f.request).frame(requestID: 3))?.1 else {
+            await server.shutdown()
+            return XCTFail("registration, reset, load")
+        }
+        XCTAssertEqual(v.decision, .allow, v.message)
+        XCTAssertEqual(f.verifier.guests.session("g")?.allowedModules, [f.name])
+        await server.shutdown()
+    }
+
+    /// Malformed `session` fields are refused at decode with `malformed-body` naming the field:
+    /// not 8 bytes, 0, twice, in an authorize-module without a guest; `require_session` other than
+    /// 0 or 1. Nothing is judged and the session is untouched.
+    func testMalformedTokensAreRefusedNamingTheField() async throws {
+        let f = try ResetFixture()
+        let (server, path) = try await ResetFixture.serve(f.verifier)
+        let a = try XCTUnwrap(SocketPeer(path: path))
+        guard let (regFrame, reg) = Self.ask(a, Message.registerGuest(f.registration).frame(requestID: 1)), case .registerGuestReply(let r) = reg,
+              let token = r.session else {
+            await server.shutdown()
+            return XCTFail("registration with a token")
+        }
+        XCTAssertEqual(Self.u64Field(regFrame.body, tag: 5), token)
+        let load = Message.authorizeModule(f.request).encodeBody()
+        let retire = Message.retireModule(RetireModule(guestID: "g", moduleName: f.name, textBase: 0xffff_ffff_c000_0000)).encodeBody()
+        var noGuest = f.request
+        noGuest.guestID = ""
+        let cases: [(String, MessageType, ByteBuffer, String, String)] = [
+            ("4-byte token", .authorizeModule, Self.withToken(load, token, length: 4), "authorize-module.session", "bad-integer-width"),
+            ("9-byte token", .retireModule, { var b = retire; b.writeInteger(UInt16(0x8020)); b.writeInteger(UInt32(9)); b.writeInteger(token); b.writeInteger(UInt8(0)); return b }(),
+             "retire-module.session", "bad-integer-width"),
+            ("token 0", .authorizeModule, Self.withToken(load, 0), "authorize-module.session", "invalid-value"),
+            ("two tokens", .retireModule, Self.withToken(Self.withToken(retire, token), token), "retire-module", "duplicate-field"),
+            ("a token without a guest", .authorizeModule, Self.withToken(Message.authorizeModule(noGuest).encodeBody(), token), "authorize-module.session", "invalid-value"),
+            ("empty token", .moduleInitFreed, Self.withToken(Message.moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: f.name)).encodeBody(), token, length: 0),
+             "module-init-freed.session", "bad-integer-width"),
+        ]
+        for (n, (what, type, body, field, code)) in cases.enumerated() {
+            guard let (_, m) = Self.ask(a, Frame(type: type, requestID: UInt64(10 + n), body: body)), case .error(let e) = m else {
+                XCTFail("\(what): not refused"); continue
+            }
+            XCTAssertEqual(e.code, .malformedBody, "\(what): \(e.message)")
+            XCTAssertTrue(e.message.contains(field) && e.message.contains(code), "\(what): \(e.message)")
+        }
+        // require_session = 2 (tag 0x8011, u8).
+        var reg2 = Message.registerGuest(f.reset).encodeBody()
+        reg2.writeInteger(UInt16(0x8011)); reg2.writeInteger(UInt32(1)); reg2.writeInteger(UInt8(2))
+        if case .error(let e)? = Self.ask(a, Frame(type: .registerGuest, requestID: 30, body: reg2))?.1 {
+            XCTAssertEqual(e.code, .malformedBody, e.message)
+            XCTAssertTrue(e.message.contains("register-guest.require_session"), e.message)
+        } else { XCTFail("require_session = 2 was not refused") }
+        XCTAssertEqual(f.verifier.guests.session("g")?.token, token, "a refused request changed the session")
+        XCTAssertEqual(f.verifier.guests.session("g")?.allowedModules, [])
+        await server.shutdown()
+    }
+
+    /// A token not issued to the guest — another guest's current token, or one of the guest's line
+    /// not issued yet — is refused `bad-request` naming it; nothing is judged, no session moves.
+    /// A guest that is not registered is `unknown-guest` with a token as without.
+    func testATokenOfAnotherGuestIsRefused() throws {
+        let f = try ResetFixture()
+        let v = f.verifier
+        var h = f.registration
+        h.guestID = "h"
+        guard case .registerGuestReply(let rg) = v.respond(to: .registerGuest(f.registration), requestDigest: []),
+              case .registerGuestReply(let rh) = v.respond(to: .registerGuest(h), requestDigest: []),
+              let tg = rg.session, let th = rh.session else { return XCTFail("registrations with tokens") }
+        XCTAssertNotEqual(tg, th)
+        var load = f.request
+        load.session = th
+        for arrival in [nil, v.arrival()] {
+            guard case .error(let e) = v.respond(to: .authorizeModule(load), requestDigest: nil, arrival: arrival) else { return XCTFail("h's token for g was not refused") }
+            XCTAssertEqual(e.code, .badRequest, e.message)
+            XCTAssertTrue(e.message.contains(String(th, radix: 16)) && e.message.contains("not issued to guest 'g'"), e.message)
+        }
+        // Direct (in-process) judging refuses it too, never judging without the session.
+        let direct = v.authorize(load)
+        XCTAssertEqual(direct.decision, .deny, direct.message)
+        XCTAssertTrue(direct.message.contains("not issued to guest 'g'"), direct.message)
+        // A token of g's line not issued yet (the next reset's).
+        load.session = tg + 1
+        guard case .error(let next) = v.respond(to: .authorizeModule(load), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("a token not issued yet") }
+        XCTAssertEqual(next.code, .badRequest, next.message)
+        let retire = RetireModule(guestID: "g", moduleName: f.name, textBase: 0xffff_ffff_c000_0000, session: th)
+        guard case .error(let re) = v.respond(to: .retireModule(retire), requestDigest: [], arrival: v.arrival()) else { return XCTFail("retire with h's token") }
+        XCTAssertEqual(re.code, .badRequest, re.message)
+        XCTAssertEqual(v.guests.session("g")?.allowedModules, [])
+        XCTAssertEqual(v.guests.session("h")?.allowedModules, [])
+        // Unregistered guest: unknown-guest, token or not.
+        var other = f.request
+        other.guestID = "nobody"
+        other.session = th
+        guard case .error(let u) = v.respond(to: .authorizeModule(other), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("unregistered") }
+        XCTAssertEqual(u.code, .unknownGuest, u.message)
+        // g's own token: judged in its session.
+        load.session = tg
+        guard case .verdict(let ok) = v.respond(to: .authorizeModule(load), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("g's token") }
+        XCTAssertEqual(ok.decision, .allow, ok.message)
+    }
+
+    /// A replaced session's token decides whatever the arrival says: stamped after the reset (read
+    /// late, on any connection), a patch is denied `policy.end-state-unavailable` (checks:
+    /// `policy-kind` only), a retire-module and module-init-freed are `unknown-module`, and the new
+    /// session keeps its module and init text; with the new token each is judged in the new session.
+    func testAStaleTokenIsJudgedAsAReplacedSessionWhateverTheArrival() throws {
+        let f = try ResetFixture()
+        let v = f.verifier
+        guard case .registerGuestReply(let r1) = v.respond(to: .registerGuest(f.registration), requestDigest: []),
+              case .registerGuestReply(let r2) = v.respond(to: .registerGuest(f.reset), requestDigest: []),
+              let old = r1.session, let new = r2.session else { return XCTFail("registration and reset with tokens") }
+        XCTAssertEqual(new >> 40, old >> 40, "a reset keeps the guest's line")
+        XCTAssertGreaterThan(new, old)
+        var load = f.request
+        load.session = new
+        guard case .verdict(let loaded) = v.respond(to: .authorizeModule(load), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("load") }
+        XCTAssertEqual(loaded.decision, .allow, loaded.message)
+        let session = try XCTUnwrap(v.guests.session("g"))
+        let live = try XCTUnwrap(session.liveModule(f.name))
+        let site = try XCTUnwrap(session.runtimeSites.first { $0.module == f.name }?.addresses.first)
+
+        let late = v.arrival()  // after the reset: the arrival rule alone would judge these in the new session
+        load.session = old
+        guard case .verdict(let staleLoad) = v.respond(to: .authorizeModule(load), requestDigest: nil, arrival: late) else { return XCTFail("stale load") }
+        XCTAssertEqual(staleLoad.decision, .deny, staleLoad.message)
+        XCTAssertEqual(staleLoad.reason, .endStateUnavailable, staleLoad.message)
+        XCTAssertTrue(staleLoad.message.contains("carries the session token"), staleLoad.message)
+        let patch = AuthorizePatch(guestID: "g", patches: [PatchEntry(address: site, bytes: [0x0f, 0x1f, 0x44, 0x00, 0x00])], session: old)
+        guard case .verdict(let stalePatch) = v.respond(to: .authorizePatch(patch), requestDigest: [], arrival: late) else { return XCTFail("stale patch") }
+        XCTAssertEqual(stalePatch.decision, .deny, stalePatch.message)
+        XCTAssertEqual(stalePatch.reason, .endStateUnavailable, stalePatch.message)
+        XCTAssertEqual(stalePatch.checks, ["policy-kind"])
+        let retire = RetireModule(guestID: "g", moduleName: f.name, textBase: live.textRange.lowerBound, session: old)
+        guard case .error(let e) = v.respond(to: .retireModule(retire), requestDigest: [], arrival: late) else { return XCTFail("a stale retire was carried out") }
+        XCTAssertEqual(e.code, .unknownModule, e.message)
+        XCTAssertTrue(e.message.contains("carries the session token"), e.message)
+        guard case .error(let i) = v.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: f.name, session: old)), requestDigest: [], arrival: late) else {
+            return XCTFail("a stale init-freed was carried out")
+        }
+        XCTAssertEqual(i.code, .unknownModule, i.message)
+        XCTAssertEqual(session.allowedModules, [f.name], "a request with a replaced session's token changed the new one")
+
+        // The current token decides too, even for a stamp from before the reset.
+        var current = retire
+        current.session = new
+        guard case .retireModuleReply = v.respond(to: .retireModule(current), requestDigest: [], arrival: 1) else { return XCTFail("retire with the current token") }
+        XCTAssertEqual(session.allowedModules, [])
+    }
+
+    /// `require_session = 1`: while that session is current, a session request without a token is
+    /// refused `bad-request` (nothing judged); with it, judged. A reset without the flag lifts it.
+    func testRequireSessionRefusesATokenlessRequest() throws {
+        let f = try ResetFixture()
+        let v = f.verifier
+        var strict = f.registration
+        strict.requireSession = true
+        // Round trip of the flag (tag 0x8011).
+        XCTAssertEqual(try RegisterGuest(decoding: Message.registerGuest(strict).encodeBody()).requireSession, true)
+        guard case .registerGuestReply(let r) = v.respond(to: .registerGuest(strict), requestDigest: []), let token = r.session else { return XCTFail("registration") }
+        guard case .error(let e) = v.respond(to: .authorizeModule(f.request), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("a token-less load was judged") }
+        XCTAssertEqual(e.code, .badRequest, e.message)
+        XCTAssertTrue(e.message.contains("require_session"), e.message)
+        guard case .error(let p) = v.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: f.name)), requestDigest: [], arrival: v.arrival()) else { return XCTFail("init-freed") }
+        XCTAssertEqual(p.code, .badRequest, p.message)
+        XCTAssertEqual(v.guests.session("g")?.allowedModules, [])
+        var load = f.request
+        load.session = token
+        guard case .verdict(let ok) = v.respond(to: .authorizeModule(load), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("load with the token") }
+        XCTAssertEqual(ok.decision, .allow, ok.message)
+        // A reset without the flag: token-less requests are judged by arrival again.
+        guard case .registerGuestReply = v.respond(to: .registerGuest(f.reset), requestDigest: []) else { return XCTFail("reset") }
+        guard case .verdict(let again) = v.respond(to: .authorizeModule(f.request), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("token-less load after the reset") }
+        XCTAssertEqual(again.decision, .allow, again.message)
+    }
+
+    /// Our own VMM-side client echoes the token of its last registration of the guest: after a
+    /// reset sent through another client (another connection), the first client's load of the old
+    /// boot carries the old token and is denied, whenever the server reads it; a client told the
+    /// new token (`setSessionToken`) is judged in the new session.
+    func testTheClientEchoesItsGuestsToken() async throws {
+        let f = try ResetFixture()
+        let (server, path) = try await ResetFixture.serve(f.verifier)
+        let a = try await ExecGateClient.connect(to: .unix(path: path))
+        let b = try await ExecGateClient.connect(to: .unix(path: path))
+        let r1 = try await a.register(f.registration)
+        XCTAssertNotNil(r1.session)
+        XCTAssertEqual(a.sessionToken(for: "g"), r1.session)
+        let r2 = try await b.register(f.reset)
+        XCTAssertEqual(b.sessionToken(for: "g"), r2.session)
+        let stale = try await a.authorize(f.request)
+        XCTAssertEqual(stale.decision, .deny, stale.message)
+        XCTAssertEqual(stale.reason, .endStateUnavailable, stale.message)
+        XCTAssertEqual(f.verifier.guests.session("g")?.allowedModules, [])
+        a.setSessionToken(r2.session, for: "g")
+        let ok = try await a.authorize(f.request)
+        XCTAssertEqual(ok.decision, .allow, ok.message)
+        await a.close()
+        await b.close()
+        await server.shutdown()
+    }
+
+    /// `execgate request retire-module --session`: the operator's VMM-side tool echoes a token;
+    /// a replaced session's is refused (exit 1, unknown-module), the current one retires, and a
+    /// token that is no token is a usage error (exit 2).
+    func testTheRequestCommandSendsTheToken() async throws {
+        let f = try ResetFixture()
+        let v = f.verifier
+        guard case .registerGuestReply(let r1) = v.respond(to: .registerGuest(f.registration), requestDigest: []),
+              case .registerGuestReply(let r2) = v.respond(to: .registerGuest(f.reset), requestDigest: []),
+              let old = r1.session, let new = r2.session,
+              case .verdict(let loaded) = v.respond(to: .authorizeModule(f.request), requestDigest: nil, arrival: v.arrival()), loaded.decision == .allow,
+              let base = v.guests.session("g")?.liveModule(f.name)?.textRange.lowerBound else { return XCTFail("setup") }
+        let (server, path) = try await ResetFixture.serve(v)
+        func retire(_ session: String) -> ProcessResult {
+            Fixtures.runExecgate(["request", "retire-module", f.name, "--connect", "unix:" + path, "--guest", "g",
+                                  "--text-base", "0x" + String(base, radix: 16), "--session", session])
+        }
+        let stale = retire("0x" + String(old, radix: 16))
+        XCTAssertEqual(stale.status, 1, stale.stderr)
+        XCTAssertTrue(stale.stderr.contains("unknown-module") && stale.stderr.contains("session token"), stale.stderr)
+        XCTAssertEqual(v.guests.session("g")?.allowedModules, [f.name])
+        let zero = retire("0")
+        XCTAssertEqual(zero.status, 2, zero.stderr)
+        XCTAssertTrue(zero.stderr.contains("--session"), zero.stderr)
+        let ok = retire(String(new))
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertEqual(v.guests.session("g")?.allowedModules, [])
+        await server.shutdown()
+    }
+
+    /// Failed attack kept: a guest id removed and registered again starts a new line; a token of
+    /// its earlier line (same id, the same place in a line) is not the new line's: refused
+    /// `bad-request`, never judged in the new session; tokens of two lines never collide.
+    func testATokenOfAnEarlierLineOfTheSameGuestIdIsRefused() throws {
+        let f = try ResetFixture()
+        let v = f.verifier
+        guard case .registerGuestReply(let r1) = v.respond(to: .registerGuest(f.registration), requestDigest: []), let first = r1.session else { return XCTFail("registration") }
+        XCTAssertTrue(v.guests.remove("g"))
+        guard case .registerGuestReply(let r2) = v.respond(to: .registerGuest(f.registration), requestDigest: []), let second = r2.session else { return XCTFail("registration again") }
+        XCTAssertNotEqual(first, second)
+        XCTAssertEqual(first & ((1 << 40) - 1), second & ((1 << 40) - 1), "both are the first session of their line")
+        var load = f.request
+        load.session = first
+        guard case .error(let e) = v.respond(to: .authorizeModule(load), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("the earlier line's token was judged") }
+        XCTAssertEqual(e.code, .badRequest, e.message)
+        XCTAssertEqual(v.guests.session("g")?.allowedModules, [])
+    }
+}
