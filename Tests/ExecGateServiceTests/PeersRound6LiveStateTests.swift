@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Peers round 6 on a session's live state (docs/protocol.md "Limits", ServiceVM/README.md "Memory
+// budget"): what a guest's allowed modules leave in its session — their exports (merged into the
+// session's resolver), run-time sites (by address and by key), recorded key states, frames — is
+// held for as long as the modules are live. A hostile guest loads every module it can get signed
+// and allowed; the VMM asks, the service commits. Measured as FactsBudgetTests measures (RSS
+// growth against what is charged; generous margins, nothing timed).
+
+import ExecGateCapture
+import ExecGatePolicy
+import ExecGateTestSupport
+import ExecGateVerifier
+import ExecGateWire
+import XCTest
+
+final class PeersRound6LiveStateTests: XCTestCase {
+    static let bootDir = Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a"
+
+    func verifier(budget: Int = GuestRegistry.defaultMaximumSymbolBytes) throws -> Verifier {
+        Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()),
+                 guests: GuestRegistry(maximumSymbolBytes: budget))
+    }
+
+    func register(_ v: Verifier, _ boot: CaptureBoot, _ id: String) throws {
+        let reply = v.respond(to: .registerGuest(try boot.registration(guestID: id)), requestDigest: [])
+        guard case .registerGuestReply = reply else { throw XCTSkip("registration refused: \(reply)") }
+    }
+
+    /// Every fixture module for guest `id`: the verdicts in load order.
+    func loadAll(_ v: Verifier, _ boot: CaptureBoot, _ id: String) throws -> [(String, ExecGateWire.Verdict)] {
+        try boot.availableModules.map { ($0, v.authorize(try boot.module($0).request(guestID: id), requestDigest: [])) }
+    }
+
+    /// HOLE: a guest's allowed modules were charged nothing: the registry's budget counted the
+    /// registration's facts only, so a session took any number of modules' exports, sites and key
+    /// states beyond it. Now each allowed module is charged what its live state holds
+    /// (`LiveModule.heldBytes`) against the same budget, at commit, under the session's lock; a
+    /// module that does not fit is denied `guest.live-state-budget` with the figures; a retire, a
+    /// rollback, a reset or a removal gives the bytes back.
+    func testAllowedModulesAreChargedToTheFactsBudget() throws {
+        let boot = try CaptureBoot.load(Self.bootDir)
+        let free = try verifier()
+        try register(free, boot, "g")
+        let facts = free.guests.chargedBytes
+        let verdicts = try loadAll(free, boot, "g")
+        for (name, v) in verdicts { XCTAssertEqual(v.decision, .allow, "\(name): \(v.message)") }
+        let held = free.guests.chargedBytes - facts
+        XCTAssertGreaterThan(held, 0, "\(verdicts.count) live modules were charged nothing")
+
+        // A budget with room for about half of that beside the facts: the rest is denied.
+        let budget = facts + held / 2
+        let tight = try verifier(budget: budget)
+        try register(tight, boot, "g")
+        XCTAssertEqual(tight.guests.chargedBytes, facts)
+        let limited = try loadAll(tight, boot, "g")
+        let denied = limited.filter { $0.1.decision == .deny }
+        XCTAssertFalse(denied.isEmpty, "every module was allowed past a budget with room for half of them")
+        for (name, v) in denied {
+            XCTAssertEqual(v.reason.name, "guest.live-state-budget", "\(name): \(v.message)")
+            XCTAssertTrue(v.message.contains("\(budget)-byte budget"), v.message)
+        }
+        XCTAssertLessThanOrEqual(tight.guests.chargedBytes, budget)
+        XCTAssertGreaterThan(tight.guests.chargedBytes, facts)
+
+        // Retiring every live module (users first) gives its bytes back.
+        let session = try XCTUnwrap(tight.guests.session("g"))
+        for name in session.allowedModules.reversed() {
+            let base = try XCTUnwrap(session.liveModule(name)?.textRange.lowerBound)
+            let r = tight.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: base)), requestDigest: [])
+            guard case .retireModuleReply = r else { return XCTFail("retire \(name): \(r)") }
+        }
+        XCTAssertEqual(tight.guests.chargedBytes, facts, "retired modules are still charged")
+        // So does a reset (the old session's modules go with it).
+        var again = try boot.registration(guestID: "g")
+        again.reset = true
+        XCTAssertEqual(free.guests.chargedBytes, facts + held)
+        guard case .registerGuestReply = free.respond(to: .registerGuest(again), requestDigest: []) else { return XCTFail("reset refused") }
+        XCTAssertEqual(free.guests.chargedBytes, facts, "a reset kept the old session's modules charged")
+        try register(free, boot, "h")
+        XCTAssertEqual(try loadAll(free, boot, "h").filter { $0.1.decision == .allow }.count, verdicts.count)
+        XCTAssertTrue(free.guests.remove("h"))
+        XCTAssertEqual(free.guests.chargedBytes, facts, "a removed guest's modules are still charged")
+    }
+
+    /// Measured: guests of one build (its facts charged once), each with every fixture module
+    /// live. The live state's RSS is within MemoryBudget's 3/2 bytes of RAM a charged byte, the
+    /// charge the budget is sized by (ServiceVM/README.md "Memory budget").
+    func testLiveStateIsChargedAtWhatItHolds() throws {
+        let boot = try CaptureBoot.load(Self.bootDir)
+        let v = try verifier()
+        try register(v, boot, "warm")
+        _ = try loadAll(v, boot, "warm")  // every lazy table built, the allocator warmed
+        for i in 0..<4 { try register(v, boot, "g\(i)") }
+        let charged0 = v.guests.chargedBytes
+        let rss0 = procStatusBytes("VmRSS")
+        var modules = 0
+        for i in 0..<4 {
+            for (name, r) in try loadAll(v, boot, "g\(i)") { XCTAssertEqual(r.decision, .allow, "\(name): \(r.message)"); modules += 1 }
+        }
+        let grewPass1 = procStatusBytes("VmRSS") - rss0
+        // More guests: transient memory of the explanations is reused; what grows is what is kept.
+        let rss1 = procStatusBytes("VmRSS"), charged1 = v.guests.chargedBytes
+        for i in 4..<64 {
+            try register(v, boot, "g\(i)")
+            for (name, r) in try loadAll(v, boot, "g\(i)") { XCTAssertEqual(r.decision, .allow, "\(name): \(r.message)"); modules += 1 }
+        }
+        let grew = procStatusBytes("VmRSS") - rss1
+        let charged = v.guests.chargedBytes - charged1
+        print("live state: \(modules) modules; first pass RSS +\(grewPass1) for \(charged1 - charged0) charged; then RSS +\(grew) for \(charged) charged (\(String(format: "%.2f", Double(grew) / Double(max(charged, 1)))) bytes a charged byte)")
+        XCTAssertGreaterThan(charged, 0, "live state charged nothing")
+        XCTAssertLessThanOrEqual(grew, charged * 3 / 2, "live state grew RSS past 3/2 of its charge")
+    }
+}
