@@ -8,11 +8,16 @@
 // growth against what is charged; generous margins, nothing timed).
 
 import ExecGateCapture
+import ExecGateHost
 import ExecGatePolicy
 import ExecGateTestSupport
 import ExecGateVerifier
 import ExecGateWire
 import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 final class PeersRound6LiveStateTests: XCTestCase {
     static let bootDir = Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a"
@@ -47,6 +52,7 @@ final class PeersRound6LiveStateTests: XCTestCase {
         for (name, v) in verdicts { XCTAssertEqual(v.decision, .allow, "\(name): \(v.message)") }
         let held = free.guests.chargedBytes - facts
         XCTAssertGreaterThan(held, 0, "\(verdicts.count) live modules were charged nothing")
+        print("live state: \(verdicts.count) fixture modules charged \(held) bytes beside \(facts) of facts")
 
         // A budget with room for about half of that beside the facts: the rest is denied.
         let budget = facts + held / 2
@@ -56,9 +62,14 @@ final class PeersRound6LiveStateTests: XCTestCase {
         let limited = try loadAll(tight, boot, "g")
         let denied = limited.filter { $0.1.decision == .deny }
         XCTAssertFalse(denied.isEmpty, "every module was allowed past a budget with room for half of them")
-        for (name, v) in denied {
+        // The first is refused for the budget, with the figures; a later one either so, or for
+        // the exports of a module that was refused (never live, nothing resolves against it).
+        if let (name, v) = denied.first {
             XCTAssertEqual(v.reason.name, "guest.live-state-budget", "\(name): \(v.message)")
             XCTAssertTrue(v.message.contains("\(budget)-byte budget"), v.message)
+        }
+        for (name, v) in denied where v.reason.name != "guest.live-state-budget" {
+            XCTAssertTrue(v.message.contains("not exported by the core kernel or an allowed module"), "\(name): \(v.reason) \(v.message)")
         }
         XCTAssertLessThanOrEqual(tight.guests.chargedBytes, budget)
         XCTAssertGreaterThan(tight.guests.chargedBytes, facts)
@@ -84,31 +95,29 @@ final class PeersRound6LiveStateTests: XCTestCase {
     }
 
     /// Measured: guests of one build (its facts charged once), each with every fixture module
-    /// live. The live state's RSS is within MemoryBudget's 3/2 bytes of RAM a charged byte, the
-    /// charge the budget is sized by (ServiceVM/README.md "Memory budget").
+    /// live: the allocator's bytes in use (every arena: `Memory.heapInUse`) grow within
+    /// MemoryBudget's 3/2 bytes of RAM a charged byte, the charge the budget is sized by
+    /// (ServiceVM/README.md "Memory budget"), and not far below it either (a charge many times
+    /// what is held would shrink the service's capacity for nothing). RSS is printed but not
+    /// judged: the explanations' transient pages are reused for what is kept, so it hardly moves.
+    /// Measured here: 1.06–1.08 heap bytes a charged byte, ~6.2 KB charged a fixture module.
     func testLiveStateIsChargedAtWhatItHolds() throws {
         let boot = try CaptureBoot.load(Self.bootDir)
         let v = try verifier()
         try register(v, boot, "warm")
         _ = try loadAll(v, boot, "warm")  // every lazy table built, the allocator warmed
-        for i in 0..<4 { try register(v, boot, "g\(i)") }
-        let charged0 = v.guests.chargedBytes
-        let rss0 = procStatusBytes("VmRSS")
+        let rss0 = procStatusBytes("VmRSS"), charged0 = v.guests.chargedBytes, heap0 = Memory.heapInUse()
         var modules = 0
-        for i in 0..<4 {
-            for (name, r) in try loadAll(v, boot, "g\(i)") { XCTAssertEqual(r.decision, .allow, "\(name): \(r.message)"); modules += 1 }
-        }
-        let grewPass1 = procStatusBytes("VmRSS") - rss0
-        // More guests: transient memory of the explanations is reused; what grows is what is kept.
-        let rss1 = procStatusBytes("VmRSS"), charged1 = v.guests.chargedBytes
-        for i in 4..<64 {
+        for i in 0..<64 {
             try register(v, boot, "g\(i)")
             for (name, r) in try loadAll(v, boot, "g\(i)") { XCTAssertEqual(r.decision, .allow, "\(name): \(r.message)"); modules += 1 }
         }
-        let grew = procStatusBytes("VmRSS") - rss1
-        let charged = v.guests.chargedBytes - charged1
-        print("live state: \(modules) modules; first pass RSS +\(grewPass1) for \(charged1 - charged0) charged; then RSS +\(grew) for \(charged) charged (\(String(format: "%.2f", Double(grew) / Double(max(charged, 1)))) bytes a charged byte)")
-        XCTAssertGreaterThan(charged, 0, "live state charged nothing")
-        XCTAssertLessThanOrEqual(grew, charged * 3 / 2, "live state grew RSS past 3/2 of its charge")
+        let heap = Memory.heapInUse() - heap0, rss = procStatusBytes("VmRSS") - rss0
+        let charged = v.guests.chargedBytes - charged0
+        let live = v.guests.liveModuleBytes
+        print("live state: 64 guests, \(modules) modules: charged +\(charged) (\(live) of it live modules, all 65 guests), heap +\(heap) (\(String(format: "%.2f", Double(heap) / Double(max(charged, 1)))) a charged byte), RSS +\(rss)")
+        XCTAssertGreaterThan(live, 0, "live state charged nothing")
+        XCTAssertLessThanOrEqual(heap, charged * 3 / 2, "live state held more than 3/2 of its charge")
+        XCTAssertGreaterThanOrEqual(heap, charged / 2, "live state charged more than twice what it holds")
     }
 }
