@@ -74,11 +74,49 @@ final class PeersRound6AdminTests: XCTestCase {
         usleep(1_500_000)  // quiet, as between a holder's keep-alive requests
         let pushed = Fixtures.runExecgate(["policy", "push", bundle, "--connect", "unix:" + admin])
         XCTAssertEqual(pushed.status, 0, "the signed push was locked out: \(pushed.stderr)")
-        let evicted = holders.filter { $0.closedByPeer(timeout: 2) }.count
+        usleep(500_000)
+        let evicted = holders.filter { $0.closedByPeer() }.count
         XCTAssertGreaterThanOrEqual(evicted, 1, "no idle keyless connection was closed")
         // The policy in force is the pushed one.
         let show = Fixtures.runExecgate(["policy", "show", "--connect", "unix:" + admin])
         XCTAssertEqual(show.status, 0, show.stderr)
         XCTAssertTrue(show.stdout.contains("round6"), show.stdout)
+    }
+
+    /// The rule takes only keyless idle connections: the operator's connection that pushed an
+    /// activated bundle keeps its slot however long it is quiet, while new connections keep
+    /// arriving at the cap (each takes a keyless holder's slot, the oldest first).
+    func testAConnectionThatPushedASignedBundleIsNeverTaken() throws {
+        let (_, admin) = try startServe()
+        let operatorPeer = try XCTUnwrap(SocketPeer(path: admin))
+        var push = ByteBuffer()
+        push.writeFrame(Frame(type: MessageType(rawValue: 0x0010), requestID: 1,
+                              body: PolicyPush(bundle: try Fixtures.readFile(try signedBundle(version: 2))).encode()))
+        XCTAssertTrue(operatorPeer.writeAll(Array(buffer: push)))
+        XCTAssertEqual(operatorPeer.readFrame(timeout: 20)?.type.rawValue, 0x8010, "the signed push was not activated")
+        var holders: [SocketPeer] = []
+        for i in 1..<AdminLimits.maximumConnections { holders.append(try keylessHolder(admin, i)) }
+        usleep(1_500_000)
+        // 15 newcomers, each at the cap: every keyless holder goes, the operator stays.
+        var newcomers: [SocketPeer] = []
+        for i in 0..<AdminLimits.maximumConnections - 1 {
+            newcomers.append(try XCTUnwrap(SocketPeer(path: admin)))
+            usleep(100_000)
+            _ = i
+        }
+        usleep(500_000)
+        XCTAssertEqual(holders.filter { $0.closedByPeer() }.count, holders.count, "a keyless holder kept its slot")
+        XCTAssertFalse(operatorPeer.closedByPeer(), "the connection that pushed a signed bundle was taken")
+        var show = ByteBuffer()
+        show.writeFrame(Frame(type: MessageType(rawValue: 0x0011), requestID: 2, body: ByteBuffer()))
+        XCTAssertTrue(operatorPeer.writeAll(Array(buffer: show)))
+        XCTAssertEqual(operatorPeer.readFrame(timeout: 10)?.type.rawValue, 0x8011)
+        // The next one takes the least recently active: the first newcomer (quiet since it came).
+        let late = try XCTUnwrap(SocketPeer(path: admin))
+        usleep(500_000)
+        XCTAssertFalse(late.closedByPeer())
+        XCTAssertTrue(newcomers[0].closedByPeer(), "not the least recently active connection was taken")
+        XCTAssertEqual(newcomers.filter { $0.closedByPeer() }.count, 1)
+        XCTAssertFalse(operatorPeer.closedByPeer())
     }
 }
