@@ -120,4 +120,53 @@ final class PeersRound6LiveStateTests: XCTestCase {
         XCTAssertLessThanOrEqual(heap, charged * 3 / 2, "live state held more than 3/2 of its charge")
         XCTAssertGreaterThanOrEqual(heap, charged / 2, "live state charged more than twice what it holds")
     }
+
+    /// Failed attack: make the budget give bytes back twice. The old boot's retire-module (and
+    /// authorize-module) requests, stamped before a reset but judged after it, are judged in an
+    /// ended stand-in for the replaced session, which holds and is charged nothing; the replaced
+    /// session's modules went back once, at the reset. So does a module retired and allowed
+    /// again and again: the charge follows what is live, never below it.
+    func testTheReplacedSessionsRequestsGiveNothingBackTwice() throws {
+        let boot = try CaptureBoot.load(Self.bootDir)
+        let v = try verifier()
+        try register(v, boot, "g")
+        let facts = v.guests.chargedBytes
+        let first = try loadAll(v, boot, "g")
+        let held = v.guests.liveModuleBytes
+        XCTAssertGreaterThan(held, 0)
+        let old = try XCTUnwrap(v.guests.session("g"))
+        let bases = try old.allowedModules.map { ($0, try XCTUnwrap(old.liveModule($0)?.textRange.lowerBound)) }
+        let beforeReset = v.guests.arrivalStamp()
+        var again = try boot.registration(guestID: "g")
+        again.reset = true
+        guard case .registerGuestReply = v.respond(to: .registerGuest(again), requestDigest: []) else { return XCTFail("reset refused") }
+        XCTAssertEqual(v.guests.chargedBytes, facts)
+        XCTAssertEqual(try loadAll(v, boot, "g").filter { $0.1.decision == .allow }.count, first.count)
+        XCTAssertEqual(v.guests.liveModuleBytes, held)
+        for (name, base) in bases.reversed() {
+            let r = v.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: base)), requestDigest: [], arrival: beforeReset)
+            if case .retireModuleReply = r { XCTFail("the old boot's retire of \(name) retired the new boot's module") }
+        }
+        for name in boot.availableModules {
+            let r = v.authorize(try boot.module(name).request(guestID: "g"), requestDigest: [], arrival: beforeReset)
+            XCTAssertEqual(r.decision, .deny, name)
+        }
+        XCTAssertEqual(v.guests.liveModuleBytes, held, "the replaced session's requests moved the new session's charge")
+        XCTAssertEqual(v.guests.chargedBytes, facts + held)
+        // Retire and allow one module again and again: charged at what is live, each time.
+        let session = try XCTUnwrap(v.guests.session("g"))
+        let leaf = try XCTUnwrap(session.allowedModules.last)
+        for _ in 0..<20 {
+            let base = try XCTUnwrap(session.liveModule(leaf)?.textRange.lowerBound)
+            guard case .retireModuleReply = v.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: leaf, textBase: base)), requestDigest: []) else {
+                return XCTFail("retire \(leaf)")
+            }
+            XCTAssertLessThan(v.guests.liveModuleBytes, held)
+            XCTAssertEqual(v.authorize(try boot.module(leaf).request(guestID: "g"), requestDigest: []).decision, .allow)
+            XCTAssertEqual(v.guests.liveModuleBytes, held)
+        }
+        XCTAssertTrue(v.guests.remove("g"))
+        XCTAssertEqual(v.guests.chargedBytes, 0)
+        XCTAssertEqual(v.guests.liveModuleBytes, 0)
+    }
 }
