@@ -10,6 +10,10 @@
 // socket, so a peer that asks for audit pages and never reads holds at most one page (≤ 1 MiB),
 // one queued request, one read buffer (64 KiB) and the socket buffer.
 //
+// At its 16 connections a new one takes the slot of the least recently active idle keyless one
+// (no byte for 1 s, no request in progress, no activated push: `AdminConnections.evict`), which
+// is closed: connections a peer without the key keeps open cannot lock out a signed push.
+//
 // Who can reach it (docs/policy.md, "Who can reach which port"): in the service VM it is vsock
 // port 5001, reachable only from the host; as a Unix socket it is created mode 0600. Reaching the
 // port is not enough to change policy: a push must carry a bundle signed by the admin key, and a
@@ -34,6 +38,7 @@
 // admin request, not at boot), one request at a time per connection, in order; pushes are
 // serialised by `PolicyAdministrator`.
 
+import _ExecGateInternals
 import ExecGateTransport
 import ExecGateWire
 import Logging
@@ -54,6 +59,10 @@ public enum AdminLimits {
     public static let defaultVsockPort: UInt32 = 5001
     /// Admin connections open at once (an operator's CLI, a monitoring poller).
     public static let maximumConnections = 16
+    /// A connection that has received no byte for this long, has no request in progress and has
+    /// pushed no authenticated bundle is idle: a connection that finds the port full takes the
+    /// slot of the least recently active idle one, which is closed (`AdminConnections.evict`).
+    public static let evictableIdleNanoseconds: UInt64 = 1_000_000_000
 
     /// The admin port's limits: one request in flight per connection, bodies ≤ 4 MiB, one
     /// maximum-size bundle buffered across all admin connections (plus the small-frame reserve).
@@ -70,8 +79,9 @@ public final class AdminServer: @unchecked Sendable {
     private let administrator: PolicyAdministrator
     private let lock = NIOLock()
     private var channels: [Channel] = []
-    /// Open admin connections: `shutdown()` closes them (the group, which would, is not ours).
-    private let open = OpenChannels()
+    /// Open admin connections: `shutdown()` closes them (the group, which would, is not ours);
+    /// a new connection at the cap takes the slot of an idle keyless one.
+    private let open = AdminConnections()
     public let configuration: PortLimits
     public let budget: BufferBudget
     public let connections: ConnectionCounter
@@ -97,22 +107,32 @@ public final class AdminServer: @unchecked Sendable {
             .serverChannelOption(.backlog, value: 16)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [administrator, configuration, budget, connections, logger, open] channel in
-                guard connections.acquire() else {
-                    logger.warning("admin connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])
-                    return channel.close()
+                if !connections.acquire() {
+                    // Full. Keyless connections kept open (no key is needed to connect, ask
+                    // policy-show and wait) must not lock out an operator's signed push: the
+                    // least recently active idle connection that pushed no authenticated bundle
+                    // gives this one its slot (its own close releases nothing).
+                    guard let idle = open.evict(idleFor: AdminLimits.evictableIdleNanoseconds) else {
+                        logger.warning("admin connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit), none idle"])
+                        return channel.close()
+                    }
+                    logger.notice("idle admin connection closed for a new one", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])
+                    idle.close(promise: nil)
                 }
                 open.insert(channel)
                 channel.closeFuture.whenComplete { _ in
-                    open.remove(channel)
-                    connections.release()
+                    if open.remove(channel) { connections.release() }
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     // Off the loop (the loops are shared with the VMM port): see the header.
                     try channel.pipeline.syncOperations.addBoundedFrameHandlers(
                         configuration: configuration, budget: budget, logger: logger,
                         process: { frame, loop in
-                            NIOThreadPool.singleton.runIfActive(eventLoop: loop) { administrator.respond(to: frame) }
+                            open.begin(channel)
+                            return NIOThreadPool.singleton.runIfActive(eventLoop: loop) { administrator.respond(to: frame) }
+                                .always { open.end(channel, authenticated: (try? $0.get())?.type == AdminMessageType.policyPushReply) }
                         })
+                    try channel.pipeline.syncOperations.addHandler(AdminActivity(open), position: .first)
                 }
             }
         let channel = try await bootstrap.bind(endpoint: endpoint)
@@ -129,14 +149,77 @@ public final class AdminServer: @unchecked Sendable {
 }
 
 /// The connections a server has open, so that it can close them without shutting down a group it
-/// does not own.
-private final class OpenChannels: @unchecked Sendable {
-    // @unchecked: `channels` is guarded by `lock`.
+/// does not own, and what choosing one to evict needs of each: when it last received a byte,
+/// whether a request of it is in progress, whether it pushed an authenticated bundle (a push
+/// answered policy-push-reply: signed by the admin key, activated).
+final class AdminConnections: @unchecked Sendable {
+    // @unchecked: `entries` is guarded by `lock`.
+    private struct Entry {
+        let channel: Channel
+        var lastActivity: UInt64
+        var busy = 0
+        var authenticated = false
+    }
     private let lock = NIOLock()
-    private var channels: [ObjectIdentifier: Channel] = [:]
+    private var entries: [ObjectIdentifier: Entry] = [:]
 
-    func insert(_ c: Channel) { lock.withLock { channels[ObjectIdentifier(c)] = c } }
-    func remove(_ c: Channel) { _ = lock.withLock { channels.removeValue(forKey: ObjectIdentifier(c)) } }
-    func all() -> [Channel] { lock.withLock { Array(channels.values) } }
+    func insert(_ c: Channel) {
+        let now = MonotonicClock.nanoseconds()
+        lock.withLock { entries[ObjectIdentifier(c)] = Entry(channel: c, lastActivity: now) }
+    }
+    /// Forgets `c`; true when it still held its slot (false: evicted, its slot passed on).
+    func remove(_ c: Channel) -> Bool { lock.withLock { entries.removeValue(forKey: ObjectIdentifier(c)) != nil } }
+    func all() -> [Channel] { lock.withLock { entries.values.map(\.channel) } }
+
+    /// Bytes arrived on `c`.
+    func touch(_ c: Channel) {
+        let now = MonotonicClock.nanoseconds()
+        lock.withLock { entries[ObjectIdentifier(c)]?.lastActivity = now }
+    }
+    /// A request of `c` started.
+    func begin(_ c: Channel) {
+        let now = MonotonicClock.nanoseconds()
+        lock.withLock {
+            entries[ObjectIdentifier(c)]?.busy += 1
+            entries[ObjectIdentifier(c)]?.lastActivity = now
+        }
+    }
+    /// A request of `c` was answered; `authenticated`: it was an activated signed push.
+    func end(_ c: Channel, authenticated: Bool) {
+        let now = MonotonicClock.nanoseconds()
+        lock.withLock {
+            guard var e = entries[ObjectIdentifier(c)] else { return }
+            e.busy -= 1
+            e.lastActivity = now
+            if authenticated { e.authenticated = true }
+            entries[ObjectIdentifier(c)] = e
+        }
+    }
+
+    /// The least recently active connection that pushed no authenticated bundle, has no request
+    /// in progress and received no byte for `idleFor` ns, forgotten here (its slot passes to the
+    /// caller's connection; the caller closes it); nil when there is none. A connection
+    /// receiving a frame, or waiting for its reply, is never taken.
+    func evict(idleFor: UInt64) -> Channel? {
+        let now = MonotonicClock.nanoseconds()
+        return lock.withLock {
+            let idle = entries.filter { !$0.value.authenticated && $0.value.busy == 0 && now &- $0.value.lastActivity >= idleFor }
+            guard let victim = idle.min(by: { $0.value.lastActivity < $1.value.lastActivity }) else { return nil }
+            entries[victim.key] = nil
+            return victim.value.channel
+        }
+    }
+}
+
+/// First in an admin connection's pipeline: records each read's arrival (`AdminConnections.touch`).
+private final class AdminActivity: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    private let open: AdminConnections
+    init(_ open: AdminConnections) { self.open = open }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        open.touch(context.channel)
+        context.fireChannelRead(data)
+    }
 }
 

@@ -71,6 +71,9 @@ public struct LiveModule: Sendable {
     /// Committed, verdict not final yet (`GuestSession.finish` clears it; `rollback` removes the
     /// module). No module may link against it meanwhile: its exports may still be taken back.
     var pending = false
+    /// What this module's live state holds in its session (`LiveModule.heldBytes(…)`): charged
+    /// against the registry's budget when it is committed, given back when it goes.
+    let heldBytes: Int
 
     init(name: String, identity: String? = nil, coreRange: Range<UInt64>, textRange: Range<UInt64>, frames: [UInt64], initRange: Range<UInt64>?,
          initFrames: [UInt64], exports: ModuleExports?, sites: RuntimeSiteTable?, dependsOn: Set<String> = [], keyStates: [UInt64: UInt64],
@@ -88,7 +91,72 @@ public struct LiveModule: Sendable {
         self.keyStates = keyStates
         self.imports = imports
         self.explainedAt = explainedAt
+        self.heldBytes = Self.heldBytes(names: [name, identity ?? name], frames: frames.count + initFrames.count, exports: exports,
+                                        sites: sites?.count ?? 0, keys: keyStates.count, imports: imports)
     }
+
+    /// What a live module holds in its session, the same way the registry charges facts (at what
+    /// they hold: docs/protocol.md "Limits"): `liveModuleCharge` for the record itself (its
+    /// dictionary slot, its entry in the load order, its tables' headers), its names twice, 64 a
+    /// frame (the module's list and the session's index of frames by owner); each export 320 (as
+    /// a core export: `KernelFacts.symbolBytes`) plus its name three times (the module's table, the
+    /// session's resolver, which merges it, and the session's index of exports by owner), 16 a
+    /// function entry, 80 a static-call key it defines plus 16 a trusted target, 48 a key state
+    /// its trampolines record; each run-time site 256 (the site table and the session's index by
+    /// key); each key state 128 (the module's, the session's current and seen states); each
+    /// undefined symbol its name plus 64 (the imports set dependencies are computed from).
+    static func heldBytes(names: [String], frames: Int, exports: ModuleExports?, sites: Int, keys: Int, imports: Set<String>) -> Int {
+        var n = liveModuleCharge + names.reduce(0) { $0 + 2 * $1.utf8.count } + 64 * frames + 256 * sites + 128 * keys
+        n += imports.reduce(0) { $0 + 64 + $1.utf8.count }
+        if let e = exports {
+            n += e.exportedNames.reduce(0) { $0 + 320 + 3 * $1.utf8.count }
+            n += 16 * e.functionEntries.sorted.count
+            n += e.staticCallTrustedTargets.values.reduce(0) { $0 + 80 + 16 * $1.count } + 48 * e.staticCallStates.count
+        }
+        return n
+    }
+    /// Held per live module beyond what it counts (`heldBytes`).
+    static let liveModuleCharge = 1024
+}
+
+/// The registry's budget as one account (`GuestRegistry.maximumSymbolBytes`): the registered
+/// facts (set by the registry under its lock) and every session's live modules (charged by the
+/// session at commit, under the session's lock). Its lock is taken last, under either of
+/// theirs, and takes no other: a registration and a commit are each checked exactly.
+final class LiveLedger: @unchecked Sendable {
+    // @unchecked: `facts` and `live` are guarded by `lock`.
+    private let lock = NIOLock()
+    private var facts = 0
+    private var live = 0
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Charge `bytes` of live state: nil when it fits, else why not (the figures).
+    func reserve(_ bytes: Int) -> String? {
+        lock.withLock {
+            guard facts + live + bytes <= limit else {
+                return "\(bytes) bytes of live state on top of \(facts) registered and \(live) live exceeds the \(limit)-byte budget"
+            }
+            live += bytes
+            return nil
+        }
+    }
+
+    func release(_ bytes: Int) { lock.withLock { live -= bytes } }
+
+    /// Set the registered facts to `bytes` if they fit beside the live state (nil), else the live
+    /// bytes that left no room (nothing changed). `force`: set them whatever (they shrank).
+    /// `freeing`: live bytes a reset is about to give back (the replaced session's).
+    func setFacts(_ bytes: Int, freeing: Int = 0, force: Bool = false) -> Int? {
+        lock.withLock {
+            if !force && bytes + live - freeing > limit { return live - freeing }
+            facts = bytes
+            return nil
+        }
+    }
+
+    var liveBytes: Int { lock.withLock { live } }
 }
 
 /// Why a commit or a preflight refused a module (mapped to a verdict reason by the verifier).
@@ -209,12 +277,36 @@ public final class GuestSession: @unchecked Sendable {
     /// whose grants were revoked, live in no session the verifier still checks.
     /// (The refusal's whole message.)
     private var ended: String?
+    /// The registry's budget (nil: not charged, a stand-in or a test's session).
+    private let ledger: LiveLedger?
+    /// What this session's live modules are charged in `ledger` (`LiveModule.heldBytes`); given
+    /// back when a module goes, and all at once when the session ends.
+    private var liveCharged = 0
 
-    /// Marks the session as no longer its guest's (the registry, under its lock).
+    /// Marks the session as no longer its guest's (the registry, under its lock). Its live
+    /// modules' charge goes back to the budget: nothing commits to an ended session, and what it
+    /// holds goes with the last request still judging in it.
     func end(_ why: String) {
         let message = "guest '\(registration.guestID)' \(why) while this request was judged: the session it was judged in is gone (its grants were revoked); ask again in the new session"
-        lock.withLock { if ended == nil { ended = message } }
+        lock.withLock {
+            if ended == nil {
+                ended = message
+                ledger?.release(liveCharged)
+                liveCharged = 0
+            }
+        }
     }
+
+    /// A live module of this session went (retire, rollback): its charge goes back, unless the
+    /// session ended (then it went back at `end`). Caller holds `lock`.
+    private func releaseLocked(_ m: LiveModule) {
+        guard ended == nil else { return }
+        ledger?.release(m.heldBytes)
+        liveCharged -= m.heldBytes
+    }
+
+    /// Bytes this session's live modules are charged now.
+    public var liveBytes: Int { lock.withLock { liveCharged } }
 
     private func endedRefusalLocked() -> SessionRefusal? {
         ended.map { SessionRefusal(reason: .endStateUnavailable, message: $0) }
@@ -243,7 +335,9 @@ public final class GuestSession: @unchecked Sendable {
     /// Read before explaining a module (before the resolver snapshot): see `removals`.
     var removalGeneration: UInt64 { lock.withLock { removals } }
 
-    init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8], born: UInt64, lineageBorn: UInt64? = nil, token: UInt64 = 0) {
+    init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8], born: UInt64, lineageBorn: UInt64? = nil,
+         token: UInt64 = 0, ledger: LiveLedger? = nil) {
+        self.ledger = ledger
         var r = registration
         r.symbols = []
         self.registration = r
@@ -385,6 +479,12 @@ public final class GuestSession: @unchecked Sendable {
                 return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': static-call key 0x\(Hex.number(key)) targets 0x\(Hex.number(state)), which is not trusted for that key")
             }
         }
+        // Its live state is charged to the registry's budget beside the facts (docs/protocol.md
+        // "Limits"): a session holds no more than the budget, whatever a guest loads.
+        if let ledger, let why = ledger.reserve(m.heldBytes) {
+            return SessionRefusal(reason: .liveStateBudget, message: "module '\(m.name)' of guest '\(registration.guestID)': \(why) (this guest's \(live.count) live modules hold \(liveCharged)): retire modules or remove guests")
+        }
+        liveCharged += m.heldBytes
         commits &+= 1
         m.commitSerial = commits
         m.pending = true
@@ -446,6 +546,7 @@ public final class GuestSession: @unchecked Sendable {
     func rollback(_ ticket: CommitTicket) {
         lock.withLock {
             if let m = live[ticket.name], m.commitSerial == ticket.serial {
+                releaseLocked(m)
                 live[ticket.name] = nil
                 removals &+= 1
                 order.removeAll { $0 == ticket.name }
@@ -513,6 +614,7 @@ public final class GuestSession: @unchecked Sendable {
             if let user = order.first(where: { live[$0]?.dependsOn.contains(canonical) ?? false }) {
                 return .failed(.moduleInUse, "module '\(name)' is used by live module '\(user)': retire that first (the kernel refuses to unload a module in use)")
             }
+            releaseLocked(m)
             live[canonical] = nil
             removals &+= 1
             order.removeAll { $0 == canonical }
@@ -748,6 +850,8 @@ public final class GuestRegistry: @unchecked Sendable {
     private var builds: [KernelFactsKey: (facts: KernelFacts, guests: Int)] = [:]
     public let maximumGuests: Int
     public let maximumSymbolBytes: Int
+    /// The budget as one account: the facts below and every session's live modules.
+    private let ledger: LiveLedger
     /// The arrival clock (`arrivalStamp()`): requests and registrations stamped from one counter.
     private let arrivals = Atomic<UInt64>(0)
     /// Lines of resets numbered so far (each first registration of a guest id starts one): the
@@ -765,6 +869,7 @@ public final class GuestRegistry: @unchecked Sendable {
                 maximumSymbolBytes: Int = GuestRegistry.defaultMaximumSymbolBytes) {
         self.maximumGuests = maximumGuests
         self.maximumSymbolBytes = maximumSymbolBytes
+        self.ledger = LiveLedger(limit: maximumSymbolBytes)
     }
 
     /// What a guest's own facts are charged (bytes as they arrive; twice for those held twice): capability words, `pv_ops`,
@@ -871,10 +976,13 @@ public final class GuestRegistry: @unchecked Sendable {
             // A reset of a guest that was the last one on another build frees that build's charge.
             let sameBuild = shared.key != nil && existing?.kernel.key == shared.key
             let freed = sameBuild ? 0 : existing.map { release($0.kernel, dryRun: true) } ?? 0
-            if let why = overBudget(r.guestID, cost: cost, alsoFreed: freed) {
+            // A reset gives back the replaced session's live modules too.
+            let oldLive = existing?.liveBytes ?? 0
+            if let why = overBudget(r.guestID, cost: cost, alsoFreed: freed + oldLive) {
                 return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
             }
-            // The new session's token: the next place in the guest's line, or a new line.
+            // The new session's token: the next place in the guest's line, or a new line (decided
+            // before the budget's account is set: a refusal here changes nothing).
             let token: UInt64
             if let old = existing {
                 let place = old.token & (Self.maximumSessionsPerLine - 1)
@@ -888,6 +996,13 @@ public final class GuestRegistry: @unchecked Sendable {
                 }
                 token = (lines + 1) << Self.tokenLineShift
             }
+            // The same figures, set in the budget's account exactly (a commit may have charged
+            // live state since `overBudget` read it). A reset gives back the old session's live
+            // modules (`end`) once it is installed: they count until then, for every other session.
+            let factsAfter = factsUsed - (charged[GuestKey(r.guestID)] ?? 0) - freed + cost
+            if let live = ledger.setFacts(factsAfter, freeing: oldLive) {
+                return .refused(.unavailable, "register-guest '\(r.guestID)': \(cost) bytes of symbols on top of \(factsAfter - cost) registered and \(live) of live modules exceeds the \(maximumSymbolBytes)-byte budget")
+            }
             if existing == nil { lines += 1 }
             if let old = existing {
                 _ = release(old.kernel, dryRun: false)
@@ -898,9 +1013,10 @@ public final class GuestRegistry: @unchecked Sendable {
             // before the session existed) never finds it (`session(_:arrivedAt:)`).
             let born = arrivals.add(1, ordering: .sequentiallyConsistent).newValue
             let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest,
-                                       born: born, lineageBorn: existing?.lineageBorn, token: token)
+                                       born: born, lineageBorn: existing?.lineageBorn, token: token, ledger: ledger)
             guests[GuestKey(r.guestID)] = session
             charged[GuestKey(r.guestID)] = own + (shared.key == nil ? shared.symbolBytes : 0)
+            _ = ledger.setFacts(factsUsed, force: true)
             return .registered(session)
         }
     }
@@ -921,6 +1037,7 @@ public final class GuestRegistry: @unchecked Sendable {
             s.end("was removed")
             charged[GuestKey(id)] = nil
             _ = release(s.kernel, dryRun: false)
+            _ = ledger.setFacts(factsUsed, force: true)
             return true
         }
     }
@@ -937,8 +1054,10 @@ public final class GuestRegistry: @unchecked Sendable {
         return 0
     }
 
-    /// Bytes charged in all: every shared copy once, every guest its own part. Caller holds `lock`.
-    private var used: Int { builds.values.reduce(0) { $0 + $1.facts.symbolBytes } + charged.values.reduce(0, +) }
+    /// Facts charged: every shared copy once, every guest its own part. Caller holds `lock`.
+    private var factsUsed: Int { builds.values.reduce(0) { $0 + $1.facts.symbolBytes } + charged.values.reduce(0, +) }
+    /// Bytes charged in all: the facts and every session's live modules. Caller holds `lock`.
+    private var used: Int { factsUsed + ledger.liveBytes }
 
     /// Why registering `id` with `cost` bytes would exceed a budget (nil: it fits). A live id is
     /// not a new guest: its own charge, and `alsoFreed` (its build, when it was the last guest on
@@ -948,7 +1067,7 @@ public final class GuestRegistry: @unchecked Sendable {
             return "\(guests.count) guests are registered, the limit is \(maximumGuests)"
         }
         let used = self.used - (charged[GuestKey(id)] ?? 0) - alsoFreed
-        return used + cost > maximumSymbolBytes ? "\(cost) bytes of symbols on top of \(used) registered exceeds the \(maximumSymbolBytes)-byte budget" : nil
+        return used + cost > maximumSymbolBytes ? "\(cost) bytes of symbols on top of \(used) registered (live modules included) exceeds the \(maximumSymbolBytes)-byte budget" : nil
     }
 
     public func session(_ id: String) -> GuestSession? { lock.withLock { guests[GuestKey(id)] } }
@@ -1015,6 +1134,8 @@ public final class GuestRegistry: @unchecked Sendable {
     public var count: Int { lock.withLock { guests.count } }
     /// Shared build copies held, with the number of guests on each (for status and tests).
     public var sharedBuilds: [(key: KernelFactsKey, guests: Int)] { lock.withLock { builds.map { ($0.key, $0.value.guests) } } }
-    /// Bytes charged against `maximumSymbolBytes` now.
+    /// Bytes charged against `maximumSymbolBytes` now: facts and live modules.
     public var chargedBytes: Int { lock.withLock { used } }
+    /// Of those, the live modules of every session (`GuestSession.liveBytes`).
+    public var liveModuleBytes: Int { ledger.liveBytes }
 }

@@ -60,6 +60,8 @@ public struct VerdictReason: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let keyStateMismatch = VerdictReason(rawValue: 33)
     /// The module's vermagic does not name the registered kernel release.
     public static let vermagicMismatch = VerdictReason(rawValue: 34)
+    /// The module's live state does not fit the registry's budget beside the facts and the other live modules.
+    public static let liveStateBudget = VerdictReason(rawValue: 35)
 
     public var name: String {
         switch self {
@@ -98,6 +100,7 @@ public struct VerdictReason: RawRepresentable, Hashable, Sendable, CustomStringC
         case .patchPartialKey: return "patch.partial-key"
         case .keyStateMismatch: return "claim.key-state-mismatch"
         case .vermagicMismatch: return "claim.vermagic-mismatch"
+        case .liveStateBudget: return "guest.live-state-budget"
         default: return "reason-\(rawValue)"
         }
     }
