@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// CLI round 6: what CLIRound5Tests left, against the real binary: signals that land while the
+// one atomic writer (Files.writeAtomically) holds a temporary file, and what `policy check`
+// says it checked.
+
+import _ExecGateInternals
+import ExecGateTestSupport
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class CLIRound6Tests: XCTestCase {
+    var dir = ""
+
+    override func setUpWithError() throws {
+        dir = Fixtures.temporaryDirectory()
+    }
+
+    func run(_ args: [String], seconds: Double = 60) -> (status: Int32?, stdout: String, stderr: String) {
+        Fixtures.runExecgate(rawArguments: args.map { Array($0.utf8) }, in: dir, seconds: seconds)
+    }
+
+    /// `executable ARGS…` started as a shell starts a command: every signal at its default
+    /// disposition and none blocked (a test runner may ignore or block some, and a child
+    /// inherits both), stdout/stderr to files in `dir`.
+    func spawnWithDefaultSignals(_ executable: String, _ args: [String]) -> pid_t {
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fa, 1, dir + "/spawn.out", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&fa, 2, dir + "/spawn.err", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var all = sigset_t(), none = sigset_t()
+        sigfillset(&all)
+        sigemptyset(&none)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setsigmask(&attr, &none)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        let argv = [executable] + args
+        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { cargs.forEach { free($0) } }
+        var pid: pid_t = 0
+        return posix_spawn(&pid, executable, &fa, &attr, &cargs, environ) == 0 ? pid : -1
+    }
+
+    /// The names in `path` other than . and ..
+    func names(_ path: String) -> [String] {
+        var names: [String] = []
+        if let d = opendir(path) {
+            while let e = readdir(d) {
+                let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+                if n != "." && n != ".." { names.append(n) }
+            }
+            closedir(d)
+        }
+        return names.sorted()
+    }
+
+    /// An admin key pair under `dir`/admin.
+    func adminKeys() -> (key: String, cert: String) {
+        let k = run(["keys", "generate", "--out", dir + "/admin", "--type", "ec-p256"], seconds: 30)
+        XCTAssertEqual(k.status, 0, k.stderr)
+        return (dir + "/admin/key.pem", dir + "/admin/cert.pem")
+    }
+
+    /// HOLE (round 6): the atomic writer writes `TARGET.tmp.PID`, fsyncs it and renames it over
+    /// the target; sign module's help promises the output is "never half-written". A SIGINT
+    /// (Ctrl-C), SIGTERM (kill, a service manager's stop) or SIGHUP (the terminal closed) that
+    /// lands while the temporary file exists ended the process at the signal's default action,
+    /// and the temporary file, a part of the output, stayed behind in the output directory
+    /// forever (the next run, another PID, never reuses it). Now no temporary file survives a
+    /// signal: the signal still ends the process (by that signal), after the temporary files
+    /// are removed.
+    func testASignalWhileTheOutputIsWrittenLeavesNoTemporaryFile() throws {
+        let (key, cert) = adminKeys()
+        let input = dir + "/big.ko"
+        // Large enough that writing and fsyncing it takes a while: the signal lands mid-write.
+        try Fixtures.writeFile(input, [UInt8](repeating: 0x5A, count: 12 << 20))
+        let out = dir + "/out"
+        XCTAssertEqual(mkdir(out, 0o755), 0)
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            let target = out + "/signed.ko"
+            let pid = spawnWithDefaultSignals(Fixtures.execgateBinary,
+                                              ["sign", "module", "--key", key, "--cert", cert, input, "-o", target])
+            XCTAssertGreaterThan(pid, 0)
+            let tmp = target + ".tmp.\(pid)"
+            let deadline = MonotonicClock.seconds() + 60
+            var seen = false
+            while MonotonicClock.seconds() < deadline {
+                if access(tmp, F_OK) == 0 { seen = true; break }
+                var st: Int32 = 0
+                if waitpid(pid, &st, WNOHANG) == pid { break }
+                usleep(200)
+            }
+            XCTAssertTrue(seen, "signal \(sig): the temporary file never appeared")
+            guard seen else { kill(pid, SIGKILL); _ = Fixtures.wait(pid); continue }
+            kill(pid, sig)
+            let status = Fixtures.wait(pid)
+            let left = names(out)
+            XCTAssertFalse(left.contains { $0.contains(".tmp.") }, "signal \(sig) (status \(status)) left \(left)")
+            // Ended by the signal (or, had it landed after the rename, finished): never a part.
+            if left.contains("signed.ko") {
+                XCTAssertEqual(try Fixtures.readFile(target).count > 12 << 20, true)
+            } else {
+                XCTAssertEqual(status, 128 + sig, "signal \(sig)")
+            }
+            _ = unlink(target)
+        }
+    }
+
+}
