@@ -114,4 +114,56 @@ final class CLIRound6Tests: XCTestCase {
         }
     }
 
+    /// One JSON document on stdout, or nil.
+    func json(_ out: String) -> JSON? {
+        let lines = out.split(separator: "\n")
+        guard lines.count == 1 else { return nil }
+        return try? JSONReader.parse(Array(lines[0].utf8))
+    }
+
+    /// HOLE (round 6): `policy check BUNDLE` without `--admin-cert` parses the policy inside and
+    /// prints the same summary, exit 0, as it does when the signature was verified, so a reader
+    /// (or a script testing the exit status) takes a bundle signed by anyone, or whose signature
+    /// was cut or forged, for one that was checked: nothing said the signature was not looked
+    /// at. Now the summary says whether the signature was verified (and against which admin
+    /// certificate), not checked, or absent (a policy text), and `--json` (which `policy check`
+    /// did not take) says the same as one JSON document, errors included.
+    func testPolicyCheckSaysWhetherTheSignatureWasChecked() throws {
+        let (key, cert) = adminKeys()
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/default.policy"
+        let bundle = dir + "/p.bundle"
+        let s = run(["policy", "sign", policy, "--key", key, "--cert", cert, "-o", bundle])
+        XCTAssertEqual(s.status, 0, s.stderr)
+        // A bundle whose signature is garbage: still parses without --admin-cert.
+        var forged = try Fixtures.readFile(bundle)
+        forged[forged.count - 60] ^= 0xFF
+        let bad = dir + "/forged.bundle"
+        try Fixtures.writeFile(bad, forged)
+
+        for file in [bundle, bad] {
+            let t = run(["policy", "check", file])
+            XCTAssertEqual(t.status, 0, t.stderr)
+            XCTAssertTrue(t.stdout.contains("signature not checked"), t.stdout)
+            let j = run(["policy", "check", file, "--json"])
+            XCTAssertEqual(j.status, 0, j.stderr)
+            XCTAssertEqual(json(j.stdout)?["signature"]?.stringValue, "not-checked", j.stdout + j.stderr)
+            XCTAssertEqual(json(j.stdout)?["valid"], .bool(true), j.stdout)
+        }
+        let v = run(["policy", "check", bundle, "--admin-cert", cert])
+        XCTAssertEqual(v.status, 0, v.stderr)
+        XCTAssertTrue(v.stdout.contains("signature verified"), v.stdout)
+        let vj = run(["policy", "check", bundle, "--admin-cert", cert, "--json"])
+        XCTAssertEqual(json(vj.stdout)?["signature"]?.stringValue, "verified", vj.stdout + vj.stderr)
+        let tj = run(["policy", "check", policy, "--json"])
+        XCTAssertEqual(json(tj.stdout)?["signature"]?.stringValue, "none", tj.stdout + tj.stderr)
+        XCTAssertFalse(run(["policy", "check", policy]).stdout.contains("verified"))
+
+        // Refused with --json: still one JSON document on stdout, exit 2, one line on stderr.
+        let r = run(["policy", "check", bad, "--admin-cert", cert, "--json"])
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertEqual(json(r.stdout)?["valid"], .bool(false), r.stdout)
+        XCTAssertNotNil(json(r.stdout)?["error"]?.stringValue, r.stdout)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+    }
+
 }
