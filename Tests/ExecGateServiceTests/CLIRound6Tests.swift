@@ -166,4 +166,44 @@ final class CLIRound6Tests: XCTestCase {
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
     }
 
+    /// HOLE (round 6): an output that is a symbolic link to an open file descriptor
+    /// (`-o /dev/stdout`, a link to /proc/self/fd/1) with stdout redirected to a regular file:
+    /// `checkReplaceable` follows the link to that regular file and lets it through, and the
+    /// rename replaced the link itself with the signed module. Run as root with
+    /// `-o /dev/stdout > out.ko`, that swapped the system's /dev/stdout symlink (devtmpfs) for a
+    /// regular file, under every other process's feet, while out.ko got only the summary line.
+    /// Now a path whose links lead through /proc/PID/fd (or /dev/fd) is refused (exit 2), the
+    /// link untouched: an atomic replace cannot write into a descriptor.
+    func testAnOutputLinkedToADescriptorIsRefusedNotReplaced() throws {
+        let (key, cert) = adminKeys()
+        let input = dir + "/m.ko"
+        try Fixtures.writeFile(input, [UInt8](repeating: 0x5A, count: 4096))
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/default.policy"
+        for target in ["/proc/self/fd/1", "/dev/fd/1"] {
+            let link = dir + "/stdout-link"
+            _ = unlink(link)
+            XCTAssertEqual(symlink(target, link), 0)
+            let hop = dir + "/hop"
+            _ = unlink(hop)
+            XCTAssertEqual(symlink("stdout-link", hop), 0)
+            for out in [link, hop] {
+                for args in [["sign", "module", "--key", key, "--cert", cert, input, "-o", out],
+                             ["policy", "sign", policy, "--key", key, "--cert", cert, "-o", out]] {
+                    let r = run(args)
+                    XCTAssertEqual(r.status, 2, "\(args[0...1]) -o \(out) -> \(target): \(r.stdout) \(r.stderr)")
+                    var st = stat()
+                    XCTAssertEqual(lstat(link, &st), 0)
+                    XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK, "\(args[0...1]): the link was replaced")
+                    XCTAssertEqual(lstat(hop, &st), 0)
+                    XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK, "\(args[0...1]): the link was replaced")
+                }
+            }
+        }
+        // A link to a regular file elsewhere is still replaced, as documented.
+        try Fixtures.writeFile(dir + "/old.ko", [1, 2, 3])
+        _ = unlink(dir + "/plain-link")
+        XCTAssertEqual(symlink(dir + "/old.ko", dir + "/plain-link"), 0)
+        let ok = run(["sign", "module", "--key", key, "--cert", cert, input, "-o", dir + "/plain-link"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+    }
 }
