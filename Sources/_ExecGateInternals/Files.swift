@@ -84,12 +84,46 @@ public enum Files {
     /// Whether `writeAtomically(path, …)` may replace what is there: nothing, or a regular file
     /// (a symbolic link to one is followed). Renamed over, a FIFO, a device (/dev/null,
     /// /dev/stdout as root), a socket or a directory would be swapped for a regular file.
+    /// A path whose links lead into /proc (`/dev/stdout` → /proc/self/fd/1, `/dev/fd/N`) names an
+    /// open descriptor, not a file in a directory: stat follows it to whatever the descriptor is
+    /// (a regular file when stdout is redirected to one), but the rename would replace the link
+    /// itself (as root, the system's /dev/stdout). Refused, the link untouched.
     public static func checkReplaceable(_ path: String) throws(FileError) {
+        if let hop = descriptorLink(path) {
+            throw FileError("open", path, errno: EINVAL,
+                            detail: "leads to \(hop) under /proc (an open descriptor, not a file in a directory); refusing to replace it, give a file's path")
+        }
         var target = stat()
         if stat(path, &target) == 0, (target.st_mode & S_IFMT) != S_IFREG {
             throw FileError("open", path, errno: EEXIST,
                             detail: "exists and is not a regular file (\(fileType(target.st_mode))); refusing to replace it")
         }
+    }
+
+    /// The first link of `path`'s chain (`path` included) whose directory resolves into /proc, or nil.
+    static func descriptorLink(_ path: String) -> String? {
+        func directory(_ p: String) -> String {
+            guard let slash = p.lastIndex(of: "/") else { return "." }
+            return slash == p.startIndex ? "/" : String(p[..<slash])
+        }
+        func inProc(_ dir: String) -> Bool {
+            guard let r = realpath(dir, nil) else { return false }
+            defer { free(r) }
+            let real = String(cString: r)
+            return real == "/proc" || real.hasPrefix("/proc/")
+        }
+        var hop = path
+        for _ in 0..<40 {  // MAXSYMLINKS
+            if inProc(directory(hop)) { return hop }
+            var st = stat()
+            guard lstat(hop, &st) == 0, (st.st_mode & S_IFMT) == S_IFLNK else { return nil }
+            var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let n = readlink(hop, &buf, Int(PATH_MAX))
+            guard n > 0 else { return nil }
+            let target = String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            hop = target.hasPrefix("/") ? target : directory(hop) + "/" + target
+        }
+        return nil
     }
 
     /// Several files replaced as `writeAtomically` does each, after every target was checked
