@@ -114,6 +114,31 @@ final class CLIRound6Tests: XCTestCase {
         }
     }
 
+    /// Failed attack kept: `ulimit -f` with SIGXFSZ at its default action (as a shell runs a
+    /// command, not as the test runner hands it on). SIGXFSZ is sent to the writing thread, and
+    /// the threads the commands run on (the concurrency pool's) block it: write(2) fails with
+    /// EFBIG and the writer cleans up; and were it delivered, the signal handler would remove the
+    /// temporary file. `policy sign`, `keys generate` and `sign module` leave nothing.
+    func testTheFileSizeLimitAtItsDefaultActionLeavesNothing() throws {
+        let (key, cert) = adminKeys()
+        let input = dir + "/m.ko"
+        try Fixtures.writeFile(input, [UInt8](repeating: 0x5A, count: 64 << 10))
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/default.policy"
+        for (i, args) in [["policy", "sign", policy, "--key", key, "--cert", cert, "-o", "OUT/p.bundle"],
+                          ["keys", "generate", "--out", "OUT", "--bits", "2048"],
+                          ["sign", "module", "--key", key, "--cert", cert, input, "-o", "OUT/m.ko"]].enumerated() {
+            let out = dir + "/out\(i)"
+            XCTAssertEqual(mkdir(out, 0o755), 0)
+            let a = args.map { $0.hasPrefix("OUT") ? out + $0.dropFirst(3) : $0 }
+            let quoted = ([Fixtures.execgateBinary] + a).map { "'" + $0 + "'" }.joined(separator: " ")
+            let pid = spawnWithDefaultSignals("/bin/sh", ["-c", "ulimit -f 2; exec " + quoted])
+            XCTAssertGreaterThan(pid, 0)
+            let status = Fixtures.wait(pid)
+            XCTAssertNotEqual(status, 0, "\(a[0...1])")
+            XCTAssertEqual(names(out), [], "\(a[0...1]) (status \(status)) left \(names(out))")
+        }
+    }
+
     /// One JSON document on stdout, or nil.
     func json(_ out: String) -> JSON? {
         let lines = out.split(separator: "\n")
