@@ -231,4 +231,23 @@ final class CLIRound6Tests: XCTestCase {
         let ok = run(["sign", "module", "--key", key, "--cert", cert, input, "-o", dir + "/plain-link"])
         XCTAssertEqual(ok.status, 0, ok.stderr)
     }
+
+    /// HOLE (round 6): `policy check` of a policy that says `trust kernel-builtin`, run without
+    /// `--trust`, printed "0 trust anchor(s)" (exit 0): a reviewer read a policy that trusts
+    /// nothing (every module denied), where the service running it trusts every certificate the
+    /// guest kernel builds in (`serve --trust`, docs/policy.md). Now the summary (and --json)
+    /// says kernel-builtin is in the policy and was not resolved (give --trust), or how many
+    /// anchors it stood for.
+    func testPolicyCheckSaysKernelBuiltinWasNotResolved() throws {
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/default.policy"
+        let t = run(["policy", "check", policy])
+        XCTAssertEqual(t.status, 0, t.stderr)
+        XCTAssertTrue(t.stdout.contains("kernel-builtin not resolved"), t.stdout)
+        let j = run(["policy", "check", policy, "--json"])
+        XCTAssertEqual(json(j.stdout)?["kernel_builtin"]?.stringValue, "not-resolved", j.stdout + j.stderr)
+        let (_, cert) = adminKeys()
+        let r = run(["policy", "check", policy, "--trust", cert, "--json"])
+        XCTAssertEqual(json(r.stdout)?["kernel_builtin"]?.stringValue, "resolved", r.stdout + r.stderr)
+        XCTAssertEqual(json(r.stdout)?["trust_anchors"], .uint(1), r.stdout)
+    }
 }
