@@ -7,7 +7,8 @@
 // Layering (bottom to top; a target only depends on targets above it in this list):
 //
 //   C shims      COpenSSLShim (libcrypto), CDecompress (zlib/xz/zstd/bzip2/lz4),
-//                CExecGateSys (raw syscalls PID 1 needs), CExecGateVsockSys (fences, SCM_RIGHTS)
+//                CExecGateSys (raw syscalls PID 1 needs), CExecGateVsockSys (fences, SCM_RIGHTS),
+//                CExecGateSignals (the atomic writer's temporary files removed on a fatal signal)
 //   pure core    ExecGateWire (frames + messages, NIOCore only), ExecGateELF (stdlib only),
 //                ExecGateSignature (module trailers + PKCS#7 via the OpenSSL shim),
 //                ExecGateExplain (relocations, patch sites: end-state explanation),
@@ -71,7 +72,9 @@ let package = Package(
         ),
         .target(name: "CExecGateSys"),
         .target(name: "CExecGateVsockSys"),
-        .target(name: "_ExecGateInternals", swiftSettings: swiftSettings),
+        // The atomic writer's temporary files, removed when a signal ends the process.
+        .target(name: "CExecGateSignals"),
+        .target(name: "_ExecGateInternals", dependencies: ["CExecGateSignals"], swiftSettings: swiftSettings),
         // The command-line parser (stdlib only: no Foundation in the service VM's /init).
         .target(name: "ExecGateCommandLine", swiftSettings: swiftSettings),
 

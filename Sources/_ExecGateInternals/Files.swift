@@ -3,6 +3,11 @@
 // The one bounded file reader and the one atomic writer (write a temporary file in the same
 // directory, fsync it, rename it over the target, fsync the directory), with POSIX calls only
 // (no Foundation: the binary is also the service VM's /init). Not API.
+//
+// No temporary file survives a signal that ends the process (SIGINT, SIGTERM, SIGHUP, SIGXFSZ
+// from `ulimit -f`, …): each is registered with CExecGateSignals before it is created, whose
+// handler unlinks every registered one and re-raises the signal. A signal during the renames
+// that publish files written together is held until they are all done.
 
 #if canImport(Glibc)
 import Glibc
@@ -11,6 +16,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CExecGateSignals
 
 @inline(__always) private func sysRead(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int) -> Int { read(fd, p, n) }
 @inline(__always) private func sysWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int { write(fd, p, n) }
@@ -78,7 +84,15 @@ public enum Files {
     /// Whether `writeAtomically(path, …)` may replace what is there: nothing, or a regular file
     /// (a symbolic link to one is followed). Renamed over, a FIFO, a device (/dev/null,
     /// /dev/stdout as root), a socket or a directory would be swapped for a regular file.
+    /// A path whose links lead into /proc (`/dev/stdout` → /proc/self/fd/1, `/dev/fd/N`) names an
+    /// open descriptor, not a file in a directory: stat follows it to whatever the descriptor is
+    /// (a regular file when stdout is redirected to one), but the rename would replace the link
+    /// itself (as root, the system's /dev/stdout). Refused, the link untouched.
     public static func checkReplaceable(_ path: String) throws(FileError) {
+        if let hop = descriptorLink(path) {
+            throw FileError("open", path, errno: EINVAL,
+                            detail: "leads to \(hop) under /proc (an open descriptor, not a file in a directory); refusing to replace it, give a file's path")
+        }
         var target = stat()
         if stat(path, &target) == 0, (target.st_mode & S_IFMT) != S_IFREG {
             throw FileError("open", path, errno: EEXIST,
@@ -86,12 +100,44 @@ public enum Files {
         }
     }
 
+    /// The first link of `path`'s chain (`path` included) whose directory resolves into /proc, or nil.
+    static func descriptorLink(_ path: String) -> String? {
+        func directory(_ p: String) -> String {
+            guard let slash = p.lastIndex(of: "/") else { return "." }
+            return slash == p.startIndex ? "/" : String(p[..<slash])
+        }
+        func inProc(_ dir: String) -> Bool {
+            guard let r = realpath(dir, nil) else { return false }
+            defer { free(r) }
+            let real = String(cString: r)
+            return real == "/proc" || real.hasPrefix("/proc/")
+        }
+        var hop = path
+        for _ in 0..<40 {  // MAXSYMLINKS
+            if inProc(directory(hop)) { return hop }
+            var st = stat()
+            guard lstat(hop, &st) == 0, (st.st_mode & S_IFMT) == S_IFLNK else { return nil }
+            var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let n = readlink(hop, &buf, Int(PATH_MAX))
+            guard n > 0 else { return nil }
+            let target = String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            hop = target.hasPrefix("/") ? target : directory(hop) + "/" + target
+        }
+        return nil
+    }
+
     /// Several files replaced as `writeAtomically` does each, after every target was checked
     /// (`checkReplaceable`): a target that cannot be replaced leaves all of them untouched, rather
-    /// than the ones before it replaced (a key without its certificate).
+    /// than the ones before it replaced (a key without its certificate). Every temporary file is
+    /// written and fsync'd before the first rename, and a signal landing during the renames is
+    /// held until the last, so a failed write or a signal leaves none of them replaced.
     public static func writeAllAtomically(_ files: [(path: String, bytes: [UInt8], mode: mode_t)]) throws(FileError) {
         for f in files { try checkReplaceable(f.path) }
-        for f in files { try writeAtomically(f.path, f.bytes, mode: f.mode) }
+        var written: [Temporary] = []
+        defer { for t in written { t.discard() } }
+        for f in files { written.append(try Temporary.write(f.path, f.bytes, mode: f.mode)) }
+        try publish(written)
+        written = []
     }
 
     /// A file type for messages ("a FIFO", "a character device", …).
@@ -116,41 +162,81 @@ public enum Files {
     /// Replaces `path` with `bytes` atomically and durably: readers see the old or the new file,
     /// never a part; after return the new content survives a crash (file and directory fsync'd).
     /// `path` must be a regular file or not exist (a symbolic link to a regular file is replaced
-    /// by the new file, as `rename(2)` does).
+    /// by the new file, as `rename(2)` does). A signal that ends the process leaves the old file
+    /// and no temporary one.
     public static func writeAtomically(_ path: String, _ bytes: some Collection<UInt8>, mode: mode_t = 0o644) throws(FileError) {
-        let dir: String = {
-            guard let slash = path.lastIndex(of: "/") else { return "." }
-            return slash == path.startIndex ? "/" : String(path[..<slash])
-        }()
         try checkReplaceable(path)
-        let tmp = path + ".tmp.\(getpid())"
-        // O_NONBLOCK: a FIFO planted under the temporary name fails the check below instead of
-        // blocking the open until a reader comes.
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, mode)
-        guard fd >= 0 else { throw FileError("open", tmp, errno: errno) }
-        var ok = false
-        defer { if !ok { close(fd); unlink(tmp) } }
-        var st = stat()
-        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
-            throw FileError("open", tmp, errno: EEXIST, detail: "exists and is not a regular file (\(fileType(st.st_mode)))")
+        let t = try Temporary.write(path, Array(bytes), mode: mode)
+        try publish([t])
+    }
+
+    /// A temporary file written and fsync'd beside its target, registered with the signal handler
+    /// until it is renamed or removed.
+    struct Temporary {
+        let target: String
+        let path: String
+        let slot: Int32
+
+        static func write(_ target: String, _ data: [UInt8], mode: mode_t) throws(FileError) -> Temporary {
+            let tmp = target + ".tmp.\(getpid())"
+            // Registered before it exists: a signal from here on unlinks it.
+            // O_NONBLOCK: a FIFO planted under the temporary name fails the check below instead of
+            // blocking the open until a reader comes.
+            var slot: Int32 = -1
+            let fd = execgate_temp_open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, Int32(mode), &slot)
+            guard fd >= 0 else { throw FileError("open", tmp, errno: errno) }
+            var ok = false
+            defer { close(fd); if !ok { unlink(tmp); execgate_temp_untrack(slot) } }
+            var st = stat()
+            guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+                throw FileError("open", tmp, errno: EEXIST, detail: "exists and is not a regular file (\(fileType(st.st_mode)))")
+            }
+            var done = 0
+            while done < data.count {
+                let n = data.withUnsafeBytes { sysWrite(fd, $0.baseAddress! + done, data.count - done) }
+                if n < 0 { if errno == EINTR { continue }; throw FileError("write", tmp, errno: errno) }
+                done += n
+            }
+            guard fchmod(fd, mode) == 0 else { throw FileError("chmod", tmp, errno: errno) }
+            guard fsync(fd) == 0 else { throw FileError("fsync", tmp, errno: errno) }
+            ok = true
+            return Temporary(target: target, path: tmp, slot: slot)
         }
-        let data = Array(bytes)
-        var done = 0
-        while done < data.count {
-            let n = data.withUnsafeBytes { sysWrite(fd, $0.baseAddress! + done, data.count - done) }
-            if n < 0 { if errno == EINTR { continue }; throw FileError("write", tmp, errno: errno) }
-            done += n
+
+        /// Removes the temporary file (not published).
+        func discard() {
+            unlink(path)
+            execgate_temp_untrack(slot)
         }
-        guard fchmod(fd, mode) == 0 else { throw FileError("chmod", tmp, errno: errno) }
-        guard fsync(fd) == 0 else { throw FileError("fsync", tmp, errno: errno) }
-        ok = true
-        close(fd)
-        guard rename(tmp, path) == 0 else {
-            let e = errno
-            unlink(tmp)
-            throw FileError("rename", path, errno: e)
+    }
+
+    /// Renames every temporary file over its target, in order, then fsyncs their directories; a
+    /// signal during the renames is held until they are done. A failed rename removes that
+    /// temporary file and the ones after it.
+    static func publish(_ files: [Temporary]) throws(FileError) {
+        execgate_temp_commit_begin()
+        var failure: FileError?
+        var published = 0
+        for t in files {
+            if failure == nil, execgate_temp_rename(t.path, t.target) == 0 {
+                execgate_temp_untrack(t.slot)
+                published += 1
+            } else {
+                if failure == nil { failure = FileError("rename", t.target, errno: errno) }
+                t.discard()
+            }
         }
-        let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 { _ = fsync(dfd); close(dfd) }
+        execgate_temp_commit_end()
+        var synced: Set<String> = []
+        for t in files[..<published] {
+            let dir: String = {
+                guard let slash = t.target.lastIndex(of: "/") else { return "." }
+                return slash == t.target.startIndex ? "/" : String(t.target[..<slash])
+            }()
+            guard synced.insert(dir).inserted else { continue }
+            let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if dfd >= 0 { _ = fsync(dfd); close(dfd) }
+        }
+        if let failure { throw failure }
     }
 }

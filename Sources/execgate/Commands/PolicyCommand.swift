@@ -28,20 +28,59 @@ struct PolicyCommand: AsyncParsableCommand {
 /// Loads a policy file for offline use: a policy text, or a bundle (whose signature is checked when
 /// an admin certificate is given).
 enum PolicyFiles {
+    /// What was established about a file's signature.
+    enum Signature: String {
+        /// A bundle whose admin signature was verified against --admin-cert.
+        case verified
+        /// A bundle read without --admin-cert: its policy parsed, its signature never looked at.
+        case notChecked = "not-checked"
+        /// A policy text: no signature to check (the admin port refuses it).
+        case none
+    }
+
+    /// Whether a policy text (already parsed: valid) has a `trust kernel-builtin` line, whose
+    /// anchors the parser adds only when it is given them (PolicyParser.parse's builtinAnchors).
+    static func usesKernelBuiltin(_ text: [UInt8]) -> Bool {
+        text.split(separator: UInt8(ascii: "\n")).contains { line in
+            let code = line.prefix { $0 != UInt8(ascii: "#") }
+            let words = code.split(whereSeparator: { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") })
+            return words.count == 2 && words[0].elementsEqual("trust".utf8) && words[1].elementsEqual("kernel-builtin".utf8)
+        }
+    }
+
     static func load(_ path: String, builtinAnchors: [Certificate]?, adminCert: String?) throws -> Policy {
+        try loadChecked(path, builtinAnchors: builtinAnchors, adminCert: adminCert).policy
+    }
+
+    static func loadChecked(_ path: String, builtinAnchors: [Certificate]?, adminCert: String?) throws
+        -> (policy: Policy, signature: Signature, signer: String?, kernelBuiltin: Bool) {
         let bytes = try LocalFile.readPolicy(path)
         if bytes.starts(with: PolicyBundle.magic) {
             if let adminCert {
                 let admin = try CertificateFiles.loadOne(adminCert)
-                do { return try PolicyBundle.open(bytes, admin: admin, file: path, builtinAnchors: builtinAnchors) } catch { throw error.naming(path) }
+                do {
+                    let p = try PolicyBundle.open(bytes, admin: admin, file: path, builtinAnchors: builtinAnchors)
+                    return (p, .verified, admin.subject, usesKernelBuiltin(try PolicyBundle.split(bytes).policy))
+                } catch {
+                    throw error.naming(path)
+                }
             }
             let parts: PolicyBundle.Parts
             do { parts = try PolicyBundle.split(bytes) } catch { throw error.naming(path) }
-            return try PolicyParser.parse(parts.policy, file: path, builtinAnchors: builtinAnchors)
+            return (try PolicyParser.parse(parts.policy, file: path, builtinAnchors: builtinAnchors), .notChecked, nil, usesKernelBuiltin(parts.policy))
         }
         // A signature to verify was asked for, and a text carries none (the admin port refuses it).
         if adminCert != nil { throw LocalFileError(path: path, why: "a policy text, not a signed bundle: nothing to verify against --admin-cert") }
-        return try PolicyParser.parse(bytes, file: path, builtinAnchors: builtinAnchors)
+        return (try PolicyParser.parse(bytes, file: path, builtinAnchors: builtinAnchors), .none, nil, usesKernelBuiltin(bytes))
+    }
+
+    /// The summary's last part: what was checked of the signature.
+    static func signatureLine(_ s: Signature, signer: String?) -> String {
+        switch s {
+        case .verified: return "bundle signature verified against \(signer ?? "the admin certificate")"
+        case .notChecked: return "bundle signature not checked (no --admin-cert): anyone may have signed it, or no one"
+        case .none: return "policy text, unsigned (the admin port takes only a signed bundle)"
+        }
     }
 
     static func summary(_ p: Policy) -> String {
@@ -59,12 +98,29 @@ struct PolicyCheck: ParsableCommand {
     @Option(name: .customLong("trust"), help: ArgumentHelp("What 'trust kernel-builtin' stands for (PEM/DER). Repeatable.", valueName: "CERT"))
     var trust: [String] = []
     @Option(help: ArgumentHelp("Also verify a bundle's signature against this admin certificate (FILE must then be a signed bundle).", valueName: "CERT")) var adminCert: String?
+    @Flag(help: "Print one JSON object (an error too: {\"valid\": false, \"error\": …}).") var json = false
 
     func run() throws {
         do {
             let anchors = trust.isEmpty ? nil : try CertificateFiles.loadAnchors(trust)
-            print(PolicyFiles.summary(try PolicyFiles.load(file, builtinAnchors: anchors, adminCert: adminCert)))
+            let (p, signature, signer, kernelBuiltin) = try PolicyFiles.loadChecked(file, builtinAnchors: anchors, adminCert: adminCert)
+            // 'trust kernel-builtin' stands for --trust's certificates; without them it added none.
+            let builtin = !kernelBuiltin ? "unused" : anchors == nil ? "not-resolved" : "resolved"
+            if json {
+                print(JSON.object([
+                    ("valid", .bool(true)), ("file", .string(file)), ("signature", .string(signature.rawValue)),
+                    ("signer", .optionalString(signer)), ("policy_id", .string(p.id)), ("policy_version", .uint(p.version)),
+                    ("mode", .string(p.mode.rawValue)), ("trust_anchors", .uint(UInt64(p.trust.anchors.count))), ("kernel_builtin", .string(builtin)),
+                    ("minimum_digest", .string(p.minimumDigest.name)), ("end_state", .string(p.endState.rawValue)),
+                    ("audit_overflow", .string(p.auditOverflow.rawValue)), ("rules", .array(PolicySummary.rules(p).map { .string($0) })),
+                ]).serialized())
+            } else {
+                let unresolved = builtin == "not-resolved"
+                    ? "; trust kernel-builtin not resolved (no --trust): the anchors above exclude the guest kernel's own certificates, which the service adds" : ""
+                print(PolicyFiles.summary(p) + unresolved + "; " + PolicyFiles.signatureLine(signature, signer: signer))
+            }
         } catch {
+            if json { print(JSON.object([("valid", .bool(false)), ("file", .string(file)), ("error", .string("\(error)"))]).serialized()) }
             Console.error("execgate policy check: \(error)")
             throw ExecGateExit.usage
         }

@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * CExecGateSignals: no temporary file of the atomic writer (_ExecGateInternals Files) survives a
+ * signal that ends the process. The writer registers each temporary path here before creating it
+ * and unregisters it once renamed or removed; a handler, installed for the signals whose default
+ * action ends the process (only while they are at that default), unlinks every registered path
+ * and re-raises the signal at its default action, so the process still ends by that signal.
+ * Everything the handler touches is a fixed-size static table and async-signal-safe calls
+ * (unlink, sigaction, sigprocmask, raise: signal-safety(7)).
+ */
+#pragma once
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Registers `path` (a temporary file about to be created) and returns its slot, or -1 with errno
+ * ENAMETOOLONG when the path does not fit (open(2) would refuse it too). Installs the handler on
+ * first use. Waits while every slot is taken (one slot per file being written at once). */
+int execgate_temp_track(const char *path);
+
+/* execgate_temp_track(path), then open(path, flags, mode) with signals blocked in this thread:
+ * a signal handled on another thread meanwhile waits for the file to exist and removes it; once
+ * a signal is ending the process, the calling thread waits for the end instead of creating a
+ * file. The fd, `*slot` set; or -1 with errno (nothing registered). */
+int execgate_temp_open(const char *path, int flags, int mode, int *slot);
+
+/* rename(2); when it fails because a signal ending the process removed `from`, the calling
+ * thread waits for the end (it must not report a failure of its own, or exit with its status). */
+int execgate_temp_rename(const char *from, const char *to);
+
+/* The temporary file of `slot` is gone (renamed over its target, or unlinked): forget it. */
+void execgate_temp_untrack(int slot);
+
+/* The commit section (the renames that publish files written together): a signal landing inside
+ * it is held until execgate_temp_commit_end, so a set of files is published whole (a key with its
+ * certificate) or, when the signal landed earlier, not at all. */
+void execgate_temp_commit_begin(void);
+void execgate_temp_commit_end(void);
+
+#ifdef __cplusplus
+}
+#endif
