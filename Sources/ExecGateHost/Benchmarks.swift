@@ -549,6 +549,8 @@ public enum ScaleBenchmark {
         public var heapAfterRegister = 0, heapAfterFirstGuest = 0, heapAfterSecondGuest = 0, heapAfterStorm = 0
         /// Bytes the registry charges (GuestRegistry.chargedBytes) after the first guest and after all.
         public var chargedAfterFirstGuest = 0, chargedAfterRegister = 0
+        /// Of the registry's budget after the storm: the guests' live modules (GuestRegistry.liveModuleBytes).
+        public var liveChargedAfterStorm = 0
         public var rssBefore = 0, rssAfterRegister = 0, rssAfterStorm = 0
         /// Registration end to end (client encode, socket, service decode and digest, verifier,
         /// reply), ms: the first of the build (builds and checks its facts); a known build sent in
@@ -693,6 +695,7 @@ public enum ScaleBenchmark {
         (row.p50us, row.p99us) = (s.p50, s.p99)
         row.rssAfterStorm = ProcessUsage.residentBytes()
         row.heapAfterStorm = Memory.heapInUse() - heap0
+        row.liveChargedAfterStorm = verifier.guests.liveModuleBytes
         await server.shutdown()
         return row
     }
