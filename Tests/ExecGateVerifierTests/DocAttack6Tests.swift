@@ -67,4 +67,48 @@ final class DocAttack6Tests: XCTestCase {
         let verdict = v.authorize(redirected, requestDigest: [])
         XCTAssertEqual(verdict.decision, .deny, "8021q's call _printk into irqbypass's text at 0x\(String(Self.moduleAreaPage, radix: 16)): \(verdict.message)")
     }
+
+    /// HOLE (round docs6): trust.md "x86_return_thunk … must be one of the kernel's own return
+    /// thunks (bugs.c assigns no other)", "Static calls" rule 4 (`__static_call_return0`
+    /// "transfers control nowhere") and protocol.md "Symbols the VMM must send" (`_paravirt_nop`,
+    /// `paravirt_BUG`, `__static_call_return0`, `__static_call_return`, the return thunks: code
+    /// the loader's rewrites jump to). The plausibility checks held only *exported text* records
+    /// to core text; these helpers are looked up by name (the first record of the name), so a
+    /// registration could name them anywhere: `srso_return_thunk` as a non-exported text record
+    /// on a module-area page with `return_thunk` = that address (every rewritten return site
+    /// `jmp`s there, 6.1 `apply_returns()` / `__static_call_transform()` RET forms), or an earlier
+    /// record `__static_call_return0` on a module page ahead of the real one (a static call's
+    /// NULL form, trusted for every key). Each was registered. The kernel's helpers are core
+    /// functions (arch/x86/lib/retpoline.S, kernel/static_call.c, arch/x86/kernel/paravirt.c),
+    /// in `[_stext, _etext)` outside init text, at every Debian 6.1 boot of the corpus.
+    func testTheLoadersCodeHelpersLieInCoreText() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let honest = try boot.registration(guestID: "g")
+        func refused(_ r: RegisterGuest, _ what: String, file: StaticString = #filePath, line: UInt = #line) throws {
+            let v = try verifier()
+            let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+            if case .error(let e) = reply {
+                XCTAssertEqual(e.code, .implausibleFacts, e.message, file: file, line: line)
+            } else {
+                let f = v.guests.session("g")?.facts
+                XCTFail("registered with \(what) at 0x\(String(Self.moduleAreaPage, radix: 16)), in the module area (return thunk 0x\(String(f?.returnThunk ?? 0, radix: 16)), __static_call_return0 0x\(String(f?.staticCallReturn0 ?? 0, radix: 16)))", file: file, line: line)
+            }
+        }
+        // The return thunk: a registered thunk name, on a module page.
+        var thunk = honest
+        let t = try XCTUnwrap(thunk.symbols.firstIndex { $0.name == "srso_return_thunk" })
+        thunk.symbols[t].address = Self.moduleAreaPage
+        thunk.symbols[t].exported = false
+        thunk.returnThunk = Self.moduleAreaPage
+        try refused(thunk, "return_thunk = srso_return_thunk")
+        // __static_call_return0 (and the other helpers) by an earlier record of the name.
+        for helper in ["__static_call_return0", "__static_call_return", "_paravirt_nop", "paravirt_BUG"] {
+            var r = honest
+            XCTAssertTrue(r.symbols.contains { $0.name == helper }, helper)
+            r.symbols.insert(KernelSymbol(name: helper, address: Self.moduleAreaPage, type: UInt8(ascii: "t"), exported: false), at: 0)
+            try refused(r, helper)
+        }
+        // Control: the honest registration (every helper in core text) registers.
+        guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
+    }
 }
