@@ -16,6 +16,9 @@
 //     guest's slide) or in the core per-cpu section [__per_cpu_start, __per_cpu_end);
 //   - every `pv_ops` entry is NULL or a core-text address outside init (paravirt_patch() emits a
 //     direct call to it: a user-space or data address would be a call anywhere);
+//   - the loader's code helpers (return thunks, `__static_call_return0`/`__static_call_return`,
+//     `_paravirt_nop`/`paravirt_BUG`), at the first record of their name, lie in core text
+//     outside init;
 //   - `return_thunk` is one of the kernel's return thunks (arch/x86/kernel/cpu/bugs.c assigns
 //     x86_return_thunk only `__x86_return_thunk`, `retbleed_return_thunk`, `srso_return_thunk`,
 //     `srso_alias_return_thunk` or `its_return_thunk`), and those names must be registered;
@@ -42,6 +45,13 @@ import ExecGateWire
 enum FactsPlausibility {
     /// The kernel's return thunks (6.1 stable, arch/x86/lib/retpoline.S and bugs.c).
     static let returnThunks = ["__x86_return_thunk", "retbleed_return_thunk", "srso_return_thunk", "srso_alias_return_thunk", "its_return_thunk"]
+    /// The code the loader's rewrites call or jump to, looked up by name (the first record of the
+    /// name, as GuestFactsBuilder's helpers and `returnThunkAddresses` take it): the return thunks
+    /// (`apply_returns()`, static calls' RET forms), `__static_call_return0` /
+    /// `__static_call_return` (static-call NULL forms, trusted for every key), `_paravirt_nop` /
+    /// `paravirt_BUG` (paravirt patching). All are core functions (arch/x86/lib/retpoline.S,
+    /// kernel/static_call.c, arch/x86/kernel/static_call.c, arch/x86/kernel/paravirt.c).
+    static let codeHelpers = returnThunks + ["__static_call_return0", "__static_call_return", "_paravirt_nop", "paravirt_BUG"]
 
     /// nil when plausible; otherwise one sentence naming the fact that fails. The same checks, in
     /// the same order, as the registry runs them in three steps (CPU counts; the build's symbols,
@@ -138,6 +148,17 @@ enum FactsPlausibility {
             for s in symbols where s.exported {
                 if let i = b.initText, i.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in init text (freed after boot)", facts) }
                 if s.isText && !b.isCoreText(s.address) { return ("exported text symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text", facts) }
+            }
+        }
+        // The loader's code helpers (`codeHelpers`) at the record their name resolves to: core
+        // text outside init, whatever the record's type letter or export flag. Elsewhere (a
+        // module-area page, user space) every return site, static-call NULL form or paravirt
+        // site rewritten to them would be a verified jump there.
+        if let b = bounds {
+            for h in Self.codeHelpers {
+                if let a = named[h], !b.isCoreText(a) {
+                    return ("'\(h)' at 0x\(Hex.number(a)) lies outside core text [_stext, _etext) (or in init text): the loader's rewrites jump to it", facts)
+                }
             }
         }
         // Every export, whatever its `nm` type letter (the letter is the registration's word, the
