@@ -111,4 +111,60 @@ final class DocAttack6Tests: XCTestCase {
         // Control: the honest registration (every helper in core text) registers.
         guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
     }
+
+    /// Failed attack kept: init text against later requests (protocol.md module-init-freed: "The
+    /// init range stops being live: nothing there may be patched, and the range may be reused";
+    /// "Init sites are never run-time patch sites"; authorize-patch: judged against "the live
+    /// module that owns the address now"). test_static_keys is allowed with its init text; the
+    /// guest then asks for a whole-key flip that also writes into that init text (the kernel's
+    /// `jump_label_can_update()` does update a COMING module's init entries, but ExecGate takes
+    /// no init site: denied, nothing moves), the init write alone, init-freed, the write again
+    /// (no live code), and irqbypass laid out on the freed init page with the freed init frame:
+    /// allowed (module_memfree() gives the memory back; the frame is no longer granted), and the
+    /// old init address is then judged against irqbypass. While granted, the init frame is held.
+    func testInitSitesAreNoPatchSitesBeforeOrAfterInitFreed() throws {
+        let g = try FixtureGuest()
+        XCTAssertEqual(try g.load("test_static_key_base").decision, .allow)
+        let honest = try g.request("test_static_keys")
+        let initBase: UInt64 = 0xffff_ffff_c200_0000
+        let request = try DocAttack4Tests.rebased(g, "test_static_keys", to: honest.textBase!, frames: honest.frames,
+                                                  initBase: initBase, initFrames: [0x5_5000])
+        let v = g.verifier.authorize(request, requestDigest: [])
+        XCTAssertEqual(v.decision, .allow, v.message)
+        XCTAssertEqual(v.initFrames, [0x5_5000])
+        // A key of test_static_keys' core sites, and an init-text address (its init text has no
+        // run-time site of its own: the guest names one anyway).
+        let (key, sites) = try XCTUnwrap(g.sitesByKey().filter { _, s in s.allSatisfy { $0.site.kind == .jumpLabel } }.min { $0.key < $1.key })
+        let state = try XCTUnwrap(g.session.state(ofKey: key))
+        let initSite = PatchEntry(address: initBase + 0x40, bytes: [0x0f, 0x1f, 0x44, 0x00, 0x00])
+        let initFlip = initSite.bytes
+
+        // The whole key plus an init-text entry: denied, nothing moves.
+        let core = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: 1 - state))) }
+        let withInit = g.patch(core + [initSite])
+        XCTAssertEqual(withInit.decision, .deny, withInit.message)
+        XCTAssertEqual(withInit.reason, .patchNotAllowed, withInit.message)
+        XCTAssertEqual(g.session.state(ofKey: key), state)
+        let alone = g.patch([PatchEntry(address: initSite.address, bytes: initFlip)])
+        XCTAssertEqual(alone.reason, .patchNotAllowed, alone.message)
+        // Its init frame is held while granted.
+        var thief = try g.request("irqbypass")
+        thief.frames[0] = 0x5_5000
+        XCTAssertEqual(g.verifier.authorize(thief, requestDigest: []).reason, .claimFramesInvalid)
+
+        // Init freed: the init site is no live code; the page and frame may be reused.
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keys")), requestDigest: []) else {
+            return XCTFail("init freed")
+        }
+        let after = g.patch([PatchEntry(address: initSite.address, bytes: initFlip)])
+        XCTAssertEqual(after.reason, .patchNotAllowed, after.message)
+        XCTAssertTrue(after.message.contains("not in live code"), after.message)
+        let reuse = try DocAttack4Tests.rebased(g, "irqbypass", to: initBase, frames: [0x5_5000])
+        let r = g.verifier.authorize(reuse, requestDigest: [])
+        XCTAssertEqual(r.decision, .allow, "irqbypass on the freed init page: \(r.message)")
+        let owner = g.patch([PatchEntry(address: initSite.address, bytes: initFlip)])
+        XCTAssertEqual(owner.decision, .deny, owner.message)
+        XCTAssertTrue(owner.message.contains("irqbypass"), "judged against the page's owner now: \(owner.message)")
+        XCTAssertEqual(g.session.state(ofKey: key), state, "the key never moved")
+    }
 }
