@@ -167,4 +167,33 @@ final class DocAttack6Tests: XCTestCase {
         XCTAssertTrue(owner.message.contains("irqbypass"), "judged against the page's owner now: \(owner.message)")
         XCTAssertEqual(g.session.state(ofKey: key), state, "the key never moved")
     }
+
+    /// HOLE (round docs6): protocol.md plausibility: "every static-call key is a registered
+    /// `__SCK__<name>` or a core-text `__SCT__<name>`", and FactsPlausibility's own reason: "Any
+    /// other address — the module area where a later module's own key will be … — is no key
+    /// static_call_add_module() writes a core target for". A `__SCK__` record was taken as a core
+    /// key wherever it lay: a record `__SCK__<name>` on a module-area page (a new name, or an
+    /// earlier record of a real key's name, `__SCK__cond_resched`, which the build-derived table
+    /// trusts `__cond_resched` for), with a `static_call_key` fact naming it, registered; a
+    /// module whose own key the guest lays at that address would have its sites trusted for the
+    /// core targets listed (StaticCallTrust's union). A core `struct static_call_key` is kernel
+    /// data (DEFINE_STATIC_CALL in vmlinux): in the image, below MODULES_VADDR.
+    func testACoreStaticCallKeyInTheModuleAreaIsImplausible() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let honest = try boot.registration(guestID: "g")
+        let printk = try XCTUnwrap(honest.symbols.first { $0.name == "_printk" }?.address)
+        for name in ["__SCK__execgate_probe", "__SCK__cond_resched"] {
+            var r = honest
+            let key = Self.moduleAreaPage + 0x100
+            r.symbols.insert(KernelSymbol(name: name, address: key, type: UInt8(ascii: "D"), exported: false), at: 0)
+            r.staticCallKeys.append(StaticCallKeyFact(key: key, current: printk))
+            let reply = try verifier().respond(to: .registerGuest(r), requestDigest: [])
+            if case .error(let e) = reply {
+                XCTAssertEqual(e.code, .implausibleFacts, e.message)
+            } else {
+                XCTFail("registered a core static-call key '\(name)' at 0x\(String(key, radix: 16)), in the module area, trusted to call _printk")
+            }
+        }
+        guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
+    }
 }
