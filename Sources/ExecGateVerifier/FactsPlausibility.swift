@@ -77,8 +77,8 @@ enum FactsPlausibility {
         /// At the addresses of `mapped(_:keys: true)` (a shared copy: link time); a guest's key is
         /// looked up exactly at its slide (`checkGuest`'s `isStaticCallKey`), never mapped per guest.
         let staticCallKeys: Set<UInt64>
-        /// The highest exported address in the kernel image mapping (≥ `__START_KERNEL_map`) and
-        /// its name, nil when none: at the guest's slide it must lie below MODULES_VADDR
+        /// The highest exported or `__SCK__` address in the kernel image mapping (≥
+        /// `__START_KERNEL_map`) and its name, nil when none: at the guest's slide it must lie below MODULES_VADDR
         /// (`checkGuest`), whatever the record's type letter.
         var exportCeiling: (name: String, address: UInt64)? = nil
 
@@ -116,8 +116,11 @@ enum FactsPlausibility {
             if s.name.utf8.starts(with: "__SCK__".utf8) { keys.insert(s.address) }
             if s.name.utf8.starts(with: "__SCT__".utf8), s.isText, bounds?.isCoreText(s.address) ?? false { keys.insert(s.address) }
         }
+        // Exports and core static-call keys (`__SCK__<name>`, a `struct static_call_key` in the
+        // kernel's data) stay in the image: the highest one is held below MODULES_VADDR per guest.
+        func isKeyRecord(_ s: KernelSymbol) -> Bool { s.name.utf8.starts(with: "__SCK__".utf8) }
         var ceiling: (name: String, address: UInt64)? = nil
-        for s in symbols where s.exported && s.address >= KernelSlide.imageBase && s.address >= (ceiling?.address ?? 0) { ceiling = (s.name, s.address) }
+        for s in symbols where (s.exported || isKeyRecord(s)) && s.address >= KernelSlide.imageBase && s.address >= (ceiling?.address ?? 0) { ceiling = (s.name, s.address) }
         let facts = BuildFacts(bounds: bounds, symbolsSent: !symbols.isEmpty, returnThunkAddresses: Self.returnThunks.compactMap { named[$0] },
                                staticCallKeys: keys, exportCeiling: ceiling)
         if let failure { return (failure, facts) }
@@ -149,6 +152,12 @@ enum FactsPlausibility {
                 if let i = b.initText, i.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in init text (freed after boot)", facts) }
                 if s.isText && !b.isCoreText(s.address) { return ("exported text symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text", facts) }
             }
+        }
+        // A core static-call key is kernel data (DEFINE_STATIC_CALL in vmlinux): in the image,
+        // never the module area (where a later module's own key would take the core targets
+        // listed for it) nor below the image.
+        if let s = symbols.first(where: { isKeyRecord($0) && $0.address < KernelSlide.imageBase }) {
+            return ("static-call key '\(s.name)' at 0x\(Hex.number(s.address)) lies outside the kernel image", facts)
         }
         // The loader's code helpers (`codeHelpers`) at the record their name resolves to: core
         // text outside init, whatever the record's type letter or export flag. Elsewhere (a
@@ -202,7 +211,7 @@ enum FactsPlausibility {
         // An export in the image stays in the image at this slide: below MODULES_VADDR, never on
         // a page a module claim may take (its type letter notwithstanding: checkSymbols).
         if let c = build.exportCeiling, c.address >= facts.moduleArea.lowerBound {
-            return "exported symbol '\(c.name)' at 0x\(Hex.number(c.address)) at kaslr_slide 0x\(Hex.number(r.kaslrSlide)) lies outside the kernel image mapping, at or above MODULES_VADDR 0x\(Hex.number(facts.moduleArea.lowerBound)) (a kernel export is an image address or a core per-cpu offset, whatever its type letter)"
+            return "symbol '\(c.name)' (an export or a core static-call key) at 0x\(Hex.number(c.address)) at kaslr_slide 0x\(Hex.number(r.kaslrSlide)) lies outside the kernel image mapping, at or above MODULES_VADDR 0x\(Hex.number(facts.moduleArea.lowerBound)) (a kernel export is an image address or a core per-cpu offset, whatever its type letter)"
         }
         if !r.pvOps.isEmpty {
             guard r.pvOps.count % 8 == 0 else { return "pv_ops is \(r.pvOps.count) bytes, not whole u64 entries" }
