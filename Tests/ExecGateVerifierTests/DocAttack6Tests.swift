@@ -196,4 +196,42 @@ final class DocAttack6Tests: XCTestCase {
         }
         guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
     }
+
+    /// Failed attack kept (after the export fix above): the same rule for a guest by digest at
+    /// a larger slide (docs/trust.md "Registration by digest": everything of the guest's own is
+    /// "checked against the copy at the guest's slide"). The fixture build at a slide where its
+    /// core and init text stay in the image but its highest export (kernel data past init text)
+    /// crosses MODULES_VADDR: refused in full and by digest (the registrant's copy is held),
+    /// since at that slide an export names a module-area page.
+    func testAnExportPastTheImageAtAGuestsSlideIsRefusedByDigestToo() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        // The fixture's reduced symbol table has no export in .bss (after init memory in
+        // vmlinux.lds.S; the Debian build exports 167 'B' symbols): one is added, 16 MiB past init text.
+        func build(_ id: String) throws -> RegisterGuest {
+            var r = try boot.registration(guestID: id)
+            let top = try XCTUnwrap(r.symbols.filter { ["_etext", "_einittext"].contains($0.name) }.map(\.address).max())
+            r.symbols.append(KernelSymbol(name: "execgate_bss_export", address: top + 0x100_0000, type: UInt8(ascii: "B"), exported: true))
+            return r
+        }
+        let honest = try build("first")
+        let modulesVaddr: UInt64 = 0xffff_ffff_c000_0000
+        let ceiling = try XCTUnwrap(honest.symbols.filter { $0.exported && $0.address >= KernelSlide.imageBase }.map(\.address).max())
+        let textTop = try XCTUnwrap(honest.symbols.filter { ["_etext", "_einittext"].contains($0.name) }.map(\.address).max())
+        XCTAssertGreaterThan(ceiling, textTop, "an export (kernel data) lies past the text")
+        // The smallest 2 MiB slide that moves the highest export to MODULES_VADDR or above.
+        let delta = ((modulesVaddr - ceiling) + 0x1f_ffff) & ~0x1f_ffff
+        guard textTop + delta < modulesVaddr else { throw XCTSkip("no 2 MiB slide separates the text from the exports") }
+        let v = try verifier()
+        guard case .registerGuestReply(let first) = v.respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
+        let slid = SlidSharedKernelFactsTests.moved(try build("slid"), by: delta, id: "slid")
+        for r in [slid, slid.byDigest(first.symbolsDigest)] {
+            let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+            if case .error(let e) = reply {
+                XCTAssertEqual(e.code, .implausibleFacts, e.message)
+            } else {
+                XCTFail("registered at slide +0x\(String(delta, radix: 16)) (by digest: \(r.symbols.isEmpty)), an export at 0x\(String(ceiling + delta, radix: 16))")
+            }
+            XCTAssertNil(v.guests.session("slid"))
+        }
+    }
 }
