@@ -11,9 +11,14 @@
 //     every other check needs them;
 //   - an exported text symbol lies in core text and outside init text (`_sinittext`/`_einittext`,
 //     freed by free_initmem(); modpost refuses exports of __init code); no exported symbol lies in
-//     init text; a name is exported once (the kernel's ksymtab has one entry per name);
+//     init text; a name is exported once (the kernel's ksymtab has one entry per name); every
+//     export, whatever its type letter, lies in the kernel image below MODULES_VADDR (at the
+//     guest's slide) or in the core per-cpu section [__per_cpu_start, __per_cpu_end);
 //   - every `pv_ops` entry is NULL or a core-text address outside init (paravirt_patch() emits a
 //     direct call to it: a user-space or data address would be a call anywhere);
+//   - the loader's code helpers (return thunks, `__static_call_return0`/`__static_call_return`,
+//     `_paravirt_nop`/`paravirt_BUG`), at the first record of their name, lie in core text
+//     outside init;
 //   - `return_thunk` is one of the kernel's return thunks (arch/x86/kernel/cpu/bugs.c assigns
 //     x86_return_thunk only `__x86_return_thunk`, `retbleed_return_thunk`, `srso_return_thunk`,
 //     `srso_alias_return_thunk` or `its_return_thunk`), and those names must be registered;
@@ -40,6 +45,13 @@ import ExecGateWire
 enum FactsPlausibility {
     /// The kernel's return thunks (6.1 stable, arch/x86/lib/retpoline.S and bugs.c).
     static let returnThunks = ["__x86_return_thunk", "retbleed_return_thunk", "srso_return_thunk", "srso_alias_return_thunk", "its_return_thunk"]
+    /// The code the loader's rewrites call or jump to, looked up by name (the first record of the
+    /// name, as GuestFactsBuilder's helpers and `returnThunkAddresses` take it): the return thunks
+    /// (`apply_returns()`, static calls' RET forms), `__static_call_return0` /
+    /// `__static_call_return` (static-call NULL forms, trusted for every key), `_paravirt_nop` /
+    /// `paravirt_BUG` (paravirt patching). All are core functions (arch/x86/lib/retpoline.S,
+    /// kernel/static_call.c, arch/x86/kernel/static_call.c, arch/x86/kernel/paravirt.c).
+    static let codeHelpers = returnThunks + ["__static_call_return0", "__static_call_return", "_paravirt_nop", "paravirt_BUG"]
 
     /// nil when plausible; otherwise one sentence naming the fact that fails. The same checks, in
     /// the same order, as the registry runs them in three steps (CPU counts; the build's symbols,
@@ -65,12 +77,17 @@ enum FactsPlausibility {
         /// At the addresses of `mapped(_:keys: true)` (a shared copy: link time); a guest's key is
         /// looked up exactly at its slide (`checkGuest`'s `isStaticCallKey`), never mapped per guest.
         let staticCallKeys: Set<UInt64>
+        /// The highest exported or `__SCK__` address in the kernel image mapping (≥
+        /// `__START_KERNEL_map`) and its name, nil when none: at the guest's slide it must lie below MODULES_VADDR
+        /// (`checkGuest`), whatever the record's type letter.
+        var exportCeiling: (name: String, address: UInt64)? = nil
 
         /// The same facts with every address moved by `f` (KernelSlide: a shared copy keeps them
         /// at link-time addresses; each guest's checks see them at its own slide).
         func mapped(_ f: (UInt64) -> UInt64, keys: Bool = false) -> BuildFacts {
             BuildFacts(bounds: bounds?.mapped(f), symbolsSent: symbolsSent, returnThunkAddresses: returnThunkAddresses.map(f),
-                       staticCallKeys: keys ? Set(staticCallKeys.map(f)) : staticCallKeys)
+                       staticCallKeys: keys ? Set(staticCallKeys.map(f)) : staticCallKeys,
+                       exportCeiling: exportCeiling.map { ($0.name, f($0.address)) })
         }
     }
 
@@ -99,8 +116,13 @@ enum FactsPlausibility {
             if s.name.utf8.starts(with: "__SCK__".utf8) { keys.insert(s.address) }
             if s.name.utf8.starts(with: "__SCT__".utf8), s.isText, bounds?.isCoreText(s.address) ?? false { keys.insert(s.address) }
         }
+        // Exports and core static-call keys (`__SCK__<name>`, a `struct static_call_key` in the
+        // kernel's data) stay in the image: the highest one is held below MODULES_VADDR per guest.
+        func isKeyRecord(_ s: KernelSymbol) -> Bool { s.name.utf8.starts(with: "__SCK__".utf8) }
+        var ceiling: (name: String, address: UInt64)? = nil
+        for s in symbols where (s.exported || isKeyRecord(s)) && s.address >= KernelSlide.imageBase && s.address >= (ceiling?.address ?? 0) { ceiling = (s.name, s.address) }
         let facts = BuildFacts(bounds: bounds, symbolsSent: !symbols.isEmpty, returnThunkAddresses: Self.returnThunks.compactMap { named[$0] },
-                               staticCallKeys: keys)
+                               staticCallKeys: keys, exportCeiling: ceiling)
         if let failure { return (failure, facts) }
         if !symbols.isEmpty && bounds == nil {
             return ("symbols are sent without the core text bounds _stext < _etext: nothing can be checked against them", facts)
@@ -131,6 +153,36 @@ enum FactsPlausibility {
                 if s.isText && !b.isCoreText(s.address) { return ("exported text symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text", facts) }
             }
         }
+        // A core static-call key is kernel data (DEFINE_STATIC_CALL in vmlinux): in the image,
+        // never the module area (where a later module's own key would take the core targets
+        // listed for it) nor below the image.
+        if let s = symbols.first(where: { isKeyRecord($0) && $0.address < KernelSlide.imageBase }) {
+            return ("static-call key '\(s.name)' at 0x\(Hex.number(s.address)) lies outside the kernel image", facts)
+        }
+        // The loader's code helpers (`codeHelpers`) at the record their name resolves to: core
+        // text outside init, whatever the record's type letter or export flag. Elsewhere (a
+        // module-area page, user space) every return site, static-call NULL form or paravirt
+        // site rewritten to them would be a verified jump there.
+        if let b = bounds {
+            for h in Self.codeHelpers {
+                if let a = named[h], !b.isCoreText(a) {
+                    return ("'\(h)' at 0x\(Hex.number(a)) lies outside core text [_stext, _etext) (or in init text): the loader's rewrites jump to it", facts)
+                }
+            }
+        }
+        // Every export, whatever its `nm` type letter (the letter is the registration's word, the
+        // address is what relocations get): a kernel export is kernel_symbol_value() of a core
+        // `__ksymtab` entry, an address in the kernel image (text, rodata, data, bss: below
+        // MODULES_VADDR at the guest's slide, `checkGuest`) or, x86-64 SMP
+        // (EXPORT_PER_CPU_SYMBOL), a zero-based offset inside the core per-cpu section
+        // `[__per_cpu_start, __per_cpu_end)` (vmlinux.lds.h PERCPU_SECTION). Never the module
+        // area, user space or anything else a module call could be pointed at.
+        for s in symbols where s.exported && s.address < KernelSlide.imageBase {
+            // (`__per_cpu_start` is 0 on such a build; when it is not sent, 0 is its bound.)
+            guard let end = named["__per_cpu_end"], end < KernelSlide.imageBase, (named["__per_cpu_start"] ?? 0) <= s.address, s.address < end else {
+                return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies neither in the kernel image nor in the core per-cpu section [__per_cpu_start, __per_cpu_end)", facts)
+            }
+        }
         return (nil, facts)
     }
 
@@ -155,6 +207,11 @@ enum FactsPlausibility {
                     return "\(what) = [0x\(Hex.number(range.lowerBound)), 0x\(Hex.number(range.upperBound))) at kaslr_slide 0x\(Hex.number(r.kaslrSlide)) lies outside the kernel image mapping [0x\(Hex.number(image.lowerBound)), 0x\(Hex.number(image.upperBound))) (modules are mapped from MODULES_VADDR = __START_KERNEL_map + KERNEL_IMAGE_SIZE on)"
                 }
             }
+        }
+        // An export in the image stays in the image at this slide: below MODULES_VADDR, never on
+        // a page a module claim may take (its type letter notwithstanding: checkSymbols).
+        if let c = build.exportCeiling, c.address >= facts.moduleArea.lowerBound {
+            return "symbol '\(c.name)' (an export or a core static-call key) at 0x\(Hex.number(c.address)) at kaslr_slide 0x\(Hex.number(r.kaslrSlide)) lies outside the kernel image mapping, at or above MODULES_VADDR 0x\(Hex.number(facts.moduleArea.lowerBound)) (a kernel export is an image address or a core per-cpu offset, whatever its type letter)"
         }
         if !r.pvOps.isEmpty {
             guard r.pvOps.count % 8 == 0 else { return "pv_ops is \(r.pvOps.count) bytes, not whole u64 entries" }
