@@ -27,9 +27,11 @@ public struct VMConfig: Sendable {
     public var cid: UInt32 = 3
     /// ServiceVM/README.md "Memory budget": the floor (52 MiB measured with the own kernel and the
     /// 24 MB /init) + one request in flight; 72 MiB serves amdgpu.ko (19.5 MB) with its claim, and
-    /// 128 leaves room for the largest frame the service accepts (28 MiB body) plus guest facts.
+    /// 128 leaves room for the largest frame the service accepts (28 MiB body) beside one kernel
+    /// build's facts; 160 also holds the live modules of a few guests that load a hundred each
+    /// (~5 MiB a guest charged to the same budget: a full guest did not fit at 128).
     public var memoryMiB = VMConfig.defaultMemoryMiB
-    public static let defaultMemoryMiB = 128
+    public static let defaultMemoryMiB = 160
     public var port: UInt32 = GuestOptions.defaultPort
     public var mode: GuestOptions.Mode = .serve
     public var machine: Machine = .microvm

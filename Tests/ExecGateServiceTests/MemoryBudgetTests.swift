@@ -47,6 +47,12 @@ final class MemoryBudgetTests: XCTestCase {
         XCTAssertEqual(vm.bufferBudget, 33 << 20)
         XCTAssertEqual(vm.maximumBodySize, 25 << 20)
         XCTAssertEqual(vm.factsBudget, 10 << 20)
+        // The default 160 MiB VM (MemAvailable ≈ 121 MiB: the 128 MiB one plus 32): the default
+        // bodies (36 MiB, largest 28 MiB) and (113 − 72) × 2/3 ≈ 27 MiB of facts and live modules.
+        let vm160 = MemoryBudget(availableBytes: 121 << 20).limits()
+        XCTAssertEqual(vm160.bufferBudget, defaults.bufferBudget)
+        XCTAssertEqual(vm160.maximumBodySize, defaults.maximumBodySize)
+        XCTAssertEqual(vm160.factsBudget, (41 << 20) * 2 / 3)
         // A 256 MiB VM keeps the default bodies and gives the rest to facts; a host the ceiling.
         XCTAssertEqual(MemoryBudget(availableBytes: 217 << 20).limits().factsBudget, (137 << 20) * 2 / 3)
         XCTAssertEqual(MemoryBudget(availableBytes: 8 << 30).limits().factsBudget, 192 << 20)
