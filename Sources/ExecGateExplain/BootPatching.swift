@@ -407,7 +407,7 @@ extension Session {
                 if facts.possibleCPUs > 1 {
                     // The module is on smp_alt_modules: bringing a second CPU online runs
                     // alternatives_smp_lock() on every tracked module (3e → f0), all sites at once.
-                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix", rule: .smpLock))
+                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, label: .smpLock, rule: .smpLock))
                 }
             }
         }
@@ -544,7 +544,7 @@ extension Session {
             write(off, VariableSite.nop5, .ftrace)
             countSite(.ftrace)
             if !targets.isEmpty {
-                variable.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, what: "ftrace site", rule: .ftrace(site: a, targets: targets)))
+                variable.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, label: .ftrace, rule: .ftrace(site: a, targets: targets)))
             }
         }
         if let fentry { try requireFentryCallsInInitText(initSites, fentry: fentry) }

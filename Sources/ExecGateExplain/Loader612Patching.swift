@@ -367,7 +367,7 @@ extension Session {
                 write(off, [0x3e], .smpLock)
                 countSite(.smpLock)
                 if facts.possibleCPUs > 1 {
-                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix", rule: .smpLock))
+                    variable.append(VariableSite(offset: off, length: 1, cls: .smpLock, group: Session.smpLockGroup, label: .smpLock, rule: .smpLock))
                 }
             }
         }

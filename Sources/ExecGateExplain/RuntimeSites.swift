@@ -76,18 +76,46 @@ struct TargetList: Equatable {
 /// The legal set is described by data (`Rule`), not by closures: no allocation per site, and the
 /// same description answers the comparison, the run-time patch checks and the mutation tester.
 struct VariableSite {
-    var offset: Int
-    var length: Int
-    var cls: ExplanationClass
-    /// Consistency group (key address); sites of one group must report the same state.
-    var group: UInt64?
-    /// Description (a literal; the key, which is `group`, is appended only when a message needs
-    /// it, and only for the kinds whose messages name it). One flag instead of a second optional
-    /// key: these descriptions are a guest's live-site tables, kept while its modules are live.
-    var label: String
-    var labelShowsKey: Bool
-    var what: String { labelShowsKey ? group.map { "\(label) (key 0x\(String($0, radix: 16)))" } ?? label : label }
+    // Packed: these are a guest's live-site tables, kept while its modules are live (tens of
+    // thousands of sites a guest): the key and the header in 16 bytes before the rule (was 64,
+    // with `Int` offset and length, an optional key and a `String` description).
+    private var groupValue: UInt64
+    private var offset32: Int32
+    private var length8: UInt8
+    let cls: ExplanationClass
+    private var hasGroup: Bool
+    /// Description: one of the kinds' fixed texts; the key, which is `group`, is appended only
+    /// when a message needs it, and only for the kinds whose messages name it.
+    let label: Label
     var rule: Rule
+
+    /// Region offset of the site's first byte (regions are at most `ExplainLimits.maxCoreSize`).
+    var offset: Int { Int(offset32) }
+    var length: Int { Int(length8) }
+    /// Consistency group (key address); sites of one group must report the same state.
+    var group: UInt64? {
+        get { hasGroup ? groupValue : nil }
+        set { groupValue = newValue ?? 0; hasGroup = newValue != nil }
+    }
+    var what: String { label.showsKey ? group.map { "\(label.text) (key 0x\(String($0, radix: 16)))" } ?? label.text : label.text }
+
+    /// The sites' descriptions (a byte in each site, not a `String`).
+    enum Label: UInt8 {
+        case smpLock, ftrace, jumpLabel, staticCallJccTail, staticCallTail, staticCall, trampoline
+        var text: String {
+            switch self {
+            case .smpLock: return "smp lock prefix"
+            case .ftrace: return "ftrace site"
+            case .jumpLabel: return "jump label"
+            case .staticCallJccTail: return "static call (Jcc tail)"
+            case .staticCallTail: return "static call (tail)"
+            case .staticCall: return "static call"
+            case .trampoline: return "static-call trampoline"
+            }
+        }
+        /// The kinds whose messages name their key.
+        var showsKey: Bool { self != .smpLock && self != .ftrace }
+    }
 
     /// The legal encodings of one site kind, with what they need to decide membership.
     enum Rule {
@@ -106,10 +134,11 @@ struct VariableSite {
         case trampoline(site: UInt64, retForm: SiteBytes, trusted: TargetList)
     }
 
-    init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, what: String, whatKey: UInt64? = nil, rule: Rule) {
-        self.offset = offset; self.length = length; self.cls = cls; self.group = group
-        precondition(whatKey == nil || whatKey == group, "a site's message names its own key")
-        self.label = what; self.labelShowsKey = whatKey != nil; self.rule = rule
+    init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, label: Label, rule: Rule) {
+        precondition(offset >= 0 && offset <= Int(Int32.max) && length >= 0 && length <= Int(UInt8.max), "site outside a region")
+        self.offset32 = Int32(offset); self.length8 = UInt8(length); self.cls = cls
+        self.groupValue = group ?? 0; self.hasGroup = group != nil
+        self.label = label; self.rule = rule
     }
 
     static let nop5 = SiteBytes(x86Nops[5])
@@ -295,7 +324,7 @@ extension Session {
             jumpSites.append((off, size, code, target))
             // State = key enabled (1) or not (0): JMP when enabled != branch default... the encoded
             // jump is taken iff (enabled XOR branch) — jump_label_type().
-            variable.append(VariableSite(offset: off, length: size, cls: .jumpLabel, group: key, what: "jump label", whatKey: key,
+            variable.append(VariableSite(offset: off, length: size, cls: .jumpLabel, group: key, label: .jumpLabel,
                                          rule: .jumpLabel(nop: nop, jmp: jmp, branch: branch)))
         }
     }
@@ -377,12 +406,12 @@ extension Session {
                 let nullTarget: UInt64? = hasFeature(facts.featureBits.rethunk)
                     ? (loader == .linux6_12 ? returnThunkTarget : returnThunkExport) : facts.staticCallReturn
                 let orig = Array(image[off..<off + 6])
-                variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, what: "static call (Jcc tail)", whatKey: key,
+                variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, label: .staticCallJccTail,
                                              rule: .staticCallJcc(site: site, op: op, nullTarget: nullTarget, trusted: trusted, orig: orig)))
                 continue
             }
             let retF = retInstruction(at: site)?.padded(to: 5, with: 0xcc) ?? SiteBytes(raw: 0xcccc_cccc_c3, count: 5)
-            variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: tail ? "static call (tail)" : "static call", whatKey: key,
+            variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, label: tail ? .staticCallTail : .staticCall,
                                          rule: .staticCall(site: site, tail: tail, retForm: retF, ret0: ret0, trusted: trusted)))
         }
     }
@@ -524,7 +553,7 @@ extension Session {
         // A trampoline without a key symbol has no trusted target: only its RET form.
         let trusted = key.map { trustedStaticCallTargets($0) } ?? TargetList([])
         let ret = retInstruction(at: a)?.padded(to: 5, with: 0xcc) ?? SiteBytes()
-        variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, what: "static-call trampoline", whatKey: key,
+        variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, label: .trampoline,
                                      rule: .trampoline(site: a, retForm: ret, trusted: trusted)))
     }
 }

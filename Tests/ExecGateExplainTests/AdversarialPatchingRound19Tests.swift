@@ -109,7 +109,7 @@ final class VariableSiteEncodingRound19Tests: XCTestCase {
     /// only `f0` and `3e`: every other byte at a lock site (another segment prefix, `f2`/`f3`,
     /// REX, a NOP) is denied.
     func testSMPLockSiteTakesOnly3eOrF0() {
-        let s = VariableSite(offset: 0, length: 1, cls: .smpLock, group: Session.smpLockGroup, what: "smp lock prefix", rule: .smpLock)
+        let s = VariableSite(offset: 0, length: 1, cls: .smpLock, group: Session.smpLockGroup, label: .smpLock, rule: .smpLock)
         for b in 0...255 {
             let st = s.check([UInt8(b)])
             switch b {
@@ -125,7 +125,7 @@ final class VariableSiteEncodingRound19Tests: XCTestCase {
     /// NOP5 for NULL, `2e 2e 2e 31 c0` for __static_call_return0, never `call
     /// __static_call_return0`, never a JMP (a tail form) or the older `66 66 48 31 c0`.
     func testCallSiteForms() {
-        let s = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_8300_0000, what: "static call",
+        let s = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_8300_0000, label: .staticCall,
                              rule: .staticCall(site: site, tail: false, retForm: SiteBytes([0xc3, 0xcc, 0xcc, 0xcc, 0xcc]), ret0: ret0,
                                                trusted: TargetList([trusted, ret0])))
         XCTAssertEqual(s.check(enc([0xe8], site, 5, trusted)), trusted)
@@ -138,7 +138,7 @@ final class VariableSiteEncodingRound19Tests: XCTestCase {
         XCTAssertNil(s.check([0xc3, 0xcc, 0xcc, 0xcc, 0xcc]), "RET at a call site")
         XCTAssertNil(s.check([0x66, 0x66, 0x66, 0x66, 0x90]), "another 5-byte NOP than x86_nops[5]")
         // Without __static_call_return0 known, xor5rax is no state of the key.
-        let n = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_8300_0000, what: "static call",
+        let n = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_8300_0000, label: .staticCall,
                              rule: .staticCall(site: site, tail: false, retForm: SiteBytes([0xc3, 0xcc, 0xcc, 0xcc, 0xcc]), ret0: nil,
                                                trusted: TargetList([trusted])))
         XCTAssertNil(n.check([0x2e, 0x2e, 0x2e, 0x31, 0xc0]))
@@ -148,7 +148,7 @@ final class VariableSiteEncodingRound19Tests: XCTestCase {
     /// thunks); never a CALL, never a bare `ret` when the RET form is the thunk jump.
     func testTailSiteForms() {
         let retForm = SiteBytes(enc([0xe9], site, 5, thunk))
-        let s = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_8300_0000, what: "static call (tail)",
+        let s = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_8300_0000, label: .staticCallTail,
                              rule: .staticCall(site: site, tail: true, retForm: retForm, ret0: ret0, trusted: TargetList([trusted, ret0])))
         XCTAssertEqual(s.check(enc([0xe9], site, 5, trusted)), trusted)
         XCTAssertEqual(s.check(retForm.array), 0)
@@ -164,7 +164,7 @@ final class VariableSiteEncodingRound19Tests: XCTestCase {
     /// the null target (x86_return_thunk with RETHUNK, else __static_call_return); never another
     /// condition, never the other null target, never an untrusted one.
     func testJccTailSiteForms() {
-        let s = VariableSite(offset: 0, length: 6, cls: .staticCall, group: 0xffff_ffff_8300_0000, what: "static call (Jcc tail)",
+        let s = VariableSite(offset: 0, length: 6, cls: .staticCall, group: 0xffff_ffff_8300_0000, label: .staticCallJccTail,
                              rule: .staticCallJcc(site: site, op: 0x85, nullTarget: thunk, trusted: TargetList([trusted, ret0]), orig: [0x0f, 0x85, 0, 0, 0, 0]))
         XCTAssertEqual(s.check(enc([0x0f, 0x85], site, 6, trusted)), trusted)
         XCTAssertEqual(s.check(enc([0x0f, 0x85], site, 6, thunk)), 0)
@@ -180,7 +180,7 @@ final class VariableSiteEncodingRound19Tests: XCTestCase {
     func testJumpLabelSiteForms() throws {
         let target = site &+ 0x40
         let jmp5 = try XCTUnwrap(genInsnBytes(0xe9, at: site, to: target))
-        let s = VariableSite(offset: 0, length: 5, cls: .jumpLabel, group: 0xffff_ffff_8300_0000, what: "jump label",
+        let s = VariableSite(offset: 0, length: 5, cls: .jumpLabel, group: 0xffff_ffff_8300_0000, label: .jumpLabel,
                              rule: .jumpLabel(nop: SiteBytes(x86Nops[5]), jmp: jmp5, branch: 0))
         XCTAssertEqual(s.check(x86Nops[5]), 0)
         XCTAssertEqual(s.check(jmp5.array), 1)
@@ -189,7 +189,7 @@ final class VariableSiteEncodingRound19Tests: XCTestCase {
         XCTAssertNil(s.check(enc([0xe8], site, 5, target)), "a call to the target")
         XCTAssertNil(s.check([0x66, 0x66, 0x66, 0x66, 0x90]), "another 5-byte NOP")
         let jmp2 = try XCTUnwrap(genInsnBytes(0xeb, at: site, to: target))
-        let t = VariableSite(offset: 0, length: 2, cls: .jumpLabel, group: 0xffff_ffff_8300_0000, what: "jump label",
+        let t = VariableSite(offset: 0, length: 2, cls: .jumpLabel, group: 0xffff_ffff_8300_0000, label: .jumpLabel,
                              rule: .jumpLabel(nop: SiteBytes(x86Nops[2]), jmp: jmp2, branch: 1))
         XCTAssertEqual(t.check(x86Nops[2]), 1, "NOP: enabled == branch default")
         XCTAssertEqual(t.check(jmp2.array), 0)
@@ -200,7 +200,7 @@ final class VariableSiteEncodingRound19Tests: XCTestCase {
     /// arch_static_call_transform() on a trampoline: JMP func or the RET form only.
     func testTrampolineForms() {
         let retForm = SiteBytes(enc([0xe9], site, 5, thunk))
-        let s = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_c020_0000, what: "static-call trampoline",
+        let s = VariableSite(offset: 0, length: 5, cls: .staticCall, group: 0xffff_ffff_c020_0000, label: .trampoline,
                              rule: .trampoline(site: site, retForm: retForm, trusted: TargetList([trusted])))
         XCTAssertEqual(s.check(enc([0xe9], site, 5, trusted)), trusted)
         XCTAssertEqual(s.check(retForm.array), 0)

@@ -36,7 +36,7 @@ final class SiteOrderTests: XCTestCase {
             if round % 2 == 1 {
                 for _ in 0..<(1 + rng.below(20)) {
                     var d = shuffled[rng.below(shuffled.count)]
-                    d.label = "duplicate \(rng.below(1000))"
+                    d.group = 0xd0_0000 + UInt64(rng.below(1000))  // a duplicate, told apart by its id
                     shuffled.insert(d, at: rng.below(shuffled.count + 1))
                 }
             }
@@ -62,7 +62,7 @@ final class SiteOrderTests: XCTestCase {
                 for _ in 0..<(1 + rng.below(10)) {
                     let k = rng.below(v.count)
                     var d = v[k]
-                    d.label = "later \(round)"
+                    d.group = 0x1a7e_0000 + UInt64(round)  // a later site at the offset, told apart by its id
                     v.insert(d, at: k + 1)
                 }
             }
