@@ -551,6 +551,8 @@ public enum ScaleBenchmark {
         public var chargedAfterFirstGuest = 0, chargedAfterRegister = 0
         /// Of the registry's budget after the storm: the guests' live modules (GuestRegistry.liveModuleBytes).
         public var liveChargedAfterStorm = 0
+        /// The registry's budget for the row (facts and live modules).
+        public var budgetBytes = 0
         public var rssBefore = 0, rssAfterRegister = 0, rssAfterStorm = 0
         /// Registration end to end (client encode, socket, service decode and digest, verifier,
         /// reply), ms: the first of the build (builds and checks its facts); a known build sent in
@@ -604,7 +606,12 @@ public enum ScaleBenchmark {
                     progress: (String) -> Void) async throws -> Row {
         var row = Row()
         row.guests = guests
-        let verifier = Verifier(policy: Policy(id: "scale", version: 1, trust: trust, endState: .required))
+        // The registry's budget holds the guests' live modules too (≈ 5 MiB a guest of the
+        // reference corpus's 103): sized for G of them, so the storm measures judging, not
+        // refusals (`execgate serve`'s fixed default, 192 MiB, holds ~35 such guests).
+        row.budgetBytes = max(GuestRegistry.defaultMaximumSymbolBytes, (32 << 20) + guests * (8 << 20))
+        let verifier = Verifier(policy: Policy(id: "scale", version: 1, trust: trust, endState: .required),
+                                guests: GuestRegistry(maximumSymbolBytes: row.budgetBytes))
         let server = VerifierServer(responder: verifier, logger: SignatureBenchmark.quietLogger())
         let endpoint = try SignatureBenchmark.temporaryEndpoint("scale.sock")
         try await server.bind(endpoint)

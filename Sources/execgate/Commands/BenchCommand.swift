@@ -116,7 +116,7 @@ struct BenchCommand: AsyncParsableCommand {
                 print(JSON.object([
                     ("guests", .int(Int64(r.guests))), ("shared_copies", .int(Int64(r.sharedCopies))), ("slides", .int(Int64(r.slides))),
                     ("heap_after_first_guest", .int(Int64(r.heapAfterFirstGuest))), ("heap_after_register", .int(Int64(r.heapAfterRegister))),
-                    ("heap_per_known_guest", .double(r.heapPerKnownGuest)), ("charged_per_known_guest", .double(r.chargedPerKnownGuest)), ("heap_after_storm", .int(Int64(r.heapAfterStorm))), ("live_charged_after_storm", .int(Int64(r.liveChargedAfterStorm))),
+                    ("heap_per_known_guest", .double(r.heapPerKnownGuest)), ("charged_per_known_guest", .double(r.chargedPerKnownGuest)), ("heap_after_storm", .int(Int64(r.heapAfterStorm))), ("live_charged_after_storm", .int(Int64(r.liveChargedAfterStorm))), ("registry_budget", .int(Int64(r.budgetBytes))),
                     ("rss_before", .int(Int64(r.rssBefore))), ("rss_after_register", .int(Int64(r.rssAfterRegister))),
                     ("rss_after_storm", .int(Int64(r.rssAfterStorm))),
                     ("register_first_ms", .double(r.registerFirstMs)),
@@ -133,7 +133,7 @@ struct BenchCommand: AsyncParsableCommand {
                 print("  registration end to end over the socket: first \(String(format2: r.registerFirstMs)) ms; known build in full p50 \(String(format2: r.registerKnownFullP50Ms)) ms p99 \(String(format2: r.registerKnownFullP99Ms)) ms (\(r.registerFullBytes) bytes on the wire); by digest p50 \(String(format2: r.registerByDigestP50Ms)) ms p99 \(String(format2: r.registerByDigestP99Ms)) ms (\(r.registerByDigestBytes) bytes; \(r.byDigestFallbacks) sent in full after unknown-build)")
                 print("  allocator: first guest \(mib(r.heapAfterFirstGuest)) MiB, all \(mib(r.heapAfterRegister)) MiB (\(String(format2: Double(r.heapAfterRegister) / Double(max(1, r.heapAfterFirstGuest))))x one guest), \(String(format2: r.heapPerKnownGuest / 1024)) KiB per known guest (from the second on); the registry charges \(String(format2: r.chargedPerKnownGuest / 1024)) KiB per known guest")
                 print("  boot storm: \(r.requests) authorize-module (\(r.allowed) allowed, \(r.denied) denied, \(r.retries) retried when busy) in \(String(format2: r.seconds)) s = \(String(format2: r.requestsPerSecond)) requests/s; per request p50 \(String(format2: r.p50us / 1000)) ms, p99 \(String(format2: r.p99us / 1000)) ms")
-                print("  process RSS: before \(mib(r.rssBefore)) MiB, registered \(mib(r.rssAfterRegister)) MiB, after the storm \(mib(r.rssAfterStorm)) MiB (allocator \(mib(r.heapAfterStorm)) MiB above the start); the registry charges the live modules \(mib(r.liveChargedAfterStorm)) MiB")
+                print("  process RSS: before \(mib(r.rssBefore)) MiB, registered \(mib(r.rssAfterRegister)) MiB, after the storm \(mib(r.rssAfterStorm)) MiB (allocator \(mib(r.heapAfterStorm)) MiB above the start); the registry charges the live modules \(mib(r.liveChargedAfterStorm)) MiB of its \(mib(r.budgetBytes)) MiB budget")
             }
         }
     }
