@@ -10,9 +10,10 @@
 // socket, so a peer that asks for audit pages and never reads holds at most one page (≤ 1 MiB),
 // one queued request, one read buffer (64 KiB) and the socket buffer.
 //
-// At its 16 connections a new one takes the slot of the least recently active idle keyless one
-// (no byte for 1 s, no request in progress, no activated push: `AdminConnections.evict`), which
-// is closed: connections a peer without the key keeps open cannot lock out a signed push.
+// At its 16 connections a new one takes the slot of the longest-open keyless one that has been
+// open for 1 s and has no request in progress and no activated push (`AdminConnections.evict`),
+// which is closed: connections a peer without the key keeps open, however busy it keeps them
+// between requests, cannot lock out a signed push.
 //
 // Who can reach it (docs/policy.md, "Who can reach which port"): in the service VM it is vsock
 // port 5001, reachable only from the host; as a Unix socket it is created mode 0600. Reaching the
@@ -59,10 +60,13 @@ public enum AdminLimits {
     public static let defaultVsockPort: UInt32 = 5001
     /// Admin connections open at once (an operator's CLI, a monitoring poller).
     public static let maximumConnections = 16
-    /// A connection that has received no byte for this long, has no request in progress and has
-    /// pushed no authenticated bundle is idle: a connection that finds the port full takes the
-    /// slot of the least recently active idle one, which is closed (`AdminConnections.evict`).
-    public static let evictableIdleNanoseconds: UInt64 = 1_000_000_000
+    /// A connection open this long, with no request in progress and no authenticated bundle
+    /// pushed on it, may give its slot: a connection that finds the port full takes the slot of
+    /// the longest-open such one, which is closed (`AdminConnections.evict`). Not idleness: a
+    /// keyless peer asking policy-show every few hundred milliseconds is never idle, and held
+    /// every slot that way; the operator's push is safe while it is younger than this (its
+    /// frame arriving), while it is judged (in progress) and after it was activated.
+    public static let evictableAgeNanoseconds: UInt64 = 1_000_000_000
 
     /// The admin port's limits: one request in flight per connection, bodies ≤ 4 MiB, one
     /// maximum-size bundle buffered across all admin connections (plus the small-frame reserve).
@@ -80,7 +84,7 @@ public final class AdminServer: @unchecked Sendable {
     private let lock = NIOLock()
     private var channels: [Channel] = []
     /// Open admin connections: `shutdown()` closes them (the group, which would, is not ours);
-    /// a new connection at the cap takes the slot of an idle keyless one.
+    /// a new connection at the cap takes the slot of the longest-open evictable keyless one.
     private let open = AdminConnections()
     public let configuration: PortLimits
     public let budget: BufferBudget
@@ -109,11 +113,12 @@ public final class AdminServer: @unchecked Sendable {
             .childChannelInitializer { [administrator, configuration, budget, connections, logger, open] channel in
                 if !connections.acquire() {
                     // Full. Keyless connections kept open (no key is needed to connect, ask
-                    // policy-show and wait) must not lock out an operator's signed push: the
-                    // least recently active idle connection that pushed no authenticated bundle
-                    // gives this one its slot (its own close releases nothing).
-                    guard let idle = open.evict(idleFor: AdminLimits.evictableIdleNanoseconds) else {
-                        logger.warning("admin connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit), none idle"])
+                    // policy-show and wait, or ask again and again) must not lock out an
+                    // operator's signed push: the longest-open connection that is 1 s old, has
+                    // no request in progress and pushed no authenticated bundle gives this one
+                    // its slot (its own close releases nothing).
+                    guard let idle = open.evict(olderThan: AdminLimits.evictableAgeNanoseconds) else {
+                        logger.warning("admin connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit), none evictable (each younger than 1 s, in a request, or an activated push's)"])
                         return channel.close()
                     }
                     logger.notice("idle admin connection closed for a new one", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])
@@ -156,6 +161,8 @@ final class AdminConnections: @unchecked Sendable {
     // @unchecked: `entries` is guarded by `lock`.
     private struct Entry {
         let channel: Channel
+        /// When it was accepted (`evict` takes the longest-open first).
+        let opened: UInt64
         var lastActivity: UInt64
         var busy = 0
         var authenticated = false
@@ -165,7 +172,7 @@ final class AdminConnections: @unchecked Sendable {
 
     func insert(_ c: Channel) {
         let now = MonotonicClock.nanoseconds()
-        lock.withLock { entries[ObjectIdentifier(c)] = Entry(channel: c, lastActivity: now) }
+        lock.withLock { entries[ObjectIdentifier(c)] = Entry(channel: c, opened: now, lastActivity: now) }
     }
     /// Forgets `c`; true when it still held its slot (false: evicted, its slot passed on).
     func remove(_ c: Channel) -> Bool { lock.withLock { entries.removeValue(forKey: ObjectIdentifier(c)) != nil } }
@@ -196,15 +203,17 @@ final class AdminConnections: @unchecked Sendable {
         }
     }
 
-    /// The least recently active connection that pushed no authenticated bundle, has no request
-    /// in progress and received no byte for `idleFor` ns, forgotten here (its slot passes to the
-    /// caller's connection; the caller closes it); nil when there is none. A connection
-    /// receiving a frame, or waiting for its reply, is never taken.
-    func evict(idleFor: UInt64) -> Channel? {
+    /// The longest-open connection that pushed no authenticated bundle, has no request in
+    /// progress and has been open for `olderThan` ns, forgotten here (its slot passes to the
+    /// caller's connection; the caller closes it); nil when there is none. A connection waiting
+    /// for its reply, one younger than `olderThan` (an operator's push arriving) and one that
+    /// activated a push are never taken. Activity does not protect a connection: a keyless peer
+    /// that keeps its connections asking (never idle) would otherwise hold every slot.
+    func evict(olderThan: UInt64) -> Channel? {
         let now = MonotonicClock.nanoseconds()
         return lock.withLock {
-            let idle = entries.filter { !$0.value.authenticated && $0.value.busy == 0 && now &- $0.value.lastActivity >= idleFor }
-            guard let victim = idle.min(by: { $0.value.lastActivity < $1.value.lastActivity }) else { return nil }
+            let evictable = entries.filter { !$0.value.authenticated && $0.value.busy == 0 && now &- $0.value.opened >= olderThan }
+            guard let victim = evictable.min(by: { ($0.value.opened, $0.value.lastActivity) < ($1.value.opened, $1.value.lastActivity) }) else { return nil }
             entries[victim.key] = nil
             return victim.value.channel
         }

@@ -178,12 +178,23 @@ public enum Files {
         let slot: Int32
 
         static func write(_ target: String, _ data: [UInt8], mode: mode_t) throws(FileError) -> Temporary {
-            let tmp = target + ".tmp.\(getpid())"
+            // Created here, never opened when something is there (O_EXCL, which also refuses a
+            // symbolic link or a FIFO under the name): the name is predictable, and a file another
+            // user planted in a shared directory would receive the output through a descriptor
+            // it keeps open, and (as root) be renamed over the target, its owner still the
+            // planter's. Taken (planted, or left by a process of the same PID killed by SIGKILL):
+            // another name, with a random suffix.
+            var tmp = target + ".tmp.\(getpid())"
             // Registered before it exists: a signal from here on unlinks it.
-            // O_NONBLOCK: a FIFO planted under the temporary name fails the check below instead of
-            // blocking the open until a reader comes.
+            // O_NONBLOCK: no open of this kind ever waits (O_EXCL creates a regular file or fails).
             var slot: Int32 = -1
-            let fd = execgate_temp_open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, Int32(mode), &slot)
+            var fd = execgate_temp_open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, Int32(mode), &slot)
+            var tries = 0
+            while fd < 0 && errno == EEXIST && tries < 8 {
+                tries += 1
+                tmp = target + ".tmp.\(getpid()).\(String(UInt64.random(in: 1...UInt64.max), radix: 16))"
+                fd = execgate_temp_open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, Int32(mode), &slot)
+            }
             guard fd >= 0 else { throw FileError("open", tmp, errno: errno) }
             var ok = false
             defer { close(fd); if !ok { unlink(tmp); execgate_temp_untrack(slot) } }
