@@ -121,7 +121,7 @@ public final class AdminServer: @unchecked Sendable {
                         logger.warning("admin connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit), none evictable (each younger than 1 s, in a request, or an activated push's)"])
                         return channel.close()
                     }
-                    logger.notice("idle admin connection closed for a new one", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])
+                    logger.notice("keyless admin connection closed for a new one (the longest open, none of its requests in progress)", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])
                     idle.close(promise: nil)
                 }
                 open.insert(channel)

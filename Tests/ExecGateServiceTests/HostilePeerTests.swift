@@ -50,16 +50,12 @@ final class HostilePeerTests: XCTestCase {
     }
 
     func startServe() throws {
-        pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + vmm, "--admin-listen", "unix:" + admin,
-                                      // Signature-only, opted into explicitly: the well-behaved client sends
-                                      // modules without a guest and must keep getting allows.
-                                      "--trust", certPath, "--signature-only", "--log-level", "critical"],
-                                     stdoutPath: dir + "/out", stderrPath: dir + "/err")
-        XCTAssertGreaterThan(pid, 0)
-        for _ in 0..<100 {
-            if SocketPeer(path: vmm) != nil && SocketPeer(path: admin) != nil { return }
-            usleep(100_000)
-        }
+        // Signature-only, opted into explicitly: the well-behaved client sends modules without a
+        // guest and must keep getting allows.
+        let serve = ServeFixture.start(in: dir, ["--trust", certPath, "--signature-only"])
+        pid = serve.pid
+        precondition(serve.vmm == vmm && serve.admin == admin)
+        if serve.up { return }
         XCTFail("serve did not listen: " + String(decoding: (try? Fixtures.readFile(dir + "/err")) ?? [], as: UTF8.self))
     }
 
@@ -242,18 +238,13 @@ final class HostilePeerTests: XCTestCase {
         guard let env = getenv("EXECGATE_SOAK_MINUTES"), let minutes = Double(String(cString: env)), minutes > 0 else {
             throw XCTSkip("EXECGATE_SOAK_MINUTES not set: the soak runs from scripts/soak.sh, not in make test")
         }
-        let key = try GeneratedSigningKey.generateRSA(bits: 2048, commonName: "soak admin")
-        try Fixtures.writeFile(dir + "/admin-key.pem", key.privateKeyPEM)
-        try Fixtures.writeFile(dir + "/admin.pem", key.certificatePEM)
+        try ServeFixture.adminKey(in: dir, commonName: "soak admin")
         let cert = try Fixtures.debianCertificates()[0]
         func policy(_ version: Int) -> String {
             "execgate-policy 1\nid soak\nversion \(version)\nmode enforce\ntrust sha256:\(cert.fingerprint.hex)\n\(cert.pem)\naudit-overflow drop\nmodules allow\n"
         }
         try Fixtures.writeFile(dir + "/p1.policy", Array(policy(1).utf8))
-        pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + vmm, "--admin-listen", "unix:" + admin, "--trust", certPath,
-                                      "--policy", dir + "/p1.policy", "--admin-cert", dir + "/admin.pem", "--log-level", "critical"],
-                                     stdoutPath: dir + "/out", stderrPath: dir + "/err")
-        for _ in 0..<100 where SocketPeer(path: vmm) == nil || SocketPeer(path: admin) == nil { usleep(100_000) }
+        pid = ServeFixture.start(in: dir, ["--trust", certPath, "--policy", dir + "/p1.policy", "--admin-cert", dir + "/admin.pem"]).pid
         let module = try Fixtures.readFile(try Fixtures.module(named: "vsock.ko"))
 
         // Unloaded p99.

@@ -34,16 +34,9 @@ final class PeersRound3Tests: XCTestCase {
         dir = Fixtures.temporaryDirectory()
         let certPath = dir + "/kernel.pem"
         try Fixtures.writeFile(certPath, Array(try Fixtures.debianCertificates()[0].pem.utf8))
-        vmm = dir + "/vmm.sock"
-        admin = dir + "/admin.sock"
-        pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + vmm, "--admin-listen", "unix:" + admin,
-                                      "--trust", certPath, "--signature-only", "--log-level", "critical"] + extra,
-                                     stdoutPath: dir + "/out", stderrPath: dir + "/err")
-        XCTAssertGreaterThan(pid, 0)
-        for _ in 0..<100 {
-            if SocketPeer(path: vmm) != nil && SocketPeer(path: admin) != nil { return }
-            usleep(100_000)
-        }
+        let serve = ServeFixture.start(in: dir, ["--trust", certPath, "--signature-only"] + extra)
+        (pid, vmm, admin) = (serve.pid, serve.vmm, serve.admin)
+        if serve.up { return }
         XCTFail("serve did not listen: " + String(decoding: (try? Fixtures.readFile(dir + "/err")) ?? [], as: UTF8.self))
     }
 

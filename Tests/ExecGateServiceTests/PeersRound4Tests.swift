@@ -183,17 +183,9 @@ final class ServeRound4Tests: XCTestCase {
         dir = Fixtures.temporaryDirectory()
         let certPath = dir + "/kernel.pem"
         try Fixtures.writeFile(certPath, Array(try Fixtures.debianCertificates()[0].pem.utf8))
-        vmm = dir + "/vmm.sock"
-        admin = dir + "/admin.sock"
-        pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + vmm, "--admin-listen", "unix:" + admin,
-                                      "--trust", certPath, "--signature-only", "--log-level", "critical"],
-                                     stdoutPath: dir + "/out", stderrPath: dir + "/err")
-        XCTAssertGreaterThan(pid, 0)
-        for _ in 0..<100 {
-            if SocketPeer(path: vmm) != nil && SocketPeer(path: admin) != nil { return }
-            usleep(100_000)
-        }
-        XCTFail("serve did not listen")
+        let serve = ServeFixture.start(in: dir, ["--trust", certPath, "--signature-only"])
+        (pid, vmm, admin) = (serve.pid, serve.vmm, serve.admin)
+        XCTAssertTrue(serve.up, "serve did not listen")
     }
 
     func rss() -> Int { procStatusBytes("VmRSS", pid: "\(pid)") }

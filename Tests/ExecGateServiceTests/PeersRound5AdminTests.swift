@@ -41,15 +41,10 @@ final class PeersRound5AdminTests: XCTestCase {
     /// attacker's connections (left alone: docs/protocol.md "Connections and limits").
     func testPartialMaximumBundlesOnEveryAdminConnectionEndAtTheFrameDeadline() throws {
         dir = Fixtures.temporaryDirectory()
-        let vmm = dir + "/vmm.sock", admin = dir + "/admin.sock"
-        pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + vmm, "--admin-listen", "unix:" + admin, "--log-level", "critical"],
-                                     stdoutPath: dir + "/out", stderrPath: dir + "/err")
-        XCTAssertGreaterThan(pid, 0)
-        var up = false
-        for _ in 0..<100 where !up {
-            if SocketPeer(path: vmm) != nil && SocketPeer(path: admin) != nil { up = true } else { usleep(100_000) }
-        }
-        XCTAssertTrue(up, "serve did not listen")
+        let serve = ServeFixture.start(in: dir, [])
+        pid = serve.pid
+        let vmm = serve.vmm, admin = serve.admin
+        XCTAssertTrue(serve.up, "serve did not listen")
         let before = vmHWM()
         var holders: [SocketPeer] = []
         for i in 0..<AdminLimits.maximumConnections {

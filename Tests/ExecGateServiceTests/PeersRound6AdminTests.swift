@@ -26,16 +26,10 @@ final class PeersRound6AdminTests: XCTestCase {
     /// serve with an admin certificate; returns (VMM socket, admin socket).
     func startServe() throws -> (String, String) {
         dir = Fixtures.temporaryDirectory()
-        let key = try GeneratedSigningKey.generateRSA(bits: 2048, commonName: "round 6 admin")
-        try Fixtures.writeFile(dir + "/admin-key.pem", key.privateKeyPEM)
-        try Fixtures.writeFile(dir + "/admin.pem", key.certificatePEM)
-        let vmm = dir + "/vmm.sock", admin = dir + "/admin.sock"
-        pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + vmm, "--admin-listen", "unix:" + admin,
-                                      "--admin-cert", dir + "/admin.pem", "--log-level", "critical"],
-                                     stdoutPath: dir + "/out", stderrPath: dir + "/err")
-        XCTAssertGreaterThan(pid, 0)
-        for _ in 0..<100 where SocketPeer(path: vmm) == nil || SocketPeer(path: admin) == nil { usleep(100_000) }
-        return (vmm, admin)
+        try ServeFixture.adminKey(in: dir, commonName: "round 6 admin")
+        let serve = ServeFixture.start(in: dir, ["--admin-cert", dir + "/admin.pem"])
+        pid = serve.pid
+        return (serve.vmm, serve.admin)
     }
 
     func signedBundle(version: Int) throws -> String {
@@ -63,9 +57,9 @@ final class PeersRound6AdminTests: XCTestCase {
     /// the idle deadline), left the operator's signed push closed at accept: nothing can be pushed
     /// for as long as a host process without the key keeps them (PeersRound5AdminTests measured
     /// the hold; docs/trust.md "Ports" recorded it as a residual). Now a connection that finds the
-    /// port full takes the slot of the least recently active idle connection that has pushed no
-    /// authenticated bundle (no request in progress, no byte for AdminLimits.evictableIdle), which
-    /// is closed; the push goes through.
+    /// port full takes the slot of a connection that has pushed no authenticated bundle (since
+    /// Review6Tests: the longest open, at least AdminLimits.evictableAgeNanoseconds old, no request
+    /// in progress), which is closed; the push goes through.
     func testIdleKeylessConnectionsDoNotLockOutASignedPush() throws {
         let (_, admin) = try startServe()
         let bundle = try signedBundle(version: 2)

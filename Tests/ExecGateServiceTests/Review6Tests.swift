@@ -59,15 +59,10 @@ final class Review6Tests: XCTestCase {
     /// PeersRound6AdminTests' fix promised to end, at a cost of 53 tiny requests a second.
     func testKeylessConnectionsKeptBusyDoNotLockOutASignedPush() throws {
         let dir = Fixtures.temporaryDirectory()
-        let key = try GeneratedSigningKey.generateRSA(bits: 2048, commonName: "review 6 admin")
-        try Fixtures.writeFile(dir + "/admin-key.pem", key.privateKeyPEM)
-        try Fixtures.writeFile(dir + "/admin.pem", key.certificatePEM)
-        let vmm = dir + "/vmm.sock", admin = dir + "/admin.sock"
-        pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + vmm, "--admin-listen", "unix:" + admin,
-                                      "--admin-cert", dir + "/admin.pem", "--log-level", "critical"],
-                                     stdoutPath: dir + "/out", stderrPath: dir + "/err")
-        XCTAssertGreaterThan(pid, 0)
-        for _ in 0..<100 where SocketPeer(path: vmm) == nil || SocketPeer(path: admin) == nil { usleep(100_000) }
+        try ServeFixture.adminKey(in: dir, commonName: "review 6 admin")
+        let serve = ServeFixture.start(in: dir, ["--admin-cert", dir + "/admin.pem"])
+        pid = serve.pid
+        let admin = serve.admin
         let cert = try Fixtures.debianCertificates()[0]
         let text = "execgate-policy 1\nid review6\nversion 2\nmode enforce\ntrust sha256:\(cert.fingerprint.hex)\n\(cert.pem)\nmodules allow\n"
         try Fixtures.writeFile(dir + "/p.policy", Array(text.utf8))
