@@ -49,7 +49,9 @@ public struct LiveModule: Sendable {
     /// `GuestSession.commit` from `imports`, under the lock that records the module.
     public internal(set) var dependsOn: Set<String>
     /// The module's undefined symbol names (what resolve_symbol() looks up).
-    let imports: Set<String>
+    /// Emptied when the module is committed (its dependencies are then in `dependsOn`): not
+    /// live state.
+    internal(set) var imports: Set<String>
     /// `GuestSession.removalGeneration` read before the module was explained (its resolver
     /// snapshot is no older): commit refuses when a live module went since.
     let explainedAt: UInt64
@@ -92,7 +94,7 @@ public struct LiveModule: Sendable {
         self.imports = imports
         self.explainedAt = explainedAt
         self.heldBytes = Self.heldBytes(names: [name, identity ?? name], frames: frames.count + initFrames.count, exports: exports,
-                                        sites: sites?.count ?? 0, keys: keyStates.count, imports: imports)
+                                        sites: sites?.count ?? 0, keys: keyStates.count)
     }
 
     /// What a live module holds in its session, the same way the registry charges facts (at what
@@ -103,11 +105,10 @@ public struct LiveModule: Sendable {
     /// session's resolver, which merges it, and the session's index of exports by owner), 16 a
     /// function entry, 80 a static-call key it defines plus 16 a trusted target, 48 a key state
     /// its trampolines record; each run-time site 256 (the site table and the session's index by
-    /// key); each key state 128 (the module's, the session's current and seen states); each
-    /// undefined symbol its name plus 64 (the imports set dependencies are computed from).
-    static func heldBytes(names: [String], frames: Int, exports: ModuleExports?, sites: Int, keys: Int, imports: Set<String>) -> Int {
+    /// key); each key state 128 (the module's, the session's current and seen states). Its
+    /// imports are not held: commit turns them into `dependsOn` and drops them.
+    static func heldBytes(names: [String], frames: Int, exports: ModuleExports?, sites: Int, keys: Int) -> Int {
         var n = liveModuleCharge + names.reduce(0) { $0 + 2 * $1.utf8.count } + 64 * frames + 256 * sites + 128 * keys
-        n += imports.reduce(0) { $0 + 64 + $1.utf8.count }
         if let e = exports {
             n += e.exportedNames.reduce(0) { $0 + 320 + 3 * $1.utf8.count }
             n += 16 * e.functionEntries.sorted.count
@@ -438,6 +439,7 @@ public final class GuestSession: @unchecked Sendable {
         // Its dependencies, from the live set the snapshot saw (no removal since; a module
         // added since cannot have been resolved against, and depending on it is only stricter).
         m.dependsOn.formUnion(ownersLocked(of: m.imports))
+        m.imports = []  // not kept while the module is live (only its dependencies are)
         // The module was explained against a snapshot of the live exports: a module it links
         // against must still be live (a retire may have raced with the explanation).
         for d in m.dependsOn.sorted() where live[d] == nil {
