@@ -29,7 +29,7 @@ public struct VMConfig: Sendable {
     /// 24 MB /init) + one request in flight; 72 MiB serves amdgpu.ko (19.5 MB) with its claim, and
     /// 128 leaves room for the largest frame the service accepts (28 MiB body) beside one kernel
     /// build's facts; 160 also holds the live modules of a few guests that load a hundred each
-    /// (~5 MiB a guest charged to the same budget: a full guest did not fit at 128).
+    /// (~4.3 MiB a guest charged to the same budget: a full guest did not fit at 128).
     public var memoryMiB = VMConfig.defaultMemoryMiB
     public static let defaultMemoryMiB = 160
     public var port: UInt32 = GuestOptions.defaultPort
