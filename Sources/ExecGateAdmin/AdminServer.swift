@@ -137,7 +137,6 @@ public final class AdminServer: @unchecked Sendable {
                             return NIOThreadPool.singleton.runIfActive(eventLoop: loop) { administrator.respond(to: frame) }
                                 .always { open.end(channel, authenticated: (try? $0.get())?.type == AdminMessageType.policyPushReply) }
                         })
-                    try channel.pipeline.syncOperations.addHandler(AdminActivity(open), position: .first)
                 }
             }
         let channel = try await bootstrap.bind(endpoint: endpoint)
@@ -154,8 +153,8 @@ public final class AdminServer: @unchecked Sendable {
 }
 
 /// The connections a server has open, so that it can close them without shutting down a group it
-/// does not own, and what choosing one to evict needs of each: when it last received a byte,
-/// whether a request of it is in progress, whether it pushed an authenticated bundle (a push
+/// does not own, and what choosing one to evict needs of each: when it was accepted, whether a
+/// request of it is in progress, whether it pushed an authenticated bundle (a push
 /// answered policy-push-reply: signed by the admin key, activated).
 final class AdminConnections: @unchecked Sendable {
     // @unchecked: `entries` is guarded by `lock`.
@@ -163,7 +162,6 @@ final class AdminConnections: @unchecked Sendable {
         let channel: Channel
         /// When it was accepted (`evict` takes the longest-open first).
         let opened: UInt64
-        var lastActivity: UInt64
         var busy = 0
         var authenticated = false
     }
@@ -172,32 +170,19 @@ final class AdminConnections: @unchecked Sendable {
 
     func insert(_ c: Channel) {
         let now = MonotonicClock.nanoseconds()
-        lock.withLock { entries[ObjectIdentifier(c)] = Entry(channel: c, opened: now, lastActivity: now) }
+        lock.withLock { entries[ObjectIdentifier(c)] = Entry(channel: c, opened: now) }
     }
     /// Forgets `c`; true when it still held its slot (false: evicted, its slot passed on).
     func remove(_ c: Channel) -> Bool { lock.withLock { entries.removeValue(forKey: ObjectIdentifier(c)) != nil } }
     func all() -> [Channel] { lock.withLock { entries.values.map(\.channel) } }
 
-    /// Bytes arrived on `c`.
-    func touch(_ c: Channel) {
-        let now = MonotonicClock.nanoseconds()
-        lock.withLock { entries[ObjectIdentifier(c)]?.lastActivity = now }
-    }
     /// A request of `c` started.
-    func begin(_ c: Channel) {
-        let now = MonotonicClock.nanoseconds()
-        lock.withLock {
-            entries[ObjectIdentifier(c)]?.busy += 1
-            entries[ObjectIdentifier(c)]?.lastActivity = now
-        }
-    }
+    func begin(_ c: Channel) { lock.withLock { entries[ObjectIdentifier(c)]?.busy += 1 } }
     /// A request of `c` was answered; `authenticated`: it was an activated signed push.
     func end(_ c: Channel, authenticated: Bool) {
-        let now = MonotonicClock.nanoseconds()
         lock.withLock {
             guard var e = entries[ObjectIdentifier(c)] else { return }
             e.busy -= 1
-            e.lastActivity = now
             if authenticated { e.authenticated = true }
             entries[ObjectIdentifier(c)] = e
         }
@@ -213,22 +198,10 @@ final class AdminConnections: @unchecked Sendable {
         let now = MonotonicClock.nanoseconds()
         return lock.withLock {
             let evictable = entries.filter { !$0.value.authenticated && $0.value.busy == 0 && now &- $0.value.opened >= olderThan }
-            guard let victim = evictable.min(by: { ($0.value.opened, $0.value.lastActivity) < ($1.value.opened, $1.value.lastActivity) }) else { return nil }
+            guard let victim = evictable.min(by: { $0.value.opened < $1.value.opened }) else { return nil }
             entries[victim.key] = nil
             return victim.value.channel
         }
-    }
-}
-
-/// First in an admin connection's pipeline: records each read's arrival (`AdminConnections.touch`).
-private final class AdminActivity: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-    private let open: AdminConnections
-    init(_ open: AdminConnections) { self.open = open }
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        open.touch(context.channel)
-        context.fireChannelRead(data)
     }
 }
 
