@@ -100,12 +100,14 @@ public enum Files {
         }
     }
 
+    /// The directory `path` names an entry of ("." for a bare name, "/" for one at the root).
+    static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
     /// The first link of `path`'s chain (`path` included) whose directory resolves into /proc, or nil.
     static func descriptorLink(_ path: String) -> String? {
-        func directory(_ p: String) -> String {
-            guard let slash = p.lastIndex(of: "/") else { return "." }
-            return slash == p.startIndex ? "/" : String(p[..<slash])
-        }
         func inProc(_ dir: String) -> Bool {
             guard let r = realpath(dir, nil) else { return false }
             defer { free(r) }
@@ -114,14 +116,14 @@ public enum Files {
         }
         var hop = path
         for _ in 0..<40 {  // MAXSYMLINKS
-            if inProc(directory(hop)) { return hop }
+            if inProc(directory(of: hop)) { return hop }
             var st = stat()
             guard lstat(hop, &st) == 0, (st.st_mode & S_IFMT) == S_IFLNK else { return nil }
             var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
             let n = readlink(hop, &buf, Int(PATH_MAX))
             guard n > 0 else { return nil }
             let target = String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            hop = target.hasPrefix("/") ? target : directory(hop) + "/" + target
+            hop = target.hasPrefix("/") ? target : directory(of: hop) + "/" + target
         }
         return nil
     }
@@ -240,10 +242,7 @@ public enum Files {
         execgate_temp_commit_end()
         var synced: Set<String> = []
         for t in files[..<published] {
-            let dir: String = {
-                guard let slash = t.target.lastIndex(of: "/") else { return "." }
-                return slash == t.target.startIndex ? "/" : String(t.target[..<slash])
-            }()
+            let dir = directory(of: t.target)
             guard synced.insert(dir).inserted else { continue }
             let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if dfd >= 0 { _ = fsync(dfd); close(dfd) }
