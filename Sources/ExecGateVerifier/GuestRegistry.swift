@@ -51,7 +51,7 @@ public struct LiveModule: Sendable {
     /// The module's undefined symbol names (what resolve_symbol() looks up).
     /// Emptied when the module is committed (its dependencies are then in `dependsOn`): not
     /// live state.
-    internal(set) var imports: Set<String>
+    var imports: Set<String>
     /// `GuestSession.removalGeneration` read before the module was explained (its resolver
     /// snapshot is no older): commit refuses when a live module went since.
     let explainedAt: UInt64
@@ -453,12 +453,12 @@ public final class GuestSession: @unchecked Sendable {
         for d in m.dependsOn.sorted() where live[d]?.pending == true {
             return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' links against '\(d)', whose verdict is still being finished (the kernel waits for an exporter that is still coming): ask again")
         }
-        if let e = m.exports {
-            // The kernel refuses a module exporting a name that is already exported
-            // (verify_exported_symbols(): -ENOEXEC "exports duplicate symbol").
-            for name in e.exportedNames.sorted() where resolver.lookup(name) != nil {
-                return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' exports '\(name)', which is already exported (the kernel refuses duplicate exports)")
-            }
+        // Its exported names, made once for the duplicate check and the owner index below.
+        let exported = m.exports?.exportedNames ?? []
+        // The kernel refuses a module exporting a name that is already exported
+        // (verify_exported_symbols(): -ENOEXEC "exports duplicate symbol").
+        for name in exported.sorted() where resolver.lookup(name) != nil {
+            return SessionRefusal(reason: .claimBytesUnexplained, message: "module '\(m.name)' exports '\(name)', which is already exported (the kernel refuses duplicate exports)")
         }
         var smpGroups = Set<UInt64>()
         m.forEachSite { if $0.kind == .smpLock, let k = $0.key { smpGroups.insert(k) } }
@@ -492,7 +492,7 @@ public final class GuestSession: @unchecked Sendable {
         m.pending = true
         live[m.name] = m
         order.append(m.name)
-        for n in m.exports?.exportedNames ?? [] { exportOwner[n] = m.name }
+        for n in exported { exportOwner[n] = m.name }
         for f in m.frames { frameOwner[f] = m.name }
         for f in m.initFrames { frameOwner[f] = m.name }
         if smpGroups.contains(where: { m.keyStates[$0] == 1 }) { wentSMP = true }
@@ -694,15 +694,14 @@ public final class GuestSession: @unchecked Sendable {
                 guard lo > 0, a < spans[lo - 1].hi else { return nil }
                 return spans[lo - 1].name
             }
-            var owner: LiveModule?  // the last entry's (batches are mostly one module's sites)
+            var previous: LiveModule?  // the last entry's owner (batches are mostly one module's sites)
             for p in patches {
                 let at = "0x" + Hex.number(p.address)
                 guard seen.insert(p.address).inserted else { return .denied(.patchNotAllowed, module: "", message: "\(at) appears twice in the batch", stage: .site) }
-                guard let name = ownerName(of: p.address), let found = owner?.name == name ? owner : live[name] else {
+                guard let name = ownerName(of: p.address), let owner = previous?.name == name ? previous : live[name] else {
                     return .denied(.patchNotAllowed, module: "", message: "\(at) is not in live code verified for guest '\(registration.guestID)'", stage: .site)
                 }
-                owner = found
-                let owner = found
+                previous = owner
                 #if DEBUG
                 precondition(order.lazy.compactMap({ self.live[$0] }).first(where: { $0.textRange.contains(p.address) || ($0.initRange?.contains(p.address) ?? false) })?.name == owner.name,
                              "patch owner index disagrees with the live modules")
