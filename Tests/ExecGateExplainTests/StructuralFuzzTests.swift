@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Seeded structural fuzzing of the explainer past the ELF parser. The parser's own sweeps
+// (ELFFileTests: truncation, corruption) stop at `ELFFile(bytes:)`; here every mutant the parser
+// accepts goes through every stage (layout, relocations, module_finalize() tables, run-time sites,
+// comparison, exports) with the claim an honest guest would send for it (the replay's own end
+// state when the replay gets that far, else the real module's claim). What the stages read from a
+// signed module is untrusted structure (a signing key the policy trusts can sign anything), so:
+// - every mutant ends in a verdict — a trap here is a service crash in production;
+// - every denial names its rule and a reason;
+// - a verdict is a function of its inputs: explaining the same mutant twice gives the same one;
+// - a mutant allowed with the honest claim is also allowed with that claim re-checked from
+//   scratch, and denied once any byte of the claimed region outside the run-time sites is flipped
+//   (an allow is never "whatever the claim says").
+// Mutations are field-aware (section headers, symbols, relocation records, table contents) with
+// edge values (0, ±1, powers of two, all-ones), so most survive the parser; the seed and
+// iteration of a failing case are printed and replay exactly.
+
+import ExecGateCapture
+import ExecGateELF
+@testable import ExecGateExplain
+import ExecGateTestSupport
+import XCTest
+
+final class StructuralFuzzTests: XCTestCase {
+    /// An edge-biased value of `bytes` width.
+    static func edgeValue(_ rng: inout SeededRNG, old: UInt64, bytes: Int) -> UInt64 {
+        let mask: UInt64 = bytes == 8 ? ~0 : (1 << (8 * UInt64(bytes))) - 1
+        switch rng.next() % 8 {
+        case 0: return 0
+        case 1: return mask
+        case 2: return (old &+ 1 &+ rng.next() % 16) & mask
+        case 3: return (old &- 1 &- rng.next() % 16) & mask
+        case 4: return (1 << (rng.next() % UInt64(8 * bytes))) & mask
+        case 5: return old ^ (1 << (rng.next() % UInt64(8 * bytes))) & mask
+        case 6: return (old &+ 4096) & mask
+        default: return rng.next() & mask
+        }
+    }
+
+    /// One field-aware mutation of `ed`; returns what it did (for the failure message).
+    static func mutate(_ ed: inout KoEditor, _ rng: inout SeededRNG) throws -> String {
+        // (A mutant the parser refuses gets no second mutation.)
+        guard let (sections, symtab, relas) = try? ed.elf({ e -> ([ELFSection], Range<Int>, [(Range<Int>, Int)]) in
+            let st = try e.symbolTableSection().fileRange
+            let rs = try e.relocationSections(checkingRecords: false).map { ($0.section.fileRange, $0.targetSectionIndex) }
+            return (e.sections, st, rs)
+        }) else { return "none" }
+        func put(_ at: Int, _ width: Int) -> String {
+            let old: UInt64
+            switch width {
+            case 1: old = UInt64(ed.get(UInt8.self, at: at))
+            case 2: old = UInt64(ed.get(UInt16.self, at: at))
+            case 4: old = UInt64(ed.get(UInt32.self, at: at))
+            default: old = ed.get(UInt64.self, at: at)
+            }
+            let v = edgeValue(&rng, old: old, bytes: width)
+            switch width {
+            case 1: ed.ko[at] = UInt8(truncatingIfNeeded: v)
+            case 2: ed.put(UInt16(truncatingIfNeeded: v), at: at)
+            case 4: ed.put(UInt32(truncatingIfNeeded: v), at: at)
+            default: ed.put(v, at: at)
+            }
+            return "0x\(String(old, radix: 16)) → 0x\(String(v, radix: 16))"
+        }
+        switch rng.next() % 10 {
+        case 0, 1:
+            // A section header field (sh_addr is not read by the loader: skipped).
+            let i = 1 + Int(rng.next() % UInt64(sections.count - 1))
+            let fields: [(String, Int, Int)] = [("type", 4, 4), ("flags", 8, 8), ("offset", 24, 8), ("size", 32, 8), ("link", 40, 4),
+                                                 ("info", 44, 4), ("addralign", 48, 8), ("entsize", 56, 8)]
+            let (name, o, w) = fields[Int(rng.next() % UInt64(fields.count))]
+            return "section \(sections[i].name) sh_\(name) " + put(ed.sectionHeader(i) + o, w)
+        case 2, 3:
+            // A symbol field.
+            let n = symtab.count / 24
+            let i = 1 + Int(rng.next() % UInt64(max(1, n - 1)))
+            let fields: [(String, Int, Int)] = [("name", 0, 4), ("info", 4, 1), ("other", 5, 1), ("shndx", 6, 2), ("value", 8, 8), ("size", 16, 8)]
+            let (name, o, w) = fields[Int(rng.next() % UInt64(fields.count))]
+            return "symbol \(i) st_\(name) " + put(symtab.lowerBound + 24 * i + o, w)
+        case 4, 5, 6:
+            // A relocation record field: offset, type, symbol, addend.
+            let (range, target) = relas[Int(rng.next() % UInt64(relas.count))]
+            let n = range.count / 24
+            guard n > 0 else { return "none" }
+            let r = range.lowerBound + 24 * Int(rng.next() % UInt64(n))
+            switch rng.next() % 4 {
+            case 0: return "rela of \(sections[target].name) r_offset " + put(r, 8)
+            case 1: return "rela of \(sections[target].name) type " + put(r + 8, 4)
+            case 2: return "rela of \(sections[target].name) symbol " + put(r + 12, 4)
+            default: return "rela of \(sections[target].name) r_addend " + put(r + 16, 8)
+            }
+        default:
+            // A word of an allocated section's contents (the tables module_finalize() and the
+            // notifiers read, the ksymtab, .modinfo, text).
+            let alloc = sections.filter { $0.isAlloc && !$0.isNoBits && $0.size >= 8 }
+            guard !alloc.isEmpty else { return "none" }
+            let s = alloc[Int(rng.next() % UInt64(alloc.count))]
+            let widths = [1, 2, 4, 8]
+            let w = widths[Int(rng.next() % 4)]
+            let o = s.fileRange.lowerBound + Int(rng.next() % UInt64(s.size - w + 1))
+            return "\(s.name) +0x\(String(o - s.fileRange.lowerBound, radix: 16)) " + put(o, w)
+        }
+    }
+
+    /// A verdict as text with its dictionaries in a fixed order.
+    static func canonical(_ v: Verdict) -> String {
+        switch v {
+        case .allowed(let s):
+            let b = s.bytesByClass.map { "\($0.key)=\($0.value)" }.sorted(), n = s.sites.map { "\($0.key)=\($0.value)" }.sorted()
+            return "allowed \(s.executableBytes) \(s.relocationsApplied) \(b) \(n)"
+        case .denied(let d): return "denied \(d) (\(d.unexplainedBytes))"
+        }
+    }
+
+    func testMutantsEndInAConsistentVerdict() throws {
+        let f = try FixtureReplay()
+        let explainer = CraftedExplainer()
+        let perModule = Int(ProcessInfo.processInfo.environment["EXECGATE_FUZZ_PER_MODULE"] ?? "") ?? 300
+        let trace = ProcessInfo.processInfo.environment["EXECGATE_FUZZ_TRACE"] != nil  // each mutant named before it runs
+        var allowed = 0, denied = 0, parserRefused = 0
+        var rules: [String: Int] = [:]
+        for (mi, name) in f.boot.availableModules.enumerated() {
+            let e = try XCTUnwrap(f.modules[name])
+            for it in 0..<perModule {
+                let seed = 0x57f0_0000 &+ UInt64(mi) << 16 &+ UInt64(it)
+                var rng = SeededRNG(seed: seed)
+                var ed = KoEditor(ko: e.module.ko)
+                var what = try Self.mutate(&ed, &rng)
+                if rng.next() % 4 == 0 { what += "; " + (try Self.mutate(&ed, &rng)) }
+                let tag = "\(name) seed 0x\(String(seed, radix: 16)): \(what)"
+                guard (try? ed.elf { _ in () }) != nil else { parserRefused += 1; continue }
+                if trace { FileHandle.standardError.write("fuzz: \(tag)\n".data(using: .utf8)!) }
+                // The claim an honest guest would send for the mutant (or the real one).
+                var claim = e.module.claim
+                if let r = try? loaderImage(ed.ko, claim, f.boot.facts, e.before) { claim.text = r.image }
+                let first = try explainer.explain(f, name, ko: ed.ko, claim: claim)
+                let again = try explainer.explain(f, name, ko: ed.ko, claim: claim)
+                XCTAssertEqual(Self.canonical(first.verdict), Self.canonical(again.verdict), "not deterministic: \(tag)")
+                switch first.verdict {
+                case .denied(let d):
+                    denied += 1
+                    rules["\(d.rule)", default: 0] += 1
+                    XCTAssertFalse(d.reason.isEmpty, "denial without a reason: \(tag)")
+                case .allowed:
+                    allowed += 1
+                    // Flip one byte of the claim that no run-time site covers: denied.
+                    let sites = first.runtimeSites
+                    var k = Int(rng.next() % UInt64(claim.text.count))
+                    var tries = 0
+                    while tries < 64, let s = sites, s.covers(claim.textBase &+ UInt64(k)) { k = Int(rng.next() % UInt64(claim.text.count)); tries += 1 }
+                    var bad = claim
+                    bad.text[k] ^= 0x40
+                    let r = try explainer.explain(f, name, ko: ed.ko, claim: bad)
+                    XCTAssertFalse(r.verdict.isAllowed, "a byte of the claim flipped at +0x\(String(k, radix: 16)) is still allowed: \(tag)")
+                }
+            }
+        }
+        print("structural fuzz: \(allowed) allowed, \(denied) denied, \(parserRefused) refused by the parser; denial rules: \(rules.sorted { $0.key < $1.key })")
+        XCTAssertGreaterThan(denied, 0)
+        XCTAssertGreaterThan(allowed, 0)
+    }
+}
+
+
+/// Cases the structural fuzz found, each its own test.
+final class StructuralFuzzFindingsTests: XCTestCase {
+    /// Found by `StructuralFuzzTests` (ip6_udp_tunnel seed 0x57f00aea): `__ksymtab_gpl` with
+    /// sh_type SHT_NULL. The parser gives an SHT_NULL section no contents (nothing to bounds-check),
+    /// but SHF_ALLOC still lays it out; the stages then copied "its contents" (none) for its
+    /// sh_size and trapped on the length mismatch: a service crash. The kernel
+    /// (`elf_validity_check()` in 6.1, `elf_validity_cache_sechdrs()` in 6.12) skips SHT_NULL
+    /// sections when it checks section offsets, yet `move_module()` copies every SHF_ALLOC section
+    /// that is not SHT_NOBITS, `sh_size` bytes from an `sh_offset` nobody checked: bytes no signed
+    /// file accounts for. Denied, naming the section; no real module has one.
+    func testAnAllocatedNullSectionIsDeniedNotTrapped() throws {
+        let f = try FixtureReplay()
+        for (name, section) in [("ip6_udp_tunnel", "__ksymtab_gpl"), ("llc", ".text"), ("8021q", ".data")] {
+            var ed = KoEditor(ko: try XCTUnwrap(f.modules[name]).module.ko)
+            let i = try ed.sectionIndex(section)
+            ed.put(UInt32(0), at: ed.sectionHeader(i) + 4)  // sh_type = SHT_NULL
+            let d = try XCTUnwrap(denial(try CraftedExplainer().explain(f, name, ko: ed.ko)), "\(name) \(section)")
+            XCTAssertEqual(d.rule, .malformedELF, d.description)
+            XCTAssertEqual(d.section, section, d.description)
+            XCTAssertTrue(d.reason.contains("SHT_NULL"), d.reason)
+        }
+    }
+}
+
+extension RuntimeSiteTable {
+    /// Whether a run-time site (whose bytes may legally take several values) covers `address`.
+    func covers(_ address: UInt64) -> Bool {
+        for (start, site) in sites where address >= start && address - start < UInt64(site.length) { return true }
+        return false
+    }
+}
