@@ -211,6 +211,15 @@ final class Session {
             throw deny("section sizes/alignments overflow the kernel's layout computation")
         }
         layout = lay
+        // `move_module()` copies every SHF_ALLOC section that is not SHT_NOBITS, `sh_size` bytes
+        // from its file offset; but the kernel's offset check (`elf_validity_check()` in 6.1,
+        // `elf_validity_cache_sechdrs()` in 6.12) skips SHT_NULL sections ("no contents"), and so
+        // does the parser (no file range). An allocated SHT_NULL section with a size would be
+        // copied from bytes nobody bounds-checked: nothing explains them (no real module has one).
+        for s in elf.sections where s.type == SectionType.null && s.size > 0 && lay.flags[s.index].contains(.alloc) {
+            throw Session.denial(claim, .malformedELF, "\(s.name) is SHF_ALLOC with type SHT_NULL and \(s.size) bytes: move_module() would copy them from a file offset the kernel never checks",
+                                 section: s.name)
+        }
         guard lay.coreSize <= ExplainLimits.maxCoreSize else {
             throw deny("core allocation of \(lay.coreSize) bytes exceeds \(ExplainLimits.maxCoreSize)")
         }
