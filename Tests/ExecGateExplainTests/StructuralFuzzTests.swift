@@ -163,6 +163,59 @@ final class StructuralFuzzTests: XCTestCase {
 }
 
 
+extension StructuralFuzzTests {
+    /// The same on the 6.12 loader (per-type memory, 14-byte alt_instr, paravirt as alternatives,
+    /// IBT seal): two Debian 6.12.117 modules, every import at a distinct kernel address
+    /// (Loader612Tests' set-up), the claim the replay's own end state for each mutant.
+    func testMutantsEndInAConsistentVerdict612() throws {
+        let perModule = (Int(ProcessInfo.processInfo.environment["EXECGATE_FUZZ_PER_MODULE"] ?? "") ?? 300) / 2
+        let trace = ProcessInfo.processInfo.environment["EXECGATE_FUZZ_TRACE"] != nil
+        let facts = Loader612Tests.facts(caps: [Loader612Tests.always], pvOps: [UInt64](repeating: 0xffff_ffff_8123_4560, count: 83))
+        var allowed = 0, denied = 0
+        for (mi, name) in ["8021q", "tun"].enumerated() {
+            let ko = try Loader612Tests.module612(name)
+            var exports: [String: UInt64] = ["pv_ops": 0xffff_ffff_8300_0000, "BUG_func": 0xffff_ffff_8200_0000, "nop_func": 0xffff_ffff_8200_0040]
+            let textSize: Int = try ko.withUnsafeBytes { raw in
+                let elf = try ELFFile(bytes: raw)
+                for (k, s) in try elf.symbols().enumerated() where s.isUndefined && !s.name.isEmpty && exports[s.name] == nil {
+                    exports[s.name] = 0xffff_ffff_8100_0000 + UInt64(k) * 0x40
+                }
+                return try XCTUnwrap(ModuleLayout.compute612(elf)).textSize
+            }
+            let resolver = SymbolResolver(coreExports: exports)
+            var base = ModuleClaim(name: name, textBase: 0xffff_ffff_c010_0000, text: [UInt8](repeating: 0, count: textSize), sectionAddresses: [:])
+            base.memoryBases = [.data: 0xffff_ffff_c020_0000, .rodata: 0xffff_ffff_c030_0000, .roAfterInit: 0xffff_ffff_c040_0000]
+            func explain(_ ko: [UInt8], _ claim: ModuleClaim) throws -> ExplainResult {
+                try ko.withUnsafeBytes { Explainer(facts: facts).explain(elf: try ELFFile(bytes: $0), claim: claim, resolver: resolver) }
+            }
+            for it in 0..<perModule {
+                let seed = 0x612f_0000 &+ UInt64(mi) << 16 &+ UInt64(it)
+                var rng = SeededRNG(seed: seed)
+                var ed = KoEditor(ko: ko)
+                var what = try Self.mutate(&ed, &rng)
+                if rng.next() % 4 == 0 { what += "; " + (try Self.mutate(&ed, &rng)) }
+                let tag = "6.12 \(name) seed 0x\(String(seed, radix: 16)): \(what)"
+                guard (try? ed.elf { _ in () }) != nil else { continue }
+                if trace { FileHandle.standardError.write("fuzz: \(tag)\n".data(using: .utf8)!) }
+                var claim = base
+                if let r = try? loaderImage(ed.ko, claim, facts, resolver) { claim.text = r.image }
+                let first = try explain(ed.ko, claim), again = try explain(ed.ko, claim)
+                XCTAssertEqual(Self.canonical(first.verdict), Self.canonical(again.verdict), "not deterministic: \(tag)")
+                if case .denied(let d) = first.verdict { denied += 1; XCTAssertFalse(d.reason.isEmpty, tag); continue }
+                allowed += 1
+                var k = Int(rng.next() % UInt64(claim.text.count)), tries = 0
+                while tries < 64, let s = first.runtimeSites, s.covers(claim.textBase &+ UInt64(k)) { k = Int(rng.next() % UInt64(claim.text.count)); tries += 1 }
+                var bad = claim
+                bad.text[k] ^= 0x40
+                XCTAssertFalse(try explain(ed.ko, bad).verdict.isAllowed, "a byte of the claim flipped at +0x\(String(k, radix: 16)) is still allowed: \(tag)")
+            }
+        }
+        print("structural fuzz 6.12: \(allowed) allowed, \(denied) denied")
+        XCTAssertGreaterThan(allowed, 0)
+        XCTAssertGreaterThan(denied, 0)
+    }
+}
+
 /// Cases the structural fuzz found, each its own test.
 final class StructuralFuzzFindingsTests: XCTestCase {
     /// Found by `StructuralFuzzTests` (ip6_udp_tunnel seed 0x57f00aea): `__ksymtab_gpl` with
