@@ -113,6 +113,36 @@ final class StructuralFuzzTests: XCTestCase {
         }
     }
 
+    /// One mutation of the claim's structure (addresses and region sizes: what Session.init and
+    /// the 6.12 base checks read); returns what it did.
+    static func mutateClaim(_ c: inout ModuleClaim, _ rng: inout SeededRNG) -> String {
+        switch rng.next() % 6 {
+        case 0:
+            let old = c.textBase
+            c.textBase = edgeValue(&rng, old: old, bytes: 8)
+            return "textBase 0x\(String(old, radix: 16)) → 0x\(String(c.textBase, radix: 16))"
+        case 1:
+            c.percpuBase = edgeValue(&rng, old: c.percpuBase ?? 0xffff_ffff_8300_0000, bytes: 8)
+            return "percpuBase → 0x\(String(c.percpuBase!, radix: 16))"
+        case 2:
+            guard let k = c.sectionAddresses.keys.sorted().randomElement(using: &rng) else { return "none" }
+            c.sectionAddresses[k] = edgeValue(&rng, old: c.sectionAddresses[k]!, bytes: 8)
+            return "section address \(k) → 0x\(String(c.sectionAddresses[k]!, radix: 16))"
+        case 3:
+            let t = ModuleMemoryType.allCases.randomElement(using: &rng)!
+            c.memoryBases[t] = edgeValue(&rng, old: c.memoryBases[t] ?? c.textBase, bytes: 8)
+            return "memory base \(t) → 0x\(String(c.memoryBases[t]!, radix: 16))"
+        case 4:
+            c.initTextBase = edgeValue(&rng, old: c.textBase &+ 0x10_0000, bytes: 8)
+            c.initText = [UInt8](repeating: 0xcc, count: Int(rng.next() % 3) * 4096)
+            return "init region 0x\(String(c.initTextBase!, radix: 16)) +\(c.initText!.count)"
+        default:
+            let n = c.text.count
+            c.text = Array(c.text.prefix(Int(rng.next() % UInt64(n + 1))))
+            return "text truncated \(n) → \(c.text.count)"
+        }
+    }
+
     func testMutantsEndInAConsistentVerdict() throws {
         let f = try FixtureReplay()
         let explainer = CraftedExplainer()
@@ -128,12 +158,13 @@ final class StructuralFuzzTests: XCTestCase {
                 var ed = KoEditor(ko: e.module.ko)
                 var what = try Self.mutate(&ed, &rng)
                 if rng.next() % 4 == 0 { what += "; " + (try Self.mutate(&ed, &rng)) }
-                let tag = "\(name) seed 0x\(String(seed, radix: 16)): \(what)"
+                var tag = "\(name) seed 0x\(String(seed, radix: 16)): \(what)"
                 guard (try? ed.elf { _ in () }) != nil else { parserRefused += 1; continue }
                 if trace { FileHandle.standardError.write("fuzz: \(tag)\n".data(using: .utf8)!) }
                 // The claim an honest guest would send for the mutant (or the real one).
                 var claim = e.module.claim
                 if let r = try? loaderImage(ed.ko, claim, f.boot.facts, e.before) { claim.text = r.image }
+                if rng.next() % 5 == 0 { tag += "; claim " + Self.mutateClaim(&claim, &rng) }
                 let first = try explainer.explain(f, name, ko: ed.ko, claim: claim)
                 let again = try explainer.explain(f, name, ko: ed.ko, claim: claim)
                 XCTAssertEqual(Self.canonical(first.verdict), Self.canonical(again.verdict), "not deterministic: \(tag)")
@@ -144,6 +175,7 @@ final class StructuralFuzzTests: XCTestCase {
                     XCTAssertFalse(d.reason.isEmpty, "denial without a reason: \(tag)")
                 case .allowed:
                     allowed += 1
+                    if claim.text.isEmpty { continue }  // no executable byte to flip
                     // Flip one byte of the claim that no run-time site covers: denied.
                     let sites = first.runtimeSites
                     var k = Int(rng.next() % UInt64(claim.text.count))
@@ -194,15 +226,17 @@ extension StructuralFuzzTests {
                 var ed = KoEditor(ko: ko)
                 var what = try Self.mutate(&ed, &rng)
                 if rng.next() % 4 == 0 { what += "; " + (try Self.mutate(&ed, &rng)) }
-                let tag = "6.12 \(name) seed 0x\(String(seed, radix: 16)): \(what)"
+                var tag = "6.12 \(name) seed 0x\(String(seed, radix: 16)): \(what)"
                 guard (try? ed.elf { _ in () }) != nil else { continue }
                 if trace { FileHandle.standardError.write("fuzz: \(tag)\n".data(using: .utf8)!) }
                 var claim = base
                 if let r = try? loaderImage(ed.ko, claim, facts, resolver) { claim.text = r.image }
+                if rng.next() % 5 == 0 { tag += "; claim " + Self.mutateClaim(&claim, &rng) }
                 let first = try explain(ed.ko, claim), again = try explain(ed.ko, claim)
                 XCTAssertEqual(Self.canonical(first.verdict), Self.canonical(again.verdict), "not deterministic: \(tag)")
                 if case .denied(let d) = first.verdict { denied += 1; XCTAssertFalse(d.reason.isEmpty, tag); continue }
                 allowed += 1
+                if claim.text.isEmpty { continue }
                 var k = Int(rng.next() % UInt64(claim.text.count)), tries = 0
                 while tries < 64, let s = first.runtimeSites, s.covers(claim.textBase &+ UInt64(k)) { k = Int(rng.next() % UInt64(claim.text.count)); tries += 1 }
                 var bad = claim
