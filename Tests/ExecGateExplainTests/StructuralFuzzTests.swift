@@ -23,86 +23,6 @@ import ExecGateTestSupport
 import XCTest
 
 final class StructuralFuzzTests: XCTestCase {
-    /// An edge-biased value of `bytes` width.
-    static func edgeValue(_ rng: inout SeededRNG, old: UInt64, bytes: Int) -> UInt64 {
-        let mask: UInt64 = bytes == 8 ? ~0 : (1 << (8 * UInt64(bytes))) - 1
-        switch rng.next() % 8 {
-        case 0: return 0
-        case 1: return mask
-        case 2: return (old &+ 1 &+ rng.next() % 16) & mask
-        case 3: return (old &- 1 &- rng.next() % 16) & mask
-        case 4: return (1 << (rng.next() % UInt64(8 * bytes))) & mask
-        case 5: return old ^ (1 << (rng.next() % UInt64(8 * bytes))) & mask
-        case 6: return (old &+ 4096) & mask
-        default: return rng.next() & mask
-        }
-    }
-
-    /// One field-aware mutation of `ed`; returns what it did (for the failure message).
-    static func mutate(_ ed: inout KoEditor, _ rng: inout SeededRNG) throws -> String {
-        // (A mutant the parser refuses gets no second mutation.)
-        guard let (sections, symtab, relas) = try? ed.elf({ e -> ([ELFSection], Range<Int>, [(Range<Int>, Int)]) in
-            let st = try e.symbolTableSection().fileRange
-            let rs = try e.relocationSections(checkingRecords: false).map { ($0.section.fileRange, $0.targetSectionIndex) }
-            return (e.sections, st, rs)
-        }) else { return "none" }
-        func put(_ at: Int, _ width: Int) -> String {
-            let old: UInt64
-            switch width {
-            case 1: old = UInt64(ed.get(UInt8.self, at: at))
-            case 2: old = UInt64(ed.get(UInt16.self, at: at))
-            case 4: old = UInt64(ed.get(UInt32.self, at: at))
-            default: old = ed.get(UInt64.self, at: at)
-            }
-            let v = edgeValue(&rng, old: old, bytes: width)
-            switch width {
-            case 1: ed.ko[at] = UInt8(truncatingIfNeeded: v)
-            case 2: ed.put(UInt16(truncatingIfNeeded: v), at: at)
-            case 4: ed.put(UInt32(truncatingIfNeeded: v), at: at)
-            default: ed.put(v, at: at)
-            }
-            return "0x\(String(old, radix: 16)) → 0x\(String(v, radix: 16))"
-        }
-        switch rng.next() % 10 {
-        case 0, 1:
-            // A section header field (sh_addr is not read by the loader: skipped).
-            let i = 1 + Int(rng.next() % UInt64(sections.count - 1))
-            let fields: [(String, Int, Int)] = [("type", 4, 4), ("flags", 8, 8), ("offset", 24, 8), ("size", 32, 8), ("link", 40, 4),
-                                                 ("info", 44, 4), ("addralign", 48, 8), ("entsize", 56, 8)]
-            let (name, o, w) = fields[Int(rng.next() % UInt64(fields.count))]
-            return "section \(sections[i].name) sh_\(name) " + put(ed.sectionHeader(i) + o, w)
-        case 2, 3:
-            // A symbol field.
-            let n = symtab.count / 24
-            let i = 1 + Int(rng.next() % UInt64(max(1, n - 1)))
-            let fields: [(String, Int, Int)] = [("name", 0, 4), ("info", 4, 1), ("other", 5, 1), ("shndx", 6, 2), ("value", 8, 8), ("size", 16, 8)]
-            let (name, o, w) = fields[Int(rng.next() % UInt64(fields.count))]
-            return "symbol \(i) st_\(name) " + put(symtab.lowerBound + 24 * i + o, w)
-        case 4, 5, 6:
-            // A relocation record field: offset, type, symbol, addend.
-            let (range, target) = relas[Int(rng.next() % UInt64(relas.count))]
-            let n = range.count / 24
-            guard n > 0 else { return "none" }
-            let r = range.lowerBound + 24 * Int(rng.next() % UInt64(n))
-            switch rng.next() % 4 {
-            case 0: return "rela of \(sections[target].name) r_offset " + put(r, 8)
-            case 1: return "rela of \(sections[target].name) type " + put(r + 8, 4)
-            case 2: return "rela of \(sections[target].name) symbol " + put(r + 12, 4)
-            default: return "rela of \(sections[target].name) r_addend " + put(r + 16, 8)
-            }
-        default:
-            // A word of an allocated section's contents (the tables module_finalize() and the
-            // notifiers read, the ksymtab, .modinfo, text).
-            let alloc = sections.filter { $0.isAlloc && !$0.isNoBits && $0.size >= 8 }
-            guard !alloc.isEmpty else { return "none" }
-            let s = alloc[Int(rng.next() % UInt64(alloc.count))]
-            let widths = [1, 2, 4, 8]
-            let w = widths[Int(rng.next() % 4)]
-            let o = s.fileRange.lowerBound + Int(rng.next() % UInt64(s.size - w + 1))
-            return "\(s.name) +0x\(String(o - s.fileRange.lowerBound, radix: 16)) " + put(o, w)
-        }
-    }
-
     /// A verdict as text with its dictionaries in a fixed order.
     static func canonical(_ v: Verdict) -> String {
         switch v {
@@ -119,21 +39,21 @@ final class StructuralFuzzTests: XCTestCase {
         switch rng.next() % 6 {
         case 0:
             let old = c.textBase
-            c.textBase = edgeValue(&rng, old: old, bytes: 8)
+            c.textBase = ELFMutator.edgeValue(&rng, old: old, bytes: 8)
             return "textBase 0x\(String(old, radix: 16)) → 0x\(String(c.textBase, radix: 16))"
         case 1:
-            c.percpuBase = edgeValue(&rng, old: c.percpuBase ?? 0xffff_ffff_8300_0000, bytes: 8)
+            c.percpuBase = ELFMutator.edgeValue(&rng, old: c.percpuBase ?? 0xffff_ffff_8300_0000, bytes: 8)
             return "percpuBase → 0x\(String(c.percpuBase!, radix: 16))"
         case 2:
             guard let k = c.sectionAddresses.keys.sorted().randomElement(using: &rng) else { return "none" }
-            c.sectionAddresses[k] = edgeValue(&rng, old: c.sectionAddresses[k]!, bytes: 8)
+            c.sectionAddresses[k] = ELFMutator.edgeValue(&rng, old: c.sectionAddresses[k]!, bytes: 8)
             return "section address \(k) → 0x\(String(c.sectionAddresses[k]!, radix: 16))"
         case 3:
             let t = ModuleMemoryType.allCases.randomElement(using: &rng)!
-            c.memoryBases[t] = edgeValue(&rng, old: c.memoryBases[t] ?? c.textBase, bytes: 8)
+            c.memoryBases[t] = ELFMutator.edgeValue(&rng, old: c.memoryBases[t] ?? c.textBase, bytes: 8)
             return "memory base \(t) → 0x\(String(c.memoryBases[t]!, radix: 16))"
         case 4:
-            c.initTextBase = edgeValue(&rng, old: c.textBase &+ 0x10_0000, bytes: 8)
+            c.initTextBase = ELFMutator.edgeValue(&rng, old: c.textBase &+ 0x10_0000, bytes: 8)
             c.initText = [UInt8](repeating: 0xcc, count: Int(rng.next() % 3) * 4096)
             return "init region 0x\(String(c.initTextBase!, radix: 16)) +\(c.initText!.count)"
         default:
@@ -156,8 +76,8 @@ final class StructuralFuzzTests: XCTestCase {
                 let seed = 0x57f0_0000 &+ UInt64(mi) << 16 &+ UInt64(it)
                 var rng = SeededRNG(seed: seed)
                 var ed = KoEditor(ko: e.module.ko)
-                var what = try Self.mutate(&ed, &rng)
-                if rng.next() % 4 == 0 { what += "; " + (try Self.mutate(&ed, &rng)) }
+                var what = ELFMutator.mutate(&ed.ko, &rng)
+                if rng.next() % 4 == 0 { what += "; " + (ELFMutator.mutate(&ed.ko, &rng)) }
                 var tag = "\(name) seed 0x\(String(seed, radix: 16)): \(what)"
                 guard (try? ed.elf { _ in () }) != nil else { parserRefused += 1; continue }
                 if trace { FileHandle.standardError.write("fuzz: \(tag)\n".data(using: .utf8)!) }
@@ -224,8 +144,8 @@ extension StructuralFuzzTests {
                 let seed = 0x612f_0000 &+ UInt64(mi) << 16 &+ UInt64(it)
                 var rng = SeededRNG(seed: seed)
                 var ed = KoEditor(ko: ko)
-                var what = try Self.mutate(&ed, &rng)
-                if rng.next() % 4 == 0 { what += "; " + (try Self.mutate(&ed, &rng)) }
+                var what = ELFMutator.mutate(&ed.ko, &rng)
+                if rng.next() % 4 == 0 { what += "; " + (ELFMutator.mutate(&ed.ko, &rng)) }
                 var tag = "6.12 \(name) seed 0x\(String(seed, radix: 16)): \(what)"
                 guard (try? ed.elf { _ in () }) != nil else { continue }
                 if trace { FileHandle.standardError.write("fuzz: \(tag)\n".data(using: .utf8)!) }
