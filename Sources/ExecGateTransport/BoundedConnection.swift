@@ -37,8 +37,9 @@
 //     (`unavailable`), gives back what it held and discards the rest of its body;
 //   - a body's budget reservation is released as soon as its request has been judged (the body
 //     is dropped then), so a peer that stops reading replies cannot pin the shared budget;
-//   - deadlines: a frame's header must be complete `headerDeadline` after its first byte and the
-//     whole frame `frameDeadline` after it, whether or not the server is reading meanwhile (a
+//   - deadlines: a frame's header must be complete `headerDeadline` after its own first byte and
+//     the whole frame `frameDeadline` after it (a frame that follows another in one read starts
+//     its clock where that one ended: `FrameDecoder.framesEnded`), whether or not the server is reading meanwhile (a
 //     pause neither stops nor restarts the clock: the partial body's reservation is held); a connection
 //     with nothing in flight and no partial frame is closed after `idleTimeout`; one with a reply
 //     whose write makes no progress for `writeStallTimeout` (the peer reads nothing) is closed.
@@ -129,6 +130,7 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
             return .needMoreData
         }
         let wasAwaiting = inner.awaitingBodyLength
+        let endedBefore = inner.framesEnded
         let out = try inner.decodeOne(&buffer)
         if wasAwaiting == nil, let length = inner.awaitingBodyLength, length < FrameDecoder.collectedBodyThreshold,
            buffer.writableBytes < length - buffer.readableBytes {
@@ -139,7 +141,7 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
             // arrive, and those are reserved in the budget chunk by chunk.
             buffer.reserveCapacity(minimumWritableBytes: length - buffer.readableBytes)
         }
-        report(context, buffered: buffer.readableBytes)
+        report(context, buffered: buffer.readableBytes, frameEnded: inner.framesEnded != endedBefore)
         if let out {
             context.fireChannelRead(Self.wrapInboundOut(out))
             return .continue
@@ -164,7 +166,18 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
         }
     }
 
-    private mutating func report(_ context: ChannelHandlerContext, buffered: Int) {
+    /// - Parameter frameEnded: a frame ended in this decode. What follows it (bytes left, or a
+    ///   header already parsed) is the next frame, begun now: the handler hears `betweenFrames`
+    ///   first, so that frame's deadlines run from its own first byte. Without it, frames that
+    ///   follow one another in one read never showed `betweenFrames` (that needs a read to end
+    ///   exactly at a frame's end), and every later frame ran on the first one's clock: a client
+    ///   retrying behind bodies refused "server busy" lost its connection in the boot storm
+    ///   (PeersRound7Tests).
+    private mutating func report(_ context: ChannelHandlerContext, buffered: Int, frameEnded: Bool = false) {
+        if frameEnded && progress != .betweenFrames {
+            progress = .betweenFrames
+            context.fireUserInboundEventTriggered(FrameProgress.betweenFrames)
+        }
         let now: FrameProgress
         if !inner.isBetweenFrames {
             now = .inBody
