@@ -155,4 +155,40 @@ final class PeersRound7Tests: XCTestCase {
         XCTAssertFalse(peer.closedByPeer(), "the connection was closed")
         XCTAssertEqual(budget.inUse, 0)
     }
+
+    /// The other suspect of the storm (not its cause: the storm's client keeps one request in
+    /// flight, and reading never paused on the closed connections), kept as the rule's test: the
+    /// server's own backlog must not cost a client its connection. A client that keeps at most
+    /// the in-flight cap of requests outstanding (sends the next when a reply arrives) never has a
+    /// frame behind a paused read: the server pauses only while it holds the cap unanswered, when
+    /// such a client sends nothing, and resumes as a reply's write completes, before the client
+    /// sends again; a frame sent meanwhile waits in the kernel's socket buffer, its clock not
+    /// started. Here judging takes 1.5 s, longer than the 1 s frame deadline, at a cap of 2, and
+    /// the client sends 100 KiB bodies for 5 s: every request is answered and the connection stays.
+    /// (What the deadline still ends: a frame the pause cut in two, i.e. one the client began
+    /// while the server held its cap — pipelining past the cap, docs/protocol.md.)
+    func testAClientWithinTheInFlightCapIsNeverCutOffByTheServersBacklog() throws {
+        let limits = PortLimits(maximumBodySize: 1 << 20, maximumInFlightPerConnection: 2, headerDeadline: .milliseconds(500),
+                                frameDeadline: .seconds(1), idleTimeout: .seconds(60), writeStallTimeout: .seconds(60))
+        let h = try PortHarness(limits: limits) { frame, loop in
+            let id = frame.requestID
+            return loop.scheduleTask(in: .milliseconds(1500)) { Frame(type: .statusReply, requestID: id, body: ByteBuffer()) }.futureResult
+        }
+        let peer = try XCTUnwrap(SocketPeer(path: h.path))
+        var next: UInt64 = 1, answered = 0, outstanding = 0
+        let t0 = now()
+        func send() -> Bool {
+            defer { next += 1; outstanding += 1 }
+            return peer.writeAll(Self.frame(.status, id: next, bodyLength: 100 << 10))
+        }
+        while outstanding < 2 { XCTAssertTrue(send()) }
+        while outstanding > 0, let _ = peer.readFrame(timeout: 3) {
+            answered += 1; outstanding -= 1
+            if now() - t0 < 5 { XCTAssertTrue(send()) }
+        }
+        print("within the cap: \(answered) of \(next - 1) requests answered over \(String(format: "%.1f", now() - t0)) s (judging 1.5 s each, frame deadline 1 s)")
+        XCTAssertEqual(UInt64(answered), next - 1, "a client within the in-flight cap lost its connection to the server's backlog")
+        XCTAssertFalse(peer.closedByPeer())
+    }
 }
+
