@@ -203,6 +203,11 @@ public typealias StampedFrameProcessor = @Sendable (Frame, UInt64?, EventLoop) -
 /// connection sent its frames: the stamp its processor is given when it starts.
 public typealias FrameArrival = @Sendable () -> UInt64?
 
+/// Called on the connection's event loop when a reply has left the server: its write completed
+/// (handed to the socket) or failed, or the connection closed before it was written. A port that
+/// counts what its replies hold (the admin port's audit pages) gives it back here.
+public typealias ReplyWritten = @Sendable (Frame) -> Void
+
 public final class BoundedFrameHandler: ChannelInboundHandler {
     public typealias InboundIn = InboundFrame
     public typealias OutboundOut = Frame
@@ -211,6 +216,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     private let budget: BufferBudget
     private let process: StampedFrameProcessor
     private let arrival: FrameArrival?
+    private let replyWritten: ReplyWritten?
     private var logger: Logger
     /// Shared with this connection's decoder: `pending.count` is published there.
     private let gate: DecodeGate
@@ -247,13 +253,15 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
 
     /// - Parameter arrival: stamps each request frame when it is decoded, before it may wait in
     ///   `pending` behind the in-flight cap; `process` is given that stamp when the frame starts.
+    /// - Parameter replyWritten: told of each reply once it has left the server (`ReplyWritten`).
     public init(configuration: PortLimits, budget: BufferBudget, logger: Logger, gate: DecodeGate? = nil, arrival: FrameArrival?,
-                process: @escaping StampedFrameProcessor) {
+                replyWritten: ReplyWritten? = nil, process: @escaping StampedFrameProcessor) {
         self.configuration = configuration
         self.budget = budget
         self.logger = logger
         self.gate = gate ?? DecodeGate(capacity: configuration.maximumInFlightPerConnection)
         self.arrival = arrival
+        self.replyWritten = replyWritten
         self.process = process
     }
 
@@ -423,12 +431,15 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     private func write(_ reply: Frame, context: ChannelHandlerContext, closeAfter: Bool) {
         guard context.channel.isActive else {
             inFlight -= 1  // Nothing more is started on a closed connection (`pump`).
+            replyWritten?(reply)
             return
         }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         if writesOutstanding == 0 { writeProgress = .now() }
         writesOutstanding += 1
+        let replyWritten = self.replyWritten
         context.write(wrapOutboundOut(reply)).whenComplete { _ in
+            replyWritten?(reply)
             let (handler, context) = bound.value
             handler.writesOutstanding -= 1
             handler.writeProgress = .now()
@@ -608,11 +619,12 @@ extension ChannelPipeline.SynchronousOperations {
 
     /// The same, with each request frame stamped by `arrival` when it is decoded.
     public func addBoundedFrameHandlers(configuration: PortLimits, budget: BufferBudget, logger: Logger, arrival: FrameArrival?,
-                                        process: @escaping StampedFrameProcessor) throws {
+                                        replyWritten: ReplyWritten? = nil, process: @escaping StampedFrameProcessor) throws {
         let gate = DecodeGate(capacity: configuration.maximumInFlightPerConnection)
         try addHandler(PeerEOFRelay(gate: gate))
         try addHandler(ByteToMessageHandler(BudgetedFrameDecoder(maximumBodySize: configuration.maximumBodySize, budget: budget, gate: gate)))
         try addHandler(FrameWriter())
-        try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, gate: gate, arrival: arrival, process: process))
+        try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, gate: gate, arrival: arrival,
+                                           replyWritten: replyWritten, process: process))
     }
 }

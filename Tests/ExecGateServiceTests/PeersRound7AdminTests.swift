@@ -66,5 +66,16 @@ final class PeersRound7AdminTests: XCTestCase {
         print("unread audit pages: \(peers.count) admin connections, serve RSS +\(held >> 10) KiB (pages of \(page.body.readableBytes >> 10) KiB)")
         XCTAssertLessThan(held, 4 << 20, "keyless admin peers parked \(held >> 20) MiB of audit pages nobody reads")
         peers.removeAll()
+        // Their connections gone, their pages are given back: an operator reading the log gets
+        // full pages again (a read that finds the pool taken is refused `unavailable`, retried).
+        var full = 0
+        for attempt in 0..<20 where full == 0 {
+            if attempt > 0 { usleep(200_000) }
+            let again = try await ExecGateClient.connect(to: .unix(path: serve.admin), timeout: 20)
+            let f = try await again.exchange(Frame(type: AdminMessageType.auditRead, requestID: 1, body: AuditRead(maxRecords: 10_000).encode()))
+            if f.type == AdminMessageType.auditReadReply { full = f.body.readableBytes }
+            await again.close()
+        }
+        XCTAssertEqual(full, page.body.readableBytes, "the pages of closed connections were not given back")
     }
 }
