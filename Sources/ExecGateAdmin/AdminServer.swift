@@ -86,6 +86,8 @@ public final class AdminServer: @unchecked Sendable {
     /// Open admin connections: `shutdown()` closes them (the group, which would, is not ours);
     /// a new connection at the cap takes the slot of the longest-open evictable keyless one.
     private let open = AdminConnections()
+    /// Audit pages asked and not yet written, across the port (`AuditPagePool`).
+    private let pages = AuditPagePool()
     public let configuration: PortLimits
     public let budget: BufferBudget
     public let connections: ConnectionCounter
@@ -110,7 +112,7 @@ public final class AdminServer: @unchecked Sendable {
             .boundedReads()
             .serverChannelOption(.backlog, value: 16)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { [administrator, configuration, budget, connections, logger, open] channel in
+            .childChannelInitializer { [administrator, configuration, budget, connections, logger, open, pages] channel in
                 if !connections.acquire() {
                     // Full. Keyless connections kept open (no key is needed to connect, ask
                     // policy-show and wait, or ask again and again) must not lock out an
@@ -131,11 +133,23 @@ public final class AdminServer: @unchecked Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     // Off the loop (the loops are shared with the VMM port): see the header.
                     try channel.pipeline.syncOperations.addBoundedFrameHandlers(
-                        configuration: configuration, budget: budget, logger: logger,
-                        process: { frame, loop in
+                        configuration: configuration, budget: budget, logger: logger, arrival: nil,
+                        // An audit page is held until it has left the server (`AuditPagePool`).
+                        replyWritten: { reply in
+                            if reply.type == AdminMessageType.auditReadReply { pages.give(reply.body.readableBytes) }
+                        },
+                        process: { frame, _, loop in
                             open.begin(channel)
-                            return NIOThreadPool.singleton.runIfActive(eventLoop: loop) { administrator.respond(to: frame) }
-                                .always { open.end(channel, authenticated: (try? $0.get())?.type == AdminMessageType.policyPushReply) }
+                            return NIOThreadPool.singleton.runIfActive(eventLoop: loop) { () -> Frame in
+                                guard frame.type == AdminMessageType.auditRead else { return administrator.respond(to: frame) }
+                                guard let grant = pages.take() else {
+                                    return Message.error(ErrorReply(code: .unavailable, message: "server busy: \(pages.held) bytes of audit pages are waiting for admin connections to read them (at most \(pages.capacity) at once) — retry when they are read")).frame(requestID: frame.requestID)
+                                }
+                                let reply = administrator.respond(to: frame, auditBytes: grant)
+                                pages.settle(granted: grant, used: reply.type == AdminMessageType.auditReadReply ? reply.body.readableBytes : 0)
+                                return reply
+                            }
+                            .always { open.end(channel, authenticated: (try? $0.get())?.type == AdminMessageType.policyPushReply) }
                         })
                 }
             }
@@ -150,6 +164,42 @@ public final class AdminServer: @unchecked Sendable {
         for c in all { try? await c.close() }
         for c in open.all() { try? await c.close() }
     }
+}
+
+/// Bytes of audit-read replies the admin port holds until they leave it (`AuditLimits.pagePoolBytes`):
+/// a keyless peer needs no key to ask for a page, so pages asked and never read are bounded across
+/// the port, not per connection. Thread-safe.
+final class AuditPagePool: @unchecked Sendable {
+    // @unchecked: `_held` is guarded by `lock`.
+    private let lock = NIOLock()
+    private var _held = 0
+    let capacity: Int
+    let minimum: Int
+
+    init(capacity: Int = AuditLimits.pagePoolBytes, minimum: Int = AuditLimits.minimumPageBytes) {
+        self.capacity = capacity
+        self.minimum = minimum
+    }
+
+    var held: Int { lock.withLock { _held } }
+
+    /// Reserves what a page may take now (at most a page, `AuditLimits.maximumBytesPerRead`); nil
+    /// when less than `minimum` is left.
+    func take() -> Int? {
+        lock.withLock {
+            let grant = min(AuditLimits.maximumBytesPerRead, capacity - _held)
+            guard grant >= minimum else { return nil }
+            _held += grant
+            return grant
+        }
+    }
+
+    /// The page made is `used` bytes (its reply body; it may exceed the grant by its one record):
+    /// held until `give(used)`.
+    func settle(granted: Int, used: Int) { lock.withLock { _held += used - granted } }
+
+    /// A page of `n` bytes left the server.
+    func give(_ n: Int) { lock.withLock { _held -= n } }
 }
 
 /// The connections a server has open, so that it can close them without shutting down a group it

@@ -58,6 +58,16 @@ public enum AuditLimits {
     /// pending reply bytes too. A page holds at least one record (an honest one is < 1 KiB; the
     /// request's words can make one several hundred KiB).
     public static let maximumBytesPerRead = 1 << 20
+    /// Bytes of audit-read replies the admin port holds at once, across its connections, until
+    /// each has left the server (written to its socket, or its connection gone): a page is
+    /// granted what is left of it, at most `maximumBytesPerRead`, and a read that finds less than
+    /// `minimumPageBytes` left is refused `unavailable`. Sixteen keyless connections each asking
+    /// a 1 MiB page and reading none of them held 16 MiB (PeersRound7AdminTests), twice the
+    /// service VM's reserve for everything besides bodies and facts (MemoryBudget.reserve); now
+    /// 2 MiB, plus at most one record a page beyond its grant (a page holds at least one).
+    public static let pagePoolBytes = 2 << 20
+    /// The least a page is granted; below it the read is refused `unavailable` (retry).
+    public static let minimumPageBytes = 64 << 10
     /// Refused policy pushes recorded per second, after a burst (the rest are counted only).
     /// A refusal costs the pusher nothing (no key is needed to be refused), so unbounded they
     /// would flood the writer queue and evict verdicts from the retained ring.

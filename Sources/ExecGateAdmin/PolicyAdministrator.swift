@@ -105,20 +105,27 @@ public final class PolicyAdministrator: @unchecked Sendable {
         return r
     }
 
-    public func auditRead(_ q: AuditRead) -> AuditReadReply {
+    public func auditRead(_ q: AuditRead) -> AuditReadReply { auditRead(q, maximumBytes: AuditLimits.maximumBytesPerRead) }
+
+    /// A page of at most `maximumBytes` of records (at most `AuditLimits.maximumBytesPerRead`;
+    /// at least one record, whatever its size): the admin port passes what its page pool grants.
+    public func auditRead(_ q: AuditRead, maximumBytes: Int) -> AuditReadReply {
         // No log: nothing was ever issued, so the next record would be the first (`after_seq` is
         // any u64 from the wire; `after_seq + 1` trapped at 2⁶⁴−1).
         guard let audit else { return AuditReadReply(records: [], nextSeq: 1, dropped: 0, oldestSeq: 0) }
         // One reply is at most 1 MiB of records, whatever the request asks: what a peer on the
         // admin port (no key needed) can make the service hold per request.
         let page = audit.read(after: q.afterSeq, limit: Int(q.maxRecords),
-                              maximumBytes: min(Int(q.maxBytes), AuditLimits.maximumBytesPerRead))
+                              maximumBytes: min(Int(q.maxBytes), AuditLimits.maximumBytesPerRead, maximumBytes))
         return AuditReadReply(records: page.records, nextSeq: page.nextSeq, dropped: page.dropped, oldestSeq: page.oldestSeq, more: page.more)
     }
 
     /// One admin frame in, one reply frame out (same request id). Never throws: bad input is an
     /// `error` frame, as on the VMM port.
-    public func respond(to frame: Frame) -> Frame {
+    public func respond(to frame: Frame) -> Frame { respond(to: frame, auditBytes: AuditLimits.maximumBytesPerRead) }
+
+    /// `respond(to:)`, an audit-read's page at most `auditBytes` of records.
+    public func respond(to frame: Frame, auditBytes: Int) -> Frame {
         func errorFrame(_ code: WireErrorCode, _ message: String) -> Frame {
             Message.error(ErrorReply(code: code, message: message)).frame(requestID: frame.requestID)
         }
@@ -137,7 +144,7 @@ public final class PolicyAdministrator: @unchecked Sendable {
                 _ = try TLVReader(frame.body, message: "policy-show", known: [])
                 return reply(AdminMessageType.policyShowReply, show().encode())
             case AdminMessageType.auditRead:
-                return reply(AdminMessageType.auditReadReply, auditRead(try AuditRead(decoding: frame.body)).encode())
+                return reply(AdminMessageType.auditReadReply, auditRead(try AuditRead(decoding: frame.body), maximumBytes: auditBytes).encode())
             default:
                 if !frame.type.isRequest { return errorFrame(.badRequest, "\(frame.type) is a reply type, not a request") }
                 // VMM requests are not served here: verdicts come only from the VMM port.

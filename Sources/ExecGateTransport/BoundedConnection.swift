@@ -37,8 +37,9 @@
 //     (`unavailable`), gives back what it held and discards the rest of its body;
 //   - a body's budget reservation is released as soon as its request has been judged (the body
 //     is dropped then), so a peer that stops reading replies cannot pin the shared budget;
-//   - deadlines: a frame's header must be complete `headerDeadline` after its first byte and the
-//     whole frame `frameDeadline` after it, whether or not the server is reading meanwhile (a
+//   - deadlines: a frame's header must be complete `headerDeadline` after its own first byte and
+//     the whole frame `frameDeadline` after it (a frame that follows another in one read starts
+//     its clock where that one ended: `FrameDecoder.framesEnded`), whether or not the server is reading meanwhile (a
 //     pause neither stops nor restarts the clock: the partial body's reservation is held); a connection
 //     with nothing in flight and no partial frame is closed after `idleTimeout`; one with a reply
 //     whose write makes no progress for `writeStallTimeout` (the peer reads nothing) is closed.
@@ -129,6 +130,7 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
             return .needMoreData
         }
         let wasAwaiting = inner.awaitingBodyLength
+        let endedBefore = inner.framesEnded
         let out = try inner.decodeOne(&buffer)
         if wasAwaiting == nil, let length = inner.awaitingBodyLength, length < FrameDecoder.collectedBodyThreshold,
            buffer.writableBytes < length - buffer.readableBytes {
@@ -139,7 +141,7 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
             // arrive, and those are reserved in the budget chunk by chunk.
             buffer.reserveCapacity(minimumWritableBytes: length - buffer.readableBytes)
         }
-        report(context, buffered: buffer.readableBytes)
+        report(context, buffered: buffer.readableBytes, frameEnded: inner.framesEnded != endedBefore)
         if let out {
             context.fireChannelRead(Self.wrapInboundOut(out))
             return .continue
@@ -164,7 +166,18 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
         }
     }
 
-    private mutating func report(_ context: ChannelHandlerContext, buffered: Int) {
+    /// - Parameter frameEnded: a frame ended in this decode. What follows it (bytes left, or a
+    ///   header already parsed) is the next frame, begun now: the handler hears `betweenFrames`
+    ///   first, so that frame's deadlines run from its own first byte. Without it, frames that
+    ///   follow one another in one read never showed `betweenFrames` (that needs a read to end
+    ///   exactly at a frame's end), and every later frame ran on the first one's clock: a client
+    ///   retrying behind bodies refused "server busy" lost its connection in the boot storm
+    ///   (PeersRound7Tests).
+    private mutating func report(_ context: ChannelHandlerContext, buffered: Int, frameEnded: Bool = false) {
+        if frameEnded && progress != .betweenFrames {
+            progress = .betweenFrames
+            context.fireUserInboundEventTriggered(FrameProgress.betweenFrames)
+        }
         let now: FrameProgress
         if !inner.isBetweenFrames {
             now = .inBody
@@ -190,6 +203,11 @@ public typealias StampedFrameProcessor = @Sendable (Frame, UInt64?, EventLoop) -
 /// connection sent its frames: the stamp its processor is given when it starts.
 public typealias FrameArrival = @Sendable () -> UInt64?
 
+/// Called on the connection's event loop when a reply has left the server: its write completed
+/// (handed to the socket) or failed, or the connection closed before it was written. A port that
+/// counts what its replies hold (the admin port's audit pages) gives it back here.
+public typealias ReplyWritten = @Sendable (Frame) -> Void
+
 public final class BoundedFrameHandler: ChannelInboundHandler {
     public typealias InboundIn = InboundFrame
     public typealias OutboundOut = Frame
@@ -198,6 +216,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     private let budget: BufferBudget
     private let process: StampedFrameProcessor
     private let arrival: FrameArrival?
+    private let replyWritten: ReplyWritten?
     private var logger: Logger
     /// Shared with this connection's decoder: `pending.count` is published there.
     private let gate: DecodeGate
@@ -234,13 +253,15 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
 
     /// - Parameter arrival: stamps each request frame when it is decoded, before it may wait in
     ///   `pending` behind the in-flight cap; `process` is given that stamp when the frame starts.
+    /// - Parameter replyWritten: told of each reply once it has left the server (`ReplyWritten`).
     public init(configuration: PortLimits, budget: BufferBudget, logger: Logger, gate: DecodeGate? = nil, arrival: FrameArrival?,
-                process: @escaping StampedFrameProcessor) {
+                replyWritten: ReplyWritten? = nil, process: @escaping StampedFrameProcessor) {
         self.configuration = configuration
         self.budget = budget
         self.logger = logger
         self.gate = gate ?? DecodeGate(capacity: configuration.maximumInFlightPerConnection)
         self.arrival = arrival
+        self.replyWritten = replyWritten
         self.process = process
     }
 
@@ -410,12 +431,15 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     private func write(_ reply: Frame, context: ChannelHandlerContext, closeAfter: Bool) {
         guard context.channel.isActive else {
             inFlight -= 1  // Nothing more is started on a closed connection (`pump`).
+            replyWritten?(reply)
             return
         }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         if writesOutstanding == 0 { writeProgress = .now() }
         writesOutstanding += 1
+        let replyWritten = self.replyWritten
         context.write(wrapOutboundOut(reply)).whenComplete { _ in
+            replyWritten?(reply)
             let (handler, context) = bound.value
             handler.writesOutstanding -= 1
             handler.writeProgress = .now()
@@ -595,11 +619,12 @@ extension ChannelPipeline.SynchronousOperations {
 
     /// The same, with each request frame stamped by `arrival` when it is decoded.
     public func addBoundedFrameHandlers(configuration: PortLimits, budget: BufferBudget, logger: Logger, arrival: FrameArrival?,
-                                        process: @escaping StampedFrameProcessor) throws {
+                                        replyWritten: ReplyWritten? = nil, process: @escaping StampedFrameProcessor) throws {
         let gate = DecodeGate(capacity: configuration.maximumInFlightPerConnection)
         try addHandler(PeerEOFRelay(gate: gate))
         try addHandler(ByteToMessageHandler(BudgetedFrameDecoder(maximumBodySize: configuration.maximumBodySize, budget: budget, gate: gate)))
         try addHandler(FrameWriter())
-        try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, gate: gate, arrival: arrival, process: process))
+        try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, gate: gate, arrival: arrival,
+                                           replyWritten: replyWritten, process: process))
     }
 }

@@ -61,6 +61,11 @@ public struct FrameDecoder: ByteToMessageDecoder {
     public var releaseBody: ((_ bytes: Int, _ bodyLength: Int) -> Void)?
     /// Body bytes of the partial frame admitted so far (0 between frames and while discarding).
     public private(set) var admittedBodyBytes = 0
+    /// Frames whose last byte has been consumed (emitted whole, or refused and discarded to their
+    /// end), wrapping. A change across a `decodeOne` with bytes left means the next frame began in
+    /// what was read: the frame deadline runs from each frame's own first byte, and frames that
+    /// follow one another in one read never pass through an empty buffer between them.
+    public private(set) var framesEnded: UInt64 = 0
 
     /// The body length this decoder is buffering right now (admitted, not yet complete), or nil.
     public var awaitingBodyLength: Int? {
@@ -133,6 +138,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
                     return nil
                 }
                 state = .waitingForHeader
+                framesEnded &+= 1
             case .waitingForHeader:
                 guard buffer.readableBytes >= WireLimits.headerSize else { return nil }
                 // Safe: 20 readable bytes were confirmed just above, so every read succeeds.
@@ -179,6 +185,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
                 body.writeBuffer(&slice)
                 state = .waitingForHeader
                 admittedBodyBytes = 0
+                framesEnded &+= 1
                 return .frame(Frame(version: version, type: type, requestID: requestID, body: body))
             case .collectingBody(let version, let type, let requestID, let length, var collected):
                 let n = min(length - admittedBodyBytes, buffer.readableBytes)
@@ -211,6 +218,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
                 }
                 state = .waitingForHeader
                 admittedBodyBytes = 0
+                framesEnded &+= 1
                 return .frame(Frame(version: version, type: type, requestID: requestID, body: body))
             }
         }
@@ -227,6 +235,7 @@ extension FrameDecoder {
         admittedBodyBytes = 0
         buffer.moveReaderIndex(forwardBy: dropping)
         state = remaining > 0 ? .discarding(remaining: remaining) : .waitingForHeader
+        if remaining == 0 { framesEnded &+= 1 }
         return .refused(requestID: requestID, type: type, code: .unavailable, message: refusal)
     }
 }
