@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// CLI round 7: hostile input against the real binary, where rounds 4–6 (ExecGateServiceTests'
+// CLIRound4/5/6Tests) did not go: admin-port clients against a peer that answers with garbage
+// (served from this test on a Unix socket), and capture files docs/capture.md promises to refuse.
+// README's rules: exit 0 success/allow, 1 deny or refusal, 2 usage error, unreadable input or no
+// verdict, the reason on stderr; `--json` output is JSON.
+
+import _ExecGateInternals
+import ExecGateTestSupport
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class CLIRound7Tests: XCTestCase {
+    var dir = ""
+
+    override func setUpWithError() throws {
+        dir = Fixtures.temporaryDirectory()
+    }
+
+    func run(_ args: [String], seconds: Double = 60) -> (status: Int32?, stdout: String, stderr: String) {
+        Fixtures.runExecgate(rawArguments: args.map { Array($0.utf8) }, in: dir, seconds: seconds)
+    }
+
+    static var fixtureCorpus: String { Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus" }
+
+    /// A copy of the fixture corpus (load-order.txt and the boot nokaslr-a) under `dir`; the boot's path.
+    func copyOfFixtureCapture() -> String {
+        XCTAssertEqual(system("rm -rf '\(dir)/corpus' && cp -r '\(Self.fixtureCorpus)' '\(dir)/corpus'"), 0)
+        return dir + "/corpus/nokaslr-a"
+    }
+
+    /// A certificate for `--trust` (what `trust kernel-builtin` stands for in a policy test).
+    func testCertificate() throws -> String {
+        let k = run(["keys", "generate", "--out", dir + "/trust", "--type", "ec-p256"])
+        XCTAssertEqual(k.status, 0, k.stderr)
+        return dir + "/trust/cert.pem"
+    }
+
+    /// The whole of stdout is one JSON object.
+    func assertOneJSONObject(_ text: String, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        let lines = text.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, "\(what): \(text)", file: file, line: line)
+        XCTAssertNotNil((try? JSONReader.parse(Array(text.utf8)))?.objectMembers, "\(what): not one JSON object: \(text)", file: file, line: line)
+    }
+
+    /// A Unix socket served by a thread of this test: each connection's first frame (20-byte
+    /// header, then its body) is answered with `reply(requestType)` (a frame: type, body; the
+    /// request's id), then the connection is held until the peer closes it.
+    func serveOneReplyPerConnection(_ path: String, connections: Int, reply: @escaping @Sendable (UInt16) -> (type: UInt16, body: [UInt8])) {
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        XCTAssertEqual(bound, 0)
+        XCTAssertEqual(listen(s, 8), 0)
+        @Sendable func readExactly(_ fd: Int32, _ n: Int) -> [UInt8]? {
+            var out = [UInt8](repeating: 0, count: n)
+            var got = 0
+            while got < n {
+                let r = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, n - got, 0) }
+                if r <= 0 { return nil }
+                got += r
+            }
+            return out
+        }
+        Thread {
+            for _ in 0..<connections {
+                let c = accept(s, nil, nil)
+                guard c >= 0 else { break }
+                if let h = readExactly(c, 20) {
+                    let type = UInt16(h[6]) << 8 | UInt16(h[7])
+                    let length = Int(h[16]) << 24 | Int(h[17]) << 16 | Int(h[18]) << 8 | Int(h[19])
+                    if readExactly(c, length) != nil {
+                        let (t, body) = reply(type)
+                        var frame: [UInt8] = Array("EXGT".utf8) + [0, 1, UInt8(t >> 8), UInt8(t & 0xff)] + Array(h[8..<16])
+                        frame += [UInt8(body.count >> 24 & 0xff), UInt8(body.count >> 16 & 0xff), UInt8(body.count >> 8 & 0xff), UInt8(body.count & 0xff)] + body
+                        _ = frame.withUnsafeBytes { send(c, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+                        var sink = [UInt8](repeating: 0, count: 4096)
+                        while sink.withUnsafeMutableBytes({ recv(c, $0.baseAddress!, 4096, 0) }) > 0 {}
+                    }
+                }
+                close(c)
+            }
+            close(s)
+        }.start()
+    }
+
+    /// HOLE (round 7): `policy push` promises exit 1 only when the admin port refused the bundle
+    /// ("the policy in force then stays", README) and 2 when there is no verdict. A reply that
+    /// does not decode (a policy-push-reply without its fields, an `error` frame whose body is
+    /// not an error) escaped the command's error handling: the generic exit 1 (a refusal, though
+    /// nothing was judged and the push may have been activated), no JSON under --json, and the
+    /// connection left open. Now: exit 2, the reason on stderr, and with --json one object whose
+    /// "activated" is null (unknown: the sidecar may or may not have activated it).
+    func testPolicyPushWithAnUndecodableReplyIsNoRefusal() throws {
+        let keys = run(["keys", "generate", "--out", dir + "/adm", "--type", "ec-p256"])
+        XCTAssertEqual(keys.status, 0, keys.stderr)
+        let bundle = dir + "/p.bundle"
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/blocklist-vulnerable-module.policy"
+        let signed = run(["policy", "sign", "--key", dir + "/adm/key.pem", "--cert", dir + "/adm/cert.pem", policy, "-o", bundle])
+        XCTAssertEqual(signed.status, 0, signed.stderr)
+        // (a reply's type is its request's with the high bit set; 0xFFFF is `error`, 0x8001 `hello-reply`)
+        let replies: [(String, @Sendable (UInt16) -> (type: UInt16, body: [UInt8]))] = [
+            ("push reply without fields", { (0x8000 | $0, []) }),
+            ("push reply with a truncated field", { (0x8000 | $0, [0, 1, 0, 0, 0, 9, 0x41]) }),
+            ("error reply without fields", { _ in (0xFFFF, []) }),
+            ("a reply of another type", { _ in (0x8001, []) }),
+        ]
+        for (i, (what, reply)) in replies.enumerated() {
+            let sock = dir + "/admin\(i).sock"
+            serveOneReplyPerConnection(sock, connections: 2, reply: reply)
+            let text = run(["policy", "push", bundle, "--connect", "unix:" + sock], seconds: 30)
+            XCTAssertEqual(text.status, 2, "\(what): \(text.stderr)")
+            XCTAssertTrue(text.stderr.hasPrefix("execgate policy push: "), "\(what): \(text.stderr)")
+            let json = run(["policy", "push", bundle, "--connect", "unix:" + sock, "--json"], seconds: 30)
+            XCTAssertEqual(json.status, 2, "\(what): \(json.stderr)")
+            assertOneJSONObject(json.stdout, what)
+            let members = (try? JSONReader.parse(Array(json.stdout.utf8)))?.objectMembers ?? []
+            XCTAssertTrue(members.contains { $0.0 == "activated" && $0.1 == .null }, "\(what): \(json.stdout)")
+        }
+        // Nothing sent (no admin port there): not activated, and said so in JSON too.
+        let none = run(["policy", "push", bundle, "--connect", "unix:" + dir + "/none.sock", "--json"], seconds: 30)
+        XCTAssertEqual(none.status, 2, none.stderr)
+        assertOneJSONObject(none.stdout, "no socket")
+        XCTAssertTrue(none.stdout.contains("\"activated\":false"), none.stdout)
+    }
+}
