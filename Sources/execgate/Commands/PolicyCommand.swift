@@ -162,7 +162,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "push",
         abstract: "Send a signed bundle to a running verifier's admin port.",
-        discussion: "Exit 0 activated, 1 refused by the verifier's admin port (reason on stderr), 2 usage error, unreachable, or no admin port at ADDR."
+        discussion: "Exit 0 activated, 1 refused by the verifier's admin port (reason on stderr), 2 usage error, unreachable, no admin port at ADDR, or no verdict (no reply, or one that does not decode: whether the bundle was activated is unknown; --json says \"activated\": null)."
     )
     @Argument(help: "The bundle (execgate policy sign).") var bundle: String
     @Option(help: ArgumentHelp("The admin port: unix:PATH, vsock:CID:PORT or hybrid:SOCKET:PORT.", valueName: "ADDR")) var connect: String
@@ -175,29 +175,43 @@ struct PolicyPushCommand: AsyncParsableCommand {
             endpoint = try Endpoint(parsing: connect, listening: false)
             bytes = try LocalFile.readPolicy(bundle)
         } catch {
-            Console.error("execgate policy push: \(error)")
+            fail(activated: .bool(false), "\(error)")
             throw ExecGateExit.usage
         }
         let client: AdminClient
         do { client = try await AdminClient.connect(to: endpoint) } catch {
-            Console.error("execgate policy push: cannot connect to \(endpoint): \(error)")
+            fail(activated: .bool(false), "cannot connect to \(endpoint): \(error)")
             throw ExecGateExit.usage
         }
-        do {
-            let r = try await client.push(bundle: bytes)
+        let r: PolicyPushReply
+        do { r = try await client.push(bundle: bytes) } catch {
             await client.close()
-            if json {
-                print(JSON.object([("activated", .bool(true)), ("policy_id", .string(r.policyID)), ("policy_version", .uint(r.policyVersion)),
-                                   ("previous_id", .string(r.previousID)), ("previous_version", .uint(r.previousVersion))]).serialized())
-            } else {
-                print("activated \(r.policyID) v\(r.policyVersion) (was \(r.previousID) v\(r.previousVersion))")
+            // Exit 1 only for the admin port's judgement (README: "the policy in force then
+            // stays"). Another `error` reply (a VMM port's unknown-message-type, overload) is an
+            // answer too: nothing was activated. No reply, or one that does not decode, is no
+            // verdict: the sidecar may have activated the bundle or not (exit 2, "activated": null;
+            // `policy show` tells).
+            if let e = error as? AdminClientError, case .server = e {
+                fail(activated: .bool(false), e.description)
+                throw e.isRefusal ? ExecGateExit.deny : ExecGateExit.usage
             }
-        } catch let e as AdminClientError {
-            await client.close()
-            if json { print(JSON.object([("activated", .bool(false)), ("reason", .string(e.description))]).serialized()) }
-            Console.error("execgate policy push: \(e)")
-            throw e.isRefusal ? ExecGateExit.deny : ExecGateExit.usage
+            fail(activated: .null, "no verdict: \(error)")
+            throw ExecGateExit.usage
         }
+        await client.close()
+        if json {
+            print(JSON.object([("activated", .bool(true)), ("policy_id", .string(r.policyID)), ("policy_version", .uint(r.policyVersion)),
+                               ("previous_id", .string(r.previousID)), ("previous_version", .uint(r.previousVersion))]).serialized())
+        } else {
+            print("activated \(r.policyID) v\(r.policyVersion) (was \(r.previousID) v\(r.previousVersion))")
+        }
+    }
+
+    /// The reason on stderr and, with --json, one object on stdout: `activated` false (refused, or
+    /// never sent) or null (sent, but no verdict came back).
+    func fail(activated: JSON, _ reason: String) {
+        if json { print(JSON.object([("activated", activated), ("reason", .string(reason))]).serialized()) }
+        Console.error("execgate policy push: \(reason)")
     }
 }
 
