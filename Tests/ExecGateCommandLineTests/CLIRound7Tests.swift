@@ -130,4 +130,31 @@ final class CLIRound7Tests: XCTestCase {
         assertOneJSONObject(none.stdout, "no socket")
         XCTAssertTrue(none.stdout.contains("\"activated\":false"), none.stdout)
     }
+
+    /// HOLE (round 7): docs/capture.md: "`cpus.txt` must be a cpulist the kernel prints …;
+    /// anything else is invalid input, exit 2, naming the file". Only a `present`/`possible` line
+    /// of exactly two words was checked: any other line was skipped, so a cpus.txt of garbage, an
+    /// empty one, `present 0 1` or one without a `present` line was taken as one CPU (the
+    /// default), and a second `present` line silently replaced the first: the replay judged a
+    /// guest the capture never described (uniprocessor `lock` handling included) and exited 0.
+    func testACPUsFileThatIsNoKernelCPUListIsInvalidInput() throws {
+        let boot = copyOfFixtureCapture()
+        let cert = try testCertificate()
+        for bad in ["x\n", "", "\n", "present 0 1\npossible 0\n", "present 0\npresent 0-3\npossible 0-3\n",
+                    "possible 0\nonline 0\n", "present 0\npossible 0\nonline x\n", "present 0\npossible 0\noffline 0\n"] {
+            try Fixtures.writeFile(boot + "/cpus.txt", Array(bad.utf8))
+            for args in [["explain", boot, "--json"], ["policy", "test", "--policy", Fixtures.packageRoot + "/ServiceVM/policies/default.policy", "--trust", cert, boot]] {
+                let r = run(args)
+                XCTAssertEqual(r.status, 2, "\(args[0]) \(bad.debugDescription): \(r.stderr.suffix(300))")
+                XCTAssertTrue(r.stderr.contains("cpus.txt"), "\(bad.debugDescription): \(r.stderr.suffix(300))")
+                if args[0] == "explain" { XCTAssertEqual(r.stdout, "", bad.debugDescription) }
+            }
+        }
+        // What the capture writes (present, possible, online) and what older captures hold.
+        for good in ["present 0\npossible 0\nonline 0\n", "present 0\npossible 0\n", "present 0-1\npossible 0-3\nonline 0-1\n"] {
+            try Fixtures.writeFile(boot + "/cpus.txt", Array(good.utf8))
+            let r = run(["explain", boot])
+            XCTAssertNotEqual(r.status, 2, "\(good.debugDescription): \(r.stderr.suffix(300))")
+        }
+    }
 }
