@@ -58,7 +58,7 @@ extension CaptureBoot {
         // the loader row, and with it where `x86_capability[]` sits in `struct cpuinfo_x86`
         // (0x28 on 6.1, 0x30 on 6.12: BTF, docs/kernels/6.12-loader.md §2.3). An unknown release
         // is still sent: the engine then denies its modules naming it.
-        let release = Self.kernelRelease(dir: dir)
+        let release = try Self.kernelRelease(dir: dir)
         var capOffset = ModuleLoader.linux6_1.capabilityOffset
         if let r = release, case .success(let l) = ModuleLoader.forRelease(r) { capOffset = l.capabilityOffset }
         let capEnd = capOffset + 96
@@ -121,8 +121,10 @@ extension CaptureBoot {
 
     /// The guest's kernel release from `uname.txt` (`<osrelease> <version>`, or `uname -a`:
     /// `Linux <host> <osrelease> ...`); nil when the capture has none (the committed fixture).
-    static func kernelRelease(dir: String) -> String? {
-        guard let u = try? readText(dir + "/uname.txt") else { return nil }
+    /// Absent is nil; one that is there but refused (not a regular file, over `smallFile`) is
+    /// invalid input, never taken as absent (docs/capture.md), as every optional capture file.
+    static func kernelRelease(dir: String) throws -> String? {
+        guard let u = try readOptionalText(dir + "/uname.txt") else { return nil }
         let w = u.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
         guard let first = w.first else { return nil }
         if first == "Linux", w.count >= 3 { return String(w[2]) }
