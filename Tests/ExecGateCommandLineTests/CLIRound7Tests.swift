@@ -181,4 +181,33 @@ final class CLIRound7Tests: XCTestCase {
         let r = run(["explain", boot])
         XCTAssertEqual(r.status, 0, r.stderr.suffix(300).description)
     }
+
+    /// HOLE (round 7): options that mean something only beside another were taken silently
+    /// without it: `bench --kernel K --capture C --guests 10` (README's `bench --scale --kernel DIR
+    /// --capture CAPTURE_DIR [--guests …]` without `--scale`; the help says "With --scale:") ran
+    /// the signature benchmark instead, minutes of work and figures of another kind; `bench --scale
+    /// --limit N`/`--round-trips N` ignored them; `explain --seed S` without `--mutate` and
+    /// `explain --passes N` without `--bench` judged the capture and exited 0 as if they had been
+    /// applied. The parser's rule is that no option given is silently dropped ("no silent 'last
+    /// one wins'"); each is now a usage error (exit 2) naming the option it needs, before any work.
+    func testOptionsThatNeedAnotherAreRefusedWithoutIt() throws {
+        let boot = copyOfFixtureCapture()
+        let kernel = dir + "/no-kernel"
+        for (args, needs) in [(["bench", "--kernel", kernel, "--capture", boot], "--scale"),
+                              (["bench", "--kernel", kernel, "--guests", "1"], "--scale"),
+                              (["bench", "--kernel", kernel, "--scale", "--capture", boot, "--limit", "3"], "--limit"),
+                              (["bench", "--kernel", kernel, "--scale", "--capture", boot, "--round-trips", "10"], "--round-trips"),
+                              (["explain", boot, "--seed", "5"], "--mutate"),
+                              (["explain", boot, "--passes", "3"], "--bench")] {
+            let r = run(args, seconds: 60)
+            XCTAssertEqual(r.status, 2, "\(args): \(r.stderr.suffix(300))")
+            XCTAssertTrue(r.stderr.contains(needs), "\(args): \(r.stderr.suffix(300))")
+            XCTAssertEqual(r.stdout, "", "\(args)")
+        }
+        // With what they need, they are taken.
+        let m = run(["explain", boot, "--only", "llc", "--mutate", "1", "--seed", "5"], seconds: 120)
+        XCTAssertEqual(m.status, 0, m.stderr.suffix(300).description)
+        let b = run(["explain", boot, "--only", "llc", "--bench", "--passes", "1"], seconds: 120)
+        XCTAssertEqual(b.status, 0, b.stderr.suffix(300).description)
+    }
 }
