@@ -50,8 +50,10 @@ final class CLIRound7Tests: XCTestCase {
 
     /// A Unix socket served by a thread of this test: each connection's first frame (20-byte
     /// header, then its body) is answered with `reply(requestType)` (a frame: type, body; the
-    /// request's id), then the connection is held until the peer closes it.
-    func serveOneReplyPerConnection(_ path: String, connections: Int, reply: @escaping @Sendable (UInt16) -> (type: UInt16, body: [UInt8])) {
+    /// request's id), then the connection is held until the peer closes it; with `everyFrame`,
+    /// every frame of the connection is answered so.
+    func serveOneReplyPerConnection(_ path: String, connections: Int, everyFrame: Bool = false,
+                                    reply: @escaping @Sendable (UInt16) -> (type: UInt16, body: [UInt8])) {
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
@@ -73,17 +75,18 @@ final class CLIRound7Tests: XCTestCase {
             for _ in 0..<connections {
                 let c = accept(s, nil, nil)
                 guard c >= 0 else { break }
-                if let h = readExactly(c, 20) {
+                while let h = readExactly(c, 20) {
                     let type = UInt16(h[6]) << 8 | UInt16(h[7])
                     let length = Int(h[16]) << 24 | Int(h[17]) << 16 | Int(h[18]) << 8 | Int(h[19])
-                    if readExactly(c, length) != nil {
-                        let (t, body) = reply(type)
-                        var frame: [UInt8] = Array("EXGT".utf8) + [0, 1, UInt8(t >> 8), UInt8(t & 0xff)] + Array(h[8..<16])
-                        frame += [UInt8(body.count >> 24 & 0xff), UInt8(body.count >> 16 & 0xff), UInt8(body.count >> 8 & 0xff), UInt8(body.count & 0xff)] + body
-                        _ = frame.withUnsafeBytes { send(c, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
-                        var sink = [UInt8](repeating: 0, count: 4096)
-                        while sink.withUnsafeMutableBytes({ recv(c, $0.baseAddress!, 4096, 0) }) > 0 {}
-                    }
+                    guard readExactly(c, length) != nil else { break }
+                    let (t, body) = reply(type)
+                    var frame: [UInt8] = Array("EXGT".utf8) + [0, 1, UInt8(t >> 8), UInt8(t & 0xff)] + Array(h[8..<16])
+                    frame += [UInt8(body.count >> 24 & 0xff), UInt8(body.count >> 16 & 0xff), UInt8(body.count >> 8 & 0xff), UInt8(body.count & 0xff)] + body
+                    guard frame.withUnsafeBytes({ send(c, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }) == frame.count else { break }
+                    if everyFrame { continue }
+                    var sink = [UInt8](repeating: 0, count: 4096)
+                    while sink.withUnsafeMutableBytes({ recv(c, $0.baseAddress!, 4096, 0) }) > 0 {}
+                    break
                 }
                 close(c)
             }
@@ -209,5 +212,31 @@ final class CLIRound7Tests: XCTestCase {
         XCTAssertEqual(m.status, 0, m.stderr.suffix(300).description)
         let b = run(["explain", boot, "--only", "llc", "--bench", "--passes", "1"], seconds: 120)
         XCTAssertEqual(b.status, 0, b.stderr.suffix(300).description)
+    }
+
+    /// HOLE (round 7): `policy audit` (without --follow) asks audit-read again while a page says
+    /// `more`, continuing from `next_seq - 1` (docs/policy.md, "Audit"). An admin port whose pages
+    /// said `more` without a record, or whose `next_seq` did not move past the records it sent,
+    /// kept it asking forever (10,000 requests in 10 s, killed), printing the same records again
+    /// and again in the second case: no end, no exit status. The service's pages never do either
+    /// (AuditLog.read: `more` only with records, `next_seq` one past the last record sent). Now
+    /// such a page is refused before any of its records is printed: exit 2, the reason on stderr.
+    func testPolicyAuditStopsOnPagesThatMakeNoProgress() throws {
+        func tlv(_ tag: UInt16, _ value: [UInt8]) -> [UInt8] {
+            [UInt8(tag >> 8), UInt8(tag & 0xff), 0, 0, UInt8(value.count >> 8), UInt8(value.count & 0xff)] + value
+        }
+        let nextSeq1 = tlv(2, [0, 0, 0, 0, 0, 0, 0, 1]), more = tlv(5, [1])
+        let pages: [(String, [UInt8])] = [
+            ("more without records", nextSeq1 + more),
+            ("a record, next_seq not past it, more", tlv(1, Array("{\"seq\":1}".utf8)) + nextSeq1 + more),
+        ]
+        for (i, (what, body)) in pages.enumerated() {
+            let sock = dir + "/audit\(i).sock"
+            serveOneReplyPerConnection(sock, connections: 1, everyFrame: true) { _ in (0x8012, body) }  // audit-read-reply
+            let r = run(["policy", "audit", "--connect", "unix:" + sock], seconds: 20)
+            XCTAssertEqual(r.status, 2, "\(what): \(r.stderr.suffix(300))")
+            XCTAssertTrue(r.stderr.contains("next_seq"), "\(what): \(r.stderr.suffix(300))")
+            XCTAssertEqual(r.stdout, "", "\(what)")
+        }
     }
 }
