@@ -338,6 +338,17 @@ struct PolicyAudit: AsyncParsableCommand {
                 if page.oldestSeq > 0 && cursor < page.oldestSeq - 1 {
                     Console.error("execgate policy audit: records \(cursor + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
                 }
+                // The service's pages (AuditLog.read) set `more` only with records, and `next_seq` one
+                // past the last record sent. A page that does neither would have this loop ask again
+                // forever (printing the same records again): refused before any of it is printed.
+                guard page.records.isEmpty || (page.nextSeq > 0 && page.nextSeq - 1 > cursor) else {
+                    await client.close()
+                    throw LocalFileError(path: connect, why: "audit-read reply with \(page.records.count) record(s) after \(cursor) gives next_seq \(page.nextSeq), not past them; nothing of it printed")
+                }
+                guard !page.more || !page.records.isEmpty else {
+                    await client.close()
+                    throw LocalFileError(path: connect, why: "audit-read reply says more records follow \(cursor) but holds none (next_seq \(page.nextSeq)); nothing of it printed")
+                }
                 for (i, r) in page.records.enumerated() {
                     // One JSON object per line, as the service writes them (docs/policy.md, "Audit":
                     // line breaks in a record's words are escaped): anything else from the admin
