@@ -239,4 +239,23 @@ final class CLIRound7Tests: XCTestCase {
             XCTAssertEqual(r.stdout, "", "\(what)")
         }
     }
+
+    /// HOLE (round 7): an output directory (`keys generate --out`, `keys extract --out`) that is
+    /// an existing regular file was taken as created (mkdir's EEXIST), and the refusal named a
+    /// temporary file the user never gave (`OUT/key.pem.tmp.PID: Not a directory`). LocalFile's
+    /// promise is that errors "say which path and why": now `OUT: not a directory`, exit 2, and
+    /// the file is untouched.
+    func testAnOutputDirectoryThatIsAFileIsNamedAsGiven() throws {
+        let file = dir + "/plain"
+        try Fixtures.writeFile(file, Array("keep".utf8))
+        var commands = [["keys", "generate", "--out", file, "--type", "ec-p256"]]
+        if let vmlinuz = try? Fixtures.vmlinuz() { commands.append(["keys", "extract", "--kernel", vmlinuz, "--out", file]) }
+        for args in commands {
+            let r = run(args, seconds: 60)
+            XCTAssertEqual(r.status, 2, "\(args): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("\(file): not a directory"), "\(args): \(r.stderr)")
+            XCTAssertFalse(r.stderr.contains(".tmp."), "\(args): \(r.stderr)")
+            XCTAssertEqual(try Fixtures.readFile(file), Array("keep".utf8))
+        }
+    }
 }
