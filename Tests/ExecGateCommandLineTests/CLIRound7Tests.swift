@@ -258,4 +258,34 @@ final class CLIRound7Tests: XCTestCase {
             XCTAssertEqual(try Fixtures.readFile(file), Array("keep".utf8))
         }
     }
+
+    /// HOLE (round 7): an empty output path. `keys generate --out ""` wrote the new private key and
+    /// its certificate to `/key.pem` and `/cert.pem` (the directory "" + "/key.pem"), exit 0, found
+    /// by hand on this round's starting binary; 02df6a9 turned that into the refusal
+    /// ": not a directory", and `sign module -o ""` / `policy sign -o ""` are refused as
+    /// ": No such file or directory": no path named, no option named. Now every output option
+    /// given as "" is a usage error naming the option (exit 2), and nothing is written anywhere.
+    func testAnEmptyOutputPathIsAUsageErrorNamingTheOption() throws {
+        let roots = ["/key.pem", "/cert.pem", "/cert-0.der", "/cert-0.pem"]
+        let before = roots.filter { access($0, F_OK) == 0 }
+        let keys = run(["keys", "generate", "--out", dir + "/k", "--type", "ec-p256"])
+        XCTAssertEqual(keys.status, 0, keys.stderr)
+        let module = dir + "/m.ko"
+        try Fixtures.writeFile(module, [0x7f, 0x45, 0x4c, 0x46] + [UInt8](repeating: 0, count: 60))
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/blocklist-vulnerable-module.policy"
+        var commands = [(["keys", "generate", "--out", "", "--type", "ec-p256"], "--out"),
+                        (["sign", "module", "--key", dir + "/k/key.pem", "--cert", dir + "/k/cert.pem", module, "-o", ""], "--output"),
+                        (["policy", "sign", "--key", dir + "/k/key.pem", "--cert", dir + "/k/cert.pem", policy, "-o", ""], "--output")]
+        if let vmlinuz = try? Fixtures.vmlinuz() { commands.append((["keys", "extract", "--kernel", vmlinuz, "--out", ""], "--out")) }
+        for (args, option) in commands {
+            let r = run(args, seconds: 60)
+            XCTAssertEqual(r.status, 2, "\(args): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(option) && r.stderr.contains("empty"), "\(args): \(r.stderr)")
+            XCTAssertEqual(r.stdout, "", "\(args)")
+        }
+        for p in roots where !before.contains(p) && access(p, F_OK) == 0 {
+            XCTFail("\(p) written")
+            unlink(p)  // this test's own file: the hole wrote it
+        }
+    }
 }
