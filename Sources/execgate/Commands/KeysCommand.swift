@@ -63,6 +63,10 @@ struct KeysExtract: ParsableCommand {
     @Option(help: ArgumentHelp("Directory to write the certificates into (created if missing).", valueName: "DIR")) var out: String
     @Flag(help: "Print the certificates as JSON on stdout.") var json = false
 
+    func validate() throws {
+        guard !out.isEmpty else { throw ValidationError(emptyOutputPath("--out")) }
+    }
+
     func run() throws {
         do {
             let bytes = try LocalFile.read(kernel)
@@ -123,6 +127,7 @@ struct KeysGenerate: ParsableCommand {
 
     func validate() throws {
         // Usage errors exit 2 with one line on stderr.
+        guard !out.isEmpty else { throw ValidationError(emptyOutputPath("--out")) }
         guard ["rsa", "ec-p256", "ec-p384"].contains(type) else { throw ValidationError("--type must be rsa, ec-p256 or ec-p384") }
         guard (2048...16384).contains(bits) else { throw ValidationError("--bits must be between 2048 and 16384") }
         let most = GeneratedSigningKey.maximumValidityDays()

@@ -138,6 +138,10 @@ struct PolicySign: ParsableCommand {
     @Argument(help: "The policy text.") var policy: String
     @Option(name: [.short, .customLong("output")], help: "Where to write the bundle (default: POLICY.bundle).") var output: String?
 
+    func validate() throws {
+        guard output != "" else { throw ValidationError(emptyOutputPath("-o/--output")) }
+    }
+
     func run() throws {
         let out = output ?? policy + ".bundle"
         do {

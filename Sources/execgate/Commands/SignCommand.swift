@@ -43,6 +43,7 @@ struct SignModule: ParsableCommand {
 
     func validate() throws {
         // Usage errors exit 2 with one line on stderr.
+        guard output != "" else { throw ValidationError(emptyOutputPath("-o/--output")) }
         guard DigestAlgorithm(name: hash) != nil else {
             throw ValidationError("--hash must be one of sha1, sha224, sha256, sha384, sha512")
         }
