@@ -288,4 +288,40 @@ final class CLIRound7Tests: XCTestCase {
             unlink(p)  // this test's own file: the hole wrote it
         }
     }
+
+    /// HOLE (round 7): documented defaults against the binary's. A synopsis line in the docs
+    /// (`execgate CMD … [--opt N]`, N a number: the value used when the option is left out) must
+    /// name the default the command's help gives. ServiceVM/README.md's `vm start [--memory 128]`
+    /// (and README's figures, "default 128 MiB") disagreed with `vm start --help` ("default: 160",
+    /// VMConfig.defaultMemoryMiB), which ServiceVM/README.md itself names further down.
+    func testDocumentedNumericDefaultsMatchTheHelp() throws {
+        let leaves = ["serve", "request module", "request status", "request retire-module", "request init-freed", "verify module", "bench",
+                      "sign module", "keys extract", "keys generate", "explain", "image build", "vm start", "vm stop", "vm status",
+                      "vm selftest", "policy check", "policy sign", "policy push", "policy show", "policy test", "policy audit", "capture",
+                      "vsock-backend", "vsock-bench"]
+        var files = ["README.md", "ServiceVM/README.md"]
+        files += ((try? FileManager.default.contentsOfDirectory(atPath: Fixtures.packageRoot + "/docs")) ?? []).filter { $0.hasSuffix(".md") }.map { "docs/" + $0 }
+        var help: [String: String] = [:]
+        var checked = 0
+        for f in files {
+            let text = String(decoding: try Fixtures.readFile(Fixtures.packageRoot + "/" + f), as: UTF8.self)
+            for line in text.split(separator: "\n") {
+                let words = line.split(separator: "#").first.map { $0.split(separator: " ").map(String.init) } ?? []
+                guard words.count >= 2, words[0] == "execgate" else { continue }
+                guard let cmd = leaves.first(where: { words.count >= 3 && $0 == words[1] + " " + words[2] }) ?? leaves.first(where: { $0 == words[1] }) else { continue }
+                for (i, w) in words.enumerated() where w.hasPrefix("[--") && i + 1 < words.count {
+                    let value = words[i + 1].hasSuffix("]") ? String(words[i + 1].dropLast()) : ""
+                    guard !value.isEmpty, value.allSatisfy(\.isNumber) else { continue }
+                    let option = String(w.dropFirst())
+                    if help[cmd] == nil { help[cmd] = run(cmd.split(separator: " ").map(String.init) + ["--help"]).stdout }
+                    guard let optionLine = help[cmd]!.split(separator: "\n").first(where: { $0.hasPrefix("  " + option + " ") }) else {
+                        XCTFail("\(f): \(cmd) \(option) is not in the help"); continue
+                    }
+                    checked += 1
+                    XCTAssertTrue(optionLine.hasSuffix("(default: \(value))"), "\(f): '\(line)' says \(option) \(value); the help: \(optionLine)")
+                }
+            }
+        }
+        XCTAssertGreaterThanOrEqual(checked, 4)
+    }
 }
