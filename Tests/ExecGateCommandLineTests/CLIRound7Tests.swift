@@ -324,4 +324,65 @@ final class CLIRound7Tests: XCTestCase {
         }
         XCTAssertGreaterThanOrEqual(checked, 4)
     }
+
+    /// Failed attacks kept (round 7): the client commands against a Unix-socket peer that closes at
+    /// once, closes after reading the request, never answers, answers with random bytes, with a
+    /// header declaring a 4 GiB body, with a reply under another request id, or with a reply whose
+    /// body does not decode. Every one ends with exit 2 (no verdict) and a reason on stderr, within
+    /// the request timeout, nothing on stdout: never exit 1 (a judgement), a trap or a hang.
+    func testClientCommandsAgainstPeersThatMisbehaveExit2() throws {
+        enum Peer: CaseIterable { case closeAtOnce, closeAfterRequest, silent, randomBytes, hugeLength, otherID, emptyReply }
+        func serve(_ path: String, _ peer: Peer, connections: Int) {
+            let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+            _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            listen(s, 8)
+            Thread {
+                for _ in 0..<connections {
+                    let c = accept(s, nil, nil)
+                    guard c >= 0 else { break }
+                    var header = [UInt8](repeating: 0, count: 20)
+                    if peer != .closeAtOnce {
+                        _ = header.withUnsafeMutableBytes { recv(c, $0.baseAddress!, 20, Int32(MSG_WAITALL)) }
+                    }
+                    var out: [UInt8] = []
+                    let replyType = [header[6] | 0x80, header[7]]
+                    switch peer {
+                    case .closeAtOnce, .closeAfterRequest, .silent: break
+                    case .randomBytes: out = (0..<65536).map { _ in UInt8.random(in: 0...255) }
+                    case .hugeLength: out = Array("EXGT".utf8) + [0, 1] + replyType + Array(header[8..<16]) + [0xff, 0xff, 0xff, 0xff]
+                    case .otherID: out = Array("EXGT".utf8) + [0, 1] + replyType + [9, 9, 9, 9, 9, 9, 9, 9] + [0, 0, 0, 0]
+                    case .emptyReply: out = Array("EXGT".utf8) + [0, 1] + replyType + Array(header[8..<16]) + [0, 0, 0, 0]
+                    }
+                    if !out.isEmpty { _ = out.withUnsafeBytes { send(c, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) } }
+                    if peer == .silent || peer == .otherID || peer == .emptyReply || peer == .hugeLength {
+                        var sink = [UInt8](repeating: 0, count: 4096)
+                        while sink.withUnsafeMutableBytes({ recv(c, $0.baseAddress!, 4096, 0) }) > 0 {}
+                    }
+                    close(c)
+                }
+                close(s)
+            }.start()
+        }
+        let commands: [[String]] = [["request", "status", "--timeout", "2"], ["request", "status", "--timeout", "2", "--json"],
+                                    ["request", "retire-module", "m", "--guest", "g", "--text-base", "0x1000", "--timeout", "2"],
+                                    ["request", "init-freed", "m", "--guest", "g", "--timeout", "2", "--json"],
+                                    ["policy", "show"], ["policy", "show", "--json"], ["policy", "audit"]]
+        for (p, peer) in Peer.allCases.enumerated() {
+            // The admin commands wait their 30 s for a silent peer (AdminClient's timeout, no option).
+            let these = peer == .silent || peer == .otherID ? commands.filter { $0[0] == "request" } : commands
+            let sock = dir + "/peer\(p).sock"
+            serve(sock, peer, connections: these.count)
+            for args in these {
+                let started = MonotonicClock.seconds()
+                let r = run(args + ["--connect", "unix:" + sock], seconds: 40)
+                XCTAssertEqual(r.status, 2, "\(peer) \(args): \(r.stderr)")
+                XCTAssertFalse(r.stderr.isEmpty, "\(peer) \(args)")
+                XCTAssertEqual(r.stdout, "", "\(peer) \(args)")
+                XCTAssertLessThan(MonotonicClock.seconds() - started, 10, "\(peer) \(args)")
+            }
+        }
+    }
 }
