@@ -166,7 +166,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "push",
         abstract: "Send a signed bundle to a running verifier's admin port.",
-        discussion: "Exit 0 activated, 1 refused by the verifier's admin port (reason on stderr), 2 usage error, unreachable, no admin port at ADDR, or no verdict (no reply, or one that does not decode: whether the bundle was activated is unknown; --json says \"activated\": null)."
+        discussion: "Exit 0 activated, 1 refused by the verifier's admin port (reason on stderr), 2 usage error, unreachable, no admin port at ADDR, or no verdict (no reply, or one that does not decode: whether the bundle was activated is unknown; --json says \"activated\": null). With --json, once the bundle was sent, one object whatever the outcome."
     )
     @Argument(help: "The bundle (execgate policy sign).") var bundle: String
     @Option(help: ArgumentHelp("The admin port: unix:PATH, vsock:CID:PORT or hybrid:SOCKET:PORT.", valueName: "ADDR")) var connect: String
@@ -179,12 +179,13 @@ struct PolicyPushCommand: AsyncParsableCommand {
             endpoint = try Endpoint(parsing: connect, listening: false)
             bytes = try LocalFile.readPolicy(bundle)
         } catch {
-            fail(activated: .bool(false), "\(error)")
+            // Nothing sent: a usage or input error, the reason on stderr only (as every command's).
+            Console.error("execgate policy push: \(error)")
             throw ExecGateExit.usage
         }
         let client: AdminClient
         do { client = try await AdminClient.connect(to: endpoint) } catch {
-            fail(activated: .bool(false), "cannot connect to \(endpoint): \(error)")
+            Console.error("execgate policy push: cannot connect to \(endpoint): \(error)")
             throw ExecGateExit.usage
         }
         let r: PolicyPushReply
@@ -211,8 +212,8 @@ struct PolicyPushCommand: AsyncParsableCommand {
         }
     }
 
-    /// The reason on stderr and, with --json, one object on stdout: `activated` false (refused, or
-    /// never sent) or null (sent, but no verdict came back).
+    /// The reason on stderr and, with --json, one object on stdout: `activated` false (an error
+    /// reply: refused) or null (sent, but no verdict came back).
     func fail(activated: JSON, _ reason: String) {
         if json { print(JSON.object([("activated", activated), ("reason", .string(reason))]).serialized()) }
         Console.error("execgate policy push: \(reason)")
