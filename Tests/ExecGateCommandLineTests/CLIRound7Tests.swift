@@ -421,4 +421,26 @@ nC8/+M2ExweUMHPtw7nKMF3CjwRIfqFBCsCUZ9U3520/2y8GfcRE6Z0JIVwv0gc=
             }
         }
     }
+
+    /// HOLE (round 7): `sign module` on a compressed module (`.ko.gz`, `.ko.xz`, `.ko.zst`) signed
+    /// the compressed bytes and appended the signature after the stream, exit 0: a file no kernel
+    /// loads (kernel/module/decompress.c decompresses first and module_sig_check() checks the
+    /// signature of the ELF inside; kbuild signs before it compresses), which ExecGate's own
+    /// `verify module` refuses ("bytes follow the stream"). Now refused before any key is used,
+    /// naming the compression and what to do; nothing written.
+    func testSigningACompressedModuleIsRefused() throws {
+        let keys = run(["keys", "generate", "--out", dir + "/k", "--type", "ec-p256"])
+        XCTAssertEqual(keys.status, 0, keys.stderr)
+        let elf = dir + "/m.ko"
+        try Fixtures.writeFile(elf, [0x7f, 0x45, 0x4c, 0x46, 2, 1, 1] + [UInt8](repeating: 0, count: 4089))
+        XCTAssertEqual(system("gzip -c '\(elf)' > '\(elf).gz'"), 0)
+        let r = run(["sign", "module", "--key", dir + "/k/key.pem", "--cert", dir + "/k/cert.pem", elf + ".gz", "-o", dir + "/out.ko.gz"])
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("gzip") && r.stderr.contains("decompress"), r.stderr)
+        XCTAssertNotEqual(access(dir + "/out.ko.gz", F_OK), 0)
+        XCTAssertEqual(r.stdout, "")
+        // The ELF itself is still signed.
+        let plain = run(["sign", "module", "--key", dir + "/k/key.pem", "--cert", dir + "/k/cert.pem", elf, "-o", dir + "/out.ko"])
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+    }
 }
