@@ -443,4 +443,24 @@ nC8/+M2ExweUMHPtw7nKMF3CjwRIfqFBCsCUZ9U3520/2y8GfcRE6Z0JIVwv0gc=
         let plain = run(["sign", "module", "--key", dir + "/k/key.pem", "--cert", dir + "/k/cert.pem", elf, "-o", dir + "/out.ko"])
         XCTAssertEqual(plain.status, 0, plain.stderr)
     }
+
+    /// HOLE (round 7): `capture --modules @FILE` read the list with a plain open(): a FIFO nobody
+    /// writes blocked `capture` forever (killed after 20 s; every other input file is refused from
+    /// stat() before it is opened, docs/capture.md), `/dev/zero` was read to the 4 MiB limit, and
+    /// every refusal said only "module list X not readable", never why. Now a list that is not a
+    /// regular file is refused at once, and each refusal names its reason; exit 2, before any work.
+    func testAModuleListThatIsNoRegularFileIsRefusedAtOnce() throws {
+        let fifo = dir + "/list.fifo"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        let folder = dir + "/list.d"
+        XCTAssertEqual(mkdir(folder, 0o755), 0)
+        for (list, why) in [(fifo, "not a regular file"), ("/dev/zero", "not a regular file"), (folder, "not a regular file"),
+                            (dir + "/missing", "No such file or directory")] {
+            let started = MonotonicClock.seconds()
+            let r = run(["capture", "--kernel", dir + "/no-kernel", "--modules", "@" + list, "--out", dir + "/out"], seconds: 20)
+            XCTAssertEqual(r.status, 2, "@\(list): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(list) && r.stderr.contains(why), "@\(list): \(r.stderr)")
+            XCTAssertLessThan(MonotonicClock.seconds() - started, 5, "@\(list)")
+        }
+    }
 }
