@@ -118,7 +118,7 @@ struct KeysGenerate: ParsableCommand {
 
     @Option(help: ArgumentHelp("Directory to write key.pem and cert.pem into (created if missing).", valueName: "DIR"))
     var out: String
-    @Option(help: "Certificate common name.") var cn: String = "ExecGate module signing key"
+    @Option(help: "Certificate common name (1…64 characters).") var cn: String = "ExecGate module signing key"
     @Option(help: "Key type: rsa (default), ec-p256 or ec-p384.") var type: String = "rsa"
     @Option(help: "RSA modulus size in bits (2048-16384).") var bits: Int = 4096
     @Option(help: "Validity in days (notAfter by 9999-12-31).") var days: Int = 36500
@@ -134,6 +134,11 @@ struct KeysGenerate: ParsableCommand {
         guard days > 0 else { throw ValidationError("--days must be positive") }
         guard days <= most else { throw ValidationError("--days must be 1…\(most): the certificate's notAfter must fall by 9999-12-31, the last date X.509 encodes") }
         guard !cn.isEmpty, !cn.utf8.contains(0) else { throw ValidationError("--cn must be a non-empty name") }
+        // X.520 ub-common-name (RFC 5280 Appendix A): OpenSSL refuses a longer commonName when the
+        // certificate is made, i.e. after the key was generated, with "string too long".
+        guard cn.unicodeScalars.count <= 64 else {
+            throw ValidationError("--cn is \(cn.unicodeScalars.count) characters: a certificate's common name is at most 64 (X.520 ub-common-name)")
+        }
     }
 
     func run() throws {
