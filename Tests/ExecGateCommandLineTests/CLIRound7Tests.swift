@@ -480,4 +480,31 @@ nC8/+M2ExweUMHPtw7nKMF3CjwRIfqFBCsCUZ9U3520/2y8GfcRE6Z0JIVwv0gc=
             XCTAssertEqual(g.status, 0, g.stderr)
         }
     }
+
+    /// Failed attacks kept (round 7): credentials that do not belong together. A key with another
+    /// key's certificate (EC with EC, RSA with EC), or key and certificate given the other way
+    /// round, for `sign module` and `policy sign`: refused (sign.key-cert-mismatch, key.malformed,
+    /// cert.none-found), exit 2, nothing written; as scripts/sign-file refuses a key that does not
+    /// match its certificate (X509_check_private_key via PKCS7_sign).
+    func testCredentialsThatDoNotBelongTogetherAreRefused() throws {
+        for (name, type) in [("a", "ec-p256"), ("b", "ec-p256"), ("r", "rsa")] {
+            let k = run(["keys", "generate", "--out", dir + "/" + name, "--type", type] + (type == "rsa" ? ["--bits", "2048"] : []), seconds: 60)
+            XCTAssertEqual(k.status, 0, k.stderr)
+        }
+        let module = dir + "/m.ko"
+        try Fixtures.writeFile(module, [0x7f, 0x45, 0x4c, 0x46, 2, 1, 1] + [UInt8](repeating: 0, count: 4089))
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/blocklist-vulnerable-module.policy"
+        for (key, cert, why) in [("a/key.pem", "b/cert.pem", "key-cert-mismatch"), ("r/key.pem", "a/cert.pem", "key-cert-mismatch"),
+                                 ("a/cert.pem", "a/key.pem", "key.malformed"), ("a/key.pem", "a/key.pem", "cert.none-found")] {
+            for args in [["sign", "module", "--key", dir + "/" + key, "--cert", dir + "/" + cert, module, "-o", dir + "/out.ko"],
+                         ["policy", "sign", "--key", dir + "/" + key, "--cert", dir + "/" + cert, policy, "-o", dir + "/out.bundle"]] {
+                let r = run(args)
+                XCTAssertEqual(r.status, 2, "\(key) \(cert) \(args[0]): \(r.stderr)")
+                XCTAssertTrue(r.stderr.contains(why), "\(key) \(cert) \(args[0]): \(r.stderr)")
+                XCTAssertEqual(r.stdout, "")
+            }
+        }
+        XCTAssertNotEqual(access(dir + "/out.ko", F_OK), 0)
+        XCTAssertNotEqual(access(dir + "/out.bundle", F_OK), 0)
+    }
 }
