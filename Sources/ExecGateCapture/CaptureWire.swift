@@ -58,22 +58,13 @@ extension CaptureBoot {
         // the loader row, and with it where `x86_capability[]` sits in `struct cpuinfo_x86`
         // (0x28 on 6.1, 0x30 on 6.12: BTF, docs/kernels/6.12-loader.md §2.3). An unknown release
         // is still sent: the engine then denies its modules naming it.
-        let release = Self.kernelRelease(dir: dir)
+        let release = try Self.kernelRelease(dir: dir)
         var capOffset = ModuleLoader.linux6_1.capabilityOffset
         if let r = release, case .success(let l) = ModuleLoader.forRelease(r) { capOffset = l.capabilityOffset }
         let capEnd = capOffset + 96
         let cpu = try readFile(dir + "/boot_cpu_data.bin", limit: CaptureLimits.smallFile)
         guard cpu.count >= capEnd else { throw CaptureError(path: dir + "/boot_cpu_data.bin", reason: "shorter than \(capEnd) bytes") }
-        var present: UInt32 = 1, possible: UInt32 = 1
-        for l in try readText(dir + "/cpus.txt").split(whereSeparator: \.isNewline) {
-            let f = l.split(separator: " ")
-            guard f.count == 2 else { continue }
-            guard f[0] == "present" || f[0] == "possible" else { continue }
-            guard let n = countCPUs(f[1]) else {
-                throw CaptureError(path: dir + "/cpus.txt", reason: "\(f[0]): not a CPU list the kernel prints (decimal CPUs and ranges below NR_CPUS = \(capturedKernelMaximumCPUs))")
-            }
-            if f[0] == "present" { present = UInt32(n) } else { possible = UInt32(n) }
-        }
+        let (present, possible) = try Self.cpuCounts(dir + "/cpus.txt")
         var slide: UInt64 = 0
         if let s = try readOptionalText(dir + "/slide.txt") {
             for l in s.split(whereSeparator: \.isNewline) where l.hasPrefix("slide ") { slide = parseHex(l.dropFirst(6)) ?? 0 }
@@ -103,10 +94,37 @@ extension CaptureBoot {
 }
 
 extension CaptureBoot {
+    /// The present and possible CPU counts of `cpus.txt`, which the capture's guest writes as
+    /// one `KEY LIST` line each for `present`, `possible` and `online`, LIST as the kernel prints
+    /// `/sys/devices/system/cpu/KEY` (cpumap_print_to_pagebuf()). docs/capture.md: anything else is
+    /// invalid input. A line of another shape or key, a key given twice, a list that is no cpulist
+    /// or no `present`/`possible` line is refused (they were skipped, and a missing count taken as
+    /// one CPU: a uniprocessor guest the capture never described).
+    static func cpuCounts(_ path: String) throws -> (present: UInt32, possible: UInt32) {
+        var counts: [Substring: Int] = [:]
+        for (i, l) in try readText(path).split(whereSeparator: \.isNewline).enumerated() {
+            let f = l.split(separator: " ", omittingEmptySubsequences: false)
+            guard f.count == 2, ["present", "possible", "online"].contains(f[0]) else {
+                throw CaptureError(path: path, reason: "line \(i + 1) is not 'present|possible|online CPULIST'")
+            }
+            guard counts[f[0]] == nil else { throw CaptureError(path: path, reason: "\(f[0]) given twice") }
+            guard let n = countCPUs(f[1]) else {
+                throw CaptureError(path: path, reason: "\(f[0]): not a CPU list the kernel prints (decimal CPUs and ranges below NR_CPUS = \(capturedKernelMaximumCPUs))")
+            }
+            counts[f[0]] = n
+        }
+        guard let present = counts["present"], let possible = counts["possible"] else {
+            throw CaptureError(path: path, reason: "no \(counts["present"] == nil ? "present" : "possible") CPU list")
+        }
+        return (UInt32(present), UInt32(possible))
+    }
+
     /// The guest's kernel release from `uname.txt` (`<osrelease> <version>`, or `uname -a`:
     /// `Linux <host> <osrelease> ...`); nil when the capture has none (the committed fixture).
-    static func kernelRelease(dir: String) -> String? {
-        guard let u = try? readText(dir + "/uname.txt") else { return nil }
+    /// Absent is nil; one that is there but refused (not a regular file, over `smallFile`) is
+    /// invalid input, never taken as absent (docs/capture.md), as every optional capture file.
+    static func kernelRelease(dir: String) throws -> String? {
+        guard let u = try readOptionalText(dir + "/uname.txt") else { return nil }
         let w = u.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
         guard let first = w.first else { return nil }
         if first == "Linux", w.count >= 3 { return String(w[2]) }

@@ -196,7 +196,13 @@ public func parseModuleList(_ spec: String) throws(CaptureToolError) -> [String]
     var text = spec
     if spec.hasPrefix("@") {
         let p = String(spec.dropFirst())
-        guard let t = try? FS.readString(p, limit: 4 << 20) else { throw .missing("module list \(p) not readable") }
+        // A regular file, checked before it is opened (a FIFO nobody writes blocked open() for
+        // ever; /dev/zero was read to the limit), and the reason named when refused.
+        var st = stat()
+        guard stat(p, &st) == 0 else { throw .missing("module list \(p): \(String(cString: strerror(errno)))") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw .missing("module list \(p): not a regular file") }
+        let t: String
+        do { t = try FS.readString(p, limit: 4 << 20) } catch { throw .missing("module list \(p): \(error)") }
         text = t.split(separator: "\n").map { $0.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "" }
             .joined(separator: "\n")
     }

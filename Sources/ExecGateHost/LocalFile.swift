@@ -86,6 +86,9 @@ public enum LocalFile {
         return names.sorted()
     }
 
+    /// `path` and its missing parents; an existing `path` (or parent) must be a directory, and is
+    /// named as given when it is not (mkdir's EEXIST said nothing of what was there: the refusal
+    /// came later, naming a temporary file inside it).
     public static func makeDirectories(_ path: String) throws {
         var current = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
@@ -94,5 +97,6 @@ public enum LocalFile {
                 throw LocalFileError(path: current, why: String(cString: strerror(errno)))
             }
         }
+        guard isDirectory(path) else { throw LocalFileError(path: path, why: "not a directory") }
     }
 }

@@ -248,11 +248,30 @@ public final class PrivateKey: @unchecked Sendable {
     /// - Throws: `.malformedKey` (also for passphrase-protected keys).
     public init(pem: [UInt8]) throws(CertificateError) {
         let h = pem.withUnsafeBufferPointer { egs_pkey_from_pem($0.baseAddress, $0.count) }
-        guard let h else { throw CertificateError(.malformedKey, "cannot read private key: \(lastOpenSSLError())") }
+        guard let h else {
+            let detail = lastOpenSSLError()  // also takes the error off OpenSSL's queue
+            // The shim gives OpenSSL no passphrase (it never prompts): an encrypted key fails deep in
+            // its decryption ("pkcs12 cipherfinal error", "bad decrypt"). Say what the key is.
+            if Self.isEncryptedPEM(pem) {
+                throw CertificateError(.malformedKey, "the private key is encrypted (passphrase-protected); give an unencrypted PEM key (e.g. `openssl pkey -in KEY -out PLAIN`)")
+            }
+            throw CertificateError(.malformedKey, "cannot read private key: \(detail)")
+        }
         self.handle = h
     }
 
     deinit { egs_pkey_free(handle) }
+
+    /// A PEM private key under a passphrase: PKCS#8 `ENCRYPTED PRIVATE KEY`, or OpenSSL's legacy
+    /// `Proc-Type: 4,ENCRYPTED` header in an RSA/EC key.
+    static func isEncryptedPEM(_ pem: [UInt8]) -> Bool {
+        func contains(_ needle: String) -> Bool {
+            let n = Array(needle.utf8)
+            guard n.count <= pem.count else { return false }
+            return (0...(pem.count - n.count)).contains { i in pem[i..<(i + n.count)].elementsEqual(n) }
+        }
+        return contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || contains("Proc-Type: 4,ENCRYPTED")
+    }
 
     /// True when this key is the private half of `certificate`'s public key.
     public func matches(_ certificate: Certificate) -> Bool {

@@ -22,14 +22,29 @@ struct BenchCommand: AsyncParsableCommand {
     )
 
     @Option(help: "Unpacked Debian kernel package (boot/vmlinuz-*, lib/modules/*).") var kernel: String
-    @Option(help: "Round trips to time over the Unix socket (1…10000000).") var roundTrips: Int = 2000
-    @Option(help: "Only the first N modules (0 = all).") var limit: Int = 0
+    @Option(name: .customLong("round-trips"), help: "Round trips to time over the Unix socket (1…10000000; default 2000). Not with --scale.") var roundTripsGiven: Int?
+    @Option(name: .customLong("limit"), help: "Only the first N modules (0 = all, the default). Not with --scale.") var limitGiven: Int?
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Many guests of one kernel and a boot storm (needs --capture).") var scale = false
     @Option(help: "With --scale: a capture directory (kallsyms.txt, modules with their end state), or several boots of one kernel, comma-separated (guests cycle over them, each at its boot's slide).") var capture: String?
-    @Option(help: "With --scale: guest counts, comma-separated.") var guests: String = "1,10,100"
+    @Option(name: .customLong("guests"), help: "With --scale: guest counts, comma-separated (default: 1,10,100).") var guestsGiven: String?
+
+    var roundTrips: Int { roundTripsGiven ?? 2000 }
+    var limit: Int { limitGiven ?? 0 }
+    var guests: String { guestsGiven ?? "1,10,100" }
 
     func validate() throws {
+        // An option given is never dropped silently: the two benchmarks take different options
+        // (a forgotten --scale ran minutes of the other measurement, --capture unused).
+        if !scale {
+            for (given, name) in [(capture != nil, "--capture"), (guestsGiven != nil, "--guests")] where given {
+                throw ValidationError("\(name) is an option of --scale (the boot storm); without --scale bench measures signature verification and round trips")
+            }
+        } else {
+            for (given, name) in [(roundTripsGiven != nil, "--round-trips"), (limitGiven != nil, "--limit")] where given {
+                throw ValidationError("\(name) is not an option of --scale (the boot storm authorizes every module of --capture; it times no status round trips)")
+            }
+        }
         do { try SignatureBenchmark.checkCounts(roundTrips: roundTrips, limit: limit) } catch { throw ValidationError(error.description) }
     }
 

@@ -19,20 +19,26 @@ struct ExplainCommand: ParsableCommand {
     @Argument(help: "One boot's capture directory.") var captureDir: String
     @Flag(help: "Print one JSON object per module and a summary object; with --bench a {\"bench\": …} object, with --mutate one {\"mutation\": …} per class (and {\"false_accept\": …}).") var json = false
     @Option(help: "Run N mutations per class per module instead (every one must be denied; 0…100000).") var mutate: Int?
-    @Option(help: "Seed for --mutate.") var seed: UInt64 = 1
+    @Option(help: "Seed for --mutate (default 1).") var seed: UInt64?
     @Option(help: "Only these modules (comma-separated).") var only: String?
     @Flag(help: "Also report throughput vs SHA-256 over the same bytes.") var bench = false
 
-    @Option(help: "Timing passes for --bench (best and median are printed).") var passes: Int = 5
+    @Option(help: "Timing passes for --bench (best and median are printed; default 5).") var passes: Int?
+
+    func validate() throws {
+        // An option given is never dropped silently: each of these only means something beside the other.
+        if seed != nil && mutate == nil { throw ValidationError("--seed seeds --mutate: give --mutate N, or leave --seed out") }
+        if passes != nil && !bench { throw ValidationError("--passes counts the timing passes of --bench: give --bench, or leave --passes out") }
+    }
 
     func run() throws {
         var o = ExplainRunOptions()
         o.json = json
         o.mutate = mutate
-        o.seed = seed
+        o.seed = seed ?? 1
         o.only = only.map { Set($0.split(separator: ",").map(String.init)) }
         o.bench = bench
-        o.benchRepetitions = passes
+        o.benchRepetitions = passes ?? 5
         let boot: CaptureBoot
         do {
             try o.check()

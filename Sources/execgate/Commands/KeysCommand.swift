@@ -63,6 +63,10 @@ struct KeysExtract: ParsableCommand {
     @Option(help: ArgumentHelp("Directory to write the certificates into (created if missing).", valueName: "DIR")) var out: String
     @Flag(help: "Print the certificates as JSON on stdout.") var json = false
 
+    func validate() throws {
+        guard !out.isEmpty else { throw ValidationError(emptyOutputPath("--out")) }
+    }
+
     func run() throws {
         do {
             let bytes = try LocalFile.read(kernel)
@@ -114,7 +118,7 @@ struct KeysGenerate: ParsableCommand {
 
     @Option(help: ArgumentHelp("Directory to write key.pem and cert.pem into (created if missing).", valueName: "DIR"))
     var out: String
-    @Option(help: "Certificate common name.") var cn: String = "ExecGate module signing key"
+    @Option(help: "Certificate common name (1…64 characters).") var cn: String = "ExecGate module signing key"
     @Option(help: "Key type: rsa (default), ec-p256 or ec-p384.") var type: String = "rsa"
     @Option(help: "RSA modulus size in bits (2048-16384).") var bits: Int = 4096
     @Option(help: "Validity in days (notAfter by 9999-12-31).") var days: Int = 36500
@@ -123,12 +127,18 @@ struct KeysGenerate: ParsableCommand {
 
     func validate() throws {
         // Usage errors exit 2 with one line on stderr.
+        guard !out.isEmpty else { throw ValidationError(emptyOutputPath("--out")) }
         guard ["rsa", "ec-p256", "ec-p384"].contains(type) else { throw ValidationError("--type must be rsa, ec-p256 or ec-p384") }
         guard (2048...16384).contains(bits) else { throw ValidationError("--bits must be between 2048 and 16384") }
         let most = GeneratedSigningKey.maximumValidityDays()
         guard days > 0 else { throw ValidationError("--days must be positive") }
         guard days <= most else { throw ValidationError("--days must be 1…\(most): the certificate's notAfter must fall by 9999-12-31, the last date X.509 encodes") }
         guard !cn.isEmpty, !cn.utf8.contains(0) else { throw ValidationError("--cn must be a non-empty name") }
+        // X.520 ub-common-name (RFC 5280 Appendix A): OpenSSL refuses a longer commonName when the
+        // certificate is made, i.e. after the key was generated, with "string too long".
+        guard cn.unicodeScalars.count <= 64 else {
+            throw ValidationError("--cn is \(cn.unicodeScalars.count) characters: a certificate's common name is at most 64 (X.520 ub-common-name)")
+        }
     }
 
     func run() throws {

@@ -138,6 +138,10 @@ struct PolicySign: ParsableCommand {
     @Argument(help: "The policy text.") var policy: String
     @Option(name: [.short, .customLong("output")], help: "Where to write the bundle (default: POLICY.bundle).") var output: String?
 
+    func validate() throws {
+        guard output != "" else { throw ValidationError(emptyOutputPath("-o/--output")) }
+    }
+
     func run() throws {
         let out = output ?? policy + ".bundle"
         do {
@@ -162,7 +166,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "push",
         abstract: "Send a signed bundle to a running verifier's admin port.",
-        discussion: "Exit 0 activated, 1 refused by the verifier's admin port (reason on stderr), 2 usage error, unreachable, or no admin port at ADDR."
+        discussion: "Exit 0 activated, 1 refused by the verifier's admin port (reason on stderr), 2 usage error, unreachable, no admin port at ADDR, or no verdict (no reply, or one that does not decode: whether the bundle was activated is unknown; --json says \"activated\": null). With --json, once the bundle was sent, one object whatever the outcome."
     )
     @Argument(help: "The bundle (execgate policy sign).") var bundle: String
     @Option(help: ArgumentHelp("The admin port: unix:PATH, vsock:CID:PORT or hybrid:SOCKET:PORT.", valueName: "ADDR")) var connect: String
@@ -175,6 +179,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
             endpoint = try Endpoint(parsing: connect, listening: false)
             bytes = try LocalFile.readPolicy(bundle)
         } catch {
+            // Nothing sent: a usage or input error, the reason on stderr only (as every command's).
             Console.error("execgate policy push: \(error)")
             throw ExecGateExit.usage
         }
@@ -183,21 +188,35 @@ struct PolicyPushCommand: AsyncParsableCommand {
             Console.error("execgate policy push: cannot connect to \(endpoint): \(error)")
             throw ExecGateExit.usage
         }
-        do {
-            let r = try await client.push(bundle: bytes)
+        let r: PolicyPushReply
+        do { r = try await client.push(bundle: bytes) } catch {
             await client.close()
-            if json {
-                print(JSON.object([("activated", .bool(true)), ("policy_id", .string(r.policyID)), ("policy_version", .uint(r.policyVersion)),
-                                   ("previous_id", .string(r.previousID)), ("previous_version", .uint(r.previousVersion))]).serialized())
-            } else {
-                print("activated \(r.policyID) v\(r.policyVersion) (was \(r.previousID) v\(r.previousVersion))")
+            // Exit 1 only for the admin port's judgement (README: "the policy in force then
+            // stays"). Another `error` reply (a VMM port's unknown-message-type, overload) is an
+            // answer too: nothing was activated. No reply, or one that does not decode, is no
+            // verdict: the sidecar may have activated the bundle or not (exit 2, "activated": null;
+            // `policy show` tells).
+            if let e = error as? AdminClientError, case .server = e {
+                fail(activated: .bool(false), e.description)
+                throw e.isRefusal ? ExecGateExit.deny : ExecGateExit.usage
             }
-        } catch let e as AdminClientError {
-            await client.close()
-            if json { print(JSON.object([("activated", .bool(false)), ("reason", .string(e.description))]).serialized()) }
-            Console.error("execgate policy push: \(e)")
-            throw e.isRefusal ? ExecGateExit.deny : ExecGateExit.usage
+            fail(activated: .null, "no verdict: \(error)")
+            throw ExecGateExit.usage
         }
+        await client.close()
+        if json {
+            print(JSON.object([("activated", .bool(true)), ("policy_id", .string(r.policyID)), ("policy_version", .uint(r.policyVersion)),
+                               ("previous_id", .string(r.previousID)), ("previous_version", .uint(r.previousVersion))]).serialized())
+        } else {
+            print("activated \(r.policyID) v\(r.policyVersion) (was \(r.previousID) v\(r.previousVersion))")
+        }
+    }
+
+    /// The reason on stderr and, with --json, one object on stdout: `activated` false (an error
+    /// reply: refused) or null (sent, but no verdict came back).
+    func fail(activated: JSON, _ reason: String) {
+        if json { print(JSON.object([("activated", activated), ("reason", .string(reason))]).serialized()) }
+        Console.error("execgate policy push: \(reason)")
     }
 }
 
@@ -323,6 +342,17 @@ struct PolicyAudit: AsyncParsableCommand {
                 // u64 (cursor + 1 trapped at 2⁶⁴−1), and a server without a log answers oldest 0.
                 if page.oldestSeq > 0 && cursor < page.oldestSeq - 1 {
                     Console.error("execgate policy audit: records \(cursor + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
+                }
+                // The service's pages (AuditLog.read) set `more` only with records, and `next_seq` one
+                // past the last record sent. A page that does neither would have this loop ask again
+                // forever (printing the same records again): refused before any of it is printed.
+                guard page.records.isEmpty || (page.nextSeq > 0 && page.nextSeq - 1 > cursor) else {
+                    await client.close()
+                    throw LocalFileError(path: connect, why: "audit-read reply with \(page.records.count) record(s) after \(cursor) gives next_seq \(page.nextSeq), not past them; nothing of it printed")
+                }
+                guard !page.more || !page.records.isEmpty else {
+                    await client.close()
+                    throw LocalFileError(path: connect, why: "audit-read reply says more records follow \(cursor) but holds none (next_seq \(page.nextSeq)); nothing of it printed")
                 }
                 for (i, r) in page.records.enumerated() {
                     // One JSON object per line, as the service writes them (docs/policy.md, "Audit":

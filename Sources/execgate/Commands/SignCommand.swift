@@ -5,6 +5,7 @@
 import _ExecGateInternals
 import ExecGateCommandLine
 import ExecGateHost
+import ExecGateKernelImage
 import ExecGateSignature
 
 struct SignCommand: ParsableCommand {
@@ -22,7 +23,8 @@ struct SignModule: ParsableCommand {
         discussion: """
             Produces exactly scripts/sign-file's format: a detached DER CMS SignedData without \
             certificates or signed attributes, then struct module_signature and the magic \
-            "~Module signature appended~". Without -o the result goes to FILE.signed; the input is \
+            "~Module signature appended~". A compressed module (.ko.gz/.ko.xz/.ko.zst) is refused: the kernel \
+            checks the signature of the ELF inside, so sign the .ko, then compress it. Without -o the result goes to FILE.signed; the input is \
             never modified. The output is written to a temporary file and renamed, never half-written; \
             an existing output must be a regular file (a FIFO or device is refused, never replaced).
             Exit status: 0 signed, 2 usage error, unreadable input or signing failure.
@@ -43,6 +45,7 @@ struct SignModule: ParsableCommand {
 
     func validate() throws {
         // Usage errors exit 2 with one line on stderr.
+        guard output != "" else { throw ValidationError(emptyOutputPath("-o/--output")) }
         guard DigestAlgorithm(name: hash) != nil else {
             throw ValidationError("--hash must be one of sha1, sha224, sha256, sha384, sha512")
         }
@@ -56,6 +59,12 @@ struct SignModule: ParsableCommand {
             let keyBytes = try LocalFile.readCredential(key)
             let certBytes = try LocalFile.readCredential(cert)
             let module = try LocalFile.read(file)
+            // The kernel decompresses a compressed module before it checks the signature
+            // (kernel/module/decompress.c, then module_sig_check() on the ELF): a signature appended
+            // to the compressed stream is checked by nobody, and the file loads nowhere.
+            if let enc = module.withUnsafeBytes({ ModuleFile.encoding(of: $0) }), enc != .elf {
+                throw LocalFileError(path: file, why: "a \(enc.rawValue)-compressed module: the kernel checks the signature of the ELF inside (module_decompress() before module_sig_check()); decompress it, sign the .ko, then compress the signed file")
+            }
             let privateKey: PrivateKey
             do { privateKey = try PrivateKey(pem: keyBytes) } catch { throw LocalFileError(path: key, why: "\(error)") }
             let certs: [Certificate]

@@ -13,3 +13,9 @@ enum Console {
         fputs(s, stderr)
     }
 }
+
+/// The refusal of an output option given as "": an empty path names no file (and "" + "/key.pem"
+/// is a file in the root directory).
+func emptyOutputPath(_ option: String) -> String {
+    option == "--out" ? "--out: an empty path names no directory (\".\" is the current one)" : "\(option): an empty path names no file"
+}
