@@ -75,4 +75,86 @@ final class DocAttack7Tests: XCTestCase {
         // Control: the real build registers.
         guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
     }
+
+    /// Attack: trust.md "Static calls" rule 2 (targets derived from the build by name:
+    /// `sched_dynamic_update()`'s `__cond_resched`, `preempt_schedule_thunk`, …, each tracepoint
+    /// key's `__traceiter_X`), and protocol.md's plausibility rule "every static-call target is 0
+    /// or a core function entry outside init text". The derivation takes the *first* record of a
+    /// target's name (StaticCallTrust.coreTargets), but no plausibility check read those records:
+    /// only exported text is held to core text, and DocAttack6's fix covers the loader's code
+    /// helpers only. An earlier, non-exported text record `__cond_resched` on a module-area page
+    /// registered, the page became a trusted target of the `cond_resched` and `might_resched`
+    /// keys, and a whole-key `static_call_update()` of those keys to it was allowed: a verified
+    /// call from every such site into whatever module text the guest lays on that page. The
+    /// kernel's targets are core functions (kernel/sched/core.c, arch/x86/entry/thunk_64.S,
+    /// include/linux/tracepoint.h), in `[_stext, _etext)` outside init text.
+    func testABuildDerivedStaticCallTargetLiesInCoreText() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let honest = try boot.registration(guestID: "g")
+        let keyNames = ["__SCK__cond_resched", "__SCT__cond_resched", "__SCK__might_resched", "__SCT__might_resched"]
+        let keys = Set(honest.symbols.filter { keyNames.contains($0.name) }.map(\.address))
+        XCTAssertEqual(keys.count, 4)
+        var r = honest
+        r.symbols.insert(KernelSymbol(name: "__cond_resched", address: Self.moduleAreaPage, type: UInt8(ascii: "t"), exported: false, isFunction: true), at: 0)
+        let v = try verifier()
+        let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+        if case .error(let e) = reply {
+            XCTAssertEqual(e.code, .implausibleFacts, e.message)
+            XCTAssertTrue(e.message.contains("__cond_resched"), e.message)
+        } else {
+            let session = try XCTUnwrap(v.guests.session("g"))
+            var trusted = false
+            for k in keys { trusted = trusted || (session.facts.staticCallTrustedTargets[k]?.contains(Self.moduleAreaPage) ?? false) }
+            for name in boot.availableModules { _ = v.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []) }
+            var bySite: [UInt64: [(RuntimeSiteTable, RuntimeSiteTable.Site)]] = [:]
+            for t in session.runtimeSites { for s in t.siteList where s.kind == .staticCall { if let k = s.key, keys.contains(k) { bySite[k, default: []].append((t, s)) } } }
+            var outcomes: [String] = []
+            for (key, sites) in bySite.sorted(by: { $0.key < $1.key }) {
+                let entries = sites.compactMap { t, s in t.encoding(at: s.address, state: Self.moduleAreaPage).map { PatchEntry(address: s.address, bytes: $0) } }
+                let verdict = v.authorizePatch(AuthorizePatch(guestID: "g", patches: entries), session: session, requestDigest: [])
+                outcomes.append("key 0x\(String(key, radix: 16)) (\(entries.count) sites) → \(verdict.decision): \(verdict.message)")
+            }
+            XCTFail("registered an earlier record __cond_resched at 0x\(String(Self.moduleAreaPage, radix: 16)) (module area); trusted for the keys: \(trusted); static_call_update() there: \(outcomes)")
+            // The fixture's modules have no site of those keys; on the shared corpus (real Debian
+            // modules and end states) mbcache has one (`cond_resched()`, through
+            // `__SCT__cond_resched`): claimed as `call` the module-area page, it is judged at load.
+            let dir = SharedCorpusSessionTests.corpus + "/nokaslr-a"
+            if let corpus = try? CaptureBoot.load(dir) {
+                try mbcacheCallsThePage(corpus, keyNames)
+            }
+        }
+        XCTAssertNil(v.guests.session("g"))
+        guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
+    }
+
+    /// The load-time half of the attack above, on the shared corpus: mbcache's one static-call
+    /// site of `cond_resched`, claimed as a call to the module-area page the earlier record names.
+    private func mbcacheCallsThePage(_ corpus: CaptureBoot, _ keyNames: [String]) throws {
+        let honest = try corpus.registration(guestID: "c")
+        let keys = Set(honest.symbols.filter { keyNames.contains($0.name) }.map(\.address))
+        let probe = try verifier()
+        guard case .registerGuestReply = probe.respond(to: .registerGuest(honest), requestDigest: []), let ps = probe.guests.session("c") else { return XCTFail("corpus registration") }
+        var request = try corpus.module("mbcache").request(guestID: "c")
+        XCTAssertEqual(probe.authorize(request, requestDigest: []).decision, .allow, "mbcache, honest")
+        let sites = ps.runtimeSites.flatMap { $0.siteList }.filter { $0.kind == .staticCall && $0.key.map(keys.contains) == true }
+        XCTAssertFalse(sites.isEmpty, "mbcache's cond_resched site")
+        var text = Array(request.text!.readableBytesView)
+        for site in sites {
+            let o = Int(site.address - request.textBase!)
+            XCTAssertEqual(text[o], 0xe8, "a call site")
+            let rel = Int32(truncatingIfNeeded: Int64(bitPattern: Self.moduleAreaPage &- (site.address + 5)))
+            text.replaceSubrange(o + 1 ..< o + 5, with: withUnsafeBytes(of: rel.littleEndian) { Array($0) })
+        }
+        request.text = ByteBuffer(bytes: text)
+        var attacked = honest
+        attacked.symbols.insert(KernelSymbol(name: "__cond_resched", address: Self.moduleAreaPage, type: UInt8(ascii: "t"), exported: false, isFunction: true), at: 0)
+        let v = try verifier()
+        let reply = v.respond(to: .registerGuest(attacked), requestDigest: [])
+        guard case .registerGuestReply = reply else {
+            if case .error(let e) = reply { XCTAssertEqual(e.code, .implausibleFacts, e.message) } else { XCTFail("\(reply)") }
+            return
+        }
+        let verdict = v.authorize(request, requestDigest: [])
+        XCTFail("shared corpus: mbcache with its cond_resched site(s) at \(sites.map { "0x" + String($0.address, radix: 16) }) claimed as call 0x\(String(Self.moduleAreaPage, radix: 16)): \(verdict.decision) \(verdict.message)")
+    }
 }
