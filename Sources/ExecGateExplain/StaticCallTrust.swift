@@ -72,18 +72,26 @@ public enum StaticCallTrust {
     /// the NULL forms).
     public static func coreTargets(symbols: [String: UInt64]) -> [UInt64: Set<UInt64>] {
         var out: [UInt64: Set<UInt64>] = [:]
+        forEachCoreTarget(symbols: symbols) { key, _, target in out[key, default: []].insert(target) }
+        return out
+    }
+
+    /// Every (key address, target name, target address) `coreTargets` derives: the target is the
+    /// record its name resolves to in `symbols` (the first of the name), trusted for the key. The
+    /// registration's plausibility checks hold these records to core text (FactsPlausibility):
+    /// the derivation takes the record by name, whatever it says.
+    public static func forEachCoreTarget(symbols: [String: UInt64], _ body: (_ key: UInt64, _ targetName: String, _ target: UInt64) -> Void) {
         func add(_ name: Substring, _ targets: [String]) {
-            let resolved = targets.compactMap { symbols[$0] }
+            let resolved = targets.compactMap { t in symbols[t].map { (t, $0) } }
             guard !resolved.isEmpty else { return }
             for prefix in ["__SCK__", "__SCT__"] {
-                if let k = symbols[prefix + name] { out[k, default: []].formUnion(resolved) }
+                if let k = symbols[prefix + name] { for (n, a) in resolved { body(k, n, a) } }
             }
         }
         for (key, targets) in preemptDynamic { add(Substring(key), targets) }
         for name in symbols.keys where hasASCIIPrefix(name, "__SCK__tp_func_") || hasASCIIPrefix(name, "__SCT__tp_func_") {
             add(name.dropFirst(7), ["__traceiter_" + name.dropFirst(15)])
         }
-        return out
     }
 }
 

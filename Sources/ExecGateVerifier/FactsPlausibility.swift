@@ -184,6 +184,22 @@ enum FactsPlausibility {
                 }
             }
         }
+        // The static-call targets the engine derives from the build by name (StaticCallTrust:
+        // sched_dynamic_update()'s `__cond_resched`, `preempt_schedule_thunk`, …, each core
+        // tracepoint key's iterator `__traceiter_X`), at the record the derivation takes (the first
+        // of the name): core functions (kernel/sched/core.c, arch/x86/entry/thunk_64.S,
+        // include/linux/tracepoint.h DEFINE_TRACE_FN), in core text outside init, like every
+        // `static_call_key` target (`checkGuest`). Elsewhere (an earlier record on a module-area
+        // page) every module site of the key could be claimed, or updated, as a call there.
+        if let b = bounds {
+            var bad: (key: UInt64, name: String, address: UInt64)?
+            StaticCallTrust.forEachCoreTarget(symbols: named) { k, n, a in
+                if bad == nil && !b.isCoreText(a) { bad = (k, n, a) }
+            }
+            if let bad {
+                return ("'\(bad.name)' at 0x\(Hex.number(bad.address)), a static-call target the build trusts for key 0x\(Hex.number(bad.key)) (StaticCallTrust), lies outside core text [_stext, _etext) (or in init text)", facts)
+            }
+        }
         // Every export, whatever its `nm` type letter (the letter is the registration's word, the
         // address is what relocations get): a kernel export is kernel_symbol_value() of a core
         // `__ksymtab` entry, an address in the kernel image (text, rodata, data, bss: below

@@ -125,6 +125,11 @@ final class DocAttack7Tests: XCTestCase {
         }
         XCTAssertNil(v.guests.session("g"))
         guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
+        // Control: the real Debian build (every derived target in core text) registers.
+        if let corpus = try? CaptureBoot.load(SharedCorpusSessionTests.corpus + "/nokaslr-a") {
+            let reply = try verifier().respond(to: .registerGuest(try corpus.registration(guestID: "c")), requestDigest: [])
+            guard case .registerGuestReply = reply else { return XCTFail("the shared corpus's registration: \(reply)") }
+        }
     }
 
     /// The load-time half of the attack above, on the shared corpus: mbcache's one static-call
