@@ -162,4 +162,61 @@ final class DocAttack7Tests: XCTestCase {
         let verdict = v.authorize(request, requestDigest: [])
         XCTFail("shared corpus: mbcache with its cond_resched site(s) at \(sites.map { "0x" + String($0.address, radix: 16) }) claimed as call 0x\(String(Self.moduleAreaPage, radix: 16)): \(verdict.decision) \(verdict.message)")
     }
+
+    /// Failed attack kept: two guests of one kernel build share one copy of its facts
+    /// (docs/trust.md "One copy of a kernel build's facts", "Registration by digest"); guest A
+    /// registers in full, guest B by digest. A's live state must not reach B: A's verified
+    /// modules (mrp, garp, whose exports 8021q imports) do not resolve B's 8021q (unknown symbol:
+    /// the kernel resolves against the modules loaded in *that* kernel); A's run-time flip of a
+    /// key (test_static_keys' jump labels) does not move the key for B, whose test_static_keys is
+    /// judged in its load state; A's `module-init-freed`/`retire-module` of a name B also has
+    /// leaves B's module live. Each session holds its own live set (GuestSession), the shared copy
+    /// holds only the build (immutable).
+    func testOneGuestsLiveStateNeverReachesAnotherOfTheSameBuild() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let v = try verifier()
+        guard case .registerGuestReply(let first) = v.respond(to: .registerGuest(try boot.registration(guestID: "a")), requestDigest: []) else { return XCTFail("a") }
+        guard case .registerGuestReply = v.respond(to: .registerGuest(try boot.registration(guestID: "b").byDigest(first.symbolsDigest)), requestDigest: []) else { return XCTFail("b by digest") }
+        let a = try XCTUnwrap(v.guests.session("a")), b = try XCTUnwrap(v.guests.session("b"))
+        XCTAssertTrue(a.kernel === b.kernel, "one shared copy of the build")
+        for name in ["llc", "stp", "mrp", "garp", "test_static_key_base", "test_static_keys"] {
+            XCTAssertEqual(v.authorize(try boot.module(name).request(guestID: "a"), requestDigest: []).decision, .allow, "a: \(name)")
+        }
+        // B never loaded mrp/garp: 8021q's imports resolve to nothing there.
+        for name in ["llc", "stp"] { XCTAssertEqual(v.authorize(try boot.module(name).request(guestID: "b"), requestDigest: []).decision, .allow, "b: \(name)") }
+        let q = v.authorize(try boot.module("8021q").request(guestID: "b"), requestDigest: [])
+        XCTAssertEqual(q.decision, .deny, "b's 8021q against a's mrp/garp: \(q.message)")
+        XCTAssertTrue(q.message.contains("unknown symbol") || q.message.contains("not exported"), q.message)
+
+        // A flips a key of test_static_keys; B loads test_static_keys in its load state.
+        var flips: [PatchEntry] = []
+        var flipped: UInt64?
+        var byKey: [UInt64: [(RuntimeSiteTable, RuntimeSiteTable.Site)]] = [:]
+        for t in a.runtimeSites { for s in t.siteList where s.kind == .jumpLabel { if let k = s.key { byKey[k, default: []].append((t, s)) } } }
+        for (k, sites) in byKey.sorted(by: { $0.key < $1.key }) {
+            guard let st = a.state(ofKey: k) else { continue }
+            flips = sites.compactMap { t, s in t.encoding(at: s.address, state: 1 - st).map { PatchEntry(address: s.address, bytes: $0) } }
+            flipped = k
+            break
+        }
+        let key = try XCTUnwrap(flipped)
+        let before = try XCTUnwrap(a.state(ofKey: key))
+        XCTAssertEqual(v.authorizePatch(AuthorizePatch(guestID: "a", patches: flips), session: a, requestDigest: []).decision, .allow)
+        XCTAssertEqual(a.state(ofKey: key), 1 - before)
+        for name in ["test_static_key_base", "test_static_keys"] {
+            let r = v.authorize(try boot.module(name).request(guestID: "b"), requestDigest: [])
+            XCTAssertEqual(r.decision, .allow, "b: \(name) in its load state: \(r.message)")
+        }
+        XCTAssertEqual(b.state(ofKey: key), before, "b's key never moved")
+        // A retires its test_static_keys; B's stays live.
+        let aLive = try XCTUnwrap(a.liveModule("test_static_keys"))
+        guard case .retireModuleReply = v.respond(to: .retireModule(RetireModule(guestID: "a", moduleName: "test_static_keys", textBase: aLive.textRange.lowerBound)), requestDigest: []) else { return XCTFail("a retires") }
+        XCTAssertNotNil(b.liveModule("test_static_keys"))
+        XCTAssertEqual(b.state(ofKey: key), before)
+        // init-freed for a module with no granted init text, twice, on either guest: unknown-module.
+        for g in ["a", "b", "b"] {
+            guard case .error(let e) = v.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: g, moduleName: "test_static_keys")), requestDigest: []) else { return XCTFail("init freed on \(g)") }
+            XCTAssertEqual(e.code, .unknownModule, e.message)
+        }
+    }
 }
