@@ -132,6 +132,34 @@ final class DocAttack7Tests: XCTestCase {
         }
     }
 
+    /// Attack: the same derivation's *keys*. protocol.md plausibility: "every static-call key is
+    /// a registered `__SCK__<name>` or a core-text `__SCT__<name>`" (DocAttack6 held `__SCK__`
+    /// records to the image); StaticCallTrust stores each derived set under the key `__SCK__<name>`
+    /// and the trampoline `__SCT__<name>`, each the first record of its name. An earlier text
+    /// record `__SCT__cond_resched` on a module-area page made that page a static-call key the
+    /// facts trust `__cond_resched` for: the sites of a module's own key whose trampoline the
+    /// guest lays there (`tramp_key_lookup()` finds a key by its trampoline's address) would be
+    /// trusted to call a core function the kernel never writes for them (it writes the module
+    /// key's own target). A core trampoline is core text (arch/x86/kernel/static_call.c,
+    /// ARCH_DEFINE_STATIC_CALL_TRAMP in vmlinux).
+    func testABuildDerivedStaticCallKeyIsACoreKey() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let honest = try boot.registration(guestID: "g")
+        var r = honest
+        r.symbols.insert(KernelSymbol(name: "__SCT__cond_resched", address: Self.moduleAreaPage, type: UInt8(ascii: "t"), exported: false, isFunction: true), at: 0)
+        let v = try verifier()
+        let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+        if case .error(let e) = reply {
+            XCTAssertEqual(e.code, .implausibleFacts, e.message)
+            XCTAssertTrue(e.message.contains("__SCT__cond_resched"), e.message)
+        } else {
+            let s = try XCTUnwrap(v.guests.session("g"))
+            let cond = try XCTUnwrap(honest.symbols.first { $0.name == "__cond_resched" }?.address)
+            XCTFail("registered an earlier record __SCT__cond_resched at 0x\(String(Self.moduleAreaPage, radix: 16)) (module area): __cond_resched (0x\(String(cond, radix: 16))) trusted for a key there: \(s.facts.staticCallTrustedTargets[Self.moduleAreaPage]?.contains(cond) ?? false)")
+        }
+        XCTAssertNil(v.guests.session("g"))
+    }
+
     /// The load-time half of the attack above, on the shared corpus: mbcache's one static-call
     /// site of `cond_resched`, claimed as a call to the module-area page the earlier record names.
     private func mbcacheCallsThePage(_ corpus: CaptureBoot, _ keyNames: [String]) throws {
