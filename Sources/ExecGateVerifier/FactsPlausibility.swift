@@ -191,14 +191,21 @@ enum FactsPlausibility {
         // include/linux/tracepoint.h DEFINE_TRACE_FN), in core text outside init, like every
         // `static_call_key` target (`checkGuest`). Elsewhere (an earlier record on a module-area
         // page) every module site of the key could be claimed, or updated, as a call there.
+        // The keys those sets are stored under are the core's too: a `__SCT__<name>` trampoline
+        // is core text (ARCH_DEFINE_STATIC_CALL_TRAMP in vmlinux; `__SCK__` records are held to
+        // the image below): an earlier record on a module-area page would make a key there, where
+        // a module's own trampoline may lie, trusted for the core's targets.
         if let b = bounds {
-            var bad: (key: UInt64, name: String, address: UInt64)?
-            StaticCallTrust.forEachCoreTarget(symbols: named) { k, n, a in
-                if bad == nil && !b.isCoreText(a) { bad = (k, n, a) }
+            var bad: String?
+            StaticCallTrust.forEachCoreTarget(symbols: named) { k, kn, n, a in
+                guard bad == nil else { return }
+                if !b.isCoreText(a) {
+                    bad = "'\(n)' at 0x\(Hex.number(a)), a static-call target the build trusts for key '\(kn)' (StaticCallTrust), lies outside core text [_stext, _etext) (or in init text)"
+                } else if kn.utf8.starts(with: "__SCT__".utf8) && !b.isCoreText(k) {
+                    bad = "static-call trampoline '\(kn)' at 0x\(Hex.number(k)), a key the build trusts '\(n)' for (StaticCallTrust), lies outside core text [_stext, _etext) (or in init text)"
+                }
             }
-            if let bad {
-                return ("'\(bad.name)' at 0x\(Hex.number(bad.address)), a static-call target the build trusts for key 0x\(Hex.number(bad.key)) (StaticCallTrust), lies outside core text [_stext, _etext) (or in init text)", facts)
-            }
+            if let bad { return (bad, facts) }
         }
         // Every export, whatever its `nm` type letter (the letter is the registration's word, the
         // address is what relocations get): a kernel export is kernel_symbol_value() of a core
