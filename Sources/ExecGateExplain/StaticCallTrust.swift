@@ -72,18 +72,28 @@ public enum StaticCallTrust {
     /// the NULL forms).
     public static func coreTargets(symbols: [String: UInt64]) -> [UInt64: Set<UInt64>] {
         var out: [UInt64: Set<UInt64>] = [:]
+        forEachCoreTarget(symbols: symbols) { key, _, _, target in out[key, default: []].insert(target) }
+        return out
+    }
+
+    /// Every (key address, key name, target name, target address) `coreTargets` derives: the key
+    /// (`__SCK__<name>` or `__SCT__<name>`) and the target are the records their names resolve to
+    /// in `symbols` (the first of each name), the target trusted for the key. The registration's
+    /// plausibility checks hold these records to the core (FactsPlausibility): the derivation
+    /// takes each record by name, whatever it says.
+    public static func forEachCoreTarget(symbols: [String: UInt64], _ body: (_ key: UInt64, _ keyName: String, _ targetName: String, _ target: UInt64) -> Void) {
         func add(_ name: Substring, _ targets: [String]) {
-            let resolved = targets.compactMap { symbols[$0] }
+            let resolved = targets.compactMap { t in symbols[t].map { (t, $0) } }
             guard !resolved.isEmpty else { return }
             for prefix in ["__SCK__", "__SCT__"] {
-                if let k = symbols[prefix + name] { out[k, default: []].formUnion(resolved) }
+                let keyName = prefix + name
+                if let k = symbols[keyName] { for (n, a) in resolved { body(k, keyName, n, a) } }
             }
         }
         for (key, targets) in preemptDynamic { add(Substring(key), targets) }
         for name in symbols.keys where hasASCIIPrefix(name, "__SCK__tp_func_") || hasASCIIPrefix(name, "__SCT__tp_func_") {
             add(name.dropFirst(7), ["__traceiter_" + name.dropFirst(15)])
         }
-        return out
     }
 }
 

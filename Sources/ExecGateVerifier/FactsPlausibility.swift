@@ -152,6 +152,20 @@ enum FactsPlausibility {
                 if let i = b.initText, i.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in init text (freed after boot)", facts) }
                 if s.isText && !b.isCoreText(s.address) { return ("exported text symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text", facts) }
             }
+            // An export in the image outside core text (data, rodata, bss: any type letter) can be
+            // told from the core's init memory only by the init bounds: init text and data
+            // (`[_sinittext, _einittext)`, `[__init_begin, __init_end)`, vmlinux.lds.S) are freed
+            // by free_initmem() after boot, and nothing may point there (the relocation walk's
+            // `init-symbol` rule, the check above). Without them both rules were off: an export
+            // sent as data inside init text was resolved like any other. A fact the checks need is
+            // never switched off by omission (protocol.md "Symbols the VMM must send").
+            if let s = symbols.first(where: { $0.exported && $0.address >= KernelSlide.imageBase && !b.coreText.contains($0.address) }) {
+                for (lo, hi) in [("_sinittext", "_einittext"), ("__init_begin", "__init_end")] {
+                    guard let a = named[lo], let z = named[hi], a < z else {
+                        return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text, and the registration lacks the core init bounds \(lo) < \(hi): it cannot be told from the init memory free_initmem() releases after boot", facts)
+                    }
+                }
+            }
         }
         // A core static-call key is kernel data (DEFINE_STATIC_CALL in vmlinux): in the image,
         // never the module area (where a later module's own key would take the core targets
@@ -169,6 +183,29 @@ enum FactsPlausibility {
                     return ("'\(h)' at 0x\(Hex.number(a)) lies outside core text [_stext, _etext) (or in init text): the loader's rewrites jump to it", facts)
                 }
             }
+        }
+        // The static-call targets the engine derives from the build by name (StaticCallTrust:
+        // sched_dynamic_update()'s `__cond_resched`, `preempt_schedule_thunk`, …, each core
+        // tracepoint key's iterator `__traceiter_X`), at the record the derivation takes (the first
+        // of the name): core functions (kernel/sched/core.c, arch/x86/entry/thunk_64.S,
+        // include/linux/tracepoint.h DEFINE_TRACE_FN), in core text outside init, like every
+        // `static_call_key` target (`checkGuest`). Elsewhere (an earlier record on a module-area
+        // page) every module site of the key could be claimed, or updated, as a call there.
+        // The keys those sets are stored under are the core's too: a `__SCT__<name>` trampoline
+        // is core text (ARCH_DEFINE_STATIC_CALL_TRAMP in vmlinux; `__SCK__` records are held to
+        // the image below): an earlier record on a module-area page would make a key there, where
+        // a module's own trampoline may lie, trusted for the core's targets.
+        if let b = bounds {
+            var bad: String?
+            StaticCallTrust.forEachCoreTarget(symbols: named) { k, kn, n, a in
+                guard bad == nil else { return }
+                if !b.isCoreText(a) {
+                    bad = "'\(n)' at 0x\(Hex.number(a)), a static-call target the build trusts for key '\(kn)' (StaticCallTrust), lies outside core text [_stext, _etext) (or in init text)"
+                } else if kn.utf8.starts(with: "__SCT__".utf8) && !b.isCoreText(k) {
+                    bad = "static-call trampoline '\(kn)' at 0x\(Hex.number(k)), a key the build trusts '\(n)' for (StaticCallTrust), lies outside core text [_stext, _etext) (or in init text)"
+                }
+            }
+            if let bad { return (bad, facts) }
         }
         // Every export, whatever its `nm` type letter (the letter is the registration's word, the
         // address is what relocations get): a kernel export is kernel_symbol_value() of a core
