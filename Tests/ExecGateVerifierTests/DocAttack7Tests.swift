@@ -72,6 +72,27 @@ final class DocAttack7Tests: XCTestCase {
             XCTFail("registered without the init bounds, _printk (D) at 0x\(String(inInit, radix: 16)) in init text; 8021q's call _printk there: \(verdict.decision) \(verdict.message)")
         }
         XCTAssertNil(v.guests.session("g"))
+        // The same with `_printk` as text (`T`) and `_etext` moved past the init text (the
+        // registration's word too): the export is then "core text" and no export lies outside
+        // it, yet it is in init text. The init bounds are what tell it: refused without them.
+        var t = honest
+        t.symbols.removeAll { Self.initBounds.contains($0.name) }
+        let i = try XCTUnwrap(t.symbols.firstIndex { $0.name == "_printk" && $0.exported })
+        t.symbols[i].address = inInit
+        let e = try XCTUnwrap(t.symbols.firstIndex { $0.name == "_etext" })
+        t.symbols[e].address = einit + 0x1000
+        let vt = try verifier()
+        let treply = vt.respond(to: .registerGuest(t), requestDigest: [])
+        if case .error(let err) = treply {
+            XCTAssertEqual(err.code, .implausibleFacts, err.message)
+        } else {
+            let session = try XCTUnwrap(vt.guests.session("g"))
+            for name in ["llc", "stp", "mrp", "garp"] { _ = vt.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []) }
+            let caller = try boot.module("8021q").request(guestID: "g")
+            let redirected = try DocAttack4Tests.rebased(boot, session, "8021q", to: caller.textBase!, frames: caller.frames)
+            let verdict = vt.authorize(redirected, requestDigest: [])
+            XCTFail("registered without the init bounds, _etext past init text, _printk (T) at 0x\(String(inInit, radix: 16)) in init text; 8021q's call _printk there: \(verdict.decision) \(verdict.message)")
+        }
         // Control: the real build registers.
         guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
     }
