@@ -97,6 +97,51 @@ final class DocAttack7Tests: XCTestCase {
         guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
     }
 
+    /// Attack: the init bounds sent, `_etext` (the registration's word) moved past `__init_end`.
+    /// vmlinux.lds.S lays the image out as `_stext < _etext ≤ __init_begin ≤ _sinittext <
+    /// _einittext ≤ __init_end`; the rules "in core text outside init text" (`pv_ops` entries,
+    /// the return thunks, the loader's other helpers: FactsPlausibility, `KernelBounds.isCoreText`)
+    /// excluded init *text* only, so with core text stretched over the whole init memory a
+    /// `pv_ops` entry, or the `srso_return_thunk` record that `return_thunk` names, inside init
+    /// *data* (`[__init_begin, _sinittext)`, freed by free_initmem() like init text) registered:
+    /// every paravirt site of that op (`paravirt_patch()`: a direct call) or every return site
+    /// (`apply_returns()`: `jmp x86_return_thunk`) would be a verified branch into freed memory.
+    func testCoreTextDoesNotReachIntoInitMemory() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let honest = try boot.registration(guestID: "g")
+        func at(_ n: String) throws -> UInt64 { try XCTUnwrap(honest.symbols.first { $0.name == n }?.address, n) }
+        let initBegin = try at("__init_begin"), sinit = try at("_sinittext"), initEnd = try at("__init_end")
+        XCTAssertLessThan(initBegin, sinit)
+        let initData = initBegin + 0x100
+        func stretched(_ edit: (inout RegisterGuest) throws -> Void) throws -> RegisterGuest {
+            var r = honest
+            let e = try XCTUnwrap(r.symbols.firstIndex { $0.name == "_etext" })
+            r.symbols[e].address = initEnd + 0x1000
+            try edit(&r)
+            return r
+        }
+        let pv = try stretched { r in
+            XCTAssertGreaterThanOrEqual(r.pvOps.count, 16)
+            r.pvOps.replaceSubrange(8..<16, with: withUnsafeBytes(of: initData.littleEndian) { Array($0) })
+        }
+        let thunk = try stretched { r in
+            let t = try XCTUnwrap(r.symbols.firstIndex { $0.name == "srso_return_thunk" })
+            r.symbols[t].address = initData
+            r.symbols[t].exported = false
+            r.returnThunk = initData
+        }
+        for (what, r) in [("pv_ops[1]", pv), ("return_thunk = srso_return_thunk", thunk)] {
+            let v = try verifier()
+            let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+            if case .error(let e) = reply {
+                XCTAssertEqual(e.code, .implausibleFacts, "\(what): \(e.message)")
+            } else {
+                XCTFail("registered with _etext past __init_end and \(what) at 0x\(String(initData, radix: 16)), in init data [__init_begin, _sinittext)")
+            }
+        }
+        guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
+    }
+
     /// Attack: trust.md "Static calls" rule 2 (targets derived from the build by name:
     /// `sched_dynamic_update()`'s `__cond_resched`, `preempt_schedule_thunk`, …, each tracepoint
     /// key's `__traceiter_X`), and protocol.md's plausibility rule "every static-call target is 0
