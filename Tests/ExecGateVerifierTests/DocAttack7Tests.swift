@@ -142,6 +142,33 @@ final class DocAttack7Tests: XCTestCase {
         guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
     }
 
+    /// Attack: exports the loader's rewrites look up by name, not through a relocation (6.12
+    /// `BUG_func`, the call `apply_alternatives()` writes for an `ALT_FLAG_DIRECT_CALL` site whose
+    /// `pv_ops` entry is NULL; `nop_func`, `pv_ops`: Loader612Patching; 6.1 `__fentry__`,
+    /// `__x86_indirect_thunk_rax`). The relocation walk's `init-symbol` rule never sees them, and
+    /// registration refused only exports in init *text*: `BUG_func` sent as data (`D`) in init
+    /// data `[__init_begin, _sinittext)` registered and is what the 6.12 replay would write a
+    /// `call` to. (The 6.1 return thunk, looked up the same way, is a code helper held to core
+    /// text since DocAttack6, and core text excludes init memory since this round.) trust.md:
+    /// "nothing may point into the core's freed init memory"; no Debian 6.1 export lies in
+    /// `[__init_begin, __init_end)` (modpost refuses exporting __init/__initdata symbols).
+    func testNoExportLiesInInitData() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let honest = try boot.registration(guestID: "g")
+        let initBegin = try XCTUnwrap(honest.symbols.first { $0.name == "__init_begin" }?.address)
+        var r = honest
+        r.symbols.append(KernelSymbol(name: "BUG_func", address: initBegin + 0x100, type: UInt8(ascii: "D"), exported: true))
+        let v = try verifier()
+        let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+        if case .error(let e) = reply {
+            XCTAssertEqual(e.code, .implausibleFacts, e.message)
+            XCTAssertTrue(e.message.contains("BUG_func"), e.message)
+        } else {
+            let s = try XCTUnwrap(v.guests.session("g"))
+            XCTFail("registered the export BUG_func (D) at 0x\(String(initBegin + 0x100, radix: 16)) in init data; the replay's BUG_func is then 0x\(String(s.symbolResolver.lookup("BUG_func") ?? 0, radix: 16))")
+        }
+    }
+
     /// Attack: trust.md "Static calls" rule 2 (targets derived from the build by name:
     /// `sched_dynamic_update()`'s `__cond_resched`, `preempt_schedule_thunk`, …, each tracepoint
     /// key's `__traceiter_X`), and protocol.md's plausibility rule "every static-call target is 0
