@@ -150,6 +150,11 @@ enum FactsPlausibility {
         if let b = bounds {
             for s in symbols where s.exported {
                 if let i = b.initText, i.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in init text (freed after boot)", facts) }
+                // Init data too (`[__init_begin, __init_end)`): the loaders look some exports up by
+                // name and write calls to them (6.12 `BUG_func`, `nop_func`), where the relocation
+                // walk's `init-symbol` rule never looks; modpost refuses exporting __init and
+                // __initdata symbols, so no build has one.
+                if let m = b.initMemory, m.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in the core's init memory [__init_begin, __init_end) (freed after boot)", facts) }
                 if s.isText && !b.isCoreText(s.address) { return ("exported text symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text", facts) }
             }
             // Every export is told from the core's init memory only by the init bounds: init text
