@@ -150,19 +150,25 @@ enum FactsPlausibility {
         if let b = bounds {
             for s in symbols where s.exported {
                 if let i = b.initText, i.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in init text (freed after boot)", facts) }
+                // Init data too (`[__init_begin, __init_end)`): the loaders look some exports up by
+                // name and write calls to them (6.12 `BUG_func`, `nop_func`), where the relocation
+                // walk's `init-symbol` rule never looks; modpost refuses exporting __init and
+                // __initdata symbols, so no build has one.
+                if let m = b.initMemory, m.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in the core's init memory [__init_begin, __init_end) (freed after boot)", facts) }
                 if s.isText && !b.isCoreText(s.address) { return ("exported text symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text", facts) }
             }
-            // An export in the image outside core text (data, rodata, bss: any type letter) can be
-            // told from the core's init memory only by the init bounds: init text and data
-            // (`[_sinittext, _einittext)`, `[__init_begin, __init_end)`, vmlinux.lds.S) are freed
-            // by free_initmem() after boot, and nothing may point there (the relocation walk's
-            // `init-symbol` rule, the check above). Without them both rules were off: an export
-            // sent as data inside init text was resolved like any other. A fact the checks need is
-            // never switched off by omission (protocol.md "Symbols the VMM must send").
-            if let s = symbols.first(where: { $0.exported && $0.address >= KernelSlide.imageBase && !b.coreText.contains($0.address) }) {
+            // Every export is told from the core's init memory only by the init bounds: init text
+            // and data (`[_sinittext, _einittext)`, `[__init_begin, __init_end)`, vmlinux.lds.S)
+            // are freed by free_initmem() after boot, and nothing may point there (the check above,
+            // the relocation walk's `init-symbol` rule). Without them both rules were off: an
+            // export sent as data inside init text was resolved like any other, and so was one
+            // sent as text with `_etext` (the registration's word too) moved past the init text.
+            // A fact the checks need is never switched off by omission (protocol.md "Symbols the
+            // VMM must send"); every kernel has init memory.
+            if let s = symbols.first(where: { $0.exported }) {
                 for (lo, hi) in [("_sinittext", "_einittext"), ("__init_begin", "__init_end")] {
                     guard let a = named[lo], let z = named[hi], a < z else {
-                        return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text, and the registration lacks the core init bounds \(lo) < \(hi): it cannot be told from the init memory free_initmem() releases after boot", facts)
+                        return ("symbols are sent with exports ('\(s.name)', …) but without the core init bounds \(lo) < \(hi): no export can be told from the init memory free_initmem() releases after boot", facts)
                     }
                 }
             }

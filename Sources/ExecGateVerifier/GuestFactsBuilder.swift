@@ -152,28 +152,38 @@ public enum GuestFactsBuilder {
 
 /// The core kernel's text bounds, from the build's own section symbols (vmlinux.lds.S):
 /// `_stext`/`_etext` bound the core text (entry code, thunks included), `_sinittext`/`_einittext`
-/// the init text that free_initmem() releases after boot.
+/// the init text and `__init_begin`/`__init_end` the whole init memory (text and data) that
+/// free_initmem() releases after boot.
 struct KernelBounds {
     let coreText: Range<UInt64>
     let initText: Range<UInt64>?
+    /// `[__init_begin, __init_end)`: init text and init data. Core text excludes it as well as
+    /// the init text: `_etext` is the registration's word, and stretched past the init memory it
+    /// put init *data* (freed too) inside "core text" (DocAttack7Tests).
+    let initMemory: Range<UInt64>?
 
-    private init(coreText: Range<UInt64>, initText: Range<UInt64>?) {
+    private init(coreText: Range<UInt64>, initText: Range<UInt64>?, initMemory: Range<UInt64>?) {
         self.coreText = coreText
         self.initText = initText
+        self.initMemory = initMemory
     }
 
     /// The bounds with every end moved by `f` (a slide removed or applied: KernelSlide, which
     /// keeps the order of the addresses of a registration it is one-to-one on).
     func mapped(_ f: (UInt64) -> UInt64) -> KernelBounds {
         KernelBounds(coreText: f(coreText.lowerBound)..<f(coreText.upperBound),
-                     initText: initText.map { f($0.lowerBound)..<f($0.upperBound) })
+                     initText: initText.map { f($0.lowerBound)..<f($0.upperBound) },
+                     initMemory: initMemory.map { f($0.lowerBound)..<f($0.upperBound) })
     }
 
     init?(_ named: [String: UInt64]) {
         guard let s = named["_stext"], let e = named["_etext"], s < e else { return nil }
         coreText = s..<e
         if let a = named["_sinittext"], let b = named["_einittext"], a < b { initText = a..<b } else { initText = nil }
+        if let a = named["__init_begin"], let b = named["__init_end"], a < b { initMemory = a..<b } else { initMemory = nil }
     }
 
-    func isCoreText(_ a: UInt64) -> Bool { coreText.contains(a) && !(initText?.contains(a) ?? false) }
+    func isCoreText(_ a: UInt64) -> Bool {
+        coreText.contains(a) && !(initText?.contains(a) ?? false) && !(initMemory?.contains(a) ?? false)
+    }
 }

@@ -72,8 +72,101 @@ final class DocAttack7Tests: XCTestCase {
             XCTFail("registered without the init bounds, _printk (D) at 0x\(String(inInit, radix: 16)) in init text; 8021q's call _printk there: \(verdict.decision) \(verdict.message)")
         }
         XCTAssertNil(v.guests.session("g"))
+        // The same with `_printk` as text (`T`) and `_etext` moved past the init text (the
+        // registration's word too): the export is then "core text" and no export lies outside
+        // it, yet it is in init text. The init bounds are what tell it: refused without them.
+        var t = honest
+        t.symbols.removeAll { Self.initBounds.contains($0.name) }
+        let i = try XCTUnwrap(t.symbols.firstIndex { $0.name == "_printk" && $0.exported })
+        t.symbols[i].address = inInit
+        let e = try XCTUnwrap(t.symbols.firstIndex { $0.name == "_etext" })
+        t.symbols[e].address = einit + 0x1000
+        let vt = try verifier()
+        let treply = vt.respond(to: .registerGuest(t), requestDigest: [])
+        if case .error(let err) = treply {
+            XCTAssertEqual(err.code, .implausibleFacts, err.message)
+        } else {
+            let session = try XCTUnwrap(vt.guests.session("g"))
+            for name in ["llc", "stp", "mrp", "garp"] { _ = vt.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []) }
+            let caller = try boot.module("8021q").request(guestID: "g")
+            let redirected = try DocAttack4Tests.rebased(boot, session, "8021q", to: caller.textBase!, frames: caller.frames)
+            let verdict = vt.authorize(redirected, requestDigest: [])
+            XCTFail("registered without the init bounds, _etext past init text, _printk (T) at 0x\(String(inInit, radix: 16)) in init text; 8021q's call _printk there: \(verdict.decision) \(verdict.message)")
+        }
         // Control: the real build registers.
         guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
+    }
+
+    /// Attack: the init bounds sent, `_etext` (the registration's word) moved past `__init_end`.
+    /// vmlinux.lds.S lays the image out as `_stext < _etext ≤ __init_begin ≤ _sinittext <
+    /// _einittext ≤ __init_end`; the rules "in core text outside init text" (`pv_ops` entries,
+    /// the return thunks, the loader's other helpers: FactsPlausibility, `KernelBounds.isCoreText`)
+    /// excluded init *text* only, so with core text stretched over the whole init memory a
+    /// `pv_ops` entry, or the `srso_return_thunk` record that `return_thunk` names, inside init
+    /// *data* (`[__init_begin, _sinittext)`, freed by free_initmem() like init text) registered:
+    /// every paravirt site of that op (`paravirt_patch()`: a direct call) or every return site
+    /// (`apply_returns()`: `jmp x86_return_thunk`) would be a verified branch into freed memory.
+    func testCoreTextDoesNotReachIntoInitMemory() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let honest = try boot.registration(guestID: "g")
+        func at(_ n: String) throws -> UInt64 { try XCTUnwrap(honest.symbols.first { $0.name == n }?.address, n) }
+        let initBegin = try at("__init_begin"), sinit = try at("_sinittext"), initEnd = try at("__init_end")
+        XCTAssertLessThan(initBegin, sinit)
+        let initData = initBegin + 0x100
+        func stretched(_ edit: (inout RegisterGuest) throws -> Void) throws -> RegisterGuest {
+            var r = honest
+            let e = try XCTUnwrap(r.symbols.firstIndex { $0.name == "_etext" })
+            r.symbols[e].address = initEnd + 0x1000
+            try edit(&r)
+            return r
+        }
+        let pv = try stretched { r in
+            XCTAssertGreaterThanOrEqual(r.pvOps.count, 16)
+            r.pvOps.replaceSubrange(8..<16, with: withUnsafeBytes(of: initData.littleEndian) { Array($0) })
+        }
+        let thunk = try stretched { r in
+            let t = try XCTUnwrap(r.symbols.firstIndex { $0.name == "srso_return_thunk" })
+            r.symbols[t].address = initData
+            r.symbols[t].exported = false
+            r.returnThunk = initData
+        }
+        for (what, r) in [("pv_ops[1]", pv), ("return_thunk = srso_return_thunk", thunk)] {
+            let v = try verifier()
+            let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+            if case .error(let e) = reply {
+                XCTAssertEqual(e.code, .implausibleFacts, "\(what): \(e.message)")
+            } else {
+                XCTFail("registered with _etext past __init_end and \(what) at 0x\(String(initData, radix: 16)), in init data [__init_begin, _sinittext)")
+            }
+        }
+        guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
+    }
+
+    /// Attack: exports the loader's rewrites look up by name, not through a relocation (6.12
+    /// `BUG_func`, the call `apply_alternatives()` writes for an `ALT_FLAG_DIRECT_CALL` site whose
+    /// `pv_ops` entry is NULL; `nop_func`, `pv_ops`: Loader612Patching; 6.1 `__fentry__`,
+    /// `__x86_indirect_thunk_rax`). The relocation walk's `init-symbol` rule never sees them, and
+    /// registration refused only exports in init *text*: `BUG_func` sent as data (`D`) in init
+    /// data `[__init_begin, _sinittext)` registered and is what the 6.12 replay would write a
+    /// `call` to. (The 6.1 return thunk, looked up the same way, is a code helper held to core
+    /// text since DocAttack6, and core text excludes init memory since this round.) trust.md:
+    /// "nothing may point into the core's freed init memory"; no Debian 6.1 export lies in
+    /// `[__init_begin, __init_end)` (modpost refuses exporting __init/__initdata symbols).
+    func testNoExportLiesInInitData() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let honest = try boot.registration(guestID: "g")
+        let initBegin = try XCTUnwrap(honest.symbols.first { $0.name == "__init_begin" }?.address)
+        var r = honest
+        r.symbols.append(KernelSymbol(name: "BUG_func", address: initBegin + 0x100, type: UInt8(ascii: "D"), exported: true))
+        let v = try verifier()
+        let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+        if case .error(let e) = reply {
+            XCTAssertEqual(e.code, .implausibleFacts, e.message)
+            XCTAssertTrue(e.message.contains("BUG_func"), e.message)
+        } else {
+            let s = try XCTUnwrap(v.guests.session("g"))
+            XCTFail("registered the export BUG_func (D) at 0x\(String(initBegin + 0x100, radix: 16)) in init data; the replay's BUG_func is then 0x\(String(s.symbolResolver.lookup("BUG_func") ?? 0, radix: 16))")
+        }
     }
 
     /// Attack: trust.md "Static calls" rule 2 (targets derived from the build by name:
