@@ -4,7 +4,11 @@
 // cpus.txt parsing and on the registration facts' new checks.
 
 import ExecGateCapture
+import ExecGateExplain
+import ExecGatePolicy
 import ExecGateTestSupport
+@testable import ExecGateVerifier
+import ExecGateWire
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -41,5 +45,43 @@ final class Review7Tests: XCTestCase {
             let b = try CaptureBoot.load(boot)
             XCTAssertEqual(b.facts.possibleCPUs, n, list)
         }
+    }
+
+    /// HOLE (review 7): DocAttack7 required the init bounds so that no export points into the
+    /// core's init memory, freed after boot; but free_initmem() is not all the image memory the
+    /// kernel frees. x86-64 mark_rodata_ro() (arch/x86/mm/init_64.c, 6.1 and 6.12) also frees the
+    /// "unused kernel image (text/rodata gap)": [PFN_ALIGN(_etext), __start_rodata), where
+    /// vmlinux.lds.S puts __start_rodata at the next 2 MiB boundary (X86_ALIGN_RODATA_BEGIN,
+    /// `. = ALIGN(HPAGE_SIZE)`; the fixture: _etext 0x…81e01d32, __start_rodata 0x…82000000).
+    /// The exported `_printk`, sent as data (`D`: the core-text rule does not apply) inside that
+    /// gap, registered, and 8021q's `call _printk` was explained as a verified call into pages
+    /// the page allocator has since handed out again (what is there is the guest's choice).
+    func testAnExportInTheFreedTextRodataGapIsRefused() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let honest = try boot.registration(guestID: "g")
+        let etext = try XCTUnwrap(honest.symbols.first { $0.name == "_etext" }?.address)
+        let inGap = ((etext + 0xfff) & ~0xfff) + 0x1000
+        XCTAssertLessThan(inGap, (etext + 0x1f_ffff) & ~0x1f_ffff, "the fixture's gap holds the address")
+        var r = honest
+        let i = try XCTUnwrap(r.symbols.firstIndex { $0.name == "_printk" && $0.exported })
+        r.symbols[i].type = UInt8(ascii: "D")
+        r.symbols[i].address = inGap
+        let v = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
+        let reply = v.respond(to: .registerGuest(r), requestDigest: [])
+        if case .error(let e) = reply {
+            XCTAssertEqual(e.code, .implausibleFacts, e.message)
+        } else {
+            let session = try XCTUnwrap(v.guests.session("g"))
+            for name in ["llc", "stp", "mrp", "garp"] {
+                XCTAssertEqual(v.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []).decision, .allow, name)
+            }
+            let caller = try boot.module("8021q").request(guestID: "g")
+            let redirected = try DocAttack4Tests.rebased(boot, session, "8021q", to: caller.textBase!, frames: caller.frames)
+            let verdict = v.authorize(redirected, requestDigest: [])
+            XCTFail("registered _printk (D) at 0x\(String(inGap, radix: 16)) in the freed text/rodata gap; 8021q's call _printk there: \(verdict.decision) \(verdict.message)")
+        }
+        // Control: the real build registers.
+        let honestVerifier = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
+        guard case .registerGuestReply = honestVerifier.respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the real registration") }
     }
 }
