@@ -80,21 +80,30 @@ let capturedKernelMaximumCPUs = 8192
 /// A CPU list in the kernel's format ("0", "0-3,5") → count, or nil when it is not one. The kernel
 /// prints a cpumask as increasing decimal numbers and `a-b` ranges (`cpumap_print_to_pagebuf()`,
 /// the format `bitmap_parselist()` reads back), every number below the mask's width (NR_CPUS).
-/// The guest wrote this file: a number at or past NR_CPUS, a reversed range or any other word is
+/// The guest wrote this file: a number at or past NR_CPUS, a reversed range, a part not past the
+/// one before it (a CPU twice, or out of order) or any other word is
 /// refused rather than counted, and the count is bounded (no arithmetic on guest numbers can trap).
 func countCPUs(_ list: Substring) -> Int? {
     func cpu(_ s: Substring) -> Int? {
         guard !s.isEmpty, s.utf8.count <= 5, s.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let v = Int(s), v < capturedKernelMaximumCPUs else { return nil }
         return v
     }
+    // The kernel prints a mask's runs of set bits lowest first, each once
+    // (cpumap_print_to_pagebuf() → bitmap_print_list_to_buf() → bitmap_list_string()): every part
+    // starts past the previous part's end, so no CPU is counted twice (`0,0,0,0` was 4 CPUs, and
+    // `3,0` or `0-3,2` read as well: no kernel prints them).
     var n = 0
+    var last = -1
     for part in list.split(separator: ",", omittingEmptySubsequences: false) {
         let r = part.split(separator: "-", omittingEmptySubsequences: false)
-        if r.count == 2, let a = cpu(r[0]), let b = cpu(r[1]), b >= a { n += b - a + 1 } else if r.count == 1, cpu(part) != nil { n += 1 } else { return nil }
+        let a: Int, b: Int
+        if r.count == 2, let x = cpu(r[0]), let y = cpu(r[1]), y >= x { (a, b) = (x, y) } else if r.count == 1, let x = cpu(part) { (a, b) = (x, x) } else { return nil }
+        guard a > last else { return nil }
+        n += b - a + 1
+        last = b
     }
-    // Ranges may repeat CPUs in a hostile list: the count is a sum of at most NR_CPUS per part,
-    // over at most the file's bytes of parts, far from Int.max; cap it at NR_CPUS all the same.
-    return min(n, capturedKernelMaximumCPUs)
+    // Disjoint and below NR_CPUS: at most NR_CPUS.
+    return n
 }
 
 /// One boot of a capture.

@@ -109,7 +109,7 @@ extension CaptureBoot {
             }
             guard counts[f[0]] == nil else { throw CaptureError(path: path, reason: "\(f[0]) given twice") }
             guard let n = countCPUs(f[1]) else {
-                throw CaptureError(path: path, reason: "\(f[0]): not a CPU list the kernel prints (decimal CPUs and ranges below NR_CPUS = \(capturedKernelMaximumCPUs))")
+                throw CaptureError(path: path, reason: "\(f[0]): not a CPU list the kernel prints (decimal CPUs and ranges below NR_CPUS = \(capturedKernelMaximumCPUs), lowest first, no CPU twice)")
             }
             counts[f[0]] = n
         }

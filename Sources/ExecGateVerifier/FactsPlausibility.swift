@@ -173,6 +173,28 @@ enum FactsPlausibility {
                 }
             }
         }
+        // Init memory is not all the image memory the kernel frees after boot: x86-64
+        // mark_rodata_ro() (arch/x86/mm/init_64.c, 6.1 and 6.12) frees the "unused kernel image
+        // (text/rodata gap)" [PFN_ALIGN(_etext), __start_rodata) and the "(rodata/data gap)"
+        // [PFN_ALIGN(__end_rodata), _sdata) with free_kernel_image_pages(): those pages go back to
+        // the page allocator, and what is there later is the guest's choice. vmlinux.lds.S starts
+        // rodata at the next 2 MiB boundary after text (`_etext = .; . = ALIGN(PAGE_SIZE);`
+        // X86_ALIGN_RODATA_BEGIN `. = ALIGN(HPAGE_SIZE)`; the KASLR slide keeps 2 MiB alignment),
+        // so the first gap follows from `_etext` alone; the second is checked when `__end_rodata`
+        // and `_sdata` are sent. No export lies there (an export sent as data in the first gap
+        // registered, and a module's call to it was explained: Review7Tests).
+        if let b = bounds, b.coreText.upperBound <= UInt64.max - (4 << 20) {
+            let textEnd = (b.coreText.upperBound + 0xfff) & ~0xfff
+            var gaps = [("text/rodata", textEnd..<((textEnd + 0x1f_ffff) & ~0x1f_ffff))]
+            if let er = named["__end_rodata"], let sd = named["_sdata"], er <= UInt64.max - 0xfff, (er + 0xfff) & ~0xfff < sd {
+                gaps.append(("rodata/data", ((er + 0xfff) & ~0xfff)..<sd))
+            }
+            for (what, gap) in gaps where !gap.isEmpty {
+                if let s = symbols.first(where: { $0.exported && gap.contains($0.address) }) {
+                    return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in the kernel image's \(what) gap [0x\(Hex.number(gap.lowerBound)), 0x\(Hex.number(gap.upperBound))), which mark_rodata_ro() frees after boot", facts)
+                }
+            }
+        }
         // A core static-call key is kernel data (DEFINE_STATIC_CALL in vmlinux): in the image,
         // never the module area (where a later module's own key would take the core targets
         // listed for it) nor below the image.
