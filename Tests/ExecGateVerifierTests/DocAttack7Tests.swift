@@ -17,6 +17,18 @@ import NIOCore
 import XCTest
 
 final class DocAttack7Tests: XCTestCase {
+    /// What a registration that went through lets a guest do with `_printk` moved: its
+    /// dependencies load, then 8021q (whose `call _printk` now points at the moved address)
+    /// laid at its own base: that verdict (an allow is the hole).
+    static func printkCallerVerdict(_ v: Verifier, _ boot: CaptureBoot) throws -> ExecGateWire.Verdict {
+        let session = try XCTUnwrap(v.guests.session("g"))
+        for name in ["llc", "stp", "mrp", "garp"] {
+            XCTAssertEqual(v.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []).decision, .allow, name)
+        }
+        let caller = try boot.module("8021q").request(guestID: "g")
+        return v.authorize(try DocAttack4Tests.rebased(boot, session, "8021q", to: caller.textBase!, frames: caller.frames), requestDigest: [])
+    }
+
     /// An address in the module area `[MODULES_VADDR, MODULES_END)` where no fixture module lies.
     static let moduleAreaPage: UInt64 = 0xffff_ffff_c300_0000
     static let initBounds = ["_sinittext", "_einittext", "__init_begin", "__init_end"]
@@ -62,13 +74,7 @@ final class DocAttack7Tests: XCTestCase {
             XCTAssertTrue(e.message.contains("_sinittext") || e.message.contains("__init_begin"), e.message)
         } else {
             // What the registration allowed: 8021q calling "_printk" inside init text.
-            let session = try XCTUnwrap(v.guests.session("g"))
-            for name in ["llc", "stp", "mrp", "garp"] {
-                XCTAssertEqual(v.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []).decision, .allow, name)
-            }
-            let caller = try boot.module("8021q").request(guestID: "g")
-            let redirected = try DocAttack4Tests.rebased(boot, session, "8021q", to: caller.textBase!, frames: caller.frames)
-            let verdict = v.authorize(redirected, requestDigest: [])
+            let verdict = try DocAttack7Tests.printkCallerVerdict(v, boot)
             XCTFail("registered without the init bounds, _printk (D) at 0x\(String(inInit, radix: 16)) in init text; 8021q's call _printk there: \(verdict.decision) \(verdict.message)")
         }
         XCTAssertNil(v.guests.session("g"))
@@ -86,11 +92,7 @@ final class DocAttack7Tests: XCTestCase {
         if case .error(let err) = treply {
             XCTAssertEqual(err.code, .implausibleFacts, err.message)
         } else {
-            let session = try XCTUnwrap(vt.guests.session("g"))
-            for name in ["llc", "stp", "mrp", "garp"] { _ = vt.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []) }
-            let caller = try boot.module("8021q").request(guestID: "g")
-            let redirected = try DocAttack4Tests.rebased(boot, session, "8021q", to: caller.textBase!, frames: caller.frames)
-            let verdict = vt.authorize(redirected, requestDigest: [])
+            let verdict = try DocAttack7Tests.printkCallerVerdict(vt, boot)
             XCTFail("registered without the init bounds, _etext past init text, _printk (T) at 0x\(String(inInit, radix: 16)) in init text; 8021q's call _printk there: \(verdict.decision) \(verdict.message)")
         }
         // Control: the real build registers.

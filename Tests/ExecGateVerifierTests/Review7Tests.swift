@@ -71,13 +71,7 @@ final class Review7Tests: XCTestCase {
         if case .error(let e) = reply {
             XCTAssertEqual(e.code, .implausibleFacts, e.message)
         } else {
-            let session = try XCTUnwrap(v.guests.session("g"))
-            for name in ["llc", "stp", "mrp", "garp"] {
-                XCTAssertEqual(v.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []).decision, .allow, name)
-            }
-            let caller = try boot.module("8021q").request(guestID: "g")
-            let redirected = try DocAttack4Tests.rebased(boot, session, "8021q", to: caller.textBase!, frames: caller.frames)
-            let verdict = v.authorize(redirected, requestDigest: [])
+            let verdict = try DocAttack7Tests.printkCallerVerdict(v, boot)
             XCTFail("registered _printk (D) at 0x\(String(inGap, radix: 16)) in the freed text/rodata gap; 8021q's call _printk there: \(verdict.decision) \(verdict.message)")
         }
         // Control: the real build registers.
