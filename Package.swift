@@ -162,7 +162,7 @@ let package = Package(
         // MARK: - Tests
         .target(
             name: "ExecGateTestSupport",
-            dependencies: ["ExecGateSignature", "ExecGateELF", "ExecGateKernelImage", "_ExecGateInternals", nioConcurrency],
+            dependencies: ["ExecGateSignature", "ExecGateELF", "ExecGateWire", "ExecGateKernelImage", "_ExecGateInternals", nioConcurrency],
             path: "Tests/ExecGateTestSupport",
             swiftSettings: swiftSettings
         ),

@@ -41,10 +41,13 @@ extension CaptureBoot {
         }
         // Keep what the engine can use: every text symbol (legal static-call targets, duplicates by
         // name included), the chosen definition of each export, and the named helpers.
-        // Static-call keys (`__SCK__*`: StaticCallTrust maps them to trusted targets) and the core's
-        // init bounds (freed init memory) are facts of the build's symbol map too.
-        let helpers: Set<Substring> = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return", "its_return_thunk", "__per_cpu_end",
-                                       "_sinittext", "_einittext", "__init_begin", "__init_end"]
+        // Static-call keys (`__SCK__*`: StaticCallTrust maps them to trusted targets), the core's
+        // init bounds (freed init memory), the rodata/data gap's bounds (freed by
+        // mark_rodata_ro()) and `.data..ro_after_init`'s (sealed static keys) are facts of the
+        // build's symbol map too (protocol.md "Symbols the VMM must send").
+        let helpers: Set<Substring> = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return", "its_return_thunk",
+                                       "__per_cpu_start", "__per_cpu_end", "_sinittext", "_einittext", "__init_begin", "__init_end",
+                                       "__start_ro_after_init", "__end_ro_after_init", "__end_rodata", "_sdata"]
         let text: Set<UInt8> = [UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W")]
         var symbols: [KernelSymbol] = []
         var helperSeen = Set<Substring>()

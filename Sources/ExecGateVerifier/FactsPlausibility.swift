@@ -165,10 +165,19 @@ enum FactsPlausibility {
             // sent as text with `_etext` (the registration's word too) moved past the init text.
             // A fact the checks need is never switched off by omission (protocol.md "Symbols the
             // VMM must send"); every kernel has init memory.
+            // The same for the other bounds a rule needs once anything is exported: the
+            // rodata/data gap `mark_rodata_ro()` frees (`__end_rodata` < `_sdata`: below), and the
+            // core's `.data..ro_after_init` (include/asm-generic/vmlinux.lds.h RO_AFTER_INIT_DATA),
+            // whose static keys never change after `mark_rodata_ro()` (GuestSession's sealed-key
+            // rule). Every 6.1 and 6.12 build has all four pairs.
             if let s = symbols.first(where: { $0.exported }) {
-                for (lo, hi) in [("_sinittext", "_einittext"), ("__init_begin", "__init_end")] {
+                let freedInit = "no export can be told from the init memory free_initmem() releases after boot"
+                for (lo, hi, why) in [("_sinittext", "_einittext", freedInit), ("__init_begin", "__init_end", freedInit),
+                                      ("__end_rodata", "_sdata", "no export can be told from the rodata/data gap mark_rodata_ro() frees after boot"),
+                                      ("__start_ro_after_init", "__end_ro_after_init", "no static key can be told to lie in the core's __ro_after_init data, sealed after boot")] {
                     guard let a = named[lo], let z = named[hi], a < z else {
-                        return ("symbols are sent with exports ('\(s.name)', …) but without the core init bounds \(lo) < \(hi): no export can be told from the init memory free_initmem() releases after boot", facts)
+                        let kind = why == freedInit ? "core init bounds" : "bounds"
+                        return ("symbols are sent with exports ('\(s.name)', …) but without the \(kind) \(lo) < \(hi): \(why)", facts)
                     }
                 }
             }
@@ -183,11 +192,12 @@ enum FactsPlausibility {
         // so the first gap follows from `_etext` alone; the second is checked when `__end_rodata`
         // and `_sdata` are sent. No export lies there (an export sent as data in the first gap
         // registered, and a module's call to it was explained: Review7Tests).
-        if let b = bounds, b.coreText.upperBound <= UInt64.max - (4 << 20) {
-            let textEnd = (b.coreText.upperBound + 0xfff) & ~0xfff
-            var gaps = [("text/rodata", textEnd..<((textEnd + 0x1f_ffff) & ~0x1f_ffff))]
-            if let er = named["__end_rodata"], let sd = named["_sdata"], er <= UInt64.max - 0xfff, (er + 0xfff) & ~0xfff < sd {
-                gaps.append(("rodata/data", ((er + 0xfff) & ~0xfff)..<sd))
+        // `x` rounded up to a multiple of `align` (a power of two), nil past 2^64.
+        func alignUp(_ x: UInt64, _ align: UInt64) -> UInt64? { x <= UInt64.max - (align - 1) ? (x + align - 1) & ~(align - 1) : nil }
+        if let b = bounds, let textEnd = alignUp(b.coreText.upperBound, 0x1000), let rodata = alignUp(textEnd, 0x20_0000) {
+            var gaps = [("text/rodata", textEnd..<rodata)]
+            if let er = named["__end_rodata"], let sd = named["_sdata"], let gapStart = alignUp(er, 0x1000), gapStart < sd {
+                gaps.append(("rodata/data", gapStart..<sd))
             }
             for (what, gap) in gaps where !gap.isEmpty {
                 if let s = symbols.first(where: { $0.exported && gap.contains($0.address) }) {

@@ -8,6 +8,7 @@
 
 import ExecGateCapture
 import ExecGateHost
+import ExecGateTestSupport
 import ExecGateTransport
 import ExecGateVerifier
 import ExecGateWire
@@ -27,8 +28,7 @@ final class FactsBudgetTests: XCTestCase {
     /// build's export tables).
     static func build(_ g: Int, count: Int = 20_000) -> RegisterGuest {
         var syms = [KernelSymbol(name: "_stext", address: 0xffff_ffff_8100_0000, type: UInt8(ascii: "T"), exported: false),
-                    KernelSymbol(name: "_etext", address: 0xffff_ffff_8200_0000, type: UInt8(ascii: "T"), exported: false),
-                    KernelSymbol(name: "__init_begin", address: 0xffff_ffff_8300_0000, type: UInt8(ascii: "D"), exported: false), KernelSymbol(name: "_sinittext", address: 0xffff_ffff_8300_1000, exported: false), KernelSymbol(name: "_einittext", address: 0xffff_ffff_8300_2000, exported: false), KernelSymbol(name: "__init_end", address: 0xffff_ffff_8300_3000, type: UInt8(ascii: "D"), exported: false)]
+                    KernelSymbol(name: "_etext", address: 0xffff_ffff_8200_0000, type: UInt8(ascii: "T"), exported: false)] + Fixtures.syntheticImageBounds
         for i in 0..<count {
             syms.append(KernelSymbol(name: String(g * count + i + 50_000, radix: 36), address: 0xffff_ffff_8100_1000 + UInt64(i) * 16,
                                      type: UInt8(ascii: "T"), exported: true))
@@ -141,7 +141,7 @@ final class FactsBudgetTests: XCTestCase {
             let before = Self.rss()
             var kept = 0
             for g in 0..<400 {
-                let syms = [text("_stext", 0xffff_ffff_8100_0000), text("_etext", 0xffff_ffff_8200_0000), KernelSymbol(name: "__init_begin", address: 0xffff_ffff_8300_0000, type: UInt8(ascii: "D"), exported: false), KernelSymbol(name: "_sinittext", address: 0xffff_ffff_8300_1000, exported: false), KernelSymbol(name: "_einittext", address: 0xffff_ffff_8300_2000, exported: false), KernelSymbol(name: "__init_end", address: 0xffff_ffff_8300_3000, type: UInt8(ascii: "D"), exported: false)] + make(g)
+                let syms = [text("_stext", 0xffff_ffff_8100_0000), text("_etext", 0xffff_ffff_8200_0000)] + Fixtures.syntheticImageBounds + make(g)
                 if case .refused(let code, let why) = registry.register(RegisterGuest(guestID: "g\(g)", symbols: syms)) {
                     XCTAssertEqual(code, .unavailable, why)
                     break

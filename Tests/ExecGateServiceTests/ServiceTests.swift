@@ -144,10 +144,9 @@ final class ServiceTests: XCTestCase {
         // The core text bounds come with any symbol: the facts are checked against them.
         let reply = try await c.register(RegisterGuest(guestID: "g-1", kernelRelease: "6.1.0-56-amd64", symbols: [
             KernelSymbol(name: "_stext", address: 0xffff_ffff_8100_0000, exported: false),
-            KernelSymbol(name: "_etext", address: 0xffff_ffff_81e0_0000, exported: false),
-            KernelSymbol(name: "__init_begin", address: 0xffff_ffff_8300_0000, type: UInt8(ascii: "D"), exported: false), KernelSymbol(name: "_sinittext", address: 0xffff_ffff_8300_1000, exported: false), KernelSymbol(name: "_einittext", address: 0xffff_ffff_8300_2000, exported: false), KernelSymbol(name: "__init_end", address: 0xffff_ffff_8300_3000, type: UInt8(ascii: "D"), exported: false),
+            KernelSymbol(name: "_etext", address: 0xffff_ffff_81e0_0000, exported: false)] + Fixtures.syntheticImageBounds + [
             KernelSymbol(name: "printk", address: 0xffff_ffff_8110_0000)]))
-        XCTAssertEqual(reply.symbolCount, 7)
+        XCTAssertEqual(reply.symbolCount, 11)
         XCTAssertEqual(reply.factsDigest.count, 32, "the SHA-256 of the registration body")
         let v = try await c.authorize(AuthorizeModule(guestID: "g-1", module: ByteBuffer(bytes: modules[0].bytes)))
         XCTAssertEqual(v.decision, .allow, v.message)

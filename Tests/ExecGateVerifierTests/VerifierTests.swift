@@ -199,15 +199,15 @@ final class VerifierTests: XCTestCase {
         XCTAssertTrue(implausible.message.contains("_stext"), implausible.message)
         XCTAssertEqual(v.guests.count, 0)
         let bounds = [KernelSymbol(name: "_stext", address: 0xffff_ffff_8100_0000, exported: false),
-                      KernelSymbol(name: "_etext", address: 0xffff_ffff_81e0_0000, exported: false),
-                      // the core init bounds come with any export (FactsPlausibility)
-                      KernelSymbol(name: "__init_begin", address: 0xffff_ffff_8300_0000, type: UInt8(ascii: "D"), exported: false), KernelSymbol(name: "_sinittext", address: 0xffff_ffff_8300_1000, exported: false), KernelSymbol(name: "_einittext", address: 0xffff_ffff_8300_2000, exported: false), KernelSymbol(name: "__init_end", address: 0xffff_ffff_8300_3000, type: UInt8(ascii: "D"), exported: false)]
+                      KernelSymbol(name: "_etext", address: 0xffff_ffff_81e0_0000, exported: false)]
+                      // the image bounds come with any export (FactsPlausibility)
+                      + Fixtures.syntheticImageBounds
         let outside = v.respond(to: .registerGuest(RegisterGuest(guestID: "g1", symbols: bounds + [KernelSymbol(name: "printk", address: 1)])), requestDigest: [])
         guard case .error(let e2) = outside else { return XCTFail("\(outside)") }
         XCTAssertEqual(e2.code, .implausibleFacts, "an exported text symbol outside core text")
         let good = RegisterGuest(guestID: "g1", symbols: bounds + [KernelSymbol(name: "printk", address: 0xffff_ffff_8110_0000)])
         guard case .registerGuestReply(let r) = v.respond(to: .registerGuest(good), requestDigest: [9, 9]) else { return XCTFail() }
-        XCTAssertEqual(r.symbolCount, 7)
+        XCTAssertEqual(r.symbolCount, 11)
         XCTAssertEqual(r.factsDigest, [9, 9], "the reply names the facts the session was built from")
         XCTAssertEqual(v.guests.count, 1)
     }
