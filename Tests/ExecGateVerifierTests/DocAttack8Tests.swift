@@ -90,3 +90,63 @@ final class DocAttack8Tests: XCTestCase {
         XCTAssertEqual(s.state(ofKey: key), 1 - state)
     }
 }
+
+extension DocAttack8Tests {
+    /// The run-time address of a symbol of the fixture registration.
+    func symbol(_ g: FixtureGuest, _ name: String) throws -> UInt64 {
+        try XCTUnwrap(g.registration.symbols.first { $0.name == name }?.address, name)
+    }
+
+    /// HOLE: ip6_udp_tunnel calls `preempt_schedule` through its trampoline (`__preempt_schedule()`,
+    /// arch/x86/include/asm/preempt.h: `asm volatile ("call __SCT__preempt_schedule" :
+    /// ASM_CALL_CONSTRAINT)`, no clobber: the compiler keeps every register live across it, which
+    /// preempt_schedule_thunk preserves). The only values the kernel ever gives that key are
+    /// sched_dynamic_update()'s `preempt_schedule_dynamic_enabled` (preempt_schedule_thunk) and
+    /// `preempt_schedule_dynamic_disabled` (NULL) (kernel/sched/core.c, 6.1 and 6.12), but the
+    /// verifier took `__static_call_return0` as legal for every key: the guest wrote
+    /// `2e 2e 2e 31 c0` (`xor %eax,%eax`, what __static_call_transform() writes only for a key set
+    /// to __static_call_return0) at the site, at run time and at load, and verified code then had
+    /// %eax zeroed behind the compiler's back at every preemption point.
+    func testPreemptScheduleSitesNeverTakeTheReturn0Form() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let tramp = try symbol(g, "__SCT__preempt_schedule")
+        let t = try XCTUnwrap(g.session.runtimeSites.first { $0.module == "ip6_udp_tunnel" })
+        let sites = t.siteList.filter { $0.kind == .staticCall && $0.key == tramp }
+        XCTAssertFalse(sites.isEmpty, "ip6_udp_tunnel calls preempt_schedule")
+        XCTAssertEqual(Set(g.sitesByKey()[tramp]?.map(\.site.address) ?? []), Set(sites.map(\.address)), "the batch covers the whole key")
+        let state = try XCTUnwrap(g.session.state(ofKey: tramp))
+        let xor5: [UInt8] = [0x2e, 0x2e, 0x2e, 0x31, 0xc0]
+        let v = g.patch(sites.map { PatchEntry(address: $0.address, bytes: xor5) })
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .patchNotAllowed, v.message)
+        XCTAssertEqual(g.session.state(ofKey: tramp), state)
+        // Its two states are legal (whole key): NULL (NOP5) and a call to preempt_schedule_thunk.
+        let thunk = try symbol(g, "preempt_schedule_thunk")
+        for st in [thunk, 0, thunk] as [UInt64] {
+            let b = try sites.map { PatchEntry(address: $0.address, bytes: try XCTUnwrap(t.encoding(at: $0.address, state: st))) }
+            let ok = g.patch(b)
+            XCTAssertEqual(ok.decision, .allow, ok.message)
+            XCTAssertEqual(g.session.state(ofKey: tramp), st)
+        }
+
+        // At load: ip6_udp_tunnel claimed with the site in the return0 form.
+        let m = try XCTUnwrap(g.session.liveModule("ip6_udp_tunnel"))
+        guard case .retireModuleReply = g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: m.identity, textBase: m.textRange.lowerBound)), requestDigest: []) else {
+            return XCTFail("retire ip6_udp_tunnel")
+        }
+        var r = try g.request("ip6_udp_tunnel")
+        var text = try XCTUnwrap(r.text)
+        let base = try XCTUnwrap(r.textBase)
+        for s in sites { text.setBytes(xor5, at: text.readerIndex + Int(s.address - base)) }
+        r.text = text
+        r.sections = r.sections.map { sec in
+            guard let b = sec.bytes else { return sec }
+            return SectionClaim(name: sec.name, address: sec.address, bytes: text.getSlice(at: text.readerIndex + Int(sec.address - base), length: b.readableBytes))
+        }
+        let load = g.verifier.authorize(r, requestDigest: [])
+        XCTAssertEqual(load.decision, .deny, load.message)
+        XCTAssertEqual(load.reason, .claimBytesUnexplained, load.message)
+        XCTAssertEqual(try g.load("ip6_udp_tunnel").decision, .allow, "as captured")
+    }
+}
