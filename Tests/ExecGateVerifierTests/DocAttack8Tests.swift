@@ -150,3 +150,32 @@ extension DocAttack8Tests {
         XCTAssertEqual(try g.load("ip6_udp_tunnel").decision, .allow, "as captured")
     }
 }
+
+extension DocAttack8Tests {
+    /// HOLE: irqbypass calls `might_resched` (`static_call_mod(might_resched)()`, 4 sites). The
+    /// kernel gives that key `__cond_resched` or `(void *)&__static_call_return0`
+    /// (`might_resched_dynamic_disabled`, kernel/sched/core.c sched_dynamic_update(); likewise
+    /// cond_resched), never NULL, but the verifier took NULL as a state of every key: the whole key
+    /// moved to NOP5 (the call dropped, a form the kernel never writes at these sites) was allowed.
+    func testMightReschedSitesNeverTakeTheNullForm() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        let tramp = try symbol(g, "__SCT__might_resched")
+        let t = try XCTUnwrap(g.session.runtimeSites.first { $0.module == "irqbypass" })
+        let sites = t.siteList.filter { $0.kind == .staticCall && $0.key == tramp }
+        XCTAssertEqual(sites.count, 4)
+        XCTAssertEqual(Set(g.sitesByKey()[tramp]?.map(\.site.address) ?? []), Set(sites.map(\.address)), "the batch covers the whole key")
+        let state = try XCTUnwrap(g.session.state(ofKey: tramp))
+        let v = g.patch(sites.map { PatchEntry(address: $0.address, bytes: [0x0f, 0x1f, 0x44, 0x00, 0x00]) })
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(v.reason, .patchNotAllowed, v.message)
+        XCTAssertEqual(g.session.state(ofKey: tramp), state)
+        // Its two states: __static_call_return0 (the xor form) and __cond_resched.
+        let ret0 = try symbol(g, "__static_call_return0"), cond = try symbol(g, "__cond_resched")
+        for st in [ret0, cond] {
+            let ok = g.patch(try sites.map { PatchEntry(address: $0.address, bytes: try XCTUnwrap(t.encoding(at: $0.address, state: st))) })
+            XCTAssertEqual(ok.decision, .allow, ok.message)
+            XCTAssertEqual(g.session.state(ofKey: tramp), st)
+        }
+    }
+}
