@@ -128,8 +128,10 @@ struct VariableSite {
         case jumpLabel(nop: SiteBytes, jmp: SiteBytes?, branch: UInt64)
         /// Static-call conditional tail call `0f 8x rel32`: to `nullTarget` (state 0) or a trusted target.
         case staticCallJcc(site: UInt64, op: UInt8, nullTarget: UInt64?, trusted: TargetList, orig: [UInt8])
-        /// Static call (`tail`: jmp / RET form; else call / NOP5 / xor5rax for return0).
-        case staticCall(site: UInt64, tail: Bool, retForm: SiteBytes, ret0: UInt64?, trusted: TargetList)
+        /// Static call (`tail`: jmp / RET form; else call / NOP5 / xor5rax for return0). `null`:
+        /// the NULL form (NOP5, RET form) is a state of the key (not for a PREEMPT_DYNAMIC key
+        /// disabled to `__static_call_return0`: StaticCallTrust.preemptDynamicDisabled).
+        case staticCall(site: UInt64, tail: Bool, retForm: SiteBytes, ret0: UInt64?, trusted: TargetList, null: Bool = true)
         /// The module's own trampoline: its RET form (state 0) or `jmp` to a trusted target.
         case trampoline(site: UInt64, retForm: SiteBytes, trusted: TargetList)
     }
@@ -167,13 +169,13 @@ struct VariableSite {
             guard b.count == 6, b[0] == 0x0f, b[1] == op, let tg = rel32Destination(b, operandAt: 2, site: site, length: 6) else { return nil }
             if let n = nullTarget, tg == n { return 0 }
             return trusted.contains(tg) ? tg : nil
-        case .staticCall(let site, let tail, let retF, let ret0, let trusted):
+        case .staticCall(let site, let tail, let retF, let ret0, let trusted, let null):
             if tail {
-                if retF.matches(b) { return 0 }
+                if null && retF.matches(b) { return 0 }
                 if b.first == 0xe9, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5) { return trusted.contains(tg) ? tg : nil }
                 return nil
             }
-            if VariableSite.nop5.matches(b) { return 0 }
+            if null && VariableSite.nop5.matches(b) { return 0 }
             if let r0 = ret0, VariableSite.xor5rax.matches(b) { return r0 }
             if b.first == 0xe8, let tg = rel32Destination(b, operandAt: 1, site: site, length: 5) {
                 if tg == ret0 { return nil }  // the kernel writes xor5rax instead
@@ -201,7 +203,7 @@ struct VariableSite {
         case .staticCallJcc(let site, let op, _, _, let orig):
             guard let s = st, s != 0, let j = genInsn(op, at: site &+ 1, to: s) else { return orig }
             return [0x0f] + j
-        case .staticCall(let site, let tail, let retF, let ret0, _):
+        case .staticCall(let site, let tail, let retF, let ret0, _, _):
             guard let s = st, s != 0 else { return tail ? retF.array : x86Nops[5] }
             if !tail, s == ret0 { return VariableSite.xor5rax.array }
             return genInsn(tail ? 0xe9 : 0xe8, at: site, to: s) ?? x86Nops[5]
@@ -350,7 +352,8 @@ extension Session {
             let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
             s.removeAll { !(own.contains($0) || core.contains($0) || mods.contains($0)) || facts.isCoreInit($0) }
         }
-        if let r0 = facts.staticCallReturn0 { s.append(r0) }
+        // (Not for a PREEMPT_DYNAMIC key disabled to NULL: StaticCallTrust.preemptDynamicDisabled.)
+        if let r0 = facts.staticCallReturn0, StaticCallTrust.disabledForm(ofKey: key, coreExports: facts.exports) != .null { s.append(r0) }
         let list = TargetList(s)
         trustedTargetIndex.set(key, UInt64(trustedTargetLists.count))
         trustedTargetLists.append(list)
@@ -399,12 +402,15 @@ extension Session {
             countSite(.staticCall)
             staticSites.append((off, site, tail, key))
             let trusted = trustedStaticCallTargets(key)
+            // A PREEMPT_DYNAMIC key has one disabled form (StaticCallTrust.preemptDynamicDisabled):
+            // NULL or __static_call_return0, never the other.
+            let disabled = StaticCallTrust.disabledForm(ofKey: key, coreExports: facts.exports)
             if isJcc && tail {
                 guard execOffset(site, 6) != nil else { continue }
                 let op = image[off + 1]
                 // 6.1 jumps to `__x86_return_thunk`, 6.12 to `x86_return_thunk` (doc §7.3).
-                let nullTarget: UInt64? = hasFeature(facts.featureBits.rethunk)
-                    ? (loader == .linux6_12 ? returnThunkTarget : returnThunkExport) : facts.staticCallReturn
+                let nullTarget: UInt64? = disabled == .return0 ? nil : (hasFeature(facts.featureBits.rethunk)
+                    ? (loader == .linux6_12 ? returnThunkTarget : returnThunkExport) : facts.staticCallReturn)
                 let orig = Array(image[off..<off + 6])
                 variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, label: .staticCallJccTail,
                                              rule: .staticCallJcc(site: site, op: op, nullTarget: nullTarget, trusted: trusted, orig: orig)))
@@ -412,7 +418,8 @@ extension Session {
             }
             let retF = retInstruction(at: site)?.padded(to: 5, with: 0xcc) ?? SiteBytes(raw: 0xcccc_cccc_c3, count: 5)
             variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, label: tail ? .staticCallTail : .staticCall,
-                                         rule: .staticCall(site: site, tail: tail, retForm: retF, ret0: ret0, trusted: trusted)))
+                                         rule: .staticCall(site: site, tail: tail, retForm: retF, ret0: disabled == .null ? nil : ret0, trusted: trusted,
+                                                           null: disabled != .return0)))
         }
     }
 

@@ -30,14 +30,20 @@
 //       * keys a module defines itself (kvm's `kvm_x86_*`, updated by kvm_amd/kvm_intel from their
 //         `kvm_x86_ops`): the default from the module's trampoline; vendor-module targets must be
 //         supplied by the operator's build per key.
-//   - `__static_call_return0` (`xor %eax,%eax; ret`) is a legal target of every key:
-//     `static_call_update(key, (void *)__static_call_return0)` and DEFINE_STATIC_CALL_RET0 are
-//     generic kernel mechanisms, and it transfers control nowhere else.
+//   - `__static_call_return0` (`xor %eax,%eax; ret`) is a legal target of every key but the
+//     PREEMPT_DYNAMIC ones: `static_call_update(key, (void *)__static_call_return0)` and
+//     DEFINE_STATIC_CALL_RET0 are generic kernel mechanisms, and it transfers control nowhere
+//     else. A PREEMPT_DYNAMIC key takes exactly its two states (`preemptDynamicDisabled`): its
+//     disabled form is NULL or `__static_call_return0`, never both. `preempt_schedule` is called
+//     from asm with no clobber (`__preempt_schedule()`, arch/x86/include/asm/preempt.h: every
+//     register live across the call, which preempt_schedule_thunk preserves): its sites in the
+//     `xor %eax,%eax` form would zero %eax behind the compiler's back.
 
 /// The per-key trusted static-call targets of a kernel build.
 public enum StaticCallTrust {
     /// `sched_dynamic_update()` targets per key (kernel/sched/core.c, arch/x86/include/asm/preempt.h,
-    /// 6.1). The NULL / `__static_call_return0` states are always legal and not listed.
+    /// 6.1). Each key's disabled form (NULL or `__static_call_return0`) is `preemptDynamicDisabled`'s,
+    /// not listed here.
     public static let preemptDynamic: [(key: String, targets: [String])] = [
         ("cond_resched", ["__cond_resched"]),
         ("might_resched", ["__cond_resched"]),
@@ -45,6 +51,41 @@ public enum StaticCallTrust {
         ("preempt_schedule_notrace", ["preempt_schedule_notrace_thunk"]),
         ("irqentry_exit_cond_resched", ["raw_irqentry_exit_cond_resched"]),
     ]
+
+    /// The disabled form of a PREEMPT_DYNAMIC key: what `preempt_dynamic_disable(f)` =
+    /// `static_call_update(f, f##_dynamic_disabled)` writes (sched_dynamic_update(), the only
+    /// updater of these keys; `DEFINE_STATIC_CALL[_RET0]` gives the default).
+    public enum DisabledForm: Sendable, Equatable {
+        /// `NULL`: NOP5 at a call site, the RET form at a tail site.
+        case null
+        /// `(void *)&__static_call_return0`: `2e 2e 2e 31 c0` at a call site.
+        case return0
+    }
+
+    /// `f##_dynamic_disabled` per PREEMPT_DYNAMIC key (kernel/sched/core.c:
+    /// `cond_resched_dynamic_disabled`, `might_resched_dynamic_disabled` = `(void
+    /// *)&__static_call_return0`; arch/x86/include/asm/preempt.h: `preempt_schedule[_notrace]
+    /// _dynamic_disabled` = NULL; include/linux/entry-common.h:
+    /// `irqentry_exit_cond_resched_dynamic_disabled` = NULL; 6.1.192 and 6.12.117). The other
+    /// NULL form is no state of the key: the kernel never writes it at the key's sites.
+    public static let preemptDynamicDisabled: [String: DisabledForm] = [
+        "cond_resched": .return0,
+        "might_resched": .return0,
+        "preempt_schedule": .null,
+        "preempt_schedule_notrace": .null,
+        "irqentry_exit_cond_resched": .null,
+    ]
+
+    /// The disabled form of the core PREEMPT_DYNAMIC key a module's static-call site names at
+    /// `key` (its `__SCK__<name>` or, for keys exported with EXPORT_STATIC_CALL_TRAMP, its
+    /// trampoline `__SCT__<name>`: the address of a core export, as every key a relocation can
+    /// name), nil for any other key.
+    public static func disabledForm(ofKey key: UInt64, coreExports: SlidExports) -> DisabledForm? {
+        for (name, form) in preemptDynamicDisabled {
+            if coreExports["__SCK__" + name] == key || coreExports["__SCT__" + name] == key { return form }
+        }
+        return nil
+    }
 
     /// Keys a module defines and updates itself, in its own code, to functions named in the
     /// source: module name (`.modinfo` `name=`) → key name → target function names, resolved

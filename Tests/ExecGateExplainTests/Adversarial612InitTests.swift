@@ -51,7 +51,7 @@ final class Adversarial612InitTests: XCTestCase {
                 }
             }
             guard let site = core.variable.first(where: { v in
-                guard let k = v.group, own(k), case .staticCall(_, false, _, _, _) = v.rule else { return false }
+                guard let k = v.group, own(k), case .staticCall(_, false, _, _, _, _) = v.rule else { return false }
                 return true
             }), let key = site.group else { return XCTFail("kvm has a call site of its own static-call key") }
             // F: one of kvm's functions (standing for the live module's: any verified function entry).

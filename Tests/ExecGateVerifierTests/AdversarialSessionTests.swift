@@ -157,7 +157,8 @@ final class AdversarialSessionTests: XCTestCase {
             XCTAssertTrue(v.message.contains("not a legal encoding"), "\(what): \(v.message)")
         }
         XCTAssertEqual(g.session.state(ofKey: key), target)
-        // The legal NULL forms: NOP5 and the return0 form are allowed (whole key).
+        // The key's disabled form is allowed (whole key): might_resched_dynamic_disabled is the
+        // return0 form (its NULL form, NOP5, is no state of the key: DocAttack8Tests).
         let xor5 = try sites.map { PatchEntry(address: $0.address, bytes: try XCTUnwrap(t.encoding(at: $0.address, state: ret0))) }
         XCTAssertEqual(xor5.first?.bytes, [0x2e, 0x2e, 0x2e, 0x31, 0xc0])
         XCTAssertEqual(g.patch(xor5).decision, .allow)
