@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Hostile peers, round 8. First the boot storm's fairness finding (README figures: a guest's
+// 4.9 MB module refused "server busy" dozens of times in a row while smaller large bodies kept the
+// large-body budget full), then the attacks earlier rounds left alone.
+
+import _ExecGateInternals
+import ExecGateClient
+import ExecGateTestSupport
+import ExecGateTransport
+import ExecGateWire
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Requests the harness holds "being judged" until the test lets them go: a body's budget is
+/// given back when its judgment completes, so the test decides exactly when room frees.
+final class HeldJudgments: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var held: [(id: UInt64, length: Int, promise: EventLoopPromise<Frame>)] = []
+    private var _seen: [UInt64] = []
+
+    func answer(_ frame: Frame, _ loop: EventLoop) -> EventLoopFuture<Frame> {
+        let p = loop.makePromise(of: Frame.self)
+        lock.withLock {
+            held.append((frame.requestID, frame.body.readableBytes, p))
+            _seen.append(frame.requestID)
+        }
+        return p.futureResult
+    }
+
+    /// Request ids that reached judging, in order.
+    var seen: [UInt64] { lock.withLock { _seen } }
+    var count: Int { lock.withLock { held.count } }
+
+    /// Complete the judgment of `id` (its reply: the type | 0x8000, its id).
+    func finish(_ id: UInt64) {
+        let p: EventLoopPromise<Frame>? = lock.withLock {
+            guard let i = held.firstIndex(where: { $0.id == id }) else { return nil }
+            return held.remove(at: i).promise
+        }
+        p?.succeed(Frame(type: MessageType(rawValue: MessageType.authorizeModule.rawValue | 0x8000), requestID: id, body: ByteBuffer()))
+    }
+
+    func finishAll() { for id in lock.withLock({ held.map(\.id) }) { finish(id) } }
+}
+
+final class PeersRound8Tests: XCTestCase {
+    static func isBusy(_ f: Frame?) -> Bool {
+        guard let f, f.type == .error, case .error(let e)? = try? Message(type: f.type, body: f.body) else { return false }
+        return e.code == .unavailable
+    }
+
+    /// Polls `condition` every 2 ms for up to `timeout` seconds.
+    @discardableResult
+    static func wait(_ timeout: Double = 5, _ condition: () -> Bool) -> Bool {
+        let end = now() + timeout
+        while !condition() {
+            guard now() < end else { return false }
+            usleep(2_000)
+        }
+        return true
+    }
+
+    /// The storm's starvation, reduced and made deterministic. The large class holds 4 MiB; four
+    /// peers each have a 1 MiB body being judged (the class full); a fifth peer's 1.5 MiB body is
+    /// refused "server busy". Then, round after round, one judgment completes (1 MiB free) and
+    /// a peer sends another 1 MiB body before the large body's retry arrives — what a storm of
+    /// guests does to a VMM backing off between retries. The 1 MiB body always fits what one
+    /// completion frees and the 1.5 MiB one never does, so every retry met a full class: the
+    /// large body was overtaken forever. A body refused for lack of room must be admitted before
+    /// later large bodies once the bodies ahead of it are judged: within a few rounds here (the
+    /// room it needs drains as two judgments complete).
+    func testALargeBodyRefusedBusyIsNotOvertakenForeverBySmallerOnes() throws {
+        let small = 64 << 10, largeLimit = 4 << 20
+        let limits = PortLimits(maximumBodySize: largeLimit, bufferBudget: largeLimit + (256 << 10), smallFrameSize: small,
+                                headerDeadline: .seconds(30), frameDeadline: .seconds(30), idleTimeout: .seconds(60), writeStallTimeout: .seconds(60))
+        let budget = BufferBudget(total: limits.bufferBudget, smallFrameSize: small, smallReserve: 256 << 10)
+        let judged = HeldJudgments()
+        let h = try PortHarness(limits: limits, budget: budget) { frame, loop in judged.answer(frame, loop) }
+        defer { judged.finishAll() }
+        let competitorLength = 1 << 20, victimLength = 3 << 19
+        var idle: [SocketPeer] = []
+        for _ in 0..<6 { idle.append(try XCTUnwrap(SocketPeer(path: h.path))) }
+        var admitted: [(peer: SocketPeer, id: UInt64)] = []
+        var nextID: UInt64 = 1
+        var competitorsAdmitted = 0, competitorsRefused = 0
+        /// One competitor body from an idle peer: admitted (judging) or refused busy.
+        func competitor() throws {
+            let peer = idle.removeFirst()
+            let id = nextID; nextID += 1
+            let before = judged.seen.count
+            XCTAssertTrue(peer.writeAll(PeersRound7Tests.frame(.authorizeModule, id: id, bodyLength: competitorLength)))
+            var reply: Frame?
+            XCTAssertTrue(Self.wait { judged.seen.count > before || { reply = peer.readFrame(timeout: 0.002); return reply != nil }() })
+            if judged.seen.last == id {
+                admitted.append((peer, id)); competitorsAdmitted += 1
+            } else {
+                XCTAssertTrue(Self.isBusy(reply), "competitor \(id): neither judged nor refused busy")
+                idle.append(peer); competitorsRefused += 1
+            }
+        }
+        for _ in 0..<4 { try competitor() }
+        XCTAssertEqual(budget.usage.large, largeLimit, "four 1 MiB bodies fill the large class")
+
+        let victim = try XCTUnwrap(SocketPeer(path: h.path))
+        var victimID: UInt64 = 1000, refusals = 0, admittedAt: Int?
+        /// The large body's attempt: true when it reached judging.
+        func attempt() -> Bool {
+            victimID += 1
+            XCTAssertTrue(victim.writeAll(PeersRound7Tests.frame(.authorizeModule, id: victimID, bodyLength: victimLength)))
+            var reply: Frame?
+            XCTAssertTrue(Self.wait { judged.seen.contains(victimID) || { reply = victim.readFrame(timeout: 0.002); return reply != nil }() })
+            if judged.seen.contains(victimID) { return true }
+            XCTAssertTrue(Self.isBusy(reply), "the large body's attempt \(victimID): neither judged nor refused busy")
+            refusals += 1
+            return false
+        }
+        XCTAssertFalse(attempt(), "the class is full: the large body is refused")
+        let rounds = 20
+        for round in 1...rounds {
+            // One judgment completes: its 1 MiB is given back, its peer reads its reply and sends again.
+            if !admitted.isEmpty {
+                let (peer, id) = admitted.removeFirst()
+                let held = budget.usage.large
+                judged.finish(id)
+                XCTAssertTrue(Self.wait { budget.usage.large == held - competitorLength })
+                XCTAssertEqual(peer.readFrame(timeout: 5)?.requestID, id)
+                idle.append(peer)
+            }
+            try competitor()
+            if attempt() { admittedAt = round; break }
+        }
+        print("large body behind smaller ones: \(admittedAt.map { "admitted at round \($0)" } ?? "never admitted in \(rounds) rounds"); "
+              + "\(refusals) refusals; competitors admitted \(competitorsAdmitted), refused \(competitorsRefused)")
+        XCTAssertNotNil(admittedAt, "a 1.5 MiB body refused 'server busy' was overtaken by 1 MiB bodies \(refusals) times in a row: "
+                        + "each completion's room went to a later, smaller body")
+        if let admittedAt { XCTAssertLessThanOrEqual(admittedAt, 3, "the room it needed drained after two completions") }
+        XCTAssertLessThanOrEqual(budget.usage.large, largeLimit)
+        judged.finishAll()
+        XCTAssertTrue(Self.wait { budget.inUse == 0 }, "bytes still held: \(budget.usage)")
+    }
+}
