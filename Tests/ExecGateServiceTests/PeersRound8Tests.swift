@@ -147,4 +147,89 @@ final class PeersRound8Tests: XCTestCase {
         judged.finishAll()
         XCTAssertTrue(Self.wait { budget.inUse == 0 }, "bytes still held: \(budget.usage)")
     }
+
+    /// What a hostile peer can do with a turn, on the budget alone (a test clock): a turn is only
+    /// for a body that fits the large class when it is empty, one place a connection, in the
+    /// order refused; it keeps room from other connections' new large bodies for at most the
+    /// turn's length (2 s) however the holder behaves (here: it never sends its body), never the
+    /// small frames' reserve, and never refuses bodies already admitted; it ends at once when its
+    /// connection goes; a waiter that has not retried within 2 s when its turn comes loses it.
+    func testATurnKeepsRoomForAtMostItsLengthAndNeverTheSmallReserve() {
+        let t = NIOLockedValueBox<UInt64>(1_000_000_000)
+        // Large class 800, small reserve 200.
+        let budget = BufferBudget(total: 1000, smallFrameSize: 100, smallReserve: 200, turn: .seconds(2), clock: { t.withLockedValue { $0 } })
+        func advance(_ ms: UInt64) { t.withLockedValue { $0 += ms * 1_000_000 } }
+        let (a, b, c, d, e) = (BudgetHolder(), BudgetHolder(), BudgetHolder(), BudgetHolder(), BudgetHolder())
+        // 500 of the large class are held; a's 400 does not fit: a is queued and has the turn.
+        XCTAssertNil(budget.check(500, holder: d)); XCTAssertNil(budget.reserve(500, ofBody: 500, holder: d))
+        XCTAssertNotNil(budget.check(400, holder: a))
+        XCTAssertNotNil(budget.check(900, holder: c), "larger than the class")
+        XCTAssertEqual(budget.turns.waiting, 1, "a body that can never fit got a place")
+        // b's 250 would fit beside what is held, not beside a's kept 400: refused, queued second.
+        let refusal = budget.check(250, holder: b)
+        XCTAssertTrue(refusal?.contains("number 2 in the queue") ?? false, refusal ?? "admitted")
+        XCTAssertEqual(budget.turns.waiting, 2)
+        // Small frames: beside the turn while there is room, and their reserve whatever it keeps.
+        XCTAssertNil(budget.check(100, holder: c))
+        for _ in 0..<2 { XCTAssertNil(budget.reserve(100, ofBody: 100, holder: c)) }
+        let small = budget.check(100, holder: c)
+        XCTAssertTrue(small?.contains("number 3 in the queue") ?? false, small ?? "admitted beyond its reserve and the turn's room")
+        budget.release(100, ofBody: 100)
+        XCTAssertNil(budget.check(100, holder: c), "a small frame lost its reserve to a turn")
+        // A body admitted before the turn completes against the bytes held (d's chunks are not refused).
+        XCTAssertNil(budget.reserve(50, ofBody: 500, holder: d))
+        budget.release(50, ofBody: 500)
+        // a never sends its body: 1.9 s later it still has the turn and b is refused; past 2 s the
+        // turn lapses and b (which retried meanwhile) has it: its body fits.
+        advance(1900)
+        XCTAssertNotNil(budget.check(250, holder: b))
+        advance(150)
+        XCTAssertNil(budget.check(250, holder: b), "b's turn: its body fits")
+        XCTAssertEqual(budget.turns.lapsed, 1, "a's turn outlived 2 s")
+        XCTAssertNotNil(budget.check(400, holder: a), "a queues again, behind b, kept out by b's 250")
+        XCTAssertEqual(budget.turns.waiting, 2)
+        XCTAssertNil(budget.reserve(250, ofBody: 250, holder: b))
+        XCTAssertEqual(budget.turns.served, 1, "b's body is complete: its turn served")
+        // a has the turn now; its connection goes: the turn ends at once.
+        budget.leave(a)
+        XCTAssertEqual(budget.turns.waiting, 0)
+        budget.release(250, ofBody: 250)
+        // A waiter that stopped retrying loses its place: e is refused (the turn), c (second) never
+        // retries, b (third) retries every second. When e's turn has run 2 s, c's last refusal is
+        // 2 s old: skipped; b has the turn.
+        XCTAssertNotNil(budget.check(400, holder: e))
+        XCTAssertNotNil(budget.check(400, holder: c))
+        advance(100); XCTAssertNotNil(budget.check(350, holder: b))
+        advance(900); XCTAssertNotNil(budget.check(350, holder: b))
+        advance(950); XCTAssertNotNil(budget.check(350, holder: b))
+        advance(100)
+        XCTAssertNotNil(budget.check(350, holder: b), "d's 500 leave 300")
+        XCTAssertEqual(budget.turns.lapsed, 3, "e's turn lapsed and c's stale place was skipped")
+        XCTAssertEqual(budget.turns.waiting, 1)
+        budget.release(500, ofBody: 500)
+        XCTAssertNil(budget.check(400, holder: e), "beside b's kept 350")
+        XCTAssertNotNil(budget.check(500, holder: e), "not beside b's kept 350")
+        XCTAssertNil(budget.check(350, holder: b))
+        budget.release(100, ofBody: 100)
+        XCTAssertEqual(budget.inUse, 0)
+    }
+
+    /// The same inside the small class (bodies ≤ 1 MiB, the reserve): a small body refused for lack
+    /// of room gets the turn, and a smaller one is not admitted into the room it waits for.
+    func testASmallBodyRefusedBusyIsNotOvertakenBySmallerOnes() {
+        let budget = BufferBudget(total: 1000, smallFrameSize: 100, smallReserve: 200)
+        let (a, b, d) = (BudgetHolder(), BudgetHolder(), BudgetHolder())
+        XCTAssertNil(budget.reserve(800, ofBody: 800, holder: d))
+        XCTAssertNil(budget.reserve(100, ofBody: 100, holder: d)); XCTAssertNil(budget.reserve(50, ofBody: 50, holder: d))
+        XCTAssertNotNil(budget.check(100, holder: a), "950 held")
+        budget.release(50, ofBody: 50)
+        XCTAssertNotNil(budget.check(60, holder: b), "a 60-byte body took the room a 100-byte one waits for")
+        XCTAssertNil(budget.check(100, holder: a))
+        XCTAssertNil(budget.reserve(100, ofBody: 100, holder: a))
+        XCTAssertEqual(budget.turns.served, 1)
+        XCTAssertEqual(budget.turns.waiting, 1, "b waits")
+        budget.leave(b)
+        budget.release(800, ofBody: 800); budget.release(200, ofBody: 100)
+        XCTAssertEqual(budget.inUse, 0)
+    }
 }
