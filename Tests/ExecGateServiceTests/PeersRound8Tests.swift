@@ -232,4 +232,46 @@ final class PeersRound8Tests: XCTestCase {
         budget.release(800, ofBody: 800); budget.release(200, ofBody: 100)
         XCTAssertEqual(budget.inUse, 0)
     }
+
+    /// Attack (failed; kept): keep a turn past the connection. A peer's body is refused busy and
+    /// gets the turn (room kept for it from every other connection's new bodies), then the peer
+    /// half-closes (shutdown(SHUT_WR)) and keeps its socket open, reading: the server answers what
+    /// it read and closes the connection after the last reply (PeerEOFRelay), and the decoder's
+    /// removal ends the turn. Another peer's body, refused beside the kept room, must be admitted
+    /// on its next retry once the half-closed connection is gone, not 10 s later.
+    func testATurnEndsWhenItsHolderHalfCloses() throws {
+        let small = 64 << 10, largeLimit = 4 << 20
+        let limits = PortLimits(maximumBodySize: largeLimit, bufferBudget: largeLimit + (256 << 10), smallFrameSize: small,
+                                headerDeadline: .seconds(30), frameDeadline: .seconds(30), idleTimeout: .seconds(60), writeStallTimeout: .seconds(60))
+        let budget = BufferBudget(total: limits.bufferBudget, smallFrameSize: small, smallReserve: 256 << 10)
+        let judged = HeldJudgments()
+        let h = try PortHarness(limits: limits, budget: budget) { frame, loop in judged.answer(frame, loop) }
+        defer { judged.finishAll() }
+        let holder = try XCTUnwrap(SocketPeer(path: h.path))
+        XCTAssertTrue(holder.writeAll(PeersRound7Tests.frame(.authorizeModule, id: 1, bodyLength: 3 << 20)))
+        XCTAssertTrue(Self.wait { judged.count == 1 }, "3 MiB held")
+        let a = try XCTUnwrap(SocketPeer(path: h.path)), b = try XCTUnwrap(SocketPeer(path: h.path))
+        XCTAssertTrue(a.writeAll(PeersRound7Tests.frame(.authorizeModule, id: 2, bodyLength: 2 << 20)))
+        XCTAssertTrue(Self.isBusy(a.readFrame(timeout: 5)), "a: refused, the turn")
+        XCTAssertTrue(b.writeAll(PeersRound7Tests.frame(.authorizeModule, id: 4, bodyLength: 3 << 20)))
+        XCTAssertTrue(Self.isBusy(b.readFrame(timeout: 5)), "b: 3 MiB beside the 3 held: refused")
+        XCTAssertEqual(budget.turns.waiting, 2)
+        // a half-closes without sending its body again: its turn must end with its connection.
+        shutdown(a.fd, Int32(SHUT_WR))
+        XCTAssertTrue(a.closedByPeer(timeout: 5), "the server did not close the half-closed connection")
+        // The 3 MiB held is judged: 4 MiB free, b's 3 MiB fits unless a's 2 MiB is still kept.
+        judged.finish(1)
+        XCTAssertEqual(holder.readFrame(timeout: 5)?.requestID, 1)
+        XCTAssertTrue(Self.wait { budget.inUse == 0 })
+        let t0 = now()
+        var admitted = false
+        while !admitted && now() - t0 < 3 {
+            XCTAssertTrue(b.writeAll(PeersRound7Tests.frame(.authorizeModule, id: 5, bodyLength: 3 << 20)))
+            if Self.wait(0.2, { judged.seen.contains(5) }) { admitted = true; break }
+            _ = b.readFrame(timeout: 0.1)
+        }
+        print("turn after its holder half-closed: b admitted \(admitted ? "after \(String(format: "%.2f", now() - t0)) s" : "not within 3 s"); waiting \(budget.turns.waiting)")
+        XCTAssertTrue(admitted, "a half-closed connection's turn kept b out")
+    }
 }
+
