@@ -273,5 +273,29 @@ final class PeersRound8Tests: XCTestCase {
         print("turn after its holder half-closed: b admitted \(admitted ? "after \(String(format: "%.2f", now() - t0)) s" : "not within 3 s"); waiting \(budget.turns.waiting)")
         XCTAssertTrue(admitted, "a half-closed connection's turn kept b out")
     }
+
+    /// A connection that waits for a turn for its module may still send small requests (a patch,
+    /// a retire) meanwhile, as a VMM multiplexing one connection does. Its small body admitted
+    /// while it had the turn was taken for the turn's body: the turn was "served" when the small
+    /// body completed, the module's room no longer kept, and a later body took it.
+    func testASmallRequestOnTheWaitingConnectionDoesNotSpendItsTurn() {
+        let budget = BufferBudget(total: 1000, smallFrameSize: 100, smallReserve: 200)
+        let (a, b, d) = (BudgetHolder(), BudgetHolder(), BudgetHolder())
+        XCTAssertNil(budget.reserve(500, ofBody: 500, holder: d))
+        XCTAssertNotNil(budget.check(400, holder: a), "a's module: refused, the turn")
+        // a's patch, 50 bytes: admitted (its own turn keeps nothing from it) and complete.
+        XCTAssertNil(budget.check(50, holder: a))
+        XCTAssertNil(budget.reserve(50, ofBody: 50, holder: a))
+        budget.release(50, ofBody: 50)
+        XCTAssertEqual(budget.turns.served, 0, "a's patch spent the turn its module waits for")
+        XCTAssertNotNil(budget.check(250, holder: b), "b's 250 took the room kept for a's 400")
+        budget.release(500, ofBody: 500)
+        XCTAssertNil(budget.check(400, holder: a))
+        XCTAssertNil(budget.reserve(400, ofBody: 400, holder: a))
+        XCTAssertEqual(budget.turns.served, 1)
+        budget.release(400, ofBody: 400)
+        budget.leave(b)
+        XCTAssertEqual(budget.inUse, 0)
+    }
 }
 
