@@ -196,7 +196,10 @@ public final class BufferBudget: @unchecked Sendable {
                 fits = largeUsed + length + kept <= largeLimit && used + length + kept <= total
             }
             if fits {
-                if let id, let i = waiters.firstIndex(where: { $0.holder == id }) {
+                // A body that stands for the one waiting (its retry: the same class, and for a
+                // small one at least as long) takes the turn or ends the place; anything else the
+                // connection sends meanwhile (a patch, a retire) leaves both alone.
+                if let id, let i = waiters.firstIndex(where: { $0.holder == id }), Self.standsFor(length, waiting: waiters[i].length, smallFrameSize: smallFrameSize) {
                     if i == 0 {
                         waiters[0].length = length
                         turnAdmitted = 0
@@ -209,6 +212,11 @@ public final class BufferBudget: @unchecked Sendable {
             if let id, length <= (length <= smallFrameSize ? total : largeLimit) { queue(id, length: length, now: now) }
             return refusal(n: length, length: length, used: used, holder: id, kept: kept)
         }
+    }
+
+    /// Whether an admitted body of `length` is the retry of a waiting body of `waiting` bytes.
+    private static func standsFor(_ length: Int, waiting: Int, smallFrameSize: Int) -> Bool {
+        (length > smallFrameSize) == (waiting > smallFrameSize) && (length > smallFrameSize || length >= waiting)
     }
 
     /// The holder's connection is gone (its decoder removed): its place, or its turn, ends.
@@ -224,7 +232,9 @@ public final class BufferBudget: @unchecked Sendable {
     private func queue(_ id: ObjectIdentifier, length: Int, now: UInt64) {
         if let i = waiters.firstIndex(where: { $0.holder == id }) {
             waiters[i].lastRefused = now
-            if i > 0 || turnAdmitted == nil { waiters[i].length = length }
+            // One place a connection: a refused body of the other class (a patch refused while
+            // the connection's module waits) keeps the place as it is.
+            if (i > 0 || turnAdmitted == nil) && (length > smallFrameSize) == (waiters[i].length > smallFrameSize) { waiters[i].length = length }
             return
         }
         if waiters.isEmpty { turnBegan = now; turnAdmitted = nil }
