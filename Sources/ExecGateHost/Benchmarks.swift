@@ -569,6 +569,11 @@ public enum ScaleBenchmark {
         /// Distinct KASLR slides among the registered guests.
         public var slides = 0
         public var requests = 0, allowed = 0, denied = 0, retries = 0
+        /// Most retries one request took, and its latency; the slowest request.
+        public var mostRetries = 0, mostRetriesUs = 0.0, mostRetriesBytes = 0, maxUs = 0.0
+        /// The port's queue of large bodies refused busy (BufferBudget, "Turns"): turns that
+        /// ended with their body complete, and turns that ran out or were skipped.
+        public var turnsServed: UInt64 = 0, turnsLapsed: UInt64 = 0
         public var seconds = 0.0, p50us = 0.0, p99us = 0.0
         public var requestsPerSecond: Double { seconds > 0 ? Double(requests) / seconds : 0 }
         /// Allocator bytes each guest after the first adds at registration.
@@ -670,25 +675,27 @@ public enum ScaleBenchmark {
         progress("\(guests) guest(s) registered at \(slides.count) slide(s); boot storm: \(total) authorize-module")
         // The storm: each guest over its own connection, its modules in load order.
         let t0 = MonotonicClock.seconds()
-        let results = try await withThrowingTaskGroup(of: (latencies: [Double], allowed: Int, denied: Int, retries: Int).self) { group in
+        let turnsBefore = server.budget.turns
+        let results = try await withThrowingTaskGroup(of: (latencies: [Double], allowed: Int, denied: Int, retries: Int, most: (retries: Int, us: Double, bytes: Int)).self) { group in
             for i in 0..<guests {
                 group.addTask {
                     let client = try await ExecGateClient.connect(to: endpoint, timeout: 300)
                     var lat: [Double] = []
-                    var allowed = 0, denied = 0, retries = 0
+                    var allowed = 0, denied = 0, retries = 0, most = (retries: 0, us: 0.0, bytes: 0)
                     for var r in boots[i % boots.count].requests {
                         r.guestID = "guest-\(i)"
                         let t = MonotonicClock.nanoseconds()
                         let (verdict, tries) = try await authorize(r, client: client)
                         lat.append(MonotonicClock.microseconds(since: t))
                         retries += tries
+                        if tries > most.retries { most = (tries, lat[lat.count - 1], Message.authorizeModule(r).encodeBody().readableBytes) }
                         if verdict?.decision == .allow { allowed += 1 } else { denied += 1 }
                     }
                     await client.close()
-                    return (lat, allowed, denied, retries)
+                    return (lat, allowed, denied, retries, most)
                 }
             }
-            var all: [(latencies: [Double], allowed: Int, denied: Int, retries: Int)] = []
+            var all: [(latencies: [Double], allowed: Int, denied: Int, retries: Int, most: (retries: Int, us: Double, bytes: Int))] = []
             for try await r in group { all.append(r) }
             return all
         }
@@ -698,6 +705,10 @@ public enum ScaleBenchmark {
         row.allowed = results.reduce(0) { $0 + $1.allowed }
         row.denied = results.reduce(0) { $0 + $1.denied }
         row.retries = results.reduce(0) { $0 + $1.retries }
+        if let m = results.map(\.most).max(by: { $0.retries < $1.retries }) { (row.mostRetries, row.mostRetriesUs, row.mostRetriesBytes) = m }
+        row.maxUs = latencies.max() ?? 0
+        let turns = server.budget.turns
+        (row.turnsServed, row.turnsLapsed) = (turns.served - turnsBefore.served, turns.lapsed - turnsBefore.lapsed)
         let s = Percentiles.summary(latencies)
         (row.p50us, row.p99us) = (s.p50, s.p99)
         row.rssAfterStorm = ProcessUsage.residentBytes()

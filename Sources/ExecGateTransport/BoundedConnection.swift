@@ -96,6 +96,9 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
     private var inner: FrameDecoder
     private let budget: BufferBudget
     private let gate: DecodeGate?
+    /// This connection, to the budget: a large body refused for lack of room keeps its place
+    /// in the port's queue of large bodies (`BufferBudget`, "Turns") until the connection goes.
+    private let holder = BudgetHolder()
     private var progress = FrameProgress.betweenFrames
 
     /// - Parameter gate: when given, no new frame is cut while `gate.isFull` (frames queued by the
@@ -104,8 +107,8 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
         inner = FrameDecoder(maximumBodySize: maximumBodySize)
         self.budget = budget
         self.gate = gate
-        inner.admitBody = { [budget] n, length in n == 0 ? budget.check(length) : budget.reserve(n, ofBody: length) }
-        inner.releaseBody = { [budget] n, length in budget.release(n, ofBody: length) }
+        inner.admitBody = { [budget, holder] n, length in n == 0 ? budget.check(length, holder: holder) : budget.reserve(n, ofBody: length, holder: holder) }
+        inner.releaseBody = { [budget, holder] n, length in budget.release(n, ofBody: length, holder: holder) }
     }
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
@@ -164,6 +167,8 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
             inner.admitBody = nil
             inner.releaseBody = nil
         }
+        // Its place in the queue of large bodies, or its turn, ends with it.
+        budget.leave(holder)
     }
 
     /// - Parameter frameEnded: a frame ended in this decode. What follows it (bytes left, or a

@@ -141,13 +141,15 @@ struct BenchCommand: AsyncParsableCommand {
                     ("register_by_digest_fallbacks", .int(Int64(r.byDigestFallbacks))),
                     ("requests", .int(Int64(r.requests))), ("allowed", .int(Int64(r.allowed))), ("denied", .int(Int64(r.denied))),
                     ("retries", .int(Int64(r.retries))), ("seconds", .double(r.seconds)), ("requests_per_s", .double(r.requestsPerSecond)),
-                    ("p50_us", .double(r.p50us)), ("p99_us", .double(r.p99us)),
+                    ("p50_us", .double(r.p50us)), ("p99_us", .double(r.p99us)), ("max_us", .double(r.maxUs)),
+                    ("most_retries", .int(Int64(r.mostRetries))), ("most_retries_us", .double(r.mostRetriesUs)), ("most_retries_body_bytes", .int(Int64(r.mostRetriesBytes))),
+                    ("large_body_turns_served", .int(Int64(r.turnsServed))), ("large_body_turns_lapsed", .int(Int64(r.turnsLapsed))),
                 ]).serialized())
             } else {
                 print("\(r.guests) guest(s) of one kernel at \(r.slides) KASLR slide(s) (\(r.sharedCopies) shared cop\(r.sharedCopies == 1 ? "y" : "ies") of its facts)")
                 print("  registration end to end over the socket: first \(String(format2: r.registerFirstMs)) ms; known build in full p50 \(String(format2: r.registerKnownFullP50Ms)) ms p99 \(String(format2: r.registerKnownFullP99Ms)) ms (\(r.registerFullBytes) bytes on the wire); by digest p50 \(String(format2: r.registerByDigestP50Ms)) ms p99 \(String(format2: r.registerByDigestP99Ms)) ms (\(r.registerByDigestBytes) bytes; \(r.byDigestFallbacks) sent in full after unknown-build)")
                 print("  allocator: first guest \(mib(r.heapAfterFirstGuest)) MiB, all \(mib(r.heapAfterRegister)) MiB (\(String(format2: Double(r.heapAfterRegister) / Double(max(1, r.heapAfterFirstGuest))))x one guest), \(String(format2: r.heapPerKnownGuest / 1024)) KiB per known guest (from the second on); the registry charges \(String(format2: r.chargedPerKnownGuest / 1024)) KiB per known guest")
-                print("  boot storm: \(r.requests) authorize-module (\(r.allowed) allowed, \(r.denied) denied, \(r.retries) retried when busy) in \(String(format2: r.seconds)) s = \(String(format2: r.requestsPerSecond)) requests/s; per request p50 \(String(format2: r.p50us / 1000)) ms, p99 \(String(format2: r.p99us / 1000)) ms")
+                print("  boot storm: \(r.requests) authorize-module (\(r.allowed) allowed, \(r.denied) denied, \(r.retries) retried when busy) in \(String(format2: r.seconds)) s = \(String(format2: r.requestsPerSecond)) requests/s; per request p50 \(String(format2: r.p50us / 1000)) ms, p99 \(String(format2: r.p99us / 1000)) ms, max \(String(format2: r.maxUs / 1000)) ms; most retries of one request \(r.mostRetries) (a body of \(r.mostRetriesBytes) bytes, \(String(format2: r.mostRetriesUs / 1000)) ms); large-body turns \(r.turnsServed) served, \(r.turnsLapsed) lapsed")
                 print("  process RSS: before \(mib(r.rssBefore)) MiB, registered \(mib(r.rssAfterRegister)) MiB, after the storm \(mib(r.rssAfterStorm)) MiB (allocator \(mib(r.heapAfterStorm)) MiB above the start); the registry charges the live modules \(mib(r.liveChargedAfterStorm)) MiB of its \(mib(r.budgetBytes)) MiB budget")
             }
         }
