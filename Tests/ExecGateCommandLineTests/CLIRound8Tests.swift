@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// CLI round 8: hostile input against the real binary, on the commands and options rounds 4–7
+// (ExecGateServiceTests' CLIRound4/5/6Tests, CLIRound7Tests) covered least: `capture`'s argument
+// handling before any boot, `image build`, `vm status`, `policy test`, `serve --policy`.
+// README's rules: exit 0 success/allow, 1 deny or refusal, 2 usage error, unreadable input or no
+// verdict, the reason on stderr; `--json` output is JSON. No QEMU is booted here: where the code
+// under test would start one, `qemu-system-x86_64` on PATH is a script that exits at once.
+
+import _ExecGateInternals
+import ExecGateTestSupport
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class CLIRound8Tests: XCTestCase {
+    var dir = ""
+
+    override func setUpWithError() throws {
+        dir = Fixtures.temporaryDirectory()
+    }
+
+    func run(_ args: [String], environment: [String] = [], seconds: Double = 60) -> (status: Int32?, stdout: String, stderr: String) {
+        Fixtures.runExecgate(rawArguments: args.map { Array($0.utf8) }, extraEnvironment: environment.map { Array($0.utf8) },
+                             in: dir, seconds: seconds)
+    }
+
+    /// A static ELF executable of this system (what `capture --init` and `image build --init` take).
+    static let staticExecutable = "/sbin/ldconfig"
+
+    /// A PATH whose `qemu-system-x86_64` is a script that records its start and exits 0 at once.
+    func fakeQEMUPath() throws -> String {
+        let bin = dir + "/bin"
+        XCTAssertEqual(mkdir(bin, 0o755), 0)
+        try Fixtures.writeFile(bin + "/qemu-system-x86_64", Array("#!/bin/sh\necho started >> '\(dir)/qemu-started'\nexit 0\n".utf8))
+        XCTAssertEqual(chmod(bin + "/qemu-system-x86_64", 0o755), 0)
+        return "PATH=" + bin + ":" + (getenv("PATH").map { String(cString: $0) } ?? "/usr/bin:/bin")
+    }
+
+    /// An unpacked kernel package as `capture --kernel DIR` takes it: boot/vmlinuz-<v> (the test
+    /// kernel's, linked) and lib/modules/<v>/kernel/ with vsock.ko.
+    func fakeKernelPackage() throws -> (root: String, kernel: String) {
+        let pkg = dir + "/pkg"
+        let kernel = pkg + "/lib/modules/6.1.0-test/kernel"
+        for d in [pkg, pkg + "/boot", pkg + "/lib", pkg + "/lib/modules", pkg + "/lib/modules/6.1.0-test", kernel] {
+            XCTAssertEqual(mkdir(d, 0o755), 0, d)
+        }
+        XCTAssertEqual(symlink(try Fixtures.vmlinuz(), pkg + "/boot/vmlinuz-6.1.0-test"), 0)
+        try Fixtures.writeFile(kernel + "/vsock.ko", try Fixtures.readFile(try Fixtures.module(named: "vsock.ko")))
+        return (pkg, kernel)
+    }
+
+    /// HOLE (round 8): `capture` indexes the package's modules by walking lib/modules/<v>/kernel,
+    /// and followed every link to a directory (FS.isDirectory stats through links): two links to
+    /// "." in the tree (a hostile .deb unpacks them as given) made the walk branch at every level
+    /// until ELOOP, 2^40 paths, before any module name was even looked up. `bench` had the same walk
+    /// fixed in round 4 (CLIRound4Tests.testBenchWalkDoesNotFollowDirectoryLinkLoops).
+    func testCaptureModuleIndexDoesNotFollowDirectoryLinkLoops() throws {
+        let (pkg, kernel) = try fakeKernelPackage()
+        XCTAssertEqual(symlink(".", kernel + "/a"), 0)
+        XCTAssertEqual(symlink(".", kernel + "/b"), 0)
+        let r = run(["capture", "--kernel", pkg, "--modules", "no_such_module", "--out", dir + "/out", "--init", Self.staticExecutable,
+                     "--work-dir", dir + "/work"], environment: [try fakeQEMUPath()], seconds: 60)
+        XCTAssertEqual(r.status, 2, "hung (nil) or failed: \(r.stderr.suffix(400))")
+        XCTAssertTrue(r.stderr.contains("no module named no_such_module"), r.stderr.suffix(400).description)
+        XCTAssertEqual(access(dir + "/qemu-started", F_OK), -1, "QEMU started")
+    }
+}
