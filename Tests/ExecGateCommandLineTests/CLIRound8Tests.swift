@@ -69,3 +69,34 @@ final class CLIRound8Tests: XCTestCase {
         XCTAssertEqual(access(dir + "/qemu-started", F_OK), -1, "QEMU started")
     }
 }
+
+extension CLIRound8Tests {
+    /// HOLE (round 8)    /// HOLE (round 8): `capture`'s options were checked where each is used, after the package was
+    /// unpacked, its modules indexed and the initramfs written: `--accel warp` exited 1 (README:
+    /// "1 when some failed to load or the VM failed") after that work, `--kernel-args
+    /// execgate.mode=serve` likewise; `--memory 0` and `--timeout 0` started QEMU; `--timeout -1`
+    /// started QEMU and then trapped converting the deadline (the process died, QEMU left
+    /// running). Each is a usage error (exit 2, the option named) before any work, as `vm start`'s
+    /// (BootOptions.validate).
+    func testCaptureOptionsAreUsageErrorsBeforeAnyWork() throws {
+        let (pkg, _) = try fakeKernelPackage()
+        // The transport drivers built in, so nothing else stops the run before its boot.
+        try Fixtures.writeFile(pkg + "/lib/modules/6.1.0-test/modules.builtin",
+                               Array("kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/block/virtio_blk.ko\n".utf8))
+        let path = try fakeQEMUPath()
+        for (extra, named) in [(["--accel", "warp"], "--accel"), (["--timeout", "-1"], "--timeout"), (["--timeout", "0"], "--timeout"),
+                               (["--timeout", "9223372036854775807"], "--timeout"), (["--memory", "0"], "--memory"),
+                               (["--memory", "-5"], "--memory"), (["--kernel-args", "quiet execgate.mode=serve"], "execgate.mode=serve"),
+                               (["--kernel-args", "a=\"b\""], "a=\"b\"")] {
+            let work = dir + "/work"
+            let r = run(["capture", "--kernel", pkg, "--modules", "vsock", "--out", dir + "/out", "--init", Self.staticExecutable,
+                         "--work-dir", work] + extra, environment: [path], seconds: 60)
+            XCTAssertEqual(r.status, 2, "\(extra): \(r.stderr.suffix(400))")
+            XCTAssertTrue(r.stderr.contains(named), "\(extra): \(r.stderr.suffix(400))")
+            XCTAssertEqual(r.stdout, "", "\(extra)")
+            XCTAssertEqual(access(work, F_OK), -1, "\(extra): work done before the refusal")
+            XCTAssertEqual(access(dir + "/qemu-started", F_OK), -1, "\(extra): QEMU started")
+            _ = system("rm -rf '\(work)' '\(dir)/qemu-started'")
+        }
+    }
+}
