@@ -100,3 +100,55 @@ extension CLIRound8Tests {
         }
     }
 }
+
+extension CLIRound8Tests {
+    /// HOLE (round 8): docs/policy.md, "Dry run": `policy test` "replays a captured boot as the VMM
+    /// would: register-guest, then authorize-module per module". The register-guest reply was
+    /// dropped: under a policy that pins other kernel builds (`kernel … symbols …`) the service
+    /// refuses the registration (`untrusted-kernel`) and answers every request of the guest
+    /// `unknown-guest`, but the dry run judged each module as if sent with no registered guest and
+    /// printed "DENY …: the request names no registered guest" for a request that named one. And
+    /// `--guest ""` (register-guest refuses an empty guest_id, docs/protocol.md) was replayed as a
+    /// guest too.
+    func testPolicyTestReportsARefusedRegistration() throws {
+        let capture = Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a"
+        let k = run(["keys", "extract", "--kernel", try Fixtures.vmlinuz(), "--out", dir + "/kx"])
+        XCTAssertEqual(k.status, 0, k.stderr)
+        let cert = dir + "/kx/cert-0.pem"
+        let pinned = dir + "/pinned.policy"
+        try Fixtures.writeFile(pinned, Array("""
+            execgate-policy 1
+            id pinned
+            version 3
+            mode enforce
+            trust kernel-builtin
+            minimum-digest sha256
+            end-state required
+            audit-overflow block
+            kernel sha256:\(String(repeating: "1", count: 64)) symbols sha256:\(String(repeating: "2", count: 64))
+            modules allow
+            text-patches allow
+
+            """.utf8))
+        let text = run(["policy", "test", "--policy", pinned, "--trust", cert, capture])
+        XCTAssertEqual(text.status, 1, text.stderr)
+        XCTAssertTrue(text.stdout.contains("untrusted-kernel"), text.stdout)
+        XCTAssertFalse(text.stdout.contains("DENY") || text.stdout.contains("ALLOW"), "modules judged without their guest: \(text.stdout)")
+        let json = run(["policy", "test", "--policy", pinned, "--trust", cert, capture, "--json"])
+        XCTAssertEqual(json.status, 1, json.stderr)
+        let lines = json.stdout.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, json.stdout)
+        let object = try? JSONReader.parse(Array(json.stdout.utf8))
+        XCTAssertEqual(object?["registered"], .bool(false), json.stdout)
+        XCTAssertEqual(object?["error"], .string("untrusted-kernel"), json.stdout)
+
+        let empty = run(["policy", "test", "--policy", Fixtures.packageRoot + "/ServiceVM/policies/default.policy", "--trust", cert, "--guest", "", capture])
+        XCTAssertEqual(empty.status, 2, empty.stderr)
+        XCTAssertTrue(empty.stderr.contains("--guest"), empty.stderr)
+        XCTAssertEqual(empty.stdout, "")
+        // The honest replay is unchanged: every module of the fixture capture allowed.
+        let ok = run(["policy", "test", "--policy", Fixtures.packageRoot + "/ServiceVM/policies/default.policy", "--trust", cert, capture])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("9 allowed"), ok.stdout)
+    }
+}
