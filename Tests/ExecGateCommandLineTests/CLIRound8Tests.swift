@@ -152,3 +152,29 @@ extension CLIRound8Tests {
         XCTAssertTrue(ok.stdout.contains("9 allowed"), ok.stdout)
     }
 }
+
+extension CLIRound8Tests {
+    /// HOLE (round 8): `vm status --json` put `memory_mib` and `boot_ms` from the state directory's
+    /// vm.txt into its JSON unquoted and unchecked: an empty value gave `"memory_mib":,` and a
+    /// value with a comma added members of its own. The output of `--json` is JSON on every path.
+    func testVMStatusJSONIsJSONWhateverVMTxtHolds() throws {
+        let state = dir + "/state"
+        XCTAssertEqual(mkdir(state, 0o755), 0)
+        XCTAssertEqual(mkdir(state + "/x", 0o755), 0)
+        try Fixtures.writeFile(state + "/x/vm.txt", Array("name=x\nmemory_mib=\nboot_ms=12,\"forged\":true\n".utf8))
+        let r = run(["vm", "status", "--name", "x", "--state-dir", state, "--json"], seconds: 30)
+        XCTAssertEqual(r.status, 3, r.stderr)
+        XCTAssertEqual(r.stdout.split(separator: "\n").count, 1, r.stdout)
+        let object = try? JSONReader.parse(Array(r.stdout.utf8))
+        XCTAssertNotNil(object?.objectMembers, "not one JSON object: \(r.stdout)")
+        XCTAssertEqual(object?["memory_mib"], .null, r.stdout)
+        XCTAssertEqual(object?["boot_ms"], .null, r.stdout)
+        XCTAssertFalse(object?.objectMembers?.contains { $0.0 == "forged" } ?? true, r.stdout)
+        // Numbers the launcher wrote stay numbers.
+        try Fixtures.writeFile(state + "/x/vm.txt", Array("name=x\nmemory_mib=160\nboot_ms=954\n".utf8))
+        let good = run(["vm", "status", "--name", "x", "--state-dir", state, "--json"], seconds: 30)
+        let g = try? JSONReader.parse(Array(good.stdout.utf8))
+        XCTAssertEqual(g?["memory_mib"], .int(160), good.stdout)
+        XCTAssertEqual(g?["boot_ms"], .int(954), good.stdout)
+    }
+}
