@@ -156,9 +156,9 @@ public struct VMStatus: Sendable {
             ("pid", pid.map { "\($0)" } ?? "null"), ("ready", ready ? "true" : "false"),
             ("address", address.map(ConsoleJSON.string) ?? "null"),
             ("reachable_from_host", reachableFromHost ? "true" : "false"),
-            ("accel", ConsoleJSON.string(info["accel"] ?? "")), ("memory_mib", info["memory_mib"] ?? "null"),
+            ("accel", ConsoleJSON.string(info["accel"] ?? "")), ("memory_mib", ConsoleJSON.count(info["memory_mib"])),
             ("console_log", ConsoleJSON.string(info["console_log"] ?? "")),
-            ("boot_ms", info["boot_ms"] ?? "null"),
+            ("boot_ms", ConsoleJSON.count(info["boot_ms"])),
             ("console_tail", ConsoleJSON.string(consoleTail)),
         ])
     }
