@@ -178,3 +178,29 @@ extension CLIRound8Tests {
         XCTAssertEqual(g?["boot_ms"], .int(954), good.stdout)
     }
 }
+
+extension CLIRound8Tests {
+    /// HOLE (round 8): `vm status` and `vm stop` read the VM's state files (qemu.pid, vm.txt,
+    /// console.log) with a plain open(2): a FIFO in their place (no writer) blocked both commands
+    /// forever. A state file a command reads that is not a regular file is now refused (exit 2,
+    /// named) before it is opened.
+    func testVMStateFilesThatAreNoRegularFilesAreRefusedNotWaitedOn() throws {
+        let state = dir + "/state"
+        XCTAssertEqual(mkdir(state, 0o755), 0)
+        for file in ["qemu.pid", "vm.txt", "console.log"] {
+            let name = "vm-" + file.replacingOccurrences(of: ".", with: "-")
+            XCTAssertEqual(mkdir(state + "/" + name, 0o755), 0)
+            XCTAssertEqual(mkfifo(state + "/" + name + "/" + file, 0o644), 0)
+            for command in ["status", "stop"] {
+                let r = run(["vm", command, "--name", name, "--state-dir", state], seconds: 15)
+                // `vm stop` reads only qemu.pid of a VM that is not running.
+                if command == "stop" && file != "qemu.pid" {
+                    XCTAssertEqual(r.status, 0, "vm stop, \(file) a FIFO: hung (nil) or \(r.stderr)")
+                    continue
+                }
+                XCTAssertEqual(r.status, 2, "vm \(command), \(file) a FIFO: hung (nil) or \(r.stderr)")
+                XCTAssertTrue(r.stderr.contains(file), "vm \(command): \(r.stderr)")
+            }
+        }
+    }
+}
