@@ -183,6 +183,20 @@ public enum Launcher {
         return p
     }
 
+    /// The state files a command reads, refused (named, unopened) when one is there and is not a
+    /// regular file: the launcher and QEMU write only regular files there, and a FIFO in their
+    /// place blocked `vm status` and `vm stop` forever. `vm status` reads qemu.pid, vm.txt and
+    /// console.log; `vm stop` qemu.pid and vsock-backend.pid.
+    public static func checkStateFiles(_ paths: [String]) throws(ServiceVMError) {
+        for p in paths {
+            var st = stat()
+            guard stat(p, &st) == 0 else { continue }  // absent: nothing to read
+            guard (st.st_mode & S_IFMT) == S_IFREG else {
+                throw .badInput("\(p): \(Files.fileType(st.st_mode)), not a regular file: a VM state file is one the launcher or QEMU writes; remove it")
+            }
+        }
+    }
+
     static func readPid(_ c: VMConfig) -> Int32? {
         guard let s = try? FS.readString(c.pidFile, limit: 64) else { return nil }
         return Int32(s.trimmingTrailingNewlines())

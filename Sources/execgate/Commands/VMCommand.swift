@@ -143,6 +143,7 @@ struct VMStopCommand: ParsableCommand {
 
     func run() throws {
         let c = try vm.config(test: false)
+        do { try Launcher.checkStateFiles([c.pidFile, c.vsockBackendPidFile]) } catch { throw serviceVMFailure("vm stop", error) }
         let stopped = Launcher.stop(c)
         if json { print(ConsoleJSON.object([("name", ConsoleJSON.string(c.name)), ("stopped", stopped ? "true" : "false")])) }
         else { print(stopped ? "stopped '\(c.name)'" : "'\(c.name)' was not running") }
@@ -151,12 +152,13 @@ struct VMStopCommand: ParsableCommand {
 
 struct VMStatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status", abstract: "Is the service VM running and ready?",
-                                                    discussion: "Exit status: 0 running, 3 not running (the console tail of a dead VM is printed), 2 usage error.")
+                                                    discussion: "Exit status: 0 running, 3 not running (the console tail of a dead VM is printed), 2 usage error or a state file (qemu.pid, vm.txt, console.log) that is not a regular file.")
     @OptionGroup var vm: VMOptions
     @Flag(help: "Machine-readable output.") var json = false
 
     func run() throws {
         let c = try vm.config(test: false)
+        do { try Launcher.checkStateFiles([c.pidFile, c.infoFile, c.consoleLog]) } catch { throw serviceVMFailure("vm status", error) }
         let s = Launcher.status(c)
         if json { print(s.json) }
         else if s.running {
