@@ -204,3 +204,17 @@ extension CLIRound8Tests {
         }
     }
 }
+
+extension CLIRound8Tests {
+    /// HOLE (round 8): `serve --policy FILE --signature-only` served FILE's end state and dropped
+    /// `--signature-only` without a word (the built-in policy is the only one it applies to, like
+    /// the `--deny-*` options, which `serve` already refuses beside `--policy`).
+    func testServeRefusesSignatureOnlyBesideAPolicyFile() throws {
+        XCTAssertEqual(run(["keys", "generate", "--out", dir + "/trust", "--type", "ec-p256"]).status, 0)
+        let r = run(["serve", "--listen", "unix:" + dir + "/s.sock", "--policy", Fixtures.packageRoot + "/ServiceVM/policies/default.policy",
+                     "--trust", dir + "/trust/cert.pem", "--signature-only"], seconds: 10)
+        XCTAssertEqual(r.status, 2, "served (nil) or: \(r.stderr)")
+        XCTAssertTrue(r.stderr.contains("--signature-only"), r.stderr)
+        XCTAssertEqual(access(dir + "/s.sock", F_OK), -1)
+    }
+}
