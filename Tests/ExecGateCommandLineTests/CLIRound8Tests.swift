@@ -218,3 +218,43 @@ extension CLIRound8Tests {
         XCTAssertEqual(access(dir + "/s.sock", F_OK), -1)
     }
 }
+
+extension CLIRound8Tests {
+    /// HOLE (round 8): `image build --policy FILE` copied FILE into the image unread, and
+    /// `--admin-cert CERT` too: a policy with a typo, a bundle without `--admin-cert`, a bundle
+    /// signed by another key or an admin "certificate" that is none made an image whose service
+    /// refuses to start at every boot (VerifierService.start → loadBootPolicy; the sidecar
+    /// powers off and systemd restarts it, docs/deployment.md "Restart"), found only by
+    /// `vm start`. Each is now refused at build time as the guest would refuse it (exit 2, the file
+    /// named), before anything is written.
+    func testImageBuildRefusesAPolicyTheGuestWouldRefuse() throws {
+        let pkg = dir + "/ipkg"
+        XCTAssertEqual(mkdir(pkg, 0o755), 0)
+        XCTAssertEqual(mkdir(pkg + "/boot", 0o755), 0)
+        try Fixtures.writeFile(pkg + "/boot/vmlinuz-6.1.0-test", Array("no kernel".utf8))
+        XCTAssertEqual(run(["keys", "generate", "--out", dir + "/admin", "--type", "ec-p256"]).status, 0)
+        XCTAssertEqual(run(["keys", "generate", "--out", dir + "/other", "--type", "ec-p256"]).status, 0)
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/default.policy"
+        let bundle = dir + "/p.bundle"
+        XCTAssertEqual(run(["policy", "sign", "--key", dir + "/other/key.pem", "--cert", dir + "/other/cert.pem", policy, "-o", bundle]).status, 0)
+        try Fixtures.writeFile(dir + "/typo.policy", Array("execgate-policy 1\nid x\nversion 2\nmodules alow\n".utf8))
+        let out = dir + "/out"
+        let base = ["image", "build", "--kernel-package", pkg, "--service-kernel", Self.staticExecutable, "--init", Self.staticExecutable,
+                    "--out", out, "--no-test-image"]
+        for (extra, named) in [(["--policy", dir + "/typo.policy"], dir + "/typo.policy:4"),
+                               (["--policy", bundle], bundle),
+                               (["--policy", bundle, "--admin-cert", dir + "/admin/cert.pem"], bundle),
+                               (["--admin-cert", dir + "/typo.policy"], dir + "/typo.policy"),
+                               (["--policy", dir + "/missing.policy"], dir + "/missing.policy")] {
+            let r = run(base + extra, seconds: 120)
+            XCTAssertEqual(r.status, 2, "\(extra): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(named), "\(extra): \(r.stderr)")
+            XCTAssertEqual(access(out, F_OK), -1, "\(extra): an image was written")
+        }
+        // What the guest accepts still builds: a policy text, and a bundle with its admin certificate.
+        let text = run(base + ["--policy", policy, "--admin-cert", dir + "/admin/cert.pem"], seconds: 120)
+        XCTAssertEqual(text.status, 0, text.stderr)
+        let signed = run(base + ["--policy", bundle, "--admin-cert", dir + "/other/cert.pem"], seconds: 120)
+        XCTAssertEqual(signed.status, 0, signed.stderr)
+    }
+}
