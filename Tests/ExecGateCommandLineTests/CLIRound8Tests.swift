@@ -239,8 +239,9 @@ extension CLIRound8Tests {
         XCTAssertEqual(run(["policy", "sign", "--key", dir + "/other/key.pem", "--cert", dir + "/other/cert.pem", policy, "-o", bundle]).status, 0)
         try Fixtures.writeFile(dir + "/typo.policy", Array("execgate-policy 1\nid x\nversion 2\nmodules alow\n".utf8))
         let out = dir + "/out"
-        let base = ["image", "build", "--kernel-package", pkg, "--service-kernel", Self.staticExecutable, "--init", Self.staticExecutable,
-                    "--out", out, "--no-test-image"]
+        // The test kernel (its builtin certificate: what `trust kernel-builtin` stands for in the guest).
+        let base = ["image", "build", "--kernel-package", pkg, "--kernel", try Fixtures.vmlinuz(), "--service-kernel", Self.staticExecutable,
+                    "--init", Self.staticExecutable, "--out", out, "--no-test-image"]
         for (extra, named) in [(["--policy", dir + "/typo.policy"], dir + "/typo.policy:4"),
                                (["--policy", bundle], bundle),
                                (["--policy", bundle, "--admin-cert", dir + "/admin/cert.pem"], bundle),
@@ -251,6 +252,13 @@ extension CLIRound8Tests {
             XCTAssertTrue(r.stderr.contains(named), "\(extra): \(r.stderr)")
             XCTAssertEqual(access(out, F_OK), -1, "\(extra): an image was written")
         }
+        // An image without trust anchors (a kernel without certificates): `trust kernel-builtin`
+        // stands for none there, which the guest's policy parser refuses.
+        let noAnchors = run(["image", "build", "--kernel-package", pkg, "--service-kernel", Self.staticExecutable, "--init", Self.staticExecutable,
+                             "--out", out, "--no-test-image", "--policy", policy], seconds: 120)
+        XCTAssertEqual(noAnchors.status, 2, noAnchors.stderr)
+        XCTAssertTrue(noAnchors.stderr.contains("kernel-builtin"), noAnchors.stderr)
+        XCTAssertEqual(access(out, F_OK), -1, "an image was written")
         // What the guest accepts still builds: a policy text, and a bundle with its admin certificate.
         let text = run(base + ["--policy", policy, "--admin-cert", dir + "/admin/cert.pem"], seconds: 120)
         XCTAssertEqual(text.status, 0, text.stderr)
