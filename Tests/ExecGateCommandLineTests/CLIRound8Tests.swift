@@ -266,3 +266,38 @@ extension CLIRound8Tests {
         XCTAssertEqual(signed.status, 0, signed.stderr)
     }
 }
+
+extension CLIRound8Tests {
+    /// HOLE (round 8): `keys extract --out DIR` wrote cert-0…cert-N-1 of this kernel over a
+    /// directory that held more: cert-N… of another image (a kernel with more certificates
+    /// extracted there before) stayed beside them, and `serve --trust DIR/*.pem` then trusted a
+    /// certificate this kernel does not. An output directory holding cert-K files this extraction
+    /// does not write is refused (exit 2, the file named), nothing written.
+    func testKeysExtractRefusesCertificatesOfAnotherImageLeftInItsDirectory() throws {
+        let out = dir + "/kx"
+        XCTAssertEqual(mkdir(out, 0o755), 0)
+        let cert = try testCertificatePEM()
+        try Fixtures.writeFile(out + "/cert-3.pem", cert)
+        for json in [false, true] {
+            let r = run(["keys", "extract", "--kernel", try Fixtures.vmlinuz(), "--out", out] + (json ? ["--json"] : []))
+            XCTAssertEqual(r.status, 2, r.stderr)
+            XCTAssertTrue(r.stderr.contains(out + "/cert-3.pem"), r.stderr)
+            XCTAssertEqual(r.stdout, "")
+            XCTAssertEqual(access(out + "/cert-0.pem", F_OK), -1, "written beside the other image's certificate")
+        }
+        XCTAssertEqual(try Fixtures.readFile(out + "/cert-3.pem"), cert, "the other file is left as it was")
+        // The same kernel again into its own directory: its files, replaced.
+        XCTAssertEqual(unlink(out + "/cert-3.pem"), 0)
+        for _ in 0..<2 {
+            let again = run(["keys", "extract", "--kernel", try Fixtures.vmlinuz(), "--out", out])
+            XCTAssertEqual(again.status, 0, again.stderr)
+        }
+        XCTAssertEqual(access(out + "/cert-0.pem", F_OK), 0)
+    }
+
+    /// A certificate's PEM (keys generate).
+    func testCertificatePEM() throws -> [UInt8] {
+        XCTAssertEqual(run(["keys", "generate", "--out", dir + "/other", "--type", "ec-p256"]).status, 0)
+        return try Fixtures.readFile(dir + "/other/cert.pem")
+    }
+}
