@@ -301,3 +301,26 @@ extension CLIRound8Tests {
         return try Fixtures.readFile(dir + "/other/cert.pem")
     }
 }
+
+extension CLIRound8Tests {
+    /// HOLE (round 8): on a host without /dev/vhost-vsock `vm start` runs the vsock backend with
+    /// sockets in the state directory; a --state-dir (with --name) too long for them was found
+    /// only by the backend it started: exit 1 (README/ServiceVM: "the operation itself failed")
+    /// with "--socket: a path of 1…95 bytes", an option the operator never gave, after vm.txt
+    /// was written "state=starting". It is a usage error before anything is written (exit 2,
+    /// naming --state-dir), as `vsock-backend`'s own check (VsockBackendCommand.validate).
+    func testVMStartRefusesAStateDirectoryTooLongForTheBackendSockets() throws {
+        guard access("/dev/vhost-vsock", R_OK | W_OK) != 0 else { throw XCTSkip("this host has vhost-vsock: no backend sockets") }
+        let image = dir + "/img"
+        XCTAssertEqual(mkdir(image, 0o755), 0)
+        try Fixtures.writeFile(image + "/vmlinux", [])
+        try Fixtures.writeFile(image + "/initramfs.cpio.zst", [])
+        let state = dir + "/" + String(repeating: "s", count: 85)
+        let r = run(["vm", "start", "--name", "x", "--state-dir", state, "--image-dir", image, "--accel", "tcg"],
+                    environment: [try fakeQEMUPath()], seconds: 60)
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("--state-dir"), r.stderr)
+        XCTAssertEqual(access(state + "/x/vm.txt", F_OK), -1, "vm.txt written before the refusal")
+        XCTAssertEqual(access(dir + "/qemu-started", F_OK), -1, "QEMU started")
+    }
+}
