@@ -4,6 +4,7 @@
 
 import ExecGateCommandLine
 import ExecGateServiceVM
+import ExecGateVsockDevice
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -22,7 +23,7 @@ struct VMOptions: ParsableArguments {
     @Option(help: "VM name (one VM per name).")
     var name: String = "execgate"
 
-    @Option(help: "State directory root; the VM's files go to <state-dir>/<name>/ (default: $EXECGATE_RUN_DIR or ServiceVM/run).")
+    @Option(help: "State directory root; the VM's files go to <state-dir>/<name>/ (default: $EXECGATE_RUN_DIR or ServiceVM/run). Without /dev/vhost-vsock the vsock backend's sockets live there: <state-dir>/<name>/vhost-user-vsock.sock must fit 95 bytes.")
     var stateDir: String?
 
     @Option(help: "Image directory (from `execgate image build`).")
@@ -115,6 +116,7 @@ struct VMStartCommand: ParsableCommand {
     func run() throws {
         var c = try vm.config(test: false)
         try boot.apply(&c)
+        try Self.checkBackendSockets(c)
         do {
             let r = try Launcher.start(c, log: { if !json { print($0) } })
             let note = r.reachableFromHost ? "" :
@@ -132,6 +134,21 @@ struct VMStartCommand: ParsableCommand {
             }
         } catch {
             throw serviceVMFailure("vm start", error)
+        }
+    }
+}
+
+extension VMStartCommand {
+    /// Where the launcher will run the vsock backend (no /dev/vhost-vsock), its two sockets live
+    /// in the state directory and must fit the backend's own bound (VsockBackendCommand.validate:
+    /// a Unix socket's sun_path less the `_PORT` suffix of guest-to-host connections). A usage
+    /// error before anything is written, naming the options that make the path.
+    static func checkBackendSockets(_ c: VMConfig) throws {
+        guard c.usesVhostUserVsock else { return }
+        let most = VsockLimits.maxUnixPath - 13
+        for p in [c.vhostUserSocket, c.hybridSocket] where p.utf8.count > most {
+            throw serviceVMFailure("vm start", ServiceVMError.badOption(
+                "--state-dir/--name: the vsock backend's socket \(p) is \(p.utf8.count) bytes, at most \(most) fit (no /dev/vhost-vsock here: the backend's sockets live in the state directory); give a shorter --state-dir"))
         }
     }
 }
