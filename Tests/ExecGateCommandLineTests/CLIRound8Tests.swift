@@ -324,3 +324,19 @@ extension CLIRound8Tests {
         XCTAssertEqual(access(dir + "/qemu-started", F_OK), -1, "QEMU started")
     }
 }
+
+extension CLIRound8Tests {
+    /// HOLE (round 8): `vsock-backend` with one path for both its sockets (--socket and --uds):
+    /// the second claim of the path finds the first's lock (SocketPath.claim) and the backend
+    /// refuses to start, exit 2, naming the path, as it should; but the vhost-user socket it had
+    /// already bound stayed behind as a file (a refused start left half of its sockets; likewise
+    /// when the --uds path is another listener's). A refused start now leaves no socket of its own.
+    func testVsockBackendRefusesOnePathForBothSockets() throws {
+        let path = dir + "/same.sock"
+        let r = run(["vsock-backend", "--socket", path, "--uds", path, "--guest-cid", "3"], seconds: 15)
+        XCTAssertEqual(r.status, 2, "ran (nil) or: \(r.stderr)")
+        XCTAssertTrue(r.stderr.contains(path), r.stderr)
+        var st = stat()
+        XCTAssertNotEqual(lstat(path, &st), 0, "a socket file was left behind")
+    }
+}
