@@ -340,3 +340,27 @@ extension CLIRound8Tests {
         XCTAssertNotEqual(lstat(path, &st), 0, "a socket file was left behind")
     }
 }
+
+extension CLIRound8Tests {
+    /// Failed attack (round 8): `image build` with an /init that cannot be one (a dynamically
+    /// linked executable), a service kernel that is no ELF, or a FIFO as --service-kernel: each
+    /// refused, exit 2, the file named, before the output directory is created.
+    func testImageBuildRefusesBadInitAndKernelBeforeWriting() throws {
+        let pkg = dir + "/ipkg"
+        XCTAssertEqual(mkdir(pkg, 0o755), 0)
+        XCTAssertEqual(mkdir(pkg + "/boot", 0o755), 0)
+        try Fixtures.writeFile(pkg + "/boot/vmlinuz-6.1.0-test", Array("no kernel".utf8))
+        let fifo = dir + "/fifo"
+        XCTAssertEqual(mkfifo(fifo, 0o644), 0)
+        let out = dir + "/out"
+        for (initBinary, serviceKernel, named) in [("/bin/ls", Self.staticExecutable, "/bin/ls"),
+                                                   (Self.staticExecutable, "/etc/passwd", "/etc/passwd"),
+                                                   (Self.staticExecutable, fifo, fifo)] {
+            let r = run(["image", "build", "--kernel-package", pkg, "--init", initBinary, "--service-kernel", serviceKernel,
+                         "--out", out, "--no-test-image"], seconds: 30)
+            XCTAssertEqual(r.status, 2, "\(named): hung (nil) or \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(named), r.stderr)
+            XCTAssertEqual(access(out, F_OK), -1, "\(named): output written")
+        }
+    }
+}
