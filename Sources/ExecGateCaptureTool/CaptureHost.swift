@@ -68,6 +68,34 @@ public struct CaptureOptions: Sendable {
     /// than a handful, and every CPU costs boot time under TCG).
     public static let cpuCountRange = 1...64
 
+    /// Guest memory in MiB: `vm start`'s range (BootOptions: below 32 nothing boots; QEMU's `-m`
+    /// takes nothing below 1 and a negative size is no size at all).
+    public static let memoryRange = 32...65536
+    /// Seconds to wait for the capture VM: at least one, at most a day (the deadline is kept in
+    /// nanoseconds of a UInt64: a negative or huge value trapped after QEMU was started).
+    public static let timeoutRange = 1...86_400
+
+    /// Every option checked before any work: the package is not unpacked, no initramfs written
+    /// and QEMU not started for a run one of them would stop later. Each is a usage error (exit 2).
+    public func checkOptions() throws(CaptureToolError) {
+        if pvh && kaslr { throw .usage("--pvh and --kaslr: a PVH boot has no KASLR (the bzImage's decompressor applies it)") }
+        _ = try smpArgument()
+        guard Self.memoryRange.contains(memoryMiB) else {
+            throw .usage("--memory \(memoryMiB): the guest's memory must be \(Self.memoryRange.lowerBound)…\(Self.memoryRange.upperBound) MiB")
+        }
+        guard Self.timeoutRange.contains(timeoutSeconds) else {
+            throw .usage("--timeout \(timeoutSeconds): wait \(Self.timeoutRange.lowerBound)…\(Self.timeoutRange.upperBound) seconds for the capture VM")
+        }
+        do { _ = try Accelerator.choose(accel) } catch { throw .usage(error.description) }
+        for a in kernelArgs where !a.isEmpty {
+            // The guest half's own words (execgate.mode=capture) and the one quoting the kernel's
+            // command-line parser gives meaning to (next_arg()) are not the operator's.
+            guard !a.hasPrefix("execgate."), !a.contains("\"") else {
+                throw .usage("--kernel-args: '\(a)' is reserved for the capture guest (execgate.* words and '\"' are not passed)")
+            }
+        }
+    }
+
     /// QEMU's `-smp` value: `N` or `N,maxcpus=M`; a precise usage error for counts out of range
     /// or `maxcpus` below the CPUs present.
     public func smpArgument() throws(CaptureToolError) -> String {
@@ -116,8 +144,7 @@ public enum CaptureTool {
     /// archive the guest wrote, lay it out as a capture directory.
     public static func run(_ o: CaptureOptions, log: (String) -> Void) throws(CaptureToolError) -> CaptureSummary {
         let t0 = MonotonicClock.nanoseconds()
-        if o.pvh && o.kaslr { throw .usage("--pvh and --kaslr: a PVH boot has no KASLR (the bzImage's decompressor applies it)") }
-        _ = try o.smpArgument()  // a bad CPU count is a usage error before any work
+        try o.checkOptions()  // a bad option is a usage error before any work
         guard FS.exists(o.initBinary) else {
             throw .missing("init binary \(o.initBinary) not found: build the static execgate first (`make image`, or pass --init)")
         }
@@ -200,10 +227,7 @@ public enum CaptureTool {
         var append = ["console=ttyS0", "quiet", "panic=-1", "random.trust_cpu=on"]
         if decision.accel == .tcg, let khz = VMConfig.hostTSCKHz(), khz > 0 { append += ["tsc_early_khz=\(khz)", "lpj=\(khz * 1000 / 250)"] }
         if !o.kaslr { append.append("nokaslr") }
-        for a in o.kernelArgs where !a.isEmpty {
-            guard !a.hasPrefix("execgate."), !a.contains("\"") else { throw .failed("kernel argument '\(a)' is reserved for the capture guest") }
-            append.append(a)
-        }
+        append += o.kernelArgs.filter { !$0.isEmpty }  // checked by checkOptions() before any work
         append.append("execgate.mode=capture")
         let marker = "execgate-capture-\(getpid())-\(o.bootName)"
         let smp = try o.smpArgument()

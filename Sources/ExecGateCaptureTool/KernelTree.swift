@@ -101,6 +101,10 @@ public struct ModuleIndex: Sendable {
         guard !paths.isEmpty else { throw .missing("no .ko files under \(modulesDir)/kernel") }
     }
 
+    /// Descends only into real directories: a symbolic link to a directory is not followed (two
+    /// links to "." made the walk branch twice per level up to the kernel's 40-link lookup limit,
+    /// 2^40 paths, before any name was looked up; a package's module tree holds no such link),
+    /// as `SignatureBenchmark.walk` (bench) does. A module file is taken by its name, as before.
     private mutating func walk(_ rel: String) {
         guard let entries = try? FS.list(modulesDir + "/" + rel) else { return }
         for e in entries {
@@ -108,7 +112,7 @@ public struct ModuleIndex: Sendable {
             if let suffix = ModuleIndex.suffixes.first(where: { e.hasSuffix($0) }) {
                 let n = ModuleIndex.normalise(String(e.dropLast(suffix.count)))
                 if paths[n] == nil { paths[n] = r }
-            } else if FS.isDirectory(modulesDir + "/" + r) {
+            } else if FS.isRealDirectory(modulesDir + "/" + r) {
                 walk(r)
             }
         }

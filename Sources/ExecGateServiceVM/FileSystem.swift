@@ -19,7 +19,16 @@ public enum FS {
     /// /proc/<pid>/cmdline and /proc/cpuinfo, all of which would come back empty.
     /// The whole file, at most `limit` bytes (the toolkit's bounded reader: reads to end of file, so
     /// /proc and /sys files, whose size is reported as 0, come back whole).
+    ///
+    /// Only a regular file is opened (procfs and sysfs files are regular files too): a FIFO
+    /// without a writer blocked open(2) forever (`vm status` on a state directory holding one),
+    /// and a device is no file of the project's. Refused, named, unopened.
     public static func read(_ path: String, limit: Int = 1 << 30) throws(ServiceVMError) -> [UInt8] {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw .system("cannot open", path: path, errno: errno) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            throw .badInput("\(path): \(Files.fileType(st.st_mode)), not a regular file; refusing to open it")
+        }
         do { return try Files.read(path, limit: limit) } catch {
             if error.errno == EFBIG { throw .badInput("\(path): more than the \(limit) bytes allowed") }
             throw .system("cannot \(error.operation)", path: path, errno: error.errno)
@@ -46,6 +55,13 @@ public enum FS {
     public static func isDirectory(_ path: String) -> Bool {
         var st = stat()
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// A directory itself, not a symbolic link to one (lstat): what a tree walk may descend into
+    /// without following links in circles.
+    public static func isRealDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 
     public static func size(_ path: String) -> Int? {

@@ -320,6 +320,14 @@ public enum ConsoleJSON {
         _ExecGateInternals.JSON.escape(s, into: &out)
         return out
     }
+    /// A decimal count read back from a state file (`vm.txt`'s `memory_mib`, `boot_ms`): the
+    /// number when the text is one (digits only), else `null`. The file's text is never copied into
+    /// the JSON as a value: `memory_mib=` gave `"memory_mib":,` and `boot_ms=1,"x":2` a member of its own.
+    public static func count(_ text: String?) -> String {
+        guard let text, let n = UInt64(text) else { return "null" }
+        return "\(n)"
+    }
+
     public static func object(_ fields: [(String, String)]) -> String {
         "{" + fields.map { "\(string($0.0)):\($0.1)" }.joined(separator: ",") + "}"
     }

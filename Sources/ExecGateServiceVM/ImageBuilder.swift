@@ -39,6 +39,11 @@ public struct ImageBuildOptions: Sendable {
     public var force = false
     /// Also build the test initramfs.
     public var withTestImage = true
+    /// What the guest's service will do with `policy` and `adminCertificate` at every boot, given
+    /// the trust anchors (DER) the image will carry: throws when it would refuse them. Called once
+    /// those anchors are known and before anything is written (a refusal builds nothing). Nil: not
+    /// checked (this library cannot parse policies; `execgate image build` sets it).
+    public var checkGuestInputs: (@Sendable (_ trustAnchors: [[UInt8]]) throws -> Void)? = nil
 
     public init(kernel: String, modulesDir: String, initBinary: String, outDir: String) {
         self.kernel = kernel; self.modulesDir = modulesDir
@@ -65,7 +70,7 @@ public struct ImageBuildResult: Sendable {
 }
 
 public enum ImageBuilder {
-    public static let builderVersion = "execgate-image-4"
+    public static let builderVersion = "execgate-image-5"
     /// The initramfs file names in an image directory (the launcher boots these).
     public static let initramfsName = "initramfs.cpio.zst"
     public static let testInitramfsName = "initramfs-test.cpio.zst"
@@ -152,7 +157,6 @@ public enum ImageBuilder {
         fp.add(adminBytes ?? [])
         fp.add(o.withTestImage ? "test" : "notest")
 
-        try FS.mkdirs(o.outDir)
         let stampPath = o.outDir + "/image.txt"
         let vmlinuxPath = o.outDir + "/vmlinux", vmlinuzPath = o.outDir + "/vmlinuz"
         let initrdPath = o.outDir + "/" + initramfsName, testInitrdPath = o.outDir + "/" + testInitramfsName
@@ -171,6 +175,24 @@ public enum ImageBuilder {
         // Kernel: the service kernel when given; else the Debian kernel as a PVH ELF, else its bzImage.
         // `vmlinux` stays the Debian kernel's: the trust anchors below come from it in both cases.
         let vmlinux = GuestKernel.extractVmlinux(fromBzImage: kernelBytes)
+        // Trust anchors: the certificates built into the kernel (the same scan as `execgate keys
+        // extract`: the certificates of system_certificate_list, nothing else in the image).
+        var certs: [[UInt8]] = []
+        if let vmlinux {
+            switch GuestKernel.builtinCertificatesOrReason(vmlinux: vmlinux) {
+            case .success(let found): certs = found
+            case .failure(let e): log("image: warning: \(e); no trust anchors in the image")
+            }
+        } else {
+            log("image: warning: no vmlinux to take certificates from; no trust anchors in the image")
+        }
+
+        // The policy and admin certificate as the guest will take them (with these anchors for
+        // `trust kernel-builtin`), before anything is written: one it refuses builds no image.
+        if let check = o.checkGuestInputs {
+            do { try check(certs) } catch { throw .badInput("\(error) (the guest would refuse it at every boot; nothing built)") }
+        }
+        try FS.mkdirs(o.outDir)
         if let serviceKernelBytes, let path = o.serviceKernel {
             try FS.write(vmlinuxPath, serviceKernelBytes)
             FS.remove(vmlinuzPath)
@@ -184,18 +206,6 @@ public enum ImageBuilder {
             FS.remove(vmlinuxPath)
             result.artefacts.append(.init(path: vmlinuzPath, bytes: kernelBytes.count, note: "bzImage (no xz payload to extract)"))
             log("image: note: \(o.kernel) has no xz-compressed ELF payload; booting the bzImage (slower under TCG)")
-        }
-
-        // Trust anchors: the certificates built into the kernel (the same scan as `execgate keys
-        // extract`: the certificates of system_certificate_list, nothing else in the image).
-        var certs: [[UInt8]] = []
-        if let vmlinux {
-            switch GuestKernel.builtinCertificatesOrReason(vmlinux: vmlinux) {
-            case .success(let found): certs = found
-            case .failure(let e): log("image: warning: \(e); no trust anchors in the image")
-            }
-        } else {
-            log("image: warning: no vmlinux to take certificates from; no trust anchors in the image")
         }
 
         var cpio = CpioArchive(mtime: 0)

@@ -156,9 +156,9 @@ public struct VMStatus: Sendable {
             ("pid", pid.map { "\($0)" } ?? "null"), ("ready", ready ? "true" : "false"),
             ("address", address.map(ConsoleJSON.string) ?? "null"),
             ("reachable_from_host", reachableFromHost ? "true" : "false"),
-            ("accel", ConsoleJSON.string(info["accel"] ?? "")), ("memory_mib", info["memory_mib"] ?? "null"),
+            ("accel", ConsoleJSON.string(info["accel"] ?? "")), ("memory_mib", ConsoleJSON.count(info["memory_mib"])),
             ("console_log", ConsoleJSON.string(info["console_log"] ?? "")),
-            ("boot_ms", info["boot_ms"] ?? "null"),
+            ("boot_ms", ConsoleJSON.count(info["boot_ms"])),
             ("console_tail", ConsoleJSON.string(consoleTail)),
         ])
     }
@@ -181,6 +181,20 @@ public enum Launcher {
             throw .missing("\(name) not found: install QEMU (Debian: apt-get install qemu-system-x86; or `make deps`)")
         }
         return p
+    }
+
+    /// The state files a command reads, refused (named, unopened) when one is there and is not a
+    /// regular file: the launcher and QEMU write only regular files there, and a FIFO in their
+    /// place blocked `vm status` and `vm stop` forever. `vm status` reads qemu.pid, vm.txt and
+    /// console.log; `vm stop` qemu.pid and vsock-backend.pid.
+    public static func checkStateFiles(_ paths: [String]) throws(ServiceVMError) {
+        for p in paths {
+            var st = stat()
+            guard stat(p, &st) == 0 else { continue }  // absent: nothing to read
+            guard (st.st_mode & S_IFMT) == S_IFREG else {
+                throw .badInput("\(p): \(Files.fileType(st.st_mode)), not a regular file: a VM state file is one the launcher or QEMU writes; remove it")
+            }
+        }
     }
 
     static func readPid(_ c: VMConfig) -> Int32? {

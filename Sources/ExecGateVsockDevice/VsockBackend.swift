@@ -64,7 +64,14 @@ public final class VsockBackend: @unchecked Sendable {
         guard config.guestCID >= 3, config.guestCID < UInt64(UInt32.max) else { throw BackendError("guest CID \(config.guestCID): must be 3…2^32-2") }
         let connections = try VsockBackend.provideDescriptors()
         vhostListener = try VsockBackend.listen(config.vhostUserSocket)
-        do { hybridListener = try VsockBackend.listen(config.hybridSocket) } catch { close(vhostListener); throw error }
+        do { hybridListener = try VsockBackend.listen(config.hybridSocket) } catch {
+            // A refused start leaves nothing of its own: the vhost-user socket bound above goes
+            // (as run() removes both when it ends), and this process's lock on it.
+            close(vhostListener)
+            unlink(config.vhostUserSocket)
+            SocketPath.unlock(config.vhostUserSocket)
+            throw error
+        }
         wakeFd = egv_eventfd()
         session = VhostUserSession(guestCID: config.guestCID)
         let hybrid = config.hybridSocket

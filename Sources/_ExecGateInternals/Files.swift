@@ -143,7 +143,7 @@ public enum Files {
     }
 
     /// A file type for messages ("a FIFO", "a character device", …).
-    static func fileType(_ mode: mode_t) -> String {
+    public static func fileType(_ mode: mode_t) -> String {
         switch mode & S_IFMT {
         case S_IFDIR: return "a directory"
         case S_IFIFO: return "a FIFO"

@@ -25,7 +25,8 @@ struct CaptureCommand: ParsableCommand {
         layout.json, core_text.bin. Check it with `execgate explain OUT/<boot>`. Needs \
         qemu-system-x86_64 and a static execgate for the guest's /init (`make image` builds one). \
         Exit 0 when every module was captured, 1 when some failed to load or the VM failed, 2 on \
-        usage errors (unknown module, missing kernel or QEMU).
+        usage errors (an option out of range, unknown module, missing kernel or QEMU; options are \
+        checked before any work).
         """
     )
 
@@ -65,29 +66,39 @@ struct CaptureCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Scratch directory (unpacked .deb, vmlinux, initramfs, disk, logs).", valueName: "DIR"))
     var workDir: String?
 
-    @Option(help: "Give up after this many seconds.")
+    @Option(help: "Give up after this many seconds (1…86400).")
     var timeout: Int = 600
 
-    @Option(help: ArgumentHelp("Guest memory in MiB.", valueName: "MiB"))
+    @Option(help: ArgumentHelp("Guest memory in MiB (32…65536).", valueName: "MiB"))
     var memory: Int = 1024
 
     @Option(help: "auto, kvm or tcg (auto uses KVM only where it boots Linux).")
     var accel: String = "auto"
 
+    /// The options as CaptureTool takes them (modules, paths and init binary filled in by run()).
+    func options(modules names: [String] = [], initBinary: String = "", workDir: String = "") -> CaptureOptions {
+        var o = CaptureOptions(kernel: kernel, modules: names, outDir: FS.absolute(out), initBinary: initBinary, workDir: workDir)
+        o.cpu = cpu
+        o.smp = smp
+        o.maxCPUs = maxcpus
+        o.kernelArgs = kernelArgs.split(separator: " ").map(String.init)
+        o.kaslr = kaslr
+        o.pvh = pvh
+        o.timeoutSeconds = timeout
+        o.memoryMiB = memory
+        o.accel = accel
+        return o
+    }
+
+    /// Every option a usage error before anything is read or started (CaptureOptions.checkOptions).
+    func validate() throws {
+        do { try options().checkOptions() } catch { throw ValidationError(error.description) }
+    }
+
     func run() throws {
         do {
             let names = try parseModuleList(modules)
-            var o = CaptureOptions(kernel: kernel, modules: names, outDir: FS.absolute(out), initBinary: try initBinary(),
-                                   workDir: workDir.map(FS.absolute) ?? defaultWorkDir())
-            o.cpu = cpu
-            o.smp = smp
-            o.maxCPUs = maxcpus
-            o.kernelArgs = kernelArgs.split(separator: " ").map(String.init)
-            o.kaslr = kaslr
-            o.pvh = pvh
-            o.timeoutSeconds = timeout
-            o.memoryMiB = memory
-            o.accel = accel
+            let o = options(modules: names, initBinary: try initBinary(), workDir: workDir.map(FS.absolute) ?? defaultWorkDir())
             let s = try CaptureTool.run(o, log: { Console.error($0) })
             for (n, why) in s.failed { Console.error("capture: \(n) not captured: \(why)") }
             Console.error("capture: \(s.captured.count) of \(s.loadOrder.count) modules captured in \(s.bootDir) (slide 0x\(String(s.slide, radix: 16)), \(s.totalMillis) ms); check with `execgate explain \(s.bootDir)`")

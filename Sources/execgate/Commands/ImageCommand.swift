@@ -3,7 +3,10 @@
 // `execgate image build`: the service VM's kernel + initramfs (see ExecGateServiceVM/ImageBuilder).
 
 import ExecGateCommandLine
+import ExecGateHost
+import ExecGatePolicy
 import ExecGateServiceVM
+import ExecGateSignature
 
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,10 +37,10 @@ struct ImageBuildCommand: ParsableCommand {
     @Option(help: "Output directory.")
     var out: String = "Images/out"
 
-    @Option(help: "Policy (text or signed bundle) to install as /etc/execgate/policy in the guest: the policy at boot.")
+    @Option(help: "Policy (text or signed bundle) to install as /etc/execgate/policy in the guest: the policy at boot. Checked as the guest will (a text parsed; a bundle verified against --admin-cert, which it then needs).")
     var policy: String?
 
-    @Option(help: "Admin certificate to install as /etc/execgate/admin.pem: the guest then opens its admin port (VMM port + 1) and accepts policy bundles signed by its key.")
+    @Option(help: "Admin certificate to install as /etc/execgate/admin.pem: the guest then opens its admin port (VMM port + 1) and accepts policy bundles signed by its key. One certificate (PEM or DER).")
     var adminCert: String?
 
     @Flag(help: "Rebuild even when the inputs are unchanged.")
@@ -46,7 +49,34 @@ struct ImageBuildCommand: ParsableCommand {
     @Flag(help: "Do not build the test initramfs.")
     var noTestImage = false
 
+    /// What the guest's service does with `--policy` and `--admin-cert` at every boot
+    /// (GuestService.configuration → VerifierService.start: CertificateFiles.loadOne for the admin
+    /// certificate, ServiceConfiguration.loadBootPolicy for the policy: a text parsed, a bundle
+    /// verified against the admin certificate, `trust kernel-builtin` standing for the image's
+    /// trust anchors), done when the image is built: one the guest refuses made an image whose
+    /// service never starts (docs/deployment.md, "Restart"). `anchors` nil: before they are known
+    /// (everything but what `trust kernel-builtin` stands for).
+    static func checkGuestInputs(policy: String?, adminCert: String?, anchors: [Certificate]?) throws {
+        let admin = try adminCert.map(CertificateFiles.loadOne)
+        guard let policy else { return }
+        let bytes = try LocalFile.readPolicy(policy)
+        if bytes.starts(with: PolicyBundle.magic) {
+            guard let admin else {
+                throw LocalFileError(path: policy, why: "a signed bundle, and no --admin-cert to verify it against (the guest refuses a bundle without its admin certificate)")
+            }
+            do { _ = try PolicyBundle.open(bytes, admin: admin, file: policy, builtinAnchors: anchors) } catch { throw error.naming(policy) }
+        } else {
+            _ = try PolicyParser.parse(bytes, file: policy, builtinAnchors: anchors)
+        }
+    }
+
     func run() throws {
+        // Everything the guest checks but the anchors first (before the kernel is even read), then
+        // with the anchors the image will carry, before anything is written (ImageBuilder).
+        do { try Self.checkGuestInputs(policy: policy, adminCert: adminCert, anchors: nil) } catch {
+            Console.error("execgate image build: \(error) (the guest would refuse it at every boot; nothing built)")
+            throw ExecGateExit.usage
+        }
         do {
             let initBinary = try `init` ?? FS.selfExecutable() ?? { throw ServiceVMError.missing("cannot find this executable; pass --init") }()
             var o = try ImageBuildOptions.fromKernelPackage(kernelPackage, initBinary: initBinary, outDir: out)
@@ -59,6 +89,9 @@ struct ImageBuildCommand: ParsableCommand {
             o.adminCertificate = adminCert
             o.force = force
             o.withTestImage = !noTestImage
+            o.checkGuestInputs = { [policy, adminCert] der in
+                try Self.checkGuestInputs(policy: policy, adminCert: adminCert, anchors: try der.flatMap { try Certificate.load($0) })
+            }
             let r = try ImageBuilder.build(o)
             if r.upToDate { print("image: up to date (inputs unchanged, fingerprint \(r.fingerprint))") }
             for a in r.artefacts {

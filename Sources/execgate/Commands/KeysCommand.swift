@@ -54,8 +54,9 @@ struct KeysExtract: ParsableCommand {
         discussion: """
             Reads a bzImage (gzip, xz, lzma, zstd, bzip2 or lz4 payload), a compressed vmlinux \
             stream, or an ELF vmlinux, and finds the DER X.509 certificates of the builtin \
-            system_certificate_list. Writes cert-N.der and cert-N.pem into --out.
-            Exit status: 0 success, 2 usage error, unreadable image or no certificate found.
+            system_certificate_list. Writes cert-N.der and cert-N.pem into --out (a cert-K file there \
+            that this kernel's certificates would not replace is refused: another image's).
+            Exit status: 0 success, 2 usage error, unreadable image, no certificate found or such a file.
             """
     )
 
@@ -78,6 +79,7 @@ struct KeysExtract: ParsableCommand {
             } catch {
                 throw LocalFileError(path: kernel, why: "\(error)")
             }
+            try Self.refuseOtherImagesCertificates(in: out, writing: certs.count)
             try LocalFile.makeDirectories(out)
             var json: [JSON] = []
             var files: [(path: String, bytes: [UInt8], mode: mode_t)] = []
@@ -100,6 +102,23 @@ struct KeysExtract: ParsableCommand {
         } catch {
             Console.error("execgate keys extract: \(error)")
             throw ExecGateExit.usage
+        }
+    }
+}
+
+extension KeysExtract {
+    /// A `cert-K.der`/`cert-K.pem` in `dir` that this extraction (K < `count`) does not replace
+    /// was written for another image: left beside this kernel's, `--trust DIR/*.pem` would trust
+    /// it. Refused, named, before anything is written (the files are the operator's to remove).
+    static func refuseOtherImagesCertificates(in dir: String, writing count: Int) throws {
+        guard LocalFile.isDirectory(dir) else { return }
+        for name in try LocalFile.list(dir) {
+            guard name.hasPrefix("cert-"), name.hasSuffix(".der") || name.hasSuffix(".pem") else { continue }
+            let index = name.dropFirst(5).dropLast(4)
+            guard !index.isEmpty, index.allSatisfy({ $0.isASCII && $0.isNumber }) else { continue }
+            if let k = Int(index), k < count { continue }
+            throw LocalFileError(path: dir + "/" + name,
+                                 why: "a certificate file this kernel's \(count) certificate(s) would not replace (another image's?): left beside them, --trust \(dir)/*.pem would trust it; remove it or give another --out")
         }
     }
 }

@@ -256,8 +256,12 @@ struct PolicyTest: ParsableCommand {
         discussion: """
             Replays CAPTURE_DIR (register-guest, then authorize-module per module in load order) \
             through the same Verifier the service runs, built with the given policy. Nothing is \
-            activated anywhere. Exit 0 if every module would be allowed, 1 if any would be denied, \
-            2 on invalid input.
+            activated anywhere. A registration the service would refuse is reported instead \
+            (`REFUSED register-guest …`, with --json one object with "registered": false) and no \
+            module is judged: the service answers every request of an unregistered guest \
+            unknown-guest. Exit 0 if every module would be allowed, 1 if any would be denied or \
+            the policy refuses the guest's kernel (untrusted-kernel), 2 on invalid input (a \
+            registration refused for the capture's facts included).
             """
     )
     @Option(help: ArgumentHelp("The policy text or bundle.", valueName: "FILE")) var policy: String
@@ -265,7 +269,13 @@ struct PolicyTest: ParsableCommand {
     @Option(name: .customLong("trust"), help: ArgumentHelp("What 'trust kernel-builtin' stands for (PEM/DER). Repeatable.", valueName: "CERT"))
     var trust: [String] = []
     @Option(help: "Guest id to judge as (selects per-guest and per-class rules).") var guest: String = "capture"
-    @Flag(help: "One JSON object per module, then a summary object.") var json = false
+    @Flag(help: "One JSON object per module, then a summary object (a refused registration: one object).") var json = false
+
+    func validate() throws {
+        // register-guest's guest_id is non-empty (docs/protocol.md); an authorize-module with an
+        // empty one names no guest at all.
+        guard !guest.isEmpty else { throw ValidationError("--guest: a guest id is non-empty (register-guest refuses an empty guest_id)") }
+    }
 
     func run() throws {
         let p: Policy
@@ -281,7 +291,11 @@ struct PolicyTest: ParsableCommand {
         var allowed = 0, denied = 0, auditOnly = 0
         do {
             let reg = try boot.registration(guestID: guest)
-            _ = verifier.respond(to: .registerGuest(reg), requestDigest: [])
+            // As the VMM would: a refused registration leaves no guest, whose every request the
+            // service answers unknown-guest (Verifier.respond): no module is judged.
+            if case .error(let e) = verifier.respond(to: .registerGuest(reg), requestDigest: []) {
+                try Self.reportRefusedRegistration(e, policy: p, guest: guest, json: json)
+            }
             // Every module the load order names: one the capture lacks is invalid input (exit 2),
             // never skipped (a capture holding none of its modules passed "0 allowed, 0 denied").
             for name in boot.loadOrder {
@@ -291,6 +305,8 @@ struct PolicyTest: ParsableCommand {
                 if v.auditOnly { auditOnly += 1 }
                 print(json ? v.json.serialized() : v.humanLine)
             }
+        } catch let e as ExitCode {
+            throw e  // reportRefusedRegistration's, its result printed
         } catch {
             Console.error("execgate policy test: \(error)")
             throw ExecGateExit.usage
@@ -302,6 +318,23 @@ struct PolicyTest: ParsableCommand {
             print("policy \(p.id) v\(p.version) for guest \(guest): \(allowed) allowed (\(auditOnly) audit-only), \(denied) denied")
         }
         if denied > 0 { throw ExecGateExit.deny }
+    }
+
+    /// A register-guest refusal: the policy's own (`untrusted-kernel`: its `kernel … symbols …`
+    /// pins leave this build out) is this guest's outcome, printed as the result, exit 1; any
+    /// other is the capture's facts refused, invalid input (exit 2, the reason on stderr).
+    static func reportRefusedRegistration(_ e: ErrorReply, policy p: Policy, guest: String, json: Bool) throws -> Never {
+        guard e.code == .untrustedKernel else {
+            throw LocalFileError(path: "register-guest '\(guest)'", why: "refused: \(e.code): \(e.message)")
+        }
+        if json {
+            print(JSON.object([("policy_id", .string(p.id)), ("policy_version", .uint(p.version)), ("guest", .string(guest)),
+                               ("registered", .bool(false)), ("error", .string("\(e.code)")), ("message", .string(e.message))]).serialized())
+        } else {
+            print("REFUSED register-guest \(guest): \(e.code): \(e.message) [policy \(p.id) v\(p.version)]")
+            print("policy \(p.id) v\(p.version) for guest \(guest): registration refused, no module judged (every request of the guest: unknown-guest)")
+        }
+        throw ExecGateExit.deny
     }
 }
 

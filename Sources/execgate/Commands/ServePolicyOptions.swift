@@ -26,6 +26,11 @@ struct ServePolicyOptions: ParsableArguments {
         if policy != nil && !(trust.denyCertificates.isEmpty && trust.denyModuleHashes.isEmpty && trust.denyNames.isEmpty) {
             throw ValidationError("--deny-* options apply to the built-in policy; with --policy, put deny lines in the policy")
         }
+        // The built-in policy's end state (ServiceConfiguration.builtInEndState); a policy file
+        // states its own (`end-state required|signature-only`): never dropped silently.
+        if policy != nil && trust.signatureOnly {
+            throw ValidationError("--signature-only applies to the built-in policy; with --policy, the policy's 'end-state' line decides (end-state signature-only)")
+        }
     }
 
     func apply(to c: inout ServiceConfiguration) throws {

@@ -4,6 +4,7 @@
 
 import ExecGateCommandLine
 import ExecGateServiceVM
+import ExecGateVsockDevice
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -22,7 +23,7 @@ struct VMOptions: ParsableArguments {
     @Option(help: "VM name (one VM per name).")
     var name: String = "execgate"
 
-    @Option(help: "State directory root; the VM's files go to <state-dir>/<name>/ (default: $EXECGATE_RUN_DIR or ServiceVM/run).")
+    @Option(help: "State directory root; the VM's files go to <state-dir>/<name>/ (default: $EXECGATE_RUN_DIR or ServiceVM/run). Without /dev/vhost-vsock the vsock backend's sockets live there: <state-dir>/<name>/vhost-user-vsock.sock must fit 95 bytes.")
     var stateDir: String?
 
     @Option(help: "Image directory (from `execgate image build`).")
@@ -115,6 +116,7 @@ struct VMStartCommand: ParsableCommand {
     func run() throws {
         var c = try vm.config(test: false)
         try boot.apply(&c)
+        try Self.checkBackendSockets(c)
         do {
             let r = try Launcher.start(c, log: { if !json { print($0) } })
             let note = r.reachableFromHost ? "" :
@@ -136,6 +138,21 @@ struct VMStartCommand: ParsableCommand {
     }
 }
 
+extension VMStartCommand {
+    /// Where the launcher will run the vsock backend (no /dev/vhost-vsock), its two sockets live
+    /// in the state directory and must fit the backend's own bound (VsockBackendCommand.validate:
+    /// a Unix socket's sun_path less the `_PORT` suffix of guest-to-host connections). A usage
+    /// error before anything is written, naming the options that make the path.
+    static func checkBackendSockets(_ c: VMConfig) throws {
+        guard c.usesVhostUserVsock else { return }
+        let most = VsockLimits.maxUnixPath - 13
+        for p in [c.vhostUserSocket, c.hybridSocket] where p.utf8.count > most {
+            throw serviceVMFailure("vm start", ServiceVMError.badOption(
+                "--state-dir/--name: the vsock backend's socket \(p) is \(p.utf8.count) bytes, at most \(most) fit (no /dev/vhost-vsock here: the backend's sockets live in the state directory); give a shorter --state-dir"))
+        }
+    }
+}
+
 struct VMStopCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "stop", abstract: "Stop the service VM.")
     @OptionGroup var vm: VMOptions
@@ -143,6 +160,7 @@ struct VMStopCommand: ParsableCommand {
 
     func run() throws {
         let c = try vm.config(test: false)
+        do { try Launcher.checkStateFiles([c.pidFile, c.vsockBackendPidFile]) } catch { throw serviceVMFailure("vm stop", error) }
         let stopped = Launcher.stop(c)
         if json { print(ConsoleJSON.object([("name", ConsoleJSON.string(c.name)), ("stopped", stopped ? "true" : "false")])) }
         else { print(stopped ? "stopped '\(c.name)'" : "'\(c.name)' was not running") }
@@ -151,12 +169,13 @@ struct VMStopCommand: ParsableCommand {
 
 struct VMStatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status", abstract: "Is the service VM running and ready?",
-                                                    discussion: "Exit status: 0 running, 3 not running (the console tail of a dead VM is printed), 2 usage error.")
+                                                    discussion: "Exit status: 0 running, 3 not running (the console tail of a dead VM is printed), 2 usage error or a state file (qemu.pid, vm.txt, console.log) that is not a regular file.")
     @OptionGroup var vm: VMOptions
     @Flag(help: "Machine-readable output.") var json = false
 
     func run() throws {
         let c = try vm.config(test: false)
+        do { try Launcher.checkStateFiles([c.pidFile, c.infoFile, c.consoleLog]) } catch { throw serviceVMFailure("vm status", error) }
         let s = Launcher.status(c)
         if json { print(s.json) }
         else if s.running {
