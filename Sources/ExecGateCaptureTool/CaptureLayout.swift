@@ -56,8 +56,15 @@ enum CaptureLayout {
         var failed: [(String, String)] = []
         try wrap { () throws(ServiceVMError) in
             try FS.write(bootDir + "/slide.txt", slideTxt)
-            // Also in the boot directory, so one boot's folder stands alone.
-            try FS.write(bootDir + "/load-order.txt", order.joined(separator: "\n") + "\n")
+            // Also in the boot directory, so one boot's folder stands alone; there it names what
+            // the guest kernel loaded. A module whose finit_module failed (a CPU feature check's
+            // -ENODEV, kvm_intel's -EOPNOTSUPP under TCG, a failed dependency) never became live:
+            // load_module() frees it on its error path (kernel/module/main.c), so nothing of it is
+            // in the guest to judge. It is reported (`failed`, insmod.log), not named for explain
+            // and policy test, which take every name here as a module to judge. One that loaded
+            // (or whose result the guest did not report) but was not captured stays named.
+            let loaded = order.filter { n in files[n + "/module.txt"] != nil || (insmod[n].map { $0.rc == 0 } ?? true) }
+            try FS.write(bootDir + "/load-order.txt", loaded.joined(separator: "\n") + "\n")
             for name in order {
                 let i = insmod[name]
                 if let i, i.rc != 0 { failed.append((name, i.msg.isEmpty ? "rc=\(i.rc)" : i.msg)) }
