@@ -258,7 +258,8 @@ public enum CaptureTool {
             throw .guest("the capture guest failed: \(f)\n--- console tail ---\n\(FS.tail(console))")
         }
         guard let done = lines.first(where: { $0.hasPrefix(CaptureGuest.doneLine) }) else {
-            throw .guest("the capture VM stopped (QEMU exit \(rc ?? -1)) without finishing: \(FS.tail(qlog, lines: 5))\n--- console tail ---\n\(FS.tail(console))")
+            let hint = Self.diagnosis(console: text).map { "\n\($0)" } ?? ""
+            throw .guest("the capture VM stopped (QEMU exit \(rc ?? -1)) without finishing: \(FS.tail(qlog, lines: 5))\(hint)\n--- console tail ---\n\(FS.tail(console))")
         }
         var archiveBytes = 0
         for w in done.split(separator: " ") where w.hasPrefix("bytes=") { archiveBytes = Int(w.dropFirst(6)) ?? 0 }
@@ -270,6 +271,20 @@ public enum CaptureTool {
     }
 
     /// Relays new `capture:` progress lines of the console log; returns the new offset.
+    /// A cause the console shows for a capture guest that died before its done line, in words an
+    /// operator can act on; nil when none is recognised. `/init` is ExecGate's own static binary
+    /// (Swift): its runtime's atomics use `lock cmpxchg16b`, which some QEMU CPU models lack
+    /// (`Conroe`: no CX16), and the kernel then kills PID 1 with SIGILL ("Attempted to kill init"
+    /// after `asm_exc_invalid_op` / "trap invalid opcode"), which the console tail alone leaves
+    /// to the reader to decode.
+    static func diagnosis(console text: String) -> String? {
+        guard text.containsUTF8("Attempted to kill init") else { return nil }
+        if text.containsUTF8("asm_exc_invalid_op") || text.containsUTF8("trap invalid opcode") {
+            return "hint: /init died on an invalid opcode: the --cpu model lacks an instruction ExecGate's static binary uses (most likely CMPXCHG16B, CPUID flag cx16, which the Swift runtime needs); capture with a model that has it (e.g. max, qemu64, Nehalem or later)"
+        }
+        return "hint: /init (ExecGate's capture guest) was killed: see the console tail below"
+    }
+
     static func relay(console: String, from: Int, log: (String) -> Void) -> Int {
         guard let b = try? FS.read(console, limit: 64 << 20), b.count > from else { return from }
         guard let lastNL = b.lastIndex(of: 0x0A), lastNL >= from else { return from }

@@ -56,3 +56,26 @@ final class CaptureRefusedModuleTests: XCTestCase {
         }
     }
 }
+
+/// A capture guest killed before its done line: the console's cause in words (CaptureTool.diagnosis).
+final class CaptureGuestDiagnosisTests: XCTestCase {
+    /// QEMU's `Conroe` model has no CMPXCHG16B: the static /init dies on its first `lock
+    /// cmpxchg16b` (the console of a real 6.12.111-cloud capture, trimmed), and the capture said
+    /// only "stopped without finishing" above the console tail.
+    func testAnInvalidOpcodeInInitNamesTheCPUModel() {
+        let console = """
+        [    5.391211] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000004\r
+        [    5.392403] CPU: 0 UID: 0 PID: 1 Comm: init Not tainted 6.12.111+deb12-cloud-amd64 #1  Debian 6.12.111-1~deb12u1\r
+        [    5.395110]  irqentry_exit_to_user_mode+0x12e/0x1a0\r
+        [    5.395225]  asm_exc_invalid_op+0x1a/0x20\r
+        [    5.395449] RIP: 0033:0x8dd3d2\r
+        """
+        let hint = CaptureTool.diagnosis(console: console)
+        XCTAssertNotNil(hint)
+        XCTAssertTrue(hint?.contains("cx16") == true && hint?.contains("--cpu") == true, hint ?? "nil")
+        // Another death of init is named as such, without the CPU claim; a console without one, nothing.
+        let other = CaptureTool.diagnosis(console: "[ 1.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009\r\n")
+        XCTAssertEqual(other.map { $0.contains("cx16") }, false)
+        XCTAssertNil(CaptureTool.diagnosis(console: "[ 1.0] Run /init as init process\r\n"))
+    }
+}
