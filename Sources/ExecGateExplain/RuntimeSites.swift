@@ -337,6 +337,15 @@ extension Session {
     /// facts trust for the key (core keys), those of keys verified modules define, this module's
     /// own trampoline defaults, and `__static_call_return0` (StaticCallTrust.swift says why).
     /// Never a target in the core's init memory, never an address that is not a function entry.
+    /// `StaticCallTrust.disabledForm(ofKey:coreExports:)` against this session's facts: the keys'
+    /// addresses looked up once per session (ten String-keyed export lookups per static-call
+    /// site were ~6% of the engine), then a scan of at most ten pairs.
+    func disabledForm(ofKey key: UInt64) -> StaticCallTrust.DisabledForm? {
+        if preemptDynamicKeyCache == nil { preemptDynamicKeyCache = StaticCallTrust.preemptDynamicKeys(coreExports: facts.exports) }
+        for e in preemptDynamicKeyCache! where e.key == key { return e.form }
+        return nil
+    }
+
     func trustedStaticCallTargets(_ key: UInt64) -> TargetList {
         // One list per key per session (a key has a few targets, many sites): found by address in
         // an open-addressing table, the lists kept in `trustedTargetLists`.
@@ -353,7 +362,7 @@ extension Session {
             s.removeAll { !(own.contains($0) || core.contains($0) || mods.contains($0)) || facts.isCoreInit($0) }
         }
         // (Not for a PREEMPT_DYNAMIC key disabled to NULL: StaticCallTrust.preemptDynamicDisabled.)
-        if let r0 = facts.staticCallReturn0, StaticCallTrust.disabledForm(ofKey: key, coreExports: facts.exports) != .null { s.append(r0) }
+        if let r0 = facts.staticCallReturn0, disabledForm(ofKey: key) != .null { s.append(r0) }
         let list = TargetList(s)
         trustedTargetIndex.set(key, UInt64(trustedTargetLists.count))
         trustedTargetLists.append(list)
@@ -404,7 +413,7 @@ extension Session {
             let trusted = trustedStaticCallTargets(key)
             // A PREEMPT_DYNAMIC key has one disabled form (StaticCallTrust.preemptDynamicDisabled):
             // NULL or __static_call_return0, never the other.
-            let disabled = StaticCallTrust.disabledForm(ofKey: key, coreExports: facts.exports)
+            let disabled = disabledForm(ofKey: key)
             if isJcc && tail {
                 guard execOffset(site, 6) != nil else { continue }
                 let op = image[off + 1]

@@ -99,6 +99,7 @@ final class Session {
     var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
     var trampolineKeyCache: TrampolineKeys?
     var exportedNameCache: ExportedNames?
+    var preemptDynamicKeyCache: [(key: UInt64, form: StaticCallTrust.DisabledForm)]?
     #else
     @exclusivity(unchecked) var image: [UInt8]
     @exclusivity(unchecked) var cls: [UInt8]
@@ -123,6 +124,7 @@ final class Session {
     @exclusivity(unchecked) var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
     @exclusivity(unchecked) var trampolineKeyCache: TrampolineKeys?
     @exclusivity(unchecked) var exportedNameCache: ExportedNames?
+    @exclusivity(unchecked) var preemptDynamicKeyCache: [(key: UInt64, form: StaticCallTrust.DisabledForm)]?
     #endif
     // What the other working properties above hold (each stage's own state, unchecked in
     // release for the same reason):
@@ -145,7 +147,8 @@ final class Session {
     //   key states at this module's sites after comparison (key → target, 0 = NULL).
     // - `trampolineKeyCache`: trampoline address → its key (`trampolineKey`), built on first use;
     //   `exportedNameCache`: `exportedNames()`, the module's ksymtab entries read once
-    //   (verify_exported_symbols and the exports both need them).
+    //   (verify_exported_symbols and the exports both need them); `preemptDynamicKeyCache`: the
+    //   PREEMPT_DYNAMIC keys' addresses (`disabledForm(ofKey:)`), looked up on first use.
     /// The sections that have a data copy (made or not yet), in section order; `isData[i]` likewise.
     let dataSections: [Int]
     let isData: [Bool]

@@ -81,10 +81,18 @@ public enum StaticCallTrust {
     /// trampoline `__SCT__<name>`: the address of a core export, as every key a relocation can
     /// name), nil for any other key.
     public static func disabledForm(ofKey key: UInt64, coreExports: SlidExports) -> DisabledForm? {
+        preemptDynamicKeys(coreExports: coreExports).first { $0.key == key }?.form
+    }
+
+    /// Every address a module's site may name a PREEMPT_DYNAMIC key by (its `__SCK__<name>` and
+    /// `__SCT__<name>` exports) with the key's disabled form: `disabledForm(ofKey:coreExports:)`'s
+    /// ten export lookups made once, for a session to scan per site (Session.disabledForm).
+    public static func preemptDynamicKeys(coreExports: SlidExports) -> [(key: UInt64, form: DisabledForm)] {
+        var keys: [(key: UInt64, form: DisabledForm)] = []
         for (name, form) in preemptDynamicDisabled {
-            if coreExports["__SCK__" + name] == key || coreExports["__SCT__" + name] == key { return form }
+            for prefix in ["__SCK__", "__SCT__"] { if let a = coreExports[prefix + name] { keys.append((a, form)) } }
         }
-        return nil
+        return keys
     }
 
     /// Keys a module defines and updates itself, in its own code, to functions named in the
