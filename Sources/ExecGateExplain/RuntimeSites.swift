@@ -353,7 +353,9 @@ extension Session {
             s.removeAll { !(own.contains($0) || core.contains($0) || mods.contains($0)) || facts.isCoreInit($0) }
         }
         // (Not for a PREEMPT_DYNAMIC key disabled to NULL: StaticCallTrust.preemptDynamicDisabled.)
-        if let r0 = facts.staticCallReturn0, StaticCallTrust.disabledForm(ofKey: key, coreExports: facts.exports) != .null { s.append(r0) }
+        // (Nor for a tracepoint key: tracepoint_update_call() never writes it.)
+        let form = StaticCallTrust.disabledForm(ofKey: key, facts: facts)
+        if let r0 = facts.staticCallReturn0, form != .null, form != .neither { s.append(r0) }
         let list = TargetList(s)
         trustedTargetIndex.set(key, UInt64(trustedTargetLists.count))
         trustedTargetLists.append(list)
@@ -404,12 +406,13 @@ extension Session {
             let trusted = trustedStaticCallTargets(key)
             // A PREEMPT_DYNAMIC key has one disabled form (StaticCallTrust.preemptDynamicDisabled):
             // NULL or __static_call_return0, never the other.
-            let disabled = StaticCallTrust.disabledForm(ofKey: key, coreExports: facts.exports)
+            // A tracepoint key has neither (tracepoint_update_call(): the iterator or a probe).
+            let disabled = StaticCallTrust.disabledForm(ofKey: key, facts: facts)
             if isJcc && tail {
                 guard execOffset(site, 6) != nil else { continue }
                 let op = image[off + 1]
                 // 6.1 jumps to `__x86_return_thunk`, 6.12 to `x86_return_thunk` (doc §7.3).
-                let nullTarget: UInt64? = disabled == .return0 ? nil : (hasFeature(facts.featureBits.rethunk)
+                let nullTarget: UInt64? = disabled == .return0 || disabled == .neither ? nil : (hasFeature(facts.featureBits.rethunk)
                     ? (loader == .linux6_12 ? returnThunkTarget : returnThunkExport) : facts.staticCallReturn)
                 let orig = Array(image[off..<off + 6])
                 variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, label: .staticCallJccTail,
@@ -418,8 +421,9 @@ extension Session {
             }
             let retF = retInstruction(at: site)?.padded(to: 5, with: 0xcc) ?? SiteBytes(raw: 0xcccc_cccc_c3, count: 5)
             variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, label: tail ? .staticCallTail : .staticCall,
-                                         rule: .staticCall(site: site, tail: tail, retForm: retF, ret0: disabled == .null ? nil : ret0, trusted: trusted,
-                                                           null: disabled != .return0)))
+                                         rule: .staticCall(site: site, tail: tail, retForm: retF,
+                                                           ret0: disabled == .null || disabled == .neither ? nil : ret0, trusted: trusted,
+                                                           null: disabled != .return0 && disabled != .neither)))
         }
     }
 
