@@ -352,10 +352,15 @@ extension Session {
             let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
             s.removeAll { !(own.contains($0) || core.contains($0) || mods.contains($0)) || facts.isCoreInit($0) }
         }
-        // (Not for a PREEMPT_DYNAMIC key disabled to NULL: StaticCallTrust.preemptDynamicDisabled.)
-        // (Nor for a tracepoint key: tracepoint_update_call() never writes it.)
+        // (Not for a PREEMPT_DYNAMIC key disabled to NULL: StaticCallTrust.preemptDynamicDisabled.
+        // Nor for a tracepoint key: tracepoint_update_call() never writes it. For those no list
+        // makes it a target: a registration's `static_call_key` targets included, since
+        // sched_dynamic_update() / tracepoint_update_call() write what they write whatever the
+        // registration lists.)
         let form = StaticCallTrust.disabledForm(ofKey: key, facts: facts)
-        if let r0 = facts.staticCallReturn0, form != .null, form != .neither { s.append(r0) }
+        if let r0 = facts.staticCallReturn0 {
+            if form == .null || form == .neither { s.removeAll { $0 == r0 } } else { s.append(r0) }
+        }
         let list = TargetList(s)
         trustedTargetIndex.set(key, UInt64(trustedTargetLists.count))
         trustedTargetLists.append(list)
