@@ -355,6 +355,11 @@ public struct GuestFacts: Sendable {
     /// hold its NULL forms (NOP5 / RET) or `__static_call_return0`. Entries in core init text or
     /// not a function entry are ignored by the engine.
     public var staticCallTrustedTargets: SlidStaticCallTargets
+    /// The core's tracepoint static-call keys and trampolines (`__SCK__tp_func_X`,
+    /// `__SCT__tp_func_X`), by name from the build (link-time set + this guest's slide): their
+    /// only updater, kernel/tracepoint.c tracepoint_update_call(), never gives them NULL nor
+    /// `__static_call_return0` (StaticCallTrust.DisabledForm.neither).
+    public var tracepointStaticCallKeys = SlidAddressSet([])
     /// The core kernel's init memory, freed after boot (`[_sinittext, _einittext)`,
     /// `[__init_begin, __init_end)`): never a legal target or symbol value for module code.
     public var coreInitRanges: [Range<UInt64>] = []
@@ -404,6 +409,7 @@ public struct GuestFacts: Sendable {
         // targets of every key a module can name are derivable from the exports alone
         // (StaticCallTrust); `deriveFromCoreSymbols` adds the rest of the symbol map.
         self.staticCallTrustedTargets = SlidStaticCallTargets(StaticCallTrust.coreTargets(symbols: exports))
+        self.tracepointStaticCallKeys = SlidAddressSet(StaticCallTrust.tracepointKeys(symbols: exports))
     }
 
     /// True if `a` lies in the core kernel's (freed) init memory.

@@ -337,10 +337,11 @@ extension Session {
     /// facts trust for the key (core keys), those of keys verified modules define, this module's
     /// own trampoline defaults, and `__static_call_return0` (StaticCallTrust.swift says why).
     /// Never a target in the core's init memory, never an address that is not a function entry.
-    /// `StaticCallTrust.disabledForm(ofKey:coreExports:)` against this session's facts: the keys'
+    /// `StaticCallTrust.disabledForm(ofKey:facts:)` against this session's facts: the PREEMPT_DYNAMIC keys'
     /// addresses looked up once per session (ten String-keyed export lookups per static-call
     /// site were ~6% of the engine), then a scan of at most ten pairs.
     func disabledForm(ofKey key: UInt64) -> StaticCallTrust.DisabledForm? {
+        if !facts.tracepointStaticCallKeys.isEmpty && facts.tracepointStaticCallKeys.contains(key) { return .neither }
         if preemptDynamicKeyCache == nil { preemptDynamicKeyCache = StaticCallTrust.preemptDynamicKeys(coreExports: facts.exports) }
         for e in preemptDynamicKeyCache! where e.key == key { return e.form }
         return nil
@@ -361,8 +362,15 @@ extension Session {
             let own = functionEntries, core = facts.functionEntries, mods = resolver.moduleFunctionEntries
             s.removeAll { !(own.contains($0) || core.contains($0) || mods.contains($0)) || facts.isCoreInit($0) }
         }
-        // (Not for a PREEMPT_DYNAMIC key disabled to NULL: StaticCallTrust.preemptDynamicDisabled.)
-        if let r0 = facts.staticCallReturn0, disabledForm(ofKey: key) != .null { s.append(r0) }
+        // (Not for a PREEMPT_DYNAMIC key disabled to NULL: StaticCallTrust.preemptDynamicDisabled.
+        // Nor for a tracepoint key: tracepoint_update_call() never writes it. For those no list
+        // makes it a target: a registration's `static_call_key` targets included, since
+        // sched_dynamic_update() / tracepoint_update_call() write what they write whatever the
+        // registration lists.)
+        let form = disabledForm(ofKey: key)
+        if let r0 = facts.staticCallReturn0 {
+            if form == .null || form == .neither { s.removeAll { $0 == r0 } } else { s.append(r0) }
+        }
         let list = TargetList(s)
         trustedTargetIndex.set(key, UInt64(trustedTargetLists.count))
         trustedTargetLists.append(list)
@@ -413,12 +421,13 @@ extension Session {
             let trusted = trustedStaticCallTargets(key)
             // A PREEMPT_DYNAMIC key has one disabled form (StaticCallTrust.preemptDynamicDisabled):
             // NULL or __static_call_return0, never the other.
+            // A tracepoint key has neither (tracepoint_update_call(): the iterator or a probe).
             let disabled = disabledForm(ofKey: key)
             if isJcc && tail {
                 guard execOffset(site, 6) != nil else { continue }
                 let op = image[off + 1]
                 // 6.1 jumps to `__x86_return_thunk`, 6.12 to `x86_return_thunk` (doc §7.3).
-                let nullTarget: UInt64? = disabled == .return0 ? nil : (hasFeature(facts.featureBits.rethunk)
+                let nullTarget: UInt64? = disabled == .return0 || disabled == .neither ? nil : (hasFeature(facts.featureBits.rethunk)
                     ? (loader == .linux6_12 ? returnThunkTarget : returnThunkExport) : facts.staticCallReturn)
                 let orig = Array(image[off..<off + 6])
                 variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, label: .staticCallJccTail,
@@ -427,8 +436,9 @@ extension Session {
             }
             let retF = retInstruction(at: site)?.padded(to: 5, with: 0xcc) ?? SiteBytes(raw: 0xcccc_cccc_c3, count: 5)
             variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, label: tail ? .staticCallTail : .staticCall,
-                                         rule: .staticCall(site: site, tail: tail, retForm: retF, ret0: disabled == .null ? nil : ret0, trusted: trusted,
-                                                           null: disabled != .return0)))
+                                         rule: .staticCall(site: site, tail: tail, retForm: retF,
+                                                           ret0: disabled == .null || disabled == .neither ? nil : ret0, trusted: trusted,
+                                                           null: disabled != .return0 && disabled != .neither)))
         }
     }
 

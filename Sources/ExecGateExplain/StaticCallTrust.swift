@@ -23,15 +23,17 @@
 //         preempt_schedule_notrace → preempt_schedule_notrace_thunk | NULL;
 //         irqentry_exit_cond_resched → raw_irqentry_exit_cond_resched | NULL.
 //       * tracepoints (include/linux/tracepoint.h `DEFINE_TRACE_FN`: `DEFINE_STATIC_CALL(
-//         tp_func_X, __traceiter_X)`; kernel/tracepoint.c `tracepoint_update_call()`): the
-//         iterator `__traceiter_X`, or NULL. (With exactly one probe registered the kernel calls
-//         the probe directly; probe functions are not derivable from the symbol map, so such a
-//         state is denied unless the operator's build lists the probe for that key.)
+//         tp_func_X, __traceiter_X)`; kernel/tracepoint.c `tracepoint_update_call()`, the
+//         key's only updater, 6.1 and 6.12): the iterator `__traceiter_X`, or with exactly one
+//         probe registered that probe (called directly; probe functions are not derivable from
+//         the symbol map, so such a state is denied unless the operator's build lists the probe
+//         for that key). Never NULL nor `__static_call_return0`: after the last probe goes,
+//         tracepoint_remove_func() (TP_FUNC_0) sets the iterator again (`DisabledForm.neither`).
 //       * keys a module defines itself (kvm's `kvm_x86_*`, updated by kvm_amd/kvm_intel from their
 //         `kvm_x86_ops`): the default from the module's trampoline; vendor-module targets must be
 //         supplied by the operator's build per key.
 //   - `__static_call_return0` (`xor %eax,%eax; ret`) is a legal target of every key but the
-//     PREEMPT_DYNAMIC ones: `static_call_update(key, (void *)__static_call_return0)` and
+//     PREEMPT_DYNAMIC and tracepoint ones: `static_call_update(key, (void *)__static_call_return0)` and
 //     DEFINE_STATIC_CALL_RET0 are generic kernel mechanisms, and it transfers control nowhere
 //     else. A PREEMPT_DYNAMIC key takes exactly its two states (`preemptDynamicDisabled`): its
 //     disabled form is NULL or `__static_call_return0`, never both. `preempt_schedule` is called
@@ -60,6 +62,31 @@ public enum StaticCallTrust {
         case null
         /// `(void *)&__static_call_return0`: `2e 2e 2e 31 c0` at a call site.
         case return0
+        /// Neither: a tracepoint key `tp_func_X`, which kernel/tracepoint.c
+        /// tracepoint_update_call() (its only updater, 6.1 and 6.12) gives `tp->iterator`
+        /// (`__traceiter_X`) or the one registered probe, also after the last probe goes
+        /// (tracepoint_remove_func() TP_FUNC_0): never NULL, never `__static_call_return0`.
+        case neither
+    }
+
+    /// True for a tracepoint's static-call key or trampoline name (`__SCK__tp_func_X`,
+    /// `__SCT__tp_func_X`: include/linux/tracepoint.h DEFINE_TRACE_FN, EXPORT_TRACEPOINT_SYMBOL).
+    @inline(__always) static func isTracepointKeyName(_ name: String) -> Bool {
+        hasASCIIPrefix(name, "__SCK__tp_func_") || hasASCIIPrefix(name, "__SCT__tp_func_")
+    }
+
+    /// The addresses of every tracepoint key and trampoline `symbols` names (`isTracepointKeyName`).
+    public static func tracepointKeys(symbols: [String: UInt64]) -> Set<UInt64> {
+        var out = Set<UInt64>()
+        for (name, a) in symbols where isTracepointKeyName(name) { out.insert(a) }
+        return out
+    }
+
+    /// The disabled form of the key a module's static-call site names: `.neither` for a core
+    /// tracepoint key (`GuestFacts.tracepointStaticCallKeys`), else `disabledForm(ofKey:coreExports:)`.
+    public static func disabledForm(ofKey key: UInt64, facts: GuestFacts) -> DisabledForm? {
+        if !facts.tracepointStaticCallKeys.isEmpty && facts.tracepointStaticCallKeys.contains(key) { return .neither }
+        return disabledForm(ofKey: key, coreExports: facts.exports)
     }
 
     /// `f##_dynamic_disabled` per PREEMPT_DYNAMIC key (kernel/sched/core.c:
@@ -140,7 +167,7 @@ public enum StaticCallTrust {
             }
         }
         for (key, targets) in preemptDynamic { add(Substring(key), targets) }
-        for name in symbols.keys where hasASCIIPrefix(name, "__SCK__tp_func_") || hasASCIIPrefix(name, "__SCT__tp_func_") {
+        for name in symbols.keys where isTracepointKeyName(name) {
             add(name.dropFirst(7), ["__traceiter_" + name.dropFirst(15)])
         }
     }
@@ -164,5 +191,9 @@ extension GuestFacts {
     public mutating func deriveFromCoreSymbols(_ symbols: [String: UInt64]) {
         coreInitRanges = Self.coreInitRanges(symbols)
         for (k, v) in StaticCallTrust.coreTargets(symbols: symbols) { staticCallTrustedTargets[k, default: []].formUnion(v) }
+        let tp = StaticCallTrust.tracepointKeys(symbols: symbols)
+        if !tp.isSubset(of: tracepointStaticCallKeys.linkTime) {
+            tracepointStaticCallKeys = SlidAddressSet(linkTime: tracepointStaticCallKeys.linkTime.union(tp), slide: tracepointStaticCallKeys.slide)
+        }
     }
 }

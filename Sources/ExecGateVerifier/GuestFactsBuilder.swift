@@ -97,6 +97,7 @@ public enum GuestFactsBuilder {
         facts.exports = facts.exports.slid(by: slide)
         facts.functionEntries = facts.functionEntries.slid(by: slide)
         facts.staticCallTrustedTargets = facts.staticCallTrustedTargets.slid(by: slide)
+        facts.tracepointStaticCallKeys = facts.tracepointStaticCallKeys.slid(by: slide)
         let named = kernel.helpers.mapValues(slide.runTime)
         facts.paravirtNop = named["_paravirt_nop"]
         facts.paravirtBUG = named["paravirt_BUG"]

@@ -112,7 +112,10 @@ final class StaticCallTrustTests: XCTestCase {
             return XCTFail("the trusted target refused")
         }
         XCTAssertEqual(st, 0xffff_ffff_81a5_2f80)
-        guard case .allowed(_, 0) = table.check(address: site.addr, bytes: x86Nops[5]) else { return XCTFail("NULL form refused") }
+        // The site's key is might_resched (PREEMPT_DYNAMIC): its disabled form is
+        // __static_call_return0 (`2e 2e 2e 31 c0`), never NULL (sched_dynamic_update(); DocAttack8).
+        guard case .denied = table.check(address: site.addr, bytes: x86Nops[5]) else { return XCTFail("NULL form allowed for might_resched") }
+        guard case .allowed(_, let r0) = table.check(address: site.addr, bytes: [0x2e, 0x2e, 0x2e, 0x31, 0xc0]), r0 != 0 else { return XCTFail("the return0 form refused") }
         XCTAssertEqual(table.addresses(ofKey: site.key).count, 4)
     }
 

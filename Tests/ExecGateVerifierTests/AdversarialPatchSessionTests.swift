@@ -416,3 +416,79 @@ final class AdversarialPatchSessionTests: XCTestCase {
         XCTAssertFalse(g.session.allowedModules.contains("test_static_keyz"))
     }
 }
+
+extension AdversarialPatchSessionTests {
+    /// Review 8: a core tracepoint's static-call key `tp_func_X` (include/linux/tracepoint.h
+    /// DEFINE_TRACE_FN: `DEFINE_STATIC_CALL(tp_func_X, __traceiter_X)`, exported by
+    /// EXPORT_TRACEPOINT_SYMBOL[_GPL] with its `__SCK__`/`__SCT__`). Its only updater is
+    /// kernel/tracepoint.c tracepoint_update_call() (6.1 and 6.12): `func = tp->iterator`, or the
+    /// one registered probe when exactly one is (TP_FUNC_1), then `__static_call_update()`; after
+    /// the last probe goes (tracepoint_remove_func(), TP_FUNC_0) it sets the iterator again. So the
+    /// key never holds NULL nor `__static_call_return0`. The fixture's irqbypass is crafted (its
+    /// undefined `__SCT__might_resched` renamed `__SCT__tp_func_mr`), the registration names the
+    /// trampoline and the iterator `__traceiter_mr` (at `__cond_resched`'s entry), and the sites
+    /// are claimed calling the iterator. Attack: the whole key to NOP5 (the call to the
+    /// tracepoint's probes dropped) or to `2e 2e 2e 31 c0`: neither is a state of the key.
+    func testTracepointKeySitesNeverTakeTheNullOrReturn0Form() throws {
+        let tramp: UInt64 = 0xffff_ffff_81e0_05b0
+        let ref = try FixtureGuest()
+        let iter = try XCTUnwrap(ref.registration.symbols.first { $0.name == "__cond_resched" }?.address)
+        let mr = try XCTUnwrap(ref.registration.symbols.first { $0.name == "__SCT__might_resched" }?.address)
+        try ref.loadAll()
+        let siteAddrs = try XCTUnwrap(ref.session.runtimeSites.first { $0.module == "irqbypass" }).siteList
+            .filter { $0.kind == .staticCall && $0.key == mr }.map(\.address)
+        XCTAssertEqual(siteAddrs.count, 4)
+
+        let certs = try Fixtures.debianCertificates() + [craftSigner.certificate]
+        let g = try FixtureGuest(policy: { $0.trust = TrustStore(certs) }, editRegistration: { r in
+            r.symbols.append(KernelSymbol(name: "__SCT__tp_func_mr", address: tramp, type: UInt8(ascii: "T"), exported: true, isFunction: true))
+            r.symbols.append(KernelSymbol(name: "__traceiter_mr", address: iter, type: UInt8(ascii: "T"), exported: true, isFunction: true))
+        })
+        for name in g.boot.availableModules where name != "irqbypass" {
+            let v = try g.load(name)
+            XCTAssertEqual(v.decision, .allow, "\(name): \(v.message)")
+        }
+        let m = try g.boot.module("irqbypass")
+        var c = Craft(ko: m.ko)
+        try c.rename(try c.symbolIndex("__SCT__might_resched"), to: "__SCT__tp_func_mr")
+        var r = m.request(guestID: "g")
+        r.module = ByteBuffer(bytes: try c.signed())
+        var text = m.claim.text
+        for s in siteAddrs {
+            let o = Int(s - m.claim.textBase)
+            text.replaceSubrange(o..<o + 5, with: try XCTUnwrap(genInsn(0xe8, at: s, to: iter)))
+        }
+        r.text = ByteBuffer(bytes: text)
+        r.sections = r.sections.map { sec in
+            guard let b = sec.bytes else { return sec }
+            let o = Int(sec.address - m.claim.textBase)
+            return SectionClaim(name: sec.name, address: sec.address, bytes: ByteBuffer(bytes: text[o..<o + b.readableBytes]))
+        }
+        let load = g.verifier.authorize(r, requestDigest: [])
+        XCTAssertEqual(load.decision, .allow, load.message)
+        let t = try XCTUnwrap(g.session.runtimeSites.first { $0.module == "irqbypass" })
+        let sites = t.siteList.filter { $0.kind == .staticCall && $0.key == tramp }
+        XCTAssertEqual(Set(sites.map(\.address)), Set(siteAddrs))
+        XCTAssertEqual(g.session.state(ofKey: tramp), iter)
+        for bad in [[0x0f, 0x1f, 0x44, 0x00, 0x00], [0x2e, 0x2e, 0x2e, 0x31, 0xc0]] as [[UInt8]] {
+            let v = g.patch(sites.map { PatchEntry(address: $0.address, bytes: bad) })
+            XCTAssertEqual(v.decision, .deny, "\(bad): \(v.message)")
+            XCTAssertEqual(g.session.state(ofKey: tramp), iter)
+        }
+    }
+}
+
+extension FixtureGuest {
+    /// A fixture guest whose registration is edited before it is sent.
+    init(policy configure: (inout Policy) -> Void, editRegistration: (inout RegisterGuest) -> Void) throws {
+        var p = Policy(id: "test", version: 7, trust: try Fixtures.debianTrust())
+        configure(&p)
+        verifier = Verifier(policy: p)
+        boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        var r = try boot.registration(guestID: "g")
+        editRegistration(&r)
+        registration = r
+        let reply = verifier.respond(to: .registerGuest(registration), requestDigest: [0xfa, 0xc7])
+        guard case .registerGuestReply = reply else { throw RegistrationRefused(reply: "\(reply)") }
+    }
+}

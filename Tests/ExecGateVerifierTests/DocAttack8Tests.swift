@@ -179,3 +179,42 @@ extension DocAttack8Tests {
         }
     }
 }
+
+extension DocAttack8Tests {
+    /// Review 8: the registration's `static_call_key` list names `__static_call_return0` as an
+    /// allowed target of `__SCT__preempt_schedule` (FactsPlausibility accepts it: a core function
+    /// entry outside init text). The site rule of a key disabled to NULL keeps no return0 form
+    /// (no `2e 2e 2e 31 c0`), so it no longer held `call __static_call_return0` back either (the
+    /// generic rule refuses that call because the kernel writes the xor form instead), and the
+    /// listed target made the call trusted: ip6_udp_tunnel's preempt_schedule sites moved whole to
+    /// `call __static_call_return0`, %eax zeroed under `__preempt_schedule()`'s no-clobber asm.
+    /// No registration changes what sched_dynamic_update() writes (kernel/sched/core.c:
+    /// preempt_schedule_thunk or NULL), nor what tracepoint_update_call() writes.
+    static func call(at a: UInt64, to d: UInt64) -> [UInt8] {
+        let rel = UInt32(truncatingIfNeeded: d &- (a &+ 5))
+        return [0xe8] + (0..<4).map { UInt8(truncatingIfNeeded: rel >> (8 * $0)) }
+    }
+
+    func testARegisteredTargetDoesNotGiveAPreemptKeyTheReturn0State() throws {
+        let ref = try FixtureGuest()
+        let tramp = try symbol(ref, "__SCT__preempt_schedule"), ret0 = try symbol(ref, "__static_call_return0")
+        let thunk = try symbol(ref, "preempt_schedule_thunk")
+        let g = try FixtureGuest(policy: { _ in }, editRegistration: { r in
+            r.staticCallKeys.append(StaticCallKeyFact(key: tramp, current: thunk, allowed: [ret0]))
+        })
+        try g.loadAll()
+        let t = try XCTUnwrap(g.session.runtimeSites.first { $0.module == "ip6_udp_tunnel" })
+        let sites = t.siteList.filter { $0.kind == .staticCall && $0.key == tramp }
+        XCTAssertFalse(sites.isEmpty)
+        XCTAssertEqual(Set(g.sitesByKey()[tramp]?.map(\.site.address) ?? []), Set(sites.map(\.address)), "the batch covers the whole key")
+        let state = g.session.state(ofKey: tramp)
+        let v = g.patch(try sites.map { PatchEntry(address: $0.address, bytes: Self.call(at: $0.address, to: ret0)) })
+        XCTAssertEqual(v.decision, .deny, v.message)
+        XCTAssertEqual(g.session.state(ofKey: tramp), state)
+        // Its two states stay legal.
+        for st in [0, thunk] as [UInt64] {
+            let ok = g.patch(try sites.map { PatchEntry(address: $0.address, bytes: try XCTUnwrap(t.encoding(at: $0.address, state: st))) })
+            XCTAssertEqual(ok.decision, .allow, ok.message)
+        }
+    }
+}
