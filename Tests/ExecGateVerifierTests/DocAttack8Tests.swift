@@ -208,7 +208,7 @@ extension DocAttack8Tests {
         XCTAssertFalse(sites.isEmpty)
         XCTAssertEqual(Set(g.sitesByKey()[tramp]?.map(\.site.address) ?? []), Set(sites.map(\.address)), "the batch covers the whole key")
         let state = g.session.state(ofKey: tramp)
-        let v = g.patch(try sites.map { PatchEntry(address: $0.address, bytes: Self.call(at: $0.address, to: ret0)) })
+        let v = g.patch(sites.map { PatchEntry(address: $0.address, bytes: Self.call(at: $0.address, to: ret0)) })
         XCTAssertEqual(v.decision, .deny, v.message)
         XCTAssertEqual(g.session.state(ofKey: tramp), state)
         // Its two states stay legal.
