@@ -333,20 +333,19 @@ extension Session {
 
     // MARK: Static calls
 
+    /// `StaticCallTrust.disabledForm(ofKey:facts:preemptDynamicKeys:)` against this session's
+    /// facts, with the PREEMPT_DYNAMIC keys' addresses looked up once per session
+    /// (`preemptDynamicKeyCache`: ten String-keyed export lookups per static-call site cost the
+    /// engine 27%).
+    func disabledForm(ofKey key: UInt64) -> StaticCallTrust.DisabledForm? {
+        if preemptDynamicKeyCache == nil { preemptDynamicKeyCache = StaticCallTrust.preemptDynamicKeys(coreExports: facts.exports) }
+        return StaticCallTrust.disabledForm(ofKey: key, facts: facts, preemptDynamicKeys: preemptDynamicKeyCache!)
+    }
+
     /// The targets a site of `key` may call or jump to, besides its NULL forms: the targets the
     /// facts trust for the key (core keys), those of keys verified modules define, this module's
     /// own trampoline defaults, and `__static_call_return0` (StaticCallTrust.swift says why).
     /// Never a target in the core's init memory, never an address that is not a function entry.
-    /// `StaticCallTrust.disabledForm(ofKey:facts:)` against this session's facts: the PREEMPT_DYNAMIC keys'
-    /// addresses looked up once per session (ten String-keyed export lookups per static-call
-    /// site were ~6% of the engine), then a scan of at most ten pairs.
-    func disabledForm(ofKey key: UInt64) -> StaticCallTrust.DisabledForm? {
-        if !facts.tracepointStaticCallKeys.isEmpty && facts.tracepointStaticCallKeys.contains(key) { return .neither }
-        if preemptDynamicKeyCache == nil { preemptDynamicKeyCache = StaticCallTrust.preemptDynamicKeys(coreExports: facts.exports) }
-        for e in preemptDynamicKeyCache! where e.key == key { return e.form }
-        return nil
-    }
-
     func trustedStaticCallTargets(_ key: UInt64) -> TargetList {
         // One list per key per session (a key has a few targets, many sites): found by address in
         // an open-addressing table, the lists kept in `trustedTargetLists`.

@@ -82,11 +82,17 @@ public enum StaticCallTrust {
         return out
     }
 
-    /// The disabled form of the key a module's static-call site names: `.neither` for a core
-    /// tracepoint key (`GuestFacts.tracepointStaticCallKeys`), else `disabledForm(ofKey:coreExports:)`.
-    public static func disabledForm(ofKey key: UInt64, facts: GuestFacts) -> DisabledForm? {
+    /// The disabled form of the key a module's static-call site names at `key` (its `__SCK__<name>`
+    /// or, for keys exported with EXPORT_STATIC_CALL_TRAMP, its trampoline `__SCT__<name>`: the
+    /// address of a core export, as every key a relocation can name): `.neither` for a core
+    /// tracepoint key (`GuestFacts.tracepointStaticCallKeys`), a PREEMPT_DYNAMIC key's form from
+    /// `preemptDynamicKeys` (`preemptDynamicKeys(coreExports:)`, which a session computes once and
+    /// passes here: a String-keyed export lookup per site cost the engine 27%), nil for any other key.
+    public static func disabledForm(ofKey key: UInt64, facts: GuestFacts,
+                                    preemptDynamicKeys: [(key: UInt64, form: DisabledForm)]) -> DisabledForm? {
         if !facts.tracepointStaticCallKeys.isEmpty && facts.tracepointStaticCallKeys.contains(key) { return .neither }
-        return disabledForm(ofKey: key, coreExports: facts.exports)
+        for e in preemptDynamicKeys where e.key == key { return e.form }
+        return nil
     }
 
     /// `f##_dynamic_disabled` per PREEMPT_DYNAMIC key (kernel/sched/core.c:
@@ -103,17 +109,9 @@ public enum StaticCallTrust {
         "irqentry_exit_cond_resched": .null,
     ]
 
-    /// The disabled form of the core PREEMPT_DYNAMIC key a module's static-call site names at
-    /// `key` (its `__SCK__<name>` or, for keys exported with EXPORT_STATIC_CALL_TRAMP, its
-    /// trampoline `__SCT__<name>`: the address of a core export, as every key a relocation can
-    /// name), nil for any other key.
-    public static func disabledForm(ofKey key: UInt64, coreExports: SlidExports) -> DisabledForm? {
-        preemptDynamicKeys(coreExports: coreExports).first { $0.key == key }?.form
-    }
-
     /// Every address a module's site may name a PREEMPT_DYNAMIC key by (its `__SCK__<name>` and
-    /// `__SCT__<name>` exports) with the key's disabled form: `disabledForm(ofKey:coreExports:)`'s
-    /// ten export lookups made once, for a session to scan per site (Session.disabledForm).
+    /// `__SCT__<name>` exports) with the key's disabled form: ten export lookups made once, for a
+    /// session to keep and hand to `disabledForm(ofKey:facts:preemptDynamicKeys:)` per site.
     public static func preemptDynamicKeys(coreExports: SlidExports) -> [(key: UInt64, form: DisabledForm)] {
         var keys: [(key: UInt64, form: DisabledForm)] = []
         for (name, form) in preemptDynamicDisabled {

@@ -330,7 +330,8 @@ final class SessionAttackTests: XCTestCase {
         XCTAssertEqual(probe.session.state(ofKey: key), current)
         // The key's disabled form is a legal state: NULL, or for a PREEMPT_DYNAMIC key disabled to
         // __static_call_return0 (might_resched here: might_resched_dynamic_disabled) that one only.
-        let disabled = StaticCallTrust.disabledForm(ofKey: key, coreExports: probe.session.facts.exports) == .return0
+        let disabled = StaticCallTrust.disabledForm(ofKey: key, facts: probe.session.facts,
+                                                     preemptDynamicKeys: StaticCallTrust.preemptDynamicKeys(coreExports: probe.session.facts.exports)) == .return0
             ? try XCTUnwrap(probe.session.facts.staticCallReturn0) : 0
         let toNull = try sites.map { s in PatchEntry(address: s.site.address, bytes: try XCTUnwrap(s.table.encoding(at: s.site.address, state: disabled))) }
         XCTAssertEqual(probe.patch(toNull).decision, .allow)
