@@ -366,9 +366,8 @@ extension Session {
         // makes it a target: a registration's `static_call_key` targets included, since
         // sched_dynamic_update() / tracepoint_update_call() write what they write whatever the
         // registration lists.)
-        let form = disabledForm(ofKey: key)
         if let r0 = facts.staticCallReturn0 {
-            if form == .null || form == .neither { s.removeAll { $0 == r0 } } else { s.append(r0) }
+            if disabledForm(ofKey: key)?.allowsReturn0 ?? true { s.append(r0) } else { s.removeAll { $0 == r0 } }
         }
         let list = TargetList(s)
         trustedTargetIndex.set(key, UInt64(trustedTargetLists.count))
@@ -426,7 +425,7 @@ extension Session {
                 guard execOffset(site, 6) != nil else { continue }
                 let op = image[off + 1]
                 // 6.1 jumps to `__x86_return_thunk`, 6.12 to `x86_return_thunk` (doc §7.3).
-                let nullTarget: UInt64? = disabled == .return0 || disabled == .neither ? nil : (hasFeature(facts.featureBits.rethunk)
+                let nullTarget: UInt64? = !(disabled?.allowsNull ?? true) ? nil : (hasFeature(facts.featureBits.rethunk)
                     ? (loader == .linux6_12 ? returnThunkTarget : returnThunkExport) : facts.staticCallReturn)
                 let orig = Array(image[off..<off + 6])
                 variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, label: .staticCallJccTail,
@@ -436,8 +435,8 @@ extension Session {
             let retF = retInstruction(at: site)?.padded(to: 5, with: 0xcc) ?? SiteBytes(raw: 0xcccc_cccc_c3, count: 5)
             variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, label: tail ? .staticCallTail : .staticCall,
                                          rule: .staticCall(site: site, tail: tail, retForm: retF,
-                                                           ret0: disabled == .null || disabled == .neither ? nil : ret0, trusted: trusted,
-                                                           null: disabled != .return0 && disabled != .neither)))
+                                                           ret0: (disabled?.allowsReturn0 ?? true) ? ret0 : nil, trusted: trusted,
+                                                           null: disabled?.allowsNull ?? true)))
         }
     }
 

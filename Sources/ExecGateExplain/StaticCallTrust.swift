@@ -67,6 +67,15 @@ public enum StaticCallTrust {
         /// (`__traceiter_X`) or the one registered probe, also after the last probe goes
         /// (tracepoint_remove_func() TP_FUNC_0): never NULL, never `__static_call_return0`.
         case neither
+
+        /// NULL (NOP5 at a call site, the RET form at a tail site or trampoline, the return thunk
+        /// or `__static_call_return` at a Jcc tail site) is a state of the key: not for a key
+        /// disabled to `__static_call_return0`, nor a tracepoint key. (A key with no form, nil:
+        /// every key but these, takes both: `?? true`.)
+        public var allowsNull: Bool { self == .null }
+        /// `__static_call_return0` (`2e 2e 2e 31 c0` at a call site, a jump to it at a tail site)
+        /// is a state of the key: not for a key disabled to NULL, nor a tracepoint key.
+        public var allowsReturn0: Bool { self == .return0 }
     }
 
     /// True for a tracepoint's static-call key or trampoline name (`__SCK__tp_func_X`,
