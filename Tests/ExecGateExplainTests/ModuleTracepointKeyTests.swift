@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// A module's own tracepoints: `DEFINE_TRACE_FN` (include/linux/tracepoint.h, CREATE_TRACE_POINTS in
+// the module) defines `DEFINE_STATIC_CALL(tp_func_X, __traceiter_X)` in the module itself, with
+// its trampoline `__SCT__tp_func_X` in the module's `.static_call.text`, and its `struct
+// tracepoint` in the module's `__tracepoints` (static_call_key = &__SCK__tp_func_X). Probes on it
+// are registered through the same kernel/tracepoint.c code as the core's (tracepoint_probe_register()
+// → tracepoint_add_func() → tracepoint_update_call(); tracepoint_remove_func()), the key's only
+// updater: it writes `tp->iterator` or the one probe, never NULL nor `__static_call_return0`
+// (6.1 and 6.12). Real Debian 6.1 modules: jbd2 (21 own tracepoint keys, no dependencies) and tun
+// (a key of another module's tracepoint, as kvm_intel has kvm's: EXPORT_TRACEPOINT_SYMBOL_GPL).
+
+import ExecGateELF
+@testable import ExecGateExplain
+import ExecGateTestSupport
+import XCTest
+
+final class ModuleTracepointKeyTests: XCTestCase {
+    static let base: UInt64 = 0xffff_ffff_c100_0000
+
+    /// The claim an honest guest sends for `ko` at `base`: the loader replay's image with every
+    /// static-call site and trampoline in its key's load state (a key of a verified module: its
+    /// recorded state; the module's own: its trampoline default; a core key: its trusted target
+    /// from the build), as static_call_add_module() → __static_call_init() writes them.
+    static func honest(_ ko: [UInt8], _ name: String, _ facts: GuestFacts, _ resolver: SymbolResolver, at textBase: UInt64 = base) throws -> (claim: ModuleClaim, session: Session) {
+        let plan = try ko.withUnsafeBytes { try XCTUnwrap(ModuleLayoutPlan.compute(try ELFFile(bytes: $0))) }
+        var claim = ModuleClaim(name: name, textBase: textBase, text: [UInt8](repeating: 0, count: plan.textSize), sectionAddresses: [:])
+        var (image, s) = try loaderImage(ko, claim, facts, resolver)
+        for v in s.variable where v.cls == .staticCall {
+            guard let k = v.group else { continue }
+            let st = resolver.staticCallStates[k] ?? s.ownKeyDefaults[k]?.min() ?? facts.staticCallTrustedTargets[k]?.min() ?? 0
+            image.replaceSubrange(v.offset..<v.offset + v.length, with: v.encode(st))
+        }
+        claim.text = image
+        return (claim, s)
+    }
+
+    /// The fixture's facts (its kallsyms is trimmed to what the fixture modules import) with every
+    /// import of `kos` the core does not export added at a distinct address in core text (a
+    /// data word for the relocation replay; none of them is a static-call key or target).
+    static func facts(_ f: FixtureReplay, for kos: [[UInt8]], except: Set<String> = []) throws -> GuestFacts {
+        var facts = f.boot.facts
+        var next: UInt64 = 0xffff_ffff_8170_0000
+        for ko in kos {
+            try ko.withUnsafeBytes { raw in
+                for s in try ELFFile(bytes: raw).symbols() where s.isUndefined && !s.name.isEmpty && !except.contains(s.name) && facts.exports[s.name] == nil {
+                    facts.exports.add(s.name, next)
+                    next += 0x40
+                }
+            }
+        }
+        return facts
+    }
+
+    static func explain(_ ko: [UInt8], _ claim: ModuleClaim, _ facts: GuestFacts, _ resolver: SymbolResolver) throws -> ExplainResult {
+        try ko.withUnsafeBytes { Explainer(facts: facts).explain(elf: try ELFFile(bytes: $0), claim: claim, resolver: resolver) }
+    }
+
+    /// jbd2's own tracepoint key addresses (`__SCK__tp_func_*` in its own sections).
+    static func ownTracepointKeys(_ s: Session) -> [UInt64] {
+        s.keySymbols.indices.filter { s.symtab.nameHasPrefix($0, "__SCK__tp_func_") }.compactMap { s.ownKeyAddress($0) }
+    }
+
+    /// HOLE: jbd2's own tracepoint keys took NULL and `__static_call_return0` where the core's
+    /// (DisabledForm.neither) take neither: the guest claims every site of `tp_func_X` (and its
+    /// trampoline) as NOP5 / `2e 2e 2e 31 c0`, at load and as a run-time whole-key patch, and the
+    /// tracepoint's probes are silently skipped.
+    func testModuleOwnTracepointKeyTakesNeitherNullNorReturn0() throws {
+        let f = try FixtureReplay()
+        let ko = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
+        let facts = try Self.facts(f, for: [ko])
+        let r0 = try XCTUnwrap(facts.staticCallReturn0)
+        let resolver = SymbolResolver(coreExports: facts.exports)
+        let (claim, s) = try Self.honest(ko, "jbd2", facts, resolver)
+        let honest = try Self.explain(ko, claim, facts, resolver)
+        XCTAssertTrue(honest.verdict.isAllowed, "\(honest.verdict)")
+        let table = try XCTUnwrap(honest.runtimeSites)
+        let keys = Set(Self.ownTracepointKeys(s))
+        XCTAssertEqual(keys.count, 21)
+        // A key with call sites (and its trampoline, a site of the same key).
+        let sites = table.siteList.filter { $0.kind == .staticCall && $0.key.map(keys.contains) == true }
+        let key = try XCTUnwrap(Dictionary(grouping: sites, by: { $0.key! }).filter { $0.value.count >= 2 }.keys.min())
+        let keySites = sites.filter { $0.key == key }
+        let iter = try XCTUnwrap(honest.exports?.staticCallStates[key])
+        XCTAssertNotEqual(iter, 0)
+        for bad in [UInt64(0), r0] {
+            // At load: every site of the key, trampoline included, in the state `bad`.
+            var c = claim
+            for site in keySites {
+                let o = Int(site.address - claim.textBase)
+                c.text.replaceSubrange(o..<o + site.length, with: try XCTUnwrap(table.encoding(at: site.address, state: bad)))
+            }
+            XCTAssertFalse(try Self.explain(ko, c, facts, resolver).verdict.isAllowed, "load with tp_func key in state 0x\(String(bad, radix: 16))")
+            // At run time: no site of the key takes it.
+            for site in keySites {
+                let b = try XCTUnwrap(table.encoding(at: site.address, state: bad))
+                if case .allowed = table.check(address: site.address, bytes: b) {
+                    XCTFail("run-time patch of \(site) to 0x\(String(bad, radix: 16)) (\(b)) allowed")
+                }
+            }
+        }
+    }
+
+    /// HOLE: a key of another module's tracepoint (kvm_intel's sites of kvm's exported
+    /// `tp_func_kvm_*`; here tun's `__SCK__tp_func_xdp_exception` import resolved to jbd2's
+    /// `tp_func_jbd2_run_stats` key, which jbd2 is made to export under that name, as
+    /// EXPORT_TRACEPOINT_SYMBOL_GPL exports a module's tracepoint key) took NULL and
+    /// `__static_call_return0`: the key's kind was not carried past the module that defines it.
+    func testAnotherModulesTracepointKeyTakesNeitherNullNorReturn0() throws {
+        let f = try FixtureReplay()
+        let jbd2 = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
+        let tun = try Fixtures.readFile(try Fixtures.module(named: "tun.ko"))
+        // tun's one tracepoint key import, `__SCK__tp_func_xdp_exception`, is not among the added
+        // imports: jbd2 exports that name for its key below (the kind goes with the address).
+        let facts = try Self.facts(f, for: [jbd2, tun], except: ["__SCK__tp_func_xdp_exception"])
+        let r0 = try XCTUnwrap(facts.staticCallReturn0)
+        var resolver = SymbolResolver(coreExports: facts.exports)
+        let (jc, js) = try Self.honest(jbd2, "jbd2", facts, resolver)
+        let jr = try Self.explain(jbd2, jc, facts, resolver)
+        XCTAssertTrue(jr.verdict.isAllowed, "\(jr.verdict)")
+        let ki = try XCTUnwrap(js.keySymbols.index(named: "__SCK__tp_func_jbd2_run_stats", js.symtab))
+        let key = try XCTUnwrap(js.ownKeyAddress(ki))
+        var exports = try XCTUnwrap(jr.exports)
+        exports.symbols["__SCK__tp_func_xdp_exception"] = key
+        resolver.add(exports)
+        let iter = try XCTUnwrap(resolver.staticCallStates[key])
+
+        // Its own allocation, away from jbd2's (a live module's key in it is refused).
+        let (tc, _) = try Self.honest(tun, "tun", facts, resolver, at: Self.base + 0x100_0000)
+        let ok = try Self.explain(tun, tc, facts, resolver)
+        XCTAssertTrue(ok.verdict.isAllowed, "\(ok.verdict)")
+        let table = try XCTUnwrap(ok.runtimeSites)
+        let sites = table.siteList.filter { $0.kind == .staticCall && $0.key == key }
+        XCTAssertFalse(sites.isEmpty)
+        for site in sites {
+            XCTAssertEqual(table.state(address: site.address, bytes: Array(tc.text[Int(site.address - tc.textBase)..<Int(site.address - tc.textBase) + site.length])), iter)
+        }
+        for bad in [UInt64(0), r0] {
+            var cb = tc
+            for site in sites {
+                let o = Int(site.address - tc.textBase)
+                cb.text.replaceSubrange(o..<o + site.length, with: try XCTUnwrap(table.encoding(at: site.address, state: bad)))
+            }
+            XCTAssertFalse(try Self.explain(tun, cb, facts, resolver).verdict.isAllowed, "load with jbd2's tp_func key in state 0x\(String(bad, radix: 16))")
+            for site in sites {
+                let b = try XCTUnwrap(table.encoding(at: site.address, state: bad))
+                if case .allowed = table.check(address: site.address, bytes: b) {
+                    XCTFail("run-time patch of \(site) to 0x\(String(bad, radix: 16)) (\(b)) allowed")
+                }
+            }
+        }
+    }
+}
