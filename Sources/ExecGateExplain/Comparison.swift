@@ -36,6 +36,10 @@ extension Session {
         precondition(claimed.count == image.count)
         var diff: UInt64 = 0
         var pos = 0
+        // The first site whose claimed bytes are no legal encoding and equal the encoding written
+        // for it (the NULL form, when that is no state of the key: a PREEMPT_DYNAMIC key disabled
+        // to __static_call_return0, a tracepoint key): a byte-equal claim that is still denied.
+        var illegalAt: Int? = nil
         @inline(__always) func compareStretch(to end: Int) {
             guard end > pos else { return }
             image.withUnsafeBytes { a in claimed.withUnsafeBytes { b in diff |= Session.xorOr(a, b, pos, end) } }
@@ -72,6 +76,7 @@ extension Session {
                     let found = Array(claimed[off..<off + len])
                     var exp = site.pointee.encode(group.flatMap { groupState[$0] })
                     if exp == found { exp = site.pointee.encode(nil) }
+                    if exp == found && illegalAt == nil { illegalAt = off }
                     write(off, exp, cls)
                     notes.append((off..<off + len, "\(site.pointee.what): not a legal encoding (allowed: the NULL forms or a branch to a target trusted for the site)"))
                 }
@@ -79,11 +84,11 @@ extension Session {
         }
         compareStretch(to: image.count)
         // Equal regions are the common case; the slow path only on a difference.
-        if diff == 0 { return }
+        if diff == 0 && illegalAt == nil { return }
         let img = image
         var differing = 0
-        for i in 0..<img.count where img[i] != claimed[i] { differing += 1 }
-        for i in 0..<img.count where img[i] != claimed[i] {
+        for i in 0..<img.count where img[i] != claimed[i] || i == illegalAt { differing += 1 }
+        for i in 0..<img.count where img[i] != claimed[i] || i == illegalAt {
             let (sec, so) = sectionOf(regionOffset: i)
             let n = min(8, image.count - i)
             let byteClass = ExplanationClass(rawValue: Int(cls[i]))!  // rawValue set only from ExplanationClass

@@ -127,12 +127,17 @@ final class StaticCallTrustTests: XCTestCase {
         facts.staticCallTrustedTargets = SlidStaticCallTargets([:])
         let d = try XCTUnwrap(denial(try f.explain("irqbypass", facts: facts)))
         XCTAssertEqual(d.rule, .staticCall)
-        // The same bytes with every might_resched site NOP'd (NULL) are legal.
+        // The same bytes with every might_resched site in the key's disabled form are legal: the
+        // return0 form (`2e 2e 2e 31 c0`), never NULL (might_resched_dynamic_disabled,
+        // sched_dynamic_update(); DocAttack8Tests, DocAttack9Tests): NOP5 there is denied.
         let s = try f.session("irqbypass")
-        var t = try XCTUnwrap(f.modules["irqbypass"]).module.claim.text
+        let orig = try XCTUnwrap(f.modules["irqbypass"]).module.claim.text
         let key = try f.callSite(s).key
-        for site in s.staticSites where site.key == key { t.replaceSubrange(site.off..<site.off + 5, with: x86Nops[5]) }
-        XCTAssertTrue(try f.explain("irqbypass", text: t, facts: facts).verdict.isAllowed)
+        for (form, legal) in [([UInt8]([0x2e, 0x2e, 0x2e, 0x31, 0xc0]), true), (x86Nops[5], false)] {
+            var t = orig
+            for site in s.staticSites where site.key == key { t.replaceSubrange(site.off..<site.off + 5, with: form) }
+            XCTAssertEqual(try f.explain("irqbypass", text: t, facts: facts).verdict.isAllowed, legal, "\(form)")
+        }
     }
 
     /// A trusted target listed in the core's init text is never legal (freed after boot).
