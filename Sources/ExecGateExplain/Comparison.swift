@@ -356,8 +356,10 @@ extension Session {
     /// entries and its static-call keys.
     func moduleExports() -> ModuleExports {
         guard let names = exportedNameCache else { preconditionFailure("moduleExports() before verifyExportedSymbols()") }
-        return ModuleExports(module: claim.name, names: names.table, otherNames: [:], functionEntries: functionEntries,
-                             staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)
+        var e = ModuleExports(module: claim.name, names: names.table, otherNames: [:], functionEntries: functionEntries,
+                              staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)
+        e.tracepointStaticCallKeys = ownTracepointKeys.dictionary.keys.sorted()
+        return e
     }
 }
 

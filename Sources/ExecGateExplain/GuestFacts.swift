@@ -441,8 +441,15 @@ public struct SymbolResolver: Sendable {
     /// for the lowest live key inside each of its allocations (`lowestStaticCallKey(from:below:)`), one
     /// binary search per allocation rather than a walk over every key per module.
     private var staticCallKeys: [UInt64] = []
+    /// The tracepoint static-call keys and trampolines verified modules define
+    /// (``ModuleExports/tracepointStaticCallKeys``): their sites in later modules take neither
+    /// NULL nor `__static_call_return0` (StaticCallTrust.DisabledForm.neither).
+    private var moduleTracepointKeys = AddressTable()
 
     public init(coreExports: SlidExports) { self.exports = coreExports }
+
+    /// True if `key` is a verified module's tracepoint static-call key or trampoline.
+    public func isTracepointStaticCallKey(_ key: UInt64) -> Bool { moduleTracepointKeys.count != 0 && moduleTracepointKeys[key] != nil }
     public init(coreExports: [String: UInt64]) { self.exports = SlidExports(coreExports) }
 
     public func lookup(_ name: String) -> UInt64? { exports[name] }
@@ -465,6 +472,7 @@ public struct SymbolResolver: Sendable {
             if staticCallTrustedTargets[k] == nil { staticCallTrustedTargets[k] = v } else { staticCallTrustedTargets[k]!.formUnion(v) }
         }
         for (k, v) in m.staticCallStates { staticCallStates[k] = v }
+        for k in m.tracepointStaticCallKeys { moduleTracepointKeys.set(k, 1) }
         if !m.staticCallTrustedTargets.isEmpty || !m.staticCallStates.isEmpty {
             var added = Array(m.staticCallTrustedTargets.keys)
             added.append(contentsOf: m.staticCallStates.keys)
@@ -525,6 +533,10 @@ public struct ModuleExports: Sendable {
     public var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
     /// Static-call key states seen at this module's sites and trampolines (key → target, 0 = NULL).
     public var staticCallStates: [UInt64: UInt64] = [:]
+    /// This module's own tracepoint static-call keys and trampolines (`__SCK__tp_func_X`,
+    /// `__SCT__tp_func_X`: Session.ownTracepointKeys), sorted: later modules' sites of them
+    /// (EXPORT_TRACEPOINT_SYMBOL[_GPL]) take neither NULL nor `__static_call_return0`.
+    public var tracepointStaticCallKeys: [UInt64] = []
 
     public init(module: String, symbols: [String: UInt64], functionEntries: FunctionEntries,
                 staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:], staticCallStates: [UInt64: UInt64] = [:]) {

@@ -132,8 +132,9 @@ struct VariableSite {
         /// the NULL form (NOP5, RET form) is a state of the key (not for a PREEMPT_DYNAMIC key
         /// disabled to `__static_call_return0`: StaticCallTrust.preemptDynamicDisabled).
         case staticCall(site: UInt64, tail: Bool, retForm: SiteBytes, ret0: UInt64?, trusted: TargetList, null: Bool = true)
-        /// The module's own trampoline: its RET form (state 0) or `jmp` to a trusted target.
-        case trampoline(site: UInt64, retForm: SiteBytes, trusted: TargetList)
+        /// The module's own trampoline: its RET form (state 0; not when `null` is false: a
+        /// tracepoint key's, DisabledForm.neither) or `jmp` to a trusted target.
+        case trampoline(site: UInt64, retForm: SiteBytes, trusted: TargetList, null: Bool = true)
     }
 
     init(offset: Int, length: Int, cls: ExplanationClass, group: UInt64?, label: Label, rule: Rule) {
@@ -182,8 +183,8 @@ struct VariableSite {
                 return trusted.contains(tg) ? tg : nil
             }
             return nil
-        case .trampoline(let site, let ret, let trusted):
-            if ret.matches(b) { return 0 }
+        case .trampoline(let site, let ret, let trusted, let null):
+            if null && ret.matches(b) { return 0 }
             if b.first == 0xe9, let t = rel32Destination(b, operandAt: 1, site: site, length: 5), trusted.contains(t) { return t }
             return nil
         }
@@ -207,7 +208,7 @@ struct VariableSite {
             guard let s = st, s != 0 else { return tail ? retF.array : x86Nops[5] }
             if !tail, s == ret0 { return VariableSite.xor5rax.array }
             return genInsn(tail ? 0xe9 : 0xe8, at: site, to: s) ?? x86Nops[5]
-        case .trampoline(let site, let ret, _):
+        case .trampoline(let site, let ret, _, _):
             return (st == nil || st == 0) ? ret.array : (genInsn(0xe9, at: site, to: st!) ?? ret.array)
         }
     }
@@ -339,7 +340,40 @@ extension Session {
     /// engine 27%).
     func disabledForm(ofKey key: UInt64) -> StaticCallTrust.DisabledForm? {
         if preemptDynamicKeyCache == nil { preemptDynamicKeyCache = StaticCallTrust.preemptDynamicKeys(coreExports: facts.exports) }
-        return StaticCallTrust.disabledForm(ofKey: key, facts: facts, preemptDynamicKeys: preemptDynamicKeyCache!)
+        return StaticCallTrust.disabledForm(ofKey: key, facts: facts, moduleTracepointKey: isModuleTracepointKey(key),
+                                            preemptDynamicKeys: preemptDynamicKeyCache!)
+    }
+
+    /// True for a module's tracepoint key: one of this module's own (`ownTracepointKeys`) or of a
+    /// verified module's (`SymbolResolver.tracepointStaticCallKeys`, the kind carried by
+    /// ``ModuleExports``: EXPORT_TRACEPOINT_SYMBOL[_GPL] exports the key to later modules, as
+    /// kvm's `tp_func_kvm_*` to kvm_intel and kvm_amd).
+    func isModuleTracepointKey(_ key: UInt64) -> Bool {
+        ownTracepointKeys[key] != nil || resolver.isTracepointStaticCallKey(key)
+    }
+
+    /// This module's own tracepoint static-call keys and trampolines: include/linux/tracepoint.h
+    /// `DEFINE_TRACE_FN` (CREATE_TRACE_POINTS in the module) emits `DEFINE_STATIC_CALL(tp_func_X,
+    /// __traceiter_X)`, its `__SCK__tp_func_X` (a key of this module: `ownKeyAddress`) and its
+    /// trampoline `__SCT__tp_func_X`, and the module's `struct tracepoint` in `__tracepoints`
+    /// names that key. Its probes are (un)registered by the core's kernel/tracepoint.c as a core
+    /// tracepoint's are (tracepoint_probe_register() → tracepoint_add_func() /
+    /// tracepoint_remove_func() → tracepoint_update_call(), 6.1 and 6.12), the key's only
+    /// updater: `tp->iterator` or the one probe, never NULL nor `__static_call_return0`
+    /// (`DisabledForm.neither`, the core tracepoint keys' rule). By the signed names, as the core's
+    /// are by the build's (`StaticCallTrust.isTracepointKeyName`).
+    var ownTracepointKeys: AddressTable {
+        if let t = ownTracepointKeyCache { return t }
+        var t = AddressTable()
+        for ki in keySymbols.indices where symtab.nameHasPrefix(ki, "__SCK__tp_func_") {
+            if let a = ownKeyAddress(ki) { t.set(a, 1) }
+        }
+        for k in trampolineSymbols where symtab.nameHasPrefix(k, "__SCT__tp_func_") {
+            let si = Int(symtab.sectionIndex(k))
+            if si < elf.sections.count, let sa = addr[si] { t.set(sa &+ symtab.value(k), 1) }
+        }
+        ownTracepointKeyCache = t
+        return t
     }
 
     /// The targets a site of `key` may call or jump to, besides its NULL forms: the targets the
@@ -577,8 +611,11 @@ extension Session {
         // A trampoline without a key symbol has no trusted target: only its RET form.
         let trusted = key.map { trustedStaticCallTargets($0) } ?? TargetList([])
         let ret = retInstruction(at: a)?.padded(to: 5, with: 0xcc) ?? SiteBytes()
+        // A tracepoint key's trampoline is never NULL either (its key or the trampoline itself a
+        // tracepoint's: `disabledForm`): tracepoint_update_call() rewrites it with the key.
+        let null = (key.flatMap { disabledForm(ofKey: $0) } ?? disabledForm(ofKey: a))?.allowsNull ?? true
         variable.append(VariableSite(offset: off, length: 5, cls: .staticCall, group: key, label: .trampoline,
-                                     rule: .trampoline(site: a, retForm: ret, trusted: trusted)))
+                                     rule: .trampoline(site: a, retForm: ret, trusted: trusted, null: null)))
     }
 }
 

@@ -100,6 +100,7 @@ final class Session {
     var trampolineKeyCache: TrampolineKeys?
     var exportedNameCache: ExportedNames?
     var preemptDynamicKeyCache: [(key: UInt64, form: StaticCallTrust.DisabledForm)]?
+    var ownTracepointKeyCache: AddressTable?
     #else
     @exclusivity(unchecked) var image: [UInt8]
     @exclusivity(unchecked) var cls: [UInt8]
@@ -125,6 +126,7 @@ final class Session {
     @exclusivity(unchecked) var trampolineKeyCache: TrampolineKeys?
     @exclusivity(unchecked) var exportedNameCache: ExportedNames?
     @exclusivity(unchecked) var preemptDynamicKeyCache: [(key: UInt64, form: StaticCallTrust.DisabledForm)]?
+    @exclusivity(unchecked) var ownTracepointKeyCache: AddressTable?
     #endif
     // What the other working properties above hold (each stage's own state, unchecked in
     // release for the same reason):
@@ -148,7 +150,9 @@ final class Session {
     // - `trampolineKeyCache`: trampoline address → its key (`trampolineKey`), built on first use;
     //   `exportedNameCache`: `exportedNames()`, the module's ksymtab entries read once
     //   (verify_exported_symbols and the exports both need them); `preemptDynamicKeyCache`: the
-    //   PREEMPT_DYNAMIC keys' addresses (`disabledForm(ofKey:)`), looked up on first use.
+    //   PREEMPT_DYNAMIC keys' addresses (`disabledForm(ofKey:)`), looked up on first use;
+    //   `ownTracepointKeyCache`: the module's own tracepoint keys and trampolines
+    //   (`ownTracepointKeys`), found on first use.
     /// The sections that have a data copy (made or not yet), in section order; `isData[i]` likewise.
     let dataSections: [Int]
     let isData: [Bool]

@@ -94,11 +94,14 @@ public enum StaticCallTrust {
     /// The disabled form of the key a module's static-call site names at `key` (its `__SCK__<name>`
     /// or, for keys exported with EXPORT_STATIC_CALL_TRAMP, its trampoline `__SCT__<name>`: the
     /// address of a core export, as every key a relocation can name): `.neither` for a core
-    /// tracepoint key (`GuestFacts.tracepointStaticCallKeys`), a PREEMPT_DYNAMIC key's form from
+    /// tracepoint key (`GuestFacts.tracepointStaticCallKeys`) and for a module's
+    /// (`moduleTracepointKey`: the session knows its own and verified modules' tracepoint keys,
+    /// Session.isModuleTracepointKey), a PREEMPT_DYNAMIC key's form from
     /// `preemptDynamicKeys` (`preemptDynamicKeys(coreExports:)`, which a session computes once and
     /// passes here: a String-keyed export lookup per site cost the engine 27%), nil for any other key.
-    public static func disabledForm(ofKey key: UInt64, facts: GuestFacts,
+    public static func disabledForm(ofKey key: UInt64, facts: GuestFacts, moduleTracepointKey: Bool = false,
                                     preemptDynamicKeys: [(key: UInt64, form: DisabledForm)]) -> DisabledForm? {
+        if moduleTracepointKey { return .neither }
         if !facts.tracepointStaticCallKeys.isEmpty && facts.tracepointStaticCallKeys.contains(key) { return .neither }
         for e in preemptDynamicKeys where e.key == key { return e.form }
         return nil

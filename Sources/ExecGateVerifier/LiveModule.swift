@@ -88,15 +88,16 @@ public struct LiveModule: Sendable {
     /// a core export: `KernelFacts.symbolBytes`) plus its name three times (the module's table, the
     /// session's resolver, which merges it, and the session's index of exports by owner), 16 a
     /// function entry, 80 a static-call key it defines plus 16 a trusted target, 48 a key state
-    /// its trampolines record; each run-time site 256 (the site table and the session's index by
-    /// key); each key state 128 (the module's, the session's current and seen states). Its
-    /// imports are not held: commit turns them into `dependsOn` and drops them.
+    /// its trampolines record, 32 a tracepoint key it defines (its list and the resolver's
+    /// table); each run-time site 256 (the site table and the session's index by key); each key
+    /// state 128 (the module's, the session's current and seen states). Its imports are not held: commit turns them into `dependsOn` and drops them.
     static func heldBytes(names: [String], frames: Int, exports: ModuleExports?, sites: Int, keys: Int) -> Int {
         var n = liveModuleCharge + names.reduce(0) { $0 + 2 * $1.utf8.count } + 64 * frames + 256 * sites + 128 * keys
         if let e = exports {
             n += e.exportedNames.reduce(0) { $0 + 320 + 3 * $1.utf8.count }
             n += 16 * e.functionEntries.sorted.count
             n += e.staticCallTrustedTargets.values.reduce(0) { $0 + 80 + 16 * $1.count } + 48 * e.staticCallStates.count
+            n += 32 * e.tracepointStaticCallKeys.count
         }
         return n
     }

@@ -90,7 +90,8 @@ final class ModuleTracepointKeyTests: XCTestCase {
                 let o = Int(site.address - claim.textBase)
                 c.text.replaceSubrange(o..<o + site.length, with: try XCTUnwrap(table.encoding(at: site.address, state: bad)))
             }
-            XCTAssertFalse(try Self.explain(ko, c, facts, resolver).verdict.isAllowed, "load with tp_func key in state 0x\(String(bad, radix: 16))")
+            let v = try Self.explain(ko, c, facts, resolver)
+            XCTAssertFalse(v.verdict.isAllowed, "load with tp_func key in state 0x\(String(bad, radix: 16)): \(keySites) \(v.runtimeSites.map { t in keySites.map { t.state(address: $0.address, bytes: Array(c.text[Int($0.address - c.textBase)..<Int($0.address - c.textBase) + $0.length])) } } as Any)")
             // At run time: no site of the key takes it.
             for site in keySites {
                 let b = try XCTUnwrap(table.encoding(at: site.address, state: bad))
