@@ -349,7 +349,11 @@ extension Session {
     /// ``ModuleExports``: EXPORT_TRACEPOINT_SYMBOL[_GPL] exports the key to later modules, as
     /// kvm's `tp_func_kvm_*` to kvm_intel and kvm_amd).
     func isModuleTracepointKey(_ key: UInt64) -> Bool {
-        ownTracepointKeys[key] != nil || resolver.isTracepointStaticCallKey(key)
+        // The table read in place (the `ownTracepointKeys` getter returns a copy: a retain and a
+        // release of its arrays per static-call site).
+        if ownTracepointKeyCache == nil { ownTracepointKeyCache = ownTracepointKeys }
+        if ownTracepointKeyCache?.count != 0, ownTracepointKeyCache?[key] != nil { return true }
+        return resolver.isTracepointStaticCallKey(key)
     }
 
     /// This module's own tracepoint static-call keys and trampolines: include/linux/tracepoint.h
