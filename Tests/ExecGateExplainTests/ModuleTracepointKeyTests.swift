@@ -151,4 +151,35 @@ final class ModuleTracepointKeyTests: XCTestCase {
             }
         }
     }
+
+    /// Failed attack kept: jbd2's sites of one tracepoint key `tp_func_X` (and its trampoline)
+    /// claimed calling another of jbd2's iterators, `__traceiter_Y`, at load and as a run-time
+    /// patch (its probes called with X's arguments as Y's). Denied: a module's own key trusts
+    /// only its own trampoline's default (`DEFINE_STATIC_CALL(tp_func_X, __traceiter_X)`,
+    /// collectModuleTrampolines), never another key's.
+    func testModuleTracepointKeyTakesNoOtherKeysIterator() throws {
+        let f = try FixtureReplay()
+        let ko = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
+        let facts = try Self.facts(f, for: [ko])
+        let resolver = SymbolResolver(coreExports: facts.exports)
+        let (claim, s) = try Self.honest(ko, "jbd2", facts, resolver)
+        let honest = try Self.explain(ko, claim, facts, resolver)
+        XCTAssertTrue(honest.verdict.isAllowed, "\(honest.verdict)")
+        let table = try XCTUnwrap(honest.runtimeSites)
+        let keys = Set(Self.ownTracepointKeys(s))
+        let sites = table.siteList.filter { $0.kind == .staticCall && $0.key.map(keys.contains) == true }
+        let byKey = Dictionary(grouping: sites, by: { $0.key! })
+        let states = try XCTUnwrap(honest.exports?.staticCallStates)
+        let key = try XCTUnwrap(byKey.filter { $0.value.count >= 2 }.keys.min())
+        let other = try XCTUnwrap(keys.filter { $0 != key }.compactMap { states[$0] }.first { $0 != states[key] })
+        var c = claim
+        for site in byKey[key]! {
+            let o = Int(site.address - claim.textBase)
+            c.text.replaceSubrange(o..<o + site.length, with: try XCTUnwrap(table.encoding(at: site.address, state: other)))
+            if case .allowed = table.check(address: site.address, bytes: try XCTUnwrap(table.encoding(at: site.address, state: other))) {
+                XCTFail("run-time patch of \(site) to another key's iterator allowed")
+            }
+        }
+        XCTAssertFalse(try Self.explain(ko, c, facts, resolver).verdict.isAllowed)
+    }
 }
