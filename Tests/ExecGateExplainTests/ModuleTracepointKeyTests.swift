@@ -182,4 +182,37 @@ final class ModuleTracepointKeyTests: XCTestCase {
         }
         XCTAssertFalse(try Self.explain(ko, c, facts, resolver).verdict.isAllowed)
     }
+
+    /// The cross-module case at load when the defining module has no site of the key (kvm's
+    /// `tp_func_kvm_nested_vmenter_failed` is traced only from kvm_intel): no verified state to
+    /// agree with, so only the rule holds the first user's sites. jbd2's `tp_func_jbd2_run_stats`
+    /// exported as in testAnotherModulesTracepointKeyTakesNeitherNullNorReturn0, its recorded
+    /// state dropped; tun's sites claimed NOP5 or `2e 2e 2e 31 c0` at load: denied (before the
+    /// Fix both were allowed); the iterator allowed.
+    func testAnotherModulesTracepointKeyWithNoStateYetTakesNeitherAtLoad() throws {
+        let f = try FixtureReplay()
+        let jbd2 = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
+        let tun = try Fixtures.readFile(try Fixtures.module(named: "tun.ko"))
+        let facts = try Self.facts(f, for: [jbd2, tun], except: ["__SCK__tp_func_xdp_exception"])
+        let r0 = try XCTUnwrap(facts.staticCallReturn0)
+        var resolver = SymbolResolver(coreExports: facts.exports)
+        let (jc, js) = try Self.honest(jbd2, "jbd2", facts, resolver)
+        let jr = try Self.explain(jbd2, jc, facts, resolver)
+        XCTAssertTrue(jr.verdict.isAllowed, "\(jr.verdict)")
+        let key = try XCTUnwrap(js.ownKeyAddress(try XCTUnwrap(js.keySymbols.index(named: "__SCK__tp_func_jbd2_run_stats", js.symtab))))
+        var exports = try XCTUnwrap(jr.exports)
+        let iter = try XCTUnwrap(exports.staticCallStates[key])
+        exports.staticCallStates[key] = nil
+        exports.symbols["__SCK__tp_func_xdp_exception"] = key
+        resolver.add(exports)
+        XCTAssertNil(resolver.staticCallStates[key])
+        let (tc, ts) = try Self.honest(tun, "tun", facts, resolver, at: Self.base + 0x100_0000)
+        let sites = ts.variable.filter { $0.cls == .staticCall && $0.group == key }
+        XCTAssertFalse(sites.isEmpty)
+        for (state, legal) in [(iter, true), (UInt64(0), false), (r0, false)] {
+            var c = tc
+            for v in sites { c.text.replaceSubrange(v.offset..<v.offset + v.length, with: v.encode(state)) }
+            XCTAssertEqual(try Self.explain(tun, c, facts, resolver).verdict.isAllowed, legal, "state 0x\(String(state, radix: 16))")
+        }
+    }
 }
