@@ -45,9 +45,8 @@ extension CaptureBoot {
         // init bounds (freed init memory), the rodata/data gap's bounds (freed by
         // mark_rodata_ro()) and `.data..ro_after_init`'s (sealed static keys) are facts of the
         // build's symbol map too (protocol.md "Symbols the VMM must send").
-        let helpers: Set<Substring> = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return", "its_return_thunk",
-                                       "__per_cpu_start", "__per_cpu_end", "_sinittext", "_einittext", "__init_begin", "__init_end",
-                                       "__start_ro_after_init", "__end_ro_after_init", "__end_rodata", "_sdata"]
+        // The names are the verifier's own list (ExecGateWire RegistrationSymbols), never a copy.
+        let helpers = Set(RegistrationSymbols.all.map { Substring($0) })
         let text: Set<UInt8> = [UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W")]
         var symbols: [KernelSymbol] = []
         var helperSeen = Set<Substring>()
