@@ -205,6 +205,20 @@ enum FactsPlausibility {
                     return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in the kernel image's \(what) gap [0x\(Hex.number(gap.lowerBound)), 0x\(Hex.number(gap.upperBound))), which mark_rodata_ro() frees after boot", facts)
                 }
             }
+            // `.data..ro_after_init` (the sealed-key rule's range, GuestFactsBuilder) lies in
+            // rodata: include/asm-generic/vmlinux.lds.h RO_DATA places RO_AFTER_INIT_DATA inside
+            // `.rodata`, before `__end_rodata`, and rodata starts at the 2 MiB boundary after text
+            // (above; x86-64 vmlinux.lds.S, 6.1 and 6.12). Required and ordered with exports
+            // (above), it was never held there: a range below the image, in core text or the
+            // module area registered, and the rule then covered no core key
+            // (RegistrationBoundsTests). Whenever it is sent, so is `__end_rodata`, and it lies in
+            // [rodata start, __end_rodata].
+            if let lo = named[RegistrationSymbols.startROAfterInit], let hi = named[RegistrationSymbols.endROAfterInit], lo < hi {
+                guard let er = named[RegistrationSymbols.endRodata], rodata <= lo, hi <= er else {
+                    let end = named[RegistrationSymbols.endRodata].map { "0x" + Hex.number($0) } ?? "not sent"
+                    return ("__start_ro_after_init 0x\(Hex.number(lo)) .. __end_ro_after_init 0x\(Hex.number(hi)) lies outside rodata [0x\(Hex.number(rodata)) (the 2 MiB boundary after _etext), __end_rodata \(end)], where vmlinux.lds.h RO_DATA places .data..ro_after_init", facts)
+                }
+            }
         }
         // A core static-call key is kernel data (DEFINE_STATIC_CALL in vmlinux): in the image,
         // never the module area (where a later module's own key would take the core targets
