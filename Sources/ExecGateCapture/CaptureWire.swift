@@ -87,11 +87,35 @@ extension CaptureBoot {
            let next = records.lazy.map(\.address).filter({ $0 > start }).min(), next - start < UInt64(pvOps.count) {
             pvOps = Array(pvOps[..<Int(next - start)])
         }
+        // The core's static-call trampolines the guest read at the trusted point (before its first
+        // module): a key moved from the build's default (a `trace_event=` probe) is sent as the
+        // VMM sends it, `static_call_key` with its current target (CoreTrampolines.swift). A
+        // capture without the file (older captures, the shared corpus) sends none.
+        let keys = try Self.staticCallTrampolines(dir: dir, symbols: symbols, returnThunk: returnThunk)?.facts ?? []
         return RegisterGuest(
             guestID: guestID, kernelRelease: release ?? "", kaslrSlide: slide, cpuCapabilities: Array(cpu[capOffset..<capEnd]), symbols: symbols,
             symbolSource: "capture", commandLine: try readOptionalText(dir + "/cmdline.txt") ?? "", presentCPUs: present,
             possibleCPUs: possible, vulnerabilities: try readOptionalText(dir + "/vulnerabilities.txt") ?? "",
-            pvOps: pvOps, returnThunk: returnThunk)
+            pvOps: pvOps, returnThunk: returnThunk, staticCallKeys: keys)
+    }
+
+    /// What the registration of the boot in `dir` sends from its core trampolines, and what it
+    /// leaves out (nil: the capture has no trampoline file).
+    public static func staticCallTrampolines(dir: String) throws -> CoreTrampolines.Outcome? {
+        let r = try registration(dir: dir, guestID: "capture")
+        return try staticCallTrampolines(dir: dir, symbols: r.symbols, returnThunk: r.returnThunk)
+    }
+
+    static func staticCallTrampolines(dir: String, symbols: [KernelSymbol], returnThunk: UInt64?) throws -> CoreTrampolines.Outcome? {
+        let path = dir + "/" + CoreTrampolines.fileName
+        guard let text = try readOptionalText(path) else { return nil }
+        var named: [String: UInt64] = [:]
+        var entries = Set<UInt64>()
+        for s in symbols {
+            if named[s.name] == nil { named[s.name] = s.address }
+            if s.isText { entries.insert(s.address) }
+        }
+        return CoreTrampolines.outcome(try CoreTrampolines.parse(text, path: path), named: named, functionEntries: entries, returnThunk: returnThunk)
     }
 }
 
