@@ -24,7 +24,8 @@
 // does not decode, a target outside core text (a module-area page, user space, init text), a
 // key the build's table does not cover (its default is not known without the vmlinux; such a key
 // stays what trust.md calls "not covered": its sites may hold only NULL forms), NULL (the NULL
-// forms are the engine's rules per key: a tracepoint key never holds one).
+// forms are the engine's rules per key: a tracepoint key never holds one), `__static_call_return0`
+// (trusted for every key that may hold it, never for the others: docs/trust.md rule 4).
 
 import ExecGateExplain
 import ExecGateWire
@@ -149,6 +150,13 @@ public enum CoreTrampolines {
             let keyAddress = named["__SCK__" + base]
             let trusted = build[t.address, default: []].union(keyAddress.map { build[$0, default: []] } ?? [])
             if trusted.contains(target) { continue }  // the build's default (or the other form it trusts)
+            // `__static_call_return0` (DEFINE_STATIC_CALL_RET0): rule 4 trusts it for every key but
+            // a PREEMPT_DYNAMIC or tracepoint key, which never holds it (those are the keys the
+            // build's table covers): nothing to send either way, reported only for such a key.
+            if let r0 = named[RegistrationSymbols.staticCallReturn0], target == r0 {
+                if !trusted.isEmpty { o.notSent.append((t.name, "__static_call_return0 is never a state of this key (its only updater writes other targets)")) }
+                continue
+            }
             guard isCoreText(target), functionEntries.contains(target) else {
                 o.notSent.append((t.name, "target 0x\(Hex.number(target)) is no function entry in core text outside init"))
                 continue

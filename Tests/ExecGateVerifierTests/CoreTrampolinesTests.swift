@@ -52,7 +52,7 @@ final class CoreTrampolinesTests: XCTestCase {
         "__traceiter_foo": 0xffff_ffff_8110_0000, "trace_event_raw_event_foo": 0xffff_ffff_8120_0000,
         "__SCT__cond_resched": 0xffff_ffff_8100_0020, "__SCK__cond_resched": 0xffff_ffff_8250_0010, "__cond_resched": 0xffff_ffff_8130_0000,
         "__SCT__x86_pmu_foo": 0xffff_ffff_8100_0030, "__SCK__x86_pmu_foo": 0xffff_ffff_8250_0020, "x86_pmu_foo_impl": 0xffff_ffff_8140_0000,
-        "init_probe": 0xffff_ffff_8300_1800,
+        "init_probe": 0xffff_ffff_8300_1800, "__static_call_return0": 0xffff_ffff_81d0_0100,
     ]
     static var entries: Set<UInt64> { Set(named.values) }
 
@@ -87,6 +87,12 @@ final class CoreTrampolinesTests: XCTestCase {
             XCTAssertTrue(o.facts.isEmpty, what)
             XCTAssertEqual(o.notSent.count, 1, what)
         }
+        // __static_call_return0: never sent; reported only for a key that never holds it.
+        let r0tp = outcome("__SCT__tp_func_foo", to: n["__static_call_return0"]!)
+        XCTAssertTrue(r0tp.facts.isEmpty)
+        XCTAssertEqual(r0tp.notSent.count, 1)
+        let r0 = outcome("__SCT__x86_pmu_foo", to: n["__static_call_return0"]!)
+        XCTAssertTrue(r0.facts.isEmpty && r0.notSent.isEmpty, "DEFINE_STATIC_CALL_RET0: rule 4's")
         let uncovered = outcome("__SCT__x86_pmu_foo", to: n["x86_pmu_foo_impl"]!)
         XCTAssertTrue(uncovered.facts.isEmpty)
         XCTAssertTrue(uncovered.notSent.first?.reason.contains("does not cover") ?? false, "\(uncovered.notSent)")
