@@ -58,7 +58,7 @@ func readOptionalFile(_ path: String) throws -> [UInt8]? {
 /// text files and CPU-state dumps a few KiB.
 public enum CaptureLimits {
     /// load-order.txt, cpus.txt, slide.txt, kvars.txt, cmdline.txt, vulnerabilities.txt,
-    /// uname.txt, boot_cpu_data.bin, pv_ops.bin.
+    /// uname.txt, boot_cpu_data.bin, pv_ops.bin, static_call_trampolines.txt (~700 lines of 50 bytes).
     public static let smallFile = 1 << 20
     /// kallsyms.txt: ~10× a Debian 6.1 kernel's with a hundred modules.
     public static let kallsyms = 64 << 20

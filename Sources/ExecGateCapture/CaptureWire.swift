@@ -45,9 +45,8 @@ extension CaptureBoot {
         // init bounds (freed init memory), the rodata/data gap's bounds (freed by
         // mark_rodata_ro()) and `.data..ro_after_init`'s (sealed static keys) are facts of the
         // build's symbol map too (protocol.md "Symbols the VMM must send").
-        let helpers: Set<Substring> = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return", "its_return_thunk",
-                                       "__per_cpu_start", "__per_cpu_end", "_sinittext", "_einittext", "__init_begin", "__init_end",
-                                       "__start_ro_after_init", "__end_ro_after_init", "__end_rodata", "_sdata"]
+        // The names are the verifier's own list (ExecGateWire RegistrationSymbols), never a copy.
+        let helpers = Set(RegistrationSymbols.all.map { Substring($0) })
         let text: Set<UInt8> = [UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W")]
         var symbols: [KernelSymbol] = []
         var helperSeen = Set<Substring>()
@@ -88,11 +87,35 @@ extension CaptureBoot {
            let next = records.lazy.map(\.address).filter({ $0 > start }).min(), next - start < UInt64(pvOps.count) {
             pvOps = Array(pvOps[..<Int(next - start)])
         }
+        // The core's static-call trampolines the guest read at the trusted point (before its first
+        // module): a key moved from the build's default (a `trace_event=` probe) is sent as the
+        // VMM sends it, `static_call_key` with its current target (CoreTrampolines.swift). A
+        // capture without the file (older captures, the shared corpus) sends none.
+        let keys = try Self.staticCallTrampolines(dir: dir, symbols: symbols, returnThunk: returnThunk)?.facts ?? []
         return RegisterGuest(
             guestID: guestID, kernelRelease: release ?? "", kaslrSlide: slide, cpuCapabilities: Array(cpu[capOffset..<capEnd]), symbols: symbols,
             symbolSource: "capture", commandLine: try readOptionalText(dir + "/cmdline.txt") ?? "", presentCPUs: present,
             possibleCPUs: possible, vulnerabilities: try readOptionalText(dir + "/vulnerabilities.txt") ?? "",
-            pvOps: pvOps, returnThunk: returnThunk)
+            pvOps: pvOps, returnThunk: returnThunk, staticCallKeys: keys)
+    }
+
+    /// What the registration of the boot in `dir` sends from its core trampolines, and what it
+    /// leaves out (nil: the capture has no trampoline file).
+    public static func staticCallTrampolines(dir: String) throws -> CoreTrampolines.Outcome? {
+        let r = try registration(dir: dir, guestID: "capture")
+        return try staticCallTrampolines(dir: dir, symbols: r.symbols, returnThunk: r.returnThunk)
+    }
+
+    static func staticCallTrampolines(dir: String, symbols: [KernelSymbol], returnThunk: UInt64?) throws -> CoreTrampolines.Outcome? {
+        let path = dir + "/" + CoreTrampolines.fileName
+        guard let text = try readOptionalText(path) else { return nil }
+        var named: [String: UInt64] = [:]
+        var entries = Set<UInt64>()
+        for s in symbols {
+            if named[s.name] == nil { named[s.name] = s.address }
+            if s.isText { entries.insert(s.address) }
+        }
+        return CoreTrampolines.outcome(try CoreTrampolines.parse(text, path: path), named: named, functionEntries: entries, returnThunk: returnThunk)
     }
 }
 

@@ -63,6 +63,13 @@ public enum CaptureGuest {
         try writeProc("/proc/sys/kernel/modprobe", "\n")
 
         var tar = Tar.Writer()
+        // The core's static-call trampolines at the trusted point: the kernel has sealed itself
+        // (mark_rodata_ro() ran before /init) and no module has been loaded yet, so their bytes are
+        // what the kernel's own boot made of them (a `trace_event=` probe included), the read a
+        // VMM makes before the guest runs untrusted code (docs/trust.md "Static calls", rule 1).
+        let tramps = try readCoreTrampolines()
+        tar.add(staticCallTrampolinesFile, tramps.text)
+        log("read \(tramps.count) core static-call trampolines")
         var insmodLog = "", waitLog = ""
         var loaded = 0, failed = 0
         // Module-loader vmalloc areas that stay once every loaded module's init memory is freed.
@@ -188,6 +195,28 @@ public enum CaptureGuest {
         var t = Substring(s)
         while let l = t.last, l == "\n" || l == " " || l == "\r" { t = t.dropLast() }
         return String(t)
+    }
+
+    /// The capture file of the core's `__SCT__<name>` trampolines (`CaptureBoot` decodes it).
+    public static let staticCallTrampolinesFile = "static_call_trampolines.txt"
+    /// Bytes read per trampoline: the 5-byte `jmp`/RET form and the `0f b9 cc` ud1 signature
+    /// after it (arch/x86/include/asm/static_call.h __ARCH_DEFINE_STATIC_CALL_TRAMP).
+    public static let trampolineBytes = 8
+
+    /// One line per core (non-`[module]`) `__SCT__<name>` record of /proc/kallsyms:
+    /// `<name> <address hex> <8 bytes hex>` (`?` when /proc/kcore could not read them).
+    static func readCoreTrampolines() throws -> (text: String, count: Int) {
+        let k = try FS.read("/proc/kallsyms", limit: 512 << 20)
+        let kcore = try Kcore()
+        var out = "", count = 0
+        for line in String(decoding: k, as: UTF8.self).split(separator: "\n") {
+            let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard f.count == 3, f[2].hasPrefix("__SCT__"), let a = UInt64(f[0], radix: 16) else { continue }
+            let bytes = (try? kcore.read(a, trampolineBytes)).map { b in b.map { Hex.number(UInt64($0), width: 2) }.joined() } ?? "?"
+            out += "\(f[2]) \(Hex.number(a, width: 16)) \(bytes)\n"
+            count += 1
+        }
+        return (out, count)
     }
 
     /// Everything the host needs from the running guest: the core's symbols and facts, then each

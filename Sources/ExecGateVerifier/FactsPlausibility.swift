@@ -44,14 +44,15 @@ import ExecGateWire
 
 enum FactsPlausibility {
     /// The kernel's return thunks (6.1 stable, arch/x86/lib/retpoline.S and bugs.c).
-    static let returnThunks = ["__x86_return_thunk", "retbleed_return_thunk", "srso_return_thunk", "srso_alias_return_thunk", "its_return_thunk"]
+    static let returnThunks = RegistrationSymbols.returnThunks
     /// The code the loader's rewrites call or jump to, looked up by name (the first record of the
     /// name, as GuestFactsBuilder's helpers and `returnThunkAddresses` take it): the return thunks
     /// (`apply_returns()`, static calls' RET forms), `__static_call_return0` /
     /// `__static_call_return` (static-call NULL forms, trusted for every key), `_paravirt_nop` /
     /// `paravirt_BUG` (paravirt patching). All are core functions (arch/x86/lib/retpoline.S,
     /// kernel/static_call.c, arch/x86/kernel/static_call.c, arch/x86/kernel/paravirt.c).
-    static let codeHelpers = returnThunks + ["__static_call_return0", "__static_call_return", "_paravirt_nop", "paravirt_BUG"]
+    static let codeHelpers = returnThunks + [RegistrationSymbols.staticCallReturn0, RegistrationSymbols.staticCallReturn,
+                                             RegistrationSymbols.paravirtNop, RegistrationSymbols.paravirtBUG]
 
     /// nil when plausible; otherwise one sentence naming the fact that fails. The same checks, in
     /// the same order, as the registry runs them in three steps (CPU counts; the build's symbols,
@@ -133,14 +134,14 @@ enum FactsPlausibility {
         // zero-based per-cpu build (x86_64 SMP: per-cpu symbols below the image base) a core
         // per-cpu symbol past it means the reserve the per-cpu check admits would cover core
         // per-cpu state (`__preempt_count`, `this_cpu_off`, `current_task`).
-        if let end = named["__per_cpu_end"] {
+        if let end = named[RegistrationSymbols.perCPUEnd] {
             // pcpu_setup_first_chunk() places PERCPU_MODULE_RESERVE bytes after the static area:
             // a reserve that wraps the address space is no layout a kernel makes (and its end
             // must never be computed with arithmetic that traps).
             if end > UInt64.max - GuestFactsBuilder.percpuModuleReserve {
                 return ("__per_cpu_end 0x\(Hex.number(end)): the module per-cpu reserve after it (PERCPU_MODULE_RESERVE, \(GuestFactsBuilder.percpuModuleReserve) bytes) would wrap the address space", facts)
             }
-            if let start = named["__per_cpu_start"], start > end {
+            if let start = named[RegistrationSymbols.perCPUStart], start > end {
                 return ("__per_cpu_start 0x\(Hex.number(start)) lies past __per_cpu_end 0x\(Hex.number(end))", facts)
             }
             if end < KernelSlide.imageBase, let s = symbols.first(where: { $0.address < KernelSlide.imageBase && $0.address > end }) {
@@ -172,9 +173,9 @@ enum FactsPlausibility {
             // rule). Every 6.1 and 6.12 build has all four pairs.
             if let s = symbols.first(where: { $0.exported }) {
                 let freedInit = "no export can be told from the init memory free_initmem() releases after boot"
-                for (lo, hi, why) in [("_sinittext", "_einittext", freedInit), ("__init_begin", "__init_end", freedInit),
-                                      ("__end_rodata", "_sdata", "no export can be told from the rodata/data gap mark_rodata_ro() frees after boot"),
-                                      ("__start_ro_after_init", "__end_ro_after_init", "no static key can be told to lie in the core's __ro_after_init data, sealed after boot")] {
+                let reasons = [freedInit, freedInit, "no export can be told from the rodata/data gap mark_rodata_ro() frees after boot",
+                               "no static key can be told to lie in the core's __ro_after_init data, sealed after boot"]
+                for ((lo, hi), why) in zip(RegistrationSymbols.requiredBoundPairs, reasons) {
                     guard let a = named[lo], let z = named[hi], a < z else {
                         let kind = why == freedInit ? "core init bounds" : "bounds"
                         return ("symbols are sent with exports ('\(s.name)', …) but without the \(kind) \(lo) < \(hi): \(why)", facts)
@@ -196,12 +197,26 @@ enum FactsPlausibility {
         func alignUp(_ x: UInt64, _ align: UInt64) -> UInt64? { x <= UInt64.max - (align - 1) ? (x + align - 1) & ~(align - 1) : nil }
         if let b = bounds, let textEnd = alignUp(b.coreText.upperBound, 0x1000), let rodata = alignUp(textEnd, 0x20_0000) {
             var gaps = [("text/rodata", textEnd..<rodata)]
-            if let er = named["__end_rodata"], let sd = named["_sdata"], let gapStart = alignUp(er, 0x1000), gapStart < sd {
+            if let er = named[RegistrationSymbols.endRodata], let sd = named[RegistrationSymbols.sdata], let gapStart = alignUp(er, 0x1000), gapStart < sd {
                 gaps.append(("rodata/data", gapStart..<sd))
             }
             for (what, gap) in gaps where !gap.isEmpty {
                 if let s = symbols.first(where: { $0.exported && gap.contains($0.address) }) {
                     return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in the kernel image's \(what) gap [0x\(Hex.number(gap.lowerBound)), 0x\(Hex.number(gap.upperBound))), which mark_rodata_ro() frees after boot", facts)
+                }
+            }
+            // `.data..ro_after_init` (the sealed-key rule's range, GuestFactsBuilder) lies in
+            // rodata: include/asm-generic/vmlinux.lds.h RO_DATA places RO_AFTER_INIT_DATA inside
+            // `.rodata`, before `__end_rodata`, and rodata starts at the 2 MiB boundary after text
+            // (above; x86-64 vmlinux.lds.S, 6.1 and 6.12). Required and ordered with exports
+            // (above), it was never held there: a range below the image, in core text or the
+            // module area registered, and the rule then covered no core key
+            // (RegistrationBoundsTests). Whenever it is sent, so is `__end_rodata`, and it lies in
+            // [rodata start, __end_rodata].
+            if let lo = named[RegistrationSymbols.startROAfterInit], let hi = named[RegistrationSymbols.endROAfterInit], lo < hi {
+                guard let er = named[RegistrationSymbols.endRodata], rodata <= lo, hi <= er else {
+                    let end = named[RegistrationSymbols.endRodata].map { "0x" + Hex.number($0) } ?? "not sent"
+                    return ("__start_ro_after_init 0x\(Hex.number(lo)) .. __end_ro_after_init 0x\(Hex.number(hi)) lies outside rodata [0x\(Hex.number(rodata)) (the 2 MiB boundary after _etext), __end_rodata \(end)], where vmlinux.lds.h RO_DATA places .data..ro_after_init", facts)
                 }
             }
         }
@@ -254,7 +269,7 @@ enum FactsPlausibility {
         // area, user space or anything else a module call could be pointed at.
         for s in symbols where s.exported && s.address < KernelSlide.imageBase {
             // (`__per_cpu_start` is 0 on such a build; when it is not sent, 0 is its bound.)
-            guard let end = named["__per_cpu_end"], end < KernelSlide.imageBase, (named["__per_cpu_start"] ?? 0) <= s.address, s.address < end else {
+            guard let end = named[RegistrationSymbols.perCPUEnd], end < KernelSlide.imageBase, (named[RegistrationSymbols.perCPUStart] ?? 0) <= s.address, s.address < end else {
                 return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies neither in the kernel image nor in the core per-cpu section [__per_cpu_start, __per_cpu_end)", facts)
             }
         }

@@ -43,9 +43,11 @@ public enum GuestFactsBuilder {
     }
 
     /// The symbols whose addresses become scalar facts or ranges, per guest (at its slide).
-    static let helperNames = ["_paravirt_nop", "paravirt_BUG", "__static_call_return0", "__static_call_return",
-                              "its_return_thunk", "__per_cpu_end", "_sinittext", "_einittext", "__init_begin", "__init_end",
-                              "__start_ro_after_init", "__end_ro_after_init"]
+    /// (ExecGateWire RegistrationSymbols: the one list the capture's registration sends too.)
+    static let helperNames = [RegistrationSymbols.paravirtNop, RegistrationSymbols.paravirtBUG, RegistrationSymbols.staticCallReturn0,
+                              RegistrationSymbols.staticCallReturn, RegistrationSymbols.itsReturnThunk, RegistrationSymbols.perCPUEnd,
+                              RegistrationSymbols.sinittext, RegistrationSymbols.einittext, RegistrationSymbols.initBegin, RegistrationSymbols.initEnd,
+                              RegistrationSymbols.startROAfterInit, RegistrationSymbols.endROAfterInit]
 
     /// The facts that follow from the build's symbols alone (exports, function entries, the
     /// build-derived static-call table, and the named helpers), every address with `slide`
@@ -99,25 +101,25 @@ public enum GuestFactsBuilder {
         facts.staticCallTrustedTargets = facts.staticCallTrustedTargets.slid(by: slide)
         facts.tracepointStaticCallKeys = facts.tracepointStaticCallKeys.slid(by: slide)
         let named = kernel.helpers.mapValues(slide.runTime)
-        facts.paravirtNop = named["_paravirt_nop"]
-        facts.paravirtBUG = named["paravirt_BUG"]
-        facts.staticCallReturn0 = named["__static_call_return0"]
-        facts.staticCallReturn = named["__static_call_return"]
-        facts.itsReturnThunk = named["its_return_thunk"]
+        facts.paravirtNop = named[RegistrationSymbols.paravirtNop]
+        facts.paravirtBUG = named[RegistrationSymbols.paravirtBUG]
+        facts.staticCallReturn0 = named[RegistrationSymbols.staticCallReturn0]
+        facts.staticCallReturn = named[RegistrationSymbols.staticCallReturn]
+        facts.itsReturnThunk = named[RegistrationSymbols.itsReturnThunk]
         // Module per-cpu data lives in the reserved chunk right after the core per-cpu area:
         // [__per_cpu_end, + PERCPU_MODULE_RESERVE (8 KiB)) — mm/percpu.c, include/linux/percpu.h.
         // The end is computed checked: `__per_cpu_end` is the registration's word. A reserve that
         // would wrap the address space (refused at registration by FactsPlausibility at the
         // registrant's slide; at another slide of a shared copy only an image-half value can
         // move that far) leaves no reserve, and a module with per-cpu data is denied (`percpu`).
-        facts.modulePercpuRange = named["__per_cpu_end"].flatMap { e in
+        facts.modulePercpuRange = named[RegistrationSymbols.perCPUEnd].flatMap { e in
             let (hi, wraps) = e.addingReportingOverflow(Self.percpuModuleReserve)
             return wraps ? nil : e..<hi
         }
         facts.coreInitRanges = GuestFacts.coreInitRanges(named)
         // A key in the core's __ro_after_init data never moves after the trusted point
         // (GuestSession.judgePatches).
-        if let a = named["__start_ro_after_init"], let b = named["__end_ro_after_init"], a < b { facts.coreROAfterInit = a..<b }
+        if let a = named[RegistrationSymbols.startROAfterInit], let b = named[RegistrationSymbols.endROAfterInit], a < b { facts.coreROAfterInit = a..<b }
         facts.kaslrSlide = r.kaslrSlide
         var caps: [UInt32] = []
         caps.reserveCapacity(r.cpuCapabilities.count / 4)
@@ -178,10 +180,10 @@ struct KernelBounds {
     }
 
     init?(_ named: [String: UInt64]) {
-        guard let s = named["_stext"], let e = named["_etext"], s < e else { return nil }
+        guard let s = named[RegistrationSymbols.stext], let e = named[RegistrationSymbols.etext], s < e else { return nil }
         coreText = s..<e
-        if let a = named["_sinittext"], let b = named["_einittext"], a < b { initText = a..<b } else { initText = nil }
-        if let a = named["__init_begin"], let b = named["__init_end"], a < b { initMemory = a..<b } else { initMemory = nil }
+        if let a = named[RegistrationSymbols.sinittext], let b = named[RegistrationSymbols.einittext], a < b { initText = a..<b } else { initText = nil }
+        if let a = named[RegistrationSymbols.initBegin], let b = named[RegistrationSymbols.initEnd], a < b { initMemory = a..<b } else { initMemory = nil }
     }
 
     func isCoreText(_ a: UInt64) -> Bool {

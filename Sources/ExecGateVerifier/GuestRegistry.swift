@@ -117,6 +117,15 @@ public final class GuestRegistry: @unchecked Sendable {
     /// full registration with the records the copy was built from would give it (docs/trust.md,
     /// "Registration by digest"): same key, same copy, its own facts checked against it.
     public func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil) -> Registration {
+        register(r, factsDigest: factsDigest, symbolsDigest: symbolsDigest, adjustingFacts: nil)
+    }
+
+    /// The same, with `adjust` applied to the guest's facts once every check has passed: a test
+    /// seam only (internal; no request reaches it), for session rules whose inputs no plausible
+    /// registration of the committed fixture can give (a core `.data..ro_after_init` range around
+    /// a key its modules use: the fixture's modules use no core key, DocAttack3SessionTests).
+    func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil,
+                  adjustingFacts adjust: ((inout GuestFacts) -> Void)?) -> Registration {
         if let why = FactsPlausibility.checkCPUs(r) { return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(why)") }
         let key: KernelFactsKey?
         if r.isByDigest {
@@ -212,7 +221,9 @@ public final class GuestRegistry: @unchecked Sendable {
             // Stamped while the registry is locked: a request stamped before this (it arrived
             // before the session existed) never finds it (`session(_:arrivedAt:)`).
             let born = arrivals.add(1, ordering: .sequentiallyConsistent).newValue
-            let session = GuestSession(registration: r, kernel: shared, facts: shared === kernel ? facts : shared.facts(for: r), factsDigest: factsDigest,
+            var sessionFacts = shared === kernel ? facts : shared.facts(for: r)
+            adjust?(&sessionFacts)
+            let session = GuestSession(registration: r, kernel: shared, facts: sessionFacts, factsDigest: factsDigest,
                                        born: born, lineageBorn: existing?.lineageBorn, token: token, ledger: ledger)
             guests[GuestKey(r.guestID)] = session
             charged[GuestKey(r.guestID)] = own + (shared.key == nil ? shared.symbolBytes : 0)

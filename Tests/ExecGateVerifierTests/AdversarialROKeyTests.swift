@@ -14,7 +14,7 @@ import ExecGateCapture
 import ExecGateExplain
 import ExecGatePolicy
 import ExecGateTestSupport
-import ExecGateVerifier
+@testable import ExecGateVerifier
 import ExecGateWire
 import XCTest
 
@@ -35,12 +35,9 @@ final class AdversarialROKeyTests: XCTestCase {
         // The same guest, registered with the build's __ro_after_init bounds around that key.
         let verifier = Verifier(policy: Policy(id: "test", version: 7, trust: try Fixtures.debianTrust()))
         let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
-        var r = try boot.registration(guestID: "g")
-        // The build's own bounds (the capture sends them) give way to the test's.
-        r.symbols.removeAll { $0.name == "__start_ro_after_init" || $0.name == "__end_ro_after_init" }
-        r.symbols += [KernelSymbol(name: "__start_ro_after_init", address: key & ~0xfff, type: UInt8(ascii: "D"), exported: false),
-                      KernelSymbol(name: "__end_ro_after_init", address: (key & ~0xfff) + 0x1000, type: UInt8(ascii: "D"), exported: false)]
-        guard case .registerGuestReply = verifier.respond(to: .registerGuest(r), requestDigest: []) else { return XCTFail("registered") }
+        // (A module's key: set on the session's facts, DocAttack3SessionTests.registerSealed.)
+        let r = try boot.registration(guestID: "g")
+        guard DocAttack3SessionTests.registerSealed(verifier, r, key: key) else { return XCTFail("registered") }
         for name in boot.availableModules {
             XCTAssertEqual(verifier.authorize(try boot.module(name).request(guestID: "g"), requestDigest: []).decision, .allow, name)
         }

@@ -82,3 +82,40 @@ final class RegistrationBoundsTests: XCTestCase {
         }
     }
 }
+
+extension RegistrationBoundsTests {
+    /// HOLE: `.data..ro_after_init` was required and ordered, never held to where the linker puts
+    /// it: a registration naming a range outside the kernel image (below `_text`, in the module
+    /// area) or outside rodata registered, and the sealed-key rule then covered no core key (a
+    /// run-time patch of a key the kernel sealed at `mark_rodata_ro()` was judged like any other).
+    /// include/asm-generic/vmlinux.lds.h places RO_AFTER_INIT_DATA inside RO_DATA, x86-64
+    /// vmlinux.lds.S starts rodata at the 2 MiB boundary after text: the range lies in
+    /// [ALIGN(PAGE_ALIGN(_etext), 2 MiB), __end_rodata] (6.1 and 6.12).
+    func testTheROAfterInitRangeMustLieInRodata() throws {
+        let honest = try CaptureBoot.load(EndStateVerifierTests.bootDir).registration(guestID: "g")
+        func addr(_ n: String) throws -> UInt64 { try XCTUnwrap(honest.symbols.first { $0.name == n }?.address, n) }
+        let stext = try addr("_stext"), etext = try addr("_etext"), endRodata = try addr("__end_rodata"), sdata = try addr("_sdata")
+        let cases: [(String, UInt64, UInt64)] = [
+            ("below the image", 0xffff_ffff_8000_0000, 0xffff_ffff_8000_1000),
+            ("in core text", stext + 0x1000, stext + 0x2000),
+            ("straddling _etext", etext - 0x1000, etext + 0x1000),
+            ("past __end_rodata", endRodata - 0x1000, endRodata + 0x1000),
+            ("in data", sdata, sdata + 0x1000),
+            ("in the module area", 0xffff_ffff_c000_0000, 0xffff_ffff_c000_1000),
+        ]
+        for (what, lo, hi) in cases {
+            var r = honest
+            for (n, a) in [("__start_ro_after_init", lo), ("__end_ro_after_init", hi)] {
+                let i = try XCTUnwrap(r.symbols.firstIndex { $0.name == n })
+                r.symbols[i].address = a
+            }
+            guard case .error(let e) = try verifier().respond(to: .registerGuest(r), requestDigest: []) else {
+                XCTFail("registered with .data..ro_after_init \(what): [0x\(String(lo, radix: 16)), 0x\(String(hi, radix: 16)))"); continue
+            }
+            XCTAssertEqual(e.code, .implausibleFacts, e.message)
+            XCTAssertTrue(e.message.contains("__start_ro_after_init"), e.message)
+        }
+        // The honest range registers.
+        guard case .registerGuestReply = try verifier().respond(to: .registerGuest(honest), requestDigest: []) else { return XCTFail("the honest registration") }
+    }
+}

@@ -4,6 +4,7 @@
 // memory as a capture directory (`execgate explain <out>/<boot>` explains it). Argument parsing
 // only; the work is in ExecGateCaptureTool (host half CaptureHost.swift, guest half CaptureGuest.swift).
 
+import ExecGateCapture
 import ExecGateCommandLine
 import ExecGateCaptureTool
 import ExecGateHost
@@ -102,6 +103,7 @@ struct CaptureCommand: ParsableCommand {
             let s = try CaptureTool.run(o, log: { Console.error($0) })
             for (n, why) in s.failed { Console.error("capture: \(n) not captured: \(why)") }
             Console.error("capture: \(s.captured.count) of \(s.loadOrder.count) modules captured in \(s.bootDir) (slide 0x\(String(s.slide, radix: 16)), \(s.totalMillis) ms); check with `execgate explain \(s.bootDir)`")
+            Self.reportTrampolines(s.bootDir)
             if json { print(s.json) }
             if !s.failed.isEmpty { throw ExecGateExit.deny }
         } catch let e as CaptureToolError {
@@ -110,6 +112,22 @@ struct CaptureCommand: ParsableCommand {
             case .usage, .missing, .badModule: throw ExecGateExit.usage
             case .failed, .guest: throw ExecGateExit.deny
             }
+        }
+    }
+
+    /// What the boot's registration makes of the core's static-call trampolines the guest read
+    /// (CoreTrampolines.swift): keys moved from the build's default and sent as `static_call_key`,
+    /// and every trampoline left out, with why.
+    static func reportTrampolines(_ bootDir: String) {
+        do {
+            guard let t = try CaptureBoot.staticCallTrampolines(dir: bootDir) else {
+                return Console.error("capture: no \(CoreTrampolines.fileName): no static_call_key sent")
+            }
+            Console.error("capture: \(t.read) core static-call trampolines read; \(t.sent.count) moved from the build's default, sent as static_call_key; \(t.notSent.count) not sent")
+            for (n, a) in t.sent { Console.error("capture:   sent \(n) -> 0x\(String(a, radix: 16))") }
+            for (n, why) in t.notSent { Console.error("capture:   NOT sent \(n): \(why)") }
+        } catch {
+            Console.error("capture: \(CoreTrampolines.fileName): \(error)")
         }
     }
 
