@@ -141,8 +141,13 @@ final class PeersRound9Tests: XCTestCase {
         let s = try await client.status()
         XCTAssertEqual(s.state, "serving")
         await client.close()
+        let pool = server.budget.replies
+        print("reply pool: peak \(pool.peak) of \(pool.total) bytes charged, \(pool.closed) connections closed for unread replies")
+        XCTAssertGreaterThan(pool.closed, 0, "connections that read nothing keep their replies")
+        XCTAssertLessThanOrEqual(pool.peak, pool.total + 8 << 20, "the pool is charged far beyond its total")
         attackers.forEach { shutdown($0.fd, Int32(SHUT_RDWR)) }
         _ = writers.wait(timeout: .now() + 20)
+        XCTAssertTrue(Self.wait(20) { pool.inUse == 0 }, "\(pool.inUse) bytes of replies still charged after every attacker left")
         gated.set(open: true)
         await server.shutdown()
     }
