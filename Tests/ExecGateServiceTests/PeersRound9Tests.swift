@@ -151,4 +151,48 @@ final class PeersRound9Tests: XCTestCase {
         gated.set(open: true)
         await server.shutdown()
     }
+
+    /// Attack (failed; kept): use the reply pool against honest peers. 48 attackers pipeline
+    /// requests whose replies echo 60 KiB and read nothing, filling the port's pool with their
+    /// replies again and again (a connection left with replies unread while the pool is over its
+    /// total is closed, and the attackers keep coming). Meanwhile an honest client pipelines 64
+    /// requests whose 8 KiB replies (512 KiB together, far beyond its 16 KiB allowance) need the
+    /// pool, reading as they come. Why it fails: a connection that
+    /// took every earlier reply (nothing left unwritten at the last flush) always gets its next
+    /// one, charged beyond the total; only a peer that leaves replies unread is closed. Every one
+    /// of the 64 replies arrives, whole.
+    func testAFullReplyPoolDoesNotCostAReadingClientItsReplies() throws {
+        let limits = PortLimits(writeStallTimeout: .seconds(60))
+        let h = try PortHarness(limits: limits) { frame, loop in
+            loop.makeSucceededFuture(Frame(type: MessageType(rawValue: frame.type.rawValue | 0x8000), requestID: frame.requestID, body: frame.body))
+        }
+        let pool = h.budget.replies
+        var attackers: [SocketPeer] = []
+        let writers = DispatchGroup()
+        let attack = (0..<64).flatMap { PeersRound7Tests.frame(.authorizeModule, id: UInt64($0), bodyLength: 60 << 10) }
+        for i in 0..<48 {
+            let p = try XCTUnwrap(SocketPeer(path: h.path))
+            attackers.append(p)
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(100 * i)) { [writers] in
+                writers.enter(); _ = p.flood(attack, seconds: 3); writers.leave()
+            }
+        }
+        XCTAssertTrue(Self.wait(20) { pool.peak >= pool.total - (64 << 10) && pool.closed > 0 }, "the pool filled: peak \(pool.peak) of \(pool.total), \(pool.closed) closed")
+        let closedBefore = pool.closed
+        let honest = try XCTUnwrap(SocketPeer(path: h.path))
+        let requests = (0..<64).flatMap { PeersRound7Tests.frame(.authorizeModule, id: 1000 + UInt64($0), bodyLength: 8 << 10) }
+        DispatchQueue.global().async(group: writers) { _ = honest.writeAll(requests) }
+        var got = Set<UInt64>()
+        while got.count < 64, let f = honest.readFrame(timeout: 20) {
+            XCTAssertEqual(f.body.readableBytes, 8 << 10, "reply \(f.requestID) whole")
+            got.insert(f.requestID)
+        }
+        print("reply pool filled by attackers (peak \(pool.peak) of \(pool.total) bytes, \(pool.closed) attackers closed): the honest client got \(got.count) of 64 replies")
+        XCTAssertEqual(got, Set((0..<64).map { 1000 + UInt64($0) }), "the reading client lost replies")
+        XCTAssertFalse(honest.closedByPeer(), "the reading client was closed")
+        XCTAssertGreaterThan(pool.closed, closedBefore, "no attacker was closed while the honest client was served")
+        attackers.forEach { shutdown($0.fd, Int32(SHUT_RDWR)) }
+        _ = writers.wait(timeout: .now() + 20)
+        XCTAssertTrue(Self.wait(20) { pool.inUse == 0 }, "\(pool.inUse) bytes still charged")
+    }
 }
