@@ -87,4 +87,34 @@ final class PeersRound9RegistryTests: XCTestCase, SharedFactsTesting {
         XCTAssertEqual(v.guests.chargedBytes, 0)
         XCTAssertTrue(v.guests.sharedBuilds.isEmpty)
     }
+
+    /// What a retry of a committed request gets (docs/protocol.md, "Connections and limits": a
+    /// closed connection fails its in-flight requests and the VMM retries them). Judging commits:
+    /// an allowed module is live in the session before its reply is written, so when the
+    /// connection closes before the reply leaves (the peer's hang-up, a deadline, unread replies
+    /// past the reply pool) the retry is judged against a state that holds it — denied
+    /// `claim.module-already-live`, not allowed again; the VMM that retires it (it granted nothing)
+    /// and asks again gets the allow. A retried register-guest meets `guest-exists` (send reset=1).
+    func testARetryOfACommittedModuleIsDeniedAlreadyLiveUntilRetired() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let v = try verifier()
+        let r = try registration(boot, "retry")
+        _ = try register(v, r)
+        var allowed: (name: String, request: AuthorizeModule, base: UInt64)?
+        for name in boot.availableModules {
+            let request = try boot.module(name).request(guestID: "retry")
+            let verdict = v.authorize(request, requestDigest: [])
+            if verdict.decision == .allow, let base = verdict.grantBase { allowed = (verdict.moduleName, request, base); break }
+        }
+        let first = try XCTUnwrap(allowed, "no fixture module is allowed alone")
+        let retry = v.authorize(first.request, requestDigest: [])
+        XCTAssertEqual(retry.decision, .deny)
+        XCTAssertEqual(retry.reason, .moduleAlreadyLive, retry.message)
+        guard case .retireModuleReply = v.respond(to: .retireModule(RetireModule(guestID: "retry", moduleName: first.name, textBase: first.base)), requestDigest: []) else {
+            return XCTFail("the module the VMM never granted could not be retired")
+        }
+        XCTAssertEqual(v.authorize(first.request, requestDigest: []).decision, .allow, "asked again after the retire")
+        guard case .error(let e) = v.respond(to: .registerGuest(r), requestDigest: []) else { return XCTFail("a retried registration was taken") }
+        XCTAssertEqual(e.code, .guestExists)
+    }
 }
