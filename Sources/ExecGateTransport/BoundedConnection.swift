@@ -237,6 +237,12 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     /// Replies handed to the socket whose write has not completed yet, and when the last write
     /// made progress (completed, or was issued while none was outstanding).
     private var writesOutstanding = 0
+    /// Bytes of replies handed to the socket whose write has not completed; of them, the bytes
+    /// beyond the pool's allowance charged to the port's `ReplyPool`.
+    private var unsent = 0
+    private var pooled = 0
+    /// After the last flush the socket left bytes unwritten: the peer is not taking its replies.
+    private var refusing = false
     /// A flush is queued on the loop for the replies written since the last one (`scheduleFlush`).
     private var flushScheduled = false
     /// Inside a read batch (channelRead ... channelReadComplete): replies written now wait for
@@ -296,6 +302,8 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     public func handlerRemoved(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
+        // Replies whose write never completed (none should remain): what they held goes back.
+        if pooled > 0 { budget.replies.release(pooled); pooled = 0 }
     }
 
     // MARK: Inbound
@@ -320,6 +328,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
         if unflushed {
             unflushed = false
             context.flush()
+            afterFlush(context: context)
         }
         context.fireChannelReadComplete()
         resumeDecoding(context: context)
@@ -434,7 +443,8 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
 
     /// Write one reply; its in-flight slot is freed when the write has completed (or failed).
     private func write(_ reply: Frame, context: ChannelHandlerContext, closeAfter: Bool) {
-        guard context.channel.isActive else {
+        let n = WireLimits.headerSize + reply.body.readableBytes
+        guard context.channel.isActive, admitReply(n, context: context) else {
             inFlight -= 1  // Nothing more is started on a closed connection (`pump`).
             replyWritten?(reply)
             return
@@ -446,6 +456,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
         context.write(wrapOutboundOut(reply)).whenComplete { _ in
             replyWritten?(reply)
             let (handler, context) = bound.value
+            handler.replyLeft(n)
             handler.writesOutstanding -= 1
             handler.writeProgress = .now()
             handler.inFlight -= 1
@@ -457,6 +468,52 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             }
         }
         scheduleFlush(context: context)
+    }
+
+    /// A reply of `n` bytes is about to be queued: its bytes beyond the connection's allowance are
+    /// charged to the port's `ReplyPool`. When they do not fit and the peer left bytes of an
+    /// earlier reply unwritten, the connection is closed (false): it does not read, and what it
+    /// would hold is another connection's room. A peer that took every earlier reply gets this one
+    /// whatever is left; the flush shows whether it takes it (`afterFlush`).
+    private func admitReply(_ n: Int, context: ChannelHandlerContext) -> Bool {
+        let pool = budget.replies
+        let need = max(0, unsent + n - pool.allowance) - pooled
+        if need > 0 {
+            guard pool.charge(need, force: !refusing) else {
+                closeForUnreadReplies(context: context, adding: n)
+                return false
+            }
+            pooled += need
+        }
+        unsent += n
+        return true
+    }
+
+    /// `n` bytes of replies left the server (written, or failed at close): give back what of
+    /// them was charged.
+    private func replyLeft(_ n: Int) {
+        unsent -= n
+        let keep = max(0, unsent - budget.replies.allowance)
+        if pooled > keep {
+            budget.replies.release(pooled - keep)
+            pooled = keep
+        }
+        if unsent == 0 { refusing = false }
+    }
+
+    /// Called right after a flush: what is still unsent, the socket refused. A peer that leaves
+    /// replies beyond its allowance unread while the port's pool is over its total is closed.
+    private func afterFlush(context: ChannelHandlerContext) {
+        refusing = unsent > 0
+        if refusing && pooled > 0 && budget.replies.isOver && context.channel.isActive {
+            closeForUnreadReplies(context: context, adding: 0)
+        }
+    }
+
+    private func closeForUnreadReplies(context: ChannelHandlerContext, adding n: Int) {
+        budget.replies.countClose()
+        logger.info("closing connection", metadata: ["why": "peer does not read its replies: \(unsent) bytes unsent\(n > 0 ? " and a reply of \(n) more" : ""), the port's \(budget.replies.total) bytes of unsent replies beyond each connection's \(budget.replies.allowance) are held"])
+        context.close(promise: nil)
     }
 
     /// One flush for the replies written in this event-loop turn: replies of pipelined requests
@@ -476,6 +533,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             let (handler, context) = bound.value
             handler.flushScheduled = false
             context.flush()
+            handler.afterFlush(context: context)
         }
     }
 

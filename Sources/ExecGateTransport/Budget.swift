@@ -103,6 +103,9 @@ public final class BudgetHolder: Sendable {
 public final class BufferBudget: @unchecked Sendable {
     // @unchecked: the counters and the queue are guarded by `lock`.
     private let lock = NIOLock()
+    /// The port's replies not yet taken by their peers (`ReplyPool`): bodies are charged here
+    /// until judged, their replies there until written.
+    public let replies: ReplyPool
     private var smallUsed = 0
     private var largeUsed = 0
     private var _refusals: UInt64 = 0
@@ -136,7 +139,9 @@ public final class BufferBudget: @unchecked Sendable {
     ///   - clock: monotonic nanoseconds (tests give their own).
     public init(total: Int, smallFrameSize: Int, smallReserve: Int = TransportLimits.smallFrameReserve,
                 turn: TimeAmount = TransportLimits.largeBodyTurn, retryWindow: TimeAmount = TransportLimits.turnRetryWindow,
+                replies: ReplyPool = ReplyPool(),
                 clock: @escaping @Sendable () -> UInt64 = { NIODeadline.now().uptimeNanoseconds }) {
+        self.replies = replies
         self.total = total
         self.smallFrameSize = smallFrameSize
         self.largeLimit = max(0, total - smallReserve)
@@ -308,6 +313,71 @@ public final class BufferBudget: @unchecked Sendable {
     public var turns: (waiting: Int, served: UInt64, lapsed: UInt64) { lock.withLock { (waiters.count, _turnsServed, _turnsLapsed) } }
 }
 
+/// Bytes of replies the server has made and its peers have not taken yet, all connections of one
+/// port together. Thread-safe.
+///
+/// A request's body is charged to the `BufferBudget` until it is judged; its reply then waits in
+/// the connection's outbound buffer until the peer reads it. Backpressure stops a connection
+/// *starting* requests once its socket is not writable (NIO's 64 KiB high watermark), but the
+/// requests already in flight (64 a connection) each still add their reply, and a reply may echo
+/// 64 KiB of its request (a guest id, a module name): 96 connections that read nothing made the
+/// server hold +387 MiB (PeersRound9Tests). Now each connection's unsent replies up to
+/// `allowance` are its own; beyond it they are charged here, and a connection whose peer is not
+/// taking its replies (bytes left unwritten after a flush) and whose next reply does not fit what
+/// is left is closed — its replies dropped, its in-flight requests lost, as at any close; the
+/// peer reconnects and retries (docs/protocol.md, "Connections and limits"). Firecracker's vsock
+/// device does the same with a connection whose host peer does not drain its tx buffer
+/// (`VsockCsmError::TxBufFull` → the connection is reset). A connection that has taken every
+/// earlier reply is never closed for lack of room: its reply is charged beyond the total, and
+/// the next flush shows whether the peer takes it.
+public final class ReplyPool: @unchecked Sendable {
+    // @unchecked: the counters are guarded by `lock`.
+    private let lock = NIOLock()
+    private var used = 0
+    private var _closed: UInt64 = 0
+    private var _peak = 0
+    /// Bytes beyond the connections' allowances all connections may hold together.
+    public let total: Int
+    /// Unsent reply bytes a connection holds uncharged.
+    public let allowance: Int
+
+    public init(total: Int = TransportLimits.replyPool, allowance: Int = TransportLimits.replyAllowance) {
+        self.total = max(0, total)
+        self.allowance = max(0, allowance)
+    }
+
+    /// Charge `n` bytes when they fit what is left; `force` charges them whatever is left.
+    public func charge(_ n: Int, force: Bool = false) -> Bool {
+        guard n > 0 else { return true }
+        return lock.withLock {
+            guard force || used + n <= total else { return false }
+            used += n
+            _peak = max(_peak, used)
+            return true
+        }
+    }
+
+    public func release(_ n: Int) {
+        guard n > 0 else { return }
+        lock.withLock {
+            used -= n
+            assert(used >= 0, "reply pool released more than charged")
+        }
+    }
+
+    /// A connection was closed for not taking its replies.
+    public func countClose() { lock.withLock { _closed &+= 1 } }
+
+    /// More is charged than the total (replies charged to connections that had taken every
+    /// earlier one).
+    public var isOver: Bool { lock.withLock { used > total } }
+    public var inUse: Int { lock.withLock { used } }
+    /// The most ever charged at once (tests and diagnostics).
+    public var peak: Int { lock.withLock { _peak } }
+    /// Connections closed for not taking their replies.
+    public var closed: UInt64 { lock.withLock { _closed } }
+}
+
 /// Named limits of a listening port (defaults of `PortLimits`): the VMM port uses them as they
 /// are; the admin port (ExecGateAdmin `AdminLimits`) narrows some.
 public enum TransportLimits {
@@ -344,6 +414,15 @@ public enum TransportLimits {
     public static let idleTimeout = TimeAmount.seconds(30)
     /// A connection whose peer reads no reply for this long is closed.
     public static let writeStallTimeout = TimeAmount.seconds(10)
+    /// Bytes of replies a connection may hold unsent without charge (`ReplyPool`): an honest
+    /// VMM's verdicts are hundreds of bytes (a large module's grant a few KiB), and the kernel's
+    /// socket buffer (~200 KiB for a Unix socket, the vsock peer's buffer) takes them before the
+    /// server holds any.
+    public static let replyAllowance = 16 << 10
+    /// Bytes of unsent replies beyond the connections' allowances a port holds together
+    /// (`ReplyPool`): with the VMM port's 128 allowances, 4 MiB at most, in the service VM's
+    /// 8 MiB reserve (`MemoryBudget.reserve`) beside the audit ring and pages.
+    public static let replyPool = 2 << 20
     /// Reads per readable event on a connection (`ServerBootstrap.boundedReads()`): what a connection
     /// that stopped being read can still have taken in is one read buffer.
     public static let readsPerEvent: UInt = 1

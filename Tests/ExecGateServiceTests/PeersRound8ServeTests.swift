@@ -40,9 +40,9 @@ final class PeersRound8ServeTests: XCTestCase {
     /// its socket filled — a few here, as an unknown-guest error is judged at once — plus NIO's
     /// 64 KiB watermark; the kernel's socket buffers hold the rest, outside the process. Measured
     /// (debug serve): +3 MiB for 100 connections × 64 requests of 61,653-byte replies.
-    /// Not excluded: requests whose judging is slow enough that all 64 are started before the
-    /// first reply fills the socket would hold 64 replies each (≈ 4 MiB a connection): replies
-    /// are charged to no budget.
+    /// Requests whose judging is slow enough that all 64 are started before the first reply
+    /// fills the socket held 64 replies each (≈ 4 MiB a connection): replies were charged to no
+    /// budget; now to the port's `ReplyPool` (PeersRound9Tests).
     func testEchoedRepliesNeverReadDoNotGrowTheServerWithTheConnections() throws {
         let serve = ServeFixture.start(in: dir, ["--trust", dir + "/kernel.pem", "--signature-only"])
         pid = serve.pid
