@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// CLI round 9: hostile input against the real binary. First the leftovers of round 8: text a
+// server sends (every word of a reply is the peer's) printed as it came, `image build`'s outputs
+// replaced one by one, `policy test` under a policy that pins kernel builds; then every
+// subcommand with bad, missing, huge, duplicated or odd input. README's rules: exit 0
+// success/allow, 1 deny or refusal, 2 usage error, unreadable input or no verdict, the reason on
+// stderr; `--json` output is JSON. No QEMU is booted here.
+
+import _ExecGateInternals
+import ExecGateTestSupport
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class CLIRound9Tests: XCTestCase {
+    var dir = ""
+
+    override func setUpWithError() throws {
+        dir = Fixtures.temporaryDirectory()
+    }
+
+    func run(_ args: [String], environment: [String] = [], seconds: Double = 60) -> (status: Int32?, stdout: String, stderr: String) {
+        Fixtures.runExecgate(rawArguments: args.map { Array($0.utf8) }, extraEnvironment: environment.map { Array($0.utf8) },
+                             in: dir, seconds: seconds)
+    }
+
+    /// One TLV field: tag (u16), length (u32), value (docs/protocol.md, "Bodies").
+    static func tlv(_ tag: UInt16, _ value: [UInt8]) -> [UInt8] {
+        [UInt8(tag >> 8), UInt8(tag & 0xff), UInt8(value.count >> 24 & 0xff), UInt8(value.count >> 16 & 0xff),
+         UInt8(value.count >> 8 & 0xff), UInt8(value.count & 0xff)] + value
+    }
+    static func tlv(_ tag: UInt16, _ s: String) -> [UInt8] { tlv(tag, Array(s.utf8)) }
+    static func tlv(_ tag: UInt16, u64 v: UInt64) -> [UInt8] { tlv(tag, (0..<8).map { UInt8(v >> (56 - 8 * $0) & 0xff) }) }
+    static func tlv(_ tag: UInt16, u32 v: UInt32) -> [UInt8] { tlv(tag, (0..<4).map { UInt8(v >> (24 - 8 * $0) & 0xff) }) }
+    static func tlv(_ tag: UInt16, u16 v: UInt16) -> [UInt8] { tlv(tag, [UInt8(v >> 8), UInt8(v & 0xff)]) }
+
+    /// A Unix socket served by a thread of this test: every frame of each connection is answered
+    /// with `reply(requestType)` (type, body; the request's id) until the peer closes it.
+    func serve(_ path: String, connections: Int, reply: @escaping @Sendable (UInt16) -> (type: UInt16, body: [UInt8])) {
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        XCTAssertEqual(bound, 0)
+        XCTAssertEqual(listen(s, 8), 0)
+        @Sendable func readExactly(_ fd: Int32, _ n: Int) -> [UInt8]? {
+            var out = [UInt8](repeating: 0, count: n)
+            var got = 0
+            while got < n {
+                let r = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, n - got, 0) }
+                if r <= 0 { return nil }
+                got += r
+            }
+            return out
+        }
+        Thread {
+            for _ in 0..<connections {
+                let c = accept(s, nil, nil)
+                guard c >= 0 else { break }
+                while let h = readExactly(c, 20) {
+                    let type = UInt16(h[6]) << 8 | UInt16(h[7])
+                    let length = Int(h[16]) << 24 | Int(h[17]) << 16 | Int(h[18]) << 8 | Int(h[19])
+                    guard readExactly(c, length) != nil else { break }
+                    let (t, body) = reply(type)
+                    var frame: [UInt8] = Array("EXGT".utf8) + [0, 1, UInt8(t >> 8), UInt8(t & 0xff)] + Array(h[8..<16])
+                    frame += [UInt8(body.count >> 24 & 0xff), UInt8(body.count >> 16 & 0xff), UInt8(body.count >> 8 & 0xff), UInt8(body.count & 0xff)] + body
+                    guard frame.withUnsafeBytes({ send(c, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }) == frame.count else { break }
+                }
+                close(c)
+            }
+            close(s)
+        }.start()
+    }
+
+    /// What a terminal acts on rather than shows, or shows as a line break or out of order: C0
+    /// controls but the line feed, DEL, the C1 controls (U+009B is CSI), the Unicode line and
+    /// paragraph separators, and the bidirectional formatting characters.
+    static func isTerminalControl(_ u: Unicode.Scalar) -> Bool {
+        (u.value < 0x20 && u != "\n") || (0x7F...0x9F).contains(u.value) || u.value == 0x2028 || u.value == 0x2029
+            || u.value == 0x061C || u.value == 0x200E || u.value == 0x200F || (0x202A...0x202E).contains(u.value) || (0x2066...0x2069).contains(u.value)
+    }
+
+    func assertTerminalSafe(_ text: String, lines: Int? = nil, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertFalse(text.unicodeScalars.contains(where: Self.isTerminalControl), "\(what): a control character printed raw: \(Array(text.utf8))",
+                       file: file, line: line)
+        XCTAssertFalse(text.split(separator: "\n").contains { $0.hasPrefix("ALLOW vsock: forged") }, "\(what): a line of the peer's printed as ours: \(text)",
+                       file: file, line: line)
+        if let lines { XCTAssertEqual(text.split(separator: "\n", omittingEmptySubsequences: false).count - 1, lines, "\(what): \(text)", file: file, line: line) }
+    }
+
+    /// Words a hostile server puts in its replies: an OSC title, a screen clear, a cursor-up over
+    /// the line before, a CSI as a C1 control, a line break and a right-to-left override, each
+    /// with a line of its own that must not appear as one.
+    static let hostileWords = [
+        "srv\u{1B}]0;owned\u{07}\u{1B}[2J",
+        "p\u{1B}[1A\u{1B}[2K\rALLOW vsock: forged",
+        "\u{9B}31mred\nALLOW vsock: forged\n",
+        "id\u{202E}degrof\u{2028}forged",
+    ]
+}
+
+extension CLIRound9Tests {
+    /// HOLE (round 9): `request status`, `request module`, `request retire-module|init-freed`,
+    /// `policy push` and `policy show` printed the words of the server's reply (server and policy
+    /// names, state, a verdict's message, module and check names, guest ids, an `error` reply's
+    /// message) as they came: a hostile or compromised verifier (or a guest-chosen name it echoes)
+    /// wrote terminal escape sequences (a window title, a cleared screen, a cursor moved up over
+    /// the line before) and whole lines of its own ("ALLOW vsock: …") into the operator's terminal
+    /// and into anything reading the command's output line by line. The service's own text log
+    /// escapes them (TextLogHandler); the CLI did not. Human output now escapes every control
+    /// character; `--json` keeps the exact words, as JSON.
+    func testServerWordsArePrintedEscaped() throws {
+        let w = Self.hostileWords
+        let status: [UInt8] = Self.tlv(1, w[0]) + Self.tlv(2, u64: 5) + Self.tlv(3, u64: 7) + Self.tlv(4, u32: 1) + Self.tlv(5, w[1])
+            + Self.tlv(6, u64: 3) + Self.tlv(7, w[2])
+        let verdict: [UInt8] = Self.tlv(1, [0]) + Self.tlv(2, u16: 1) + Self.tlv(4, w[1]) + Self.tlv(5, w[2]) + Self.tlv(6, w[3])
+            + Self.tlv(7, u64: 1) + Self.tlv(9, w[0])
+        let retired: [UInt8] = Self.tlv(1, w[2]) + Self.tlv(2, w[1]) + Self.tlv(3, u32: 0) + Self.tlv(4, u32: 0)
+        let freed: [UInt8] = Self.tlv(1, w[3]) + Self.tlv(2, w[2])
+        let pushed: [UInt8] = Self.tlv(1, w[0]) + Self.tlv(2, u64: 9) + Self.tlv(3, w[2]) + Self.tlv(4, u64: 8)
+        let shown: [UInt8] = Self.tlv(1, w[0]) + Self.tlv(2, u64: 9) + Self.tlv(3, w[1]) + Self.tlv(4, w[0]) + Self.tlv(6, w[3])
+            + Self.tlv(9, w[1]) + Self.tlv(10, w[2]) + Self.tlv(11, w[3]) + Self.tlv(12, w[0]) + Self.tlv(13, w[2])
+        let refused: [UInt8] = Self.tlv(1, u16: 1) + Self.tlv(2, w[2] + w[0])
+        let sock = dir + "/s.sock", errorSock = dir + "/e.sock"
+        serve(sock, connections: 100) { type in
+            switch type {
+            case 0x0003: return (0x8003, verdict)
+            case 0x0004: return (0x8004, status)
+            case 0x0006: return (0x8006, retired)
+            case 0x0007: return (0x8007, freed)
+            case 0x0010: return (0x8010, pushed)
+            case 0x0011: return (0x8011, shown)
+            default: return (0xFFFF, refused)
+            }
+        }
+        serve(errorSock, connections: 100) { _ in (0xFFFF, refused) }
+        let module = try Fixtures.module(named: "vsock.ko")
+        XCTAssertEqual(run(["keys", "generate", "--out", dir + "/adm", "--type", "ec-p256"]).status, 0)
+        let bundle = dir + "/p.bundle"
+        XCTAssertEqual(run(["policy", "sign", "--key", dir + "/adm/key.pem", "--cert", dir + "/adm/cert.pem",
+                            Fixtures.packageRoot + "/ServiceVM/policies/default.policy", "-o", bundle]).status, 0)
+        let session = ["--guest", "g", "--session", "7"]
+        let commands: [(args: [String], status: Int32, lines: Int)] = [
+            (["request", "status"], 0, 1),
+            (["request", "module", module, "--claim", "none", "--guest", "g"], 1, 1),
+            (["request", "retire-module", "m", "--text-base", "0xffffffffc0000000"] + session, 0, 1),
+            (["request", "init-freed", "m"] + session, 0, 1),
+            (["policy", "push", bundle], 0, 1),
+            (["policy", "show"], 0, 4),
+            (["policy", "show", "--source"], 0, 5),
+        ]
+        for c in commands {
+            let r = run(c.args + ["--connect", "unix:" + sock], seconds: 30)
+            XCTAssertEqual(r.status, c.status, "\(c.args[0...1]): \(r.stderr)")
+            assertTerminalSafe(r.stdout, lines: c.lines, "\(c.args[0...1]) stdout")
+            assertTerminalSafe(r.stderr, "\(c.args[0...1]) stderr")
+            // An `error` reply's message, on stderr.
+            let e = run(c.args + ["--connect", "unix:" + errorSock], seconds: 30)
+            XCTAssertEqual(e.stdout, "", "\(c.args[0...1])")
+            XCTAssertNotEqual(e.status, 0, "\(c.args[0...1])")
+            assertTerminalSafe(e.stderr, lines: 1, "\(c.args[0...1]) error reply")
+        }
+        // --json: the server's words exactly, as JSON strings.
+        let json = run(["request", "status", "--connect", "unix:" + sock, "--json"], seconds: 30)
+        XCTAssertEqual(json.status, 0, json.stderr)
+        XCTAssertEqual(json.stdout.split(separator: "\n").count, 1, json.stdout)
+        let o = try? JSONReader.parse(Array(json.stdout.utf8))
+        XCTAssertEqual(o?["server"], .string(w[0]), json.stdout)
+        XCTAssertEqual(o?["policy_id"], .string(w[1]), json.stdout)
+        XCTAssertEqual(o?["state"], .string(w[2]), json.stdout)
+        let v = run(["request", "module", module, "--claim", "none", "--guest", "g", "--connect", "unix:" + sock, "--json"], seconds: 30)
+        XCTAssertEqual(v.status, 1, v.stderr)
+        let vo = try? JSONReader.parse(Array(v.stdout.utf8))
+        XCTAssertEqual(vo?["message"], .string(w[1]), v.stdout)
+        XCTAssertEqual(vo?["module"], .string(w[0]), v.stdout)
+    }
+}
