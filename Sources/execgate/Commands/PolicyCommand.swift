@@ -208,7 +208,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
             print(JSON.object([("activated", .bool(true)), ("policy_id", .string(r.policyID)), ("policy_version", .uint(r.policyVersion)),
                                ("previous_id", .string(r.previousID)), ("previous_version", .uint(r.previousVersion))]).serialized())
         } else {
-            print("activated \(r.policyID) v\(r.policyVersion) (was \(r.previousID) v\(r.previousVersion))")
+            print("activated \(TerminalText.escaped(r.policyID)) v\(r.policyVersion) (was \(TerminalText.escaped(r.previousID)) v\(r.previousVersion))")
         }
     }
 
@@ -235,12 +235,15 @@ struct PolicyShowCommand: AsyncParsableCommand {
             if json {
                 print(PolicySummary.json(r).serialized())
             } else {
-                print("policy \(r.policyID) v\(r.policyVersion) (\(r.activatedBy)), mode \(r.mode), minimum \(r.minimumDigest), end-state \(r.endState)")
-                print("audit: overflow \(r.auditOverflow), \(r.auditAccepted) recorded, \(r.auditDropped) dropped")
-                for a in r.anchors { print("trust \(a)") }
-                for rule in r.rules { print("rule \(rule)") }
+                // The admin port's words, escaped (TerminalText): one line each, shown as sent;
+                // the source keeps its lines.
+                let t = TerminalText.escaped
+                print("policy \(t(r.policyID)) v\(r.policyVersion) (\(t(r.activatedBy))), mode \(t(r.mode)), minimum \(t(r.minimumDigest)), end-state \(t(r.endState))")
+                print("audit: overflow \(t(r.auditOverflow)), \(r.auditAccepted) recorded, \(r.auditDropped) dropped")
+                for a in r.anchors { print("trust \(t(a))") }
+                for rule in r.rules { print("rule \(t(rule))") }
                 if !r.sourceSHA256.isEmpty { print("source sha256:\(Hex.encode(r.sourceSHA256))") }
-                if source { print(r.source) }
+                if source { print(TerminalText.escapedLines(r.source)) }
             }
         } catch {
             Console.error("execgate policy show: \(error)")
@@ -315,7 +318,7 @@ struct PolicyTest: ParsableCommand {
             print(JSON.object([("policy_id", .string(p.id)), ("policy_version", .uint(p.version)), ("guest", .string(guest)),
                                ("allowed", .uint(UInt64(allowed))), ("denied", .uint(UInt64(denied))), ("audit_only", .uint(UInt64(auditOnly)))]).serialized())
         } else {
-            print("policy \(p.id) v\(p.version) for guest \(guest): \(allowed) allowed (\(auditOnly) audit-only), \(denied) denied")
+            print("policy \(p.id) v\(p.version) for guest \(TerminalText.escaped(guest)): \(allowed) allowed (\(auditOnly) audit-only), \(denied) denied")
         }
         if denied > 0 { throw ExecGateExit.deny }
     }
@@ -331,8 +334,8 @@ struct PolicyTest: ParsableCommand {
             print(JSON.object([("policy_id", .string(p.id)), ("policy_version", .uint(p.version)), ("guest", .string(guest)),
                                ("registered", .bool(false)), ("error", .string("\(e.code)")), ("message", .string(e.message))]).serialized())
         } else {
-            print("REFUSED register-guest \(guest): \(e.code): \(e.message) [policy \(p.id) v\(p.version)]")
-            print("policy \(p.id) v\(p.version) for guest \(guest): registration refused, no module judged (every request of the guest: unknown-guest)")
+            print("REFUSED register-guest \(TerminalText.escaped(guest)): \(e.code): \(TerminalText.escaped(e.message)) [policy \(p.id) v\(p.version)]")
+            print("policy \(p.id) v\(p.version) for guest \(TerminalText.escaped(guest)): registration refused, no module judged (every request of the guest: unknown-guest)")
         }
         throw ExecGateExit.deny
     }
