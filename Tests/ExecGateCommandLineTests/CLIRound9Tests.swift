@@ -180,3 +180,95 @@ extension CLIRound9Tests {
         XCTAssertEqual(vo?["module"], .string(w[0]), v.stdout)
     }
 }
+
+extension CLIRound9Tests {
+    /// The names in directory `path` (none for a missing one), sorted.
+    func names(_ path: String) -> [String] {
+        var names: [String] = []
+        if let d = opendir(path) {
+            while let e = readdir(d) {
+                let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+                if n != "." && n != ".." { names.append(n) }
+            }
+            closedir(d)
+        }
+        return names.sorted()
+    }
+
+    /// Every regular file of directory `path`: name → bytes.
+    func snapshot(_ path: String) -> [String: [UInt8]] {
+        var out: [String: [UInt8]] = [:]
+        for n in names(path) { out[n] = try? Fixtures.readFile(path + "/" + n) }
+        return out
+    }
+
+    /// A 64-bit ELF executable of 128 bytes without a program interpreter (what `image build
+    /// --service-kernel` takes), told apart by `mark`.
+    func tinyELF(_ name: String, mark: UInt8) throws -> String {
+        var b = [UInt8](repeating: 0, count: 128)
+        b[0...5] = [0x7f, 0x45, 0x4c, 0x46, 2, 1]
+        b[6] = 1
+        b[16] = 2  // ET_EXEC
+        b[18] = 0x3e  // EM_X86_64
+        b[32] = 64  // e_phoff
+        b[52] = 64  // e_ehsize
+        b[54] = 56  // e_phentsize, e_phnum 0
+        b[127] = mark
+        let path = dir + "/" + name
+        try Fixtures.writeFile(path, b)
+        return path
+    }
+
+    /// An unpacked kernel package with a boot/vmlinuz-* that is no kernel (no trust anchors).
+    func imagePackage() throws -> String {
+        let pkg = dir + "/ipkg"
+        XCTAssertEqual(mkdir(pkg, 0o755), 0)
+        XCTAssertEqual(mkdir(pkg + "/boot", 0o755), 0)
+        try Fixtures.writeFile(pkg + "/boot/vmlinuz-6.1.0-test", Array("no kernel".utf8))
+        return pkg
+    }
+
+    /// HOLE (round 9): `image build` wrote its outputs one after another into the output
+    /// directory (vmlinux, then the initramfs, the test initramfs, image.txt), each replaced on
+    /// its own: a build that failed or was stopped part-way (the file-size limit, a full disk,
+    /// an output name taken by a directory) left the new kernel beside the old initramfs, an image
+    /// whose halves come from two builds (`vm start` boots it: another /init, policy or admin
+    /// certificate than the kernel's build was made with, or a kernel the initramfs's modules do
+    /// not fit). The image is now built in a directory beside the output one and swapped for it
+    /// whole: after a failure the output directory is the old image, and nothing is left beside it.
+    func testImageBuildReplacesItsOutputsTogetherOrNotAtAll() throws {
+        let pkg = try imagePackage()
+        let a = try tinyELF("kernel-a", mark: 0xA), b = try tinyELF("kernel-b", mark: 0xB)
+        let out = dir + "/img/out"
+        XCTAssertEqual(mkdir(dir + "/img", 0o755), 0)
+        let base = ["image", "build", "--kernel-package", pkg, "--init", CLIRound8Tests.staticExecutable, "--out", out, "--no-test-image"]
+        let first = run(base + ["--service-kernel", a], seconds: 120)
+        XCTAssertEqual(first.status, 0, first.stderr)
+        let old = snapshot(out)
+        XCTAssertEqual(old["vmlinux"]?.last, 0xA)
+        XCTAssertNotNil(old["initramfs.cpio.zst"])
+        // A write cut short: the 128-byte kernel fits under a 64 KiB file-size limit, the
+        // initramfs (/init alone is ~1 MB) does not.
+        let quoted = ([Fixtures.execgateBinary] + base + ["--service-kernel", b]).map { "'" + $0 + "'" }.joined(separator: " ")
+        let cut = Fixtures.run("/bin/sh", ["-c", "ulimit -f 64; exec " + quoted])
+        XCTAssertNotEqual(cut.status, 0, cut.stderr)
+        XCTAssertEqual(snapshot(out), old, "a failed build replaced part of the image")
+        XCTAssertEqual(names(dir + "/img"), ["out"], "left beside the image")
+        // An output name taken by a directory: refused, named, nothing replaced.
+        XCTAssertEqual(unlink(out + "/image.txt"), 0)
+        XCTAssertEqual(mkdir(out + "/image.txt", 0o755), 0)
+        let taken = snapshot(out)
+        let r = run(base + ["--service-kernel", b], seconds: 120)
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains(out + "/image.txt"), r.stderr)
+        XCTAssertEqual(snapshot(out), taken, "a failed build replaced part of the image")
+        XCTAssertEqual(names(dir + "/img"), ["out"], "left beside the image")
+        // The same build, the directory out of the way: the whole new image.
+        XCTAssertEqual(rmdir(out + "/image.txt"), 0)
+        let ok = run(base + ["--service-kernel", b], seconds: 120)
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertEqual(snapshot(out)["vmlinux"]?.last, 0xB)
+        XCTAssertNotEqual(snapshot(out)["initramfs.cpio.zst"], old["initramfs.cpio.zst"])
+        XCTAssertEqual(names(dir + "/img"), ["out"])
+    }
+}
