@@ -8,7 +8,10 @@
 // stderr; `--json` output is JSON. No QEMU is booted here.
 
 import _ExecGateInternals
+import ExecGateCapture
+import ExecGateSignature
 import ExecGateTestSupport
+import ExecGateVerifier
 import Foundation
 import XCTest
 
@@ -270,5 +273,67 @@ extension CLIRound9Tests {
         XCTAssertEqual(snapshot(out)["vmlinux"]?.last, 0xB)
         XCTAssertNotEqual(snapshot(out)["initramfs.cpio.zst"], old["initramfs.cpio.zst"])
         XCTAssertEqual(names(dir + "/img"), ["out"])
+    }
+}
+
+extension CLIRound9Tests {
+    /// HOLE (round 9): `policy test` under a policy whose `kernel … symbols …` lines pin kernel
+    /// builds replayed the capture's registration without a `kernel_digest` (a capture holds
+    /// none): the pin could never be checked, and the dry run printed `REFUSED register-guest …:
+    /// untrusted-kernel: kernel_digest missing` and exit 1 — "the policy refuses the guest's
+    /// kernel" — for the very build the policy pins, which the service registers. It now takes
+    /// `--kernel VMLINUZ`, the image the guest boots, whose SHA-256 is the registration's
+    /// kernel_digest (docs/protocol.md, register-guest tag 3); under kernel pins without it, the
+    /// pin cannot be judged: a usage error (exit 2, naming --kernel), nothing printed as a result.
+    func testPolicyTestChecksKernelPinsAgainstTheGivenImage() throws {
+        let capture = Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a"
+        let vmlinuz = try Fixtures.vmlinuz()
+        let k = run(["keys", "extract", "--kernel", vmlinuz, "--out", dir + "/kx"])
+        XCTAssertEqual(k.status, 0, k.stderr)
+        let cert = dir + "/kx/cert-0.pem"
+        let kernel = Hex.encode(try Fixtures.readFile(vmlinuz).withUnsafeBytes { Digest.sha256($0).bytes })
+        let symbols = Hex.encode(KernelFactsKey.symbolsDigest(try CaptureBoot.load(capture).registration(guestID: "capture")))
+        func pinned(_ k: String, _ s: String) throws -> String {
+            let path = dir + "/pinned-\(k.prefix(4))-\(s.prefix(4)).policy"
+            try Fixtures.writeFile(path, Array("""
+                execgate-policy 1
+                id pinned
+                version 3
+                mode enforce
+                trust kernel-builtin
+                minimum-digest sha256
+                end-state required
+                audit-overflow block
+                kernel sha256:\(k) symbols sha256:\(s)
+                modules allow
+                text-patches allow
+
+                """.utf8))
+            return path
+        }
+        let right = try pinned(kernel, symbols)
+        // Without the image: the pin is not judged, and that is said (exit 2), not a refusal.
+        for json in [false, true] {
+            let r = run(["policy", "test", "--policy", right, "--trust", cert, capture] + (json ? ["--json"] : []))
+            XCTAssertEqual(r.status, 2, r.stderr)
+            XCTAssertTrue(r.stderr.contains("--kernel"), r.stderr)
+            XCTAssertEqual(r.stdout, "")
+        }
+        // With it: the pinned build registers and its modules are judged.
+        let ok = run(["policy", "test", "--policy", right, "--trust", cert, "--kernel", vmlinuz, capture])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("9 allowed"), ok.stdout)
+        let okJSON = run(["policy", "test", "--policy", right, "--trust", cert, "--kernel", vmlinuz, capture, "--json"])
+        XCTAssertEqual(okJSON.status, 0, okJSON.stderr)
+        let summary = try? JSONReader.parse(Array((okJSON.stdout.split(separator: "\n").last ?? "").utf8))
+        XCTAssertEqual(summary?["kernel_digest"], .string("sha256:" + kernel), okJSON.stdout)
+        XCTAssertEqual(summary?["symbols_digest"], .string("sha256:" + symbols), okJSON.stdout)
+        // Another image, or other symbols: the policy refuses the guest's kernel (exit 1).
+        for (policy, image, why) in [(right, capture + "/kallsyms.txt", "not listed"),
+                                     (try pinned(kernel, String(repeating: "2", count: 64)), vmlinuz, "not the pinned symbol table")] {
+            let r = run(["policy", "test", "--policy", policy, "--trust", cert, "--kernel", image, capture])
+            XCTAssertEqual(r.status, 1, r.stderr)
+            XCTAssertTrue(r.stdout.contains("untrusted-kernel") && r.stdout.contains(why), r.stdout)
+        }
     }
 }
