@@ -262,9 +262,12 @@ struct PolicyTest: ParsableCommand {
             activated anywhere. A registration the service would refuse is reported instead \
             (`REFUSED register-guest …`, with --json one object with "registered": false) and no \
             module is judged: the service answers every request of an unregistered guest \
-            unknown-guest. Exit 0 if every module would be allowed, 1 if any would be denied or \
-            the policy refuses the guest's kernel (untrusted-kernel), 2 on invalid input (a \
-            registration refused for the capture's facts included).
+            unknown-guest. A capture holds no kernel digest: under a policy with `kernel … \
+            symbols …` pins, --kernel (the image the guest boots) is required, its SHA-256 the \
+            registration's kernel_digest. Exit 0 if every module would be allowed, 1 if any would \
+            be denied or the policy refuses the guest's kernel (untrusted-kernel), 2 on invalid \
+            input (a registration refused for the capture's facts included, and kernel pins \
+            without --kernel).
             """
     )
     @Option(help: ArgumentHelp("The policy text or bundle.", valueName: "FILE")) var policy: String
@@ -272,19 +275,31 @@ struct PolicyTest: ParsableCommand {
     @Option(name: .customLong("trust"), help: ArgumentHelp("What 'trust kernel-builtin' stands for (PEM/DER). Repeatable.", valueName: "CERT"))
     var trust: [String] = []
     @Option(help: "Guest id to judge as (selects per-guest and per-class rules).") var guest: String = "capture"
+    @Option(help: ArgumentHelp("The kernel image the captured guest boots: its SHA-256 is sent as register-guest's kernel_digest, which a policy's `kernel … symbols …` pins are checked against (required under such pins: a capture holds no kernel digest).", valueName: "VMLINUZ"))
+    var kernel: String?
     @Flag(help: "One JSON object per module, then a summary object (a refused registration: one object).") var json = false
 
     func validate() throws {
         // register-guest's guest_id is non-empty (docs/protocol.md); an authorize-module with an
         // empty one names no guest at all.
         guard !guest.isEmpty else { throw ValidationError("--guest: a guest id is non-empty (register-guest refuses an empty guest_id)") }
+        guard kernel != "" else { throw ValidationError("--kernel: an empty path names no kernel image") }
     }
 
     func run() throws {
         let p: Policy
         let boot: CaptureBoot
+        var kernelDigest: [UInt8] = []
         do {
             p = try PolicyFiles.load(policy, builtinAnchors: try CertificateFiles.loadAnchors(trust), adminCert: nil)
+            // The registration's kernel_digest: the image's SHA-256 (docs/protocol.md,
+            // register-guest tag 3). Without it a pin is judged against no digest at all, which
+            // says nothing of the capture's kernel: no result, a usage error.
+            if let kernel {
+                kernelDigest = try LocalFile.read(kernel).withUnsafeBytes { Digest.sha256($0).bytes }
+            } else if !p.trustedKernels.isEmpty {
+                throw LocalFileError(path: policy, why: "policy \(p.id) v\(p.version) pins \(p.trustedKernels.count) kernel build(s) (kernel … symbols …), and a capture holds no kernel digest: give --kernel VMLINUZ, the image the guest boots, whose SHA-256 register-guest sends as kernel_digest, so the pin is judged (docs/policy.md, \"Dry run\")")
+            }
             boot = try CaptureBoot.load(captureDir)
         } catch {
             Console.error("execgate policy test: \(error)")
@@ -292,12 +307,17 @@ struct PolicyTest: ParsableCommand {
         }
         let verifier = Verifier(policy: p, serverName: ExecGateVersion.string)
         var allowed = 0, denied = 0, auditOnly = 0
+        // What the replayed registration carried: a `kernel … symbols …` pin names these two.
+        var digests: [(String, JSON)] = []
         do {
-            let reg = try boot.registration(guestID: guest)
+            var reg = try boot.registration(guestID: guest)
+            reg.kernelDigest = kernelDigest
+            digests = [("kernel_digest", kernelDigest.isEmpty ? .null : .string("sha256:" + Hex.encode(kernelDigest))),
+                       ("symbols_digest", .string("sha256:" + Hex.encode(KernelFactsKey.symbolsDigest(reg))))]
             // As the VMM would: a refused registration leaves no guest, whose every request the
             // service answers unknown-guest (Verifier.respond): no module is judged.
             if case .error(let e) = verifier.respond(to: .registerGuest(reg), requestDigest: []) {
-                try Self.reportRefusedRegistration(e, policy: p, guest: guest, json: json)
+                try Self.reportRefusedRegistration(e, policy: p, guest: guest, json: json, digests: digests)
             }
             // Every module the load order names: one the capture lacks is invalid input (exit 2),
             // never skipped (a capture holding none of its modules passed "0 allowed, 0 denied").
@@ -316,7 +336,7 @@ struct PolicyTest: ParsableCommand {
         }
         if json {
             print(JSON.object([("policy_id", .string(p.id)), ("policy_version", .uint(p.version)), ("guest", .string(guest)),
-                               ("allowed", .uint(UInt64(allowed))), ("denied", .uint(UInt64(denied))), ("audit_only", .uint(UInt64(auditOnly)))]).serialized())
+                               ("allowed", .uint(UInt64(allowed))), ("denied", .uint(UInt64(denied))), ("audit_only", .uint(UInt64(auditOnly)))] + digests).serialized())
         } else {
             print("policy \(p.id) v\(p.version) for guest \(TerminalText.escaped(guest)): \(allowed) allowed (\(auditOnly) audit-only), \(denied) denied")
         }
@@ -326,13 +346,13 @@ struct PolicyTest: ParsableCommand {
     /// A register-guest refusal: the policy's own (`untrusted-kernel`: its `kernel … symbols …`
     /// pins leave this build out) is this guest's outcome, printed as the result, exit 1; any
     /// other is the capture's facts refused, invalid input (exit 2, the reason on stderr).
-    static func reportRefusedRegistration(_ e: ErrorReply, policy p: Policy, guest: String, json: Bool) throws -> Never {
+    static func reportRefusedRegistration(_ e: ErrorReply, policy p: Policy, guest: String, json: Bool, digests: [(String, JSON)]) throws -> Never {
         guard e.code == .untrustedKernel else {
             throw LocalFileError(path: "register-guest '\(guest)'", why: "refused: \(e.code): \(e.message)")
         }
         if json {
             print(JSON.object([("policy_id", .string(p.id)), ("policy_version", .uint(p.version)), ("guest", .string(guest)),
-                               ("registered", .bool(false)), ("error", .string("\(e.code)")), ("message", .string(e.message))]).serialized())
+                               ("registered", .bool(false)), ("error", .string("\(e.code)")), ("message", .string(e.message))] + digests).serialized())
         } else {
             print("REFUSED register-guest \(TerminalText.escaped(guest)): \(e.code): \(TerminalText.escaped(e.message)) [policy \(p.id) v\(p.version)]")
             print("policy \(p.id) v\(p.version) for guest \(TerminalText.escaped(guest)): registration refused, no module judged (every request of the guest: unknown-guest)")
