@@ -337,3 +337,49 @@ extension CLIRound9Tests {
         }
     }
 }
+
+extension CLIRound9Tests {
+    /// `execgate ARGS… > /dev/full` (standard output a device that refuses every write, as a full
+    /// disk does): status, stderr.
+    func runToFullDevice(_ args: [String], seconds: Int = 30) -> (status: Int32, stderr: String) {
+        let quoted = ([Fixtures.execgateBinary] + args).map { "'" + $0 + "'" }.joined(separator: " ")
+        let r = Fixtures.run("/usr/bin/timeout", ["\(seconds)", "/bin/sh", "-c", "exec " + quoted + " > /dev/full"])
+        return (r.status, r.stderr)
+    }
+
+    /// HOLE (round 9): no command checked that its standard output was written: with stdout on a
+    /// full disk (here /dev/full) `explain --json`, `policy check --json`, `keys generate --json`
+    /// and `request status` lost every line they printed and exited 0, a success with no result
+    /// for whatever reads it; `policy audit --follow` kept asking for records and moved its cursor
+    /// past each page it could not write, so the records carried out of the guest were lost with
+    /// no error, forever. A failed write to standard output is now a failure: the reason on
+    /// stderr, exit 2 for a command that would have succeeded (README: "2 … no verdict"), and
+    /// `policy audit` stops at the first record it could not write, naming the last one it did.
+    func testOutputThatCannotBeWrittenIsAFailure() throws {
+        let capture = Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a"
+        let policy = Fixtures.packageRoot + "/ServiceVM/policies/default.policy"
+        let sock = dir + "/s.sock"
+        final class Counter: @unchecked Sendable { var n: UInt64 = 0 }
+        let pages = Counter()
+        serve(sock, connections: 100) { type in
+            switch type {
+            case 0x0004:
+                return (0x8004, Self.tlv(1, "srv") + Self.tlv(5, "p") + Self.tlv(7, "ok"))
+            case 0x0012:
+                // One new record a page, as a live audit log gives them.
+                pages.n += 1
+                return (0x8012, Self.tlv(1, "{\"seq\":\(pages.n)}") + Self.tlv(2, u64: pages.n + 1))
+            default:
+                return (0xFFFF, Self.tlv(1, u16: 1) + Self.tlv(2, "no"))
+            }
+        }
+        for args in [["explain", capture, "--json"], ["explain", capture], ["policy", "check", policy, "--json"],
+                     ["keys", "generate", "--out", dir + "/k", "--type", "ec-p256", "--json"],
+                     ["request", "status", "--connect", "unix:" + sock], ["policy", "audit", "--connect", "unix:" + sock],
+                     ["policy", "audit", "--connect", "unix:" + sock, "--follow"], ["version"]] {
+            let r = runToFullDevice(args)
+            XCTAssertEqual(r.status, 2, "\(args.prefix(2)): killed by timeout (124) or \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("standard output"), "\(args.prefix(2)): \(r.stderr)")
+        }
+    }
+}
