@@ -380,6 +380,8 @@ extension CLIRound9Tests {
             let r = runToFullDevice(args)
             XCTAssertEqual(r.status, 2, "\(args.prefix(2)): killed by timeout (124) or \(r.stderr)")
             XCTAssertTrue(r.stderr.contains("standard output"), "\(args.prefix(2)): \(r.stderr)")
+            // One reason (explain's progress aside), not one per attempt to write.
+            if args[0] != "explain" { XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(args.prefix(2)): \(r.stderr)") }
         }
     }
 }

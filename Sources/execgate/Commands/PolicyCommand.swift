@@ -4,6 +4,7 @@
 // Argument parsing and printing only; the work is in ExecGatePolicy and ExecGateAdmin.
 
 import _ExecGateInternals
+import CExecGateSys
 import ExecGateCommandLine
 import ExecGateAdmin
 import ExecGateCapture
@@ -419,6 +420,17 @@ struct PolicyAudit: AsyncParsableCommand {
                         throw LocalFileError(path: connect, why: "audit record \(cursor &+ UInt64(i) &+ 1) (record \(i + 1) of this page) is not one JSON object on one line; nothing of it printed")
                     }
                     print(r)
+                }
+                // Written before the cursor moves past them: a page that could not be written
+                // (a full disk) ends the command, never skipped (the trail carried out would have
+                // a gap). Its records may be partly written: resuming after the cursor repeats
+                // them, never loses one.
+                if !page.records.isEmpty && (fflush(stdout) != 0 || ferror(stdout) != 0) {
+                    let why = String(cString: strerror(errno))
+                    // Said once, here: what is left in the buffer is not written again at exit.
+                    execgate_stdout_discard()
+                    await client.close()
+                    throw LocalFileError(path: "standard output", why: "cannot write audit records \(cursor &+ 1)...\(cursor &+ UInt64(page.records.count)) (\(why)); they may be partly written: resume with --after \(cursor)")
                 }
                 if page.dropped > reportedDrops {
                     Console.error("execgate policy audit: \(page.dropped) record(s) dropped under audit-overflow drop")
