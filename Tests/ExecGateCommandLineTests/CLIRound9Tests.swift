@@ -385,3 +385,28 @@ extension CLIRound9Tests {
         }
     }
 }
+
+extension CLIRound9Tests {
+    /// HOLE (round 9): `image build --out ""` was taken as a directory: before the image was
+    /// staged (round 9's fix) its files went to "" + "/vmlinux", the root directory's
+    /// /vmlinux, /initramfs.cpio.zst and /image.txt; since, the build ran and failed at its last
+    /// step with exit 1 ("cannot rename"). Every other output option refuses an empty path as a
+    /// usage error naming the option (CLIRound7Tests.testAnEmptyOutputPathIsAUsageErrorNamingTheOption).
+    /// And an --out that is a symbolic link loop was "the operation failed" (exit 1), not the bad
+    /// input it is (exit 2, named).
+    func testImageBuildRefusesAnEmptyOrLoopingOutputPath() throws {
+        let pkg = try imagePackage()
+        let kernel = try tinyELF("kernel", mark: 1)
+        XCTAssertEqual(symlink("loop-b", dir + "/loop-a"), 0)
+        XCTAssertEqual(symlink("loop-a", dir + "/loop-b"), 0)
+        let before = names(dir)
+        for (out, named) in [("", "--out"), (dir + "/loop-a", dir + "/loop-a")] {
+            let r = run(["image", "build", "--kernel-package", pkg, "--init", CLIRound8Tests.staticExecutable, "--service-kernel", kernel,
+                         "--out", out, "--no-test-image"], seconds: 120)
+            XCTAssertEqual(r.status, 2, "'\(out)': \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(named), "'\(out)': \(r.stderr)")
+            XCTAssertEqual(names(dir).filter { !$0.hasPrefix("run.") }, before.filter { !$0.hasPrefix("run.") }, "'\(out)': written")
+        }
+        XCTAssertEqual(access("/image.txt", F_OK), -1)
+    }
+}
