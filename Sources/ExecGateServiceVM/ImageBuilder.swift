@@ -105,7 +105,9 @@ public enum ImageBuilder {
     static func checkOutputDirectory(_ dir: String) throws(ServiceVMError) {
         var st = stat()
         guard stat(dir, &st) == 0 else {
-            guard errno == ENOENT else { throw .sys("cannot stat", dir) }
+            // Absent: created. Anything else (a link loop, a path through a file) is the option's
+            // bad value, named.
+            guard errno == ENOENT else { throw .badInput("\(dir): \(String(cString: strerror(errno))); --out names the image's directory") }
             return
         }
         guard (st.st_mode & S_IFMT) == S_IFDIR else { throw .badInput("\(dir): exists and is not a directory (\(Files.fileType(st.st_mode))); --out names the image's directory") }
