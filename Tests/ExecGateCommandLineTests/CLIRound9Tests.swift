@@ -410,3 +410,29 @@ extension CLIRound9Tests {
         XCTAssertEqual(access("/image.txt", F_OK), -1)
     }
 }
+
+extension CLIRound9Tests {
+    /// HOLE (round 9): `vm start` and `vm selftest` created the VM's state directory
+    /// (`<state-dir>/<name>/`, with its parents: by default ServiceVM/run/execgate under the
+    /// current directory) before they looked for QEMU or the image: a start refused for a missing
+    /// QEMU or image (exit 2, "run `make image`") left directories behind, and `--state-dir ''`
+    /// a directory named after the VM in the current one. A refused start writes nothing
+    /// (CLIRound8Tests.testVMStartRefusesAStateDirectoryTooLongForTheBackendSockets: vm.txt).
+    func testVMStartRefusedForAMissingImageOrQEMUCreatesNothing() throws {
+        let bin = dir + "/bin"
+        XCTAssertEqual(mkdir(bin, 0o755), 0)
+        try Fixtures.writeFile(bin + "/qemu-system-x86_64", Array("#!/bin/sh\nexit 0\n".utf8))
+        XCTAssertEqual(chmod(bin + "/qemu-system-x86_64", 0o755), 0)
+        let path = "PATH=" + bin + ":" + (getenv("PATH").map { String(cString: $0) } ?? "/usr/bin:/bin")
+        let state = dir + "/state"
+        for (command, extra, named) in [("start", ["--image-dir", dir + "/noimage"], "make image"),
+                                        ("selftest", ["--image-dir", dir + "/noimage"], "make image"),
+                                        ("start", ["--qemu", dir + "/no-qemu"], "no-qemu")] {
+            let r = run(["vm", command, "--state-dir", state, "--accel", "tcg"] + extra, environment: [path], seconds: 60)
+            XCTAssertEqual(r.status, 2, "\(command) \(extra): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(named), "\(command) \(extra): \(r.stderr)")
+            XCTAssertEqual(access(state, F_OK), -1, "\(command) \(extra): state directory created by a refused start")
+            XCTAssertEqual(access(state + "-selftest", F_OK), -1, "\(command) \(extra): state directory created by a refused start")
+        }
+    }
+}
