@@ -436,3 +436,68 @@ extension CLIRound9Tests {
         }
     }
 }
+
+extension CLIRound9Tests {
+    /// `executable ARGS…` with every signal at its default action and none blocked (as a shell
+    /// starts a command), stdout and stderr to `dir`/spawn.out and spawn.err.
+    func spawnWithDefaultSignals(_ executable: String, _ args: [String]) -> pid_t {
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fa, 1, dir + "/spawn.out", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&fa, 2, dir + "/spawn.err", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var all = sigset_t(), none = sigset_t()
+        sigfillset(&all)
+        sigemptyset(&none)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setsigmask(&attr, &none)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        let argv = [executable] + args
+        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { cargs.forEach { free($0) } }
+        var pid: pid_t = 0
+        return posix_spawn(&pid, executable, &fa, &attr, &cargs, environ) == 0 ? pid : -1
+    }
+
+    /// Failed attack kept (round 9): `image build` stopped by SIGTERM or SIGINT while it writes
+    /// its staging directory (seen beside the output directory before the signal is sent): the
+    /// signal handler removes the staged files and then the directory (CExecGateSignals: armed
+    /// directories after armed files), the old image stays whole, the process ends by the signal.
+    func testImageBuildStoppedBySignalWhileStagingLeavesTheOldImage() throws {
+        let pkg = try imagePackage()
+        let out = dir + "/img/out"
+        XCTAssertEqual(mkdir(dir + "/img", 0o755), 0)
+        // With the test initramfs (the ~1 MB /init compressed twice): long enough to be caught.
+        let base = ["image", "build", "--kernel-package", pkg, "--init", CLIRound8Tests.staticExecutable, "--out", out]
+        // The old image's kernel is another than the interrupted builds': a mix would show.
+        let first = run(base + ["--service-kernel", try tinyELF("kernel-old", mark: 7)], seconds: 120)
+        XCTAssertEqual(first.status, 0, first.stderr)
+        let old = snapshot(out)
+        var caught = 0
+        for sig in [SIGTERM, SIGINT, SIGTERM, SIGINT] {
+            let pid = spawnWithDefaultSignals(Fixtures.execgateBinary, base + ["--service-kernel", CLIRound8Tests.staticExecutable])
+            XCTAssertGreaterThan(pid, 0)
+            let deadline = MonotonicClock.seconds() + 60
+            var staged = false
+            while MonotonicClock.seconds() < deadline {
+                if names(dir + "/img").contains(where: { $0.hasPrefix(".out.tmp.") }) { staged = true; break }
+                var st: Int32 = 0
+                if waitpid(pid, &st, WNOHANG) == pid { break }
+                usleep(2_000)
+            }
+            guard staged else { _ = Fixtures.wait(pid); continue }
+            kill(pid, sig)
+            let status = Fixtures.wait(pid)
+            // Ended by the signal, or done (published) before it landed.
+            XCTAssertTrue(status == 128 + sig || status == 0, "signal \(sig): status \(status)")
+            if status == 128 + sig { caught += 1 } else { continue }
+            XCTAssertEqual(names(dir + "/img"), ["out"], "signal \(sig): left beside the image")
+            XCTAssertEqual(snapshot(out), old, "signal \(sig): the image changed")
+        }
+        XCTAssertGreaterThan(caught, 0, "no build was caught while staging")
+    }
+}
