@@ -173,7 +173,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExecGateCommandLineTests",
-            dependencies: ["ExecGateCommandLine", "ExecGateTestSupport"],
+            dependencies: ["ExecGateCommandLine", "ExecGateTestSupport", "ExecGateCapture", "ExecGateVerifier", "ExecGateSignature"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

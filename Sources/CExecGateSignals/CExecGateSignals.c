@@ -10,11 +10,21 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE (1 << 1)
+#endif
 
 #define SLOTS 32
 
-/* 0 free, 1 claimed (path being copied in, no file yet), 2 armed (the file may exist). */
+/* 0 free, 1 claimed (path being copied in, no file yet), 2 armed (the file may exist), 3 armed
+ * directory (removed after every armed file: the files staged in it go first). */
 static _Atomic int slot_state[SLOTS];
 static char slot_path[SLOTS][PATH_MAX];
 static _Atomic int commit_depth;
@@ -44,6 +54,8 @@ static void remove_and_die(int sig) {
     }
     for (int i = 0; i < SLOTS; i++)
         if (atomic_load(&slot_state[i]) == 2) (void)unlink(slot_path[i]);
+    for (int i = 0; i < SLOTS; i++)
+        if (atomic_load(&slot_state[i]) == 3) (void)rmdir(slot_path[i]);
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
@@ -127,6 +139,43 @@ int execgate_temp_open(const char *path, int flags, int mode, int *slot) {
     }
     *slot = s;
     return fd;
+}
+
+int execgate_temp_mkdir(const char *path, int mode, int *slot) {
+    int s = execgate_temp_track(path);
+    if (s < 0) return -1;
+    atomic_store(&slot_state[s], 3);
+    sigset_t all, old;
+    sigfillset(&all);
+    (void)pthread_sigmask(SIG_BLOCK, &all, &old);
+    atomic_fetch_add(&opening, 1);
+    if (atomic_load(&dying)) {
+        atomic_fetch_sub(&opening, 1);
+        park();
+    }
+    int r = mkdir(path, (mode_t)mode);
+    int e = errno;
+    atomic_fetch_sub(&opening, 1);
+    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r != 0) {
+        execgate_temp_untrack(s);
+        errno = e;
+        return -1;
+    }
+    *slot = s;
+    return 0;
+}
+
+int execgate_rename_exchange(const char *a, const char *b) {
+    long r = syscall(SYS_renameat2, AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE);
+    if (r != 0 && atomic_load(&dying)) park();
+    return (int)r;
+}
+
+int execgate_rename_noreplace(const char *from, const char *to) {
+    long r = syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE);
+    if (r != 0 && atomic_load(&dying)) park();
+    return (int)r;
 }
 
 int execgate_temp_rename(const char *from, const char *to) {

@@ -7,6 +7,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <linux/kvm.h>
+#include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -99,3 +101,8 @@ int execgate_early_proc_status(void) { return early_proc_status; }
 long long execgate_process_start_boottime_ns(void) { return process_start_boottime_ns; }
 
 int execgate_kvm_api_version(int kvm_fd) { return ioctl(kvm_fd, KVM_GET_API_VERSION, 0); }
+
+void execgate_stdout_discard(void) {
+    __fpurge(stdout);
+    clearerr(stdout);
+}

@@ -5,6 +5,7 @@
 // every address form it speaks — unix:PATH, vsock:CID:PORT, and hybrid:SOCKET:PORT (the admin port
 // of a service VM behind the vhost-user-vsock backend, e.g. the sidecar `make run` starts).
 
+import _ExecGateInternals
 import ExecGateClient
 import ExecGateWire
 import NIOCore
@@ -19,7 +20,8 @@ public enum AdminClientError: Error, CustomStringConvertible, Equatable {
         switch self {
         case .connectionClosed: return "connection closed before the reply arrived"
         case .timedOut: return "no reply in time"
-        case .server(let code, let message): return "refused (\(code)): \(message)"
+        // The admin port's words, escaped (TerminalText): a description is read by a human.
+        case .server(let code, let message): return "refused (\(code)): \(TerminalText.escaped(message))"
         case .unexpectedReply(let what): return "unexpected reply: \(what)"
         }
     }

@@ -28,7 +28,8 @@ public enum ClientError: Error, CustomStringConvertible, Equatable {
         case .timedOut(let s): return "no reply within \(s) s"
         case .hybridHandshakeFailed(let why): return "hybrid vsock handshake failed: \(why)"
         case .unexpectedReply(let what): return "unexpected reply: \(what)"
-        case .server(let e): return "server error \(e.code) (\(e.code.rawValue)): \(e.message)"
+        // The server's words, escaped (TerminalText): a description is read by a human.
+        case .server(let e): return "server error \(e.code) (\(e.code.rawValue)): \(TerminalText.escaped(e.message))"
         }
     }
 }

@@ -116,7 +116,7 @@ public enum CommandParser {
         switch parse(root, arguments: arguments) {
         case .help(let text):
             print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
-            exit(0)
+            exit(outputStatus(0, root.commandName))
         case .refuse(let message, let code):
             if !message.isEmpty { writeError(message) }
             exit(code.rawValue)
@@ -127,9 +127,9 @@ public enum CommandParser {
                 } else {
                     try command.run()
                 }
-                exit(0)
+                exit(outputStatus(0, path))
             } catch let e as ExitCode {
-                exit(e.rawValue)
+                exit(outputStatus(e.rawValue, path))
             } catch let e as ValidationError {
                 writeError("\(path): \(e.message)")
                 exit(ExitCode.usage.rawValue)
@@ -141,6 +141,20 @@ public enum CommandParser {
                 exit(ExitCode.failure.rawValue)
             }
         }
+    }
+
+    /// The exit status once standard output is flushed: `code`, or 2 when a write to standard
+    /// output failed (a full disk, a device refusing writes) and the command would have exited 0:
+    /// what it printed is lost or cut short, so there is no result to read (README: 2 "no
+    /// verdict"); a failing status is kept. The reason on stderr either way.
+    public static func outputStatus(_ code: Int32, _ path: String) -> Int32 {
+        errno = 0
+        let flushed = fflush(stdout) == 0
+        let e = errno
+        guard !flushed || ferror(stdout) != 0 else { return code }
+        let why = e != 0 ? String(cString: strerror(e)) : "an earlier write failed"
+        writeError("\(path): cannot write standard output (\(why)): what was printed is lost or incomplete")
+        return code == 0 ? ExitCode.usage.rawValue : code
     }
 
     static func writeError(_ s: String) {

@@ -4,7 +4,8 @@
 // one event per line. Messages and metadata carry request words (a guest id, the guest's name for
 // its module, a client name, refusal messages quoting them), and an operator reads the log line by
 // line: a newline in those words started a forged line (`… decision=allow …`). Every control
-// character (C0, DEL, C1) is written escaped, so one event is always exactly one line.
+// character (C0, DEL, C1, line separators, bidirectional formatting) is written escaped
+// (TerminalText), so one event is always exactly one line, shown as written.
 
 import Logging
 import _ExecGateInternals
@@ -43,26 +44,8 @@ public struct TextLogHandler: LogHandler {
         }
     }
 
-    /// `s` with every control character (C0, DEL, C1, and the Unicode line and paragraph
-    /// separators) written as `\n`, `\r`, `\t`, `\xNN` or `\u2028`/`\u2029`: unchanged when clean.
-    public static func escaped(_ s: String) -> String {
-        guard s.unicodeScalars.contains(where: isControl) else { return s }
-        var out = String.UnicodeScalarView()
-        for u in s.unicodeScalars {
-            guard isControl(u) else { out.append(u); continue }
-            let text: String
-            switch u.value {
-            case 0x0A: text = "\\n"
-            case 0x0D: text = "\\r"
-            case 0x09: text = "\\t"
-            default: text = (u.value > 0xFF ? "\\u" : "\\x") + Hex.number(u.value, width: 2)
-            }
-            out.append(contentsOf: text.unicodeScalars)
-        }
-        return String(out)
-    }
-
-    private static func isControl(_ u: Unicode.Scalar) -> Bool {
-        u.value < 0x20 || (0x7F...0x9F).contains(u.value) || u.value == 0x2028 || u.value == 0x2029
-    }
+    /// `s` with every control character (C0, DEL, C1, the Unicode line and paragraph separators
+    /// and the bidirectional formatting characters) escaped: `TerminalText.escaped`, the CLI's
+    /// rule for the words of another party too. Unchanged when clean.
+    public static func escaped(_ s: String) -> String { TerminalText.escaped(s) }
 }

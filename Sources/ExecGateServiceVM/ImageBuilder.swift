@@ -18,6 +18,19 @@
 //
 // Determinism: entries sorted, mtime 0, uid/gid 0, zstd single-threaded with fixed parameters. Rebuilding from the same
 // inputs gives identical bytes, and when the input fingerprint matches the last build nothing is written.
+//
+// All or nothing: the artefacts are written into a staging directory beside the output directory
+// (`.out.tmp.PID`) and it is swapped for the output directory in one rename (StagedDirectory,
+// renameat2 RENAME_EXCHANGE): a build that fails or is stopped part-way leaves the old image
+// whole (the kernel and initramfs of one build, never one of each) and no staging directory. The
+// output directory is therefore the image's own: one holding anything else is refused.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import _ExecGateInternals
 
 public struct ImageBuildOptions: Sendable {
     /// bzImage (vmlinuz) of the protected guests' Debian kernel: the trust anchors (its builtin
@@ -74,6 +87,42 @@ public enum ImageBuilder {
     /// The initramfs file names in an image directory (the launcher boots these).
     public static let initramfsName = "initramfs.cpio.zst"
     public static let testInitramfsName = "initramfs-test.cpio.zst"
+    /// Every file an image directory may hold: this builder's, and those of the builders before
+    /// execgate-image-4 (gzip'd initramfs).
+    public static let imageFileNames: Set<String> = ["vmlinux", "vmlinuz", initramfsName, testInitramfsName, "image.txt",
+                                                     "initramfs.cpio.gz", "initramfs-test.cpio.gz"]
+
+    /// Whether `name` in an image directory is the builder's: one of `imageFileNames`, or the
+    /// temporary file of one an earlier builder (which replaced them one by one) left when killed.
+    static func isImageFile(_ name: String) -> Bool {
+        if imageFileNames.contains(name) { return true }
+        return imageFileNames.contains { name.hasPrefix($0 + ".tmp.") }
+    }
+
+    /// The output directory is replaced whole: it must not exist, or hold only the image's own
+    /// regular files (anything else would be swapped away with the old image and removed, or
+    /// keep the old directory from being removed). Checked before anything is written.
+    static func checkOutputDirectory(_ dir: String) throws(ServiceVMError) {
+        var st = stat()
+        guard stat(dir, &st) == 0 else {
+            // Absent: created. Anything else (a link loop, a path through a file) is the option's
+            // bad value, named.
+            guard errno == ENOENT else { throw .badInput("\(dir): \(String(cString: strerror(errno))); --out names the image's directory") }
+            return
+        }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else { throw .badInput("\(dir): exists and is not a directory (\(Files.fileType(st.st_mode))); --out names the image's directory") }
+        let names: [String]
+        do { names = try FS.list(dir) } catch { throw error }
+        for n in names.sorted() {
+            var e = stat()
+            let path = dir + "/" + n
+            guard lstat(path, &e) == 0 else { throw .sys("cannot stat", path) }
+            guard isImageFile(n), (e.st_mode & S_IFMT) == S_IFREG else {
+                let what = (e.st_mode & S_IFMT) == S_IFREG ? "a file image build does not write" : Files.fileType(e.st_mode)
+                throw .badInput("\(path): \(what); the image directory is replaced whole (all of a build's files or none), so it holds nothing else: give --out a directory of its own, or move this away (nothing built)")
+            }
+        }
+    }
 
     /// Modules init loads, in this order (dependencies first). Paths relative to lib/modules/<v>/kernel.
     /// virtio_mmio serves `-M microvm`, virtio_pci serves `-M pc/q35`; both are small and harmless
@@ -192,18 +241,24 @@ public enum ImageBuilder {
         if let check = o.checkGuestInputs {
             do { try check(certs) } catch { throw .badInput("\(error) (the guest would refuse it at every boot; nothing built)") }
         }
-        try FS.mkdirs(o.outDir)
+        try checkOutputDirectory(o.outDir)
+        // Everything is written into `stage` and published at the end, whole; an error before
+        // then removes it (`discard`), a signal too (the signal handler: CExecGateSignals).
+        if !FS.exists(o.outDir) { try FS.mkdirs(parent(o.outDir)) }
+        let stage: StagedDirectory
+        do { stage = try StagedDirectory(replacing: o.outDir) } catch { throw Self.failure(error) }
+        defer { stage.discard() }
+        func write(_ name: String, _ bytes: [UInt8]) throws(ServiceVMError) {
+            do { try stage.write(name, bytes) } catch { throw Self.failure(error) }
+        }
         if let serviceKernelBytes, let path = o.serviceKernel {
-            try FS.write(vmlinuxPath, serviceKernelBytes)
-            FS.remove(vmlinuzPath)
+            try write("vmlinux", serviceKernelBytes)
             result.artefacts.append(.init(path: vmlinuxPath, bytes: serviceKernelBytes.count, note: "service VM kernel (PVH ELF, no modules) from \(path)"))
         } else if let vmlinux {
-            try FS.write(vmlinuxPath, vmlinux)
-            FS.remove(vmlinuzPath)
+            try write("vmlinux", vmlinux)
             result.artefacts.append(.init(path: vmlinuxPath, bytes: vmlinux.count, note: "uncompressed PVH ELF from \(basename(o.kernel))"))
         } else {
-            try FS.write(vmlinuzPath, kernelBytes)
-            FS.remove(vmlinuxPath)
+            try write("vmlinuz", kernelBytes)
             result.artefacts.append(.init(path: vmlinuzPath, bytes: kernelBytes.count, note: "bzImage (no xz payload to extract)"))
             log("image: note: \(o.kernel) has no xz-compressed ELF payload; booting the bzImage (slower under TCG)")
         }
@@ -221,9 +276,7 @@ public enum ImageBuilder {
         cpio.addFile(GuestPaths.etc + "/image.txt", Array("builder=\(builderVersion)\nkernel=\(kernelVersion)\nfingerprint=\(fp.hex)\n".utf8))
         let raw = cpio.encode()
         let packed = try Compression.zstd(raw)
-        try FS.write(initrdPath, packed)
-        // Images before execgate-image-4 were gzip'd under other names: never leave one to be booted by mistake.
-        for legacy in ["initramfs.cpio.gz", "initramfs-test.cpio.gz"] { FS.remove(o.outDir + "/" + legacy) }
+        try write(initramfsName, packed)
         result.artefacts.append(.init(path: initrdPath, bytes: packed.count,
                                       note: "\(cpio.entries.count) entries, \(raw.count) bytes uncompressed, \(certs.count) trust anchor(s)"))
 
@@ -239,11 +292,9 @@ public enum ImageBuilder {
             }
             let traw = t.encode()
             let tpacked = try Compression.zstd(traw)
-            try FS.write(testInitrdPath, tpacked)
+            try write(testInitramfsName, tpacked)
             result.artefacts.append(.init(path: testInitrdPath, bytes: tpacked.count,
                                           note: "test image: +\(testFiles.count) signed module(s) and 1 tampered copy"))
-        } else {
-            FS.remove(testInitrdPath)
         }
 
         let info = ImageInfo.render([
@@ -256,11 +307,28 @@ public enum ImageBuilder {
             ("init_binary", o.initBinary), ("trust_anchors", "\(certs.count)"),
             ("admin_certificate", adminBytes != nil ? "yes" : "no"),
         ])
-        try FS.write(stampPath, info)
+        try write("image.txt", Array(info.utf8))
+        // The swap: the old directory's files (every one the builder's: checkOutputDirectory) go
+        // with it, among them an older builder's gzip'd initramfs, never left to be booted by mistake.
+        do {
+            if let kept = try stage.publish(isOld: isImageFile) {
+                log("image: note: the previous image directory, now \(kept), held files that are not the image's; left in place")
+            }
+        } catch { throw Self.failure(error) }
         return result
     }
 
     static func basename(_ p: String) -> String { String(p.split(separator: "/").last ?? Substring(p)) }
+
+    static func failure(_ e: FileError) -> ServiceVMError {
+        e.detail.isEmpty ? .system("cannot \(e.operation)", path: e.path, errno: e.errno) : .badInput(e.description)
+    }
+
+    /// The directory `path` names an entry of ("." for a bare name).
+    static func parent(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
 }
 
 /// `key=value` lines: the image's build record and the launcher's state files (no JSON parser needed).

@@ -209,10 +209,11 @@ public enum Launcher {
 
     /// Starts the VM in the background and waits for the READY line on its console.
     public static func start(_ c: VMConfig, log: (String) -> Void = { print($0) }) throws(ServiceVMError) -> VMStartResult {
-        try FS.mkdirs(c.stateDir)
         if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid) }
         let qemu = try findQEMU(c.qemu)
         guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
+        // Created once nothing refuses the start: a refused one writes nothing.
+        try FS.mkdirs(c.stateDir)
         for f in [c.pidFile, c.consoleLog, c.qemuLog] { FS.remove(f) }
         let vhost = c.hostHasVhostVsock
         let vhostUser = c.usesVhostUserVsock
@@ -322,10 +323,11 @@ public enum Launcher {
 
     /// Boots the VM in the foreground until it powers off (test mode) and returns its console.
     public static func runToCompletion(_ c: VMConfig, timeoutSeconds: Int) throws(ServiceVMError) -> (console: String, millis: Int) {
-        try FS.mkdirs(c.stateDir)
         if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid) }
         let qemu = try findQEMU(c.qemu)
         guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
+        // Created once nothing refuses the start: a refused one writes nothing.
+        try FS.mkdirs(c.stateDir)
         for f in [c.consoleLog, c.qemuLog] { FS.remove(f) }
         let t0 = MonotonicClock.nanoseconds()
         let pid = try Subprocess.spawn(c.qemuArguments(qemuPath: qemu, vhost: false), outputPath: c.qemuLog)

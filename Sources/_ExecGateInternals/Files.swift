@@ -151,6 +151,7 @@ public enum Files {
         case S_IFBLK: return "a block device"
         case S_IFSOCK: return "a socket"
         case S_IFLNK: return "a symbolic link"
+        case S_IFREG: return "a regular file"
         default: return "not a regular file"
         }
     }
@@ -250,3 +251,156 @@ public enum Files {
         if let failure { throw failure }
     }
 }
+
+/// A directory of files replaced as one: built in a staging directory beside the target (same
+/// file system), then swapped for it in one rename (renameat2 RENAME_EXCHANGE), so a reader, a
+/// crash or a signal finds the old set of files or the new one, never a mix. Until published,
+/// the staging directory and every file in it are registered with the signal handler
+/// (CExecGateSignals), which removes them; `discard` removes them on an error.
+public final class StagedDirectory {
+    /// The directory replaced, as given.
+    public let target: String
+    /// The directory the rename acts on: `target`, or what a symbolic link there leads to (the
+    /// link stays a link; the directory it names is swapped).
+    public let resolvedTarget: String
+    /// The staging directory (`.NAME.tmp.PID` beside the resolved target).
+    public let path: String
+    private var slot: Int32
+    private var files: [(name: String, slot: Int32)] = []
+    private var live = true
+
+    /// A staging directory for `target`, which must be a directory or not exist (its parent must).
+    public init(replacing target: String) throws(FileError) {
+        self.target = target
+        var st = stat()
+        var resolved = target
+        if stat(target, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFDIR else {
+                throw FileError("open", target, errno: ENOTDIR, detail: "exists and is not a directory (\(Files.fileType(st.st_mode)))")
+            }
+            if lstat(target, &st) == 0, (st.st_mode & S_IFMT) == S_IFLNK {
+                guard let r = realpath(target, nil) else { throw FileError("resolve", target, errno: errno) }
+                resolved = String(cString: r)
+                free(r)
+            }
+        }
+        while resolved.count > 1 && resolved.hasSuffix("/") { resolved.removeLast() }
+        resolvedTarget = resolved
+        let parent = Files.directory(of: resolved)
+        let base = resolved.split(separator: "/").last.map(String.init) ?? resolved
+        var candidate = parent + "/." + base + ".tmp.\(getpid())"
+        var s: Int32 = -1
+        var tries = 0
+        while execgate_temp_mkdir(candidate, 0o755, &s) != 0 {
+            guard errno == EEXIST, tries < 8 else { throw FileError("mkdir", candidate, errno: errno) }
+            tries += 1
+            candidate = parent + "/." + base + ".tmp.\(getpid()).\(String(UInt64.random(in: 1...UInt64.max), radix: 16))"
+        }
+        path = candidate
+        slot = s
+    }
+
+    /// Writes `name` (a plain name) into the staging directory, fsync'd; it stays registered
+    /// until the directory is published or discarded.
+    public func write(_ name: String, _ data: [UInt8], mode: mode_t = 0o644) throws(FileError) {
+        let p = path + "/" + name
+        var s: Int32 = -1
+        let fd = execgate_temp_open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, Int32(mode), &s)
+        guard fd >= 0 else { throw FileError("open", p, errno: errno) }
+        files.append((name, s))
+        defer { close(fd) }
+        var done = 0
+        while done < data.count {
+            let n = data.withUnsafeBytes { sysWrite(fd, $0.baseAddress! + done, data.count - done) }
+            if n < 0 { if errno == EINTR { continue }; throw FileError("write", p, errno: errno) }
+            done += n
+        }
+        guard fchmod(fd, mode) == 0 else { throw FileError("chmod", p, errno: errno) }
+        guard fsync(fd) == 0 else { throw FileError("fsync", p, errno: errno) }
+    }
+
+    /// Swaps the staging directory for the target (creates the target when there is none), then
+    /// removes the old directory: its files that `isOld` accepts, then the directory itself. A
+    /// signal during the swap and the removal is held until both are done. Returns the old
+    /// directory's path when something `isOld` refused kept it (left in place, not removed).
+    @discardableResult
+    public func publish(isOld: (String) -> Bool) throws(FileError) -> String? {
+        precondition(live)
+        let dfd = openDirectory(path)
+        if dfd >= 0 { _ = fsync(dfd); close(dfd) }
+        var st = stat()
+        let exists = stat(resolvedTarget, &st) == 0
+        if exists { _ = chmod(path, st.st_mode & 0o7777) }
+        execgate_temp_commit_begin()
+        var failure: FileError?
+        var leftover: String?
+        if !exists {
+            if execgate_rename_noreplace(path, resolvedTarget) != 0 { failure = FileError("rename", resolvedTarget, errno: errno) }
+        } else if execgate_rename_exchange(path, resolvedTarget) != 0 {
+            // The kernel or file system cannot exchange (EINVAL, ENOSYS): move the old directory
+            // aside, then the new one in: two renames, still inside the held-signal section.
+            let e = errno
+            if e == EINVAL || e == ENOSYS {
+                let aside = path + ".old"
+                if rename(resolvedTarget, aside) != 0 {
+                    failure = FileError("rename", resolvedTarget, errno: errno)
+                } else if rename(path, resolvedTarget) != 0 {
+                    failure = FileError("rename", resolvedTarget, errno: errno)
+                    _ = rename(aside, resolvedTarget)
+                } else {
+                    leftover = Self.removeOld(aside, isOld: isOld)
+                }
+            } else {
+                failure = FileError("rename", resolvedTarget, errno: e)
+            }
+        } else {
+            // The staging path now names the old directory.
+            leftover = Self.removeOld(path, isOld: isOld)
+        }
+        if failure == nil {
+            for f in files { execgate_temp_untrack(f.slot) }
+            execgate_temp_untrack(slot)
+            live = false
+        }
+        execgate_temp_commit_end()
+        if let failure { discard(); throw failure }
+        let pfd = openDirectory(Files.directory(of: resolvedTarget))
+        if pfd >= 0 { _ = fsync(pfd); close(pfd) }
+        return leftover
+    }
+
+    /// Removes the staging directory and what was written into it (nothing published).
+    public func discard() {
+        guard live else { return }
+        for f in files {
+            unlink(path + "/" + f.name)
+            execgate_temp_untrack(f.slot)
+        }
+        rmdir(path)
+        execgate_temp_untrack(slot)
+        live = false
+    }
+
+    deinit { discard() }
+
+    /// Removes the entries of `dir` that `isOld` accepts (regular files only), then `dir`;
+    /// `dir` when it could not be removed.
+    private static func removeOld(_ dir: String, isOld: (String) -> Bool) -> String? {
+        if let d = opendir(dir) {
+            var names: [String] = []
+            while let e = readdir(d) {
+                let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+                if n != "." && n != ".." { names.append(n) }
+            }
+            closedir(d)
+            for n in names where isOld(n) {
+                var st = stat()
+                if lstat(dir + "/" + n, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG { unlink(dir + "/" + n) }
+            }
+        }
+        return rmdir(dir) == 0 ? nil : dir
+    }
+}
+
+/// A directory opened for fsync.
+private func openDirectory(_ dir: String) -> Int32 { open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }

@@ -29,6 +29,18 @@ int execgate_temp_open(const char *path, int flags, int mode, int *slot);
  * thread waits for the end (it must not report a failure of its own, or exit with its status). */
 int execgate_temp_rename(const char *from, const char *to);
 
+/* execgate_temp_track(path) as a directory, then mkdir(path, mode) as execgate_temp_open opens: a
+ * staging directory, removed by the handler (rmdir) after every registered file, so the files
+ * staged in it (registered too) go first. 0 and `*slot` set; or -1 with errno. */
+int execgate_temp_mkdir(const char *path, int mode, int *slot);
+
+/* renameat2(RENAME_EXCHANGE): `a` and `b` (both existing) swap names atomically, a directory for
+ * a directory. -1 with errno (EINVAL, ENOSYS: the file system or kernel cannot). */
+int execgate_rename_exchange(const char *a, const char *b);
+
+/* renameat2(RENAME_NOREPLACE): rename(2) that fails with EEXIST rather than replace `to`. */
+int execgate_rename_noreplace(const char *from, const char *to);
+
 /* The temporary file of `slot` is gone (renamed over its target, or unlinked): forget it. */
 void execgate_temp_untrack(int slot);
 

@@ -45,6 +45,10 @@ int execgate_unix_echo_rtt(const char *path, int count, int size, double *sample
  * totals: arena bytes minus free chunks, plus mmap'd chunks); -1 where the C library cannot tell. */
 long long execgate_heap_in_use(void);
 
+/* Drops what stdio holds unwritten for standard output and clears its error flag (__fpurge,
+ * clearerr): after a write to it failed and was reported, exit does not try (and fail) again. */
+void execgate_stdout_discard(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -70,6 +70,11 @@ struct ImageBuildCommand: ParsableCommand {
         }
     }
 
+    func validate() throws {
+        // "" + "/vmlinux" is a file in the root directory (emptyOutputPath: every output option's rule).
+        guard !out.isEmpty else { throw ValidationError(emptyOutputPath("--out")) }
+    }
+
     func run() throws {
         // Everything the guest checks but the anchors first (before the kernel is even read), then
         // with the anchors the image will carry, before anything is written (ImageBuilder).

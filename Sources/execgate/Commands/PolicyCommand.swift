@@ -4,6 +4,7 @@
 // Argument parsing and printing only; the work is in ExecGatePolicy and ExecGateAdmin.
 
 import _ExecGateInternals
+import CExecGateSys
 import ExecGateCommandLine
 import ExecGateAdmin
 import ExecGateCapture
@@ -208,7 +209,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
             print(JSON.object([("activated", .bool(true)), ("policy_id", .string(r.policyID)), ("policy_version", .uint(r.policyVersion)),
                                ("previous_id", .string(r.previousID)), ("previous_version", .uint(r.previousVersion))]).serialized())
         } else {
-            print("activated \(r.policyID) v\(r.policyVersion) (was \(r.previousID) v\(r.previousVersion))")
+            print("activated \(TerminalText.escaped(r.policyID)) v\(r.policyVersion) (was \(TerminalText.escaped(r.previousID)) v\(r.previousVersion))")
         }
     }
 
@@ -235,12 +236,15 @@ struct PolicyShowCommand: AsyncParsableCommand {
             if json {
                 print(PolicySummary.json(r).serialized())
             } else {
-                print("policy \(r.policyID) v\(r.policyVersion) (\(r.activatedBy)), mode \(r.mode), minimum \(r.minimumDigest), end-state \(r.endState)")
-                print("audit: overflow \(r.auditOverflow), \(r.auditAccepted) recorded, \(r.auditDropped) dropped")
-                for a in r.anchors { print("trust \(a)") }
-                for rule in r.rules { print("rule \(rule)") }
+                // The admin port's words, escaped (TerminalText): one line each, shown as sent;
+                // the source keeps its lines.
+                let t = TerminalText.escaped
+                print("policy \(t(r.policyID)) v\(r.policyVersion) (\(t(r.activatedBy))), mode \(t(r.mode)), minimum \(t(r.minimumDigest)), end-state \(t(r.endState))")
+                print("audit: overflow \(t(r.auditOverflow)), \(r.auditAccepted) recorded, \(r.auditDropped) dropped")
+                for a in r.anchors { print("trust \(t(a))") }
+                for rule in r.rules { print("rule \(t(rule))") }
                 if !r.sourceSHA256.isEmpty { print("source sha256:\(Hex.encode(r.sourceSHA256))") }
-                if source { print(r.source) }
+                if source { print(TerminalText.escapedLines(r.source)) }
             }
         } catch {
             Console.error("execgate policy show: \(error)")
@@ -259,9 +263,12 @@ struct PolicyTest: ParsableCommand {
             activated anywhere. A registration the service would refuse is reported instead \
             (`REFUSED register-guest …`, with --json one object with "registered": false) and no \
             module is judged: the service answers every request of an unregistered guest \
-            unknown-guest. Exit 0 if every module would be allowed, 1 if any would be denied or \
-            the policy refuses the guest's kernel (untrusted-kernel), 2 on invalid input (a \
-            registration refused for the capture's facts included).
+            unknown-guest. A capture holds no kernel digest: under a policy with `kernel … \
+            symbols …` pins, --kernel (the image the guest boots) is required, its SHA-256 the \
+            registration's kernel_digest. Exit 0 if every module would be allowed, 1 if any would \
+            be denied or the policy refuses the guest's kernel (untrusted-kernel), 2 on invalid \
+            input (a registration refused for the capture's facts included, and kernel pins \
+            without --kernel).
             """
     )
     @Option(help: ArgumentHelp("The policy text or bundle.", valueName: "FILE")) var policy: String
@@ -269,19 +276,31 @@ struct PolicyTest: ParsableCommand {
     @Option(name: .customLong("trust"), help: ArgumentHelp("What 'trust kernel-builtin' stands for (PEM/DER). Repeatable.", valueName: "CERT"))
     var trust: [String] = []
     @Option(help: "Guest id to judge as (selects per-guest and per-class rules).") var guest: String = "capture"
+    @Option(help: ArgumentHelp("The kernel image the captured guest boots: its SHA-256 is sent as register-guest's kernel_digest, which a policy's `kernel … symbols …` pins are checked against (required under such pins: a capture holds no kernel digest).", valueName: "VMLINUZ"))
+    var kernel: String?
     @Flag(help: "One JSON object per module, then a summary object (a refused registration: one object).") var json = false
 
     func validate() throws {
         // register-guest's guest_id is non-empty (docs/protocol.md); an authorize-module with an
         // empty one names no guest at all.
         guard !guest.isEmpty else { throw ValidationError("--guest: a guest id is non-empty (register-guest refuses an empty guest_id)") }
+        guard kernel != "" else { throw ValidationError("--kernel: an empty path names no kernel image") }
     }
 
     func run() throws {
         let p: Policy
         let boot: CaptureBoot
+        var kernelDigest: [UInt8] = []
         do {
             p = try PolicyFiles.load(policy, builtinAnchors: try CertificateFiles.loadAnchors(trust), adminCert: nil)
+            // The registration's kernel_digest: the image's SHA-256 (docs/protocol.md,
+            // register-guest tag 3). Without it a pin is judged against no digest at all, which
+            // says nothing of the capture's kernel: no result, a usage error.
+            if let kernel {
+                kernelDigest = try LocalFile.read(kernel).withUnsafeBytes { Digest.sha256($0).bytes }
+            } else if !p.trustedKernels.isEmpty {
+                throw LocalFileError(path: policy, why: "policy \(p.id) v\(p.version) pins \(p.trustedKernels.count) kernel build(s) (kernel … symbols …), and a capture holds no kernel digest: give --kernel VMLINUZ, the image the guest boots, whose SHA-256 register-guest sends as kernel_digest, so the pin is judged (docs/policy.md, \"Dry run\")")
+            }
             boot = try CaptureBoot.load(captureDir)
         } catch {
             Console.error("execgate policy test: \(error)")
@@ -289,12 +308,17 @@ struct PolicyTest: ParsableCommand {
         }
         let verifier = Verifier(policy: p, serverName: ExecGateVersion.string)
         var allowed = 0, denied = 0, auditOnly = 0
+        // What the replayed registration carried: a `kernel … symbols …` pin names these two.
+        var digests: [(String, JSON)] = []
         do {
-            let reg = try boot.registration(guestID: guest)
+            var reg = try boot.registration(guestID: guest)
+            reg.kernelDigest = kernelDigest
+            digests = [("kernel_digest", kernelDigest.isEmpty ? .null : .string("sha256:" + Hex.encode(kernelDigest))),
+                       ("symbols_digest", .string("sha256:" + Hex.encode(KernelFactsKey.symbolsDigest(reg))))]
             // As the VMM would: a refused registration leaves no guest, whose every request the
             // service answers unknown-guest (Verifier.respond): no module is judged.
             if case .error(let e) = verifier.respond(to: .registerGuest(reg), requestDigest: []) {
-                try Self.reportRefusedRegistration(e, policy: p, guest: guest, json: json)
+                try Self.reportRefusedRegistration(e, policy: p, guest: guest, json: json, digests: digests)
             }
             // Every module the load order names: one the capture lacks is invalid input (exit 2),
             // never skipped (a capture holding none of its modules passed "0 allowed, 0 denied").
@@ -313,9 +337,9 @@ struct PolicyTest: ParsableCommand {
         }
         if json {
             print(JSON.object([("policy_id", .string(p.id)), ("policy_version", .uint(p.version)), ("guest", .string(guest)),
-                               ("allowed", .uint(UInt64(allowed))), ("denied", .uint(UInt64(denied))), ("audit_only", .uint(UInt64(auditOnly)))]).serialized())
+                               ("allowed", .uint(UInt64(allowed))), ("denied", .uint(UInt64(denied))), ("audit_only", .uint(UInt64(auditOnly)))] + digests).serialized())
         } else {
-            print("policy \(p.id) v\(p.version) for guest \(guest): \(allowed) allowed (\(auditOnly) audit-only), \(denied) denied")
+            print("policy \(p.id) v\(p.version) for guest \(TerminalText.escaped(guest)): \(allowed) allowed (\(auditOnly) audit-only), \(denied) denied")
         }
         if denied > 0 { throw ExecGateExit.deny }
     }
@@ -323,16 +347,16 @@ struct PolicyTest: ParsableCommand {
     /// A register-guest refusal: the policy's own (`untrusted-kernel`: its `kernel … symbols …`
     /// pins leave this build out) is this guest's outcome, printed as the result, exit 1; any
     /// other is the capture's facts refused, invalid input (exit 2, the reason on stderr).
-    static func reportRefusedRegistration(_ e: ErrorReply, policy p: Policy, guest: String, json: Bool) throws -> Never {
+    static func reportRefusedRegistration(_ e: ErrorReply, policy p: Policy, guest: String, json: Bool, digests: [(String, JSON)]) throws -> Never {
         guard e.code == .untrustedKernel else {
             throw LocalFileError(path: "register-guest '\(guest)'", why: "refused: \(e.code): \(e.message)")
         }
         if json {
             print(JSON.object([("policy_id", .string(p.id)), ("policy_version", .uint(p.version)), ("guest", .string(guest)),
-                               ("registered", .bool(false)), ("error", .string("\(e.code)")), ("message", .string(e.message))]).serialized())
+                               ("registered", .bool(false)), ("error", .string("\(e.code)")), ("message", .string(e.message))] + digests).serialized())
         } else {
-            print("REFUSED register-guest \(guest): \(e.code): \(e.message) [policy \(p.id) v\(p.version)]")
-            print("policy \(p.id) v\(p.version) for guest \(guest): registration refused, no module judged (every request of the guest: unknown-guest)")
+            print("REFUSED register-guest \(TerminalText.escaped(guest)): \(e.code): \(TerminalText.escaped(e.message)) [policy \(p.id) v\(p.version)]")
+            print("policy \(p.id) v\(p.version) for guest \(TerminalText.escaped(guest)): registration refused, no module judged (every request of the guest: unknown-guest)")
         }
         throw ExecGateExit.deny
     }
@@ -396,6 +420,17 @@ struct PolicyAudit: AsyncParsableCommand {
                         throw LocalFileError(path: connect, why: "audit record \(cursor &+ UInt64(i) &+ 1) (record \(i + 1) of this page) is not one JSON object on one line; nothing of it printed")
                     }
                     print(r)
+                }
+                // Written before the cursor moves past them: a page that could not be written
+                // (a full disk) ends the command, never skipped (the trail carried out would have
+                // a gap). Its records may be partly written: resuming after the cursor repeats
+                // them, never loses one.
+                if !page.records.isEmpty && (fflush(stdout) != 0 || ferror(stdout) != 0) {
+                    let why = String(cString: strerror(errno))
+                    // Said once, here: what is left in the buffer is not written again at exit.
+                    execgate_stdout_discard()
+                    await client.close()
+                    throw LocalFileError(path: "standard output", why: "cannot write audit records \(cursor &+ 1)...\(cursor &+ UInt64(page.records.count)) (\(why)); they may be partly written: resume with --after \(cursor)")
                 }
                 if page.dropped > reportedDrops {
                     Console.error("execgate policy audit: \(page.dropped) record(s) dropped under audit-overflow drop")

@@ -61,7 +61,7 @@ struct ConnectOptions: ParsableArguments {
         do { outcome = .success(try await body(client)) } catch { outcome = .failure(error) }
         await client.close()
         do { return try outcome.get() } catch ClientError.server(let e) {
-            Console.error("execgate request \(command): \(e.code): \(e.message)")
+            Console.error("execgate request \(command): \(e.code): \(TerminalText.escaped(e.message))")
             throw e.code.isStateRefusal ? ExecGateExit.deny : ExecGateExit.usage
         } catch {
             Console.error("execgate request \(command): \(error)")
@@ -138,7 +138,9 @@ struct RequestStatus: AsyncParsableCommand {
                 ("policy_id", .string(s.policyID)), ("policy_version", .uint(s.policyVersion)),
             ]).serialized())
         } else {
-            print("\(s.state): \(s.serverName), policy \(s.policyID) v\(s.policyVersion), \(s.requestsServed) requests, \(s.guests) guest(s), up \(s.uptimeMilliseconds) ms")
+            // The server's words, escaped (TerminalText): a line of ours, whatever they hold.
+            let t = TerminalText.escaped
+            print("\(t(s.state)): \(t(s.serverName)), policy \(t(s.policyID)) v\(s.policyVersion), \(s.requestsServed) requests, \(s.guests) guest(s), up \(s.uptimeMilliseconds) ms")
         }
     }
 }
@@ -169,7 +171,7 @@ struct RequestRetireModule: AsyncParsableCommand {
             print(JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName)),
                                ("sites_removed", .uint(UInt64(r.sitesRemoved))), ("exports_removed", .uint(UInt64(r.exportsRemoved)))]).serialized())
         } else {
-            print("retired \(r.moduleName) in \(r.guestID): \(r.sitesRemoved) patch site(s), \(r.exportsRemoved) export(s) forgotten")
+            print("retired \(TerminalText.escaped(r.moduleName)) in \(TerminalText.escaped(r.guestID)): \(r.sitesRemoved) patch site(s), \(r.exportsRemoved) export(s) forgotten")
         }
     }
 }
@@ -192,6 +194,6 @@ struct RequestInitFreed: AsyncParsableCommand {
             try await $0.moduleInitFreed(ModuleInitFreed(guestID: guest, moduleName: name, session: token))
         }
         print(connection.json ? JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName))]).serialized()
-                              : "init text of \(r.moduleName) in \(r.guestID) no longer live")
+                              : "init text of \(TerminalText.escaped(r.moduleName)) in \(TerminalText.escaped(r.guestID)) no longer live")
     }
 }

@@ -2,6 +2,7 @@
 //
 // `execgate vm start|stop|status|selftest`: run the service VM under QEMU (see ExecGateServiceVM/Launcher).
 
+import _ExecGateInternals
 import ExecGateCommandLine
 import ExecGateServiceVM
 import ExecGateVsockDevice
@@ -179,12 +180,12 @@ struct VMStatusCommand: ParsableCommand {
         let s = Launcher.status(c)
         if json { print(s.json) }
         else if s.running {
-            print("'\(s.name)' running (pid \(s.pid!)), \(s.ready ? "ready at \(s.address!)" : "not ready yet")"
+            print("'\(s.name)' running (pid \(s.pid!)), \(s.ready ? "ready at \(TerminalText.escaped(s.address!))" : "not ready yet")"
                   + (s.reachableFromHost ? "" : "; not reachable from the host (no vhost-vsock, no vsock backend)"))
-            if !s.consoleTail.isEmpty { print("--- console tail ---\n\(s.consoleTail)") }
+            if !s.consoleTail.isEmpty { print("--- console tail ---\n\(TerminalText.escapedLines(s.consoleTail))") }
         } else {
             print("'\(s.name)' is not running" + (s.info.isEmpty ? " (never started here)" : ""))
-            if !s.consoleTail.isEmpty { print("--- console tail ---\n\(s.consoleTail)") }
+            if !s.consoleTail.isEmpty { print("--- console tail ---\n\(TerminalText.escapedLines(s.consoleTail))") }
         }
         if !s.running { throw ExitCode(3) }
     }
@@ -211,7 +212,7 @@ struct VMSelfTestCommand: ParsableCommand {
             if json {
                 for l in run.rawLines { print(l) }
             } else {
-                for r in run.results { print("\(r.passed ? "PASS" : "FAIL") \(r.name)  \(r.detail)") }
+                for r in run.results { print("\(r.passed ? "PASS" : "FAIL") \(TerminalText.escaped(r.name))  \(TerminalText.escaped(r.detail))") }
                 print(run.summaryText)
             }
             if !run.passed { throw ExitCode(1) }

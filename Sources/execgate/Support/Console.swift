@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+import _ExecGateInternals
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -7,8 +8,12 @@ import Musl
 
 /// Standard error output for one-line reasons and progress.
 enum Console {
+    /// `line` on stderr, its control characters but line feeds escaped (TerminalText.escapedLines):
+    /// a reason quotes words of another party (a server's error message, a file's name for a
+    /// thing, a guest's console), which must not act on the terminal. Words that must not start a
+    /// line of their own either are escaped where they are quoted (`TerminalText.escaped`).
     static func error(_ line: String) {
-        var s = line
+        var s = TerminalText.escapedLines(line)
         if !s.hasSuffix("\n") { s += "\n" }
         fputs(s, stderr)
     }

@@ -79,12 +79,15 @@ extension Verdict {
         ])
     }
 
-    /// One line for a human: `ALLOW vsock: …` / `DENY vsock: sig.bad-signature: …`.
+    /// One line for a human: `ALLOW vsock: …` / `DENY vsock: sig.bad-signature: …`. Every word of
+    /// it is the verifier's (a server's reply, or a module's name for itself): control characters
+    /// escaped (TerminalText), so the line is one line and shows what it says.
     var humanLine: String {
-        let name = moduleName.isEmpty ? "module" : moduleName
+        let name = moduleName.isEmpty ? "module" : TerminalText.escaped(moduleName)
+        let tail = "[policy \(TerminalText.escaped(policyID)) v\(policyVersion); checks: \(TerminalText.escaped(checks.joined(separator: ",")))]"
         switch decision {
-        case .allow: return "\(auditOnly ? "ALLOW (audit: enforce would deny)" : "ALLOW") \(name): \(message) [policy \(policyID) v\(policyVersion); checks: \(checks.joined(separator: ","))]"
-        case .deny: return "DENY \(name): \(reason.name): \(message) [policy \(policyID) v\(policyVersion); checks: \(checks.joined(separator: ","))]"
+        case .allow: return "\(auditOnly ? "ALLOW (audit: enforce would deny)" : "ALLOW") \(name): \(TerminalText.escaped(message)) \(tail)"
+        case .deny: return "DENY \(name): \(TerminalText.escaped(reason.name)): \(TerminalText.escaped(message)) \(tail)"
         }
     }
 }
