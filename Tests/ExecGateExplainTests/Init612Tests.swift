@@ -78,12 +78,16 @@ final class Init612Tests: XCTestCase {
         return f
     }
 
-    /// `bytes` with every run-time site written in its state-0 encoding (keys off, static calls
-    /// NULL, ftrace NOP): the same state for every site of a key.
+    /// `bytes` with every run-time site written in its load state: keys off, ftrace NOP, static
+    /// calls NULL, except a key the module defines with a default (its trampoline's
+    /// DEFINE_STATIC_CALL target, as kvm's tracepoint keys `tp_func_kvm_*` → `__traceiter_kvm_*`),
+    /// which static_call_add_module() → __static_call_init() writes at each site: the state the
+    /// kernel gives them (a tracepoint key is never NULL, kernel/tracepoint.c
+    /// tracepoint_update_call()). The same state for every site of a key.
     static func settle(_ s: Session) -> [UInt8] {
         var img = s.image
         for v in s.variable {
-            let e = v.encode(0)
+            let e = v.encode(v.group.flatMap { s.ownKeyDefaults[$0]?.min() } ?? 0)
             for k in e.indices { img[v.offset + k] = e[k] }
         }
         return img
