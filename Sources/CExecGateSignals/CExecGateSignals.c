@@ -117,9 +117,10 @@ int execgate_temp_track(const char *path) {
     }
 }
 
-int execgate_temp_open(const char *path, int flags, int mode, int *slot) {
-    int s = execgate_temp_track(path);
-    if (s < 0) return -1;
+/* The creation both calls share: with every signal blocked and counted in `opening`, so a
+ * handler that is ending the process waits for it and then finds the path to remove (or this
+ * thread parks before creating anything once the process is dying). `dir`: mkdir, else open. */
+static int create_tracked(int s, const char *path, int dir, int flags, int mode) {
     sigset_t all, old;
     sigfillset(&all);
     (void)pthread_sigmask(SIG_BLOCK, &all, &old);
@@ -128,15 +129,23 @@ int execgate_temp_open(const char *path, int flags, int mode, int *slot) {
         atomic_fetch_sub(&opening, 1);
         park();
     }
-    int fd = open(path, flags, mode);
+    int r = dir ? mkdir(path, (mode_t)mode) : open(path, flags, mode);
     int e = errno;
     atomic_fetch_sub(&opening, 1);
     (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (fd < 0) {
+    if (r < 0) {
         execgate_temp_untrack(s);
         errno = e;
         return -1;
     }
+    return r;
+}
+
+int execgate_temp_open(const char *path, int flags, int mode, int *slot) {
+    int s = execgate_temp_track(path);
+    if (s < 0) return -1;
+    int fd = create_tracked(s, path, 0, flags, mode);
+    if (fd < 0) return -1;
     *slot = s;
     return fd;
 }
@@ -145,23 +154,7 @@ int execgate_temp_mkdir(const char *path, int mode, int *slot) {
     int s = execgate_temp_track(path);
     if (s < 0) return -1;
     atomic_store(&slot_state[s], 3);
-    sigset_t all, old;
-    sigfillset(&all);
-    (void)pthread_sigmask(SIG_BLOCK, &all, &old);
-    atomic_fetch_add(&opening, 1);
-    if (atomic_load(&dying)) {
-        atomic_fetch_sub(&opening, 1);
-        park();
-    }
-    int r = mkdir(path, (mode_t)mode);
-    int e = errno;
-    atomic_fetch_sub(&opening, 1);
-    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (r != 0) {
-        execgate_temp_untrack(s);
-        errno = e;
-        return -1;
-    }
+    if (create_tracked(s, path, 1, 0, mode) < 0) return -1;
     *slot = s;
     return 0;
 }

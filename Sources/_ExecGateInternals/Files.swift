@@ -173,6 +173,20 @@ public enum Files {
         try publish([t])
     }
 
+    /// Writes all of `data` to `fd` (the file `path`, named in errors), sets its mode (`fchmod`:
+    /// the creation mode passed the umask) and fsyncs it: the one way a file this process
+    /// publishes is written (a `Temporary`, a `StagedDirectory`'s file).
+    static func writeAll(_ fd: Int32, _ data: [UInt8], path: String, mode: mode_t) throws(FileError) {
+        var done = 0
+        while done < data.count {
+            let n = data.withUnsafeBytes { sysWrite(fd, $0.baseAddress! + done, data.count - done) }
+            if n < 0 { if errno == EINTR { continue }; throw FileError("write", path, errno: errno) }
+            done += n
+        }
+        guard fchmod(fd, mode) == 0 else { throw FileError("chmod", path, errno: errno) }
+        guard fsync(fd) == 0 else { throw FileError("fsync", path, errno: errno) }
+    }
+
     /// A temporary file written and fsync'd beside its target, registered with the signal handler
     /// until it is renamed or removed.
     struct Temporary {
@@ -205,14 +219,7 @@ public enum Files {
             guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
                 throw FileError("open", tmp, errno: EEXIST, detail: "exists and is not a regular file (\(fileType(st.st_mode)))")
             }
-            var done = 0
-            while done < data.count {
-                let n = data.withUnsafeBytes { sysWrite(fd, $0.baseAddress! + done, data.count - done) }
-                if n < 0 { if errno == EINTR { continue }; throw FileError("write", tmp, errno: errno) }
-                done += n
-            }
-            guard fchmod(fd, mode) == 0 else { throw FileError("chmod", tmp, errno: errno) }
-            guard fsync(fd) == 0 else { throw FileError("fsync", tmp, errno: errno) }
+            try Files.writeAll(fd, data, path: tmp, mode: mode)
             ok = true
             return Temporary(target: target, path: tmp, slot: slot)
         }
@@ -309,14 +316,7 @@ public final class StagedDirectory {
         guard fd >= 0 else { throw FileError("open", p, errno: errno) }
         files.append((name, s))
         defer { close(fd) }
-        var done = 0
-        while done < data.count {
-            let n = data.withUnsafeBytes { sysWrite(fd, $0.baseAddress! + done, data.count - done) }
-            if n < 0 { if errno == EINTR { continue }; throw FileError("write", p, errno: errno) }
-            done += n
-        }
-        guard fchmod(fd, mode) == 0 else { throw FileError("chmod", p, errno: errno) }
-        guard fsync(fd) == 0 else { throw FileError("fsync", p, errno: errno) }
+        try Files.writeAll(fd, data, path: p, mode: mode)
     }
 
     /// Swaps the staging directory for the target (creates the target when there is none), then

@@ -102,29 +102,40 @@ final class ModuleTracepointKeyTests: XCTestCase {
         }
     }
 
+    /// jbd2 loaded honestly, exporting its `tp_func_jbd2_run_stats` key under the name tun
+    /// imports for its one tracepoint key (`__SCK__tp_func_xdp_exception`), as
+    /// EXPORT_TRACEPOINT_SYMBOL_GPL exports a module's tracepoint key (the kind goes with the
+    /// address). `keepState: false` drops the key's recorded state (no jbd2 site agreed on one).
+    /// Returns tun's bytes, the facts, the resolver holding jbd2's exports, the key and its
+    /// iterator (the key's load state).
+    static func tunImportingJbd2sKey(keepState: Bool) throws -> (tun: [UInt8], facts: GuestFacts, resolver: SymbolResolver, key: UInt64, iterator: UInt64) {
+        let f = try FixtureReplay()
+        let jbd2 = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
+        let tun = try Fixtures.readFile(try Fixtures.module(named: "tun.ko"))
+        let facts = try Self.facts(f, for: [jbd2, tun], except: ["__SCK__tp_func_xdp_exception"])
+        var resolver = SymbolResolver(coreExports: facts.exports)
+        let (jc, js) = try Self.honest(jbd2, "jbd2", facts, resolver)
+        let jr = try Self.explain(jbd2, jc, facts, resolver)
+        XCTAssertTrue(jr.verdict.isAllowed, "\(jr.verdict)")
+        let key = try XCTUnwrap(js.ownKeyAddress(try XCTUnwrap(js.keySymbols.index(named: "__SCK__tp_func_jbd2_run_stats", js.symtab))))
+        var exports = try XCTUnwrap(jr.exports)
+        let iter = try XCTUnwrap(exports.staticCallStates[key])
+        XCTAssertNotEqual(iter, 0)
+        if !keepState { exports.staticCallStates[key] = nil }
+        exports.symbols["__SCK__tp_func_xdp_exception"] = key
+        resolver.add(exports)
+        XCTAssertEqual(resolver.staticCallStates[key], keepState ? iter : nil)
+        return (tun, facts, resolver, key, iter)
+    }
+
     /// HOLE: a key of another module's tracepoint (kvm_intel's sites of kvm's exported
     /// `tp_func_kvm_*`; here tun's `__SCK__tp_func_xdp_exception` import resolved to jbd2's
     /// `tp_func_jbd2_run_stats` key, which jbd2 is made to export under that name, as
     /// EXPORT_TRACEPOINT_SYMBOL_GPL exports a module's tracepoint key) took NULL and
     /// `__static_call_return0`: the key's kind was not carried past the module that defines it.
     func testAnotherModulesTracepointKeyTakesNeitherNullNorReturn0() throws {
-        let f = try FixtureReplay()
-        let jbd2 = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
-        let tun = try Fixtures.readFile(try Fixtures.module(named: "tun.ko"))
-        // tun's one tracepoint key import, `__SCK__tp_func_xdp_exception`, is not among the added
-        // imports: jbd2 exports that name for its key below (the kind goes with the address).
-        let facts = try Self.facts(f, for: [jbd2, tun], except: ["__SCK__tp_func_xdp_exception"])
+        let (tun, facts, resolver, key, iter) = try Self.tunImportingJbd2sKey(keepState: true)
         let r0 = try XCTUnwrap(facts.staticCallReturn0)
-        var resolver = SymbolResolver(coreExports: facts.exports)
-        let (jc, js) = try Self.honest(jbd2, "jbd2", facts, resolver)
-        let jr = try Self.explain(jbd2, jc, facts, resolver)
-        XCTAssertTrue(jr.verdict.isAllowed, "\(jr.verdict)")
-        let ki = try XCTUnwrap(js.keySymbols.index(named: "__SCK__tp_func_jbd2_run_stats", js.symtab))
-        let key = try XCTUnwrap(js.ownKeyAddress(ki))
-        var exports = try XCTUnwrap(jr.exports)
-        exports.symbols["__SCK__tp_func_xdp_exception"] = key
-        resolver.add(exports)
-        let iter = try XCTUnwrap(resolver.staticCallStates[key])
 
         // Its own allocation, away from jbd2's (a live module's key in it is refused).
         let (tc, _) = try Self.honest(tun, "tun", facts, resolver, at: Self.base + 0x100_0000)
@@ -190,22 +201,8 @@ final class ModuleTracepointKeyTests: XCTestCase {
     /// state dropped; tun's sites claimed NOP5 or `2e 2e 2e 31 c0` at load: denied (before the
     /// Fix both were allowed); the iterator allowed.
     func testAnotherModulesTracepointKeyWithNoStateYetTakesNeitherAtLoad() throws {
-        let f = try FixtureReplay()
-        let jbd2 = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
-        let tun = try Fixtures.readFile(try Fixtures.module(named: "tun.ko"))
-        let facts = try Self.facts(f, for: [jbd2, tun], except: ["__SCK__tp_func_xdp_exception"])
+        let (tun, facts, resolver, key, iter) = try Self.tunImportingJbd2sKey(keepState: false)
         let r0 = try XCTUnwrap(facts.staticCallReturn0)
-        var resolver = SymbolResolver(coreExports: facts.exports)
-        let (jc, js) = try Self.honest(jbd2, "jbd2", facts, resolver)
-        let jr = try Self.explain(jbd2, jc, facts, resolver)
-        XCTAssertTrue(jr.verdict.isAllowed, "\(jr.verdict)")
-        let key = try XCTUnwrap(js.ownKeyAddress(try XCTUnwrap(js.keySymbols.index(named: "__SCK__tp_func_jbd2_run_stats", js.symtab))))
-        var exports = try XCTUnwrap(jr.exports)
-        let iter = try XCTUnwrap(exports.staticCallStates[key])
-        exports.staticCallStates[key] = nil
-        exports.symbols["__SCK__tp_func_xdp_exception"] = key
-        resolver.add(exports)
-        XCTAssertNil(resolver.staticCallStates[key])
         let (tc, ts) = try Self.honest(tun, "tun", facts, resolver, at: Self.base + 0x100_0000)
         let sites = ts.variable.filter { $0.cls == .staticCall && $0.group == key }
         XCTAssertFalse(sites.isEmpty)
