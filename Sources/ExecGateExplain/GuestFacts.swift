@@ -155,6 +155,10 @@ public struct SlidExports: Sendable {
         addedIndex.touch(d, viaTags: true) ^ linkTimeIndex.touch(d, viaTags: !likelyPresent)
     }
 
+    /// After `touch(d, likelyPresent: true)`: reads the stored tail of the shared table's name
+    /// a lookup of `d` meets first (NameTable `touchTail`).
+    @inline(__always) func touchTail(_ d: NameTable.Digest) -> UInt64 { linkTimeIndex.touchTail(d) }
+
     /// `lookup(utf8: b, likelyPresent:)` for ASCII `b` with `d == NameTable.digest(b)` (the
     /// byte-keyed tables hold every ASCII key).
     @inline(__always) func lookup(ascii b: UnsafeRawBufferPointer, digest d: NameTable.Digest, likelyPresent: Bool) -> UInt64? {

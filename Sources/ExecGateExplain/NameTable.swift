@@ -171,6 +171,18 @@ struct NameTable: Sendable {
         return viaTags ? tags.withUnsafeBufferPointer { UInt64($0[s]) } : slots.withUnsafeBufferPointer { $0[s].value }
     }
 
+    /// After `touch(d, viaTags: false)`: reads the stored tail (bytes 16 and on) of the name in
+    /// the slot a lookup of `d` probes first, when it has one, and returns a byte of it (a
+    /// lookup of a name longer than 16 bytes compares it there: a second miss, overlapped the same way).
+    @inline(__always) func touchTail(_ d: Digest) -> UInt64 {
+        let mask = slots.count - 1
+        if mask < 0 { return 0 }
+        let s = Int(truncatingIfNeeded: d.hash) & mask
+        let (start, n) = slots.withUnsafeBufferPointer { (Int($0[s].start), Int($0[s].count)) }
+        guard n > 16 else { return 0 }
+        return bytes.withUnsafeBytes { nb in start + 16 < nb.count ? UInt64(nb[start + 16]) : 0 }
+    }
+
     /// Insert, or replace the value of, the name `b` (ASCII bytes).
     mutating func insert(_ b: UnsafeRawBufferPointer, _ value: UInt64) {
         precondition(Self.isASCII(b), "NameTable holds ASCII names only")

@@ -100,10 +100,23 @@ extension Session {
         var anyInit = false
         var initFlags = [Bool]()
         var refused: Int?
+        // Undefined symbols with ASCII names (every one in a real module): hashed in the table
+        // walk, looked up after it (below), so the lookups, each about one cache miss into the
+        // shared export table, come in a short loop of their own and the processor keeps several
+        // in flight; interleaved with the walk's hashing and name scans it kept about one.
+        var pending: [(i: Int, name: UnsafeRawBufferPointer, digest: NameTable.Digest)] = []
+        pending.reserveCapacity(64)
         symValue.withUnsafeMutableBufferPointer { vals in
             precondition(vals.count == t.count)
             for i in t.indices {
                 if vals[i] == nil {
+                    if i != 0 && t.sectionIndex(i) == SectionIndex.undef {
+                        let n = t.nameBytes(i)
+                        if NameTable.isASCII(n) {
+                            pending.append((i, n, NameTable.digest(n)))
+                            continue  // SHN_UNDEF: never in an init section (below)
+                        }
+                    }
                     switch resolveSymbol(i) {
                     case .value(let v): vals[i] = v
                     case .unknown:
@@ -118,6 +131,27 @@ extension Session {
                 if isCore, ssi > 0, ssi < initOffset.count, initOffset[ssi] != nil {
                     if !anyInit { initFlags = [Bool](repeating: false, count: t.count); anyInit = true }
                     initFlags[i] = true
+                }
+            }
+            // `resolveSymbol(i)` for each deferred symbol (its SHN_UNDEF case, the lookup on the
+            // digest already made: `SlidExports.lookup(ascii:digest:likelyPresent:)`, the answer
+            // of `resolver.lookup(utf8:likelyPresent: true)` for an ASCII name).
+            let exports = resolver.exports
+            // First every lookup's first line read, in a loop of loads alone (their misses
+            // overlap: ModuleChecks' duplicate-export check does the same), then the tails of the
+            // long names those lines point to, then the lookups, on lines now in cache.
+            var sink: UInt64 = 0
+            for p in pending { sink ^= exports.touch(p.digest, likelyPresent: true) }
+            for p in pending where p.name.count > 16 { sink ^= exports.touchTail(p.digest) }
+            exportTouchSink ^= sink
+            for p in pending {
+                let i = p.i
+                if let a = exports.lookup(ascii: p.name, digest: p.digest, likelyPresent: true) {
+                    if !facts.isCoreInit(a) { vals[i] = a }  // an init-memory export: the walk denies it
+                } else if t.binding(i) == 2 {
+                    vals[i] = 0  // unresolved weak: the kernel leaves 0.
+                } else if refused.map({ i < $0 }) ?? true, !(p.name.count == 21 && p.name.hasASCIIPrefix("_GLOBAL_OFFSET_TABLE_")) {
+                    refused = i  // the first refusal in table order, deferred or not
                 }
             }
         }
