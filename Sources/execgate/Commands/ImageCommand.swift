@@ -2,6 +2,7 @@
 //
 // `execgate image build`: the service VM's kernel + initramfs (see ExecGateServiceVM/ImageBuilder).
 
+import _ExecGateInternals
 import ExecGateCommandLine
 import ExecGateHost
 import ExecGatePolicy
@@ -100,7 +101,8 @@ struct ImageBuildCommand: ParsableCommand {
             let r = try ImageBuilder.build(o)
             if r.upToDate { print("image: up to date (inputs unchanged, fingerprint \(r.fingerprint))") }
             for a in r.artefacts {
-                print("image: \(a.path)  \(humanBytes(a.bytes))  \(a.note)")
+                // A note quotes the inputs (the kernel image's version string): escaped (TerminalText).
+                print("image: \(TerminalText.escaped(a.path))  \(humanBytes(a.bytes))  \(TerminalText.escaped(a.note))")
             }
         } catch {
             throw serviceVMFailure("image build", error)
