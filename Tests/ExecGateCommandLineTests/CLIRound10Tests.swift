@@ -170,3 +170,36 @@ extension CLIRound10Tests {
         XCTAssertEqual(o?["module"], .string(words), "the record was not kept exact: \(r.stdout.debugDescription)")
     }
 }
+
+extension CLIRound10Tests {
+    /// HOLE: a path option given as "" was taken as a path. `bench --kernel ''` read the root
+    /// directory's /boot and lib/modules ("" + "/boot"), `image build --kernel-package ''` too;
+    /// `capture --kernel ''` looked for the current directory's boot/, and `capture --out ''`
+    /// booted the capture VM to write into the current directory (FS.absolute("")), where every
+    /// other output option refuses an empty path as a usage error naming the option (CLIRound7,
+    /// `emptyOutputPath`); `vm start|status --state-dir ''` and `--image-dir ''` were the current
+    /// directory. Each is now a usage error, exit 2, naming the option, before anything is read.
+    func testEmptyPathOptionsAreUsageErrors() throws {
+        let module = try Fixtures.module(named: "vsock.ko")
+        let cases: [(args: [String], option: String)] = [
+            (["bench", "--kernel", ""], "--kernel"),
+            (["bench", "--scale", "--kernel", "", "--capture", dir], "--kernel"),
+            (["bench", "--scale", "--kernel", dir, "--capture", ""], "--capture"),
+            (["image", "build", "--kernel-package", "", "--out", dir + "/img"], "--kernel-package"),
+            (["image", "build", "--kernel", "", "--out", dir + "/img"], "--kernel"),
+            (["capture", "--kernel", "", "--modules", "vsock", "--out", dir + "/cap", "--init", module], "--kernel"),
+            (["capture", "--kernel", dir, "--modules", "vsock", "--out", "", "--init", module], "--out"),
+            (["vm", "start", "--state-dir", "", "--image-dir", dir], "--state-dir"),
+            (["vm", "status", "--state-dir", ""], "--state-dir"),
+            (["vm", "start", "--state-dir", dir + "/st", "--image-dir", ""], "--image-dir"),
+        ]
+        for c in cases {
+            let r = run(c.args, seconds: 60)
+            XCTAssertEqual(r.status, 2, "\(c.args): \(r.stdout) \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(c.option) && r.stderr.contains("empty"), "\(c.args): the reason does not name \(c.option): \(r.stderr)")
+            XCTAssertFalse(r.stderr.contains("/boot"), "\(c.args): the empty path was read as a directory: \(r.stderr)")
+        }
+        XCTAssertEqual(access(dir + "/execgate", F_OK), -1, "a VM state directory was made in the current directory")
+    }
+
+}
