@@ -74,6 +74,8 @@ struct ImageBuildCommand: ParsableCommand {
     func validate() throws {
         // "" + "/vmlinux" is a file in the root directory (emptyOutputPath: every output option's rule).
         guard !out.isEmpty else { throw ValidationError(emptyOutputPath("--out")) }
+        try refuseEmptyPaths([("--kernel-package", kernelPackage), ("--kernel", kernel), ("--service-kernel", serviceKernel),
+                              ("--init", `init`), ("--policy", policy), ("--admin-cert", adminCert)])
     }
 
     func run() throws {
