@@ -202,4 +202,60 @@ extension CLIRound10Tests {
         XCTAssertEqual(access(dir + "/execgate", F_OK), -1, "a VM state directory was made in the current directory")
     }
 
+    /// HOLE: `PATH.lock` files stayed behind. Every Unix listener locks `PATH.lock`
+    /// (SocketPath.claim, rule 1); `execgate serve` left `vmm.sock.lock` and `admin.sock.lock`
+    /// (and both sockets) after a graceful stop (SIGTERM: exit 0), the vsock backend left both
+    /// `.lock` files though it removes its sockets when it stops (docs/vsock.md), a start refused
+    /// for the path (a regular file there, one path for both backend sockets) left the lock file
+    /// it had created for nothing. Now a listener that closes for good removes its socket (the
+    /// one it bound) and then its lock file, still locked; a refused claim leaves none; a killed
+    /// server's leftovers are reused by the next start.
+    func testListenersLeaveNoLockFiles() throws {
+        let key = try GeneratedSigningKey.generateECDSA(curve: .p256, commonName: "round 10 admin")
+        try Fixtures.writeFile(dir + "/admin.pem", key.certificatePEM)
+        func serve() -> pid_t {
+            let pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + dir + "/vmm.sock", "--admin-listen", "unix:" + dir + "/admin.sock",
+                                              "--admin-cert", dir + "/admin.pem", "--log-level", "critical"],
+                                             stdoutPath: dir + "/out", stderrPath: dir + "/err")
+            for _ in 0..<100 where access(dir + "/admin.sock", F_OK) != 0 { usleep(100_000) }
+            usleep(200_000)
+            return pid
+        }
+        var pid = serve()
+        XCTAssertEqual(access(dir + "/vmm.sock.lock", F_OK), 0, "serve holds no lock file")
+        kill(pid, SIGTERM)
+        XCTAssertEqual(Fixtures.wait(pid), 0)
+        for f in ["vmm.sock", "vmm.sock.lock", "admin.sock", "admin.sock.lock"] {
+            XCTAssertEqual(access(dir + "/" + f, F_OK), -1, "serve left \(f) after a graceful stop")
+        }
+        // Killed: both stay; the next start reuses them and stops clean.
+        pid = serve()
+        kill(pid, SIGKILL); _ = Fixtures.wait(pid)
+        XCTAssertEqual(access(dir + "/vmm.sock.lock", F_OK), 0)
+        pid = serve()
+        XCTAssertEqual(Fixtures.runExecgate(["request", "status", "--connect", "unix:" + dir + "/vmm.sock"]).status, 0, "restarted serve does not answer")
+        kill(pid, SIGTERM)
+        XCTAssertEqual(Fixtures.wait(pid), 0)
+        XCTAssertEqual(access(dir + "/vmm.sock.lock", F_OK), -1, "serve left vmm.sock.lock after a restart and a graceful stop")
+
+        // Refused starts.
+        try Fixtures.writeFile(dir + "/regular", [1])
+        let file = run(["serve", "--listen", "unix:" + dir + "/regular"])
+        XCTAssertEqual(file.status, 2, file.stderr)
+        XCTAssertEqual(access(dir + "/regular.lock", F_OK), -1, "a refused listen left its lock file")
+        let same = run(["vsock-backend", "--socket", dir + "/same.sock", "--uds", dir + "/same.sock", "--guest-cid", "3"], seconds: 15)
+        XCTAssertEqual(same.status, 2, same.stderr)
+        XCTAssertEqual(access(dir + "/same.sock.lock", F_OK), -1, "a refused backend left its lock file")
+
+        // The backend, stopped.
+        let b = Fixtures.spawnExecgate(["vsock-backend", "--socket", dir + "/vu.sock", "--uds", dir + "/h.sock", "--guest-cid", "3"],
+                                       stdoutPath: dir + "/bout", stderrPath: dir + "/berr")
+        for _ in 0..<100 where access(dir + "/h.sock", F_OK) != 0 { usleep(100_000) }
+        XCTAssertEqual(access(dir + "/h.sock.lock", F_OK), 0, "the backend holds no lock file")
+        kill(b, SIGTERM)
+        _ = Fixtures.wait(b)
+        for f in ["vu.sock", "vu.sock.lock", "h.sock", "h.sock.lock"] {
+            XCTAssertEqual(access(dir + "/" + f, F_OK), -1, "the backend left \(f) when stopped")
+        }
+    }
 }
