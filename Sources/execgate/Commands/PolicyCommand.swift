@@ -417,8 +417,9 @@ struct PolicyAudit: AsyncParsableCommand {
                 if page.oldestSeq > 0 && cursor < page.oldestSeq - 1 {
                     Console.error("execgate policy audit: records \(cursor + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
                 }
-                // The service's pages (AuditLog.read) set `more` only with records, and `next_seq` one
-                // past the last record sent. A page that does neither would have this loop ask again
+                // The service's pages (AuditLog.read) set `more` only with records (this command asks
+                // for 10,000; a page asked with max_records 0 has none and may set it), and `next_seq`
+                // one past the last record sent. A page that does neither would have this loop ask again
                 // forever (printing the same records again): refused before any of it is printed.
                 guard page.records.isEmpty || (page.nextSeq > 0 && page.nextSeq - 1 > cursor) else {
                     await client.close()
