@@ -83,6 +83,8 @@ public final class AdminServer: @unchecked Sendable {
     private let administrator: PolicyAdministrator
     private let lock = NIOLock()
     private var channels: [Channel] = []
+    /// Endpoints this server listens on: a Unix socket is removed with its lock file at `shutdown()`.
+    private var endpoints: [Endpoint] = []
     /// Open admin connections: `shutdown()` closes them (the group, which would, is not ours);
     /// a new connection at the cap takes the slot of the longest-open evictable keyless one.
     private let open = AdminConnections()
@@ -154,14 +156,18 @@ public final class AdminServer: @unchecked Sendable {
                 }
             }
         let channel = try await bootstrap.bind(endpoint: endpoint)
-        lock.withLock { channels.append(channel) }
+        lock.withLock {
+            channels.append(channel)
+            endpoints.append(endpoint)
+        }
         return channel
     }
 
     /// Closes this server's listeners and connections. The event-loop group is the caller's.
     public func shutdown() async {
-        let all = lock.withLock { channels }
+        let (all, paths) = lock.withLock { (channels, endpoints) }
         for c in all { try? await c.close() }
+        for e in paths { e.removeListeningSocket() }
         for c in open.all() { try? await c.close() }
     }
 }

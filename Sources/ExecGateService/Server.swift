@@ -38,6 +38,8 @@ public final class VerifierServer: @unchecked Sendable {
     private let responder: RequestResponder
     private let logger: Logger
     private var channels: [Channel] = []
+    /// Endpoints this server listens on: a Unix socket is removed with its lock file at `shutdown()`.
+    private var endpoints: [Endpoint] = []
     private let lock = NIOLock()
     private let stats = ServerStats()
     public let configuration: PortLimits
@@ -97,15 +99,21 @@ public final class VerifierServer: @unchecked Sendable {
                 }
             }
         let channel = try await bootstrap.bind(endpoint: endpoint)
-        lock.withLock { channels.append(channel) }
+        lock.withLock {
+            channels.append(channel)
+            endpoints.append(endpoint)
+        }
         logger.info("listening", metadata: ["address": "\(endpoint)"])
         return channel
     }
 
     /// Stop accepting, let in-flight requests finish (bounded), then close everything.
     public func shutdown() async {
-        let toClose = lock.withLock { channels }
+        let (toClose, paths) = lock.withLock { (channels, endpoints) }
         for c in toClose { try? await c.close() }
+        // Its sockets and their lock files go with the listeners (a stale socket would be
+        // replaced at the next start anyway; nothing of a stopped server stays behind).
+        for e in paths { e.removeListeningSocket() }
         let deadline = NIODeadline.now() + .seconds(ServiceLimits.shutdownGraceSeconds)
         while stats.inFlight > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(nanoseconds: 10_000_000)

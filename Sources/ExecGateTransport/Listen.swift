@@ -16,19 +16,36 @@ import NIOPosix
 
 extension ServerBootstrap {
     /// Bind to a listening endpoint. A Unix socket path is claimed first (ExecGateVsockDevice
-    /// `SocketPath`: a lock held for the process's life; a stale socket is replaced, a live one or
-    /// any other kind of file refused, never removed) and the socket is created 0600 with no
+    /// `SocketPath`: a lock held while the listener lives; a stale socket is replaced, a live one
+    /// or any other kind of file refused, never removed) and the socket is created 0600 with no
     /// window (umask 0177 around bind): only its owner may connect. AF_VSOCK listens on every CID.
+    /// A server that stops for good calls `SocketPath.remove(path)` once its channel is closed.
     public func bind(endpoint: Endpoint) async throws -> Channel {
         switch endpoint {
         case .unix(let path):
             let claim = try SocketPath.claim(path)
             defer { claim.finish() }
-            return try await self.bind(unixDomainSocketPath: path).get()
+            do {
+                let channel = try await self.bind(unixDomainSocketPath: path).get()
+                SocketPath.didBind(path)
+                return channel
+            } catch {
+                SocketPath.release(path)  // a refused listen leaves no lock file of its own
+                throw error
+            }
         case .vsock(_, let port):
             return try await self.bind(to: VsockAddress(cid: .any, port: .init(rawValue: port))).get()
         case .hybrid:
             throw EndpointError(text: endpoint.description, why: "a hybrid socket is a client-side address; the vsock backend listens on it")
         }
+    }
+}
+
+extension Endpoint {
+    /// The listener on this endpoint closed for good: a Unix socket this process bound is removed
+    /// (when it is still the one bound), then its lock file (`SocketPath.remove`). Nothing for
+    /// AF_VSOCK, or for a path this process does not hold.
+    public func removeListeningSocket() {
+        if case .unix(let path) = self { SocketPath.remove(path) }
     }
 }

@@ -5,10 +5,14 @@
 // so both the SwiftNIO servers and the poll(2) backend call the same code.
 //
 // Rules (issue 10, "Sockets"):
-//   1. A lock file `PATH.lock` (0600) is locked with flock(LOCK_EX | LOCK_NB) and held for the
-//      life of the process. A second server on the same path — another process, or the same
-//      process binding one path twice (`--listen X --admin-listen X`) — fails to lock and is
+//   1. A lock file `PATH.lock` (0600) is locked with flock(LOCK_EX | LOCK_NB) and held for as
+//      long as the listener lives. A second server on the same path — another process, or the
+//      same process binding one path twice (`--listen X --admin-listen X`) — fails to lock and is
 //      refused: flock locks belong to open file descriptions, so even the same process conflicts.
+//      A listener that closes for good (a stop, a refused start) removes its socket and then its
+//      lock file, still locked (`release`); a claim counts only once the file it locked is the one
+//      at the path (a file removed under a waiting claimant is not). A process killed (SIGKILL)
+//      leaves both: the next claim reuses the lock file and replaces the stale socket (rule 2).
 //   2. With the lock held, the path is probed: absent → bind; a socket that accepts connect(2)
 //      → live (a server without the lock, e.g. an older ExecGate) → refused, never unlinked;
 //      a socket that refuses (ECONNREFUSED) → stale → unlinked; anything else (regular file,
@@ -62,16 +66,21 @@ public enum SocketPath {
             throw SocketPathError(.tooLong, path, "socket path longer than \(maximumPathLength) bytes")
         }
         try lock(path)
-        switch probe(path) {
-        case .absent: break
-        case .liveSocket:
-            throw SocketPathError(.inUse, path, "a server is listening on this socket (connect succeeded); refusing to replace it")
-        case .staleSocket:
-            guard unlink(path) == 0 || errno == ENOENT else {
-                throw SocketPathError(.io, path, "cannot remove the stale socket: errno \(errno)")
+        do {
+            switch probe(path) {
+            case .absent: break
+            case .liveSocket:
+                throw SocketPathError(.inUse, path, "a server is listening on this socket (connect succeeded); refusing to replace it")
+            case .staleSocket:
+                guard unlink(path) == 0 || errno == ENOENT else {
+                    throw SocketPathError(.io, path, "cannot remove the stale socket: errno \(errno)")
+                }
+            case .other(let kind):
+                throw SocketPathError(.notASocket, path, "exists and is a \(kind), not a socket; refusing to remove it")
             }
-        case .other(let kind):
-            throw SocketPathError(.notASocket, path, "exists and is a \(kind), not a socket; refusing to remove it")
+        } catch {
+            release(path)  // a refused claim leaves no lock file of its own
+            throw error
         }
         return Claim(previousUmask: acquireUmask())
     }
@@ -105,6 +114,8 @@ public enum SocketPath {
 
     /// Lock files held by this process, by path (kept open: the lock lives as long as the fd).
     nonisolated(unsafe) private static var held: [String: Int32] = [:]
+    /// The socket each held path was bound to (device, inode): `remove` unlinks only that one.
+    nonisolated(unsafe) private static var bound: [String: (dev_t, ino_t)] = [:]
     nonisolated(unsafe) private static var umaskHolders = 0
     nonisolated(unsafe) private static var savedUmask: mode_t = 0
     private static let mutex: UnsafeMutablePointer<pthread_mutex_t> = {
@@ -121,26 +132,71 @@ public enum SocketPath {
 
     private static func lock(_ path: String) throws {
         let lockPath = path + ".lock"
-        let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw SocketPathError(.io, path, "cannot open the lock file \(lockPath): errno \(errno)") }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            let e = errno
-            close(fd)
-            if e == EWOULDBLOCK {
-                throw SocketPathError(.inUse, path, "in use by another listener (\(lockPath) is locked)")
+        // A listener that closes for good removes its lock file while it still holds the lock
+        // (`release`). A claimant that opened the file before that removal locks a file no longer
+        // at the path once the holder closes it: it would hold a lock nobody else sees while a
+        // third claimant creates and locks a new file there. So the lock counts only when the
+        // locked file is the one at the path (same device and inode, lstat: never through a
+        // symbolic link); otherwise it is dropped and the claim tried again.
+        for _ in 0..<16 {
+            let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            guard fd >= 0 else { throw SocketPathError(.io, path, "cannot open the lock file \(lockPath): errno \(errno)") }
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+                let e = errno
+                close(fd)
+                if e == EWOULDBLOCK {
+                    throw SocketPathError(.inUse, path, "in use by another listener (\(lockPath) is locked)")
+                }
+                throw SocketPathError(.io, path, "cannot lock \(lockPath): errno \(e)")
             }
-            throw SocketPathError(.io, path, "cannot lock \(lockPath): errno \(e)")
+            var locked = stat(), named = stat()
+            guard fstat(fd, &locked) == 0, lstat(lockPath, &named) == 0, locked.st_dev == named.st_dev, locked.st_ino == named.st_ino else {
+                close(fd)
+                continue
+            }
+            withMutex {
+                if let old = held[path] { close(old) }
+                held[path] = fd
+            }
+            return
         }
-        withMutex {
-            if let old = held[path] { close(old) }
-            held[path] = fd
-        }
+        throw SocketPathError(.inUse, path, "in use by another listener (\(lockPath) was replaced while it was being locked, again and again)")
     }
 
-    /// Gives up this process's lock on `path` (a listener that closed its socket for good).
-    public static func unlock(_ path: String) {
+    /// Notes the socket just bound at `path` (claimed by this process), for `remove`.
+    public static func didBind(_ path: String) {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        withMutex { if held[path] != nil { bound[path] = (st.st_dev, st.st_ino) } }
+    }
+
+    /// A listener on `path` closed for good (`execgate serve` stopping): its socket is removed
+    /// when it is still the one this process bound (never another file put there since), then its
+    /// lock file (`release`). Nothing is removed for a path this process holds no lock on.
+    public static func remove(_ path: String) {
         withMutex {
-            if let fd = held.removeValue(forKey: path) { close(fd) }
+            guard held[path] != nil, let (dev, ino) = bound.removeValue(forKey: path) else { return }
+            var st = stat()
+            if lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK, st.st_dev == dev, st.st_ino == ino { unlink(path) }
+        }
+        release(path)
+    }
+
+    /// Gives up this process's lock on `path` and removes its lock file (a listener that closed
+    /// its socket for good): removed while still locked, so no other claimant holds a lock on the
+    /// removed file that counts (`lock` checks the locked file is the path's). The lock file is
+    /// the process's own only while it holds it: nothing is removed when this process holds no
+    /// lock on `path`.
+    public static func release(_ path: String) {
+        withMutex {
+            bound[path] = nil
+            guard let fd = held.removeValue(forKey: path) else { return }
+            let lockPath = path + ".lock"
+            var locked = stat(), named = stat()
+            if fstat(fd, &locked) == 0, lstat(lockPath, &named) == 0, locked.st_dev == named.st_dev, locked.st_ino == named.st_ino {
+                unlink(lockPath)
+            }
+            close(fd)
         }
     }
 

@@ -66,10 +66,10 @@ public final class VsockBackend: @unchecked Sendable {
         vhostListener = try VsockBackend.listen(config.vhostUserSocket)
         do { hybridListener = try VsockBackend.listen(config.hybridSocket) } catch {
             // A refused start leaves nothing of its own: the vhost-user socket bound above goes
-            // (as run() removes both when it ends), and this process's lock on it.
+            // (as run() removes both when it ends), and its lock file.
             close(vhostListener)
             unlink(config.vhostUserSocket)
-            SocketPath.unlock(config.vhostUserSocket)
+            SocketPath.release(config.vhostUserSocket)
             throw error
         }
         wakeFd = egv_eventfd()
@@ -138,11 +138,11 @@ public final class VsockBackend: @unchecked Sendable {
         do { claim = try SocketPath.claim(path) } catch { throw BackendError("\(error)") }
         defer { claim.finish() }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw BackendError("socket", errno: errno) }
+        guard fd >= 0 else { let e = errno; SocketPath.release(path); throw BackendError("socket", errno: e) }
         var addr = sockaddr_un.make(path)
         let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard rc == 0 else { let e = errno; close(fd); throw BackendError("bind \(path)", errno: e) }
-        guard Glibc.listen(fd, 128) == 0 else { let e = errno; close(fd); throw BackendError("listen \(path)", errno: e) }
+        guard rc == 0 else { let e = errno; close(fd); SocketPath.release(path); throw BackendError("bind \(path)", errno: e) }
+        guard Glibc.listen(fd, 128) == 0 else { let e = errno; close(fd); unlink(path); SocketPath.release(path); throw BackendError("listen \(path)", errno: e) }
         return fd
     }
 
@@ -162,9 +162,13 @@ public final class VsockBackend: @unchecked Sendable {
 
     private enum Source { case vhostListener, frontend, kick(Int), hybridListener, handshake(Int32), connection(ConnectionKey), wake }
 
-    /// Serves until `stop()`. Socket files are removed on return.
+    /// Serves until `stop()`. Socket files are removed on return, then their lock files.
     public func run() {
-        defer { unlink(config.vhostUserSocket); unlink(config.hybridSocket); dropFrontend() }
+        defer {
+            unlink(config.vhostUserSocket); unlink(config.hybridSocket)
+            SocketPath.release(config.vhostUserSocket); SocketPath.release(config.hybridSocket)
+            dropFrontend()
+        }
         var moreTx = false
         while !stopping {
             var fds: [pollfd] = []

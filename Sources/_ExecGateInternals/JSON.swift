@@ -65,7 +65,9 @@ public enum JSON: Sendable, Equatable {
             // Python's splitlines()). Raw, a request's words holding one would split a record of a
             // JSON-lines stream (audit records, `--json` output, JSON logs) in two, the second
             // line the request's own text. Escaped, every JSON reader reads the same string.
-            case _ where u.value < 0x20 || (0x7f...0x9f).contains(u.value) || u.value == 0x2028 || u.value == 0x2029:
+            // The bidirectional formatting characters too (TerminalText.isControl: all of these):
+            // raw, a peer's words reordered the rest of the line wherever JSON meets a terminal.
+            case _ where TerminalText.isControl(u):
                 let h = String(u.value, radix: 16)
                 out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
             default: out.unicodeScalars.append(u)

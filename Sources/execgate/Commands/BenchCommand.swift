@@ -34,6 +34,8 @@ struct BenchCommand: AsyncParsableCommand {
     var guests: String { guestsGiven ?? "1,10,100" }
 
     func validate() throws {
+        // "" + "/boot" is the root directory's /boot: an empty path is refused, as --out '' is.
+        try refuseEmptyPaths([("--kernel", kernel), ("--capture", capture)])
         // An option given is never dropped silently: the two benchmarks take different options
         // (a forgotten --scale ran minutes of the other measurement, --capture unused).
         if !scale {

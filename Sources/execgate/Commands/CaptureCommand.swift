@@ -93,6 +93,9 @@ struct CaptureCommand: ParsableCommand {
 
     /// Every option a usage error before anything is read or started (CaptureOptions.checkOptions).
     func validate() throws {
+        // An empty --out was the current directory, an empty --kernel the current directory's boot/.
+        guard !out.isEmpty else { throw ValidationError(emptyOutputPath("--out")) }
+        try refuseEmptyPaths([("--kernel", kernel), ("--init", `init`), ("--work-dir", workDir)])
         do { try options().checkOptions() } catch { throw ValidationError(error.description) }
     }
 

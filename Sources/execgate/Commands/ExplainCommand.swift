@@ -3,6 +3,7 @@
 // `execgate explain CAPTURE_DIR [--json] [--mutate N]`: replay a captured boot's modules through the
 // end-state explainer (argument parsing and printing only; the work is in ExecGateCapture/Explain).
 
+import _ExecGateInternals
 import ExecGateCommandLine
 import ExecGateCapture
 #if canImport(Glibc)
@@ -45,10 +46,14 @@ struct ExplainCommand: ParsableCommand {
             boot = try CaptureBoot.load(captureDir)
             try o.check(against: boot)
         } catch {
-            fputs("execgate explain: \(error)\n", stderr)
+            Console.error("execgate explain: \(error)")
             throw ExecGateExit.usage
         }
-        let summary = ExplainRun.run(boot, options: o, out: { print($0) }, progress: { fputs($0, stderr) })
+        // A capture is a guest's memory and files: a deny's reason quotes its words (symbol names
+        // of the module's ELF, the capture's own files). Each human line is one line, escaped
+        // (TerminalText); --json lines are JSON already (their strings escaped by JSON).
+        let json = o.json
+        let summary = ExplainRun.run(boot, options: o, out: { print(json ? $0 : TerminalText.escaped($0)) }, progress: { fputs($0, stderr) })
         if !summary.passed { throw ExecGateExit.deny }
     }
 }

@@ -2,6 +2,7 @@
 //
 // `execgate image build`: the service VM's kernel + initramfs (see ExecGateServiceVM/ImageBuilder).
 
+import _ExecGateInternals
 import ExecGateCommandLine
 import ExecGateHost
 import ExecGatePolicy
@@ -73,6 +74,8 @@ struct ImageBuildCommand: ParsableCommand {
     func validate() throws {
         // "" + "/vmlinux" is a file in the root directory (emptyOutputPath: every output option's rule).
         guard !out.isEmpty else { throw ValidationError(emptyOutputPath("--out")) }
+        try refuseEmptyPaths([("--kernel-package", kernelPackage), ("--kernel", kernel), ("--service-kernel", serviceKernel),
+                              ("--init", `init`), ("--policy", policy), ("--admin-cert", adminCert)])
     }
 
     func run() throws {
@@ -100,7 +103,8 @@ struct ImageBuildCommand: ParsableCommand {
             let r = try ImageBuilder.build(o)
             if r.upToDate { print("image: up to date (inputs unchanged, fingerprint \(r.fingerprint))") }
             for a in r.artefacts {
-                print("image: \(a.path)  \(humanBytes(a.bytes))  \(a.note)")
+                // A note quotes the inputs (the kernel image's version string): escaped (TerminalText).
+                print("image: \(TerminalText.escaped(a.path))  \(humanBytes(a.bytes))  \(TerminalText.escaped(a.note))")
             }
         } catch {
             throw serviceVMFailure("image build", error)

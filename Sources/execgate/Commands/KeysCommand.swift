@@ -34,15 +34,18 @@ func certificateFacts(_ c: Certificate, files: [String]) -> (json: JSON, text: S
         ("key", .string("\(c.publicKeyAlgorithm.rawValue)-\(c.publicKeyBits)")),
         ("files", .array(files.map { .string($0) })),
     ])
+    // A certificate's names are its issuer's words (a kernel image's, a bundle signer's), and
+    // file names the operator's: escaped for the terminal (TerminalText); --json gives them exactly.
+    let t = TerminalText.escaped
     let text = """
-        subject: \(c.subject)
-          issuer:  \(c.issuer)
+        subject: \(t(c.subject))
+          issuer:  \(t(c.issuer))
           serial:  \(c.serialHex)
           skid:    \(c.subjectKeyIdentifierHex ?? "-")
           tbs:     \(c.tbsHash.hex)
           sha256:  \(c.fingerprint.hex)
           key:     \(c.publicKeyAlgorithm.rawValue)-\(c.publicKeyBits)
-          files:   \(files.joined(separator: " "))
+          files:   \(files.map(t).joined(separator: " "))
         """
     return (json, text)
 }

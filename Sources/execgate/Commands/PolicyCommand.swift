@@ -78,7 +78,7 @@ enum PolicyFiles {
     /// The summary's last part: what was checked of the signature.
     static func signatureLine(_ s: Signature, signer: String?) -> String {
         switch s {
-        case .verified: return "bundle signature verified against \(signer ?? "the admin certificate")"
+        case .verified: return "bundle signature verified against \(signer.map(TerminalText.escaped) ?? "the admin certificate")"
         case .notChecked: return "bundle signature not checked (no --admin-cert): anyone may have signed it, or no one"
         case .none: return "policy text, unsigned (the admin port takes only a signed bundle)"
         }
@@ -155,7 +155,8 @@ struct PolicySign: ParsableCommand {
             let signer = try ModuleSigner(key: privateKey, certificate: try CertificateFiles.loadOne(cert), digest: .sha256)
             let bundle = try PolicyBundle.seal(policy: text, signer: signer)
             try LocalFile.writeAtomically(out, bundle)
-            print("signed \(parsed.id) v\(parsed.version) -> \(out) (\(bundle.count) bytes, signer \(signer.certificate.subject))")
+            let t = TerminalText.escaped  // the signer's certificate's words, the operator's file name
+            print("signed \(parsed.id) v\(parsed.version) -> \(t(out)) (\(bundle.count) bytes, signer \(t(signer.certificate.subject)))")
         } catch {
             Console.error("execgate policy sign: \(error)")
             throw ExecGateExit.usage
@@ -381,6 +382,22 @@ struct PolicyAudit: AsyncParsableCommand {
         return true
     }
 
+    /// `record` (one JSON object, `isOneJSONLine`) with every character a terminal acts on
+    /// (TerminalText.isControl: DEL, the C1 controls, the bidirectional formatting characters; C0
+    /// and the line separators are refused before) written as its `\uXXXX` escape. Such a
+    /// character can only stand inside a JSON string (anywhere else the record is no JSON), where
+    /// the escape is the same string to every JSON reader: the record stays exact, and a VMM's or
+    /// a hostile server's words never reach the operator's terminal raw.
+    static func terminalSafe(_ record: String) -> String {
+        guard record.unicodeScalars.contains(where: TerminalText.isControl) else { return record }
+        var out = String.UnicodeScalarView()
+        for u in record.unicodeScalars {
+            guard TerminalText.isControl(u) else { out.append(u); continue }
+            out.append(contentsOf: "\\u\(Hex.number(u.value, width: 4))".unicodeScalars)
+        }
+        return String(out)
+    }
+
     @Option(help: "Only records with a sequence number greater than this.") var after: UInt64 = 0
     @Flag(help: "Keep polling for new records (every 0.5 s).") var follow = false
 
@@ -400,8 +417,9 @@ struct PolicyAudit: AsyncParsableCommand {
                 if page.oldestSeq > 0 && cursor < page.oldestSeq - 1 {
                     Console.error("execgate policy audit: records \(cursor + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
                 }
-                // The service's pages (AuditLog.read) set `more` only with records, and `next_seq` one
-                // past the last record sent. A page that does neither would have this loop ask again
+                // The service's pages (AuditLog.read) set `more` only with records (this command asks
+                // for 10,000; a page asked with max_records 0 has none and may set it), and `next_seq`
+                // one past the last record sent. A page that does neither would have this loop ask again
                 // forever (printing the same records again): refused before any of it is printed.
                 guard page.records.isEmpty || (page.nextSeq > 0 && page.nextSeq - 1 > cursor) else {
                     await client.close()
@@ -419,7 +437,7 @@ struct PolicyAudit: AsyncParsableCommand {
                         await client.close()
                         throw LocalFileError(path: connect, why: "audit record \(cursor &+ UInt64(i) &+ 1) (record \(i + 1) of this page) is not one JSON object on one line; nothing of it printed")
                     }
-                    print(r)
+                    print(PolicyAudit.terminalSafe(r))
                 }
                 // Written before the cursor moves past them: a page that could not be written
                 // (a full disk) ends the command, never skipped (the trail carried out would have

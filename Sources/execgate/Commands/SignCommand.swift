@@ -90,7 +90,9 @@ struct SignModule: ParsableCommand {
                         signed.withUnsafeBytes { Digest.sha256(UnsafeRawBufferPointer(rebasing: $0[trailer.contentRange])) }.hex)),
                 ]).serialized())
             } else {
-                print("signed \(file) -> \(out) (\(digest.name), \(trailer.signatureLength)-byte PKCS#7, signer \(certs[0].subject))")
+                // The signer's name is its certificate's words: escaped for the terminal (TerminalText).
+                let t = TerminalText.escaped
+                print("signed \(t(file)) -> \(t(out)) (\(digest.name), \(trailer.signatureLength)-byte PKCS#7, signer \(t(certs[0].subject)))")
             }
         } catch {
             Console.error("execgate sign module: \(error)")

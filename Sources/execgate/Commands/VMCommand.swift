@@ -34,6 +34,8 @@ struct VMOptions: ParsableArguments {
         guard name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }), !name.isEmpty, name.count <= 64 else {
             throw ValidationError("--name: letters, digits, '-' and '_' only (max 64)")
         }
+        // An empty directory was the current one (FS.absolute("")): the VM's state in ./NAME/.
+        try refuseEmptyPaths([("--state-dir", stateDir), ("--image-dir", imageDir)])
         if stateDir == nil { _ = try Self.runDirFromEnvironment() }
     }
 

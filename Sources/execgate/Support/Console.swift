@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 import _ExecGateInternals
+import ExecGateCommandLine
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -23,4 +24,14 @@ enum Console {
 /// is a file in the root directory).
 func emptyOutputPath(_ option: String) -> String {
     option == "--out" ? "--out: an empty path names no directory (\".\" is the current one)" : "\(option): an empty path names no file"
+}
+
+/// The refusal of a path option given as "": an empty path names no file or directory (an input
+/// directory joined with "/boot" is the root directory's /boot; taken as a path, the current
+/// directory). Every path option refuses it as a usage error naming the option, as the output
+/// options do (`emptyOutputPath`).
+func refuseEmptyPaths(_ options: [(name: String, value: String?)]) throws {
+    for (name, value) in options where value == "" {
+        throw ValidationError("\(name): an empty path names no file or directory (\".\" is the current one)")
+    }
 }
