@@ -29,13 +29,14 @@ final class DocAttack10Tests: XCTestCase {
     }
 
     /// The loader's session of `ko` for `claim`: its image and its variable (run-time) sites.
-    static func loader(_ ko: [UInt8], _ claim: ModuleClaim, _ session: GuestSession, region: Session.Region = .core) throws -> Session {
+    static func loader(_ ko: [UInt8], _ claim: ModuleClaim, _ session: GuestSession, region: Session.Region = .core,
+                       checkExports: Bool = true) throws -> Session {
         try ko.withUnsafeBytes { raw in
             let elf = try ELFFile(bytes: raw)
             let core = try Session(elf: elf, claim: claim, facts: session.facts, resolver: session.symbolResolver)
             try core.checkModinfo()
             try core.relocate()
-            try core.verifyExportedSymbols()
+            if checkExports { try core.verifyExportedSymbols() }  // off for a module that is live itself
             try core.applyBootTimePatching()
             try core.addRuntimeSites()
             guard region == .initText else { return core }
@@ -337,5 +338,85 @@ extension DocAttack10Tests {
         guard case .moduleInitFreedReply = initFreed(g, "8021q") else { return XCTFail("init freed") }
         let after = g.verifier.authorize(over, requestDigest: [])
         XCTAssertEqual(after.decision, .allow, after.message)
+    }
+}
+
+// MARK: Restart and restore
+
+extension DocAttack10Tests {
+    /// Attack (docs/protocol.md "Restart and restore", register-guest "Once"): the guest's
+    /// modules were loaded uniprocessor (the fixture boot: one CPU present and possible, so
+    /// alternatives_smp_module_add() unlocked every `.smp_locks` prefix to `3e`). The session is
+    /// then re-registered (`reset = 1`) with other facts, two CPUs present, and the live modules
+    /// are replayed with their current bytes. The replay is judged by the new facts, as a first
+    /// load: a kernel that booted with two CPUs never unlocks (alternative_instructions() sets
+    /// `uniproc_patched` only for one present CPU or maxcpus <= 1), so the `3e` prefixes are
+    /// denied, and a module without lock prefixes is allowed. Nothing of the old session (its
+    /// modules, their key states) survives the reset.
+    func testAResetWithOtherFactsJudgesTheReplayByTheNewFacts() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()  // every module allowed under the uniprocessor facts
+        let lockModules = try Set(g.boot.availableModules.filter { n in
+            try g.boot.module(n).ko.withUnsafeBytes { raw in ((try ELFFile(bytes: raw).section(named: ".smp_locks"))?.size ?? 0) > 0 }
+        })
+        XCTAssertFalse(lockModules.isEmpty, "fixture modules with .smp_locks")
+        var smp = g.registration
+        smp.presentCPUs = 2
+        smp.possibleCPUs = 2
+        smp.reset = true
+        guard case .registerGuestReply = g.verifier.respond(to: .registerGuest(smp), requestDigest: [0x5e]) else { return XCTFail("reset refused") }
+        XCTAssertEqual(g.session.allowedModules, [], "the reset dropped every live module")
+        // Replay in load order: each module with its current (uniprocessor) bytes.
+        var verdicts: [String: ExecGateWire.Verdict] = [:]
+        for n in g.boot.availableModules { verdicts[n] = try g.load(n) }
+        let lockDenied = verdicts.filter { lockModules.contains($0.key) && $0.value.decision == .deny }
+        XCTAssertFalse(lockDenied.isEmpty, "modules with unlocked prefixes replayed on an SMP boot: \(verdicts.mapValues(\.message))")
+        for (n, d) in lockDenied {
+            XCTAssertEqual(d.factsDigest, [0x5e], "\(n): judged under the new registration")
+        }
+        // A `3e` where the SMP kernel keeps `lock` (llc, ip6_udp_tunnel: "expected [f0 …] found [3e …]").
+        XCTAssertTrue(lockDenied.values.contains { $0.message.contains("expected [f0") && $0.message.contains("found [3e") }, "\(lockDenied.mapValues(\.message))")
+        // Some module without lock prefixes is allowed under the new facts, and every denied one
+        // has lock prefixes or links against a denied module.
+        XCTAssertTrue(verdicts.contains { $0.value.decision == .allow && !lockModules.contains($0.key) }, "\(verdicts.mapValues(\.message))")
+        for (n, d) in verdicts where d.decision == .deny && !lockModules.contains(n) {
+            XCTAssertEqual(d.reason, .claimBytesUnexplained, "\(n): \(d.message)")
+        }
+    }
+}
+
+// MARK: Alternatives at run time
+
+extension DocAttack10Tests {
+    /// Attack (docs/protocol.md authorize-patch: "a jump-label flip, static_call_update() or an
+    /// alternatives_enable_smp() `lock` rewrite"): the guest asks to poke an alternative site of a
+    /// live module at run time, with the replacement apply_alternatives() would have copied had
+    /// the CPU bit been the other way, and with the very bytes the site holds. apply_alternatives()
+    /// runs once, in module_finalize() at load (arch/x86/kernel/alternative.c, 6.1 and 6.12); the
+    /// kernel never pokes an alternative site again (only `.smp_locks` prefixes, through
+    /// alternatives_smp_lock()): an alternative site is no run-time patch site, both are
+    /// `patch.not-allowed` and nothing is recorded.
+    func testAnAlternativeSiteIsNoRunTimePatchSite() throws {
+        let g = try FixtureGuest()
+        try g.loadAll()
+        var found: (module: String, address: UInt64, length: Int, replacement: [UInt8])?
+        for n in g.boot.availableModules {
+            let m = try g.boot.module(n)
+            let s = try Self.loader(m.ko, m.claim, g.session, checkExports: false)
+            guard let a = s.altSites.first(where: { $0.len >= 2 }) else { continue }
+            let here = Array(m.claim.text[a.off..<a.off + a.len])
+            var other = [UInt8](repeating: 0x90, count: a.len)
+            other[0] = here[0] == 0x90 ? 0xcc : 0x90
+            found = (n, m.claim.textBase + UInt64(a.off), a.len, other)
+            break
+        }
+        let f = try XCTUnwrap(found, "a fixture module with an alternative site")
+        let siteBefore = g.session.liveModule(f.module).map { _ in g.sitesByKey().count }
+        for bytes in [f.replacement, try g.currentBytes(f.address, f.length)] {
+            let v = g.patch([PatchEntry(address: f.address, bytes: bytes)])
+            XCTAssertEqual(v.decision, .deny, "\(f.module) alternative at 0x\(String(f.address, radix: 16)): \(v.message)")
+            XCTAssertEqual(v.reason, .patchNotAllowed, v.message)
+        }
+        XCTAssertEqual(g.session.liveModule(f.module).map { _ in g.sitesByKey().count }, siteBefore)
     }
 }
