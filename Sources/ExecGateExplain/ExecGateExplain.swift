@@ -47,6 +47,9 @@ public struct ModuleLayoutPlan: Sendable {
     public let textSize: Int
     /// The whole core allocation (page-aligned).
     public let coreSize: Int
+    /// The init allocation's sections (6.1 `init_layout`: init text, then init rodata and data;
+    /// page-aligned; layout_symtab() appends the symbol table after them, not counted here).
+    public let initSize: Int
     /// Index of `.data..percpu` (lives in the per-cpu area, not in the core allocation).
     public let percpuSectionIndex: Int?
 
@@ -63,6 +66,6 @@ public struct ModuleLayoutPlan: Sendable {
                                      isExecutable: l.flags[s.index].contains(.execInstr)))
             }
         }
-        return ModuleLayoutPlan(placements: out, textSize: l.textSize, coreSize: l.coreSize, percpuSectionIndex: l.percpuIndex)
+        return ModuleLayoutPlan(placements: out, textSize: l.textSize, coreSize: l.coreSize, initSize: l.initSize, percpuSectionIndex: l.percpuIndex)
     }
 }

@@ -230,11 +230,15 @@ public final class GuestSession: @unchecked Sendable {
     // MARK: Admission
 
     /// Cheap early refusal before the module is explained (commit re-checks under the same lock).
-    func preflight(name: String, coreRange: Range<UInt64>?, initRange: Range<UInt64>?, frames: [UInt64], initFrames: [UInt64]) -> SessionRefusal? {
-        lock.withLock { conflicts(name: name, coreRange: coreRange, initRange: initRange, frames: frames, initFrames: initFrames) }
+    /// `initRange`: the whole init allocation (`LiveModule.initAllocation`); `percpuRange`: the
+    /// module's per-cpu area.
+    func preflight(name: String, coreRange: Range<UInt64>?, initRange: Range<UInt64>?, percpuRange: Range<UInt64>? = nil,
+                   frames: [UInt64], initFrames: [UInt64]) -> SessionRefusal? {
+        lock.withLock { conflicts(name: name, coreRange: coreRange, initRange: initRange, percpuRange: percpuRange, frames: frames, initFrames: initFrames) }
     }
 
-    private func conflicts(name: String, coreRange: Range<UInt64>?, initRange: Range<UInt64>?, frames: [UInt64], initFrames: [UInt64]) -> SessionRefusal? {
+    private func conflicts(name: String, coreRange: Range<UInt64>?, initRange: Range<UInt64>?, percpuRange: Range<UInt64>?,
+                           frames: [UInt64], initFrames: [UInt64]) -> SessionRefusal? {
         let canonical = Policy.canonicalModuleName(name)
         if live[canonical] != nil {
             return SessionRefusal(reason: .moduleAlreadyLive, message: "module '\(name)' is already live in guest '\(registration.guestID)': retire it first (the kernel refuses a second module of one name)")
@@ -243,10 +247,16 @@ public final class GuestSession: @unchecked Sendable {
         for m in live.values {
             for r in [coreRange, initRange] {
                 guard let r else { continue }
-                for theirs in [m.coreRange, m.initRange] {
+                for theirs in [m.coreRange, m.initAllocation] {
                     guard let theirs, r.overlaps(theirs) else { continue }
                     return SessionRefusal(reason: .claimOverlapsLive, message: "claimed range 0x\(Hex.number(r.lowerBound))..<0x\(Hex.number(r.upperBound)) overlaps live module '\(m.name)' at 0x\(Hex.number(theirs.lowerBound))..<0x\(Hex.number(theirs.upperBound))")
                 }
+            }
+            // The per-cpu area: percpu_modalloc() → __alloc_reserved_percpu() hands out only free
+            // memory of the reserved chunk, given back by percpu_modfree() at unload (mm/percpu.c,
+            // kernel/module/main.c, 6.1 and 6.12): two live modules never share per-cpu bytes.
+            if let p = percpuRange, let theirs = m.percpuRange, p.overlaps(theirs) {
+                return SessionRefusal(reason: .claimOverlapsLive, message: "claimed per-cpu area 0x\(Hex.number(p.lowerBound))..<0x\(Hex.number(p.upperBound)) overlaps live module '\(m.name)''s per-cpu area 0x\(Hex.number(theirs.lowerBound))..<0x\(Hex.number(theirs.upperBound)) (percpu_modalloc() never hands out a live module's per-cpu memory)")
             }
         }
         // Each claimed frame looked up once (`frameOwner`: every frame granted to a live module).
@@ -296,7 +306,7 @@ public final class GuestSession: @unchecked Sendable {
     private func commitLocked(_ module: LiveModule) -> SessionRefusal? {
         var m = module
         if let e = endedRefusalLocked() { return e }
-        if let c = conflicts(name: m.name, coreRange: m.coreRange, initRange: m.initRange, frames: m.frames, initFrames: m.initFrames) { return c }
+        if let c = conflicts(name: m.name, coreRange: m.coreRange, initRange: m.initAllocation, percpuRange: m.percpuRange, frames: m.frames, initFrames: m.initFrames) { return c }
         // A module was retired (or rolled back) while this one was explained: the snapshot
         // may have resolved symbols to it, and it is no longer live to depend on. The kernel
         // takes the reference (resolve_symbol() → ref_module()) before the exporter can go.
@@ -500,6 +510,7 @@ public final class GuestSession: @unchecked Sendable {
             guard var m = liveExactLocked(name), m.initRange != nil, !m.pending else { return false }
             let canonical = m.name
             m.initRange = nil
+            m.initAllocation = nil  // do_free_init() frees the whole init allocation
             for f in m.initFrames where frameOwner[f] == canonical { frameOwner[f] = nil }
             m.initFrames = []
             // Its init sites are gone: a key only they used forgets its state.

@@ -25,6 +25,14 @@ public struct LiveModule: Sendable {
     public let frames: [UInt64]
     /// The init text while it is granted (nil once freed, or when none was claimed).
     public var initRange: Range<UInt64>?
+    /// The whole init allocation while the init text is granted (nil with `initRange`): on 6.1
+    /// `init_layout`, init text then init rodata and data, one module_alloc() block freed whole by
+    /// do_free_init(); on 6.12 `MOD_INIT_TEXT` (each memory type its own allocation, and only the
+    /// text types are held: docs/kernels/6.12-loader.md §4.8).
+    public var initAllocation: Range<UInt64>?
+    /// The module's per-cpu area `[mod->percpu, + size of .data..percpu)` (percpu_modalloc()),
+    /// nil when it has no per-cpu data.
+    public let percpuRange: Range<UInt64>?
     public var initFrames: [UInt64]
     public let exports: ModuleExports?
     public let sites: RuntimeSiteTable?
@@ -62,6 +70,7 @@ public struct LiveModule: Sendable {
     let heldBytes: Int
 
     init(name: String, identity: String? = nil, coreRange: Range<UInt64>, textRange: Range<UInt64>, frames: [UInt64], initRange: Range<UInt64>?,
+         initAllocation: Range<UInt64>? = nil, percpuRange: Range<UInt64>? = nil,
          initFrames: [UInt64], exports: ModuleExports?, sites: RuntimeSiteTable?, dependsOn: Set<String> = [], keyStates: [UInt64: UInt64],
          imports: Set<String> = [], explainedAt: UInt64 = 0) {
         self.name = name
@@ -70,6 +79,8 @@ public struct LiveModule: Sendable {
         self.textRange = textRange
         self.frames = frames
         self.initRange = initRange
+        self.initAllocation = initRange == nil ? nil : (initAllocation ?? initRange)
+        self.percpuRange = percpuRange
         self.initFrames = initFrames
         self.exports = exports
         self.sites = sites

@@ -496,7 +496,17 @@ public final class Verifier: @unchecked Sendable {
         let (coreEnd, coreOverflow) = base.addingReportingOverflow(UInt64(coreSize))
         guard !coreOverflow else { return deny(.claimInvalid, "core allocation at 0x\(Hex.number(base)) +\(coreSize) wraps the address space") }
         let coreRange = base..<coreEnd
-        if let refusal = session.preflight(name: moduleName, coreRange: coreRange, initRange: initRange, frames: request.frames, initFrames: request.initFrames) {
+        // What else the module holds while live, against every live module: on 6.1 its whole init
+        // allocation (init text, rodata and data: one module_alloc() block, as the core's), and
+        // its per-cpu area (percpu_modalloc()). Bounds past 2^64 are the explainer's denial.
+        let initAllocation = initRange.map { Self.liveInitAllocation(plan: plan, initRange: $0, kernelRelease: session.facts.kernelRelease) }
+        var percpuRange: Range<UInt64>? = nil
+        if let i = plan.percpuSectionIndex, i < elf.sections.count, elf.sections[i].size > 0, let b = request.perCPUBase {
+            let (e, o) = b.addingReportingOverflow(UInt64(elf.sections[i].size))
+            if !o { percpuRange = b..<e }
+        }
+        if let refusal = session.preflight(name: moduleName, coreRange: coreRange, initRange: initAllocation, percpuRange: percpuRange,
+                                           frames: request.frames, initFrames: request.initFrames) {
             return deny(refusal.reason, refusal.message)
         }
 
@@ -529,7 +539,8 @@ public final class Verifier: @unchecked Sendable {
         if let ib = request.initBase, let it = request.initText { initKeyStates = states(explained.initRuntimeSites, base: ib, bytes: it) }
         var live = LiveModule(name: Policy.canonicalModuleName(moduleName), identity: moduleName, coreRange: coreRange,
                               textRange: base..<(base &+ UInt64(text.readableBytes)), frames: request.frames,
-                              initRange: initRange, initFrames: request.initFrames, exports: explained.exports,
+                              initRange: initRange, initAllocation: initAllocation, percpuRange: percpuRange,
+                              initFrames: request.initFrames, exports: explained.exports,
                               sites: explained.runtimeSites, keyStates: keyStates,
                               imports: Self.imports(of: elf), explainedAt: explainedAt)
         live.initKeyStates = initKeyStates
@@ -581,6 +592,17 @@ public final class Verifier: @unchecked Sendable {
     static func liveCoreSize(plan: ModuleLayoutPlan, textBytes: Int, kernelRelease: String?) -> Int {
         if let r = kernelRelease, case .success(.linux6_12) = ModuleLoader.forRelease(r) { return textBytes }
         return plan.coreSize
+    }
+
+    /// The init allocation a live module holds while its init text is granted: on 6.1 the whole
+    /// `init_layout` (layout_sections(): init text, then init rodata and data, one module_alloc()
+    /// block that do_free_init() frees whole), from the claimed init base; on 6.12 the
+    /// `MOD_INIT_TEXT` allocation (the other init types are held only where they change a verdict,
+    /// docs/kernels/6.12-loader.md §4.8). Never less than the claimed init text.
+    static func liveInitAllocation(plan: ModuleLayoutPlan, initRange: Range<UInt64>, kernelRelease: String?) -> Range<UInt64> {
+        if let r = kernelRelease, case .success(.linux6_12) = ModuleLoader.forRelease(r) { return initRange }
+        let (end, o) = initRange.lowerBound.addingReportingOverflow(UInt64(plan.initSize))
+        return o ? initRange.lowerBound..<UInt64.max : initRange.lowerBound..<max(end, initRange.upperBound)
     }
 
     /// A denial found by one stage of `judge`: its reason code and message.
