@@ -7,7 +7,10 @@
 #     and rt flavours (linux-image-6.1.0-56-cloud-amd64, -rt-amd64, linux-image-6.12.117+deb12-cloud-amd64,
 #     -rt-amd64), unpacked under .cache/kernel-flavours/;
 #   - opt-in (`--point-releases`, for scripts/matrix.sh): older Debian point releases of both rows
-#     (linux-image-6.1.0-47-amd64, linux-image-6.12.100+deb12-amd64), also under .cache/kernel-flavours/.
+#     (linux-image-6.1.0-47-amd64, linux-image-6.12.100+deb12-amd64), also under .cache/kernel-flavours/;
+#   - opt-in (`--newest`, for scripts/matrix.sh): the newest 6.12 point release in the archive on
+#     2026-12-04, all three flavours (linux-image-6.12.118+deb12-{,cloud-,rt-}amd64), and the 6.1.0-57
+#     cloud and rt flavours, also under .cache/kernel-flavours/ (rows 612p118*, 61p57cloud, 61p57rt).
 # The packages are Debian's signed kernels: their modules are really signed (sha256 + RSA-4096) and
 # each vmlinuz carries the certificate that signed them.
 set -euo pipefail
@@ -68,6 +71,8 @@ case "${1:-}" in
   --flavours) extra="linux-image-6.1.0-56-cloud-amd64 linux-image-6.1.0-56-rt-amd64
     linux-image-6.12.117+deb12-cloud-amd64 linux-image-6.12.117+deb12-rt-amd64" ;;
   --point-releases) extra="linux-image-6.1.0-47-amd64 linux-image-6.12.100+deb12-amd64" ;;
+  --newest) extra="linux-image-6.12.118+deb12-amd64 linux-image-6.12.118+deb12-cloud-amd64
+    linux-image-6.12.118+deb12-rt-amd64 linux-image-6.1.0-57-cloud-amd64 linux-image-6.1.0-57-rt-amd64" ;;
 esac
 if [ -n "$extra" ]; then
   cacheflv="$root/.cache/kernel-flavours"

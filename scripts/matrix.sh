@@ -7,6 +7,8 @@
 #
 #   scripts/fetch-test-data.sh --flavours     # once: the 6.1 and 6.12 cloud and rt packages
 #   scripts/fetch-test-data.sh --point-releases   # once: older point releases (rows 61p47, 612p100)
+#   scripts/fetch-test-data.sh --newest       # once: 6.12.118 generic/cloud/rt, 6.1.0-57 cloud/rt
+#                                             #   (rows 612p118, 612p118cloud, 612p118rt, 61p57cloud, 61p57rt)
 #   make image                                # the static execgate (the guest's /init)
 #   nice -n 10 scripts/matrix.sh [--kernels "61 61cloud 61rt 612 612cloud 612rt 61p47 612p100"]
 #                                [--cpus "M1 M2@ARG+ARG ..."] [--out DIR]
@@ -79,6 +81,11 @@ kernel_dir() {
     612rt) echo "$root/.cache/kernel-flavours/linux-image-6.12.117+deb12-rt-amd64" ;;
     61p47) echo "$root/.cache/kernel-flavours/linux-image-6.1.0-47-amd64" ;;
     612p100) echo "$root/.cache/kernel-flavours/linux-image-6.12.100+deb12-amd64" ;;
+    612p118) echo "$root/.cache/kernel-flavours/linux-image-6.12.118+deb12-amd64" ;;
+    612p118cloud) echo "$root/.cache/kernel-flavours/linux-image-6.12.118+deb12-cloud-amd64" ;;
+    612p118rt) echo "$root/.cache/kernel-flavours/linux-image-6.12.118+deb12-rt-amd64" ;;
+    61p57cloud) echo "$root/.cache/kernel-flavours/linux-image-6.1.0-57-cloud-amd64" ;;
+    61p57rt) echo "$root/.cache/kernel-flavours/linux-image-6.1.0-57-rt-amd64" ;;
     *) echo "$1" ;;
   esac
 }

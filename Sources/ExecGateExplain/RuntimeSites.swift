@@ -546,12 +546,86 @@ extension Session {
                 }
             }
         }
+        if inherited == nil { addOwnTraceEventProbes() }  // (an init session inherits them)
         for (a, off) in trampolineSites {
             precondition(off >= 0 && off <= image.count - 5, "trampoline outside the image")  // execOffset checked it
             guard image[off] == 0xe9, let key = trampolineKey(a),
                   let dest = image.withUnsafeBytes({ rel32Destination(UnsafeRawBufferPointer(rebasing: $0[off..<off + 5]), operandAt: 1, site: a, length: 5) }),
                   dest != returnThunkExport, dest != returnThunkTarget else { continue }
             ownKeyDefaults[key, default: []].insert(dest)
+        }
+    }
+
+    /// The trace-event probes of the module's own tracepoints, trusted for the tracepoint's key.
+    /// A module's `TRACE_EVENT()`/`DEFINE_EVENT()` (include/trace/trace_events.h, 6.1 and 6.12)
+    /// emits `struct trace_event_call event_X = { .class = &event_class_C, .tp =
+    /// &__tracepoint_X, … }` (its address in the module's `_ftrace_events` table) and `struct
+    /// trace_event_class event_class_C = { .probe = trace_event_raw_event_C, .perf_probe =
+    /// perf_trace_C, .reg = trace_event_reg, … }`. Enabling the event (tracefs, perf, or the module
+    /// itself: qla2xxx's init enables its own "qla" events in its trace instance, qla_trace_init()
+    /// → trace_array_set_clr_event()) goes through kernel/trace/trace_events.c trace_event_reg():
+    /// TRACE_REG_REGISTER → `tracepoint_probe_register(call->tp, call->class->probe, file)`,
+    /// TRACE_REG_PERF_REGISTER → `(call->tp, call->class->perf_probe, call)`; with that one
+    /// probe, kernel/tracepoint.c tracepoint_update_call() points `tp->static_call_key` at it
+    /// (6.1.192 and 6.12.117). So each of those two functions is a target of that key, read from
+    /// the signed module's own relocated structures: `_ftrace_events[i]` → the call (class at
+    /// +16, tp at +24: `struct list_head list` first), the class (probe at +8, perf_probe at +16,
+    /// reg at +24 after `const char *system`), the tracepoint (`static_call_key` at +24, after
+    /// `name` and `struct static_key`). Only a class whose `reg` is the core's `trace_event_reg`
+    /// (no other registers `class->probe`), only a key that is one of this module's own
+    /// tracepoint keys, only a function entry of its own text (`trustedStaticCallTargets`
+    /// keeps function entries). Never the values in the module's writable data at run time, and
+    /// no other probe (a BPF raw tracepoint's `__bpf_trace_C`, another module's probe): those stay
+    /// denied, as tracing is (docs/trust.md, "Static calls").
+    func addOwnTraceEventProbes() {
+        guard let ev = elf.section(named: "_ftrace_events"), ev.size >= 8, ownTracepointKeys.count != 0 else { return }
+        // R_X86_64_64 fields of a section: offset → (symbol, addend), one pass per section asked;
+        // a field two records write is no field here (the kernel refuses the second write).
+        var maps: [Int: [UInt64: (sym: Int, addend: Int64)?]] = [:]
+        func field(_ sec: Int, _ off: UInt64) -> (sym: Int, addend: Int64)? {
+            if maps[sec] == nil {
+                var m: [UInt64: (sym: Int, addend: Int64)?] = [:]
+                for rs in rela where rs.targetSectionIndex == sec {
+                    let rr = rs.relocations
+                    for i in rr.indices where rr.isValid(i) {
+                        let r = rr[i]
+                        guard r.type == .r64 else { continue }
+                        m[r.offset] = m[r.offset] == nil ? .some((r.symbolIndex, r.addend)) : .some(nil)
+                    }
+                }
+                maps[sec] = m
+            }
+            return maps[sec]?[off] ?? nil
+        }
+        // The (section, offset) a pointer field points to: a symbol the module defines.
+        func pointee(_ sec: Int, _ off: UInt64) -> (sec: Int, off: UInt64)? {
+            guard let f = field(sec, off) else { return nil }
+            let shndx = symtab.sectionIndex(f.sym)
+            guard shndx != SectionIndex.undef, shndx < SectionIndex.loReserve, Int(shndx) < elf.sections.count else { return nil }
+            let (o, ov) = symtab.value(f.sym).addingReportingOverflow(UInt64(bitPattern: f.addend))
+            return ov ? nil : (Int(shndx), o)
+        }
+        func value(_ sec: Int, _ off: UInt64) -> UInt64? {
+            guard let f = field(sec, off), let v = try? symbolValue(f.sym) else { return nil }
+            return v &+ UInt64(bitPattern: f.addend)
+        }
+        // This module's own tracepoint keys (`__SCK__tp_func_*` it defines: ownTracepointKeys
+        // without the trampolines).
+        var own = AddressTable()
+        for ki in keySymbols.indices where symtab.nameHasPrefix(ki, "__SCK__tp_func_") {
+            if let a = ownKeyAddress(ki) { own.set(a, 1) }
+        }
+        var slot: UInt64 = 0
+        while slot + 8 <= UInt64(ev.size) {
+            defer { slot += 8 }
+            guard let call = pointee(ev.index, slot), let cls = pointee(call.sec, call.off &+ 16),
+                  let tp = pointee(call.sec, call.off &+ 24),
+                  let reg = field(cls.sec, cls.off &+ 24), symtab.isUndefined(reg.sym), reg.addend == 0,
+                  symtab.nameEquals(reg.sym, "trace_event_reg"),
+                  let key = value(tp.sec, tp.off &+ 24), own[key] != nil else { continue }
+            for probeField in [cls.off &+ 8, cls.off &+ 16] {
+                if let p = value(cls.sec, probeField), functionEntries.contains(p) { ownKeyDefaults[key, default: []].insert(p) }
+            }
         }
     }
 

@@ -212,4 +212,88 @@ final class ModuleTracepointKeyTests: XCTestCase {
             XCTAssertEqual(try Self.explain(tun, c, facts, resolver).verdict.isAllowed, legal, "state 0x\(String(state, radix: 16))")
         }
     }
+
+    /// The address of `name`, a function the session's module defines (nil if none).
+    static func function(_ s: Session, _ name: String) throws -> UInt64? {
+        for i in s.symtab.indices where s.symtab.isFunction(i) && !s.symtab.isUndefined(i) && s.symtab.nameEquals(i, name) {
+            return try s.symbolValue(i)
+        }
+        return nil
+    }
+
+    /// The sites of `key` (its trampoline included) claimed in `state`: the verdict at load, and
+    /// whether each site takes the state as a run-time patch.
+    static func claimKey(_ ko: [UInt8], _ claim: ModuleClaim, _ table: RuntimeSiteTable, key: UInt64, state: UInt64,
+                         _ facts: GuestFacts, _ resolver: SymbolResolver) throws -> (load: Bool, patches: [Bool]) {
+        let sites = table.siteList.filter { $0.kind == .staticCall && $0.key == key }
+        var c = claim
+        var patches: [Bool] = []
+        for site in sites {
+            let o = Int(site.address - claim.textBase)
+            let b = try XCTUnwrap(table.encoding(at: site.address, state: state))
+            c.text.replaceSubrange(o..<o + site.length, with: b)
+            if case .allowed = table.check(address: site.address, bytes: b) { patches.append(true) } else { patches.append(false) }
+        }
+        return (try explain(ko, c, facts, resolver).verdict.isAllowed, patches)
+    }
+
+    /// Before the Fix: qla2xxx's init enables its own trace events (qla_os.c qla_trace_init() →
+    /// trace_array_set_clr_event(qla_trc_array, "qla", NULL, true)); trace_event_reg() registers
+    /// the class probe `trace_event_raw_event_qla_log_event` on its tracepoint `ql_dbg_log`, and
+    /// tracepoint_update_call() points the module's own key `tp_func_ql_dbg_log` (every site and
+    /// the trampoline) at that one probe. A real capture (Debian 6.1.0-56, 6.12.118: `execgate
+    /// capture`, docs/kernels/matrix.md round 10) found qla2xxx denied `static-call` on a default
+    /// boot. The probe is the module's own event class's (`event_class_qla_log_event.probe`, read
+    /// from the signed relocations), so the end state is explained now, at load and as a run-time
+    /// patch; so is the perf probe (`perf_trace_qla_log_event`, TRACE_REG_PERF_REGISTER).
+    func testOwnTraceEventClassProbeIsATargetOfItsKey() throws {
+        let f = try FixtureReplay()
+        let ko = try Fixtures.readFile(try Fixtures.module(named: "qla2xxx.ko"))
+        let facts = try Self.facts(f, for: [ko])
+        let resolver = SymbolResolver(coreExports: facts.exports)
+        let (claim, s) = try Self.honest(ko, "qla2xxx", facts, resolver)
+        let honest = try Self.explain(ko, claim, facts, resolver)
+        XCTAssertTrue(honest.verdict.isAllowed, "\(honest.verdict)")
+        let table = try XCTUnwrap(honest.runtimeSites)
+        let key = try XCTUnwrap(s.ownKeyAddress(try XCTUnwrap(s.keySymbols.index(named: "__SCK__tp_func_ql_dbg_log", s.symtab))))
+        XCTAssertGreaterThan(table.siteList.filter { $0.kind == .staticCall && $0.key == key }.count, 1)
+        for name in ["trace_event_raw_event_qla_log_event", "perf_trace_qla_log_event", "__traceiter_ql_dbg_log"] {
+            let target = try XCTUnwrap(try Self.function(s, name), name)
+            let r = try Self.claimKey(ko, claim, table, key: key, state: target, facts, resolver)
+            XCTAssertTrue(r.load, "load with tp_func_ql_dbg_log on \(name)")
+            XCTAssertEqual(r.patches, r.patches.map { _ in true }, "run-time patch to \(name)")
+        }
+    }
+
+    /// Failed attacks kept (they cover the Fix's bounds): jbd2's key `tp_func_jbd2_checkpoint`
+    /// (a TRACE_EVENT: class jbd2_checkpoint) claimed calling another class's probe
+    /// (`trace_event_raw_event_jbd2_commit`: another prototype), the BPF raw-tracepoint stub
+    /// `__bpf_trace_jbd2_checkpoint` (bpf_probe_register(): not a class probe) or one byte into
+    /// its own class probe (not a function entry): denied at load and as a run-time patch. Its
+    /// own class probe and perf probe are allowed.
+    func testTraceEventProbesAreBoundToTheirOwnEventsKey() throws {
+        let f = try FixtureReplay()
+        let ko = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
+        let facts = try Self.facts(f, for: [ko])
+        let resolver = SymbolResolver(coreExports: facts.exports)
+        let (claim, s) = try Self.honest(ko, "jbd2", facts, resolver)
+        let honest = try Self.explain(ko, claim, facts, resolver)
+        XCTAssertTrue(honest.verdict.isAllowed, "\(honest.verdict)")
+        let table = try XCTUnwrap(honest.runtimeSites)
+        let key = try XCTUnwrap(s.ownKeyAddress(try XCTUnwrap(s.keySymbols.index(named: "__SCK__tp_func_jbd2_checkpoint", s.symtab))))
+        XCTAssertFalse(table.siteList.filter { $0.kind == .staticCall && $0.key == key }.isEmpty)
+        let own = try XCTUnwrap(try Self.function(s, "trace_event_raw_event_jbd2_checkpoint"))
+        let cases: [(String, UInt64, Bool)] = [
+            ("trace_event_raw_event_jbd2_checkpoint", own, true),
+            ("perf_trace_jbd2_checkpoint", try XCTUnwrap(try Self.function(s, "perf_trace_jbd2_checkpoint")), true),
+            ("trace_event_raw_event_jbd2_commit", try XCTUnwrap(try Self.function(s, "trace_event_raw_event_jbd2_commit")), false),
+            ("__bpf_trace_jbd2_checkpoint", try XCTUnwrap(try Self.function(s, "__bpf_trace_jbd2_checkpoint")), false),
+            ("trace_event_raw_event_jbd2_checkpoint+1", own + 1, false),
+        ]
+        for (name, target, legal) in cases {
+            let r = try Self.claimKey(ko, claim, table, key: key, state: target, facts, resolver)
+            XCTAssertEqual(r.load, legal, "load with tp_func_jbd2_checkpoint on \(name)")
+            XCTAssertEqual(r.patches, r.patches.map { _ in legal }, "run-time patch to \(name)")
+        }
+    }
 }
