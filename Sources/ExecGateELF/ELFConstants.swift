@@ -38,6 +38,9 @@ public struct SectionFlags: OptionSet, Hashable, Sendable {
     /// Linux-internal `SHF_RO_AFTER_INIT` (include/linux/moduleloader.h / module.h: 0x00200000),
     /// set by the loader on `.data..ro_after_init` and `__jump_table`; never in a file.
     public static let roAfterInit = SectionFlags(rawValue: 0x0020_0000)
+    /// Linux `SHF_RELA_LIVEPATCH` (include/uapi/linux/elf.h: 0x00100000): a livepatch module's
+    /// `.klp.rela.<object>.<section>` relocation section, applied by klp_apply_section_relocs().
+    public static let relaLivepatch = SectionFlags(rawValue: 0x0010_0000)
 }
 
 /// Special section indices (`st_shndx`), gABI.

@@ -49,6 +49,26 @@ extension Session {
             if !sec.flags.contains(.alloc) {
                 throw deny(.loader, "\(name) is not allocated: module_finalize() would read it from the temporary copy, unrelocated (not modelled)", section: name)
             }
+            // Each pass walks its table as `for (p = start; p < end; p++)` with `end = sh_addr +
+            // sh_size` (apply_alternatives(), apply_paravirt(), apply_retpolines(),
+            // apply_returns(), apply_seal_endbr()/apply_ibt_endbr(), alternatives_smp_unlock()):
+            // a trailing partial entry is read too, its missing bytes from whatever follows the
+            // table in memory. Never built: denied. (`.call_sites` is read only by
+            // callthunks_patch_module_calls(), a no-op without X86_FEATURE_CALL_DEPTH, which is
+            // denied by name; `.text` is 6.1's range, no table; 6.1's `.ibt_endbr_seal` is read only
+            // with CONFIG_X86_KERNEL_IBT.)
+            let entry: Int
+            switch name {
+            case ".altinstructions": entry = loader == .linux6_12 ? 14 : 12
+            case ".parainstructions": entry = 16
+            case ".smp_locks", ".retpoline_sites", ".return_sites": entry = 4
+            case ".ibt_endbr_seal": entry = loader == .linux6_12 || facts.ibtSeal ? 4 : 1
+            default: entry = 1
+            }
+            if sec.size % entry != 0 {
+                throw deny(.loader, "\(name) is \(sec.size) bytes, not a whole number of \(entry)-byte entries: module_finalize() would read a last entry past its end (not modelled)",
+                           section: name)
+            }
         }
     }
 

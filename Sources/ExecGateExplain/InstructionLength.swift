@@ -59,7 +59,9 @@ public enum InstructionDecoder {
             guard let x = next() else { return nil }
             b = x
         }
-        let immZ = opsize16 ? 2 : 4
+        // `Iz`: 2 bytes with an operand-size prefix, unless REX.W overrides it (insn_get_prefixes():
+        // `if (X86_REX_W(b)) insn->opnd_bytes = 8`; `__get_immv32()`: 8 → 4 bytes).
+        let immZ = opsize16 && !rexW ? 2 : 4
         func modrm() -> Bool {
             guard let m = next() else { return false }
             let mod = m >> 6, rm = m & 7
@@ -104,7 +106,8 @@ public enum InstructionDecoder {
             case 0x04, 0x0a, 0x0c, 0x24...0x27, 0x36, 0x39, 0x3b...0x3f, 0xff:
                 return nil  // undefined in 64-bit mode (0f ff is UD0: needs ModRM; the kernel decodes it, we stay conservative)
             case 0x80...0x8f:
-                return finish(0x0f, o1, imm: immZ, rel: true)
+                // Jcc `Jz (f64)`: rel32 in 64-bit mode whatever a 66 prefix says (see e8/e9).
+                return finish(0x0f, o1, imm: 4, rel: true)
             case 0x70...0x73, 0xa4, 0xac, 0xba, 0xc2, 0xc4, 0xc5, 0xc6, 0x0f:
                 guard modrm() else { return nil }
                 return finish(0x0f, o1, imm: 1)
@@ -163,7 +166,10 @@ public enum InstructionDecoder {
         case 0xb8...0xbf: return finish(b, imm: rexW ? 8 : immZ)
         case 0xc2, 0xca: return finish(b, imm: 2)
         case 0xc8: return finish(b, imm: 3)
-        case 0xe8, 0xe9: return finish(b, imm: immZ, rel: true)
+        // `CALL Jz (f64)`, `JMP-near Jz (f64)` (x86-opcode-map.txt): insn_get_modrm() forces
+        // opnd_bytes = 8 in 64-bit mode for f64 opcodes, so the immediate is a rel32 even after a
+        // 66 prefix (as Intel CPUs execute it), never the rel16 an operand-size prefix would give.
+        case 0xe8, 0xe9: return finish(b, imm: 4, rel: true)
         case 0xf6, 0xf7:
             guard i < end else { return nil }
             let reg = (bytes[i] >> 3) & 7

@@ -83,8 +83,12 @@ func ripRelativeDisplacement(_ buf: [UInt8], at i: Int, length: Int) -> Int? {
     if buf[p] == 0x0f {
         guard p + 1 < i + length else { return nil }
         p += (buf[p + 1] == 0x38 || buf[p + 1] == 0x3a) ? 3 : 2
-    } else if [0xc4, 0xc5, 0x62, 0x8f].contains(buf[p]) {
-        return nil  // VEX/EVEX/XOP: not in module alternatives of this build; any use is a mismatch (deny)
+    } else if buf[p] == 0xc5 || buf[p] == 0xc4 || buf[p] == 0x62 {
+        // VEX (c5: 1 payload byte, c4: 2) and EVEX (62: 3) in 64-bit mode, then the opcode: the
+        // kernel's decoder reads their ModRM like any other (insn_rip_relative() on
+        // insn.modrm), so their RIP-relative operands are relocated too. (`8f` is POP Ev to the
+        // kernel's decoder, which has no XOP: a legacy ModRM opcode, the branch below.)
+        p += (buf[p] == 0xc5 ? 2 : buf[p] == 0xc4 ? 3 : 4) + 1
     } else {
         p += 1
     }

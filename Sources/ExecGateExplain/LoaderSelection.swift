@@ -134,6 +134,11 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
         guard let tm = elf.section(named: ".gnu.linkonce.this_module") else {
             return .failure(LoaderSelectionError("module has no .gnu.linkonce.this_module (the kernel refuses it: no struct module)"))
         }
+        // elf_validity_cache_index_mod() (6.12; 6.1 setup_load_info() finds it by find_sec(), which
+        // takes only an SHF_ALLOC section): struct module must be allocated and have contents.
+        guard tm.flags.contains(.alloc), !tm.isNoBits else {
+            return .failure(LoaderSelectionError("struct module (.gnu.linkonce.this_module) is \(tm.isNoBits ? "SHT_NOBITS" : "not SHF_ALLOC"): elf_validity_cache_index_mod() refuses the module"))
+        }
         if let row = measured.first(where: { $0.release == release }), tm.size != row.loader.thisModuleSize {
             return .failure(LoaderSelectionError("struct module (.gnu.linkonce.this_module) is 0x\(String(tm.size, radix: 16)) bytes, \(release) has 0x\(String(row.loader.thisModuleSize, radix: 16)) (the kernel refuses the module)"))
         }

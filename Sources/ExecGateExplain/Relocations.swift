@@ -203,8 +203,21 @@ extension Session {
         precondition(ExplanationClass.relocation.rawValue < counts.count && ExplanationClass.elf.rawValue < counts.count)
         // Exec-target records (for the mutation tester only): reserved once, not grown per field.
         if walk.record { walk.fields.reserveCapacity(walk.fields.count + rela.reduce(0) { imageOffset(of: $1.targetSectionIndex) != nil ? $0 + $1.relocations.count : $0 }) }
+        let symtabSection = try? elf.symbolTableSection()
         for (ri, rs) in rela.enumerated() {
             let t = rs.targetSectionIndex
+            // apply_relocations() (kernel/module/main.c, 6.1 and 6.12) hands a section flagged
+            // SHF_RELA_LIVEPATCH whose target is allocated (as layout_and_allocate() left the
+            // flags: layout_symtab() also allocates .symtab and its .strtab) to
+            // klp_apply_section_relocs() (kernel/livepatch/core.c, CONFIG_LIVEPATCH=y): a name
+            // other than `.klp.rela.<object>.…` refuses the module (-EINVAL), another object's
+            // records are skipped until it loads, vmlinux's resolve SHN_LIVEPATCH symbols first.
+            // No module of the builds has one; not modelled: denied.
+            if rs.section.flags.contains(.relaLivepatch),
+               layout.flags[t].contains(.alloc) || t == symtabSection?.index || t == symtabSection.map({ Int($0.link) }) {
+                throw deny(.relocation, "\(rs.section.name) is flagged SHF_RELA_LIVEPATCH: apply_relocations() hands it to klp_apply_section_relocs(), which refuses a misnamed section and skips other objects' records at load (not modelled)",
+                           section: rs.section.name)
+            }
             // Relocations of non-ALLOC sections are skipped by the kernel. The explained region's
             // exec sections are relocated in the image, the session's other allocated sections in
             // their data copies; init sections in a core session have neither (freed, never used).

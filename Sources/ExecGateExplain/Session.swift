@@ -213,6 +213,13 @@ final class Session {
         var f = facts
         f.featureBits = loader.featureBits
         self.facts = f
+        // layout_and_allocate() → module_enforce_rwx_sections() (kernel/module/strict_rwx.c, 6.1
+        // and 6.12; CONFIG_STRICT_MODULE_RWX=y in both Debian builds): any section, allocated or
+        // not, flagged SHF_WRITE|SHF_EXECINSTR refuses the module (-ENOEXEC) before layout.
+        for s in elf.sections where s.flags.contains(.write) && s.flags.contains(.execInstr) {
+            throw Session.denial(claim, .malformedELF, "\(s.name) has invalid WRITE|EXEC flags: module_enforce_rwx_sections() refuses the module (-ENOEXEC)",
+                                 section: s.name)
+        }
 
         guard let lay = loader == .linux6_12 ? ModuleLayout.compute612(elf) : ModuleLayout.compute(elf) else {
             throw deny("section sizes/alignments overflow the kernel's layout computation")
