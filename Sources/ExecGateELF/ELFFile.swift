@@ -561,6 +561,17 @@ public struct ELFSymbolTable: @unchecked Sendable {
         let start = Int(UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at(i), as: UInt32.self)))
         return UnsafeRawBufferPointer(rebasing: strings[start...]).hasASCIIPrefix(prefix)
     }
+    /// The name's first 8 bytes as a little-endian word (byte k in bits 8k...8k+7), bytes past the
+    /// string table's end zero: one load, no search for the name's end. A prefix of non-NUL bytes
+    /// lies inside the name exactly when its bytes match here (`nameHasPrefix` in one compare).
+    @inlinable public func namePrefixWord(_ i: Int) -> UInt64 {
+        let start = Int(UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at(i), as: UInt32.self)))
+        if start <= strings.count - 8 { return UInt64(littleEndian: strings.loadUnaligned(fromByteOffset: start, as: UInt64.self)) }
+        var w: UInt64 = 0
+        var k = 0
+        while k < 8 && start + k < strings.count { w |= UInt64(strings[start + k]) << (8 * UInt64(k)); k += 1 }
+        return w
+    }
     /// The name as a `String` (allocates for names over 15 bytes).
     public func name(_ i: Int) -> String {
         nameBytes(i).withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }

@@ -323,7 +323,14 @@ public struct SlidStaticCallTargets: Sendable {
 /// for each site.
 public struct GuestFacts: Sendable {
     /// Core exports (link-time table + this guest's slide: ``SlidExports``).
-    public var exports: SlidExports
+    public var exports: SlidExports {
+        didSet { preemptDynamicKeys = StaticCallTrust.preemptDynamicKeys(coreExports: exports) }
+    }
+    /// `StaticCallTrust.preemptDynamicKeys(coreExports: exports)`: the addresses of the
+    /// PREEMPT_DYNAMIC keys and trampolines with each key's disabled form, looked up once for the
+    /// facts (at `init` and whenever `exports` is set), not per explanation (ten String-keyed
+    /// export lookups per module).
+    public private(set) var preemptDynamicKeys: [(key: UInt64, form: StaticCallTrust.DisabledForm)] = []
     public var capabilities: [UInt32]
     public var featureBits: FeatureBits
     public var uniprocessorPatched: Bool
@@ -393,6 +400,7 @@ public struct GuestFacts: Sendable {
                 staticCallReturn: UInt64? = nil, returnThunk: UInt64? = nil, itsReturnThunk: UInt64? = nil,
                 ftraceCallTargets: Set<UInt64> = [], ibtSeal: Bool = false, kaslrSlide: UInt64 = 0) {
         self.exports = SlidExports(exports)
+        self.preemptDynamicKeys = StaticCallTrust.preemptDynamicKeys(coreExports: self.exports)
         self.capabilities = capabilities
         self.featureBits = featureBits
         self.uniprocessorPatched = uniprocessorPatched

@@ -335,13 +335,38 @@ extension Session {
     // MARK: Static calls
 
     /// `StaticCallTrust.disabledForm(ofKey:facts:preemptDynamicKeys:)` against this session's
-    /// facts, with the PREEMPT_DYNAMIC keys' addresses looked up once per session
-    /// (`preemptDynamicKeyCache`: ten String-keyed export lookups per static-call site cost the
-    /// engine 27%).
+    /// facts, with the PREEMPT_DYNAMIC keys' addresses looked up once per facts
+    /// (`GuestFacts.preemptDynamicKeys`: ten String-keyed export lookups per static-call site cost
+    /// the engine 27%, once per module still ~0.7%).
+    ///
+    /// Memoised per key (`disabledFormMemo`): every input is fixed for the session (the facts, the
+    /// resolver, this module's own tracepoint keys), and it is asked at every static-call site and
+    /// trampoline and for every key's target list (the tracepoint-key tests at each site cost the
+    /// engine ~3%).
     func disabledForm(ofKey key: UInt64) -> StaticCallTrust.DisabledForm? {
-        if preemptDynamicKeyCache == nil { preemptDynamicKeyCache = StaticCallTrust.preemptDynamicKeys(coreExports: facts.exports) }
-        return StaticCallTrust.disabledForm(ofKey: key, facts: facts, moduleTracepointKey: isModuleTracepointKey(key),
-                                            preemptDynamicKeys: preemptDynamicKeyCache!)
+        if disabledFormMemo.count != 0, let code = disabledFormMemo[key] { return Session.disabledForm(code: code) }
+        let form = StaticCallTrust.disabledForm(ofKey: key, facts: facts, moduleTracepointKey: isModuleTracepointKey(key),
+                                                preemptDynamicKeys: facts.preemptDynamicKeys)
+        disabledFormMemo.set(key, Session.code(of: form))
+        return form
+    }
+
+    /// `disabledFormMemo`'s values: 0 no form (nil), 1 `.null`, 2 `.return0`, 3 `.neither`.
+    @inline(__always) static func code(of form: StaticCallTrust.DisabledForm?) -> UInt64 {
+        switch form {
+        case nil: return 0
+        case .null?: return 1
+        case .return0?: return 2
+        case .neither?: return 3
+        }
+    }
+    @inline(__always) static func disabledForm(code: UInt64) -> StaticCallTrust.DisabledForm? {
+        switch code {
+        case 1: return .null
+        case 2: return .return0
+        case 3: return .neither
+        default: return nil
+        }
     }
 
     /// True for a module's tracepoint key: one of this module's own (`ownTracepointKeys`) or of a
@@ -349,9 +374,9 @@ extension Session {
     /// ``ModuleExports``: EXPORT_TRACEPOINT_SYMBOL[_GPL] exports the key to later modules, as
     /// kvm's `tp_func_kvm_*` to kvm_intel and kvm_amd).
     func isModuleTracepointKey(_ key: UInt64) -> Bool {
-        // The table read in place (the `ownTracepointKeys` getter returns a copy: a retain and a
-        // release of its arrays per static-call site).
-        if ownTracepointKeyCache == nil { ownTracepointKeyCache = ownTracepointKeys }
+        // The table read in place (the `ownTracepointKeys` getter fills the cache; asked once a
+        // key: `disabledForm(ofKey:)` is memoised).
+        if ownTracepointKeyCache == nil { _ = ownTracepointKeys }
         if ownTracepointKeyCache?.count != 0, ownTracepointKeyCache?[key] != nil { return true }
         return resolver.isTracepointStaticCallKey(key)
     }

@@ -99,8 +99,8 @@ final class Session {
     var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
     var trampolineKeyCache: TrampolineKeys?
     var exportedNameCache: ExportedNames?
-    var preemptDynamicKeyCache: [(key: UInt64, form: StaticCallTrust.DisabledForm)]?
     var ownTracepointKeyCache: AddressTable?
+    var disabledFormMemo = AddressTable()
     #else
     @exclusivity(unchecked) var image: [UInt8]
     @exclusivity(unchecked) var cls: [UInt8]
@@ -125,8 +125,8 @@ final class Session {
     @exclusivity(unchecked) var altSites: [(off: Int, len: Int, feature: Int, inverted: Bool, applied: Bool)] = []
     @exclusivity(unchecked) var trampolineKeyCache: TrampolineKeys?
     @exclusivity(unchecked) var exportedNameCache: ExportedNames?
-    @exclusivity(unchecked) var preemptDynamicKeyCache: [(key: UInt64, form: StaticCallTrust.DisabledForm)]?
     @exclusivity(unchecked) var ownTracepointKeyCache: AddressTable?
+    @exclusivity(unchecked) var disabledFormMemo = AddressTable()
     #endif
     // What the other working properties above hold (each stage's own state, unchecked in
     // release for the same reason):
@@ -149,10 +149,10 @@ final class Session {
     //   key states at this module's sites after comparison (key → target, 0 = NULL).
     // - `trampolineKeyCache`: trampoline address → its key (`trampolineKey`), built on first use;
     //   `exportedNameCache`: `exportedNames()`, the module's ksymtab entries read once
-    //   (verify_exported_symbols and the exports both need them); `preemptDynamicKeyCache`: the
-    //   PREEMPT_DYNAMIC keys' addresses (`disabledForm(ofKey:)`), looked up on first use;
+    //   (verify_exported_symbols and the exports both need them);
     //   `ownTracepointKeyCache`: the module's own tracepoint keys and trampolines
-    //   (`ownTracepointKeys`), found on first use.
+    //   (`ownTracepointKeys`), found on first use; `disabledFormMemo`: `disabledForm(ofKey:)` per
+    //   key (its code: `Session.code(of:)`).
     /// The sections that have a data copy (made or not yet), in section order; `isData[i]` likewise.
     let dataSections: [Int]
     let isData: [Bool]
@@ -377,8 +377,14 @@ final class Session {
         var trampolines: [Int] = []
         var keys: [Int] = []
         var entries: [UInt64] = []
+        // The 7-byte prefixes as words (`namePrefixWord`: the name's first 8 bytes): one load and
+        // two compares a symbol (was two byte-wise prefix tests across modules).
+        let prefixMask: UInt64 = (1 << 56) - 1
+        let sctWord: UInt64 = 0x5f_5f54_4353_5f5f  // "__SCT__", byte 0 lowest
+        let sckWord: UInt64 = 0x5f_5f4b_4353_5f5f  // "__SCK__"
         for i in symtab.indices where !symtab.isUndefined(i) {
-            if symtab.nameHasPrefix(i, "__SCT__") { trampolines.append(i) } else if symtab.nameHasPrefix(i, "__SCK__") { keys.append(i) }
+            let w = symtab.namePrefixWord(i) & prefixMask
+            if w == sctWord { trampolines.append(i) } else if w == sckWord { keys.append(i) }
             if symtab.isFunction(i) {
                 let si = Int(symtab.sectionIndex(i))
                 if si < elf.sections.count, lay.coreOffset[si] != nil, lay.flags[si].contains(.execInstr), let a = addr[si] {

@@ -97,8 +97,9 @@ public enum StaticCallTrust {
     /// tracepoint key (`GuestFacts.tracepointStaticCallKeys`) and for a module's
     /// (`moduleTracepointKey`: the session knows its own and verified modules' tracepoint keys,
     /// Session.isModuleTracepointKey), a PREEMPT_DYNAMIC key's form from
-    /// `preemptDynamicKeys` (`preemptDynamicKeys(coreExports:)`, which a session computes once and
-    /// passes here: a String-keyed export lookup per site cost the engine 27%), nil for any other key.
+    /// `preemptDynamicKeys` (`preemptDynamicKeys(coreExports:)`, which the facts compute once,
+    /// `GuestFacts.preemptDynamicKeys`, and a session passes here: a String-keyed export lookup per
+    /// site cost the engine 27%), nil for any other key.
     public static func disabledForm(ofKey key: UInt64, facts: GuestFacts, moduleTracepointKey: Bool = false,
                                     preemptDynamicKeys: [(key: UInt64, form: DisabledForm)]) -> DisabledForm? {
         if moduleTracepointKey { return .neither }
