@@ -604,52 +604,69 @@ extension Session {
     /// denied, as tracing is (docs/trust.md, "Static calls").
     func addOwnTraceEventProbes() {
         guard let ev = elf.section(named: "_ftrace_events"), ev.size >= 8, ownTracepointKeys.count != 0 else { return }
-        // R_X86_64_64 fields of a section: offset → (symbol, addend), one pass per section asked;
-        // a field two records write is no field here (the kernel refuses the second write).
-        var maps: [Int: [UInt64: (sym: Int, addend: Int64)?]] = [:]
-        func field(_ sec: Int, _ off: UInt64) -> (sym: Int, addend: Int64)? {
-            if maps[sec] == nil {
-                var m: [UInt64: (sym: Int, addend: Int64)?] = [:]
-                for rs in rela where rs.targetSectionIndex == sec {
-                    let rr = rs.relocations
-                    for i in rr.indices where rr.isValid(i) {
-                        let r = rr[i]
-                        guard r.type == .r64 else { continue }
-                        m[r.offset] = m[r.offset] == nil ? .some((r.symbolIndex, r.addend)) : .some(nil)
-                    }
-                }
-                maps[sec] = m
-            }
-            return maps[sec]?[off] ?? nil
-        }
-        // The (section, offset) a pointer field points to: a symbol the module defines.
-        func pointee(_ sec: Int, _ off: UInt64) -> (sec: Int, off: UInt64)? {
-            guard let f = field(sec, off) else { return nil }
-            let shndx = symtab.sectionIndex(f.sym)
-            guard shndx != SectionIndex.undef, shndx < SectionIndex.loReserve, Int(shndx) < elf.sections.count else { return nil }
-            let (o, ov) = symtab.value(f.sym).addingReportingOverflow(UInt64(bitPattern: f.addend))
-            return ov ? nil : (Int(shndx), o)
-        }
-        func value(_ sec: Int, _ off: UInt64) -> UInt64? {
-            guard let f = field(sec, off), let v = try? symbolValue(f.sym) else { return nil }
-            return v &+ UInt64(bitPattern: f.addend)
-        }
         // This module's own tracepoint keys (`__SCK__tp_func_*` it defines: ownTracepointKeys
         // without the trampolines).
         var own = AddressTable()
         for ki in keySymbols.indices where symtab.nameHasPrefix(ki, "__SCK__tp_func_") {
             if let a = ownKeyAddress(ki) { own.set(a, 1) }
         }
-        var slot: UInt64 = 0
-        while slot + 8 <= UInt64(ev.size) {
-            defer { slot += 8 }
-            guard let call = pointee(ev.index, slot), let cls = pointee(call.sec, call.off &+ 16),
-                  let tp = pointee(call.sec, call.off &+ 24),
-                  let reg = field(cls.sec, cls.off &+ 24), symtab.isUndefined(reg.sym), reg.addend == 0,
+        if own.count == 0 { return }
+        // The R_X86_64_64 fields the walk reads, found in three rounds (the event table's slots;
+        // then each call's class and tp; then each class's probes and reg and each tracepoint's
+        // key), each round one pass over the relocation sections of the sections it asks about,
+        // keeping only the offsets asked (a module's `.rela.data` holds thousands of records, the
+        // walk needs a few a event). A field two records write is no field (the kernel refuses
+        // the second write).
+        typealias Field = (sym: Int, addend: Int64)
+        func fields(_ wanted: [(sec: Int, off: UInt64)]) -> [Int: [UInt64: Field?]] {
+            var want: [Int: AddressTable] = [:]
+            for w in wanted { want[w.sec, default: AddressTable()].set(w.off, 1) }
+            var found: [Int: [UInt64: Field?]] = [:]
+            for rs in rela {
+                guard let table = want[rs.targetSectionIndex] else { continue }
+                let rr = rs.relocations
+                var m = found[rs.targetSectionIndex] ?? [:]
+                for i in rr.indices {
+                    let o = rr.offset(i)
+                    guard table[o] != nil, rr.isValid(i) else { continue }
+                    let r = rr[i]
+                    guard r.type == .r64 else { continue }
+                    m[o] = m[o] == nil ? .some((r.symbolIndex, r.addend)) : .some(nil)
+                }
+                found[rs.targetSectionIndex] = m
+            }
+            return found
+        }
+        // The (section, offset) a pointer field points to: a symbol the module defines.
+        func pointee(_ f: Field?) -> (sec: Int, off: UInt64)? {
+            guard let f else { return nil }
+            let shndx = symtab.sectionIndex(f.sym)
+            guard shndx != SectionIndex.undef, shndx < SectionIndex.loReserve, Int(shndx) < elf.sections.count else { return nil }
+            let (o, ov) = symtab.value(f.sym).addingReportingOverflow(UInt64(bitPattern: f.addend))
+            return ov ? nil : (Int(shndx), o)
+        }
+        func value(_ f: Field?) -> UInt64? {
+            guard let f, let v = try? symbolValue(f.sym) else { return nil }
+            return v &+ UInt64(bitPattern: f.addend)
+        }
+        let slots = stride(from: UInt64(0), through: UInt64(ev.size) - 8, by: 8).map { (sec: ev.index, off: $0) }
+        let round1 = fields(slots)
+        let calls = slots.compactMap { pointee(round1[$0.sec]?[$0.off] ?? nil) }
+        if calls.isEmpty { return }
+        let round2 = fields(calls.flatMap { [($0.sec, $0.off &+ 16), ($0.sec, $0.off &+ 24)] })
+        let pairs = calls.compactMap { c -> (cls: (sec: Int, off: UInt64), tp: (sec: Int, off: UInt64))? in
+            guard let cls = pointee(round2[c.sec]?[c.off &+ 16] ?? nil), let tp = pointee(round2[c.sec]?[c.off &+ 24] ?? nil) else { return nil }
+            return (cls, tp)
+        }
+        if pairs.isEmpty { return }
+        let round3 = fields(pairs.flatMap { [($0.cls.sec, $0.cls.off &+ 8), ($0.cls.sec, $0.cls.off &+ 16), ($0.cls.sec, $0.cls.off &+ 24),
+                                             ($0.tp.sec, $0.tp.off &+ 24)] })
+        for (cls, tp) in pairs {
+            guard let reg = round3[cls.sec]?[cls.off &+ 24] ?? nil, symtab.isUndefined(reg.sym), reg.addend == 0,
                   symtab.nameEquals(reg.sym, "trace_event_reg"),
-                  let key = value(tp.sec, tp.off &+ 24), own[key] != nil else { continue }
+                  let key = value(round3[tp.sec]?[tp.off &+ 24] ?? nil), own[key] != nil else { continue }
             for probeField in [cls.off &+ 8, cls.off &+ 16] {
-                if let p = value(cls.sec, probeField), functionEntries.contains(p) { ownKeyDefaults[key, default: []].insert(p) }
+                if let p = value(round3[cls.sec]?[probeField] ?? nil), functionEntries.contains(p) { ownKeyDefaults[key, default: []].insert(p) }
             }
         }
     }
