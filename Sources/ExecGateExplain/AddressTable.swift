@@ -14,17 +14,28 @@ struct AddressTable {
     private(set) var count = 0
     /// The entry for the key `UInt64.max`, which cannot live in `keys`.
     private var maxKeyValue: UInt64?
+    /// The process's seed, copied into each table: a `static let` is read through a lazy
+    /// initialiser's once-check (`swift_once`) at every access, and `home` runs at every probe.
+    private let seed = AddressTable.processSeed
 
     private static let empty = UInt64.max
-    private static let seed = UInt64.random(in: 0...UInt64.max)
+    private static let processSeed = UInt64.random(in: 0...UInt64.max)
 
     init() {}
+
+    /// A table with room for `n` entries before it grows.
+    init(minimumCapacity n: Int) {
+        var size = 16
+        while size < 2 * n { size <<= 1 }
+        keys = [UInt64](repeating: Self.empty, count: size)
+        values = [UInt64](repeating: 0, count: size)
+    }
 
     init(_ d: [UInt64: UInt64]) {
         for (k, v) in d { set(k, v) }
     }
 
-    @inline(__always) private static func home(_ k: UInt64, _ mask: Int) -> Int {
+    @inline(__always) private func home(_ k: UInt64, _ mask: Int) -> Int {
         let h = (k ^ seed) &* 0x9e37_79b9_7f4a_7c15
         return Int(truncatingIfNeeded: h >> 32) & mask
     }
@@ -33,7 +44,7 @@ struct AddressTable {
     @inline(__always) private func find(_ k: UInt64) -> (slot: Int, found: Bool) {
         let mask = keys.count - 1
         return keys.withUnsafeBufferPointer { ks in
-            var s = Self.home(k, mask)
+            var s = home(k, mask)
             while true {
                 let x = ks[s]
                 if x == k { return (s, true) }
@@ -67,7 +78,7 @@ struct AddressTable {
         values = [UInt64](repeating: 0, count: size)
         let mask = size - 1
         for i in oldKeys.indices where oldKeys[i] != Self.empty {
-            var s = Self.home(oldKeys[i], mask)
+            var s = home(oldKeys[i], mask)
             while keys[s] != Self.empty { s = (s + 1) & mask }
             keys[s] = oldKeys[i]
             values[s] = oldValues[i]

@@ -615,27 +615,44 @@ extension Session {
         // then each call's class and tp; then each class's probes and reg and each tracepoint's
         // key), each round one pass over the relocation sections of the sections it asks about,
         // keeping only the offsets asked (a module's `.rela.data` holds thousands of records, the
-        // walk needs a few a event). A field two records write is no field (the kernel refuses
-        // the second write).
+        // walk needs a few an event). A round's table maps (section, offset) to 0 (asked, no
+        // record yet), the record's index in `records` + 1, or `twice`: a field two records
+        // write is no field (the kernel refuses the second write). Sections past 2^24 and offsets
+        // past 2^40 are never asked and never found: the fields the kernel relocates lie in the
+        // core allocation (at most `ExplainLimits.maxCoreSize`), and a field not found only leaves
+        // a probe untrusted.
         typealias Field = (sym: Int, addend: Int64)
-        func fields(_ wanted: [(sec: Int, off: UInt64)]) -> [Int: [UInt64: Field?]] {
-            var want: [Int: AddressTable] = [:]
-            for w in wanted { want[w.sec, default: AddressTable()].set(w.off, 1) }
-            var found: [Int: [UInt64: Field?]] = [:]
-            for rs in rela {
-                guard let table = want[rs.targetSectionIndex] else { continue }
-                let rr = rs.relocations
-                var m = found[rs.targetSectionIndex] ?? [:]
+        var records: [Field] = []
+        let twice = UInt64.max
+        @inline(__always) func fieldKey(_ sec: Int, _ off: UInt64) -> UInt64? {
+            sec >= 0 && sec < 1 << 24 && off < 1 << 40 ? UInt64(sec) << 40 | off : nil
+        }
+        var asked = [Bool](repeating: false, count: elf.sections.count)
+        func round(_ wanted: [(sec: Int, off: UInt64)]) -> AddressTable {
+            var table = AddressTable(minimumCapacity: wanted.count)
+            for i in asked.indices { asked[i] = false }
+            for w in wanted where w.sec < asked.count {
+                if let k = fieldKey(w.sec, w.off) { table.set(k, 0); asked[w.sec] = true }
+            }
+            for rs in rela where rs.targetSectionIndex >= 0 && rs.targetSectionIndex < asked.count && asked[rs.targetSectionIndex] {
+                let rr = rs.relocations, sec = rs.targetSectionIndex
                 for i in rr.indices {
-                    let o = rr.offset(i)
-                    guard table[o] != nil, rr.isValid(i) else { continue }
+                    guard let k = fieldKey(sec, rr.offset(i)), let v = table[k], rr.isValid(i) else { continue }
                     let r = rr[i]
                     guard r.type == .r64 else { continue }
-                    m[o] = m[o] == nil ? .some((r.symbolIndex, r.addend)) : .some(nil)
+                    if v == 0 {
+                        records.append((r.symbolIndex, r.addend))
+                        table.set(k, UInt64(records.count))
+                    } else {
+                        table.set(k, twice)
+                    }
                 }
-                found[rs.targetSectionIndex] = m
             }
-            return found
+            return table
+        }
+        func field(_ table: AddressTable, _ sec: Int, _ off: UInt64) -> Field? {
+            guard let k = fieldKey(sec, off), let v = table[k], v != 0, v != twice else { return nil }
+            return records[Int(v) - 1]
         }
         // The (section, offset) a pointer field points to: a symbol the module defines.
         func pointee(_ f: Field?) -> (sec: Int, off: UInt64)? {
@@ -650,23 +667,23 @@ extension Session {
             return v &+ UInt64(bitPattern: f.addend)
         }
         let slots = stride(from: UInt64(0), through: UInt64(ev.size) - 8, by: 8).map { (sec: ev.index, off: $0) }
-        let round1 = fields(slots)
-        let calls = slots.compactMap { pointee(round1[$0.sec]?[$0.off] ?? nil) }
+        let round1 = round(slots)
+        let calls = slots.compactMap { pointee(field(round1, $0.sec, $0.off)) }
         if calls.isEmpty { return }
-        let round2 = fields(calls.flatMap { [($0.sec, $0.off &+ 16), ($0.sec, $0.off &+ 24)] })
+        let round2 = round(calls.flatMap { [($0.sec, $0.off &+ 16), ($0.sec, $0.off &+ 24)] })
         let pairs = calls.compactMap { c -> (cls: (sec: Int, off: UInt64), tp: (sec: Int, off: UInt64))? in
-            guard let cls = pointee(round2[c.sec]?[c.off &+ 16] ?? nil), let tp = pointee(round2[c.sec]?[c.off &+ 24] ?? nil) else { return nil }
+            guard let cls = pointee(field(round2, c.sec, c.off &+ 16)), let tp = pointee(field(round2, c.sec, c.off &+ 24)) else { return nil }
             return (cls, tp)
         }
         if pairs.isEmpty { return }
-        let round3 = fields(pairs.flatMap { [($0.cls.sec, $0.cls.off &+ 8), ($0.cls.sec, $0.cls.off &+ 16), ($0.cls.sec, $0.cls.off &+ 24),
-                                             ($0.tp.sec, $0.tp.off &+ 24)] })
+        let round3 = round(pairs.flatMap { [($0.cls.sec, $0.cls.off &+ 8), ($0.cls.sec, $0.cls.off &+ 16), ($0.cls.sec, $0.cls.off &+ 24),
+                                            ($0.tp.sec, $0.tp.off &+ 24)] })
         for (cls, tp) in pairs {
-            guard let reg = round3[cls.sec]?[cls.off &+ 24] ?? nil, symtab.isUndefined(reg.sym), reg.addend == 0,
+            guard let reg = field(round3, cls.sec, cls.off &+ 24), symtab.isUndefined(reg.sym), reg.addend == 0,
                   symtab.nameEquals(reg.sym, "trace_event_reg"),
-                  let key = value(round3[tp.sec]?[tp.off &+ 24] ?? nil), own[key] != nil else { continue }
+                  let key = value(field(round3, tp.sec, tp.off &+ 24)), own[key] != nil else { continue }
             for probeField in [cls.off &+ 8, cls.off &+ 16] {
-                if let p = value(round3[cls.sec]?[probeField] ?? nil), functionEntries.contains(p) { ownKeyDefaults[key, default: []].insert(p) }
+                if let p = value(field(round3, cls.sec, probeField)), functionEntries.contains(p) { ownKeyDefaults[key, default: []].insert(p) }
             }
         }
     }
