@@ -85,6 +85,14 @@ struct AddressTable {
         }
     }
 
+    /// Every key, ascending.
+    var sortedKeys: [UInt64] {
+        var k = keys.filter { $0 != Self.empty }
+        if maxKeyValue != nil { k.append(Self.empty) }
+        k.sort()
+        return k
+    }
+
     /// Every entry, as a dictionary.
     var dictionary: [UInt64: UInt64] {
         var d: [UInt64: UInt64] = [:]

@@ -358,7 +358,7 @@ extension Session {
         guard let names = exportedNameCache else { preconditionFailure("moduleExports() before verifyExportedSymbols()") }
         var e = ModuleExports(module: claim.name, names: names.table, otherNames: [:], functionEntries: functionEntries,
                               staticCallTrustedTargets: ownKeyDefaults, staticCallStates: staticCallStates)
-        e.tracepointStaticCallKeys = ownTracepointKeys.dictionary.keys.sorted()
+        e.tracepointStaticCallKeys = ownTracepointKeys.sortedKeys
         return e
     }
 }
