@@ -111,44 +111,6 @@ extension CLIRound10Tests {
     }
     static func tlv(_ tag: UInt16, u64 v: UInt64) -> [UInt8] { tlv(tag, (0..<8).map { UInt8(v >> (56 - 8 * $0) & 0xff) }) }
 
-    /// A Unix socket served by a thread of this test: each frame of one connection is answered
-    /// with (type, body) under the request's id, until the peer closes it.
-    func serveOnce(_ path: String, reply: @escaping @Sendable (UInt16) -> (type: UInt16, body: [UInt8])) {
-        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        XCTAssertEqual(bound, 0)
-        XCTAssertEqual(listen(s, 8), 0)
-        @Sendable func readExactly(_ fd: Int32, _ n: Int) -> [UInt8]? {
-            var out = [UInt8](repeating: 0, count: n)
-            var got = 0
-            while got < n {
-                let r = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, n - got, 0) }
-                if r <= 0 { return nil }
-                got += r
-            }
-            return out
-        }
-        Thread {
-            let c = accept(s, nil, nil)
-            if c >= 0 {
-                while let h = readExactly(c, 20) {
-                    let type = UInt16(h[6]) << 8 | UInt16(h[7])
-                    let length = Int(h[16]) << 24 | Int(h[17]) << 16 | Int(h[18]) << 8 | Int(h[19])
-                    guard readExactly(c, length) != nil else { break }
-                    let (t, body) = reply(type)
-                    var frame: [UInt8] = Array("EXGT".utf8) + [0, 1, UInt8(t >> 8), UInt8(t & 0xff)] + Array(h[8..<16])
-                    frame += [UInt8(body.count >> 24 & 0xff), UInt8(body.count >> 16 & 0xff), UInt8(body.count >> 8 & 0xff), UInt8(body.count & 0xff)] + body
-                    guard frame.withUnsafeBytes({ send(c, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }) == frame.count else { break }
-                }
-                close(c)
-            }
-            close(s)
-        }.start()
-    }
-
     /// HOLE: `policy audit` printed each record as the admin port sent it once it was one JSON
     /// object on one line (no C0 control, no line separator: `PolicyAudit.isOneJSONLine`). Inside
     /// a JSON string a C1 control (U+009B, CSI), DEL or a bidirectional override is valid JSON,
@@ -160,7 +122,7 @@ extension CLIRound10Tests {
         let record = "{\"event\":\"verdict\",\"module\":\"" + words + "\"}"
         let page: [UInt8] = Self.tlv(1, Array(record.utf8)) + Self.tlv(2, u64: 2) + Self.tlv(3, u64: 0) + Self.tlv(4, u64: 1)
         let sock = dir + "/a.sock"
-        serveOnce(sock) { type in type == 0x0012 ? (0x8012, page) : (0xFFFF, []) }
+        serveFrames(sock, connections: 1, everyFrame: true) { type in type == 0x0012 ? (0x8012, page) : (0xFFFF, []) }
         let r = run(["policy", "audit", "--connect", "unix:" + sock], seconds: 30)
         XCTAssertEqual(r.status, 0, r.stderr)
         assertTerminalSafe(r.stdout, "policy audit")

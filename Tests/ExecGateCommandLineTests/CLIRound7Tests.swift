@@ -48,52 +48,6 @@ final class CLIRound7Tests: XCTestCase {
         XCTAssertNotNil((try? JSONReader.parse(Array(text.utf8)))?.objectMembers, "\(what): not one JSON object: \(text)", file: file, line: line)
     }
 
-    /// A Unix socket served by a thread of this test: each connection's first frame (20-byte
-    /// header, then its body) is answered with `reply(requestType)` (a frame: type, body; the
-    /// request's id), then the connection is held until the peer closes it; with `everyFrame`,
-    /// every frame of the connection is answered so.
-    func serveOneReplyPerConnection(_ path: String, connections: Int, everyFrame: Bool = false,
-                                    reply: @escaping @Sendable (UInt16) -> (type: UInt16, body: [UInt8])) {
-        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        XCTAssertEqual(bound, 0)
-        XCTAssertEqual(listen(s, 8), 0)
-        @Sendable func readExactly(_ fd: Int32, _ n: Int) -> [UInt8]? {
-            var out = [UInt8](repeating: 0, count: n)
-            var got = 0
-            while got < n {
-                let r = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, n - got, 0) }
-                if r <= 0 { return nil }
-                got += r
-            }
-            return out
-        }
-        Thread {
-            for _ in 0..<connections {
-                let c = accept(s, nil, nil)
-                guard c >= 0 else { break }
-                while let h = readExactly(c, 20) {
-                    let type = UInt16(h[6]) << 8 | UInt16(h[7])
-                    let length = Int(h[16]) << 24 | Int(h[17]) << 16 | Int(h[18]) << 8 | Int(h[19])
-                    guard readExactly(c, length) != nil else { break }
-                    let (t, body) = reply(type)
-                    var frame: [UInt8] = Array("EXGT".utf8) + [0, 1, UInt8(t >> 8), UInt8(t & 0xff)] + Array(h[8..<16])
-                    frame += [UInt8(body.count >> 24 & 0xff), UInt8(body.count >> 16 & 0xff), UInt8(body.count >> 8 & 0xff), UInt8(body.count & 0xff)] + body
-                    guard frame.withUnsafeBytes({ send(c, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }) == frame.count else { break }
-                    if everyFrame { continue }
-                    var sink = [UInt8](repeating: 0, count: 4096)
-                    while sink.withUnsafeMutableBytes({ recv(c, $0.baseAddress!, 4096, 0) }) > 0 {}
-                    break
-                }
-                close(c)
-            }
-            close(s)
-        }.start()
-    }
-
     /// HOLE (round 7): `policy push` promises exit 1 only when the admin port refused the bundle
     /// ("the policy in force then stays", README) and 2 when there is no verdict. A reply that
     /// does not decode (a policy-push-reply without its fields, an `error` frame whose body is
@@ -117,7 +71,7 @@ final class CLIRound7Tests: XCTestCase {
         ]
         for (i, (what, reply)) in replies.enumerated() {
             let sock = dir + "/admin\(i).sock"
-            serveOneReplyPerConnection(sock, connections: 2, reply: reply)
+            serveFrames(sock, connections: 2, reply: reply)
             let text = run(["policy", "push", bundle, "--connect", "unix:" + sock], seconds: 30)
             XCTAssertEqual(text.status, 2, "\(what): \(text.stderr)")
             XCTAssertTrue(text.stderr.hasPrefix("execgate policy push: "), "\(what): \(text.stderr)")
@@ -232,7 +186,7 @@ final class CLIRound7Tests: XCTestCase {
         ]
         for (i, (what, body)) in pages.enumerated() {
             let sock = dir + "/audit\(i).sock"
-            serveOneReplyPerConnection(sock, connections: 1, everyFrame: true) { _ in (0x8012, body) }  // audit-read-reply
+            serveFrames(sock, connections: 1, everyFrame: true) { _ in (0x8012, body) }  // audit-read-reply
             let r = run(["policy", "audit", "--connect", "unix:" + sock], seconds: 20)
             XCTAssertEqual(r.status, 2, "\(what): \(r.stderr.suffix(300))")
             XCTAssertTrue(r.stderr.contains("next_seq"), "\(what): \(r.stderr.suffix(300))")

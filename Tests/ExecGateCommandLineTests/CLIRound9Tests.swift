@@ -41,45 +41,6 @@ final class CLIRound9Tests: XCTestCase {
     static func tlv(_ tag: UInt16, u32 v: UInt32) -> [UInt8] { tlv(tag, (0..<4).map { UInt8(v >> (24 - 8 * $0) & 0xff) }) }
     static func tlv(_ tag: UInt16, u16 v: UInt16) -> [UInt8] { tlv(tag, [UInt8(v >> 8), UInt8(v & 0xff)]) }
 
-    /// A Unix socket served by a thread of this test: every frame of each connection is answered
-    /// with `reply(requestType)` (type, body; the request's id) until the peer closes it.
-    func serve(_ path: String, connections: Int, reply: @escaping @Sendable (UInt16) -> (type: UInt16, body: [UInt8])) {
-        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        XCTAssertEqual(bound, 0)
-        XCTAssertEqual(listen(s, 8), 0)
-        @Sendable func readExactly(_ fd: Int32, _ n: Int) -> [UInt8]? {
-            var out = [UInt8](repeating: 0, count: n)
-            var got = 0
-            while got < n {
-                let r = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, n - got, 0) }
-                if r <= 0 { return nil }
-                got += r
-            }
-            return out
-        }
-        Thread {
-            for _ in 0..<connections {
-                let c = accept(s, nil, nil)
-                guard c >= 0 else { break }
-                while let h = readExactly(c, 20) {
-                    let type = UInt16(h[6]) << 8 | UInt16(h[7])
-                    let length = Int(h[16]) << 24 | Int(h[17]) << 16 | Int(h[18]) << 8 | Int(h[19])
-                    guard readExactly(c, length) != nil else { break }
-                    let (t, body) = reply(type)
-                    var frame: [UInt8] = Array("EXGT".utf8) + [0, 1, UInt8(t >> 8), UInt8(t & 0xff)] + Array(h[8..<16])
-                    frame += [UInt8(body.count >> 24 & 0xff), UInt8(body.count >> 16 & 0xff), UInt8(body.count >> 8 & 0xff), UInt8(body.count & 0xff)] + body
-                    guard frame.withUnsafeBytes({ send(c, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }) == frame.count else { break }
-                }
-                close(c)
-            }
-            close(s)
-        }.start()
-    }
-
     /// What a terminal acts on rather than shows, or shows as a line break or out of order: C0
     /// controls but the line feed, DEL, the C1 controls (U+009B is CSI), the Unicode line and
     /// paragraph separators, and the bidirectional formatting characters.
@@ -130,7 +91,7 @@ extension CLIRound9Tests {
             + Self.tlv(9, w[1]) + Self.tlv(10, w[2]) + Self.tlv(11, w[3]) + Self.tlv(12, w[0]) + Self.tlv(13, w[2])
         let refused: [UInt8] = Self.tlv(1, u16: 1) + Self.tlv(2, w[2] + w[0])
         let sock = dir + "/s.sock", errorSock = dir + "/e.sock"
-        serve(sock, connections: 100) { type in
+        serveFrames(sock, connections: 100, everyFrame: true) { type in
             switch type {
             case 0x0003: return (0x8003, verdict)
             case 0x0004: return (0x8004, status)
@@ -141,7 +102,7 @@ extension CLIRound9Tests {
             default: return (0xFFFF, refused)
             }
         }
-        serve(errorSock, connections: 100) { _ in (0xFFFF, refused) }
+        serveFrames(errorSock, connections: 100, everyFrame: true) { _ in (0xFFFF, refused) }
         let module = try Fixtures.module(named: "vsock.ko")
         XCTAssertEqual(run(["keys", "generate", "--out", dir + "/adm", "--type", "ec-p256"]).status, 0)
         let bundle = dir + "/p.bundle"
@@ -361,7 +322,7 @@ extension CLIRound9Tests {
         let sock = dir + "/s.sock"
         final class Counter: @unchecked Sendable { var n: UInt64 = 0 }
         let pages = Counter()
-        serve(sock, connections: 100) { type in
+        serveFrames(sock, connections: 100, everyFrame: true) { type in
             switch type {
             case 0x0004:
                 return (0x8004, Self.tlv(1, "srv") + Self.tlv(5, "p") + Self.tlv(7, "ok"))
