@@ -127,14 +127,16 @@ final class ExportLookupTests: XCTestCase {
 
 /// The stages' integer map (key address → state) against a dictionary with the same history:
 /// seeded keys that collide in the low bits (aligned addresses, one page apart, a few clustered
-/// values), the empty-slot marker `UInt64.max` as a key, growth through many sizes, replaced values.
+/// values), the empty-slot marker `UInt64.max` as a key, growth through many sizes from empty or
+/// presized tables, replaced values; the sorted keys.
 final class AddressTableTests: XCTestCase {
     func testMatchesADictionaryWithTheSameHistory() {
         var rng = SplitMix64(state: 0xadd7_ab1e)
         for round in 0..<30 {
-            var t = AddressTable()
-            var d: [UInt64: UInt64] = [:]
             let n = 1 + rng.below(50 * (round + 1))
+            // Every other round presized, for fewer or more entries than it gets.
+            var t = round % 2 == 0 ? AddressTable() : AddressTable(minimumCapacity: rng.below(2 * n))
+            var d: [UInt64: UInt64] = [:]
             var probes: [UInt64] = [UInt64.max, 0, 1]
             for _ in 0..<n {
                 let k: UInt64
@@ -153,6 +155,7 @@ final class AddressTableTests: XCTestCase {
             for k in probes { XCTAssertEqual(t[k], d[k], "round \(round) key \(String(k, radix: 16))") }
             XCTAssertEqual(t.count + (d[UInt64.max] == nil ? 0 : 1), d.count)
             XCTAssertEqual(t.dictionary, d)
+            XCTAssertEqual(t.sortedKeys, d.keys.sorted())
         }
     }
 }
