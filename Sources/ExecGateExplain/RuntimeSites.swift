@@ -603,7 +603,7 @@ extension Session {
     /// no other probe (a BPF raw tracepoint's `__bpf_trace_C`, another module's probe): those stay
     /// denied, as tracing is (docs/trust.md, "Static calls").
     func addOwnTraceEventProbes() {
-        guard let ev = elf.section(named: "_ftrace_events"), ev.size >= 8, ownTracepointKeys.count != 0 else { return }
+        guard let ev = elf.section(named: "_ftrace_events"), ev.size >= 8 else { return }
         // This module's own tracepoint keys (`__SCK__tp_func_*` it defines: ownTracepointKeys
         // without the trampolines).
         var own = AddressTable()
