@@ -288,10 +288,7 @@ final class CLIRound7Tests: XCTestCase {
         enum Peer: CaseIterable { case closeAtOnce, closeAfterRequest, silent, randomBytes, hugeLength, otherID, emptyReply }
         func serve(_ path: String, _ peer: Peer, connections: Int) {
             let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
-            _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            _ = UnixSocket.bind(s, to: path)
             listen(s, 8)
             Thread {
                 for _ in 0..<connections {

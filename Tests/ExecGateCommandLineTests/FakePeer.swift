@@ -3,6 +3,7 @@
 // A fake admin/VMM peer for the CLI rounds: the real binary talks to a Unix socket this test
 // serves, whose replies the test chooses (garbage, escapes, refusals).
 
+import ExecGateTestSupport
 import Foundation
 import XCTest
 
@@ -18,11 +19,7 @@ extension XCTestCase {
     func serveFrames(_ path: String, connections: Int, everyFrame: Bool = false,
                      reply: @escaping @Sendable (UInt16) -> (type: UInt16, body: [UInt8])) {
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        XCTAssertEqual(bound, 0)
+        XCTAssertEqual(UnixSocket.bind(s, to: path), 0)
         XCTAssertEqual(listen(s, 8), 0)
         @Sendable func readExactly(_ fd: Int32, _ n: Int) -> [UInt8]? {
             var out = [UInt8](repeating: 0, count: n)

@@ -519,11 +519,7 @@ final class CLIRound4Tests: XCTestCase {
         // A stale socket (its listener gone) is replaced.
         let stale = dir + "/stale.sock"
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in stale.utf8.enumerated() { p[i] = b } }
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        XCTAssertEqual(bound, 0)
+        XCTAssertEqual(UnixSocket.bind(s, to: stale), 0)
         close(s)
         let pid = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + stale, "--trust", certPath], stdoutPath: dir + "/st.out", stderrPath: dir + "/st.err")
         let up = Fixtures.runExecgateUntilSuccess(["request", "status", "--connect", "unix:" + stale])

@@ -196,11 +196,7 @@ final class CLIRound5Tests: XCTestCase {
     /// `records`; serves `connections` connections on a thread, then closes.
     func fakeAdminPort(_ path: String, records: [String], connections: Int = 1) -> Thread {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
-        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        XCTAssertEqual(ok, 0)
+        XCTAssertEqual(UnixSocket.bind(fd, to: path), 0)
         XCTAssertEqual(listen(fd, 4), 0)
         let t = Thread {
             for _ in 0..<connections {
