@@ -296,4 +296,55 @@ final class ModuleTracepointKeyTests: XCTestCase {
             XCTAssertEqual(r.patches, r.patches.map { _ in legal }, "run-time patch to \(name)")
         }
     }
+
+    /// Attacks on the walk's relocation reads (it reads only the records at the fields it walks,
+    /// keyed by section and offset): jbd2's `tp_func_jbd2_checkpoint`, each in a module whose
+    /// honest load stays allowed (its iterator default too), the class probe claimed as the key's
+    /// target. Each fails: (1) the class's `reg` record given addend 8 (`trace_event_reg + 8` is
+    /// not the core's register function: the class registers nothing we can bound); (2) the
+    /// class's probe field written by an R_X86_64_NONE record (no write: the field is not the
+    /// probe); (3) the call's class pointer given an addend of 2^40 (a class far past its section:
+    /// offsets past 2^40 are never asked, so no class, no probe; jbd2 has no record at the field
+    /// such a packing would alias, so this case shows the refusal, not the bound itself). Cases
+    /// (1) and (2) fail on a walk without the addend test or the R_X86_64_64 test (checked
+    /// by hand with those mutants).
+    func testTheProbeWalkTrustsOnlyTheFieldsTheSignedRecordsWrite() throws {
+        let f = try FixtureReplay()
+        let pristine = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
+        // The file offset of the RELA record writing `symbol + delta` in the symbol's section.
+        func record(_ ed: KoEditor, _ symbol: String, plus delta: UInt64) throws -> Int {
+            let (target, value) = try ed.elf { e -> (String, UInt64) in
+                let t = try e.symbolTable()
+                let i = try XCTUnwrap(t.indices.first { t.nameEquals($0, symbol) }, symbol)
+                return (e.sections[Int(t.sectionIndex(i))].name, t.value(i))
+            }
+            let r = try ed.rela(for: target)
+            let k = try XCTUnwrap((0..<r.count).first { ed.get(UInt64.self, at: r.at + 24 * $0) == value + delta }, "\(symbol)+\(delta)")
+            return r.at + 24 * k
+        }
+        var reg = KoEditor(ko: pristine)
+        let regAt = try record(reg, "event_class_jbd2_checkpoint", plus: 24)
+        reg.put(Int64(8), at: regAt + 16)
+        var none = KoEditor(ko: pristine)
+        let probeInfo = try record(none, "event_class_jbd2_checkpoint", plus: 8) + 8
+        none.put(none.get(UInt64.self, at: probeInfo) & ~0xffff_ffff, at: probeInfo)  // r_info's type := R_X86_64_NONE
+        var far = KoEditor(ko: pristine)
+        let classAt = try record(far, "event_jbd2_checkpoint", plus: 16)
+        far.put(far.get(Int64.self, at: classAt + 16) &+ (1 << 40), at: classAt + 16)
+        for (what, ko) in [("reg + 8", reg.ko), ("probe field by R_X86_64_NONE", none.ko), ("class pointer + 2^40", far.ko)] {
+            let facts = try Self.facts(f, for: [ko])
+            let resolver = SymbolResolver(coreExports: facts.exports)
+            let (claim, s) = try Self.honest(ko, "jbd2", facts, resolver)
+            let honest = try Self.explain(ko, claim, facts, resolver)
+            XCTAssertTrue(honest.verdict.isAllowed, "\(what): \(honest.verdict)")
+            let table = try XCTUnwrap(honest.runtimeSites)
+            let key = try XCTUnwrap(s.ownKeyAddress(try XCTUnwrap(s.keySymbols.index(named: "__SCK__tp_func_jbd2_checkpoint", s.symtab))))
+            let iterator = try XCTUnwrap(try Self.function(s, "__traceiter_jbd2_checkpoint"))
+            let probe = try XCTUnwrap(try Self.function(s, "trace_event_raw_event_jbd2_checkpoint"))
+            XCTAssertTrue(try Self.claimKey(ko, claim, table, key: key, state: iterator, facts, resolver).load, "\(what): the iterator")
+            let r = try Self.claimKey(ko, claim, table, key: key, state: probe, facts, resolver)
+            XCTAssertFalse(r.load, "\(what): the class probe at load")
+            XCTAssertEqual(r.patches, r.patches.map { _ in false }, "\(what): the class probe as a run-time patch")
+        }
+    }
 }
