@@ -51,8 +51,15 @@ static int early_proc_status = 0;
  * `init_object`, `frame_downheap`, `fde_single_encoding_compare`; ~0.1 s natively, measured with
  * perf). In the service VM (-smp 1, TCG) that sort runs beside PID 1's set-up on the one vCPU
  * and delays READY (ServiceVM/README.md, "Where the time goes"). So, as PID 1, the drain hook
- * (a Swift concurrency runtime hook, ConcurrencyHooks.def) parks the main thread instead, with
- * every signal blocked as dispatch_main would. PID 1's async work runs on the global executor's
+ * (a Swift concurrency runtime hook, ConcurrencyHooks.def) parks the main thread instead, where
+ * dispatch_main's own thread ends (libdispatch queue.c, _dispatch_sig_thread → _dispatch_sigsuspend):
+ * in sigsuspend with the EMPTY mask. That is the one thread of the process that takes signals: the
+ * global executor's worker threads block them all (_dispatch_sigmask), so a park with signals blocked
+ * would leave a process-directed SIGTERM pending for ever and no handler would run (`vsock-backend`
+ * ignored `make stop` until its SIGKILL and left its sockets and .lock files; Ctrl-C did nothing).
+ * As PID 1 the empty mask changes nothing the kernel lets through: signals at their default action
+ * are not delivered to init (SIGNAL_UNKILLABLE), and GuestInit's own handlers run here as they would
+ * under dispatch_main. PID 1's async work runs on the global executor's
  * threads as before; nothing in PID 1 runs on the main actor or the main queue (which would
  * then never be drained: a hang the boot tests would show as a missing READY line).
  * Weak: in a build without the concurrency runtime the hook simply stays unset.
@@ -62,10 +69,10 @@ extern void *swift_task_asyncMainDrainQueue_hook __attribute__((weak));
 __attribute__((swiftcall, noreturn)) static void execgate_park_main_thread(void *original, void *override) {
     (void)original;
     (void)override;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
-    for (;;) pause();
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+    for (;;) sigsuspend(&none);
 }
 
 /*
