@@ -5,7 +5,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 EXECGATE_RUN_DIR ?= $(CURDIR)/ServiceVM/run
 
-.PHONY: all deps build release test check test-data run stop serve bench bench-scale clean image vm-test
+.PHONY: all deps build release test test-static check test-data run stop serve bench bench-scale clean image vm-test
 
 all: build
 
@@ -31,6 +31,12 @@ test: deps test-data image
 check: deps test-data
 	@$(SWIFT) build -q --build-tests
 	@SWIFT=$(SWIFT) bash scripts/run-tests.sh --unit
+
+# The CLI and service suites again, against the static execgate (`make run`'s host binary and the
+# guest's /init) instead of the dynamic debug build (scripts/run-tests.sh --static).
+test-static: deps test-data image
+	@$(SWIFT) build -q --build-tests
+	@SWIFT=$(SWIFT) bash scripts/run-tests.sh --static
 
 # The main job: build the service VM image if needed, boot the sidecar VM and report it ready
 # (with the addresses a host client uses: the verifier, and the admin port for policy swaps).

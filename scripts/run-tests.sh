@@ -5,14 +5,27 @@
 #      so that a missing image or QEMU fails instead of skipping.
 # Full logs: .cache/test.log and .cache/test-boot.log.
 # `--unit` runs phase 1 only (make check: minutes, no guest boots, no image needed).
+# `--static` (make test-static) runs the suites that drive the `execgate` binary as a process
+# (ExecGateCommandLineTests, ExecGateServiceTests) against the static one `make image` built, the
+# binary `make run` starts on the host and the guest runs as /init (EXECGATE_BIN): phase 1 only.
+# A static-only fault hides from the ordinary run, which drives the dynamic debug build (the
+# static binary once took no SIGTERM at all: StaticBinarySignalsBootTests).
 set -uo pipefail
 unit_only=0; [ "${1:-}" = "--unit" ] && unit_only=1
+static=0; [ "${1:-}" = "--static" ] && { static=1; unit_only=1; }
 cd "$(dirname "$0")/.."
 swift=${SWIFT:-swift}
 mkdir -p .cache
 quiet() { grep -Ev '^\[[0-9]+/[0-9]+\]|Test Case .* (started|passed)|^Test Suite .* (started|passed)'; }
 
-EXECGATE_REQUIRE_INPUTS=1 $swift test --skip-build --disable-swift-testing --skip BootTests 2>&1 | tee .cache/test.log | quiet
+if [ "$static" -eq 1 ]; then
+  bin=$PWD/.build-static/release/execgate
+  [ -x "$bin" ] || { echo "run-tests: no static execgate at $bin: run \`make image\`" >&2; exit 1; }
+  EXECGATE_BIN=$bin EXECGATE_REQUIRE_INPUTS=1 $swift test --skip-build --disable-swift-testing --skip BootTests \
+    --filter 'ExecGateCommandLineTests|ExecGateServiceTests' 2>&1 | tee .cache/test.log | quiet
+else
+  EXECGATE_REQUIRE_INPUTS=1 $swift test --skip-build --disable-swift-testing --skip BootTests 2>&1 | tee .cache/test.log | quiet
+fi
 rc1=${PIPESTATUS[0]}
 if [ "$unit_only" -eq 0 ]; then
   EXECGATE_VM_TEST=1 $swift test --skip-build --disable-swift-testing --filter BootTests 2>&1 | tee .cache/test-boot.log | quiet

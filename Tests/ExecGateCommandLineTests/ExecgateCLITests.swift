@@ -64,12 +64,15 @@ final class ExecgateCLITests: XCTestCase {
 
 /// /init (the same binary, statically linked) must not link Foundation: the dynamically linked
 /// build shows what it links in DT_NEEDED (`make image` checks the static one's strings too).
+/// Always the debug build `swift build --build-tests` made, also when EXECGATE_BIN names the
+/// static binary (`make test-static`), which has no DT_NEEDED to read.
 final class NoFoundationTests: XCTestCase {
     func testExecgateLinksNoFoundation() {
-        let r = Fixtures.run("/usr/bin/readelf", ["-d", Fixtures.execgateBinary])
+        let binary = Fixtures.packageRoot + "/.build/debug/execgate"
+        let r = Fixtures.run("/usr/bin/readelf", ["-d", binary])
         XCTAssertEqual(r.status, 0, r.stderr)
         let needed = r.stdout.split(separator: "\n").filter { $0.contains("(NEEDED)") }
-        XCTAssertTrue(needed.contains { $0.contains("libswiftCore") }, "no DT_NEEDED read from \(Fixtures.execgateBinary): \(r.stdout)")
+        XCTAssertTrue(needed.contains { $0.contains("libswiftCore") }, "no DT_NEEDED read from \(binary): \(r.stdout)")
         let foundation = needed.filter { $0.contains("Foundation") }
         XCTAssertEqual(foundation, [], "execgate links Foundation; find the import (Sources/, or a dependency) and remove it")
     }
