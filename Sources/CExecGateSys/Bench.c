@@ -11,12 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
-struct echo_server { int listener; int size; };
+struct echo_server { int listener; int size; int cpu; };
 
 static int read_full(int fd, char *buf, int n) {
     int got = 0;
@@ -43,6 +44,7 @@ static int write_full(int fd, const char *buf, int n) {
 static void *echo_serve(void *arg) {
     struct echo_server *s = arg;
     char buf[4096];
+    if (s->cpu >= 0) (void)execgate_pin_thread(0, s->cpu);
     int c = accept(s->listener, NULL, NULL);
     if (c < 0) return NULL;
     while (read_full(c, buf, s->size) == 0 && write_full(c, buf, s->size) == 0) {}
@@ -50,7 +52,7 @@ static void *echo_serve(void *arg) {
     return NULL;
 }
 
-int execgate_unix_echo_rtt(const char *path, int count, int size, double *samples_us) {
+int execgate_unix_echo_rtt(const char *path, int count, int size, double *samples_us, int server_cpu) {
     struct sockaddr_un a;
     struct echo_server s;
     pthread_t t;
@@ -61,6 +63,7 @@ int execgate_unix_echo_rtt(const char *path, int count, int size, double *sample
     a.sun_family = AF_UNIX;
     strcpy(a.sun_path, path);
     s.size = size;
+    s.cpu = server_cpu;
     s.listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s.listener < 0) return -1;
     unlink(path);
@@ -88,6 +91,27 @@ int execgate_unix_echo_rtt(const char *path, int count, int size, double *sample
     unlink(path);
     if (rc < 0) errno = saved;
     return rc;
+}
+
+int execgate_pin_thread(int tid, int cpu) {
+    cpu_set_t set;
+    if (cpu >= 0) {
+        if (cpu >= CPU_SETSIZE) { errno = EINVAL; return -1; }
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+    } else if (sched_getaffinity(getpid(), sizeof set, &set) != 0) {
+        return -1;
+    }
+    return sched_setaffinity(tid, sizeof set, &set);
+}
+
+int execgate_allowed_cpus(int *out, int max) {
+    cpu_set_t set;
+    int n = 0;
+    if (sched_getaffinity(getpid(), sizeof set, &set) != 0) return -1;
+    for (int c = 0; c < CPU_SETSIZE && n < max; c++)
+        if (CPU_ISSET(c, &set)) out[n++] = c;
+    return n;
 }
 
 /* mallinfo2() counts the main arena only, and threads allocate from arenas of their own; so

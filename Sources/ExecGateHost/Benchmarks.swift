@@ -27,6 +27,18 @@ import Musl
 
 /// Signature verification of every module of a kernel package, by ExecGate and by OpenSSL alone
 /// (CMS_verify) in the same run, and status round trips over a Unix socket.
+/// Round-trip percentiles (µs) of the service's status and the C echo, with the placement used.
+public struct PlacedRoundTrips: Sendable {
+    public var placement: RoundTripPlacement
+    public var statusP50us: Double, statusP99us: Double, echoP50us: Double, echoP99us: Double
+}
+
+/// The CPUs a round trip's two ends are pinned to: the client thread on `client`; the server's
+/// event-loop threads (NIO's, found by name) and the echo's thread on `server`.
+public struct RoundTripPlacement: Sendable, Equatable {
+    public var client: Int32, server: Int32
+}
+
 public enum SignatureBenchmark {
     public struct Figures: Sendable {
         public var modules: Int, bytes: Int, verifiedOK: Int, baselineOK: Int
@@ -38,6 +50,11 @@ public enum SignatureBenchmark {
         public var serviceClients = 0, serviceSeconds = 0.0, serviceAllowed = 0
         /// Status round trips from a blocking client, and a minimal C echo over the same socket type, µs.
         public var statusP50us = 0.0, statusP99us = 0.0, echoP50us = 0.0, echoP99us = 0.0
+        /// The same, pinned (`RoundTripPlacement`): client and server threads on one core, then on
+        /// two (nil on a one-CPU machine). Left to the scheduler, the two sides of each comparison
+        /// land on one core or two as it happens (a wakeup across cores costs ~20 µs more here),
+        /// and the echo's fresh thread and the service's event loop do not land alike.
+        public var oneCore: PlacedRoundTrips?, twoCores: PlacedRoundTrips?
         /// Process CPU seconds (user + system) of each phase: on a machine whose other load takes
         /// cores away, CPU / wall says how much parallelism the phase got.
         public var execgateCPU = 0.0, opensslCPU = 0.0, poolCPU = 0.0, serviceCPU = 0.0
@@ -111,6 +128,15 @@ public enum SignatureBenchmark {
         progress("status round trips (blocking client) and a C echo over a Unix socket")
         let (status, echo) = try await statusVersusEcho(trust: trust, count: roundTrips)
         (f.statusP50us, f.statusP99us, f.echoP50us, f.echoP99us) = (status.p50, status.p99, echo.p50, echo.p99)
+        var cpus = [Int32](repeating: 0, count: 2)
+        let allowed = Int(execgate_allowed_cpus(&cpus, 2))
+        for (n, placement) in [(1, RoundTripPlacement(client: cpus[0], server: cpus[0])), (2, RoundTripPlacement(client: cpus[0], server: cpus[min(1, max(0, allowed - 1))]))]
+        where allowed >= n {
+            progress("the same, client and server pinned to \(n == 1 ? "one core (\(placement.client))" : "two cores (\(placement.client), \(placement.server))")")
+            let (s, e) = try await statusVersusEcho(trust: trust, count: roundTrips, placement: placement)
+            let placed = PlacedRoundTrips(placement: placement, statusP50us: s.p50, statusP99us: s.p99, echoP50us: e.p50, echoP99us: e.p99)
+            if n == 1 { f.oneCore = placed } else { f.twoCores = placed }
+        }
         return f
     }
 
@@ -325,7 +351,8 @@ extension SignatureBenchmark {
     /// the minimal C echo (CExecGateSys Bench.c) in the same run: (service, echo) summaries, µs.
     /// The two alternate in ten blocks, so load that comes and goes on a shared host falls on both
     /// alike (one after the other, a busy minute made either side look 2-3x slower).
-    public static func statusVersusEcho(trust: TrustStore, count: Int) async throws
+    /// With `placement`, both ends are pinned for the measurement and unpinned after it.
+    public static func statusVersusEcho(trust: TrustStore, count: Int, placement: RoundTripPlacement? = nil) async throws
         -> (service: (p50: Double, p99: Double, mean: Double), echo: (p50: Double, p99: Double, mean: Double)) {
         let server = VerifierServer(responder: Verifier(policy: Policy.builtIn(trust: trust)), logger: quietLogger())
         let endpoint = try temporaryEndpoint("status.sock")
@@ -337,6 +364,19 @@ extension SignatureBenchmark {
         echo.reserveCapacity(blocks * perBlock)
         let echoPath = path + ".echo"
         do {
+            // Pinned and unpinned in this synchronous stretch, so on the thread that runs it.
+            let pinned = placement.map { p -> [Int32] in
+                _ = execgate_pin_thread(0, p.client)
+                let loops = eventLoopThreadIDs()
+                for tid in loops { _ = execgate_pin_thread(tid, p.server) }
+                return loops
+            }
+            defer {
+                if let pinned {
+                    _ = execgate_pin_thread(0, -1)
+                    for tid in pinned { _ = execgate_pin_thread(tid, -1) }
+                }
+            }
             let client = try BlockingFrameClient(path: path)
             defer { client.disconnect() }
             var warmUp: [Double] = []
@@ -344,7 +384,7 @@ extension SignatureBenchmark {
             var samples = [Double](repeating: 0, count: perBlock)
             for _ in 0..<blocks {
                 try client.statusRoundTrips(count: perBlock, into: &service)
-                guard execgate_unix_echo_rtt(echoPath, Int32(perBlock), 64, &samples) == 0 else {
+                guard execgate_unix_echo_rtt(echoPath, Int32(perBlock), 64, &samples, placement?.server ?? -1) == 0 else {
                     throw LocalFileError(path: echoPath, why: "echo baseline failed: errno \(errno)")
                 }
                 echo.append(contentsOf: samples)
@@ -355,6 +395,15 @@ extension SignatureBenchmark {
         }
         await server.shutdown()
         return (Percentiles.summary(service), Percentiles.summary(echo))
+    }
+
+    /// The kernel thread ids of the process's NIO event-loop threads (NIO names them `NIO-ELT-…`).
+    static func eventLoopThreadIDs() -> [Int32] {
+        (Files.entries("/proc/self/task") ?? []).compactMap { t in
+            guard let tid = Int32(t), let comm = try? Files.read("/proc/self/task/\(t)/comm", limit: 64),
+                  comm.starts(with: Array("NIO-ELT".utf8)) else { return nil }
+            return tid
+        }
     }
 
     /// The in-process service's logger: silent unless EXECGATE_BENCH_LOG names a level.

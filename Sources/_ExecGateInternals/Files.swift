@@ -42,6 +42,19 @@ public struct FileError: Error, Sendable, Equatable, CustomStringConvertible {
 }
 
 public enum Files {
+    /// The names in directory `dir` but `.` and `..`, in `readdir` order; nil when it cannot be
+    /// opened.
+    public static func entries(_ dir: String) -> [String]? {
+        guard let d = opendir(dir) else { return nil }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if n != "." && n != ".." { names.append(n) }
+        }
+        return names
+    }
+
     /// The whole file at `path`, refusing files larger than `limit` bytes: a regular file by its
     /// size before reading, anything else (pseudo-files under /proc and /sys report size 0, pipes)
     /// by reading until end of file and stopping past `limit`.
@@ -386,13 +399,7 @@ public final class StagedDirectory {
     /// Removes the entries of `dir` that `isOld` accepts (regular files only), then `dir`;
     /// `dir` when it could not be removed.
     private static func removeOld(_ dir: String, isOld: (String) -> Bool) -> String? {
-        if let d = opendir(dir) {
-            var names: [String] = []
-            while let e = readdir(d) {
-                let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
-                if n != "." && n != ".." { names.append(n) }
-            }
-            closedir(d)
+        if let names = Files.entries(dir) {
             for n in names where isOld(n) {
                 var st = stat()
                 if lstat(dir + "/" + n, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG { unlink(dir + "/" + n) }

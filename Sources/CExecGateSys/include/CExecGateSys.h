@@ -39,7 +39,15 @@ int execgate_kvm_api_version(int kvm_fd);
 /* Benchmark baseline (Bench.c): `count` round trips of `size` bytes (≤ 4096) over a Unix stream
  * socket at `path` to a minimal blocking echo thread, after 100 unrecorded ones; sample i in
  * microseconds goes to samples_us[i]. The socket file is removed afterwards. */
-int execgate_unix_echo_rtt(const char *path, int count, int size, double *samples_us);
+int execgate_unix_echo_rtt(const char *path, int count, int size, double *samples_us, int server_cpu);
+
+/* Thread `tid` (0: the calling thread) onto CPU `cpu` alone, or (cpu -1) back onto every CPU the
+ * process's main thread may use (sched_setaffinity). 0, or -1 with errno. For `bench`'s round-trip
+ * placements: client and server on one core, then on two. */
+int execgate_pin_thread(int tid, int cpu);
+/* The CPUs the process's main thread may use, ascending, at most `max` of them into `out`; their
+ * count, or -1. */
+int execgate_allowed_cpus(int *out, int max);
 
 /* Bytes the allocator has handed out and not had back, over every arena (glibc malloc_info
  * totals: arena bytes minus free chunks, plus mmap'd chunks); -1 where the C library cannot tell. */

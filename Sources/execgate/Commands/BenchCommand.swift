@@ -88,6 +88,10 @@ struct BenchCommand: AsyncParsableCommand {
             print("  service       \(f.serviceAllowed) allowed   \(String(format2: f.serviceSeconds)) s, \(f.serviceClients) pipelined clients   ratio: \(String(format2: f.serviceSeconds / f.opensslSeconds))x (target <= 1.0x)")
             print("  cpu seconds (user+sys): execgate \(String(format2: f.execgateCPU)), openssl alone \(String(format2: f.opensslCPU)), pool \(String(format2: f.poolCPU)) (cpu/wall \(String(format2: f.poolCPU / f.poolSeconds))), service incl. its clients \(String(format2: f.serviceCPU)) (cpu/wall \(String(format2: f.serviceCPU / f.serviceSeconds)))")
             print("status round trip, blocking client: p50 \(String(format2: f.statusP50us)) us, p99 \(String(format2: f.statusP99us)) us; C echo p50 \(String(format2: f.echoP50us)) us, p99 \(String(format2: f.echoP99us)) us; ratio p50 \(String(format2: f.statusP50us / f.echoP50us))x (target <= 2x)")
+            for (what, p) in [("one core", f.oneCore), ("two cores", f.twoCores)] {
+                guard let p else { continue }
+                print("  pinned, client and server on \(what) (cpu \(p.placement.client), \(p.placement.server)): status p50 \(String(format2: p.statusP50us)) us, p99 \(String(format2: p.statusP99us)) us; C echo p50 \(String(format2: p.echoP50us)) us, p99 \(String(format2: p.echoP99us)) us; ratio p50 \(String(format2: p.statusP50us / p.echoP50us))x")
+            }
         }
         if json {
             // (the JSON object above carries the single-thread figures; these follow as a second line)
@@ -98,6 +102,11 @@ struct BenchCommand: AsyncParsableCommand {
                 ("service_allowed", .int(Int64(f.serviceAllowed))), ("service_ratio", .double(f.serviceSeconds / f.opensslSeconds)),
                 ("status_p50_us", .double(f.statusP50us)), ("status_p99_us", .double(f.statusP99us)),
                 ("echo_p50_us", .double(f.echoP50us)), ("echo_p99_us", .double(f.echoP99us)),
+                ("pinned_round_trips", .array([f.oneCore, f.twoCores].compactMap { $0 }.map { p in
+                    JSON.object([("client_cpu", .int(Int64(p.placement.client))), ("server_cpu", .int(Int64(p.placement.server))),
+                                 ("status_p50_us", .double(p.statusP50us)), ("status_p99_us", .double(p.statusP99us)),
+                                 ("echo_p50_us", .double(p.echoP50us)), ("echo_p99_us", .double(p.echoP99us))])
+                })),
                 ("execgate_cpu_seconds", .double(f.execgateCPU)), ("openssl_cpu_seconds", .double(f.opensslCPU)),
                 ("pool_cpu_seconds", .double(f.poolCPU)), ("service_cpu_seconds", .double(f.serviceCPU)),
             ]).serialized())
