@@ -25,8 +25,6 @@ import Glibc
 import Musl
 #endif
 
-/// Signature verification of every module of a kernel package, by ExecGate and by OpenSSL alone
-/// (CMS_verify) in the same run, and status round trips over a Unix socket.
 /// Round-trip percentiles (µs) of the service's status and the C echo, with the placement used.
 public struct PlacedRoundTrips: Sendable {
     public var placement: RoundTripPlacement
@@ -39,6 +37,8 @@ public struct RoundTripPlacement: Sendable, Equatable {
     public var client: Int32, server: Int32
 }
 
+/// Signature verification of every module of a kernel package, by ExecGate and by OpenSSL alone
+/// (CMS_verify) in the same run, and status round trips over a Unix socket.
 public enum SignatureBenchmark {
     public struct Figures: Sendable {
         public var modules: Int, bytes: Int, verifiedOK: Int, baselineOK: Int
