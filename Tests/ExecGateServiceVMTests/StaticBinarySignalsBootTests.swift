@@ -45,7 +45,9 @@ final class StaticBinarySignalsBootTests: XCTestCase {
             let vu = dir + "/vu.sock", uds = dir + "/h.sock", log = dir + "/backend.log"
             let pid = try Subprocess.spawn([binary, "vsock-backend", "--socket", vu, "--uds", uds, "--guest-cid", "3"], outputPath: log)
             try waitForFiles([vu, uds, vu + ".lock", uds + ".lock"], pid: pid, log: log)
-            usleep(100_000)  // its run loop started (the files come first)
+            // Its stop handlers are installed before it says where it listens (the files come first).
+            for _ in 0..<500 where !FS.tail(log).contains("vsock-backend: vhost-user on") { usleep(20_000) }
+            XCTAssertTrue(FS.tail(log).contains("vsock-backend: vhost-user on"), FS.tail(log))
             kill(pid, sig)
             guard let status = exitStatus(pid, "vsock-backend after signal \(sig)") else { continue }
             XCTAssertEqual(status, 0, "vsock-backend ended by signal \(sig) with \(status): \(FS.tail(log))")
