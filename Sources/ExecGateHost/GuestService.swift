@@ -62,6 +62,7 @@ public enum GuestService {
         let t0 = MonotonicClock.nanoseconds()
         let c = configuration(port: port, serverName: ExecGateVersion.string)
         let t1 = MonotonicClock.nanoseconds()
+        let stop = TerminationSignals()  // before anything binds, as `serve`
         let service = try await VerifierService.start(c)
         let t2 = MonotonicClock.nanoseconds()
         let policy = service.bootPolicy
@@ -71,7 +72,7 @@ public enum GuestService {
                       + (service.adminListening != nil ? "; admin port vsock \(port &+ 1)" : "; no admin certificate: policy is fixed")
                       + "; set-up: configuration \((t1 - t0) / 1_000_000) ms, VerifierService.start \((t2 - t1) / 1_000_000) ms (\(service.startSteps))")
         ready()
-        await VerifierService.waitForTermination()
+        await stop.wait()
         GuestInit.log("signal received: shutting down the verifier")
         await service.shutdown()
     }

@@ -58,6 +58,8 @@ struct ServeCommand: AsyncParsableCommand {
         c.threads = threads
         trust.apply(to: &c)
         try policyOptions.apply(to: &c)
+        // Caught before anything binds: a stop while the service starts ends it gracefully.
+        let stop = TerminationSignals()
         let service: VerifierService
         do { service = try await VerifierService.start(c) } catch {
             Console.error("execgate serve: \(error)")
@@ -73,7 +75,7 @@ struct ServeCommand: AsyncParsableCommand {
             print("execgate: or    execgate request module FILE.ko --connect \(first) --claim elf")
         }
         fflush(stdout)
-        await VerifierService.waitForTermination()
+        await stop.wait()
         c.logger.info("signal received: shutting down")
         await service.shutdown()
     }
