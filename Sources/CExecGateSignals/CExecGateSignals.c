@@ -8,8 +8,10 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -194,3 +196,39 @@ void execgate_temp_commit_end(void) {
     remove_and_die(sig);
     (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
+
+/* The graceful stop's signals (CExecGateSignals.h): the eventfd and the first signal. */
+static int termination_fd = -1;
+static int termination_errno = 0;
+static _Atomic int termination_signal;
+static pthread_once_t termination_once = PTHREAD_ONCE_INIT;
+
+static void on_termination(int sig) {
+    int saved = errno;
+    int none = 0;
+    (void)atomic_compare_exchange_strong(&termination_signal, &none, sig);
+    uint64_t one = 1;
+    (void)write(termination_fd, &one, sizeof one);
+    errno = saved;
+}
+
+static void termination_install(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) { termination_errno = errno; return; }
+    termination_fd = fd;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_termination;
+    sigfillset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    (void)sigaction(SIGTERM, &sa, NULL);
+    (void)sigaction(SIGINT, &sa, NULL);
+}
+
+int execgate_termination_fd(void) {
+    (void)pthread_once(&termination_once, termination_install);
+    if (termination_fd < 0) errno = termination_errno;
+    return termination_fd;
+}
+
+int execgate_termination_signal(void) { return atomic_load(&termination_signal); }

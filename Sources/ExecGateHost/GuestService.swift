@@ -62,7 +62,7 @@ public enum GuestService {
         let t0 = MonotonicClock.nanoseconds()
         let c = configuration(port: port, serverName: ExecGateVersion.string)
         let t1 = MonotonicClock.nanoseconds()
-        let stop = TerminationSignals()  // before anything binds, as `serve`
+        let stop = try TerminationSignals()  // before anything binds, as `serve`
         let service = try await VerifierService.start(c)
         let t2 = MonotonicClock.nanoseconds()
         let policy = service.bootPolicy

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+import _ExecGateInternals
 import ExecGateCommandLine
 import ExecGateHost
 import ExecGateWire
@@ -59,7 +60,11 @@ struct ServeCommand: AsyncParsableCommand {
         trust.apply(to: &c)
         try policyOptions.apply(to: &c)
         // Caught before anything binds: a stop while the service starts ends it gracefully.
-        let stop = TerminationSignals()
+        let stop: TerminationSignals
+        do { stop = try TerminationSignals() } catch {
+            Console.error("execgate serve: \(error)")
+            throw ExecGateExit.usage
+        }
         let service: VerifierService
         do { service = try await VerifierService.start(c) } catch {
             Console.error("execgate serve: \(error)")

@@ -48,29 +48,23 @@ struct VsockBackendCommand: ParsableCommand {
     func run() throws {
         var config = VsockBackendConfig(vhostUserSocket: socket, hybridSocket: uds, guestCID: guestCid)
         config.verbose = verbose
+        // SIGTERM/SIGINT caught before the sockets exist: a stop at any moment after they appear
+        // ends `run()` cleanly (socket files removed, then their lock files).
+        let stop: TerminationSignals
+        do { stop = try TerminationSignals() } catch {
+            Console.error("execgate vsock-backend: \(error)")
+            throw ExecGateExit.usage
+        }
         let backend: VsockBackend
         do { backend = try VsockBackend(config: config) } catch {
             Console.error("execgate vsock-backend: \(error)")
             throw ExecGateExit.usage
         }
         signal(SIGPIPE, SIG_IGN)
-        VsockBackendCommand.installStopSignals(backend)
+        stop.whenArrived { backend.stop() }  // `stop()` only writes to an eventfd
         Console.error("execgate vsock-backend: vhost-user on \(socket), hybrid vsock on \(uds), guest CID \(guestCid)")
         backend.run()
     }
-
-    /// SIGTERM/SIGINT end `run()` cleanly (socket files removed).
-    static func installStopSignals(_ backend: VsockBackend) {
-        StopTarget.backend = backend
-        let handler: @convention(c) (Int32) -> Void = { _ in StopTarget.backend?.stop() }
-        signal(SIGTERM, handler)
-        signal(SIGINT, handler)
-    }
-}
-
-/// The backend the signal handler stops (`stop()` only writes to an eventfd: async-signal-safe).
-enum StopTarget {
-    nonisolated(unsafe) static var backend: VsockBackend?
 }
 
 struct VsockBenchCommand: AsyncParsableCommand {
