@@ -56,6 +56,25 @@ final class ModuleTracepointKeyTests: XCTestCase {
         try ko.withUnsafeBytes { Explainer(facts: facts).explain(elf: try ELFFile(bytes: $0), claim: claim, resolver: resolver) }
     }
 
+    /// `ko` (module `name`) loaded by an honest guest: the facts for it alone, its resolver, the
+    /// claim (`honest`), the session, the explanation, which must allow it (asserted; `what` leads
+    /// the message), and its run-time sites.
+    static func honestLoad(_ f: FixtureReplay, _ ko: [UInt8], _ name: String, _ what: String? = nil,
+                           file: StaticString = #filePath, line: UInt = #line) throws
+        -> (facts: GuestFacts, resolver: SymbolResolver, claim: ModuleClaim, session: Session, result: ExplainResult, table: RuntimeSiteTable) {
+        let facts = try Self.facts(f, for: [ko])
+        let resolver = SymbolResolver(coreExports: facts.exports)
+        let (claim, s) = try honest(ko, name, facts, resolver)
+        let result = try explain(ko, claim, facts, resolver)
+        XCTAssertTrue(result.verdict.isAllowed, "\(what.map { $0 + ": " } ?? "")\(result.verdict)", file: file, line: line)
+        return (facts, resolver, claim, s, result, try XCTUnwrap(result.runtimeSites, file: file, line: line))
+    }
+
+    /// The address of the module's own static-call key `__SCK__<name>` (`Session.ownKeyAddress`).
+    static func ownKey(_ s: Session, _ name: String) throws -> UInt64 {
+        try XCTUnwrap(s.ownKeyAddress(try XCTUnwrap(s.keySymbols.index(named: "__SCK__" + name, s.symtab), name)), name)
+    }
+
     /// jbd2's own tracepoint key addresses (`__SCK__tp_func_*` in its own sections).
     static func ownTracepointKeys(_ s: Session) -> [UInt64] {
         s.keySymbols.indices.filter { s.symtab.nameHasPrefix($0, "__SCK__tp_func_") }.compactMap { s.ownKeyAddress($0) }
@@ -68,13 +87,8 @@ final class ModuleTracepointKeyTests: XCTestCase {
     func testModuleOwnTracepointKeyTakesNeitherNullNorReturn0() throws {
         let f = try FixtureReplay()
         let ko = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
-        let facts = try Self.facts(f, for: [ko])
+        let (facts, resolver, claim, s, honest, table) = try Self.honestLoad(f, ko, "jbd2")
         let r0 = try XCTUnwrap(facts.staticCallReturn0)
-        let resolver = SymbolResolver(coreExports: facts.exports)
-        let (claim, s) = try Self.honest(ko, "jbd2", facts, resolver)
-        let honest = try Self.explain(ko, claim, facts, resolver)
-        XCTAssertTrue(honest.verdict.isAllowed, "\(honest.verdict)")
-        let table = try XCTUnwrap(honest.runtimeSites)
         let keys = Set(Self.ownTracepointKeys(s))
         XCTAssertEqual(keys.count, 21)
         // A key with call sites (and its trampoline, a site of the same key).
@@ -171,12 +185,7 @@ final class ModuleTracepointKeyTests: XCTestCase {
     func testModuleTracepointKeyTakesNoOtherKeysIterator() throws {
         let f = try FixtureReplay()
         let ko = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
-        let facts = try Self.facts(f, for: [ko])
-        let resolver = SymbolResolver(coreExports: facts.exports)
-        let (claim, s) = try Self.honest(ko, "jbd2", facts, resolver)
-        let honest = try Self.explain(ko, claim, facts, resolver)
-        XCTAssertTrue(honest.verdict.isAllowed, "\(honest.verdict)")
-        let table = try XCTUnwrap(honest.runtimeSites)
+        let (facts, resolver, claim, s, honest, table) = try Self.honestLoad(f, ko, "jbd2")
         let keys = Set(Self.ownTracepointKeys(s))
         let sites = table.siteList.filter { $0.kind == .staticCall && $0.key.map(keys.contains) == true }
         let byKey = Dictionary(grouping: sites, by: { $0.key! })
@@ -249,13 +258,8 @@ final class ModuleTracepointKeyTests: XCTestCase {
     func testOwnTraceEventClassProbeIsATargetOfItsKey() throws {
         let f = try FixtureReplay()
         let ko = try Fixtures.readFile(try Fixtures.module(named: "qla2xxx.ko"))
-        let facts = try Self.facts(f, for: [ko])
-        let resolver = SymbolResolver(coreExports: facts.exports)
-        let (claim, s) = try Self.honest(ko, "qla2xxx", facts, resolver)
-        let honest = try Self.explain(ko, claim, facts, resolver)
-        XCTAssertTrue(honest.verdict.isAllowed, "\(honest.verdict)")
-        let table = try XCTUnwrap(honest.runtimeSites)
-        let key = try XCTUnwrap(s.ownKeyAddress(try XCTUnwrap(s.keySymbols.index(named: "__SCK__tp_func_ql_dbg_log", s.symtab))))
+        let (facts, resolver, claim, s, _, table) = try Self.honestLoad(f, ko, "qla2xxx")
+        let key = try Self.ownKey(s, "tp_func_ql_dbg_log")
         XCTAssertGreaterThan(table.siteList.filter { $0.kind == .staticCall && $0.key == key }.count, 1)
         for name in ["trace_event_raw_event_qla_log_event", "perf_trace_qla_log_event", "__traceiter_ql_dbg_log"] {
             let target = try XCTUnwrap(try Self.function(s, name), name)
@@ -274,13 +278,8 @@ final class ModuleTracepointKeyTests: XCTestCase {
     func testTraceEventProbesAreBoundToTheirOwnEventsKey() throws {
         let f = try FixtureReplay()
         let ko = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
-        let facts = try Self.facts(f, for: [ko])
-        let resolver = SymbolResolver(coreExports: facts.exports)
-        let (claim, s) = try Self.honest(ko, "jbd2", facts, resolver)
-        let honest = try Self.explain(ko, claim, facts, resolver)
-        XCTAssertTrue(honest.verdict.isAllowed, "\(honest.verdict)")
-        let table = try XCTUnwrap(honest.runtimeSites)
-        let key = try XCTUnwrap(s.ownKeyAddress(try XCTUnwrap(s.keySymbols.index(named: "__SCK__tp_func_jbd2_checkpoint", s.symtab))))
+        let (facts, resolver, claim, s, _, table) = try Self.honestLoad(f, ko, "jbd2")
+        let key = try Self.ownKey(s, "tp_func_jbd2_checkpoint")
         XCTAssertFalse(table.siteList.filter { $0.kind == .staticCall && $0.key == key }.isEmpty)
         let own = try XCTUnwrap(try Self.function(s, "trace_event_raw_event_jbd2_checkpoint"))
         let cases: [(String, UInt64, Bool)] = [
@@ -332,13 +331,8 @@ final class ModuleTracepointKeyTests: XCTestCase {
         let classAt = try record(far, "event_jbd2_checkpoint", plus: 16)
         far.put(far.get(Int64.self, at: classAt + 16) &+ (1 << 40), at: classAt + 16)
         for (what, ko) in [("reg + 8", reg.ko), ("probe field by R_X86_64_NONE", none.ko), ("class pointer + 2^40", far.ko)] {
-            let facts = try Self.facts(f, for: [ko])
-            let resolver = SymbolResolver(coreExports: facts.exports)
-            let (claim, s) = try Self.honest(ko, "jbd2", facts, resolver)
-            let honest = try Self.explain(ko, claim, facts, resolver)
-            XCTAssertTrue(honest.verdict.isAllowed, "\(what): \(honest.verdict)")
-            let table = try XCTUnwrap(honest.runtimeSites)
-            let key = try XCTUnwrap(s.ownKeyAddress(try XCTUnwrap(s.keySymbols.index(named: "__SCK__tp_func_jbd2_checkpoint", s.symtab))))
+            let (facts, resolver, claim, s, _, table) = try Self.honestLoad(f, ko, "jbd2", what)
+            let key = try Self.ownKey(s, "tp_func_jbd2_checkpoint")
             let iterator = try XCTUnwrap(try Self.function(s, "__traceiter_jbd2_checkpoint"))
             let probe = try XCTUnwrap(try Self.function(s, "trace_event_raw_event_jbd2_checkpoint"))
             XCTAssertTrue(try Self.claimKey(ko, claim, table, key: key, state: iterator, facts, resolver).load, "\(what): the iterator")
