@@ -197,16 +197,14 @@ void execgate_temp_commit_end(void) {
     (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-/* The graceful stop's signals (CExecGateSignals.h): the eventfd and the first signal. */
+/* The graceful stop's signals (CExecGateSignals.h): the eventfd their handler makes readable. */
 static int termination_fd = -1;
 static int termination_errno = 0;
-static _Atomic int termination_signal;
 static pthread_once_t termination_once = PTHREAD_ONCE_INIT;
 
 static void on_termination(int sig) {
+    (void)sig;
     int saved = errno;
-    int none = 0;
-    (void)atomic_compare_exchange_strong(&termination_signal, &none, sig);
     uint64_t one = 1;
     (void)write(termination_fd, &one, sizeof one);
     errno = saved;
@@ -230,5 +228,3 @@ int execgate_termination_fd(void) {
     if (termination_fd < 0) errno = termination_errno;
     return termination_fd;
 }
-
-int execgate_termination_signal(void) { return atomic_load(&termination_signal); }

@@ -128,15 +128,15 @@ public enum SignatureBenchmark {
         progress("status round trips (blocking client) and a C echo over a Unix socket")
         let (status, echo) = try await statusVersusEcho(trust: trust, count: roundTrips)
         (f.statusP50us, f.statusP99us, f.echoP50us, f.echoP99us) = (status.p50, status.p99, echo.p50, echo.p99)
-        var cpus = [Int32](repeating: 0, count: 2)
-        let allowed = Int(execgate_allowed_cpus(&cpus, 2))
-        for (n, placement) in [(1, RoundTripPlacement(client: cpus[0], server: cpus[0])), (2, RoundTripPlacement(client: cpus[0], server: cpus[min(1, max(0, allowed - 1))]))]
-        where allowed >= n {
-            progress("the same, client and server pinned to \(n == 1 ? "one core (\(placement.client))" : "two cores (\(placement.client), \(placement.server))")")
-            let (s, e) = try await statusVersusEcho(trust: trust, count: roundTrips, placement: placement)
-            let placed = PlacedRoundTrips(placement: placement, statusP50us: s.p50, statusP99us: s.p99, echoP50us: e.p50, echoP99us: e.p99)
-            if n == 1 { f.oneCore = placed } else { f.twoCores = placed }
+        func pinned(_ p: RoundTripPlacement, _ what: String) async throws -> PlacedRoundTrips {
+            progress("the same, client and server pinned to \(what)")
+            let (s, e) = try await statusVersusEcho(trust: trust, count: roundTrips, placement: p)
+            return PlacedRoundTrips(placement: p, statusP50us: s.p50, statusP99us: s.p99, echoP50us: e.p50, echoP99us: e.p99)
         }
+        var cpus = [Int32](repeating: 0, count: 2)
+        let allowed = execgate_allowed_cpus(&cpus, 2)
+        if allowed >= 1 { f.oneCore = try await pinned(RoundTripPlacement(client: cpus[0], server: cpus[0]), "one core (\(cpus[0]))") }
+        if allowed >= 2 { f.twoCores = try await pinned(RoundTripPlacement(client: cpus[0], server: cpus[1]), "two cores (\(cpus[0]), \(cpus[1]))") }
         return f
     }
 

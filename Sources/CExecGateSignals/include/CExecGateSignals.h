@@ -51,15 +51,13 @@ void execgate_temp_commit_begin(void);
 void execgate_temp_commit_end(void);
 
 /* A graceful stop (`serve`, `vsock-backend`, the guest's service): from the first call on,
- * SIGTERM and SIGINT run a handler that records the signal and makes an eventfd readable (write(2)
+ * SIGTERM and SIGINT run a handler that makes an eventfd readable (write(2)
  * of 8 bytes: async-signal-safe), which stays readable. Installed synchronously by sigaction, so
  * no signal between this call and the reader's start is lost or met at its default action (a
  * DispatchSource made its handler only when the dispatch manager got to it, asynchronously: a
  * SIGTERM meanwhile met the SIG_IGN set before it and was lost). The fd, the same on every call;
  * or -1 with errno when no eventfd could be made (nothing installed). */
 int execgate_termination_fd(void);
-/* The first of SIGTERM/SIGINT that arrived since execgate_termination_fd, or 0. */
-int execgate_termination_signal(void);
 
 #ifdef __cplusplus
 }
