@@ -18,14 +18,14 @@ swift=${SWIFT:-swift}
 mkdir -p .cache
 quiet() { grep -Ev '^\[[0-9]+/[0-9]+\]|Test Case .* (started|passed)|^Test Suite .* (started|passed)'; }
 
+only=()
 if [ "$static" -eq 1 ]; then
   bin=$PWD/.build-static/release/execgate
   [ -x "$bin" ] || { echo "run-tests: no static execgate at $bin: run \`make image\`" >&2; exit 1; }
-  EXECGATE_BIN=$bin EXECGATE_REQUIRE_INPUTS=1 $swift test --skip-build --disable-swift-testing --skip BootTests \
-    --filter 'ExecGateCommandLineTests|ExecGateServiceTests' 2>&1 | tee .cache/test.log | quiet
-else
-  EXECGATE_REQUIRE_INPUTS=1 $swift test --skip-build --disable-swift-testing --skip BootTests 2>&1 | tee .cache/test.log | quiet
+  export EXECGATE_BIN=$bin
+  only=(--filter 'ExecGateCommandLineTests|ExecGateServiceTests')
 fi
+EXECGATE_REQUIRE_INPUTS=1 $swift test --skip-build --disable-swift-testing --skip BootTests "${only[@]}" 2>&1 | tee .cache/test.log | quiet
 rc1=${PIPESTATUS[0]}
 if [ "$unit_only" -eq 0 ]; then
   EXECGATE_VM_TEST=1 $swift test --skip-build --disable-swift-testing --filter BootTests 2>&1 | tee .cache/test-boot.log | quiet
