@@ -26,27 +26,34 @@ struct RequestProcessor: Sendable {
 
     /// `arrival`: the request's stamp (`RequestResponder.arrival()`), taken by the connection
     /// when it decoded the frame, in the order the connection sent them.
-    func process(_ frame: Frame, arrival: UInt64?, on eventLoop: EventLoop) -> EventLoopFuture<Frame> {
+    /// What is answered on the event loop (the connection's `LoopAnswer`): a wrong version, a
+    /// reply type sent as a request, and `status`: it judges nothing (counters and the policy's
+    /// name), so a hop to the pool and back would be most of its round trip, and a future and its
+    /// callback per request a tenth of the rest. Only a small body is decoded here; a large one
+    /// (unknown fields up to the cap) goes to the pool like any request, so the loop never does
+    /// body-sized work. Nil: judged on the pool (`process`).
+    func answerOnLoop(_ frame: Frame) -> Frame? {
         let id = frame.requestID
         let type = frame.type
         guard frame.version == WireLimits.protocolVersion else {
-            return eventLoop.makeSucceededFuture(refuse(id, type, .unsupportedVersion,
-                "frame version \(frame.version); this server speaks version \(WireLimits.protocolVersion)"))
+            return refuse(id, type, .unsupportedVersion, "frame version \(frame.version); this server speaks version \(WireLimits.protocolVersion)")
         }
-        guard frame.type.isRequest else {
-            return eventLoop.makeSucceededFuture(refuse(id, type, .badRequest, "\(frame.type) is a reply type, not a request"))
-        }
-        // `status` is answered on the event loop: it judges nothing (counters and the policy's
-        // name), so a hop to the pool and back would be most of its round trip. Only a small body
-        // is decoded here; a large one (unknown fields up to the cap) goes to the pool like any
-        // request, so the loop never does body-sized work.
+        guard frame.type.isRequest else { return refuse(id, type, .badRequest, "\(frame.type) is a reply type, not a request") }
         if frame.type == .status && frame.body.readableBytes <= Self.inlineStatusBodyLimit,
            case .status? = try? Message(type: frame.type, body: frame.body) {
             stats.begin()
             let reply = Message.statusReply(responder.status(uptimeMilliseconds: stats.uptimeMilliseconds, requestsServed: stats.served))
             stats.end()
-            return eventLoop.makeSucceededFuture(reply.frame(requestID: id))
+            return reply.frame(requestID: id)
         }
+        return nil
+    }
+
+    /// One request: `answerOnLoop`'s reply if it has one, else judged on the pool.
+    func process(_ frame: Frame, arrival: UInt64?, on eventLoop: EventLoop) -> EventLoopFuture<Frame> {
+        if let reply = answerOnLoop(frame) { return eventLoop.makeSucceededFuture(reply) }
+        let id = frame.requestID
+        let type = frame.type
         stats.begin()
         let responder = self.responder
         // Stamped when the connection decoded it (`arrival`), on the connection's loop in the order

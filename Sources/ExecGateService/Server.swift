@@ -95,6 +95,7 @@ public final class VerifierServer: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addBoundedFrameHandlers(
                         configuration: configuration, budget: budget, logger: logger,
                         arrival: { responder.arrival() },
+                        answerOnLoop: { frame, _ in processor.answerOnLoop(frame) },
                         process: { frame, arrival, loop in processor.process(frame, arrival: arrival, on: loop) })
                 }
             }

@@ -206,6 +206,13 @@ public typealias FrameProcessor = @Sendable (Frame, EventLoop) -> EventLoopFutur
 /// (`FrameArrival`), however long it then waited in the connection's queue.
 public typealias StampedFrameProcessor = @Sendable (Frame, UInt64?, EventLoop) -> EventLoopFuture<Frame>
 
+/// Answers a request on the connection's event loop, before `process` is asked, when the answer
+/// needs no work (a `status`, a refusal of a frame that is no request): the reply, or nil to hand
+/// the frame to `process`. Called with the frame's arrival stamp; it must not block and must do no
+/// body-sized work (it runs between the loop's reads). Its reply is written as `process`'s are
+/// (same in-flight slot, reply pool and flush), without a future and a callback per request.
+public typealias LoopAnswer = (Frame, UInt64?) -> Frame?
+
 /// Called on the connection's event loop when a request frame is decoded (read), in the order the
 /// connection sent its frames: the stamp its processor is given when it starts.
 public typealias FrameArrival = @Sendable () -> UInt64?
@@ -222,6 +229,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     private let configuration: PortLimits
     private let budget: BufferBudget
     private let process: StampedFrameProcessor
+    private let answerOnLoop: LoopAnswer?
     private let arrival: FrameArrival?
     private let replyWritten: ReplyWritten?
     private var logger: Logger
@@ -267,8 +275,9 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     /// - Parameter arrival: stamps each request frame when it is decoded, before it may wait in
     ///   `pending` behind the in-flight cap; `process` is given that stamp when the frame starts.
     /// - Parameter replyWritten: told of each reply once it has left the server (`ReplyWritten`).
+    /// - Parameter answerOnLoop: asked first for each request frame (`LoopAnswer`).
     public init(configuration: PortLimits, budget: BufferBudget, logger: Logger, gate: DecodeGate? = nil, arrival: FrameArrival?,
-                replyWritten: ReplyWritten? = nil, process: @escaping StampedFrameProcessor) {
+                replyWritten: ReplyWritten? = nil, answerOnLoop: LoopAnswer? = nil, process: @escaping StampedFrameProcessor) {
         self.configuration = configuration
         self.budget = budget
         self.logger = logger
@@ -276,6 +285,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
         self.arrival = arrival
         self.replyWritten = replyWritten
         self.process = process
+        self.answerOnLoop = answerOnLoop
     }
 
     // MARK: Lifecycle
@@ -425,6 +435,11 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             write(reply, context: context, closeAfter: code == .badMagic)
         case .frame(let frame):
             let bodyBytes = frame.body.readableBytes
+            if let answer = answerOnLoop, let reply = answer(frame, arrival) {
+                budget.release(bodyBytes)
+                write(reply, context: context, closeAfter: false)
+                return
+            }
             let id = frame.requestID
             let budget = self.budget
             let future = process(frame, arrival, context.eventLoop)
@@ -460,9 +475,10 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             let (handler, context) = bound.value
             handler.replyLeft(n)
             handler.writesOutstanding -= 1
-            handler.writeProgress = .now()
+            let now = NIODeadline.now()
+            handler.writeProgress = now
             handler.inFlight -= 1
-            handler.lastActivity = .now()
+            handler.lastActivity = now
             if closeAfter {
                 context.close(promise: nil)
             } else {
@@ -684,12 +700,13 @@ extension ChannelPipeline.SynchronousOperations {
 
     /// The same, with each request frame stamped by `arrival` when it is decoded.
     public func addBoundedFrameHandlers(configuration: PortLimits, budget: BufferBudget, logger: Logger, arrival: FrameArrival?,
-                                        replyWritten: ReplyWritten? = nil, process: @escaping StampedFrameProcessor) throws {
+                                        replyWritten: ReplyWritten? = nil, answerOnLoop: LoopAnswer? = nil,
+                                        process: @escaping StampedFrameProcessor) throws {
         let gate = DecodeGate(capacity: configuration.maximumInFlightPerConnection)
         try addHandler(PeerEOFRelay(gate: gate))
         try addHandler(ByteToMessageHandler(BudgetedFrameDecoder(maximumBodySize: configuration.maximumBodySize, budget: budget, gate: gate)))
         try addHandler(FrameWriter())
         try addHandler(BoundedFrameHandler(configuration: configuration, budget: budget, logger: logger, gate: gate, arrival: arrival,
-                                           replyWritten: replyWritten, process: process))
+                                           replyWritten: replyWritten, answerOnLoop: answerOnLoop, process: process))
     }
 }
