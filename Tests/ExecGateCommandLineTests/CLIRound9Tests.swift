@@ -446,8 +446,7 @@ extension CLIRound9Tests {
             var staged = false
             while MonotonicClock.seconds() < deadline {
                 if names(dir + "/img").contains(where: { $0.hasPrefix(".out.tmp.") }) { staged = true; break }
-                var st: Int32 = 0
-                if waitpid(pid, &st, WNOHANG) == pid { break }
+                if Fixtures.exited(pid) != nil { break }
                 usleep(2_000)
             }
             guard staged else { _ = Fixtures.wait(pid); continue }

@@ -94,8 +94,7 @@ final class CLIRound6Tests: XCTestCase {
             var seen = false
             while MonotonicClock.seconds() < deadline {
                 if access(tmp, F_OK) == 0 { seen = true; break }
-                var st: Int32 = 0
-                if waitpid(pid, &st, WNOHANG) == pid { break }
+                if Fixtures.exited(pid) != nil { break }
                 usleep(200)
             }
             XCTAssertTrue(seen, "signal \(sig): the temporary file never appeared")

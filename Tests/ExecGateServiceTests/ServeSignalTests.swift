@@ -51,20 +51,20 @@ final class ServeSignalTests: XCTestCase {
             let pid = Fixtures.spawnExecgate(args, stdoutPath: dir + "/out\(i)", stderrPath: dir + "/err\(i)")
             XCTAssertGreaterThan(pid, 0)
             let deadline = MonotonicClock.seconds() + 30
-            var st: Int32 = 0
-            var exited = false
+            var early: Int32? = nil
             while access(sock, F_OK) != 0 && MonotonicClock.seconds() < deadline {
-                if waitpid(pid, &st, WNOHANG) == pid { exited = true; break }
+                early = Fixtures.exited(pid)
+                if early != nil { break }
             }
-            XCTAssertFalse(exited, "\(args[0]) exited before binding: \(String(decoding: (try? Fixtures.readFile(dir + "/err\(i)")) ?? [], as: UTF8.self))")
-            if exited { continue }
+            XCTAssertNil(early, "\(args[0]) exited before binding: \(String(decoding: (try? Fixtures.readFile(dir + "/err\(i)")) ?? [], as: UTF8.self))")
+            if early != nil { continue }
 
             kill(pid, SIGTERM)
-            while waitpid(pid, &st, WNOHANG) != pid {
-                if MonotonicClock.seconds() > deadline { kill(pid, SIGKILL); _ = Fixtures.wait(pid); XCTFail("\(args[0]) still running 30 s after SIGTERM"); break }
-                usleep(1000)
+            guard let status = Fixtures.wait(pid, seconds: 30, pollMicroseconds: 1000) else {
+                XCTFail("\(args[0]) still running 30 s after SIGTERM")
+                outcomes.append("hung")
+                continue
             }
-            let status = st & 0x7f == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f)
             let left: [String] = files.filter { access($0, F_OK) == 0 }
             outcomes.append("\(status)\(left.isEmpty ? "" : " left \(left)")")
         }

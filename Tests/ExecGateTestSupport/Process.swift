@@ -46,9 +46,28 @@ extension Fixtures {
     public static func wait(_ pid: pid_t) -> Int32 {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        // WIFEXITED / WEXITSTATUS, spelled out (the C macros are not imported).
-        if status & 0x7f == 0 { return (status >> 8) & 0xff }
-        return 128 + (status & 0x7f)
+        return exitCode(status)
+    }
+
+    /// A `waitpid` status as a shell reports it: the exit code, or 128 + the signal that ended
+    /// the process (WIFEXITED / WEXITSTATUS / WTERMSIG spelled out: the C macros are not imported).
+    public static func exitCode(_ status: Int32) -> Int32 { status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f) }
+
+    /// `pid`'s exit code (`exitCode`) if it has ended, reaping it; nil while it runs.
+    public static func exited(_ pid: pid_t) -> Int32? {
+        var status: Int32 = 0
+        return waitpid(pid, &status, WNOHANG) == pid ? exitCode(status) : nil
+    }
+
+    /// `pid`'s exit code once it ends, asked every `pollMicroseconds`; nil when it is still running
+    /// `seconds` from now, after which it is killed (SIGKILL) and reaped: a hang.
+    public static func wait(_ pid: pid_t, seconds: Double, pollMicroseconds: UInt32 = 20_000) -> Int32? {
+        let deadline = MonotonicClock.seconds() + seconds
+        while true {
+            if let code = exited(pid) { return code }
+            if MonotonicClock.seconds() > deadline { kill(pid, SIGKILL); _ = wait(pid); return nil }
+            usleep(pollMicroseconds)
+        }
     }
 
     /// Run `execgate ARGS…` to completion.
@@ -106,15 +125,7 @@ extension Fixtures {
         defer { cargs.forEach { $0?.deallocate() }; cenv.forEach { $0?.deallocate() } }
         var pid: pid_t = 0
         guard posix_spawn(&pid, execgateBinary, &fa, nil, &cargs, &cenv) == 0 else { return (-1, "", "spawn failed") }
-        var status: Int32? = nil
-        let deadline = MonotonicClock.seconds() + seconds
-        while true {
-            var st: Int32 = 0
-            let r = waitpid(pid, &st, WNOHANG)
-            if r == pid { status = st & 0x7f == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f); break }
-            if MonotonicClock.seconds() > deadline { kill(pid, SIGKILL); _ = wait(pid); break }
-            usleep(20_000)
-        }
+        let status = wait(pid, seconds: seconds)
         let o = (try? readFile(out)).map { String(decoding: $0, as: UTF8.self) } ?? ""
         let er = (try? readFile(err)).map { String(decoding: $0, as: UTF8.self) } ?? ""
         return (status, o, er)

@@ -31,24 +31,9 @@ final class DocAttack3CaptureTests: XCTestCase {
         let dir = Fixtures.temporaryDirectory()
         let pid = Fixtures.spawnExecgate(args, stdoutPath: dir + "/out", stderrPath: dir + "/err")
         guard pid > 0 else { return (-1, "spawn failed", false) }
-        var status: Int32 = 0
-        var killed = false
-        var waited = 0.0
-        while true {
-            let r = waitpid(pid, &status, WNOHANG)
-            if r == pid { break }
-            waited += 0.05
-            if waited > seconds {
-                kill(pid, SIGKILL)
-                killed = true
-                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-                break
-            }
-            usleep(50_000)
-        }
-        let code: Int32 = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        let code = Fixtures.wait(pid, seconds: seconds, pollMicroseconds: 50_000)
         let err = (try? Fixtures.readFile(dir + "/err")).map { String(decoding: $0, as: UTF8.self) } ?? ""
-        return (code, err, killed)
+        return (code ?? 128 + SIGKILL, err, code == nil)
     }
 
     /// HOLE (round docs3): `cpus.txt` (the kernel's cpulist, e.g. `present 0-3`) was counted with
