@@ -46,6 +46,76 @@ struct SiteBytes: Equatable {
     var array: [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: raw >> (8 * UInt64($0))) } }
 }
 
+/// The static-call keys a module defines → the targets trusted for them (its trampolines'
+/// compiled defaults, its own trace events' probes, StaticCallTrust.moduleUpdates): (key, target)
+/// pairs added in any order, then frozen once, sorted by key and target without repeats, each
+/// key's targets one slice found through an ``AddressTable``. The `[UInt64: Set<UInt64>]` it
+/// replaces hashed every insert and lookup with SipHash and grew a set per key (a module with
+/// hundreds of trace events, xfs: ~10% of its explanation, 2026-12-04).
+struct KeyTargets {
+    /// The pairs, in key then target order once frozen.
+    private var keys: [UInt64] = []
+    private var targets: [UInt64] = []
+    /// Frozen: key → its first pair's index << 32 | its number of targets.
+    private var index = AddressTable()
+    private(set) var isFrozen = true
+
+    init() {}
+
+    var isEmpty: Bool { keys.isEmpty }
+
+    /// Add `target` for `key` (a repeat is dropped at `freeze`); unfreezes.
+    mutating func add(_ key: UInt64, _ target: UInt64) {
+        keys.append(key)
+        targets.append(target)
+        isFrozen = false
+    }
+
+    /// Sort, drop repeats and index: lookups need it.
+    mutating func freeze() {
+        if isFrozen { return }
+        var pairs = zip(keys, targets).map { (key: $0, target: $1) }
+        pairs.sort { $0.key != $1.key ? $0.key < $1.key : $0.target < $1.target }
+        keys.removeAll(keepingCapacity: true)
+        targets.removeAll(keepingCapacity: true)
+        index = AddressTable(minimumCapacity: pairs.count)
+        var start = 0
+        for (i, p) in pairs.enumerated() where i == 0 || p.key != pairs[i - 1].key || p.target != pairs[i - 1].target {
+            if keys.last != p.key {
+                if let k = keys.last { index.set(k, UInt64(start) << 32 | UInt64(keys.count - start)) }
+                start = keys.count
+            }
+            keys.append(p.key)
+            targets.append(p.target)
+        }
+        if let k = keys.last { index.set(k, UInt64(start) << 32 | UInt64(keys.count - start)) }
+        isFrozen = true
+    }
+
+    /// The targets of `key`, ascending; nil for a key with none.
+    subscript(key: UInt64) -> ArraySlice<UInt64>? {
+        precondition(isFrozen, "KeyTargets read before freeze()")
+        guard !keys.isEmpty, let v = index[key] else { return nil }
+        let start = Int(v >> 32)
+        return targets[start..<start + Int(v & 0xffff_ffff)]
+    }
+
+    /// Every key's targets as sets (``ModuleExports/staticCallTrustedTargets``), each made once at its size.
+    var dictionary: [UInt64: Set<UInt64>] {
+        precondition(isFrozen, "KeyTargets read before freeze()")
+        var d: [UInt64: Set<UInt64>] = [:]
+        d.reserveCapacity(index.count)
+        var i = 0
+        while i < keys.count {
+            var j = i + 1
+            while j < keys.count && keys[j] == keys[i] { j += 1 }
+            d[keys[i]] = Set(targets[i..<j])
+            i = j
+        }
+        return d
+    }
+}
+
 /// A static-call key's trusted targets: a few distinct addresses, sorted (membership by binary
 /// search: no hash per check, no hashed set built per key and module). Same members as the `Set`
 /// it replaces; only membership is ever asked.
@@ -393,7 +463,8 @@ extension Session {
     /// are by the build's (`StaticCallTrust.isTracepointKeyName`).
     var ownTracepointKeys: AddressTable {
         if let t = ownTracepointKeyCache { return t }
-        var t = AddressTable()
+        // Sized for every key and trampoline (no growth as a module's hundreds are added).
+        var t = AddressTable(minimumCapacity: keySymbols.indices.count + trampolineSymbols.count)
         for ki in keySymbols.indices where symtab.nameHasPrefix(ki, "__SCK__tp_func_") {
             if let a = ownKeyAddress(ki) { t.set(a, 1) }
         }
@@ -447,6 +518,12 @@ extension Session {
     func addStaticCalls() throws {
         guard let t = table(".static_call_sites") else { return }
         let ret0 = facts.staticCallReturn0
+        // The per-key tables sized once for the module's own keys (a trampoline each) and a few
+        // of the core's, instead of growing as a module's hundreds of tracepoint keys arrive (a
+        // size from the site count would overshoot: many sites share a few keys).
+        let keys = trampolineSymbols.count + 16
+        if trustedTargetIndex.count == 0 { trustedTargetIndex = AddressTable(minimumCapacity: keys) }
+        if disabledFormMemo.count == 0 { disabledFormMemo = AddressTable(minimumCapacity: keys) }
         var o = 0
         while let siteRel = t.bytes.getInteger(at: o, as: Int32.self), let keyRel = t.bytes.getInteger(at: o + 4, as: Int32.self) {
             let ea = t.addr &+ UInt64(o)
@@ -536,8 +613,9 @@ extension Session {
     /// `func` trusted for the module's key `__SCK__<name>`.
     func collectModuleTrampolines() {
         if let inh = inherited { ownKeyDefaults = inh.ownKeyDefaults }  // the trampolines are core text
+        defer { ownKeyDefaults.freeze() }
         // Offsets already known, in a small address-keyed table (no hash per symbol).
-        var seen = AddressTable()
+        var seen = AddressTable(minimumCapacity: trampolineSites.count + trampolineSymbols.count)
         for t in trampolineSites { seen.set(UInt64(t.off), 1) }
         for k in trampolineSymbols {
             let si = Int(symtab.sectionIndex(k))
@@ -566,7 +644,7 @@ extension Session {
                     // Byte equality, as the kernel's strcmp (String == would also accept a
                     // canonically equivalent Unicode spelling: never more targets than before).
                     for i in symtab.indices where symtab.isFunction(i) && !symtab.isUndefined(i) && symtab.nameEquals(i, t) {
-                        if let v = try? symbolValue(i), functionEntries.contains(v) { ownKeyDefaults[key, default: []].insert(v) }
+                        if let v = try? symbolValue(i), functionEntries.contains(v) { ownKeyDefaults.add(key, v) }
                     }
                 }
             }
@@ -577,7 +655,7 @@ extension Session {
             guard image[off] == 0xe9, let key = trampolineKey(a),
                   let dest = image.withUnsafeBytes({ rel32Destination(UnsafeRawBufferPointer(rebasing: $0[off..<off + 5]), operandAt: 1, site: a, length: 5) }),
                   dest != returnThunkExport, dest != returnThunkTarget else { continue }
-            ownKeyDefaults[key, default: []].insert(dest)
+            ownKeyDefaults.add(key, dest)
         }
     }
 
@@ -606,7 +684,7 @@ extension Session {
         guard let ev = elf.section(named: "_ftrace_events"), ev.size >= 8 else { return }
         // This module's own tracepoint keys (`__SCK__tp_func_*` it defines: ownTracepointKeys
         // without the trampolines).
-        var own = AddressTable()
+        var own = AddressTable(minimumCapacity: keySymbols.indices.count)
         for ki in keySymbols.indices where symtab.nameHasPrefix(ki, "__SCK__tp_func_") {
             if let a = ownKeyAddress(ki) { own.set(a, 1) }
         }
@@ -683,7 +761,7 @@ extension Session {
                   symtab.nameEquals(reg.sym, "trace_event_reg"),
                   let key = value(field(round3, tp.sec, tp.off &+ 24)), own[key] != nil else { continue }
             for probeField in [cls.off &+ 8, cls.off &+ 16] {
-                if let p = value(field(round3, cls.sec, probeField)), functionEntries.contains(p) { ownKeyDefaults[key, default: []].insert(p) }
+                if let p = value(field(round3, cls.sec, probeField)), functionEntries.contains(p) { ownKeyDefaults.add(key, p) }
             }
         }
     }
@@ -695,7 +773,7 @@ extension Session {
         if trampolineSites.isEmpty { return }
         // The trampolines that already have a site (few trampolines, thousands of sites: the
         // trampolines' offsets in a small table, one pass over the sites).
-        var known = AddressTable()
+        var known = AddressTable(minimumCapacity: trampolineSites.count)
         var lo = Int.max, hi = Int.min
         for (_, off) in trampolineSites { known.set(UInt64(off), 0); lo = Swift.min(lo, off); hi = Swift.max(hi, off) }
         // Only a site inside the trampolines' span can share an offset with one: two compares
@@ -716,6 +794,8 @@ extension Session {
     /// `trampolineKey` for every trampoline address, built once per session (first symbol wins).
     func buildTrampolineKeys() -> TrampolineKeys {
         var m = TrampolineKeys()
+        m.slot = AddressTable(minimumCapacity: trampolineSymbols.count)
+        m.keys.reserveCapacity(trampolineSymbols.count)
         for k in trampolineSymbols {
             let si = Int(symtab.sectionIndex(k))
             guard si < elf.sections.count, let sa = addr[si] else { continue }

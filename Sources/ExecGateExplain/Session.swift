@@ -30,7 +30,7 @@ final class Session {
     /// What an init-region session takes over from the module's core session: its own keys'
     /// trusted defaults and the state of every key group (init sites must agree with core sites).
     struct Inherited {
-        var ownKeyDefaults: [UInt64: Set<UInt64>]
+        var ownKeyDefaults: KeyTargets
         var groupState: AddressTable
     }
     let inherited: Inherited?
@@ -92,7 +92,7 @@ final class Session {
     var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
     var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
     var trampolineSites: [(addr: UInt64, off: Int)] = []
-    var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
+    var ownKeyDefaults = KeyTargets()
     var trustedTargetIndex = AddressTable()
     var trustedTargetLists: [TargetList] = []
     var staticCallStates: [UInt64: UInt64] = [:]
@@ -118,7 +118,7 @@ final class Session {
     @exclusivity(unchecked) var returnSites: [(off: Int, addr: UInt64, len: Int)] = []
     @exclusivity(unchecked) var staticSites: [(off: Int, addr: UInt64, tail: Bool, key: UInt64)] = []
     @exclusivity(unchecked) var trampolineSites: [(addr: UInt64, off: Int)] = []
-    @exclusivity(unchecked) var ownKeyDefaults: [UInt64: Set<UInt64>] = [:]
+    @exclusivity(unchecked) var ownKeyDefaults = KeyTargets()
     @exclusivity(unchecked) var trustedTargetIndex = AddressTable()
     @exclusivity(unchecked) var trustedTargetLists: [TargetList] = []
     @exclusivity(unchecked) var staticCallStates: [UInt64: UInt64] = [:]
