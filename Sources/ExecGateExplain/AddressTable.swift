@@ -31,6 +31,11 @@ struct AddressTable {
         values = [UInt64](repeating: 0, count: size)
     }
 
+    /// A table sized up front for the `n` entries a count read from a module suggests (its
+    /// trampoline or key symbols), at most 4,096 of them: the rest arrive by growth, so a module
+    /// listing a million candidates that turn out to be no entries allocates nothing for them.
+    init(expecting n: Int) { self.init(minimumCapacity: Swift.min(n, 1 << 12)) }
+
     init(_ d: [UInt64: UInt64]) {
         for (k, v) in d { set(k, v) }
     }
@@ -84,6 +89,9 @@ struct AddressTable {
             values[s] = oldValues[i]
         }
     }
+
+    /// Slots allocated (twice the entries it holds at most before it grows).
+    var capacity: Int { keys.count }
 
     /// Every key, ascending.
     var sortedKeys: [UInt64] {

@@ -464,7 +464,7 @@ extension Session {
     var ownTracepointKeys: AddressTable {
         if let t = ownTracepointKeyCache { return t }
         // Sized for every key and trampoline (no growth as a module's hundreds are added).
-        var t = AddressTable(minimumCapacity: keySymbols.indices.count + trampolineSymbols.count)
+        var t = AddressTable(expecting: keySymbols.indices.count + trampolineSymbols.count)
         for ki in keySymbols.indices where symtab.nameHasPrefix(ki, "__SCK__tp_func_") {
             if let a = ownKeyAddress(ki) { t.set(a, 1) }
         }
@@ -522,8 +522,8 @@ extension Session {
         // of the core's, instead of growing as a module's hundreds of tracepoint keys arrive (a
         // size from the site count would overshoot: many sites share a few keys).
         let keys = trampolineSymbols.count + 16
-        if trustedTargetIndex.count == 0 { trustedTargetIndex = AddressTable(minimumCapacity: keys) }
-        if disabledFormMemo.count == 0 { disabledFormMemo = AddressTable(minimumCapacity: keys) }
+        if trustedTargetIndex.count == 0 { trustedTargetIndex = AddressTable(expecting: keys) }
+        if disabledFormMemo.count == 0 { disabledFormMemo = AddressTable(expecting: keys) }
         var o = 0
         while let siteRel = t.bytes.getInteger(at: o, as: Int32.self), let keyRel = t.bytes.getInteger(at: o + 4, as: Int32.self) {
             let ea = t.addr &+ UInt64(o)
@@ -615,7 +615,7 @@ extension Session {
         if let inh = inherited { ownKeyDefaults = inh.ownKeyDefaults }  // the trampolines are core text
         defer { ownKeyDefaults.freeze() }
         // Offsets already known, in a small address-keyed table (no hash per symbol).
-        var seen = AddressTable(minimumCapacity: trampolineSites.count + trampolineSymbols.count)
+        var seen = AddressTable(expecting: trampolineSites.count + trampolineSymbols.count)
         for t in trampolineSites { seen.set(UInt64(t.off), 1) }
         for k in trampolineSymbols {
             let si = Int(symtab.sectionIndex(k))
@@ -684,7 +684,7 @@ extension Session {
         guard let ev = elf.section(named: "_ftrace_events"), ev.size >= 8 else { return }
         // This module's own tracepoint keys (`__SCK__tp_func_*` it defines: ownTracepointKeys
         // without the trampolines).
-        var own = AddressTable(minimumCapacity: keySymbols.indices.count)
+        var own = AddressTable(expecting: keySymbols.indices.count)
         for ki in keySymbols.indices where symtab.nameHasPrefix(ki, "__SCK__tp_func_") {
             if let a = ownKeyAddress(ki) { own.set(a, 1) }
         }
@@ -773,7 +773,7 @@ extension Session {
         if trampolineSites.isEmpty { return }
         // The trampolines that already have a site (few trampolines, thousands of sites: the
         // trampolines' offsets in a small table, one pass over the sites).
-        var known = AddressTable(minimumCapacity: trampolineSites.count)
+        var known = AddressTable(expecting: trampolineSites.count)
         var lo = Int.max, hi = Int.min
         for (_, off) in trampolineSites { known.set(UInt64(off), 0); lo = Swift.min(lo, off); hi = Swift.max(hi, off) }
         // Only a site inside the trampolines' span can share an offset with one: two compares
@@ -794,8 +794,8 @@ extension Session {
     /// `trampolineKey` for every trampoline address, built once per session (first symbol wins).
     func buildTrampolineKeys() -> TrampolineKeys {
         var m = TrampolineKeys()
-        m.slot = AddressTable(minimumCapacity: trampolineSymbols.count)
-        m.keys.reserveCapacity(trampolineSymbols.count)
+        m.slot = AddressTable(expecting: trampolineSymbols.count)
+        m.keys.reserveCapacity(Swift.min(trampolineSymbols.count, 1 << 12))
         for k in trampolineSymbols {
             let si = Int(symtab.sectionIndex(k))
             guard si < elf.sections.count, let sa = addr[si] else { continue }

@@ -134,8 +134,8 @@ final class AddressTableTests: XCTestCase {
         var rng = SplitMix64(state: 0xadd7_ab1e)
         for round in 0..<30 {
             let n = 1 + rng.below(50 * (round + 1))
-            // Every other round presized, for fewer or more entries than it gets.
-            var t = round % 2 == 0 ? AddressTable() : AddressTable(minimumCapacity: rng.below(2 * n))
+            // Two rounds in three presized, for fewer or more entries than it gets.
+            var t = round % 3 == 0 ? AddressTable() : round % 3 == 1 ? AddressTable(minimumCapacity: rng.below(2 * n)) : AddressTable(expecting: rng.below(2 * n))
             var d: [UInt64: UInt64] = [:]
             var probes: [UInt64] = [UInt64.max, 0, 1]
             for _ in 0..<n {
@@ -156,6 +156,47 @@ final class AddressTableTests: XCTestCase {
             XCTAssertEqual(t.count + (d[UInt64.max] == nil ? 0 : 1), d.count)
             XCTAssertEqual(t.dictionary, d)
             XCTAssertEqual(t.sortedKeys, d.keys.sorted())
+        }
+    }
+}
+
+/// `AddressTable(expecting:)` takes a count read from a module: it sizes for it up to 4,096
+/// entries and no further (a million trampoline symbols that are no trampolines cost no 32 MB
+/// table up front); the table still takes every entry by growth.
+final class AddressTableSizingTests: XCTestCase {
+    func testAnExpectedCountSizesUpToItsCap() {
+        XCTAssertGreaterThanOrEqual(AddressTable(expecting: 600).capacity, 1_200)
+        XCTAssertLessThanOrEqual(AddressTable(expecting: 1_000_000).capacity, 8_192)
+        var t = AddressTable(expecting: 1_000_000)
+        for k in 0..<20_000 { t.set(UInt64(k) << 12, UInt64(k)) }
+        XCTAssertEqual(t.count, 20_000)
+        XCTAssertEqual(t[UInt64(19_999) << 12], 19_999)
+    }
+}
+
+/// ``KeyTargets`` (a module's own static-call key → trusted targets) against a dictionary of sets
+/// with the same history: seeded pairs with repeats and shared keys, frozen, then added to again
+/// (an init session takes the core session's and adds its own) and frozen again.
+final class KeyTargetsTests: XCTestCase {
+    func testMatchesADictionaryOfSets() {
+        var rng = SplitMix64(state: 0x6b65_7973)
+        for round in 0..<40 {
+            var kt = KeyTargets()
+            var d: [UInt64: Set<UInt64>] = [:]
+            for phase in 0..<2 {
+                for _ in 0..<rng.below(8 * (round + 1)) {
+                    let key = 0xffff_ffff_c000_0000 &+ UInt64(rng.below(1 + round)) << 4
+                    let target = 0xffff_ffff_c100_0000 &+ UInt64(rng.below(6)) << 4
+                    kt.add(key, target)
+                    d[key, default: []].insert(target)
+                }
+                kt.freeze()
+                XCTAssertTrue(kt.isFrozen)
+                XCTAssertEqual(kt.dictionary, d, "round \(round) phase \(phase)")
+                XCTAssertEqual(kt.isEmpty, d.isEmpty)
+                for (k, v) in d { XCTAssertEqual(kt[k].map(Array.init), v.sorted(), "round \(round) key \(String(k, radix: 16))") }
+                XCTAssertNil(kt[0xffff_ffff_8000_0000])
+            }
         }
     }
 }
