@@ -29,7 +29,7 @@ struct RequestProcessor: Sendable {
     /// name), so a hop to the pool and back would be most of its round trip, and a future and its
     /// callback ≈ 1 µs of the ~18 µs left (one core, docs/performance.md). Only a small body is
     /// decoded here; a large one (unknown fields up to the cap) goes to the pool like any
-    /// request, so the loop never does body-sized work. Nil: judged on the pool (`process`).
+    /// request, so the loop never does body-sized work. Nil: judged on the pool (`judgeOnPool`).
     func answerOnLoop(_ frame: Frame) -> Frame? {
         let id = frame.requestID
         let type = frame.type
@@ -47,11 +47,11 @@ struct RequestProcessor: Sendable {
         return nil
     }
 
-    /// One request: `answerOnLoop`'s reply if it has one, else judged on the pool.
-    /// `arrival`: the request's stamp (`RequestResponder.arrival()`), taken by the connection
-    /// when it decoded the frame, in the order the connection sent them.
-    func process(_ frame: Frame, arrival: UInt64?, on eventLoop: EventLoop) -> EventLoopFuture<Frame> {
-        if let reply = answerOnLoop(frame) { return eventLoop.makeSucceededFuture(reply) }
+    /// A request `answerOnLoop` left (nil), judged on the pool: the connection asks
+    /// `answerOnLoop` first for every frame (`BoundedFrameHandler`), so what comes here is a
+    /// request of this version. `arrival`: the request's stamp (`RequestResponder.arrival()`),
+    /// taken by the connection when it decoded the frame, in the order the connection sent them.
+    func judgeOnPool(_ frame: Frame, arrival: UInt64?, on eventLoop: EventLoop) -> EventLoopFuture<Frame> {
         let id = frame.requestID
         let type = frame.type
         stats.begin()

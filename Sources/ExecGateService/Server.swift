@@ -96,7 +96,7 @@ public final class VerifierServer: @unchecked Sendable {
                         configuration: configuration, budget: budget, logger: logger,
                         arrival: { responder.arrival() },
                         answerOnLoop: { frame, _ in processor.answerOnLoop(frame) },
-                        process: { frame, arrival, loop in processor.process(frame, arrival: arrival, on: loop) })
+                        process: { frame, arrival, loop in processor.judgeOnPool(frame, arrival: arrival, on: loop) })
                 }
             }
         let channel = try await bootstrap.bind(endpoint: endpoint)
