@@ -357,7 +357,7 @@ extension Session {
     func moduleExports() -> ModuleExports {
         guard let names = exportedNameCache else { preconditionFailure("moduleExports() before verifyExportedSymbols()") }
         var e = ModuleExports(module: claim.name, names: names.table, otherNames: [:], functionEntries: functionEntries,
-                              staticCallTrustedTargets: ownKeyDefaults.dictionary, staticCallStates: staticCallStates)
+                              keyTargets: ownKeyDefaults, staticCallStates: staticCallStates)
         e.tracepointStaticCallKeys = ownTracepointKeys.sortedKeys
         return e
     }

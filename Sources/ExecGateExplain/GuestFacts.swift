@@ -444,7 +444,7 @@ public struct SymbolResolver: Sendable {
     public private(set) var moduleFunctionEntries = FunctionEntrySet()
     /// Static-call targets trusted for keys that verified modules define (each key's
     /// `DEFINE_STATIC_CALL` default, from the module's own signed trampoline).
-    public private(set) var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
+    private(set) var moduleKeyTargets = ModuleKeyTargets()
     /// The current state of every static-call key seen at a verified module's sites (key address
     /// → target, 0 = NULL): a later module's sites of the same key must agree. Run-time patches
     /// that move a whole key must record the new state (``recordStaticCallState(key:state:)``).
@@ -479,14 +479,13 @@ public struct SymbolResolver: Sendable {
         exports.add(contentsOf: m.names)
         for (k, v) in m.otherNames { exports.add(k, v) }
         moduleFunctionEntries.add(m.functionEntries)
-        for (k, v) in m.staticCallTrustedTargets {
-            // A key seen first takes the module's set as is (shared storage, no rehash).
-            if staticCallTrustedTargets[k] == nil { staticCallTrustedTargets[k] = v } else { staticCallTrustedTargets[k]!.formUnion(v) }
-        }
+        moduleKeyTargets.add(m.keyTargets)
         for (k, v) in m.staticCallStates { staticCallStates[k] = v }
         for k in m.tracepointStaticCallKeys { moduleTracepointKeys.set(k, 1) }
-        if !m.staticCallTrustedTargets.isEmpty || !m.staticCallStates.isEmpty {
-            var added = Array(m.staticCallTrustedTargets.keys)
+        if !m.keyTargets.isEmpty || !m.staticCallStates.isEmpty {
+            var added: [UInt64] = []
+            added.reserveCapacity(m.keyTargets.keyCount + m.staticCallStates.count)
+            m.keyTargets.forEachKey { k, _ in added.append(k) }
             added.append(contentsOf: m.staticCallStates.keys)
             added.sort()
             staticCallKeys = Self.mergeUnique(staticCallKeys, added)
@@ -541,8 +540,17 @@ public struct ModuleExports: Sendable {
     var names: NameTable
     var otherNames: [String: UInt64]
     public var functionEntries: FunctionEntries
-    /// Keys this module defines → the targets trusted for them (its trampolines' compiled defaults).
-    public var staticCallTrustedTargets: [UInt64: Set<UInt64>] = [:]
+    /// Keys this module defines → the targets trusted for them (its trampolines' compiled
+    /// defaults, its own trace events' probes), frozen.
+    var keyTargets = KeyTargets()
+    /// The same as a dictionary of sets (made on each read).
+    public var staticCallTrustedTargets: [UInt64: Set<UInt64>] {
+        get { keyTargets.dictionary }
+        set { keyTargets = KeyTargets(newValue) }
+    }
+    /// How many keys this module defines, and how many (key, target) pairs they trust.
+    public var staticCallKeyCount: Int { keyTargets.keyCount }
+    public var staticCallTargetCount: Int { keyTargets.pairCount }
     /// Static-call key states seen at this module's sites and trampolines (key → target, 0 = NULL).
     public var staticCallStates: [UInt64: UInt64] = [:]
     /// This module's own tracepoint static-call keys and trampolines (`__SCK__tp_func_X`,
@@ -555,18 +563,18 @@ public struct ModuleExports: Sendable {
         (names, otherNames) = Self.split(symbols)
         self.module = module
         self.functionEntries = functionEntries
-        self.staticCallTrustedTargets = staticCallTrustedTargets
+        self.keyTargets = KeyTargets(staticCallTrustedTargets)
         self.staticCallStates = staticCallStates
     }
 
-    /// `names` holds the ASCII names, `otherNames` the others (``split``).
+    /// `names` holds the ASCII names, `otherNames` the others (``split``); `keyTargets` frozen.
     init(module: String, names: NameTable, otherNames: [String: UInt64], functionEntries: FunctionEntries,
-         staticCallTrustedTargets: [UInt64: Set<UInt64>], staticCallStates: [UInt64: UInt64]) {
+         keyTargets: KeyTargets, staticCallStates: [UInt64: UInt64]) {
         self.module = module
         self.names = names
         self.otherNames = otherNames
         self.functionEntries = functionEntries
-        self.staticCallTrustedTargets = staticCallTrustedTargets
+        self.keyTargets = keyTargets
         self.staticCallStates = staticCallStates
     }
 

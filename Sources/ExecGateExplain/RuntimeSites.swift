@@ -52,7 +52,7 @@ struct SiteBytes: Equatable {
 /// key's targets one slice found through an ``AddressTable``. The `[UInt64: Set<UInt64>]` it
 /// replaces hashed every insert and lookup with SipHash and grew a set per key (a module with
 /// hundreds of trace events, xfs: ~10% of its explanation, 2026-12-04).
-struct KeyTargets {
+struct KeyTargets: Sendable {
     /// The pairs, in key then target order once frozen.
     private var keys: [UInt64] = []
     private var targets: [UInt64] = []
@@ -62,7 +62,28 @@ struct KeyTargets {
 
     init() {}
 
+    /// The same pairs as `d`, frozen.
+    init(_ d: [UInt64: Set<UInt64>]) {
+        for (k, ts) in d { for t in ts { add(k, t) } }
+        freeze()
+    }
+
     var isEmpty: Bool { keys.isEmpty }
+    /// Frozen: the distinct keys, and the (key, target) pairs.
+    var keyCount: Int { precondition(isFrozen, "KeyTargets read before freeze()"); return index.count }
+    var pairCount: Int { precondition(isFrozen, "KeyTargets read before freeze()"); return keys.count }
+
+    /// Each key with its targets (ascending), keys ascending.
+    func forEachKey(_ body: (UInt64, ArraySlice<UInt64>) -> Void) {
+        precondition(isFrozen, "KeyTargets read before freeze()")
+        var i = 0
+        while i < keys.count {
+            var j = i + 1
+            while j < keys.count && keys[j] == keys[i] { j += 1 }
+            body(keys[i], targets[i..<j])
+            i = j
+        }
+    }
 
     /// Add `target` for `key` (a repeat is dropped at `freeze`); unfreezes.
     mutating func add(_ key: UInt64, _ target: UInt64) {
@@ -102,17 +123,45 @@ struct KeyTargets {
 
     /// Every key's targets as sets (``ModuleExports/staticCallTrustedTargets``), each made once at its size.
     var dictionary: [UInt64: Set<UInt64>] {
-        precondition(isFrozen, "KeyTargets read before freeze()")
         var d: [UInt64: Set<UInt64>] = [:]
-        d.reserveCapacity(index.count)
-        var i = 0
-        while i < keys.count {
-            var j = i + 1
-            while j < keys.count && keys[j] == keys[i] { j += 1 }
-            d[keys[i]] = Set(targets[i..<j])
-            i = j
-        }
+        d.reserveCapacity(keyCount)
+        forEachKey { k, ts in d[k] = Set(ts) }
         return d
+    }
+}
+
+/// The static-call keys verified modules define → their trusted targets, merged into the
+/// guest's ``SymbolResolver`` as each module is allowed: each key's targets one range of a flat
+/// array, found through an ``AddressTable``. A module's keys arrive as its frozen
+/// ``KeyTargets`` and are appended as they are (no set per key, no SipHash per insert or lookup:
+/// the `[UInt64: Set<UInt64>]` it replaces made both at every allowed module and every key).
+/// Two modules never define one key (their allocations never overlap:
+/// `refuseLiveModuleKeysInOwnMemory`); if one is added again its targets are the union.
+struct ModuleKeyTargets: Sendable {
+    private var targets: [UInt64] = []
+    /// key → its range's start << 32 | its number of targets.
+    private var index = AddressTable()
+
+    var isEmpty: Bool { index.count == 0 && targets.isEmpty }
+
+    mutating func add(_ m: KeyTargets) {
+        m.forEachKey { key, ts in
+            var list = Array(ts)
+            if let old = self[key] {
+                list.append(contentsOf: old)
+                list = TargetList(list).sorted
+            }
+            precondition(targets.count + list.count < 1 << 32, "static-call target table beyond its packed index")
+            index.set(key, UInt64(targets.count) << 32 | UInt64(list.count))
+            targets.append(contentsOf: list)
+        }
+    }
+
+    /// The targets of `key`, ascending; nil for a key no verified module defines.
+    subscript(key: UInt64) -> ArraySlice<UInt64>? {
+        guard let v = index[key] else { return nil }
+        let start = Int(v >> 32)
+        return targets[start..<start + Int(v & 0xffff_ffff)]
     }
 }
 
@@ -297,7 +346,7 @@ extension Session {
     // MARK: Keys of live modules (6.12 placement)
 
     /// A static-call key that a verified live module defines or calls through
-    /// (`resolver.staticCallTrustedTargets` / `staticCallStates`) may not lie in this module's own
+    /// (`resolver.moduleKeyTargets` / `staticCallStates`) may not lie in this module's own
     /// memory. The kernel's allocations never overlap (`move_module()` → `module_memory_alloc()` →
     /// `execmem_alloc()`: fresh vmalloc space per `enum mod_mem_type`, 6.12 kernel/module/main.c;
     /// 6.1 one core allocation), so a key inside the module is its own (`static_call_add_module()`
@@ -308,7 +357,7 @@ extension Session {
     /// targets and state for one of this module's own keys: its sites calling another module's
     /// function. Denied as a placement no kernel makes.
     func refuseLiveModuleKeysInOwnMemory() throws {
-        guard !resolver.staticCallTrustedTargets.isEmpty || !resolver.staticCallStates.isEmpty else { return }
+        guard !resolver.moduleKeyTargets.isEmpty || !resolver.staticCallStates.isEmpty else { return }
         // (type: nil = 6.1's one core allocation; named only in the message.)
         var own: [(lo: UInt64, hi: UInt64, type: ModuleMemoryType?)] = []
         if layout.memType != nil {
@@ -488,7 +537,7 @@ extension Session {
         s.reserveCapacity(4)  // a key has a few targets (and __static_call_return0): one allocation
         facts.staticCallTrustedTargets.forEachTarget(of: key) { s.append($0) }
         // (Empty tables are common: no hash for them.)
-        if !resolver.staticCallTrustedTargets.isEmpty, let m = resolver.staticCallTrustedTargets[key] { s.append(contentsOf: m) }
+        if !resolver.moduleKeyTargets.isEmpty, let m = resolver.moduleKeyTargets[key] { s.append(contentsOf: m) }
         if !ownKeyDefaults.isEmpty, let own = ownKeyDefaults[key] { s.append(contentsOf: own) }
         if !s.isEmpty {
             // isFunctionEntry, inline (no closure context made per key).

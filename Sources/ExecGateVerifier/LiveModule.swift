@@ -107,7 +107,7 @@ public struct LiveModule: Sendable {
         if let e = exports {
             n += e.exportedNames.reduce(0) { $0 + 320 + 3 * $1.utf8.count }
             n += 16 * e.functionEntries.sorted.count
-            n += e.staticCallTrustedTargets.values.reduce(0) { $0 + 80 + 16 * $1.count } + 48 * e.staticCallStates.count
+            n += 80 * e.staticCallKeyCount + 16 * e.staticCallTargetCount + 48 * e.staticCallStates.count
             n += 32 * e.tracepointStaticCallKeys.count
         }
         return n

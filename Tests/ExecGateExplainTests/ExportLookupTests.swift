@@ -196,6 +196,35 @@ final class KeyTargetsTests: XCTestCase {
                 XCTAssertEqual(kt.isEmpty, d.isEmpty)
                 for (k, v) in d { XCTAssertEqual(kt[k].map(Array.init), v.sorted(), "round \(round) key \(String(k, radix: 16))") }
                 XCTAssertNil(kt[0xffff_ffff_8000_0000])
+                XCTAssertEqual(kt.keyCount, d.count)
+                XCTAssertEqual(kt.pairCount, d.values.reduce(0) { $0 + $1.count })
+                XCTAssertEqual(KeyTargets(d).dictionary, d)
+            }
+        }
+    }
+
+    /// ``ModuleKeyTargets`` (the resolver's merge of verified modules' keys) against a dictionary
+    /// of sets merged by `formUnion`, over seeded modules whose keys sometimes repeat an earlier
+    /// module's (never in a real guest: the union is kept all the same).
+    func testModuleMergeMatchesAUnionOfSets() {
+        var rng = SplitMix64(state: 0x6d6f_6473)
+        for round in 0..<30 {
+            var merged = ModuleKeyTargets()
+            var d: [UInt64: Set<UInt64>] = [:]
+            XCTAssertTrue(merged.isEmpty)
+            for _ in 0..<rng.below(12) {
+                var kt = KeyTargets()
+                for _ in 0..<rng.below(40) {
+                    let key = 0xffff_ffff_c000_0000 &+ UInt64(rng.below(4 + 4 * round)) << 4
+                    let target = 0xffff_ffff_c100_0000 &+ UInt64(rng.below(5)) << 4
+                    kt.add(key, target)
+                    d[key, default: []].insert(target)
+                }
+                kt.freeze()
+                merged.add(kt)
+                for (k, v) in d { XCTAssertEqual(merged[k].map(Array.init), v.sorted(), "round \(round) key \(String(k, radix: 16))") }
+                XCTAssertNil(merged[0xffff_ffff_8000_0000])
+                XCTAssertEqual(merged.isEmpty, d.isEmpty)
             }
         }
     }
