@@ -247,6 +247,18 @@ public final class Verifier: @unchecked Sendable {
         }
         Self.applyAuditMode(&judgement.verdict, policy)
         recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
+        // An allow that commits nothing (signature-only) has no commit to refuse it: a reset that
+        // ended its session while it was judged, its record included, makes it the same deny as
+        // a committed module's (below), recorded after the allow.
+        if judgement.verdict.decision == .allow && !judgement.verdict.auditOnly && committed == nil,
+           let s = session, let why = s.endedMessage {
+            judgement.verdict.decision = .deny
+            judgement.verdict.reason = .endStateUnavailable
+            judgement.verdict.message = why
+            judgement.verdict.signatureOnly = false
+            Self.applyAuditMode(&judgement.verdict, policy)
+            recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
+        }
         if let ticket = committed, let s = session {
             // Final: modules may now link against it — unless a reset ended the session while the
             // record was written (the VMM revoked every grant of it first): then the allow just
@@ -367,6 +379,13 @@ public final class Verifier: @unchecked Sendable {
         // 1. Kind rule.
         checks.append(.policyKind)
         if policy.modules == .deny { return deny(.kindDenied, "policy \(policy.id) v\(policy.version) allows no modules") }
+        // A request of a session a reset replaced (it carries that session's token, or it arrived
+        // before the reset: the registry hands the judge a stand-in already ended) belongs to no
+        // live session: denied here, before anything is judged, as authorize-patch is, whatever
+        // the policy (docs/protocol.md, "Once." and "Session tokens"). Judged on, it ran against
+        // the new session's facts (a deny for another reason), and a signature-only policy,
+        // which commits nothing, allowed it.
+        if let s = session, let why = s.endedMessage { return deny(.endStateUnavailable, why) }
 
         // 2. Signature and deny lists (content hash, signer certificate).
         checks.append(.signature)

@@ -11,6 +11,7 @@
 // (ResetFixture: the fixture boot's guest "g", its reset, irqbypass's load request).
 
 import ExecGateClient
+import ExecGatePolicy
 import ExecGateService
 import ExecGateTestSupport
 import ExecGateVerifier
@@ -269,6 +270,7 @@ final class SessionTokenTests: XCTestCase {
         XCTAssertEqual(staleLoad.decision, .deny, staleLoad.message)
         XCTAssertEqual(staleLoad.reason, .endStateUnavailable, staleLoad.message)
         XCTAssertTrue(staleLoad.message.contains("carries the session token"), staleLoad.message)
+        XCTAssertEqual(staleLoad.checks, ["policy-kind"], "a replaced session's request is judged in no session")
         let patch = AuthorizePatch(guestID: "g", patches: [PatchEntry(address: site, bytes: [0x0f, 0x1f, 0x44, 0x00, 0x00])], session: old)
         guard case .verdict(let stalePatch) = v.respond(to: .authorizePatch(patch), requestDigest: [], arrival: late) else { return XCTFail("stale patch") }
         XCTAssertEqual(stalePatch.decision, .deny, stalePatch.message)
@@ -289,6 +291,46 @@ final class SessionTokenTests: XCTestCase {
         current.session = new
         guard case .retireModuleReply = v.respond(to: .retireModule(current), requestDigest: [], arrival: 1) else { return XCTFail("retire with the current token") }
         XCTAssertEqual(session.allowedModules, [])
+    }
+
+    /// FOUND (a hostile-peer review, 2026-12-04): under a signature-only policy an authorize-module
+    /// carrying a replaced session's token was *allowed* (`signature_only`, with the new session's
+    /// facts digest): the replaced session's stand-in is ended, and only a commit asked that, which
+    /// a signature-only allow never makes. protocol.md: a replaced session's authorize-module is
+    /// denied `policy.end-state-unavailable` whatever the policy. Now it is, before anything is
+    /// judged; so is a tokenless one that arrived before the reset, and the current token's
+    /// request is still allowed.
+    func testAReplacedSessionsRequestIsDeniedUnderASignatureOnlyPolicyToo() throws {
+        let f = try ResetFixture()
+        let verifier = Verifier(policy: Policy(id: "sig", version: 1, trust: try Fixtures.debianTrust(), endState: .signatureOnly))
+        guard case .registerGuestReply(let r1) = verifier.respond(to: .registerGuest(f.registration), requestDigest: []) else { return XCTFail("registration") }
+        let before = verifier.arrival()  // a request of the first session, judged after the reset
+        guard case .registerGuestReply(let r2) = verifier.respond(to: .registerGuest(f.reset), requestDigest: []),
+              let old = r1.session, let new = r2.session else { return XCTFail("registration and reset with tokens") }
+        // No byte claimed: the signature-only judgement.
+        var bare = f.request
+        (bare.text, bare.textBase, bare.frames, bare.initText, bare.initBase, bare.initFrames, bare.perCPUBase) = (nil, nil, [], nil, nil, [], nil)
+        bare.sections = bare.sections.map { SectionClaim(name: $0.name, address: $0.address) }
+        func verdict(_ token: UInt64?, arrival: UInt64?) throws -> ExecGateWire.Verdict {
+            var r = bare
+            r.session = token
+            guard case .verdict(let verdict) = verifier.respond(to: .authorizeModule(r), requestDigest: nil, arrival: arrival) else {
+                struct NoVerdict: Error {}
+                throw NoVerdict()  // fails the test (not a skip)
+            }
+            return verdict
+        }
+        let current = try verdict(new, arrival: verifier.arrival())
+        XCTAssertEqual(current.decision, .allow, current.message)
+        XCTAssertTrue(current.signatureOnly, current.message)
+        for (what, token, arrival) in [("the replaced session's token", Optional(old), verifier.arrival()), ("no token, arrived before the reset", nil, before)] {
+            let stale = try verdict(token, arrival: arrival)
+            XCTAssertEqual(stale.decision, .deny, "\(what): \(stale.message)")
+            XCTAssertEqual(stale.reason, .endStateUnavailable, "\(what): \(stale.message)")
+            XCTAssertFalse(stale.signatureOnly, what)
+            XCTAssertEqual(stale.checks, ["policy-kind"], what)
+            XCTAssertTrue(stale.message.contains(token == nil ? "after this request arrived" : "carries the session token"), "\(what): \(stale.message)")
+        }
     }
 
     /// `require_session = 1`: while that session is current, a session request without a token is

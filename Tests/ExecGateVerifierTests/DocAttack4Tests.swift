@@ -171,6 +171,36 @@ final class DocAttack4Tests: XCTestCase {
         XCTAssertEqual(g.session.allowedModules, [name])
     }
 
+    /// The same window under a signature-only policy (a hostile-peer review, 2026-12-04): an
+    /// allow that claims no byte commits nothing, so no commit refused it when the reset landed
+    /// while its record was written; it is the same deny, recorded after the allow. Asked again in
+    /// the new session: allowed.
+    func testAResetWhileASignatureOnlyAllowIsRecordedIsNotAnAllow() throws {
+        let g = try FixtureGuest { $0.endState = .signatureOnly }
+        let name = "irqbypass"
+        var bare = try g.request(name)
+        (bare.text, bare.textBase, bare.frames, bare.initText, bare.initBase, bare.initFrames, bare.perCPUBase) = (nil, nil, [], nil, nil, [], nil)
+        bare.sections = bare.sections.map { SectionClaim(name: $0.name, address: $0.address) }
+        var reset = g.registration
+        reset.reset = true
+        let old = g.session
+        let sink = HoldingSink(module: name) {
+            guard case .registerGuestReply = g.verifier.respond(to: .registerGuest(reset), requestDigest: [0xfa, 0xc7]) else { return XCTFail("reset") }
+        }
+        sink.accept = true
+        g.verifier.auditSink = sink
+        let v = g.verifier.authorize(bare, requestDigest: [])
+        g.verifier.auditSink = nil
+        XCTAssertFalse(old === g.session, "the reset replaced the session")
+        XCTAssertEqual(v.decision, .deny, "a signature-only allow of the old session stood after the reset landed: \(v.message)")
+        XCTAssertEqual(v.reason, .endStateUnavailable, v.message)
+        XCTAssertFalse(v.signatureOnly)
+        XCTAssertEqual(sink.inner.map(\.decision), [.deny], "after the held allow's record, the deny's")
+        let again = g.verifier.authorize(bare, requestDigest: [])
+        XCTAssertEqual(again.decision, .allow, again.message)
+        XCTAssertTrue(again.signatureOnly)
+    }
+
     /// The same window for a run-time patch: a legal whole-key flip judged in the old session,
     /// its record written while the reset lands. The allow told the VMM to poke those bytes into
     /// text of a session that is gone (the new boot may hold other code at those addresses).
