@@ -357,8 +357,12 @@ final class Session {
             }
             let align = max(sec.addralign, 1)
             let (end, o) = pb.addingReportingOverflow(UInt64(sec.size))
-            guard !o, pb >= range.lowerBound, end <= range.upperBound, pb % align == 0 else {
-                throw denyPercpu("claimed per-cpu base 0x\(String(pb, radix: 16)) (+\(sec.size), align \(align)) is outside the module per-cpu area \(range)")
+            guard !o, pb >= range.lowerBound, end <= range.upperBound else {
+                throw denyPercpu("claimed per-cpu base 0x\(String(pb, radix: 16)) (+\(sec.size)) is outside the module per-cpu area 0x\(String(range.lowerBound, radix: 16))..<0x\(String(range.upperBound, radix: 16))")
+            }
+            // pcpu_alloc() hands out `align`-aligned offsets (percpu_modalloc(), mod->percpu_size, align).
+            guard pb % align == 0 else {
+                throw denyPercpu("claimed per-cpu base 0x\(String(pb, radix: 16)) is not aligned to its section's \(align) bytes (percpu_modalloc() allocates aligned)")
             }
         }
 

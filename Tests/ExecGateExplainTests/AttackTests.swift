@@ -276,7 +276,35 @@ final class PerCPUTests: XCTestCase {
             XCTAssertTrue(d.reason.contains("__per_cpu_end"), d.reason)
             let d2 = try XCTUnwrap(setUp(boot.facts, base: 0x2ad00))  // a core per-cpu offset (current_task's neighbourhood)
             XCTAssertEqual(d2.rule, .perCPU)
+            XCTAssertTrue(d2.reason.contains("outside the module per-cpu area"), d2.reason)
             XCTAssertEqual(try XCTUnwrap(setUp(boot.facts, base: nil)).rule, .perCPU)
+        }
+    }
+
+    /// A per-cpu base inside the module reserve but not aligned to `.data..percpu`'s alignment
+    /// (act_mirred: 4) is denied for its alignment, not as outside the area, which it is not (a
+    /// doc-driven review found that reason wrong, 2026-12-04); the aligned base passes set-up.
+    func testMisalignedPerCPUBaseInsideTheReserveIsDeniedForItsAlignment() throws {
+        let ko = try Fixtures.readFile(try Fixtures.module(named: "act_mirred.ko"))
+        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
+        try ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            let plan = try XCTUnwrap(ModuleLayoutPlan.compute(elf))
+            let pcpu = try XCTUnwrap(plan.percpuSectionIndex)
+            XCTAssertEqual(elf.sections[pcpu].addralign, 4)
+            let reserve = try XCTUnwrap(boot.facts.modulePercpuRange, "fixture registers __per_cpu_end")
+            XCTAssertEqual(reserve.lowerBound % 4, 0)
+            func setUp(base: UInt64) -> Denial? {
+                let claim = ModuleClaim(name: "act_mirred", textBase: 0xffff_ffff_c000_0000, text: [UInt8](repeating: 0, count: plan.textSize),
+                                        sectionAddresses: [:], percpuBase: base)
+                do { _ = try Session(elf: elf, claim: claim, facts: boot.facts, resolver: SymbolResolver(coreExports: boot.coreExports)); return nil }
+                catch let e as DenyError { return e.denial } catch { XCTFail("\(error)"); return nil }
+            }
+            XCTAssertNil(setUp(base: reserve.lowerBound + 4), "an aligned base in the reserve passes set-up")
+            let d = try XCTUnwrap(setUp(base: reserve.lowerBound + 2))
+            XCTAssertEqual(d.rule, .perCPU)
+            XCTAssertTrue(d.reason.contains("not aligned to its section's 4 bytes"), d.reason)
+            XCTAssertFalse(d.reason.contains("outside"), d.reason)
         }
     }
 }
