@@ -279,7 +279,7 @@ extension Session {
                     // Session.swift), not at the address the kernel's entry holds. The kernel
                     // would export freed memory; never explained (no real module does).
                     if o % Session.kernelSymbolSize == 0, !symbolInInit.isEmpty, symbolInInit[r.symbolIndex] {
-                        throw deny(.initSymbol, "\(s.name) entry \(o / Session.kernelSymbolSize): its value refers to \(symtab.name(r.symbolIndex)) in init memory freed after init",
+                        throw deny(.initSymbol, "\(s.name) entry \(o / Session.kernelSymbolSize): its value refers to \(symbolLabel(r.symbolIndex)) in init memory freed after init",
                                    section: s.name, offset: o)
                     }
                 } else {

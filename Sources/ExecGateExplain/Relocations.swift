@@ -365,13 +365,13 @@ extension Session {
                     let ssi = Int(symtab.sectionIndex(si))
                     let tn = sectionName(t)
                     guard tn == ".altinstr_replacement" || tn == ".altinstr_aux", r.type == .pc32 || r.type == .plt32 else {
-                        throw deny(.initSymbol, "\(r.type) in \(tn) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init",
+                        throw deny(.initSymbol, "\(r.type) in \(tn) refers to \(symbolLabel(si)) in \(sectionName(ssi)), init memory freed after init",
                                    section: tn, offset: fo, address: loc)
                     }
                     // The branch's value: the init section's real (claimed) address, used
                     // for this field only (site classification keeps the placeholder).
                     val = (try claimedInitAddress(ssi)) &+ symtab.value(si) &+ UInt64(bitPattern: r.addend) &- loc
-                    initRefs.append((loc, size, "\(r.type) in \(tn) refers to \(symtab.name(si)) in \(sectionName(ssi)), init memory freed after init, outside the template of an init-text alternative",
+                    initRefs.append((loc, size, "\(r.type) in \(tn) refers to \(symbolLabel(si)) in \(sectionName(ssi)), init memory freed after init, outside the template of an init-text alternative",
                                      tn, fo))
                 }
             } else if fo + size > buf.count {
@@ -573,7 +573,7 @@ extension Session {
             for r in rs.relocations {
                 let lo = toff + Int(r.offset)
                 if i >= lo && i < lo + (r.type.fieldSize ?? 0) {
-                    return "\(r.type) field for symbol \(symtab.name(r.symbolIndex))\(r.addend >= 0 ? "+" : "")\(r.addend) has a different value"
+                    return "\(r.type) field for symbol \(symbolLabel(r.symbolIndex))\(r.addend >= 0 ? "+" : "")\(r.addend) has a different value"
                 }
             }
         }

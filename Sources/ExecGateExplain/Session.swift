@@ -508,6 +508,15 @@ final class Session {
 
     func sectionName(_ i: Int) -> String { elf.sections[i].name }
 
+    /// Symbol `i` as a denial names it: its name, or for a nameless section symbol (STT_SECTION,
+    /// what most local relocations name) its section's, as `readelf -r` shows it.
+    func symbolLabel(_ i: Int) -> String {
+        let n = symtab.name(i)
+        guard n.isEmpty, symtab.info(i) & 0xf == 3 else { return n }
+        let shndx = Int(symtab.sectionIndex(i))
+        return shndx > 0 && shndx < elf.sections.count ? elf.sections[shndx].name : n
+    }
+
     // MARK: Memory model
 
     /// Offset in the image of section `i` if it is an exec section of the explained region.

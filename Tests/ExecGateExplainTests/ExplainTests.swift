@@ -88,6 +88,30 @@ final class ExplainTests: XCTestCase {
         XCTAssertEqual(d.expected.first, m.claim.text[0x123])
     }
 
+    /// A changed byte in a field whose record names a section symbol (nameless, STT_SECTION: most
+    /// local references) names that section, as `readelf -r` does ("field for symbol
+    /// .rodata.str1.1+…"); it read "field for symbol +4" (a doc-driven review, 2026-12-04).
+    func testAFieldAgainstASectionSymbolNamesTheSection() throws {
+        let (boot, mods) = try replay()
+        let (m, r, _) = mods.first { $0.0.name == "8021q" }!
+        let textOffset = Int(try XCTUnwrap(m.claim.sectionAddresses[".text"]) - m.claim.textBase)
+        let (fieldOffset, section): (Int, String) = try m.ko.withUnsafeBytes { raw in
+            let f = try ELFFile(bytes: raw)
+            let symtab = try f.symbolTable()
+            let rs = try XCTUnwrap(try f.relocationSections().first { f.sections[$0.targetSectionIndex].name == ".text" })
+            let rec = try XCTUnwrap(rs.relocations.first { r in
+                r.type == .pc32 && symtab.info(r.symbolIndex) & 0xf == 3 && symtab.name(r.symbolIndex).isEmpty
+            }, "a .text record against a section symbol")
+            return (Int(rec.offset), f.sections[Int(symtab.sectionIndex(rec.symbolIndex))].name)
+        }
+        XCTAssertFalse(section.isEmpty)
+        var t = m.claim.text
+        t[textOffset + fieldOffset] ^= 0x01
+        guard case .denied(let d) = explain(boot, m, r, text: t).verdict else { return XCTFail("flip allowed") }
+        XCTAssertEqual(d.offset, fieldOffset)
+        XCTAssertTrue(d.reason.contains("field for symbol \(section)+") || d.reason.contains("field for symbol \(section)-"), d.reason)
+    }
+
     func testPaddingMustBeZero() throws {
         let (boot, mods) = try replay()
         let (m, r, _) = mods.first { $0.0.name == "stp" }!
