@@ -248,36 +248,42 @@ final class LoaderRefusalTests: XCTestCase {
 }
 
 final class PerCPUTests: XCTestCase {
-    /// A real signed Debian module with `.data..percpu` (nf_dup_netdev). Set-up runs before any
-    /// byte is compared: with a known module per-cpu range and an honest base it passes; with no
-    /// range (`__per_cpu_end` not registered) the old engine skipped the check — now a denial; a
-    /// base aliased onto the core's per-cpu area (current_task's offset) is denied.
-    func testPerCPUBaseNeedsAKnownRange() throws {
-        let path = try Fixtures.module(named: "nf_dup_netdev.ko")
-        let ko = try Fixtures.readFile(path)
+    /// Set-up of a real signed Debian module `name` with `.data..percpu` (runs before any byte is
+    /// compared), a zero region of its layout's size at a module-area base: `body` gets the ELF,
+    /// its per-cpu section, the fixture boot and `setUp(facts, base)`, the denial or nil.
+    func withPerCPUModule(_ name: String, _ body: (ELFFile, Int, CaptureBoot, (GuestFacts, UInt64?) -> Denial?) throws -> Void) throws {
+        let ko = try Fixtures.readFile(try Fixtures.module(named: name + ".ko"))
         let boot = try CaptureBoot.load(try ExplainTests.bootDir())
         try ko.withUnsafeBytes { raw in
             let elf = try ELFFile(bytes: raw)
             let plan = try XCTUnwrap(ModuleLayoutPlan.compute(elf))
             let pcpu = try XCTUnwrap(plan.percpuSectionIndex)
             XCTAssertGreaterThan(elf.sections[pcpu].size, 0)
-            let perCPUEnd = try XCTUnwrap(boot.facts.modulePercpuRange?.lowerBound, "fixture registers __per_cpu_end")
-            func setUp(_ facts: GuestFacts, base: UInt64?) -> Denial? {
-                let claim = ModuleClaim(name: "nf_dup_netdev", textBase: 0xffff_ffff_c000_0000, text: [UInt8](repeating: 0, count: plan.textSize),
+            try body(elf, pcpu, boot) { facts, base in
+                let claim = ModuleClaim(name: name, textBase: 0xffff_ffff_c000_0000, text: [UInt8](repeating: 0, count: plan.textSize),
                                         sectionAddresses: [:], percpuBase: base)
                 do { _ = try Session(elf: elf, claim: claim, facts: facts, resolver: SymbolResolver(coreExports: boot.coreExports)); return nil }
                 catch let e as DenyError { return e.denial } catch { XCTFail("\(error)"); return nil }
             }
-            XCTAssertNil(setUp(boot.facts, base: perCPUEnd), "an honest base in the module reserve passes set-up")
+        }
+    }
+
+    /// nf_dup_netdev: with a known module per-cpu range and an honest base set-up passes; with no
+    /// range (`__per_cpu_end` not registered) the old engine skipped the check — now a denial; a
+    /// base aliased onto the core's per-cpu area (current_task's offset) is denied.
+    func testPerCPUBaseNeedsAKnownRange() throws {
+        try withPerCPUModule("nf_dup_netdev") { _, _, boot, setUp in
+            let perCPUEnd = try XCTUnwrap(boot.facts.modulePercpuRange?.lowerBound, "fixture registers __per_cpu_end")
+            XCTAssertNil(setUp(boot.facts, perCPUEnd), "an honest base in the module reserve passes set-up")
             var noRange = boot.facts
             noRange.modulePercpuRange = nil
-            let d = try XCTUnwrap(setUp(noRange, base: perCPUEnd))
+            let d = try XCTUnwrap(setUp(noRange, perCPUEnd))
             XCTAssertEqual(d.rule, .perCPU)
             XCTAssertTrue(d.reason.contains("__per_cpu_end"), d.reason)
-            let d2 = try XCTUnwrap(setUp(boot.facts, base: 0x2ad00))  // a core per-cpu offset (current_task's neighbourhood)
+            let d2 = try XCTUnwrap(setUp(boot.facts, 0x2ad00))  // a core per-cpu offset (current_task's neighbourhood)
             XCTAssertEqual(d2.rule, .perCPU)
             XCTAssertTrue(d2.reason.contains("outside the module per-cpu area"), d2.reason)
-            XCTAssertEqual(try XCTUnwrap(setUp(boot.facts, base: nil)).rule, .perCPU)
+            XCTAssertEqual(try XCTUnwrap(setUp(boot.facts, nil)).rule, .perCPU)
         }
     }
 
@@ -285,23 +291,12 @@ final class PerCPUTests: XCTestCase {
     /// (act_mirred: 4) is denied for its alignment, not as outside the area, which it is not (a
     /// doc-driven review found that reason wrong, 2026-12-04); the aligned base passes set-up.
     func testMisalignedPerCPUBaseInsideTheReserveIsDeniedForItsAlignment() throws {
-        let ko = try Fixtures.readFile(try Fixtures.module(named: "act_mirred.ko"))
-        let boot = try CaptureBoot.load(try ExplainTests.bootDir())
-        try ko.withUnsafeBytes { raw in
-            let elf = try ELFFile(bytes: raw)
-            let plan = try XCTUnwrap(ModuleLayoutPlan.compute(elf))
-            let pcpu = try XCTUnwrap(plan.percpuSectionIndex)
+        try withPerCPUModule("act_mirred") { elf, pcpu, boot, setUp in
             XCTAssertEqual(elf.sections[pcpu].addralign, 4)
             let reserve = try XCTUnwrap(boot.facts.modulePercpuRange, "fixture registers __per_cpu_end")
             XCTAssertEqual(reserve.lowerBound % 4, 0)
-            func setUp(base: UInt64) -> Denial? {
-                let claim = ModuleClaim(name: "act_mirred", textBase: 0xffff_ffff_c000_0000, text: [UInt8](repeating: 0, count: plan.textSize),
-                                        sectionAddresses: [:], percpuBase: base)
-                do { _ = try Session(elf: elf, claim: claim, facts: boot.facts, resolver: SymbolResolver(coreExports: boot.coreExports)); return nil }
-                catch let e as DenyError { return e.denial } catch { XCTFail("\(error)"); return nil }
-            }
-            XCTAssertNil(setUp(base: reserve.lowerBound + 4), "an aligned base in the reserve passes set-up")
-            let d = try XCTUnwrap(setUp(base: reserve.lowerBound + 2))
+            XCTAssertNil(setUp(boot.facts, reserve.lowerBound + 4), "an aligned base in the reserve passes set-up")
+            let d = try XCTUnwrap(setUp(boot.facts, reserve.lowerBound + 2))
             XCTAssertEqual(d.rule, .perCPU)
             XCTAssertTrue(d.reason.contains("not aligned to its section's 4 bytes"), d.reason)
             XCTAssertFalse(d.reason.contains("outside"), d.reason)
