@@ -74,8 +74,16 @@ extension Session {
                     write(off, claimed, from: off, count: len, cls)
                 } else {
                     let found = Array(claimed[off..<off + len])
-                    var exp = site.pointee.encode(group.flatMap { groupState[$0] })
-                    if exp == found { exp = site.pointee.encode(nil) }
+                    // The expected bytes: the first of these that is a legal encoding of the site
+                    // and differs from the claim — the key's state at this module's other sites
+                    // (else, a static call, at verified modules'), its NULL form, a branch to its
+                    // first trusted target (a key whose NULL form is no state: a tracepoint key, a
+                    // PREEMPT_DYNAMIC key) — else the first that differs. Only when none differs
+                    // is the denial a byte-equal one (`illegalAt`).
+                    let site0 = site.pointee
+                    var candidates = [site0.encode(group.flatMap { groupState[$0] ?? (cls == .staticCall ? verifiedStates[$0] : nil) }), site0.encode(nil)]
+                    if let t = site0.firstTrustedTarget { candidates.append(site0.encode(t)) }
+                    let exp = candidates.first { $0 != found && site0.check($0) != nil } ?? candidates.first { $0 != found } ?? candidates[0]
                     if exp == found && illegalAt == nil { illegalAt = off }
                     write(off, exp, cls)
                     notes.append((off..<off + len, "\(site.pointee.what): not a legal encoding (allowed: the NULL forms or a branch to a target trusted for the site)"))

@@ -310,6 +310,17 @@ struct VariableSite {
     }
 
     /// The encoding for a state (used as "expected" when the claim is illegal or inconsistent).
+    /// The lowest target trusted for a static-call site's or trampoline's key (nil for the other
+    /// kinds, or a key with none): a legal state to show as expected in a denial.
+    var firstTrustedTarget: UInt64? {
+        switch rule {
+        case .staticCallJcc(_, _, _, let trusted, _), .staticCall(_, _, _, _, let trusted, _), .trampoline(_, _, let trusted, _):
+            return trusted.sorted.first
+        case .smpLock, .ftrace, .jumpLabel:
+            return nil
+        }
+    }
+
     func encode(_ st: UInt64?) -> [UInt8] {
         switch rule {
         case .smpLock:

@@ -106,6 +106,17 @@ final class ModuleTracepointKeyTests: XCTestCase {
             }
             let v = try Self.explain(ko, c, facts, resolver)
             XCTAssertFalse(v.verdict.isAllowed, "load with tp_func key in state 0x\(String(bad, radix: 16)): \(keySites) \(v.runtimeSites.map { t in keySites.map { t.state(address: $0.address, bytes: Array(c.text[Int($0.address - c.textBase)..<Int($0.address - c.textBase) + $0.length])) } } as Any)")
+            // The denial shows a legal state of the site as expected (a call to a trusted
+            // target), not the NULL form the key never takes, nor the claim's own bytes.
+            if case .denied(let d) = v.verdict, let first = keySites.map(\.address).min() {
+                XCTAssertNotEqual(d.expected, d.found, d.reason)
+                let o = Int(first - claim.textBase)
+                let shown = Array(d.expected.prefix(5))
+                if d.address == first, shown.count == 5 {
+                    XCTAssertEqual(shown.first, 0xe8, "expected a call, got \(shown)")
+                    XCTAssertNotEqual(shown, Array(c.text[o..<o + 5]))
+                }
+            }
             // At run time: no site of the key takes it.
             for site in keySites {
                 let b = try XCTUnwrap(table.encoding(at: site.address, state: bad))
