@@ -11,9 +11,12 @@
 struct AddressTable {
     private var keys: [UInt64] = []
     private var values: [UInt64] = []
-    private(set) var count = 0
+    /// The entries held in `keys` (all but the key `UInt64.max`).
+    private var slotted = 0
     /// The entry for the key `UInt64.max`, which cannot live in `keys`.
     private var maxKeyValue: UInt64?
+    /// The entries, the key `UInt64.max` included.
+    var count: Int { slotted + (maxKeyValue == nil ? 0 : 1) }
     /// The process's seed, copied into each table: a `static let` is read through a lazy
     /// initialiser's once-check (`swift_once`) at every access, and `home` runs at every probe.
     private let seed = AddressTable.processSeed
@@ -61,7 +64,7 @@ struct AddressTable {
 
     subscript(k: UInt64) -> UInt64? {
         if k == Self.empty { return maxKeyValue }
-        if count == 0 { return nil }
+        if slotted == 0 { return nil }
         let (s, found) = find(k)
         return found ? values[s] : nil
     }
@@ -69,15 +72,15 @@ struct AddressTable {
     /// Insert, or replace the value of, `k` (entries are never removed).
     mutating func set(_ k: UInt64, _ v: UInt64) {
         if k == Self.empty { maxKeyValue = v; return }
-        if 2 * (count + 1) > keys.count { grow() }
+        if 2 * (slotted + 1) > keys.count { grow() }
         let (s, found) = find(k)
-        if !found { keys[s] = k; count += 1 }
+        if !found { keys[s] = k; slotted += 1 }
         values[s] = v
     }
 
     private mutating func grow() {
         var size = max(16, keys.count * 2)
-        while size < 2 * (count + 1) { size <<= 1 }
+        while size < 2 * (slotted + 1) { size <<= 1 }
         let (oldKeys, oldValues) = (keys, values)
         keys = [UInt64](repeating: Self.empty, count: size)
         values = [UInt64](repeating: 0, count: size)
@@ -104,7 +107,7 @@ struct AddressTable {
     /// Every entry, as a dictionary.
     var dictionary: [UInt64: UInt64] {
         var d: [UInt64: UInt64] = [:]
-        d.reserveCapacity(count + (maxKeyValue == nil ? 0 : 1))
+        d.reserveCapacity(count)
         for i in keys.indices where keys[i] != Self.empty { d[keys[i]] = values[i] }
         if let v = maxKeyValue { d[Self.empty] = v }
         return d

@@ -142,7 +142,7 @@ struct ModuleKeyTargets: Sendable {
     /// key → its range's start << 32 | its number of targets.
     private var index = AddressTable()
 
-    var isEmpty: Bool { index.count == 0 && targets.isEmpty }
+    var isEmpty: Bool { targets.isEmpty }  // every key added brings at least one target
 
     mutating func add(_ m: KeyTargets) {
         m.forEachKey { key, ts in

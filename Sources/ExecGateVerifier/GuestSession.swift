@@ -180,6 +180,9 @@ public final class GuestSession: @unchecked Sendable {
         ended.map { SessionRefusal(reason: .endStateUnavailable, message: $0) }
     }
 
+    /// The refusal of a request judged in this session once it ended (a reset or removal), or nil while it is its guest's.
+    var endedRefusal: SessionRefusal? { lock.withLock { endedRefusalLocked() } }
+
     /// Why this session is no longer its guest's (the refusal's message), or nil while it is.
     public var endedMessage: String? { lock.withLock { ended } }
 

@@ -247,30 +247,26 @@ public final class Verifier: @unchecked Sendable {
         }
         Self.applyAuditMode(&judgement.verdict, policy)
         recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
-        // An allow that commits nothing (signature-only) has no commit to refuse it: a reset that
-        // ended its session while it was judged, its record included, makes it the same deny as
-        // a committed module's (below), recorded after the allow.
-        if judgement.verdict.decision == .allow && !judgement.verdict.auditOnly && committed == nil,
-           let s = session, let why = s.endedMessage {
-            judgement.verdict.decision = .deny
-            judgement.verdict.reason = .endStateUnavailable
-            judgement.verdict.message = why
-            judgement.verdict.signatureOnly = false
-            Self.applyAuditMode(&judgement.verdict, policy)
-            recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
-        }
-        if let ticket = committed, let s = session {
-            // Final: modules may now link against it — unless a reset ended the session while the
-            // record was written (the VMM revoked every grant of it first): then the allow just
-            // recorded is no verdict of a live session, and the final one is a deny, recorded too.
-            let ended = judgement.verdict.decision == .allow ? s.finish(ticket) : nil
-            if judgement.verdict.decision != .allow || ended != nil {
-                s.rollback(ticket)  // the audit sink refused the record, or the session ended: never live
+        if let s = session {
+            // Final: modules may now link against a committed module — unless a reset ended the
+            // session while the record was written (the VMM revoked every grant of it first): then
+            // the allow just recorded is no verdict of a live session, and the final one is a deny,
+            // recorded too. An allow that commits nothing (signature-only) has no commit to refuse
+            // it: the session's end, its record included, makes it the same deny.
+            var ended: SessionRefusal? = nil
+            if let ticket = committed {
+                if judgement.verdict.decision == .allow { ended = s.finish(ticket) }
+                if judgement.verdict.decision != .allow || ended != nil {
+                    s.rollback(ticket)  // the audit sink refused the record, or the session ended: never live
+                }
+            } else if judgement.verdict.decision == .allow && !judgement.verdict.auditOnly {
+                ended = s.endedRefusal
             }
             if let refusal = ended {
                 judgement.verdict.decision = .deny
                 judgement.verdict.reason = refusal.reason
                 judgement.verdict.message = refusal.message
+                judgement.verdict.signatureOnly = false
                 Self.applyAuditMode(&judgement.verdict, policy)
                 recordAudit(&judgement.verdict, guestID: request.guestID, policy: policy)
             }

@@ -308,9 +308,7 @@ final class SessionTokenTests: XCTestCase {
         guard case .registerGuestReply(let r2) = verifier.respond(to: .registerGuest(f.reset), requestDigest: []),
               let old = r1.session, let new = r2.session else { return XCTFail("registration and reset with tokens") }
         // No byte claimed: the signature-only judgement.
-        var bare = f.request
-        (bare.text, bare.textBase, bare.frames, bare.initText, bare.initBase, bare.initFrames, bare.perCPUBase) = (nil, nil, [], nil, nil, [], nil)
-        bare.sections = bare.sections.map { SectionClaim(name: $0.name, address: $0.address) }
+        let bare = f.request.withoutClaimedBytes
         func verdict(_ token: UInt64?, arrival: UInt64?) throws -> ExecGateWire.Verdict {
             var r = bare
             r.session = token

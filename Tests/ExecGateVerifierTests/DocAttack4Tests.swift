@@ -178,9 +178,7 @@ final class DocAttack4Tests: XCTestCase {
     func testAResetWhileASignatureOnlyAllowIsRecordedIsNotAnAllow() throws {
         let g = try FixtureGuest { $0.endState = .signatureOnly }
         let name = "irqbypass"
-        var bare = try g.request(name)
-        (bare.text, bare.textBase, bare.frames, bare.initText, bare.initBase, bare.initFrames, bare.perCPUBase) = (nil, nil, [], nil, nil, [], nil)
-        bare.sections = bare.sections.map { SectionClaim(name: $0.name, address: $0.address) }
+        let bare = try g.request(name).withoutClaimedBytes
         var reset = g.registration
         reset.reset = true
         let old = g.session
