@@ -60,7 +60,14 @@ extension Session {
                         let known = groupState[g]
                         if let prev = known, prev != st {
                             write(off, site.pointee.encode(prev), cls)
-                            notes.append((off..<off + len, "\(site.pointee.what): state disagrees with other sites of the same key"))
+                            // Name the site whose state the key took (the first of the key in
+                            // address order): either of the two may be the one a guest changed.
+                            var other = "other sites of the same key"
+                            if let f = (0..<k).first(where: { sites[$0].group == g }) {
+                                let fo = sites[f].offset, (fs, fso) = sectionOf(regionOffset: fo)
+                                other = "the same key's site at 0x\(String(base &+ UInt64(fo), radix: 16)) (\(fs)+0x\(String(fso, radix: 16))), which holds another state: the kernel writes every site of a key to one state"
+                            }
+                            notes.append((off..<off + len, "\(site.pointee.what): state disagrees with \(other)"))
                             continue
                         }
                         if cls == .staticCall, known == nil, let prev = verifiedStates[g], prev != st {

@@ -86,6 +86,11 @@ final class AdversarialPatchingRound19Tests: XCTestCase {
         let r = try m.ko.withUnsafeBytes { raw in Explainer(facts: boot.facts).explain(elf: try ELFFile(bytes: raw), claim: c, resolver: resolver) }
         guard case .denied(let d) = r.verdict else { return XCTFail("a key in two states was explained") }
         XCTAssertTrue(d.reason.contains("disagrees"), "\(d)")
+        // The denial lands on the later of the two sites and names the earlier one, whose state
+        // the key took: either may be the changed one, and the reader sees both.
+        let (first, second) = (min(tramp.addr, call.addr), max(tramp.addr, call.addr))
+        XCTAssertTrue(d.address >= second && d.address < second + 5, "\(d)")
+        XCTAssertTrue(d.reason.contains("site at 0x\(String(first, radix: 16))"), "\(d)")
     }
 }
 
