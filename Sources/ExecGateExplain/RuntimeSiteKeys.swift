@@ -6,6 +6,10 @@
 // (ExecGateVerifier GuestSession). Read-only; the legal encodings stay in `RuntimeSiteTable.check`.
 
 extension RuntimeSiteTable {
+    /// The key of every `.smp_locks` site: one group (the uniprocessor `lock` prefixes of every
+    /// live module move together), keyed by a constant that is no kernel address.
+    public static let smpLockGroup = Session.smpLockGroup
+
     /// One run-time patch site.
     public struct Site: Sendable, Hashable {
         public let address: UInt64

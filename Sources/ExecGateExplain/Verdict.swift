@@ -102,6 +102,9 @@ public struct Denial: Sendable, CustomStringConvertible {
         let f = found.map { Hex.encode(CollectionOfOne($0)) }.joined(separator: " ")
         // A structural denial (layout, loader, claim) has no bytes to show: no empty brackets.
         let bytes = expected.isEmpty && found.isEmpty ? "" : " expected [\(e)] found [\(f)]:"
+        // A denial of the claim as a whole (an unknown symbol, a refused placement) has no byte
+        // to point at: no "(claim)+0x0 (0x0)".
+        if section == "(claim)" && offset == 0 && address == 0 { return "\(module):\(bytes) \(rule): \(reason)" }
         return "\(module): \(section)+0x\(String(offset, radix: 16)) (0x\(String(address, radix: 16))):\(bytes) \(rule): \(reason)"
     }
 }

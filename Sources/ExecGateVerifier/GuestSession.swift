@@ -346,7 +346,7 @@ public final class GuestSession: @unchecked Sendable {
         let states = m.keyStates.merging(m.initKeyStates) { core, _ in core }
         for (key, state) in states.sorted(by: { $0.key < $1.key }) {
             if patchesInFlight[key] != nil {
-                return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': a run-time patch of key 0x\(Hex.number(key)) is being decided (the kernel holds the key's mutex for both): ask again")
+                return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': a run-time patch of \(Self.keyLabel(key)) is being decided (the kernel holds the key's mutex for both): ask again")
             }
             if smpGroups.contains(key) && state == 0 && wentSMP {
                 return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its .smp_locks prefixes are unlocked (3e), but guest '\(registration.guestID)' left uniprocessor mode (alternatives_smp_module_add() unlocks only while uniproc_patched)")
@@ -355,7 +355,7 @@ public final class GuestSession: @unchecked Sendable {
                 return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(Hex.number(key)) are in state 0x\(Hex.number(state)), but the key lies in the kernel's __ro_after_init data and was in state 0x\(Hex.number(sealed.state)) at earlier sites: read-only since mark_rodata_ro(), it never changes (jump_label_add_module() gives a sealed key's sites its one state)")
             }
             if let current = keyState[key], current != state {
-                return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of key 0x\(Hex.number(key)) are in state 0x\(Hex.number(state)), live sites of that key are in state 0x\(Hex.number(current))")
+                return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': its sites of \(Self.keyLabel(key)) are in state 0x\(Hex.number(state)), live sites of it are in state 0x\(Hex.number(current))")
             }
             if keyState[key] == nil, let trusted = facts.staticCallTrustedTargets[key], !Self.nullStates(facts).contains(state), !trusted.contains(state) {
                 return SessionRefusal(reason: .keyStateMismatch, message: "module '\(m.name)': static-call key 0x\(Hex.number(key)) targets 0x\(Hex.number(state)), which is not trusted for that key")
@@ -384,6 +384,12 @@ public final class GuestSession: @unchecked Sendable {
         m.forEachSite { site in if let k = site.key { keySites[k, default: []].insert(site.address) } }
         if let e = m.exports { resolver.add(e) }
         return nil
+    }
+
+    /// A key as messages name it: its address, or for the uniprocessor `lock` prefixes
+    /// (`.smp_locks`, one group of every live module, keyed by a constant that is no address) the group.
+    static func keyLabel(_ key: UInt64) -> String {
+        key == RuntimeSiteTable.smpLockGroup ? "the .smp_locks lock-prefix group (3e: uniprocessor, f0: SMP)" : "key 0x\(Hex.number(key))"
     }
 
     /// NULL forms of a static call: NULL itself and `__static_call_return0` (DEFINE_STATIC_CALL_RET0).
@@ -604,7 +610,7 @@ public final class GuestSession: @unchecked Sendable {
                 }
                 if site.kind == .smpLock && state == 1 { smpBatch = true }
                 if let other = newState[key], other != state {
-                    return .denied(.patchPartialKey, module: owner.name, message: "\(at): the batch moves key 0x\(Hex.number(key)) to two states (0x\(Hex.number(other)), 0x\(Hex.number(state)))", stage: .key)
+                    return .denied(.patchPartialKey, module: owner.name, message: "\(at): the batch moves \(Self.keyLabel(key)) to two states (0x\(Hex.number(other)), 0x\(Hex.number(state)))", stage: .key)
                 }
                 newState[key] = state
                 batchSites[key, default: []].insert(p.address)
@@ -615,7 +621,7 @@ public final class GuestSession: @unchecked Sendable {
                 let missing = all.subtracting(covered)
                 if !missing.isEmpty {
                     return .denied(.patchPartialKey, module: owners.joined(separator: ","),
-                                   message: "the batch changes key 0x\(Hex.number(key)) at \(covered.count) of its \(all.count) live sites (missing e.g. 0x\(Hex.number(missing.min()!))): a key changes only as a whole", stage: .key)
+                                   message: "the batch changes \(Self.keyLabel(key)) at \(covered.count) of its \(all.count) live sites (missing e.g. 0x\(Hex.number(missing.min()!))): a key changes only as a whole", stage: .key)
                 }
                 // A key in the core's .data..ro_after_init is read-only from mark_rodata_ro() on
                 // (before the trusted point): static_key_enable()/static_call_update() cannot
@@ -642,7 +648,7 @@ public final class GuestSession: @unchecked Sendable {
             // VMM poked) disagree.
             for key in newState.keys.sorted() where patchesInFlight[key] != nil {
                 return .denied(.patchNotAllowed, module: owners.joined(separator: ","),
-                               message: "key 0x\(Hex.number(key)): another run-time patch of it is being decided (the kernel holds the key's mutex across a transition): ask again", stage: .key)
+                               message: "\(Self.keyLabel(key)): another run-time patch of it is being decided (the kernel holds the key's mutex across a transition): ask again", stage: .key)
             }
             // Recorded at the allow, not when the key states are applied: a concurrent batch
             // judged before this one is applied must not be allowed to unlock the prefixes. (If

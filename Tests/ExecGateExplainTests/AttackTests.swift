@@ -68,6 +68,17 @@ final class StaticCallTrustTests: XCTestCase {
     /// irqbypass calls `might_resched` (a key modules reach only through its exported trampoline
     /// `__SCT__might_resched`) four times: the captured end state calls `__cond_resched`, which
     /// sched_dynamic_update() sets (StaticCallTrust.preemptDynamic): explained from the build's facts.
+    /// A denial of the claim as a whole points at no byte: stp explained without llc live (its
+    /// `llc_*` imports resolve nowhere, `simplify_symbols()`: "Unknown symbol") reads
+    /// "stp: relocation: unknown symbol …", not "stp: (claim)+0x0 (0x0): …".
+    func testAClaimWideDenialNamesNoByte() throws {
+        let f = try FixtureReplay()
+        let r = try f.explain("stp", resolver: SymbolResolver(coreExports: f.boot.coreExports))
+        guard case .denied(let d) = r.verdict else { return XCTFail("stp explained without llc's exports") }
+        XCTAssertTrue(d.reason.contains("unknown symbol llc_"), "\(d)")
+        XCTAssertEqual(d.description, "stp: relocation: \(d.reason)")
+    }
+
     func testHonestStaticCallsAreTrustedFromTheBuild() throws {
         let f = try FixtureReplay()
         XCTAssertTrue(try XCTUnwrap(f.modules["irqbypass"]).result.verdict.isAllowed)

@@ -385,6 +385,11 @@ final class AdversarialSessionTests: XCTestCase {
         XCTAssertEqual(g.session.state(ofKey: group), 0, "uniprocessor: the captured prefixes are 3e")
         for s in locks { XCTAssertEqual(try g.currentBytes(s.address, 1), [0x3e]) }
 
+        // Half the group: denied, the message naming the lock-prefix group (not its internal key).
+        let half = g.patch(locks.dropLast().map { PatchEntry(address: $0.address, bytes: [0xf0]) })
+        XCTAssertEqual(half.reason, .patchPartialKey, half.message)
+        XCTAssertTrue(half.message.contains(".smp_locks lock-prefix group"), half.message)
+        XCTAssertFalse(half.message.contains(String(group, radix: 16)), half.message)
         let toSMP = g.patch(locks.map { PatchEntry(address: $0.address, bytes: [0xf0]) })
         XCTAssertEqual(toSMP.decision, .allow, "alternatives_enable_smp(): \(toSMP.message)")
         XCTAssertEqual(g.session.state(ofKey: group), 1)
