@@ -217,7 +217,7 @@ let package = Package(
         .testTarget(
             name: "ExecGatePolicyTests",
             dependencies: ["ExecGatePolicy", "ExecGateAdmin", "ExecGateVerifier", "ExecGateService", "ExecGateClient", "ExecGateCapture",
-                           "ExecGateSignature", "ExecGateTestSupport", nioCore, nioPosix],
+                           "ExecGateSignature", "ExecGateTestSupport", nioCore, nioPosix, nioConcurrency],
             swiftSettings: swiftSettings
         ),
         .testTarget(

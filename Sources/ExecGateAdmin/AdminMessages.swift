@@ -72,7 +72,9 @@ public struct PolicyPushReply: Sendable, Equatable {
 /// policy text; empty for the built-in policy), 5 source_sha256, 6 anchor (repeated: "subject
 /// sha256:fingerprint"), 7 audit_accepted, 8 audit_dropped, 9 audit_overflow, 10 activated_by
 /// ("boot" or "push"), 11 minimum_digest, 12 end_state, 13 rule (repeated, e.g. "modules deny
-/// for class db").
+/// for class db"), 14 audit_write_errors (failed writes to the audit sink, each retried), 15
+/// audit_queued (records accepted, not yet written whole), 16 audit_sink_error (why the sink
+/// refuses the last write, while it does); 14–16 are sent only when not zero or empty.
 public struct PolicyShowReply: Sendable, Equatable {
     public var policyID = ""
     public var policyVersion: UInt64 = 0
@@ -87,10 +89,13 @@ public struct PolicyShowReply: Sendable, Equatable {
     public var minimumDigest = ""
     public var endState = ""
     public var rules: [String] = []
+    public var auditWriteErrors: UInt64 = 0
+    public var auditQueued: UInt64 = 0
+    public var auditSinkError = ""
 
     public init() {}
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "policy-show-reply", known: Set(1...13), repeated: [6: 4096, 13: 4096])
+        let r = try TLVReader(body, message: "policy-show-reply", known: Set(1...16), repeated: [6: 4096, 13: 4096])
         policyID = try r.requiredString(1, "policy_id")
         policyVersion = try r.requiredInteger(2, "policy_version")
         mode = try r.string(3, "mode") ?? ""
@@ -104,6 +109,9 @@ public struct PolicyShowReply: Sendable, Equatable {
         minimumDigest = try r.string(11, "minimum_digest") ?? ""
         endState = try r.string(12, "end_state") ?? ""
         rules = try r.strings(13, "rule")
+        auditWriteErrors = try r.integer(14, "audit_write_errors") ?? 0
+        auditQueued = try r.integer(15, "audit_queued") ?? 0
+        auditSinkError = try r.string(16, "audit_sink_error") ?? ""
     }
     public func encode() -> ByteBuffer {
         var w = TLVWriter()
@@ -115,6 +123,9 @@ public struct PolicyShowReply: Sendable, Equatable {
         w.u64(7, auditAccepted); w.u64(8, auditDropped); w.string(9, auditOverflow); w.string(10, activatedBy)
         w.string(11, minimumDigest); w.string(12, endState)
         for r in rules { w.string(13, r) }
+        if auditWriteErrors != 0 { w.u64(14, auditWriteErrors) }
+        if auditQueued != 0 { w.u64(15, auditQueued) }
+        if !auditSinkError.isEmpty { w.string(16, auditSinkError) }
         return w.buffer
     }
 }

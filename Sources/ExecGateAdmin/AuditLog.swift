@@ -13,6 +13,13 @@
 // Policy changes are always recorded (they bypass the capacity bound: they are rare and come
 // only from admin-signed bundles).
 //
+// A record leaves the queue only once the writer has written all of it: a write that fails (a full
+// disk, a FIFO whose reader went) keeps it queued, counted against the queue's bounds, and the
+// writer retries with a growing pause, resuming at the first byte not written (a record cut by a
+// full disk is completed, never glued to the next). While the sink refuses, the queue fills and
+// the policy's overflow applies as above: `block` denies, `drop` counts. `writeErrors` and
+// `queued` say so (policy show).
+//
 // The retained ring is what `audit-read` serves to the host; it keeps the newest R records
 // (older ones are still in the audit file). A record enters it, with its sequence number, when it
 // is accepted (before record() returns, so before the verdict's reply goes out): a reader sees
@@ -22,6 +29,7 @@
 import _ExecGateInternals
 import Dispatch
 import ExecGatePolicy
+import ExecGateSignature
 import ExecGateVerifier
 import ExecGateWire
 import NIOConcurrencyHelpers
@@ -36,18 +44,27 @@ import Musl
 public enum AuditLimits {
     /// Records waiting for the writer.
     public static let defaultQueueCapacity = 4096
+    /// UTF-8 bytes of a verdict record's guest id and module name, and of its message, kept
+    /// whole; beyond, the first ones and a marker (`AuditLog.bounded`). At 6 bytes of JSON a
+    /// control character, a record stays under 64 KiB: one `record` string of audit-read-reply.
+    public static let recordWordBytes = 1024
+    public static let recordMessageBytes = 6144
     /// Records kept in memory for audit-read.
     public static let defaultRetained = 16384
     /// Bytes of record text kept in memory for audit-read, whatever the records' count: the oldest
     /// go first, the newest record is always kept. A record's size is the peer's to choose (its
     /// guest id and module name are wire strings of up to 64 KiB, a control character in them
-    /// 6 bytes of JSON: one record reached ~720 KiB), so a count alone bounded nothing; the
+    /// 6 bytes of JSON: one record reached ~720 KiB before `recordWordBytes`, and is still up to
+    /// ~50 KiB), so a count alone bounded nothing; the
     /// service VM's memory budget keeps 8 MiB for everything besides bodies and facts
     /// (MemoryBudget.reserve). ~10,000 honest records (≈ 400 bytes each).
     public static let retainedBytes = 4 << 20
     /// Bytes of record text waiting for the writer: beyond them, as beyond `defaultQueueCapacity`
     /// records, the policy's `audit-overflow` applies (drop, or block then deny).
     public static let queueBytes = 8 << 20
+    /// The writer's pause after a failed write (doubling from the first to the second while the
+    /// sink keeps refusing; its records stay queued).
+    public static let retryPauseSeconds = 0.05...2.0
     /// Longest a verdict waits for queue room under `audit-overflow block`.
     public static let defaultBlockTimeoutSeconds = 5.0
     /// Most records in one audit-read reply.
@@ -99,6 +116,13 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     private var _dropped: UInt64 = 0
     private var _accepted: UInt64 = 0
     private var _writeErrors: UInt64 = 0
+    /// Bytes of the queue's first record (its line and newline) already written by a write that
+    /// then failed: the next attempt resumes after them.
+    private var headWritten = 0
+    /// The last write failure's message, while the sink is failing (nil once a write succeeds).
+    private var _lastWriteError: String?
+    /// Records still queued when `close` gave up on the writer (lost at exit).
+    private var _unwrittenAtClose = 0
     private var stopping = false
     private var writerRunning = false
     private let capacity: Int
@@ -129,7 +153,8 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     /// A FIFO is taken only when a reader holds it open: opened O_NONBLOCK, a FIFO without one
     /// fails at once (ENXIO, fifo(7)) instead of blocking the service's start for ever; the
     /// descriptor then goes back to blocking writes.
-    public static func appending(to path: String, capacity: Int = AuditLimits.defaultQueueCapacity) throws -> AuditLog {
+    public static func appending(to path: String, capacity: Int = AuditLimits.defaultQueueCapacity,
+                                 blockTimeout: Double = AuditLimits.defaultBlockTimeoutSeconds) throws -> AuditLog {
         let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0o600)
         guard fd >= 0 else {
             let e = errno
@@ -158,7 +183,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
                 }
             }
         }
-        return AuditLog(capacity: capacity, writer: { bytes in try file.writeAll(bytes) })
+        return AuditLog(capacity: capacity, blockTimeout: blockTimeout, writer: { bytes in try file.writeAll(bytes) })
     }
 
     // MARK: Producers
@@ -167,18 +192,37 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         let line = JSON.object([
             ("time", .string(clock())),
             ("event", .string("verdict")),
-            ("guest", .string(guestID)),
+            ("guest", .string(Self.bounded(guestID, AuditLimits.recordWordBytes))),
             ("request_sha256", .string(Hex.encode(v.requestDigest))),
-            ("module", .string(v.moduleName)),
+            ("module", .string(Self.bounded(v.moduleName, AuditLimits.recordWordBytes))),
             ("module_sha256", .string(Hex.encode(v.moduleDigest))),
             ("decision", .string(v.decision == .allow ? "allow" : "deny")),
             ("audit_only", .bool(v.auditOnly)),
             ("reason", .string(v.reason.name)),
-            ("message", .string(v.message)),
+            ("message", .string(Self.bounded(v.message, AuditLimits.recordMessageBytes))),
             ("policy_id", .string(v.policyID)),
             ("policy_version", .uint(v.policyVersion)),
         ]).serialized()
         return enqueue(line, overflow: policy.auditOverflow, force: false)
+    }
+
+    /// `s`, or when longer than `limit` UTF-8 bytes its first scalars up to that and a marker
+    /// with its whole length and SHA-256 (the evidence stays checkable against the request).
+    /// A record's words are the peer's (wire strings of up to 64 KiB, each control character 6
+    /// bytes of JSON): bounded so a record stays a string field of `audit-read-reply`
+    /// (< 64 KiB), which `policy audit` can carry out; no real module or guest name comes near.
+    static func bounded(_ s: String, _ limit: Int) -> String {
+        let n = s.utf8.count
+        guard n > limit else { return s }
+        var kept = String.UnicodeScalarView(), used = 0
+        for u in s.unicodeScalars {
+            let w = UTF8.width(u)
+            guard used + w <= limit else { break }
+            kept.append(u)
+            used += w
+        }
+        let digest = Array(s.utf8).withUnsafeBytes { Digest.sha256($0) }
+        return String(kept) + "…[\(n) bytes, sha256:\(Hex.encode(digest.bytes))]"
     }
 
     /// A policy activation (boot, push): always recorded. A refused push: counted always,
@@ -213,7 +257,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             ("previous_policy_id", previous.map { .string($0.id) } ?? .null),
             ("previous_policy_version", previous.map { .uint($0.version) } ?? .null),
             ("policy_sha256", policy.source.map { .string(Hex.encode(PolicySummary.sha256($0))) } ?? .null),
-            ("detail", .string(detail)),
+            ("detail", .string(Self.bounded(detail, AuditLimits.recordMessageBytes))),
         ]).serialized()
         _ = enqueue(line, overflow: .block, force: true, refusedPush: refused)
     }
@@ -269,6 +313,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     // MARK: Consumer
 
     private func drain() {
+        var pause = AuditLimits.retryPauseSeconds.lowerBound
         while true {
             monitor.lock()
             while queue.isEmpty && !stopping { _ = monitor.wait(until: nil) }
@@ -278,20 +323,57 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
                 writerDone.signal()
                 return
             }
+            // Every queued record, from `headWritten` bytes into the first. They stay queued
+            // (held against the bounds) until written.
             let batch = queue
-            queue.removeAll(keepingCapacity: true)
-            queueBytes = 0
+            let skip = headWritten
             monitor.unlock()
 
-            var failed = false
-            if let writer {
-                var bytes: [UInt8] = []
-                for l in batch { bytes += Array(l.utf8); bytes.append(0x0A) }
-                do { try writer(bytes) } catch { failed = true }
+            var bytes: [UInt8] = []
+            for l in batch { bytes += l.utf8; bytes.append(0x0A) }
+            var written = bytes.count
+            var failure: String? = nil
+            if let writer, skip < bytes.count {
+                do { try writer(skip == 0 ? bytes : Array(bytes[skip...])) } catch {
+                    written = skip + ((error as? AuditWriteFailure)?.written ?? 0)
+                    failure = "\(error)"
+                }
             }
             monitor.lock()
-            if failed { _writeErrors &+= 1 }
+            // The records written whole leave the queue; a partly written one stays at its head.
+            var consumed = 0, n = 0
+            for l in batch {
+                let length = l.utf8.count + 1
+                guard consumed + length <= written else { break }
+                consumed += length
+                n += 1
+            }
+            if n > 0 {
+                queueBytes -= batch[..<n].reduce(0) { $0 + $1.utf8.count }
+                queue.removeFirst(n)
+            }
+            headWritten = written - consumed
+            if let failure {
+                _writeErrors &+= 1
+                _lastWriteError = failure
+            } else {
+                _lastWriteError = nil
+            }
             monitor.broadcast()  // room in the queue: wake blocked producers
+            if failure != nil {
+                // A stopping service waits for no sink that refuses: what is queued is lost
+                // at exit, counted (`close`).
+                if stopping {
+                    writerRunning = false
+                    monitor.unlock()
+                    writerDone.signal()
+                    return
+                }
+                _ = monitor.wait(until: Monitor.deadline(after: pause))
+                pause = min(pause * 2, AuditLimits.retryPauseSeconds.upperBound)
+            } else {
+                pause = AuditLimits.retryPauseSeconds.lowerBound
+            }
             monitor.unlock()
         }
     }
@@ -299,13 +381,20 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     /// Flush what is queued and stop the writer (shutdown). Waits at most `timeout` seconds for a
     /// stalled writer (a hung disk must not hang shutdown); blocked producers are released and
     /// their verdicts denied (fail closed).
-    public func close(timeout: Double = 10) {
+    /// Returns the records that were accepted but never written whole (0 when the writer emptied
+    /// the queue): a stalled or refusing sink loses them at exit, and the caller says so.
+    @discardableResult
+    public func close(timeout: Double = 10) -> Int {
         monitor.lock()
         stopping = true
         monitor.broadcast()
         let running = writerRunning
         monitor.unlock()
         if running { _ = writerDone.wait(timeout: .now() + timeout) }
+        monitor.lock()
+        defer { monitor.unlock() }
+        _unwrittenAtClose = writer == nil ? 0 : queue.count
+        return _unwrittenAtClose
     }
 
     // MARK: Readers
@@ -313,17 +402,21 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     public struct Counters: Sendable, Equatable {
         public var accepted: UInt64
         public var dropped: UInt64
+        /// Failed writes to the sink (each retried: its records stay queued).
         public var writeErrors: UInt64
+        /// Records accepted and not yet written whole to the sink.
         public var queued: Int
         /// Policy pushes refused since start (all of them, recorded or not).
         public var refusedPushes: UInt64 = 0
+        /// Why the sink refused the last write, while it still does (nil once a write succeeds).
+        public var lastWriteError: String? = nil
     }
 
     public var counters: Counters {
         monitor.lock()
         defer { monitor.unlock() }
-        return Counters(accepted: _accepted, dropped: _dropped, writeErrors: _writeErrors, queued: queue.count,
-                        refusedPushes: _refusedPushes)
+        return Counters(accepted: _accepted, dropped: _dropped, writeErrors: _writeErrors, queued: writer == nil ? 0 : queue.count,
+                        refusedPushes: _refusedPushes, lastWriteError: _lastWriteError)
     }
 
     public struct Page: Sendable {
@@ -476,9 +569,17 @@ final class FileDescriptorBox: @unchecked Sendable {
             let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, bytes.count - off) }  // Safe: non-empty (off < count).
             if n < 0 {
                 if errno == EINTR { continue }
-                throw AdminError(.io, "audit write failed: errno \(errno)")
+                throw AuditWriteFailure(written: off, errno: errno)
             }
             off += n
         }
     }
+}
+
+/// A write to the audit sink that failed after `written` bytes of what it was given.
+public struct AuditWriteFailure: Error, CustomStringConvertible {
+    public let written: Int
+    public let errno: Int32
+    public init(written: Int, errno: Int32) { self.written = written; self.errno = errno }
+    public var description: String { "audit write failed after \(written) bytes: \(String(cString: strerror(errno))) (errno \(errno))" }
 }

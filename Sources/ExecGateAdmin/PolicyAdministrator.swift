@@ -97,12 +97,39 @@ public final class PolicyAdministrator: @unchecked Sendable {
         let c = audit?.counters
         r.auditAccepted = c?.accepted ?? 0
         r.auditDropped = c?.dropped ?? 0
+        r.auditWriteErrors = c?.writeErrors ?? 0
+        r.auditQueued = UInt64(c?.queued ?? 0)
+        r.auditSinkError = c?.lastWriteError ?? ""
         r.auditOverflow = p.auditOverflow.rawValue
         r.activatedBy = pushLock.withLock { activatedBy }
         r.minimumDigest = p.minimumDigest.name
         r.endState = p.endState.rawValue
-        r.rules = PolicySummary.rules(p)
+        r.rules = Self.shownRules(PolicySummary.rules(p))
         return r
+    }
+
+    /// Bytes of rule lines policy-show-reply carries at most. With the source (≤ 1 MiB) and the
+    /// anchors the reply stays well inside the admin port's 2 MiB of unwritten replies: a valid
+    /// policy of 35,000 `for guest` rules made a 2.27 MB reply the port refused to hold, and the
+    /// operator could not see the policy in force (a policy/admin review, 2026-12-05).
+    static let shownRuleBytes = 512 << 10
+    /// Rule lines at most, the last saying how many more there are: the reply's decoder takes
+    /// 4,096 copies of tag 13 (a policy of more rules made a reply no client read).
+    static let shownRuleLines = 4096
+
+    /// `rules` up to `shownRuleBytes` and `shownRuleLines` − 1 lines, then one line saying how
+    /// many more the source holds.
+    static func shownRules(_ rules: [String]) -> [String] {
+        var out: [String] = [], used = 0
+        for (i, r) in rules.enumerated() {
+            guard used + r.utf8.count <= shownRuleBytes, out.count < shownRuleLines - 1 || rules.count <= shownRuleLines else {
+                out.append("… and \(rules.count - i) more rule(s), not listed here: the source (tag 4) holds them all")
+                break
+            }
+            out.append(r)
+            used += r.utf8.count
+        }
+        return out
     }
 
     public func auditRead(_ q: AuditRead) -> AuditReadReply { auditRead(q, maximumBytes: AuditLimits.maximumBytesPerRead) }
@@ -180,6 +207,8 @@ public enum PolicySummary {
             ("policy_id", .string(r.policyID)), ("policy_version", .uint(r.policyVersion)), ("mode", .string(r.mode)),
             ("activated_by", .string(r.activatedBy)), ("minimum_digest", .string(r.minimumDigest)), ("end_state", .string(r.endState)),
             ("audit_overflow", .string(r.auditOverflow)), ("audit_accepted", .uint(r.auditAccepted)), ("audit_dropped", .uint(r.auditDropped)),
+            ("audit_write_errors", .uint(r.auditWriteErrors)), ("audit_queued", .uint(r.auditQueued)),
+            ("audit_sink_error", r.auditSinkError.isEmpty ? .null : .string(r.auditSinkError)),
             ("anchors", .array(r.anchors.map { .string($0) })), ("rules", .array(r.rules.map { .string($0) })),
             ("source_sha256", .string(Hex.encode(r.sourceSHA256))), ("source", .string(r.source)),
         ])

@@ -12,7 +12,9 @@ enum HelpText {
         if !config.subcommands.isEmpty {
             out += "USAGE: \(name) <subcommand>\n\nSUBCOMMANDS:\n"
             for s in config.subcommands { out += row(s.commandName, s.configuration.abstract) }
-            out += "\n  See '\(name) help <subcommand>' for detailed help.\n"
+            // `help` is the root's: `execgate help policy push`, never `execgate policy help push`.
+            let helpPath = ([path.first ?? name, "help"] + path.dropFirst()).joined(separator: " ")
+            out += "\n  See '\(helpPath) <subcommand>' for detailed help.\n"
             return out
         }
         // Building the table cannot fail for a command that parses; help shows what it can.

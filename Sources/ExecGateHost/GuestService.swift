@@ -74,7 +74,8 @@ public enum GuestService {
         ready()
         await stop.wait()
         GuestInit.log("signal received: shutting down the verifier")
-        await service.shutdown()
+        let unwritten = await service.shutdown()
+        if unwritten > 0 { GuestInit.log("\(unwritten) audit record(s) accepted but never written to the audit sink before shutdown") }
     }
 }
 

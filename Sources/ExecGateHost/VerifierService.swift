@@ -123,11 +123,13 @@ public final class VerifierService: Sendable {
     }
 
     /// Stops accepting, lets requests in flight finish (bounded), closes the admin port and
-    /// flushes the audit log.
-    public func shutdown() async {
+    /// flushes the audit log. Returns the audit records the sink never took whole (it stalled or
+    /// refused past the flush's bound): lost at exit, for the caller to report.
+    @discardableResult
+    public func shutdown() async -> Int {
         await admin?.shutdown()  // before the server, which shuts down the loops the admin port runs on
         await server.shutdown()
-        audit?.close()
+        return audit?.close() ?? 0
     }
 
     /// A logger for the service: text (swift-log's stream format, control characters in request

@@ -134,7 +134,10 @@ public enum PolicyBundle {
                 throw PolicyBundleError(.signature, "signature does not cover exactly the policy bytes")
             }
         case .failure(let f):
-            throw PolicyBundleError(.signature, "not signed by the admin key '\(admin.subject)': \(f.message) [\(f.detailedCode)]")
+            // The module verifier's words are about a module; here the content is the policy.
+            let why: String
+            if case .digestMismatch = f { why = "signature is valid for different content: the policy was modified" } else { why = f.message }
+            throw PolicyBundleError(.signature, "not signed by the admin key '\(admin.subject)': \(why) [\(f.detailedCode)]")
         }
     }
 

@@ -280,6 +280,11 @@ struct Parser {
             }
             let pin = KernelPin(kernel: try digest(args[0], lineNo), symbols: try digest(args[2], lineNo))
             if kernels.contains(pin) { throw fail(.duplicate, lineNo, args[0].column, "kernel pin given twice") }
+            // One kernel image has one symbol table: a second table for it is a contradiction the
+            // verifier would resolve silently (the first pin of the image applies), so it never loads.
+            if let other = kernels.first(where: { $0.kernel == pin.kernel }) {
+                throw fail(.duplicate, lineNo, args[2].column, "kernel \(pin.kernel) is already pinned with symbols \(other.symbols): one kernel image has one symbol table")
+            }
             kernels.append(pin)
         case "class":
             try guestClass(args, lineNo, head)

@@ -88,31 +88,15 @@ public final class Verifier: @unchecked Sendable {
             return .helloReply(HelloReply(version: WireLimits.protocolVersion, serverName: serverName,
                                           maximumBodySize: UInt32(WireLimits.defaultMaximumBodySize)))
         case .registerGuest(let r):
-            // Bind the symbols to the kernel build: with `kernel … symbols …` pins in the policy,
-            // the registered kernel must be listed and its symbol table (at link-time addresses)
-            // must be exactly the one pinned with it. A registration by digest names that digest
-            // itself; it is pinned (or not) exactly as the records it stands for would be, before
-            // the registry is asked whether it holds them.
-            let digest = KernelFactsKey.symbolsDigest(r)
-            guard let symbols = Digest(algorithm: .sha256, bytes: digest) else {
-                return .error(ErrorReply(code: .badRequest, message: "register-guest '\(r.guestID)': symbols_digest of \(digest.count) bytes; a SHA-256 digest is 32"))
-            }
-            let kernels = policy.trustedKernels
-            if !kernels.isEmpty {
-                guard let kernel = Digest(algorithm: .sha256, bytes: r.kernelDigest), let pin = kernels.first(where: { $0.kernel == kernel }) else {
-                    return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': kernel_digest \(r.kernelDigest.isEmpty ? "missing" : "not listed") (policy \(policy.id) pins \(kernels.count) kernel build(s))"))
-                }
-                guard pin.symbols == symbols else {
-                    return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': the symbols are not the pinned symbol table of kernel \(kernel) (\(symbols) \(r.isByDigest ? "named" : "sent"))"))
-                }
-            }
-            switch guests.register(r, factsDigest: requestDigest ?? [], symbolsDigest: digest) {
-            case .registered(let session):
-                return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: session.kernel.symbolCount),
-                                                              factsDigest: requestDigest ?? [], symbolsDigest: digest, session: session.token))
-            case .refused(let code, let why):
-                return .error(ErrorReply(code: code, message: why))
-            }
+            let reply = register(r, requestDigest: requestDigest)
+            // A reset the server refuses still says what the VMM did: it revoked every grant of
+            // the guest's current session and the guest booted again (protocol.md, register-guest
+            // `reset`). That session is no longer its guest's: left live, a guest rebooted into a
+            // kernel the policy does not pin (untrusted-kernel) kept being judged against the old
+            // kernel's facts (a policy/admin review, 2026-12-05). It ends, holding nothing; the
+            // guest stays registered until a reset is accepted.
+            if r.reset, case .error(let e) = reply { guests.endRefusedReset(r.guestID, code: e.code) }
+            return reply
         case .authorizeModule(let a):
             // The session it arrived in, or its token names (none: it arrived before the guest
             // was registered).
@@ -284,6 +268,35 @@ public final class Verifier: @unchecked Sendable {
             if request.initText != nil { judgement.verdict.initFrames = request.initFrames }
         }
         return judgement.verdict
+    }
+
+    /// register-guest: the policy's kernel pins, then the registry.
+    private func register(_ r: RegisterGuest, requestDigest: [UInt8]?) -> Message {
+        // Bind the symbols to the kernel build: with `kernel … symbols …` pins in the policy,
+        // the registered kernel must be listed and its symbol table (at link-time addresses)
+        // must be exactly the one pinned with it. A registration by digest names that digest
+        // itself; it is pinned (or not) exactly as the records it stands for would be, before
+        // the registry is asked whether it holds them.
+        let digest = KernelFactsKey.symbolsDigest(r)
+        guard let symbols = Digest(algorithm: .sha256, bytes: digest) else {
+            return .error(ErrorReply(code: .badRequest, message: "register-guest '\(r.guestID)': symbols_digest of \(digest.count) bytes; a SHA-256 digest is 32"))
+        }
+        let kernels = policy.trustedKernels
+        if !kernels.isEmpty {
+            guard let kernel = Digest(algorithm: .sha256, bytes: r.kernelDigest), let pin = kernels.first(where: { $0.kernel == kernel }) else {
+                return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': kernel_digest \(r.kernelDigest.isEmpty ? "missing" : "not listed") (policy \(policy.id) pins \(kernels.count) kernel build(s))"))
+            }
+            guard pin.symbols == symbols else {
+                return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': the symbols are not the pinned symbol table of kernel \(kernel) (\(symbols) \(r.isByDigest ? "named" : "sent"))"))
+            }
+        }
+        switch guests.register(r, factsDigest: requestDigest ?? [], symbolsDigest: digest) {
+        case .registered(let session):
+            return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: session.kernel.symbolCount),
+                                                          factsDigest: requestDigest ?? [], symbolsDigest: digest, session: session.token))
+        case .refused(let code, let why):
+            return .error(ErrorReply(code: code, message: why))
+        }
     }
 
     /// Audit mode: what enforce would deny is allowed, flagged `auditOnly`, and keeps its reason.

@@ -160,6 +160,9 @@ final class CommandParserTests: XCTestCase {
         XCTAssertEqual(h2, h)
         guard case .help(let group) = parse(["vm", "-h"]) else { return XCTFail("no help") }
         XCTAssertTrue(group.contains("SUBCOMMANDS:") && group.contains("start") && group.contains("Boot it."), group)
+        // Its hint names the form that works (`tool help vm start`; `tool vm help start` is no command).
+        XCTAssertTrue(group.contains("See 'tool help vm <subcommand>'"), group)
+        guard case .help = parse(["help", "vm", "start"]) else { return XCTFail("the hinted form") }
         // After `--`, --help is a positional word.
         XCTAssertEqual(start(["--key", "k", "--", "--help"])?.file, "--help")
         // The refusal for a missing subcommand shows the group's help.

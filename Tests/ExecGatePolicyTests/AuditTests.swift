@@ -10,6 +10,7 @@ import ExecGateSignature
 import ExecGateTestSupport
 import ExecGateVerifier
 import ExecGateWire
+import NIOConcurrencyHelpers
 import NIOCore
 import XCTest
 import Dispatch
@@ -109,7 +110,8 @@ final class AuditTests: XCTestCase {
         v.auditSink = log
         var decisions: [Verdict.Decision] = []
         for _ in 0..<6 { decisions.append(v.authorize(try request("crc7.ko"), requestDigest: []).decision) }
-        // One batch is taken by the stalled writer, two fill the queue, then every verdict is denied.
+        // Two fill the queue (the stalled writer's batch stays queued until it is written), then
+        // every verdict is denied.
         XCTAssertEqual(decisions.prefix(2), [.allow, .allow])
         XCTAssertEqual(decisions.suffix(3), [.deny, .deny, .deny])
         let denied = v.authorize(try request("crc7.ko"), requestDigest: [])
@@ -121,6 +123,68 @@ final class AuditTests: XCTestCase {
         XCTAssertEqual(v.authorize(try request("crc7.ko"), requestDigest: []).decision, .allow)
         for _ in 0..<20 { stalled.gate.signal() }
         log.close()
+    }
+
+    /// A sink that takes part of a write and then refuses (a disk filling up, later freed): the
+    /// records stay queued, counted against the queue's bounds, and are written whole and in order
+    /// once it takes them again, the cut record resumed at its first unwritten byte: none lost, none
+    /// cut, none glued to the next. While it refuses, `policy show` says so.
+    func testAFailingSinkKeepsItsRecordsAndResumesMidRecord() throws {
+        final class FillingDisk: @unchecked Sendable {
+            let lock = NIOLock()
+            var bytes: [UInt8] = []
+            var room = 700  // bytes it takes before it is full: one record and part of the next
+            func write(_ b: [UInt8]) throws {
+                try lock.withLock {
+                    let n = min(room, b.count)
+                    bytes += b[..<n]
+                    room -= n
+                    if n < b.count { throw AuditWriteFailure(written: n, errno: ENOSPC) }
+                }
+            }
+        }
+        let disk = FillingDisk()
+        let log = AuditLog(capacity: 64, blockTimeout: 0.2, writer: { try disk.write($0) })
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3)))  // audit-overflow block
+        v.auditSink = log
+        for _ in 0..<5 { XCTAssertEqual(v.authorize(try request("crc7.ko"), requestDigest: []).decision, .allow) }
+        let administrator = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: log)
+        var shown = administrator.show()
+        for _ in 0..<100 where shown.auditWriteErrors == 0 || shown.auditQueued < 4 { usleep(10_000); shown = administrator.show() }
+        XCTAssertGreaterThan(shown.auditWriteErrors, 0)
+        XCTAssertGreaterThanOrEqual(shown.auditQueued, 4, "the records the disk did not take are still queued")
+        XCTAssertTrue(shown.auditSinkError.contains("No space left on device"), shown.auditSinkError)
+        let decoded = try PolicyShowReply(decoding: shown.encode())
+        XCTAssertEqual(decoded, shown, "the sink's state crosses the admin port")
+        disk.lock.withLock { disk.room = Int.max / 2 }
+        log.flush()
+        let lines = disk.lock.withLock { disk.bytes }.split(separator: 0x0A, omittingEmptySubsequences: false)
+        XCTAssertEqual(lines.count, 6, "five records, each ended by its newline")
+        for l in lines.prefix(5) {
+            let text = String(decoding: l, as: UTF8.self)
+            XCTAssertTrue(text.hasPrefix("{\"time\":") && text.hasSuffix("}") && text.contains("\"event\":\"verdict\""), text)
+        }
+        XCTAssertEqual(log.counters.queued, 0)
+        XCTAssertNil(log.counters.lastWriteError, "a write succeeded since")
+        XCTAssertEqual(log.close(), 0)
+    }
+
+    /// The same with a real device that refuses every write (/dev/full: ENOSPC): under
+    /// `audit-overflow block` the queue fills with the records it never takes and the next verdict
+    /// is denied `audit.unrecorded` — no allow stands without its record in the queue — and
+    /// shutdown says how many were never written.
+    func testASinkThatRefusesEveryWriteFailsClosed() throws {
+        let log = try AuditLog.appending(to: "/dev/full", capacity: 3, blockTimeout: 0.2)
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3)))  // audit-overflow block
+        v.auditSink = log
+        for _ in 0..<3 { XCTAssertEqual(v.authorize(try request("crc7.ko"), requestDigest: []).decision, .allow) }
+        let denied = v.authorize(try request("crc7.ko"), requestDigest: [])
+        XCTAssertEqual(denied.decision, .deny, denied.message)
+        XCTAssertEqual(denied.reason, .auditUnrecorded, denied.message)
+        XCTAssertGreaterThan(log.counters.writeErrors, 0)
+        XCTAssertEqual(log.counters.queued, 3)
+        XCTAssertEqual(log.counters.dropped, 0)
+        XCTAssertEqual(log.close(timeout: 1), 3, "the three accepted records were never written")
     }
 
     func testDropKeepsServingAndCountsDrops() throws {
@@ -136,6 +200,25 @@ final class AuditTests: XCTestCase {
         XCTAssertEqual(administrator.show().auditDropped, log.counters.dropped)
         for _ in 0..<20 { stalled.gate.signal() }
         log.close()
+    }
+
+    /// A valid policy near the 1 MiB limit made of `for guest` rules (a policy/admin review: 35,000
+    /// of them made a 2.27 MB policy-show-reply, past the admin port's 2 MiB of unwritten replies,
+    /// and `policy show` failed): the reply lists rules up to 512 KiB and says how many more the
+    /// source holds, so it fits whatever the policy.
+    func testPolicyShowOfTheLargestPolicyFitsTheAdminPort() throws {
+        var body = "modules allow\n"
+        var i = 0
+        while body.utf8.count < 1_000_000 - 2_000 { body += "modules deny for guest web-\(i)\n"; i += 1 }
+        let text = try PolicyFixtures.text(version: 3, body: body)
+        let v = Verifier(policy: try PolicyFixtures.parse(text))
+        let shown = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: nil).show()
+        let bytes = shown.encode().readableBytes
+        XCTAssertLessThan(bytes, AuditLimits.pagePoolBytes - (256 << 10), "policy-show-reply of \(bytes) bytes for \(i) rules")
+        XCTAssertEqual(shown.source, text)
+        let last = try XCTUnwrap(shown.rules.last)
+        XCTAssertTrue(last.hasPrefix("… and ") && last.contains("more rule(s)"), last)
+        XCTAssertEqual(try PolicyShowReply(decoding: shown.encode()), shown)
     }
 
     func testPushIsDisabledWithoutAnAdminCertificate() throws {

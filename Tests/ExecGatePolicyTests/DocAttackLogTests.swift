@@ -34,5 +34,19 @@ final class DocAttackLogTests: XCTestCase {
         for line in log.split(separator: "\n") {
             XCTAssertFalse(line.hasPrefix("2000-01-01"), "a request's words started a log line: \(line)")  // …never as a line
         }
+        // Nor fields of a line: a value with spaces and `=` is one quoted field (a policy/admin
+        // review: `module=crc8 decision=allow policy=…` before the real `decision=deny`).
+        let words = "nobody decision=allow policy=forged@9 reason=allowed"
+        let f = Fixtures.runExecgate(["request", "module", try Fixtures.module(named: "vsock.ko"), "--connect", vmm, "--guest", words])
+        XCTAssertEqual(f.status, 2, f.stderr)
+        usleep(300_000)
+        let after = String(decoding: try Fixtures.readFile(dir + "/err"), as: UTF8.self)
+        XCTAssertTrue(after.contains("why=\"guest '\(words)'"), after)
+        for line in after.split(separator: "\n") {
+            // The line's fields outside quoted values: the request's words are never among them.
+            var outside = "", quoted = false
+            for c in line { if c == "\"" { quoted.toggle() } else if !quoted { outside.append(c) } }
+            XCTAssertFalse(outside.contains("decision=allow"), "request words logged as fields of their own: \(line)")
+        }
     }
 }

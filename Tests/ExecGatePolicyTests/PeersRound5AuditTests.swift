@@ -8,6 +8,7 @@
 import _ExecGateInternals
 import ExecGateAdmin
 import ExecGatePolicy
+import ExecGateSignature
 import ExecGateTestSupport
 import ExecGateVerifier
 import ExecGateWire
@@ -38,9 +39,18 @@ final class PeersRound5AuditTests: XCTestCase {
         let held = page.records.reduce(0) { $0 + $1.utf8.count }
         print("audit: \(page.records.count) records retained, \(held >> 10) KiB")
         XCTAssertLessThanOrEqual(held, 4 << 20, "the retained audit records outgrew their share of the service's reserve")
-        // The newest record is still there, whole (a reader sees the last verdict).
+        // The newest record is still there (a reader sees the last verdict), its words bounded:
+        // the first 1 KiB and a marker with their length and SHA-256, so the record stays one
+        // string of audit-read-reply (< 64 KiB) and `policy audit` can carry it out (a record of
+        // such words once stopped every read at it: string-too-long).
         let last = try XCTUnwrap(page.records.last)
-        XCTAssertEqual(try JSONReader.parse(Array(last.utf8))["guest"]?.stringValue, "g39" + words)
+        let guest = try XCTUnwrap(try JSONReader.parse(Array(last.utf8))["guest"]?.stringValue)
+        let full = "g39" + words
+        XCTAssertTrue(guest.hasPrefix("g39\u{1}") && guest.hasSuffix("]"), guest.prefix(40) + "…")
+        XCTAssertTrue(guest.contains("…[\(full.utf8.count) bytes, sha256:\(Hex.encode(Array(full.utf8).withUnsafeBytes { Digest.sha256($0) }.bytes))]"))
+        for r in page.records { XCTAssertLessThan(r.utf8.count, 64 << 10, "a record past a wire string's limit") }
+        let reply = AuditReadReply(records: Array(page.records.suffix(3)), nextSeq: page.nextSeq, dropped: 0, oldestSeq: page.oldestSeq)
+        XCTAssertEqual(try AuditReadReply(decoding: reply.encode()).records, reply.records, "the records cross the admin port")
         log.close()
     }
 
@@ -54,16 +64,20 @@ final class PeersRound5AuditTests: XCTestCase {
         v.auditSink = log
         let module = try Fixtures.readFile(try Fixtures.module(named: "crc7.ko"))
         let words = String(repeating: "\u{1}", count: 60 << 10)
-        for i in 0..<40 {
+        // Each record holds 1 KiB of each word, 6 bytes of JSON a character: ~13 KiB, so 8 MiB
+        // is ~650 records, well under 4096.
+        let n = 1000
+        for i in 0..<n {
             var r = AuthorizeModule(guestID: "g\(i)" + words, module: ByteBuffer(bytes: module))
             r.moduleName = "m" + words
-            XCTAssertNotEqual(v.authorize(r, requestDigest: [UInt8(i)]).reason, .auditUnrecorded)  // drop: never denied for the audit
+            XCTAssertNotEqual(v.authorize(r, requestDigest: [UInt8(truncatingIfNeeded: i)]).reason, .auditUnrecorded)  // drop: never denied for the audit
         }
         let c = log.counters
-        print("audit queue: \(c.queued) queued, \(c.dropped) dropped of 40")
-        XCTAssertGreaterThan(c.dropped, 0, "40 records of ~720 KiB were all queued")
-        XCTAssertLessThanOrEqual(c.queued, 12, "more than 8 MiB of ~720 KiB records queued")
-        XCTAssertEqual(c.accepted + c.dropped, 40)
+        let size = try XCTUnwrap(log.read(after: 0, limit: 1).records.first).utf8.count + 1
+        print("audit queue: \(c.queued) queued, \(c.dropped) dropped of \(n), \(size) bytes a record")
+        XCTAssertGreaterThan(c.dropped, 0, "\(n) records of \(size) bytes were all queued")
+        XCTAssertLessThanOrEqual((c.queued - 1) * (size - 16), 8 << 20, "more than 8 MiB of records queued")
+        XCTAssertEqual(c.accepted + c.dropped, UInt64(n))
         for _ in 0..<64 { gate.signal() }
         log.close()
     }

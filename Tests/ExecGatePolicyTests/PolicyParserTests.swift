@@ -150,6 +150,8 @@ final class PolicyParserTests: XCTestCase {
             (head + "trust sha256:\(fp)\nmodules allow\n", .badCertificate, 6, 1),
             (head + "trust kernel-builtin\nmodules allow\nclass db db-*x\n", .badArgument, 7, 10),
             (head + "trust kernel-builtin\nmodules allow\ndeny module-name vsock/diag\n", .badArgument, 7, 23),
+            // One kernel image pinned with two symbol tables: a contradiction (only one would apply).
+            (head + "trust kernel-builtin\nmodules allow\nkernel sha256:abababababababababababababababababababababababababababababababab symbols sha256:cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd\nkernel sha256:abababababababababababababababababababababababababababababababab symbols sha256:efefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefef\n", .duplicate, 8, 88),
         ]
         for (text, code, line, column) in cases {
             XCTAssertThrowsError(try PolicyFixtures.parse(text, builtin: try Fixtures.debianCertificates()), text) { e in

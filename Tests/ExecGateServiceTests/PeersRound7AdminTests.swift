@@ -39,8 +39,10 @@ final class PeersRound7AdminTests: XCTestCase {
         XCTAssertTrue(serve.up)
         let module = try Fixtures.readFile(try Fixtures.module(named: "vsock.ko"))
         let vmm = try await ExecGateClient.connect(to: .unix(path: serve.vmm), timeout: 20)
-        let name = String(repeating: "n", count: 60 << 10)
-        for _ in 0..<25 {
+        // A record keeps 1 KiB of the name (AuditLimits.recordWordBytes), each control character
+        // 6 bytes of JSON: ~6.5 KiB a record, 250 of them more than a page.
+        let name = String(repeating: "\u{1}", count: 60 << 10)
+        for _ in 0..<250 {
             var a = AuthorizeModule(module: ByteBuffer(bytes: module))
             a.moduleName = name
             _ = try await vmm.send(.authorizeModule(a))

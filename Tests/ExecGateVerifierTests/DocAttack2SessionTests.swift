@@ -154,19 +154,30 @@ final class DocAttack2SessionTests: XCTestCase {
 
     // MARK: Guest lifecycle
 
-    /// protocol.md register-guest: "a refused registration (reset or not) changes nothing".
-    /// Attack: a reset with implausible facts; the old session, its live modules and frames must
-    /// stay (and a reload of the live module is still `claim.module-already-live`).
-    func testRefusedResetLeavesTheSessionAlive() throws {
+    /// protocol.md register-guest: a refused registration changes nothing, but a refused *reset*
+    /// ends the guest's session (the VMM revoked its grants before resetting; left live, a guest
+    /// rebooted into an unpinned kernel kept being judged against the old one's facts,
+    /// SessionAttackTests.testARefusedResetEndsTheGuestsSession). Attack: a reset with implausible
+    /// facts. Refused, the guest stays registered, the old session is ended: a load in it is
+    /// denied for that (not taken as a second copy of a live module), nothing is charged; an
+    /// honest reset then starts the next session.
+    func testRefusedResetEndsTheSession() throws {
         let g = try FixtureGuest()
         XCTAssertEqual(try g.load("llc").decision, .allow)
+        let old = try XCTUnwrap(g.verifier.guests.session("g"))
         var r = g.registration
         r.reset = true
         r.presentCPUs = 0
         guard case .error(let e) = g.verifier.respond(to: .registerGuest(r), requestDigest: []) else { return XCTFail("implausible reset accepted") }
         XCTAssertEqual(e.code, .implausibleFacts, e.message)
-        XCTAssertEqual(g.session.allowedModules, ["llc"])
-        XCTAssertEqual(try g.load("llc").reason, .moduleAlreadyLive)
+        XCTAssertTrue(g.verifier.guests.session("g") === old, "still registered")
+        let again = try g.load("llc")
+        XCTAssertEqual(again.reason, .endStateUnavailable, again.message)
+        XCTAssertTrue(again.message.contains("reset was refused"), again.message)
+        XCTAssertEqual(old.liveBytes, 0)
+        r.presentCPUs = g.registration.presentCPUs
+        guard case .registerGuestReply = g.verifier.respond(to: .registerGuest(r), requestDigest: []) else { return XCTFail("the honest reset") }
+        XCTAssertFalse(g.verifier.guests.session("g") === old, "a new session")
     }
 
     /// protocol.md: a registration by digest attaches to the build the server "holds **now**",

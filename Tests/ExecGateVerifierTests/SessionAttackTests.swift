@@ -410,6 +410,47 @@ final class SessionAttackTests: XCTestCase {
         XCTAssertEqual(r.symbolsDigest, first.symbolsDigest)
     }
 
+    /// Attack (a policy/admin review, 2026-12-05): a guest registered before the operator pinned
+    /// its kernel build reboots into a build the policy does not pin; the VMM revokes its grants
+    /// and sends reset=1, refused `untrusted-kernel`. The old session stayed live: the guest,
+    /// now on an unpinned kernel, kept having modules judged (and allowed) against the old
+    /// kernel's facts. A refused reset ends the session: its requests are denied, its modules
+    /// are gone; an accepted reset starts the next one.
+    func testARefusedResetEndsTheGuestsSession() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let reg = try boot.registration(guestID: "g")
+        let v = Verifier(policy: Policy(id: "open", version: 1, trust: try Fixtures.debianTrust()))
+        guard case .registerGuestReply(let first) = v.respond(to: .registerGuest(reg), requestDigest: []) else { return XCTFail("registration") }
+        XCTAssertEqual(v.authorize(try boot.module("llc").request(guestID: "g"), requestDigest: [], arrival: v.guests.arrivalStamp()).decision, .allow)
+        // The operator pins another build; the guest reboots into the one it had, now unpinned.
+        var pinned = Policy(id: "pinned", version: 2, trust: try Fixtures.debianTrust())
+        pinned.trustedKernels = [KernelPin(kernel: try XCTUnwrap(Digest(algorithm: .sha256, bytes: [UInt8](repeating: 0xcd, count: 32))),
+                                           symbols: try XCTUnwrap(Digest(algorithm: .sha256, bytes: first.symbolsDigest)))]
+        try v.replacePolicy(pinned)
+        var reset = reg
+        reset.reset = true
+        guard case .error(let refused) = v.respond(to: .registerGuest(reset), requestDigest: []) else { return XCTFail("reset into an unpinned kernel accepted") }
+        XCTAssertEqual(refused.code, .untrustedKernel)
+        // The old session's requests: denied, with its token or without.
+        var stp = try boot.module("stp").request(guestID: "g")
+        for token: UInt64? in [first.session, nil] {
+            stp.session = token
+            let after = v.authorize(stp, requestDigest: [], arrival: v.guests.arrivalStamp())
+            XCTAssertEqual(after.decision, .deny, "a module allowed in the session a refused reset replaced: \(after.message)")
+            XCTAssertEqual(after.reason, .endStateUnavailable, after.message)
+            XCTAssertTrue(after.message.contains("reset was refused"), after.message)
+        }
+        XCTAssertEqual(v.guests.session("g")?.liveBytes, 0, "its live modules' charge went back")
+        // An accepted reset (the operator pins the build) starts the next session.
+        var fixed = pinned
+        fixed.version = 3
+        fixed.trustedKernels = []
+        try v.replacePolicy(fixed)
+        guard case .registerGuestReply(let next) = v.respond(to: .registerGuest(reset), requestDigest: []) else { return XCTFail("the accepted reset") }
+        XCTAssertNotEqual(next.session, first.session)
+        XCTAssertEqual(v.authorize(try boot.module("llc").request(guestID: "g"), requestDigest: [], arrival: v.guests.arrivalStamp()).decision, .allow)
+    }
+
     /// A verdict the audit sink refuses (audit-overflow block) is a deny: the module it would have
     /// admitted never becomes live, and a patch it would have allowed moves no key.
     func testAuditRefusalRollsBackTheCommit() throws {

@@ -79,25 +79,6 @@ final class SharedCorpusSessionTests: XCTestCase {
             }
         }
 
-        // Re-registration: without reset; with reset and one lying pv_ops entry (each entry in turn);
-        // with RETPOLINE cleared.
-        var reregistration = Tally()
-        if case .error = v.respond(to: .registerGuest(registration), requestDigest: []) { reregistration.attack(refused: true) } else { reregistration.attack(refused: false) }
-        for entry in 0..<(registration.pvOps.count / 8) {
-            var lying = registration
-            lying.reset = true
-            lying.pvOps.replaceSubrange(entry * 8..<entry * 8 + 8, with: [0x00, 0x10, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00])  // 0x401000
-            if case .error(let e) = v.respond(to: .registerGuest(lying), requestDigest: []), e.code == .implausibleFacts {
-                reregistration.attack(refused: true)
-            } else { reregistration.attack(refused: false) }
-        }
-        var noRetpoline = registration
-        noRetpoline.reset = true
-        let bit = FeatureBits.debian6_1.retpoline
-        noRetpoline.cpuCapabilities[bit / 8] &= ~UInt8(1 << (bit % 8))
-        if case .error = v.respond(to: .registerGuest(noRetpoline), requestDigest: []) { reregistration.attack(refused: true) } else { reregistration.attack(refused: false) }
-        XCTAssertTrue(v.guests.session("g") === session, "no refused registration replaced the session")
-
         // Retire everything (dependents first), then load again at the same addresses.
         var retireReload = Tally()
         for n in names.reversed() {
@@ -129,6 +110,29 @@ final class SharedCorpusSessionTests: XCTestCase {
             retireReload.tried += 1
             if r.decision == .allow { retireReload.denied += 1 } else { XCTFail("\(label) reload \(n): \(r.message)") }
         }
+
+        // Re-registration (last: a refused reset ends the session): without reset; with reset and
+        // one lying pv_ops entry (each entry in turn); with RETPOLINE cleared.
+        var reregistration = Tally()
+        if case .error = v.respond(to: .registerGuest(registration), requestDigest: []) { reregistration.attack(refused: true) } else { reregistration.attack(refused: false) }
+        for entry in 0..<(registration.pvOps.count / 8) {
+            var lying = registration
+            lying.reset = true
+            lying.pvOps.replaceSubrange(entry * 8..<entry * 8 + 8, with: [0x00, 0x10, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00])  // 0x401000
+            if case .error(let e) = v.respond(to: .registerGuest(lying), requestDigest: []), e.code == .implausibleFacts {
+                reregistration.attack(refused: true)
+            } else { reregistration.attack(refused: false) }
+        }
+        var noRetpoline = registration
+        noRetpoline.reset = true
+        let bit = FeatureBits.debian6_1.retpoline
+        noRetpoline.cpuCapabilities[bit / 8] &= ~UInt8(1 << (bit % 8))
+        if case .error = v.respond(to: .registerGuest(noRetpoline), requestDigest: []) { reregistration.attack(refused: true) } else { reregistration.attack(refused: false) }
+        XCTAssertTrue(v.guests.session("g") === session, "no refused registration replaced the session")
+        // A refused reset still ends it (the VMM revoked its grants before resetting): its
+        // requests are denied from then on (protocol.md, register-guest).
+        let afterReset = v.authorize(requests[names[0]]!, requestDigest: [])
+        XCTAssertEqual(afterReset.reason, .endStateUnavailable, afterReset.message)
 
         XCTAssertEqual(overlap.falseAccepts + duplicate.falseAccepts + halfKey.falseAccepts + reregistration.falseAccepts, 0)
         XCTAssertGreaterThan(halfKey.tried, 0)

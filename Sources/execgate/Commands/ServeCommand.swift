@@ -82,6 +82,7 @@ struct ServeCommand: AsyncParsableCommand {
         fflush(stdout)
         await stop.wait()
         c.logger.info("signal received: shutting down")
-        await service.shutdown()
+        let unwritten = await service.shutdown()
+        if unwritten > 0 { c.logger.error("\(unwritten) audit record(s) accepted but never written to the audit file: the sink did not take them before shutdown (they were readable through audit-read until now)") }
     }
 }
