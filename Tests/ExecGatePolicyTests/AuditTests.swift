@@ -4,6 +4,7 @@
 // `audit-overflow block` fails closed when the sink cannot keep up, `drop` keeps serving and counts.
 // Also the dry run (`execgate policy test`) on the captured boot in the explainer's corpus.
 
+import _ExecGateInternals
 import ExecGateAdmin
 import ExecGatePolicy
 import ExecGateSignature
@@ -279,6 +280,13 @@ final class AuditTests: XCTestCase {
         XCTAssertEqual(signed.status, 0, signed.stderr)
         XCTAssertEqual(Fixtures.runExecgate(["policy", "check", dir + "/b.bundle", "--admin-cert", adminCert, "--trust", cert]).status, 0)
         XCTAssertEqual(Fixtures.runExecgate(["policy", "check", dir + "/b.bundle", "--admin-cert", cert, "--trust", cert]).status, 2)
+        // `check --json` says everything the policy says: its deny lists too (they were missing).
+        let checked = Fixtures.runExecgate(["policy", "check", dir + "/b.bundle", "--admin-cert", adminCert, "--trust", cert, "--json"])
+        XCTAssertEqual(checked.status, 0, checked.stderr)
+        let summary = try JSONReader.parse(Array(checked.stdout.utf8))
+        XCTAssertEqual(summary["denied_module_names"], .array([.string("vsock_diag")]))
+        XCTAssertEqual(summary["denied_modules"], .array([.string("sha256:ea2935d46800d6e0684b9d67b2366a1b1694798598509fa967fb908149ba0e94")]))
+        XCTAssertEqual(summary["kernels"], .array([]))
 
         let vmm = "unix:" + dir + "/v.sock", adm = "unix:" + dir + "/a.sock"
         let pid = Fixtures.spawnExecgate(["serve", "--listen", vmm, "--admin-listen", adm, "--trust", cert, "--policy", policies + "/default.policy",

@@ -114,6 +114,12 @@ struct PolicyCheck: ParsableCommand {
                     ("mode", .string(p.mode.rawValue)), ("trust_anchors", .uint(UInt64(p.trust.anchors.count))), ("kernel_builtin", .string(builtin)),
                     ("minimum_digest", .string(p.minimumDigest.name)), ("end_state", .string(p.endState.rawValue)),
                     ("audit_overflow", .string(p.auditOverflow.rawValue)), ("rules", .array(PolicySummary.rules(p).map { .string($0) })),
+                    // Everything else the policy says, so a machine reading the check sees all of it.
+                    ("denied_certificates", .array(p.denyList.certificateTBSHashes.map(\.description).sorted().map { .string($0) })),
+                    ("denied_modules", .array(p.denyList.moduleContentHashes.map(\.description).sorted().map { .string($0) })),
+                    ("denied_module_names", .array(p.deniedModuleNames.sorted().map { .string($0) })),
+                    ("pinned_modules", .array(p.pinnedModules.map(\.description).sorted().map { .string($0) })),
+                    ("kernels", .array(p.trustedKernels.map { .object([("kernel", .string($0.kernel.description)), ("symbols", .string($0.symbols.description))]) })),
                 ]).serialized())
             } else {
                 let unresolved = builtin == "not-resolved"
