@@ -124,6 +124,9 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     /// Records still queued when `close` gave up on the writer (lost at exit).
     private var _unwrittenAtClose = 0
     private var stopping = false
+    /// Set when the service begins to stop: a verdict waiting for queue room under `block` stops
+    /// waiting (denied) instead of outliving the event loops that would answer it.
+    private var waitsRefused = false
     private var writerRunning = false
     private let capacity: Int
     private let retained: Int
@@ -275,7 +278,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
                 return true
             case .block:
                 let deadline = Monitor.deadline(after: blockTimeout)
-                while full() && !stopping {
+                while full() && !stopping && !waitsRefused {
                     if !monitor.wait(until: deadline) { break }
                 }
                 guard !full() else { return false }
@@ -369,7 +372,9 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
                     writerDone.signal()
                     return
                 }
-                _ = monitor.wait(until: Monitor.deadline(after: pause))
+                // The whole pause: a record queued meanwhile wakes the monitor, not the sink.
+                let deadline = Monitor.deadline(after: pause)
+                while !stopping { if !monitor.wait(until: deadline) { break } }
                 pause = min(pause * 2, AuditLimits.retryPauseSeconds.upperBound)
             } else {
                 pause = AuditLimits.retryPauseSeconds.lowerBound
@@ -381,6 +386,15 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     /// Flush what is queued and stop the writer (shutdown). Waits at most `timeout` seconds for a
     /// stalled writer (a hung disk must not hang shutdown); blocked producers are released and
     /// their verdicts denied (fail closed).
+    /// The service is stopping: verdicts waiting for queue room are denied now (fail closed), and
+    /// so is every later one that finds the queue full; the writer keeps writing.
+    public func refuseWaits() {
+        monitor.lock()
+        waitsRefused = true
+        monitor.broadcast()
+        monitor.unlock()
+    }
+
     /// Returns the records that were accepted but never written whole (0 when the writer emptied
     /// the queue): a stalled or refusing sink loses them at exit, and the caller says so.
     @discardableResult

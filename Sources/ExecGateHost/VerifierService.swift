@@ -127,6 +127,9 @@ public final class VerifierService: Sendable {
     /// refused past the flush's bound): lost at exit, for the caller to report.
     @discardableResult
     public func shutdown() async -> Int {
+        // Verdicts waiting for audit-queue room (audit-overflow block, a stalled sink) are denied
+        // now: waiting up to 5 s each they outlived the event loops that must answer them.
+        audit?.refuseWaits()
         await admin?.shutdown()  // before the server, which shuts down the loops the admin port runs on
         await server.shutdown()
         return audit?.close() ?? 0
