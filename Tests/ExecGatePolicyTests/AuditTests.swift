@@ -188,6 +188,28 @@ final class AuditTests: XCTestCase {
         XCTAssertEqual(log.close(timeout: 1), 3, "the three accepted records were never written")
     }
 
+    /// At shutdown a verdict waiting for queue room is denied at once (`refuseWaits`), not after
+    /// its 30 s here: it must not outlive the event loops that answer it.
+    func testShutdownReleasesVerdictsWaitingForRoom() throws {
+        let stalled = StalledWriter()
+        let log = AuditLog(capacity: 1, blockTimeout: 30, writer: { try stalled.write($0) })
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3)))  // audit-overflow block
+        v.auditSink = log
+        XCTAssertEqual(v.authorize(try request("crc7.ko"), requestDigest: []).decision, .allow)  // the one queued record
+        let done = DispatchSemaphore(value: 0)
+        let r = try request("crc7.ko")
+        nonisolated(unsafe) var waited: Verdict? = nil
+        DispatchQueue.global().async { waited = v.authorize(r, requestDigest: []); done.signal() }
+        XCTAssertEqual(done.wait(timeout: .now() + 0.5), .timedOut, "the second verdict waits for room")
+        let t0 = MonotonicClock.nanoseconds()
+        log.refuseWaits()
+        XCTAssertEqual(done.wait(timeout: .now() + 5), .success)
+        XCTAssertLessThan(MonotonicClock.nanoseconds() - t0, 2_000_000_000)
+        XCTAssertEqual(waited?.reason, .auditUnrecorded)
+        for _ in 0..<4 { stalled.gate.signal() }
+        log.close(timeout: 1)
+    }
+
     func testDropKeepsServingAndCountsDrops() throws {
         let stalled = StalledWriter()
         let log = AuditLog(capacity: 2, blockTimeout: 5, writer: { try stalled.write($0) })
