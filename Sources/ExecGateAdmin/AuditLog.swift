@@ -121,8 +121,6 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     private var headWritten = 0
     /// The last write failure's message, while the sink is failing (nil once a write succeeds).
     private var _lastWriteError: String?
-    /// Records still queued when `close` gave up on the writer (lost at exit).
-    private var _unwrittenAtClose = 0
     private var stopping = false
     /// Set when the service begins to stop: a verdict waiting for queue room under `block` stops
     /// waiting (denied) instead of outliving the event loops that would answer it.
@@ -407,8 +405,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         if running { _ = writerDone.wait(timeout: .now() + timeout) }
         monitor.lock()
         defer { monitor.unlock() }
-        _unwrittenAtClose = writer == nil ? 0 : queue.count
-        return _unwrittenAtClose
+        return writer == nil ? 0 : queue.count  // what the writer left: lost at exit
     }
 
     // MARK: Readers
