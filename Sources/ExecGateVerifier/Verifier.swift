@@ -88,6 +88,9 @@ public final class Verifier: @unchecked Sendable {
             return .helloReply(HelloReply(version: WireLimits.protocolVersion, serverName: serverName,
                                           maximumBodySize: UInt32(WireLimits.defaultMaximumBodySize)))
         case .registerGuest(let r):
+            // The session the reset replaces: the one current when it arrived (a concurrent reset
+            // accepted meanwhile installed a session this refusal must not end).
+            let replaced = r.reset ? guests.session(r.guestID) : nil
             let reply = register(r, requestDigest: requestDigest)
             // A reset the server refuses still says what the VMM did: it revoked every grant of
             // the guest's current session and the guest booted again (protocol.md, register-guest
@@ -95,7 +98,7 @@ public final class Verifier: @unchecked Sendable {
             // kernel the policy does not pin (untrusted-kernel) kept being judged against the old
             // kernel's facts (a policy/admin review, 2026-12-05). It ends, holding nothing; the
             // guest stays registered until a reset is accepted.
-            if r.reset, case .error(let e) = reply { guests.endRefusedReset(r.guestID, code: e.code) }
+            if let replaced, case .error(let e) = reply { GuestRegistry.endRefusedReset(replaced, code: e.code) }
             return reply
         case .authorizeModule(let a):
             // The session it arrived in, or its token names (none: it arrived before the guest
