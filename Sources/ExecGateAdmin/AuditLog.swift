@@ -381,9 +381,6 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         }
     }
 
-    /// Flush what is queued and stop the writer (shutdown). Waits at most `timeout` seconds for a
-    /// stalled writer (a hung disk must not hang shutdown); blocked producers are released and
-    /// their verdicts denied (fail closed).
     /// The service is stopping: verdicts waiting for queue room are denied now (fail closed), and
     /// so is every later one that finds the queue full; the writer keeps writing.
     public func refuseWaits() {
@@ -393,8 +390,11 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         monitor.unlock()
     }
 
-    /// Returns the records that were accepted but never written whole (0 when the writer emptied
-    /// the queue): a stalled or refusing sink loses them at exit, and the caller says so.
+    /// Flush what is queued and stop the writer (shutdown). Waits at most `timeout` seconds for a
+    /// stalled writer (a hung disk must not hang shutdown); blocked producers are released and
+    /// their verdicts denied (fail closed). Returns the records that were accepted but never
+    /// written whole (0 when the writer emptied the queue): a stalled or refusing sink loses them
+    /// at exit, and the caller says so.
     @discardableResult
     public func close(timeout: Double = 10) -> Int {
         monitor.lock()
@@ -405,7 +405,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         if running { _ = writerDone.wait(timeout: .now() + timeout) }
         monitor.lock()
         defer { monitor.unlock() }
-        return writer == nil ? 0 : queue.count  // what the writer left: lost at exit
+        return queue.count  // what the writer left: lost at exit
     }
 
     // MARK: Readers
@@ -426,7 +426,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     public var counters: Counters {
         monitor.lock()
         defer { monitor.unlock() }
-        return Counters(accepted: _accepted, dropped: _dropped, writeErrors: _writeErrors, queued: writer == nil ? 0 : queue.count,
+        return Counters(accepted: _accepted, dropped: _dropped, writeErrors: _writeErrors, queued: queue.count,
                         refusedPushes: _refusedPushes, lastWriteError: _lastWriteError)
     }
 

@@ -545,6 +545,8 @@ public struct ELFSymbolTable: @unchecked Sendable {
     /// `ELF64_ST_BIND`: 0 LOCAL, 1 GLOBAL, 2 WEAK.
     @inlinable public func binding(_ i: Int) -> UInt8 { info(i) >> 4 }
     @inlinable public func isFunction(_ i: Int) -> Bool { info(i) & 0xf == 2 }
+    /// STT_SECTION: the symbol stands for its section (nameless; most local relocations name one).
+    @inlinable public func isSection(_ i: Int) -> Bool { info(i) & 0xf == 3 }
     /// The name's bytes (no NUL), borrowed.
     @inlinable public func nameBytes(_ i: Int) -> UnsafeRawBufferPointer {
         let start = Int(UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at(i), as: UInt32.self)))

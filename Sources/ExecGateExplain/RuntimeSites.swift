@@ -309,7 +309,6 @@ struct VariableSite {
         }
     }
 
-    /// The encoding for a state (used as "expected" when the claim is illegal or inconsistent).
     /// The lowest target trusted for a static-call site's or trampoline's key (nil for the other
     /// kinds, or a key with none): a legal state to show as expected in a denial.
     var firstTrustedTarget: UInt64? {
@@ -321,6 +320,7 @@ struct VariableSite {
         }
     }
 
+    /// The encoding for a state (used as "expected" when the claim is illegal or inconsistent).
     func encode(_ st: UInt64?) -> [UInt8] {
         switch rule {
         case .smpLock:

@@ -512,7 +512,7 @@ final class Session {
     /// what most local relocations name) its section's, as `readelf -r` shows it.
     func symbolLabel(_ i: Int) -> String {
         let n = symtab.name(i)
-        guard n.isEmpty, symtab.info(i) & 0xf == 3 else { return n }
+        guard n.isEmpty, symtab.isSection(i) else { return n }
         let shndx = Int(symtab.sectionIndex(i))
         return shndx > 0 && shndx < elf.sections.count ? elf.sections[shndx].name : n
     }

@@ -232,16 +232,6 @@ public final class GuestRegistry: @unchecked Sendable {
         }
     }
 
-    /// A reset (`reset=1`) the server refused: the VMM revoked every grant of the session it
-    /// replaces (`session`, the guest's current one when the reset arrived) before it sent it (the
-    /// guest booted again), so that session is no longer its guest's whatever became of the reset.
-    /// (A reset accepted meanwhile already ended it, and its new session is left alone.) It ends (its live modules' charge goes back; every
-    /// later request of it is refused as a replaced session's) and stays registered, holding
-    /// nothing, until a reset is accepted or the guest is removed. Nothing else changes.
-    public static func endRefusedReset(_ session: GuestSession, code: WireErrorCode) {
-        session.end("was reset (register-guest reset=1) and the reset was refused (\(code))")
-    }
-
     /// The refusal of a registration by digest whose build is not held: what to send instead.
     static func unknownBuild(_ r: RegisterGuest) -> String {
         "register-guest '\(r.guestID)': no kernel build with symbols digest \(Hex.encode(r.symbolsDigest))"

@@ -98,7 +98,7 @@ public final class Verifier: @unchecked Sendable {
             // kernel the policy does not pin (untrusted-kernel) kept being judged against the old
             // kernel's facts (a policy/admin review, 2026-12-05). It ends, holding nothing; the
             // guest stays registered until a reset is accepted.
-            if let replaced, case .error(let e) = reply { GuestRegistry.endRefusedReset(replaced, code: e.code) }
+            if let replaced, case .error(let e) = reply { replaced.end("was reset (register-guest reset=1) and the reset was refused (\(e.code))") }
             return reply
         case .authorizeModule(let a):
             // The session it arrived in, or its token names (none: it arrived before the guest

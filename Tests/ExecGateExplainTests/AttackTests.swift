@@ -65,9 +65,6 @@ func denial(_ r: ExplainResult, file: StaticString = #filePath, line: UInt = #li
 }
 
 final class StaticCallTrustTests: XCTestCase {
-    /// irqbypass calls `might_resched` (a key modules reach only through its exported trampoline
-    /// `__SCT__might_resched`) four times: the captured end state calls `__cond_resched`, which
-    /// sched_dynamic_update() sets (StaticCallTrust.preemptDynamic): explained from the build's facts.
     /// A denial of the claim as a whole points at no byte: stp explained without llc live (its
     /// `llc_*` imports resolve nowhere, `simplify_symbols()`: "Unknown symbol") reads
     /// "stp: relocation: unknown symbol …", not "stp: (claim)+0x0 (0x0): …".
@@ -79,6 +76,9 @@ final class StaticCallTrustTests: XCTestCase {
         XCTAssertEqual(d.description, "stp: relocation: \(d.reason)")
     }
 
+    /// irqbypass calls `might_resched` (a key modules reach only through its exported trampoline
+    /// `__SCT__might_resched`) four times: the captured end state calls `__cond_resched`, which
+    /// sched_dynamic_update() sets (StaticCallTrust.preemptDynamic): explained from the build's facts.
     func testHonestStaticCallsAreTrustedFromTheBuild() throws {
         let f = try FixtureReplay()
         XCTAssertTrue(try XCTUnwrap(f.modules["irqbypass"]).result.verdict.isAllowed)
