@@ -145,9 +145,8 @@ public enum SignatureBenchmark {
         var logger = Logger(label: "bench")
         logger.logLevel = .critical
         let server = VerifierServer(responder: Verifier(policy: Policy.builtIn(trust: trust)), logger: logger, threads: 1)
-        var template = Array("/tmp/execgate-bench-XXXXXX".utf8CString)
-        guard let dir = mkdtemp(&template) else { throw LocalFileError(path: "/tmp", why: "mkdtemp failed") }
-        let endpoint = Endpoint.unix(path: String(cString: dir) + "/bench.sock")
+        let endpoint = try temporaryEndpoint("bench.sock")
+        defer { removeTemporaryEndpoint(endpoint) }
         try await server.bind(endpoint)
         let client = try await ExecGateClient.connect(to: endpoint)
         for _ in 0..<100 { _ = try await client.status() }
@@ -280,6 +279,7 @@ extension SignatureBenchmark {
         let server = VerifierServer(responder: Verifier(policy: Policy(id: "bench", version: 1, trust: trust, endState: .signatureOnly)),
                                     logger: quietLogger())
         let endpoint = try temporaryEndpoint("service.sock")
+        defer { removeTemporaryEndpoint(endpoint) }
         try await server.bind(endpoint)
         do {
             // EXECGATE_BENCH_CLIENT=nio: the earlier clients (ExecGateClient), to compare in one build.
@@ -356,6 +356,7 @@ extension SignatureBenchmark {
         -> (service: (p50: Double, p99: Double, mean: Double), echo: (p50: Double, p99: Double, mean: Double)) {
         let server = VerifierServer(responder: Verifier(policy: Policy.builtIn(trust: trust)), logger: quietLogger())
         let endpoint = try temporaryEndpoint("status.sock")
+        defer { removeTemporaryEndpoint(endpoint) }
         try await server.bind(endpoint)
         guard case .unix(let path) = endpoint else { throw LocalFileError(path: "\(endpoint)", why: "not a Unix socket") }
         let blocks = 10, perBlock = max(1, (max(1, count) + 9) / 10)
@@ -418,6 +419,14 @@ extension SignatureBenchmark {
         var template = Array("/tmp/execgate-bench-XXXXXX".utf8CString)
         guard let dir = mkdtemp(&template) else { throw LocalFileError(path: "/tmp", why: "mkdtemp failed") }
         return .unix(path: String(cString: dir) + "/" + name)
+    }
+
+    /// Removes what `temporaryEndpoint` made: its socket (the server unlinks it at shutdown; a
+    /// run that failed may leave it) and the private directory, so runs leave nothing in /tmp.
+    static func removeTemporaryEndpoint(_ endpoint: Endpoint) {
+        guard case .unix(let path) = endpoint else { return }
+        unlink(path)
+        if let slash = path.lastIndex(of: "/") { rmdir(String(path[..<slash])) }
     }
 }
 
@@ -668,6 +677,7 @@ public enum ScaleBenchmark {
                                 guests: GuestRegistry(maximumSymbolBytes: row.budgetBytes))
         let server = VerifierServer(responder: verifier, logger: SignatureBenchmark.quietLogger())
         let endpoint = try SignatureBenchmark.temporaryEndpoint("scale.sock")
+        defer { SignatureBenchmark.removeTemporaryEndpoint(endpoint) }
         try await server.bind(endpoint)
         row.rssBefore = ProcessUsage.residentBytes()
         let heap0 = Memory.heapInUse()

@@ -82,11 +82,36 @@ public enum Fixtures {
         try Files.writeAtomically(path, bytes)
     }
 
-    /// A fresh temporary directory.
+    /// A fresh temporary directory, inside this test process's own directory under /tmp, which
+    /// is removed with everything in it when the process exits (a run used to leave one
+    /// directory per call behind: thousands a day of runs).
     public static func temporaryDirectory() -> String {
-        var template = Array("/tmp/execgate-test-XXXXXX".utf8CString)
+        var template = Array((temporaryRoot + "/XXXXXX").utf8CString)
         let p = mkdtemp(&template)!  // mkdtemp only fails when /tmp is unusable: the test cannot run at all.
         return String(cString: p)
+    }
+
+    /// This process's directory for `temporaryDirectory()`, made on first use; `atexit` removes it.
+    static let temporaryRoot: String = {
+        var template = Array("/tmp/execgate-test-XXXXXX".utf8CString)
+        let p = mkdtemp(&template)!  // as above
+        atexit { _ = Fixtures.removeTree(Fixtures.temporaryRoot) }
+        return String(cString: p)
+    }()
+
+    /// Removes `path` and everything under it, without following symbolic links (a test may
+    /// leave a link to a real file or directory there); false when something could not be removed.
+    @discardableResult
+    public static func removeTree(_ path: String) -> Bool {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return true }
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            if (st.st_mode & S_IRWXU) != S_IRWXU { chmod(path, st.st_mode | S_IRWXU) }  // a test may have made it unreadable
+            var ok = true
+            for n in (try? listDirectory(path)) ?? [] { ok = removeTree(path + "/" + n) && ok }
+            return rmdir(path) == 0 && ok
+        }
+        return unlink(path) == 0
     }
 
     static func isDirectory(_ path: String) -> Bool {
