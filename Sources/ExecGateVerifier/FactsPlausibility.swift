@@ -33,6 +33,7 @@
 //     at the guest's slide (page_64_types.h / pgtable_64_types.h: KERNEL_IMAGE_SIZE), never in
 //     the module area a module claim may use;
 //   - CPU counts: present ≥ 1 and possible ≥ present;
+//   - the KASLR slide is a multiple of 2 MiB (CONFIG_PHYSICAL_ALIGN on x86-64: `checkSlide`);
 //   - static-call keys: the key is a registered `__SCK__<name>` symbol, or the trampoline
 //     `__SCT__<name>` in core text for keys exported with EXPORT_STATIC_CALL_TRAMP
 //     (static_call_add_module() → tramp_key_lookup()); each trusted target is NULL or a function
@@ -55,10 +56,10 @@ enum FactsPlausibility {
                                              RegistrationSymbols.paravirtNop, RegistrationSymbols.paravirtBUG]
 
     /// nil when plausible; otherwise one sentence naming the fact that fails. The same checks, in
-    /// the same order, as the registry runs them in three steps (CPU counts; the build's symbols,
-    /// once per shared copy; this guest's own facts against that copy).
+    /// the same order, as the registry runs them in three steps (CPU counts and the slide; the
+    /// build's symbols, once per shared copy; this guest's own facts against that copy).
     static func check(_ r: RegisterGuest, facts: GuestFacts) -> String? {
-        if let why = checkCPUs(r) { return why }
+        if let why = checkCPUs(r) ?? checkSlide(r) { return why }
         let build = checkSymbols(r.symbols)
         if let why = build.failure { return why }
         return checkGuest(r, facts: facts, build: build.facts)
@@ -95,6 +96,29 @@ enum FactsPlausibility {
     static func checkCPUs(_ r: RegisterGuest) -> String? {
         guard r.presentCPUs >= 1 else { return "present_cpus is 0" }
         guard r.possibleCPUs >= r.presentCPUs else { return "possible_cpus \(r.possibleCPUs) < present_cpus \(r.presentCPUs)" }
+        return nil
+    }
+
+    /// The alignment every x86-64 KASLR slide has: a multiple of CONFIG_PHYSICAL_ALIGN, which
+    /// arch/x86/Kconfig bounds to 0x200000…0x1000000 on X86_64 (a power of two), so a multiple of
+    /// 2 MiB: arch/x86/boot/compressed/kaslr.c find_random_virt_addr() returns
+    /// `minimum + random % slots * CONFIG_PHYSICAL_ALIGN` with `minimum` = LOAD_PHYSICAL_ADDR
+    /// (itself aligned), and the slide is that address minus LOAD_PHYSICAL_ADDR (0 without KASLR;
+    /// the same in 6.1 and 6.12).
+    static let slideAlignment: UInt64 = 2 << 20
+
+    /// A `kaslr_slide` no x86-64 kernel boots at is refused, full registration or by digest.
+    /// Besides being a lie, such a slide breaks what sharing a build rests on: the symbol rules
+    /// round addresses to 4 KiB pages and to the 2 MiB boundary after `_etext` (the text/rodata
+    /// gap `mark_rodata_ro()` frees, the ro_after_init bounds), and only a slide that is a
+    /// multiple of 2 MiB keeps those roundings, so a build that passes at one admitted slide
+    /// passes at every other (docs/trust.md). At slide 0x1fe000 the gap of a build whose export
+    /// lies in it at slide 0 closed up, the build was admitted and shared, and guests at real
+    /// slides attached to it by digest.
+    static func checkSlide(_ r: RegisterGuest) -> String? {
+        guard r.kaslrSlide % slideAlignment == 0 else {
+            return "kaslr_slide 0x\(Hex.number(r.kaslrSlide)) is not a multiple of 2 MiB (x86-64 KASLR moves the kernel by multiples of CONFIG_PHYSICAL_ALIGN, at least 2 MiB: arch/x86/boot/compressed/kaslr.c find_random_virt_addr())"
+        }
         return nil
     }
 

@@ -126,7 +126,9 @@ public final class GuestRegistry: @unchecked Sendable {
     /// a key its modules use: the fixture's modules use no core key, DocAttack3SessionTests).
     func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil,
                   adjustingFacts adjust: ((inout GuestFacts) -> Void)?) -> Registration {
-        if let why = FactsPlausibility.checkCPUs(r) { return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(why)") }
+        if let why = FactsPlausibility.checkCPUs(r) ?? FactsPlausibility.checkSlide(r) {
+            return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(why)")
+        }
         let key: KernelFactsKey?
         if r.isByDigest {
             // The wire decoder refuses both at once; an in-process caller gets the same answer.

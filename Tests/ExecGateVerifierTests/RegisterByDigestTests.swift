@@ -118,12 +118,12 @@ final class RegisterByDigestTests: XCTestCase, SharedFactsTesting {
         XCTAssertNil(v.guests.session("y"))
         // A private copy (ambiguous slide, KernelFactsStore) is found by no other registration.
         var odd = try registration(boot, "odd")
-        odd.kaslrSlide = 0x1000
+        odd.kaslrSlide = 0x20_0000
         odd.symbols.append(KernelSymbol(name: "odd_absolute", address: 0xffff_ffff_8000_0800, type: UInt8(ascii: "A"), exported: false))
         let oddDigest = try registerFull(v, odd)
         XCTAssertNil(try XCTUnwrap(v.guests.session("odd")).kernel.key)
         var probe = try registration(boot, "z").byDigest(oddDigest)
-        probe.kaslrSlide = 0x1000
+        probe.kaslrSlide = 0x20_0000
         XCTAssertEqual(refusal(v, probe)?.code, .unknownBuild)
         XCTAssertNil(v.guests.session("z"))
     }

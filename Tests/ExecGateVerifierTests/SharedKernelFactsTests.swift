@@ -198,7 +198,7 @@ final class SharedKernelFactsTests: XCTestCase, SharedFactsTesting {
         let boot = try boot()
         let registry = GuestRegistry()
         var r = try registration(boot, "odd")
-        r.kaslrSlide = 0x1000
+        r.kaslrSlide = 0x20_0000
         r.symbols.append(KernelSymbol(name: "odd_absolute", address: 0xffff_ffff_8000_0800, type: UInt8(ascii: "A"), exported: false))
         XCTAssertNil(KernelFactsKey.of(r, symbolsDigest: KernelFactsKey.symbolsDigest(r)))
         guard case .registered(let s) = registry.register(r) else { return XCTFail("refused") }
