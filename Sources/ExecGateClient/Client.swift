@@ -161,7 +161,7 @@ public final class ExecGateClient: @unchecked Sendable {
     // Convenience wrappers.
 
     /// The session token of `guestID`'s last registration through this client (`register`), which
-    /// `authorize`, `authorizePatch`, `retireModule` and `moduleInitFreed` echo in a request that
+    /// `authorize`, `authorizePatch`, `retireModule`, `moduleInitFreed` and `removeGuest` echo in a request that
     /// carries none, so the server judges it by its session whatever connection carries it. nil:
     /// none (not registered here, or the server sends no tokens).
     public func sessionToken(for guestID: String) -> UInt64? { lock.withLock { sessions[guestID] } }
@@ -256,6 +256,18 @@ public final class ExecGateClient: @unchecked Sendable {
         request.session = echoed(request.session, request.guestID)
         switch try await send(.moduleInitFreed(request)) {
         case .moduleInitFreedReply(let r): return r
+        case .error(let e): throw ClientError.server(e)
+        case let other: throw ClientError.unexpectedReply("\(other.type)")
+        }
+    }
+
+    /// The guest is gone (destroyed, every EXEC grant revoked): the verifier forgets it and
+    /// gives back its slot and charge.
+    public func removeGuest(_ request: RemoveGuest) async throws -> RemoveGuestReply {
+        var request = request
+        request.session = echoed(request.session, request.guestID)
+        switch try await send(.removeGuest(request)) {
+        case .removeGuestReply(let r): return r
         case .error(let e): throw ClientError.server(e)
         case let other: throw ClientError.unexpectedReply("\(other.type)")
         }

@@ -245,14 +245,38 @@ public final class GuestRegistry: @unchecked Sendable {
     /// was the last guest on it. Returns false when the id is not registered.
     @discardableResult
     public func remove(_ id: String) -> Bool {
+        lock.withLock { guests[GuestKey(id)].map { removeLocked(id, $0) } != nil }
+    }
+
+    /// What a removal did (remove-guest-reply).
+    public struct Removal: Sendable {
+        /// Live modules the session held.
+        public let liveModules: Int
+        /// The build's facts the guest used are no longer held (it was the last guest on its
+        /// shared copy, or the copy was its own).
+        public let buildReleased: Bool
+    }
+
+    /// Drop guest `id` when `s` is still its current session (remove-guest): nil when it is not
+    /// (a reset or another removal came first: that session is already gone, and a newer one of
+    /// the same id is not this request's to remove).
+    public func remove(_ id: String, ifCurrent s: GuestSession) -> Removal? {
         lock.withLock {
-            guard let s = guests.removeValue(forKey: GuestKey(id)) else { return false }
-            s.end("was removed")
-            charged[GuestKey(id)] = nil
-            _ = release(s.kernel, dryRun: false)
-            _ = ledger.setFacts(factsUsed, force: true)
-            return true
+            guard let current = guests[GuestKey(id)], current === s else { return nil }
+            return removeLocked(id, s)
         }
+    }
+
+    /// The removal itself: the session ends (its live charge goes back; a verdict still being
+    /// judged in it is denied), its own charge and slot go, its build's count drops. Caller holds `lock`.
+    private func removeLocked(_ id: String, _ s: GuestSession) -> Removal {
+        let modules = s.liveModuleCount
+        guests.removeValue(forKey: GuestKey(id))
+        s.end("was removed (remove-guest)")
+        charged[GuestKey(id)] = nil
+        _ = release(s.kernel, dryRun: false)
+        _ = ledger.setFacts(factsUsed, force: true)
+        return Removal(liveModules: modules, buildReleased: s.kernel.key.map { builds[$0] == nil } ?? true)
     }
 
     /// One guest stops using `kernel`: the shared copy's count drops, and the copy is forgotten
@@ -277,7 +301,7 @@ public final class GuestRegistry: @unchecked Sendable {
     /// it), are replaced. Caller holds `lock`.
     private func overBudget(_ id: String, cost: Int, alsoFreed: Int = 0) -> String? {
         if guests[GuestKey(id)] == nil && guests.count >= maximumGuests {
-            return "\(guests.count) guests are registered, the limit is \(maximumGuests)"
+            return "\(guests.count) guests are registered, the limit is \(maximumGuests) (a VMM sends remove-guest for each guest it destroys)"
         }
         let used = self.used - (charged[GuestKey(id)] ?? 0) - alsoFreed
         return used + cost > maximumSymbolBytes ? "\(cost) bytes of symbols on top of \(used) registered (live modules included) exceeds the \(maximumSymbolBytes)-byte budget" : nil

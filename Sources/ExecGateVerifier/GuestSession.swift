@@ -176,6 +176,9 @@ public final class GuestSession: @unchecked Sendable {
     /// Bytes this session's live modules are charged now.
     public var liveBytes: Int { lock.withLock { liveCharged } }
 
+    /// Live modules of this session now.
+    public var liveModuleCount: Int { lock.withLock { live.count } }
+
     private func endedRefusalLocked() -> SessionRefusal? {
         ended.map { SessionRefusal(reason: .endStateUnavailable, message: $0) }
     }

@@ -143,9 +143,23 @@ public final class Verifier: @unchecked Sendable {
                 return .error(ErrorReply(code: .unknownModule, message: "no live module '\(m.moduleName)' with granted init text in guest '\(m.guestID)'"))
             }
             return .moduleInitFreedReply(ModuleInitFreedReply(guestID: m.guestID, moduleName: m.moduleName))
+        case .removeGuest(let m):
+            let session: GuestSession
+            switch self.session(of: m.guestID, arrival: arrival, token: m.session) {
+            case .success(let s): session = s
+            case .failure(let e): return .error(e)
+            }
+            // Only the session the request belongs to is removed: one a reset already replaced
+            // (a stand-in, its token or its arrival) is gone, and the guest's new session is not
+            // this request's.
+            guard session.endedMessage == nil, let removal = guests.remove(m.guestID, ifCurrent: session) else {
+                return .error(ErrorReply(code: .unknownGuest, message: "guest '\(m.guestID)': the session this remove-guest belongs to was already replaced or removed; the guest's current session (if any) stays"))
+            }
+            return .removeGuestReply(RemoveGuestReply(guestID: m.guestID, modulesRemoved: UInt32(clamping: removal.liveModules),
+                                                      buildReleased: removal.buildReleased ? 1 : 0))
         case .status:
             return .statusReply(status(uptimeMilliseconds: 0, requestsServed: 0))
-        case .helloReply, .registerGuestReply, .verdict, .statusReply, .retireModuleReply, .moduleInitFreedReply, .error:
+        case .helloReply, .registerGuestReply, .verdict, .statusReply, .retireModuleReply, .moduleInitFreedReply, .removeGuestReply, .error:
             return .error(ErrorReply(code: .badRequest, message: "\(message.type) is a reply, not a request"))
         }
     }

@@ -23,6 +23,8 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let retireModule = MessageType(rawValue: 0x0006)
     /// 0x0007: a module's init memory was freed (EXEC on it already revoked).
     public static let moduleInitFreed = MessageType(rawValue: 0x0007)
+    /// 0x0008: the guest is gone (destroyed, every EXEC grant revoked): forget it.
+    public static let removeGuest = MessageType(rawValue: 0x0008)
 
     public static let helloReply = MessageType(rawValue: 0x8001)
     public static let registerGuestReply = MessageType(rawValue: 0x8002)
@@ -31,6 +33,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let statusReply = MessageType(rawValue: 0x8004)
     public static let retireModuleReply = MessageType(rawValue: 0x8006)
     public static let moduleInitFreedReply = MessageType(rawValue: 0x8007)
+    public static let removeGuestReply = MessageType(rawValue: 0x8008)
     /// 0xFFFF: the request could not be processed (see `WireErrorCode`).
     public static let error = MessageType(rawValue: 0xFFFF)
 
@@ -51,6 +54,8 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .retireModuleReply: return "retire-module-reply"
         case .moduleInitFreed: return "module-init-freed"
         case .moduleInitFreedReply: return "module-init-freed-reply"
+        case .removeGuest: return "remove-guest"
+        case .removeGuestReply: return "remove-guest-reply"
         case .error: return "error"
         default: return "type-0x" + String(rawValue, radix: 16)
         }

@@ -741,6 +741,8 @@ public enum Message: Sendable, Equatable {
     case retireModuleReply(RetireModuleReply)
     case moduleInitFreed(ModuleInitFreed)
     case moduleInitFreedReply(ModuleInitFreedReply)
+    case removeGuest(RemoveGuest)
+    case removeGuestReply(RemoveGuestReply)
     case error(ErrorReply)
 
     public var type: MessageType {
@@ -758,6 +760,8 @@ public enum Message: Sendable, Equatable {
         case .retireModuleReply: return .retireModuleReply
         case .moduleInitFreed: return .moduleInitFreed
         case .moduleInitFreedReply: return .moduleInitFreedReply
+        case .removeGuest: return .removeGuest
+        case .removeGuestReply: return .removeGuestReply
         case .error: return .error
         }
     }
@@ -781,6 +785,8 @@ public enum Message: Sendable, Equatable {
         case .retireModuleReply: self = .retireModuleReply(try RetireModuleReply(decoding: body))
         case .moduleInitFreed: self = .moduleInitFreed(try ModuleInitFreed(decoding: body))
         case .moduleInitFreedReply: self = .moduleInitFreedReply(try ModuleInitFreedReply(decoding: body))
+        case .removeGuest: self = .removeGuest(try RemoveGuest(decoding: body))
+        case .removeGuestReply: self = .removeGuestReply(try RemoveGuestReply(decoding: body))
         case .error: self = .error(try ErrorReply(decoding: body))
         default: throw UnknownMessageType(type: type)
         }
@@ -818,6 +824,8 @@ public enum Message: Sendable, Equatable {
         case .retireModuleReply(let m): m.encode(into: &w)
         case .moduleInitFreed(let m): m.encode(into: &w)
         case .moduleInitFreedReply(let m): m.encode(into: &w)
+        case .removeGuest(let m): m.encode(into: &w)
+        case .removeGuestReply(let m): m.encode(into: &w)
         case .error(let m): m.encode(into: &w)
         }
     }

@@ -272,3 +272,64 @@ public struct ModuleInitFreed: Sendable, Equatable {
 /// The reply acknowledges the guest and module it names: the request's own body (same tags, no
 /// session token).
 public typealias ModuleInitFreedReply = ModuleInitFreed
+
+// MARK: - remove-guest (0x0008) / remove-guest-reply (0x8008)
+
+/// The guest is gone: the VMM destroyed it (or will never run it again) and has revoked every
+/// EXEC grant of it. ExecGate forgets the guest: its session ends (a verdict still being judged
+/// in it is denied, as at a reset), its live modules and facts go, its slot under the guest cap
+/// and its charge against the facts budget come back, and its build's shared copy goes when it
+/// was the last guest on it.
+public struct RemoveGuest: Sendable, Equatable {
+    public var guestID: String
+    /// The guest's session token (tag 0x8020, `SessionToken`): only that session is removed (a
+    /// removal of a session a reset already replaced removes nothing). nil: judged by its arrival.
+    public var session: UInt64?
+
+    public init(guestID: String, session: UInt64? = nil) {
+        self.guestID = guestID
+        self.session = session
+    }
+
+    public init(decoding body: ByteBuffer) throws {
+        let r = try TLVReader(body, message: "remove-guest", known: [1, SessionToken.tag])
+        guestID = try r.requiredString(1, "guest_id")
+        session = try SessionToken.decode(r, message: "remove-guest")
+    }
+
+    public func encode(into w: inout TLVWriter) {
+        w.string(1, guestID)
+        if let t = session { w.u64(SessionToken.tag, t) }
+    }
+}
+
+public struct RemoveGuestReply: Sendable, Equatable {
+    public var guestID: String
+    /// Live modules the guest held, forgotten with it.
+    public var modulesRemoved: UInt32
+    /// 1 when the kernel build's facts the guest used are no longer held (it was the last guest
+    /// on its shared copy, or its copy was its own); 0 when other guests still use them.
+    public var buildReleased: UInt8
+
+    public init(guestID: String, modulesRemoved: UInt32, buildReleased: UInt8) {
+        self.guestID = guestID
+        self.modulesRemoved = modulesRemoved
+        self.buildReleased = buildReleased
+    }
+
+    public init(decoding body: ByteBuffer) throws {
+        let r = try TLVReader(body, message: "remove-guest-reply", known: [1, 2, 3])
+        guestID = try r.requiredString(1, "guest_id")
+        modulesRemoved = try r.requiredInteger(2, "modules_removed")
+        buildReleased = try r.requiredInteger(3, "build_released")
+        guard buildReleased <= 1 else {
+            throw WireDecodeError(.invalidValue, field: "remove-guest-reply.build_released", "\(buildReleased); 0 or 1")
+        }
+    }
+
+    public func encode(into w: inout TLVWriter) {
+        w.string(1, guestID)
+        w.u32(2, modulesRemoved)
+        w.u8(3, buildReleased)
+    }
+}

@@ -11,7 +11,7 @@ struct RequestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "request",
         abstract: "Send a request to a running verifier (plays the VMM).",
-        subcommands: [RequestModule.self, RequestStatus.self, RequestRetireModule.self, RequestInitFreed.self]
+        subcommands: [RequestModule.self, RequestStatus.self, RequestRetireModule.self, RequestInitFreed.self, RequestRemoveGuest.self]
     )
 }
 
@@ -195,5 +195,30 @@ struct RequestInitFreed: AsyncParsableCommand {
         }
         print(connection.json ? JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName))]).serialized()
                               : "init text of \(TerminalText.escaped(r.moduleName)) in \(TerminalText.escaped(r.guestID)) no longer live")
+    }
+}
+
+struct RequestRemoveGuest: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "remove-guest",
+        abstract: "Report a guest gone (destroyed, every EXEC grant revoked): the verifier forgets it and frees its slot and charge.",
+        discussion: "Exit status: 0 removed, 1 refused (unknown guest, or its session was already replaced), 2 usage error or no answer."
+    )
+    @OptionGroup var connection: ConnectOptions
+    @Option(help: "Registered guest id.") var guest: String
+    @Option(help: ArgumentHelp("The guest's session token, as its register-guest-reply named it (0x-hex or decimal): only that session is removed.", valueName: "TOKEN"))
+    var session: String?
+
+    func run() async throws {
+        let token = try ConnectOptions.sessionToken(session, command: "remove-guest")
+        let r = try await connection.exchange("remove-guest") {
+            try await $0.removeGuest(RemoveGuest(guestID: guest, session: token))
+        }
+        if connection.json {
+            print(JSON.object([("guest", .string(r.guestID)), ("modules_removed", .uint(UInt64(r.modulesRemoved))),
+                               ("build_released", .bool(r.buildReleased == 1))]).serialized())
+        } else {
+            print("removed \(TerminalText.escaped(r.guestID)): \(r.modulesRemoved) live module(s) forgotten; its kernel build's facts \(r.buildReleased == 1 ? "released" : "still held for other guests")")
+        }
     }
 }

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// remove-guest (docs/protocol.md): the VMM destroyed a guest, and ExecGate forgets it — its slot
+// under the guest cap, its charge, its live modules, its share of the build's copy. Before it
+// existed no request removed a guest: a host starting VMs under fresh ids (or one peer on the VMM
+// port, in a fraction of a second) filled the 512 slots for good (a reviewer's attack, round 11).
+// Input: the real captured end state in Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a.
+
+import ExecGateCapture
+import ExecGatePolicy
+import ExecGateTestSupport
+import ExecGateVerifier
+import ExecGateWire
+import XCTest
+
+final class RemoveGuestTests: XCTestCase, SharedFactsTesting {
+    static let kernelDigest = [UInt8](repeating: 0x65, count: 32)
+
+    func boot() throws -> CaptureBoot { try CaptureBoot.load(EndStateVerifierTests.bootDir) }
+
+    func remove(_ v: Verifier, _ id: String, session: UInt64? = nil) -> Message {
+        v.respond(to: .removeGuest(RemoveGuest(guestID: id, session: session)), requestDigest: [], arrival: v.guests.arrivalStamp())
+    }
+
+    /// The cap and the budget come back: a full registry takes a guest again once one is removed,
+    /// and removing every guest leaves nothing charged and no build held. The last guest of the
+    /// build releases it; the others say it is still held.
+    func testRemovingAGuestFreesItsSlotChargeAndLiveModules() throws {
+        let boot = try boot()
+        let v = Verifier(policy: Policy(id: "remove", version: 1, trust: try Fixtures.debianTrust(), endState: .required),
+                         guests: GuestRegistry(maximumGuests: 3))
+        for id in ["a", "b", "c"] { _ = try register(v, try registration(boot, id)) }
+        guard case .error(let full) = v.respond(to: .registerGuest(try registration(boot, "d")), requestDigest: []) else { return XCTFail("a fourth guest over the cap") }
+        XCTAssertEqual(full.code, .unavailable)
+        XCTAssertTrue(full.message.contains("remove-guest"), full.message)
+        // Guest b loads the fixture's modules: its live state is charged.
+        var allowed = 0
+        for n in boot.availableModules where v.authorize(try boot.module(n).request(guestID: "b"), requestDigest: []).decision == .allow { allowed += 1 }
+        XCTAssertGreaterThan(allowed, 0)
+        XCTAssertGreaterThan(v.guests.liveModuleBytes, 0)
+        guard case .removeGuestReply(let rb) = remove(v, "b") else { return XCTFail("remove b") }
+        XCTAssertEqual(rb, RemoveGuestReply(guestID: "b", modulesRemoved: UInt32(allowed), buildReleased: 0))
+        XCTAssertEqual(v.guests.liveModuleBytes, 0, "b's live modules went back to the budget")
+        XCTAssertNil(v.guests.session("b"))
+        // Its requests are now for an unknown guest; its slot is free.
+        guard case .error(let gone) = v.respond(to: .retireModule(RetireModule(guestID: "b", moduleName: boot.availableModules[0], textBase: 0)), requestDigest: []) else { return XCTFail("retire after removal") }
+        XCTAssertEqual(gone.code, .unknownGuest)
+        _ = try register(v, try registration(boot, "d"))
+        XCTAssertEqual(v.guests.count, 3)
+        // Removing the same guest twice: the second is unknown-guest.
+        guard case .error(let twice) = remove(v, "b") else { return XCTFail("b removed twice") }
+        XCTAssertEqual(twice.code, .unknownGuest)
+        // The last guest of the build releases its copy; nothing stays charged.
+        for (id, released) in [("a", 0), ("c", 0), ("d", 1)] as [(String, UInt8)] {
+            guard case .removeGuestReply(let r) = remove(v, id) else { return XCTFail("remove \(id)") }
+            XCTAssertEqual(r.buildReleased, released, id)
+        }
+        XCTAssertEqual(v.guests.count, 0)
+        XCTAssertTrue(v.guests.sharedBuilds.isEmpty)
+        XCTAssertEqual(v.guests.chargedBytes, 0)
+        // The id registers again as a new guest, without reset.
+        _ = try register(v, try registration(boot, "b"))
+    }
+
+    /// Only the session the request belongs to is removed: a removal carrying the token of a
+    /// session a reset replaced (or arriving before the reset's new session) removes nothing — the
+    /// guest's new session stays; a token never issued to the guest is refused; the current
+    /// token removes it.
+    func testAStaleRemovalLeavesTheGuestsNewSession() throws {
+        let boot = try boot()
+        let v = try verifier()
+        let first = try register(v, try registration(boot, "g"))
+        let before = v.guests.arrivalStamp()
+        var again = try registration(boot, "g")
+        again.reset = true
+        let second = try register(v, again)
+        XCTAssertNotEqual(first.token, second.token)
+        guard case .error(let stale) = remove(v, "g", session: first.token) else { return XCTFail("a replaced session's token removed the guest") }
+        XCTAssertEqual(stale.code, .unknownGuest)
+        guard case .error(let late) = v.respond(to: .removeGuest(RemoveGuest(guestID: "g")), requestDigest: [], arrival: before) else {
+            return XCTFail("a removal that arrived before the reset removed the new session")
+        }
+        XCTAssertEqual(late.code, .unknownGuest)
+        XCTAssertTrue(v.guests.session("g") === second, "the new session stays")
+        XCTAssertNil(second.endedMessage)
+        guard case .error(let foreign) = remove(v, "g", session: second.token &+ 1) else { return XCTFail("a token never issued removed the guest") }
+        XCTAssertEqual(foreign.code, .badRequest)
+        guard case .removeGuestReply = remove(v, "g", session: second.token) else { return XCTFail("the current token") }
+        XCTAssertNotNil(second.endedMessage, "the removed session ended")
+        XCTAssertEqual(v.guests.chargedBytes, 0)
+    }
+
+    /// The wire form: both bodies round-trip; a build_released other than 0 or 1, a missing
+    /// guest_id and a zero session token do not decode.
+    func testTheWireForm() throws {
+        for m in [Message.removeGuest(RemoveGuest(guestID: "guest-7")), .removeGuest(RemoveGuest(guestID: "guest-7", session: 0x1_0000_0002)),
+                  .removeGuestReply(RemoveGuestReply(guestID: "guest-7", modulesRemoved: 12, buildReleased: 1))] {
+            XCTAssertEqual(try Message(type: m.type, body: m.encodeBody()), m)
+        }
+        XCTAssertEqual(MessageType.removeGuest.rawValue, 0x0008)
+        XCTAssertEqual(MessageType.removeGuestReply.rawValue, 0x8008)
+        var bad = TLVWriter()
+        bad.string(1, "g"); bad.u32(2, 0); bad.u8(3, 2)
+        XCTAssertThrowsError(try Message(type: .removeGuestReply, body: bad.buffer))
+        XCTAssertThrowsError(try Message(type: .removeGuest, body: TLVWriter().buffer))
+        var zero = TLVWriter()
+        zero.string(1, "g"); zero.u64(SessionToken.tag, 0)
+        XCTAssertThrowsError(try Message(type: .removeGuest, body: zero.buffer))
+    }
+}
