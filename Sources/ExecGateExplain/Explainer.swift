@@ -49,6 +49,7 @@ public struct Explainer: Sendable {
             try s.run()
             let stats = s.statistics()
             var result = ExplainResult(verdict: .allowed(stats), exports: s.moduleExports(), runtimeSites: RuntimeSiteTable(session: s, claim: claim))
+            result.dataAllocations = s.allocations([.data, .rodata, .roAfterInit])
             if claim.initTextBase != nil || claim.initText != nil {
                 // The init region: the same stages at the claimed init addresses; its sites must
                 // agree with the core's (same keys), and the module's own key defaults carry over.
@@ -57,6 +58,7 @@ public struct Explainer: Sendable {
                 try i.run()
                 result.initStatistics = i.statistics()
                 result.initRuntimeSites = RuntimeSiteTable(session: i, claim: claim)
+                result.initDataAllocations = i.allocations([.initData, .initRodata])
             }
             return result
         } catch let d as DenyError {

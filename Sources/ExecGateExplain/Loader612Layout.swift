@@ -184,6 +184,18 @@ extension Session {
         return bases
     }
 
+    /// The page-aligned allocations of `types` at this session's checked bases (6.12: each
+    /// `[mem[type].base, + PAGE_ALIGN(mem[type].size))`, as `memoryBases612` checked them; a type
+    /// without a size has none). Empty on 6.1.
+    func allocations(_ types: [ModuleMemoryType]) -> [Range<UInt64>] {
+        guard layout.memType != nil else { return [] }
+        return types.compactMap { t in
+            let n = layout.allocationSize(t)
+            guard n > 0, let b = memoryBases[t] else { return nil }
+            return b..<(b &+ UInt64(n))  // inside the module area: memoryBases612 checked it
+        }
+    }
+
     /// 6.12 address of section `i` (nil: not allocated by the loader). A section of an init type
     /// is at its type's placeholder (`initPlaceholder`) unless `initBases` (the init session, whose
     /// `bases` hold the checked init bases): then at `mem[type].base + offset` as `move_module()`

@@ -126,6 +126,13 @@ public struct ExplainResult: Sendable {
     /// the VMM reports init freed; then both must be dropped and EXEC on the init pages revoked).
     public var initStatistics: ExplainStats?
     public var initRuntimeSites: RuntimeSiteTable?
+    /// On allow, 6.12 only: the module's other allocations, page-aligned at their checked bases
+    /// (`move_module()` allocates each `enum mod_mem_type` on its own): MOD_DATA, MOD_RODATA and
+    /// MOD_RO_AFTER_INIT for the module's lifetime, and with an init region MOD_INIT_DATA and
+    /// MOD_INIT_RODATA until init is freed. A live module holds them (no other claim may be laid
+    /// over them); empty on 6.1, whose core allocation is one range from the text base.
+    public var dataAllocations: [Range<UInt64>] = []
+    public var initDataAllocations: [Range<UInt64>] = []
     public init(verdict: Verdict, exports: ModuleExports?, runtimeSites: RuntimeSiteTable? = nil) {
         self.verdict = verdict
         self.exports = exports

@@ -29,8 +29,11 @@ public struct ExplainerJudge: EndStateJudge {
         let result = Explainer(facts: session.facts).explain(elf: elf, claim: claim, resolver: session.symbolResolver)
         switch result.verdict {
         case .allowed(let stats):
-            return .explained(ExplainedModule(exports: result.exports, statistics: stats, runtimeSites: result.runtimeSites,
-                                              initRuntimeSites: result.initRuntimeSites))
+            var e = ExplainedModule(exports: result.exports, statistics: stats, runtimeSites: result.runtimeSites,
+                                    initRuntimeSites: result.initRuntimeSites)
+            e.dataAllocations = result.dataAllocations
+            e.initDataAllocations = result.initDataAllocations
+            return .explained(e)
         case .denied(let d):
             return .unexplained(d.description)
         }

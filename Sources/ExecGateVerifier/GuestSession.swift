@@ -243,18 +243,21 @@ public final class GuestSession: @unchecked Sendable {
         lock.withLock { conflicts(name: name, coreRange: coreRange, initRange: initRange, percpuRange: percpuRange, frames: frames, initFrames: initFrames) }
     }
 
+    /// `dataRanges`: a 6.12 module's other allocations (`LiveModule.dataAllocations` and, while
+    /// its init text is, `initDataAllocations`), known once it is explained (commit): checked
+    /// against every range a live module holds, as its text and init ranges are.
     private func conflicts(name: String, coreRange: Range<UInt64>?, initRange: Range<UInt64>?, percpuRange: Range<UInt64>?,
-                           frames: [UInt64], initFrames: [UInt64]) -> SessionRefusal? {
+                           frames: [UInt64], initFrames: [UInt64], dataRanges: [Range<UInt64>] = []) -> SessionRefusal? {
         let canonical = Policy.canonicalModuleName(name)
         if live[canonical] != nil {
             return SessionRefusal(reason: .moduleAlreadyLive, message: "module '\(name)' is already live in guest '\(registration.guestID)': retire it first (the kernel refuses a second module of one name)")
         }
         checkIndexes()
+        let mine = [coreRange, initRange].compactMap { $0 } + dataRanges
         for m in live.values {
-            for r in [coreRange, initRange] {
-                guard let r else { continue }
-                for theirs in [m.coreRange, m.initAllocation] {
-                    guard let theirs, r.overlaps(theirs) else { continue }
+            for r in mine {
+                for theirs in m.heldRanges {
+                    guard r.overlaps(theirs) else { continue }
                     return SessionRefusal(reason: .claimOverlapsLive, message: "claimed range 0x\(Hex.number(r.lowerBound))..<0x\(Hex.number(r.upperBound)) overlaps live module '\(m.name)' at 0x\(Hex.number(theirs.lowerBound))..<0x\(Hex.number(theirs.upperBound))")
                 }
             }
@@ -312,7 +315,8 @@ public final class GuestSession: @unchecked Sendable {
     private func commitLocked(_ module: LiveModule) -> SessionRefusal? {
         var m = module
         if let e = endedRefusalLocked() { return e }
-        if let c = conflicts(name: m.name, coreRange: m.coreRange, initRange: m.initAllocation, percpuRange: m.percpuRange, frames: m.frames, initFrames: m.initFrames) { return c }
+        if let c = conflicts(name: m.name, coreRange: m.coreRange, initRange: m.initAllocation, percpuRange: m.percpuRange, frames: m.frames, initFrames: m.initFrames,
+                             dataRanges: m.dataAllocations + m.initDataAllocations) { return c }
         // A module was retired (or rolled back) while this one was explained: the snapshot
         // may have resolved symbols to it, and it is no longer live to depend on. The kernel
         // takes the reference (resolve_symbol() → ref_module()) before the exporter can go.
@@ -523,6 +527,7 @@ public final class GuestSession: @unchecked Sendable {
             let canonical = m.name
             m.initRange = nil
             m.initAllocation = nil  // do_free_init() frees the whole init allocation
+            m.initDataAllocations = []  // (6.12: MOD_INIT_DATA and MOD_INIT_RODATA with it)
             for f in m.initFrames where frameOwner[f] == canonical { frameOwner[f] = nil }
             m.initFrames = []
             // Its init sites are gone: a key only they used forgets its state.

@@ -27,9 +27,20 @@ public struct LiveModule: Sendable {
     public var initRange: Range<UInt64>?
     /// The whole init allocation while the init text is granted (nil with `initRange`): on 6.1
     /// `init_layout`, init text then init rodata and data, one module_alloc() block freed whole by
-    /// do_free_init(); on 6.12 `MOD_INIT_TEXT` (each memory type its own allocation, and only the
-    /// text types are held: docs/kernels/6.12-loader.md §4.8).
+    /// do_free_init(); on 6.12 `MOD_INIT_TEXT` (each memory type its own allocation: the init data
+    /// types are `initDataAllocations`).
     public var initAllocation: Range<UInt64>?
+    /// 6.12: the module's other core allocations (MOD_DATA, MOD_RODATA, MOD_RO_AFTER_INIT, each
+    /// its own `execmem_alloc()` in `move_module()`), held while the module is live: the kernel
+    /// never hands a live module's data pages out again, so a claim laid over them (a module's
+    /// text over another's `struct module` and `.data`) describes no state the kernel makes.
+    /// Empty on 6.1 (`coreRange` is the whole core allocation).
+    public var dataAllocations: [Range<UInt64>] = []
+    /// 6.12: MOD_INIT_DATA and MOD_INIT_RODATA while the init text is granted (freed with it by
+    /// `do_free_init()`; emptied with `initRange`).
+    public var initDataAllocations: [Range<UInt64>] = []
+    /// Every range this module holds now: core, init (while granted) and 6.12's data allocations.
+    var heldRanges: [Range<UInt64>] { [coreRange] + (initAllocation.map { [$0] } ?? []) + dataAllocations + initDataAllocations }
     /// The module's per-cpu area `[mod->percpu, + size of .data..percpu)` (percpu_modalloc()),
     /// nil when it has no per-cpu data.
     public let percpuRange: Range<UInt64>?

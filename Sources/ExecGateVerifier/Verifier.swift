@@ -589,6 +589,8 @@ public final class Verifier: @unchecked Sendable {
                               sites: explained.runtimeSites, keyStates: keyStates,
                               imports: Self.imports(of: elf), explainedAt: explainedAt)
         live.initKeyStates = initKeyStates
+        live.dataAllocations = explained.dataAllocations
+        if live.initRange != nil { live.initDataAllocations = explained.initDataAllocations }
 
         let message = "signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); all \(text.readableBytes) executable bytes explained"
         return Judgement(verdict: ExecGateWire.Verdict(decision: .allow, reason: .allowed, message: message, checks: checks.map(\.rawValue), policyID: policy.id,
@@ -642,8 +644,8 @@ public final class Verifier: @unchecked Sendable {
     /// The init allocation a live module holds while its init text is granted: on 6.1 the whole
     /// `init_layout` (layout_sections(): init text, then init rodata and data, one module_alloc()
     /// block that do_free_init() frees whole), from the claimed init base; on 6.12 the
-    /// `MOD_INIT_TEXT` allocation (the other init types are held only where they change a verdict,
-    /// docs/kernels/6.12-loader.md §4.8). Never less than the claimed init text.
+    /// `MOD_INIT_TEXT` allocation (the other init types are held apart, `LiveModule.initDataAllocations`,
+    /// once the claim is explained). Never less than the claimed init text.
     static func liveInitAllocation(plan: ModuleLayoutPlan, initRange: Range<UInt64>, kernelRelease: String?) -> Range<UInt64> {
         if let r = kernelRelease, case .success(.linux6_12) = ModuleLoader.forRelease(r) { return initRange }
         let (end, o) = initRange.lowerBound.addingReportingOverflow(UInt64(plan.initSize))
@@ -792,6 +794,10 @@ public struct ExplainedModule {
     /// The run-time sites of its init text, when claimed (their key states are held to the live
     /// ones at commit; init sites are never patched by authorize-patch).
     public var initRuntimeSites: RuntimeSiteTable?
+    /// 6.12: the module's data allocations (`ExplainResult.dataAllocations`), held while it is
+    /// live, and its init data allocations, held while its init text is.
+    public var dataAllocations: [Range<UInt64>] = []
+    public var initDataAllocations: [Range<UInt64>] = []
     public init(exports: ModuleExports?, statistics: ExplainStats, runtimeSites: RuntimeSiteTable? = nil, initRuntimeSites: RuntimeSiteTable? = nil) {
         self.exports = exports
         self.statistics = statistics
