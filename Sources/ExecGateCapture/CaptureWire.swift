@@ -11,6 +11,7 @@
 // section addresses, the per-cpu base and the executable region.
 
 import ExecGateExplain
+import ExecGateVerifier
 import ExecGateWire
 import NIOCore
 
@@ -177,5 +178,22 @@ extension CapturedModule {
     public var replayFrames: [UInt64] {
         let pages = (claim.text.count + 4095) / 4096
         return (0..<pages).map { ((claim.textBase >> 12) &+ UInt64($0)) & 0xffff_ffff }
+    }
+}
+
+extension CaptureBoot {
+    /// Why the service would refuse this boot's registration (`GuestRegistry.register`: CPU
+    /// counts, the slide, the build's symbols, the guest's own facts — FactsPlausibility), nil
+    /// when it registers. A capture is untrusted input (docs/capture.md), and `explain` judges
+    /// with the facts a registration of it gives (CaptureReader): it refuses a capture the
+    /// service refuses, so an offline allow never rests on facts the served path rejects (a
+    /// capture whose kvars.txt made `x86_return_thunk` another core function was explained,
+    /// allow, its returns rewritten into jumps there, while `policy test` refused it
+    /// implausible-facts).
+    public func registrationRefusal() -> String? {
+        let r: RegisterGuest
+        do { r = try registration(guestID: "capture") } catch { return "\(error)" }
+        if case .refused(let code, let why) = GuestRegistry(maximumGuests: 1).register(r) { return "\(code): \(why)" }
+        return nil
     }
 }

@@ -39,6 +39,9 @@ extension ExplainRunOptions {
     /// `only` against the boot: every name must be one of its load order (a typo judged nothing
     /// and passed as "explained 0 of 0 modules"), and an empty list names no module.
     public func check(against boot: CaptureBoot) throws(ExplainOptionError) {
+        if let why = boot.registrationRefusal() {
+            throw ExplainOptionError(description: "\(boot.dir): the service refuses this boot's registration (\(why)); nothing is explained on facts the service would not accept")
+        }
         guard let only else { return }
         guard !only.isEmpty else { throw ExplainOptionError(description: "--only names no module") }
         let unknown = only.subtracting(boot.loadOrder).sorted()

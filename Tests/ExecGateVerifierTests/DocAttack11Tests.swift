@@ -58,4 +58,27 @@ final class DocAttack11Tests: XCTestCase {
         XCTAssertNil(answer(SlidSharedKernelFactsTests.moved(try boot.registration(guestID: "b"), by: 0x1e00_0000, id: "b").byDigest(digest)),
                      "a guest of the honest build at an admitted slide attaches")
     }
+
+    /// HOLE (round 11): `explain` judged a capture with the facts a registration of it gives but
+    /// never asked whether the service would accept that registration: a capture whose
+    /// `x86_return_thunk` was another core function was explained (allow, returns rewritten into
+    /// jumps to it) while `policy test` on it was refused implausible-facts. `explain` now refuses
+    /// (a usage error, exit 2) a capture whose registration the service refuses, with the
+    /// service's reason — here a vulnerabilities report naming a return-thunk mitigation the
+    /// capability words do not have.
+    func testExplainRefusesACaptureTheServiceRefuses() throws {
+        let dir = Fixtures.temporaryDirectory()
+        XCTAssertEqual(system("cp -r '\(Fixtures.packageRoot)/Tests/ExecGateExplainTests/Fixtures/corpus/.' '\(dir)/'"), 0)
+        let bootDir = dir + "/nokaslr-a"
+        XCTAssertNoThrow(try ExplainRunOptions().check(against: try CaptureBoot.load(bootDir)), "the honest capture")
+        let path = bootDir + "/vulnerabilities.txt"
+        let report = String(decoding: try Fixtures.readFile(path), as: UTF8.self)
+            .replacingOccurrences(of: "retbleed: Not affected", with: "retbleed: Mitigation: untrained return thunk")
+        try Fixtures.writeFile(path, Array(report.utf8))
+        let boot = try CaptureBoot.load(bootDir)
+        XCTAssertThrowsError(try ExplainRunOptions().check(against: boot)) { e in
+            XCTAssertTrue("\(e)".contains("implausible-facts"), "\(e)")
+            XCTAssertTrue("\(e)".contains("refuses this boot's registration"), "\(e)")
+        }
+    }
 }
