@@ -10,6 +10,23 @@ import ExecGateELF
 extension Session {
     // MARK: Compare
 
+    /// A site as a denial names it: its kind and key, the key by the symbol this module's ELF
+    /// reaches it through (`__SCK__<name>`, or `__SCT__<name>` for a key exported by its
+    /// trampoline) when one resolves to it, else by address alone. Messages only.
+    func describe(_ site: VariableSite) -> String {
+        guard site.label.showsKey, let key = site.group, let name = keySymbolName(key) else { return site.what }
+        return "\(site.label.text) (key 0x\(String(key, radix: 16)) \(name))"
+    }
+
+    /// The first `__SCK__`/`__SCT__` symbol of the module whose value in this session is `key`
+    /// (a scan of the symbol table: denial messages only).
+    func keySymbolName(_ key: UInt64) -> String? {
+        for i in symtab.indices where i < symValue.count && symValue[i] == key {
+            if symtab.nameHasPrefix(i, "__SCK__") || symtab.nameHasPrefix(i, "__SCT__") { return symtab.name(i) }
+        }
+        return nil
+    }
+
     func compare() throws {
         let claimed = self.claimed
         // Variable sites, in address order: legal member and consistent per group.
@@ -67,12 +84,12 @@ extension Session {
                                 let fo = sites[f].offset, (fs, fso) = sectionOf(regionOffset: fo)
                                 other = "the same key's site at 0x\(String(base &+ UInt64(fo), radix: 16)) (\(fs)+0x\(String(fso, radix: 16))), which holds another state: the kernel writes every site of a key to one state"
                             }
-                            notes.append((off..<off + len, "\(site.pointee.what): state disagrees with \(other)"))
+                            notes.append((off..<off + len, "\(describe(site.pointee)): state disagrees with \(other)"))
                             continue
                         }
                         if cls == .staticCall, known == nil, let prev = verifiedStates[g], prev != st {
                             write(off, site.pointee.encode(prev), cls)
-                            notes.append((off..<off + len, "\(site.pointee.what): state disagrees with the key's sites in verified modules"))
+                            notes.append((off..<off + len, "\(describe(site.pointee)): state disagrees with the key's sites in verified modules"))
                             continue
                         }
                         if known == nil { groupState.set(g, st) }
@@ -93,7 +110,13 @@ extension Session {
                     let exp = candidates.first { $0 != found && site0.check($0) != nil } ?? candidates.first { $0 != found } ?? candidates[0]
                     if exp == found && illegalAt == nil { illegalAt = off }
                     write(off, exp, cls)
-                    notes.append((off..<off + len, "\(site.pointee.what): not a legal encoding (allowed: the NULL forms or a branch to a target trusted for the site)"))
+                    // When no encoding of the site is legal (no target trusted for its key, and
+                    // NULL no state of it), the expected bytes shown are no answer either: say so,
+                    // and why, instead of suggesting them.
+                    let none = cls == .staticCall && !candidates.contains { site0.check($0) != nil } && site0.firstTrustedTarget == nil
+                    notes.append((off..<off + len, none
+                        ? "\(describe(site0)): no encoding of this site is legal — no target is trusted for its key and its NULL forms are no state of it (a tracepoint key is written only by tracepoint_update_call(), to its iterator __traceiter_<name> or a probe: the registration must name the iterator; a PREEMPT_DYNAMIC key disabled to __static_call_return0 needs that function registered)"
+                        : "\(describe(site0)): not a legal encoding (allowed: the NULL forms or a branch to a target trusted for the site)"))
                 }
             }
         }

@@ -233,6 +233,38 @@ final class ModuleTracepointKeyTests: XCTestCase {
         }
     }
 
+    /// A site of a tracepoint key that has no trusted target (here jbd2's key, reached by tun as
+    /// `__SCK__tp_func_xdp_exception`, with jbd2's trusted targets for it dropped: as a key whose
+    /// iterator the registration does not name): no encoding of the site is legal, and the denial
+    /// says so and why, naming the key by the symbol tun reaches it through, instead of offering
+    /// NOP5 as "expected" (a reviewer wrote the suggested NOP5 into the claim and got the same
+    /// denial with expected = found, round 11).
+    func testASiteWithNoLegalEncodingIsDeniedForThatNamingItsKey() throws {
+        let (tun, facts, _, key, _) = try Self.tunImportingJbd2sKey(keepState: false)
+        // The resolver again, with jbd2's key trusting nothing.
+        var resolver = SymbolResolver(coreExports: facts.exports)
+        let jbd2 = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
+        let (jc, _) = try Self.honest(jbd2, "jbd2", facts, resolver)
+        var exports = try XCTUnwrap(try Self.explain(jbd2, jc, facts, resolver).exports)
+        exports.staticCallStates[key] = nil
+        var trusted = exports.staticCallTrustedTargets
+        trusted[key] = nil
+        exports.staticCallTrustedTargets = trusted
+        exports.symbols["__SCK__tp_func_xdp_exception"] = key
+        resolver.add(exports)
+        XCTAssertNil(resolver.moduleKeyTargets[key])
+        let (tc, ts) = try Self.honest(tun, "tun", facts, resolver, at: Self.base + 0x100_0000)
+        let sites = ts.variable.filter { $0.cls == .staticCall && $0.group == key }
+        XCTAssertFalse(sites.isEmpty)
+        for encoding in [x86Nops[5], sites[0].encode(0)] {
+            var c = tc
+            for v in sites { c.text.replaceSubrange(v.offset..<v.offset + v.length, with: encoding) }
+            guard case .denied(let d) = try Self.explain(tun, c, facts, resolver).verdict else { return XCTFail("a key with no trusted target took \(encoding)") }
+            XCTAssertTrue(d.reason.contains("no encoding of this site is legal"), d.reason)
+            XCTAssertTrue(d.reason.contains("__SCK__tp_func_xdp_exception"), d.reason)
+        }
+    }
+
     /// The address of `name`, a function the session's module defines (nil if none).
     static func function(_ s: Session, _ name: String) throws -> UInt64? {
         for i in s.symtab.indices where s.symtab.isFunction(i) && !s.symtab.isUndefined(i) && s.symtab.nameEquals(i, name) {
