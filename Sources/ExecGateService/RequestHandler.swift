@@ -81,7 +81,7 @@ struct RequestProcessor: Sendable {
                     h.instanceID = instanceID
                     h.maximumBodySize = maximumBodySize
                     reply = .helloReply(h)
-                case .error(var e) where e.code == .unknownGuest:
+                case .error(var e) where e.code == .unknownGuest && message.type != .removeGuest:
                     // An error, never a deny: nothing was judged. Say what the VMM must do.
                     e.message += " (restore needed: after a server restart, send register-guest again, then re-present "
                         + "every live module's evidence and current claim; docs/protocol.md, \"Restart and restore\")"

@@ -116,15 +116,21 @@ public final class GuestRegistry: @unchecked Sendable {
     /// the client then sends the full registration. Attached, the guest is in exactly the state a
     /// full registration with the records the copy was built from would give it (docs/trust.md,
     /// "Registration by digest"): same key, same copy, its own facts checked against it.
-    public func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil) -> Registration {
-        register(r, factsDigest: factsDigest, symbolsDigest: symbolsDigest, adjustingFacts: nil)
+    /// `replacing`: for a reset, the session current when the reset was taken up. When that guest
+    /// is gone by the time the reset would be installed (a remove-guest landed while the facts
+    /// were built), the reset is refused `unknown-guest` and registers nothing: the removal, which
+    /// arrived after the reset, stands (a reset installed after it registered the removed guest
+    /// again, live and holding a slot, while the VMM had been told it was removed).
+    public func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil,
+                         replacing: GuestSession? = nil) -> Registration {
+        register(r, factsDigest: factsDigest, symbolsDigest: symbolsDigest, replacing: replacing, adjustingFacts: nil)
     }
 
     /// The same, with `adjust` applied to the guest's facts once every check has passed: a test
     /// seam only (internal; no request reaches it), for session rules whose inputs no plausible
     /// registration of the committed fixture can give (a core `.data..ro_after_init` range around
     /// a key its modules use: the fixture's modules use no core key, DocAttack3SessionTests).
-    func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil,
+    func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil, replacing: GuestSession? = nil,
                   adjustingFacts adjust: ((inout GuestFacts) -> Void)?) -> Registration {
         if let why = FactsPlausibility.checkCPUs(r) ?? FactsPlausibility.checkSlide(r) {
             return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(why)")
@@ -174,6 +180,9 @@ public final class GuestRegistry: @unchecked Sendable {
             let existing = guests[GuestKey(r.guestID)]
             if existing != nil && !r.reset {
                 return .refused(.guestExists, "guest '\(r.guestID)' is registered: its facts were taken at the trusted point and are not replaced (send reset=1 after revoking every EXEC grant of the old session)")
+            }
+            if r.reset, replacing != nil, existing == nil {
+                return .refused(.unknownGuest, "guest '\(r.guestID)' was removed (remove-guest) while this reset was processed: nothing was registered (register it again, without reset, if it is to run)")
             }
             // Another registration of this build may have stored its copy meanwhile: use that one
             // (same key, same content), so the build is held once.

@@ -107,4 +107,50 @@ final class RemoveGuestTests: XCTestCase, SharedFactsTesting {
         zero.string(1, "g"); zero.u64(SessionToken.tag, 0)
         XCTAssertThrowsError(try Message(type: .removeGuest, body: zero.buffer))
     }
+
+    /// HOLE (round 11): a guest whose reset was refused (its session ended, the guest still
+    /// registered until a reset is accepted) could not be removed — remove-guest found its session
+    /// ended and refused, so a VM destroyed after rebooting into a kernel the service refuses kept
+    /// its slot and charge until the service restarted. Its current session is removed, with its
+    /// token or without.
+    func testAGuestWhoseResetWasRefusedCanBeRemoved() throws {
+        let boot = try boot()
+        let v = Verifier(policy: Policy(id: "remove", version: 1, trust: try Fixtures.debianTrust(), endState: .required),
+                         guests: GuestRegistry(maximumGuests: 2))
+        for (id, token) in [("a", true), ("b", false)] {
+            let s = try register(v, try registration(boot, id))
+            XCTAssertEqual(v.authorize(try boot.module(boot.availableModules[0]).request(guestID: id), requestDigest: []).decision, .allow)
+            var lie = try registration(boot, id)
+            lie.reset = true
+            lie.cpuCapabilities = [0, 0]  // a capability vector of the wrong length: implausible
+            guard case .error(let refused) = v.respond(to: .registerGuest(lie), requestDigest: []) else { return XCTFail("implausible reset accepted") }
+            XCTAssertEqual(refused.code, .implausibleFacts)
+            XCTAssertNotNil(s.endedMessage, "the refused reset ended the session")
+            guard case .removeGuestReply(let r) = remove(v, id, session: token ? s.token : nil) else { return XCTFail("\(id) not removable after a refused reset") }
+            XCTAssertEqual(r.guestID, id)
+        }
+        XCTAssertEqual(v.guests.count, 0)
+        XCTAssertEqual(v.guests.chargedBytes, 0)
+    }
+
+    /// HOLE (round 11): a reset and a removal of one guest pipelined on one connection (the
+    /// removal arriving second) could be judged in the other order — the removal first, taking
+    /// the old session, then the reset, which found no guest and registered it again: live,
+    /// holding a slot, after the VMM had been told it was removed. A reset whose guest is removed
+    /// while it is processed now registers nothing (`unknown-guest`): the removal stands.
+    func testAResetWhoseGuestWasRemovedMeanwhileRegistersNothing() throws {
+        let boot = try boot()
+        let v = try verifier()
+        let old = try register(v, try registration(boot, "g"))
+        // The reset was taken up (its replaced session read), then the removal landed.
+        guard case .removeGuestReply = remove(v, "g") else { return XCTFail("remove") }
+        var reset = try registration(boot, "g")
+        reset.reset = true
+        guard case .refused(let code, let why) = v.guests.register(reset, replacing: old) else { return XCTFail("the reset re-registered a removed guest") }
+        XCTAssertEqual(code, .unknownGuest, why)
+        XCTAssertNil(v.guests.session("g"))
+        XCTAssertEqual(v.guests.chargedBytes, 0)
+        // A reset of an id with no session to replace (none taken up) still registers it.
+        guard case .registered = v.guests.register(reset) else { return XCTFail("a reset of an unregistered id") }
+    }
 }

@@ -202,7 +202,7 @@ struct RequestRemoveGuest: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "remove-guest",
         abstract: "Report a guest gone (destroyed, every EXEC grant revoked): the verifier forgets it and frees its slot and charge.",
-        discussion: "Exit status: 0 removed, 1 refused (unknown guest, or its session was already replaced), 2 usage error or no answer."
+        discussion: "Exit status: 0 removed, 1 refused (unknown guest, or its session was already replaced), 2 usage error, an error reply to a bad request (a session token not issued to the guest), or no answer."
     )
     @OptionGroup var connection: ConnectOptions
     @Option(help: "Registered guest id.") var guest: String
@@ -210,6 +210,10 @@ struct RequestRemoveGuest: AsyncParsableCommand {
     var session: String?
 
     func run() async throws {
+        guard !guest.isEmpty else {
+            Console.error("execgate request remove-guest: --guest is empty: name the registered guest to remove")
+            throw ExecGateExit.usage
+        }
         let token = try ConnectOptions.sessionToken(session, command: "remove-guest")
         let r = try await connection.exchange("remove-guest") {
             try await $0.removeGuest(RemoveGuest(guestID: guest, session: token))
