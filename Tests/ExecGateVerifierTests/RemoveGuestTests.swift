@@ -153,4 +153,26 @@ final class RemoveGuestTests: XCTestCase, SharedFactsTesting {
         // A reset of an id with no session to replace (none taken up) still registers it.
         guard case .registered = v.guests.register(reset) else { return XCTFail("a reset of an unregistered id") }
     }
+
+    /// (Round 11, a reviewer's measurement.) A guest's own static-call key facts are charged at
+    /// what the session holds for them: the set in its facts (16 a target) and the registration it
+    /// keeps as sent (8 a target): 30,000 keys of 64 targets a guest had grown the service's
+    /// resident set 1.25× their charge when only the set was counted.
+    func testStaticCallKeyFactsAreChargedForTheRegistrationKeptAsSent() throws {
+        let boot = try boot()
+        let base = try registration(boot, "g")
+        let key = try XCTUnwrap(base.symbols.first { $0.name.hasPrefix("__SCK__") }?.address)
+        // 64 core function entries outside init: text symbols of the build.
+        let targets = Array(Set(base.symbols.filter { $0.type == UInt8(ascii: "T") && !$0.name.hasPrefix("__SCT__") }.map(\.address)).sorted().prefix(64))
+        XCTAssertEqual(targets.count, 64)
+        func charge(_ r: RegisterGuest) throws -> Int {
+            let v = try verifier()
+            _ = try register(v, r)
+            return v.guests.chargedBytes
+        }
+        var with = base
+        with.staticCallKeys = [StaticCallKeyFact(key: key, current: 0, allowed: targets)]
+        let extra = try charge(with) - (try charge(base))
+        XCTAssertGreaterThanOrEqual(extra, 24 * 64, "16 a target in the facts' set, 8 in the registration kept")
+    }
 }
