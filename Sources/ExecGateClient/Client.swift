@@ -441,3 +441,23 @@ extension String {
         return String(s)
     }
 }
+
+/// A connection failure as one line a person reads: the system's reason for a socket error
+/// (NIO's `IOError` prints the failing call's Swift signature and an unbalanced parenthesis),
+/// and what is wrong with an address NIO refuses by name.
+public enum ConnectionFailure {
+    public static func describe(_ error: any Error) -> String {
+        if let e = error as? IOError {
+            return "\(String(cString: strerror(e.errnoCode))) (errno \(e.errnoCode))"
+        }
+        if let e = error as? SocketAddressError {
+            switch e {
+            case .unixDomainSocketPathTooLong:
+                return "the socket path is too long for a Unix socket address (at most 107 bytes)"
+            default:
+                return "\(e)"
+            }
+        }
+        return "\(error)"
+    }
+}

@@ -63,6 +63,9 @@ public struct VMConfig: Sendable {
     }
     /// Marker in QEMU's command line (`-name`): identifies our process, guards against pid reuse.
     public var processMarker: String { "execgate-vm-\(name)" }
+    /// QEMU's `-name` argument: the exact argument a live VM of this name runs with (the pid
+    /// file is trusted only for a process with it: `Subprocess.isAlive`).
+    public var processArgument: String { "\(processMarker),process=\(processMarker)" }
 
     /// Picks the kernel and initrd from an image directory (`Images/out`).
     public static func imagePaths(imageDir: String, test: Bool) throws(ServiceVMError) -> (kernel: String, initrd: String) {
@@ -118,7 +121,7 @@ public struct VMConfig: Sendable {
 
     /// QEMU's argv (without daemonize/pidfile, which `start` adds).
     public func qemuArguments(qemuPath: String, vhost: Bool, vhostUser: Bool = false) -> [String] {
-        var a = [qemuPath, "-name", "\(processMarker),process=\(processMarker)",
+        var a = [qemuPath, "-name", processArgument,
                  "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-no-reboot"]
         switch machine {
         case .microvm: a += ["-M", "microvm"]
@@ -187,13 +190,21 @@ public enum Launcher {
     /// regular file: the launcher and QEMU write only regular files there, and a FIFO in their
     /// place blocked `vm status` and `vm stop` forever. `vm status` reads qemu.pid, vm.txt and
     /// console.log; `vm stop` qemu.pid and vsock-backend.pid.
+    /// A state file that cannot be read (its directory unreadable by this user, a path through a
+    /// regular file) is refused too, with the system's reason: taken as absent, it made `vm stop`
+    /// print "was not running" and exit 0, and `vm status` "never started here", for a VM that
+    /// was running in a state directory only root could read.
     public static func checkStateFiles(_ paths: [String]) throws(ServiceVMError) {
         for p in paths {
             var st = stat()
-            guard stat(p, &st) == 0 else { continue }  // absent: nothing to read
+            guard stat(p, &st) == 0 else {
+                if errno == ENOENT { continue }  // absent: nothing to read
+                throw .system("cannot read VM state file", path: p, errno: errno)
+            }
             guard (st.st_mode & S_IFMT) == S_IFREG else {
                 throw .badInput("\(p): \(Files.fileType(st.st_mode)), not a regular file: a VM state file is one the launcher or QEMU writes; remove it")
             }
+            guard access(p, R_OK) == 0 else { throw .system("cannot read VM state file", path: p, errno: errno) }
         }
     }
 
@@ -203,7 +214,7 @@ public enum Launcher {
     }
 
     public static func runningPid(_ c: VMConfig) -> Int32? {
-        guard let pid = readPid(c), Subprocess.isAlive(pid, marker: c.processMarker) else { return nil }
+        guard let pid = readPid(c), Subprocess.isAlive(pid, argument: c.processArgument) else { return nil }
         return pid
     }
 
@@ -243,7 +254,7 @@ public enum Launcher {
                                  adminAddress: admin)
         } catch {
             // Do not leave a half-started guest behind.
-            _ = stopProcess(pid, marker: c.processMarker)
+            _ = stopProcess(pid, argument: c.processArgument)
             if backendPid != nil { VsockBackendProcess.stop(c) }
             throw error
         }
@@ -263,7 +274,7 @@ public enum Launcher {
                     }
                 }
             }
-            if !Subprocess.isAlive(pid, marker: c.processMarker) {
+            if !Subprocess.isAlive(pid, argument: c.processArgument) {
                 throw .guestDied("the VM stopped before it was ready", consoleTail: FS.tail(c.consoleLog))
             }
             if MonotonicClock.nanoseconds() >= deadline {
@@ -284,22 +295,22 @@ public enum Launcher {
 
     /// SIGTERM, then SIGKILL after 5 s. The guest keeps no state worth flushing: everything it has
     /// came from the initramfs, so ending QEMU is a clean stop.
-    static func stopProcess(_ pid: Int32, marker: String) -> Bool {
-        guard Subprocess.isAlive(pid, marker: marker) else { return false }
+    static func stopProcess(_ pid: Int32, argument: String) -> Bool {
+        guard Subprocess.isAlive(pid, argument: argument) else { return false }
         kill(pid, SIGTERM)
         for _ in 0..<100 {
-            if !Subprocess.isAlive(pid, marker: marker) { return true }
+            if !Subprocess.isAlive(pid, argument: argument) { return true }
             usleep(50_000)
         }
         kill(pid, SIGKILL)
-        for _ in 0..<40 where Subprocess.isAlive(pid, marker: marker) { usleep(50_000) }
+        for _ in 0..<40 where Subprocess.isAlive(pid, argument: argument) { usleep(50_000) }
         return true
     }
 
     /// Stops the VM. Returns false when it was not running.
     public static func stop(_ c: VMConfig) -> Bool {
         guard let pid = runningPid(c) else { FS.remove(c.pidFile); VsockBackendProcess.stop(c); return false }
-        let stopped = stopProcess(pid, marker: c.processMarker)
+        let stopped = stopProcess(pid, argument: c.processArgument)
         VsockBackendProcess.stop(c)
         FS.remove(c.pidFile)
         if var info = try? FS.readString(c.infoFile) {

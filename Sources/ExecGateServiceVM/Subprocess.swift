@@ -67,12 +67,14 @@ public enum Subprocess {
         }
     }
 
-    /// Whether a process exists and its command line contains `marker` (guards against pid reuse).
-    public static func isAlive(_ pid: pid_t, marker: String) -> Bool {
+    /// Whether a process exists and one of its arguments is exactly `argument` (guards against
+    /// pid reuse). Exactly: a substring test took VM `ab`'s QEMU (`-name execgate-vm-ab,…`) for
+    /// VM `a`'s when a stale pid file named it, and `vm stop --name a` killed it.
+    public static func isAlive(_ pid: pid_t, argument: String) -> Bool {
         guard pid > 0, kill(pid, 0) == 0 || errno == EPERM else { return false }
         guard let cmd = try? FS.read("/proc/\(pid)/cmdline", limit: 1 << 20) else { return false }
         // A zombie has an empty cmdline: treat as dead.
-        let text = String(decoding: cmd.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
-        return text.containsUTF8(marker)
+        let want = Array(argument.utf8)
+        return cmd.split(separator: 0, omittingEmptySubsequences: false).contains { $0.elementsEqual(want) }
     }
 }

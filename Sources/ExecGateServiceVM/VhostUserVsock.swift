@@ -65,8 +65,8 @@ enum VsockBackendProcess {
     /// Stops the backend recorded in the state directory (pid checked against its socket path).
     static func stop(_ c: VMConfig) {
         guard let s = try? FS.readString(c.vsockBackendPidFile, limit: 64), let pid = Int32(s.trimmingTrailingNewlines()) else { return }
-        if Subprocess.isAlive(pid, marker: c.vhostUserSocket) {
-            _ = Launcher.stopProcess(pid, marker: c.vhostUserSocket)
+        if Subprocess.isAlive(pid, argument: c.vhostUserSocket) {
+            _ = Launcher.stopProcess(pid, argument: c.vhostUserSocket)
         }
         _ = Subprocess.wait(pid, timeoutMillis: 0)  // Reap when it is our child.
         FS.remove(c.vsockBackendPidFile)

@@ -424,7 +424,15 @@ public final class VsockBackend: @unchecked Sendable {
         while true {
             let fd = egv_accept(hybridListener, 1)
             guard fd >= 0 else { acceptFailed(pausing: &hybridAcceptPausedUntil, now: now); return }
-            guard handshakes.count < VsockLimits.maxPendingHandshakes else { close(fd); continue }
+            // At the cap the oldest handshake makes room (as the admin port evicts its oldest idle
+            // connection): refusing the newcomer let 64 clients that never finish their line,
+            // reconnecting as each was closed, keep every other client out for good. A real
+            // client sends its line on connect and is through within microseconds.
+            if handshakes.count >= VsockLimits.maxPendingHandshakes, let (oldest, h) = handshakes.min(by: { $0.value.deadline < $1.value.deadline }) {
+                log("host client handshake evicted: \(VsockLimits.maxPendingHandshakes) pending, the oldest makes room")
+                handshakes[oldest] = nil
+                h.stream.close()
+            }
             handshakes[fd] = Handshake(stream: UnixStream(fd: fd), line: [], deadline: now + UInt64(VsockLimits.handshakeTimeoutMillis) * 1_000_000)
         }
     }

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 import XCTest
+import ExecGateTestSupport
 @testable import ExecGateServiceVM
 
 final class GuestOptionsTests: XCTestCase {
@@ -118,6 +119,22 @@ final class LauncherTests: XCTestCase {
         XCTAssertFalse(Launcher.stop(c))
     }
 
+    /// A state file that cannot be read is refused with the system's reason, never taken as
+    /// absent ("was not running", exit 0, for a VM running in a state directory this user could
+    /// not read, round 11). Here the state directory is a regular file (ENOTDIR; as root, an
+    /// unreadable directory is still read); an absent file is still nothing to read.
+    func testAnUnreadableStateFileIsRefusedNotTakenAsAbsent() throws {
+        let dir = Fixtures.temporaryDirectory()
+        var c = config()
+        c.stateDir = dir + "/state"
+        XCTAssertNoThrow(try Launcher.checkStateFiles([c.pidFile, c.infoFile]), "absent")
+        try Fixtures.writeFile(c.stateDir, [0x31])
+        XCTAssertThrowsError(try Launcher.checkStateFiles([c.pidFile])) { e in
+            XCTAssertTrue("\(e)".contains("cannot read VM state file"), "\(e)")
+            XCTAssertTrue("\(e)".contains("qemu.pid"), "\(e)")
+        }
+    }
+
     func testMissingQEMUMessage() {
         XCTAssertThrowsError(try Launcher.findQEMU("qemu-system-none-such")) { e in
             XCTAssertTrue("\(e)".contains("apt-get install qemu-system-x86"), "\(e)")
@@ -169,8 +186,12 @@ final class FileSystemTests: XCTestCase {
         XCTAssertFalse(cmdline.isEmpty)
         XCTAssertFalse(try FS.readString("/proc/cpuinfo", limit: 4 << 20).isEmpty)
         let me = String(decoding: cmdline.prefix { $0 != 0 }, as: UTF8.self)
-        XCTAssertTrue(Subprocess.isAlive(getpid(), marker: me), "the launcher must recognise a live process by its command line")
-        XCTAssertFalse(Subprocess.isAlive(getpid(), marker: "no-such-marker-\(getpid())"))
+        XCTAssertTrue(Subprocess.isAlive(getpid(), argument: me), "the launcher must recognise a live process by its command line")
+        XCTAssertFalse(Subprocess.isAlive(getpid(), argument: "no-such-marker-\(getpid())"))
+        // An argument matches whole, never as a part: VM 'a' is not VM 'ab' (a stale pid file of
+        // 'a' naming 'ab''s QEMU made `vm stop --name a` kill it, round 11).
+        XCTAssertFalse(Subprocess.isAlive(getpid(), argument: String(me.dropLast())))
+        XCTAssertFalse(Subprocess.isAlive(getpid(), argument: String(me.dropFirst())))
     }
 
     func testReadRefusesMoreThanTheLimit() {

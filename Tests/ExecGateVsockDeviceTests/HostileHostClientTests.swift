@@ -167,6 +167,28 @@ final class HostileHostClientTests: XCTestCase {
         }
     }
 
+    /// Attack (round 11): hold every handshake slot with clients that never finish their line,
+    /// reconnecting as each is closed: closing newcomers at the cap kept every other client out
+    /// for good. At the cap the oldest handshake makes room: a client that sends its line at once
+    /// is taken up (with no guest attached its CONNECT waits for the guest's answer, up to 2 s,
+    /// instead of being closed at accept), and the oldest silent client is closed.
+    func testAClientGetsInPastHandshakesThatNeverFinish() throws {
+        let r = try Running("evict")
+        defer { r.stop() }
+        let path = r.dir + "/h"
+        let silent = (0..<VsockLimits.maxPendingHandshakes).map { _ in unixSocket() }
+        defer { silent.forEach { close($0) } }
+        for c in silent { XCTAssertTrue(connect(c, path)); usleep(2_000) }
+        usleep(200_000)
+        let good = unixSocket()
+        defer { close(good) }
+        XCTAssertTrue(connect(good, path))
+        let line = Array("CONNECT 5000\n".utf8)
+        _ = send(good, line, line.count, Int32(MSG_NOSIGNAL))
+        XCTAssertFalse(closedByPeer(good, seconds: 1), "the newcomer was taken up, not closed at accept")
+        XCTAssertTrue(closedByPeer(silent[0], seconds: 1), "the oldest silent client made room")
+    }
+
     /// Attack: fill the backend's descriptor table within its own limits. Its bounds allow 1023
     /// connections (one host socket each) + 64 clients mid-handshake + its listeners, eventfds and
     /// the up to 16 descriptors one vhost-user message may carry; the usual soft RLIMIT_NOFILE of a

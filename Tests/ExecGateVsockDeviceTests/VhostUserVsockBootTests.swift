@@ -153,7 +153,7 @@ final class VhostUserVsockBootTests: XCTestCase {
         XCTAssertTrue(results.contains(false), "some request should have been cut off")
         XCTAssertLessThan(failedAfter, 10, "the client must fail promptly, not hang")
         await client.close()
-        XCTAssertTrue(Subprocess.isAlive(backendPid, marker: c.vhostUserSocket), "the backend must survive QEMU going away")
+        XCTAssertTrue(Subprocess.isAlive(backendPid, argument: c.vhostUserSocket), "the backend must survive QEMU going away")
         // With no guest, a new host client fails within the connect timeout (no hang).
         let t2 = Self.now()
         do {
@@ -164,7 +164,7 @@ final class VhostUserVsockBootTests: XCTestCase {
         XCTAssertLessThan(Self.now() - t2, 8)
 
         // 6. A new QEMU attaches to the same backend and is served.
-        for _ in 0..<100 where Subprocess.isAlive(qemuPid, marker: c.processMarker) { usleep(50_000) }
+        for _ in 0..<100 where Subprocess.isAlive(qemuPid, argument: c.processArgument) { usleep(50_000) }
         FS.remove(c.consoleLog); FS.remove(c.pidFile)
         let qemu = try Launcher.findQEMU(c.qemu)
         let parent = try Subprocess.spawn(c.qemuArguments(qemuPath: qemu, vhost: false, vhostUser: true) + ["-daemonize", "-pidfile", c.pidFile], outputPath: c.qemuLog)

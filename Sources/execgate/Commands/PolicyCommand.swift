@@ -5,6 +5,7 @@
 
 import _ExecGateInternals
 import CExecGateSys
+import ExecGateClient
 import ExecGateCommandLine
 import ExecGateAdmin
 import ExecGateCapture
@@ -193,7 +194,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
         }
         let client: AdminClient
         do { client = try await AdminClient.connect(to: endpoint) } catch {
-            Console.error("execgate policy push: cannot connect to \(endpoint): \(error)")
+            Console.error("execgate policy push: cannot connect to \(endpoint): \(ConnectionFailure.describe(error))")
             throw ExecGateExit.usage
         }
         let r: PolicyPushReply

@@ -46,7 +46,7 @@ struct ConnectOptions: ParsableArguments {
 
     func client() async throws -> ExecGateClient {
         do { return try await ExecGateClient.connect(to: try endpoint(), timeout: timeout) } catch {
-            Console.error("execgate request: cannot connect to \(connect): \(error)")
+            Console.error("execgate request: cannot connect to \(connect): \(ConnectionFailure.describe(error))")
             throw ExecGateExit.usage
         }
     }

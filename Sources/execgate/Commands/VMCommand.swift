@@ -93,7 +93,7 @@ struct BootOptions: ParsableArguments {
     static let minimumMemoryMiB = 32
 
     func validate() throws {
-        guard cid >= 3, cid < UInt32.max else { throw ValidationError("--cid must be at least 3 (0-2 are reserved)") }
+        guard cid >= 3, cid < UInt32.max else { throw ValidationError("--cid: 3…4294967294 (0-2 are reserved, 4294967295 is VMADDR_CID_ANY)") }
         guard (BootOptions.minimumMemoryMiB...65536).contains(memory) else {
             throw ValidationError("--memory: \(BootOptions.minimumMemoryMiB)…65536 MiB (the guest does not boot with less)")
         }

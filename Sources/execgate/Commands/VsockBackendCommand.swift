@@ -99,7 +99,7 @@ struct VsockBenchCommand: AsyncParsableCommand {
         let endpoint = try Endpoint(parsing: connect, listening: false)  // validate() parsed it
         let r: RoundTripBenchmark.Result
         do { r = try await RoundTripBenchmark.run(endpoint: endpoint, roundTrips: roundTrips, bulkMiB: bulkMiB, bulkFrames: bulkFrames) } catch {
-            Console.error("execgate vsock-bench: \(error)")
+            Console.error("execgate vsock-bench: \(connect): \(ConnectionFailure.describe(error))")
             throw ExecGateExit.usage
         }
         if json { print(r.json) } else { print(r.text) }
