@@ -766,27 +766,16 @@ extension Session {
             sec >= 0 && sec < 1 << 24 && off < 1 << 40 ? UInt64(sec) << 40 | off : nil
         }
         var asked = [Bool](repeating: false, count: elf.sections.count)
-        // The span of the offsets asked in each section: a record outside it is passed over with
-        // two compares, before its key is made and looked up (a module's events sit together in
-        // its `.data`, which holds thousands of other records).
-        var lowest = [UInt64](repeating: .max, count: elf.sections.count), highest = [UInt64](repeating: 0, count: elf.sections.count)
         func round(_ wanted: [(sec: Int, off: UInt64)]) -> AddressTable {
             var table = AddressTable(minimumCapacity: wanted.count)
-            for i in asked.indices { asked[i] = false; lowest[i] = .max; highest[i] = 0 }
+            for i in asked.indices { asked[i] = false }
             for w in wanted where w.sec < asked.count {
-                if let k = fieldKey(w.sec, w.off) {
-                    table.set(k, 0)
-                    asked[w.sec] = true
-                    lowest[w.sec] = Swift.min(lowest[w.sec], w.off)
-                    highest[w.sec] = Swift.max(highest[w.sec], w.off)
-                }
+                if let k = fieldKey(w.sec, w.off) { table.set(k, 0); asked[w.sec] = true }
             }
             for rs in rela where rs.targetSectionIndex >= 0 && rs.targetSectionIndex < asked.count && asked[rs.targetSectionIndex] {
                 let rr = rs.relocations, sec = rs.targetSectionIndex
-                let lo = lowest[sec], hi = highest[sec]
                 for i in rr.indices {
-                    let off = rr.offset(i)
-                    guard off >= lo && off <= hi, let k = fieldKey(sec, off), let v = table[k], rr.isValid(i) else { continue }
+                    guard let k = fieldKey(sec, rr.offset(i)), let v = table[k], rr.isValid(i) else { continue }
                     let r = rr[i]
                     guard r.type == .r64 else { continue }
                     if v == 0 {
