@@ -67,7 +67,7 @@ public struct ImageBuildOptions: Sendable {
     public static func fromKernelPackage(_ root: String, initBinary: String, outDir: String) throws(ServiceVMError) -> ImageBuildOptions {
         let boot = root + "/boot"
         guard FS.isDirectory(boot), let vmlinuz = (try? FS.list(boot))?.filter({ $0.hasPrefix("vmlinuz-") }).last else {
-            throw .missing("no kernel under \(boot): run `make test-data` (scripts/fetch-test-data.sh) or pass --kernel")
+            throw .missing("no kernel package under \(root) (no \(boot)/vmlinuz-*): the package gives the image its kernel modules and trust anchors, even with --kernel; run `make test-data` (scripts/fetch-test-data.sh) or pass --kernel-package DIR")
         }
         let version = String(vmlinuz.dropFirst("vmlinuz-".count))
         return ImageBuildOptions(kernel: boot + "/" + vmlinuz, modulesDir: root + "/lib/modules/" + version,

@@ -379,7 +379,7 @@ public final class GuestRegistry: @unchecked Sendable {
         if t >> Self.tokenLineShift == s.token >> Self.tokenLineShift && t < s.token {
             return .session(s.standInForReplaced(token: t))
         }
-        return .refused("session token \(Self.tokenText(t)) was not issued to guest '\(id)' (another guest's token, or one not issued yet): a request echoes the token of its guest's register-guest-reply; nothing was judged")
+        return .refused("session token \(Self.tokenText(t)) was not issued to guest '\(id)''s current line of sessions (another guest's token, one of an earlier registration of this id that was removed, or one not issued yet): a request echoes the token of its guest's register-guest-reply; nothing was judged")
     }
     public var count: Int { lock.withLock { guests.count } }
     /// Shared build copies held, with the number of guests on each (for status and tests).
