@@ -14,6 +14,15 @@ public enum ELFLimits {
     public static let symbolSize = 24
     /// `sizeof(Elf64_Rela)`.
     public static let relaSize = 24
+    /// The longest section name read, in bytes (without its NUL). kbuild's names are short
+    /// (`__patchable_function_entries`, 28); a build with `-ffunction-sections` names a section
+    /// `.rela.text.<symbol>`, and a symbol is at most KSYM_NAME_LEN − 1 = 511 bytes (6.1 and 6.12).
+    public static let maxSectionNameBytes = 1024
+    /// All section names together, in bytes. Every name is kept as a `String`: without a bound,
+    /// 8,000 section headers naming one NUL-free megabyte of `.shstrtab` asked for 8 GB (and as
+    /// many bytes scanned) from a 1.5 MB signed module, and the service aborted. A real module's
+    /// names take a few KiB.
+    public static let maxSectionNamesBytes = 1 << 20
 }
 
 /// Section header types (`sh_type`), gABI.

@@ -13,6 +13,7 @@ public struct ELFError: Error, Hashable, CustomStringConvertible, Sendable {
             case sectionTableOutOfBounds, tooManySections, sectionOutOfBounds, badStringTableIndex
             case badStringOffset, unterminatedString, badSymbolTable, badSymbolSectionIndex
             case badRelocationSection, badRelocationTarget, badEntrySize, badAlignment, overlappingSections
+            case nameTooLong
         }
         fileprivate let base: Base
         public var description: String { base.rawValue }
@@ -38,6 +39,9 @@ public struct ELFError: Error, Hashable, CustomStringConvertible, Sendable {
         public static let badEntrySize = Code(base: .badEntrySize)
         public static let badAlignment = Code(base: .badAlignment)
         public static let overlappingSections = Code(base: .overlappingSections)
+        /// A section name past `ELFLimits.maxSectionNameBytes`, or all of them past
+        /// `ELFLimits.maxSectionNamesBytes` (each name is kept as a `String`).
+        public static let nameTooLong = Code(base: .nameTooLong)
     }
 
     public let code: Code

@@ -52,6 +52,12 @@ public struct ModuleLayoutPlan: Sendable {
     public let initSize: Int
     /// Index of `.data..percpu` (lives in the per-cpu area, not in the core allocation).
     public let percpuSectionIndex: Int?
+    /// 6.1: the core and init allocations as the kernel makes them, with what `layout_symtab()`
+    /// appends after the sections (the core symbols; `.symtab`, `.strtab`, `struct mod_kallsyms`
+    /// and the type table in init), page-aligned: what a live module holds
+    /// (`ModuleLayout.symbolAppendix`).
+    public var coreSizeWithSymbols: Int = 0
+    public var initSizeWithSymbols: Int = 0
 
     /// nil when the ELF's section sizes overflow the computation (hostile input).
     public static func compute(_ elf: ELFFile) -> ModuleLayoutPlan? {
@@ -66,6 +72,9 @@ public struct ModuleLayoutPlan: Sendable {
                                      isExecutable: l.flags[s.index].contains(.execInstr)))
             }
         }
-        return ModuleLayoutPlan(placements: out, textSize: l.textSize, coreSize: l.coreSize, initSize: l.initSize, percpuSectionIndex: l.percpuIndex)
+        var plan = ModuleLayoutPlan(placements: out, textSize: l.textSize, coreSize: l.coreSize, initSize: l.initSize, percpuSectionIndex: l.percpuIndex)
+        plan.coreSizeWithSymbols = l.coreSizeWithSymbols
+        plan.initSizeWithSymbols = l.initSizeWithSymbols
+        return plan
     }
 }

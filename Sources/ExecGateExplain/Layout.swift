@@ -28,6 +28,14 @@ struct ModuleLayout {
     var memType: [ModuleMemoryType?]? = nil
     /// 6.12: unaligned `mem[type].size` per type (indexed by raw value).
     var typeSizes: [Int] = []
+    /// What `layout_symtab()` appends after the sections (`symbolAppendix`): the core data
+    /// allocation's and the init data allocation's sizes once it has (6.1: the whole core and
+    /// init allocations, page-aligned; 6.12: `mem[MOD_DATA].size` and `mem[MOD_INIT_DATA].size`,
+    /// unaligned). The sections' offsets do not move; these are the memory the kernel allocates,
+    /// which a live module holds (no other claim may be laid over it). Equal to the sections'
+    /// sizes when the module has no symbol table (the kernel refuses such a module).
+    var coreSizeWithSymbols = 0
+    var initSizeWithSymbols = 0
 
     static let pageSize = 4096
 
@@ -135,7 +143,53 @@ struct ModuleLayout {
             }
             if pass == 0 { coreSize = size } else { initSize = size }
         }
-        return ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: textSize, coreSize: coreSize,
-                            initTextSize: initTextSize, initSize: initSize, percpuIndex: percpu)
+        var l = ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: textSize, coreSize: coreSize,
+                             initTextSize: initTextSize, initSize: initSize, percpuIndex: percpu)
+        // 6.1 layout_symtab(): appended to core_layout and init_layout, then debug_align()
+        // (PAGE_ALIGN with CONFIG_STRICT_MODULE_RWX).
+        let (c, i) = symbolAppendix(elf, flags: flags, percpu: percpu, isInit: { initO[$0] != nil }, coreEnd: coreSize, initEnd: initSize) ?? (coreSize, initSize)
+        l.coreSizeWithSymbols = pageAlign(c)
+        l.initSizeWithSymbols = pageAlign(i)
+        return l
+    }
+
+    /// `layout_symtab()` (kernel/module/kallsyms.c, 6.1 and 6.12; CONFIG_KALLSYMS_ALL=y in both
+    /// Debian builds): the sizes the core data allocation and the init data allocation reach
+    /// (unaligned) when the loader appends, after their sections (ending at `coreEnd`, `initEnd`):
+    /// to the core, at ALIGN(coreEnd, .symtab's sh_addralign), one `Elf64_Sym` (24 bytes), the
+    /// name and its NUL, and a type byte for each symbol `is_core_symbol()` keeps (symbol 0,
+    /// every symbol of a livepatch module, else one with a name in an SHF_ALLOC section that is
+    /// not init, or in the per-cpu section); to the init data, `.symtab` and `.strtab` placed as
+    /// sections are (`module_get_offset()` at their alignment), then ALIGN 8, a `struct
+    /// mod_kallsyms` (32 bytes on x86-64), and a type byte for every symbol. nil: no symbol table.
+    static func symbolAppendix(_ elf: ELFFile, flags: [SectionFlags], percpu: Int?, isInit: (Int) -> Bool,
+                               coreEnd: Int, initEnd: Int) -> (core: Int, init: Int)? {
+        guard let symsect = try? elf.symbolTableSection(), let t = try? elf.symbolTable(),
+              Int(symsect.link) < elf.sections.count else { return nil }
+        let strsect = elf.sections[Int(symsect.link)]
+        let livepatch = ModuleLoader.modinfo(elf, "livepatch") == "Y"
+        let shnum = elf.sections.count
+        var kept = 0, strings = 0
+        for i in t.indices {
+            let shndx = Int(t.sectionIndex(i))
+            var core = i == 0 || livepatch
+            if !core, shndx != 0, shndx < shnum, t.nameOffset(i) != 0 {
+                core = shndx == percpu || (flags[shndx].contains(.alloc) && !isInit(shndx))
+            }
+            guard core else { continue }
+            kept += 1
+            strings += t.nameBytes(i).count + 1
+        }
+        func align(_ v: Int, _ a: UInt64) -> Int? {
+            guard let a = Int(exactly: a == 0 ? 1 : a), a > 0 else { return nil }
+            let (t, o) = v.addingReportingOverflow(a - 1)
+            return o ? nil : t & ~(a - 1)
+        }
+        guard let symoffs = align(coreEnd, symsect.addralign), let s0 = align(initEnd, symsect.addralign) else { return nil }
+        let core = symoffs + kept * 24 + strings + kept
+        guard let s1 = align(s0 + symsect.size, strsect.addralign), let s2 = align(s1 + strsect.size, 8) else { return nil }
+        let initTotal = s2 + 32 + t.count
+        guard core < 1 << 40, initTotal < 1 << 40 else { return nil }
+        return (core, initTotal)
     }
 }

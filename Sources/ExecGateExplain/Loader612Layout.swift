@@ -78,14 +78,35 @@ extension ModuleLayout {
         func pageAlign(_ v: Int) -> Int { (v + pageSize - 1) & ~(pageSize - 1) }
         let coreTotal = [ModuleMemoryType.text, .data, .rodata, .roAfterInit].reduce(0) { $0 + pageAlign(sizes[$1.rawValue]) }
         let initTotal = [ModuleMemoryType.initText, .initData, .initRodata].reduce(0) { $0 + pageAlign(sizes[$1.rawValue]) }
-        return ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: pageAlign(sizes[ModuleMemoryType.text.rawValue]),
-                            coreSize: coreTotal, initTextSize: pageAlign(sizes[ModuleMemoryType.initText.rawValue]), initSize: initTotal,
-                            percpuIndex: percpu, memType: memType, typeSizes: sizes)
+        var l = ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: pageAlign(sizes[ModuleMemoryType.text.rawValue]),
+                             coreSize: coreTotal, initTextSize: pageAlign(sizes[ModuleMemoryType.initText.rawValue]), initSize: initTotal,
+                             percpuIndex: percpu, memType: memType, typeSizes: sizes)
+        // 6.12 layout_symtab(): appended to mem[MOD_DATA] and mem[MOD_INIT_DATA].
+        let data = sizes[ModuleMemoryType.data.rawValue], initData = sizes[ModuleMemoryType.initData.rawValue]
+        let (c, i) = symbolAppendix(elf, flags: flags, percpu: percpu, isInit: { memType[$0]?.isInit ?? (initO[$0] != nil) },
+                                    coreEnd: data, initEnd: initData) ?? (data, initData)
+        l.coreSizeWithSymbols = c
+        l.initSizeWithSymbols = i
+        return l
     }
 
-    /// PAGE_ALIGN(mem[t].size): the allocation `module_memory_alloc()` makes (0: not allocated).
+    /// PAGE_ALIGN(mem[t].size) of the sections: the part of the allocation `module_memory_alloc()`
+    /// makes that relocations and tables address (0: no section of that type).
     func allocationSize(_ t: ModuleMemoryType) -> Int {
         let v = t.rawValue < typeSizes.count ? typeSizes[t.rawValue] : 0
+        return (v + ModuleLayout.pageSize - 1) & ~(ModuleLayout.pageSize - 1)
+    }
+
+    /// PAGE_ALIGN(mem[t].size) as the kernel allocates it: MOD_DATA and MOD_INIT_DATA with what
+    /// `layout_symtab()` appends (`coreSizeWithSymbols`, `initSizeWithSymbols`); the other types
+    /// as `allocationSize`. What a live module holds.
+    func heldSize(_ t: ModuleMemoryType) -> Int {
+        let v: Int
+        switch t {
+        case .data: v = coreSizeWithSymbols
+        case .initData: v = initSizeWithSymbols
+        default: v = t.rawValue < typeSizes.count ? typeSizes[t.rawValue] : 0
+        }
         return (v + ModuleLayout.pageSize - 1) & ~(ModuleLayout.pageSize - 1)
     }
 }
@@ -169,7 +190,9 @@ extension Session {
         // Page-aligned, inside the module area, pairwise disjoint.
         var ranges: [(lo: UInt64, hi: UInt64, t: ModuleMemoryType)] = []
         for (t, b) in bases {
-            let n = UInt64(lay.allocationSize(t))
+            // As allocated: MOD_DATA and MOD_INIT_DATA with the symbols layout_symtab() appends
+            // (no other type of the module can lie on those pages either).
+            let n = UInt64(lay.heldSize(t))
             let (end, ovf) = b.addingReportingOverflow(n)
             guard !ovf, b % UInt64(ModuleLayout.pageSize) == 0, b >= facts.moduleArea.lowerBound, end <= facts.moduleArea.upperBound else {
                 throw deny("\(t) allocation 0x\(String(b, radix: 16)) +\(n) is not a page-aligned range inside the module area", address: b)
@@ -190,9 +213,10 @@ extension Session {
     func allocations(_ types: [ModuleMemoryType]) -> [Range<UInt64>] {
         guard layout.memType != nil else { return [] }
         return types.compactMap { t in
-            let n = layout.allocationSize(t)
+            let n = layout.heldSize(t)
             guard n > 0, let b = memoryBases[t] else { return nil }
-            return b..<(b &+ UInt64(n))  // inside the module area: memoryBases612 checked it
+            let (end, o) = b.addingReportingOverflow(UInt64(n))
+            return b..<(o ? .max : end)
         }
     }
 

@@ -92,9 +92,28 @@ public struct Denial: Sendable, CustomStringConvertible {
 
     public init(module: String, section: String, offset: Int, address: UInt64, expected: [UInt8], found: [UInt8], rule: DenialRule, reason: String,
                 unexplainedBytes: Int = 1) {
-        self.module = module; self.section = section; self.offset = offset; self.address = address
-        self.expected = expected; self.found = found; self.rule = rule; self.reason = reason
+        self.module = module; self.section = Self.bounded(section); self.offset = offset; self.address = address
+        self.expected = expected; self.found = found; self.rule = rule; self.reason = Self.bounded(reason)
         self.unexplainedBytes = unexplainedBytes
+    }
+
+    /// The most of a reason (or section name) a denial carries, in UTF-8 bytes: a reason quotes
+    /// names the signed module chose, and a multi-megabyte symbol name made a multi-megabyte
+    /// verdict message (round 11). Longer text is cut at a character boundary and says how long
+    /// it was.
+    public static let maximumTextBytes = 4096
+
+    static func bounded(_ s: String) -> String {
+        let n = s.utf8.count
+        guard n > maximumTextBytes else { return s }
+        var out = "", used = 0
+        for c in s.unicodeScalars {
+            let w = String(c).utf8.count
+            if used + w > maximumTextBytes - 64 { break }
+            out.unicodeScalars.append(c)
+            used += w
+        }
+        return out + "… (\(n) bytes, cut)"
     }
 
     public var description: String {

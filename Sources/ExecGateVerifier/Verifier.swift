@@ -640,7 +640,7 @@ public final class Verifier: @unchecked Sendable {
     /// range (`init_base`, `init_text`) is the MOD_INIT_TEXT allocation on both.
     static func liveCoreSize(plan: ModuleLayoutPlan, textBytes: Int, kernelRelease: String?) -> Int {
         if let r = kernelRelease, case .success(.linux6_12) = ModuleLoader.forRelease(r) { return textBytes }
-        return plan.coreSize
+        return max(plan.coreSize, plan.coreSizeWithSymbols)
     }
 
     /// The init allocation a live module holds while its init text is granted: on 6.1 the whole
@@ -650,7 +650,7 @@ public final class Verifier: @unchecked Sendable {
     /// once the claim is explained). Never less than the claimed init text.
     static func liveInitAllocation(plan: ModuleLayoutPlan, initRange: Range<UInt64>, kernelRelease: String?) -> Range<UInt64> {
         if let r = kernelRelease, case .success(.linux6_12) = ModuleLoader.forRelease(r) { return initRange }
-        let (end, o) = initRange.lowerBound.addingReportingOverflow(UInt64(plan.initSize))
+        let (end, o) = initRange.lowerBound.addingReportingOverflow(UInt64(max(plan.initSize, plan.initSizeWithSymbols)))
         return o ? initRange.lowerBound..<UInt64.max : initRange.lowerBound..<max(end, initRange.upperBound)
     }
 

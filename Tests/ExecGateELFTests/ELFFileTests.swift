@@ -52,6 +52,67 @@ final class ELFFileTests: XCTestCase {
         XCTAssertTrue(relas.contains { f.sections[$0.targetSectionIndex].name == ".text" })
     }
 
+    /// `f`'s section header `i` (file offset), and its `sh_offset`/`sh_size` set to `range`.
+    func retarget(_ b: inout [UInt8], section i: Int, to range: Range<Int>) {
+        let h = shoff(b) + i * 64
+        put64(&b, h + 24, UInt64(range.lowerBound))
+        put64(&b, h + 32, UInt64(range.count))
+    }
+
+    /// HOLE (round 11): every section name was made a `String` running to its NUL, so section
+    /// headers naming one long NUL-free run of `.shstrtab` asked for headers × run bytes (8,000 ×
+    /// 1 MB from a 1.5 MB signed module: the service aborted on its allocation). A name past
+    /// `maxSectionNameBytes` is refused, and the search for its NUL stops there.
+    func testALongSectionNameIsRefusedBeforeItIsRead() throws {
+        var b = try load("irqbypass")
+        let (f, _, _) = try parse(b)
+        // .shstrtab moved to a new table at the end of the file: 2,000 'A's, then a NUL. Every
+        // section's sh_name (offsets of the old table, below 2,000) now names a run of 'A's.
+        let start = b.count
+        b += [UInt8](repeating: 0x41, count: 2000) + [0]
+        retarget(&b, section: f.shstrndx, to: start..<b.count)
+        XCTAssertThrowsError(try parse(b)) { e in
+            XCTAssertEqual((e as? ELFError)?.code, .nameTooLong, "\(e)")
+            XCTAssertTrue("\(e)".contains("longer than \(ELFLimits.maxSectionNameBytes) bytes"), "\(e)")
+        }
+        // Within the bound the same names read (1,000 'A's at most).
+        var ok = try load("irqbypass")
+        let s2 = ok.count
+        ok += [UInt8](repeating: 0x41, count: 1000) + [UInt8](repeating: 0, count: 1000) + [0]
+        retarget(&ok, section: f.shstrndx, to: s2..<ok.count)
+        XCTAssertNoThrow(try ok.withUnsafeBytes { _ = try ELFFile(bytes: $0) })
+    }
+
+    /// HOLE (round 11): with a `.strtab` whose last byte is not NUL, each symbol's NUL was looked
+    /// for from the name's start: names sharing one long NUL-free run cost that run once per
+    /// symbol (40,000 × 10 MB never finished). The NULs are now found in one sweep over the table
+    /// in the names' order; each name still ends at the first NUL after its start, and a name
+    /// with none is refused.
+    func testAnUnterminatedStringTableIsReadInOneSweep() throws {
+        var b = try load("irqbypass")
+        let (f, syms, _) = try parse(b)
+        let symtab = try XCTUnwrap(f.sections.first { $0.type == SectionType.symtab })
+        // .strtab moved to 4 MiB of 'A's, a NUL, then one more 'A' (so its last byte is not NUL),
+        // and every symbol named at its start.
+        let start = b.count
+        b += [UInt8](repeating: 0x41, count: 4 << 20) + [0, 0x41]
+        retarget(&b, section: Int(symtab.link), to: start..<b.count)
+        for k in 0..<syms.count { for j in 0..<4 { b[symtab.fileRange.lowerBound + k * 24 + j] = 0 } }
+        try b.withUnsafeBytes { raw in
+            let t = try ELFFile(bytes: raw).symbolTable()
+            XCTAssertEqual(t.count, syms.count)
+            for k in t.indices { XCTAssertEqual(t.nameBytes(k).count, 4 << 20) }
+        }
+        // A name that starts after the last NUL has no end: refused, naming the symbol.
+        let last = symtab.fileRange.lowerBound + (syms.count - 1) * 24
+        let past = UInt32((4 << 20) + 1)
+        for j in 0..<4 { b[last + j] = UInt8(truncatingIfNeeded: past >> (8 * UInt32(j))) }
+        XCTAssertThrowsError(try b.withUnsafeBytes { _ = try ELFFile(bytes: $0).symbolTable() }) { e in
+            XCTAssertEqual((e as? ELFError)?.code, .unterminatedString, "\(e)")
+            XCTAssertTrue("\(e)".contains("symbol \(syms.count - 1)"), "\(e)")
+        }
+    }
+
     func testForbidsTruncatedHeader() throws {
         expect(.truncated, Array(try load("8021q").prefix(63)))
         expect(.truncated, [])

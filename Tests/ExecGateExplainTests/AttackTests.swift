@@ -65,6 +65,21 @@ func denial(_ r: ExplainResult, file: StaticString = #filePath, line: UInt = #li
 }
 
 final class StaticCallTrustTests: XCTestCase {
+    /// A denial's reason quotes names the signed module chose (a symbol, a section): a
+    /// multi-megabyte symbol name made a multi-megabyte verdict message (round 11). Reasons and
+    /// section names are cut at `Denial.maximumTextBytes`, on a character boundary, saying so.
+    func testADenialsTextIsBounded() {
+        let name = String(repeating: "é", count: 600_000)  // 1.2 MB of two-byte characters
+        let d = Denial(module: "m", section: name, offset: 0, address: 0, expected: [], found: [], rule: .relocation,
+                       reason: "unknown symbol " + name)
+        for text in [d.reason, d.section] {
+            XCTAssertLessThanOrEqual(text.utf8.count, Denial.maximumTextBytes)
+            XCTAssertTrue(text.hasSuffix("bytes, cut)"), String(text.suffix(40)))
+        }
+        XCTAssertTrue(d.reason.hasPrefix("unknown symbol éé"))
+        XCTAssertEqual(Denial(module: "m", section: ".text", offset: 0, address: 0, expected: [], found: [], rule: .relocation, reason: "short").reason, "short")
+    }
+
     /// A denial of the claim as a whole points at no byte: stp explained without llc live (its
     /// `llc_*` imports resolve nowhere, `simplify_symbols()`: "Unknown symbol") reads
     /// "stp: relocation: unknown symbol …", not "stp: (claim)+0x0 (0x0): …".

@@ -152,6 +152,14 @@ final class Loader612Tests: XCTestCase {
             XCTAssertTrue(try at(".gnu.linkonce.this_module") == (.data, 0x680))
             XCTAssertTrue(try at(".init.text") == (.initText, 0))
             XCTAssertEqual(lay.textSize, 0x9000)
+            // layout_symtab() (kernel/module/kallsyms.c): MOD_DATA's sections end at 0xb80; the
+            // core symbols (Elf64_Sym, names, types) follow at ALIGN 8, so the allocation
+            // execmem_alloc() makes, and a live tun holds, is three pages, not one.
+            XCTAssertEqual(lay.typeSizes[ModuleMemoryType.data.rawValue], 0xb80)
+            XCTAssertEqual(lay.coreSizeWithSymbols, 0x291b)
+            XCTAssertEqual(lay.heldSize(.data), 0x3000)
+            XCTAssertEqual(lay.allocationSize(.data), 0x1000)
+            XCTAssertGreaterThan(lay.heldSize(.initData), lay.allocationSize(.initData), ".symtab and .strtab go to MOD_INIT_DATA")
         }
     }
 
@@ -189,6 +197,29 @@ final class Loader612Tests: XCTestCase {
                 return XCTFail("sections of one type disagreeing on its base must be denied")
             }
             XCTAssertTrue(d2.reason.contains("MOD_RODATA"), d2.reason)
+        }
+    }
+
+    /// tun's MOD_DATA is one page of sections and three as allocated (layout_symtab() appends the
+    /// core symbols): MOD_RODATA on the second page lies in MOD_DATA's allocation, a layout the
+    /// kernel never makes (round 11), and is denied; on the fourth it is not.
+    func testATypeOnTheSymbolPagesOfMODDataIsALayoutDenial() throws {
+        let ko = try Self.module612("tun")
+        try ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
+            XCTAssertEqual(lay.heldSize(.data), 0x3000)
+            func verdict(rodataAt off: UInt64) -> Verdict {
+                let d: UInt64 = 0xffff_ffff_c020_0000
+                var claim = ModuleClaim(name: "tun", textBase: 0xffff_ffff_c010_0000, text: [UInt8](repeating: 0, count: lay.textSize), sectionAddresses: [:])
+                claim.memoryBases = [.data: d, .rodata: d + off, .roAfterInit: 0xffff_ffff_c040_0000]
+                return Explainer(facts: Self.facts()).explain(elf: elf, claim: claim, resolver: SymbolResolver(coreExports: [:])).verdict
+            }
+            guard case .denied(let on) = verdict(rodataAt: 0x1000) else { return XCTFail("MOD_RODATA on MOD_DATA's symbol pages") }
+            XCTAssertEqual(on.rule, .layout)
+            XCTAssertTrue(on.reason.contains("overlaps MOD_DATA"), on.reason)
+            guard case .denied(let after) = verdict(rodataAt: 0x3000) else { return XCTFail("zero text allowed") }
+            XCTAssertFalse(after.reason.contains("overlaps"), after.reason)
         }
     }
 

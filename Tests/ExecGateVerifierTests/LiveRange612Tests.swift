@@ -20,9 +20,13 @@ final class LiveRange612Tests: XCTestCase {
         XCTAssertGreaterThan(plan.coreSize, plan.textSize)
         XCTAssertEqual(Verifier.liveCoreSize(plan: plan, textBytes: 0x3000, kernelRelease: "6.12.117+deb12-amd64"), 0x3000)
         XCTAssertEqual(Verifier.liveCoreSize(plan: plan, textBytes: 0, kernelRelease: "6.12.117+deb12-amd64"), 0, "data-only: no MOD_TEXT")
-        XCTAssertEqual(Verifier.liveCoreSize(plan: plan, textBytes: plan.textSize, kernelRelease: "6.1.0-56-amd64"), plan.coreSize)
-        XCTAssertEqual(Verifier.liveCoreSize(plan: plan, textBytes: plan.textSize, kernelRelease: nil), plan.coreSize)
-        XCTAssertEqual(Verifier.liveCoreSize(plan: plan, textBytes: plan.textSize, kernelRelease: "6.13.1"), plan.coreSize, "no loader: the larger range")
+        // On 6.1 the core allocation as the kernel makes it: with the core symbols layout_symtab()
+        // appends (/sys/module/8021q/coresize on the captured boot: 40960; SymbolAppendixTests).
+        XCTAssertGreaterThanOrEqual(plan.coreSizeWithSymbols, plan.coreSize)
+        XCTAssertEqual(plan.coreSizeWithSymbols, 40960)
+        XCTAssertEqual(Verifier.liveCoreSize(plan: plan, textBytes: plan.textSize, kernelRelease: "6.1.0-56-amd64"), plan.coreSizeWithSymbols)
+        XCTAssertEqual(Verifier.liveCoreSize(plan: plan, textBytes: plan.textSize, kernelRelease: nil), plan.coreSizeWithSymbols)
+        XCTAssertEqual(Verifier.liveCoreSize(plan: plan, textBytes: plan.textSize, kernelRelease: "6.13.1"), plan.coreSizeWithSymbols, "no loader: the larger range")
     }
 
     /// HOLE (round 11, a reviewer's synthetic 6.12 boot of the real Debian 6.12 crc7 and tun):
@@ -69,5 +73,35 @@ final class LiveRange612Tests: XCTestCase {
             return XCTFail("freed init data not reusable")
         }
         guard case .failure = s.commit(module("veth", text: b + 0x4000..<b + 0x5000, frame: 0x201)) else { return XCTFail("crc7's MOD_RODATA released with its init") }
+    }
+
+    /// HOLE (round 11): the range a live 6.1 module holds was its sections' core layout, short of
+    /// the pages layout_symtab() appends (its core symbols: /sys/module/<m>/coresize counts them),
+    /// so another module's text could be claimed on them while it was live. Served: the fixture
+    /// module whose symbols take pages of their own is allowed, and a claim starting on the first
+    /// of those pages is claim.overlaps-live before it is judged.
+    func testA61ModuleHoldsThePagesOfItsCoreSymbols() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let v = Verifier(policy: Policy(id: "t", version: 1, trust: try Fixtures.debianTrust()))
+        guard case .registerGuestReply = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: []) else { return XCTFail("register") }
+        var found: (name: String, base: UInt64, sections: Int)?
+        var next: String?
+        for n in boot.availableModules {
+            if found != nil { next = n; break }
+            let m = try boot.module(n)
+            let plan = try m.ko.withUnsafeBytes { try XCTUnwrap(ModuleLayoutPlan.compute(try ELFFile(bytes: $0))) }
+            guard v.authorize(m.request(guestID: "g"), requestDigest: []).decision == .allow else { return XCTFail("\(n) not allowed") }
+            if plan.coreSizeWithSymbols > plan.coreSize { found = (n, m.claim.textBase, plan.coreSize) }
+        }
+        let holder = try XCTUnwrap(found, "a fixture module whose core symbols take a page past its sections")
+        // The next module's claim laid on the holder's first symbol page.
+        let other = try boot.module(try XCTUnwrap(next, "a module after \(holder.name)"))
+        var r = other.request(guestID: "g")
+        r.textBase = holder.base + UInt64(holder.sections)
+        let pages = (other.claim.text.count + 4095) / 4096
+        r.frames = (0..<pages).map { 0x7000_0000 + UInt64($0) }
+        let verdict = v.authorize(r, requestDigest: [])
+        XCTAssertEqual(verdict.decision, .deny)
+        XCTAssertEqual(verdict.reason, .claimOverlapsLive, verdict.message)
     }
 }
