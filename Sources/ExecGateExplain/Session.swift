@@ -216,10 +216,7 @@ final class Session {
         // layout_and_allocate() → module_enforce_rwx_sections() (kernel/module/strict_rwx.c, 6.1
         // and 6.12; CONFIG_STRICT_MODULE_RWX=y in both Debian builds): any section, allocated or
         // not, flagged SHF_WRITE|SHF_EXECINSTR refuses the module (-ENOEXEC) before layout.
-        for s in elf.sections where s.flags.contains(.write) && s.flags.contains(.execInstr) {
-            throw Session.denial(claim, .malformedELF, "\(s.name) has invalid WRITE|EXEC flags: module_enforce_rwx_sections() refuses the module (-ENOEXEC)",
-                                 section: s.name)
-        }
+        if let (s, why) = ModuleStructure.writableExecutableSection(elf) { throw Session.denial(claim, .malformedELF, why, section: s) }
 
         guard let lay = loader == .linux6_12 ? ModuleLayout.compute612(elf) : ModuleLayout.compute(elf) else {
             throw deny("section sizes/alignments overflow the kernel's layout computation")
@@ -230,10 +227,7 @@ final class Session {
         // `elf_validity_cache_sechdrs()` in 6.12) skips SHT_NULL sections ("no contents"), and so
         // does the parser (no file range). An allocated SHT_NULL section with a size would be
         // copied from bytes nobody bounds-checked: nothing explains them (no real module has one).
-        for s in elf.sections where s.type == SectionType.null && s.size > 0 && lay.flags[s.index].contains(.alloc) {
-            throw Session.denial(claim, .malformedELF, "\(s.name) is SHF_ALLOC with type SHT_NULL and \(s.size) bytes: move_module() would copy them from a file offset the kernel never checks",
-                                 section: s.name)
-        }
+        if let (s, why) = ModuleStructure.allocatedNullSection(elf, flags: lay.flags) { throw Session.denial(claim, .malformedELF, why, section: s) }
         guard lay.coreSize <= ExplainLimits.maxCoreSize else {
             throw deny("core allocation of \(lay.coreSize) bytes exceeds \(ExplainLimits.maxCoreSize)")
         }
@@ -752,4 +746,43 @@ final class Session {
     let pb = UnsafeBufferPointer(start: p.utf8Start, count: p.utf8CodeUnitCount)
     if let r = s.utf8.withContiguousStorageIfAvailable({ b in b.count >= pb.count && b.prefix(pb.count).elementsEqual(pb) }) { return r }
     return s.hasPrefix(String(decoding: pb, as: UTF8.self))
+}
+
+/// The structural refusals that need no guest facts: what the kernel refuses (or would copy
+/// unchecked) before any byte of the module is placed. The engine applies each at its stage
+/// (`Session.init`, the relocation walk); a signature-only verdict, which runs no engine, applies
+/// them all (`check`), so "judged on signature and structure" holds for it too.
+public enum ModuleStructure {
+    /// `module_enforce_rwx_sections()` (kernel/module/strict_rwx.c, 6.1 and 6.12;
+    /// CONFIG_STRICT_MODULE_RWX=y): any section flagged SHF_WRITE|SHF_EXECINSTR refuses the module.
+    static func writableExecutableSection(_ elf: ELFFile) -> (section: String, reason: String)? {
+        guard let s = elf.sections.first(where: { $0.flags.contains(.write) && $0.flags.contains(.execInstr) }) else { return nil }
+        return (s.name, "\(s.name) has invalid WRITE|EXEC flags: module_enforce_rwx_sections() refuses the module (-ENOEXEC)")
+    }
+
+    /// `move_module()` copies every SHF_ALLOC section that is not SHT_NOBITS from its file offset,
+    /// but the kernel's offset check (`elf_validity_check()` in 6.1, `elf_validity_cache_sechdrs()`
+    /// in 6.12) skips SHT_NULL sections, and so does the parser (no file range): an allocated
+    /// SHT_NULL section with a size would be copied from bytes nobody bounds-checked (`flags`:
+    /// after the loader's edits, `ModuleLayout.loaderFlags`).
+    static func allocatedNullSection(_ elf: ELFFile, flags: [SectionFlags]) -> (section: String, reason: String)? {
+        guard let s = elf.sections.first(where: { $0.type == SectionType.null && $0.size > 0 && flags[$0.index].contains(.alloc) }) else { return nil }
+        return (s.name, "\(s.name) is SHF_ALLOC with type SHT_NULL and \(s.size) bytes: move_module() would copy them from a file offset the kernel never checks")
+    }
+
+    /// Every fact-free structural refusal, in the engine's order: the sections' flags, the
+    /// layout's arithmetic, allocated SHT_NULL sections, the symbol table, every relocation
+    /// record. nil when the module passes; else the reason.
+    public static func check(_ elf: ELFFile) -> String? {
+        if let (_, why) = writableExecutableSection(elf) { return why }
+        guard let lay = ModuleLayout.compute(elf) else { return "section sizes/alignments overflow the kernel's layout computation" }
+        if let (_, why) = allocatedNullSection(elf, flags: lay.flags) { return why }
+        do {
+            _ = try elf.symbolTable()
+            try elf.checkRelocationRecords()
+        } catch {
+            return "\(error)"
+        }
+        return nil
+    }
 }

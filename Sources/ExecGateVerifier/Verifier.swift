@@ -505,6 +505,13 @@ public final class Verifier: @unchecked Sendable {
                 checks.append(.frames)
                 return deny(.claimFramesInvalid, "guest-physical frames are claimed without the region they map (frames need text_base + text, init_frames need init_base + init_text): a signature-only verdict judges no byte and grants no frame")
             }
+            // Structure, as the engine would refuse it before judging any byte (the kernel's own
+            // refusals, and what it would copy unchecked): a signature-only allow is "judged on
+            // signature and structure", and it was on the section headers alone (22 forms the
+            // engine denies were allowed, an SHF_ALLOC SHT_NULL section among them: round 11).
+            if let why = ModuleStructure.check(elf) {
+                return deny(.malformedELF, "signed content: \(why)")
+            }
             var j = Judgement(verdict: ExecGateWire.Verdict(
                 decision: .allow, reason: .allowed,
                 message: "SIGNATURE ONLY (policy \(policy.id) opts into 'end-state signature-only'): signed by '\(signature.signer.subject)' (\(signature.digestAlgorithm)); no executable byte was judged",

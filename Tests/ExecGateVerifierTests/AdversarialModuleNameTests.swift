@@ -84,6 +84,45 @@ final class AdversarialModuleNameTests: XCTestCase {
         return v.authorize(AuthorizeModule(module: try XCTUnwrap(r.module)), requestDigest: [])
     }
 
+    /// HOLE (round 11): a signature-only allow ("judged on signature and structure") checked the
+    /// section headers alone: an SHF_ALLOC section of type SHT_NULL (trust.md names it: denied),
+    /// a symbol table with a bad entry size, a relocation naming symbol 0xffffffff, all signed by
+    /// a trusted key, were allowed. The engine's fact-free structural refusals now run first
+    /// (`ModuleStructure.check`); the unedited module is still allowed.
+    func testASignatureOnlyAllowChecksTheStructureTheEngineWould() throws {
+        let g = try guest()
+        let base = try g.request("irqbypass")
+        func verdict(_ edit: (inout Crafted) throws -> Void) throws -> ExecGateWire.Verdict {
+            var c = Crafted(ko: try g.boot.module("irqbypass").ko)
+            try edit(&c)
+            var r = base
+            r.module = ByteBuffer(bytes: try c.signed())
+            return try signatureOnly(r)
+        }
+        func put32(_ c: inout Crafted, _ o: Int, _ v: UInt32) { c.write((0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * UInt32($0))) }, at: o) }
+        func header(_ c: Crafted, _ name: String) throws -> Int {
+            let elf = try c.ko.withUnsafeBytes { try ELFFile(bytes: $0) }
+            var shoff = 0
+            for k in 0..<8 { shoff |= Int(c.ko[40 + k]) << (8 * k) }
+            return shoff + (try XCTUnwrap(elf.section(named: name))).index * 64
+        }
+        XCTAssertEqual(try verdict { _ in }.decision, .allow, "the unedited module")
+        // .text retyped SHT_NULL (still SHF_ALLOC|SHF_EXECINSTR, with its size).
+        let nullText = try verdict { c in put32(&c, try header(c, ".text") + 4, 0) }
+        XCTAssertEqual(nullText.decision, .deny)
+        XCTAssertEqual(nullText.reason, .malformedELF, nullText.message)
+        XCTAssertTrue(nullText.message.contains("SHT_NULL"), nullText.message)
+        // .symtab's sh_entsize 23.
+        let entsize = try verdict { c in put32(&c, try header(c, ".symtab") + 56, 23) }
+        XCTAssertEqual(entsize.reason, .malformedELF, entsize.message)
+        // The first record of .rela.text names symbol 0xffffffff.
+        let badSymbol = try verdict { c in
+            let rela = try c.section(".rela.text").fileRange.lowerBound
+            put32(&c, rela + 12, 0xffff_ffff)
+        }
+        XCTAssertEqual(badSymbol.reason, .malformedELF, badSymbol.message)
+    }
+
     /// The unedited module re-signed by the test key is denied by name: the baseline the attacks
     /// below start from (and a guard that the craft itself does not break the module).
     func testBaselineDeniedByName() throws {

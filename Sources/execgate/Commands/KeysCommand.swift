@@ -156,11 +156,6 @@ struct KeysGenerate: ParsableCommand {
         guard days > 0 else { throw ValidationError("--days must be positive") }
         guard days <= most else { throw ValidationError("--days must be 1…\(most): the certificate's notAfter must fall by 9999-12-31, the last date X.509 encodes") }
         guard !cn.isEmpty, !cn.utf8.contains(0) else { throw ValidationError("--cn must be a non-empty name") }
-        // A control character in the name (a newline, an escape) is printed into every verdict
-        // and log line that names the signer: refused, as no certificate of the kernel's has one.
-        guard !cn.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f || (0x80...0x9f).contains($0.value) }) else {
-            throw ValidationError("--cn holds a control character: a common name is printable text")
-        }
         // X.520 ub-common-name (RFC 5280 Appendix A): OpenSSL refuses a longer commonName when the
         // certificate is made, i.e. after the key was generated, with "string too long".
         guard cn.unicodeScalars.count <= 64 else {
