@@ -263,6 +263,31 @@ int egs_x509_skid(X509 *x, uint8_t *out, size_t cap) {
     return egs_copy_out(s->data, (size_t)s->length, out, cap);
 }
 
+/* The kernel's x509_check_for_self_signed() (crypto/asymmetric_keys/x509_public_key.c, 6.1 and
+ * 6.12): a certificate whose raw issuer equals its raw subject (and whose authority key id, when
+ * present, names it) is self-signed, and its signature must verify with its own key, else the key
+ * is rejected (-EKEYREJECTED) and never reaches the keyring; an algorithm the kernel cannot check
+ * (-ENOPKG) is let through. 1: not self-signed, or it verifies (or cannot be checked);
+ * 0: self-signed and the signature does not verify. */
+int egs_x509_self_signature_ok(X509 *x) {
+    unsigned char *subject = NULL, *issuer = NULL;
+    int ls = i2d_X509_NAME(X509_get_subject_name(x), &subject);
+    int li = i2d_X509_NAME(X509_get_issuer_name(x), &issuer);
+    int same = ls > 0 && ls == li && memcmp(subject, issuer, (size_t)ls) == 0;
+    OPENSSL_free(subject);
+    OPENSSL_free(issuer);
+    int result = 1;
+    if (same) {
+        AUTHORITY_KEYID *akid = X509_get_ext_d2i(x, NID_authority_key_identifier, NULL, NULL);
+        int names_itself = X509_check_akid(x, akid) == X509_V_OK;  /* no AKID: OK */
+        AUTHORITY_KEYID_free(akid);
+        EVP_PKEY *k = X509_get0_pubkey(x);
+        if (names_itself && k != NULL) result = X509_verify(x, k) == 0 ? 0 : 1;
+    }
+    ERR_clear_error();
+    return result;
+}
+
 int egs_x509_pubkey_info(X509 *x, int *alg, int *bits) {
     EVP_PKEY *k = X509_get0_pubkey(x);
     if (k == NULL) {

@@ -64,7 +64,17 @@ public enum BuiltinCertificates {
             throw KernelImageError(.ambiguousCertificateList, "\(lists.count) runs of certificates have the shape of system_certificate_list (at \(lists.map { Hex.address(UInt64($0.first!.offset)) }.joined(separator: ", "))); the kernel loads one")
         }
         var seen = Set<Digest>()
-        return list.compactMap { seen.insert($0.certificate.fingerprint).inserted ? $0.certificate : nil }
+        let certificates = list.compactMap { seen.insert($0.certificate.fingerprint).inserted ? $0.certificate : nil }
+        // load_certificate_list() (certs/common.c) adds each certificate with
+        // key_create_or_update(); the X.509 parser rejects a self-signed one whose signature does
+        // not verify with its own key (x509_check_for_self_signed(): -EKEYREJECTED), and the loop
+        // goes on to the next. Such a certificate is no anchor of the kernel's: dropped here too
+        // (trusted, it would allow modules the kernel refuses).
+        let kept = certificates.filter(\.selfSignatureVerifies)
+        guard !kept.isEmpty else {
+            throw KernelImageError(.noCertificates, "system_certificate_list holds \(certificates.count) certificate(s), each self-signed with a signature that does not verify: the kernel rejects them (x509_check_for_self_signed(), -EKEYREJECTED), so its builtin keyring is empty")
+        }
+        return kept
     }
 
     /// .align 8 before the list; zero padding to 8 after it; then system_certificate_list_size (the

@@ -93,6 +93,12 @@ public final class Certificate: @unchecked Sendable, Hashable, CustomStringConve
     public let publicKeyAlgorithm: PublicKeyAlgorithm
     public let publicKeyBits: Int
 
+    /// False when the certificate is self-signed (raw issuer = raw subject, its authority key id,
+    /// if any, naming itself) and its signature does not verify with its own key: the kernel's
+    /// `x509_check_for_self_signed()` rejects such a key (-EKEYREJECTED), so it never reaches a
+    /// keyring. True otherwise (an algorithm that cannot be checked is let through, as -ENOPKG is).
+    public var selfSignatureVerifies: Bool { egs_x509_self_signature_ok(handle) == 1 }
+
     /// `subjectKeyIdentifier` as hex, if present.
     public var subjectKeyIdentifierHex: String? { subjectKeyIdentifier.map { Hex.encode($0) } }
 

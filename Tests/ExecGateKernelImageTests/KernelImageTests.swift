@@ -149,4 +149,37 @@ final class HostileKernelImageTests: XCTestCase {
         guard case .failure(let f) = under else { return XCTFail("no certificate list in the padding") }
         XCTAssertEqual(f.code, .noCertificates, "\(f)")
     }
+
+    /// (Round 11, a reviewer's fuzzing.) The kernel's X.509 parser rejects a self-signed
+    /// certificate whose signature does not verify with its own key (x509_check_for_self_signed(),
+    /// -EKEYREJECTED): load_certificate_list() goes on without it, so it is no anchor of the
+    /// kernel's. It was extracted and trusted, which would allow modules the kernel refuses.
+    /// The real Debian build key (self-signed) verifies; with one byte of its signature flipped
+    /// it is dropped, and a list of only such certificates holds no anchor.
+    func testASelfSignedCertificateWhoseSignatureFailsIsNoAnchor() throws {
+        let real = try Fixtures.debianCertificates()
+        let der = try XCTUnwrap(real.first).der
+        XCTAssertTrue(try XCTUnwrap(real.first).selfSignatureVerifies, "the real build key is self-signed and verifies")
+        func list(_ certs: [[UInt8]]) -> Result<[Certificate], KernelImageError> {
+            var b: [UInt8] = [0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 56)
+            let start = b.count
+            for c in certs { b += c }
+            let end = b.count
+            while b.count % 8 != 0 { b.append(0) }
+            for v in [UInt64(end - start), UInt64(certs[0].count)] { b += (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
+            b += [UInt8](repeating: 0, count: 64)
+            return b.withUnsafeBytes { raw in Result { () throws(KernelImageError) in try BuiltinCertificates.systemCertificateList(raw) } }
+        }
+        XCTAssertEqual(try list([der]).get().count, 1)
+        var broken = der
+        broken[broken.count - 5] ^= 0x01  // inside the signature BIT STRING, the certificate's last field
+        let parsed = try broken.withUnsafeBytes { try Certificate(derEncoded: $0) }
+        XCTAssertFalse(parsed.selfSignatureVerifies)
+        guard case .failure(let e) = list([broken]) else { return XCTFail("a certificate the kernel rejects was trusted") }
+        XCTAssertEqual(e.code, .noCertificates, "\(e)")
+        XCTAssertTrue("\(e)".contains("x509_check_for_self_signed"), "\(e)")
+        // Beside a good one, the bad one is dropped and the good one kept.
+        let mixed = try list([der, broken]).get()
+        XCTAssertEqual(mixed.map(\.der), [der])
+    }
 }

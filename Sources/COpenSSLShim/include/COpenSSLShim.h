@@ -86,6 +86,7 @@ int egs_x509_name(struct x509_st *x, int which, char *out, size_t cap);
 int egs_x509_serial(struct x509_st *x, uint8_t *out, size_t cap, int *negative);
 /* Subject key identifier bytes; -1 when the certificate has none. */
 int egs_x509_skid(struct x509_st *x, uint8_t *out, size_t cap);
+int egs_x509_self_signature_ok(struct x509_st *x);
 int egs_x509_pubkey_info(struct x509_st *x, int *alg, int *bits);
 /* PEM text of the certificate (no NUL). */
 int egs_x509_pem(struct x509_st *x, uint8_t *out, size_t cap);
