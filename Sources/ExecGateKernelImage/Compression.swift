@@ -65,7 +65,7 @@ public enum KernelCompression: String, Sendable, Hashable, CaseIterable {
         case Int32(EGD_ERR_TRUNCATED):
             throw KernelImageError(.truncatedPayload, "\(rawValue) stream ends early (after \(consumed) of \(input.count) input bytes)")
         case Int32(EGD_ERR_NOMEM):
-            throw KernelImageError(.outOfMemory, "out of memory decompressing \(rawValue)")
+            throw KernelImageError(.outOfMemory, "\(rawValue): the decoder needs more memory than it may take (a stream whose header asks for a dictionary or window past the decoder's 256 MiB limit), or memory ran out")
         default:
             throw KernelImageError(.corruptPayload, "\(rawValue) stream is corrupt (near input byte \(consumed))")
         }

@@ -103,7 +103,7 @@ extension DER {
         // non-minimal lengths such as `02 81 01 01`, which would give one accepted message many
         // encodings. Every element, at every depth, must use the minimal length form.
         guard isMinimalDER(cms, 0..<cms.count, depth: 0) else {
-            return "not DER: an element's length is not in its minimal form (or the elements do not tile their parent)"
+            return "not DER: an element's length is not in its minimal form, the elements do not tile their parent, or they nest deeper than 32 levels"
         }
         guard let ci = element(in: cms, at: 0), ci.tag == 0x30, ci.whole.upperBound == cms.count,
               let type = element(in: cms, at: ci.contents.lowerBound), type.tag == 0x06,
