@@ -68,8 +68,12 @@ extension DER {
 
     /// Checks the parts of a CMS SignedData that are *not* covered by the signature and that
     /// OpenSSL does not check, the way the kernel's PKCS#7 parser (crypto/asymmetric_keys/
-    /// pkcs7_parser.c) checks them, plus a few stricter rules so that no byte of an accepted message
-    /// can change without the verdict changing. Returns nil when the shape is acceptable, else a reason.
+    /// pkcs7_parser.c) checks them, plus a few stricter rules that fix most of the message's
+    /// unsigned bytes (strict DER, one digest entry, no certificates or attributes). Not all: an
+    /// algorithm's parameters may be absent or NULL, and the signer may be named by issuer+serial
+    /// or by subject key id, as the kernel accepts each, so those bytes can change while the
+    /// verdict does not (a module's identity is its signed content, never its signature bytes:
+    /// docs/trust.md). Returns nil when the shape is acceptable, else a reason.
     ///
     /// Per RFC 5652 § 5.1 and § 5.3:
     ///
