@@ -5,13 +5,18 @@
 //   elf   each executable section with the module's own file bytes at synthetic addresses —
 //         what a VMM would claim for a module not yet relocated (useful to exercise the structure
 //         check; an end-state judge will deny it, as the bytes are not what a loader leaves);
-//   DIR   a capture directory of one module in the corpus layout: text/<addr>_<section>.bin.
+//   DIR   a module's directory of a capture (`execgate capture`, docs/capture.md: layout.json,
+//         core_text.bin, sections.json, in a boot directory with its kallsyms): the claim a VMM
+//         sends for the loaded module (text_base, the region's bytes, one frame a page, the
+//         sections' addresses), as `policy test` replays it; or a directory of
+//         text/<addr>_<section>.bin files (section bytes at their addresses).
 
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import ExecGateCapture
 import ExecGateELF
 import ExecGateSignature
 import ExecGateWire
@@ -50,6 +55,20 @@ public enum ClaimSource {
             }
             return out
         }
+    }
+
+    /// The whole claim of a captured module (`dir` holds its layout.json; its parent is the boot
+    /// directory): the request `policy test` sends for it, for guest `guestID`; nil when `dir` is
+    /// no module directory of a capture.
+    public static func capturedRequest(_ dir: String, guestID: String) throws -> AuthorizeModule? {
+        guard LocalFile.exists(dir + "/layout.json") else { return nil }
+        var d = dir
+        while d.count > 1 && d.hasSuffix("/") { d.removeLast() }
+        guard let slash = d.lastIndex(of: "/") else {
+            throw LocalFileError(path: dir, why: "a module's capture directory is named inside its boot directory (BOOT/MODULE)")
+        }
+        let boot = try CaptureBoot.load(slash == d.startIndex ? "/" : String(d[..<slash]))
+        return try boot.module(String(d[d.index(after: slash)...])).request(guestID: guestID)
     }
 
     /// Reads `DIR/text/<16 hex digits>_<section>.bin` files.

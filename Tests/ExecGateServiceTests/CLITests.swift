@@ -96,4 +96,32 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(log.contains("\"msg\":\"verdict\""), "structured log of the verdict")
         XCTAssertTrue(log.contains("\"msg\":\"stopped\""), log)
     }
+
+    /// The whole served flow from the CLI, as a newcomer follows it (round 11: no command
+    /// registered a guest, so a served ALLOW was out of reach): register a guest from a captured
+    /// boot, send a loaded module's end state from its capture directory (allowed), the same
+    /// guest again (refused, exit 1), then remove it.
+    func testRegisterAGuestAndSendACapturedModulesEndState() throws {
+        let dir = Fixtures.temporaryDirectory()
+        let sock = "unix:" + dir + "/s.sock"
+        let boot = Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a"
+        let pid = Fixtures.spawnExecgate(["serve", "--listen", sock, "--trust", certPath], stdoutPath: dir + "/out", stderrPath: dir + "/err")
+        defer { kill(pid, SIGTERM); _ = Fixtures.wait(pid) }
+        for _ in 0..<100 where Fixtures.runExecgate(["request", "status", "--connect", sock]).status != 0 { usleep(100_000) }
+        let reg = Fixtures.runExecgate(["request", "register-guest", "--capture", boot, "--guest", "g", "--connect", sock, "--json"])
+        XCTAssertEqual(reg.status, 0, reg.stderr)
+        XCTAssertTrue(reg.stdout.contains("\"session\":\"0x"), reg.stdout)
+        let llc = Fixtures.runExecgate(["request", "module", boot + "/llc/llc.ko", "--claim", boot + "/llc", "--guest", "g", "--connect", sock, "--json"])
+        XCTAssertEqual(llc.status, 0, llc.stdout + llc.stderr)
+        XCTAssertTrue(llc.stdout.contains("\"decision\":\"allow\""), llc.stdout)
+        XCTAssertTrue(llc.stdout.contains("end-state"), llc.stdout)
+        let again = Fixtures.runExecgate(["request", "register-guest", "--capture", boot, "--guest", "g", "--connect", sock])
+        XCTAssertEqual(again.status, 1, again.stderr)
+        XCTAssertTrue(again.stderr.contains("guest-exists"), again.stderr)
+        let removed = Fixtures.runExecgate(["request", "remove-guest", "--guest", "g", "--connect", sock, "--json"])
+        XCTAssertEqual(removed.status, 0, removed.stderr)
+        XCTAssertTrue(removed.stdout.contains("\"modules_removed\":1"), removed.stdout)
+        let missing = Fixtures.runExecgate(["request", "register-guest", "--capture", dir + "/nowhere", "--guest", "g", "--connect", sock])
+        XCTAssertEqual(missing.status, 2, missing.stderr)
+    }
 }

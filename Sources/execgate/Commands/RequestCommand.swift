@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 import _ExecGateInternals
 import ExecGateCommandLine
+import ExecGateCapture
 import ExecGateClient
 import ExecGateHost
 import ExecGateWire
@@ -11,7 +12,7 @@ struct RequestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "request",
         abstract: "Send a request to a running verifier (plays the VMM).",
-        subcommands: [RequestModule.self, RequestStatus.self, RequestRetireModule.self, RequestInitFreed.self, RequestRemoveGuest.self]
+        subcommands: [RequestRegisterGuest.self, RequestModule.self, RequestStatus.self, RequestRetireModule.self, RequestInitFreed.self, RequestRemoveGuest.self]
     )
 }
 
@@ -79,7 +80,7 @@ struct RequestModule: AsyncParsableCommand {
 
     @Argument(help: "The signed module (.ko, or .ko.gz/.ko.xz/.ko.zst: decompressed first, as the kernel does).") var file: String
     @OptionGroup var connection: ConnectOptions
-    @Option(help: "Claim: none, elf, or a capture directory of the module (text/<addr>_<section>.bin).")
+    @Option(help: "Claim: none, elf, a module's directory of a capture (BOOT/MODULE: its loaded end state, as `policy test` sends it; register the guest with `request register-guest --capture BOOT` first), or a directory of text/<addr>_<section>.bin files.")
     var claim: String = "elf"
     @Option(help: "Registered guest id the pages belong to (empty: no guest).")
     var guest: String = ""
@@ -94,17 +95,23 @@ struct RequestModule: AsyncParsableCommand {
             Console.error("execgate request module: --session names a session of a guest: give --guest")
             throw ExecGateExit.usage
         }
+        var captured: AuthorizeModule?
         do {
             module = try LocalFile.readModule(file)
-            sections = try ClaimSource.sections(claim, module: module)
+            captured = try ClaimSource.capturedRequest(claim, guestID: guest)
+            sections = captured == nil ? try ClaimSource.sections(claim, module: module) : []
         } catch {
             Console.error("execgate request module: \(error)")
             throw ExecGateExit.usage
         }
+        // The captured end state, with this file as the evidence.
+        var request = captured ?? AuthorizeModule(guestID: guest, module: ByteBuffer(bytes: module), sections: sections, session: token)
+        request.module = ByteBuffer(bytes: module)
+        request.session = token
         let client = try await connection.client()
         let verdict: Verdict
         do {
-            verdict = try await client.authorize(AuthorizeModule(guestID: guest, module: ByteBuffer(bytes: module), sections: sections, session: token))
+            verdict = try await client.authorize(request)
         } catch {
             Console.error("execgate request module: \(error)")
             await client.close()
@@ -223,6 +230,54 @@ struct RequestRemoveGuest: AsyncParsableCommand {
                                ("build_released", .bool(r.buildReleased == 1))]).serialized())
         } else {
             print("removed \(TerminalText.escaped(r.guestID)): \(r.modulesRemoved) live module(s) forgotten; its kernel build's facts \(r.buildReleased == 1 ? "released" : "still held for other guests")")
+        }
+    }
+}
+
+struct RequestRegisterGuest: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "register-guest",
+        abstract: "Register a guest with the facts of a captured boot (plays the VMM at the trusted point): prints its session token.",
+        discussion: "The facts are the boot directory's (kallsyms, CPU words, pv_ops, command line, …: docs/capture.md), sent in full as docs/protocol.md's register-guest. Then `request module FILE --claim BOOT/MODULE --guest ID` sends a loaded module's end state. Exit status: 0 registered, 1 refused (guest exists, implausible facts, untrusted kernel, unavailable), 2 usage error, unreadable capture or no answer."
+    )
+    @OptionGroup var connection: ConnectOptions
+    @Option(help: "Guest id to register.") var guest: String
+    @Option(help: ArgumentHelp("A boot directory of a capture (execgate capture; the corpus layout).", valueName: "BOOT")) var capture: String
+    @Flag(help: "Replace the guest's session (the VMM revoked every grant of it first: the guest rebooted).") var reset = false
+    @Flag(name: .customLong("require-session"), help: "Refuse this guest's requests that carry no session token.") var requireSession = false
+
+    func run() async throws {
+        guard !guest.isEmpty else {
+            Console.error("execgate request register-guest: --guest is empty: name the guest")
+            throw ExecGateExit.usage
+        }
+        var r: RegisterGuest
+        do { r = try CaptureBoot.load(capture).registration(guestID: guest) } catch {
+            Console.error("execgate request register-guest: \(capture): \(error)")
+            throw ExecGateExit.usage
+        }
+        r.reset = reset
+        r.requireSession = requireSession
+        let client = try await connection.client()
+        let reply: RegisterGuestReply
+        do { reply = try await client.register(r) } catch ClientError.server(let e) {
+            await client.close()
+            Console.error("execgate request register-guest: \(e.code): \(TerminalText.escaped(e.message))")
+            throw e.code == .guestExists || e.code == .implausibleFacts || e.code == .untrustedKernel || e.code == .unavailable || e.code == .unknownGuest
+                ? ExecGateExit.deny : ExecGateExit.usage
+        } catch {
+            await client.close()
+            Console.error("execgate request register-guest: \(ConnectionFailure.describe(error))")
+            throw ExecGateExit.usage
+        }
+        await client.close()
+        let token = reply.session.map { "0x" + String($0, radix: 16) }
+        if connection.json {
+            print(JSON.object([("guest", .string(reply.guestID)), ("session", token.map { .string($0) } ?? .null),
+                               ("symbol_count", .uint(UInt64(reply.symbolCount))), ("symbols_digest", .string(Hex.encode(reply.symbolsDigest))),
+                               ("facts_digest", .string(Hex.encode(reply.factsDigest)))]).serialized())
+        } else {
+            print("registered \(TerminalText.escaped(reply.guestID)): session \(token ?? "(none)"), \(reply.symbolCount) symbols, symbols digest \(Hex.encode(reply.symbolsDigest))")
         }
     }
 }
