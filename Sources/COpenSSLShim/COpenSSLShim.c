@@ -263,27 +263,55 @@ int egs_x509_skid(X509 *x, uint8_t *out, size_t cap) {
     return egs_copy_out(s->data, (size_t)s->length, out, cap);
 }
 
-/* The kernel's x509_check_for_self_signed() (crypto/asymmetric_keys/x509_public_key.c, 6.1 and
- * 6.12): a certificate whose raw issuer equals its raw subject (and whose authority key id, when
- * present, names it) is self-signed, and its signature must verify with its own key, else the key
- * is rejected (-EKEYREJECTED) and never reaches the keyring; an algorithm the kernel cannot check
- * (-ENOPKG) is let through. 1: not self-signed, or it verifies (or cannot be checked);
- * 0: self-signed and the signature does not verify. */
+/* The kernel's x509_check_for_self_signed() (crypto/asymmetric_keys/x509_public_key.c, 6.1;
+ * x509_cert_parser.c, 6.12): a certificate whose raw issuer differs from its raw subject is not
+ * self-signed (kept, unverified). Otherwise, when an authority key id is present: auth_ids[0] is
+ * its issuer+serial, auth_ids[1] its key id; a = the key id equals the certificate's subject key
+ * id, b = the issuer+serial equal the certificate's; neither: not self-signed (kept); exactly one
+ * while both parts are present: rejected (-EKEYREJECTED). Then the signature must verify with the
+ * certificate's own key, else rejected. 1: kept; 0: rejected. Fail closed: any outcome of
+ * X509_verify() but 1 rejects (the kernel lets only -ENOPKG through, an algorithm it lacks; a
+ * malformed signature or a key/algorithm mismatch it rejects, and OpenSSL reports those as -1). */
+static int egs_bytes_equal(const unsigned char *a, int la, const unsigned char *b, int lb) {
+    return la >= 0 && la == lb && (la == 0 || memcmp(a, b, (size_t)la) == 0);
+}
+
 int egs_x509_self_signature_ok(X509 *x) {
     unsigned char *subject = NULL, *issuer = NULL;
     int ls = i2d_X509_NAME(X509_get_subject_name(x), &subject);
     int li = i2d_X509_NAME(X509_get_issuer_name(x), &issuer);
-    int same = ls > 0 && ls == li && memcmp(subject, issuer, (size_t)ls) == 0;
+    int same = ls > 0 && egs_bytes_equal(subject, ls, issuer, li);
     OPENSSL_free(subject);
-    OPENSSL_free(issuer);
     int result = 1;
     if (same) {
         AUTHORITY_KEYID *akid = X509_get_ext_d2i(x, NID_authority_key_identifier, NULL, NULL);
-        int names_itself = X509_check_akid(x, akid) == X509_V_OK;  /* no AKID: OK */
+        int has_keyid = akid != NULL && akid->keyid != NULL;
+        int has_issuer = akid != NULL && akid->issuer != NULL && akid->serial != NULL;
+        int a = 0, b = 0;
+        if (has_keyid) {
+            const ASN1_OCTET_STRING *skid = X509_get0_subject_key_id(x);
+            a = skid != NULL && egs_bytes_equal(akid->keyid->data, akid->keyid->length, skid->data, skid->length);
+        }
+        if (has_issuer && sk_GENERAL_NAME_num(akid->issuer) == 1) {
+            GENERAL_NAME *g = sk_GENERAL_NAME_value(akid->issuer, 0);
+            if (g->type == GEN_DIRNAME && ASN1_INTEGER_cmp(akid->serial, X509_get0_serialNumber(x)) == 0) {
+                unsigned char *named = NULL;
+                int ln = i2d_X509_NAME(g->d.directoryName, &named);
+                b = egs_bytes_equal(named, ln, issuer, li);
+                OPENSSL_free(named);
+            }
+        }
         AUTHORITY_KEYID_free(akid);
-        EVP_PKEY *k = X509_get0_pubkey(x);
-        if (names_itself && k != NULL) result = X509_verify(x, k) == 0 ? 0 : 1;
+        if ((has_keyid || has_issuer) && !a && !b) {
+            result = 1;  /* names another key: not self-signed */
+        } else if (has_keyid && has_issuer && (a != b)) {
+            result = 0;  /* one part names it, the other does not */
+        } else {
+            EVP_PKEY *k = X509_get0_pubkey(x);
+            result = k != NULL && X509_verify(x, k) == 1 ? 1 : 0;
+        }
     }
+    OPENSSL_free(issuer);
     ERR_clear_error();
     return result;
 }

@@ -267,7 +267,9 @@ public final class ExecGateClient: @unchecked Sendable {
         var request = request
         request.session = echoed(request.session, request.guestID)
         switch try await send(.removeGuest(request)) {
-        case .removeGuestReply(let r): return r
+        case .removeGuestReply(let r):
+            setSessionToken(nil, for: r.guestID)  // that session is gone: never echoed again
+            return r
         case .error(let e): throw ClientError.server(e)
         case let other: throw ClientError.unexpectedReply("\(other.type)")
         }

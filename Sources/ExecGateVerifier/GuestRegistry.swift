@@ -57,6 +57,13 @@ public final class GuestRegistry: @unchecked Sendable {
     /// Lines of resets numbered so far (each first registration of a guest id starts one): the
     /// high bits of their sessions' tokens. Guarded by `lock`.
     private var lines: UInt64 = 0
+    /// Recent removals (remove-guest): each id's removal stamp, on the arrival clock, so that a
+    /// reset that arrived before the removal never registers the guest again, however the two
+    /// are scheduled. The most recent `maximumRemovalsRemembered`; older ones are forgotten (the
+    /// race they guard is between two requests in flight at once).
+    private var removedAt: [GuestKey: UInt64] = [:]
+    private var removals: [(key: GuestKey, stamp: UInt64)] = []
+    static let maximumRemovalsRemembered = 4096
     /// A session token: the line in the bits from here up, the session's place in it below.
     public static let tokenLineShift: UInt64 = 40
     /// Most lines (first registrations) one registry numbers, and most sessions one line has.
@@ -125,9 +132,11 @@ public final class GuestRegistry: @unchecked Sendable {
     /// were built), the reset is refused `unknown-guest` and registers nothing: the removal, which
     /// arrived after the reset, stands (a reset installed after it registered the removed guest
     /// again, live and holding a slot, while the VMM had been told it was removed).
+    /// `arrivedAt`: the request's arrival stamp; a reset that arrived before the id's latest
+    /// removal is refused `unknown-guest` (the removal arrived after it and stands).
     public func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil,
-                         replacing: GuestSession? = nil) -> Registration {
-        register(r, factsDigest: factsDigest, symbolsDigest: symbolsDigest, replacing: replacing, adjustingFacts: nil)
+                         replacing: GuestSession? = nil, arrivedAt: UInt64? = nil) -> Registration {
+        register(r, factsDigest: factsDigest, symbolsDigest: symbolsDigest, replacing: replacing, arrivedAt: arrivedAt, adjustingFacts: nil)
     }
 
     /// The same, with `adjust` applied to the guest's facts once every check has passed: a test
@@ -135,7 +144,7 @@ public final class GuestRegistry: @unchecked Sendable {
     /// registration of the committed fixture can give (a core `.data..ro_after_init` range around
     /// a key its modules use: the fixture's modules use no core key, DocAttack3SessionTests).
     func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil, replacing: GuestSession? = nil,
-                  adjustingFacts adjust: ((inout GuestFacts) -> Void)?) -> Registration {
+                  arrivedAt: UInt64? = nil, adjustingFacts adjust: ((inout GuestFacts) -> Void)?) -> Registration {
         if let why = FactsPlausibility.checkCPUs(r) ?? FactsPlausibility.checkSlide(r) {
             return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(why)")
         }
@@ -185,8 +194,16 @@ public final class GuestRegistry: @unchecked Sendable {
             if existing != nil && !r.reset {
                 return .refused(.guestExists, "guest '\(r.guestID)' is registered: its facts were taken at the trusted point and are not replaced (send reset=1 after revoking every EXEC grant of the old session)")
             }
-            if r.reset, replacing != nil, existing == nil {
-                return .refused(.unknownGuest, "guest '\(r.guestID)' was removed (remove-guest) while this reset was processed: nothing was registered (register it again, without reset, if it is to run)")
+            if r.reset, let a = arrivedAt, let removed = removedAt[GuestKey(r.guestID)], a < removed {
+                return .refused(.unknownGuest, "guest '\(r.guestID)' was removed (remove-guest) after this reset arrived: nothing was registered (register it again, without reset, if it is to run)")
+            }
+            if r.reset, let expected = replacing {
+                // The session the reset was taken up to replace is gone: removed, or removed and
+                // the id registered again (a new line of sessions: another VM's), whose facts a
+                // reset of the old VM must not replace.
+                guard let cur = existing, cur.token >> Self.tokenLineShift == expected.token >> Self.tokenLineShift else {
+                    return .refused(.unknownGuest, "guest '\(r.guestID)' was removed (remove-guest) while this reset was processed: nothing was registered (register it again, without reset, if it is to run)")
+                }
             }
             // Another registration of this build may have stored its copy meanwhile: use that one
             // (same key, same content), so the build is held once.
@@ -273,19 +290,28 @@ public final class GuestRegistry: @unchecked Sendable {
     /// Drop guest `id` when `s` is still its current session (remove-guest): nil when it is not
     /// (a reset or another removal came first: that session is already gone, and a newer one of
     /// the same id is not this request's to remove).
-    public func remove(_ id: String, ifCurrent s: GuestSession) -> Removal? {
+    /// `arrivedAt`: the removal's arrival stamp (a reset that arrived before it registers
+    /// nothing: `register(_:arrivedAt:)`); nil: now.
+    public func remove(_ id: String, ifCurrent s: GuestSession, arrivedAt: UInt64? = nil) -> Removal? {
         lock.withLock {
             guard let current = guests[GuestKey(id)], current === s else { return nil }
-            return removeLocked(id, s)
+            return removeLocked(id, s, arrivedAt: arrivedAt)
         }
     }
 
     /// The removal itself: the session ends (its live charge goes back; a verdict still being
     /// judged in it is denied), its own charge and slot go, its build's count drops. Caller holds `lock`.
-    private func removeLocked(_ id: String, _ s: GuestSession) -> Removal {
-        let modules = s.liveModuleCount
+    private func removeLocked(_ id: String, _ s: GuestSession, arrivedAt: UInt64? = nil) -> Removal {
         guests.removeValue(forKey: GuestKey(id))
         s.end("was removed (remove-guest)")
+        let modules = s.liveModuleCount  // after end: no commit lands in it any more
+        let stamp = arrivedAt ?? arrivals.add(1, ordering: .sequentiallyConsistent).newValue
+        removedAt[GuestKey(id)] = stamp
+        removals.append((GuestKey(id), stamp))
+        if removals.count > 2 * Self.maximumRemovalsRemembered {
+            for old in removals.prefix(Self.maximumRemovalsRemembered) where removedAt[old.key] == old.stamp { removedAt[old.key] = nil }
+            removals.removeFirst(Self.maximumRemovalsRemembered)
+        }
         charged[GuestKey(id)] = nil
         _ = release(s.kernel, dryRun: false)
         _ = ledger.setFacts(factsUsed, force: true)

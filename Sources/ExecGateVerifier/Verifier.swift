@@ -91,7 +91,7 @@ public final class Verifier: @unchecked Sendable {
             // The session the reset replaces: the one current when it arrived (a concurrent reset
             // accepted meanwhile installed a session this refusal must not end).
             let replaced = r.reset ? guests.session(r.guestID) : nil
-            let reply = register(r, requestDigest: requestDigest, replacing: replaced)
+            let reply = register(r, requestDigest: requestDigest, replacing: replaced, arrivedAt: arrival)
             // A reset the server refuses still says what the VMM did: it revoked every grant of
             // the guest's current session and the guest booted again (protocol.md, register-guest
             // `reset`). That session is no longer its guest's: left live, a guest rebooted into a
@@ -154,7 +154,7 @@ public final class Verifier: @unchecked Sendable {
             // this request's.
             // (The current session itself is removed even when a refused reset ended it: that
             // guest is still registered, holding its slot, until a reset is accepted or it goes.)
-            guard let removal = guests.remove(m.guestID, ifCurrent: session) else {
+            guard let removal = guests.remove(m.guestID, ifCurrent: session, arrivedAt: arrival) else {
                 return .error(ErrorReply(code: .unknownGuest, message: "guest '\(m.guestID)': the session this remove-guest belongs to was already replaced or removed; the guest's current session (if any) stays"))
             }
             return .removeGuestReply(RemoveGuestReply(guestID: m.guestID, modulesRemoved: UInt32(clamping: removal.liveModules),
@@ -290,7 +290,7 @@ public final class Verifier: @unchecked Sendable {
     }
 
     /// register-guest: the policy's kernel pins, then the registry.
-    private func register(_ r: RegisterGuest, requestDigest: [UInt8]?, replacing: GuestSession? = nil) -> Message {
+    private func register(_ r: RegisterGuest, requestDigest: [UInt8]?, replacing: GuestSession? = nil, arrivedAt: UInt64? = nil) -> Message {
         // Bind the symbols to the kernel build: with `kernel … symbols …` pins in the policy,
         // the registered kernel must be listed and its symbol table (at link-time addresses)
         // must be exactly the one pinned with it. A registration by digest names that digest
@@ -309,7 +309,7 @@ public final class Verifier: @unchecked Sendable {
                 return .error(ErrorReply(code: .untrustedKernel, message: "register-guest '\(r.guestID)': the symbols are not the pinned symbol table of kernel \(kernel) (\(symbols) \(r.isByDigest ? "named" : "sent"))"))
             }
         }
-        switch guests.register(r, factsDigest: requestDigest ?? [], symbolsDigest: digest, replacing: replacing) {
+        switch guests.register(r, factsDigest: requestDigest ?? [], symbolsDigest: digest, replacing: replacing, arrivedAt: arrivedAt) {
         case .registered(let session):
             return .registerGuestReply(RegisterGuestReply(guestID: r.guestID, symbolCount: UInt32(clamping: session.kernel.symbolCount),
                                                           factsDigest: requestDigest ?? [], symbolsDigest: digest, session: session.token))

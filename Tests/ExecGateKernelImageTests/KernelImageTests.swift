@@ -181,5 +181,21 @@ final class HostileKernelImageTests: XCTestCase {
         // Beside a good one, the bad one is dropped and the good one kept.
         let mixed = try list([der, broken]).get()
         XCTAssertEqual(mixed.map(\.der), [der])
+
+        // An ECDSA signature that is no DER (its SEQUENCE retagged SET): OpenSSL's X509_verify()
+        // answers -1, not 0, and the kernel rejects it (-EBADMSG). Fail closed: only a signature
+        // that verifies keeps a self-signed certificate (a review of round 11's fix).
+        let ec = try GeneratedSigningKey.generateECDSA(curve: .p256, commonName: "round 11 ec").load().1
+        XCTAssertTrue(ec.selfSignatureVerifies)
+        var ecDER = ec.der
+        var found: Int?
+        for i in 0..<(ecDER.count - 4) {
+            let isBitString: Bool = ecDER[i] == 0x03 && ecDER[i + 2] == 0x00 && ecDER[i + 3] == 0x30
+            if isBitString && i + 2 + Int(ecDER[i + 1]) == ecDER.count { found = i }
+        }
+        let at = try XCTUnwrap(found, "the signature BIT STRING ends the certificate")
+        ecDER[at + 3] = 0x31
+        let retagged = try ecDER.withUnsafeBytes { try Certificate(derEncoded: $0) }
+        XCTAssertFalse(retagged.selfSignatureVerifies)
     }
 }

@@ -154,6 +154,44 @@ final class RemoveGuestTests: XCTestCase, SharedFactsTesting {
         guard case .registered = v.guests.register(reset) else { return XCTFail("a reset of an unregistered id") }
     }
 
+    /// The other orders (a review of round 11's fix): the removal judged before the reset was
+    /// even taken up (no session to replace: it used to register the guest as new), and the id
+    /// registered again by another VM between the reset's start and its end (the old VM's reset
+    /// must not replace the new VM's facts). A reset that arrived before the removal registers
+    /// nothing, whatever the order the two are judged in; a registration after it does.
+    func testAResetThatArrivedBeforeARemovalNeverRegistersTheGuest() throws {
+        let boot = try boot()
+        let v = try verifier()
+        _ = try register(v, try registration(boot, "g"))
+        var reset = try registration(boot, "g")
+        reset.reset = true
+        let resetArrived = v.guests.arrivalStamp()
+        guard case .removeGuestReply = remove(v, "g") else { return XCTFail("remove") }
+        guard case .error(let e) = v.respond(to: .registerGuest(reset), requestDigest: [], arrival: resetArrived) else {
+            return XCTFail("a reset that arrived before the removal registered the guest again")
+        }
+        XCTAssertEqual(e.code, .unknownGuest, e.message)
+        XCTAssertNil(v.guests.session("g"))
+        // A registration that arrives after the removal registers (and a later reset resets it).
+        _ = try register(v, try registration(boot, "g"))
+        guard case .registerGuestReply = v.respond(to: .registerGuest(reset), requestDigest: [], arrival: v.guests.arrivalStamp()) else {
+            return XCTFail("a reset after the removal")
+        }
+
+        // Taken up against session S0, S0 removed, the id registered again (S1, a new line):
+        // the reset does not replace S1.
+        let v2 = try verifier()
+        let s0 = try register(v2, try registration(boot, "h"))
+        var resetH = try registration(boot, "h")
+        resetH.reset = true
+        guard case .removeGuestReply = remove(v2, "h") else { return XCTFail("remove h") }
+        let s1 = try register(v2, try registration(boot, "h"))
+        guard case .refused(let code, _) = v2.guests.register(resetH, replacing: s0) else { return XCTFail("the old VM's reset replaced the new VM's session") }
+        XCTAssertEqual(code, .unknownGuest)
+        XCTAssertTrue(v2.guests.session("h") === s1)
+        XCTAssertNil(s1.endedMessage)
+    }
+
     /// (Round 11, a reviewer's measurement.) A guest's own static-call key facts are charged at
     /// what the session holds for them: the set in its facts (16 a target) and the registration it
     /// keeps as sent (8 a target): 30,000 keys of 64 targets a guest had grown the service's
