@@ -23,6 +23,13 @@ public enum ELFLimits {
     /// many bytes scanned) from a 1.5 MB signed module, and the service aborted. A real module's
     /// names take a few KiB.
     public static let maxSectionNamesBytes = 1 << 20
+    /// A symbol string table may hold no run of this many bytes without a NUL, so no symbol name
+    /// is longer than twice it less one (KSYM_NAME_LEN is 512 in 6.1 and 6.12). Checked a block at
+    /// a time (one `memchr` a block: a real table has a NUL within its first bytes): every reader
+    /// of names (resolution hashes each undefined symbol's name whole, the layout counts each
+    /// kept name) then does bounded work per name, where symbols sharing one long name cost its
+    /// length each (a million undefined symbols naming 10 MB).
+    public static let maxSymbolNameRun = 1024
 }
 
 /// Section header types (`sh_type`), gABI.

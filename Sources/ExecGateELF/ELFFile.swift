@@ -407,6 +407,15 @@ public struct ELFFile: @unchecked Sendable {
             }
         }
         precondition(t.fileRange.count == count * ELFLimits.symbolSize)
+        // No long name (ELFLimits.maxSymbolNameRun): every aligned block holds a NUL, so no run
+        // without one reaches twice the block.
+        var block = strRange.lowerBound
+        while block + ELFLimits.maxSymbolNameRun <= strRange.upperBound {
+            guard ELFFile.memchrNUL(bytes, from: block, to: block + ELFLimits.maxSymbolNameRun) != nil else {
+                throw ELFError(.nameTooLong, offset: block, "\(sections[link].name): \(ELFLimits.maxSymbolNameRun) bytes without a NUL at offset \(block - strRange.lowerBound): no symbol name is that long (KSYM_NAME_LEN is 512)")
+            }
+            block += ELFLimits.maxSymbolNameRun
+        }
         let entries = UnsafeRawBufferPointer(rebasing: bytes[t.fileRange])
         let strings = UnsafeRawBufferPointer(rebasing: bytes[strRange])
         guard !terminated else { return ELFSymbolTable(entries: entries, strings: strings, count: count, nameEnds: nil) }

@@ -73,8 +73,14 @@ public struct ModuleLayoutPlan: Sendable {
             }
         }
         var plan = ModuleLayoutPlan(placements: out, textSize: l.textSize, coreSize: l.coreSize, initSize: l.initSize, percpuSectionIndex: l.percpuIndex)
-        plan.coreSizeWithSymbols = l.coreSizeWithSymbols
-        plan.initSizeWithSymbols = l.initSizeWithSymbols
+        // 6.1 layout_symtab(): appended to core_layout and init_layout, then debug_align()
+        // (PAGE_ALIGN with CONFIG_STRICT_MODULE_RWX). Sizes that overflow: no layout.
+        let (c, i) = ModuleLayout.symbolAppendix(elf, flags: l.flags, percpu: l.percpuIndex, isInit: { l.initOffset[$0] != nil },
+                                                 coreEnd: l.coreSize, initEnd: l.initSize) ?? (l.coreSize, l.initSize)
+        guard c >= 0 else { return nil }
+        func pageAlign(_ v: Int) -> Int { (v + ModuleLayout.pageSize - 1) & ~(ModuleLayout.pageSize - 1) }
+        plan.coreSizeWithSymbols = pageAlign(c)
+        plan.initSizeWithSymbols = pageAlign(i)
         return plan
     }
 }

@@ -28,12 +28,12 @@ struct ModuleLayout {
     var memType: [ModuleMemoryType?]? = nil
     /// 6.12: unaligned `mem[type].size` per type (indexed by raw value).
     var typeSizes: [Int] = []
-    /// What `layout_symtab()` appends after the sections (`symbolAppendix`): the core data
-    /// allocation's and the init data allocation's sizes once it has (6.1: the whole core and
-    /// init allocations, page-aligned; 6.12: `mem[MOD_DATA].size` and `mem[MOD_INIT_DATA].size`,
-    /// unaligned). The sections' offsets do not move; these are the memory the kernel allocates,
-    /// which a live module holds (no other claim may be laid over it). Equal to the sections'
-    /// sizes when the module has no symbol table (the kernel refuses such a module).
+    /// 6.12: what `layout_symtab()` appends after the sections (`symbolAppendix`):
+    /// `mem[MOD_DATA].size` and `mem[MOD_INIT_DATA].size` once it has, unaligned (6.1's, the whole
+    /// core and init allocations, are `ModuleLayoutPlan`'s). The sections' offsets do not move;
+    /// these are the memory the kernel allocates, which a live module holds (no other claim may be
+    /// laid over it). Equal to the sections' sizes when the module has no symbol table (the
+    /// kernel refuses such a module).
     var coreSizeWithSymbols = 0
     var initSizeWithSymbols = 0
 
@@ -143,14 +143,11 @@ struct ModuleLayout {
             }
             if pass == 0 { coreSize = size } else { initSize = size }
         }
-        var l = ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: textSize, coreSize: coreSize,
-                             initTextSize: initTextSize, initSize: initSize, percpuIndex: percpu)
-        // 6.1 layout_symtab(): appended to core_layout and init_layout, then debug_align()
-        // (PAGE_ALIGN with CONFIG_STRICT_MODULE_RWX).
-        let (c, i) = symbolAppendix(elf, flags: flags, percpu: percpu, isInit: { initO[$0] != nil }, coreEnd: coreSize, initEnd: initSize) ?? (coreSize, initSize)
-        l.coreSizeWithSymbols = pageAlign(c)
-        l.initSizeWithSymbols = pageAlign(i)
-        return l
+        // (6.1 layout_symtab()'s part, the memory a live module holds beyond its sections, is
+        // ModuleLayoutPlan's: the engine never reads it, and every explanation would count the
+        // names of every symbol for it.)
+        return ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: textSize, coreSize: coreSize,
+                            initTextSize: initTextSize, initSize: initSize, percpuIndex: percpu)
     }
 
     /// `layout_symtab()` (kernel/module/kallsyms.c, 6.1 and 6.12; CONFIG_KALLSYMS_ALL=y in both
@@ -161,7 +158,9 @@ struct ModuleLayout {
     /// every symbol of a livepatch module, else one with a name in an SHF_ALLOC section that is
     /// not init, or in the per-cpu section); to the init data, `.symtab` and `.strtab` placed as
     /// sections are (`module_get_offset()` at their alignment), then ALIGN 8, a `struct
-    /// mod_kallsyms` (32 bytes on x86-64), and a type byte for every symbol. nil: no symbol table.
+    /// mod_kallsyms` (32 bytes on x86-64), and a type byte for every symbol. nil: no symbol table
+    /// (the kernel refuses the module elsewhere); (-1, -1): the sizes overflow (a hostile
+    /// alignment or size: no layout, as the kernel could allocate none).
     static func symbolAppendix(_ elf: ELFFile, flags: [SectionFlags], percpu: Int?, isInit: (Int) -> Bool,
                                coreEnd: Int, initEnd: Int) -> (core: Int, init: Int)? {
         guard let symsect = try? elf.symbolTableSection(), let t = try? elf.symbolTable(),
@@ -185,11 +184,13 @@ struct ModuleLayout {
             let (t, o) = v.addingReportingOverflow(a - 1)
             return o ? nil : t & ~(a - 1)
         }
-        guard let symoffs = align(coreEnd, symsect.addralign), let s0 = align(initEnd, symsect.addralign) else { return nil }
+        let overflow = (core: -1, init: -1)
+        guard let symoffs = align(coreEnd, symsect.addralign), let s0 = align(initEnd, symsect.addralign) else { return overflow }
         let core = symoffs + kept * 24 + strings + kept
-        guard let s1 = align(s0 + symsect.size, strsect.addralign), let s2 = align(s1 + strsect.size, 8) else { return nil }
+        guard symsect.size < 1 << 40, strsect.size < 1 << 40, let s1 = align(s0 + symsect.size, strsect.addralign),
+              let s2 = align(s1 + strsect.size, 8) else { return overflow }
         let initTotal = s2 + 32 + t.count
-        guard core < 1 << 40, initTotal < 1 << 40 else { return nil }
+        guard core < 1 << 40, initTotal < 1 << 40 else { return overflow }
         return (core, initTotal)
     }
 }

@@ -85,6 +85,7 @@ extension ModuleLayout {
         let data = sizes[ModuleMemoryType.data.rawValue], initData = sizes[ModuleMemoryType.initData.rawValue]
         let (c, i) = symbolAppendix(elf, flags: flags, percpu: percpu, isInit: { memType[$0]?.isInit ?? (initO[$0] != nil) },
                                     coreEnd: data, initEnd: initData) ?? (data, initData)
+        guard c >= 0 else { return nil }
         l.coreSizeWithSymbols = c
         l.initSizeWithSymbols = i
         return l

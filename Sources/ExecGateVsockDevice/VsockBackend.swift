@@ -56,6 +56,9 @@ public final class VsockBackend: @unchecked Sendable {
         let stream: UnixStream
         var line: [UInt8]
         let deadline: UInt64
+        /// When it was accepted (the poll pass's clock): only a handshake from an earlier pass,
+        /// whose line had a pass to arrive, is evicted for a newcomer.
+        var accepted: UInt64 = 0
     }
 
     /// Binds both sockets (stale socket files are replaced; live sockets and other files are refused).
@@ -421,19 +424,30 @@ public final class VsockBackend: @unchecked Sendable {
     // MARK: - Hybrid host socket
 
     private func acceptHostClients(now: UInt64) {
+        var evicted = 0, refused = 0
+        defer {
+            if evicted + refused > 0 { log("host client handshakes at the cap (\(VsockLimits.maxPendingHandshakes)): \(evicted) oldest evicted, \(refused) newcomers closed") }
+        }
         while true {
             let fd = egv_accept(hybridListener, 1)
             guard fd >= 0 else { acceptFailed(pausing: &hybridAcceptPausedUntil, now: now); return }
             // At the cap the oldest handshake makes room (as the admin port evicts its oldest idle
             // connection): refusing the newcomer let 64 clients that never finish their line,
             // reconnecting as each was closed, keep every other client out for good. A real
-            // client sends its line on connect and is through within microseconds.
-            if handshakes.count >= VsockLimits.maxPendingHandshakes, let (oldest, h) = handshakes.min(by: { $0.value.deadline < $1.value.deadline }) {
-                log("host client handshake evicted: \(VsockLimits.maxPendingHandshakes) pending, the oldest makes room")
+            // client sends its line on connect and is through within microseconds. Only one
+            // accepted in an earlier pass is evicted (its line had a pass to be read): a burst of
+            // connections in one pass closes its own newcomers, never a client queued before it.
+            if handshakes.count >= VsockLimits.maxPendingHandshakes {
+                guard let (oldest, h) = handshakes.min(by: { $0.value.accepted < $1.value.accepted }), h.accepted < now else {
+                    close(fd)
+                    refused += 1
+                    continue
+                }
                 handshakes[oldest] = nil
                 h.stream.close()
+                evicted += 1
             }
-            handshakes[fd] = Handshake(stream: UnixStream(fd: fd), line: [], deadline: now + UInt64(VsockLimits.handshakeTimeoutMillis) * 1_000_000)
+            handshakes[fd] = Handshake(stream: UnixStream(fd: fd), line: [], deadline: now + UInt64(VsockLimits.handshakeTimeoutMillis) * 1_000_000, accepted: now)
         }
     }
 

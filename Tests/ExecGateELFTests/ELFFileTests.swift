@@ -85,28 +85,40 @@ final class ELFFileTests: XCTestCase {
 
     /// HOLE (round 11): with a `.strtab` whose last byte is not NUL, each symbol's NUL was looked
     /// for from the name's start: names sharing one long NUL-free run cost that run once per
-    /// symbol (40,000 × 10 MB never finished). The NULs are now found in one sweep over the table
-    /// in the names' order; each name still ends at the first NUL after its start, and a name
-    /// with none is refused.
-    func testAnUnterminatedStringTableIsReadInOneSweep() throws {
-        var b = try load("irqbypass")
-        let (f, syms, _) = try parse(b)
+    /// symbol (40,000 × 10 MB never finished); and any table let every reader of names (resolution
+    /// hashes each undefined symbol's name whole) pay a long shared name once per symbol. A table
+    /// with `maxSymbolNameRun` bytes and no NUL is refused, both kinds; an unterminated table's
+    /// name ends are found in one sweep in the names' order, each at the first NUL after its
+    /// start, and a name with none is refused.
+    func testLongNamesAreRefusedAndAnUnterminatedTableIsReadInOneSweep() throws {
+        let original = try load("irqbypass")
+        let (f, syms, _) = try parse(original)
         let symtab = try XCTUnwrap(f.sections.first { $0.type == SectionType.symtab })
-        // .strtab moved to 4 MiB of 'A's, a NUL, then one more 'A' (so its last byte is not NUL),
-        // and every symbol named at its start.
-        let start = b.count
-        b += [UInt8](repeating: 0x41, count: 4 << 20) + [0, 0x41]
-        retarget(&b, section: Int(symtab.link), to: start..<b.count)
-        for k in 0..<syms.count { for j in 0..<4 { b[symtab.fileRange.lowerBound + k * 24 + j] = 0 } }
+        /// The module with `.strtab` moved to `table` at the end of the file and every symbol named at its start.
+        func with(_ table: [UInt8]) -> [UInt8] {
+            var b = original
+            let start = b.count
+            b += table
+            retarget(&b, section: Int(symtab.link), to: start..<b.count)
+            for k in 0..<syms.count { for j in 0..<4 { b[symtab.fileRange.lowerBound + k * 24 + j] = 0 } }
+            return b
+        }
+        for terminated in [true, false] {
+            let long = with([UInt8](repeating: 0x41, count: 4 << 20) + (terminated ? [0] : [0, 0x41]))
+            XCTAssertThrowsError(try long.withUnsafeBytes { _ = try ELFFile(bytes: $0).symbolTable() }) { e in
+                XCTAssertEqual((e as? ELFError)?.code, .nameTooLong, "\(e)")
+            }
+        }
+        // 600-byte names, unterminated table: every name ends at the run's NUL.
+        var b = with([UInt8](repeating: 0x41, count: 600) + [0, 0x41])
         try b.withUnsafeBytes { raw in
             let t = try ELFFile(bytes: raw).symbolTable()
             XCTAssertEqual(t.count, syms.count)
-            for k in t.indices { XCTAssertEqual(t.nameBytes(k).count, 4 << 20) }
+            for k in t.indices { XCTAssertEqual(t.nameBytes(k).count, 600) }
         }
         // A name that starts after the last NUL has no end: refused, naming the symbol.
         let last = symtab.fileRange.lowerBound + (syms.count - 1) * 24
-        let past = UInt32((4 << 20) + 1)
-        for j in 0..<4 { b[last + j] = UInt8(truncatingIfNeeded: past >> (8 * UInt32(j))) }
+        for j in 0..<4 { b[last + j] = UInt8(truncatingIfNeeded: UInt32(601) >> (8 * UInt32(j))) }
         XCTAssertThrowsError(try b.withUnsafeBytes { _ = try ELFFile(bytes: $0).symbolTable() }) { e in
             XCTAssertEqual((e as? ELFError)?.code, .unterminatedString, "\(e)")
             XCTAssertTrue("\(e)".contains("symbol \(syms.count - 1)"), "\(e)")
