@@ -200,6 +200,25 @@ final class Loader612Tests: XCTestCase {
         }
     }
 
+    /// What a 6.12 session hands the verifier to hold (`Session.allocations`, the allocations an
+    /// allowed explanation's `ExplainResult.dataAllocations` carries): each core data type at its
+    /// checked base, MOD_DATA with the core symbols' pages (a review of round 11: nothing asserted
+    /// the served path's ranges).
+    func testTheSessionsDataAllocationsAreTheHeldOnes() throws {
+        let ko = try Self.module612("tun")
+        try ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
+            var claim = ModuleClaim(name: "tun", textBase: 0xffff_ffff_c010_0000, text: [UInt8](repeating: 0, count: lay.textSize), sectionAddresses: [:])
+            let d: UInt64 = 0xffff_ffff_c020_0000, r: UInt64 = 0xffff_ffff_c030_0000, a: UInt64 = 0xffff_ffff_c040_0000
+            claim.memoryBases = [.data: d, .rodata: r, .roAfterInit: a]
+            let s = try Session(elf: elf, claim: claim, facts: Self.facts(), resolver: SymbolResolver(coreExports: [:]))
+            XCTAssertEqual(s.allocations([.data, .rodata, .roAfterInit]),
+                           [d..<d + 0x3000, r..<r + UInt64(lay.heldSize(.rodata)), a..<a + UInt64(lay.heldSize(.roAfterInit))])
+            XCTAssertEqual(s.allocations([.initData, .initRodata]), [], "the core session holds no init base")
+        }
+    }
+
     /// tun's MOD_DATA is one page of sections and three as allocated (layout_symtab() appends the
     /// core symbols): MOD_RODATA on the second page lies in MOD_DATA's allocation, a layout the
     /// kernel never makes (round 11), and is denied; on the fourth it is not.
