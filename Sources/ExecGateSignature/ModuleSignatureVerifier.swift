@@ -104,13 +104,26 @@ public enum ModuleSignatureVerifier {
         denyList: DenyList = .empty,
         minimumDigest: DigestAlgorithm = .sha256
     ) -> (verdict: SignatureVerdict, fileDigest: Digest) {
+        let r = verifyWithDigests(module: module, trust: trust, denyList: denyList, minimumDigest: minimumDigest)
+        return (r.verdict, r.fileDigest)
+    }
+
+    /// The same, with the content's SHA-256 (the bytes before the signature: a module's identity)
+    /// whenever the trailer parsed, whatever the verdict: a denial of a deny-listed or untrusted
+    /// module still names the content it judged (verdict and audit `module_sha256`).
+    public static func verifyWithDigests(
+        module: UnsafeRawBufferPointer,
+        trust: TrustStore,
+        denyList: DenyList = .empty,
+        minimumDigest: DigestAlgorithm = .sha256
+    ) -> (verdict: SignatureVerdict, fileDigest: Digest, contentDigest: Digest?) {
         let trailer: ModuleSignatureTrailer
         do {
             trailer = try ModuleSignatureTrailer.parse(module)
         } catch {
             let file = Digest.sha256(module)
-            if error.code == .noMagic { return (.failure(.unsigned), file) }
-            return (.failure(.malformedTrailer(error)), file)
+            if error.code == .noMagic { return (.failure(.unsigned), file, nil) }
+            return (.failure(.malformedTrailer(error)), file, nil)
         }
         // The trailer puts the content first (contentRange starts at 0), so the content is a prefix.
         let (content, file) = Digest.compute(.sha256, over: module, prefix: trailer.contentRange.upperBound)
@@ -118,9 +131,9 @@ public enum ModuleSignatureVerifier {
         let contentBytes = UnsafeRawBufferPointer(rebasing: module[trailer.contentRange])
         do {
             return (try verifyDetached(content: contentBytes, signature: signature, trailer: trailer, trust: trust,
-                                       denyList: denyList, minimumDigest: minimumDigest, contentHash: content), file)
+                                       denyList: denyList, minimumDigest: minimumDigest, contentHash: content), file, content)
         } catch {
-            return (.failure(error), file)
+            return (.failure(error), file, content)
         }
     }
 

@@ -421,12 +421,15 @@ public final class Verifier: @unchecked Sendable {
         let signature: VerifiedSignature
         // One pass over the module: its content digest (signature, deny list, module_digest) and
         // the file's (the request digest), ModuleSignatureVerifier.verifyWithFileDigest.
-        let checked = ModuleSignatureVerifier.verifyWithFileDigest(module: module, trust: policy.trust, denyList: policy.denyList, minimumDigest: policy.minimumDigest)
+        let checked = ModuleSignatureVerifier.verifyWithDigests(module: module, trust: policy.trust, denyList: policy.denyList, minimumDigest: policy.minimumDigest)
         fileDigest = checked.fileDigest
         switch checked.verdict {
         case .success(let s):
             signature = s
         case .failure(let f):
+            // The content judged, named even when refused (a deny-listed hash, an unknown signer):
+            // `module_sha256` is the SHA-256 of the bytes before the signature, a fact of the file.
+            moduleDigest = checked.contentDigest?.bytes ?? []
             return deny(Self.reason(for: f), f.message + " [\(f.detailedCode)]")
         }
         moduleDigest = signature.contentHash.bytes

@@ -166,6 +166,11 @@ final class VerifierTests: XCTestCase {
         XCTAssertTrue(v.auditOnly)
         XCTAssertEqual(v.reason, .unknownSigner, "the reason enforce would have given is kept")
         XCTAssertEqual(v.policyVersion, 3)
+        // A refused signature still names the content judged (round 11: module_sha256 was empty
+        // on an unknown signer or a deny-listed hash): the SHA-256 of the bytes before it.
+        let trusted = authorize(verifier(), vsock)
+        XCTAssertEqual(v.moduleDigest, trusted.moduleDigest)
+        XCTAssertEqual(v.moduleDigest.count, 32)
     }
 
     func testEndStateRequiredWithoutBytesOrGuestIsDenied() throws {
