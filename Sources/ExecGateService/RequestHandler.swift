@@ -83,8 +83,8 @@ struct RequestProcessor: Sendable {
                     reply = .helloReply(h)
                 case .error(var e) where e.code == .unknownGuest && message.type != .removeGuest:
                     // An error, never a deny: nothing was judged. Say what the VMM must do.
-                    e.message += " (restore needed: after a server restart, send register-guest again, then re-present "
-                        + "every live module's evidence and current claim; docs/protocol.md, \"Restart and restore\")"
+                    e.message += " (register the guest first; if it was registered before this server restarted, restore needed: send "
+                        + "register-guest again, then re-present every live module's evidence and current claim; docs/protocol.md, \"Restart and restore\")"
                     reply = .error(e)
                 default: break
                 }

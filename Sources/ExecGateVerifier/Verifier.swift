@@ -524,6 +524,10 @@ public final class Verifier: @unchecked Sendable {
             return j
         }
         guard let session else {
+            if policy.endState == .signatureOnly {
+                // Bytes claimed are judged, whatever the policy: only against a guest's facts.
+                return deny(.endStateUnavailable, "the request claims executable bytes but names no registered guest: claimed bytes are explained only against a guest's facts (policy \(policy.id) gives a signature-only verdict to a request that claims no byte)")
+            }
             return deny(.endStateUnavailable, "policy \(policy.id) requires every executable byte to be explained, but the request names no registered guest (no trusted facts)")
         }
         guard let base = request.textBase, let text = request.text else {
