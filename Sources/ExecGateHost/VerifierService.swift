@@ -88,8 +88,14 @@ public final class VerifierService: Sendable {
         do {
             if let file = c.auditFile { audit = try AuditLog.appending(to: file) } else if c.adminListen != nil { audit = AuditLog() }
             if let audit { verifier.auditSink = audit }
-            let administrator = PolicyAdministrator(verifier: verifier,
-                                                    adminCertificate: try c.adminCertificateFile.map(CertificateFiles.loadOne),
+            let adminCertificate = try c.adminCertificateFile.map(CertificateFiles.loadOne)
+            // The key that signs policies must not sign modules (deployment.md, "The admin key"):
+            // one that is both could push a policy trusting whatever it signs next.
+            if let a = adminCertificate, let file = c.adminCertificateFile,
+               (anchors + policy.trust.anchors).contains(where: { $0.fingerprint == a.fingerprint }) {
+                throw LocalFileError(path: file, why: "the admin certificate is also a module trust anchor (--trust or the boot policy): the key that signs policies must never sign modules; generate a separate admin key")
+            }
+            let administrator = PolicyAdministrator(verifier: verifier, adminCertificate: adminCertificate,
                                                     builtinAnchors: anchors, audit: audit)
             administrator.recordBoot()
             step("administrator")

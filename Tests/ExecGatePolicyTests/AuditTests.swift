@@ -302,6 +302,13 @@ final class AuditTests: XCTestCase {
         XCTAssertEqual(signed.status, 0, signed.stderr)
         XCTAssertEqual(Fixtures.runExecgate(["policy", "check", dir + "/b.bundle", "--admin-cert", adminCert, "--trust", cert]).status, 0)
         XCTAssertEqual(Fixtures.runExecgate(["policy", "check", dir + "/b.bundle", "--admin-cert", cert, "--trust", cert]).status, 2)
+        // `serve` refuses the same overlap (round 11: it started without complaint).
+        let both = Fixtures.spawnExecgate(["serve", "--listen", "unix:" + dir + "/o.sock", "--trust", adminCert, "--admin-cert", adminCert,
+                                           "--admin-listen", "unix:" + dir + "/oa.sock"], stdoutPath: dir + "/o.out", stderrPath: dir + "/o.err")
+        let overlapExit = Fixtures.wait(both, seconds: 30)
+        if overlapExit == nil { kill(both, SIGKILL); _ = Fixtures.wait(both) }
+        XCTAssertEqual(overlapExit, 2)
+        XCTAssertTrue(String(decoding: try Fixtures.readFile(dir + "/o.err"), as: UTF8.self).contains("also a module trust anchor"))
         // `check --json` says everything the policy says: its deny lists too (they were missing).
         let checked = Fixtures.runExecgate(["policy", "check", dir + "/b.bundle", "--admin-cert", adminCert, "--trust", cert, "--json"])
         XCTAssertEqual(checked.status, 0, checked.stderr)
