@@ -53,7 +53,10 @@ struct ExplainCommand: ParsableCommand {
         // of the module's ELF, the capture's own files). Each human line is one line, escaped
         // (TerminalText); --json lines are JSON already (their strings escaped by JSON).
         let json = o.json
-        let summary = ExplainRun.run(boot, options: o, out: { print(json ? $0 : TerminalText.escaped($0)) }, progress: { fputs($0, stderr) })
+        // Progress is a line rewritten in place (\r): for a terminal only, never into a log or a pipe.
+        let terminal = isatty(2) != 0
+        let summary = ExplainRun.run(boot, options: o, out: { print(json ? $0 : TerminalText.escaped($0)) },
+                                     progress: { if terminal { fputs($0, stderr) } })
         if !summary.passed { throw ExecGateExit.deny }
     }
 }
