@@ -28,6 +28,14 @@ struct ConnectOptions: ParsableArguments {
 
     func endpoint() throws -> Endpoint { try Endpoint(parsing: connect, listening: false) }
 
+    /// `--guest`, which names a guest: refused empty (a usage error, exit 2).
+    static func requireGuest(_ guest: String, command: String) throws {
+        guard !guest.isEmpty else {
+            Console.error("execgate request \(command): --guest is empty: name the guest")
+            throw ExecGateExit.usage
+        }
+    }
+
     /// `--session`: the guest's session token (register-guest-reply tag 5), 0x-hex or decimal;
     /// nil when not given. docs/protocol.md, register-guest "Session tokens".
     static func sessionToken(_ text: String?, command: String) throws -> UInt64? {
@@ -56,14 +64,16 @@ struct ConnectOptions: ParsableArguments {
     /// guest's state (`WireErrorCode.isStateRefusal`: unknown module, module in use, unknown guest)
     /// exits 1; any other `error` reply and anything else that went wrong (no answer, transport)
     /// exits 2.
-    func exchange<Reply>(_ command: String, _ body: (ExecGateClient) async throws -> Reply) async throws -> Reply {
+    /// `refusals`: further error codes that are this command's refusals (exit 1) beside the
+    /// state refusals every session command has (`WireErrorCode.isStateRefusal`).
+    func exchange<Reply>(_ command: String, refusals: Set<WireErrorCode> = [], _ body: (ExecGateClient) async throws -> Reply) async throws -> Reply {
         let client = try await client()
         let outcome: Result<Reply, any Error>
         do { outcome = .success(try await body(client)) } catch { outcome = .failure(error) }
         await client.close()
         do { return try outcome.get() } catch ClientError.server(let e) {
             Console.error("execgate request \(command): \(e.code): \(TerminalText.escaped(e.message))")
-            throw e.code.isStateRefusal ? ExecGateExit.deny : ExecGateExit.usage
+            throw e.code.isStateRefusal || refusals.contains(e.code) ? ExecGateExit.deny : ExecGateExit.usage
         } catch {
             Console.error("execgate request \(command): \(error)")
             throw ExecGateExit.usage
@@ -217,10 +227,7 @@ struct RequestRemoveGuest: AsyncParsableCommand {
     var session: String?
 
     func run() async throws {
-        guard !guest.isEmpty else {
-            Console.error("execgate request remove-guest: --guest is empty: name the registered guest to remove")
-            throw ExecGateExit.usage
-        }
+        try ConnectOptions.requireGuest(guest, command: "remove-guest")
         let token = try ConnectOptions.sessionToken(session, command: "remove-guest")
         let r = try await connection.exchange("remove-guest") {
             try await $0.removeGuest(RemoveGuest(guestID: guest, session: token))
@@ -247,10 +254,7 @@ struct RequestRegisterGuest: AsyncParsableCommand {
     @Flag(name: .customLong("require-session"), help: "Refuse this guest's requests that carry no session token.") var requireSession = false
 
     func run() async throws {
-        guard !guest.isEmpty else {
-            Console.error("execgate request register-guest: --guest is empty: name the guest")
-            throw ExecGateExit.usage
-        }
+        try ConnectOptions.requireGuest(guest, command: "register-guest")
         var r: RegisterGuest
         do { r = try CaptureBoot.load(capture).registration(guestID: guest) } catch {
             Console.error("execgate request register-guest: \(capture): \(error)")
@@ -258,19 +262,9 @@ struct RequestRegisterGuest: AsyncParsableCommand {
         }
         r.reset = reset
         r.requireSession = requireSession
-        let client = try await connection.client()
-        let reply: RegisterGuestReply
-        do { reply = try await client.register(r) } catch ClientError.server(let e) {
-            await client.close()
-            Console.error("execgate request register-guest: \(e.code): \(TerminalText.escaped(e.message))")
-            throw e.code == .guestExists || e.code == .implausibleFacts || e.code == .untrustedKernel || e.code == .unavailable || e.code == .unknownGuest
-                ? ExecGateExit.deny : ExecGateExit.usage
-        } catch {
-            await client.close()
-            Console.error("execgate request register-guest: \(ConnectionFailure.describe(error))")
-            throw ExecGateExit.usage
+        let reply = try await connection.exchange("register-guest", refusals: [.guestExists, .implausibleFacts, .untrustedKernel, .unavailable]) {
+            try await $0.register(r)
         }
-        await client.close()
         let token = reply.session.map { "0x" + String($0, radix: 16) }
         if connection.json {
             print(JSON.object([("guest", .string(reply.guestID)), ("session", token.map { .string($0) } ?? .null),
