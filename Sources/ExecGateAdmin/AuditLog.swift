@@ -215,15 +215,8 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     static func bounded(_ s: String, _ limit: Int) -> String {
         let n = s.utf8.count
         guard n > limit else { return s }
-        var kept = String.UnicodeScalarView(), used = 0
-        for u in s.unicodeScalars {
-            let w = UTF8.width(u)
-            guard used + w <= limit else { break }
-            kept.append(u)
-            used += w
-        }
         let digest = Array(s.utf8).withUnsafeBytes { Digest.sha256($0) }
-        return String(kept) + "…[\(n) bytes, sha256:\(Hex.encode(digest.bytes))]"
+        return s.prefix(utf8Bytes: limit) + "…[\(n) bytes, sha256:\(Hex.encode(digest.bytes))]"
     }
 
     /// A policy activation (boot, push): always recorded. A refused push: counted always,

@@ -78,9 +78,8 @@ public struct ModuleLayoutPlan: Sendable {
         let (c, i) = ModuleLayout.symbolAppendix(elf, flags: l.flags, percpu: l.percpuIndex, isInit: { l.initOffset[$0] != nil },
                                                  coreEnd: l.coreSize, initEnd: l.initSize) ?? (l.coreSize, l.initSize)
         guard c >= 0 else { return nil }
-        func pageAlign(_ v: Int) -> Int { (v + ModuleLayout.pageSize - 1) & ~(ModuleLayout.pageSize - 1) }
-        plan.coreSizeWithSymbols = pageAlign(c)
-        plan.initSizeWithSymbols = pageAlign(i)
+        plan.coreSizeWithSymbols = ModuleLayout.pageAlign(c)
+        plan.initSizeWithSymbols = ModuleLayout.pageAlign(i)
         return plan
     }
 }

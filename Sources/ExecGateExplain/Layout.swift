@@ -38,6 +38,8 @@ struct ModuleLayout {
     var initSizeWithSymbols = 0
 
     static let pageSize = 4096
+    /// `PAGE_ALIGN(v)`.
+    static func pageAlign(_ v: Int) -> Int { (v + pageSize - 1) & ~(pageSize - 1) }
 
     /// ```c
     /// static unsigned long const masks[][2] = {
@@ -119,7 +121,6 @@ struct ModuleLayout {
             size = n
             return ret
         }
-        func pageAlign(_ v: Int) -> Int { (v + pageSize - 1) & ~(pageSize - 1) }
         // A section goes in the first class whose masks it fits (later classes find it placed):
         // that class, found once per section (-1: none), replaces the mask tests per visit.
         let classOf = flags.map { f in masks.firstIndex { f.isSuperset(of: $0.0) && f.intersection($0.1).isEmpty } ?? -1 }

@@ -75,7 +75,6 @@ extension ModuleLayout {
                 }
             }
         }
-        func pageAlign(_ v: Int) -> Int { (v + pageSize - 1) & ~(pageSize - 1) }
         let coreTotal = [ModuleMemoryType.text, .data, .rodata, .roAfterInit].reduce(0) { $0 + pageAlign(sizes[$1.rawValue]) }
         let initTotal = [ModuleMemoryType.initText, .initData, .initRodata].reduce(0) { $0 + pageAlign(sizes[$1.rawValue]) }
         var l = ModuleLayout(flags: flags, coreOffset: core, initOffset: initO, textSize: pageAlign(sizes[ModuleMemoryType.text.rawValue]),
@@ -95,7 +94,7 @@ extension ModuleLayout {
     /// makes that relocations and tables address (0: no section of that type).
     func allocationSize(_ t: ModuleMemoryType) -> Int {
         let v = t.rawValue < typeSizes.count ? typeSizes[t.rawValue] : 0
-        return (v + ModuleLayout.pageSize - 1) & ~(ModuleLayout.pageSize - 1)
+        return ModuleLayout.pageAlign(v)
     }
 
     /// PAGE_ALIGN(mem[t].size) as the kernel allocates it: MOD_DATA and MOD_INIT_DATA with what
@@ -108,7 +107,7 @@ extension ModuleLayout {
         case .initData: v = initSizeWithSymbols
         default: v = t.rawValue < typeSizes.count ? typeSizes[t.rawValue] : 0
         }
-        return (v + ModuleLayout.pageSize - 1) & ~(ModuleLayout.pageSize - 1)
+        return ModuleLayout.pageAlign(v)
     }
 }
 

@@ -106,14 +106,7 @@ public struct Denial: Sendable, CustomStringConvertible {
     static func bounded(_ s: String) -> String {
         let n = s.utf8.count
         guard n > maximumTextBytes else { return s }
-        var out = "", used = 0
-        for c in s.unicodeScalars {
-            let w = String(c).utf8.count
-            if used + w > maximumTextBytes - 64 { break }
-            out.unicodeScalars.append(c)
-            used += w
-        }
-        return out + "… (\(n) bytes, cut)"
+        return s.prefix(utf8Bytes: maximumTextBytes - 64) + "… (\(n) bytes, cut)"
     }
 
     public var description: String {

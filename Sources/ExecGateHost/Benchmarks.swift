@@ -426,7 +426,7 @@ extension SignatureBenchmark {
     static func removeTemporaryEndpoint(_ endpoint: Endpoint) {
         guard case .unix(let path) = endpoint else { return }
         unlink(path)
-        if let slash = path.lastIndex(of: "/") { rmdir(String(path[..<slash])) }
+        rmdir(Files.directory(of: path))
     }
 }
 

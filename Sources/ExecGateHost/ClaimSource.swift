@@ -16,6 +16,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import _ExecGateInternals
 import ExecGateCapture
 import ExecGateELF
 import ExecGateSignature
@@ -57,18 +58,27 @@ public enum ClaimSource {
         }
     }
 
+    /// The authorize-module request for `module` (the evidence sent) with the claim `spec` names
+    /// (above), for guest `guestID`, in session `session`.
+    public static func request(_ spec: String, module: [UInt8], guestID: String, session: UInt64?) throws -> AuthorizeModule {
+        var r = try capturedRequest(spec, guestID: guestID)
+            ?? AuthorizeModule(guestID: guestID, module: ByteBuffer(), sections: try sections(spec, module: module))
+        r.module = ByteBuffer(bytes: module)
+        r.session = session
+        return r
+    }
+
     /// The whole claim of a captured module (`dir` holds its layout.json; its parent is the boot
     /// directory): the request `policy test` sends for it, for guest `guestID`; nil when `dir` is
     /// no module directory of a capture.
-    public static func capturedRequest(_ dir: String, guestID: String) throws -> AuthorizeModule? {
+    static func capturedRequest(_ dir: String, guestID: String) throws -> AuthorizeModule? {
         guard LocalFile.exists(dir + "/layout.json") else { return nil }
         var d = dir
         while d.count > 1 && d.hasSuffix("/") { d.removeLast() }
         guard let slash = d.lastIndex(of: "/") else {
             throw LocalFileError(path: dir, why: "a module's capture directory is named inside its boot directory (BOOT/MODULE)")
         }
-        let boot = try CaptureBoot.load(slash == d.startIndex ? "/" : String(d[..<slash]))
-        return try boot.module(String(d[d.index(after: slash)...])).request(guestID: guestID)
+        return try CaptureBoot.load(Files.directory(of: d)).module(String(d[d.index(after: slash)...])).request(guestID: guestID)
     }
 
     /// Reads `DIR/text/<16 hex digits>_<section>.bin` files.

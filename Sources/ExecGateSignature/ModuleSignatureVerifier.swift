@@ -21,7 +21,7 @@
 // messageDigest attribute and hash the attributes instead) → public_key_verify_signature() over
 // sig->digest. Here: Digest over the content (the deny list's key too), then EVP_PKEY_verify of
 // that digest (COpenSSLShim egs_verify_signature: PKCS#1 v1.5 DigestInfo{digestAlgorithm, digest},
-// as the kernel's rsa-pkcs1pad checks it). `verifyWithFileDigest` hashes the content in the same
+// as the kernel's rsa-pkcs1pad checks it). `verifyWithDigests` hashes the content in the same
 // pass as the whole file (the service's request digest names the file's; Verifier.swift).
 //
 // Differences from the kernel, all stricter: embedded certificates are refused (the kernel would
@@ -97,20 +97,10 @@ public enum ModuleSignatureVerifier {
     /// `verify`, plus the SHA-256 of the whole module file (content, signature and trailer) for the
     /// verifier's request digest, computed in the same pass as the content digest: the content is
     /// hashed once (Digest.compute(_:over:prefix:)), before the PKCS#7 checks instead of after them.
-    /// A module without a valid trailer has no content digest; its file is hashed alone.
-    public static func verifyWithFileDigest(
-        module: UnsafeRawBufferPointer,
-        trust: TrustStore,
-        denyList: DenyList = .empty,
-        minimumDigest: DigestAlgorithm = .sha256
-    ) -> (verdict: SignatureVerdict, fileDigest: Digest) {
-        let r = verifyWithDigests(module: module, trust: trust, denyList: denyList, minimumDigest: minimumDigest)
-        return (r.verdict, r.fileDigest)
-    }
-
-    /// The same, with the content's SHA-256 (the bytes before the signature: a module's identity)
-    /// whenever the trailer parsed, whatever the verdict: a denial of a deny-listed or untrusted
-    /// module still names the content it judged (verdict and audit `module_sha256`).
+    /// A module without a valid trailer has no content digest; its file is hashed alone. The
+    /// content's SHA-256 (the bytes before the signature: a module's identity) comes back whenever
+    /// the trailer parsed, whatever the verdict: a denial of a deny-listed or untrusted module
+    /// still names the content it judged (verdict and audit `module_sha256`).
     public static func verifyWithDigests(
         module: UnsafeRawBufferPointer,
         trust: TrustStore,

@@ -420,7 +420,7 @@ public final class Verifier: @unchecked Sendable {
         checks.append(.denyList)
         let signature: VerifiedSignature
         // One pass over the module: its content digest (signature, deny list, module_digest) and
-        // the file's (the request digest), ModuleSignatureVerifier.verifyWithFileDigest.
+        // the file's (the request digest), ModuleSignatureVerifier.verifyWithDigests.
         let checked = ModuleSignatureVerifier.verifyWithDigests(module: module, trust: policy.trust, denyList: policy.denyList, minimumDigest: policy.minimumDigest)
         fileDigest = checked.fileDigest
         switch checked.verdict {
@@ -647,24 +647,25 @@ public final class Verifier: @unchecked Sendable {
 
     /// The length of the core range held against live modules from `text_base`: on 6.1 the one
     /// core allocation (`layout_sections()`: text, rodata, ro_after_init, data, page-aligned
-    /// steps); on 6.12, where every `enum mod_mem_type` is its own allocation (`move_module()`),
+    /// steps, then the core symbols `layout_symtab()` appends); on 6.12, where every `enum mod_mem_type` is its own allocation (`move_module()`),
     /// the MOD_TEXT allocation alone, i.e. the claimed text (the engine requires it to be
     /// PAGE_ALIGN(mem[MOD_TEXT].size)). The 6.1 size there would reach past a small MOD_TEXT over
     /// another module's text or init text placed after it and refuse an honest load. The init
     /// range (`init_base`, `init_text`) is the MOD_INIT_TEXT allocation on both.
     static func liveCoreSize(plan: ModuleLayoutPlan, textBytes: Int, kernelRelease: String?) -> Int {
         if let r = kernelRelease, case .success(.linux6_12) = ModuleLoader.forRelease(r) { return textBytes }
-        return max(plan.coreSize, plan.coreSizeWithSymbols)
+        return plan.coreSizeWithSymbols  // ≥ coreSize: the symbols come after the sections
     }
 
     /// The init allocation a live module holds while its init text is granted: on 6.1 the whole
-    /// `init_layout` (layout_sections(): init text, then init rodata and data, one module_alloc()
-    /// block that do_free_init() frees whole), from the claimed init base; on 6.12 the
+    /// `init_layout` (layout_sections(): init text, then init rodata and data, then what
+    /// layout_symtab() appends; one module_alloc() block that do_free_init() frees whole), from
+    /// the claimed init base; on 6.12 the
     /// `MOD_INIT_TEXT` allocation (the other init types are held apart, `LiveModule.initDataAllocations`,
     /// once the claim is explained). Never less than the claimed init text.
     static func liveInitAllocation(plan: ModuleLayoutPlan, initRange: Range<UInt64>, kernelRelease: String?) -> Range<UInt64> {
         if let r = kernelRelease, case .success(.linux6_12) = ModuleLoader.forRelease(r) { return initRange }
-        let (end, o) = initRange.lowerBound.addingReportingOverflow(UInt64(max(plan.initSize, plan.initSizeWithSymbols)))
+        let (end, o) = initRange.lowerBound.addingReportingOverflow(UInt64(plan.initSizeWithSymbols))
         return o ? initRange.lowerBound..<UInt64.max : initRange.lowerBound..<max(end, initRange.upperBound)
     }
 

@@ -114,7 +114,7 @@ public enum Files {
     }
 
     /// The directory `path` names an entry of ("." for a bare name, "/" for one at the root).
-    static func directory(of path: String) -> String {
+    public static func directory(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         return slash == path.startIndex ? "/" : String(path[..<slash])
     }

@@ -29,3 +29,19 @@ extension StringProtocol {
     /// Whether `needle`'s UTF-8 bytes occur in this string (false for an empty needle).
     public func containsUTF8<T: StringProtocol>(_ needle: T) -> Bool { utf8Range(of: needle) != nil }
 }
+
+extension String {
+    /// The longest prefix of whole Unicode scalars that takes at most `bytes` UTF-8 bytes (a text
+    /// cut to a bound without splitting a character's encoding). `self` when it fits.
+    public func prefix(utf8Bytes bytes: Int) -> String {
+        guard utf8.count > bytes else { return self }
+        var kept = String.UnicodeScalarView(), used = 0
+        for u in unicodeScalars {
+            let w = UTF8.width(u)
+            guard used + w <= bytes else { break }
+            kept.append(u)
+            used += w
+        }
+        return String(kept)
+    }
+}

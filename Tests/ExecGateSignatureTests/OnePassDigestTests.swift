@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The signature check's single pass over a module (ModuleSignatureVerifier.verifyWithFileDigest):
+// The signature check's single pass over a module (ModuleSignatureVerifier.verifyWithDigests):
 // the content digest and the whole file's digest from one pass over the content, and exactly the
 // verdict `verify` gives — on real Debian modules, on every single-byte change of vsock.ko's
 // signature and trailer, on seeded random changes anywhere in a module, on truncations, and on an
@@ -11,10 +11,10 @@ import ExecGateTestSupport
 import XCTest
 
 final class OnePassDigestTests: XCTestCase {
-    /// `verify` and `verifyWithFileDigest` agree on `module`, and the file digest is the file's.
+    /// `verify` and `verifyWithDigests` agree on `module`, and the file digest is the file's.
     private func assertSameVerdict(_ module: [UInt8], _ trust: TrustStore, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
         let plain = ModuleSignatureVerifier.verify(module: module, trust: trust)
-        let (verdict, fileDigest) = module.withUnsafeBytes { ModuleSignatureVerifier.verifyWithFileDigest(module: $0, trust: trust) }
+        let (verdict, fileDigest, _) = module.withUnsafeBytes { ModuleSignatureVerifier.verifyWithDigests(module: $0, trust: trust) }
         XCTAssertEqual(verdict.code, plain.code, what, file: file, line: line)
         XCTAssertEqual(verdict.failure, plain.failure, what, file: file, line: line)
         if case .success(let a) = verdict, case .success(let b) = plain {

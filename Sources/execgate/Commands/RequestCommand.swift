@@ -98,26 +98,18 @@ struct RequestModule: AsyncParsableCommand {
     var session: String?
 
     func run() async throws {
-        let module: [UInt8]
-        let sections: [SectionClaim]
         let token = try ConnectOptions.sessionToken(session, command: "module")
         if token != nil && guest.isEmpty {
             Console.error("execgate request module: --session names a session of a guest: give --guest")
             throw ExecGateExit.usage
         }
-        var captured: AuthorizeModule?
+        let request: AuthorizeModule
         do {
-            module = try LocalFile.readModule(file)
-            captured = try ClaimSource.capturedRequest(claim, guestID: guest)
-            sections = captured == nil ? try ClaimSource.sections(claim, module: module) : []
+            request = try ClaimSource.request(claim, module: try LocalFile.readModule(file), guestID: guest, session: token)
         } catch {
             Console.error("execgate request module: \(error)")
             throw ExecGateExit.usage
         }
-        // The captured end state, with this file as the evidence.
-        var request = captured ?? AuthorizeModule(guestID: guest, module: ByteBuffer(bytes: module), sections: sections, session: token)
-        request.module = ByteBuffer(bytes: module)
-        request.session = token
         let client = try await connection.client()
         let verdict: Verdict
         do {
