@@ -275,9 +275,14 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
                 guard !full() else { return false }
             }
         }
-        queue.append(line)
-        queueBytes += size
-        if refusedPush { refusedRing.append((nextSeq, line)) } else { retain(line, size: size) }
+        // The record carries its sequence number (last, so every record still begins
+        // `{"time":`): the file and `audit-read` number it alike, so a reader of the file can
+        // tell where an `audit-read` page starts and that no accepted record is missing.
+        let numbered = String(line.dropLast()) + ",\"seq\":\(nextSeq)}"
+        let numberedSize = numbered.utf8.count
+        queue.append(numbered)
+        queueBytes += numberedSize
+        if refusedPush { refusedRing.append((nextSeq, numbered)) } else { retain(numbered, size: numberedSize) }
         nextSeq &+= 1
         if refusedRing.count > AuditLimits.retainedRefusedPushes * 2 {
             refusedRing.removeFirst(refusedRing.count - AuditLimits.retainedRefusedPushes)

@@ -161,10 +161,14 @@ final class AuditTests: XCTestCase {
         log.flush()
         let lines = disk.lock.withLock { disk.bytes }.split(separator: 0x0A, omittingEmptySubsequences: false)
         XCTAssertEqual(lines.count, 6, "five records, each ended by its newline")
-        for l in lines.prefix(5) {
+        for (n, l) in lines.prefix(5).enumerated() {
             let text = String(decoding: l, as: UTF8.self)
-            XCTAssertTrue(text.hasPrefix("{\"time\":") && text.hasSuffix("}") && text.contains("\"event\":\"verdict\""), text)
+            XCTAssertTrue(text.hasPrefix("{\"time\":") && text.hasSuffix(",\"seq\":\(n + 1)}") && text.contains("\"event\":\"verdict\""), text)
         }
+        // The file and `audit-read` number the records alike: the same lines, the same numbers.
+        let page = log.read(after: 2, limit: 10)
+        XCTAssertEqual(page.records, lines[2..<5].map { String(decoding: $0, as: UTF8.self) })
+        XCTAssertEqual(page.nextSeq, 6)
         XCTAssertEqual(log.counters.queued, 0)
         XCTAssertNil(log.counters.lastWriteError, "a write succeeded since")
         XCTAssertEqual(log.close(), 0)

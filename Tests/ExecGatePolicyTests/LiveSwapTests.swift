@@ -165,7 +165,7 @@ final class LiveSwapTests: XCTestCase {
         let carried = carriedBox.withLockedValue { $0 }
         XCTAssertEqual(carried.count, total + 1)
         let versions = carried.compactMap { r -> Int? in
-            r.contains("\"event\":\"verdict\"") ? (r.contains("\"policy_version\":1}") ? 1 : 2) : nil
+            r.contains("\"event\":\"verdict\"") ? (r.contains("\"policy_version\":1,") ? 1 : 2) : nil
         }
         XCTAssertEqual(versions.count, total)
         XCTAssertEqual(versions.filter { $0 == 1 }.count, sawV1)
