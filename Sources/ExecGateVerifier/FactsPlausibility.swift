@@ -59,7 +59,7 @@ enum FactsPlausibility {
     /// the same order, as the registry runs them in three steps (CPU counts and the slide; the
     /// build's symbols, once per shared copy; this guest's own facts against that copy).
     static func check(_ r: RegisterGuest, facts: GuestFacts) -> String? {
-        if let why = checkCPUs(r) ?? checkSlide(r) { return why }
+        if let why = checkRegistration(r) { return why }
         let build = checkSymbols(r.symbols)
         if let why = build.failure { return why }
         return checkGuest(r, facts: facts, build: build.facts)
@@ -92,6 +92,10 @@ enum FactsPlausibility {
                        exportCeiling: exportCeiling.map { ($0.name, f($0.address)) })
         }
     }
+
+    /// The checks of a registration's own numbers, before any symbol is read (the first step of
+    /// `check`, and the registry's, which runs it before it looks up a shared copy).
+    static func checkRegistration(_ r: RegisterGuest) -> String? { checkCPUs(r) ?? checkSlide(r) }
 
     static func checkCPUs(_ r: RegisterGuest) -> String? {
         guard r.presentCPUs >= 1 else { return "present_cpus is 0" }

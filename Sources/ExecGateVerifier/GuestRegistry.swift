@@ -145,7 +145,7 @@ public final class GuestRegistry: @unchecked Sendable {
     /// a key its modules use: the fixture's modules use no core key, DocAttack3SessionTests).
     func register(_ r: RegisterGuest, factsDigest: [UInt8] = [], symbolsDigest: [UInt8]? = nil, replacing: GuestSession? = nil,
                   arrivedAt: UInt64? = nil, adjustingFacts adjust: ((inout GuestFacts) -> Void)?) -> Registration {
-        if let why = FactsPlausibility.checkCPUs(r) ?? FactsPlausibility.checkSlide(r) {
+        if let why = FactsPlausibility.checkRegistration(r) {
             return .refused(.implausibleFacts, "register-guest '\(r.guestID)': \(why)")
         }
         let key: KernelFactsKey?
