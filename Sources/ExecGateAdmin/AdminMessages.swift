@@ -162,22 +162,28 @@ public struct AuditReadReply: Sendable, Equatable {
     public var dropped: UInt64
     public var oldestSeq: UInt64
     public var more: Bool
-    public init(records: [String], nextSeq: UInt64, dropped: UInt64, oldestSeq: UInt64, more: Bool = false) {
+    /// The first number the log issued (tag 6; 1 from a server that does not send it): numbers
+    /// below `oldestSeq` and at or above it were evicted, numbers below it were never this log's.
+    public var firstSeq: UInt64
+    public init(records: [String], nextSeq: UInt64, dropped: UInt64, oldestSeq: UInt64, more: Bool = false, firstSeq: UInt64 = 1) {
         self.records = records; self.nextSeq = nextSeq; self.dropped = dropped; self.oldestSeq = oldestSeq; self.more = more
+        self.firstSeq = firstSeq
     }
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "audit-read-reply", known: [1, 2, 3, 4, 5], repeated: [1: AuditLimits.maximumRecordsPerRead])
+        let r = try TLVReader(body, message: "audit-read-reply", known: [1, 2, 3, 4, 5, 6], repeated: [1: AuditLimits.maximumRecordsPerRead])
         records = try r.strings(1, "record")
         nextSeq = try r.requiredInteger(2, "next_seq")
         dropped = try r.integer(3, "dropped") ?? 0
         oldestSeq = try r.integer(4, "oldest_seq") ?? 0
         more = (try r.integer(5, "more", as: UInt8.self) ?? 0) != 0
+        firstSeq = try r.integer(6, "first_seq") ?? 1
     }
     public func encode() -> ByteBuffer {
         var w = TLVWriter(capacity: records.reduce(64) { $0 + $1.utf8.count + 6 })
         for r in records { w.string(1, r) }
         w.u64(2, nextSeq); w.u64(3, dropped); w.u64(4, oldestSeq)
         if more { w.u8(5, 1) }
+        w.u64(6, firstSeq)
         return w.buffer
     }
 }

@@ -112,7 +112,9 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     private var _refusedSuppressed: UInt64 = 0
     private var refusedTokens = AuditLimits.refusedPushBurst
     private var refusedRefill = NIODeadline.now()
-    private var nextSeq: UInt64 = 1
+    private var nextSeq: UInt64
+    /// The first number this log issues (`firstSequenceNumber`).
+    private let firstSeq: UInt64
     private var _dropped: UInt64 = 0
     private var _accepted: UInt64 = 0
     private var _writeErrors: UInt64 = 0
@@ -138,9 +140,13 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     ///   - retained: records kept for audit-read.
     ///   - blockTimeout: seconds a verdict waits for room under `block`.
     ///   - writer: where lines go (one call per batch of complete lines); nil = memory only.
+    ///   - firstSequenceNumber: the first record's number (≥ 1); `serve` passes
+    ///     `startOfNumbering()`, so numbers keep increasing across restarts.
     public init(capacity: Int = AuditLimits.defaultQueueCapacity, retained: Int = AuditLimits.defaultRetained,
                 blockTimeout: Double = AuditLimits.defaultBlockTimeoutSeconds, writer: Writer? = nil,
-                clock: @escaping @Sendable () -> String = AuditTime.now) {
+                clock: @escaping @Sendable () -> String = AuditTime.now, firstSequenceNumber: UInt64 = 1) {
+        self.firstSeq = max(1, firstSequenceNumber)
+        self.nextSeq = max(1, firstSequenceNumber)
         self.capacity = max(1, capacity)
         self.retained = max(1, retained)
         self.blockTimeout = blockTimeout
@@ -155,7 +161,8 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     /// fails at once (ENXIO, fifo(7)) instead of blocking the service's start for ever; the
     /// descriptor then goes back to blocking writes.
     public static func appending(to path: String, capacity: Int = AuditLimits.defaultQueueCapacity,
-                                 blockTimeout: Double = AuditLimits.defaultBlockTimeoutSeconds) throws -> AuditLog {
+                                 blockTimeout: Double = AuditLimits.defaultBlockTimeoutSeconds,
+                                 firstSequenceNumber: UInt64 = 1) throws -> AuditLog {
         let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0o600)
         guard fd >= 0 else {
             let e = errno
@@ -184,7 +191,22 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
                 }
             }
         }
-        return AuditLog(capacity: capacity, blockTimeout: blockTimeout, writer: { bytes in try file.writeAll(bytes) })
+        return AuditLog(capacity: capacity, blockTimeout: blockTimeout, writer: { bytes in try file.writeAll(bytes) },
+                        firstSequenceNumber: firstSequenceNumber)
+    }
+
+    /// Where a `serve` start numbers its records: the service's clock in microseconds since the
+    /// epoch. The log lives in memory (the service VM keeps no state), so a restart forgets the
+    /// last number; starting at the clock keeps numbers increasing across restarts, and a cursor
+    /// a follower kept from the last instance is below every new record (it misses none of
+    /// them). Below 2⁵³ until the year 2255 (exact in any JSON reader). A clock set back below
+    /// the last instance's numbers is caught by `read`: a cursor past every record this log
+    /// issued starts from its first.
+    public static func startOfNumbering() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let micros = UInt64(max(0, ts.tv_sec)) &* 1_000_000 &+ UInt64(max(0, ts.tv_nsec / 1000))
+        return max(1, micros)
     }
 
     // MARK: Producers
@@ -437,6 +459,8 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         public var dropped: UInt64
         /// True when retained records after this page remain (the page hit a count or byte cap).
         public var more: Bool
+        /// The first number this log issued.
+        public var firstSeq: UInt64
     }
 
     /// Records with sequence number > `afterSeq`, oldest first: at most `limit` records and at
@@ -447,6 +471,10 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     public func read(after afterSeq: UInt64, limit: Int, maximumBytes: Int = .max) -> Page {
         monitor.lock()
         defer { monitor.unlock() }
+        // A cursor past every record this log issued is no cursor of this log: a follower's from
+        // before a restart (a clock set back), or a peer's guess. It reads from the first record,
+        // never skipping the records this log issued before it asked.
+        let afterSeq = afterSeq >= nextSeq ? firstSeq - 1 : afterSeq
         let keep = ring[ringHead...]
         let keepRefused = refusedRing.suffix(AuditLimits.retainedRefusedPushes)
         let oldest = keep.first?.0 ?? nextSeq
@@ -473,11 +501,11 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         }
         let more = i < keep.endIndex || j < keepRefused.endIndex
         // `after_seq` is any u64 a keyless admin-port peer sends: `afterSeq + 1` trapped at 2⁶⁴−1
-        // and killed the verifier. A cursor at or past the last record issued continues from the
-        // log's own next sequence number (`nextSeq` ≥ 1, so `nextSeq - 1` cannot wrap): a reader
-        // never skips records that will be issued later (e.g. a cursor kept across a restart).
+        // and killed the verifier. A cursor at the last record issued continues from the log's
+        // own next sequence number (`nextSeq` ≥ 1, so `nextSeq - 1` cannot wrap); one past it
+        // was moved to the first record above.
         let next = last.map { $0 + 1 } ?? max(min(afterSeq, nextSeq - 1) + 1, oldest)
-        return Page(records: records, nextSeq: next, oldestSeq: oldest, dropped: _dropped, more: more)
+        return Page(records: records, nextSeq: next, oldestSeq: oldest, dropped: _dropped, more: more, firstSeq: firstSeq)
     }
 
     /// Waits until every record accepted so far has been handed to the writer (tests, shutdown).

@@ -144,7 +144,8 @@ public final class PolicyAdministrator: @unchecked Sendable {
         // admin port (no key needed) can make the service hold per request.
         let page = audit.read(after: q.afterSeq, limit: Int(q.maxRecords),
                               maximumBytes: min(Int(q.maxBytes), AuditLimits.maximumBytesPerRead, maximumBytes))
-        return AuditReadReply(records: page.records, nextSeq: page.nextSeq, dropped: page.dropped, oldestSeq: page.oldestSeq, more: page.more)
+        return AuditReadReply(records: page.records, nextSeq: page.nextSeq, dropped: page.dropped, oldestSeq: page.oldestSeq, more: page.more,
+                              firstSeq: page.firstSeq)
     }
 
     /// One admin frame in, one reply frame out (same request id). Never throws: bad input is an

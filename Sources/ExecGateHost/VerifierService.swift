@@ -86,7 +86,13 @@ public final class VerifierService: Sendable {
         var audit: AuditLog? = nil
         var admin: AdminServer? = nil
         do {
-            if let file = c.auditFile { audit = try AuditLog.appending(to: file) } else if c.adminListen != nil { audit = AuditLog() }
+            // Numbered from the clock: numbers keep increasing across restarts (AuditLog.startOfNumbering).
+            let first = AuditLog.startOfNumbering()
+            if let file = c.auditFile {
+                audit = try AuditLog.appending(to: file, firstSequenceNumber: first)
+            } else if c.adminListen != nil {
+                audit = AuditLog(firstSequenceNumber: first)
+            }
             if let audit { verifier.auditSink = audit }
             let adminCertificate = try c.adminCertificateFile.map(CertificateFiles.loadOne)
             // The key that signs policies must not sign modules (deployment.md, "The admin key"):

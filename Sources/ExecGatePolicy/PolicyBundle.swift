@@ -114,11 +114,23 @@ public enum PolicyBundle {
     public static func open(_ bytes: [UInt8], admin: Certificate, file: String, builtinAnchors: [Certificate]?) throws(PolicyBundleError) -> Policy {
         let parts = try split(bytes)
         try verifySignature(parts, admin: admin)
+        let policy: Policy
         do {
-            return try PolicyParser.parse(parts.policy, file: file, builtinAnchors: builtinAnchors)
+            policy = try PolicyParser.parse(parts.policy, file: file, builtinAnchors: builtinAnchors)
         } catch {
             throw PolicyBundleError(.policy, "\(error)", parseError: error)
         }
+        try checkAdminIsNoAnchor(policy, admin: admin)
+        return policy
+    }
+
+    /// The key that signs policies must never sign modules (deployment.md, "The admin key"): a
+    /// policy trusting the admin certificate makes every module the admin key signs loadable,
+    /// and an admin key is kept for one job. `serve` refuses it at boot (`--trust` or the boot
+    /// policy); a pushed bundle and `policy sign` refuse it the same way.
+    public static func checkAdminIsNoAnchor(_ policy: Policy, admin: Certificate) throws(PolicyBundleError) {
+        guard policy.trust.anchors.contains(where: { $0.fingerprint == admin.fingerprint }) else { return }
+        throw PolicyBundleError(.policy, "policy \(policy.id) v\(policy.version) trusts the admin certificate '\(admin.subject)' as a module signer: the key that signs policies must never sign modules; trust a separate module-signing key")
     }
 
     /// Step 2. The module-signature verifier checks `content ‖ PKCS#7 ‖ struct module_signature ‖

@@ -228,10 +228,19 @@ final class LiveSwapTests: XCTestCase {
         let badLine = malformed.split(separator: "\n", omittingEmptySubsequences: false).firstIndex { $0 == "modules perhaps" }! + 1
         try await assertRefused(try AdminKeys.bundle(malformed), "pushed-bundle:\(badLine):9: error: 'perhaps' is not deny, allow, hash-pinned or audit-only")
 
+        // HOLE (round 12): a policy trusting the admin certificate as a module signer, which
+        // `serve` refuses at boot, activated when pushed: the admin key then signed loadable
+        // modules. Refused as at boot (deployment.md, "The admin key").
+        let adminCert = AdminKeys.admin.1
+        let trustsAdmin = try PolicyFixtures.text(id: "swap", version: 8).replacingOccurrences(of: "audit-overflow block",
+            with: "trust sha256:\(adminCert.fingerprint.hex)\n\(adminCert.pem.split(separator: "\n").joined(separator: "\n"))\naudit-overflow block")
+        XCTAssertTrue(try PolicyParser.parse(Array(trustsAdmin.utf8), file: "t", builtinAnchors: nil).trust.anchors.contains { $0.fingerprint == adminCert.fingerprint })
+        try await assertRefused(try AdminKeys.bundle(trustsAdmin), "bundle.policy", "trusts the admin certificate")
+
         // Every refusal is in the audit trail.
         audit.flush()
         let refusals = audit.read(after: 0, limit: 1000).records.filter { $0.contains("\"event\":\"policy-push-refused\"") }
-        XCTAssertEqual(refusals.count, 9)
+        XCTAssertEqual(refusals.count, 10)
         // And a good push still works afterwards.
         let v10 = try await admin.push(bundle: try AdminKeys.bundle(try PolicyFixtures.text(id: "swap", version: 10)))
         XCTAssertEqual(v10.previousVersion, 3)

@@ -229,6 +229,27 @@ final class CLIRound5Tests: XCTestCase {
     /// in the operator's carried-out trail. Now every record must be one JSON object with no raw
     /// line break (the service escapes them: docs/policy.md, "Audit"), or `policy audit` stops,
     /// exit 2, naming the record, with nothing of it on stdout.
+    func testPolicyAuditRewindsOnceToALogNumberedBelowItsCursor() throws {
+        // A cursor past every record of the log (a restart with the clock set back: the service
+        // reads such a cursor from its first record) prints the log from its first record, once;
+        // a server that keeps answering below the cursor is refused, never printed for ever.
+        let records = ["{\"event\":\"policy-activated\",\"seq\":1}", "{\"event\":\"verdict\",\"seq\":2}"]
+        for follow in [false, true] {
+            let path = dir + "/admin-rewind-\(follow).sock"
+            let t = fakeAdminPort(path, records: records)
+            let r = run(["policy", "audit", "--after", "100", "--connect", "unix:" + path] + (follow ? ["--follow"] : []), seconds: 30)
+            XCTAssertEqual(r.stdout, records.joined(separator: "\n") + "\n", r.stderr)
+            XCTAssertTrue(r.stderr.contains("numbered below 100"), r.stderr)
+            if follow {
+                XCTAssertEqual(r.status, 2, "the same page again does not move the cursor: refused")
+                XCTAssertTrue(r.stderr.contains("not past them"), r.stderr)
+            } else {
+                XCTAssertEqual(r.status, 0, r.stderr)
+            }
+            while !t.isFinished { usleep(10_000) }
+        }
+    }
+
     func testPolicyAuditPrintsOnlyOneJSONLinePerRecord() throws {
         let honest = "{\"event\":\"verdict\",\"module\":\"a\\u2028b\"}"
         for bad in ["{\"event\":\"verdict\"}\n{\"event\":\"policy-activated\",\"policy_id\":\"forged\"}",

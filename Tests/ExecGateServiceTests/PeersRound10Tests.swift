@@ -172,11 +172,13 @@ extension PeersRound10Tests {
     /// Attack (failed; kept): audit-read values the CLI never sends, from a keyless peer:
     /// `max_records` 0, `max_bytes` 0, `after_seq` 2⁶⁴−2 and one far past the log, and fields of
     /// the wrong width. docs/protocol.md ("audit-read"): a page holds at least one record whatever
-    /// `max_bytes` says; a cursor at or past the last record issued gets no records and the next
-    /// sequence number; no integer reaches arithmetic that traps (trust.md, "Ports"). Measured:
+    /// `max_bytes` says; a cursor past the last record issued is no cursor of this log and reads
+    /// from its first record (a follower's from before a restart is never left skipping the new
+    /// log's records); no integer reaches arithmetic that traps (trust.md, "Ports"). Measured:
     /// `max_records` 0 is an empty page whose `next_seq − 1` is the cursor (nothing skipped) and
     /// whose `more` says records remain; `max_bytes` 0 gives exactly one record; a wrong width is
-    /// `malformed-body`; the service lives and the next honest page starts at record 1.
+    /// `malformed-body`; the service lives and the next honest page starts at the log's first
+    /// record (`first_seq`: `serve` numbers from its clock).
     func testHostileAuditReadValuesNeitherSkipNorTrap() throws {
         try ServeFixture.adminKey(in: dir, commonName: "round 10 admin")
         let serve = ServeFixture.start(in: dir, ["--admin-cert", dir + "/admin.pem", "--audit", dir + "/audit.jsonl"])
@@ -189,17 +191,25 @@ extension PeersRound10Tests {
 
         let none = try XCTUnwrap(auditPage(serve.admin, Self.tlv(1, u64(0)) + Self.tlv(2, u32(0))), "max_records 0")
         XCTAssertEqual(none.records, [])
-        XCTAssertEqual(none.nextSeq, 1, "max_records 0 moved the cursor past records it did not send")
+        let first = none.firstSeq
+        XCTAssertGreaterThan(first, 1_700_000_000_000_000, "serve numbers from its clock (µs since the epoch)")
+        XCTAssertEqual(none.nextSeq, first, "max_records 0 moved the cursor past records it did not send")
         XCTAssertTrue(none.more, "records remain and the page says none do")
         let one = try XCTUnwrap(auditPage(serve.admin, Self.tlv(1, u64(0)) + Self.tlv(3, u32(0))), "max_bytes 0")
         XCTAssertEqual(one.records.count, 1, "a page holds at least one record")
-        XCTAssertEqual(one.nextSeq, 2)
-        for after in [UInt64.max - 1, UInt64.max, 1 << 40] {
+        XCTAssertEqual(one.nextSeq, first + 1)
+        let fromStart = try XCTUnwrap(auditPage(serve.admin, Self.tlv(1, u64(0))))
+        XCTAssertEqual(fromStart.records.count, 4)
+        for after in [UInt64.max - 1, UInt64.max, first + 4] {
             let far = try XCTUnwrap(auditPage(serve.admin, Self.tlv(1, u64(after))), "after_seq \(after)")
-            XCTAssertEqual(far.records, [], "after_seq \(after)")
+            XCTAssertEqual(far.records, fromStart.records, "after_seq \(after): a cursor past the log reads from its first record")
             XCTAssertFalse(far.more, "after_seq \(after)")
-            XCTAssertLessThanOrEqual(far.nextSeq, 5, "after_seq \(after): next_seq is not the log's next (\(far.nextSeq))")
+            XCTAssertEqual(far.nextSeq, first + 4, "after_seq \(after)")
         }
+        // The cursor at the last record issued is caught up: nothing, and the next number.
+        let caughtUp = try XCTUnwrap(auditPage(serve.admin, Self.tlv(1, u64(first + 3))))
+        XCTAssertEqual(caughtUp.records, [])
+        XCTAssertEqual(caughtUp.nextSeq, first + 4)
         for bad in [Self.tlv(1, u32(1)), Self.tlv(2, u64(1)), Self.tlv(3, [1])] {
             let p = try XCTUnwrap(SocketPeer(path: serve.admin))
             XCTAssertTrue(p.writeAll(Self.frame(0x0012, bad)))

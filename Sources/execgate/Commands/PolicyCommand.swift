@@ -154,12 +154,16 @@ struct PolicySign: ParsableCommand {
         let out = output ?? policy + ".bundle"
         do {
             let text = try LocalFile.readPolicy(policy)
+            if text.starts(with: PolicyBundle.magic) {
+                throw LocalFileError(path: policy, why: "already a signed bundle: sign the policy text it was made from")
+            }
             let parsed = try PolicyParser.parse(text, file: policy, builtinAnchors: nil)
             let privateKey: PrivateKey
             do { privateKey = try PrivateKey(pem: try LocalFile.readCredential(key)) } catch let e as LocalFileError { throw e } catch {
                 throw LocalFileError(path: key, why: "\(error)")
             }
             let signer = try ModuleSigner(key: privateKey, certificate: try CertificateFiles.loadOne(cert), digest: .sha256)
+            try PolicyBundle.checkAdminIsNoAnchor(parsed, admin: signer.certificate)
             let bundle = try PolicyBundle.seal(policy: text, signer: signer)
             try LocalFile.writeAtomically(out, bundle)
             let t = TerminalText.escaped  // the signer's certificate's words, the operator's file name
@@ -416,16 +420,37 @@ struct PolicyAudit: AsyncParsableCommand {
             let client = try await AdminClient.connect(to: try Endpoint(parsing: connect, listening: false))
             var cursor = after
             var reportedDrops: UInt64 = 0
+            var rewound = false
             while true {
                 let page: AuditReadReply
                 do { page = try await client.auditRead(afterSeq: cursor, maxRecords: UInt32(AuditLimits.maximumRecordsPerRead)) } catch {
                     await client.close()
-                    throw error
+                    // (A restarted service, under --follow: its records are numbered above every
+                    // earlier one, so resuming at the cursor misses none of them.)
+                    throw LocalFileError(path: connect, why: "\(error); every record up to \(cursor) was printed: resume with --after \(cursor)")
                 }
-                // Records cursor+1 … oldest-1 were evicted. Compared without adding: `--after` is any
-                // u64 (cursor + 1 trapped at 2⁶⁴−1), and a server without a log answers oldest 0.
-                if page.oldestSeq > 0 && cursor < page.oldestSeq - 1 {
-                    Console.error("execgate policy audit: records \(cursor + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
+                // Numbers below `first_seq` were never this log's: a cursor there is from before a
+                // restart (the service numbers from its clock, so the new log's records all follow
+                // it and none is missed). Records max(cursor+1, first) … oldest-1 were this log's
+                // and evicted. Compared without adding: `--after` is any u64 (cursor + 1 trapped
+                // at 2⁶⁴−1), and a server without a log answers oldest 0.
+                let first = max(1, page.firstSeq)  // the peer's number: 0 would wrap below
+                // A cursor past every record of the log reads from its first (AuditLog.read): a
+                // log numbered below the cursor, after a restart with the clock set back. Taken
+                // once a run; a second such page is refused below like any page that does not
+                // move the cursor (a server could otherwise have this loop print its records for
+                // ever).
+                if !rewound && !page.records.isEmpty && page.nextSeq > 0 && page.nextSeq - 1 <= cursor && page.nextSeq - 1 > first - 1 && first - 1 < cursor {
+                    Console.error("execgate policy audit: the service's log is numbered below \(cursor) (restarted with its clock set back): reading it from its first record, \(first)")
+                    cursor = first - 1
+                    rewound = true
+                }
+                if cursor != 0 && cursor < first - 1 {
+                    Console.error("execgate policy audit: the service restarted (its records start at \(first)); records of the earlier one after \(cursor) that were not carried out are only in its --audit file")
+                }
+                let firstAsked = max(cursor, first - 1)
+                if page.oldestSeq > 0 && firstAsked < page.oldestSeq - 1 {
+                    Console.error("execgate policy audit: records \(firstAsked + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
                 }
                 // The service's pages (AuditLog.read) set `more` only with records (this command asks
                 // for 10,000; a page asked with max_records 0 has none and may set it), and `next_seq`
