@@ -187,12 +187,25 @@ public final class PolicyAdministrator: @unchecked Sendable {
 public enum PolicySummary {
     public static func sha256(_ bytes: [UInt8]) -> [UInt8] { Digest.compute(.sha256, over: bytes).bytes }
 
-    /// Human lines for the kind rules, in file order ("modules hash-pinned for class db").
+    /// Human lines for the kind rules, in file order ("modules hash-pinned for class db"), then
+    /// what the policy refuses or admits by name or digest, each list sorted, in the policy
+    /// language's words (`deny module-name vsock`, `deny module sha256:…`, `deny certificate
+    /// sha256:…`, `pin sha256:…`, `kernel sha256:… symbols sha256:…`). The built-in policy has no
+    /// source: its deny lists (`serve --deny-*`) are seen only here, so two sidecars started with
+    /// different lists show different rules under the same id and version.
     public static func rules(_ p: Policy) -> [String] {
+        var lines: [String]
         if p.kindRules.isEmpty {
-            return ["modules \(describe(p.modules)) for all guests", "text-patches \(describe(p.textPatches)) for all guests"]
+            lines = ["modules \(describe(p.modules)) for all guests", "text-patches \(describe(p.textPatches)) for all guests"]
+        } else {
+            lines = p.kindRules.map { "\($0.kind.rawValue) \($0.setting.rawValue) for \($0.selector)" }
         }
-        return p.kindRules.map { "\($0.kind.rawValue) \($0.setting.rawValue) for \($0.selector)" }
+        lines += p.deniedModuleNames.sorted().map { "deny module-name \($0)" }
+        lines += p.denyList.moduleContentHashes.map(\.hex).sorted().map { "deny module sha256:\($0)" }
+        lines += p.denyList.certificateTBSHashes.map(\.hex).sorted().map { "deny certificate sha256:\($0)" }
+        lines += p.pinnedModules.map(\.hex).sorted().map { "pin sha256:\($0)" }
+        lines += p.trustedKernels.map { "kernel sha256:\($0.kernel.hex) symbols sha256:\($0.symbols.hex)" }.sorted()
+        return lines
     }
 
     static func describe(_ r: Policy.KindRule) -> String {

@@ -248,6 +248,26 @@ final class AuditTests: XCTestCase {
         XCTAssertEqual(try PolicyShowReply(decoding: shown.encode()), shown)
     }
 
+    /// HOLE (round 12): `policy show` listed only the kind rules. A built-in policy's deny lists
+    /// (`serve --deny-name`, `--deny-module-hash`, `--deny-cert`) were enforced but shown nowhere
+    /// (it has no source), so two sidecars with different lists showed the same policy; a policy
+    /// file's denials and pins were only in its source. Now every rule line is listed.
+    func testPolicyShowListsDenyListsAndPins() throws {
+        let h1 = String(repeating: "ab", count: 32), h2 = String(repeating: "cd", count: 32), h3 = String(repeating: "ef", count: 32)
+        var builtin = Policy.builtIn(trust: TrustStore([]))
+        builtin.deniedModuleNames = ["crc7"]
+        builtin.denyList = DenyList(certificateTBSHashes: [Digest(algorithm: .sha256, hex: h1)!],
+                                    moduleContentHashes: [Digest(algorithm: .sha256, hex: h2)!])
+        let shown = PolicyAdministrator(verifier: Verifier(policy: builtin), adminCertificate: nil, builtinAnchors: [], audit: nil).show()
+        XCTAssertEqual(shown.rules, ["modules allow for all guests", "text-patches allow for all guests", "deny module-name crc7",
+                                     "deny module sha256:\(h2)", "deny certificate sha256:\(h1)"])
+        let text = try PolicyFixtures.text(version: 3, body: "deny module-name vsock\ndeny module sha256:\(h2)\npin sha256:\(h3)\nmodules hash-pinned")
+        let parsed = PolicyAdministrator(verifier: Verifier(policy: try PolicyFixtures.parse(text)), adminCertificate: nil, builtinAnchors: [], audit: nil).show()
+        for line in ["deny module-name vsock", "deny module sha256:\(h2)", "pin sha256:\(h3)"] {
+            XCTAssertTrue(parsed.rules.contains(line), "\(line) in \(parsed.rules)")
+        }
+    }
+
     func testPushIsDisabledWithoutAnAdminCertificate() throws {
         let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3)))
         let administrator = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: nil)
