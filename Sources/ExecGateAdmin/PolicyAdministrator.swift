@@ -54,19 +54,23 @@ public final class PolicyAdministrator: @unchecked Sendable {
     public func push(bundle: [UInt8]) -> Result<PolicyPushReply, AdminError> {
         pushLock.withLock {
             let current = verifier.policy
+            // The refused push's record names what was refused, not only why: a replay of an
+            // old bundle and a different bundle of the same version (two policies signed under
+            // one version: the admin key's misuse) are then told apart in the trail.
+            let what = "bundle sha256:\(Hex.encode(PolicySummary.sha256(bundle))), \(bundle.count) bytes"
             guard let admin = adminCertificate else {
-                return refuse(AdminError(.pushDisabled, "no admin certificate configured (serve --admin-cert): policy push is disabled"), current)
+                return refuse(AdminError(.pushDisabled, "no admin certificate configured (serve --admin-cert): policy push is disabled"), current, what)
             }
             let policy: Policy
             do {
                 policy = try PolicyBundle.open(bundle, admin: admin, file: "pushed-bundle", builtinAnchors: builtinAnchors)
             } catch {
-                return refuse(AdminError(.refused, "\(error)"), current)
+                return refuse(AdminError(.refused, "\(error)"), current, what)
             }
             do {
                 try verifier.replacePolicy(policy)
             } catch {
-                return refuse(AdminError(.rollback, "\(error)"), current)
+                return refuse(AdminError(.rollback, "\(error)"), current, "\(what), policy \(policy.id) v\(policy.version)")
             }
             activatedBy = "push"
             audit?.recordPolicyEvent("policy-activated", policy: policy, previous: current, detail: "pushed on the admin port")
@@ -75,8 +79,8 @@ public final class PolicyAdministrator: @unchecked Sendable {
         }
     }
 
-    private func refuse(_ e: AdminError, _ current: Policy) -> Result<PolicyPushReply, AdminError> {
-        audit?.recordPolicyEvent("policy-push-refused", policy: current, previous: nil, detail: e.description)
+    private func refuse(_ e: AdminError, _ current: Policy, _ what: String) -> Result<PolicyPushReply, AdminError> {
+        audit?.recordPolicyEvent("policy-push-refused", policy: current, previous: nil, detail: "\(e.description) [\(what)]")
         return .failure(e)
     }
 

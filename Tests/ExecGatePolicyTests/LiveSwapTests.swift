@@ -4,6 +4,7 @@
 // a real Unix-socket VerifierServer, a real AdminServer, a real signed Debian module, real CMS
 // bundles signed by a generated admin key. Every refusal must leave the running policy unchanged.
 
+import _ExecGateInternals
 import ExecGateAdmin
 import ExecGateClient
 import ExecGatePolicy
@@ -241,6 +242,13 @@ final class LiveSwapTests: XCTestCase {
         audit.flush()
         let refusals = audit.read(after: 0, limit: 1000).records.filter { $0.contains("\"event\":\"policy-push-refused\"") }
         XCTAssertEqual(refusals.count, 10)
+        // Each names what was refused: the two rollbacks (v1, then a v3 that is not the v3 in
+        // force) by their bundles' digests and the pushed versions.
+        for (i, version) in [(0, 1), (1, 3)] {
+            let digest = Hex.encode(PolicySummary.sha256(try AdminKeys.bundle(try PolicyFixtures.text(id: "swap", version: UInt64(version)))))
+            XCTAssertTrue(refusals[i].contains("[bundle sha256:\(digest), ") && refusals[i].contains("policy swap v\(version)]"), refusals[i])
+        }
+        XCTAssertTrue(refusals.allSatisfy { $0.contains("[bundle sha256:") }, "\(refusals)")
         // And a good push still works afterwards.
         let v10 = try await admin.push(bundle: try AdminKeys.bundle(try PolicyFixtures.text(id: "swap", version: 10)))
         XCTAssertEqual(v10.previousVersion, 3)
