@@ -167,12 +167,13 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
         guard fd >= 0 else {
             let e = errno
             if e == ENXIO { throw AdminError(.io, "cannot open audit file \(path): a FIFO with no reader (errno \(e))") }
-            throw AdminError(.io, "cannot open audit file \(path): errno \(e)")
+            throw AdminError(.io, "cannot open audit file \(path): \(String(cString: strerror(e))) (errno \(e))")
         }
         let file = FileDescriptorBox(fd)  // closes it on the refusal below
         let flags = fcntl(fd, F_GETFL)
         guard flags >= 0, fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 else {
-            throw AdminError(.io, "cannot open audit file \(path): errno \(errno)")
+            let e = errno
+            throw AdminError(.io, "cannot open audit file \(path): \(String(cString: strerror(e))) (errno \(e))")
         }
         // Every record is one line (docs/policy.md, "Audit"). A writer killed mid-record leaves a
         // last line without its newline; appending straight after it would glue this service's

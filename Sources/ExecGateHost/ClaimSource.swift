@@ -75,10 +75,13 @@ public enum ClaimSource {
         guard LocalFile.exists(dir + "/layout.json") else { return nil }
         var d = dir
         while d.count > 1 && d.hasSuffix("/") { d.removeLast() }
-        guard let slash = d.lastIndex(of: "/") else {
-            throw LocalFileError(path: dir, why: "a module's capture directory is named inside its boot directory (BOOT/MODULE)")
+        let why = "a module's capture directory is named inside its boot directory (BOOT/MODULE, as `execgate capture` wrote it: the boot directory holds load-order.txt and the registration facts the claim is checked with)"
+        guard let slash = d.lastIndex(of: "/") else { throw LocalFileError(path: dir, why: why) }
+        let boot = Files.directory(of: d)
+        guard LocalFile.exists(boot + "/load-order.txt") else {
+            throw LocalFileError(path: dir, why: "\(boot) is no capture's boot directory (no load-order.txt): \(why)")
         }
-        return try CaptureBoot.load(Files.directory(of: d)).module(String(d[d.index(after: slash)...])).request(guestID: guestID)
+        return try CaptureBoot.load(boot).module(String(d[d.index(after: slash)...])).request(guestID: guestID)
     }
 
     /// Reads `DIR/text/<16 hex digits>_<section>.bin` files.

@@ -16,6 +16,7 @@
 // An audit log is kept when `auditFile` is set (appended as JSON lines), or in memory when the
 // admin port is open (so `policy audit` can read it).
 
+import ExecGateClient
 import ExecGatePolicy
 import ExecGateSignature
 import ExecGateTransport
@@ -83,7 +84,7 @@ public struct ServiceStartError: Error, CustomStringConvertible {
     public var description: String {
         switch stage {
         case .bootPolicy, .admin: return "\(underlying)"
-        case .listen(let endpoint): return "cannot listen on \(endpoint): \(underlying)"
+        case .listen(let endpoint): return "cannot listen on \(endpoint): \(ConnectionFailure.describe(underlying))"
         }
     }
 }

@@ -14,6 +14,7 @@
 import _ExecGateInternals
 import Dispatch
 import ExecGateAdmin
+import ExecGateClient
 import ExecGatePolicy
 import ExecGateService
 import ExecGateSignature
@@ -110,7 +111,7 @@ public final class VerifierService: Sendable {
                 let s = AdminServer(administrator: administrator, group: server.eventLoopGroup)
                 admin = s
                 do { try await s.bind(endpoint) } catch {
-                    throw LocalFileError(path: endpoint.description, why: "cannot listen: \(error)")
+                    throw LocalFileError(path: endpoint.description, why: "cannot listen: \(ConnectionFailure.describe(error))")
                 }
             }
         } catch {

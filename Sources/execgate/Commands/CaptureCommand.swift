@@ -128,7 +128,18 @@ struct CaptureCommand: ParsableCommand {
             }
             Console.error("capture: \(t.read) core static-call trampolines read; \(t.sent.count) moved from the build's default, sent as static_call_key; \(t.notSent.count) not sent")
             for (n, a) in t.sent { Console.error("capture:   sent \(n) -> 0x\(String(a, radix: 16))") }
-            for (n, why) in t.notSent { Console.error("capture:   NOT sent \(n): \(why)") }
+            // Grouped by reason, a few names each: a default boot leaves out hundreds for one
+            // reason (keys the build's table does not cover), which buried the summary.
+            var reasons: [String] = [], names: [String: [String]] = [:]
+            for (n, why) in t.notSent {
+                if names[why] == nil { reasons.append(why) }
+                names[why, default: []].append(n)
+            }
+            for why in reasons {
+                let ns = names[why] ?? []
+                let shown = ns.prefix(3).joined(separator: ", ") + (ns.count > 3 ? ", … (\(ns.count - 3) more)" : "")
+                Console.error("capture:   NOT sent \(ns.count): \(why): \(shown)")
+            }
         } catch {
             Console.error("capture: \(CoreTrampolines.fileName): \(error)")
         }

@@ -50,6 +50,15 @@ enum PolicyFiles {
         }
     }
 
+    /// A connection to the admin port at `address`; a failure says why in the operator's words
+    /// (`No such file or directory (errno 2)`), not NIO's call names.
+    static func connectAdmin(_ address: String) async throws -> AdminClient {
+        let endpoint = try Endpoint(parsing: address, listening: false)
+        do { return try await AdminClient.connect(to: endpoint) } catch {
+            throw LocalFileError(path: address, why: "cannot connect: \(ConnectionFailure.describe(error))")
+        }
+    }
+
     static func load(_ path: String, builtinAnchors: [Certificate]?, adminCert: String?) throws -> Policy {
         try loadChecked(path, builtinAnchors: builtinAnchors, adminCert: adminCert).policy
     }
@@ -241,7 +250,7 @@ struct PolicyShowCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            let client = try await AdminClient.connect(to: try Endpoint(parsing: connect, listening: false))
+            let client = try await PolicyFiles.connectAdmin(connect)
             let r: PolicyShowReply
             do { r = try await client.show() } catch { await client.close(); throw error }
             await client.close()
@@ -417,7 +426,7 @@ struct PolicyAudit: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            let client = try await AdminClient.connect(to: try Endpoint(parsing: connect, listening: false))
+            let client = try await PolicyFiles.connectAdmin(connect)
             var cursor = after
             var reportedDrops: UInt64 = 0
             var rewound = false

@@ -74,10 +74,16 @@ struct ServeCommand: AsyncParsableCommand {
         for endpoint in service.listening {
             print("execgate: listening on \(endpoint) (policy \(policy.id) v\(policy.version), \(policy.trust.anchors.count) trust anchor(s))")
         }
-        if let a = policyOptions.adminListen { print("execgate: admin port on \(a) (policy push/show, audit-read)") }
+        if let a = policyOptions.adminListen {
+            // Without an admin certificate the port shows and reads, and refuses every push
+            // (`admin.push-disabled`): say so where the operator looks first.
+            print(c.adminCertificateFile != nil ? "execgate: admin port on \(a) (policy push/show, audit-read)"
+                                                : "execgate: admin port on \(a) (policy show, audit-read; push disabled: no --admin-cert)")
+        }
         if let first = listen.first, first.hasPrefix("unix:") {
             print("execgate: try   execgate request status --connect \(first)")
-            print("execgate: or    execgate request module FILE.ko --connect \(first) --claim elf")
+            print("execgate: then  execgate request register-guest --capture BOOT --connect \(first)")
+            print("execgate: and   execgate request module BOOT/M/M.ko --claim BOOT/M --connect \(first)   (each module of BOOT/load-order.txt, in that order)")
         }
         fflush(stdout)
         await stop.wait()
