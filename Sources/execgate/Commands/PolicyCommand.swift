@@ -188,7 +188,7 @@ struct PolicyPushCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "push",
         abstract: "Send a signed bundle to a running verifier's admin port.",
-        discussion: "Exit 0 activated, 1 refused by the verifier's admin port (reason on stderr), 2 usage error, unreachable, no admin port at ADDR, or no verdict (no reply, or one that does not decode: whether the bundle was activated is unknown; --json says \"activated\": null). With --json, once the bundle was sent, one object whatever the outcome."
+        discussion: "Exit 0 activated, 1 refused by the verifier's admin port (reason on stderr), 2 usage error, unreachable, no admin port at ADDR (an error reply: not activated, --json says \"activated\": false), or no verdict (no reply, or one that does not decode: whether the bundle was activated is unknown; --json says \"activated\": null). With --json, once the bundle was sent, one object whatever the outcome."
     )
     @Argument(help: "The bundle (execgate policy sign).") var bundle: String
     @Option(help: ArgumentHelp("The admin port: unix:PATH, vsock:CID:PORT or hybrid:SOCKET:PORT.", valueName: "ADDR")) var connect: String
@@ -303,6 +303,7 @@ struct PolicyTest: ParsableCommand {
     @Option(help: ArgumentHelp("The kernel image the captured guest boots: its SHA-256 is sent as register-guest's kernel_digest, which a policy's `kernel … symbols …` pins are checked against (required under such pins: a capture holds no kernel digest).", valueName: "VMLINUZ"))
     var kernel: String?
     @Flag(help: "One JSON object per module, then a summary object (a refused registration: one object).") var json = false
+    @Option(help: ArgumentHelp("Also verify a bundle's signature against this admin certificate (--policy must then be a signed bundle); without it a bundle's signature is not checked, and a note on stderr says so.", valueName: "CERT")) var adminCert: String?
 
     func validate() throws {
         // register-guest's guest_id is non-empty (docs/protocol.md); an authorize-module with an
@@ -316,7 +317,11 @@ struct PolicyTest: ParsableCommand {
         let boot: CaptureBoot
         var kernelDigest: [UInt8] = []
         do {
-            p = try PolicyFiles.load(policy, builtinAnchors: try CertificateFiles.loadAnchors(trust), adminCert: nil)
+            let loaded = try PolicyFiles.loadChecked(policy, builtinAnchors: try CertificateFiles.loadAnchors(trust), adminCert: adminCert)
+            p = loaded.policy
+            // A dry run of a bundle nobody verified says so: the sidecar would refuse one its
+            // admin key did not sign, whatever this run prints.
+            if loaded.signature == .notChecked { Console.error("execgate policy test: note: \(PolicyFiles.signatureLine(loaded.signature, signer: nil))") }
             // The registration's kernel_digest: the image's SHA-256 (docs/protocol.md,
             // register-guest tag 3). Without it a pin is judged against no digest at all, which
             // says nothing of the capture's kernel: no result, a usage error.
