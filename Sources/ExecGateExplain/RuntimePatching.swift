@@ -1,17 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Run-time text patching after load: jump-label flips, static_call_update(), ftrace enable/disable.
-// These write to text that is already executable (text_poke_bp). A patch is allowed only if it
-// covers exactly one known site of verified code and writes one of that site's legal encodings
-// (NOP or jump to the site's own declared target; the NULL forms or a call/jmp to a target trusted
-// for the static-call key; NOP5 or a call to a trusted ftrace entry). Anything else — another address, another
-// length, another target — is denied.
+// Run-time text patching after load: jump-label flips, static_call_update(), the uniprocessor
+// `lock` switch. These write to text that is already executable (text_poke_bp). A patch is
+// allowed only if it covers exactly one known site of verified code and writes one of that site's
+// legal encodings (NOP or jump to the site's own declared target; the NULL forms or a call/jmp to
+// a target trusted for the static-call key; `f0`/`3e` for a switchable `lock` prefix). Anything
+// else — another address, another length, another target — is denied. An ftrace site
+// (`__mcount_loc`) is no run-time patch site: its NOP5 is final, so enabling ftrace on a module is
+// denied (docs/trust.md, "Inputs of a verdict").
 
 import ExecGateELF
 import _ExecGateInternals
 
 public enum RuntimePatchVerdict: Sendable, Equatable {
-    /// Legal; `state` is the site's new state (key enabled 0/1, static-call function, ftrace target).
+    /// Legal; `state` is the site's new state (key enabled 0/1, static-call function, `lock` byte).
     case allowed(kind: String, state: UInt64)
     case denied(reason: String)
 }
@@ -60,7 +62,6 @@ public struct RuntimeSiteTable: @unchecked Sendable {
 extension RuntimeSiteTable {
     /// The sites a successful explanation recorded, by address.
     init(session s: Session, claim: ModuleClaim) {
-        // ftrace sites are run-time patchable even when no ftrace entry is trusted (then only NOP5).
         self.init(sites: SiteMap(base: s.base, sortedByOffset: s.variable), module: claim.name)
     }
 }
