@@ -75,13 +75,13 @@ public enum ClaimSource {
         guard LocalFile.exists(dir + "/layout.json") else { return nil }
         var d = dir
         while d.count > 1 && d.hasSuffix("/") { d.removeLast() }
-        let why = "a module's capture directory is named inside its boot directory (BOOT/MODULE, as `execgate capture` wrote it: the boot directory holds load-order.txt and the registration facts the claim is checked with)"
+        let why = "a module's capture directory is named inside its boot directory (BOOT/MODULE, as `execgate capture` wrote it: the boot directory holds kallsyms.txt, whose lines of the module give its per-cpu base)"
         guard let slash = d.lastIndex(of: "/") else { throw LocalFileError(path: dir, why: why) }
         let boot = Files.directory(of: d)
-        guard LocalFile.exists(boot + "/load-order.txt") else {
-            throw LocalFileError(path: dir, why: "\(boot) is no capture's boot directory (no load-order.txt): \(why)")
+        guard LocalFile.exists(boot + "/kallsyms.txt") else {
+            throw LocalFileError(path: dir, why: "\(boot) is no capture's boot directory (no kallsyms.txt): \(why)")
         }
-        return try CaptureBoot.load(boot).module(String(d[d.index(after: slash)...])).request(guestID: guestID)
+        return try CaptureBoot.module(String(d[d.index(after: slash)...]), inBoot: boot).request(guestID: guestID)
     }
 
     /// Reads `DIR/text/<16 hex digits>_<section>.bin` files.

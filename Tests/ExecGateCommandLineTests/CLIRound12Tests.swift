@@ -68,6 +68,6 @@ final class CLIRound12Tests: XCTestCase {
         try Fixtures.writeFile(copy + "/layout.json", Array("{}".utf8))  // a module directory is known by its layout.json
         let r = run(["request", "module", try Fixtures.module(named: "crc7.ko"), "--claim", copy, "--connect", "unix:" + dir + "/none.sock"])
         XCTAssertEqual(r.status, 2)
-        XCTAssertTrue(r.stderr.contains("no capture's boot directory (no load-order.txt)") && r.stderr.contains("BOOT/MODULE"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("no capture's boot directory (no kallsyms.txt)") && r.stderr.contains("BOOT/MODULE"), r.stderr)
     }
 }
