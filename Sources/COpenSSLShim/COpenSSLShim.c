@@ -223,6 +223,19 @@ int egs_x509_der(X509 *x, uint8_t *out, size_t cap) {
     return r;
 }
 
+int egs_x509_pubkey_der(X509 *x, uint8_t *out, size_t cap) {
+    unsigned char *buf = NULL;
+    int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &buf);
+    int r;
+    if (n < 0) {
+        egs_capture_error();
+        return -1;
+    }
+    r = egs_copy_out(buf, (size_t)n, out, cap);
+    OPENSSL_free(buf);
+    return r;
+}
+
 static int egs_name_string(const X509_NAME *name, char *out, size_t cap) {
     BIO *b = BIO_new(BIO_s_mem());
     char *data = NULL;
@@ -713,6 +726,21 @@ int egs_generate_ec_selfsigned(const char *curve, const char *common_name, int d
     *key_pem = NULL;
     *cert_pem = NULL;
     return egs_selfsigned(EVP_EC_gen(curve), common_name, days, key_pem, key_len, cert_pem, cert_len);
+}
+
+int egs_selfsigned_for_key(const uint8_t *key, size_t key_len, const char *common_name, int days,
+                           char **key_pem, size_t *key_len_out, char **cert_pem, size_t *cert_len) {
+    BIO *b;
+    EVP_PKEY *k;
+    *key_pem = NULL;
+    *cert_pem = NULL;
+    if (key_len > INT_MAX) return -1;
+    b = BIO_new_mem_buf(key, (int)key_len);
+    if (b == NULL) return -1;
+    k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+    BIO_free(b);
+    if (k == NULL) egs_capture_error();
+    return egs_selfsigned(k, common_name, days, key_pem, key_len_out, cert_pem, cert_len);
 }
 
 /* Takes ownership of k (may be NULL: generation failed). */

@@ -145,8 +145,10 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     public init(capacity: Int = AuditLimits.defaultQueueCapacity, retained: Int = AuditLimits.defaultRetained,
                 blockTimeout: Double = AuditLimits.defaultBlockTimeoutSeconds, writer: Writer? = nil,
                 clock: @escaping @Sendable () -> String = AuditTime.now, firstSequenceNumber: UInt64 = 1) {
-        self.firstSeq = max(1, firstSequenceNumber)
-        self.nextSeq = max(1, firstSequenceNumber)
+        // At most 2⁵³: exact in any JSON reader, and 2⁶⁴ − 2⁵³ records from any wrap (a clock
+        // read far in the future, or a caller's number, never brings `next_seq` near 2⁶⁴).
+        self.firstSeq = min(max(1, firstSequenceNumber), AuditLog.highestFirstSequenceNumber)
+        self.nextSeq = firstSeq
         self.capacity = max(1, capacity)
         self.retained = max(1, retained)
         self.blockTimeout = blockTimeout
@@ -196,6 +198,9 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
                         firstSequenceNumber: firstSequenceNumber)
     }
 
+    /// The highest first number a log takes (2⁵³).
+    public static let highestFirstSequenceNumber: UInt64 = 1 << 53
+
     /// Where a `serve` start numbers its records: the service's clock in microseconds since the
     /// epoch. The log lives in memory (the service VM keeps no state), so a restart forgets the
     /// last number; starting at the clock keeps numbers increasing across restarts, and a cursor
@@ -206,8 +211,10 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     public static func startOfNumbering() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        let micros = UInt64(max(0, ts.tv_sec)) &* 1_000_000 &+ UInt64(max(0, ts.tv_nsec / 1000))
-        return max(1, micros)
+        // Saturating: a clock past 2⁵³ µs (the year 2255) numbers from 2⁵³.
+        let seconds = UInt64(min(max(0, Int64(ts.tv_sec)), Int64(highestFirstSequenceNumber / 1_000_000)))
+        let micros = seconds * 1_000_000 + UInt64(max(0, min(999_999, ts.tv_nsec / 1000)))
+        return min(max(1, micros), highestFirstSequenceNumber)
     }
 
     // MARK: Producers

@@ -108,7 +108,7 @@ public final class PolicyAdministrator: @unchecked Sendable {
         r.activatedBy = pushLock.withLock { activatedBy }
         r.minimumDigest = p.minimumDigest.name
         r.endState = p.endState.rawValue
-        r.rules = Self.shownRules(PolicySummary.rules(p))
+        r.rules = Self.shownRules(PolicySummary.rules(p), hasSource: p.source != nil)
         return r
     }
 
@@ -123,11 +123,12 @@ public final class PolicyAdministrator: @unchecked Sendable {
 
     /// `rules` up to `shownRuleBytes` and `shownRuleLines` − 1 lines, then one line saying how
     /// many more the source holds.
-    static func shownRules(_ rules: [String]) -> [String] {
+    static func shownRules(_ rules: [String], hasSource: Bool = true) -> [String] {
         var out: [String] = [], used = 0
         for (i, r) in rules.enumerated() {
             guard used + r.utf8.count <= shownRuleBytes, out.count < shownRuleLines - 1 || rules.count <= shownRuleLines else {
-                out.append("… and \(rules.count - i) more rule(s), not listed here: the source (tag 4) holds them all")
+                out.append("… and \(rules.count - i) more rule(s), not listed here" + (hasSource ? ": the source (tag 4) holds them all"
+                                                                                         : " (the built-in policy has no source: its deny lists are serve's --deny-* options)"))
                 break
             }
             out.append(r)

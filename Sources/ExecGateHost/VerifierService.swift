@@ -99,8 +99,8 @@ public final class VerifierService: Sendable {
             // The key that signs policies must not sign modules (deployment.md, "The admin key"):
             // one that is both could push a policy trusting whatever it signs next.
             if let a = adminCertificate, let file = c.adminCertificateFile,
-               (anchors + policy.trust.anchors).contains(where: { $0.fingerprint == a.fingerprint }) {
-                throw LocalFileError(path: file, why: "the admin certificate is also a module trust anchor (--trust or the boot policy): the key that signs policies must never sign modules; generate a separate admin key")
+               PolicyBundle.adminAnchor(in: anchors + policy.trust.anchors, admin: a) != nil {
+                throw LocalFileError(path: file, why: "the admin key is also a module trust anchor (a --trust or boot-policy certificate carries it): the key that signs policies must never sign modules; generate a separate admin key")
             }
             let administrator = PolicyAdministrator(verifier: verifier, adminCertificate: adminCertificate,
                                                     builtinAnchors: anchors, audit: audit)

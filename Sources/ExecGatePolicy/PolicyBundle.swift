@@ -128,9 +128,18 @@ public enum PolicyBundle {
     /// policy trusting the admin certificate makes every module the admin key signs loadable,
     /// and an admin key is kept for one job. `serve` refuses it at boot (`--trust` or the boot
     /// policy); a pushed bundle and `policy sign` refuse it the same way.
+    /// The key, not the certificate: a second certificate of the admin key (another serial or
+    /// subject) verifies the same signatures, and module signers are matched by issuer and serial
+    /// or key identifier, then verified with the anchor's key.
     public static func checkAdminIsNoAnchor(_ policy: Policy, admin: Certificate) throws(PolicyBundleError) {
-        guard policy.trust.anchors.contains(where: { $0.fingerprint == admin.fingerprint }) else { return }
-        throw PolicyBundleError(.policy, "policy \(policy.id) v\(policy.version) trusts the admin certificate '\(admin.subject)' as a module signer: the key that signs policies must never sign modules; trust a separate module-signing key")
+        guard let a = adminAnchor(in: policy.trust.anchors, admin: admin) else { return }
+        throw PolicyBundleError(.policy, "policy \(policy.id) v\(policy.version) trusts '\(a.subject)', a certificate of the admin key '\(admin.subject)', as a module signer: the key that signs policies must never sign modules; trust a separate module-signing key")
+    }
+
+    /// The first of `anchors` that carries the admin certificate's public key, if any.
+    public static func adminAnchor(in anchors: [Certificate], admin: Certificate) -> Certificate? {
+        let key = admin.publicKeyDER
+        return anchors.first { $0.fingerprint == admin.fingerprint || (!key.isEmpty && $0.publicKeyDER == key) }
     }
 
     /// Step 2. The module-signature verifier checks `content ‖ PKCS#7 ‖ struct module_signature ‖

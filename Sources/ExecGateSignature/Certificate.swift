@@ -99,6 +99,10 @@ public final class Certificate: @unchecked Sendable, Hashable, CustomStringConve
     /// keyring. True otherwise (an algorithm that cannot be checked is let through, as -ENOPKG is).
     public var selfSignatureVerifies: Bool { egs_x509_self_signature_ok(handle) == 1 }
 
+    /// The DER SubjectPublicKeyInfo: the same for every certificate of one key (another serial,
+    /// subject or validity is another certificate, not another key).
+    public var publicKeyDER: [UInt8] { shimBytes { egs_x509_pubkey_der(handle, $0, $1) } ?? [] }
+
     /// `subjectKeyIdentifier` as hex, if present.
     public var subjectKeyIdentifierHex: String? { subjectKeyIdentifier.map { Hex.encode($0) } }
 

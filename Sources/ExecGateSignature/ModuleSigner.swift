@@ -163,6 +163,27 @@ public struct GeneratedSigningKey: Sendable {
         return GeneratedSigningKey(privateKeyPEM: Array(keyBytes), certificatePEM: Array(certBytes))
     }
 
+    /// Another self-signed certificate (new serial, this common name) for this key: the same
+    /// key under a second certificate, as a rotation or a careless reissue makes one.
+    public func reissued(commonName: String, days: Int = 36500) throws(CertificateError) -> GeneratedSigningKey {
+        let d = try Self.validityDays(days)
+        var k: UnsafeMutablePointer<CChar>?
+        var kLen = 0
+        var c: UnsafeMutablePointer<CChar>?
+        var cLen = 0
+        let r = privateKeyPEM.withUnsafeBufferPointer { egs_selfsigned_for_key($0.baseAddress, $0.count, commonName, d, &k, &kLen, &c, &cLen) }
+        guard r == 0, let k, let c else {
+            throw CertificateError(.generationFailed, "certificate for the key failed: \(lastOpenSSLError())")
+        }
+        defer {
+            k.initialize(repeating: 0, count: kLen)
+            egs_free(k)
+            egs_free(c)
+        }
+        return GeneratedSigningKey(privateKeyPEM: Array(UnsafeRawBufferPointer(start: k, count: kLen)),
+                                   certificatePEM: Array(UnsafeRawBufferPointer(start: c, count: cLen)))
+    }
+
     /// Elliptic curves the kernel's ECDSA module signatures accept (crypto/ecdsa.c: NIST P-256, P-384).
     /// The last second an X.509 validity can state (GeneralizedTime 99991231235959Z), Unix time.
     static let lastEncodableSecond = 253_402_300_799

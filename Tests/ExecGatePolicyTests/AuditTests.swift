@@ -268,6 +268,23 @@ final class AuditTests: XCTestCase {
         }
     }
 
+    /// A log's numbers stay below 2⁵³ whatever it is asked to start at (a clock read far in the
+    /// future): `AuditLog(firstSequenceNumber: .max)` trapped at its first read (`last + 1`).
+    func testNumberingNeverNearsTheTopOfU64() throws {
+        let log = AuditLog(firstSequenceNumber: .max)
+        defer { log.close() }
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3)))
+        v.auditSink = log
+        for _ in 0..<3 { _ = v.authorize(try request("crc7.ko"), requestDigest: []) }
+        let page = log.read(after: 0, limit: 10)
+        XCTAssertEqual(page.records.count, 3)
+        XCTAssertEqual(page.firstSeq, AuditLog.highestFirstSequenceNumber)
+        XCTAssertEqual(page.nextSeq, AuditLog.highestFirstSequenceNumber + 3)
+        XCTAssertEqual(log.read(after: .max, limit: 10).records, page.records, "a cursor past the log reads it from its first record")
+        XCTAssertLessThanOrEqual(AuditLog.startOfNumbering(), AuditLog.highestFirstSequenceNumber)
+        XCTAssertGreaterThan(AuditLog.startOfNumbering(), 1_700_000_000_000_000)
+    }
+
     func testPushIsDisabledWithoutAnAdminCertificate() throws {
         let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3)))
         let administrator = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: nil)

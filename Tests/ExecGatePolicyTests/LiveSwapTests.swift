@@ -20,7 +20,8 @@ import XCTest
 
 enum AdminKeys {
     /// Generated once per test process (RSA-2048: quick, and the bundle code is key-size agnostic).
-    static let admin: (PrivateKey, Certificate) = try! GeneratedSigningKey.generateRSA(bits: 2048, commonName: "ExecGate test admin").load()
+    static let adminKey = try! GeneratedSigningKey.generateRSA(bits: 2048, commonName: "ExecGate test admin")
+    static let admin: (PrivateKey, Certificate) = try! adminKey.load()
     static let other: (PrivateKey, Certificate) = try! GeneratedSigningKey.generateRSA(bits: 2048, commonName: "Someone else").load()
 
     static func bundle(_ text: String, signedBy key: (PrivateKey, Certificate) = admin) throws -> [UInt8] {
@@ -232,16 +233,21 @@ final class LiveSwapTests: XCTestCase {
         // HOLE (round 12): a policy trusting the admin certificate as a module signer, which
         // `serve` refuses at boot, activated when pushed: the admin key then signed loadable
         // modules. Refused as at boot (deployment.md, "The admin key").
-        let adminCert = AdminKeys.admin.1
-        let trustsAdmin = try PolicyFixtures.text(id: "swap", version: 8).replacingOccurrences(of: "audit-overflow block",
-            with: "trust sha256:\(adminCert.fingerprint.hex)\n\(adminCert.pem.split(separator: "\n").joined(separator: "\n"))\naudit-overflow block")
-        XCTAssertTrue(try PolicyParser.parse(Array(trustsAdmin.utf8), file: "t", builtinAnchors: nil).trust.anchors.contains { $0.fingerprint == adminCert.fingerprint })
-        try await assertRefused(try AdminKeys.bundle(trustsAdmin), "bundle.policy", "trusts the admin certificate")
+        // So is one trusting another certificate of the admin key (a reissue: new serial and
+        // subject, the same key; a module signature is verified with the anchor's key).
+        let reissued = try AdminKeys.adminKey.reissued(commonName: "Module signer (the admin key again)").load().1
+        XCTAssertNotEqual(reissued.fingerprint, AdminKeys.admin.1.fingerprint)
+        for cert in [AdminKeys.admin.1, reissued] {
+            let trustsAdmin = try PolicyFixtures.text(id: "swap", version: 8).replacingOccurrences(of: "audit-overflow block",
+                with: "trust sha256:\(cert.fingerprint.hex)\n\(cert.pem.split(separator: "\n").joined(separator: "\n"))\naudit-overflow block")
+            XCTAssertTrue(try PolicyParser.parse(Array(trustsAdmin.utf8), file: "t", builtinAnchors: nil).trust.anchors.contains { $0.fingerprint == cert.fingerprint })
+            try await assertRefused(try AdminKeys.bundle(trustsAdmin), "bundle.policy", "a certificate of the admin key")
+        }
 
         // Every refusal is in the audit trail.
         audit.flush()
         let refusals = audit.read(after: 0, limit: 1000).records.filter { $0.contains("\"event\":\"policy-push-refused\"") }
-        XCTAssertEqual(refusals.count, 10)
+        XCTAssertEqual(refusals.count, 10, "eleven refusals, recorded up to the burst of 10 (AuditLimits.refusedPushBurst)")
         // Each names what was refused: the two rollbacks (v1, then a v3 that is not the v3 in
         // force) by their bundles' digests and the pushed versions.
         for (i, version) in [(0, 1), (1, 3)] {

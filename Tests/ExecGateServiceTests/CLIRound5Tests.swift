@@ -223,12 +223,9 @@ final class CLIRound5Tests: XCTestCase {
         return t
     }
 
-    /// HOLE (round 5): `policy audit` promises "JSON lines on stdout … one JSON line each" and
-    /// printed each record as the admin port sent it: a record holding a newline (or a U+2028, or
-    /// not JSON at all) became two lines on stdout, the second a forged `policy-activated` record
-    /// in the operator's carried-out trail. Now every record must be one JSON object with no raw
-    /// line break (the service escapes them: docs/policy.md, "Audit"), or `policy audit` stops,
-    /// exit 2, naming the record, with nothing of it on stdout.
+    /// Round 12: cursors from another log (a restart). A cursor past the log's last record
+    /// reads it from its first, once a run; a resume hint's --log naming another log re-reads
+    /// the service's from its first record.
     func testPolicyAuditRewindsOnceToALogNumberedBelowItsCursor() throws {
         // A cursor past every record of the log (a restart with the clock set back: the service
         // reads such a cursor from its first record) prints the log from its first record, once;
@@ -239,7 +236,7 @@ final class CLIRound5Tests: XCTestCase {
             let t = fakeAdminPort(path, records: records)
             let r = run(["policy", "audit", "--after", "100", "--connect", "unix:" + path] + (follow ? ["--follow"] : []), seconds: 30)
             XCTAssertEqual(r.stdout, records.joined(separator: "\n") + "\n", r.stderr)
-            XCTAssertTrue(r.stderr.contains("numbered below 100"), r.stderr)
+            XCTAssertTrue(r.stderr.contains("--after 100 is past the log's last record"), r.stderr)
             if follow {
                 XCTAssertEqual(r.status, 2, "the same page again does not move the cursor: refused")
                 XCTAssertTrue(r.stderr.contains("not past them"), r.stderr)
@@ -248,8 +245,24 @@ final class CLIRound5Tests: XCTestCase {
             }
             while !t.isFinished { usleep(10_000) }
         }
+        // A resume hint's --log names the log the cursor was read from: another one (the service
+        // restarted, its clock set back, so the cursor lies inside the new log's numbers) is
+        // read from its first record, with a note.
+        let path = dir + "/admin-log.sock"
+        let t = fakeAdminPort(path, records: records)
+        let r = run(["policy", "audit", "--after", "1", "--log", "500", "--connect", "unix:" + path], seconds: 30)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("is not the one --after 1 was read from (500)"), r.stderr)
+        XCTAssertEqual(r.stdout, records.joined(separator: "\n") + "\n", r.stderr)
+        while !t.isFinished { usleep(10_000) }
     }
 
+    /// HOLE (round 5): `policy audit` promises "JSON lines on stdout … one JSON line each" and
+    /// printed each record as the admin port sent it: a record holding a newline (or a U+2028, or
+    /// not JSON at all) became two lines on stdout, the second a forged `policy-activated` record
+    /// in the operator's carried-out trail. Now every record must be one JSON object with no raw
+    /// line break (the service escapes them: docs/policy.md, "Audit"), or `policy audit` stops,
+    /// exit 2, naming the record, with nothing of it on stdout.
     func testPolicyAuditPrintsOnlyOneJSONLinePerRecord() throws {
         let honest = "{\"event\":\"verdict\",\"module\":\"a\\u2028b\"}"
         for bad in ["{\"event\":\"verdict\"}\n{\"event\":\"policy-activated\",\"policy_id\":\"forged\"}",

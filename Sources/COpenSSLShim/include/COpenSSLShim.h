@@ -80,6 +80,8 @@ struct x509_st *egs_x509_from_der(const uint8_t *der, size_t len, size_t *consum
 struct x509_st *egs_x509_from_pem_next(const uint8_t *pem, size_t len, size_t *offset, int *status);
 void egs_x509_free(struct x509_st *x);
 int egs_x509_der(struct x509_st *x, uint8_t *out, size_t cap);
+/* The certificate's SubjectPublicKeyInfo, DER (i2d_X509_PUBKEY): the key whatever certificate carries it. */
+int egs_x509_pubkey_der(struct x509_st *x, uint8_t *out, size_t cap);
 /* which: 0 = subject, 1 = issuer. One-line RFC 2253 form, NUL-terminated; returns strlen. */
 int egs_x509_name(struct x509_st *x, int which, char *out, size_t cap);
 /* Serial number as big-endian magnitude bytes; *negative set when the serial is negative. */
@@ -144,6 +146,9 @@ int egs_generate_rsa_selfsigned(int bits, const char *common_name, int days,
 /* The same with an EC key on `curve` ("P-256", "P-384": the curves the kernel's ECDSA accepts). */
 int egs_generate_ec_selfsigned(const char *curve, const char *common_name, int days,
                                char **key_pem, size_t *key_len, char **cert_pem, size_t *cert_len);
+/* A new self-signed certificate (new serial) for an existing private key (PEM); out as above. */
+int egs_selfsigned_for_key(const uint8_t *key, size_t key_len, const char *common_name, int days,
+                           char **key_pem, size_t *key_len_out, char **cert_pem, size_t *cert_len);
 
 /* Last OpenSSL error as text (thread-local copy), for messages. Returns strlen. */
 int egs_last_error(char *out, size_t cap);

@@ -426,8 +426,12 @@ struct PolicyAudit: AsyncParsableCommand {
         return String(out)
     }
 
-    @Option(help: "Only records with a sequence number greater than this.") var after: UInt64 = 0
+    @Option(help: "Only records with a sequence number greater than this. A number past the service log's last record (a cursor from before a restart, or a guess) reads the log from its first record.") var after: UInt64 = 0
+    @Option(help: ArgumentHelp("The log --after's number belongs to (its first_seq, which this command's resume hints name): when the service's log is another one (it restarted), reading starts at that log's first record.", valueName: "FIRST_SEQ")) var log: UInt64?
     @Flag(help: "Keep polling for new records (every 0.5 s).") var follow = false
+
+    /// `--after C [--log F]`: where to resume.
+    static func resume(_ cursor: UInt64, _ log: UInt64?) -> String { "--after \(cursor)" + (log.map { " --log \($0)" } ?? "") }
 
     func run() async throws {
         do {
@@ -435,13 +439,15 @@ struct PolicyAudit: AsyncParsableCommand {
             var cursor = after
             var reportedDrops: UInt64 = 0
             var rewound = false
+            var knownLog = log
+            var switchedLog = false
             while true {
                 let page: AuditReadReply
                 do { page = try await client.auditRead(afterSeq: cursor, maxRecords: UInt32(AuditLimits.maximumRecordsPerRead)) } catch {
                     await client.close()
                     // (A restarted service, under --follow: its records are numbered above every
                     // earlier one, so resuming at the cursor misses none of them.)
-                    throw LocalFileError(path: connect, why: "\(error); every record up to \(cursor) was printed: resume with --after \(cursor)")
+                    throw LocalFileError(path: connect, why: "\(error); every record up to \(cursor) was printed: resume with \(PolicyAudit.resume(cursor, knownLog))")
                 }
                 // Numbers below `first_seq` were never this log's: a cursor there is from before a
                 // restart (the service numbers from its clock, so the new log's records all follow
@@ -449,19 +455,33 @@ struct PolicyAudit: AsyncParsableCommand {
                 // and evicted. Compared without adding: `--after` is any u64 (cursor + 1 trapped
                 // at 2⁶⁴−1), and a server without a log answers oldest 0.
                 let first = max(1, page.firstSeq)  // the peer's number: 0 would wrap below
+                // The cursor's log (--log, a resume hint's) is not this one: the service restarted.
+                // A cursor from the earlier log may lie inside this one's numbers (its clock set
+                // back), where it would skip records: ask again from this log's first record.
+                // Once a run (the next pages are this log's).
+                if let known = knownLog, known != first, cursor > first - 1, !switchedLog {
+                    Console.error("execgate policy audit: the service's log is not the one --after \(cursor) was read from (\(known)): it restarted; reading its log from the first record, \(first)")
+                    knownLog = first
+                    cursor = first - 1
+                    switchedLog = true
+                    continue
+                }
+                knownLog = first
                 // A cursor past every record of the log reads from its first (AuditLog.read): a
-                // log numbered below the cursor, after a restart with the clock set back. Taken
-                // once a run; a second such page is refused below like any page that does not
-                // move the cursor (a server could otherwise have this loop print its records for
-                // ever).
+                // log numbered below the cursor, after a restart with the clock set back (or a
+                // guessed cursor). Taken once a run; a second such page is refused below like any
+                // page that does not move the cursor (a server could otherwise have this loop
+                // print its records for ever).
                 if !rewound && !page.records.isEmpty && page.nextSeq > 0 && page.nextSeq - 1 <= cursor && page.nextSeq - 1 > first - 1 && first - 1 < cursor {
-                    Console.error("execgate policy audit: the service's log is numbered below \(cursor) (restarted with its clock set back): reading it from its first record, \(first)")
+                    Console.error("execgate policy audit: --after \(cursor) is past the log's last record (a cursor from before a restart, or a guess): reading the log from its first record, \(first)")
                     cursor = first - 1
                     rewound = true
                 }
                 if cursor != 0 && cursor < first - 1 {
-                    Console.error("execgate policy audit: the service restarted (its records start at \(first)); records of the earlier one after \(cursor) that were not carried out are only in its --audit file")
+                    Console.error("execgate policy audit: --after \(cursor) is below the log's first record, \(first): if the service restarted, records of the earlier log after \(cursor) that were not carried out are only in its --audit file")
                 }
+                // Records are numbered from here in this page's messages: the cursor, or the
+                // log's start when the cursor lies below it (another log's number).
                 let firstAsked = max(cursor, first - 1)
                 if page.oldestSeq > 0 && firstAsked < page.oldestSeq - 1 {
                     Console.error("execgate policy audit: records \(firstAsked + 1)...\(page.oldestSeq - 1) are no longer retained (see the --audit file)")
@@ -484,7 +504,7 @@ struct PolicyAudit: AsyncParsableCommand {
                     // port would split or forge lines in the trail carried out.
                     guard PolicyAudit.isOneJSONLine(r) else {
                         await client.close()
-                        throw LocalFileError(path: connect, why: "audit record \(cursor &+ UInt64(i) &+ 1) (record \(i + 1) of this page) is not one JSON object on one line; nothing of it printed")
+                        throw LocalFileError(path: connect, why: "audit record \(firstAsked &+ UInt64(i) &+ 1) (record \(i + 1) of this page) is not one JSON object on one line; nothing of it printed")
                     }
                     print(PolicyAudit.terminalSafe(r))
                 }
@@ -497,7 +517,7 @@ struct PolicyAudit: AsyncParsableCommand {
                     // Said once, here: what is left in the buffer is not written again at exit.
                     execgate_stdout_discard()
                     await client.close()
-                    throw LocalFileError(path: "standard output", why: "cannot write audit records \(cursor &+ 1)...\(cursor &+ UInt64(page.records.count)) (\(why)); they may be partly written: resume with --after \(cursor)")
+                    throw LocalFileError(path: "standard output", why: "cannot write audit records \(firstAsked &+ 1)...\(firstAsked &+ UInt64(page.records.count)) (\(why)); they may be partly written: resume with \(PolicyAudit.resume(cursor, knownLog))")
                 }
                 if page.dropped > reportedDrops {
                     Console.error("execgate policy audit: \(page.dropped) record(s) dropped under audit-overflow drop")

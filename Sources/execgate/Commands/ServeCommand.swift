@@ -82,8 +82,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         if let first = listen.first, first.hasPrefix("unix:") {
             print("execgate: try   execgate request status --connect \(first)")
-            print("execgate: then  execgate request register-guest --capture BOOT --connect \(first)")
-            print("execgate: and   execgate request module BOOT/M/M.ko --claim BOOT/M --connect \(first)   (each module of BOOT/load-order.txt, in that order)")
+            print("execgate: then  execgate request register-guest --capture BOOT --guest ID --connect \(first)")
+            print("execgate: and   execgate request module BOOT/M/M.ko --claim BOOT/M --guest ID --connect \(first)   (each module of BOOT/load-order.txt, in that order)")
         }
         fflush(stdout)
         await stop.wait()
