@@ -70,8 +70,7 @@ public final class ExecGateClient: @unchecked Sendable {
             case .vsock(let cid, let port):
                 channel = try await bootstrap.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port))).get()
             case .hybrid(let path, let port):
-                channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
-                try await HybridHandshake.perform(on: channel, port: port, timeout: timeout)
+                channel = try await HybridHandshake.connect(bootstrap, path: path, port: port, timeout: timeout)
             }
             // The reply handler is created on the channel's loop, where it lives.
             let handler = try await channel.eventLoop.submit {
@@ -365,6 +364,51 @@ enum HybridHandshake {
         return ASCIIDecimal.uint32(b[3..<(b.count - 1)]) != nil
     }
 
+    /// Attempts at a hybrid connection closed before its answer (`connect`).
+    static let attempts = 3
+
+    /// A connection through the hybrid socket at `path` to guest port `port`. A backend at its
+    /// cap of clients mid-handshake closes the oldest to take a newcomer (docs/vsock.md,
+    /// "Limits"); under a flood of clients that never send their line, an honest client can be
+    /// closed before its line is read (13 of 100 lost to six flooding processes, round 12), and
+    /// a full listen backlog refuses the connect (EAGAIN). Such a failure before any answer is
+    /// tried again, at most `attempts` times, 20 ms then 100 ms apart: nothing but the CONNECT
+    /// line was sent, so a retry repeats no request. A refusal (a line other than `OK <port>`, a
+    /// port no one listens on) or a timeout is final.
+    static func connect(_ bootstrap: ClientBootstrap, path: String, port: UInt32, timeout: Double?) async throws -> Channel {
+        var attempt = 1
+        while true {
+            var opened: Channel?
+            do {
+                let channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
+                opened = channel
+                try await perform(on: channel, port: port, timeout: timeout)
+                return channel
+            } catch {
+                try? await opened?.close()
+                guard closedBeforeAnswer(error) else { throw error }
+                guard attempt < attempts else {
+                    // One reason whatever the socket said (EPIPE on the line, EAGAIN on connect).
+                    if case ClientError.hybridHandshakeFailed = error { throw error }
+                    throw ClientError.hybridHandshakeFailed("\(closedDuringHandshake) (\(ConnectionFailure.describe(error))), \(attempts) attempts")
+                }
+                try await Task.sleep(nanoseconds: attempt == 1 ? 20_000_000 : 100_000_000)
+                attempt += 1
+            }
+        }
+    }
+
+    static let closedDuringHandshake = "connection closed during handshake"
+
+    /// A hybrid connection that ended before any answer: closed by the backend (or its backlog
+    /// full), never refused by it.
+    static func closedBeforeAnswer(_ error: Error) -> Bool {
+        if case ClientError.hybridHandshakeFailed(let why) = error { return why == closedDuringHandshake }
+        if let e = error as? ChannelError { return e == .ioOnClosedChannel || e == .eof }
+        if let e = error as? IOError { return [EAGAIN, EPIPE, ECONNRESET].contains(e.errnoCode) }
+        return false
+    }
+
     /// Sends the CONNECT line and waits for the answer. With a `timeout` (seconds, the client's
     /// per-request timeout), a peer that neither answers nor hangs up within it is given up on and
     /// the connection closed: the caller never hangs, during the handshake either.
@@ -430,7 +474,7 @@ enum HybridHandshake {
         }
 
         func channelInactive(context: ChannelHandlerContext) {
-            if !finished { finished = true; promise.fail(ClientError.hybridHandshakeFailed("connection closed during handshake")) }
+            if !finished { finished = true; promise.fail(ClientError.hybridHandshakeFailed(HybridHandshake.closedDuringHandshake)) }
             context.fireChannelInactive()
         }
     }

@@ -153,6 +153,31 @@ final class ClientTests: XCTestCase {
         XCTAssertTrue(why.contains("closed during handshake"), why)
     }
 
+    /// Round 12: a backend at its cap of clients mid-handshake closes the oldest to take a
+    /// newcomer, and under a flood of silent clients an honest one was closed before its line was
+    /// read (13 of 100 `request status` lost to six flooding processes). A hybrid connection closed
+    /// before any answer is tried again, at most three times: nothing was sent but the line.
+    func testAHybridConnectionClosedBeforeItsAnswerIsTriedAgain() async throws {
+        let twice = try await HybridBackendStandIn(path: dir + "/evicting.sock", routes: [5000: dir + "/vmm.sock"], behaviour: .hangUpFirst(2))
+        let c = try await ExecGateClient.connect(to: try Endpoint(parsing: "hybrid:\(dir)/evicting.sock:5000", listening: false), timeout: 5)
+        _ = try await c.status()  // a request answered through the third connection
+        await c.close()
+        XCTAssertEqual(twice.accepted.withLockedValue { $0 }, 3, "closed twice, through at the third")
+        await twice.shutdown()
+        // Three closes in a row: the failure stands (as when the backend has no route, below).
+        let thrice = try await HybridBackendStandIn(path: dir + "/evicting3.sock", routes: [5000: dir + "/vmm.sock"], behaviour: .hangUpFirst(3))
+        defer { Task { await thrice.shutdown() } }
+        do {
+            let c = try await ExecGateClient.connect(to: try Endpoint(parsing: "hybrid:\(dir)/evicting3.sock:5000", listening: false), timeout: 5)
+            await c.close()
+            XCTFail("connected through three closes")
+        } catch {
+            guard case ClientError.hybridHandshakeFailed(let why) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue(why.contains("closed during handshake"), why)
+        }
+        XCTAssertEqual(thrice.accepted.withLockedValue { $0 }, 3, "three attempts")
+    }
+
     func testForbidsHybridPortWithNoListener() async throws {
         // The stand-in has no route for 5999 and hangs up, as a backend does when the guest refuses.
         do {

@@ -7,13 +7,19 @@
 // hybrid path runs against a real verifier or admin server without booting a guest. It can also
 // misbehave the ways a broken backend does: refuse, answer an overlong line, or hang up.
 
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
 final class HybridBackendStandIn: @unchecked Sendable {
     // @unchecked: fields are set once in init and only read afterwards.
     /// `answer(line)`: answers the CONNECT with `line` and then nothing (the connection stays open).
-    enum Behaviour: Sendable { case proxy, refuse, overlongLine, hangUp, answer(String) }
+    /// `hangUpFirst(n)`: closes the first `n` connections at accept (a backend at its handshake
+    /// cap evicting them), then proxies.
+    enum Behaviour: Sendable { case proxy, refuse, overlongLine, hangUp, answer(String), hangUpFirst(Int) }
+
+    /// Connections accepted so far.
+    let accepted = NIOLockedValueBox(0)
 
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let path: String
@@ -22,9 +28,12 @@ final class HybridBackendStandIn: @unchecked Sendable {
     init(path: String, routes: [UInt32: String], behaviour: Behaviour = .proxy) async throws {
         self.path = path
         let group = self.group
+        let accepted = self.accepted
         server = try await ServerBootstrap(group: group)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                let n = accepted.withLockedValue { $0 += 1; return $0 }
+                if case .hangUpFirst(let first) = behaviour, n <= first { return channel.close() }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(Front(routes: routes, behaviour: behaviour, group: group))
                 }
             }
@@ -78,7 +87,7 @@ final class HybridBackendStandIn: @unchecked Sendable {
             case .answer(let reply):
                 context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: reply)), promise: nil)
                 return
-            case .proxy: break
+            case .proxy, .hangUpFirst: break
             }
             guard parts.count == 2, parts[0] == "CONNECT", let port = UInt32(parts[1]), let target = routes[port] else {
                 context.close(promise: nil)
