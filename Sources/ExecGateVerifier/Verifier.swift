@@ -561,6 +561,22 @@ public final class Verifier: @unchecked Sendable {
         // allocation (init text, rodata and data: one module_alloc() block, as the core's), and
         // its per-cpu area (percpu_modalloc()). Bounds past 2^64 are the explainer's denial.
         let initAllocation = initRange.map { Self.liveInitAllocation(plan: plan, initRange: $0, kernelRelease: session.facts.kernelRelease) }
+        // The held ranges are the kernel's allocations, so they obey its placement rules as the
+        // sections do (the explainer checks those with the sections' sizes): inside the module
+        // area, and on 6.1 the init allocation apart from the core's. With the symbols
+        // layout_symtab() appends, a core placed a page short of MODULES_END, or an init
+        // allocation in the core's symbol pages, passed the explainer and was held as given:
+        // a placement module_alloc() never returns, and two overlapping held ranges of one module
+        // (round 12's review of hostile claims).
+        let area = session.facts.moduleArea
+        guard coreRange.isEmpty || (coreRange.lowerBound >= area.lowerBound && coreRange.upperBound <= area.upperBound) else {
+            return deny(.claimInvalid, "core allocation 0x\(Hex.number(base)) +\(coreSize) (with the symbols layout_symtab() appends) is not inside the module area")
+        }
+        if let a = initAllocation {
+            guard a.lowerBound >= area.lowerBound, a.upperBound <= area.upperBound, a.upperBound <= coreRange.lowerBound || a.lowerBound >= coreRange.upperBound else {
+                return deny(.claimInvalid, "init allocation 0x\(Hex.number(a.lowerBound)) +\(a.upperBound &- a.lowerBound) (with the symbols layout_symtab() appends) is not inside the module area apart from the core allocation 0x\(Hex.number(base)) +\(coreSize)")
+            }
+        }
         var percpuRange: Range<UInt64>? = nil
         if let i = plan.percpuSectionIndex, i < elf.sections.count, elf.sections[i].size > 0, let b = request.perCPUBase {
             let (e, o) = b.addingReportingOverflow(UInt64(elf.sections[i].size))
