@@ -34,7 +34,8 @@ public enum ServiceVMError: Error, CustomStringConvertible, Equatable {
         case let .alreadyRunning(name, pid):
             return "VM '\(name)' is already running (pid \(pid)); `execgate vm stop --name \(name)` first"
         case let .timeout(s, tail), let .guestDied(s, tail):
-            return tail.isEmpty ? s : "\(s)\n--- console tail ---\n\(tail)"
+            // The message names the log the lines are from (console, QEMU or backend log).
+            return tail.isEmpty ? s : "\(s)\n--- last lines ---\n\(tail)"
         }
     }
 

@@ -213,8 +213,13 @@ public enum Launcher {
         return Int32(s.trimmingTrailingNewlines())
     }
 
+    /// The VM's QEMU: the pid in this state directory's qemu.pid, a process whose arguments
+    /// carry both the VM's name marker and this state directory's pid file (`-pidfile PATH`). By
+    /// the name alone, a pid copied into another state directory's qemu.pid made `vm stop` there
+    /// kill this VM (round 12's review).
     public static func runningPid(_ c: VMConfig) -> Int32? {
-        guard let pid = readPid(c), Subprocess.isAlive(pid, argument: c.processArgument) else { return nil }
+        guard let pid = readPid(c), Subprocess.isAlive(pid, argument: c.processArgument),
+              Subprocess.isAlive(pid, argument: c.pidFile) else { return nil }
         return pid
     }
 
@@ -270,15 +275,15 @@ public enum Launcher {
                 for line in text.consoleLines(omittingEmpty: true) {
                     if line.hasPrefix(ConsoleProtocol.ready) { return String(line) }
                     if line.hasPrefix(ConsoleProtocol.fatal) {
-                        throw .guestDied("the guest's init failed: \(line)", consoleTail: FS.tail(c.consoleLog))
+                        throw .guestDied("the guest's init failed: \(line); \(c.consoleLog):", consoleTail: FS.tail(c.consoleLog))
                     }
                 }
             }
             if !Subprocess.isAlive(pid, argument: c.processArgument) {
-                throw .guestDied("the VM stopped before it was ready", consoleTail: FS.tail(c.consoleLog))
+                throw .guestDied("the VM stopped before it was ready; \(c.consoleLog):", consoleTail: FS.tail(c.consoleLog))
             }
             if MonotonicClock.nanoseconds() >= deadline {
-                throw .timeout("the verifier was not ready after \(timeoutSeconds) s; VM stopped", consoleTail: FS.tail(c.consoleLog))
+                throw .timeout("the verifier was not ready after \(timeoutSeconds) s; VM stopped; \(c.consoleLog):", consoleTail: FS.tail(c.consoleLog))
             }
             usleep(10_000)
         }
@@ -326,9 +331,16 @@ public enum Launcher {
         let console = (try? FS.readString(c.consoleLog, limit: 64 << 20)) ?? ""
         let ready = console.consoleLines(omittingEmpty: true).contains { $0.hasPrefix(ConsoleProtocol.ready) }
         let cid = info["cid"] ?? "\(c.cid)", port = info["port"] ?? "\(c.port)"
-        return VMStatus(name: c.name, running: pid != nil, pid: pid, ready: pid != nil && ready,
-                        address: pid != nil ? (info["address"] ?? "vsock:\(cid):\(port)") : nil,
-                        reachableFromHost: pid != nil && (info["vhost_vsock"] == "yes" || info["vhost_user_vsock"] == "yes"), info: info,
+        // Through the vhost-user backend the VM is reachable only while its backend lives: QEMU
+        // alone (the backend killed, or a start interrupted) is running, not ready, and its
+        // address is the hybrid socket's, never `vsock:` (no /dev/vhost-vsock here).
+        let vhostUser = info["vhost_user_vsock"] == "yes"
+        let backendAlive = !vhostUser || VsockBackendProcess.runningPid(c) != nil
+        let address = info["address"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? (vhostUser ? "hybrid:\(c.hybridSocket):\(port)" : "vsock:\(cid):\(port)")
+        return VMStatus(name: c.name, running: pid != nil, pid: pid, ready: pid != nil && ready && backendAlive,
+                        address: pid != nil ? address : nil,
+                        reachableFromHost: pid != nil && backendAlive && (info["vhost_vsock"] == "yes" || vhostUser), info: info,
                         consoleTail: pid == nil || !ready ? FS.tail(c.consoleLog) : "")
     }
 

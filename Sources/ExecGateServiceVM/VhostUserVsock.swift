@@ -42,23 +42,47 @@ extension VMConfig {
 }
 
 enum VsockBackendProcess {
-    /// Starts the backend and waits until its vhost-user socket exists.
+    /// Starts the backend and waits until it has bound its vhost-user socket. Called only with
+    /// no QEMU of this VM running (`Launcher.start` checked): a backend this state directory
+    /// still records is an orphan of a VM that exited (a guest panic, QEMU killed) and is
+    /// stopped first; it held the sockets, and the new backend failed on them for good while
+    /// `vm stop` no longer found it. The sockets are never removed here: the backend claims them
+    /// (`SocketPath`: a stale socket replaced, a live one or any other file refused, named in
+    /// its log); the launcher removed them, a live backend's and a regular file alike.
     static func start(_ c: VMConfig, command: [String]) throws(ServiceVMError) -> Int32 {
-        for f in [c.vhostUserSocket, c.hybridSocket, c.vsockBackendLog, c.vsockBackendPidFile] { FS.remove(f) }
+        stop(c)
+        for f in [c.vsockBackendLog, c.vsockBackendPidFile] { FS.remove(f) }
+        // Bound when the socket at the path is a new one (a stale one from a killed backend is
+        // replaced by the claim): inode and change time differ from what was there before.
+        let before = identity(c.vhostUserSocket)
         let argv = command + ["--socket", c.vhostUserSocket, "--uds", c.hybridSocket, "--guest-cid", "\(c.cid)"]
         let pid = try Subprocess.spawn(argv, outputPath: c.vsockBackendLog)
         let deadline = MonotonicClock.nanoseconds() + 10_000_000_000
-        while !FS.exists(c.vhostUserSocket) {
+        while identity(c.vhostUserSocket).map({ $0 == before }) ?? true {
             if let rc = Subprocess.wait(pid, timeoutMillis: 0) {
-                throw .guestDied("the vsock backend exited with status \(rc)", consoleTail: FS.tail(c.vsockBackendLog))
+                throw .guestDied("the vsock backend exited with status \(rc); \(c.vsockBackendLog):", consoleTail: FS.tail(c.vsockBackendLog))
             }
             if MonotonicClock.nanoseconds() >= deadline {
                 kill(pid, SIGKILL); _ = Subprocess.wait(pid, timeoutMillis: 2000)
-                throw .timeout("the vsock backend did not create \(c.vhostUserSocket)", consoleTail: FS.tail(c.vsockBackendLog))
+                throw .timeout("the vsock backend did not create \(c.vhostUserSocket); \(c.vsockBackendLog):", consoleTail: FS.tail(c.vsockBackendLog))
             }
             usleep(10_000)
         }
         try FS.write(c.vsockBackendPidFile, "\(pid)\n")
+        return pid
+    }
+
+    /// A socket file's identity (device, inode, change time), nil when there is none.
+    static func identity(_ path: String) -> [Int]? {
+        var st = stat()
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else { return nil }
+        return [Int(st.st_dev), Int(st.st_ino), st.st_ctim.tv_sec, st.st_ctim.tv_nsec]
+    }
+
+    /// The backend this state directory records, while it runs (pid checked against its socket path).
+    static func runningPid(_ c: VMConfig) -> Int32? {
+        guard let s = try? FS.readString(c.vsockBackendPidFile, limit: 64), let pid = Int32(s.trimmingTrailingNewlines()),
+              Subprocess.isAlive(pid, argument: c.vhostUserSocket) else { return nil }
         return pid
     }
 

@@ -57,6 +57,11 @@ struct VMOptions: ParsableArguments {
         // Missing image files are reported by the launcher with what to run.
         let paths = (try? VMConfig.imagePaths(imageDir: imageDir, test: test))
             ?? (FS.absolute(imageDir) + "/vmlinux", FS.absolute(imageDir) + "/" + (test ? ImageBuilder.testInitramfsName : ImageBuilder.initramfsName))
+        // The paths go into QEMU's `-chardev socket,path=…` and `-kernel`/`-initrd` options, whose
+        // syntax takes ',' as a separator: refused before anything starts, naming the path.
+        for (option, path) in [("--state-dir", dir), ("--image-dir", paths.0), ("--image-dir", paths.1)] where path.contains(",") {
+            throw ValidationError("\(option): \(path) holds a ',', which QEMU's option syntax reads as a separator; use a path without one")
+        }
         var c = VMConfig(stateDir: dir, kernel: FS.absolute(paths.0), initrd: FS.absolute(paths.1))
         c.name = name
         c.vsockBackendCommand = VsockBackendLaunch.command()
@@ -99,7 +104,9 @@ struct BootOptions: ParsableArguments {
         }
         guard VMConfig.Machine(rawValue: machine) != nil else { throw ValidationError("--machine: microvm or pc") }
         guard timeout > 0 && timeout <= 3600 else { throw ValidationError("--timeout: 1…3600 seconds") }
-        guard port > 0 && port < UInt32.max else { throw ValidationError("--port: 1…4294967294") }
+        // The admin port is the verifier's + 1, and 4294967295 is VMADDR_PORT_ANY (the guest would
+        // bind a random port for it).
+        guard port > 0 && port < UInt32.max - 1 else { throw ValidationError("--port: 1…4294967293 (the admin port, --port + 1, must not be 4294967295, VMADDR_PORT_ANY)") }
         do { _ = try Accelerator.choose(accel) } catch { throw ValidationError("\(error)") }
     }
 
