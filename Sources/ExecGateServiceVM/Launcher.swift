@@ -230,6 +230,16 @@ public enum Launcher {
         guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
         // Created once nothing refuses the start: a refused one writes nothing.
         try FS.mkdirs(c.stateDir)
+        // One start of a state directory at a time: two at once each removed the other's files
+        // and sockets (one VM "ready" at a socket that was gone, a backend outliving `vm stop`).
+        // The lock goes with this process (a start killed mid-boot holds nothing).
+        let lockFd = open(c.stateDir + "/start.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lockFd >= 0 else { throw .sys("cannot open", c.stateDir + "/start.lock") }
+        defer { close(lockFd) }
+        guard flock(lockFd, LOCK_EX | LOCK_NB) == 0 else {
+            throw .badInput("another `vm start` of '\(c.name)' in \(c.stateDir) is in progress")
+        }
+        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid) }  // started while we waited
         for f in [c.pidFile, c.consoleLog, c.qemuLog] { FS.remove(f) }
         let vhost = c.hostHasVhostVsock
         let vhostUser = c.usesVhostUserVsock
