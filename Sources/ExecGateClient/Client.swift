@@ -414,18 +414,25 @@ enum HybridHandshake {
     /// the connection closed: the caller never hangs, during the handshake either.
     static func perform(on channel: Channel, port: UInt32, timeout: Double?) async throws {
         let done = channel.eventLoop.makePromise(of: Void.self)
-        try await channel.eventLoop.submit {
-            let handler = LineHandler(promise: done)
-            try channel.pipeline.syncOperations.addHandler(handler, name: "hybrid-handshake")
-            if let t = timeout {
-                let bound = NIOLoopBound(handler, eventLoop: channel.eventLoop)
-                let timer = channel.eventLoop.scheduleTask(in: timeAmount(seconds: t)) {
-                    bound.value.expire(channel: channel, after: t)
+        do {
+            try await channel.eventLoop.submit {
+                let handler = LineHandler(promise: done)
+                try channel.pipeline.syncOperations.addHandler(handler, name: "hybrid-handshake")
+                if let t = timeout {
+                    let bound = NIOLoopBound(handler, eventLoop: channel.eventLoop)
+                    let timer = channel.eventLoop.scheduleTask(in: timeAmount(seconds: t)) {
+                        bound.value.expire(channel: channel, after: t)
+                    }
+                    done.futureResult.whenComplete { _ in timer.cancel() }
                 }
-                done.futureResult.whenComplete { _ in timer.cancel() }
-            }
-        }.get()
-        try await channel.writeAndFlush(channel.allocator.buffer(string: "CONNECT \(port)\n")).get()
+            }.get()
+            try await channel.writeAndFlush(channel.allocator.buffer(string: "CONNECT \(port)\n")).get()
+        } catch {
+            // A channel the backend closed at once (its handshake cap) fails here: the promise is
+            // failed too, never dropped unfulfilled (a second completion is ignored).
+            done.fail(error)
+            throw error
+        }
         try await done.futureResult.get()
     }
 
