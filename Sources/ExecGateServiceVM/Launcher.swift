@@ -224,7 +224,10 @@ public enum Launcher {
     }
 
     /// Starts the VM in the background and waits for the READY line on its console.
-    public static func start(_ c: VMConfig, log: (String) -> Void = { print($0) }) throws(ServiceVMError) -> VMStartResult {
+    /// `stopRequested`: polled while the guest boots (a SIGINT/SIGTERM to `vm start`); when it
+    /// says so, what was started is stopped, as on a timeout, and the start fails.
+    public static func start(_ c: VMConfig, log: (String) -> Void = { print($0) },
+                             stopRequested: () -> Bool = { false }) throws(ServiceVMError) -> VMStartResult {
         if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid) }
         let qemu = try findQEMU(c.qemu)
         guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
@@ -257,7 +260,7 @@ public enum Launcher {
             throw .guestDied("QEMU failed to start (exit \(rc.map(String.init) ?? "timeout")); \(c.qemuLog):", consoleTail: FS.tail(c.qemuLog))
         }
         do {
-            let line = try waitForReady(c, pid: pid, timeoutSeconds: c.readyTimeoutSeconds)
+            let line = try waitForReady(c, pid: pid, timeoutSeconds: c.readyTimeoutSeconds, stopRequested: stopRequested)
             let bootMs = Int((MonotonicClock.nanoseconds() - t0) / 1_000_000)
             let address = c.hostAddress(vhostUser: vhostUser)
             let image = ImageInfo.parse((try? FS.readString(c.imageInfoPath)) ?? "")
@@ -278,7 +281,7 @@ public enum Launcher {
     /// Polls the console log for READY (or FATAL / QEMU exit) every 10 ms: boot→ready is a few
     /// hundred ms under TCG, so a coarser poll would add a visible share of it (50 ms did: 25 ms on
     /// average, to every boot and to vm-bench's floor alike).
-    static func waitForReady(_ c: VMConfig, pid: Int32, timeoutSeconds: Int) throws(ServiceVMError) -> String {
+    static func waitForReady(_ c: VMConfig, pid: Int32, timeoutSeconds: Int, stopRequested: () -> Bool = { false }) throws(ServiceVMError) -> String {
         let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds) * 1_000_000_000
         while true {
             if let text = try? FS.readString(c.consoleLog, limit: 64 << 20) {
@@ -294,6 +297,9 @@ public enum Launcher {
             }
             if MonotonicClock.nanoseconds() >= deadline {
                 throw .timeout("the verifier was not ready after \(timeoutSeconds) s; VM stopped; \(c.consoleLog):", consoleTail: FS.tail(c.consoleLog))
+            }
+            if stopRequested() {
+                throw .guestDied("stopped by SIGINT/SIGTERM before the verifier was ready; VM stopped; \(c.consoleLog):", consoleTail: FS.tail(c.consoleLog))
             }
             usleep(10_000)
         }

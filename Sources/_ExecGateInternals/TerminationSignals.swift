@@ -70,6 +70,9 @@ public final class TerminationSignals: @unchecked Sendable {
         }
     }
 
+    /// Whether SIGTERM or SIGINT has arrived: for a loop that polls (`vm start`'s boot wait).
+    public var hasArrived: Bool { queue.sync { arrived } }
+
     /// Runs `body` on this object's queue once SIGTERM or SIGINT has arrived (at once if one
     /// already has): for a synchronous loop that a signal must end (`vsock-backend`).
     public func whenArrived(_ body: @escaping @Sendable () -> Void) {

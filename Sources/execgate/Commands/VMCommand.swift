@@ -127,8 +127,12 @@ struct VMStartCommand: ParsableCommand {
         var c = try vm.config(test: false)
         try boot.apply(&c)
         try Self.checkBackendSockets(c)
+        // A SIGINT/SIGTERM while the guest boots stops what was started (QEMU and its backend)
+        // before the command ends: the default action left QEMU running, which `vm status` then
+        // called ready (round 12's review).
+        let signals = try? TerminationSignals()
         do {
-            let r = try Launcher.start(c, log: { if !json { print($0) } })
+            let r = try Launcher.start(c, log: { if !json { print($0) } }, stopRequested: { signals?.hasArrived ?? false })
             let note = r.reachableFromHost ? "" :
                 "host has no /dev/vhost-vsock and no vsock backend: the VM runs but the host cannot reach it over vsock"
             if json {
