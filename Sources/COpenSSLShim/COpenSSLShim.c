@@ -210,9 +210,8 @@ X509 *egs_x509_from_pem_next(const uint8_t *pem, size_t len, size_t *offset, int
 
 void egs_x509_free(X509 *x) { X509_free(x); }
 
-int egs_x509_der(X509 *x, uint8_t *out, size_t cap) {
-    unsigned char *buf = NULL;
-    int n = i2d_X509(x, &buf);
+/* An i2d_* result (n bytes at buf, OpenSSL-allocated; n < 0: failed) copied out, buf freed. */
+static int egs_i2d_out(int n, unsigned char *buf, uint8_t *out, size_t cap) {
     int r;
     if (n < 0) {
         egs_capture_error();
@@ -223,17 +222,16 @@ int egs_x509_der(X509 *x, uint8_t *out, size_t cap) {
     return r;
 }
 
+int egs_x509_der(X509 *x, uint8_t *out, size_t cap) {
+    unsigned char *buf = NULL;
+    int n = i2d_X509(x, &buf);
+    return egs_i2d_out(n, buf, out, cap);
+}
+
 int egs_x509_pubkey_der(X509 *x, uint8_t *out, size_t cap) {
     unsigned char *buf = NULL;
     int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &buf);
-    int r;
-    if (n < 0) {
-        egs_capture_error();
-        return -1;
-    }
-    r = egs_copy_out(buf, (size_t)n, out, cap);
-    OPENSSL_free(buf);
-    return r;
+    return egs_i2d_out(n, buf, out, cap);
 }
 
 static int egs_name_string(const X509_NAME *name, char *out, size_t cap) {

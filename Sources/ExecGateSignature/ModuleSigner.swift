@@ -145,12 +145,19 @@ public struct GeneratedSigningKey: Sendable {
         guard let b = Int32(exactly: bits) else {
             throw CertificateError(.generationFailed, "bits out of range")
         }
+        return try fromShim("key generation failed") { egs_generate_rsa_selfsigned(b, commonName, d, &$0, &$1, &$2, &$3) }
+    }
+
+    /// The key and certificate PEM one of the shim's generators hands out (0: success), the
+    /// key's bytes wiped before they are freed.
+    static func fromShim(_ failure: String, _ call: (inout UnsafeMutablePointer<CChar>?, inout Int, inout UnsafeMutablePointer<CChar>?, inout Int) -> Int32)
+        throws(CertificateError) -> GeneratedSigningKey {
         var k: UnsafeMutablePointer<CChar>?
         var kLen = 0
         var c: UnsafeMutablePointer<CChar>?
         var cLen = 0
-        guard egs_generate_rsa_selfsigned(b, commonName, d, &k, &kLen, &c, &cLen) == 0, let k, let c else {
-            throw CertificateError(.generationFailed, "key generation failed: \(lastOpenSSLError())")
+        guard call(&k, &kLen, &c, &cLen) == 0, let k, let c else {
+            throw CertificateError(.generationFailed, "\(failure): \(lastOpenSSLError())")
         }
         defer {
             // The key PEM is secret: wipe before freeing.
@@ -158,30 +165,17 @@ public struct GeneratedSigningKey: Sendable {
             egs_free(k)
             egs_free(c)
         }
-        let keyBytes = UnsafeRawBufferPointer(start: k, count: kLen)
-        let certBytes = UnsafeRawBufferPointer(start: c, count: cLen)
-        return GeneratedSigningKey(privateKeyPEM: Array(keyBytes), certificatePEM: Array(certBytes))
+        return GeneratedSigningKey(privateKeyPEM: Array(UnsafeRawBufferPointer(start: k, count: kLen)),
+                                   certificatePEM: Array(UnsafeRawBufferPointer(start: c, count: cLen)))
     }
 
     /// Another self-signed certificate (new serial, this common name) for this key: the same
     /// key under a second certificate, as a rotation or a careless reissue makes one.
     public func reissued(commonName: String, days: Int = 36500) throws(CertificateError) -> GeneratedSigningKey {
         let d = try Self.validityDays(days)
-        var k: UnsafeMutablePointer<CChar>?
-        var kLen = 0
-        var c: UnsafeMutablePointer<CChar>?
-        var cLen = 0
-        let r = privateKeyPEM.withUnsafeBufferPointer { egs_selfsigned_for_key($0.baseAddress, $0.count, commonName, d, &k, &kLen, &c, &cLen) }
-        guard r == 0, let k, let c else {
-            throw CertificateError(.generationFailed, "certificate for the key failed: \(lastOpenSSLError())")
+        return try Self.fromShim("certificate for the key failed") { k, kLen, c, cLen in
+            privateKeyPEM.withUnsafeBufferPointer { egs_selfsigned_for_key($0.baseAddress, $0.count, commonName, d, &k, &kLen, &c, &cLen) }
         }
-        defer {
-            k.initialize(repeating: 0, count: kLen)
-            egs_free(k)
-            egs_free(c)
-        }
-        return GeneratedSigningKey(privateKeyPEM: Array(UnsafeRawBufferPointer(start: k, count: kLen)),
-                                   certificatePEM: Array(UnsafeRawBufferPointer(start: c, count: cLen)))
     }
 
     /// Elliptic curves the kernel's ECDSA module signatures accept (crypto/ecdsa.c: NIST P-256, P-384).
@@ -209,20 +203,7 @@ public struct GeneratedSigningKey: Sendable {
     public static func generateECDSA(curve: Curve = .p384, commonName: String = "ExecGate module signing key",
                                      days: Int = 36500) throws(CertificateError) -> GeneratedSigningKey {
         let d = try validityDays(days)
-        var k: UnsafeMutablePointer<CChar>?
-        var kLen = 0
-        var c: UnsafeMutablePointer<CChar>?
-        var cLen = 0
-        guard egs_generate_ec_selfsigned(curve.rawValue, commonName, d, &k, &kLen, &c, &cLen) == 0, let k, let c else {
-            throw CertificateError(.generationFailed, "key generation failed: \(lastOpenSSLError())")
-        }
-        defer {
-            k.initialize(repeating: 0, count: kLen)
-            egs_free(k)
-            egs_free(c)
-        }
-        return GeneratedSigningKey(privateKeyPEM: Array(UnsafeRawBufferPointer(start: k, count: kLen)),
-                                   certificatePEM: Array(UnsafeRawBufferPointer(start: c, count: cLen)))
+        return try fromShim("key generation failed") { egs_generate_ec_selfsigned(curve.rawValue, commonName, d, &$0, &$1, &$2, &$3) }
     }
 
     /// The parsed certificate and key.
