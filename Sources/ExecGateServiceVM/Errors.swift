@@ -17,7 +17,8 @@ public enum ServiceVMError: Error, CustomStringConvertible, Equatable {
     /// Something the user must install or build first; the message says what.
     case missing(String)
     /// A VM with this name is already running.
-    case alreadyRunning(name: String, pid: Int32)
+    /// `stateRoot`: the `--state-dir` the VM's state lives under (the stop hint names it).
+    case alreadyRunning(name: String, pid: Int32, stateRoot: String)
     /// The guest did not answer in time; `consoleTail` holds the last console lines.
     case timeout(String, consoleTail: String)
     /// The guest or QEMU stopped unexpectedly.
@@ -31,8 +32,8 @@ public enum ServiceVMError: Error, CustomStringConvertible, Equatable {
             return "\(what) \(path): \(String(cString: strerror(err))) (errno \(err))"
         case let .badInput(s), let .missing(s), let .badOption(s):
             return s
-        case let .alreadyRunning(name, pid):
-            return "VM '\(name)' is already running (pid \(pid)); `execgate vm stop --name \(name)` first"
+        case let .alreadyRunning(name, pid, root):
+            return "VM '\(name)' is already running (pid \(pid)); `execgate vm stop --name \(name) --state-dir \(root)` first"
         case let .timeout(s, tail), let .guestDied(s, tail):
             // The message names the log the lines are from (console, QEMU or backend log).
             return tail.isEmpty ? s : "\(s)\n--- last lines ---\n\(tail)"

@@ -87,6 +87,24 @@ public enum ImageBuilder {
     /// The initramfs file names in an image directory (the launcher boots these).
     public static let initramfsName = "initramfs.cpio.zst"
     public static let testInitramfsName = "initramfs-test.cpio.zst"
+    /// The fingerprint of an image's files (kernel, initramfs, test initramfs: `image.txt` aside),
+    /// by name: what `image.txt` records as `outputs`, so a later build finds a damaged output.
+    static func outputsFingerprint(_ files: [(name: String, bytes: [UInt8])]) -> String {
+        var f = Fingerprint()
+        for (name, bytes) in files.sorted(by: { $0.name < $1.name }) where name != "image.txt" { f.add(name); f.add(bytes) }
+        return f.hex
+    }
+
+    /// `outputsFingerprint` of the image files in `outDir` now ("" when one cannot be read).
+    static func outputsFingerprint(outDir: String) -> String {
+        var files: [(name: String, bytes: [UInt8])] = []
+        for name in imageFileNames.sorted() where name != "image.txt" && FS.exists(outDir + "/" + name) {
+            guard let b = try? FS.read(outDir + "/" + name, limit: 1 << 30) else { return "" }
+            files.append((name, b))
+        }
+        return outputsFingerprint(files)
+    }
+
     /// Every file an image directory may hold: this builder's, and those of the builders before
     /// execgate-image-4 (gzip'd initramfs).
     public static let imageFileNames: Set<String> = ["vmlinux", "vmlinuz", initramfsName, testInitramfsName, "image.txt",
@@ -212,8 +230,11 @@ public enum ImageBuilder {
         var result = ImageBuildResult()
         result.fingerprint = fp.hex
 
+        // Up to date: the same inputs, and the outputs still the bytes that build wrote (an emptied
+        // vmlinux or a truncated initramfs was "up to date, unchanged": only inputs were compared).
         if !o.force, let old = try? FS.readString(stampPath), ImageInfo.parse(old)["fingerprint"] == fp.hex,
-           FS.exists(initrdPath), FS.exists(vmlinuxPath) || FS.exists(vmlinuzPath), !o.withTestImage || FS.exists(testInitrdPath) {
+           FS.exists(initrdPath), FS.exists(vmlinuxPath) || FS.exists(vmlinuzPath), !o.withTestImage || FS.exists(testInitrdPath),
+           let outputs = ImageInfo.parse(old)["outputs"], outputs == Self.outputsFingerprint(outDir: o.outDir) {
             result.upToDate = true
             for p in [vmlinuxPath, vmlinuzPath, initrdPath, testInitrdPath] {
                 if let s = FS.size(p) { result.artefacts.append(.init(path: p, bytes: s, note: "unchanged")) }
@@ -248,8 +269,10 @@ public enum ImageBuilder {
         let stage: StagedDirectory
         do { stage = try StagedDirectory(replacing: o.outDir) } catch { throw Self.failure(error) }
         defer { stage.discard() }
+        var written: [(name: String, bytes: [UInt8])] = []
         func write(_ name: String, _ bytes: [UInt8]) throws(ServiceVMError) {
             do { try stage.write(name, bytes) } catch { throw Self.failure(error) }
+            written.append((name, bytes))
         }
         if let serviceKernelBytes, let path = o.serviceKernel {
             try write("vmlinux", serviceKernelBytes)
@@ -306,6 +329,7 @@ public enum ImageBuilder {
             ("initrd", initrdPath), ("initrd_test", o.withTestImage ? testInitrdPath : ""),
             ("init_binary", o.initBinary), ("trust_anchors", "\(certs.count)"),
             ("admin_certificate", adminBytes != nil ? "yes" : "no"),
+            ("outputs", Self.outputsFingerprint(written)),
         ])
         try write("image.txt", Array(info.utf8))
         // The swap: the old directory's files (every one the builder's: checkOutputDirectory) go

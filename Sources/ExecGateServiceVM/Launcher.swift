@@ -228,7 +228,7 @@ public enum Launcher {
     /// says so, what was started is stopped, as on a timeout, and the start fails.
     public static func start(_ c: VMConfig, log: (String) -> Void = { print($0) },
                              stopRequested: () -> Bool = { false }) throws(ServiceVMError) -> VMStartResult {
-        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid) }
+        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid, stateRoot: Files.directory(of: c.stateDir)) }
         let qemu = try findQEMU(c.qemu)
         guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
         // Created once nothing refuses the start: a refused one writes nothing.
@@ -242,7 +242,7 @@ public enum Launcher {
         guard flock(lockFd, LOCK_EX | LOCK_NB) == 0 else {
             throw .badInput("another `vm start` of '\(c.name)' in \(c.stateDir) is in progress")
         }
-        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid) }  // started while we waited
+        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid, stateRoot: Files.directory(of: c.stateDir)) }  // started while we waited
         for f in [c.pidFile, c.consoleLog, c.qemuLog] { FS.remove(f) }
         let vhost = c.hostHasVhostVsock
         let vhostUser = c.usesVhostUserVsock
@@ -362,7 +362,7 @@ public enum Launcher {
 
     /// Boots the VM in the foreground until it powers off (test mode) and returns its console.
     public static func runToCompletion(_ c: VMConfig, timeoutSeconds: Int) throws(ServiceVMError) -> (console: String, millis: Int) {
-        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid) }
+        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid, stateRoot: Files.directory(of: c.stateDir)) }
         let qemu = try findQEMU(c.qemu)
         guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
         // Created once nothing refuses the start: a refused one writes nothing.

@@ -147,6 +147,12 @@ struct VMStartCommand: ParsableCommand {
                 if !note.isEmpty { print("note: \(note)") }
             }
         } catch {
+            // With --json, one object whatever the outcome (as `vm status` and `vm stop` print):
+            // a supervisor parsing stdout sees the failure and its reason, not nothing.
+            if json {
+                print(ConsoleJSON.object([("name", ConsoleJSON.string(c.name)), ("ready", "false"),
+                                          ("error", ConsoleJSON.string("\(error)")), ("console_log", ConsoleJSON.string(c.consoleLog))]))
+            }
             throw serviceVMFailure("vm start", error)
         }
     }
