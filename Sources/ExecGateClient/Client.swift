@@ -373,8 +373,9 @@ enum HybridHandshake {
     /// closed before its line is read (13 of 100 lost to six flooding processes, round 12), and
     /// a full listen backlog refuses the connect (EAGAIN). Such a failure before any answer is
     /// tried again, at most `attempts` times, 20 ms then 100 ms apart: nothing but the CONNECT
-    /// line was sent, so a retry repeats no request. A refusal (a line other than `OK <port>`, a
-    /// port no one listens on) or a timeout is final.
+    /// line was sent, so a retry repeats no request. A refusal (a line other than `OK <port>`) or
+    /// a timeout is final. A port no one listens on is not told apart: the backend closes without
+    /// a line then too, so it is tried three times (about 120 ms) and the message says both.
     static func connect(_ bootstrap: ClientBootstrap, path: String, port: UInt32, timeout: Double?) async throws -> Channel {
         var attempt = 1
         while true {
@@ -388,9 +389,12 @@ enum HybridHandshake {
                 try? await opened?.close()
                 guard closedBeforeAnswer(error) else { throw error }
                 guard attempt < attempts else {
-                    // One reason whatever the socket said (EPIPE on the line, EAGAIN on connect).
-                    if case ClientError.hybridHandshakeFailed = error { throw error }
-                    throw ClientError.hybridHandshakeFailed("\(closedDuringHandshake) (\(ConnectionFailure.describe(error))), \(attempts) attempts")
+                    // One reason whatever the socket said (EPIPE on the line, EAGAIN on connect),
+                    // with what it can mean: a backend closes silently both when nothing listens
+                    // on the guest port and when it is at its cap.
+                    let detail: String
+                    if case ClientError.hybridHandshakeFailed = error { detail = "" } else { detail = " (\(ConnectionFailure.describe(error)))" }
+                    throw ClientError.hybridHandshakeFailed("\(closedDuringHandshake)\(detail), \(attempts) attempts: nothing listens on guest port \(port), or the backend is at its cap of clients mid-handshake")
                 }
                 try await Task.sleep(nanoseconds: attempt == 1 ? 20_000_000 : 100_000_000)
                 attempt += 1

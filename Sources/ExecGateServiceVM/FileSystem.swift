@@ -102,6 +102,20 @@ public enum FS {
         return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// `absolute(path)` spelled one way: no empty, `.` or `..` components (removed lexically), no
+    /// trailing `/`. A state directory is named by the path its files carry (QEMU's `-pidfile`):
+    /// `/run/x/` and `/run/x` named one VM two ways, and `vm stop` with the other spelling found
+    /// it not running, removed its pid files and left it out of reach (round 12).
+    public static func canonical(_ path: String) -> String {
+        var parts: [Substring] = []
+        for p in absolute(path).split(separator: "/", omittingEmptySubsequences: true) {
+            if p == "." { continue }
+            if p == ".." { _ = parts.popLast(); continue }
+            parts.append(p)
+        }
+        return "/" + parts.joined(separator: "/")
+    }
+
     public static func absolute(_ path: String) -> String {
         if path.hasPrefix("/") { return path }
         var buf = [CChar](repeating: 0, count: 4096)

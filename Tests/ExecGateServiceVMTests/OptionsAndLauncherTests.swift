@@ -4,6 +4,16 @@ import ExecGateTestSupport
 @testable import ExecGateServiceVM
 
 final class GuestOptionsTests: XCTestCase {
+    /// A state directory is spelled one way (round 12: `/run/x/` and `/run/x` named one VM two
+    /// ways, and `vm stop` with the other spelling lost it).
+    func testCanonicalPaths() {
+        XCTAssertEqual(FS.canonical("/tmp/r/st/"), "/tmp/r/st")
+        XCTAssertEqual(FS.canonical("/tmp//r/./st/../x/"), "/tmp/r/x")
+        XCTAssertEqual(FS.canonical("/../.."), "/")
+        XCTAssertEqual(FS.canonical("rel/./a"), FS.canonical(FS.absolute("rel") + "/a"))
+        XCTAssertTrue(FS.canonical("rel").hasPrefix("/") && !FS.canonical("rel").hasSuffix("/"))
+    }
+
     func testDefaults() throws {
         let o = try GuestOptions(commandLine: "console=ttyS0 quiet panic=-1\n")
         XCTAssertEqual(o.mode, .serve)

@@ -53,19 +53,23 @@ struct VMOptions: ParsableArguments {
 
     func config(test: Bool) throws -> VMConfig {
         let root = try stateDir ?? Self.runDirFromEnvironment() ?? "ServiceVM/run"
-        let dir = FS.absolute(root) + "/" + name
+        let dir = FS.canonical(root) + "/" + name
         // Missing image files are reported by the launcher with what to run.
         let paths = (try? VMConfig.imagePaths(imageDir: imageDir, test: test))
             ?? (FS.absolute(imageDir) + "/vmlinux", FS.absolute(imageDir) + "/" + (test ? ImageBuilder.testInitramfsName : ImageBuilder.initramfsName))
-        // The paths go into QEMU's `-chardev socket,path=…` and `-kernel`/`-initrd` options, whose
-        // syntax takes ',' as a separator: refused before anything starts, naming the path.
-        for (option, path) in [("--state-dir", dir), ("--image-dir", paths.0), ("--image-dir", paths.1)] where path.contains(",") {
-            throw ValidationError("\(option): \(path) holds a ',', which QEMU's option syntax reads as a separator; use a path without one")
-        }
         var c = VMConfig(stateDir: dir, kernel: FS.absolute(paths.0), initrd: FS.absolute(paths.1))
         c.name = name
         c.vsockBackendCommand = VsockBackendLaunch.command()
         return c
+    }
+
+    /// For the commands that boot (`start`, `selftest`): the paths go into QEMU's `-chardev
+    /// socket,path=…` and `-kernel`/`-initrd` options, whose syntax takes ',' as a separator:
+    /// refused before anything starts, naming the path. (`stop` and `status` pass no path to QEMU.)
+    static func checkQEMUPaths(_ c: VMConfig) throws {
+        for (option, path) in [("--state-dir", c.stateDir), ("--image-dir", c.kernel), ("--image-dir", c.initrd)] where path.contains(",") {
+            throw ValidationError("\(option): \(path) holds a ',', which QEMU's option syntax reads as a separator; use a path without one")
+        }
     }
 }
 
@@ -126,6 +130,7 @@ struct VMStartCommand: ParsableCommand {
     func run() throws {
         var c = try vm.config(test: false)
         try boot.apply(&c)
+        try VMOptions.checkQEMUPaths(c)
         try Self.checkBackendSockets(c)
         // A SIGINT/SIGTERM while the guest boots stops what was started (QEMU and its backend)
         // before the command ends: the default action left QEMU running, which `vm status` then
@@ -223,6 +228,7 @@ struct VMSelfTestCommand: ParsableCommand {
         var c = try vm.config(test: true)
         c.name = vm.name + "-selftest"
         c.stateDir += "-selftest"
+        try VMOptions.checkQEMUPaths(c)
         try boot.apply(&c)
         c.mode = .test
         c.extraCmdline = ["execgate.timeout=\(max(10, boot.timeout - 5))"]
