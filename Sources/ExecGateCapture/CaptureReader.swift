@@ -177,9 +177,7 @@ public struct CaptureBoot {
     /// one request need not build the registration's facts, ~0.7 s for a Debian boot): the same
     /// files and the same per-cpu base as `load(dir).module(name)`, the per-cpu symbols read
     /// from this module's own `kallsyms.txt` lines only.
-    public static func module(_ name: String, inBoot dirIn: String) throws -> CapturedModule {
-        var dir = dirIn
-        while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
+    public static func module(_ name: String, inBoot dir: String) throws -> CapturedModule {
         guard isModuleName(name) else {
             throw CaptureError(path: dir + "/" + name, reason: "'\(name)' is not a module name (printable ASCII, at most 55 bytes, no '/', not '.' or '..')")
         }

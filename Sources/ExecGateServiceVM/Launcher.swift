@@ -55,6 +55,10 @@ public struct VMConfig: Sendable {
     public var consoleLog: String { stateDir + "/console.log" }
     public var qemuLog: String { stateDir + "/qemu.log" }
     public var pidFile: String { stateDir + "/qemu.pid" }
+    /// The refusal of a start while QEMU `pid` runs this VM; its stop hint names the state root.
+    func alreadyRunning(_ pid: Int32) -> ServiceVMError {
+        .alreadyRunning(name: name, pid: pid, stateRoot: Files.directory(of: stateDir))
+    }
     public var infoFile: String { stateDir + "/vm.txt" }
     /// The image's build record (`image.txt`, written by `image build` next to the initramfs).
     public var imageInfoPath: String {
@@ -208,8 +212,10 @@ public enum Launcher {
         }
     }
 
-    static func readPid(_ c: VMConfig) -> Int32? {
-        guard let s = try? FS.readString(c.pidFile, limit: 64) else { return nil }
+    /// The pid a pid file names (QEMU's `qemu.pid`, the backend's `vsock-backend.pid`), nil when
+    /// there is none or it is no number.
+    static func readPid(_ path: String) -> Int32? {
+        guard let s = try? FS.readString(path, limit: 64) else { return nil }
         return Int32(s.trimmingTrailingNewlines())
     }
 
@@ -218,7 +224,7 @@ public enum Launcher {
     /// the name alone, a pid copied into another state directory's qemu.pid made `vm stop` there
     /// kill this VM (round 12's review).
     public static func runningPid(_ c: VMConfig) -> Int32? {
-        guard let pid = readPid(c), Subprocess.isAlive(pid, argument: c.processArgument),
+        guard let pid = readPid(c.pidFile), Subprocess.isAlive(pid, argument: c.processArgument),
               Subprocess.isAlive(pid, argument: c.pidFile) else { return nil }
         return pid
     }
@@ -228,7 +234,7 @@ public enum Launcher {
     /// says so, what was started is stopped, as on a timeout, and the start fails.
     public static func start(_ c: VMConfig, log: (String) -> Void = { print($0) },
                              stopRequested: () -> Bool = { false }) throws(ServiceVMError) -> VMStartResult {
-        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid, stateRoot: Files.directory(of: c.stateDir)) }
+        if let pid = runningPid(c) { throw c.alreadyRunning(pid) }
         let qemu = try findQEMU(c.qemu)
         guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
         // Created once nothing refuses the start: a refused one writes nothing.
@@ -242,7 +248,7 @@ public enum Launcher {
         guard flock(lockFd, LOCK_EX | LOCK_NB) == 0 else {
             throw .badInput("another `vm start` of '\(c.name)' in \(c.stateDir) is in progress")
         }
-        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid, stateRoot: Files.directory(of: c.stateDir)) }  // started while we waited
+        if let pid = runningPid(c) { throw c.alreadyRunning(pid) }  // started while we waited
         for f in [c.pidFile, c.consoleLog, c.qemuLog] { FS.remove(f) }
         let vhost = c.hostHasVhostVsock
         let vhostUser = c.usesVhostUserVsock
@@ -255,7 +261,7 @@ public enum Launcher {
         let parent = try Subprocess.spawn(argv, outputPath: c.qemuLog)
         // With -daemonize the parent exits once QEMU is initialised (0) or failed (non-zero).
         let rc = Subprocess.wait(parent, timeoutMillis: 30_000)
-        guard rc == 0, let pid = readPid(c) else {
+        guard rc == 0, let pid = readPid(c.pidFile) else {
             if backendPid != nil { VsockBackendProcess.stop(c) }
             throw .guestDied("QEMU failed to start (exit \(rc.map(String.init) ?? "timeout")); \(c.qemuLog):", consoleTail: FS.tail(c.qemuLog))
         }
@@ -362,7 +368,7 @@ public enum Launcher {
 
     /// Boots the VM in the foreground until it powers off (test mode) and returns its console.
     public static func runToCompletion(_ c: VMConfig, timeoutSeconds: Int) throws(ServiceVMError) -> (console: String, millis: Int) {
-        if let pid = runningPid(c) { throw .alreadyRunning(name: c.name, pid: pid, stateRoot: Files.directory(of: c.stateDir)) }
+        if let pid = runningPid(c) { throw c.alreadyRunning(pid) }
         let qemu = try findQEMU(c.qemu)
         guard FS.exists(c.kernel), FS.exists(c.initrd) else { throw .missing("service VM image missing (\(c.kernel), \(c.initrd)): run `make image`") }
         // Created once nothing refuses the start: a refused one writes nothing.

@@ -81,14 +81,13 @@ enum VsockBackendProcess {
 
     /// The backend this state directory records, while it runs (pid checked against its socket path).
     static func runningPid(_ c: VMConfig) -> Int32? {
-        guard let s = try? FS.readString(c.vsockBackendPidFile, limit: 64), let pid = Int32(s.trimmingTrailingNewlines()),
-              Subprocess.isAlive(pid, argument: c.vhostUserSocket) else { return nil }
+        guard let pid = Launcher.readPid(c.vsockBackendPidFile), Subprocess.isAlive(pid, argument: c.vhostUserSocket) else { return nil }
         return pid
     }
 
     /// Stops the backend recorded in the state directory (pid checked against its socket path).
     static func stop(_ c: VMConfig) {
-        guard let s = try? FS.readString(c.vsockBackendPidFile, limit: 64), let pid = Int32(s.trimmingTrailingNewlines()) else { return }
+        guard let pid = Launcher.readPid(c.vsockBackendPidFile) else { return }
         if Subprocess.isAlive(pid, argument: c.vhostUserSocket) {
             _ = Launcher.stopProcess(pid, argument: c.vhostUserSocket)
         }

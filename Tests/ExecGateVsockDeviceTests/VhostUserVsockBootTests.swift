@@ -169,7 +169,7 @@ final class VhostUserVsockBootTests: XCTestCase {
         let qemu = try Launcher.findQEMU(c.qemu)
         let parent = try Subprocess.spawn(c.qemuArguments(qemuPath: qemu, vhost: false, vhostUser: true) + ["-daemonize", "-pidfile", c.pidFile], outputPath: c.qemuLog)
         XCTAssertEqual(Subprocess.wait(parent, timeoutMillis: 30_000), 0, FS.tail(c.qemuLog))
-        let pid2 = try XCTUnwrap(Launcher.readPid(c))
+        let pid2 = try XCTUnwrap(Launcher.readPid(c.pidFile))
         _ = try Launcher.waitForReady(c, pid: pid2, timeoutSeconds: 90)
         let again = try await ExecGateClient.connect(to: endpoint, timeout: 60)
         let secondState = try await again.status().state

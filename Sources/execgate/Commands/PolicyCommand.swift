@@ -438,9 +438,11 @@ struct PolicyAudit: AsyncParsableCommand {
             let client = try await PolicyFiles.connectAdmin(connect)
             var cursor = after
             var reportedDrops: UInt64 = 0
+            // One rewind a run, to a restarted log's first record (by `--log` or by a cursor past
+            // the log): the next pages are that log's, and a server asking for a second would
+            // have this loop print its records for ever.
             var rewound = false
             var knownLog = log
-            var switchedLog = false
             while true {
                 let page: AuditReadReply
                 do { page = try await client.auditRead(afterSeq: cursor, maxRecords: UInt32(AuditLimits.maximumRecordsPerRead)) } catch {
@@ -458,20 +460,18 @@ struct PolicyAudit: AsyncParsableCommand {
                 // The cursor's log (--log, a resume hint's) is not this one: the service restarted.
                 // A cursor from the earlier log may lie inside this one's numbers (its clock set
                 // back), where it would skip records: ask again from this log's first record.
-                // Once a run (the next pages are this log's).
-                if let known = knownLog, known != first, cursor > first - 1, !switchedLog {
+                if let known = knownLog, known != first, cursor > first - 1, !rewound {
                     Console.error("execgate policy audit: the service's log is not the one --after \(cursor) was read from (\(known)): it restarted; reading its log from the first record, \(first)")
                     knownLog = first
                     cursor = first - 1
-                    switchedLog = true
+                    rewound = true
                     continue
                 }
                 knownLog = first
                 // A cursor past every record of the log reads from its first (AuditLog.read): a
                 // log numbered below the cursor, after a restart with the clock set back (or a
-                // guessed cursor). Taken once a run; a second such page is refused below like any
-                // page that does not move the cursor (a server could otherwise have this loop
-                // print its records for ever).
+                // guessed cursor). A second such page is refused below like any page that does not
+                // move the cursor.
                 if !rewound && !page.records.isEmpty && page.nextSeq > 0 && page.nextSeq - 1 <= cursor && page.nextSeq - 1 > first - 1 && first - 1 < cursor {
                     Console.error("execgate policy audit: --after \(cursor) is past the log's last record (a cursor from before a restart, or a guess): reading the log from its first record, \(first)")
                     cursor = first - 1
