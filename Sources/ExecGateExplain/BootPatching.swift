@@ -420,7 +420,16 @@ extension Session {
             guard v != 0, a >= base else { continue }
             let d = a - base
             guard d >= UInt64(toff), d < UInt64(toff + text.size) else { continue }
-            let off = Int(d)
+            // module_finalize() passes the section *named* `.text`, whatever its flags: one
+            // without SHF_EXECINSTR lies in the core's data, past the image, and the kernel's
+            // 3e write there is a data write nothing models (round 13: `image[off]` trapped,
+            // taking `serve` down). `execOffset` holds for an executable `.text` (its core
+            // offset is inside the text by the layout); otherwise a lock byte there is denied.
+            guard let off = execOffset(a, 1) else {
+                try requireExecutableSite(a, 1, .stage(.smpLock), ".smp_locks", probe: 1, kernelWrites: { $0 == [0xf0] },
+                                          writer: "alternatives_smp_unlock()")
+                continue
+            }
             if image[off] == 0xf0 {
                 write(off, SiteBytes(raw: 0x3e, count: 1), .smpLock)
                 countSite(.smpLock)

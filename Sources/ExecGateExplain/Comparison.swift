@@ -28,6 +28,12 @@ extension Session {
     }
 
     func compare() throws {
+        // The sort packs a site's index in 24 bits: a module listing more run-time sites (a
+        // `.ko` of a gigabyte, which only an offline capture can hold: a request body is at most
+        // 28 MiB) is refused here rather than trapped there.
+        guard variable.count < 1 << 24 else {
+            throw deny(.malformedELF, "the module's site tables list \(variable.count) run-time sites (more than 2^24: not modelled)")
+        }
         let claimed = self.claimed
         // Variable sites, in address order: legal member and consistent per group.
         sortVariableSites()
@@ -62,10 +68,13 @@ extension Session {
             image.withUnsafeBytes { a in claimed.withUnsafeBytes { b in diff |= Session.xorOr(a, b, pos, end) } }
             pos = end
         }
+        // Each key's first site (index into `sites`), kept once a disagreement needs it.
+        var firstOfGroup: AddressTable? = nil
         sites.withUnsafeBufferPointer { sites in
             for k in sites.indices {
                 let site = sites.baseAddress! + k
                 let off = site.pointee.offset, len = site.pointee.length, cls = site.pointee.cls, group = site.pointee.group
+                if let g = group, firstOfGroup != nil, firstOfGroup![g] == nil { firstOfGroup!.set(g, UInt64(k)) }
                 compareStretch(to: off)
                 // The claimed bytes of the site, read in place (an array only where a message needs it).
                 precondition(off >= 0 && len >= 0 && off <= claimed.count - len, "site outside the region")
@@ -80,7 +89,15 @@ extension Session {
                             // Name the site whose state the key took (the first of the key in
                             // address order): either of the two may be the one a guest changed.
                             var other = "other sites of the same key"
-                            if let f = (0..<k).first(where: { sites[$0].group == g }) {
+                            // The key's first site in address order, from a table made at the
+                            // first disagreement (a scan from site 0 at each one was quadratic
+                            // in a module with many disagreeing sites, round 13).
+                            if firstOfGroup == nil {
+                                var t = AddressTable(expecting: k + 1)
+                                for e in 0...k { if let eg = sites[e].group, t[eg] == nil { t.set(eg, UInt64(e)) } }
+                                firstOfGroup = t
+                            }
+                            if let f = firstOfGroup![g].map({ Int($0) }), f < k {
                                 let fo = sites[f].offset, (fs, fso) = sectionOf(regionOffset: fo)
                                 other = "the same key's site at 0x\(String(base &+ UInt64(fo), radix: 16)) (\(fs)+0x\(String(fso, radix: 16))), which holds another state: the kernel writes every site of a key to one state"
                             }

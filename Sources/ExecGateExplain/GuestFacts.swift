@@ -163,7 +163,10 @@ public struct SlidExports: Sendable {
     /// byte-keyed tables hold every ASCII key).
     @inline(__always) func lookup(ascii b: UnsafeRawBufferPointer, digest d: NameTable.Digest, likelyPresent: Bool) -> UInt64? {
         if let a = addedIndex.lookup(b, digest: d) { return a }
-        return (likelyPresent ? linkTimeIndex.lookupLikelyPresent(b, digest: d) : linkTimeIndex.lookup(b, digest: d)).map(slide.runTime)
+        // (Not `.map(slide.runTime)`: the partially applied method is a closure whose context was
+        // allocated at every lookup, one malloc per undefined symbol.)
+        guard let l = likelyPresent ? linkTimeIndex.lookupLikelyPresent(b, digest: d) : linkTimeIndex.lookup(b, digest: d) else { return nil }
+        return slide.runTime(l)
     }
 
     /// An ASCII name: the byte-keyed tables hold every ASCII key (`init`, `add`).

@@ -176,8 +176,10 @@ extension Session {
         // sections: legal only inside the replacement or the static_cpu_has() fallback block of an
         // alternative whose site is in init text (checked now that `.altinstructions` is relocated).
         if !initRefs.isEmpty {
-            let replacements = initTextAlternativeTemplates()
-            for f in initRefs where !replacements.contains(where: { f.loc >= $0.lowerBound && f.loc &+ UInt64(f.size) <= $0.upperBound }) {
+            // (One sorted cover, a binary search per field: both counts are the file's, and a
+            // scan of every template per field was quadratic in them.)
+            let replacements = RangeCover(initTextAlternativeTemplates())
+            for f in initRefs where !replacements.covers(f.loc, UInt64(f.size)) {
                 throw deny(.initSymbol, f.reason, section: f.section, offset: f.offset, address: f.loc)
             }
         }
@@ -532,10 +534,11 @@ extension Session {
     func initTextAlternativeTemplates() -> [Range<UInt64>] {
         guard let t = table(".altinstructions") else { return [] }
         let size = loader == .linux6_12 ? 14 : 12
-        var initRanges: [Range<UInt64>] = []
+        var spans: [Range<UInt64>] = []
         for s in elf.sections where s.index < layout.initOffset.count && layout.initOffset[s.index] != nil {
-            if let a = addr[s.index] { initRanges.append(a..<a &+ UInt64(s.size)) }
+            if let a = addr[s.index], let r = Session.span(a, UInt64(s.size)) { spans.append(r) }
         }
+        let initRanges = RangeCover(spans)
         var out: [Range<UInt64>] = []
         var initSites = Set<UInt64>()
         var o = 0
@@ -543,8 +546,11 @@ extension Session {
               let replRel = t.bytes.getInteger(at: o + 4, as: Int32.self), let rl = t.bytes.getInteger(at: o + size - 1, as: UInt8.self) {
             let ea = t.addr &+ UInt64(o)
             let instr = ea &+ UInt64(bitPattern: Int64(instrRel)), repl = ea &+ 4 &+ UInt64(bitPattern: Int64(replRel))
-            if initRanges.contains(where: { $0.contains(instr) }) {
-                out.append(repl..<repl &+ UInt64(rl))
+            if initRanges.contains(instr) {
+                // `repl` comes from a relocated field (its addend is the file's): a template that
+                // would wrap the address space is none (round 13: the Range trapped; skipping it
+                // only leaves a reference outside every template, which is denied).
+                if let r = Session.span(repl, UInt64(rl)) { out.append(r) }
                 initSites.insert(instr)
             }
             o += size
@@ -558,12 +564,19 @@ extension Session {
                 && Int(symtab.sectionIndex(r.symbolIndex)) == aux.index && initSites.contains(base &+ r.offset &- 1) {
                 guard let s = try? symbolValue(r.symbolIndex) else { continue }
                 let start = s &+ UInt64(bitPattern: r.addend) &+ 4
-                out.append(start..<start &+ 18)
+                if let b = Session.span(start, 18) { out.append(b) }
             }
         }
         return out
     }
 
+
+    /// `lo..<lo + n`, or nil when that end would wrap past 2^64 (an address computed from file
+    /// fields: a `Range` whose bounds are out of order traps).
+    static func span(_ lo: UInt64, _ n: UInt64) -> Range<UInt64>? {
+        let (hi, o) = lo.addingReportingOverflow(n)
+        return o ? nil : lo..<hi
+    }
 
     /// The relocation whose field covers region offset `i` (for the first-difference report).
     func relocationCovering(_ i: Int) -> String? {
@@ -578,5 +591,46 @@ extension Session {
             }
         }
         return nil
+    }
+}
+
+/// Which addresses a set of ranges covers, asked by binary search: the ranges sorted by lower
+/// bound with the running maximum of their upper bounds (a range containing [lo, lo + n) exists
+/// exactly when the largest upper bound among the ranges starting at or below `lo` reaches
+/// lo + n). For tables whose sizes a module file chooses, where a scan per question is quadratic.
+struct RangeCover {
+    private var lows: [UInt64] = []
+    private var highs: [UInt64] = []  // highs[i] = max upper bound of the first i + 1 ranges
+
+    init(_ ranges: [Range<UInt64>]) {
+        let sorted = ranges.filter { !$0.isEmpty }.sorted { $0.lowerBound < $1.lowerBound }
+        lows.reserveCapacity(sorted.count)
+        highs.reserveCapacity(sorted.count)
+        var m: UInt64 = 0
+        for r in sorted {
+            m = Swift.max(m, r.upperBound)
+            lows.append(r.lowerBound)
+            highs.append(m)
+        }
+    }
+
+    /// The largest upper bound of the ranges starting at or below `x`.
+    private func reach(_ x: UInt64) -> UInt64? {
+        var lo = 0, hi = lows.count  // the number of lows <= x
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if lows[mid] <= x { lo = mid + 1 } else { hi = mid }
+        }
+        return lo == 0 ? nil : highs[lo - 1]
+    }
+
+    /// Some range contains `x`.
+    func contains(_ x: UInt64) -> Bool { reach(x).map { $0 > x } ?? false }
+
+    /// Some range contains all of [lo, lo + n) (false when that end wraps past 2^64).
+    func covers(_ lo: UInt64, _ n: UInt64) -> Bool {
+        let (end, o) = lo.addingReportingOverflow(n)
+        guard !o, let r = reach(lo) else { return false }
+        return r >= end
     }
 }
