@@ -74,7 +74,8 @@ public struct PolicyPushReply: Sendable, Equatable {
 /// ("boot" or "push"), 11 minimum_digest, 12 end_state, 13 rule (repeated, e.g. "modules deny
 /// for class db"), 14 audit_write_errors (failed writes to the audit sink, each retried), 15
 /// audit_queued (records accepted, not yet written whole), 16 audit_sink_error (why the sink
-/// refuses the last write, while it does); 14–16 are sent only when not zero or empty.
+/// refuses the last write, while it does), 17 refused_pushes (policy pushes refused since the
+/// service started, recorded or not); 14–17 are sent only when not zero or empty.
 public struct PolicyShowReply: Sendable, Equatable {
     public var policyID = ""
     public var policyVersion: UInt64 = 0
@@ -92,10 +93,11 @@ public struct PolicyShowReply: Sendable, Equatable {
     public var auditWriteErrors: UInt64 = 0
     public var auditQueued: UInt64 = 0
     public var auditSinkError = ""
+    public var refusedPushes: UInt64 = 0
 
     public init() {}
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "policy-show-reply", known: Set(1...16), repeated: [6: 4096, 13: 4096])
+        let r = try TLVReader(body, message: "policy-show-reply", known: Set(1...17), repeated: [6: 4096, 13: 4096])
         policyID = try r.requiredString(1, "policy_id")
         policyVersion = try r.requiredInteger(2, "policy_version")
         mode = try r.string(3, "mode") ?? ""
@@ -112,6 +114,7 @@ public struct PolicyShowReply: Sendable, Equatable {
         auditWriteErrors = try r.integer(14, "audit_write_errors") ?? 0
         auditQueued = try r.integer(15, "audit_queued") ?? 0
         auditSinkError = try r.string(16, "audit_sink_error") ?? ""
+        refusedPushes = try r.integer(17, "refused_pushes") ?? 0
     }
     public func encode() -> ByteBuffer {
         var w = TLVWriter()
@@ -126,6 +129,7 @@ public struct PolicyShowReply: Sendable, Equatable {
         if auditWriteErrors != 0 { w.u64(14, auditWriteErrors) }
         if auditQueued != 0 { w.u64(15, auditQueued) }
         if !auditSinkError.isEmpty { w.string(16, auditSinkError) }
+        if refusedPushes != 0 { w.u64(17, refusedPushes) }
         return w.buffer
     }
 }

@@ -272,6 +272,11 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             _refusedSuppressed = 0
             monitor.unlock()
             if suppressed > 0 { detail += " (\(suppressed) earlier refusal(s) counted, not recorded: rate limit)" }
+        } else {
+            // An activation carries the refusals suppressed since the last recorded one: a burst's
+            // tail is not left to the next refusal, which may never come (round 13).
+            let suppressed = takeSuppressedRefusals()
+            if suppressed > 0 { detail += " (\(suppressed) refused push(es) before it counted, not recorded: rate limit)" }
         }
         let line = JSON.object([
             ("time", .string(clock())),
@@ -284,6 +289,30 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
             ("detail", .string(Self.bounded(detail, AuditLimits.recordMessageBytes))),
         ]).serialized()
         _ = enqueue(line, overflow: .block, force: true, refusedPush: refused)
+    }
+
+    /// The refused pushes counted but not recorded since the last recorded one; the count restarts.
+    private func takeSuppressedRefusals() -> UInt64 {
+        monitor.lock()
+        defer { monitor.unlock() }
+        let n = _refusedSuppressed
+        _refusedSuppressed = 0
+        return n
+    }
+
+    /// At shutdown: the refused pushes a burst left unrecorded get one record
+    /// (`policy-push-refusals-unrecorded`, detail the count), so none is lost silently with the
+    /// process. Called by `close` before the writer stops.
+    private func recordSuppressedRefusals() {
+        let n = takeSuppressedRefusals()
+        guard n > 0 else { return }
+        let line = JSON.object([
+            ("time", .string(clock())),
+            ("event", .string("policy-push-refusals-unrecorded")),
+            ("count", .uint(n)),
+            ("detail", .string("\(n) refused policy push(es) after the last recorded refusal were counted, not recorded (rate limit)")),
+        ]).serialized()
+        _ = enqueue(line, overflow: .block, force: true, refusedPush: true)
     }
 
     private func enqueue(_ line: String, overflow: AuditOverflow, force: Bool, refusedPush: Bool = false) -> Bool {
@@ -425,6 +454,7 @@ public final class AuditLog: VerdictAuditSink, @unchecked Sendable {
     /// at exit, and the caller says so.
     @discardableResult
     public func close(timeout: Double = 10) -> Int {
+        recordSuppressedRefusals()
         monitor.lock()
         stopping = true
         monitor.broadcast()

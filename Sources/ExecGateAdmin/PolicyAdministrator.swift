@@ -104,6 +104,7 @@ public final class PolicyAdministrator: @unchecked Sendable {
         r.auditWriteErrors = c?.writeErrors ?? 0
         r.auditQueued = UInt64(c?.queued ?? 0)
         r.auditSinkError = c?.lastWriteError ?? ""
+        r.refusedPushes = c?.refusedPushes ?? 0
         r.auditOverflow = p.auditOverflow.rawValue
         r.activatedBy = pushLock.withLock { activatedBy }
         r.minimumDigest = p.minimumDigest.name
@@ -228,6 +229,7 @@ public enum PolicySummary {
             ("audit_overflow", .string(r.auditOverflow)), ("audit_accepted", .uint(r.auditAccepted)), ("audit_dropped", .uint(r.auditDropped)),
             ("audit_write_errors", .uint(r.auditWriteErrors)), ("audit_queued", .uint(r.auditQueued)),
             ("audit_sink_error", r.auditSinkError.isEmpty ? .null : .string(r.auditSinkError)),
+            ("refused_pushes", .uint(r.refusedPushes)),
             ("anchors", .array(r.anchors.map { .string($0) })), ("rules", .array(r.rules.map { .string($0) })),
             ("source_sha256", .string(Hex.encode(r.sourceSHA256))), ("source", .string(r.source)),
         ])

@@ -60,6 +60,9 @@ public struct ExplainRunSummary: Sendable {
     public var modules = 0
     public var explained = 0
     public var unexplainedBytes = 0
+    /// Modules of the load order whose files could not be read (absent, not regular, too large,
+    /// malformed): each has its deny line, and the run is invalid input (`explain` exits 2).
+    public var unreadable = 0
     public var falseAccepts: [String] = []
     /// Every judged module allowed and no mutation accepted.
     public var passed: Bool { explained == modules && falseAccepts.isEmpty }
@@ -80,13 +83,14 @@ public enum ExplainRun {
             let m: CapturedModule
             do { m = try boot.module(name) } catch {
                 // One unreadable module never aborts the run: it gets its deny line (the reason
-                // names the file) and counts as denied; the summary still follows (exit 1).
+                // names the file) and counts as denied; the summary still follows (`explain` exits 2).
+                // (No bytes were judged: none is counted as unexplained.)
                 if let set = o.only, !set.contains(name) { continue }
                 s.modules += 1
-                s.unexplainedBytes += 1
+                s.unreadable += 1
                 if o.json {
                     out(JSON.object([("module", .string(name)), ("verdict", .string("deny")), ("rule", .string("capture")),
-                                     ("unexplained_bytes", .uint(1)), ("reason", .string(quoteless("\(error)")))]).serialized())
+                                     ("unexplained_bytes", .uint(0)), ("reason", .string(quoteless("\(error)")))]).serialized())
                 } else {
                     out("deny  \(name): (capture): capture: \(error)")
                 }
@@ -141,9 +145,10 @@ public enum ExplainRun {
         }
         progress("\n")
         if o.json {
-            out("{\"summary\":{\"explained\":\(s.explained),\"modules\":\(s.modules),\"unexplained_bytes\":\(s.unexplainedBytes)}}")
+            let unreadable = s.unreadable > 0 ? ",\"unreadable\":\(s.unreadable)" : ""
+            out("{\"summary\":{\"explained\":\(s.explained),\"modules\":\(s.modules),\"unexplained_bytes\":\(s.unexplainedBytes)\(unreadable)}}")
         } else {
-            out("explained \(s.explained) of \(s.modules) modules, \(s.unexplainedBytes) unexplained bytes")
+            out("explained \(s.explained) of \(s.modules) modules, \(s.unexplainedBytes) unexplained bytes" + (s.unreadable > 0 ? ", \(s.unreadable) unreadable" : ""))
         }
         // With --json every line is one JSON object (the bench figures and mutation totals too).
         if o.bench {

@@ -148,13 +148,17 @@ public enum CaptureTool {
         guard FS.exists(o.initBinary) else {
             throw .missing("init binary \(o.initBinary) not found: build the static execgate first (`make image`, or pass --init)")
         }
-        try wrap { () throws(ServiceVMError) in try FS.mkdirs(o.workDir) }
+        try checkOutputDirectory(o.outDir)
+        // Nothing is written before the inputs are known good: the work directory (a fixed path
+        // per user by default) is made once the kernel and the module names are (a .deb is
+        // unpacked into it first: KernelTree.open makes that directory itself).
         let tree = try KernelTree.open(FS.absolute(o.kernel), unpackDir: o.workDir + "/kernel", log: log)
         let index = try ModuleIndex(modulesDir: tree.modulesDir)
         let unknown = o.modules.compactMap { m -> String? in
             do throws(CaptureToolError) { _ = try index.path(of: m); return nil } catch { return error.description }
         }
         if !unknown.isEmpty { throw .badModule(unknown.joined(separator: "\n")) }  // every bad name, before any work
+        try wrap { () throws(ServiceVMError) in try FS.mkdirs(o.workDir) }
         let (order, deps) = try index.closure(o.modules)
         // Built-in transport drivers (6.12 builds virtio_pci in) need no module.
         let transport = try index.closure(index.loadable(transportModules)).order
@@ -173,6 +177,24 @@ public enum CaptureTool {
         s.totalMillis = Int((MonotonicClock.nanoseconds() - t0) / 1_000_000)
         try wrap { () throws(ServiceVMError) in try FS.write(s.bootDir + "/console.log", boot.console) }
         return s
+    }
+
+    /// `--out` is a directory this user can write into, or one that can be made below the nearest
+    /// existing ancestor: checked before any work (an unwritable --out failed only after the
+    /// capture VM had booted, exit 1, round 13).
+    static func checkOutputDirectory(_ out: String) throws(CaptureToolError) {
+        var p = out
+        while !FS.exists(p) {
+            let up = Files.directory(of: p)
+            if up == p { break }
+            p = up
+        }
+        guard FS.isDirectory(p) else {
+            throw .usage(p == out ? "--out \(out) is not a directory" : "--out \(out) cannot be made: \(p) is not a directory")
+        }
+        guard access(p, W_OK | X_OK) == 0 else {
+            throw .usage("--out \(out): \(p) is not writable (\(String(cString: strerror(errno))))")
+        }
     }
 
     /// The capture initramfs: execgate as /init, the modules to load in order, the transport

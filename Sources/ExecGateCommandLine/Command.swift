@@ -79,6 +79,8 @@ public enum CommandLineError: Error, Equatable, CustomStringConvertible {
     case subcommandMissing
     case missingValue(option: String)
     case invalidValue(option: String, expected: String, got: String)
+    /// An option or argument given as "" (names no file, directory, guest or number).
+    case emptyValue(String)
     case flagTakesNoValue(String)
     case givenTwice(String)
     case unexpectedArgument(String)
@@ -93,6 +95,7 @@ public enum CommandLineError: Error, Equatable, CustomStringConvertible {
         case .subcommandMissing: return "a subcommand is required"
         case .missingValue(let o): return "\(o): missing value"
         case .invalidValue(let o, let expected, let got): return "\(o): expected \(expected), got '\(got)'"
+        case .emptyValue(let o): return "\(o): an empty value names nothing (for a path, \".\" is the current directory)"
         case .flagTakesNoValue(let f): return "\(f) takes no value"
         case .givenTwice(let o): return "\(o) given more than once"
         case .unexpectedArgument(let a): return "unexpected argument '\(a)'"

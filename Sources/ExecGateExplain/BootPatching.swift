@@ -93,11 +93,8 @@ extension Session {
     func requireExecutableSite(_ a: UInt64, _ n: Int, _ rule: DenialRule, _ table: String,
                                probe: Int = 0, kernelWrites: (([UInt8]) -> Bool)? = nil, writer: String = "module_finalize()") throws {
         if n <= 0 || execOffset(a, n) != nil { return }
-        for s in elf.sections where layout.flags[s.index].contains(.alloc) && layout.flags[s.index].contains(.execInstr) {
-            guard let sa = addr[s.index], a >= sa else { continue }
-            let rel = a - sa
-            if rel <= UInt64(s.size), UInt64(s.size) - rel >= UInt64(n) { return }
-        }
+        // Inside any allocated exec section (the other region's too): one binary search.
+        if execSectionSpans.find(a, UInt64(n)) != nil { return }
         if let writes = kernelWrites, let b = read(a, probe), !writes(b) { return }
         throw deny(rule, "\(table) entry patches \(n) bytes at 0x\(String(a, radix: 16)), outside the module's executable sections (\(writer) would write them; not modelled)",
                    section: table, address: a)

@@ -358,10 +358,10 @@ extension Session {
                 let nameAddr = taddr &+ UInt64(o + 4) &+ UInt64(bitPattern: Int64(Int32(littleEndian: nameOffset)))
                 // The name: inside a core data section of the module (bytes held), NUL-terminated there.
                 if names.section < 0 || nameAddr < names.lo || nameAddr - names.lo >= UInt64(names.bytes.count) {
-                    guard let j = dataSections.first(where: { j in
-                        guard let a = addr[j], j < layout.coreOffset.count, layout.coreOffset[j] != nil, nameAddr >= a else { return false }
-                        return nameAddr - a < UInt64(elf.sections[j].size)
-                    }), let b = dataCopy(j), let a = addr[j] else {
+                    // (The data copy holding the name by binary search: a scan per entry was
+                    // entries × sections, both the file's.)
+                    guard let j = dataSpans.find(nameAddr, 1).map(\.value), j < layout.coreOffset.count, layout.coreOffset[j] != nil,
+                          let b = dataCopy(j), let a = addr[j] else {
                         throw deny(.malformedELF, "\(s.name) entry \(k): its name (0x\(String(nameAddr, radix: 16))) is not inside the module's own core data",
                                    section: s.name, offset: o + 4, address: nameAddr)
                     }

@@ -47,8 +47,19 @@ final class Session {
     /// Load address of each section (core sections at `base + offset`; init sections at the
     /// placeholder, see `initPlaceholderBase`); nil for sections the loader does not allocate.
     let addr: [UInt64?]
-    /// Region-offset ranges of exec core sections: (lo, hi, section index), sorted.
-    let execRanges: [(lo: Int, hi: Int, sec: Int)]
+    /// Region-offset ranges of the explained region's exec sections (value: section index).
+    let execSpans: Spans
+    /// The same as region offsets, sorted (for reports and tests).
+    var execRanges: [(lo: Int, hi: Int, sec: Int)] { execSpans.all.map { (Int($0.lo), Int($0.hi), $0.value) } }
+    /// Address ranges of the data copies (value: section index) and of every allocated exec
+    /// section, this region's or not (`requireExecutableSite`): made on first use.
+    private(set) lazy var dataSpans = Spans(dataSections.compactMap { i in
+        addr[i].flatMap { a in Session.span(a, UInt64(elf.sections[i].size)).map { (a, $0.upperBound, i) } }
+    })
+    private(set) lazy var execSectionSpans = Spans(elf.sections.compactMap { s in
+        guard layout.flags[s.index].contains(.alloc) && layout.flags[s.index].contains(.execInstr), let a = addr[s.index] else { return nil }
+        return Session.span(a, UInt64(s.size)).map { (a, $0.upperBound, s.index) }
+    })
     /// The symbol table, read in place (names made only where a name is needed).
     let symtab: ELFSymbolTable
     let rela: [ELFRelocationSection]
@@ -327,10 +338,10 @@ final class Session {
                 addr[i] = lay.memType == nil ? Session.initPlaceholderBase &+ UInt64(ioff) : Session.address612(lay, i, bases: bases612)
             }
         }
-        execRanges.sort { $0.lo < $1.lo }
+
         (self.image, self.cls, self.classCounts) = Session.sectionImage(elf, regionSize, copies)
         self.addr = addr
-        self.execRanges = execRanges
+        self.execSpans = Spans(execRanges.map { (UInt64($0.lo), UInt64($0.hi), $0.sec) })
         self.dataSections = dataSections
         var isData = [Bool](repeating: false, count: elf.sections.count)
         for i in dataSections { isData[i] = true }
@@ -525,18 +536,24 @@ final class Session {
         let (d, o) = (a - base).addingReportingOverflow(UInt64(n))
         guard !o, d <= UInt64(image.count) else { return nil }
         let off = Int(a - base)
-        for r in execRanges where off >= r.lo && off + n <= r.hi { return off }
-        return nil
+        // (n = 0 asks for no byte: inside when `off` is in a range or at its end, as it was.)
+        if n == 0 { return execSpans.find(UInt64(off), 1) != nil || (off > 0 && execSpans.find(UInt64(off - 1), 1) != nil) ? off : nil }
+        return execSpans.find(UInt64(off), UInt64(n)) != nil ? off : nil
     }
 
     func sectionOf(regionOffset off: Int) -> (String, Int) {
-        for r in execRanges where off >= r.lo && off < r.hi { return (sectionName(r.sec), off - r.lo) }
+        if off >= 0, let r = execSpans.find(UInt64(off), 1) { return (sectionName(r.value), off - Int(r.lo)) }
         return ("(padding)", off)
     }
 
     /// Read bytes at a guest address from the working image or a data section copy.
     func read(_ a: UInt64, _ n: Int) -> [UInt8]? {
         if let off = execOffset(a, n) { return Array(image[off..<off + n]) }
+        if n >= 1 {
+            guard let r = dataSpans.find(a, UInt64(n)), let d = dataCopy(r.value) else { return nil }
+            let rel = Int(a - r.lo)
+            return Array(d[rel..<rel + n])
+        }
         for i in dataSections {
             guard let sa = addr[i], a >= sa else { continue }
             let rel = a - sa, size = UInt64(elf.sections[i].size)  // a copy holds exactly the section's size

@@ -80,10 +80,13 @@ public enum SignatureBenchmark {
         let lib = kernelPackage + "/lib/modules"
         guard let release = try LocalFile.list(lib).first else { throw LocalFileError(path: lib, why: "empty") }
         var found: [String] = []
-        walk(lib + "/" + release + "/kernel") { if $0.hasSuffix(".ko") { found.append($0) } }
+        // Plain or compressed (Debian's 6.12 packages ship `.ko.xz`): read through `readModule`,
+        // so what is measured is the ELF the kernel verifies, as `verify module` reads it.
+        let suffixes = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+        walk(lib + "/" + release + "/kernel") { p in if suffixes.contains(where: { p.hasSuffix($0) }) { found.append(p) } }
         found.sort()
         // Nothing to measure is unreadable input, not figures of nothing.
-        guard !found.isEmpty else { throw LocalFileError(path: lib + "/" + release + "/kernel", why: "no .ko module under it") }
+        guard !found.isEmpty else { throw LocalFileError(path: lib + "/" + release + "/kernel", why: "no module (.ko, .ko.xz, .ko.zst, .ko.gz) under it") }
         return (kernelPackage + "/boot/" + v, limit > 0 ? Array(found.prefix(limit)) : found)
     }
 
@@ -95,7 +98,7 @@ public enum SignatureBenchmark {
         }
         let trust = TrustStore(certs)
         progress("loading \(modules.count) modules")
-        let blobs = try modules.map { try LocalFile.read($0) }
+        let blobs = try modules.map { try LocalFile.readModule($0) }
         // Warm up both paths once.
         _ = blobs.first.map { b in b.withUnsafeBytes { ModuleSignatureVerifier.verify(module: $0, trust: trust) } }
         progress("verifying with ExecGate")

@@ -88,8 +88,11 @@ public enum PolicyBundle {
 
     /// Step 1: framing only.
     public static func split(_ bytes: [UInt8]) throws(PolicyBundleError) -> Parts {
-        guard bytes.count >= 16, Array(bytes[0..<8]) == magic else {
+        guard bytes.count >= 8, Array(bytes[0..<8]) == magic else {
             throw PolicyBundleError(.malformed, "not a policy bundle (no \"EXGTPOL1\" magic)")
+        }
+        guard bytes.count >= 16 else {
+            throw PolicyBundleError(.malformed, "truncated policy bundle: \(bytes.count) bytes, its framing alone (magic and two lengths) is 16")
         }
         let n = Int(readU32(bytes, 8))
         guard n <= PolicyLimits.maximumSize else { throw PolicyBundleError(.malformed, "policy_len \(n) exceeds \(PolicyLimits.maximumSize)") }

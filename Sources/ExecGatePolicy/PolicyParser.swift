@@ -51,6 +51,7 @@ public struct PolicyParseError: Error, Sendable, Hashable, CustomStringConvertib
             case badCertificate = "policy.bad-certificate"
             case fingerprintMismatch = "policy.fingerprint-mismatch"
             case undefinedClass = "policy.undefined-class"
+            case unused = "policy.unused"
             case header = "policy.header"
         }
         let backing: Backing
@@ -65,6 +66,8 @@ public struct PolicyParseError: Error, Sendable, Hashable, CustomStringConvertib
         public static let badCertificate = Code(backing: .badCertificate)
         public static let fingerprintMismatch = Code(backing: .fingerprintMismatch)
         public static let undefinedClass = Code(backing: .undefinedClass)
+        /// A line that would change nothing (a pin no hash-pinned rule reads, a class no rule names).
+        public static let unused = Code(backing: .unused)
         public static let header = Code(backing: .header)
         public var rawValue: String { backing.rawValue }
         public var description: String { backing.rawValue }
@@ -161,6 +164,13 @@ struct Parser {
     /// parse; `policy check` reads texts nobody signed yet).
     var ruleKeys = Set<KindRuleEntry.Key>()
     var hashPinnedLine: (Int, Int)?
+    /// The first `pin` line (a pin no `hash-pinned` rule reads would be ignored: refused).
+    var firstPinLine: (Int, Int)?
+    /// Where each class is defined, and the classes a rule names (an unnamed class is refused).
+    var classLines: [String: (Int, Int)] = [:]
+    var usedClasses = Set<String>()
+    /// `trust kernel-builtin` seen (a second one says nothing more: refused as given twice).
+    var sawKernelBuiltin = false
 
     init(bytes: [UInt8], file: String, builtinAnchors: [Certificate]?) {
         self.bytes = bytes
@@ -272,7 +282,8 @@ struct Parser {
             try deny(args, lineNo, head)
         case "pin":
             let v = try one(args, lineNo, head, "sha256:HASH of a module's content")
-            pins.insert(try digest(v, lineNo))
+            guard pins.insert(try digest(v, lineNo)).inserted else { throw fail(.duplicate, lineNo, v.column, "pin \(v.text) given twice") }
+            if firstPinLine == nil { firstPinLine = (lineNo, head.column) }
         case "kernel":
             guard args.count == 3, args[1].text == "symbols" else {
                 throw fail(args.count < 3 ? .missingArgument : .extraArgument, lineNo, (args.last ?? head).column,
@@ -310,6 +321,13 @@ struct Parser {
         if let (l, c) = hashPinnedLine, pins.isEmpty {
             throw fail(.missingDirective, l, c, "'hash-pinned' but no 'pin' line: nothing could load (write 'deny' if that is meant)")
         }
+        // A policy that says something ExecGate would ignore never loads (docs/policy.md).
+        if let (l, c) = firstPinLine, hashPinnedLine == nil {
+            throw fail(.unused, l, c, "'pin' lines but no 'hash-pinned' rule reads them: they would change nothing (write 'modules hash-pinned', or remove the pins)")
+        }
+        if let (name, (l, c)) = classLines.filter({ !usedClasses.contains($0.key) }).min(by: { $0.value.0 < $1.value.0 }) {
+            throw fail(.unused, l, c, "class '\(name)' is named by no rule: it would change nothing (write a rule 'KIND SETTING for class \(name)', or remove it)")
+        }
         // Unstated kinds default to deny: a kind the reviewer did not think about is not allowed.
         for kind in [CodeKind.textPatches, .ebpfJIT] where !rules.contains(where: { $0.kind == kind && $0.selector == .all }) {
             rules.append(KindRuleEntry(selector: .all, kind: kind, setting: .deny))
@@ -345,9 +363,11 @@ struct Parser {
         let v = try one(args, lineNo, head, "'kernel-builtin' or sha256:FINGERPRINT")
         trustLines += 1
         guard v.text != "kernel-builtin" else {
+            if sawKernelBuiltin { throw fail(.duplicate, lineNo, v.column, "'trust kernel-builtin' given twice") }
+            sawKernelBuiltin = true
             if let b = builtinAnchors {
                 guard !b.isEmpty else {
-                    throw fail(.badArgument, lineNo, v.column, "'trust kernel-builtin' but this service was started without built-in anchors (serve --trust)")
+                    throw fail(.badArgument, lineNo, v.column, "'trust kernel-builtin' but no built-in anchors were given (--trust CERT, for serve and policy test alike: the guest kernel's builtin certificates, as `execgate keys extract` writes them)")
                 }
                 anchors += b
             }
@@ -359,6 +379,9 @@ struct Parser {
             throw fail(.fingerprintMismatch, lineNo, v.column,
                        "the certificate below has fingerprint sha256:\(cert.fingerprint.hex), not the one written here")
         }
+        if anchors.contains(where: { $0.fingerprint == cert.fingerprint }) {
+            throw fail(.duplicate, lineNo, v.column, "trust sha256:\(cert.fingerprint.hex) given twice")
+        }
         anchors.append(cert)
         return consumed
     }
@@ -368,14 +391,20 @@ struct Parser {
         guard let what = args.first else { throw fail(.missingArgument, lineNo, head.column + 4, "'deny' needs certificate, module or module-name") }
         let v = try one(Array(args.dropFirst()), lineNo, what, "a value")
         switch what.text {
-        case "certificate": deniedCertificates.insert(try digest(v, lineNo))
-        case "module": deniedModules.insert(try digest(v, lineNo))
+        case "certificate":
+            guard deniedCertificates.insert(try digest(v, lineNo)).inserted else { throw fail(.duplicate, lineNo, v.column, "deny certificate \(v.text) given twice") }
+        case "module":
+            guard deniedModules.insert(try digest(v, lineNo)).inserted else { throw fail(.duplicate, lineNo, v.column, "deny module \(v.text) given twice") }
         case "module-name":
             try checkName(v, lineNo, what: "module name")
             guard v.text.utf8.count <= PolicyLimits.maximumModuleNameLength else {
                 throw fail(.badArgument, lineNo, v.column, "module name is longer than \(PolicyLimits.maximumModuleNameLength) bytes: no module has it (struct module's name holds MODULE_NAME_LEN − 1 bytes)")
             }
-            deniedNames.insert(Policy.canonicalModuleName(v.text))
+            // '-' and '_' are one in a module name (the kernel's own rule): `crc-8` after `crc_8`
+            // is the same name given twice.
+            guard deniedNames.insert(Policy.canonicalModuleName(v.text)).inserted else {
+                throw fail(.duplicate, lineNo, v.column, "deny module-name \(v.text) given twice ('-' and '_' are one in a module name)")
+            }
         default:
             throw fail(.unknownKeyword, lineNo, what.column, "unknown deny list '\(what.text)' (certificate, module or module-name)")
         }
@@ -394,9 +423,11 @@ struct Parser {
             let body = p.text.hasSuffix("*") ? String(p.text.dropLast()) : p.text
             guard !body.contains("*") else { throw fail(.badArgument, lineNo, p.column, "only one trailing '*' is allowed in a guest id pattern") }
             try checkName(Token(text: body.isEmpty ? "x" : body, column: p.column), lineNo, what: "guest id pattern")
+            if patterns.contains(p.text) { throw fail(.duplicate, lineNo, p.column, "guest id pattern '\(p.text)' given twice in class '\(name.text)'") }
             patterns.append(p.text)
         }
         classes[name.text] = patterns
+        classLines[name.text] = (lineNo, name.column)
     }
 
     mutating func kindRule(_ kind: CodeKind, _ head: Token, _ args: [Token], _ lineNo: Int) throws(PolicyParseError) {
@@ -425,6 +456,7 @@ struct Parser {
                     throw fail(.undefinedClass, lineNo, name.column, "class '\(name.text)' is not defined above (write 'class \(name.text) PATTERN…' first)")
                 }
                 selector = .guestClass(name: name.text, patterns: patterns)
+                usedClasses.insert(name.text)
             default:
                 throw fail(.unknownKeyword, lineNo, which.column, "unknown selector '\(which.text)' (guest or class)")
             }

@@ -201,14 +201,16 @@ public enum Launcher {
     public static func checkStateFiles(_ paths: [String]) throws(ServiceVMError) {
         for p in paths {
             var st = stat()
+            // Unreadable state (a path through a file, no permission) is bad input like a state
+            // file that is no regular file: exit 2 for status and stop alike, never 1.
             guard stat(p, &st) == 0 else {
                 if errno == ENOENT { continue }  // absent: nothing to read
-                throw .system("cannot read VM state file", path: p, errno: errno)
+                throw .badInput("cannot read VM state file \(p): \(String(cString: strerror(errno)))")
             }
             guard (st.st_mode & S_IFMT) == S_IFREG else {
                 throw .badInput("\(p): \(Files.fileType(st.st_mode)), not a regular file: a VM state file is one the launcher or QEMU writes; remove it")
             }
-            guard access(p, R_OK) == 0 else { throw .system("cannot read VM state file", path: p, errno: errno) }
+            guard access(p, R_OK) == 0 else { throw .badInput("cannot read VM state file \(p): \(String(cString: strerror(errno)))") }
         }
     }
 

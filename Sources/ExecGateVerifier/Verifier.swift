@@ -790,6 +790,7 @@ extension Verifier {
         guard let sink = auditSink, !sink.record(v, guestID: guestID, policy: policy) else { return }
         v.decision = .deny
         v.auditOnly = false
+        v.signatureOnly = false  // tag 15 says how an allow was judged; this is no allow
         v.reason = .auditUnrecorded
         v.message = "the audit record could not be written and policy \(policy.id) v\(policy.version) says audit-overflow block: denied (fail closed)"
     }

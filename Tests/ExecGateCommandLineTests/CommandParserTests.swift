@@ -103,13 +103,14 @@ final class CommandParserTests: XCTestCase {
         XCTAssertEqual(t.file, "--weird-file")
         XCTAssertEqual(try XCTUnwrap(start(["f", "--key", "k", "--output=o2"])).output, "o2")
         XCTAssertEqual(try XCTUnwrap(start(["f", "--key", "k", "-o=o3"])).output, "o3")
-        XCTAssertEqual(try XCTUnwrap(start(["f", "--key="])).key, "")  // an explicit empty value is a value
     }
 
     func testBadInputIsRefusedWithAReason() {
         let cases: [([String], String)] = [
             (["vm", "start", "f", "--key", "k", "--memory", "x"], "tool vm start: --memory: expected an integer (MiB), got 'x'"),
-            (["vm", "start", "f", "--key", "k", "--memory", ""], "tool vm start: --memory: expected an integer (MiB), got ''"),
+            (["vm", "start", "f", "--key", "k", "--memory", ""], "tool vm start: --memory: an empty value names nothing (for a path, \".\" is the current directory)"),
+            (["vm", "start", "", "--key", "k"], "tool vm start: <file>: an empty value names nothing (for a path, \".\" is the current directory)"),
+            (["vm", "start", "f", "--key="], "tool vm start: --key: an empty value names nothing (for a path, \".\" is the current directory)"),
             (["vm", "start", "f", "--key", "k", "--cid", "-1"], "tool vm start: --cid: expected an integer 0…4294967295, got '-1'"),
             (["vm", "start", "f", "--key", "k", "--cid", "4294967296"], "tool vm start: --cid: expected an integer 0…4294967295, got '4294967296'"),
             (["vm", "start", "f", "--key", "k", "--timeout", "nan"], "tool vm start: --timeout: expected a number, got 'nan'"),
@@ -128,7 +129,7 @@ final class CommandParserTests: XCTestCase {
             (["vm", "start"], "tool vm start: missing <file>, --key <key>"),
             (["vm", "start", "f"], "tool vm start: missing --key <key>"),
             (["vm", "start", "f", "--key", "k", "--memory", "16"], "tool vm start: --memory: at least 32 MiB"),
-            (["vm", "start", "f", "--key", "k", "--trust", ""], "tool vm start: --trust: empty path"),
+            (["vm", "start", "f", "--key", "k", "--trust", ""], "tool vm start: --trust: an empty value names nothing (for a path, \".\" is the current directory)"),
             (["vm", "frob"], "tool vm: unknown subcommand 'frob' (expected one of: start, stop)"),
             (["vm", "--frob"], "tool vm: unknown option '--frob'"),
             (["vm"], "tool vm: a subcommand is required"),

@@ -21,11 +21,12 @@ final class ExplainRunTests: XCTestCase {
         try Data("{\"ko\": 1}".utf8).write(to: URL(fileURLWithPath: tmp + "/test_static_keys/layout.json"))
 
         let r = Fixtures.runExecgate(["explain", tmp])
-        XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
+        XCTAssertEqual(r.status, 2, "an unreadable module is invalid input (docs/capture.md): " + r.stdout + r.stderr)
+        XCTAssertTrue(r.stderr.contains("could not be read"), r.stderr)
         let lines = r.stdout.split(separator: "\n")
         let deny = try XCTUnwrap(lines.first { $0.hasPrefix("deny  test_static_keys") }, r.stdout)
         XCTAssertTrue(deny.contains("layout.json"), String(deny))
         XCTAssertEqual(lines.filter { $0.hasPrefix("allow ") }.count, 8, r.stdout)
-        XCTAssertEqual(lines.last, "explained 8 of 9 modules, 1 unexplained bytes")
+        XCTAssertEqual(lines.last, "explained 8 of 9 modules, 0 unexplained bytes, 1 unreadable")
     }
 }

@@ -128,6 +128,32 @@ final class Round13ComplexityTests: XCTestCase {
         }
     }
 
+    /// `Spans` answers as the scan it replaced (the first span in `lo` order holding [x, x + n)),
+    /// disjoint or overlapping, on seeded random spans.
+    func testSpansAnswerAsAScan() {
+        var rng = SeededRNG(seed: 0x5a5a)
+        for round in 0..<300 {
+            let n = Int(rng.next() % 10)
+            var spans: [(lo: UInt64, hi: UInt64, value: Int)] = []
+            var at: UInt64 = rng.next() % 16
+            for v in 0..<n {
+                // Half the rounds disjoint (as a module's sections are), half overlapping.
+                let lo = round % 2 == 0 ? at : rng.next() % 200
+                let hi = lo + rng.next() % 30
+                spans.append((lo, hi, v))
+                at = hi + rng.next() % 8
+            }
+            let s = Spans(spans)
+            let ordered = spans.filter { $0.lo < $0.hi }.sorted { ($0.lo, $0.value) < ($1.lo, $1.value) }
+            for _ in 0..<100 {
+                let x = rng.next() % 260, len = 1 + rng.next() % 8
+                let want = ordered.first { x >= $0.lo && x + len <= $0.hi }
+                XCTAssertEqual(s.find(x, len)?.value, want?.value, "\(spans) [\(x), +\(len))")
+            }
+            XCTAssertNil(s.find(UInt64.max, 2), "a wrapping question holds nothing")
+        }
+    }
+
     /// `RangeCover` answers as the scans it replaced, on seeded random ranges (empty and wrapping
     /// ends included).
     func testRangeCoverAnswersAsAScan() {

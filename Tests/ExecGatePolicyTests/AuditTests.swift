@@ -457,3 +457,28 @@ final class DispatchSemaphoreBox: @unchecked Sendable {
     func signal() { s.signal() }
 
 }
+
+extension AuditTests {
+    /// HOLE (round 13): the refusals at the end of a burst were counted only in the next recorded
+    /// refusal, which may never come: 15 refused pushes left 10 records and nothing else, not even
+    /// after a graceful stop, and `policy show` had no count. Now `policy show` counts them all
+    /// (tag 17), an activation names those suppressed before it, and `close` writes the rest.
+    func testEveryRefusedPushOfABurstIsAccountedFor() throws {
+        let v = Verifier(policy: try PolicyFixtures.parse(try PolicyFixtures.text(version: 3, body: "modules allow")))
+        let log = AuditLog(capacity: 64, retained: 100)
+        v.auditSink = log
+        let admin = PolicyAdministrator(verifier: v, adminCertificate: nil, builtinAnchors: [], audit: log)
+        for _ in 0..<15 {
+            if case .success = admin.push(bundle: [1, 2, 3]) { XCTFail("a push without an admin certificate succeeded") }
+        }
+        XCTAssertEqual(admin.show().refusedPushes, 15)
+        XCTAssertEqual(try PolicyShowReply(decoding: admin.show().encode()).refusedPushes, 15, "tag 17 on the wire")
+        log.close()
+        let records = log.read(after: 0, limit: 1000).records
+        let refused = records.filter { $0.contains("\"event\":\"policy-push-refused\"") }
+        let tail = records.filter { $0.contains("\"event\":\"policy-push-refusals-unrecorded\"") }
+        XCTAssertEqual(refused.count, Int(AuditLimits.refusedPushBurst))
+        XCTAssertEqual(tail.count, 1, "\(records)")
+        XCTAssertTrue(tail.first?.contains("\"count\":\(15 - Int(AuditLimits.refusedPushBurst))") ?? false, "\(tail)")
+    }
+}

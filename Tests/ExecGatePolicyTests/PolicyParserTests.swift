@@ -207,3 +207,49 @@ extension String {
         return out + rest
     }
 }
+
+/// Round 13's policy review: lines that said nothing more (given twice) or nothing at all (read
+/// by no rule) loaded, where docs/policy.md says such a policy never loads.
+final class PolicyRound13Tests: XCTestCase {
+    func testALineGivenTwiceOrReadByNoRuleDoesNotLoad() throws {
+        let a = String(repeating: "a", count: 64), b = String(repeating: "b", count: 64)
+        let cases: [(body: String, code: PolicyParseError.Code, words: String)] = [
+            ("modules hash-pinned\npin sha256:\(a)\npin sha256:\(a)", .duplicate, "given twice"),
+            ("modules allow\ndeny module-name crc_8\ndeny module-name crc-8", .duplicate, "'-' and '_' are one"),
+            ("modules allow\ndeny module sha256:\(a)\ndeny module sha256:\(a)", .duplicate, "given twice"),
+            ("modules allow\ndeny certificate sha256:\(b)\ndeny certificate sha256:\(b)", .duplicate, "given twice"),
+            ("modules allow\ntrust kernel-builtin\ntrust kernel-builtin", .duplicate, "kernel-builtin' given twice"),
+            ("modules allow\npin sha256:\(a)", .unused, "no 'hash-pinned' rule"),
+            ("modules allow\nclass canary canary-*", .unused, "class 'canary' is named by no rule"),
+        ]
+        for c in cases {
+            let text = try PolicyFixtures.text(version: 2, body: c.body)
+            XCTAssertThrowsError(try PolicyFixtures.parse(text), c.body) { e in
+                let p = e as? PolicyParseError
+                XCTAssertEqual(p?.code, c.code, "\(c.body): \(e)")
+                XCTAssertTrue(p?.reason.contains(c.words) ?? false, "\(c.body): \(e)")
+            }
+        }
+        // The same lines once, each read by a rule: the policy loads.
+        let ok = try PolicyFixtures.text(version: 2, body: """
+            modules allow
+            modules hash-pinned for class canary
+            class canary canary-*
+            pin sha256:\(a)
+            deny module-name crc_8
+            deny module sha256:\(b)
+            """)
+        XCTAssertThrowsError(try PolicyFixtures.parse(ok), "a class is defined before the rule that names it") { e in
+            XCTAssertEqual((e as? PolicyParseError)?.code, .undefinedClass)
+        }
+        let ordered = try PolicyFixtures.text(version: 2, body: """
+            modules allow
+            class canary canary-*
+            modules hash-pinned for class canary
+            pin sha256:\(a)
+            deny module-name crc_8
+            deny module sha256:\(b)
+            """)
+        XCTAssertNoThrow(try PolicyFixtures.parse(ordered))
+    }
+}

@@ -3,7 +3,11 @@
 // The CLI end to end, as an operator or a script meets it: exit codes (0 allow, 1 deny, 2 usage
 // or unreadable input), JSON output, and `serve` answering `request` then stopping on SIGTERM.
 
+import _ExecGateInternals
+import ExecGateCapture
+import ExecGateSignature
 import ExecGateTestSupport
+import ExecGateVerifier
 import XCTest
 
 #if canImport(Glibc)
@@ -122,6 +126,51 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(removed.status, 0, removed.stderr)
         XCTAssertTrue(removed.stdout.contains("\"modules_removed\":1"), removed.stdout)
         let missing = Fixtures.runExecgate(["request", "register-guest", "--capture", dir + "/nowhere", "--guest", "g", "--connect", sock])
+        XCTAssertEqual(missing.status, 2, missing.stderr)
+    }
+}
+
+extension CLITests {
+    /// HOLE (round 13): `request register-guest` sent no kernel_digest, so under a policy pinning
+    /// kernel builds every CLI registration was refused (`untrusted-kernel: kernel_digest
+    /// missing`) while `policy test --kernel` allowed the same build: the dry run and the served
+    /// path disagreed. It now takes `--kernel VMLINUZ` as `policy test` does.
+    func testRegisterGuestSendsTheKernelDigestAPinChecks() throws {
+        let dir = Fixtures.temporaryDirectory()
+        let sock = "unix:" + dir + "/s.sock"
+        let boot = Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a"
+        let vmlinuz = try Fixtures.vmlinuz()
+        let kernel = Hex.encode(try Fixtures.readFile(vmlinuz).withUnsafeBytes { Digest.sha256($0).bytes })
+        let symbols = Hex.encode(KernelFactsKey.symbolsDigest(try CaptureBoot.load(boot).registration(guestID: "g")))
+        let policy = dir + "/pinned.policy"
+        try Fixtures.writeFile(policy, Array("""
+            execgate-policy 1
+            id pinned
+            version 3
+            mode enforce
+            trust kernel-builtin
+            minimum-digest sha256
+            end-state required
+            audit-overflow block
+            kernel sha256:\(kernel) symbols sha256:\(symbols)
+            modules allow
+            text-patches allow
+
+            """.utf8))
+        let pid = Fixtures.spawnExecgate(["serve", "--listen", sock, "--trust", certPath, "--policy", policy], stdoutPath: dir + "/out", stderrPath: dir + "/err")
+        defer { kill(pid, SIGTERM); _ = Fixtures.wait(pid) }
+        for _ in 0..<100 where Fixtures.runExecgate(["request", "status", "--connect", sock]).status != 0 { usleep(100_000) }
+        let without = Fixtures.runExecgate(["request", "register-guest", "--capture", boot, "--guest", "g", "--connect", sock])
+        XCTAssertEqual(without.status, 1, without.stderr)
+        XCTAssertTrue(without.stderr.contains("untrusted-kernel"), without.stderr)
+        let other = Fixtures.runExecgate(["request", "register-guest", "--capture", boot, "--guest", "g", "--kernel", boot + "/kallsyms.txt", "--connect", sock])
+        XCTAssertEqual(other.status, 1, other.stderr)
+        XCTAssertTrue(other.stderr.contains("untrusted-kernel"), other.stderr)
+        let pinned = Fixtures.runExecgate(["request", "register-guest", "--capture", boot, "--guest", "g", "--kernel", vmlinuz, "--connect", sock])
+        XCTAssertEqual(pinned.status, 0, pinned.stderr)
+        let llc = Fixtures.runExecgate(["request", "module", boot + "/llc/llc.ko", "--claim", boot + "/llc", "--guest", "g", "--connect", sock])
+        XCTAssertEqual(llc.status, 0, llc.stdout + llc.stderr)
+        let missing = Fixtures.runExecgate(["request", "register-guest", "--capture", boot, "--guest", "h", "--kernel", dir + "/nowhere", "--connect", sock])
         XCTAssertEqual(missing.status, 2, missing.stderr)
     }
 }

@@ -50,5 +50,7 @@ final class DocAttack2CaptureTests: XCTestCase {
         let (none, _) = try run(boot)
         XCTAssertEqual(none.modules, 1)
         XCTAssertFalse(none.passed, "a capture holding none of its modules passed")
+        XCTAssertEqual(none.unreadable, 1, "an absent module is unreadable input (explain exits 2)")
+        XCTAssertEqual(none.unexplainedBytes, 0, "no byte of an unread module was judged")
     }
 }

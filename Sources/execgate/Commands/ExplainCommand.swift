@@ -57,6 +57,12 @@ struct ExplainCommand: ParsableCommand {
         let terminal = isatty(2) != 0
         let summary = ExplainRun.run(boot, options: o, out: { print(json ? $0 : TerminalText.escaped($0)) },
                                      progress: { if terminal { fputs($0, stderr) } })
+        // A module whose files could not be read is invalid input, as the capture's own files are
+        // (docs/capture.md): exit 2, not a verdict.
+        if summary.unreadable > 0 {
+            Console.error("execgate explain: \(summary.unreadable) module\(summary.unreadable == 1 ? "" : "s") of the load order could not be read (the deny lines name the files)")
+            throw ExecGateExit.usage
+        }
         if !summary.passed { throw ExecGateExit.deny }
     }
 }

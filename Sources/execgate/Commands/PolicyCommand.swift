@@ -261,7 +261,8 @@ struct PolicyShowCommand: AsyncParsableCommand {
                 // the source keeps its lines.
                 let t = TerminalText.escaped
                 print("policy \(t(r.policyID)) v\(r.policyVersion) (\(t(r.activatedBy))), mode \(t(r.mode)), minimum \(t(r.minimumDigest)), end-state \(t(r.endState))")
-                print("audit: overflow \(t(r.auditOverflow)), \(r.auditAccepted) recorded, \(r.auditDropped) dropped, \(r.auditQueued) waiting for the sink")
+                print("audit: overflow \(t(r.auditOverflow)), \(r.auditAccepted) recorded, \(r.auditDropped) dropped, \(r.auditQueued) waiting for the sink"
+                      + (r.refusedPushes > 0 ? "; \(r.refusedPushes) policy push(es) refused since start" : ""))
                 if r.auditWriteErrors > 0 || !r.auditSinkError.isEmpty {
                     print("audit sink: \(r.auditWriteErrors) failed write(s), retried (records stay queued until written)" + (r.auditSinkError.isEmpty ? "" : "; failing now: \(t(r.auditSinkError))"))
                 }

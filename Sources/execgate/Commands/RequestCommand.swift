@@ -4,6 +4,7 @@ import ExecGateCommandLine
 import ExecGateCapture
 import ExecGateClient
 import ExecGateHost
+import ExecGateSignature
 import ExecGateWire
 import NIOCore
 
@@ -237,13 +238,15 @@ struct RequestRegisterGuest: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "register-guest",
         abstract: "Register a guest with the facts of a captured boot (plays the VMM at the trusted point): prints its session token.",
-        discussion: "The facts are the boot directory's (kallsyms, CPU words, pv_ops, command line, …: docs/capture.md), sent in full as docs/protocol.md's register-guest. Then `request module FILE --claim BOOT/MODULE --guest ID` sends a loaded module's end state. Exit status: 0 registered, 1 refused (guest exists, implausible facts, untrusted kernel, unavailable), 2 usage error, unreadable capture or no answer."
+        discussion: "The facts are the boot directory's (kallsyms, CPU words, pv_ops, command line, …: docs/capture.md), sent in full as docs/protocol.md's register-guest, with --kernel's SHA-256 as kernel_digest (a policy pinning kernel builds refuses a registration without it). Then `request module FILE --claim BOOT/MODULE --guest ID` sends a loaded module's end state. Exit status: 0 registered, 1 refused (guest exists, implausible facts, untrusted kernel, unavailable), 2 usage error, unreadable capture or no answer."
     )
     @OptionGroup var connection: ConnectOptions
     @Option(help: "Guest id to register.") var guest: String
     @Option(help: ArgumentHelp("A boot directory of a capture (execgate capture; the corpus layout).", valueName: "BOOT")) var capture: String
     @Flag(help: "Replace the guest's session (the VMM revoked every grant of it first: the guest rebooted).") var reset = false
     @Flag(name: .customLong("require-session"), help: "Refuse this guest's requests that carry no session token.") var requireSession = false
+    @Option(help: ArgumentHelp("The kernel image the captured guest boots: its SHA-256 is sent as kernel_digest, which a policy's `kernel … symbols …` pins are checked against (as `policy test --kernel`; a capture holds no kernel digest).", valueName: "VMLINUZ"))
+    var kernel: String?
 
     func run() async throws {
         try ConnectOptions.requireGuest(guest, command: "register-guest")
@@ -251,6 +254,12 @@ struct RequestRegisterGuest: AsyncParsableCommand {
         do { r = try CaptureBoot.load(capture).registration(guestID: guest) } catch {
             Console.error("execgate request register-guest: \(capture): \(error)")
             throw ExecGateExit.usage
+        }
+        if let kernel {
+            do { r.kernelDigest = try LocalFile.read(kernel).withUnsafeBytes { Digest.sha256($0).bytes } } catch {
+                Console.error("execgate request register-guest: \(error)")
+                throw ExecGateExit.usage
+            }
         }
         r.reset = reset
         r.requireSession = requireSession

@@ -34,7 +34,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
-    @Option(help: "Worker threads that judge requests (default: one per core).")
+    @Option(help: "Worker threads that judge requests, 1…256 (the default is one per core: this machine's count is shown).")
     var threads: Int = System.coreCount
 
     @OptionGroup var policyOptions: ServePolicyOptions

@@ -4,6 +4,7 @@
 
 import _ExecGateInternals
 import ExecGateCommandLine
+import ExecGateELF
 import ExecGateHost
 import ExecGateKernelImage
 import ExecGateSignature
@@ -23,7 +24,7 @@ struct SignModule: ParsableCommand {
         discussion: """
             Produces exactly scripts/sign-file's format: a detached DER CMS SignedData without \
             certificates or signed attributes, then struct module_signature and the magic \
-            "~Module signature appended~". A compressed module (.ko.gz/.ko.xz/.ko.zst) is refused: the kernel \
+            "~Module signature appended~". A file that is no x86-64 ELF relocatable object is signed too (as sign-file does), with a note on stderr. A compressed module (.ko.gz/.ko.xz/.ko.zst) is refused: the kernel \
             checks the signature of the ELF inside, so sign the .ko, then compress it. Without -o the result goes to FILE.signed; the input is \
             never modified. The output is written to a temporary file and renamed, never half-written; \
             an existing output must be a regular file (a FIFO or device is refused, never replaced).
@@ -64,6 +65,15 @@ struct SignModule: ParsableCommand {
             // to the compressed stream is checked by nobody, and the file loads nowhere.
             if let enc = module.withUnsafeBytes({ ModuleFile.encoding(of: $0) }), enc != .elf {
                 throw LocalFileError(path: file, why: "a \(enc.rawValue)-compressed module: the kernel checks the signature of the ELF inside (module_decompress() before module_sig_check()); decompress it, sign the .ko, then compress the signed file")
+            }
+            // sign-file signs any file, and so does this (its output is sign-file's, byte for
+            // byte); but a file that is no x86-64 ELF relocatable object is one no kernel loads
+            // and `verify module` refuses (kernel.unknown-format): said, not silently signed.
+            if (try? module.withUnsafeBytes { try ELFFile(bytes: $0) }) == nil {
+                Console.error("execgate sign module: note: \(file) is not an x86-64 ELF relocatable object (a kernel module): signed as sign-file would, but no kernel loads it and `verify module` refuses it")
+            }
+            if digest.name == "sha1" {
+                Console.error("execgate sign module: note: the default policy refuses sha1 signatures (sig.digest-too-weak); use sha256 or stronger unless a policy allows sha1")
             }
             let privateKey: PrivateKey
             do { privateKey = try PrivateKey(pem: keyBytes) } catch { throw LocalFileError(path: key, why: "\(error)") }

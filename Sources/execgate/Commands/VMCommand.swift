@@ -194,7 +194,7 @@ struct VMStopCommand: ParsableCommand {
 
 struct VMStatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status", abstract: "Is the service VM running and ready?",
-                                                    discussion: "Exit status: 0 running, 3 not running (the console tail of a dead VM is printed), 2 usage error or a state file (qemu.pid, vm.txt, console.log) that is not a regular file.")
+                                                    discussion: "Exit status: 0 running, 3 not running (the console tail of a dead VM is printed), 2 usage error or a state file (qemu.pid, vm.txt, console.log) that is not a regular file or cannot be read.")
     @OptionGroup var vm: VMOptions
     @Flag(help: "Machine-readable output.") var json = false
 
