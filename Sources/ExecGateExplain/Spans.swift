@@ -32,7 +32,13 @@ struct Spans {
     func find(_ x: UInt64, _ n: UInt64) -> (lo: UInt64, hi: UInt64, value: Int)? {
         let (end, o) = x.addingReportingOverflow(n)
         guard !o, n >= 1 else { return nil }
-        if disjoint {
+        // A few spans (most modules have a handful of exec sections): the scan is cheaper than
+        // the search, and gives the same answer (disjoint or not: the first in `lo` order).
+        if !disjoint || lows.count <= 8 {
+            for k in lows.indices where x >= lows[k] && end <= highs[k] { return (lows[k], highs[k], values[k]) }
+            return nil
+        }
+        do {
             // The last span starting at or below x is the only one that can hold x.
             var lo = 0, hi = lows.count
             while lo < hi {
@@ -42,8 +48,6 @@ struct Spans {
             guard lo > 0, end <= highs[lo - 1] else { return nil }
             return (lows[lo - 1], highs[lo - 1], values[lo - 1])
         }
-        for k in lows.indices where x >= lows[k] && end <= highs[k] { return (lows[k], highs[k], values[k]) }
-        return nil
     }
 }
 
