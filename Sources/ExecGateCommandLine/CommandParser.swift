@@ -264,8 +264,8 @@ struct ArgumentTable {
                 }
                 // "" names nothing: no file or directory (an input directory joined with "/boot"
                 // would be the root directory's), no guest, no number. A usage error naming the
-                // option, for every option alike.
-                guard !value.isEmpty else { throw CommandLineError.emptyValue(s.displayName) }
+                // option, for every option alike, except one whose own default is "" (`acceptsEmpty`).
+                guard !value.isEmpty || s.acceptsEmpty else { throw CommandLineError.emptyValue(s.displayName) }
                 guard s.store(value) else {
                     let what = s.expectation + (s.help.valueName.map { " (\($0))" } ?? "")
                     throw CommandLineError.invalidValue(option: s.displayName, expected: what, got: value)
@@ -276,7 +276,7 @@ struct ArgumentTable {
             let p = positionals[nextPositional]
             nextPositional += 1
             p.given = true
-            guard !w.isEmpty else { throw CommandLineError.emptyValue(p.displayName) }
+            guard !w.isEmpty || p.acceptsEmpty else { throw CommandLineError.emptyValue(p.displayName) }
             guard p.store(w) else {
                 throw CommandLineError.invalidValue(option: p.displayName, expected: p.expectation, got: w)
             }

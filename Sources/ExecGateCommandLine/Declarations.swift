@@ -101,6 +101,10 @@ public final class ArgumentSlot {
     let expectation: String
     /// Parses and stores one value; false if the word is not a valid value.
     let store: (String) -> Bool
+    /// "" is a value here: the option's own default is "" (it means "none": `--guest ""`,
+    /// `--kernel-args ""`), so giving it is the same as leaving the option out. Every other
+    /// option and argument refuses "" (CommandParser).
+    var acceptsEmpty = false
 
     /// Set by the parser from the property name.
     var propertyName = ""
@@ -210,6 +214,7 @@ public struct Option<Value>: DeclaredArgument {
         self.box = box
         self.slot = .single(.option, name: name, help: help, isRequired: false,
                             defaultDescription: wrappedValue.defaultValueDescription, box: box, wrap: { (v: Value) in v })
+        if let d = wrappedValue as? String, d.isEmpty { slot.acceptsEmpty = true }
     }
 
     public init(name: NameSpecification = .long, help: ArgumentHelp = "") where Value: ExpressibleByArgument {

@@ -3,7 +3,10 @@
 // Interval lookups whose sizes a module file chooses (its section count, its site tables): asked
 // once per site or table entry, a scan of every section per question is the product of two counts
 // the file picks (round 13: 60,000 executable sections and 4,000,000 `.ibt_endbr_seal` entries held
-// a judging thread 225 s). Both types answer exactly as the scans they replace.
+// a judging thread 225 s). Both answer the yes/no questions exactly as the scans they replace;
+// `Spans.find` names the first span in address order, where the scans took section order: the
+// same span whenever the spans are disjoint, which a module's sections are (the 6.1 layout's
+// offsets, the 6.12 per-type bases checked apart).)
 
 /// Half-open spans [lo, hi) with a value each (a section index), sorted by `lo`: "which span holds
 /// all of [x, x + n)?" by binary search when the spans are disjoint (a module's sections are: the

@@ -171,6 +171,8 @@ struct Parser {
     var usedClasses = Set<String>()
     /// `trust kernel-builtin` seen (a second one says nothing more: refused as given twice).
     var sawKernelBuiltin = false
+    /// The fingerprints of the `trust sha256:…` lines (one of them twice is refused).
+    var explicitAnchors = Set<Digest>()
 
     init(bytes: [UInt8], file: String, builtinAnchors: [Certificate]?) {
         self.bytes = bytes
@@ -369,7 +371,9 @@ struct Parser {
                 guard !b.isEmpty else {
                     throw fail(.badArgument, lineNo, v.column, "'trust kernel-builtin' but no built-in anchors were given (--trust CERT, for serve and policy test alike: the guest kernel's builtin certificates, as `execgate keys extract` writes them)")
                 }
-                anchors += b
+                // A builtin certificate the text also names is one anchor (the text's line is no
+                // repetition: whether it is builtin depends on the service's --trust).
+                anchors += b.filter { c in !anchors.contains { $0.fingerprint == c.fingerprint } }
             }
             return 0
         }
@@ -379,10 +383,13 @@ struct Parser {
             throw fail(.fingerprintMismatch, lineNo, v.column,
                        "the certificate below has fingerprint sha256:\(cert.fingerprint.hex), not the one written here")
         }
-        if anchors.contains(where: { $0.fingerprint == cert.fingerprint }) {
+        // Given twice in the text is refused; the same certificate among the builtin anchors
+        // (`trust kernel-builtin`, which depends on the service's --trust) is merged, whatever the
+        // lines' order, so a policy loads or not by its own text alone.
+        guard explicitAnchors.insert(cert.fingerprint).inserted else {
             throw fail(.duplicate, lineNo, v.column, "trust sha256:\(cert.fingerprint.hex) given twice")
         }
-        anchors.append(cert)
+        if !anchors.contains(where: { $0.fingerprint == cert.fingerprint }) { anchors.append(cert) }
         return consumed
     }
 

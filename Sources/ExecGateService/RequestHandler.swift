@@ -4,8 +4,9 @@
 // backpressure, budget and deadlines are `BoundedFrameHandler`'s):
 //   - wrong versions, replies sent as requests → `error`, connection stays usable;
 //   - requests → decoded and judged on the thread pool, so a slow module check never blocks the
-//     event loop and pipelined requests on one connection are judged concurrently. Replies carry
-//     the request id and may be written in any order.
+//     event loop and pipelined requests on one connection are judged concurrently; connections
+//     take the pool in turn (FairScheduler). Replies carry the request id and may be written in
+//     any order.
 
 import ExecGateWire
 import Logging
@@ -16,7 +17,9 @@ struct RequestProcessor: Sendable {
     /// Largest `status` body answered on the event loop (a real one is empty).
     static let inlineStatusBodyLimit = 256
     let responder: RequestResponder
-    let pool: NIOThreadPool
+    /// The judging pool, taken in turn by connections (`connection` is this one's queue).
+    let fair: FairScheduler
+    let connection: UInt64
     let logger: Logger
     let stats: ServerStats
     let instanceID: [UInt8]
@@ -62,7 +65,7 @@ struct RequestProcessor: Sendable {
         let stats = self.stats
         let instanceID = self.instanceID
         let maximumBodySize = UInt32(clamping: self.maximumBodySize)
-        return pool.runIfActive(eventLoop: eventLoop) { () -> Message in
+        return fair.run(connection, on: eventLoop) { () -> Message in
             let message: Message
             do {
                 message = try Message(type: frame.type, body: frame.body)

@@ -35,6 +35,8 @@ public final class VerifierServer: @unchecked Sendable {
     // @unchecked: mutable state is confined to `lock`; NIO objects are themselves thread-safe.
     private let group: MultiThreadedEventLoopGroup
     private let pool: NIOThreadPool
+    /// The pool's order across connections (round robin: FairScheduler.swift).
+    private let fair: FairScheduler
     private let responder: RequestResponder
     private let logger: Logger
     private var channels: [Channel] = []
@@ -63,6 +65,7 @@ public final class VerifierServer: @unchecked Sendable {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, System.coreCount))
         self.pool = NIOThreadPool(numberOfThreads: max(1, threads))
         self.pool.start()
+        self.fair = FairScheduler(pool: pool, threads: max(1, threads))
         self.responder = responder
         self.logger = logger
         let configuration = configuration ?? PortLimits(maximumBodySize: maximumBodySize)
@@ -81,14 +84,14 @@ public final class VerifierServer: @unchecked Sendable {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .boundedReads()
-            .childChannelInitializer { [responder, pool, logger, stats, configuration, budget, connections, instanceID] channel in
+            .childChannelInitializer { [responder, fair, logger, stats, configuration, budget, connections, instanceID] channel in
                 guard connections.acquire() else {
                     logger.warning("connection refused", metadata: ["why": "\(connections.limit) connections open (the port's limit)"])
                     return channel.close()
                 }
                 channel.closeFuture.whenComplete { _ in connections.release() }
-                let processor = RequestProcessor(responder: responder, pool: pool, logger: logger, stats: stats, instanceID: instanceID,
-                                                 maximumBodySize: configuration.maximumBodySize)
+                let processor = RequestProcessor(responder: responder, fair: fair, connection: fair.connectionKey(), logger: logger, stats: stats,
+                                                 instanceID: instanceID, maximumBodySize: configuration.maximumBodySize)
                 return channel.eventLoop.makeCompletedFuture {
                     // Requests are stamped when decoded (read), in the connection's order, not when
                     // they start: one queued behind the in-flight cap keeps its place before a reset.

@@ -252,4 +252,24 @@ final class PolicyRound13Tests: XCTestCase {
             """)
         XCTAssertNoThrow(try PolicyFixtures.parse(ordered))
     }
+
+    /// A certificate written in the text that is also one of the builtin anchors (the service's
+    /// --trust) is one anchor, in either order of the lines: whether the policy loads depends on
+    /// its text, not on the service's anchors or the order (the review of round 13's change).
+    func testAnExplicitAnchorThatIsAlsoBuiltinIsMergedInEitherOrder() throws {
+        let cert = try PolicyFixtures.kernelCertificate()
+        let builtin = try Fixtures.debianCertificates()
+        let explicit = "trust sha256:\(cert.fingerprint.hex)\n" + cert.pem.split(separator: "\n").joined(separator: "\n") + "\n"
+        for lines in [explicit + "trust kernel-builtin\n", "trust kernel-builtin\n" + explicit] {
+            let text = "execgate-policy 1\nid p\nversion 3\nmode enforce\n" + lines + "modules allow\n"
+            let p = try PolicyParser.parse(Array(text.utf8), file: "p.policy", builtinAnchors: builtin)
+            XCTAssertEqual(p.trust.anchors.count, Set(builtin.map { $0.fingerprint.hex } + [cert.fingerprint.hex]).count, lines)
+            XCTAssertNoThrow(try PolicyParser.parse(Array(text.utf8), file: "p.policy", builtinAnchors: nil), "policy sign parses without anchors")
+        }
+        // The same explicit line twice is still refused.
+        let twice = "execgate-policy 1\nid p\nversion 3\nmode enforce\n" + explicit + explicit + "modules allow\n"
+        XCTAssertThrowsError(try PolicyParser.parse(Array(twice.utf8), file: "p.policy", builtinAnchors: builtin)) { e in
+            XCTAssertEqual((e as? PolicyParseError)?.code, .duplicate, "\(e)")
+        }
+    }
 }

@@ -59,6 +59,8 @@ struct ExplainCommand: ParsableCommand {
                                      progress: { if terminal { fputs($0, stderr) } })
         // A module whose files could not be read is invalid input, as the capture's own files are
         // (docs/capture.md): exit 2, not a verdict.
+        // A false accept (--mutate) is the most serious result: a verdict (exit 1) before all else.
+        if !summary.falseAccepts.isEmpty { throw ExecGateExit.deny }
         if summary.unreadable > 0 {
             Console.error("execgate explain: \(summary.unreadable) module\(summary.unreadable == 1 ? "" : "s") of the load order could not be read (the deny lines name the files)")
             throw ExecGateExit.usage
