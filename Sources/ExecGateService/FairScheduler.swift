@@ -30,6 +30,8 @@ final class FairScheduler: @unchecked Sendable {
     /// Connections with queued jobs, in turn order (each at most once).
     private var turns = CircularBuffer<UInt64>()
     private var nextConnection: UInt64 = 0
+    private var dispatching = false
+    private var again = false
 
     init(pool: NIOThreadPool, threads: Int) {
         self.pool = pool
@@ -64,14 +66,31 @@ final class FairScheduler: @unchecked Sendable {
         return promise.futureResult
     }
 
-    /// Hands the pool the next job of the connection whose turn it is while a slot is free.
+    /// Hands the pool the next job of the connection whose turn it is while a slot is free. One
+    /// thread at a time does it (`dispatching`); a call meanwhile (a job finishing on a pool
+    /// thread, or one a stopped pool cancels at once, inside `submit`) asks it to look again, so
+    /// a stopped pool's queued jobs fail one after another, never one nested call per job.
     private func dispatch() {
-        while let job = takeNext() {
-            pool.submit { [self] state in
-                if case .active = state { job.run() } else { job.cancel() }
-                lock.withLock { running -= 1 }
-                dispatch()
+        let mine = lock.withLock { () -> Bool in
+            if dispatching { again = true; return false }
+            dispatching = true
+            return true
+        }
+        guard mine else { return }
+        while true {
+            while let job = takeNext() {
+                pool.submit { [self] state in
+                    if case .active = state { job.run() } else { job.cancel() }
+                    lock.withLock { running -= 1 }
+                    dispatch()
+                }
             }
+            let done = lock.withLock { () -> Bool in
+                if again { again = false; return false }
+                dispatching = false
+                return true
+            }
+            if done { return }
         }
     }
 

@@ -53,6 +53,11 @@ final class FairSchedulerTests: XCTestCase {
         try pool.syncShutdownGracefully()
         let f: EventLoopFuture<Int> = fair.run(fair.connectionKey(), on: group.next()) { 1 }
         XCTAssertThrowsError(try f.wait())
+        // Many queued at once on many connections: each fails (the stopped pool cancels them
+        // inside `submit`, one after another, not one nested dispatch per job).
+        let many: [EventLoopFuture<Int>] = (0..<5000).map { k in fair.run(UInt64(k % 128), on: group.next()) { k } }
+        for m in many { XCTAssertThrowsError(try m.wait()) }
+        XCTAssertEqual(fair.queued, 0)
     }
 }
 
