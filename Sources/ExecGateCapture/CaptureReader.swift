@@ -134,6 +134,14 @@ public struct CaptureBoot {
         var parent = dir.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
         if parent.isEmpty && !dir.hasPrefix("/") { parent = "." }
         let orderPath = fileExists(dir + "/load-order.txt") ? dir + "/load-order.txt" : parent + "/load-order.txt"
+        // Neither here nor in the parent: not a boot directory (a corpus root, some other folder).
+        // Said so, rather than as the parent's missing file (round 13).
+        if !fileExists(dir + "/kallsyms.txt") && (!fileExists(orderPath) || fileExists(dir + "/load-order.txt")) {
+            let boots = ["nokaslr", "kaslr", "nokaslr-a"].filter { fileExists(dir + "/" + $0 + "/kallsyms.txt") }
+            throw CaptureError(path: dir, reason: "not one boot's capture directory (no kallsyms.txt"
+                + (fileExists(orderPath) ? "" : ", no load-order.txt here or in its parent")
+                + "): pass <corpus>/<boot>" + (boots.isEmpty ? ", e.g. a capture's nokaslr/ or kaslr/" : ": " + boots.map { dir + "/" + $0 }.joined(separator: " or ")))
+        }
         let order: [String] = try readText(orderPath).split(whereSeparator: \.isNewline).compactMap { (l: Substring) -> String? in
             guard let w = l.split(separator: " ").first else { return nil }
             return String(w.map { $0 == "-" ? "_" : $0 })
