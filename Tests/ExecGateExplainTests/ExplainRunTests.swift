@@ -29,4 +29,16 @@ final class ExplainRunTests: XCTestCase {
         XCTAssertEqual(lines.filter { $0.hasPrefix("allow ") }.count, 8, r.stdout)
         XCTAssertEqual(lines.last, "explained 8 of 9 modules, 0 unexplained bytes, 1 unreadable")
     }
+
+    /// A corpus root (or any folder) given as the capture said `…/kallsyms.txt: No such file`
+    /// or the parent's missing load-order.txt; now it says what it is and names the boots.
+    func testADirectoryThatIsNoBootIsNamedSo() throws {
+        let root = try XCTUnwrap(Bundle.module.resourcePath) + "/Fixtures/corpus"
+        let r = Fixtures.runExecgate(["explain", root])
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("not one boot's capture directory") && r.stderr.contains(root + "/nokaslr-a"), r.stderr)
+        let other = Fixtures.runExecgate(["explain", Fixtures.temporaryDirectory()])
+        XCTAssertEqual(other.status, 2, other.stderr)
+        XCTAssertTrue(other.stderr.contains("no load-order.txt here or in its parent"), other.stderr)
+    }
 }
