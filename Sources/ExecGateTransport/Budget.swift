@@ -133,6 +133,14 @@ public final class BufferBudget: @unchecked Sendable {
     private let clock: @Sendable () -> UInt64
     private var _turnsServed: UInt64 = 0
     private var _turnsLapsed: UInt64 = 0
+    /// Refusal log lines this second, the second they count, and refusals not logged since the
+    /// last logged one (`refusalLogLine`).
+    private var loggedThisSecond = 0
+    private var logSecond: UInt64 = 0
+    private var unlogged: UInt64 = 0
+    /// Refusal lines a port logs per second (a flood of refused frames wrote one warning each:
+    /// 200 lines a second, 9,000 a minute, round 13); the rest are counted in the next line.
+    public static let refusalLinesPerSecond = 10
 
     /// - Parameters:
     ///   - turn: how long a large body's turn lasts at most (`TransportLimits.largeBodyTurn`).
@@ -148,6 +156,23 @@ public final class BufferBudget: @unchecked Sendable {
         self.turnNanoseconds = UInt64(max(0, turn.nanoseconds))
         self.retryWindowNanoseconds = UInt64(max(0, retryWindow.nanoseconds))
         self.clock = clock
+    }
+
+    /// Whether a refused frame is logged now, and how many refusals of the port's connections
+    /// went unlogged before it (at most `refusalLinesPerSecond` lines a second; none is lost:
+    /// the next logged line carries the count, and every refusal is still answered).
+    public func refusalLogLine() -> (log: Bool, unloggedBefore: UInt64) {
+        let second = clock() / 1_000_000_000
+        return lock.withLock {
+            if second != logSecond { logSecond = second; loggedThisSecond = 0 }
+            guard loggedThisSecond < Self.refusalLinesPerSecond else {
+                unlogged &+= 1
+                return (false, 0)
+            }
+            loggedThisSecond += 1
+            defer { unlogged = 0 }
+            return (true, unlogged)
+        }
     }
 
     /// Reserve a whole body of `n` bytes (`reserve(n, ofBody: n)`). Returns nil when reserved, or the refusal message.

@@ -322,3 +322,32 @@ final class BudgetAccountingTests: XCTestCase {
         assertDrained("tiny bodies")
     }
 }
+
+extension BudgetAccountingTests {
+    /// A flood of refused frames wrote one warning line each (200 a second under round 13's
+    /// attacker, 9,000 a minute): now at most `refusalLinesPerSecond` a second for the port, and
+    /// the next logged line says how many went unlogged.
+    func testRefusalLinesAreBoundedPerSecondAndCounted() {
+        let now = NIOLockedValueBoxLite(UInt64(5_000_000_000))
+        let b = BufferBudget(total: 1 << 20, smallFrameSize: 1 << 16, smallReserve: 1 << 18, clock: { now.value })
+        var logged = 0
+        for _ in 0..<25 { if b.refusalLogLine().log { logged += 1 } }
+        XCTAssertEqual(logged, BufferBudget.refusalLinesPerSecond)
+        now.value += 1_000_000_000
+        let next = b.refusalLogLine()
+        XCTAssertTrue(next.log)
+        XCTAssertEqual(next.unloggedBefore, UInt64(25 - BufferBudget.refusalLinesPerSecond))
+        XCTAssertEqual(b.refusalLogLine().unloggedBefore, 0, "counted once")
+    }
+}
+
+/// A value the budget's clock closure reads (tests move it).
+private final class NIOLockedValueBoxLite<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v: T
+    init(_ v: T) { self.v = v }
+    var value: T {
+        get { lock.withLock { v } }
+        set { lock.withLock { v = newValue } }
+    }
+}
