@@ -116,20 +116,7 @@ extension CLIRound8Tests {
         XCTAssertEqual(k.status, 0, k.stderr)
         let cert = dir + "/kx/cert-0.pem"
         let pinned = dir + "/pinned.policy"
-        try Fixtures.writeFile(pinned, Array("""
-            execgate-policy 1
-            id pinned
-            version 3
-            mode enforce
-            trust kernel-builtin
-            minimum-digest sha256
-            end-state required
-            audit-overflow block
-            kernel sha256:\(String(repeating: "1", count: 64)) symbols sha256:\(String(repeating: "2", count: 64))
-            modules allow
-            text-patches allow
-
-            """.utf8))
+        try Fixtures.writeFile(pinned, Array(PolicyTexts.kernelPinned(kernel: String(repeating: "1", count: 64), symbols: String(repeating: "2", count: 64)).utf8))
         // (--kernel: a capture holds no kernel digest; without it the pin cannot be judged, exit 2:
         // CLIRound9Tests.testPolicyTestChecksKernelPinsAgainstTheGivenImage.)
         let text = run(["policy", "test", "--policy", pinned, "--trust", cert, "--kernel", try Fixtures.vmlinuz(), capture])

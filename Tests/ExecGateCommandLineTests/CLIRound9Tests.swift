@@ -256,20 +256,7 @@ extension CLIRound9Tests {
         let symbols = Hex.encode(KernelFactsKey.symbolsDigest(try CaptureBoot.load(capture).registration(guestID: "capture")))
         func pinned(_ k: String, _ s: String) throws -> String {
             let path = dir + "/pinned-\(k.prefix(4))-\(s.prefix(4)).policy"
-            try Fixtures.writeFile(path, Array("""
-                execgate-policy 1
-                id pinned
-                version 3
-                mode enforce
-                trust kernel-builtin
-                minimum-digest sha256
-                end-state required
-                audit-overflow block
-                kernel sha256:\(k) symbols sha256:\(s)
-                modules allow
-                text-patches allow
-
-                """.utf8))
+            try Fixtures.writeFile(path, Array(PolicyTexts.kernelPinned(kernel: k, symbols: s).utf8))
             return path
         }
         let right = try pinned(kernel, symbols)

@@ -143,20 +143,7 @@ extension CLITests {
         let kernel = Hex.encode(try Fixtures.readFile(vmlinuz).withUnsafeBytes { Digest.sha256($0).bytes })
         let symbols = Hex.encode(KernelFactsKey.symbolsDigest(try CaptureBoot.load(boot).registration(guestID: "g")))
         let policy = dir + "/pinned.policy"
-        try Fixtures.writeFile(policy, Array("""
-            execgate-policy 1
-            id pinned
-            version 3
-            mode enforce
-            trust kernel-builtin
-            minimum-digest sha256
-            end-state required
-            audit-overflow block
-            kernel sha256:\(kernel) symbols sha256:\(symbols)
-            modules allow
-            text-patches allow
-
-            """.utf8))
+        try Fixtures.writeFile(policy, Array(PolicyTexts.kernelPinned(kernel: kernel, symbols: symbols).utf8))
         let pid = Fixtures.spawnExecgate(["serve", "--listen", sock, "--trust", certPath, "--policy", policy], stdoutPath: dir + "/out", stderrPath: dir + "/err")
         defer { kill(pid, SIGTERM); _ = Fixtures.wait(pid) }
         for _ in 0..<100 where Fixtures.runExecgate(["request", "status", "--connect", sock]).status != 0 { usleep(100_000) }
