@@ -136,7 +136,8 @@ public struct CaptureBoot {
         let orderPath = fileExists(dir + "/load-order.txt") ? dir + "/load-order.txt" : parent + "/load-order.txt"
         // Neither here nor in the parent: not a boot directory (a corpus root, some other folder).
         // Said so, rather than as the parent's missing file (round 13).
-        if !fileExists(dir + "/kallsyms.txt") && (!fileExists(orderPath) || fileExists(dir + "/load-order.txt")) {
+        // (Present, readable or not: an unreadable kallsyms.txt is reported as such when read.)
+        if access(dir + "/kallsyms.txt", F_OK) != 0 && (!fileExists(orderPath) || fileExists(dir + "/load-order.txt")) {
             let boots = ["nokaslr", "kaslr", "nokaslr-a"].filter { fileExists(dir + "/" + $0 + "/kallsyms.txt") }
             throw CaptureError(path: dir, reason: "not one boot's capture directory (no kallsyms.txt"
                 + (fileExists(orderPath) ? "" : ", no load-order.txt here or in its parent")

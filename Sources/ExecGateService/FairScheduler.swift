@@ -108,6 +108,19 @@ final class FairScheduler: @unchecked Sendable {
         }
     }
 
+    /// `connection` closed: its jobs not yet handed to the pool are dropped (their futures fail,
+    /// so their bodies' budget comes back); jobs already running finish. Without this a peer that
+    /// pipelines and closes, again and again, left queue after queue judged for nobody, each
+    /// with its own place in the rotation (the review of round 13's change).
+    func drop(_ connection: UInt64) {
+        let dropped: CircularBuffer<Job>? = lock.withLock {
+            guard let q = queues.removeValue(forKey: connection) else { return nil }
+            if let i = turns.firstIndex(of: connection) { turns.remove(at: i) }
+            return q
+        }
+        dropped?.forEach { $0.cancel() }
+    }
+
     /// Jobs queued and not yet handed to the pool (tests, diagnostics).
     var queued: Int { lock.withLock { queues.values.reduce(0) { $0 + $1.count } } }
 }

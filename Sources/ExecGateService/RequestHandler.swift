@@ -8,6 +8,7 @@
 //     take the pool in turn (FairScheduler). Replies carry the request id and may be written in
 //     any order.
 
+import ExecGateTransport
 import ExecGateWire
 import Logging
 import NIOCore
@@ -20,6 +21,8 @@ struct RequestProcessor: Sendable {
     /// The judging pool, taken in turn by connections (`connection` is this one's queue).
     let fair: FairScheduler
     let connection: UInt64
+    /// The port's throttle for refusal lines (shared with its connections: BufferBudget.refusalLog).
+    let refusalLog: LogThrottle
     let logger: Logger
     let stats: ServerStats
     let instanceID: [UInt8]
@@ -104,7 +107,7 @@ struct RequestProcessor: Sendable {
     }
 
     private func refuse(_ id: UInt64, _ type: MessageType, _ code: WireErrorCode, _ message: String) -> Frame {
-        logger.warning("request refused", metadata: ["id": "\(id)", "code": "\(code)", "why": "\(message)"])
+        warn("request refused", ["id": "\(id)", "code": "\(code)", "why": "\(message)"])
         return Message.error(ErrorReply(code: code, message: message)).frame(requestID: id)
     }
 
@@ -115,7 +118,17 @@ struct RequestProcessor: Sendable {
                 "reason": "\(v.reason.name)", "policy": "\(v.policyID)@\(v.policyVersion)",
             ])
         } else if case .error(let e) = reply {
-            logger.warning("request failed", metadata: ["id": "\(id)", "type": "\(type)", "code": "\(e.code)", "why": "\(e.message)"])
+            warn("request failed", ["id": "\(id)", "type": "\(type)", "code": "\(e.code)", "why": "\(e.message)"])
         }
+    }
+
+    /// A peer repeats these at will (cheap malformed or refused frames): at most the throttle's
+    /// lines a second, the next one counting those left out. Every request is answered anyway.
+    private func warn(_ message: Logger.Message, _ meta: Logger.Metadata) {
+        let (log, unlogged) = refusalLog.admit()
+        guard log else { return }
+        var meta = meta
+        if unlogged > 0 { meta["unlogged_before"] = "\(unlogged)" }
+        logger.warning(message, metadata: meta)
     }
 }

@@ -90,8 +90,12 @@ public final class VerifierServer: @unchecked Sendable {
                     return channel.close()
                 }
                 channel.closeFuture.whenComplete { _ in connections.release() }
-                let processor = RequestProcessor(responder: responder, fair: fair, connection: fair.connectionKey(), logger: logger, stats: stats,
-                                                 instanceID: instanceID, maximumBodySize: configuration.maximumBodySize)
+                let key = fair.connectionKey()
+                // A closed connection's queued requests are dropped, not judged for nobody (and
+                // never keep a place in the pool's rotation).
+                channel.closeFuture.whenComplete { _ in fair.drop(key) }
+                let processor = RequestProcessor(responder: responder, fair: fair, connection: key, refusalLog: budget.refusalLog, logger: logger,
+                                                 stats: stats, instanceID: instanceID, maximumBodySize: configuration.maximumBodySize)
                 return channel.eventLoop.makeCompletedFuture {
                     // Requests are stamped when decoded (read), in the connection's order, not when
                     // they start: one queued behind the in-flight cap keeps its place before a reset.
@@ -124,6 +128,9 @@ public final class VerifierServer: @unchecked Sendable {
         }
         try? await group.shutdownGracefully()
         try? await pool.shutdownGracefully()
+        // The refusal lines the throttle left out since its last line: said at the stop.
+        let unlogged = budget.refusalLog.takeUnlogged()
+        if unlogged > 0 { logger.notice("refusal log lines left out (at most \(LogThrottle.defaultLinesPerSecond) a second)", metadata: ["count": "\(unlogged)"]) }
         logger.info("stopped", metadata: ["served": "\(stats.served)"])
     }
 

@@ -338,6 +338,10 @@ extension BudgetAccountingTests {
         XCTAssertTrue(next.log)
         XCTAssertEqual(next.unloggedBefore, UInt64(25 - BufferBudget.refusalLinesPerSecond))
         XCTAssertEqual(b.refusalLogLine().unloggedBefore, 0, "counted once")
+        // The request processor's lines share the port's throttle.
+        for _ in 0..<20 { _ = b.refusalLog.admit() }
+        XCTAssertEqual(b.refusalLog.takeUnlogged(), UInt64(20 + 2 - BufferBudget.refusalLinesPerSecond))
+        XCTAssertEqual(b.refusalLog.takeUnlogged(), 0)
     }
 }
 

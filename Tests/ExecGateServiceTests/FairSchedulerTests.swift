@@ -42,6 +42,31 @@ final class FairSchedulerTests: XCTestCase {
         XCTAssertEqual(fair.queued, 0)
     }
 
+    /// A closed connection's queued requests are dropped (their futures fail), not judged for
+    /// nobody with a place in the rotation; its running request finishes; others are untouched.
+    func testAClosedConnectionsQueuedJobsAreDropped() throws {
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer {
+            try? pool.syncShutdownGracefully()
+            try? group.syncShutdownGracefully()
+        }
+        let fair = FairScheduler(pool: pool, threads: 1)
+        let a = fair.connectionKey(), b = fair.connectionKey()
+        let order = OrderBox()
+        let loop = group.next()
+        let first = fair.run(a, on: loop) { usleep(50_000); order.append("a0") }
+        let queued = (1..<20).map { k in fair.run(a, on: loop) { order.append("a\(k)") } }
+        let other = fair.run(b, on: loop) { order.append("b") }
+        fair.drop(a)
+        XCTAssertNoThrow(try first.wait(), "the running request finishes")
+        for q in queued { XCTAssertThrowsError(try q.wait(), "a dropped request fails") }
+        XCTAssertNoThrow(try other.wait())
+        XCTAssertEqual(order.all, ["a0", "b"])
+        XCTAssertEqual(fair.queued, 0)
+    }
+
     /// A job queued when the pool stops fails as `runIfActive` would (the connection answers
     /// `unavailable`), never hangs.
     func testJobsOfAStoppedPoolFail() throws {
