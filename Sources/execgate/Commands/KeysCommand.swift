@@ -174,7 +174,10 @@ struct KeysGenerate: ParsableCommand {
             switch type {
             case "ec-p256": generated = try GeneratedSigningKey.generateECDSA(curve: .p256, commonName: cn, days: days)
             case "ec-p384": generated = try GeneratedSigningKey.generateECDSA(curve: .p384, commonName: cn, days: days)
-            default: generated = try GeneratedSigningKey.generateRSA(bits: bits, commonName: cn, days: days)
+            default:
+                // A long step says so (RSA-8192 takes tens of seconds, 16384 minutes).
+                if bits >= 4096 { Console.error("execgate keys generate: generating an RSA-\(bits) key (\(bits >= 8192 ? "this can take minutes" : "a few seconds"))…") }
+                generated = try GeneratedSigningKey.generateRSA(bits: bits, commonName: cn, days: days)
             }
             try LocalFile.makeDirectories(out)  // only once there is something to write into it
             // Both targets checked before either is replaced (never a new key without its certificate).
