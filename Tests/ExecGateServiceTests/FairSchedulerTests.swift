@@ -11,19 +11,30 @@ import NIOPosix
 import XCTest
 
 final class FairSchedulerTests: XCTestCase {
+    private var pool: NIOThreadPool?
+    private var group: MultiThreadedEventLoopGroup?
+
+    override func tearDown() {
+        try? pool?.syncShutdownGracefully()
+        try? group?.syncShutdownGracefully()
+    }
+
+    /// A scheduler over a started one-thread pool, and an event loop for its futures (both
+    /// stopped at tearDown).
+    private func started() -> (FairScheduler, EventLoop) {
+        let p = NIOThreadPool(numberOfThreads: 1)
+        p.start()
+        let g = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        pool = p
+        group = g
+        return (FairScheduler(pool: p, threads: 1), g.next())
+    }
+
     func testAConnectionsRequestWaitsBehindOneRequestOfABusyConnectionNotAllOfThem() throws {
-        let pool = NIOThreadPool(numberOfThreads: 1)
-        pool.start()
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer {
-            try? pool.syncShutdownGracefully()
-            try? group.syncShutdownGracefully()
-        }
-        let fair = FairScheduler(pool: pool, threads: 1)
+        let (fair, loop) = started()
         let a = fair.connectionKey(), b = fair.connectionKey()
         XCTAssertNotEqual(a, b)
         let order = OrderBox()
-        let loop = group.next()
         var futures: [EventLoopFuture<Void>] = []
         // Connection a: 20 requests of 20 ms each, queued at once (its pipelined in-flight cap).
         for k in 0..<20 {
@@ -45,17 +56,9 @@ final class FairSchedulerTests: XCTestCase {
     /// A closed connection's queued requests are dropped (their futures fail), not judged for
     /// nobody with a place in the rotation; its running request finishes; others are untouched.
     func testAClosedConnectionsQueuedJobsAreDropped() throws {
-        let pool = NIOThreadPool(numberOfThreads: 1)
-        pool.start()
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer {
-            try? pool.syncShutdownGracefully()
-            try? group.syncShutdownGracefully()
-        }
-        let fair = FairScheduler(pool: pool, threads: 1)
+        let (fair, loop) = started()
         let a = fair.connectionKey(), b = fair.connectionKey()
         let order = OrderBox()
-        let loop = group.next()
         let first = fair.run(a, on: loop) { usleep(50_000); order.append("a0") }
         let queued = (1..<20).map { k in fair.run(a, on: loop) { order.append("a\(k)") } }
         let other = fair.run(b, on: loop) { order.append("b") }
