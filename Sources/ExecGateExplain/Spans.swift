@@ -41,17 +41,22 @@ struct Spans {
             for k in lows.indices where x >= lows[k] && end <= highs[k] { return (lows[k], highs[k], values[k]) }
             return nil
         }
-        do {
-            // The last span starting at or below x is the only one that can hold x.
-            var lo = 0, hi = lows.count
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if lows[mid] <= x { lo = mid + 1 } else { hi = mid }
-            }
-            guard lo > 0, end <= highs[lo - 1] else { return nil }
-            return (lows[lo - 1], highs[lo - 1], values[lo - 1])
-        }
+        // The last span starting at or below x is the only one that can hold x.
+        let k = countAtOrBelow(lows, x)
+        guard k > 0, end <= highs[k - 1] else { return nil }
+        return (lows[k - 1], highs[k - 1], values[k - 1])
     }
+}
+
+/// How many of the ascending `lows` are ≤ `x` (binary search): `Spans` and `RangeCover` both
+/// look up "the last interval starting at or below x" this way.
+private func countAtOrBelow(_ lows: [UInt64], _ x: UInt64) -> Int {
+    var lo = 0, hi = lows.count
+    while lo < hi {
+        let mid = (lo + hi) / 2
+        if lows[mid] <= x { lo = mid + 1 } else { hi = mid }
+    }
+    return lo
 }
 
 /// Which addresses a set of ranges covers, asked by binary search: the ranges sorted by lower
@@ -76,12 +81,8 @@ struct RangeCover {
 
     /// The largest upper bound of the ranges starting at or below `x`.
     private func reach(_ x: UInt64) -> UInt64? {
-        var lo = 0, hi = lows.count  // the number of lows <= x
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if lows[mid] <= x { lo = mid + 1 } else { hi = mid }
-        }
-        return lo == 0 ? nil : highs[lo - 1]
+        let k = countAtOrBelow(lows, x)
+        return k == 0 ? nil : highs[k - 1]
     }
 
     /// Some range contains `x`.

@@ -107,7 +107,7 @@ struct RequestProcessor: Sendable {
     }
 
     private func refuse(_ id: UInt64, _ type: MessageType, _ code: WireErrorCode, _ message: String) -> Frame {
-        warn("request refused", ["id": "\(id)", "code": "\(code)", "why": "\(message)"])
+        refusalLog.warning(logger, "request refused", ["id": "\(id)", "code": "\(code)", "why": "\(message)"])
         return Message.error(ErrorReply(code: code, message: message)).frame(requestID: id)
     }
 
@@ -118,17 +118,9 @@ struct RequestProcessor: Sendable {
                 "reason": "\(v.reason.name)", "policy": "\(v.policyID)@\(v.policyVersion)",
             ])
         } else if case .error(let e) = reply {
-            warn("request failed", ["id": "\(id)", "type": "\(type)", "code": "\(e.code)", "why": "\(e.message)"])
+            // A peer repeats these at will (cheap malformed frames): throttled for the port.
+            refusalLog.warning(logger, "request failed", ["id": "\(id)", "type": "\(type)", "code": "\(e.code)", "why": "\(e.message)"])
         }
     }
 
-    /// A peer repeats these at will (cheap malformed or refused frames): at most the throttle's
-    /// lines a second, the next one counting those left out. Every request is answered anyway.
-    private func warn(_ message: Logger.Message, _ meta: Logger.Metadata) {
-        let (log, unlogged) = refusalLog.admit()
-        guard log else { return }
-        var meta = meta
-        if unlogged > 0 { meta["unlogged_before"] = "\(unlogged)" }
-        logger.warning(message, metadata: meta)
-    }
 }

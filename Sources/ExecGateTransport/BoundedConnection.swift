@@ -430,14 +430,8 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
         inFlight += 1
         switch item {
         case .refused(let id, let type, let code, let message):
-            // At most BufferBudget.refusalLinesPerSecond lines a second for the port; the next
-            // line says how many went unlogged (every refusal is answered either way).
-            let (log, unlogged) = budget.refusalLogLine()
-            if log {
-                var meta: Logger.Metadata = ["id": "\(id)", "type": "\(type)", "code": "\(code)", "why": "\(message)"]
-                if unlogged > 0 { meta["unlogged_before"] = "\(unlogged)" }
-                logger.warning("frame refused", metadata: meta)
-            }
+            // Throttled for the port (every refusal is answered either way).
+            budget.refusalLog.warning(logger, "frame refused", ["id": "\(id)", "type": "\(type)", "code": "\(code)", "why": "\(message)"])
             let reply = Message.error(ErrorReply(code: code, message: message)).frame(requestID: id)
             write(reply, context: context, closeAfter: code == .badMagic)
         case .frame(let frame):

@@ -134,11 +134,9 @@ public final class BufferBudget: @unchecked Sendable {
     private var _turnsServed: UInt64 = 0
     private var _turnsLapsed: UInt64 = 0
     /// The port's refusal log lines (frames refused busy or malformed, requests refused or
-    /// failed): shared by its connections and its request processor.
+    /// failed): shared by its connections and its request processor (a flood of refused frames
+    /// wrote one warning each: 200 lines a second, 9,000 a minute, round 13).
     public let refusalLog: LogThrottle
-    /// Refusal lines a port logs per second (a flood of refused frames wrote one warning each:
-    /// 200 lines a second, 9,000 a minute, round 13); the rest are counted in the next line.
-    public static let refusalLinesPerSecond = LogThrottle.defaultLinesPerSecond
 
     /// - Parameters:
     ///   - turn: how long a large body's turn lasts at most (`TransportLimits.largeBodyTurn`).
@@ -156,10 +154,6 @@ public final class BufferBudget: @unchecked Sendable {
         self.clock = clock
         self.refusalLog = LogThrottle(clock: clock)
     }
-
-    /// Whether a refused frame is logged now, and how many refusals went unlogged before it
-    /// (`refusalLog`).
-    public func refusalLogLine() -> (log: Bool, unloggedBefore: UInt64) { refusalLog.admit() }
 
     /// Reserve a whole body of `n` bytes (`reserve(n, ofBody: n)`). Returns nil when reserved, or the refusal message.
     public func reserve(_ n: Int) -> String? { reserve(n, ofBody: n) }
@@ -568,49 +562,5 @@ public struct MemoryBudget: Sendable, Equatable {
     public func summary(_ l: PortLimits) -> String {
         "memory available \(availableBytes >> 20) MiB: request bodies up to \(l.bufferBudget >> 20) MiB in all, largest body \(l.maximumBodySize) bytes"
             + (l.factsBudget.map { ", registered facts up to \($0 >> 20) MiB" } ?? "")
-    }
-}
-
-/// At most `linesPerSecond` log lines a second for one kind of event a peer can repeat at will
-/// (refused frames, refused or failed requests); the first line after a quiet spell says how many
-/// were left out. Every event is still answered; only its log line is counted instead of written.
-public final class LogThrottle: @unchecked Sendable {
-    // @unchecked: guarded by `lock`.
-    private let lock = NIOLock()
-    private let clock: @Sendable () -> UInt64
-    private let linesPerSecond: Int
-    private var second: UInt64 = 0
-    private var logged = 0
-    private var unlogged: UInt64 = 0
-    public static let defaultLinesPerSecond = 10
-
-    public init(linesPerSecond: Int = LogThrottle.defaultLinesPerSecond,
-                clock: @escaping @Sendable () -> UInt64 = { NIODeadline.now().uptimeNanoseconds }) {
-        self.linesPerSecond = linesPerSecond
-        self.clock = clock
-    }
-
-    /// Whether to log this event, and how many were left out before it (reported once).
-    public func admit() -> (log: Bool, unloggedBefore: UInt64) {
-        lock.withLock {
-            // The clock is read under the lock: two threads never move the second back.
-            let now = clock() / 1_000_000_000
-            if now > second { second = now; logged = 0 }
-            guard logged < linesPerSecond else {
-                unlogged &+= 1
-                return (false, 0)
-            }
-            logged += 1
-            defer { unlogged = 0 }
-            return (true, unlogged)
-        }
-    }
-
-    /// Events left out since the last logged line (a stop writes them: nothing goes unsaid).
-    public func takeUnlogged() -> UInt64 {
-        lock.withLock {
-            defer { unlogged = 0 }
-            return unlogged
-        }
     }
 }

@@ -331,16 +331,16 @@ extension BudgetAccountingTests {
         let now = NIOLockedValueBoxLite(UInt64(5_000_000_000))
         let b = BufferBudget(total: 1 << 20, smallFrameSize: 1 << 16, smallReserve: 1 << 18, clock: { now.value })
         var logged = 0
-        for _ in 0..<25 { if b.refusalLogLine().log { logged += 1 } }
-        XCTAssertEqual(logged, BufferBudget.refusalLinesPerSecond)
+        for _ in 0..<25 { if b.refusalLog.admit().log { logged += 1 } }
+        XCTAssertEqual(logged, LogThrottle.defaultLinesPerSecond)
         now.value += 1_000_000_000
-        let next = b.refusalLogLine()
+        let next = b.refusalLog.admit()
         XCTAssertTrue(next.log)
-        XCTAssertEqual(next.unloggedBefore, UInt64(25 - BufferBudget.refusalLinesPerSecond))
-        XCTAssertEqual(b.refusalLogLine().unloggedBefore, 0, "counted once")
+        XCTAssertEqual(next.unloggedBefore, UInt64(25 - LogThrottle.defaultLinesPerSecond))
+        XCTAssertEqual(b.refusalLog.admit().unloggedBefore, 0, "counted once")
         // The request processor's lines share the port's throttle.
         for _ in 0..<20 { _ = b.refusalLog.admit() }
-        XCTAssertEqual(b.refusalLog.takeUnlogged(), UInt64(20 + 2 - BufferBudget.refusalLinesPerSecond))
+        XCTAssertEqual(b.refusalLog.takeUnlogged(), UInt64(20 + 2 - LogThrottle.defaultLinesPerSecond))
         XCTAssertEqual(b.refusalLog.takeUnlogged(), 0)
     }
 }

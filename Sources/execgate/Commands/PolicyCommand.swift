@@ -327,7 +327,7 @@ struct PolicyTest: ParsableCommand {
             // register-guest tag 3). Without it a pin is judged against no digest at all, which
             // says nothing of the capture's kernel: no result, a usage error.
             if let kernel {
-                kernelDigest = try LocalFile.read(kernel).withUnsafeBytes { Digest.sha256($0).bytes }
+                kernelDigest = try kernelImageDigest(kernel)
             } else if !p.trustedKernels.isEmpty {
                 throw LocalFileError(path: policy, why: "policy \(p.id) v\(p.version) pins \(p.trustedKernels.count) kernel build(s) (kernel … symbols …), and a capture holds no kernel digest: give --kernel VMLINUZ, the image the guest boots, whose SHA-256 register-guest sends as kernel_digest, so the pin is judged (docs/policy.md, \"Dry run\")")
             }

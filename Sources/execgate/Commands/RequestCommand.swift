@@ -4,7 +4,6 @@ import ExecGateCommandLine
 import ExecGateCapture
 import ExecGateClient
 import ExecGateHost
-import ExecGateSignature
 import ExecGateWire
 import NIOCore
 
@@ -256,7 +255,7 @@ struct RequestRegisterGuest: AsyncParsableCommand {
             throw ExecGateExit.usage
         }
         if let kernel {
-            do { r.kernelDigest = try LocalFile.read(kernel).withUnsafeBytes { Digest.sha256($0).bytes } } catch {
+            do { r.kernelDigest = try kernelImageDigest(kernel) } catch {
                 Console.error("execgate request register-guest: \(error)")
                 throw ExecGateExit.usage
             }

@@ -91,3 +91,10 @@ extension Verdict {
         }
     }
 }
+
+/// register-guest's `kernel_digest` (docs/protocol.md, tag 3): the SHA-256 of the kernel image the
+/// guest boots, which a policy's `kernel … symbols …` pins are checked against. One reading for
+/// `policy test --kernel` and `request register-guest --kernel`.
+func kernelImageDigest(_ path: String) throws -> [UInt8] {
+    try LocalFile.read(path).withUnsafeBytes { Digest.sha256($0).bytes }
+}
