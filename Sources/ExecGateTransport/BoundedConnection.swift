@@ -81,6 +81,10 @@ public final class DecodeGate {
     /// Bytes of frames behind the gate dropped at the peer's EOF (beyond one read buffer).
     public internal(set) var droppedAtEOF = 0
 
+    /// The connection, to the port's `BufferBudget`: its decoder reserves and its handler gives
+    /// back with it, so what the connection holds is known (`BufferBudget`, "Shares").
+    public let holder = BudgetHolder()
+
     public init(capacity: Int) { self.capacity = max(1, capacity) }
 
     public var isFull: Bool { queued >= capacity }
@@ -97,24 +101,28 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
     public typealias InboundOut = InboundFrame
     private var inner: FrameDecoder
     private let budget: BufferBudget
-    private let gate: DecodeGate?
-    /// This connection, to the budget: a large body refused for lack of room keeps its place
-    /// in the port's queue of large bodies (`BufferBudget`, "Turns") until the connection goes.
-    private let holder = BudgetHolder()
+    private let gate: DecodeGate
+    /// This connection, to the budget (its gate's, shared with the handler): a body refused for
+    /// lack of room keeps its place in the port's queue (`BufferBudget`, "Turns") until the
+    /// connection goes; what it holds counts against its share ("Shares").
+    private let holder: BudgetHolder
     private var progress = FrameProgress.betweenFrames
 
-    /// - Parameter gate: when given, no new frame is cut while `gate.isFull` (frames queued by the
-    ///   handler); a body already started is still collected (its bytes are in the budget).
-    public init(maximumBodySize: Int, budget: BufferBudget, gate: DecodeGate? = nil) {
+    /// - Parameter gate: shared with the connection's handler: no new frame is cut while
+    ///   `gate.isFull` (frames queued by the handler); a body already started is still collected
+    ///   (its bytes are in the budget). Its `holder` is the connection's, to the budget.
+    public init(maximumBodySize: Int, budget: BufferBudget, gate: DecodeGate) {
         inner = FrameDecoder(maximumBodySize: maximumBodySize)
         self.budget = budget
         self.gate = gate
-        inner.admitBody = { [budget, holder] n, length in n == 0 ? budget.check(length, holder: holder) : budget.reserve(n, ofBody: length, holder: holder) }
-        inner.releaseBody = { [budget, holder] n, length in budget.release(n, ofBody: length, holder: holder) }
+        let holder = gate.holder
+        self.holder = holder
+        inner.admitBody = { [budget] n, length in n == 0 ? budget.check(length, holder: holder) : budget.reserve(n, ofBody: length, holder: holder) }
+        inner.releaseBody = { [budget] n, length in budget.abandon(n, ofBody: length, holder: holder) }
     }
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        if let gate, gate.isFull, inner.isBetweenFrames {
+        if gate.isFull, inner.isBetweenFrames {
             // The handler holds its in-flight cap of requests not yet started: leave the next
             // frames as bytes (at most one read of them) until it starts one. The server, not the
             // peer, is waiting now, so no header deadline runs for these bytes.
@@ -157,7 +165,7 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
 
     public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
         // The peer is gone: frames left behind the gate are dropped with the rest, unread.
-        while !(gate?.isFull ?? false), let out = try inner.decodeOne(&buffer) { context.fireChannelRead(Self.wrapInboundOut(out)) }
+        while !gate.isFull, let out = try inner.decodeOne(&buffer) { context.fireChannelRead(Self.wrapInboundOut(out)) }
         buffer.moveReaderIndex(to: buffer.writerIndex)
         return .needMoreData
     }
@@ -165,7 +173,7 @@ public struct BudgetedFrameDecoder: ByteToMessageDecoder {
     public mutating func decoderRemoved(context: ChannelHandlerContext) {
         // A body admitted but never completed (peer closed mid-body): give back the bytes it held.
         if let length = inner.awaitingBodyLength {
-            budget.release(inner.admittedBodyBytes, ofBody: length)
+            budget.release(inner.admittedBodyBytes, ofBody: length, holder: holder)
             inner.admitBody = nil
             inner.releaseBody = nil
         }
@@ -268,7 +276,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     /// - Parameter gate: shared with the connection's `BudgetedFrameDecoder`; its capacity is
     ///   the most requests held decoded but not started (`addBoundedFrameHandlers` gives
     ///   `maximumInFlightPerConnection`).
-    public convenience init(configuration: PortLimits, budget: BufferBudget, logger: Logger, gate: DecodeGate? = nil, process: @escaping FrameProcessor) {
+    public convenience init(configuration: PortLimits, budget: BufferBudget, logger: Logger, gate: DecodeGate, process: @escaping FrameProcessor) {
         self.init(configuration: configuration, budget: budget, logger: logger, gate: gate, arrival: nil) { frame, _, loop in process(frame, loop) }
     }
 
@@ -276,12 +284,12 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
     ///   `pending` behind the in-flight cap; `process` is given that stamp when the frame starts.
     /// - Parameter replyWritten: told of each reply once it has left the server (`ReplyWritten`).
     /// - Parameter answerOnLoop: asked first for each request frame (`LoopAnswer`).
-    public init(configuration: PortLimits, budget: BufferBudget, logger: Logger, gate: DecodeGate? = nil, arrival: FrameArrival?,
+    public init(configuration: PortLimits, budget: BufferBudget, logger: Logger, gate: DecodeGate, arrival: FrameArrival?,
                 replyWritten: ReplyWritten? = nil, answerOnLoop: LoopAnswer? = nil, process: @escaping StampedFrameProcessor) {
         self.configuration = configuration
         self.budget = budget
         self.logger = logger
-        self.gate = gate ?? DecodeGate(capacity: configuration.maximumInFlightPerConnection)
+        self.gate = gate
         self.arrival = arrival
         self.replyWritten = replyWritten
         self.process = process
@@ -306,7 +314,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
         timer = nil
         // Frames never started: give their bodies back to the budget.
         while let (item, _) = pending.popFirst() {
-            if case .frame(let f) = item { budget.release(f.body.readableBytes) }
+            if case .frame(let f) = item { budget.release(f.body.readableBytes, ofBody: f.body.readableBytes, holder: gate.holder) }
         }
         context.fireChannelInactive()
     }
@@ -436,8 +444,9 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             write(reply, context: context, closeAfter: code == .badMagic)
         case .frame(let frame):
             let bodyBytes = frame.body.readableBytes
+            let holder = gate.holder
             if let answer = answerOnLoop, let reply = answer(frame, arrival) {
-                budget.release(bodyBytes)
+                budget.release(bodyBytes, ofBody: bodyBytes, holder: holder)
                 write(reply, context: context, closeAfter: false)
                 return
             }
@@ -446,7 +455,7 @@ public final class BoundedFrameHandler: ChannelInboundHandler {
             let future = process(frame, arrival, context.eventLoop)
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             future.hop(to: context.eventLoop).whenComplete { result in
-                budget.release(bodyBytes)
+                budget.release(bodyBytes, ofBody: bodyBytes, holder: holder)
                 let (handler, context) = bound.value
                 let reply: Frame
                 switch result {

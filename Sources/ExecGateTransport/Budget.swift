@@ -73,9 +73,14 @@ public struct PortLimits: Sendable {
     }
 }
 
-/// Who asks the budget: one per connection (its decoder). A large body refused for lack of room
-/// keeps its holder's place in the port's queue of large bodies (`BufferBudget`, "Turns").
-public final class BudgetHolder: Sendable {
+/// Who asks the budget: one per connection (its decoder and its handler, through `DecodeGate`).
+/// A body refused for lack of room keeps its holder's place in the port's queue for a turn
+/// (`BufferBudget`, "Turns"); the bytes the holder holds are bounded by the port's
+/// `BufferBudget.connectionShare` ("Shares").
+public final class BudgetHolder: @unchecked Sendable {
+    // @unchecked: `held` is read and written only under the lock of the one budget it is used with.
+    /// Bytes of this connection's bodies held now (received and not yet judged or given back).
+    fileprivate var held = 0
     public init() {}
 }
 
@@ -100,6 +105,16 @@ public final class BudgetHolder: Sendable {
 /// connection keeps others' new bodies out for at most 10 s per turn, as long as a partial body
 /// may hold its bytes; turns go in order, and a connection that wants another turn queues again
 /// behind every waiter: docs/trust.md, "Ports".
+///
+/// Shares. The turns order who gets room that frees; they do not stop one connection from taking
+/// all of it. A connection keeping 36 bodies of 1 MiB in flight (small bodies may use the whole
+/// budget) left no room for anyone, and a third of another guest's small requests were refused
+/// busy (round 13). So the bytes one connection holds (its bodies received and not yet judged,
+/// `BudgetHolder`) stay within `connectionShare`: the whole budget but half the small-frame
+/// reserve (32 of 36 MiB by default, never less than one largest body), and a body that would
+/// take its connection past it is refused at its header, without a place in the queue (the room
+/// it waits for is its own to free). Whatever one connection does, half the reserve stays for
+/// the others' small frames (a guest's VMM keeps one connection: docs/trust.md, "Ports").
 public final class BufferBudget: @unchecked Sendable {
     // @unchecked: the counters and the queue are guarded by `lock`.
     private let lock = NIOLock()
@@ -109,10 +124,14 @@ public final class BufferBudget: @unchecked Sendable {
     private var smallUsed = 0
     private var largeUsed = 0
     private var _refusals: UInt64 = 0
+    private var _shareRefusals: UInt64 = 0
     public let total: Int
     public let smallFrameSize: Int
     /// What large frames may use together: `total` minus the reserve kept for small frames.
     public let largeLimit: Int
+    /// What one connection's bodies may hold together ("Shares"): `total` minus half the reserve,
+    /// at least `largeLimit` (one largest body) and one small frame.
+    public let connectionShare: Int
 
     /// A body refused for lack of room: its connection, its length, when it was last refused.
     private struct Waiter {
@@ -149,6 +168,7 @@ public final class BufferBudget: @unchecked Sendable {
         self.total = total
         self.smallFrameSize = smallFrameSize
         self.largeLimit = max(0, total - smallReserve)
+        self.connectionShare = max(total - min(smallReserve, total) / 2, largeLimit, min(total, smallFrameSize))
         self.turnNanoseconds = UInt64(max(0, turn.nanoseconds))
         self.retryWindowNanoseconds = UInt64(max(0, retryWindow.nanoseconds))
         self.clock = clock
@@ -165,6 +185,7 @@ public final class BufferBudget: @unchecked Sendable {
         guard n > 0 else { return nil }
         return lock.withLock {
             let used = smallUsed + largeUsed
+            if let holder, holder.held + n > connectionShare { return shareRefusal(n: n, length: length, holder: holder) }
             if length <= smallFrameSize {
                 guard used + n <= total else { return refusal(n: n, length: length, used: used) }
                 smallUsed += n
@@ -172,6 +193,7 @@ public final class BufferBudget: @unchecked Sendable {
                 guard largeUsed + n <= largeLimit && used + n <= total else { return refusal(n: n, length: length, used: used) }
                 largeUsed += n
             }
+            holder?.held += n
             if let holder, let admitted = turnAdmitted, waiters.first?.holder == ObjectIdentifier(holder) {
                 turnAdmitted = admitted + n
                 if admitted + n >= waiters[0].length {
@@ -193,6 +215,8 @@ public final class BufferBudget: @unchecked Sendable {
         return lock.withLock {
             let now = clock()
             expireTurns(now)
+            // Past its share, a connection waits for its own bodies to be judged: no place, no turn.
+            if let holder, holder.held + length > connectionShare { return shareRefusal(n: length, length: length, holder: holder) }
             let id = holder.map(ObjectIdentifier.init)
             let kept = keptRoom(notFor: id)
             let used = smallUsed + largeUsed
@@ -276,6 +300,15 @@ public final class BufferBudget: @unchecked Sendable {
         turnBegan = now
     }
 
+    /// Called with `lock` held: a body that would take its connection past its share.
+    private func shareRefusal(n: Int, length: Int, holder: BudgetHolder) -> String {
+        _refusals &+= 1
+        _shareRefusals &+= 1
+        let what = n == length ? "a body of \(n) bytes" : "\(n) more bytes of a body of \(length) bytes (the frame is discarded)"
+        return "server busy: this connection holds \(holder.held) bytes of request bodies not yet answered; "
+            + "\(what) would exceed a connection's share of \(connectionShare) — retry when its earlier requests are answered"
+    }
+
     /// Called with `lock` held.
     private func refusal(n: Int, length: Int, used: Int, holder: ObjectIdentifier? = nil, kept: Int = 0) -> String {
         _refusals &+= 1
@@ -295,17 +328,28 @@ public final class BufferBudget: @unchecked Sendable {
     /// Give back a reservation of a whole body of `n` bytes (`release(n, ofBody: n)`).
     public func release(_ n: Int) { release(n, ofBody: n) }
 
-    /// Give back `n` bytes reserved for a body of `length` bytes. With `holder`: the bytes of a
-    /// partial body refused mid-way or dropped with its connection; a turn's body refused mid-way
-    /// keeps the turn (its connection retries).
+    /// Give back `n` bytes reserved for a body of `length` bytes on `holder`'s connection (judged,
+    /// dropped with its connection, or answered without judging). Every reservation made with a
+    /// holder is given back with the same holder.
     public func release(_ n: Int, ofBody length: Int, holder: BudgetHolder? = nil) {
+        lock.withLock { give(n, ofBody: length, holder: holder) }
+    }
+
+    /// Give back the `n` bytes a partial body held when it was refused mid-way: a turn's body
+    /// refused so keeps the turn (its connection retries), its admission counted anew.
+    public func abandon(_ n: Int, ofBody length: Int, holder: BudgetHolder) {
         lock.withLock {
-            if n > 0 {
-                if length <= smallFrameSize { smallUsed -= n } else { largeUsed -= n }
-                assert(smallUsed >= 0 && largeUsed >= 0, "budget released more than reserved")
-            }
-            if let holder, turnAdmitted != nil, waiters.first?.holder == ObjectIdentifier(holder) { turnAdmitted = nil }
+            give(n, ofBody: length, holder: holder)
+            if turnAdmitted != nil, waiters.first?.holder == ObjectIdentifier(holder) { turnAdmitted = nil }
         }
+    }
+
+    /// Called with `lock` held.
+    private func give(_ n: Int, ofBody length: Int, holder: BudgetHolder?) {
+        guard n > 0 else { return }
+        if length <= smallFrameSize { smallUsed -= n } else { largeUsed -= n }
+        holder?.held -= n
+        assert(smallUsed >= 0 && largeUsed >= 0 && (holder?.held ?? 0) >= 0, "budget released more than reserved")
     }
 
     public var inUse: Int { lock.withLock { smallUsed + largeUsed } }
@@ -313,6 +357,10 @@ public final class BufferBudget: @unchecked Sendable {
     /// request answered, both are 0).
     public var usage: (small: Int, large: Int) { lock.withLock { (smallUsed, largeUsed) } }
     public var refusals: UInt64 { lock.withLock { _refusals } }
+    /// Of `refusals`, bodies refused for taking their connection past its share.
+    public var shareRefusals: UInt64 { lock.withLock { _shareRefusals } }
+    /// Bytes `holder`'s connection holds now (tests and diagnostics).
+    public func held(by holder: BudgetHolder) -> Int { lock.withLock { holder.held } }
     /// Large bodies waiting for a turn (the one with the turn included), turns that ended with
     /// their body complete, and turns that ran out or were skipped.
     public var turns: (waiting: Int, served: UInt64, lapsed: UInt64) { lock.withLock { (waiters.count, _turnsServed, _turnsLapsed) } }

@@ -277,6 +277,42 @@ final class BudgetAccountingTests: XCTestCase {
         assertDrained("one byte of a large body")
     }
 
+    /// Attack (round 13's residual): one connection keeps small bodies in flight until the budget
+    /// is full, so another guest's small request is refused "server busy" (measured: a third of a
+    /// victim's requests, with 1 MiB bodies that may use the reserve). Rule: what one connection
+    /// holds stays within `BufferBudget.connectionShare` (the budget but half the small-frame
+    /// reserve, Budget.swift "Shares"), and its body past that is refused at its header with no
+    /// place in the queue. Asserted: the attacker's 20 pipelined 60,000-byte bodies (1.2 MB, more
+    /// than the 1 MiB budget) hold at most its share, the ones past it are refused naming the
+    /// share, and a victim's 60,000-byte request on another connection is admitted and judged;
+    /// every byte comes back. Fails without the share: the attacker holds 17 bodies (1,020,000
+    /// bytes) and the victim is refused busy.
+    func testOneConnectionCannotTakeTheWholeBudget() throws {
+        try startPort(inFlight: 64)
+        XCTAssertEqual(budget.connectionShare, (1 << 20) - (128 << 10), "share: the budget but half the reserve")
+        let attacker = try XCTUnwrap(SocketPeer(path: path))
+        for i in 0..<20 { XCTAssertTrue(attacker.writeAll(frame(UInt64(200 + i), length: 60_000))) }
+        // 15 bodies fit the share (900,000 ≤ 917,504); the 16th and later are refused at their header.
+        var refusals: [String] = []
+        while refusals.count < 5, let r = attacker.readFrame(timeout: 5) {
+            XCTAssertEqual(r.type, .error)
+            refusals.append(String(decoding: r.body.readableBytesView, as: UTF8.self))
+        }
+        XCTAssertEqual(refusals.count, 5, "the bodies past the connection's share were not refused")
+        XCTAssertTrue(refusals.allSatisfy { $0.contains("a connection's share of \(budget.connectionShare)") }, "\(refusals.first ?? "")")
+        XCTAssertTrue(eventually { self.gate.count == 15 }, "\(gate.count) of the attacker's bodies reached the gate")
+        XCTAssertEqual(budget.usage.small, 15 * 60_000, "the attacker holds more than its share")
+        XCTAssertEqual(budget.shareRefusals, 5)
+        let victim = try XCTUnwrap(SocketPeer(path: path))
+        XCTAssertTrue(victim.writeAll(frame(300, length: 60_000)))
+        XCTAssertTrue(eventually { self.gate.count == 16 }, "the victim's small request was not admitted beside the attacker's share")
+        XCTAssertNil(victim.readFrame(timeout: 0.2), "the victim was answered before judging: refused busy")
+        gate.openAll()
+        guard let answer = victim.readFrame(timeout: 5) else { return XCTFail("the victim was not answered") }
+        XCTAssertEqual(answer.type, .statusReply, "the victim's request was refused")
+        assertDrained("one connection's share")
+    }
+
     /// This process's resident bytes (VmRSS).
     private func residentBytes() -> Int { procStatusBytes("VmRSS") }
 
