@@ -519,11 +519,13 @@ public final class GuestSession: @unchecked Sendable {
         }
     }
 
-    func initFreed(name: String) -> Bool {
+    func initFreed(name: String, initBase: UInt64) -> Bool {
         lock.withLock {
             // A module whose verdict is still being finished has no init text granted yet (the
             // kernel frees init memory only after init returned: do_init_module() → do_free_init()).
-            guard var m = liveExactLocked(name), m.initRange != nil, !m.pending else { return false }
+            // The init base names the instance: a late notice for an earlier load of the name
+            // (unloaded and loaded again before its init memory was freed) frees nothing.
+            guard var m = liveExactLocked(name), let range = m.initRange, range.lowerBound == initBase, !m.pending else { return false }
             let canonical = m.name
             m.initRange = nil
             m.initAllocation = nil  // do_free_init() frees the whole init allocation

@@ -139,10 +139,10 @@ public final class Verifier: @unchecked Sendable {
             }
             if let why = Self.unnamable(m.moduleName) { return .error(ErrorReply(code: .unknownModule, message: why)) }
             if let why = session.endedMessage { return .error(ErrorReply(code: .unknownModule, message: why)) }
-            guard session.initFreed(name: m.moduleName) else {
-                return .error(ErrorReply(code: .unknownModule, message: "no live module '\(m.moduleName)' with granted init text in guest '\(m.guestID)'"))
+            guard session.initFreed(name: m.moduleName, initBase: m.initBase) else {
+                return .error(ErrorReply(code: .unknownModule, message: "no live module '\(m.moduleName)' with granted init text at 0x\(Hex.number(m.initBase)) in guest '\(m.guestID)'"))
             }
-            return .moduleInitFreedReply(ModuleInitFreedReply(guestID: m.guestID, moduleName: m.moduleName))
+            return .moduleInitFreedReply(ModuleInitFreedReply(guestID: m.guestID, moduleName: m.moduleName, initBase: m.initBase))
         case .removeGuest(let m):
             let session: GuestSession
             switch self.session(of: m.guestID, arrival: arrival, token: m.session) {

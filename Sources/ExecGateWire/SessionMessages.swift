@@ -242,35 +242,45 @@ public struct RetireModuleReply: Sendable, Equatable {
 /// The guest freed a module's init memory (`do_init_module()` → `do_free_init()`) and the VMM has
 /// revoked EXEC on the init frames. The init range stops being live: nothing there may be patched
 /// any more, and the range may be reused.
+///
+/// `initBase` names the instance, as `text_base` does for retire-module: 6.1 frees init memory
+/// from a work queue (`do_init_module()` queues `do_free_init()` after the module went LIVE), so a
+/// module may be unloaded and loaded again before the first load's init memory is freed; by name
+/// alone that late notice freed the second load's init text while it was still granted (round 14).
 public struct ModuleInitFreed: Sendable, Equatable {
     public var guestID: String
     public var moduleName: String
+    /// The start of the init text whose EXEC was revoked: the `init_base` its authorize-module claimed.
+    public var initBase: UInt64
     /// The guest's session token (tag 0x8020, `SessionToken`); nil: judged by its arrival. A
     /// reply never carries one.
     public var session: UInt64?
 
-    public init(guestID: String, moduleName: String, session: UInt64? = nil) {
+    public init(guestID: String, moduleName: String, initBase: UInt64, session: UInt64? = nil) {
         self.guestID = guestID
         self.moduleName = moduleName
+        self.initBase = initBase
         self.session = session
     }
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "module-init-freed", known: [1, 2, SessionToken.tag])
+        let r = try TLVReader(body, message: "module-init-freed", known: [1, 2, 3, SessionToken.tag])
         guestID = try r.requiredString(1, "guest_id")
         moduleName = try r.requiredString(2, "module_name")
+        initBase = try r.requiredInteger(3, "init_base")
         session = try SessionToken.decode(r, message: "module-init-freed")
     }
 
     public func encode(into w: inout TLVWriter) {
         w.string(1, guestID)
         w.string(2, moduleName)
+        w.u64(3, initBase)
         if let t = session { w.u64(SessionToken.tag, t) }
     }
 }
 
-/// The reply acknowledges the guest and module it names: the request's own body (same tags, no
-/// session token).
+/// The reply acknowledges the guest, module and init base it names: the request's own body (same
+/// tags, no session token).
 public typealias ModuleInitFreedReply = ModuleInitFreed
 
 // MARK: - remove-guest (0x0008) / remove-guest-reply (0x8008)

@@ -319,7 +319,7 @@ final class CLIRound7Tests: XCTestCase {
         }
         let commands: [[String]] = [["request", "status", "--timeout", "2"], ["request", "status", "--timeout", "2", "--json"],
                                     ["request", "retire-module", "m", "--guest", "g", "--text-base", "0x1000", "--timeout", "2"],
-                                    ["request", "init-freed", "m", "--guest", "g", "--timeout", "2", "--json"],
+                                    ["request", "init-freed", "m", "--guest", "g", "--init-base", "0x2000", "--timeout", "2", "--json"],
                                     ["policy", "show"], ["policy", "show", "--json"], ["policy", "audit"]]
         for (p, peer) in Peer.allCases.enumerated() {
             // The admin commands wait their 30 s for a silent peer (AdminClient's timeout, no option).

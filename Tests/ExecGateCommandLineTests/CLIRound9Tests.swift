@@ -85,7 +85,7 @@ extension CLIRound9Tests {
         let verdict: [UInt8] = Self.tlv(1, [0]) + Self.tlv(2, u16: 1) + Self.tlv(4, w[1]) + Self.tlv(5, w[2]) + Self.tlv(6, w[3])
             + Self.tlv(7, u64: 1) + Self.tlv(9, w[0])
         let retired: [UInt8] = Self.tlv(1, w[2]) + Self.tlv(2, w[1]) + Self.tlv(3, u32: 0) + Self.tlv(4, u32: 0)
-        let freed: [UInt8] = Self.tlv(1, w[3]) + Self.tlv(2, w[2])
+        let freed: [UInt8] = Self.tlv(1, w[3]) + Self.tlv(2, w[2]) + Self.tlv(3, u64: 0xffff_ffff_c200_0000)
         let pushed: [UInt8] = Self.tlv(1, w[0]) + Self.tlv(2, u64: 9) + Self.tlv(3, w[2]) + Self.tlv(4, u64: 8)
         let shown: [UInt8] = Self.tlv(1, w[0]) + Self.tlv(2, u64: 9) + Self.tlv(3, w[1]) + Self.tlv(4, w[0]) + Self.tlv(6, w[3])
             + Self.tlv(9, w[1]) + Self.tlv(10, w[2]) + Self.tlv(11, w[3]) + Self.tlv(12, w[0]) + Self.tlv(13, w[2])
@@ -113,7 +113,7 @@ extension CLIRound9Tests {
             (["request", "status"], 0, 1),
             (["request", "module", module, "--claim", "none", "--guest", "g"], 1, 1),
             (["request", "retire-module", "m", "--text-base", "0xffffffffc0000000"] + session, 0, 1),
-            (["request", "init-freed", "m"] + session, 0, 1),
+            (["request", "init-freed", "m", "--init-base", "0xffffffffc2000000"] + session, 0, 1),
             (["policy", "push", bundle], 0, 1),
             (["policy", "show"], 0, 4),
             (["policy", "show", "--source"], 0, 5),

@@ -340,14 +340,14 @@ final class CLIRound4Tests: XCTestCase {
     func testRetireAndInitFreedExit2ForErrorsThatAreNoRefusal() throws {
         let serve = try startServe()
         let long = String(repeating: "g", count: 70_000)
-        for args in [["request", "init-freed", "vsock", "--guest", long], ["request", "retire-module", "vsock", "--guest", long, "--text-base", "0xffffffffc0000000"]] {
+        for args in [["request", "init-freed", "vsock", "--guest", long, "--init-base", "0xffffffffc2000000"], ["request", "retire-module", "vsock", "--guest", long, "--text-base", "0xffffffffc0000000"]] {
             let r = run(args + ["--connect", serve.address, "--json"], seconds: 30)
             XCTAssertEqual(r.status, 2, "\(args[1]): \(r.stderr)")
             XCTAssertTrue(r.stderr.contains("malformed-body"), r.stderr)
             XCTAssertEqual(r.stdout, "")
         }
         // A refusal stays 1.
-        let refused = run(["request", "init-freed", "vsock", "--guest", "nosuch", "--connect", serve.address], seconds: 30)
+        let refused = run(["request", "init-freed", "vsock", "--guest", "nosuch", "--init-base", "0xffffffffc2000000", "--connect", serve.address], seconds: 30)
         XCTAssertEqual(refused.status, 1, refused.stderr)
         XCTAssertTrue(refused.stderr.contains("unknown-guest"), refused.stderr)
     }

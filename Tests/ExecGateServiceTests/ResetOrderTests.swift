@@ -185,7 +185,7 @@ final class ResetOrderTests: XCTestCase {
         guard case .error(let e) = verifier.respond(to: retire, requestDigest: [], arrival: before) else { return XCTFail("a retire sent before the reset was carried out") }
         XCTAssertEqual(e.code, .unknownModule, e.message)
         XCTAssertTrue(e.message.contains("after this request arrived"), e.message)
-        guard case .error(let f) = verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: name)), requestDigest: [], arrival: before) else {
+        guard case .error(let f) = verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: name, initBase: 0xffff_ffff_c200_0000)), requestDigest: [], arrival: before) else {
             return XCTFail("an init-freed sent before the reset was carried out")
         }
         XCTAssertEqual(f.code, .unknownModule, f.message)
@@ -257,7 +257,7 @@ final class ResetOrderPendingTests: XCTestCase {
         }
         // The old boot, on a second connection, in one write: a request that takes the
         // connection's one in-flight slot, then the retire of irqbypass (the guest unloaded it).
-        XCTAssertTrue(send(other, [Message.moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "hold")).frame(requestID: 10),
+        XCTAssertTrue(send(other, [Message.moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "hold", initBase: 0xffff_ffff_c200_0000)).frame(requestID: 10),
                                    Message.retireModule(RetireModule(guestID: "g", moduleName: name, textBase: textBase)).frame(requestID: 11)]))
         XCTAssertEqual(responder.holding.wait(timeout: .now() + 30), .success)
         // The 2 frames (a few dozen bytes) came in one read; the loop cuts the second right after

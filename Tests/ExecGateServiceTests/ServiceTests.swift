@@ -179,7 +179,7 @@ final class ServiceTests: XCTestCase {
             XCTAssertEqual(e.code, .unknownModule)
         }
         do {
-            _ = try await c.moduleInitFreed(ModuleInitFreed(guestID: "g-2", moduleName: "vsock"))
+            _ = try await c.moduleInitFreed(ModuleInitFreed(guestID: "g-2", moduleName: "vsock", initBase: 0xffff_ffff_c200_0000))
             XCTFail("nothing is live")
         } catch ClientError.server(let e) {
             XCTAssertEqual(e.code, .unknownModule)

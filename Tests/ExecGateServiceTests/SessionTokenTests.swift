@@ -119,7 +119,7 @@ final class SessionTokenTests: XCTestCase {
             .authorizePatch(AuthorizePatch(guestID: "g", address: 0xffff_ffff_c000_0000, bytes: [0x90], session: t)),
             .authorizePatch(AuthorizePatch(guestID: "g", patches: [PatchEntry(address: 1, bytes: [0x90]), PatchEntry(address: 2, bytes: [0x90])], session: t)),
             .retireModule(RetireModule(guestID: "g", moduleName: "m", textBase: 0x1000, session: t)),
-            .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "m", session: t)),
+            .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "m", initBase: 0xffff_ffff_c200_0000, session: t)),
         ]
         for m in messages {
             let body = m.encodeBody()
@@ -178,7 +178,7 @@ final class SessionTokenTests: XCTestCase {
             ("token 0", .authorizeModule, Self.withToken(load, 0), "authorize-module.session", "invalid-value"),
             ("two tokens", .retireModule, Self.withToken(Self.withToken(retire, token), token), "retire-module", "duplicate-field"),
             ("a token without a guest", .authorizeModule, Self.withToken(Message.authorizeModule(noGuest).encodeBody(), token), "authorize-module.session", "invalid-value"),
-            ("empty token", .moduleInitFreed, Self.withToken(Message.moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: f.name)).encodeBody(), token, length: 0),
+            ("empty token", .moduleInitFreed, Self.withToken(Message.moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: f.name, initBase: 0xffff_ffff_c200_0000)).encodeBody(), token, length: 0),
              "module-init-freed.session", "bad-integer-width"),
         ]
         for (n, (what, type, body, field, code)) in cases.enumerated() {
@@ -280,7 +280,7 @@ final class SessionTokenTests: XCTestCase {
         guard case .error(let e) = v.respond(to: .retireModule(retire), requestDigest: [], arrival: late) else { return XCTFail("a stale retire was carried out") }
         XCTAssertEqual(e.code, .unknownModule, e.message)
         XCTAssertTrue(e.message.contains("carries the session token"), e.message)
-        guard case .error(let i) = v.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: f.name, session: old)), requestDigest: [], arrival: late) else {
+        guard case .error(let i) = v.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: f.name, initBase: 0xffff_ffff_c200_0000, session: old)), requestDigest: [], arrival: late) else {
             return XCTFail("a stale init-freed was carried out")
         }
         XCTAssertEqual(i.code, .unknownModule, i.message)
@@ -344,7 +344,7 @@ final class SessionTokenTests: XCTestCase {
         guard case .error(let e) = v.respond(to: .authorizeModule(f.request), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("a token-less load was judged") }
         XCTAssertEqual(e.code, .badRequest, e.message)
         XCTAssertTrue(e.message.contains("require_session"), e.message)
-        guard case .error(let p) = v.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: f.name)), requestDigest: [], arrival: v.arrival()) else { return XCTFail("init-freed") }
+        guard case .error(let p) = v.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: f.name, initBase: 0xffff_ffff_c200_0000)), requestDigest: [], arrival: v.arrival()) else { return XCTFail("init-freed") }
         XCTAssertEqual(p.code, .badRequest, p.message)
         XCTAssertEqual(v.guests.session("g")?.allowedModules, [])
         var load = f.request

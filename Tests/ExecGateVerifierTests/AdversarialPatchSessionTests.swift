@@ -275,7 +275,7 @@ final class AdversarialPatchSessionTests: XCTestCase {
         let flip = g.patch([PatchEntry(address: c.site, bytes: [0xe9, 0, 0, 0, 0])])
         XCTAssertEqual(flip.decision, .deny, flip.message)
         XCTAssertTrue(flip.message.contains("not the start of a run-time patch site"), flip.message)
-        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz")), requestDigest: []) else {
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz", initBase: g.session.liveModule("test_static_keyz")?.initRange?.lowerBound ?? 0)), requestDigest: []) else {
             return XCTFail("init freed")
         }
         let after = g.patch([PatchEntry(address: c.site, bytes: [0x0f, 0x1f, 0x44, 0x00, 0x00])])
@@ -313,7 +313,7 @@ final class AdversarialPatchSessionTests: XCTestCase {
         let core = g.patch(flip)
         XCTAssertEqual(core.decision, .allow, core.message)
         XCTAssertEqual(g.session.state(ofKey: c.key), 1 - state)
-        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz")), requestDigest: []) else {
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz", initBase: g.session.liveModule("test_static_keyz")?.initRange?.lowerBound ?? 0)), requestDigest: []) else {
             return XCTFail("init freed")
         }
         let back = try sites.map { PatchEntry(address: $0.site.address, bytes: try XCTUnwrap($0.table.encoding(at: $0.site.address, state: state))) }
@@ -370,7 +370,7 @@ final class AdversarialPatchSessionTests: XCTestCase {
         let v = try g.load("test_static_keys")
         XCTAssertEqual(v.decision, .deny, v.message)
         XCTAssertEqual(v.reason, .keyStateMismatch, v.message)
-        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz")), requestDigest: []) else {
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz", initBase: g.session.liveModule("test_static_keyz")?.initRange?.lowerBound ?? 0)), requestDigest: []) else {
             return XCTFail("init freed")
         }
         XCTAssertNil(g.session.state(ofKey: c.key), "the init sites are gone")
@@ -392,7 +392,7 @@ final class AdversarialPatchSessionTests: XCTestCase {
         XCTAssertNotNil(live.initRange)
         let base = live.textRange.lowerBound
         for name in ["test-static-keyz", "test_static-keyz", "TEST_STATIC_KEYZ", "test_static_\u{212A}eyz", "", "test_static_keyz\0", "test_static_keyz "] {
-            guard case .error(let e) = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: name)), requestDigest: []) else {
+            guard case .error(let e) = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: name, initBase: g.session.liveModule("test_static_keyz")?.initRange?.lowerBound ?? 0)), requestDigest: []) else {
                 return XCTFail("init freed under '\(name)'")
             }
             XCTAssertEqual(e.code, .unknownModule, "\(name): \(e.message)")
@@ -406,7 +406,7 @@ final class AdversarialPatchSessionTests: XCTestCase {
             XCTAssertTrue(r.message.contains(why), "\(name): \(r.message)")
             XCTAssertNotNil(g.session.liveModule("test_static_keyz")?.initRange, name)
         }
-        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz")), requestDigest: []) else {
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keyz", initBase: g.session.liveModule("test_static_keyz")?.initRange?.lowerBound ?? 0)), requestDigest: []) else {
             return XCTFail("init freed under the exact name")
         }
         XCTAssertNil(g.session.liveModule("test_static_keyz")?.initRange)

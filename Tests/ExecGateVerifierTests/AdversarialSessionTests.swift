@@ -521,7 +521,7 @@ final class AdversarialSessionTests: XCTestCase {
         let g = try FixtureGuest()
         XCTAssertEqual(try g.load("llc").decision, .allow)
         for name in ["llc", "stp"] {
-            guard case .error(let e) = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: name)), requestDigest: []) else {
+            guard case .error(let e) = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: name, initBase: 0xffff_ffff_c200_0000)), requestDigest: []) else {
                 return XCTFail("\(name): no init text was granted")
             }
             XCTAssertEqual(e.code, .unknownModule)

@@ -171,8 +171,51 @@ extension DocAttack10Tests {
         return r
     }
 
-    func initFreed(_ g: FixtureGuest, _ name: String, guest: String = "g") -> Message {
-        g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: guest, moduleName: name)), requestDigest: [])
+    /// module-init-freed for `name`'s init text at `base` (default: where its live instance's is).
+    func initFreed(_ g: FixtureGuest, _ name: String, guest: String = "g", base: UInt64? = nil) -> Message {
+        let b = base ?? g.verifier.guests.session(guest)?.liveModule(name)?.initRange?.lowerBound ?? 0
+        return g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: guest, moduleName: name, initBase: b)), requestDigest: [])
+    }
+
+    /// Attack (round 14): a late module-init-freed for an earlier load of the name. 6.1 frees init
+    /// memory from a work queue (do_init_module() queues do_free_init() once the module is LIVE),
+    /// so delete_module() and a second init_module() can both come before the first load's notice,
+    /// and a VMM with a connection per vCPU may deliver them in any order. Named by its module
+    /// alone, that notice freed the second load's init text while its EXEC grant stood: its range
+    /// and frames were handed to the next module (tpm_nsc's core over them was allowed). Rule:
+    /// the notice names the init text by its `init_base` (docs/protocol.md module-init-freed), as
+    /// retire-module names a load by its `text_base`. Asserted: the first load's base frees
+    /// nothing (`unknown-module`), the second load's range and frames stay held, its own base
+    /// frees them.
+    func testALateInitFreedOfAnEarlierLoadFreesNothing() throws {
+        let g = try FixtureGuest()
+        for n in g.boot.availableModules where n != "8021q" { XCTAssertEqual(try g.load(n).decision, .allow, n) }
+        let first = try Self.withInitText(g, "8021q")
+        let firstBase = try XCTUnwrap(first.initBase)
+        XCTAssertEqual(g.verifier.authorize(first, requestDigest: []).decision, .allow)
+        let live = try XCTUnwrap(g.session.liveModule("8021q"))
+        guard case .retireModuleReply = retire(g, "8021q", live.textRange.lowerBound) else { return XCTFail("retire the first load") }
+        let secondBase = firstBase + 0x10_0000
+        let second = try Self.withInitText(g, "8021q", initBase: secondBase)
+        let v = g.verifier.authorize(second, requestDigest: [])
+        XCTAssertEqual(v.decision, .allow, v.message)
+        let range = try XCTUnwrap(g.session.liveModule("8021q")?.initRange)
+        XCTAssertEqual(range.lowerBound, secondBase)
+
+        guard case .error(let late) = initFreed(g, "8021q", base: firstBase) else { return XCTFail("the first load's notice freed the second load's init text") }
+        XCTAssertEqual(late.code, .unknownModule, late.message)
+        XCTAssertEqual(g.session.liveModule("8021q")?.initRange, range, "untouched")
+        // Its frames are still held: a module claiming one is refused.
+        let irq = try XCTUnwrap(g.session.liveModule("irqbypass"))
+        guard case .retireModuleReply = retire(g, "irqbypass", irq.textRange.lowerBound) else { return XCTFail("retire irqbypass") }
+        var stolen = try g.request("irqbypass")
+        stolen.frames[0] = second.initFrames[0]
+        XCTAssertEqual(g.verifier.authorize(stolen, requestDigest: []).reason, .claimFramesInvalid)
+
+        guard case .moduleInitFreedReply(let r) = initFreed(g, "8021q", base: secondBase) else { return XCTFail("the second load's own notice") }
+        XCTAssertEqual(r.initBase, secondBase)
+        XCTAssertNil(g.session.liveModule("8021q")?.initRange)
+        XCTAssertEqual(g.verifier.authorize(stolen, requestDigest: []).decision, .allow, "the freed frame carries no grant")
     }
 
     func retire(_ g: FixtureGuest, _ name: String, _ base: UInt64) -> Message {

@@ -27,7 +27,7 @@ final class DocAttack2SessionTests: XCTestCase {
     }
 
     private func initFreed(_ g: FixtureGuest, _ name: String) -> Message {
-        g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: name)), requestDigest: [])
+        g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: name, initBase: g.session.liveModule(name)?.initRange?.lowerBound ?? 0)), requestDigest: [])
     }
 
     // MARK: Grants and frames

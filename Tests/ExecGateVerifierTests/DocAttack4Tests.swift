@@ -375,7 +375,7 @@ final class DocAttack4Tests: XCTestCase {
                                         initBase: 0xffff_ffff_c200_0000, initFrames: [0x5_5000])
         var during: Message?
         let sink = HoldingSink(module: "test_static_keys") {
-            during = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keys")), requestDigest: [])
+            during = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keys", initBase: 0xffff_ffff_c200_0000)), requestDigest: [])
         }
         sink.accept = true
         g.verifier.auditSink = sink
@@ -389,7 +389,7 @@ final class DocAttack4Tests: XCTestCase {
         thief.frames[0] = 0x5_5000
         XCTAssertEqual(g.verifier.authorize(thief, requestDigest: []).reason, .claimFramesInvalid, "the granted init frame is held")
         // Once the verdict is final, init-freed is accepted.
-        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keys")), requestDigest: []) else {
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keys", initBase: 0xffff_ffff_c200_0000)), requestDigest: []) else {
             return XCTFail("init freed after the verdict")
         }
     }

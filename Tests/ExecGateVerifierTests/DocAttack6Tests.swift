@@ -153,7 +153,7 @@ final class DocAttack6Tests: XCTestCase {
         XCTAssertEqual(g.verifier.authorize(thief, requestDigest: []).reason, .claimFramesInvalid)
 
         // Init freed: the init site is no live code; the page and frame may be reused.
-        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keys")), requestDigest: []) else {
+        guard case .moduleInitFreedReply = g.verifier.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: "g", moduleName: "test_static_keys", initBase: initBase)), requestDigest: []) else {
             return XCTFail("init freed")
         }
         let after = g.patch([PatchEntry(address: initSite.address, bytes: initFlip)])

@@ -338,7 +338,7 @@ final class DocAttack7Tests: XCTestCase {
         XCTAssertEqual(b.state(ofKey: key), before)
         // init-freed for a module with no granted init text, twice, on either guest: unknown-module.
         for g in ["a", "b", "b"] {
-            guard case .error(let e) = v.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: g, moduleName: "test_static_keys")), requestDigest: []) else { return XCTFail("init freed on \(g)") }
+            guard case .error(let e) = v.respond(to: .moduleInitFreed(ModuleInitFreed(guestID: g, moduleName: "test_static_keys", initBase: 0xffff_ffff_c200_0000)), requestDigest: []) else { return XCTFail("init freed on \(g)") }
             XCTAssertEqual(e.code, .unknownModule, e.message)
         }
     }

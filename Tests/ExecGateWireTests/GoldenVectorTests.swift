@@ -82,8 +82,8 @@ final class GoldenVectorTests: XCTestCase {
             }())),
             ("retire-module.bin", 12, .retireModule(RetireModule(guestID: "guest-7", moduleName: "example", textBase: 0xffff_ffff_c000_0000))),
             ("retire-module-reply.bin", 12, .retireModuleReply(RetireModuleReply(guestID: "guest-7", moduleName: "example", sitesRemoved: 14, exportsRemoved: 3))),
-            ("module-init-freed.bin", 13, .moduleInitFreed(ModuleInitFreed(guestID: "guest-7", moduleName: "example"))),
-            ("module-init-freed-reply.bin", 13, .moduleInitFreedReply(ModuleInitFreedReply(guestID: "guest-7", moduleName: "example"))),
+            ("module-init-freed.bin", 13, .moduleInitFreed(ModuleInitFreed(guestID: "guest-7", moduleName: "example", initBase: 0xffff_ffff_c080_0000))),
+            ("module-init-freed-reply.bin", 13, .moduleInitFreedReply(ModuleInitFreedReply(guestID: "guest-7", moduleName: "example", initBase: 0xffff_ffff_c080_0000))),
             ("error-guest-exists.bin", 8, .error(ErrorReply(code: .guestExists, message: "guest 'guest-7' is registered"))),
             ("register-guest-by-digest.bin", 14, .registerGuest(RegisterGuest(
                 guestID: "guest-8", kernelRelease: "6.1.0-56-amd64", kernelDigest: Array(repeating: 0xab, count: 32),

@@ -194,16 +194,22 @@ struct RequestInitFreed: AsyncParsableCommand {
     @Argument(help: "The module's name, as in its verdict.") var name: String
     @OptionGroup var connection: ConnectOptions
     @Option(help: "Registered guest id.") var guest: String
+    @Option(name: .customLong("init-base"), help: "Start of the module's init text, as its authorize-module claimed it (hex, 0x…): names the load whose init memory was freed.")
+    var initBase: String
     @Option(help: ArgumentHelp("The guest's session token, as its register-guest-reply named it (0x-hex or decimal).", valueName: "TOKEN"))
     var session: String?
 
     func run() async throws {
+        guard let base = Hex.parseUInt64(initBase) else {
+            Console.error("execgate request init-freed: --init-base '\(initBase)' is not a hex address")
+            throw ExecGateExit.usage
+        }
         let token = try ConnectOptions.sessionToken(session, command: "init-freed")
         let r = try await connection.exchange("init-freed") {
-            try await $0.moduleInitFreed(ModuleInitFreed(guestID: guest, moduleName: name, session: token))
+            try await $0.moduleInitFreed(ModuleInitFreed(guestID: guest, moduleName: name, initBase: base, session: token))
         }
-        print(connection.json ? JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName))]).serialized()
-                              : "init text of \(TerminalText.escaped(r.moduleName)) in \(TerminalText.escaped(r.guestID)) no longer live")
+        print(connection.json ? JSON.object([("guest", .string(r.guestID)), ("module", .string(r.moduleName)), ("init_base", .string("0x" + Hex.number(r.initBase)))]).serialized()
+                              : "init text of \(TerminalText.escaped(r.moduleName)) at 0x\(Hex.number(r.initBase)) in \(TerminalText.escaped(r.guestID)) no longer live")
     }
 }
 
