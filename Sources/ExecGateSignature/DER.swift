@@ -165,18 +165,48 @@ extension DER {
     /// fewest long-form octets with no leading zero), and a constructed element's contents are
     /// exactly a sequence of such elements. Depth-bounded (a module signature nests ~8 deep).
     static func isMinimalDER(_ b: UnsafeRawBufferPointer, _ range: Range<Int>, depth: Int) -> Bool {
+        var elements = Int.max
+        return isMinimalDER(b, range, depth: depth, elements: &elements)
+    }
+
+    /// The same, with at most `elements` elements in all (counted down; false past it).
+    static func isMinimalDER(_ b: UnsafeRawBufferPointer, _ range: Range<Int>, depth: Int, elements: inout Int) -> Bool {
         guard depth < 32 else { return false }
         var at = range.lowerBound
         while at < range.upperBound {
-            guard let e = element(in: b, at: at), e.whole.upperBound <= range.upperBound else { return false }
+            guard elements > 0, let e = element(in: b, at: at), e.whole.upperBound <= range.upperBound else { return false }
+            elements -= 1
             let headerLength = e.contents.lowerBound - e.whole.lowerBound
             let length = e.contents.count
             let minimalHeader = length < 0x80 ? 2 : 2 + (Int.bitWidth - length.leadingZeroBitCount + 7) / 8
             guard headerLength == minimalHeader else { return false }
-            if e.tag & 0x20 != 0, !isMinimalDER(b, e.contents, depth: depth + 1) { return false }
+            if e.tag & 0x20 != 0, !isMinimalDER(b, e.contents, depth: depth + 1, elements: &elements) { return false }
             at = e.whole.upperBound
         }
         return true
+    }
+
+    /// Most DER elements a module signature may hold before OpenSSL parses it. sign-file's
+    /// message has about 30 (one SignerInfo, no certificates); one embedded certificate adds
+    /// ~100–200 (refused later as `sig.embedded-certificates`, naming the count, as before).
+    static let maximumSignatureElements = 4_096
+
+    /// Bounds OpenSSL's work before it allocates (`d2i_CMS_ContentInfo` builds a structure per
+    /// element: a million one-field SignerInfos in a 20 MB signature took 377 MB of the service
+    /// before the signer count refused them, round 14): the signature must be DER (minimal
+    /// lengths, elements tiling their parents, 32 levels at most) with at most
+    /// `maximumSignatureElements` elements. Linear in the signature, allocates nothing. The
+    /// kernel's own decoder (asn1_ber_decoder() with pkcs7.asn1's actions) keeps one signer
+    /// structure per SignerInfo too; ExecGate accepts exactly one SignerInfo and no
+    /// certificates (below), so no message it would accept comes near the bound.
+    static func boundedEncodingProblem(_ cms: UnsafeRawBufferPointer) -> String? {
+        var elements = maximumSignatureElements
+        guard isMinimalDER(cms, 0..<cms.count, depth: 0, elements: &elements) else {
+            return elements == 0
+                ? "more than \(maximumSignatureElements) DER elements (a module signature has about 30): refused before it is parsed"
+                : "not DER: an element's length is not in its minimal form, the elements do not tile their parent, or they nest deeper than 32 levels"
+        }
+        return nil
     }
 
     /// `AlgorithmIdentifier ::= SEQUENCE { algorithm OID, parameters ANY OPTIONAL }` with the

@@ -138,7 +138,9 @@ public enum ModuleSignatureVerifier {
         content: UnsafeRawBufferPointer, signature: UnsafeRawBufferPointer, trailer: ModuleSignatureTrailer,
         trust: TrustStore, denyList: DenyList, minimumDigest: DigestAlgorithm, contentHash precomputed: Digest? = nil
     ) throws(SignatureFailure) -> SignatureVerdict {
-        // 2. Structure of the PKCS#7 message.
+        // 2. Structure of the PKCS#7 message: its size in elements first, so a crafted message
+        // cannot make OpenSSL's parser allocate without bound (DER.boundedEncodingProblem).
+        if let problem = DER.boundedEncodingProblem(signature) { throw .malformedPKCS7(problem) }
         let cms = try CMSMessage(der: signature)
         let h = cms.handle
         guard egs_cms_is_signed_data(h) != 0 else { throw .malformedPKCS7("content type is not signedData") }

@@ -223,4 +223,55 @@ final class AdversarialSignatureTests: XCTestCase {
         let z = try grown(d, insert: [0x83, 0x00, 0x02, 0x00], at: 166, longForms: [2, 17, 21, 56, 60], replacing: 3)
         assertDenied(ModuleSignatureVerifier.verify(module: z, trust: try Shared.debianTrust()), "sig.malformed-pkcs7")
     }
+
+    // MARK: - Work before the parse (round 14)
+
+    /// A DER element with a minimal length.
+    private func der(_ tag: UInt8, _ contents: [UInt8]) -> [UInt8] {
+        let n = contents.count
+        if n < 0x80 { return [tag, UInt8(n)] + contents }
+        var len: [UInt8] = []
+        var v = n
+        while v > 0 { len.insert(UInt8(v & 0xff), at: 0); v >>= 8 }
+        return [tag, 0x80 | UInt8(len.count)] + len + contents
+    }
+
+    /// vsock.ko's content under a PKCS#7 message of `signers` small SignerInfos OpenSSL parses
+    /// (version 1, an empty issuer and serial 1, sha256, rsaEncryption, an empty signature: 10
+    /// elements each), DER throughout, with its trailer.
+    private func bomb(signers: Int) throws -> [UInt8] {
+        let d = try Debian()
+        let signedData: [UInt8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02]
+        let data: [UInt8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01]
+        let sha256: [UInt8] = [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01]
+        let rsa: [UInt8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01]
+        let info = der(0x30, der(0x02, [1]) + der(0x30, der(0x30, []) + der(0x02, [1])) + der(0x30, der(0x06, sha256))
+                       + der(0x30, der(0x06, rsa)) + der(0x04, []))
+        var infos: [UInt8] = []
+        infos.reserveCapacity(signers * info.count)
+        for _ in 0..<signers { infos += info }
+        let sd = der(0x30, der(0x02, [1]) + der(0x31, []) + der(0x30, der(0x06, data)) + der(0x31, infos))
+        let sig = der(0x30, der(0x06, signedData) + der(0xa0, sd))
+        return Array(d.module[..<d.sig]) + sig + ModuleSignatureTrailer.encode(signatureLength: UInt32(sig.count))
+    }
+
+    /// Attack (round 14): a signature of 200,000 small SignerInfos (7 MB; a million fit a 28 MiB
+    /// request). OpenSSL's parser (d2i_CMS_ContentInfo) built a structure for each before the
+    /// signer count refused them: a 20 MB one took `serve` from 21 to 377 MB, two at once 721 MB,
+    /// past the service VM's memory (PID 1 OOM-killed). Rule: a parser of untrusted input bounds
+    /// its work before it allocates; the message must be DER with at most
+    /// 4,096 elements (DER.maximumSignatureElements) before OpenSSL sees it (ExecGate accepts exactly
+    /// one SignerInfo and no certificates: ~30 elements). Asserted: refused `sig.malformed-pkcs7`
+    /// naming the bound (without it, OpenSSL parsed it all and the verdict was `sig.signer-count`),
+    /// while 300 SignerInfos (3,000 elements, within the bound) still reach the signer count.
+    func testASignatureOfManySignerInfosIsRefusedBeforeItIsParsed() throws {
+        let trust = try Shared.debianTrust()
+        let big = try bomb(signers: 200_000)
+        let f = assertDenied(ModuleSignatureVerifier.verify(module: big, trust: trust), "sig.malformed-pkcs7")
+        XCTAssertTrue("\(f.map { "\($0)" } ?? "")".contains("more than 4096 DER elements"), "\(String(describing: f))")
+        let within = try bomb(signers: 300)
+        if case .signerCount(let n)? = assertDenied(ModuleSignatureVerifier.verify(module: within, trust: trust), "sig.signer-count") {
+            XCTAssertEqual(n, 300)
+        } else { XCTFail("300 SignerInfos did not reach the signer count") }
+    }
 }
