@@ -343,6 +343,18 @@ int egs_x509_pubkey_info(X509 *x, int *alg, int *bits) {
     return 0;
 }
 
+int egs_x509_ec_curve(X509 *x, char *out, size_t cap) {
+    EVP_PKEY *k = X509_get0_pubkey(x);
+    char name[80];
+    size_t len = 0;
+    if (k == NULL || EVP_PKEY_get_base_id(k) != EVP_PKEY_EC
+        || !EVP_PKEY_get_group_name(k, name, sizeof name, &len) || len == 0) {
+        ERR_clear_error();
+        return -1;
+    }
+    return egs_copy_str(name, len, out, cap);
+}
+
 int egs_x509_pem(X509 *x, uint8_t *out, size_t cap) {
     BIO *b = BIO_new(BIO_s_mem());
     char *data = NULL;

@@ -203,13 +203,20 @@ extension LocalFile {
 
 /// Certificates from files, with errors that name the file.
 public enum CertificateFiles {
-    /// Every certificate in every file (PEM or DER; a file may hold several).
+    /// Every certificate in every file (PEM or DER; a file may hold several). A certificate whose
+    /// key the guest kernel cannot verify with (`Certificate.kernelKeyProblem`) is refused, naming
+    /// the file: trusted, it would allow modules the kernel refuses.
     public static func loadAnchors(_ paths: [String]) throws -> [Certificate] {
         var out: [Certificate] = []
         for p in paths {
-            do { out += try Certificate.load(try LocalFile.readCredential(p)) } catch let e as LocalFileError { throw e } catch {
+            let certs: [Certificate]
+            do { certs = try Certificate.load(try LocalFile.readCredential(p)) } catch let e as LocalFileError { throw e } catch {
                 throw LocalFileError(path: p, why: "\(error)")
             }
+            if let (i, problem) = certs.enumerated().lazy.compactMap({ c in c.element.kernelKeyProblem.map { (c.offset, $0) } }).first {
+                throw LocalFileError(path: p, why: "\(certs.count > 1 ? "certificate \(i + 1) holds" : "holds") \(problem): as an anchor it would allow modules the guest kernel refuses")
+            }
+            out += certs
         }
         return out
     }

@@ -70,9 +70,13 @@ public enum BuiltinCertificates {
         // not verify with its own key (x509_check_for_self_signed(): -EKEYREJECTED), and the loop
         // goes on to the next. Such a certificate is no anchor of the kernel's: dropped here too
         // (trusted, it would allow modules the kernel refuses).
-        let kept = certificates.filter(\.selfSignatureVerifies)
+        // Nor is one whose key the kernel cannot verify with (Certificate.kernelKeyProblem: an
+        // unknown curve or algorithm fails x509_cert_parse(); an RSA size rsa_check_key_length()
+        // refuses fails at every verification with it): kept, it would allow modules the kernel
+        // refuses (round 14).
+        let kept = certificates.filter { $0.selfSignatureVerifies && $0.kernelKeyProblem == nil }
         guard !kept.isEmpty else {
-            throw KernelImageError(.noCertificates, "system_certificate_list holds \(certificates.count) certificate(s), each self-signed with a signature that does not verify: the kernel rejects them (x509_check_for_self_signed(), -EKEYREJECTED), so its builtin keyring is empty")
+            throw KernelImageError(.noCertificates, "system_certificate_list holds \(certificates.count) certificate(s), none the kernel can verify a module with: each is self-signed with a signature that does not verify (x509_check_for_self_signed(), -EKEYREJECTED) or holds a key the kernel cannot use (\(certificates.compactMap(\.kernelKeyProblem).first ?? "none")), so its builtin keyring verifies nothing")
         }
         return kept
     }

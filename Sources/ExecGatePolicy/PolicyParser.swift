@@ -544,6 +544,10 @@ struct Parser {
                 guard pem == Array(certs[0].pem.utf8) else {
                     throw fail(.badCertificate, start + 1, 1, "the PEM block is not exactly the certificate's PEM (64-column base64 and nothing else): every line a reviewer reads must be the certificate")
                 }
+                // An anchor the kernel could not verify with would allow modules the kernel refuses.
+                if let problem = certs[0].kernelKeyProblem {
+                    throw fail(.badCertificate, start + 1, 1, "this anchor holds \(problem): no module it signs loads in the guest")
+                }
                 return (certs[0], i - start)
             }
             if i - start > 256 { break }  // A certificate PEM is < 100 lines; anything longer is not one.

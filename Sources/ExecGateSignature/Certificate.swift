@@ -99,6 +99,34 @@ public final class Certificate: @unchecked Sendable, Hashable, CustomStringConve
     /// keyring. True otherwise (an algorithm that cannot be checked is let through, as -ENOPKG is).
     public var selfSignatureVerifies: Bool { egs_x509_self_signature_ok(handle) == 1 }
 
+    /// Why the guest kernel could not verify a module signature with this certificate's key, or
+    /// nil. The kernel's X.509 parser knows only some keys (crypto/asymmetric_keys/
+    /// x509_cert_parser.c x509_extract_key_data(): RSA; EC on the NIST curves P-192, P-256 and
+    /// P-384 in 6.1 — 6.12 adds P-521, refused here so one rule holds for both —; no Ed25519 or
+    /// other algorithm: -ENOPKG), and RSA keys only of the sizes crypto/rsa.c
+    /// rsa_check_key_length() takes (512, 1024, 1536, 2048, 3072 or 4096 bits, the modulus
+    /// counted in whole 64-bit limbs: `mpi_get_size(n) << 3`), checked when the key is set for a
+    /// verification (rsa_set_pub_key(): -EINVAL). An anchor the kernel cannot verify with would
+    /// let ExecGate allow a module the kernel refuses (round 14: an RSA-8192 and a P-521 anchor).
+    public var kernelKeyProblem: String? {
+        switch publicKeyAlgorithm {
+        case .rsa:
+            let limbBits = (publicKeyBits + 63) / 64 * 64
+            guard [512, 1024, 1536, 2048, 3072, 4096].contains(limbBits) else {
+                return "an RSA key of \(publicKeyBits) bits, which the kernel cannot verify with (crypto/rsa.c rsa_check_key_length(): 512, 1024, 1536, 2048, 3072 or 4096 bits)"
+            }
+            return nil
+        case .ec:
+            let curve = shimString { egs_x509_ec_curve(handle, $0, $1) }
+            guard let curve, ["prime192v1", "prime256v1", "secp384r1"].contains(curve) else {
+                return "an EC key on \(curve ?? "an unnamed curve"), which the kernel's X.509 parser does not take (x509_extract_key_data(): P-192, P-256, P-384)"
+            }
+            return nil
+        case .ed25519, .other:
+            return "a \(publicKeyAlgorithm == .ed25519 ? "Ed25519" : "non-RSA, non-EC") key, which the kernel's X.509 parser does not take (x509_extract_key_data(): -ENOPKG)"
+        }
+    }
+
     /// The DER SubjectPublicKeyInfo: the same for every certificate of one key (another serial,
     /// subject or validity is another certificate, not another key).
     public var publicKeyDER: [UInt8] { shimBytes { egs_x509_pubkey_der(handle, $0, $1) } ?? [] }

@@ -48,7 +48,7 @@ final class ExecgateCLITests: XCTestCase {
             (["verify", "module", "a.ko", "--deny-cert", "12"], "is not a SHA-256 digest"),
             (["request", "status", "--connect", "tcp:1"], "execgate request status:"),
             (["serve", "--listen", "unix:/tmp/x", "--log-format", "xml"], "--log-format must be text or json"),
-            (["keys", "generate", "--out", "/nonexistent", "--bits", "1"], "--bits must be between 2048 and 16384"),
+            (["keys", "generate", "--out", "/nonexistent", "--bits", "1"], "--bits must be 2048, 3072 or 4096"), (["keys", "generate", "--out", "/nonexistent", "--bits", "8192"], "rsa_check_key_length"),
             (["sign", "module", "a.ko", "--key", "k", "--cert", "c", "--hash", "md5"], "--hash must be one of"),
             (["nosuch"], "unknown subcommand 'nosuch'"),
             (["vm"], "execgate vm: a subcommand is required"),

@@ -87,4 +87,31 @@ final class AdversarialAnchorTests: XCTestCase {
             XCTAssertEqual((e as? KernelImageError)?.code, .noCertificates, "\(e)")
         }
     }
+
+    /// Attack (round 14): an anchor whose key the guest kernel cannot verify with. ExecGate
+    /// checked module signatures with OpenSSL, which takes an RSA key of any size and any named
+    /// curve; the kernel's X.509 parser takes RSA and the NIST curves P-192/P-256/P-384 only
+    /// (x509_extract_key_data(), 6.1), and verifies with RSA keys of 512, 1024, 1536, 2048, 3072
+    /// or 4096 bits only (crypto/rsa.c rsa_check_key_length(), the modulus counted in 64-bit
+    /// limbs). Booted on Debian 6.1 and 6.12 with such a certificate in the list (the helper's
+    /// rewritten vmlinux), a module it signed was refused by the kernel (EKEYREJECTED/EINVAL) and
+    /// allowed by ExecGate. Rule: `Certificate.kernelKeyProblem` names the reason; `keys extract`
+    /// drops such a certificate from the list (as the self-signature check drops its own), and
+    /// `--trust` and a policy's `trust` line refuse it. Asserted on generated keys: RSA-3000
+    /// (3008 bits in limbs) refused; RSA-2047 (2048 in limbs), RSA-2048, P-256, P-384 and
+    /// Debian's RSA-4096 build key taken.
+    func testAnAnchorTheKernelCannotVerifyWithIsNamed() throws {
+        let rsa3000 = try GeneratedSigningKey.generateRSA(bits: 3000, commonName: "odd size").load().1
+        XCTAssertEqual(rsa3000.publicKeyBits, 3000)
+        let problem = try XCTUnwrap(rsa3000.kernelKeyProblem, "an RSA-3000 anchor was taken")
+        XCTAssertTrue(problem.contains("3000 bits") && problem.contains("rsa_check_key_length"), problem)
+        let taken: [(String, Certificate)] = [
+            ("RSA-2047", try GeneratedSigningKey.generateRSA(bits: 2047).load().1),
+            ("RSA-2048", try Shared.freshKey.get().load().1),
+            ("P-256", try GeneratedSigningKey.generateECDSA(curve: .p256).load().1),
+            ("P-384", try GeneratedSigningKey.generateECDSA(curve: .p384).load().1),
+            ("Debian's build key", try Shared.debianCertificate()),
+        ]
+        for (what, c) in taken { XCTAssertNil(c.kernelKeyProblem, what) }
+    }
 }

@@ -90,6 +90,9 @@ int egs_x509_serial(struct x509_st *x, uint8_t *out, size_t cap, int *negative);
 int egs_x509_skid(struct x509_st *x, uint8_t *out, size_t cap);
 int egs_x509_self_signature_ok(struct x509_st *x);
 int egs_x509_pubkey_info(struct x509_st *x, int *alg, int *bits);
+/* The short name of an EC key's curve ("prime256v1", "secp384r1", ...): length, or -1 (not an
+ * EC key, or a curve with no name). */
+int egs_x509_ec_curve(struct x509_st *x, char *out, size_t cap);
 /* PEM text of the certificate (no NUL). */
 int egs_x509_pem(struct x509_st *x, uint8_t *out, size_t cap);
 

@@ -142,7 +142,7 @@ struct KeysGenerate: ParsableCommand {
     var out: String
     @Option(help: "Certificate common name (1…64 characters).") var cn: String = "ExecGate module signing key"
     @Option(help: "Key type: rsa (default), ec-p256 or ec-p384.") var type: String = "rsa"
-    @Option(help: "RSA modulus size in bits (2048-16384).") var bits: Int = 4096
+    @Option(help: "RSA modulus size in bits: 2048, 3072 or 4096 (the sizes the kernel verifies with: crypto/rsa.c rsa_check_key_length()).") var bits: Int = 4096
     @Option(help: "Validity in days (notAfter by 9999-12-31).") var days: Int = 36500
     @Flag(help: "Overwrite existing key.pem / cert.pem.") var force = false
     @Flag(help: "Print a JSON summary on stdout.") var json = false
@@ -151,7 +151,7 @@ struct KeysGenerate: ParsableCommand {
         // Usage errors exit 2 with one line on stderr.
         guard !out.isEmpty else { throw ValidationError(emptyOutputPath("--out")) }
         guard ["rsa", "ec-p256", "ec-p384"].contains(type) else { throw ValidationError("--type must be rsa, ec-p256 or ec-p384") }
-        guard (2048...16384).contains(bits) else { throw ValidationError("--bits must be between 2048 and 16384") }
+        guard [2048, 3072, 4096].contains(bits) else { throw ValidationError("--bits must be 2048, 3072 or 4096: the kernel verifies with no other RSA size of at least 2048 bits (crypto/rsa.c rsa_check_key_length()), so a module signed with it would never load") }
         let most = GeneratedSigningKey.maximumValidityDays()
         guard days > 0 else { throw ValidationError("--days must be positive") }
         guard days <= most else { throw ValidationError("--days must be 1…\(most): the certificate's notAfter must fall by 9999-12-31, the last date X.509 encodes") }
@@ -176,7 +176,7 @@ struct KeysGenerate: ParsableCommand {
             case "ec-p384": generated = try GeneratedSigningKey.generateECDSA(curve: .p384, commonName: cn, days: days)
             default:
                 // A long step says so (RSA-8192 takes tens of seconds, 16384 minutes).
-                if bits >= 4096 { Console.error("execgate keys generate: generating an RSA-\(bits) key (\(bits >= 8192 ? "this can take minutes" : "a few seconds"))…") }
+                if bits >= 4096 { Console.error("execgate keys generate: generating an RSA-\(bits) key (a few seconds)…") }
                 generated = try GeneratedSigningKey.generateRSA(bits: bits, commonName: cn, days: days)
             }
             try LocalFile.makeDirectories(out)  // only once there is something to write into it
