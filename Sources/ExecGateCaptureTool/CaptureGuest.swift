@@ -265,9 +265,9 @@ public enum CaptureGuest {
         for line in cpuinfo.split(separator: "\n") {
             let kv = line.split(separator: ":", maxSplits: 1)
             guard kv.count == 2 else { continue }
-            let key = kv[0].split(separator: "\t").first.map { String($0).trimmingSpaces() } ?? ""
-            if key == "flags" { tar.add("cpuflags.txt", String(kv[1]).trimmingSpaces() + "\n") }
-            if key == "bugs" { tar.add("cpubugs.txt", String(kv[1]).trimmingSpaces() + "\n") }
+            let key = kv[0].split(separator: "\t").first.map { $0.trimmingBlanks(newlines: true) } ?? ""
+            if key == "flags" { tar.add("cpuflags.txt", kv[1].trimmingBlanks(newlines: true) + "\n") }
+            if key == "bugs" { tar.add("cpubugs.txt", kv[1].trimmingBlanks(newlines: true) + "\n") }
         }
         tar.add("cmdline.txt", readText("/proc/cmdline"))
         var cpus = ""
@@ -472,15 +472,5 @@ struct Kcore {
         var v: UInt64 = 0
         for i in 0..<n where at + i < b.count { v |= UInt64(b[at + i]) << (8 * UInt64(i)) }
         return v
-    }
-}
-
-
-extension String {
-    func trimmingSpaces() -> String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" || l == "\n" { s = s.dropLast() }
-        return String(s)
     }
 }

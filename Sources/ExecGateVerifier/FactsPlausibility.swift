@@ -373,7 +373,7 @@ enum FactsPlausibility {
         var report: [String: String] = [:]
         for line in vulnerabilities.split(whereSeparator: \.isNewline) {
             guard let colon = line.firstIndex(of: ":") else { continue }
-            report[String(line[..<colon])] = String(line[line.index(after: colon)...]).trimmingSpaces
+            report[String(line[..<colon])] = line[line.index(after: colon)...].trimmingBlanks()
         }
         guard let v2 = report["spectre_v2"] else {
             return "cpu_caps is sent without the vulnerabilities report (spectre_v2 line): the mitigation bits cannot be cross-checked"
@@ -405,13 +405,4 @@ enum FactsPlausibility {
         return nil
     }
 
-}
-
-extension StringProtocol {
-    var trimmingSpaces: String {
-        var s = Substring(self)
-        while s.first == " " || s.first == "\t" { s = s.dropFirst() }
-        while s.last == " " || s.last == "\t" { s = s.dropLast() }
-        return String(s)
-    }
 }

@@ -8,6 +8,7 @@
 import _ExecGateInternals
 import ExecGateExplain
 import ExecGatePolicy
+import ExecGateSignature
 import ExecGateWire
 import NIOConcurrencyHelpers
 import Synchronization
@@ -61,8 +62,13 @@ public final class GuestRegistry: @unchecked Sendable {
     /// reset that arrived before the removal never registers the guest again, however the two
     /// are scheduled. The most recent `maximumRemovalsRemembered`; older ones are forgotten (the
     /// race they guard is between two requests in flight at once).
-    private var removedAt: [GuestKey: UInt64] = [:]
-    private var removals: [(key: GuestKey, stamp: UInt64)] = []
+    /// Keyed by the id's SHA-256, not its bytes: the history outlives the guest's charge, and
+    /// 8,192 removed ids of 60,000 bytes each held ~900 MB no budget counted (round 14); a
+    /// digest is 32 bytes whatever the id.
+    private var removedAt: [Digest: UInt64] = [:]
+    private var removals: [(key: Digest, stamp: UInt64)] = []
+    /// The removal history's key for `id`.
+    private static func removedKey(_ id: String) -> Digest { Digest.compute(.sha256, over: Array(id.utf8)) }
     static let maximumRemovalsRemembered = 4096
     /// A session token: the line in the bits from here up, the session's place in it below.
     public static let tokenLineShift: UInt64 = 40
@@ -194,7 +200,7 @@ public final class GuestRegistry: @unchecked Sendable {
             if existing != nil && !r.reset {
                 return .refused(.guestExists, "guest '\(r.guestID)' is registered: its facts were taken at the trusted point and are not replaced (send reset=1 after revoking every EXEC grant of the old session)")
             }
-            if r.reset, let a = arrivedAt, let removed = removedAt[GuestKey(r.guestID)], a < removed {
+            if r.reset, let a = arrivedAt, let removed = removedAt[Self.removedKey(r.guestID)], a < removed {
                 return .refused(.unknownGuest, "guest '\(r.guestID)' was removed (remove-guest) after this reset arrived: nothing was registered (register it again, without reset, if it is to run)")
             }
             if r.reset, let expected = replacing {
@@ -306,8 +312,9 @@ public final class GuestRegistry: @unchecked Sendable {
         s.end("was removed (remove-guest)")
         let modules = s.liveModuleCount  // after end: no commit lands in it any more
         let stamp = arrivedAt ?? arrivals.add(1, ordering: .sequentiallyConsistent).newValue
-        removedAt[GuestKey(id)] = stamp
-        removals.append((GuestKey(id), stamp))
+        let key = Self.removedKey(id)
+        removedAt[key] = stamp
+        removals.append((key, stamp))
         if removals.count > 2 * Self.maximumRemovalsRemembered {
             for old in removals.prefix(Self.maximumRemovalsRemembered) where removedAt[old.key] == old.stamp { removedAt[old.key] = nil }
             removals.removeFirst(Self.maximumRemovalsRemembered)
