@@ -240,6 +240,15 @@ final class CaptureToolUnitTests: XCTestCase {
         0x0000000abcd-0x00000000ef01    4096 bpf_prog_alloc+0x3/0x4 pages=1 vmalloc
         """
         XCTAssertEqual(CaptureGuest.countLoaderAllocations(Array(info.utf8)), 2)
+        // A region over 512 pages (amdgpu, 6.12.111 guest): its page array is vmalloc'ed with the
+        // same caller and the region marked `vpages`; together they are one allocation.
+        let large = """
+        0x00000000c2b66507-0x00000000634725ac 6995968 load_module+0x7b8/0x21a0 pages=1707 vmalloc vpages N0=1707
+        0x00000000cdf7feeb-0x00000000068f45cb   16384 load_module+0x7b8/0x21a0 pages=3 vmalloc N0=3
+        0x0000000080a94a58-0x00000000c6dab494   20480 load_module+0x7b8/0x21a0 pages=4 vmalloc N0=4
+        0x000000000a94a580-0x00000000c6dab494 4198400 pcpu_create_chunk+0x191/0x1a0 pages=1024 vmalloc vpages N0=1024
+        """
+        XCTAssertEqual(CaptureGuest.countLoaderAllocations(Array(large.utf8)), 2)
     }
 
     func testUnknownAndBuiltinModuleNamesAreUsageErrors() throws {
