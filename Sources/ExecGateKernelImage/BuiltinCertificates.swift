@@ -74,11 +74,26 @@ public enum BuiltinCertificates {
         // unknown curve or algorithm fails x509_cert_parse(); an RSA size rsa_check_key_length()
         // refuses fails at every verification with it): kept, it would allow modules the kernel
         // refuses (round 14).
-        let kept = certificates.filter { $0.selfSignatureVerifies && $0.kernelKeyProblem == nil }
+        let kept = asLoaded(certificates.filter(\.selfSignatureVerifies)).filter { $0.kernelKeyProblem == nil }
         guard !kept.isEmpty else {
             throw KernelImageError(.noCertificates, "system_certificate_list holds \(certificates.count) certificate(s), none the kernel can verify a module with: each is self-signed with a signature that does not verify (x509_check_for_self_signed(), -EKEYREJECTED) or holds a key the kernel cannot use (\(certificates.compactMap(\.kernelKeyProblem).first ?? "none")), so its builtin keyring verifies nothing")
         }
         return kept
+    }
+
+    /// The certificates the builtin keyring holds once `certificates` (those its X.509 parser
+    /// took) are added in order: load_certificate_list() adds each with key_create_or_update(),
+    /// and a key whose description (`Certificate.kernelKeyDescription`: subject and key id) is
+    /// already in the keyring displaces it (asymmetric keys have no update; the keyring's link
+    /// replaces the key of equal type and description): the later one stays. Booted on Debian
+    /// 6.1 with two certificates of one subject and key id, a module signed by the first was
+    /// refused, by the second loaded (round 14); both were anchors here. `description` is the
+    /// rule (tests give their own to make two descriptions collide).
+    public static func asLoaded(_ certificates: [Certificate],
+                         description: (Certificate) -> [UInt8]? = { $0.kernelKeyDescription }) -> [Certificate] {
+        var last: [[UInt8]: Int] = [:]
+        for (i, c) in certificates.enumerated() { if let d = description(c) { last[d] = i } }
+        return certificates.enumerated().filter { i, c in description(c).map { last[$0] == i } ?? true }.map(\.element)
     }
 
     /// .align 8 before the list; zero padding to 8 after it; then system_certificate_list_size (the

@@ -127,6 +127,13 @@ public final class Certificate: @unchecked Sendable, Hashable, CustomStringConve
         }
     }
 
+    /// The description the kernel's keyring gives this certificate's key (`subject: key id`,
+    /// x509_key_preparse(); `DER.kernelKeyDescription`): a later key of the same description
+    /// displaces an earlier one when the builtin list is loaded. nil when the TBS cannot be read.
+    public var kernelKeyDescription: [UInt8]? {
+        der.withUnsafeBytes { DER.kernelKeyDescription($0, subjectKeyIdentifier: subjectKeyIdentifier) }
+    }
+
     /// The DER SubjectPublicKeyInfo: the same for every certificate of one key (another serial,
     /// subject or validity is another certificate, not another key).
     public var publicKeyDER: [UInt8] { shimBytes { egs_x509_pubkey_der(handle, $0, $1) } ?? [] }

@@ -5,6 +5,8 @@
 // parsed by OpenSSL. Bounds are checked against the bytes present; lengths above 4 octets or
 // indefinite forms are refused (DER forbids the latter).
 
+import _ExecGateInternals
+
 enum DER {
     /// One element: its tag byte and the ranges of the whole element and of its contents.
     struct Element {
@@ -55,6 +57,59 @@ enum DER {
 }
 
 extension DER {
+    /// The description the kernel gives a certificate's key in its keyring, as bytes:
+    /// crypto/asymmetric_keys/x509_public_key.c x509_key_preparse() writes `subject: id`, the
+    /// subject as x509_fabricate_name() makes it (x509_cert_parser.c, 6.1 and 6.12: of the
+    /// subject's commonName, organizationName and emailAddress values — the last of each, raw
+    /// bytes, any string type — the CN alone when it starts with the whole O or shares its first 7
+    /// bytes with an O of 7 or more, else "O: CN"; the CN, O or email alone when only it is there;
+    /// empty when none is; cut at a NUL, as strlen() reads it), then ": " and the subject key
+    /// identifier in lower-case hex (bin2hex()), or the raw serial INTEGER's contents when the
+    /// certificate has no SKID. nil when the certificate's TBS cannot be walked that far.
+    static func kernelKeyDescription(_ cert: UnsafeRawBufferPointer, subjectKeyIdentifier skid: [UInt8]?) -> [UInt8]? {
+        guard let tbsRange = tbsCertificateRange(cert), let tbs = element(in: cert, at: tbsRange.lowerBound) else { return nil }
+        var at = tbs.contents.lowerBound
+        if let version = element(in: cert, at: at), version.tag == 0xa0 { at = version.whole.upperBound }
+        guard let serial = element(in: cert, at: at), serial.tag == 0x02,
+              let sigAlg = element(in: cert, at: serial.whole.upperBound), sigAlg.tag == 0x30,
+              let issuer = element(in: cert, at: sigAlg.whole.upperBound), issuer.tag == 0x30,
+              let validity = element(in: cert, at: issuer.whole.upperBound), validity.tag == 0x30,
+              let subject = element(in: cert, at: validity.whole.upperBound), subject.tag == 0x30,
+              subject.whole.upperBound <= tbs.contents.upperBound
+        else { return nil }
+        let cnOID: [UInt8] = [0x55, 0x04, 0x03], oOID: [UInt8] = [0x55, 0x04, 0x0a]
+        let emailOID: [UInt8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01]
+        var cn: [UInt8] = [], o: [UInt8] = [], email: [UInt8] = []
+        var rdnAt = subject.contents.lowerBound
+        while rdnAt < subject.contents.upperBound {
+            guard let rdn = element(in: cert, at: rdnAt), rdn.whole.upperBound <= subject.contents.upperBound else { return nil }
+            var avaAt = rdn.contents.lowerBound
+            while avaAt < rdn.contents.upperBound {
+                guard let ava = element(in: cert, at: avaAt), ava.whole.upperBound <= rdn.contents.upperBound,
+                      let oid = element(in: cert, at: ava.contents.lowerBound), oid.tag == 0x06,
+                      let value = element(in: cert, at: oid.whole.upperBound), value.whole.upperBound <= ava.contents.upperBound
+                else { return nil }
+                let oidBytes = Array(cert[oid.contents]), valueBytes = Array(cert[value.contents])
+                if oidBytes == cnOID { cn = valueBytes } else if oidBytes == oOID { o = valueBytes } else if oidBytes == emailOID { email = valueBytes }
+                avaAt = ava.whole.upperBound
+            }
+            rdnAt = rdn.whole.upperBound
+        }
+        var name: [UInt8]
+        if !cn.isEmpty && !o.isEmpty {
+            if (cn.count >= o.count && cn.starts(with: o)) || (cn.count >= 7 && o.count >= 7 && cn.prefix(7).elementsEqual(o.prefix(7))) {
+                name = cn
+            } else {
+                name = o + Array(": ".utf8) + cn
+            }
+        } else {
+            name = !cn.isEmpty ? cn : !o.isEmpty ? o : email
+        }
+        if let nul = name.firstIndex(of: 0) { name.removeSubrange(nul...) }
+        let id = skid ?? Array(cert[serial.contents])
+        return name + Array(": ".utf8) + Array(Hex.encode(id).utf8)
+    }
+
     /// The DER `OBJECT IDENTIFIER` contents of each digest algorithm (RFC 5754 / RFC 3370).
     static func oidContents(_ a: DigestAlgorithm) -> [UInt8] {
         switch a {
