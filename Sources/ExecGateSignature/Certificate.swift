@@ -109,6 +109,8 @@ public final class Certificate: @unchecked Sendable, Hashable, CustomStringConve
     /// verification (rsa_set_pub_key(): -EINVAL). An anchor the kernel cannot verify with would
     /// let ExecGate allow a module the kernel refuses (round 14: an RSA-8192 and a P-521 anchor).
     public var kernelKeyProblem: String? {
+        // First what the parser refuses outright (x509_cert_parse(): -EBADMSG, the key never loads).
+        if let why = der.withUnsafeBytes({ DER.kernelParseProblem($0) }) { return "a certificate the kernel's X.509 parser refuses: \(why)" }
         switch publicKeyAlgorithm {
         case .rsa:
             let limbBits = (publicKeyBits + 63) / 64 * 64

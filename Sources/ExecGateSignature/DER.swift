@@ -110,6 +110,84 @@ extension DER {
         return name + Array(": ".utf8) + Array(Hex.encode(id).utf8)
     }
 
+    /// Why the kernel's X.509 parser refuses this certificate (-EBADMSG), for the fields it reads
+    /// more strictly than OpenSSL (crypto/asymmetric_keys/x509_cert_parser.c, 6.1 and 6.12), or
+    /// nil: each validity time as x509_decode_time() takes it (UTCTime `YYMMDDHHMMSSZ`, or
+    /// GeneralizedTime `YYYYMMDDHHMMSSZ` for a year outside 1950–2049; digits only; year from
+    /// 1970; month 1–12, the day within it (leap years), hour ≤ 24, minute ≤ 59, second ≤ 60), and
+    /// the subject key identifier as x509_process_extension() takes it (one extension at most,
+    /// its value an OCTET STRING of 1 to 127 bytes in the short length form).
+    static func kernelParseProblem(_ cert: UnsafeRawBufferPointer) -> String? {
+        guard let tbsRange = tbsCertificateRange(cert), let tbs = element(in: cert, at: tbsRange.lowerBound) else { return "no TBSCertificate" }
+        var at = tbs.contents.lowerBound
+        if let version = element(in: cert, at: at), version.tag == 0xa0 { at = version.whole.upperBound }
+        guard let serial = element(in: cert, at: at), serial.tag == 0x02,
+              let sigAlg = element(in: cert, at: serial.whole.upperBound),
+              let issuer = element(in: cert, at: sigAlg.whole.upperBound),
+              let validity = element(in: cert, at: issuer.whole.upperBound), validity.tag == 0x30,
+              let notBefore = element(in: cert, at: validity.contents.lowerBound),
+              let notAfter = element(in: cert, at: notBefore.whole.upperBound),
+              let subject = element(in: cert, at: validity.whole.upperBound),
+              let spki = element(in: cert, at: subject.whole.upperBound)
+        else { return "the TBSCertificate's fields cannot be walked" }
+        for (what, t) in [("notBefore", notBefore), ("notAfter", notAfter)] {
+            if let why = kernelTimeProblem(Array(cert[t.contents]), tag: t.tag) { return "its \(what) \(why) (x509_decode_time())" }
+        }
+        var next = spki.whole.upperBound
+        var skids = 0
+        while next < tbs.contents.upperBound, let e = element(in: cert, at: next), e.whole.upperBound <= tbs.contents.upperBound {
+            next = e.whole.upperBound
+            guard e.tag == 0xa3, let list = element(in: cert, at: e.contents.lowerBound) else { continue }
+            var extAt = list.contents.lowerBound
+            while extAt < list.contents.upperBound, let ext = element(in: cert, at: extAt), ext.whole.upperBound <= list.contents.upperBound {
+                extAt = ext.whole.upperBound
+                guard let oid = element(in: cert, at: ext.contents.lowerBound), oid.tag == 0x06,
+                      Array(cert[oid.contents]) == [0x55, 0x1d, 0x0e] else { continue }  // subjectKeyIdentifier
+                var valueAt = oid.whole.upperBound
+                if let critical = element(in: cert, at: valueAt), critical.tag == 0x01 { valueAt = critical.whole.upperBound }
+                guard let value = element(in: cert, at: valueAt), value.tag == 0x04 else { return "its subjectKeyIdentifier extension has no value" }
+                skids += 1
+                let v = Array(cert[value.contents])
+                guard skids == 1 else { return "it has two subjectKeyIdentifier extensions (x509_process_extension())" }
+                guard v.count >= 3, v[0] == 0x04, Int(v[1]) == v.count - 2 else {
+                    return "its subjectKeyIdentifier is not an OCTET STRING of 1 to 127 bytes in the short length form (x509_process_extension())"
+                }
+            }
+        }
+        return nil
+    }
+
+    /// x509_decode_time()'s rules for one Time (tag 0x17 UTCTime, 0x18 GeneralizedTime).
+    private static func kernelTimeProblem(_ v: [UInt8], tag: UInt8) -> String? {
+        func digits(_ r: Range<Int>) -> Int? {
+            var n = 0
+            for i in r { guard v[i] >= 0x30 && v[i] <= 0x39 else { return nil }; n = n * 10 + Int(v[i] - 0x30) }
+            return n
+        }
+        let year: Int, rest: Int
+        switch tag {
+        case 0x17:
+            guard v.count == 13, let yy = digits(0..<2) else { return "is not a UTCTime YYMMDDHHMMSSZ" }
+            year = yy >= 50 ? 1900 + yy : 2000 + yy
+            rest = 2
+        case 0x18:
+            guard v.count == 15, let y = digits(0..<4) else { return "is not a GeneralizedTime YYYYMMDDHHMMSSZ" }
+            guard !(1950...2049).contains(y) else { return "is a GeneralizedTime in 1950–2049 (UTCTime's years)" }
+            year = y
+            rest = 4
+        default:
+            return "is neither a UTCTime nor a GeneralizedTime"
+        }
+        guard let mon = digits(rest..<rest + 2), let day = digits(rest + 2..<rest + 4), let hour = digits(rest + 4..<rest + 6),
+              let min = digits(rest + 6..<rest + 8), let sec = digits(rest + 8..<rest + 10) else { return "has a non-digit" }
+        guard v[rest + 10] == 0x5a else { return "does not end in Z" }
+        guard year >= 1970, (1...12).contains(mon) else { return "names year \(year), month \(mon)" }
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+        let monthLength = mon == 2 ? (leap ? 29 : 28) : [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mon - 1]
+        guard day >= 1, day <= monthLength, hour <= 24, min <= 59, sec <= 60 else { return "names no valid day or time" }
+        return nil
+    }
+
     /// The DER `OBJECT IDENTIFIER` contents of each digest algorithm (RFC 5754 / RFC 3370).
     static func oidContents(_ a: DigestAlgorithm) -> [UInt8] {
         switch a {

@@ -113,6 +113,18 @@ final class AdversarialAnchorTests: XCTestCase {
             ("Debian's build key", try Shared.debianCertificate()),
         ]
         for (what, c) in taken { XCTAssertNil(c.kernelKeyProblem, what) }
+        // What x509_cert_parse() refuses before any key (-EBADMSG), OpenSSL reads: a notBefore
+        // UTCTime in 1960 (x509_decode_time(): year < 1970) and one with month 13.
+        let fresh = try Shared.freshKey.get().load().1
+        let at = try XCTUnwrap((0..<(fresh.der.count - 15)).first { fresh.der[$0] == 0x30 && fresh.der[$0 + 2] == 0x17 && fresh.der[$0 + 3] == 0x0d },
+                               "the validity's UTCTime notBefore")
+        for (edit, expected) in [((at + 4, Array("60".utf8)), "year 1960"), ((at + 6, Array("13".utf8)), "month 13")] {
+            var der = fresh.der
+            der.replaceSubrange(edit.0..<edit.0 + 2, with: edit.1)
+            let c = try Certificate(derEncoded: der)
+            let why = try XCTUnwrap(c.kernelKeyProblem, "\(expected): taken")
+            XCTAssertTrue(why.contains("notBefore") && why.contains(expected) && why.contains("x509_decode_time"), why)
+        }
     }
 
     /// Attack (round 14): two certificates of one subject and key id in the builtin list. The
