@@ -167,11 +167,13 @@ public enum CaptureGuest {
     /// count above the loaded modules for good, and every later module waited out all its polls:
     /// ~23 s to 5 minutes each, round 14).
     public static func countLoaderAllocations(_ info: [UInt8]) -> Int {
+        // Decoded once; each line a slice of it (this runs at every poll, up to 5,000 per module).
+        let text = String(decoding: info, as: UTF8.self)
         var count = 0
-        for line in info.split(separator: 0x0A, omittingEmptySubsequences: true) {
-            let text = Substring(decoding: line, as: UTF8.self)
-            guard text.containsUTF8(" load_module+") || text.containsUTF8(" move_module+") else { continue }
-            if !text.containsUTF8(" vpages") { count += 1 }
+        for line in text.utf8.split(separator: 0x0A) {
+            let l = Substring(line)
+            guard l.containsUTF8(" load_module+") || l.containsUTF8(" move_module+") else { continue }
+            if !l.containsUTF8(" vpages") { count += 1 }
         }
         return count
     }

@@ -91,9 +91,10 @@ public enum BuiltinCertificates {
     /// rule (tests give their own to make two descriptions collide).
     public static func asLoaded(_ certificates: [Certificate],
                          description: (Certificate) -> [UInt8]? = { $0.kernelKeyDescription }) -> [Certificate] {
+        let descriptions = certificates.map(description)
         var last: [[UInt8]: Int] = [:]
-        for (i, c) in certificates.enumerated() { if let d = description(c) { last[d] = i } }
-        return certificates.enumerated().filter { i, c in description(c).map { last[$0] == i } ?? true }.map(\.element)
+        for (i, d) in descriptions.enumerated() { if let d { last[d] = i } }
+        return certificates.indices.filter { i in descriptions[i].map { last[$0] == i } ?? true }.map { certificates[$0] }
     }
 
     /// .align 8 before the list; zero padding to 8 after it; then system_certificate_list_size (the

@@ -57,16 +57,10 @@ enum DER {
 }
 
 extension DER {
-    /// The description the kernel gives a certificate's key in its keyring, as bytes:
-    /// crypto/asymmetric_keys/x509_public_key.c x509_key_preparse() writes `subject: id`, the
-    /// subject as x509_fabricate_name() makes it (x509_cert_parser.c, 6.1 and 6.12: of the
-    /// subject's commonName, organizationName and emailAddress values — the last of each, raw
-    /// bytes, any string type — the CN alone when it starts with the whole O or shares its first 7
-    /// bytes with an O of 7 or more, else "O: CN"; the CN, O or email alone when only it is there;
-    /// empty when none is; cut at a NUL, as strlen() reads it), then ": " and the subject key
-    /// identifier in lower-case hex (bin2hex()), or the raw serial INTEGER's contents when the
-    /// certificate has no SKID. nil when the certificate's TBS cannot be walked that far.
-    static func kernelKeyDescription(_ cert: UnsafeRawBufferPointer, subjectKeyIdentifier skid: [UInt8]?) -> [UInt8]? {
+    /// The TBSCertificate and the fields the kernel-mirroring checks below read, in order
+    /// (RFC 5280 § 4.1: `[0] version` optional, serial, signature, issuer, validity, subject),
+    /// or nil when they cannot be walked inside the TBS.
+    static func tbsFields(_ cert: UnsafeRawBufferPointer) -> (tbs: Element, serial: Element, validity: Element, subject: Element)? {
         guard let tbsRange = tbsCertificateRange(cert), let tbs = element(in: cert, at: tbsRange.lowerBound) else { return nil }
         var at = tbs.contents.lowerBound
         if let version = element(in: cert, at: at), version.tag == 0xa0 { at = version.whole.upperBound }
@@ -77,6 +71,21 @@ extension DER {
               let subject = element(in: cert, at: validity.whole.upperBound), subject.tag == 0x30,
               subject.whole.upperBound <= tbs.contents.upperBound
         else { return nil }
+        return (tbs, serial, validity, subject)
+    }
+
+    /// The description the kernel gives a certificate's key in its keyring, as bytes:
+    /// crypto/asymmetric_keys/x509_public_key.c x509_key_preparse() writes `subject: id`, the
+    /// subject as x509_fabricate_name() makes it (x509_cert_parser.c, 6.1 and 6.12: of the
+    /// subject's commonName, organizationName and emailAddress values — the last of each, raw
+    /// bytes, any string type — the CN alone when it starts with the whole O or shares its first 7
+    /// bytes with an O of 7 or more, else "O: CN"; the CN, O or email alone when only it is there;
+    /// empty when none is; cut at a NUL, as strlen() reads it), then ": " and the subject key
+    /// identifier in lower-case hex (bin2hex()), or the raw serial INTEGER's contents when the
+    /// certificate has no SKID. nil when the certificate's TBS cannot be walked that far.
+    static func kernelKeyDescription(_ cert: UnsafeRawBufferPointer, subjectKeyIdentifier skid: [UInt8]?) -> [UInt8]? {
+        guard let f = tbsFields(cert) else { return nil }
+        let serial = f.serial, subject = f.subject
         let cnOID: [UInt8] = [0x55, 0x04, 0x03], oOID: [UInt8] = [0x55, 0x04, 0x0a]
         let emailOID: [UInt8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01]
         var cn: [UInt8] = [], o: [UInt8] = [], email: [UInt8] = []
@@ -118,24 +127,18 @@ extension DER {
     /// the subject key identifier as x509_process_extension() takes it (one extension at most,
     /// its value an OCTET STRING of 1 to 127 bytes in the short length form).
     static func kernelParseProblem(_ cert: UnsafeRawBufferPointer) -> String? {
-        guard let tbsRange = tbsCertificateRange(cert), let tbs = element(in: cert, at: tbsRange.lowerBound) else { return "no TBSCertificate" }
-        var at = tbs.contents.lowerBound
-        if let version = element(in: cert, at: at), version.tag == 0xa0 { at = version.whole.upperBound }
-        guard let serial = element(in: cert, at: at), serial.tag == 0x02,
-              let sigAlg = element(in: cert, at: serial.whole.upperBound),
-              let issuer = element(in: cert, at: sigAlg.whole.upperBound),
-              let validity = element(in: cert, at: issuer.whole.upperBound), validity.tag == 0x30,
-              let notBefore = element(in: cert, at: validity.contents.lowerBound),
+        guard let f = tbsFields(cert),
+              let notBefore = element(in: cert, at: f.validity.contents.lowerBound),
               let notAfter = element(in: cert, at: notBefore.whole.upperBound),
-              let subject = element(in: cert, at: validity.whole.upperBound),
-              let spki = element(in: cert, at: subject.whole.upperBound)
+              let spki = element(in: cert, at: f.subject.whole.upperBound)
         else { return "the TBSCertificate's fields cannot be walked" }
         for (what, t) in [("notBefore", notBefore), ("notAfter", notAfter)] {
             if let why = kernelTimeProblem(Array(cert[t.contents]), tag: t.tag) { return "its \(what) \(why) (x509_decode_time())" }
         }
+        let tbsEnd = f.tbs.contents.upperBound
         var next = spki.whole.upperBound
         var skids = 0
-        while next < tbs.contents.upperBound, let e = element(in: cert, at: next), e.whole.upperBound <= tbs.contents.upperBound {
+        while next < tbsEnd, let e = element(in: cert, at: next), e.whole.upperBound <= tbsEnd {
             next = e.whole.upperBound
             guard e.tag == 0xa3, let list = element(in: cert, at: e.contents.lowerBound) else { continue }
             var extAt = list.contents.lowerBound
@@ -235,13 +238,13 @@ extension DER {
     ///   unauthenticated set; we do not, so it cannot be altered).
     /// - No certificates / crls fields at all (not even empty ones), exactly one SignerInfo.
     /// - Algorithm parameters absent or NULL (the kernel and OpenSSL ignore RSA parameters).
+    /// - DER throughout: the caller checked it before OpenSSL parsed the message
+    ///   (`boundedEncodingProblem`), and this walk relies on it.
     static func signedDataShapeProblem(_ cms: UnsafeRawBufferPointer, digest: DigestAlgorithm) -> String? {
         // DER, not BER, throughout: OpenSSL's decoder (and the kernel's asn1_ber_decoder()) read
         // non-minimal lengths such as `02 81 01 01`, which would give one accepted message many
-        // encodings. Every element, at every depth, must use the minimal length form.
-        guard isMinimalDER(cms, 0..<cms.count, depth: 0) else {
-            return "not DER: an element's length is not in its minimal form, the elements do not tile their parent, or they nest deeper than 32 levels"
-        }
+        // encodings. Every element, at every depth, must use the minimal length form: checked
+        // once, before OpenSSL parsed the message (`boundedEncodingProblem`, its caller's step 2).
         guard let ci = element(in: cms, at: 0), ci.tag == 0x30, ci.whole.upperBound == cms.count,
               let type = element(in: cms, at: ci.contents.lowerBound), type.tag == 0x06,
               let explicit = element(in: cms, at: type.whole.upperBound), explicit.tag == 0xa0,
@@ -297,12 +300,7 @@ extension DER {
     /// Every element in `range` has a minimal definite length (short form below 128, else the
     /// fewest long-form octets with no leading zero), and a constructed element's contents are
     /// exactly a sequence of such elements. Depth-bounded (a module signature nests ~8 deep).
-    static func isMinimalDER(_ b: UnsafeRawBufferPointer, _ range: Range<Int>, depth: Int) -> Bool {
-        var elements = Int.max
-        return isMinimalDER(b, range, depth: depth, elements: &elements)
-    }
-
-    /// The same, with at most `elements` elements in all (counted down; false past it).
+    /// At most `elements` elements in all (counted down; false past it).
     static func isMinimalDER(_ b: UnsafeRawBufferPointer, _ range: Range<Int>, depth: Int, elements: inout Int) -> Bool {
         guard depth < 32 else { return false }
         var at = range.lowerBound

@@ -300,11 +300,16 @@ public final class BufferBudget: @unchecked Sendable {
         turnBegan = now
     }
 
+    /// What a refusal refuses: a whole body at its header, or a chunk of one mid-way.
+    private static func describe(_ n: Int, ofBody length: Int) -> String {
+        n == length ? "a body of \(n) bytes" : "\(n) more bytes of a body of \(length) bytes (the frame is discarded)"
+    }
+
     /// Called with `lock` held: a body that would take its connection past its share.
     private func shareRefusal(n: Int, length: Int, holder: BudgetHolder) -> String {
         _refusals &+= 1
         _shareRefusals &+= 1
-        let what = n == length ? "a body of \(n) bytes" : "\(n) more bytes of a body of \(length) bytes (the frame is discarded)"
+        let what = Self.describe(n, ofBody: length)
         return "server busy: this connection holds \(holder.held) bytes of request bodies not yet answered; "
             + "\(what) would exceed a connection's share of \(connectionShare) — retry when its earlier requests are answered"
     }
@@ -313,7 +318,7 @@ public final class BufferBudget: @unchecked Sendable {
     private func refusal(n: Int, length: Int, used: Int, holder: ObjectIdentifier? = nil, kept: Int = 0) -> String {
         _refusals &+= 1
         let limit = length <= smallFrameSize ? total : largeLimit
-        let what = n == length ? "a body of \(n) bytes" : "\(n) more bytes of a body of \(length) bytes (the frame is discarded)"
+        let what = Self.describe(n, ofBody: length)
         var place = ""
         if let holder, let i = waiters.firstIndex(where: { $0.holder == holder }) {
             place = i == 0 ? " (this connection's body has the turn: room is kept for it; retry soon)"

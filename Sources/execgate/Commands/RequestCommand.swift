@@ -48,6 +48,16 @@ struct ConnectOptions: ParsableArguments {
         return t
     }
 
+    /// An address option (`--text-base`, `--init-base`): hex, 0x optional; a usage error naming
+    /// the option otherwise.
+    static func address(_ text: String, option: String, command: String) throws -> UInt64 {
+        guard let a = Hex.parseUInt64(text) else {
+            Console.error("execgate request \(command): \(option) '\(text)' is not a hex address")
+            throw ExecGateExit.usage
+        }
+        return a
+    }
+
     func validate() throws {
         _ = try endpoint()
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
@@ -168,10 +178,7 @@ struct RequestRetireModule: AsyncParsableCommand {
     var session: String?
 
     func run() async throws {
-        guard let base = Hex.parseUInt64(textBase) else {
-            Console.error("execgate request retire-module: --text-base '\(textBase)' is not a hex address")
-            throw ExecGateExit.usage
-        }
+        let base = try ConnectOptions.address(textBase, option: "--text-base", command: "retire-module")
         let token = try ConnectOptions.sessionToken(session, command: "retire-module")
         let r = try await connection.exchange("retire-module") {
             try await $0.retireModule(RetireModule(guestID: guest, moduleName: name, textBase: base, session: token))
@@ -200,10 +207,7 @@ struct RequestInitFreed: AsyncParsableCommand {
     var session: String?
 
     func run() async throws {
-        guard let base = Hex.parseUInt64(initBase) else {
-            Console.error("execgate request init-freed: --init-base '\(initBase)' is not a hex address")
-            throw ExecGateExit.usage
-        }
+        let base = try ConnectOptions.address(initBase, option: "--init-base", command: "init-freed")
         let token = try ConnectOptions.sessionToken(session, command: "init-freed")
         let r = try await connection.exchange("init-freed") {
             try await $0.moduleInitFreed(ModuleInitFreed(guestID: guest, moduleName: name, initBase: base, session: token))
