@@ -101,8 +101,8 @@ public struct ELFRelocations: RandomAccessCollection, @unchecked Sendable {
     // @unchecked: an immutable borrowed buffer.
     @usableFromInline let entries: UnsafeRawBufferPointer
     /// Symbols in the linked symbol table, and the size of the target section.
-    @usableFromInline let symbolCount: Int
-    @usableFromInline let targetSize: UInt64
+    public let symbolCount: Int
+    public let targetSize: UInt64
     init(entries: UnsafeRawBufferPointer, symbolCount: Int, targetSize: Int) {
         precondition(entries.count % 24 == 0 && symbolCount >= 0 && targetSize >= 0)
         self.entries = entries

@@ -178,6 +178,8 @@ final class Session {
     /// The words `verifyExportedSymbols` reads ahead of its export lookups, folded (kept so the reads
     /// are not optimised away; nothing reads it).
     var exportTouchSink: UInt64 = 0
+    /// Every symbol has its value after `resolveAllSymbols()` (none is left for the walk to refuse).
+    var valuesComplete = false
 
     /// Exports looked up once per session (the resolver is immutable for the session), at set-up.
     let returnThunkExport: UInt64?
