@@ -126,12 +126,18 @@ extension Session {
             guard let insn = copy.withUnsafeBufferPointer({ InstructionDecoder.decode($0, at: off) }),
                   insn.opcode0 == 0xe8 || insn.opcode0 == 0xe9 || (insn.opcode0 == 0x0f && insn.opcode1 & 0xf0 == 0x80) else { return }
             let target = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate)
-            if Int64(bitPattern: target &- thunks) / 32 == 4 {
+            if Session.retpolineRegister(Int64(bitPattern: target &- thunks)) == 4 {
                 throw deny(.retpoline, "CALL/JMP *%rsp in init text (the kernel BUGs)", section: ".retpoline_sites", address: a)
             }
             return
         }
     }
+
+    /// `reg = target - __x86_indirect_thunk_array` of `patch_retpoline()` (6.1.192 and 6.12.117
+    /// arch/x86/kernel/alternative.c): a pointer difference over 32-byte `retpoline_thunk_t`,
+    /// which gcc emits as an arithmetic shift (`sar $5`: rounds toward minus infinity), then
+    /// stored in an `int` (the rel32 reach keeps it far inside one).
+    static func retpolineRegister(_ diff: Int64) -> Int64 { diff >> 5 }
 
     /// `apply_retpolines()` patches only a CALL, JMP or Jcc (`patch_retpoline()`).
     static func retpolineMayWrite(_ b: [UInt8]) -> Bool {
@@ -217,7 +223,11 @@ extension Session {
             }
             let target = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate)
             let diff = Int64(bitPattern: target &- thunks)
-            let reg = diff / 32  // C pointer subtraction over retpoline_thunk_t (32 bytes)
+            // C pointer subtraction over retpoline_thunk_t (32 bytes): gcc (12.2, Debian's 6.1
+            // and 6.12 builds) compiles `target - __x86_indirect_thunk_array` to `sar $5`, a
+            // floor: a target 1..31 bytes before the array is reg -1, not 0 (a truncating `/ 32`
+            // made it rax and rewrote a site the kernel leaves alone).
+            let reg = Session.retpolineRegister(diff)
             if reg & ~0xf != 0 { continue }  // WARN_ON_ONCE: left alone
             if reg == 4 { throw deny(.retpoline, "CALL/JMP *%rsp (the kernel BUGs)", address: a) }
             if hasFeature(fb.retpoline) && !hasFeature(fb.retpolineLfence) { continue }
