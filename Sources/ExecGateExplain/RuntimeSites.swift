@@ -444,9 +444,13 @@ extension Session {
             let ea = t.addr &+ UInt64(o)
             let code = ea &+ UInt64(bitPattern: Int64(codeRel))
             let target = ea &+ 4 &+ UInt64(bitPattern: Int64(targetRel))
-            let keyRaw = ea &+ 8 &+ keyRel
             o += 16
-            let key = keyRaw & ~3, branch = keyRaw & 1
+            // `jump_entry_key()` (include/linux/jump_label.h, 6.1 and 6.12): the flag bits are
+            // cleared from the stored offset, then the offset is added to `&entry->key`;
+            // `jump_entry_is_branch()` reads bit 0 of the offset. (Clearing them from the sum, as
+            // `static_call_key()` does for `.static_call_sites`, names another key when the table
+            // is not 4-byte aligned: only a crafted section alignment makes it so.)
+            let key = ea &+ 8 &+ (keyRel & ~3), branch = keyRel & 1
             guard let off = execOffset(code, 2) else { continue }
             guard let insn = decode(at: off), insn.length == 2 || insn.length == 5, execOffset(code, insn.length) != nil else {
                 throw deny(.jumpLabel, "site is neither 2 nor 5 bytes (the kernel BUGs)", atRegionOffset: off, address: code)
