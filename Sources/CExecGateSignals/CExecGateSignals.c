@@ -219,8 +219,13 @@ static void termination_install(void) {
     sa.sa_handler = on_termination;
     sigfillset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
+    /* SIGHUP (the terminal or ssh session closing) and SIGQUIT (Ctrl+backslash) end a process by default
+     * as SIGTERM does: each is a graceful stop too, else a closed terminal killed `serve` with its
+     * sockets and .lock files left, and `vm start` with QEMU left booting. */
     (void)sigaction(SIGTERM, &sa, NULL);
     (void)sigaction(SIGINT, &sa, NULL);
+    (void)sigaction(SIGHUP, &sa, NULL);
+    (void)sigaction(SIGQUIT, &sa, NULL);
 }
 
 int execgate_termination_fd(void) {

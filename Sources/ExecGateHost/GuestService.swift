@@ -6,7 +6,7 @@
 //   serve  the verifier (`VerifierService.start`) on AF_VSOCK with the configuration the image
 //          implies: the kernel's own certificates from /etc/execgate/trust/, /etc/execgate/policy
 //          (text or bundle) if present, and — only when the image carries an admin certificate —
-//          the admin port on VMM port + 1 with an in-memory audit log; until SIGTERM/SIGINT;
+//          the admin port on VMM port + 1 with an in-memory audit log; until SIGTERM/SIGINT/SIGHUP/SIGQUIT;
 //   test   additionally acts as the VMM against vsock CID 1 (loopback): hello, status, real signed
 //          Debian modules (allow), a tampered copy (deny), malformed frames (error replies, the
 //          connection stays usable), bad magic (error + close, others unaffected), concurrent

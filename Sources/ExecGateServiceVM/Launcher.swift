@@ -232,7 +232,7 @@ public enum Launcher {
     }
 
     /// Starts the VM in the background and waits for the READY line on its console.
-    /// `stopRequested`: polled while the guest boots (a SIGINT/SIGTERM to `vm start`); when it
+    /// `stopRequested`: polled while the guest boots (a SIGINT/SIGTERM/SIGHUP/SIGQUIT to `vm start`); when it
     /// says so, what was started is stopped, as on a timeout, and the start fails.
     public static func start(_ c: VMConfig, log: (String) -> Void = { print($0) },
                              stopRequested: () -> Bool = { false }) throws(ServiceVMError) -> VMStartResult {
@@ -307,7 +307,7 @@ public enum Launcher {
                 throw .timeout("the verifier was not ready after \(timeoutSeconds) s; VM stopped; \(c.consoleLog):", consoleTail: FS.tail(c.consoleLog))
             }
             if stopRequested() {
-                throw .guestDied("stopped by SIGINT/SIGTERM before the verifier was ready; VM stopped; \(c.consoleLog):", consoleTail: FS.tail(c.consoleLog))
+                throw .guestDied("stopped by a signal (SIGINT/SIGTERM/SIGHUP/SIGQUIT) before the verifier was ready; VM stopped; \(c.consoleLog):", consoleTail: FS.tail(c.consoleLog))
             }
             usleep(10_000)
         }

@@ -11,8 +11,8 @@ import Glibc
 import Musl
 #endif
 
-/// SIGTERM and SIGINT, caught from the moment this is made: `wait()` returns, and `whenArrived`
-/// actions run, once either has arrived, also when it arrived before they were asked. Made before
+/// SIGTERM, SIGINT, SIGHUP (a closed terminal) and SIGQUIT, caught from the moment this is made:
+/// `wait()` returns, and `whenArrived` actions run, once one has arrived, also when it arrived before they were asked. Made before
 /// the process binds anything, so a stop that comes while it starts (a supervisor's stop right
 /// after its start) is a graceful stop once it has started, never the signal's default action,
 /// which killed `serve` and `vsock-backend` with their sockets and `.lock` files left behind
@@ -33,7 +33,7 @@ public final class TerminationSignals: @unchecked Sendable {
 
     public struct InstallError: Error, CustomStringConvertible {
         public let errno: Int32
-        public var description: String { "cannot catch SIGTERM/SIGINT: eventfd: \(String(cString: strerror(errno)))" }
+        public var description: String { "cannot catch SIGTERM/SIGINT/SIGHUP/SIGQUIT: eventfd: \(String(cString: strerror(errno)))" }
     }
 
     public init() throws(InstallError) {
@@ -61,7 +61,7 @@ public final class TerminationSignals: @unchecked Sendable {
         a.forEach { $0() }
     }
 
-    /// Returns once SIGTERM or SIGINT has arrived (at once if one already has).
+    /// Returns once one of the signals has arrived (at once if one already has).
     public func wait() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             queue.async {
@@ -70,10 +70,10 @@ public final class TerminationSignals: @unchecked Sendable {
         }
     }
 
-    /// Whether SIGTERM or SIGINT has arrived: for a loop that polls (`vm start`'s boot wait).
+    /// Whether one of the signals has arrived: for a loop that polls (`vm start`'s boot wait).
     public var hasArrived: Bool { queue.sync { arrived } }
 
-    /// Runs `body` on this object's queue once SIGTERM or SIGINT has arrived (at once if one
+    /// Runs `body` on this object's queue once one of the signals has arrived (at once if one
     /// already has): for a synchronous loop that a signal must end (`vsock-backend`).
     public func whenArrived(_ body: @escaping @Sendable () -> Void) {
         queue.async {

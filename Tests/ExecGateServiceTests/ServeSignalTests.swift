@@ -10,7 +10,8 @@
 // for each signal ahead of the bind lost signals instead: libdispatch installs its handler only
 // when its manager registers the source, and until then the SIG_IGN set before it discarded the
 // signal (the backend ran on after its SIGTERM in 7 of 20 tries): the handler is now installed
-// by sigaction before anything binds (CExecGateSignals `execgate_termination_fd`).
+// by sigaction before anything binds (CExecGateSignals `execgate_termination_fd`). SIGHUP and
+// SIGQUIT are graceful stops too (round 15: their default action killed both).
 
 import _ExecGateInternals
 import ExecGateTestSupport
@@ -39,6 +40,39 @@ final class ServeSignalTests: XCTestCase {
             let vu = dir + "/vu\(i).sock", uds = dir + "/h\(i).sock"
             return (["vsock-backend", "--socket", vu, "--uds", uds, "--guest-cid", "3"], [vu, uds, vu + ".lock", uds + ".lock"])
         }
+    }
+
+    /// SIGHUP (the terminal or ssh session that started it closing) and SIGQUIT end a process by
+    /// default as SIGTERM does: `serve` and `vsock-backend` died at it with their sockets and
+    /// `.lock` files left behind (round 15; `vm start` left QEMU booting, ServiceVMBootTests). Each
+    /// is a graceful stop now: exit 0, every file removed.
+    func testSIGHUPAndSIGQUITAreGracefulStops() throws {
+        let dir = Fixtures.temporaryDirectory()
+        let cert = dir + "/kernel.pem"
+        try Fixtures.writeFile(cert, Array(try Fixtures.debianCertificates()[0].pem.utf8))
+        var outcomes: [String] = []
+        for (i, sig) in [SIGHUP, SIGQUIT].enumerated() {
+            let sock = dir + "/s\(i).sock", vu = dir + "/vu\(i).sock", uds = dir + "/h\(i).sock"
+            for (args, files) in [(["serve", "--listen", "unix:" + sock, "--trust", cert, "--signature-only"], [sock, sock + ".lock"]),
+                                  (["vsock-backend", "--socket", vu, "--uds", uds, "--guest-cid", "3"], [vu, uds, vu + ".lock", uds + ".lock"])] {
+                let out = dir + "/out-\(args[0])-\(sig)", err = dir + "/err-\(args[0])-\(sig)"
+                let pid = Fixtures.spawnExecgate(args, stdoutPath: out, stderrPath: err)
+                let deadline = MonotonicClock.seconds() + 30
+                while !files.allSatisfy({ access($0, F_OK) == 0 }) && MonotonicClock.seconds() < deadline && Fixtures.exited(pid) == nil { usleep(10_000) }
+                XCTAssertTrue(files.allSatisfy { access($0, F_OK) == 0 }, "\(args[0]) made not all of \(files): \(String(decoding: (try? Fixtures.readFile(err)) ?? [], as: UTF8.self))")
+                kill(pid, sig)
+                guard let status = Fixtures.wait(pid, seconds: 30, pollMicroseconds: 1000) else {
+                    XCTFail("\(args[0]) still running 30 s after signal \(sig)")
+                    kill(pid, SIGKILL); _ = Fixtures.wait(pid)
+                    continue
+                }
+                let left = files.filter { access($0, F_OK) == 0 }
+                outcomes.append("\(args[0]) \(sig): \(status)\(left.isEmpty ? "" : " left \(left)")")
+                XCTAssertEqual(status, 0, "\(args[0]) ended by signal \(sig) with status \(status) (128 + signal: the default action)")
+                XCTAssertEqual(left, [], "\(args[0]) left files after signal \(sig)")
+            }
+        }
+        print("SIGHUP/SIGQUIT: \(outcomes)")
     }
 
     /// 20 times: start `execgate ARGS`, send SIGTERM the moment the first of `files` exists, and

@@ -36,11 +36,12 @@ final class StaticBinarySignalsBootTests: XCTestCase {
         for p in paths { XCTAssertTrue(FS.exists(p), "\(p) not created in 10 s: \(FS.tail(log))") }
     }
 
-    /// `vsock-backend` stops on SIGTERM (what `make stop` sends) and on SIGINT (Ctrl-C) with status 0,
+    /// `vsock-backend` stops on SIGTERM (what `make stop` sends), SIGINT (Ctrl-C), SIGHUP (its terminal
+    /// closing) and SIGQUIT with status 0,
     /// and removes what it created: both sockets and both .lock files (docs/vsock.md).
     func testStaticVsockBackendStopsOnSIGTERMAndSIGINTAndRemovesItsSockets() throws {
         let binary = try requireVM(image: false).staticExecgate
-        for sig in [SIGTERM, SIGINT] {
+        for sig in [SIGTERM, SIGINT, SIGHUP, SIGQUIT] {
             let dir = Fixtures.temporaryDirectory()
             let vu = dir + "/vu.sock", uds = dir + "/h.sock", log = dir + "/backend.log"
             let pid = try Subprocess.spawn([binary, "vsock-backend", "--socket", vu, "--uds", uds, "--guest-cid", "3"], outputPath: log)

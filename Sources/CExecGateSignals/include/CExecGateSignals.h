@@ -50,8 +50,8 @@ void execgate_temp_untrack(int slot);
 void execgate_temp_commit_begin(void);
 void execgate_temp_commit_end(void);
 
-/* A graceful stop (`serve`, `vsock-backend`, the guest's service): from the first call on,
- * SIGTERM and SIGINT run a handler that makes an eventfd readable (write(2)
+/* A graceful stop (`serve`, `vsock-backend`, `vm start`, the guest's service): from the first call
+ * on, SIGTERM, SIGINT, SIGHUP and SIGQUIT run a handler that makes an eventfd readable (write(2)
  * of 8 bytes: async-signal-safe), which stays readable. Installed synchronously by sigaction, so
  * no signal between this call and the reader's start is lost or met at its default action (a
  * DispatchSource made its handler only when the dispatch manager got to it, asynchronously: a

@@ -16,7 +16,7 @@ struct ServeCommand: AsyncParsableCommand {
         abstract: "Run the verifier service.",
         discussion: """
         Listens on each --listen address (unix:PATH, vsock:PORT) and answers wire protocol v1 \
-        (docs/protocol.md). Stops gracefully on SIGTERM or SIGINT: no new connections, requests in \
+        (docs/protocol.md). Stops gracefully on SIGTERM, SIGINT, SIGHUP or SIGQUIT: no new connections, requests in \
         flight finish, then exit 0. Policies (docs/policy.md): --policy sets the boot policy; \
         --admin-listen opens the separate admin port, where only bundles signed by the --admin-cert \
         key can replace it; --audit records every verdict and policy change as JSON lines.

@@ -132,7 +132,7 @@ struct VMStartCommand: ParsableCommand {
         try boot.apply(&c)
         try VMOptions.checkQEMUPaths(c)
         try Self.checkBackendSockets(c)
-        // A SIGINT/SIGTERM while the guest boots stops what was started (QEMU and its backend)
+        // A SIGINT/SIGTERM/SIGHUP/SIGQUIT while the guest boots stops what was started (QEMU and its backend)
         // before the command ends: the default action left QEMU running, which `vm status` then
         // called ready (round 12's review).
         let signals = try? TerminationSignals()

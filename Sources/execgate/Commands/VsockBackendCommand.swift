@@ -48,7 +48,7 @@ struct VsockBackendCommand: ParsableCommand {
     func run() throws {
         var config = VsockBackendConfig(vhostUserSocket: socket, hybridSocket: uds, guestCID: guestCid)
         config.verbose = verbose
-        // SIGTERM/SIGINT caught before the sockets exist: a stop at any moment after they appear
+        // SIGTERM/SIGINT/SIGHUP/SIGQUIT caught before the sockets exist: a stop at any moment after they appear
         // ends `run()` cleanly (socket files removed, then their lock files).
         let stop: TerminationSignals
         do { stop = try TerminationSignals() } catch {
