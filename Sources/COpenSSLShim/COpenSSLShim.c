@@ -161,6 +161,37 @@ out:
     return r;
 }
 
+/* A digest fed in pieces (nothing kept but the hash state): begin, update, end; end frees the
+ * state whatever happened. NULL from begin only when libcrypto is broken. */
+struct evp_md_ctx_st *egs_digest_begin(int md) {
+    const EVP_MD *m = egs_md(md);
+    EVP_MD_CTX *ctx;
+    if (m == NULL) return NULL;
+    ctx = EVP_MD_CTX_new();
+    if (ctx != NULL && !EVP_DigestInit_ex(ctx, m, NULL)) {
+        EVP_MD_CTX_free(ctx);
+        ctx = NULL;
+    }
+    if (ctx == NULL) egs_capture_error();
+    return ctx;
+}
+
+int egs_digest_update(struct evp_md_ctx_st *ctx, const void *data, size_t len) {
+    if (ctx == NULL) return 0;
+    if (len == 0) return 1;
+    return EVP_DigestUpdate(ctx, data, len) ? 1 : 0;
+}
+
+int egs_digest_end(struct evp_md_ctx_st *ctx, uint8_t *out, size_t cap) {
+    unsigned int n = 0;
+    int r = -1;
+    if (ctx == NULL) return -1;
+    if (out != NULL && cap >= EVP_MAX_MD_SIZE && EVP_DigestFinal_ex(ctx, out, &n)) r = (int)n;
+    EVP_MD_CTX_free(ctx);
+    if (r < 0) egs_capture_error();
+    return r;
+}
+
 /* ---- certificates ---- */
 
 X509 *egs_x509_from_der(const uint8_t *der, size_t len, size_t *consumed) {

@@ -121,6 +121,24 @@ public struct Digest: Sendable, Hashable, CustomStringConvertible {
         return Digest(uncheckedAlgorithm: algorithm, bytes: out)
     }
 
+    /// The digest of the pieces `produce` feeds, in order, as if concatenated: each piece is
+    /// hashed as it comes and nothing is kept (a register-guest's symbols digest is hashed from a
+    /// small rewritten window, not a body-sized copy: KernelFactsKey.symbolsDigest).
+    public static func compute(_ algorithm: DigestAlgorithm, streaming produce: ((UnsafeRawBufferPointer) -> Void) -> Void) -> Digest {
+        let ctx = egs_digest_begin(algorithm.shimValue)
+        // As in `compute`: only a broken libcrypto fails here, never input.
+        precondition(ctx != nil, "OpenSSL digest \(algorithm) unavailable")
+        var fed = true
+        produce { piece in
+            if piece.count > 0 && egs_digest_update(ctx, piece.baseAddress, piece.count) != 1 { fed = false }
+        }
+        var out = [UInt8](repeating: 0, count: 64)
+        let n = out.withUnsafeMutableBufferPointer { o in egs_digest_end(ctx, o.baseAddress, o.count) }
+        precondition(fed && Int(n) == algorithm.size, "OpenSSL digest \(algorithm) unavailable")
+        out.removeLast(out.count - Int(n))
+        return Digest(uncheckedAlgorithm: algorithm, bytes: out)
+    }
+
     public static func sha256(_ data: UnsafeRawBufferPointer) -> Digest { compute(.sha256, over: data) }
     public static func sha512(_ data: UnsafeRawBufferPointer) -> Digest { compute(.sha512, over: data) }
 

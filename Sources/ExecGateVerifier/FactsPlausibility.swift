@@ -60,7 +60,7 @@ enum FactsPlausibility {
     /// build's symbols, once per shared copy; this guest's own facts against that copy).
     static func check(_ r: RegisterGuest, facts: GuestFacts) -> String? {
         if let why = checkRegistration(r) { return why }
-        let build = checkSymbols(r.symbols)
+        let build = checkSymbols(r.symbolRecords)
         if let why = build.failure { return why }
         return checkGuest(r, facts: facts, build: build.facts)
     }
@@ -127,27 +127,30 @@ enum FactsPlausibility {
     }
 
     /// The rules that depend on the symbols alone: a build that fails them never becomes facts.
-    static func checkSymbols(_ symbols: [KernelSymbol]) -> (failure: String?, facts: BuildFacts) {
+    /// (Records read in place, SymbolRecords: a name becomes a `String` only here, in the tables
+    /// built after the registry's budget admitted the build.)
+    static func checkSymbols(_ symbols: SymbolRecords) -> (failure: String?, facts: BuildFacts) {
         var named: [String: UInt64] = [:]
         var exportedNames = Set<String>()
         var failure: String? = nil
         for s in symbols {
-            if named[s.name] == nil { named[s.name] = s.address }
+            let name = s.name
+            if named[name] == nil { named[name] = s.address }
             // No kernel exports an empty name: EXPORT_SYMBOL(sym) emits `__ksymtab_<sym>` for a C
             // identifier, and find_symbol() matches a module's undefined name by strcmp, so an
             // exported "" would resolve a nameless undefined symbol simplify_symbols() refuses.
-            if s.exported && s.name.isEmpty && failure == nil { failure = "an exported symbol record (address 0x\(String(s.address, radix: 16))) has an empty name" }
-            if s.exported && !exportedNames.insert(s.name).inserted && failure == nil { failure = "symbol '\(s.name)' is exported twice" }
+            if s.exported && name.isEmpty && failure == nil { failure = "an exported symbol record (address 0x\(String(s.address, radix: 16))) has an empty name" }
+            if s.exported && !exportedNames.insert(name).inserted && failure == nil { failure = "symbol '\(name)' is exported twice" }
         }
         let bounds = KernelBounds(named)
         var keys = Set<UInt64>()
         for s in symbols {
-            if s.name.utf8.starts(with: "__SCK__".utf8) { keys.insert(s.address) }
-            if s.name.utf8.starts(with: "__SCT__".utf8), s.isText, bounds?.isCoreText(s.address) ?? false { keys.insert(s.address) }
+            if s.nameStarts(with: "__SCK__") { keys.insert(s.address) }
+            if s.nameStarts(with: "__SCT__"), s.isText, bounds?.isCoreText(s.address) ?? false { keys.insert(s.address) }
         }
         // Exports and core static-call keys (`__SCK__<name>`, a `struct static_call_key` in the
         // kernel's data) stay in the image: the highest one is held below MODULES_VADDR per guest.
-        func isKeyRecord(_ s: KernelSymbol) -> Bool { s.name.utf8.starts(with: "__SCK__".utf8) }
+        func isKeyRecord(_ s: SymbolRecord) -> Bool { s.nameStarts(with: "__SCK__") }
         var ceiling: (name: String, address: UInt64)? = nil
         for s in symbols where (s.exported || isKeyRecord(s)) && s.address >= KernelSlide.imageBase && s.address >= (ceiling?.address ?? 0) { ceiling = (s.name, s.address) }
         let facts = BuildFacts(bounds: bounds, symbolsSent: !symbols.isEmpty, returnThunkAddresses: Self.returnThunks.compactMap { named[$0] },

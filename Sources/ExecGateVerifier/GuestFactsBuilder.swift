@@ -30,7 +30,7 @@ public enum GuestFactsBuilder {
     /// registry shares the first between guests of one build at link-time addresses
     /// (KernelFactsStore.swift); this is the same two steps with nothing to slide.
     public static func facts(from r: RegisterGuest) -> GuestFacts {
-        guestFacts(kernel: kernelFacts(symbols: r.symbols, removing: .none), slide: .none, from: r)
+        guestFacts(kernel: kernelFacts(symbols: r.symbolRecords, removing: .none), slide: .none, from: r)
     }
 
     /// A build's facts: its tables (exports, function entries, the build-derived static-call
@@ -53,7 +53,7 @@ public enum GuestFactsBuilder {
     /// build-derived static-call table, and the named helpers), every address with `slide`
     /// removed (KernelSlide: the digest's rule). Every per-guest field keeps its default until
     /// `guestFacts` fills it.
-    static func kernelFacts(symbols: [KernelSymbol], removing slide: KernelSlide) -> BuildTables {
+    static func kernelFacts(symbols: SymbolRecords, removing slide: KernelSlide) -> BuildTables {
         var exports: [String: UInt64] = [:]
         var named: [String: UInt64] = [:]
         var functions = Set<UInt64>()
@@ -64,8 +64,9 @@ public enum GuestFactsBuilder {
         let marked = symbols.contains { $0.isFunction }
         for s in symbols {
             let a = slide.linkTime(s.address)
-            if s.exported && exports[s.name] == nil { exports[s.name] = a }
-            if named[s.name] == nil { named[s.name] = a }
+            let name = s.name
+            if s.exported && exports[name] == nil { exports[name] = a }
+            if named[name] == nil { named[name] = a }
             if s.isText && (!marked || s.isFunction) { functions.insert(a) }
         }
         var facts = GuestFacts(exports: exports, capabilities: [], uniprocessorPatched: false, possibleCPUs: 1,

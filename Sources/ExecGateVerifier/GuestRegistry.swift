@@ -157,7 +157,7 @@ public final class GuestRegistry: @unchecked Sendable {
         let key: KernelFactsKey?
         if r.isByDigest {
             // The wire decoder refuses both at once; an in-process caller gets the same answer.
-            guard r.symbols.isEmpty, r.symbolsDigest.count == 32 else {
+            guard r.symbolRecords.isEmpty, r.symbolsDigest.count == 32 else {
                 return .refused(.badRequest, "register-guest '\(r.guestID)': a registration by digest carries a 32-byte symbols digest and no symbol records")
             }
             key = KernelFactsKey(kernelDigest: r.kernelDigest, symbolsDigest: r.symbolsDigest)

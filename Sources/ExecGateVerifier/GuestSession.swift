@@ -213,7 +213,9 @@ public final class GuestSession: @unchecked Sendable {
          token: UInt64 = 0, ledger: LiveLedger? = nil) {
         self.ledger = ledger
         var r = registration
-        r.symbols = []
+        // Kept without its records (the build's copy holds them as facts): a decoded
+        // registration's records are a slice of its body, which they would keep alive.
+        r.symbolRecords = SymbolRecords()
         self.registration = r
         self.kernel = kernel
         self.facts = facts

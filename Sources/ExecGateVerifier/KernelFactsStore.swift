@@ -72,9 +72,9 @@ public struct KernelFactsKey: Hashable, Sendable {
     public static func of(_ r: RegisterGuest, symbolsDigest: [UInt8]) -> KernelFactsKey? {
         guard symbolsDigest.count == 32 else { return nil }
         let line = KernelSlide.imageBase
-        for s in r.symbols {
+        for s in r.symbolRecords {
             if s.address >= line && s.address - line < r.kaslrSlide { return nil }
-            if s.name.utf8.count > Int(UInt16.max) { return nil }
+            if s.nameByteCount > Int(UInt16.max) { return nil }
         }
         return KernelFactsKey(kernelDigest: r.kernelDigest, symbolsDigest: symbolsDigest)
     }
@@ -84,7 +84,9 @@ public struct KernelFactsKey: Hashable, Sendable {
     /// digest, the digest it names (the records it stands for are the held copy's).
     public static func symbolsDigest(_ r: RegisterGuest) -> [UInt8] {
         if r.isByDigest { return r.symbolsDigest }
-        return RegisterGuestReply.linkTimeSymbolRecords(r).withUnsafeBytes { Digest.sha256($0).bytes }
+        // Hashed as the records are rewritten, a window at a time: the link-time records of a
+        // 28 MB registration were once packed whole first (one more body, before any budget).
+        return Digest.compute(.sha256, streaming: { feed in RegisterGuestReply.linkTimeSymbolRecords(r, feed) }).bytes
     }
 }
 
@@ -114,14 +116,14 @@ public final class KernelFacts: Sendable {
 
     /// Build and check the facts of `r`'s symbols; a failure names the rule (implausible facts).
     static func make(_ r: RegisterGuest, key: KernelFactsKey?) -> Result<KernelFacts, FactsRefusal> {
-        let checked = FactsPlausibility.checkSymbols(r.symbols)
+        let checked = FactsPlausibility.checkSymbols(r.symbolRecords)
         if let why = checked.failure { return .failure(FactsRefusal(message: why)) }
         // A shared copy removes the slide of the registration that builds it; the checks of the
         // symbols alone hold at every slide the key admits (KernelFactsKey.of keeps the order).
         let removed = key == nil ? KernelSlide.none : KernelSlide(r.kaslrSlide)
-        let highest = key == nil ? nil : r.symbols.lazy.map(\.address).filter { $0 >= KernelSlide.imageBase }.max().map(removed.linkTime)
-        return .success(KernelFacts(key: key, base: GuestFactsBuilder.kernelFacts(symbols: r.symbols, removing: removed),
-                                    build: checked.facts.mapped(removed.linkTime, keys: true), symbolCount: r.symbols.count,
+        let highest = key == nil ? nil : r.symbolRecords.lazy.map(\.address).filter { $0 >= KernelSlide.imageBase }.max().map(removed.linkTime)
+        return .success(KernelFacts(key: key, base: GuestFactsBuilder.kernelFacts(symbols: r.symbolRecords, removing: removed),
+                                    build: checked.facts.mapped(removed.linkTime, keys: true), symbolCount: r.symbolRecords.count,
                                     symbolBytes: Self.symbolBytes(r), highestMovedAddress: highest))
     }
 
@@ -158,11 +160,11 @@ public final class KernelFacts: Sendable {
     /// is charged 6.3 MiB and grows RSS by 5 MiB. The old charge (names + 16) was exceeded up to
     /// 11× by short exported names (FactsBudgetTests).
     static func symbolBytes(_ r: RegisterGuest) -> Int {
-        r.symbols.reduce(0) { sum, s in
-            var c = s.name.utf8.count + 16
+        r.symbolRecords.reduce(0) { sum, s in
+            var c = s.nameByteCount + 16
             if s.isText { c += 16 }
             if s.exported { c += exportCharge }
-            if s.name.utf8.starts(with: "__SCK__".utf8) || s.name.utf8.starts(with: "__SCT__".utf8) { c += staticCallCharge }
+            if s.nameStarts(with: "__SCK__") || s.nameStarts(with: "__SCT__") { c += staticCallCharge }
             return sum + c
         }
     }

@@ -99,7 +99,187 @@ public struct KernelSymbol: Sendable, Equatable {
     }
 
     /// Text (code) symbol: `t`, `T`, `w`, `W`.
-    public var isText: Bool { [UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W")].contains(type) }
+    public var isText: Bool { Self.isText(type) }
+    static func isText(_ type: UInt8) -> Bool { [UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W")].contains(type) }
+}
+
+/// A registration's symbol records, held compactly. Decoded from the wire they stay the packed
+/// records of the body's `symbols` field (a slice of the body: no copy), validated in one pass
+/// that allocates nothing; each record is read in place when a consumer walks them. Built in
+/// process (`RegisterGuest(symbols:)`, tests, the capture) they are the caller's `[KernelSymbol]`.
+///
+/// Why (round 14's left hole): decoding made one `KernelSymbol` (32 bytes) and one heap `String`
+/// (~64 bytes for a name past 15 bytes) a record, before any budget was asked: a 28 MB body of
+/// 800,000 tiny records became ~2.8× its size in objects, and the service, which budgets a body
+/// byte at 2× (ServiceVM/README.md "Memory budget"), peaked at ~6× its body before refusing it.
+/// Now the decode keeps nothing per record; what a record costs once it becomes facts is the
+/// registry's to charge (`KernelFacts.symbolBytes`), after its budget check.
+public struct SymbolRecords: Sendable, Sequence, Equatable {
+    enum Storage: Sendable {
+        /// Validated packed records (`RegisterGuest.Tag.symbols`) and how many there are.
+        case packed(ByteBuffer, count: Int)
+        case symbols([KernelSymbol])
+    }
+    var storage: Storage
+
+    public init(_ symbols: [KernelSymbol] = []) { storage = .symbols(symbols) }
+
+    /// Validate the packed records of a `symbols` field and keep them as they are. One pass, no
+    /// allocation: the record count is bounded (`maximum`) before a record is read, and every
+    /// record is checked as the old decoder checked it, in the same order, with the same errors
+    /// (count, truncation, flags, the name's UTF-8).
+    init(validating field: ByteBuffer, maximum: Int) throws {
+        var rest = field
+        var count = 0
+        while rest.readableBytes > 0 {
+            guard count < maximum else {
+                throw WireDecodeError(.tooManyItems, field: "register-guest.symbols", "more than \(maximum)")
+            }
+            guard rest.readInteger(as: UInt64.self) != nil, rest.readInteger(as: UInt8.self) != nil,
+                  let flags = rest.readInteger(as: UInt8.self), let len = rest.readInteger(as: UInt16.self),
+                  let name = rest.readSlice(length: Int(len)) else {
+                throw WireDecodeError(.truncatedField, field: "register-guest.symbols", "record \(count) truncated")
+            }
+            guard flags & ~3 == 0 else {
+                throw WireDecodeError(.invalidValue, field: "register-guest.symbols", "record \(count): unknown flags 0x\(String(flags, radix: 16))")
+            }
+            // A name is at most 65,535 bytes (u16), below the string limit: only UTF-8 to check.
+            guard TLVReader.isValidUTF8(name) else { throw WireDecodeError(.invalidUTF8, field: "register-guest.symbols") }
+            count += 1
+        }
+        storage = .packed(field, count: count)
+    }
+
+    public var count: Int {
+        switch storage {
+        case .packed(_, let n): return n
+        case .symbols(let s): return s.count
+        }
+    }
+    public var isEmpty: Bool { count == 0 }
+
+    /// Every record as a `KernelSymbol` (one `String` a name): for in-process callers, never the
+    /// service's registration path.
+    public var symbols: [KernelSymbol] {
+        switch storage {
+        case .symbols(let s): return s
+        case .packed:
+            var out: [KernelSymbol] = []
+            out.reserveCapacity(count)
+            for r in self { out.append(KernelSymbol(name: r.name, address: r.address, type: r.type, exported: r.exported, isFunction: r.isFunction)) }
+            return out
+        }
+    }
+
+    /// Bytes of the packed records (`symbols` field), without packing them.
+    public var packedByteCount: Int {
+        switch storage {
+        case .packed(let b, _): return b.readableBytes
+        case .symbols(let s): return s.reduce(0) { $0 + 12 + Swift.min($1.name.utf8.count, Int(UInt16.max)) }
+        }
+    }
+
+    /// The packed records as the wire carries them (names cut at 65,535 bytes, the u16 length):
+    /// decoded records are the body's own bytes, not a copy.
+    func packed() -> ByteBuffer {
+        switch storage {
+        case .packed(let b, _): return b
+        case .symbols(let s):
+            var out = ByteBuffer()
+            out.reserveCapacity(packedByteCount)
+            for sym in s {
+                out.writeInteger(sym.address)
+                out.writeInteger(sym.type)
+                out.writeInteger(UInt8(sym.exported ? 1 : 0) | UInt8(sym.isFunction ? 2 : 0))
+                let n = sym.name.utf8.prefix(Int(UInt16.max))
+                out.writeInteger(UInt16(n.count))
+                out.writeBytes(n)
+            }
+            return out
+        }
+    }
+
+    public static func == (a: SymbolRecords, b: SymbolRecords) -> Bool {
+        if case .symbols(let x) = a.storage, case .symbols(let y) = b.storage { return x == y }
+        guard a.count == b.count else { return false }
+        return zip(a, b).allSatisfy { x, y in
+            x.address == y.address && x.type == y.type && x.flags == y.flags
+                && x.withNameBytes { n in y.withNameBytes { n.elementsEqual($0) } }
+        }
+    }
+
+    public func makeIterator() -> Iterator { Iterator(storage: storage) }
+
+    public struct Iterator: IteratorProtocol {
+        let storage: Storage
+        var rest = ByteBuffer()
+        var index = 0
+
+        init(storage: Storage) {
+            self.storage = storage
+            if case .packed(let b, _) = storage { rest = b }
+        }
+
+        public mutating func next() -> SymbolRecord? {
+            switch storage {
+            case .symbols(let s):
+                guard index < s.count else { return nil }
+                defer { index += 1 }
+                let sym = s[index]
+                return SymbolRecord(address: sym.address, type: sym.type, flags: UInt8(sym.exported ? 1 : 0) | UInt8(sym.isFunction ? 2 : 0),
+                                    storedName: .string(sym.name))
+            case .packed:
+                // Validated when decoded (`init(validating:maximum:)`): every read succeeds.
+                guard rest.readableBytes > 0, let address = rest.readInteger(as: UInt64.self), let type = rest.readInteger(as: UInt8.self),
+                      let flags = rest.readInteger(as: UInt8.self), let len = rest.readInteger(as: UInt16.self),
+                      let name = rest.readSlice(length: Int(len)) else { return nil }
+                return SymbolRecord(address: address, type: type, flags: flags, storedName: .bytes(name))
+            }
+        }
+    }
+}
+
+/// One record of `SymbolRecords`, read in place: its name stays bytes of the body until a
+/// consumer asks for it as a `String` (`name`).
+public struct SymbolRecord {
+    public let address: UInt64
+    /// The `nm` type letter as ASCII.
+    public let type: UInt8
+    /// Bit 0 exported, bit 1 function (as on the wire).
+    public let flags: UInt8
+    enum Name { case string(String), bytes(ByteBuffer) }
+    let storedName: Name
+
+    public var exported: Bool { flags & 1 != 0 }
+    public var isFunction: Bool { flags & 2 != 0 }
+    /// Text (code) symbol: `t`, `T`, `w`, `W` (as `KernelSymbol.isText`).
+    public var isText: Bool { KernelSymbol.isText(type) }
+
+    /// The name as a `String` (allocated for a long name of a decoded record).
+    public var name: String {
+        switch storedName {
+        case .string(let s): return s
+        case .bytes(let b): return String(buffer: b)
+        }
+    }
+
+    /// The name's UTF-8 bytes, without making a `String`.
+    public func withNameBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        switch storedName {
+        case .string(var s): return try s.withUTF8 { try body(UnsafeRawBufferPointer($0)) }
+        case .bytes(let b): return try b.withUnsafeReadableBytes(body)
+        }
+    }
+
+    /// Bytes in the name (UTF-8).
+    public var nameByteCount: Int {
+        switch storedName {
+        case .string(let s): return s.utf8.count
+        case .bytes(let b): return b.readableBytes
+        }
+    }
+
+    public func nameStarts(with prefix: String) -> Bool { withNameBytes { $0.starts(with: prefix.utf8) } }
 }
 
 /// The facts about a protected guest that later checks rely on. Where each fact must come from
@@ -114,8 +294,22 @@ public struct RegisterGuest: Sendable, Equatable {
     public var kaslrSlide: UInt64
     /// `boot_cpu_data.x86_capability[]` as the kernel decided it: u32 words, little-endian.
     public var cpuCapabilities: [UInt8]
-    /// Exported core-kernel symbols. Encoded as one packed field (see `Tag.symbols`).
-    public var symbols: [KernelSymbol]
+    /// The kernel build's symbol records (`Tag.symbols`): as decoded, the body's packed records
+    /// read in place (`SymbolRecords`); the service's registration path reads only these.
+    public var symbolRecords: SymbolRecords
+    /// The same records as `KernelSymbol`s, for in-process callers (tests, the capture): reading
+    /// it from a decoded registration makes one `String` a record, so the service never does;
+    /// setting or mutating it keeps the array as given.
+    public var symbols: [KernelSymbol] {
+        get { symbolRecords.symbols }
+        set { symbolRecords = SymbolRecords(newValue) }
+        _modify {
+            var s = symbolRecords.symbols
+            symbolRecords = SymbolRecords()  // the array's one reference is `s`: mutated in place
+            defer { symbolRecords = SymbolRecords(s) }
+            yield &s
+        }
+    }
     /// Where the symbols came from: "locked-rodata" or "operator-build".
     public var symbolSource: String
     public var commandLine: String
@@ -164,7 +358,7 @@ public struct RegisterGuest: Sendable, Equatable {
         self.kernelDigest = kernelDigest
         self.kaslrSlide = kaslrSlide
         self.cpuCapabilities = cpuCapabilities
-        self.symbols = symbols
+        self.symbolRecords = SymbolRecords(symbols)
         self.symbolSource = symbolSource
         self.commandLine = commandLine
         self.presentCPUs = presentCPUs
@@ -197,7 +391,7 @@ public struct RegisterGuest: Sendable, Equatable {
     /// (their symbols digest, `register-guest-reply.symbols_digest`) stands for.
     public func byDigest(_ digest: [UInt8]) -> RegisterGuest {
         var r = self
-        r.symbols = []
+        r.symbolRecords = SymbolRecords()
         r.symbolsDigest = digest
         return r
     }
@@ -244,24 +438,9 @@ public struct RegisterGuest: Sendable, Equatable {
             }
             symbolsDigest = Array(buffer: digestField)
         }
-        symbols = []
-        if var packed = try r.optional(Tag.symbols, "symbols") {
-            while packed.readableBytes > 0 {
-                guard symbols.count < Self.maximumSymbols else {
-                    throw WireDecodeError(.tooManyItems, field: "register-guest.symbols", "more than \(Self.maximumSymbols)")
-                }
-                guard let address = packed.readInteger(as: UInt64.self), let type = packed.readInteger(as: UInt8.self),
-                      let flags = packed.readInteger(as: UInt8.self), let len = packed.readInteger(as: UInt16.self),
-                      let name = packed.readSlice(length: Int(len)) else {
-                    throw WireDecodeError(.truncatedField, field: "register-guest.symbols", "record \(symbols.count) truncated")
-                }
-                guard flags & ~3 == 0 else {
-                    throw WireDecodeError(.invalidValue, field: "register-guest.symbols", "record \(symbols.count): unknown flags 0x\(String(flags, radix: 16))")
-                }
-                symbols.append(KernelSymbol(name: try TLVReader.decodeString(name, field: "register-guest.symbols"), address: address,
-                                            type: type, exported: flags & 1 != 0, isFunction: flags & 2 != 0))
-            }
-        }
+        // The records are validated in one pass that allocates nothing (their count bounded
+        // first) and kept as the body's bytes: no object per record (SymbolRecords).
+        symbolRecords = try r.optional(Tag.symbols, "symbols").map { try SymbolRecords(validating: $0, maximum: Self.maximumSymbols) } ?? SymbolRecords()
         symbolSource = try r.string(Tag.symbolSource, "symbol_source") ?? ""
         commandLine = try r.string(Tag.commandLine, "cmdline") ?? ""
         presentCPUs = try r.integer(Tag.presentCPUs, "present_cpus") ?? 1
@@ -277,19 +456,7 @@ public struct RegisterGuest: Sendable, Equatable {
         if !kernelDigest.isEmpty { w.bytes(Tag.kernelDigest, kernelDigest) }
         w.u64(Tag.kaslrSlide, kaslrSlide)
         if !cpuCapabilities.isEmpty { w.bytes(Tag.cpuCapabilities, cpuCapabilities) }
-        if !symbols.isEmpty {
-            var packed = ByteBuffer()
-            packed.reserveCapacity(symbols.count * 32)
-            for s in symbols {
-                packed.writeInteger(s.address)
-                packed.writeInteger(s.type)
-                packed.writeInteger(UInt8(s.exported ? 1 : 0) | UInt8(s.isFunction ? 2 : 0))
-                let n = s.name.utf8.prefix(Int(UInt16.max))
-                packed.writeInteger(UInt16(n.count))
-                packed.writeBytes(n)
-            }
-            w.bytes(Tag.symbols, packed)
-        }
+        if !symbolRecords.isEmpty { w.bytes(Tag.symbols, symbolRecords.packed()) }
         if !symbolSource.isEmpty { w.string(Tag.symbolSource, symbolSource) }
         if !commandLine.isEmpty { w.string(Tag.commandLine, commandLine) }
         w.u32(Tag.presentCPUs, presentCPUs)
@@ -346,23 +513,37 @@ public struct RegisterGuestReply: Sendable, Equatable {
     /// input of `symbolsDigest`.
     public static func linkTimeSymbolRecords(_ r: RegisterGuest) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(r.symbols.count * 32)
-        for s in r.symbols {
+        out.reserveCapacity(r.symbolRecords.packedByteCount)
+        linkTimeSymbolRecords(r) { out.append(contentsOf: $0) }
+        return out
+    }
+
+    /// The same bytes in consecutive pieces of about `piece` bytes (a record is never split), one
+    /// window reused: what the symbols digest hashes without a copy of every record (the records
+    /// of a 28 MB registration were once packed whole, one more body, before the budget was asked).
+    public static func linkTimeSymbolRecords(_ r: RegisterGuest, piece: Int = 64 << 10, _ emit: (UnsafeRawBufferPointer) -> Void) {
+        var out: [UInt8] = []
+        out.reserveCapacity(piece + 12 + Int(UInt16.max))
+        for s in r.symbolRecords {
             // KASLR moves the kernel image (mapped from __START_KERNEL_map, 0xffffffff80000000);
             // zero-based per-cpu offsets (`A` symbols such as `__per_cpu_end`) do not move.
             let a = s.address >= 0xffff_ffff_8000_0000 ? s.address &- r.kaslrSlide : s.address
             withUnsafeBytes(of: a.bigEndian) { out.append(contentsOf: $0) }
             out.append(s.type)
-            out.append(UInt8(s.exported ? 1 : 0) | UInt8(s.isFunction ? 2 : 0))
-            // Names are packed in place, without a copy per record (this runs for every
-            // registration: the registry finds a shared build by it).
-            let n = min(s.name.utf8.count, Int(UInt16.max))
-            out.append(UInt8(n >> 8))
-            out.append(UInt8(n & 0xff))
-            var name = s.name  // withUTF8 needs a var; native strings are not copied
-            name.withUTF8 { out.append(contentsOf: UnsafeBufferPointer(rebasing: $0.prefix(n))) }
+            out.append(s.flags)
+            // Names are packed from the record's bytes in place, without a String per record.
+            s.withNameBytes { name in
+                let n = min(name.count, Int(UInt16.max))
+                out.append(UInt8(n >> 8))
+                out.append(UInt8(n & 0xff))
+                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: name.prefix(n)))
+            }
+            if out.count >= piece {
+                out.withUnsafeBytes(emit)
+                out.removeAll(keepingCapacity: true)
+            }
         }
-        return out
+        if !out.isEmpty { out.withUnsafeBytes(emit) }
     }
 }
 
@@ -837,7 +1018,7 @@ public enum Message: Sendable, Equatable {
             return 256 + m.module.readableBytes + (m.text?.readableBytes ?? 0) + (m.initText?.readableBytes ?? 0)
                 + 8 * (m.frames.count + m.initFrames.count) + m.sections.reduce(0) { $0 + 64 + $1.name.utf8.count + ($1.bytes?.readableBytes ?? 0) }
         case .registerGuest(let r):
-            return 1024 + r.symbols.reduce(0) { $0 + 12 + $1.name.utf8.count } + r.cpuCapabilities.count + r.pvOps.count
+            return 1024 + r.symbolRecords.packedByteCount + r.cpuCapabilities.count + r.pvOps.count
                 + r.commandLine.utf8.count + r.vulnerabilities.utf8.count + 64 * r.staticCallKeys.count
         default:
             return 256

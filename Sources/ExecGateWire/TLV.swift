@@ -239,8 +239,14 @@ public struct TLVReader {
         guard v.readableBytes <= WireLimits.maximumStringLength else {
             throw WireDecodeError(.stringTooLong, field: field, "\(v.readableBytes) bytes")
         }
-        // Validate UTF-8 strictly: String(decoding:) would silently repair hostile input.
-        let ok = v.withUnsafeReadableBytes { raw -> Bool in
+        guard isValidUTF8(v) else { throw WireDecodeError(.invalidUTF8, field: field) }
+        return String(buffer: v)
+    }
+
+    /// Whether `v` is valid UTF-8, checked strictly (String(decoding:) would silently repair
+    /// hostile input); nothing is allocated.
+    static func isValidUTF8(_ v: ByteBuffer) -> Bool {
+        v.withUnsafeReadableBytes { raw -> Bool in
             var it = raw.makeIterator()
             var decoder = UTF8()
             while true {
@@ -251,7 +257,5 @@ public struct TLVReader {
                 }
             }
         }
-        guard ok else { throw WireDecodeError(.invalidUTF8, field: field) }
-        return String(buffer: v)
     }
 }

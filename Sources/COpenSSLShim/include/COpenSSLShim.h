@@ -72,6 +72,13 @@ int egs_digest(int md, const void *data, size_t len, uint8_t *out, size_t cap);
 int egs_digest_segments(int md, const void *const *parts, const size_t *lens, size_t count, uint8_t *out, size_t cap);
 int egs_digest_with_prefix(int md, const void *data, size_t prefix_len, size_t len,
                            uint8_t *out_prefix, uint8_t *out_whole, size_t cap);
+/* A digest fed in pieces: egs_digest_begin (NULL only when libcrypto is broken), any number of
+ * egs_digest_update (1 ok, 0 failed), then egs_digest_end, which writes the digest (returns its
+ * size, or -1) and frees the state. */
+struct evp_md_ctx_st;
+struct evp_md_ctx_st *egs_digest_begin(int md);
+int egs_digest_update(struct evp_md_ctx_st *ctx, const void *data, size_t len);
+int egs_digest_end(struct evp_md_ctx_st *ctx, uint8_t *out, size_t cap);
 
 /* ---- certificates ---- */
 struct x509_st *egs_x509_from_der(const uint8_t *der, size_t len, size_t *consumed);
