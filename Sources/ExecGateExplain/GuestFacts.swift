@@ -431,7 +431,10 @@ public struct GuestFacts: Sendable {
     public func isCoreInit(_ a: UInt64) -> Bool { coreInitRanges.contains { $0.contains(a) } }
 
     /// `boot_cpu_has(bit)`; bits outside the table are "absent" (the caller refuses them first).
-    public func has(_ bit: Int) -> Bool {
+    public func has(_ bit: Int) -> Bool { Self.has(bit, in: capabilities) }
+
+    /// `has(bit)` over a capability table (the explainer's session keeps the table apart).
+    @inline(__always) static func has(_ bit: Int, in capabilities: [UInt32]) -> Bool {
         let w = bit >> 5
         guard bit >= 0, w < capabilities.count else { return false }
         return capabilities[w] & (1 << UInt32(bit & 31)) != 0
