@@ -129,6 +129,23 @@ public final class GuestSession: @unchecked Sendable {
     /// snapshot is committed only if none went since the snapshot: otherwise its relocations may
     /// name a module that is gone, with no dependency recorded on it.
     private var removals: UInt64 = 0
+    /// Loads retired while their init text was still granted (delete_module() of a LIVE module
+    /// whose init memory the init_free_wq worker had not freed yet), by (name, init base): each
+    /// still owes its module-init-freed. The kernel reuses freed init memory at once (6.12:
+    /// `do_free_init()` → `execmem_free()` → `vfree()` of a `VM_FLUSH_RESET_PERMS` area purges it;
+    /// `module_memory_alloc()` then hands the same addresses to the next load of the name), so a
+    /// later load may hold the same init base when the earlier one's notice arrives: the base
+    /// names both. A notice for (name, base) is taken as an owed one's first (it frees nothing),
+    /// and frees the live load's init text only when none is owed. Never frees a live grant early;
+    /// at worst a load's init frames stay held until its own notice comes (round 15).
+    private var owedInitFreed: [OwedInitFreed: Int] = [:]
+    private var owedInitFreedCount = 0
+    struct OwedInitFreed: Hashable { let name: String; let initBase: UInt64 }
+    /// At most this many retired loads may owe their notice at once: beyond it, retire-module of a
+    /// module whose init text is still granted is refused `unavailable` (send the owed notices
+    /// first). Bounds the table; an honest guest unloads a module during its init free's window
+    /// rarely.
+    static let maximumOwedInitFreed = 4096
     /// Keys of allowed run-time patches whose verdicts are being finished (judged, state not yet
     /// recorded), with how many such patches each. A module with sites of such a key is refused
     /// at commit (ask again): the batch covered every live site of the key when it was judged,
@@ -511,6 +528,14 @@ public final class GuestSession: @unchecked Sendable {
             if let user = order.first(where: { live[$0]?.dependsOn.contains(canonical) ?? false }) {
                 return .failed(.moduleInUse, "module '\(name)' is used by live module '\(user)': retire that first (the kernel refuses to unload a module in use)")
             }
+            if let initRange = m.initRange {
+                // Its init memory is not freed yet: this load owes its module-init-freed.
+                guard owedInitFreedCount < Self.maximumOwedInitFreed else {
+                    return .failed(.unavailable, "module '\(name)' at 0x\(Hex.number(textBase)) still has its init text granted, and \(owedInitFreedCount) retired loads of guest '\(registration.guestID)' still owe their module-init-freed: send those first")
+                }
+                owedInitFreed[OwedInitFreed(name: canonical, initBase: initRange.lowerBound), default: 0] += 1
+                owedInitFreedCount += 1
+            }
             releaseLocked(m)
             live[canonical] = nil
             removals &+= 1
@@ -521,13 +546,23 @@ public final class GuestSession: @unchecked Sendable {
         }
     }
 
-    func initFreed(name: String, initBase: UInt64) -> Bool {
+    enum InitFreedOutcome { case freed, owedByRetiredLoad, noSuchInitText }
+
+    func initFreed(name: String, initBase: UInt64) -> InitFreedOutcome {
         lock.withLock {
+            // A retired load of the name at this init base owes its notice: this is taken as
+            // that one (`owedInitFreed`), whatever is live there now.
+            let owed = OwedInitFreed(name: Policy.canonicalModuleName(name), initBase: initBase)
+            if let n = owedInitFreed[owed] {
+                owedInitFreed[owed] = n > 1 ? n - 1 : nil
+                owedInitFreedCount -= 1
+                return .owedByRetiredLoad
+            }
             // A module whose verdict is still being finished has no init text granted yet (the
             // kernel frees init memory only after init returned: do_init_module() → do_free_init()).
             // The init base names the instance: a late notice for an earlier load of the name
             // (unloaded and loaded again before its init memory was freed) frees nothing.
-            guard var m = liveExactLocked(name), let range = m.initRange, range.lowerBound == initBase, !m.pending else { return false }
+            guard var m = liveExactLocked(name), let range = m.initRange, range.lowerBound == initBase, !m.pending else { return .noSuchInitText }
             let canonical = m.name
             m.initRange = nil
             m.initAllocation = nil  // do_free_init() frees the whole init allocation
@@ -539,7 +574,7 @@ public final class GuestSession: @unchecked Sendable {
             m.initKeyStates = [:]
             live[canonical] = m
             if hadInitKeys { rebuildDerivedState() }
-            return true
+            return .freed
         }
     }
 

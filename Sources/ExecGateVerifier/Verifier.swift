@@ -139,7 +139,11 @@ public final class Verifier: @unchecked Sendable {
             }
             if let why = Self.unnamable(m.moduleName) { return .error(ErrorReply(code: .unknownModule, message: why)) }
             if let why = session.endedMessage { return .error(ErrorReply(code: .unknownModule, message: why)) }
-            guard session.initFreed(name: m.moduleName, initBase: m.initBase) else {
+            switch session.initFreed(name: m.moduleName, initBase: m.initBase) {
+            case .freed: break
+            case .owedByRetiredLoad:
+                return .error(ErrorReply(code: .unknownModule, message: "module '\(m.moduleName)' at init base 0x\(Hex.number(m.initBase)) in guest '\(m.guestID)': taken as the notice an earlier load of that name owes (retired before its init memory was freed); a live load's init text there stays granted until its own notice"))
+            case .noSuchInitText:
                 return .error(ErrorReply(code: .unknownModule, message: "no live module '\(m.moduleName)' with granted init text at 0x\(Hex.number(m.initBase)) in guest '\(m.guestID)'"))
             }
             return .moduleInitFreedReply(ModuleInitFreedReply(guestID: m.guestID, moduleName: m.moduleName, initBase: m.initBase))

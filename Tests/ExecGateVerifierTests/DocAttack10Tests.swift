@@ -218,6 +218,48 @@ extension DocAttack10Tests {
         XCTAssertEqual(g.verifier.authorize(stolen, requestDigest: []).decision, .allow, "the freed frame carries no grant")
     }
 
+    /// HOLE (round 15, h15-seq): the late notice of an earlier load at the *same* init base. The
+    /// kernel reuses freed init memory at once (6.12: do_free_init() → execmem_free() → vfree() of
+    /// a VM_FLUSH_RESET_PERMS area purges it; module_memory_alloc() hands the next load the same
+    /// addresses; 6.1's module_alloc() likewise), so after delete_module of a LIVE load whose init
+    /// free was still queued, the next load of the name may sit at the same init base with the same
+    /// frames, and the first load's module-init-freed, delivered late on another vCPU's
+    /// connection, named the live load (the base names both): its granted init text was freed
+    /// while its EXEC grant stood, and one of its init frames went to another module. Now a load
+    /// retired with its init text granted owes a notice for (name, base), and the first notice for
+    /// them is taken as that one's: it frees nothing; the live load's own notice frees its init.
+    func testALateInitFreedAtTheSameBaseIsTheRetiredLoadsNotice() throws {
+        let g = try FixtureGuest()
+        for n in g.boot.availableModules where n != "8021q" { XCTAssertEqual(try g.load(n).decision, .allow, n) }
+        let first = try Self.withInitText(g, "8021q")
+        let base = try XCTUnwrap(first.initBase)
+        XCTAssertEqual(g.verifier.authorize(first, requestDigest: []).decision, .allow)
+        let live = try XCTUnwrap(g.session.liveModule("8021q"))
+        guard case .retireModuleReply = retire(g, "8021q", live.textRange.lowerBound) else { return XCTFail("retire the first load") }
+        // The second load at the same init base with the same frames (the kernel reused them).
+        let second = try Self.withInitText(g, "8021q", initBase: base)
+        XCTAssertEqual(second.initFrames, first.initFrames)
+        let v = g.verifier.authorize(second, requestDigest: [])
+        XCTAssertEqual(v.decision, .allow, v.message)
+        let range = try XCTUnwrap(g.session.liveModule("8021q")?.initRange)
+
+        // The first load's late notice: taken as its own, nothing of the second load's freed.
+        guard case .error(let late) = initFreed(g, "8021q", base: base) else { return XCTFail("the first load's late notice freed the second load's init text") }
+        XCTAssertEqual(late.code, .unknownModule, late.message)
+        XCTAssertTrue(late.message.contains("owes"), late.message)
+        XCTAssertEqual(g.session.liveModule("8021q")?.initRange, range, "untouched")
+        let irq = try XCTUnwrap(g.session.liveModule("irqbypass"))
+        guard case .retireModuleReply = retire(g, "irqbypass", irq.textRange.lowerBound) else { return XCTFail("retire irqbypass") }
+        var stolen = try g.request("irqbypass")
+        stolen.frames[0] = second.initFrames[0]
+        XCTAssertEqual(g.verifier.authorize(stolen, requestDigest: []).reason, .claimFramesInvalid, "an init frame of the live load went to another module")
+
+        // The second load's own notice frees its init text.
+        guard case .moduleInitFreedReply = initFreed(g, "8021q", base: base) else { return XCTFail("the second load's own notice") }
+        XCTAssertNil(g.session.liveModule("8021q")?.initRange)
+        XCTAssertEqual(g.verifier.authorize(stolen, requestDigest: []).decision, .allow, "the freed frame carries no grant")
+    }
+
     func retire(_ g: FixtureGuest, _ name: String, _ base: UInt64) -> Message {
         g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: base)), requestDigest: [])
     }
@@ -236,7 +278,8 @@ extension DocAttack10Tests {
     ///   memory do_free_init() has not freed yet: the init_free_wq worker frees it later): the
     ///   init range and frames go with the module, so the module loads again at the same init
     ///   base with the same init frames;
-    /// - module-init-freed twice: the second is `unknown-module` (no init text granted);
+    /// - module-init-freed for the retired load's base is that load's owed notice first (round 15),
+    ///   then the live load's; once more: `unknown-module` (no init text granted);
     ///   after it, the old init range and frames carry no grant and are free for the guest again.
     func testInitTextGrantFollowsTheModuleWhateverTheOrder() throws {
         let g = try FixtureGuest()
@@ -296,7 +339,13 @@ extension DocAttack10Tests {
         XCTAssertEqual(again.decision, .allow, again.message)
         XCTAssertEqual(again.initFrames, initFrames)
 
-        // Init freed, then freed again.
+        // The retired load owes its notice at this base (its init memory was never freed), so the
+        // first notice is taken as its own and frees nothing (round 15,
+        // testALateInitFreedAtTheSameBaseIsTheRetiredLoadsNotice); the next frees the live
+        // load's; a third is refused.
+        guard case .error(let owed) = initFreed(g, "8021q") else { return XCTFail("the retired load's owed notice freed the live load's init") }
+        XCTAssertEqual(owed.code, .unknownModule, owed.message)
+        XCTAssertNotNil(g.session.liveModule("8021q")?.initRange)
         guard case .moduleInitFreedReply = initFreed(g, "8021q") else { return XCTFail("init freed") }
         guard case .error(let second) = initFreed(g, "8021q") else { return XCTFail("init freed twice") }
         XCTAssertEqual(second.code, .unknownModule, second.message)

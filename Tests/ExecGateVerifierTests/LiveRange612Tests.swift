@@ -68,7 +68,7 @@ final class LiveRange612Tests: XCTestCase {
             XCTAssertEqual(r.reason, .claimOverlapsLive, r.message)
         }
         // Once crc7's init is freed its init data may be reused; its core data stays held.
-        XCTAssertTrue(s.initFreed(name: "crc7", initBase: try XCTUnwrap(s.liveModule("crc7")?.initRange?.lowerBound)))
+        XCTAssertEqual(s.initFreed(name: "crc7", initBase: try XCTUnwrap(s.liveModule("crc7")?.initRange?.lowerBound)), .freed)
         guard case .success = s.commit(module("tun", text: b + 0x8000..<b + 0x9000, data: [b + 0x10_2000..<b + 0x10_3000], frame: 0x200)) else {
             return XCTFail("freed init data not reusable")
         }
