@@ -127,37 +127,35 @@ enum FactsPlausibility {
     }
 
     /// The rules that depend on the symbols alone: a build that fails them never becomes facts.
-    /// (Records read in place, SymbolRecords: a name becomes a `String` only here, in the tables
-    /// built after the registry's budget admitted the build.)
-    static func checkSymbols(_ symbols: SymbolRecords) -> (failure: String?, facts: BuildFacts) {
-        var named: [String: UInt64] = [:]
-        var exportedNames = Set<String>()
+    /// (Records read in place, SymbolRecords: a name becomes a `String` only here, once, in the
+    /// name tables (`names`) built after the registry's budget admitted the build; the tables of
+    /// its facts take them from here, GuestFactsBuilder.kernelFacts.)
+    static func checkSymbols(_ symbols: SymbolRecords) -> (failure: String?, facts: BuildFacts, names: SymbolNames) {
+        func isKeyRecord(_ s: SymbolRecordView) -> Bool { s.nameStarts(with: "__SCK__") }
         var failure: String? = nil
-        for s in symbols {
-            let name = s.name
-            if named[name] == nil { named[name] = s.address }
+        var ceiling: (name: String, address: UInt64)? = nil
+        let names = SymbolNames(symbols) { s, name, exportedBefore in
             // No kernel exports an empty name: EXPORT_SYMBOL(sym) emits `__ksymtab_<sym>` for a C
             // identifier, and find_symbol() matches a module's undefined name by strcmp, so an
             // exported "" would resolve a nameless undefined symbol simplify_symbols() refuses.
             if s.exported && name.isEmpty && failure == nil { failure = "an exported symbol record (address 0x\(String(s.address, radix: 16))) has an empty name" }
-            if s.exported && !exportedNames.insert(name).inserted && failure == nil { failure = "symbol '\(name)' is exported twice" }
+            if s.exported && exportedBefore && failure == nil { failure = "symbol '\(name)' is exported twice" }
+            // Exports and core static-call keys (`__SCK__<name>`, a `struct static_call_key` in the
+            // kernel's data) stay in the image: the highest one is held below MODULES_VADDR per guest.
+            if (s.exported || isKeyRecord(s)) && s.address >= KernelSlide.imageBase && s.address >= (ceiling?.address ?? 0) { ceiling = (name, s.address) }
         }
+        let named = names.named
         let bounds = KernelBounds(named)
         var keys = Set<UInt64>()
-        for s in symbols {
+        symbols.forEachRecord { s in
             if s.nameStarts(with: "__SCK__") { keys.insert(s.address) }
             if s.nameStarts(with: "__SCT__"), s.isText, bounds?.isCoreText(s.address) ?? false { keys.insert(s.address) }
         }
-        // Exports and core static-call keys (`__SCK__<name>`, a `struct static_call_key` in the
-        // kernel's data) stay in the image: the highest one is held below MODULES_VADDR per guest.
-        func isKeyRecord(_ s: SymbolRecord) -> Bool { s.nameStarts(with: "__SCK__") }
-        var ceiling: (name: String, address: UInt64)? = nil
-        for s in symbols where (s.exported || isKeyRecord(s)) && s.address >= KernelSlide.imageBase && s.address >= (ceiling?.address ?? 0) { ceiling = (s.name, s.address) }
         let facts = BuildFacts(bounds: bounds, symbolsSent: !symbols.isEmpty, returnThunkAddresses: Self.returnThunks.compactMap { named[$0] },
                                staticCallKeys: keys, exportCeiling: ceiling)
-        if let failure { return (failure, facts) }
+        if let failure { return (failure, facts, names) }
         if !symbols.isEmpty && bounds == nil {
-            return ("symbols are sent without the core text bounds _stext < _etext: nothing can be checked against them", facts)
+            return ("symbols are sent without the core text bounds _stext < _etext: nothing can be checked against them", facts, names)
         }
         // Module per-cpu areas come from the reserve right after the core per-cpu section
         // (percpu_modalloc(), `[__per_cpu_end, + PERCPU_MODULE_RESERVE)`): `__per_cpu_end` ends
@@ -170,24 +168,28 @@ enum FactsPlausibility {
             // a reserve that wraps the address space is no layout a kernel makes (and its end
             // must never be computed with arithmetic that traps).
             if end > UInt64.max - GuestFactsBuilder.percpuModuleReserve {
-                return ("__per_cpu_end 0x\(Hex.number(end)): the module per-cpu reserve after it (PERCPU_MODULE_RESERVE, \(GuestFactsBuilder.percpuModuleReserve) bytes) would wrap the address space", facts)
+                return ("__per_cpu_end 0x\(Hex.number(end)): the module per-cpu reserve after it (PERCPU_MODULE_RESERVE, \(GuestFactsBuilder.percpuModuleReserve) bytes) would wrap the address space", facts, names)
             }
             if let start = named[RegistrationSymbols.perCPUStart], start > end {
-                return ("__per_cpu_start 0x\(Hex.number(start)) lies past __per_cpu_end 0x\(Hex.number(end))", facts)
+                return ("__per_cpu_start 0x\(Hex.number(start)) lies past __per_cpu_end 0x\(Hex.number(end))", facts, names)
             }
-            if end < KernelSlide.imageBase, let s = symbols.first(where: { $0.address < KernelSlide.imageBase && $0.address > end }) {
-                return ("per-cpu symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies past __per_cpu_end 0x\(Hex.number(end)): the module per-cpu reserve would cover core per-cpu data", facts)
+            if end < KernelSlide.imageBase, let s = symbols.firstRecord(where: { $0.address < KernelSlide.imageBase && $0.address > end }) {
+                return ("per-cpu symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies past __per_cpu_end 0x\(Hex.number(end)): the module per-cpu reserve would cover core per-cpu data", facts, names)
             }
         }
         if let b = bounds {
-            for s in symbols where s.exported {
-                if let i = b.initText, i.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in init text (freed after boot)", facts) }
+            // The first export any of the three rules refuses, named by the first rule it fails
+            // (read in place: a name becomes a `String` only for the refusal).
+            if let s = symbols.firstRecord(where: { s in
+                s.exported && ((b.initText?.contains(s.address) ?? false) || (b.initMemory?.contains(s.address) ?? false) || (s.isText && !b.isCoreText(s.address)))
+            }) {
+                if let i = b.initText, i.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in init text (freed after boot)", facts, names) }
                 // Init data too (`[__init_begin, __init_end)`): the loaders look some exports up by
                 // name and write calls to them (6.12 `BUG_func`, `nop_func`), where the relocation
                 // walk's `init-symbol` rule never looks; modpost refuses exporting __init and
                 // __initdata symbols, so no build has one.
-                if let m = b.initMemory, m.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in the core's init memory [__init_begin, __init_end) (freed after boot)", facts) }
-                if s.isText && !b.isCoreText(s.address) { return ("exported text symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text", facts) }
+                if let m = b.initMemory, m.contains(s.address) { return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in the core's init memory [__init_begin, __init_end) (freed after boot)", facts, names) }
+                if s.isText && !b.isCoreText(s.address) { return ("exported text symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies outside core text", facts, names) }
             }
             // Every export is told from the core's init memory only by the init bounds: init text
             // and data (`[_sinittext, _einittext)`, `[__init_begin, __init_end)`, vmlinux.lds.S)
@@ -202,14 +204,14 @@ enum FactsPlausibility {
             // core's `.data..ro_after_init` (include/asm-generic/vmlinux.lds.h RO_AFTER_INIT_DATA),
             // whose static keys never change after `mark_rodata_ro()` (GuestSession's sealed-key
             // rule). Every 6.1 and 6.12 build has all four pairs.
-            if let s = symbols.first(where: { $0.exported }) {
+            if let s = symbols.firstRecord(where: { $0.exported }) {
                 let freedInit = "no export can be told from the init memory free_initmem() releases after boot"
                 let reasons = [freedInit, freedInit, "no export can be told from the rodata/data gap mark_rodata_ro() frees after boot",
                                "no static key can be told to lie in the core's __ro_after_init data, sealed after boot"]
                 for ((lo, hi), why) in zip(RegistrationSymbols.requiredBoundPairs, reasons) {
                     guard let a = named[lo], let z = named[hi], a < z else {
                         let kind = why == freedInit ? "core init bounds" : "bounds"
-                        return ("symbols are sent with exports ('\(s.name)', …) but without the \(kind) \(lo) < \(hi): \(why)", facts)
+                        return ("symbols are sent with exports ('\(s.name)', …) but without the \(kind) \(lo) < \(hi): \(why)", facts, names)
                     }
                 }
             }
@@ -232,8 +234,8 @@ enum FactsPlausibility {
                 gaps.append(("rodata/data", gapStart..<sd))
             }
             for (what, gap) in gaps where !gap.isEmpty {
-                if let s = symbols.first(where: { $0.exported && gap.contains($0.address) }) {
-                    return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in the kernel image's \(what) gap [0x\(Hex.number(gap.lowerBound)), 0x\(Hex.number(gap.upperBound))), which mark_rodata_ro() frees after boot", facts)
+                if let s = symbols.firstRecord(where: { $0.exported && gap.contains($0.address) }) {
+                    return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies in the kernel image's \(what) gap [0x\(Hex.number(gap.lowerBound)), 0x\(Hex.number(gap.upperBound))), which mark_rodata_ro() frees after boot", facts, names)
                 }
             }
             // `.data..ro_after_init` (the sealed-key rule's range, GuestFactsBuilder) lies in
@@ -247,15 +249,15 @@ enum FactsPlausibility {
             if let lo = named[RegistrationSymbols.startROAfterInit], let hi = named[RegistrationSymbols.endROAfterInit], lo < hi {
                 guard let er = named[RegistrationSymbols.endRodata], rodata <= lo, hi <= er else {
                     let end = named[RegistrationSymbols.endRodata].map { "0x" + Hex.number($0) } ?? "not sent"
-                    return ("__start_ro_after_init 0x\(Hex.number(lo)) .. __end_ro_after_init 0x\(Hex.number(hi)) lies outside rodata [0x\(Hex.number(rodata)) (the 2 MiB boundary after _etext), __end_rodata \(end)], where vmlinux.lds.h RO_DATA places .data..ro_after_init", facts)
+                    return ("__start_ro_after_init 0x\(Hex.number(lo)) .. __end_ro_after_init 0x\(Hex.number(hi)) lies outside rodata [0x\(Hex.number(rodata)) (the 2 MiB boundary after _etext), __end_rodata \(end)], where vmlinux.lds.h RO_DATA places .data..ro_after_init", facts, names)
                 }
             }
         }
         // A core static-call key is kernel data (DEFINE_STATIC_CALL in vmlinux): in the image,
         // never the module area (where a later module's own key would take the core targets
         // listed for it) nor below the image.
-        if let s = symbols.first(where: { isKeyRecord($0) && $0.address < KernelSlide.imageBase }) {
-            return ("static-call key '\(s.name)' at 0x\(Hex.number(s.address)) lies outside the kernel image", facts)
+        if let s = symbols.firstRecord(where: { isKeyRecord($0) && $0.address < KernelSlide.imageBase }) {
+            return ("static-call key '\(s.name)' at 0x\(Hex.number(s.address)) lies outside the kernel image", facts, names)
         }
         // The loader's code helpers (`codeHelpers`) at the record their name resolves to: core
         // text outside init, whatever the record's type letter or export flag. Elsewhere (a
@@ -264,7 +266,7 @@ enum FactsPlausibility {
         if let b = bounds {
             for h in Self.codeHelpers {
                 if let a = named[h], !b.isCoreText(a) {
-                    return ("'\(h)' at 0x\(Hex.number(a)) lies outside core text [_stext, _etext) (or in init text): the loader's rewrites jump to it", facts)
+                    return ("'\(h)' at 0x\(Hex.number(a)) lies outside core text [_stext, _etext) (or in init text): the loader's rewrites jump to it", facts, names)
                 }
             }
         }
@@ -289,7 +291,7 @@ enum FactsPlausibility {
                     bad = "static-call trampoline '\(kn)' at 0x\(Hex.number(k)), a key the build trusts '\(n)' for (StaticCallTrust), lies outside core text [_stext, _etext) (or in init text)"
                 }
             }
-            if let bad { return (bad, facts) }
+            if let bad { return (bad, facts, names) }
         }
         // Every export, whatever its `nm` type letter (the letter is the registration's word, the
         // address is what relocations get): a kernel export is kernel_symbol_value() of a core
@@ -298,13 +300,15 @@ enum FactsPlausibility {
         // (EXPORT_PER_CPU_SYMBOL), a zero-based offset inside the core per-cpu section
         // `[__per_cpu_start, __per_cpu_end)` (vmlinux.lds.h PERCPU_SECTION). Never the module
         // area, user space or anything else a module call could be pointed at.
-        for s in symbols where s.exported && s.address < KernelSlide.imageBase {
-            // (`__per_cpu_start` is 0 on such a build; when it is not sent, 0 is its bound.)
-            guard let end = named[RegistrationSymbols.perCPUEnd], end < KernelSlide.imageBase, (named[RegistrationSymbols.perCPUStart] ?? 0) <= s.address, s.address < end else {
-                return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies neither in the kernel image nor in the core per-cpu section [__per_cpu_start, __per_cpu_end)", facts)
-            }
+        // (`__per_cpu_start` is 0 on such a build; when it is not sent, 0 is its bound.)
+        func inCorePerCPU(_ a: UInt64) -> Bool {
+            guard let end = named[RegistrationSymbols.perCPUEnd], end < KernelSlide.imageBase, (named[RegistrationSymbols.perCPUStart] ?? 0) <= a, a < end else { return false }
+            return true
         }
-        return (nil, facts)
+        if let s = symbols.firstRecord(where: { $0.exported && $0.address < KernelSlide.imageBase && !inCorePerCPU($0.address) }) {
+            return ("exported symbol '\(s.name)' at 0x\(Hex.number(s.address)) lies neither in the kernel image nor in the core per-cpu section [__per_cpu_start, __per_cpu_end)", facts, names)
+        }
+        return (nil, facts, names)
     }
 
     /// This guest's own facts (`pv_ops`, return thunk, capability words, static-call keys) against

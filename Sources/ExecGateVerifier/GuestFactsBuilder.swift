@@ -54,20 +54,32 @@ public enum GuestFactsBuilder {
     /// removed (KernelSlide: the digest's rule). Every per-guest field keeps its default until
     /// `guestFacts` fills it.
     static func kernelFacts(symbols: SymbolRecords, removing slide: KernelSlide) -> BuildTables {
-        var exports: [String: UInt64] = [:]
-        var named: [String: UInt64] = [:]
-        var functions = Set<UInt64>()
+        var names = SymbolNames(symbols)
+        names.removeSlide(slide)
+        return kernelFacts(symbols: symbols, linkTimeNames: names, removing: slide)
+    }
+
+    /// The same from the name tables of `symbols` already built, `slide` removed
+    /// (`SymbolNames.removeSlide`: the plausibility checks build them, KernelFacts.make passes
+    /// them on), so each name becomes a `String` and is hashed once a registration, not once a pass.
+    static func kernelFacts(symbols: SymbolRecords, linkTimeNames names: SymbolNames, removing slide: KernelSlide) -> BuildTables {
+        let exports = names.exports
+        let named = names.named
         // Every text symbol (or, when the build marks STT_FUNC, every marked one). Static calls no
         // longer take "any function entry": the engine admits only targets trusted for the key
         // (StaticCallTrust, `static_call_key`), never init text (coreInitRanges); this set stays
         // the engine's broad notion of "code address" (its mutation classes draw from it).
-        let marked = symbols.contains { $0.isFunction }
-        for s in symbols {
-            let a = slide.linkTime(s.address)
-            let name = s.name
-            if s.exported && exports[name] == nil { exports[name] = a }
-            if named[name] == nil { named[name] = a }
-            if s.isText && (!marked || s.isFunction) { functions.insert(a) }
+        var texts = 0, markedTexts = 0, marked = false
+        symbols.forEachRecord { s in
+            if s.isFunction { marked = true }
+            if s.isText {
+                texts += 1
+                if s.isFunction { markedTexts += 1 }
+            }
+        }
+        var functions = Set<UInt64>(minimumCapacity: marked ? markedTexts : texts)
+        symbols.forEachRecord { s in
+            if s.isText && (!marked || s.isFunction) { functions.insert(slide.linkTime(s.address)) }
         }
         var facts = GuestFacts(exports: exports, capabilities: [], uniprocessorPatched: false, possibleCPUs: 1,
                                functionEntries: functions)
@@ -152,6 +164,47 @@ public enum GuestFactsBuilder {
     static func pvOpsEntries(_ raw: [UInt8]) -> [UInt64] {
         stride(from: 0, to: raw.count - raw.count % 8, by: 8).compactMap { raw.getInteger(at: $0, as: UInt64.self) }
     }
+}
+
+/// A build's names as the checks and the tables take them (run-time addresses): the first record
+/// of each name (`named`: the named helpers, the bounds, the derived static-call table) and the
+/// first exported record of each exported name (`exports`: the export table). Built in one pass
+/// that makes each record's name a `String` once (FactsPlausibility.checkSymbols builds it and
+/// checks each record as it goes; GuestFactsBuilder.kernelFacts maps it to link time).
+struct SymbolNames {
+    var named: [String: UInt64] = [:]
+    var exports: [String: UInt64] = [:]
+
+    /// `each` sees every record with its name and whether an earlier record exported that name.
+    init(_ symbols: SymbolRecords, _ each: (SymbolRecordView, String, _ exportedBefore: Bool) -> Void = { _, _, _ in }) {
+        var exported = 0
+        symbols.forEachRecord { if $0.exported { exported += 1 } }
+        named.reserveCapacity(symbols.count)
+        exports.reserveCapacity(exported)
+        symbols.forEachRecord { s in
+            let name = s.makeName()
+            // Inserted only when absent (the first record of a name wins), hashed once.
+            Self.keep(&named[name, default: s.address])
+            var before = false
+            if s.exported {
+                let n = exports.count
+                Self.keep(&exports[name, default: s.address])
+                before = exports.count == n
+            }
+            each(s, name, before)
+        }
+    }
+
+    /// Every address with `slide` removed (KernelSlide.linkTime), in place: the same keys in the
+    /// same slots, no name hashed or copied again (the first record of a name stays the first).
+    mutating func removeSlide(_ slide: KernelSlide) {
+        guard slide != .none else { return }
+        for i in named.values.indices { named.values[i] = slide.linkTime(named.values[i]) }
+        for i in exports.values.indices { exports.values[i] = slide.linkTime(exports.values[i]) }
+    }
+
+    /// Touches a dictionary slot (`d[k, default: v]`): inserts `v` when `k` is absent, else keeps.
+    @inline(__always) private static func keep(_: inout UInt64) {}
 }
 
 /// The core kernel's text bounds, from the build's own section symbols (vmlinux.lds.S):

@@ -72,11 +72,11 @@ public struct KernelFactsKey: Hashable, Sendable {
     public static func of(_ r: RegisterGuest, symbolsDigest: [UInt8]) -> KernelFactsKey? {
         guard symbolsDigest.count == 32 else { return nil }
         let line = KernelSlide.imageBase
-        for s in r.symbolRecords {
-            if s.address >= line && s.address - line < r.kaslrSlide { return nil }
-            if s.nameByteCount > Int(UInt16.max) { return nil }
+        let slide = r.kaslrSlide
+        let oneToOne = r.symbolRecords.visitRecords { s in
+            !(s.address >= line && s.address - line < slide) && s.nameBytes.count <= Int(UInt16.max)
         }
-        return KernelFactsKey(kernelDigest: r.kernelDigest, symbolsDigest: symbolsDigest)
+        return oneToOne ? KernelFactsKey(kernelDigest: r.kernelDigest, symbolsDigest: symbolsDigest) : nil
     }
 
     /// The symbols digest of `r` (the one place it is computed: the verifier's reply and pins, the
@@ -116,15 +116,21 @@ public final class KernelFacts: Sendable {
 
     /// Build and check the facts of `r`'s symbols; a failure names the rule (implausible facts).
     static func make(_ r: RegisterGuest, key: KernelFactsKey?) -> Result<KernelFacts, FactsRefusal> {
-        let checked = FactsPlausibility.checkSymbols(r.symbolRecords)
+        var checked = FactsPlausibility.checkSymbols(r.symbolRecords)
         if let why = checked.failure { return .failure(FactsRefusal(message: why)) }
         // A shared copy removes the slide of the registration that builds it; the checks of the
         // symbols alone hold at every slide the key admits (KernelFactsKey.of keeps the order).
         let removed = key == nil ? KernelSlide.none : KernelSlide(r.kaslrSlide)
-        let highest = key == nil ? nil : r.symbolRecords.lazy.map(\.address).filter { $0 >= KernelSlide.imageBase }.max().map(removed.linkTime)
-        return .success(KernelFacts(key: key, base: GuestFactsBuilder.kernelFacts(symbols: r.symbolRecords, removing: removed),
+        var highest: UInt64? = nil
+        if key != nil {
+            r.symbolRecords.forEachRecord { s in if s.address >= KernelSlide.imageBase && s.address >= (highest ?? 0) { highest = s.address } }
+        }
+        // The tables take the name tables the checks built (one `String` a record, made once),
+        // the slide removed in place (`checked` holds the only reference).
+        checked.names.removeSlide(removed)
+        return .success(KernelFacts(key: key, base: GuestFactsBuilder.kernelFacts(symbols: r.symbolRecords, linkTimeNames: checked.names, removing: removed),
                                     build: checked.facts.mapped(removed.linkTime, keys: true), symbolCount: r.symbolRecords.count,
-                                    symbolBytes: Self.symbolBytes(r), highestMovedAddress: highest))
+                                    symbolBytes: Self.symbolBytes(r), highestMovedAddress: highest.map(removed.linkTime)))
     }
 
     private init(key: KernelFactsKey?, base: GuestFactsBuilder.BuildTables, build: FactsPlausibility.BuildFacts, symbolCount: Int,
@@ -160,13 +166,15 @@ public final class KernelFacts: Sendable {
     /// is charged 6.3 MiB and grows RSS by 5 MiB. The old charge (names + 16) was exceeded up to
     /// 11× by short exported names (FactsBudgetTests).
     static func symbolBytes(_ r: RegisterGuest) -> Int {
-        r.symbolRecords.reduce(0) { sum, s in
-            var c = s.nameByteCount + 16
+        var sum = 0
+        r.symbolRecords.forEachRecord { s in
+            var c = s.nameBytes.count + 16
             if s.isText { c += 16 }
             if s.exported { c += exportCharge }
             if s.nameStarts(with: "__SCK__") || s.nameStarts(with: "__SCT__") { c += staticCallCharge }
-            return sum + c
+            sum += c
         }
+        return sum
     }
     /// Held per exported record beyond its name and record (measured ≈ 240–320 bytes of RSS).
     static let exportCharge = 320

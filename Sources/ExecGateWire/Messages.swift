@@ -115,11 +115,13 @@ public struct KernelSymbol: Sendable, Equatable {
 /// Now the decode keeps nothing per record; what a record costs once it becomes facts is the
 /// registry's to charge (`KernelFacts.symbolBytes`), after its budget check.
 public struct SymbolRecords: Sendable, Sequence, Equatable {
+    @usableFromInline
     enum Storage: Sendable {
         /// Validated packed records (`RegisterGuest.Tag.symbols`) and how many there are.
         case packed(ByteBuffer, count: Int)
         case symbols([KernelSymbol])
     }
+    @usableFromInline
     var storage: Storage
 
     public init(_ symbols: [KernelSymbol] = []) { storage = .symbols(symbols) }
@@ -129,23 +131,31 @@ public struct SymbolRecords: Sendable, Sequence, Equatable {
     /// record is checked as the old decoder checked it, in the same order, with the same errors
     /// (count, truncation, flags, the name's UTF-8).
     init(validating field: ByteBuffer, maximum: Int) throws {
-        var rest = field
-        var count = 0
-        while rest.readableBytes > 0 {
-            guard count < maximum else {
-                throw WireDecodeError(.tooManyItems, field: "register-guest.symbols", "more than \(maximum)")
+        // Read over the field's bytes in place (no slice a record: a slice retains the body).
+        let count = try field.withUnsafeReadableBytes { raw -> Int in
+            let end = raw.count
+            var i = 0
+            var count = 0
+            while i < end {
+                guard count < maximum else {
+                    throw WireDecodeError(.tooManyItems, field: "register-guest.symbols", "more than \(maximum)")
+                }
+                guard end - i >= 12, end - i - 12 >= Int(raw[i + 10]) << 8 | Int(raw[i + 11]) else {
+                    throw WireDecodeError(.truncatedField, field: "register-guest.symbols", "record \(count) truncated")
+                }
+                let flags = raw[i + 9]
+                let len = Int(raw[i + 10]) << 8 | Int(raw[i + 11])
+                guard flags & ~3 == 0 else {
+                    throw WireDecodeError(.invalidValue, field: "register-guest.symbols", "record \(count): unknown flags 0x\(String(flags, radix: 16))")
+                }
+                // A name is at most 65,535 bytes (u16), below the string limit: only UTF-8 to check.
+                guard TLVReader.isValidUTF8(UnsafeRawBufferPointer(rebasing: raw[(i + 12)..<(i + 12 + len)])) else {
+                    throw WireDecodeError(.invalidUTF8, field: "register-guest.symbols")
+                }
+                count += 1
+                i += 12 + len
             }
-            guard rest.readInteger(as: UInt64.self) != nil, rest.readInteger(as: UInt8.self) != nil,
-                  let flags = rest.readInteger(as: UInt8.self), let len = rest.readInteger(as: UInt16.self),
-                  let name = rest.readSlice(length: Int(len)) else {
-                throw WireDecodeError(.truncatedField, field: "register-guest.symbols", "record \(count) truncated")
-            }
-            guard flags & ~3 == 0 else {
-                throw WireDecodeError(.invalidValue, field: "register-guest.symbols", "record \(count): unknown flags 0x\(String(flags, radix: 16))")
-            }
-            // A name is at most 65,535 bytes (u16), below the string limit: only UTF-8 to check.
-            guard TLVReader.isValidUTF8(name) else { throw WireDecodeError(.invalidUTF8, field: "register-guest.symbols") }
-            count += 1
+            return count
         }
         storage = .packed(field, count: count)
     }
@@ -166,7 +176,7 @@ public struct SymbolRecords: Sendable, Sequence, Equatable {
         case .packed:
             var out: [KernelSymbol] = []
             out.reserveCapacity(count)
-            for r in self { out.append(KernelSymbol(name: r.name, address: r.address, type: r.type, exported: r.exported, isFunction: r.isFunction)) }
+            forEachRecord { r in out.append(KernelSymbol(name: r.makeName(), address: r.address, type: r.type, exported: r.exported, isFunction: r.isFunction)) }
             return out
         }
     }
@@ -206,6 +216,61 @@ public struct SymbolRecords: Sendable, Sequence, Equatable {
             x.address == y.address && x.type == y.type && x.flags == y.flags
                 && x.withNameBytes { n in y.withNameBytes { n.elementsEqual($0) } }
         }
+    }
+
+    /// Calls `body` with every record in order, read in place (`SymbolRecordView`: the name is
+    /// the record's own bytes, valid only during the call): no slice, no `String`, nothing
+    /// retained a record. The registration path's passes over the records use this, not the
+    /// iterator (a `ByteBuffer` slice a record, retained and released, made the first
+    /// registration of a build ~1.8x slower than it was with `String`s decoded once).
+    @inlinable
+    public func forEachRecord(_ body: (SymbolRecordView) throws -> Void) rethrows {
+        _ = try visitRecords { try body($0); return true }
+    }
+
+    /// Calls `body` with every record in order until it returns false; whether it never did.
+    @discardableResult
+    @inlinable
+    public func visitRecords(_ body: (SymbolRecordView) throws -> Bool) rethrows -> Bool {
+        switch storage {
+        case .packed(let b, _):
+            return try b.withUnsafeReadableBytes { raw in
+                // Validated when decoded (`init(validating:maximum:)`): every record is whole.
+                let end = raw.count
+                var i = 0
+                while end - i >= 12 {
+                    let len = Int(raw[i + 10]) << 8 | Int(raw[i + 11])
+                    guard end - i - 12 >= len else { break }
+                    let record = SymbolRecordView(address: UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)),
+                                                  type: raw[i + 8], flags: raw[i + 9],
+                                                  nameBytes: UnsafeRawBufferPointer(rebasing: raw[(i + 12)..<(i + 12 + len)]))
+                    guard try body(record) else { return false }
+                    i += 12 + len
+                }
+                return true
+            }
+        case .symbols(let s):
+            for sym in s {
+                var name = sym.name  // withUTF8 needs a var; a native string is not copied
+                let more = try name.withUTF8 { u in
+                    try body(SymbolRecordView(address: sym.address, type: sym.type, flags: UInt8(sym.exported ? 1 : 0) | UInt8(sym.isFunction ? 2 : 0),
+                                              nameBytes: UnsafeRawBufferPointer(u)))
+                }
+                guard more else { return false }
+            }
+            return true
+        }
+    }
+
+    /// The first record `predicate` holds for (its name made a `String`), read in place.
+    public func firstRecord(where predicate: (SymbolRecordView) throws -> Bool) rethrows -> SymbolRecord? {
+        var found: SymbolRecord? = nil
+        try visitRecords { r in
+            guard try predicate(r) else { return true }
+            found = SymbolRecord(address: r.address, type: r.type, flags: r.flags, storedName: .string(r.makeName()))
+            return false
+        }
+        return found
     }
 
     public func makeIterator() -> Iterator { Iterator(storage: storage) }
@@ -280,6 +345,48 @@ public struct SymbolRecord {
     }
 
     public func nameStarts(with prefix: String) -> Bool { withNameBytes { $0.starts(with: prefix.utf8) } }
+}
+
+/// One record as `SymbolRecords.forEachRecord` reads it in place: its name is the record's own
+/// UTF-8 bytes, valid only during the call that passed the view (copy nothing out of it but
+/// values and `makeName()`).
+public struct SymbolRecordView {
+    public let address: UInt64
+    /// The `nm` type letter as ASCII.
+    public let type: UInt8
+    /// Bit 0 exported, bit 1 function (as on the wire).
+    public let flags: UInt8
+    /// The name's UTF-8 bytes (validated), in place.
+    public let nameBytes: UnsafeRawBufferPointer
+
+    @inlinable
+    init(address: UInt64, type: UInt8, flags: UInt8, nameBytes: UnsafeRawBufferPointer) {
+        self.address = address
+        self.type = type
+        self.flags = flags
+        self.nameBytes = nameBytes
+    }
+
+    @inlinable public var exported: Bool { flags & 1 != 0 }
+    @inlinable public var isFunction: Bool { flags & 2 != 0 }
+    /// Text (code) symbol: `t`, `T`, `w`, `W` (as `KernelSymbol.isText`).
+    @inlinable public var isText: Bool {
+        switch type {
+        case UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W"): return true
+        default: return false
+        }
+    }
+    /// The name as a `String` (allocated for a name past 15 bytes).
+    @inlinable public func makeName() -> String { String(decoding: nameBytes, as: UTF8.self) }
+
+    /// Whether the name starts with the ASCII `prefix`, compared as bytes.
+    @inlinable public func nameStarts(with prefix: StaticString) -> Bool {
+        let n = prefix.utf8CodeUnitCount
+        guard nameBytes.count >= n else { return false }
+        let p = prefix.utf8Start
+        for k in 0..<n where nameBytes[k] != p[k] { return false }
+        return true
+    }
 }
 
 /// The facts about a protected guest that later checks rely on. Where each fact must come from
@@ -522,28 +629,30 @@ public struct RegisterGuestReply: Sendable, Equatable {
     /// window reused: what the symbols digest hashes without a copy of every record (the records
     /// of a 28 MB registration were once packed whole, one more body, before the budget was asked).
     public static func linkTimeSymbolRecords(_ r: RegisterGuest, piece: Int = 64 << 10, _ emit: (UnsafeRawBufferPointer) -> Void) {
-        var out: [UInt8] = []
-        out.reserveCapacity(piece + 12 + Int(UInt16.max))
-        for s in r.symbolRecords {
+        // A record is at most 12 + 65,535 bytes: one always fits past a window short of `piece`.
+        let window = UnsafeMutableRawBufferPointer.allocate(byteCount: max(piece, 0) + 12 + Int(UInt16.max), alignment: 8)
+        defer { window.deallocate() }
+        var used = 0
+        let slide = r.kaslrSlide
+        r.symbolRecords.forEachRecord { s in
             // KASLR moves the kernel image (mapped from __START_KERNEL_map, 0xffffffff80000000);
             // zero-based per-cpu offsets (`A` symbols such as `__per_cpu_end`) do not move.
-            let a = s.address >= 0xffff_ffff_8000_0000 ? s.address &- r.kaslrSlide : s.address
-            withUnsafeBytes(of: a.bigEndian) { out.append(contentsOf: $0) }
-            out.append(s.type)
-            out.append(s.flags)
+            let a = s.address >= 0xffff_ffff_8000_0000 ? s.address &- slide : s.address
+            window.storeBytes(of: a.bigEndian, toByteOffset: used, as: UInt64.self)
+            window[used + 8] = s.type
+            window[used + 9] = s.flags
             // Names are packed from the record's bytes in place, without a String per record.
-            s.withNameBytes { name in
-                let n = min(name.count, Int(UInt16.max))
-                out.append(UInt8(n >> 8))
-                out.append(UInt8(n & 0xff))
-                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: name.prefix(n)))
-            }
-            if out.count >= piece {
-                out.withUnsafeBytes(emit)
-                out.removeAll(keepingCapacity: true)
+            let n = min(s.nameBytes.count, Int(UInt16.max))
+            window[used + 10] = UInt8(n >> 8)
+            window[used + 11] = UInt8(n & 0xff)
+            if n > 0 { (window.baseAddress! + used + 12).copyMemory(from: s.nameBytes.baseAddress!, byteCount: n) }
+            used += 12 + n
+            if used >= piece {
+                emit(UnsafeRawBufferPointer(rebasing: window[0..<used]))
+                used = 0
             }
         }
-        if !out.isEmpty { out.withUnsafeBytes(emit) }
+        if used > 0 { emit(UnsafeRawBufferPointer(rebasing: window[0..<used])) }
     }
 }
 

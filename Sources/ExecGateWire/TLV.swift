@@ -246,15 +246,27 @@ public struct TLVReader {
     /// Whether `v` is valid UTF-8, checked strictly (String(decoding:) would silently repair
     /// hostile input); nothing is allocated.
     static func isValidUTF8(_ v: ByteBuffer) -> Bool {
-        v.withUnsafeReadableBytes { raw -> Bool in
-            var it = raw.makeIterator()
-            var decoder = UTF8()
-            while true {
-                switch decoder.decode(&it) {
-                case .scalarValue: continue
-                case .emptyInput: return true
-                case .error: return false
-                }
+        v.withUnsafeReadableBytes { isValidUTF8($0) }
+    }
+
+    /// The same over bytes in place. ASCII (every byte below 0x80, valid UTF-8 as it is: a
+    /// kernel's symbol names) is told 8 bytes at a time; anything else goes through the decoder.
+    static func isValidUTF8(_ raw: UnsafeRawBufferPointer) -> Bool {
+        var i = 0
+        let n = raw.count
+        while n - i >= 8 {
+            if raw.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080 != 0 { break }
+            i += 8
+        }
+        while i < n && raw[i] < 0x80 { i += 1 }
+        if i == n { return true }
+        var it = UnsafeRawBufferPointer(rebasing: raw[i...]).makeIterator()
+        var decoder = UTF8()
+        while true {
+            switch decoder.decode(&it) {
+            case .scalarValue: continue
+            case .emptyInput: return true
+            case .error: return false
             }
         }
     }
