@@ -11,9 +11,9 @@
 // SHF_ALLOC}, the bit honoured from the file as from the loader). Crafted here from the real
 // fmpm.ko (17 jump labels, 6 of them in core text): `.orc_unwind` (0x1aa bytes, before `__jump_table`) flagged
 // WA + SHF_RO_AFTER_INIT, `__jump_table`'s sh_addralign 2, so the table sits at +0x1aa ≡ 2 (mod 4).
-// With the field ≡ 2 (mod 4) and a 4-aligned key K, the kernel's key is 2 bytes off K (≡ 2 mod 4:
-// the offset's low bits cleared, not the sum's); clearing the sum's bits always gives a 4-aligned
-// key (K). Checked: with c1ea1fc reverted this test fails (all six core keys 4-aligned).
+// With the field ≡ 2 (mod 4) and a 4-aligned key K, the kernel's key is K + 2 (the stored offset
+// carries 6.12's `2 | branch` flag bits, and only the offset's low bits are cleared); clearing the
+// sum's bits always gives a 4-aligned key (K). Checked: with c1ea1fc reverted this test fails (all six core keys 4-aligned).
 
 import ExecGateELF
 @testable import ExecGateExplain
@@ -81,6 +81,10 @@ final class JumpTableKeyAlignmentTests: XCTestCase {
         XCTAssertEqual(crafted.keys.count, honest.keys.count)
         // jump_entry_key(): never 4-aligned here (the old formula gave K, ≡ 0 mod 4).
         XCTAssertTrue(crafted.keys.allSatisfy { $0 % 4 == 2 }, "keys: \(crafted.keys.map { String($0, radix: 16) })")
+        // Exactly: the entry stores `key + (2 | branch) - .` (6.12 arch/x86/include/asm/jump_label.h,
+        // `"i" (2 | branch)`), so with the field ≡ 2 (mod 4) the stored offset is K + 2 - F ≡ 0
+        // (mod 4) for a branch-0 entry and clearing its low bits leaves it: jump_entry_key() = K + 2.
+        XCTAssertEqual(crafted.keys, honest.keys.map { $0 + 2 }, "keys: \(crafted.keys.map { String($0, radix: 16) })")
         // (Clearing bits 0-1 of the sum can only give a 4-aligned key: the old formula fails above.)
     }
 }
