@@ -93,32 +93,44 @@ final class Init612Tests: XCTestCase {
         return img
     }
 
+    /// Every undefined symbol of `elf` exported at its own address, with the thunk array, `pv_ops`,
+    /// `BUG_func` and `nop_func` the 6.12 stages ask for.
+    static func resolver(for elf: ELFFile) throws -> SymbolResolver {
+        var exports: [String: UInt64] = [:]
+        for (k, s) in try elf.symbols().enumerated() where s.isUndefined && !s.name.isEmpty {
+            exports[s.name] = 0xffff_ffff_8100_0000 + UInt64(k) * 0x40
+        }
+        for (r, n) in ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"].enumerated() {
+            exports["__x86_indirect_thunk_" + n] = 0xffff_ffff_8280_0000 + UInt64(r) * 32
+        }
+        exports["pv_ops"] = 0xffff_ffff_8300_0000
+        exports["BUG_func"] = 0xffff_ffff_8200_0000
+        exports["nop_func"] = 0xffff_ffff_8200_0040
+        return SymbolResolver(coreExports: exports)
+    }
+
+    /// The sysfs view: every allocated section at `bases[type]` + its offset (init ones included).
+    static func sectionAddresses(_ elf: ELFFile, _ lay: ModuleLayout, _ mt: [ModuleMemoryType?]) -> [String: UInt64] {
+        var secs: [String: UInt64] = [:]
+        for s in elf.sections where lay.flags[s.index].contains(.alloc) {
+            guard let t = mt[s.index], let o = t.isInit ? lay.initOffset[s.index] : lay.coreOffset[s.index], let b = bases[t] else { continue }
+            if lay.allocationSize(t) > 0 { secs[s.name] = b + UInt64(o) }
+        }
+        return secs
+    }
+
     static func make(_ path: String, _ name: String, caps: [Int] = [always, rethunk]) throws -> Case {
         let ko = try Self.ko(path)
         return try ko.withUnsafeBytes { raw in
             let elf = try ELFFile(bytes: raw)
-            var exports: [String: UInt64] = [:]
-            for (k, s) in try elf.symbols().enumerated() where s.isUndefined && !s.name.isEmpty {
-                exports[s.name] = 0xffff_ffff_8100_0000 + UInt64(k) * 0x40
-            }
-            for (r, n) in ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"].enumerated() {
-                exports["__x86_indirect_thunk_" + n] = 0xffff_ffff_8280_0000 + UInt64(r) * 32
-            }
-            exports["pv_ops"] = 0xffff_ffff_8300_0000
-            exports["BUG_func"] = 0xffff_ffff_8200_0000
-            exports["nop_func"] = 0xffff_ffff_8200_0040
-            let resolver = SymbolResolver(coreExports: exports)
+            let resolver = try Self.resolver(for: elf)
             let facts = Self.facts(caps: caps)
             let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
             let mt = try XCTUnwrap(lay.memType)
             XCTAssertGreaterThan(lay.allocationSize(.initText), 0, "\(name) has init text")
             // The sysfs view: every allocated section at base[type] + offset (init ones included:
             // the claim is made while init runs).
-            var secs: [String: UInt64] = [:]
-            for s in elf.sections where lay.flags[s.index].contains(.alloc) {
-                guard let t = mt[s.index], let o = t.isInit ? lay.initOffset[s.index] : lay.coreOffset[s.index], let b = bases[t] else { continue }
-                if lay.allocationSize(t) > 0 { secs[s.name] = b + UInt64(o) }
-            }
+            let secs = Self.sectionAddresses(elf, lay, mt)
             var claim = ModuleClaim(name: name, textBase: textBase, text: [UInt8](repeating: 0, count: lay.textSize), sectionAddresses: secs,
                                     percpuBase: 0x3_0000)
             // Core: the loader replay on a zero claim, then its run-time sites settled.

@@ -29,25 +29,11 @@ final class JumpTableKeyAlignmentTests: XCTestCase {
         try edit(&ko, orig)
         return try ko.withUnsafeBytes { raw in
             let elf = try ELFFile(bytes: raw)
-            var exports: [String: UInt64] = [:]
-            for (k, s) in try elf.symbols().enumerated() where s.isUndefined && !s.name.isEmpty {
-                exports[s.name] = 0xffff_ffff_8100_0000 + UInt64(k) * 0x40
-            }
-            for (r, n) in ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"].enumerated() {
-                exports["__x86_indirect_thunk_" + n] = 0xffff_ffff_8280_0000 + UInt64(r) * 32
-            }
-            exports["pv_ops"] = 0xffff_ffff_8300_0000
-            exports["BUG_func"] = 0xffff_ffff_8200_0000
-            exports["nop_func"] = 0xffff_ffff_8200_0040
-            let resolver = SymbolResolver(coreExports: exports)
+            let resolver = try Init612Tests.resolver(for: elf)
             let facts = Init612Tests.facts(caps: [Init612Tests.always, Init612Tests.rethunk])
             let lay = try XCTUnwrap(ModuleLayout.compute612(elf))
             let mt = try XCTUnwrap(lay.memType)
-            var secs: [String: UInt64] = [:]
-            for s in elf.sections where lay.flags[s.index].contains(.alloc) {
-                guard let t = mt[s.index], let o = t.isInit ? lay.initOffset[s.index] : lay.coreOffset[s.index], let b = Init612Tests.bases[t] else { continue }
-                if lay.allocationSize(t) > 0 { secs[s.name] = b + UInt64(o) }
-            }
+            let secs = Init612Tests.sectionAddresses(elf, lay, mt)
             let jt = try XCTUnwrap(secs["__jump_table"])
             let claim = ModuleClaim(name: "fmpm", textBase: Init612Tests.textBase, text: [UInt8](repeating: 0, count: lay.textSize),
                                     sectionAddresses: secs, percpuBase: 0x3_0000)

@@ -189,12 +189,8 @@ extension DocAttack10Tests {
     /// frees them.
     func testALateInitFreedOfAnEarlierLoadFreesNothing() throws {
         let g = try FixtureGuest()
-        for n in g.boot.availableModules where n != "8021q" { XCTAssertEqual(try g.load(n).decision, .allow, n) }
-        let first = try Self.withInitText(g, "8021q")
+        let first = try loadAndRetire8021qWithInitText(g)
         let firstBase = try XCTUnwrap(first.initBase)
-        XCTAssertEqual(g.verifier.authorize(first, requestDigest: []).decision, .allow)
-        let live = try XCTUnwrap(g.session.liveModule("8021q"))
-        guard case .retireModuleReply = retire(g, "8021q", live.textRange.lowerBound) else { return XCTFail("retire the first load") }
         let secondBase = firstBase + 0x10_0000
         let second = try Self.withInitText(g, "8021q", initBase: secondBase)
         let v = g.verifier.authorize(second, requestDigest: [])
@@ -230,12 +226,8 @@ extension DocAttack10Tests {
     /// them is taken as that one's: it frees nothing; the live load's own notice frees its init.
     func testALateInitFreedAtTheSameBaseIsTheRetiredLoadsNotice() throws {
         let g = try FixtureGuest()
-        for n in g.boot.availableModules where n != "8021q" { XCTAssertEqual(try g.load(n).decision, .allow, n) }
-        let first = try Self.withInitText(g, "8021q")
+        let first = try loadAndRetire8021qWithInitText(g)
         let base = try XCTUnwrap(first.initBase)
-        XCTAssertEqual(g.verifier.authorize(first, requestDigest: []).decision, .allow)
-        let live = try XCTUnwrap(g.session.liveModule("8021q"))
-        guard case .retireModuleReply = retire(g, "8021q", live.textRange.lowerBound) else { return XCTFail("retire the first load") }
         // The second load at the same init base with the same frames (the kernel reused them).
         let second = try Self.withInitText(g, "8021q", initBase: base)
         XCTAssertEqual(second.initFrames, first.initFrames)
@@ -259,6 +251,19 @@ extension DocAttack10Tests {
         XCTAssertNil(g.session.liveModule("8021q")?.initRange)
         XCTAssertEqual(g.verifier.authorize(stolen, requestDigest: []).decision, .allow, "the freed frame carries no grant")
     }
+
+    /// Every module but 8021q loaded, then 8021q with its init text allowed and retired while
+    /// that init text is still granted; returns its request.
+    func loadAndRetire8021qWithInitText(_ g: FixtureGuest) throws -> AuthorizeModule {
+        for n in g.boot.availableModules where n != "8021q" { XCTAssertEqual(try g.load(n).decision, .allow, n) }
+        let first = try Self.withInitText(g, "8021q")
+        XCTAssertEqual(g.verifier.authorize(first, requestDigest: []).decision, .allow)
+        let live = try XCTUnwrap(g.session.liveModule("8021q"))
+        guard case .retireModuleReply = retire(g, "8021q", live.textRange.lowerBound) else { throw NotRetired() }
+        return first
+    }
+
+    struct NotRetired: Error {}
 
     func retire(_ g: FixtureGuest, _ name: String, _ base: UInt64) -> Message {
         g.verifier.respond(to: .retireModule(RetireModule(guestID: "g", moduleName: name, textBase: base)), requestDigest: [])
