@@ -77,7 +77,7 @@ public enum GuestFactsBuilder {
                 if s.isFunction { markedTexts += 1 }
             }
         }
-        var functions = Set<UInt64>(minimumCapacity: marked ? markedTexts : texts)
+        var functions = Set<UInt64>(minimumCapacity: Swift.min(marked ? markedTexts : texts, SymbolNames.reservedNames))
         symbols.forEachRecord { s in
             if s.isText && (!marked || s.isFunction) { functions.insert(slide.linkTime(s.address)) }
         }
@@ -179,8 +179,11 @@ struct SymbolNames {
     init(_ symbols: SymbolRecords, _ each: (SymbolRecordView, String, _ exportedBefore: Bool) -> Void = { _, _, _ in }) {
         var exported = 0
         symbols.forEachRecord { if $0.exported { exported += 1 } }
-        named.reserveCapacity(symbols.count)
-        exports.reserveCapacity(exported)
+        // Reserved up to a real build's size only: a record count is no name count (a million
+        // records of one name reserved a million slots, ~50 MB for one entry); past it the tables
+        // grow with the distinct names, which `KernelFacts.symbolBytes` charges.
+        named.reserveCapacity(Swift.min(symbols.count, Self.reservedNames))
+        exports.reserveCapacity(Swift.min(exported, Self.reservedNames))
         symbols.forEachRecord { s in
             let name = s.makeName()
             // Inserted only when absent (the first record of a name wins), hashed once.
@@ -194,6 +197,9 @@ struct SymbolNames {
             each(s, name, before)
         }
     }
+
+    /// The most name slots reserved ahead (Debian 6.1's kallsyms has ~150,000 symbols).
+    static let reservedNames = 1 << 18
 
     /// Every address with `slide` removed (KernelSlide.linkTime), in place: the same keys in the
     /// same slots, no name hashed or copied again (the first record of a name stays the first).
