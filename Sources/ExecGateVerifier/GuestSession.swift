@@ -140,7 +140,9 @@ public final class GuestSession: @unchecked Sendable {
     /// at worst a load's init frames stay held until its own notice comes (round 15).
     private var owedInitFreed: [OwedInitFreed: Int] = [:]
     private var owedInitFreedCount = 0
-    struct OwedInitFreed: Hashable { let name: String; let initBase: UInt64 }
+    /// Keyed by the module's exact name bytes (as `liveExactLocked` matches a name: no `-` ≡ `_`,
+    /// no Unicode equivalence), so only a notice naming that load exactly pays its debt.
+    struct OwedInitFreed: Hashable { let name: [UInt8]; let initBase: UInt64 }
     /// At most this many retired loads may owe their notice at once: beyond it, retire-module of a
     /// module whose init text is still granted is refused `unavailable` (send the owed notices
     /// first). Bounds the table; an honest guest unloads a module during its init free's window
@@ -533,7 +535,7 @@ public final class GuestSession: @unchecked Sendable {
                 guard owedInitFreedCount < Self.maximumOwedInitFreed else {
                     return .failed(.unavailable, "module '\(name)' at 0x\(Hex.number(textBase)) still has its init text granted, and \(owedInitFreedCount) retired loads of guest '\(registration.guestID)' still owe their module-init-freed: send those first")
                 }
-                owedInitFreed[OwedInitFreed(name: canonical, initBase: initRange.lowerBound), default: 0] += 1
+                owedInitFreed[OwedInitFreed(name: Array(m.identity.utf8), initBase: initRange.lowerBound), default: 0] += 1
                 owedInitFreedCount += 1
             }
             releaseLocked(m)
@@ -552,7 +554,7 @@ public final class GuestSession: @unchecked Sendable {
         lock.withLock {
             // A retired load of the name at this init base owes its notice: this is taken as
             // that one (`owedInitFreed`), whatever is live there now.
-            let owed = OwedInitFreed(name: Policy.canonicalModuleName(name), initBase: initBase)
+            let owed = OwedInitFreed(name: Array(name.utf8), initBase: initBase)
             if let n = owedInitFreed[owed] {
                 owedInitFreed[owed] = n > 1 ? n - 1 : nil
                 owedInitFreedCount -= 1
