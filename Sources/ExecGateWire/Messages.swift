@@ -100,7 +100,13 @@ public struct KernelSymbol: Sendable, Equatable {
 
     /// Text (code) symbol: `t`, `T`, `w`, `W`.
     public var isText: Bool { Self.isText(type) }
-    static func isText(_ type: UInt8) -> Bool { [UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W")].contains(type) }
+    /// The one test of the `nm` letter, for `KernelSymbol`, `SymbolRecord` and `SymbolRecordView`.
+    @inlinable static func isText(_ type: UInt8) -> Bool {
+        switch type {
+        case UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W"): return true
+        default: return false
+        }
+    }
 }
 
 /// A registration's symbol records, held compactly. Decoded from the wire they stay the packed
@@ -370,12 +376,7 @@ public struct SymbolRecordView {
     @inlinable public var exported: Bool { flags & 1 != 0 }
     @inlinable public var isFunction: Bool { flags & 2 != 0 }
     /// Text (code) symbol: `t`, `T`, `w`, `W` (as `KernelSymbol.isText`).
-    @inlinable public var isText: Bool {
-        switch type {
-        case UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "w"), UInt8(ascii: "W"): return true
-        default: return false
-        }
-    }
+    @inlinable public var isText: Bool { KernelSymbol.isText(type) }
     /// The name as a `String` (allocated for a name past 15 bytes).
     @inlinable public func makeName() -> String { String(decoding: nameBytes, as: UTF8.self) }
 
