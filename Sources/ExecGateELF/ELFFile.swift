@@ -164,6 +164,8 @@ public struct ELFFile: @unchecked Sendable {
         }
         var secs: [ELFSection] = []
         secs.reserveCapacity(raws.count)
+        var lengths: [Int] = []
+        lengths.reserveCapacity(raws.count)
         var nameBytes = 0
         for (i, r) in raws.enumerated() {
             // Each name found within its bound (the scan for its NUL stops there), all of them
@@ -176,7 +178,10 @@ public struct ELFFile: @unchecked Sendable {
                 throw ELFError(.nameTooLong, offset: header, "section names take more than \(ELFLimits.maxSectionNamesBytes) bytes by section \(i) (a module's take a few KiB)")
             }
             // (A typed view: the contiguous fast path; the raw view takes the generic append path.)
-            let name = UnsafeRawBufferPointer(rebasing: bytes[range]).withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }
+            let nameBuffer = UnsafeRawBufferPointer(rebasing: bytes[range])
+            let name = nameBuffer.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }
+            // (`asciiLength(name)`, on the bytes: an ASCII name decodes to itself.)
+            lengths.append(nameBuffer.allSatisfy { $0 < 0x80 } ? range.count : -1)
             let s = ELFSection(index: i, name: name, type: r.type, flags: SectionFlags(rawValue: r.flags),
                                size: r.size, addralign: r.align, entsize: r.entsize, link: r.link, info: r.info,
                                fileRange: r.range)
@@ -184,7 +189,7 @@ public struct ELFFile: @unchecked Sendable {
         }
         self.sections = secs
         self.shstrndx = table.shstrndx
-        self.asciiNameLengths = secs.map { ELFFile.asciiLength($0.name) }
+        self.asciiNameLengths = lengths
     }
 
     /// The UTF-8 length of `s` if it is all ASCII, else -1.
@@ -284,10 +289,23 @@ public struct ELFFile: @unchecked Sendable {
     /// section header table (a section aliasing another would let one signed byte stand for two
     /// different things).
     static func checkNoOverlap(_ raws: [RawSectionHeader], _ table: SectionTable) throws {
-        var spans: [(Range<Int>, Int)] = raws.enumerated().compactMap { $0.element.range.isEmpty ? nil : ($0.element.range, $0.offset) }
-        spans.append((0..<ELFLimits.headerSize, -1))
-        spans.append((table.offset..<table.end, -2))
-        spans.sort { $0.0.lowerBound < $1.0.lowerBound }
+        var spans: [(Range<Int>, Int)] = []
+        spans.reserveCapacity(raws.count + 2)
+        for (i, r) in raws.enumerated() where !r.range.isEmpty { spans.append((r.range, i)) }
+        // The order is the stable sort by start of (sections in index order, the ELF header, the
+        // table), which names the pair an overlap reports. Usually the contents are in section
+        // order, after the header and before the table: that order is built as is, no sort.
+        var inOrder = spans.first.map { $0.0.lowerBound > 0 } ?? true
+        if inOrder { for k in spans.indices.dropFirst() where spans[k].0.lowerBound < spans[k - 1].0.lowerBound { inOrder = false; break } }
+        if inOrder, let last = spans.last, last.0.lowerBound > table.offset { inOrder = false }
+        if inOrder {
+            spans.insert((0..<ELFLimits.headerSize, -1), at: 0)
+            spans.append((table.offset..<table.end, -2))
+        } else {
+            spans.append((0..<ELFLimits.headerSize, -1))
+            spans.append((table.offset..<table.end, -2))
+            spans.sort { $0.0.lowerBound < $1.0.lowerBound }
+        }
         for k in spans.indices.dropFirst() where spans[k].0.lowerBound < spans[k - 1].0.upperBound {
             let a = spans[k - 1].1, b = spans[k].1
             func nm(_ i: Int) -> String { i == -1 ? "the ELF header" : i == -2 ? "the section header table" : "section \(i)" }
@@ -313,6 +331,16 @@ public struct ELFFile: @unchecked Sendable {
     public func sections(named name: String) -> [ELFSection] {
         let q = ELFFile.asciiLength(name)
         return Array(sections.indices.lazy.filter { hasName($0, name, asciiLength: q) }.map { sections[$0] })
+    }
+
+    /// The last section with this exact name and how many have it (names compared as
+    /// ``section(named:)`` compares them), without collecting them: `module_finalize()` keeps
+    /// the last of a name.
+    public func lastSection(named name: String) -> (section: ELFSection, count: Int)? {
+        let q = ELFFile.asciiLength(name)
+        var last = -1, count = 0
+        for i in sections.indices where hasName(i, name, asciiLength: q) { last = i; count += 1 }
+        return last < 0 ? nil : (sections[last], count)
     }
 
     /// Section `i`'s name is `name`'s bytes (`q`: `name`'s ``asciiLength(_:)``).

@@ -16,6 +16,7 @@ extension Session {
     /// alternatives (applyStagesThroughAlternatives, Loader612Patching.swift), then the ENDBR seal,
     /// SMP lock prefixes and ftrace; 6.12 first refuses what the replay does not model.
     func applyBootTimePatching() throws {
+        reserveVariableSites()
         try refuseAmbiguousFinalizeTables()
         if loader == .linux6_12 { try refuseUnmodelled612() }
         try applyStagesThroughAlternatives()
@@ -27,6 +28,26 @@ extension Session {
             try applySMPLocks()
         }
         try applyFtrace()
+    }
+
+    /// Room in `variable` for every run-time site the module's tables can list (`.smp_locks`,
+    /// `__mcount_loc`, `__jump_table`, `.static_call_sites` entries and the trampolines), taken
+    /// once before the stages append them: grown by appends, `variable` ended with up to twice
+    /// the capacity it needed, and ``SiteMap`` (which outlives the explanation as the guest's
+    /// live sites) then copied every site, each copy a retain of its rule's tables. At most
+    /// 65,536 sites are reserved ahead (a hostile table's size reserves nothing beyond that; the
+    /// appends grow the array as before).
+    func reserveVariableSites() {
+        var bound = trampolineSymbols.count
+        for s in elf.sections where s.isAlloc && !s.isNoBits {
+            switch s.name {
+            case ".smp_locks": bound += s.size / 4
+            case "__mcount_loc", ".static_call_sites": bound += s.size / 8
+            case "__jump_table": bound += s.size / 16
+            default: break
+            }
+        }
+        variable.reserveCapacity(min(bound, 1 << 16))
     }
 
     /// The section names `module_finalize()` looks up (arch/x86/kernel/module.c: 6.1.192 and 6.12.117).
@@ -41,8 +62,7 @@ extension Session {
     /// from a build: denied by name, not replayed from another table than the kernel's.
     func refuseAmbiguousFinalizeTables() throws {
         for name in loader == .linux6_12 ? Session.finalizeTables612 : Session.finalizeTables61 {
-            let named = elf.sections(named: name), count = named.count
-            guard let sec = named.last else { continue }
+            guard let (sec, count) = elf.lastSection(named: name) else { continue }
             if count > 1 {
                 throw deny(.loader, "\(count) sections named \(name): module_finalize() takes the last, the replay's tables the first (not modelled)", section: name)
             }

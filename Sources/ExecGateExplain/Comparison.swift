@@ -216,9 +216,10 @@ extension Session {
         var st = ExplainStats()
         st.executableBytes = image.count
         assert(classCounts == recountClasses(), "incremental class counts drifted")
-        for (i, n) in classCounts.enumerated() where n > 0 { st.bytesByClass[ExplanationClass(rawValue: i)!] = n }
+        precondition(classCounts.count == ExplanationClass.allCases.count && siteCountByClass.count == ExplanationClass.allCases.count)
+        st.classBytes = classCounts
         st.relocationsApplied = relocCount
-        st.sites = siteCounts
+        st.classSites = siteCountByClass
         return st
     }
 

@@ -150,13 +150,18 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
 
     /// `String(s.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)[0])`:
     /// for ASCII text (Characters are bytes) the bytes before the first space, else the split.
-    static func firstWord(_ s: String) -> String {
+    /// With `skippingLeadingSpaces`, the first word after any leading spaces ("" if none),
+    /// as `s.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true).first ?? ""`.
+    static func firstWord(_ s: String, skippingLeadingSpaces: Bool = false) -> String {
         var t = s
         if let w = t.withUTF8({ u -> String? in
             guard NameTable.isASCII(UnsafeRawBufferPointer(u)) else { return nil }
-            let end = u.firstIndex(of: 0x20) ?? u.count
-            return String(decoding: UnsafeBufferPointer(rebasing: u[..<end]), as: UTF8.self)
+            var start = 0
+            if skippingLeadingSpaces { while start < u.count && u[start] == 0x20 { start += 1 } }
+            let end = u[start...].firstIndex(of: 0x20) ?? u.count
+            return String(decoding: UnsafeBufferPointer(rebasing: u[start..<end]), as: UTF8.self)
         }) { return w }
+        if skippingLeadingSpaces { return s.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true).first.map(String.init) ?? "" }
         return String(s.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)[0])
     }
 

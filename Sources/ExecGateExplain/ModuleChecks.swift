@@ -17,7 +17,7 @@ extension Session {
         guard let vermagic = modinfo("vermagic") else {
             throw deny(.vermagic, "the module has no vermagic= in .modinfo (the kernel refuses it unless forced)", section: ".modinfo")
         }
-        let moduleRelease = vermagic.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true).first.map(String.init) ?? ""
+        let moduleRelease = ModuleLoader.firstWord(vermagic, skippingLeadingSpaces: true)
         guard moduleRelease == release else {
             throw deny(.vermagic, "vermagic \"\(vermagic)\" is for release \(moduleRelease), the guest runs \(release)", section: ".modinfo")
         }

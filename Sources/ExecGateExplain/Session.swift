@@ -174,11 +174,6 @@ final class Session {
     let isData: [Bool]
     /// Sites rewritten per class (the statistics list the classes with sites).
     @inline(__always) func countSite(_ c: ExplanationClass) { siteCountByClass[c.rawValue] += 1 }
-    var siteCounts: [ExplanationClass: Int] {
-        var d: [ExplanationClass: Int] = [:]
-        for (i, n) in siteCountByClass.enumerated() where n > 0 { d[ExplanationClass(rawValue: i)!] = n }
-        return d
-    }
     var recordRelocationFields = false
     /// The words `verifyExportedSymbols` reads ahead of its export lookups, folded (kept so the reads
     /// are not optimised away; nothing reads it).

@@ -12,44 +12,54 @@
 /// all of [x, x + n)?" by binary search when the spans are disjoint (a module's sections are: the
 /// layout gives each its own offset), by the scan in `lo` order otherwise (never seen; kept exact).
 struct Spans {
-    private var lows: [UInt64] = []
-    private var highs: [UInt64] = []
-    private var values: [Int] = []
+    /// The non-empty spans sorted by (lo, value): one array (set-up makes three `Spans` a module:
+    /// three parallel arrays each, made through a filter, a sort and three maps, were 17 of the
+    /// ~127 allocations of a small module's explanation).
+    private var spans: [(lo: UInt64, hi: UInt64, value: Int)]
     private var disjoint = true
 
     /// Empty spans are left out (they hold no byte).
-    init(_ spans: [(lo: UInt64, hi: UInt64, value: Int)]) {
-        let sorted = spans.filter { $0.lo < $0.hi }.sorted { ($0.lo, $0.value) < ($1.lo, $1.value) }
-        lows = sorted.map(\.lo)
-        highs = sorted.map(\.hi)
-        values = sorted.map(\.value)
-        for k in sorted.indices.dropFirst() where lows[k] < highs[k - 1] { disjoint = false; break }
+    init(_ input: [(lo: UInt64, hi: UInt64, value: Int)]) {
+        var a = input
+        a.removeAll { $0.lo >= $0.hi }
+        // Usually already in order (sections in file order, laid out in that order).
+        var inOrder = true
+        for k in a.indices.dropFirst() where (a[k].lo, a[k].value) < (a[k - 1].lo, a[k - 1].value) { inOrder = false; break }
+        if !inOrder { a.sort { ($0.lo, $0.value) < ($1.lo, $1.value) } }
+        for k in a.indices.dropFirst() where a[k].lo < a[k - 1].hi { disjoint = false; break }
+        spans = a
     }
 
-    var isEmpty: Bool { lows.isEmpty }
+    var isEmpty: Bool { spans.isEmpty }
 
     /// Every span, in `lo` order.
-    var all: [(lo: UInt64, hi: UInt64, value: Int)] { lows.indices.map { (lows[$0], highs[$0], values[$0]) } }
+    var all: [(lo: UInt64, hi: UInt64, value: Int)] { spans }
 
     /// The span holding all of [x, x + n) (n ≥ 1; the first in `lo` order), or nil.
     func find(_ x: UInt64, _ n: UInt64) -> (lo: UInt64, hi: UInt64, value: Int)? {
         let (end, o) = x.addingReportingOverflow(n)
         guard !o, n >= 1 else { return nil }
-        // A few spans (most modules have a handful of exec sections): the scan is cheaper than
-        // the search, and gives the same answer (disjoint or not: the first in `lo` order).
-        if !disjoint || lows.count <= 8 {
-            for k in lows.indices where x >= lows[k] && end <= highs[k] { return (lows[k], highs[k], values[k]) }
-            return nil
+        return spans.withUnsafeBufferPointer { s in
+            // A few spans (most modules have a handful of exec sections): the scan is cheaper than
+            // the search, and gives the same answer (disjoint or not: the first in `lo` order).
+            if !disjoint || s.count <= 8 {
+                for k in s.indices where x >= s[k].lo && end <= s[k].hi { return s[k] }
+                return nil
+            }
+            // The last span starting at or below x is the only one that can hold x.
+            var lo = 0, hi = s.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if s[mid].lo <= x { lo = mid + 1 } else { hi = mid }
+            }
+            guard lo > 0, end <= s[lo - 1].hi else { return nil }
+            return s[lo - 1]
         }
-        // The last span starting at or below x is the only one that can hold x.
-        let k = countAtOrBelow(lows, x)
-        guard k > 0, end <= highs[k - 1] else { return nil }
-        return (lows[k - 1], highs[k - 1], values[k - 1])
     }
 }
 
-/// How many of the ascending `lows` are ≤ `x` (binary search): `Spans` and `RangeCover` both
-/// look up "the last interval starting at or below x" this way.
+/// How many of the ascending `lows` are ≤ `x` (binary search): "the last interval starting at
+/// or below x" (`Spans.find` searches its own pairs the same way).
 private func countAtOrBelow(_ lows: [UInt64], _ x: UInt64) -> Int {
     var lo = 0, hi = lows.count
     while lo < hi {

@@ -148,7 +148,7 @@ final class Init612Tests: XCTestCase {
             XCTAssertGreaterThan(i0.relocCount, 0)
             claim.initText = settle(i0)
             return Case(name: name, ko: ko, facts: facts, resolver: resolver, claim: claim, initClasses: i0.cls, layout: lay,
-                        initSiteCounts: i0.siteCounts)
+                        initSiteCounts: i0.statistics().sites)
         }
     }
 
