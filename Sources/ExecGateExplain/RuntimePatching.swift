@@ -60,9 +60,12 @@ public struct RuntimeSiteTable: @unchecked Sendable {
 }
 
 extension RuntimeSiteTable {
-    /// The sites a successful explanation recorded, by address.
+    /// The sites a successful explanation recorded, by address. They move out of the session
+    /// (its `variable` is empty afterwards): the table keeps them without a copy of each.
     init(session s: Session, claim: ModuleClaim) {
-        self.init(sites: SiteMap(base: s.base, sortedByOffset: s.variable), module: claim.name)
+        var sites: [VariableSite] = []
+        swap(&sites, &s.variable)
+        self.init(sites: SiteMap(base: s.base, sortedByOffset: &sites), module: claim.name)
     }
 }
 
@@ -74,8 +77,9 @@ struct SiteMap: Sequence {
     let sites: [VariableSite]
 
     /// `variable` sorted by offset (Comparison.swift sorts it); of several sites at one offset the
-    /// last wins, as it did in the dictionary this replaces.
-    init(base: UInt64, sortedByOffset variable: [VariableSite]) {
+    /// last wins, as it did in the dictionary this replaces. The sites move into the map: `variable`
+    /// is empty afterwards.
+    init(base: UInt64, sortedByOffset variable: inout [VariableSite]) {
         // Usually no two sites share an offset: then the sites are `variable` itself (shared
         // storage, no copy of each site and its rule).
         var a: [UInt64] = []
@@ -94,8 +98,22 @@ struct SiteMap: Sequence {
             addresses = a
             // The table outlives the explanation (a guest's live state while the module is
             // live): the stages grew `variable` by appends, up to twice the sites it holds; a
-            // copy holds exactly them.
-            sites = variable.capacity > variable.count + variable.count / 8 ? variable.withUnsafeBufferPointer { Array($0) } : variable
+            // copy holds exactly them, the sites moved into it (no retain of each rule's tables).
+            if variable.capacity > variable.count + variable.count / 8 {
+                let n = variable.count
+                sites = [VariableSite](unsafeUninitializedCapacity: n) { dst, count in
+                    variable.withUnsafeMutableBufferPointer { src in
+                        // Moved out, each slot refilled with a site that holds no reference (its
+                        // rule `.smpLock`) for `variable`'s own release.
+                        _ = dst.moveInitialize(fromContentsOf: src)
+                        src.initialize(repeating: VariableSite(offset: 0, length: 0, cls: .smpLock, group: nil, label: .smpLock, rule: .smpLock))
+                    }
+                    count = n
+                }
+            } else {
+                sites = variable
+            }
+            variable = []
             return
         }
         a = []
@@ -114,6 +132,7 @@ struct SiteMap: Sequence {
         }
         addresses = a
         sites = v
+        variable = []
     }
 
     var count: Int { addresses.count }

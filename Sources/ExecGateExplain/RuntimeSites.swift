@@ -182,6 +182,14 @@ struct TargetList: Equatable {
         a.removeLast(a.count - n)
         sorted = a
     }
+    /// `TargetList(a)` for an `a` the caller owns: sorted and made distinct in place (no copy).
+    init(normalizing a: inout [UInt64]) {
+        a.sort()
+        var n = 0
+        for k in a.indices where n == 0 || a[n - 1] != a[k] { a[n] = a[k]; n += 1 }
+        a.removeLast(a.count - n)
+        sorted = a
+    }
     var isEmpty: Bool { sorted.isEmpty }
     var count: Int { sorted.count }
     @inline(__always) func contains(_ x: UInt64) -> Bool { sorted.sortedContains(x) }
@@ -271,6 +279,11 @@ struct VariableSite {
 
     /// Returns the state (e.g. key enabled, static-call function) if `bytes` is a legal encoding.
     func check(_ bytes: [UInt8]) -> UInt64? { bytes.withUnsafeBytes { check($0) } }
+
+    /// `check(b)` on a site reached through a mutable pointer (the comparison's walk): the call
+    /// borrows the site in place (`mutating`, though it changes nothing), where a call on
+    /// `UnsafePointer.pointee` copies the site and its rule's reference-counted payload.
+    @inline(__always) mutating func checkInPlace(_ b: UnsafeRawBufferPointer) -> UInt64? { check(b) }
 
     /// The same over borrowed bytes (the comparison reads the claim in place).
     func check(_ b: UnsafeRawBufferPointer) -> UInt64? {
@@ -585,7 +598,7 @@ extension Session {
         if let r0 = facts.staticCallReturn0 {
             if disabledForm(ofKey: key)?.allowsReturn0 ?? true { s.append(r0) } else { s.removeAll { $0 == r0 } }
         }
-        let list = TargetList(s)
+        let list = TargetList(normalizing: &s)
         trustedTargetIndex.set(key, UInt64(trustedTargetLists.count))
         trustedTargetLists.append(list)
         return list
