@@ -113,6 +113,8 @@ public struct KernelSymbol: Sendable, Equatable {
 /// records of the body's `symbols` field (a slice of the body: no copy), validated in one pass
 /// that allocates nothing; each record is read in place when a consumer walks them. Built in
 /// process (`RegisterGuest(symbols:)`, tests, the capture) they are the caller's `[KernelSymbol]`.
+/// One way walks them, whatever the storage: `visitRecords` / `forEachRecord` (a
+/// `SymbolRecordView` a record); `firstRecord(where:)` and `symbols` are made from it.
 ///
 /// Why (round 14's left hole): decoding made one `KernelSymbol` (32 bytes) and one heap `String`
 /// (~64 bytes for a name past 15 bytes) a record, before any budget was asked: a 28 MB body of
@@ -120,7 +122,7 @@ public struct KernelSymbol: Sendable, Equatable {
 /// byte at 2× (ServiceVM/README.md "Memory budget"), peaked at ~6× its body before refusing it.
 /// Now the decode keeps nothing per record; what a record costs once it becomes facts is the
 /// registry's to charge (`KernelFacts.symbolBytes`), after its budget check.
-public struct SymbolRecords: Sendable, Sequence, Equatable {
+public struct SymbolRecords: Sendable, Equatable {
     @usableFromInline
     enum Storage: Sendable {
         /// Validated packed records (`RegisterGuest.Tag.symbols`) and how many there are.
@@ -215,20 +217,43 @@ public struct SymbolRecords: Sendable, Sequence, Equatable {
         }
     }
 
+    /// The same records in the same order: address, type, flags and name. Two arrays compare as
+    /// arrays (`KernelSymbol ==`: names as `String`s). Two decoded (validated) packings compare as
+    /// bytes: a packing is its records concatenated, so equal bytes are exactly equal records. A
+    /// packing against an array is walked in place (`visitRecords`) against the array's records,
+    /// names compared as UTF-8 bytes in full. Not `packed()` bytes for that case: packing cuts an
+    /// in-process name past 65,535 bytes to the u16 length, so an array holding one would equal
+    /// the decoded records of its own encoding; compared in full it does not (a decoded name is
+    /// never that long), as before the fold.
     public static func == (a: SymbolRecords, b: SymbolRecords) -> Bool {
-        if case .symbols(let x) = a.storage, case .symbols(let y) = b.storage { return x == y }
-        guard a.count == b.count else { return false }
-        return zip(a, b).allSatisfy { x, y in
-            x.address == y.address && x.type == y.type && x.flags == y.flags
-                && x.withNameBytes { n in y.withNameBytes { n.elementsEqual($0) } }
+        switch (a.storage, b.storage) {
+        case (.symbols(let x), .symbols(let y)):
+            return x == y
+        case (.packed(let x, let n), .packed(let y, let m)):
+            return n == m && x == y
+        case (.packed(_, let n), .symbols(let y)):
+            return n == y.count && Self.packed(a, equals: y)
+        case (.symbols(let x), .packed(_, let m)):
+            return m == x.count && Self.packed(b, equals: x)
+        }
+    }
+
+    /// Whether the records of `records` (as many as `array` holds) are `array`'s, one by one.
+    private static func packed(_ records: SymbolRecords, equals array: [KernelSymbol]) -> Bool {
+        var i = 0
+        return records.visitRecords { r in
+            let s = array[i]
+            i += 1
+            return r.address == s.address && r.type == s.type && r.flags == (UInt8(s.exported ? 1 : 0) | UInt8(s.isFunction ? 2 : 0))
+                && r.nameBytes.elementsEqual(s.name.utf8)
         }
     }
 
     /// Calls `body` with every record in order, read in place (`SymbolRecordView`: the name is
     /// the record's own bytes, valid only during the call): no slice, no `String`, nothing
-    /// retained a record. The registration path's passes over the records use this, not the
-    /// iterator (a `ByteBuffer` slice a record, retained and released, made the first
-    /// registration of a build ~1.8x slower than it was with `String`s decoded once).
+    /// retained a record. The one walk over the records (there is no iterator: one that took a
+    /// `ByteBuffer` slice a record, retained and released, made the first registration of a
+    /// build ~1.8x slower than it was with `String`s decoded once).
     @inlinable
     public func forEachRecord(_ body: (SymbolRecordView) throws -> Void) rethrows {
         _ = try visitRecords { try body($0); return true }
@@ -273,84 +298,30 @@ public struct SymbolRecords: Sendable, Sequence, Equatable {
         var found: SymbolRecord? = nil
         try visitRecords { r in
             guard try predicate(r) else { return true }
-            found = SymbolRecord(address: r.address, type: r.type, flags: r.flags, storedName: .string(r.makeName()))
+            found = SymbolRecord(address: r.address, type: r.type, flags: r.flags, name: r.makeName())
             return false
         }
         return found
     }
-
-    public func makeIterator() -> Iterator { Iterator(storage: storage) }
-
-    public struct Iterator: IteratorProtocol {
-        let storage: Storage
-        var rest = ByteBuffer()
-        var index = 0
-
-        init(storage: Storage) {
-            self.storage = storage
-            if case .packed(let b, _) = storage { rest = b }
-        }
-
-        public mutating func next() -> SymbolRecord? {
-            switch storage {
-            case .symbols(let s):
-                guard index < s.count else { return nil }
-                defer { index += 1 }
-                let sym = s[index]
-                return SymbolRecord(address: sym.address, type: sym.type, flags: UInt8(sym.exported ? 1 : 0) | UInt8(sym.isFunction ? 2 : 0),
-                                    storedName: .string(sym.name))
-            case .packed:
-                // Validated when decoded (`init(validating:maximum:)`): every read succeeds.
-                guard rest.readableBytes > 0, let address = rest.readInteger(as: UInt64.self), let type = rest.readInteger(as: UInt8.self),
-                      let flags = rest.readInteger(as: UInt8.self), let len = rest.readInteger(as: UInt16.self),
-                      let name = rest.readSlice(length: Int(len)) else { return nil }
-                return SymbolRecord(address: address, type: type, flags: flags, storedName: .bytes(name))
-            }
-        }
-    }
 }
 
-/// One record of `SymbolRecords`, read in place: its name stays bytes of the body until a
-/// consumer asks for it as a `String` (`name`).
-public struct SymbolRecord {
+/// One record of `SymbolRecords` as a plain value, its name a `String` (`firstRecord(where:)`).
+public struct SymbolRecord: Sendable, Equatable {
     public let address: UInt64
     /// The `nm` type letter as ASCII.
     public let type: UInt8
     /// Bit 0 exported, bit 1 function (as on the wire).
     public let flags: UInt8
-    enum Name { case string(String), bytes(ByteBuffer) }
-    let storedName: Name
+    public let name: String
 
     public var exported: Bool { flags & 1 != 0 }
     public var isFunction: Bool { flags & 2 != 0 }
     /// Text (code) symbol: `t`, `T`, `w`, `W` (as `KernelSymbol.isText`).
     public var isText: Bool { KernelSymbol.isText(type) }
-
-    /// The name as a `String` (allocated for a long name of a decoded record).
-    public var name: String {
-        switch storedName {
-        case .string(let s): return s
-        case .bytes(let b): return String(buffer: b)
-        }
-    }
-
-    /// The name's UTF-8 bytes, without making a `String`.
-    public func withNameBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        switch storedName {
-        case .string(var s): return try s.withUTF8 { try body(UnsafeRawBufferPointer($0)) }
-        case .bytes(let b): return try b.withUnsafeReadableBytes(body)
-        }
-    }
-
     /// Bytes in the name (UTF-8).
-    public var nameByteCount: Int {
-        switch storedName {
-        case .string(let s): return s.utf8.count
-        case .bytes(let b): return b.readableBytes
-        }
-    }
-
-    public func nameStarts(with prefix: String) -> Bool { withNameBytes { $0.starts(with: prefix.utf8) } }
+    public var nameByteCount: Int { name.utf8.count }
+    /// Whether the name starts with `prefix`, compared as UTF-8 bytes.
+    public func nameStarts(with prefix: String) -> Bool { name.utf8.starts(with: prefix.utf8) }
 }
 
 /// One record as `SymbolRecords.forEachRecord` reads it in place: its name is the record's own

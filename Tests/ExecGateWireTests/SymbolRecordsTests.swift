@@ -2,8 +2,9 @@
 //
 // SymbolRecords read in place (`forEachRecord`, `visitRecords`, `firstRecord`): the registration
 // path's passes over a decoded registration's records read its packed bytes where they lie, so
-// they must see exactly what the iterator and the in-process records see, and the decode's one
-// validating pass must refuse exactly what it refused before (the name's UTF-8 included).
+// they must see exactly what the in-process records and the records as values (`firstRecord`,
+// `symbols`) see, and the decode's one validating pass must refuse exactly what it refused before
+// (the name's UTF-8 included).
 
 import ExecGateWire
 import NIOCore
@@ -46,14 +47,18 @@ final class SymbolRecordsTests: XCTestCase {
         return out
     }
 
-    static func iterated(_ s: SymbolRecords) -> [Seen] {
-        s.map { r in
-            Seen(address: r.address, type: r.type, flags: r.flags, name: Array(r.name.utf8), exported: r.exported, isFunction: r.isFunction,
-                 isText: r.isText)
+    /// Every record as a value (`SymbolRecord`, its name a `String`), the k-th found by `firstRecord`.
+    static func asValues(_ s: SymbolRecords) -> [Seen] {
+        (0..<s.count).compactMap { k in
+            var i = 0
+            guard let r = s.firstRecord(where: { _ in defer { i += 1 }; return i == k }) else { return nil }
+            XCTAssertEqual(r.nameByteCount, r.name.utf8.count)
+            return Seen(address: r.address, type: r.type, flags: r.flags, name: Array(r.name.utf8), exported: r.exported, isFunction: r.isFunction,
+                        isText: r.isText)
         }
     }
 
-    func testRecordsReadInPlaceAreTheIteratorsAndTheInProcessOnes() throws {
+    func testRecordsReadInPlaceAreTheValuesAndTheInProcessOnes() throws {
         let r = Self.registration()
         let d = try Self.decoded(r)
         let expected = Self.symbols.map { s in
@@ -62,7 +67,8 @@ final class SymbolRecordsTests: XCTestCase {
         }
         XCTAssertEqual(Self.inPlace(d.symbolRecords), expected)
         XCTAssertEqual(Self.inPlace(r.symbolRecords), expected)
-        XCTAssertEqual(Self.iterated(d.symbolRecords), expected)
+        XCTAssertEqual(Self.asValues(d.symbolRecords), expected)
+        XCTAssertEqual(Self.asValues(r.symbolRecords), expected)
         XCTAssertEqual(d.symbols, Self.symbols)
         var names: [String] = []
         d.symbolRecords.forEachRecord { names.append($0.makeName()) }
@@ -84,6 +90,30 @@ final class SymbolRecordsTests: XCTestCase {
             XCTAssertNil(records.firstRecord { $0.address == 1 })
             XCTAssertTrue(SymbolRecords().visitRecords { _ in XCTFail("no record"); return false })
         }
+    }
+
+    /// `==` compares records whatever holds them (an array, a decoded packing, one of each).
+    func testEqualityComparesRecordsWhateverTheStorage() throws {
+        let r = Self.registration()
+        let d = try Self.decoded(r)
+        XCTAssertEqual(d.symbolRecords, r.symbolRecords)
+        XCTAssertEqual(r.symbolRecords, d.symbolRecords)
+        XCTAssertEqual(d.symbolRecords, try Self.decoded(d).symbolRecords)
+        var other = Self.symbols
+        other[3].isFunction = false
+        let o = Self.registration(other)
+        for (a, b) in [(o.symbolRecords, d.symbolRecords), (try Self.decoded(o).symbolRecords, d.symbolRecords),
+                       (try Self.decoded(o).symbolRecords, r.symbolRecords), (SymbolRecords(), d.symbolRecords)] {
+            XCTAssertNotEqual(a, b)
+            XCTAssertNotEqual(b, a)
+        }
+        // A name past the u16 length (in process only) is compared in full: not the cut one decoded.
+        let long = Self.registration([KernelSymbol(name: String(repeating: "x", count: 70_000), address: 1, type: UInt8(ascii: "T"))])
+        let cut = try Self.decoded(long)
+        XCTAssertEqual(cut.symbols.first?.name.utf8.count, 65_535)
+        XCTAssertNotEqual(cut.symbolRecords, long.symbolRecords)
+        XCTAssertNotEqual(long.symbolRecords, cut.symbolRecords)
+        XCTAssertEqual(cut.symbolRecords, SymbolRecords(cut.symbols))
     }
 
     func testNamePrefixesAreComparedAsBytes() throws {
