@@ -99,8 +99,8 @@ struct AddressTable {
     /// Every key, ascending.
     var sortedKeys: [UInt64] {
         var k = keys.filter { $0 != Self.empty }
-        if maxKeyValue != nil { k.append(Self.empty) }
-        k.sort()
+        FunctionEntries.sortAddresses(&k)
+        if maxKeyValue != nil { k.append(Self.empty) }  // the largest key: last
         return k
     }
 

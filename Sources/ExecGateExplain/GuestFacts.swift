@@ -253,10 +253,17 @@ public struct SlidStaticCallTargets: Sendable {
     public let linkTime: [UInt64: Set<UInt64>]
     public let slide: KernelSlide
     public private(set) var own: [UInt64: Set<UInt64>] = [:]
+    /// The lowest and highest link-time key of `linkTime` (empty: an empty range), so a module's
+    /// own keys, which lie in module memory far from the core's, are answered without hashing
+    /// (`forEachTarget` runs once per key per module: hundreds for a module with trace events).
+    private let linkTimeKeyRange: ClosedRange<UInt64>?
 
     public init(linkTime: [UInt64: Set<UInt64>], slide: KernelSlide) {
         self.linkTime = linkTime
         self.slide = slide
+        var lo = UInt64.max, hi = UInt64.min
+        for k in linkTime.keys { lo = Swift.min(lo, k); hi = Swift.max(hi, k) }
+        self.linkTimeKeyRange = linkTime.isEmpty ? nil : lo...hi
     }
 
     /// A table of run-time addresses (no slide).
@@ -274,7 +281,7 @@ public struct SlidStaticCallTargets: Sendable {
     /// `self[key]`'s members, one by one, without building a set (the explainer's per-key lists).
     @inline(__always) public func forEachTarget(of key: UInt64, _ body: (UInt64) -> Void) {
         if !own.isEmpty, let o = own[key] { o.forEach(body); return }
-        guard !linkTime.isEmpty, let l = slide.exactLinkTime(key), let s = linkTime[l] else { return }
+        guard let range = linkTimeKeyRange, let l = slide.exactLinkTime(key), range.contains(l), let s = linkTime[l] else { return }
         if slide == .none { s.forEach(body); return }
         for t in s { body(slide.runTime(t)) }
     }
@@ -493,7 +500,7 @@ public struct SymbolResolver: Sendable {
             added.reserveCapacity(m.keyTargets.keyCount + m.staticCallStates.count)
             m.keyTargets.forEachKey { k, _ in added.append(k) }
             added.append(contentsOf: m.staticCallStates.keys)
-            added.sort()
+            FunctionEntries.sortAddresses(&added)
             staticCallKeys = Self.mergeUnique(staticCallKeys, added)
         }
     }

@@ -273,11 +273,7 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
         for i in a.indices.dropFirst() where a[i - 1] > a[i] { ascending = false; break }
         if !ascending {
             // A module's entries span a few MiB: a radix sort of their offsets from the lowest.
-            if a.count >= 64, let lo = a.min(), let hi = a.max(), hi - lo <= UInt64(UInt32.max) {
-                FunctionEntries.radixSort(&a, from: lo)
-            } else {
-                a.sort()
-            }
+            FunctionEntries.sortAddresses(&a)
         }
         var w = 0
         for x in a where w == 0 || a[w - 1] != x { a[w] = x; w += 1 }
@@ -285,6 +281,16 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
         sorted = a
     }
     public init(_ addresses: Set<UInt64>) { self.init(Array(addresses)) }
+
+    /// `a.sort()` for addresses: by `radixSort` when there are at least 64 and they lie within
+    /// 4 GiB of each other (a module's functions, keys or sites), else the standard sort.
+    static func sortAddresses(_ a: inout [UInt64]) {
+        if a.count >= 64, let lo = a.min(), let hi = a.max(), hi - lo <= UInt64(UInt32.max) {
+            radixSort(&a, from: lo)
+        } else {
+            a.sort()
+        }
+    }
 
     /// Sorts `a`, whose values lie in `lo ... lo + 2^32 - 1`: LSD radix sort of `x - lo`, one
     /// pass per 8 bits of the largest offset (at most four; stable passes; the order of equal
