@@ -6,6 +6,11 @@
 // by class and the exports later modules may resolve against.
 
 import ExecGateELF
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 extension Session {
     // MARK: Compare
@@ -166,6 +171,11 @@ extension Session {
     /// The OR of `a[i] ^ b[i]` over `lo..<hi` (zero iff the ranges are equal), word-wise.
     @inline(__always) static func xorOr(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ lo: Int, _ hi: Int) -> UInt64 {
         precondition(lo >= 0 && lo <= hi && hi <= a.count && hi <= b.count)
+        // Long stretches (most of a module's bytes lie between its sites) through the C
+        // library's vectorised memcmp; only zero or not matters here.
+        #if canImport(Glibc) || canImport(Musl)
+        if hi - lo >= 64 { return memcmp(a.baseAddress! + lo, b.baseAddress! + lo, hi - lo) == 0 ? 0 : 1 }
+        #endif
         var acc: UInt64 = 0
         var i = lo
         while i + 32 <= hi {
