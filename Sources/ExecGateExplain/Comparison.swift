@@ -43,9 +43,18 @@ extension Session {
         // Variable sites, in address order: legal member and consistent per group.
         sortVariableSites()
         // An init region's sites must agree with the module's core sites (same keys, same moment).
-        var groupState = inherited?.groupState ?? AddressTable()
+        // (Both tables sized once for the keyed sites, at most 4,096 slots ahead: grown one
+        // insert at a time they rehashed several times in a module with hundreds of keys.)
+        var keyed = 0, staticKeyed = 0
+        variable.withUnsafeBufferPointer { sites in  // (fields read in place: no site copied)
+            for k in sites.indices where sites[k].label != .smpLock && sites[k].group != nil {
+                keyed += 1
+                if sites[k].cls == .staticCall { staticKeyed += 1 }
+            }
+        }
+        var groupState = inherited?.groupState ?? AddressTable(expecting: keyed)
         // Static-call key states at this module's sites (the exports' `staticCallStates`).
-        var callStates = AddressTable()
+        var callStates = AddressTable(expecting: staticKeyed)
         defer { finalGroupState = groupState; staticCallStates = callStates.dictionary }
         // A static-call key's state at verified modules: this module's sites must agree with it
         // (static-call keys and jump-label keys are distinct objects: no address is both).
@@ -206,7 +215,9 @@ extension Session {
             keys.append(UInt64(off) << 24 | UInt64(i))
         }
         if sorted { return }
-        keys.sort()
+        // By offset alone, stably (the index part keeps the append order of one offset's sites,
+        // as `keys.sort()` did): a radix sort of the offsets (the region is under 2^32 bytes).
+        if image.count <= Int(UInt32.max) { FunctionEntries.radixSort(&keys, from: 0, shift: 24) } else { keys.sort() }
         // Position k takes the site now at perm[k]: applied in place, cycle by cycle, by swaps
         // (moves: no copy of a site, no second array of sites).
         var perm = keys.map { Int($0 & 0xff_ffff) }

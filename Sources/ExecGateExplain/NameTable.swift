@@ -294,11 +294,14 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
 
     /// Sorts `a`, whose values lie in `lo ... lo + 2^32 - 1`: LSD radix sort of `x - lo`, one
     /// pass per 8 bits of the largest offset (at most four; stable passes; the order of equal
-    /// values does not matter). A module's text below 64 KiB takes two passes.
-    static func radixSort(_ a: inout [UInt64], from lo: UInt64) {
+    /// values does not matter). A module's text below 64 KiB takes two passes. With `shift`, by
+    /// `x >> shift` alone (whose values then lie in that range), stably: values of one such key
+    /// keep their order in `a` (the run-time sites' packed (offset, index) words).
+    static func radixSort(_ a: inout [UInt64], from lo: UInt64, shift: UInt64 = 0) {
+        precondition(shift < 64)
         let n = a.count
         var span: UInt64 = 0
-        for x in a { span = Swift.max(span, x &- lo) }
+        for x in a { span = Swift.max(span, (x >> shift) &- lo) }
         precondition(span <= UInt64(UInt32.max), "radix sort of offsets beyond 32 bits")
         let passes = (64 - span.leadingZeroBitCount + 7) / 8  // 0 when every value is lo: sorted
         if passes == 0 { return }
@@ -311,7 +314,7 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
         var counts = [Int](repeating: 0, count: 4 * 256)
         counts.withUnsafeMutableBufferPointer { cnt in
             for x in a {
-                let d = x &- lo
+                let d = (x >> shift) &- lo
                 cnt[Int(d & 0xff)] += 1
                 cnt[256 + Int((d >> 8) & 0xff)] += 1
                 cnt[512 + Int((d >> 16) & 0xff)] += 1
@@ -324,12 +327,12 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
             }
         }
         for pass in 0..<passes {
-            let shift = UInt64(8 * pass), base = 256 * pass
+            let digitShift = UInt64(8 * pass), base = 256 * pass
             a.withUnsafeBufferPointer { src in
                 scratch.withUnsafeMutableBufferPointer { dst in
                     counts.withUnsafeMutableBufferPointer { cnt in
                         for x in src {
-                            let d = base + Int(((x &- lo) >> shift) & 0xff)
+                            let d = base + Int((((x >> shift) &- lo) >> digitShift) & 0xff)
                             dst[cnt[d]] = x
                             cnt[d] += 1
                         }

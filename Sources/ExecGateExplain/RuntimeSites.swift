@@ -894,7 +894,12 @@ extension Session {
 
     /// The module's own key (`__SCK__<name>`) of the trampoline at `a` (the first `__SCT__`
     /// symbol at that address names it; nil if its key symbol is missing or has no value).
-    func trampolineKey(_ a: UInt64) -> UInt64? { trampolineKeyByAddress.key(a) }
+    func trampolineKey(_ a: UInt64) -> UInt64? {
+        if trampolineKeyCache == nil { trampolineKeyCache = buildTrampolineKeys() }
+        // Asked in place (`mutating`, changes nothing): read out of the class's property, the
+        // table was copied, three retains and releases a trampoline.
+        return trampolineKeyCache!.keyInPlace(a)
+    }
 
     /// `trampolineKey` for every trampoline address, built once per session (first symbol wins).
     func buildTrampolineKeys() -> TrampolineKeys {
@@ -949,6 +954,8 @@ struct TrampolineKeys {
     var keys: [UInt64?] = []
     /// The key of the trampoline at `a`; nil for no trampoline there or one without a key.
     func key(_ a: UInt64) -> UInt64? { slot[a].flatMap { keys[Int($0)] } }
+    /// `key(a)` on a table reached through a class's stored property: borrowed in place.
+    @inline(__always) mutating func keyInPlace(_ a: UInt64) -> UInt64? { key(a) }
 }
 
 /// A module's defined static-call key symbols (`__SCK__<name>`), found by name (the last symbol

@@ -185,14 +185,6 @@ final class Session {
     let returnThunkExport: UInt64?
     let indirectThunkExport: UInt64?
 
-    /// Trampoline address → its key (RuntimeSites.swift `trampolineKey`), built on first use.
-    var trampolineKeyByAddress: TrampolineKeys {
-        if let m = trampolineKeyCache { return m }
-        let m = buildTrampolineKeys()
-        trampolineKeyCache = m
-        return m
-    }
-
     /// Key-group states after comparison (handed to the init-region session).
     var finalGroupState = AddressTable()
 
