@@ -509,7 +509,7 @@ extension Session {
     /// trampoline and for every key's target list (the tracepoint-key tests at each site cost the
     /// engine ~3%).
     func disabledForm(ofKey key: UInt64) -> StaticCallTrust.DisabledForm? {
-        if disabledFormMemo.count != 0, let code = disabledFormMemo[key] { return Session.disabledForm(code: code) }
+        if disabledFormMemo.count != 0, let code = disabledFormMemo.valueInPlace(key) { return Session.disabledForm(code: code) }
         let form = StaticCallTrust.disabledForm(ofKey: key, facts: facts, moduleTracepointKey: isModuleTracepointKey(key),
                                                 preemptDynamicKeys: facts.preemptDynamicKeys)
         disabledFormMemo.set(key, Session.code(of: form))
@@ -578,7 +578,7 @@ extension Session {
     func trustedStaticCallTargets(_ key: UInt64) -> TargetList {
         // One list per key per session (a key has a few targets, many sites): found by address in
         // an open-addressing table, the lists kept in `trustedTargetLists`.
-        if let i = trustedTargetIndex[key] { return trustedTargetLists[Int(i)] }
+        if let i = trustedTargetIndex.valueInPlace(key) { return trustedTargetLists[Int(i)] }
         var s: [UInt64] = []
         s.reserveCapacity(4)  // a key has a few targets (and __static_call_return0): one allocation
         facts.staticCallTrustedTargets.forEachTarget(of: key) { s.append($0) }

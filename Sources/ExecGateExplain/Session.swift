@@ -61,7 +61,7 @@ final class Session {
     private(set) lazy var dataSpans = Spans(dataSections.compactMap { i in
         addr[i].flatMap { a in Session.span(a, UInt64(elf.sections[i].size)).map { (a, $0.upperBound, i) } }
     })
-    private(set) lazy var execSectionSpans = Spans(elf.sections.compactMap { s in
+    lazy var execSectionSpans = Spans(elf.sections.compactMap { s in
         guard layout.flags[s.index].contains(.alloc) && layout.flags[s.index].contains(.execInstr), let a = addr[s.index] else { return nil }
         return Session.span(a, UInt64(s.size)).map { (a, $0.upperBound, s.index) }
     })
@@ -98,8 +98,8 @@ final class Session {
     var siteCountByClass = [Int](repeating: 0, count: ExplanationClass.allCases.count)
     var symValue: [UInt64?]
     var variable: [VariableSite] = []
-    var data: [Int: [UInt8]] = [:]
-    var pendingRela: [Int: Int] = [:]
+    var data: [[UInt8]?] = []
+    var pendingRela: [Int?] = []
     var notes: [(range: Range<Int>, text: String)] = []
     var relocCount = 0
     var symbolInInit: [Bool] = []
@@ -124,8 +124,8 @@ final class Session {
     @exclusivity(unchecked) var siteCountByClass = [Int](repeating: 0, count: ExplanationClass.allCases.count)
     @exclusivity(unchecked) var symValue: [UInt64?]
     @exclusivity(unchecked) var variable: [VariableSite] = []
-    @exclusivity(unchecked) var data: [Int: [UInt8]] = [:]
-    @exclusivity(unchecked) var pendingRela: [Int: Int] = [:]
+    @exclusivity(unchecked) var data: [[UInt8]?] = []
+    @exclusivity(unchecked) var pendingRela: [Int?] = []
     @exclusivity(unchecked) var notes: [(range: Range<Int>, text: String)] = []
     @exclusivity(unchecked) var relocCount = 0
     @exclusivity(unchecked) var symbolInInit: [Bool] = []
@@ -341,6 +341,9 @@ final class Session {
         var isData = [Bool](repeating: false, count: elf.sections.count)
         for i in dataSections { isData[i] = true }
         self.isData = isData
+        // By section index (a dictionary hashed the index at every look-up: ~0.7% of a pass).
+        self.data = [[UInt8]?](repeating: nil, count: elf.sections.count)
+        self.pendingRela = [Int?](repeating: nil, count: elf.sections.count)
 
         // The per-cpu area (`percpu_modalloc()`: only when `.data..percpu` has a size): it must
         // come from the module reserve, aligned. Without a known reserve the base cannot be
@@ -545,7 +548,7 @@ final class Session {
     func read(_ a: UInt64, _ n: Int) -> [UInt8]? {
         if let off = execOffset(a, n) { return Array(image[off..<off + n]) }
         if n >= 1 {
-            guard let r = dataSpans.find(a, UInt64(n)), let d = dataCopy(r.value) else { return nil }
+            guard let r = dataSpans.findInPlace(a, UInt64(n)), let d = dataCopy(r.value) else { return nil }
             let rel = Int(a - r.lo)
             return Array(d[rel..<rel + n])
         }
@@ -711,8 +714,8 @@ final class Session {
     /// The relocated copy of data section `i` (nil if the session has none), made on first use:
     /// the signed contents (zeros for SHT_NOBITS) with the relocations already checked written in.
     func dataCopy(_ i: Int) -> [UInt8]? {
+        guard i >= 0, i < isData.count, isData[i] else { return nil }  // (only these have copies)
         if let d = data[i] { return d }
-        guard i >= 0, i < isData.count, isData[i] else { return nil }
         let pending = pendingRela[i]
         let d = pristineCopy(i, rela: pending, upTo: pending.map { rela[$0].relocations.count } ?? 0, values: symValue)
         pendingRela[i] = nil
