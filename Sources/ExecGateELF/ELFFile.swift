@@ -120,6 +120,9 @@ public struct ELFRelocations: RandomAccessCollection, @unchecked Sendable {
     }
     public var startIndex: Int { 0 }
     public var endIndex: Int { entries.count / 24 }
+    /// The records as the file holds them (`endIndex` × 24 bytes, little-endian `Elf64_Rela`),
+    /// for a walk that reads them itself (the explainer's check of data records).
+    @inlinable public var rawRecords: UnsafeRawBufferPointer { entries }
     // (Records are 24 bytes, little-endian; the host is x86-64. `entries[o]` traps out of range.)
     @inlinable public func offset(_ i: Int) -> UInt64 { UInt64(littleEndian: entries.loadUnaligned(fromByteOffset: at(i), as: UInt64.self)) }
     @inlinable public func info(_ i: Int) -> UInt64 { UInt64(littleEndian: entries.loadUnaligned(fromByteOffset: at(i) &+ 8, as: UInt64.self)) }
