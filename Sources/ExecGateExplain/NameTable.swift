@@ -50,7 +50,7 @@ struct NameTable: Sendable {
     var isEmpty: Bool { count == 0 }
 
     /// Per-process seed (the order of nothing observable depends on it; it only spreads names).
-    private static let seed = UInt64.random(in: 1...UInt64.max)
+    static let seed = UInt64.random(in: 1...UInt64.max)
 
     /// A name's hash and first 16 bytes (zero-padded): the same for every table (one seed per
     /// process), so a name looked up in several tables is hashed once.
@@ -71,8 +71,14 @@ struct NameTable: Sendable {
         }
         if i < n {
             var w: UInt64 = 0
-            var k = 0
-            while i + k < n { w |= UInt64(b[i + k]) << (8 * UInt64(k)); k += 1 }
+            if n >= 8 {
+                // The tail's bytes as the top of the name's last 8 (little-endian): the same
+                // word the byte loop below builds, in one load.
+                w = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self)) >> (8 * UInt64(8 - (n - i)))
+            } else {
+                var k = 0
+                while i + k < n { w |= UInt64(b[i + k]) << (8 * UInt64(k)); k += 1 }
+            }
             if i == 0 { head0 = w } else if i == 8 { head1 = w }
             h = (h ^ w) &* 0xbf58_476d_1ce4_e5b9
         }
@@ -86,6 +92,8 @@ struct NameTable: Sendable {
         var acc: UInt64 = 0
         var i = 0
         while i + 8 <= b.count { acc |= b.loadUnaligned(fromByteOffset: i, as: UInt64.self); i += 8 }
+        // The tail inside the last 8 bytes (re-reading some: an OR does not mind), else bytewise.
+        if i < b.count && b.count >= 8 { acc |= b.loadUnaligned(fromByteOffset: b.count - 8, as: UInt64.self); i = b.count }
         while i < b.count { acc |= UInt64(b[i]); i += 1 }
         return acc & 0x8080_8080_8080_8080 == 0
     }

@@ -1,0 +1,59 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `NameTable.digest` and `NameTable.isASCII` read a name's last partial word in one load (the
+// top bytes of its last 8) where they read it byte by byte: the same word, so the same digest
+// (every table of the process is keyed by it) and the same answer, for every length and byte.
+
+@testable import ExecGateExplain
+import XCTest
+
+final class NameDigestTests: XCTestCase {
+    /// The digest as it was, its tail read byte by byte (the reference).
+    static func referenceDigest(_ b: UnsafeRawBufferPointer) -> NameTable.Digest {
+        var h = NameTable.seed ^ (UInt64(b.count) &* 0x9e37_79b9_7f4a_7c15)
+        var head0: UInt64 = 0, head1: UInt64 = 0
+        var i = 0
+        let n = b.count
+        while i + 8 <= n {
+            let w = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            if i == 0 { head0 = w } else if i == 8 { head1 = w }
+            h = (h ^ w) &* 0xbf58_476d_1ce4_e5b9
+            h ^= h >> 31
+            i += 8
+        }
+        if i < n {
+            var w: UInt64 = 0
+            var k = 0
+            while i + k < n { w |= UInt64(b[i + k]) << (8 * UInt64(k)); k += 1 }
+            if i == 0 { head0 = w } else if i == 8 { head1 = w }
+            h = (h ^ w) &* 0xbf58_476d_1ce4_e5b9
+        }
+        h ^= h >> 29
+        h = h &* 0x94d0_49bb_1331_11eb
+        return (h ^ (h >> 32), head0, head1)
+    }
+
+    func testDigestAndASCIIAreTheBytewiseOnes() {
+        var rng = SplitMix64(state: 0xd16e_57a1)
+        for round in 0..<4_000 {
+            let n = round < 64 ? round : rng.below(80)
+            // Mostly ASCII names, some with a high byte anywhere (the tail included).
+            var bytes = (0..<n).map { _ in UInt8(0x20 + rng.below(0x5f)) }
+            if n > 0 && rng.below(3) == 0 { bytes[rng.below(n)] |= 0x80 }
+            // Inside a larger buffer: bytes around the name must not count.
+            let pad = [UInt8](repeating: 0xff, count: 9)
+            let buffer = pad + bytes + pad
+            buffer.withUnsafeBytes { all in
+                let b = UnsafeRawBufferPointer(rebasing: all[9..<(9 + n)])
+                let d = NameTable.digest(b)
+                let r = Self.referenceDigest(b)
+                XCTAssertEqual(d.hash, r.hash, "length \(n)")
+                XCTAssertEqual(d.head0, r.head0, "length \(n)")
+                XCTAssertEqual(d.head1, r.head1, "length \(n)")
+                XCTAssertEqual(NameTable.isASCII(b), bytes.allSatisfy { $0 < 0x80 }, "length \(n)")
+                // Bytes past the name never enter it: the same name alone in its own array.
+                Array(bytes).withUnsafeBytes { XCTAssertEqual(NameTable.digest($0).hash, d.hash, "length \(n)") }
+            }
+        }
+    }
+}
