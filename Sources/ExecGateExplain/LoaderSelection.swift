@@ -114,7 +114,12 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
 
     /// Select the loader for `elf` under a guest that registered `kernelRelease` (nil: none given).
     public static func select(elf: ELFFile, kernelRelease: String?) -> Result<ModuleLoader, LoaderSelectionError> {
-        guard let vm = vermagic(elf) else {
+        select(elf: elf, kernelRelease: kernelRelease, vermagic: vermagic(elf))
+    }
+
+    /// The same with the module's `vermagic=` entry already read (`vermagic(elf)`).
+    static func select(elf: ELFFile, kernelRelease: String?, vermagic: String?) -> Result<ModuleLoader, LoaderSelectionError> {
+        guard let vm = vermagic else {
             return .failure(LoaderSelectionError("the module has no vermagic= in .modinfo (the kernel refuses it unless forced: check_modinfo)", rule: .vermagic))
         }
         let modRelease = firstWord(vm)

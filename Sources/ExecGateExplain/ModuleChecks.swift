@@ -14,7 +14,7 @@ extension Session {
     /// which is stricter: a module built for another release is refused even if its CRCs match.
     func checkModinfo() throws {
         guard let release = facts.kernelRelease else { return }
-        guard let vermagic = modinfo("vermagic") else {
+        guard let vermagic else {  // (read at set-up: `Session.vermagic`)
             throw deny(.vermagic, "the module has no vermagic= in .modinfo (the kernel refuses it unless forced)", section: ".modinfo")
         }
         let moduleRelease = ModuleLoader.firstWord(vermagic, skippingLeadingSpaces: true)

@@ -41,6 +41,8 @@ final class Session {
     let inherited: Inherited?
     /// The loader replayed (LoaderSelection.swift), chosen from the registration and the module.
     let loader: ModuleLoader
+    /// The module's `.modinfo` `vermagic=` value (its first such entry), nil without one.
+    let vermagic: String?
     /// 6.12: the checked base of each allocated core type, and in an init session of each
     /// allocated init type too (empty on 6.1).
     let memoryBases: [ModuleMemoryType: UInt64]
@@ -210,7 +212,11 @@ final class Session {
         }
         // Which loader (fail closed: no measured row, no replay). Its build fixes the feature bits.
         let loader: ModuleLoader
-        switch ModuleLoader.select(elf: elf, kernelRelease: facts.kernelRelease) {
+        // `.modinfo`'s vermagic read once, for the selection and `check_modinfo()` (a module with
+        // hundreds of `alias=` entries made each read a long scan).
+        let vermagic = ModuleLoader.vermagic(elf)
+        self.vermagic = vermagic
+        switch ModuleLoader.select(elf: elf, kernelRelease: facts.kernelRelease, vermagic: vermagic) {
         case .success(let l): loader = l
         case .failure(let e): throw Session.denial(claim, e.rule, e.reason, section: e.rule == .vermagic ? ".modinfo" : "(claim)")
         }
