@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Differential checks of two parser shortcuts against the code they replaced (77f2fbf), on seeded
+// random hostile inputs:
+// - `checkNoOverlap`'s in-order fast path (no sort) must report the same pair, at the same offset,
+//   as the old stable sort of (sections in index order, the ELF header, the table) by start;
+// - `asciiNameLengths`, now computed from a section name's bytes, must equal the old value computed
+//   from the decoded `String` (`String(decoding:)` repairs invalid UTF-8 to U+FFFD), and
+//   `lastSection(named:)` must equal `sections(named:)`'s last and count.
+
+@testable import ExecGateELF
+import XCTest
+
+final class OverlapOrderDifferentialTests: XCTestCase {
+    struct SplitMix64 {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9e37_79b9_7f4a_7c15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+            return z ^ (z >> 31)
+        }
+        mutating func below(_ n: Int) -> Int { n <= 0 ? 0 : Int(next() % UInt64(n)) }
+    }
+
+    /// `checkNoOverlap` as it was at 77f2fbf.
+    static func oldCheckNoOverlap(_ raws: [ELFFile.RawSectionHeader], _ table: ELFFile.SectionTable) throws {
+        var spans: [(Range<Int>, Int)] = raws.enumerated().compactMap { $0.element.range.isEmpty ? nil : ($0.element.range, $0.offset) }
+        spans.append((0..<ELFLimits.headerSize, -1))
+        spans.append((table.offset..<table.end, -2))
+        spans.sort { $0.0.lowerBound < $1.0.lowerBound }
+        for k in spans.indices.dropFirst() where spans[k].0.lowerBound < spans[k - 1].0.upperBound {
+            let a = spans[k - 1].1, b = spans[k].1
+            func nm(_ i: Int) -> String { i == -1 ? "the ELF header" : i == -2 ? "the section header table" : "section \(i)" }
+            throw ELFError(.overlappingSections, offset: spans[k].0.lowerBound, "\(nm(b)) overlaps \(nm(a))")
+        }
+    }
+
+    /// The same with an explicitly stable order (start, then position in the list): what the old
+    /// sort's stability gave, without relying on it.
+    static func stableReference(_ raws: [ELFFile.RawSectionHeader], _ table: ELFFile.SectionTable) -> String? {
+        var spans: [(Range<Int>, Int)] = raws.enumerated().compactMap { $0.element.range.isEmpty ? nil : ($0.element.range, $0.offset) }
+        spans.append((0..<ELFLimits.headerSize, -1))
+        spans.append((table.offset..<table.end, -2))
+        let order = spans.indices.sorted { (spans[$0].0.lowerBound, $0) < (spans[$1].0.lowerBound, $1) }
+        spans = order.map { spans[$0] }
+        for k in spans.indices.dropFirst() where spans[k].0.lowerBound < spans[k - 1].0.upperBound {
+            let a = spans[k - 1].1, b = spans[k].1
+            func nm(_ i: Int) -> String { i == -1 ? "the ELF header" : i == -2 ? "the section header table" : "section \(i)" }
+            return "\(ELFError(.overlappingSections, offset: spans[k].0.lowerBound, "\(nm(b)) overlaps \(nm(a))"))"
+        }
+        return nil
+    }
+
+    /// What a check reported, as text: code, offset and reason (`ELFError`'s `==` compares the
+    /// code alone).
+    static func outcome(_ f: () throws -> Void) -> String? {
+        do { try f(); return nil } catch { return "\(error)" }
+    }
+
+    static func raw(_ range: Range<Int>, type: UInt32 = 1) -> ELFFile.RawSectionHeader {
+        ELFFile.RawSectionHeader(name: 0, type: type, flags: 0, offset: range.lowerBound, size: range.count, link: 0, info: 0,
+                                 align: 0, entsize: 0, range: range)
+    }
+
+    /// The ties the fast path must order as the stable sort did: a section at offset 0 (before the
+    /// ELF header, which comes after the sections), a section at the table's offset (before the
+    /// table), sections tied with each other (index order), and empty/NOBITS sections (left out).
+    func testOverlapPairAtTies() {
+        let table = ELFFile.SectionTable(offset: 200, count: 1, end: 264, shstrndx: 0)
+        let cases: [([Range<Int>], String?)] = [
+            ([0..<0, 0..<10], "the ELF header overlaps section 1"),
+            ([0..<0, 0..<10, 300..<310], "the ELF header overlaps section 1"),
+            ([0..<0, 64..<80, 200..<210], "the section header table overlaps section 2"),
+            ([0..<0, 64..<80, 70..<90, 200..<210], "section 2 overlaps section 1"),
+            ([0..<0, 64..<80, 64..<70], "section 2 overlaps section 1"),
+            ([0..<0, 64..<70, 64..<80], "section 2 overlaps section 1"),
+            ([0..<0, 64..<64, 10..<10, 64..<80, 264..<300], nil),
+            ([0..<0, 30..<40], "section 1 overlaps the ELF header"),
+            ([0..<0, 64..<80, 150..<201], "the section header table overlaps section 2"),
+        ]
+        for (ranges, want) in cases {
+            let raws = ranges.enumerated().map { $0.offset == 0 ? Self.raw($0.element, type: 0) : Self.raw($0.element) }
+            let new = Self.outcome { try ELFFile.checkNoOverlap(raws, table) }
+            let old = Self.outcome { try Self.oldCheckNoOverlap(raws, table) }
+            XCTAssertEqual(new, old, "\(ranges)")
+            XCTAssertEqual(new.map { String($0.split(separator: ": ", maxSplits: 1).last ?? "") }, want, "\(ranges)")
+        }
+    }
+
+    func testOverlapPairMatchesOldStableSortOnSeededTables() {
+        var rng = SplitMix64(state: 0x5eed_0f_0e1a_9)
+        var fastPathTables = 0, overlaps = 0, clean = 0
+        for round in 0..<60_000 {
+            let n = 1 + rng.below(14)
+            // Starts drawn from a few interesting values (0, inside the header, 64, the table's
+            // offset, near it) or laid out in order, so ties and overlaps are common.
+            let tableOffset = [0, 64, 96, 128, 200, 256, 1000][rng.below(7)] + (rng.below(4) == 0 ? rng.below(40) : 0)
+            let tableCount = 1 + rng.below(4)
+            let table = ELFFile.SectionTable(offset: tableOffset, count: tableCount, end: tableOffset + 64 * tableCount, shstrndx: 0)
+            var raws: [ELFFile.RawSectionHeader] = []
+            let mode = rng.below(3)
+            var cursor = [0, 1, 40, 64, 64, 100][rng.below(6)]
+            for _ in 0..<n {
+                let kind = rng.below(10)
+                if kind == 0 { raws.append(Self.raw(0..<0, type: 0)); continue }            // SHT_NULL
+                if kind == 1 { raws.append(Self.raw(0..<0, type: 8)); continue }            // SHT_NOBITS
+                let size = kind == 2 ? 0 : 1 + rng.below(rng.below(2) == 0 ? 8 : 200)        // empty sometimes
+                let lo: Int
+                switch mode {
+                case 0:  // in order, possibly touching, overlapping or tied
+                    lo = cursor
+                    cursor += [0, size, size, size + rng.below(16), max(0, size - 1 - rng.below(4))][rng.below(5)]
+                case 1:
+                    lo = [0, 1, 63, 64, tableOffset, tableOffset + 1, tableOffset + 64 * tableCount, max(0, tableOffset - 1), rng.below(1200)][rng.below(9)]
+                default:
+                    lo = rng.below(1400)
+                }
+                raws.append(Self.raw(lo..<lo + size))
+            }
+            let old = Self.outcome { try Self.oldCheckNoOverlap(raws, table) }
+            let new = Self.outcome { try ELFFile.checkNoOverlap(raws, table) }
+            let ref = Self.stableReference(raws, table)
+            XCTAssertEqual(new, old, "round \(round): \(raws.map(\.range)) table \(table.offset)..<\(table.end)")
+            XCTAssertEqual(old, ref, "round \(round): the old sort was not stable here")
+            if new == nil { clean += 1 } else { overlaps += 1 }
+            // (Whether the new code took its fast path: the non-empty starts ascend, the first is
+            // not 0 and none is past the table.)
+            let starts = raws.map(\.range).filter { !$0.isEmpty }.map(\.lowerBound)
+            if starts.first.map({ $0 > 0 }) ?? true, zip(starts, starts.dropFirst()).allSatisfy({ $0 <= $1 }), (starts.last ?? 0) <= tableOffset {
+                fastPathTables += 1
+            }
+        }
+        XCTAssertGreaterThan(fastPathTables, 5_000)
+        XCTAssertGreaterThan(overlaps, 5_000)
+        XCTAssertGreaterThan(clean, 500)
+    }
+
+    // MARK: Section names
+
+    /// An ELF with `names` as section names (section 0 null, section 1 `.shstrtab`, then one empty
+    /// PROGBITS section per name), the section header table last.
+    static func elf(names: [[UInt8]]) -> [UInt8] {
+        var strtab: [UInt8] = [0]
+        strtab += Array(".shstrtab".utf8) + [0]
+        var offsets: [UInt32] = []
+        for n in names { offsets.append(UInt32(strtab.count)); strtab += n + [0] }
+        let strOff = 64, shoff = (strOff + strtab.count + 7) & ~7
+        let shnum = 2 + names.count
+        var b = [UInt8](repeating: 0, count: shoff + 64 * shnum)
+        func put(_ o: Int, _ v: UInt64, _ w: Int) { for k in 0..<w { b[o + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) } }
+        b[0] = 0x7f; b[1] = 0x45; b[2] = 0x4c; b[3] = 0x46; b[4] = 2; b[5] = 1; b[6] = 1
+        put(16, 1, 2); put(18, 62, 2); put(20, 1, 4); put(40, UInt64(shoff), 8); put(52, 64, 2); put(58, 64, 2)
+        put(60, UInt64(shnum), 2); put(62, 1, 2)
+        for (k, x) in strtab.enumerated() { b[strOff + k] = x }
+        // Section 1: .shstrtab
+        let h1 = shoff + 64
+        put(h1, 1, 4); put(h1 + 4, 3, 4); put(h1 + 24, UInt64(strOff), 8); put(h1 + 32, UInt64(strtab.count), 8); put(h1 + 48, 1, 8)
+        for (i, o) in offsets.enumerated() {
+            let h = shoff + 64 * (2 + i)
+            put(h, UInt64(o), 4); put(h + 4, 1, 4); put(h + 24, UInt64(strOff), 8)  // size 0: no contents
+        }
+        return b
+    }
+
+    func testASCIINameLengthsMatchTheDecodedStringsOnSeededNames() throws {
+        var rng = SplitMix64(state: 0xa5c11)
+        // Bytes that make ASCII, valid multi-byte UTF-8, and invalid UTF-8 (lone continuations,
+        // truncated leads, overlongs, surrogates, 0xff) likely.
+        let alphabet: [[UInt8]] = [[0x2e], [0x61], [0x5f], [0x7f], [0x01], [0x20], [0xc3, 0xa9], [0xe2, 0x82, 0xac], [0xf0, 0x9f, 0x98, 0x80],
+                                   [0x80], [0xbf], [0xc3], [0xe2, 0x82], [0xc0, 0xae], [0xed, 0xa0, 0x80], [0xff], [0xfe], [0xf4, 0x90, 0x80, 0x80]]
+        var nonASCII = 0, invalid = 0, checked = 0
+        for round in 0..<800 {
+            var names: [[UInt8]] = []
+            for _ in 0..<(1 + rng.below(12)) {
+                var n: [UInt8] = []
+                for _ in 0..<rng.below(7) { n += alphabet[rng.below(rng.below(3) == 0 ? alphabet.count : 6)] }
+                // Repeat an earlier name now and then (lastSection's count).
+                if !names.isEmpty && rng.below(4) == 0 { n = names[rng.below(names.count)] }
+                names.append(n)
+            }
+            let bytes = Self.elf(names: names)
+            try bytes.withUnsafeBytes { raw in
+                let f = try ELFFile(bytes: raw)
+                for i in f.sections.indices {
+                    XCTAssertEqual(f.asciiNameLengths[i], ELFFile.asciiLength(f.sections[i].name), "round \(round) section \(i)")
+                    checked += 1
+                    if f.asciiNameLengths[i] < 0 { nonASCII += 1 }
+                    if i >= 2, Array(String(decoding: names[i - 2], as: UTF8.self).utf8) != names[i - 2] { invalid += 1 }  // repaired: invalid UTF-8
+                }
+                for i in f.sections.indices {
+                    let name = f.sections[i].name
+                    let all = f.sections(named: name)
+                    let last = f.lastSection(named: name)
+                    XCTAssertEqual(last?.section.index, all.last?.index, "round \(round) \(name)")
+                    XCTAssertEqual(last?.count, all.count, "round \(round) \(name)")
+                    XCTAssertEqual(f.section(named: name)?.index, all.first?.index)
+                }
+                XCTAssertNil(f.lastSection(named: "\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}x"))
+            }
+        }
+        XCTAssertGreaterThan(checked, 3_000)
+        XCTAssertGreaterThan(nonASCII, 500)
+        XCTAssertGreaterThan(invalid, 300)
+    }
+}

@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Differential checks of the explainer's speed-ups (77f2fbf..e4bfb1a) against the code they
+// replaced, re-implemented here, on seeded random inputs a hostile module could produce:
+// - `Spans` (one array, sorted only when out of order) against the old three-array version and a
+//   naive scan for "the first span in (lo, value) order holding [x, x + n)";
+// - `ModuleLoader.firstWord(_:skippingLeadingSpaces:)` against the `split` it replaced;
+// - `FunctionEntries.radixSort(_:from:shift:)` on packed (offset, index) words against `sort()`,
+//   `sortAddresses` and `AddressTable.sortedKeys` against `sort()`;
+// - `SlidStaticCallTargets.forEachTarget` (the key-range prefilter) against its subscript;
+// - `TargetList(normalizing:)` against `TargetList(_:)`;
+// - `SiteMap` taking the sites by move (reference-counted rules intact).
+
+@testable import ExecGateExplain
+import XCTest
+
+final class PerformanceEquivalenceTests: XCTestCase {
+    struct SplitMix64 {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9e37_79b9_7f4a_7c15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+            return z ^ (z >> 31)
+        }
+        mutating func below(_ n: Int) -> Int { n <= 0 ? 0 : Int(next() % UInt64(n)) }
+    }
+
+    // MARK: Spans
+
+    /// `Spans` as it was at 77f2fbf (three parallel arrays, always sorted).
+    struct OldSpans {
+        var lows: [UInt64] = [], highs: [UInt64] = [], values: [Int] = []
+        var disjoint = true
+        init(_ spans: [(lo: UInt64, hi: UInt64, value: Int)]) {
+            let sorted = spans.filter { $0.lo < $0.hi }.sorted { ($0.lo, $0.value) < ($1.lo, $1.value) }
+            lows = sorted.map(\.lo); highs = sorted.map(\.hi); values = sorted.map(\.value)
+            for k in sorted.indices.dropFirst() where lows[k] < highs[k - 1] { disjoint = false; break }
+        }
+        var all: [(lo: UInt64, hi: UInt64, value: Int)] { lows.indices.map { (lows[$0], highs[$0], values[$0]) } }
+        func find(_ x: UInt64, _ n: UInt64) -> (lo: UInt64, hi: UInt64, value: Int)? {
+            let (end, o) = x.addingReportingOverflow(n)
+            guard !o, n >= 1 else { return nil }
+            if !disjoint || lows.count <= 8 {
+                for k in lows.indices where x >= lows[k] && end <= highs[k] { return (lows[k], highs[k], values[k]) }
+                return nil
+            }
+            var lo = 0, hi = lows.count
+            while lo < hi { let mid = (lo + hi) / 2; if lows[mid] <= x { lo = mid + 1 } else { hi = mid } }
+            guard lo > 0, end <= highs[lo - 1] else { return nil }
+            return (lows[lo - 1], highs[lo - 1], values[lo - 1])
+        }
+    }
+
+    /// The definition: the first span, in (lo, value) order, holding [x, x + n); nil for n = 0 or a wrap.
+    static func naiveFind(_ ordered: [(lo: UInt64, hi: UInt64, value: Int)], _ x: UInt64, _ n: UInt64) -> (lo: UInt64, hi: UInt64, value: Int)? {
+        guard n >= 1, x <= UInt64.max - n else { return nil }
+        return ordered.first { x >= $0.lo && x + n <= $0.hi }
+    }
+
+    static func same(_ a: (lo: UInt64, hi: UInt64, value: Int)?, _ b: (lo: UInt64, hi: UInt64, value: Int)?) -> Bool {
+        switch (a, b) {
+        case (nil, nil): return true
+        case let (x?, y?): return x.lo == y.lo && x.hi == y.hi && x.value == y.value
+        default: return false
+        }
+    }
+
+    func testSpansFindMatchesOldAndNaiveOnSeededSpans() {
+        var rng = SplitMix64(state: 0x5ba75)
+        var found = 0, missed = 0, searched = 0
+        for round in 0..<1_500 {
+            let count = rng.below(20)
+            let top = UInt64.max - UInt64(rng.below(3)) * 1_000  // sometimes spans near 2^64
+            let nearTop = rng.below(4) == 0
+            var input: [(lo: UInt64, hi: UInt64, value: Int)] = []
+            let inOrder = rng.below(2) == 0
+            var cursor: UInt64 = nearTop ? top - 400 : UInt64(rng.below(50))
+            for k in 0..<count {
+                let lo: UInt64, hi: UInt64
+                if inOrder {
+                    lo = cursor
+                    hi = Swift.min(top, lo + UInt64(rng.below(30)))
+                    cursor = Swift.min(top, hi + UInt64(rng.below(3)))  // disjoint when increasing
+                } else {
+                    lo = (nearTop ? top - 400 : 0) + UInt64(rng.below(300))
+                    hi = lo + UInt64(rng.below(40)) - (rng.below(10) == 0 ? Swift.min(lo, 5) : 0)  // empty or inverted sometimes
+                }
+                // Values usually distinct section indices, now and then repeated or out of order.
+                let value = rng.below(6) == 0 ? rng.below(4) : (inOrder ? k : count - k)
+                input.append((lo, hi, value))
+            }
+            let new = Spans(input), old = OldSpans(input)
+            // The non-empty spans in (lo, value) order, input order among equal pairs.
+            let ordered = input.enumerated().filter { $0.element.lo < $0.element.hi }
+                .sorted { ($0.element.lo, $0.element.value, $0.offset) < ($1.element.lo, $1.element.value, $1.offset) }.map(\.element)
+            XCTAssertEqual(new.isEmpty, old.lows.isEmpty)
+            XCTAssertTrue(new.all.count == old.all.count && zip(new.all, old.all).allSatisfy { Self.same($0, $1) }, "round \(round) all")
+            let base: UInt64 = nearTop ? top - 420 : 0
+            for dx in stride(from: 0, to: 460, by: 1 + rng.below(3)) {
+                let x = base &+ UInt64(dx)
+                for n in [0, 1, 2, 5, 17, 64] as [UInt64] {
+                    let a = new.find(x, n), b = old.find(x, n), c = Self.naiveFind(ordered, x, n)
+                    searched += 1
+                    if !Self.same(a, b) || !Self.same(a, c) {
+                        XCTFail("round \(round) find(\(x), \(n)): new \(String(describing: a)) old \(String(describing: b)) naive \(String(describing: c)) of \(input)")
+                        return
+                    }
+                    if a == nil { missed += 1 } else { found += 1 }
+                }
+            }
+            for x in [UInt64.max, UInt64.max - 1, top, 0] { XCTAssertTrue(Self.same(new.find(x, 1), old.find(x, 1)) && Self.same(new.find(x, 2), old.find(x, 2))) }
+        }
+        XCTAssertGreaterThan(found, 50_000)
+        XCTAssertGreaterThan(missed, 50_000)
+        XCTAssertGreaterThan(searched, 500_000)
+    }
+
+    // MARK: firstWord
+
+    func testFirstWordMatchesSplitOnSeededStrings() {
+        var rng = SplitMix64(state: 0xf1a57)
+        let pieces = [" ", " ", "  ", "6", ".1", ".0-28", "-amd64", "SMP", "a", "\r\n", "\n", "\t", "\u{301}", "\u{fc}", "e\u{301}",
+                      "\u{a0}", "\u{3000}", "\u{200d}", "\u{1f600}", "\u{fffd}", "\0", "mod_unload", "\u{0}x"]
+        var nonASCII = 0
+        for round in 0..<40_000 {
+            var s = ""
+            for _ in 0..<rng.below(9) { s += pieces[rng.below(rng.below(3) == 0 ? pieces.count : 9)] }
+            if !s.utf8.allSatisfy({ $0 < 0x80 }) { nonASCII += 1 }
+            let oldSkipping = s.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true).first.map(String.init) ?? ""
+            let oldPlain = String(s.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)[0])
+            XCTAssertEqual(ModuleLoader.firstWord(s, skippingLeadingSpaces: true), oldSkipping, "round \(round) \(Array(s.unicodeScalars))")
+            XCTAssertEqual(ModuleLoader.firstWord(s), oldPlain, "round \(round) \(Array(s.unicodeScalars))")
+        }
+        XCTAssertGreaterThan(nonASCII, 5_000)
+        XCTAssertEqual(ModuleLoader.firstWord("   6.1.0-28-amd64 SMP", skippingLeadingSpaces: true), "6.1.0-28-amd64")
+        XCTAssertEqual(ModuleLoader.firstWord("    ", skippingLeadingSpaces: true), "")
+        XCTAssertEqual(ModuleLoader.firstWord(" \u{301}6.1 SMP", skippingLeadingSpaces: true), " \u{301}6.1")  // one Character, not a space
+    }
+
+    // MARK: Sorts
+
+    func testPackedSiteKeysRadixSortIsStableByOffset() {
+        var rng = SplitMix64(state: 0x50f7)
+        for round in 0..<400 {
+            let n = rng.below(3_000)
+            let spread = [1, 2, 16, 300, 70_000, 1 << 27][rng.below(6)]  // many ties .. a 128 MiB region
+            var keys: [UInt64] = []
+            for i in 0..<n { keys.append(UInt64(rng.below(spread)) << 24 | UInt64(i)) }  // appended in index order
+            var radix = keys, reference = keys
+            FunctionEntries.radixSort(&radix, from: 0, shift: 24)
+            reference.sort()
+            XCTAssertEqual(radix, reference, "round \(round)")
+        }
+    }
+
+    func testSortAddressesAndSortedKeysMatchSort() {
+        var rng = SplitMix64(state: 0xadd5)
+        for round in 0..<600 {
+            let n = rng.below(400)
+            let base = [0, 0xffff_ffff_c000_0000, UInt64.max - (1 << 33), 1 << 40][rng.below(4)]
+            let spread = [UInt64(16), 1 << 20, UInt64(UInt32.max), UInt64(UInt32.max) + 1, 1 << 34][rng.below(5)]
+            var a: [UInt64] = []
+            for _ in 0..<n { a.append(base &+ rng.next() % spread) }
+            if rng.below(5) == 0 { a.append(UInt64.max) }
+            if rng.below(5) == 0, let x = a.first { a.append(x) }
+            var s = a, r = a
+            FunctionEntries.sortAddresses(&s)
+            r.sort()
+            XCTAssertEqual(s, r, "round \(round)")
+            XCTAssertEqual(FunctionEntries(a).sorted, Array(Set(a)).sorted(), "round \(round)")
+            var t = AddressTable()
+            var d: [UInt64: UInt64] = [:]
+            for (k, x) in a.enumerated() { t.set(x, UInt64(k)); d[x] = UInt64(k) }
+            XCTAssertEqual(t.sortedKeys, d.keys.sorted(), "round \(round)")
+            XCTAssertEqual(t.dictionary, d, "round \(round)")
+            for x in a.prefix(20) { XCTAssertEqual(t.valueInPlace(x), d[x]) }
+        }
+    }
+
+    func testTargetListNormalizingMatchesInit() {
+        var rng = SplitMix64(state: 0x7a26)
+        for _ in 0..<2_000 {
+            var a: [UInt64] = []
+            for _ in 0..<rng.below(12) { a.append(rng.below(2) == 0 ? UInt64(rng.below(6)) : rng.next()) }
+            var b = a
+            XCTAssertEqual(TargetList(normalizing: &b), TargetList(a))
+        }
+    }
+
+    // MARK: The core static-call table's key-range prefilter
+
+    func testForEachTargetMatchesSubscriptAtSlides() {
+        var rng = SplitMix64(state: 0x51de)
+        let image = KernelSlide.imageBase
+        for round in 0..<300 {
+            var table: [UInt64: Set<UInt64>] = [:]
+            let kinds: [UInt64] = [image, image + 0x100_0000, 0x2_0000, UInt64.max - 0x1000, image - 0x10]
+            for _ in 0..<rng.below(8) {
+                let k = kinds[rng.below(kinds.count)] &+ UInt64(rng.below(0x800))
+                var targets = Set<UInt64>()
+                for _ in 0..<(1 + rng.below(3)) { targets.insert(image + UInt64(rng.below(0x10_0000))) }
+                table[k] = targets
+            }
+            let slide = KernelSlide([0, 0x20_0000, 0x3fe0_0000, 0x7fe0_0000][rng.below(4)])
+            var t = SlidStaticCallTargets(linkTime: table, slide: slide)
+            // Own entries sometimes, at and away from the shared keys.
+            for _ in 0..<rng.below(3) {
+                let k = rng.below(2) == 0 ? (table.keys.first.map(slide.runTime) ?? 0) : 0xffff_ffff_c000_0000 + UInt64(rng.below(0x1000))
+                t[k, default: []].insert(image + 0x1234)
+            }
+            var probes: [UInt64] = Array(table.keys.map(slide.runTime)) + Array(table.keys) + Array(t.own.keys)
+            for k in table.keys { probes += [slide.runTime(k) &+ 1, slide.runTime(k) &- 1, k &+ slide.value &+ 8] }
+            probes += [0, UInt64.max, image, image &+ slide.value, image &- 1]
+            for _ in 0..<50 { probes.append(kinds[rng.below(kinds.count)] &+ UInt64(rng.below(0x900)) &+ (rng.below(2) == 0 ? slide.value : 0)) }
+            for k in probes {
+                var got = Set<UInt64>()
+                var calls = 0
+                t.forEachTarget(of: k) { got.insert($0); calls += 1 }
+                XCTAssertEqual(got, t[k] ?? [], "round \(round) key 0x\(String(k, radix: 16))")
+                XCTAssertEqual(calls, (t[k] ?? []).count, "round \(round)")
+            }
+        }
+    }
+
+    // MARK: SiteMap takes the sites by move
+
+    /// Sites with reference-counted rules (an ftrace site's target set) moved into a `SiteMap`,
+    /// with and without spare capacity (the move-and-refill path and the shared-storage path) and
+    /// with repeated offsets (the copy path): every site keeps its rule (its call to its own
+    /// target still checks), the source is left empty, and the sets outlive it (run under
+    /// `--sanitize=address` too: no double release, no use after the move).
+    func testSiteMapMovesSitesWithTheirRules() {
+        var rng = SplitMix64(state: 0x517e)
+        // reserveVariableSites reserves at most 65,536 sites a session ahead (80 bytes each today: 5 MiB, untouched until appended).
+        XCTAssertLessThanOrEqual((1 << 16) * MemoryLayout<VariableSite>.stride, 8 << 20)
+        for round in 0..<300 {
+            let n = rng.below(200)
+            let repeats = rng.below(3) == 0
+            var v: [VariableSite] = []
+            var expect: [(offset: Int, target: UInt64)] = []
+            var off = 0
+            for _ in 0..<n {
+                off += repeats && rng.below(4) == 0 ? 0 : 5 + rng.below(20)
+                let site = 0xffff_ffff_c000_0000 + UInt64(off)
+                let target = 0xffff_ffff_8100_0000 + UInt64(rng.below(1 << 20))
+                var targets = Set<UInt64>([target])
+                for _ in 0..<rng.below(40) { targets.insert(rng.next()) }  // a set with its own storage
+                v.append(VariableSite(offset: off, length: 5, cls: .ftrace, group: nil, label: .ftrace,
+                                      rule: .ftrace(site: site, targets: targets)))
+                if let last = expect.last, last.offset == off { expect[expect.count - 1] = (off, target) } else { expect.append((off, target)) }
+            }
+            if rng.below(2) == 0 { v.reserveCapacity(v.count * (2 + rng.below(3))) }
+            let kept = rng.below(2) == 0 ? v : []  // another reference to the storage now and then
+            let map = SiteMap(base: 0xffff_ffff_c000_0000, sortedByOffset: &v)
+            XCTAssertTrue(v.isEmpty, "round \(round)")
+            XCTAssertEqual(map.count, expect.count, "round \(round)")
+            for (k, e) in expect.enumerated() {
+                let a = 0xffff_ffff_c000_0000 + UInt64(e.offset)
+                XCTAssertEqual(map.addresses[k], a)
+                guard let site = map[a] else { XCTFail("round \(round): no site at +\(e.offset)"); continue }
+                let rel = Int32(truncatingIfNeeded: Int64(bitPattern: e.target &- (a &+ 5)))
+                let call: [UInt8] = [0xe8] + withUnsafeBytes(of: rel.littleEndian, Array.init)
+                XCTAssertEqual(site.check(call), e.target, "round \(round) +\(e.offset)")
+                XCTAssertEqual(site.check(Array(x86Nops[5])), 0)
+            }
+            for s in kept { XCTAssertEqual(s.length, 5) }  // the other reference still reads its sites
+        }
+    }
+}
