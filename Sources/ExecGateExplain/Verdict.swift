@@ -29,19 +29,23 @@ public struct ExplainStats: Sendable {
     /// they are: a dictionary a module, built and hashed per class, cost ~1% of a corpus pass).
     var classBytes = [Int](repeating: 0, count: ExplanationClass.allCases.count)
     var classSites = [Int](repeating: 0, count: ExplanationClass.allCases.count)
+    /// Classes a setter listed with a count of 0 (bit `rawValue`): read back as listed, as the
+    /// stored dictionaries these replace kept them (the engine lists a class only with a count).
+    var zeroBytesListed: UInt64 = 0
+    var zeroSitesListed: UInt64 = 0
 
     /// Bytes of the executable region by the last rule that produced them (classes with none
     /// are absent).
     public var bytesByClass: [ExplanationClass: Int] {
-        get { Self.dictionary(classBytes) }
-        set { classBytes = Self.counts(newValue) }
+        get { Self.dictionary(classBytes, listedZeros: zeroBytesListed) }
+        set { (classBytes, zeroBytesListed) = Self.counts(newValue) }
     }
     public var executableBytes: Int = 0
     public var relocationsApplied: Int = 0
     /// Sites rewritten per class (classes with none are absent).
     public var sites: [ExplanationClass: Int] {
-        get { Self.dictionary(classSites) }
-        set { classSites = Self.counts(newValue) }
+        get { Self.dictionary(classSites, listedZeros: zeroSitesListed) }
+        set { (classSites, zeroSitesListed) = Self.counts(newValue) }
     }
 
     public init() {}
@@ -49,15 +53,20 @@ public struct ExplainStats: Sendable {
     /// Bytes of one class (0 if none), without making the dictionary.
     public func bytes(of c: ExplanationClass) -> Int { classBytes[c.rawValue] }
 
-    static func dictionary(_ counts: [Int]) -> [ExplanationClass: Int] {
+    static func dictionary(_ counts: [Int], listedZeros: UInt64) -> [ExplanationClass: Int] {
         var d: [ExplanationClass: Int] = [:]
-        for c in ExplanationClass.allCases where counts[c.rawValue] != 0 { d[c] = counts[c.rawValue] }
+        for c in ExplanationClass.allCases where counts[c.rawValue] != 0 || listedZeros & (1 << UInt64(c.rawValue)) != 0 {
+            d[c] = counts[c.rawValue]
+        }
         return d
     }
-    static func counts(_ d: [ExplanationClass: Int]) -> [Int] {
-        var a = [Int](repeating: 0, count: ExplanationClass.allCases.count)
-        for (c, n) in d { a[c.rawValue] = n }
-        return a
+    static func counts(_ d: [ExplanationClass: Int]) -> ([Int], listedZeros: UInt64) {
+        var a = [Int](repeating: 0, count: ExplanationClass.allCases.count), zeros: UInt64 = 0
+        for (c, n) in d {
+            a[c.rawValue] = n
+            if n == 0 { zeros |= 1 << UInt64(c.rawValue) }
+        }
+        return (a, zeros)
     }
 }
 
