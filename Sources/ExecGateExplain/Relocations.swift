@@ -353,8 +353,8 @@ extension Session {
         precondition(records.count == n * 24)
         let symbolCount = UInt64(rels.symbolCount), targetSize = rels.targetSize
         // The common run of exec records in a loop of its own over the raw records (as `check`
-        // does for data records): R_X86_64_64/PC32/PLT32/PC64 (no overflow check), valid, symbol
-        // value known, signed bytes zero, the field all of the ELF class, a symbol outside the
+        // does for data records): R_X86_64_64/PC32/PLT32/PC64/32/32S (the last two inside their
+        // range), valid, symbol value known, signed bytes zero, the field all of the ELF class, a symbol outside the
         // module's init sections, no field recording. It writes what the record-by-record path below writes; the first
         // record it does not take goes to that path, which checks it in full (and denies).
         let tight = classes != nil && !walk.record
@@ -371,7 +371,12 @@ extension Session {
                     let fo = UInt64(littleEndian: records.loadUnaligned(fromByteOffset: at, as: UInt64.self))
                     let info = UInt64(littleEndian: records.loadUnaligned(fromByteOffset: at &+ 8, as: UInt64.self))
                     let ty = UInt32(truncatingIfNeeded: info)
-                    let size: UInt64 = ty == 2 || ty == 4 ? 4 : (ty == 1 || ty == 24 ? 8 : 0)
+                    let size: UInt64
+                    switch ty {
+                    case 2, 4, 10, 11: size = 4  // PC32, PLT32, 32, 32S
+                    case 1, 24: size = 8         // 64, PC64
+                    default: size = 0
+                    }
                     let si = info >> 32
                     guard size != 0, si < symbolCount, fo <= targetSize, size <= targetSize &- fo, !(anyInit && inInit[Int(si)]),
                           let sv = vals[Int(si)] else { break }
@@ -380,7 +385,15 @@ extension Session {
                     precondition(o >= 0 && o <= buf.count - Int(size) && c.count == buf.count, "relocation field outside its section")
                     let loc = taddr &+ fo
                     var val = sv &+ UInt64(bitPattern: Int64(littleEndian: records.loadUnaligned(fromByteOffset: at &+ 16, as: Int64.self)))
-                    if ty != 1 { val = val &- loc }  // PC32, PLT32, PC64
+                    // `field()`'s overflow checks (an overflow leaves the record to it: its denial).
+                    if ty == 10 {
+                        guard val <= UInt64(UInt32.max) else { break }
+                    } else if ty == 11 {
+                        let v = Int64(bitPattern: val)
+                        guard v >= Int64(Int32.min) && v <= Int64(Int32.max) else { break }
+                    } else if ty != 1 {
+                        val = val &- loc  // PC32, PLT32, PC64
+                    }
                     if size == 8 {
                         guard buf.loadUnaligned(fromByteOffset: o, as: UInt64.self) == 0,
                               c.loadUnaligned(fromByteOffset: o, as: UInt64.self) == UInt64(elfClass) &* 0x0101_0101_0101_0101 else { break }
