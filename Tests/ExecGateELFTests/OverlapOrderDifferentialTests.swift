@@ -9,21 +9,10 @@
 //   `lastSection(named:)` must equal `sections(named:)`'s last and count.
 
 @testable import ExecGateELF
+import ExecGateTestSupport
 import XCTest
 
 final class OverlapOrderDifferentialTests: XCTestCase {
-    struct SplitMix64 {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9e37_79b9_7f4a_7c15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ n: Int) -> Int { n <= 0 ? 0 : Int(next() % UInt64(n)) }
-    }
-
     /// `checkNoOverlap` as it was at 77f2fbf.
     static func oldCheckNoOverlap(_ raws: [ELFFile.RawSectionHeader], _ table: ELFFile.SectionTable) throws {
         var spans: [(Range<Int>, Int)] = raws.enumerated().compactMap { $0.element.range.isEmpty ? nil : ($0.element.range, $0.offset) }
@@ -90,7 +79,7 @@ final class OverlapOrderDifferentialTests: XCTestCase {
     }
 
     func testOverlapPairMatchesOldStableSortOnSeededTables() {
-        var rng = SplitMix64(state: 0x5eed_0f_0e1a_9)
+        var rng = SeededRNG(seed: 0x5eed_0f_0e1a_9)
         var fastPathTables = 0, overlaps = 0, clean = 0
         for round in 0..<60_000 {
             let n = 1 + rng.below(14)
@@ -165,7 +154,7 @@ final class OverlapOrderDifferentialTests: XCTestCase {
     }
 
     func testASCIINameLengthsMatchTheDecodedStringsOnSeededNames() throws {
-        var rng = SplitMix64(state: 0xa5c11)
+        var rng = SeededRNG(seed: 0xa5c11)
         // Bytes that make ASCII, valid multi-byte UTF-8, and invalid UTF-8 (lone continuations,
         // truncated leads, overlongs, surrogates, 0xff) likely.
         let alphabet: [[UInt8]] = [[0x2e], [0x61], [0x5f], [0x7f], [0x01], [0x20], [0xc3, 0xa9], [0xe2, 0x82, 0xac], [0xf0, 0x9f, 0x98, 0x80],

@@ -6,6 +6,7 @@
 // engine sets no zero count; a caller of the public setters saw it).
 
 @testable import ExecGateExplain
+import ExecGateTestSupport
 import XCTest
 
 final class ExplainStatsRoundTripTests: XCTestCase {
@@ -25,7 +26,7 @@ final class ExplainStatsRoundTripTests: XCTestCase {
         XCTAssertEqual(ExplainStats().bytesByClass, [:])
         XCTAssertEqual(ExplainStats().sites, [:])
 
-        var rng = PerformanceEquivalenceTests.SplitMix64(state: 0x57a7)
+        var rng = SeededRNG(seed: 0x57a7)
         for round in 0..<500 {
             var bytes: [ExplanationClass: Int] = [:], sites: [ExplanationClass: Int] = [:]
             for c in ExplanationClass.allCases where rng.below(2) == 0 { bytes[c] = rng.below(4) == 0 ? 0 : rng.below(1 << 20) }

@@ -12,21 +12,10 @@
 // - `SiteMap` taking the sites by move (reference-counted rules intact).
 
 @testable import ExecGateExplain
+import ExecGateTestSupport
 import XCTest
 
 final class PerformanceEquivalenceTests: XCTestCase {
-    struct SplitMix64 {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9e37_79b9_7f4a_7c15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ n: Int) -> Int { n <= 0 ? 0 : Int(next() % UInt64(n)) }
-    }
-
     // MARK: Spans
 
     /// `Spans` as it was at 77f2fbf (three parallel arrays, always sorted).
@@ -68,7 +57,7 @@ final class PerformanceEquivalenceTests: XCTestCase {
     }
 
     func testSpansFindMatchesOldAndNaiveOnSeededSpans() {
-        var rng = SplitMix64(state: 0x5ba75)
+        var rng = SeededRNG(seed: 0x5ba75)
         var found = 0, missed = 0, searched = 0
         for round in 0..<1_500 {
             let count = rng.below(20)
@@ -120,7 +109,7 @@ final class PerformanceEquivalenceTests: XCTestCase {
     // MARK: firstWord
 
     func testFirstWordMatchesSplitOnSeededStrings() {
-        var rng = SplitMix64(state: 0xf1a57)
+        var rng = SeededRNG(seed: 0xf1a57)
         let pieces = [" ", " ", "  ", "6", ".1", ".0-28", "-amd64", "SMP", "a", "\r\n", "\n", "\t", "\u{301}", "\u{fc}", "e\u{301}",
                       "\u{a0}", "\u{3000}", "\u{200d}", "\u{1f600}", "\u{fffd}", "\0", "mod_unload", "\u{0}x"]
         var nonASCII = 0
@@ -142,7 +131,7 @@ final class PerformanceEquivalenceTests: XCTestCase {
     // MARK: Sorts
 
     func testPackedSiteKeysRadixSortIsStableByOffset() {
-        var rng = SplitMix64(state: 0x50f7)
+        var rng = SeededRNG(seed: 0x50f7)
         for round in 0..<400 {
             let n = rng.below(3_000)
             let spread = [1, 2, 16, 300, 70_000, 1 << 27][rng.below(6)]  // many ties .. a 128 MiB region
@@ -156,7 +145,7 @@ final class PerformanceEquivalenceTests: XCTestCase {
     }
 
     func testSortAddressesAndSortedKeysMatchSort() {
-        var rng = SplitMix64(state: 0xadd5)
+        var rng = SeededRNG(seed: 0xadd5)
         for round in 0..<600 {
             let n = rng.below(400)
             let base = [0, 0xffff_ffff_c000_0000, UInt64.max - (1 << 33), 1 << 40][rng.below(4)]
@@ -180,7 +169,7 @@ final class PerformanceEquivalenceTests: XCTestCase {
     }
 
     func testTargetListNormalizingMatchesInit() {
-        var rng = SplitMix64(state: 0x7a26)
+        var rng = SeededRNG(seed: 0x7a26)
         for _ in 0..<2_000 {
             var a: [UInt64] = []
             for _ in 0..<rng.below(12) { a.append(rng.below(2) == 0 ? UInt64(rng.below(6)) : rng.next()) }
@@ -192,7 +181,7 @@ final class PerformanceEquivalenceTests: XCTestCase {
     // MARK: The core static-call table's key-range prefilter
 
     func testForEachTargetMatchesSubscriptAtSlides() {
-        var rng = SplitMix64(state: 0x51de)
+        var rng = SeededRNG(seed: 0x51de)
         let image = KernelSlide.imageBase
         for round in 0..<300 {
             var table: [UInt64: Set<UInt64>] = [:]
@@ -232,7 +221,7 @@ final class PerformanceEquivalenceTests: XCTestCase {
     /// target still checks), the source is left empty, and the sets outlive it (run under
     /// `--sanitize=address` too: no double release, no use after the move).
     func testSiteMapMovesSitesWithTheirRules() {
-        var rng = SplitMix64(state: 0x517e)
+        var rng = SeededRNG(seed: 0x517e)
         // reserveVariableSites reserves at most 65,536 sites a session ahead (80 bytes each today: 5 MiB, untouched until appended).
         XCTAssertLessThanOrEqual((1 << 16) * MemoryLayout<VariableSite>.stride, 8 << 20)
         for round in 0..<300 {

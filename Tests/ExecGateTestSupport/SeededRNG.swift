@@ -15,4 +15,7 @@ public struct SeededRNG: RandomNumberGenerator {
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
     }
+
+    /// A value in 0..<n (0 when n ≤ 0): the modulo of `next()` (a bias of at most n / 2^64).
+    public mutating func below(_ n: Int) -> Int { n <= 0 ? 0 : Int(next() % UInt64(n)) }
 }
