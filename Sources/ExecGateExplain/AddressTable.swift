@@ -69,11 +69,6 @@ struct AddressTable {
         return found ? values[s] : nil
     }
 
-    /// `self[k]` on a table that is a class's stored property (the session's per-key caches),
-    /// read in place: `mutating` though it changes nothing, so the call borrows the table where
-    /// reading it out copied it (a retain and release of both arrays a look-up).
-    @inline(__always) mutating func valueInPlace(_ k: UInt64) -> UInt64? { self[k] }
-
     /// Insert, or replace the value of, `k` (entries are never removed).
     mutating func set(_ k: UInt64, _ v: UInt64) {
         if k == Self.empty { maxKeyValue = v; return }

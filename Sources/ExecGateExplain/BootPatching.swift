@@ -114,7 +114,7 @@ extension Session {
                                probe: Int = 0, kernelWrites: (([UInt8]) -> Bool)? = nil, writer: String = "module_finalize()") throws {
         if n <= 0 || execOffset(a, n) != nil { return }
         // Inside any allocated exec section (the other region's too): one binary search.
-        if execSectionSpans.findInPlace(a, UInt64(n)) != nil { return }
+        if execSectionSpans.find(a, UInt64(n)) != nil { return }
         if let writes = kernelWrites, let b = read(a, probe), !writes(b) { return }
         throw deny(rule, "\(table) entry patches \(n) bytes at 0x\(String(a, radix: 16)), outside the module's executable sections (\(writer) would write them; not modelled)",
                    section: table, address: a)

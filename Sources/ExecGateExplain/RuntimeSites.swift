@@ -176,11 +176,7 @@ struct TargetList: Equatable {
     /// The distinct members of `members`.
     init(_ members: [UInt64]) {
         var a = members
-        a.sort()
-        var n = 0
-        for x in a where n == 0 || a[n - 1] != x { a[n] = x; n += 1 }
-        a.removeLast(a.count - n)
-        sorted = a
+        self.init(normalizing: &a)
     }
     /// `TargetList(a)` for an `a` the caller owns: sorted and made distinct in place (no copy).
     init(normalizing a: inout [UInt64]) {
@@ -509,7 +505,7 @@ extension Session {
     /// trampoline and for every key's target list (the tracepoint-key tests at each site cost the
     /// engine ~3%).
     func disabledForm(ofKey key: UInt64) -> StaticCallTrust.DisabledForm? {
-        if disabledFormMemo.count != 0, let code = disabledFormMemo.valueInPlace(key) { return Session.disabledForm(code: code) }
+        if disabledFormMemo.count != 0, let code = disabledFormMemo[key] { return Session.disabledForm(code: code) }
         let form = StaticCallTrust.disabledForm(ofKey: key, facts: facts, moduleTracepointKey: isModuleTracepointKey(key),
                                                 preemptDynamicKeys: facts.preemptDynamicKeys)
         disabledFormMemo.set(key, Session.code(of: form))
@@ -578,7 +574,7 @@ extension Session {
     func trustedStaticCallTargets(_ key: UInt64) -> TargetList {
         // One list per key per session (a key has a few targets, many sites): found by address in
         // an open-addressing table, the lists kept in `trustedTargetLists`.
-        if let i = trustedTargetIndex.valueInPlace(key) { return trustedTargetLists[Int(i)] }
+        if let i = trustedTargetIndex[key] { return trustedTargetLists[Int(i)] }
         var s: [UInt64] = []
         s.reserveCapacity(4)  // a key has a few targets (and __static_call_return0): one allocation
         facts.staticCallTrustedTargets.forEachTarget(of: key) { s.append($0) }

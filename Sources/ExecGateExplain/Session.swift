@@ -63,7 +63,7 @@ final class Session {
     private(set) lazy var dataSpans = Spans(dataSections.compactMap { i in
         addr[i].flatMap { a in Session.span(a, UInt64(elf.sections[i].size)).map { (a, $0.upperBound, i) } }
     })
-    lazy var execSectionSpans = Spans(elf.sections.compactMap { s in
+    private(set) lazy var execSectionSpans = Spans(elf.sections.compactMap { s in
         guard layout.flags[s.index].contains(.alloc) && layout.flags[s.index].contains(.execInstr), let a = addr[s.index] else { return nil }
         return Session.span(a, UInt64(s.size)).map { (a, $0.upperBound, s.index) }
     })
@@ -554,7 +554,7 @@ final class Session {
     func read(_ a: UInt64, _ n: Int) -> [UInt8]? {
         if let off = execOffset(a, n) { return Array(image[off..<off + n]) }
         if n >= 1 {
-            guard let r = dataSpans.findInPlace(a, UInt64(n)), let d = dataCopy(r.value) else { return nil }
+            guard let r = dataSpans.find(a, UInt64(n)), let d = dataCopy(r.value) else { return nil }
             let rel = Int(a - r.lo)
             return Array(d[rel..<rel + n])
         }

@@ -35,10 +35,6 @@ struct Spans {
     /// Every span, in `lo` order.
     var all: [(lo: UInt64, hi: UInt64, value: Int)] { spans }
 
-    /// `find(x, n)` on spans that are a class's (lazy) stored property, read in place (as
-    /// ``AddressTable/valueInPlace(_:)``).
-    @inline(__always) mutating func findInPlace(_ x: UInt64, _ n: UInt64) -> (lo: UInt64, hi: UInt64, value: Int)? { find(x, n) }
-
     /// The span holding all of [x, x + n) (n ≥ 1; the first in `lo` order), or nil.
     func find(_ x: UInt64, _ n: UInt64) -> (lo: UInt64, hi: UInt64, value: Int)? {
         let (end, o) = x.addingReportingOverflow(n)

@@ -164,7 +164,7 @@ final class PerformanceEquivalenceTests: XCTestCase {
             for (k, x) in a.enumerated() { t.set(x, UInt64(k)); d[x] = UInt64(k) }
             XCTAssertEqual(t.sortedKeys, d.keys.sorted(), "round \(round)")
             XCTAssertEqual(t.dictionary, d, "round \(round)")
-            for x in a.prefix(20) { XCTAssertEqual(t.valueInPlace(x), d[x]) }
+            for x in a.prefix(20) { XCTAssertEqual(t[x], d[x]) }
         }
     }
 
