@@ -56,14 +56,38 @@ public enum SignatureBenchmark {
         /// and the echo's fresh thread and the service's event loop do not land alike.
         public var oneCore: PlacedRoundTrips?, twoCores: PlacedRoundTrips?
         /// Process CPU seconds (user + system) of each phase: on a machine whose other load takes
-        /// cores away, CPU / wall says how much parallelism the phase got.
+        /// cores away, CPU / wall says how much parallelism the phase got. (Of the round whose
+        /// wall time is the phase's figure.)
         public var execgateCPU = 0.0, opensslCPU = 0.0, poolCPU = 0.0, serviceCPU = 0.0
+        /// Wall seconds of every round of each timed phase, in the order run. The four phases run
+        /// in turn, round after round, so a burst of another tenant's load lands on one round of
+        /// each rather than on every round of one; the scalar `…Seconds` figures are each phase's
+        /// best round (as `explain --bench` takes the best pass of both sides), the medians
+        /// below say how far the rest spread.
+        public var execgateRounds: [Double] = [], opensslRounds: [Double] = [], poolRounds: [Double] = [], serviceRounds: [Double] = []
+
+        public var execgateMedian: Double { Self.median(execgateRounds) }
+        public var opensslMedian: Double { Self.median(opensslRounds) }
+        public var poolMedian: Double { Self.median(poolRounds) }
+        public var serviceMedian: Double { Self.median(serviceRounds) }
+
+        static func median(_ xs: [Double]) -> Double {
+            let s = xs.sorted()
+            if s.isEmpty { return 0 }
+            return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+        }
     }
+
+    /// `bench --rounds`: how many times each timed verification phase runs (best and median reported).
+    public static let roundsRange = 1...20
 
     /// `bench`'s counts: --round-trips as vsock-bench's (1…10,000,000: each round trip keeps a
     /// sample; 2^63-1 reserved that many and glibc aborted), --limit 0 (all) or more (a negative
     /// limit meant "every module").
-    public static func checkCounts(roundTrips: Int, limit: Int) throws(BenchmarkSizeError) {
+    public static func checkCounts(roundTrips: Int, limit: Int, rounds: Int = 1) throws(BenchmarkSizeError) {
+        guard roundsRange.contains(rounds) else {
+            throw BenchmarkSizeError(description: "--rounds must be \(roundsRange.lowerBound)…\(roundsRange.upperBound), got \(rounds)")
+        }
         let range = RoundTripBenchmark.roundTripRange
         guard range.contains(roundTrips) else {
             throw BenchmarkSizeError(description: "--round-trips must be \(range.lowerBound)…\(range.upperBound), got \(roundTrips)")
@@ -90,8 +114,8 @@ public enum SignatureBenchmark {
         return (kernelPackage + "/boot/" + v, limit > 0 ? Array(found.prefix(limit)) : found)
     }
 
-    public static func run(vmlinuz: String, modules: [String], roundTrips: Int, progress: (String) -> Void) async throws -> Figures {
-        try checkCounts(roundTrips: roundTrips, limit: 0)
+    public static func run(vmlinuz: String, modules: [String], roundTrips: Int, rounds: Int = 1, progress: (String) -> Void) async throws -> Figures {
+        try checkCounts(roundTrips: roundTrips, limit: 0, rounds: rounds)
         let certs: [Certificate]
         do { certs = try KernelImage.load(try LocalFile.read(vmlinuz)).builtinCertificates() } catch let e as LocalFileError { throw e } catch {
             throw LocalFileError(path: vmlinuz, why: "\(error)")
@@ -101,33 +125,46 @@ public enum SignatureBenchmark {
         let blobs = try modules.map { try LocalFile.readModule($0) }
         // Warm up both paths once.
         _ = blobs.first.map { b in b.withUnsafeBytes { ModuleSignatureVerifier.verify(module: $0, trust: trust) } }
-        progress("verifying with ExecGate")
-        var ok = 0
-        let c0 = ProcessUsage.cpuSeconds()
-        let t0 = MonotonicClock.seconds()
-        for b in blobs where b.withUnsafeBytes({ ModuleSignatureVerifier.verify(module: $0, trust: trust) }).isValid { ok += 1 }
-        let ours = MonotonicClock.seconds() - t0
-        let c1 = ProcessUsage.cpuSeconds()
-        progress("verifying with OpenSSL alone")
-        var baseOK = 0
-        let t1 = MonotonicClock.seconds()
-        for b in blobs where b.withUnsafeBytes({ OpenSSLBaseline.verify(module: $0, certificate: certs[0]) }) { baseOK += 1 }
-        let base = MonotonicClock.seconds() - t1
-        let c2 = ProcessUsage.cpuSeconds()
+        var f = Figures(modules: blobs.count, bytes: blobs.reduce(0) { $0 + $1.count }, verifiedOK: 0, baselineOK: 0,
+                        execgateSeconds: .infinity, opensslSeconds: .infinity, roundTripP50us: 0, roundTripP99us: 0, roundTripMeanus: 0)
+        f.poolThreads = System.coreCount
+        f.serviceClients = 4
+        f.poolSeconds = .infinity
+        f.serviceSeconds = .infinity
+        for round in 1...rounds {
+            let of = rounds > 1 ? " (round \(round) of \(rounds))" : ""
+            progress("verifying with ExecGate" + of)
+            var ok = 0
+            let c0 = ProcessUsage.cpuSeconds()
+            let t0 = MonotonicClock.seconds()
+            for b in blobs where b.withUnsafeBytes({ ModuleSignatureVerifier.verify(module: $0, trust: trust) }).isValid { ok += 1 }
+            let ours = MonotonicClock.seconds() - t0
+            let c1 = ProcessUsage.cpuSeconds()
+            progress("verifying with OpenSSL alone" + of)
+            var baseOK = 0
+            let t1 = MonotonicClock.seconds()
+            for b in blobs where b.withUnsafeBytes({ OpenSSLBaseline.verify(module: $0, certificate: certs[0]) }) { baseOK += 1 }
+            let base = MonotonicClock.seconds() - t1
+            let c2 = ProcessUsage.cpuSeconds()
+            progress("verifying with ExecGate on a pool of \(f.poolThreads) threads" + of)
+            let (pool, poolOK) = poolSeconds(blobs: blobs, trust: trust, threads: f.poolThreads)
+            let c3 = ProcessUsage.cpuSeconds()
+            progress("verifying through the service (\(f.serviceClients) pipelined clients over a Unix socket)" + of)
+            let service = try await serviceSeconds(blobs: blobs, trust: trust, clients: f.serviceClients, depth: 16)
+            // Counts from the first round; every round verifies the same bytes and must agree.
+            if round == 1 { (f.verifiedOK, f.baselineOK, f.poolOK, f.serviceAllowed) = (ok, baseOK, poolOK, service.allowed) }
+            guard (ok, baseOK, poolOK, service.allowed) == (f.verifiedOK, f.baselineOK, f.poolOK, f.serviceAllowed) else {
+                throw BenchmarkMismatchError(description: "round \(round) verified \(ok)/\(baseOK)/\(poolOK)/\(service.allowed) modules (execgate/openssl/pool/service), round 1 \(f.verifiedOK)/\(f.baselineOK)/\(f.poolOK)/\(f.serviceAllowed): the same bytes gave other verdicts")
+            }
+            f.execgateRounds.append(ours); f.opensslRounds.append(base); f.poolRounds.append(pool); f.serviceRounds.append(service.seconds)
+            if ours < f.execgateSeconds { (f.execgateSeconds, f.execgateCPU) = (ours, c1 - c0) }
+            if base < f.opensslSeconds { (f.opensslSeconds, f.opensslCPU) = (base, c2 - c1) }
+            if pool < f.poolSeconds { (f.poolSeconds, f.poolCPU) = (pool, c3 - c2) }
+            if service.seconds < f.serviceSeconds { (f.serviceSeconds, f.serviceCPU) = (service.seconds, service.cpu) }
+        }
         progress("\(roundTrips) round trips over a Unix socket")
         let rt = try await unixRoundTrips(trust: trust, count: roundTrips)
-        var f = Figures(modules: blobs.count, bytes: blobs.reduce(0) { $0 + $1.count }, verifiedOK: ok, baselineOK: baseOK,
-                        execgateSeconds: ours, opensslSeconds: base, roundTripP50us: rt.p50, roundTripP99us: rt.p99, roundTripMeanus: rt.mean)
-        (f.execgateCPU, f.opensslCPU) = (c1 - c0, c2 - c1)
-        f.poolThreads = System.coreCount
-        progress("verifying with ExecGate on a pool of \(f.poolThreads) threads")
-        let c3 = ProcessUsage.cpuSeconds()
-        (f.poolSeconds, f.poolOK) = poolSeconds(blobs: blobs, trust: trust, threads: f.poolThreads)
-        let c4 = ProcessUsage.cpuSeconds()
-        f.serviceClients = 4
-        progress("verifying through the service (\(f.serviceClients) pipelined clients over a Unix socket)")
-        (f.serviceSeconds, f.serviceAllowed, f.serviceCPU) = try await serviceSeconds(blobs: blobs, trust: trust, clients: f.serviceClients, depth: 16)
-        f.poolCPU = c4 - c3
+        (f.roundTripP50us, f.roundTripP99us, f.roundTripMeanus) = (rt.p50, rt.p99, rt.mean)
         progress("status round trips (blocking client) and a C echo over a Unix socket")
         let (status, echo) = try await statusVersusEcho(trust: trust, count: roundTrips)
         (f.statusP50us, f.statusP99us, f.echoP50us, f.echoP99us) = (status.p50, status.p99, echo.p50, echo.p99)
@@ -186,6 +223,11 @@ public enum SignatureBenchmark {
 
 /// A benchmark size out of its range (a usage error: exit 2 with this reason).
 public struct BenchmarkSizeError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+}
+
+/// Two rounds of one benchmark gave other verdicts on the same bytes: no figure is printed.
+public struct BenchmarkMismatchError: Error, CustomStringConvertible, Sendable {
     public var description: String
 }
 

@@ -45,4 +45,37 @@ final class BenchPlacementTests: XCTestCase {
         }
         XCTAssertTrue(r.stderr.contains("pinned to one core"), r.stderr)
     }
+
+    /// `--rounds N` runs each verification phase N times in turn and reports every round, each
+    /// figure its best round (`execgate_seconds` = the least of `execgate_seconds_rounds`).
+    func testBenchReportsEveryRoundAndItsBest() throws {
+        let kernel = try Fixtures.kernelDir()
+        let dir = Fixtures.temporaryDirectory()
+        let r = Fixtures.runExecgate(rawArguments: ["bench", "--kernel", kernel, "--limit", "4", "--round-trips", "50", "--rounds", "3", "--json"].map { Array($0.utf8) },
+                                     in: dir, seconds: 180)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        var figures: [(String, JSON)] = []
+        for line in r.stdout.split(separator: "\n") {
+            figures += try XCTUnwrap(JSONReader.parse(Array(line.utf8)).objectMembers, "not an object: \(line)")
+        }
+        let all = JSON.object(figures)
+        func number(_ v: JSON?) -> Double? {
+            switch v {
+            case .double(let d)?: return d
+            case .int(let i)?: return Double(i)
+            case .uint(let u)?: return Double(u)
+            default: return nil
+            }
+        }
+        XCTAssertEqual(number(all["rounds"]), 3, r.stdout)
+        for phase in ["execgate", "openssl", "pool", "service"] {
+            guard case .array(let rounds)? = all["\(phase)_seconds_rounds"] else { return XCTFail("no \(phase)_seconds_rounds: \(r.stdout)") }
+            let xs = rounds.compactMap { number($0) }
+            XCTAssertEqual(xs.count, 3, "\(phase): \(rounds)")
+            XCTAssertTrue(xs.allSatisfy { $0 > 0 }, "\(phase): \(xs)")
+            XCTAssertEqual(number(all["\(phase)_seconds"]), xs.min(), "\(phase): the figure is the best round")
+        }
+        XCTAssertEqual(r.stderr.components(separatedBy: "verifying through the service").count - 1, 3, r.stderr)
+        XCTAssertTrue(r.stderr.contains("(round 3 of 3)"), r.stderr)
+    }
 }

@@ -14,7 +14,8 @@ struct BenchCommand: AsyncParsableCommand {
         --kernel DIR is an unpacked linux-image .deb (make test-data puts one in .cache/kernel/current). \
         Verifies every module of the package with ExecGate's verifier and, in the same run, with \
         OpenSSL alone (CMS_verify), in process on one thread and on a pool of every core, and through \
-        the service; times status round trips over a Unix socket against a minimal C echo. \
+        the service, the four in turn for --rounds rounds (each figure its best round, with the median); \
+        times status round trips over a Unix socket against a minimal C echo. \
         --scale instead registers 1, 10 and 100 guests (--guests) of the kernel in the capture \
         --capture DIR (e.g. a shared-corpus boot) and runs a boot storm: every guest authorizes the \
         capture's modules with their end state at once; prints memory, requests/s and latency.
@@ -24,6 +25,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Unpacked Debian kernel package (boot/vmlinuz-*, lib/modules/*).") var kernel: String
     @Option(name: .customLong("round-trips"), help: "Round trips to time over the Unix socket (1…10000000; default 2000). Not with --scale.") var roundTripsGiven: Int?
     @Option(name: .customLong("limit"), help: "Only the first N modules (0 = all, the default). Not with --scale.") var limitGiven: Int?
+    @Option(name: .customLong("rounds"), help: "Times each verification phase runs, the phases in turn (1…20; default 3): each figure is its best round, the median follows. Not with --scale.") var roundsGiven: Int?
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Many guests of one kernel and a boot storm (needs --capture).") var scale = false
     @Option(help: "With --scale: a capture directory (kallsyms.txt, modules with their end state), or several boots of one kernel, comma-separated (guests cycle over them, each at its boot's slide).") var capture: String?
@@ -31,6 +33,7 @@ struct BenchCommand: AsyncParsableCommand {
 
     var roundTrips: Int { roundTripsGiven ?? 2000 }
     var limit: Int { limitGiven ?? 0 }
+    var rounds: Int { roundsGiven ?? 3 }
     var guests: String { guestsGiven ?? "1,10,100" }
 
     func validate() throws {
@@ -43,11 +46,11 @@ struct BenchCommand: AsyncParsableCommand {
                 throw ValidationError("\(name) is an option of --scale (the boot storm); without --scale bench measures signature verification and round trips")
             }
         } else {
-            for (given, name) in [(roundTripsGiven != nil, "--round-trips"), (limitGiven != nil, "--limit")] where given {
+            for (given, name) in [(roundTripsGiven != nil, "--round-trips"), (limitGiven != nil, "--limit"), (roundsGiven != nil, "--rounds")] where given {
                 throw ValidationError("\(name) is not an option of --scale (the boot storm authorizes every module of --capture; it times no status round trips)")
             }
         }
-        do { try SignatureBenchmark.checkCounts(roundTrips: roundTrips, limit: limit) } catch { throw ValidationError(error.description) }
+        do { try SignatureBenchmark.checkCounts(roundTrips: roundTrips, limit: limit, rounds: rounds) } catch { throw ValidationError(error.description) }
     }
 
     func run() async throws {
@@ -59,7 +62,7 @@ struct BenchCommand: AsyncParsableCommand {
         }
         let f: SignatureBenchmark.Figures
         do {
-            f = try await SignatureBenchmark.run(vmlinuz: inputs.vmlinuz, modules: inputs.modules, roundTrips: roundTrips,
+            f = try await SignatureBenchmark.run(vmlinuz: inputs.vmlinuz, modules: inputs.modules, roundTrips: roundTrips, rounds: rounds,
                                                  progress: { Console.error("bench: \($0)") })
         } catch {
             Console.error("execgate bench: \(error)")  // unreadable input or no figures: exit 2
@@ -75,18 +78,27 @@ struct BenchCommand: AsyncParsableCommand {
                 ("execgate_modules_per_s", .double(n / f.execgateSeconds)), ("execgate_mb_per_s", .double(mb / f.execgateSeconds)),
                 ("openssl_modules_per_s", .double(n / f.opensslSeconds)), ("openssl_mb_per_s", .double(mb / f.opensslSeconds)),
                 ("ratio", .double(f.execgateSeconds / f.opensslSeconds)),
+                ("rounds", .int(Int64(f.execgateRounds.count))),
+                ("execgate_seconds_rounds", .array(f.execgateRounds.map { .double($0) })),
+                ("openssl_seconds_rounds", .array(f.opensslRounds.map { .double($0) })),
+                ("ratio_median", .double(f.execgateMedian / f.opensslMedian)),
                 ("unix_roundtrip_p50_us", .double(f.roundTripP50us)), ("unix_roundtrip_p99_us", .double(f.roundTripP99us)),
                 ("unix_roundtrip_mean_us", .double(f.roundTripMeanus)),
             ]).serialized())
         } else {
+            let med = f.execgateRounds.count > 1
+            func rounds(_ median: Double) -> String { med ? ", best of \(f.execgateRounds.count) rounds (median \(String(format2: median)) s)" : "" }
+            func ratio(_ best: Double, _ median: Double) -> String {
+                "\(String(format2: best / f.opensslSeconds))x" + (med ? " (medians: \(String(format2: median / f.opensslMedian))x)" : "")
+            }
             print("signature verification: \(f.modules) modules, \(String(format2: mb)) MB")
-            print("  execgate      \(f.verifiedOK) ok   \(String(format2: f.execgateSeconds)) s   \(String(format2: n / f.execgateSeconds)) modules/s   \(String(format2: mb / f.execgateSeconds)) MB/s")
-            print("  openssl alone \(f.baselineOK) ok   \(String(format2: f.opensslSeconds)) s   \(String(format2: n / f.opensslSeconds)) modules/s   \(String(format2: mb / f.opensslSeconds)) MB/s")
-            print("  ratio execgate/openssl: \(String(format2: f.execgateSeconds / f.opensslSeconds))x (target <= 1.2x)")
+            print("  execgate      \(f.verifiedOK) ok   \(String(format2: f.execgateSeconds)) s   \(String(format2: n / f.execgateSeconds)) modules/s   \(String(format2: mb / f.execgateSeconds)) MB/s\(rounds(f.execgateMedian))")
+            print("  openssl alone \(f.baselineOK) ok   \(String(format2: f.opensslSeconds)) s   \(String(format2: n / f.opensslSeconds)) modules/s   \(String(format2: mb / f.opensslSeconds)) MB/s\(rounds(f.opensslMedian))")
+            print("  ratio execgate/openssl: \(ratio(f.execgateSeconds, f.execgateMedian)) (target <= 1.2x)")
             print("unix socket round trip (status request): p50 \(String(format2: f.roundTripP50us)) us, p99 \(String(format2: f.roundTripP99us)) us, mean \(String(format2: f.roundTripMeanus)) us")
-            print("  execgate pool \(f.poolOK) ok   \(String(format2: f.poolSeconds)) s on \(f.poolThreads) threads   ratio to openssl alone (1 thread): \(String(format2: f.poolSeconds / f.opensslSeconds))x (target <= 0.55x)")
-            print("  service       \(f.serviceAllowed) allowed   \(String(format2: f.serviceSeconds)) s, \(f.serviceClients) pipelined clients   ratio: \(String(format2: f.serviceSeconds / f.opensslSeconds))x (target <= 1.0x)")
-            print("  cpu seconds (user+sys): execgate \(String(format2: f.execgateCPU)), openssl alone \(String(format2: f.opensslCPU)), pool \(String(format2: f.poolCPU)) (cpu/wall \(String(format2: f.poolCPU / f.poolSeconds))), service incl. its clients \(String(format2: f.serviceCPU)) (cpu/wall \(String(format2: f.serviceCPU / f.serviceSeconds)))")
+            print("  execgate pool \(f.poolOK) ok   \(String(format2: f.poolSeconds)) s on \(f.poolThreads) threads\(rounds(f.poolMedian))   ratio to openssl alone (1 thread): \(ratio(f.poolSeconds, f.poolMedian)) (target <= 0.55x)")
+            print("  service       \(f.serviceAllowed) allowed   \(String(format2: f.serviceSeconds)) s, \(f.serviceClients) pipelined clients\(rounds(f.serviceMedian))   ratio: \(ratio(f.serviceSeconds, f.serviceMedian)) (target <= 1.0x)")
+            print("  cpu seconds (user+sys, of each best round): execgate \(String(format2: f.execgateCPU)), openssl alone \(String(format2: f.opensslCPU)), pool \(String(format2: f.poolCPU)) (cpu/wall \(String(format2: f.poolCPU / f.poolSeconds))), service incl. its clients \(String(format2: f.serviceCPU)) (cpu/wall \(String(format2: f.serviceCPU / f.serviceSeconds)))")
             print("status round trip, blocking client: p50 \(String(format2: f.statusP50us)) us, p99 \(String(format2: f.statusP99us)) us; C echo p50 \(String(format2: f.echoP50us)) us, p99 \(String(format2: f.echoP99us)) us; ratio p50 \(String(format2: f.statusP50us / f.echoP50us))x (target <= 2x)")
             for (what, p) in [("one core", f.oneCore), ("two cores", f.twoCores)] {
                 guard let p else { continue }
@@ -98,8 +110,12 @@ struct BenchCommand: AsyncParsableCommand {
             print(JSON.object([
                 ("pool_threads", .int(Int64(f.poolThreads))), ("pool_seconds", .double(f.poolSeconds)), ("pool_ok", .int(Int64(f.poolOK))),
                 ("pool_ratio", .double(f.poolSeconds / f.opensslSeconds)),
+                ("pool_seconds_rounds", .array(f.poolRounds.map { .double($0) })),
+                ("pool_ratio_median", .double(f.poolMedian / f.opensslMedian)),
                 ("service_clients", .int(Int64(f.serviceClients))), ("service_seconds", .double(f.serviceSeconds)),
                 ("service_allowed", .int(Int64(f.serviceAllowed))), ("service_ratio", .double(f.serviceSeconds / f.opensslSeconds)),
+                ("service_seconds_rounds", .array(f.serviceRounds.map { .double($0) })),
+                ("service_ratio_median", .double(f.serviceMedian / f.opensslMedian)),
                 ("status_p50_us", .double(f.statusP50us)), ("status_p99_us", .double(f.statusP99us)),
                 ("echo_p50_us", .double(f.echoP50us)), ("echo_p99_us", .double(f.echoP99us)),
                 ("pinned_round_trips", .array([f.oneCore, f.twoCores].compactMap { $0 }.map { p in
