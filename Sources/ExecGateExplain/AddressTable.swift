@@ -99,7 +99,7 @@ struct AddressTable {
     /// Every key, ascending.
     var sortedKeys: [UInt64] {
         var k = keys.filter { $0 != Self.empty }
-        FunctionEntries.sortAddresses(&k)
+        AddressSort.sort(&k)
         if maxKeyValue != nil { k.append(Self.empty) }  // the largest key: last
         return k
     }

@@ -217,7 +217,7 @@ extension Session {
         if sorted { return }
         // By offset alone, stably (the index part keeps the append order of one offset's sites,
         // as `keys.sort()` did): a radix sort of the offsets (the region is under 2^32 bytes).
-        if image.count <= Int(UInt32.max) { FunctionEntries.radixSort(&keys, from: 0, shift: 24) } else { keys.sort() }
+        if image.count <= Int(UInt32.max) { AddressSort.radixSort(&keys, from: 0, shift: 24) } else { keys.sort() }
         // Position k takes the site now at perm[k]: applied in place, cycle by cycle, by swaps
         // (moves: no copy of a site, no second array of sites).
         var perm = keys.map { Int($0 & 0xff_ffff) }

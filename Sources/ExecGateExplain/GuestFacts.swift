@@ -500,7 +500,7 @@ public struct SymbolResolver: Sendable {
             added.reserveCapacity(m.keyTargets.keyCount + m.staticCallStates.count)
             m.keyTargets.forEachKey { k, _ in added.append(k) }
             added.append(contentsOf: m.staticCallStates.keys)
-            FunctionEntries.sortAddresses(&added)
+            AddressSort.sort(&added)
             staticCallKeys = Self.mergeUnique(staticCallKeys, added)
         }
     }

@@ -5,8 +5,8 @@
 // - `Spans` (one array, sorted only when out of order) against the old three-array version and a
 //   naive scan for "the first span in (lo, value) order holding [x, x + n)";
 // - `ModuleLoader.firstWord(_:skippingLeadingSpaces:)` against the `split` it replaced;
-// - `FunctionEntries.radixSort(_:from:shift:)` on packed (offset, index) words against `sort()`,
-//   `sortAddresses` and `AddressTable.sortedKeys` against `sort()`;
+// - `AddressSort.radixSort(_:from:shift:)` on packed (offset, index) words against `sort()`,
+//   `AddressSort.sort` and `AddressTable.sortedKeys` against `sort()`;
 // - `SlidStaticCallTargets.forEachTarget` (the key-range prefilter) against its subscript;
 // - `TargetList(normalizing:)` against `TargetList(_:)`;
 // - `SiteMap` taking the sites by move (reference-counted rules intact).
@@ -138,7 +138,7 @@ final class PerformanceEquivalenceTests: XCTestCase {
             var keys: [UInt64] = []
             for i in 0..<n { keys.append(UInt64(rng.below(spread)) << 24 | UInt64(i)) }  // appended in index order
             var radix = keys, reference = keys
-            FunctionEntries.radixSort(&radix, from: 0, shift: 24)
+            AddressSort.radixSort(&radix, from: 0, shift: 24)
             reference.sort()
             XCTAssertEqual(radix, reference, "round \(round)")
         }
@@ -155,7 +155,7 @@ final class PerformanceEquivalenceTests: XCTestCase {
             if rng.below(5) == 0 { a.append(UInt64.max) }
             if rng.below(5) == 0, let x = a.first { a.append(x) }
             var s = a, r = a
-            FunctionEntries.sortAddresses(&s)
+            AddressSort.sort(&s)
             r.sort()
             XCTAssertEqual(s, r, "round \(round)")
             XCTAssertEqual(FunctionEntries(a).sorted, Array(Set(a)).sorted(), "round \(round)")
