@@ -80,11 +80,16 @@ public enum SignatureBenchmark {
 
     /// `bench --rounds`: how many times each timed verification phase runs (best and median reported).
     public static let roundsRange = 1...20
+    /// `bench --clients`: the service phase's pipelined connections, each on a thread of its own.
+    public static let clientsRange = 1...64
 
     /// `bench`'s counts: --round-trips as vsock-bench's (1…10,000,000: each round trip keeps a
     /// sample; 2^63-1 reserved that many and glibc aborted), --limit 0 (all) or more (a negative
     /// limit meant "every module").
-    public static func checkCounts(roundTrips: Int, limit: Int, rounds: Int = 1) throws(BenchmarkSizeError) {
+    public static func checkCounts(roundTrips: Int, limit: Int, rounds: Int = 1, clients: Int = 1) throws(BenchmarkSizeError) {
+        guard clientsRange.contains(clients) else {
+            throw BenchmarkSizeError(description: "--clients must be \(clientsRange.lowerBound)…\(clientsRange.upperBound), got \(clients)")
+        }
         guard roundsRange.contains(rounds) else {
             throw BenchmarkSizeError(description: "--rounds must be \(roundsRange.lowerBound)…\(roundsRange.upperBound), got \(rounds)")
         }
@@ -114,8 +119,11 @@ public enum SignatureBenchmark {
         return (kernelPackage + "/boot/" + v, limit > 0 ? Array(found.prefix(limit)) : found)
     }
 
-    public static func run(vmlinuz: String, modules: [String], roundTrips: Int, rounds: Int = 1, progress: (String) -> Void) async throws -> Figures {
-        try checkCounts(roundTrips: roundTrips, limit: 0, rounds: rounds)
+    /// `serviceClients`: the service phase's pipelined connections (nil: one per core,
+    /// `System.coreCount`, the clients running on the same cores as the service).
+    public static func run(vmlinuz: String, modules: [String], roundTrips: Int, rounds: Int = 1, serviceClients: Int? = nil,
+                           progress: (String) -> Void) async throws -> Figures {
+        try checkCounts(roundTrips: roundTrips, limit: 0, rounds: rounds, clients: serviceClients ?? 1)
         let certs: [Certificate]
         do { certs = try KernelImage.load(try LocalFile.read(vmlinuz)).builtinCertificates() } catch let e as LocalFileError { throw e } catch {
             throw LocalFileError(path: vmlinuz, why: "\(error)")
@@ -128,7 +136,7 @@ public enum SignatureBenchmark {
         var f = Figures(modules: blobs.count, bytes: blobs.reduce(0) { $0 + $1.count }, verifiedOK: 0, baselineOK: 0,
                         execgateSeconds: .infinity, opensslSeconds: .infinity, roundTripP50us: 0, roundTripP99us: 0, roundTripMeanus: 0)
         f.poolThreads = System.coreCount
-        f.serviceClients = 4
+        f.serviceClients = serviceClients ?? max(1, System.coreCount)
         f.poolSeconds = .infinity
         f.serviceSeconds = .infinity
         for round in 1...rounds {

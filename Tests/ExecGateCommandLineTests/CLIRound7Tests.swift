@@ -155,6 +155,7 @@ final class CLIRound7Tests: XCTestCase {
                               (["bench", "--kernel", kernel, "--scale", "--capture", boot, "--limit", "3"], "--limit"),
                               (["bench", "--kernel", kernel, "--scale", "--capture", boot, "--round-trips", "10"], "--round-trips"),
                               (["bench", "--kernel", kernel, "--scale", "--capture", boot, "--rounds", "2"], "--rounds"),
+                              (["bench", "--kernel", kernel, "--scale", "--capture", boot, "--clients", "2"], "--clients"),
                               (["explain", boot, "--seed", "5"], "--mutate"),
                               (["explain", boot, "--passes", "3"], "--bench")] {
             let r = run(args, seconds: 60)

@@ -47,11 +47,12 @@ final class BenchPlacementTests: XCTestCase {
     }
 
     /// `--rounds N` runs each verification phase N times in turn and reports every round, each
-    /// figure its best round (`execgate_seconds` = the least of `execgate_seconds_rounds`).
+    /// figure its best round (`execgate_seconds` = the least of `execgate_seconds_rounds`);
+    /// `--clients N` is the service phase's client count.
     func testBenchReportsEveryRoundAndItsBest() throws {
         let kernel = try Fixtures.kernelDir()
         let dir = Fixtures.temporaryDirectory()
-        let r = Fixtures.runExecgate(rawArguments: ["bench", "--kernel", kernel, "--limit", "4", "--round-trips", "50", "--rounds", "3", "--json"].map { Array($0.utf8) },
+        let r = Fixtures.runExecgate(rawArguments: ["bench", "--kernel", kernel, "--limit", "4", "--round-trips", "50", "--rounds", "3", "--clients", "3", "--json"].map { Array($0.utf8) },
                                      in: dir, seconds: 180)
         XCTAssertEqual(r.status, 0, r.stderr)
         var figures: [(String, JSON)] = []
@@ -68,6 +69,7 @@ final class BenchPlacementTests: XCTestCase {
             }
         }
         XCTAssertEqual(number(all["rounds"]), 3, r.stdout)
+        XCTAssertEqual(number(all["service_clients"]), 3, r.stdout)
         for phase in ["execgate", "openssl", "pool", "service"] {
             guard case .array(let rounds)? = all["\(phase)_seconds_rounds"] else { return XCTFail("no \(phase)_seconds_rounds: \(r.stdout)") }
             let xs = rounds.compactMap { number($0) }

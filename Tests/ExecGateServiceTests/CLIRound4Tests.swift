@@ -202,7 +202,7 @@ final class CLIRound4Tests: XCTestCase {
     func testBenchCountsOutOfRangeAreUsageErrors() throws {
         let kernel = try Fixtures.kernelDir()
         for args in [["--round-trips", "9223372036854775807"], ["--round-trips", "30000000000"], ["--round-trips", "-5"], ["--round-trips", "0"], ["--limit", "-1"],
-                     ["--rounds", "0"], ["--rounds", "21"], ["--rounds", "-1"]] {
+                     ["--rounds", "0"], ["--rounds", "21"], ["--rounds", "-1"], ["--clients", "0"], ["--clients", "65"]] {
             let r = run(["bench", "--kernel", kernel, "--json"] + (args[0] == "--limit" ? args : args + ["--limit", "1"]), seconds: 20)
             XCTAssertEqual(r.status, 2, "\(args): \(r.stderr)")
             XCTAssertTrue(r.stderr.contains(args[0]), "\(args): \(r.stderr)")

@@ -25,6 +25,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Unpacked Debian kernel package (boot/vmlinuz-*, lib/modules/*).") var kernel: String
     @Option(name: .customLong("round-trips"), help: "Round trips to time over the Unix socket (1…10000000; default 2000). Not with --scale.") var roundTripsGiven: Int?
     @Option(name: .customLong("limit"), help: "Only the first N modules (0 = all, the default). Not with --scale.") var limitGiven: Int?
+    @Option(name: .customLong("clients"), help: "Pipelined clients of the service phase, each its own connection and thread on this machine (1…64; default: one per core). Not with --scale.") var clientsGiven: Int?
     @Option(name: .customLong("rounds"), help: "Times each verification phase runs, the phases in turn (1…20; default 3): each figure is its best round, the median follows. Not with --scale.") var roundsGiven: Int?
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Many guests of one kernel and a boot storm (needs --capture).") var scale = false
@@ -46,11 +47,11 @@ struct BenchCommand: AsyncParsableCommand {
                 throw ValidationError("\(name) is an option of --scale (the boot storm); without --scale bench measures signature verification and round trips")
             }
         } else {
-            for (given, name) in [(roundTripsGiven != nil, "--round-trips"), (limitGiven != nil, "--limit"), (roundsGiven != nil, "--rounds")] where given {
+            for (given, name) in [(roundTripsGiven != nil, "--round-trips"), (limitGiven != nil, "--limit"), (roundsGiven != nil, "--rounds"), (clientsGiven != nil, "--clients")] where given {
                 throw ValidationError("\(name) is not an option of --scale (the boot storm authorizes every module of --capture; it times no status round trips)")
             }
         }
-        do { try SignatureBenchmark.checkCounts(roundTrips: roundTrips, limit: limit, rounds: rounds) } catch { throw ValidationError(error.description) }
+        do { try SignatureBenchmark.checkCounts(roundTrips: roundTrips, limit: limit, rounds: rounds, clients: clientsGiven ?? 1) } catch { throw ValidationError(error.description) }
     }
 
     func run() async throws {
@@ -63,7 +64,7 @@ struct BenchCommand: AsyncParsableCommand {
         let f: SignatureBenchmark.Figures
         do {
             f = try await SignatureBenchmark.run(vmlinuz: inputs.vmlinuz, modules: inputs.modules, roundTrips: roundTrips, rounds: rounds,
-                                                 progress: { Console.error("bench: \($0)") })
+                                                 serviceClients: clientsGiven, progress: { Console.error("bench: \($0)") })
         } catch {
             Console.error("execgate bench: \(error)")  // unreadable input or no figures: exit 2
             throw ExecGateExit.usage
