@@ -66,16 +66,11 @@ public enum SignatureBenchmark {
         /// below say how far the rest spread.
         public var execgateRounds: [Double] = [], opensslRounds: [Double] = [], poolRounds: [Double] = [], serviceRounds: [Double] = []
 
-        public var execgateMedian: Double { Self.median(execgateRounds) }
-        public var opensslMedian: Double { Self.median(opensslRounds) }
-        public var poolMedian: Double { Self.median(poolRounds) }
-        public var serviceMedian: Double { Self.median(serviceRounds) }
-
-        static func median(_ xs: [Double]) -> Double {
-            let s = xs.sorted()
-            if s.isEmpty { return 0 }
-            return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-        }
+        /// Each phase's median round (nearest rank: the middle round of an odd count).
+        public var execgateMedian: Double { Percentiles.of(execgateRounds, 50) }
+        public var opensslMedian: Double { Percentiles.of(opensslRounds, 50) }
+        public var poolMedian: Double { Percentiles.of(poolRounds, 50) }
+        public var serviceMedian: Double { Percentiles.of(serviceRounds, 50) }
     }
 
     /// `bench --rounds`: how many times each timed verification phase runs (best and median reported).
