@@ -6,6 +6,18 @@
 // comparison's site order.
 
 enum AddressSort {
+    /// `a` sorted ascending with repeats removed, in place (a module's function entries, a
+    /// key's trusted targets). A list already ascending (a symbol table mostly lists a section's
+    /// functions in address order) is not sorted again.
+    static func sortUnique(_ a: inout [UInt64]) {
+        var ascending = true
+        for i in a.indices.dropFirst() where a[i - 1] > a[i] { ascending = false; break }
+        if !ascending { sort(&a) }
+        var n = 0
+        for k in a.indices where n == 0 || a[n - 1] != a[k] { a[n] = a[k]; n += 1 }
+        a.removeLast(a.count - n)
+    }
+
     /// `a.sort()` for addresses: by `radixSort` when there are at least 64 and they lie within
     /// 4 GiB of each other (a module's functions, keys or sites), else the standard sort.
     static func sort(_ a: inout [UInt64]) {

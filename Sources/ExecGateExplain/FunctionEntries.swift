@@ -14,16 +14,8 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
 
     public init(_ addresses: [UInt64]) {
         var a = addresses
-        // A symbol table mostly lists a section's functions in address order: check before sorting.
-        var ascending = true
-        for i in a.indices.dropFirst() where a[i - 1] > a[i] { ascending = false; break }
-        if !ascending {
-            // A module's entries span a few MiB: a radix sort of their offsets from the lowest.
-            AddressSort.sort(&a)
-        }
-        var w = 0
-        for x in a where w == 0 || a[w - 1] != x { a[w] = x; w += 1 }
-        a.removeLast(a.count - w)
+        // (A module's entries span a few MiB: out of order, a radix sort of their offsets.)
+        AddressSort.sortUnique(&a)
         sorted = a
     }
     public init(_ addresses: Set<UInt64>) { self.init(Array(addresses)) }

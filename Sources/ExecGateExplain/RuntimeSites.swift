@@ -180,10 +180,7 @@ struct TargetList: Equatable {
     }
     /// `TargetList(a)` for an `a` the caller owns: sorted and made distinct in place (no copy).
     init(normalizing a: inout [UInt64]) {
-        a.sort()
-        var n = 0
-        for k in a.indices where n == 0 || a[n - 1] != a[k] { a[n] = a[k]; n += 1 }
-        a.removeLast(a.count - n)
+        AddressSort.sortUnique(&a)
         sorted = a
     }
     var isEmpty: Bool { sorted.isEmpty }
