@@ -162,9 +162,15 @@ public enum ExplainRun {
                     ("max_rss_kib", .uint(UInt64(max(0, ProcessUsage.peakResidentKiB())))),
                     ("rss_after_facts_kib", .uint(UInt64(max(0, rssAfterFacts)))),
                     ("largest_module", .string(largest.name)), ("largest_module_bytes", .uint(UInt64(largest.bytes))),
+                    ("fit", b.fit.map { .object([("per_module_s", .double($0.perModule)), ("per_byte_s", .double($0.perByte))]) } ?? .null),
+                    ("modules", .array(b.modules.map { m in
+                        .object([("name", .string(m.name)), ("executable_bytes", .uint(UInt64(m.executableBytes))),
+                                 ("explain_best_s", .double(m.engineBest)), ("sha256_best_s", .double(m.sha256Best))])
+                    })),
                 ]))]).serialized())
             } else {
                 out(b.line)
+                out(b.moduleLine)
                 out("max RSS: \(ProcessUsage.peakResidentKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
             }
         }
@@ -190,6 +196,54 @@ public enum ExplainRun {
         public var engine: [Double] = []
         /// Thread CPU seconds per pass: SHA-256 (the project's OpenSSL digest) over the same bytes.
         public var sha256: [Double] = []
+        /// Each timed module's best pass of each side, in load order (where a ratio comes from: the
+        /// sum of these bests is at most the best pass's total, each module's best being its own).
+        public var modules: [ModuleFigure] = []
+
+        public init() {}
+
+        public struct ModuleFigure: Sendable, Equatable {
+            public var name: String
+            public var executableBytes: Int
+            public var engineBest: Double
+            public var sha256Best: Double
+
+            public init(name: String, executableBytes: Int, engineBest: Double, sha256Best: Double) {
+                self.name = name
+                self.executableBytes = executableBytes
+                self.engineBest = engineBest
+                self.sha256Best = sha256Best
+            }
+        }
+
+        /// The least-squares line through the modules' best engine times against their executable
+        /// bytes: seconds fixed per module and per byte (nil for fewer than two modules of different
+        /// sizes). What a module costs before its first byte is the share a small module pays.
+        public var fit: (perModule: Double, perByte: Double)? {
+            let n = Double(modules.count)
+            guard modules.count >= 2 else { return nil }
+            let mx = modules.reduce(0.0) { $0 + Double($1.executableBytes) } / n
+            let my = modules.reduce(0.0) { $0 + $1.engineBest } / n
+            var sxx = 0.0, sxy = 0.0
+            for m in modules {
+                let dx = Double(m.executableBytes) - mx
+                sxx += dx * dx
+                sxy += dx * (m.engineBest - my)
+            }
+            guard sxx > 0 else { return nil }
+            let b = sxy / sxx
+            return (my - b * mx, b)
+        }
+
+        /// The modules whose best engine time exceeds `target` × their best SHA-256 time by the
+        /// most seconds (the excess is what brings the whole ratio over the target), at most `limit`.
+        public func aboveTarget(_ target: Double, limit: Int) -> [ModuleFigure] {
+            let over = modules.filter { $0.engineBest > target * $0.sha256Best }
+            return Array(over.sorted { ($0.engineBest - target * $0.sha256Best) > ($1.engineBest - target * $1.sha256Best) }.prefix(limit))
+        }
+
+        /// The ratio the issue sets for the explainer (issue 13: ≤ 3× SHA-256 over the same bytes).
+        public static let targetRatio = 3.0
 
         public var line: String {
             let mb = Double(executableBytes) / 1e6
@@ -198,6 +252,25 @@ public enum ExplainRun {
             func rate(_ t: Double) -> String { t > 0 ? fmt(mb / t) : "-" }
             return "throughput (\(engine.count) passes, thread CPU time): \(fmt(mb)) MB executable bytes; explain best \(rate(e)) MB/s (\(fmt(e)) s), median \(rate(em)) MB/s; "
                 + "sha256 best \(rate(h)) MB/s (\(fmt(h)) s), median \(rate(hm)) MB/s; ratio best \(h > 0 ? fmt(e / h) : "-")×, median \(hm > 0 ? fmt(em / hm) : "-")×"
+        }
+
+        /// Where the time goes by module: the fit, and the modules furthest over the target.
+        public var moduleLine: String {
+            var parts: [String] = []
+            if let f = fit {
+                parts.append("per module (best pass of each, \(modules.count) modules): \(fmt(f.perModule * 1e6)) µs + \(fmt(f.perByte * 1e9)) ns per executable byte (least squares)")
+            }
+            let top = aboveTarget(Self.targetRatio, limit: 5)
+            let over = modules.filter { $0.engineBest > Self.targetRatio * $0.sha256Best }.count
+            if top.isEmpty {
+                parts.append("no module above \(fmt(Self.targetRatio))× its SHA-256 time")
+            } else {
+                let list = top.map { m in
+                    "\(m.name) \(fmt(m.engineBest * 1e3)) ms (\(m.sha256Best > 0 ? fmt(m.engineBest / m.sha256Best) : "-")×, \(m.executableBytes) B)"
+                }.joined(separator: ", ")
+                parts.append("\(over) of \(modules.count) modules above \(fmt(Self.targetRatio))× their SHA-256 time; the most time over it: \(list)")
+            }
+            return parts.joined(separator: "; ")
         }
     }
 
@@ -210,7 +283,7 @@ public enum ExplainRun {
         for name in boot.availableModules { if let m = try? boot.module(name) { modules.append(m) } }
         for pass in 0..<max(1, o.benchRepetitions) {
             var replay = CaptureReplay(boot: boot)
-            var engine = 0.0, sha = 0.0, bytes = 0
+            var engine = 0.0, sha = 0.0, bytes = 0, timed = 0
             for m in modules {
                 let t0 = MonotonicClock.threadCPUSeconds()
                 let step = replay.step(m)
@@ -222,6 +295,14 @@ public enum ExplainRun {
                 engine += t1 - t0
                 sha += t2 - t1
                 bytes += step.executableBytes
+                // The module's best of each side (the same modules, in the same order, every pass).
+                if pass == 0 {
+                    f.modules.append(.init(name: m.name, executableBytes: step.executableBytes, engineBest: t1 - t0, sha256Best: t2 - t1))
+                } else {
+                    f.modules[timed].engineBest = min(f.modules[timed].engineBest, t1 - t0)
+                    f.modules[timed].sha256Best = min(f.modules[timed].sha256Best, t2 - t1)
+                }
+                timed += 1
             }
             f.engine.append(engine)
             f.sha256.append(sha)

@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// `explain --bench` reports, beside the whole pass against SHA-256, each module's best pass of
+// both sides, the least-squares line through them (seconds fixed per module, seconds per byte)
+// and the modules furthest over the target ratio: where a ratio comes from (issue 13). These
+// check that the figures are computed and reported, never their speed (figures are a
+// benchmark's, not a test's).
+
+import _ExecGateInternals
+import ExecGateCapture
+import ExecGateTestSupport
+import XCTest
+
+final class ExplainBenchModulesTests: XCTestCase {
+    typealias Figures = ExplainRun.BenchFigures
+
+    static func module(_ name: String, _ bytes: Int, _ engine: Double, _ sha: Double) -> Figures.ModuleFigure {
+        .init(name: name, executableBytes: bytes, engineBest: engine, sha256Best: sha)
+    }
+
+    /// The fit recovers a line the modules lie on exactly, and is nil where no line is defined.
+    func testFitRecoversAnExactLineAndNeedsTwoSizes() throws {
+        var f = Figures()
+        f.modules = [4096, 8192, 65536, 1 << 20].enumerated().map { i, n in
+            Self.module("m\(i)", n, 20e-6 + 2e-9 * Double(n), 1e-9 * Double(n))
+        }
+        let fit = try XCTUnwrap(f.fit)
+        XCTAssertEqual(fit.perModule, 20e-6, accuracy: 1e-12)
+        XCTAssertEqual(fit.perByte, 2e-9, accuracy: 1e-15)
+        f.modules = [Self.module("one", 4096, 1e-5, 1e-6)]
+        XCTAssertNil(f.fit, "one module")
+        f.modules = [Self.module("a", 4096, 1e-5, 1e-6), Self.module("b", 4096, 2e-5, 1e-6)]
+        XCTAssertNil(f.fit, "two modules of one size")
+        f.modules = []
+        XCTAssertNil(f.fit)
+    }
+
+    /// The modules over the target, the most excess time first; none at or under it.
+    func testAboveTargetOrdersByExcessTime() {
+        var f = Figures()
+        f.modules = [
+            Self.module("under", 8192, 2.9e-3, 1e-3),      // 2.9×: not over
+            Self.module("at", 8192, 3e-3, 1e-3),           // 3×: not over
+            Self.module("small-ratio", 8192, 4e-3, 1e-3),  // excess 1 ms
+            Self.module("tiny-but-slow", 4096, 1.2e-4, 1e-5),  // 12×, excess 0.09 ms
+            Self.module("large", 1 << 20, 1.5e-2, 4e-3),   // excess 3 ms
+        ]
+        XCTAssertEqual(f.aboveTarget(3, limit: 5).map { $0.name }, ["large", "small-ratio", "tiny-but-slow"])
+        XCTAssertEqual(f.aboveTarget(3, limit: 1).map { $0.name }, ["large"])
+        XCTAssertTrue(f.moduleLine.contains("3 of 5 modules above 3.0× their SHA-256 time"), f.moduleLine)
+        XCTAssertTrue(f.moduleLine.hasPrefix("per module (best pass of each, 5 modules): "), f.moduleLine)
+        f.modules = [Self.module("a", 4096, 1e-6, 1e-6), Self.module("b", 8192, 2e-6, 1e-6)]
+        XCTAssertTrue(f.moduleLine.contains("no module above 3.0× its SHA-256 time"), f.moduleLine)
+    }
+
+    static var fixtureCapture: String { Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a" }
+
+    /// The real binary on the committed 9-module capture: `--json` carries every timed module, in
+    /// load order, each with both best times; their sum is at most the best pass (each module's
+    /// best is its own); the fit is there for 9 modules of several sizes and null for one module;
+    /// the text output has the per-module line.
+    func testExplainBenchReportsEveryModuleAndTheFit() throws {
+        let dir = Fixtures.temporaryDirectory()
+        let r = Fixtures.runExecgate(rawArguments: ["explain", Self.fixtureCapture, "--bench", "--passes", "3", "--json"].map { Array($0.utf8) },
+                                     in: dir, seconds: 120)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let bench = try XCTUnwrap(r.stdout.split(separator: "\n").compactMap { try? JSONReader.parse(Array($0.utf8)) }.compactMap { $0["bench"] }.first,
+                                  r.stdout)
+        guard case .array(let modules)? = bench["modules"] else { return XCTFail("no modules: \(r.stdout)") }
+        let order = try String(contentsOfFile: Self.fixtureCapture + "/../load-order.txt", encoding: .utf8)
+            .split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+        XCTAssertEqual(modules.compactMap { m -> String? in if case .string(let s)? = m["name"] { return s } else { return nil } }, order)
+        var sum = 0.0, bytes = 0.0
+        for m in modules {
+            let e = try XCTUnwrap(BenchPlacementTests.number(m["explain_best_s"])), h = try XCTUnwrap(BenchPlacementTests.number(m["sha256_best_s"]))
+            XCTAssertGreaterThan(e, 0, "\(m)")
+            XCTAssertGreaterThan(h, 0, "\(m)")
+            sum += e
+            bytes += try XCTUnwrap(BenchPlacementTests.number(m["executable_bytes"]))
+        }
+        let best = try XCTUnwrap(BenchPlacementTests.number(bench["explain_best_s"]))
+        XCTAssertLessThanOrEqual(sum, best * (1 + 1e-9), "per-module bests sum above the best pass")
+        XCTAssertEqual(bytes, try XCTUnwrap(BenchPlacementTests.number(bench["executable_bytes"])))
+        XCTAssertNotNil(BenchPlacementTests.number(bench["fit"]?["per_byte_s"]), "\(bench)")
+
+        let one = Fixtures.runExecgate(rawArguments: ["explain", Self.fixtureCapture, "--only", "llc", "--bench", "--passes", "1", "--json"].map { Array($0.utf8) },
+                                       in: dir, seconds: 120)
+        XCTAssertEqual(one.status, 0, one.stderr)
+        let b1 = try XCTUnwrap(one.stdout.split(separator: "\n").compactMap { try? JSONReader.parse(Array($0.utf8)) }.compactMap { $0["bench"] }.first)
+        guard case .array(let m1)? = b1["modules"] else { return XCTFail("no modules: \(one.stdout)") }
+        XCTAssertEqual(m1.count, 1)
+        XCTAssertEqual(b1["fit"], .null)
+
+        let text = Fixtures.runExecgate(rawArguments: ["explain", Self.fixtureCapture, "--bench", "--passes", "1"].map { Array($0.utf8) },
+                                        in: dir, seconds: 120)
+        XCTAssertEqual(text.status, 0, text.stderr)
+        XCTAssertTrue(text.stdout.contains("per module (best pass of each, \(order.count) modules): "), text.stdout)
+    }
+}
