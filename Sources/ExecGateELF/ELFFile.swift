@@ -153,8 +153,10 @@ public struct ELFFile: @unchecked Sendable {
     public let bytes: UnsafeRawBufferPointer
     public let sections: [ELFSection]
     public let shstrndx: Int
-    /// Per section: the name's UTF-8 length when the name is ASCII, -1 otherwise (``section(named:)``).
-    let asciiNameLengths: [Int]
+    /// Per section: ``nameKey(_:)`` of its name (``section(named:)``: equal names have equal keys,
+    /// so a lookup compares the bytes of the names whose key matches, about one, instead of every
+    /// name of its length).
+    let nameKeys: [UInt64]
 
     public init(bytes: UnsafeRawBufferPointer) throws {
         self.bytes = bytes
@@ -167,8 +169,8 @@ public struct ELFFile: @unchecked Sendable {
         }
         var secs: [ELFSection] = []
         secs.reserveCapacity(raws.count)
-        var lengths: [Int] = []
-        lengths.reserveCapacity(raws.count)
+        var keys: [UInt64] = []
+        keys.reserveCapacity(raws.count)
         var nameBytes = 0
         for (i, r) in raws.enumerated() {
             // Each name found within its bound (the scan for its NUL stops there), all of them
@@ -183,8 +185,7 @@ public struct ELFFile: @unchecked Sendable {
             // (A typed view: the contiguous fast path; the raw view takes the generic append path.)
             let nameBuffer = UnsafeRawBufferPointer(rebasing: bytes[range])
             let name = nameBuffer.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }
-            // (`asciiLength(name)`, on the bytes: an ASCII name decodes to itself.)
-            lengths.append(nameBuffer.allSatisfy { $0 < 0x80 } ? range.count : -1)
+            keys.append(ELFFile.nameKey(name))
             let s = ELFSection(index: i, name: name, type: r.type, flags: SectionFlags(rawValue: r.flags),
                                size: r.size, addralign: r.align, entsize: r.entsize, link: r.link, info: r.info,
                                fileRange: r.range)
@@ -192,13 +193,27 @@ public struct ELFFile: @unchecked Sendable {
         }
         self.sections = secs
         self.shstrndx = table.shstrndx
-        self.asciiNameLengths = lengths
+        self.nameKeys = keys
     }
 
-    /// The UTF-8 length of `s` if it is all ASCII, else -1.
-    static func asciiLength(_ s: String) -> Int {
+    /// A name's key for ``section(named:)``: its UTF-8 length, first and last 8 bytes (fewer when
+    /// shorter), mixed. Equal names (equal bytes) have equal keys; a key match is confirmed on the
+    /// bytes. Not a hash table: the keys are scanned in section order (find_sec()'s), so a file's
+    /// names cannot steer the lookup's cost or its answer.
+    static func nameKey(_ s: String) -> UInt64 {
         var s = s
-        return s.withUTF8 { u in u.allSatisfy { $0 < 0x80 } ? u.count : -1 }
+        return s.withUTF8 { u in
+            let n = u.count
+            var head: UInt64 = 0, tail: UInt64 = 0
+            if n >= 8 {
+                let r = UnsafeRawBufferPointer(u)
+                head = UInt64(littleEndian: r.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
+                tail = UInt64(littleEndian: r.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self))
+            } else {
+                for k in 0..<n { head |= UInt64(u[k]) << (8 * UInt64(k)) }
+            }
+            return head ^ (tail &* 0x9e37_79b9_7f4a_7c15) ^ (UInt64(n) &* 0xff51_afd7_ed55_8ccd)
+        }
     }
 
     /// Where the section header table is, from a validated Elf64_Ehdr.
@@ -320,37 +335,34 @@ public struct ELFFile: @unchecked Sendable {
 
     /// The first section with this exact name (the kernel's `find_sec()` order).
     public func section(named name: String) -> ELFSection? {
-        // A scan (find_sec() scans too): a module has tens of sections and a reader asks for a
-        // few, so a name index cost more to build (a hash of every name per parse) than it saved.
-        // Names are equal when their bytes are, as find_sec()'s strcmp() compares them (String
-        // equality is canonical equivalence: ".\u{212A}" would equal ".K"). Two ASCII names of
-        // different lengths differ without a look at their bytes.
-        let q = ELFFile.asciiLength(name)
-        return sections.indices.first { hasName($0, name, asciiLength: q) }.map { sections[$0] }
+        // A scan (find_sec() scans too) of the names' keys, made at parse: a module has tens of
+        // sections and a reader asks for a few tens of names. Names are equal when their bytes
+        // are, as find_sec()'s strcmp() compares them (String equality is canonical
+        // equivalence: ".\u{212A}" would equal ".K"); a name whose key differs is not compared.
+        let q = ELFFile.nameKey(name)
+        return sections.indices.first { hasName($0, name, key: q) }.map { sections[$0] }
     }
 
     /// Every section with this exact name, in section order (the names compared as
     /// ``section(named:)`` compares them). `module_finalize()` keeps the *last* of a name.
     public func sections(named name: String) -> [ELFSection] {
-        let q = ELFFile.asciiLength(name)
-        return Array(sections.indices.lazy.filter { hasName($0, name, asciiLength: q) }.map { sections[$0] })
+        let q = ELFFile.nameKey(name)
+        return Array(sections.indices.lazy.filter { hasName($0, name, key: q) }.map { sections[$0] })
     }
 
     /// The last section with this exact name and how many have it (names compared as
     /// ``section(named:)`` compares them), without collecting them: `module_finalize()` keeps
     /// the last of a name.
     public func lastSection(named name: String) -> (section: ELFSection, count: Int)? {
-        let q = ELFFile.asciiLength(name)
+        let q = ELFFile.nameKey(name)
         var last = -1, count = 0
-        for i in sections.indices where hasName(i, name, asciiLength: q) { last = i; count += 1 }
+        for i in sections.indices where hasName(i, name, key: q) { last = i; count += 1 }
         return last < 0 ? nil : (sections[last], count)
     }
 
-    /// Section `i`'s name is `name`'s bytes (`q`: `name`'s ``asciiLength(_:)``).
-    @inline(__always) private func hasName(_ i: Int, _ name: String, asciiLength q: Int) -> Bool {
-        let k = asciiNameLengths[i]
-        if q >= 0 && k >= 0 && k != q { return false }
-        return ELFFile.sameBytes(sections[i].name, name)
+    /// Section `i`'s name is `name`'s bytes (`q`: `name`'s ``nameKey(_:)``).
+    @inline(__always) private func hasName(_ i: Int, _ name: String, key q: UInt64) -> Bool {
+        nameKeys[i] == q && ELFFile.sameBytes(sections[i].name, name)
     }
 
     /// True when the UTF-8 bytes of `a` and `b` are the same (`strcmp() == 0`), compared in

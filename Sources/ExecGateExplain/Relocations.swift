@@ -357,7 +357,10 @@ extension Session {
         // range), valid, symbol value known, signed bytes zero, the field all of the ELF class, a symbol outside the
         // module's init sections, no field recording. It writes what the record-by-record path below writes; the first
         // record it does not take goes to that path, which checks it in full (and denies).
-        let tight = classes != nil && !walk.record
+        // (Only when the whole target section lies inside `buf` and the class array spans `buf`:
+        // then a field inside the section, which the loop checks, lies inside both, and the
+        // loop needs no per-record bounds test of its own. Exec sections always do, by the layout.)
+        let tight = classes != nil && !walk.record && toff >= 0 && targetSize <= UInt64(buf.count - toff) && classes?.c.count == buf.count
         let anyInit = !inInit.isEmpty
         // Every relocation section links the one symbol table (ELFFile.relocationSections), whose
         // symbols these arrays hold: the loop's unchecked reads below stay inside them.
@@ -380,9 +383,7 @@ extension Session {
                     let si = info >> 32
                     guard size != 0, si < symbolCount, fo <= targetSize, size <= targetSize &- fo, !(anyInit && inInit[Int(si)]),
                           let sv = vals[Int(si)] else { break }
-                    let o = toff &+ Int(fo)
-                    // Exec sections lie inside the image by the layout (as below).
-                    precondition(o >= 0 && o <= buf.count - Int(size) && c.count == buf.count, "relocation field outside its section")
+                    let o = toff &+ Int(fo)  // inside `buf` and `c`: fo + size <= targetSize (above), `tight`'s test
                     let loc = taddr &+ fo
                     var val = sv &+ UInt64(bitPattern: Int64(littleEndian: records.loadUnaligned(fromByteOffset: at &+ 16, as: Int64.self)))
                     // `field()`'s overflow checks (an overflow leaves the record to it: its denial).
@@ -527,7 +528,10 @@ extension Session {
                     let fo = UInt64(littleEndian: records.loadUnaligned(fromByteOffset: at, as: UInt64.self))
                     let info = UInt64(littleEndian: records.loadUnaligned(fromByteOffset: at &+ 8, as: UInt64.self))
                     let ty = UInt32(truncatingIfNeeded: info)
-                    let w: UInt64 = ty == 2 || ty == 4 ? 4 : (ty == 1 || ty == 24 ? 8 : 0)
+                    // The field's width without a branch: bit `ty` of 0x14 (PC32 2, PLT32 4) gives 4,
+                    // of 0x100_0002 (R_X86_64_64 1, PC64 24) gives 8; any other type (or one past 31) 0.
+                    let t = UInt64(ty & 31), known: UInt64 = ty < 32 ? 1 : 0
+                    let w = (((0x14 &>> t) & 1) << 2 | ((0x100_0002 &>> t) & 1) << 3) &* known
                     guard w != 0, info >> 32 < symbolCount, fo <= targetSize, w <= targetSize &- fo, fo >= end else { break }
                     if !src.isEmpty {
                         guard w <= srcCount, fo <= srcCount &- w,

@@ -624,6 +624,13 @@ final class Session {
                     let old = c.loadUnaligned(fromByteOffset: off, as: UInt64.self)
                     if (old ^ UInt64(first) &* 0x0101_0101_0101_0101) & mask == 0 {
                         counts[Int(first)] -= n
+                    } else if n >= 2, case let second = Int(truncatingIfNeeded: (old >> 8) & 0xff), second < counts.count,
+                              ((old >> 8) ^ UInt64(second) &* 0x0101_0101_0101_0101) & (mask >> 8) == 0 {
+                        // One byte of one class, then the rest of another (an opcode of the ELF class
+                        // before a relocated rel32: every `jmp __x86_return_thunk`): two counter steps
+                        // instead of a chain of n decrements of one counter.
+                        counts[Int(first)] -= 1
+                        counts[second] -= n - 1
                     } else {
                         for k in off..<off + n { let o = Int(c[k]); precondition(o < counts.count); counts[o] -= 1 }
                     }
