@@ -201,19 +201,22 @@ public struct ELFFile: @unchecked Sendable {
     /// bytes. Not a hash table: the keys are scanned in section order (find_sec()'s), so a file's
     /// names cannot steer the lookup's cost or its answer.
     static func nameKey(_ s: String) -> UInt64 {
-        var s = s
-        return s.withUTF8 { u in
-            let n = u.count
-            var head: UInt64 = 0, tail: UInt64 = 0
-            if n >= 8 {
-                let r = UnsafeRawBufferPointer(u)
-                head = UInt64(littleEndian: r.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
-                tail = UInt64(littleEndian: r.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self))
-            } else {
-                for k in 0..<n { head |= UInt64(u[k]) << (8 * UInt64(k)) }
-            }
-            return head ^ (tail &* 0x9e37_79b9_7f4a_7c15) ^ (UInt64(n) &* 0xff51_afd7_ed55_8ccd)
+        // (Read in place: a native string's bytes are contiguous; `withUTF8` needs a mutable copy.)
+        if let k = s.utf8.withContiguousStorageIfAvailable({ nameKey(UnsafeRawBufferPointer($0)) }) { return k }
+        return Array(s.utf8).withUnsafeBytes { nameKey($0) }
+    }
+
+    /// ``nameKey(_:)`` of a name's UTF-8 bytes.
+    static func nameKey(_ b: UnsafeRawBufferPointer) -> UInt64 {
+        let n = b.count
+        var head: UInt64 = 0, tail: UInt64 = 0
+        if n >= 8 {
+            head = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
+            tail = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self))
+        } else {
+            for k in 0..<n { head |= UInt64(b[k]) << (8 * UInt64(k)) }
         }
+        return head ^ (tail &* 0x9e37_79b9_7f4a_7c15) ^ (UInt64(n) &* 0xff51_afd7_ed55_8ccd)
     }
 
     /// Where the section header table is, from a validated Elf64_Ehdr.

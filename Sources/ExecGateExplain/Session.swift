@@ -289,46 +289,51 @@ final class Session {
         // Copy the sections (`move_module()`): the explained region's exec sections into the
         // image, every other allocated section of the session as a relocated data copy.
         var addr = [UInt64?](repeating: nil, count: elf.sections.count)
-        var copies: [(off: Int, sec: Int)] = []
-        var execRanges: [(lo: Int, hi: Int, sec: Int)] = []
-        var dataSections: [Int] = []
-        func copy(_ s: ELFSection, at off: Int, intoImage: Bool) {
-            let i = s.index
+        // (Each sized once for every section: grown by appends, they were reallocated a few
+        // times a module.)
+        var copies: [(off: Int, sec: Int)] = [], execRanges: [(lo: Int, hi: Int, sec: Int)] = [], dataSections: [Int] = []
+        copies.reserveCapacity(elf.sections.count)
+        execRanges.reserveCapacity(elf.sections.count)
+        dataSections.reserveCapacity(elf.sections.count)
+        // (Sections by index, their fields read in place: a loop over the records copied each,
+        // name and all, a module's sections twice a module.)
+        let secs = elf.sections
+        func copy(_ i: Int, at off: Int, intoImage: Bool) {
             if intoImage {
+                let size = secs[i].size
                 // Exec sections are inside [0, regionSize) by construction of the layout.
-                precondition(off >= 0 && s.size <= regionSize && off <= regionSize - s.size, "exec section outside the region")
+                precondition(off >= 0 && size <= regionSize && off <= regionSize - size, "exec section outside the region")
                 copies.append((off, i))  // copied below, in this order
-                if s.size > 0 { execRanges.append((off, off + s.size, i)) }
+                if size > 0 { execRanges.append((off, off + size, i)) }
             } else {
                 dataSections.append(i)  // copied on first use (dataCopy)
             }
         }
-        for s in elf.sections {
-            let i = s.index
+        for i in secs.indices {  // secs[i].index == i (ELFFile.init)
             if let ioff = lay.initOffset[i], let ib = initBase {
                 // 6.12: each init type at its own checked base (address612); 6.1: one init allocation.
                 let a = lay.memType == nil ? ib &+ UInt64(ioff) : (Session.address612(lay, i, bases: bases612, initBases: true) ?? 0)
                 addr[i] = a
-                if lay.flags[i].contains(.alloc), let c = claim.sectionAddresses[s.name], c != a {
-                    throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from the init layout 0x\(String(a, radix: 16))",
-                               section: s.name, address: c)
+                if lay.flags[i].contains(.alloc), let c = claim.sectionAddresses[secs[i].name], c != a {
+                    throw deny("claimed address 0x\(String(c, radix: 16)) of \(secs[i].name) differs from the init layout 0x\(String(a, radix: 16))",
+                               section: secs[i].name, address: c)
                 }
-                copy(s, at: ioff, intoImage: lay.flags[i].contains(.execInstr))
+                copy(i, at: ioff, intoImage: lay.flags[i].contains(.execInstr))
             } else if let off = lay.coreOffset[i] {
                 let a = lay.memType == nil ? coreBase &+ UInt64(off) : (Session.address612(lay, i, bases: bases612) ?? 0)
                 addr[i] = a
                 // (The flag test first: a non-allocated section's name is never hashed.)
-                if lay.flags[i].contains(.alloc), let c = claim.sectionAddresses[s.name], c != a {
-                    throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) differs from layout_sections() 0x\(String(a, radix: 16))",
-                               section: s.name, address: c)
+                if lay.flags[i].contains(.alloc), let c = claim.sectionAddresses[secs[i].name], c != a {
+                    throw deny("claimed address 0x\(String(c, radix: 16)) of \(secs[i].name) differs from layout_sections() 0x\(String(a, radix: 16))",
+                               section: secs[i].name, address: c)
                 }
                 // In an init session the core's exec sections are data: read (alternative
                 // replacements, trampolines) but not compared.
                 if region == .initText {
-                    copy(s, at: off, intoImage: false)
+                    copy(i, at: off, intoImage: false)
                     continue
                 }
-                copy(s, at: off, intoImage: lay.flags[i].contains(.execInstr))
+                copy(i, at: off, intoImage: lay.flags[i].contains(.execInstr))
             } else if let ioff = lay.initOffset[i] {
                 // A core session never uses init addresses. The claimed (stale sysfs) init
                 // address is deliberately NOT used: a hostile claim could place "init" sections on
@@ -390,6 +395,7 @@ final class Session {
         var trampolines: [Int] = []
         var keys: [Int] = []
         var entries: [UInt64] = []
+        entries.reserveCapacity(symtab.count)  // at most one a symbol: no reallocation as it fills
         // The 7-byte prefixes as words (`namePrefixWord`: the name's first 8 bytes): one load and
         // two compares a symbol (was two byte-wise prefix tests across modules).
         let prefixMask: UInt64 = (1 << 56) - 1
@@ -784,7 +790,10 @@ public enum ModuleStructure {
     /// `module_enforce_rwx_sections()` (kernel/module/strict_rwx.c, 6.1 and 6.12;
     /// CONFIG_STRICT_MODULE_RWX=y): any section flagged SHF_WRITE|SHF_EXECINSTR refuses the module.
     static func writableExecutableSection(_ elf: ELFFile) -> (section: String, reason: String)? {
-        guard let s = elf.sections.first(where: { $0.flags.contains(.write) && $0.flags.contains(.execInstr) }) else { return nil }
+        // (By index, the flags read in place: a closure over each section copied its record.)
+        let secs = elf.sections
+        guard let i = secs.indices.first(where: { secs[$0].flags.contains(.write) && secs[$0].flags.contains(.execInstr) }) else { return nil }
+        let s = secs[i]
         return (s.name, "\(s.name) has invalid WRITE|EXEC flags: module_enforce_rwx_sections() refuses the module (-ENOEXEC)")
     }
 
@@ -794,7 +803,9 @@ public enum ModuleStructure {
     /// SHT_NULL section with a size would be copied from bytes nobody bounds-checked (`flags`:
     /// after the loader's edits, `ModuleLayout.loaderFlags`).
     static func allocatedNullSection(_ elf: ELFFile, flags: [SectionFlags]) -> (section: String, reason: String)? {
-        guard let s = elf.sections.first(where: { $0.type == SectionType.null && $0.size > 0 && flags[$0.index].contains(.alloc) }) else { return nil }
+        let secs = elf.sections
+        guard let i = secs.indices.first(where: { secs[$0].type == SectionType.null && secs[$0].size > 0 && flags[$0].contains(.alloc) }) else { return nil }
+        let s = secs[i]
         return (s.name, "\(s.name) is SHF_ALLOC with type SHT_NULL and \(s.size) bytes: move_module() would copy them from a file offset the kernel never checks")
     }
 
