@@ -360,7 +360,7 @@ extension Session {
         // (Only when the whole target section lies inside `buf` and the class array spans `buf`:
         // then a field inside the section, which the loop checks, lies inside both, and the
         // loop needs no per-record bounds test of its own. Exec sections always do, by the layout.)
-        let tight = classes != nil && !walk.record && toff >= 0 && targetSize <= UInt64(buf.count - toff) && classes?.c.count == buf.count
+        let tight = classes != nil && !walk.record && toff >= 0 && toff <= buf.count && targetSize <= UInt64(buf.count - toff) && classes?.c.count == buf.count
         let anyInit = !inInit.isEmpty
         // Every relocation section links the one symbol table (ELFFile.relocationSections), whose
         // symbols these arrays hold: the loop's unchecked reads below stay inside them.
