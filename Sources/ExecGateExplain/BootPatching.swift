@@ -314,7 +314,6 @@ extension Session {
 
     /// `apply_returns()` + `__static_call_fixup()` + `patch_return()` (alternative.c, static_call.c).
     func applyReturns() throws {
-        if let t = table(".return_sites") { returnSites.reserveCapacity(returnSites.count + t.bytes.count / 4) }
         try forEachRelativeSite(".return_sites") { a in
             guard let off = execOffset(a, 1), let insn = decode(at: off) else {
                 return try requireExecutableSite(a, 1, .stage(.returnThunk), ".return_sites", probe: 1, kernelWrites: Session.returnMayWrite)

@@ -4,9 +4,10 @@
 // random hostile inputs:
 // - `checkNoOverlap`'s in-order fast path (no sort) must report the same pair, at the same offset,
 //   as the old stable sort of (sections in index order, the ELF header, the table) by start;
-// - `asciiNameLengths`, now computed from a section name's bytes, must equal the old value computed
-//   from the decoded `String` (`String(decoding:)` repairs invalid UTF-8 to U+FFFD), and
-//   `lastSection(named:)` must equal `sections(named:)`'s last and count.
+// - the per-name keys (`nameKeys`, made at parse from the decoded `String`: `String(decoding:)`
+//   repairs invalid UTF-8 to U+FFFD) must be the keys of the names, the look-ups by name must
+//   answer what a plain byte scan answers, and `lastSection(named:)` must equal
+//   `sections(named:)`'s last and count.
 
 @testable import ExecGateELF
 import ExecGateTestSupport
@@ -153,7 +154,12 @@ final class OverlapOrderDifferentialTests: XCTestCase {
         return b
     }
 
-    func testASCIINameLengthsMatchTheDecodedStringsOnSeededNames() throws {
+    /// Section look-ups by name go through a key per name made at parse (`ELFFile.nameKey`): each
+    /// stored key is the key of the decoded name, and `section(named:)`, `sections(named:)` and
+    /// `lastSection(named:)` answer what a plain scan comparing the names' bytes answers (the
+    /// kernel's `find_sec()` strcmp), for ASCII, multi-byte and invalid UTF-8 names, and for long
+    /// names built to share a key's bytes (length, first and last 8) with another.
+    func testNameKeysMatchAPlainByteScanOnSeededNames() throws {
         var rng = SeededRNG(seed: 0xa5c11)
         // Bytes that make ASCII, valid multi-byte UTF-8, and invalid UTF-8 (lone continuations,
         // truncated leads, overlongs, surrogates, 0xff) likely.
@@ -167,16 +173,31 @@ final class OverlapOrderDifferentialTests: XCTestCase {
                 for _ in 0..<rng.below(7) { n += alphabet[rng.below(rng.below(3) == 0 ? alphabet.count : 6)] }
                 // Repeat an earlier name now and then (lastSection's count).
                 if !names.isEmpty && rng.below(4) == 0 { n = names[rng.below(names.count)] }
+                // A long name with the same length, first and last 8 bytes as another, its middle
+                // byte different: the same key's inputs, different names.
+                if rng.below(5) == 0 {
+                    n = Array(".rela.orc_".utf8) + [UInt8(0x61 + rng.below(3))] + Array("_unwind_ip".utf8)
+                }
                 names.append(n)
             }
             let bytes = Self.elf(names: names)
             try bytes.withUnsafeBytes { raw in
                 let f = try ELFFile(bytes: raw)
                 for i in f.sections.indices {
-                    XCTAssertEqual(f.asciiNameLengths[i], ELFFile.asciiLength(f.sections[i].name), "round \(round) section \(i)")
+                    XCTAssertEqual(f.nameKeys[i], ELFFile.nameKey(f.sections[i].name), "round \(round) section \(i)")
                     checked += 1
-                    if f.asciiNameLengths[i] < 0 { nonASCII += 1 }
+                    if f.sections[i].name.utf8.contains(where: { $0 >= 0x80 }) { nonASCII += 1 }
                     if i >= 2, Array(String(decoding: names[i - 2], as: UTF8.self).utf8) != names[i - 2] { invalid += 1 }  // repaired: invalid UTF-8
+                }
+                // Every section's name, and names no section has, against a plain byte scan.
+                var queries = f.sections.map(\.name)
+                queries += [".rela.orc_d_unwind_ip", "", ".", "x", "\u{fffd}", ".rela.orc_a_unwind_i"]
+                for q in queries {
+                    let plain = f.sections.indices.filter { Array(f.sections[$0].name.utf8) == Array(q.utf8) }
+                    XCTAssertEqual(f.sections(named: q).map(\.index), plain, "round \(round) \(q)")
+                    XCTAssertEqual(f.section(named: q)?.index, plain.first, "round \(round) \(q)")
+                    XCTAssertEqual(f.lastSection(named: q)?.section.index, plain.last, "round \(round) \(q)")
+                    XCTAssertEqual(f.lastSection(named: q)?.count ?? 0, plain.count, "round \(round) \(q)")
                 }
                 for i in f.sections.indices {
                     let name = f.sections[i].name
