@@ -260,15 +260,15 @@ public enum ExplainRun {
             if let f = fit {
                 parts.append("per module (best pass of each, \(modules.count) modules): \(fmt(f.perModule * 1e6)) µs + \(fmt(f.perByte * 1e9)) ns per executable byte (least squares)")
             }
-            let top = aboveTarget(Self.targetRatio, limit: 5)
-            let over = modules.filter { $0.engineBest > Self.targetRatio * $0.sha256Best }.count
+            let over = aboveTarget(Self.targetRatio, limit: modules.count)
+            let top = over.prefix(5)
             if top.isEmpty {
                 parts.append("no module above \(fmt(Self.targetRatio))× its SHA-256 time")
             } else {
                 let list = top.map { m in
                     "\(m.name) \(fmt(m.engineBest * 1e3)) ms (\(m.sha256Best > 0 ? fmt(m.engineBest / m.sha256Best) : "-")×, \(m.executableBytes) B)"
                 }.joined(separator: ", ")
-                parts.append("\(over) of \(modules.count) modules above \(fmt(Self.targetRatio))× their SHA-256 time; the most time over it: \(list)")
+                parts.append("\(over.count) of \(modules.count) modules above \(fmt(Self.targetRatio))× their SHA-256 time; the most time over it: \(list)")
             }
             return parts.joined(separator: "; ")
         }
