@@ -9,11 +9,12 @@
 /// A value type (copy-on-write through its arrays). Every key is allowed (`UInt64.max`, the
 /// empty-slot marker, is kept apart); entries are never removed.
 struct AddressTable {
-    private var keys: [UInt64] = []
-    private var values: [UInt64] = []
-    /// The entries held in `keys` (all but the key `UInt64.max`).
+    /// Slot `i`'s key at `2i` and its value at `2i + 1` (a key and its value share a cache line:
+    /// a look-up that hits touches one line, where two arrays took two), a power of two of slots.
+    private var slots: [UInt64] = []
+    /// The entries held in `slots` (all but the key `UInt64.max`).
     private var slotted = 0
-    /// The entry for the key `UInt64.max`, which cannot live in `keys`.
+    /// The entry for the key `UInt64.max`, which cannot live in `slots`.
     private var maxKeyValue: UInt64?
     /// The entries, the key `UInt64.max` included.
     var count: Int { slotted + (maxKeyValue == nil ? 0 : 1) }
@@ -30,8 +31,7 @@ struct AddressTable {
     init(minimumCapacity n: Int) {
         var size = 16
         while size < 2 * n { size <<= 1 }
-        keys = [UInt64](repeating: Self.empty, count: size)
-        values = [UInt64](repeating: 0, count: size)
+        slots = AddressTable.emptySlots(size)
     }
 
     /// A table sized up front for the `n` entries a count read from a module suggests (its
@@ -43,62 +43,80 @@ struct AddressTable {
         for (k, v) in d { set(k, v) }
     }
 
-    @inline(__always) private func home(_ k: UInt64, _ mask: Int) -> Int {
+    /// `size` empty slots (key `empty`, value 0).
+    private static func emptySlots(_ size: Int) -> [UInt64] {
+        [UInt64](unsafeUninitializedCapacity: 2 * size) { b, n in
+            var i = 0
+            while i < 2 * size { b[i] = empty; b[i + 1] = 0; i += 2 }
+            n = 2 * size
+        }
+    }
+
+    @inline(__always) private static func home(_ k: UInt64, _ mask: Int, _ seed: UInt64) -> Int {
         let h = (k ^ seed) &* 0x9e37_79b9_7f4a_7c15
         return Int(truncatingIfNeeded: h >> 32) & mask
     }
 
-    /// The slot holding `k`, or the empty slot where it would go (`keys` not empty).
-    @inline(__always) private func find(_ k: UInt64) -> (slot: Int, found: Bool) {
-        let mask = keys.count - 1
-        return keys.withUnsafeBufferPointer { ks in
-            var s = home(k, mask)
-            while true {
-                let x = ks[s]
-                if x == k { return (s, true) }
-                if x == Self.empty { return (s, false) }
-                s = (s + 1) & mask
-            }
+    /// The slot holding `k`, or the empty slot where it would go (`b` is `slots`, not empty).
+    @inline(__always) private static func find(_ k: UInt64, in b: UnsafeBufferPointer<UInt64>, _ seed: UInt64) -> (slot: Int, found: Bool) {
+        let mask = b.count / 2 - 1
+        var s = home(k, mask, seed)
+        while true {
+            let x = b[2 &* s]
+            if x == k { return (s, true) }
+            if x == Self.empty { return (s, false) }
+            s = (s &+ 1) & mask
         }
     }
 
     subscript(k: UInt64) -> UInt64? {
         if k == Self.empty { return maxKeyValue }
         if slotted == 0 { return nil }
-        let (s, found) = find(k)
-        return found ? values[s] : nil
+        let seed = self.seed
+        return slots.withUnsafeBufferPointer { b in
+            let (s, found) = AddressTable.find(k, in: b, seed)
+            return found ? b[2 &* s &+ 1] : nil
+        }
     }
 
     /// Insert, or replace the value of, `k` (entries are never removed).
     mutating func set(_ k: UInt64, _ v: UInt64) {
         if k == Self.empty { maxKeyValue = v; return }
-        if 2 * (slotted + 1) > keys.count { grow() }
-        let (s, found) = find(k)
-        if !found { keys[s] = k; slotted += 1 }
-        values[s] = v
+        if 2 * (slotted + 1) > slots.count / 2 { grow() }
+        let seed = self.seed
+        let added = slots.withUnsafeMutableBufferPointer { b -> Bool in
+            let (s, found) = AddressTable.find(k, in: UnsafeBufferPointer(b), seed)
+            b[2 &* s] = k
+            b[2 &* s &+ 1] = v
+            return !found
+        }
+        if added { slotted += 1 }
     }
 
     private mutating func grow() {
-        var size = max(16, keys.count * 2)
+        var size = max(16, slots.count)  // twice the slots: `slots` holds two words a slot
         while size < 2 * (slotted + 1) { size <<= 1 }
-        let (oldKeys, oldValues) = (keys, values)
-        keys = [UInt64](repeating: Self.empty, count: size)
-        values = [UInt64](repeating: 0, count: size)
-        let mask = size - 1
-        for i in oldKeys.indices where oldKeys[i] != Self.empty {
-            var s = home(oldKeys[i], mask)
-            while keys[s] != Self.empty { s = (s + 1) & mask }
-            keys[s] = oldKeys[i]
-            values[s] = oldValues[i]
+        let old = slots
+        slots = AddressTable.emptySlots(size)
+        let mask = size - 1, seed = self.seed
+        slots.withUnsafeMutableBufferPointer { b in
+            for i in stride(from: 0, to: old.count, by: 2) where old[i] != Self.empty {
+                var s = AddressTable.home(old[i], mask, seed)
+                while b[2 * s] != Self.empty { s = (s + 1) & mask }
+                b[2 * s] = old[i]
+                b[2 * s + 1] = old[i + 1]
+            }
         }
     }
 
     /// Slots allocated (twice the entries it holds at most before it grows).
-    var capacity: Int { keys.count }
+    var capacity: Int { slots.count / 2 }
 
     /// Every key, ascending.
     var sortedKeys: [UInt64] {
-        var k = keys.filter { $0 != Self.empty }
+        var k: [UInt64] = []
+        k.reserveCapacity(slotted + 1)
+        for i in stride(from: 0, to: slots.count, by: 2) where slots[i] != Self.empty { k.append(slots[i]) }
         AddressSort.sort(&k)
         if maxKeyValue != nil { k.append(Self.empty) }  // the largest key: last
         return k
@@ -108,7 +126,7 @@ struct AddressTable {
     var dictionary: [UInt64: UInt64] {
         var d: [UInt64: UInt64] = [:]
         d.reserveCapacity(count)
-        for i in keys.indices where keys[i] != Self.empty { d[keys[i]] = values[i] }
+        for i in stride(from: 0, to: slots.count, by: 2) where slots[i] != Self.empty { d[slots[i]] = slots[i + 1] }
         if let v = maxKeyValue { d[Self.empty] = v }
         return d
     }
