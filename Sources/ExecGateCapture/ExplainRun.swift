@@ -8,6 +8,9 @@ import ExecGateELF
 import ExecGateExplain
 import ExecGateSignature
 import _ExecGateInternals
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct ExplainRunOptions: Sendable {
     public var json = false
@@ -162,6 +165,7 @@ public enum ExplainRun {
                     ("max_rss_kib", .uint(UInt64(max(0, ProcessUsage.peakResidentKiB())))),
                     ("rss_after_facts_kib", .uint(UInt64(max(0, rssAfterFacts)))),
                     ("largest_module", .string(largest.name)), ("largest_module_bytes", .uint(UInt64(largest.bytes))),
+                    ("host", BenchHost.current().json),
                     ("fit", b.fit.map { .object([("per_module_s", .double($0.perModule)), ("per_byte_s", .double($0.perByte))]) } ?? .null),
                     ("modules", .array(b.modules.map { m in
                         .object([("name", .string(m.name)), ("executable_bytes", .uint(UInt64(m.executableBytes))),
@@ -171,6 +175,7 @@ public enum ExplainRun {
             } else {
                 out(b.line)
                 out(b.moduleLine)
+                out(BenchHost.current().line)
                 out("max RSS: \(ProcessUsage.peakResidentKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
             }
         }
@@ -188,6 +193,55 @@ public enum ExplainRun {
             for f in s.falseAccepts { out(o.json ? JSON.object([("false_accept", .string(f))]).serialized() : "FALSE ACCEPT \(f)") }
         }
         return s
+    }
+
+    /// The machine a bench ran on. The ratio to SHA-256 is a property of the host as much as of
+    /// the binary (docs/performance.md: one binary read 2.9× on one 2-core AMD EPYC guest and
+    /// 3.5× on another of the same family, SHA-256 running in hardware on both), so every bench
+    /// figure names its host: the CPU model, the CPUs online, and whether the CPU has the SHA
+    /// instructions OpenSSL's SHA-256 uses when present (`sha_ni`; without them SHA-256 runs
+    /// several times slower and the ratio falls with it).
+    public struct BenchHost: Sendable, Equatable {
+        /// `/proc/cpuinfo`'s first `model name`, or nil when there is none.
+        public var cpuModel: String?
+        /// The `sha_ni` flag of the first `flags` line; nil when `/proc/cpuinfo` has no flags line.
+        public var shaInstructions: Bool?
+        public var onlineCPUs: Int
+
+        public init(cpuModel: String?, shaInstructions: Bool?, onlineCPUs: Int) {
+            self.cpuModel = cpuModel
+            self.shaInstructions = shaInstructions
+            self.onlineCPUs = onlineCPUs
+        }
+
+        /// From the text of `/proc/cpuinfo` (x86: `model name\t: …`, `flags\t\t: … sha_ni …`).
+        public static func parse(cpuinfo: String, onlineCPUs: Int) -> BenchHost {
+            var model: String?, sha: Bool?
+            for line in cpuinfo.split(separator: "\n", omittingEmptySubsequences: true) {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                let key = line[..<colon].trimmingBlanks(), value = line[line.index(after: colon)...].trimmingBlanks()
+                if model == nil, key == "model name", !value.isEmpty { model = value }
+                if sha == nil, key == "flags" { sha = value.split(separator: " ").contains("sha_ni") }
+                if model != nil && sha != nil { break }
+            }
+            return BenchHost(cpuModel: model, shaInstructions: sha, onlineCPUs: onlineCPUs)
+        }
+
+        /// This machine (`/proc/cpuinfo`, read up to 4 MiB; unreadable: nothing known of the CPU).
+        public static func current() -> BenchHost {
+            let text = (try? Files.read("/proc/cpuinfo", limit: 4 << 20)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            return parse(cpuinfo: text, onlineCPUs: max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        }
+
+        public var line: String {
+            let sha = shaInstructions.map { $0 ? "yes" : "no" } ?? "unknown"
+            return "host: \(cpuModel ?? "unknown CPU"), \(onlineCPUs) CPU\(onlineCPUs == 1 ? "" : "s") online, SHA instructions (sha_ni): \(sha) (the ratio moves with the host: docs/performance.md)"
+        }
+
+        public var json: JSON {
+            .object([("cpu_model", cpuModel.map { .string($0) } ?? .null), ("online_cpus", .uint(UInt64(onlineCPUs))),
+                     ("sha_ni", shaInstructions.map { .bool($0) } ?? .null)])
+        }
     }
 
     public struct BenchFigures: Sendable {

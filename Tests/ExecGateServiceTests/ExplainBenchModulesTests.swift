@@ -2,7 +2,8 @@
 //
 // `explain --bench` reports, beside the whole pass against SHA-256, each module's best pass of
 // both sides, the least-squares line through them (seconds fixed per module, seconds per byte)
-// and the modules furthest over the target ratio: where a ratio comes from (issue 13). These
+// and the modules furthest over the target ratio: where a ratio comes from (issue 13), and the
+// host it was taken on (the ratio moves with the host). These
 // check that the figures are computed and reported, never their speed (figures are a
 // benchmark's, not a test's).
 
@@ -53,6 +54,22 @@ final class ExplainBenchModulesTests: XCTestCase {
         XCTAssertTrue(f.moduleLine.contains("no module above 3.0× its SHA-256 time"), f.moduleLine)
     }
 
+    /// The host a bench names: the first `model name` and `flags` lines of `/proc/cpuinfo` as the
+    /// x86 kernel prints them (`show_cpuinfo()`: a tab-padded key, ": ", the value), `sha_ni` a
+    /// whole flag (never a prefix of another), unknown when a line is missing.
+    func testBenchHostReadsTheModelAndTheSHAFlag() {
+        let cpu = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n"
+            + "flags\t\t: fpu vme sse2 avx2 sha_ni vaes\n\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n"
+        XCTAssertEqual(ExplainRun.BenchHost.parse(cpuinfo: cpu, onlineCPUs: 2),
+                       .init(cpuModel: "AMD EPYC 9R14 96-Core Processor", shaInstructions: true, onlineCPUs: 2))
+        let noSHA = "model name\t: Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz\nflags\t\t: fpu sha_nix avx2 xsha_ni\n"
+        XCTAssertEqual(ExplainRun.BenchHost.parse(cpuinfo: noSHA, onlineCPUs: 1).shaInstructions, false, "only the whole flag")
+        let bare = ExplainRun.BenchHost.parse(cpuinfo: "", onlineCPUs: 4)
+        XCTAssertEqual(bare, .init(cpuModel: nil, shaInstructions: nil, onlineCPUs: 4))
+        XCTAssertTrue(bare.line.hasPrefix("host: unknown CPU, 4 CPUs online, SHA instructions (sha_ni): unknown"), bare.line)
+        XCTAssertEqual(bare.json, .object([("cpu_model", .null), ("online_cpus", .uint(4)), ("sha_ni", .null)]))
+    }
+
     static var fixtureCapture: String { Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a" }
 
     /// The real binary on the committed 9-module capture: `--json` carries every timed module, in
@@ -82,6 +99,8 @@ final class ExplainBenchModulesTests: XCTestCase {
         XCTAssertLessThanOrEqual(sum, best * (1 + 1e-9), "per-module bests sum above the best pass")
         XCTAssertEqual(bytes, try XCTUnwrap(BenchPlacementTests.number(bench["executable_bytes"])))
         XCTAssertNotNil(BenchPlacementTests.number(bench["fit"]?["per_byte_s"]), "\(bench)")
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(BenchPlacementTests.number(bench["host"]?["online_cpus"]), "\(bench)"), 1, "the bench names its host")
+        XCTAssertNotNil(bench["host"]?["sha_ni"], "\(bench)")
 
         let one = Fixtures.runExecgate(rawArguments: ["explain", Self.fixtureCapture, "--only", "llc", "--bench", "--passes", "1", "--json"].map { Array($0.utf8) },
                                        in: dir, seconds: 120)
@@ -95,5 +114,6 @@ final class ExplainBenchModulesTests: XCTestCase {
                                         in: dir, seconds: 120)
         XCTAssertEqual(text.status, 0, text.stderr)
         XCTAssertTrue(text.stdout.contains("per module (best pass of each, \(order.count) modules): "), text.stdout)
+        XCTAssertTrue(text.stdout.contains("\nhost: "), text.stdout)
     }
 }
