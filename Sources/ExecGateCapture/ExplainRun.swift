@@ -227,9 +227,10 @@ public enum ExplainRun {
             return BenchHost(cpuModel: model, shaInstructions: sha, onlineCPUs: onlineCPUs)
         }
 
-        /// This machine (`/proc/cpuinfo`, read up to 4 MiB; unreadable: nothing known of the CPU).
+        /// This machine (`/proc/cpuinfo`, read up to 16 MiB: ≈ 1.4 KiB a CPU on x86, so any host
+        /// up to ≈ 11,000 CPUs; larger or unreadable: nothing known of the CPU, said as such).
         public static func current() -> BenchHost {
-            let text = (try? Files.read("/proc/cpuinfo", limit: 4 << 20)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            let text = (try? Files.read("/proc/cpuinfo", limit: 16 << 20)).map { String(decoding: $0, as: UTF8.self) } ?? ""
             return parse(cpuinfo: text, onlineCPUs: max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         }
 

@@ -3,10 +3,10 @@
 // A small integer map for the stages' per-site bookkeeping (key address → state), where
 // `[UInt64: UInt64]` cost a SipHash per access, several per site.
 
-/// `UInt64 → UInt64` by open addressing (linear probing) over power-of-two arrays, at most half
+/// `UInt64 → UInt64` by open addressing (linear probing) over a power of two of slots, at most half
 /// full, hashed by a multiply with a per-process seed (as NameTable: the keys come from a signed
 /// module placed at a guest-chosen base, and a module has at most a few hundred distinct keys).
-/// A value type (copy-on-write through its arrays). Every key is allowed (`UInt64.max`, the
+/// A value type (copy-on-write through its one array of slots). Every key is allowed (`UInt64.max`, the
 /// empty-slot marker, is kept apart); entries are never removed.
 struct AddressTable {
     /// Slot `i`'s key at `2i` and its value at `2i + 1` (a key and its value share a cache line:
