@@ -392,11 +392,16 @@ public struct ELFFile: @unchecked Sendable {
 
     /// The symbol table (`SHT_SYMTAB`, exactly one in a module — the kernel refuses others).
     public func symbolTableSection() throws -> ELFSection {
-        let tabs = sections.filter { $0.type == SectionType.symtab }
-        guard tabs.count == 1, let t = tabs.first else {
-            throw ELFError(.badSymbolTable, offset: 0, "\(tabs.count) SHT_SYMTAB sections, need exactly 1")
+        // Counted in place (asked a few times a module: no array of the matches).
+        var first = -1, count = 0
+        for i in sections.indices where sections[i].type == SectionType.symtab {
+            if first < 0 { first = i }
+            count += 1
         }
-        return t
+        guard count == 1 else {
+            throw ELFError(.badSymbolTable, offset: 0, "\(count) SHT_SYMTAB sections, need exactly 1")
+        }
+        return sections[first]
     }
 
     /// Every symbol of the symbol table, index 0 included. Names from the linked string table.

@@ -6,6 +6,15 @@
 
 import ExecGateELF
 
+/// One section as `ModuleLayout.compute` reads it (see there).
+struct LayoutEntry {
+    var align: UInt64
+    var size: Int
+    var cls: Int
+    var isInit: Bool
+    var placed = false
+}
+
 struct ModuleLayout {
     /// Flags after the loader's edits (`.modinfo`, `__versions`, `.data..percpu` lose SHF_ALLOC;
     /// `.data..ro_after_init` and `__jump_table` gain SHF_RO_AFTER_INIT).
@@ -88,8 +97,12 @@ struct ModuleLayout {
             default: break
             }
         }
-        for i in [modinfo, versions, percpu].compactMap({ $0 }) { flags[i].remove(.alloc) }
-        for i in [roAfterInit, jumpTable].compactMap({ $0 }) { flags[i].insert(.roAfterInit) }
+        // (Each index tested on its own: array literals and `compactMap` made four arrays a module.)
+        if let i = modinfo { flags[i].remove(.alloc) }
+        if let i = versions { flags[i].remove(.alloc) }
+        if let i = percpu { flags[i].remove(.alloc) }
+        if let i = roAfterInit { flags[i].insert(.roAfterInit) }
+        if let i = jumpTable { flags[i].insert(.roAfterInit) }
         return (flags, percpu)
     }
 
@@ -97,40 +110,43 @@ struct ModuleLayout {
         let secs = elf.sections
         let (flags, percpu) = loaderFlags(elf)
         let masks = sectionMasks
-        var placed = [Bool](repeating: false, count: secs.count)
         var core = [Int?](repeating: nil, count: secs.count)
         var initO = [Int?](repeating: nil, count: secs.count)
         var textSize = 0
         var coreSize = 0
         var initTextSize = 0, initSize = 0
-        // `module_init_layout_section()`: `.init*` names (`.exit*` stays core with
-        // CONFIG_MODULE_UNLOAD), decided once per section (the loop below asks for every section
-        // in every class of both passes).
-        let initNamed = secs.map { hasASCIIPrefix($0.name, ".init") }
-        // The fields the loop reads, as plain arrays (the loop visits every section in every
-        // class of both passes: no section record, with its name, copied per visit).
-        let aligns = secs.map { $0.addralign }, sizes = secs.map { $0.size }
-        func place(_ i: Int, _ size: inout Int) -> Int? {
-            let a = Int(exactly: aligns[i] == 0 ? 1 : aligns[i]) ?? -1
+        // What the loop reads of a section, in one array (the loop visits every section in every
+        // class of both passes: no section record, with its name, copied per visit; one array,
+        // was six a module): its alignment and size; the class whose masks it fits first (later
+        // classes find it placed; -1: none), found once per section instead of the mask tests per
+        // visit; whether `module_init_layout_section()` puts it in init (`.init*` names; `.exit*`
+        // stays core with CONFIG_MODULE_UNLOAD), decided once per section; whether it is placed.
+        var entries: [LayoutEntry] = []
+        entries.reserveCapacity(secs.count)
+        for i in secs.indices {  // secs[i].index == i (ELFFile.init)
+            let f = flags[i]
+            let cls = masks.firstIndex { f.isSuperset(of: $0.0) && f.intersection($0.1).isEmpty } ?? -1
+            entries.append(LayoutEntry(align: secs[i].addralign, size: secs[i].size, cls: cls, isInit: hasASCIIPrefix(secs[i].name, ".init")))
+        }
+        func place(_ e: LayoutEntry, _ size: inout Int) -> Int? {
+            let a = Int(exactly: e.align == 0 ? 1 : e.align) ?? -1
             guard a > 0 else { return nil }
             let (t, o1) = size.addingReportingOverflow(a - 1)
             guard !o1 else { return nil }
             let ret = t & ~(a - 1)
-            let (n, o2) = ret.addingReportingOverflow(sizes[i])
+            let (n, o2) = ret.addingReportingOverflow(e.size)
             guard !o2, n < (1 << 40) else { return nil }
             size = n
             return ret
         }
-        // A section goes in the first class whose masks it fits (later classes find it placed):
-        // that class, found once per section (-1: none), replaces the mask tests per visit.
-        let classOf = flags.map { f in masks.firstIndex { f.isSuperset(of: $0.0) && f.intersection($0.1).isEmpty } ?? -1 }
         for pass in 0..<2 {
             var size = 0
             for m in masks.indices {
-                for i in secs.indices {  // secs[i].index == i (ELFFile.init)
-                    if classOf[i] != m || placed[i] || initNamed[i] != (pass == 1) { continue }
-                    guard let off = place(i, &size) else { return nil }
-                    placed[i] = true
+                for i in entries.indices {
+                    let e = entries[i]
+                    if e.cls != m || e.placed || e.isInit != (pass == 1) { continue }
+                    guard let off = place(e, &size) else { return nil }
+                    entries[i].placed = true
                     if pass == 0 { core[i] = off } else { initO[i] = off }
                 }
                 switch m {
