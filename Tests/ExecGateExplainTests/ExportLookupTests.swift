@@ -203,6 +203,32 @@ final class KeyTargetsTests: XCTestCase {
         }
     }
 
+    /// `freeze()` sorts the pairs as packed words when keys and targets each lie within 4 GiB of
+    /// their least, else as (key, target) pairs: seeded rounds on both sides of that bound (keys
+    /// or targets spread over the whole address space, or near it) against a dictionary of sets.
+    func testWideAndNarrowSpansMatchADictionaryOfSets() {
+        var rng = SplitMix64(state: 0x7769_6465)
+        for round in 0..<40 {
+            var kt = KeyTargets()
+            var d: [UInt64: Set<UInt64>] = [:]
+            let wideKeys = round % 4 == 1 || round % 4 == 3, wideTargets = round % 4 >= 2
+            for _ in 0..<rng.below(200) {
+                let key = wideKeys ? UInt64(rng.below(16)) << 60 | UInt64(rng.below(4)) << 4 : 0xffff_ffff_c000_0000 &+ UInt64(rng.below(64)) << 4
+                let target = wideTargets ? UInt64(rng.below(8)) << 33 : 0xffff_ffff_c100_0000 &+ UInt64(rng.below(8)) << 4
+                kt.add(key, target)
+                d[key, default: []].insert(target)
+            }
+            kt.freeze()
+            XCTAssertEqual(kt.dictionary, d, "round \(round)")
+            var previous: UInt64? = nil
+            kt.forEachKey { k, ts in
+                XCTAssertTrue(previous.map { $0 < k } ?? true, "round \(round): keys ascending")
+                XCTAssertEqual(Array(ts), d[k]?.sorted(), "round \(round): targets ascending, distinct")
+                previous = k
+            }
+        }
+    }
+
     /// A key at the top of the address space (the address table's empty-slot marker) is a key
     /// like any other: counted (LiveModule charges 80 bytes a key), found, and merged.
     func testAKeyAtTheLastAddressIsCounted() {
