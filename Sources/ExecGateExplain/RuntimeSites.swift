@@ -811,27 +811,34 @@ extension Session {
             guard let f, let v = try? symbolValue(f.sym) else { return nil }
             return v &+ UInt64(bitPattern: f.addend)
         }
-        // Each section indexed before its first ask (then read through a constant copy: no
-        // exclusivity check or copy per field).
+        // Each section indexed before its first ask; plain loops (no closure captures the index:
+        // no box, no exclusivity check per field).
         fields.index(ev.index, rela)
-        var f = fields
-        let calls = stride(from: UInt64(0), through: UInt64(ev.size) - 8, by: 8).compactMap { pointee(f.field(ev.index, $0)) }
+        var calls: [(sec: Int, off: UInt64)] = []
+        calls.reserveCapacity(ev.size / 8)
+        for slot in stride(from: UInt64(0), through: UInt64(ev.size) - 8, by: 8) {
+            if let c = pointee(fields.field(ev.index, slot)) { calls.append(c) }
+        }
         if calls.isEmpty { return }
         for c in calls { fields.index(c.sec, rela) }
-        f = fields
-        let pairs = calls.compactMap { c -> (cls: (sec: Int, off: UInt64), tp: (sec: Int, off: UInt64))? in
-            guard let cls = pointee(f.field(c.sec, c.off &+ 16)), let tp = pointee(f.field(c.sec, c.off &+ 24)) else { return nil }
-            return (cls, tp)
+        var pairs: [(cls: (sec: Int, off: UInt64), tp: (sec: Int, off: UInt64))] = []
+        pairs.reserveCapacity(calls.count)
+        for c in calls {
+            guard let cls = pointee(fields.field(c.sec, c.off &+ 16)), let tp = pointee(fields.field(c.sec, c.off &+ 24)) else { continue }
+            pairs.append((cls, tp))
         }
         for p in pairs { fields.index(p.cls.sec, rela); fields.index(p.tp.sec, rela) }
-        f = fields
+        // The undefined symbol found named `trace_event_reg` (its name compared once, not once a
+        // class: most classes of a module name the same symbol; another index is compared again).
+        var regSymbol = -1
         for (cls, tp) in pairs {
-            guard let reg = f.field(cls.sec, cls.off &+ 24), symtab.isUndefined(reg.sym), reg.addend == 0,
-                  symtab.nameEquals(reg.sym, "trace_event_reg"),
-                  let key = value(f.field(tp.sec, tp.off &+ 24)), own[key] != nil else { continue }
+            guard let reg = fields.field(cls.sec, cls.off &+ 24), symtab.isUndefined(reg.sym), reg.addend == 0,
+                  reg.sym == regSymbol || symtab.nameEquals(reg.sym, "trace_event_reg"),
+                  let key = value(fields.field(tp.sec, tp.off &+ 24)), own[key] != nil else { continue }
+            regSymbol = reg.sym
             // The class's `probe` and `perf_probe` (offsets 8 and 16; no array literal per event).
-            if let p = value(f.field(cls.sec, cls.off &+ 8)), functionEntries.contains(p) { ownKeyDefaults.add(key, p) }
-            if let p = value(f.field(cls.sec, cls.off &+ 16)), functionEntries.contains(p) { ownKeyDefaults.add(key, p) }
+            if let p = value(fields.field(cls.sec, cls.off &+ 8)), functionEntries.contains(p) { ownKeyDefaults.add(key, p) }
+            if let p = value(fields.field(cls.sec, cls.off &+ 16)), functionEntries.contains(p) { ownKeyDefaults.add(key, p) }
         }
     }
 
@@ -938,36 +945,51 @@ struct TraceEventFields {
     /// Indexes section `sec` (once) from the records of `rela` that target it.
     mutating func index(_ sec: Int, _ rela: [ELFRelocationSection]) {
         guard sec >= 0, sec < base.count, sec < 1 << 24, base[sec] == -2 else { return }
-        var count = 0, size = 0
+        var count = 0, size: UInt64 = 0
         for rs in rela where rs.targetSectionIndex == sec {
             count += rs.relocations.count
-            size = Int(clamping: rs.relocations.targetSize)
+            size = rs.relocations.targetSize
         }
-        let slotCount = size / 8 + 1
+        let slotCount = Int(clamping: size / 8) + 1
         let dense = count > 0 && slotCount <= 8 * count + 4096
-        let first = slots.count
+        let first = slots.count, start = records.count
+        precondition(start + count < Int(Self.twice) - 1, "relocation records beyond the field index")
         base[sec] = dense ? first : -1
         if dense { slots.append(contentsOf: repeatElement(0, count: slotCount)) }
-        records.reserveCapacity(records.count + count)
-        for rs in rela where rs.targetSectionIndex == sec {
-            let rr = rs.relocations
-            for i in rr.indices {
-                let info = rr.info(i), off = rr.offset(i)
-                // R_X86_64_64 (type 1), valid (`isValid`: symbol inside the table, the 8-byte field
-                // inside the section), at an offset a field can be asked at.
-                guard UInt32(truncatingIfNeeded: info) == RelocationType.r64.rawValue, off < 1 << 40, rr.isValid(i) else { continue }
-                precondition(records.count < Int(Self.twice) - 1, "relocation records beyond the field index")
-                records.append((Int(info >> 32), rr.addend(i)))
-                let v = UInt32(records.count)
-                if dense && off % 8 == 0 {
-                    let k = first + Int(off / 8)  // off + 8 <= size: inside the section's slots
-                    slots[k] = slots[k] == 0 ? v : Self.twice
-                } else {
-                    let k = UInt64(sec) << 40 | off
-                    table.set(k, table[k] == nil ? UInt64(v) : UInt64(Self.twice))
+        // The records read in place (the parser's layout: offset, info, addend; little-endian),
+        // kept in a buffer of their own and the slots written through theirs: no uniqueness
+        // check per record. Fields outside the slots are put in the table after the pass.
+        var odd: [(key: UInt64, record: Int)] = []
+        let found: [Field] = slots.withUnsafeMutableBufferPointer { sb in
+            [Field](unsafeUninitializedCapacity: count) { kept, n in
+                n = 0
+                for rs in rela where rs.targetSectionIndex == sec {
+                    let rr = rs.relocations, raw = rr.rawRecords
+                    let symbols = UInt64(rr.symbolCount), targetSize = rr.targetSize
+                    for at in stride(from: 0, to: raw.count, by: 24) {
+                        let off = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: at, as: UInt64.self))
+                        let info = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: at + 8, as: UInt64.self))
+                        // R_X86_64_64 (type 1), valid as the parser's `isValid` has it (symbol
+                        // inside the table; the 8-byte field inside the section, no sum wrapping),
+                        // at an offset a field can be asked at.
+                        guard UInt32(truncatingIfNeeded: info) == RelocationType.r64.rawValue, info >> 32 < symbols,
+                              targetSize >= 8, off <= targetSize - 8, off < 1 << 40 else { continue }
+                        let addend = Int64(littleEndian: raw.loadUnaligned(fromByteOffset: at + 16, as: Int64.self))
+                        kept.initializeElement(at: n, to: (Int(info >> 32), addend))
+                        n += 1
+                        let v = UInt32(start + n)
+                        if dense && off % 8 == 0 {
+                            let k = first + Int(off / 8)  // off + 8 <= size: inside the section's slots
+                            sb[k] = sb[k] == 0 ? v : Self.twice
+                        } else {
+                            odd.append((UInt64(sec) << 40 | off, start + n))
+                        }
+                    }
                 }
             }
         }
+        records.append(contentsOf: found)
+        for (k, r) in odd { table.set(k, table[k] == nil ? UInt64(r) : UInt64(Self.twice)) }
     }
 
     /// The field at (`sec`, `off`) of an indexed section; nil for none (or a section not indexed).
