@@ -100,6 +100,17 @@ final class TraceEventProbeWalkTests: XCTestCase {
         }
     }
 
+    /// The file offset of the first `_ftrace_events` slot's record, and the section and offset of
+    /// the call (`event_X`) it points to.
+    static func firstCall(_ ed: KoEditor) throws -> (slotRecord: Int, callSection: Int, callOffset: UInt64) {
+        let slotRecord = try XCTUnwrap(try recordRanges(ed, try ed.sectionIndex("_ftrace_events")).first).at
+        let sym = Int(ed.get(UInt64.self, at: slotRecord + 8) >> 32)
+        return try ed.elf { e in
+            let t = try e.symbolTable()
+            return (slotRecord, Int(t.sectionIndex(sym)), t.value(sym) &+ UInt64(bitPattern: ed.get(Int64.self, at: slotRecord + 16)))
+        }
+    }
+
     /// The honest modules first: both readings agree and find probes (jbd2's 21 own tracepoint
     /// keys, qla2xxx's `ql_dbg_log`), so the crafted rounds below start from a walk that finds.
     func testHonestModulesAgreeWithTheNaiveReading() throws {
@@ -176,13 +187,7 @@ final class TraceEventProbeWalkTests: XCTestCase {
         let honest = try Self.probes(f, pristine, "jbd2")
         var ed = KoEditor(ko: pristine)
         // The first event slot's record, and the call's +16/+24 records.
-        let ev = try ed.sectionIndex("_ftrace_events")
-        let slotRecord = try XCTUnwrap(try Self.recordRanges(ed, ev).first).at
-        let sym = Int(ed.get(UInt64.self, at: slotRecord + 8) >> 32)
-        let (callSec, callOff) = try ed.elf { e -> (Int, UInt64) in
-            let t = try e.symbolTable()
-            return (Int(t.sectionIndex(sym)), t.value(sym) &+ UInt64(bitPattern: ed.get(Int64.self, at: slotRecord + 16)))
-        }
+        let (slotRecord, callSec, callOff) = try Self.firstCall(ed)
         var moved = 0
         for (at, count) in try Self.recordRanges(ed, callSec) {
             for k in 0..<count {
@@ -207,10 +212,7 @@ final class TraceEventProbeWalkTests: XCTestCase {
         let pristine = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
         let honest = try Self.probes(f, pristine, "jbd2")
         var ed = KoEditor(ko: pristine)
-        let ev = try ed.sectionIndex("_ftrace_events")
-        let slotRecord = try XCTUnwrap(try Self.recordRanges(ed, ev).first).at
-        let sym = Int(ed.get(UInt64.self, at: slotRecord + 8) >> 32)
-        let callSec = try ed.elf { Int(try $0.symbolTable().sectionIndex(sym)) }
+        let callSec = try Self.firstCall(ed).callSection
         let records = try Self.recordRanges(ed, callSec).reduce(0) { $0 + $1.count }
         let (fileRange, size) = try ed.elf { ($0.sections[callSec].fileRange, $0.sections[callSec].size) }
         let newSize = 2 << 20
