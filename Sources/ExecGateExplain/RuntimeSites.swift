@@ -782,7 +782,11 @@ extension Session {
     /// no other probe (a BPF raw tracepoint's `__bpf_trace_C`, another module's probe): those stay
     /// denied, as tracing is (docs/trust.md, "Static calls").
     func addOwnTraceEventProbes() {
-        guard let ev = elf.section(named: "_ftrace_events"), ev.size >= 8 else { return }
+        // `find_module_sections()` → `section_objs()` → `find_sec()`: the first section of the name
+        // with SHF_ALLOC (kernel/module/main.c, 6.1 and 6.12); a section without it is never read.
+        // (Names compared as bytes, as strcmp(): `sections(named:)`.)
+        guard let ev = elf.sections(named: "_ftrace_events").first(where: { $0.index < layout.flags.count && layout.flags[$0.index].contains(.alloc) }),
+              ev.size >= 8 else { return }
         // This module's own tracepoint keys (`__SCK__tp_func_*` it defines: ownTracepointKeys
         // without the trampolines).
         var own = AddressTable(expecting: keySymbols.indices.count)
@@ -794,7 +798,7 @@ extension Session {
         // and tp; then each class's probes and reg and each tracepoint's key), from an index of
         // each section asked about, made once (``TraceEventFields``). (Three rounds, each a
         // filtered pass over the records of the sections it asked about — a module's `.rela.data`
-        // twice — into a hashed table of the asked offsets, were ≈ 6% of a corpus pass.) The
+        // twice — into a hashed table of the asked offsets, were ≈ 5% of a corpus pass.) The
         // fields the kernel relocates lie in the core allocation (at most
         // `ExplainLimits.maxCoreSize`), and a field not found only leaves a probe untrusted.
         typealias Field = TraceEventFields.Field
@@ -815,7 +819,7 @@ extension Session {
         // no box, no exclusivity check per field).
         fields.index(ev.index, rela)
         var calls: [(sec: Int, off: UInt64)] = []
-        calls.reserveCapacity(ev.size / 8)
+        calls.reserveCapacity(Swift.min(ev.size / 8, 4096))
         for slot in stride(from: UInt64(0), through: UInt64(ev.size) - 8, by: 8) {
             if let c = pointee(fields.field(ev.index, slot)) { calls.append(c) }
         }
@@ -918,16 +922,18 @@ extension Session {
 }
 
 /// The R_X86_64_64 fields of the sections the trace-event probe walk asks about
-/// (``Session/addOwnTraceEventProbes()``), each section indexed once, from one pass over the
-/// relocation sections that target it: a field is the one valid R_X86_64_64 record at exactly its
-/// offset (two such records: no field, the kernel refuses the second write; any other record is
-/// no field). A section's fields at 8-aligned offsets are in one flat array by 8-byte slot when
-/// its slots number at most 8 a record of the section plus 4,096 (`.data` with its pointers,
-/// `__tracepoints`, `_ftrace_events`); any other field (an offset not 8-aligned, or a section
-/// with few records for its size: a large `.bss`) in an ``AddressTable`` keyed by section and
-/// offset. Memory: at most 32 bytes a record (the records take 24 in the file) plus 16 KiB a
-/// section, and 16 bytes a record kept. Sections past 2^24 and offsets past 2^40 are never
-/// indexed nor found (a field not found only leaves a probe untrusted).
+/// (``Session/addOwnTraceEventProbes()``), each section indexed once, from its relocation
+/// sections' records (counted, then read): a field is the one valid R_X86_64_64 record at exactly
+/// its offset (two such records: no field, the kernel refuses the second write; any other record
+/// is no field). A section's fields at 8-aligned offsets are in one flat array by 8-byte slot
+/// while all the sections' slots number at most 8 a record read plus 4,096 (`.data` with its
+/// pointers, `__tracepoints`, `_ftrace_events`); any other field (an offset not 8-aligned, or a
+/// section past that budget: a large `.bss`, or many sections of a few records each) in an
+/// ``AddressTable`` keyed by section and offset. Memory: the slots at most 32 bytes a record
+/// read plus 16 KiB in all, and 16 bytes a valid R_X86_64_64 record kept (plus its table entry
+/// or a slot). A field is looked up only inside its own section's slots. Sections past 2^24 and
+/// offsets past 2^40 are never indexed nor found (a field not found only leaves a probe
+/// untrusted).
 struct TraceEventFields {
     typealias Field = (sym: Int, addend: Int64)
     static let twice = UInt32.max
@@ -935,12 +941,19 @@ struct TraceEventFields {
     private var records: [Field] = []
     /// Per section: its first slot in `slots`, -1 with no slots (its fields in `table`), -2 not indexed.
     private var base: [Int]
+    /// Per section with slots: how many (its slots are `slots[base ..< base + slotCount]`).
+    private var slotCount: [Int]
+    /// Records counted in the sections indexed so far (the slots' budget).
+    private var recordsRead = 0
     /// Per 8-byte slot of the sections with slots: 0 no field, `records` index + 1, or `twice`.
     private var slots: [UInt32] = []
     /// (section << 40 | offset) → as `slots`, for the fields outside them.
     private var table = AddressTable()
 
-    init(sections: Int) { base = [Int](repeating: -2, count: sections) }
+    init(sections: Int) {
+        base = [Int](repeating: -2, count: sections)
+        slotCount = [Int](repeating: 0, count: sections)
+    }
 
     /// Indexes section `sec` (once) from the records of `rela` that target it.
     mutating func index(_ sec: Int, _ rela: [ELFRelocationSection]) {
@@ -948,14 +961,20 @@ struct TraceEventFields {
         var count = 0, size: UInt64 = 0
         for rs in rela where rs.targetSectionIndex == sec {
             count += rs.relocations.count
-            size = rs.relocations.targetSize
+            size = Swift.max(size, rs.relocations.targetSize)  // (every one is the section's size)
         }
-        let slotCount = Int(clamping: size / 8) + 1
-        let dense = count > 0 && slotCount <= 8 * count + 4096
+        recordsRead += count
+        let want = Int(clamping: size / 8) + 1
+        // One budget for all the sections' slots (a section each with one record would otherwise
+        // bring 16 KiB of slots each).
+        let dense = count > 0 && want <= 8 * recordsRead + 4096 - slots.count
         let first = slots.count, start = records.count
         precondition(start + count < Int(Self.twice) - 1, "relocation records beyond the field index")
         base[sec] = dense ? first : -1
-        if dense { slots.append(contentsOf: repeatElement(0, count: slotCount)) }
+        if dense {
+            slots.append(contentsOf: repeatElement(0, count: want))
+            slotCount[sec] = want
+        }
         // The records read in place (the parser's layout: offset, info, addend; little-endian),
         // kept in a buffer of their own and the slots written through theirs: no uniqueness
         // check per record. Fields outside the slots are put in the table after the pass.
@@ -978,8 +997,8 @@ struct TraceEventFields {
                         kept.initializeElement(at: n, to: (Int(info >> 32), addend))
                         n += 1
                         let v = UInt32(start + n)
-                        if dense && off % 8 == 0 {
-                            let k = first + Int(off / 8)  // off + 8 <= size: inside the section's slots
+                        if dense && off % 8 == 0 && Int(off / 8) < want {  // (always: off + 8 <= size)
+                            let k = first + Int(off / 8)
                             sb[k] = sb[k] == 0 ? v : Self.twice
                         } else {
                             odd.append((UInt64(sec) << 40 | off, start + n))
@@ -998,9 +1017,9 @@ struct TraceEventFields {
         let b = base[sec]
         let v: UInt32
         if b >= 0 && off % 8 == 0 {
-            let k = b + Int(off / 8)
-            guard k < slots.count else { return nil }
-            v = slots[k]
+            // Inside this section's own slots only (past them: no record of the section there).
+            guard off / 8 < UInt64(slotCount[sec]) else { return nil }
+            v = slots[b + Int(off / 8)]
         } else {
             guard let t = table[UInt64(sec) << 40 | off] else { return nil }
             v = UInt32(truncatingIfNeeded: t)

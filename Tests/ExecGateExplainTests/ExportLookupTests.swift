@@ -229,6 +229,28 @@ final class KeyTargetsTests: XCTestCase {
         }
     }
 
+    /// The packing bound itself: keys and targets spanning exactly 2^32 - 1 (packed) or 2^32
+    /// (sorted as pairs), in every order of adding, with repeats: the same frozen pairs.
+    func testSpansAtThePackingBound() {
+        for edge: UInt64 in [0xffff_ffff, 0x1_0000_0000] {
+            let k: UInt64 = 0xffff_fffe_0000_0000, t: UInt64 = 0x0000_7000_0000_0000
+            let pairs: [(UInt64, UInt64)] = [(k + edge, t), (k, t + edge), (k, t), (k + edge, t + edge), (k, t), (k + 1, t + edge - 1)]
+            for rotation in pairs.indices {
+                var kt = KeyTargets()
+                var d: [UInt64: Set<UInt64>] = [:]
+                for (key, target) in pairs[rotation...] + pairs[..<rotation] {
+                    kt.add(key, target)
+                    d[key, default: []].insert(target)
+                }
+                kt.freeze()
+                XCTAssertEqual(kt.dictionary, d, "span \(edge)")
+                var keys: [UInt64] = []
+                kt.forEachKey { key, ts in keys.append(key); XCTAssertEqual(Array(ts), d[key]?.sorted(), "span \(edge)") }
+                XCTAssertEqual(keys, d.keys.sorted(), "span \(edge)")
+            }
+        }
+    }
+
     /// A key at the top of the address space (the address table's empty-slot marker) is a key
     /// like any other: counted (LiveModule charges 80 bytes a key), found, and merged.
     func testAKeyAtTheLastAddressIsCounted() {

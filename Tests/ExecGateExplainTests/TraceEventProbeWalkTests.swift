@@ -52,7 +52,9 @@ final class TraceEventProbeWalkTests: XCTestCase {
             guard let f, let v = try? s.symbolValue(f.sym) else { return nil }
             return v &+ UInt64(bitPattern: f.addend)
         }
-        guard let ev = s.elf.section(named: "_ftrace_events"), ev.size >= 8 else { return ([], []) }
+        // find_sec(): the first section of the name with SHF_ALLOC (as the loader leaves the flags).
+        guard let ev = s.elf.sections(named: "_ftrace_events").first(where: { s.layout.flags[$0.index].contains(.alloc) }),
+              ev.size >= 8 else { return ([], []) }
         let own = Set(ModuleTracepointKeyTests.ownTracepointKeys(s))
         if own.isEmpty { return ([], []) }
         var pairs = Set<[UInt64]>()
@@ -96,7 +98,7 @@ final class TraceEventProbeWalkTests: XCTestCase {
     /// File offset and count of the records of every RELA section targeting section `sec`.
     static func recordRanges(_ ed: KoEditor, _ sec: Int) throws -> [(at: Int, count: Int)] {
         try ed.elf { e in
-            try e.relocationSections().filter { $0.targetSectionIndex == sec }.map { ($0.section.fileRange.lowerBound, $0.relocations.count) }
+            try e.relocationSections(checkingRecords: false).filter { $0.targetSectionIndex == sec }.map { ($0.section.fileRange.lowerBound, $0.relocations.count) }
         }
     }
 
@@ -162,7 +164,8 @@ final class TraceEventProbeWalkTests: XCTestCase {
                 case 1: ed.put(t.off &+ 4, at: t.record)
                 case 2: ed.put(ed.get(UInt64.self, at: info) & ~0xffff_ffff | 2, at: info)  // R_X86_64_PC32
                 case 3: ed.put(ed.get(UInt64.self, at: info) & ~0xffff_ffff, at: info)  // R_X86_64_NONE
-                case 4: ed.put(UInt64(rng.below(symbolCount + 1)) << 32 | 1, at: info)  // symbolCount: refused
+                case 4:  // another symbol, or one past the table (a record the parser refuses)
+                    ed.put(UInt64(rng.below(2) == 0 ? symbolCount + rng.below(2) : rng.below(symbolCount)) << 32 | 1, at: info)
                 case 5: ed.put(ed.get(Int64.self, at: addend) &+ [4, -4, 8, -8][rng.below(4)], at: addend)
                 default:
                     let size = try ed.elf { UInt64($0.sections[t.sec].size) }
@@ -201,6 +204,32 @@ final class TraceEventProbeWalkTests: XCTestCase {
         XCTAssertEqual(r.walk, r.naive)
         XCTAssertEqual(r.walk, honest.naive, "the moved event's probes are found at their new fields")
         XCTAssertTrue(r.asked.contains { $0.sec == callSec && $0.off == callOff + 20 })
+    }
+
+    /// A call pointer aimed past the end of its section (the first event slot's record re-aimed at
+    /// a symbol at the start of `_ftrace_events`, its addend past that section's end by exactly
+    /// the section's slots plus the real call's offset, so that the call's fields, read as slots,
+    /// would land on the real call's fields in `.data`, indexed right after it): no record of
+    /// `_ftrace_events` lies there, so no class, no tracepoint, no probe for that event, as in
+    /// the naive reading (a field is looked up only inside its own section's slots).
+    func testAPointerPastItsSectionFindsNoField() throws {
+        let f = try FixtureReplay()
+        let pristine = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
+        let honest = try Self.probes(f, pristine, "jbd2")
+        var ed = KoEditor(ko: pristine)
+        let (slotRecord, callSec, callOff) = try Self.firstCall(ed)
+        let ev = try ed.sectionIndex("_ftrace_events")
+        XCTAssertNotEqual(callSec, ev)
+        let (atStart, evSize) = try ed.elf { e -> (Int, UInt64) in
+            let t = try e.symbolTable()
+            return (try XCTUnwrap(t.indices.first { Int(t.sectionIndex($0)) == ev && t.value($0) == 0 }), UInt64(e.sections[ev].size))
+        }
+        ed.put(UInt64(atStart) << 32 | 1, at: slotRecord + 8)  // R_X86_64_64 against that symbol
+        ed.put(callOff + 8 * (evSize / 8 + 1), at: slotRecord + 16)
+        let r = try Self.probes(f, ed.ko, "jbd2")
+        XCTAssertEqual(r.walk, r.naive)
+        XCTAssertLessThan(r.naive.count, honest.naive.count, "the re-aimed event's probes are lost")
+        XCTAssertTrue(r.asked.contains { $0.sec == ev && $0.off == callOff + 8 * (evSize / 8 + 1) + 16 })
     }
 
     /// The section holding the calls made far larger than its records (its bytes moved to the end
