@@ -102,6 +102,14 @@ final class TraceEventProbeWalkTests: XCTestCase {
         }
     }
 
+    /// The fixture replay, jbd2's signed bytes and both readings of them (jbd2: 21 own tracepoint
+    /// keys, no dependencies).
+    static func jbd2() throws -> (FixtureReplay, [UInt8], (walk: [[UInt64]], naive: [[UInt64]], asked: [(sec: Int, off: UInt64)])) {
+        let f = try FixtureReplay()
+        let pristine = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
+        return (f, pristine, try probes(f, pristine, "jbd2"))
+    }
+
     /// The file offset of the first `_ftrace_events` slot's record, and the section and offset of
     /// the call (`event_X`) it points to.
     static func firstCall(_ ed: KoEditor) throws -> (slotRecord: Int, callSection: Int, callOffset: UInt64) {
@@ -133,9 +141,7 @@ final class TraceEventProbeWalkTests: XCTestCase {
     /// gives the naive reading's pairs. Most rounds must lose pairs and keep others (every crafted
     /// field breaks its event; the events left keep theirs), or they test nothing.
     func testCraftedRecordsGiveTheNaiveReadingsProbes() throws {
-        let f = try FixtureReplay()
-        let pristine = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
-        let honest = try Self.probes(f, pristine, "jbd2")
+        let (f, pristine, honest) = try Self.jbd2()
         // The asked fields that have a record, with that record's file offset.
         let base = KoEditor(ko: pristine)
         let symbolCount = try base.elf { try $0.symbolTable().count }
@@ -185,9 +191,7 @@ final class TraceEventProbeWalkTests: XCTestCase {
     /// (records at offsets not 8-aligned, which the walk keeps in its table): the same probes, as
     /// the kernel would read them from the moved structure.
     func testFieldsNotEightAlignedAreFound() throws {
-        let f = try FixtureReplay()
-        let pristine = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
-        let honest = try Self.probes(f, pristine, "jbd2")
+        let (f, pristine, honest) = try Self.jbd2()
         var ed = KoEditor(ko: pristine)
         // The first event slot's record, and the call's +16/+24 records.
         let (slotRecord, callSec, callOff) = try Self.firstCall(ed)
@@ -213,9 +217,7 @@ final class TraceEventProbeWalkTests: XCTestCase {
     /// `_ftrace_events` lies there, so no class, no tracepoint, no probe for that event, as in
     /// the naive reading (a field is looked up only inside its own section's slots).
     func testAPointerPastItsSectionFindsNoField() throws {
-        let f = try FixtureReplay()
-        let pristine = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
-        let honest = try Self.probes(f, pristine, "jbd2")
+        let (f, pristine, honest) = try Self.jbd2()
         var ed = KoEditor(ko: pristine)
         let (slotRecord, callSec, callOff) = try Self.firstCall(ed)
         let ev = try ed.sectionIndex("_ftrace_events")
@@ -237,9 +239,7 @@ final class TraceEventProbeWalkTests: XCTestCase {
     /// table instead of an array by slot (memory bounded by the records, not the size), and finds
     /// the same probes.
     func testALargeSectionWithFewRecordsIsIndexedByItsRecords() throws {
-        let f = try FixtureReplay()
-        let pristine = try Fixtures.readFile(try Fixtures.module(named: "jbd2.ko"))
-        let honest = try Self.probes(f, pristine, "jbd2")
+        let (f, pristine, honest) = try Self.jbd2()
         var ed = KoEditor(ko: pristine)
         let callSec = try Self.firstCall(ed).callSection
         let records = try Self.recordRanges(ed, callSec).reduce(0) { $0 + $1.count }
