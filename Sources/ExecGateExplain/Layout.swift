@@ -6,15 +6,6 @@
 
 import ExecGateELF
 
-/// One section as `ModuleLayout.compute` reads it (see there).
-struct LayoutEntry {
-    var align: UInt64
-    var size: Int
-    var cls: Int
-    var isInit: Bool
-    var placed = false
-}
-
 struct ModuleLayout {
     /// Flags after the loader's edits (`.modinfo`, `__versions`, `.data..percpu` lose SHF_ALLOC;
     /// `.data..ro_after_init` and `__jump_table` gain SHF_RO_AFTER_INIT).
@@ -45,6 +36,14 @@ struct ModuleLayout {
     /// kernel refuses such a module).
     var coreSizeWithSymbols = 0
     var initSizeWithSymbols = 0
+
+    /// One section as `compute` reads it (see there).
+    private struct Entry {
+        var align: UInt64
+        var size: Int
+        var cls: Int
+        var isInit: Bool
+    }
 
     static let pageSize = 4096
     /// `PAGE_ALIGN(v)`.
@@ -116,19 +115,20 @@ struct ModuleLayout {
         var coreSize = 0
         var initTextSize = 0, initSize = 0
         // What the loop reads of a section, in one array (the loop visits every section in every
-        // class of both passes: no section record, with its name, copied per visit; one array,
-        // was six a module): its alignment and size; the class whose masks it fits first (later
-        // classes find it placed; -1: none), found once per section instead of the mask tests per
-        // visit; whether `module_init_layout_section()` puts it in init (`.init*` names; `.exit*`
-        // stays core with CONFIG_MODULE_UNLOAD), decided once per section; whether it is placed.
-        var entries: [LayoutEntry] = []
+        // class of both passes: no section record, with its name, copied per visit): its
+        // alignment and size; the class whose masks it fits first (-1: none), found once per
+        // section instead of the mask tests per visit; whether `module_init_layout_section()`
+        // puts it in init (`.init*` names; `.exit*` stays core with CONFIG_MODULE_UNLOAD). One
+        // class and one pass a section: it is placed at most once, in the first class that fits
+        // it, as the kernel's `sh_entsize = ~0UL` mark (placed) has it.
+        var entries: [Entry] = []
         entries.reserveCapacity(secs.count)
         for i in secs.indices {  // secs[i].index == i (ELFFile.init)
             let f = flags[i]
             let cls = masks.firstIndex { f.isSuperset(of: $0.0) && f.intersection($0.1).isEmpty } ?? -1
-            entries.append(LayoutEntry(align: secs[i].addralign, size: secs[i].size, cls: cls, isInit: hasASCIIPrefix(secs[i].name, ".init")))
+            entries.append(Entry(align: secs[i].addralign, size: secs[i].size, cls: cls, isInit: hasASCIIPrefix(secs[i].name, ".init")))
         }
-        func place(_ e: LayoutEntry, _ size: inout Int) -> Int? {
+        func place(_ e: Entry, _ size: inout Int) -> Int? {
             let a = Int(exactly: e.align == 0 ? 1 : e.align) ?? -1
             guard a > 0 else { return nil }
             let (t, o1) = size.addingReportingOverflow(a - 1)
@@ -142,11 +142,8 @@ struct ModuleLayout {
         for pass in 0..<2 {
             var size = 0
             for m in masks.indices {
-                for i in entries.indices {
-                    let e = entries[i]
-                    if e.cls != m || e.placed || e.isInit != (pass == 1) { continue }
+                for (i, e) in entries.enumerated() where e.cls == m && e.isInit == (pass == 1) {
                     guard let off = place(e, &size) else { return nil }
-                    entries[i].placed = true
                     if pass == 0 { core[i] = off } else { initO[i] = off }
                 }
                 switch m {
