@@ -299,9 +299,8 @@ extension Session {
         if let n = exportedNameCache { return n }
         var e = ExportedNames()
         var tables: [(index: Int, gpl: Bool)] = []
-        // find_sec(): the first SHF_ALLOC section of the name.
         for (name, gpl) in [("__ksymtab", false), ("__ksymtab_gpl", true)] {
-            if let s = elf.sections.first(where: { $0.isAlloc && $0.name == name }) { tables.append((s.index, gpl)) }
+            if let s = findSec(name) { tables.append((s.index, gpl)) }
         }
         var entries = 0
         for t in tables {

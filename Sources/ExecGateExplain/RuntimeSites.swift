@@ -782,11 +782,8 @@ extension Session {
     /// no other probe (a BPF raw tracepoint's `__bpf_trace_C`, another module's probe): those stay
     /// denied, as tracing is (docs/trust.md, "Static calls").
     func addOwnTraceEventProbes() {
-        // `find_module_sections()` → `section_objs()` → `find_sec()`: the first section of the name
-        // with SHF_ALLOC (kernel/module/main.c, 6.1 and 6.12); a section without it is never read.
-        // (Names compared as bytes, as strcmp(): `sections(named:)`.)
-        guard let ev = elf.sections(named: "_ftrace_events").first(where: { $0.index < layout.flags.count && layout.flags[$0.index].contains(.alloc) }),
-              ev.size >= 8 else { return }
+        // `find_module_sections()` → `section_objs()` → `find_sec()`.
+        guard let ev = findSec("_ftrace_events"), ev.size >= 8 else { return }
         // This module's own tracepoint keys (`__SCK__tp_func_*` it defines: ownTracepointKeys
         // without the trampolines).
         var own = AddressTable(expecting: keySymbols.indices.count)

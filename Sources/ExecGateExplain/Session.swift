@@ -724,6 +724,14 @@ final class Session {
 
     // MARK: Tables
 
+    /// `find_sec()` (kernel/module/main.c, 6.1 and 6.12): the first section named `name` (its
+    /// bytes, as strcmp() compares them) with SHF_ALLOC as the loader leaves the flags
+    /// (`layout.flags`); `section_objs()` and the loader's other lookups by name never read a
+    /// section without it.
+    func findSec(_ name: String) -> ELFSection? {
+        elf.sections(named: name).first { $0.index < layout.flags.count && layout.flags[$0.index].contains(.alloc) }
+    }
+
     /// A table section of the module (relocated copy) and its address.
     func table(_ name: String) -> (bytes: [UInt8], addr: UInt64)? {
         guard let s = elf.section(named: name), let a = addr[s.index], let d = dataCopy(s.index) else { return nil }
