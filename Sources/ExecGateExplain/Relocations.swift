@@ -523,6 +523,25 @@ extension Session {
                 // take goes to it.
                 let srcCount = UInt64(src.count)
                 var end = UInt64(prevEnd)
+                // Runs of one type before the mixed loop: a section's records are mostly of one
+                // type (every `.rela.orc_unwind_ip`, `.rela.return_sites`, `.rela__mcount_loc`
+                // record), and in a run the width and the bounds are constants of the loop
+                // (`oneTypeRun`: the same tests, about half the instructions a record).
+                while ri < n {
+                    let ty = UInt32(truncatingIfNeeded: UInt64(littleEndian: records.loadUnaligned(fromByteOffset: ri &* 24 &+ 8, as: UInt64.self)))
+                    let from = ri
+                    switch ty {
+                    case 2, 4:
+                        if src.isEmpty { Session.oneTypeRun(records, &ri, n, ty, 4, symbolCount, targetSize, nil, &end) }
+                        else { Session.oneTypeRun(records, &ri, n, ty, 4, symbolCount, min(targetSize, srcCount), src, &end) }
+                    case 1, 24:
+                        if src.isEmpty { Session.oneTypeRun(records, &ri, n, ty, 8, symbolCount, targetSize, nil, &end) }
+                        else { Session.oneTypeRun(records, &ri, n, ty, 8, symbolCount, min(targetSize, srcCount), src, &end) }
+                    default: break
+                    }
+                    if ri == from { break }  // a record the run does not take: the loop below decides it
+                    count += ri &- from
+                }
                 while ri < n {
                     let at = ri &* 24
                     let fo = UInt64(littleEndian: records.loadUnaligned(fromByteOffset: at, as: UInt64.self))
@@ -567,6 +586,33 @@ extension Session {
             count += 1
         }
         return nil
+    }
+
+    /// `check`'s fast loop for a run of records of one type `ty` (width `w`, 4 or 8): advances `ri`
+    /// past every record that is of type `ty`, names a symbol of the table, lies inside `limit`
+    /// bytes (the section's size, and the signed bytes' when `src` is given), starts at or after
+    /// `end` (the previous field's end) and, when `src` is given, has zero signed bytes; stops at
+    /// the first that is not (of another type: the caller's next run; failing a test: the
+    /// record-by-record path). For such records the mixed loop's tests are exactly these:
+    /// `fo <= size && w <= size - fo` is `size >= w && fo <= size - w`.
+    @inline(__always) static func oneTypeRun(_ records: UnsafeRawBufferPointer, _ ri: inout Int, _ n: Int, _ ty: UInt32, _ w: UInt64,
+                                             _ symbolCount: UInt64, _ limit: UInt64, _ src: UnsafeRawBufferPointer?, _ end: inout UInt64) {
+        guard limit >= w else { return }
+        let last = limit &- w
+        var i = ri, e = end
+        defer { ri = i; end = e }
+        while i < n {
+            let at = i &* 24
+            let info = UInt64(littleEndian: records.loadUnaligned(fromByteOffset: at &+ 8, as: UInt64.self))
+            let fo = UInt64(littleEndian: records.loadUnaligned(fromByteOffset: at, as: UInt64.self))
+            guard UInt32(truncatingIfNeeded: info) == ty, info >> 32 < symbolCount, fo <= last, fo >= e else { return }
+            if let src {
+                guard w == 8 ? src.loadUnaligned(fromByteOffset: Int(fo), as: UInt64.self) == 0
+                             : src.loadUnaligned(fromByteOffset: Int(fo), as: UInt32.self) == 0 else { return }
+            }
+            e = fo &+ w
+            i &+= 1
+        }
     }
 
     /// Data section `t` as `move_module()` copies it (zeros for SHT_NOBITS), with records

@@ -9,7 +9,9 @@
 //   `AddressSort.sort` and `AddressTable.sortedKeys` against `sort()`;
 // - `SlidStaticCallTargets.forEachTarget` (the key-range prefilter) against its subscript;
 // - `TargetList(normalizing:)` against `TargetList(_:)`;
-// - `SiteMap` taking the sites by move (reference-counted rules intact).
+// - `SiteMap` taking the sites by move (reference-counted rules intact);
+// - `Session.oneTypeRun` (the data-relocation check's loop for a run of one type) against the
+//   mixed loop's tests, record by record.
 
 @testable import ExecGateExplain
 import ExecGateTestSupport
@@ -256,5 +258,83 @@ final class PerformanceEquivalenceTests: XCTestCase {
             }
             for s in kept { XCTAssertEqual(s.length, 5) }  // the other reference still reads its sites
         }
+    }
+
+    // MARK: The data-relocation check's one-type runs
+
+    /// The mixed loop's tests of `Session.check` for one record (its fast path, as at 62ac4c5):
+    /// a known type's width, a symbol of the table, the field inside the section, at or after the
+    /// previous field's end, on zero signed bytes when the section has any.
+    static func mixedLoopTakes(_ rec: (fo: UInt64, info: UInt64), _ symbolCount: UInt64, _ targetSize: UInt64, _ src: [UInt8], _ end: UInt64) -> UInt64? {
+        let ty = UInt32(truncatingIfNeeded: rec.info)
+        let w: UInt64 = ty == 2 || ty == 4 ? 4 : ty == 1 || ty == 24 ? 8 : 0
+        guard w != 0, rec.info >> 32 < symbolCount, rec.fo <= targetSize, w <= targetSize - rec.fo, rec.fo >= end else { return nil }
+        if !src.isEmpty {
+            guard w <= UInt64(src.count), rec.fo <= UInt64(src.count) - w else { return nil }
+            guard src[Int(rec.fo)..<Int(rec.fo + w)].allSatisfy({ $0 == 0 }) else { return nil }
+        }
+        return rec.fo + w
+    }
+
+    /// `oneTypeRun` takes exactly the records the mixed loop would take while their type stays
+    /// the first one's, and stops at the first it would not (or of another type), with the same
+    /// end: seeded records with fields in and out of order, across the section's and the signed
+    /// bytes' ends (a section longer than its bytes, as a hostile header may say), symbol indices
+    /// at and past the table's end, other and unknown types, nonzero signed bytes, and SHT_NOBITS.
+    func testOneTypeRunTakesWhatTheMixedLoopTakes() {
+        var rng = SeededRNG(seed: 0x5eed_0c4e)
+        var stoppedOnType = 0, stoppedOnTest = 0, ranOut = 0
+        for round in 0..<3_000 {
+            let srcCount = rng.below(4) == 0 ? 0 : 8 + rng.below(120)
+            var src = [UInt8](repeating: 0, count: srcCount)
+            for k in src.indices where rng.below(12) == 0 { src[k] = UInt8(1 + rng.below(255)) }
+            let targetSize = UInt64(rng.below(3) == 0 ? rng.below(140) : srcCount)
+            let symbolCount = UInt64(1 + rng.below(8))
+            let types: [UInt32] = [1, 2, 4, 24, 0, 10, 11, 3, 0x1_0002]
+            let base = types[rng.below(4)]
+            var recs: [(fo: UInt64, info: UInt64)] = []
+            var at: UInt64 = UInt64(rng.below(8))
+            for _ in 0..<(1 + rng.below(24)) {
+                let ty = rng.below(8) == 0 ? types[rng.below(types.count)] : base
+                let sym = UInt64(rng.below(9 + Int(symbolCount))) % (symbolCount + 1)
+                var fo = at
+                switch rng.below(10) {
+                case 0: fo = at >= 4 ? at - 4 : 0                // overlapping the previous field
+                case 1: fo = UInt64(rng.below(160))             // anywhere, past the ends too
+                case 2: fo = UInt64.max - UInt64(rng.below(8))  // a wrapping offset
+                default: break
+                }
+                recs.append((fo, UInt64(ty) | sym << 32))
+                at = fo &+ 4 &+ UInt64(rng.below(3) * 4)
+            }
+            let raw = recs.flatMap { r -> [UInt8] in
+                (0..<8).map { UInt8(truncatingIfNeeded: r.fo >> (8 * UInt64($0))) } + (0..<8).map { UInt8(truncatingIfNeeded: r.info >> (8 * UInt64($0))) } + [UInt8](repeating: 0, count: 8)
+            }
+            let start = rng.below(2) == 0 ? 0 : rng.below(recs.count)
+            let end0: UInt64 = rng.below(3) == 0 ? UInt64(rng.below(16)) : 0
+            let ty = UInt32(truncatingIfNeeded: recs[start].info)
+            let w: UInt64 = ty == 2 || ty == 4 ? 4 : ty == 1 || ty == 24 ? 8 : 0
+            guard w != 0 else { continue }
+            // The oracle: record by record while the type is the first one's.
+            var want = start, wantEnd = end0
+            while want < recs.count, UInt32(truncatingIfNeeded: recs[want].info) == ty,
+                  let e = Self.mixedLoopTakes(recs[want], symbolCount, targetSize, src, wantEnd) {
+                wantEnd = e; want += 1
+            }
+            var ri = start, end = end0
+            raw.withUnsafeBytes { r in
+                src.withUnsafeBytes { sb in
+                    Session.oneTypeRun(r, &ri, recs.count, ty, w, symbolCount, src.isEmpty ? targetSize : min(targetSize, UInt64(src.count)),
+                                       src.isEmpty ? nil : sb, &end)
+                }
+            }
+            XCTAssertEqual(ri, want, "round \(round): stopped at another record")
+            XCTAssertEqual(end, wantEnd, "round \(round): another end")
+            if want == recs.count { ranOut += 1 } else if UInt32(truncatingIfNeeded: recs[want].info) != ty { stoppedOnType += 1 } else { stoppedOnTest += 1 }
+        }
+        // Every way a run ends is exercised.
+        XCTAssertGreaterThan(ranOut, 40)
+        XCTAssertGreaterThan(stoppedOnType, 100)
+        XCTAssertGreaterThan(stoppedOnTest, 100)
     }
 }
