@@ -11,7 +11,8 @@
 // - `TargetList(normalizing:)` against `TargetList(_:)`;
 // - `SiteMap` taking the sites by move (reference-counted rules intact);
 // - `Session.oneTypeRun` (the data-relocation check's loop for a run of one type) against the
-//   mixed loop's tests, record by record.
+//   mixed loop's tests, record by record;
+// - `FunctionEntrySet.contains` (one module's span searched) against asking every module.
 
 @testable import ExecGateExplain
 import ExecGateTestSupport
@@ -336,5 +337,44 @@ final class PerformanceEquivalenceTests: XCTestCase {
         XCTAssertGreaterThan(ranOut, 40)
         XCTAssertGreaterThan(stoppedOnType, 100)
         XCTAssertGreaterThan(stoppedOnTest, 100)
+    }
+
+    // MARK: The verified modules' function entries
+
+    /// `FunctionEntrySet.contains` answers as asking every module did, on seeded sets of modules
+    /// added in and out of address order, with spans apart, touching (one's last entry the next
+    /// one's first) and overlapping (the fallback), asked at every entry, next to each, at the
+    /// spans' ends and beyond them.
+    func testFunctionEntrySetContainsMatchesAskingEveryModule() {
+        var rng = SeededRNG(seed: 0xf0_e7_5e7)
+        var overlapping = 0
+        for round in 0..<400 {
+            var set = FunctionEntrySet()
+            var all: [FunctionEntries] = []
+            var base: UInt64 = 0xffff_ffff_c000_0000 &+ UInt64(rng.below(1 << 20))
+            var bases: [UInt64] = []
+            for _ in 0..<(1 + rng.below(12)) {
+                bases.append(base)
+                base &+= UInt64(rng.below(4) == 0 ? rng.below(64) : 4_096 + rng.below(1 << 16))
+            }
+            if rng.below(2) == 0 { bases.shuffle(using: &rng) }
+            for b in bases {
+                let n = rng.below(6)  // an empty module too, now and then
+                let e = FunctionEntries((0..<n).map { _ in b &+ UInt64(16 * rng.below(256)) })
+                set.add(e)
+                if !e.isEmpty { all.append(e) }
+            }
+            var asks: [UInt64] = [0, UInt64.max]
+            for e in all { for a in e.sorted { asks += [a, a &- 1, a &+ 1, a &+ 16] } }
+            for _ in 0..<32 { asks.append(0xffff_ffff_c000_0000 &+ UInt64(rng.below(1 << 22))) }
+            for a in asks {
+                XCTAssertEqual(set.contains(a), all.contains { $0.contains(a) }, "round \(round): 0x\(String(a, radix: 16))")
+            }
+            XCTAssertEqual(Array(set), all.flatMap(\.sorted), "round \(round): the modules' order")
+            let spans = all.map { ($0.sorted.first!, $0.sorted.last!) }.sorted { $0.0 < $1.0 }
+            if zip(spans, spans.dropFirst()).contains(where: { $0.1 >= $1.0 }) { overlapping += 1 }
+        }
+        XCTAssertGreaterThan(overlapping, 40)  // the fallback is exercised
+        XCTAssertLessThan(overlapping, 360)    // and so is the span search
     }
 }
