@@ -157,6 +157,8 @@ public struct ELFFile: @unchecked Sendable {
     /// so a lookup compares the bytes of the names whose key matches, about one, instead of every
     /// name of its length).
     let nameKeys: [UInt64]
+    /// The first section of each name (``nameIndex(_:_:)``).
+    let nameIndex: [Int32]
 
     public init(bytes: UnsafeRawBufferPointer) throws {
         self.bytes = bytes
@@ -194,6 +196,66 @@ public struct ELFFile: @unchecked Sendable {
         self.sections = secs
         self.shstrndx = table.shstrndx
         self.nameKeys = keys
+        self.nameIndex = ELFFile.nameIndex(secs, keys)
+    }
+
+    /// ``nameIndex``'s flag on a slot: more sections than the slot's have its name.
+    static let repeatedName: Int32 = 1 << 30
+    /// The longest probe the index allows (see ``nameIndex(_:_:)``).
+    static let maxNameProbe = 16
+
+    /// The first section of each name, by its key: open addressing over a power of two of at
+    /// least four times the sections (the shared corpus's 206 modules: at most 3 probes), each
+    /// slot the first section's index (``repeatedName`` set when a later section has the name
+    /// too), -1 empty; names compared as bytes. The key is no secret, so a file can make its
+    /// names' keys collide: no insertion probes more than ``maxNameProbe`` slots, and a file
+    /// whose names would need more gets no index (empty), its look-ups scanning the keys in
+    /// section order as they did before there was one. So the work stays within a few probes a
+    /// section and a look-up, or the scan, whatever the names; and the answer is the scan's
+    /// (the first section of the name, in section order) either way.
+    static func nameIndex(_ secs: [ELFSection], _ keys: [UInt64]) -> [Int32] {
+        var cap = 16
+        while cap < 4 * secs.count { cap <<= 1 }
+        let mask = cap - 1
+        var slots = [Int32](repeating: -1, count: cap)
+        for i in secs.indices {
+            var s = slot(keys[i], cap), probes = 0
+            while true {
+                let j = slots[s]
+                if j < 0 { slots[s] = Int32(i); break }
+                let f = Int(j & ~repeatedName)
+                if keys[f] == keys[i] && sameBytes(secs[f].name, secs[i].name) { slots[s] = j | repeatedName; break }
+                probes += 1
+                if probes == maxNameProbe { return [] }
+                s = (s + 1) & mask
+            }
+        }
+        return slots
+    }
+
+    /// A key's first slot in a table of `cap` (a power of two) slots: the high bits of the key
+    /// times 2^64/φ (a key's low bits are mostly its name's first bytes, alike in most names).
+    @inline(__always) static func slot(_ key: UInt64, _ cap: Int) -> Int {
+        Int(truncatingIfNeeded: (key &* 0x9e37_79b9_7f4a_7c15) >> UInt64(64 - cap.trailingZeroBitCount))
+    }
+
+    /// The first section named `name` (its key `q`) and whether later sections have the name too;
+    /// nil when none has it.
+    @inline(__always) func firstNamed(_ name: String, key q: UInt64) -> (index: Int, repeated: Bool)? {
+        if nameIndex.isEmpty {
+            guard let i = sections.indices.first(where: { hasName($0, name, key: q) }) else { return nil }
+            return (i, true)  // (no index: the callers scan on from `i`)
+        }
+        let mask = nameIndex.count - 1
+        var s = ELFFile.slot(q, nameIndex.count)
+        for _ in 0..<ELFFile.maxNameProbe {
+            let j = nameIndex[s]
+            if j < 0 { return nil }
+            let f = Int(j & ~ELFFile.repeatedName)
+            if hasName(f, name, key: q) { return (f, j & ELFFile.repeatedName != 0) }
+            s = (s + 1) & mask
+        }
+        return nil  // (every name was placed within the probe bound)
     }
 
     /// A name's key for ``section(named:)``: its UTF-8 length, first and last 8 bytes (fewer when
@@ -342,15 +404,16 @@ public struct ELFFile: @unchecked Sendable {
         // sections and a reader asks for a few tens of names. Names are equal when their bytes
         // are, as find_sec()'s strcmp() compares them (String equality is canonical
         // equivalence: ".\u{212A}" would equal ".K"); a name whose key differs is not compared.
-        let q = ELFFile.nameKey(name)
-        return sections.indices.first { hasName($0, name, key: q) }.map { sections[$0] }
+        firstNamed(name, key: ELFFile.nameKey(name)).map { sections[$0.index] }
     }
 
     /// Every section with this exact name, in section order (the names compared as
     /// ``section(named:)`` compares them). `module_finalize()` keeps the *last* of a name.
     public func sections(named name: String) -> [ELFSection] {
         let q = ELFFile.nameKey(name)
-        return Array(sections.indices.lazy.filter { hasName($0, name, key: q) }.map { sections[$0] })
+        guard let (first, repeated) = firstNamed(name, key: q) else { return [] }
+        if !repeated { return [sections[first]] }
+        return Array(sections.indices[first...].lazy.filter { hasName($0, name, key: q) }.map { sections[$0] })
     }
 
     /// The last section with this exact name and how many have it (names compared as
@@ -358,9 +421,11 @@ public struct ELFFile: @unchecked Sendable {
     /// the last of a name.
     public func lastSection(named name: String) -> (section: ELFSection, count: Int)? {
         let q = ELFFile.nameKey(name)
+        guard let (first, repeated) = firstNamed(name, key: q) else { return nil }
+        if !repeated { return (sections[first], 1) }
         var last = -1, count = 0
-        for i in sections.indices where hasName(i, name, key: q) { last = i; count += 1 }
-        return last < 0 ? nil : (sections[last], count)
+        for i in sections.indices[first...] where hasName(i, name, key: q) { last = i; count += 1 }
+        return (sections[last], count)
     }
 
     /// Section `i`'s name is `name`'s bytes (`q`: `name`'s ``nameKey(_:)``).

@@ -214,4 +214,38 @@ final class OverlapOrderDifferentialTests: XCTestCase {
         XCTAssertGreaterThan(nonASCII, 500)
         XCTAssertGreaterThan(invalid, 300)
     }
+
+    /// The name index (`ELFFile.nameIndex`) answers as the plain scan does when a file has
+    /// hundreds of sections (the table past its first size), and gives up, leaving the scan,
+    /// when a file's names are made to share one key: 40 names of one length with the same
+    /// first and last 8 bytes (the key's inputs) would need a probe per name already placed;
+    /// the index is empty after at most its probe bound a name, and the look-ups stay right.
+    func testNameIndexAnswersAsTheScanAndGivesUpOnCollidingKeys() throws {
+        var rng = SeededRNG(seed: 0x1d_e7)
+        for colliding in [false, true] {
+            var names: [[UInt8]] = []
+            for k in 0..<(colliding ? 40 : 300) {
+                if colliding {
+                    let d = String(k)
+                    names.append(Array(".rela.orc_".utf8) + Array((String(repeating: "0", count: 3 - d.count) + d).utf8) + Array("_unwind_ip".utf8))
+                } else if !names.isEmpty && rng.below(5) == 0 {
+                    names.append(names[rng.below(names.count)])  // repeated names: sections(named:), lastSection(named:)
+                } else {
+                    names.append(Array(".sec\(k)_\(rng.below(1000))".utf8))
+                }
+            }
+            try Self.elf(names: names).withUnsafeBytes { raw in
+                let f = try ELFFile(bytes: raw)
+                XCTAssertEqual(f.nameIndex.isEmpty, colliding, "colliding \(colliding)")
+                if colliding { XCTAssertEqual(Set(f.nameKeys.dropFirst(2)).count, 1, "the names share one key") }
+                for q in f.sections.map(\.name) + [".rela.orc_999_unwind_ip", ".sec", ""] {
+                    let plain = f.sections.indices.filter { Array(f.sections[$0].name.utf8) == Array(q.utf8) }
+                    XCTAssertEqual(f.sections(named: q).map(\.index), plain, q)
+                    XCTAssertEqual(f.section(named: q)?.index, plain.first, q)
+                    XCTAssertEqual(f.lastSection(named: q)?.section.index, plain.last, q)
+                    XCTAssertEqual(f.lastSection(named: q)?.count ?? 0, plain.count, q)
+                }
+            }
+        }
+    }
 }
