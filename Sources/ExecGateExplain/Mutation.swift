@@ -195,7 +195,9 @@ extension Explainer {
 
         // static-call: call/jmp to a non-function address (a function entry + small offset).
         var sc = MutationClassReport(name: "static-call")
-        let coreSample = Array(facts.functionEntries.prefix(4096))
+        // (Samples of the core's entries spread evenly over their sorted order: the set's own
+        // order is its hash seed's, another in every process, and `--seed` replays a run.)
+        let coreSample = Explainer.evenSample(facts.functionEntries.sorted(), 4096)
         let funcs = Array(Set(s.functionEntries).union(coreSample)).sorted()
         if !funcs.isEmpty {
             let isEntry = s.isFunctionEntry
@@ -216,7 +218,7 @@ extension Explainer {
 
         // static-call-init: a function in the core kernel's init text (freed after boot).
         var sci = MutationClassReport(name: "static-call-init")
-        let initFuncs = Array(facts.functionEntries.filter { facts.isCoreInit($0) }.prefix(4096)).sorted()
+        let initFuncs = Explainer.evenSample(facts.functionEntries.filter { facts.isCoreInit($0) }.sorted(), 4096)
         if !initFuncs.isEmpty { retarget(&sci) { initFuncs[rng.below(initFuncs.count)] } }
         report.classes.append(sci)
 
@@ -240,5 +242,11 @@ extension Explainer {
         }
         report.classes.append(pd)
         return report
+    }
+
+    /// At most `n` of `sorted`, spread evenly over it (every one when it has no more), in order.
+    static func evenSample(_ sorted: [UInt64], _ n: Int) -> [UInt64] {
+        guard sorted.count > n, n > 0 else { return sorted }
+        return (0..<n).map { sorted[$0 * sorted.count / n] }
     }
 }

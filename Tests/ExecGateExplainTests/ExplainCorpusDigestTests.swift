@@ -28,9 +28,11 @@ import XCTest
 final class ExplainCorpusDigestTests: XCTestCase {
     /// Mutations per class per module (the committed digests are for this value).
     static let mutationsPerClass = 2
-    /// Mutation classes whose choices depend only on the seed and the module (not on hash-set order).
+    /// Mutation classes whose choices depend only on the seed and the module (not on hash-set
+    /// order): all of them since the static-call classes sample the core's entries in sorted
+    /// order (Explainer.evenSample; they drew from a set's per-process order before).
     static let deterministicClasses: Set<String> = ["byte-flip", "reloc-redirect", "jump-label", "alternative", "return-thunk",
-                                                    "static-call-named", "padding"]
+                                                    "static-call", "static-call-retarget", "static-call-init", "static-call-named", "padding"]
 
     static func corpusRoot() -> String {
         if let e = ProcessInfo.processInfo.environment["EXECGATE_SHARED_CORPUS"], !e.isEmpty { return e }
@@ -101,9 +103,8 @@ final class ExplainCorpusDigestTests: XCTestCase {
                                                                    seed: 1 &+ UInt64(i), probeTargets: boot.probeTargets)
                     }
                     for c in rep.classes {
-                        // The static-call classes draw targets from samples of hash sets (their
-                        // order is per process unless SWIFT_DETERMINISTIC_HASHING is set): only
-                        // their false accepts (none) are stable enough to commit.
+                        // (A class outside `deterministicClasses` would commit only its false
+                        // accepts: none is, now.)
                         if deterministicClasses.contains(c.name) {
                             mu.add("\(c.name) \(c.tried) \(c.denied) \(c.legalAlternative) \(c.falseAccepts) \(String(c.denialDigest, radix: 16))\n")
                         } else {

@@ -74,6 +74,44 @@ final class ExplainTests: XCTestCase {
         }
     }
 
+    /// `--mutate` with one seed tries the same mutations in every process: the core function
+    /// entries its static-call classes draw from are a set, whose order is its hash seed's (a
+    /// new one each process) and its storage's; the samples are taken from the sorted entries.
+    /// Two copies of the facts whose sets hold the same entries in other storage (another
+    /// capacity: another order) give the same denials, byte for byte (`denialDigest`).
+    func testMutationsDoNotDependOnTheOrderOfTheFactsSets() throws {
+        let (boot, mods) = try replay()
+        // The fixture's core has a few hundred entries: 6,000 more, 16 bytes apart in the core's
+        // text below its lowest (targets no key trusts: each retarget to one is denied), so the
+        // sample is a choice among them.
+        let core = boot.facts.functionEntries
+        let low = try XCTUnwrap(core.linkTime.min())
+        let entries = core.linkTime.union((1...6_000).map { low &- 16 &* UInt64($0) })
+        var narrow = Set<UInt64>(), wide = Set<UInt64>(minimumCapacity: 8 * entries.count)
+        for a in entries.sorted() { narrow.insert(a) }
+        for a in entries.sorted(by: >) { wide.insert(a) }
+        XCTAssertNotEqual(Array(wide.prefix(64)), Array(narrow.prefix(64)), "the two sets iterate in other orders")
+        var one = boot.facts, other = boot.facts
+        one.functionEntries = SlidAddressSet(linkTime: narrow, slide: core.slide)
+        other.functionEntries = SlidAddressSet(linkTime: wide, slide: core.slide)
+        var compared = 0
+        for (m, r, _) in mods {
+            let reports = [one, other].map { facts in
+                m.ko.withUnsafeBytes { raw in
+                    Explainer(facts: facts).mutate(elf: try! ELFFile(bytes: raw), claim: m.claim, resolver: r, perClass: 12, seed: 7,
+                                                   probeTargets: boot.probeTargets)
+                }
+            }
+            for (a, b) in zip(reports[0].classes, reports[1].classes) {
+                XCTAssertEqual(a.name, b.name)
+                XCTAssertEqual(a.tried, b.tried, "\(m.name) \(a.name)")
+                XCTAssertEqual(a.denialDigest, b.denialDigest, "\(m.name) \(a.name)")
+                if a.name.hasPrefix("static-call") && a.tried > 0 { compared += 1 }
+            }
+        }
+        XCTAssertGreaterThanOrEqual(compared, 4, "the static-call classes ran")
+    }
+
     func testFirstUnexplainedByteIsReported() throws {
         let (boot, mods) = try replay()
         let (m, r, _) = mods.first { $0.0.name == "8021q" }!
