@@ -260,8 +260,10 @@ public struct ELFFile: @unchecked Sendable {
 
     /// A name's key for ``section(named:)``: its UTF-8 length, first and last 8 bytes (fewer when
     /// shorter), mixed. Equal names (equal bytes) have equal keys; a key match is confirmed on the
-    /// bytes. Not a hash table: the keys are scanned in section order (find_sec()'s), so a file's
-    /// names cannot steer the lookup's cost or its answer.
+    /// bytes. No secret goes into it, so a file can choose names of one key: the index made of
+    /// the keys (``nameIndex(_:_:)``) bounds its probes and falls back to scanning the keys in
+    /// section order (find_sec()'s), so a file's names cannot steer a look-up's answer, nor its
+    /// cost past that scan's.
     static func nameKey(_ s: String) -> UInt64 {
         // (Read in place: a native string's bytes are contiguous; `withUTF8` needs a mutable copy.)
         if let k = s.utf8.withContiguousStorageIfAvailable({ nameKey(UnsafeRawBufferPointer($0)) }) { return k }
@@ -400,9 +402,9 @@ public struct ELFFile: @unchecked Sendable {
 
     /// The first section with this exact name (the kernel's `find_sec()` order).
     public func section(named name: String) -> ELFSection? {
-        // A scan (find_sec() scans too) of the names' keys, made at parse: a module has tens of
-        // sections and a reader asks for a few tens of names. Names are equal when their bytes
-        // are, as find_sec()'s strcmp() compares them (String equality is canonical
+        // The name index made at parse (or, without one, a scan of the names' keys, as find_sec()
+        // scans): the first section of the name in section order. Names are equal when their
+        // bytes are, as find_sec()'s strcmp() compares them (String equality is canonical
         // equivalence: ".\u{212A}" would equal ".K"); a name whose key differs is not compared.
         firstNamed(name, key: ELFFile.nameKey(name)).map { sections[$0.index] }
     }

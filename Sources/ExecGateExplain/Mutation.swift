@@ -244,7 +244,8 @@ extension Explainer {
         return report
     }
 
-    /// At most `n` of `sorted`, spread evenly over it (every one when it has no more), in order.
+    /// `n` of `sorted`, spread evenly over it, in order; all of it when it has no more than `n`
+    /// (or `n` is below 1).
     static func evenSample(_ sorted: [UInt64], _ n: Int) -> [UInt64] {
         guard sorted.count > n, n > 0 else { return sorted }
         return (0..<n).map { sorted[$0 * sorted.count / n] }

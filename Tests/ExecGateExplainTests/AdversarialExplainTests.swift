@@ -138,6 +138,36 @@ final class AdversarialRelocationTests: XCTestCase {
         XCTAssertEqual(d.offset, 0)
     }
 
+    /// Attack: an 8-byte field over the upper half of the previous one (`__mcount_loc`'s record
+    /// k + 1 moved to record k's offset + 4: R_X86_64_64 both, record k's function in core text),
+    /// so that a check reading the fields as 4 bytes wide would see two fields side by side on
+    /// zero signed bytes. Fails: the in-place check takes R_X86_64_64 as 8 bytes (the run of that
+    /// type ends at the overlap), the copy holds record k's write, whose upper half (a core text
+    /// address's, 0xffffffff) record k + 1 meets: "existing value is nonzero", at its offset, as
+    /// `apply_relocate_add()` refuses it. (Record k's function in init text would be written at
+    /// the core session's low placeholder address, upper half zero: the entry is then denied by
+    /// the ftrace stage instead, still a denial.)
+    func testAnEightByteFieldOverThePreviousOnesUpperHalfIsDenied() throws {
+        let f = try FixtureReplay()
+        var ed = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
+        let r = try ed.rela(for: "__mcount_loc")
+        let recs = try ed.relocations(for: "__mcount_loc")
+        let k = try XCTUnwrap(try ed.elf { e -> Int? in
+            let t = try e.symbolTable()
+            return recs.indices.dropLast().first { i in
+                let si = Int(t.sectionIndex(recs[i].symbolIndex))
+                return si > 0 && si < e.sections.count && !e.sections[si].name.hasPrefix(".init") && recs[i].type.rawValue == 1 && recs[i + 1].type.rawValue == 1
+            }
+        }, "two R_X86_64_64 records, the first for core text")
+        let at = r.at + 24 * k
+        ed.put(ed.get(UInt64.self, at: at) + 4, at: at + 24)  // record k + 1's r_offset := record k's + 4
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)))
+        XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
+        XCTAssertTrue(d.reason.contains("nonzero"), d.reason)
+        XCTAssertEqual(d.section, "__mcount_loc")
+        XCTAssertEqual(d.offset, Int(ed.get(UInt64.self, at: at)) + 4)
+    }
+
     /// Attack: a second relocation section for the same data target (`sh_info` of `.rela.smp_locks`
     /// pointed at `.return_sites`, and of `.rela.retpoline_sites` likewise: one before the table's
     /// own section, one after). The first section's records pass the in-place check and are left
