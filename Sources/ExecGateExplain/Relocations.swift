@@ -233,8 +233,10 @@ extension Session {
                     // relocates it like any SHF_ALLOC section and refuses the module on an
                     // unknown type, a refused symbol, an R_X86_64_32/32S overflow or a nonzero
                     // target there too (`apply_relocate_add()`). The same in-place check, at the
-                    // placeholder address (a field against an init symbol fits 32/32S there as at
-                    // any module address), counting nothing; records out of order end it.
+                    // placeholder address, counting nothing; records out of order end it. (A field
+                    // against an init symbol fits 32S there as at any module address; an
+                    // R_X86_64_32 one fits there and not at a module address: one of the two
+                    // refusals docs/trust.md says a core session misses.)
                     var scratch = RelocationWalk(fields: [], count: 0, record: false)
                     let s = elf.sections[t]
                     _ = try vals.withUnsafeMutableBufferPointer { v in
