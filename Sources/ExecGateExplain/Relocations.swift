@@ -233,10 +233,9 @@ extension Session {
                     // relocates it like any SHF_ALLOC section and refuses the module on an
                     // unknown type, a refused symbol, an R_X86_64_32/32S overflow or a nonzero
                     // target there too (`apply_relocate_add()`). The same in-place check, at the
-                    // placeholder address, counting nothing; records out of order end it. (A field
-                    // against an init symbol fits 32S there as at any module address; an
-                    // R_X86_64_32 one fits there and not at a module address: one of the two
-                    // refusals docs/trust.md says a core session misses.)
+                    // placeholder address, counting nothing; records out of order end it. (An
+                    // R_X86_64_32/32S field against an init symbol must fit wherever init may lie:
+                    // `field()`.)
                     var scratch = RelocationWalk(fields: [], count: 0, record: false)
                     let s = elf.sections[t]
                     _ = try vals.withUnsafeMutableBufferPointer { v in
@@ -329,6 +328,26 @@ extension Session {
                 throw deny(.relocation, "R_X86_64_32S overflow (value 0x\(String(val, radix: 16)))", section: sectionName(t), offset: fo, address: loc)
             }
         default: break
+        }
+        // A core session computes a symbol of the module's own init sections at the placeholder
+        // (Session.initPlaceholderBase: low, upper half zero), not where the kernel put init (an
+        // address of the module area it does not trust). The overflow checks above then answer
+        // for the placeholder: an R_X86_64_32 field fits there and overflows at any module
+        // address with an honest addend (`apply_relocate_add()` refuses the module), and a
+        // crafted addend can make either width fit at some init addresses and not at others.
+        // Such a field is explained only when it fits wherever in the module area init was
+        // allocated (both ends of the area: S + A moves with S without wrapping in between, or
+        // fails at an end); else denied, as the kernel may refuse it.
+        if r.type.rawValue == 10 || r.type.rawValue == 11, !symbolInInit.isEmpty, symbolInInit[si] {
+            let a = UInt64(bitPattern: r.addend)
+            let lo = facts.moduleArea.lowerBound &+ a, hi = (facts.moduleArea.upperBound &- 1) &+ a
+            let fits = r.type.rawValue == 10
+                ? lo <= UInt64(UInt32.max) && hi <= UInt64(UInt32.max) && lo <= hi
+                : Int64(bitPattern: lo) >= Int64(Int32.min) && Int64(bitPattern: hi) <= Int64(Int32.max) && Int64(bitPattern: lo) <= Int64(bitPattern: hi)
+            guard fits else {
+                throw deny(.relocation, "\(r.type) against \(symbolLabel(si)) in the module's init memory: its value does not fit the field wherever init may lie in the module area (a core session does not trust the claimed init address; the kernel refuses the module where the value overflows)",
+                           section: sectionName(t), offset: fo, address: loc)
+            }
         }
         return (size, fo, loc, val)
     }

@@ -168,6 +168,46 @@ final class AdversarialRelocationTests: XCTestCase {
         XCTAssertEqual(d.offset, Int(ed.get(UInt64.self, at: at)) + 4)
     }
 
+    /// Attack: a data field of 32 bits against a function in the module's init text (`__mcount_loc`'s
+    /// first record for one, retyped). A core session computes it at the placeholder init address,
+    /// low, where an R_X86_64_32 value fits; the kernel's init address is in the module area,
+    /// where it overflows and `apply_relocate_add()` refuses the module. Fails: the field is
+    /// explained only when it fits wherever init may lie in the module area — R_X86_64_32 with
+    /// its honest addend never does, nor R_X86_64_32S with an addend of −0x7ff00000 (it fits at
+    /// the placeholder, overflows near the area's start); R_X86_64_32S with the honest addend
+    /// fits everywhere and passes this check (its 4 bytes leave the entry an init-text address
+    /// the core session skips: allowed, as before).
+    func testThirtyTwoBitDataFieldsAgainstInitMemoryFitEverywhereOrAreDenied() throws {
+        let f = try FixtureReplay()
+        let base = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
+        let r = try base.rela(for: "__mcount_loc")
+        let recs = try base.relocations(for: "__mcount_loc")
+        let k = try XCTUnwrap(try base.elf { e -> Int? in
+            let t = try e.symbolTable()
+            return recs.indices.first { i in
+                let si = Int(t.sectionIndex(recs[i].symbolIndex))
+                return si > 0 && si < e.sections.count && e.sections[si].name.hasPrefix(".init") && recs[i].type.rawValue == 1
+            }
+        }, "an R_X86_64_64 record for init text")
+        let at = r.at + 24 * k
+        let initRule = "in the module's init memory"
+        for (type, addend, denied) in [(UInt32(10), nil as Int64?, true), (11, nil, false), (11, -0x7ff0_0000, true)] {
+            var ed = base
+            ed.put(type, at: at + 8)
+            if let addend { ed.put(UInt64(bitPattern: addend), at: at + 16) }
+            let res = try explainer.explain(f, "llc", ko: ed.ko)
+            if denied {
+                let d = try XCTUnwrap(denial(res), "type \(type)")
+                XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
+                XCTAssertTrue(d.reason.contains(initRule), d.reason)
+                XCTAssertEqual(d.section, "__mcount_loc")
+                XCTAssertEqual(d.offset, Int(recs[k].offset))
+            } else if case .denied(let d) = res.verdict {
+                XCTAssertFalse(d.reason.contains(initRule), d.reason)
+            }
+        }
+    }
+
     /// Attack: a second relocation section for the same data target (`sh_info` of `.rela.smp_locks`
     /// pointed at `.return_sites`, and of `.rela.retpoline_sites` likewise: one before the table's
     /// own section, one after). The first section's records pass the in-place check and are left
