@@ -72,6 +72,17 @@ struct KoEditor {
             return (rs.section.index, rs.section.fileRange.lowerBound, rs.relocations.count)
         }
     }
+    /// The first of `recs` (all but the last when `dropLast`) for which `match` holds, given its
+    /// index and the name of its symbol's section ("" for none).
+    func firstRecord(_ recs: [ELFRelocation], dropLast: Bool = false, _ match: (Int, String) -> Bool) throws -> Int? {
+        try elf { e in
+            let t = try e.symbolTable()
+            return recs.indices.dropLast(dropLast ? 1 : 0).first { i in
+                let si = Int(t.sectionIndex(recs[i].symbolIndex))
+                return match(i, si > 0 && si < e.sections.count ? e.sections[si].name : "")
+            }
+        }
+    }
     func relocations(for target: String) throws -> [ELFRelocation] {
         try elf { e in
             let rs = try XCTUnwrap(try e.relocationSections().first { e.sections[$0.targetSectionIndex].name == target }, "RELA for \(target)")
@@ -152,12 +163,8 @@ final class AdversarialRelocationTests: XCTestCase {
         var ed = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
         let r = try ed.rela(for: "__mcount_loc")
         let recs = try ed.relocations(for: "__mcount_loc")
-        let k = try XCTUnwrap(try ed.elf { e -> Int? in
-            let t = try e.symbolTable()
-            return recs.indices.dropLast().first { i in
-                let si = Int(t.sectionIndex(recs[i].symbolIndex))
-                return si > 0 && si < e.sections.count && !e.sections[si].name.hasPrefix(".init") && recs[i].type.rawValue == 1 && recs[i + 1].type.rawValue == 1
-            }
+        let k = try XCTUnwrap(try ed.firstRecord(recs, dropLast: true) { i, section in
+            !section.hasPrefix(".init") && recs[i].type.rawValue == 1 && recs[i + 1].type.rawValue == 1
         }, "two R_X86_64_64 records, the first for core text")
         let at = r.at + 24 * k
         ed.put(ed.get(UInt64.self, at: at) + 4, at: at + 24)  // record k + 1's r_offset := record k's + 4
@@ -182,13 +189,8 @@ final class AdversarialRelocationTests: XCTestCase {
         let base = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
         let r = try base.rela(for: "__mcount_loc")
         let recs = try base.relocations(for: "__mcount_loc")
-        let k = try XCTUnwrap(try base.elf { e -> Int? in
-            let t = try e.symbolTable()
-            return recs.indices.first { i in
-                let si = Int(t.sectionIndex(recs[i].symbolIndex))
-                return si > 0 && si < e.sections.count && e.sections[si].name.hasPrefix(".init") && recs[i].type.rawValue == 1
-            }
-        }, "an R_X86_64_64 record for init text")
+        let k = try XCTUnwrap(try base.firstRecord(recs) { i, section in section.hasPrefix(".init") && recs[i].type.rawValue == 1 },
+                              "an R_X86_64_64 record for init text")
         let at = r.at + 24 * k
         let initRule = "in the module's init memory"
         for (type, addend, denied) in [(UInt32(10), nil as Int64?, true), (11, nil, false), (11, -0x7ff0_0000, true)] {
