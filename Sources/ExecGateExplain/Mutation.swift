@@ -197,7 +197,8 @@ extension Explainer {
         var sc = MutationClassReport(name: "static-call")
         // (Samples of the core's entries spread evenly over their sorted order: the set's own
         // order is its hash seed's, another in every process, and `--seed` replays a run.)
-        let coreSample = Explainer.evenSample(facts.functionEntries.sorted(), 4096)
+        let coreSorted = facts.functionEntries.sorted()
+        let coreSample = Explainer.evenSample(coreSorted, 4096)
         let funcs = Array(Set(s.functionEntries).union(coreSample)).sorted()
         if !funcs.isEmpty {
             let isEntry = s.isFunctionEntry
@@ -218,7 +219,7 @@ extension Explainer {
 
         // static-call-init: a function in the core kernel's init text (freed after boot).
         var sci = MutationClassReport(name: "static-call-init")
-        let initFuncs = Explainer.evenSample(facts.functionEntries.filter { facts.isCoreInit($0) }.sorted(), 4096)
+        let initFuncs = Explainer.evenSample(coreSorted.filter { facts.isCoreInit($0) }, 4096)
         if !initFuncs.isEmpty { retarget(&sci) { initFuncs[rng.below(initFuncs.count)] } }
         report.classes.append(sci)
 

@@ -537,50 +537,30 @@ extension Session {
         while ri < n {
             defer { ri += 1 }
             if fast {
-                // The common run first, in a loop of its own over the raw records: 4- and 8-byte
-                // fields of those four types, in order, inside the section, on zero signed bytes
-                // (every `.rela.orc_unwind_ip` record: 37% of a corpus's). The record-by-record
-                // path below gives the same answer for them; the first record this loop does not
-                // take goes to it.
+                // The common records first, over the raw records in runs of one type: 4- and
+                // 8-byte fields of those four types, in order, inside the section, on zero signed
+                // bytes (every `.rela.orc_unwind_ip` record: 37% of a corpus's). A section's
+                // records are mostly of one type (every `.rela.orc_unwind_ip`, `.rela.return_sites`,
+                // `.rela__mcount_loc` record), and in a run the width and the bounds are constants
+                // of the loop (`oneTypeRun`). The record-by-record path below gives the same answer
+                // for the records a run takes; the first record no run takes (of a type none takes, or
+                // failing a test) goes to it.
                 let srcCount = UInt64(src.count)
                 var end = UInt64(prevEnd)
-                // Runs of one type before the mixed loop: a section's records are mostly of one
-                // type (every `.rela.orc_unwind_ip`, `.rela.return_sites`, `.rela__mcount_loc`
-                // record), and in a run the width and the bounds are constants of the loop
-                // (`oneTypeRun`: the same tests, about half the instructions a record).
                 while ri < n {
                     let ty = UInt32(truncatingIfNeeded: UInt64(littleEndian: records.loadUnaligned(fromByteOffset: ri &* 24 &+ 8, as: UInt64.self)))
                     let from = ri
                     switch ty {
-                    case 2, 4:
+                    case 2, 4:  // PC32, PLT32
                         if src.isEmpty { Session.oneTypeRun(records, &ri, n, ty, 4, symbolCount, targetSize, nil, &end) }
                         else { Session.oneTypeRun(records, &ri, n, ty, 4, symbolCount, min(targetSize, srcCount), src, &end) }
-                    case 1, 24:
+                    case 1, 24:  // R_X86_64_64, PC64
                         if src.isEmpty { Session.oneTypeRun(records, &ri, n, ty, 8, symbolCount, targetSize, nil, &end) }
                         else { Session.oneTypeRun(records, &ri, n, ty, 8, symbolCount, min(targetSize, srcCount), src, &end) }
                     default: break
                     }
-                    if ri == from { break }  // a record the run does not take: the loop below decides it
+                    if ri == from { break }  // a record no run takes: the path below decides it
                     count += ri &- from
-                }
-                while ri < n {
-                    let at = ri &* 24
-                    let fo = UInt64(littleEndian: records.loadUnaligned(fromByteOffset: at, as: UInt64.self))
-                    let info = UInt64(littleEndian: records.loadUnaligned(fromByteOffset: at &+ 8, as: UInt64.self))
-                    let ty = UInt32(truncatingIfNeeded: info)
-                    // The field's width without a branch: bit `ty` of 0x14 (PC32 2, PLT32 4) gives 4,
-                    // of 0x100_0002 (R_X86_64_64 1, PC64 24) gives 8; any other type (or one past 31) 0.
-                    let t = UInt64(ty & 31), known: UInt64 = ty < 32 ? 1 : 0
-                    let w = (((0x14 &>> t) & 1) << 2 | ((0x100_0002 &>> t) & 1) << 3) &* known
-                    guard w != 0, info >> 32 < symbolCount, fo <= targetSize, w <= targetSize &- fo, fo >= end else { break }
-                    if !src.isEmpty {
-                        guard w <= srcCount, fo <= srcCount &- w,
-                              w == 8 ? src.loadUnaligned(fromByteOffset: Int(fo), as: UInt64.self) == 0
-                                     : src.loadUnaligned(fromByteOffset: Int(fo), as: UInt32.self) == 0 else { break }
-                    }
-                    end = fo &+ w
-                    count += 1
-                    ri += 1
                 }
                 prevEnd = Int(end)
                 if ri == n { break }
@@ -614,8 +594,8 @@ extension Session {
     /// bytes (the section's size, and the signed bytes' when `src` is given), starts at or after
     /// `end` (the previous field's end) and, when `src` is given, has zero signed bytes; stops at
     /// the first that is not (of another type: the caller's next run; failing a test: the
-    /// record-by-record path). For such records the mixed loop's tests are exactly these:
-    /// `fo <= size && w <= size - fo` is `size >= w && fo <= size - w`.
+    /// record-by-record path). The field's bounds as one test: `fo <= size && w <= size - fo`
+    /// is `size >= w && fo <= size - w`.
     @inline(__always) static func oneTypeRun(_ records: UnsafeRawBufferPointer, _ ri: inout Int, _ n: Int, _ ty: UInt32, _ w: UInt64,
                                              _ symbolCount: UInt64, _ limit: UInt64, _ src: UnsafeRawBufferPointer?, _ end: inout UInt64) {
         guard limit >= w else { return }

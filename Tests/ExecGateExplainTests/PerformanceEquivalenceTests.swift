@@ -11,7 +11,7 @@
 // - `TargetList(normalizing:)` against `TargetList(_:)`;
 // - `SiteMap` taking the sites by move (reference-counted rules intact);
 // - `Session.oneTypeRun` (the data-relocation check's loop for a run of one type) against the
-//   mixed loop's tests, record by record;
+//   tests of the one mixed loop it replaced, record by record;
 // - `FunctionEntrySet.contains` (one module's span searched) against asking every module.
 
 @testable import ExecGateExplain
@@ -263,7 +263,8 @@ final class PerformanceEquivalenceTests: XCTestCase {
 
     // MARK: The data-relocation check's one-type runs
 
-    /// The mixed loop's tests of `Session.check` for one record (its fast path, as at 62ac4c5):
+    /// The tests of `Session.check`'s fast path for one record, as its one loop over every type
+    /// made them at 62ac4c5 (the runs of one type replaced that loop):
     /// a known type's width, a symbol of the table, the field inside the section, at or after the
     /// previous field's end, on zero signed bytes when the section has any.
     static func mixedLoopTakes(_ rec: (fo: UInt64, info: UInt64), _ symbolCount: UInt64, _ targetSize: UInt64, _ src: [UInt8], _ end: UInt64) -> UInt64? {
@@ -277,7 +278,7 @@ final class PerformanceEquivalenceTests: XCTestCase {
         return rec.fo + w
     }
 
-    /// `oneTypeRun` takes exactly the records the mixed loop would take while their type stays
+    /// `oneTypeRun` takes exactly the records the replaced mixed loop would take while their type stays
     /// the first one's, and stops at the first it would not (or of another type), with the same
     /// end: seeded records with fields in and out of order, across the section's and the signed
     /// bytes' ends (a section longer than its bytes, as a hostile header may say), symbol indices
