@@ -276,14 +276,55 @@ extension Session {
                     d = pristineCopy(t, rela: ri, upTo: k, values: vals)
                     start = k
                 }
+                // Fields out of order or of two sections may overlap here (never in `check`): the
+                // first record of this section over an earlier field against the module's init
+                // memory, denied when `apply` reaches it (`fieldOverInitField`).
+                let overInit = region == .core && !symbolInInit.isEmpty ? fieldOverInitField(t, section: ri) : nil
+                // (Records before `start` passed the in-place check, in order and apart, with no
+                // earlier section for `t`: none of them can be it. Denied, should one ever be.)
+                if let o = overInit, o < start {
+                    throw deny(.relocation, "relocation field over one written against the module's init memory (not modelled)", section: sectionName(t), offset: Int(rs.relocations[o].offset))
+                }
                 data[t] = nil  // keep `d` uniquely referenced while it is patched
                 defer { data[t] = d }
                 try d.withUnsafeMutableBytes { db in
-                    try vals.withUnsafeMutableBufferPointer { v in try apply(rs, t, taddr, db, 0, nil, v, &walk, &initRefs, from: start) }
+                    try vals.withUnsafeMutableBufferPointer { v in try apply(rs, t, taddr, db, 0, nil, v, &walk, &initRefs, from: start, overInitField: overInit) }
                 }
             }
         }
         return initRefs
+    }
+
+    /// A core session computes a field against a symbol of the module's own init sections at the
+    /// placeholder init address (Session.swift), not at the kernel's (in the module area, 0xffffffff
+    /// above: untrusted here). A later field that overlaps such a field in data target `t` meets
+    /// bytes the kernel's init address decides: where the placeholder leaves zeros (the upper half
+    /// of an 8-byte field) the kernel's `apply_relocate_add()` finds them nonzero and refuses the
+    /// module, which the replay cannot see. The first record of relocation section `section` whose
+    /// field overlaps a field against init memory written before it (in the kernel's order: the
+    /// sections targeting `t` in file order, their records in order), or nil; `apply` denies it
+    /// (`relocation`) after its own tests, so an earlier refusal the kernel makes comes first. An
+    /// earlier field under a later one against init memory needs nothing: its bytes are exact. No
+    /// module of the builds has overlapping fields at all; fields apart or adjacent are untouched.
+    /// Only the copy path needs this: the in-place `check` takes records in order without overlap,
+    /// and an executable field against init memory takes the claimed init address or is denied.
+    /// (Each init field's bytes in a table, at most 8 entries a record: no pass per pair.)
+    func fieldOverInitField(_ t: Int, section current: Int) -> Int? {
+        let inInit = symbolInInit
+        let size = UInt64(elf.sections[t].size)
+        var initBytes = AddressTable()
+        for ri in 0...current where rela[ri].targetSectionIndex == t {
+            let rels = rela[ri].relocations
+            for i in rels.indices where rels.isValid(i) {
+                let r = rels[i]
+                guard let n = r.type.fieldSize, n > 0, r.offset <= size, UInt64(n) <= size - r.offset else { continue }
+                if ri == current, initBytes.count != 0, (0..<UInt64(n)).contains(where: { initBytes[r.offset + $0] != nil }) { return i }
+                if r.symbolIndex < inInit.count, inInit[r.symbolIndex] {
+                    for k in 0..<UInt64(n) { initBytes.set(r.offset + k, 1) }
+                }
+            }
+        }
+        return nil
     }
 
     /// A record the parser refuses (``ELFRelocations/isValid(_:)`` false): its error, or that of
@@ -356,7 +397,8 @@ extension Session {
     /// `classes` is the image's class array and its counters when the target is the explained region.
     func apply(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ buf: UnsafeMutableRawBufferPointer, _ toff: Int,
                _ classes: (c: UnsafeMutableRawBufferPointer, counts: UnsafeMutableBufferPointer<Int>)?,
-               _ vals: UnsafeMutableBufferPointer<UInt64?>, _ walk: inout RelocationWalk, _ initRefs: inout [InitReference], from start: Int = 0) throws {
+               _ vals: UnsafeMutableBufferPointer<UInt64?>, _ walk: inout RelocationWalk, _ initRefs: inout [InitReference], from start: Int = 0,
+               overInitField: Int? = nil) throws {
         let relocClass = UInt8(ExplanationClass.relocation.rawValue), elfClass = UInt8(ExplanationClass.elf.rawValue)
         let isExec = classes != nil
         let symtab = self.symtab
@@ -472,6 +514,10 @@ extension Session {
                                     : buf.loadUnaligned(fromByteOffset: o, as: UInt32.self) != 0
             guard !nonzero else {
                 throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
+            }
+            if ri == overInitField {
+                throw deny(.relocation, "relocation field over one written against the module's init memory: the kernel's bytes there are its init address's, known to a core session only at a placeholder (apply_relocate_add() refuses a nonzero target; not modelled)",
+                           section: sectionName(t), offset: fo, address: loc)
             }
             // Little-endian field of `size` bytes: the low bytes of `val` (x86-64 host and target).
             if size == 8 {

@@ -210,6 +210,42 @@ final class AdversarialRelocationTests: XCTestCase {
         }
     }
 
+    /// Attack: a data field written over the upper half of an 8-byte field against init memory
+    /// (`struct module`'s `init` pointer, R_X86_64_64 against `init_module` in `.init.text`: the
+    /// second record of `.rela.gnu.linkonce.this_module`, `exit`'s, moved 4 bytes into it, as an
+    /// R_X86_64_64 and as a PC32). The kernel's `init` there holds the init address, in the module
+    /// area (upper half 0xffffffff): `apply_relocate_add()` finds the later field's bytes nonzero and
+    /// refuses the module. A core session computes the `init` field at the placeholder (upper half
+    /// zero), where the later field would find zeros. Fails: a data field that overlaps one computed
+    /// against the module's init memory is denied (`relocation`, at the later record's field), as
+    /// no other byte test can answer for bytes the kernel's init address decides.
+    func testADataFieldOverOneAgainstInitMemoryIsDenied() throws {
+        let f = try FixtureReplay()
+        let base = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
+        let section = ".gnu.linkonce.this_module"
+        let r = try base.rela(for: section)
+        let recs = try base.relocations(for: section)
+        let k = try XCTUnwrap(try base.firstRecord(recs, dropLast: true) { i, sec in sec.hasPrefix(".init") && recs[i].type.rawValue == 1 },
+                              "an R_X86_64_64 record against init text followed by another")
+        let at = r.at + 24 * k
+        for type in [UInt32(1), 2] {
+            var ed = base
+            ed.put(ed.get(UInt64.self, at: at) + 4, at: at + 24)  // record k + 1's r_offset := record k's + 4
+            ed.put(type, at: at + 24 + 8)
+            let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)), "type \(type)")
+            XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
+            XCTAssertTrue(d.reason.contains("init memory"), d.reason)
+            XCTAssertEqual(d.section, section)
+            XCTAssertEqual(d.offset, Int(ed.get(UInt64.self, at: at)) + 4)
+        }
+        // The same record moved to the field's end (adjacent, no overlap): no such denial.
+        var ed = base
+        ed.put(ed.get(UInt64.self, at: at) + 8, at: at + 24)
+        if case .denied(let d) = try explainer.explain(f, "llc", ko: ed.ko).verdict {
+            XCTAssertFalse(d.reason.contains("init memory"), d.reason)
+        }
+    }
+
     /// Attack: a second relocation section for the same data target (`sh_info` of `.rela.smp_locks`
     /// pointed at `.return_sites`, and of `.rela.retpoline_sites` likewise: one before the table's
     /// own section, one after). The first section's records pass the in-place check and are left
