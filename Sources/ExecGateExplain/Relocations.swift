@@ -207,6 +207,18 @@ extension Session {
         // Exec-target records (for the mutation tester only): reserved once, not grown per field.
         if walk.record { walk.fields.reserveCapacity(walk.fields.count + rela.reduce(0) { imageOffset(of: $1.targetSectionIndex) != nil ? $0 + $1.relocations.count : $0 }) }
         let symtabSection = try? elf.symbolTableSection()
+        // Per target: the fields whose value is a placeholder (`fieldOverPlaceholder`), made at the
+        // target's first copy; a core session's scratch copies of its init sections (and the
+        // section left pending, as `pendingRela` for data), their bytes bounded together.
+        var placeholderFields: [Int: AddressTable] = [:]
+        var initScratch: [Int: [UInt8]] = [:], initPending: [Int: Int] = [:]
+        var initScratchBytes = 0
+        func reserveInitScratch(_ s: ELFSection) throws {
+            initScratchBytes += s.size
+            guard initScratchBytes <= ExplainLimits.maxCoreSize else {
+                throw deny(.relocation, "init sections relocated out of order total \(initScratchBytes) bytes, more than \(ExplainLimits.maxCoreSize) (not modelled)", section: s.name)
+            }
+        }
         for (ri, rs) in rela.enumerated() {
             let t = rs.targetSectionIndex
             // apply_relocations() (kernel/module/main.c, 6.1 and 6.12) hands a section flagged
@@ -229,18 +241,55 @@ extension Session {
             guard layout.flags[t].contains(.alloc), let taddr = addr[t], imageOffset(of: t) != nil || (t < isData.count && isData[t]) else {
                 let rels = rs.relocations
                 if region == .core, layout.flags[t].contains(.alloc), let paddr = addr[t], t < layout.initOffset.count, layout.initOffset[t] != nil {
-                    // An init section in a core session: never written here, but the kernel
-                    // relocates it like any SHF_ALLOC section and refuses the module on an
+                    // An init section in a core session: never written into the region, but the
+                    // kernel relocates it like any SHF_ALLOC section and refuses the module on an
                     // unknown type, a refused symbol, an R_X86_64_32/32S overflow or a nonzero
-                    // target there too (`apply_relocate_add()`). The same in-place check, at the
-                    // placeholder address, counting nothing; records out of order end it. (An
-                    // R_X86_64_32/32S field against an init symbol must fit wherever init may lie:
-                    // `field()`.)
+                    // target there too (`apply_relocate_add()`). Replayed at the placeholder address
+                    // as a data section is, counting nothing: checked in place while its records
+                    // come in order, else (from the first out of order, or for a second section
+                    // with this target) applied to a scratch copy kept for the later sections
+                    // (every test of `apply`: the nonzero target on the bytes earlier records
+                    // wrote, a field over one whose value is a placeholder: `fieldOverPlaceholder`).
+                    // (An R_X86_64_32/32S field against an init symbol must fit wherever init may
+                    // lie: `field()`.)
                     var scratch = RelocationWalk(fields: [], count: 0, record: false)
                     let s = elf.sections[t]
-                    _ = try vals.withUnsafeMutableBufferPointer { v in
-                        try check(rs, t, paddr, s.isNoBits ? UnsafeRawBufferPointer(start: nil, count: 0) : elf.contents(of: s), s.size, v, &scratch)
+                    var start = 0
+                    var copy: [UInt8]
+                    if let made = initScratch[t] {
+                        copy = made
+                    } else {
+                        let k: Int?
+                        if let p = initPending[t] {
+                            k = 0
+                            initPending[t] = nil
+                            // (Sized like a data copy: bounded with the other scratch copies, below.)
+                            try reserveInitScratch(s)
+                            copy = pristineCopy(t, rela: p, upTo: rela[p].relocations.count, values: vals)
+                        } else {
+                            k = try vals.withUnsafeMutableBufferPointer { v in
+                                try check(rs, t, paddr, s.isNoBits ? UnsafeRawBufferPointer(start: nil, count: 0) : elf.contents(of: s), s.size, v, &scratch)
+                            }
+                            guard let k else {
+                                initPending[t] = ri
+                                for i in rels.indices where !rels.isValid(i) { try refuseRecords() }
+                                continue
+                            }
+                            try reserveInitScratch(s)
+                            copy = pristineCopy(t, rela: ri, upTo: k, values: vals)
+                        }
+                        start = k ?? 0
                     }
+                    let over = fieldOverPlaceholder(t, section: ri, &placeholderFields)
+                    if let o = over, o < start {
+                        throw deny(.relocation, "relocation field over one whose value is not known here (not modelled)", section: sectionName(t), offset: Int(rels[o].offset))
+                    }
+                    var unused: [InitReference] = []
+                    initScratch[t] = nil
+                    try copy.withUnsafeMutableBytes { db in
+                        try vals.withUnsafeMutableBufferPointer { v in try apply(rs, t, paddr, db, 0, nil, v, &scratch, &unused, from: start, overPlaceholder: over) }
+                    }
+                    initScratch[t] = copy
                 }
                 for i in rels.indices where !rels.isValid(i) { try refuseRecords() }
                 continue
@@ -277,54 +326,82 @@ extension Session {
                     start = k
                 }
                 // Fields out of order or of two sections may overlap here (never in `check`): the
-                // first record of this section over an earlier field against the module's init
-                // memory, denied when `apply` reaches it (`fieldOverInitField`).
-                let overInit = region == .core && !symbolInInit.isEmpty ? fieldOverInitField(t, section: ri) : nil
+                // first record of this section over an earlier field whose value is a placeholder,
+                // denied when `apply` reaches it (`fieldOverPlaceholder`).
+                let over = fieldOverPlaceholder(t, section: ri, &placeholderFields)
                 // (Records before `start` passed the in-place check, in order and apart, with no
                 // earlier section for `t`: none of them can be it. Denied, should one ever be.)
-                if let o = overInit, o < start {
-                    throw deny(.relocation, "relocation field over one written against the module's init memory (not modelled)", section: sectionName(t), offset: Int(rs.relocations[o].offset))
+                if let o = over, o < start {
+                    throw deny(.relocation, "relocation field over one whose value is not known here (not modelled)", section: sectionName(t), offset: Int(rs.relocations[o].offset))
                 }
                 data[t] = nil  // keep `d` uniquely referenced while it is patched
                 defer { data[t] = d }
                 try d.withUnsafeMutableBytes { db in
-                    try vals.withUnsafeMutableBufferPointer { v in try apply(rs, t, taddr, db, 0, nil, v, &walk, &initRefs, from: start, overInitField: overInit) }
+                    try vals.withUnsafeMutableBufferPointer { v in try apply(rs, t, taddr, db, 0, nil, v, &walk, &initRefs, from: start, overPlaceholder: over) }
                 }
             }
         }
         return initRefs
     }
 
-    /// A core session computes a field against a symbol of the module's own init sections at the
-    /// placeholder init address (Session.swift), not at the kernel's (in the module area, 0xffffffff
-    /// above: untrusted here). A later field that overlaps such a field in data target `t` meets
-    /// bytes the kernel's init address decides: where the placeholder leaves zeros (the upper half
-    /// of an 8-byte field) the kernel's `apply_relocate_add()` finds them nonzero and refuses the
-    /// module, which the replay cannot see. The first record of relocation section `section` whose
-    /// field overlaps a field against init memory written before it (in the kernel's order: the
-    /// sections targeting `t` in file order, their records in order), or nil; `apply` denies it
-    /// (`relocation`) after its own tests, so an earlier refusal the kernel makes comes first. An
-    /// earlier field under a later one against init memory needs nothing: its bytes are exact. No
-    /// module of the builds has overlapping fields at all; fields apart or adjacent are untouched.
-    /// Only the copy path needs this: the in-place `check` takes records in order without overlap,
-    /// and an executable field against init memory takes the claimed init address or is denied.
-    /// (Each init field's bytes in a table, at most 8 entries a record: no pass per pair.)
-    func fieldOverInitField(_ t: Int, section current: Int) -> Int? {
+    /// Two symbols' values are placeholders here, not the kernel's: in a core session those of the
+    /// module's own init sections (the placeholder init address, Session.swift; the kernel's is in
+    /// the module area, 0xffffffff above: untrusted here), and in any session those of a section
+    /// that is not SHF_ALLOC (`resolveSymbol`: the kernel's temporary copy's address). A field
+    /// against one holds bytes the kernel decides and the replay does not know; a later field over
+    /// any of them meets those bytes in `apply_relocate_add()`'s nonzero test. Where the
+    /// placeholder leaves zeros (the upper half of an 8-byte field against init memory) the kernel
+    /// finds them nonzero and refuses the module, which the replay cannot see; so the later field
+    /// is denied (`relocation`) — conservatively: with a crafted addend the kernel's bytes there
+    /// could be zero. Returns the first record of relocation section `current` whose field
+    /// overlaps such a field written before it (in the kernel's order: the sections targeting `t`
+    /// in file order, their records in order), or nil; `apply` denies it after its own tests, so an
+    /// earlier refusal the kernel makes comes first. An earlier field under a later placeholder
+    /// one needs nothing: its bytes are exact. No module of the builds has overlapping fields;
+    /// fields apart or adjacent are untouched. Only copies need this (`check` takes records in
+    /// order and apart; an executable field against init memory takes the claimed init address or
+    /// is denied). `fields[t]` holds each such field's start → length (one entry a field), made
+    /// from the earlier sections at the target's first copy and grown by each later section: every
+    /// record is read once here, a look-up asks the at most 15 starts a field can overlap from.
+    func fieldOverPlaceholder(_ t: Int, section current: Int, _ fields: inout [Int: AddressTable]) -> Int? {
         let inInit = symbolInInit
         let size = UInt64(elf.sections[t].size)
-        var initBytes = AddressTable()
-        for ri in 0...current where rela[ri].targetSectionIndex == t {
-            let rels = rela[ri].relocations
+        func placeholder(_ si: Int) -> Bool {
+            if si < inInit.count && inInit[si] { return true }
+            let shndx = symtab.sectionIndex(si)
+            guard shndx != SectionIndex.undef, shndx < SectionIndex.loReserve, Int(shndx) < elf.sections.count,
+                  Int(shndx) != layout.percpuIndex else { return false }
+            return addr[Int(shndx)] == nil
+        }
+        func add(_ rels: ELFRelocations, into table: inout AddressTable, findingOverlap: Bool) -> Int? {
+            var first: Int? = nil
             for i in rels.indices where rels.isValid(i) {
                 let r = rels[i]
                 guard let n = r.type.fieldSize, n > 0, r.offset <= size, UInt64(n) <= size - r.offset else { continue }
-                if ri == current, initBytes.count != 0, (0..<UInt64(n)).contains(where: { initBytes[r.offset + $0] != nil }) { return i }
-                if r.symbolIndex < inInit.count, inInit[r.symbolIndex] {
-                    for k in 0..<UInt64(n) { initBytes.set(r.offset + k, 1) }
+                if findingOverlap, first == nil, table.count != 0 {
+                    // A field starting at `s` (at most 8 bytes) overlaps [offset, offset + n) when
+                    // s < offset + n and s + its length > offset.
+                    var s0 = r.offset >= 7 ? r.offset - 7 : 0
+                    while s0 < r.offset + UInt64(n) {
+                        if let len = table[s0], s0 + len > r.offset { first = i; break }
+                        s0 += 1
+                    }
                 }
+                if placeholder(r.symbolIndex) { table.set(r.offset, max(table[r.offset] ?? 0, UInt64(n))) }
             }
+            return first
         }
-        return nil
+        var table: AddressTable
+        if let made = fields[t] {
+            table = made
+            fields[t] = nil  // uniquely referenced while it grows
+        } else {
+            table = AddressTable()
+            for ri in 0..<current where rela[ri].targetSectionIndex == t { _ = add(rela[ri].relocations, into: &table, findingOverlap: false) }
+        }
+        let first = add(rela[current].relocations, into: &table, findingOverlap: true)
+        fields[t] = table
+        return first
     }
 
     /// A record the parser refuses (``ELFRelocations/isValid(_:)`` false): its error, or that of
@@ -398,7 +475,7 @@ extension Session {
     func apply(_ rs: ELFRelocationSection, _ t: Int, _ taddr: UInt64, _ buf: UnsafeMutableRawBufferPointer, _ toff: Int,
                _ classes: (c: UnsafeMutableRawBufferPointer, counts: UnsafeMutableBufferPointer<Int>)?,
                _ vals: UnsafeMutableBufferPointer<UInt64?>, _ walk: inout RelocationWalk, _ initRefs: inout [InitReference], from start: Int = 0,
-               overInitField: Int? = nil) throws {
+               overPlaceholder: Int? = nil) throws {
         let relocClass = UInt8(ExplanationClass.relocation.rawValue), elfClass = UInt8(ExplanationClass.elf.rawValue)
         let isExec = classes != nil
         let symtab = self.symtab
@@ -515,8 +592,8 @@ extension Session {
             guard !nonzero else {
                 throw deny(.relocation, "relocation target is nonzero in the ELF (the kernel refuses the module)", section: sectionName(t), offset: fo, address: loc)
             }
-            if ri == overInitField {
-                throw deny(.relocation, "relocation field over one written against the module's init memory: the kernel's bytes there are its init address's, known to a core session only at a placeholder (apply_relocate_add() refuses a nonzero target; not modelled)",
+            if ri == overPlaceholder {
+                throw deny(.relocation, "relocation field over one whose value is not known here (against the module's init memory in a core session, or a section not SHF_ALLOC): the kernel's bytes there are that address's (apply_relocate_add() refuses a nonzero target; not modelled)",
                            section: sectionName(t), offset: fo, address: loc)
             }
             // Little-endian field of `size` bytes: the low bytes of `val` (x86-64 host and target).
