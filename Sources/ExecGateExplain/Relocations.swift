@@ -47,6 +47,19 @@ extension Session {
     }
 
     /// `simplify_symbols()` for symbol `i`, without throwing (the caller says what a refusal means).
+    /// The top 16 bits of the value made up for a symbol of a section that is not SHF_ALLOC.
+    static let madeUpValueTag: UInt64 = 0xdead_0000_0000_0000
+
+    /// Symbol `si` is defined in a section the kernel does not allocate (not SHN_UNDEF, SHN_ABS,
+    /// SHN_COMMON or another reserved index, not the per-cpu section): its value is the kernel's
+    /// temporary copy's address, made up here (`resolveSymbol`).
+    func inSectionNotAllocated(_ si: Int) -> Bool {
+        let shndx = symtab.sectionIndex(si)
+        guard shndx != SectionIndex.undef, shndx < SectionIndex.loReserve, Int(shndx) < elf.sections.count,
+              Int(shndx) != layout.percpuIndex else { return false }
+        return addr[Int(shndx)] == nil
+    }
+
     @inline(__always) func resolveSymbol(_ i: Int) -> SymbolResolution {
         let t = symtab
         let shndx = t.sectionIndex(i)
@@ -75,8 +88,10 @@ extension Session {
             } else if let a = addr[si] {
                 return .value(a &+ t.value(i))
             }
-            // Non-ALLOC section: the kernel would use its temporary copy — unexplainable by design.
-            return .value(0xdead_0000_0000_0000 | UInt64(si) << 24)
+            // Non-ALLOC section: the kernel would use its temporary copy — unexplainable by design
+            // (a data field keeps the made-up value, `fieldOverPlaceholder`; an executable one is
+            // denied in `apply`).
+            return .value(Session.madeUpValueTag | UInt64(si) << 24)
         }
     }
 
@@ -256,12 +271,14 @@ extension Session {
                     let s = elf.sections[t]
                     var start = 0
                     var copy: [UInt8]
+                    var earlier: Int? = nil
                     if let made = initScratch[t] {
                         copy = made
                     } else {
                         let k: Int?
                         if let p = initPending[t] {
                             k = 0
+                            earlier = p
                             initPending[t] = nil
                             // (Sized like a data copy: bounded with the other scratch copies, below.)
                             try reserveInitScratch(s)
@@ -280,7 +297,7 @@ extension Session {
                         }
                         start = k ?? 0
                     }
-                    let over = fieldOverPlaceholder(t, section: ri, &placeholderFields)
+                    let over = fieldOverPlaceholder(t, section: ri, earlier: earlier, everyField: true, &placeholderFields)
                     if let o = over, o < start {
                         throw deny(.relocation, "relocation field over one whose value is not known here (not modelled)", section: sectionName(t), offset: Int(rels[o].offset))
                     }
@@ -307,9 +324,11 @@ extension Session {
             } else if t < isData.count, isData[t] {
                 var start = 0
                 var d: [UInt8]
+                var earlier: Int? = nil
                 if let made = data[t] {
                     d = made
                 } else if let p = pendingRela[t] {
+                    earlier = p
                     // A second relocation section for the same target: on the copy, after the first.
                     d = pristineCopy(t, rela: p, upTo: rela[p].relocations.count, values: vals)
                     pendingRela[t] = nil
@@ -328,7 +347,7 @@ extension Session {
                 // Fields out of order or of two sections may overlap here (never in `check`): the
                 // first record of this section over an earlier field whose value is a placeholder,
                 // denied when `apply` reaches it (`fieldOverPlaceholder`).
-                let over = fieldOverPlaceholder(t, section: ri, &placeholderFields)
+                let over = fieldOverPlaceholder(t, section: ri, earlier: earlier, everyField: false, &placeholderFields)
                 // (Records before `start` passed the in-place check, in order and apart, with no
                 // earlier section for `t`: none of them can be it. Denied, should one ever be.)
                 if let o = over, o < start {
@@ -360,19 +379,17 @@ extension Session {
     /// one needs nothing: its bytes are exact. No module of the builds has overlapping fields;
     /// fields apart or adjacent are untouched. Only copies need this (`check` takes records in
     /// order and apart; an executable field against init memory takes the claimed init address or
-    /// is denied). `fields[t]` holds each such field's start → length (one entry a field), made
-    /// from the earlier sections at the target's first copy and grown by each later section: every
-    /// record is read once here, a look-up asks the at most 15 starts a field can overlap from.
-    func fieldOverPlaceholder(_ t: Int, section current: Int, _ fields: inout [Int: AddressTable]) -> Int? {
+    /// is denied; an executable field against a section not allocated is denied). On a core
+    /// session's init section (`everyField`) every field counts: a PC-relative field's value there
+    /// is taken at the placeholder's P, not the kernel's. `fields[t]` holds each such field's start
+    /// → length (one entry a field), made at the target's first copy from the one section before it
+    /// (`earlier`: the section left pending, the only one a target can have before its first copy)
+    /// and grown by each later section: every record is read once here, a look-up asks the at
+    /// most 15 starts a field can overlap from.
+    func fieldOverPlaceholder(_ t: Int, section current: Int, earlier: Int?, everyField: Bool, _ fields: inout [Int: AddressTable]) -> Int? {
         let inInit = symbolInInit
         let size = UInt64(elf.sections[t].size)
-        func placeholder(_ si: Int) -> Bool {
-            if si < inInit.count && inInit[si] { return true }
-            let shndx = symtab.sectionIndex(si)
-            guard shndx != SectionIndex.undef, shndx < SectionIndex.loReserve, Int(shndx) < elf.sections.count,
-                  Int(shndx) != layout.percpuIndex else { return false }
-            return addr[Int(shndx)] == nil
-        }
+        func placeholder(_ si: Int) -> Bool { everyField || (si < inInit.count && inInit[si]) || inSectionNotAllocated(si) }
         func add(_ rels: ELFRelocations, into table: inout AddressTable, findingOverlap: Bool) -> Int? {
             var first: Int? = nil
             for i in rels.indices where rels.isValid(i) {
@@ -397,7 +414,7 @@ extension Session {
             fields[t] = nil  // uniquely referenced while it grows
         } else {
             table = AddressTable()
-            for ri in 0..<current where rela[ri].targetSectionIndex == t { _ = add(rela[ri].relocations, into: &table, findingOverlap: false) }
+            if let e = earlier { _ = add(rela[e].relocations, into: &table, findingOverlap: false) }
         }
         let first = add(rela[current].relocations, into: &table, findingOverlap: true)
         fields[t] = table
@@ -522,7 +539,7 @@ extension Session {
                     }
                     let si = info >> 32
                     guard size != 0, si < symbolCount, fo <= targetSize, size <= targetSize &- fo, !(anyInit && inInit[Int(si)]),
-                          let sv = vals[Int(si)] else { break }
+                          let sv = vals[Int(si)], sv & 0xffff_0000_0000_0000 != Session.madeUpValueTag else { break }
                     let o = toff &+ Int(fo)  // inside `buf` and `c`: fo + size <= targetSize (above), `tight`'s test
                     let loc = taddr &+ fo
                     var val = sv &+ UInt64(bitPattern: Int64(littleEndian: records.loadUnaligned(fromByteOffset: at &+ 16, as: Int64.self)))
@@ -564,6 +581,12 @@ extension Session {
             default: break
             }
             if isExec {
+                // A field against a section the kernel does not allocate holds its temporary
+                // copy's address (freed after load), which nothing here knows: not explainable.
+                if inSectionNotAllocated(si) {
+                    throw deny(.relocation, "\(r.type) in \(sectionName(t)) refers to \(symbolLabel(si)), in \(sectionName(Int(symtab.sectionIndex(si)))), a section the kernel does not allocate (its temporary copy's address: not modelled)",
+                               section: sectionName(t), offset: fo, address: loc)
+                }
                 // Core text pointing into the module's own init sections would point into
                 // memory freed after init (`do_free_init()`): not explainable. (`inInit` marks
                 // the symbols of a core session's init sections: resolveAllSymbols.)

@@ -253,7 +253,7 @@ final class AdversarialRelocationTests: XCTestCase {
     /// them in place and stopped at the first record out of order. Fails: from that record on they
     /// are applied to a scratch copy at the placeholder. Two cases: the last two records' offsets
     /// swapped (out of order, apart) and the last retyped to 99 (unknown: refused); the second
-    /// record moved onto the first one's field (nonzero: refused at it).
+    /// record moved onto the first one's field (its bytes the first one's write: refused at it).
     func testInitTextRecordsAfterOneOutOfOrderAreStillChecked() throws {
         let f = try FixtureReplay()
         let base = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
@@ -271,21 +271,22 @@ final class AdversarialRelocationTests: XCTestCase {
         ed.put(UInt32(99), at: b + 8)
         var d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)), "an unknown type after a record out of order")
         XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
+        XCTAssertTrue(d.reason.contains("unknown relocation type"), d.reason)
         XCTAssertEqual(d.section, ".init.text")
         XCTAssertEqual(d.offset, Int(oa), d.reason)
         ed = base
-        ed.put(ed.get(UInt64.self, at: r.at) + 1, at: r.at + 24)  // record 1's r_offset := record 0's + 1
+        ed.put(ed.get(UInt64.self, at: r.at), at: r.at + 24)  // record 1's r_offset := record 0's (signed bytes there: zero)
         d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)), "a field over the previous one")
         XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
-        XCTAssertTrue(d.reason.contains("nonzero"), d.reason)
+        XCTAssertTrue(d.reason.contains("nonzero") || d.reason.contains("not known here"), d.reason)
         XCTAssertEqual(d.section, ".init.text")
-        XCTAssertEqual(d.offset, Int(recs[0].offset) + 1)
+        XCTAssertEqual(d.offset, Int(recs[0].offset))
     }
 
     /// Attack: a second relocation section for one of the module's init sections (`llc`'s
     /// `.rela.orc_unwind_ip`, whose data no stage reads, cut to its first record and aimed at `.init.text`, that record's field put
-    /// on the field of `.rela.init.text`'s last call that is not `__fentry__`'s: the ftrace stage
-    /// reads that one). Init text is freed in the capture: only the core session
+    /// on the field of `.rela.init.text`'s first call after its first record, `dev_add_pack`'s;
+    /// the first, `__fentry__`'s, the ftrace stage reads). Init text is freed in the capture: only the core session
     /// replays these records. The kernel applies both sections and refuses the module at the
     /// second one's record (the target is nonzero: the first section wrote it). Fails: the first
     /// section's records are written to a scratch copy at the placeholder before the second runs
@@ -306,6 +307,30 @@ final class AdversarialRelocationTests: XCTestCase {
         XCTAssertTrue(d.reason.contains("nonzero"), d.reason)
         XCTAssertEqual(d.section, ".init.text")
         XCTAssertEqual(d.offset, Int(first[k].offset))
+    }
+
+    /// Attack: an executable field against a symbol of a section the kernel does not allocate
+    /// (`llc`'s first plain call in `.text` retargeted to `_note_10`, moved into `.rela.text`, which is
+    /// not SHF_ALLOC), claimed with the replay's own end state. The kernel's value there is the
+    /// address of its temporary copy of the file, freed after load; the replay made one up
+    /// (0xdead… | index), and a claim holding those bytes was explained. Fails: denied
+    /// (`relocation`, at the field) before any byte is compared.
+    func testAnExecutableFieldAgainstASectionNotAllocatedIsDenied() throws {
+        let f = try FixtureReplay()
+        var ed = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
+        let r = try ed.rela(for: ".text")
+        let recs = try ed.relocations(for: ".text")
+        let names = try ed.symbolNames()
+        // (A plain call: not `__fentry__`'s, which the ftrace stage reads, nor a thunk's.)
+        let k = try XCTUnwrap(recs.indices.first { recs[$0].type.rawValue == 4 && !names[recs[$0].symbolIndex].hasPrefix("__") }, "a call")
+        let note = try ed.symbolIndex("_note_10")
+        try ed.setSymbol(note, shndx: UInt16(try ed.sectionIndex(".rela.text")))
+        ed.put(UInt32(note), at: r.at + 24 * k + 12)  // r_info's symbol
+        let d = try XCTUnwrap(denial(try explainer.explainHonest(f, "llc", ed.ko)))
+        XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
+        XCTAssertTrue(d.reason.contains("does not allocate"), d.reason)
+        XCTAssertEqual(d.section, ".text")
+        XCTAssertEqual(d.offset, Int(recs[k].offset))
     }
 
     /// Attack: a second relocation section for the same data target (`sh_info` of `.rela.smp_locks`
