@@ -130,6 +130,16 @@ struct CraftedExplainer {
 // MARK: - Data relocations checked in place / on a copy (Relocations.swift check, pristineCopy, pendingRela)
 
 final class AdversarialRelocationTests: XCTestCase {
+    /// A `relocation` denial at `section` + `offset` whose reason holds one of `words`.
+    func assertRelocationDenial(_ res: ExplainResult, _ words: [String], _ section: String, _ offset: Int,
+                                file: StaticString = #filePath, line: UInt = #line) throws {
+        let d = try XCTUnwrap(denial(res), file: file, line: line)
+        XCTAssertEqual(d.rule, DenialRule.relocation, d.reason, file: file, line: line)
+        XCTAssertTrue(words.contains { d.reason.contains($0) }, d.reason, file: file, line: line)
+        XCTAssertEqual(d.section, section, d.reason, file: file, line: line)
+        XCTAssertEqual(d.offset, offset, d.reason, file: file, line: line)
+    }
+
     let explainer = CraftedExplainer()
 
     /// Attack: two records for one field of a table the stages read (`.return_sites`), so that the
@@ -232,11 +242,7 @@ final class AdversarialRelocationTests: XCTestCase {
             var ed = base
             ed.put(ed.get(UInt64.self, at: at) + 4, at: at + 24)  // record k + 1's r_offset := record k's + 4
             ed.put(type, at: at + 24 + 8)
-            let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)), "type \(type)")
-            XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
-            XCTAssertTrue(d.reason.contains("init memory"), d.reason)
-            XCTAssertEqual(d.section, section)
-            XCTAssertEqual(d.offset, Int(ed.get(UInt64.self, at: at)) + 4)
+            try assertRelocationDenial(try explainer.explain(f, "llc", ko: ed.ko), ["init memory"], section, Int(ed.get(UInt64.self, at: at)) + 4)
         }
         // The same record moved to just before the field (out of order, so on the copy path, but
         // adjacent: no overlap): allowed.
@@ -269,18 +275,10 @@ final class AdversarialRelocationTests: XCTestCase {
         ed.put(ob, at: a)
         ed.put(oa, at: b)
         ed.put(UInt32(99), at: b + 8)
-        var d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)), "an unknown type after a record out of order")
-        XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
-        XCTAssertTrue(d.reason.contains("unknown relocation type"), d.reason)
-        XCTAssertEqual(d.section, ".init.text")
-        XCTAssertEqual(d.offset, Int(oa), d.reason)
+        try assertRelocationDenial(try explainer.explain(f, "llc", ko: ed.ko), ["unknown relocation type"], ".init.text", Int(oa))
         ed = base
         ed.put(ed.get(UInt64.self, at: r.at), at: r.at + 24)  // record 1's r_offset := record 0's (signed bytes there: zero)
-        d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)), "a field over the previous one")
-        XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
-        XCTAssertTrue(d.reason.contains("nonzero") || d.reason.contains("not known here"), d.reason)
-        XCTAssertEqual(d.section, ".init.text")
-        XCTAssertEqual(d.offset, Int(recs[0].offset))
+        try assertRelocationDenial(try explainer.explain(f, "llc", ko: ed.ko), ["nonzero", "not known here"], ".init.text", Int(recs[0].offset))
     }
 
     /// Attack: a second relocation section for one of the module's init sections (`llc`'s
@@ -302,11 +300,7 @@ final class AdversarialRelocationTests: XCTestCase {
         ed.put(UInt32(target), at: ed.sectionHeader(donor.index) + 44)  // sh_info
         ed.put(UInt64(24), at: ed.sectionHeader(donor.index) + 32)      // sh_size: one record
         ed.put(first[k].offset, at: donor.at)                            // its r_offset
-        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)))
-        XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
-        XCTAssertTrue(d.reason.contains("nonzero"), d.reason)
-        XCTAssertEqual(d.section, ".init.text")
-        XCTAssertEqual(d.offset, Int(first[k].offset))
+        try assertRelocationDenial(try explainer.explain(f, "llc", ko: ed.ko), ["nonzero"], ".init.text", Int(first[k].offset))
     }
 
     /// Attack: an executable field against a symbol of a section the kernel does not allocate
@@ -326,11 +320,7 @@ final class AdversarialRelocationTests: XCTestCase {
         let note = try ed.symbolIndex("_note_10")
         try ed.setSymbol(note, shndx: UInt16(try ed.sectionIndex(".rela.text")))
         ed.put(UInt32(note), at: r.at + 24 * k + 12)  // r_info's symbol
-        let d = try XCTUnwrap(denial(try explainer.explainHonest(f, "llc", ed.ko)))
-        XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
-        XCTAssertTrue(d.reason.contains("does not allocate"), d.reason)
-        XCTAssertEqual(d.section, ".text")
-        XCTAssertEqual(d.offset, Int(recs[k].offset))
+        try assertRelocationDenial(try explainer.explainHonest(f, "llc", ed.ko), ["does not allocate"], ".text", Int(recs[k].offset))
     }
 
     /// Attack: a second relocation section for the same data target (`sh_info` of `.rela.smp_locks`
