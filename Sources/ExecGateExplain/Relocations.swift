@@ -46,7 +46,6 @@ extension Session {
         }
     }
 
-    /// `simplify_symbols()` for symbol `i`, without throwing (the caller says what a refusal means).
     /// The top 16 bits of the value made up for a symbol of a section that is not SHF_ALLOC.
     static let madeUpValueTag: UInt64 = 0xdead_0000_0000_0000
 
@@ -60,6 +59,7 @@ extension Session {
         return addr[Int(shndx)] == nil
     }
 
+    /// `simplify_symbols()` for symbol `i`, without throwing (the caller says what a refusal means).
     @inline(__always) func resolveSymbol(_ i: Int) -> SymbolResolution {
         let t = symtab
         let shndx = t.sectionIndex(i)
@@ -484,6 +484,12 @@ extension Session {
                            section: sectionName(t), offset: fo, address: loc)
             }
         }
+        // Likewise against a section the kernel does not allocate: the value is its temporary
+        // copy's address (vmalloc space), made up here, so whether it fits 32 bits is unknown.
+        if r.type.rawValue == 10 || r.type.rawValue == 11, inSectionNotAllocated(si) {
+            throw deny(.relocation, "\(r.type) against \(symbolLabel(si)), in a section the kernel does not allocate: its value (the kernel's temporary copy's address) is not known here, nor whether it fits the field",
+                       section: sectionName(t), offset: fo, address: loc)
+        }
         return (size, fo, loc, val)
     }
 
@@ -511,8 +517,8 @@ extension Session {
         let symbolCount = UInt64(rels.symbolCount), targetSize = rels.targetSize
         // The common run of exec records in a loop of its own over the raw records (as `check`
         // does for data records): R_X86_64_64/PC32/PLT32/PC64/32/32S (the last two inside their
-        // range), valid, symbol value known, signed bytes zero, the field all of the ELF class, a symbol outside the
-        // module's init sections, no field recording. It writes what the record-by-record path below writes; the first
+        // range), valid, symbol value known and not made up (`madeUpValueTag`), signed bytes zero, the field all of
+        // the ELF class, a symbol outside the module's init sections, no field recording. It writes what the record-by-record path below writes; the first
         // record it does not take goes to that path, which checks it in full (and denies).
         // (Only when the whole target section lies inside `buf` and the class array spans `buf`:
         // then a field inside the section, which the loop checks, lies inside both, and the

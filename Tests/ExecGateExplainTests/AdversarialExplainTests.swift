@@ -308,7 +308,9 @@ final class AdversarialRelocationTests: XCTestCase {
     /// not SHF_ALLOC), claimed with the replay's own end state. The kernel's value there is the
     /// address of its temporary copy of the file, freed after load; the replay made one up
     /// (0xdead… | index), and a claim holding those bytes was explained. Fails: denied
-    /// (`relocation`, at the field) before any byte is compared.
+    /// (`relocation`, at the field) before any byte is compared; and a data R_X86_64_32S field
+    /// against the same symbol, its addend making the made-up value 0 (it fitted; the kernel's
+    /// overflows), is denied too.
     func testAnExecutableFieldAgainstASectionNotAllocatedIsDenied() throws {
         let f = try FixtureReplay()
         var ed = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
@@ -321,6 +323,16 @@ final class AdversarialRelocationTests: XCTestCase {
         try ed.setSymbol(note, shndx: UInt16(try ed.sectionIndex(".rela.text")))
         ed.put(UInt32(note), at: r.at + 24 * k + 12)  // r_info's symbol
         try assertRelocationDenial(try explainer.explainHonest(f, "llc", ed.ko), ["does not allocate"], ".text", Int(recs[k].offset))
+        // A data field of 32 bits against it (`.data`'s first record retyped R_X86_64_32S): whether
+        // the kernel's value, an address of its temporary copy, fits is unknown here: denied.
+        var ed2 = KoEditor(ko: try XCTUnwrap(f.modules["llc"]).module.ko)
+        try ed2.setSymbol(note, shndx: UInt16(try ed2.sectionIndex(".rela.text")))
+        let rd = try ed2.rela(for: ".data")
+        ed2.put(UInt32(11), at: rd.at + 8)     // r_info's type: R_X86_64_32S
+        ed2.put(UInt32(note), at: rd.at + 12)  // r_info's symbol
+        // The addend that makes the made-up value 0: it fitted (the kernel's overflows).
+        ed2.put(0 &- (Session.madeUpValueTag | UInt64(note) << 24), at: rd.at + 16)
+        try assertRelocationDenial(try explainer.explain(f, "llc", ko: ed2.ko), ["does not allocate"], ".data", Int(try ed2.relocations(for: ".data")[0].offset))
     }
 
     /// Attack: a second relocation section for the same data target (`sh_info` of `.rela.smp_locks`
