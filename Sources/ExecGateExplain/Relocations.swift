@@ -267,46 +267,15 @@ extension Session {
                     // wrote, a field over one whose value is a placeholder: `fieldOverPlaceholder`).
                     // (An R_X86_64_32/32S field against an init symbol must fit wherever init may
                     // lie: `field()`.)
-                    var scratch = RelocationWalk(fields: [], count: 0, record: false)
-                    let s = elf.sections[t]
-                    var start = 0
-                    var copy: [UInt8]
-                    var earlier: Int? = nil
-                    if let made = initScratch[t] {
-                        copy = made
+                    var scratch = RelocationWalk(fields: [], count: 0, record: false), unused: [InitReference] = []
+                    var copy = initScratch.removeValue(forKey: t)
+                    let pending = initPending.removeValue(forKey: t)
+                    if try relocateOnCopy(ri, t, paddr, &copy, pending: pending, everyField: true, reserve: reserveInitScratch,
+                                          &vals, &scratch, &unused, &placeholderFields) {
+                        initScratch[t] = copy
                     } else {
-                        let k: Int?
-                        if let p = initPending[t] {
-                            k = 0
-                            earlier = p
-                            initPending[t] = nil
-                            // (Sized like a data copy: bounded with the other scratch copies, below.)
-                            try reserveInitScratch(s)
-                            copy = pristineCopy(t, rela: p, upTo: rela[p].relocations.count, values: vals)
-                        } else {
-                            k = try vals.withUnsafeMutableBufferPointer { v in
-                                try check(rs, t, paddr, s.isNoBits ? UnsafeRawBufferPointer(start: nil, count: 0) : elf.contents(of: s), s.size, v, &scratch)
-                            }
-                            guard let k else {
-                                initPending[t] = ri
-                                for i in rels.indices where !rels.isValid(i) { try refuseRecords() }
-                                continue
-                            }
-                            try reserveInitScratch(s)
-                            copy = pristineCopy(t, rela: ri, upTo: k, values: vals)
-                        }
-                        start = k ?? 0
+                        initPending[t] = ri
                     }
-                    let over = fieldOverPlaceholder(t, section: ri, earlier: earlier, everyField: true, &placeholderFields)
-                    if let o = over, o < start {
-                        throw deny(.relocation, "relocation field over one whose value is not known here (not modelled)", section: sectionName(t), offset: Int(rels[o].offset))
-                    }
-                    var unused: [InitReference] = []
-                    initScratch[t] = nil
-                    try copy.withUnsafeMutableBytes { db in
-                        try vals.withUnsafeMutableBufferPointer { v in try apply(rs, t, paddr, db, 0, nil, v, &scratch, &unused, from: start, overPlaceholder: over) }
-                    }
-                    initScratch[t] = copy
                 }
                 for i in rels.indices where !rels.isValid(i) { try refuseRecords() }
                 continue
@@ -322,45 +291,64 @@ extension Session {
                     }
                 }
             } else if t < isData.count, isData[t] {
-                var start = 0
-                var d: [UInt8]
-                var earlier: Int? = nil
-                if let made = data[t] {
-                    d = made
-                } else if let p = pendingRela[t] {
-                    earlier = p
-                    // A second relocation section for the same target: on the copy, after the first.
-                    d = pristineCopy(t, rela: p, upTo: rela[p].relocations.count, values: vals)
-                    pendingRela[t] = nil
+                var copy = data[t]
+                data[t] = nil  // `copy` uniquely referenced while it is patched
+                let pending = pendingRela[t]
+                pendingRela[t] = nil
+                if try relocateOnCopy(ri, t, taddr, &copy, pending: pending, everyField: false, reserve: { _ in },
+                                      &vals, &walk, &initRefs, &placeholderFields) {
+                    data[t] = copy
                 } else {
-                    let s = elf.sections[t]
-                    let k = try vals.withUnsafeMutableBufferPointer { v in
-                        try check(rs, t, taddr, s.isNoBits ? UnsafeRawBufferPointer(start: nil, count: 0) : elf.contents(of: s), s.size, v, &walk)
-                    }
-                    guard let k else {
-                        pendingRela[t] = ri
-                        continue
-                    }
-                    d = pristineCopy(t, rela: ri, upTo: k, values: vals)
-                    start = k
-                }
-                // Fields out of order or of two sections may overlap here (never in `check`): the
-                // first record of this section over an earlier field whose value is a placeholder,
-                // denied when `apply` reaches it (`fieldOverPlaceholder`).
-                let over = fieldOverPlaceholder(t, section: ri, earlier: earlier, everyField: false, &placeholderFields)
-                // (Records before `start` passed the in-place check, in order and apart, with no
-                // earlier section for `t`: none of them can be it. Denied, should one ever be.)
-                if let o = over, o < start {
-                    throw deny(.relocation, "relocation field over one whose value is not known here (not modelled)", section: sectionName(t), offset: Int(rs.relocations[o].offset))
-                }
-                data[t] = nil  // keep `d` uniquely referenced while it is patched
-                defer { data[t] = d }
-                try d.withUnsafeMutableBytes { db in
-                    try vals.withUnsafeMutableBufferPointer { v in try apply(rs, t, taddr, db, 0, nil, v, &walk, &initRefs, from: start, overPlaceholder: over) }
+                    pendingRela[t] = ri
                 }
             }
         }
         return initRefs
+    }
+
+    /// Relocation section `ri`'s records applied to target `t` (at `taddr`), a data section or,
+    /// in a core session, an init section, in the kernel's order. `copy` is the target's relocated
+    /// copy when an earlier section made one; else `pending`, a section before this one whose
+    /// records passed the in-place check, is written to a fresh copy first; else this section is
+    /// checked in place (`check`) and, when every record passes, left pending: false, `copy`
+    /// untouched. Otherwise (from the first record out of order) the records are applied to the
+    /// copy, which `copy` then holds: true. Each fresh copy is first charged to `reserve`. The
+    /// first record over an earlier field whose value is a placeholder is denied when `apply`
+    /// reaches it (`fieldOverPlaceholder`; `everyField` on an init section's copy).
+    func relocateOnCopy(_ ri: Int, _ t: Int, _ taddr: UInt64, _ copy: inout [UInt8]?, pending: Int?, everyField: Bool,
+                        reserve: (ELFSection) throws -> Void, _ vals: inout [UInt64?], _ walk: inout RelocationWalk,
+                        _ initRefs: inout [InitReference], _ placeholderFields: inout [Int: AddressTable]) throws -> Bool {
+        let rs = rela[ri], s = elf.sections[t]
+        var start = 0
+        var d: [UInt8]
+        if let made = copy {
+            d = made
+            copy = nil  // `d` uniquely referenced while it is patched
+        } else if let p = pending {
+            // A second relocation section for the same target: on the copy, after the first.
+            try reserve(s)
+            d = pristineCopy(t, rela: p, upTo: rela[p].relocations.count, values: vals)
+        } else {
+            let k = try vals.withUnsafeMutableBufferPointer { v in
+                try check(rs, t, taddr, s.isNoBits ? UnsafeRawBufferPointer(start: nil, count: 0) : elf.contents(of: s), s.size, v, &walk)
+            }
+            guard let k else { return false }
+            try reserve(s)
+            d = pristineCopy(t, rela: ri, upTo: k, values: vals)
+            start = k
+        }
+        // Fields out of order or of two sections may overlap here (never in `check`).
+        let over = fieldOverPlaceholder(t, section: ri, earlier: pending, everyField: everyField, &placeholderFields)
+        // (Records before `start` passed the in-place check, in order and apart, with no earlier
+        // section for `t`: none of them can be it. Denied, should one ever be.)
+        if let o = over, o < start {
+            throw deny(.relocation, "relocation field over one whose value is not known here (not modelled)", section: sectionName(t), offset: Int(rs.relocations[o].offset))
+        }
+        try d.withUnsafeMutableBytes { db in
+            try vals.withUnsafeMutableBufferPointer { v in try apply(rs, t, taddr, db, 0, nil, v, &walk, &initRefs, from: start, overPlaceholder: over) }
+        }
+        copy = d
+        return true
     }
 
     /// Two symbols' values are placeholders here, not the kernel's: in a core session those of the
