@@ -178,11 +178,7 @@ final class AdversarialRelocationTests: XCTestCase {
         }, "two R_X86_64_64 records, the first for core text")
         let at = r.at + 24 * k
         ed.put(ed.get(UInt64.self, at: at) + 4, at: at + 24)  // record k + 1's r_offset := record k's + 4
-        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko)))
-        XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
-        XCTAssertTrue(d.reason.contains("nonzero"), d.reason)
-        XCTAssertEqual(d.section, "__mcount_loc")
-        XCTAssertEqual(d.offset, Int(ed.get(UInt64.self, at: at)) + 4)
+        try assertRelocationDenial(try explainer.explain(f, "llc", ko: ed.ko), ["nonzero"], "__mcount_loc", Int(ed.get(UInt64.self, at: at)) + 4)
     }
 
     /// Attack: a data field of 32 bits against a function in the module's init text (`__mcount_loc`'s
@@ -209,11 +205,7 @@ final class AdversarialRelocationTests: XCTestCase {
             if let addend { ed.put(UInt64(bitPattern: addend), at: at + 16) }
             let res = try explainer.explain(f, "llc", ko: ed.ko)
             if denied {
-                let d = try XCTUnwrap(denial(res), "type \(type)")
-                XCTAssertEqual(d.rule, DenialRule.relocation, d.reason)
-                XCTAssertTrue(d.reason.contains(initRule), d.reason)
-                XCTAssertEqual(d.section, "__mcount_loc")
-                XCTAssertEqual(d.offset, Int(recs[k].offset))
+                try assertRelocationDenial(res, [initRule], "__mcount_loc", Int(recs[k].offset))
             } else if case .denied(let d) = res.verdict {
                 XCTAssertFalse(d.reason.contains(initRule), d.reason)
             }
