@@ -162,6 +162,10 @@ public enum ExplainRun {
                     ("passes", .uint(UInt64(b.engine.count))), ("executable_bytes", .uint(UInt64(b.executableBytes))),
                     ("explain_best_s", .double(e)), ("explain_median_s", .double(Percentiles.of(b.engine, 50))),
                     ("sha256_best_s", .double(h)), ("sha256_median_s", .double(Percentiles.of(b.sha256, 50))),
+                    ("service_order", .object([
+                        ("explain_best_s", .double(b.engineServiceOrder.min() ?? 0)), ("explain_median_s", .double(Percentiles.of(b.engineServiceOrder, 50))),
+                        ("sha256_best_s", .double(b.sha256ServiceOrder.min() ?? 0)), ("sha256_median_s", .double(Percentiles.of(b.sha256ServiceOrder, 50))),
+                    ])),
                     ("max_rss_kib", .uint(UInt64(max(0, ProcessUsage.peakResidentKiB())))),
                     ("rss_after_facts_kib", .uint(UInt64(max(0, rssAfterFacts)))),
                     ("largest_module", .string(largest.name)), ("largest_module_bytes", .uint(UInt64(largest.bytes))),
@@ -169,11 +173,13 @@ public enum ExplainRun {
                     ("fit", b.fit.map { .object([("per_module_s", .double($0.perModule)), ("per_byte_s", .double($0.perByte))]) } ?? .null),
                     ("modules", .array(b.modules.map { m in
                         .object([("name", .string(m.name)), ("executable_bytes", .uint(UInt64(m.executableBytes))),
-                                 ("explain_best_s", .double(m.engineBest)), ("sha256_best_s", .double(m.sha256Best))])
+                                 ("explain_best_s", .double(m.engineBest)), ("sha256_best_s", .double(m.sha256Best)),
+                                 ("explain_service_order_best_s", .double(m.engineServiceOrderBest))])
                     })),
                 ]))]).serialized())
             } else {
                 out(b.line)
+                out(b.serviceOrderLine)
                 out(b.moduleLine)
                 out(BenchHost.current().line)
                 out("max RSS: \(ProcessUsage.peakResidentKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
@@ -247,10 +253,15 @@ public enum ExplainRun {
 
     public struct BenchFigures: Sendable {
         public var executableBytes = 0
-        /// Thread CPU seconds per pass: the whole engine (ELF parse + explain) over every module.
+        /// Thread CPU seconds per pass: the whole engine (ELF parse + explain) over every module,
+        /// each module's inputs as the bench loaded them (cold: not read since).
         public var engine: [Double] = []
         /// Thread CPU seconds per pass: SHA-256 (the project's OpenSSL digest) over the same bytes.
         public var sha256: [Double] = []
+        /// The same two, in passes run in the service's order (``BenchOrder/service``),
+        /// interleaved with the others (one of each per pass number, same minutes).
+        public var engineServiceOrder: [Double] = []
+        public var sha256ServiceOrder: [Double] = []
         /// Each timed module's best pass of each side, in load order (where a ratio comes from: the
         /// sum of these bests is at most the best pass's total, each module's best being its own).
         public var modules: [ModuleFigure] = []
@@ -262,12 +273,15 @@ public enum ExplainRun {
             public var executableBytes: Int
             public var engineBest: Double
             public var sha256Best: Double
+            /// The engine's best pass in the service's order.
+            public var engineServiceOrderBest: Double
 
-            public init(name: String, executableBytes: Int, engineBest: Double, sha256Best: Double) {
+            public init(name: String, executableBytes: Int, engineBest: Double, sha256Best: Double, engineServiceOrderBest: Double = .infinity) {
                 self.name = name
                 self.executableBytes = executableBytes
                 self.engineBest = engineBest
                 self.sha256Best = sha256Best
+                self.engineServiceOrderBest = engineServiceOrderBest
             }
         }
 
@@ -309,6 +323,16 @@ public enum ExplainRun {
                 + "sha256 best \(rate(h)) MB/s (\(fmt(h)) s), median \(rate(hm)) MB/s; ratio best \(h > 0 ? fmt(e / h) : "-")×, median \(hm > 0 ? fmt(em / hm) : "-")×"
         }
 
+        /// The same figures for the passes run in the service's order (``BenchOrder/service``).
+        public var serviceOrderLine: String {
+            let mb = Double(executableBytes) / 1e6
+            let e = engineServiceOrder.min() ?? 0, h = sha256ServiceOrder.min() ?? 0
+            let em = Percentiles.of(engineServiceOrder, 50), hm = Percentiles.of(sha256ServiceOrder, 50)
+            func rate(_ t: Double) -> String { t > 0 ? fmt(mb / t) : "-" }
+            return "in the service's order (\(engineServiceOrder.count) passes interleaved with those above; the request's bytes received and the module file hashed by the signature check before the engine runs): "
+                + "explain best \(rate(e)) MB/s (\(fmt(e)) s), median \(rate(em)) MB/s; sha256 best \(rate(h)) MB/s; ratio best \(h > 0 ? fmt(e / h) : "-")×, median \(hm > 0 ? fmt(em / hm) : "-")×"
+        }
+
         /// Where the time goes by module: the fit, and the modules furthest over the target.
         public var moduleLine: String {
             var parts: [String] = []
@@ -329,39 +353,71 @@ public enum ExplainRun {
         }
     }
 
-    /// Replays the whole boot `benchRepetitions` times, timing the engine and SHA-256 over each
+    /// Where a bench pass's inputs are when the engine starts on a module.
+    public enum BenchOrder: Sendable, CaseIterable {
+        /// As loaded: every module's file and claim read into memory before the first pass and
+        /// not touched since (the corpus's 30 MB of module files evict each other from cache).
+        case cold
+        /// As the service has them (`Verifier.authorize`): the request's bytes were just received
+        /// (one copy out of the transport's buffer: the claim) and the signature check made its
+        /// one SHA-256 pass over the whole module file
+        /// (`ModuleSignatureVerifier.verifyWithDigests`) before the engine reads either. Neither
+        /// step is timed: they are the transport's and the signature check's cost, measured by
+        /// `execgate bench`.
+        case service
+    }
+
+    /// Replays the whole boot `benchRepetitions` times in each ``BenchOrder`` (a pass of each per
+    /// pass number, interleaved: the same minutes), timing the engine and SHA-256 over each
     /// module's executable bytes in the same pass, on this thread's CPU clock (a loaded machine
     /// then slows both alike instead of charging other processes' time to either).
     public static func benchmark(_ boot: CaptureBoot, options o: ExplainRunOptions) -> BenchFigures {
         var f = BenchFigures()
         var modules: [CapturedModule] = []
         for name in boot.availableModules { if let m = try? boot.module(name) { modules.append(m) } }
+        // The transport's receive buffer (one, reused as the service reuses its body buffers).
+        var received = [UInt8](repeating: 0, count: modules.map(\.claim.text.count).max() ?? 0)
+        var prepared = Digest.sha256(UnsafeRawBufferPointer(start: nil, count: 0))
         for pass in 0..<max(1, o.benchRepetitions) {
-            var replay = CaptureReplay(boot: boot)
-            var engine = 0.0, sha = 0.0, bytes = 0, timed = 0
-            for m in modules {
-                let t0 = MonotonicClock.threadCPUSeconds()
-                let step = replay.step(m)
-                let t1 = MonotonicClock.threadCPUSeconds()
-                let d = m.claim.text.withUnsafeBytes { Digest.sha256($0) }
-                let t2 = MonotonicClock.threadCPUSeconds()
-                precondition(d.bytes.count == 32)
-                if let set = o.only, !set.contains(m.name) { continue }
-                engine += t1 - t0
-                sha += t2 - t1
-                bytes += step.executableBytes
-                // The module's best of each side (the same modules, in the same order, every pass).
-                if pass == 0 {
-                    f.modules.append(.init(name: m.name, executableBytes: step.executableBytes, engineBest: t1 - t0, sha256Best: t2 - t1))
-                } else {
-                    f.modules[timed].engineBest = min(f.modules[timed].engineBest, t1 - t0)
-                    f.modules[timed].sha256Best = min(f.modules[timed].sha256Best, t2 - t1)
+            for order in BenchOrder.allCases {
+                var replay = CaptureReplay(boot: boot)
+                var engine = 0.0, sha = 0.0, bytes = 0, timed = 0
+                for m in modules {
+                    if order == .service {
+                        received.withUnsafeMutableBytes { r in m.claim.text.withUnsafeBytes { r.copyMemory(from: $0) } }
+                        prepared = m.ko.withUnsafeBytes { Digest.sha256($0) }
+                    }
+                    let t0 = MonotonicClock.threadCPUSeconds()
+                    let step = replay.step(m)
+                    let t1 = MonotonicClock.threadCPUSeconds()
+                    let d = m.claim.text.withUnsafeBytes { Digest.sha256($0) }
+                    let t2 = MonotonicClock.threadCPUSeconds()
+                    precondition(d.bytes.count == 32 && prepared.bytes.count == 32)
+                    if let set = o.only, !set.contains(m.name) { continue }
+                    engine += t1 - t0
+                    sha += t2 - t1
+                    bytes += step.executableBytes
+                    // The module's best of each side (the same modules, in the same order, every pass).
+                    if pass == 0 && order == .cold {
+                        f.modules.append(.init(name: m.name, executableBytes: step.executableBytes, engineBest: t1 - t0, sha256Best: t2 - t1))
+                    } else if order == .cold {
+                        f.modules[timed].engineBest = min(f.modules[timed].engineBest, t1 - t0)
+                        f.modules[timed].sha256Best = min(f.modules[timed].sha256Best, t2 - t1)
+                    } else {
+                        f.modules[timed].engineServiceOrderBest = min(f.modules[timed].engineServiceOrderBest, t1 - t0)
+                    }
+                    timed += 1
                 }
-                timed += 1
+                switch order {
+                case .cold:
+                    f.engine.append(engine)
+                    f.sha256.append(sha)
+                    if pass == 0 { f.executableBytes = bytes }
+                case .service:
+                    f.engineServiceOrder.append(engine)
+                    f.sha256ServiceOrder.append(sha)
+                }
             }
-            f.engine.append(engine)
-            f.sha256.append(sha)
-            if pass == 0 { f.executableBytes = bytes }
         }
         return f
     }

@@ -87,16 +87,24 @@ final class ExplainBenchModulesTests: XCTestCase {
         let order = try String(contentsOfFile: Self.fixtureCapture + "/../load-order.txt", encoding: .utf8)
             .split(separator: "\n").map(String.init).filter { !$0.isEmpty }
         XCTAssertEqual(modules.compactMap { m -> String? in if case .string(let s)? = m["name"] { return s } else { return nil } }, order)
-        var sum = 0.0, bytes = 0.0
+        var sum = 0.0, serviceSum = 0.0, bytes = 0.0
         for m in modules {
             let e = try XCTUnwrap(BenchPlacementTests.number(m["explain_best_s"])), h = try XCTUnwrap(BenchPlacementTests.number(m["sha256_best_s"]))
+            let s = try XCTUnwrap(BenchPlacementTests.number(m["explain_service_order_best_s"]), "\(m)")
             XCTAssertGreaterThan(e, 0, "\(m)")
             XCTAssertGreaterThan(h, 0, "\(m)")
+            XCTAssertGreaterThan(s, 0, "\(m)")
             sum += e
+            serviceSum += s
             bytes += try XCTUnwrap(BenchPlacementTests.number(m["executable_bytes"]))
         }
         let best = try XCTUnwrap(BenchPlacementTests.number(bench["explain_best_s"]))
         XCTAssertLessThanOrEqual(sum, best * (1 + 1e-9), "per-module bests sum above the best pass")
+        // The passes in the service's order: as many, their own best, the modules' bests under it.
+        let service = try XCTUnwrap(bench["service_order"], "\(bench)")
+        let serviceBest = try XCTUnwrap(BenchPlacementTests.number(service["explain_best_s"]))
+        XCTAssertGreaterThan(try XCTUnwrap(BenchPlacementTests.number(service["sha256_best_s"])), 0, "\(service)")
+        XCTAssertLessThanOrEqual(serviceSum, serviceBest * (1 + 1e-9), "per-module bests (service order) sum above the best pass")
         XCTAssertEqual(bytes, try XCTUnwrap(BenchPlacementTests.number(bench["executable_bytes"])))
         XCTAssertNotNil(BenchPlacementTests.number(bench["fit"]?["per_byte_s"]), "\(bench)")
         // The host named is this machine, as the library reads it (the binary runs here too).
@@ -117,6 +125,7 @@ final class ExplainBenchModulesTests: XCTestCase {
                                         in: dir, seconds: 120)
         XCTAssertEqual(text.status, 0, text.stderr)
         XCTAssertTrue(text.stdout.contains("per module (best pass of each, \(order.count) modules): "), text.stdout)
+        XCTAssertTrue(text.stdout.contains("\nin the service's order (1 passes interleaved with those above; "), text.stdout)
         XCTAssertTrue(text.stdout.contains("\n" + host.line + "\n"), text.stdout)
     }
 }
