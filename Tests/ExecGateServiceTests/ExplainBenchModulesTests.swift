@@ -125,7 +125,7 @@ final class ExplainBenchModulesTests: XCTestCase {
                                         in: dir, seconds: 120)
         XCTAssertEqual(text.status, 0, text.stderr)
         XCTAssertTrue(text.stdout.contains("per module (best pass of each, \(order.count) modules): "), text.stdout)
-        XCTAssertTrue(text.stdout.contains("\nin the service's order (1 passes interleaved with those above; "), text.stdout)
+        XCTAssertTrue(text.stdout.contains("\ninputs as the service holds them (1 passes interleaved with those above: "), text.stdout)
         XCTAssertTrue(text.stdout.contains("\n" + host.line + "\n"), text.stdout)
     }
 }
