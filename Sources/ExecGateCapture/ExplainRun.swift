@@ -159,13 +159,14 @@ public enum ExplainRun {
             if o.json {
                 let e = b.engine.min() ?? 0, h = b.sha256.min() ?? 0
                 out(JSON.object([("bench", .object([
-                    ("passes", .uint(UInt64(b.engine.count))), ("executable_bytes", .uint(UInt64(b.executableBytes))),
+                    ("passes", .uint(UInt64(b.engine.count))), ("allowed", .uint(UInt64(b.allowed))), ("executable_bytes", .uint(UInt64(b.executableBytes))),
                     ("explain_best_s", .double(e)), ("explain_median_s", .double(Percentiles.of(b.engine, 50))),
                     ("sha256_best_s", .double(h)), ("sha256_median_s", .double(Percentiles.of(b.sha256, 50))),
                     ("service_order", .object([
                         ("explain_best_s", .double(b.engineServiceOrder.min() ?? 0)), ("explain_median_s", .double(Percentiles.of(b.engineServiceOrder, 50))),
                         ("sha256_best_s", .double(b.sha256ServiceOrder.min() ?? 0)), ("sha256_median_s", .double(Percentiles.of(b.sha256ServiceOrder, 50))),
                         ("claim_making_best_s", .double(b.claimMaking.min() ?? 0)),
+                        ("passes", .uint(UInt64(b.engineServiceOrder.count))), ("allowed", .uint(UInt64(b.allowedServiceOrder))),
                     ])),
                     ("max_rss_kib", .uint(UInt64(max(0, ProcessUsage.peakResidentKiB())))),
                     ("rss_after_facts_kib", .uint(UInt64(max(0, rssAfterFacts)))),
@@ -175,7 +176,8 @@ public enum ExplainRun {
                     ("modules", .array(b.modules.map { m in
                         .object([("name", .string(m.name)), ("executable_bytes", .uint(UInt64(m.executableBytes))),
                                  ("explain_best_s", .double(m.engineBest)), ("sha256_best_s", .double(m.sha256Best)),
-                                 ("explain_service_order_best_s", .double(m.engineServiceOrderBest))])
+                                 ("explain_service_order_best_s", .double(m.engineServiceOrderBest)),
+                                 ("sha256_service_order_best_s", .double(m.sha256ServiceOrderBest))])
                     })),
                 ]))]).serialized())
             } else {
@@ -260,12 +262,16 @@ public enum ExplainRun {
         /// Thread CPU seconds per pass: SHA-256 (the project's OpenSSL digest) over the same bytes.
         public var sha256: [Double] = []
         /// The same two, in passes run in the service's order (``BenchOrder/service``),
-        /// interleaved with the others (one of each per pass number, same minutes).
+        /// interleaved with the others (one of each per pass number, same minutes). The engine's
+        /// time there is the end-state judge's: the claim made from the received request, then
+        /// the engine.
         public var engineServiceOrder: [Double] = []
         public var sha256ServiceOrder: [Double] = []
-        /// Thread CPU seconds per service-order pass making the claims as the judge does (not in
-        /// `engineServiceOrder`: a copy of each claim's bytes and its section table).
+        /// Thread CPU seconds per service-order pass making the claims (part of `engineServiceOrder`).
         public var claimMaking: [Double] = []
+        /// Modules allowed in the first pass of each order (the two must agree: a pass whose
+        /// inputs were prepared wrongly would deny early and read fast).
+        public var allowed = 0, allowedServiceOrder = 0
         /// Each timed module's best pass of each side, in load order (where a ratio comes from: the
         /// sum of these bests is at most the best pass's total, each module's best being its own).
         public var modules: [ModuleFigure] = []
@@ -277,15 +283,18 @@ public enum ExplainRun {
             public var executableBytes: Int
             public var engineBest: Double
             public var sha256Best: Double
-            /// The engine's best pass in the service's order.
+            /// The best pass of each side in the service's order (the engine's: the claim's making included).
             public var engineServiceOrderBest: Double
+            public var sha256ServiceOrderBest: Double
 
-            public init(name: String, executableBytes: Int, engineBest: Double, sha256Best: Double, engineServiceOrderBest: Double = .infinity) {
+            public init(name: String, executableBytes: Int, engineBest: Double, sha256Best: Double,
+                        engineServiceOrderBest: Double = .infinity, sha256ServiceOrderBest: Double = .infinity) {
                 self.name = name
                 self.executableBytes = executableBytes
                 self.engineBest = engineBest
                 self.sha256Best = sha256Best
                 self.engineServiceOrderBest = engineServiceOrderBest
+                self.sha256ServiceOrderBest = sha256ServiceOrderBest
             }
         }
 
@@ -333,9 +342,10 @@ public enum ExplainRun {
             let e = engineServiceOrder.min() ?? 0, h = sha256ServiceOrder.min() ?? 0
             let em = Percentiles.of(engineServiceOrder, 50), hm = Percentiles.of(sha256ServiceOrder, 50)
             func rate(_ t: Double) -> String { t > 0 ? fmt(mb / t) : "-" }
-            return "inputs as the service holds them (\(engineServiceOrder.count) passes interleaved with those above: the module file received and hashed by the signature check, the claim made from the request, before the engine runs): "
-                + "explain best \(rate(e)) MB/s (\(fmt(e)) s), median \(rate(em)) MB/s; sha256 best \(rate(h)) MB/s; ratio best \(h > 0 ? fmt(e / h) : "-")×, median \(hm > 0 ? fmt(em / hm) : "-")× "
-                + "(making the claims, not in those: best \(fmt((claimMaking.min() ?? 0) * 1e3)) ms a pass)"
+            let se = modules.reduce(0.0) { $0 + $1.engineServiceOrderBest }, sh = modules.reduce(0.0) { $0 + $1.sha256ServiceOrderBest }
+            return "in the service's order (\(engineServiceOrder.count) passes interleaved with those above: the request received and the module file hashed by the signature check first; timed, the claim made from the request as the judge makes it, then the engine; \(allowedServiceOrder) allowed): "
+                + "explain best \(rate(e)) MB/s (\(fmt(e)) s, the claims' making \(fmt((claimMaking.min() ?? 0) * 1e3)) ms of it), median \(rate(em)) MB/s; sha256 best \(rate(h)) MB/s; ratio best \(h > 0 ? fmt(e / h) : "-")×, median \(hm > 0 ? fmt(em / hm) : "-")×, "
+                + "of the modules' best passes \(sh > 0 && sh.isFinite ? fmt(se / sh) : "-")×"
         }
 
         /// Where the time goes by module: the fit, and the modules furthest over the target.
@@ -363,57 +373,78 @@ public enum ExplainRun {
         /// As loaded: every module's file and claim read into memory before the first pass and
         /// not touched since (the corpus's 30 MB of module files evict each other from cache).
         case cold
-        /// As the service hands them to the engine (`Verifier.authorize`): the module file a
-        /// fresh buffer (the request just received: one copy out of the transport) that the
-        /// signature check has read once whole (`ModuleSignatureVerifier.verifyWithDigests`: one
-        /// SHA-256 pass), and the claim made from the request as `ExplainerJudge.judge` makes it
-        /// (a fresh copy of the executable bytes, a fresh section-address table). The receive copy
-        /// and the hash are the transport's and the signature check's (`execgate bench` measures
-        /// those); the claim's making is timed apart (``BenchFigures/claimMaking``).
+        /// As the service has them when its end-state judge starts: the request received (the
+        /// frame decoder reads the body, module file and claimed bytes, into a buffer of its own:
+        /// FrameCodec) and the module file read once whole by the signature check
+        /// (`ModuleSignatureVerifier.verifyWithDigests`: one SHA-256 pass), neither timed (the
+        /// transport's and the signature check's: `execgate bench` measures those); then, timed
+        /// with the engine as the judge's own work (`ExplainerJudge.judge`), the claim made from
+        /// the received bytes: its executable bytes copied out, its section table built.
         case service
     }
 
-    /// A module as `Verifier.authorize` holds it when its judge calls the engine
-    /// (``BenchOrder/service``): the module file received into a buffer of its own and hashed
-    /// whole by the signature check; the claim made afresh from the request (`ExplainerJudge`:
-    /// its bytes copied out of the request, its section names and addresses into a new table).
-    /// Returns the module and the seconds the claim's making took.
-    static func asTheServiceHasIt(_ m: CapturedModule) -> (module: CapturedModule, claimSeconds: Double) {
-        let ko = m.ko.withUnsafeBytes { [UInt8]($0) }
-        let digest = ko.withUnsafeBytes { Digest.sha256($0) }
-        precondition(digest.bytes.count == 32)
-        let t0 = MonotonicClock.threadCPUSeconds()
-        var claim = m.claim
-        claim.text = m.claim.text.withUnsafeBytes { [UInt8]($0) }
-        claim.initText = m.claim.initText.map { t in t.withUnsafeBytes { [UInt8]($0) } }
-        // Names decoded from the request are new strings (not the capture's, cached since load).
-        var addresses: [String: UInt64] = [:]
-        for (name, address) in m.claim.sectionAddresses { addresses[String(decoding: Array(name.utf8), as: UTF8.self)] = address }
-        claim.sectionAddresses = addresses
-        let t1 = MonotonicClock.threadCPUSeconds()
-        return (CapturedModule(name: m.name, ko: ko, claim: claim), t1 - t0)
+    /// A module's request as the service holds it when its judge starts (``BenchOrder/service``):
+    /// the module file and the claimed bytes each received into a buffer of their own, the
+    /// claimed sections decoded (new strings: `AuthorizeModule.sections`), the file hashed whole
+    /// by the signature check.
+    struct ReceivedRequest {
+        var module: [UInt8]
+        var text: [UInt8]
+        var initText: [UInt8]?
+        var sections: [(name: String, address: UInt64)]
+
+        init(_ m: CapturedModule) {
+            module = m.ko.withUnsafeBytes { [UInt8]($0) }
+            text = m.claim.text.withUnsafeBytes { [UInt8]($0) }
+            initText = m.claim.initText.map { t in t.withUnsafeBytes { [UInt8]($0) } }
+            sections = m.claim.sectionAddresses.map { (String(decoding: Array($0.key.utf8), as: UTF8.self), $0.value) }
+            let digest = module.withUnsafeBytes { Digest.sha256($0) }
+            precondition(digest.bytes.count == 32)
+        }
+
+        /// The module with its claim made from the received request as `ExplainerJudge.judge`
+        /// makes it: the executable bytes copied out of the request, the sections' names and
+        /// addresses into a table.
+        func judged(_ m: CapturedModule) -> CapturedModule {
+            var claim = m.claim
+            claim.text = text.withUnsafeBytes { [UInt8]($0) }
+            claim.initText = initText.map { t in t.withUnsafeBytes { [UInt8]($0) } }
+            var addresses: [String: UInt64] = [:]
+            for s in sections { addresses[s.name] = s.address }
+            claim.sectionAddresses = addresses
+            return CapturedModule(name: m.name, ko: module, claim: claim)
+        }
     }
 
     /// Replays the whole boot `benchRepetitions` times in each ``BenchOrder`` (a pass of each per
-    /// pass number, interleaved: the same minutes), timing the engine and SHA-256 over each
-    /// module's executable bytes in the same pass, on this thread's CPU clock (a loaded machine
-    /// then slows both alike instead of charging other processes' time to either).
+    /// pass number, interleaved: the same minutes; which goes first alternates), timing the engine
+    /// and SHA-256 over each module's executable bytes in the same pass, on this thread's CPU
+    /// clock (a loaded machine then slows both alike instead of charging other processes' time to
+    /// either).
     public static func benchmark(_ boot: CaptureBoot, options o: ExplainRunOptions) -> BenchFigures {
         var f = BenchFigures()
         var modules: [CapturedModule] = []
         for name in boot.availableModules { if let m = try? boot.module(name) { modules.append(m) } }
+        // The timed modules, in load order (a module's executable bytes: its claimed region).
+        for m in modules where o.only?.contains(m.name) ?? true {
+            f.modules.append(.init(name: m.name, executableBytes: m.claim.text.count, engineBest: .infinity, sha256Best: .infinity))
+        }
         for pass in 0..<max(1, o.benchRepetitions) {
-            for order in BenchOrder.allCases {
+            let orders: [BenchOrder] = pass % 2 == 0 ? [.cold, .service] : [.service, .cold]
+            for order in orders {
                 var replay = CaptureReplay(boot: boot)
-                var engine = 0.0, sha = 0.0, claims = 0.0, bytes = 0, timed = 0
+                var engine = 0.0, sha = 0.0, claims = 0.0, bytes = 0, timed = 0, allowed = 0
                 for captured in modules {
                     var m = captured
+                    var t0 = 0.0, made = 0.0
                     if order == .service {
-                        let (held, claimSeconds) = asTheServiceHasIt(captured)
-                        m = held
-                        if o.only?.contains(m.name) ?? true { claims += claimSeconds }
+                        let received = ReceivedRequest(captured)
+                        t0 = MonotonicClock.threadCPUSeconds()
+                        m = received.judged(captured)
+                        made = MonotonicClock.threadCPUSeconds() - t0
+                    } else {
+                        t0 = MonotonicClock.threadCPUSeconds()
                     }
-                    let t0 = MonotonicClock.threadCPUSeconds()
                     let step = replay.step(m)
                     let t1 = MonotonicClock.threadCPUSeconds()
                     let d = m.claim.text.withUnsafeBytes { Digest.sha256($0) }
@@ -422,15 +453,17 @@ public enum ExplainRun {
                     if let set = o.only, !set.contains(m.name) { continue }
                     engine += t1 - t0
                     sha += t2 - t1
+                    claims += made
                     bytes += step.executableBytes
+                    if step.result.verdict.isAllowed { allowed += 1 }
                     // The module's best of each side (the same modules, in the same order, every pass).
-                    if pass == 0 && order == .cold {
-                        f.modules.append(.init(name: m.name, executableBytes: step.executableBytes, engineBest: t1 - t0, sha256Best: t2 - t1))
-                    } else if order == .cold {
+                    switch order {
+                    case .cold:
                         f.modules[timed].engineBest = min(f.modules[timed].engineBest, t1 - t0)
                         f.modules[timed].sha256Best = min(f.modules[timed].sha256Best, t2 - t1)
-                    } else {
+                    case .service:
                         f.modules[timed].engineServiceOrderBest = min(f.modules[timed].engineServiceOrderBest, t1 - t0)
+                        f.modules[timed].sha256ServiceOrderBest = min(f.modules[timed].sha256ServiceOrderBest, t2 - t1)
                     }
                     timed += 1
                 }
@@ -438,11 +471,12 @@ public enum ExplainRun {
                 case .cold:
                     f.engine.append(engine)
                     f.sha256.append(sha)
-                    if pass == 0 { f.executableBytes = bytes }
+                    if pass == 0 { f.executableBytes = bytes; f.allowed = allowed }
                 case .service:
                     f.engineServiceOrder.append(engine)
                     f.sha256ServiceOrder.append(sha)
                     f.claimMaking.append(claims)
+                    if pass == 0 { f.allowedServiceOrder = allowed }
                 }
             }
         }

@@ -91,18 +91,29 @@ final class ExplainBenchModulesTests: XCTestCase {
         for m in modules {
             let e = try XCTUnwrap(BenchPlacementTests.number(m["explain_best_s"])), h = try XCTUnwrap(BenchPlacementTests.number(m["sha256_best_s"]))
             let s = try XCTUnwrap(BenchPlacementTests.number(m["explain_service_order_best_s"]), "\(m)")
+            let hs = try XCTUnwrap(BenchPlacementTests.number(m["sha256_service_order_best_s"]), "\(m)")
             XCTAssertGreaterThan(e, 0, "\(m)")
             XCTAssertGreaterThan(h, 0, "\(m)")
             XCTAssertGreaterThan(s, 0, "\(m)")
+            XCTAssertGreaterThan(hs, 0, "\(m)")
             sum += e
             serviceSum += s
             bytes += try XCTUnwrap(BenchPlacementTests.number(m["executable_bytes"]))
         }
         let best = try XCTUnwrap(BenchPlacementTests.number(bench["explain_best_s"]))
         XCTAssertLessThanOrEqual(sum, best * (1 + 1e-9), "per-module bests sum above the best pass")
-        // The passes in the service's order: as many, their own best, the modules' bests under it.
+        // The passes in the service's order: as many, every module allowed in both orders (a
+        // claim made wrongly from the received request would be denied early and read fast),
+        // their own best with the claims' making inside it, the modules' bests under it.
         let service = try XCTUnwrap(bench["service_order"], "\(bench)")
+        XCTAssertEqual(BenchPlacementTests.number(service["passes"]), 3, "\(service)")
+        XCTAssertEqual(BenchPlacementTests.number(bench["passes"]), 3, "\(bench)")
+        XCTAssertEqual(BenchPlacementTests.number(bench["allowed"]), Double(order.count), "\(bench)")
+        XCTAssertEqual(BenchPlacementTests.number(service["allowed"]), Double(order.count), "\(service)")
         let serviceBest = try XCTUnwrap(BenchPlacementTests.number(service["explain_best_s"]))
+        let making = try XCTUnwrap(BenchPlacementTests.number(service["claim_making_best_s"]), "\(service)")
+        XCTAssertGreaterThan(making, 0, "\(service)")
+        XCTAssertLessThan(making, serviceBest, "\(service)")
         XCTAssertGreaterThan(try XCTUnwrap(BenchPlacementTests.number(service["sha256_best_s"])), 0, "\(service)")
         XCTAssertLessThanOrEqual(serviceSum, serviceBest * (1 + 1e-9), "per-module bests (service order) sum above the best pass")
         XCTAssertEqual(bytes, try XCTUnwrap(BenchPlacementTests.number(bench["executable_bytes"])))
@@ -125,7 +136,7 @@ final class ExplainBenchModulesTests: XCTestCase {
                                         in: dir, seconds: 120)
         XCTAssertEqual(text.status, 0, text.stderr)
         XCTAssertTrue(text.stdout.contains("per module (best pass of each, \(order.count) modules): "), text.stdout)
-        XCTAssertTrue(text.stdout.contains("\ninputs as the service holds them (1 passes interleaved with those above: "), text.stdout)
+        XCTAssertTrue(text.stdout.contains("\nin the service's order (1 passes interleaved with those above: "), text.stdout)
         XCTAssertTrue(text.stdout.contains("\n" + host.line + "\n"), text.stdout)
     }
 }
