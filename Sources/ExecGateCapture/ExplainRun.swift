@@ -391,27 +391,24 @@ public enum ExplainRun {
         var module: [UInt8]
         var text: [UInt8]
         var initText: [UInt8]?
-        var sections: [(name: String, address: UInt64)]
+        var sections: [ClaimedSection]
 
         init(_ m: CapturedModule) {
             module = m.ko.withUnsafeBytes { [UInt8]($0) }
             text = m.claim.text.withUnsafeBytes { [UInt8]($0) }
             initText = m.claim.initText.map { t in t.withUnsafeBytes { [UInt8]($0) } }
-            sections = m.claim.sectionAddresses.map { (String(decoding: Array($0.key.utf8), as: UTF8.self), $0.value) }
+            sections = m.claim.sections.map { ClaimedSection(name: String(decoding: Array($0.name.utf8), as: UTF8.self), address: $0.address) }
             let digest = module.withUnsafeBytes { Digest.sha256($0) }
             precondition(digest.bytes.count == 32)
         }
 
         /// The module with its claim made from the received request as `ExplainerJudge.judge`
-        /// makes it: the executable bytes copied out of the request, the sections' names and
-        /// addresses into a table.
+        /// makes it: the executable bytes copied out of the request, the sections as listed.
         func judged(_ m: CapturedModule) -> CapturedModule {
             var claim = m.claim
             claim.text = text.withUnsafeBytes { [UInt8]($0) }
             claim.initText = initText.map { t in t.withUnsafeBytes { [UInt8]($0) } }
-            var addresses: [String: UInt64] = [:]
-            for s in sections { addresses[s.name] = s.address }
-            claim.sectionAddresses = addresses
+            claim.sections = sections.map { ClaimedSection(name: $0.name, address: $0.address) }
             return CapturedModule(name: m.name, ko: module, claim: claim)
         }
     }

@@ -159,6 +159,9 @@ public struct ELFFile: @unchecked Sendable {
     let nameKeys: [UInt64]
     /// The first section of each name (``nameIndex(_:_:)``).
     let nameIndex: [Int32]
+    /// Every section name is ASCII (then two names are equal as Strings exactly when their bytes
+    /// are: a caller may match names by bytes where it would otherwise hash Strings).
+    public let allNamesASCII: Bool
 
     public init(bytes: UnsafeRawBufferPointer) throws {
         self.bytes = bytes
@@ -174,6 +177,7 @@ public struct ELFFile: @unchecked Sendable {
         var keys: [UInt64] = []
         keys.reserveCapacity(raws.count)
         var nameBytes = 0
+        var ascii = true
         for (i, r) in raws.enumerated() {
             // Each name found within its bound (the scan for its NUL stops there), all of them
             // within theirs, before any is made a String (ELFLimits.maxSectionNameBytes).
@@ -186,6 +190,7 @@ public struct ELFFile: @unchecked Sendable {
             }
             // (A typed view: the contiguous fast path; the raw view takes the generic append path.)
             let nameBuffer = UnsafeRawBufferPointer(rebasing: bytes[range])
+            if ascii { for b in nameBuffer where b >= 0x80 { ascii = false; break } }
             let name = nameBuffer.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }
             keys.append(ELFFile.nameKey(name))
             let s = ELFSection(index: i, name: name, type: r.type, flags: SectionFlags(rawValue: r.flags),
@@ -197,6 +202,7 @@ public struct ELFFile: @unchecked Sendable {
         self.shstrndx = table.shstrndx
         self.nameKeys = keys
         self.nameIndex = ELFFile.nameIndex(secs, keys)
+        self.allNamesASCII = ascii
     }
 
     /// ``nameIndex``'s flag on a slot: more sections than the slot's have its name.
@@ -416,6 +422,12 @@ public struct ELFFile: @unchecked Sendable {
         guard let (first, repeated) = firstNamed(name, key: q) else { return [] }
         if !repeated { return [sections[first]] }
         return Array(sections.indices[first...].lazy.filter { hasName($0, name, key: q) }.map { sections[$0] })
+    }
+
+    /// The index of the first section with this exact name (names compared as ``section(named:)``
+    /// compares them) and whether a later section has the name too; nil when none has it.
+    public func firstSectionIndex(named name: String) -> (index: Int, repeated: Bool)? {
+        firstNamed(name, key: ELFFile.nameKey(name))
     }
 
     /// The last section with this exact name and how many have it (names compared as

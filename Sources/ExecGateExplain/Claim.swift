@@ -8,10 +8,11 @@
 /// - `textBase` / `text`: the module's whole executable core region
 ///   `[core_layout.base, + core_layout.text_size)` — every byte that becomes executable, section
 ///   contents and the zero padding between and after them.
-/// - `sectionAddresses`: the guest's addresses of the module's allocated sections by name (the
-///   `/sys/module/<m>/sections/` view). Core-section addresses must agree with the kernel's
-///   `layout_sections()` applied to the signed ELF; `.init*` addresses are ignored unless the init region is
-///   claimed (then they must agree with the init layout; see `Session.init`).
+/// - `sections`: the guest's addresses of the module's allocated sections, by name, as the
+///   request lists them (the `/sys/module/<m>/sections/` view; `sectionAddresses` is the same as
+///   a table). Core-section addresses must agree with the kernel's `layout_sections()` applied to
+///   the signed ELF; `.init*` addresses are ignored unless the init region is claimed (then they
+///   must agree with the init layout; see `Session.init`). A name listed twice: the last counts.
 /// - `percpuBase`: the module's per-cpu area (`mod->percpu`), needed when it has `.data..percpu`.
 /// - `initTextBase` / `initText` (optional): the module's executable init region
 ///   `[init_layout.base, + init_layout.text_size)` while its init function runs. When given, it is
@@ -25,7 +26,23 @@ public struct ModuleClaim: Sendable {
     public var name: String
     public var textBase: UInt64
     public var text: [UInt8]
-    public var sectionAddresses: [String: UInt64]
+    /// The claimed sections in the request's order (a name listed twice: the last counts). Kept
+    /// as a list: the engine matches it against the signed ELF's names by their bytes
+    /// (`Session.firstClaimedAddressMismatch`), where a String-keyed table cost a SipHash of every
+    /// name to build and another per allocated section to read (≈ 6% of the end-state judge's
+    /// time on the shared corpus, docs/performance.md twelfth session).
+    public var sections: [ClaimedSection]
+    /// `sections` as a table by name (the last of a repeated name; names canonically equivalent
+    /// as Strings are one key, the last listed). Made at each read: read it once, never per
+    /// look-up. Setting it replaces `sections` (by name order).
+    public var sectionAddresses: [String: UInt64] {
+        get {
+            var d = [String: UInt64](minimumCapacity: sections.count)
+            for s in sections { d[s.name] = s.address }
+            return d
+        }
+        set { sections = newValue.sorted { $0.key < $1.key }.map { ClaimedSection(name: $0.key, address: $0.value) } }
+    }
     public var percpuBase: UInt64?
     /// 6.12 (separate allocation per `enum mod_mem_type`): the claimed base of each type
     /// (`mod->mem[t].base`). Optional: when a type is absent here its base is derived from the
@@ -37,12 +54,29 @@ public struct ModuleClaim: Sendable {
 
     public init(name: String, textBase: UInt64, text: [UInt8], sectionAddresses: [String: UInt64], percpuBase: UInt64? = nil,
                 initTextBase: UInt64? = nil, initText: [UInt8]? = nil) {
+        self.init(name: name, textBase: textBase, text: text, sections: [], percpuBase: percpuBase, initTextBase: initTextBase, initText: initText)
+        self.sectionAddresses = sectionAddresses
+    }
+
+    public init(name: String, textBase: UInt64, text: [UInt8], sections: [ClaimedSection], percpuBase: UInt64? = nil,
+                initTextBase: UInt64? = nil, initText: [UInt8]? = nil) {
         self.initTextBase = initTextBase
         self.initText = initText
         self.name = name
         self.textBase = textBase
         self.text = text
-        self.sectionAddresses = sectionAddresses
+        self.sections = sections
         self.percpuBase = percpuBase
+    }
+}
+
+/// One claimed section: its name and the address the guest gives for it.
+public struct ClaimedSection: Sendable, Equatable {
+    public var name: String
+    public var address: UInt64
+
+    public init(name: String, address: UInt64) {
+        self.name = name
+        self.address = address
     }
 }

@@ -167,10 +167,11 @@ extension Session {
             bases[.initText] = ib
             types += [.initData, .initRodata]
         }
+        let claimed = claim.sectionAddresses  // (made once: a table per read)
         for t in types where lay.allocationSize(t) > 0 {
             var derived: UInt64? = nil
             for s in elf.sections where mt[s.index] == t && lay.flags[s.index].contains(.alloc) {
-                guard let c = claim.sectionAddresses[s.name], let off = t.isInit ? lay.initOffset[s.index] : lay.coreOffset[s.index] else { continue }
+                guard let c = claimed[s.name], let off = t.isInit ? lay.initOffset[s.index] : lay.coreOffset[s.index] else { continue }
                 let b = c &- UInt64(off)
                 if let d = derived, d != b {
                     throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) puts \(t) at 0x\(String(b, radix: 16)), other sections at 0x\(String(d, radix: 16))",

@@ -18,6 +18,8 @@ final class Session {
 
     let elf: ELFFile
     let claim: ModuleClaim
+    /// `claim.sectionAddresses`, made once when first asked (`claimedInitAddress`).
+    lazy var claimedAddresses: [String: UInt64] = claim.sectionAddresses
     let facts: GuestFacts
     /// `facts.capabilities`, held apart for `hasFeature`: `facts.has(_:)` is a method of the
     /// 440-byte `GuestFacts`, and each call from the stages' closures copied the whole struct (a
@@ -314,19 +316,10 @@ final class Session {
                 // 6.12: each init type at its own checked base (address612); 6.1: one init allocation.
                 let a = lay.memType == nil ? ib &+ UInt64(ioff) : (Session.address612(lay, i, bases: bases612, initBases: true) ?? 0)
                 addr[i] = a
-                if lay.flags[i].contains(.alloc), let c = claim.sectionAddresses[secs[i].name], c != a {
-                    throw deny("claimed address 0x\(String(c, radix: 16)) of \(secs[i].name) differs from the init layout 0x\(String(a, radix: 16))",
-                               section: secs[i].name, address: c)
-                }
                 copy(i, at: ioff, intoImage: lay.flags[i].contains(.execInstr))
             } else if let off = lay.coreOffset[i] {
                 let a = lay.memType == nil ? coreBase &+ UInt64(off) : (Session.address612(lay, i, bases: bases612) ?? 0)
                 addr[i] = a
-                // (The flag test first: a non-allocated section's name is never hashed.)
-                if lay.flags[i].contains(.alloc), let c = claim.sectionAddresses[secs[i].name], c != a {
-                    throw deny("claimed address 0x\(String(c, radix: 16)) of \(secs[i].name) differs from layout_sections() 0x\(String(a, radix: 16))",
-                               section: secs[i].name, address: c)
-                }
                 // In an init session the core's exec sections are data: read (alternative
                 // replacements, trampolines) but not compared.
                 if region == .initText {
@@ -343,6 +336,15 @@ final class Session {
                 // that would depend on an init address (a freed pointer) unexplainable: deny.
                 addr[i] = lay.memType == nil ? Session.initPlaceholderBase &+ UInt64(ioff) : Session.address612(lay, i, bases: bases612)
             }
+        }
+
+        // The claimed address of every allocated section laid out above (at its init address when
+        // the init allocation is laid out, else at its core one), where the claim names it, must
+        // be that address; the first that differs, in section order, is the denial.
+        if let (i, c) = Session.firstClaimedAddressMismatch(elf, claim, lay, addr, initLaidOut: initBase != nil) {
+            let inInit = initBase != nil && lay.initOffset[i] != nil
+            throw deny("claimed address 0x\(String(c, radix: 16)) of \(secs[i].name) differs from \(inInit ? "the init layout" : "layout_sections()") 0x\(String(addr[i] ?? 0, radix: 16))",
+                       section: secs[i].name, address: c)
         }
 
         (self.image, self.cls, self.classCounts) = Session.sectionImage(elf, regionSize, copies)
@@ -414,6 +416,46 @@ final class Session {
         self.trampolineSymbols = trampolines
         self.keySymbols = KeySymbols(symtab, keys)
         self.functionEntries = FunctionEntries(entries)
+    }
+
+    /// The first allocated section, in section order, that `init`'s loop laid out (an init
+    /// section when the init allocation is laid out, else a core one) and whose claimed address
+    /// (the last `claim.sections` entry of its name) is not its address `addr`; nil when none.
+    ///
+    /// Matched from the claim's side by bytes: each claimed name against the ELF's name index (a
+    /// cheap key and a byte compare, ``ELFFile/firstSectionIndex(named:)``), the entries from the
+    /// last so that the last of a repeated name counts, each section once. The answer is that of
+    /// the String-keyed table (`claim.sectionAddresses`, looked up at every allocated section),
+    /// which is what it does instead when a name is not ASCII on either side (String equality is
+    /// canonical equivalence there: a claimed ".K" names a section ".\u{212A}", and two claimed
+    /// spellings are one key) or a matched ELF name is repeated (no index scan per entry: a file
+    /// repeating one name and a claim repeating it would make that quadratic). The service's
+    /// claims are byte names of the ELF, unique (`ClaimStructure`), and real modules' names are
+    /// ASCII and distinct: the first path.
+    static func firstClaimedAddressMismatch(_ elf: ELFFile, _ claim: ModuleClaim, _ lay: ModuleLayout, _ addr: [UInt64?],
+                                            initLaidOut: Bool) -> (section: Int, claimed: UInt64)? {
+        // Laid out by the loop and allocated: its claimed address is checked.
+        func checked(_ i: Int) -> Bool {
+            lay.flags[i].contains(.alloc) && ((initLaidOut && lay.initOffset[i] != nil) || lay.coreOffset[i] != nil)
+        }
+        if elf.allNamesASCII && claim.sections.allSatisfy({ $0.name.utf8.allSatisfy { $0 < 0x80 } }) {
+            var seen = [Bool](repeating: false, count: elf.sections.count)
+            var first: (section: Int, claimed: UInt64)? = nil
+            var byBytes = true
+            for s in claim.sections.reversed() {
+                guard let (i, repeated) = elf.firstSectionIndex(named: s.name) else { continue }
+                if repeated { byBytes = false; break }
+                if seen[i] { continue }
+                seen[i] = true
+                if checked(i), let a = addr[i], s.address != a, i < (first?.section ?? Int.max) { first = (i, s.address) }
+            }
+            if byBytes { return first }
+        }
+        let table = claim.sectionAddresses
+        for i in elf.sections.indices where checked(i) {
+            if let c = table[elf.sections[i].name], let a = addr[i], c != a { return (i, c) }
+        }
+        return nil
     }
 
     /// The region as `move_module()` leaves it: the exec sections `copies` (region offset, section

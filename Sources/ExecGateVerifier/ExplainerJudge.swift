@@ -21,9 +21,10 @@ public struct ExplainerJudge: EndStateJudge {
         guard (request.initBase == nil) == (request.initText == nil) else {
             return .invalidClaim("init_base and init_text come together")
         }
-        var addresses: [String: UInt64] = [:]
-        for s in request.sections { addresses[s.name] = s.address }
-        let claim = ModuleClaim(name: moduleName, textBase: base, text: Array(buffer: text), sectionAddresses: addresses,
+        // The sections as listed (the engine matches their names against the ELF's by bytes; a
+        // repeated name, which ClaimStructure refuses before this, would count its last entry).
+        let claim = ModuleClaim(name: moduleName, textBase: base, text: Array(buffer: text),
+                                sections: request.sections.map { ClaimedSection(name: $0.name, address: $0.address) },
                                 percpuBase: request.perCPUBase, initTextBase: request.initBase,
                                 initText: request.initText.map { Array(buffer: $0) })
         let result = Explainer(facts: session.facts).explain(elf: elf, claim: claim, resolver: session.symbolResolver)
