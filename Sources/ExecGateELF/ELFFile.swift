@@ -159,9 +159,13 @@ public struct ELFFile: @unchecked Sendable {
     let nameKeys: [UInt64]
     /// The first section of each name (``nameIndex(_:_:)``).
     let nameIndex: [Int32]
-    /// Every section name is ASCII (then two names are equal as Strings exactly when their bytes
-    /// are: a caller may match names by bytes where it would otherwise hash Strings).
+    /// Every section name is ASCII (then a name is equal as Strings to an ASCII name exactly when
+    /// their bytes are equal: a caller holding ASCII names may match them by bytes where it would
+    /// otherwise hash Strings).
     public let allNamesASCII: Bool
+    /// The name index was made (``nameIndex(_:_:)``: no name needed more than its probe bound);
+    /// without it a look-up by name scans the sections.
+    public var hasNameIndex: Bool { !nameIndex.isEmpty }
 
     public init(bytes: UnsafeRawBufferPointer) throws {
         self.bytes = bytes
@@ -425,7 +429,8 @@ public struct ELFFile: @unchecked Sendable {
     }
 
     /// The index of the first section with this exact name (names compared as ``section(named:)``
-    /// compares them) and whether a later section has the name too; nil when none has it.
+    /// compares them) and whether a later section may have the name too (with the index: does;
+    /// without it, always true); nil when none has it.
     public func firstSectionIndex(named name: String) -> (index: Int, repeated: Bool)? {
         firstNamed(name, key: ELFFile.nameKey(name))
     }

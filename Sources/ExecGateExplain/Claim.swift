@@ -26,15 +26,16 @@ public struct ModuleClaim: Sendable {
     public var name: String
     public var textBase: UInt64
     public var text: [UInt8]
-    /// The claimed sections in the request's order (a name listed twice: the last counts). Kept
-    /// as a list: the engine matches it against the signed ELF's names by their bytes
-    /// (`Session.firstClaimedAddressMismatch`), where a String-keyed table cost a SipHash of every
-    /// name to build and another per allocated section to read (≈ 6% of the end-state judge's
-    /// time on the shared corpus, docs/performance.md twelfth session).
+    /// The claimed sections in the request's order. A section's claimed address is that of the
+    /// last entry whose name equals the section's name as Strings (as `sectionAddresses` has it).
+    /// Kept as a list: the engine finds each section's entry by the names' bytes where that is the
+    /// same thing (`Session.claimedAddresses`: ASCII names), where a String-keyed table cost a
+    /// SipHash of every name to build and another per allocated section to read (≈ 6% of the
+    /// end-state judge's time on the shared corpus, docs/performance.md twelfth session).
     public var sections: [ClaimedSection]
-    /// `sections` as a table by name (the last of a repeated name; names canonically equivalent
-    /// as Strings are one key, the last listed). Made at each read: read it once, never per
-    /// look-up. Setting it replaces `sections` (by name order).
+    /// `sections` as a table by name (a name's value is its last entry's address; names
+    /// canonically equivalent as Strings are one key, spelt as first listed). Made at each read:
+    /// read it once, never per look-up. Setting it replaces `sections` (by name order).
     public var sectionAddresses: [String: UInt64] {
         get {
             var d = [String: UInt64](minimumCapacity: sections.count)

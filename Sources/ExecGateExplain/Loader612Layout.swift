@@ -137,7 +137,8 @@ extension Session {
     /// sections by what `layout_symtab()` (kernel/module/kallsyms.c) appends (the full .symtab and
     /// .strtab, `struct mod_kallsyms`, the init type table); MOD_DATA likewise by the core symbol
     /// copy. Only the sections' part is checked: no relocation or table entry addresses the tail.
-    static func memoryBases612(_ lay: ModuleLayout, elf: ELFFile, claim: ModuleClaim, facts: GuestFacts,
+    /// `claimed`: each section's claimed address (``Session/claimedAddresses(_:_:)``).
+    static func memoryBases612(_ lay: ModuleLayout, elf: ELFFile, claim: ModuleClaim, claimed: [UInt64?], facts: GuestFacts,
                                initRegion: Bool = false) throws -> [ModuleMemoryType: UInt64] {
         func deny(_ reason: String, section: String = "(claim)", address: UInt64 = 0) -> DenyError {
             Session.denial(claim, .layout, reason, section: section, address: address)
@@ -167,11 +168,10 @@ extension Session {
             bases[.initText] = ib
             types += [.initData, .initRodata]
         }
-        let claimed = claim.sectionAddresses  // (made once: a table per read)
         for t in types where lay.allocationSize(t) > 0 {
             var derived: UInt64? = nil
             for s in elf.sections where mt[s.index] == t && lay.flags[s.index].contains(.alloc) {
-                guard let c = claimed[s.name], let off = t.isInit ? lay.initOffset[s.index] : lay.coreOffset[s.index] else { continue }
+                guard let c = claimed[s.index], let off = t.isInit ? lay.initOffset[s.index] : lay.coreOffset[s.index] else { continue }
                 let b = c &- UInt64(off)
                 if let d = derived, d != b {
                     throw deny("claimed address 0x\(String(c, radix: 16)) of \(s.name) puts \(t) at 0x\(String(b, radix: 16)), other sections at 0x\(String(d, radix: 16))",

@@ -18,8 +18,8 @@ final class Session {
 
     let elf: ELFFile
     let claim: ModuleClaim
-    /// `claim.sectionAddresses`, made once when first asked (`claimedInitAddress`).
-    lazy var claimedAddresses: [String: UInt64] = claim.sectionAddresses
+    /// Each section's claimed address (``claimedAddresses(_:_:)``; nil: not claimed).
+    let claimedAt: [UInt64?]
     let facts: GuestFacts
     /// `facts.capabilities`, held apart for `hasFeature`: `facts.has(_:)` is a method of the
     /// 440-byte `GuestFacts`, and each call from the stages' closures copied the whole struct (a
@@ -203,6 +203,7 @@ final class Session {
     init(elf: ELFFile, claim: ModuleClaim, facts: GuestFacts, resolver: SymbolResolver, region: Region = .core, inherited: Inherited? = nil) throws {
         self.elf = elf
         self.claim = claim
+        self.claimedAt = Session.claimedAddresses(elf, claim)
         self.resolver = resolver
         self.region = region
         self.inherited = inherited
@@ -252,7 +253,7 @@ final class Session {
             // The init session also checks the three init types' bases (MOD_INIT_TEXT from the
             // claim's init region) against each other and the core's: every allocation its own,
             // page-aligned, in the module area, disjoint (memoryBases612, move_module()).
-            bases612 = try Session.memoryBases612(lay, elf: elf, claim: claim, facts: f, initRegion: region == .initText)
+            bases612 = try Session.memoryBases612(lay, elf: elf, claim: claim, claimed: claimedAt, facts: f, initRegion: region == .initText)
             coreEnd = coreBase &+ UInt64(lay.textSize)
         } else {
             bases612 = [:]
@@ -341,9 +342,10 @@ final class Session {
         // The claimed address of every allocated section laid out above (at its init address when
         // the init allocation is laid out, else at its core one), where the claim names it, must
         // be that address; the first that differs, in section order, is the denial.
-        if let (i, c) = Session.firstClaimedAddressMismatch(elf, claim, lay, addr, initLaidOut: initBase != nil) {
+        for i in secs.indices where lay.flags[i].contains(.alloc) {
             let inInit = initBase != nil && lay.initOffset[i] != nil
-            throw deny("claimed address 0x\(String(c, radix: 16)) of \(secs[i].name) differs from \(inInit ? "the init layout" : "layout_sections()") 0x\(String(addr[i] ?? 0, radix: 16))",
+            guard inInit || lay.coreOffset[i] != nil, let c = claimedAt[i], let a = addr[i], c != a else { continue }
+            throw deny("claimed address 0x\(String(c, radix: 16)) of \(secs[i].name) differs from \(inInit ? "the init layout" : "layout_sections()") 0x\(String(a, radix: 16))",
                        section: secs[i].name, address: c)
         }
 
@@ -418,44 +420,37 @@ final class Session {
         self.functionEntries = FunctionEntries(entries)
     }
 
-    /// The first allocated section, in section order, that `init`'s loop laid out (an init
-    /// section when the init allocation is laid out, else a core one) and whose claimed address
-    /// (the last `claim.sections` entry of its name) is not its address `addr`; nil when none.
+    /// Each section's claimed address: the address of the last `claim.sections` entry whose name
+    /// equals the section's as Strings (what the String-keyed table `claim.sectionAddresses` gives
+    /// for the section's name), nil for a section the claim does not name.
     ///
-    /// Matched from the claim's side by bytes: each claimed name against the ELF's name index (a
-    /// cheap key and a byte compare, ``ELFFile/firstSectionIndex(named:)``), the entries from the
-    /// last so that the last of a repeated name counts, each section once. The answer is that of
-    /// the String-keyed table (`claim.sectionAddresses`, looked up at every allocated section),
-    /// which is what it does instead when a name is not ASCII on either side (String equality is
-    /// canonical equivalence there: a claimed ".K" names a section ".\u{212A}", and two claimed
-    /// spellings are one key) or a matched ELF name is repeated (no index scan per entry: a file
-    /// repeating one name and a claim repeating it would make that quadratic). The service's
-    /// claims are byte names of the ELF, unique (`ClaimStructure`), and real modules' names are
-    /// ASCII and distinct: the first path.
-    static func firstClaimedAddressMismatch(_ elf: ELFFile, _ claim: ModuleClaim, _ lay: ModuleLayout, _ addr: [UInt64?],
-                                            initLaidOut: Bool) -> (section: Int, claimed: UInt64)? {
-        // Laid out by the loop and allocated: its claimed address is checked.
-        func checked(_ i: Int) -> Bool {
-            lay.flags[i].contains(.alloc) && ((initLaidOut && lay.initOffset[i] != nil) || lay.coreOffset[i] != nil)
-        }
-        if elf.allNamesASCII && claim.sections.allSatisfy({ $0.name.utf8.allSatisfy { $0 < 0x80 } }) {
-            var seen = [Bool](repeating: false, count: elf.sections.count)
-            var first: (section: Int, claimed: UInt64)? = nil
+    /// Found from the claim's side when that is the same thing done by bytes: every section name
+    /// and every claimed name ASCII (String equality is byte equality there) and the ELF's name
+    /// index made (``ELFFile/hasNameIndex``); then each claimed name is looked up in the index (a
+    /// cheap key, at most 16 probes and a byte compare: ``ELFFile/firstSectionIndex(named:)``), the
+    /// entries from the last, each section taking the first address it meets. A name the ELF has
+    /// more than once sends it to the table too (no scan per entry for its other sections). The
+    /// table otherwise — a non-ASCII name on either side (canonical equivalence: a claimed
+    /// ".\u{212A}" names a section ".K"), no index — made once and asked per section: either way
+    /// linear in the claim and the sections. The service's claims are byte names of the ELF,
+    /// distinct (`ClaimStructure`, at most `WireLimits.maximumSectionClaims`), and real modules'
+    /// names ASCII and distinct: the first path, with no String hashed.
+    static func claimedAddresses(_ elf: ELFFile, _ claim: ModuleClaim) -> [UInt64?] {
+        var found = [UInt64?](repeating: nil, count: elf.sections.count)
+        if elf.hasNameIndex && elf.allNamesASCII && claim.sections.allSatisfy({ $0.name.utf8.allSatisfy { $0 < 0x80 } }) {
             var byBytes = true
             for s in claim.sections.reversed() {
                 guard let (i, repeated) = elf.firstSectionIndex(named: s.name) else { continue }
                 if repeated { byBytes = false; break }
-                if seen[i] { continue }
-                seen[i] = true
-                if checked(i), let a = addr[i], s.address != a, i < (first?.section ?? Int.max) { first = (i, s.address) }
+                if found[i] == nil { found[i] = s.address }
             }
-            if byBytes { return first }
+            if byBytes { return found }
+            found = [UInt64?](repeating: nil, count: elf.sections.count)
         }
         let table = claim.sectionAddresses
-        for i in elf.sections.indices where checked(i) {
-            if let c = table[elf.sections[i].name], let a = addr[i], c != a { return (i, c) }
-        }
-        return nil
+        if table.isEmpty { return found }
+        for i in elf.sections.indices { found[i] = table[elf.sections[i].name] }
+        return found
     }
 
     /// The region as `move_module()` leaves it: the exec sections `copies` (region offset, section

@@ -21,8 +21,9 @@ public struct ExplainerJudge: EndStateJudge {
         guard (request.initBase == nil) == (request.initText == nil) else {
             return .invalidClaim("init_base and init_text come together")
         }
-        // The sections as listed (the engine matches their names against the ELF's by bytes; a
-        // repeated name, which ClaimStructure refuses before this, would count its last entry).
+        // The sections as listed (the engine finds each section's entry by name, by bytes for ASCII
+        // names: Session.claimedAddresses; a repeated name, which ClaimStructure refuses before
+        // this, would count its last entry).
         let claim = ModuleClaim(name: moduleName, textBase: base, text: Array(buffer: text),
                                 sections: request.sections.map { ClaimedSection(name: $0.name, address: $0.address) },
                                 percpuBase: request.perCPUBase, initTextBase: request.initBase,

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The claim's section addresses, matched against the signed ELF's names by bytes
-// (`Session.firstClaimedAddressMismatch`): the same answer as the String-keyed table it replaced
-// (every allocated section looked up by name, the last of a repeated claimed name counting), on the
-// fixture capture's real modules and claims, and end to end through the explainer.
+// The claim's section addresses, found per section from the claim's list
+// (`Session.claimedAddresses`: by the names' bytes through the ELF's name index where that is the
+// same as String equality, else through the String-keyed table): the same answer as the table the
+// claim used to be (each section's name looked up; the last entry of a name counting), on the
+// fixture capture's real modules and claims, on crafted ELFs that must take the table (a repeated
+// section name, a name a non-ASCII claim spells canonically), and end to end through the explainer.
 
 import ExecGateCapture
 import ExecGateELF
@@ -11,71 +13,103 @@ import ExecGateELF
 import XCTest
 
 final class ClaimedSectionTests: XCTestCase {
-    /// What the engine did before the claim kept its sections as a list: a table by name (the
-    /// last entry of a name wins), asked at every allocated section the loop laid out, in section
-    /// order.
-    static func tableAnswer(_ elf: ELFFile, _ claim: ModuleClaim, _ lay: ModuleLayout, _ addr: [UInt64?], initLaidOut: Bool) -> (Int, UInt64)? {
+    /// What the claim was before it kept a list: a table by name, each entry replacing an earlier
+    /// one of an equal (as Strings) name; a section's claimed address is its name's value.
+    static func tableAnswer(_ elf: ELFFile, _ sections: [ClaimedSection]) -> [UInt64?] {
         var table: [String: UInt64] = [:]
-        for s in claim.sections { table[s.name] = s.address }
-        for i in elf.sections.indices where lay.flags[i].contains(.alloc) && ((initLaidOut && lay.initOffset[i] != nil) || lay.coreOffset[i] != nil) {
-            if let c = table[elf.sections[i].name], let a = addr[i], c != a { return (i, c) }
-        }
-        return nil
+        for s in sections { table[s.name] = s.address }
+        return elf.sections.map { table[$0.name] }
     }
 
-    /// Seeded: for every fixture module, claims drawn from its real one — entries dropped,
-    /// repeated with another address (before or after the right one), moved by a page, names the
-    /// module does not have, non-ASCII names (the table path), shuffled — answer as the table
-    /// does, with and without the init layout. Each kind of draw is seen to change the answer
-    /// (the test would notice a matcher that ignored it).
-    func testTheByteMatchAnswersAsTheTableDoes() throws {
+    /// Claims drawn from `real`: entries dropped, repeated with another address (before or after
+    /// the right one), moved, names the module does not have, and (with `nonASCII`) names that
+    /// are not ASCII; shuffled.
+    static func draw(_ real: [ClaimedSection], _ rng: inout SplitMix64, nonASCII: Bool) -> [ClaimedSection] {
+        var list: [ClaimedSection] = []
+        for s in real {
+            switch rng.next() % 8 {
+            case 0: continue  // not claimed
+            case 1: list.append(.init(name: s.name, address: s.address &+ 0x1000))  // moved
+            case 2: list.append(.init(name: s.name, address: s.address &+ 0x1000)); list.append(s)  // wrong, then right
+            case 3: list.append(s); list.append(.init(name: s.name, address: s.address &+ 0x2000))  // right, then wrong
+            case 4: list.append(.init(name: s.name + "x", address: 1))  // no such section
+            case 5 where nonASCII: list.append(.init(name: s.name + "\u{212A}", address: 2))  // not ASCII
+            default: list.append(s)
+            }
+        }
+        for k in stride(from: list.count - 1, to: 0, by: -1) { list.swapAt(k, rng.below(k + 1)) }  // shuffled
+        return list
+    }
+
+    /// Seeded: on every fixture module, 400 drawn claims (a quarter with non-ASCII names, which
+    /// take the table) answer as the table does, section by section. Draws of every kind move the
+    /// answer away from the real claim's (the comparison has something to see).
+    func testTheByteLookUpAnswersAsTheTableDoes() throws {
         continueAfterFailure = false  // (one draw's report is enough)
         let f = try FixtureReplay()
         var rng = SplitMix64(state: 0x5ec7_1075)
-        var mismatches = 0, allowed = 0, tried = 0
+        var differentFromReal = 0, tried = 0
         for (name, e) in f.modules.sorted(by: { $0.key < $1.key }) {
             try e.module.ko.withUnsafeBytes { raw in
                 let elf = try ELFFile(bytes: raw)
-                let lay = try XCTUnwrap(ModuleLayout.compute(elf), name)
-                let real = e.module.claim
-                // Each laid-out section's address as the honest claim has it (the layout's).
-                var addr = [UInt64?](repeating: nil, count: elf.sections.count)
-                for s in real.sections { if let i = elf.firstSectionIndex(named: s.name)?.index { addr[i] = s.address } }
-                XCTAssertNil(Session.firstClaimedAddressMismatch(elf, real, lay, addr, initLaidOut: false), "\(name): the real claim")
-                for _ in 0..<200 {
-                    var list: [ClaimedSection] = []
-                    for s in real.sections {
-                        switch rng.next() % 8 {
-                        case 0: continue  // not claimed
-                        case 1: list.append(.init(name: s.name, address: s.address &+ 0x1000))  // moved
-                        case 2: list.append(.init(name: s.name, address: s.address &+ 0x1000)); list.append(s)  // wrong, then right
-                        case 3: list.append(s); list.append(.init(name: s.name, address: s.address &+ 0x2000))  // right, then wrong
-                        case 4: list.append(.init(name: s.name + "x", address: 1))  // no such section
-                        case 5: list.append(.init(name: s.name + "\u{212A}", address: 2))  // not ASCII
-                        default: list.append(s)
-                        }
-                    }
-                    for k in stride(from: list.count - 1, to: 0, by: -1) { list.swapAt(k, rng.below(k + 1)) }  // shuffled
-                    var claim = real
-                    claim.sections = list
-                    for initLaidOut in [false, true] {
-                        let got = Session.firstClaimedAddressMismatch(elf, claim, lay, addr, initLaidOut: initLaidOut)
-                        let want = Self.tableAnswer(elf, claim, lay, addr, initLaidOut: initLaidOut)
-                        XCTAssertEqual(got?.section, want?.0, "\(name) \(list)")
-                        XCTAssertEqual(got?.claimed, want?.1, "\(name) \(list)")
-                        tried += 1
-                        if want == nil { allowed += 1 } else { mismatches += 1 }
-                    }
+                XCTAssertTrue(elf.hasNameIndex && elf.allNamesASCII, "\(name): a real module takes the byte path")
+                let real = e.module.claim.sections
+                let honest = Session.claimedAddresses(elf, e.module.claim)
+                XCTAssertEqual(honest, Self.tableAnswer(elf, real), name)
+                XCTAssertGreaterThan(honest.compactMap { $0 }.count, 10, "\(name): the real claim names its sections")
+                for k in 0..<400 {
+                    var claim = e.module.claim
+                    claim.sections = Self.draw(real, &rng, nonASCII: k % 4 == 0)
+                    let got = Session.claimedAddresses(elf, claim)
+                    XCTAssertEqual(got, Self.tableAnswer(elf, claim.sections), "\(name) \(claim.sections)")
+                    tried += 1
+                    if got != honest { differentFromReal += 1 }
                 }
             }
         }
-        XCTAssertGreaterThan(mismatches, tried / 4, "the draws move sections")
-        XCTAssertGreaterThan(allowed, 0, "some draws leave every section right")
+        XCTAssertGreaterThan(differentFromReal, tried * 9 / 10, "the draws change the claimed addresses")
+    }
+
+    /// Crafted ELFs that must take the table: a section name given to two sections (the byte
+    /// path would give the claimed address to the first only), and a section renamed with a "K"
+    /// that a claim spells with U+212A KELVIN SIGN (canonically equivalent: String equality, and
+    /// the old table, match them; their bytes differ).
+    func testARepeatedSectionNameAndACanonicallyEquivalentSpellingTakeTheTable() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["llc"])
+        // `.data..read_mostly` named `.data` too: sh_name of one section set to the other's.
+        var ed = KoEditor(ko: e.module.ko)
+        let data = try ed.sectionIndex(".data"), other = try ed.sectionIndex(".data..read_mostly")
+        ed.put(ed.get(UInt32.self, at: ed.sectionHeader(data)), at: ed.sectionHeader(other))
+        try ed.elf { elf in
+            XCTAssertEqual(elf.firstSectionIndex(named: ".data")?.repeated, true)
+            var claim = e.module.claim
+            claim.sections = [.init(name: ".data", address: 0x1234)]
+            let got = Session.claimedAddresses(elf, claim)
+            XCTAssertEqual(got, Self.tableAnswer(elf, claim.sections))
+            XCTAssertEqual(got[data], 0x1234)
+            XCTAssertEqual(got[other], 0x1234, "both sections named .data are claimed")
+        }
+        // `.data` renamed `.daKa` in the section-name table (every name ending in "data" with it).
+        var ed2 = KoEditor(ko: e.module.ko)
+        let shstrndx = Int(ed2.get(UInt16.self, at: 62))
+        let names = Int(ed2.get(UInt64.self, at: ed2.sectionHeader(shstrndx) + 24))
+        let at = names + Int(ed2.get(UInt32.self, at: ed2.sectionHeader(data)))
+        ed2.put(UInt8(ascii: "K"), at: at + 3)
+        try ed2.elf { elf in
+            XCTAssertEqual(elf.sections[data].name, ".daKa")
+            var claim = e.module.claim
+            claim.sections = [.init(name: ".da\u{212A}a", address: 0x5678)]
+            XCTAssertEqual(".da\u{212A}a", ".daKa", "canonically equivalent")
+            let got = Session.claimedAddresses(elf, claim)
+            XCTAssertEqual(got, Self.tableAnswer(elf, claim.sections))
+            XCTAssertEqual(got[data], 0x5678, "the Kelvin spelling names .daKa, as the table had it")
+        }
     }
 
     /// End to end: a moved section is the denial, named as before; a name listed twice counts its
-    /// last entry (wrong then right: explained; right then wrong: denied); a name the module does not
-    /// have is ignored.
+    /// last entry (wrong then right: explained; right then wrong: denied); a name the module does
+    /// not have is ignored.
     func testAMovedSectionIsDeniedAndTheLastEntryOfANameCounts() throws {
         let f = try FixtureReplay()
         let name = "llc"
