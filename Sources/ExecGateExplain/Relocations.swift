@@ -797,7 +797,7 @@ extension Session {
     /// branch can never name verified code.
     func claimedInitAddress(_ i: Int) throws -> UInt64 {
         let name = sectionName(i)
-        guard i < claimedAt.count, let c = claimedAt[i], i < layout.initOffset.count, let off = layout.initOffset[i] else {
+        guard let c = claimedAt[i], i < layout.initOffset.count, let off = layout.initOffset[i] else {
             throw deny(.initSymbol, "core text refers to \(name) (freed after init) and the claim gives no address for it")
         }
         let base = c &- UInt64(off), end = c &+ UInt64(elf.sections[i].size)

@@ -105,6 +105,20 @@ final class ClaimedSectionTests: XCTestCase {
             XCTAssertEqual(got, Self.tableAnswer(elf, claim.sections))
             XCTAssertEqual(got[data], 0x5678, "the Kelvin spelling names .daKa, as the table had it")
         }
+        // `.data..read_mostly` renamed `.data..read_mos` + U+212A (18 bytes either way) and claimed
+        // by the ASCII spelling `.data..read_mosK`: equal as Strings, so the table names it.
+        var ed3 = KoEditor(ko: e.module.ko)
+        let at3 = names + Int(ed3.get(UInt32.self, at: ed3.sectionHeader(other)))
+        for (k, b) in [UInt8(0xe2), 0x84, 0xaa].enumerated() { ed3.put(b, at: at3 + 15 + k) }
+        try ed3.elf { elf in
+            XCTAssertEqual(elf.sections[other].name, ".data..read_mos\u{212A}")
+            XCTAssertFalse(elf.allNamesASCII)
+            var claim = e.module.claim
+            claim.sections = [.init(name: ".data..read_mosK", address: 0x9abc)]
+            let got = Session.claimedAddresses(elf, claim)
+            XCTAssertEqual(got, Self.tableAnswer(elf, claim.sections))
+            XCTAssertEqual(got[other], 0x9abc, "the ASCII spelling names the Kelvin-sign section, as the table had it")
+        }
     }
 
     /// End to end: a moved section is the denial, named as before; a name listed twice counts its
@@ -132,5 +146,41 @@ final class ClaimedSectionTests: XCTestCase {
         guard case .denied(let d2) = try verdict(others + [data, moved]) else { return XCTFail("the last entry of .data is wrong") }
         XCTAssertEqual(d2.section, ".data")
         XCTAssertTrue(try verdict(others + [data, .init(name: ".data.nonesuch", address: 7)]).isAllowed, "an unknown name is ignored")
+        // Two sections moved: the first in section order is the denial, whatever the claim's order.
+        let bss = try XCTUnwrap(e.module.claim.sections.first { $0.name == ".bss" }, "llc claims .bss")
+        let (di, bi) = try e.module.ko.withUnsafeBytes { raw -> (Int, Int) in
+            let elf = try ELFFile(bytes: raw)
+            return (try XCTUnwrap(elf.section(named: ".data")).index, try XCTUnwrap(elf.section(named: ".bss")).index)
+        }
+        let firstMoved = di < bi ? ".data" : ".bss"
+        let rest = others.filter { $0.name != ".bss" }
+        for order in [[moved, ClaimedSection(name: ".bss", address: bss.address &+ 0x80)], [ClaimedSection(name: ".bss", address: bss.address &+ 0x80), moved]] {
+            guard case .denied(let d3) = try verdict(rest + order) else { return XCTFail("two moved sections were explained") }
+            XCTAssertEqual(d3.section, firstMoved, "\(order)")
+        }
+    }
+
+    /// The init session's check: with the init region claimed, a claimed `.init.text` address
+    /// off the init layout is the denial, in the init layout's words.
+    func testAMovedInitSectionIsDeniedAgainstTheInitLayout() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["llc"])
+        try e.module.ko.withUnsafeBytes { raw in
+            let elf = try ELFFile(bytes: raw)
+            let lay = try XCTUnwrap(ModuleLayout.compute(elf))
+            let it = try XCTUnwrap(elf.section(named: ".init.text"))
+            let off = try XCTUnwrap(lay.initOffset[it.index])
+            var claim = e.module.claim
+            // The init allocation a page-aligned range of its own, after the core's.
+            let ib = (claim.textBase &+ UInt64(lay.coreSize) &+ 0x10_0000) & ~0xfff
+            claim.initTextBase = ib
+            claim.initText = [UInt8](repeating: 0, count: lay.initTextSize)
+            claim.sections = claim.sections.filter { $0.name != ".init.text" } + [.init(name: ".init.text", address: ib &+ UInt64(off) &+ 0x10)]
+            let v = Explainer(facts: f.boot.facts).explain(elf: elf, claim: claim, resolver: e.before).verdict
+            guard case .denied(let d) = v else { return XCTFail("a moved .init.text was explained") }
+            XCTAssertEqual(d.rule, .layout)
+            XCTAssertEqual(d.section, ".init.text")
+            XCTAssertTrue(d.reason.contains("of .init.text differs from the init layout 0x\(String(ib &+ UInt64(off), radix: 16))"), d.reason)
+        }
     }
 }
