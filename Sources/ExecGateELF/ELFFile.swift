@@ -159,13 +159,13 @@ public struct ELFFile: @unchecked Sendable {
     let nameKeys: [UInt64]
     /// The first section of each name (``nameIndex(_:_:)``).
     let nameIndex: [Int32]
+    /// Without the index (``nameIndex(_:_:)`` empty: names made to share a key): each name's bytes
+    /// → its first section, ``repeatedName`` set when a later section has it too; else empty.
+    let nameTable: [[UInt8]: Int32]
     /// Every section name is ASCII (then a name is equal as Strings to an ASCII name exactly when
     /// their bytes are equal: a caller holding ASCII names may match them by bytes where it would
     /// otherwise hash Strings).
     public let allNamesASCII: Bool
-    /// The name index was made (``nameIndex(_:_:)``: no name needed more than its probe bound);
-    /// without it a look-up by name scans the sections.
-    public var hasNameIndex: Bool { !nameIndex.isEmpty }
 
     public init(bytes: UnsafeRawBufferPointer) throws {
         self.bytes = bytes
@@ -206,6 +206,7 @@ public struct ELFFile: @unchecked Sendable {
         self.shstrndx = table.shstrndx
         self.nameKeys = keys
         self.nameIndex = ELFFile.nameIndex(secs, keys)
+        self.nameTable = nameIndex.isEmpty ? ELFFile.nameTable(secs) : [:]
         self.allNamesASCII = ascii
     }
 
@@ -219,10 +220,11 @@ public struct ELFFile: @unchecked Sendable {
     /// slot the first section's index (``repeatedName`` set when a later section has the name
     /// too), -1 empty; names compared as bytes. The key is no secret, so a file can make its
     /// names' keys collide: no insertion probes more than ``maxNameProbe`` slots, and a file
-    /// whose names would need more gets no index (empty), its look-ups scanning the keys in
-    /// section order as they did before there was one. So the work stays within a few probes a
-    /// section and a look-up, or the scan, whatever the names; and the answer is the scan's
-    /// (the first section of the name, in section order) either way.
+    /// whose names would need more gets no index (empty) but ``nameTable(_:)``, a table by the
+    /// names' bytes under the dictionary's own seeded hash. So the work stays within a few probes
+    /// a section and a look-up, or one hash of the name, whatever the names (a scan of every
+    /// section per look-up, as before there was an index, made a claim of many names quadratic);
+    /// and the answer is the scan's (the first section of the name, in section order) either way.
     static func nameIndex(_ secs: [ELFSection], _ keys: [UInt64]) -> [Int32] {
         var cap = 16
         while cap < 4 * secs.count { cap <<= 1 }
@@ -243,6 +245,17 @@ public struct ELFFile: @unchecked Sendable {
         return slots
     }
 
+    /// ``nameTable``: each name's bytes → its first section (``repeatedName`` when repeated).
+    static func nameTable(_ secs: [ELFSection]) -> [[UInt8]: Int32] {
+        var t: [[UInt8]: Int32] = [:]
+        t.reserveCapacity(secs.count)
+        for s in secs {
+            let b = Array(s.name.utf8)
+            if let f = t[b] { t[b] = f | repeatedName } else { t[b] = Int32(s.index) }
+        }
+        return t
+    }
+
     /// A key's first slot in a table of `cap` (a power of two) slots: the high bits of the key
     /// times 2^64/φ (a key's low bits are mostly its name's first bytes, alike in most names).
     @inline(__always) static func slot(_ key: UInt64, _ cap: Int) -> Int {
@@ -253,8 +266,8 @@ public struct ELFFile: @unchecked Sendable {
     /// nil when none has it.
     @inline(__always) func firstNamed(_ name: String, key q: UInt64) -> (index: Int, repeated: Bool)? {
         if nameIndex.isEmpty {
-            guard let i = sections.indices.first(where: { hasName($0, name, key: q) }) else { return nil }
-            return (i, true)  // (no index: the callers scan on from `i`)
+            guard let j = nameTable[Array(name.utf8)] else { return nil }
+            return (Int(j & ~ELFFile.repeatedName), j & ELFFile.repeatedName != 0)
         }
         let mask = nameIndex.count - 1
         var s = ELFFile.slot(q, nameIndex.count)
@@ -271,9 +284,9 @@ public struct ELFFile: @unchecked Sendable {
     /// A name's key for ``section(named:)``: its UTF-8 length, first and last 8 bytes (fewer when
     /// shorter), mixed. Equal names (equal bytes) have equal keys; a key match is confirmed on the
     /// bytes. No secret goes into it, so a file can choose names of one key: the index made of
-    /// the keys (``nameIndex(_:_:)``) bounds its probes and falls back to scanning the keys in
-    /// section order (find_sec()'s), so a file's names cannot steer a look-up's answer, nor its
-    /// cost past that scan's.
+    /// the keys (``nameIndex(_:_:)``) bounds its probes and falls back to a table by the names'
+    /// bytes (``nameTable``), so a file's names cannot steer a look-up's answer (find_sec()'s: the
+    /// first in section order), nor its cost past one hash of the name.
     static func nameKey(_ s: String) -> UInt64 {
         // (Read in place: a native string's bytes are contiguous; `withUTF8` needs a mutable copy.)
         if let k = s.utf8.withContiguousStorageIfAvailable({ nameKey(UnsafeRawBufferPointer($0)) }) { return k }
@@ -429,8 +442,7 @@ public struct ELFFile: @unchecked Sendable {
     }
 
     /// The index of the first section with this exact name (names compared as ``section(named:)``
-    /// compares them) and whether a later section may have the name too (with the index: does;
-    /// without it, always true); nil when none has it.
+    /// compares them) and whether a later section has the name too; nil when none has it.
     public func firstSectionIndex(named name: String) -> (index: Int, repeated: Bool)? {
         firstNamed(name, key: ELFFile.nameKey(name))
     }

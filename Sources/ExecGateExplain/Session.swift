@@ -425,19 +425,19 @@ final class Session {
     /// for the section's name), nil for a section the claim does not name.
     ///
     /// Found from the claim's side when that is the same thing done by bytes: every section name
-    /// and every claimed name ASCII (String equality is byte equality there) and the ELF's name
-    /// index made (``ELFFile/hasNameIndex``); then each claimed name is looked up in the index (a
-    /// cheap key, at most 16 probes and a byte compare: ``ELFFile/firstSectionIndex(named:)``), the
-    /// entries from the last, each section taking the first address it meets. A name the ELF has
-    /// more than once sends it to the table too (no scan per entry for its other sections). The
-    /// table otherwise — a non-ASCII name on either side (canonical equivalence: a claimed
-    /// ".\u{212A}" names a section ".K"), no index — made once and asked per section: either way
-    /// linear in the claim and the sections. The service's claims are byte names of the ELF,
+    /// and every claimed name ASCII (String equality is byte equality there); then each claimed
+    /// name is looked up in the ELF's name index (a cheap key, at most 16 probes and a byte
+    /// compare, or one hash of the name for a file without the index:
+    /// ``ELFFile/firstSectionIndex(named:)``), the entries from the last, each section taking the
+    /// first address it meets. A name the ELF has more than once sends it to the table too (no
+    /// scan per entry for its other sections). The table otherwise — a non-ASCII name on either
+    /// side (canonical equivalence: a claimed ".\u{212A}" names a section ".K") — made once and
+    /// asked per section: either way linear in the claim and the sections. The service's claims are byte names of the ELF,
     /// distinct (`ClaimStructure`, at most `WireLimits.maximumSectionClaims`), and real modules'
     /// names ASCII and distinct: the first path, with no String hashed.
     static func claimedAddresses(_ elf: ELFFile, _ claim: ModuleClaim) -> [UInt64?] {
         var found = [UInt64?](repeating: nil, count: elf.sections.count)
-        if elf.hasNameIndex && elf.allNamesASCII && claim.sections.allSatisfy({ $0.name.utf8.allSatisfy { $0 < 0x80 } }) {
+        if elf.allNamesASCII && claim.sections.allSatisfy({ $0.name.utf8.allSatisfy { $0 < 0x80 } }) {
             var byBytes = true
             for s in claim.sections.reversed() {
                 guard let (i, repeated) = elf.firstSectionIndex(named: s.name) else { continue }

@@ -15,22 +15,15 @@ enum ClaimStructure {
     static func check(_ claims: [SectionClaim], against elf: ELFFile) -> Failure? {
         var seen = Set<String>()
         var ranges: [(start: UInt64, end: UInt64, name: String)] = []
-        // A signed module whose names leave its ELF without a name index (`ELFFile.hasNameIndex`:
-        // more than 16 names made to share a key) would make each look-up a scan of every section
-        // (claims × sections, up to 1,024 × 65,279): then the first section of each name, by its
-        // bytes, found once.
-        let firstByName: [[UInt8]: Int]? = elf.hasNameIndex ? nil : {
-            var t: [[UInt8]: Int] = [:]
-            for s in elf.sections where t[Array(s.name.utf8)] == nil { t[Array(s.name.utf8)] = s.index }
-            return t
-        }()
         for c in claims {
             guard seen.insert(c.name).inserted else {
                 return Failure(reason: .claimDuplicateSection, message: "section '\(c.name)' is claimed twice")
             }
             // By bytes (ELFFile.section(named:), find_sec()'s strcmp), never String ==, which takes
             // a canonically equivalent spelling ('.note.Linu' + U+212A for '.note.LinuK').
-            guard let s = firstByName.map({ $0[Array(c.name.utf8)].map { elf.sections[$0] } }) ?? elf.section(named: c.name) else {
+            // (A look-up is a few probes, or one hash of the name for a file whose names were made
+            // to share a key: never a scan of the sections, up to 1,024 claims × 65,279 sections.)
+            guard let s = elf.section(named: c.name) else {
                 return Failure(reason: .claimUnknownSection, message: "claimed section '\(c.name)' does not exist in the signed module")
             }
             guard let bytes = c.bytes else {

@@ -195,7 +195,8 @@ final class OverlapOrderDifferentialTests: XCTestCase {
     /// when a file's names are made to share one key: names of one length with the same first
     /// and last 8 bytes (the key's inputs) need a probe per name already placed. 16 such names
     /// still fit the probe bound (the last one 15 slots on: a look-up must reach it), the 17th
-    /// does not: the index is empty, and the look-ups stay right either way.
+    /// does not: the index is empty, a table by the names' bytes stands in, and the look-ups stay
+    /// right either way.
     func testNameIndexAnswersAsTheScanAndGivesUpOnCollidingKeys() throws {
         var rng = SeededRNG(seed: 0x1d_e7)
         for (count, colliding) in [(300, false), (16, true), (17, true), (40, true)] {
@@ -210,9 +211,13 @@ final class OverlapOrderDifferentialTests: XCTestCase {
                     names.append(Array(".sec\(k)_\(rng.below(1000))".utf8))
                 }
             }
+            // Without the index, a repeated name too (the table's repeated flag: sections(named:),
+            // lastSection(named:)).
+            if colliding && count == 40 { names.append(names[3]) }
             try ExecGateELFFixture.elf(sectionNames: names).withUnsafeBytes { raw in
                 let f = try ELFFile(bytes: raw)
                 XCTAssertEqual(f.nameIndex.isEmpty, colliding && count > ELFFile.maxNameProbe, "\(count) names, colliding \(colliding)")
+                XCTAssertEqual(f.nameTable.isEmpty, !f.nameIndex.isEmpty, "the table by bytes exactly when there is no index")
                 if colliding { XCTAssertEqual(Set(f.nameKeys.dropFirst(2)).count, 1, "the names share one key") }
                 for q in f.sections.map(\.name) + [".rela.orc_999_unwind_ip", ".sec", ""] {
                     let plain = f.sections.indices.filter { Array(f.sections[$0].name.utf8) == Array(q.utf8) }

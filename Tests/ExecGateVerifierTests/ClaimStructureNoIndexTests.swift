@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // ClaimStructure finds each claimed section by its name's bytes; on an ELF whose names share one
-// key past the name index's probe bound (no index: a look-up would scan every section) it looks
-// them up in a table made once, with the same answers.
+// key past the name index's probe bound (no index) the ELF's look-ups go through its table by the
+// names' bytes (`ELFFile.nameTable`; a scan of every section per look-up before), with the same
+// answers.
 
-import ExecGateELF
+@testable import ExecGateELF
 import ExecGateTestSupport
 @testable import ExecGateVerifier
 import ExecGateWire
@@ -23,7 +24,8 @@ final class ClaimStructureNoIndexTests: XCTestCase {
         names.append(Array(".indexed".utf8))
         try ExecGateELFFixture.elf(sectionNames: names).withUnsafeBytes { raw in
             let elf = try ELFFile(bytes: raw)
-            XCTAssertFalse(elf.hasNameIndex, "the colliding names leave no index")
+            XCTAssertTrue(elf.nameIndex.isEmpty, "the colliding names leave no index")
+            XCTAssertEqual(elf.nameTable.count, names.count + 2, "the table by bytes instead")
             for q in [".rela.orc_039_unwind_ip", ".rela.orc_000_unwind_ip", ".indexed"] {
                 let f = ClaimStructure.check([SectionClaim(name: q, address: 0x1000)], against: elf)
                 XCTAssertEqual(f?.reason, .claimUnknownSection, q)
