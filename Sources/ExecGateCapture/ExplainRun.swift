@@ -328,24 +328,26 @@ public enum ExplainRun {
         public static let targetRatio = 3.0
 
         public var line: String {
+            "throughput (\(engine.count) passes, thread CPU time): \(fmt(Double(executableBytes) / 1e6)) MB executable bytes; " + rates(engine, sha256)
+        }
+
+        /// The same figures for the passes run in the service's order (``BenchOrder/service``),
+        /// and the ratio of the modules' best passes.
+        public var serviceOrderLine: String {
+            let se = modules.reduce(0.0) { $0 + $1.engineServiceOrderBest }, sh = modules.reduce(0.0) { $0 + $1.sha256ServiceOrderBest }
+            return "in the service's order (\(engineServiceOrder.count) passes interleaved with those above: the request received and the module file hashed by the signature check first; timed, the claim made from the request as the judge makes it, then the engine; \(allowedServiceOrder) allowed): "
+                + rates(engineServiceOrder, sha256ServiceOrder)
+                + "; the claims' making (inside the explain time) best \(fmt((claimMaking.min() ?? 0) * 1e3)) ms a pass; ratio of the modules' best passes \(sh > 0 && sh.isFinite ? fmt(se / sh) : "-")×"
+        }
+
+        /// Best and median pass of the engine and SHA-256 over the executable bytes, and their ratios.
+        func rates(_ engine: [Double], _ sha256: [Double]) -> String {
             let mb = Double(executableBytes) / 1e6
             let e = engine.min() ?? 0, h = sha256.min() ?? 0
             let em = Percentiles.of(engine, 50), hm = Percentiles.of(sha256, 50)
             func rate(_ t: Double) -> String { t > 0 ? fmt(mb / t) : "-" }
-            return "throughput (\(engine.count) passes, thread CPU time): \(fmt(mb)) MB executable bytes; explain best \(rate(e)) MB/s (\(fmt(e)) s), median \(rate(em)) MB/s; "
+            return "explain best \(rate(e)) MB/s (\(fmt(e)) s), median \(rate(em)) MB/s; "
                 + "sha256 best \(rate(h)) MB/s (\(fmt(h)) s), median \(rate(hm)) MB/s; ratio best \(h > 0 ? fmt(e / h) : "-")×, median \(hm > 0 ? fmt(em / hm) : "-")×"
-        }
-
-        /// The same figures for the passes run in the service's order (``BenchOrder/service``).
-        public var serviceOrderLine: String {
-            let mb = Double(executableBytes) / 1e6
-            let e = engineServiceOrder.min() ?? 0, h = sha256ServiceOrder.min() ?? 0
-            let em = Percentiles.of(engineServiceOrder, 50), hm = Percentiles.of(sha256ServiceOrder, 50)
-            func rate(_ t: Double) -> String { t > 0 ? fmt(mb / t) : "-" }
-            let se = modules.reduce(0.0) { $0 + $1.engineServiceOrderBest }, sh = modules.reduce(0.0) { $0 + $1.sha256ServiceOrderBest }
-            return "in the service's order (\(engineServiceOrder.count) passes interleaved with those above: the request received and the module file hashed by the signature check first; timed, the claim made from the request as the judge makes it, then the engine; \(allowedServiceOrder) allowed): "
-                + "explain best \(rate(e)) MB/s (\(fmt(e)) s, the claims' making \(fmt((claimMaking.min() ?? 0) * 1e3)) ms of it), median \(rate(em)) MB/s; sha256 best \(rate(h)) MB/s; ratio best \(h > 0 ? fmt(e / h) : "-")×, median \(hm > 0 ? fmt(em / hm) : "-")×, "
-                + "of the modules' best passes \(sh > 0 && sh.isFinite ? fmt(se / sh) : "-")×"
         }
 
         /// Where the time goes by module: the fit, and the modules furthest over the target.
