@@ -121,9 +121,31 @@ extension Session {
         // in flight; interleaved with the walk's hashing and name scans it kept about one.
         var pending: [(i: Int, name: UnsafeRawBufferPointer, digest: NameTable.Digest)] = []
         pending.reserveCapacity(64)
+        // Per section index: the base `resolveSymbol` adds a symbol's st_value to when it
+        // answers `.value(addr[si] + st_value)` — a section laid out here (`addr` set), not
+        // SHN_UNDEF (index 0), not reserved, not the per-cpu one — and whether the section is
+        // one of the core session's init sections (both as the general path below decides
+        // them). `sectionKind[si]` bit 0 clear sends a symbol to that path. Most of a module's
+        // symbols take the table: a load and an add instead of `resolveSymbol`'s tests.
+        let sectionCount = elf.sections.count
+        var sectionBase = [UInt64](repeating: 0, count: sectionCount)
+        var sectionKind = [UInt8](repeating: 0, count: sectionCount)  // bit 0: base known; bit 1: init section
+        for si in 1..<max(sectionCount, 1) where si < Int(SectionIndex.loReserve) {
+            if isCore, si < initOffset.count, initOffset[si] != nil { sectionKind[si] |= 2 }
+            if si != layout.percpuIndex, let a = addr[si] { sectionBase[si] = a; sectionKind[si] |= 1 }
+        }
         symValue.withUnsafeMutableBufferPointer { vals in
             precondition(vals.count == t.count)
             for i in t.indices {
+                let shndx = Int(t.sectionIndex(i))
+                if shndx < sectionCount, sectionKind[shndx] & 1 != 0, vals[i] == nil {
+                    vals[i] = sectionBase[shndx] &+ t.value(i)
+                    if sectionKind[shndx] & 2 != 0 {
+                        if !anyInit { initFlags = [Bool](repeating: false, count: t.count); anyInit = true }
+                        initFlags[i] = true
+                    }
+                    continue
+                }
                 if vals[i] == nil {
                     if i != 0 && t.sectionIndex(i) == SectionIndex.undef {
                         let n = t.nameBytes(i)
