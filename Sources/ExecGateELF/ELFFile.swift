@@ -194,9 +194,12 @@ public struct ELFFile: @unchecked Sendable {
             }
             // (A typed view: the contiguous fast path; the raw view takes the generic append path.)
             let nameBuffer = UnsafeRawBufferPointer(rebasing: bytes[range])
-            if ascii { for b in nameBuffer where b >= 0x80 { ascii = false; break } }
+            let isASCII = ELFFile.isASCII(nameBuffer)
+            ascii = ascii && isASCII
             let name = nameBuffer.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }
-            keys.append(ELFFile.nameKey(name))
+            // The key of the String's bytes: the file's bytes when ASCII (decoding changes only
+            // bytes that are not valid UTF-8), else those the decoding made.
+            keys.append(isASCII ? ELFFile.nameKey(nameBuffer) : ELFFile.nameKey(name))
             let s = ELFSection(index: i, name: name, type: r.type, flags: SectionFlags(rawValue: r.flags),
                                size: r.size, addralign: r.align, entsize: r.entsize, link: r.link, info: r.info,
                                fileRange: r.range)
@@ -291,6 +294,15 @@ public struct ELFFile: @unchecked Sendable {
         // (Read in place: a native string's bytes are contiguous; `withUTF8` needs a mutable copy.)
         if let k = s.utf8.withContiguousStorageIfAvailable({ nameKey(UnsafeRawBufferPointer($0)) }) { return k }
         return Array(s.utf8).withUnsafeBytes { nameKey($0) }
+    }
+
+    /// Every byte below 0x80, tested eight at a time.
+    static func isASCII(_ b: UnsafeRawBufferPointer) -> Bool {
+        var acc: UInt64 = 0
+        var i = 0
+        while i + 8 <= b.count { acc |= b.loadUnaligned(fromByteOffset: i, as: UInt64.self); i += 8 }
+        while i < b.count { acc |= UInt64(b[i]); i += 1 }
+        return acc & 0x8080_8080_8080_8080 == 0
     }
 
     /// ``nameKey(_:)`` of a name's UTF-8 bytes.
@@ -410,9 +422,20 @@ public struct ELFFile: @unchecked Sendable {
             spans.insert((0..<ELFLimits.headerSize, -1), at: 0)
             spans.append((table.offset..<table.end, -2))
         } else {
+            // (A module's relocation sections follow all its other contents: the usual case.)
+            // The stable sort by start as a sort of words: each span's start above 17 bits of
+            // its place in the list (a tie keeps list order, as the stable sort does), no
+            // closure per compare. A start is below the file's size (< 2^46) and a place below
+            // 2^17 (at most ELFLimits.maxSections + 2 spans).
             spans.append((0..<ELFLimits.headerSize, -1))
             spans.append((table.offset..<table.end, -2))
-            spans.sort { $0.0.lowerBound < $1.0.lowerBound }
+            precondition(spans.count < 1 << 17 && table.end < 1 << 46, "spans beyond the packed sort key")
+            var keys = [UInt64](unsafeUninitializedCapacity: spans.count) { k, n in
+                for (p, s) in spans.enumerated() { k.initializeElement(at: p, to: UInt64(s.0.lowerBound) << 17 | UInt64(p)) }
+                n = spans.count
+            }
+            keys.sort()
+            spans = keys.map { spans[Int($0 & 0x1_ffff)] }
         }
         for k in spans.indices.dropFirst() where spans[k].0.lowerBound < spans[k - 1].0.upperBound {
             let a = spans[k - 1].1, b = spans[k].1
