@@ -165,7 +165,7 @@ extension CapturedModule {
         AuthorizeModule(
             guestID: guestID, module: ByteBuffer(bytes: ko),
             sections: claim.sectionAddresses.sorted { $0.key < $1.key }.map { SectionClaim(name: $0.key, address: $0.value) },
-            perCPUBase: claim.percpuBase, moduleName: name, textBase: claim.textBase, text: ByteBuffer(bytes: claim.text),
+            perCPUBase: claim.percpuBase, moduleName: name, textBase: claim.textBase, text: claim.textBytes.withUnsafeBytes { ByteBuffer(bytes: $0) },
             frames: replayFrames)
     }
 

@@ -104,7 +104,7 @@ public enum ExplainRun {
             let resolverBefore = o.mutate != nil ? replay.resolver : SymbolResolver(coreExports: [:])
             let rssBefore = ProcessUsage.peakResidentKiB()
             let step = replay.step(m)
-            if m.claim.text.count > largest.bytes { largest = (name, m.claim.text.count, rssBefore, ProcessUsage.peakResidentKiB()) }
+            if m.claim.textBytes.count > largest.bytes { largest = (name, m.claim.textBytes.count, rssBefore, ProcessUsage.peakResidentKiB()) }
             if let set = o.only, !set.contains(name) { continue }
             s.modules += 1
             switch step.result.verdict {
@@ -397,8 +397,8 @@ public enum ExplainRun {
 
         init(_ m: CapturedModule) {
             module = m.ko.withUnsafeBytes { [UInt8]($0) }
-            text = m.claim.text.withUnsafeBytes { [UInt8]($0) }
-            initText = m.claim.initText.map { t in t.withUnsafeBytes { [UInt8]($0) } }
+            text = m.claim.textBytes.withUnsafeBytes { [UInt8]($0) }
+            initText = m.claim.initTextBytes.map { t in t.withUnsafeBytes { [UInt8]($0) } }
             sections = m.claim.sections.map { ClaimedSection(name: String(decoding: Array($0.name.utf8), as: UTF8.self), address: $0.address) }
             let digest = module.withUnsafeBytes { Digest.sha256($0) }
             precondition(digest.bytes.count == 32)
@@ -408,8 +408,8 @@ public enum ExplainRun {
         /// makes it: the executable bytes copied out of the request, the sections as listed.
         func judged(_ m: CapturedModule) -> CapturedModule {
             var claim = m.claim
-            claim.text = text.withUnsafeBytes { [UInt8]($0) }
-            claim.initText = initText.map { t in t.withUnsafeBytes { [UInt8]($0) } }
+            claim.textBytes = ClaimBytes(text)
+            claim.initTextBytes = initText.map { ClaimBytes($0) }
             claim.sections = sections.map { ClaimedSection(name: $0.name, address: $0.address) }
             return CapturedModule(name: m.name, ko: module, claim: claim)
         }
@@ -426,7 +426,7 @@ public enum ExplainRun {
         for name in boot.availableModules { if let m = try? boot.module(name) { modules.append(m) } }
         // The timed modules, in load order (a module's executable bytes: its claimed region).
         for m in modules where o.only?.contains(m.name) ?? true {
-            f.modules.append(.init(name: m.name, executableBytes: m.claim.text.count, engineBest: .infinity, sha256Best: .infinity))
+            f.modules.append(.init(name: m.name, executableBytes: m.claim.textBytes.count, engineBest: .infinity, sha256Best: .infinity))
         }
         for pass in 0..<max(1, o.benchRepetitions) {
             let orders: [BenchOrder] = pass % 2 == 0 ? [.cold, .service] : [.service, .cold]
@@ -446,7 +446,7 @@ public enum ExplainRun {
                     }
                     let step = replay.step(m)
                     let t1 = MonotonicClock.threadCPUSeconds()
-                    let d = m.claim.text.withUnsafeBytes { Digest.sha256($0) }
+                    let d = m.claim.textBytes.withUnsafeBytes { Digest.sha256($0) }
                     let t2 = MonotonicClock.threadCPUSeconds()
                     precondition(d.bytes.count == 32)
                     if let set = o.only, !set.contains(m.name) { continue }

@@ -44,6 +44,6 @@ public struct CaptureReplay {
         }
         let dt = MonotonicClock.seconds() - t0
         if result.verdict.isAllowed, let ex = result.exports { resolver.add(ex) }
-        return ModuleOutcome(name: m.name, result: result, executableBytes: m.claim.text.count, seconds: dt)
+        return ModuleOutcome(name: m.name, result: result, executableBytes: m.claim.textBytes.count, seconds: dt)
     }
 }

@@ -25,7 +25,16 @@
 public struct ModuleClaim: Sendable {
     public var name: String
     public var textBase: UInt64
-    public var text: [UInt8]
+    /// The executable region's bytes as the engine reads them: the claim's own array, or the
+    /// request's bytes borrowed (``ClaimBytes``; the end-state judge hands the engine the
+    /// request's buffer, no copy of up to a request's 28 MiB).
+    public var textBytes: ClaimBytes
+    /// `textBytes` as an array (a copy when they are borrowed: tools and tests); setting it
+    /// replaces them.
+    public var text: [UInt8] {
+        get { textBytes.array }
+        set { textBytes = ClaimBytes(newValue) }
+    }
     /// The claimed sections in the request's order. A section's claimed address is that of the
     /// last entry whose name equals the section's name as Strings (as `sectionAddresses` has it).
     /// Kept as a list: the engine finds each section's entry by the names' bytes where that is the
@@ -51,7 +60,13 @@ public struct ModuleClaim: Sendable {
     /// base (0 with an empty `text` for a data-only module, whose `MOD_TEXT` is not allocated).
     public var memoryBases: [ModuleMemoryType: UInt64] = [:]
     public var initTextBase: UInt64?
-    public var initText: [UInt8]?
+    /// The init region's bytes (as `textBytes`), when claimed.
+    public var initTextBytes: ClaimBytes?
+    /// `initTextBytes` as an array (as `text`).
+    public var initText: [UInt8]? {
+        get { initTextBytes?.array }
+        set { initTextBytes = newValue.map { ClaimBytes($0) } }
+    }
 
     public init(name: String, textBase: UInt64, text: [UInt8], sectionAddresses: [String: UInt64], percpuBase: UInt64? = nil,
                 initTextBase: UInt64? = nil, initText: [UInt8]? = nil) {
@@ -61,13 +76,70 @@ public struct ModuleClaim: Sendable {
 
     public init(name: String, textBase: UInt64, text: [UInt8], sections: [ClaimedSection], percpuBase: UInt64? = nil,
                 initTextBase: UInt64? = nil, initText: [UInt8]? = nil) {
+        self.init(name: name, textBase: textBase, textBytes: ClaimBytes(text), sections: sections, percpuBase: percpuBase,
+                  initTextBase: initTextBase, initTextBytes: initText.map { ClaimBytes($0) })
+    }
+
+    public init(name: String, textBase: UInt64, textBytes: ClaimBytes, sections: [ClaimedSection], percpuBase: UInt64? = nil,
+                initTextBase: UInt64? = nil, initTextBytes: ClaimBytes? = nil) {
         self.initTextBase = initTextBase
-        self.initText = initText
+        self.initTextBytes = initTextBytes
         self.name = name
         self.textBase = textBase
-        self.text = text
+        self.textBytes = textBytes
         self.sections = sections
         self.percpuBase = percpuBase
+    }
+}
+
+/// A claim's bytes, read-only: an array of its own, or bytes borrowed from the request that
+/// carried them, kept alive by a reference to their owner (the end-state judge's: the request
+/// buffer's storage, `ByteBuffer.withUnsafeReadableBytesWithStorageManagement`). The engine reads
+/// them in place (`withUnsafeBytes`); nothing keeps them past the explanation (the run-time site
+/// table holds the sites, no bytes: RuntimePatching.swift).
+///
+/// Borrowed bytes must not change while the owner lives: the maker promises it. A `ByteBuffer`'s
+/// storage keeps that promise by copy-on-write — a buffer sharing the storage copies it before
+/// any write while this reference holds it, as while any other does.
+public struct ClaimBytes: @unchecked Sendable, RandomAccessCollection {
+    // (@unchecked: the borrowed case holds a pointer, never written through, to memory its owner
+    // keeps unchanged while referenced — above; the owned case is an array.)
+    private enum Storage {
+        case owned([UInt8])
+        case borrowed(owner: AnyObject, bytes: UnsafeRawBufferPointer)
+    }
+    private let storage: Storage
+
+    public init(_ bytes: [UInt8]) { storage = .owned(bytes) }
+
+    /// `bytes`, valid and unchanged while `owner` lives (the caller's promise), without a copy.
+    public init(borrowing bytes: UnsafeRawBufferPointer, owner: AnyObject) { storage = .borrowed(owner: owner, bytes: bytes) }
+
+    @inline(__always) public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        switch storage {
+        case .owned(let a): return try a.withUnsafeBytes(body)
+        case .borrowed(let owner, let b): return try withExtendedLifetime(owner) { try body(b) }
+        }
+    }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int {
+        switch storage {
+        case .owned(let a): return a.count
+        case .borrowed(_, let b): return b.count
+        }
+    }
+    public subscript(i: Int) -> UInt8 {
+        precondition(i >= 0 && i < endIndex, "claim byte index out of range")
+        return withUnsafeBytes { $0[i] }
+    }
+
+    /// The bytes as an array of their own (the owned array itself: no copy).
+    public var array: [UInt8] {
+        switch storage {
+        case .owned(let a): return a
+        case .borrowed(let owner, let b): return withExtendedLifetime(owner) { [UInt8](b) }
+        }
     }
 }
 

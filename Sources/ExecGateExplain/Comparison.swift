@@ -130,7 +130,7 @@ extension Session {
                         if known == nil { groupState.set(g, st) }
                         if cls == .staticCall { callStates.set(g, st) }
                     }
-                    write(off, claimed, from: off, count: len, cls)
+                    claimed.withUnsafeBytes { write(off, $0, from: off, count: len, cls) }
                 } else {
                     let found = Array(claimed[off..<off + len])
                     // The expected bytes: the first of these that is a legal encoding of the site

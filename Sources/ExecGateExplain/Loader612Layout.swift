@@ -146,8 +146,8 @@ extension Session {
         guard let mt = lay.memType else { throw deny("internal: not a 6.12 layout") }
         var bases: [ModuleMemoryType: UInt64] = [:]
         let textAlloc = lay.allocationSize(.text)
-        guard claim.text.count == textAlloc else {
-            throw deny("claimed executable region is \(claim.text.count) bytes, __layout_sections() gives PAGE_ALIGN(mem[MOD_TEXT].size) \(textAlloc)")
+        guard claim.textBytes.count == textAlloc else {
+            throw deny("claimed executable region is \(claim.textBytes.count) bytes, __layout_sections() gives PAGE_ALIGN(mem[MOD_TEXT].size) \(textAlloc)")
         }
         if textAlloc > 0 { bases[.text] = claim.textBase }
         else if claim.textBase != 0 {
@@ -156,7 +156,7 @@ extension Session {
         }
         var types: [ModuleMemoryType] = [.data, .rodata, .roAfterInit]
         if initRegion {
-            guard let ib = claim.initTextBase, let it = claim.initText else { throw deny("no init region claimed") }
+            guard let ib = claim.initTextBase, let it = claim.initTextBytes else { throw deny("no init region claimed") }
             let initAlloc = lay.allocationSize(.initText)
             guard initAlloc > 0, it.count == initAlloc else {
                 throw deny("claimed init region is \(it.count) bytes, __layout_sections() gives PAGE_ALIGN(mem[MOD_INIT_TEXT].size) \(initAlloc)")

@@ -823,7 +823,7 @@ extension Session {
             throw deny(.initSymbol, "core text refers to \(name) (freed after init) and the claim gives no address for it")
         }
         let base = c &- UInt64(off), end = c &+ UInt64(elf.sections[i].size)
-        let textEnd = claim.textBase &+ UInt64(claim.text.count)
+        let textEnd = claim.textBase &+ UInt64(claim.textBytes.count)
         guard base % UInt64(ModuleLayout.pageSize) == 0, facts.moduleArea.contains(base), end <= facts.moduleArea.upperBound,
               end <= claim.textBase || base >= textEnd else {
             throw deny(.initSymbol, "claimed address 0x\(String(c, radix: 16)) of \(name) is not a page-aligned init allocation in the module area outside the core text",

@@ -33,7 +33,7 @@ final class Session {
     /// Base of the explained region: `claim.textBase` (core) or `claim.initTextBase` (init).
     let base: UInt64
     /// The claimed bytes of the explained region.
-    let claimed: [UInt8]
+    let claimed: ClaimBytes
     /// What an init-region session takes over from the module's core session: its own keys'
     /// trusted defaults and the state of every key group (init sites must agree with core sites).
     struct Inherited {
@@ -257,8 +257,8 @@ final class Session {
             coreEnd = coreBase &+ UInt64(lay.textSize)
         } else {
             bases612 = [:]
-            guard claim.text.count == lay.textSize else {
-                throw deny("claimed executable region is \(claim.text.count) bytes, layout_sections() gives core text_size \(lay.textSize)")
+            guard claim.textBytes.count == lay.textSize else {
+                throw deny("claimed executable region is \(claim.textBytes.count) bytes, layout_sections() gives core text_size \(lay.textSize)")
             }
             let (end, ovf) = coreBase.addingReportingOverflow(UInt64(lay.coreSize))
             guard !ovf, coreBase % UInt64(ModuleLayout.pageSize) == 0, coreBase >= facts.moduleArea.lowerBound, end <= facts.moduleArea.upperBound else {
@@ -273,7 +273,7 @@ final class Session {
         if region == .initText, loader == .linux6_12 {
             initBase = bases612[.initText]  // checked above (size, alignment, area, disjoint from every other type)
         } else if region == .initText {
-            guard let ib = claim.initTextBase, let it = claim.initText else { throw deny("no init region claimed") }
+            guard let ib = claim.initTextBase, let it = claim.initTextBytes else { throw deny("no init region claimed") }
             guard it.count == lay.initTextSize, lay.initTextSize > 0 else {
                 throw deny("claimed init region is \(it.count) bytes, layout_sections() gives init text_size \(lay.initTextSize)")
             }
@@ -287,7 +287,7 @@ final class Session {
         let base = initBase ?? coreBase
         self.base = base
         let regionSize = region == .core ? lay.textSize : lay.initTextSize
-        self.claimed = region == .core ? claim.text : (claim.initText ?? [])
+        self.claimed = region == .core ? claim.textBytes : (claim.initTextBytes ?? ClaimBytes([]))
 
         // Copy the sections (`move_module()`): the explained region's exec sections into the
         // image, every other allocated section of the session as a relocated data copy.
@@ -744,20 +744,18 @@ final class Session {
     }
 
     /// `write(off, Array(src[from..<from + count]), c)` without the array.
-    func write(_ off: Int, _ src: [UInt8], from: Int, count n: Int, _ c: ExplanationClass) {
+    func write(_ off: Int, _ src: UnsafeRawBufferPointer, from: Int, count n: Int, _ c: ExplanationClass) {
         precondition(off >= 0 && n >= 0 && n <= image.count && off <= image.count - n && image.count == cls.count, "write outside the image")
         precondition(from >= 0 && from <= src.count - n, "read outside the source")
         let v = UInt8(c.rawValue)
         if n <= 8 {
             var raw: UInt64 = 0
-            src.withUnsafeBufferPointer { s in for k in 0..<n { raw |= UInt64(s[from + k]) << (8 * UInt64(k)) } }
+            for k in 0..<n { raw |= UInt64(src[from + k]) << (8 * UInt64(k)) }
             writeWord(off, raw, n, v)
             return
         }
         image.withUnsafeMutableBufferPointer { img in
-            src.withUnsafeBufferPointer { s in
-                for k in 0..<n { img[off + k] = s[from + k] }
-            }
+            for k in 0..<n { img[off + k] = src[from + k] }
         }
         setClass(off, n, v)
     }

@@ -7,6 +7,7 @@
 import ExecGateELF
 import ExecGateExplain
 import ExecGateWire
+import NIOCore
 
 public struct ExplainerJudge: EndStateJudge {
     public init() {}
@@ -24,10 +25,13 @@ public struct ExplainerJudge: EndStateJudge {
         // The sections as listed (the engine finds each section's entry by name, by bytes for ASCII
         // names: Session.claimedAddresses; a repeated name, which ClaimStructure refuses before
         // this, would count its last entry).
-        let claim = ModuleClaim(name: moduleName, textBase: base, text: Array(buffer: text),
+        // The executable bytes borrowed from the request's buffer, not copied (up to 28 MiB a
+        // request): the claim holds the buffer's storage, which copy-on-write keeps unchanged
+        // while it does (ClaimBytes); nothing holds it past this call.
+        let claim = ModuleClaim(name: moduleName, textBase: base, textBytes: Self.borrowed(text),
                                 sections: request.sections.map { ClaimedSection(name: $0.name, address: $0.address) },
                                 percpuBase: request.perCPUBase, initTextBase: request.initBase,
-                                initText: request.initText.map { Array(buffer: $0) })
+                                initTextBytes: request.initText.map { Self.borrowed($0) })
         let result = Explainer(facts: session.facts).explain(elf: elf, claim: claim, resolver: session.symbolResolver)
         switch result.verdict {
         case .allowed(let stats):
@@ -38,6 +42,13 @@ public struct ExplainerJudge: EndStateJudge {
             return .explained(e)
         case .denied(let d):
             return .unexplained(d.description)
+        }
+    }
+
+    /// `buffer`'s readable bytes, borrowed: the claim keeps a reference to the buffer's storage.
+    static func borrowed(_ buffer: ByteBuffer) -> ClaimBytes {
+        buffer.withUnsafeReadableBytesWithStorageManagement { bytes, storage in
+            ClaimBytes(borrowing: bytes, owner: storage.takeUnretainedValue())
         }
     }
 }
