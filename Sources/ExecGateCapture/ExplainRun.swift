@@ -381,7 +381,8 @@ public enum ExplainRun {
         /// (`ModuleSignatureVerifier.verifyWithDigests`: one SHA-256 pass), neither timed (the
         /// transport's and the signature check's: `execgate bench` measures those); then, timed
         /// with the engine as the judge's own work (`ExplainerJudge.judge`), the claim made from
-        /// the received bytes: its executable bytes copied out, its section table built.
+        /// the received bytes: its executable bytes borrowed from the received buffer (no copy:
+        /// `ExplainerJudge.borrowed`), its section list made.
         case service
     }
 
@@ -405,7 +406,8 @@ public enum ExplainRun {
         }
 
         /// The module with its claim made from the received request as `ExplainerJudge.judge`
-        /// makes it: the executable bytes copied out of the request, the sections as listed.
+        /// makes it: the executable bytes those the request received (shared, not copied, as the
+        /// judge borrows the request buffer's), the sections as listed.
         func judged(_ m: CapturedModule) -> CapturedModule {
             var claim = m.claim
             claim.textBytes = ClaimBytes(text)

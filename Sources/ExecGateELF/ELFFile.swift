@@ -425,13 +425,17 @@ public struct ELFFile: @unchecked Sendable {
             // (A module's relocation sections follow all its other contents: the usual case.)
             // The stable sort by start as a sort of words: each span's start above 17 bits of
             // its place in the list (a tie keeps list order, as the stable sort does), no
-            // closure per compare. A start is below the file's size (< 2^46) and a place below
-            // 2^17 (at most ELFLimits.maxSections + 2 spans).
+            // closure per compare. A start lies inside the file (every span was checked against
+            // its size: below 2^46, a file of 64 TiB) and a place below 2^17 (at most
+            // ELFLimits.maxSections + 2 spans).
             spans.append((0..<ELFLimits.headerSize, -1))
             spans.append((table.offset..<table.end, -2))
-            precondition(spans.count < 1 << 17 && table.end < 1 << 46, "spans beyond the packed sort key")
+            precondition(spans.count < 1 << 17, "spans beyond the packed sort key")
             var keys = [UInt64](unsafeUninitializedCapacity: spans.count) { k, n in
-                for (p, s) in spans.enumerated() { k.initializeElement(at: p, to: UInt64(s.0.lowerBound) << 17 | UInt64(p)) }
+                for (p, s) in spans.enumerated() {
+                    precondition(s.0.lowerBound < 1 << 46, "span start beyond the packed sort key")
+                    k.initializeElement(at: p, to: UInt64(s.0.lowerBound) << 17 | UInt64(p))
+                }
                 n = spans.count
             }
             keys.sort()

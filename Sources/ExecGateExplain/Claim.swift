@@ -113,7 +113,9 @@ public struct ClaimBytes: @unchecked Sendable, RandomAccessCollection {
     public init(_ bytes: [UInt8]) { storage = .owned(bytes) }
 
     /// `bytes`, valid and unchanged while `owner` lives (the caller's promise), without a copy.
-    public init(borrowing bytes: UnsafeRawBufferPointer, owner: AnyObject) { storage = .borrowed(owner: owner, bytes: bytes) }
+    /// Package-only: the promise is the end-state judge's (`ExplainerJudge.borrowed`, a
+    /// `ByteBuffer`'s storage); no other module makes it.
+    package init(borrowing bytes: UnsafeRawBufferPointer, owner: AnyObject) { storage = .borrowed(owner: owner, bytes: bytes) }
 
     @inline(__always) public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         switch storage {

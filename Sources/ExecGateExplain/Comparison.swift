@@ -159,21 +159,25 @@ extension Session {
         // Equal regions are the common case; the slow path only on a difference.
         if diff == 0 && illegalAt == nil { return }
         let img = image
-        var differing = 0
-        for i in 0..<img.count where img[i] != claimed[i] || i == illegalAt { differing += 1 }
-        for i in 0..<img.count where img[i] != claimed[i] || i == illegalAt {
-            let (sec, so) = sectionOf(regionOffset: i)
-            let n = min(8, image.count - i)
-            let byteClass = ExplanationClass(rawValue: Int(cls[i]))!  // rawValue set only from ExplanationClass
-            var reason = "byte differs from the \(byteClass) value"
-            var rule = DenialRule.stage(byteClass)
-            if let note = notes.first(where: { $0.range.contains(i) }) { reason = note.text }
-            else if let r = relocationCovering(i) { reason = r; rule = .relocation }
-            else if sec == "(padding)" { reason = "alignment padding must be zero" }
-            var d = deny(rule, reason, section: sec, offset: so, address: base &+ UInt64(i),
-                         expected: Array(image[i..<i + n]), found: Array(claimed[i..<i + n]))
-            d.denial.unexplainedBytes = differing
-            throw d
+        // (The claim's bytes read in place: a subscript per byte went through ClaimBytes'
+        // storage test each time, over the whole region, on a denial any one byte brings.)
+        try claimed.withUnsafeBytes { found in
+            var differing = 0
+            for i in 0..<img.count where img[i] != found[i] || i == illegalAt { differing += 1 }
+            for i in 0..<img.count where img[i] != found[i] || i == illegalAt {
+                let (sec, so) = sectionOf(regionOffset: i)
+                let n = min(8, image.count - i)
+                let byteClass = ExplanationClass(rawValue: Int(cls[i]))!  // rawValue set only from ExplanationClass
+                var reason = "byte differs from the \(byteClass) value"
+                var rule = DenialRule.stage(byteClass)
+                if let note = notes.first(where: { $0.range.contains(i) }) { reason = note.text }
+                else if let r = relocationCovering(i) { reason = r; rule = .relocation }
+                else if sec == "(padding)" { reason = "alignment padding must be zero" }
+                var d = deny(rule, reason, section: sec, offset: so, address: base &+ UInt64(i),
+                             expected: Array(image[i..<i + n]), found: Array(found[i..<i + n]))
+                d.denial.unexplainedBytes = differing
+                throw d
+            }
         }
     }
 

@@ -50,7 +50,7 @@ public struct Explainer: Sendable {
             let stats = s.statistics()
             var result = ExplainResult(verdict: .allowed(stats), exports: s.moduleExports(), runtimeSites: RuntimeSiteTable(session: s, claim: claim))
             result.dataAllocations = s.allocations([.data, .rodata, .roAfterInit])
-            if claim.initTextBase != nil || claim.initText != nil {
+            if claim.initTextBase != nil || claim.initTextBytes != nil {
                 // The init region: the same stages at the claimed init addresses; its sites must
                 // agree with the core's (same keys), and the module's own key defaults carry over.
                 let i = try Session(elf: elf, claim: claim, facts: facts, resolver: resolver, region: .initText,

@@ -4,8 +4,9 @@
 // random hostile inputs:
 // - `checkNoOverlap`'s in-order fast path (no sort) must report the same pair, at the same offset,
 //   as the old stable sort of (sections in index order, the ELF header, the table) by start;
-// - the per-name keys (`nameKeys`, made at parse from the decoded `String`: `String(decoding:)`
-//   repairs invalid UTF-8 to U+FFFD) must be the keys of the names, the look-ups by name must
+// - the per-name keys (`nameKeys`, made at parse from the file's bytes when the name is ASCII,
+//   else from the decoded `String`: `String(decoding:)` repairs invalid UTF-8 to U+FFFD) must be
+//   the keys of the names, `allNamesASCII` must say whether every name's bytes are ASCII, the look-ups by name must
 //   answer what a plain byte scan answers, and `lastSection(named:)` must equal
 //   `sections(named:)`'s last and count.
 
@@ -158,6 +159,9 @@ final class OverlapOrderDifferentialTests: XCTestCase {
             let bytes = ExecGateELFFixture.elf(sectionNames: names)
             try bytes.withUnsafeBytes { raw in
                 let f = try ELFFile(bytes: raw)
+                // (Names 0 and 1 are the fixture's own: the null section's and the table's.)
+                XCTAssertEqual(f.allNamesASCII, f.sections.allSatisfy { $0.name.utf8.allSatisfy { $0 < 0x80 } } && names.allSatisfy { $0.allSatisfy { $0 < 0x80 } },
+                               "round \(round): allNamesASCII")
                 for i in f.sections.indices {
                     XCTAssertEqual(f.nameKeys[i], ELFFile.nameKey(f.sections[i].name), "round \(round) section \(i)")
                     checked += 1

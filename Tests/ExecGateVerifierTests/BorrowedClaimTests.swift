@@ -60,17 +60,52 @@ final class BorrowedClaimTests: XCTestCase {
         XCTAssertEqual(borrowed.withUnsafeBytes { $0.baseAddress }, at, "the request's bytes, not a copy")
         XCTAssertEqual(borrowed.count, text.readableBytes)
         let before = Array(text.readableBytesView)
-        XCTAssertEqual(borrowed.array, before)
+        XCTAssertTrue(borrowed.array == before, "the request's bytes")
         XCTAssertEqual(Array(borrowed[3..<9]), Array(before[3..<9]))
         // A write through a buffer that shares the storage (the guest's bytes cannot change under
         // the engine: only this process writes, and a write copies a shared storage first).
         let first = try XCTUnwrap(text.getInteger(at: text.readerIndex, as: UInt8.self))
         text.setInteger(~first, at: text.readerIndex)
         XCTAssertNotEqual(text.withUnsafeReadableBytes { $0.baseAddress }, at, "the writer copied the shared storage")
-        XCTAssertEqual(borrowed.array, before, "the borrowed bytes did not change")
+        XCTAssertTrue(borrowed.array == before, "the borrowed bytes did not change")
         XCTAssertEqual(borrowed[0], first)
         // The request itself still holds them too.
-        XCTAssertEqual(request.text.map { Array($0.readableBytesView) }, before)
+        XCTAssertTrue(request.text.map { Array($0.readableBytesView) } == before, "the request still holds its bytes")
+    }
+
+    /// The guarantee itself, on a buffer nothing else references: a write through the buffer
+    /// copies the storage away from the claim (which alone keeps the old storage and its bytes),
+    /// and the claim's bytes outlive the buffer. And a slice with a reader index inside a larger
+    /// storage (what the request decoder's `readSlice` of a frame gives): the claim is exactly
+    /// the readable bytes, at their address in that storage.
+    func testBorrowedBytesAreKeptAndNeverWrittenUnderTheClaim() throws {
+        let original: [UInt8] = (0..<40_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        var buffer = ByteBuffer(bytes: original)
+        let at = buffer.withUnsafeReadableBytes { $0.baseAddress }
+        var claim: ClaimBytes? = ExplainerJudge.borrowed(buffer)
+        XCTAssertEqual(claim?.withUnsafeBytes { $0.baseAddress }, at)
+        buffer.setInteger(UInt8(0xee), at: 100)
+        XCTAssertNotEqual(buffer.withUnsafeReadableBytes { $0.baseAddress }, at, "the buffer's write copied the storage the claim holds")
+        XCTAssertEqual(claim?.withUnsafeBytes { $0.baseAddress }, at, "the claim still reads the old storage")
+        XCTAssertTrue(claim?.array == original, "the claim's bytes are the received ones")
+        // The buffer gone, the heap reused: the claim's bytes are still the received ones.
+        buffer = ByteBuffer()
+        var churn: [[UInt8]] = []
+        for k in 0..<64 { churn.append([UInt8](repeating: UInt8(k), count: 40_000)) }
+        XCTAssertTrue(claim?.array == original, "the claim's bytes are the received ones")
+        XCTAssertEqual(churn.count, 64)
+        claim = nil
+
+        // A slice inside a frame: header bytes, then the text.
+        var frame = ByteBuffer(bytes: [UInt8](repeating: 0xab, count: 24) + original)
+        frame.moveReaderIndex(forwardBy: 24)
+        let text = try XCTUnwrap(frame.readSlice(length: original.count))
+        let sliced = ExplainerJudge.borrowed(text)
+        XCTAssertEqual(sliced.count, original.count)
+        XCTAssertTrue(sliced.array == original, "the slice's readable bytes")
+        XCTAssertEqual(sliced.withUnsafeBytes { $0.baseAddress }, text.withUnsafeReadableBytes { $0.baseAddress })
+        XCTAssertEqual(sliced[0], original[0])
+        XCTAssertEqual(Array(sliced.suffix(3)), Array(original.suffix(3)))
     }
 
     /// Every verdict over the fixture boot — the honest modules in load order, then a module
