@@ -37,12 +37,20 @@ extension Session {
     /// live sites) then copied every site, each copy a retain of its rule's tables. At most
     /// 65,536 sites are reserved ahead (a hostile table's size reserves nothing beyond that; the
     /// appends grow the array as before).
+    /// A table whose entries make no run-time site for this guest counts nothing: `.smp_locks`
+    /// makes sites only in a core session of a guest patched for one CPU that can bring up
+    /// another (`applySMPLocks`), `__mcount_loc` only when the guest's ftrace has call targets
+    /// (`applyFtrace`). (Counted anyway, they made the reservation three times the sites on the
+    /// shared corpus, and every module's table then took the capacity-trimming copy.)
     func reserveVariableSites() {
         var bound = trampolineSymbols.count
+        let smpLockSites = region == .core && facts.uniprocessorPatched && facts.possibleCPUs > 1
+        let ftraceSites = !facts.ftraceCallTargets.isEmpty
         for s in elf.sections where s.isAlloc && !s.isNoBits {
             switch s.name {
-            case ".smp_locks": bound += s.size / 4
-            case "__mcount_loc", ".static_call_sites": bound += s.size / 8
+            case ".smp_locks": if smpLockSites { bound += s.size / 4 }
+            case "__mcount_loc": if ftraceSites { bound += s.size / 8 }
+            case ".static_call_sites": bound += s.size / 8
             case "__jump_table": bound += s.size / 16
             default: break
             }
