@@ -381,8 +381,9 @@ public enum ExplainRun {
         /// (`ModuleSignatureVerifier.verifyWithDigests`: one SHA-256 pass), neither timed (the
         /// transport's and the signature check's: `execgate bench` measures those); then, timed
         /// with the engine as the judge's own work (`ExplainerJudge.judge`), the claim made from
-        /// the received bytes: its executable bytes borrowed from the received buffer (no copy:
-        /// `ExplainerJudge.borrowed`), its section list made.
+        /// the received bytes: its executable bytes the received ones, not copied (the judge
+        /// borrows the request buffer's: `ExplainerJudge.borrowed`; here the received array is
+        /// shared), its section list made.
         case service
     }
 

@@ -179,6 +179,9 @@ extension Session {
                 throw d
             }
         }
+        // Unreachable (a difference or an illegal site is a byte the loops find); fail closed
+        // should a later change make it reachable: denied, never allowed by falling through.
+        throw deny(.stage(.elf), "the region differs from the replay at a byte the comparison did not locate (not modelled)")
     }
 
     /// The OR of `a[i] ^ b[i]` over `lo..<hi` (zero iff the ranges are equal), word-wise.
