@@ -194,7 +194,7 @@ public struct ELFFile: @unchecked Sendable {
             }
             // (A typed view: the contiguous fast path; the raw view takes the generic append path.)
             let nameBuffer = UnsafeRawBufferPointer(rebasing: bytes[range])
-            let isASCII = ELFFile.isASCII(nameBuffer)
+            let isASCII = nameBuffer.isASCII
             ascii = ascii && isASCII
             let name = nameBuffer.withMemoryRebound(to: UInt8.self) { String(decoding: $0, as: UTF8.self) }
             // The key of the String's bytes: the file's bytes when ASCII (decoding changes only
@@ -294,15 +294,6 @@ public struct ELFFile: @unchecked Sendable {
         // (Read in place: a native string's bytes are contiguous; `withUTF8` needs a mutable copy.)
         if let k = s.utf8.withContiguousStorageIfAvailable({ nameKey(UnsafeRawBufferPointer($0)) }) { return k }
         return Array(s.utf8).withUnsafeBytes { nameKey($0) }
-    }
-
-    /// Every byte below 0x80, tested eight at a time.
-    static func isASCII(_ b: UnsafeRawBufferPointer) -> Bool {
-        var acc: UInt64 = 0
-        var i = 0
-        while i + 8 <= b.count { acc |= b.loadUnaligned(fromByteOffset: i, as: UInt64.self); i += 8 }
-        while i < b.count { acc |= UInt64(b[i]); i += 1 }
-        return acc & 0x8080_8080_8080_8080 == 0
     }
 
     /// ``nameKey(_:)`` of a name's UTF-8 bytes.

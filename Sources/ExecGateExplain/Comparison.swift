@@ -413,7 +413,7 @@ extension Session {
                                    section: s.name, offset: o + 4, address: nameAddr)
                     }
                     let name = UnsafeRawBufferPointer(rebasing: rest[..<len])
-                    guard NameTable.isASCII(name) else {
+                    guard name.isASCII else {
                         throw deny(.malformedELF, "\(s.name) entry \(k): its name is not ASCII", section: s.name, offset: o + 4, address: nameAddr)
                     }
                     if let p = previous {

@@ -89,7 +89,7 @@ public struct SlidExports: Sendable {
             var k = k
             k.withUTF8 { u in
                 let b = UnsafeRawBufferPointer(u)
-                if NameTable.isASCII(b) { index.insert(b, v) } else { allASCII = false }
+                if b.isASCII { index.insert(b, v) } else { allASCII = false }
             }
         }
         self.init(linkTime: linkTime, slide: slide, index: index, allASCII: allASCII)
@@ -125,7 +125,7 @@ public struct SlidExports: Sendable {
     /// shared table is probed for a hit (NameTable `lookupLikelyPresent`); otherwise (a module's
     /// own exports checked for duplicates: usually absent) through its tags. The same answer.
     func lookup(utf8 b: UnsafeRawBufferPointer, likelyPresent: Bool) -> UInt64? {
-        if NameTable.isASCII(b) { return lookupASCII(b, likelyPresent: likelyPresent) }
+        if b.isASCII { return lookupASCII(b, likelyPresent: likelyPresent) }
         // Bytes that are not UTF-8 name no key: decoding would replace them by U+FFFD, a
         // different name.
         guard let name = b.withMemoryRebound(to: UInt8.self, { String(validating: $0, as: UTF8.self) }) else { return nil }
@@ -134,7 +134,7 @@ public struct SlidExports: Sendable {
 
     /// `b` are the UTF-8 bytes of `name`.
     private func lookup(_ b: UnsafeRawBufferPointer, name: String) -> UInt64? {
-        if NameTable.isASCII(b) { return lookupASCII(b) }
+        if b.isASCII { return lookupASCII(b) }
         // A non-ASCII name: never equal to an ASCII key (different bytes); among the others
         // only the key with its bytes.
         if let a = Self.exactValue(addedOther, name) { return a }
@@ -177,7 +177,7 @@ public struct SlidExports: Sendable {
     /// Add (or replace) one entry at its run-time address.
     public mutating func add(_ name: String, _ address: UInt64) {
         var n = name
-        let ascii = n.withUTF8 { NameTable.isASCII(UnsafeRawBufferPointer($0)) }
+        let ascii = n.withUTF8 { UnsafeRawBufferPointer($0).isASCII }
         if ascii {
             n.withUTF8 { addedIndex.insert(UnsafeRawBufferPointer($0), address) }
         } else {
@@ -615,7 +615,7 @@ public struct ModuleExports: Sendable {
         var n = name
         return n.withUTF8 { u in
             let b = UnsafeRawBufferPointer(u)
-            return NameTable.isASCII(b) ? names.lookup(b) : SlidExports.exactValue(otherNames, name)
+            return b.isASCII ? names.lookup(b) : SlidExports.exactValue(otherNames, name)
         }
     }
 
@@ -628,7 +628,7 @@ public struct ModuleExports: Sendable {
             var n = k
             let ascii = n.withUTF8 { u in
                 let b = UnsafeRawBufferPointer(u)
-                guard NameTable.isASCII(b) else { return false }
+                guard b.isASCII else { return false }
                 t.insert(b, v)
                 return true
             }

@@ -86,7 +86,7 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
         // Character split below is the byte split). Anything else takes the split.
         var r = release
         if let fast = r.withUTF8({ u -> ModuleLoader?? in
-            guard NameTable.isASCII(UnsafeRawBufferPointer(u)) else { return .none }
+            guard UnsafeRawBufferPointer(u).isASCII else { return .none }
             if u.starts(with: "6.1.".utf8) { return .some(.linux6_1) }
             if u.starts(with: "6.12.".utf8) { return .some(.linux6_12) }
             return .some(nil)
@@ -160,7 +160,7 @@ public enum ModuleLoader: String, Sendable, Hashable, CustomStringConvertible {
     static func firstWord(_ s: String, skippingLeadingSpaces: Bool = false) -> String {
         var t = s
         if let w = t.withUTF8({ u -> String? in
-            guard NameTable.isASCII(UnsafeRawBufferPointer(u)) else { return nil }
+            guard UnsafeRawBufferPointer(u).isASCII else { return nil }
             var start = 0
             if skippingLeadingSpaces { while start < u.count && u[start] == 0x20 { start += 1 } }
             let end = u[start...].firstIndex(of: 0x20) ?? u.count

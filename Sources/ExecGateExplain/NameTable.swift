@@ -87,17 +87,6 @@ struct NameTable: Sendable {
         return (h ^ (h >> 32), head0, head1)
     }
 
-    /// True if every byte is below 0x80 (word-wise).
-    @inline(__always) static func isASCII(_ b: UnsafeRawBufferPointer) -> Bool {
-        var acc: UInt64 = 0
-        var i = 0
-        while i + 8 <= b.count { acc |= b.loadUnaligned(fromByteOffset: i, as: UInt64.self); i += 8 }
-        // The tail inside the last 8 bytes (re-reading some: an OR does not mind), else bytewise.
-        if i < b.count && b.count >= 8 { acc |= b.loadUnaligned(fromByteOffset: b.count - 8, as: UInt64.self); i = b.count }
-        while i < b.count { acc |= UInt64(b[i]); i += 1 }
-        return acc & 0x8080_8080_8080_8080 == 0
-    }
-
     /// The slot holding `b` (found) or the empty slot where it would go.
     @inline(__always) private func find(_ b: UnsafeRawBufferPointer, _ d: Digest) -> (slot: Int, found: Bool) {
         let mask = slots.count - 1
@@ -193,13 +182,13 @@ struct NameTable: Sendable {
 
     /// Insert, or replace the value of, the name `b` (ASCII bytes).
     mutating func insert(_ b: UnsafeRawBufferPointer, _ value: UInt64) {
-        precondition(Self.isASCII(b), "NameTable holds ASCII names only")
+        precondition(b.isASCII, "NameTable holds ASCII names only")
         insertChecked(b, value, digest: Self.digest(b))
     }
 
     /// `insert(b, value)` with `d == NameTable.digest(b)` already computed.
     mutating func insert(_ b: UnsafeRawBufferPointer, _ value: UInt64, digest d: Digest) {
-        precondition(Self.isASCII(b), "NameTable holds ASCII names only")
+        precondition(b.isASCII, "NameTable holds ASCII names only")
         insertChecked(b, value, digest: d)
     }
 

@@ -149,7 +149,7 @@ extension Session {
                 if vals[i] == nil {
                     if i != 0 && t.sectionIndex(i) == SectionIndex.undef {
                         let n = t.nameBytes(i)
-                        if NameTable.isASCII(n) {
+                        if n.isASCII {
                             pending.append((i, n, NameTable.digest(n)))
                             continue  // SHN_UNDEF: never in an init section (below)
                         }

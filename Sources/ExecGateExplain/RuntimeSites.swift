@@ -1057,7 +1057,7 @@ struct KeySymbols {
         for i in indices {
             let rest = UnsafeRawBufferPointer(rebasing: symtab.nameBytes(i)[7...])
             // Both replace an earlier entry of the same name: the last wins.
-            if NameTable.isASCII(rest) { table.insert(rest, UInt64(i)) } else { other[Array(rest)] = i }
+            if rest.isASCII { table.insert(rest, UInt64(i)) } else { other[Array(rest)] = i }
         }
     }
 
@@ -1081,6 +1081,6 @@ struct KeySymbols {
 
     /// The key symbol whose name after the prefix has the bytes `rest`.
     private func index(after rest: UnsafeRawBufferPointer) -> Int? {
-        NameTable.isASCII(rest) ? table.lookup(rest).map { Int($0) } : other.isEmpty ? nil : other[Array(rest)]
+        rest.isASCII ? table.lookup(rest).map { Int($0) } : other.isEmpty ? nil : other[Array(rest)]
     }
 }

@@ -45,6 +45,19 @@ extension UnsafeRawBufferPointer {
         for k in 0..<n where self[k] != q[k] { return false }
         return true
     }
+
+    /// True if every byte is below 0x80, eight bytes at a time (the one ASCII test of borrowed
+    /// names: section names at parse, symbol and export names in the tables).
+    @inlinable @inline(__always)
+    public var isASCII: Bool {
+        var acc: UInt64 = 0
+        var i = 0
+        while i + 8 <= count { acc |= loadUnaligned(fromByteOffset: i, as: UInt64.self); i += 8 }
+        // The tail inside the last 8 bytes (re-reading some: an OR does not mind), else bytewise.
+        if i < count && count >= 8 { acc |= loadUnaligned(fromByteOffset: count - 8, as: UInt64.self); i = count }
+        while i < count { acc |= UInt64(self[i]); i += 1 }
+        return acc & 0x8080_8080_8080_8080 == 0
+    }
 }
 
 /// Decimal ASCII as both ends of the hybrid vsock handshake write a port: 1–10 digits and nothing

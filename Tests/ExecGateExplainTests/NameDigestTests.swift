@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// `NameTable.digest` and `NameTable.isASCII` read a name's last partial word in one load (the
-// top bytes of its last 8) where they read it byte by byte: the same word, so the same digest
-// (every table of the process is keyed by it) and the same answer, for every length and byte.
+// `NameTable.digest` and `UnsafeRawBufferPointer.isASCII` (_ExecGateInternals) read a name's
+// last partial word in one load (the top bytes of its last 8) where they read it byte by byte:
+// the same word, so the same digest (every table of the process is keyed by it) and the same
+// answer, for every length and byte.
 
 @testable import ExecGateExplain
+import _ExecGateInternals
 import XCTest
 
 final class NameDigestTests: XCTestCase {
@@ -50,7 +52,7 @@ final class NameDigestTests: XCTestCase {
                 XCTAssertEqual(d.hash, r.hash, "length \(n)")
                 XCTAssertEqual(d.head0, r.head0, "length \(n)")
                 XCTAssertEqual(d.head1, r.head1, "length \(n)")
-                XCTAssertEqual(NameTable.isASCII(b), bytes.allSatisfy { $0 < 0x80 }, "length \(n)")
+                XCTAssertEqual(b.isASCII, bytes.allSatisfy { $0 < 0x80 }, "length \(n)")
                 // Bytes past the name never enter it: the same name alone in its own array.
                 Array(bytes).withUnsafeBytes { XCTAssertEqual(NameTable.digest($0).hash, d.hash, "length \(n)") }
             }
