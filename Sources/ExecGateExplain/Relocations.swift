@@ -124,9 +124,9 @@ extension Session {
         // Per section index: the base `resolveSymbol` adds a symbol's st_value to when it
         // answers `.value(addr[si] + st_value)` — a section laid out here (`addr` set), not
         // SHN_UNDEF (index 0), not reserved, not the per-cpu one — and whether the section is
-        // one of the core session's init sections (both as the general path below decides
-        // them). `sectionKind[si]` bit 0 clear sends a symbol to that path. Most of a module's
-        // symbols take the table: a load and an add instead of `resolveSymbol`'s tests.
+        // one of the core session's init sections. `sectionKind[si]` bit 0 clear sends a symbol
+        // to `resolveSymbol`. Most of a module's symbols take the table: a load and an add
+        // instead of `resolveSymbol`'s tests.
         let sectionCount = elf.sections.count
         var sectionBase = [UInt64](repeating: 0, count: sectionCount)
         var sectionKind = [UInt8](repeating: 0, count: sectionCount)  // bit 0: base known; bit 1: init section
@@ -138,34 +138,30 @@ extension Session {
             precondition(vals.count == t.count)
             for i in t.indices {
                 let shndx = Int(t.sectionIndex(i))
-                if shndx < sectionCount, sectionKind[shndx] & 1 != 0, vals[i] == nil {
-                    vals[i] = sectionBase[shndx] &+ t.value(i)
-                    if sectionKind[shndx] & 2 != 0 {
-                        if !anyInit { initFlags = [Bool](repeating: false, count: t.count); anyInit = true }
-                        initFlags[i] = true
-                    }
-                    continue
-                }
+                let kind = shndx < sectionCount ? sectionKind[shndx] : 0
                 if vals[i] == nil {
-                    if i != 0 && t.sectionIndex(i) == SectionIndex.undef {
-                        let n = t.nameBytes(i)
-                        if n.isASCII {
-                            pending.append((i, n, NameTable.digest(n)))
-                            continue  // SHN_UNDEF: never in an init section (below)
+                    if kind & 1 != 0 {
+                        vals[i] = sectionBase[shndx] &+ t.value(i)
+                    } else {
+                        if i != 0 && shndx == Int(SectionIndex.undef) {
+                            let n = t.nameBytes(i)
+                            if n.isASCII {
+                                pending.append((i, n, NameTable.digest(n)))
+                                continue  // SHN_UNDEF: never in an init section (below)
+                            }
+                        }
+                        switch resolveSymbol(i) {
+                        case .value(let v): vals[i] = v
+                        case .unknown:
+                            let n = t.nameBytes(i)
+                            if refused == nil && !(n.count == 21 && n.hasASCIIPrefix("_GLOBAL_OFFSET_TABLE_")) { refused = i }
+                        case .common:
+                            if refused == nil && !t.nameBytes(i).hasASCIIPrefix("__gnu_lto") { refused = i }
+                        default: break
                         }
                     }
-                    switch resolveSymbol(i) {
-                    case .value(let v): vals[i] = v
-                    case .unknown:
-                        let n = t.nameBytes(i)
-                        if refused == nil && !(n.count == 21 && n.hasASCIIPrefix("_GLOBAL_OFFSET_TABLE_")) { refused = i }
-                    case .common:
-                        if refused == nil && !t.nameBytes(i).hasASCIIPrefix("__gnu_lto") { refused = i }
-                    default: break
-                    }
                 }
-                let ssi = Int(t.sectionIndex(i))
-                if isCore, ssi > 0, ssi < initOffset.count, initOffset[ssi] != nil {
+                if kind & 2 != 0 {
                     if !anyInit { initFlags = [Bool](repeating: false, count: t.count); anyInit = true }
                     initFlags[i] = true
                 }
