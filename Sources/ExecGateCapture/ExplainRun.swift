@@ -173,6 +173,13 @@ public enum ExplainRun {
                     ("largest_module", .string(largest.name)), ("largest_module_bytes", .uint(UInt64(largest.bytes))),
                     ("host", BenchHost.current().json),
                     ("fit", b.fit.map { .object([("per_module_s", .double($0.perModule)), ("per_byte_s", .double($0.perByte))]) } ?? .null),
+                    ("by_size", .array(b.bySize.map { g in
+                        .object([("max_executable_bytes", g.maxBytes.map { .uint(UInt64($0)) } ?? .null), ("modules", .uint(UInt64(g.modules))),
+                                 ("executable_bytes", .uint(UInt64(g.executableBytes))),
+                                 ("explain_s", .double(g.engine)), ("sha256_s", .double(g.sha256)),
+                                 ("explain_service_order_s", g.engineServiceOrder.map { .double($0) } ?? .null),
+                                 ("sha256_service_order_s", g.sha256ServiceOrder.map { .double($0) } ?? .null)])
+                    })),
                     ("modules", .array(b.modules.map { m in
                         .object([("name", .string(m.name)), ("executable_bytes", .uint(UInt64(m.executableBytes))),
                                  ("explain_best_s", .double(m.engineBest)), ("sha256_best_s", .double(m.sha256Best)),
@@ -184,6 +191,7 @@ public enum ExplainRun {
                 out(b.line)
                 out(b.serviceOrderLine)
                 out(b.moduleLine)
+                out(b.sizeLine)
                 out(BenchHost.current().line)
                 out("max RSS: \(ProcessUsage.peakResidentKiB()) KiB (after loading facts: \(rssAfterFacts) KiB; largest module \(largest.name), \(largest.bytes) executable bytes: high-water \(largest.rssBefore) → \(largest.rssAfter) KiB)")
             }
@@ -315,6 +323,55 @@ public enum ExplainRun {
             guard sxx > 0 else { return nil }
             let b = sxy / sxx
             return (my - b * mx, b)
+        }
+
+        /// The modules grouped by executable size (``sizeBounds``: up to 16 KiB, up to 64 KiB,
+        /// larger), each group's best passes summed: what the one- to four-page modules, whose
+        /// fixed cost per module (``fit``) is most of their time, add to the whole ratio. Every
+        /// group is listed, empty ones included (`modules` 0).
+        public struct SizeClass: Sendable, Equatable {
+            /// The largest executable size in the group (nil: no bound, the last group).
+            public var maxBytes: Int?
+            public var modules = 0, executableBytes = 0
+            public var engine = 0.0, sha256 = 0.0
+            /// The service order's sums (nil when some module of the group has no such pass).
+            public var engineServiceOrder: Double? = 0, sha256ServiceOrder: Double? = 0
+        }
+
+        /// ``SizeClass`` bounds: a small module (1–4 pages), a medium one (up to 16 pages).
+        public static let sizeBounds = [16 << 10, 64 << 10]
+
+        public var bySize: [SizeClass] {
+            var groups = (Self.sizeBounds.map { Optional($0) } + [nil]).map { SizeClass(maxBytes: $0) }
+            for m in modules {
+                let g = Self.sizeBounds.firstIndex { m.executableBytes <= $0 } ?? Self.sizeBounds.count
+                groups[g].modules += 1
+                groups[g].executableBytes += m.executableBytes
+                groups[g].engine += m.engineBest
+                groups[g].sha256 += m.sha256Best
+                let finite = m.engineServiceOrderBest.isFinite && m.sha256ServiceOrderBest.isFinite
+                groups[g].engineServiceOrder = finite ? groups[g].engineServiceOrder.map { $0 + m.engineServiceOrderBest } : nil
+                groups[g].sha256ServiceOrder = finite ? groups[g].sha256ServiceOrder.map { $0 + m.sha256ServiceOrderBest } : nil
+            }
+            return groups
+        }
+
+        /// ``bySize`` as the text output says it (the non-empty groups).
+        public var sizeLine: String {
+            func ratio(_ e: Double?, _ h: Double?) -> String {
+                guard let e, let h, h > 0 else { return "-" }
+                return fmt(e / h)
+            }
+            var lower = 0
+            var parts: [String] = []
+            for g in bySize {
+                defer { lower = (g.maxBytes ?? 0) + 1 }
+                guard g.modules > 0 else { continue }
+                let range = g.maxBytes.map { lower == 0 ? "≤ \($0 >> 10) KiB" : "\((lower - 1) >> 10)–\($0 >> 10) KiB" } ?? "> \((lower - 1) >> 10) KiB"
+                parts.append("\(range): \(g.modules) module\(g.modules == 1 ? "" : "s"), \(g.executableBytes) B, \(fmt(g.engine * 1e3)) ms, "
+                             + "\(ratio(g.engine, g.sha256))× their SHA-256 (service order \(ratio(g.engineServiceOrder, g.sha256ServiceOrder))×)")
+            }
+            return "by executable size (sums of the modules' best passes): " + (parts.isEmpty ? "no module" : parts.joined(separator: "; "))
         }
 
         /// The modules whose best engine time exceeds `target` × their best SHA-256 time by the

@@ -54,6 +54,46 @@ final class ExplainBenchModulesTests: XCTestCase {
         XCTAssertTrue(f.moduleLine.contains("no module above 3.0× its SHA-256 time"), f.moduleLine)
     }
 
+    /// The size groups: each module in the first group whose bound it does not exceed (16 KiB and
+    /// 64 KiB inclusive), sums of both sides in both orders, every group listed; a group with a
+    /// module that has no service-order pass has no service-order sums; the text names only the
+    /// non-empty groups, with their ratios.
+    func testBySizeGroupsAtTheBoundsAndSums() {
+        var f = Figures()
+        func m(_ name: String, _ bytes: Int, _ e: Double, _ h: Double, _ es: Double, _ hs: Double) -> Figures.ModuleFigure {
+            .init(name: name, executableBytes: bytes, engineBest: e, sha256Best: h, engineServiceOrderBest: es, sha256ServiceOrderBest: hs)
+        }
+        f.modules = [
+            m("a", 4096, 4e-5, 5e-6, 3e-5, 5e-6),
+            m("b", 16384, 8e-5, 1e-5, 7e-5, 1e-5),      // at the first bound: small
+            m("c", 16385, 1e-4, 2e-5, 9e-5, 2e-5),      // one byte over: medium
+            m("d", 65536, 3e-4, 1e-4, 2e-4, 1e-4),      // at the second bound: medium
+            m("e", 65537, 1e-3, 4e-4, 9e-4, 4e-4),      // larger
+        ]
+        let g = f.bySize
+        XCTAssertEqual(g.map(\.maxBytes), [16384, 65536, nil])
+        XCTAssertEqual(g.map(\.modules), [2, 2, 1])
+        XCTAssertEqual(g.map(\.executableBytes), [20480, 81921, 65537])
+        XCTAssertEqual(g[0].engine, 1.2e-4, accuracy: 1e-12)
+        XCTAssertEqual(g[0].sha256, 1.5e-5, accuracy: 1e-12)
+        XCTAssertEqual(g[1].engineServiceOrder ?? -1, 2.9e-4, accuracy: 1e-12)
+        XCTAssertEqual(g[2].sha256ServiceOrder ?? -1, 4e-4, accuracy: 1e-12)
+        XCTAssertEqual(g.reduce(0) { $0 + $1.modules }, f.modules.count)
+        let line = f.sizeLine
+        XCTAssertTrue(line.hasPrefix("by executable size (sums of the modules' best passes): ≤ 16 KiB: 2 modules, 20480 B, 0.12 ms, 8.0× their SHA-256 (service order 6.667×); "), line)
+        XCTAssertTrue(line.contains("; 16–64 KiB: 2 modules, 81921 B, 0.4 ms, 3.333× their SHA-256 (service order 2.417×); "), line)
+        XCTAssertTrue(line.hasSuffix("; > 64 KiB: 1 module, 65537 B, 1.0 ms, 2.5× their SHA-256 (service order 2.25×)"), line)
+
+        // Only large modules, one without a service-order pass: the empty groups are listed (0)
+        // but not named; the group's service-order sums are unknown.
+        f.modules = [m("x", 1 << 20, 2e-3, 1e-3, 1.5e-3, 1e-3), .init(name: "y", executableBytes: 1 << 21, engineBest: 4e-3, sha256Best: 2e-3)]
+        XCTAssertEqual(f.bySize.map(\.modules), [0, 0, 2])
+        XCTAssertNil(f.bySize[2].engineServiceOrder)
+        XCTAssertEqual(f.sizeLine, "by executable size (sums of the modules' best passes): > 64 KiB: 2 modules, 3145728 B, 6.0 ms, 2.0× their SHA-256 (service order -×)")
+        f.modules = []
+        XCTAssertEqual(f.sizeLine, "by executable size (sums of the modules' best passes): no module")
+    }
+
     /// The host a bench names: the first `model name` and `flags` lines of `/proc/cpuinfo` as the
     /// x86 kernel prints them (`show_cpuinfo()`: a tab-padded key, ": ", the value), `sha_ni` a
     /// whole flag (never a prefix of another), unknown when a line is missing.
@@ -118,6 +158,15 @@ final class ExplainBenchModulesTests: XCTestCase {
         XCTAssertLessThanOrEqual(serviceSum, serviceBest * (1 + 1e-9), "per-module bests (service order) sum above the best pass")
         XCTAssertEqual(bytes, try XCTUnwrap(BenchPlacementTests.number(bench["executable_bytes"])))
         XCTAssertNotNil(BenchPlacementTests.number(bench["fit"]?["per_byte_s"]), "\(bench)")
+        // The size groups: every module in one, their sums those of the modules' bests.
+        guard case .array(let groups)? = bench["by_size"] else { return XCTFail("no by_size: \(bench)") }
+        XCTAssertEqual(groups.count, 3, "\(bench)")
+        XCTAssertEqual(groups.compactMap { BenchPlacementTests.number($0["modules"]) }.reduce(0, +), Double(order.count), "\(bench)")
+        XCTAssertEqual(groups.compactMap { BenchPlacementTests.number($0["executable_bytes"]) }.reduce(0, +), bytes, "\(bench)")
+        XCTAssertEqual(groups.compactMap { BenchPlacementTests.number($0["explain_s"]) }.reduce(0, +), sum, accuracy: sum * 1e-9, "\(bench)")
+        XCTAssertEqual(groups.compactMap { BenchPlacementTests.number($0["explain_service_order_s"]) }.reduce(0, +), serviceSum, accuracy: serviceSum * 1e-9, "\(bench)")
+        XCTAssertEqual(groups.map { BenchPlacementTests.number($0["max_executable_bytes"]) }, [16384, 65536, nil], "\(bench)")
+        XCTAssertEqual(groups.last?["max_executable_bytes"], .null, "\(bench)")
         // The host named is this machine, as the library reads it (the binary runs here too).
         let host = ExplainRun.BenchHost.current()
         XCTAssertEqual(bench["host"], host.json, "\(bench)")
@@ -138,5 +187,6 @@ final class ExplainBenchModulesTests: XCTestCase {
         XCTAssertTrue(text.stdout.contains("per module (best pass of each, \(order.count) modules): "), text.stdout)
         XCTAssertTrue(text.stdout.contains("\nin the service's order (1 passes interleaved with those above: "), text.stdout)
         XCTAssertTrue(text.stdout.contains("\n" + host.line + "\n"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("\nby executable size (sums of the modules' best passes): "), text.stdout)
     }
 }
