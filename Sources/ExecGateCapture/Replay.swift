@@ -23,15 +23,17 @@ import Glibc
 public struct CaptureReplay {
     public let boot: CaptureBoot
     public private(set) var resolver: SymbolResolver
+    /// One engine over the boot's facts for every step (the facts boxed once, not copied a module).
+    let explainer: Explainer
 
     public init(boot: CaptureBoot) {
         self.boot = boot
         self.resolver = SymbolResolver(coreExports: boot.coreExports)
+        self.explainer = Explainer(facts: boot.facts)
     }
 
     /// Explain one captured module with the session's current resolver; on allow, extend it.
     public mutating func step(_ m: CapturedModule) -> ModuleOutcome {
-        let explainer = Explainer(facts: boot.facts)
         let t0 = MonotonicClock.seconds()
         let result: ExplainResult = m.ko.withUnsafeBytes { raw in
             do {

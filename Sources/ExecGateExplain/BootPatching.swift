@@ -243,7 +243,7 @@ extension Session {
     func applyRetpolines() throws {
         let sites = relativeSites(".retpoline_sites")
         if sites.isEmpty { return }
-        let fb = facts.featureBits
+        let fb = featureBits
         for a in sites {
             guard let off = execOffset(a, 1), let insn = decode(at: off) else {
                 try requireExecutableSite(a, 1, .retpoline, ".retpoline_sites", probe: 2, kernelWrites: Session.retpolineMayWrite)
@@ -304,7 +304,7 @@ extension Session {
     // MARK: Returns
 
     func wantsRethunk(at a: UInt64) -> Bool {
-        guard hasFeature(facts.featureBits.rethunk) else { return false }
+        guard hasFeature(featureBits.rethunk) else { return false }
         if let its = facts.itsReturnThunk, let rt = returnThunkTarget, rt == its { return a & 0x20 == 0 }
         return true
     }
@@ -370,7 +370,7 @@ extension Session {
     /// Bit 15 of `cpuid` (ALTINSTR_FLAG_INV) inverts the test. Every site then gets `optimize_nops()`.
     func applyAlternatives() throws {
         guard let t = table(".altinstructions") else { return }
-        let maxFeature = facts.featureBits.capabilityWords * 32
+        let maxFeature = featureBits.capabilityWords * 32
         var o = 0
         while let instrRel = t.bytes.getInteger(at: o, as: Int32.self), let replRel = t.bytes.getInteger(at: o + 4, as: Int32.self),
               let cpuid = t.bytes.getInteger(at: o + 8, as: UInt16.self), let il = t.bytes.getInteger(at: o + 10, as: UInt8.self),

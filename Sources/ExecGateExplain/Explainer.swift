@@ -30,9 +30,12 @@ import ExecGateELF
 
 /// The explanation engine. Pure: no I/O, no global state.
 public struct Explainer: Sendable {
-    public let facts: GuestFacts
+    /// The facts, held once in a box every session of this engine reads them through (a
+    /// `GuestFacts` copy retains each of its ≈ 40 references, and a session made one a module).
+    let box: FactsBox
+    public var facts: GuestFacts { box.facts }
 
-    public init(facts: GuestFacts) { self.facts = facts }
+    public init(facts: GuestFacts) { self.box = FactsBox(facts) }
 
     /// Explain one module.
     /// - Parameters:
@@ -45,7 +48,7 @@ public struct Explainer: Sendable {
     ///   are valid only until init is freed).
     public func explain(elf: ELFFile, claim: ModuleClaim, resolver: SymbolResolver) -> ExplainResult {
         do {
-            let s = try Session(elf: elf, claim: claim, facts: facts, resolver: resolver)
+            let s = try Session(elf: elf, claim: claim, factsBox: box, resolver: resolver)
             try s.run()
             let stats = s.statistics()
             var result = ExplainResult(verdict: .allowed(stats), exports: s.moduleExports(), runtimeSites: RuntimeSiteTable(session: s, claim: claim))
@@ -53,7 +56,7 @@ public struct Explainer: Sendable {
             if claim.initTextBase != nil || claim.initTextBytes != nil {
                 // The init region: the same stages at the claimed init addresses; its sites must
                 // agree with the core's (same keys), and the module's own key defaults carry over.
-                let i = try Session(elf: elf, claim: claim, facts: facts, resolver: resolver, region: .initText,
+                let i = try Session(elf: elf, claim: claim, factsBox: box, resolver: resolver, region: .initText,
                                     inherited: .init(ownKeyDefaults: s.ownKeyDefaults, groupState: s.finalGroupState))
                 try i.run()
                 result.initStatistics = i.statistics()
@@ -70,6 +73,12 @@ public struct Explainer: Sendable {
             return ExplainResult(verdict: .denied(d), exports: nil)
         }
     }
+}
+
+/// A guest's facts, immutable, shared by reference between an ``Explainer`` and its sessions.
+final class FactsBox: Sendable {
+    let facts: GuestFacts
+    init(_ facts: GuestFacts) { self.facts = facts }
 }
 
 /// Named limits of the engine (hostile input: a signed-but-odd module must not exhaust memory).

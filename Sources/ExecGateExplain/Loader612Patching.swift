@@ -106,7 +106,7 @@ extension Session {
         // executable but outside mem[]; not replayed yet.
         // A module without retpoline sites in its text gets no ITS page (its_init_mod() only
         // resets its_page; pages are allocated per thunk).
-        if hasFeature(facts.featureBits.indirectThunkITS), relativeSites(".retpoline_sites").contains(where: { execOffset($0, 1) != nil }) {
+        if hasFeature(featureBits.indirectThunkITS), relativeSites(".retpoline_sites").contains(where: { execOffset($0, 1) != nil }) {
             throw deny(.loader, "6.12 ITS indirect-thunk pages (X86_FEATURE_INDIRECT_THUNK_ITS, its_allocate_thunk) are not modelled")
         }
         // callthunks_patch_module_calls(), emit_call_track_retpoline(), callthunks_translate_call_dest().
@@ -152,7 +152,7 @@ extension Session {
     /// ```
     func applyAlternatives612() throws {
         guard let t = table(".altinstructions") else { return }
-        let maxFeature = facts.featureBits.capabilityWords * 32
+        let maxFeature = featureBits.capabilityWords * 32
         struct Entry { var instr: UInt64; var repl: UInt64; var cpuid: Int; var flags: UInt16; var instrlen: Int; var repllen: Int }
         var entries: [Entry] = []
         var o = 0

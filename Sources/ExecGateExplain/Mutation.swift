@@ -69,7 +69,7 @@ extension Explainer {
         // above `maximumMutationsPerClass` is cut there (`0..<-1` trapped; `perClass * 3` overflowed).
         if claim.text.isEmpty || perClass < 1 { return report }
         let perClass = min(perClass, Self.maximumMutationsPerClass)
-        guard let s = try? Session(elf: elf, claim: claim, facts: facts, resolver: resolver) else { return report }
+        guard let s = try? Session(elf: elf, claim: claim, factsBox: box, resolver: resolver) else { return report }
         s.recordRelocationFields = true  // reloc-redirect picks from them
         guard (try? s.run()) != nil else { return report }
         var rng = SplitMix64(state: seed)

@@ -516,7 +516,7 @@ extension Session {
     /// engine ~3%).
     func disabledForm(ofKey key: UInt64) -> StaticCallTrust.DisabledForm? {
         if disabledFormMemo.count != 0, let code = disabledFormMemo[key] { return Session.disabledForm(code: code) }
-        let form = StaticCallTrust.disabledForm(ofKey: key, facts: facts, moduleTracepointKey: isModuleTracepointKey(key),
+        let form = StaticCallTrust.disabledForm(ofKey: key, tracepointStaticCallKeys: facts.tracepointStaticCallKeys, moduleTracepointKey: isModuleTracepointKey(key),
                                                 preemptDynamicKeys: facts.preemptDynamicKeys)
         disabledFormMemo.set(key, Session.code(of: form))
         return form
@@ -666,7 +666,7 @@ extension Session {
                 guard execOffset(site, 6) != nil else { continue }
                 let op = image[off + 1]
                 // 6.1 jumps to `__x86_return_thunk`, 6.12 to `x86_return_thunk` (doc §7.3).
-                let nullTarget: UInt64? = !(disabled?.allowsNull ?? true) ? nil : (hasFeature(facts.featureBits.rethunk)
+                let nullTarget: UInt64? = !(disabled?.allowsNull ?? true) ? nil : (hasFeature(featureBits.rethunk)
                     ? (loader == .linux6_12 ? returnThunkTarget : returnThunkExport) : facts.staticCallReturn)
                 let orig = Array(image[off..<off + 6])
                 variable.append(VariableSite(offset: off, length: 6, cls: .staticCall, group: key, label: .staticCallJccTail,

@@ -20,7 +20,13 @@ final class Session {
     let claim: ModuleClaim
     /// Each section's claimed address (``claimedAddresses(_:_:)``; nil: not claimed).
     let claimedAt: [UInt64?]
-    let facts: GuestFacts
+    /// The guest's facts, read through the engine's box (not copied per session: a copy retained
+    /// and released every reference the facts hold, a module at a time).
+    let factsBox: FactsBox
+    var facts: GuestFacts { _read { yield factsBox.facts } }
+    /// The feature-bit numbers of the loader build that loads this module (`ModuleLoader`):
+    /// these, not the facts' own, name the bits of `capabilities` the stages test.
+    let featureBits: FeatureBits
     /// `facts.capabilities`, held apart for `hasFeature`: `facts.has(_:)` is a method of the
     /// 440-byte `GuestFacts`, and each call from the stages' closures copied the whole struct (a
     /// memmove and a retain and release of each of its tables): 26,400 copies a pass at the
@@ -200,7 +206,12 @@ final class Session {
 
     /// Lays the module out and copies its sections; throws the denial if the claim's structure
     /// (size, base, section addresses, per-cpu base) contradicts the signed ELF and the facts.
-    init(elf: ELFFile, claim: ModuleClaim, facts: GuestFacts, resolver: SymbolResolver, region: Region = .core, inherited: Inherited? = nil) throws {
+    convenience init(elf: ELFFile, claim: ModuleClaim, facts: GuestFacts, resolver: SymbolResolver, region: Region = .core, inherited: Inherited? = nil) throws {
+        try self.init(elf: elf, claim: claim, factsBox: FactsBox(facts), resolver: resolver, region: region, inherited: inherited)
+    }
+
+    init(elf: ELFFile, claim: ModuleClaim, factsBox: FactsBox, resolver: SymbolResolver, region: Region = .core, inherited: Inherited? = nil) throws {
+        self.factsBox = factsBox
         self.elf = elf
         self.claim = claim
         self.claimedAt = Session.claimedAddresses(elf, claim)
@@ -219,15 +230,13 @@ final class Session {
         // hundreds of `alias=` entries made each read a long scan).
         let vermagic = ModuleLoader.vermagic(elf)
         self.vermagic = vermagic
-        switch ModuleLoader.select(elf: elf, kernelRelease: facts.kernelRelease, vermagic: vermagic) {
+        switch ModuleLoader.select(elf: elf, kernelRelease: factsBox.facts.kernelRelease, vermagic: vermagic) {
         case .success(let l): loader = l
         case .failure(let e): throw Session.denial(claim, e.rule, e.reason, section: e.rule == .vermagic ? ".modinfo" : "(claim)")
         }
         self.loader = loader
-        var f = facts
-        f.featureBits = loader.featureBits
-        self.facts = f
-        self.capabilities = f.capabilities
+        self.featureBits = loader.featureBits
+        self.capabilities = factsBox.facts.capabilities
         // layout_and_allocate() → module_enforce_rwx_sections() (kernel/module/strict_rwx.c, 6.1
         // and 6.12; CONFIG_STRICT_MODULE_RWX=y in both Debian builds): any section, allocated or
         // not, flagged SHF_WRITE|SHF_EXECINSTR refuses the module (-ENOEXEC) before layout.
@@ -253,7 +262,7 @@ final class Session {
             // The init session also checks the three init types' bases (MOD_INIT_TEXT from the
             // claim's init region) against each other and the core's: every allocation its own,
             // page-aligned, in the module area, disjoint (memoryBases612, move_module()).
-            bases612 = try Session.memoryBases612(lay, elf: elf, claim: claim, claimed: claimedAt, facts: f, initRegion: region == .initText)
+            bases612 = try Session.memoryBases612(lay, elf: elf, claim: claim, claimed: claimedAt, facts: factsBox.facts, initRegion: region == .initText)
             coreEnd = coreBase &+ UInt64(lay.textSize)
         } else {
             bases612 = [:]
@@ -261,7 +270,7 @@ final class Session {
                 throw deny("claimed executable region is \(claim.textBytes.count) bytes, layout_sections() gives core text_size \(lay.textSize)")
             }
             let (end, ovf) = coreBase.addingReportingOverflow(UInt64(lay.coreSize))
-            guard !ovf, coreBase % UInt64(ModuleLayout.pageSize) == 0, coreBase >= facts.moduleArea.lowerBound, end <= facts.moduleArea.upperBound else {
+            guard !ovf, coreBase % UInt64(ModuleLayout.pageSize) == 0, coreBase >= factsBox.facts.moduleArea.lowerBound, end <= factsBox.facts.moduleArea.upperBound else {
                 throw deny("core allocation 0x\(String(coreBase, radix: 16)) +\(lay.coreSize) is not a page-aligned range inside the module area", address: coreBase)
             }
             coreEnd = end
@@ -278,7 +287,7 @@ final class Session {
                 throw deny("claimed init region is \(it.count) bytes, layout_sections() gives init text_size \(lay.initTextSize)")
             }
             let (initEnd, o2) = ib.addingReportingOverflow(UInt64(lay.initSize))
-            guard !o2, ib % UInt64(ModuleLayout.pageSize) == 0, ib >= facts.moduleArea.lowerBound, initEnd <= facts.moduleArea.upperBound,
+            guard !o2, ib % UInt64(ModuleLayout.pageSize) == 0, ib >= factsBox.facts.moduleArea.lowerBound, initEnd <= factsBox.facts.moduleArea.upperBound,
                   initEnd <= coreBase || ib >= coreEnd else {
                 throw deny("init allocation 0x\(String(ib, radix: 16)) +\(lay.initSize) is not a page-aligned range inside the module area apart from the core", address: ib)
             }
@@ -367,7 +376,7 @@ final class Session {
         if let pi = lay.percpuIndex, elf.sections[pi].size > 0 {
             let sec = elf.sections[pi]
             func denyPercpu(_ reason: String) -> DenyError { Session.denial(claim, .perCPU, reason, section: sec.name) }
-            guard let range = facts.modulePercpuRange else {
+            guard let range = factsBox.facts.modulePercpuRange else {
                 throw denyPercpu("the module has \(sec.size) bytes of per-cpu data but no module per-cpu range is known (the registration lacks __per_cpu_end)")
             }
             guard let pb = claim.percpuBase else {

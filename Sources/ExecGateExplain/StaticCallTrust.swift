@@ -102,8 +102,16 @@ public enum StaticCallTrust {
     /// site cost the engine 27%), nil for any other key.
     public static func disabledForm(ofKey key: UInt64, facts: GuestFacts, moduleTracepointKey: Bool = false,
                                     preemptDynamicKeys: [(key: UInt64, form: DisabledForm)]) -> DisabledForm? {
+        disabledForm(ofKey: key, tracepointStaticCallKeys: facts.tracepointStaticCallKeys, moduleTracepointKey: moduleTracepointKey,
+                     preemptDynamicKeys: preemptDynamicKeys)
+    }
+
+    /// The same, given the one table of the facts it reads (a session passes that, not the whole
+    /// `GuestFacts`, which an argument read through the session's box would copy).
+    static func disabledForm(ofKey key: UInt64, tracepointStaticCallKeys: SlidAddressSet, moduleTracepointKey: Bool,
+                             preemptDynamicKeys: [(key: UInt64, form: DisabledForm)]) -> DisabledForm? {
         if moduleTracepointKey { return .neither }
-        if !facts.tracepointStaticCallKeys.isEmpty && facts.tracepointStaticCallKeys.contains(key) { return .neither }
+        if !tracepointStaticCallKeys.isEmpty && tracepointStaticCallKeys.contains(key) { return .neither }
         for e in preemptDynamicKeys where e.key == key { return e.form }
         return nil
     }

@@ -32,7 +32,7 @@ public struct ExplainerJudge: EndStateJudge {
                                 sections: request.sections.map { ClaimedSection(name: $0.name, address: $0.address) },
                                 percpuBase: request.perCPUBase, initTextBase: request.initBase,
                                 initTextBytes: request.initText.map { Self.borrowed($0) })
-        let result = Explainer(facts: session.facts).explain(elf: elf, claim: claim, resolver: session.symbolResolver)
+        let result = session.explainer.explain(elf: elf, claim: claim, resolver: session.symbolResolver)
         switch result.verdict {
         case .allowed(let stats):
             var e = ExplainedModule(exports: result.exports, statistics: stats, runtimeSites: result.runtimeSites,

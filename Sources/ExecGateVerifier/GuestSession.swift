@@ -60,6 +60,8 @@ public final class GuestSession: @unchecked Sendable {
     /// The explanation engine's view of the registration: the build's tables of `kernel` (shared,
     /// read at this guest's slide) with this guest's own facts.
     public let facts: GuestFacts
+    /// The explanation engine over `facts`, made once (it boxes them: no copy of the facts a request).
+    public let explainer: Explainer
     /// The request digest of the register-guest that established this session.
     public let factsDigest: [UInt8]
     /// The registry's arrival stamp taken when this session was installed (`GuestRegistry
@@ -238,6 +240,7 @@ public final class GuestSession: @unchecked Sendable {
         self.registration = r
         self.kernel = kernel
         self.facts = facts
+        self.explainer = Explainer(facts: facts)
         self.factsDigest = factsDigest
         self.born = born
         self.lineageBorn = lineageBorn ?? born

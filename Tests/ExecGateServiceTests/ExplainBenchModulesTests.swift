@@ -84,6 +84,10 @@ final class ExplainBenchModulesTests: XCTestCase {
         XCTAssertTrue(line.contains("; 16–64 KiB: 2 modules, 81921 B, 0.4 ms, 3.333× their SHA-256 (service order 2.417×); "), line)
         XCTAssertTrue(line.hasSuffix("; > 64 KiB: 1 module, 65537 B, 1.0 ms, 2.5× their SHA-256 (service order 2.25×)"), line)
 
+        // Only a medium module: its group is named by both bounds.
+        f.modules = [m("c", 16385, 1e-4, 2e-5, 9e-5, 2e-5)]
+        XCTAssertEqual(f.sizeLine, "by executable size (sums of the modules' best passes): 16–64 KiB: 1 module, 16385 B, 0.1 ms, 5.0× their SHA-256 (service order 4.5×)")
+
         // Only large modules, one without a service-order pass: the empty groups are listed (0)
         // but not named; the group's service-order sums are unknown.
         f.modules = [m("x", 1 << 20, 2e-3, 1e-3, 1.5e-3, 1e-3), .init(name: "y", executableBytes: 1 << 21, engineBest: 4e-3, sha256Best: 2e-3)]
