@@ -135,7 +135,7 @@ public enum ExplainRun {
             if let n = o.mutate, step.result.verdict.isAllowed {
                 let rep: MutationReport = m.ko.withUnsafeBytes { raw in
                     guard let elf = try? ELFFile(bytes: raw) else { return MutationReport() }
-                    return Explainer(facts: boot.facts).mutate(elf: elf, claim: m.claim, resolver: resolverBefore, perClass: n, seed: o.seed &+ UInt64(i),
+                    return replay.explainer.mutate(elf: elf, claim: m.claim, resolver: resolverBefore, perClass: n, seed: o.seed &+ UInt64(i),
                                                              probeTargets: boot.probeTargets)
                 }
                 for c in rep.classes {
@@ -362,12 +362,11 @@ public enum ExplainRun {
                 guard let e, let h, h > 0 else { return "-" }
                 return fmt(e / h)
             }
-            var lower = 0
             var parts: [String] = []
-            for g in bySize {
-                defer { lower = (g.maxBytes ?? 0) + 1 }
-                guard g.modules > 0 else { continue }
-                let range = g.maxBytes.map { lower == 0 ? "≤ \($0 >> 10) KiB" : "\((lower - 1) >> 10)–\($0 >> 10) KiB" } ?? "> \((lower - 1) >> 10) KiB"
+            for (k, g) in bySize.enumerated() where g.modules > 0 {
+                // The group's bounds are ``sizeBounds``: the one below it (none for the first) and its own.
+                let below = k > 0 ? Self.sizeBounds[k - 1] >> 10 : nil
+                let range = g.maxBytes.map { max in below.map { "\($0)–\(max >> 10) KiB" } ?? "≤ \(max >> 10) KiB" } ?? "> \(below ?? 0) KiB"
                 parts.append("\(range): \(g.modules) module\(g.modules == 1 ? "" : "s"), \(g.executableBytes) B, \(fmt(g.engine * 1e3)) ms, "
                              + "\(ratio(g.engine, g.sha256))× their SHA-256 (service order \(ratio(g.engineServiceOrder, g.sha256ServiceOrder))×)")
             }

@@ -138,7 +138,7 @@ extension Session {
     /// .strtab, `struct mod_kallsyms`, the init type table); MOD_DATA likewise by the core symbol
     /// copy. Only the sections' part is checked: no relocation or table entry addresses the tail.
     /// `claimed`: each section's claimed address (``Session/claimedAddresses(_:_:)``).
-    static func memoryBases612(_ lay: ModuleLayout, elf: ELFFile, claim: ModuleClaim, claimed: [UInt64?], facts: GuestFacts,
+    static func memoryBases612(_ lay: ModuleLayout, elf: ELFFile, claim: ModuleClaim, claimed: [UInt64?], moduleArea: Range<UInt64>,
                                initRegion: Bool = false) throws -> [ModuleMemoryType: UInt64] {
         func deny(_ reason: String, section: String = "(claim)", address: UInt64 = 0) -> DenyError {
             Session.denial(claim, .layout, reason, section: section, address: address)
@@ -195,7 +195,7 @@ extension Session {
             // (no other type of the module can lie on those pages either).
             let n = UInt64(lay.heldSize(t))
             let (end, ovf) = b.addingReportingOverflow(n)
-            guard !ovf, b % UInt64(ModuleLayout.pageSize) == 0, b >= facts.moduleArea.lowerBound, end <= facts.moduleArea.upperBound else {
+            guard !ovf, b % UInt64(ModuleLayout.pageSize) == 0, b >= moduleArea.lowerBound, end <= moduleArea.upperBound else {
                 throw deny("\(t) allocation 0x\(String(b, radix: 16)) +\(n) is not a page-aligned range inside the module area", address: b)
             }
             ranges.append((b, end, t))

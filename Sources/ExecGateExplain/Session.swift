@@ -262,7 +262,7 @@ final class Session {
             // The init session also checks the three init types' bases (MOD_INIT_TEXT from the
             // claim's init region) against each other and the core's: every allocation its own,
             // page-aligned, in the module area, disjoint (memoryBases612, move_module()).
-            bases612 = try Session.memoryBases612(lay, elf: elf, claim: claim, claimed: claimedAt, facts: factsBox.facts, initRegion: region == .initText)
+            bases612 = try Session.memoryBases612(lay, elf: elf, claim: claim, claimed: claimedAt, moduleArea: factsBox.facts.moduleArea, initRegion: region == .initText)
             coreEnd = coreBase &+ UInt64(lay.textSize)
         } else {
             bases612 = [:]
