@@ -33,46 +33,33 @@ enum AddressSort {
         }
     }
 
-    /// Sorts `a`, whose values are at least `lo`: LSD radix sort of `x - lo`, one pass per 8
-    /// bits of the largest offset (stable passes; the order of equal values does not matter). A
-    /// module's text below 64 KiB takes two passes; packed (key, target) pairs of a module
-    /// (`KeyTargets.freeze`) five or six. With `shift`, by `x >> shift` alone (whose values then
-    /// are at least `lo`), stably: values of one such key keep their order in `a` (the run-time
-    /// sites' packed (offset, index) words).
+    /// Sorts `a`, whose values lie in `lo ... lo + 2^32 - 1`: LSD radix sort of `x - lo`, one
+    /// pass per 8 bits of the largest offset (at most four; stable passes; the order of equal
+    /// values does not matter). A module's text below 64 KiB takes two passes. With `shift`, by
+    /// `x >> shift` alone (whose values then lie in that range), stably: values of one such key
+    /// keep their order in `a` (the run-time sites' packed (offset, index) words).
     static func radixSort(_ a: inout [UInt64], from lo: UInt64, shift: UInt64 = 0) {
         precondition(shift < 64)
         let n = a.count
         var span: UInt64 = 0
-        for x in a {
-            let k = x >> shift
-            precondition(k >= lo, "radix sort of a value below its base")
-            span = Swift.max(span, k &- lo)
-        }
+        for x in a { span = Swift.max(span, (x >> shift) &- lo) }
+        precondition(span <= UInt64(UInt32.max), "radix sort of offsets beyond 32 bits")
         let passes = (64 - span.leadingZeroBitCount + 7) / 8  // 0 when every value is lo: sorted
         if passes == 0 { return }
         var scratch = [UInt64](repeating: 0, count: n)
-        // Every pass's digit counts from one read of the values (256 counters a pass), then each
+        // Every pass's digit counts from one read of the values (4 × 256 counters), then each
         // pass scatters by its running offsets. Indices stay in bounds by construction: a digit
         // is < 256, and a pass's offsets start at the prefix sums of counts totalling n, so each
         // is bumped at most to n and written only while below it (the buffers' subscripts are
         // checked in debug builds; the precondition below checks the totals in every build).
-        var counts = [Int](repeating: 0, count: Swift.max(passes, 4) * 256)
+        var counts = [Int](repeating: 0, count: 4 * 256)
         counts.withUnsafeMutableBufferPointer { cnt in
-            if passes <= 4 {
-                // (Unrolled: the offsets of a module's addresses, at most four passes; the
-                // counts of a pass beyond the last are all of its zero digit, never read.)
-                for x in a {
-                    let d = (x >> shift) &- lo
-                    cnt[Int(d & 0xff)] += 1
-                    cnt[256 + Int((d >> 8) & 0xff)] += 1
-                    cnt[512 + Int((d >> 16) & 0xff)] += 1
-                    cnt[768 + Int((d >> 24) & 0xff)] += 1
-                }
-            } else {
-                for x in a {
-                    let d = (x >> shift) &- lo
-                    for p in 0..<passes { cnt[256 * p + Int((d >> UInt64(8 * p)) & 0xff)] += 1 }
-                }
+            for x in a {
+                let d = (x >> shift) &- lo
+                cnt[Int(d & 0xff)] += 1
+                cnt[256 + Int((d >> 8) & 0xff)] += 1
+                cnt[512 + Int((d >> 16) & 0xff)] += 1
+                cnt[768 + Int((d >> 24) & 0xff)] += 1
             }
             for p in 0..<passes {
                 var sum = 0

@@ -446,9 +446,6 @@ extension Session {
         var e = ModuleExports(module: claim.name, names: names.table, otherNames: [:], functionEntries: functionEntries,
                               keyTargets: ownKeyDefaults, staticCallStates: staticCallStates)
         e.tracepointStaticCallKeys = ownTracepointKeys.sortedKeys
-        // Every name was looked up in this resolver's tables and found absent, when the
-        // session's `verifyExportedSymbols()` ran to its end.
-        if exportsVerified { e.checkedAgainst = resolver.exports.linkTimeToken }
         return e
     }
 }

@@ -76,13 +76,6 @@ public struct SlidExports: Sendable {
     /// Every ASCII name of `linkTime`; `linkTimeAllASCII` when there is no other.
     let linkTimeIndex: NameTable
     let linkTimeAllASCII: Bool
-    /// Names this one shared table (and every slide of it): a module's exports checked absent
-    /// from it (``ModuleExports/checkedAgainst``) are added without asking it again.
-    let linkTimeToken: NameSetToken
-    /// Whether an added ASCII name is also one of the shared table's (only through an entry
-    /// not checked against it: the kernel refuses a module exporting a core symbol, and the
-    /// engine with it). While false, a likely-present lookup asks the shared table first.
-    private(set) var addedMayShadowCore = false
     /// Entries added at run-time addresses; they take precedence (the kernel refuses duplicate
     /// exports before one could shadow another: ModuleChecks). ASCII names in `addedIndex`, the
     /// others (never seen in a real kernel) in `addedOther`, each under its own bytes (`add`).
@@ -99,11 +92,10 @@ public struct SlidExports: Sendable {
                 if b.isASCII { index.insert(b, v) } else { allASCII = false }
             }
         }
-        self.init(linkTime: linkTime, slide: slide, index: index, allASCII: allASCII, token: NameSetToken())
+        self.init(linkTime: linkTime, slide: slide, index: index, allASCII: allASCII)
     }
 
-    init(linkTime: [String: UInt64], slide: KernelSlide, index: NameTable, allASCII: Bool, token: NameSetToken) {
-        self.linkTimeToken = token
+    init(linkTime: [String: UInt64], slide: KernelSlide, index: NameTable, allASCII: Bool) {
         self.linkTime = linkTime
         self.slide = slide
         self.linkTimeIndex = index
@@ -170,13 +162,6 @@ public struct SlidExports: Sendable {
     /// `lookup(utf8: b, likelyPresent:)` for ASCII `b` with `d == NameTable.digest(b)` (the
     /// byte-keyed tables hold every ASCII key).
     @inline(__always) func lookup(ascii b: UnsafeRawBufferPointer, digest d: NameTable.Digest, likelyPresent: Bool) -> UInt64? {
-        if likelyPresent && !addedMayShadowCore {
-            // No added name is a shared one: the two tables answer apart, and the shared one,
-            // which holds most of a module's undefined symbols, is asked first (its miss alone
-            // then sends the name to the added table: one table's lines a core symbol, not two).
-            if let l = linkTimeIndex.lookupLikelyPresent(b, digest: d) { return slide.runTime(l) }
-            return addedIndex.lookup(b, digest: d)
-        }
         if let a = addedIndex.lookup(b, digest: d) { return a }
         // (Not `.map(slide.runTime)`: the partially applied method is a closure whose context was
         // allocated at every lookup, one malloc per undefined symbol.)
@@ -194,11 +179,7 @@ public struct SlidExports: Sendable {
         var n = name
         let ascii = n.withUTF8 { UnsafeRawBufferPointer($0).isASCII }
         if ascii {
-            n.withUTF8 { u in
-                let b = UnsafeRawBufferPointer(u)
-                if !addedMayShadowCore && linkTimeIndex.lookup(b) != nil { addedMayShadowCore = true }
-                addedIndex.insert(b, address)
-            }
+            n.withUTF8 { addedIndex.insert(UnsafeRawBufferPointer($0), address) }
         } else {
             // Under its own bytes: an assignment alone would keep a `String`-equal earlier key's
             // bytes with this value (that name is then forgotten: looked up, it is unknown).
@@ -209,19 +190,12 @@ public struct SlidExports: Sendable {
 
     /// Add (or replace) every entry of `t` (ASCII names, run-time addresses): the same as
     /// `add(name, address)` for each, without a `String`.
-    /// `checkedAgainst`: the shared table `t`'s names were all found absent from
-    /// (``ModuleExports/checkedAgainst``); any other (nil included) has each name asked here.
-    mutating func add(contentsOf t: NameTable, checkedAgainst: NameSetToken? = nil) {
-        if !addedMayShadowCore && checkedAgainst !== linkTimeToken {
-            t.forEach { b, _ in if linkTimeIndex.lookup(b) != nil { addedMayShadowCore = true } }
-        }
-        addedIndex.insertAll(t)
-    }
+    mutating func add(contentsOf t: NameTable) { addedIndex.insertAll(t) }
 
     /// The same shared table read at `slide` (only from a table without a slide or added entries).
     public func slid(by slide: KernelSlide) -> SlidExports {
         precondition(self.slide == .none && addedIndex.isEmpty && addedOther.isEmpty, "slide a build's table once, before any entry is added")
-        return SlidExports(linkTime: linkTime, slide: slide, index: linkTimeIndex, allASCII: linkTimeAllASCII, token: linkTimeToken)
+        return SlidExports(linkTime: linkTime, slide: slide, index: linkTimeIndex, allASCII: linkTimeAllASCII)
     }
 
     /// Every run-time address (duplicates possible).
@@ -237,27 +211,14 @@ public struct SlidExports: Sendable {
     }
 }
 
-/// The identity of one shared export table's set of names (every slide of it shares it): held
-/// by a module's exports checked against it, so the identity outlives no holder (never reused).
-final class NameSetToken: Sendable {}
-
 /// A set of addresses stored at link-time addresses (shared), read at one guest's slide.
 public struct SlidAddressSet: Sendable, Sequence {
     public let linkTime: Set<UInt64>
     public let slide: KernelSlide
-    /// The lowest and highest member of `linkTime` (empty: nil), so an address outside them (a
-    /// module's own static-call key, asked of the core's tracepoint keys: hundreds a module with
-    /// trace events) is answered without hashing, as `SlidStaticCallTargets.linkTimeKeyRange`.
-    private let linkTimeRange: ClosedRange<UInt64>?
 
     public init(linkTime: Set<UInt64>, slide: KernelSlide) {
-        self.init(linkTime: linkTime, slide: slide, range: linkTime.min().flatMap { lo in linkTime.max().map { lo...$0 } })
-    }
-
-    private init(linkTime: Set<UInt64>, slide: KernelSlide, range: ClosedRange<UInt64>?) {
         self.linkTime = linkTime
         self.slide = slide
-        self.linkTimeRange = range
     }
 
     /// A set of run-time addresses (no slide).
@@ -265,13 +226,13 @@ public struct SlidAddressSet: Sendable, Sequence {
 
     /// Exact membership of the run-time address `a` (see ``KernelSlide``).
     @inline(__always) public func contains(_ a: UInt64) -> Bool {
-        guard let range = linkTimeRange, let l = slide.exactLinkTime(a), range.contains(l) else { return false }
+        guard let l = slide.exactLinkTime(a) else { return false }
         return linkTime.contains(l)
     }
 
     public func slid(by slide: KernelSlide) -> SlidAddressSet {
         precondition(self.slide == .none, "slide a build's table once")
-        return SlidAddressSet(linkTime: linkTime, slide: slide, range: linkTimeRange)
+        return SlidAddressSet(linkTime: linkTime, slide: slide)
     }
 
     public var count: Int { linkTime.count }
@@ -296,8 +257,6 @@ public struct SlidStaticCallTargets: Sendable {
     /// own keys, which lie in module memory far from the core's, are answered without hashing
     /// (`forEachTarget` runs once per key per module: hundreds for a module with trace events).
     private let linkTimeKeyRange: ClosedRange<UInt64>?
-    /// The same for `own`'s keys (the registration's core keys), kept by its one writer.
-    private var ownKeyRange: ClosedRange<UInt64>?
 
     public init(linkTime: [UInt64: Set<UInt64>], slide: KernelSlide) {
         self.linkTime = linkTime
@@ -321,7 +280,7 @@ public struct SlidStaticCallTargets: Sendable {
 
     /// `self[key]`'s members, one by one, without building a set (the explainer's per-key lists).
     @inline(__always) public func forEachTarget(of key: UInt64, _ body: (UInt64) -> Void) {
-        if let r = ownKeyRange, r.contains(key), let o = own[key] { o.forEach(body); return }
+        if !own.isEmpty, let o = own[key] { o.forEach(body); return }
         guard let range = linkTimeKeyRange, let l = slide.exactLinkTime(key), range.contains(l), let s = linkTime[l] else { return }
         if slide == .none { s.forEach(body); return }
         for t in s { body(slide.runTime(t)) }
@@ -329,10 +288,7 @@ public struct SlidStaticCallTargets: Sendable {
 
     public subscript(key: UInt64, default d: @autoclosure () -> Set<UInt64>) -> Set<UInt64> {
         get { self[key] ?? d() }
-        set {
-            own[key] = newValue
-            ownKeyRange = ownKeyRange.map { Swift.min($0.lowerBound, key)...Swift.max($0.upperBound, key) } ?? key...key
-        }
+        set { own[key] = newValue }
     }
 
     /// The same build table read at `slide`. Own entries of a table without a slide are folded into
@@ -533,7 +489,7 @@ public struct SymbolResolver: Sendable {
     /// Add an allowed module's exports (``ModuleExports`` from ``ExplainResult``). Call this only
     /// after the module was allowed: a denied module's symbols must never become resolvable.
     public mutating func add(_ m: ModuleExports) {
-        exports.add(contentsOf: m.names, checkedAgainst: m.checkedAgainst)
+        exports.add(contentsOf: m.names)
         for (k, v) in m.otherNames { exports.add(k, v) }
         moduleFunctionEntries.add(m.functionEntries)
         moduleKeyTargets.add(m.keyTargets)
@@ -594,15 +550,8 @@ public struct ModuleExports: Sendable {
     /// The exported names and their addresses: ASCII names byte-keyed (`names`: made from the
     /// module's borrowed name bytes and merged into the resolver without a `String` or a re-hash),
     /// any other name (never seen in a real module) in `otherNames`.
-    var names: NameTable {
-        didSet { checkedAgainst = nil }
-    }
+    var names: NameTable
     var otherNames: [String: UInt64]
-    /// The shared export table every name of `names` was looked up in and found absent from
-    /// (`Session.verifyExportedSymbols`, the kernel's `verify_exported_symbols()`), or nil:
-    /// `SymbolResolver.add` then needs not ask it again (SlidExports `addedMayShadowCore`).
-    /// Cleared when `names` changes.
-    var checkedAgainst: NameSetToken?
     public var functionEntries: FunctionEntries
     /// Keys this module defines → the targets trusted for them (its trampolines' compiled
     /// defaults, its own trace events' probes), frozen.

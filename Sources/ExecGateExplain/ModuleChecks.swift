@@ -35,7 +35,7 @@ extension Session {
     /// the first duplicate it meets is the one reported.
     func verifyExportedSymbols() throws {
         let exported = try exportedNames()
-        guard !exported.isEmpty else { exportsVerified = true; return }
+        guard !exported.isEmpty else { return }
         let exports = resolver.exports
         let first: Int? = exported.bytes.withUnsafeBytes { nb in
             // Every name's first lines read in one pass (the digests were made with the names),
@@ -53,6 +53,5 @@ extension Session {
             let name = String(decoding: exported.bytes[exported.ranges[k]], as: UTF8.self)
             throw deny(.duplicateExport, "the module exports \(name), which the core kernel or a verified module already exports")
         }
-        exportsVerified = true
     }
 }

@@ -190,9 +190,6 @@ final class Session {
     var exportTouchSink: UInt64 = 0
     /// Every symbol has its value after `resolveAllSymbols()` (none is left for the walk to refuse).
     var valuesComplete = false
-    /// `verifyExportedSymbols()` found none of the module's exported names in the resolver
-    /// (`moduleExports()` then records the shared table they were checked against).
-    var exportsVerified = false
 
     /// Exports looked up once per session (the resolver is immutable for the session), at set-up.
     let returnThunkExport: UInt64?
