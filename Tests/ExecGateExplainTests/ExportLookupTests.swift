@@ -35,8 +35,8 @@ final class ExportLookupTests: XCTestCase {
                     var m = n
                     let byBytes = m.withUTF8 { SymbolResolver(coreExports: exports).lookup(utf8: UnsafeRawBufferPointer($0)) }
                     XCTAssertEqual(byBytes, expected(n), "round \(round) \(when), bytes: \(n.debugDescription)")
-                    // The undefined-symbol path (the shared table asked first while no added
-                    // name is one of its names): the same answer.
+                    // The undefined-symbol path (`likelyPresent: true`: the shared table probed
+                    // for a hit, the added names still asked first): the same answer.
                     let likely = m.withUTF8 { SymbolResolver(coreExports: exports).lookup(utf8: UnsafeRawBufferPointer($0), likelyPresent: true) }
                     XCTAssertEqual(likely, expected(n), "round \(round) \(when), likely present: \(n.debugDescription)")
                 }
