@@ -33,7 +33,7 @@ public struct Explainer: Sendable {
     /// The facts, held once in a box every session of this engine reads them through (a
     /// `GuestFacts` copy retains each of its ≈ 40 references, and a session made one a module).
     let box: FactsBox
-    public var facts: GuestFacts { box.facts }
+    public var facts: GuestFacts { _read { yield box.facts } }
 
     public init(facts: GuestFacts) { self.box = FactsBox(facts) }
 

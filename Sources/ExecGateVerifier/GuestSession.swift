@@ -57,11 +57,13 @@ public final class GuestSession: @unchecked Sendable {
     /// build and kernel digest, at link-time addresses read at this guest's slide; private when
     /// `kernel.key` is nil).
     public let kernel: KernelFacts
-    /// The explanation engine's view of the registration: the build's tables of `kernel` (shared,
-    /// read at this guest's slide) with this guest's own facts.
-    public let facts: GuestFacts
-    /// The explanation engine over `facts`, made once (it boxes them: no copy of the facts a request).
+    /// The explanation engine over this guest's facts, made once at registration (it holds them
+    /// in one box: no copy of the facts a request).
     public let explainer: Explainer
+    /// The explanation engine's view of the registration: the build's tables of `kernel` (shared,
+    /// read at this guest's slide) with this guest's own facts. The engine's own, read in place
+    /// (one copy a guest, not a second beside the engine's).
+    public var facts: GuestFacts { _read { yield explainer.facts } }
     /// The request digest of the register-guest that established this session.
     public let factsDigest: [UInt8]
     /// The registry's arrival stamp taken when this session was installed (`GuestRegistry
@@ -239,7 +241,6 @@ public final class GuestSession: @unchecked Sendable {
         r.symbolRecords = SymbolRecords()
         self.registration = r
         self.kernel = kernel
-        self.facts = facts
         self.explainer = Explainer(facts: facts)
         self.factsDigest = factsDigest
         self.born = born
