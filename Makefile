@@ -73,8 +73,9 @@ bench-scale: release test-data
 # then kernel + initramfs into Images/out (skipped when inputs are unchanged).
 # /init is built with -O, not -Osize: -Osize made it 0.66 MB smaller (12,468,728 B against 13,128,184 B
 # on 31a5dcb) but its explainer 6% slower (paired runs, scripts/explain-ab.py: 0.939, every round below
-# 1; docs/performance.md, sixteenth session), and /init is the sidecar's judge; SwiftPM already links with --gc-sections,
-# but Swift marks every public function SHF_GNU_RETAIN, so the linker kept all public API of every module:
+# 1; docs/performance.md, sixteenth session), and /init is the sidecar's judge.
+# SwiftPM already links with --gc-sections, but Swift marks every public function SHF_GNU_RETAIN, so
+# the linker kept all public API of every module:
 # -internalize-at-link (one link unit: nothing outside /init calls it) with -function-sections lets
 # --gc-sections drop what nothing reaches (another 1.07 MB).
 # GUEST_KERNEL=minimal (default): the service VM boots its own kernel, built once per input hash by
