@@ -483,11 +483,11 @@ public struct ELFFile: @unchecked Sendable {
     }
 
     /// True when the UTF-8 bytes of `a` and `b` are the same (`strcmp() == 0`), compared in
-    /// place (a section name is a native string: contiguous storage).
+    /// place (a section name is a native string: contiguous storage), eight bytes at a time.
     @inline(__always) static func sameBytes(_ a: String, _ b: String) -> Bool {
         let r = a.utf8.withContiguousStorageIfAvailable { x in
             b.utf8.withContiguousStorageIfAvailable { y in
-                x.count == y.count && x.elementsEqual(y)
+                x.count == y.count && UnsafeRawBufferPointer(x).hasPrefix(UnsafeRawBufferPointer(y))
             }
         }
         if let r, let r { return r }
@@ -607,6 +607,10 @@ public struct ELFFile: @unchecked Sendable {
         let symtab = try symbolTableSection()
         let symCount = symtab.size / ELFLimits.symbolSize
         var out: [ELFRelocationSection] = []
+        // (Sized once: grown by appends it was reallocated, its sections copied, a few times a module.)
+        var n = 0
+        for s in sections where s.type == SectionType.rela || s.type == SectionType.rel { n += 1 }
+        out.reserveCapacity(n)
         for s in sections where s.type == SectionType.rela || s.type == SectionType.rel {
             let at = s.fileRange.lowerBound
             guard s.type == SectionType.rela else {

@@ -328,7 +328,10 @@ extension Session {
 
     /// `apply_returns()` + `__static_call_fixup()` + `patch_return()` (alternative.c, static_call.c).
     func applyReturns() throws {
-        try forEachRelativeSite(".return_sites") { a in
+        guard let t = table(".return_sites") else { return }
+        // (Sized once from the table: grown by appends, reallocated about log2(sites) times.)
+        returnSites.reserveCapacity(returnSites.count + Swift.min(t.bytes.count / 4, 1 << 16))
+        try forEachRelativeSite(t) { a in
             guard let off = execOffset(a, 1), let insn = decode(at: off) else {
                 return try requireExecutableSite(a, 1, .stage(.returnThunk), ".return_sites", probe: 1, kernelWrites: Session.returnMayWrite)
             }

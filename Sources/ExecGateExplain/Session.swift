@@ -68,13 +68,23 @@ final class Session {
     var execRanges: [(lo: Int, hi: Int, sec: Int)] { execSpans.all.map { (Int($0.lo), Int($0.hi), $0.value) } }
     /// Address ranges of the data copies (value: section index) and of every allocated exec
     /// section, this region's or not (`requireExecutableSite`): made on first use.
-    private(set) lazy var dataSpans = Spans(dataSections.compactMap { i in
-        addr[i].flatMap { a in Session.span(a, UInt64(elf.sections[i].size)).map { (a, $0.upperBound, i) } }
-    })
-    private(set) lazy var execSectionSpans = Spans(elf.sections.compactMap { s in
-        guard layout.flags[s.index].contains(.alloc) && layout.flags[s.index].contains(.execInstr), let a = addr[s.index] else { return nil }
-        return Session.span(a, UInt64(s.size)).map { (a, $0.upperBound, s.index) }
-    })
+    // (Each list sized once: `compactMap` grew its result by appends, a few allocations a module.)
+    private(set) lazy var dataSpans: Spans = {
+        var list: [(lo: UInt64, hi: UInt64, value: Int)] = []
+        list.reserveCapacity(dataSections.count)
+        for i in dataSections {
+            if let a = addr[i], let r = Session.span(a, UInt64(elf.sections[i].size)) { list.append((a, r.upperBound, i)) }
+        }
+        return Spans(list)
+    }()
+    private(set) lazy var execSectionSpans: Spans = {
+        var list: [(lo: UInt64, hi: UInt64, value: Int)] = []
+        list.reserveCapacity(elf.sections.count)
+        for s in elf.sections where layout.flags[s.index].contains(.alloc) && layout.flags[s.index].contains(.execInstr) {
+            if let a = addr[s.index], let r = Session.span(a, UInt64(s.size)) { list.append((a, r.upperBound, s.index)) }
+        }
+        return Spans(list)
+    }()
     /// The symbol table, read in place (names made only where a name is needed).
     let symtab: ELFSymbolTable
     let rela: [ELFRelocationSection]
@@ -477,7 +487,9 @@ final class Session {
     static func sectionImage(_ elf: ELFFile, _ regionSize: Int, _ copies: [(off: Int, sec: Int)]) -> (image: [UInt8], cls: [UInt8], counts: [Int]) {
         let elfClass = UInt8(ExplanationClass.elf.rawValue), padClass = UInt8(ExplanationClass.padding.rawValue)
         var counts = [Int](repeating: 0, count: ExplanationClass.allCases.count)
-        let nonEmpty = copies.filter { elf.sections[$0.sec].size > 0 }.sorted { $0.off < $1.off }
+        // (One array, sorted in place only when out of order: the layout places them in order.)
+        var nonEmpty = copies.filter { elf.sections[$0.sec].size > 0 }
+        if zip(nonEmpty, nonEmpty.dropFirst()).contains(where: { $0.off > $1.off }) { nonEmpty.sort { $0.off < $1.off } }
         var disjoint = true
         for k in nonEmpty.indices.dropFirst() where nonEmpty[k].off < nonEmpty[k - 1].off + elf.sections[nonEmpty[k - 1].sec].size { disjoint = false; break }
         if !disjoint {
@@ -811,6 +823,11 @@ final class Session {
     /// `relativeSites(name)` visited in order, without the array.
     func forEachRelativeSite(_ name: String, _ body: (UInt64) throws -> Void) rethrows {
         guard let t = table(name) else { return }
+        try forEachRelativeSite(t, body)
+    }
+
+    /// `forEachRelativeSite(name, body)` over the table `t` already found.
+    func forEachRelativeSite(_ t: (bytes: [UInt8], addr: UInt64), _ body: (UInt64) throws -> Void) rethrows {
         try t.bytes.withUnsafeBytes { b in
             var o = 0
             while let v = b.getInteger(at: o, as: Int32.self) {

@@ -46,6 +46,20 @@ extension UnsafeRawBufferPointer {
         return true
     }
 
+    /// True if the bytes start with the bytes of `p` (byte for byte; eight at a time).
+    @inlinable @inline(__always)
+    public func hasPrefix(_ p: UnsafeRawBufferPointer) -> Bool {
+        let n = p.count
+        guard count >= n else { return false }
+        var i = 0
+        while i + 8 <= n {
+            if loadUnaligned(fromByteOffset: i, as: UInt64.self) != p.loadUnaligned(fromByteOffset: i, as: UInt64.self) { return false }
+            i += 8
+        }
+        while i < n { if self[i] != p[i] { return false }; i += 1 }
+        return true
+    }
+
     /// True if every byte is below 0x80, eight bytes at a time (the one ASCII test of borrowed
     /// names: section names at parse, symbol and export names in the tables).
     @inlinable @inline(__always)

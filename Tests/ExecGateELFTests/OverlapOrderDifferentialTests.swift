@@ -233,4 +233,25 @@ final class OverlapOrderDifferentialTests: XCTestCase {
             }
         }
     }
+
+    /// `nameKey(String)` and `sameBytes` read a name's UTF-8 bytes for small strings (at
+    /// most 15 bytes, stored inline: every literal name the explainer asks for) as for large ones:
+    /// the key is the bytes' key, and two names are the same exactly when their bytes are (not
+    /// when they are equal Strings: "\u{212A}" and "K" are canonically equivalent, not the same
+    /// bytes, as `strcmp()` has it). Fails: a key or comparison that differs by the strings'
+    /// storage, or a character-wise comparison.
+    func testNameKeyAndSameBytesAreBytewiseForSmallAndLargeStrings() {
+        var rng = SeededRNG(seed: 0x5a3e_b17e)
+        let alphabet: [String] = ["a", ".", "_", "K", "\u{212A}", "e", "\u{301}", "\u{e9}", "\0"]
+        var names: [String] = ["", ".text", ".return_sites", "__mcount_loc", ".gnu.linkonce.this_module", "\u{212A}", "K", ".\u{212A}", ".K"]
+        for _ in 0..<1_500 { names.append((0..<Int(rng.next() % 24)).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }.joined()) }
+        for a in names {
+            Array(a.utf8).withUnsafeBytes { XCTAssertEqual(ELFFile.nameKey(a), ELFFile.nameKey($0), a.debugDescription) }
+            let b = names[Int(rng.next() % UInt64(names.count))]
+            XCTAssertEqual(ELFFile.sameBytes(a, b), Array(a.utf8) == Array(b.utf8), "\(a.debugDescription) \(b.debugDescription)")
+            XCTAssertTrue(ELFFile.sameBytes(a, String(decoding: Array(a.utf8), as: UTF8.self)), a.debugDescription)
+        }
+        XCTAssertFalse(ELFFile.sameBytes("\u{212A}", "K"))
+        XCTAssertTrue("\u{212A}" == "K")  // (what a String comparison would have answered)
+    }
 }

@@ -58,4 +58,28 @@ final class NameDigestTests: XCTestCase {
             }
         }
     }
+
+    /// `hasASCIIPrefix(String, StaticString)` is the kernel's `strstarts()` on the name's bytes,
+    /// for small strings (at most 15 bytes, stored inline) as for large ones: ".init" followed by
+    /// a combining mark starts with ".init" (it is no *character* prefix: `String.hasPrefix` says
+    /// false), and no canonically equivalent spelling matches a prefix its bytes do not start
+    /// with. Fails: a character-wise comparison for either size, or a prefix test that reads past
+    /// the name.
+    func testASCIIPrefixIsBytewiseForSmallAndLargeStrings() {
+        let cases: [(String, Bool)] = [
+            (".init", true), (".init.text", true), (".init\u{301}", true), (".init\u{301}.text.unlikely.x", true),
+            (".ini", false), ("", false), (".Init", false), ("\u{FF0E}init", false), (".in\u{0131}t", false),
+            (".init" + String(repeating: "x", count: 40), true), (String(repeating: "x", count: 40) + ".init", false),
+        ]
+        for (name, expected) in cases {
+            XCTAssertEqual(hasASCIIPrefix(name, ".init"), expected, name.debugDescription)
+            XCTAssertEqual(hasASCIIPrefix(name, ".init"), Array(name.utf8).starts(with: Array(".init".utf8)), name.debugDescription)
+        }
+        var rng = SplitMix64(state: 0x9e1f_1e55)
+        for _ in 0..<2_000 {
+            let n = rng.below(40)
+            let name = String(decoding: (0..<n).map { _ in [UInt8(ascii: "."), UInt8(ascii: "i"), UInt8(ascii: "n"), UInt8(ascii: "t"), 0xcc, 0x81][rng.below(6)] }, as: UTF8.self)
+            XCTAssertEqual(hasASCIIPrefix(name, ".in"), Array(name.utf8).starts(with: Array(".in".utf8)), name.debugDescription)
+        }
+    }
 }
