@@ -53,12 +53,15 @@ extension Session {
         let smpLockSites = region == .core && facts.uniprocessorPatched && facts.possibleCPUs > 1
         let ftraceSites = !facts.ftraceCallTargets.isEmpty
         for s in elf.sections where s.isAlloc && !s.isNoBits {
-            switch s.name {
-            case ".smp_locks": if smpLockSites { bound += s.size / 4 }
-            case "__mcount_loc": if ftraceSites { bound += s.size / 8 }
-            case ".static_call_sites": bound += s.size / 8
-            case "__jump_table": bound += s.size / 16
-            default: break
+            // By length first, then the names of that length compared as bytes (a String
+            // `switch` compared every case in turn, four a section).
+            switch s.name.utf8.count {
+            case 10: if smpLockSites && isASCIIName(s.name, ".smp_locks") { bound += s.size / 4 }
+            case 12:
+                if ftraceSites && isASCIIName(s.name, "__mcount_loc") { bound += s.size / 8 }
+                if isASCIIName(s.name, "__jump_table") { bound += s.size / 16 }
+            case 18: if isASCIIName(s.name, ".static_call_sites") { bound += s.size / 8 }
+            default: continue
             }
         }
         return bound

@@ -320,6 +320,9 @@ extension Session {
         e.table = NameTable(minimumCapacity: entries)  // sized once: no rehash as it fills
         e.ranges.reserveCapacity(entries)
         e.digests.reserveCapacity(entries)
+        // (The names' bytes sized for the usual export name, under 32 bytes: grown by appends,
+        // reallocated and copied a few times a module. `entries` is bounded by the tables' sizes.)
+        e.bytes.reserveCapacity(entries * 32)
         var names = NameSource()
         for t in tables { try readKsymtab(t.index, into: &e, names: &names) }
         exportedNameCache = e

@@ -82,18 +82,15 @@ struct ModuleLayout {
         var flags = elf.sections.map { $0.flags }
         var modinfo: Int?, versions: Int?, percpu: Int?, roAfterInit: Int?, jumpTable: Int?
         for s in elf.sections where s.isAlloc && s.index > 0 {  // find_sec() starts at section 1
-            // Only names of the five lengths can match (a length test before any comparison).
+            // By length first: the one name of that length compared, as bytes (find_sec()'s
+            // strcmp(); a String `switch` compared every case in turn).
             switch s.name.utf8.count {
-            case 8, 10, 12, 13, 20: break
+            case 8: if modinfo == nil && isASCIIName(s.name, ".modinfo") { modinfo = s.index }
+            case 10: if versions == nil && isASCIIName(s.name, "__versions") { versions = s.index }
+            case 12: if jumpTable == nil && isASCIIName(s.name, "__jump_table") { jumpTable = s.index }
+            case 13: if percpu == nil && isASCIIName(s.name, ".data..percpu") { percpu = s.index }
+            case 20: if roAfterInit == nil && isASCIIName(s.name, ".data..ro_after_init") { roAfterInit = s.index }
             default: continue
-            }
-            switch s.name {
-            case ".modinfo": if modinfo == nil { modinfo = s.index }
-            case "__versions": if versions == nil { versions = s.index }
-            case ".data..percpu": if percpu == nil { percpu = s.index }
-            case ".data..ro_after_init": if roAfterInit == nil { roAfterInit = s.index }
-            case "__jump_table": if jumpTable == nil { jumpTable = s.index }
-            default: break
             }
         }
         // (Each index tested on its own: array literals and `compactMap` made four arrays a module.)

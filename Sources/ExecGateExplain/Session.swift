@@ -853,9 +853,19 @@ final class Session {
 /// `s.hasPrefix(p)` for an ASCII `p`, on the UTF-8 bytes (no Unicode normalisation needed: an
 /// ASCII prefix matches byte for byte or not at all).
 @inline(__always) func hasASCIIPrefix(_ s: String, _ p: StaticString) -> Bool {
-    let pb = UnsafeBufferPointer(start: p.utf8Start, count: p.utf8CodeUnitCount)
-    if let r = s.utf8.withContiguousStorageIfAvailable({ b in b.count >= pb.count && b.prefix(pb.count).elementsEqual(pb) }) { return r }
-    return s.hasPrefix(String(decoding: pb, as: UTF8.self))
+    // (The bytes read in place and compared by `UnsafeRawBufferPointer.hasASCIIPrefix`: the
+    // element-by-element `elementsEqual` of a buffer's prefix walked it through generic iterators.)
+    if let r = s.utf8.withContiguousStorageIfAvailable({ UnsafeRawBufferPointer($0).hasASCIIPrefix(p) }) { return r }
+    return s.hasPrefix(String(decoding: UnsafeBufferPointer(start: p.utf8Start, count: p.utf8CodeUnitCount), as: UTF8.self))
+}
+
+/// True when the UTF-8 bytes of `s` are exactly the ASCII `p` (`strcmp() == 0`, as `find_sec()`
+/// compares), read in place. For a `p` without `K`, `;` or `` ` `` (the only ASCII characters
+/// another character is canonically equivalent to), the same answer as `s == p`, which compares
+/// characters, one `String` comparison a case of a `switch`.
+@inline(__always) func isASCIIName(_ s: String, _ p: StaticString) -> Bool {
+    if let r = s.utf8.withContiguousStorageIfAvailable({ $0.count == p.utf8CodeUnitCount && UnsafeRawBufferPointer($0).hasASCIIPrefix(p) }) { return r }
+    return s.utf8.elementsEqual(UnsafeBufferPointer(start: p.utf8Start, count: p.utf8CodeUnitCount))
 }
 
 /// The structural refusals that need no guest facts: what the kernel refuses (or would copy

@@ -82,4 +82,25 @@ final class NameDigestTests: XCTestCase {
             XCTAssertEqual(hasASCIIPrefix(name, ".in"), Array(name.utf8).starts(with: Array(".in".utf8)), name.debugDescription)
         }
     }
+
+    /// `isASCIIName` is `strcmp() == 0` against an ASCII literal: equal bytes only, for small and
+    /// large strings; no canonically equivalent spelling, no prefix or extension, no NUL-padded
+    /// copy. Fails: a comparison by characters, by prefix, or one that reads past the name.
+    func testASCIINameIsByteEquality() {
+        let cases: [(String, Bool)] = [
+            (".modinfo", true), (".modinf", false), (".modinfo\0", false), (".modinfo\u{301}", false), (".MODINFO", false),
+            ("", false), (".modinfox", false),
+        ]
+        for (name, expected) in cases { XCTAssertEqual(isASCIIName(name, ".modinfo"), expected, name.debugDescription) }
+        XCTAssertTrue(isASCIIName(".data..ro_after_init", ".data..ro_after_init"))
+        XCTAssertFalse(isASCIIName(".data..ro_after_inix", ".data..ro_after_init"))
+        XCTAssertFalse(isASCIIName("\u{212A}", "K"))  // canonically equivalent, other bytes
+        XCTAssertTrue("\u{212A}" == "K")
+        var rng = SplitMix64(state: 0x5eed_a5c1)
+        for _ in 0..<2_000 {
+            let n = rng.below(24)
+            let name = String(decoding: (0..<n).map { _ in Array("_.jump_table".utf8)[rng.below(12)] }, as: UTF8.self)
+            XCTAssertEqual(isASCIIName(name, "__jump_table"), Array(name.utf8) == Array("__jump_table".utf8), name)
+        }
+    }
 }
