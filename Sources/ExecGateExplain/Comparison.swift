@@ -317,12 +317,15 @@ extension Session {
             }
             entries += s.size / Session.kernelSymbolSize
         }
-        e.table = NameTable(minimumCapacity: entries)  // sized once: no rehash as it fills
-        e.ranges.reserveCapacity(entries)
-        e.digests.reserveCapacity(entries)
-        // (The names' bytes sized for the usual export name, under 32 bytes: grown by appends,
-        // reallocated and copied a few times a module. `entries` is bounded by the tables' sizes.)
-        e.bytes.reserveCapacity(entries * 32)
+        // Sized once for the entries the tables' sizes give, up to 4,096 (no rehash or regrowth
+        // as a real module's fill; the names' bytes for the usual export name, under 32 bytes):
+        // beyond that they grow as entries are read and checked, so sections that only claim
+        // millions of entries (refused at the first bad one) reserve nothing for them.
+        let expected = min(entries, 1 << 12)
+        e.table = NameTable(expecting: expected)
+        e.ranges.reserveCapacity(expected)
+        e.digests.reserveCapacity(expected)
+        e.bytes.reserveCapacity(expected * 32)
         var names = NameSource()
         for t in tables { try readKsymtab(t.index, into: &e, names: &names) }
         exportedNameCache = e

@@ -83,7 +83,7 @@ public struct SlidExports: Sendable {
     var addedOther: [String: UInt64] = [:]
 
     public init(linkTime: [String: UInt64], slide: KernelSlide) {
-        var index = NameTable(minimumCapacity: linkTime.count)
+        var index = NameTable(minimumCapacity: linkTime.count, layout: .wide)  // (the table every undefined symbol is looked up in)
         var allASCII = true
         for (k, v) in linkTime {
             var k = k

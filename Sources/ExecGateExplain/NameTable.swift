@@ -12,38 +12,52 @@
 
 import _ExecGateInternals
 
-/// Open addressing over a power-of-two array of 64-byte slots, each aligned to a cache line and
-/// holding the entry itself (hash, value, where the name's bytes are, the name's first 40 bytes),
-/// probed through a parallel array of 32-bit tags (4 bytes a slot: it stays in cache, so a miss,
-/// the usual answer of the added-exports table and of the duplicate-export check, rarely reads a
-/// slot). A hit on a name of up to 40 bytes (all but 7 of the 9,648 undefined symbols of the shared
-/// corpus's 103 modules) reads one line; a longer name one more read, of its tail. (The slots were
-/// 40 bytes, the first 16 of the name inside, 16-byte aligned: a probe read 1.6 lines on average,
-/// and 44% of those names are longer than 16 bytes, a second miss each.) A value type: copy-on-write
-/// through its arrays and its slot storage (``Slots``).
+/// Open addressing over a power-of-two array of slots that hold the entry itself (hash, value,
+/// where the name's bytes are, the name's first bytes), probed through a parallel array of 32-bit
+/// tags (4 bytes a slot: it stays in cache, so a miss, the usual answer of the added-exports
+/// table and of the duplicate-export check, rarely reads a slot). Two layouts (``Layout``):
+/// - `wide`, for the shared core export index, the table every module's undefined symbols are
+///   looked up in (``SlidExports``): 64-byte slots aligned to a cache line, the name's first 40
+///   bytes inside, so a hit on a name of up to 40 bytes (all but 7 of the 9,648 undefined symbols
+///   of the shared corpus's 103 modules) reads one line. (With the compact layout a probe read
+///   1.6 lines on average, and 44% of those names are longer than 16 bytes: their tails a second
+///   miss each.) Held once per kernel build, shared by its guests.
+/// - `compact`, for every other table (a module's exports and key symbols, a guest's verified
+///   modules' exports): 40-byte slots, the first 16 bytes inside; a longer name's tail compared in
+///   `bytes`. What those tables hold is charged per module and per guest
+///   (`LiveModule.heldBytes`), at this size.
+/// A value type: copy-on-write through its arrays and its slot storage (``Slots``).
 struct NameTable: Sendable {
-    /// Bytes of a name kept in its slot.
-    static let headBytes = 40
-    /// A slot's fields, at these byte offsets of its 64: hash (UInt64), value (UInt64), start of
-    /// the name in `bytes` (Int32), the name's length + 1 (Int32; 0 marks an empty slot, so zeroed
-    /// storage is an empty table), then the name's first `headBytes` bytes, zero-padded.
-    private static let slotSize = 64, hashAt = 0, valueAt = 8, startAt = 16, countAt = 20, headAt = 24
+    /// A slot's fields, at these byte offsets: hash (UInt64), value (UInt64), start of the name in
+    /// `bytes` (Int32), the name's length + 1 (Int32; 0 marks an empty slot, so zeroed storage is
+    /// an empty table), then the name's first `headBytes` bytes, zero-padded.
+    private static let hashAt = 0, valueAt = 8, startAt = 16, countAt = 20, headAt = 24
 
-    /// The slots: `capacity` × 64 bytes, 64-byte aligned, zeroed when made. Shared by copies of the
-    /// table and never written while shared (`uniqueSlots()` copies them first), as an array's
-    /// storage: that is what makes the unchecked `Sendable` sound.
+    struct Layout: Sendable, Equatable {
+        let slotSize: Int
+        let headBytes: Int
+        static let compact = Layout(slotSize: 40, headBytes: 16)
+        static let wide = Layout(slotSize: 64, headBytes: 40)
+    }
+
+    /// The slots: `capacity` × `slotSize` bytes, 64-byte aligned, zeroed when made. Shared by
+    /// copies of the table and never written while shared (`insertChecked` copies them first when
+    /// `isKnownUniquelyReferenced` says another table holds them), as an array's storage: that is
+    /// what makes the unchecked `Sendable` sound.
     private final class Slots: @unchecked Sendable {
         let base: UnsafeMutableRawPointer
         let capacity: Int
-        init(capacity: Int) {
-            precondition(capacity > 0 && capacity.nonzeroBitCount == 1 && capacity <= Int.max / NameTable.slotSize)
+        let bytes: Int
+        init(capacity: Int, slotSize: Int) {
+            precondition(capacity > 0 && capacity.nonzeroBitCount == 1 && capacity <= Int.max / slotSize)
             self.capacity = capacity
-            base = .allocate(byteCount: capacity * NameTable.slotSize, alignment: NameTable.slotSize)
-            base.initializeMemory(as: UInt8.self, repeating: 0, count: capacity * NameTable.slotSize)
+            bytes = capacity * slotSize
+            base = .allocate(byteCount: bytes, alignment: 64)
+            base.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
         }
-        func copy() -> Slots {
-            let c = Slots(capacity: capacity)
-            c.base.copyMemory(from: base, byteCount: capacity * NameTable.slotSize)
+        func copy(slotSize: Int) -> Slots {
+            let c = Slots(capacity: capacity, slotSize: slotSize)
+            c.base.copyMemory(from: base, byteCount: bytes)
             return c
         }
         deinit { base.deallocate() }
@@ -56,19 +70,30 @@ struct NameTable: Sendable {
     /// Per slot: 0 empty, else the high half of the hash with bit 0 set.
     private var tags: [UInt32] = []
     private(set) var count = 0
+    let layout: Layout
 
-    init() {}
+    init(layout: Layout = .compact) { self.layout = layout }
 
-    init(minimumCapacity n: Int) {
+    init(minimumCapacity n: Int, layout: Layout = .compact) {
+        self.layout = layout
         var size = 16
         while size < 2 * n { size <<= 1 }
-        slots = Slots(capacity: size)
+        slots = Slots(capacity: size, slotSize: layout.slotSize)
         tags = [UInt32](repeating: 0, count: size)
     }
+
+    /// A table sized up front for the `n` entries a count read from a module suggests (its
+    /// ksymtab entries, from the sections' sizes), at most 4,096 of them (as
+    /// ``AddressTable/init(expecting:)``): the rest arrive by growth, so a table a module only
+    /// claims to have (a huge `__ksymtab`, refused at its first entry) reserves nothing for it.
+    /// (Real modules export at most a few thousand names.)
+    init(expecting n: Int) { self.init(minimumCapacity: Swift.min(n, 1 << 12)) }
 
     @inline(__always) static func tag(_ hash: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: hash >> 32) | 1 }
 
     var isEmpty: Bool { count == 0 }
+    /// Slots allocated (0 before the first insert).
+    var capacity: Int { slots?.capacity ?? 0 }
 
     /// Per-process seed (the order of nothing observable depends on it; it only spreads names).
     static let seed = UInt64.random(in: 1...UInt64.max)
@@ -109,7 +134,13 @@ struct NameTable: Sendable {
     }
 
     /// The slot at index `s` of `p` (`s` below the capacity).
-    @inline(__always) private static func slot(_ p: UnsafeMutableRawPointer, _ s: Int) -> UnsafeMutableRawPointer { p + s &* slotSize }
+    @inline(__always) private func slot(_ p: UnsafeMutableRawPointer, _ s: Int) -> UnsafeMutableRawPointer { p + s &* layout.slotSize }
+
+    /// The stored name's word at byte `i` of its head, as the digest reads a name's words
+    /// (little-endian: the same on any host).
+    @inline(__always) private static func headWord(_ x: UnsafeMutableRawPointer, _ i: Int) -> UInt64 {
+        UInt64(littleEndian: x.load(fromByteOffset: headAt + i, as: UInt64.self))
+    }
 
     /// The slot at `x` holds the name `b` whose digest is `d`: the same hash and length, the same
     /// first 16 bytes (the digest's), the same bytes up to `headBytes` (in the slot) and after
@@ -118,19 +149,20 @@ struct NameTable: Sendable {
         let n = b.count
         guard x.load(fromByteOffset: Self.hashAt, as: UInt64.self) == d.hash,
               Int(x.load(fromByteOffset: Self.countAt, as: Int32.self)) == n &+ 1,
-              x.load(fromByteOffset: Self.headAt, as: UInt64.self) == d.head0,
-              x.load(fromByteOffset: Self.headAt + 8, as: UInt64.self) == d.head1 else { return false }
+              Self.headWord(x, 0) == d.head0, Self.headWord(x, 8) == d.head1 else { return false }
         if n <= 16 { return true }
-        // Bytes 16 ..< min(n, 40): whole words, then the last word ending at the last byte (it
-        // overlaps the words before it; n > 16, so it starts inside the name).
-        let m = min(n, Self.headBytes)
+        // Bytes 16 ..< min(n, headBytes) (none in the compact layout): whole words, then the last
+        // word ending at the last byte (it overlaps the words before it; n > 16, so it starts
+        // inside the name). Both sides raw memory in the same order.
+        let hb = layout.headBytes
+        let m = min(n, hb)
         var i = 16
         while i + 8 <= m {
             if b.loadUnaligned(fromByteOffset: i, as: UInt64.self) != x.loadUnaligned(fromByteOffset: Self.headAt + i, as: UInt64.self) { return false }
             i += 8
         }
         if i < m, b.loadUnaligned(fromByteOffset: m - 8, as: UInt64.self) != x.loadUnaligned(fromByteOffset: Self.headAt + m - 8, as: UInt64.self) { return false }
-        return n <= Self.headBytes || tailEqual(Int(x.load(fromByteOffset: Self.startAt, as: Int32.self)), b)
+        return n <= hb || tailEqual(Int(x.load(fromByteOffset: Self.startAt, as: Int32.self)), from: hb, b)
     }
 
     /// The slot holding `b` (found) or the empty slot where it would go (a table with slots).
@@ -145,18 +177,18 @@ struct NameTable: Sendable {
             while true {
                 let g = tg[s]
                 if g == 0 { return (s, false) }
-                if g == t && holds(Self.slot(base, s), b, d) { return (s, true) }
+                if g == t && holds(slot(base, s), b, d) { return (s, true) }
                 s = (s + 1) & mask
             }
         }
     }
 
-    /// `bytes[start + 40 ..< start + b.count] == b[40...]` (`b.count > 40`).
-    private func tailEqual(_ start: Int, _ b: UnsafeRawBufferPointer) -> Bool {
+    /// `bytes[start + from ..< start + b.count] == b[from...]` (`b.count > from`).
+    private func tailEqual(_ start: Int, from: Int, _ b: UnsafeRawBufferPointer) -> Bool {
         bytes.withUnsafeBytes { nb in
             let n = b.count
             precondition(start >= 0 && start <= nb.count - n)
-            var i = Self.headBytes
+            var i = from
             while i + 8 <= n {
                 if nb.loadUnaligned(fromByteOffset: start + i, as: UInt64.self) != b.loadUnaligned(fromByteOffset: i, as: UInt64.self) { return false }
                 i += 8
@@ -176,7 +208,7 @@ struct NameTable: Sendable {
     @inline(__always) func lookup(_ b: UnsafeRawBufferPointer, digest d: Digest) -> UInt64? {
         if count == 0 { return nil }
         let (s, found) = find(b, d)
-        return found ? Self.slot(slots!.base, s).load(fromByteOffset: Self.valueAt, as: UInt64.self) : nil
+        return found ? slot(slots!.base, s).load(fromByteOffset: Self.valueAt, as: UInt64.self) : nil
     }
 
     /// `lookup(b, digest: d)` probing the slots directly, without the tags: for a table where
@@ -189,7 +221,7 @@ struct NameTable: Sendable {
         let mask = sl.capacity - 1
         var s = Int(truncatingIfNeeded: d.hash) & mask
         while true {
-            let x = Self.slot(sl.base, s)
+            let x = slot(sl.base, s)
             if x.load(fromByteOffset: Self.countAt, as: Int32.self) == 0 { return nil }
             if holds(x, b, d) { return x.load(fromByteOffset: Self.valueAt, as: UInt64.self) }
             s = (s + 1) & mask
@@ -203,19 +235,19 @@ struct NameTable: Sendable {
     @inline(__always) func touch(_ d: Digest, viaTags: Bool) -> UInt64 {
         guard let sl = slots else { return 0 }
         let s = Int(truncatingIfNeeded: d.hash) & (sl.capacity - 1)
-        return viaTags ? tags.withUnsafeBufferPointer { UInt64($0[s]) } : Self.slot(sl.base, s).load(fromByteOffset: Self.valueAt, as: UInt64.self)
+        return viaTags ? tags.withUnsafeBufferPointer { UInt64($0[s]) } : slot(sl.base, s).load(fromByteOffset: Self.valueAt, as: UInt64.self)
     }
 
-    /// After `touch(d, viaTags: false)`: reads the stored tail (bytes 40 and on) of the name in
-    /// the slot a lookup of `d` probes first, when it has one, and returns a byte of it (a
-    /// lookup of a name longer than `headBytes` compares it there: a second miss, overlapped the
-    /// same way).
+    /// After `touch(d, viaTags: false)`: reads the stored tail (the bytes past `headBytes`) of the
+    /// name in the slot a lookup of `d` probes first, when it has one, and returns a byte of it (a
+    /// lookup of a longer name compares it there: a second miss, overlapped the same way).
     @inline(__always) func touchTail(_ d: Digest) -> UInt64 {
         guard let sl = slots else { return 0 }
-        let x = Self.slot(sl.base, Int(truncatingIfNeeded: d.hash) & (sl.capacity - 1))
+        let x = slot(sl.base, Int(truncatingIfNeeded: d.hash) & (sl.capacity - 1))
         let start = Int(x.load(fromByteOffset: Self.startAt, as: Int32.self)), n = Int(x.load(fromByteOffset: Self.countAt, as: Int32.self)) - 1
-        guard n > Self.headBytes else { return 0 }
-        return bytes.withUnsafeBytes { nb in start + Self.headBytes < nb.count ? UInt64(nb[start + Self.headBytes]) : 0 }
+        let hb = layout.headBytes
+        guard n > hb else { return 0 }
+        return bytes.withUnsafeBytes { nb in start + hb < nb.count ? UInt64(nb[start + hb]) : 0 }
     }
 
     /// Insert, or replace the value of, the name `b` (ASCII bytes).
@@ -245,13 +277,12 @@ struct NameTable: Sendable {
         guard let sl = slots else { return }
         try bytes.withUnsafeBytes { nb in
             for s in 0..<sl.capacity {
-                let x = Self.slot(sl.base, s)
+                let x = slot(sl.base, s)
                 let n = Int(x.load(fromByteOffset: Self.countAt, as: Int32.self)) - 1
                 if n < 0 { continue }
                 let start = Int(x.load(fromByteOffset: Self.startAt, as: Int32.self))
                 precondition(start >= 0 && start <= nb.count - n)
-                let d = (x.load(fromByteOffset: Self.hashAt, as: UInt64.self), x.load(fromByteOffset: Self.headAt, as: UInt64.self),
-                         x.load(fromByteOffset: Self.headAt + 8, as: UInt64.self))
+                let d = (x.load(fromByteOffset: Self.hashAt, as: UInt64.self), Self.headWord(x, 0), Self.headWord(x, 8))
                 try body(UnsafeRawBufferPointer(rebasing: nb[start..<start + n]), x.load(fromByteOffset: Self.valueAt, as: UInt64.self), d)
             }
         }
@@ -266,15 +297,15 @@ struct NameTable: Sendable {
     private mutating func insertChecked(_ b: UnsafeRawBufferPointer, _ value: UInt64, digest d: Digest) {
         growIfNeeded(toHold: count + 1)
         let (s, found) = find(b, d)
-        if !isKnownUniquelyReferenced(&slots) { slots = slots!.copy() }
-        let x = Self.slot(slots!.base, s)
+        if !isKnownUniquelyReferenced(&slots) { slots = slots!.copy(slotSize: layout.slotSize) }
+        let x = slot(slots!.base, s)
         if found { x.storeBytes(of: value, toByteOffset: Self.valueAt, as: UInt64.self); return }
         precondition(bytes.count <= Int(Int32.max) - b.count && b.count < Int(Int32.max))
         x.storeBytes(of: d.hash, toByteOffset: Self.hashAt, as: UInt64.self)
         x.storeBytes(of: value, toByteOffset: Self.valueAt, as: UInt64.self)
         x.storeBytes(of: Int32(bytes.count), toByteOffset: Self.startAt, as: Int32.self)
         x.storeBytes(of: Int32(b.count + 1), toByteOffset: Self.countAt, as: Int32.self)
-        if let src = b.baseAddress { (x + Self.headAt).copyMemory(from: src, byteCount: min(b.count, Self.headBytes)) }
+        if let src = b.baseAddress { (x + Self.headAt).copyMemory(from: src, byteCount: min(b.count, layout.headBytes)) }
         tags[s] = Self.tag(d.hash)
         bytes.append(contentsOf: b)
         count += 1
@@ -287,17 +318,17 @@ struct NameTable: Sendable {
         if 2 * n <= old { return }
         var size = max(16, old * 2)
         while size < 2 * n { size <<= 1 }
-        let grown = Slots(capacity: size)
+        let grown = Slots(capacity: size, slotSize: layout.slotSize)
         var tg = [UInt32](repeating: 0, count: size)
         let mask = size - 1
         if let sl = slots {
             for i in 0..<sl.capacity {
-                let x = Self.slot(sl.base, i)
+                let x = slot(sl.base, i)
                 if x.load(fromByteOffset: Self.countAt, as: Int32.self) == 0 { continue }
                 let h = x.load(fromByteOffset: Self.hashAt, as: UInt64.self)
                 var s = Int(truncatingIfNeeded: h) & mask
                 while tg[s] != 0 { s = (s + 1) & mask }
-                Self.slot(grown.base, s).copyMemory(from: x, byteCount: Self.slotSize)
+                slot(grown.base, s).copyMemory(from: x, byteCount: layout.slotSize)
                 tg[s] = Self.tag(h)
             }
         }

@@ -544,9 +544,10 @@ public struct MemoryBudget: Sendable, Equatable {
     public static let bytesPerBodyByte = 2
     /// RAM one byte of registered facts, as the registry charges them (names and records, plus
     /// what each export, text symbol and static-call key is held in: ExecGateVerifier
-    /// `KernelFacts.symbolBytes`), costs: measured at ≈ 0.64–0.92 over the compositions of
+    /// `KernelFacts.symbolBytes`), costs: measured at ≈ 0.64–1.11 over the compositions of
     /// `FactsBudgetTests` (short and long exported names, tracepoint key triples, short text names,
-    /// empty names; a real Debian 6.1 build 0.8), as a fraction: 3/2 leaves room over the measured.
+    /// empty names; a real Debian 6.1 build 0.8; short exported names 1.11 since the core export
+    /// index's 64-byte slots, 0.88 before), as a fraction: 3/2 leaves room over the measured.
     public static let bytesPerFactsByte = (numerator: 3, denominator: 2)
     /// The facts kept for before large bodies: one Debian 6.1 build (charged ≈ 6.3 MiB) and its
     /// guests' own facts.

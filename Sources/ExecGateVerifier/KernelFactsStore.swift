@@ -163,8 +163,10 @@ public final class KernelFacts: Sendable {
     /// with its own set of targets). Measured (debug build, 20+ distinct builds of one composition
     /// per process): RSS ≈ 0.64–0.92 × this charge for short or long exported names, tracepoint
     /// key/trampoline/iterator triples, short text names, empty names; the real Debian 6.1 build
-    /// is charged 6.3 MiB and grows RSS by 5 MiB. The old charge (names + 16) was exceeded up to
-    /// 11× by short exported names (FactsBudgetTests).
+    /// is charged 6.3 MiB and grows RSS by 5 MiB. Since the shared core export index keeps 64-byte
+    /// slots (ExecGateExplain `NameTable.Layout.wide`: a cache line a look-up), short exported
+    /// names measure 1.11 × and long ones 0.93 × (2026-12-07), under MemoryBudget's 3/2. The old
+    /// charge (names + 16) was exceeded up to 11× by short exported names (FactsBudgetTests).
     static func symbolBytes(_ r: RegisterGuest) -> Int {
         var sum = 0
         r.symbolRecords.forEachRecord { s in

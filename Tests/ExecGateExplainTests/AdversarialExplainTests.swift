@@ -504,51 +504,92 @@ final class AdversarialNameTests: XCTestCase {
         XCTAssertTrue(d.reason.contains("unknown symbol Kfree_skb_reason"), d.reason)
     }
 
-    /// Attack on the byte-keyed table: names that share the 16 bytes of the digest's head or the
-    /// 40 bytes kept in the slot, names that differ only past them or in their last byte before
-    /// them, in length only, by an embedded NUL, empty and very long names, many names (growth),
-    /// a copy written after it was taken (the slots are shared until then). Fails: a seeded
-    /// history against a `[String: UInt64]` gives the same answer for every lookup, through the
-    /// tags and without them (`lookupLikelyPresent`), and the copy keeps the old answers.
+    /// Attack on the byte-keyed table, in both slot layouts (compact: 16 bytes of the name in the
+    /// slot; wide: 40, the shared core index): names that share the 16 bytes of the digest's head
+    /// or the 40 kept in a wide slot, names that differ only past them or in their last byte
+    /// before them, in length only, by an embedded NUL, empty and very long names, many names
+    /// (growth), a copy written after it was taken (the slots are shared until then). Fails: a
+    /// seeded history against a `[String: UInt64]` gives the same answer for every lookup,
+    /// through the tags and without them (`lookupLikelyPresent`), and the copy keeps the old
+    /// answers.
     func testNameTableAgreesWithADictionary() {
-        var rng = SeededRNG(seed: 0x5eed_0017)
-        var names: [String] = ["", "a", "\0", "a\0", "abcdefgh", "abcdefghi", "abcdefghijklmno", "abcdefghijklmnop", "abcdefghijklmnopq",
-                               "abcdefghijklmnopr", "abcdefghijklmnop\0", String(repeating: "x", count: 4096), String(repeating: "x", count: 4095)]
-        let prefix = "__ksymtab_gpl_ab"  // 16 bytes shared by every name below
-        for _ in 0..<3000 {
-            let n = Int(rng.next() % 40)
-            names.append(prefix + String((0..<n).map { _ in Character(Unicode.Scalar(UInt8(0x20 + rng.next() % 0x5f))) }))
-        }
-        let long = String(repeating: "y", count: 38)  // with two more bytes: the 40 kept in a slot
-        for n in 0..<6 {
-            for last in ["a", "b"] { names.append(long + String(repeating: "z", count: n) + last) }
-        }
-        var table = NameTable()
-        var dict: [String: UInt64] = [:]
-        for (k, name) in names.enumerated() where k % 2 == 0 || rng.next() % 3 == 0 {
-            let v = rng.next()
-            var n = name
-            n.withUTF8 { table.insert(UnsafeRawBufferPointer($0), v) }
-            dict[name] = v
-        }
-        XCTAssertEqual(table.count, dict.count)
-        for name in names + ["abcdefghijklmnoq", prefix, prefix + "\u{7f}"] {
-            var n = name
-            n.withUTF8 { u in
-                let b = UnsafeRawBufferPointer(u)
-                XCTAssertEqual(table.lookup(b), dict[name], name)
-                XCTAssertEqual(table.lookupLikelyPresent(b, digest: NameTable.digest(b)), dict[name], name)
+        for layout in [NameTable.Layout.compact, .wide] {
+            var rng = SeededRNG(seed: 0x5eed_0017)
+            var names: [String] = ["", "a", "\0", "a\0", "abcdefgh", "abcdefghi", "abcdefghijklmno", "abcdefghijklmnop", "abcdefghijklmnopq",
+                                   "abcdefghijklmnopr", "abcdefghijklmnop\0", String(repeating: "x", count: 4096), String(repeating: "x", count: 4095)]
+            let prefix = "__ksymtab_gpl_ab"  // 16 bytes shared by every name below
+            for _ in 0..<3000 {
+                let n = Int(rng.next() % 40)
+                names.append(prefix + String((0..<n).map { _ in Character(Unicode.Scalar(UInt8(0x20 + rng.next() % 0x5f))) }))
+            }
+            let long = String(repeating: "y", count: 38)  // with two more bytes: the 40 kept in a wide slot
+            for n in 0..<6 {
+                for last in ["a", "b"] { names.append(long + String(repeating: "z", count: n) + last) }
+            }
+            var table = NameTable(layout: layout)
+            var dict: [String: UInt64] = [:]
+            for (k, name) in names.enumerated() where k % 2 == 0 || rng.next() % 3 == 0 {
+                let v = rng.next()
+                var n = name
+                n.withUTF8 { table.insert(UnsafeRawBufferPointer($0), v) }
+                dict[name] = v
+            }
+            XCTAssertEqual(table.count, dict.count)
+            for name in names + ["abcdefghijklmnoq", prefix, prefix + "\u{7f}"] {
+                var n = name
+                n.withUTF8 { u in
+                    let b = UnsafeRawBufferPointer(u)
+                    XCTAssertEqual(table.lookup(b), dict[name], name)
+                    XCTAssertEqual(table.lookupLikelyPresent(b, digest: NameTable.digest(b)), dict[name], name)
+                }
+            }
+            let before = table
+            let changed = names.filter { dict[$0] != nil }.prefix(50)
+            for name in changed { var n = name; n.withUTF8 { table.insert(UnsafeRawBufferPointer($0), 0) } }
+            for name in ["fresh-after-copy"] { var n = name; n.withUTF8 { table.insert(UnsafeRawBufferPointer($0), 7) } }
+            for name in changed + ["fresh-after-copy"] {
+                var n = name
+                n.withUTF8 { u in
+                    XCTAssertEqual(before.lookup(UnsafeRawBufferPointer(u)), dict[name], "the copy taken before: \(name)")
+                    XCTAssertEqual(table.lookup(UnsafeRawBufferPointer(u)), name == "fresh-after-copy" ? 7 : 0, name)
+                }
             }
         }
-        let before = table
-        let changed = names.filter { dict[$0] != nil }.prefix(50)
-        for name in changed { var n = name; n.withUTF8 { table.insert(UnsafeRawBufferPointer($0), 0) } }
-        for name in ["fresh-after-copy"] { var n = name; n.withUTF8 { table.insert(UnsafeRawBufferPointer($0), 7) } }
-        for name in changed + ["fresh-after-copy"] {
-            var n = name
-            n.withUTF8 { u in
-                XCTAssertEqual(before.lookup(UnsafeRawBufferPointer(u)), dict[name], "the copy taken before: \(name)")
-                XCTAssertEqual(table.lookup(UnsafeRawBufferPointer(u)), name == "fresh-after-copy" ? 7 : 0, name)
+    }
+
+    /// The byte comparisons behind the hash: a name looked up with another name's digest (the
+    /// same hash, length and first 16 bytes, as a 64-bit hash collision would give) is found
+    /// only when its bytes are the stored name's, whichever byte differs — inside a wide slot's
+    /// 40 (bytes 16, 23, 24, 31, 32, 38, 39) or past them (40, 41, 63), in the compact layout's
+    /// tail from byte 16 — and a table keeps answering for the stored name itself. Fails: a
+    /// comparison that stops at the digest, at the slot's head, or reads the wrong bytes.
+    /// A table sized from a count a module states (its ksymtab sections' sizes) reserves at most
+    /// 4,096 entries' room up front, and a stated count below that all of it. Fails: a hostile
+    /// `__ksymtab` (SHT_NOBITS: no file bytes behind its size, up to the 128 MiB core) stating
+    /// 11 million entries reserved 2^25 slots before its first entry was refused.
+    func testAStatedCountSizesAtMost4096Entries() {
+        XCTAssertEqual(NameTable(expecting: 11_000_000).capacity, 8192)
+        XCTAssertEqual(NameTable(expecting: 4096).capacity, 8192)
+        XCTAssertGreaterThanOrEqual(NameTable(expecting: 300).capacity, 600)
+        XCTAssertEqual(NameTable().capacity, 0)
+    }
+
+    func testNameTableComparesEveryByteBehindTheDigest() {
+        for layout in [NameTable.Layout.compact, .wide] {
+            for n in [17, 24, 25, 32, 33, 39, 40, 41, 42, 48, 64] {
+                let stored = (0..<n).map { UInt8(0x41 + $0 % 26) }
+                var table = NameTable(layout: layout)
+                stored.withUnsafeBytes { table.insert($0, 99) }
+                let d = stored.withUnsafeBytes { NameTable.digest($0) }
+                stored.withUnsafeBytes { XCTAssertEqual(table.lookup($0, digest: d), 99) }
+                for at in [16, 23, 24, 31, 32, 38, 39, 40, 41, 63] where at < n {
+                    var other = stored
+                    other[at] ^= 0x20
+                    other.withUnsafeBytes { b in
+                        XCTAssertNil(table.lookup(b, digest: d), "\(layout) length \(n), byte \(at) differs")
+                        XCTAssertNil(table.lookupLikelyPresent(b, digest: d), "\(layout) length \(n), byte \(at) differs")
+                    }
+                }
             }
         }
     }

@@ -100,7 +100,8 @@ final class PeersRound6LiveStateTests: XCTestCase {
     /// (ServiceVM/README.md "Memory budget"), and not far below it either (a charge many times
     /// what is held would shrink the service's capacity for nothing). RSS is printed but not
     /// judged: the explanations' transient pages are reused for what is kept, so it hardly moves.
-    /// Measured here: 1.06–1.08 heap bytes a charged byte, ~6.2 KB charged a fixture module.
+    /// Measured here: 1.06–1.08 heap bytes a charged byte when written; 1.21–1.23 on 2026-12-07,
+    /// ~4.0 KB charged a fixture module.
     func testLiveStateIsChargedAtWhatItHolds() throws {
         let boot = try CaptureBoot.load(Self.bootDir)
         let v = try verifier()
