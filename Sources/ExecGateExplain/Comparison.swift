@@ -304,7 +304,6 @@ extension Session {
     /// only allow such an importer, never change a byte the kernel writes.
     func exportedNames() throws -> ExportedNames {
         if let n = exportedNameCache { return n }
-        var e = ExportedNames()
         var tables: [(index: Int, gpl: Bool)] = []
         for (name, gpl) in [("__ksymtab", false), ("__ksymtab_gpl", true)] {
             if let s = findSec(name) { tables.append((s.index, gpl)) }
@@ -317,15 +316,7 @@ extension Session {
             }
             entries += s.size / Session.kernelSymbolSize
         }
-        // Sized once for the entries the tables' sizes give, up to 4,096 (no rehash or regrowth
-        // as a real module's fill; the names' bytes for the usual export name, under 32 bytes):
-        // beyond that they grow as entries are read and checked, so sections that only claim
-        // millions of entries (refused at the first bad one) reserve nothing for them.
-        let expected = min(entries, 1 << 12)
-        e.table = NameTable(expecting: expected)
-        e.ranges.reserveCapacity(expected)
-        e.digests.reserveCapacity(expected)
-        e.bytes.reserveCapacity(expected * 32)
+        var e = ExportedNames(expecting: entries)
         var names = NameSource()
         for t in tables { try readKsymtab(t.index, into: &e, names: &names) }
         exportedNameCache = e
@@ -467,6 +458,21 @@ struct ExportedNames {
     var ranges: [Range<Int>] = []
     /// Each name's digest (hashed once, for the table and the duplicate-export lookups).
     var digests: [NameTable.Digest] = []
+
+    init() {}
+
+    /// Sized once for the `n` entries the ksymtab sections' sizes give, up to 4,096 (no rehash or
+    /// regrowth as a real module's fill; the names' bytes for the usual export name, under 32
+    /// bytes): beyond that they grow as entries are read and checked, so sections that only state
+    /// millions of entries (an SHT_NOBITS `__ksymtab` has no file bytes behind its size; refused
+    /// at the first entry) reserve nothing for them.
+    init(expecting n: Int) {
+        let expected = min(n, 1 << 12)
+        table = NameTable(expecting: expected)
+        ranges.reserveCapacity(expected)
+        digests.reserveCapacity(expected)
+        bytes.reserveCapacity(expected * 32)
+    }
 
     var isEmpty: Bool { ranges.isEmpty }
 }

@@ -19,9 +19,10 @@ import _ExecGateInternals
 /// - `wide`, for the shared core export index, the table every module's undefined symbols are
 ///   looked up in (``SlidExports``): 64-byte slots aligned to a cache line, the name's first 40
 ///   bytes inside, so a hit on a name of up to 40 bytes (all but 7 of the 9,648 undefined symbols
-///   of the shared corpus's 103 modules) reads one line. (With the compact layout a probe read
-///   1.6 lines on average, and 44% of those names are longer than 16 bytes: their tails a second
-///   miss each.) Held once per kernel build, shared by its guests.
+///   of the shared corpus's 103 modules) reads one line. (With the compact layout a probe reads
+///   about 1.5 lines — a 40-byte slot crosses a line boundary at half its positions — and 44% of
+///   those names are longer than 16 bytes: their tails a second miss each.) Held once per kernel
+///   build, shared by its guests.
 /// - `compact`, for every other table (a module's exports and key symbols, a guest's verified
 ///   modules' exports): 40-byte slots, the first 16 bytes inside; a longer name's tail compared in
 ///   `bytes`. What those tables hold is charged per module and per guest
@@ -31,13 +32,20 @@ struct NameTable: Sendable {
     /// A slot's fields, at these byte offsets: hash (UInt64), value (UInt64), start of the name in
     /// `bytes` (Int32), the name's length + 1 (Int32; 0 marks an empty slot, so zeroed storage is
     /// an empty table), then the name's first `headBytes` bytes, zero-padded.
-    private static let hashAt = 0, valueAt = 8, startAt = 16, countAt = 20, headAt = 24
+    fileprivate static let hashAt = 0, valueAt = 8, startAt = 16, countAt = 20, headAt = 24
 
     struct Layout: Sendable, Equatable {
         let slotSize: Int
         let headBytes: Int
         static let compact = Layout(slotSize: 40, headBytes: 16)
         static let wide = Layout(slotSize: 64, headBytes: 40)
+        /// What the slot code assumes: 8-byte aligned slots (its aligned loads), the digest's 16
+        /// head bytes at least inside (`holds`), the head within the slot.
+        private init(slotSize: Int, headBytes: Int) {
+            precondition(slotSize % 8 == 0 && headBytes >= 16 && NameTable.headAt + headBytes <= slotSize, "NameTable slot layout")
+            self.slotSize = slotSize
+            self.headBytes = headBytes
+        }
     }
 
     /// The slots: `capacity` × `slotSize` bytes, 64-byte aligned, zeroed when made. Shared by
@@ -47,17 +55,18 @@ struct NameTable: Sendable {
     private final class Slots: @unchecked Sendable {
         let base: UnsafeMutableRawPointer
         let capacity: Int
-        let bytes: Int
+        let slotSize: Int
         init(capacity: Int, slotSize: Int) {
             precondition(capacity > 0 && capacity.nonzeroBitCount == 1 && capacity <= Int.max / slotSize)
             self.capacity = capacity
-            bytes = capacity * slotSize
-            base = .allocate(byteCount: bytes, alignment: 64)
-            base.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+            self.slotSize = slotSize
+            base = .allocate(byteCount: capacity * slotSize, alignment: 64)
+            base.initializeMemory(as: UInt8.self, repeating: 0, count: capacity * slotSize)
         }
-        func copy(slotSize: Int) -> Slots {
+        /// The same slots in storage of their own.
+        func copy() -> Slots {
             let c = Slots(capacity: capacity, slotSize: slotSize)
-            c.base.copyMemory(from: base, byteCount: bytes)
+            c.base.copyMemory(from: base, byteCount: capacity * slotSize)
             return c
         }
         deinit { base.deallocate() }
@@ -297,7 +306,7 @@ struct NameTable: Sendable {
     private mutating func insertChecked(_ b: UnsafeRawBufferPointer, _ value: UInt64, digest d: Digest) {
         growIfNeeded(toHold: count + 1)
         let (s, found) = find(b, d)
-        if !isKnownUniquelyReferenced(&slots) { slots = slots!.copy(slotSize: layout.slotSize) }
+        if !isKnownUniquelyReferenced(&slots) { slots = slots!.copy() }
         let x = slot(slots!.base, s)
         if found { x.storeBytes(of: value, toByteOffset: Self.valueAt, as: UInt64.self); return }
         precondition(bytes.count <= Int(Int32.max) - b.count && b.count < Int(Int32.max))

@@ -161,7 +161,7 @@ public final class KernelFacts: Sendable {
     /// record `exportCharge` more (its entry in the export table and its name index, SlidExports);
     /// a `__SCK__`/`__SCT__` record `staticCallCharge` more (a key of the static-call trust table,
     /// with its own set of targets). Measured (debug build, 20+ distinct builds of one composition
-    /// per process): RSS ≈ 0.64–0.92 × this charge for short or long exported names, tracepoint
+    /// per process, before 2026-12-07): RSS ≈ 0.64–0.92 × this charge for short or long exported names, tracepoint
     /// key/trampoline/iterator triples, short text names, empty names; the real Debian 6.1 build
     /// is charged 6.3 MiB and grows RSS by 5 MiB. Since the shared core export index keeps 64-byte
     /// slots (ExecGateExplain `NameTable.Layout.wide`: a cache line a look-up), short exported
@@ -178,7 +178,10 @@ public final class KernelFacts: Sendable {
         }
         return sum
     }
-    /// Held per exported record beyond its name and record (measured ≈ 240–320 bytes of RSS).
+    /// Held per exported record beyond its name and record (measured ≈ 240–320 bytes of RSS with
+    /// 40-byte index slots; ≈ 390 for short names with the core index's 64-byte slots, 2026-12-07,
+    /// more for a table just past a power of two: 4 slots an export at worst — under the budget's
+    /// 3/2 either way).
     static let exportCharge = 320
     /// Held per static-call key or trampoline record beyond its name and record.
     static let staticCallCharge = 256

@@ -557,23 +557,31 @@ final class AdversarialNameTests: XCTestCase {
         }
     }
 
-    /// The byte comparisons behind the hash: a name looked up with another name's digest (the
-    /// same hash, length and first 16 bytes, as a 64-bit hash collision would give) is found
-    /// only when its bytes are the stored name's, whichever byte differs — inside a wide slot's
-    /// 40 (bytes 16, 23, 24, 31, 32, 38, 39) or past them (40, 41, 63), in the compact layout's
-    /// tail from byte 16 — and a table keeps answering for the stored name itself. Fails: a
-    /// comparison that stops at the digest, at the slot's head, or reads the wrong bytes.
-    /// A table sized from a count a module states (its ksymtab sections' sizes) reserves at most
-    /// 4,096 entries' room up front, and a stated count below that all of it. Fails: a hostile
-    /// `__ksymtab` (SHT_NOBITS: no file bytes behind its size, up to the 128 MiB core) stating
-    /// 11 million entries reserved 2^25 slots before its first entry was refused.
+    /// What a module's stated ksymtab size reserves before any entry is read (``ExportedNames``,
+    /// `exportedNames()`): room for at most 4,096 entries in the table and every list, room for all
+    /// of a smaller count. Fails: a hostile `__ksymtab` (SHT_NOBITS: no file bytes behind its size,
+    /// up to the 128 MiB core) stating 11 million entries reserved 2^25 slots and three lists of 11
+    /// million before its first entry was refused (≈ 1.9 GB).
     func testAStatedCountSizesAtMost4096Entries() {
-        XCTAssertEqual(NameTable(expecting: 11_000_000).capacity, 8192)
-        XCTAssertEqual(NameTable(expecting: 4096).capacity, 8192)
-        XCTAssertGreaterThanOrEqual(NameTable(expecting: 300).capacity, 600)
+        let hostile = ExportedNames(expecting: 11_000_000)
+        XCTAssertEqual(hostile.table.capacity, 8192)
+        XCTAssertLessThan(hostile.ranges.capacity, 8192)
+        XCTAssertLessThan(hostile.digests.capacity, 8192)
+        XCTAssertLessThan(hostile.bytes.capacity, 8192 * 32)
+        let real = ExportedNames(expecting: 300)
+        XCTAssertGreaterThanOrEqual(real.table.capacity, 600)
+        XCTAssertGreaterThanOrEqual(real.ranges.capacity, 300)
+        XCTAssertGreaterThanOrEqual(real.digests.capacity, 300)
         XCTAssertEqual(NameTable().capacity, 0)
     }
 
+    /// The byte comparisons behind the hash: a name looked up with a digest of the same hash and
+    /// length (as a 64-bit hash collision would give) is found only when its bytes are the stored
+    /// name's, whichever byte differs — in the digest's 16-byte head (the slot's head words,
+    /// read little-endian as the digest reads a name), inside a wide slot's 40 (bytes 16, 23, 24,
+    /// 31, 32, 38, 39) or past them (40, 41, 63), in the compact layout's tail from byte 16 — and
+    /// the table keeps answering for the stored name itself. Fails: a comparison that stops at the
+    /// hash, skips the head words, stops at the slot's head, or reads the wrong bytes.
     func testNameTableComparesEveryByteBehindTheDigest() {
         for layout in [NameTable.Layout.compact, .wide] {
             for n in [17, 24, 25, 32, 33, 39, 40, 41, 42, 48, 64] {
@@ -582,12 +590,15 @@ final class AdversarialNameTests: XCTestCase {
                 stored.withUnsafeBytes { table.insert($0, 99) }
                 let d = stored.withUnsafeBytes { NameTable.digest($0) }
                 stored.withUnsafeBytes { XCTAssertEqual(table.lookup($0, digest: d), 99) }
-                for at in [16, 23, 24, 31, 32, 38, 39, 40, 41, 63] where at < n {
+                for at in [0, 1, 7, 8, 9, 15, 16, 23, 24, 31, 32, 38, 39, 40, 41, 63] where at < n {
                     var other = stored
                     other[at] ^= 0x20
+                    // The stored name's hash, the other name's own head words (a collision).
+                    let head = other.withUnsafeBytes { NameTable.digest($0) }
+                    let forged = (hash: d.hash, head0: head.head0, head1: head.head1)
                     other.withUnsafeBytes { b in
-                        XCTAssertNil(table.lookup(b, digest: d), "\(layout) length \(n), byte \(at) differs")
-                        XCTAssertNil(table.lookupLikelyPresent(b, digest: d), "\(layout) length \(n), byte \(at) differs")
+                        XCTAssertNil(table.lookup(b, digest: forged), "\(layout) length \(n), byte \(at) differs")
+                        XCTAssertNil(table.lookupLikelyPresent(b, digest: forged), "\(layout) length \(n), byte \(at) differs")
                     }
                 }
             }
