@@ -158,6 +158,9 @@ public struct SlidExports: Sendable {
     /// After `touch(d, likelyPresent: true)`: reads the stored tail of the shared table's name
     /// a lookup of `d` meets first (NameTable `touchTail`).
     @inline(__always) func touchTail(_ d: NameTable.Digest) -> UInt64 { linkTimeIndex.touchTail(d) }
+    /// The name bytes the shared table keeps in a slot: a longer name's tail is a second read
+    /// (`touchTail`).
+    var linkTimeHeadBytes: Int { linkTimeIndex.layout.headBytes }
 
     /// `lookup(utf8: b, likelyPresent:)` for ASCII `b` with `d == NameTable.digest(b)` (the
     /// byte-keyed tables hold every ASCII key).

@@ -160,17 +160,10 @@ struct NameTable: Sendable {
               Int(x.load(fromByteOffset: Self.countAt, as: Int32.self)) == n &+ 1,
               Self.headWord(x, 0) == d.head0, Self.headWord(x, 8) == d.head1 else { return false }
         if n <= 16 { return true }
-        // Bytes 16 ..< min(n, headBytes) (none in the compact layout): whole words, then the last
-        // word ending at the last byte (it overlaps the words before it; n > 16, so it starts
-        // inside the name). Both sides raw memory in the same order.
+        // Bytes 16 ..< min(n, headBytes) in the slot (none in the compact layout), then the rest.
         let hb = layout.headBytes
         let m = min(n, hb)
-        var i = 16
-        while i + 8 <= m {
-            if b.loadUnaligned(fromByteOffset: i, as: UInt64.self) != x.loadUnaligned(fromByteOffset: Self.headAt + i, as: UInt64.self) { return false }
-            i += 8
-        }
-        if i < m, b.loadUnaligned(fromByteOffset: m - 8, as: UInt64.self) != x.loadUnaligned(fromByteOffset: Self.headAt + m - 8, as: UInt64.self) { return false }
+        if m > 16, !UnsafeRawBufferPointer(rebasing: b[16..<m]).hasPrefix(UnsafeRawBufferPointer(start: x + Self.headAt + 16, count: m - 16)) { return false }
         return n <= hb || tailEqual(Int(x.load(fromByteOffset: Self.startAt, as: Int32.self)), from: hb, b)
     }
 
@@ -197,13 +190,7 @@ struct NameTable: Sendable {
         bytes.withUnsafeBytes { nb in
             let n = b.count
             precondition(start >= 0 && start <= nb.count - n)
-            var i = from
-            while i + 8 <= n {
-                if nb.loadUnaligned(fromByteOffset: start + i, as: UInt64.self) != b.loadUnaligned(fromByteOffset: i, as: UInt64.self) { return false }
-                i += 8
-            }
-            while i < n { if nb[start + i] != b[i] { return false }; i += 1 }
-            return true
+            return UnsafeRawBufferPointer(rebasing: nb[start + from..<start + n]).hasPrefix(UnsafeRawBufferPointer(rebasing: b[from...]))
         }
     }
 

@@ -175,7 +175,8 @@ extension Session {
             // long names those lines point to, then the lookups, on lines now in cache.
             var sink: UInt64 = 0
             for p in pending { sink ^= exports.touch(p.digest, likelyPresent: true) }
-            for p in pending where p.name.count > NameTable.Layout.wide.headBytes { sink ^= exports.touchTail(p.digest) }
+            let tailFrom = exports.linkTimeHeadBytes
+            for p in pending where p.name.count > tailFrom { sink ^= exports.touchTail(p.digest) }
             exportTouchSink ^= sink
             for p in pending {
                 let i = p.i

@@ -68,23 +68,19 @@ final class Session {
     var execRanges: [(lo: Int, hi: Int, sec: Int)] { execSpans.all.map { (Int($0.lo), Int($0.hi), $0.value) } }
     /// Address ranges of the data copies (value: section index) and of every allocated exec
     /// section, this region's or not (`requireExecutableSite`): made on first use.
-    // (Each list sized once: `compactMap` grew its result by appends, a few allocations a module.)
-    private(set) lazy var dataSpans: Spans = {
+    private(set) lazy var dataSpans = addressSpans(of: dataSections, atMost: dataSections.count)
+    private(set) lazy var execSectionSpans = addressSpans(of: elf.sections.indices.lazy.filter { self.layout.flags[$0].contains(.alloc) && self.layout.flags[$0].contains(.execInstr) },
+                                                         atMost: elf.sections.count)
+    /// The address ranges of `sections` that have an address (value: section index), their list
+    /// sized once for at most `n` (`compactMap` grew it by appends, a few allocations a module).
+    private func addressSpans(of sections: some Sequence<Int>, atMost n: Int) -> Spans {
         var list: [(lo: UInt64, hi: UInt64, value: Int)] = []
-        list.reserveCapacity(dataSections.count)
-        for i in dataSections {
+        list.reserveCapacity(n)
+        for i in sections {
             if let a = addr[i], let r = Session.span(a, UInt64(elf.sections[i].size)) { list.append((a, r.upperBound, i)) }
         }
         return Spans(list)
-    }()
-    private(set) lazy var execSectionSpans: Spans = {
-        var list: [(lo: UInt64, hi: UInt64, value: Int)] = []
-        list.reserveCapacity(elf.sections.count)
-        for s in elf.sections where layout.flags[s.index].contains(.alloc) && layout.flags[s.index].contains(.execInstr) {
-            if let a = addr[s.index], let r = Session.span(a, UInt64(s.size)) { list.append((a, r.upperBound, s.index)) }
-        }
-        return Spans(list)
-    }()
+    }
     /// The symbol table, read in place (names made only where a name is needed).
     let symtab: ELFSymbolTable
     let rela: [ELFRelocationSection]
