@@ -338,6 +338,7 @@ extension Session {
         let s = elf.sections[i]
         let n = s.size / Session.kernelSymbolSize
         guard n > 0 else { return }
+        let nameSeed = NameTable.seed  // (read once: NameTable.digest(_:seed:))
         guard i < isData.count, isData[i], let taddr = addr[i], let copy = dataCopy(i) else {
             throw deny(.malformedELF, "\(s.name) is not an allocated data section of the module (its entries would not be the relocated data the kernel reads)", section: s.name)
         }
@@ -420,7 +421,7 @@ extension Session {
                                        section: s.name, offset: o + 4, address: nameAddr)
                         }
                     }
-                    let d = NameTable.digest(name)
+                    let d = NameTable.digest(name, seed: nameSeed)
                     guard e.table.lookup(name, digest: d) == nil else {
                         throw deny(.duplicateExport, "the module exports \(String(decoding: name, as: UTF8.self)) in both __ksymtab and __ksymtab_gpl", section: s.name, offset: o + 4, address: nameAddr)
                     }

@@ -27,7 +27,12 @@ public struct FunctionEntries: Sendable, Sequence, ExpressibleByArrayLiteral, Eq
     public var underestimatedCount: Int { sorted.count }
     public func makeIterator() -> IndexingIterator<[UInt64]> { sorted.makeIterator() }
 
-    public func contains(_ a: UInt64) -> Bool { sorted.sortedContains(a) }
+    public func contains(_ a: UInt64) -> Bool {
+        // (Outside the first-to-last span no search: the static-call filter asks a module's own
+        // entries first for every target, most of them the core's.)
+        guard let lo = sorted.first, a >= lo, a <= sorted[sorted.count &- 1] else { return false }
+        return sorted.sortedContains(a)
+    }
 }
 
 /// The function entries of every verified module of a guest: each module's ``FunctionEntries``

@@ -112,7 +112,12 @@ struct NameTable: Sendable {
     typealias Digest = (hash: UInt64, head0: UInt64, head1: UInt64)
 
     /// The hash and the first 16 bytes (zero-padded) of `b`, in one pass over it.
-    @inline(__always) static func digest(_ b: UnsafeRawBufferPointer) -> Digest {
+    @inline(__always) static func digest(_ b: UnsafeRawBufferPointer) -> Digest { digest(b, seed: seed) }
+
+    /// `digest(b)` with `seed` read by the caller (`NameTable.seed`, once before a loop: each read
+    /// of the lazily initialised static is a call to `swift_once`, which the optimiser does not
+    /// move out of a loop).
+    @inline(__always) static func digest(_ b: UnsafeRawBufferPointer, seed: UInt64) -> Digest {
         var h = seed ^ (UInt64(b.count) &* 0x9e37_79b9_7f4a_7c15)
         var head0: UInt64 = 0, head1: UInt64 = 0
         var i = 0

@@ -134,6 +134,7 @@ extension Session {
             if isCore, si < initOffset.count, initOffset[si] != nil { sectionKind[si] |= 2 }
             if si != layout.percpuIndex, let a = addr[si] { sectionBase[si] = a; sectionKind[si] |= 1 }
         }
+        let nameSeed = NameTable.seed
         symValue.withUnsafeMutableBufferPointer { vals in
             precondition(vals.count == t.count)
             for i in t.indices {
@@ -146,7 +147,7 @@ extension Session {
                         if i != 0 && shndx == Int(SectionIndex.undef) {
                             let n = t.nameBytes(i)
                             if n.isASCII {
-                                pending.append((i, n, NameTable.digest(n)))
+                                pending.append((i, n, NameTable.digest(n, seed: nameSeed)))
                                 continue  // SHN_UNDEF: never in an init section (below)
                             }
                         }
