@@ -339,7 +339,7 @@ extension Session {
         let n = s.size / Session.kernelSymbolSize
         guard n > 0 else { return }
         let nameSeed = NameTable.seed  // (read once: NameTable.digest(_:seed:))
-        guard i < isData.count, isData[i], let taddr = addr[i], let copy = dataCopy(i) else {
+        guard i < isData.count, isData[i], let taddr = addr[i] else {
             throw deny(.malformedELF, "\(s.name) is not an allocated data section of the module (its entries would not be the relocated data the kernel reads)", section: s.name)
         }
         // Read-only after `module_enable_ro()` (complete_formation(), before the module's init
@@ -347,9 +347,20 @@ extension Session {
         guard !layout.flags[i].contains(.write), !layout.flags[i].contains(.roAfterInit) else {
             throw deny(.malformedELF, "\(s.name) is writable: its entries could change after they are read at load", section: s.name)
         }
-        // Per 4-byte field of the section: how many PC32/PLT32 records write exactly it (0xff: some
-        // other record touches it). Every record was already checked by the relocation stage.
-        var writes = [UInt8](repeating: 0, count: 3 * n)
+        // Nothing sized by the section is made before its records are counted: every entry needs
+        // its value_offset and name_offset written by a record (below), so with fewer records
+        // than twice the entries some entry among the first `records / 2 + 1` has a field no
+        // record writes. The section's size is only a header's word (an SHT_NOBITS __ksymtab of
+        // 128 MiB has no byte in the file): its relocated copy (12 bytes an entry) and the field
+        // counts (3 an entry) are made only when the records (24 file bytes each) can cover it,
+        // and the counts of the first `records / 2 + 1` entries otherwise, to name that entry.
+        var records = 0
+        for rs in rela where rs.targetSectionIndex == i { records += rs.relocations.count }
+        let counted = records < 2 * n ? Swift.min(n, records / 2 + 1) : n
+        // Per 4-byte field of the first `counted` entries: how many PC32/PLT32 records write
+        // exactly it (0xff: some other record touches it). Every record was already checked by
+        // the relocation stage.
+        var writes = [UInt8](repeating: 0, count: 3 * counted)
         for rs in rela where rs.targetSectionIndex == i {
             let rels = rs.relocations
             for k in rels.indices {
@@ -358,7 +369,7 @@ extension Session {
                 let o = Int(r.offset)
                 guard o >= 0, o < s.size else { continue }
                 if (r.type.rawValue == 2 || r.type.rawValue == 4) && o % 4 == 0 {
-                    if writes[o / 4] < 0xfe { writes[o / 4] += 1 }
+                    if o / 4 < writes.count, writes[o / 4] < 0xfe { writes[o / 4] += 1 }
                     // A value in the module's own init sections: freed after init, and known here
                     // only at the placeholder (a core session never trusts init addresses:
                     // Session.swift), not at the address the kernel's entry holds. The kernel
@@ -367,21 +378,31 @@ extension Session {
                         throw deny(.initSymbol, "\(s.name) entry \(o / Session.kernelSymbolSize): its value refers to \(symbolLabel(r.symbolIndex)) in init memory freed after init",
                                    section: s.name, offset: o)
                     }
-                } else {
+                } else if o / 4 < writes.count {
                     for f in (o / 4)...min((o + size - 1) / 4, writes.count - 1) { writes[f] = 0xff }
                 }
             }
+        }
+        func unwritten(_ k: Int) -> DenyError? {
+            guard writes[3 * k] != 1 || writes[3 * k + 1] != 1 else { return nil }
+            let field = writes[3 * k] == 1 ? "name_offset" : "value_offset", o = k * Session.kernelSymbolSize
+            return deny(.relocation, "\(s.name) entry \(k): its \(field) field is not written by exactly one R_X86_64_PC32 record (not a __KSYMTAB() entry)",
+                        section: s.name, offset: o, address: taddr &+ UInt64(o))
+        }
+        if counted < n {
+            // (Refused before the entries ahead of it are read: their names are not checked.)
+            for k in 0..<counted { if let d = unwritten(k) { throw d } }
+            preconditionFailure("\(records) records cover the fields of \(counted) entries")
+        }
+        guard let copy = dataCopy(i) else {
+            throw deny(.malformedELF, "\(s.name) is not an allocated data section of the module (its entries would not be the relocated data the kernel reads)", section: s.name)
         }
         try copy.withUnsafeBytes { tb in
             precondition(tb.count == s.size)
             var previous: Range<Int>?  // the table's previous name in `e.bytes`
             for k in 0..<n {
                 let o = k * Session.kernelSymbolSize
-                guard writes[3 * k] == 1, writes[3 * k + 1] == 1 else {
-                    let field = writes[3 * k] == 1 ? "name_offset" : "value_offset"
-                    throw deny(.relocation, "\(s.name) entry \(k): its \(field) field is not written by exactly one R_X86_64_PC32 record (not a __KSYMTAB() entry)",
-                               section: s.name, offset: o, address: taddr &+ UInt64(o))
-                }
+                if let d = unwritten(k) { throw d }
                 let valueOffset = tb.loadUnaligned(fromByteOffset: o, as: Int32.self)
                 let nameOffset = tb.loadUnaligned(fromByteOffset: o + 4, as: Int32.self)
                 let value = taddr &+ UInt64(o) &+ UInt64(bitPattern: Int64(Int32(littleEndian: valueOffset)))

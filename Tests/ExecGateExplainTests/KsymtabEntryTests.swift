@@ -136,4 +136,34 @@ extension AdversarialExportTests {
         XCTAssertEqual(d.rule, .malformedELF, d.reason)
         XCTAssertTrue(d.reason.contains("not a whole number of 12-byte"), d.reason)
     }
+
+    /// A `__ksymtab` stating far more entries than its relocation records can write: SHT_NOBITS
+    /// (its size a header word, no file byte behind it) of four million entries, llc's 27
+    /// records writing the fields of its nine. Refused at the first entry no record writes
+    /// (entry 9), before anything sized by the section is made. Fails: the section's relocated
+    /// copy (12 bytes an entry: 48 MB here, up to the 128 MiB core) and its field counts (3 an
+    /// entry) made first, as they were (the copy is looked for in the session's data copies).
+    func testAStatedKsymtabLargerThanItsRecordsIsRefusedBeforeItsCopy() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["llc"])
+        var ed = KoEditor(ko: e.module.ko)
+        let idx = try ed.sectionIndex("__ksymtab")
+        let h = ed.sectionHeader(idx)
+        XCTAssertEqual(try ed.relocations(for: "__ksymtab").count, 27)  // value, name, namespace: 9 entries
+        ed.put(UInt32(8), at: h + 4)                 // sh_type: SHT_NOBITS
+        ed.put(UInt64(12 * 4_000_000), at: h + 32)  // sh_size: four million entries
+        var claim = e.module.claim
+        claim.sectionAddresses = claim.sectionAddresses.filter { $0.key.hasPrefix(".init") }
+        let d = try XCTUnwrap(denial(try explainer.explain(f, "llc", ko: ed.ko, claim: claim)), "a NOBITS __ksymtab of 4M entries")
+        XCTAssertEqual(d.rule, .relocation, d.reason)
+        XCTAssertTrue(d.reason.contains("__ksymtab entry 9: its value_offset field is not written by exactly one R_X86_64_PC32 record"), d.reason)
+        let s = try ed.ko.withUnsafeBytes { try Session(elf: try ELFFile(bytes: $0), claim: claim, facts: f.boot.facts, resolver: e.before) }
+        XCTAssertThrowsError(try s.run())
+        XCTAssertTrue(s.isData[idx], "the section would have a copy")
+        XCTAssertNil(s.data[idx].map(\.count), "no copy of the stated section was made (its size in bytes)")
+        // Control: the real table's copy is made (the entries are read from it).
+        let real = try e.module.ko.withUnsafeBytes { try Session(elf: try ELFFile(bytes: $0), claim: claim, facts: f.boot.facts, resolver: e.before) }
+        try? real.run()
+        XCTAssertEqual(real.data[idx].map(\.count), 9 * 12, "the real __ksymtab is read from its copy")
+    }
 }
