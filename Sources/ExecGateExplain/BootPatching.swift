@@ -132,7 +132,7 @@ extension Session {
         if n <= 0 || execOffset(a, n) != nil { return }
         // Inside any allocated exec section (the other region's too): one binary search.
         if execSectionSpans.find(a, UInt64(n)) != nil { return }
-        if let writes = kernelWrites, let b = read(a, probe), !writes(b) { return }
+        if let writes = kernelWrites, let b = try read(a, probe), !writes(b) { return }
         throw deny(rule, "\(table) entry patches \(n) bytes at 0x\(String(a, radix: 16)), outside the module's executable sections (\(writer) would write them; not modelled)",
                    section: table, address: a)
     }
@@ -158,7 +158,13 @@ extension Session {
             // place); otherwise leave the site to the init session.
             let rels = rs.relocations
             guard rels.indices.allSatisfy({ rels.isValid($0) && rels[$0].symbolIndex < symValue.count && symValue[rels[$0].symbolIndex] != nil }) else { return }
-            let copy = pristineCopy(t, rela: ri, upTo: rels.count, values: symValue)
+            // (One copy of the section for all its sites: a copy per site was sites × section
+            // bytes, both the file's.)
+            let copy: [UInt8]
+            if let c = initTextCopies[t] { copy = c } else {
+                copy = try pristineCopy(t, rela: ri, upTo: rels.count, values: symValue)
+                initTextCopies[t] = copy
+            }
             let off = Int(a - sa)
             guard let insn = copy.withUnsafeBufferPointer({ InstructionDecoder.decode($0, at: off) }),
                   insn.opcode0 == 0xe8 || insn.opcode0 == 0xe9 || (insn.opcode0 == 0x0f && insn.opcode1 & 0xf0 == 0x80) else { return }
@@ -196,7 +202,7 @@ extension Session {
     /// `instr` relocated by R_X86_64_64). Each site becomes `call pv_ops[type]` (or nothing for
     /// `_paravirt_nop`, or `call paravirt_BUG` for NULL) padded with `add_nops()`.
     func applyParavirt() throws {
-        guard let t = table(".parainstructions") else { return }
+        guard let t = try table(".parainstructions") else { return }
         var o = 0
         while o + 16 <= t.bytes.count, let instr = t.bytes.getInteger(at: o, as: UInt64.self),
               let type = t.bytes.getInteger(at: o + 8, as: UInt8.self).map(Int.init), let len = t.bytes.getInteger(at: o + 9, as: UInt8.self).map(Int.init) {
@@ -244,7 +250,7 @@ extension Session {
     /// `apply_retpolines()` + `patch_retpoline()` (alternative.c). With RETPOLINE and not
     /// RETPOLINE_LFENCE the site is left as compiled (`return -1`).
     func applyRetpolines() throws {
-        let sites = relativeSites(".retpoline_sites")
+        let sites = try relativeSites(".retpoline_sites")
         if sites.isEmpty { return }
         let fb = featureBits
         for a in sites {
@@ -331,7 +337,7 @@ extension Session {
 
     /// `apply_returns()` + `__static_call_fixup()` + `patch_return()` (alternative.c, static_call.c).
     func applyReturns() throws {
-        guard let t = table(".return_sites") else { return }
+        guard let t = try table(".return_sites") else { return }
         // (Sized once from the table: grown by appends, reallocated about log2(sites) times.)
         returnSites.reserveCapacity(returnSites.count + Swift.min(t.bytes.count / 4, 1 << 16))
         try forEachRelativeSite(t) { a in
@@ -375,7 +381,7 @@ extension Session {
     /// ```
     /// Bit 15 of `cpuid` (ALTINSTR_FLAG_INV) inverts the test. Every site then gets `optimize_nops()`.
     func applyAlternatives() throws {
-        guard let t = table(".altinstructions") else { return }
+        guard let t = try table(".altinstructions") else { return }
         let maxFeature = featureBits.capabilityWords * 32
         var o = 0
         while let instrRel = t.bytes.getInteger(at: o, as: Int32.self), let replRel = t.bytes.getInteger(at: o + 4, as: Int32.self),
@@ -401,7 +407,7 @@ extension Session {
             let inv = cpuid & 0x8000 != 0
             altSites.append((off, instrlen, feature, inv, hasFeature(feature) != inv))
             if hasFeature(feature) != inv {
-                guard var buf = read(repl, repllen) else {
+                guard var buf = try read(repl, repllen) else {
                     throw deny(.alternative, "replacement at 0x\(String(repl, radix: 16)) is outside the module", address: instr)
                 }
                 if repllen == 5 && buf[0] == 0xe8, let v = buf.getInteger(at: 1, as: Int32.self) {
@@ -443,7 +449,7 @@ extension Session {
     /// `apply_ibt_endbr()` (CONFIG_X86_KERNEL_IBT only): `endbr64` (f3 0f 1e fa) → `66 0f 1f 00`.
     func applyEndbrSeal() throws {
         guard facts.ibtSeal else { return }
-        for a in relativeSites(".ibt_endbr_seal") {
+        for a in try relativeSites(".ibt_endbr_seal") {
             try requireExecutableSite(a, 4, .stage(.endbrSeal), ".ibt_endbr_seal", probe: 4, kernelWrites: Session.endbrMayWrite)
             guard let off = execOffset(a, 4), image[off..<off + 4].elementsEqual([0xf3, 0x0f, 0x1e, 0xfa]) else { continue }
             write(off, SiteBytes(raw: 0x001f_0f66, count: 4), .endbrSeal)
@@ -459,7 +465,7 @@ extension Session {
     func applySMPLocks() throws {
         guard region == .core, facts.uniprocessorPatched, let text = elf.section(named: ".text"), let toff = layout.coreOffset[text.index],
               layout.flags[text.index].contains(.alloc) else { return }
-        guard let t = table(".smp_locks") else { return }
+        guard let t = try table(".smp_locks") else { return }
         var o = 0
         while let v = t.bytes.getInteger(at: o, as: Int32.self) {
             let a = t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64(v))
@@ -582,7 +588,7 @@ extension Session {
     /// that holds `call __fentry__` becomes NOP5. At run time tracing may turn it into a call to a
     /// trusted ftrace entry (facts.ftraceCallTargets), nothing else.
     func applyFtrace() throws {
-        guard let t = table("__mcount_loc") else { return }
+        guard let t = try table("__mcount_loc") else { return }
         let fentry = resolver.lookup("__fentry__")
         let targets = facts.ftraceCallTargets  // read once (not once per site)
         var initSites: [UInt64] = []  // entries in other executable text (checked after the walk)

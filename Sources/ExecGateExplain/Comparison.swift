@@ -394,7 +394,7 @@ extension Session {
             for k in 0..<counted { if let d = unwritten(k) { throw d } }
             preconditionFailure("\(records) records cover the fields of \(counted) entries")
         }
-        guard let copy = dataCopy(i) else {
+        guard let copy = try dataCopy(i) else {
             throw deny(.malformedELF, "\(s.name) is not an allocated data section of the module (its entries would not be the relocated data the kernel reads)", section: s.name)
         }
         try copy.withUnsafeBytes { tb in
@@ -412,7 +412,7 @@ extension Session {
                     // (The data copy holding the name by binary search: a scan per entry was
                     // entries × sections, both the file's.)
                     guard let j = dataSpans.find(nameAddr, 1).map(\.value), j < layout.coreOffset.count, layout.coreOffset[j] != nil,
-                          let b = dataCopy(j), let a = addr[j] else {
+                          let b = try dataCopy(j), let a = addr[j] else {
                         throw deny(.malformedELF, "\(s.name) entry \(k): its name (0x\(String(nameAddr, radix: 16))) is not inside the module's own core data",
                                    section: s.name, offset: o + 4, address: nameAddr)
                     }

@@ -106,7 +106,7 @@ extension Session {
         // executable but outside mem[]; not replayed yet.
         // A module without retpoline sites in its text gets no ITS page (its_init_mod() only
         // resets its_page; pages are allocated per thunk).
-        if hasFeature(featureBits.indirectThunkITS), relativeSites(".retpoline_sites").contains(where: { execOffset($0, 1) != nil }) {
+        if hasFeature(featureBits.indirectThunkITS), try relativeSites(".retpoline_sites").contains(where: { execOffset($0, 1) != nil }) {
             throw deny(.loader, "6.12 ITS indirect-thunk pages (X86_FEATURE_INDIRECT_THUNK_ITS, its_allocate_thunk) are not modelled")
         }
         // callthunks_patch_module_calls(), emit_call_track_retpoline(), callthunks_translate_call_dest().
@@ -151,7 +151,7 @@ extension Session {
     ///                    u8 instrlen; u8 replacementlen; } __packed;   /* 14 bytes */
     /// ```
     func applyAlternatives612() throws {
-        guard let t = table(".altinstructions") else { return }
+        guard let t = try table(".altinstructions") else { return }
         let maxFeature = featureBits.capabilityWords * 32
         struct Entry { var instr: UInt64; var repl: UInt64; var cpuid: Int; var flags: UInt16; var instrlen: Int; var repllen: Int }
         var entries: [Entry] = []
@@ -227,7 +227,7 @@ extension Session {
                 throw deny(.alternative, "replacement of \(a.repllen) bytes is longer than the \(a.instrlen)-byte site (the copy would overrun it)",
                            atRegionOffset: off, address: a.instr)
             }
-            guard let repl = read(a.repl, a.repllen) else {
+            guard let repl = try read(a.repl, a.repllen) else {
                 throw deny(.alternative, "replacement at 0x\(String(a.repl, radix: 16)) is outside the module", atRegionOffset: off, address: a.instr)
             }
             var buf = repl + Array(image[min(image.count, off + a.repllen)..<tailEnd])
@@ -280,7 +280,7 @@ extension Session {
             deny(.alternative, "ALT_FLAG_DIRECT_CALL entry at 0x\(String(instr, radix: 16)) in init text: \(why) (alt_replace_call() BUGs)",
                  section: ".altinstructions", address: instr)
         }
-        guard repllen == 5, let r = read(repl, 1), r[0] == 0xe8 else { throw refuse("the replacement is not a 5-byte call") }
+        guard repllen == 5, let r = try read(repl, 1), r[0] == 0xe8 else { throw refuse("the replacement is not a 5-byte call") }
         guard instrlen == 6 else { throw refuse("the site is \(instrlen) bytes, not 6") }
         guard !rewrittenBefore else { throw refuse("an earlier taken entry rewrote the site (not modelled)") }
         guard let (t, off, signed) = signedInitTextSite(instr) else { throw refuse("the site is in no init text section") }
@@ -350,7 +350,7 @@ extension Session {
     /// (=y in Debian 6.12). `is_endbr()` accepts endbr64 (f3 0f 1e fa), endbr32 (f3 0f 1e fb) and the
     /// poison itself; those 4 bytes become `66 0f 1f 00`. Anything else: WARN, left alone.
     func applySealEndbr612() throws {
-        for a in relativeSites(".ibt_endbr_seal") {
+        for a in try relativeSites(".ibt_endbr_seal") {
             try requireExecutableSite(a, 4, .stage(.endbrSeal), ".ibt_endbr_seal", probe: 4, kernelWrites: Session.endbrMayWrite)
             guard let off = execOffset(a, 4) else { continue }
             let b = Array(image[off..<off + 4])
@@ -368,7 +368,7 @@ extension Session {
     /// alternatives_smp_unlock() skips every entry outside it, so an init session leaves its
     /// `lock` prefixes as compiled.
     func applySMPLocks612() throws {
-        guard region == .core, facts.uniprocessorPatched, let t = table(".smp_locks"), !image.isEmpty else { return }
+        guard region == .core, facts.uniprocessorPatched, let t = try table(".smp_locks"), !image.isEmpty else { return }
         var o = 0
         while let v = t.bytes.getInteger(at: o, as: Int32.self) {
             let a = t.addr &+ UInt64(o) &+ UInt64(bitPattern: Int64(v))

@@ -213,7 +213,7 @@ extension Session {
         if !initRefs.isEmpty {
             // (One sorted cover, a binary search per field: both counts are the file's, and a
             // scan of every template per field was quadratic in them.)
-            let replacements = RangeCover(initTextAlternativeTemplates())
+            let replacements = RangeCover(try initTextAlternativeTemplates())
             for f in initRefs where !replacements.covers(f.loc, UInt64(f.size)) {
                 throw deny(.initSymbol, f.reason, section: f.section, offset: f.offset, address: f.loc)
             }
@@ -347,14 +347,14 @@ extension Session {
         } else if let p = pending {
             // A second relocation section for the same target: on the copy, after the first.
             try reserve(s)
-            d = pristineCopy(t, rela: p, upTo: rela[p].relocations.count, values: vals)
+            d = try pristineCopy(t, rela: p, upTo: rela[p].relocations.count, values: vals)
         } else {
             let k = try vals.withUnsafeMutableBufferPointer { v in
                 try check(rs, t, taddr, s.isNoBits ? UnsafeRawBufferPointer(start: nil, count: 0) : elf.contents(of: s), s.size, v, &walk)
             }
             guard let k else { return false }
             try reserve(s)
-            d = pristineCopy(t, rela: ri, upTo: k, values: vals)
+            d = try pristineCopy(t, rela: ri, upTo: k, values: vals)
             start = k
         }
         // Fields out of order or of two sections may overlap here (never in `check`).
@@ -780,8 +780,17 @@ extension Session {
     /// `0..<k` of relocation section `rela[ri]` written: records `check` passed in place (in
     /// increasing, non-overlapping order), so writing them now gives the bytes
     /// `apply_relocate_add()` leaves. `values` holds every symbol value they use.
-    func pristineCopy(_ t: Int, rela ri: Int?, upTo k: Int, values: [UInt64?]) -> [UInt8] {
+    /// Copies of SHT_NOBITS sections are bounded in all (`ExplainLimits.maxNoBitsCopy`, counted in
+    /// `noBitsCopied`): past that the module is denied here, before the zeros are made.
+    func pristineCopy(_ t: Int, rela ri: Int?, upTo k: Int, values: [UInt64?]) throws -> [UInt8] {
         let s = elf.sections[t]
+        if s.isNoBits {
+            noBitsCopied += s.size
+            guard noBitsCopied <= ExplainLimits.maxNoBitsCopy else {
+                throw deny(.malformedELF, "\(s.name) is SHT_NOBITS (\(s.size) bytes, none in the file) and is read or relocated here as data: copies of such sections beyond \(ExplainLimits.maxNoBitsCopy) bytes in all are not made (working memory the request did not bring; no toolchain emits a table, a patch site or an out-of-order relocation there)",
+                           section: s.name)
+            }
+        }
         var d = s.isNoBits ? [UInt8](repeating: 0, count: s.size) : Array(elf.contents(of: s))
         guard let ri, k > 0, let taddr = addr[t] else { return d }
         let rels = rela[ri].relocations
@@ -845,8 +854,8 @@ extension Session {
     /// `do_free_init()`: explained, and dead (the freed init pages lose EXEC at init-freed).
     /// `struct alt_instr`: `{s32 instr, s32 repl, …, u8 instrlen, u8 replacementlen}`, 12 bytes on
     /// 6.1 (replacementlen at +11), 14 on 6.12 (at +13).
-    func initTextAlternativeTemplates() -> [Range<UInt64>] {
-        guard let t = table(".altinstructions") else { return [] }
+    func initTextAlternativeTemplates() throws -> [Range<UInt64>] {
+        guard let t = try table(".altinstructions") else { return [] }
         let size = loader == .linux6_12 ? 14 : 12
         var spans: [Range<UInt64>] = []
         for s in elf.sections where s.index < layout.initOffset.count && layout.initOffset[s.index] != nil {

@@ -456,7 +456,7 @@ extension Session {
     /// `arch_jump_entry_size()` decodes it) is exactly `x86_nops[size]` or `jmp target`.
     /// Either state is legal (key state is run-time data), but all sites of one key must agree.
     func addJumpLabels() throws {
-        guard let t = table("__jump_table") else { return }
+        guard let t = try table("__jump_table") else { return }
         var o = 0
         while let codeRel = t.bytes.getInteger(at: o, as: Int32.self), let targetRel = t.bytes.getInteger(at: o + 4, as: Int32.self),
               let keyRel = t.bytes.getInteger(at: o + 8, as: UInt64.self) {
@@ -617,7 +617,7 @@ extension Session {
     /// be trusted for the site's key (`trustedStaticCallTargets`); all sites of a key agree, here
     /// and with the key's state at verified modules (Comparison.swift).
     func addStaticCalls() throws {
-        guard let t = table(".static_call_sites") else { return }
+        guard let t = try table(".static_call_sites") else { return }
         let ret0 = facts.staticCallReturn0
         // The per-key tables sized once for the module's own keys (a trampoline each) and a few
         // of the core's, instead of growing as a module's hundreds of tracepoint keys arrive (a

@@ -118,6 +118,8 @@ final class Session {
     var pendingRela: [Int?] = []
     var notes: [(range: Range<Int>, text: String)] = []
     var relocCount = 0
+    var noBitsCopied = 0
+    var initTextCopies: [Int: [UInt8]] = [:]
     var symbolInInit: [Bool] = []
     var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
     var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
@@ -144,6 +146,8 @@ final class Session {
     @exclusivity(unchecked) var pendingRela: [Int?] = []
     @exclusivity(unchecked) var notes: [(range: Range<Int>, text: String)] = []
     @exclusivity(unchecked) var relocCount = 0
+    @exclusivity(unchecked) var noBitsCopied = 0
+    @exclusivity(unchecked) var initTextCopies: [Int: [UInt8]] = [:]
     @exclusivity(unchecked) var symbolInInit: [Bool] = []
     @exclusivity(unchecked) var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
     @exclusivity(unchecked) var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
@@ -168,6 +172,9 @@ final class Session {
     // - `pendingRela`: data section → the relocation section (index in `rela`) whose records were
     //   checked in place and are written when the copy is made.
     // - `notes`: per-range explanations for the first-difference report (Comparison.swift).
+    // - `noBitsCopied`: bytes of SHT_NOBITS sections copied (`pristineCopy`, bounded);
+    //   `initTextCopies`: a core session's relocated copies of its init text sections, made for
+    //   the first retpoline site in each (`refuseRspRetpolineInInitText`);
     // - `relocCount`: relocation fields applied; `symbolInInit`: in a core session, per symbol,
     //   defined in one of the module's init sections (freed after init), empty when none is
     //   (Relocations.swift `resolveAllSymbols`).
@@ -618,17 +625,17 @@ final class Session {
     }
 
     /// Read bytes at a guest address from the working image or a data section copy.
-    func read(_ a: UInt64, _ n: Int) -> [UInt8]? {
+    func read(_ a: UInt64, _ n: Int) throws -> [UInt8]? {
         if let off = execOffset(a, n) { return Array(image[off..<off + n]) }
         if n >= 1 {
-            guard let r = dataSpans.find(a, UInt64(n)), let d = dataCopy(r.value) else { return nil }
+            guard let r = dataSpans.find(a, UInt64(n)), let d = try dataCopy(r.value) else { return nil }
             let rel = Int(a - r.lo)
             return Array(d[rel..<rel + n])
         }
         for i in dataSections {
             guard let sa = addr[i], a >= sa else { continue }
             let rel = a - sa, size = UInt64(elf.sections[i].size)  // a copy holds exactly the section's size
-            if rel <= size, size - rel >= UInt64(n), let d = dataCopy(i) { return Array(d[Int(rel)..<Int(rel) + n]) }
+            if rel <= size, size - rel >= UInt64(n), let d = try dataCopy(i) { return Array(d[Int(rel)..<Int(rel) + n]) }
         }
         return nil
     }
@@ -792,33 +799,34 @@ final class Session {
     }
 
     /// A table section of the module (relocated copy) and its address.
-    func table(_ name: String) -> (bytes: [UInt8], addr: UInt64)? {
-        guard let s = elf.section(named: name), let a = addr[s.index], let d = dataCopy(s.index) else { return nil }
+    func table(_ name: String) throws -> (bytes: [UInt8], addr: UInt64)? {
+        guard let s = elf.section(named: name), let a = addr[s.index], let d = try dataCopy(s.index) else { return nil }
         return (d, a)
     }
 
     /// The relocated copy of data section `i` (nil if the session has none), made on first use:
     /// the signed contents (zeros for SHT_NOBITS) with the relocations already checked written in.
-    func dataCopy(_ i: Int) -> [UInt8]? {
+    /// Copies of SHT_NOBITS sections are bounded in all (`pristineCopy`).
+    func dataCopy(_ i: Int) throws -> [UInt8]? {
         guard i >= 0, i < isData.count, isData[i] else { return nil }  // (only these have copies)
         if let d = data[i] { return d }
         let pending = pendingRela[i]
-        let d = pristineCopy(i, rela: pending, upTo: pending.map { rela[$0].relocations.count } ?? 0, values: symValue)
+        let d = try pristineCopy(i, rela: pending, upTo: pending.map { rela[$0].relocations.count } ?? 0, values: symValue)
         pendingRela[i] = nil
         data[i] = d
         return d
     }
 
     /// Sites of a `s32` self-relative table (`.retpoline_sites`, `.return_sites`, `.ibt_endbr_seal`).
-    func relativeSites(_ name: String) -> [UInt64] {
+    func relativeSites(_ name: String) throws -> [UInt64] {
         var out: [UInt64] = []
-        forEachRelativeSite(name) { out.append($0) }
+        try forEachRelativeSite(name) { out.append($0) }
         return out
     }
 
     /// `relativeSites(name)` visited in order, without the array.
-    func forEachRelativeSite(_ name: String, _ body: (UInt64) throws -> Void) rethrows {
-        guard let t = table(name) else { return }
+    func forEachRelativeSite(_ name: String, _ body: (UInt64) throws -> Void) throws {
+        guard let t = try table(name) else { return }
         try forEachRelativeSite(t, body)
     }
 

@@ -444,7 +444,7 @@ final class MitigationRuleTests: XCTestCase {
     /// spectre_v2 without retpolines: `call __x86_indirect_thunk_rREG` → `call *%rREG` + NOPs.
     func testRetpolineSitesBecomeIndirectCallsWithoutRetpoline() throws {
         let (s, _) = try session("8021q") { clear(&$0, FeatureBits.debian6_1.retpoline) }
-        let sites = s.relativeSites(".retpoline_sites").compactMap { s.execOffset($0, 5) }
+        let sites = try s.relativeSites(".retpoline_sites").compactMap { s.execOffset($0, 5) }
         XCTAssertFalse(sites.isEmpty)
         for off in sites {
             let b = Array(s.image[off..<off + 5])

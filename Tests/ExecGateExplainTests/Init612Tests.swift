@@ -225,7 +225,7 @@ final class Init612Tests: XCTestCase {
         let sites: [UInt64] = try c.ko.withUnsafeBytes { raw in
             let s = try Session(elf: try ELFFile(bytes: raw), claim: c.claim, facts: c.facts, resolver: c.resolver, region: .initText)
             try s.relocate()
-            return s.relativeSites(".smp_locks").filter { s.execOffset($0, 1) != nil }
+            return try s.relativeSites(".smp_locks").filter { s.execOffset($0, 1) != nil }
         }
         XCTAssertEqual(sites.count, n)
         let ib = try XCTUnwrap(c.claim.initTextBase)
