@@ -23,7 +23,7 @@ struct AddressTable {
     private let seed = AddressTable.processSeed
 
     private static let empty = UInt64.max
-    static let processSeed = UInt64.random(in: 0...UInt64.max)
+    private static let processSeed = UInt64.random(in: 0...UInt64.max)
 
     init() {}
 
@@ -130,82 +130,4 @@ struct AddressTable {
         if let v = maxKeyValue { d[Self.empty] = v }
         return d
     }
-}
-
-/// A set of addresses built once and then only read (a build's core function entries, its
-/// tracepoint keys: tens of thousands of addresses every module's static-call targets are looked
-/// up in). Open addressing with linear probing over one array of keys, at most three quarters
-/// full (the footprint of `Set<UInt64>`, which sizes its buckets the same way), hashed by a
-/// multiply with the process's seed (``AddressTable``'s): a look-up reads one key, or a few in a
-/// row on one cache line, where `Set<UInt64>.contains` first ran SipHash over the key (the
-/// static-call target filter's first look-ups were its cost: docs/performance.md). Every key is
-/// allowed (`UInt64.max`, the empty-slot marker, is kept apart). The keys come from a build's
-/// symbol map or a guest's registration (addresses the guest chooses): the seed is random per
-/// process and not observable, so a registration cannot aim its addresses at one run of slots.
-struct AddressSet: Sendable {
-    /// A power of two of slots (16 at least), `UInt64.max` where empty; none when the set is empty.
-    private let slots: [UInt64]
-    /// `64 - log2(slots.count)`: a key's home slot is the top bits of its product.
-    private let shift: UInt64
-    private let seed: UInt64
-    /// Whether the set holds `UInt64.max`, which cannot live in `slots`.
-    private let holdsMax: Bool
-    /// The keys held (`UInt64.max` included).
-    let count: Int
-
-    private static let empty = UInt64.max
-
-    init(_ keys: Set<UInt64>) {
-        let seed = AddressTable.processSeed
-        self.seed = seed
-        holdsMax = keys.contains(Self.empty)
-        count = keys.count
-        let n = keys.count - (holdsMax ? 1 : 0)
-        guard n > 0 else { slots = []; shift = 64; return }
-        var size = 16, bits: UInt64 = 4
-        while 3 * size < 4 * n { size <<= 1; bits += 1 }  // at most 3/4 full: the probe loop ends
-        let shift = 64 - bits
-        self.shift = shift
-        slots = [UInt64](unsafeUninitializedCapacity: size) { b, made in
-            b.initialize(repeating: Self.empty)
-            let mask = size - 1
-            for k in keys where k != Self.empty {
-                var s = AddressSet.home(k, shift, seed)
-                while b[s] != Self.empty { s = (s &+ 1) & mask }  // distinct keys: no match to find
-                b[s] = k
-            }
-            made = size
-        }
-    }
-
-    @inline(__always) private static func home(_ k: UInt64, _ shift: UInt64, _ seed: UInt64) -> Int {
-        Int(truncatingIfNeeded: ((k ^ seed) &* 0x9e37_79b9_7f4a_7c15) >> shift)
-    }
-
-    @inline(__always) func contains(_ k: UInt64) -> Bool {
-        if k == Self.empty { return holdsMax }
-        return slots.withUnsafeBufferPointer { b in
-            guard !b.isEmpty else { return false }
-            let mask = b.count &- 1
-            var s = AddressSet.home(k, shift, seed)
-            while true {
-                let x = b[s]
-                if x == k { return true }
-                if x == Self.empty { return false }
-                s = (s &+ 1) & mask
-            }
-        }
-    }
-
-    /// Every key, in slot order (`UInt64.max` last).
-    var keys: [UInt64] {
-        var out: [UInt64] = []
-        out.reserveCapacity(count)
-        for k in slots where k != Self.empty { out.append(k) }
-        if holdsMax { out.append(Self.empty) }
-        return out
-    }
-
-    /// Slots allocated (for the memory figures; `count` fits in three quarters of them).
-    var capacity: Int { slots.count }
 }

@@ -214,47 +214,37 @@ public struct SlidExports: Sendable {
     }
 }
 
-/// A set of addresses stored at link-time addresses (shared), read at one guest's slide. Held as
-/// an ``AddressSet`` (a multiply-hashed table of the keys, built once): the static-call target
-/// filter asks the core's function entries for every key's targets.
+/// A set of addresses stored at link-time addresses (shared), read at one guest's slide.
 public struct SlidAddressSet: Sendable, Sequence {
-    private let table: AddressSet
+    public let linkTime: Set<UInt64>
     public let slide: KernelSlide
 
     public init(linkTime: Set<UInt64>, slide: KernelSlide) {
-        self.table = AddressSet(linkTime)
-        self.slide = slide
-    }
-
-    private init(table: AddressSet, slide: KernelSlide) {
-        self.table = table
+        self.linkTime = linkTime
         self.slide = slide
     }
 
     /// A set of run-time addresses (no slide).
     public init(_ runTime: Set<UInt64>) { self.init(linkTime: runTime, slide: .none) }
 
-    /// The link-time addresses, as a `Set` (made on each read: for building and inspection).
-    public var linkTime: Set<UInt64> { Set(table.keys) }
-
     /// Exact membership of the run-time address `a` (see ``KernelSlide``).
     @inline(__always) public func contains(_ a: UInt64) -> Bool {
         guard let l = slide.exactLinkTime(a) else { return false }
-        return table.contains(l)
+        return linkTime.contains(l)
     }
 
     public func slid(by slide: KernelSlide) -> SlidAddressSet {
         precondition(self.slide == .none, "slide a build's table once")
-        return SlidAddressSet(table: table, slide: slide)
+        return SlidAddressSet(linkTime: linkTime, slide: slide)
     }
 
-    public var count: Int { table.count }
-    public var isEmpty: Bool { table.count == 0 }
-    public var underestimatedCount: Int { table.count }
-    /// The run-time addresses, in the table's order.
-    public func makeIterator() -> LazyMapSequence<[UInt64], UInt64>.Iterator {
+    public var count: Int { linkTime.count }
+    public var isEmpty: Bool { linkTime.isEmpty }
+    public var underestimatedCount: Int { linkTime.count }
+    /// The run-time addresses, in the set's order.
+    public func makeIterator() -> LazyMapSequence<Set<UInt64>, UInt64>.Iterator {
         let s = slide
-        return table.keys.lazy.map { s.runTime($0) }.makeIterator()
+        return linkTime.lazy.map { s.runTime($0) }.makeIterator()
     }
 }
 
