@@ -4,8 +4,12 @@
 // `[UInt64: UInt64]` cost a SipHash per access, several per site.
 
 /// `UInt64 → UInt64` by open addressing (linear probing) over a power of two of slots, at most half
-/// full, hashed by a multiply with a per-process seed (as NameTable: the keys come from a signed
-/// module placed at a guest-chosen base, and a module has at most a few hundred distinct keys).
+/// full. The keys come from a signed module placed at a guest-chosen base (and from relocation
+/// addends the module chooses), so the hash takes every key bit and a secret: the key, XORed with
+/// a per-process random word, times a per-process random odd multiplier, the 128-bit product's
+/// halves folded (`home`). (It was the product's bits 32 and up with a fixed multiplier: keys
+/// differing only at and above bit 32 + log2(slots) shared one home whatever the seed, and a
+/// module listing thousands of such keys made every insert walk them all.)
 /// A value type (copy-on-write through its one array of slots). Every key is allowed (`UInt64.max`, the
 /// empty-slot marker, is kept apart); entries are never removed.
 struct AddressTable {
@@ -18,12 +22,13 @@ struct AddressTable {
     private var maxKeyValue: UInt64?
     /// The entries, the key `UInt64.max` included.
     var count: Int { slotted + (maxKeyValue == nil ? 0 : 1) }
-    /// The process's seed, copied into each table: a `static let` is read through a lazy
+    /// The process's hash secrets, copied into each table: a `static let` is read through a lazy
     /// initialiser's once-check (`swift_once`) at every access, and `home` runs at every probe.
     private let seed = AddressTable.processSeed
 
     private static let empty = UInt64.max
-    private static let processSeed = UInt64.random(in: 0...UInt64.max)
+    typealias Seed = (xor: UInt64, multiplier: UInt64)
+    private static let processSeed: Seed = (UInt64.random(in: 0...UInt64.max), UInt64.random(in: 0...UInt64.max) | 1)
 
     init() {}
 
@@ -52,13 +57,13 @@ struct AddressTable {
         }
     }
 
-    @inline(__always) private static func home(_ k: UInt64, _ mask: Int, _ seed: UInt64) -> Int {
-        let h = (k ^ seed) &* 0x9e37_79b9_7f4a_7c15
-        return Int(truncatingIfNeeded: h >> 32) & mask
+    @inline(__always) private static func home(_ k: UInt64, _ mask: Int, _ seed: Seed) -> Int {
+        let p = (k ^ seed.xor).multipliedFullWidth(by: seed.multiplier)
+        return Int(truncatingIfNeeded: p.high ^ p.low) & mask
     }
 
     /// The slot holding `k`, or the empty slot where it would go (`b` is `slots`, not empty).
-    @inline(__always) private static func find(_ k: UInt64, in b: UnsafeBufferPointer<UInt64>, _ seed: UInt64) -> (slot: Int, found: Bool) {
+    @inline(__always) private static func find(_ k: UInt64, in b: UnsafeBufferPointer<UInt64>, _ seed: Seed) -> (slot: Int, found: Bool) {
         let mask = b.count / 2 - 1
         var s = home(k, mask, seed)
         while true {
@@ -111,6 +116,17 @@ struct AddressTable {
 
     /// Slots allocated (twice the entries it holds at most before it grows).
     var capacity: Int { slots.count / 2 }
+
+    /// The slots each key sits past its home, summed (for tests: a hash that keys can aim at one
+    /// home makes it grow as the square of the keys).
+    var displacement: Int {
+        let size = slots.count / 2
+        var d = 0
+        for s in 0..<size where slots[2 * s] != Self.empty {
+            d += (s - AddressTable.home(slots[2 * s], size - 1, seed) + size) & (size - 1)
+        }
+        return d
+    }
 
     /// Every key, ascending.
     var sortedKeys: [UInt64] {

@@ -187,6 +187,29 @@ final class AddressTableTests: XCTestCase {
             XCTAssertEqual(t.sortedKeys, d.keys.sorted())
         }
     }
+
+    /// Keys a module can aim at one home (its jump-table and static-call keys carry addends it
+    /// chooses) spread over the table: keys differing only in their high bits (the old hash took
+    /// the product's bits 32 and up: 8,192 such keys shared one home, every insert walked them
+    /// all), only in bits whose multiples the old fixed multiplier moved by a sliver of a slot
+    /// (a reviewer's flood set), and a dense run. Each set's summed displacement stays within 8
+    /// slots a key (random keys at half load: about 1). Fails with a hash that keys can aim.
+    func testStructuredKeysDoNotShareHomes() {
+        var sets: [(String, [UInt64])] = []
+        sets.append(("high bits", (0..<8_192).map { 0xffff_ffff_a000_0000 ^ (UInt64($0) << 44) }))
+        sets.append(("bits 48-63", (0..<8_192).map { 0xffff_ffff_c000_0000 ^ (UInt64($0) << 51) }))
+        var flood: [UInt64] = [0xffff_ffff_8100_0000]
+        for b in [61, 62, 63, 30, 31, 51, 32, 46, 52, 33, 14, 0, 47] { flood += flood.map { $0 ^ (1 << UInt64(b)) } }
+        sets.append(("flood", flood))
+        sets.append(("dense", (0..<8_192).map { 0xffff_ffff_c000_0000 &+ UInt64($0) &* 8 }))
+        for (name, keys) in sets {
+            var t = AddressTable()
+            for (i, k) in keys.enumerated() { t.set(k, UInt64(i)) }
+            XCTAssertEqual(t.count, Set(keys).count, name)
+            XCTAssertLessThanOrEqual(t.displacement, 8 * t.count, "\(name): \(t.count) keys, capacity \(t.capacity)")
+            for (i, k) in keys.enumerated().prefix(64) { XCTAssertEqual(t[k], UInt64(i), name) }
+        }
+    }
 }
 
 /// `AddressTable(expecting:)` takes a count read from a module: it sizes for it up to 4,096
