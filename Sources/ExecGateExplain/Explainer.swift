@@ -86,12 +86,12 @@ public enum ExplainLimits {
     /// The whole x86-64 module area is 1 GiB; the largest Debian 6.1 module core is a few MiB.
     public static let maxCoreSize = 128 << 20
     /// The bytes of SHT_NOBITS sections a session copies to read as data (a table by name, a
-    /// site's or replacement's bytes, an export's name), in all (a session: the core region, or
-    /// the init region's own). Such a section has a size and no
+    /// site's or replacement's bytes, an export's name, out-of-order relocations), in all (a
+    /// session: the core region, or the init region's own). Such a section has a size and no
     /// file byte, so its copy (zeros and the fields its records write) would be working memory
     /// the request never brought: up to `maxCoreSize` from a module of a few KiB, where the
     /// service admits a request at twice its body (ServiceVM/README.md). No module of the
     /// reference builds has any such copy (no toolchain emits a table or a patch site in
-    /// `.bss`); past this a module is denied where its read would make one.
+    /// `.bss`); past this a module is denied where its read would make one (`pristineCopy`).
     public static let maxNoBitsCopy = 1 << 20
 }
