@@ -7,9 +7,9 @@
 /// full. The keys come from a signed module placed at a guest-chosen base (and from relocation
 /// addends the signed module holds), so the hash takes every key bit and secrets: the key, XORed
 /// with a per-process random word, times a per-process random odd multiplier, the 128-bit
-/// product's halves folded, twice (`home`). (It was the product's bits 32 and up with a fixed multiplier: keys
-/// differing only at and above bit 32 + log2(slots) shared one home whatever the seed, and a
-/// module listing thousands of such keys made every insert walk them all.)
+/// product's halves folded, twice (`home`). (It was the product's bits 32 and up with a fixed
+/// multiplier: keys differing only at and above bit 32 + log2(slots) shared one home whatever
+/// the seed, and a module listing thousands of such keys made every insert walk them all.)
 /// A value type (copy-on-write through its one array of slots). Every key is allowed (`UInt64.max`, the
 /// empty-slot marker, is kept apart); entries are never removed.
 struct AddressTable {

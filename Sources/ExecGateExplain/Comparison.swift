@@ -339,9 +339,10 @@ extension Session {
         let n = s.size / Session.kernelSymbolSize
         guard n > 0 else { return }
         let nameSeed = NameTable.seed  // (read once: NameTable.digest(_:seed:))
-        guard i < isData.count, isData[i], let taddr = addr[i] else {
-            throw deny(.malformedELF, "\(s.name) is not an allocated data section of the module (its entries would not be the relocated data the kernel reads)", section: s.name)
+        func notAllocated() -> DenyError {
+            deny(.malformedELF, "\(s.name) is not an allocated data section of the module (its entries would not be the relocated data the kernel reads)", section: s.name)
         }
+        guard i < isData.count, isData[i], let taddr = addr[i] else { throw notAllocated() }
         // Read-only after `module_enable_ro()` (complete_formation(), before the module's init
         // runs): the entries the kernel reads at every later lookup are the ones read here.
         guard !layout.flags[i].contains(.write), !layout.flags[i].contains(.roAfterInit) else {
@@ -394,9 +395,7 @@ extension Session {
             for k in 0..<counted { if let d = unwritten(k) { throw d } }
             preconditionFailure("\(records) records cover the fields of \(counted) entries")
         }
-        guard let copy = try dataCopy(i) else {
-            throw deny(.malformedELF, "\(s.name) is not an allocated data section of the module (its entries would not be the relocated data the kernel reads)", section: s.name)
-        }
+        guard let copy = try dataCopy(i) else { throw notAllocated() }
         try copy.withUnsafeBytes { tb in
             precondition(tb.count == s.size)
             var previous: Range<Int>?  // the table's previous name in `e.bytes`
