@@ -149,30 +149,35 @@ extension Session {
     /// for a call, does not depend on where init text is). Other init-text verdicts are the
     /// init session's.
     func refuseRspRetpolineInInitText(_ a: UInt64, thunks: UInt64?) throws {
-        guard let thunks else { return }
-        for (ri, rs) in rela.enumerated() {
-            let t = rs.targetSectionIndex
-            guard t < layout.initOffset.count, layout.initOffset[t] != nil, layout.flags[t].contains(.execInstr),
-                  let sa = addr[t], a >= sa, a - sa < UInt64(elf.sections[t].size) else { continue }
-            // Every record's symbol value is known (the core session checked these records in
-            // place); otherwise leave the site to the init session.
-            let rels = rs.relocations
-            guard rels.indices.allSatisfy({ rels.isValid($0) && rels[$0].symbolIndex < symValue.count && symValue[rels[$0].symbolIndex] != nil }) else { return }
-            // (One copy of the section for all its sites: a copy per site was sites × section
-            // bytes, both the file's.)
-            let copy: [UInt8]
-            if let c = initTextCopies[t] { copy = c } else {
-                copy = try pristineCopy(t, rela: ri, upTo: rels.count, values: symValue)
-                initTextCopies[t] = copy
+        // The init text section holding the site, and the first relocation section applying to
+        // it (by index: a scan of every relocation section per site was sites × sections, both
+        // the file's).
+        guard let thunks, let span = initTextSpans.find(a, 1) else { return }
+        let t = span.value
+        var chain = relaByTarget[t]
+        guard let ri = chain.next() else { return }
+        // One copy of the section for all its sites (a copy per site was sites × section bytes),
+        // or none when a record's symbol value is unknown (the core session checked these records
+        // in place; the site is then the init session's), both decided once a section.
+        let copy: [UInt8]
+        switch initTextCopies[t] {
+        case .some(.some(let c)): copy = c
+        case .some(.none): return
+        case .none:
+            let rels = rela[ri].relocations
+            guard rels.indices.allSatisfy({ rels.isValid($0) && rels[$0].symbolIndex < symValue.count && symValue[rels[$0].symbolIndex] != nil }) else {
+                initTextCopies.updateValue(nil, forKey: t)
+                return
             }
-            let off = Int(a - sa)
-            guard let insn = copy.withUnsafeBufferPointer({ InstructionDecoder.decode($0, at: off) }),
-                  insn.opcode0 == 0xe8 || insn.opcode0 == 0xe9 || (insn.opcode0 == 0x0f && insn.opcode1 & 0xf0 == 0x80) else { return }
-            let target = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate)
-            if Session.retpolineRegister(Int64(bitPattern: target &- thunks)) == 4 {
-                throw deny(.retpoline, "CALL/JMP *%rsp in init text (the kernel BUGs)", section: ".retpoline_sites", address: a)
-            }
-            return
+            copy = try pristineCopy(t, rela: ri, upTo: rels.count, values: symValue)
+            initTextCopies[t] = copy
+        }
+        let off = Int(a - span.lo)
+        guard let insn = copy.withUnsafeBufferPointer({ InstructionDecoder.decode($0, at: off) }),
+              insn.opcode0 == 0xe8 || insn.opcode0 == 0xe9 || (insn.opcode0 == 0x0f && insn.opcode1 & 0xf0 == 0x80) else { return }
+        let target = a &+ UInt64(insn.length) &+ UInt64(bitPattern: insn.immediate)
+        if Session.retpolineRegister(Int64(bitPattern: target &- thunks)) == 4 {
+            throw deny(.retpoline, "CALL/JMP *%rsp in init text (the kernel BUGs)", section: ".retpoline_sites", address: a)
         }
     }
 
@@ -505,30 +510,60 @@ extension Session {
 
     // MARK: ftrace
 
+    /// The module's executable init sections (laid out in init, SHF_EXECINSTR, not empty) as
+    /// spans of their addresses as this session places them (a core session: the placeholder
+    /// ones), valued by section index; made on first use. Disjoint (the layout gives each its own
+    /// offset), so `find` answers by binary search.
+    var initTextSpans: Spans {
+        if let c = initTextSpansCache { return c }
+        var spans: [(lo: UInt64, hi: UInt64, value: Int)] = []
+        for t in elf.sections.indices where t < layout.initOffset.count && layout.initOffset[t] != nil && layout.flags[t].contains(.execInstr) {
+            guard let sa = addr[t], let r = Session.span(sa, UInt64(elf.sections[t].size)) else { continue }
+            spans.append((r.lowerBound, r.upperBound, t))
+        }
+        let c = Spans(spans)
+        initTextSpansCache = c
+        return c
+    }
+
+    /// The relocation sections applying to each section (indices in `rela`), made on first use.
+    var relaByTarget: RelaByTarget {
+        if let c = relaByTargetCache { return c }
+        let c = RelaByTarget(rela, sections: elf.sections.count)
+        relaByTargetCache = c
+        return c
+    }
+
     /// The module's executable init section holding address `a`, as the core session sees it
     /// (init text is no region of its claim): the section's index, `a`'s offset in it and the
     /// section's signed bytes; nil when `a` lies in none. For the loader steps that read a site in
     /// init text at load (`refuseDirectCallBugInInitText`, `refuseInvalidStaticCallInInitText`).
     func signedInitTextSite(_ a: UInt64) -> (section: Int, offset: Int, signed: UnsafeRawBufferPointer)? {
-        for (t, s) in elf.sections.enumerated() where t < layout.initOffset.count && layout.initOffset[t] != nil && layout.flags[t].contains(.execInstr) {
-            guard let sa = addr[t], a >= sa, a - sa < UInt64(s.size) else { continue }
-            return (t, Int(a - sa), elf.contents(of: s))
-        }
-        return nil
+        guard let span = initTextSpans.find(a, 1) else { return nil }
+        return (span.value, Int(a - span.lo), elf.contents(of: elf.sections[span.value]))
     }
 
     /// Whether a relocation record of section `t` writes a byte of `[lo, hi)` (a record the parser
-    /// refuses is left to the walk, which refuses it).
+    /// refuses is left to the walk, which refuses it). The bytes each section's records write are
+    /// gathered once (`relocationCovers`): a pass over every relocation section per question was
+    /// sites × records.
     func relocationWrites(section t: Int, _ lo: Int, _ hi: Int) -> Bool {
-        for rs in rela where rs.targetSectionIndex == t {
-            let rels = rs.relocations
-            for i in rels.indices where rels.isValid(i) {
-                guard let size = rels[i].type.fieldSize, size > 0 else { continue }
-                let o = Int(rels[i].offset)
-                if o < hi && o + size > lo { return true }
+        let cover: RangeCover
+        if let c = relocationCovers[t] { cover = c } else {
+            var written: [Range<UInt64>] = []
+            for ri in relaByTarget[t] {
+                let rels = rela[ri].relocations
+                for i in rels.indices where rels.isValid(i) {
+                    guard let size = rels[i].type.fieldSize, size > 0 else { continue }
+                    let o = rels[i].offset
+                    written.append(o..<o + UInt64(size))  // (a valid record's field lies inside the section)
+                }
             }
+            cover = RangeCover(written)
+            relocationCovers[t] = cover
         }
-        return false
+        guard lo >= 0, hi >= 0 else { return false }
+        return cover.overlaps(UInt64(lo), UInt64(hi))
     }
 
     /// `__mcount_loc` entries in the module's init text seen from the core session (the claim
@@ -543,13 +578,24 @@ extension Session {
     /// Anything else is denied. One pass over each init section's records (sites sorted).
     func requireFentryCallsInInitText(_ sites: [UInt64], fentry: UInt64) throws {
         guard region == .core, !sites.isEmpty else { return }  // an init session's other region is core text: the core session's
-        for (t, s) in elf.sections.enumerated() where t < layout.initOffset.count && layout.initOffset[t] != nil && layout.flags[t].contains(.execInstr) {
-            guard let sa = addr[t] else { continue }
+        // Each site in its init text section (by index: every site asked of every section was
+        // sites × sections), sorted by section then offset, one entry per (section, offset): a
+        // repeated entry is the same site (its verdict the same), and a record then overlaps at
+        // most a dozen entries, not every repeat.
+        let spans = initTextSpans
+        var placed: [(t: Int, off: Int, a: UInt64)] = []
+        placed.reserveCapacity(sites.count)
+        for a in sites { if let sp = spans.find(a, 1) { placed.append((sp.value, Int(a - sp.lo), a)) } }
+        placed.sort { ($0.t, $0.off) < ($1.t, $1.off) }
+        var g = 0
+        while g < placed.count {
+            let t = placed[g].t, s = elf.sections[t]
             // (offset in the section, address), sorted by offset, one entry per offset.
             var here: [(off: Int, a: UInt64)] = []
-            for a in sites where a >= sa && a - sa < UInt64(s.size) { here.append((Int(a - sa), a)) }
-            if here.isEmpty { continue }
-            here.sort { $0.off < $1.off }
+            while g < placed.count && placed[g].t == t {
+                if here.last?.off != placed[g].off { here.append((placed[g].off, placed[g].a)) }
+                g += 1
+            }
             func refuse(_ k: Int, _ why: String) -> DenyError {
                 deny(.stage(.ftrace), "__mcount_loc entry 0x\(String(here[k].a, radix: 16)) in \(s.name)+0x\(String(here[k].off, radix: 16)) is not `call __fentry__` (\(why)): ftrace_make_nop() fails, ftrace_bug() kills ftrace guest-wide (not modelled)",
                      section: "__mcount_loc", address: here[k].a)
@@ -560,8 +606,8 @@ extension Session {
                 guard !signed.isEmpty, signed[here[k].off] == 0xe8 else { throw refuse(k, "no e8 opcode") }
             }
             var writers = [Int](repeating: 0, count: here.count), good = [Bool](repeating: false, count: here.count)
-            for rs in rela where rs.targetSectionIndex == t {
-                let rels = rs.relocations
+            for ri in relaByTarget[t] {
+                let rels = rela[ri].relocations
                 for i in rels.indices where rels.isValid(i) {
                     let r = rels[i]
                     guard let size = r.type.fieldSize, size > 0 else { continue }

@@ -32,6 +32,40 @@ extension Session {
         return nil
     }
 
+    /// Why a site's expected bytes differ from its claimed ones (`notes`, for the first-difference
+    /// report), put into words only for the note a denial reports (`noteText`): a sentence made
+    /// for every such site, its key named by a scan of the symbol table (`describe`), was
+    /// sites × symbols of CPU and a few hundred bytes a site, from a module listing one
+    /// illegal site a million times (a review, 2026-12-07).
+    enum SiteNote {
+        /// The key's state at another of this module's sites: the key's first site in address
+        /// order (an index in the sorted sites) when that is before this one.
+        case disagrees(first: Int?)
+        /// The key's state at verified modules' sites.
+        case disagreesWithVerified
+        /// No legal encoding; `noEncoding`: none of the site's encodings is legal at all.
+        case illegal(noEncoding: Bool)
+    }
+
+    /// The words of note `why` on `site` (`sites`: the sorted sites the note's indices name).
+    func noteText(_ why: SiteNote, _ site: VariableSite, _ sites: [VariableSite]) -> String {
+        switch why {
+        case .disagrees(let first):
+            var other = "other sites of the same key"
+            if let f = first {
+                let fo = sites[f].offset, (fs, fso) = sectionOf(regionOffset: fo)
+                other = "the same key's site at 0x\(String(base &+ UInt64(fo), radix: 16)) (\(fs)+0x\(String(fso, radix: 16))), which holds another state: the kernel writes every site of a key to one state"
+            }
+            return "\(describe(site)): state disagrees with \(other)"
+        case .disagreesWithVerified:
+            return "\(describe(site)): state disagrees with the key's sites in verified modules"
+        case .illegal(let none):
+            return none
+                ? "\(describe(site)): no encoding of this site is legal — no target is trusted for its key and its NULL forms are no state of it (a tracepoint key is written only by tracepoint_update_call(), to its iterator __traceiter_<name> or a probe: the registration must name the iterator; a PREEMPT_DYNAMIC key disabled to __static_call_return0 needs that function registered)"
+                : "\(describe(site)): not a legal encoding (allowed: the NULL forms or a branch to a target trusted for the site)"
+        }
+    }
+
     func compare() throws {
         // The sort packs a site's index in 24 bits: a module listing more run-time sites (a
         // `.ko` of a gigabyte, which only an offline capture can hold: a request body is at most
@@ -106,7 +140,6 @@ extension Session {
                             write(off, site.pointee.encode(prev), cls)
                             // Name the site whose state the key took (the first of the key in
                             // address order): either of the two may be the one a guest changed.
-                            var other = "other sites of the same key"
                             // The key's first site in address order, from a table made at the
                             // first disagreement (a scan from site 0 at each one was quadratic
                             // in a module with many disagreeing sites, round 13).
@@ -115,16 +148,13 @@ extension Session {
                                 for e in 0...k { if let eg = sites[e].group, t[eg] == nil { t.set(eg, UInt64(e)) } }
                                 firstOfGroup = t
                             }
-                            if let f = firstOfGroup![g].map({ Int($0) }), f < k {
-                                let fo = sites[f].offset, (fs, fso) = sectionOf(regionOffset: fo)
-                                other = "the same key's site at 0x\(String(base &+ UInt64(fo), radix: 16)) (\(fs)+0x\(String(fso, radix: 16))), which holds another state: the kernel writes every site of a key to one state"
-                            }
-                            notes.append((off..<off + len, "\(describe(site.pointee)): state disagrees with \(other)"))
+                            let f = firstOfGroup![g].map { Int($0) }
+                            notes.append((off..<off + len, k, .disagrees(first: f.flatMap { $0 < k ? $0 : nil })))
                             continue
                         }
                         if cls == .staticCall, known == nil, let prev = verifiedStates[g], prev != st {
                             write(off, site.pointee.encode(prev), cls)
-                            notes.append((off..<off + len, "\(describe(site.pointee)): state disagrees with the key's sites in verified modules"))
+                            notes.append((off..<off + len, k, .disagreesWithVerified))
                             continue
                         }
                         if known == nil { groupState.set(g, st) }
@@ -149,9 +179,7 @@ extension Session {
                     // NULL no state of it), the expected bytes shown are no answer either: say so,
                     // and why, instead of suggesting them.
                     let none = cls == .staticCall && !candidates.contains { site0.check($0) != nil } && site0.firstTrustedTarget == nil
-                    notes.append((off..<off + len, none
-                        ? "\(describe(site0)): no encoding of this site is legal — no target is trusted for its key and its NULL forms are no state of it (a tracepoint key is written only by tracepoint_update_call(), to its iterator __traceiter_<name> or a probe: the registration must name the iterator; a PREEMPT_DYNAMIC key disabled to __static_call_return0 needs that function registered)"
-                        : "\(describe(site0)): not a legal encoding (allowed: the NULL forms or a branch to a target trusted for the site)"))
+                    notes.append((off..<off + len, k, .illegal(noEncoding: none)))
                 }
             }
         }
@@ -170,7 +198,7 @@ extension Session {
                 let byteClass = ExplanationClass(rawValue: Int(cls[i]))!  // rawValue set only from ExplanationClass
                 var reason = "byte differs from the \(byteClass) value"
                 var rule = DenialRule.stage(byteClass)
-                if let note = notes.first(where: { $0.range.contains(i) }) { reason = note.text }
+                if let note = notes.first(where: { $0.range.contains(i) }) { reason = noteText(note.why, siteArray[note.site], siteArray) }
                 else if let r = relocationCovering(i) { reason = r; rule = .relocation }
                 else if sec == "(padding)" { reason = "alignment padding must be zero" }
                 var d = deny(rule, reason, section: sec, offset: so, address: base &+ UInt64(i),
@@ -425,9 +453,18 @@ extension Session {
                 }
                 let start = Int(nameAddr - names.lo)
                 try names.bytes.withUnsafeBytes { sb in
-                    let rest = UnsafeRawBufferPointer(rebasing: sb[start...])
+                    // The NUL looked for in the name's longest allowed length only (a search to
+                    // the section's end per entry was entries × section bytes, and each name is
+                    // copied into the exports below).
+                    let rest = UnsafeRawBufferPointer(rebasing: sb[start..<Swift.min(sb.count, start + ExplainLimits.maxExportNameLength + 1)])
                     guard let len = rest.firstIndex(of: 0) else {
-                        throw deny(.malformedELF, "\(s.name) entry \(k): its name is not NUL-terminated inside \(sectionName(names.section))",
+                        throw deny(.malformedELF, rest.count > ExplainLimits.maxExportNameLength
+                                   ? "\(s.name) entry \(k): its name is longer than \(ExplainLimits.maxExportNameLength) bytes (KSYM_NAME_LEN is 512: no symbol name is that long)"
+                                   : "\(s.name) entry \(k): its name is not NUL-terminated inside \(sectionName(names.section))",
+                                   section: s.name, offset: o + 4, address: nameAddr)
+                    }
+                    guard e.bytes.count + len <= exportNameBudget else {
+                        throw deny(.malformedELF, "\(s.name) entry \(k): the module's exported names pass \(exportNameBudget) bytes in all (names sharing the file's bytes, or far more exports than any module has: not modelled)",
                                    section: s.name, offset: o + 4, address: nameAddr)
                     }
                     let name = UnsafeRawBufferPointer(rebasing: rest[..<len])

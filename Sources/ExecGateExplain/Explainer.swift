@@ -94,4 +94,16 @@ public enum ExplainLimits {
     /// reference builds has any such copy (no toolchain emits a table or a patch site in
     /// `.bss`); past this a module is denied where its read would make one (`pristineCopy`).
     public static let maxNoBitsCopy = 1 << 20
+    /// An exported name's bytes (`__ksymtab` entries' names): at most KSYM_NAME_LEN − 1 = 511
+    /// (include/linux/kallsyms.h, 6.1 and 6.12; the ELF parser refuses longer symbol names,
+    /// and an export's name is its symbol's, as `__EXPORT_SYMBOL()` emits it into
+    /// `__ksymtab_strings`).
+    public static let maxExportNameLength = 511
+    /// All the module's exported names' bytes together. Each entry's name is copied into the
+    /// module's exports (kept for later modules while it is live), and names may share bytes
+    /// in the file (a name a suffix of another's, as the linker tail-merges strings): without
+    /// this an entry of 12 bytes (and two records) could bring 511 bytes of names, and the
+    /// table ~40 times the request. The reference builds' largest `__ksymtab_strings` is
+    /// 12,472 bytes (drm.ko).
+    public static let maxExportNameBytes = 1 << 20
 }

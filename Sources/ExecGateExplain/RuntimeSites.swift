@@ -812,23 +812,26 @@ extension Session {
             guard let f, let v = try? symbolValue(f.sym) else { return nil }
             return v &+ UInt64(bitPattern: f.addend)
         }
-        // Each section indexed before its first ask; plain loops (no closure captures the index:
-        // no box, no exclusivity check per field).
-        fields.index(ev.index, rela)
+        // Each section indexed before its first ask, from the relocation sections applying to
+        // it (`relaByTarget`: a pass over every relocation section per section asked was their
+        // product, both the file's); plain loops (no closure captures the index: no box, no
+        // exclusivity check per field).
+        let targeting = relaByTarget
+        fields.index(ev.index, rela, targeting)
         var calls: [(sec: Int, off: UInt64)] = []
         calls.reserveCapacity(Swift.min(ev.size / 8, 4096))
         for slot in stride(from: UInt64(0), through: UInt64(ev.size) - 8, by: 8) {
             if let c = pointee(fields.field(ev.index, slot)) { calls.append(c) }
         }
         if calls.isEmpty { return }
-        for c in calls { fields.index(c.sec, rela) }
+        for c in calls { fields.index(c.sec, rela, targeting) }
         var pairs: [(cls: (sec: Int, off: UInt64), tp: (sec: Int, off: UInt64))] = []
         pairs.reserveCapacity(calls.count)
         for c in calls {
             guard let cls = pointee(fields.field(c.sec, c.off &+ 16)), let tp = pointee(fields.field(c.sec, c.off &+ 24)) else { continue }
             pairs.append((cls, tp))
         }
-        for p in pairs { fields.index(p.cls.sec, rela); fields.index(p.tp.sec, rela) }
+        for p in pairs { fields.index(p.cls.sec, rela, targeting); fields.index(p.tp.sec, rela, targeting) }
         // The undefined symbol found named `trace_event_reg` (its name compared once, not once a
         // class: most classes of a module name the same symbol; another index is compared again).
         var regSymbol = -1
@@ -952,11 +955,12 @@ struct TraceEventFields {
         slotCount = [Int](repeating: 0, count: sections)
     }
 
-    /// Indexes section `sec` (once) from the records of `rela` that target it.
-    mutating func index(_ sec: Int, _ rela: [ELFRelocationSection]) {
+    /// Indexes section `sec` (once) from the records of `rela` that target it (`targeting[sec]`).
+    mutating func index(_ sec: Int, _ rela: [ELFRelocationSection], _ targeting: RelaByTarget) {
         guard sec >= 0, sec < base.count, sec < 1 << 24, base[sec] == -2 else { return }
         var count = 0, size: UInt64 = 0
-        for rs in rela where rs.targetSectionIndex == sec {
+        for ri in targeting[sec] {
+            let rs = rela[ri]
             count += rs.relocations.count
             size = Swift.max(size, rs.relocations.targetSize)  // (every one is the section's size)
         }
@@ -979,8 +983,8 @@ struct TraceEventFields {
         let found: [Field] = slots.withUnsafeMutableBufferPointer { sb in
             [Field](unsafeUninitializedCapacity: count) { kept, n in
                 n = 0
-                for rs in rela where rs.targetSectionIndex == sec {
-                    let rr = rs.relocations, raw = rr.rawRecords
+                for ri in targeting[sec] {
+                    let rr = rela[ri].relocations, raw = rr.rawRecords
                     let symbols = UInt64(rr.symbolCount), targetSize = rr.targetSize
                     for at in stride(from: 0, to: raw.count, by: 24) {
                         let off = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: at, as: UInt64.self))

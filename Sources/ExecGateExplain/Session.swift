@@ -116,10 +116,14 @@ final class Session {
     var variable: [VariableSite] = []
     var data: [[UInt8]?] = []
     var pendingRela: [Int?] = []
-    var notes: [(range: Range<Int>, text: String)] = []
+    var notes: [(range: Range<Int>, site: Int, why: SiteNote)] = []
     var relocCount = 0
     var noBitsCopied = 0
-    var initTextCopies: [Int: [UInt8]] = [:]
+    var initTextCopies: [Int: [UInt8]?] = [:]
+    var relaByTargetCache: RelaByTarget?
+    var initTextSpansCache: Spans?
+    var relocationCovers: [Int: RangeCover] = [:]
+    var zeroReadCover: RangeCover?
     var symbolInInit: [Bool] = []
     var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
     var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
@@ -144,10 +148,14 @@ final class Session {
     @exclusivity(unchecked) var variable: [VariableSite] = []
     @exclusivity(unchecked) var data: [[UInt8]?] = []
     @exclusivity(unchecked) var pendingRela: [Int?] = []
-    @exclusivity(unchecked) var notes: [(range: Range<Int>, text: String)] = []
+    @exclusivity(unchecked) var notes: [(range: Range<Int>, site: Int, why: SiteNote)] = []
     @exclusivity(unchecked) var relocCount = 0
     @exclusivity(unchecked) var noBitsCopied = 0
-    @exclusivity(unchecked) var initTextCopies: [Int: [UInt8]] = [:]
+    @exclusivity(unchecked) var initTextCopies: [Int: [UInt8]?] = [:]
+    @exclusivity(unchecked) var relaByTargetCache: RelaByTarget?
+    @exclusivity(unchecked) var initTextSpansCache: Spans?
+    @exclusivity(unchecked) var relocationCovers: [Int: RangeCover] = [:]
+    @exclusivity(unchecked) var zeroReadCover: RangeCover?
     @exclusivity(unchecked) var symbolInInit: [Bool] = []
     @exclusivity(unchecked) var relocFields: [(off: Int, size: Int, type: RelocationType, symbol: Int, addend: Int64, place: UInt64)] = []
     @exclusivity(unchecked) var jumpSites: [(off: Int, size: Int, code: UInt64, target: UInt64)] = []
@@ -171,10 +179,16 @@ final class Session {
     //   `.data`, `__bug_table`, …) is never read, only its relocations checked (Relocations.swift).
     // - `pendingRela`: data section → the relocation section (index in `rela`) whose records were
     //   checked in place and are written when the copy is made.
-    // - `notes`: per-range explanations for the first-difference report (Comparison.swift).
+    // - `notes`: per-range explanations for the first-difference report (Comparison.swift:
+    //   `SiteNote`, put into words for the reported one only).
     // - `noBitsCopied`: bytes of SHT_NOBITS sections copied (`pristineCopy`, bounded);
     //   `initTextCopies`: a core session's relocated copies of its init text sections, made for
-    //   the first retpoline site in each (`refuseRspRetpolineInInitText`);
+    //   the first retpoline site in each (`refuseRspRetpolineInInitText`; nil: a record's symbol
+    //   value is unknown, the sites are the init session's);
+    // - Indexes made on first use for the checks whose work is (sites × sections) by a scan
+    //   (Spans.swift): `relaByTargetCache` (`relaByTarget`), `initTextSpansCache`
+    //   (`initTextSpans`), `relocationCovers` (`relocationWrites`: per section, the bytes its
+    //   records write), `zeroReadCover` (`read(a, 0)`: the data sections with their ends);
     // - `relocCount`: relocation fields applied; `symbolInInit`: in a core session, per symbol,
     //   defined in one of the module's init sections (freed after init), empty when none is
     //   (Relocations.swift `resolveAllSymbols`).
@@ -198,6 +212,8 @@ final class Session {
     /// Sites rewritten per class (the statistics list the classes with sites).
     @inline(__always) func countSite(_ c: ExplanationClass) { siteCountByClass[c.rawValue] += 1 }
     var recordRelocationFields = false
+    /// Bytes the module's exported names may take in all (`readKsymtab`; tests lower it).
+    var exportNameBudget = ExplainLimits.maxExportNameBytes
     /// The words `verifyExportedSymbols` reads ahead of its export lookups, folded (kept so the reads
     /// are not optimised away; nothing reads it).
     var exportTouchSink: UInt64 = 0
@@ -632,12 +648,15 @@ final class Session {
             let rel = Int(a - r.lo)
             return Array(d[rel..<rel + n])
         }
-        for i in dataSections {
-            guard let sa = addr[i], a >= sa else { continue }
-            let rel = a - sa, size = UInt64(elf.sections[i].size)  // a copy holds exactly the section's size
-            if rel <= size, size - rel >= UInt64(n), let d = try dataCopy(i) { return Array(d[Int(rel)..<Int(rel) + n]) }
+        // Zero bytes (a taken alternative whose replacement is empty): inside a data section or
+        // at its end, empty sections included; no byte is read, so no copy is made. (A scan of
+        // every data section per question, copying the first that held it, was entries ×
+        // sections, both the file's: a review, 2026-12-07.)
+        guard n == 0 else { return nil }
+        if zeroReadCover == nil {
+            zeroReadCover = RangeCover(dataSections.compactMap { i in addr[i].flatMap { Session.span($0, UInt64(elf.sections[i].size) + 1) } })
         }
-        return nil
+        return zeroReadCover!.contains(a) ? [] : nil
     }
 
     func write(_ off: Int, _ bytes: [UInt8], _ c: ExplanationClass) {

@@ -8,6 +8,8 @@
 // same span whenever the spans are disjoint, which a module's sections are (the 6.1 layout's
 // offsets, the 6.12 per-type bases checked apart).)
 
+import ExecGateELF
+
 /// Half-open spans [lo, hi) with a value each (a section index), sorted by `lo`: "which span holds
 /// all of [x, x + n)?" by binary search when the spans are disjoint (a module's sections are: the
 /// layout gives each its own offset), by the scan in `lo` order otherwise (never seen; kept exact).
@@ -98,10 +100,57 @@ struct RangeCover {
     /// Some range contains `x`.
     func contains(_ x: UInt64) -> Bool { reach(x).map { $0 > x } ?? false }
 
+    /// Some range shares a byte with [lo, hi): one starting below `hi` ends above `lo` (the
+    /// largest end among the ranges starting below `hi` is above `lo`). The test of the scan it
+    /// replaces (`r.lowerBound < hi && r.upperBound > lo` for some non-empty range).
+    func overlaps(_ lo: UInt64, _ hi: UInt64) -> Bool {
+        guard hi > 0, let r = reach(hi - 1) else { return false }
+        return r > lo
+    }
+
     /// Some range contains all of [lo, lo + n) (false when that end wraps past 2^64).
     func covers(_ lo: UInt64, _ n: UInt64) -> Bool {
         let (end, o) = lo.addingReportingOverflow(n)
         guard !o, let r = reach(lo) else { return false }
         return r >= end
+    }
+}
+
+/// The relocation sections that apply to each section, as indices in a session's `rela`, in that
+/// order: one pass over `rela` instead of one per question. A module chooses both how many
+/// relocation sections it has (tens of thousands of empty ones cost a header each) and how many
+/// questions its tables ask (a site each), so a scan of `rela` per site was their product
+/// (`relocationWrites`, `requireFentryCallsInInitText`, `refuseRspRetpolineInInitText`,
+/// `TraceEventFields.index`). Two arrays, a list through them per target section.
+struct RelaByTarget {
+    /// Per section: the first relocation section applying to it + 1 (0: none).
+    private var first: [Int]
+    /// Per relocation section: the next one with the same target + 1 (0: none).
+    private var link: [Int]
+
+    init(_ rela: [ELFRelocationSection], sections: Int) {
+        first = [Int](repeating: 0, count: sections)
+        link = [Int](repeating: 0, count: rela.count)
+        // Backwards, each pushed in front: every list in `rela` order.
+        for ri in rela.indices.reversed() {
+            let t = rela[ri].targetSectionIndex
+            guard t >= 0, t < sections else { continue }
+            link[ri] = first[t]
+            first[t] = ri + 1
+        }
+    }
+
+    /// The relocation sections applying to section `t`, in `rela` order (none for an index
+    /// outside the sections).
+    subscript(_ t: Int) -> Chain { Chain(link: link, k: t >= 0 && t < first.count ? first[t] : 0) }
+
+    struct Chain: Sequence, IteratorProtocol {
+        let link: [Int]
+        var k: Int
+        mutating func next() -> Int? {
+            guard k > 0 else { return nil }
+            defer { k = link[k - 1] }
+            return k - 1
+        }
     }
 }

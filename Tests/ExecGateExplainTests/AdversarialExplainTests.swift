@@ -93,7 +93,15 @@ struct KoEditor {
 
 /// The module's end state as the loader leaves it for `claim`'s addresses (every stage before the
 /// comparison), for a crafted ELF: the claim an honest guest would send for it.
+/// (The session's ELF reads `ko`'s bytes in place: a caller that asks it about the module's
+/// bytes afterwards needs `withLoaderSession`.)
 func loaderImage(_ ko: [UInt8], _ claim: ModuleClaim, _ facts: GuestFacts, _ resolver: SymbolResolver) throws -> (image: [UInt8], session: Session) {
+    try withLoaderSession(ko, claim, facts, resolver) { ($0.image, $0) }
+}
+
+/// `body` given the session of `loaderImage`, while `ko`'s bytes (which its ELF reads in
+/// place) are alive.
+func withLoaderSession<T>(_ ko: [UInt8], _ claim: ModuleClaim, _ facts: GuestFacts, _ resolver: SymbolResolver, _ body: (Session) throws -> T) throws -> T {
     try ko.withUnsafeBytes { raw in
         let s = try Session(elf: try ELFFile(bytes: raw), claim: claim, facts: facts, resolver: resolver)
         s.recordRelocationFields = true
@@ -102,7 +110,7 @@ func loaderImage(_ ko: [UInt8], _ claim: ModuleClaim, _ facts: GuestFacts, _ res
         try s.verifyExportedSymbols()
         try s.applyBootTimePatching()
         try s.addRuntimeSites()
-        return (s.image, s)
+        return try body(s)
     }
 }
 

@@ -155,7 +155,7 @@ final class Round13ComplexityTests: XCTestCase {
     }
 
     /// `RangeCover` answers as the scans it replaced, on seeded random ranges (empty and wrapping
-    /// ends included).
+    /// ends included; `overlaps` also for empty questions).
     func testRangeCoverAnswersAsAScan() {
         var rng = SeededRNG(seed: 0x1313)
         for _ in 0..<200 {
@@ -170,6 +170,9 @@ final class Round13ComplexityTests: XCTestCase {
                 let x = rng.next() % 3 == 0 ? UInt64.max - rng.next() % 80 : rng.next() % 300
                 let size = rng.next() % 10
                 XCTAssertEqual(cover.contains(x), ranges.contains { $0.contains(x) }, "\(ranges) contains \(x)")
+                let hi = x.addingReportingOverflow(size).overflow ? UInt64.max : x + size
+                XCTAssertEqual(cover.overlaps(x, hi), ranges.contains { !$0.isEmpty && $0.lowerBound < hi && $0.upperBound > x },
+                               "\(ranges) overlaps [\(x), \(hi))")
                 let end = x.addingReportingOverflow(size)
                 XCTAssertEqual(cover.covers(x, size), !end.overflow && ranges.contains { x >= $0.lowerBound && end.partialValue <= $0.upperBound && !$0.isEmpty },
                                "\(ranges) covers \(x)+\(size)")
