@@ -448,7 +448,14 @@ final class Session {
             if w == sctWord { trampolines.append(i) } else if w == sckWord { keys.append(i) }
             if symtab.isFunction(i) {
                 let si = Int(symtab.sectionIndex(i))
-                if si < elf.sections.count, lay.coreOffset[si] != nil, lay.flags[si].contains(.execInstr), let a = addr[si] {
+                // Inside its section only: a function symbol's value is the file's word, and one
+                // far past its section would stretch this module's span of entries over other
+                // modules' text — the guest's entry set then answers by a scan of every live
+                // module (FunctionEntrySet: not disjoint) at each later look-up (a review,
+                // 2026-12-07). No compiler emits such a function; it is simply no entry (a
+                // static-call target there is not trusted: fails closed).
+                if si < elf.sections.count, lay.coreOffset[si] != nil, lay.flags[si].contains(.execInstr), let a = addr[si],
+                   symtab.value(i) < UInt64(elf.sections[si].size) {
                     entries.append(a &+ symtab.value(i))
                 }
             }

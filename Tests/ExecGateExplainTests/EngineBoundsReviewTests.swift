@@ -165,4 +165,33 @@ final class EngineBoundsReviewTests: XCTestCase {
             XCTAssertLessThan(Date().timeIntervalSince(t0), 30, "linear in the reads and sections")
         }
     }
+
+    // MARK: Function entries
+
+    /// A function symbol whose value lies past its section (the file's word: llc's first `.text`
+    /// function moved 2^40 bytes on) is no function entry: its module's span of entries would
+    /// cover other modules' text, and the guest's entry set (`FunctionEntrySet`, disjoint spans
+    /// searched by binary search) would then scan every live module at each later look-up.
+    /// The module's other entries stay; its span stays inside its core text.
+    func testAFunctionSymbolOutsideItsSectionIsNoEntry() throws {
+        let f = try FixtureReplay()
+        let e = try XCTUnwrap(f.modules["llc"])
+        var ed = KoEditor(ko: e.module.ko)
+        let text = try ed.sectionIndex(".text")
+        let (moved, kept, textSize): (Int, [UInt64], Int) = try ed.elf { elf in
+            let t = try elf.symbolTable()
+            let fns = t.indices.filter { t.isFunction($0) && !t.isUndefined($0) && Int(t.sectionIndex($0)) == text }
+            XCTAssertGreaterThan(fns.count, 2)
+            return (fns[0], fns.dropFirst().map { t.value($0) }, elf.sections[text].size)
+        }
+        try ed.setSymbol(moved, value: 1 << 40)
+        try ed.ko.withUnsafeBytes { raw in
+            let s = try Session(elf: try ELFFile(bytes: raw), claim: e.module.claim, facts: f.boot.facts, resolver: e.before)
+            let base = try XCTUnwrap(s.addr[text])
+            XCTAssertFalse(s.functionEntries.contains(base &+ (1 << 40)), "a function past its section is no entry")
+            for v in kept { XCTAssertTrue(s.functionEntries.contains(base &+ v), "the other entries stay: +0x\(String(v, radix: 16))") }
+            XCTAssertLessThan(try XCTUnwrap(s.functionEntries.sorted.last), s.base + UInt64(s.layout.textSize), "the span inside the module's core text")
+            XCTAssertGreaterThan(textSize, 0)
+        }
+    }
 }
