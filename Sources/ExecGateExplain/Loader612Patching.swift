@@ -220,7 +220,10 @@ extension Session {
                 guard optimizeNops612(&buf, a.instrlen) else {
                     throw deny(.alternative, "NOP run crosses the end of the alternative site", atRegionOffset: off, address: a.instr)
                 }
-                for k in 0..<a.instrlen where buf[k] != image[off + k] { write(off + k, [buf[k]], .alternative) }
+                // (Each changed byte stored as it is: an array of one a byte was up to 254
+                // allocations an entry.)
+                let altClass = UInt8(ExplanationClass.alternative.rawValue)
+                for k in 0..<a.instrlen where buf[k] != image[off + k] { writeWord(off + k, UInt64(buf[k]), 1, altClass) }
                 continue
             }
             guard a.repllen <= a.instrlen else {
