@@ -590,10 +590,11 @@ extension Session {
         var g = 0
         while g < placed.count {
             let t = placed[g].t, s = elf.sections[t]
-            // (offset in the section, address), sorted by offset, one entry per offset.
-            var here: [(off: Int, a: UInt64)] = []
+            // (offset in the section, address, records writing the site's bytes, whether one is
+            // the rel32 of __fentry__ - 4), sorted by offset, one entry per offset.
+            var here: [(off: Int, a: UInt64, writers: Int, good: Bool)] = []
             while g < placed.count && placed[g].t == t {
-                if here.last?.off != placed[g].off { here.append((placed[g].off, placed[g].a)) }
+                if here.last?.off != placed[g].off { here.append((placed[g].off, placed[g].a, 0, false)) }
                 g += 1
             }
             func refuse(_ k: Int, _ why: String) -> DenyError {
@@ -605,7 +606,6 @@ extension Session {
                 guard here[k].off <= s.size - 5 else { throw refuse(k, "fewer than 5 bytes of the section") }
                 guard !signed.isEmpty, signed[here[k].off] == 0xe8 else { throw refuse(k, "no e8 opcode") }
             }
-            var writers = [Int](repeating: 0, count: here.count), good = [Bool](repeating: false, count: here.count)
             for ri in relaByTarget[t] {
                 let rels = rela[ri].relocations
                 for i in rels.indices where rels.isValid(i) {
@@ -617,14 +617,14 @@ extension Session {
                     while l < h { let m = (l + h) / 2; if here[m].off + 5 <= lo { l = m + 1 } else { h = m } }
                     var k = l
                     while k < here.count && here[k].off < hi {
-                        writers[k] += 1
+                        here[k].writers += 1
                         if lo == here[k].off + 1, r.type == .pc32 || r.type == .plt32, r.addend == -4,
-                           r.symbolIndex < symtab.count, (try? symbolValue(r.symbolIndex)) == fentry { good[k] = true }
+                           r.symbolIndex < symtab.count, (try? symbolValue(r.symbolIndex)) == fentry { here[k].good = true }
                         k += 1
                     }
                 }
             }
-            for k in here.indices where !good[k] || writers[k] != 1 {
+            for k in here.indices where !here[k].good || here[k].writers != 1 {
                 throw refuse(k, "its rel32 is not one relocation of __fentry__ - 4")
             }
         }

@@ -23,7 +23,9 @@ struct Spans {
     /// Empty spans are left out (they hold no byte).
     init(_ input: [(lo: UInt64, hi: UInt64, value: Int)]) {
         var a = input
-        a.removeAll { $0.lo >= $0.hi }
+        // (Only when there is one to remove: `removeAll(where:)` makes the shared buffer unique,
+        // a copy, even when it removes nothing — three `Spans` a module.)
+        if a.contains(where: { $0.lo >= $0.hi }) { a.removeAll { $0.lo >= $0.hi } }
         // Usually already in order (sections in file order, laid out in that order).
         var inOrder = true
         for k in a.indices.dropFirst() where (a[k].lo, a[k].value) < (a[k - 1].lo, a[k - 1].value) { inOrder = false; break }
@@ -121,35 +123,37 @@ struct RangeCover {
 /// relocation sections it has (tens of thousands of empty ones cost a header each) and how many
 /// questions its tables ask (a site each), so a scan of `rela` per site was their product
 /// (`relocationWrites`, `requireFentryCallsInInitText`, `refuseRspRetpolineInInitText`,
-/// `TraceEventFields.index`). Two arrays, a list through them per target section.
+/// `TraceEventFields.index`). A list through one array per target section.
 struct RelaByTarget {
-    /// Per section: the first relocation section applying to it + 1 (0: none).
-    private var first: [Int]
-    /// Per relocation section: the next one with the same target + 1 (0: none).
-    private var link: [Int]
+    /// One array (one allocation): per relocation section `ri`, at `ri`, the next one with the
+    /// same target + 1 (0: none); then per section `t`, at `relas + t`, the first relocation
+    /// section applying to it + 1 (0: none).
+    private var words: [Int]
+    private let relas: Int
 
     init(_ rela: [ELFRelocationSection], sections: Int) {
-        first = [Int](repeating: 0, count: sections)
-        link = [Int](repeating: 0, count: rela.count)
+        relas = rela.count
+        var w = [Int](repeating: 0, count: rela.count + sections)
         // Backwards, each pushed in front: every list in `rela` order.
         for ri in rela.indices.reversed() {
             let t = rela[ri].targetSectionIndex
             guard t >= 0, t < sections else { continue }
-            link[ri] = first[t]
-            first[t] = ri + 1
+            w[ri] = w[relas + t]
+            w[relas + t] = ri + 1
         }
+        words = w
     }
 
     /// The relocation sections applying to section `t`, in `rela` order (none for an index
     /// outside the sections).
-    subscript(_ t: Int) -> Chain { Chain(link: link, k: t >= 0 && t < first.count ? first[t] : 0) }
+    subscript(_ t: Int) -> Chain { Chain(words: words, k: t >= 0 && t < words.count - relas ? words[relas + t] : 0) }
 
     struct Chain: Sequence, IteratorProtocol {
-        let link: [Int]
+        let words: [Int]
         var k: Int
         mutating func next() -> Int? {
             guard k > 0 else { return nil }
-            defer { k = link[k - 1] }
+            defer { k = words[k - 1] }
             return k - 1
         }
     }
