@@ -81,8 +81,12 @@ struct RangeCover {
     private var lows: [UInt64] = []
     private var highs: [UInt64] = []  // highs[i] = max upper bound of the first i + 1 ranges
 
-    init(_ ranges: [Range<UInt64>]) {
-        let sorted = ranges.filter { !$0.isEmpty }.sorted { $0.lowerBound < $1.lowerBound }
+    /// (The ranges taken over: sorted in place when the caller hands its last use, no copy — a
+    /// cover of a section's relocation fields is 16 bytes a record before these two arrays.)
+    init(_ ranges: consuming [Range<UInt64>]) {
+        var sorted = ranges
+        if sorted.contains(where: { $0.isEmpty }) { sorted.removeAll { $0.isEmpty } }
+        sorted.sort { $0.lowerBound < $1.lowerBound }
         lows.reserveCapacity(sorted.count)
         highs.reserveCapacity(sorted.count)
         var m: UInt64 = 0
