@@ -386,6 +386,7 @@ extension Session {
         var records = 0
         for rs in rela where rs.targetSectionIndex == i { records += rs.relocations.count }
         let counted = records < 2 * n ? Swift.min(n, records / 2 + 1) : n
+        ksymtabEntriesCounted = Swift.max(ksymtabEntriesCounted, counted)
         // Per 4-byte field of the first `counted` entries: how many PC32/PLT32 records write
         // exactly it (0xff: some other record touches it). Every record was already checked by
         // the relocation stage.

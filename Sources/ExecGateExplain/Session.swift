@@ -212,6 +212,9 @@ final class Session {
     /// Sites rewritten per class (the statistics list the classes with sites).
     @inline(__always) func countSite(_ c: ExplanationClass) { siteCountByClass[c.rawValue] += 1 }
     var recordRelocationFields = false
+    /// The most ksymtab entries whose field counts `readKsymtab` made at once (for tests: the
+    /// counts are made only for the entries the records can cover).
+    var ksymtabEntriesCounted = 0
     /// Bytes the module's exported names may take in all (`readKsymtab`; tests lower it).
     var exportNameBudget = ExplainLimits.maxExportNameBytes
     /// The words `verifyExportedSymbols` reads ahead of its export lookups, folded (kept so the reads

@@ -161,9 +161,11 @@ extension AdversarialExportTests {
         XCTAssertThrowsError(try s.run())
         XCTAssertTrue(s.isData[idx], "the section would have a copy")
         XCTAssertNil(s.data[idx].map(\.count), "no copy of the stated section was made (its size in bytes)")
+        XCTAssertEqual(s.ksymtabEntriesCounted, 27 / 2 + 1, "field counts made for the entries 27 records can cover, not the 4M stated")
         // Control: the real table's copy is made (the entries are read from it).
         let real = try e.module.ko.withUnsafeBytes { try Session(elf: try ELFFile(bytes: $0), claim: claim, facts: f.boot.facts, resolver: e.before) }
         try? real.run()
         XCTAssertEqual(real.data[idx].map(\.count), 9 * 12, "the real __ksymtab is read from its copy")
+        XCTAssertEqual(real.ksymtabEntriesCounted, 9, "every real entry counted")
     }
 }
