@@ -57,6 +57,21 @@ public struct FunctionEntrySet: Sendable, Sequence {
         if at > 0 && spans[at - 1].hi >= lo { disjoint = false }
         if at + 1 < spans.count && spans[at + 1].lo <= hi { disjoint = false }
     }
+    /// Every module of `all`, in that order, as `add` one at a time would leave the set, with
+    /// the spans sorted once: added one at a time at descending addresses (the guest chooses
+    /// where its modules are), every insert moved every span — quadratic in the live modules at
+    /// each rebuild of a guest's resolver (every retire: a review, 2026-12-07). The order `add`
+    /// keeps is (first entry, then order added); disjoint exactly when no two neighbours in
+    /// that order share an address (two spans that do overlap each span between them too).
+    mutating func add(contentsOf all: [FunctionEntries]) {
+        for e in all {
+            guard let lo = e.sorted.first, let hi = e.sorted.last else { continue }
+            modules.append(e)
+            spans.append((lo, hi, modules.count - 1))
+        }
+        spans.sort { ($0.lo, $0.module) < ($1.lo, $1.module) }
+        for k in spans.indices.dropFirst() where spans[k - 1].hi >= spans[k].lo { disjoint = false; break }
+    }
     public func contains(_ a: UInt64) -> Bool {
         guard disjoint else { return modules.contains { $0.contains(a) } }
         // The last span starting at or below `a`: the only one that can hold it.
@@ -68,6 +83,8 @@ public struct FunctionEntrySet: Sendable, Sequence {
         guard lo > 0, a <= spans[lo - 1].hi else { return false }
         return modules[spans[lo - 1].module].contains(a)
     }
+    /// No two modules' spans share an address (look-ups by binary search; for tests).
+    var isDisjoint: Bool { disjoint }
     public var count: Int { modules.reduce(0) { $0 + $1.count } }
     public var isEmpty: Bool { modules.isEmpty }
     public var underestimatedCount: Int { count }

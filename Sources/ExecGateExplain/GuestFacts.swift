@@ -514,6 +514,32 @@ public struct SymbolResolver: Sendable {
         }
     }
 
+    /// Every module of `ms` added, in that order: the answers `add` one at a time gives, with the
+    /// guest-wide sorted tables (function-entry spans, static-call keys) sorted once instead of
+    /// merged at each module (each merge copied every key held: quadratic in the live modules at
+    /// every rebuild of a guest's resolver, which each retire makes).
+    public mutating func add(contentsOf ms: [ModuleExports]) {
+        var keys: [UInt64] = []
+        var entries: [FunctionEntries] = []
+        entries.reserveCapacity(ms.count)
+        for m in ms {
+            exports.add(contentsOf: m.names)
+            for (k, v) in m.otherNames { exports.add(k, v) }
+            entries.append(m.functionEntries)
+            moduleKeyTargets.add(m.keyTargets)
+            for (k, v) in m.staticCallStates { staticCallStates[k] = v }
+            for k in m.tracepointStaticCallKeys { moduleTracepointKeys.set(k, 1) }
+            m.keyTargets.forEachKey { k, _ in keys.append(k) }
+            keys.append(contentsOf: m.staticCallStates.keys)
+        }
+        moduleFunctionEntries.add(contentsOf: entries)
+        if !keys.isEmpty {
+            keys.append(contentsOf: staticCallKeys)
+            AddressSort.sortUnique(&keys)
+            staticCallKeys = keys
+        }
+    }
+
     /// Record a static-call key's new state after an allowed run-time patch of the whole key
     /// (every site of the key in every live module, as `__static_call_update()` writes them).
     public mutating func recordStaticCallState(key: UInt64, state: UInt64) {

@@ -86,6 +86,11 @@ public final class GuestSession: @unchecked Sendable {
     private let lock = NIOLock()
     private var resolver: SymbolResolver
     private var live: [String: LiveModule] = [:]
+    /// Each live module's text and granted init text, sorted by start (`ownerSpansLocked`),
+    /// made at the first patch request after `live` gained or lost a module or an init range;
+    /// nil until then. (Made at every patch request, it was a sort of every live module's
+    /// ranges for a one-entry batch: a review, 2026-12-07.)
+    private var ownerSpansCache: [(lo: UInt64, hi: UInt64, name: String)]?
     private var order: [String] = []
     /// Indexes of `live`, kept with it under `lock` so that a commit costs what the new module
     /// brings, not what every live module holds (a boot storm commits each guest's modules one
@@ -403,6 +408,7 @@ public final class GuestSession: @unchecked Sendable {
         m.commitSerial = commits
         m.pending = true
         live[m.name] = m
+        ownerSpansCache = nil
         order.append(m.name)
         for n in exported { exportOwner[n] = m.name }
         for f in m.frames { frameOwner[f] = m.name }
@@ -468,6 +474,7 @@ public final class GuestSession: @unchecked Sendable {
             if let m = live[ticket.name], m.commitSerial == ticket.serial {
                 releaseLocked(m)
                 live[ticket.name] = nil
+                ownerSpansCache = nil
                 removals &+= 1
                 order.removeAll { $0 == ticket.name }
                 rebuildDerivedState()
@@ -482,10 +489,25 @@ public final class GuestSession: @unchecked Sendable {
         }
     }
 
+    /// `ownerSpansCache`, made when missing (call under `lock`).
+    private func ownerSpansLocked() -> [(lo: UInt64, hi: UInt64, name: String)] {
+        if let c = ownerSpansCache { return c }
+        var spans: [(lo: UInt64, hi: UInt64, name: String)] = []
+        spans.reserveCapacity(2 * live.count)
+        for m in live.values {
+            if !m.textRange.isEmpty { spans.append((m.textRange.lowerBound, m.textRange.upperBound, m.name)) }
+            if let r = m.initRange, !r.isEmpty { spans.append((r.lowerBound, r.upperBound, m.name)) }
+        }
+        spans.sort { $0.lo < $1.lo }
+        ownerSpansCache = spans
+        return spans
+    }
+
     /// Resolver and key states from the core and the modules still live (call under `lock`).
     private func rebuildDerivedState() {
         var r = SymbolResolver(coreExports: facts.exports)
-        for n in order { if let e = live[n]?.exports { r.add(e) } }
+        // (In one call: the guest-wide sorted tables sorted once, not merged module by module.)
+        r.add(contentsOf: order.compactMap { live[$0]?.exports })
         resolver = r
         (exportOwner, frameOwner) = indexesFromLive()
         // Keys with no live site left forget their state (any legal state may come next).
@@ -544,6 +566,7 @@ public final class GuestSession: @unchecked Sendable {
             }
             releaseLocked(m)
             live[canonical] = nil
+            ownerSpansCache = nil
             removals &+= 1
             order.removeAll { $0 == canonical }
             // The retired module's exports and function entries stop resolving.
@@ -579,6 +602,7 @@ public final class GuestSession: @unchecked Sendable {
             let hadInitKeys = !m.initKeyStates.isEmpty
             m.initKeyStates = [:]
             live[canonical] = m
+            ownerSpansCache = nil
             if hadInitKeys { rebuildDerivedState() }
             return .freed
         }
@@ -622,12 +646,7 @@ public final class GuestSession: @unchecked Sendable {
             // can name thousands of sites). The ranges are disjoint (commit refuses a claim
             // overlapping a live module's core or init range), so at most one holds an address;
             // empty ranges hold none and are left out.
-            var spans: [(lo: UInt64, hi: UInt64, name: String)] = []
-            spans.reserveCapacity(2 * live.count)
-            for m in live.values {
-                for r in [m.textRange, m.initRange] { if let r, !r.isEmpty { spans.append((r.lowerBound, r.upperBound, m.name)) } }
-            }
-            spans.sort { $0.lo < $1.lo }
+            let spans = ownerSpansLocked()
             func ownerName(of a: UInt64) -> String? {
                 var lo = 0, hi = spans.count  // first span starting after `a`
                 while lo < hi { let mid = (lo + hi) / 2; if spans[mid].lo <= a { lo = mid + 1 } else { hi = mid } }
@@ -646,8 +665,9 @@ public final class GuestSession: @unchecked Sendable {
                 precondition(order.lazy.compactMap({ self.live[$0] }).first(where: { $0.textRange.contains(p.address) || ($0.initRange?.contains(p.address) ?? false) })?.name == owner.name,
                              "patch owner index disagrees with the live modules")
                 #endif
-                if !owners.contains(owner.name) { owners.append(owner.name) }
-                ownerSerials[owner.name] = owner.commitSerial
+                // (Membership by the serials' table: a scan of `owners` per entry was entries ×
+                // owners, up to 16,384 × the live modules in one batch.)
+                if ownerSerials.updateValue(owner.commitSerial, forKey: owner.name) == nil { owners.append(owner.name) }
                 guard let table = owner.sites else {
                     return .denied(.patchNotAllowed, module: owner.name, message: "\(at) is not a run-time patch site of \(owner.name)", stage: .site)
                 }

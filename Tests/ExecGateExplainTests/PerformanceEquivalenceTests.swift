@@ -357,12 +357,46 @@ final class PerformanceEquivalenceTests: XCTestCase {
     /// added in and out of address order, with spans apart, touching (one's last entry the next
     /// one's first) and overlapping (the fallback), asked at every entry, next to each, at the
     /// spans' ends and beyond them.
-    func testFunctionEntrySetContainsMatchesAskingEveryModule() {
+    /// `SymbolResolver.add(contentsOf:)` (a guest's rebuild at each retire: the sorted tables
+    /// sorted once) answers as `add` one module at a time, for the fixture boot's modules in load
+    /// order and reversed (descending addresses: every span insert at the front, the case that
+    /// was quadratic).
+    func testResolverAddInOneCallAnswersAsOneAtATime() throws {
+        let f = try FixtureReplay()
+        let names = f.boot.availableModules
+        let core = try XCTUnwrap(f.modules[names[0]]).before
+        let exports = names.compactMap { f.modules[$0]?.result.exports }
+        XCTAssertGreaterThan(exports.count, 5)
+        for list in [exports, exports.reversed()] {
+            var one = core
+            for e in list { one.add(e) }
+            var bulk = core
+            bulk.add(contentsOf: list)
+            XCTAssertEqual(bulk.moduleFunctionEntries.isDisjoint, one.moduleFunctionEntries.isDisjoint)
+            XCTAssertEqual(Array(bulk.moduleFunctionEntries), Array(one.moduleFunctionEntries))
+            XCTAssertEqual(bulk.staticCallStates, one.staticCallStates)
+            var keys: [UInt64] = Array(one.staticCallStates.keys)
+            for e in list {
+                for (name, _) in e.symbols { XCTAssertEqual(bulk.lookup(name), one.lookup(name), name) }
+                for a in e.functionEntries.sorted { XCTAssertEqual(bulk.moduleFunctionEntries.contains(a &+ 1), one.moduleFunctionEntries.contains(a &+ 1)) }
+                e.keyTargets.forEachKey { k, _ in keys.append(k) }
+            }
+            XCTAssertFalse(keys.isEmpty)
+            for k in keys {
+                XCTAssertEqual(bulk.moduleKeyTargets[k].map(Array.init), one.moduleKeyTargets[k].map(Array.init), "key 0x\(String(k, radix: 16))")
+                for (lo, hi) in [(k, k &+ 1), (k &- 1, k), (k &- 64, k &+ 64), (0, k)] {
+                    XCTAssertEqual(bulk.lowestStaticCallKey(from: lo, below: hi), one.lowestStaticCallKey(from: lo, below: hi))
+                }
+            }
+        }
+    }
+
+    func testFunctionEntrySetContainsMatchesAskingEveryModule() {  // (and `add(contentsOf:)` as `add` one at a time)
         var rng = SeededRNG(seed: 0xf0_e7_5e7)
         var overlapping = 0
         for round in 0..<400 {
             var set = FunctionEntrySet()
-            var all: [FunctionEntries] = []
+            var all: [FunctionEntries] = [], added: [FunctionEntries] = []
             var base: UInt64 = 0xffff_ffff_c000_0000 &+ UInt64(rng.below(1 << 20))
             var bases: [UInt64] = []
             for _ in 0..<(1 + rng.below(12)) {
@@ -374,13 +408,20 @@ final class PerformanceEquivalenceTests: XCTestCase {
                 let n = rng.below(6)  // an empty module too, now and then
                 let e = FunctionEntries((0..<n).map { _ in b &+ UInt64(16 * rng.below(256)) })
                 set.add(e)
+                added.append(e)
                 if !e.isEmpty { all.append(e) }
             }
+            // The same modules added in one call (a rebuild): the same answers, order and mode.
+            var bulk = FunctionEntrySet()
+            bulk.add(contentsOf: added)
+            XCTAssertEqual(bulk.isDisjoint, set.isDisjoint, "round \(round): disjoint")
+            XCTAssertEqual(Array(bulk), Array(set), "round \(round): the bulk add's order")
             var asks: [UInt64] = [0, UInt64.max]
             for e in all { for a in e.sorted { asks += [a, a &- 1, a &+ 1, a &+ 16] } }
             for _ in 0..<32 { asks.append(0xffff_ffff_c000_0000 &+ UInt64(rng.below(1 << 22))) }
             for a in asks {
                 XCTAssertEqual(set.contains(a), all.contains { $0.contains(a) }, "round \(round): 0x\(String(a, radix: 16))")
+                XCTAssertEqual(bulk.contains(a), set.contains(a), "round \(round): bulk 0x\(String(a, radix: 16))")
             }
             XCTAssertEqual(Array(set), all.flatMap(\.sorted), "round \(round): the modules' order")
             let spans = all.map { ($0.sorted.first!, $0.sorted.last!) }.sorted { $0.0 < $1.0 }
