@@ -492,12 +492,8 @@ public struct SymbolResolver: Sendable {
     /// Add an allowed module's exports (``ModuleExports`` from ``ExplainResult``). Call this only
     /// after the module was allowed: a denied module's symbols must never become resolvable.
     public mutating func add(_ m: ModuleExports) {
-        exports.add(contentsOf: m.names)
-        for (k, v) in m.otherNames { exports.add(k, v) }
+        addTables(of: m)
         moduleFunctionEntries.add(m.functionEntries)
-        moduleKeyTargets.add(m.keyTargets)
-        for (k, v) in m.staticCallStates { staticCallStates[k] = v }
-        for k in m.tracepointStaticCallKeys { moduleTracepointKeys.set(k, 1) }
         if !m.keyTargets.isEmpty || !m.staticCallStates.isEmpty {
             var added: [UInt64] = []
             added.reserveCapacity(m.keyTargets.keyCount + m.staticCallStates.count)
@@ -514,6 +510,16 @@ public struct SymbolResolver: Sendable {
         }
     }
 
+    /// What `add` and `add(contentsOf:)` both do for module `m`: its names, its keys' targets and
+    /// states, its tracepoint keys (not the sorted tables: function entries, static-call keys).
+    private mutating func addTables(of m: ModuleExports) {
+        exports.add(contentsOf: m.names)
+        for (k, v) in m.otherNames { exports.add(k, v) }
+        moduleKeyTargets.add(m.keyTargets)
+        for (k, v) in m.staticCallStates { staticCallStates[k] = v }
+        for k in m.tracepointStaticCallKeys { moduleTracepointKeys.set(k, 1) }
+    }
+
     /// Every module of `ms` added, in that order: the answers `add` one at a time gives, with the
     /// guest-wide sorted tables (function-entry spans, static-call keys) sorted once instead of
     /// merged at each module (each merge copied every key held: quadratic in the live modules at
@@ -523,12 +529,8 @@ public struct SymbolResolver: Sendable {
         var entries: [FunctionEntries] = []
         entries.reserveCapacity(ms.count)
         for m in ms {
-            exports.add(contentsOf: m.names)
-            for (k, v) in m.otherNames { exports.add(k, v) }
+            addTables(of: m)
             entries.append(m.functionEntries)
-            moduleKeyTargets.add(m.keyTargets)
-            for (k, v) in m.staticCallStates { staticCallStates[k] = v }
-            for k in m.tracepointStaticCallKeys { moduleTracepointKeys.set(k, 1) }
             m.keyTargets.forEachKey { k, _ in keys.append(k) }
             keys.append(contentsOf: m.staticCallStates.keys)
         }
