@@ -47,8 +47,9 @@ extension Session {
         case illegal(noEncoding: Bool)
     }
 
-    /// The words of note `why` on `site` (`sites`: the sorted sites the note's indices name).
-    func noteText(_ why: SiteNote, _ site: VariableSite, _ sites: [VariableSite]) -> String {
+    /// The words of note `why` on site `k` of `sites` (the sorted sites the note's indices name).
+    func noteText(_ why: SiteNote, site k: Int, in sites: [VariableSite]) -> String {
+        let site = sites[k]
         switch why {
         case .disagrees(let first):
             var other = "other sites of the same key"
@@ -198,7 +199,7 @@ extension Session {
                 let byteClass = ExplanationClass(rawValue: Int(cls[i]))!  // rawValue set only from ExplanationClass
                 var reason = "byte differs from the \(byteClass) value"
                 var rule = DenialRule.stage(byteClass)
-                if let note = notes.first(where: { $0.range.contains(i) }) { reason = noteText(note.why, siteArray[note.site], siteArray) }
+                if let note = notes.first(where: { $0.range.contains(i) }) { reason = noteText(note.why, site: note.site, in: siteArray) }
                 else if let r = relocationCovering(i) { reason = r; rule = .relocation }
                 else if sec == "(padding)" { reason = "alignment padding must be zero" }
                 var d = deny(rule, reason, section: sec, offset: so, address: base &+ UInt64(i),
