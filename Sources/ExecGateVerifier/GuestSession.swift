@@ -86,11 +86,13 @@ public final class GuestSession: @unchecked Sendable {
     private let lock = NIOLock()
     private var resolver: SymbolResolver
     private var live: [String: LiveModule] = [:]
-    /// Each live module's text and granted init text, sorted by start (`ownerSpansLocked`),
-    /// made at the first patch request after `live` gained or lost a module or an init range;
-    /// nil until then. (Made at every patch request, it was a sort of every live module's
-    /// ranges for a one-entry batch: a review, 2026-12-07.)
-    private var ownerSpansCache: [(lo: UInt64, hi: UInt64, name: String)]?
+    /// Indexes of `live`'s address ranges (``LiveSpans``), kept with it under `lock` as modules
+    /// come and go (`addSpansLocked`, `removeSpansLocked`), so no request walks every live module:
+    /// `heldSpans`, each module's held ranges (`LiveModule.heldRanges`: what a new module must
+    /// not meet); `percpuSpans`, each module's per-cpu area; `ownerSpans`, each module's text and
+    /// granted init text (which module a patch entry's address belongs to). Debug builds check
+    /// them against `live` at every use (`checkIndexes`).
+    private var heldSpans = LiveSpans(), percpuSpans = LiveSpans(), ownerSpans = LiveSpans()
     private var order: [String] = []
     /// Indexes of `live`, kept with it under `lock` so that a commit costs what the new module
     /// brings, not what every live module holds (a boot storm commits each guest's modules one
@@ -283,20 +285,21 @@ public final class GuestSession: @unchecked Sendable {
             return SessionRefusal(reason: .moduleAlreadyLive, message: "module '\(name)' is already live in guest '\(registration.guestID)': retire it first (the kernel refuses a second module of one name)")
         }
         checkIndexes()
-        let mine = [coreRange, initRange].compactMap { $0 } + dataRanges
-        for m in live.values {
-            for r in mine {
-                for theirs in m.heldRanges {
-                    guard r.overlaps(theirs) else { continue }
-                    return SessionRefusal(reason: .claimOverlapsLive, message: "claimed range 0x\(Hex.number(r.lowerBound))..<0x\(Hex.number(r.upperBound)) overlaps live module '\(m.name)' at 0x\(Hex.number(theirs.lowerBound))..<0x\(Hex.number(theirs.upperBound))")
-                }
-            }
-            // The per-cpu area: percpu_modalloc() → __alloc_reserved_percpu() hands out only free
-            // memory of the reserved chunk, given back by percpu_modfree() at unload (mm/percpu.c,
-            // kernel/module/main.c, 6.1 and 6.12): two live modules never share per-cpu bytes.
-            if let p = percpuRange, let theirs = m.percpuRange, p.overlaps(theirs) {
-                return SessionRefusal(reason: .claimOverlapsLive, message: "claimed per-cpu area 0x\(Hex.number(p.lowerBound))..<0x\(Hex.number(p.upperBound)) overlaps live module '\(m.name)''s per-cpu area 0x\(Hex.number(theirs.lowerBound))..<0x\(Hex.number(theirs.upperBound)) (percpu_modalloc() never hands out a live module's per-cpu memory)")
-            }
+        // Each claimed range against the live modules' held ranges: one binary search a range
+        // (`heldSpans`), the message naming the module's own range that it meets.
+        for r in [coreRange, initRange].compactMap({ $0 }) + dataRanges {
+            guard let owner = heldSpans.firstOverlap(r) else { continue }
+            // (The owner's own range it meets is always found: the span is part of their union.)
+            let theirs = live[owner]?.heldRanges.first(where: { r.overlaps($0) })
+            return SessionRefusal(reason: .claimOverlapsLive, message: "claimed range 0x\(Hex.number(r.lowerBound))..<0x\(Hex.number(r.upperBound)) overlaps live module '\(owner)'"
+                                  + (theirs.map { " at 0x\(Hex.number($0.lowerBound))..<0x\(Hex.number($0.upperBound))" } ?? ""))
+        }
+        // The per-cpu area: percpu_modalloc() → __alloc_reserved_percpu() hands out only free
+        // memory of the reserved chunk, given back by percpu_modfree() at unload (mm/percpu.c,
+        // kernel/module/main.c, 6.1 and 6.12): two live modules never share per-cpu bytes.
+        if let p = percpuRange, let owner = percpuSpans.firstOverlap(p) {
+            let theirs = live[owner]?.percpuRange.map { " 0x\(Hex.number($0.lowerBound))..<0x\(Hex.number($0.upperBound))" } ?? ""
+            return SessionRefusal(reason: .claimOverlapsLive, message: "claimed per-cpu area 0x\(Hex.number(p.lowerBound))..<0x\(Hex.number(p.upperBound)) overlaps live module '\(owner)''s per-cpu area\(theirs) (percpu_modalloc() never hands out a live module's per-cpu memory)")
         }
         // Each claimed frame looked up once (`frameOwner`: every frame granted to a live module).
         for f in frames + initFrames {
@@ -323,7 +326,31 @@ public final class GuestSession: @unchecked Sendable {
         #if DEBUG
         let (e, f) = indexesFromLive()
         precondition(e == exportOwner && f == frameOwner, "GuestSession indexes drifted from the live modules")
+        let held = LiveSpans(live.values.map { ($0.heldRanges, $0.name) })
+        let percpu = LiveSpans(live.values.map { ($0.percpuRange.map { [$0] } ?? [], $0.name) })
+        let owners = LiveSpans(live.values.map { (Self.ownedRanges($0), $0.name) })
+        precondition(held == heldSpans && percpu == percpuSpans && owners == ownerSpans, "GuestSession range indexes drifted from the live modules")
+        precondition(heldSpans.isSortedAndDisjoint && percpuSpans.isSortedAndDisjoint && ownerSpans.isSortedAndDisjoint, "GuestSession range indexes overlap")
         #endif
+    }
+
+    /// The ranges a patch entry may lie in for `m` to own it: its text, and its init text while
+    /// granted.
+    private static func ownedRanges(_ m: LiveModule) -> [Range<UInt64>] { [m.textRange] + (m.initRange.map { [$0] } ?? []) }
+
+    /// `m`'s ranges entered in the range indexes (call under `lock`, with `m` in `live`).
+    private func addSpansLocked(_ m: LiveModule) {
+        heldSpans.insert(m.heldRanges, owner: m.name)
+        if let p = m.percpuRange { percpuSpans.insert([p], owner: m.name) }
+        ownerSpans.insert(Self.ownedRanges(m), owner: m.name)
+    }
+
+    /// `m`'s ranges taken out of the range indexes, as `addSpansLocked` entered them (call under
+    /// `lock`, before `m` leaves `live` or changes its ranges).
+    private func removeSpansLocked(_ m: LiveModule) {
+        heldSpans.remove(m.heldRanges, owner: m.name)
+        if let p = m.percpuRange { percpuSpans.remove([p], owner: m.name) }
+        ownerSpans.remove(Self.ownedRanges(m), owner: m.name)
     }
 
     /// Record an allowed module atomically: re-checks name, ranges, frames, duplicate exports and
@@ -408,7 +435,7 @@ public final class GuestSession: @unchecked Sendable {
         m.commitSerial = commits
         m.pending = true
         live[m.name] = m
-        ownerSpansCache = nil
+        addSpansLocked(m)
         order.append(m.name)
         for n in exported { exportOwner[n] = m.name }
         for f in m.frames { frameOwner[f] = m.name }
@@ -473,8 +500,8 @@ public final class GuestSession: @unchecked Sendable {
         lock.withLock {
             if let m = live[ticket.name], m.commitSerial == ticket.serial {
                 releaseLocked(m)
+                removeSpansLocked(m)
                 live[ticket.name] = nil
-                ownerSpansCache = nil
                 removals &+= 1
                 order.removeAll { $0 == ticket.name }
                 rebuildDerivedState()
@@ -487,20 +514,6 @@ public final class GuestSession: @unchecked Sendable {
                 sealedKeyState[k] = sealed.commits > 1 ? (sealed.state, sealed.commits - 1) : nil
             }
         }
-    }
-
-    /// `ownerSpansCache`, made when missing (call under `lock`).
-    private func ownerSpansLocked() -> [(lo: UInt64, hi: UInt64, name: String)] {
-        if let c = ownerSpansCache { return c }
-        var spans: [(lo: UInt64, hi: UInt64, name: String)] = []
-        spans.reserveCapacity(2 * live.count)
-        for m in live.values {
-            if !m.textRange.isEmpty { spans.append((m.textRange.lowerBound, m.textRange.upperBound, m.name)) }
-            if let r = m.initRange, !r.isEmpty { spans.append((r.lowerBound, r.upperBound, m.name)) }
-        }
-        spans.sort { $0.lo < $1.lo }
-        ownerSpansCache = spans
-        return spans
     }
 
     /// Resolver and key states from the core and the modules still live (call under `lock`).
@@ -565,8 +578,8 @@ public final class GuestSession: @unchecked Sendable {
                 owedInitFreedCount += 1
             }
             releaseLocked(m)
+            removeSpansLocked(m)
             live[canonical] = nil
-            ownerSpansCache = nil
             removals &+= 1
             order.removeAll { $0 == canonical }
             // The retired module's exports and function entries stop resolving.
@@ -593,6 +606,7 @@ public final class GuestSession: @unchecked Sendable {
             // (unloaded and loaded again before its init memory was freed) frees nothing.
             guard var m = liveExactLocked(name), let range = m.initRange, range.lowerBound == initBase, !m.pending else { return .noSuchInitText }
             let canonical = m.name
+            removeSpansLocked(m)
             m.initRange = nil
             m.initAllocation = nil  // do_free_init() frees the whole init allocation
             m.initDataAllocations = []  // (6.12: MOD_INIT_DATA and MOD_INIT_RODATA with it)
@@ -602,7 +616,7 @@ public final class GuestSession: @unchecked Sendable {
             let hadInitKeys = !m.initKeyStates.isEmpty
             m.initKeyStates = [:]
             live[canonical] = m
-            ownerSpansCache = nil
+            addSpansLocked(m)
             if hadInitKeys { rebuildDerivedState() }
             return .freed
         }
@@ -641,23 +655,16 @@ public final class GuestSession: @unchecked Sendable {
             var owners: [String] = []
             var ownerSerials: [String: UInt64] = [:]
             var smpBatch = false
-            // Each live module's text and granted init text, sorted by start: an entry's owner is
-            // found by one binary search, not a walk over every live module (a whole-key batch
-            // can name thousands of sites). The ranges are disjoint (commit refuses a claim
-            // overlapping a live module's core or init range), so at most one holds an address;
-            // empty ranges hold none and are left out.
-            let spans = ownerSpansLocked()
-            func ownerName(of a: UInt64) -> String? {
-                var lo = 0, hi = spans.count  // first span starting after `a`
-                while lo < hi { let mid = (lo + hi) / 2; if spans[mid].lo <= a { lo = mid + 1 } else { hi = mid } }
-                guard lo > 0, a < spans[lo - 1].hi else { return nil }
-                return spans[lo - 1].name
-            }
+            // An entry's owner by one binary search of `ownerSpans` (each live module's text and
+            // granted init text), not a walk over every live module (a whole-key batch can name
+            // thousands of sites). The ranges are disjoint (commit refuses a claim overlapping a
+            // live module's core or init allocation), so at most one holds an address.
+            checkIndexes()
             var previous: LiveModule?  // the last entry's owner (batches are mostly one module's sites)
             for p in patches {
                 let at = "0x" + Hex.number(p.address)
                 guard seen.insert(p.address).inserted else { return .denied(.patchNotAllowed, module: "", message: "\(at) appears twice in the batch", stage: .site) }
-                guard let name = ownerName(of: p.address), let owner = previous?.name == name ? previous : live[name] else {
+                guard let name = ownerSpans.owner(of: p.address), let owner = previous?.name == name ? previous : live[name] else {
                     return .denied(.patchNotAllowed, module: "", message: "\(at) is not in live code verified for guest '\(registration.guestID)'", stage: .site)
                 }
                 previous = owner

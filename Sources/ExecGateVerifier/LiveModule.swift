@@ -105,7 +105,7 @@ public struct LiveModule: Sendable {
 
     /// What a live module holds in its session, the same way the registry charges facts (at what
     /// they hold: docs/protocol.md "Limits"): `liveModuleCharge` for the record itself (its
-    /// dictionary slot, its entry in the load order, its tables' headers), its names twice, 64 a
+    /// dictionary slot, its entry in the load order, its entries in the range indexes, its tables' headers), its names twice, 64 a
     /// frame (the module's list and the session's index of frames by owner); each export 320 (as
     /// a core export: `KernelFacts.symbolBytes`) plus its name three times (the module's table, the
     /// session's resolver, which merges it, and the session's index of exports by owner), 16 a
