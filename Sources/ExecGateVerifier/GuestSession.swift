@@ -159,6 +159,15 @@ public final class GuestSession: @unchecked Sendable {
     /// first). Bounds the table; an honest guest unloads a module during its init free's window
     /// rarely.
     static let maximumOwedInitFreed = 4096
+    /// What one owed notice holds in `owedInitFreed` (its key's name bytes and array header, the
+    /// init base, the count, the table's slot), charged to the session like its live modules from
+    /// the retire until the notice comes: up to 4,096 a guest, about 0.5 MB, which an uncharged
+    /// table let every one of the registry's guests hold beside its budget (a review, 2026-12-07).
+    /// Always less than the retired module's own charge (`LiveModule.liveModuleCharge` alone is
+    /// 1,024 plus its name twice), which it is kept out of.
+    static func owedCharge(_ o: OwedInitFreed) -> Int { 128 + o.name.count }
+    /// Bytes the owed notices are charged now (for tests).
+    var owedInitFreedBytes: Int { lock.withLock { owedInitFreed.reduce(0) { $0 + $1.value * Self.owedCharge($1.key) } } }
     /// Keys of allowed run-time patches whose verdicts are being finished (judged, state not yet
     /// recorded), with how many such patches each. A module with sites of such a key is refused
     /// at commit (ask again): the batch covered every live site of the key when it was judged,
@@ -195,12 +204,13 @@ public final class GuestSession: @unchecked Sendable {
         }
     }
 
-    /// A live module of this session went (retire, rollback): its charge goes back, unless the
-    /// session ended (then it went back at `end`). Caller holds `lock`.
-    private func releaseLocked(_ m: LiveModule) {
+    /// A live module of this session went (retire, rollback): its charge goes back, but for
+    /// `keeping` bytes (what a retired load's owed module-init-freed is charged, `owedCharge`),
+    /// unless the session ended (then it went back at `end`). Caller holds `lock`.
+    private func releaseLocked(_ m: LiveModule, keeping: Int = 0) {
         guard ended == nil else { return }
-        ledger?.release(m.heldBytes)
-        liveCharged -= m.heldBytes
+        ledger?.release(m.heldBytes - keeping)
+        liveCharged -= m.heldBytes - keeping
     }
 
     /// Bytes this session's live modules are charged now.
@@ -569,15 +579,20 @@ public final class GuestSession: @unchecked Sendable {
             if let user = order.first(where: { live[$0]?.dependsOn.contains(canonical) ?? false }) {
                 return .failed(.moduleInUse, "module '\(name)' is used by live module '\(user)': retire that first (the kernel refuses to unload a module in use)")
             }
+            var kept = 0
             if let initRange = m.initRange {
                 // Its init memory is not freed yet: this load owes its module-init-freed.
                 guard owedInitFreedCount < Self.maximumOwedInitFreed else {
                     return .failed(.unavailable, "module '\(name)' at 0x\(Hex.number(textBase)) still has its init text granted, and \(owedInitFreedCount) retired loads of guest '\(registration.guestID)' still owe their module-init-freed: send those first")
                 }
-                owedInitFreed[OwedInitFreed(name: Array(m.identity.utf8), initBase: initRange.lowerBound), default: 0] += 1
+                let owed = OwedInitFreed(name: Array(m.identity.utf8), initBase: initRange.lowerBound)
+                owedInitFreed[owed, default: 0] += 1
                 owedInitFreedCount += 1
+                // The debt stays charged until its notice comes (`owedCharge`): kept out of what
+                // the module's charge gives back.
+                kept = Self.owedCharge(owed)
             }
-            releaseLocked(m)
+            releaseLocked(m, keeping: kept)
             removeSpansLocked(m)
             live[canonical] = nil
             removals &+= 1
@@ -598,6 +613,10 @@ public final class GuestSession: @unchecked Sendable {
             if let n = owedInitFreed[owed] {
                 owedInitFreed[owed] = n > 1 ? n - 1 : nil
                 owedInitFreedCount -= 1
+                if ended == nil {  // (an ended session gave its whole charge back at `end`)
+                    ledger?.release(Self.owedCharge(owed))
+                    liveCharged -= Self.owedCharge(owed)
+                }
                 return .owedByRetiredLoad
             }
             // A module whose verdict is still being finished has no init text granted yet (the
