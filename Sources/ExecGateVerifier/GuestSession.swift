@@ -717,10 +717,16 @@ public final class GuestSession: @unchecked Sendable {
             }
             for (key, covered) in batchSites.sorted(by: { $0.key < $1.key }) {
                 let all = keySites[key] ?? []
-                let missing = all.subtracting(covered)
-                if !missing.isEmpty {
+                // Covered when no live site of the key is left out: fewer sites in the batch than
+                // the key has leaves one out; else each is asked of the batch (as many as it
+                // names). Only a batch that leaves one out scans the key's sites, for the lowest
+                // it leaves out (the message); nothing is copied (the difference as a set was a
+                // copy of every live site of the key at every batch: a review, 2026-12-07).
+                if covered.count < all.count || !all.allSatisfy(covered.contains) {
+                    var lowest = UInt64.max
+                    for a in all where a < lowest && !covered.contains(a) { lowest = a }
                     return .denied(.patchPartialKey, module: owners.joined(separator: ","),
-                                   message: "the batch changes \(Self.keyLabel(key)) at \(covered.count) of its \(all.count) live sites (missing e.g. 0x\(Hex.number(missing.min()!))): a key changes only as a whole", stage: .key)
+                                   message: "the batch changes \(Self.keyLabel(key)) at \(covered.count) of its \(all.count) live sites (missing e.g. 0x\(Hex.number(lowest))): a key changes only as a whole", stage: .key)
                 }
                 // A key in the core's .data..ro_after_init is read-only from mark_rodata_ro() on
                 // (before the trusted point): static_key_enable()/static_call_update() cannot

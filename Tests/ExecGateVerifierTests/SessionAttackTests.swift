@@ -288,8 +288,12 @@ final class SessionAttackTests: XCTestCase {
         XCTAssertEqual(one.decision, .deny, one.message)
         XCTAssertEqual(one.reason, .patchPartialKey)
         XCTAssertTrue(one.message.contains("of its \(sites.count) live sites"), one.message)
+        // The denial names the lowest live site the batch leaves out.
+        let lowestLeftOut = try XCTUnwrap(all.dropFirst().map(\.address).min())
+        XCTAssertTrue(one.message.contains("missing e.g. 0x\(String(lowestLeftOut, radix: 16))"), one.message)
         let allButOne = g.patch(Array(all.dropLast()))
         XCTAssertEqual(allButOne.reason, .patchPartialKey)
+        XCTAssertTrue(allButOne.message.contains("missing e.g. 0x\(String(all.last!.address, radix: 16))"), allButOne.message)
         XCTAssertEqual(g.session.state(ofKey: key), state, "denied batches change no key state")
 
         // Two states for one key in one batch: denied.
