@@ -382,6 +382,16 @@ public final class GuestSession: @unchecked Sendable {
     private func commitLocked(_ module: LiveModule) -> SessionRefusal? {
         var m = module
         if let e = endedRefusalLocked() { return e }
+        // `ownerSpans` keeps a module's text and init text as parts of its held ranges, so two
+        // modules' never meet. The verifier makes them so (the explainer holds the claimed text to
+        // the layout's text size, inside the core allocation; the init allocation is at least the
+        // init text: `Verifier.liveInitAllocation`); checked here all the same, failing closed.
+        func within(_ r: Range<UInt64>, _ outer: Range<UInt64>?) -> Bool {
+            r.isEmpty || outer.map { $0.lowerBound <= r.lowerBound && r.upperBound <= $0.upperBound } ?? false
+        }
+        guard within(m.textRange, m.coreRange), m.initRange.map({ within($0, m.initAllocation) }) ?? true else {
+            return SessionRefusal(reason: .claimInvalid, message: "module '\(m.name)': its text or init text lies outside the allocation it holds (not a layout the kernel makes)")
+        }
         if let c = conflicts(name: m.name, coreRange: m.coreRange, initRange: m.initAllocation, percpuRange: m.percpuRange, frames: m.frames, initFrames: m.initFrames,
                              dataRanges: m.dataAllocations + m.initDataAllocations) { return c }
         // A module was retired (or rolled back) while this one was explained: the snapshot
@@ -438,7 +448,7 @@ public final class GuestSession: @unchecked Sendable {
         // Its live state is charged to the registry's budget beside the facts (docs/protocol.md
         // "Limits"): a session holds no more than the budget, whatever a guest loads.
         if let ledger, let why = ledger.reserve(m.heldBytes) {
-            return SessionRefusal(reason: .liveStateBudget, message: "module '\(m.name)' of guest '\(registration.guestID)': \(why) (this guest's \(live.count) live modules hold \(liveCharged)): retire modules or remove guests")
+            return SessionRefusal(reason: .liveStateBudget, message: "module '\(m.name)' of guest '\(registration.guestID)': \(why) (this guest's \(live.count) live modules and its owed module-init-freed notices hold \(liveCharged)): retire modules or remove guests")
         }
         liveCharged += m.heldBytes
         commits &+= 1

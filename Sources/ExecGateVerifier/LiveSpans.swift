@@ -62,10 +62,15 @@ struct LiveSpans: Equatable {
     /// Removes what ``insert(_:owner:)`` added for the same `ranges` and `owner`.
     mutating func remove(_ ranges: [Range<UInt64>], owner: String) {
         for r in Self.merged(ranges) {
+            let span = Span(lo: r.lowerBound, hi: r.upperBound, owner: owner)
             let i = firstStarting(atOrAbove: r.lowerBound)
-            // (Present by construction; a miss leaves the index as it is rather than trapping
-            // the service. Debug builds then fail the next `checkIndexes`.)
-            if i < spans.count, spans[i] == Span(lo: r.lowerBound, hi: r.upperBound, owner: owner) { spans.remove(at: i) }
+            if i < spans.count, spans[i] == span {
+                spans.remove(at: i)
+            } else if let j = spans.firstIndex(of: span) {
+                // (Present at `i` by construction. Were the spans ever not disjoint, it could sit
+                // beside a span of the same start: found by a scan then, never left stale.)
+                spans.remove(at: j)
+            }
         }
     }
 

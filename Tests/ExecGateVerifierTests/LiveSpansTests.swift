@@ -62,6 +62,41 @@ final class LiveSpansTests: XCTestCase {
         }
         XCTAssertEqual(LiveSpans.merged([5..<9, 0..<3, 3..<4, 8..<12, 20..<20]), [0..<4, 5..<12])
         XCTAssertNil(index.firstOverlap(7..<7), "an empty range meets nothing")
+        // Were two spans ever to share a start (commit keeps them apart), removing one still
+        // finds it and leaves the other: no stale span.
+        var odd = LiveSpans()
+        odd.insert([10..<20], owner: "a")
+        odd.insert([10..<30], owner: "b")
+        odd.remove([10..<20], owner: "a")
+        XCTAssertEqual(odd.spans, [LiveSpans.Span(lo: 10, hi: 30, owner: "b")])
+        odd.insert([10..<20], owner: "a")
+        odd.remove([10..<30], owner: "b")
+        XCTAssertEqual(odd.spans, [LiveSpans.Span(lo: 10, hi: 20, owner: "a")])
+    }
+
+    /// The owner index takes a module's text and init text as parts of what it holds; commit
+    /// refuses a module whose text or init text lies outside its allocations (the verifier never
+    /// makes one: fail closed), so two modules' owner spans never meet.
+    func testCommitRefusesTextOutsideTheAllocationItHolds() throws {
+        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
+        let v = Verifier(policy: Policy(id: "t", version: 1, trust: try Fixtures.debianTrust()))
+        guard case .registerGuestReply = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: []) else { return XCTFail("register") }
+        let s = try XCTUnwrap(v.guests.session("g"))
+        let b = s.facts.moduleArea.lowerBound
+        let outside = LiveModule(name: "a", coreRange: b..<b + 0x1000, textRange: b + 0x800..<b + 0x1800, frames: [1],
+                                 initRange: nil, initFrames: [], exports: nil, sites: nil, keyStates: [:])
+        guard case .failure(let r1) = s.commit(outside) else { return XCTFail("text past its core committed") }
+        XCTAssertEqual(r1.reason, .claimInvalid, r1.message)
+        let initOutside = LiveModule(name: "a", coreRange: b..<b + 0x1000, textRange: b..<b + 0x1000, frames: [1],
+                                     initRange: b + 0x4000..<b + 0x6000, initAllocation: b + 0x4000..<b + 0x5000, initFrames: [2, 3],
+                                     exports: nil, sites: nil, keyStates: [:])
+        guard case .failure(let r2) = s.commit(initOutside) else { return XCTFail("init text past its allocation committed") }
+        XCTAssertEqual(r2.reason, .claimInvalid, r2.message)
+        XCTAssertEqual(s.liveModuleCount, 0)
+        let inside = LiveModule(name: "a", coreRange: b..<b + 0x2000, textRange: b..<b + 0x1000, frames: [1],
+                                initRange: b + 0x4000..<b + 0x5000, initAllocation: b + 0x4000..<b + 0x6000, initFrames: [2],
+                                exports: nil, sites: nil, keyStates: [:])
+        guard case .success = s.commit(inside) else { return XCTFail("a module inside its allocations refused") }
     }
 
     /// Served: hundreds of live modules of one guest, each claim's overlap found against the one
