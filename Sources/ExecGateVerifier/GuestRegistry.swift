@@ -223,38 +223,47 @@ public final class GuestRegistry: @unchecked Sendable {
             // A reset of a guest that was the last one on another build frees that build's charge.
             let sameBuild = shared.key != nil && existing?.kernel.key == shared.key
             let freed = sameBuild ? 0 : existing.map { release($0.kernel, dryRun: true) } ?? 0
-            // A reset gives back the replaced session's live modules too.
-            let oldLive = existing?.liveBytes ?? 0
-            if let why = overBudget(r.guestID, cost: cost, alsoFreed: freed + oldLive) {
-                return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
-            }
-            // The new session's token: the next place in the guest's line, or a new line (decided
-            // before the budget's account is set: a refusal here changes nothing).
-            let token: UInt64
-            if let old = existing {
-                let place = old.token & (Self.maximumSessionsPerLine - 1)
-                guard place + 1 < Self.maximumSessionsPerLine else {
-                    return .refused(.unavailable, "register-guest '\(r.guestID)': the guest's line has had \(Self.maximumSessionsPerLine) sessions, the most one line's session tokens can number")
+            // A reset gives back the replaced session's live modules too: their charge read, the
+            // budget checked and set, and the session ended, all under its lock
+            // (`GuestSession.withCharge`), so no retire or notice of it moves the figure between
+            // the check and the release. `admit` returns the refusal, or nil with `token` set.
+            var token: UInt64 = 0
+            func admit(_ oldLive: Int, _ endOld: (String) -> Void) -> Registration? {
+                if let why = overBudget(r.guestID, cost: cost, alsoFreed: freed + oldLive) {
+                    return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
                 }
-                token = old.token + 1
-            } else {
-                guard lines < Self.maximumTokenLines else {
-                    return .refused(.unavailable, "register-guest '\(r.guestID)': this server has numbered \(Self.maximumTokenLines) guest lines, the most session tokens can name")
+                // The new session's token: the next place in the guest's line, or a new line
+                // (decided before the budget's account is set: a refusal here changes nothing).
+                if let old = existing {
+                    let place = old.token & (Self.maximumSessionsPerLine - 1)
+                    guard place + 1 < Self.maximumSessionsPerLine else {
+                        return .refused(.unavailable, "register-guest '\(r.guestID)': the guest's line has had \(Self.maximumSessionsPerLine) sessions, the most one line's session tokens can number")
+                    }
+                    token = old.token + 1
+                } else {
+                    guard lines < Self.maximumTokenLines else {
+                        return .refused(.unavailable, "register-guest '\(r.guestID)': this server has numbered \(Self.maximumTokenLines) guest lines, the most session tokens can name")
+                    }
+                    token = (lines + 1) << Self.tokenLineShift
                 }
-                token = (lines + 1) << Self.tokenLineShift
+                // The same figures, set in the budget's account exactly (a commit of another
+                // session may have charged live state since `overBudget` read it). A reset gives
+                // back the old session's live modules (`end`) once it is installed: they count
+                // until then, for every other session.
+                let factsAfter = factsUsed - (charged[GuestKey(r.guestID)] ?? 0) - freed + cost
+                if let live = ledger.setFacts(factsAfter, freeing: oldLive) {
+                    return .refused(.unavailable, "register-guest '\(r.guestID)': \(cost) bytes of facts on top of \(factsAfter - cost) registered and \(live) of live modules exceeds the \(maximumSymbolBytes)-byte budget")
+                }
+                if existing == nil { lines += 1 }
+                if let old = existing {
+                    _ = release(old.kernel, dryRun: false)
+                    endOld("was reset (register-guest reset=1)")
+                }
+                return nil
             }
-            // The same figures, set in the budget's account exactly (a commit may have charged
-            // live state since `overBudget` read it). A reset gives back the old session's live
-            // modules (`end`) once it is installed: they count until then, for every other session.
-            let factsAfter = factsUsed - (charged[GuestKey(r.guestID)] ?? 0) - freed + cost
-            if let live = ledger.setFacts(factsAfter, freeing: oldLive) {
-                return .refused(.unavailable, "register-guest '\(r.guestID)': \(cost) bytes of facts on top of \(factsAfter - cost) registered and \(live) of live modules exceeds the \(maximumSymbolBytes)-byte budget")
-            }
-            if existing == nil { lines += 1 }
-            if let old = existing {
-                _ = release(old.kernel, dryRun: false)
-                old.end("was reset (register-guest reset=1)")
-            }
+            let refusal: Registration?
+            if let old = existing { refusal = old.withCharge(admit) } else { refusal = admit(0) { _ in } }
+            if let refusal { return refusal }
             if let k = shared.key { builds[k, default: (shared, 0)].guests += 1 }
             // Stamped while the registry is locked: a request stamped before this (it arrived
             // before the session existed) never finds it (`session(_:arrivedAt:)`).

@@ -193,15 +193,26 @@ public final class GuestSession: @unchecked Sendable {
     /// Marks the session as no longer its guest's (the registry, under its lock). Its live
     /// modules' charge goes back to the budget: nothing commits to an ended session, and what it
     /// holds goes with the last request still judging in it.
-    func end(_ why: String) {
-        let message = "guest '\(registration.guestID)' \(why) while this request was judged: the session it was judged in is gone (its grants were revoked); ask again in the new session"
-        lock.withLock {
-            if ended == nil {
-                ended = message
-                ledger?.release(liveCharged)
-                liveCharged = 0
-            }
-        }
+    func end(_ why: String) { lock.withLock { endLocked(why) } }
+
+    /// `end` under `lock`.
+    private func endLocked(_ why: String) {
+        guard ended == nil else { return }
+        ended = "guest '\(registration.guestID)' \(why) while this request was judged: the session it was judged in is gone (its grants were revoked); ask again in the new session"
+        ledger?.release(liveCharged)
+        liveCharged = 0
+    }
+
+    /// A reset's account of this session (the registry, under its own lock): `body` runs under
+    /// this session's lock with what the session is charged now (its live modules and owed
+    /// notices; 0 once ended), and may end the session there (the function it is handed). No
+    /// charge of this session moves while `body` runs (commit, rollback, retire and
+    /// module-init-freed wait for the lock), so the reset's budget check and the release at its
+    /// end see one figure: read apart, a retire landing between the two was credited twice, and
+    /// the new facts could be admitted over the budget by what it gave back (a review,
+    /// 2026-12-07). Lock order: registry → session → ledger, as everywhere.
+    func withCharge<T>(_ body: (_ charged: Int, _ end: (String) -> Void) -> T) -> T {
+        lock.withLock { body(ended == nil ? liveCharged : 0, endLocked) }
     }
 
     /// A live module of this session went (retire, rollback): its charge goes back, but for
