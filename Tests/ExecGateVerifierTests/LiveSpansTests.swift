@@ -5,9 +5,7 @@
 // replaced answered (a review, 2026-12-07: both were a request's cost times the modules a guest
 // keeps live).
 
-import ExecGateCapture
 import ExecGateExplain
-import ExecGatePolicy
 import ExecGateTestSupport
 @testable import ExecGateVerifier
 import ExecGateWire
@@ -78,10 +76,7 @@ final class LiveSpansTests: XCTestCase {
     /// refuses a module whose text or init text lies outside its allocations (the verifier never
     /// makes one: fail closed), so two modules' owner spans never meet.
     func testCommitRefusesTextOutsideTheAllocationItHolds() throws {
-        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
-        let v = Verifier(policy: Policy(id: "t", version: 1, trust: try Fixtures.debianTrust()))
-        guard case .registerGuestReply = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: []) else { return XCTFail("register") }
-        let s = try XCTUnwrap(v.guests.session("g"))
+        let s = try FixtureGuest().session  // the fixture boot's guest "g", registered, nothing loaded
         let b = s.facts.moduleArea.lowerBound
         let outside = LiveModule(name: "a", coreRange: b..<b + 0x1000, textRange: b + 0x800..<b + 0x1800, frames: [1],
                                  initRange: nil, initFrames: [], exports: nil, sites: nil, keyStates: [:])
@@ -104,10 +99,7 @@ final class LiveSpansTests: XCTestCase {
     /// its range; init text freed is free again, and a retired module's ranges with it. Patch
     /// entries are owned by the module whose text or granted init text holds them.
     func testOverlapsAndPatchOwnersAmongHundredsOfLiveModules() throws {
-        let boot = try CaptureBoot.load(EndStateVerifierTests.bootDir)
-        let v = Verifier(policy: Policy(id: "t", version: 1, trust: try Fixtures.debianTrust()))
-        guard case .registerGuestReply = v.respond(to: .registerGuest(try boot.registration(guestID: "g")), requestDigest: []) else { return XCTFail("register") }
-        let s = try XCTUnwrap(v.guests.session("g"))
+        let s = try FixtureGuest().session  // the fixture boot's guest "g", registered, nothing loaded
         let area = s.facts.moduleArea.lowerBound
         let n = 500
         // Module k: core [base, +0x2000) with text its first page, init [base + 0x4000, +0x1000),
