@@ -36,7 +36,8 @@ final class FactsBudgetTests: XCTestCase {
         return RegisterGuest(guestID: "hostile-\(g)", symbols: syms)
     }
 
-    /// The default service VM (128 MiB: `MemAvailable` 89 MiB at start, ServiceVM/README.md). A
+    /// A 128 MiB service VM (the default until 2026-12-07: `MemAvailable` 89 MiB at start,
+    /// ServiceVM/README.md). A
     /// hostile VMM registers distinct builds one after another. The registry must refuse
     /// (`unavailable`, nothing kept) before its RSS growth exceeds what the VM has beside the
     /// admitted request bodies at their cost (available − 2 × body budget); the attack stops by
@@ -79,7 +80,8 @@ final class FactsBudgetTests: XCTestCase {
 
     static var corpus: String { ProcessInfo.processInfo.environment["EXECGATE_CORPUS"] ?? "/work/shared/corpus" }
 
-    /// Honest use in the default VM: the shared corpus's build (Debian 6.1, both boots: one build,
+    /// Honest use in a 128 MiB VM (the default until 2026-12-07, the tightest a real build fits in;
+    /// the default is now 160 MiB, ≈ 27 MiB of facts): the shared corpus's build (Debian 6.1, both boots: one build,
     /// one with KASLR) and 200 more guests of it register in a service set up for the 128 MiB VM,
     /// all on one shared copy; a second, distinct build of the same size is refused `unavailable`
     /// with the figures and leaves nothing behind.
