@@ -203,6 +203,16 @@ public final class GuestRegistry: @unchecked Sendable {
             if r.reset, let a = arrivedAt, let removed = removedAt[Self.removedKey(r.guestID)], a < removed {
                 return .refused(.unknownGuest, "guest '\(r.guestID)' was removed (remove-guest) after this reset arrived: nothing was registered (register it again, without reset, if it is to run)")
             }
+            if r.reset, let a = arrivedAt, let cur = existing, cur.born > a {
+                // The guest's session was registered after this reset arrived: it is not the one
+                // the reset was sent to replace, and its grants were not revoked for it.
+                if cur.lineageBorn > a {
+                    // A new line: the id was removed and registered again (another VM's) after
+                    // the reset arrived (the removal's stamp may have left `removedAt`).
+                    return .refused(.unknownGuest, "guest '\(r.guestID)' was removed and registered again after this reset arrived: the registration it holds now is not the session this reset replaces; nothing was registered (register it again, without reset, if it is to run)")
+                }
+                return .refused(.badRequest, "guest '\(r.guestID)': a reset that arrived after this one was accepted first; this reset is of the boot that reset replaced: nothing was registered and the guest's session stands (send a new boot's requests, and its next reset, only after the reset's reply)")
+            }
             if r.reset, let expected = replacing {
                 // The session the reset was taken up to replace is gone: removed, or removed and
                 // the id registered again (a new line of sessions: another VM's), whose facts a

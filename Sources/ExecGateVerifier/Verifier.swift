@@ -88,9 +88,17 @@ public final class Verifier: @unchecked Sendable {
             return .helloReply(HelloReply(version: WireLimits.protocolVersion, serverName: serverName,
                                           maximumBodySize: UInt32(WireLimits.defaultMaximumBodySize)))
         case .registerGuest(let r):
-            // The session the reset replaces: the one current when it arrived (a concurrent reset
-            // accepted meanwhile installed a session this refusal must not end).
-            let replaced = r.reset ? guests.session(r.guestID) : nil
+            // The session the reset replaces: the one current when it arrived, and still current
+            // when it is judged. A session registered after the reset arrived is not it, and a
+            // refusal must not end it: one a later reset installed (two resets in flight, the
+            // later judged first), or another VM's, registered under the id after a removal that
+            // arrived after this reset (the registry refuses the reset in both cases). Taken as
+            // the current session, a stale reset of one VM ended the next VM's live session
+            // (a doc-driven review, 2026-12-07: `StaleResetTests`).
+            let replaced: GuestSession? = r.reset ? guests.session(r.guestID).flatMap { s in
+                if let a = arrival, s.born > a { return nil }
+                return s
+            } : nil
             let reply = register(r, requestDigest: requestDigest, replacing: replaced, arrivedAt: arrival)
             // A reset the server refuses still says what the VMM did: it revoked every grant of
             // the guest's current session and the guest booted again (protocol.md, register-guest
