@@ -203,15 +203,18 @@ public final class GuestRegistry: @unchecked Sendable {
             if r.reset, let a = arrivedAt, let removed = removedAt[Self.removedKey(r.guestID)], a < removed {
                 return .refused(.unknownGuest, "guest '\(r.guestID)' was removed (remove-guest) after this reset arrived: nothing was registered (register it again, without reset, if it is to run)")
             }
-            if r.reset, let a = arrivedAt, let cur = existing, cur.born > a {
-                // The guest's session was registered after this reset arrived: it is not the one
-                // the reset was sent to replace, and its grants were not revoked for it.
-                if cur.lineageBorn > a {
-                    // A new line: the id was removed and registered again (another VM's) after
-                    // the reset arrived (the removal's stamp may have left `removedAt`).
-                    return .refused(.unknownGuest, "guest '\(r.guestID)' was removed and registered again after this reset arrived: the registration it holds now is not the session this reset replaces; nothing was registered (register it again, without reset, if it is to run)")
+            if r.reset, let a = arrivedAt, let cur = existing, cur.registrationArrival > a {
+                // The guest's session was registered by a request that arrived after this reset:
+                // it is not the one the reset was sent to replace, and its grants were not
+                // revoked for it (compared by arrival, not by when each was installed: an
+                // earlier reset may be installed after a later one arrived, and is replaced).
+                if cur.lineageArrival > a {
+                    // Its line began after the reset arrived: the id was removed and registered
+                    // again (another VM's), or registered for the first time (the removal's stamp
+                    // may have left `removedAt`).
+                    return .refused(.unknownGuest, "guest '\(r.guestID)' holds a registration whose first request arrived after this reset (removed and registered again, another VM's): it is not the session this reset replaces; nothing was registered (register it again, without reset, if it is to run)")
                 }
-                return .refused(.badRequest, "guest '\(r.guestID)': a reset that arrived after this one was accepted first; this reset is of the boot that reset replaced: nothing was registered and the guest's session stands (send a new boot's requests, and its next reset, only after the reset's reply)")
+                return .refused(.badRequest, "guest '\(r.guestID)': a reset that arrived after this one was accepted first; this reset is of the boot that reset replaced: nothing was registered and the guest's session stands (send a guest's next reset only after the previous one's reply)")
             }
             if r.reset, let expected = replacing {
                 // The session the reset was taken up to replace is gone: removed, or removed and
@@ -281,7 +284,9 @@ public final class GuestRegistry: @unchecked Sendable {
             var sessionFacts = shared === kernel ? facts : shared.facts(for: r)
             adjust?(&sessionFacts)
             let session = GuestSession(registration: r, kernel: shared, facts: sessionFacts, factsDigest: factsDigest,
-                                       born: born, lineageBorn: existing?.lineageBorn, token: token, ledger: ledger)
+                                       born: born, lineageBorn: existing?.lineageBorn,
+                                       registrationArrival: arrivedAt ?? born, lineageArrival: existing?.lineageArrival ?? arrivedAt ?? born,
+                                       token: token, ledger: ledger)
             guests[GuestKey(r.guestID)] = session
             charged[GuestKey(r.guestID)] = own + (shared.key == nil ? shared.symbolBytes : 0)
             _ = ledger.setFacts(factsUsed, force: true)

@@ -74,6 +74,14 @@ public final class GuestSession: @unchecked Sendable {
     /// replaced none): a request stamped before it arrived while the guest had no session at all
     /// and belongs to none (`GuestRegistry.session(_:arrivedAt:)`: unknown guest).
     let lineageBorn: UInt64
+    /// The arrival stamp of the register-guest that established this session (its `born` when it
+    /// was not stamped: an in-process caller's), and that of the first registration of its line.
+    /// A reset is judged against the session current when it ARRIVED (the one its VMM revoked
+    /// the grants of): a session whose registration arrived after the reset is not it, however
+    /// the pool ordered the two (`GuestRegistry.register`, `Verifier.respond`: StaleResetTests).
+    /// Not `born`: a reset that arrived earlier may be installed after this one arrived.
+    let registrationArrival: UInt64
+    let lineageArrival: UInt64
     /// The session token (docs/protocol.md, register-guest "Session tokens"; register-guest-reply
     /// tag 5): the guest's line of resets in the high 24 bits (`GuestRegistry.tokenLineShift`:
     /// numbered at its first registration, registry-wide), the session's place in the line in the
@@ -261,7 +269,7 @@ public final class GuestSession: @unchecked Sendable {
     var removalGeneration: UInt64 { lock.withLock { removals } }
 
     init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8], born: UInt64, lineageBorn: UInt64? = nil,
-         token: UInt64 = 0, ledger: LiveLedger? = nil) {
+         registrationArrival: UInt64? = nil, lineageArrival: UInt64? = nil, token: UInt64 = 0, ledger: LiveLedger? = nil) {
         self.ledger = ledger
         var r = registration
         // Kept without its records (the build's copy holds them as facts): a decoded
@@ -273,6 +281,8 @@ public final class GuestSession: @unchecked Sendable {
         self.factsDigest = factsDigest
         self.born = born
         self.lineageBorn = lineageBorn ?? born
+        self.registrationArrival = registrationArrival ?? born
+        self.lineageArrival = lineageArrival ?? registrationArrival ?? born
         self.token = token
         self.resolver = SymbolResolver(coreExports: facts.exports)
     }

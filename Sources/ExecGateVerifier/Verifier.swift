@@ -69,6 +69,15 @@ public final class Verifier: @unchecked Sendable {
 
     // MARK: - Requests
 
+    /// Guest `id`'s session when the register-guest that established it arrived before `arrival`
+    /// (nil: not stamped, the session as it is): the session a reset stamped `arrival` was sent
+    /// to replace, whose grants its VMM revoked.
+    func sessionRegistered(_ id: String, before arrival: UInt64?) -> GuestSession? {
+        guard let s = guests.session(id) else { return nil }
+        if let a = arrival, s.registrationArrival > a { return nil }
+        return s
+    }
+
     /// Answer one decoded request. `requestDigest` is what the reply echoes (verdict
     /// `request_digest`, register-guest-reply `facts_digest`); nil for an authorize-module: the
     /// verifier computes it while judging, from `body` (the request as received) when given
@@ -88,25 +97,24 @@ public final class Verifier: @unchecked Sendable {
             return .helloReply(HelloReply(version: WireLimits.protocolVersion, serverName: serverName,
                                           maximumBodySize: UInt32(WireLimits.defaultMaximumBodySize)))
         case .registerGuest(let r):
-            // The session the reset replaces: the one current when it arrived, and still current
-            // when it is judged. A session registered after the reset arrived is not it, and a
-            // refusal must not end it: one a later reset installed (two resets in flight, the
-            // later judged first), or another VM's, registered under the id after a removal that
-            // arrived after this reset (the registry refuses the reset in both cases). Taken as
-            // the current session, a stale reset of one VM ended the next VM's live session
-            // (a doc-driven review, 2026-12-07: `StaleResetTests`).
-            let replaced: GuestSession? = r.reset ? guests.session(r.guestID).flatMap { s in
-                if let a = arrival, s.born > a { return nil }
-                return s
-            } : nil
+            // The session the reset replaces: the guest's session, unless its registration
+            // arrived after the reset (one a later reset installed, two resets in flight and the
+            // later judged first; or another VM's, registered under the id after a removal that
+            // arrived after this reset): the registry refuses the reset then. Taken as the current
+            // session whatever its arrival, a stale reset of one VM, refused, ended the next VM's
+            // live session (a doc-driven review, 2026-12-07: `StaleResetTests`).
+            let replaced = r.reset ? sessionRegistered(r.guestID, before: arrival) : nil
             let reply = register(r, requestDigest: requestDigest, replacing: replaced, arrivedAt: arrival)
             // A reset the server refuses still says what the VMM did: it revoked every grant of
-            // the guest's current session and the guest booted again (protocol.md, register-guest
+            // the guest's session and the guest booted again (protocol.md, register-guest
             // `reset`). That session is no longer its guest's: left live, a guest rebooted into a
             // kernel the policy does not pin (untrusted-kernel) kept being judged against the old
             // kernel's facts (a policy/admin review, 2026-12-05). It ends, holding nothing; the
-            // guest stays registered until a reset is accepted.
-            if let replaced, case .error(let e) = reply { replaced.end("was reset (register-guest reset=1) and the reset was refused (\(e.code))") }
+            // guest stays registered until a reset is accepted. Read again now: an earlier reset
+            // installed while this one was judged is of an older boot too, and ends with it.
+            if r.reset, case .error(let e) = reply, let s = sessionRegistered(r.guestID, before: arrival) {
+                s.end("was reset (register-guest reset=1) and the reset was refused (\(e.code))")
+            }
             return reply
         case .authorizeModule(let a):
             // The session it arrived in, or its token names (none: it arrived before the guest

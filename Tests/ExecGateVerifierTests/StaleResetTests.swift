@@ -108,6 +108,40 @@ final class StaleResetTests: XCTestCase, SharedFactsTesting {
         XCTAssertNotNil(current.endedMessage)
     }
 
+    /// The honest order (a review of the first fix, which compared a reset's arrival with the
+    /// session's installation instead of its registration's arrival): two resets in flight,
+    /// judged in the order they arrived, the first installed only after the second arrived. The
+    /// second still replaces the first's session (it is the newer boot's); refused, it ends it.
+    func testResetsJudgedInArrivalOrderReplaceEachOtherHoweverLateTheFirstIsInstalled() throws {
+        let boot = try boot()
+        for refusedSecond in [false, true] {
+            let v = try verifier()
+            _ = try register(v, try registration(boot, "g"))
+            var first = try resetRequest(boot, "g"), second = try resetRequest(boot, "g")
+            first.commandLine = "boot-1"
+            second.commandLine = "boot-2"
+            if refusedSecond { second.kaslrSlide = 0x1000 }  // implausible-facts
+            let firstArrived = v.guests.arrivalStamp(), secondArrived = v.guests.arrivalStamp()
+            guard case .registerGuestReply = v.respond(to: .registerGuest(first), requestDigest: [], arrival: firstArrived) else {
+                return XCTFail("the first reset was refused")
+            }
+            let s1 = try XCTUnwrap(v.guests.session("g"))
+            try allow(v, boot, boot.availableModules[0])
+            let reply = v.respond(to: .registerGuest(second), requestDigest: [], arrival: secondArrived)
+            if refusedSecond {
+                guard case .error(let e) = reply else { return XCTFail("an implausible reset was accepted") }
+                XCTAssertEqual(e.code, .implausibleFacts, e.message)
+                XCTAssertTrue(v.guests.session("g") === s1)
+                XCTAssertNotNil(s1.endedMessage, "the older boot's session stayed live after the newer boot's reset was refused")
+                XCTAssertEqual(s1.liveBytes, 0)
+            } else {
+                guard case .registerGuestReply = reply else { return XCTFail("the newer reset was refused: \(reply)") }
+                XCTAssertEqual(v.guests.session("g")?.registration.commandLine, "boot-2")
+                XCTAssertNotNil(s1.endedMessage)
+            }
+        }
+    }
+
     /// A reset that arrived while the id had no session (it would register it), overtaken by a
     /// plain registration of the id judged first (a new line, born after the reset arrived): the
     /// reset is refused `unknown-guest` and does not replace that registration. This is also the
