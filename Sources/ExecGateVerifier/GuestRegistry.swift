@@ -216,6 +216,12 @@ public final class GuestRegistry: @unchecked Sendable {
                 }
                 return .refused(.badRequest, "guest '\(r.guestID)': a reset that arrived after this one was accepted first; this reset is of the boot that reset replaced: nothing was registered and the guest's session stands (send a guest's next reset only after the previous one's reply)")
             }
+            if r.reset, let a = arrivedAt, let refused = existing?.refusedResetArrival, refused > a {
+                // A reset that arrived after this one was refused and ended the guest's session:
+                // its VMM had revoked the grants of every earlier boot, this one's included.
+                // Installed now, this older boot's session would judge the newer boot's requests.
+                return .refused(.badRequest, "guest '\(r.guestID)': a reset that arrived after this one was refused and ended the guest's session; this reset is of an earlier boot: nothing was registered (the guest is judged in no session until a reset that arrived after that one is accepted)")
+            }
             if r.reset, let expected = replacing {
                 // The session the reset was taken up to replace is gone: removed, or removed and
                 // the id registered again (a new line of sessions: another VM's), whose facts a
@@ -378,6 +384,21 @@ public final class GuestRegistry: @unchecked Sendable {
     }
 
     public func session(_ id: String) -> GuestSession? { lock.withLock { guests[GuestKey(id)] } }
+
+    /// A reset of guest `id` stamped `arrival` (nil: not stamped) was refused: the guest's
+    /// session ends when its registration arrived before the reset (its VMM revoked that
+    /// session's grants; protocol.md, register-guest `reset`), keeping the reset's stamp. Under
+    /// the registry's lock, so that an earlier reset of the guest still being judged is either
+    /// installed before this (and it is that session that ends) or refused after it
+    /// (`register`: `refusedResetArrival`), never installed live after the newer boot's refusal.
+    /// Lock order registry → session → ledger.
+    public func endForRefusedReset(_ id: String, arrivedAt arrival: UInt64?, _ why: String) {
+        lock.withLock {
+            guard let s = guests[GuestKey(id)] else { return }
+            if let a = arrival, s.registrationArrival > a { return }
+            s.endForRefusedReset(why, arrival: arrival)
+        }
+    }
 
     /// A stamp from the arrival clock, strictly greater than every stamp taken before it. The
     /// service takes one for each request when it decodes the request's frame, on its connection's

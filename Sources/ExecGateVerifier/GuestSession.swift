@@ -203,6 +203,20 @@ public final class GuestSession: @unchecked Sendable {
     /// holds goes with the last request still judging in it.
     func end(_ why: String) { lock.withLock { endLocked(why) } }
 
+    /// The latest arrival stamp of a reset of this session's guest that was refused while this
+    /// session was the guest's (nil: none). Such a reset ended it (its VMM revoked this session's
+    /// grants and the guest booted again); a reset that arrived before that one is of an earlier
+    /// boot still, and is not installed after it (`GuestRegistry.register`). Set and read under
+    /// the registry's lock (`GuestRegistry.endForRefusedReset`).
+    private(set) var refusedResetArrival: UInt64?
+
+    /// `end` for a reset refused while this session was its guest's, keeping the reset's stamp
+    /// (the registry, under its lock).
+    func endForRefusedReset(_ why: String, arrival: UInt64?) {
+        if let a = arrival { refusedResetArrival = max(refusedResetArrival ?? 0, a) }
+        end(why)
+    }
+
     /// `end` under `lock`.
     private func endLocked(_ why: String) {
         guard ended == nil else { return }

@@ -110,10 +110,11 @@ public final class Verifier: @unchecked Sendable {
             // `reset`). That session is no longer its guest's: left live, a guest rebooted into a
             // kernel the policy does not pin (untrusted-kernel) kept being judged against the old
             // kernel's facts (a policy/admin review, 2026-12-05). It ends, holding nothing; the
-            // guest stays registered until a reset is accepted. Read again now: an earlier reset
-            // installed while this one was judged is of an older boot too, and ends with it.
-            if r.reset, case .error(let e) = reply, let s = sessionRegistered(r.guestID, before: arrival) {
-                s.end("was reset (register-guest reset=1) and the reset was refused (\(e.code))")
+            // guest stays registered until a reset is accepted. The registry finds that session
+            // again now, under its lock: an earlier reset installed while this one was judged is
+            // of an older boot too and ends; one not installed yet is refused when it is.
+            if r.reset, case .error(let e) = reply {
+                guests.endForRefusedReset(r.guestID, arrivedAt: arrival, "was reset (register-guest reset=1) and the reset was refused (\(e.code))")
             }
             return reply
         case .authorizeModule(let a):

@@ -142,6 +142,38 @@ final class StaleResetTests: XCTestCase, SharedFactsTesting {
         }
     }
 
+    /// The other order (a second review): two resets in flight, the later refused (here
+    /// implausible facts; untrusted-kernel or the budget alike) before the earlier is installed
+    /// (the earlier still building its facts on another pool thread). The refusal ends the
+    /// guest's session; the earlier reset, judged after, is of an older boot than the one the
+    /// refused reset announced and is refused `bad-request`, never installed live to judge the
+    /// newer boot's requests. A reset that arrived after the refused one is accepted.
+    func testAnEarlierResetJudgedAfterALaterRefusedOneIsNotInstalled() throws {
+        let boot = try boot()
+        let v = try verifier()
+        let s0 = try register(v, try registration(boot, "g"))
+        var earlier = try resetRequest(boot, "g"), later = try resetRequest(boot, "g")
+        earlier.commandLine = "boot-1"
+        later.kaslrSlide = 0x1000  // implausible-facts
+        let earlierArrived = v.guests.arrivalStamp(), laterArrived = v.guests.arrivalStamp()
+        guard case .error(let refused) = v.respond(to: .registerGuest(later), requestDigest: [], arrival: laterArrived) else {
+            return XCTFail("an implausible reset was accepted")
+        }
+        XCTAssertEqual(refused.code, .implausibleFacts, refused.message)
+        XCTAssertNotNil(s0.endedMessage)
+        guard case .error(let e) = v.respond(to: .registerGuest(earlier), requestDigest: [], arrival: earlierArrived) else {
+            return XCTFail("the earlier boot's reset was installed after the later boot's reset was refused")
+        }
+        XCTAssertEqual(e.code, .badRequest, e.message)
+        XCTAssertTrue(v.guests.session("g") === s0, "a session was installed for the earlier boot")
+        let verdict = v.authorize(try boot.module(boot.availableModules[0]).request(guestID: "g"), requestDigest: [], arrival: v.guests.arrivalStamp())
+        XCTAssertEqual(verdict.decision, .deny, "a request after the refused reset was judged in a live session")
+        guard case .registerGuestReply = v.respond(to: .registerGuest(earlier), requestDigest: [], arrival: v.guests.arrivalStamp()) else {
+            return XCTFail("a reset arriving after the refused one was refused")
+        }
+        try allow(v, boot, boot.availableModules[0])
+    }
+
     /// A reset that arrived while the id had no session (it would register it), overtaken by a
     /// plain registration of the id judged first (a new line, born after the reset arrived): the
     /// reset is refused `unknown-guest` and does not replace that registration. This is also the
