@@ -203,24 +203,27 @@ public final class GuestRegistry: @unchecked Sendable {
             if r.reset, let a = arrivedAt, let removed = removedAt[Self.removedKey(r.guestID)], a < removed {
                 return .refused(.unknownGuest, "guest '\(r.guestID)' was removed (remove-guest) after this reset arrived: nothing was registered (register it again, without reset, if it is to run)")
             }
-            if r.reset, let a = arrivedAt, let cur = existing, cur.registrationArrival > a {
-                // The guest's session was registered by a request that arrived after this reset:
-                // it is not the one the reset was sent to replace, and its grants were not
-                // revoked for it (compared by arrival, not by when each was installed: an
-                // earlier reset may be installed after a later one arrived, and is replaced).
-                if cur.lineageArrival > a {
-                    // Its line began after the reset arrived: the id was removed and registered
-                    // again (another VM's), or registered for the first time (the removal's stamp
-                    // may have left `removedAt`).
-                    return .refused(.unknownGuest, "guest '\(r.guestID)' holds a registration whose first request arrived after this reset (removed and registered again, another VM's): it is not the session this reset replaces; nothing was registered (register it again, without reset, if it is to run)")
+            if r.reset, let a = arrivedAt, let cur = existing {
+                if !cur.registered(before: a) {
+                    // The guest's session was registered by a request that arrived after this
+                    // reset: it is not the one the reset was sent to replace, and its grants were
+                    // not revoked for it (compared by arrival, not by when each was installed: an
+                    // earlier reset may be installed after a later one arrived, and is replaced).
+                    if cur.lineageArrival > a {
+                        // Its line began after the reset arrived: the id was removed and
+                        // registered again (another VM's), or registered for the first time (the
+                        // removal's stamp may have left `removedAt`).
+                        return .refused(.unknownGuest, "guest '\(r.guestID)' holds a registration whose first request arrived after this reset (removed and registered again, another VM's): it is not the session this reset replaces; nothing was registered (register it again, without reset, if it is to run)")
+                    }
+                    return .refused(.badRequest, "guest '\(r.guestID)': a reset that arrived after this one was accepted first; this reset is of the boot that reset replaced: nothing was registered and the guest's session stands (send a guest's next reset only after the previous one's reply)")
                 }
-                return .refused(.badRequest, "guest '\(r.guestID)': a reset that arrived after this one was accepted first; this reset is of the boot that reset replaced: nothing was registered and the guest's session stands (send a guest's next reset only after the previous one's reply)")
-            }
-            if r.reset, let a = arrivedAt, let refused = existing?.refusedResetArrival, refused > a {
-                // A reset that arrived after this one was refused and ended the guest's session:
-                // its VMM had revoked the grants of every earlier boot, this one's included.
-                // Installed now, this older boot's session would judge the newer boot's requests.
-                return .refused(.badRequest, "guest '\(r.guestID)': a reset that arrived after this one was refused and ended the guest's session; this reset is of an earlier boot: nothing was registered (the guest is judged in no session until a reset that arrived after that one is accepted)")
+                if let refused = cur.refusedResetArrival, refused > a {
+                    // A reset that arrived after this one was refused and ended the guest's
+                    // session: its VMM had revoked the grants of every earlier boot, this one's
+                    // included. Installed now, this older boot's session would judge the newer
+                    // boot's requests.
+                    return .refused(.badRequest, "guest '\(r.guestID)': a reset that arrived after this one was refused and ended the guest's session; this reset is of an earlier boot: nothing was registered (the guest is judged in no session until a reset that arrived after that one is accepted)")
+                }
             }
             if r.reset, let expected = replacing {
                 // The session the reset was taken up to replace is gone: removed, or removed and
@@ -394,8 +397,7 @@ public final class GuestRegistry: @unchecked Sendable {
     /// Lock order registry → session → ledger.
     public func endForRefusedReset(_ id: String, arrivedAt arrival: UInt64?, _ why: String) {
         lock.withLock {
-            guard let s = guests[GuestKey(id)] else { return }
-            if let a = arrival, s.registrationArrival > a { return }
+            guard let s = guests[GuestKey(id)], s.registered(before: arrival) else { return }
             s.endForRefusedReset(why, arrival: arrival)
         }
     }

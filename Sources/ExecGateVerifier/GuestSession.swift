@@ -82,6 +82,10 @@ public final class GuestSession: @unchecked Sendable {
     /// Not `born`: a reset that arrived earlier may be installed after this one arrived.
     let registrationArrival: UInt64
     let lineageArrival: UInt64
+
+    /// Whether the register-guest that established this session arrived before `arrival` (nil:
+    /// not stamped, taken as yes): the session a reset stamped `arrival` was sent to replace.
+    func registered(before arrival: UInt64?) -> Bool { arrival.map { registrationArrival < $0 } ?? true }
     /// The session token (docs/protocol.md, register-guest "Session tokens"; register-guest-reply
     /// tag 5): the guest's line of resets in the high 24 bits (`GuestRegistry.tokenLineShift`:
     /// numbered at its first registration, registry-wide), the session's place in the line in the

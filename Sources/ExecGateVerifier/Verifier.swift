@@ -69,15 +69,6 @@ public final class Verifier: @unchecked Sendable {
 
     // MARK: - Requests
 
-    /// Guest `id`'s session when the register-guest that established it arrived before `arrival`
-    /// (nil: not stamped, the session as it is): the session a reset stamped `arrival` was sent
-    /// to replace, whose grants its VMM revoked.
-    func sessionRegistered(_ id: String, before arrival: UInt64?) -> GuestSession? {
-        guard let s = guests.session(id) else { return nil }
-        if let a = arrival, s.registrationArrival > a { return nil }
-        return s
-    }
-
     /// Answer one decoded request. `requestDigest` is what the reply echoes (verdict
     /// `request_digest`, register-guest-reply `facts_digest`); nil for an authorize-module: the
     /// verifier computes it while judging, from `body` (the request as received) when given
@@ -103,7 +94,7 @@ public final class Verifier: @unchecked Sendable {
             // arrived after this reset): the registry refuses the reset then. Taken as the current
             // session whatever its arrival, a stale reset of one VM, refused, ended the next VM's
             // live session (a doc-driven review, 2026-12-07: `StaleResetTests`).
-            let replaced = r.reset ? sessionRegistered(r.guestID, before: arrival) : nil
+            let replaced = r.reset ? guests.session(r.guestID).flatMap { $0.registered(before: arrival) ? $0 : nil } : nil
             let reply = register(r, requestDigest: requestDigest, replacing: replaced, arrivedAt: arrival)
             // A reset the server refuses still says what the VMM did: it revoked every grant of
             // the guest's session and the guest booted again (protocol.md, register-guest

@@ -37,8 +37,7 @@ final class FactsBudgetTests: XCTestCase {
     }
 
     /// A 128 MiB service VM (the default until 2026-12-07: `MemAvailable` 89 MiB at start,
-    /// ServiceVM/README.md). A
-    /// hostile VMM registers distinct builds one after another. The registry must refuse
+    /// ServiceVM/README.md). A hostile VMM registers distinct builds one after another. The registry must refuse
     /// (`unavailable`, nothing kept) before its RSS growth exceeds what the VM has beside the
     /// admitted request bodies at their cost (available − 2 × body budget); the attack stops by
     /// itself once the growth passed everything the VM has (the OOM killer's point).
@@ -80,11 +79,11 @@ final class FactsBudgetTests: XCTestCase {
 
     static var corpus: String { ProcessInfo.processInfo.environment["EXECGATE_CORPUS"] ?? "/work/shared/corpus" }
 
-    /// Honest use in a 128 MiB VM (the default until 2026-12-07, the tightest a real build fits in;
-    /// the default is now 160 MiB, ≈ 27 MiB of facts): the shared corpus's build (Debian 6.1, both boots: one build,
-    /// one with KASLR) and 200 more guests of it register in a service set up for the 128 MiB VM,
-    /// all on one shared copy; a second, distinct build of the same size is refused `unavailable`
-    /// with the figures and leaves nothing behind.
+    /// Honest use in a 128 MiB VM (the default until 2026-12-07, the tightest a real build fits
+    /// in; the default is now 160 MiB, ≈ 27 MiB of facts): the shared corpus's build (Debian 6.1,
+    /// both boots: one build, one with KASLR) and 200 more guests of it register in a service set
+    /// up for the 128 MiB VM, all on one shared copy; a second, distinct build of the same size is
+    /// refused `unavailable` with the figures and leaves nothing behind.
     func testOneRealBuildAndItsGuestsFitTheDefaultVM() async throws {
         for boot in ["nokaslr-a", "kaslr"] where access(Self.corpus + "/" + boot + "/kallsyms.txt", R_OK) != 0 {
             throw XCTSkip("shared corpus boot \(boot) not present")
