@@ -175,6 +175,14 @@ public final class ExecGateClient: @unchecked Sendable {
         return sessionToken(for: guestID)
     }
 
+    /// `request`, a reset naming the session this client holds for its guest unless it names one.
+    private func naming(_ request: RegisterGuest) -> RegisterGuest {
+        guard request.reset else { return request }
+        var r = request
+        r.session = echoed(r.session, r.guestID)
+        return r
+    }
+
     private func remember(_ reply: RegisterGuestReply) { setSessionToken(reply.session, for: reply.guestID) }
 
     public func authorize(_ request: AuthorizeModule) async throws -> Verdict {
@@ -195,8 +203,11 @@ public final class ExecGateClient: @unchecked Sendable {
         }
     }
 
+    /// A reset that names no session names the one this client last registered for the guest
+    /// (`sessionToken(for:)`): the server then replaces that session only (docs/protocol.md,
+    /// register-guest "Session tokens").
     public func register(_ request: RegisterGuest) async throws -> RegisterGuestReply {
-        switch try await send(.registerGuest(request)) {
+        switch try await send(.registerGuest(naming(request))) {
         case .registerGuestReply(let r):
             remember(r)
             return r
@@ -215,7 +226,7 @@ public final class ExecGateClient: @unchecked Sendable {
     /// (pins, budgets and `guest-exists` apply to both alike). `byDigest` says which one registered.
     public func register(_ request: RegisterGuest, knownBuild: [UInt8]?) async throws -> (reply: RegisterGuestReply, byDigest: Bool) {
         if let digest = knownBuild {
-            switch try await send(.registerGuest(request.byDigest(digest))) {
+            switch try await send(.registerGuest(naming(request).byDigest(digest))) {
             case .registerGuestReply(let r):
                 remember(r)
                 return (r, true)

@@ -176,6 +176,9 @@ public final class GuestRegistry: @unchecked Sendable {
                 return .refused(.implausibleFacts, "register-guest '\(r.guestID)': kaslr_slide 0x\(Hex.number(r.kaslrSlide)) moves the build's link-time addresses past the top of the address space (no full registration of this build at that slide exists)")
             }
         }
+        // A reset naming a session that is not the guest's is refused before its facts are built
+        // (and again under the lock below, where it decides).
+        if let refusal = lock.withLock({ Self.resetSessionRefusal(r, guests[GuestKey(r.guestID)], arrivedAt: arrivedAt) }) { return refusal }
         let buildCost = known == nil ? KernelFacts.symbolBytes(r) : 0
         if let why = lock.withLock({ guests[GuestKey(r.guestID)] == nil ? overBudget(r.guestID, cost: own + buildCost) : nil }) {
             return .refused(.unavailable, "register-guest '\(r.guestID)': \(why)")
@@ -200,6 +203,9 @@ public final class GuestRegistry: @unchecked Sendable {
             if existing != nil && !r.reset {
                 return .refused(.guestExists, "guest '\(r.guestID)' is registered: its facts were taken at the trusted point and are not replaced (send reset=1 after revoking every EXEC grant of the old session)")
             }
+            // The session a reset names decides first (the same answer as before the facts were
+            // built, whatever was read meanwhile); then its arrival.
+            if let refusal = Self.resetSessionRefusal(r, existing, arrivedAt: arrivedAt) { return refusal }
             if r.reset, let a = arrivedAt, let removed = removedAt[Self.removedKey(r.guestID)], a < removed {
                 return .refused(.unknownGuest, "guest '\(r.guestID)' was removed (remove-guest) after this reset arrived: nothing was registered (register it again, without reset, if it is to run)")
             }
@@ -303,6 +309,46 @@ public final class GuestRegistry: @unchecked Sendable {
         }
     }
 
+    /// Whether a reset naming session `token` (its `session` field; nil: it names none), stamped
+    /// `arrival`, is a reset of session `s`: `s` was registered before the reset arrived, and the
+    /// reset names `s` or the session `s` replaced. The latter is two resets of one guest in
+    /// flight, each naming the VMM's latest token (the guest rebooted again before the first
+    /// reset's reply, or a reset retried after its reply was lost): the one that arrived later
+    /// is of the newer boot and replaces, or refused ends, the session the earlier one installed,
+    /// as two resets naming nothing do by their arrival. A reset naming a session further back
+    /// was sent before the VMM had the token of the reset that replaced `s`'s predecessor: of an
+    /// older boot.
+    static func reset(naming token: UInt64?, isOf s: GuestSession, arrivedAt arrival: UInt64?) -> Bool {
+        guard s.registered(before: arrival) else { return false }
+        guard let t = token else { return true }
+        return t == s.token || (s.token & (maximumSessionsPerLine - 1) != 0 && t == s.token - 1)
+    }
+
+    /// The refusal of reset `r`, stamped `arrival`, by the session it names (its `session` token,
+    /// docs/protocol.md register-guest "A reset names the session it replaces"), `existing` being
+    /// the guest's session (caller holds `lock`). A reset's arrival orders it only against what
+    /// its own connection carried: one read late on a busy connection, after a removal of the
+    /// guest and another VM's registration of the id read on others, is of the new line by its
+    /// stamp. Its token says which session's grants its VMM revoked: it replaces that session
+    /// only. nil: no refusal here (not a reset; a reset without a token of a session that does
+    /// not require one; a reset of the current session, `reset(naming:isOf:arrivedAt:)`, or
+    /// naming it: the arrival checks decide).
+    static func resetSessionRefusal(_ r: RegisterGuest, _ existing: GuestSession?, arrivedAt arrival: UInt64?) -> Registration? {
+        guard r.reset else { return nil }
+        guard let t = r.session else {
+            guard let cur = existing, cur.requiresToken else { return nil }
+            return .refused(.badRequest, "guest '\(r.guestID)' was registered with require_session=1: its reset carries the session token (tag 0x8020) of the session it replaces, \(tokenText(cur.token)) (its register-guest-reply's); nothing was registered and no session ended")
+        }
+        guard let cur = existing else {
+            return .refused(.unknownGuest, "guest '\(r.guestID)' is not registered: this reset names session \(tokenText(t)), which is not the guest's (removed); nothing was registered (register it, without reset, if it is to run)")
+        }
+        if t == cur.token || reset(naming: t, isOf: cur, arrivedAt: arrival) { return nil }
+        if t >> tokenLineShift == cur.token >> tokenLineShift && t < cur.token {
+            return .refused(.badRequest, "guest '\(r.guestID)': this reset names session \(tokenText(t)), which a reset that arrived before this one already replaced (the guest's session is \(tokenText(cur.token))): it is of an earlier boot; nothing was registered and the guest's session stands")
+        }
+        return .refused(.badRequest, "guest '\(r.guestID)': this reset names session token \(tokenText(t)), which was not issued to the guest's current line of sessions (another guest's, one of an earlier registration of this id that was removed, or one not issued yet): nothing was registered and the guest's session stands")
+    }
+
     /// The refusal of a registration by digest whose build is not held: what to send instead.
     static func unknownBuild(_ r: RegisterGuest) -> String {
         "register-guest '\(r.guestID)': no kernel build with symbols digest \(Hex.encode(r.symbolsDigest))"
@@ -395,9 +441,14 @@ public final class GuestRegistry: @unchecked Sendable {
     /// installed before this (and it is that session that ends) or refused after it
     /// (`register`: `refusedResetArrival`), never installed live after the newer boot's refusal.
     /// Lock order registry → session → ledger.
-    public func endForRefusedReset(_ id: String, arrivedAt arrival: UInt64?, _ why: String) {
+    /// A reset that names a session (`token`, its `session` field) ends only a session it is of
+    /// (`reset(naming:isOf:arrivedAt:)`); one that names none ends nothing of a session that
+    /// requires tokens (`require_session`: its VMM names the session in its resets, so a
+    /// token-less reset is not of it).
+    public func endForRefusedReset(_ id: String, arrivedAt arrival: UInt64?, token: UInt64? = nil, _ why: String) {
         lock.withLock {
-            guard let s = guests[GuestKey(id)], s.registered(before: arrival) else { return }
+            guard let s = guests[GuestKey(id)], Self.reset(naming: token, isOf: s, arrivedAt: arrival),
+                  token != nil || !s.requiresToken else { return }
             s.endForRefusedReset(why, arrival: arrival)
         }
     }

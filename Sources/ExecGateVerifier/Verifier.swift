@@ -94,7 +94,11 @@ public final class Verifier: @unchecked Sendable {
             // arrived after this reset): the registry refuses the reset then. Taken as the current
             // session whatever its arrival, a stale reset of one VM, refused, ended the next VM's
             // live session (a doc-driven review, 2026-12-07: `StaleResetTests`).
-            let replaced = r.reset ? guests.session(r.guestID).flatMap { $0.registered(before: arrival) ? $0 : nil } : nil
+            // A reset naming a session (its `session` token) replaces only a session it is of
+            // (`GuestRegistry.reset(naming:isOf:arrivedAt:)`).
+            let replaced = r.reset ? guests.session(r.guestID).flatMap {
+                GuestRegistry.reset(naming: r.session, isOf: $0, arrivedAt: arrival) ? $0 : nil
+            } : nil
             let reply = register(r, requestDigest: requestDigest, replacing: replaced, arrivedAt: arrival)
             // A reset the server refuses still says what the VMM did: it revoked every grant of
             // the guest's session and the guest booted again (protocol.md, register-guest
@@ -105,7 +109,7 @@ public final class Verifier: @unchecked Sendable {
             // again now, under its lock: an earlier reset installed while this one was judged is
             // of an older boot too and ends; one not installed yet is refused when it is.
             if r.reset, case .error(let e) = reply {
-                guests.endForRefusedReset(r.guestID, arrivedAt: arrival, "was reset (register-guest reset=1) and the reset was refused (\(e.code))")
+                guests.endForRefusedReset(r.guestID, arrivedAt: arrival, token: r.session, "was reset (register-guest reset=1) and the reset was refused (\(e.code))")
             }
             return reply
         case .authorizeModule(let a):

@@ -419,6 +419,12 @@ public struct RegisterGuest: Sendable, Equatable {
     /// its session token while the session this registration establishes is current (a request
     /// without one is refused `bad-request`). docs/protocol.md, register-guest "Session tokens".
     public var requireSession: Bool
+    /// A reset's `session` (tag 0x8020, `SessionToken`, critical): the token of the session the
+    /// reset replaces, the guest's latest register-guest-reply's. With it the reset replaces (or,
+    /// refused, ends) that session only, whatever connection carried it and however late the
+    /// server read it; any other session of the guest is left alone. Only with `reset`.
+    /// docs/protocol.md, register-guest "Session tokens". nil: judged by its arrival.
+    public var session: UInt64?
 
     /// True for a registration by digest (`symbolsDigest` set, no symbol records).
     public var isByDigest: Bool { !symbolsDigest.isEmpty }
@@ -427,8 +433,9 @@ public struct RegisterGuest: Sendable, Equatable {
                 cpuCapabilities: [UInt8] = [], symbols: [KernelSymbol] = [], symbolSource: String = "",
                 commandLine: String = "", presentCPUs: UInt32 = 1, possibleCPUs: UInt32 = 1, vulnerabilities: String = "",
                 pvOps: [UInt8] = [], returnThunk: UInt64? = nil, reset: Bool = false, staticCallKeys: [StaticCallKeyFact] = [],
-                symbolsDigest: [UInt8] = [], requireSession: Bool = false) {
+                symbolsDigest: [UInt8] = [], requireSession: Bool = false, session: UInt64? = nil) {
         self.requireSession = requireSession
+        self.session = session
         self.symbolsDigest = symbolsDigest
         self.reset = reset
         self.staticCallKeys = staticCallKeys
@@ -479,7 +486,7 @@ public struct RegisterGuest: Sendable, Equatable {
     public static let maximumSymbols = 1 << 20
 
     public init(decoding body: ByteBuffer) throws {
-        let r = try TLVReader(body, message: "register-guest", known: Set(1...15).union([Tag.symbolsDigest, Tag.requireSession]),
+        let r = try TLVReader(body, message: "register-guest", known: Set(1...15).union([Tag.symbolsDigest, Tag.requireSession, SessionToken.tag]),
                               repeated: [Tag.staticCallKey: WireLimits.maximumStaticCallKeys])
         guestID = try r.requiredString(Tag.guestID, "guest_id")
         guard !guestID.isEmpty else { throw WireDecodeError(.invalidValue, field: "register-guest.guest_id", "empty") }
@@ -494,6 +501,10 @@ public struct RegisterGuest: Sendable, Equatable {
         let requireFlag: UInt8 = try r.integer(Tag.requireSession, "require_session") ?? 0
         guard requireFlag <= 1 else { throw WireDecodeError(.invalidValue, field: "register-guest.require_session", "\(requireFlag) is neither 0 nor 1") }
         requireSession = requireFlag == 1
+        session = try SessionToken.decode(r, message: "register-guest")
+        guard session == nil || reset else {
+            throw WireDecodeError(.invalidValue, field: "register-guest.session", "sent without reset=1: only a reset names a session (the one it replaces)")
+        }
         let rawKeys = r.all(Tag.staticCallKey)
         guard rawKeys.count <= WireLimits.maximumStaticCallKeys else {
             throw WireDecodeError(.tooManyItems, field: "register-guest.static_call_key", "\(rawKeys.count) > \(WireLimits.maximumStaticCallKeys)")
@@ -547,6 +558,7 @@ public struct RegisterGuest: Sendable, Equatable {
         for k in staticCallKeys { w.nested(Tag.staticCallKey) { k.encode(into: &$0) } }
         if !symbolsDigest.isEmpty { w.bytes(Tag.symbolsDigest, symbolsDigest) }
         if requireSession { w.u8(Tag.requireSession, 1) }
+        if let t = session { w.u64(SessionToken.tag, t) }
     }
 }
 

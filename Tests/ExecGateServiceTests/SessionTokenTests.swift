@@ -351,8 +351,11 @@ final class SessionTokenTests: XCTestCase {
         load.session = token
         guard case .verdict(let ok) = v.respond(to: .authorizeModule(load), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("load with the token") }
         XCTAssertEqual(ok.decision, .allow, ok.message)
-        // A reset without the flag: token-less requests are judged by arrival again.
-        guard case .registerGuestReply = v.respond(to: .registerGuest(f.reset), requestDigest: []) else { return XCTFail("reset") }
+        // Its reset names it too (a token-less one is refused, ResetTokenTests). A reset without
+        // the flag: token-less requests are judged by arrival again.
+        var reset = f.reset
+        reset.session = token
+        guard case .registerGuestReply = v.respond(to: .registerGuest(reset), requestDigest: []) else { return XCTFail("reset") }
         guard case .verdict(let again) = v.respond(to: .authorizeModule(f.request), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("token-less load after the reset") }
         XCTAssertEqual(again.decision, .allow, again.message)
     }
@@ -378,6 +381,27 @@ final class SessionTokenTests: XCTestCase {
         a.setSessionToken(r2.session, for: "g")
         let ok = try await a.authorize(f.request)
         XCTAssertEqual(ok.decision, .allow, ok.message)
+        // A reset names the session the client holds: a's replaces r2's session. b's, naming r2
+        // (the session a's replaced) and arriving after a's was answered, is the newer boot's
+        // (two resets in flight) and replaces it; b's next names its own. a's then names a session
+        // two back: refused, and b's session and its module are left alone.
+        let r3 = try await a.register(f.reset)
+        XCTAssertEqual(r3.session, (r2.session ?? 0) + 1)
+        let r4 = try await b.register(f.reset)
+        XCTAssertEqual(r4.session, (r3.session ?? 0) + 1)
+        let r5 = try await b.register(f.reset)
+        XCTAssertEqual(b.sessionToken(for: "g"), r5.session)
+        let loaded = try await b.authorize(f.request)
+        XCTAssertEqual(loaded.decision, .allow, loaded.message)
+        do {
+            _ = try await a.register(f.reset)
+            XCTFail("a reset naming a session two back was accepted")
+        } catch ClientError.server(let e) {
+            XCTAssertEqual(e.code, .badRequest, e.message)
+        }
+        XCTAssertEqual(f.verifier.guests.session("g")?.token, r5.session)
+        XCTAssertNil(f.verifier.guests.session("g")?.endedMessage)
+        XCTAssertEqual(f.verifier.guests.session("g")?.allowedModules, [f.name])
         await a.close()
         await b.close()
         await server.shutdown()
@@ -409,6 +433,27 @@ final class SessionTokenTests: XCTestCase {
         let ok = retire(String(new))
         XCTAssertEqual(ok.status, 0, ok.stderr)
         XCTAssertEqual(v.guests.session("g")?.allowedModules, [])
+        // `request register-guest --reset --session`: a reset naming the replaced session is an
+        // error reply to a bad request (exit 2) and registers nothing; --session without --reset
+        // is a usage error; naming the current session resets (exit 0, the next token printed).
+        func reset(_ extra: [String]) -> ProcessResult {
+            Fixtures.runExecgate(["request", "register-guest", "--connect", "unix:" + path, "--guest", "g",
+                                  "--capture", Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a"] + extra)
+        }
+        // (A third session first, so that `old` is two back: a reset naming the session the
+        // current one replaced, arriving after it, is that session's, ResetTokenTests.)
+        guard case .registerGuestReply = v.respond(to: .registerGuest(f.reset), requestDigest: [], arrival: v.arrival()) else { return XCTFail("reset") }
+        let staleReset = reset(["--reset", "--session", "0x" + String(old, radix: 16)])
+        XCTAssertEqual(staleReset.status, 2, staleReset.stderr)
+        XCTAssertTrue(staleReset.stderr.contains("bad-request") && staleReset.stderr.contains("already replaced"), staleReset.stderr)
+        XCTAssertEqual(v.guests.session("g")?.token, new + 1)
+        let noReset = reset(["--session", String(new + 1)])
+        XCTAssertEqual(noReset.status, 2, noReset.stderr)
+        XCTAssertTrue(noReset.stderr.contains("--reset"), noReset.stderr)
+        let current = reset(["--reset", "--session", String(new + 1), "--json"])
+        XCTAssertEqual(current.status, 0, current.stderr)
+        XCTAssertTrue(current.stdout.contains("\"session\":\"0x" + String(new + 2, radix: 16) + "\""), current.stdout)
+        XCTAssertEqual(v.guests.session("g")?.token, new + 2)
         await server.shutdown()
     }
 
@@ -428,5 +473,97 @@ final class SessionTokenTests: XCTestCase {
         guard case .error(let e) = v.respond(to: .authorizeModule(load), requestDigest: nil, arrival: v.arrival()) else { return XCTFail("the earlier line's token was judged") }
         XCTAssertEqual(e.code, .badRequest, e.message)
         XCTAssertEqual(v.guests.session("g")?.allowedModules, [])
+    }
+
+    /// HOLE (protocol.md register-guest, until 2026-12-07): a register-guest carried no session
+    /// token, so a reset was ordered by its arrival alone. VM-1's reset sent on connection B but
+    /// not read until VM-1's removal and a new VM-2's registration of the id on A were answered
+    /// arrives, by its stamp, after VM-2's registration: it replaced VM-2's session (VM-2's module
+    /// forgotten while its grant stood, VM-2 judged against VM-1's facts). A reset now names the
+    /// session it replaces (`session`, tag 0x8020): VM-1's names VM-1's session, not issued to the
+    /// id's current line, and is refused `bad-request`; VM-2's session is not touched, its module
+    /// stays live, its next load is allowed. Without a token the arrival rule stands as documented
+    /// (the VMM's connection rule), shown on a fresh server.
+    func testAResetReadLateOnAnotherConnectionReplacesOnlyTheSessionItNames() async throws {
+        for named in [true, false] {
+            let f = try ResetFixture()
+            let (server, path) = try await ResetFixture.serve(f.verifier)
+            let a = try XCTUnwrap(SocketPeer(path: path))
+            let b = try XCTUnwrap(SocketPeer(path: path))
+            guard case .registerGuestReply(let vm1)? = Self.ask(a, Message.registerGuest(f.registration).frame(requestID: 1))?.1,
+                  let t1 = vm1.session else {
+                await server.shutdown()
+                return XCTFail("VM-1's registration")
+            }
+            var reset = f.reset
+            reset.commandLine = "vm-1 boot 2"
+            if named { reset.session = t1 }
+            // VM-1 rebooted (its reset waits unread on B), then was destroyed; VM-2 takes the id.
+            guard case .removeGuestReply? = Self.ask(a, Message.removeGuest(RemoveGuest(guestID: "g", session: t1)).frame(requestID: 2))?.1,
+                  case .registerGuestReply(let vm2)? = Self.ask(a, Message.registerGuest(f.registration).frame(requestID: 3))?.1,
+                  let t2 = vm2.session,
+                  case .verdict(let first)? = Self.ask(a, Frame(type: .authorizeModule, requestID: 4,
+                                                                body: Self.withToken(Message.authorizeModule(f.request).encodeBody(), t2)))?.1 else {
+                await server.shutdown()
+                return XCTFail("removal, VM-2's registration and load")
+            }
+            XCTAssertEqual(first.decision, .allow, first.message)
+            let session2 = try XCTUnwrap(f.verifier.guests.session("g"))
+            // Only now does the server read B.
+            guard let (_, reply) = Self.ask(b, Message.registerGuest(reset).frame(requestID: 5)) else {
+                await server.shutdown()
+                return XCTFail("no reply on B")
+            }
+            if named {
+                guard case .error(let e) = reply else {
+                    await server.shutdown()
+                    return XCTFail("VM-1's reset naming VM-1's session replaced VM-2's: \(reply)")
+                }
+                XCTAssertEqual(e.code, .badRequest, e.message)
+                XCTAssertTrue(e.message.contains(String(t1, radix: 16)) && e.message.contains("not issued to the guest's current line"), e.message)
+                XCTAssertTrue(f.verifier.guests.session("g") === session2, "VM-2's session was replaced")
+                XCTAssertNil(session2.endedMessage, "VM-2's session was ended by VM-1's reset")
+                XCTAssertEqual(session2.allowedModules, [f.name])
+                XCTAssertEqual(session2.registration.commandLine, f.registration.commandLine)
+            } else {
+                guard case .registerGuestReply = reply else {
+                    await server.shutdown()
+                    return XCTFail("the token-less reset's documented arrival rule changed: \(reply)")
+                }
+                XCTAssertEqual(f.verifier.guests.session("g")?.registration.commandLine, "vm-1 boot 2")
+                XCTAssertNotNil(session2.endedMessage)
+            }
+            await server.shutdown()
+        }
+    }
+
+    /// A register-guest `session` is the token of the session a reset replaces: refused
+    /// `malformed-body` naming `register-guest.session` without `reset = 1`, as 0, or not 8
+    /// bytes; encoded last (tag order) and decoded back. Nothing is registered.
+    func testAResetsSessionFieldIsCheckedAtDecode() async throws {
+        let f = try ResetFixture()
+        var named = f.reset
+        named.session = 0x0000_0100_0000_0001
+        let body = Message.registerGuest(named).encodeBody()
+        XCTAssertEqual(Array(Array(buffer: body).suffix(14)), [0x80, 0x20, 0, 0, 0, 8, 0, 0, 1, 0, 0, 0, 0, 1])
+        XCTAssertEqual(try Message(type: .registerGuest, body: body), .registerGuest(named))
+        XCTAssertNil(Self.u64Field(Message.registerGuest(f.reset).encodeBody(), tag: 0x8020))
+        let (server, path) = try await ResetFixture.serve(f.verifier)
+        let a = try XCTUnwrap(SocketPeer(path: path))
+        let plain = Message.registerGuest(f.registration).encodeBody()
+        let cases: [(String, ByteBuffer, String)] = [
+            ("a token without reset", Self.withToken(plain, 0x0000_0100_0000_0001), "invalid-value"),
+            ("token 0", Self.withToken(Message.registerGuest(f.reset).encodeBody(), 0), "invalid-value"),
+            ("4-byte token", Self.withToken(Message.registerGuest(f.reset).encodeBody(), 1, length: 4), "bad-integer-width"),
+        ]
+        for (n, (what, body, code)) in cases.enumerated() {
+            guard case .error(let e)? = Self.ask(a, Frame(type: .registerGuest, requestID: UInt64(1 + n), body: body))?.1 else {
+                XCTFail("\(what): not refused"); continue
+            }
+            XCTAssertEqual(e.code, .malformedBody, "\(what): \(e.message)")
+            XCTAssertTrue(e.message.contains("register-guest.session") && e.message.contains(code), "\(what): \(e.message)")
+        }
+        XCTAssertNil(f.verifier.guests.session("g"), "a refused registration registered the guest")
+        await server.shutdown()
     }
 }

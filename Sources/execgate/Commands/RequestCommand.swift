@@ -247,18 +247,25 @@ struct RequestRegisterGuest: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "register-guest",
         abstract: "Register a guest with the facts of a captured boot (plays the VMM at the trusted point): prints its session token.",
-        discussion: "The facts are the boot directory's (kallsyms, CPU words, pv_ops, command line, …: docs/capture.md), sent in full as docs/protocol.md's register-guest, with --kernel's SHA-256 as kernel_digest (a policy pinning kernel builds refuses a registration without it). Then `request module FILE --claim BOOT/MODULE --guest ID` sends a loaded module's end state. Exit status: 0 registered, 1 refused (guest exists, implausible facts, untrusted kernel, unavailable), 2 usage error, unreadable capture or no answer."
+        discussion: "The facts are the boot directory's (kallsyms, CPU words, pv_ops, command line, …: docs/capture.md), sent in full as docs/protocol.md's register-guest, with --kernel's SHA-256 as kernel_digest (a policy pinning kernel builds refuses a registration without it). Then `request module FILE --claim BOOT/MODULE --guest ID` sends a loaded module's end state. A reset names the session it replaces with --session (the token the guest's last register-guest-reply printed): refused when that is not the guest's current session. Exit status: 0 registered, 1 refused (guest exists, implausible facts, untrusted kernel, unavailable, unknown guest), 2 usage error, unreadable capture, an error reply to a bad request (a reset naming a session another reset already replaced, or a token not issued to the guest) or no answer."
     )
     @OptionGroup var connection: ConnectOptions
     @Option(help: "Guest id to register.") var guest: String
     @Option(help: ArgumentHelp("A boot directory of a capture (execgate capture; the corpus layout).", valueName: "BOOT")) var capture: String
     @Flag(help: "Replace the guest's session (the VMM revoked every grant of it first: the guest rebooted).") var reset = false
     @Flag(name: .customLong("require-session"), help: "Refuse this guest's requests that carry no session token.") var requireSession = false
+    @Option(help: ArgumentHelp("With --reset: the token of the session the reset replaces, as its register-guest-reply named it (0x-hex or decimal); the reset is refused when that is not the guest's current session.", valueName: "TOKEN"))
+    var session: String?
     @Option(help: ArgumentHelp("The kernel image the captured guest boots: its SHA-256 is sent as kernel_digest, which a policy's `kernel … symbols …` pins are checked against (as `policy test --kernel`; a capture holds no kernel digest).", valueName: "VMLINUZ"))
     var kernel: String?
 
     func run() async throws {
         try ConnectOptions.requireGuest(guest, command: "register-guest")
+        let token = try ConnectOptions.sessionToken(session, command: "register-guest")
+        guard token == nil || reset else {
+            Console.error("execgate request register-guest: --session names the session a reset replaces: give --reset")
+            throw ExecGateExit.usage
+        }
         var r: RegisterGuest
         do { r = try CaptureBoot.load(capture).registration(guestID: guest) } catch {
             Console.error("execgate request register-guest: \(capture): \(error)")
@@ -272,16 +279,17 @@ struct RequestRegisterGuest: AsyncParsableCommand {
         }
         r.reset = reset
         r.requireSession = requireSession
-        let reply = try await connection.exchange("register-guest", refusals: [.guestExists, .implausibleFacts, .untrustedKernel, .unavailable]) {
+        r.session = token
+        let reply = try await connection.exchange("register-guest", refusals: [.guestExists, .implausibleFacts, .untrustedKernel, .unavailable, .unknownGuest]) {
             try await $0.register(r)
         }
-        let token = reply.session.map { "0x" + String($0, radix: 16) }
+        let issued = reply.session.map { "0x" + String($0, radix: 16) }
         if connection.json {
-            print(JSON.object([("guest", .string(reply.guestID)), ("session", token.map { .string($0) } ?? .null),
+            print(JSON.object([("guest", .string(reply.guestID)), ("session", issued.map { .string($0) } ?? .null),
                                ("symbol_count", .uint(UInt64(reply.symbolCount))), ("symbols_digest", .string(Hex.encode(reply.symbolsDigest))),
                                ("facts_digest", .string(Hex.encode(reply.factsDigest)))]).serialized())
         } else {
-            print("registered \(TerminalText.escaped(reply.guestID)): session \(token ?? "(none)"), \(reply.symbolCount) symbols, symbols digest \(Hex.encode(reply.symbolsDigest))")
+            print("registered \(TerminalText.escaped(reply.guestID)): session \(issued ?? "(none)"), \(reply.symbolCount) symbols, symbols digest \(Hex.encode(reply.symbolsDigest))")
         }
     }
 }

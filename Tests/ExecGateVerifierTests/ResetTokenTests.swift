@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// A reset that names the session it replaces (register-guest `session`, tag 0x8020; protocol.md
+// register-guest "Session tokens"). A reset's arrival orders it only against what its own
+// connection carried, so a reset of one VM read late may land on the next VM's session
+// (StaleResetTests covers what arrival can tell). Its token says which session's grants its VMM
+// revoked: it replaces that session, or, refused, ends that session, and touches no other — a
+// replaced one's token, another guest's, one of a removed line, or a guest no longer registered.
+// Input: the real captured end state in Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a.
+
+import ExecGateCapture
+import ExecGateTestSupport
+import ExecGateVerifier
+import ExecGateWire
+import XCTest
+
+final class ResetTokenTests: XCTestCase, SharedFactsTesting {
+    static let kernelDigest = [UInt8](repeating: 0x66, count: 32)
+
+    func boot() throws -> CaptureBoot { try CaptureBoot.load(EndStateVerifierTests.bootDir) }
+
+    /// Guest `id`'s reset naming session `token`.
+    func reset(_ boot: CaptureBoot, _ id: String = "g", naming token: UInt64?) throws -> RegisterGuest {
+        var r = try registration(boot, id)
+        r.reset = true
+        r.session = token
+        return r
+    }
+
+    func respond(_ v: Verifier, _ r: RegisterGuest) -> Message {
+        v.respond(to: .registerGuest(r), requestDigest: [], arrival: v.guests.arrivalStamp())
+    }
+
+    func allow(_ v: Verifier, _ boot: CaptureBoot, _ module: String, _ id: String = "g",
+               file: StaticString = #filePath, line: UInt = #line) throws {
+        let verdict = v.authorize(try boot.module(module).request(guestID: id), requestDigest: [], arrival: v.guests.arrivalStamp())
+        XCTAssertEqual(verdict.decision, .allow, "\(module): \(verdict.message)", file: file, line: line)
+    }
+
+    /// The honest case: a reset naming the guest's current session replaces it (its modules go,
+    /// the new session is the next of the line). Refused (implausible facts), it ends that session.
+    func testAResetNamingTheCurrentSessionReplacesItOrRefusedEndsIt() throws {
+        let boot = try boot()
+        for refused in [false, true] {
+            let v = try verifier()
+            let s1 = try register(v, try registration(boot, "g"))
+            try allow(v, boot, boot.availableModules[0])
+            var r = try reset(boot, naming: s1.token)
+            if refused { r.kaslrSlide = 0x1000 }  // not a multiple of 2 MiB: implausible-facts
+            let reply = respond(v, r)
+            if refused {
+                guard case .error(let e) = reply else { return XCTFail("an implausible reset was accepted") }
+                XCTAssertEqual(e.code, .implausibleFacts, e.message)
+                XCTAssertTrue(v.guests.session("g") === s1)
+            } else {
+                guard case .registerGuestReply(let rr) = reply else { return XCTFail("a reset naming the current session was refused: \(reply)") }
+                XCTAssertEqual(rr.session, s1.token + 1)
+                XCTAssertEqual(v.guests.session("g")?.token, s1.token + 1)
+                try allow(v, boot, boot.availableModules[0])
+            }
+            XCTAssertNotNil(s1.endedMessage)
+            XCTAssertEqual(s1.liveBytes, 0)
+        }
+    }
+
+    /// A reset naming a session further back than the one the current session replaced (the
+    /// VMM's reset of boot 1, naming session 1, read after its resets naming sessions 1 and 2 were
+    /// both accepted, on another connection: it was sent before the VMM had session 2's token) is
+    /// refused `bad-request` and ends nothing: the newest session stands with its module. Refused
+    /// first for another reason (implausible facts), it ends nothing either.
+    func testAResetNamingASessionFurtherBackIsRefusedAndEndsNothing() throws {
+        let boot = try boot()
+        let v = try verifier()
+        let s1 = try register(v, try registration(boot, "g"))
+        guard case .registerGuestReply(let r2) = respond(v, try reset(boot, naming: s1.token)), let t2 = r2.session,
+              case .registerGuestReply = respond(v, try reset(boot, naming: t2)) else { return XCTFail("two resets") }
+        let s3 = try XCTUnwrap(v.guests.session("g"))
+        try allow(v, boot, boot.availableModules[0])
+        let charged = v.guests.chargedBytes
+        var stale = try reset(boot, naming: s1.token)
+        stale.commandLine = "boot-1"
+        var implausible = stale
+        implausible.kaslrSlide = 0x1000
+        for (r, code) in [(stale, WireErrorCode.badRequest), (implausible, .implausibleFacts)] {
+            guard case .error(let e) = respond(v, r) else { return XCTFail("a reset naming a session two back was accepted") }
+            XCTAssertEqual(e.code, code, e.message)
+            XCTAssertTrue(v.guests.session("g") === s3)
+            XCTAssertNil(s3.endedMessage, "a reset naming an older session ended the current one")
+            XCTAssertEqual(s3.liveModuleCount, 1)
+            XCTAssertEqual(v.guests.chargedBytes, charged)
+        }
+        guard case .error(let e) = respond(v, stale) else { return XCTFail("stale") }
+        XCTAssertTrue(e.message.contains("already replaced") && e.message.contains("0x" + String(s3.token, radix: 16)), e.message)
+        try allow(v, boot, boot.availableModules[1])
+    }
+
+    /// Two resets in flight naming one session (the guest rebooted again before the first
+    /// reset's reply; or a reset retried after its reply was lost), judged in arrival order: the
+    /// first installs a session; the second arrived after that session's registration and names
+    /// the session it replaced, so it is the newer boot's and replaces it, or, refused, ends it —
+    /// the arrival rule of two token-less resets (a review of the change: refused as stale, it
+    /// left the older boot's session live). Judged before the first, the same reset of a session
+    /// registered after it arrived is refused as of an older boot.
+    func testTwoResetsNamingOneSessionJudgedInArrivalOrderReplaceEachOther() throws {
+        let boot = try boot()
+        for refusedSecond in [false, true] {
+            let v = try verifier()
+            let s0 = try register(v, try registration(boot, "g"))
+            var first = try reset(boot, naming: s0.token), second = try reset(boot, naming: s0.token)
+            first.commandLine = "boot-1"
+            second.commandLine = "boot-2"
+            if refusedSecond { second.kaslrSlide = 0x1000 }
+            let firstArrived = v.guests.arrivalStamp(), secondArrived = v.guests.arrivalStamp()
+            guard case .registerGuestReply = v.respond(to: .registerGuest(first), requestDigest: [], arrival: firstArrived) else {
+                return XCTFail("the first reset")
+            }
+            let s1 = try XCTUnwrap(v.guests.session("g"))
+            try allow(v, boot, boot.availableModules[0])
+            let reply = v.respond(to: .registerGuest(second), requestDigest: [], arrival: secondArrived)
+            if refusedSecond {
+                guard case .error(let e) = reply else { return XCTFail("implausible accepted") }
+                XCTAssertEqual(e.code, .implausibleFacts, e.message)
+                XCTAssertTrue(v.guests.session("g") === s1)
+                XCTAssertNotNil(s1.endedMessage, "the older boot's session stayed live after the newer boot's reset was refused")
+                XCTAssertEqual(s1.liveBytes, 0)
+            } else {
+                guard case .registerGuestReply(let rr) = reply else { return XCTFail("the newer boot's reset was refused: \(reply)") }
+                XCTAssertEqual(rr.session, s1.token + 1)
+                XCTAssertEqual(v.guests.session("g")?.registration.commandLine, "boot-2")
+                XCTAssertNotNil(s1.endedMessage)
+            }
+        }
+        // A session registered after the reset arrived is not one it is of.
+        let v = try verifier()
+        let s0 = try register(v, try registration(boot, "g"))
+        let late = try reset(boot, naming: s0.token)
+        let lateArrived = v.guests.arrivalStamp()
+        guard case .registerGuestReply = respond(v, try reset(boot, naming: s0.token)) else { return XCTFail("reset") }
+        let s1 = try XCTUnwrap(v.guests.session("g"))
+        guard case .error(let e) = v.respond(to: .registerGuest(late), requestDigest: [], arrival: lateArrived) else {
+            return XCTFail("a reset that arrived before the session it would replace was registered replaced it")
+        }
+        XCTAssertEqual(e.code, .badRequest, e.message)
+        XCTAssertNil(s1.endedMessage)
+    }
+
+    /// A reset naming another guest's session, a token of the guest's line not issued yet, or a
+    /// session of the id's earlier line (removed, registered again: another VM's): `bad-request`,
+    /// nothing registered, no session ended. A reset naming a session of an id no longer
+    /// registered: `unknown-guest`, and the id stays unregistered (without a token such a reset
+    /// registers it).
+    func testAResetNamingASessionNotTheGuestsIsRefused() throws {
+        let boot = try boot()
+        let v = try verifier()
+        let g1 = try register(v, try registration(boot, "g"))
+        let h = try register(v, try registration(boot, "h"))
+        for t in [h.token, g1.token + 1] {
+            guard case .error(let e) = respond(v, try reset(boot, naming: t)) else { return XCTFail("reset naming \(t) accepted") }
+            XCTAssertEqual(e.code, .badRequest, e.message)
+            XCTAssertTrue(e.message.contains("not issued to the guest's current line"), e.message)
+            XCTAssertTrue(v.guests.session("g") === g1)
+            XCTAssertNil(g1.endedMessage)
+            XCTAssertNil(h.endedMessage)
+        }
+        guard case .removeGuestReply = v.respond(to: .removeGuest(RemoveGuest(guestID: "g")), requestDigest: [], arrival: v.guests.arrivalStamp()) else {
+            return XCTFail("remove-guest")
+        }
+        guard case .error(let gone) = respond(v, try reset(boot, naming: g1.token)) else { return XCTFail("a reset of a removed guest registered it") }
+        XCTAssertEqual(gone.code, .unknownGuest, gone.message)
+        XCTAssertNil(v.guests.session("g"))
+        let g2 = try register(v, try registration(boot, "g"))
+        try allow(v, boot, boot.availableModules[0])
+        guard case .error(let old) = respond(v, try reset(boot, naming: g1.token)) else { return XCTFail("the earlier line's reset replaced the new line") }
+        XCTAssertEqual(old.code, .badRequest, old.message)
+        XCTAssertTrue(v.guests.session("g") === g2)
+        XCTAssertNil(g2.endedMessage)
+        XCTAssertEqual(g2.liveModuleCount, 1)
+        // The registry alone, asked as the verifier asks it, refuses it the same way.
+        guard case .refused(let code, _) = v.guests.register(try reset(boot, naming: g1.token), replacing: nil, arrivedAt: v.guests.arrivalStamp()) else {
+            return XCTFail("the registry installed a reset naming another line's session")
+        }
+        XCTAssertEqual(code, .badRequest)
+    }
+
+    /// A session registered with `require_session = 1` requires its reset to name it: a reset
+    /// without a token is refused `bad-request` and ends nothing (its VMM names the session in
+    /// its resets: a token-less one, say another VM's read late, is not of it); one naming it is
+    /// accepted.
+    func testASessionRequiringTokensRequiresItsResetToNameIt() throws {
+        let boot = try boot()
+        let v = try verifier()
+        var r = try registration(boot, "g")
+        r.requireSession = true
+        let s = try register(v, r)
+        guard case .error(let e) = respond(v, try reset(boot, naming: nil)) else { return XCTFail("a token-less reset of a session requiring tokens was accepted") }
+        XCTAssertEqual(e.code, .badRequest, e.message)
+        XCTAssertTrue(e.message.contains("require_session=1") && e.message.contains("0x" + String(s.token, radix: 16)), e.message)
+        XCTAssertTrue(v.guests.session("g") === s)
+        XCTAssertNil(s.endedMessage, "a token-less reset ended a session that requires tokens")
+        guard case .registerGuestReply(let rr) = respond(v, try reset(boot, naming: s.token)) else { return XCTFail("the reset naming the session") }
+        XCTAssertEqual(rr.session, s.token + 1)
+        try allow(v, boot, boot.availableModules[0])
+    }
+
+    /// Two resets naming one session, both in flight, the later refused first (its refusal ends
+    /// the session): the earlier, naming the same session, is still of an older boot by its
+    /// arrival and is refused, never installed live (the arrival checks hold beside the token).
+    func testTwoResetsNamingOneSessionKeepTheArrivalRule() throws {
+        let boot = try boot()
+        let v = try verifier()
+        let s0 = try register(v, try registration(boot, "g"))
+        let earlier = try reset(boot, naming: s0.token)
+        var later = try reset(boot, naming: s0.token)
+        later.kaslrSlide = 0x1000
+        let earlierArrived = v.guests.arrivalStamp(), laterArrived = v.guests.arrivalStamp()
+        guard case .error(let refused) = v.respond(to: .registerGuest(later), requestDigest: [], arrival: laterArrived) else { return XCTFail("implausible") }
+        XCTAssertEqual(refused.code, .implausibleFacts)
+        XCTAssertNotNil(s0.endedMessage)
+        guard case .error(let e) = v.respond(to: .registerGuest(earlier), requestDigest: [], arrival: earlierArrived) else {
+            return XCTFail("the earlier boot's reset was installed after the later boot's reset was refused")
+        }
+        XCTAssertEqual(e.code, .badRequest, e.message)
+        XCTAssertTrue(v.guests.session("g") === s0)
+    }
+}
