@@ -311,17 +311,17 @@ public final class GuestRegistry: @unchecked Sendable {
 
     /// Whether a reset naming session `token` (its `session` field; nil: it names none), stamped
     /// `arrival`, is a reset of session `s`: `s` was registered before the reset arrived, and the
-    /// reset names `s` or the session `s` replaced. The latter is two resets of one guest in
-    /// flight, each naming the VMM's latest token (the guest rebooted again before the first
-    /// reset's reply, or a reset retried after its reply was lost): the one that arrived later
-    /// is of the newer boot and replaces, or refused ends, the session the earlier one installed,
-    /// as two resets naming nothing do by their arrival. A reset naming a session further back
-    /// was sent before the VMM had the token of the reset that replaced `s`'s predecessor: of an
-    /// older boot.
+    /// reset names `s`, or names what the reset that installed `s` named
+    /// (`GuestSession.installingResetNamed`). The latter is resets of one guest in flight, each
+    /// naming the VMM's latest token (the guest rebooted again before the first reset's reply, or
+    /// a reset retried after its reply was lost): they are ordered by arrival, as resets naming
+    /// nothing are, and a later-arriving one is of the newer boot: it replaces, or refused ends,
+    /// the session the one before it installed. A reset naming a session further back was sent
+    /// before its VMM had a token a later reset was sent with: of an older boot.
     static func reset(naming token: UInt64?, isOf s: GuestSession, arrivedAt arrival: UInt64?) -> Bool {
         guard s.registered(before: arrival) else { return false }
         guard let t = token else { return true }
-        return t == s.token || (s.token & (maximumSessionsPerLine - 1) != 0 && t == s.token - 1)
+        return t == s.token || t == s.installingResetNamed
     }
 
     /// The refusal of reset `r`, stamped `arrival`, by the session it names (its `session` token,

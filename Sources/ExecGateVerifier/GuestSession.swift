@@ -95,6 +95,17 @@ public final class GuestSession: @unchecked Sendable {
     /// The registration asked for tokens (`require_session = 1`): a request of this session
     /// without one is refused.
     public var requiresToken: Bool { registration.requireSession }
+    /// The session token the reset that installed this session named (its `session`), or, for a
+    /// reset that named none, the token of the session it replaced; nil for a first registration.
+    /// A later-arriving reset naming the same was sent while its VMM held the same latest token
+    /// (resets in flight: the guest rebooted again before the reply, or a retry after a lost
+    /// reply), so it is of this session (`GuestRegistry.reset(naming:isOf:arrivedAt:)`), however
+    /// many such resets came before it.
+    var installingResetNamed: UInt64? {
+        guard registration.reset else { return nil }
+        if let t = registration.session { return t }
+        return token & (GuestRegistry.maximumSessionsPerLine - 1) != 0 ? token - 1 : nil
+    }
     private let lock = NIOLock()
     private var resolver: SymbolResolver
     private var live: [String: LiveModule] = [:]

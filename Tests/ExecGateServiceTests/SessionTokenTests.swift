@@ -381,10 +381,12 @@ final class SessionTokenTests: XCTestCase {
         a.setSessionToken(r2.session, for: "g")
         let ok = try await a.authorize(f.request)
         XCTAssertEqual(ok.decision, .allow, ok.message)
-        // A reset names the session the client holds: a's replaces r2's session. b's, naming r2
-        // (the session a's replaced) and arriving after a's was answered, is the newer boot's
-        // (two resets in flight) and replaces it; b's next names its own. a's then names a session
-        // two back: refused, and b's session and its module are left alone.
+        // A reset names the session the client holds: a's replaces r2's session. b still holds
+        // r2 (a's reset went on another client): its reset names what a's named and arrived after
+        // a's registration, which the server cannot tell from two resets in flight (ordered by
+        // arrival, protocol.md "A reset names the session it replaces"), so it replaces a's; b's
+        // next names its own. a's then names a session two back: refused, and b's session and
+        // its module are left alone.
         let r3 = try await a.register(f.reset)
         XCTAssertEqual(r3.session, (r2.session ?? 0) + 1)
         let r4 = try await b.register(f.reset)

@@ -144,6 +144,62 @@ final class ResetTokenTests: XCTestCase, SharedFactsTesting {
         XCTAssertNil(s1.endedMessage)
     }
 
+    /// Three resets in flight naming one session (the guest rebooted three times before any
+    /// reply), judged in arrival order: each replaces the session the one before it installed,
+    /// and the third, refused, ends the second's (a second review: a rule that took only the
+    /// current session's predecessor as "in flight" refused the third as stale and left boot 2's
+    /// session live while boot 3 ran). Judged newest first, the newest installs and the two older
+    /// are refused `bad-request`, ending nothing.
+    func testThreeResetsNamingOneSessionAreOrderedByArrival() throws {
+        let boot = try boot()
+        for refusedThird in [false, true] {
+            let v = try verifier()
+            let s0 = try register(v, try registration(boot, "g"))
+            var resets = try (1...3).map { n -> RegisterGuest in
+                var r = try reset(boot, naming: s0.token)
+                r.commandLine = "boot-\(n)"
+                return r
+            }
+            if refusedThird { resets[2].kaslrSlide = 0x1000 }
+            let stamps = resets.map { _ in v.guests.arrivalStamp() }
+            for i in 0..<2 {
+                guard case .registerGuestReply = v.respond(to: .registerGuest(resets[i]), requestDigest: [], arrival: stamps[i]) else {
+                    return XCTFail("reset \(i + 1) was refused")
+                }
+            }
+            let s2 = try XCTUnwrap(v.guests.session("g"))
+            XCTAssertEqual(s2.registration.commandLine, "boot-2")
+            try allow(v, boot, boot.availableModules[0])
+            let reply = v.respond(to: .registerGuest(resets[2]), requestDigest: [], arrival: stamps[2])
+            if refusedThird {
+                guard case .error(let e) = reply else { return XCTFail("implausible accepted") }
+                XCTAssertEqual(e.code, .implausibleFacts, e.message)
+                XCTAssertNotNil(s2.endedMessage, "boot 2's session stayed live after boot 3's reset was refused")
+                XCTAssertEqual(s2.liveBytes, 0)
+            } else {
+                guard case .registerGuestReply = reply else { return XCTFail("boot 3's reset was refused: \(reply)") }
+                XCTAssertEqual(v.guests.session("g")?.registration.commandLine, "boot-3")
+                XCTAssertNotNil(s2.endedMessage)
+            }
+        }
+        let v = try verifier()
+        let s0 = try register(v, try registration(boot, "g"))
+        let resets = try (1...3).map { _ in try reset(boot, naming: s0.token) }
+        let stamps = resets.map { _ in v.guests.arrivalStamp() }
+        guard case .registerGuestReply = v.respond(to: .registerGuest(resets[2]), requestDigest: [], arrival: stamps[2]) else {
+            return XCTFail("the newest reset")
+        }
+        let newest = try XCTUnwrap(v.guests.session("g"))
+        for i in [1, 0] {
+            guard case .error(let e) = v.respond(to: .registerGuest(resets[i]), requestDigest: [], arrival: stamps[i]) else {
+                return XCTFail("an older boot's reset replaced the newest")
+            }
+            XCTAssertEqual(e.code, .badRequest, e.message)
+            XCTAssertTrue(v.guests.session("g") === newest)
+            XCTAssertNil(newest.endedMessage)
+        }
+    }
+
     /// A reset naming another guest's session, a token of the guest's line not issued yet, or a
     /// session of the id's earlier line (removed, registered again: another VM's): `bad-request`,
     /// nothing registered, no session ended. A reset naming a session of an id no longer
