@@ -183,7 +183,16 @@ public final class ExecGateClient: @unchecked Sendable {
         return r
     }
 
-    private func remember(_ reply: RegisterGuestReply) { setSessionToken(reply.session, for: reply.guestID) }
+    /// Keeps the highest token a register-guest-reply named for the guest: replies come in any
+    /// order, and tokens of one server grow with every registration (a later line, a later
+    /// place in a line), so a reset's reply read after a later reset's never moves the token
+    /// back (a reset names it: protocol.md "A reset names the session it replaces").
+    private func remember(_ reply: RegisterGuestReply) {
+        lock.withLock {
+            guard let t = reply.session else { sessions[reply.guestID] = nil; return }
+            if (sessions[reply.guestID] ?? 0) < t { sessions[reply.guestID] = t }
+        }
+    }
 
     public func authorize(_ request: AuthorizeModule) async throws -> Verdict {
         var request = request

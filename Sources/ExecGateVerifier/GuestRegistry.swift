@@ -301,7 +301,7 @@ public final class GuestRegistry: @unchecked Sendable {
             let session = GuestSession(registration: r, kernel: shared, facts: sessionFacts, factsDigest: factsDigest,
                                        born: born, lineageBorn: existing?.lineageBorn,
                                        registrationArrival: arrivedAt ?? born, lineageArrival: existing?.lineageArrival ?? arrivedAt ?? born,
-                                       token: token, ledger: ledger)
+                                       token: token, resetFloor: existing.map { r.session ?? $0.resetFloor ?? $0.token }, ledger: ledger)
             guests[GuestKey(r.guestID)] = session
             charged[GuestKey(r.guestID)] = own + (shared.key == nil ? shared.symbolBytes : 0)
             _ = ledger.setFacts(factsUsed, force: true)
@@ -311,17 +311,19 @@ public final class GuestRegistry: @unchecked Sendable {
 
     /// Whether a reset naming session `token` (its `session` field; nil: it names none), stamped
     /// `arrival`, is a reset of session `s`: `s` was registered before the reset arrived, and the
-    /// reset names `s`, or names what the reset that installed `s` named
-    /// (`GuestSession.installingResetNamed`). The latter is resets of one guest in flight, each
-    /// naming the VMM's latest token (the guest rebooted again before the first reset's reply, or
-    /// a reset retried after its reply was lost): they are ordered by arrival, as resets naming
+    /// reset names `s`, or a session of its line from `s.resetFloor` (what the reset that
+    /// installed `s` named) up. The latter is resets of one guest in flight (the guest rebooted
+    /// again before a reset's reply, or a reset retried after its reply was lost), each naming
+    /// the VMM's latest token when it was sent: they are ordered by arrival, as resets naming
     /// nothing are, and a later-arriving one is of the newer boot: it replaces, or refused ends,
-    /// the session the one before it installed. A reset naming a session further back was sent
-    /// before its VMM had a token a later reset was sent with: of an older boot.
+    /// the session the one before it installed. A reset naming a token below the floor was sent
+    /// before the reset that installed `s`: of an older boot.
     static func reset(naming token: UInt64?, isOf s: GuestSession, arrivedAt arrival: UInt64?) -> Bool {
         guard s.registered(before: arrival) else { return false }
         guard let t = token else { return true }
-        return t == s.token || t == s.installingResetNamed
+        if t == s.token { return true }
+        guard let floor = s.resetFloor else { return false }
+        return t >> tokenLineShift == s.token >> tokenLineShift && floor <= t && t < s.token
     }
 
     /// The refusal of reset `r`, stamped `arrival`, by the session it names (its `session` token,

@@ -95,17 +95,16 @@ public final class GuestSession: @unchecked Sendable {
     /// The registration asked for tokens (`require_session = 1`): a request of this session
     /// without one is refused.
     public var requiresToken: Bool { registration.requireSession }
-    /// The session token the reset that installed this session named (its `session`), or, for a
-    /// reset that named none, the token of the session it replaced; nil for a first registration.
-    /// A later-arriving reset naming the same was sent while its VMM held the same latest token
-    /// (resets in flight: the guest rebooted again before the reply, or a retry after a lost
-    /// reply), so it is of this session (`GuestRegistry.reset(naming:isOf:arrivedAt:)`), however
-    /// many such resets came before it.
-    var installingResetNamed: UInt64? {
-        guard registration.reset else { return nil }
-        if let t = registration.session { return t }
-        return token & (GuestRegistry.maximumSessionsPerLine - 1) != 0 ? token - 1 : nil
-    }
+    /// The oldest token a reset of a newer boot than this session's may name (nil: a first
+    /// registration, whose resets name its token): the token the reset that installed this
+    /// session named, or, for one that named none, the floor of the session it replaced (or that
+    /// session's token). A VMM's latest token only moves forward, and a guest's resets go on one
+    /// connection, so a reset arriving after this session's registration and naming a token from
+    /// this floor up to this session's own was sent after the reset that installed it: of a newer
+    /// boot, however many resets were in flight and whichever replies the VMM had by then
+    /// (`GuestRegistry.reset(naming:isOf:arrivedAt:)`). One naming a token below the floor was sent
+    /// before that reset: of an older boot.
+    let resetFloor: UInt64?
     private let lock = NIOLock()
     private var resolver: SymbolResolver
     private var live: [String: LiveModule] = [:]
@@ -298,8 +297,10 @@ public final class GuestSession: @unchecked Sendable {
     var removalGeneration: UInt64 { lock.withLock { removals } }
 
     init(registration: RegisterGuest, kernel: KernelFacts, facts: GuestFacts, factsDigest: [UInt8], born: UInt64, lineageBorn: UInt64? = nil,
-         registrationArrival: UInt64? = nil, lineageArrival: UInt64? = nil, token: UInt64 = 0, ledger: LiveLedger? = nil) {
+         registrationArrival: UInt64? = nil, lineageArrival: UInt64? = nil, token: UInt64 = 0, resetFloor: UInt64? = nil,
+         ledger: LiveLedger? = nil) {
         self.ledger = ledger
+        self.resetFloor = resetFloor
         var r = registration
         // Kept without its records (the build's copy holds them as facts): a decoded
         // registration's records are a slice of its body, which they would keep alive.

@@ -442,9 +442,12 @@ final class SessionTokenTests: XCTestCase {
             Fixtures.runExecgate(["request", "register-guest", "--connect", "unix:" + path, "--guest", "g",
                                   "--capture", Fixtures.packageRoot + "/Tests/ExecGateExplainTests/Fixtures/corpus/nokaslr-a"] + extra)
         }
-        // (A third session first, so that `old` is two back: a reset naming the session the
-        // current one replaced, arriving after it, is that session's, ResetTokenTests.)
-        guard case .registerGuestReply = v.respond(to: .registerGuest(f.reset), requestDigest: [], arrival: v.arrival()) else { return XCTFail("reset") }
+        // (A third session first, by a reset naming `new`, so that `old` is below the current
+        // session's floor: a reset naming a token from what the current session's reset named
+        // up, arriving after it, is of it, ResetTokenTests.)
+        var third = f.reset
+        third.session = new
+        guard case .registerGuestReply = v.respond(to: .registerGuest(third), requestDigest: [], arrival: v.arrival()) else { return XCTFail("reset") }
         let staleReset = reset(["--reset", "--session", "0x" + String(old, radix: 16)])
         XCTAssertEqual(staleReset.status, 2, staleReset.stderr)
         XCTAssertTrue(staleReset.stderr.contains("bad-request") && staleReset.stderr.contains("already replaced"), staleReset.stderr)
@@ -566,6 +569,57 @@ final class SessionTokenTests: XCTestCase {
             XCTAssertTrue(e.message.contains("register-guest.session") && e.message.contains(code), "\(what): \(e.message)")
         }
         XCTAssertNil(f.verifier.guests.session("g"), "a refused registration registered the guest")
+        await server.shutdown()
+    }
+
+    /// The verifier behind a responder that holds the reply to the first register-guest it judges
+    /// until a second register-guest has been judged: replies of one connection leave in any
+    /// order (two pool threads), so the client reads the newer reset's reply first.
+    final class ReplyHoldingResponder: RequestResponder, @unchecked Sendable {
+        let inner: Verifier
+        private let lock = NSLock()
+        private var registrations = 0
+        private let secondJudged = DispatchSemaphore(value: 0)
+        init(_ inner: Verifier) { self.inner = inner }
+        func arrival() -> UInt64? { inner.arrival() }
+        func respond(to message: Message, body: ByteBuffer) -> Message { respond(to: message, body: body, arrival: nil) }
+        func respond(to message: Message, body: ByteBuffer, arrival: UInt64?) -> Message {
+            let reply = inner.respond(to: message, body: body, arrival: arrival)
+            guard case .registerGuest = message else { return reply }
+            lock.lock()
+            registrations += 1
+            let n = registrations
+            lock.unlock()
+            if n == 2 { _ = secondJudged.wait(timeout: .now() + 10) } else if n == 3 { secondJudged.signal() }
+            return reply
+        }
+        func status(uptimeMilliseconds: UInt64, requestsServed: UInt64) -> StatusReply {
+            inner.status(uptimeMilliseconds: uptimeMilliseconds, requestsServed: requestsServed)
+        }
+    }
+
+    /// Our client keeps the highest token its guest's register-guest-replies named: two resets
+    /// pipelined on one connection, the first's reply held until the second is judged, arrive
+    /// newest first; keeping the last reply read moved the client back to the replaced session's
+    /// token, so its next load was denied as the replaced session's and its next reset named a
+    /// session further back. Now both go to the newest session.
+    func testTheClientKeepsItsNewestTokenWhateverOrderRepliesArriveIn() async throws {
+        let f = try ResetFixture()
+        let responder = ReplyHoldingResponder(f.verifier)
+        let (server, path) = try await ResetFixture.serve(responder)
+        let client = try await ExecGateClient.connect(to: .unix(path: path))
+        let r0 = try await client.register(f.registration)
+        async let first = client.register(f.reset)
+        try await Task.sleep(nanoseconds: 100_000_000)  // the first reset is read (and judged) first
+        async let second = client.register(f.reset)
+        let (a, b) = try await (first, second)
+        let newest = max(a.session ?? 0, b.session ?? 0)
+        XCTAssertEqual(newest, (r0.session ?? 0) + 2)
+        XCTAssertEqual(f.verifier.guests.session("g")?.token, newest)
+        XCTAssertEqual(client.sessionToken(for: "g"), newest, "the client went back to the replaced session's token")
+        let v = try await client.authorize(f.request)
+        XCTAssertEqual(v.decision, .allow, v.message)
+        await client.close()
         await server.shutdown()
     }
 }

@@ -200,6 +200,108 @@ final class ResetTokenTests: XCTestCase, SharedFactsTesting {
         }
     }
 
+    /// Resets in flight naming different tokens (a third review of the rule): R1 and R2 name
+    /// T0; R1's reply (T1) reaches the VMM, which names T1 in R3; or R2 names nothing. Judged in
+    /// arrival order, R3 is of the newer boot and replaces, or refused ends, R2's session (the
+    /// rule took only the name of the reset that installed the current session: R3 was refused
+    /// as stale and boot 2's session stayed live). Judged before R2, R3 installs and R2 (an
+    /// older boot's) is refused.
+    func testResetsInFlightNamingTokensTheVMMReceivedMeanwhile() throws {
+        let boot = try boot()
+        for (middleNames, refusedLast, lastFirst) in [(true, false, false), (true, true, false), (false, false, false), (false, true, false), (true, false, true), (false, false, true)] {
+            let what = "R2 \(middleNames ? "names T0" : "names none"), R3 \(refusedLast ? "refused" : "accepted"), \(lastFirst ? "R3 before R2" : "arrival order")"
+            let v = try verifier()
+            let s0 = try register(v, try registration(boot, "g"))
+            var r1 = try reset(boot, naming: s0.token), r2 = try reset(boot, naming: middleNames ? s0.token : nil)
+            r1.commandLine = "boot-1"
+            r2.commandLine = "boot-2"
+            let a1 = v.guests.arrivalStamp(), a2 = v.guests.arrivalStamp()
+            guard case .registerGuestReply(let reply1) = v.respond(to: .registerGuest(r1), requestDigest: [], arrival: a1), let t1 = reply1.session else {
+                return XCTFail("\(what): R1")
+            }
+            var r3 = try reset(boot, naming: middleNames ? t1 : s0.token)
+            r3.commandLine = "boot-3"
+            if refusedLast { r3.kaslrSlide = 0x1000 }
+            let a3 = v.guests.arrivalStamp()
+            if lastFirst {
+                guard case .registerGuestReply = v.respond(to: .registerGuest(r3), requestDigest: [], arrival: a3) else { return XCTFail("\(what): R3") }
+                guard case .error(let e) = v.respond(to: .registerGuest(r2), requestDigest: [], arrival: a2) else {
+                    return XCTFail("\(what): boot 2's reset replaced boot 3's session")
+                }
+                XCTAssertEqual(e.code, .badRequest, "\(what): \(e.message)")
+                XCTAssertEqual(v.guests.session("g")?.registration.commandLine, "boot-3", what)
+                XCTAssertNil(v.guests.session("g")?.endedMessage, what)
+                continue
+            }
+            guard case .registerGuestReply = v.respond(to: .registerGuest(r2), requestDigest: [], arrival: a2) else { return XCTFail("\(what): R2") }
+            let s2 = try XCTUnwrap(v.guests.session("g"))
+            let reply3 = v.respond(to: .registerGuest(r3), requestDigest: [], arrival: a3)
+            if refusedLast {
+                guard case .error(let e) = reply3 else { return XCTFail("\(what): implausible accepted") }
+                XCTAssertEqual(e.code, .implausibleFacts, "\(what): \(e.message)")
+                XCTAssertNotNil(s2.endedMessage, "\(what): boot 2's session stayed live after boot 3's reset was refused")
+            } else {
+                guard case .registerGuestReply = reply3 else { return XCTFail("\(what): boot 3's reset was refused: \(reply3)") }
+                XCTAssertEqual(v.guests.session("g")?.registration.commandLine, "boot-3", what)
+            }
+        }
+    }
+
+    /// A seeded model of one VMM's resets of one guest on one connection, the server judging
+    /// them in any order (a pool takes them up as it likes): the VMM sends a reset naming the
+    /// latest token of the replies it has read (or, at random, none; some resets carry
+    /// implausible facts), reads replies whenever, and the server judges queued resets in a
+    /// random order. However it interleaves, once every reset is judged the guest's session is
+    /// the last-sent reset's when that one was accepted, and is ended when it was refused: never
+    /// an older boot's session live. 400 runs of up to 6 resets.
+    func testResetsOfOneConnectionJudgedInAnyOrderLeaveTheNewestBootsSession() throws {
+        let boot = try boot()
+        let base = try registration(boot, "g")
+        var rng = SeededRNG(seed: 0x5E55_1011)
+        for run in 0..<400 {
+            let v = try verifier()
+            let s0 = try register(v, base)
+            var latest = s0.token
+            var unread: [UInt64] = []
+            var queue: [(RegisterGuest, UInt64)] = []
+            var sent = 0
+            let count = 2 + rng.below(5)
+            var last: RegisterGuest?
+            var trace: [String] = []
+            while sent < count || !queue.isEmpty {
+                switch rng.below(3) {
+                case 0 where sent < count:
+                    var r = base
+                    r.reset = true
+                    r.session = rng.below(4) == 0 ? nil : latest
+                    r.commandLine = "boot-\(sent + 1)"
+                    if rng.below(4) == 0 { r.kaslrSlide = 0x1000 }
+                    queue.append((r, v.guests.arrivalStamp()))
+                    last = r
+                    sent += 1
+                    trace.append("send \(r.commandLine) naming \(r.session.map { String($0, radix: 16) } ?? "none")\(r.kaslrSlide == 0 ? "" : " implausible")")
+                case 1 where !unread.isEmpty:
+                    latest = max(latest, unread.remove(at: rng.below(unread.count)))
+                    trace.append("read a reply: latest \(String(latest, radix: 16))")
+                default:
+                    guard !queue.isEmpty else { continue }
+                    let (r, a) = queue.remove(at: rng.below(queue.count))
+                    let reply = v.respond(to: .registerGuest(r), requestDigest: [], arrival: a)
+                    if case .registerGuestReply(let rr) = reply, let t = rr.session { unread.append(t) }
+                    trace.append("judge \(r.commandLine): \({ if case .error(let e) = reply { return "\(e.code)" }; return "registered" }())")
+                }
+            }
+            let current = try XCTUnwrap(v.guests.session("g"))
+            let newest = try XCTUnwrap(last)
+            if newest.kaslrSlide == 0 {
+                XCTAssertEqual(current.registration.commandLine, newest.commandLine, "run \(run): \(trace)")
+                XCTAssertNil(current.endedMessage, "run \(run): \(trace)")
+            } else {
+                XCTAssertNotNil(current.endedMessage, "run \(run): an older boot's session is live after the newest boot's reset was refused: \(trace)")
+            }
+        }
+    }
+
     /// A reset naming another guest's session, a token of the guest's line not issued yet, or a
     /// session of the id's earlier line (removed, registered again: another VM's): `bad-request`,
     /// nothing registered, no session ended. A reset naming a session of an id no longer
