@@ -159,7 +159,8 @@ public final class ExecGateClient: @unchecked Sendable {
 
     // Convenience wrappers.
 
-    /// The session token of `guestID`'s last registration through this client (`register`), which
+    /// The highest session token `guestID`'s registrations through this client (`register`) were
+    /// given (`remember`: replies come in any order), which
     /// `authorize`, `authorizePatch`, `retireModule`, `moduleInitFreed` and `removeGuest` echo in a request that
     /// carries none, so the server judges it by its session whatever connection carries it. nil:
     /// none (not registered here, or the server sends no tokens).
@@ -212,9 +213,11 @@ public final class ExecGateClient: @unchecked Sendable {
         }
     }
 
-    /// A reset that names no session names the one this client last registered for the guest
-    /// (`sessionToken(for:)`): the server then replaces that session only (docs/protocol.md,
-    /// register-guest "Session tokens").
+    /// A reset that names no session names the one this client holds for the guest
+    /// (`sessionToken(for:)`): the server then replaces, or refused ends, only a session it is of
+    /// (docs/protocol.md, register-guest "A reset names the session it replaces"). The token is
+    /// read when this is called and the frame written after: send a guest's resets one at a time
+    /// (two calls racing reach the wire in either order, and resets are ordered by arrival).
     public func register(_ request: RegisterGuest) async throws -> RegisterGuestReply {
         switch try await send(.registerGuest(naming(request))) {
         case .registerGuestReply(let r):
