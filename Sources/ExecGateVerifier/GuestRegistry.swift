@@ -331,8 +331,8 @@ public final class GuestRegistry: @unchecked Sendable {
     /// the guest's session (caller holds `lock`). A reset's arrival orders it only against what
     /// its own connection carried: one read late on a busy connection, after a removal of the
     /// guest and another VM's registration of the id read on others, is of the new line by its
-    /// stamp. Its token says which session's grants its VMM revoked: it replaces that session
-    /// only. nil: no refusal here (not a reset; a reset without a token of a session that does
+    /// stamp. Its token says which session's grants its VMM revoked: it replaces only a session
+    /// it is of (`reset(naming:isOf:arrivedAt:)`). nil: no refusal here (not a reset; a reset without a token of a session that does
     /// not require one; a reset of the current session, `reset(naming:isOf:arrivedAt:)`, or
     /// naming it: the arrival checks decide).
     static func resetSessionRefusal(_ r: RegisterGuest, _ existing: GuestSession?, arrivedAt arrival: UInt64?) -> Registration? {

@@ -421,9 +421,10 @@ public struct RegisterGuest: Sendable, Equatable {
     public var requireSession: Bool
     /// A reset's `session` (tag 0x8020, `SessionToken`, critical): the token of the session the
     /// reset replaces, the guest's latest register-guest-reply's. With it the reset replaces (or,
-    /// refused, ends) that session only, whatever connection carried it and however late the
-    /// server read it; any other session of the guest is left alone. Only with `reset`.
-    /// docs/protocol.md, register-guest "Session tokens". nil: judged by its arrival.
+    /// refused, ends) only a session it is of: that one, or, resets of the guest in flight, the
+    /// session the one before it installed; never another guest line's, whatever connection
+    /// carried it and however late the server read it. Only with `reset`. docs/protocol.md,
+    /// register-guest "A reset names the session it replaces". nil: judged by its arrival.
     public var session: UInt64?
 
     /// True for a registration by digest (`symbolsDigest` set, no symbol records).
