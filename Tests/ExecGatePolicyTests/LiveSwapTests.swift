@@ -247,7 +247,13 @@ final class LiveSwapTests: XCTestCase {
         // Every refusal is in the audit trail.
         audit.flush()
         let refusals = audit.read(after: 0, limit: 1000).records.filter { $0.contains("\"event\":\"policy-push-refused\"") }
-        XCTAssertEqual(refusals.count, 10, "eleven refusals, recorded up to the burst of 10 (AuditLimits.refusedPushBurst)")
+        // Eleven refusals, all counted, recorded up to the burst of 10 (AuditLimits.refusedPushBurst)
+        // plus the bucket's refill while they ran (one a second: on a loaded machine the eleven
+        // took over a second once, and the eleventh was recorded too; AuditTests asserts the
+        // limit itself with 20,000 refusals).
+        XCTAssertEqual(audit.counters.refusedPushes, 11)
+        XCTAssertGreaterThanOrEqual(refusals.count, Int(AuditLimits.refusedPushBurst), "a refusal within the burst went unrecorded")
+        XCTAssertLessThanOrEqual(refusals.count, 11)
         // Each names what was refused: the two rollbacks (v1, then a v3 that is not the v3 in
         // force) by their bundles' digests and the pushed versions.
         for (i, version) in [(0, 1), (1, 3)] {
