@@ -75,6 +75,8 @@ public final class GuestRegistry: @unchecked Sendable {
     /// Most lines (first registrations) one registry numbers, and most sessions one line has.
     public static let maximumTokenLines: UInt64 = (1 << (64 - tokenLineShift)) - 1
     public static let maximumSessionsPerLine: UInt64 = 1 << tokenLineShift
+    /// Whether two tokens were issued to one line (one id's first registration and its resets).
+    static func sameLine(_ a: UInt64, _ b: UInt64) -> Bool { a >> tokenLineShift == b >> tokenLineShift }
     /// A token as the messages show it.
     static func tokenText(_ t: UInt64) -> String { "0x" + String(t, radix: 16) }
 
@@ -235,7 +237,7 @@ public final class GuestRegistry: @unchecked Sendable {
                 // The session the reset was taken up to replace is gone: removed, or removed and
                 // the id registered again (a new line of sessions: another VM's), whose facts a
                 // reset of the old VM must not replace.
-                guard let cur = existing, cur.token >> Self.tokenLineShift == expected.token >> Self.tokenLineShift else {
+                guard let cur = existing, Self.sameLine(cur.token, expected.token) else {
                     return .refused(.unknownGuest, "guest '\(r.guestID)' was removed (remove-guest) while this reset was processed: nothing was registered (register it again, without reset, if it is to run)")
                 }
             }
@@ -323,7 +325,7 @@ public final class GuestRegistry: @unchecked Sendable {
         guard let t = token else { return true }
         if t == s.token { return true }
         guard let floor = s.resetFloor else { return false }
-        return t >> tokenLineShift == s.token >> tokenLineShift && floor <= t && t < s.token
+        return sameLine(t, s.token) && floor <= t && t < s.token
     }
 
     /// The refusal of reset `r`, stamped `arrival`, by the session it names (its `session` token,
@@ -345,7 +347,7 @@ public final class GuestRegistry: @unchecked Sendable {
             return .refused(.unknownGuest, "guest '\(r.guestID)' is not registered: this reset names session \(tokenText(t)), which is not the guest's (removed); nothing was registered (register it, without reset, if it is to run)")
         }
         if t == cur.token || reset(naming: t, isOf: cur, arrivedAt: arrival) { return nil }
-        if t >> tokenLineShift == cur.token >> tokenLineShift && t < cur.token {
+        if sameLine(t, cur.token) && t < cur.token {
             return .refused(.badRequest, "guest '\(r.guestID)': this reset names session \(tokenText(t)), which a reset that arrived before this one already replaced (the guest's session is \(tokenText(cur.token))): it is of an earlier boot; nothing was registered and the guest's session stands")
         }
         return .refused(.badRequest, "guest '\(r.guestID)': this reset names session token \(tokenText(t)), which was not issued to the guest's current line of sessions (another guest's, one of an earlier registration of this id that was removed, or one not issued yet): nothing was registered and the guest's session stands")
@@ -509,7 +511,7 @@ public final class GuestRegistry: @unchecked Sendable {
             return Self.session(s, arrivedAt: arrival).map { .session($0) } ?? .unknownGuest
         }
         if t == s.token { return .session(s) }
-        if t >> Self.tokenLineShift == s.token >> Self.tokenLineShift && t < s.token {
+        if Self.sameLine(t, s.token) && t < s.token {
             return .session(s.standInForReplaced(token: t))
         }
         return .refused("session token \(Self.tokenText(t)) was not issued to guest '\(id)''s current line of sessions (another guest's token, one of an earlier registration of this id that was removed, or one not issued yet): a request echoes the token of its guest's register-guest-reply; nothing was judged")
